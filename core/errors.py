@@ -1,0 +1,77 @@
+"""Domain errors. Each carries a stable snake_case code; the API maps the class to a status code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    code = "domain_error"
+
+    def __init__(self, message: str, *, code: str | None = None, details: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.details = details or []
+
+
+class InvalidRequest(DomainError):
+    """Input that is well-formed but breaks a business rule (422)."""
+
+    code = "validation_error"
+
+
+class UnknownSku(InvalidRequest):
+    code = "unknown_sku"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    """The request conflicts with the current state (409)."""
+
+    code = "conflict"
+
+
+class DuplicateOrder(Conflict):
+    code = "duplicate_order"
+
+    def __init__(self, order_id: str):
+        super().__init__(
+            f"an order with this channel and external_id already exists: {order_id}",
+            details=[{"field": "external_id", "message": "already used in this channel", "order_id": order_id}],
+        )
+        self.order_id = order_id
+
+
+class InsufficientStock(Conflict):
+    code = "insufficient_stock"
+
+
+class StaleVersion(Conflict):
+    code = "version_conflict"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+class PluginError(DomainError):
+    """A plugin raised or returned something the core cannot accept. Never the client's fault."""
+
+    code = "plugin_error"
+
+
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "cursor is not one this list returned for the same filters",
+            details=[{"field": "cursor", "message": "unknown or tampered cursor"}],
+        )

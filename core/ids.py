@@ -1,0 +1,24 @@
+"""Server ids: a prefix and a lower-case base32 body."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+
+
+def _b32(raw: bytes) -> str:
+    return base64.b32encode(raw).decode().rstrip("=").lower()
+
+
+def order_id_for(channel: str, external_id: str | None) -> str:
+    """An order's id. With an external id it is derived from (channel, external_id), so one
+    conditional put enforces their uniqueness with no second item; otherwise it is random."""
+    if external_id is None:
+        return "ord_" + _b32(secrets.token_bytes(15))
+    digest = hashlib.sha256(f"{channel}\x1f{external_id}".encode()).digest()
+    return "ord_" + _b32(digest[:15])
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{_b32(secrets.token_bytes(15))}"

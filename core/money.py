@@ -1,0 +1,176 @@
+"""Money: a Decimal amount in an ISO 4217 currency, rounded half-even to the currency's minor units."""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema, model_validator
+
+# ISO 4217 minor units for the currencies the OMS accepts. A currency missing here is rejected
+# rather than guessed: pricing a JPY order with two decimals is a real-money bug.
+MINOR_UNITS: dict[str, int] = {
+    "AED": 2,
+    "AUD": 2,
+    "BHD": 3,
+    "BRL": 2,
+    "CAD": 2,
+    "CHF": 2,
+    "CLP": 0,
+    "CNY": 2,
+    "CZK": 2,
+    "DKK": 2,
+    "EUR": 2,
+    "GBP": 2,
+    "HKD": 2,
+    "HUF": 2,
+    "IDR": 2,
+    "ILS": 2,
+    "INR": 2,
+    "ISK": 0,
+    "JOD": 3,
+    "JPY": 0,
+    "KRW": 0,
+    "KWD": 3,
+    "MXN": 2,
+    "MYR": 2,
+    "NOK": 2,
+    "NZD": 2,
+    "OMR": 3,
+    "PHP": 2,
+    "PLN": 2,
+    "RON": 2,
+    "SAR": 2,
+    "SEK": 2,
+    "SGD": 2,
+    "THB": 2,
+    "TND": 3,
+    "TRY": 2,
+    "TWD": 2,
+    "USD": 2,
+    "VND": 0,
+    "ZAR": 2,
+}
+
+
+def minor_units(currency: str) -> int:
+    try:
+        return MINOR_UNITS[currency]
+    except KeyError:
+        raise ValueError(f"unsupported currency {currency!r}: use an ISO 4217 code such as USD") from None
+
+
+def quantum(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-minor_units(currency))
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """Round half-even to the currency's minor units (the contract's rule, at line level)."""
+    rounded = amount.quantize(quantum(currency), rounding=ROUND_HALF_EVEN)
+    return rounded.copy_abs() if rounded.is_zero() else rounded  # never "-0.00"
+
+
+def _check_currency(value: Any) -> Any:
+    if isinstance(value, str):
+        minor_units(value)
+    return value
+
+
+Currency = Annotated[str, BeforeValidator(_check_currency)]
+
+
+# ASCII digits only, at most 15 before the point: far beyond any order total, and well inside
+# Decimal's 28-digit context, so quantizing never raises.
+_AMOUNT = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,6})?")
+MAX_ABS_AMOUNT = Decimal("1e15")
+
+
+def _parse_amount(value: Any) -> Decimal:
+    # Floats are refused on purpose: 0.1 has no exact binary form, and money must never pass
+    # through one. Decimal and int come from code and DynamoDB; strings come from JSON.
+    if isinstance(value, bool | float):
+        raise ValueError('amount must be a decimal string such as "12.34", not a JSON number')
+    if isinstance(value, int):
+        value = Decimal(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite() or abs(value) >= MAX_ABS_AMOUNT:
+            raise ValueError("amount must be a finite number below 10^15")
+        return value
+    if isinstance(value, str):
+        if not _AMOUNT.fullmatch(value):
+            raise ValueError(f'amount {value[:40]!r} is not a decimal string such as "12.34"')
+        return Decimal(value)
+    raise ValueError('amount must be a decimal string such as "12.34"')
+
+
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_parse_amount),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["12.34"]}),
+]
+
+
+class Money(BaseModel):
+    """An exact amount in one currency. Serialized as {"amount": "12.34", "currency": "USD"}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    amount: Amount
+    currency: Currency
+
+    @model_validator(mode="after")
+    def _exact_minor_units(self) -> Money:
+        exponent = self.amount.as_tuple().exponent
+        places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+        if places > minor_units(self.currency):
+            raise ValueError(
+                f"{self.currency} amounts have {minor_units(self.currency)} decimal places, got {self.amount}"
+            )
+        # Exact at this point, so quantizing only writes the contract's fixed number of places.
+        object.__setattr__(self, "amount", round_money(self.amount, self.currency))
+        return self
+
+    @classmethod
+    def of(cls, amount: Decimal | int | str, currency: str) -> Money:
+        """Build from any exact amount, rounding half-even to the currency's minor units."""
+        return cls(amount=round_money(_parse_amount(amount), currency), currency=currency)
+
+    @classmethod
+    def zero(cls, currency: str) -> Money:
+        return cls.of(0, currency)
+
+    def _same(self, other: Money) -> None:
+        if other.currency != self.currency:
+            raise ValueError(f"cannot combine {self.currency} with {other.currency}")
+
+    def __add__(self, other: Money) -> Money:
+        self._same(other)
+        return Money.of(self.amount + other.amount, self.currency)
+
+    def __sub__(self, other: Money) -> Money:
+        self._same(other)
+        return Money.of(self.amount - other.amount, self.currency)
+
+    def times(self, factor: int | Decimal) -> Money:
+        """Multiply and round half-even (used for quantity x unit price and rate x base)."""
+        return Money.of(self.amount * Decimal(factor), self.currency)
+
+    def __lt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount < other.amount
+
+    def __le__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount <= other.amount
+
+    def is_negative(self) -> bool:
+        return self.amount < 0
+
+
+def total(amounts: list[Money], currency: str) -> Money:
+    result = Money.zero(currency)
+    for amount in amounts:
+        result = result + amount
+    return result

@@ -1,0 +1,99 @@
+"""Ports: what the services need from storage. Adapters implement them; test fakes subclass them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from core.access import ApiKey
+from core.models import HistoryEntry, Location, Order, Product, StockLevel
+from core.status import OrderStatus
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    customer_id: str | None = None
+    status: OrderStatus | None = None
+    channel: str | None = None
+
+
+class OrderRepository(ABC):
+    @abstractmethod
+    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
+        """Store a new order with its first history entry and the payment token the workflow will
+        authorize (kept out of the Order so no response can show it). Raises DuplicateOrder if the
+        id exists."""
+
+    @abstractmethod
+    def get(self, order_id: str) -> Order | None: ...
+
+    @abstractmethod
+    def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
+        """The order and its history, oldest first, in one read; None when there is no such order."""
+
+    @abstractmethod
+    def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
+        """Orders matching `where`, newest first, and an opaque cursor for the next page.
+
+        Raises InvalidCursor for a cursor this repository did not issue for the same filter.
+        """
+
+
+class CatalogRepository(ABC):
+    @abstractmethod
+    def put_product(self, product: Product) -> bool:
+        """Create or replace; True when the product is new."""
+
+    @abstractmethod
+    def get_product(self, sku: str) -> Product | None: ...
+
+    @abstractmethod
+    def get_products(self, skus: set[str]) -> dict[str, Product]:
+        """The products that exist among `skus`, by sku."""
+
+    @abstractmethod
+    def put_location(self, location: Location) -> bool:
+        """Create or replace; True when the location is new."""
+
+    @abstractmethod
+    def get_location(self, location_id: str) -> Location | None: ...
+
+    @abstractmethod
+    def list_locations(self) -> list[Location]: ...
+
+
+class InventoryRepository(ABC):
+    """Stock per (sku, location). Every change is one conditional write: never read-then-write."""
+
+    @abstractmethod
+    def set_on_hand(self, sku: str, location_id: str, on_hand: int, reason: str) -> StockLevel:
+        """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved."""
+
+    @abstractmethod
+    def adjust(self, sku: str, location_id: str, delta: int, reason: str) -> StockLevel:
+        """Add `delta` to on_hand. Raises InsufficientStock when on_hand would drop below reserved."""
+
+    @abstractmethod
+    def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
+        """Stock records of each sku (skus with none map to []): at `location_ids` (key lookups,
+        the capture path) or, when None, at every location."""
+
+
+class ApiKeyRepository(ABC):
+    """API keys, found by the hash of their secret (the authorizer) or by id (administration)."""
+
+    @abstractmethod
+    def add(self, key: ApiKey, secret_hash: str) -> None:
+        """Store a key; replaces a key with the same id, whose old secret stops working."""
+
+    @abstractmethod
+    def by_hash(self, secret_hash: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    def list(self, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]: ...
+
+    @abstractmethod
+    def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
+        """Mark the key revoked (idempotent); None when there is no such key."""

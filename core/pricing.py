@@ -1,0 +1,243 @@
+"""Pricing: asks the plugins for unit prices, discounts, tax and shipping, and checks every answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pluggy
+
+from core.errors import InvalidRequest, PluginError
+from core.models import Address, OrderLine, PlaceOrder, Product, Totals
+from core.money import Money, quantum
+from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
+
+DEFAULT_SHIPPING_METHOD = "standard"
+PICKUP_METHOD = "pickup"
+
+
+@dataclass(frozen=True)
+class PricedOrder:
+    lines: list[OrderLine]
+    totals: Totals
+    shipping_method: str
+    promo_codes: list[str]
+
+
+def _call(hook: Callable[..., Any], name: str, **kwargs: Any) -> Any:
+    # A plugin is third-party code: whatever it raises becomes one clear PluginError, so the
+    # client gets the contract's error shape and nothing is stored.
+    try:
+        return hook(**kwargs)
+    except Exception as exc:
+        raise PluginError(f"a plugin failed in {name}: {type(exc).__name__}") from exc
+
+
+def _money(value: Any, currency: str, hook: str) -> Money:
+    if not isinstance(value, Money):
+        raise PluginError(f"{hook} returned {type(value).__name__}, expected Money")
+    if value.currency != currency:
+        raise PluginError(f"{hook} returned {value.currency}, the order is in {currency}")
+    if value.is_negative():
+        raise PluginError(f"{hook} returned a negative amount")
+    return value
+
+
+def _flatten(results: list[Any], kind: type, hook: str) -> list[Any]:
+    items: list[Any] = []
+    for result in results:
+        if result is None:
+            continue
+        if not isinstance(result, list | tuple):
+            raise PluginError(f"{hook} returned {type(result).__name__}, expected a list")
+        for item in result:
+            if not isinstance(item, kind):
+                raise PluginError(f"{hook} returned {type(item).__name__}, expected {kind.__name__}")
+            items.append(item)
+    return items
+
+
+def spread(amount: Money, weights: list[Money]) -> list[Money]:
+    """Split a non-negative `amount` over lines in proportion to `weights` (largest-remainder
+    method, in minor units): the parts add up to `amount` exactly and none is negative."""
+    currency = amount.currency
+    unit = quantum(currency)
+    total_weight = sum((w.amount for w in weights), Decimal(0))
+    if total_weight == 0 or amount.amount <= 0:
+        return [Money.zero(currency) for _ in weights]
+    units = int(amount.amount / unit)
+    exact = [units * w.amount / total_weight for w in weights]
+    parts = [int(e) for e in exact]  # floor: every share is non-negative
+    by_remainder = sorted(range(len(weights)), key=lambda i: (exact[i] - parts[i], weights[i].amount), reverse=True)
+    for i in by_remainder[: units - sum(parts)]:
+        parts[i] += 1
+    return [Money.of(p * unit, currency) for p in parts]
+
+
+class Pricing:
+    """Prices a PlaceOrder command through the plugin manager's hooks."""
+
+    def __init__(self, plugins: pluggy.PluginManager):
+        self._hook = plugins.hook
+
+    def price(self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address) -> PricedOrder:
+        currency = cmd.currency
+        promo_codes = list(dict.fromkeys(cmd.promo_codes))
+        draft_lines = []
+        for index, line in enumerate(cmd.lines):
+            product = products[line.sku]
+            unit = _call(
+                self._hook.oms_unit_price,
+                "oms_unit_price",
+                product=product,
+                quantity=line.quantity,
+                currency=currency,
+                channel=cmd.channel,
+                customer=cmd.customer,
+            )
+            if unit is None:
+                raise InvalidRequest(
+                    f"no price for {line.sku} in {currency}",
+                    code="no_price",
+                    details=[{"field": f"lines[{index}].sku", "message": f"no price in {currency}"}],
+                )
+            unit = _money(unit, currency, "oms_unit_price")
+            draft_lines.append(
+                DraftLine(
+                    line_id=f"L{index + 1}",
+                    product=product,
+                    quantity=line.quantity,
+                    unit_price=unit,
+                    subtotal=unit.times(line.quantity),
+                )
+            )
+        draft = PricingDraft(
+            channel=cmd.channel,
+            currency=currency,
+            customer=cmd.customer,
+            lines=draft_lines,
+            shipping_address=cmd.shipping_address,
+            fulfillment=cmd.fulfillment,
+            shipping_method=cmd.shipping_method,
+            promo_codes=promo_codes,
+        )
+
+        line_discounts, free_shipping = self._discounts(draft)
+        taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft) for line in draft_lines]
+        shipping_method, shipping = self._shipping(draft, free_shipping)
+
+        lines = [
+            OrderLine(
+                line_id=d.line_id,
+                sku=d.product.sku,
+                quantity=d.quantity,
+                unit_price=d.unit_price,
+                discount=line_discounts[d.line_id],
+                tax=tax,
+                total=d.subtotal - line_discounts[d.line_id] + tax,
+            )
+            for d, tax in zip(draft_lines, taxes, strict=True)
+        ]
+        zero = Money.zero(currency)
+        subtotal = sum((d.subtotal for d in draft_lines), zero)
+        discount = sum((line.discount for line in lines), zero)
+        tax = sum((line.tax for line in lines), zero)
+        grand_total = sum((line.total for line in lines), zero) + shipping
+        return PricedOrder(
+            lines=lines,
+            totals=Totals(subtotal=subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total),
+            shipping_method=shipping_method,
+            promo_codes=promo_codes,
+        )
+
+    def _discounts(self, draft: PricingDraft) -> tuple[dict[str, Money], bool]:
+        currency = draft.currency
+        granted: list[Discount] = _flatten(
+            _call(self._hook.oms_discounts, "oms_discounts", draft=draft), Discount, "oms_discounts"
+        )
+        claimed = {d.code.upper() for d in granted}
+        unknown = [
+            {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
+            for i, code in enumerate(draft.promo_codes)
+            if code not in claimed
+        ]
+        if unknown:
+            raise InvalidRequest("unknown promo code", code="unknown_promo_code", details=unknown)
+
+        subtotals = {line.line_id: line.subtotal for line in draft.lines}
+        per_line = {line_id: Money.zero(currency) for line_id in subtotals}
+        free_shipping = False
+        for d in granted:
+            free_shipping = free_shipping or d.free_shipping
+            if d.amount is None:
+                continue
+            amount = _money(d.amount, currency, "oms_discounts")
+            if d.line_id is not None:
+                if d.line_id not in per_line:
+                    raise PluginError(f"oms_discounts named unknown line {d.line_id}")
+                per_line[d.line_id] = per_line[d.line_id] + amount
+            else:
+                for line_id, part in zip(per_line, spread(amount, list(subtotals.values())), strict=True):
+                    per_line[line_id] = per_line[line_id] + part
+        # A discount never makes a line negative.
+        capped = {line_id: min(per_line[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in per_line}
+        return capped, free_shipping
+
+    def _tax(self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft) -> Money:
+        rate = _call(self._hook.oms_tax_rate, "oms_tax_rate", line=line, address=address, draft=draft)
+        if rate is None:
+            return Money.zero(draft.currency)
+        if not isinstance(rate, TaxRate):
+            raise PluginError(f"oms_tax_rate returned {type(rate).__name__}, expected TaxRate")
+        # Checked again here: a plugin may build its answer without validation (model_construct).
+        if not isinstance(rate.rate, Decimal) or not Decimal(0) <= rate.rate <= Decimal(1):
+            raise PluginError(f"oms_tax_rate returned rate {rate.rate!r}, expected a Decimal from 0 to 1")
+        return (line.subtotal - discount).times(rate.rate)
+
+    def _shipping(self, draft: PricingDraft, free_shipping: bool) -> tuple[str, Money]:
+        zero = Money.zero(draft.currency)
+        if draft.fulfillment.type == "pickup":
+            if draft.shipping_method not in (None, PICKUP_METHOD):
+                raise InvalidRequest(
+                    "pickup orders are not shipped",
+                    details=[{"field": "shipping_method", "message": "leave it out for pickup orders"}],
+                )
+            return PICKUP_METHOD, zero
+        quotes: list[ShippingQuote] = _flatten(
+            _call(
+                self._hook.oms_shipping_quotes,
+                "oms_shipping_quotes",
+                draft=draft,
+                address=draft.shipping_address,
+            ),
+            ShippingQuote,
+            "oms_shipping_quotes",
+        )
+        by_method: dict[str, Money] = {}
+        for quote in quotes:
+            amount = _money(quote.amount, draft.currency, "oms_shipping_quotes")
+            # Two plugins quoting the same method: the customer gets the cheaper one.
+            if quote.method not in by_method or amount < by_method[quote.method]:
+                by_method[quote.method] = amount
+        if not by_method:
+            raise InvalidRequest(
+                "no shipping method serves this address",
+                code="no_shipping_method",
+                details=[{"field": "shipping_address", "message": "no shipping quote for this destination"}],
+            )
+        method = draft.shipping_method
+        if method is None:
+            method = (
+                DEFAULT_SHIPPING_METHOD
+                if DEFAULT_SHIPPING_METHOD in by_method
+                else min(by_method, key=lambda m: by_method[m].amount)
+            )
+        if method not in by_method:
+            raise InvalidRequest(
+                f"shipping method {method} is not offered for this order",
+                code="unknown_shipping_method",
+                details=[{"field": "shipping_method", "message": f"choose one of: {', '.join(sorted(by_method))}"}],
+            )
+        return method, zero if free_shipping else by_method[method]

@@ -1,0 +1,85 @@
+"""What pricing plugins receive and return. Plugins get copies; the core validates their answers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.models import Address, Customer, Fulfillment, Product
+from core.money import Money
+
+
+class DraftLine(BaseModel):
+    """One order line being priced. `subtotal` is quantity x unit_price, rounded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    line_id: str
+    product: Product
+    quantity: int
+    unit_price: Money
+    subtotal: Money
+
+
+class PricingDraft(BaseModel):
+    """The order as the pricing hooks see it, after unit prices are known."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: str
+    currency: str
+    customer: Customer
+    lines: list[DraftLine]
+    shipping_address: Address
+    fulfillment: Fulfillment
+    shipping_method: str | None
+    promo_codes: list[str]
+
+    @property
+    def subtotal(self) -> Money:
+        result = Money.zero(self.currency)
+        for line in self.lines:
+            result = result + line.subtotal
+        return result
+
+    @property
+    def weight_grams(self) -> int:
+        return sum((line.product.weight_grams or 0) * line.quantity for line in self.lines)
+
+
+class Discount(BaseModel):
+    """A discount a plugin grants.
+
+    - `line_id` set: `amount` comes off that line.
+    - `line_id` None and `amount` set: an order-level amount the core spreads over the lines in
+      proportion to their subtotals (half-even, remainder to the largest line).
+    - `free_shipping`: the shipping charge becomes zero.
+    `code` names what granted it: the promo code it answers for, or a rule name.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    amount: Money | None = None
+    line_id: str | None = None
+    free_shipping: bool = False
+
+
+class TaxRate(BaseModel):
+    """A tax rate for one line: tax = round_half_even((subtotal - discount) x rate)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rate: Decimal = Field(ge=0, le=1)
+    name: str
+
+
+class ShippingQuote(BaseModel):
+    """One way to ship the order: `method` is what clients send as `shipping_method`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    method: str
+    amount: Money
+    description: str = ""

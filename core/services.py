@@ -1,0 +1,264 @@
+"""Use cases: capture an order, keep the catalog, the network and stock counts, read orders."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+
+from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
+from core.errors import Conflict, InsufficientStock, InvalidRequest, NotFound, UnknownSku
+from core.ids import new_id, order_id_for
+from core.models import (
+    Address,
+    HistoryEntry,
+    InventorySummary,
+    Location,
+    LocationInput,
+    LocationStock,
+    Order,
+    Payment,
+    PlaceOrder,
+    Product,
+    ProductInput,
+    StockLevel,
+    utc_now,
+)
+from core.money import Money
+from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
+from core.pricing import Pricing
+from core.status import OrderStatus
+
+Clock = Callable[[], datetime]
+
+
+class CatalogService:
+    def __init__(self, catalog: CatalogRepository, clock: Clock = utc_now):
+        self._catalog = catalog
+        self._clock = clock
+
+    def put_product(self, sku: str, data: ProductInput) -> tuple[Product, bool]:
+        product = Product(sku=sku, updated_at=self._clock(), **data.model_dump())
+        return product, self._catalog.put_product(product)
+
+    def get_product(self, sku: str) -> Product:
+        product = self._catalog.get_product(sku)
+        if product is None:
+            raise NotFound(f"no product {sku}")
+        return product
+
+    def put_location(self, location_id: str, data: LocationInput) -> tuple[Location, bool]:
+        location = Location(location_id=location_id, updated_at=self._clock(), **data.model_dump())
+        return location, self._catalog.put_location(location)
+
+    def list_locations(self) -> list[Location]:
+        return self._catalog.list_locations()
+
+
+class InventoryService:
+    def __init__(self, inventory: InventoryRepository, catalog: CatalogRepository):
+        self._inventory = inventory
+        self._catalog = catalog
+
+    def _require(self, sku: str, location_id: str) -> None:
+        if self._catalog.get_product(sku) is None:
+            raise NotFound(f"no product {sku}")
+        if self._catalog.get_location(location_id) is None:
+            raise NotFound(f"no location {location_id}")
+
+    def count(self, sku: str, location_id: str, on_hand: int) -> StockLevel:
+        self._require(sku, location_id)
+        return self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take")
+
+    def adjust(self, sku: str, location_id: str, delta: int, reason: str) -> StockLevel:
+        self._require(sku, location_id)
+        return self._inventory.adjust(sku, location_id, delta, reason)
+
+    def summary(self, sku: str) -> InventorySummary:
+        if self._catalog.get_product(sku) is None:
+            raise NotFound(f"no product {sku}")
+        levels = sorted(self._inventory.levels({sku})[sku], key=lambda level: level.location_id)
+        locations = [
+            LocationStock(
+                location_id=level.location_id,
+                on_hand=level.on_hand,
+                reserved=level.reserved,
+                available=max(level.available, 0),
+            )
+            for level in levels
+        ]
+        return InventorySummary(sku=sku, available=sum(loc.available for loc in locations), locations=locations)
+
+
+class CaptureService:
+    """Capture: validate, price through plugins, check stock, then one conditional put."""
+
+    def __init__(
+        self,
+        orders: OrderRepository,
+        catalog: CatalogRepository,
+        inventory: InventoryRepository,
+        pricing: Pricing,
+        clock: Clock = utc_now,
+    ):
+        self._orders = orders
+        self._catalog = catalog
+        self._inventory = inventory
+        self._pricing = pricing
+        self._clock = clock
+
+    def place(self, cmd: PlaceOrder, actor: str) -> Order:
+        products = self._catalog.get_products({line.sku for line in cmd.lines})
+        unknown = [
+            {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
+            for i, line in enumerate(cmd.lines)
+            if line.sku not in products
+        ]
+        if unknown:
+            raise UnknownSku("unknown sku", details=unknown)
+
+        sources, tax_address = self._sources(cmd)
+        priced = self._pricing.price(cmd, products, tax_address)
+        self._check_stock(cmd, products, sources)
+
+        now = self._clock()
+        zero = Money.zero(cmd.currency)
+        order = Order(
+            id=order_id_for(cmd.channel, cmd.external_id),
+            status=OrderStatus.PENDING,
+            channel=cmd.channel,
+            external_id=cmd.external_id,
+            currency=cmd.currency,
+            customer=cmd.customer,
+            lines=priced.lines,
+            shipping_address=cmd.shipping_address,
+            fulfillment=cmd.fulfillment,
+            shipping_method=priced.shipping_method,
+            promo_codes=priced.promo_codes,
+            totals=priced.totals,
+            payment=Payment(method=cmd.payment.method, authorized=zero, captured=zero, refunded=zero),
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
+        created = HistoryEntry(
+            at=now,
+            type="created",
+            from_status=None,
+            to_status=OrderStatus.PENDING,
+            actor=actor,
+            detail={"grand_total": order.totals.grand_total.model_dump(mode="json")},
+        )
+        self._orders.add(order, created, payment_token=cmd.payment.token)
+        return order
+
+    def _sources(self, cmd: PlaceOrder) -> tuple[set[str] | None, Address]:
+        """Locations whose stock may serve the order (None: every shipping location), and the
+        address tax is computed for."""
+        fulfillment = cmd.fulfillment
+        if fulfillment.type == "ship":
+            if fulfillment.location_id is not None:
+                raise InvalidRequest(
+                    "location_id is only for pickup orders",
+                    details=[{"field": "fulfillment.location_id", "message": "only allowed with type pickup"}],
+                )
+            return None, cmd.shipping_address
+        if fulfillment.location_id is None:
+            raise InvalidRequest(
+                "a pickup order needs the store's location_id",
+                details=[{"field": "fulfillment.location_id", "message": "required for pickup"}],
+            )
+        location = self._catalog.get_location(fulfillment.location_id)
+        if location is None or not location.pickup:
+            raise InvalidRequest(
+                "that location does not offer pickup",
+                details=[{"field": "fulfillment.location_id", "message": "no pickup location with this id"}],
+            )
+        return {location.location_id}, location.address
+
+    def _check_stock(self, cmd: PlaceOrder, products: dict[str, Product], sources: set[str] | None) -> None:
+        if sources is None:
+            sources = {loc.location_id for loc in self._catalog.list_locations() if loc.ships}
+        wanted: dict[str, int] = defaultdict(int)
+        for line in cmd.lines:
+            wanted[line.sku] += line.quantity
+        short_skus = {sku for sku in wanted if not products[sku].allow_backorder}
+        if not short_skus:
+            return
+        levels = self._inventory.levels(short_skus, sources)
+        available = {
+            sku: sum(max(level.available, 0) for level in levels[sku] if level.location_id in sources)
+            for sku in short_skus
+        }
+        short = [
+            {
+                "field": f"lines[{i}].quantity",
+                "message": f"{available[line.sku]} of {line.sku} available, {wanted[line.sku]} ordered",
+            }
+            for i, line in enumerate(cmd.lines)
+            if line.sku in short_skus and available[line.sku] < wanted[line.sku]
+        ]
+        if short:
+            raise InsufficientStock("not enough stock for this order", details=short)
+
+
+class OrderQueries:
+    def __init__(self, orders: OrderRepository):
+        self._orders = orders
+
+    def get(self, order_id: str, channel: str | None = None) -> Order:
+        order = self._orders.get(order_id)
+        # Another channel's order answers exactly like a missing one, so ids cannot be probed.
+        if order is None or (channel is not None and order.channel != channel):
+            raise NotFound(f"no order {order_id}")
+        return order
+
+    def history(self, order_id: str, channel: str | None = None) -> list[HistoryEntry]:
+        found = self._orders.history(order_id)
+        if found is None or (channel is not None and found[0].channel != channel):
+            raise NotFound(f"no order {order_id}")
+        return found[1]
+
+    def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
+        return self._orders.list(where, limit, cursor)
+
+
+class ApiKeyService:
+    """Issues, lists and revokes API keys. The secret is returned once and stored as a hash."""
+
+    def __init__(self, keys: ApiKeyRepository, clock: Clock = utc_now):
+        self._keys = keys
+        self._clock = clock
+
+    def issue(self, request: NewApiKey) -> IssuedApiKey:
+        secret = new_secret()
+        key = ApiKey(
+            id=new_id("key"),
+            name=request.name,
+            scopes=request.scopes,
+            channel=request.channel,
+            created_at=self._clock(),
+        )
+        self._keys.add(key, hash_secret(secret))
+        return IssuedApiKey(**key.model_dump(), key=secret)
+
+    def ensure_admin(self, secret: str) -> ApiKey:
+        """The bootstrap admin key (every scope) under `secret`; a previous admin secret stops working."""
+        key = ApiKey(id=ADMIN_KEY_ID, name="admin", scopes=sorted(Scope), channel=None, created_at=self._clock())
+        self._keys.add(key, hash_secret(secret))
+        return key
+
+    def list(self, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
+        return self._keys.list(limit, cursor)
+
+    def revoke(self, key_id: str) -> ApiKey:
+        if key_id == ADMIN_KEY_ID:
+            raise Conflict(
+                "the bootstrap admin key is not revoked through the API: rotate it with "
+                "`python -m infra.admin_key` (or OMS_ADMIN_API_KEY locally)",
+                code="admin_key_protected",
+            )
+        revoked = self._keys.revoke(key_id, self._clock())
+        if revoked is None:
+            raise NotFound(f"no API key {key_id}")
+        return revoked
