@@ -1,0 +1,474 @@
+"""DynamoDB adapters for the core's ports: the only code that knows table layouts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from core.access import ApiKey
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor
+from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
+from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def timestamp(value: datetime) -> str:
+    """One fixed RFC 3339 UTC format, so strings sort in time order inside GSI sort keys."""
+    return value.strftime(TIME_FORMAT)
+
+
+def _plain(value: Any) -> Any:
+    # boto3 refuses floats and datetimes; pydantic's python dump keeps Decimal exact.
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, datetime):
+        return timestamp(value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in _plain(values).items()}
+
+
+def from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def _numbers_to_python(value: Any) -> Any:
+    # DynamoDB numbers come back as Decimal; ints must be ints for the models' strict int fields.
+    if isinstance(value, dict):
+        return {k: _numbers_to_python(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_to_python(v) for v in value]
+    if isinstance(value, Decimal) and value == value.to_integral_value() and value.as_tuple().exponent >= 0:
+        return int(value)
+    return value
+
+
+def _is_conditional_failure(error: ClientError) -> bool:
+    return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def batch_get(client: Any, table: str, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """BatchGetItem in pages of 100, retrying unprocessed keys."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), 100):
+        request: dict[str, Any] = {table: {"Keys": keys[start : start + 100]}}
+        while request:
+            response = client.batch_get_item(RequestItems=request)
+            found.extend(response["Responses"].get(table, []))
+            request = response.get("UnprocessedKeys") or {}
+    return found
+
+
+def encode_cursor(scope: str, last_key: dict[str, Any]) -> str:
+    """An opaque cursor: LastEvaluatedKey bound to what it pages through (an index, a list)."""
+    raw = json.dumps({"i": scope, "k": last_key}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, scope: str, key_attributes: set[str]) -> dict[str, Any]:
+    """The ExclusiveStartKey in `cursor`, or InvalidCursor if it was not issued for `scope`."""
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        key = decoded["k"]
+        valid = (
+            decoded["i"] == scope
+            and isinstance(key, dict)
+            and set(key) == key_attributes
+            and all(isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str) for v in key.values())
+        )
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        raise InvalidCursor()
+    return key
+
+
+# --- Orders ----------------------------------------------------------------------------------
+
+LIST_PK = "order"
+
+# Which GSI answers which filter. The customer index also projects status and channel so the
+# other two filters can be applied to a customer's (few) orders.
+_INDEXES = {
+    "by_customer": ("customer_id",),
+    "by_channel_status": ("channel_status",),
+    "by_channel": ("channel",),
+    "by_status": ("status",),
+    "by_created": ("list_pk",),
+}
+
+
+class DynamoOrders(OrderRepository):
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
+        values = order.model_dump(mode="python")
+        values.update(
+            customer_id=order.customer.id,
+            channel_status=f"{order.channel}#{order.status.value}",
+            list_pk=LIST_PK,
+            payment_token=payment_token,
+            history=[first_entry.model_dump(mode="python")],
+        )
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item=to_item(values),
+                ConditionExpression="attribute_not_exists(id)",
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                raise DuplicateOrder(order.id) from None
+            raise
+
+    def _get(self, order_id: str) -> dict[str, Any] | None:
+        response = self._client.get_item(TableName=self._table, Key={"id": {"S": order_id}})
+        item = response.get("Item")
+        return from_item(item) if item else None
+
+    @staticmethod
+    def _order(values: dict[str, Any]) -> Order:
+        return Order.model_validate(_numbers_to_python(values))
+
+    def get(self, order_id: str) -> Order | None:
+        values = self._get(order_id)
+        return self._order(values) if values else None
+
+    def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
+        values = self._get(order_id)
+        if values is None:
+            return None
+        entries = [HistoryEntry.model_validate(_numbers_to_python(e)) for e in values.get("history", [])]
+        return self._order(values), entries
+
+    def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
+        index, key_value, filters = self._plan(where)
+        (key_attribute,) = _INDEXES[index]
+        names = {"#k": key_attribute}
+        values: dict[str, Any] = {":k": {"S": key_value}}
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": index,
+            "KeyConditionExpression": "#k = :k",
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        conditions = []
+        for i, (attribute, value) in enumerate(filters.items()):
+            names[f"#f{i}"] = attribute
+            values[f":f{i}"] = {"S": value}
+            conditions.append(f"#f{i} = :f{i}")
+        if conditions:
+            query["FilterExpression"] = " AND ".join(conditions)
+        query["ExpressionAttributeNames"] = names
+        query["ExpressionAttributeValues"] = values
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, index, {"id", "created_at", key_attribute})
+            if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
+                raise InvalidCursor()
+        response = self._client.query(**query)
+        ids = [item["id"]["S"] for item in response.get("Items", [])]
+        found = {
+            item["id"]["S"]: item for item in batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids])
+        }
+        orders = [self._order(from_item(found[i])) for i in ids if i in found]
+        last = response.get("LastEvaluatedKey")
+        return orders, encode_cursor(index, last) if last else None
+
+    @staticmethod
+    def _plan(where: OrderFilter) -> tuple[str, str, dict[str, str]]:
+        status = where.status.value if where.status else None
+        if where.customer_id:
+            filters = {k: v for k, v in (("channel", where.channel), ("status", status)) if v}
+            return "by_customer", where.customer_id, filters
+        if where.channel and status:
+            return "by_channel_status", f"{where.channel}#{status}", {}
+        if where.channel:
+            return "by_channel", where.channel, {}
+        if status:
+            return "by_status", status, {}
+        return "by_created", LIST_PK, {}
+
+
+# --- Catalog: products, the location network, API keys --------------------------------------
+
+NETWORK_KEY = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
+
+
+def _product_key(sku: str) -> dict[str, Any]:
+    return {"pk": {"S": f"PRODUCT#{sku}"}, "sk": {"S": "PRODUCT"}}
+
+
+class DynamoCatalog(CatalogRepository):
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def put_product(self, product: Product) -> bool:
+        item = {**_product_key(product.sku), **to_item(product.model_dump(mode="python"))}
+        response = self._client.put_item(TableName=self._table, Item=item, ReturnValues="ALL_OLD")
+        return not response.get("Attributes")
+
+    def get_product(self, sku: str) -> Product | None:
+        item = self._client.get_item(TableName=self._table, Key=_product_key(sku)).get("Item")
+        return self._product(item) if item else None
+
+    def get_products(self, skus: set[str]) -> dict[str, Product]:
+        items = batch_get(self._client, self._table, [_product_key(sku) for sku in sorted(skus)])
+        products = [self._product(item) for item in items]
+        return {p.sku: p for p in products}
+
+    @staticmethod
+    def _product(item: dict[str, Any]) -> Product:
+        values = from_item(item)
+        values.pop("pk"), values.pop("sk")
+        return Product.model_validate(_numbers_to_python(values))
+
+    # The whole network lives in one item (a map by location id): sourcing reads it with one
+    # GetItem instead of a Query, and a location write is one atomic nested update.
+    def put_location(self, location: Location) -> bool:
+        value = _serializer.serialize(_plain(location.model_dump(mode="python")))
+        update = {
+            "TableName": self._table,
+            "Key": NETWORK_KEY,
+            "UpdateExpression": "SET locations.#id = :location",
+            "ConditionExpression": "attribute_exists(locations)",
+            "ExpressionAttributeNames": {"#id": location.location_id},
+            "ExpressionAttributeValues": {":location": value},
+            "ReturnValues": "UPDATED_OLD",
+        }
+        while True:
+            try:
+                response = self._client.update_item(**update)
+            except ClientError as error:
+                if not _is_conditional_failure(error):
+                    raise
+                try:
+                    self._client.put_item(
+                        TableName=self._table,
+                        Item={**NETWORK_KEY, "locations": {"M": {}}},
+                        ConditionExpression="attribute_not_exists(pk)",
+                    )
+                except ClientError as create_error:
+                    if not _is_conditional_failure(create_error):
+                        raise
+                continue
+            old = from_item(response.get("Attributes", {})).get("locations", {})
+            return location.location_id not in old
+
+    def _network(self) -> dict[str, Any]:
+        item = self._client.get_item(TableName=self._table, Key=NETWORK_KEY).get("Item")
+        return from_item(item).get("locations", {}) if item else {}
+
+    def get_location(self, location_id: str) -> Location | None:
+        value = self._network().get(location_id)
+        return Location.model_validate(_numbers_to_python(value)) if value else None
+
+    def list_locations(self) -> list[Location]:
+        network = self._network()
+        return [Location.model_validate(_numbers_to_python(network[k])) for k in sorted(network)]
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+def _lookup_key(secret_hash: str) -> dict[str, Any]:
+    return {"pk": {"S": f"APIKEY#{secret_hash}"}, "sk": {"S": "APIKEY"}}
+
+
+def _record_key(key_id: str) -> dict[str, Any]:
+    return {"pk": {"S": "APIKEYS"}, "sk": {"S": key_id}}
+
+
+class DynamoApiKeys(ApiKeyRepository):
+    """Two items per key in the Catalog table: a lookup item keyed by the secret's hash (the
+    authorizer's one GetItem) and a record keyed by id (listing and revocation). The secret itself
+    is never stored. Writes go record first, lookup second, so a half-done create leaves a key
+    that cannot authenticate, and a revocation disables the lookup before anything else."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    @staticmethod
+    def _key(item: dict[str, Any]) -> ApiKey:
+        values = from_item(item)
+        return ApiKey.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk", "secret_hash")})
+
+    def _record(self, key_id: str) -> dict[str, Any] | None:
+        return self._client.get_item(TableName=self._table, Key=_record_key(key_id)).get("Item")
+
+    def add(self, key: ApiKey, secret_hash: str) -> None:
+        previous = self._record(key.id)
+        values = to_item(key.model_dump(mode="python"))
+        self._client.put_item(
+            TableName=self._table, Item={**_record_key(key.id), **values, "secret_hash": {"S": secret_hash}}
+        )
+        self._client.put_item(TableName=self._table, Item={**_lookup_key(secret_hash), **values})
+        old_hash = from_item(previous).get("secret_hash") if previous else None
+        if old_hash and old_hash != secret_hash:
+            self._client.delete_item(TableName=self._table, Key=_lookup_key(old_hash))
+
+    def by_hash(self, secret_hash: str) -> ApiKey | None:
+        item = self._client.get_item(TableName=self._table, Key=_lookup_key(secret_hash)).get("Item")
+        return self._key(item) if item else None
+
+    def list(self, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": "APIKEYS"}},
+            "Limit": limit,
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "api_keys", {"pk", "sk"})
+        response = self._client.query(**query)
+        last = response.get("LastEvaluatedKey")
+        return [self._key(item) for item in response.get("Items", [])], encode_cursor(
+            "api_keys", last
+        ) if last else None
+
+    def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
+        record = self._record(key_id)
+        if record is None:
+            return None
+        revoke = {
+            "UpdateExpression": "SET revoked_at = if_not_exists(revoked_at, :at)",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {":at": {"S": timestamp(at)}},
+        }
+        try:
+            self._client.update_item(TableName=self._table, Key=_lookup_key(from_item(record)["secret_hash"]), **revoke)
+        except ClientError as error:
+            # A conditional failure means the lookup is gone (replaced by a newer secret): nothing
+            # is left to revoke there.
+            if not _is_conditional_failure(error):
+                raise
+        response = self._client.update_item(
+            TableName=self._table, Key=_record_key(key_id), ReturnValues="ALL_NEW", **revoke
+        )
+        return self._key(response["Attributes"])
+
+
+# --- Inventory ---------------------------------------------------------------------------------
+
+
+def _level(values: dict[str, Any]) -> StockLevel:
+    return StockLevel.model_validate(_numbers_to_python(values))
+
+
+class DynamoInventory(InventoryRepository):
+    """One item per (sku, location) holding on_hand, reserved and available = on_hand - reserved.
+    DynamoDB conditions cannot do arithmetic, so `available` is stored and kept exact by every
+    write, which lets one conditional UpdateItem decide each change."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def _update(self, sku: str, location_id: str, expression: str, condition: str | None, values: dict[str, Any]):
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+            "UpdateExpression": expression,
+            "ExpressionAttributeValues": to_item(values),
+            "ReturnValues": "ALL_NEW",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if condition is not None:
+            request["ConditionExpression"] = condition
+        return self._client.update_item(**request)
+
+    def set_on_hand(self, sku: str, location_id: str, on_hand: int, reason: str) -> StockLevel:
+        try:
+            response = self._update(
+                sku,
+                location_id,
+                "SET on_hand = :n, reserved = if_not_exists(reserved, :zero), "
+                "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason",
+                "attribute_not_exists(reserved) OR reserved <= :n",
+                {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            reserved = from_item(error.response.get("Item", {})).get("reserved", "?")
+            raise InsufficientStock(
+                f"cannot count {on_hand}: {reserved} units of {sku} are reserved at {location_id}",
+                details=[{"field": "on_hand", "message": f"must be at least the {reserved} reserved units"}],
+            ) from None
+        return _level(from_item(response["Attributes"]))
+
+    def adjust(self, sku: str, location_id: str, delta: int, reason: str) -> StockLevel:
+        expression = (
+            "SET on_hand = if_not_exists(on_hand, :zero) + :delta, "
+            "available = if_not_exists(available, :zero) + :delta, "
+            "reserved = if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason"
+        )
+        values = {":delta": delta, ":zero": 0, ":now": utc_now(), ":reason": reason}
+        # on_hand + delta >= reserved  <=>  available >= -delta
+        condition = None
+        if delta < 0:
+            condition = "available >= :needed"
+            values[":needed"] = -delta
+        try:
+            response = self._update(sku, location_id, expression, condition, values)
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            old = from_item(error.response.get("Item", {}))
+            raise InsufficientStock(
+                f"removing {-delta} would take on_hand of {sku} at {location_id} below the reserved units",
+                details=[
+                    {
+                        "field": "delta",
+                        "message": f"on_hand {old.get('on_hand', 0)}, reserved {old.get('reserved', 0)}",
+                    }
+                ],
+            ) from None
+        return _level(from_item(response["Attributes"]))
+
+    def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
+        result: dict[str, list[StockLevel]] = {sku: [] for sku in skus}
+        if location_ids is not None:
+            keys = [
+                {"sku": {"S": sku}, "location_id": {"S": loc}} for sku in sorted(skus) for loc in sorted(location_ids)
+            ]
+            for item in batch_get(self._client, self._table, keys):
+                level = _level(from_item(item))
+                result[level.sku].append(level)
+            return result
+        for sku in skus:
+            paginator = self._client.get_paginator("query")
+            pages = paginator.paginate(
+                TableName=self._table,
+                KeyConditionExpression="sku = :sku",
+                ExpressionAttributeValues={":sku": {"S": sku}},
+            )
+            for page in pages:
+                result[sku].extend(_level(from_item(item)) for item in page.get("Items", []))
+        return result

@@ -1,0 +1,103 @@
+"""Maps every failure to the contract's error shape: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import ServiceError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from core.errors import Conflict, DomainError, InvalidRequest, NotFound, PluginError
+
+logger = Logger(child=True)
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal raised by the API layer itself (auth, headers, body size)."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+
+
+def error_response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> Response:
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return Response(status, content_types.APPLICATION_JSON, json.dumps(body))
+
+
+def gateway_response(error: ApiError) -> dict[str, Any]:
+    """A refusal made before the resolver runs, in API Gateway's proxy response shape."""
+    body = {"error": {"code": error.code, "message": error.message, "details": error.details}}
+    return {
+        "statusCode": error.status,
+        "headers": {"Content-Type": content_types.APPLICATION_JSON},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """("body", "lines", 0, "quantity") -> "lines[0].quantity"."""
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or (str(loc[0]) if loc else "body")
+
+
+_DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidRequest, 422),
+]
+
+
+def register(app: APIGatewayRestResolver) -> None:
+    @app.exception_handler(RequestValidationError)
+    def _validation(error: RequestValidationError) -> Response:
+        errors = error.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "malformed_json", "the request body is not valid JSON")
+        headers = [e for e in errors if e.get("loc", ("",))[0] == "header"]
+        if headers:
+            details = [{"field": str(e["loc"][-1]), "message": e.get("msg", "invalid")} for e in headers]
+            return error_response(400, "malformed_header", "a request header is malformed", details)
+        details = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in errors]
+        return error_response(422, "validation_error", "the request is not valid", details)
+
+    @app.exception_handler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        return error_response(error.status, error.code, error.message, error.details)
+
+    @app.exception_handler(PluginError)
+    def _plugin_error(error: PluginError) -> Response:
+        # A broken plugin is a server-side bug: logged with its traceback, answered without one.
+        logger.exception("plugin failed", extra={"error_code": error.code})
+        return error_response(500, error.code, error.message)
+
+    @app.exception_handler(DomainError)
+    def _domain_error(error: DomainError) -> Response:
+        status = next((s for cls, s in _DOMAIN_STATUS if isinstance(error, cls)), 422)
+        return error_response(status, error.code, error.message, error.details)
+
+    @app.exception_handler(ServiceError)
+    def _service_error(error: ServiceError) -> Response:
+        return error_response(error.status_code, "http_error", error.msg)
+
+    @app.not_found
+    def _not_found(_: Exception) -> Response:
+        return error_response(404, "not_found", "no such endpoint")
+
+    @app.exception_handler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        logger.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,65 @@
+"""Checks every request passes before routing and validation: body size, scope, card data."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from core.card_numbers import looks_like_card_number
+from functions.api.access import ScopeTable
+from functions.api.errors import ApiError
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+def body_bytes(event: dict[str, Any]) -> bytes:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        return base64.b64decode(body)
+    return body.encode()
+
+
+def _card_fields(value: Any, path: str) -> list[str]:
+    if isinstance(value, dict):
+        return [f for key, item in value.items() for f in _card_fields(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, list):
+        return [f for i, item in enumerate(value) for f in _card_fields(item, f"{path}[{i}]")]
+    if isinstance(value, str | int) and not isinstance(value, bool) and looks_like_card_number(value):
+        return [path or "body"]
+    return []
+
+
+def refuse_card_numbers(raw: bytes) -> None:
+    """Card numbers must never reach the OMS (nor its logs): such a body is refused whole. The
+    error names the fields, never the values."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return  # not JSON: validation answers 400, and nothing is kept
+    fields = _card_fields(document, "")
+    if fields:
+        raise ApiError(
+            422,
+            "card_data_rejected",
+            "payment card numbers are never accepted: send a payment token instead",
+            [{"field": field, "message": "looks like a payment card number"} for field in fields],
+        )
+
+
+def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
+    raw = body_bytes(event)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", "request body is over 256 KiB")
+    scopes.check(event)
+    if raw:
+        refuse_card_numbers(raw)
+    # Query strings can carry card numbers too (e.g. ?customer_id=4111...).
+    for name, value in (event.get("queryStringParameters") or {}).items():
+        if value and looks_like_card_number(value):
+            raise ApiError(
+                422,
+                "card_data_rejected",
+                "payment card numbers are never accepted",
+                [{"field": name, "message": "looks like a payment card number"}],
+            )

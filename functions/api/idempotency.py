@@ -1,0 +1,75 @@
+"""Idempotency-Key support for POST routes, through powertools idempotency on DynamoDB.
+
+Imported only when a request carries the header, so requests without one do not pay for it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+
+from core.errors import Conflict
+from functions.bootstrap import container
+
+TTL_SECONDS = 24 * 60 * 60
+
+
+@functools.cache
+def _runner() -> tuple[Callable[..., dict[str, Any]], IdempotencyConfig]:
+    config = IdempotencyConfig(
+        event_key_jmespath="key",
+        payload_validation_jmespath="payload",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=TTL_SECONDS,
+    )
+    persistence = DynamoDBPersistenceLayer(
+        table_name=container().config.idempotency_table,
+        boto3_client=container().dynamodb,
+    )
+
+    @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
+    def run(request: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        return compute()
+
+    return run, config
+
+
+def once(
+    route: str,
+    caller_key_id: str,
+    key: str,
+    payload: Any,
+    compute: Callable[[], dict[str, Any]],
+    lambda_context: Any,
+) -> dict:
+    """Run `compute` once per (route, caller, key) for 24 h and replay its result after that.
+    A failure stores nothing, so a corrected retry with the same key runs again."""
+    request = {"key": f"{route}#{caller_key_id}#{key}", "payload": payload}
+    runner, config = _runner()
+    # Lets powertools expire an in-progress record when this invocation times out.
+    config.register_lambda_context(lambda_context)
+    try:
+        return runner(request=request, compute=compute)
+    except IdempotencyValidationError:
+        raise Conflict(
+            "this Idempotency-Key was used with a different request body",
+            code="idempotency_key_reused",
+            details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+        ) from None
+    except IdempotencyAlreadyInProgressError:
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed",
+            code="request_in_progress",
+            details=[{"field": "Idempotency-Key", "message": "retry after the first request completes"}],
+        ) from None

@@ -1,0 +1,59 @@
+"""API keys: issue, list, revoke (admin only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from pydantic import BaseModel
+
+from core.access import ApiKey, IssuedApiKey, NewApiKey, Scope
+from functions.api.access import requires
+from functions.api.schemas import errors, ok
+from functions.bootstrap import container
+
+router = Router()
+
+KeyIdPath = Annotated[str, Path(pattern=r"^key_[a-z0-9]{1,40}$", description="API key id")]
+
+
+class ApiKeyPage(BaseModel):
+    items: list[ApiKey]
+    next_cursor: str | None = None
+
+
+@router.post(
+    "/api-keys",
+    summary="Issue an API key (its secret is shown only in this response)",
+    responses={**ok(201, IssuedApiKey, "The key, with its secret"), **errors(400, 403, 413)},
+)
+@requires(Scope.ADMIN)
+def issue_api_key(request: NewApiKey) -> Response[IssuedApiKey]:
+    return Response(201, content_types.APPLICATION_JSON, container().api_keys.issue(request))
+
+
+@router.get(
+    "/api-keys",
+    summary="List API keys (never their secrets)",
+    responses={**ok(200, ApiKeyPage, "A page of keys"), **errors(403)},
+)
+@requires(Scope.ADMIN)
+def list_api_keys(
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> ApiKeyPage:
+    items, next_cursor = container().api_keys.list(limit, cursor)
+    return ApiKeyPage(items=items, next_cursor=next_cursor)
+
+
+@router.delete(
+    "/api-keys/<key_id>",
+    summary="Revoke an API key at once",
+    responses={204: {"description": "Revoked"}, **errors(403, 404, 409)},
+)
+@requires(Scope.ADMIN)
+def revoke_api_key(key_id: KeyIdPath) -> Response:
+    container().api_keys.revoke(key_id)
+    return Response(204, content_types.APPLICATION_JSON, "")

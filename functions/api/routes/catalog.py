@@ -1,0 +1,73 @@
+"""Catalog and network: products and locations."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path
+from pydantic import BaseModel
+
+from core.access import Scope
+from core.models import Location, LocationInput, Product, ProductInput
+from functions.api.access import ANY_KEY, requires
+from functions.api.schemas import errors, ok
+from functions.bootstrap import container
+
+router = Router()
+
+SkuPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="Product SKU")]
+LocationPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="Location id")]
+
+
+class LocationList(BaseModel):
+    items: list[Location]
+    next_cursor: str | None = None
+
+
+def _saved(model: BaseModel, created: bool) -> Response:
+    return Response(201 if created else 200, content_types.APPLICATION_JSON, model)
+
+
+@router.put(
+    "/products/<sku>",
+    summary="Create or replace a product",
+    responses={**ok(200, Product, "Replaced"), **ok(201, Product, "Created"), **errors(400, 403, 413)},
+)
+@requires(Scope.CATALOG_WRITE)
+def put_product(sku: SkuPath, product: ProductInput) -> Response[Product]:
+    saved, created = container().catalog.put_product(sku, product)
+    return _saved(saved, created)
+
+
+@router.get(
+    "/products/<sku>",
+    summary="Get a product",
+    responses={**ok(200, Product, "The product"), **errors(403, 404)},
+)
+@requires(ANY_KEY)
+def get_product(sku: SkuPath) -> Product:
+    return container().catalog.get_product(sku)
+
+
+@router.put(
+    "/locations/<location_id>",
+    summary="Create or replace a location (warehouse or store)",
+    responses={**ok(200, Location, "Replaced"), **ok(201, Location, "Created"), **errors(400, 403, 413)},
+)
+@requires(Scope.CATALOG_WRITE)
+def put_location(location_id: LocationPath, location: LocationInput) -> Response[Location]:
+    saved, created = container().catalog.put_location(location_id, location)
+    return _saved(saved, created)
+
+
+@router.get(
+    "/locations",
+    summary="List locations",
+    responses={**ok(200, LocationList, "All locations"), **errors(403)},
+)
+@requires(ANY_KEY)
+def list_locations() -> LocationList:
+    # The network is small and read whole (one item), so this list is never paginated.
+    return LocationList(items=container().catalog.list_locations())

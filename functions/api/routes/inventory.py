@@ -1,0 +1,44 @@
+"""Inventory: stock counts and adjustments per sku and location."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from core.access import Scope
+from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
+from functions.api.access import ANY_KEY, requires
+from functions.api.routes.catalog import LocationPath, SkuPath
+from functions.api.schemas import errors, ok
+from functions.bootstrap import container
+
+router = Router()
+
+
+@router.put(
+    "/inventory/<sku>/<location_id>",
+    summary="Set the counted units on hand (a stock take)",
+    responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.INVENTORY_WRITE)
+def set_stock(sku: SkuPath, location_id: LocationPath, count: StockCount) -> StockLevel:
+    return container().inventory.count(sku, location_id, count.on_hand)
+
+
+@router.post(
+    "/inventory/<sku>/<location_id>/adjustments",
+    summary="Adjust units on hand (receipt, damage, correction)",
+    responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.INVENTORY_WRITE)
+def adjust_stock(sku: SkuPath, location_id: LocationPath, adjustment: StockAdjustment) -> StockLevel:
+    return container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason)
+
+
+@router.get(
+    "/inventory/<sku>",
+    summary="Stock of a sku across locations",
+    responses={**ok(200, InventorySummary, "Stock by location"), **errors(403, 404)},
+)
+@requires(ANY_KEY)
+def get_stock(sku: SkuPath) -> InventorySummary:
+    return container().inventory.summary(sku)

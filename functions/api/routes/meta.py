@@ -1,0 +1,29 @@
+"""Health and the API's own description."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from pydantic import BaseModel
+
+from functions.api.access import PUBLIC, requires
+
+router = Router()
+
+
+class Health(BaseModel):
+    status: str
+
+
+@router.get("/health", summary="Liveness", include_in_schema=True)
+@requires(PUBLIC)
+def health() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/openapi.json", summary="This OpenAPI document", include_in_schema=False)
+@requires(PUBLIC)
+def openapi():
+    from functions.api.app import app
+
+    return Response(200, content_types.APPLICATION_JSON, app.get_openapi_json_schema())

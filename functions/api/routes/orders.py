@@ -1,0 +1,105 @@
+"""Orders: capture, read, list and history."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
+
+from core.access import Scope
+from core.models import HistoryPage, Order, PlaceOrder
+from core.ports import OrderFilter
+from core.status import OrderStatus
+from functions.api.access import caller, requires
+from functions.api.errors import ApiError
+from functions.api.schemas import OrderPage, errors, ok
+from functions.bootstrap import container
+
+router = Router()
+
+OrderIdPath = Annotated[str, Path(pattern=r"^ord_[a-z2-7]{24}$", description="Order id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="idempotency-key",
+        pattern=r"^[\x21-\x7e]{1,255}$",
+        description="Retry-safe key: the same key and body return the first response for 24 h.",
+    ),
+]
+
+
+@router.post(
+    "/orders",
+    summary="Place an order",
+    responses={**ok(201, Order, "The order, pending"), **errors(400, 403, 409, 413)},
+)
+@requires(Scope.ORDERS_WRITE)
+def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Response[Order]:
+    who = caller(router)
+    if who.channel is not None and order.channel != who.channel:
+        raise ApiError(403, "forbidden", f"this API key places orders for channel {who.channel} only")
+
+    def place() -> dict[str, Any]:
+        return container().capture.place(order, actor=who.key_id).model_dump(mode="json")
+
+    if idempotency_key is None:
+        body = place()
+    else:
+        from functions.api.idempotency import once
+
+        body = once(
+            "POST /orders",
+            who.key_id,
+            idempotency_key,
+            order.model_dump(mode="json"),
+            place,
+            router.lambda_context,
+        )
+    return Response(201, content_types.APPLICATION_JSON, Order.model_validate(body))
+
+
+@router.get(
+    "/orders/<order_id>",
+    summary="Get an order",
+    responses={**ok(200, Order, "The order"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def get_order(order_id: OrderIdPath) -> Order:
+    return container().orders.get(order_id, caller(router).channel)
+
+
+@router.get(
+    "/orders",
+    summary="List orders, newest first",
+    responses={**ok(200, OrderPage, "A page of orders"), **errors(403)},
+)
+@requires(Scope.ORDERS_READ)
+def list_orders(
+    customer_id: Annotated[str | None, Query(max_length=128)] = None,
+    status: Annotated[OrderStatus | None, Query()] = None,
+    channel: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> OrderPage:
+    who = caller(router)
+    if who.channel is not None:
+        # A channel-bound key lists its own channel only; asking for another finds nothing.
+        if channel not in (None, who.channel):
+            return OrderPage(items=[], next_cursor=None)
+        channel = who.channel
+    items, next_cursor = container().orders.list(
+        OrderFilter(customer_id=customer_id, status=status, channel=channel), limit, cursor
+    )
+    return OrderPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/orders/<order_id>/history",
+    summary="An order's history, oldest first",
+    responses={**ok(200, HistoryPage, "Every change, with its actor"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def get_history(order_id: OrderIdPath) -> HistoryPage:
+    return HistoryPage(items=container().orders.history(order_id, caller(router).channel))

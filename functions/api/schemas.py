@@ -1,0 +1,53 @@
+"""Response shapes that exist only at the HTTP edge: the error body, documented per route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from core.models import Order, Page
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]]
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+class OrderPage(Page[Order]):
+    pass
+
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON or header",
+    401: "Missing, unknown or revoked API key",
+    403: "The key lacks the scope",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    413: "Body over 256 KiB",
+    422: "Validation failed",
+    429: "Throttled",
+}
+
+
+def errors(*codes: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI `responses` entries for the error codes a route can answer (plus 401/429/422)."""
+    wanted = sorted({*codes, 401, 422, 429})
+    return {
+        code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"model": ErrorBody}}}
+        for code in wanted
+    }
+
+
+def ok(status: int, model: type[BaseModel], description: str) -> dict[int, dict[str, Any]]:
+    return {status: {"description": description, "content": {"application/json": {"model": model}}}}

@@ -1,0 +1,50 @@
+"""API Gateway REQUEST authorizer: finds the bearer API key by its hash and passes who is calling."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from core.access import hash_secret
+from functions.bootstrap import api_key_repository
+
+logger = Logger(service="oms-authorizer")
+
+_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,200})$")
+
+
+def _header(event: dict[str, Any], name: str) -> str | None:
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _policy(principal: str, effect: str, method_arn: str, context: dict[str, str]) -> dict[str, Any]:
+    # The policy covers the whole stage, not just this route: API Gateway caches it per key for
+    # AuthorizerCacheSeconds, and scopes are checked per route by the API function.
+    api_arn = "/".join(method_arn.split("/")[:2]) + "/*"
+    return {
+        "principalId": principal,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": effect, "Resource": api_arn}],
+        },
+        "context": context,
+    }
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # Raising "Unauthorized" is API Gateway's contract for a 401; the header is never logged.
+    match = _BEARER.match(_header(event, "authorization") or "")
+    if match is None:
+        raise Exception("Unauthorized")
+    key = api_key_repository().by_hash(hash_secret(match.group(1)))
+    if key is None or key.revoked_at is not None:
+        logger.info("rejected API key", extra={"reason": "unknown" if key is None else "revoked"})
+        raise Exception("Unauthorized")
+    context = {"key_id": key.id, "scopes": " ".join(sorted(key.scopes)), "channel": key.channel or ""}
+    return _policy(key.id, "Allow", event["methodArn"], context)

@@ -1,0 +1,84 @@
+"""Composition root: wires adapters, plugins and services once per Lambda container."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pluggy
+
+from core.access import ApiKey
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
+
+
+@dataclass(frozen=True)
+class Config:
+    orders_table: str
+    inventory_table: str
+    catalog_table: str
+    idempotency_table: str
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            orders_table=os.environ["ORDERS_TABLE"],
+            inventory_table=os.environ["INVENTORY_TABLE"],
+            catalog_table=os.environ["CATALOG_TABLE"],
+            idempotency_table=os.environ["IDEMPOTENCY_TABLE"],
+        )
+
+
+@dataclass(frozen=True)
+class Container:
+    config: Config
+    dynamodb: Any
+    plugins: pluggy.PluginManager
+    capture: CaptureService
+    catalog: CatalogService
+    inventory: InventoryService
+    orders: OrderQueries
+    api_keys: ApiKeyService
+
+
+@functools.cache
+def dynamodb_client() -> Any:
+    return boto3.client("dynamodb")
+
+
+@functools.cache
+def container() -> Container:
+    """Built on first use and kept while the container is warm."""
+    config = Config.from_env()
+    client = dynamodb_client()
+    orders = DynamoOrders(client, config.orders_table)
+    catalog = DynamoCatalog(client, config.catalog_table)
+    inventory = DynamoInventory(client, config.inventory_table)
+    plugins = build_plugin_manager()
+    return Container(
+        config=config,
+        dynamodb=client,
+        plugins=plugins,
+        capture=CaptureService(orders, catalog, inventory, Pricing(plugins)),
+        catalog=CatalogService(catalog),
+        inventory=InventoryService(inventory, catalog),
+        orders=OrderQueries(orders),
+        api_keys=ApiKeyService(api_key_repository()),
+    )
+
+
+@functools.cache
+def api_key_repository() -> DynamoApiKeys:
+    """The authorizer needs only the API keys, not the whole service graph."""
+    return DynamoApiKeys(dynamodb_client(), os.environ["CATALOG_TABLE"])
+
+
+def ensure_admin_key(secret: str) -> ApiKey:
+    """Store the admin key (every scope) under the hash of `secret`. Used by `make run` and by
+    `python -m infra.admin_key` after a deploy."""
+    return ApiKeyService(api_key_repository()).ensure_admin(secret)
