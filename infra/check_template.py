@@ -1,0 +1,108 @@
+"""Runs the SAM transform on a template offline, as `sam validate` does, to catch what cfn-lint cannot.
+
+cfn-lint checks resources against their schemas but never runs the transform, so it accepts an
+event `Type: SQSS` or a policy template with the wrong parameter. aws-sam-translator is the
+library SAM itself deploys with; translating with it finds those without an AWS account.
+
+    python -m infra.check_template template.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+PLACEHOLDER_URI = "s3://bucket/key"
+
+# Resource type -> the property that points at local code or a local definition.
+_LOCAL_URIS = {
+    "AWS::Serverless::Function": "CodeUri",
+    "AWS::Serverless::StateMachine": "DefinitionUri",
+    "AWS::Serverless::Api": "DefinitionUri",
+    "AWS::Serverless::HttpApi": "DefinitionUri",
+    "AWS::Serverless::LayerVersion": "ContentUri",
+}
+_GLOBALS = {"Function": "CodeUri", "StateMachine": "DefinitionUri", "Api": "DefinitionUri", "HttpApi": "DefinitionUri"}
+
+
+class _NoManagedPolicies:
+    """Offline: the translator asks IAM for managed policy ARNs only for names it cannot map itself."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def _is_local(uri: Any) -> bool:
+    return isinstance(uri, str) and not uri.startswith("s3://")
+
+
+def with_placeholder_uris(template: dict[str, Any]) -> dict[str, Any]:
+    """A copy whose local CodeUri/DefinitionUri values point at S3, as `sam build`/`sam validate`
+    would make them; the translator accepts only S3 locations."""
+    template = copy.deepcopy(template)
+    globals_ = template.get("Globals") or {}
+    for section, prop in _GLOBALS.items():
+        if _is_local((globals_.get(section) or {}).get(prop)):
+            globals_[section][prop] = PLACEHOLDER_URI
+    global_code = (globals_.get("Function") or {}).get("CodeUri")
+    for resource in (template.get("Resources") or {}).values():
+        prop = _LOCAL_URIS.get(resource.get("Type"))
+        if prop is None:
+            continue
+        props = resource.setdefault("Properties", {})
+        if _is_local(props.get(prop)):
+            props[prop] = PLACEHOLDER_URI
+        elif (
+            resource["Type"] == "AWS::Serverless::Function"
+            and prop not in props
+            and global_code is None
+            and "InlineCode" not in props
+            and props.get("PackageType", "Zip") == "Zip"
+        ):
+            props[prop] = PLACEHOLDER_URI  # SAM CLI reads a missing CodeUri as "."
+    return template
+
+
+def translate(template: dict[str, Any]) -> dict[str, Any]:
+    """The CloudFormation the SAM transform makes of `template`; raises InvalidDocumentException."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    from samtranslator.translator.transform import transform
+
+    return transform(with_placeholder_uris(template), {}, _NoManagedPolicies())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.check_template", description=__doc__.splitlines()[0])
+    parser.add_argument("template", nargs="?", default="template.yaml", type=Path)
+    args = parser.parse_args(argv)
+
+    import yaml
+    from samtranslator.model.exceptions import InvalidDocumentException
+
+    from infra.local.template import load_template
+
+    try:
+        template = load_template(args.template)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        print(f"{args.template}: {error}", file=sys.stderr)
+        return 1
+    try:
+        translated = translate(template)
+    except InvalidDocumentException as error:
+        print(f"{args.template}: {error.message}", file=sys.stderr)
+        for cause in error.causes:
+            print(f"  - {cause.message}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.template}: SAM transform OK, {len(template.get('Resources', {}))} resources "
+        f"-> {len(translated.get('Resources', {}))} CloudFormation resources"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

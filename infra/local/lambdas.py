@@ -1,0 +1,146 @@
+"""The template's functions as in-process handlers: imported on first use, invoked with a Lambda context."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.local.template import ACCOUNT_ID, PROJECT_ROOT, REGION, FunctionSpec
+
+logger = logging.getLogger("infra.local.lambdas")
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of the Lambda runtime's context object that handlers and powertools read."""
+
+    function_name: str
+    memory_limit_in_mb: int
+    invoked_function_arn: str
+    aws_request_id: str
+    timeout_seconds: float
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+    identity: Any = None
+    client_context: Any = None
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_seconds
+        self.log_group_name = self.log_group_name or f"/aws/lambda/{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def import_handler(reference: str) -> Handler:
+    """`package.module.attribute` (a template's Handler) → the callable."""
+    module_name, _, attribute = reference.rpartition(".")
+    if not module_name:
+        raise ValueError(f"handler {reference!r} is not module.attribute")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+class LocalFunction:
+    """One function of the template, run in this process like one warm Lambda container.
+
+    Invocations of one function are serialized by default: Lambda never gives a container two
+    events at once, and handler modules rely on that (powertools' resolver keeps the current
+    event on its module-level `app`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handler: str | Handler,
+        *,
+        memory_mb: int = 128,
+        timeout_seconds: float = 3,
+        code_dir: Path | None = None,
+        serialize: bool = True,
+    ):
+        self.name = name
+        self.arn = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
+        self.memory_mb = memory_mb
+        self.timeout_seconds = timeout_seconds
+        self._reference = handler if isinstance(handler, str) else None
+        self._handler: Handler | None = None if isinstance(handler, str) else handler
+        self._code_dir = code_dir
+        self._lock: threading.RLock | None = threading.RLock() if serialize else None
+        self._import_lock = threading.Lock()
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: FunctionSpec,
+        physical_name: str,
+        handler: str | Handler | None = None,
+        *,
+        base_dir: Path = PROJECT_ROOT,
+        **kwargs: Any,
+    ) -> LocalFunction:
+        """`base_dir` is the template's directory, which a relative CodeUri is resolved against."""
+        code_dir = None if spec.code_uri.startswith("s3://") else (base_dir / spec.code_uri).resolve()
+        return cls(
+            physical_name,
+            handler or spec.handler,
+            memory_mb=spec.memory_mb,
+            timeout_seconds=spec.timeout_seconds,
+            code_dir=code_dir,
+            **kwargs,
+        )
+
+    @property
+    def handler(self) -> Handler:
+        """Imported lazily: the first event pays for the import, as a cold start does."""
+        if self._handler is None:
+            with self._import_lock:
+                if self._handler is None:
+                    assert self._reference is not None
+                    self._handler = self._import(self._reference)
+        return self._handler
+
+    def _import(self, reference: str) -> Handler:
+        try:
+            return import_handler(reference)
+        except ModuleNotFoundError:
+            # The package may live under the function's CodeUri rather than on sys.path already.
+            if self._code_dir is None or str(self._code_dir) in sys.path or not self._code_dir.is_dir():
+                raise
+            sys.path.append(str(self._code_dir))
+            return import_handler(reference)
+
+    def new_context(self) -> LambdaContext:
+        return LambdaContext(
+            function_name=self.name,
+            memory_limit_in_mb=self.memory_mb,
+            invoked_function_arn=self.arn,
+            aws_request_id=str(uuid.uuid4()),
+            timeout_seconds=self.timeout_seconds,
+        )
+
+    def invoke(self, event: Any) -> Any:
+        """Runs the handler; its exceptions propagate (the caller decides what a failure means)."""
+        handler = self.handler
+        context = self.new_context()
+        started = time.monotonic()
+        if self._lock is None:
+            result = handler(event, context)
+        else:
+            with self._lock:
+                result = handler(event, context)
+        elapsed = time.monotonic() - started
+        if elapsed > self.timeout_seconds:
+            # A thread cannot be killed; on AWS this invocation would have timed out.
+            logger.warning("%s ran %.1f s, over its %s s timeout", self.name, elapsed, self.timeout_seconds)
+        return result
