@@ -1,0 +1,183 @@
+"""The DynamoDB adapters under moto, on tables built from template.yaml."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor
+from core.models import HistoryEntry
+from core.plugin_manager import build_plugin_manager
+from core.ports import OrderFilter
+from core.pricing import Pricing
+from core.services import CaptureService
+from core.status import OrderStatus
+from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOrders, from_item
+from tests.builders import NOW, location, place_order, product
+
+
+@pytest.fixture
+def catalog(aws):
+    return DynamoCatalog(aws.dynamodb, aws.tables["CatalogTable"])
+
+
+@pytest.fixture
+def inventory(aws):
+    return DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+
+
+@pytest.fixture
+def orders(aws):
+    return DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+
+
+@pytest.fixture
+def capture(orders, catalog, inventory):
+    catalog.put_product(product("TSHIRT"))
+    catalog.put_location(location("wh-east"))
+    inventory.set_on_hand("TSHIRT", "wh-east", 1000, "count")
+    ticks = iter(range(10_000))
+    return CaptureService(
+        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
+    )
+
+
+# --- Catalog -----------------------------------------------------------------------------------
+
+
+def test_a_product_round_trips_with_exact_money(catalog):
+    assert catalog.put_product(product("MUG", "12.50")) is True
+    assert catalog.put_product(product("MUG", "12.50")) is False
+    stored = catalog.get_product("MUG")
+    assert stored == product("MUG", "12.50")
+    assert stored.price.model_dump(mode="json") == {"amount": "12.50", "currency": "USD"}
+
+
+def test_products_are_fetched_in_one_batch_and_missing_ones_are_absent(catalog):
+    for sku in ("A", "B", "C"):
+        catalog.put_product(product(sku))
+    assert set(catalog.get_products({"A", "C", "NOPE"})) == {"A", "C"}
+
+
+def test_locations_live_in_one_network_item(aws, catalog):
+    assert catalog.put_location(location("wh-east")) is True
+    assert catalog.put_location(location("wh-west", latitude=39.5)) is True
+    assert catalog.put_location(location("wh-west", latitude=39.6)) is False
+    assert [loc.location_id for loc in catalog.list_locations()] == ["wh-east", "wh-west"]
+    assert catalog.get_location("wh-west").latitude == 39.6
+    items = aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"]
+    assert [from_item(i)["sk"] for i in items] == ["LOCATIONS"]
+
+
+# --- Inventory -----------------------------------------------------------------------------------
+
+
+def test_a_count_sets_on_hand_and_available(inventory):
+    level = inventory.set_on_hand("TSHIRT", "wh-east", 7, "count")
+    assert (level.on_hand, level.reserved, level.available) == (7, 0, 7)
+
+
+def test_adjustments_add_and_refuse_to_go_below_reserved(aws, inventory):
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    # Reserve 3 the way the allocation step will: one conditional counter update.
+    aws.dynamodb.update_item(
+        TableName=aws.tables["InventoryTable"],
+        Key={"sku": {"S": "TSHIRT"}, "location_id": {"S": "wh-east"}},
+        UpdateExpression="SET reserved = reserved + :q, available = available - :q",
+        ConditionExpression="available >= :q",
+        ExpressionAttributeValues={":q": {"N": "3"}},
+    )
+    assert inventory.adjust("TSHIRT", "wh-east", 4, "receipt").available == 6
+    with pytest.raises(InsufficientStock):
+        inventory.adjust("TSHIRT", "wh-east", -7, "damage")
+    with pytest.raises(InsufficientStock):
+        inventory.set_on_hand("TSHIRT", "wh-east", 2, "count")
+    level = inventory.levels({"TSHIRT"})["TSHIRT"][0]
+    assert (level.on_hand, level.reserved, level.available) == (9, 3, 6)
+
+
+def test_a_negative_adjustment_on_no_stock_is_refused(inventory):
+    with pytest.raises(InsufficientStock):
+        inventory.adjust("TSHIRT", "wh-east", -1, "damage")
+    assert inventory.levels({"TSHIRT"}) == {"TSHIRT": []}
+
+
+def test_levels_by_key_lookup_and_by_query_agree(inventory):
+    inventory.set_on_hand("TSHIRT", "wh-east", 3, "count")
+    inventory.set_on_hand("TSHIRT", "wh-west", 4, "count")
+    inventory.set_on_hand("MUG", "wh-east", 5, "count")
+    by_query = inventory.levels({"TSHIRT", "MUG"})
+    by_keys = inventory.levels({"TSHIRT", "MUG"}, ["wh-east", "wh-west", "store"])
+    assert {s: sorted(x.location_id for x in v) for s, v in by_query.items()} == {
+        "TSHIRT": ["wh-east", "wh-west"],
+        "MUG": ["wh-east"],
+    }
+    assert {s: sorted(x.available for x in v) for s, v in by_keys.items()} == {"TSHIRT": [3, 4], "MUG": [5]}
+
+
+# --- Orders --------------------------------------------------------------------------------------
+
+
+def test_an_order_round_trips_and_keeps_the_token_out_of_the_model(aws, capture, orders):
+    order = capture.place(place_order(), actor="key_admin")
+    assert orders.get(order.id) == order
+    item = from_item(aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"])
+    assert item["payment_token"] == "tok_approve"
+    assert item["channel_status"] == "web#pending"
+    assert "payment_token" not in order.model_dump()
+
+
+def test_a_second_order_with_the_same_id_is_refused_and_the_first_is_untouched(capture, orders):
+    first = capture.place(place_order(), actor="a")
+    entry = HistoryEntry(at=NOW, type="created", to_status=OrderStatus.PENDING, actor="b")
+    with pytest.raises(DuplicateOrder):
+        orders.add(first.model_copy(update={"version": 99}), entry, payment_token="x")
+    assert orders.get(first.id).version == 1
+    _, history = orders.history(first.id)
+    assert [h.actor for h in history] == ["a"]
+
+
+def test_lists_are_newest_first_and_pages_chain_to_the_end(capture, orders):
+    placed = [capture.place(place_order(external_id=f"e{i}"), actor="k").id for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        page, cursor = orders.list(OrderFilter(channel="web"), 2, cursor)
+        seen.extend(o.id for o in page)
+        if cursor is None:
+            break
+    assert seen == list(reversed(placed))
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        OrderFilter(),
+        OrderFilter(channel="web"),
+        OrderFilter(status=OrderStatus.PENDING),
+        OrderFilter(channel="web", status=OrderStatus.PENDING),
+        OrderFilter(customer_id="cus_2"),
+        OrderFilter(customer_id="cus_2", channel="web", status=OrderStatus.PENDING),
+    ],
+)
+def test_every_filter_finds_its_orders(capture, orders, where):
+    capture.place(place_order(external_id="a", customer={"id": "cus_2", "email": "b@example.com"}), actor="k")
+    capture.place(place_order(external_id="b", channel="marketplace"), actor="k")
+    found, _ = orders.list(where, 10, None)
+    expected = 1 if where.customer_id or where.channel else 2
+    assert len(found) == expected
+    assert all(where.customer_id in (None, o.customer.id) for o in found)
+
+
+def test_a_cursor_only_works_for_the_filter_it_came_from(capture, orders):
+    for i in range(3):
+        capture.place(place_order(external_id=f"c{i}"), actor="k")
+    _, cursor = orders.list(OrderFilter(channel="web"), 1, None)
+    assert cursor is not None
+    with pytest.raises(InvalidCursor):
+        orders.list(OrderFilter(status=OrderStatus.PENDING), 1, cursor)
+    with pytest.raises(InvalidCursor):
+        orders.list(OrderFilter(channel="marketplace"), 1, cursor)
+    for garbage in ("", "not-base64!", "eyJ9", cursor[:-3]):
+        with pytest.raises(InvalidCursor):
+            orders.list(OrderFilter(channel="web"), 1, garbage)

@@ -1,0 +1,138 @@
+"""The real Lambda handlers under moto: sample events, routes vs template, plugin failures, authorizer."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from core import hookimpl
+from core.access import hash_secret
+from core.pricing_types import TaxRate
+from infra.local.template import Template
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "events"
+
+
+class Context:
+    function_name = "ApiFunction"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
+    aws_request_id = "test-request"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+def event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+def api(evt: dict) -> tuple[int, dict]:
+    from functions.api.app import lambda_handler
+
+    response = lambda_handler(evt, Context())
+    return response["statusCode"], json.loads(response["body"])
+
+
+@pytest.fixture
+def seeded(aws):
+    from functions.bootstrap import container
+
+    c = container()
+    from core.models import LocationInput, ProductInput, StockCount
+    from tests.builders import location_body, product_body
+
+    c.catalog.put_product("TSHIRT-BLK-M", ProductInput.model_validate(product_body()))
+    c.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    c.inventory.count("TSHIRT-BLK-M", "wh-east", StockCount(on_hand=10).on_hand)
+    return c
+
+
+def test_sample_events_run_through_the_real_handler(seeded):
+    status, placed = api(event("api_place_order.json"))
+    assert status == 201
+    status, replay = api(event("api_place_order.json"))
+    assert (status, replay) == (201, placed)
+    status, fetched = api(event("api_get_order.json"))
+    assert status == 200
+    assert fetched["id"] == placed["id"]
+
+
+def test_every_route_of_the_app_is_an_api_event_of_the_template_and_back():
+    from functions.api.app import app
+
+    declared = {(r.method, r.path) for r in Template.load().api_routes()}
+    served = {(route.method.upper(), route.openapi_path) for route in app._static_routes + app._dynamic_routes}
+    assert served == declared
+
+
+class ExplodingTax:
+    @hookimpl(tryfirst=True)
+    def oms_tax_rate(self, line, address, draft):
+        raise KeyError("tax service down")
+
+
+class NonsenseTax:
+    @hookimpl(tryfirst=True)
+    def oms_tax_rate(self, line, address, draft):
+        return Decimal("0.2")  # a bare number instead of a TaxRate
+
+
+class NegativeTax:
+    @hookimpl(tryfirst=True)
+    def oms_tax_rate(self, line, address, draft):
+        return TaxRate.model_construct(rate=Decimal("-0.5"), name="bogus")
+
+
+@pytest.mark.parametrize("plugin", [ExplodingTax(), NonsenseTax(), NegativeTax()])
+def test_a_broken_plugin_is_a_clear_error_and_stores_nothing(seeded, aws, plugin):
+    from functions.bootstrap import container
+
+    plugins = container().plugins
+    plugins.register(plugin)
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(plugin)
+    assert status == 500
+    assert body["error"]["code"] == "plugin_error"
+    assert "Traceback" not in json.dumps(body)
+    assert aws.dynamodb.scan(TableName=aws.tables["OrdersTable"])["Count"] == 0
+
+
+def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
+    from functions.authorizer.app import lambda_handler
+    from functions.bootstrap import ensure_admin_key
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    policy = lambda_handler(event("authorizer_request.json"), Context())
+    assert policy["principalId"] == "key_admin"
+    assert policy["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    assert policy["policyDocument"]["Statement"][0]["Resource"].endswith("abc123/v1/*")
+    assert policy["context"]["key_id"] == "key_admin"
+    assert "orders:write" in policy["context"]["scopes"].split()
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Basic abc", "Bearer wrong_key_0123456789", "bearer x"])
+def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
+    from functions.authorizer.app import lambda_handler
+    from functions.bootstrap import ensure_admin_key
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    evt = event("authorizer_request.json")
+    evt["headers"] = {} if header is None else {"Authorization": header}
+    with pytest.raises(Exception, match=r"^Unauthorized$"):
+        lambda_handler(evt, Context())
+
+
+def test_keys_are_stored_only_as_hashes(aws):
+    from functions.bootstrap import ensure_admin_key
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    dump = json.dumps(aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"])
+    assert "oms_sample_admin_key_0123456789" not in dump
+    assert hash_secret("oms_sample_admin_key_0123456789") in dump

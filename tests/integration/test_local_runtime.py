@@ -1,0 +1,641 @@
+"""The local runtime: template reading, the API Gateway emulation, the moto lock, the embedded stack.
+
+Fake handlers stand in for functions/ throughout, so these tests pin the runtime's own behaviour.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.gateway import (
+    ApiGateway,
+    Authorizer,
+    HttpRequest,
+    Router,
+    policy_allows,
+    proxy_event,
+    request_authorizer_event,
+)
+from infra.local.lambdas import LocalFunction
+from infra.local.template import DEFAULT_TEMPLATE, ApiRoute, Template, load_template
+
+ARN_PREFIX = "arn:aws:execute-api:us-east-1:123456789012:local/v1"
+
+
+# --- Fakes ------------------------------------------------------------------------------------------
+
+received_events: list[dict[str, Any]] = []
+
+
+def fake_api_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Echoes what it was given, as the real API handler's proxy response."""
+    received_events.append(event)
+    if event["path"] == "/locations" and event["httpMethod"] == "GET":
+        return {"statusCode": 200, "body": json.dumps({"items": [], "next_cursor": None})}
+    if event["path"].startswith("/orders/boom"):
+        raise RuntimeError("secret detail that must not leak")
+    status = 201 if event["httpMethod"] == "PUT" else 200
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json"},
+        "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]},
+        "body": json.dumps({"function": context.function_name, "path": event["path"]}),
+    }
+
+
+def allow_all(principal: str = "key_test", **context: Any) -> dict[str, Any]:
+    return {
+        "principalId": principal,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": f"{ARN_PREFIX}/*"}],
+        },
+        "context": context,
+    }
+
+
+def fake_authorizer_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    token = (event["headers"] or {}).get("Authorization", "")
+    if token == "Bearer deny":
+        policy = allow_all()
+        policy["policyDocument"]["Statement"][0]["Effect"] = "Deny"
+        return policy
+    if token.startswith("Bearer good"):
+        return allow_all(scopes="admin", channel="", count=3, admin=True)
+    raise Exception("Unauthorized")
+
+
+class Recorder:
+    """A handler that records its calls and answers from a function."""
+
+    def __init__(self, answer: Any):
+        self.answer = answer
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        self.events.append(event)
+        return self.answer(event) if callable(self.answer) else self.answer
+
+
+def ok(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    return {"statusCode": 200, "body": json.dumps({"ok": True})}
+
+
+ROUTES = [
+    ApiRoute("Health", "/health", "GET", None),
+    ApiRoute("ListOrders", "/orders", "GET", "Keys"),
+    ApiRoute("PlaceOrder", "/orders", "POST", "Keys"),
+    ApiRoute("GetOrder", "/orders/{order_id}", "GET", "Keys"),
+    ApiRoute("GetOrderHistory", "/orders/{order_id}/history", "GET", "Keys"),
+    ApiRoute("SetStock", "/inventory/{sku}/{location_id}", "PUT", "Keys"),
+    ApiRoute("Files", "/files/{path+}", "GET", None),
+]
+
+
+def gateway(api: Any = ok, authorizer: Any = fake_authorizer_handler, cache_seconds: int = 0, **kwargs: Any):
+    return ApiGateway(
+        ROUTES,
+        LocalFunction("oms-local-ApiFunction", api, timeout_seconds=10),
+        {
+            "Keys": Authorizer(
+                "Keys", LocalFunction("oms-local-AuthorizerFunction", authorizer), ("Authorization",), cache_seconds
+            )
+        },
+        **kwargs,
+    )
+
+
+def call(gw: ApiGateway, method: str, path: str, *, headers=(), body: bytes = b"", query: str = ""):
+    response = gw.handle(HttpRequest(method, path, query, list(headers), body))
+    return response.status_code, json.loads(response.get_data() or b"null"), response
+
+
+# --- The template -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return Template.load()
+
+
+def test_short_tags_become_long_form_and_dates_stay_strings(tmp_path: Path):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "AWSTemplateFormatVersion: 2010-09-09\n"
+        "Resources:\n"
+        "  Thing:\n"
+        "    Type: AWS::SQS::Queue\n"
+        "    Properties:\n"
+        "      A: !Ref Other\n"
+        "      B: !GetAtt Other.Arn\n"
+        "      C: !Sub '${AWS::StackName}-x'\n"
+        "      D: !If [IsProd, !Ref X, !Ref AWS::NoValue]\n"
+        "      E: !Join ['-', [a, b]]\n"
+    )
+    document = load_template(path)
+    props = document["Resources"]["Thing"]["Properties"]
+    assert document["AWSTemplateFormatVersion"] == "2010-09-09"
+    assert props["A"] == {"Ref": "Other"}
+    assert props["B"] == {"Fn::GetAtt": ["Other", "Arn"]}
+    assert props["C"] == {"Fn::Sub": "${AWS::StackName}-x"}
+    assert props["D"] == {"Fn::If": ["IsProd", {"Ref": "X"}, {"Ref": "AWS::NoValue"}]}
+    assert props["E"] == {"Fn::Join": ["-", ["a", "b"]]}
+
+
+def test_tables_carry_keys_indexes_streams_and_ttl(template: Template):
+    tables = {spec.logical_id: spec for spec in template.tables()}
+    assert set(tables) == {"OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable"}
+    orders = tables["OrdersTable"]
+    assert orders.key_schema == [{"AttributeName": "id", "KeyType": "HASH"}]
+    indexes = {index["IndexName"]: index for index in orders.global_secondary_indexes}
+    assert {"by_customer", "by_channel", "by_status"} <= set(indexes)
+    assert indexes["by_customer"]["Projection"] == {
+        "ProjectionType": "INCLUDE",
+        "NonKeyAttributes": ["status", "channel"],
+    }
+    assert orders.stream_view_type == "NEW_AND_OLD_IMAGES"
+    assert tables["CatalogTable"].ttl_attribute == "expires_at"
+    assert tables["IdempotencyTable"].ttl_attribute == "expiration"
+    request = orders.create_table_request("t")
+    assert request["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert request["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_routes_authorizer_and_environment_come_from_the_template(template: Template):
+    routes = {(route.method, route.path): route for route in template.api_routes()}
+    assert routes[("GET", "/health")].authorizer is None
+    assert routes[("GET", "/orders/{order_id}")].authorizer == "ApiKeyAuthorizer"
+    assert ("PUT", "/inventory/{sku}/{location_id}") in routes
+    assert template.api_function().handler == "functions.api.app.lambda_handler"
+    authorizer = template.default_authorizer()
+    assert authorizer is not None
+    assert authorizer.handler == "functions.authorizer.app.lambda_handler"
+    assert authorizer.identity_headers == ("Authorization",)
+    assert authorizer.reauthorize_every == int(template.parameter("AuthorizerCacheSeconds"))
+    assert template.gateway_responses()["UNAUTHORIZED"].status == 401
+    env = template.global_environment(
+        {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}
+    )
+    assert env["ORDERS_TABLE"] == "o"
+    assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
+
+
+def test_parameter_overrides_win_over_defaults():
+    template = Template.load(parameter_overrides={"AuthorizerCacheSeconds": 0})
+    assert template.default_authorizer().reauthorize_every == 0
+
+
+# --- Routing and events -----------------------------------------------------------------------------
+
+
+def test_router_prefers_literal_segments_and_reports_allowed_methods():
+    router = Router([*ROUTES, ApiRoute("Search", "/orders/search", "GET", None)])
+    match, _ = router.match("/orders/search", "GET")
+    assert match.route.event_name == "Search"
+    match, _ = router.match("/orders/ord_1", "GET")
+    assert match.route.path == "/orders/{order_id}" and match.path_parameters == {"order_id": "ord_1"}
+    match, allowed = router.match("/orders", "DELETE")
+    assert match is None and allowed == ["GET", "POST"]
+    match, allowed = router.match("/nope", "GET")
+    assert match is None and allowed == []
+    match, _ = router.match("/files/a/b%20c", "GET")
+    assert match.path_parameters == {"path": "a/b c"}
+    assert router.match("/orders/", "GET")[0].route.path == "/orders"
+
+
+def test_unknown_path_is_404_and_wrong_method_is_405_in_the_contract_shape():
+    gw = gateway()
+    status, body, _ = call(gw, "GET", "/nowhere")
+    assert status == 404
+    assert body["error"]["code"] == "not_found" and body["error"]["details"] == []
+    status, body, response = call(gw, "DELETE", "/orders", headers=[("Authorization", "Bearer good")])
+    assert status == 405
+    assert body["error"]["code"] == "method_not_allowed"
+    assert response.headers["Allow"] == "GET, POST"
+
+
+def test_proxy_event_has_api_gateway_v1_shape():
+    request = HttpRequest(
+        "PUT",
+        "/inventory/TSHIRT%2FBLK/wh-east",
+        "a=1&tag=x&tag=y&empty=",
+        [("Content-Type", "application/json"), ("X-Tag", "one"), ("X-Tag", "two")],
+        b'{"on_hand": 3}',
+        source_ip="10.0.0.7",
+    )
+    match, _ = Router(ROUTES).match(request.path, request.method)
+    event = proxy_event(request, match)
+    assert event["resource"] == "/inventory/{sku}/{location_id}"
+    assert event["path"] == "/inventory/TSHIRT%2FBLK/wh-east"  # REST APIs keep the path encoded
+    assert event["pathParameters"] == {"sku": "TSHIRT/BLK", "location_id": "wh-east"}
+    assert event["httpMethod"] == "PUT"
+    assert event["queryStringParameters"] == {"a": "1", "tag": "y", "empty": ""}
+    assert event["multiValueQueryStringParameters"]["tag"] == ["x", "y"]
+    assert event["headers"]["X-Tag"] == "two"
+    assert event["multiValueHeaders"]["X-Tag"] == ["one", "two"]
+    assert event["body"] == '{"on_hand": 3}' and event["isBase64Encoded"] is False
+    context = event["requestContext"]
+    assert context["stage"] == "v1"
+    assert context["resourcePath"] == "/inventory/{sku}/{location_id}"
+    assert context["httpMethod"] == "PUT"
+    assert context["identity"]["sourceIp"] == "10.0.0.7"
+    assert context["requestId"] == request.request_id
+    assert abs(context["requestTimeEpoch"] - time.time() * 1000) < 5000
+    assert context["path"] == "/v1/inventory/TSHIRT%2FBLK/wh-east"
+
+
+def test_proxy_event_without_query_or_body_uses_nulls_and_binary_bodies_are_base64():
+    match, _ = Router(ROUTES).match("/health", "GET")
+    event = proxy_event(HttpRequest("GET", "/health"), match)
+    assert event["queryStringParameters"] is None
+    assert event["multiValueQueryStringParameters"] is None
+    assert event["pathParameters"] is None
+    assert event["body"] is None and event["isBase64Encoded"] is False
+    binary = bytes([0xFF, 0x00, 0xFE])
+    event = proxy_event(HttpRequest("GET", "/health", body=binary), match)
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == binary
+
+
+def test_handler_response_becomes_the_http_response():
+    gw = gateway(
+        api=lambda event, context: {
+            "statusCode": 201,
+            "headers": {"Content-Type": "text/plain", "X-One": "1"},
+            "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]},
+            "body": base64.b64encode(b"\xffraw").decode(),
+            "isBase64Encoded": True,
+        }
+    )
+    response = gw.handle(HttpRequest("GET", "/health"))
+    assert response.status_code == 201
+    assert response.get_data() == b"\xffraw"
+    assert response.headers["Content-Type"] == "text/plain"
+    assert response.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
+    assert response.headers["x-amzn-RequestId"]
+
+
+def test_handler_exception_is_500_without_the_traceback(caplog: pytest.LogCaptureFixture):
+    def explode(event, context):
+        raise RuntimeError("secret detail")
+
+    status, body, response = call(gateway(api=explode), "GET", "/health")
+    assert status == 500
+    assert body == {"error": {"code": "internal_error", "message": "internal error", "details": []}}
+    assert b"secret" not in response.get_data()
+    assert "secret detail" in caplog.text  # logged for the developer
+
+
+def test_body_over_the_gateway_limit_is_413_before_any_function_runs():
+    api = Recorder(ok)
+    status, body, _ = call(gateway(api=api, max_body_bytes=10), "GET", "/health", body=b"x" * 11)
+    assert status == 413
+    assert body["error"]["code"] == "payload_too_large"
+    assert api.events == []
+
+
+# --- The authorizer ---------------------------------------------------------------------------------
+
+
+def test_missing_identity_header_is_401_without_calling_the_authorizer():
+    authorizer = Recorder(lambda event: allow_all())
+    status, body, _ = call(gateway(authorizer=authorizer), "GET", "/orders")
+    assert status == 401
+    assert body["error"]["code"] == "unauthorized"
+    assert authorizer.events == []
+
+
+def test_unauthorized_exception_is_401_and_deny_is_403():
+    gw = gateway()
+    status, body, _ = call(gw, "GET", "/orders", headers=[("Authorization", "Bearer bad")])
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    status, body, _ = call(gw, "GET", "/orders", headers=[("Authorization", "Bearer deny")])
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+def test_allow_passes_principal_and_context_to_the_api_handler():
+    api = Recorder(ok)
+    authorizer = Recorder(lambda event: allow_all("key_1", scopes="orders:read", count=3, admin=True))
+    status, _, _ = call(
+        gateway(api=api, authorizer=authorizer),
+        "GET",
+        "/orders/ord_1",
+        headers=[("authorization", "Bearer good-key")],
+        query="x=1",
+    )
+    assert status == 200
+    [auth_event] = authorizer.events
+    assert auth_event["type"] == "REQUEST"
+    assert auth_event["methodArn"] == f"{ARN_PREFIX}/GET/orders/ord_1"
+    assert auth_event["resource"] == "/orders/{order_id}"
+    assert auth_event["pathParameters"] == {"order_id": "ord_1"}
+    assert auth_event["queryStringParameters"] == {"x": "1"}
+    assert auth_event["headers"]["authorization"] == "Bearer good-key"
+    [event] = api.events
+    assert event["requestContext"]["authorizer"]["principalId"] == "key_1"
+    assert event["requestContext"]["authorizer"]["scopes"] == "orders:read"
+    # API Gateway hands context values over as strings.
+    assert event["requestContext"]["authorizer"]["count"] == "3"
+    assert event["requestContext"]["authorizer"]["admin"] == "true"
+
+
+def test_a_policy_that_does_not_cover_the_method_is_403():
+    def narrow(event):
+        output = allow_all()
+        output["policyDocument"]["Statement"][0]["Resource"] = f"{ARN_PREFIX}/GET/orders"
+        return output
+
+    gw = gateway(authorizer=Recorder(narrow))
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer x")])[0] == 200
+    assert call(gw, "POST", "/orders", headers=[("Authorization", "Bearer x")])[0] == 403
+    assert policy_allows({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}, "arn:x")
+    assert not policy_allows({"Statement": []}, "arn:x")
+
+
+def test_authorizer_results_are_cached_per_authorization_header():
+    authorizer = Recorder(lambda event: allow_all())
+    gw = gateway(authorizer=authorizer, cache_seconds=60)
+    for _ in range(3):
+        assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 200
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer b")])[0] == 200
+    assert len(authorizer.events) == 2
+    uncached = Recorder(lambda event: allow_all())
+    gw = gateway(authorizer=uncached, cache_seconds=0)
+    for _ in range(2):
+        call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])
+    assert len(uncached.events) == 2
+
+
+def test_authorizer_crash_or_bad_output_is_500():
+    def crash(event, context):
+        raise ValueError("boom")
+
+    assert call(gateway(authorizer=crash), "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 500
+    bad = Recorder({"principalId": "x"})
+    assert call(gateway(authorizer=bad), "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 500
+
+
+def test_authorizer_event_is_built_from_the_proxy_event():
+    match, _ = Router(ROUTES).match("/orders", "POST")
+    event = proxy_event(HttpRequest("POST", "/orders", headers=[("Authorization", "Bearer z")]), match)
+    auth_event = request_authorizer_event(event)
+    assert auth_event["methodArn"] == f"{ARN_PREFIX}/POST/orders"
+    assert auth_event["httpMethod"] == "POST" and auth_event["path"] == "/orders"
+    assert "authorizer" not in auth_event["requestContext"]
+
+
+# --- Functions ------------------------------------------------------------------------------------
+
+
+def test_handlers_are_imported_on_first_invocation_with_a_lambda_context():
+    function = LocalFunction("oms-local-Fn", "tests.integration.no_such_module.handler", memory_mb=256)
+    with pytest.raises(ModuleNotFoundError):
+        function.invoke({})  # constructing it did not import anything
+    function = LocalFunction("oms-local-Fn", f"{__name__}.fake_api_handler", memory_mb=256, timeout_seconds=5)
+    context = function.new_context()
+    assert context.function_name == "oms-local-Fn"
+    assert context.memory_limit_in_mb == 256
+    assert context.invoked_function_arn == "arn:aws:lambda:us-east-1:123456789012:function:oms-local-Fn"
+    assert context.aws_request_id
+    assert 4000 < context.get_remaining_time_in_millis() <= 5000
+    assert function.invoke({"path": "/x", "httpMethod": "GET"})["statusCode"] == 200
+
+
+# --- The moto lock --------------------------------------------------------------------------------
+
+
+def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.MonkeyPatch):
+    import boto3
+    from moto import mock_aws
+    from moto.core.responses import BaseResponse
+    from moto.dynamodb.models import DynamoDBBackend
+
+    from infra.local import moto_lock
+
+    inside = 0
+    most_inside = 0
+    counter = threading.Lock()
+    original_get_item = DynamoDBBackend.get_item
+
+    def slow_get_item(self, *args, **kwargs):
+        nonlocal inside, most_inside
+        with counter:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        time.sleep(0.005)
+        with counter:
+            inside -= 1
+        return original_get_item(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "get_item", slow_get_item)
+    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(name, value)
+    original_call_action = BaseResponse.__dict__["call_action"]
+    with mock_aws(), moto_lock.serialized_moto():
+        assert BaseResponse.__dict__["call_action"] is not original_call_action
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        def reader():
+            for _ in range(5):
+                client.get_item(TableName="t", Key={"id": {"S": "x"}})
+
+        threads = [threading.Thread(target=reader) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert most_inside == 1
+    assert BaseResponse.__dict__["call_action"] is original_call_action  # uninstalled
+
+
+# --- The embedded stack ---------------------------------------------------------------------------
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None, headers=()) -> tuple[int, Any, Any]:
+    """Plain HTTP (http.client lets a header repeat, and sees no proxy settings)."""
+    parts = url.split("/", 3)
+    host, port = parts[2].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.putrequest(method, "/" + (parts[3] if len(parts) > 3 else ""))
+    for name, value in headers:
+        connection.putheader(name, value)
+    if body is not None:
+        connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    response = connection.getresponse()
+    raw = response.read()
+    connection.close()
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = raw
+    return response.status, data, response
+
+
+@pytest.fixture
+def admin_keys() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def stack(admin_keys: list[str]) -> Iterator[Any]:
+    from infra.local.stack import running_stack
+
+    received_events.clear()
+    with running_stack(
+        handlers={"ApiFunction": f"{__name__}.fake_api_handler", "AuthorizerFunction": fake_authorizer_handler},
+        admin_key_bootstrap=admin_keys.append,
+        admin_key="oms_admin_test_secret_value",
+    ) as running:
+        yield running
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_stack_serves_the_api_and_the_aws_endpoint_on_free_ports(stack, admin_keys: list[str]):
+    import boto3
+
+    assert admin_keys == ["oms_admin_test_secret_value"]
+    assert stack.api_port and stack.aws_port and stack.api_port != 8080
+    assert os.environ["ORDERS_TABLE"] == "oms-local-OrdersTable"
+    assert os.environ["CATALOG_TABLE"] == stack.table_names["CatalogTable"]
+
+    status, body, _ = request(stack.api_url + "/health")
+    assert status == 200 and body["function"] == "oms-local-ApiFunction"
+    status, body, _ = request(stack.api_url + "/orders/ord_1")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, body, response = request(
+        stack.api_url + "/orders/ord_1?tag=a&tag=b",
+        headers=[("Authorization", "Bearer good"), ("X-Tag", "one"), ("X-Tag", "two")],
+    )
+    assert status == 200 and body["path"] == "/orders/ord_1"
+    assert response.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
+    event = received_events[-1]
+    assert event["multiValueHeaders"]["X-Tag"] == ["one", "two"]
+    assert event["multiValueQueryStringParameters"] == {"tag": ["a", "b"]}
+    assert event["requestContext"]["authorizer"]["principalId"] == "key_test"
+    status, body, _ = request(stack.api_url + "/orders/boom", headers=[("Authorization", "Bearer good")])
+    assert status == 500 and "secret" not in json.dumps(body)
+
+    # The AWS endpoint serves the same in-process backends the handlers use.
+    dynamodb = boto3.client(
+        "dynamodb",
+        endpoint_url=stack.aws_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+    )
+    assert set(dynamodb.list_tables()["TableNames"]) == set(stack.table_names.values())
+    ttl = dynamodb.describe_time_to_live(TableName=stack.table_names["CatalogTable"])
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+    boto3.client("dynamodb", region_name="us-east-1").put_item(
+        TableName=stack.table_names["OrdersTable"], Item={"id": {"S": "ord_x"}}
+    )
+    assert dynamodb.scan(TableName=stack.table_names["OrdersTable"])["Count"] == 1
+
+
+def test_stack_stop_restores_the_environment_and_frees_the_ports():
+    from infra.local.stack import running_stack
+
+    assert "ORDERS_TABLE" not in os.environ
+    with running_stack(
+        handlers={"ApiFunction": ok, "AuthorizerFunction": fake_authorizer_handler},
+        admin_key_bootstrap=lambda secret: None,
+    ) as running:
+        ports = (running.api_port, running.aws_port)
+        assert os.environ["AWS_ACCOUNT_ID_ENDPOINT_MODE"] == "disabled"
+    assert "ORDERS_TABLE" not in os.environ
+    assert all(_port_is_free(port) for port in ports)
+    from infra.local import moto_lock
+
+    assert not moto_lock.is_installed()
+
+
+def test_stack_seeds_the_demo_data_through_the_api_when_empty():
+    from infra.local.seed import DEMO_SEED
+    from infra.local.stack import running_stack
+
+    received_events.clear()
+    with running_stack(
+        handlers={"ApiFunction": fake_api_handler, "AuthorizerFunction": fake_authorizer_handler},
+        admin_key_bootstrap=lambda secret: None,
+        admin_key="good-admin-key-for-tests",
+        seed=True,
+    ) as running:
+        assert running.seeded
+    seed = json.loads(DEMO_SEED.read_text())
+    calls = [(event["httpMethod"], event["resource"]) for event in received_events]
+    assert calls[0] == ("GET", "/locations")
+    assert calls.count(("PUT", "/products/{sku}")) == len(seed["products"]) == 4
+    assert calls.count(("PUT", "/locations/{location_id}")) == len(seed["locations"]) == 3
+    assert calls.count(("PUT", "/inventory/{sku}/{location_id}")) == len(seed["stock"])
+    first_product = json.loads(received_events[1]["body"])
+    assert "sku" not in first_product and first_product["price"] == {"amount": "19.99", "currency": "USD"}
+    assert all(event["headers"]["Authorization"] == "Bearer good-admin-key-for-tests" for event in received_events)
+
+
+def test_a_table_added_to_the_template_is_created(tmp_path: Path):
+    import boto3
+
+    from infra.local.stack import running_stack
+
+    text = DEFAULT_TEMPLATE.read_text()
+    extra = (
+        "  ReportsTable:\n"
+        "    Type: AWS::DynamoDB::Table\n"
+        "    Properties:\n"
+        "      BillingMode: PAY_PER_REQUEST\n"
+        "      AttributeDefinitions: [{ AttributeName: pk, AttributeType: S }]\n"
+        "      KeySchema: [{ AttributeName: pk, KeyType: HASH }]\n"
+        "      TimeToLiveSpecification: { AttributeName: ttl, Enabled: true }\n"
+    )
+    path = tmp_path / "template.yaml"
+    path.write_text(text.replace("\nResources:\n", "\nResources:\n" + extra, 1))
+    with running_stack(
+        template=path,
+        handlers={"ApiFunction": ok, "AuthorizerFunction": ok},
+        admin_key_bootstrap=lambda secret: None,
+        stack_name="t",
+    ) as running:
+        assert running.table_names["ReportsTable"] == "t-ReportsTable"
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        assert "t-ReportsTable" in client.list_tables()["TableNames"]
+        ttl = client.describe_time_to_live(TableName="t-ReportsTable")["TimeToLiveDescription"]
+        assert ttl["AttributeName"] == "ttl"
+
+
+# --- check_template -------------------------------------------------------------------------------
+
+
+def test_check_template_accepts_ours_and_rejects_a_bad_event_type(tmp_path: Path, capsys):
+    from infra.check_template import main
+
+    assert main([str(DEFAULT_TEMPLATE)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEFAULT_TEMPLATE.read_text().replace("Type: Api\n", "Type: Apii\n", 1))
+    assert main([str(bad)]) == 1
+    assert "Apii" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Builders for unit tests (products, addresses, orders, pricing drafts) and a fresh plugin setup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pluggy
+import pytest
+
+from core.models import Address, Customer, Fulfillment, LineInput, PaymentInput, PlaceOrder, Product
+from core.money import Money
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.pricing_types import DraftLine, PricingDraft
+from plugins.data_files import load_data_file
+from plugins.promotions import PROMOTIONS_FILE_ENV
+from plugins.tax_table import TAX_RATES_FILE_ENV
+
+UPDATED_AT = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def a_product(
+    sku: str = "MUG-1",
+    price: str = "10.00",
+    currency: str = "USD",
+    *,
+    weight_grams: int | None = None,
+    tax_code: str | None = None,
+) -> Product:
+    return Product(
+        sku=sku,
+        name=f"Product {sku}",
+        price=Money(amount=price, currency=currency),
+        weight_grams=weight_grams,
+        tax_code=tax_code,
+        updated_at=UPDATED_AT,
+    )
+
+
+def an_address(country: str = "US", region: str | None = "CA") -> Address:
+    return Address(
+        name="Ada Lovelace",
+        line1="1 Analytical Way",
+        city="Somewhere",
+        region=region,
+        postal_code="12345",
+        country=country,
+    )
+
+
+def a_customer() -> Customer:
+    return Customer(id="cus_1", email="ada@example.com", name="Ada Lovelace")
+
+
+def an_order(
+    *lines: tuple[str, int],
+    currency: str = "USD",
+    address: Address | None = None,
+    promo_codes: list[str] | None = None,
+    shipping_method: str | None = None,
+    channel: str = "web",
+    fulfillment: Fulfillment | None = None,
+) -> PlaceOrder:
+    """A PlaceOrder for (sku, quantity) lines; one MUG-1 when none are given."""
+    return PlaceOrder(
+        channel=channel,
+        currency=currency,
+        customer=a_customer(),
+        lines=[LineInput(sku=sku, quantity=quantity) for sku, quantity in (lines or [("MUG-1", 1)])],
+        shipping_address=address or an_address(),
+        fulfillment=fulfillment or Fulfillment(),
+        shipping_method=shipping_method,
+        promo_codes=promo_codes or [],
+        payment=PaymentInput(method="test", token="tok_approve"),
+    )
+
+
+def a_draft(
+    *lines: tuple[Product, int],
+    currency: str = "USD",
+    address: Address | None = None,
+    promo_codes: list[str] | None = None,
+    channel: str = "web",
+) -> PricingDraft:
+    """A PricingDraft whose unit prices are the products' catalog prices."""
+    draft_lines = [
+        DraftLine(
+            line_id=f"L{index + 1}",
+            product=product,
+            quantity=quantity,
+            unit_price=product.price,
+            subtotal=product.price.times(quantity),
+        )
+        for index, (product, quantity) in enumerate(lines or [(a_product(), 1)])
+    ]
+    return PricingDraft(
+        channel=channel,
+        currency=currency,
+        customer=a_customer(),
+        lines=draft_lines,
+        shipping_address=address or an_address(),
+        fulfillment=Fulfillment(),
+        shipping_method=None,
+        promo_codes=promo_codes or [],
+    )
+
+
+def usd(amount: str) -> Money:
+    return Money(amount=amount, currency="USD")
+
+
+@pytest.fixture(autouse=True)
+def packaged_data_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts from the packaged data files, with nothing cached from another test."""
+    monkeypatch.delenv(PROMOTIONS_FILE_ENV, raising=False)
+    monkeypatch.delenv(TAX_RATES_FILE_ENV, raising=False)
+    load_data_file.cache_clear()
+    yield
+    load_data_file.cache_clear()
+
+
+@pytest.fixture
+def plugins() -> pluggy.PluginManager:
+    """The built-in plugins, loaded through the `oms` entry points like any installed plugin."""
+    return build_plugin_manager(load_entry_points=True)
+
+
+@pytest.fixture
+def pricing(plugins: pluggy.PluginManager) -> Pricing:
+    return Pricing(plugins)

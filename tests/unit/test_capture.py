@@ -1,0 +1,139 @@
+"""Capture service: validation, pricing through plugins, the stock check, one put."""
+
+import pytest
+
+from core.errors import DuplicateOrder, InsufficientStock, InvalidRequest, UnknownSku
+from core.ids import order_id_for
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.services import CaptureService, InventoryService, OrderQueries
+from core.status import OrderStatus
+from tests.builders import NOW, location, place_order, product
+from tests.fakes import FakeCatalog, FakeInventory, FakeOrders
+
+
+@pytest.fixture
+def world():
+    orders, catalog, inventory = FakeOrders(), FakeCatalog(), FakeInventory()
+    catalog.put_product(product("TSHIRT", "19.99"))
+    catalog.put_product(product("MUG", "12.50", weight_grams=350))
+    catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    catalog.put_location(location("wh-east"))
+    catalog.put_location(location("wh-west", latitude=39.5, longitude=-119.8))
+    catalog.put_location(location("store-sf", type="store", ships=False, pickup=True))
+    inventory.set_on_hand("TSHIRT", "wh-east", 3, "count")
+    inventory.set_on_hand("TSHIRT", "wh-west", 2, "count")
+    inventory.set_on_hand("TSHIRT", "store-sf", 50, "count")
+    inventory.set_on_hand("MUG", "store-sf", 4, "count")
+    capture = CaptureService(orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW)
+    return capture, orders, inventory
+
+
+def test_a_placed_order_is_pending_with_its_first_history_entry(world):
+    capture, orders, _ = world
+    order = capture.place(place_order(), actor="key_admin")
+    assert order.status is OrderStatus.PENDING
+    assert order.version == 1
+    assert order.id == order_id_for("web", "web-1001")
+    _, history = orders.history(order.id)
+    assert [(h.type, h.from_status, h.to_status, h.actor) for h in history] == [
+        ("created", None, OrderStatus.PENDING, "key_admin")
+    ]
+    assert orders.tokens[order.id] == "tok_approve"
+
+
+def test_totals_follow_the_contract(world):
+    capture, _, _ = world
+    order = capture.place(place_order(lines=[{"sku": "TSHIRT", "quantity": 2}]), actor="k")
+    (line,) = order.lines
+    assert str(line.unit_price.amount) == "19.99"
+    assert line.total == line.unit_price.times(2) - line.discount + line.tax
+    t = order.totals
+    assert t.subtotal.amount == sum(x.unit_price.amount * x.quantity for x in order.lines)
+    assert t.grand_total == line.total + t.shipping
+
+
+def test_the_same_channel_and_external_id_is_a_duplicate(world):
+    capture, _, _ = world
+    first = capture.place(place_order(), actor="k")
+    with pytest.raises(DuplicateOrder) as raised:
+        capture.place(place_order(), actor="k")
+    assert raised.value.order_id == first.id
+
+
+def test_an_unknown_sku_names_its_line_and_stores_nothing(world):
+    capture, orders, _ = world
+    with pytest.raises(UnknownSku) as raised:
+        capture.place(place_order(lines=[{"sku": "TSHIRT", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]), "k")
+    assert raised.value.details == [{"field": "lines[1].sku", "message": "no product NOPE"}]
+    assert orders.orders == {}
+
+
+def test_stock_is_summed_over_shipping_locations_only(world):
+    capture, orders, _ = world
+    # 3 + 2 ship from warehouses; the store's 50 are not eligible for a shipped order.
+    capture.place(place_order(external_id="ok", lines=[{"sku": "TSHIRT", "quantity": 5}]), "k")
+    with pytest.raises(InsufficientStock) as raised:
+        capture.place(place_order(external_id="short", lines=[{"sku": "TSHIRT", "quantity": 6}]), "k")
+    assert raised.value.details[0]["field"] == "lines[0].quantity"
+    assert len(orders.orders) == 1
+
+
+def test_lines_of_the_same_sku_are_checked_together(world):
+    capture, _, _ = world
+    lines = [{"sku": "TSHIRT", "quantity": 3}, {"sku": "TSHIRT", "quantity": 3}]
+    with pytest.raises(InsufficientStock):
+        capture.place(place_order(lines=lines), "k")
+
+
+def test_backorderable_products_skip_the_stock_check(world):
+    capture, _, _ = world
+    order = capture.place(place_order(lines=[{"sku": "PREORDER", "quantity": 7}]), "k")
+    assert order.status is OrderStatus.PENDING
+
+
+def test_pickup_uses_the_store_stock_and_pays_no_shipping(world):
+    capture, _, _ = world
+    order = capture.place(
+        place_order(lines=[{"sku": "MUG", "quantity": 4}], fulfillment={"type": "pickup", "location_id": "store-sf"}),
+        "k",
+    )
+    assert order.shipping_method == "pickup"
+    assert order.totals.shipping.amount == 0
+
+
+def test_pickup_needs_a_pickup_location(world):
+    capture, _, _ = world
+    with pytest.raises(InvalidRequest) as raised:
+        capture.place(place_order(fulfillment={"type": "pickup", "location_id": "wh-east"}), "k")
+    assert raised.value.details[0]["field"] == "fulfillment.location_id"
+    with pytest.raises(InvalidRequest):
+        capture.place(place_order(fulfillment={"type": "pickup"}), "k")
+
+
+def test_a_shipped_order_cannot_name_a_location(world):
+    capture, _, _ = world
+    with pytest.raises(InvalidRequest):
+        capture.place(place_order(fulfillment={"type": "ship", "location_id": "wh-east"}), "k")
+
+
+def test_inventory_summary_adds_up_locations(world):
+    _, _, inventory = world
+    catalog = FakeCatalog()
+    catalog.put_product(product("TSHIRT"))
+    summary = InventoryService(inventory, catalog).summary("TSHIRT")
+    assert summary.available == 55
+    assert [loc.location_id for loc in summary.locations] == ["store-sf", "wh-east", "wh-west"]
+
+
+def test_another_channels_order_reads_as_missing(world):
+    capture, orders, _ = world
+    order = capture.place(place_order(), "k")
+    queries = OrderQueries(orders)
+    assert queries.get(order.id, channel="web").id == order.id
+    from core.errors import NotFound
+
+    with pytest.raises(NotFound):
+        queries.get(order.id, channel="marketplace")
+    with pytest.raises(NotFound):
+        queries.history(order.id, channel="marketplace")

@@ -1,0 +1,216 @@
+"""Money: exact decimal amounts, half-even rounding to each currency's minor units."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from core.money import MINOR_UNITS, Money, round_money, total
+from core.pricing import spread
+
+# --- Parsing --------------------------------------------------------------------------------
+
+
+def test_amount_is_parsed_from_a_decimal_string():
+    money = Money(amount="12.34", currency="USD")
+
+    assert money.amount == Decimal("12.34")
+    assert money.currency == "USD"
+
+
+def test_amount_with_fewer_decimals_is_normalized_to_the_currency_minor_units():
+    assert str(Money(amount="12.3", currency="USD").amount) == "12.30"
+    assert str(Money(amount="12", currency="EUR").amount) == "12.00"
+    assert str(Money(amount=7, currency="USD").amount) == "7.00"
+
+
+def test_amount_with_more_decimals_than_the_currency_has_is_rejected():
+    with pytest.raises(ValidationError, match="2 decimal places"):
+        Money(amount="12.345", currency="USD")
+    with pytest.raises(ValidationError, match="0 decimal places"):
+        Money(amount="700.5", currency="JPY")
+
+
+@pytest.mark.parametrize("amount", [12.34, 12.0, True, False])
+def test_floats_and_bools_are_rejected_as_amounts(amount):
+    with pytest.raises(ValidationError, match="decimal string"):
+        Money(amount=amount, currency="USD")
+
+
+@pytest.mark.parametrize(
+    "amount", ["NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf", Decimal("NaN"), Decimal("Infinity")]
+)
+def test_nan_and_infinity_are_rejected(amount):
+    with pytest.raises(ValidationError, match=r"finite|decimal string"):
+        Money(amount=amount, currency="USD")
+
+
+@pytest.mark.parametrize("amount", ["", "twelve", "12,34", "1.2.3", None, ["1"]])
+def test_text_that_is_not_a_number_is_rejected(amount):
+    with pytest.raises(ValidationError):
+        Money(amount=amount, currency="USD")
+
+
+@pytest.mark.parametrize("currency", ["XXX", "usd", "US", "", "BTC"])
+def test_unsupported_currency_is_rejected(currency):
+    with pytest.raises(ValidationError, match="unsupported currency"):
+        Money(amount="1", currency=currency)
+
+
+def test_unknown_fields_are_rejected():
+    with pytest.raises(ValidationError):
+        Money.model_validate({"amount": "1.00", "currency": "USD", "cents": 100})
+
+
+def test_money_is_immutable():
+    money = Money(amount="1.00", currency="USD")
+
+    with pytest.raises(ValidationError):
+        money.amount = Decimal("2.00")
+
+
+# --- Minor units and rounding ---------------------------------------------------------------
+
+
+def test_jpy_has_no_decimals():
+    assert str(Money(amount="700", currency="JPY").amount) == "700"
+    assert str(Money.of("2.5", "JPY").amount) == "2"
+
+
+def test_kwd_has_three_decimals():
+    assert str(Money(amount="1.234", currency="KWD").amount) == "1.234"
+    assert str(Money(amount="1", currency="KWD").amount) == "1.000"
+    with pytest.raises(ValidationError):
+        Money(amount="1.2345", currency="KWD")
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "rounded"),
+    [
+        ("0.125", "USD", "0.12"),
+        ("0.135", "USD", "0.14"),
+        ("0.145", "USD", "0.14"),
+        ("-0.125", "USD", "-0.12"),
+        ("2.5", "JPY", "2"),
+        ("3.5", "JPY", "4"),
+        ("1.2345", "KWD", "1.234"),
+        ("1.2355", "KWD", "1.236"),
+    ],
+)
+def test_rounding_is_half_even(amount, currency, rounded):
+    assert round_money(Decimal(amount), currency) == Decimal(rounded)
+    assert Money.of(amount, currency).amount == Decimal(rounded)
+
+
+def test_times_rounds_half_even_once_on_the_product():
+    assert Money(amount="0.25", currency="USD").times(Decimal("0.5")).amount == Decimal("0.12")
+    assert Money(amount="19.99", currency="USD").times(3).amount == Decimal("59.97")
+    assert Money(amount="10.00", currency="USD").times(Decimal("0.0725")).amount == Decimal("0.72")
+
+
+# --- Arithmetic -----------------------------------------------------------------------------
+
+
+def test_addition_and_subtraction_stay_exact():
+    assert Money(amount="0.10", currency="USD") + Money(amount="0.20", currency="USD") == Money(
+        amount="0.30", currency="USD"
+    )
+    assert (Money(amount="5.00", currency="USD") - Money(amount="7.50", currency="USD")).amount == Decimal("-2.50")
+
+
+def test_combining_currencies_raises():
+    usd = Money(amount="1.00", currency="USD")
+    eur = Money(amount="1.00", currency="EUR")
+
+    with pytest.raises(ValueError, match="cannot combine USD with EUR"):
+        _ = usd + eur
+    with pytest.raises(ValueError, match="cannot combine"):
+        _ = usd - eur
+    with pytest.raises(ValueError, match="cannot combine"):
+        _ = usd < eur
+
+
+def test_total_of_nothing_is_zero_in_the_currency():
+    assert total([], "JPY") == Money.zero("JPY")
+    assert total([Money.of("1.005", "USD"), Money.of("2", "USD")], "USD").amount == Decimal("3.00")
+
+
+# --- JSON -----------------------------------------------------------------------------------
+
+
+def test_json_amount_is_a_string_with_the_currency_minor_units():
+    assert json.loads(Money(amount="12.3", currency="USD").model_dump_json()) == {
+        "amount": "12.30",
+        "currency": "USD",
+    }
+    assert Money(amount="700", currency="JPY").model_dump(mode="json") == {"amount": "700", "currency": "JPY"}
+
+
+def test_json_schema_declares_the_amount_a_string():
+    schema = Money.model_json_schema()
+
+    assert schema["properties"]["amount"]["type"] == "string"
+
+
+def test_an_absurdly_large_amount_is_a_validation_error():
+    with pytest.raises(ValidationError):
+        Money(amount="1e30", currency="USD")
+
+
+# --- Properties -----------------------------------------------------------------------------
+
+currencies = st.sampled_from(sorted(MINOR_UNITS))
+
+
+@st.composite
+def money_in(draw, currency: str, max_minor: int = 10**12) -> Money:
+    minor = draw(st.integers(min_value=0, max_value=max_minor))
+    return Money.of(Decimal(minor).scaleb(-MINOR_UNITS[currency]), currency)
+
+
+@st.composite
+def amount_and_weights(draw):
+    currency = draw(currencies)
+    amount = draw(money_in(currency, max_minor=10**9))
+    weights = draw(st.lists(money_in(currency, max_minor=10**9), min_size=1, max_size=20))
+    return amount, weights
+
+
+@given(amount_and_weights())
+def test_spread_parts_always_add_up_to_the_amount_exactly(case):
+    amount, weights = case
+
+    parts = spread(amount, weights)
+
+    assert len(parts) == len(weights)
+    assert all(part.currency == amount.currency for part in parts)
+    if any(w.amount for w in weights):
+        assert sum((part.amount for part in parts), Decimal(0)) == amount.amount
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, min_value=-(10**9), max_value=10**9), currencies)
+def test_round_money_is_idempotent(amount, currency):
+    once = round_money(amount, currency)
+
+    assert round_money(once, currency) == once
+    assert -once.as_tuple().exponent == MINOR_UNITS[currency]
+
+
+@given(currencies.flatmap(money_in))
+def test_json_round_trip_gives_the_same_money(money):
+    assert Money.model_validate_json(money.model_dump_json()) == money
+
+
+@pytest.mark.parametrize("amount", ["1e3", "+5", "1_000", "\u0661\u0662", " 12.34", "12.", ".5", "1234567890123456"])
+def test_only_plain_ascii_decimal_strings_are_amounts(amount):
+    with pytest.raises(ValidationError, match="decimal string"):
+        Money(amount=amount, currency="USD")
+
+
+def test_a_negative_zero_is_written_as_zero():
+    assert Money.of("-0.001", "USD").model_dump(mode="json")["amount"] == "0.00"

@@ -1,0 +1,395 @@
+"""Pricing with the built-in plugins: the contract's totals rules, promotions, shipping, tax and
+what the core does with plugins that fail or answer nonsense."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from core import hookimpl
+from core.errors import InvalidRequest, PluginError
+from core.models import Fulfillment
+from core.money import Money
+from core.pricing import PricedOrder, Pricing
+from core.pricing_types import Discount, ShippingQuote, TaxRate
+from tests.unit.conftest import a_product, an_address, an_order, usd
+
+MUG = a_product("MUG-1", "10.00")
+TEE = a_product("TEE-1", "4.99")
+
+
+def price(pricing: Pricing, order, *products, tax_address=None) -> PricedOrder:
+    catalog = {product.sku: product for product in (products or (MUG, TEE))}
+    return pricing.price(order, catalog, tax_address or order.shipping_address)
+
+
+def assert_follows_the_contract(priced: PricedOrder) -> None:
+    for line in priced.lines:
+        assert line.total == line.unit_price.times(line.quantity) - line.discount + line.tax
+    lines = priced.lines
+    currency = priced.totals.grand_total.currency
+    zero = Money.zero(currency)
+    assert priced.totals.subtotal == sum((line.unit_price.times(line.quantity) for line in lines), zero)
+    assert priced.totals.discount == sum((line.discount for line in lines), zero)
+    assert priced.totals.tax == sum((line.tax for line in lines), zero)
+    assert priced.totals.grand_total == sum((line.total for line in lines), zero) + priced.totals.shipping
+
+
+def amounts(priced: PricedOrder, field: str) -> list[str]:
+    return [str(getattr(line, field).amount) for line in priced.lines]
+
+
+# --- Totals ---------------------------------------------------------------------------------
+
+
+def test_line_total_is_quantity_times_unit_price_minus_discount_plus_tax(pricing):
+    priced = price(pricing, an_order(("MUG-1", 3), ("TEE-1", 2)))
+
+    mug, tee = priced.lines
+    assert (mug.line_id, mug.sku, mug.quantity, mug.unit_price) == ("L1", "MUG-1", 3, usd("10.00"))
+    # US-CA 7.25%: 30.00 -> 2.175 and 9.98 -> 0.72355, each rounded half-even on its own line.
+    assert (mug.discount, mug.tax, mug.total) == (usd("0.00"), usd("2.18"), usd("32.18"))
+    assert (tee.discount, tee.tax, tee.total) == (usd("0.00"), usd("0.72"), usd("10.70"))
+    assert_follows_the_contract(priced)
+
+
+def test_totals_are_sums_of_rounded_lines_and_grand_total_adds_shipping(pricing):
+    priced = price(pricing, an_order(("MUG-1", 3), ("TEE-1", 2)))
+
+    totals = priced.totals
+    assert totals.subtotal == usd("39.98")
+    assert totals.discount == usd("0.00")
+    assert totals.tax == usd("2.90")
+    assert totals.shipping == usd("5.00")
+    assert totals.grand_total == usd("47.88")
+
+
+def test_destination_without_a_tax_rate_is_untaxed(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1), address=an_address("US", "MT")))
+
+    assert priced.totals.tax == usd("0.00")
+    assert priced.totals.grand_total == usd("15.00")
+
+
+def test_product_tax_code_selects_a_reduced_rate(pricing):
+    book = a_product("BOOK-1", "20.00", "GBP", tax_code="zero")
+    mug = a_product("MUG-GB", "10.00", "GBP")
+    order = an_order(("BOOK-1", 1), ("MUG-GB", 1), currency="GBP", address=an_address("GB", None))
+
+    priced = price(pricing, order, book, mug)
+
+    assert amounts(priced, "tax") == ["0.00", "2.00"]
+    assert priced.totals.shipping == Money(amount="4.00", currency="GBP")
+
+
+def test_tax_follows_the_tax_address_not_the_shipping_address(pricing):
+    order = an_order(("MUG-1", 1), address=an_address("US", "OR"))
+
+    priced = price(pricing, order, tax_address=an_address("US", "NY"))
+
+    assert priced.totals.tax == usd("0.40")
+
+
+# --- Promotions -----------------------------------------------------------------------------
+
+
+def test_percent_promo_discounts_each_line_and_tax_applies_after_the_discount(pricing):
+    priced = price(pricing, an_order(("MUG-1", 3), ("TEE-1", 2), promo_codes=["WELCOME10"]))
+
+    # 10% of 9.98 is 0.998 -> 1.00; tax on 27.00 is 1.9575 -> 1.96, on 8.98 is 0.65105 -> 0.65.
+    assert amounts(priced, "discount") == ["3.00", "1.00"]
+    assert amounts(priced, "tax") == ["1.96", "0.65"]
+    assert priced.totals.discount == usd("4.00")
+    assert priced.promo_codes == ["WELCOME10"]
+    assert_follows_the_contract(priced)
+
+
+def test_fixed_discount_is_spread_over_lines_in_proportion_to_their_subtotals(pricing):
+    shirt = a_product("SHIRT-1", "5.00")
+
+    priced = price(pricing, an_order(("MUG-1", 3), ("SHIRT-1", 2), promo_codes=["SAVE5"]), MUG, shirt)
+
+    assert amounts(priced, "discount") == ["3.75", "1.25"]
+    assert priced.totals.discount == usd("5.00")
+    assert_follows_the_contract(priced)
+
+
+def test_fixed_discount_rounding_remainder_goes_to_one_line_so_parts_add_up_exactly(pricing):
+    products = [a_product(f"SKU-{i}", "10.00") for i in range(3)]
+
+    priced = price(pricing, an_order(*[(p.sku, 1) for p in products], promo_codes=["SAVE5"]), *products)
+
+    assert sorted(amounts(priced, "discount")) == ["1.66", "1.67", "1.67"]
+    assert priced.totals.discount == usd("5.00")
+    assert_follows_the_contract(priced)
+
+
+def test_fixed_discount_never_takes_a_line_below_zero(pricing):
+    sticker = a_product("STICKER-1", "3.00")
+
+    priced = price(pricing, an_order(("STICKER-1", 1), promo_codes=["SAVE5"]), sticker)
+
+    (line,) = priced.lines
+    assert (line.discount, line.tax, line.total) == (usd("3.00"), usd("0.00"), usd("0.00"))
+    assert priced.totals.grand_total == usd("5.00")
+
+
+def test_free_shipping_promo_makes_shipping_zero(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["FREESHIP"], shipping_method="express"))
+
+    assert priced.shipping_method == "express"
+    assert priced.totals.shipping == usd("0.00")
+    assert priced.totals.discount == usd("0.00")
+    # 10.00 x 7.25% is 0.725, which rounds half-even to 0.72.
+    assert priced.totals.grand_total == usd("10.72")
+
+
+def test_promos_combine(pricing):
+    priced = price(pricing, an_order(("MUG-1", 10), promo_codes=["WELCOME10", "SAVE5", "FREESHIP"]))
+
+    assert priced.totals.discount == usd("15.00")
+    assert priced.totals.shipping == usd("0.00")
+    assert_follows_the_contract(priced)
+
+
+def test_unknown_promo_code_is_rejected_naming_its_position(pricing):
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("MUG-1", 1), promo_codes=["SAVE5", "NOSUCHCODE"]))
+
+    assert error.value.code == "unknown_promo_code"
+    assert [d["field"] for d in error.value.details] == ["promo_codes[1]"]
+    assert "NOSUCHCODE" in error.value.details[0]["message"]
+
+
+def test_promo_whose_conditions_are_not_met_is_accepted_but_grants_nothing(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["BIGBASKET20", "APP15"]))
+
+    assert priced.totals.discount == usd("0.00")
+    assert priced.promo_codes == ["BIGBASKET20", "APP15"]
+
+
+def test_promo_code_repeated_by_the_client_applies_once(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["SAVE5", "SAVE5"]))
+
+    assert priced.totals.discount == usd("5.00")
+    assert priced.promo_codes == ["SAVE5"]
+
+
+def test_client_promo_codes_are_matched_case_insensitively(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["save5"]))
+
+    assert priced.totals.discount == usd("5.00")
+
+
+# --- Prices ---------------------------------------------------------------------------------
+
+
+def test_line_without_a_price_in_the_order_currency_is_rejected_as_no_price(pricing):
+    mug_eur = a_product("MUG-1", "9.00", "EUR")
+    tee_usd = a_product("TEE-1", "4.99", "USD")
+
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("MUG-1", 1), ("TEE-1", 1), currency="EUR"), mug_eur, tee_usd)
+
+    assert error.value.code == "no_price"
+    assert [d["field"] for d in error.value.details] == ["lines[1].sku"]
+
+
+def test_jpy_order_is_priced_in_whole_yen(pricing):
+    tea = a_product("TEA-1", "1980", "JPY")
+    pot = a_product("POT-1", "1999", "JPY")
+    order = an_order(("TEA-1", 3), ("POT-1", 1), currency="JPY", address=an_address("JP", None), promo_codes=["SAVE5"])
+
+    priced = price(pricing, order, tea, pot)
+
+    # SAVE5 is 700 JPY, spread 5940:1999 -> 524 and 176; JP 10% of 5416 and 1823 is 541.6 and 182.3.
+    assert amounts(priced, "discount") == ["524", "176"]
+    assert amounts(priced, "tax") == ["542", "182"]
+    assert priced.totals.shipping == Money(amount="700", currency="JPY")
+    assert priced.totals.grand_total == Money(amount="8663", currency="JPY")
+    assert all("." not in str(line.total.amount) for line in priced.lines)
+    assert_follows_the_contract(priced)
+
+
+# --- Shipping -------------------------------------------------------------------------------
+
+
+def test_standard_shipping_is_the_default(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1)))
+
+    assert (priced.shipping_method, priced.totals.shipping) == ("standard", usd("5.00"))
+
+
+@pytest.mark.parametrize(("method", "charge"), [("express", "15.00"), ("ground", "5.40")])
+def test_client_chooses_a_quoted_shipping_method(pricing, method, charge):
+    heavy = a_product("ANVIL-1", "10.00", weight_grams=1500)
+
+    priced = price(pricing, an_order(("ANVIL-1", 1), shipping_method=method), heavy)
+
+    assert (priced.shipping_method, priced.totals.shipping) == (method, usd(charge))
+
+
+def test_unknown_shipping_method_is_rejected_listing_the_offered_ones(pricing):
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("MUG-1", 1), shipping_method="teleport"))
+
+    assert error.value.code == "unknown_shipping_method"
+    (detail,) = error.value.details
+    assert detail["field"] == "shipping_method"
+    assert "express, ground, standard" in detail["message"]
+
+
+def test_currency_no_shipping_plugin_serves_is_rejected(pricing):
+    vase = a_product("VASE-1", "40.00", "CHF")
+
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("VASE-1", 1), currency="CHF", address=an_address("CH", None)), vase)
+
+    assert error.value.code == "no_shipping_method"
+
+
+def test_pickup_order_is_not_charged_shipping(pricing):
+    order = an_order(("MUG-1", 1), fulfillment=Fulfillment(type="pickup", location_id="store-1"))
+
+    priced = price(pricing, order)
+
+    assert (priced.shipping_method, priced.totals.shipping) == ("pickup", usd("0.00"))
+
+
+def test_without_the_flat_rate_plugin_the_cheapest_quote_is_the_default(plugins):
+    plugins.set_blocked("flat_rate_shipping")
+
+    priced = price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+    assert (priced.shipping_method, priced.totals.shipping) == ("ground", usd("3.00"))
+
+
+def test_the_cheaper_of_two_quotes_for_one_method_wins(plugins):
+    class Cheaper:
+        @hookimpl
+        def oms_shipping_quotes(self, draft):
+            return [ShippingQuote(method="standard", amount=Money(amount="1.00", currency=draft.currency))]
+
+    plugins.register(Cheaper())
+
+    assert price(Pricing(plugins), an_order(("MUG-1", 1))).totals.shipping == usd("1.00")
+
+
+# --- Plugins that fail or answer nonsense ---------------------------------------------------
+
+
+class Explodes:
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self):
+        raise RuntimeError("price service down")
+
+    @hookimpl
+    def oms_discounts(self):
+        raise RuntimeError("boom")
+
+    @hookimpl(tryfirst=True)
+    def oms_tax_rate(self):
+        raise RuntimeError("boom")
+
+    @hookimpl
+    def oms_shipping_quotes(self):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("hook", ["oms_unit_price", "oms_discounts", "oms_tax_rate", "oms_shipping_quotes"])
+def test_plugin_that_raises_becomes_a_plugin_error(plugins, hook):
+    plugin = type("OneExplodingHook", (), {hook: getattr(Explodes, hook)})()
+    plugins.register(plugin)
+
+    with pytest.raises(PluginError, match=hook) as error:
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+    assert error.value.code == "plugin_error"
+    assert isinstance(error.value.__cause__, RuntimeError)
+
+
+def answering(hook: str, answer, *, tryfirst: bool = False):
+    """A plugin whose `hook` returns `answer` (called with the draft when `answer` is callable)."""
+
+    def impl(self, draft=None):
+        return answer(draft) if callable(answer) else answer
+
+    impl.__name__ = hook
+    return type("Answers", (), {hook: hookimpl(tryfirst=tryfirst)(impl)})()
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (9.99, "float"),
+        (Decimal("9.99"), "Decimal"),
+        ("9.99", "str"),
+        (Money(amount="-1.00", currency="USD"), "negative"),
+        (Money(amount="9.99", currency="EUR"), "EUR"),
+    ],
+)
+def test_nonsense_unit_price_is_a_plugin_error(plugins, answer, problem):
+    plugins.register(answering("oms_unit_price", answer, tryfirst=True))
+
+    with pytest.raises(PluginError, match=problem):
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (Discount(code="RULE", amount=usd("1.00")), "expected a list"),
+        ({"code": "RULE"}, "expected a list"),
+        ([{"code": "RULE", "amount": "1.00"}], "expected Discount"),
+        ([Discount(code="RULE", amount=usd("-1.00"))], "negative"),
+        ([Discount(code="RULE", amount=Money(amount="1.00", currency="GBP"))], "GBP"),
+        ([Discount(code="RULE", amount=usd("1.00"), line_id="L9")], "unknown line L9"),
+    ],
+)
+def test_nonsense_discounts_are_a_plugin_error(plugins, answer, problem):
+    plugins.register(answering("oms_discounts", answer))
+
+    with pytest.raises(PluginError, match=problem):
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"), [(0.1, "float"), (Decimal("0.1"), "Decimal"), ({"rate": "0.1"}, "dict")]
+)
+def test_nonsense_tax_rate_is_a_plugin_error(plugins, answer, problem):
+    plugins.register(answering("oms_tax_rate", answer, tryfirst=True))
+
+    with pytest.raises(PluginError, match=problem):
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (ShippingQuote(method="standard", amount=usd("1.00")), "expected a list"),
+        (["standard"], "expected ShippingQuote"),
+        ([ShippingQuote(method="drone", amount=Money(amount="1", currency="JPY"))], "JPY"),
+        ([ShippingQuote(method="drone", amount=usd("-1.00"))], "negative"),
+    ],
+)
+def test_nonsense_shipping_quotes_are_a_plugin_error(plugins, answer, problem):
+    plugins.register(answering("oms_shipping_quotes", answer))
+
+    with pytest.raises(PluginError, match=problem):
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
+def test_a_tax_plugin_answering_first_replaces_the_table(plugins):
+    plugins.register(answering("oms_tax_rate", TaxRate(rate=Decimal("0.5"), name="test"), tryfirst=True))
+
+    assert price(Pricing(plugins), an_order(("MUG-1", 1))).totals.tax == usd("5.00")
+
+
+def test_an_order_level_discount_never_gives_a_line_a_negative_share(plugins):
+    plugins.register(answering("oms_discounts", [Discount(code="PENNIES", amount=usd("0.03"))]))
+    products = [a_product(f"SKU-{i}", "10.00") for i in range(5)]
+
+    priced = price(Pricing(plugins), an_order(*[(p.sku, 1) for p in products]), *products)
+
+    assert all(not line.discount.is_negative() for line in priced.lines)
