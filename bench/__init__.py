@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench`: they measure and write BENCHMARKS.md, they never assert."""
