@@ -14,6 +14,7 @@ from core.access import ApiKey
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
+from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
 
 
@@ -23,6 +24,7 @@ class Config:
     inventory_table: str
     catalog_table: str
     idempotency_table: str
+    catalog_cache_seconds: float
 
     @classmethod
     def from_env(cls) -> Config:
@@ -31,6 +33,7 @@ class Config:
             inventory_table=os.environ["INVENTORY_TABLE"],
             catalog_table=os.environ["CATALOG_TABLE"],
             idempotency_table=os.environ["IDEMPOTENCY_TABLE"],
+            catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS", "10")),
         )
 
 
@@ -57,7 +60,7 @@ def container() -> Container:
     config = Config.from_env()
     client = dynamodb_client()
     orders = DynamoOrders(client, config.orders_table)
-    catalog = DynamoCatalog(client, config.catalog_table)
+    catalog = CachedCatalog(DynamoCatalog(client, config.catalog_table), config.catalog_cache_seconds)
     inventory = DynamoInventory(client, config.inventory_table)
     plugins = build_plugin_manager()
     return Container(

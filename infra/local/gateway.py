@@ -559,7 +559,10 @@ def _raw_path(environ: Mapping[str, Any]) -> str:
 
 class GatewayRequestHandler(WSGIRequestHandler):
     """Keeps the headers as sent (case and repeats), which WSGI's environ folds; access logging is
-    the gateway's own."""
+    the gateway's own. Speaks HTTP/1.1 so clients keep their connections alive, as they do with
+    API Gateway (werkzeug's default, HTTP/1.0, closes every connection)."""
+
+    protocol_version = "HTTP/1.1"
 
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()

@@ -1,0 +1,62 @@
+"""A warm container's short-lived cache of catalog reads (products and the location network).
+
+Capture reads every ordered product and the whole network for each order, while both change
+rarely. Caching them for a few seconds per container takes two of the four DynamoDB reads off
+each order. Stock is never cached: availability is always read fresh. Writes made through this
+container update the cache at once; other containers see a change within `ttl_seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from core.models import Location, Product
+from core.ports import CatalogRepository
+
+
+class CachedCatalog(CatalogRepository):
+    def __init__(
+        self, inner: CatalogRepository, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
+    ):
+        self._inner = inner
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._products: dict[str, tuple[float, Product]] = {}
+        self._network: tuple[float, list[Location]] | None = None
+
+    def _fresh(self, stored_at: float) -> bool:
+        return self._clock() - stored_at < self._ttl
+
+    # Products: only found products are cached, so a new sku is visible at once everywhere.
+    def get_products(self, skus: set[str]) -> dict[str, Product]:
+        found = {sku: hit[1] for sku in skus if (hit := self._products.get(sku)) and self._fresh(hit[0])}
+        missing = skus - found.keys()
+        if missing:
+            fetched = self._inner.get_products(missing)
+            now = self._clock()
+            self._products.update({sku: (now, product) for sku, product in fetched.items()})
+            found.update(fetched)
+        return found
+
+    def get_product(self, sku: str) -> Product | None:
+        return self.get_products({sku}).get(sku)
+
+    def put_product(self, product: Product) -> bool:
+        created = self._inner.put_product(product)
+        self._products[product.sku] = (self._clock(), product)
+        return created
+
+    # The network is read whole, so it is cached whole.
+    def list_locations(self) -> list[Location]:
+        if self._network is None or not self._fresh(self._network[0]):
+            self._network = (self._clock(), self._inner.list_locations())
+        return list(self._network[1])
+
+    def get_location(self, location_id: str) -> Location | None:
+        return next((loc for loc in self.list_locations() if loc.location_id == location_id), None)
+
+    def put_location(self, location: Location) -> bool:
+        created = self._inner.put_location(location)
+        self._network = None
+        return created

@@ -1,0 +1,63 @@
+"""The per-container catalog cache: fresh for ttl seconds, write-through, never caches absence."""
+
+from functions.adapters.catalog_cache import CachedCatalog
+from tests.builders import location, product
+from tests.fakes import FakeCatalog
+
+
+class CountingCatalog(FakeCatalog):
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def get_products(self, skus):
+        self.reads += 1
+        return super().get_products(skus)
+
+    def list_locations(self):
+        self.reads += 1
+        return super().list_locations()
+
+
+def make(ttl=10.0):
+    now = [0.0]
+    inner = CountingCatalog()
+    return CachedCatalog(inner, ttl, clock=lambda: now[0]), inner, now
+
+
+def test_products_are_read_once_within_the_ttl_and_again_after():
+    cache, inner, now = make()
+    inner.put_product(product("A", "1.00"))
+    assert cache.get_products({"A"})["A"].price.amount == 1
+    inner.put_product(product("A", "2.00"))  # changed by another container
+    assert cache.get_products({"A"})["A"].price.amount == 1
+    assert inner.reads == 1
+    now[0] = 10.0
+    assert cache.get_products({"A"})["A"].price.amount == 2
+    assert inner.reads == 2
+
+
+def test_a_write_through_this_container_is_seen_at_once():
+    cache, _, _ = make()
+    cache.put_product(product("A", "1.00"))
+    cache.get_products({"A"})
+    cache.put_product(product("A", "3.00"))
+    assert cache.get_product("A").price.amount == 3
+
+
+def test_a_missing_sku_is_asked_for_every_time():
+    cache, inner, _ = make()
+    assert cache.get_products({"NEW"}) == {}
+    inner.put_product(product("NEW"))
+    assert "NEW" in cache.get_products({"NEW"})
+
+
+def test_the_network_is_cached_whole_and_dropped_on_write():
+    cache, inner, now = make()
+    cache.put_location(location("wh-east"))
+    assert [loc.location_id for loc in cache.list_locations()] == ["wh-east"]
+    assert cache.get_location("wh-east") is not None
+    assert inner.reads == 1
+    cache.put_location(location("wh-west"))
+    assert cache.get_location("wh-west") is not None
+    assert inner.reads == 2
