@@ -311,6 +311,14 @@ class Address(Strict):
 class ProductInput(Strict):
     name: Text
     price: Money
+
+    @field_validator("price")
+    @classmethod
+    def _not_negative(cls, price: Money) -> Money:
+        if price.is_negative():
+            raise ValueError("price must not be negative")
+        return price
+
     weight_grams: Annotated[int, Field(ge=0, le=10_000_000, strict=True)] | None = None
     tax_code: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
     allow_backorder: Annotated[bool, Field(strict=True)] = False

@@ -104,9 +104,17 @@ def _parse_amount(value: Any) -> Decimal:
     raise ValueError('amount must be a decimal string such as "12.34"')
 
 
+def _amount_field(value: Any) -> Decimal:
+    # In a request, amounts are strings: a JSON number (even an integer) is refused, so no client
+    # ever learns that some numbers happen to work. Code passes Decimal.
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError('amount must be a decimal string such as "12.34", not a JSON number')
+    return _parse_amount(value)
+
+
 Amount = Annotated[
     Decimal,
-    BeforeValidator(_parse_amount),
+    BeforeValidator(_amount_field),
     PlainSerializer(str, return_type=str),
     WithJsonSchema({"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["12.34"]}),
 ]

@@ -16,9 +16,7 @@ from core.ports import CatalogRepository
 
 
 class CachedCatalog(CatalogRepository):
-    def __init__(
-        self, inner: CatalogRepository, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
-    ):
+    def __init__(self, inner: CatalogRepository, ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
         self._inner = inner
         self._ttl = ttl_seconds
         self._clock = clock

@@ -198,8 +198,10 @@ class DynamoOrders(OrderRepository):
             query["FilterExpression"] = " AND ".join(conditions)
         query["ExpressionAttributeNames"] = names
         query["ExpressionAttributeValues"] = values
+        # A cursor is bound to the whole filter, not just the index it walks.
+        scope = "&".join([index, *(f"{k}={v}" for k, v in sorted(filters.items()))])
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, index, {"id", "created_at", key_attribute})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"id", "created_at", key_attribute})
             if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
                 raise InvalidCursor()
         response = self._client.query(**query)
@@ -208,7 +210,7 @@ class DynamoOrders(OrderRepository):
         found = {item["id"]["S"]: item for item in batch_get(self._client, self._table, keys, "id, doc")}
         orders = [Order.model_validate_json(found[i]["doc"]["S"]) for i in ids if i in found]
         last = response.get("LastEvaluatedKey")
-        return orders, encode_cursor(index, last) if last else None
+        return orders, encode_cursor(scope, last) if last else None
 
     @staticmethod
     def _plan(where: OrderFilter) -> tuple[str, str, dict[str, str]]:

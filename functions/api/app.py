@@ -7,6 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -25,7 +26,15 @@ app.include_router(catalog.router)
 app.include_router(inventory.router)
 app.include_router(orders.router)
 app.include_router(api_keys.router)
-app.enable_swagger(path=SWAGGER_PATH, title="OMS API", version="1", description="Order management system, HTTP API v1.")
+app.configure_openapi(
+    title="OMS API",
+    version="1",
+    description="Order management system, HTTP API v1. The contract is API.md; errors are "
+    '{"error": {"code", "message", "details"}}.',
+    security_schemes={"apiKey": HTTPBearer(description="Authorization: Bearer <API key>")},
+    security=[{"apiKey": []}],
+)
+app.enable_swagger(path=SWAGGER_PATH)
 
 
 @functools.cache

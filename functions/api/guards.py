@@ -16,7 +16,10 @@ MAX_BODY_BYTES = 256 * 1024
 def body_bytes(event: dict[str, Any]) -> bytes:
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
-        return base64.b64decode(body)
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError:
+            raise ApiError(400, "malformed_body", "the request body is not valid base64") from None
     return body.encode()
 
 
@@ -47,12 +50,36 @@ def refuse_card_numbers(raw: bytes) -> None:
         )
 
 
+def _content_type(event: dict[str, Any]) -> str:
+    for name, value in (event.get("headers") or {}).items():
+        if name.lower() == "content-type":
+            return (value or "").split(";")[0].strip().lower()
+    return ""
+
+
+def require_json(event: dict[str, Any], raw: bytes) -> None:
+    """The API speaks JSON only: a body sent as a form or as plain text is refused with a clear
+    error instead of being parsed as something else. A body without Content-Type is read as JSON."""
+    content_type = _content_type(event)
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"request bodies are JSON: send Content-Type: application/json, not {content_type[:60]}",
+        )
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "the request body is not UTF-8 encoded JSON") from None
+
+
 def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     raw = body_bytes(event)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "request body is over 256 KiB")
     scopes.check(event)
     if raw:
+        require_json(event, raw)
         refuse_card_numbers(raw)
     # Query strings can carry card numbers too (e.g. ?customer_id=4111...).
     for name, value in (event.get("queryStringParameters") or {}).items():

@@ -35,6 +35,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflicts with the current state",
     413: "Body over 256 KiB",
+    415: "Body is not JSON",
     422: "Validation failed",
     429: "Throttled",
 }
@@ -42,7 +43,7 @@ _DESCRIPTIONS = {
 
 def errors(*codes: int) -> dict[int, dict[str, Any]]:
     """OpenAPI `responses` entries for the error codes a route can answer (plus 401/429/422)."""
-    wanted = sorted({*codes, 401, 422, 429})
+    wanted = sorted({*codes, 401, 422, 429} | ({413, 415} if 413 in codes else set()))
     return {
         code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"model": ErrorBody}}}
         for code in wanted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -37,6 +38,7 @@ _DEFAULT_RESPONSES = {
     # On AWS an unknown route answers MISSING_AUTHENTICATION_TOKEN (403 unless the template maps
     # it); the contract says 404, so that is the local default.
     "MISSING_AUTHENTICATION_TOKEN": (404, "not_found", "no such resource"),
+    "THROTTLED": (429, "throttled", "too many requests: slow down and retry"),
     "METHOD_NOT_ALLOWED": (405, "method_not_allowed", "this resource does not support the method"),
     "AUTHORIZER_CONFIGURATION_ERROR": (500, "internal_error", "internal error"),
     "INTEGRATION_FAILURE": (500, "internal_error", "internal error"),
@@ -195,7 +197,9 @@ def proxy_event(
             "httpMethod": request.method.upper(),
             "extendedRequestId": request.request_id[:16],
             "requestTime": received.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-            "path": f"/{stage}{request.path}",
+            # Served at the root, as behind a custom domain's base path mapping, so the path the
+            # client used carries no stage (Swagger UI and links then point back here).
+            "path": request.path,
             "accountId": ACCOUNT_ID,
             "protocol": "HTTP/1.1",
             "stage": stage,
@@ -357,6 +361,31 @@ def _context_value(value: Any) -> str:
 # --- The WSGI app ---------------------------------------------------------------------------------
 
 
+class TokenBuckets:
+    """API Gateway's throttling, per caller: `rate` tokens a second, at most `burst` saved up.
+    On AWS the stage's MethodSettings throttle the whole stage; locally each API key (the
+    authorizer's principalId) gets its own bucket, so one noisy client cannot starve the rest."""
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill)
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> float:
+        """0 when the request may go ahead, else the seconds until a token is available."""
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._buckets.get(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[caller] = (tokens - 1, now)
+                return 0.0
+            self._buckets[caller] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
 class ApiGateway:
     """The WSGI application: gateway checks, then the authorizer, then the API handler."""
 
@@ -370,8 +399,10 @@ class ApiGateway:
         api_id: str = "local",
         gateway_responses: Mapping[str, GatewayResponse] | None = None,
         max_body_bytes: int = API_GATEWAY_MAX_BODY,
+        throttle: TokenBuckets | None = None,
     ):
         self.router = Router(routes)
+        self.throttle = throttle
         self.api = api
         self.authorizers = dict(authorizers or {})
         missing = {r.authorizer for r in routes if r.authorizer and r.authorizer not in self.authorizers}
@@ -395,6 +426,8 @@ class ApiGateway:
             )
             for name, spec in template.authorizers().items()
         }
+        if "throttle" not in kwargs and (limits := template.throttle()) is not None:
+            kwargs["throttle"] = TokenBuckets(*limits)
         return cls(
             template.api_routes(),
             functions[template.api_function().logical_id],
@@ -445,6 +478,13 @@ class ApiGateway:
             denied = self._authorize(self.authorizers[match.route.authorizer], event)
             if denied is not None:
                 return denied
+        if self.throttle is not None:
+            caller = event["requestContext"].get("authorizer", {}).get("principalId") or request.source_ip
+            wait = self.throttle.take(caller)
+            if wait > 0:
+                return self.gateway_response(
+                    "THROTTLED", request.request_id, {"Retry-After": str(max(1, math.ceil(wait)))}
+                )
         try:
             result = self.api.invoke(event)
         except Exception:
@@ -511,6 +551,7 @@ class ApiGateway:
 
 _ERROR_TYPES = {
     "UNAUTHORIZED": "UnauthorizedException",
+    "THROTTLED": "TooManyRequestsException",
     "ACCESS_DENIED": "AccessDeniedException",
     "REQUEST_TOO_LARGE": "RequestTooLargeException",
     "MISSING_AUTHENTICATION_TOKEN": "MissingAuthenticationTokenException",

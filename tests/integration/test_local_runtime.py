@@ -252,7 +252,8 @@ def test_proxy_event_has_api_gateway_v1_shape():
     assert context["identity"]["sourceIp"] == "10.0.0.7"
     assert context["requestId"] == request.request_id
     assert abs(context["requestTimeEpoch"] - time.time() * 1000) < 5000
-    assert context["path"] == "/v1/inventory/TSHIRT%2FBLK/wh-east"
+    # Served at the root (like a custom domain's base path mapping): no stage in the path.
+    assert context["path"] == "/inventory/TSHIRT%2FBLK/wh-east"
 
 
 def test_proxy_event_without_query_or_body_uses_nulls_and_binary_bodies_are_base64():

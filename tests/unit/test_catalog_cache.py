@@ -53,7 +53,7 @@ def test_a_missing_sku_is_asked_for_every_time():
 
 
 def test_the_network_is_cached_whole_and_dropped_on_write():
-    cache, inner, now = make()
+    cache, inner, _ = make()
     cache.put_location(location("wh-east"))
     assert [loc.location_id for loc in cache.list_locations()] == ["wh-east"]
     assert cache.get_location("wh-east") is not None

@@ -26,7 +26,13 @@ def test_amount_is_parsed_from_a_decimal_string():
 def test_amount_with_fewer_decimals_is_normalized_to_the_currency_minor_units():
     assert str(Money(amount="12.3", currency="USD").amount) == "12.30"
     assert str(Money(amount="12", currency="EUR").amount) == "12.00"
-    assert str(Money(amount=7, currency="USD").amount) == "7.00"
+    assert str(Money.of(7, "USD").amount) == "7.00"
+
+
+@pytest.mark.parametrize("amount", [7, 0, -3])
+def test_a_json_integer_is_not_an_amount(amount):
+    with pytest.raises(ValidationError, match="not a JSON number"):
+        Money(amount=amount, currency="USD")
 
 
 def test_amount_with_more_decimals_than_the_currency_has_is_rejected():

@@ -1,0 +1,184 @@
+"""A small HTTP client for the local stack, request builders and the contract's assertions."""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from typing import Any
+
+import requests
+
+TIMEOUT = 10
+ADMIN = object()  # the default `key`: the stack's admin key
+
+
+def unique(prefix: str) -> str:
+    """An id no other test uses (lower case, so it also fits the channel pattern)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Api:
+    """requests, against one stack, authenticated as its admin unless told otherwise."""
+
+    def __init__(self, base_url: str, admin_key: str):
+        self.base_url = base_url
+        self.admin_key = admin_key
+        self.session = requests.Session()
+        self.session.trust_env = False  # loopback only: never through an HTTP(S)_PROXY
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(
+        self, method: str, path: str, *, key: Any = ADMIN, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> requests.Response:
+        sent = dict(headers or {})
+        if key is ADMIN:
+            sent["Authorization"] = f"Bearer {self.admin_key}"
+        elif key is not None:
+            sent["Authorization"] = f"Bearer {key}"
+        return self.session.request(method, self.base_url + path, headers=sent, timeout=TIMEOUT, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    # --- Reads the tests use to prove that nothing was written --------------------------------
+    def orders_of(self, customer_id: str) -> list[dict[str, Any]]:
+        """Every order of a customer, newest first, following cursors."""
+        return self.list_all({"customer_id": customer_id})
+
+    def list_all(self, params: dict[str, Any], limit: int = 100) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query = {**params, "limit": limit, **({"cursor": cursor} if cursor else {})}
+            response = self.get("/orders", params=query)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            items.extend(page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return items
+
+
+class Catalog:
+    """Creates this test's products, locations and stock through the API."""
+
+    def __init__(self, api: Api):
+        self.api = api
+
+    def product(self, price: str, currency: str = "USD", **fields: Any) -> str:
+        sku = unique("SKU").upper()
+        body = {"name": f"Product {sku}", "price": {"amount": price, "currency": currency}, **fields}
+        response = self.api.put(f"/products/{sku}", json=body)
+        assert response.status_code == 201, response.text
+        return sku
+
+    def location(self, **overrides: Any) -> str:
+        location_id = unique("loc")
+        response = self.api.put(f"/locations/{location_id}", json=location_body(**overrides))
+        assert response.status_code == 201, response.text
+        return location_id
+
+    def stock(self, sku: str, location_id: str, on_hand: int) -> dict[str, Any]:
+        response = self.api.put(f"/inventory/{sku}/{location_id}", json={"on_hand": on_hand})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def stocked(self, *prices: str, currency: str = "USD", on_hand: int = 100) -> list[str]:
+        """One product per price, each with `on_hand` units at a new shipping warehouse."""
+        warehouse = self.location()
+        skus = [self.product(price, currency) for price in prices]
+        for sku in skus:
+            self.stock(sku, warehouse, on_hand)
+        return skus
+
+
+# --- Request bodies ---------------------------------------------------------------------------
+
+
+def address(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "name": "Ada Lovelace",
+        "line1": "1 Market St",
+        "city": "San Francisco",
+        "region": "CA",
+        "postal_code": "94105",
+        "country": "US",
+    }
+    return {**body, **overrides}
+
+
+TOKYO = {"name": "Ada Lovelace", "line1": "1-1 Marunouchi", "city": "Tokyo", "postal_code": "100-0001", "country": "JP"}
+
+
+def location_body(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "name": "East warehouse",
+        "type": "warehouse",
+        "address": address(name="East warehouse", city="Newark", region="NJ", postal_code="07102"),
+        "latitude": 40.73,
+        "longitude": -74.17,
+        "ships": True,
+        "pickup": False,
+    }
+    return {**body, **overrides}
+
+
+def order_body(*lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:
+    """A valid POST /orders body for (sku, quantity) lines, with a unique customer and external id."""
+    body: dict[str, Any] = {
+        "channel": "web",
+        "external_id": unique("ext"),
+        "currency": "USD",
+        "customer": {"id": unique("cus"), "email": "ada@example.com", "name": "Ada Lovelace"},
+        "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+        "shipping_address": address(),
+        "payment": {"method": "test", "token": "tok_approve"},
+    }
+    body.update(copy.deepcopy(overrides))
+    return body
+
+
+# --- The contract's assertions ----------------------------------------------------------------
+
+
+def assert_error(response: requests.Response, status: int, code: str | None = None, *fields: str) -> dict[str, Any]:
+    """The status, the error shape {"error": {"code", "message", "details"}} and, when given, the
+    code and the fields `details` names. Returns the error object."""
+    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:500]}"
+    assert response.headers.get("Content-Type", "").startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", error["code"]), error
+    assert isinstance(error["message"], str) and error["message"].strip(), error
+    assert isinstance(error["details"], list), error
+    assert all(isinstance(detail, dict) for detail in error["details"]), error
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert error["code"] == code, error
+    named = [detail.get("field") for detail in error["details"]]
+    for field in fields:
+        assert field in named, f"{field!r} not among the fields {named}: {error}"
+    return error
+
+
+def money(amount: str, currency: str = "USD") -> dict[str, str]:
+    return {"amount": amount, "currency": currency}
+
+
+def amounts(order: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every Money object of an order: the lines', the totals' and the payment's."""
+    found = [line[name] for line in order["lines"] for name in ("unit_price", "discount", "tax", "total")]
+    found += list(order["totals"].values())
+    found += [order["payment"][name] for name in ("authorized", "captured", "refunded")]
+    return found

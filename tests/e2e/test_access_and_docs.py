@@ -1,0 +1,176 @@
+"""Who may call what (401 before anything else), unknown routes and methods, and the public docs."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.client import Api, Catalog, assert_error, order_body, unique
+
+pytestmark = pytest.mark.e2e
+
+NO_KEY = None
+
+
+# One product bug breaks everything generated from the OpenAPI document; delete this marker's uses
+# once GET /openapi.json answers 200 again.
+@pytest.mark.parametrize(
+    "authorization",
+    [NO_KEY, "Bearer oms_wrong_key_0123456789abcdef", "Bearer short", "Basic YWRtaW46YWRtaW4=", "Bearer "],
+    ids=["none", "unknown-key", "malformed-key", "basic-scheme", "empty-bearer"],
+)
+def test_a_request_without_a_valid_key_is_401_unauthorized(api: Api, authorization: str | None):
+    headers = {} if authorization is None else {"Authorization": authorization}
+
+    response = api.get("/orders", key=None, headers=headers)
+
+    assert_error(response, 401, "unauthorized")
+
+
+def test_a_wrong_key_appended_to_the_admin_key_is_401(api: Api):
+    response = api.get("/orders", key=api.admin_key + "x")
+
+    assert_error(response, 401, "unauthorized")
+
+
+def test_post_orders_without_a_key_is_401_and_places_nothing(api: Api, catalog: Catalog):
+    (sku,) = catalog.stocked("19.99")
+    body = order_body((sku, 1))
+
+    response = api.post("/orders", json=body, key=None)
+
+    assert_error(response, 401, "unauthorized")
+    assert api.orders_of(body["customer"]["id"]) == []
+
+
+def test_put_product_with_a_wrong_key_is_401_and_creates_nothing(api: Api):
+    sku = unique("SKU").upper()
+
+    response = api.put(
+        f"/products/{sku}",
+        json={"name": "Mug", "price": {"amount": "1.00", "currency": "USD"}},
+        key="oms_wrong_key_0123456789abcdef",
+    )
+
+    assert_error(response, 401, "unauthorized")
+    assert_error(api.get(f"/products/{sku}"), 404, "not_found")
+
+
+def test_an_invalid_body_without_a_key_is_401_not_a_validation_error(api: Api):
+    response = api.post("/orders", data="{not json", key=None, headers={"Content-Type": "application/json"})
+
+    assert_error(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("path", ["/nope", "/orders/ord_aaaaaaaaaaaaaaaaaaaaaaaa/nope", "/products", "/v2/orders"])
+@pytest.mark.parametrize("with_key", [True, False], ids=["admin-key", "no-key"])
+def test_an_unknown_route_is_404_not_found(api: Api, path: str, with_key: bool):
+    response = api.get(path, **({} if with_key else {"key": None}))
+
+    assert_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/orders", {"GET", "POST"}),
+        ("POST", "/health", {"GET"}),
+        ("DELETE", "/products/ANY-SKU", {"GET", "PUT"}),
+        ("PUT", "/orders/ord_aaaaaaaaaaaaaaaaaaaaaaaa", None),
+    ],
+)
+def test_a_known_path_with_a_method_it_lacks_is_405_method_not_allowed(
+    api: Api, method: str, path: str, allowed: set[str] | None
+):
+    response = api.request(method, path)
+
+    assert_error(response, 405, "method_not_allowed")
+    listed = {m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()}
+    assert method not in listed
+    if allowed is not None:
+        assert allowed <= listed, response.headers
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/health", "/openapi.json", "/docs"],
+)
+@pytest.mark.parametrize(
+    "authorization",
+    [NO_KEY, "Bearer oms_wrong_key_0123456789abcdef"],
+    ids=["no-key", "wrong-key"],
+)
+def test_health_openapi_and_docs_need_no_key(api: Api, path: str, authorization: str | None):
+    response = api.get(path, key=None, headers={} if authorization is None else {"Authorization": authorization})
+
+    assert response.status_code == 200, response.text[:500]
+
+
+def test_health_says_ok(api: Api):
+    response = api.get("/health", key=None)
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_openapi_json_is_an_openapi_3_document_with_the_contracts_paths(api: Api):
+    response = api.get("/openapi.json", key=None)
+
+    assert response.status_code == 200, response.text[:500]
+    assert response.headers["Content-Type"].startswith("application/json")
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    assert {
+        "/health",
+        "/orders",
+        "/orders/{order_id}",
+        "/orders/{order_id}/history",
+        "/products/{sku}",
+        "/locations",
+        "/locations/{location_id}",
+        "/inventory/{sku}",
+        "/inventory/{sku}/{location_id}",
+        "/inventory/{sku}/{location_id}/adjustments",
+    } <= set(document["paths"])
+    assert {"get", "post"} <= set(document["paths"]["/orders"])
+
+
+def test_docs_is_swagger_ui_that_loads_nothing_from_outside_hosts(api: Api):
+    response = api.get("/docs", key=None)
+
+    assert response.status_code == 200, response.text[:500]
+    assert response.headers["Content-Type"].startswith("text/html")
+    html = response.text
+    assert "SwaggerUIBundle" in html
+    tags = re.findall(r"<(?:script|link|img|iframe)\b[^>]*>", html, flags=re.IGNORECASE)
+    external = [
+        tag
+        for tag in tags
+        for url in re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", tag, flags=re.IGNORECASE)
+        if urlsplit(url).scheme in ("http", "https") or url.startswith("//")
+    ]
+    assert external == []
+    # Swagger UI's online validator badge would call validator.swagger.io unless the layout
+    # leaves it out or validatorUrl is null.
+    assert 'layout: "BaseLayout"' in html or re.search(r"validatorUrl\s*:\s*null", html)
+
+
+def test_openapi_json_is_the_document_docs_renders(api: Api):
+    served = api.get("/openapi.json", key=None)
+    rendered = api.get("/docs", key=None, params={"format": "json"})
+
+    assert served.status_code == rendered.status_code == 200
+    assert served.json()["info"] == rendered.json()["info"]
+    assert served.json().get("servers") == rendered.json().get("servers")
+
+
+def test_the_server_url_docs_renders_reaches_this_api(api: Api):
+    response = api.get("/docs", key=None, params={"format": "json"})
+    assert response.status_code == 200, response.text[:500]
+    base = response.json().get("servers", [{"url": "/"}])[0]["url"].rstrip("/")
+
+    response = api.get(f"{base}/health", key=None)
+
+    assert response.status_code == 200, response.text

@@ -1,0 +1,281 @@
+"""Catalog, network and stock endpoints over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.client import Api, Catalog, assert_error, location_body, money, unique
+
+pytestmark = pytest.mark.e2e
+
+
+def product_body(amount: str = "19.99", currency: str = "USD", **fields) -> dict:
+    return {"name": "Black T-shirt", "price": money(amount, currency), "weight_grams": 200, **fields}
+
+
+# --- Products ----------------------------------------------------------------------------------
+
+
+def test_put_product_creates_with_201_then_replaces_with_200_and_get_returns_the_latest(api: Api):
+    sku = unique("SKU").upper()
+
+    created = api.put(f"/products/{sku}", json=product_body("19.99"))
+    replaced = api.put(f"/products/{sku}", json=product_body("24.50", name="Black T-shirt v2", tax_code="reduced"))
+    fetched = api.get(f"/products/{sku}")
+
+    assert created.status_code == 201, created.text
+    assert created.json()["sku"] == sku
+    assert created.json()["price"] == money("19.99")
+    assert created.json()["allow_backorder"] is False
+    assert replaced.status_code == 200, replaced.text
+    assert fetched.status_code == 200, fetched.text
+    product = fetched.json()
+    assert (product["sku"], product["name"], product["price"], product["tax_code"], product["weight_grams"]) == (
+        sku,
+        "Black T-shirt v2",
+        money("24.50"),
+        "reduced",
+        200,
+    )
+    assert product == replaced.json()
+
+
+def test_a_product_price_is_normalised_to_the_currencys_minor_units(api: Api):
+    sku = unique("SKU").upper()
+
+    response = api.put(f"/products/{sku}", json=product_body("7"))
+
+    assert response.status_code == 201, response.text
+    assert api.get(f"/products/{sku}").json()["price"] == money("7.00")
+
+
+def test_get_an_unknown_product_is_404_not_found(api: Api):
+    assert_error(api.get(f"/products/{unique('NOPE').upper()}"), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"weight_grams": 1.5}, "weight_grams"),
+        ({"weight_grams": -1}, "weight_grams"),
+        ({"allow_backorder": "yes"}, "allow_backorder"),
+        ({"colour": "black"}, "colour"),
+        ({"name": ""}, "name"),
+    ],
+    ids=["float-weight", "negative-weight", "string-bool", "unknown-field", "empty-name"],
+)
+def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(api: Api, change: dict, field: str):
+    sku = unique("SKU").upper()
+
+    response = api.put(f"/products/{sku}", json=product_body(**change))
+
+    assert_error(response, 422, "validation_error", field)
+    assert_error(api.get(f"/products/{sku}"), 404, "not_found")
+
+
+# --- Locations ---------------------------------------------------------------------------------
+
+
+def test_put_location_creates_with_201_replaces_with_200_and_get_locations_lists_it(api: Api):
+    location_id = unique("loc")
+
+    created = api.put(f"/locations/{location_id}", json=location_body(name="North"))
+    replaced = api.put(f"/locations/{location_id}", json=location_body(name="North (renamed)", pickup=True))
+    listed = api.get("/locations")
+
+    assert created.status_code == 201, created.text
+    assert created.json()["location_id"] == location_id
+    assert replaced.status_code == 200, replaced.text
+    assert listed.status_code == 200, listed.text
+    page = listed.json()
+    assert page["next_cursor"] is None
+    mine = [item for item in page["items"] if item["location_id"] == location_id]
+    assert len(mine) == 1
+    assert (mine[0]["name"], mine[0]["type"], mine[0]["pickup"], mine[0]["ships"]) == (
+        "North (renamed)",
+        "warehouse",
+        True,
+        True,
+    )
+    assert mine[0]["address"]["country"] == "US"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"type": "depot"}, "type"),
+        ({"latitude": 91}, "latitude"),
+        ({"ships": "true"}, "ships"),
+        ({"address": {"name": "X", "line1": "1 St", "city": "Y", "postal_code": "1", "country": "USA"}}, "address"),
+    ],
+    ids=["bad-type", "latitude-out-of-range", "string-bool", "bad-country"],
+)
+def test_put_location_with_an_invalid_field_is_422_and_lists_nothing(api: Api, change: dict, field: str):
+    location_id = unique("loc")
+
+    response = api.put(f"/locations/{location_id}", json=location_body(**change))
+
+    error = assert_error(response, 422, "validation_error")
+    assert any(detail["field"].startswith(field) for detail in error["details"]), error
+    listed = api.get("/locations").json()["items"]
+    assert location_id not in [item["location_id"] for item in listed]
+
+
+# --- Inventory ---------------------------------------------------------------------------------
+
+
+def test_put_inventory_sets_a_count_and_answers_the_record_with_available(api: Api, catalog: Catalog):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+
+    response = api.put(f"/inventory/{sku}/{warehouse}", json={"on_hand": 12})
+
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert (record["sku"], record["location_id"], record["on_hand"], record["reserved"], record["available"]) == (
+        sku,
+        warehouse,
+        12,
+        0,
+        12,
+    )
+
+
+def test_a_stock_take_replaces_the_previous_count(api: Api, catalog: Catalog):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+    catalog.stock(sku, warehouse, 12)
+
+    response = api.put(f"/inventory/{sku}/{warehouse}", json={"on_hand": 3})
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["on_hand"], response.json()["available"]) == (3, 3)
+    assert api.get(f"/inventory/{sku}").json()["available"] == 3
+
+
+def test_an_adjustment_of_plus_5_adds_to_on_hand(api: Api, catalog: Catalog):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+    catalog.stock(sku, warehouse, 10)
+
+    response = api.post(f"/inventory/{sku}/{warehouse}/adjustments", json={"delta": 5, "reason": "receipt"})
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["on_hand"], response.json()["reserved"], response.json()["available"]) == (15, 0, 15)
+
+
+def test_an_adjustment_below_zero_is_409_and_changes_nothing(api: Api, catalog: Catalog):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+    catalog.stock(sku, warehouse, 10)
+    added = api.post(f"/inventory/{sku}/{warehouse}/adjustments", json={"delta": 5, "reason": "receipt"})
+    assert added.status_code == 200, added.text
+    before = api.get(f"/inventory/{sku}").json()
+
+    response = api.post(f"/inventory/{sku}/{warehouse}/adjustments", json={"delta": -100, "reason": "damage"})
+
+    assert_error(response, 409, "insufficient_stock")
+    after = api.get(f"/inventory/{sku}")
+    assert after.status_code == 200
+    assert after.json() == before
+    assert after.json()["available"] == 15
+
+
+def test_an_adjustment_down_to_exactly_zero_is_allowed(api: Api, catalog: Catalog):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+    catalog.stock(sku, warehouse, 4)
+
+    response = api.post(f"/inventory/{sku}/{warehouse}/adjustments", json={"delta": -4, "reason": "damage"})
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["on_hand"], response.json()["available"]) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"on_hand": -1}, "on_hand"),
+        ({"on_hand": "5"}, "on_hand"),
+        ({"on_hand": 2.5}, "on_hand"),
+        ({"on_hand": 5, "reserved": 1}, "reserved"),
+        ({}, "on_hand"),
+    ],
+    ids=["negative", "string", "float", "reserved-is-server-side", "missing"],
+)
+def test_put_inventory_with_an_invalid_count_is_422_and_changes_nothing(
+    api: Api, catalog: Catalog, body: dict, field: str
+):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+    catalog.stock(sku, warehouse, 7)
+
+    response = api.put(f"/inventory/{sku}/{warehouse}", json=body)
+
+    assert_error(response, 422, "validation_error", field)
+    assert api.get(f"/inventory/{sku}").json()["available"] == 7
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"delta": 0, "reason": "noop"}, "delta"), ({"delta": 1}, "reason"), ({"delta": "1", "reason": "x"}, "delta")],
+    ids=["zero", "no-reason", "string-delta"],
+)
+def test_an_invalid_adjustment_is_422_and_changes_nothing(api: Api, catalog: Catalog, body: dict, field: str):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+    catalog.stock(sku, warehouse, 7)
+
+    response = api.post(f"/inventory/{sku}/{warehouse}/adjustments", json=body)
+
+    assert_error(response, 422, "validation_error", field)
+    assert api.get(f"/inventory/{sku}").json()["available"] == 7
+
+
+@pytest.mark.parametrize("unknown", ["sku", "location"])
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [("PUT", "", {"on_hand": 1}), ("POST", "/adjustments", {"delta": 1, "reason": "receipt"})],
+    ids=["count", "adjustment"],
+)
+def test_stock_for_an_unknown_sku_or_location_is_404_and_creates_nothing(
+    api: Api, catalog: Catalog, unknown: str, method: str, suffix: str, body: dict
+):
+    sku, warehouse = catalog.product("9.99"), catalog.location()
+    if unknown == "sku":
+        sku = unique("NOPE").upper()
+    else:
+        warehouse = unique("nowhere")
+
+    response = api.request(method, f"/inventory/{sku}/{warehouse}{suffix}", json=body)
+
+    assert_error(response, 404, "not_found")
+    summary = api.get(f"/inventory/{sku}")
+    if unknown == "sku":
+        assert_error(summary, 404, "not_found")
+    else:
+        assert summary.json()["locations"] == []
+
+
+def test_get_inventory_sums_available_over_locations(api: Api, catalog: Catalog):
+    sku = catalog.product("9.99")
+    east, west = catalog.location(name="East"), catalog.location(name="West")
+    catalog.stock(sku, east, 7)
+    catalog.stock(sku, west, 5)
+
+    response = api.get(f"/inventory/{sku}")
+
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["sku"] == sku
+    assert summary["available"] == 12
+    assert sorted(
+        (entry["location_id"], entry["on_hand"], entry["reserved"], entry["available"])
+        for entry in summary["locations"]
+    ) == sorted([(east, 7, 0, 7), (west, 5, 0, 5)])
+
+
+def test_get_inventory_of_a_product_without_stock_is_zero_with_no_locations(api: Api, catalog: Catalog):
+    sku = catalog.product("9.99")
+
+    response = api.get(f"/inventory/{sku}")
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"sku": sku, "available": 0, "locations": []}
+
+
+def test_get_inventory_of_an_unknown_sku_is_404(api: Api):
+    assert_error(api.get(f"/inventory/{unique('NOPE').upper()}"), 404, "not_found")

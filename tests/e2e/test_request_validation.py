@@ -1,0 +1,319 @@
+"""Bad input gets the contract's status and error shape, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests.e2e.client import Api, Catalog, address, assert_error, money, order_body, unique
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def sku(catalog: Catalog) -> str:
+    (created,) = catalog.stocked("19.99", on_hand=10)
+    return created
+
+
+def set_path(body: dict, path: str, value: Any) -> dict:
+    """Sets "a.b[0].c" in a nested body (creating the last key)."""
+    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    target: Any = body
+    for part in parts[:-1]:
+        target = target[part]
+    target[parts[-1]] = value
+    return body
+
+
+def assert_no_orders(api: Api, body: dict) -> None:
+    assert api.orders_of(body["customer"]["id"]) == [], "a refused request stored an order"
+
+
+# --- Malformed JSON and bodies the contract refuses whole ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [lambda text: text[:-1], lambda text: text[:-1] + ",}", lambda text: text.replace('"', "'")],
+    ids=["truncated", "trailing-comma", "single-quotes"],
+)
+def test_malformed_json_is_400_malformed_json(api: Api, sku: str, mangle):
+    body = order_body((sku, 1))
+
+    response = api.post("/orders", data=mangle(json.dumps(body)), headers={"Content-Type": "application/json"})
+
+    assert_error(response, 400, "malformed_json")
+    assert_no_orders(api, body)
+
+
+def test_a_body_over_256_kib_is_413_payload_too_large(api: Api, sku: str):
+    body = order_body((sku, 1))
+    text = json.dumps(body)
+    padded = text[:-1] + " " * (256 * 1024) + "}"  # still a valid order, just too big
+
+    response = api.post("/orders", data=padded, headers={"Content-Type": "application/json"})
+
+    assert_error(response, 413, "payload_too_large")
+    assert_no_orders(api, body)
+
+
+def test_a_body_over_256_kib_is_413_even_when_it_would_also_fail_validation(api: Api, sku: str):
+    body = order_body((sku, 1))
+    body["customer"]["name"] = "x" * (300 * 1024)
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 413, "payload_too_large")
+    assert_no_orders(api, body)
+
+
+def test_a_body_just_under_256_kib_is_not_refused_for_its_size(api: Api, sku: str):
+    body = order_body((sku, 1))
+    text = json.dumps(body)
+    padded = text[:-1] + " " * (256 * 1024 - len(text.encode()) - 64) + "}"
+
+    response = api.post("/orders", data=padded, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 201, response.text
+
+
+def test_a_card_number_anywhere_in_a_body_is_422_and_never_stored(api: Api, sku: str):
+    body = order_body((sku, 1), payment={"method": "test", "token": "4111 1111 1111 1111"})
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, None, "payment.token")
+    assert "4111" not in response.text  # the error names the field, never echoes the number
+    assert_no_orders(api, body)
+
+
+def test_a_body_sent_as_text_plain_is_refused_with_a_4xx_not_a_500(api: Api, sku: str):
+    body = order_body((sku, 1))
+
+    response = api.post("/orders", data=json.dumps(body), headers={"Content-Type": "text/plain"})
+
+    assert 400 <= response.status_code < 500, response.text
+    assert_error(response, response.status_code)
+    assert_no_orders(api, body)
+
+
+def test_a_body_that_is_not_utf8_is_400_malformed_json(api: Api):
+    response = api.post("/orders", data=b'{"channel": "\xff\xfe"}', headers={"Content-Type": "application/json"})
+
+    assert_error(response, 400, "malformed_json")
+
+
+# --- Fields the server computes or does not know ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", "ord_aaaaaaaaaaaaaaaaaaaaaaaa"),
+        ("status", "shipped"),
+        ("totals", {"grand_total": money("0.01")}),
+        ("grand_total", money("0.01")),
+        ("discount", money("1.00")),
+        ("tax", money("0.00")),
+        ("lines[0].price", "1.00"),
+        ("lines[0].unit_price", money("0.01")),
+        ("lines[0].discount", money("19.99")),
+        ("lines[0].tax", money("0.00")),
+        ("lines[0].total", money("0.01")),
+        ("payment.status", "captured"),
+        ("customer.vip", True),
+        ("shipping_address.phone", "+1 555 0100"),
+    ],
+)
+def test_an_unknown_or_server_computed_field_is_422_naming_it(api: Api, sku: str, field: str, value: Any):
+    body = set_path(order_body((sku, 1)), field, value)
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "validation_error", field)
+    assert_no_orders(api, body)
+
+
+# --- Money ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("price", "field"),
+    [
+        ({"amount": 19.99, "currency": "USD"}, "price.amount"),
+        ({"amount": "19.999", "currency": "USD"}, "price"),
+        ({"amount": "1e3", "currency": "USD"}, "price.amount"),
+        ({"amount": "19.99", "currency": "XXX"}, "price.currency"),
+        ({"amount": "19.99", "currency": "usd"}, "price.currency"),
+        ({"amount": "1234.5", "currency": "JPY"}, "price"),
+    ],
+    ids=["float", "three-decimals", "exponent", "unknown-currency", "lower-case-currency", "jpy-with-decimals"],
+)
+def test_put_product_refuses_a_price_that_is_not_an_exact_decimal_string_in_a_known_currency(
+    api: Api, price: dict, field: str
+):
+    sku = unique("SKU").upper()
+
+    response = api.put(f"/products/{sku}", json={"name": "Mug", "price": price})
+
+    error = assert_error(response, 422, "validation_error")
+    assert any(detail["field"].startswith(field) for detail in error["details"]), error
+    assert_error(api.get(f"/products/{sku}"), 404, "not_found")
+
+
+def test_put_product_refuses_an_integer_json_number_as_the_amount(api: Api):
+    sku = unique("SKU").upper()
+
+    response = api.put(f"/products/{sku}", json={"name": "Mug", "price": {"amount": 20, "currency": "USD"}})
+
+    assert_error(response, 422, "validation_error", "price.amount")
+
+
+def test_put_product_refuses_a_negative_price(api: Api):
+    sku = unique("SKU").upper()
+
+    response = api.put(f"/products/{sku}", json={"name": "Mug", "price": money("-1.00")})
+
+    assert_error(response, 422, "validation_error")
+    assert_error(api.get(f"/products/{sku}"), 404, "not_found")
+
+
+@pytest.mark.parametrize("currency", ["XXX", "usd", "US"])
+def test_an_order_in_an_unknown_currency_is_422_naming_currency(api: Api, sku: str, currency: str):
+    body = order_body((sku, 1), currency=currency)
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "validation_error", "currency")
+    assert_no_orders(api, body)
+
+
+# --- Lines ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quantity", [0, -1, "2", 1.5, True, None, 10_001], ids=repr)
+def test_a_quantity_that_is_not_a_positive_integer_is_422_naming_the_line(api: Api, sku: str, quantity: Any):
+    body = order_body((sku, 1))
+    body["lines"][0]["quantity"] = quantity
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "validation_error", "lines[0].quantity")
+    assert_no_orders(api, body)
+
+
+def test_an_order_without_lines_is_422_naming_lines(api: Api):
+    body = order_body()
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "validation_error", "lines")
+    assert_no_orders(api, body)
+
+
+def test_an_unknown_sku_is_422_unknown_sku_naming_that_line(api: Api, sku: str):
+    body = order_body((sku, 1), (unique("NOPE").upper(), 1))
+
+    response = api.post("/orders", json=body)
+
+    error = assert_error(response, 422, "unknown_sku", "lines[1].sku")
+    assert "lines[0].sku" not in [detail["field"] for detail in error["details"]]
+    assert_no_orders(api, body)
+
+
+def test_an_unknown_promo_code_is_422_unknown_promo_code(api: Api, sku: str):
+    body = order_body((sku, 1), promo_codes=["WELCOME10", "NOT-A-PROMO"])
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "unknown_promo_code", "promo_codes[1]")
+    assert_no_orders(api, body)
+
+
+@pytest.mark.parametrize("country", ["USA", "us", "XX", ""])
+def test_a_country_that_is_not_iso_alpha2_upper_case_is_422(api: Api, sku: str, country: str):
+    body = order_body((sku, 1), shipping_address=address(country=country))
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "validation_error", "shipping_address.country")
+    assert_no_orders(api, body)
+
+
+def test_an_unknown_shipping_method_is_422_unknown_shipping_method(api: Api, sku: str):
+    body = order_body((sku, 1), shipping_method="teleport")
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "unknown_shipping_method", "shipping_method")
+    assert_no_orders(api, body)
+
+
+# --- Stock and fulfilment ----------------------------------------------------------------------
+
+
+def test_more_units_than_in_stock_is_409_insufficient_stock_and_reserves_nothing(api: Api, sku: str):
+    before = api.get(f"/inventory/{sku}").json()
+    body = order_body((sku, 11))
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 409, "insufficient_stock", "lines[0].quantity")
+    assert_no_orders(api, body)
+    assert api.get(f"/inventory/{sku}").json() == before
+
+
+def test_pickup_at_a_location_that_does_not_offer_pickup_is_422(api: Api, catalog: Catalog, sku: str):
+    warehouse = catalog.location(pickup=False)
+    catalog.stock(sku, warehouse, 5)
+    body = order_body((sku, 1), fulfillment={"type": "pickup", "location_id": warehouse})
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, None, "fulfillment.location_id")
+    assert_no_orders(api, body)
+
+
+def test_pickup_at_an_unknown_location_is_422(api: Api, sku: str):
+    body = order_body((sku, 1), fulfillment={"type": "pickup", "location_id": unique("loc")})
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, None, "fulfillment.location_id")
+    assert_no_orders(api, body)
+
+
+def test_pickup_at_a_pickup_store_with_stock_is_accepted_without_shipping_charge(api: Api, catalog: Catalog):
+    store = catalog.location(type="store", ships=False, pickup=True)
+    sku = catalog.product("19.99")
+    catalog.stock(sku, store, 2)
+
+    response = api.post("/orders", json=order_body((sku, 1), fulfillment={"type": "pickup", "location_id": store}))
+
+    assert response.status_code == 201, response.text
+    assert response.json()["totals"]["shipping"] == money("0.00")
+
+
+# --- Reads of unknown or malformed ids ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", "/history"])
+def test_an_unknown_order_id_of_valid_format_is_404_not_found(api: Api, suffix: str):
+    response = api.get(f"/orders/ord_{'a' * 24}{suffix}")
+
+    assert_error(response, 404, "not_found")
+
+
+# Choice: the contract gives 422 to validation with `details` naming the field, and 404 to an
+# unknown resource. An id that cannot be an order id (wrong prefix, length or alphabet) fails
+# validation of the path parameter, so the API answers 422 naming `order_id`.
+@pytest.mark.parametrize("order_id", ["nope", "ord_short", "ORD_AAAAAAAAAAAAAAAAAAAAAAAA", f"ord_{'1' * 24}"])
+@pytest.mark.parametrize("suffix", ["", "/history"])
+def test_a_malformed_order_id_is_422_naming_order_id(api: Api, order_id: str, suffix: str):
+    response = api.get(f"/orders/{order_id}{suffix}")
+
+    assert_error(response, 422, "validation_error", "order_id")
