@@ -64,6 +64,13 @@ def _default_admin_key_bootstrap(secret: str) -> Any:
     return ensure_admin_key(secret)
 
 
+PARAMETER_ENV = {
+    "OMS_RATE_LIMIT": "ApiRateLimit",
+    "OMS_BURST_LIMIT": "ApiBurstLimit",
+    "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
+}
+
+
 class EmbeddedStack:
     """Everything `make run` runs, in this process. start() then use .api_url / .aws_endpoint /
     .admin_key; stop() puts the process back as it was (environment, patches, sockets).
@@ -90,6 +97,11 @@ class EmbeddedStack:
         parameter_overrides: Mapping[str, Any] | None = None,
         serialize_invocations: bool = True,
     ):
+        # Template parameters a local user may want to change without editing the template.
+        parameter_overrides = {
+            **{param: os.environ[var] for var, param in PARAMETER_ENV.items() if os.environ.get(var)},
+            **(parameter_overrides or {}),
+        }
         if isinstance(template, Template):
             self.template = template
             self.template.parameter_overrides.update(parameter_overrides or {})

@@ -408,6 +408,17 @@ class Template:
             )
         return responses
 
+    def throttle(self) -> tuple[float, int] | None:
+        """(rate per second, burst) of the API stage's catch-all MethodSettings, if declared."""
+        props = self.resources[self.rest_api_id()].get("Properties", {})
+        for setting in props.get("MethodSettings") or []:
+            if setting.get("ResourcePath") == "/*" and setting.get("HttpMethod") == "*":
+                rate = self.resolve(setting.get("ThrottlingRateLimit"))
+                burst = self.resolve(setting.get("ThrottlingBurstLimit"))
+                if rate is not None and burst is not None:
+                    return float(rate), int(burst)
+        return None
+
     def stage_name(self) -> str:
         props = self.resources[self.rest_api_id()].get("Properties", {})
         return str(self.resolve(props.get("StageName", "Prod")))
