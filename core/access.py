@@ -60,7 +60,7 @@ class NewApiKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-    scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope))]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope), json_schema_extra={"uniqueItems": True})]
     channel: Channel | None = None
 
     @field_validator("scopes")

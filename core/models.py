@@ -269,8 +269,8 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Latitude = Annotated[float, Field(ge=-90, le=90)]
-Longitude = Annotated[float, Field(ge=-180, le=180)]
+Latitude = Annotated[float, Field(ge=-90, le=90, strict=True)]
+Longitude = Annotated[float, Field(ge=-180, le=180, strict=True)]
 
 
 T = TypeVar("T")
@@ -293,7 +293,7 @@ class Address(Strict):
     city: Text
     region: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = None
     postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)]
-    country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. US")
+    country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. US", json_schema_extra={"enum": sorted(COUNTRIES)})
     latitude: Latitude | None = None
     longitude: Longitude | None = None
 

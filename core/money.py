@@ -77,7 +77,11 @@ def _check_currency(value: Any) -> Any:
     return value
 
 
-Currency = Annotated[str, BeforeValidator(_check_currency)]
+Currency = Annotated[
+    str,
+    BeforeValidator(_check_currency),
+    WithJsonSchema({"type": "string", "enum": sorted(MINOR_UNITS), "description": "ISO 4217 code"}),
+]
 
 
 # ASCII digits only, at most 15 before the point: far beyond any order total, and well inside
