@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from core.models import Channel
 
@@ -70,11 +70,12 @@ class NewApiKey(BaseModel):
             raise ValueError("scopes must not repeat")
         return sorted(scopes)
 
-    @model_validator(mode="after")
-    def _admin_sees_everything(self) -> NewApiKey:
-        if self.channel is not None and Scope.ADMIN in self.scopes:
+    @field_validator("channel")
+    @classmethod
+    def _admin_sees_everything(cls, channel: str | None, info: ValidationInfo) -> str | None:
+        if channel is not None and Scope.ADMIN in (info.data.get("scopes") or []):
             raise ValueError("an admin key sees every channel, so it cannot be bound to one")
-        return self
+        return channel
 
 
 class IssuedApiKey(ApiKey):

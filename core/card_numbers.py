@@ -6,6 +6,8 @@ import re
 
 # A value that is nothing but a card number, possibly grouped with spaces or dashes.
 _CANDIDATE = re.compile(r"^\d(?:[ -]?\d){11,18}$")
+# The same inside free text ("card 4111 1111 1111 1111 exp 12/30"), between non-digits.
+_EMBEDDED = re.compile(r"(?<![\d-])\d(?:[ -]?\d){11,18}(?![\d])")
 
 # (prefix ranges, allowed lengths) of the major networks. Requiring a network's prefix and length
 # on top of the Luhn check keeps false positives rare: one random 16-digit id in ten passes Luhn
@@ -18,7 +20,7 @@ _NETWORKS: list[tuple[tuple[tuple[int, int], ...], frozenset[int]]] = [
     (((3528, 3589),), frozenset({16, 17, 18, 19})),  # JCB
     (((300, 305), (36, 36), (38, 39)), frozenset({14, 15, 16, 17, 18, 19})),  # Diners Club
     (((62, 62),), frozenset({16, 17, 18, 19})),  # UnionPay
-    (((50, 50), (56, 58), (6304, 6304), (6759, 6759), (676770, 676774)), frozenset(range(12, 20))),  # Maestro
+    (((50, 50), (56, 58), (6304, 6304), (6759, 6759), (676770, 676774)), frozenset(range(13, 20))),  # Maestro
 ]
 
 
@@ -51,3 +53,10 @@ def looks_like_card_number(value: str | int) -> bool:
         return False
     digits = re.sub(r"[ -]", "", text)
     return 13 <= len(digits) <= 19 and _network_matches(digits) and luhn_valid(digits)
+
+
+def contains_card_number(text: str) -> bool:
+    """True when `text` is, or somewhere contains, something that looks like a card number."""
+    if looks_like_card_number(text):
+        return True
+    return any(looks_like_card_number(match.group(0)) for match in _EMBEDDED.finditer(text))

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from core.card_numbers import looks_like_card_number
+from core.card_numbers import contains_card_number, looks_like_card_number
 from functions.api.access import ScopeTable
 from functions.api.errors import ApiError
 
@@ -28,7 +28,9 @@ def _card_fields(value: Any, path: str) -> list[str]:
         return [f for key, item in value.items() for f in _card_fields(item, f"{path}.{key}" if path else str(key))]
     if isinstance(value, list):
         return [f for i, item in enumerate(value) for f in _card_fields(item, f"{path}[{i}]")]
-    if isinstance(value, str | int) and not isinstance(value, bool) and looks_like_card_number(value):
+    if isinstance(value, str) and contains_card_number(value):
+        return [path or "body"]
+    if isinstance(value, int) and not isinstance(value, bool) and looks_like_card_number(value):
         return [path or "body"]
     return []
 
@@ -81,9 +83,10 @@ def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     if raw:
         require_json(event, raw)
         refuse_card_numbers(raw)
-    # Query strings can carry card numbers too (e.g. ?customer_id=4111...).
-    for name, value in (event.get("queryStringParameters") or {}).items():
-        if value and looks_like_card_number(value):
+    # Paths and query strings can carry card numbers too (/products/4111..., ?customer_id=4111...).
+    parameters = {**(event.get("pathParameters") or {}), **(event.get("queryStringParameters") or {})}
+    for name, value in parameters.items():
+        if value and contains_card_number(value):
             raise ApiError(
                 422,
                 "card_data_rejected",

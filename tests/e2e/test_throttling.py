@@ -1,0 +1,97 @@
+"""Throttling: each API key has its own token bucket; an empty one answers 429 with Retry-After."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from infra.local.stack import EmbeddedStack, running_stack
+from tests.e2e.client import Api, assert_error, unique
+
+pytestmark = pytest.mark.e2e
+
+RATE, BURST = 2, 3
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    overrides = {"ApiRateLimit": RATE, "ApiBurstLimit": BURST, "AuthorizerCacheSeconds": 0}
+    with running_stack(api_port=0, aws_port=0, seed=False, parameter_overrides=overrides) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def new_key(api: Api) -> Callable[[], dict[str, Any]]:
+    """Issues a fresh key (a full bucket of its own). The admin's bucket is as small as anyone's, so
+    issuing waits out the admin's own 429s."""
+
+    def issue() -> dict[str, Any]:
+        for _ in range(10):
+            response = api.post("/api-keys", json={"name": unique("throttle"), "scopes": ["orders:read"]})
+            if response.status_code != 429:
+                assert response.status_code == 201, response.text
+                return response.json()
+            time.sleep(int(response.headers["Retry-After"]))
+        raise AssertionError("the admin stayed throttled")
+
+    return issue
+
+
+@pytest.fixture
+def key(new_key: Callable[[], dict[str, Any]]) -> str:
+    return new_key()["key"]
+
+
+def until_throttled(api: Api, key: str, most: int = BURST + 3) -> list[requests.Response]:
+    """Quick requests with `key` until the first 429 (at most `most`)."""
+    responses = []
+    for _ in range(most):
+        responses.append(api.get("/orders", key=key, params={"limit": 1}))
+        if responses[-1].status_code == 429:
+            break
+    return responses
+
+
+def test_the_gateway_throttles_each_key_with_the_small_limits(stack: EmbeddedStack):
+    assert stack.gateway is not None and stack.gateway.throttle is not None
+    assert (stack.gateway.throttle.rate, stack.gateway.throttle.burst) == (RATE, BURST)
+
+
+def test_a_burst_over_the_limit_is_429_throttled_with_retry_after(api: Api, key: str):
+    responses = until_throttled(api, key)
+
+    statuses = [r.status_code for r in responses]
+    assert statuses[:BURST] == [200] * BURST, statuses
+    assert statuses[-1] == 429, f"no 429 within {len(statuses)} quick requests: {statuses}"
+    assert len(statuses) <= BURST + 2, statuses  # the 4th or the 5th
+    throttled = responses[-1]
+    assert_error(throttled, 429, "throttled")
+    assert int(throttled.headers["Retry-After"]) >= 1
+
+
+def test_one_keys_empty_bucket_does_not_throttle_another_key(api: Api, new_key: Callable[[], dict[str, Any]]):
+    noisy, quiet = new_key()["key"], new_key()["key"]
+
+    assert until_throttled(api, noisy)[-1].status_code == 429
+    assert api.get("/orders", key=quiet, params={"limit": 1}).status_code == 200
+    assert api.get("/orders", key=quiet, params={"limit": 1}).status_code == 200
+    assert api.get("/orders", key=noisy, params={"limit": 1}).status_code == 429
+
+
+def test_after_waiting_retry_after_seconds_the_key_is_served_again(api: Api, key: str):
+    throttled = until_throttled(api, key)[-1]
+    assert throttled.status_code == 429
+
+    time.sleep(int(throttled.headers["Retry-After"]))
+
+    assert api.get("/orders", key=key, params={"limit": 1}).status_code == 200
+
+
+def test_a_throttled_key_does_not_turn_a_bad_key_into_a_429(api: Api, key: str):
+    assert until_throttled(api, key)[-1].status_code == 429
+
+    assert_error(api.get("/orders", key="oms_" + "x" * 32), 401, "unauthorized")

@@ -1,0 +1,238 @@
+"""Recognising payment card numbers: every major network is caught, ordinary ids are left alone."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.card_numbers import looks_like_card_number, luhn_valid
+
+
+def check_digit(partial: str) -> str:
+    """The Luhn check digit that completes `partial` (an independent implementation: the oracle)."""
+    total = 0
+    for index, char in enumerate(reversed(partial)):
+        value = int(char)
+        if index % 2 == 0:  # these digits are doubled once the check digit is appended
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return str((10 - total % 10) % 10)
+
+
+def card(prefix: str, length: int) -> str:
+    """A Luhn-valid number of `length` digits starting with `prefix`."""
+    body = prefix + "0" * (length - len(prefix) - 1)
+    return body + check_digit(body)
+
+
+def breaks_luhn(number: str) -> str:
+    """The same number with a wrong check digit."""
+    return number[:-1] + str((int(number[-1]) + 1) % 10)
+
+
+# --- Luhn ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "digits",
+    ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117", "79927398713", "0"],
+)
+def test_luhn_accepts_numbers_with_a_correct_check_digit(digits: str):
+    assert luhn_valid(digits)
+
+
+@pytest.mark.parametrize("digits", ["4111111111111112", "5555555555554440", "79927398710", "1234567890123456"])
+def test_luhn_refuses_numbers_with_a_wrong_check_digit(digits: str):
+    assert not luhn_valid(digits)
+
+
+def test_the_oracle_agrees_with_published_test_numbers():
+    assert card("411111111111111", 16) == "4111111111111111"
+    assert check_digit("7992739871") == "3"
+
+
+# --- Every network, at its prefixes and lengths ----------------------------------------------------
+
+PUBLISHED_TEST_CARDS = {
+    "visa-16": "4111111111111111",
+    "visa-16-b": "4012888888881881",
+    "visa-13": "4222222222222",
+    "mastercard-5": "5555555555554444",
+    "mastercard-51": "5105105105105100",
+    "mastercard-2-series": "2223003122003222",
+    "amex-37": "378282246310005",
+    "amex-34": "371449635398431",
+    "discover": "6011111111111117",
+    "discover-b": "6011000990139424",
+    "jcb": "3530111333300000",
+    "jcb-b": "3566002020360505",
+    "diners-14": "30569309025904",
+    "diners-38": "38520000023237",
+    "unionpay": "6200000000000005",
+    "maestro-6759": "6759649826438453",
+}
+
+
+@pytest.mark.parametrize("number", PUBLISHED_TEST_CARDS.values(), ids=PUBLISHED_TEST_CARDS.keys())
+def test_published_test_card_numbers_are_recognised(number: str):
+    assert luhn_valid(number)
+    assert looks_like_card_number(number)
+
+
+NETWORKS = [
+    # (network, prefix, length)
+    ("visa", "4", 13),
+    ("visa", "4", 16),
+    ("visa", "4", 19),
+    *[("mastercard", str(prefix), 16) for prefix in range(51, 56)],
+    ("mastercard", "2221", 16),
+    ("mastercard", "2500", 16),
+    ("mastercard", "2720", 16),
+    ("amex", "34", 15),
+    ("amex", "37", 15),
+    ("discover", "6011", 16),
+    ("discover", "6011", 19),
+    ("discover", "644", 16),
+    ("discover", "649", 16),
+    ("discover", "65", 16),
+    ("jcb", "3528", 16),
+    ("jcb", "3589", 19),
+    ("diners", "300", 14),
+    ("diners", "305", 14),
+    ("diners", "36", 14),
+    ("diners", "38", 16),
+    ("diners", "39", 16),
+    ("unionpay", "62", 16),
+    ("unionpay", "62", 19),
+    ("maestro", "50", 13),
+    ("maestro", "56", 16),
+    ("maestro", "58", 19),
+    ("maestro", "6304", 16),
+    ("maestro", "6759", 18),
+    ("maestro", "676770", 16),
+    ("maestro", "676774", 19),
+]
+
+
+@pytest.mark.parametrize(("network", "prefix", "length"), NETWORKS, ids=[f"{n}-{p}-{ln}" for n, p, ln in NETWORKS])
+def test_every_networks_prefixes_and_lengths_are_recognised(network: str, prefix: str, length: int):
+    number = card(prefix, length)
+
+    assert looks_like_card_number(number), f"{network} {number}"
+
+
+@pytest.mark.parametrize(("network", "prefix", "length"), NETWORKS, ids=[f"{n}-{p}-{ln}" for n, p, ln in NETWORKS])
+def test_a_networks_number_with_a_wrong_check_digit_is_not_a_card(network: str, prefix: str, length: int):
+    assert not looks_like_card_number(breaks_luhn(card(prefix, length)))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "length"),
+    [
+        ("2220", 16),  # just below the Mastercard 2-series
+        ("2721", 16),  # just above it
+        ("4", 14),  # Visa is 13, 16 or 19 digits
+        ("4", 15),
+        ("51", 15),  # Mastercard is 16 digits
+        ("37", 16),  # Amex is 15
+        ("1", 16),
+        ("7", 16),
+        ("8", 16),
+        ("9", 16),
+    ],
+)
+def test_a_luhn_valid_number_outside_every_networks_prefix_or_length_is_not_a_card(prefix: str, length: int):
+    assert not looks_like_card_number(card(prefix, length))
+
+
+# --- Formats ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "3782 822463 10005",
+        "5555-5555 5555-4444",
+        " 4111111111111111 ",
+        "\t4111111111111111\n",
+        4111111111111111,
+        378282246310005,
+    ],
+    ids=["spaces", "dashes", "amex-grouping", "mixed-separators", "padded", "tab-newline", "int", "int-amex"],
+)
+def test_a_card_number_grouped_with_spaces_or_dashes_or_given_as_an_int_is_recognised(value: str | int):
+    assert looks_like_card_number(value)
+
+
+# --- What must pass: ids and numbers that merely look long ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "112-1234567-1234567",  # a marketplace order number (17 digits, Luhn aside: no network prefix)
+        "114-9876543-2109876",
+        "4111111111111112",  # Visa prefix, fails Luhn: a random 16-digit id
+        "5555555555554440",
+        "1234567890123456",  # a random 16-digit id
+        "1234567890123452",  # Luhn-valid 16 digits with a prefix no network issues
+        "9999999999999995",  # Luhn-valid, no network
+        "0000000000000000",  # Luhn-valid, no network
+        "411111111111",  # 12 digits: too short for Visa
+        "4111",
+        "41111111111111111111",  # 20 digits: too long for any card
+        "+1 415 555 0100",  # phone numbers
+        "415-555-0100",
+        "0044 20 7946 0958",
+        "web-1001",
+        "ord_kz5wpvn5t25my2wrcpwjmhpn",
+        "94105",  # postal codes
+        "100-0001",
+        "SW1A 1AA",
+        "4111 1111 1111 111x",
+        "4111  1111 1111 1111",  # two separators in a row is not a card grouping
+        "4111.1111.1111.1111",
+        "",
+        "   ",
+        0,
+        20261122,
+    ],
+)
+def test_ordinary_ids_codes_and_phone_numbers_are_not_card_numbers(value: str | int):
+    assert not looks_like_card_number(value)
+
+
+# --- Properties -----------------------------------------------------------------------------------
+
+
+@given(st.text(alphabet="0123456789", min_size=14, max_size=14))
+def test_any_visa_prefixed_16_digit_number_with_a_correct_check_digit_is_detected(middle: str):
+    partial = "4" + middle
+    number = partial + check_digit(partial)
+
+    assert looks_like_card_number(number)
+    assert looks_like_card_number(" ".join(number[i : i + 4] for i in range(0, 16, 4)))
+    assert looks_like_card_number("-".join(number[i : i + 4] for i in range(0, 16, 4)))
+
+
+@given(st.text(alphabet="0123456789", min_size=14, max_size=14), st.integers(min_value=1, max_value=9))
+def test_any_visa_prefixed_16_digit_number_with_a_wrong_check_digit_is_not_detected(middle: str, offset: int):
+    partial = "4" + middle
+    wrong = (int(check_digit(partial)) + offset) % 10
+
+    assert not looks_like_card_number(partial + str(wrong))
+
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=12))
+def test_no_number_shorter_than_13_digits_is_a_card_number(digits: str):
+    assert not looks_like_card_number(digits)
+
+
+@given(st.text(min_size=1, max_size=40).filter(lambda s: not any(c.isdigit() for c in s)))
+def test_text_without_digits_is_never_a_card_number(text: str):
+    assert not looks_like_card_number(text)
