@@ -75,3 +75,26 @@ class InvalidCursor(InvalidRequest):
             "cursor is not one this list returned for the same filters",
             details=[{"field": "cursor", "message": "unknown or tampered cursor"}],
         )
+
+
+# --- Workflow outcomes. Step Functions matches these by class name (Retry/Catch ErrorEquals). ---
+
+
+class TransientError(DomainError):
+    """Worth retrying: a gateway or carrier is briefly unavailable. Plugins raise it."""
+
+    code = "transient_error"
+
+
+class PaymentDeclined(DomainError):
+    code = "payment_declined"
+
+
+class OutOfStock(DomainError):
+    code = "out_of_stock"
+
+
+class OrderClosed(DomainError):
+    """The order moved on (cancelled, or already past this step): nothing left to do here."""
+
+    code = "order_closed"

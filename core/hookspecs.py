@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from core import hookspec
-from core.models import Address, Customer, Product
+from core.models import Address, Customer, Location, Order, Product, ShipmentLine, StockLevel
 from core.money import Money
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
+from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan
 
 # --- Pricing --------------------------------------------------------------------------------
 
@@ -62,4 +63,132 @@ def oms_shipping_quotes(draft: PricingDraft, address: Address) -> list[ShippingQ
 
     Every plugin is called. The client picks one by `shipping_method`; without one the core takes
     `standard` if offered, else the cheapest quote. Pickup orders are not quoted.
+    """
+
+
+# --- Payment --------------------------------------------------------------------------------
+# A payment plugin answers only for its own `method` and returns None for any other. A gateway
+# that is temporarily unavailable raises core.errors.TransientError (the workflow retries);
+# any other exception fails the step.
+
+
+@hookspec(firstresult=True)
+def oms_payment_authorize(
+    method: str, token: str, amount: Money, order_id: str, idempotency_key: str, attempt: int
+) -> PaymentResult | None:
+    """Authorize `amount` on the payment instrument behind `token`.
+
+    :param method: the order's `payment.method`; answer only for your own.
+    :param token: the payment token the client sent (never a card number).
+    :param amount: the order's grand total.
+    :param order_id: the order being paid.
+    :param idempotency_key: the same for every retry of this authorization; pass it to the
+        gateway so a retry never authorizes twice.
+    :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.
+    :return: PaymentResult (approved, with the authorization's reference, or declined), or None.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def oms_payment_capture(
+    method: str, authorization: str, amount: Money, order_id: str, idempotency_key: str
+) -> PaymentResult | None:
+    """Capture `amount` (a shipment's share) of an authorization.
+
+    :param method: the order's payment method; answer only for your own.
+    :param authorization: the reference the authorization returned.
+    :param amount: the amount to capture now (partial captures add up to at most the authorization).
+    :param order_id: the order being paid.
+    :param idempotency_key: the same for every retry of this capture.
+    :return: PaymentResult, or None.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def oms_payment_void(method: str, authorization: str, order_id: str, idempotency_key: str) -> PaymentResult | None:
+    """Release an authorization that will not be captured (an order cancelled before shipping).
+
+    :param method: the order's payment method; answer only for your own.
+    :param authorization: the reference the authorization returned.
+    :param order_id: the order.
+    :param idempotency_key: the same for every retry of this void.
+    :return: PaymentResult, or None.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def oms_payment_refund(
+    method: str, authorization: str, amount: Money, order_id: str, idempotency_key: str
+) -> PaymentResult | None:
+    """Refund `amount` of what was captured.
+
+    :param method: the order's payment method; answer only for your own.
+    :param authorization: the reference the authorization returned.
+    :param amount: the amount to give back.
+    :param order_id: the order.
+    :param idempotency_key: the same for every retry of this refund.
+    :return: PaymentResult, or None.
+
+    Stops at first non-None result.
+    """
+
+
+# --- Sourcing ---------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def oms_source_order(
+    order: Order, locations: list[Location], stock: dict[str, list[StockLevel]], destination: Address
+) -> SourcingPlan | None:
+    """Decide which location(s) supply each line of an order.
+
+    :param order: the order (lines with `line_id`, `sku`, `quantity`; `fulfillment`).
+    :param locations: the locations eligible for it: shipping locations, or the pickup store.
+    :param stock: current stock records by sku at those locations (`available` per location).
+    :param destination: where the goods go (the shipping address or the pickup store's).
+    :return: a SourcingPlan covering every unit of every line, or None when this plugin cannot
+        source the order (the order then ends cancelled, reason out_of_stock).
+
+    Stops at first non-None result. The core checks the plan (every unit of every line exactly
+    once, eligible locations only) and reserves it atomically; a lost race for the last units
+    also ends out_of_stock.
+    """
+
+
+# --- Carrier ----------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def oms_carrier_create_shipment(
+    order: Order, shipment_id: str, origin: Location, lines: list[ShipmentLine], weight_grams: int
+) -> CarrierShipment | None:
+    """Book one shipment with a carrier and return its tracking number and label.
+
+    :param order: the order (its `shipping_address` is the destination, `shipping_method` the
+        service the customer chose).
+    :param shipment_id: the OMS's id for this shipment; the same on every retry, so a carrier
+        can be asked idempotently.
+    :param origin: the location the parcel leaves from.
+    :param lines: the order lines (and quantities) in this parcel.
+    :param weight_grams: the parcel's weight from the products' `weight_grams`.
+    :return: a CarrierShipment (carrier, service, tracking number, label document), or None.
+
+    Stops at first non-None result. No answer fails the step (the order ends cancelled).
+    """
+
+
+@hookspec
+def oms_payment_methods() -> list[str] | None:
+    """The payment methods this plugin handles (e.g. ["test"]).
+
+    :return: method names, or None.
+
+    Every plugin is called. POST /orders refuses a `payment.method` no plugin names (422
+    `unknown_payment_method`), so an order never waits for a payment no one can take.
     """

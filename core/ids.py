@@ -22,3 +22,9 @@ def order_id_for(channel: str, external_id: str | None) -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{_b32(secrets.token_bytes(15))}"
+
+
+def short_hash(text: str) -> str:
+    """A stable 24-character id body for something derived from other ids (a shipment of an
+    order at a location), so a retried step names it the same way."""
+    return _b32(hashlib.sha256(text.encode()).digest()[:15])

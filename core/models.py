@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from core.money import Currency, Money
 from core.status import OrderStatus
@@ -474,6 +474,8 @@ class Payment(BaseModel):
     authorized: Money
     captured: Money
     refunded: Money
+    # The gateway's reference for the authorization: what captures, voids and refunds name.
+    authorization: str | None = None
 
 
 class Allocation(BaseModel):
@@ -537,3 +539,25 @@ class Page(BaseModel, Generic[T]):
 
 class HistoryPage(BaseModel):
     items: list[HistoryEntry]
+
+
+class OrderEdit(Strict):
+    """The body of PATCH /orders/{id}: what may change before the order is allocated."""
+
+    lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)] | None = None
+    shipping_address: Address | None = None
+    shipping_method: ShippingMethod | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> OrderEdit:
+        if self.lines is None and self.shipping_address is None and self.shipping_method is None:
+            raise ValueError("send at least one of lines, shipping_address, shipping_method")
+        return self
+
+
+class CancelRequest(Strict):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class ShipRequest(Strict):
+    tracking_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60)] | None = None

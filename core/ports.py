@@ -30,6 +30,16 @@ class OrderRepository(ABC):
     def get(self, order_id: str) -> Order | None: ...
 
     @abstractmethod
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        """Replace `expected` by `order` and append `entries` to the history, in one write that
+        holds only if the stored order still has `expected`'s status and version. Raises
+        StaleVersion otherwise: the caller re-reads and decides again."""
+
+    @abstractmethod
+    def payment_token(self, order_id: str) -> str | None:
+        """The token the order was placed with, for the payment plugin (never shown)."""
+
+    @abstractmethod
     def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
         """The order and its history, oldest first, in one read; None when there is no such order."""
 
@@ -76,6 +86,25 @@ class InventoryRepository(ABC):
         """Add `delta` to on_hand. Raises InsufficientStock when on_hand would drop below reserved."""
 
     @abstractmethod
+    def reserve(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+        """Move `quantity` from available to reserved under `key` (order#line), in one write
+        conditional on enough being available. Idempotent: the same key again is a no-op.
+        Raises InsufficientStock when not enough is available."""
+
+    @abstractmethod
+    def release(self, sku: str, location_id: str, key: str) -> None:
+        """Give the units reserved under `key` back to available. Idempotent."""
+
+    @abstractmethod
+    def ship(self, sku: str, location_id: str, key: str) -> None:
+        """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent."""
+
+    @abstractmethod
+    def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
+        """Which of the given keys hold reservations on the given (sku, location) items, and how
+        many units: {(sku, location_id, key): quantity}."""
+
+    @abstractmethod
     def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
         """Stock records of each sku (skus with none map to []): at `location_ids` (key lookups,
         the capture path) or, when None, at every location."""
@@ -97,3 +126,9 @@ class ApiKeyRepository(ABC):
     @abstractmethod
     def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
         """Mark the key revoked (idempotent); None when there is no such key."""
+
+
+class LabelStore(ABC):
+    @abstractmethod
+    def put_label(self, order_id: str, shipment_id: str, document: bytes, content_type: str) -> str:
+        """Store a shipping label (idempotent by shipment) and return a URL to fetch it."""

@@ -26,7 +26,7 @@ from core.models import (
 )
 from core.money import Money
 from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
-from core.pricing import Pricing
+from core.pricing import PricedOrder, Pricing
 from core.status import OrderStatus
 
 Clock = Callable[[], datetime]
@@ -100,14 +100,22 @@ class CaptureService:
         inventory: InventoryRepository,
         pricing: Pricing,
         clock: Clock = utc_now,
+        payment_methods: Callable[[], set[str]] | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
         self._inventory = inventory
         self._pricing = pricing
         self._clock = clock
+        self._payment_methods = payment_methods
 
     def place(self, cmd: PlaceOrder, actor: str) -> Order:
+        """Store a new pending order; the order workflow takes it from there."""
+        return self._placed(cmd, self.quote(cmd), self._clock(), actor)
+
+    def quote(self, cmd: PlaceOrder) -> PricedOrder:
+        """Everything capture checks before storing: skus, payment method, fulfilment, prices
+        through the plugins, stock. Editing an order runs the same checks."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -116,12 +124,18 @@ class CaptureService:
         ]
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
-
+        if self._payment_methods is not None and cmd.payment.method not in self._payment_methods():
+            raise InvalidRequest(
+                f"no payment plugin takes method {cmd.payment.method}",
+                code="unknown_payment_method",
+                details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
+            )
         sources, tax_address = self._sources(cmd)
         priced = self._pricing.price(cmd, products, tax_address)
         self._check_stock(cmd, products, sources)
+        return priced
 
-        now = self._clock()
+    def _placed(self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str) -> Order:
         zero = Money.zero(cmd.currency)
         order = Order(
             id=order_id_for(cmd.channel, cmd.external_id),

@@ -11,11 +11,15 @@ import boto3
 import pluggy
 
 from core.access import ApiKey
+from core.fulfillment import OrderActions
+from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
+from core.workflow import Workflow
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
+from functions.adapters.labels import S3Labels
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Container:
     inventory: InventoryService
     orders: OrderQueries
     api_keys: ApiKeyService
+    actions: OrderActions
 
 
 @functools.cache
@@ -63,15 +68,33 @@ def container() -> Container:
     catalog = CachedCatalog(DynamoCatalog(client, config.catalog_table), config.catalog_cache_seconds)
     inventory = DynamoInventory(client, config.inventory_table)
     plugins = build_plugin_manager()
+    payments = Payments(plugins)
+    capture = CaptureService(orders, catalog, inventory, Pricing(plugins), payment_methods=payments.methods)
     return Container(
         config=config,
         dynamodb=client,
         plugins=plugins,
-        capture=CaptureService(orders, catalog, inventory, Pricing(plugins)),
+        capture=capture,
         catalog=CatalogService(catalog),
         inventory=InventoryService(inventory, catalog),
         orders=OrderQueries(orders),
         api_keys=ApiKeyService(api_key_repository()),
+        actions=OrderActions(orders, catalog, inventory, payments, capture),
+    )
+
+
+@functools.cache
+def workflow() -> Workflow:
+    """What the order workflow's task functions share, built once per container."""
+    config = Config.from_env()
+    client = dynamodb_client()
+    catalog = CachedCatalog(DynamoCatalog(client, config.catalog_table), config.catalog_cache_seconds)
+    return Workflow(
+        DynamoOrders(client, config.orders_table),
+        catalog,
+        DynamoInventory(client, config.inventory_table),
+        build_plugin_manager(),
+        S3Labels(os.environ.get("LABELS_BUCKET", "")),
     )
 
 

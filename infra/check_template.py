@@ -4,6 +4,10 @@ cfn-lint checks resources against their schemas but never runs the transform, so
 event `Type: SQSS` or a policy template with the wrong parameter. aws-sam-translator is the
 library SAM itself deploys with; translating with it finds those without an AWS account.
 
+It also validates every state machine's ASL (infra/local/asl.py) after its DefinitionSubstitutions
+are applied with placeholder values: a dangling Next, a path that never ends or a `${Name}` with
+no substitution fails the check (the SAM transform and cfn-lint check none of that).
+
     python -m infra.check_template template.yaml
 """
 
@@ -75,6 +79,32 @@ def translate(template: dict[str, Any]) -> dict[str, Any]:
     return transform(with_placeholder_uris(template), {}, _NoManagedPolicies())
 
 
+def placeholder_for(name: str, value: Any) -> str:
+    """What a DefinitionSubstitutions value stands for when no stack exists: a literal stays, an
+    intrinsic becomes an ARN-shaped placeholder (Task Resources must be ARNs)."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    return f"arn:aws:lambda:us-east-1:123456789012:function:placeholder-{name}"
+
+
+def state_machine_problems(template_path: Path) -> list[str]:
+    """Every state machine's ASL problems, prefixed with its logical id."""
+    from infra.local.asl import validate_asl
+    from infra.local.template import Template
+
+    template = Template.load(template_path)
+    problems = []
+    for spec in template.state_machines():
+        substitutions = {name: placeholder_for(name, value) for name, value in spec.substitutions.items()}
+        try:
+            definition = spec.load_definition(template.base_dir, substitutions)
+        except (OSError, ValueError) as error:
+            problems.append(f"{spec.logical_id}: cannot read the definition: {error}")
+            continue
+        problems.extend(f"{spec.logical_id}: {problem}" for problem in validate_asl(definition))
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.check_template", description=__doc__.splitlines()[0])
     parser.add_argument("template", nargs="?", default="template.yaml", type=Path)
@@ -97,9 +127,20 @@ def main(argv: list[str] | None = None) -> int:
         for cause in error.causes:
             print(f"  - {cause.message}", file=sys.stderr)
         return 1
+    problems = state_machine_problems(args.template)
+    if problems:
+        print(f"{args.template}: invalid state machine definition", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    machines = sum(
+        1
+        for resource in template.get("Resources", {}).values()
+        if resource.get("Type") in ("AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine")
+    )
     print(
         f"{args.template}: SAM transform OK, {len(template.get('Resources', {}))} resources "
-        f"-> {len(translated.get('Resources', {}))} CloudFormation resources"
+        f"-> {len(translated.get('Resources', {}))} CloudFormation resources; ASL OK ({machines} state machines)"
     )
     return 0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
-from core.ports import CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderFilter, OrderRepository
 
 
 class FakeOrders(OrderRepository):
@@ -24,6 +24,16 @@ class FakeOrders(OrderRepository):
 
     def get(self, order_id: str) -> Order | None:
         return self.orders.get(order_id)
+
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        stored = self.orders.get(order.id)
+        if stored is None or (stored.status, stored.version) != (expected.status, expected.version):
+            raise StaleVersion(f"order {order.id} moved on")
+        self.orders[order.id] = order
+        self.histories[order.id].extend(entries)
+
+    def payment_token(self, order_id: str) -> str | None:
+        return self.tokens.get(order_id)
 
     def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
         if order_id not in self.orders:
@@ -79,6 +89,7 @@ class FakeCatalog(CatalogRepository):
 class FakeInventory(InventoryRepository):
     def __init__(self) -> None:
         self.stock: dict[tuple[str, str], StockLevel] = {}
+        self.held: dict[tuple[str, str], dict[str, int]] = {}
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -104,9 +115,55 @@ class FakeInventory(InventoryRepository):
             level.model_copy(update={"on_hand": level.on_hand + delta, "available": level.available + delta})
         )
 
+    # Reservations keyed like the DynamoDB adapter's: (sku, location) -> {order#line: quantity}.
+    def _held(self, sku: str, location_id: str) -> dict[str, int]:
+        return self.held.setdefault((sku, location_id), {})
+
+    def reserve(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+        held = self._held(sku, location_id)
+        if key in held:
+            return
+        level = self._get(sku, location_id)
+        if level.available < quantity:
+            raise InsufficientStock(f"{level.available} of {sku} available")
+        held[key] = quantity
+        self._put(level.model_copy(update={"reserved": level.reserved + quantity,
+                                           "available": level.available - quantity}))  # fmt: skip
+
+    def release(self, sku: str, location_id: str, key: str) -> None:
+        quantity = self._held(sku, location_id).pop(key, None)
+        if quantity is not None:
+            level = self._get(sku, location_id)
+            self._put(level.model_copy(update={"reserved": level.reserved - quantity,
+                                               "available": level.available + quantity}))  # fmt: skip
+
+    def ship(self, sku: str, location_id: str, key: str) -> None:
+        quantity = self._held(sku, location_id).pop(key, None)
+        if quantity is not None:
+            level = self._get(sku, location_id)
+            self._put(level.model_copy(update={"reserved": level.reserved - quantity,
+                                               "on_hand": level.on_hand - quantity}))  # fmt: skip
+
+    def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
+        return {
+            (sku, location_id, key): self.held[(sku, location_id)][key]
+            for (sku, location_id), keys in keys_by_item.items()
+            for key in keys
+            if key in self.held.get((sku, location_id), {})
+        }
+
     def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
         wanted = set(location_ids) if location_ids is not None else None
         return {
             sku: [lvl for (s, loc), lvl in sorted(self.stock.items()) if s == sku and (wanted is None or loc in wanted)]
             for sku in skus
         }
+
+
+class FakeLabels(LabelStore):
+    def __init__(self) -> None:
+        self.labels: dict[str, bytes] = {}
+
+    def put_label(self, order_id: str, shipment_id: str, document: bytes, content_type: str) -> str:
+        self.labels[shipment_id] = document
+        return f"https://labels.example/{order_id}/{shipment_id}"

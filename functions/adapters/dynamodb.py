@@ -15,7 +15,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
 
@@ -70,7 +70,11 @@ def _is_conditional_failure(error: ClientError) -> bool:
 
 
 def batch_get(
-    client: Any, table: str, keys: list[dict[str, Any]], attributes: str | None = None
+    client: Any,
+    table: str,
+    keys: list[dict[str, Any]],
+    attributes: str | None = None,
+    names: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """BatchGetItem in pages of 100, retrying unprocessed keys."""
     found: list[dict[str, Any]] = []
@@ -78,6 +82,8 @@ def batch_get(
         page: dict[str, Any] = {"Keys": keys[start : start + 100]}
         if attributes:
             page["ProjectionExpression"] = attributes
+        if names:
+            page["ExpressionAttributeNames"] = names
         request: dict[str, Any] = {table: page}
         while request:
             response = client.batch_get_item(RequestItems=request)
@@ -159,6 +165,38 @@ class DynamoOrders(OrderRepository):
             if _is_conditional_failure(error):
                 raise DuplicateOrder(order.id) from None
             raise
+
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": order.id}},
+                UpdateExpression=(
+                    "SET #doc = :doc, #status = :status, #version = :version, channel_status = :channel_status, "
+                    "history = list_append(history, :entries)"
+                ),
+                ConditionExpression="#status = :expected_status AND #version = :expected_version",
+                ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
+                ExpressionAttributeValues={
+                    ":doc": {"S": order.model_dump_json()},
+                    ":status": {"S": order.status.value},
+                    ":version": {"N": str(order.version)},
+                    ":channel_status": {"S": f"{order.channel}#{order.status.value}"},
+                    ":entries": {"L": [{"S": entry.model_dump_json()} for entry in entries]},
+                    ":expected_status": {"S": expected.status.value},
+                    ":expected_version": {"N": str(expected.version)},
+                },
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                raise StaleVersion(
+                    f"order {order.id} is no longer {expected.status} at version {expected.version}"
+                ) from None
+            raise
+
+    def payment_token(self, order_id: str) -> str | None:
+        item = self._get(order_id, "payment_token")
+        return item["payment_token"]["S"] if item and "payment_token" in item else None
 
     def _get(self, order_id: str, attributes: str) -> dict[str, Any] | None:
         response = self._client.get_item(
@@ -419,9 +457,10 @@ class DynamoInventory(InventoryRepository):
                 sku,
                 location_id,
                 "SET on_hand = :n, reserved = if_not_exists(reserved, :zero), "
-                "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason",
+                "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
+                "reservations = if_not_exists(reservations, :none)",
                 "attribute_not_exists(reserved) OR reserved <= :n",
-                {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason},
+                {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}},
             )
         except ClientError as error:
             if not _is_conditional_failure(error):
@@ -437,9 +476,10 @@ class DynamoInventory(InventoryRepository):
         expression = (
             "SET on_hand = if_not_exists(on_hand, :zero) + :delta, "
             "available = if_not_exists(available, :zero) + :delta, "
-            "reserved = if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason"
+            "reserved = if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
+            "reservations = if_not_exists(reservations, :none)"
         )
-        values = {":delta": delta, ":zero": 0, ":now": utc_now(), ":reason": reason}
+        values = {":delta": delta, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}}
         # on_hand + delta >= reserved  <=>  available >= -delta
         condition = None
         if delta < 0:
@@ -461,6 +501,76 @@ class DynamoInventory(InventoryRepository):
                 ],
             ) from None
         return _level(from_item(response["Attributes"]))
+
+    # Reservations live on the item they change, in a map keyed by order#line, so reserving,
+    # releasing and shipping are each one conditional UpdateItem and a repeated one is a no-op.
+    def _reservation_update(self, sku: str, location_id: str, key: str, expression: str, condition: str,
+                            values: dict[str, Any]) -> dict[str, Any] | None:  # fmt: skip
+        """Apply the update; on a failed condition return the item as it was (None if absent)."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {"#key": key},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if values:
+            request["ExpressionAttributeValues"] = to_item(values)
+        try:
+            self._client.update_item(**request)
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return from_item(error.response.get("Item") or {})
+        return None
+
+    def reserve(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+        old = self._reservation_update(
+            sku, location_id, key,
+            "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q",
+            "available >= :q AND attribute_not_exists(reservations.#key)",
+            {":q": quantity},
+        )  # fmt: skip
+        if old is None or key in (old.get("reservations") or {}):
+            return  # reserved now, or by an earlier run of the same step
+        raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
+
+    def release(self, sku: str, location_id: str, key: str) -> None:
+        self._reservation_update(
+            sku, location_id, key,
+            "SET reserved = reserved - reservations.#key, available = available + reservations.#key "
+            "REMOVE reservations.#key",
+            "attribute_exists(reservations.#key)",
+            {},
+        )  # fmt: skip
+
+    def ship(self, sku: str, location_id: str, key: str) -> None:
+        self._reservation_update(
+            sku, location_id, key,
+            "SET reserved = reserved - reservations.#key, on_hand = on_hand - reservations.#key "
+            "REMOVE reservations.#key",
+            "attribute_exists(reservations.#key)",
+            {},
+        )  # fmt: skip
+
+    def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
+        """One BatchGetItem that projects only the asked-for map entries, never a hot item's
+        whole reservations map."""
+        wanted = sorted({key for keys in keys_by_item.values() for key in keys})
+        if not wanted:
+            return {}
+        names = {f"#k{i}": key for i, key in enumerate(wanted)}
+        projection = ", ".join(["sku", "location_id"] + [f"reservations.{name}" for name in names])
+        items = [{"sku": {"S": sku}, "location_id": {"S": loc}} for sku, loc in sorted(keys_by_item)]
+        found: dict[tuple[str, str, str], int] = {}
+        for item in batch_get(self._client, self._table, items, projection, names):
+            values = from_item(item)
+            asked = set(keys_by_item[(values["sku"], values["location_id"])])
+            for key, quantity in (values.get("reservations") or {}).items():
+                if key in asked:
+                    found[(values["sku"], values["location_id"], key)] = int(quantity)
+        return found
 
     def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
         result: dict[str, list[StockLevel]] = {sku: [] for sku in skus}

@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import ServiceError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from core.errors import Conflict, DomainError, InvalidRequest, NotFound, PluginError
+from core.errors import Conflict, DomainError, InvalidRequest, NotFound, PluginError, TransientError
 
 logger = Logger(child=True)
 
@@ -83,6 +83,13 @@ def register(app: APIGatewayRestResolver) -> None:
         # A broken plugin is a server-side bug: logged with its traceback, answered without one.
         logger.exception("plugin failed", extra={"error_code": error.code})
         return error_response(500, error.code, error.message)
+
+    @app.exception_handler(TransientError)
+    def _transient(error: TransientError) -> Response:
+        # A gateway or carrier is briefly down: the request changed nothing and may be retried.
+        response = error_response(503, "temporarily_unavailable", error.message)
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(DomainError)
     def _domain_error(error: DomainError) -> Response:

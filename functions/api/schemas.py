@@ -36,6 +36,7 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state",
     413: "Body over 256 KiB",
     415: "Body is not JSON",
+    428: "If-Match is required",
     422: "Validation failed",
     429: "Throttled",
 }

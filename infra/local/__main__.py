@@ -57,10 +57,31 @@ def banner(stack: EmbeddedStack, started: float) -> str:
             "Look inside DynamoDB:",
             f"  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} "
             f"--region us-east-1 dynamodb scan --table-name {orders_table}",
+            *_workflow_lines(stack),
             "",
             "Ctrl-C stops it (everything is in memory).",
         ]
     )
+
+
+def _workflow_lines(stack: EmbeddedStack) -> list[str]:
+    """The state machines (run by moto's ASL interpreter) and the event source mappings feeding them."""
+    lines = []
+    for logical_id, arn in stack.state_machine_arns.items():
+        name = arn.rsplit(":", 1)[-1]
+        lines += [
+            "",
+            f"Workflow {logical_id}: state machine {name} runs locally (moto's ASL interpreter; its Lambda tasks run "
+            "in this process). Watch an order's executions:",
+            f"  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} "
+            f"--region us-east-1 stepfunctions list-executions --state-machine-arn {arn}",
+        ]
+    if stack.mappings:
+        state = "running" if stack.event_sources else "paused (OMS_EVENT_SOURCES=0)"
+        lines += ["", f"Event sources ({state}):"]
+        for mapping in stack.mappings.values():
+            lines.append(f"  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}")
+    return lines
 
 
 def main() -> int:

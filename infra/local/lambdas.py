@@ -78,6 +78,10 @@ class LocalFunction:
         self._code_dir = code_dir
         self._lock: threading.RLock | None = threading.RLock() if serialize else None
         self._import_lock = threading.Lock()
+        # Counted for EmbeddedStack.wait_until_idle(): started invocations, and those not finished.
+        self.invocations = 0
+        self.in_flight = 0
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_spec(
@@ -131,14 +135,21 @@ class LocalFunction:
 
     def invoke(self, event: Any) -> Any:
         """Runs the handler; its exceptions propagate (the caller decides what a failure means)."""
-        handler = self.handler
-        context = self.new_context()
-        started = time.monotonic()
-        if self._lock is None:
-            result = handler(event, context)
-        else:
-            with self._lock:
+        with self._count_lock:
+            self.invocations += 1
+            self.in_flight += 1
+        try:
+            handler = self.handler
+            context = self.new_context()
+            started = time.monotonic()
+            if self._lock is None:
                 result = handler(event, context)
+            else:
+                with self._lock:
+                    result = handler(event, context)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
         elapsed = time.monotonic() - started
         if elapsed > self.timeout_seconds:
             # A thread cannot be killed; on AWS this invocation would have timed out.

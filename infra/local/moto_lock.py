@@ -69,6 +69,26 @@ def is_installed() -> bool:
 
 
 @contextmanager
+def released() -> Iterator[None]:
+    """Lets go of MOTO_LOCK (every level this thread holds) for the block, then takes it back.
+
+    For a handler that runs *inside* a moto action (a Step Functions Lambda task reaches our
+    handler through moto's Lambda Invoke): it must not hold the lock while it runs, or every other
+    thread's moto call (the API, the pollers, other executions) waits for the whole handler, and a
+    handler that waits on another thread that needs moto deadlocks. A no-op when this thread does
+    not hold the lock.
+    """
+    if not MOTO_LOCK._is_owned():  # type: ignore[attr-defined]
+        yield
+        return
+    state = MOTO_LOCK._release_save()  # type: ignore[attr-defined]  # what threading.Condition uses
+    try:
+        yield
+    finally:
+        MOTO_LOCK._acquire_restore(state)  # type: ignore[attr-defined]
+
+
+@contextmanager
 def serialized_moto() -> Iterator[None]:
     """For threaded tests: `with mock_aws(), serialized_moto(): ...`."""
     install()

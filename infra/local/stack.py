@@ -1,22 +1,50 @@
-"""The embedded stack: moto in-process, every resource of template.yaml, and the API over real HTTP."""
+"""The embedded stack: moto in-process, every resource of template.yaml, and the API over real HTTP.
+
+Environment the functions see: one process runs every function, and a process has one
+os.environ, so the stack exports the *union* of Globals.Function.Environment and every function's
+own Environment.Variables, resolved (`!Ref OrdersTable` → the table's name, `!Ref OrderWorkflow` →
+the state machine's ARN, `!Ref LabelsBucket` → the bucket's name). The template's functions do not
+give one name two values; if they ever do, the first wins and a warning says so
+(`stack.function_environments` keeps what each function would see on AWS). The stack adds
+AWS_* (fake credentials, region, AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled for DynamoDB Streams),
+MOTO_PORT (moto's Step Functions interpreter calls back there) and OMS_PUBLIC_S3_ENDPOINT (the
+stack's AWS endpoint, for presigned URLs a client outside the process can GET).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from infra.local import moto_lock
+from infra.local.asl import AslError, validate_asl
+from infra.local.event_sources import (
+    POLL_INTERVAL,
+    RETRY_DELAY,
+    EventSourceError,
+    EventSourceMapping,
+    MappingContext,
+    S3NotificationMapping,
+    build_mapping,
+    install_s3_hook,
+    s3_key_rules,
+    uninstall_s3_hook,
+)
 from infra.local.gateway import ApiGateway, GatewayRequestHandler
+from infra.local.lambda_service import LambdaService
 from infra.local.lambdas import Handler, LocalFunction
 from infra.local.seed import DEMO_SEED, seed_demo_data
-from infra.local.template import ACCOUNT_ID, PROJECT_ROOT, REGION, Template
+from infra.local.stepfunctions import install_retry_delay_scale, uninstall_retry_delay_scale
+from infra.local.template import ACCOUNT_ID, REGION, Template
 
 logger = logging.getLogger("infra.local.stack")
 
@@ -53,6 +81,11 @@ def _env_flag(name: str, default: bool) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
 def _env_port(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
     return int(value) if value else default
@@ -63,6 +96,8 @@ def _default_admin_key_bootstrap(secret: str) -> Any:
 
     return ensure_admin_key(secret)
 
+
+_INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 PARAMETER_ENV = {
     "OMS_RATE_LIMIT": "ApiRateLimit",
@@ -79,6 +114,14 @@ class EmbeddedStack:
     overrides a function's handler by its logical id (a callable or "module.attribute"), so
     tests can serve fakes; everything else comes from the template. Each function handles one
     event at a time, like one warm Lambda container (`serialize_invocations=False` lifts that).
+
+    State machines run in moto's ASL interpreter, their Lambda tasks dispatched to the handlers.
+    Event source mappings (DynamoDB streams, SQS, S3 notifications) are pollers started after the
+    API: `event_sources=False` (or OMS_EVENT_SOURCES=0) creates them paused, so records wait until
+    resume_mappings(); `stack.mappings` lists them; `wait_until_idle()` waits until no mapping has
+    anything to deliver, no handler runs and no execution is running. `retry_delay_scale`
+    (OMS_RETRY_DELAY_SCALE) multiplies Step Functions Retry sleeps (1.0: AWS's timing);
+    `mapping_retry_delay` is the pause before a mapping retries a failed batch.
     """
 
     def __init__(
@@ -96,6 +139,10 @@ class EmbeddedStack:
         admin_key_bootstrap: Callable[[str], Any] | None = None,
         parameter_overrides: Mapping[str, Any] | None = None,
         serialize_invocations: bool = True,
+        event_sources: bool | None = None,
+        retry_delay_scale: float | None = None,
+        mapping_retry_delay: float = RETRY_DELAY,
+        mapping_poll_interval: float = POLL_INTERVAL,
     ):
         # Template parameters a local user may want to change without editing the template.
         parameter_overrides = {
@@ -118,6 +165,12 @@ class EmbeddedStack:
         self._handler_overrides = dict(handlers or {})
         self._admin_key_bootstrap = admin_key_bootstrap or _default_admin_key_bootstrap
         self._serialize_invocations = serialize_invocations
+        self.event_sources = _env_flag("OMS_EVENT_SOURCES", True) if event_sources is None else event_sources
+        self.retry_delay_scale = (
+            _env_float("OMS_RETRY_DELAY_SCALE", 1.0) if retry_delay_scale is None else retry_delay_scale
+        )
+        self._mapping_retry_delay = mapping_retry_delay
+        self._mapping_poll_interval = mapping_poll_interval
 
         # Filled by start().
         self.api_port: int | None = None
@@ -128,7 +181,11 @@ class EmbeddedStack:
         self.queue_urls: dict[str, str] = {}
         self.bucket_names: dict[str, str] = {}
         self.environment: dict[str, str] = {}  # what the functions see, as exported
+        self.function_environments: dict[str, dict[str, str]] = {}  # each function's own view (as on AWS)
         self.functions: dict[str, LocalFunction] = {}
+        self.function_arns: dict[str, str] = {}
+        self.state_machine_arns: dict[str, str] = {}
+        self.mappings: dict[str, EventSourceMapping] = {}  # "Function.EventName" -> its poller
         self.gateway: ApiGateway | None = None
         self.seeded = False
         self._mock: Any = None
@@ -137,7 +194,13 @@ class EmbeddedStack:
         self._http_thread: threading.Thread | None = None
         self._saved_env: dict[str, str | None] = {}
         self._saved_werkzeug_level: int | None = None
+        self._saved_interpreter_level: int | None = None
         self._lock_installed = False
+        self._lambda_service: LambdaService | None = None
+        self._s3_hooked: list[S3NotificationMapping] = []
+        self._retry_scale_installed = False
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
         self._started = False
 
     # --- Addresses -------------------------------------------------------------------------
@@ -167,9 +230,11 @@ class EmbeddedStack:
             self._start_moto()
             self._create_resources()
             self._export_function_environment()
+            self._create_event_sources()
             self._admin_key_bootstrap(self.admin_key)
             self._start_moto_server()
             self._start_api()
+            self._start_event_sources()
             if self.seed:
                 self.seed_demo_data()
         except BaseException:
@@ -179,6 +244,12 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Idempotent; safe after a failed start()."""
+        for mapping in self.mappings.values():
+            mapping.stop()
+        if self._mock is not None and self.state_machine_arns:
+            self._stop_executions()
+        if self._lambda_service is not None:
+            self._lambda_service.close()  # no handler may outlive the mock it talks to
         if self._http_server is not None:
             self._http_server.shutdown()
             self._http_server.server_close()
@@ -195,12 +266,25 @@ class EmbeddedStack:
         if self._mock is not None:
             self._mock.stop()
             self._mock = None
+        if self._s3_hooked:
+            uninstall_s3_hook(self._s3_hooked)
+            self._s3_hooked = []
+        if self._lambda_service is not None:
+            self._lambda_service.uninstall()
+            self._lambda_service = None
+        if self._retry_scale_installed:
+            uninstall_retry_delay_scale(self.retry_delay_scale)
+            self._retry_scale_installed = False
+        self._clients.clear()
         if self._lock_installed:
             moto_lock.uninstall()
             self._lock_installed = False
         if self._saved_werkzeug_level is not None:
             logging.getLogger("werkzeug").setLevel(self._saved_werkzeug_level)
             self._saved_werkzeug_level = None
+        if self._saved_interpreter_level is not None:
+            logging.getLogger(_INTERPRETER_LOGGER).setLevel(self._saved_interpreter_level)
+            self._saved_interpreter_level = None
         for name, value in reversed(list(self._saved_env.items())):
             if value is None:
                 os.environ.pop(name, None)
@@ -214,6 +298,74 @@ class EmbeddedStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # --- Event sources and executions --------------------------------------------------------
+    def pause_mappings(self) -> None:
+        """Every mapping stops taking new batches (records and messages wait at their source)."""
+        for mapping in self.mappings.values():
+            mapping.pause()
+
+    def resume_mappings(self) -> None:
+        for mapping in self.mappings.values():
+            mapping.resume()
+
+    def running_executions(self) -> list[str]:
+        """ARNs of the executions still running, in every state machine of the template."""
+        if not self.state_machine_arns:
+            return []
+        sfn = self.client("stepfunctions")
+        running = []
+        for arn in self.state_machine_arns.values():
+            answer = sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")
+            running.extend(execution["executionArn"] for execution in answer["executions"])
+        return running
+
+    def wait_until_idle(self, timeout: float = 10.0) -> bool:
+        """True once every mapping has drained its source, no handler is running and no execution
+        is running, twice in a row with no invocation in between; False after `timeout` seconds.
+        A paused mapping counts as idle (its records wait); an SQS queue whose messages are in
+        flight (invisible after a failure, or held by another consumer) is not drained yet."""
+        deadline = time.monotonic() + timeout
+        quiet_rounds = 0
+        while time.monotonic() < deadline:
+            mark = time.monotonic()
+            invocations = self._invocation_count()
+            if self._busy():
+                quiet_rounds = 0
+                time.sleep(0.02)
+                continue
+            while not all(mapping.is_idle_since(mark) for mapping in self.mappings.values()):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+            if self._invocation_count() == invocations and not self._busy():
+                quiet_rounds += 1
+                if quiet_rounds >= 2:
+                    return True
+            else:
+                quiet_rounds = 0
+        return False
+
+    def _stop_executions(self) -> None:
+        """Stops what still runs, so no interpreter thread calls a handler after stop()."""
+        with suppress(Exception):
+            sfn = self.client("stepfunctions")
+            for arn in self.running_executions():
+                with suppress(Exception):
+                    sfn.stop_execution(executionArn=arn, error="LocalStackStopped", cause="the local stack stopped")
+
+    def _invocation_count(self) -> int:
+        return sum(function.invocations for function in self.functions.values())
+
+    def _busy(self) -> bool:
+        return any(function.in_flight for function in self.functions.values()) or bool(self.running_executions())
+
+    def client(self, service: str) -> Any:
+        """An in-process boto3 client of the running stack (cached; boto3 clients are thread-safe)."""
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = self._client(service)
+            return self._clients[service]
 
     def seed_demo_data(self) -> bool:
         """The demo data, through the HTTP API as the admin, if the store is empty."""
@@ -244,6 +396,13 @@ class EmbeddedStack:
         return boto3.client(service, region_name=REGION)
 
     def _create_resources(self) -> None:
+        self._create_tables()
+        self._create_queues()
+        self._create_functions()
+        self._create_buckets()
+        self._create_state_machines()
+
+    def _create_tables(self) -> None:
         tables = self.template.tables()
         if tables:
             dynamodb = self._client("dynamodb")
@@ -260,8 +419,6 @@ class EmbeddedStack:
                 self.atts[f"{table.logical_id}.Arn"] = description["TableArn"]
                 if "LatestStreamArn" in description:
                     self.atts[f"{table.logical_id}.StreamArn"] = description["LatestStreamArn"]
-        self._create_queues()
-        self._create_buckets()
 
     def _create_queues(self) -> None:
         pending = self.template.queues()
@@ -306,11 +463,159 @@ class EmbeddedStack:
             self.atts[f"{bucket.logical_id}.Arn"] = f"arn:aws:s3:::{name}"
             # NotificationConfiguration is emulated by the runtime's pollers, not by moto.
 
+    def _create_functions(self) -> None:
+        """A LocalFunction per AWS::Serverless::Function (handlers imported on first use), with the
+        ARN `!GetAtt X.Arn` answers, reachable through moto's Lambda Invoke."""
+        specs = self.template.functions()
+        unknown = set(self._handler_overrides) - set(specs)
+        if unknown:
+            raise ValueError(f"handlers given for functions the template lacks: {sorted(unknown)}")
+        for logical_id, spec in specs.items():
+            props = self.template.resources[logical_id].get("Properties", {})
+            name = self.template.resolve(props.get("FunctionName"), self.refs, self.atts) or self.physical_name(
+                logical_id
+            )
+            function = LocalFunction.from_spec(
+                spec,
+                name,
+                self._handler_overrides.get(logical_id),
+                base_dir=self.template.base_dir,
+                serialize=self._serialize_invocations,
+            )
+            self.functions[logical_id] = function
+            self.function_arns[logical_id] = function.arn
+            self.refs[logical_id] = name
+            self.atts[f"{logical_id}.Arn"] = function.arn
+        self._lambda_service = LambdaService(self.functions)
+        self._lambda_service.install()
+
+    def _create_state_machines(self) -> None:
+        """Every state machine, its DefinitionSubstitutions resolved and its ASL validated first."""
+        pending = self.template.state_machines()
+        if not pending:
+            return
+        sfn = self.client("stepfunctions")
+        while pending:  # a definition may substitute another state machine's ARN
+            progressed, unresolved = False, ""
+            for spec in list(pending):
+                try:
+                    name = self.template.resolve(spec.name, self.refs, self.atts) or self.physical_name(spec.logical_id)
+                    substitutions = {
+                        key: self.template.resolve(value, self.refs, self.atts)
+                        for key, value in spec.substitutions.items()
+                    }
+                except KeyError as error:
+                    unresolved = f"{spec.logical_id}: {error.args[0]}"
+                    continue
+                definition = spec.load_definition(self.template.base_dir, substitutions)
+                problems = validate_asl(definition)
+                if problems:
+                    raise AslError(spec.logical_id, problems)
+                arn = sfn.create_state_machine(
+                    name=name,
+                    definition=json.dumps(definition),
+                    roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-role",
+                    type=spec.type,
+                )["stateMachineArn"]
+                self.state_machine_arns[spec.logical_id] = arn
+                self.refs[spec.logical_id] = arn
+                self.atts[f"{spec.logical_id}.Arn"] = arn
+                self.atts[f"{spec.logical_id}.Name"] = name
+                pending.remove(spec)
+                progressed = True
+            if not progressed:
+                raise ValueError(f"state machine {unresolved} (in Name or DefinitionSubstitutions)")
+        if self.retry_delay_scale != 1.0:
+            install_retry_delay_scale(self.retry_delay_scale)
+            self._retry_scale_installed = True
+        # moto's interpreter logs every failed task at ERROR with a page of its own reprs, even one
+        # a Catch expects (a declined payment). The handler's error is logged in one line by
+        # infra.local.lambda, and the execution keeps its error and cause (describe-execution).
+        interpreter_logger = logging.getLogger(_INTERPRETER_LOGGER)
+        self._saved_interpreter_level = interpreter_logger.level
+        interpreter_logger.setLevel(logging.CRITICAL)
+
+    def _create_event_sources(self) -> None:
+        """The pollers for every function event that is not Api (created now, started after the
+        API), and the buckets' Lambda notifications, which moto matches and we deliver."""
+        context = MappingContext(
+            resolve=lambda value: self.template.resolve(value, self.refs, self.atts),
+            queue_url_for_arn=self._queue_url_for_arn,
+            client=self.client,
+            poll_interval=self._mapping_poll_interval,
+            retry_delay=self._mapping_retry_delay,
+        )
+        for spec in self.template.event_sources():
+            mapping = build_mapping(spec, self.functions[spec.function_logical_id], context)
+            if mapping is not None:
+                self.mappings[mapping.name] = mapping
+        queue_configurations: dict[str, list[dict[str, Any]]] = {}
+        for bucket in self.template.buckets():
+            config = bucket.properties.get("NotificationConfiguration") or {}
+            name = self.bucket_names[bucket.logical_id]
+            for index, entry in enumerate(config.get("LambdaConfigurations") or []):
+                where = f"{bucket.logical_id}.NotificationConfiguration.LambdaConfigurations[{index}]"
+                arn = str(context.resolve(entry.get("Function")))
+                function_id = next((fid for fid, farn in self.function_arns.items() if farn == arn), None)
+                if function_id is None:
+                    raise EventSourceError(f"{where}: Function {arn} is not a function of this template")
+                mapping = S3NotificationMapping(
+                    name=f"{bucket.logical_id}.Lambda{index}",
+                    function_logical_id=function_id,
+                    function=self.functions[function_id],
+                    source_arn=f"arn:aws:s3:::{name}",
+                    bucket=name,
+                    events=[context.resolve(entry.get("Event"))],
+                    key_filters=s3_key_rules(context.resolve(entry.get("Filter")), where),
+                    client=self.client,
+                    poll_interval=self._mapping_poll_interval,
+                    retry_delay=self._mapping_retry_delay,
+                )
+                self.mappings[mapping.name] = mapping
+            for index, entry in enumerate(config.get("QueueConfigurations") or []):
+                where = f"{bucket.logical_id}.NotificationConfiguration.QueueConfigurations[{index}]"
+                rules = s3_key_rules(context.resolve(entry.get("Filter")), where)
+                queue_entry: dict[str, Any] = {
+                    "QueueArn": str(context.resolve(entry.get("Queue"))),
+                    "Events": [context.resolve(entry.get("Event"))],
+                }
+                if rules:
+                    queue_entry["Filter"] = {"Key": {"FilterRules": rules}}
+                queue_configurations.setdefault(name, []).append(queue_entry)  # moto delivers these itself
+        s3_mappings = [m for m in self.mappings.values() if isinstance(m, S3NotificationMapping)]
+        buckets = {m.bucket for m in s3_mappings} | set(queue_configurations)
+        if buckets:
+            s3 = self.client("s3")
+            for bucket_name in sorted(buckets):
+                configuration: dict[str, Any] = {}
+                lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket_name]
+                if lambdas:
+                    configuration["LambdaFunctionConfigurations"] = lambdas
+                if bucket_name in queue_configurations:
+                    configuration["QueueConfigurations"] = queue_configurations[bucket_name]
+                s3.put_bucket_notification_configuration(Bucket=bucket_name, NotificationConfiguration=configuration)
+            install_s3_hook(s3_mappings)
+            self._s3_hooked = s3_mappings
+
+    def _start_event_sources(self) -> None:
+        for mapping in self.mappings.values():
+            mapping.start(paused=not self.event_sources)
+
+    def _queue_url_for_arn(self, arn: str) -> str:
+        for logical_id, url in self.queue_urls.items():
+            if self.atts.get(f"{logical_id}.Arn") == arn:
+                return url
+        return self.client("sqs").get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
+
     def _export_function_environment(self) -> None:
         environment = self.template.global_environment(self.refs)
         for spec in self.template.functions().values():
-            for name, value in spec.environment.items():
-                resolved = str(self.template.resolve(value, self.refs, self.atts))
+            own = {
+                name: _env_value(self.template.resolve(value, self.refs, self.atts))
+                for name, value in spec.environment.items()
+            }
+            self.function_environments[spec.logical_id] = own
+            for name, resolved in own.items():
                 if name in environment and environment[name] != resolved:
                     # One process is every function: a name can hold only one value.
                     logger.warning(
@@ -337,25 +642,15 @@ class EmbeddedStack:
         self.aws_port = server.get_host_and_port()[1]
         # moto's Step Functions interpreter calls back to localhost:$MOTO_PORT.
         self._set_environment({"MOTO_PORT": str(self.aws_port)})
+        # Presigned URLs (shipping labels) must point where a client outside this process can
+        # GET them: this endpoint serves the same S3 backend. A value set by the developer wins.
+        public_s3 = os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or self.aws_endpoint
+        self._set_environment({"OMS_PUBLIC_S3_ENDPOINT": public_s3})
+        self.environment["OMS_PUBLIC_S3_ENDPOINT"] = public_s3
 
     def _start_api(self) -> None:
         from werkzeug.serving import make_server
 
-        specs = self.template.functions()
-        base_dir = self.template.source.parent if self.template.source else PROJECT_ROOT
-        self.functions = {
-            logical_id: LocalFunction.from_spec(
-                spec,
-                self.physical_name(logical_id),
-                self._handler_overrides.get(logical_id),
-                base_dir=base_dir,
-                serialize=self._serialize_invocations,
-            )
-            for logical_id, spec in specs.items()
-        }
-        unknown = set(self._handler_overrides) - set(specs)
-        if unknown:
-            raise ValueError(f"handlers given for functions the template lacks: {sorted(unknown)}")
         self.gateway = ApiGateway.from_template(self.template, self.functions)
         self._http_server = make_server(
             self.host,
@@ -384,6 +679,12 @@ def _stop_promptly(stop: Callable[[], None], address: tuple[str, int | None]) ->
             socket.create_connection(address, timeout=0.2).close()
         stopper.join(0.05)
     stopper.join()
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _queue_attributes(properties: Mapping[str, Any]) -> dict[str, str]:

@@ -149,6 +149,46 @@ class FunctionSpec:
 
 
 @dataclass(frozen=True)
+class StateMachineSpec:
+    """An AWS::Serverless::StateMachine or AWS::StepFunctions::StateMachine; values unresolved."""
+
+    logical_id: str
+    resource_type: str
+    name: Any  # an explicit Name / StateMachineName, or None
+    type: str  # STANDARD or EXPRESS
+    definition: Any  # inline Definition (a dict) or DefinitionString (text), or None
+    definition_uri: Any  # a local path relative to the template (or an S3 location), or None
+    substitutions: dict[str, Any]
+
+    def load_definition(self, base_dir: Path, substitutions: Mapping[str, Any]) -> dict[str, Any]:
+        """The definition with `substitutions` (already resolved) applied; not validated."""
+        from infra.local import asl
+
+        if self.definition is not None:
+            return asl.render(self.definition, substitutions)
+        if isinstance(self.definition_uri, str) and not self.definition_uri.startswith("s3://"):
+            path = base_dir / self.definition_uri
+            if not path.is_file():
+                raise ValueError(f"state machine {self.logical_id}: DefinitionUri {path} does not exist")
+            return asl.render(asl.load_definition_file(path), substitutions)
+        raise ValueError(
+            f"state machine {self.logical_id}: needs Definition or a local DefinitionUri "
+            f"(an S3 location cannot be read locally), got {self.definition_uri!r}"
+        )
+
+
+@dataclass(frozen=True)
+class EventSourceSpec:
+    """One event source of a function: a SAM `Events` entry (DynamoDB, SQS, S3, ...) or an
+    AWS::Lambda::EventSourceMapping resource. Properties are raw (intrinsics unresolved)."""
+
+    function_logical_id: str
+    name: str  # the event's name in Events, or the mapping resource's logical id
+    type: str  # SAM's event type: DynamoDB, SQS, S3, Kinesis, Schedule, ...
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ApiRoute:
     event_name: str
     path: str  # the resource template, e.g. /orders/{order_id}
@@ -303,6 +343,68 @@ class Template:
             for logical_id, resource in self.resources_of_type("AWS::S3::Bucket").items()
         ]
 
+    # State machines.
+    def state_machines(self) -> list[StateMachineSpec]:
+        specs = []
+        for logical_id, resource in self.resources.items():
+            resource_type = resource.get("Type")
+            props = resource.get("Properties", {})
+            if resource_type == "AWS::Serverless::StateMachine":
+                name, machine_type = props.get("Name"), props.get("Type", "STANDARD")
+                definition, uri = props.get("Definition"), props.get("DefinitionUri")
+            elif resource_type == "AWS::StepFunctions::StateMachine":
+                name, machine_type = props.get("StateMachineName"), props.get("StateMachineType", "STANDARD")
+                definition = props.get("Definition", props.get("DefinitionString"))
+                uri = props.get("DefinitionS3Location")
+            else:
+                continue
+            specs.append(
+                StateMachineSpec(
+                    logical_id=logical_id,
+                    resource_type=resource_type,
+                    name=name,
+                    type=str(machine_type).upper(),
+                    definition=definition,
+                    definition_uri=uri,
+                    substitutions=dict(props.get("DefinitionSubstitutions") or {}),
+                )
+            )
+        return specs
+
+    @property
+    def base_dir(self) -> Path:
+        """What relative DefinitionUri / CodeUri paths are relative to."""
+        return self.source.parent if self.source else PROJECT_ROOT
+
+    # Event sources.
+    def event_sources(self) -> list[EventSourceSpec]:
+        """Every function event that is not an Api event, and every EventSourceMapping resource."""
+        functions = self.functions()
+        specs = [
+            EventSourceSpec(function_id, name, str(event.get("Type")), dict(event.get("Properties") or {}))
+            for function_id, function in functions.items()
+            for name, event in function.events.items()
+            if event.get("Type") != "Api"
+        ]
+        for logical_id, resource in self.resources_of_type("AWS::Lambda::EventSourceMapping").items():
+            props = dict(resource.get("Properties") or {})
+            function = props.get("FunctionName")
+            target = _logical_target(function)
+            if target not in functions:
+                raise ValueError(
+                    f"{logical_id}: FunctionName must be !Ref or !GetAtt .Arn of a function of this template"
+                )
+            source = props.get("EventSourceArn")
+            service = _source_service(source, self)
+            if service == "DynamoDB":
+                props["Stream"] = source
+            elif service == "SQS":
+                props["Queue"] = source
+            else:
+                props["Stream"] = source
+            specs.append(EventSourceSpec(target, logical_id, service, props))
+        return specs
+
     # Functions.
     def function_globals(self) -> dict[str, Any]:
         return self.document.get("Globals", {}).get("Function", {})
@@ -434,6 +536,30 @@ def _is_api_event(event: Mapping[str, Any], api_id: str) -> bool:
         return False
     rest_api = (event.get("Properties") or {}).get("RestApiId")
     return rest_api == {"Ref": api_id} or rest_api == api_id
+
+
+def _logical_target(value: Any) -> str | None:
+    """The logical id a `!Ref X` or `!GetAtt X.Attr` names."""
+    if isinstance(value, dict) and "Ref" in value:
+        return value["Ref"]
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        arg = value["Fn::GetAtt"]
+        return (arg if isinstance(arg, list) else arg.split(".", 1))[0]
+    return None
+
+
+def _source_service(source: Any, template: Template) -> str:
+    """DynamoDB, SQS or Kinesis for an EventSourceArn (a literal ARN or !GetAtt of a resource)."""
+    target = _logical_target(source)
+    resource_type = template.resources.get(target or "", {}).get("Type", "")
+    text = str(source)
+    if resource_type == "AWS::DynamoDB::Table" or ":dynamodb:" in text:
+        return "DynamoDB"
+    if resource_type == "AWS::SQS::Queue" or ":sqs:" in text:
+        return "SQS"
+    if resource_type == "AWS::Kinesis::Stream" or ":kinesis:" in text:
+        return "Kinesis"
+    return "Unknown"
 
 
 def _env_string(value: Any) -> str:

@@ -23,7 +23,11 @@ PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    with running_stack(api_port=0, aws_port=0, seed=False, parameter_overrides=PARAMETERS) as started:
+    # The order workflow is off here: these modules test capture and reads, and need orders to
+    # stay as placed. tests/e2e/test_order_workflow*.py run it.
+    with running_stack(
+        api_port=0, aws_port=0, seed=False, parameter_overrides=PARAMETERS, event_sources=False
+    ) as started:
         yield started
 
 

@@ -9,6 +9,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -504,6 +505,7 @@ def stack(admin_keys: list[str]) -> Iterator[Any]:
         handlers={"ApiFunction": f"{__name__}.fake_api_handler", "AuthorizerFunction": fake_authorizer_handler},
         admin_key_bootstrap=admin_keys.append,
         admin_key="oms_admin_test_secret_value",
+        event_sources=False,  # the raw item written below must not start the real outbox
     ) as running:
         yield running
 
@@ -616,6 +618,8 @@ def test_a_table_added_to_the_template_is_created(tmp_path: Path):
     )
     path = tmp_path / "template.yaml"
     path.write_text(text.replace("\nResources:\n", "\nResources:\n" + extra, 1))
+    (tmp_path / "infra").mkdir()  # the state machine's DefinitionUri is relative to the template
+    shutil.copy(DEFAULT_TEMPLATE.parent / "infra/order_workflow.asl.json", tmp_path / "infra")
     with running_stack(
         template=path,
         handlers={"ApiFunction": ok, "AuthorizerFunction": ok},

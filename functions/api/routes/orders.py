@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
 from core.access import Scope
-from core.models import HistoryPage, Order, PlaceOrder
+from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
 from core.status import OrderStatus
 from functions.api.access import caller, requires
@@ -103,3 +103,65 @@ def list_orders(
 @requires(Scope.ORDERS_READ)
 def get_history(order_id: OrderIdPath) -> HistoryPage:
     return HistoryPage(items=container().orders.history(order_id, caller(router).channel))
+
+
+ShipmentIdPath = Annotated[str, Path(pattern=r"^shp_[a-z2-7]{24}$", description="Shipment id")]
+IfMatch = Annotated[
+    str | None,
+    Header(alias="if-match", pattern=r'^(W/)?"?[0-9]{1,10}"?$', description="The order's `version` you read."),
+]
+
+
+@router.patch(
+    "/orders/<order_id>",
+    summary="Edit lines, address or shipping method before allocation",
+    responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428)},
+)
+@requires(Scope.ORDERS_WRITE)
+def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None) -> Order:
+    if if_match is None:
+        raise ApiError(
+            428,
+            "if_match_required",
+            "send If-Match with the order's version, so an edit never overwrites a change you have not seen",
+            [{"field": "If-Match", "message": "required"}],
+        )
+    who = caller(router)
+    version = int(if_match.removeprefix("W/").strip('"'))
+    return container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel)
+
+
+@router.post(
+    "/orders/<order_id>/cancel",
+    summary="Cancel an order that has not shipped",
+    responses={**ok(200, Order, "The order, cancelled"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.ORDERS_WRITE)
+def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
+    who = caller(router)
+    return container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel)
+
+
+@router.post(
+    "/orders/<order_id>/shipments/<shipment_id>/ship",
+    summary="Confirm a shipment left: its units leave stock and its share of the payment is captured",
+    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.FULFILLMENT_WRITE)
+def ship_shipment(
+    order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: Annotated[ShipRequest | None, Body()] = None
+) -> Order:
+    who = caller(router)
+    tracking_number = request.tracking_number if request else None
+    return container().actions.ship(order_id, shipment_id, tracking_number, actor=who.key_id, channel=who.channel)
+
+
+@router.post(
+    "/orders/<order_id>/shipments/<shipment_id>/deliver",
+    summary="Confirm a shipment was delivered",
+    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.FULFILLMENT_WRITE)
+def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
+    who = caller(router)
+    return container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel)

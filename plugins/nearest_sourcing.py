@@ -1,0 +1,335 @@
+"""Built-in sourcing: the nearest location that has the whole order, else as few locations as possible, nearest first.
+
+1. Whole order: the nearest eligible location whose `available` stock covers every sku of the
+   order (lines of the same sku are summed) supplies every line.
+2. Otherwise a split across the fewest locations: the smallest set of locations whose stock
+   together covers the order (among equally small sets, the one nearest in total), then each line
+   takes from the nearest location of that set first. A line may be split across locations.
+   Finding the fewest is a set-cover search, exact up to EXACT_SEARCH_LIMIT eligible locations
+   (4,096 subsets at most); beyond that a greedy split is used (repeatedly the location that can
+   supply the most of what is left), which almost always finds the fewest but not always: for
+   A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy takes G, P and Q, where P and Q do.
+3. When the eligible stock cannot cover the order, no plan (None): the order ends out_of_stock,
+   unless another sourcing plugin answers first (this one is `trylast`).
+
+Distance is the great-circle (haversine) distance from a location's coordinates to the
+destination's. A destination without coordinates is placed at the centre of its region (US
+states, Canadian provinces) or country, from `plugins/data/geo_centroids.json` or the file in
+`OMS_GEO_CENTROIDS_FILE`; when neither is listed, distances are unknown and locations are taken in
+order of their id. Each choice is explained by one sentence of the plan's `reasons`.
+
+Only the `locations` given are used (the core already chose the eligible ones: for a pickup order,
+just the store) and only their `stock`. The plan is deterministic for the same inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from core import hookimpl
+from core.models import COUNTRIES, Address, Allocation, Latitude, Location, Longitude, Order, StockLevel
+from core.workflow_types import SourcingPlan
+from plugins.data_files import data_file_path, load_data_file
+
+GEO_CENTROIDS_FILE_ENV = "OMS_GEO_CENTROIDS_FILE"
+EARTH_RADIUS_KM = 6371.0088  # the IUGG mean radius
+
+
+def _known_country(code: str) -> str:
+    if code not in COUNTRIES:
+        raise ValueError(f"{code} is not an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+CountryCode = Annotated[str, AfterValidator(_known_country)]
+RegionCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{1,3}$")]
+Point = tuple[Latitude, Longitude]
+
+
+class GeoCentroids(BaseModel):
+    """The centroid data file: approximate centres of countries and of regions within them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    note: str = Field(default="", alias="_note")
+    countries: dict[CountryCode, Point]
+    regions: dict[CountryCode, dict[RegionCode, Point]] = Field(default_factory=dict)
+
+
+def load_geo_centroids() -> GeoCentroids:
+    """The configured centroid table. Raises DataFileError for a malformed file."""
+    return load_data_file(data_file_path(GEO_CENTROIDS_FILE_ENV, "geo_centroids.json"), GeoCentroids)
+
+
+def haversine_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance in kilometres between two (latitude, longitude) points in degrees."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where distances are measured to, and (when it is not the address's own point) how it was placed."""
+
+    point: tuple[float, float] | None
+    approximation: str | None
+
+
+def locate(address: Address) -> Destination:
+    if address.latitude is not None and address.longitude is not None:
+        return Destination((address.latitude, address.longitude), None)
+    centroids = load_geo_centroids()
+    region = _region_code(address)
+    region_point = centroids.regions.get(address.country, {}).get(region) if region else None
+    if region_point is not None:
+        return Destination(
+            region_point,
+            f"the destination has no coordinates: distances are measured to the centre of {region}, {address.country}",
+        )
+    country_point = centroids.countries.get(address.country)
+    if country_point is not None:
+        return Destination(
+            country_point,
+            f"the destination has no coordinates: distances are measured to the centre of {address.country}",
+        )
+    return Destination(
+        None,
+        "the destination has no coordinates and the centroid table does not know its region or country: "
+        "distances are unknown, so locations are taken in order of their id",
+    )
+
+
+def _region_code(address: Address) -> str | None:
+    # Addresses write "CA", "ca" or the ISO 3166-2 form "US-CA".
+    if not address.region:
+        return None
+    region = address.region.strip().upper()
+    prefix = f"{address.country}-"
+    return region.removeprefix(prefix) if region.startswith(prefix) else region
+
+
+@dataclass(frozen=True)
+class Candidate:
+    location_id: str
+    distance_km: float | None
+
+    @property
+    def rank(self) -> tuple[float, str]:
+        # Nearest first; equal or unknown distances fall back to the id, so the plan is deterministic.
+        return (self.distance_km if self.distance_km is not None else 0.0, self.location_id)
+
+    @property
+    def distance(self) -> str:
+        return f"{self.distance_km:,.0f} km" if self.distance_km is not None else "distance unknown"
+
+
+def _candidates(locations: list[Location], destination: Destination) -> list[Candidate]:
+    by_id = {location.location_id: location for location in locations}
+    candidates = [
+        Candidate(
+            location_id,
+            haversine_km((location.latitude, location.longitude), destination.point)
+            if destination.point is not None
+            else None,
+        )
+        for location_id, location in by_id.items()
+    ]
+    return sorted(candidates, key=lambda candidate: candidate.rank)
+
+
+def _available(
+    stock: dict[str, list[StockLevel]], location_ids: set[str], skus: set[str]
+) -> dict[tuple[str, str], int]:
+    """Available units by (location_id, sku), for the given locations and skus only."""
+    available: dict[tuple[str, str], int] = {}
+    for levels in stock.values():
+        for level in levels:
+            if level.location_id not in location_ids or level.sku not in skus:
+                continue
+            key = (level.location_id, level.sku)
+            units = max(0, level.available)
+            # Two records for one (location, sku) would be a bug upstream: trust the smaller, so the
+            # plan never asks for units that may not be there.
+            available[key] = min(units, available[key]) if key in available else units
+    return available
+
+
+def _describe_units(units: Counter[str]) -> str:
+    items = [f"{sku} x{quantity}" for sku, quantity in units.items()]
+    return ", ".join(items) if len(items) <= 5 else ", ".join(items[:5]) + f" and {len(items) - 5} more skus"
+
+
+def _name_some(location_ids: list[str]) -> str:
+    return (
+        ", ".join(location_ids)
+        if len(location_ids) <= 3
+        else ", ".join(location_ids[:3]) + f" and {len(location_ids) - 3} more"
+    )
+
+
+@hookimpl(trylast=True)
+def oms_source_order(
+    order: Order, locations: list[Location], stock: dict[str, list[StockLevel]], destination: Address
+) -> SourcingPlan | None:
+    lines = [(line.line_id, line.sku, line.quantity) for line in order.lines if line.quantity > 0]
+    wanted: Counter[str] = Counter()
+    for _, sku, quantity in lines:
+        wanted[sku] += quantity
+    if not lines:
+        return SourcingPlan(allocations=[], reasons=["the order has no units to source"])
+    if not locations:
+        return None
+
+    place = locate(destination)
+    candidates = _candidates(locations, place)
+    available = _available(stock, {candidate.location_id for candidate in candidates}, set(wanted))
+    for sku, quantity in wanted.items():
+        if sum(units for (_, stocked), units in available.items() if stocked == sku) < quantity:
+            return None  # the eligible locations together lack this sku
+
+    reasons = [place.approximation] if place.approximation else []
+    lacking: list[str] = []
+    for candidate in candidates:
+        if all(available.get((candidate.location_id, sku), 0) >= quantity for sku, quantity in wanted.items()):
+            reasons.append(_whole_order_reason(order, candidate, lacking))
+            return SourcingPlan(
+                allocations=[
+                    Allocation(line_id=line_id, location_id=candidate.location_id, quantity=quantity)
+                    for line_id, _, quantity in lines
+                ],
+                reasons=reasons,
+            )
+        lacking.append(candidate.location_id)
+
+    if len(candidates) <= EXACT_SEARCH_LIMIT:
+        chosen = _fewest_covering(candidates, available, wanted)
+        reasons.append(
+            f"no single location has the whole order: it is split across the fewest locations that have it "
+            f"together ({len(chosen)}: {', '.join(c.location_id for c in chosen)}), the nearest first"
+        )
+        return SourcingPlan(allocations=_split_nearest_first(lines, chosen, available, reasons), reasons=reasons)
+    reasons.append(
+        "no single location has the whole order: it is split, each time taking all it can from the location "
+        "that can supply the most of what is left"
+    )
+    return SourcingPlan(allocations=_split(lines, candidates, available, reasons), reasons=reasons)
+
+
+EXACT_SEARCH_LIMIT = 12
+
+
+def _fewest_covering(
+    candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str]
+) -> list[Candidate]:
+    """The smallest set of candidates whose stock covers `wanted`; among sets of that size, the
+    nearest in total distance (then by ids). The caller checked that all of them together cover it."""
+    for size in range(2, len(candidates) + 1):
+        covering = [
+            group
+            for group in itertools.combinations(candidates, size)
+            if all(sum(available.get((c.location_id, sku), 0) for c in group) >= q for sku, q in wanted.items())
+        ]
+        if covering:
+            best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
+            return sorted(best, key=lambda c: c.rank)
+    return list(candidates)
+
+
+def _split_nearest_first(
+    lines: list[tuple[str, str, int]],
+    chosen: list[Candidate],
+    available: dict[tuple[str, str], int],
+    reasons: list[str],
+) -> list[Allocation]:
+    left = dict(available)
+    allocations: list[Allocation] = []
+    for candidate in chosen:  # nearest first
+        taken: Counter[str] = Counter()
+        for line_id, sku, quantity in lines:
+            already = sum(a.quantity for a in allocations if a.line_id == line_id)
+            give = min(quantity - already, left.get((candidate.location_id, sku), 0))
+            if give <= 0:
+                continue
+            allocations.append(Allocation(line_id=line_id, location_id=candidate.location_id, quantity=give))
+            left[(candidate.location_id, sku)] -= give
+            taken[sku] += give
+        if taken:
+            reasons.append(
+                f"{candidate.location_id} supplies {sum(taken.values())} units ({_describe_units(taken)}) "
+                f"({candidate.distance})"
+            )
+    return allocations
+
+
+def _whole_order_reason(order: Order, chosen: Candidate, nearer_lacking: list[str]) -> str:
+    if order.fulfillment.type == "pickup" and order.fulfillment.location_id == chosen.location_id:
+        return f"{chosen.location_id} supplies every line: it is the pickup store"
+    if chosen.distance_km is None:
+        return (
+            f"{chosen.location_id} supplies every line: the first location, by id, that has the whole order "
+            "(distance unknown)"
+        )
+    verb = "lacks" if len(nearer_lacking) == 1 else "lack"
+    skipped = f"; nearer {_name_some(nearer_lacking)} {verb} part of it" if nearer_lacking else ""
+    return (
+        f"{chosen.location_id} supplies every line: the nearest location that has the whole order "
+        f"({chosen.distance}{skipped})"
+    )
+
+
+def _split(
+    lines: list[tuple[str, str, int]],
+    candidates: list[Candidate],
+    available: dict[tuple[str, str], int],
+    reasons: list[str],
+) -> list[Allocation]:
+    """Greedy: the location that can give the most remaining units goes first. Assumes the stock of
+    all candidates together covers the order (checked by the caller), so it always completes."""
+    remaining = {line_id: quantity for line_id, _, quantity in lines}
+    sku_of = {line_id: sku for line_id, sku, _ in lines}
+    left = dict(available)
+    unused = list(candidates)  # nearest first, so the first of equal supplies is the nearest
+    allocations: list[Allocation] = []
+    while any(remaining.values()):
+        needed: Counter[str] = Counter()
+        for line_id, quantity in remaining.items():
+            needed[sku_of[line_id]] += quantity
+        supplies = [
+            sum(min(quantity, left.get((candidate.location_id, sku), 0)) for sku, quantity in needed.items())
+            for candidate in unused
+        ]
+        most = max(supplies)
+        if most == 0:  # cannot happen after the caller's check; never loop forever if it does
+            raise AssertionError("sourcing split ran out of stock after the stock check passed")
+        ties = supplies.count(most)
+        chosen = unused.pop(supplies.index(most))
+        taken: Counter[str] = Counter()
+        for line_id, sku, _ in lines:
+            quantity = min(remaining[line_id], left.get((chosen.location_id, sku), 0))
+            if quantity == 0:
+                continue
+            allocations.append(Allocation(line_id=line_id, location_id=chosen.location_id, quantity=quantity))
+            remaining[line_id] -= quantity
+            left[(chosen.location_id, sku)] -= quantity
+            taken[sku] += quantity
+        reasons.append(_split_reason(chosen, taken, sum(needed.values()), ties))
+    return allocations
+
+
+def _split_reason(chosen: Candidate, taken: Counter[str], remaining_units: int, ties: int) -> str:
+    units = sum(taken.values())
+    how = "the rest of the order" if units == remaining_units else "the most of the remaining units any location could"
+    if ties > 1:
+        tie_break = "the nearest" if chosen.distance_km is not None else "the first by id"
+        how += f", and {tie_break} of the {ties} locations that could supply as many"
+    return (
+        f"{chosen.location_id} supplies {units} of the {remaining_units} remaining units "
+        f"({_describe_units(taken)}): {how} ({chosen.distance})"
+    )

@@ -1,0 +1,121 @@
+"""Built-in `test` payment gateway: fixed tokens that approve, decline or fail once, for tests and the local stack.
+
+Tokens (opaque strings; a card number is never accepted, and no token is ever echoed back):
+
+- `tok_approve`: the authorization is approved; captures, voids and refunds on it succeed.
+- `tok_decline`: the authorization is declined.
+- `tok_flaky`:   the first attempt (attempt 0) raises TransientError, as a briefly unavailable
+  gateway would; the workflow's retry (attempt >= 1) is approved.
+- anything else: declined as an unknown test token.
+
+The gateway keeps no state: every reference is derived from the operation's idempotency key
+(`auth_`, `cap_`, `void_` or `refund_` + the first 20 hex digits of its SHA-256), so a retry gets
+the same reference a real gateway would return for a replayed idempotency key. Captures, voids and
+refunds only check that the authorization looks like one this gateway approved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from core import hookimpl
+from core.card_numbers import looks_like_card_number
+from core.errors import TransientError
+from core.money import Money
+from core.workflow_types import PaymentResult
+
+METHOD = "test"
+
+APPROVE = "tok_approve"
+DECLINE = "tok_decline"
+FLAKY = "tok_flaky"
+
+AUTHORIZATION = "auth"
+DECLINED_AUTHORIZATION = "decl"
+CAPTURE = "cap"
+VOID = "void"
+REFUND = "refund"
+
+# Only approved authorizations carry this prefix, so a declined one cannot be captured.
+_AUTHORIZATION_REFERENCE = re.compile(r"^auth_[0-9a-f]{20}$")
+
+
+def reference(kind: str, idempotency_key: str) -> str:
+    """The reference of one operation: the same for every retry with the same idempotency key."""
+    if not idempotency_key or not idempotency_key.strip():
+        # Without a key a retry could not be recognised: that is a bug in the caller, not a decline.
+        raise ValueError("the test gateway needs a non-empty idempotency_key")
+    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:20]
+    return f"{kind}_{digest}"
+
+
+def _approved(kind: str, idempotency_key: str, message: str) -> PaymentResult:
+    return PaymentResult(outcome="approved", reference=reference(kind, idempotency_key), message=message)
+
+
+def _declined(kind: str, idempotency_key: str, message: str) -> PaymentResult:
+    return PaymentResult(outcome="declined", reference=reference(kind, idempotency_key), message=message)
+
+
+def _unknown_authorization(authorization: str) -> bool:
+    return not isinstance(authorization, str) or not _AUTHORIZATION_REFERENCE.fullmatch(authorization)
+
+
+@hookimpl
+def oms_payment_methods() -> list[str]:
+    return [METHOD]
+
+
+@hookimpl
+def oms_payment_authorize(
+    method: str, token: str, amount: Money, idempotency_key: str, attempt: int
+) -> PaymentResult | None:
+    if method != METHOD:
+        return None
+    decline = DECLINED_AUTHORIZATION
+    if amount.is_negative():
+        return _declined(decline, idempotency_key, "the amount to authorize must not be negative")
+    if token == APPROVE:
+        return _approved(AUTHORIZATION, idempotency_key, "test gateway: approved")
+    if token == DECLINE:
+        return _declined(decline, idempotency_key, "test gateway: declined (tok_decline always is)")
+    if token == FLAKY:
+        if attempt < 1:
+            raise TransientError("test gateway: temporarily unavailable (tok_flaky fails its first attempt)")
+        return _approved(AUTHORIZATION, idempotency_key, f"test gateway: approved on attempt {attempt}")
+    if looks_like_card_number(token):
+        # Said without repeating the value: a card number must not reach a log or the history.
+        return _declined(decline, idempotency_key, "test gateway: a card number is not a payment token")
+    return _declined(decline, idempotency_key, f"test gateway: unknown test token; use {APPROVE}, {DECLINE} or {FLAKY}")
+
+
+@hookimpl
+def oms_payment_capture(method: str, authorization: str, amount: Money, idempotency_key: str) -> PaymentResult | None:
+    if method != METHOD:
+        return None
+    if _unknown_authorization(authorization):
+        return _declined(CAPTURE, idempotency_key, "test gateway: unknown authorization")
+    if amount.amount <= 0:
+        return _declined(CAPTURE, idempotency_key, "test gateway: the amount to capture must be positive")
+    return _approved(CAPTURE, idempotency_key, "test gateway: captured")
+
+
+@hookimpl
+def oms_payment_void(method: str, authorization: str, idempotency_key: str) -> PaymentResult | None:
+    if method != METHOD:
+        return None
+    if _unknown_authorization(authorization):
+        return _declined(VOID, idempotency_key, "test gateway: unknown authorization")
+    return _approved(VOID, idempotency_key, "test gateway: voided")
+
+
+@hookimpl
+def oms_payment_refund(method: str, authorization: str, amount: Money, idempotency_key: str) -> PaymentResult | None:
+    if method != METHOD:
+        return None
+    if _unknown_authorization(authorization):
+        return _declined(REFUND, idempotency_key, "test gateway: unknown authorization")
+    if amount.amount <= 0:
+        return _declined(REFUND, idempotency_key, "test gateway: the amount to refund must be positive")
+    return _approved(REFUND, idempotency_key, "test gateway: refunded")

@@ -1,0 +1,503 @@
+"""The local runtime's event source mappings: DynamoDB streams, SQS and S3 notifications.
+
+One small template (written to a temp dir) declares a table per stream behaviour, a queue with a
+DLQ, a bucket and fake consumers; one stack serves the whole module. Tests pause the mappings to
+line records up into one batch, then resume and wait_until_idle().
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.event_sources import (
+    EventSourceError,
+    compile_filters,
+    failed_identifiers,
+    first_failed_index,
+    matches_filters,
+)
+
+TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    Runtime: python3.11
+    Timeout: 5
+    Environment:
+      Variables:
+        FILTERED_TABLE: !Ref FilteredTable
+Resources:
+  Api:
+    Type: AWS::Serverless::Api
+    Properties: { StageName: v1 }
+  ApiFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.api
+      Events:
+        Health: { Type: Api, Properties: { RestApiId: !Ref Api, Path: /health, Method: GET } }
+  FilteredTable: &table
+    Type: AWS::DynamoDB::Table
+    Properties:
+      BillingMode: PAY_PER_REQUEST
+      StreamSpecification: { StreamViewType: NEW_AND_OLD_IMAGES }
+      AttributeDefinitions: [{ AttributeName: id, AttributeType: S }]
+      KeySchema: [{ AttributeName: id, KeyType: HASH }]
+  PartialTable: *table
+  PoisonTable: *table
+  FailureQueue:
+    Type: AWS::SQS::Queue
+  InboxDeadLetters:
+    Type: AWS::SQS::Queue
+  InboxQueue:
+    Type: AWS::SQS::Queue
+    Properties:
+      VisibilityTimeout: 1
+      RedrivePolicy: { deadLetterTargetArn: !GetAtt InboxDeadLetters.Arn, maxReceiveCount: 2 }
+  Uploads:
+    Type: AWS::S3::Bucket
+  FilteredConsumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.filtered
+      Events:
+        Stream:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt FilteredTable.StreamArn
+            StartingPosition: TRIM_HORIZON
+            BatchSize: 10
+            FilterCriteria:
+              Filters:
+                - Pattern: '{"eventName": ["INSERT"]}'
+  PartialConsumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.partial
+      Events:
+        Stream:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt PartialTable.StreamArn
+            StartingPosition: TRIM_HORIZON
+            BatchSize: 10
+            FunctionResponseTypes: [ReportBatchItemFailures]
+  PoisonConsumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.poison
+      Events:
+        Stream:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt PoisonTable.StreamArn
+            StartingPosition: LATEST
+            BatchSize: 10
+            BisectBatchOnFunctionError: true
+            MaximumRetryAttempts: 2
+            DestinationConfig:
+              OnFailure: { Type: SQS, Destination: !GetAtt FailureQueue.Arn }
+  InboxConsumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.inbox
+      Events:
+        Inbox:
+          Type: SQS
+          Properties:
+            Queue: !GetAtt InboxQueue.Arn
+            BatchSize: 5
+            FunctionResponseTypes: [ReportBatchItemFailures]
+  UploadConsumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.upload
+      Events:
+        Csv:
+          Type: S3
+          Properties:
+            Bucket: !Ref Uploads
+            Events: s3:ObjectCreated:*
+            Filter: { S3Key: { Rules: [{ Name: prefix, Value: incoming/ }, { Name: suffix, Value: .csv }] } }
+"""
+
+
+class Consumer:
+    """A fake handler: records each event, answers with `behaviour(event, call_number)`."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.times: list[float] = []
+        self.behaviour: Callable[[dict[str, Any], int], Any] = lambda event, number: None
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        with self._lock:
+            self.events.append(event)
+            self.times.append(time.monotonic())
+            number = len(self.events)
+        return self.behaviour(event, number)
+
+    def reset(self, behaviour: Callable[[dict[str, Any], int], Any] | None = None) -> None:
+        self.events.clear()
+        self.times.clear()
+        self.behaviour = behaviour or (lambda event, number: None)
+
+
+CONSUMERS = ["FilteredConsumer", "PartialConsumer", "PoisonConsumer", "InboxConsumer", "UploadConsumer"]
+
+
+def ok(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return {"statusCode": 200, "body": "{}"}
+
+
+@pytest.fixture(scope="module")
+def consumers() -> dict[str, Consumer]:
+    return {name: Consumer() for name in CONSUMERS}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, consumers: dict[str, Consumer]) -> Iterator[Any]:
+    from infra.local.stack import running_stack
+
+    path: Path = tmp_path_factory.mktemp("events") / "template.yaml"
+    path.write_text(TEMPLATE)
+    with running_stack(
+        template=path,
+        stack_name="ev",
+        handlers={"ApiFunction": ok, **consumers},
+        admin_key_bootstrap=lambda secret: None,
+        mapping_retry_delay=0.02,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def ddb(stack: Any) -> Any:
+    return stack.client("dynamodb")
+
+
+def keys(event: dict[str, Any]) -> list[str]:
+    return [record["dynamodb"]["Keys"]["id"]["S"] for record in event["Records"]]
+
+
+# --- Filters and batch responses (pure) -------------------------------------------------------------
+
+
+def test_filter_patterns_match_exact_values_in_nested_keys():
+    patterns = compile_filters(
+        {
+            "Filters": [
+                {"Pattern": '{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S": ["pending"]}}}}'},
+                {"Pattern": {"eventName": ["REMOVE"]}},
+            ]
+        },
+        "t",
+    )
+    pending = {"eventName": "INSERT", "dynamodb": {"NewImage": {"status": {"S": "pending"}}}}
+    assert matches_filters(patterns, pending)
+    assert matches_filters(patterns, {"eventName": "REMOVE", "dynamodb": {}})
+    assert not matches_filters(patterns, {"eventName": "INSERT", "dynamodb": {"NewImage": {"status": {"S": "paid"}}}})
+    assert not matches_filters(patterns, {"eventName": "MODIFY"})
+    assert matches_filters(None, {"anything": 1})
+    body = compile_filters({"Filters": [{"Pattern": '{"body": {"kind": ["import"]}}'}]}, "t")
+    assert matches_filters(body, {"body": '{"kind": "import"}'})
+    assert not matches_filters(body, {"body": "not json"})
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ['{"eventName": [{"prefix": "INS"}]}', '{"eventName": "INSERT"}', '{"eventName": []}', "[1]", "{bad json"],
+)
+def test_unsupported_filter_syntax_fails_clearly(pattern: str):
+    with pytest.raises(EventSourceError, match=r"Fn\.Events\.E"):
+        compile_filters({"Filters": [{"Pattern": pattern}]}, "Fn.Events.E")
+
+
+def test_batch_item_failures_follow_lambdas_rules():
+    ids = ["1", "2", "3"]
+    assert first_failed_index(None, ids) is None
+    assert first_failed_index({"batchItemFailures": []}, ids) is None
+    assert first_failed_index({"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "2"}]}, ids) == 1
+    assert first_failed_index({"batchItemFailures": [{"itemIdentifier": "9"}]}, ids) == 0  # unknown: all failed
+    assert first_failed_index({"batchItemFailures": "x"}, ids) == 0
+    assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": "2"}]}, ids) == {"2"}
+    assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": ""}]}, ids) == set(ids)
+
+
+# --- DynamoDB streams -------------------------------------------------------------------------------
+
+
+def test_mappings_come_from_the_template(stack: Any):
+    assert set(stack.mappings) == {
+        "FilteredConsumer.Stream",
+        "PartialConsumer.Stream",
+        "PoisonConsumer.Stream",
+        "InboxConsumer.Inbox",
+        "UploadConsumer.Csv",
+    }
+    poison = stack.mappings["PoisonConsumer.Stream"].describe()
+    assert poison["type"] == "DynamoDB" and poison["source"] == stack.atts["PoisonTable.StreamArn"]
+    assert poison["bisect_on_error"] and poison["maximum_retry_attempts"] == 2
+    assert poison["on_failure"] == stack.atts["FailureQueue.Arn"]
+    assert stack.mappings["InboxConsumer.Inbox"].describe()["batch_size"] == 5
+
+
+def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, consumers):
+    consumer = consumers["FilteredConsumer"]
+    consumer.reset()
+    table = stack.table_names["FilteredTable"]
+    ddb.put_item(TableName=table, Item={"id": {"S": "a"}, "status": {"S": "pending"}})
+    ddb.update_item(
+        TableName=table,
+        Key={"id": {"S": "a"}},
+        UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "paid"}},
+    )
+    ddb.delete_item(TableName=table, Key={"id": {"S": "a"}})
+    ddb.put_item(TableName=table, Item={"id": {"S": "b"}})
+    assert stack.wait_until_idle(5)
+    records = [record for event in consumer.events for record in event["Records"]]
+    assert [record["eventName"] for record in records] == ["INSERT", "INSERT"]
+    assert [record["dynamodb"]["Keys"]["id"]["S"] for record in records] == ["a", "b"]
+    first = records[0]
+    assert first["eventSource"] == "aws:dynamodb" and first["awsRegion"] == "us-east-1"
+    assert first["eventSourceARN"] == stack.atts["FilteredTable.StreamArn"]
+    assert first["eventID"] and first["eventVersion"]
+    assert first["dynamodb"]["NewImage"] == {"id": {"S": "a"}, "status": {"S": "pending"}}
+    assert first["dynamodb"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+    assert isinstance(first["dynamodb"]["ApproximateCreationDateTime"], float)
+    assert int(records[1]["dynamodb"]["SequenceNumber"]) > int(first["dynamodb"]["SequenceNumber"])
+    assert first["dynamodb"]["SizeBytes"] > 0
+    assert stack.mappings["FilteredConsumer.Stream"].stats["filtered_out"] >= 2
+
+
+def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, ddb, consumers):
+    consumer = consumers["PartialConsumer"]
+
+    def fail_p2_once(event: dict[str, Any], number: int) -> dict[str, Any]:
+        failures = [
+            {"itemIdentifier": record["dynamodb"]["SequenceNumber"]}
+            for record in event["Records"]
+            if number == 1 and record["dynamodb"]["Keys"]["id"]["S"] == "p2"
+        ]
+        return {"batchItemFailures": failures}
+
+    consumer.reset(fail_p2_once)
+    stack.pause_mappings()
+    try:
+        for key in ("p1", "p2", "p3"):
+            ddb.put_item(TableName=stack.table_names["PartialTable"], Item={"id": {"S": key}})
+    finally:
+        stack.resume_mappings()
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumer.events] == [["p1", "p2", "p3"], ["p2", "p3"]]
+
+
+def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, ddb, consumers):
+    consumer = consumers["PoisonConsumer"]
+
+    def explode_on_bad(event: dict[str, Any], number: int) -> None:
+        if "bad" in keys(event):
+            raise ValueError("poison")
+
+    consumer.reset(explode_on_bad)
+    sqs = stack.client("sqs")
+    stack.pause_mappings()
+    try:
+        for key in ("g1", "bad", "g2"):
+            ddb.put_item(TableName=stack.table_names["PoisonTable"], Item={"id": {"S": key}})
+    finally:
+        stack.resume_mappings()
+    assert stack.wait_until_idle(5)
+    # Split in halves on each error; `bad` fails 1 + MaximumRetryAttempts (2) times, then goes.
+    assert [keys(event) for event in consumer.events] == [["g1", "bad", "g2"], ["g1"], ["bad", "g2"], ["bad"], ["g2"]]
+    messages = sqs.receive_message(QueueUrl=stack.queue_urls["FailureQueue"], MaxNumberOfMessages=10)["Messages"]
+    assert len(messages) == 1
+    failure = json.loads(messages[0]["Body"])
+    bad_sequence = consumer.events[3]["Records"][0]["dynamodb"]["SequenceNumber"]
+    info = failure["DDBStreamBatchInfo"]
+    assert info["startSequenceNumber"] == info["endSequenceNumber"] == bad_sequence
+    assert info["batchSize"] == 1
+    assert info["streamArn"] == stack.atts["PoisonTable.StreamArn"]
+    assert info["shardId"].startswith("shardId-")
+    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert failure["requestContext"]["functionArn"] == stack.function_arns["PoisonConsumer"]
+    assert failure["requestContext"]["approximateInvokeCount"] == 3
+    assert failure["responseContext"]["functionError"] == "Unhandled"
+    assert stack.mappings["PoisonConsumer.Stream"].stats["sent_to_on_failure"] == 1
+
+
+def test_a_paused_mapping_keeps_records_until_resumed(stack, ddb, consumers):
+    consumer = consumers["FilteredConsumer"]
+    consumer.reset()
+    stack.pause_mappings()
+    try:
+        ddb.put_item(TableName=stack.table_names["FilteredTable"], Item={"id": {"S": "held"}})
+        assert stack.wait_until_idle(2)  # paused counts as idle
+        assert consumer.events == []
+    finally:
+        stack.resume_mappings()
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumer.events] == [["held"]]
+
+
+# --- SQS --------------------------------------------------------------------------------------------
+
+
+def test_sqs_mapping_deletes_only_successes_and_the_dlq_gets_the_rest(stack, consumers):
+    consumer = consumers["InboxConsumer"]
+
+    def fail_bad(event: dict[str, Any], number: int) -> dict[str, Any]:
+        return {
+            "batchItemFailures": [
+                {"itemIdentifier": record["messageId"]} for record in event["Records"] if record["body"] == "bad"
+            ]
+        }
+
+    consumer.reset(fail_bad)
+    sqs = stack.client("sqs")
+    queue_url = stack.queue_urls["InboxQueue"]
+    stack.pause_mappings()
+    try:
+        for body in ("m1", "bad", "m3"):
+            sqs.send_message(
+                QueueUrl=queue_url,
+                MessageBody=body,
+                MessageAttributes={"kind": {"DataType": "String", "StringValue": "test"}},
+            )
+    finally:
+        stack.resume_mappings()
+    assert stack.wait_until_idle(8)
+
+    bodies = [[record["body"] for record in event["Records"]] for event in consumer.events]
+    assert sorted(bodies[0]) == ["bad", "m1", "m3"]
+    assert bodies[1:] == [["bad"]]  # received twice (maxReceiveCount 2), then moved
+    assert consumer.times[1] - consumer.times[0] >= 0.9  # back only after the 1 s visibility timeout
+    record = consumer.events[1]["Records"][0]
+    assert record["attributes"]["ApproximateReceiveCount"] == "2"
+    assert {"SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp"} <= set(record["attributes"])
+    assert record["messageAttributes"]["kind"]["stringValue"] == "test"
+    assert record["messageAttributes"]["kind"]["dataType"] == "String"
+    assert record["eventSource"] == "aws:sqs" and record["awsRegion"] == "us-east-1"
+    assert record["eventSourceARN"] == stack.atts["InboxQueue.Arn"]
+    assert record["md5OfBody"] and record["receiptHandle"] and record["messageId"]
+
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+    dead = sqs.receive_message(QueueUrl=stack.queue_urls["InboxDeadLetters"], MaxNumberOfMessages=10)["Messages"]
+    assert [message["Body"] for message in dead] == ["bad"]
+
+
+# --- S3 ---------------------------------------------------------------------------------------------
+
+
+def test_s3_notifications_invoke_the_function_for_matching_keys(stack, consumers):
+    consumer = consumers["UploadConsumer"]
+    consumer.reset()
+    s3 = stack.client("s3")
+    bucket = stack.bucket_names["Uploads"]
+    s3.put_object(Bucket=bucket, Key="incoming/a.csv", Body=b"sku,qty\n")
+    s3.put_object(Bucket=bucket, Key="incoming/b.txt", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="other/c.csv", Body=b"x")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="incoming/big.csv")
+    part = s3.upload_part(Bucket=bucket, Key="incoming/big.csv", UploadId=upload["UploadId"], PartNumber=1, Body=b"y")
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="incoming/big.csv",
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+    )
+    assert stack.wait_until_idle(5)
+    records = [event["Records"][0] for event in consumer.events]
+    assert [(r["eventName"], r["s3"]["object"]["key"]) for r in records] == [
+        ("ObjectCreated:Put", "incoming/a.csv"),
+        ("ObjectCreated:CompleteMultipartUpload", "incoming/big.csv"),
+    ]
+    first = records[0]
+    assert first["eventSource"] == "aws:s3" and first["awsRegion"] == "us-east-1"
+    assert first["s3"]["bucket"]["name"] == bucket
+    assert first["s3"]["bucket"]["arn"] == f"arn:aws:s3:::{bucket}"
+    assert first["s3"]["object"]["size"] == 8 and first["s3"]["object"]["eTag"]
+    assert first["s3"]["configurationId"] == "UploadConsumer.Csv"
+    assert first["s3"]["object"]["sequencer"] and first["eventTime"]
+
+
+def test_presigned_urls_made_for_the_public_endpoint_are_served_by_the_stack(stack):
+    import os
+
+    import boto3
+
+    endpoint = os.environ["OMS_PUBLIC_S3_ENDPOINT"]
+    assert endpoint == stack.aws_endpoint == stack.environment["OMS_PUBLIC_S3_ENDPOINT"]
+    bucket = stack.bucket_names["Uploads"]
+    stack.client("s3").put_object(Bucket=bucket, Key="labels/ord_1.pdf", Body=b"%PDF-label")
+    public = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint)
+    url = public.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "labels/ord_1.pdf"})
+    assert url.startswith(endpoint + "/")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        assert response.status == 200
+        assert response.read() == b"%PDF-label"
+
+
+def test_event_sources_false_creates_the_mappings_paused(tmp_path: Path):
+    from infra.local.stack import running_stack
+
+    path = tmp_path / "template.yaml"
+    path.write_text(TEMPLATE)
+    consumer = Consumer()
+    with running_stack(
+        template=path,
+        stack_name="paused",
+        handlers={"ApiFunction": ok, "FilteredConsumer": consumer},
+        admin_key_bootstrap=lambda secret: None,
+        event_sources=False,
+    ) as running:
+        assert all(mapping.paused for mapping in running.mappings.values())
+        running.client("dynamodb").put_item(TableName=running.table_names["FilteredTable"], Item={"id": {"S": "x"}})
+        assert running.wait_until_idle(2)
+        assert consumer.events == []
+        running.resume_mappings()
+        assert running.wait_until_idle(5)
+        assert [keys(event) for event in consumer.events] == [["x"]]
+
+
+def test_event_source_mapping_resources_are_read_like_sam_events(tmp_path: Path):
+    from infra.local.template import Template
+
+    path = tmp_path / "template.yaml"
+    path.write_text(
+        TEMPLATE
+        + """
+  RawMapping:
+    Type: AWS::Lambda::EventSourceMapping
+    Properties:
+      FunctionName: !Ref InboxConsumer
+      EventSourceArn: !GetAtt FailureQueue.Arn
+      BatchSize: 3
+  RawStreamMapping:
+    Type: AWS::Lambda::EventSourceMapping
+    Properties:
+      FunctionName: !GetAtt PartialConsumer.Arn
+      EventSourceArn: !GetAtt PartialTable.StreamArn
+      StartingPosition: LATEST
+"""
+    )
+    specs = {spec.name: spec for spec in Template.load(path).event_sources()}
+    assert specs["RawMapping"].type == "SQS" and specs["RawMapping"].function_logical_id == "InboxConsumer"
+    assert specs["RawMapping"].properties["Queue"] == {"Fn::GetAtt": ["FailureQueue", "Arn"]}
+    assert specs["RawStreamMapping"].type == "DynamoDB"
+    assert specs["RawStreamMapping"].properties["Stream"] == {"Fn::GetAtt": ["PartialTable", "StreamArn"]}
+    assert specs["Csv"].type == "S3" and specs["Inbox"].type == "SQS"

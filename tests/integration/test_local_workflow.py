@@ -1,0 +1,481 @@
+"""The local runtime's state machines: ASL validation, substitutions, moto's interpreter running
+Lambda tasks on in-process (fake) handlers, and the template check that reuses the validator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.asl import AslError, render, validate_asl
+from infra.local.template import DEFAULT_TEMPLATE, PROJECT_ROOT, Template
+
+# --- The validator ----------------------------------------------------------------------------------
+
+
+def machine(**states: Any) -> dict[str, Any]:
+    return {"StartAt": next(iter(states)), "States": states}
+
+
+def test_the_order_workflow_is_valid_once_substituted():
+    template = Template.load()
+    [spec] = template.state_machines()
+    assert spec.logical_id == "OrderWorkflow" and spec.type == "EXPRESS"
+    substitutions = {name: f"arn:aws:lambda:us-east-1:123456789012:function:{name}" for name in spec.substitutions}
+    definition = spec.load_definition(template.base_dir, substitutions)
+    assert validate_asl(definition) == []
+    raw = json.loads((PROJECT_ROOT / "infra/order_workflow.asl.json").read_text())
+    assert any("unresolved placeholder ${AuthorizePaymentFunctionArn}" in p for p in validate_asl(raw))
+
+
+def test_a_dangling_next_is_reported():
+    problems = validate_asl(
+        machine(
+            A={"Type": "Task", "Resource": "arn:aws:lambda:x", "Next": "Nowhere"},
+            B={"Type": "Choice", "Choices": [{"Variable": "$.x", "IsPresent": True, "Next": "Gone"}], "Default": "A"},
+        )
+    )
+    assert "States.A.Next: names state 'Nowhere', which does not exist" in problems
+    assert "States.B.Choices[0].Next: names state 'Gone', which does not exist" in problems
+
+
+def test_a_missing_or_wrong_start_at_is_reported():
+    assert "definition: StartAt is missing" in validate_asl({"States": {"A": {"Type": "Succeed"}}})
+    problems = validate_asl({"StartAt": "Nope", "States": {"A": {"Type": "Succeed"}}})
+    assert "definition: StartAt names state 'Nope', which does not exist" in problems
+
+
+def test_an_unresolved_placeholder_is_reported():
+    definition = render(
+        machine(
+            A={"Type": "Task", "Resource": "${Known}", "Next": "B"},
+            B={"Type": "Task", "Resource": "${Unknown}", "End": True},
+        ),
+        {"Known": "arn:aws:lambda:us-east-1:123456789012:function:known"},
+    )
+    assert definition["States"]["A"]["Resource"].endswith(":known")
+    [problem] = validate_asl(definition)
+    assert "States.B.Resource" in problem and "${Unknown}" in problem
+
+
+def test_a_path_that_never_ends_and_an_unreachable_state_are_reported():
+    problems = validate_asl(
+        machine(
+            Loop={"Type": "Pass", "Next": "Again"},
+            Again={"Type": "Pass", "Next": "Loop"},
+            Orphan={"Type": "Succeed"},
+            Dangling={"Type": "Pass"},
+        )
+    )
+    assert "States.Loop: no path from here ends (in Succeed, Fail or End: true)" in problems
+    assert "States.Orphan: not reachable from StartAt 'Loop'" in problems
+    assert "States.Dangling: needs Next or End: true" in problems
+
+
+def test_retry_and_catch_need_error_names_and_states_all_last():
+    problems = validate_asl(
+        machine(
+            A={
+                "Type": "Task",
+                "Resource": "arn:aws:lambda:x",
+                "Retry": [
+                    {"ErrorEquals": []},
+                    {"ErrorEquals": ["States.ALL"]},
+                    {"ErrorEquals": ["X"], "IntervalSeconds": 0},
+                ],
+                "Catch": [{"ErrorEquals": "X", "Next": "B"}, {"ErrorEquals": ["Y"]}],
+                "End": True,
+            },
+            B={"Type": "Succeed"},
+        )
+    )
+    assert "States.A.Retry[0].ErrorEquals: must be a non-empty list of error names" in problems
+    assert "States.A.Retry[1].ErrorEquals: States.ALL must be alone and in the last entry" in problems
+    assert "States.A.Retry[2].IntervalSeconds: must be an integer >= 1" in problems
+    assert "States.A.Catch[0].ErrorEquals: must be a non-empty list of error names" in problems
+    assert "States.A.Catch[1]: needs Next" in problems
+
+
+def test_parallel_branches_and_map_processors_are_checked_too():
+    problems = validate_asl(
+        machine(
+            P={
+                "Type": "Parallel",
+                "Branches": [{"StartAt": "X", "States": {"X": {"Type": "Pass", "Next": "Y"}}}],
+                "Next": "M",
+            },
+            M={"Type": "Map", "ItemProcessor": {"StartAt": "Z", "States": {"Z": {"Type": "Pass"}}}, "End": True},
+        )
+    )
+    assert "States.P.Branches[0].States.X.Next: names state 'Y', which does not exist" in problems
+    assert "States.M.ItemProcessor.States.Z: needs Next or End: true" in problems
+
+
+def test_check_template_fails_on_an_invalid_state_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from infra.check_template import main, state_machine_problems
+
+    assert state_machine_problems(DEFAULT_TEMPLATE) == []
+    shutil.copy(DEFAULT_TEMPLATE, tmp_path / "template.yaml")
+    (tmp_path / "infra").mkdir()
+    definition = json.loads((PROJECT_ROOT / "infra/order_workflow.asl.json").read_text())
+    definition["States"]["ReserveStock"]["Next"] = "CreateShipment"  # a typo
+    (tmp_path / "infra/order_workflow.asl.json").write_text(json.dumps(definition))
+    assert main([str(tmp_path / "template.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "OrderWorkflow: States.ReserveStock.Next: names state 'CreateShipment', which does not exist" in err
+
+
+# --- State machines in the stack --------------------------------------------------------------------
+
+WORKFLOW_TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Api:
+    Type: AWS::Serverless::Api
+    Properties: { StageName: v1 }
+  ApiFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.api
+      Events:
+        Health: { Type: Api, Properties: { RestApiId: !Ref Api, Path: /health, Method: GET } }
+  Orders:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      BillingMode: PAY_PER_REQUEST
+      StreamSpecification: { StreamViewType: NEW_IMAGE }
+      AttributeDefinitions: [{ AttributeName: id, AttributeType: S }]
+      KeySchema: [{ AttributeName: id, KeyType: HASH }]
+  Outbox:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.outbox
+      Environment:
+        Variables:
+          WORKFLOW_ARN: !Ref Workflow
+      Events:
+        Stream:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt Orders.StreamArn
+            StartingPosition: TRIM_HORIZON
+            FilterCriteria: { Filters: [{ Pattern: '{"eventName": ["INSERT"]}' }] }
+  Charge:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.charge
+      Environment:
+        Variables:
+          CHARGE_NAME: !Ref Charge
+  Ship:
+    Type: AWS::Serverless::Function
+    Properties: { Handler: fake.ship }
+  Refund:
+    Type: AWS::Serverless::Function
+    Properties: { Handler: fake.refund }
+  Workflow:
+    Type: AWS::Serverless::StateMachine
+    Properties:
+      Type: EXPRESS
+      DefinitionUri: workflow.asl.json
+      DefinitionSubstitutions:
+        ChargeArn: !GetAtt Charge.Arn
+        ShipArn: !GetAtt Ship.Arn
+        RefundArn: !GetAtt Refund.Arn
+"""
+
+WORKFLOW_ASL = {
+    "StartAt": "Charge",
+    "States": {
+        "Charge": {
+            "Type": "Task",
+            "Resource": "${ChargeArn}",
+            "Parameters": {"order_id.$": "$.order_id", "attempt.$": "$$.State.RetryCount"},
+            "ResultPath": "$.charge",
+            "Retry": [{"ErrorEquals": ["TransientError"], "MaxAttempts": 2}],
+            "Catch": [{"ErrorEquals": ["PaymentDeclined"], "ResultPath": "$.error", "Next": "Refund"}],
+            "Next": "Ship",
+        },
+        "Ship": {"Type": "Task", "Resource": "${ShipArn}", "End": True},
+        "Refund": {"Type": "Task", "Resource": "${RefundArn}", "ResultPath": None, "Next": "Declined"},
+        "Declined": {"Type": "Fail", "Error": "PaymentDeclined", "Cause": "the card was declined"},
+    },
+}
+
+
+class TransientError(Exception):
+    pass
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+calls: list[tuple[str, Any]] = []
+
+
+def charge(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    calls.append(("charge", dict(event)))
+    if event["order_id"].startswith("flaky") and event["attempt"] == 0:
+        raise TransientError("try again")
+    if event["order_id"].startswith("declined"):
+        raise PaymentDeclined("card declined")
+    return {"charged": True, "by": context.function_name}
+
+
+def ship(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    calls.append(("ship", dict(event)))
+    return {**event, "shipped": True}
+
+
+def refund(event: dict[str, Any], context: Any) -> None:
+    calls.append(("refund", dict(event)))
+
+
+def outbox(event: dict[str, Any], context: Any) -> None:
+    """Starts one execution per new order, as the real outbox does."""
+    import boto3
+
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    for record in event["Records"]:
+        order_id = record["dynamodb"]["NewImage"]["id"]["S"]
+        sfn.start_execution(
+            stateMachineArn=os.environ["WORKFLOW_ARN"], name=order_id, input=json.dumps({"order_id": order_id})
+        )
+
+
+def ok(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return {"statusCode": 200, "body": "{}"}
+
+
+def write_workflow(directory: Path, asl: dict[str, Any] = WORKFLOW_ASL) -> Path:
+    (directory / "workflow.asl.json").write_text(json.dumps(asl))
+    path = directory / "template.yaml"
+    path.write_text(WORKFLOW_TEMPLATE)
+    return path
+
+
+# Before the module's stack starts: these start (or fail to start) stacks of their own.
+
+
+def test_stop_stops_running_executions_and_waits_for_their_handlers(tmp_path: Path):
+    from infra.local.stack import running_stack
+
+    started: list[float] = []
+
+    def slow_charge(event: dict[str, Any], context: Any) -> None:
+        started.append(time.monotonic())
+        time.sleep(0.3)
+        raise TransientError("again")  # would be retried, but the stack stops first
+
+    with running_stack(
+        template=write_workflow(tmp_path),
+        stack_name="stopping",
+        handlers={"ApiFunction": ok, "Charge": slow_charge},
+        admin_key_bootstrap=lambda secret: None,
+        retry_delay_scale=0.1,
+    ) as running:
+        running.client("stepfunctions").start_execution(
+            stateMachineArn=running.state_machine_arns["Workflow"], name="o", input='{"order_id": "o"}'
+        )
+        deadline = time.monotonic() + 5
+        while not started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert running.running_executions()
+    assert len(started) == 1
+    time.sleep(0.4)  # past the (scaled) Retry interval: nothing ran the handler again
+    assert len(started) == 1
+
+
+def test_an_invalid_definition_stops_startup_with_the_problems(tmp_path: Path):
+    from infra.local.stack import EmbeddedStack
+
+    bad = json.loads(json.dumps(WORKFLOW_ASL))
+    bad["States"]["Ship"] = {"Type": "Task", "Resource": "${ShipArm}", "Next": "Shipped"}
+    stack = EmbeddedStack(
+        template=write_workflow(tmp_path, bad),
+        api_port=0,
+        aws_port=0,
+        seed=False,
+        stack_name="bad",
+        handlers={"ApiFunction": ok},
+        admin_key_bootstrap=lambda secret: None,
+    )
+    with pytest.raises(AslError) as caught:
+        stack.start()
+    message = str(caught.value)
+    assert "state machine Workflow: invalid definition" in message
+    assert "States.Ship.Next: names state 'Shipped', which does not exist" in message
+    assert "unresolved placeholder ${ShipArm}" in message
+    assert "WORKFLOW_ARN" not in os.environ  # stopped and restored
+
+
+def test_a_substitution_naming_an_unknown_resource_stops_startup(tmp_path: Path):
+    from infra.local.stack import EmbeddedStack
+
+    path = write_workflow(tmp_path)
+    path.write_text(path.read_text().replace("RefundArn: !GetAtt Refund.Arn", "RefundArn: !GetAtt Refnud.Arn"))
+    stack = EmbeddedStack(
+        template=path,
+        api_port=0,
+        aws_port=0,
+        seed=False,
+        handlers={"ApiFunction": ok},
+        admin_key_bootstrap=lambda secret: None,
+    )
+    with pytest.raises(ValueError, match=r"state machine Workflow: cannot resolve !GetAtt Refnud\.Arn locally"):
+        stack.start()
+
+
+def test_the_real_template_creates_the_order_workflow(tmp_path: Path):
+    from moto.awslambda.models import LambdaBackend
+    from moto.s3 import notifications
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    from infra.local.stack import running_stack
+
+    originals = (LambdaBackend.__dict__["invoke"], notifications._invoke_awslambda, retrier_decl.time)
+    with running_stack(
+        handlers={"ApiFunction": ok, "AuthorizerFunction": ok},
+        admin_key_bootstrap=lambda secret: None,
+        event_sources=False,
+    ) as running:
+        arn = running.state_machine_arns["OrderWorkflow"]
+        assert os.environ["ORDER_WORKFLOW_ARN"] == arn
+        assert os.environ["LABELS_BUCKET"] == running.bucket_names["LabelsBucket"]
+        described = running.client("stepfunctions").describe_state_machine(stateMachineArn=arn)
+        definition = json.loads(described["definition"])
+        assert definition["States"]["AuthorizePayment"]["Resource"] == running.function_arns["AuthorizePaymentFunction"]
+        assert described["type"] == "EXPRESS"
+        outbox = running.mappings["OutboxFunction.OrdersStream"]
+        assert outbox.filters == [{"eventName": ["INSERT"]}] and outbox.paused
+        assert outbox.on_failure.queue_url == running.queue_urls["OutboxFailureQueue"]
+        assert LambdaBackend.__dict__["invoke"] is not originals[0]
+    # stop() puts moto back as it found it.
+    assert (LambdaBackend.__dict__["invoke"], notifications._invoke_awslambda, retrier_decl.time) == originals
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from infra.local.stack import running_stack
+
+    path = write_workflow(tmp_path_factory.mktemp("workflow"))
+    with running_stack(
+        template=path,
+        stack_name="wf",
+        handlers={"ApiFunction": ok, "Outbox": outbox, "Charge": charge, "Ship": ship, "Refund": refund},
+        admin_key_bootstrap=lambda secret: None,
+        retry_delay_scale=0.01,  # Retry's 1 s IntervalSeconds becomes 10 ms
+    ) as running:
+        yield running
+
+
+def run(stack: Any, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    sfn = stack.client("stepfunctions")
+    arn = sfn.start_execution(
+        stateMachineArn=stack.state_machine_arns["Workflow"], name=name, input=json.dumps(payload)
+    )["executionArn"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        described = sfn.describe_execution(executionArn=arn)
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.02)
+    raise AssertionError(f"{name} still running")
+
+
+def test_the_state_machine_is_created_with_its_substitutions_resolved(stack: Any):
+    arn = stack.state_machine_arns["Workflow"]
+    assert arn == "arn:aws:states:us-east-1:123456789012:stateMachine:wf-Workflow"
+    assert stack.refs["Workflow"] == stack.atts["Workflow.Arn"] == arn
+    assert stack.atts["Workflow.Name"] == "wf-Workflow"
+    described = stack.client("stepfunctions").describe_state_machine(stateMachineArn=arn)
+    assert described["type"] == "EXPRESS"
+    definition = json.loads(described["definition"])
+    assert definition["States"]["Charge"]["Resource"] == "arn:aws:lambda:us-east-1:123456789012:function:wf-Charge"
+    assert stack.function_arns["Ship"] == definition["States"]["Ship"]["Resource"]
+    assert stack.atts["Ship.Arn"] == stack.function_arns["Ship"] and stack.refs["Ship"] == "wf-Ship"
+
+
+def test_function_environments_are_resolved_and_exported_as_their_union(stack: Any):
+    assert stack.function_environments["Outbox"] == {"WORKFLOW_ARN": stack.state_machine_arns["Workflow"]}
+    assert stack.function_environments["Charge"] == {"CHARGE_NAME": "wf-Charge"}
+    assert os.environ["WORKFLOW_ARN"] == stack.state_machine_arns["Workflow"]
+    assert os.environ["CHARGE_NAME"] == "wf-Charge"
+
+
+def test_a_task_error_is_retried_by_its_class_name(stack: Any):
+    calls.clear()
+    result = run(stack, "flaky-1", {"order_id": "flaky-1"})
+    assert result["status"] == "SUCCEEDED"
+    charges = [event for name, event in calls if name == "charge"]
+    assert charges == [{"order_id": "flaky-1", "attempt": 0}, {"order_id": "flaky-1", "attempt": 1}]
+    output = json.loads(result["output"])
+    assert output["charge"] == {"charged": True, "by": "wf-Charge"}
+    assert output["shipped"] is True
+
+
+def test_a_task_error_is_caught_by_its_class_name(stack: Any):
+    calls.clear()
+    result = run(stack, "declined-1", {"order_id": "declined-1"})
+    assert result["status"] == "FAILED"
+    assert result.get("error") == "PaymentDeclined"
+    assert [name for name, _ in calls] == ["charge", "refund"]
+    error = calls[1][1]["error"]
+    assert error["Error"] == "PaymentDeclined"
+    assert json.loads(error["Cause"])["errorMessage"] == "card declined"
+
+
+def test_a_stream_insert_starts_the_workflow_end_to_end(stack: Any):
+    calls.clear()
+    stack.client("dynamodb").put_item(TableName=stack.table_names["Orders"], Item={"id": {"S": "ord-1"}})
+    assert stack.wait_until_idle(10)
+    assert [name for name, _ in calls] == ["charge", "ship"]
+    assert stack.running_executions() == []
+    sfn = stack.client("stepfunctions")
+    described = sfn.describe_execution(
+        executionArn=stack.state_machine_arns["Workflow"].replace(":stateMachine:", ":execution:") + ":ord-1"
+    )
+    assert described["status"] == "SUCCEEDED"
+
+
+def test_lambda_invoke_reaches_the_handlers_and_unknown_functions_are_not_found(stack: Any):
+    from botocore.exceptions import ClientError
+
+    lam = stack.client("lambda")
+    answer = lam.invoke(FunctionName="wf-Ship", Payload=json.dumps({"order_id": "x"}))
+    assert json.loads(answer["Payload"].read()) == {"order_id": "x", "shipped": True}
+    answer = lam.invoke(FunctionName=stack.function_arns["Charge"], Payload=json.dumps({"order_id": "declined-2"}))
+    assert answer["FunctionError"] == "Unhandled"
+    assert json.loads(answer["Payload"].read())["errorType"] == "PaymentDeclined"
+    with pytest.raises(ClientError) as caught:
+        lam.invoke(FunctionName="wf-Nope", Payload=b"{}")
+    assert caught.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_step_functions_state_machines_with_a_definition_string_are_read(tmp_path: Path):
+    path = tmp_path / "template.yaml"
+    path.write_text(
+        """
+Resources:
+  Machine:
+    Type: AWS::StepFunctions::StateMachine
+    Properties:
+      StateMachineName: named
+      DefinitionString: '{"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "${Fn}", "End": true}}}'
+      DefinitionSubstitutions: { Fn: !GetAtt Some.Arn }
+"""
+    )
+    template = Template.load(path)
+    [spec] = template.state_machines()
+    assert (spec.type, spec.name) == ("STANDARD", "named")
+    definition = spec.load_definition(template.base_dir, {"Fn": "arn:aws:lambda:us-east-1:1:function:f"})
+    assert definition["States"]["A"]["Resource"] == "arn:aws:lambda:us-east-1:1:function:f"
+    assert validate_asl(definition) == []

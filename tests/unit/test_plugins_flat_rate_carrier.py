@@ -1,0 +1,338 @@
+"""The flat_rate_carrier plugin: service names, tracking numbers with a check digit, and a valid 4x6 PDF label."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from importlib.metadata import entry_points
+
+import pytest
+
+from core import hookimpl
+from core.models import Address, Fulfillment, Location, Order, OrderLine, Payment, ShipmentLine, Totals
+from core.plugin_manager import build_plugin_manager
+from core.status import OrderStatus
+from core.workflow_types import CarrierShipment
+from plugins import flat_rate_carrier
+from plugins.flat_rate_carrier import (
+    gs1_check_digit,
+    is_valid_tracking_number,
+    oms_carrier_create_shipment,
+    pdf_text,
+    tracking_number,
+)
+from tests.unit.conftest import UPDATED_AT, a_customer, usd
+
+TRACKING = re.compile(r"^OMS\d{13}$")
+
+
+def an_address(**overrides) -> Address:
+    fields = {
+        "name": "Grace Hopper",
+        "line1": "1 Market St",
+        "line2": "Suite 400",
+        "city": "San Francisco",
+        "region": "CA",
+        "postal_code": "94105",
+        "country": "US",
+    }
+    return Address(**{**fields, **overrides})
+
+
+def an_origin() -> Location:
+    return Location(
+        location_id="wh-east",
+        name="East Coast Warehouse",
+        type="warehouse",
+        address=Address(
+            name="OMS East", line1="200 Dock Rd", city="Newark", region="NJ", postal_code="07114", country="US"
+        ),
+        latitude=40.7357,
+        longitude=-74.1724,
+        updated_at=UPDATED_AT,
+    )
+
+
+def an_order(
+    *lines: tuple[str, int],
+    shipping_method: str | None = "standard",
+    address: Address | None = None,
+    fulfillment: Fulfillment | None = None,
+) -> Order:
+    zero = usd("0.00")
+    return Order(
+        id="ord_01HZX",
+        status=OrderStatus.ALLOCATED,
+        channel="web",
+        currency="USD",
+        customer=a_customer(),
+        lines=[
+            OrderLine(
+                line_id=f"L{index}", sku=sku, quantity=quantity, unit_price=zero, discount=zero, tax=zero, total=zero
+            )
+            for index, (sku, quantity) in enumerate(lines or [("MUG-1", 2), ("TEE-2", 1)], start=1)
+        ],
+        shipping_address=address or an_address(),
+        fulfillment=fulfillment or Fulfillment(),
+        shipping_method=shipping_method,
+        totals=Totals(subtotal=zero, discount=zero, shipping=zero, tax=zero, grand_total=zero),
+        payment=Payment(method="test", authorized=zero, captured=zero, refunded=zero),
+        created_at=UPDATED_AT,
+        updated_at=UPDATED_AT,
+        version=3,
+    )
+
+
+def ship(order: Order | None = None, shipment_id: str = "shp_01HZX7", lines=None, weight_grams: int = 1250):
+    order = order or an_order()
+    lines = (
+        lines
+        if lines is not None
+        else [ShipmentLine(line_id=line.line_id, quantity=line.quantity) for line in order.lines]
+    )
+    return oms_carrier_create_shipment(
+        order=order, shipment_id=shipment_id, origin=an_origin(), lines=lines, weight_grams=weight_grams
+    )
+
+
+def xref_offsets(pdf: bytes) -> dict[int, int]:
+    """Object number -> byte offset, read from the file's startxref and cross-reference table."""
+    start = int(re.search(rb"startxref\s+(\d+)\s+%%EOF\s*$", pdf).group(1))
+    assert pdf[start:].startswith(b"xref")
+    lines = pdf[start:].split(b"\n")
+    first, count = map(int, lines[1].split())
+    entries = lines[2 : 2 + count]
+    assert all(len(entry) == 19 for entry in entries)  # 20 bytes with the "\n"
+    assert entries[0] == b"0000000000 65535 f "
+    offsets = {}
+    for number, entry in enumerate(entries[1:], start=first + 1):
+        offset, generation, kind = entry.split()
+        assert (generation, kind) == (b"00000", b"n")
+        offsets[number] = int(offset)
+    assert re.search(rb"trailer\s*<< /Size %d " % count, pdf)
+    return offsets
+
+
+# --- Registration -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    "flat_rate_carrier" not in entry_points(group="oms").names,
+    reason="the `flat_rate_carrier` entry point is not in pyproject.toml yet",
+)
+def test_is_registered_through_the_oms_entry_point(plugins):
+    assert plugins.get_plugin("flat_rate_carrier") is flat_rate_carrier
+
+
+def test_books_a_shipment_through_the_plugin_manager():
+    pm = build_plugin_manager(flat_rate_carrier, load_entry_points=False)
+    order = an_order()
+
+    shipment = pm.hook.oms_carrier_create_shipment(
+        order=order,
+        shipment_id="shp_1",
+        origin=an_origin(),
+        lines=[ShipmentLine(line_id="L1", quantity=2)],
+        weight_grams=900,
+    )
+
+    assert isinstance(shipment, CarrierShipment)
+    assert shipment.carrier == "OMS Flat Rate"
+    assert shipment.label_content_type == "application/pdf"
+
+
+def test_runs_last_so_a_real_carrier_plugin_answers_first():
+    booked = CarrierShipment(carrier="Acme", service="Next day", tracking_number="ACME1", label=b"%PDF-")
+
+    class Acme:
+        @hookimpl
+        def oms_carrier_create_shipment(self, shipment_id):
+            return booked
+
+    # Registered first: without trylast the built-in, registered later, would be called first.
+    pm = build_plugin_manager(Acme(), flat_rate_carrier, load_entry_points=False)
+
+    shipment = pm.hook.oms_carrier_create_shipment(
+        order=an_order(), shipment_id="shp_1", origin=an_origin(), lines=[], weight_grams=0
+    )
+
+    assert shipment is booked
+
+
+# --- Service ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "service"),
+    [
+        ("standard", "Ground"),
+        ("ground", "Ground"),
+        ("express", "Express"),
+        ("pickup", "Store pickup"),
+        ("two_day", "Two Day"),
+        ("overnight", "Overnight"),
+        (None, "Ground"),
+    ],
+)
+def test_service_follows_the_shipping_method(method, service):
+    assert ship(an_order(shipping_method=method)).service == service
+
+
+def test_a_pickup_order_without_a_method_is_a_store_pickup():
+    order = an_order(shipping_method=None, fulfillment=Fulfillment(type="pickup", location_id="store-1"))
+
+    assert ship(order).service == "Store pickup"
+
+
+# --- Tracking number --------------------------------------------------------------------------
+
+
+def test_tracking_number_is_oms_twelve_digits_and_a_check_digit():
+    number = ship().tracking_number
+
+    assert TRACKING.fullmatch(number)
+    assert gs1_check_digit(number[3:15]) == number[15]
+    assert is_valid_tracking_number(number)
+
+
+def test_tracking_number_is_derived_from_the_shipment_id_so_a_retry_gets_the_same():
+    assert ship(shipment_id="shp_A").tracking_number == ship(shipment_id="shp_A").tracking_number
+    assert ship(shipment_id="shp_A").tracking_number == tracking_number("shp_A")
+    assert len({tracking_number(f"shp_{n}") for n in range(1000)}) == 1000
+
+
+def test_check_digit_is_the_gs1_mod_10_digit():
+    assert gs1_check_digit("400638133393") == "1"  # the EAN-13 4006381333931
+    assert gs1_check_digit("000000000000") == "0"
+
+
+def test_check_digit_catches_every_single_digit_error():
+    number = tracking_number("shp_check")
+    for position in range(3, len(number)):
+        for digit in "0123456789":
+            if digit != number[position]:
+                assert not is_valid_tracking_number(number[:position] + digit + number[position + 1 :])
+
+
+@pytest.mark.parametrize("value", ["", "OMS", "OMS123", "XYZ" + "0" * 13, "OMS" + "0" * 14, "OMS00000000000a0"])
+def test_malformed_tracking_numbers_are_not_valid(value):
+    assert not is_valid_tracking_number(value)
+
+
+def test_an_empty_shipment_id_is_refused():
+    with pytest.raises(ValueError):
+        tracking_number("")
+
+
+# --- Label ------------------------------------------------------------------------------------
+
+
+def test_label_is_a_single_page_pdf_1_4_that_ends_with_eof():
+    label = ship().label
+
+    assert label.startswith(b"%PDF-1.4\n")
+    assert label.rstrip().endswith(b"%%EOF")
+    assert label.count(b"/Type /Page ") == 1
+    assert b"/MediaBox [0 0 288 432]" in label  # 4 x 6 inches
+    assert b"/BaseFont /Helvetica" in label
+
+
+def test_label_xref_offsets_point_at_their_objects():
+    label = ship().label
+
+    offsets = xref_offsets(label)
+
+    assert len(offsets) >= 6
+    for number, offset in offsets.items():
+        assert label[offset:].startswith(b"%d 0 obj" % number), number
+
+
+def test_label_content_stream_length_is_exact():
+    label = ship().label
+
+    match = re.search(rb"<< /Length (\d+) >>\nstream\n", label)
+    start = match.end()
+    length = int(match.group(1))
+
+    assert label[start + length : start + length + len(b"\nendstream")] == b"\nendstream"
+
+
+def test_label_shows_both_addresses_tracking_service_ids_weight_and_lines():
+    shipment = ship(weight_grams=1250)
+    label = shipment.label
+
+    for text in [
+        shipment.tracking_number,
+        "San Francisco CA 94105",
+        "Grace Hopper",
+        "Suite 400",
+        "East Coast Warehouse",
+        "200 Dock Rd",
+        "Newark NJ 07114",
+        "SERVICE: GROUND",
+        "shp_01HZX7",
+        "ord_01HZX",
+        "1.25 kg",
+        "MUG-1  x2",
+        "TEE-2  x1",
+    ]:
+        assert text.encode() in label, text
+
+
+def test_label_is_deterministic():
+    assert ship().label == ship().label
+
+
+def test_label_text_is_escaped_and_ascii():
+    address = an_address(name="Zoë (Müller) \\ Co", city="Zürich", country="CH", region=None, postal_code="8001")
+
+    label = ship(an_order(address=address)).label
+
+    assert b"(Zo? \\(M?ller\\) \\\\ Co)" in label
+    assert b"Z?rich 8001" in label
+    assert label[15:].isascii()  # all but the header's binary marker comment
+    xref_offsets(label)
+
+
+def test_pdf_text_escapes_the_string_delimiters():
+    assert pdf_text("a(b)c\\d") == "a\\(b\\)c\\\\d"
+    assert pdf_text("tab\there\nnewline €") == "tab?here?newline ?"
+
+
+def test_a_long_parcel_lists_the_first_lines_and_counts_the_rest():
+    order = an_order(*[(f"SKU-{n}", 1) for n in range(40)])
+
+    label = ship(order).label
+
+    assert b"SKU-0  x1" in label
+    assert b"... and 29 more lines" in label
+    assert b"SKU-39" not in label
+    positions = [int(y) for y in re.findall(rb"Tf \d+ (-?\d+) Td", label)]
+    assert min(positions) > 0  # nothing falls off the page
+
+
+def test_long_text_is_cut_to_the_label_width():
+    label = ship(an_order(address=an_address(line1="9" * 150))).label
+
+    assert b"9" * 150 not in label
+    assert re.search(rb"\(9+\.\.\.\)", label)
+
+
+def test_a_negative_weight_is_refused():
+    with pytest.raises(ValueError):
+        ship(weight_grams=-1)
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext (poppler-utils) is not installed")
+def test_label_text_renders_in_a_real_pdf_reader(tmp_path):
+    shipment = ship()
+    path = tmp_path / "label.pdf"
+    path.write_bytes(shipment.label)
+
+    result = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True)
+
+    assert shipment.tracking_number in result.stdout
+    assert "San Francisco CA 94105" in result.stdout
+    assert "SERVICE: GROUND" in result.stdout
+    assert "Syntax Error" not in result.stderr

@@ -1,0 +1,517 @@
+"""The nearest_sourcing plugin: whole order from the nearest location, else the fewest locations, nearest first."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from importlib.metadata import entry_points
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core import hookimpl
+from core.models import Address, Allocation, Fulfillment, Location, Order, OrderLine, Payment, StockLevel, Totals
+from core.plugin_manager import build_plugin_manager
+from core.status import OrderStatus
+from core.workflow_types import SourcingPlan
+from plugins import nearest_sourcing
+from plugins.data_files import DataFileError
+from plugins.nearest_sourcing import GEO_CENTROIDS_FILE_ENV, haversine_km, load_geo_centroids, oms_source_order
+from tests.unit.conftest import UPDATED_AT, a_customer, usd
+
+SAN_FRANCISCO = (37.7749, -122.4194)
+LOS_ANGELES = (34.0522, -118.2437)
+CHICAGO = (41.8781, -87.6298)
+NEW_YORK = (40.7128, -74.0060)
+
+CITIES = {"wh-west": LOS_ANGELES, "wh-central": CHICAGO, "wh-east": NEW_YORK}
+
+
+@pytest.fixture(autouse=True)
+def packaged_centroids(monkeypatch):
+    monkeypatch.delenv(GEO_CENTROIDS_FILE_ENV, raising=False)
+
+
+def a_destination(
+    point: tuple[float, float] | None = SAN_FRANCISCO, *, country: str = "US", region: str | None = "CA"
+) -> Address:
+    latitude, longitude = point if point else (None, None)
+    return Address(
+        name="Ada Lovelace",
+        line1="1 Market St",
+        city="San Francisco",
+        region=region,
+        postal_code="94105",
+        country=country,
+        latitude=latitude,
+        longitude=longitude,
+    )
+
+
+def a_location(location_id: str, point: tuple[float, float] | None = None, *, type: str = "warehouse") -> Location:
+    latitude, longitude = point or CITIES[location_id]
+    return Location(
+        location_id=location_id,
+        name=f"Location {location_id}",
+        type=type,
+        address=Address(name=location_id, line1="1 Dock Rd", city="Town", postal_code="00001", country="US"),
+        latitude=latitude,
+        longitude=longitude,
+        pickup=type == "store",
+        updated_at=UPDATED_AT,
+    )
+
+
+def an_order(*lines: tuple[str, int], fulfillment: Fulfillment | None = None) -> Order:
+    """An authorized order with (sku, quantity) lines L1, L2, ..."""
+    zero = usd("0.00")
+    return Order(
+        id="ord_1",
+        status=OrderStatus.AUTHORIZED,
+        channel="web",
+        currency="USD",
+        customer=a_customer(),
+        lines=[
+            OrderLine(
+                line_id=f"L{index}", sku=sku, quantity=quantity, unit_price=zero, discount=zero, tax=zero, total=zero
+            )
+            for index, (sku, quantity) in enumerate(lines, start=1)
+        ],
+        shipping_address=a_destination(),
+        fulfillment=fulfillment or Fulfillment(),
+        totals=Totals(subtotal=zero, discount=zero, shipping=zero, tax=zero, grand_total=zero),
+        payment=Payment(method="test", authorized=zero, captured=zero, refunded=zero),
+        created_at=UPDATED_AT,
+        updated_at=UPDATED_AT,
+        version=1,
+    )
+
+
+def a_stock_table(available: dict[str, dict[str, int]]) -> dict[str, list[StockLevel]]:
+    """{location_id: {sku: available}} as the core passes it: StockLevel records by sku."""
+    stock: dict[str, list[StockLevel]] = defaultdict(list)
+    for location_id, by_sku in available.items():
+        for sku, units in by_sku.items():
+            stock[sku].append(
+                StockLevel(sku=sku, location_id=location_id, on_hand=max(units, 0), reserved=0, available=units)
+            )
+    return dict(stock)
+
+
+def source(order, available, locations=None, destination=None) -> SourcingPlan | None:
+    locations = locations if locations is not None else [a_location(location_id) for location_id in available]
+    return oms_source_order(
+        order=order,
+        locations=locations,
+        stock=a_stock_table(available),
+        destination=destination or a_destination(),
+    )
+
+
+def km(a: tuple[float, float], b: tuple[float, float]) -> str:
+    return f"{haversine_km(a, b):,.0f} km"
+
+
+def allocated(plan: SourcingPlan) -> list[tuple[str, str, int]]:
+    return [(a.line_id, a.location_id, a.quantity) for a in plan.allocations]
+
+
+EVERYTHING = {"MUG": 10, "TEE": 10}
+
+
+# --- Registration -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    "nearest_sourcing" not in entry_points(group="oms").names,
+    reason="the `nearest_sourcing` entry point is not in pyproject.toml yet",
+)
+def test_is_registered_through_the_oms_entry_point(plugins):
+    assert plugins.get_plugin("nearest_sourcing") is nearest_sourcing
+
+
+def test_answers_through_the_plugin_manager():
+    pm = build_plugin_manager(nearest_sourcing, load_entry_points=False)
+    available = {"wh-east": EVERYTHING}
+
+    plan = pm.hook.oms_source_order(
+        order=an_order(("MUG", 1)),
+        locations=[a_location("wh-east")],
+        stock=a_stock_table(available),
+        destination=a_destination(),
+    )
+
+    assert allocated(plan) == [("L1", "wh-east", 1)]
+
+
+def test_runs_last_so_a_third_party_sourcing_plugin_answers_first():
+    class Custom:
+        @hookimpl
+        def oms_source_order(self, order):
+            return SourcingPlan(allocations=[Allocation(line_id="L1", location_id="wh-east", quantity=1)])
+
+    pm = build_plugin_manager(Custom(), nearest_sourcing, load_entry_points=False)
+    plan = pm.hook.oms_source_order(
+        order=an_order(("MUG", 1)),
+        locations=[a_location("wh-west"), a_location("wh-east")],
+        stock=a_stock_table({"wh-west": EVERYTHING, "wh-east": EVERYTHING}),
+        destination=a_destination(),
+    )
+
+    assert allocated(plan) == [("L1", "wh-east", 1)]  # the built-in would have picked wh-west
+
+
+# --- One location for the whole order ---------------------------------------------------------
+
+
+def test_the_nearest_location_with_everything_supplies_every_line():
+    plan = source(
+        an_order(("MUG", 2), ("TEE", 1)), {"wh-east": EVERYTHING, "wh-central": EVERYTHING, "wh-west": EVERYTHING}
+    )
+
+    assert allocated(plan) == [("L1", "wh-west", 2), ("L2", "wh-west", 1)]
+    assert plan.reasons == [
+        f"wh-west supplies every line: the nearest location that has the whole order ({km(LOS_ANGELES, SAN_FRANCISCO)})"
+    ]
+
+
+def test_a_nearer_location_missing_one_sku_loses_to_a_farther_one_that_has_everything():
+    plan = source(
+        an_order(("MUG", 2), ("TEE", 1)),
+        {"wh-west": {"MUG": 10}, "wh-central": {"MUG": 10, "TEE": 0}, "wh-east": EVERYTHING},
+    )
+
+    assert {a.location_id for a in plan.allocations} == {"wh-east"}
+    assert plan.reasons == [
+        f"wh-east supplies every line: the nearest location that has the whole order "
+        f"({km(NEW_YORK, SAN_FRANCISCO)}; nearer wh-west, wh-central lack part of it)"
+    ]
+
+
+def test_lines_of_the_same_sku_are_summed_before_choosing_a_location():
+    # wh-west has 4 mugs: enough for either line, not for both.
+    plan = source(an_order(("MUG", 2), ("MUG", 3)), {"wh-west": {"MUG": 4}, "wh-east": {"MUG": 5}})
+
+    assert allocated(plan) == [("L1", "wh-east", 2), ("L2", "wh-east", 3)]
+
+
+def test_equally_near_locations_are_tied_by_location_id():
+    same_place = (36.0, -120.0)
+    locations = [a_location("wh-b", same_place), a_location("wh-a", same_place)]
+
+    plan = source(an_order(("MUG", 1)), {"wh-b": EVERYTHING, "wh-a": EVERYTHING}, locations=locations)
+
+    assert allocated(plan) == [("L1", "wh-a", 1)]
+
+
+def test_the_plan_does_not_depend_on_the_order_of_locations_or_stock_records():
+    available = {"wh-east": {"MUG": 3, "TEE": 9}, "wh-central": {"MUG": 4}, "wh-west": {"TEE": 2, "MUG": 1}}
+    order = an_order(("MUG", 6), ("TEE", 5), ("MUG", 1))
+    first = source(order, available)
+
+    for seed in range(5):
+        ids = list(available)
+        random.Random(seed).shuffle(ids)
+        assert source(order, {location_id: available[location_id] for location_id in ids}) == first
+
+
+def test_a_pickup_order_is_supplied_by_its_store():
+    store = a_location("store-sf", SAN_FRANCISCO, type="store")
+    order = an_order(("MUG", 2), fulfillment=Fulfillment(type="pickup", location_id="store-sf"))
+
+    plan = source(order, {"store-sf": {"MUG": 2}}, locations=[store])
+
+    assert allocated(plan) == [("L1", "store-sf", 2)]
+    assert plan.reasons == ["store-sf supplies every line: it is the pickup store"]
+
+
+def test_a_pickup_store_without_the_stock_cannot_source_the_order():
+    store = a_location("store-sf", SAN_FRANCISCO, type="store")
+    order = an_order(("MUG", 3), fulfillment=Fulfillment(type="pickup", location_id="store-sf"))
+
+    assert source(order, {"store-sf": {"MUG": 2}}, locations=[store]) is None
+
+
+# --- Splits -----------------------------------------------------------------------------------
+
+
+def test_an_order_no_location_can_ship_whole_is_split_across_the_fewest_locations():
+    available = {"wh-west": {"A": 5}, "wh-central": {"B": 5, "C": 5}, "wh-east": {"A": 5, "B": 5}}
+
+    plan = source(an_order(("A", 5), ("B", 5), ("C", 5)), available)
+
+    # Two locations are needed; {wh-west, wh-central} and {wh-central, wh-east} both cover the
+    # order, and the first is nearer in total. Within it the nearest supplies first.
+    assert allocated(plan) == [("L1", "wh-west", 5), ("L2", "wh-central", 5), ("L3", "wh-central", 5)]
+    assert plan.reasons == [
+        "no single location has the whole order: it is split across the fewest locations that have it "
+        "together (2: wh-west, wh-central), the nearest first",
+        f"wh-west supplies 5 units (A x5) ({km(LOS_ANGELES, SAN_FRANCISCO)})",
+        f"wh-central supplies 10 units (B x5, C x5) ({km(CHICAGO, SAN_FRANCISCO)})",
+    ]
+
+
+def test_the_fewest_locations_are_found_where_greedy_would_take_more():
+    # Greedy would start with wh-central (6 units) and then need both others.
+    available = {"wh-central": {"A": 3, "B": 3}, "wh-west": {"A": 4}, "wh-east": {"B": 4}}
+
+    plan = source(an_order(("A", 4), ("B", 4)), available)
+
+    assert sorted({location for _, location, _ in allocated(plan)}) == ["wh-east", "wh-west"]
+
+
+def test_a_farther_location_with_everything_beats_a_nearer_split():
+    available = {"wh-west": {"A": 1, "B": 1}, "wh-east": {"A": 9, "B": 9}}
+
+    plan = source(an_order(("A", 5), ("B", 5)), available)
+
+    assert allocated(plan) == [("L1", "wh-east", 5), ("L2", "wh-east", 5)]
+
+    plan = source(an_order(("A", 10), ("B", 5)), available)
+
+    # No single location has 10 A: two are needed, and the nearer one gives what it has first.
+    assert allocated(plan) == [("L1", "wh-west", 1), ("L2", "wh-west", 1), ("L1", "wh-east", 9), ("L2", "wh-east", 4)]
+
+
+def test_a_line_may_be_split_across_locations():
+    plan = source(an_order(("MUG", 7)), {"wh-west": {"MUG": 3}, "wh-central": {"MUG": 2}, "wh-east": {"MUG": 4}})
+
+    # wh-west and wh-east together are the only pair with 7.
+    assert allocated(plan) == [("L1", "wh-west", 3), ("L1", "wh-east", 4)]
+
+
+def test_split_lines_of_the_same_sku_are_filled_in_line_order():
+    plan = source(an_order(("MUG", 2), ("MUG", 3)), {"wh-west": {"MUG": 3}, "wh-east": {"MUG": 2}})
+
+    assert allocated(plan) == [("L1", "wh-west", 2), ("L2", "wh-west", 1), ("L2", "wh-east", 2)]
+
+
+# --- Not enough stock -------------------------------------------------------------------------
+
+
+def test_no_plan_when_the_eligible_locations_together_are_short():
+    assert source(an_order(("MUG", 11)), {"wh-west": {"MUG": 5}, "wh-east": {"MUG": 5}}) is None
+    assert source(an_order(("MUG", 1), ("TEE", 1)), {"wh-west": {"MUG": 5}}) is None
+
+
+def test_no_plan_without_locations():
+    assert source(an_order(("MUG", 1)), {}, locations=[]) is None
+
+
+def test_stock_at_locations_not_given_is_never_used():
+    available = {"wh-west": {"MUG": 1}, "wh-east": {"MUG": 100}}
+
+    assert source(an_order(("MUG", 2)), available, locations=[a_location("wh-west")]) is None
+    plan = source(an_order(("MUG", 1)), available, locations=[a_location("wh-east")])
+    assert allocated(plan) == [("L1", "wh-east", 1)]
+
+
+def test_never_allocates_more_than_is_available():
+    available = {"wh-west": {"MUG": 2, "TEE": 1}, "wh-central": {"MUG": 1, "TEE": 3}, "wh-east": {"MUG": 2}}
+
+    plan = source(an_order(("MUG", 3), ("TEE", 2), ("MUG", 2)), available)
+
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    sku_of = {"L1": "MUG", "L2": "TEE", "L3": "MUG"}
+    for allocation in plan.allocations:
+        used[(allocation.location_id, sku_of[allocation.line_id])] += allocation.quantity
+    assert all(units <= available[location][sku] for (location, sku), units in used.items())
+
+
+def test_negative_available_counts_as_none():
+    assert source(an_order(("MUG", 1)), {"wh-west": {"MUG": -3}, "wh-east": {"MUG": 0}}) is None
+
+
+# --- Where the destination is -----------------------------------------------------------------
+
+
+def test_without_coordinates_the_destination_is_placed_at_its_regions_centre():
+    # California's centre is nearest Los Angeles; New York state's is nearest New York.
+    everywhere = {"wh-west": EVERYTHING, "wh-central": EVERYTHING, "wh-east": EVERYTHING}
+    california = load_geo_centroids().regions["US"]["CA"]
+
+    in_california = source(an_order(("MUG", 1)), everywhere, destination=a_destination(None, region="CA"))
+    in_new_york = source(an_order(("MUG", 1)), everywhere, destination=a_destination(None, region="ny"))
+
+    assert allocated(in_california) == [("L1", "wh-west", 1)]
+    assert allocated(in_new_york) == [("L1", "wh-east", 1)]
+    assert in_california.reasons == [
+        "the destination has no coordinates: distances are measured to the centre of CA, US",
+        f"wh-west supplies every line: the nearest location that has the whole order ({km(LOS_ANGELES, california)})",
+    ]
+
+
+def test_a_region_written_in_iso_3166_2_form_is_recognised():
+    plan = source(an_order(("MUG", 1)), {"wh-west": EVERYTHING}, destination=a_destination(None, region="US-CA"))
+
+    assert "centre of CA, US" in plan.reasons[0]
+
+
+def test_a_canadian_province_is_placed_at_its_centre():
+    toronto_ish = a_location("wh-toronto", (43.65, -79.38))
+    vancouver_ish = a_location("wh-vancouver", (49.28, -123.12))
+    destination = a_destination(None, country="CA", region="BC")
+
+    plan = source(
+        an_order(("MUG", 1)),
+        {"wh-toronto": EVERYTHING, "wh-vancouver": EVERYTHING},
+        locations=[toronto_ish, vancouver_ish],
+        destination=destination,
+    )
+
+    assert allocated(plan) == [("L1", "wh-vancouver", 1)]
+
+
+def test_an_unknown_region_falls_back_to_the_countrys_centre():
+    plan = source(an_order(("MUG", 1)), {"wh-west": EVERYTHING}, destination=a_destination(None, region="Narnia"))
+
+    assert plan.reasons[0] == "the destination has no coordinates: distances are measured to the centre of US"
+
+
+def test_the_addresss_own_coordinates_win_over_its_region():
+    # Coordinates in San Francisco, region written as NY.
+    plan = source(
+        an_order(("MUG", 1)),
+        {"wh-west": EVERYTHING, "wh-east": EVERYTHING},
+        destination=a_destination(SAN_FRANCISCO, region="NY"),
+    )
+
+    assert allocated(plan) == [("L1", "wh-west", 1)]
+    assert len(plan.reasons) == 1
+
+
+def test_when_nothing_is_known_of_the_destination_locations_are_taken_by_id():
+    destination = a_destination(None, country="ZW", region=None)
+
+    plan = source(an_order(("MUG", 1)), {"wh-west": EVERYTHING, "wh-east": EVERYTHING}, destination=destination)
+
+    assert allocated(plan) == [("L1", "wh-east", 1)]
+    assert plan.reasons == [
+        "the destination has no coordinates and the centroid table does not know its region or country: "
+        "distances are unknown, so locations are taken in order of their id",
+        "wh-east supplies every line: the first location, by id, that has the whole order (distance unknown)",
+    ]
+
+
+def test_when_nothing_is_known_a_split_still_says_why():
+    destination = a_destination(None, country="ZW", region=None)
+
+    plan = source(an_order(("MUG", 4)), {"wh-west": {"MUG": 2}, "wh-east": {"MUG": 2}}, destination=destination)
+
+    assert allocated(plan) == [("L1", "wh-east", 2), ("L1", "wh-west", 2)]
+    assert plan.reasons[-1] == "wh-west supplies 2 units (MUG x2) (distance unknown)"
+
+
+# --- The centroid table -----------------------------------------------------------------------
+
+
+def test_the_packaged_centroid_table_knows_the_main_markets():
+    centroids = load_geo_centroids()
+
+    assert {"US", "CA", "GB", "DE", "FR", "JP", "AU", "NL", "ES", "IT", "MX", "BR"} <= set(centroids.countries)
+    assert len(centroids.regions["US"]) >= 51  # the states and DC
+    assert len(centroids.regions["CA"]) == 13  # provinces and territories
+
+
+def test_a_malformed_centroid_table_is_reported(tmp_path, monkeypatch):
+    path = tmp_path / "centroids.json"
+    path.write_text(json.dumps({"countries": {"US": [95.0, 0.0]}}))
+    monkeypatch.setenv(GEO_CENTROIDS_FILE_ENV, str(path))
+
+    with pytest.raises(DataFileError, match=r"countries\.US"):
+        load_geo_centroids()
+
+
+def test_haversine_matches_known_distances():
+    assert round(haversine_km((51.5074, -0.1278), (48.8566, 2.3522))) == 344  # London - Paris
+    assert round(haversine_km(NEW_YORK, LOS_ANGELES)) == 3936
+    assert haversine_km(CHICAGO, CHICAGO) == 0
+
+
+# --- Properties -------------------------------------------------------------------------------
+
+LOCATION_IDS = ["loc-a", "loc-b", "loc-c", "loc-d", "loc-e"]
+SKUS = ["A", "B", "C"]
+
+points = st.tuples(st.floats(-60, 60), st.floats(-179, 179))
+scenarios = st.fixed_dictionaries(
+    {
+        "lines": st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 8)), min_size=1, max_size=5),
+        "available": st.dictionaries(
+            st.sampled_from(LOCATION_IDS),
+            st.dictionaries(st.sampled_from(SKUS), st.integers(-2, 12), max_size=3),
+            min_size=1,
+            max_size=5,
+        ),
+        "points": st.fixed_dictionaries({location_id: points for location_id in LOCATION_IDS}),
+        "destination": st.one_of(st.none(), points),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios)
+def test_every_unit_is_allocated_exactly_once_and_never_beyond_what_is_available(scenario):
+    order = an_order(*scenario["lines"])
+    available = scenario["available"]
+    locations = [a_location(location_id, scenario["points"][location_id]) for location_id in available]
+    destination = a_destination(scenario["destination"], country="ZW", region=None)
+
+    plan = source(order, available, locations=locations, destination=destination)
+
+    wanted: dict[str, int] = defaultdict(int)
+    for sku, quantity in scenario["lines"]:
+        wanted[sku] += quantity
+
+    def total(sku: str) -> int:
+        return sum(max(0, by_sku.get(sku, 0)) for by_sku in available.values())
+
+    coverable = all(total(sku) >= quantity for sku, quantity in wanted.items())
+    assert (plan is not None) == coverable
+    if plan is None:
+        return
+    sku_of = {line.line_id: line.sku for line in order.lines}
+    per_line: dict[str, int] = defaultdict(int)
+    per_stock: dict[tuple[str, str], int] = defaultdict(int)
+    for allocation in plan.allocations:
+        assert allocation.quantity > 0
+        assert allocation.location_id in available
+        per_line[allocation.line_id] += allocation.quantity
+        per_stock[(sku_of[allocation.line_id], allocation.location_id)] += allocation.quantity
+    assert per_line == {line.line_id: line.quantity for line in order.lines}
+    for (sku, location_id), units in per_stock.items():
+        assert units <= available[location_id].get(sku, 0)
+    # A location that has the whole order means a single-location plan.
+    whole = [
+        location_id
+        for location_id, by_sku in available.items()
+        if all(by_sku.get(sku, 0) >= quantity for sku, quantity in wanted.items())
+    ]
+    if whole:
+        # ... from the nearest of the locations that have it all (by id when distances are unknown).
+        def rank(location_id: str) -> tuple[float, str]:
+            point = scenario["points"][location_id]
+            known = scenario["destination"] is not None
+            return (haversine_km(point, scenario["destination"]) if known else 0.0, location_id)
+
+        assert {allocation.location_id for allocation in plan.allocations} == {min(whole, key=rank)}
+    assert plan.reasons
+    assert plan == source(order, available, locations=list(reversed(locations)), destination=destination)
+
+
+def test_beyond_the_exact_search_limit_a_greedy_split_still_covers_the_order():
+    from plugins.nearest_sourcing import EXACT_SEARCH_LIMIT
+
+    count = EXACT_SEARCH_LIMIT + 1
+    locations = [a_location(f"wh-{i:02d}", (30.0 + i, -100.0)) for i in range(count)]
+    stock = {
+        "A": [StockLevel(sku="A", location_id=f"wh-{i:02d}", on_hand=1, reserved=0, available=1) for i in range(count)]
+    }
+    order = an_order(("A", count))
+
+    plan = oms_source_order(order=order, locations=locations, stock=stock, destination=order.shipping_address)
+
+    assert sum(a.quantity for a in plan.allocations) == count
+    assert "each time taking all it can" in plan.reasons[-count - 1]

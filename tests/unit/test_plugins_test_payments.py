@@ -1,0 +1,232 @@
+"""The test_payments plugin: the built-in `test` gateway's tokens, idempotent references and input checks."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+
+from core.errors import TransientError
+from core.money import Money
+from core.plugin_manager import build_plugin_manager
+from core.workflow_types import PaymentResult
+from plugins import test_payments
+from plugins.test_payments import oms_payment_authorize, oms_payment_capture, oms_payment_refund, oms_payment_void
+from tests.unit.conftest import usd
+
+AMOUNT = usd("42.50")
+
+
+def authorize(token: str = "tok_approve", *, key: str = "auth-ord_1", attempt: int = 0, amount: Money = AMOUNT):
+    return oms_payment_authorize(method="test", token=token, amount=amount, idempotency_key=key, attempt=attempt)
+
+
+def an_authorization() -> str:
+    return authorize().reference
+
+
+@pytest.fixture
+def pm():
+    return build_plugin_manager(test_payments, load_entry_points=False)
+
+
+# --- Registration -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    "test_payments" not in entry_points(group="oms").names,
+    reason="the `test_payments` entry point is not in pyproject.toml yet",
+)
+def test_is_registered_through_the_oms_entry_point(plugins):
+    assert plugins.get_plugin("test_payments") is test_payments
+
+
+def test_answers_through_the_plugin_manager_with_the_specs_keyword_arguments(pm):
+    authorized = pm.hook.oms_payment_authorize(
+        method="test", token="tok_approve", amount=AMOUNT, order_id="ord_1", idempotency_key="k1", attempt=0
+    )
+    auth = authorized.reference
+    common = {"method": "test", "authorization": auth, "order_id": "ord_1"}
+
+    assert authorized.outcome == "approved"
+    assert pm.hook.oms_payment_capture(amount=AMOUNT, idempotency_key="k2", **common).outcome == "approved"
+    assert pm.hook.oms_payment_refund(amount=AMOUNT, idempotency_key="k3", **common).outcome == "approved"
+    assert pm.hook.oms_payment_void(idempotency_key="k4", **common).outcome == "approved"
+
+
+def test_names_its_method_so_orders_paid_with_it_are_accepted(pm):
+    assert ["test"] in pm.hook.oms_payment_methods()
+
+
+def test_other_methods_get_no_answer(pm):
+    auth = an_authorization()
+
+    assert oms_payment_authorize("card", "tok_approve", AMOUNT, "k", 0) is None
+    assert oms_payment_capture("card", auth, AMOUNT, "k") is None
+    assert oms_payment_void("paypal", auth, "k") is None
+    assert oms_payment_refund("TEST", auth, AMOUNT, "k") is None
+    assert (
+        pm.hook.oms_payment_authorize(
+            method="card", token="tok_approve", amount=AMOUNT, order_id="o", idempotency_key="k", attempt=0
+        )
+        is None
+    )
+
+
+# --- Tokens -----------------------------------------------------------------------------------
+
+
+def test_tok_approve_authorizes_with_an_authorization_reference():
+    result = authorize("tok_approve")
+
+    assert isinstance(result, PaymentResult)
+    assert result.outcome == "approved"
+    assert result.reference.startswith("auth_")
+    assert len(result.reference) == len("auth_") + 20
+
+
+def test_tok_decline_is_declined():
+    result = authorize("tok_decline")
+
+    assert result.outcome == "declined"
+    assert result.message
+    assert not result.reference.startswith("auth_")
+
+
+def test_tok_flaky_fails_transiently_on_the_first_attempt():
+    with pytest.raises(TransientError):
+        authorize("tok_flaky", attempt=0)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 5])
+def test_tok_flaky_is_approved_on_a_retry(attempt):
+    result = authorize("tok_flaky", attempt=attempt)
+
+    assert result.outcome == "approved"
+    assert result.reference.startswith("auth_")
+
+
+def test_tok_flaky_retry_has_the_reference_a_first_success_would_have():
+    assert authorize("tok_flaky", key="k", attempt=1).reference == authorize("tok_approve", key="k").reference
+
+
+@pytest.mark.parametrize("token", ["tok_other", "TOK_APPROVE", "tok_approve ", "", "pm_card_visa"])
+def test_unknown_tokens_are_declined_with_a_clear_message(token):
+    result = authorize(token)
+
+    assert result.outcome == "declined"
+    assert "unknown test token" in result.message
+
+
+def test_a_card_number_is_declined_and_never_echoed():
+    result = authorize("4242 4242 4242 4242")
+
+    assert result.outcome == "declined"
+    assert "card number" in result.message
+    assert "4242" not in result.message + result.reference
+
+
+def test_an_unknown_token_is_not_echoed():
+    assert "secret-ish" not in authorize("secret-ish").message
+
+
+def test_authorizing_zero_is_approved_but_a_negative_amount_is_declined():
+    assert authorize(amount=usd("0.00")).outcome == "approved"
+    assert authorize(amount=usd("-1.00")).outcome == "declined"
+
+
+# --- Idempotency ------------------------------------------------------------------------------
+
+
+def test_the_same_idempotency_key_gets_the_same_reference():
+    auth = an_authorization()
+
+    assert authorize(key="a").reference == authorize(key="a").reference
+    assert authorize("tok_decline", key="a").reference == authorize("tok_decline", key="a").reference
+    assert oms_payment_capture("test", auth, AMOUNT, "c") == oms_payment_capture("test", auth, AMOUNT, "c")
+    assert oms_payment_void("test", auth, "v") == oms_payment_void("test", auth, "v")
+    assert oms_payment_refund("test", auth, AMOUNT, "r") == oms_payment_refund("test", auth, AMOUNT, "r")
+
+
+def test_different_idempotency_keys_get_different_references():
+    auth = an_authorization()
+
+    assert authorize(key="a").reference != authorize(key="b").reference
+    assert (
+        oms_payment_capture("test", auth, AMOUNT, "c1").reference
+        != oms_payment_capture("test", auth, AMOUNT, "c2").reference
+    )
+    assert oms_payment_void("test", auth, "v1").reference != oms_payment_void("test", auth, "v2").reference
+    assert (
+        oms_payment_refund("test", auth, AMOUNT, "r1").reference
+        != oms_payment_refund("test", auth, AMOUNT, "r2").reference
+    )
+
+
+def test_each_operation_names_its_kind():
+    auth = an_authorization()
+
+    assert oms_payment_capture("test", auth, AMOUNT, "k").reference.startswith("cap_")
+    assert oms_payment_void("test", auth, "k").reference.startswith("void_")
+    assert oms_payment_refund("test", auth, AMOUNT, "k").reference.startswith("refund_")
+
+
+def test_references_fit_the_result_model_for_any_key():
+    long_key = "k" * 10_000 + "é"
+
+    assert len(authorize(key=long_key).reference) == 25
+
+
+def test_an_empty_idempotency_key_is_a_caller_bug():
+    with pytest.raises(ValueError, match="idempotency_key"):
+        authorize(key="")
+    with pytest.raises(ValueError, match="idempotency_key"):
+        oms_payment_capture("test", an_authorization(), AMOUNT, "  ")
+
+
+# --- Captures, voids and refunds --------------------------------------------------------------
+
+
+def test_capture_void_and_refund_of_an_approved_authorization_succeed():
+    auth = an_authorization()
+
+    assert oms_payment_capture("test", auth, usd("10.00"), "c").outcome == "approved"
+    assert oms_payment_void("test", auth, "v").outcome == "approved"
+    assert oms_payment_refund("test", auth, usd("10.00"), "r").outcome == "approved"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["", "auth_", "auth_xyz", "ch_123", "AUTH_0123456789abcdef0123", "auth_0123456789abcdef0123 "],
+)
+def test_an_authorization_this_gateway_did_not_issue_is_declined(authorization):
+    assert oms_payment_capture("test", authorization, AMOUNT, "c").outcome == "declined"
+    assert oms_payment_void("test", authorization, "v").outcome == "declined"
+    assert oms_payment_refund("test", authorization, AMOUNT, "r").outcome == "declined"
+
+
+def test_a_declined_authorization_cannot_be_captured():
+    declined = authorize("tok_decline").reference
+
+    result = oms_payment_capture("test", declined, AMOUNT, "c")
+
+    assert result.outcome == "declined"
+    assert "unknown authorization" in result.message
+
+
+@pytest.mark.parametrize("amount", ["0.00", "-5.00"])
+def test_capture_and_refund_need_a_positive_amount(amount):
+    auth = an_authorization()
+
+    captured = oms_payment_capture("test", auth, usd(amount), "c")
+    refunded = oms_payment_refund("test", auth, usd(amount), "r")
+
+    assert (captured.outcome, refunded.outcome) == ("declined", "declined")
+    assert "positive" in captured.message
+    assert "positive" in refunded.message
+
+
+def test_amounts_in_any_supported_currency_are_accepted():
+    auth = an_authorization()
+
+    assert oms_payment_capture("test", auth, Money(amount="700", currency="JPY"), "c").outcome == "approved"
