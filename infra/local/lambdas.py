@@ -20,6 +20,11 @@ logger = logging.getLogger("infra.local.lambdas")
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
+# Which local function this thread is running (None outside one), so AWS calls can be
+# attributed to the function that made them (make bench counts requests per function).
+RUNNING = threading.local()
+
+
 @dataclass
 class LambdaContext:
     """The attributes of the Lambda runtime's context object that handlers and powertools read."""
@@ -81,6 +86,8 @@ class LocalFunction:
         # Counted for EmbeddedStack.wait_until_idle(): started invocations, and those not finished.
         self.invocations = 0
         self.in_flight = 0
+        # What AWS would bill for: the handlers' run time, summed (make bench reads it).
+        self.run_seconds = 0.0
         self._count_lock = threading.Lock()
 
     @classmethod
@@ -138,19 +145,25 @@ class LocalFunction:
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
+        outer = getattr(RUNNING, "function", None)
+        started = time.monotonic()
         try:
             handler = self.handler
             context = self.new_context()
-            started = time.monotonic()
             if self._lock is None:
+                RUNNING.function = self.name
                 result = handler(event, context)
             else:
                 with self._lock:
+                    RUNNING.function = self.name
+                    started = time.monotonic()  # waiting for the lock is not run time
                     result = handler(event, context)
         finally:
+            RUNNING.function = outer
+            elapsed = time.monotonic() - started
             with self._count_lock:
                 self.in_flight -= 1
-        elapsed = time.monotonic() - started
+                self.run_seconds += elapsed
         if elapsed > self.timeout_seconds:
             # A thread cannot be killed; on AWS this invocation would have timed out.
             logger.warning("%s ran %.1f s, over its %s s timeout", self.name, elapsed, self.timeout_seconds)

@@ -1,0 +1,206 @@
+"""Orders from POST to `allocated` on the local stack, and what each order costs on AWS.
+
+Runs in its own process (`python -m bench.workflow`, called by `make bench`) because it starts
+the stack in-process: a botocore event hook then sees every AWS request the functions make,
+attributed to the function making it. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import requests
+from botocore.client import BaseClient
+
+from bench.cost import SFN_EXPRESS_BILLED_GB, Usage, dollars, rru_for, wru_for
+from infra.local.lambdas import RUNNING
+from infra.local.stack import running_stack
+
+ORDERS = int(os.environ.get("BENCH_WORKFLOW_ORDERS", "100"))
+CLIENTS = 4
+
+# Index entries written per order write: the template's five GSIs on a new order; on a status
+# change the two whose key holds the status (delete + put each) and the customer index that
+# projects it (one put).
+GSI_WRITES_ON_PUT = 5
+GSI_WRITES_ON_STATUS_CHANGE = 2 * 2 + 1
+
+
+class UsageRecorder:
+    """Counts each AWS request made inside a local function and estimates the DynamoDB capacity
+    units it uses from the sizes it sends. It wraps botocore's one entry point for API calls
+    rather than registering a `before-call` handler, because moto resets boto3's default session
+    when it starts and clients cached by warm containers would never see a handler added later."""
+
+    def __init__(self, orders_table: str = ""):
+        self.usage = Usage()
+        self.orders_table = orders_table
+        self._order_bytes: dict[str, tuple[int, int]] = {}  # order id -> (item size, doc size)
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        original = BaseClient._make_api_call
+        recorder = self
+
+        def counted(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
+            recorder.record(client.meta.service_model.service_name, operation_name, api_params)
+            return original(client, operation_name, api_params)
+
+        BaseClient._make_api_call = counted  # type: ignore[method-assign]
+
+    def record(self, service: str, operation_name: str, params: dict[str, Any]) -> None:
+        function = getattr(RUNNING, "function", None)
+        if function is None:
+            return  # the stack's own work (creating tables, polling streams) is not billed per order
+        operation = f"{service}.{operation_name}"
+        with self._lock:
+            self.usage.calls[operation] += 1
+            self.usage.by_function[f"{function.split('-')[-1]} {operation}"] += 1
+            if service == "dynamodb":
+                self._capacity(operation_name, params)
+            elif operation == "stepfunctions.StartExecution":
+                self.usage.sfn_executions += 1
+
+    def _capacity(self, operation: str, params: dict[str, Any]) -> None:
+        table = params.get("TableName")
+        if operation == "PutItem":
+            size = len(json.dumps(params["Item"]))
+            if table == self.orders_table:
+                self._order_bytes[params["Item"]["id"]["S"]] = (size, len(params["Item"]["doc"]["S"]))
+                self.usage.wru += GSI_WRITES_ON_PUT
+            self.usage.wru += wru_for(size)
+        elif operation == "UpdateItem":
+            values = params.get("ExpressionAttributeValues", {})
+            if table == self.orders_table and ":doc" in values:
+                order_id = params["Key"]["id"]["S"]
+                # A write is billed on the item's size after it: the new doc replaces the old one
+                # and the history grows by the new entries.
+                old_size, old_doc = self._order_bytes.get(order_id, (0, 0))
+                doc = len(values[":doc"]["S"])
+                size = old_size - old_doc + doc + len(json.dumps(values.get(":entries", {})))
+                self._order_bytes[order_id] = (size, doc)
+                self.usage.wru += wru_for(size)
+                if values[":status"]["S"] != values[":expected_status"]["S"]:
+                    self.usage.wru += GSI_WRITES_ON_STATUS_CHANGE
+            else:
+                self.usage.wru += 1  # inventory and API-key items stay under 1 KB
+        elif operation in ("GetItem", "Query"):
+            self.usage.rru += rru_for(2048)
+        elif operation == "BatchGetItem":
+            self.usage.rru += sum(rru_for(2048) * len(spec["Keys"]) for spec in params["RequestItems"].values())
+
+
+def _order_body() -> dict[str, Any]:
+    return {
+        "channel": "bench",
+        "external_id": uuid.uuid4().hex,
+        "currency": "USD",
+        "customer": {"id": "cus_bench", "email": "bench@example.com"},
+        "lines": [{"sku": "TSHIRT-BLK-M", "quantity": 1}],
+        "shipping_address": {"name": "Bench", "line1": "1 Market St", "city": "San Francisco", "region": "CA",
+                             "postal_code": "94105", "country": "US"},
+        "payment": {"method": "test", "token": "tok_approve"},
+    }  # fmt: skip
+
+
+def main() -> None:
+    params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
+    # Installed before the stack starts, so every client the functions create carries the hook.
+    recorder = UsageRecorder()
+    recorder.install()
+    with running_stack(seed=True, parameter_overrides=params) as stack:
+        headers = {"Authorization": f"Bearer {stack.admin_key}"}
+        # Stock for every order of the run, so none is cancelled out_of_stock.
+        requests.put(f"{stack.api_url}/inventory/TSHIRT-BLK-M/wh-west", json={"on_hand": 100_000},
+                     headers=headers, timeout=10).raise_for_status()  # fmt: skip
+        warm = requests.post(f"{stack.api_url}/orders", json=_order_body(), headers=headers, timeout=10)
+        warm.raise_for_status()
+        stack.wait_until_idle(30)
+
+        recorder.orders_table = stack.table_names["OrdersTable"]
+        recorder.usage = Usage()  # what the warm-up did is not part of the run
+        functions = stack.functions.values()
+        run_seconds_before = {f.name: f.run_seconds for f in functions}
+        invocations_before = {f.name: f.invocations for f in functions}
+
+        placed: list[str] = []
+        lock = threading.Lock()
+
+        def client(count: int) -> None:
+            session = requests.Session()
+            for _ in range(count):
+                response = session.post(f"{stack.api_url}/orders", json=_order_body(), headers=headers, timeout=30)
+                response.raise_for_status()
+                with lock:
+                    placed.append(response.json()["id"])
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(ORDERS // CLIENTS,)) for _ in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stack.wait_until_idle(300)
+        allocated_seconds = time.perf_counter() - started
+
+        statuses: Counter[str] = Counter()
+        session = requests.Session()
+        dynamodb = stack.client("dynamodb")  # read directly: the benchmark's checks are no order's cost
+        for order_id in placed:
+            item = dynamodb.get_item(TableName=recorder.orders_table, Key={"id": {"S": order_id}})["Item"]
+            order = json.loads(item["doc"]["S"])
+            statuses[order["status"]] += 1
+            for shipment in order["shipments"]:
+                base = f"{stack.api_url}/orders/{order_id}/shipments/{shipment['id']}"
+                session.post(f"{base}/ship", headers=headers, timeout=30).raise_for_status()
+                session.post(f"{base}/deliver", headers=headers, timeout=30).raise_for_status()
+        stack.wait_until_idle(60)
+
+        usage = recorder.usage
+        for f in functions:
+            calls = f.invocations - invocations_before[f.name]
+            if calls:
+                usage.lambda_invocations[f.name.split("-")[-1]] += calls
+                usage.lambda_gb_seconds += (f.run_seconds - run_seconds_before[f.name]) * f.memory_mb / 1024
+        workflow_seconds = sum(
+            f.run_seconds - run_seconds_before[f.name]
+            for f in functions
+            if any(step in f.name for step in ("AuthorizePayment", "ReserveStock", "CreateShipments"))
+        )
+        usage.sfn_gb_seconds = workflow_seconds * SFN_EXPRESS_BILLED_GB
+        # One POST, and per shipment one ship and one deliver: what a client sends from capture
+        # to delivery (the GETs above are the benchmark's own checks, not part of an order).
+        shipments = usage.calls["s3.PutObject"]
+        usage.api_requests = len(placed) + 2 * shipments
+
+    bill = dollars(usage)
+    per_million = {service: cost / len(placed) * 1_000_000 for service, cost in bill.items()}
+    print(
+        json.dumps(
+            {
+                "orders": len(placed),
+                "statuses": dict(statuses),
+                "allocated_per_second": len(placed) / allocated_seconds,
+                "requests_per_order": {k: v / len(placed) for k, v in sorted(usage.calls.items())},
+                "requests_per_order_by_function": {k: v / len(placed) for k, v in sorted(usage.by_function.items())},
+                "lambda_invocations_per_order": {k: v / len(placed) for k, v in sorted(usage.lambda_invocations.items())},
+                "lambda_gb_seconds_per_order": usage.lambda_gb_seconds / len(placed),
+                "wru_per_order": usage.wru / len(placed),
+                "rru_per_order": usage.rru / len(placed),
+                "api_requests_per_order": usage.api_requests / len(placed),
+                "dollars_per_million_orders": per_million,
+                "total_per_million_orders": sum(per_million.values()),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
