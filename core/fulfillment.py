@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core.errors import Conflict, InvalidTransition, NotFound, PaymentDeclined, StaleVersion, TransientError
-from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, utc_now
+from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, Shipment, utc_now
 from core.money import Money
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
@@ -47,35 +47,39 @@ class OrderActions:
     def ship(self, order_id: str, shipment_id: str, tracking_number: str | None, actor: str,
              channel: str | None = None) -> Order:  # fmt: skip
         """The location handed the parcel over: its reserved units leave on_hand, and its share
-        of the payment is captured. Shipping a shipped shipment again changes nothing."""
+        of the payment is captured.
+
+        The shipment is claimed first (one write conditional on what was read) and only then are
+        stock and payment touched, so a ship that loses a race to a cancel has changed nothing.
+        Shipping a shipped shipment again runs those effects again, each idempotent (the stock by
+        its reservation key, the capture by its gateway key): a ship interrupted after its claim
+        is finished by the next attempt, and a finished one changes nothing."""
         for _ in range(ATTEMPTS):
             order = self._order(order_id, channel)
             shipment = next((s for s in order.shipments if s.id == shipment_id), None)
             if shipment is None:
                 raise NotFound(f"no shipment {shipment_id} on order {order_id}")
             if shipment.status != "pending":
+                self._ship_effects(order, shipment)
                 return order
             if order.status not in (S.ALLOCATED, S.PARTIALLY_SHIPPED):
                 raise InvalidTransition(f"an order that is {order.status} cannot ship")
-            line_sku = {line.line_id: line.sku for line in order.lines}
-            for item in shipment.lines:
-                self._inventory.ship(line_sku[item.line_id], shipment.location_id,
-                                     reservation_key(order.id, item.line_id))  # fmt: skip
             others_pending = [s for s in order.shipments if s.status == "pending" and s.id != shipment_id]
             payment = order.payment
-            remaining = payment.authorized - payment.captured
+            # Captures add up to the order's grand total (which an edit may have lowered below
+            # what was authorized), never to more.
+            remaining = order.totals.grand_total - payment.captured
             amount = remaining if not others_pending else min(shipment_share(order, shipment), remaining,
                                                                 key=lambda m: m.amount)  # fmt: skip
-            if amount.amount > 0 and payment.authorization:
-                self._payments.capture(payment.method, payment.authorization, amount, order.id,
-                                       f"{order.id}:{shipment.id}:capture")  # fmt: skip
+            if not payment.authorization:
+                amount = Money.zero(order.currency)
             payment = payment.model_copy(
                 update={"captured": payment.captured + amount,
                         "status": "partially_captured" if others_pending else "captured"}
             )  # fmt: skip
             now = self._clock()
             shipments = [
-                s.model_copy(update={"status": "shipped", "shipped_at": now,
+                s.model_copy(update={"status": "shipped", "shipped_at": now, "captured": amount,
                                      "tracking_number": tracking_number or s.tracking_number})
                 if s.id == shipment_id else s
                 for s in order.shipments
@@ -89,10 +93,20 @@ class OrderActions:
             )  # fmt: skip
             try:
                 self._orders.update(new, order, [entry])
-                return new
             except StaleVersion:
-                continue  # every effect above is keyed, so running again is safe
+                continue  # nothing was touched yet: read again and decide again
+            self._ship_effects(new, next(s for s in new.shipments if s.id == shipment_id))
+            return new
         raise Conflict(f"order {order_id} kept changing; retry", code="version_conflict")
+
+    def _ship_effects(self, order: Order, shipment: Shipment) -> None:
+        line_sku = {line.line_id: line.sku for line in order.lines}
+        for item in shipment.lines:
+            self._inventory.ship(line_sku[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
+        payment = order.payment
+        if shipment.captured is not None and shipment.captured.amount > 0 and payment.authorization:
+            self._payments.capture(payment.method, payment.authorization, shipment.captured, order.id,
+                                   f"{order.id}:{shipment.id}:capture")  # fmt: skip
 
     # --- Deliver ------------------------------------------------------------------------------
     def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
@@ -131,12 +145,12 @@ class OrderActions:
         )  # fmt: skip
 
     # --- Edit ---------------------------------------------------------------------------------
-    def _authorize_now(self, method: str, token: str, amount: Money, order_id: str) -> PaymentResult:
+    def _authorize_now(self, method: str, token: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         """Within a request: a transient failure is retried twice at once; still failing, it
         reaches the client as 503 with Retry-After."""
         for attempt in range(3):
             try:
-                return self._payments.authorize(method, token, amount, order_id, attempt=attempt)
+                return self._payments.authorize(method, token, amount, order_id, attempt=attempt, key=key)
             except TransientError:
                 if attempt == 2:
                     raise
@@ -172,7 +186,10 @@ class OrderActions:
         reauthorized = None
         if order.status == S.AUTHORIZED and priced.totals.grand_total.amount > payment.authorized.amount:
             try:
-                reauthorized = self._authorize_now(payment.method, token, priced.totals.grand_total, order.id)
+                reauthorized = self._authorize_now(
+                    payment.method, token, priced.totals.grand_total, order.id,
+                    key=f"{order.id}:authorize:v{order.version + 1}",
+                )  # fmt: skip
             except PaymentDeclined as declined:
                 raise Conflict(
                     f"the payment was declined for the new total: {declined.message}", code="payment_declined"

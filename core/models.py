@@ -500,6 +500,8 @@ class Shipment(BaseModel):
     status: Literal["pending", "shipped", "delivered"] = "pending"
     shipped_at: datetime | None = None
     delivered_at: datetime | None = None
+    # The share of the payment captured when this shipment shipped.
+    captured: Money | None = None
 
 
 class HistoryEntry(BaseModel):

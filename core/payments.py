@@ -41,13 +41,14 @@ class Payments:
             raise PluginError(f"{hook} returned {type(result).__name__}, expected PaymentResult")
         return result
 
-    def authorize(self, method: str, token: str, amount: Money, order_id: str, attempt: int) -> PaymentResult:
-        """Approved or raises PaymentDeclined; TransientError passes through for a retry."""
+    def authorize(self, method: str, token: str, amount: Money, order_id: str, attempt: int, key: str) -> PaymentResult:
+        """Approved or raises PaymentDeclined; TransientError passes through for a retry. `key`
+        is the gateway's idempotency key: the same for retries of one authorization."""
         result = self._checked(
             _call(
                 self._hook.oms_payment_authorize, "oms_payment_authorize",
                 method=method, token=token, amount=amount, order_id=order_id,
-                idempotency_key=f"{order_id}:authorize:{amount.currency}{amount.amount}", attempt=attempt,
+                idempotency_key=key, attempt=attempt,
             ),
             "oms_payment_authorize", method,
         )  # fmt: skip

@@ -163,7 +163,11 @@ class Workflow:
             return  # authorized already: a repeated execution
         token = self._orders.payment_token(order_id) or ""
         amount = order.totals.grand_total
-        result = self._payments.authorize(order.payment.method, token, amount, order_id, attempt)
+        # Keyed by version: a retry of this same read reuses the authorization, while a retry
+        # after an edit (a new version) gets a new one, never the one voided below.
+        result = self._payments.authorize(
+            order.payment.method, token, amount, order_id, attempt, key=f"{order_id}:authorize:v{order.version}"
+        )
         payment = order.payment.model_copy(
             update={"status": "authorized", "authorized": amount, "authorization": result.reference}
         )
@@ -359,30 +363,26 @@ def cancel_order(
     detail: dict[str, Any] | None = None,
     from_workflow: bool = False,
 ) -> Order:
-    """Release every reservation of the order, void its authorization, end it cancelled.
-    Idempotent; refused (409) once anything has shipped."""
+    """End the order cancelled, then release every reservation and void its authorization.
+    Refused (409) once anything has shipped.
+
+    The status is claimed first, with a write conditional on what was read, and only then are
+    stock and payment touched: a cancel that loses a race to a shipment has changed nothing. A
+    cancel of a cancelled order runs the clean-up again (every part is idempotent), so one
+    interrupted after its claim is finished by the next attempt."""
     for _ in range(5):
         order = orders.get(order_id)
         if order is None or (channel is not None and order.channel != channel):
             raise NotFound(f"no order {order_id}")
         if order.status == S.CANCELLED:
+            _release_and_void(order, catalog, inventory, payments)
             return order
         if order.status not in CANCELLABLE:
             if from_workflow and order.status in TERMINAL:
                 return order
             raise InvalidTransition(f"an order that is {order.status} can no longer be cancelled")
-        # Release by what the inventory holds for this order, not only what the order recorded:
-        # a step that crashed between reserving and recording leaves nothing behind either.
-        locations = [loc.location_id for loc in catalog.list_locations()]
-        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in order.lines:
-            for location_id in locations:
-                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
-        for item in inventory.reservations(dict(keys)):
-            inventory.release(*item)
         payment = order.payment
-        if payment.authorization and payment.status in ("authorized", "partially_captured"):
-            payments.void(payment.method, payment.authorization, order.id, f"{payment.authorization}:void")
+        if payment.authorization and payment.status == "authorized":
             payment = payment.model_copy(update={"status": "voided"})
         new, entry = changed(
             order, at=clock(), actor=actor, type="cancelled", to=S.CANCELLED,
@@ -390,7 +390,24 @@ def cancel_order(
         )  # fmt: skip
         try:
             orders.update(new, order, [entry])
-            return new
         except StaleVersion:
-            continue  # the workflow moved the order on meanwhile: look again
+            continue  # the workflow or a shipment moved the order on meanwhile: look again
+        _release_and_void(new, catalog, inventory, payments)
+        return new
     raise TransientError(f"order {order_id} kept changing while it was being cancelled")
+
+
+def _release_and_void(order: Order, catalog: CatalogRepository, inventory: InventoryRepository,
+                      payments: Payments) -> None:  # fmt: skip
+    # Release by what the inventory holds for this order, not only what the order recorded: a
+    # step that crashed between reserving and recording leaves nothing behind either.
+    locations = [loc.location_id for loc in catalog.list_locations()]
+    keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for line in order.lines:
+        for location_id in locations:
+            keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+    for item in inventory.reservations(dict(keys)):
+        inventory.release(*item)
+    payment = order.payment
+    if payment.authorization and payment.status == "voided":
+        payments.void(payment.method, payment.authorization, order.id, f"{payment.authorization}:void")

@@ -1,0 +1,601 @@
+"""What happens to an order after the workflow (core.fulfillment.OrderActions): ship, deliver,
+cancel and edit, on the in-memory fakes with the real built-in plugins and a fixed clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+
+from core import hookimpl
+from core.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidTransition,
+    NotFound,
+    StaleVersion,
+)
+from core.fulfillment import OrderActions
+from core.models import Address, HistoryEntry, LineInput, Order, OrderEdit
+from core.money import Money
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.services import CaptureService
+from core.status import OrderStatus
+from core.workflow import Workflow
+from tests.builders import NOW, address_body, location, place_order, product
+from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders
+
+S = OrderStatus
+Held = dict[tuple[str, str, str], int]
+
+# Two shipping warehouses (east: Newark, west: Reno) and a pickup-only store in San Francisco,
+# where the orders go. MUG is only in the west and CAP only in the east, so an order with both
+# ships in two parcels.
+STOCK = [
+    ("TSHIRT", "wh-east", 10),
+    ("TSHIRT", "wh-west", 10),
+    ("TSHIRT", "store-sf", 5),
+    ("MUG", "wh-west", 3),
+    ("CAP", "wh-east", 4),
+    ("PEN", "wh-east", 20),
+    ("PEN", "wh-west", 20),
+]
+
+
+class PaymentSpy:
+    """Records what the built-in `test` gateway approved, on the way through. A call repeating an
+    idempotency key already seen is a retry the gateway answers from its record, not a new
+    operation, so it is not recorded again."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.authorized: list[str] = []
+        self.voided: list[str] = []
+        self.captured: list[tuple[str, Money, str]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self, method: str, amount: Money):
+        result = yield
+        if result is not None and result.outcome == "approved":
+            self.authorized.append(result.reference)
+        return result
+
+    def _new(self, key: str) -> bool:
+        seen = key in self.keys
+        self.keys.add(key)
+        return not seen
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self, method: str, authorization: str, idempotency_key: str):
+        result = yield
+        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
+            self.voided.append(authorization)
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, method: str, authorization: str, amount: Money, idempotency_key: str):
+        result = yield
+        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
+            self.captured.append((authorization, amount, idempotency_key))
+        return result
+
+    def captured_total(self) -> Decimal:
+        return sum((amount.amount for _, amount, _ in self.captured), Decimal(0))
+
+
+@dataclass
+class World:
+    orders: FakeOrders
+    catalog: FakeCatalog
+    inventory: FakeInventory
+    spy: PaymentSpy
+    capture: CaptureService
+    workflow: Workflow
+    actions: OrderActions
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
+        self.counter[0] += 1
+        body = {
+            "external_id": f"web-{1000 + self.counter[0]}",
+            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in (lines or [("TSHIRT", 2)])],
+            "payment": {"method": "test", "token": token},
+            **overrides,
+        }
+        return self.capture.place(place_order(**body), actor="key_web").id
+
+    def allocated(self, *lines: tuple[str, int], **overrides: object) -> Order:
+        order_id = self.place(*lines, **overrides)
+        self.workflow.authorize_payment(order_id, attempt=0)
+        self.workflow.reserve_stock(order_id)
+        self.workflow.create_shipments(order_id)
+        order = self.order(order_id)
+        assert order.status is S.ALLOCATED
+        return order
+
+    def order(self, order_id: str) -> Order:
+        order = self.orders.get(order_id)
+        assert order is not None
+        return order
+
+    def history(self, order_id: str) -> list[HistoryEntry]:
+        return list(self.orders.histories[order_id])
+
+    def held(self) -> Held:
+        return {(sku, loc, key): q for (sku, loc), keys in self.inventory.held.items() for key, q in keys.items()}
+
+    def level(self, sku: str, location_id: str) -> tuple[int, int, int]:
+        level = self.inventory.stock[(sku, location_id)]
+        return level.on_hand, level.reserved, level.available
+
+    def shipment_at(self, order: Order, location_id: str) -> str:
+        return next(s.id for s in order.shipments if s.location_id == location_id)
+
+
+@pytest.fixture
+def world() -> World:
+    orders, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
+    catalog.put_product(product("TSHIRT", "19.99"))
+    catalog.put_product(product("MUG", "12.50", weight_grams=350))
+    catalog.put_product(product("CAP", "7.77", weight_grams=90))
+    catalog.put_product(product("PEN", "3.33", weight_grams=10))
+    catalog.put_location(location("wh-east"))
+    catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
+    catalog.put_location(
+        location("store-sf", name="SF store", type="store", latitude=37.79, longitude=-122.40, ships=False, pickup=True)
+    )
+    for sku, location_id, on_hand in STOCK:
+        inventory.set_on_hand(sku, location_id, on_hand, reason="count")
+    spy = PaymentSpy()
+    plugins = build_plugin_manager(spy)
+    payments = Payments(plugins)
+
+    def clock():
+        return NOW
+
+    capture = CaptureService(
+        orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
+    )
+    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock)
+    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
+    return World(orders, catalog, inventory, spy, capture, workflow, actions)
+
+
+def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> None:
+    """Run `action` right before the next FakeOrders.update lands (its own writes go through)."""
+    real = world.orders.update
+    landed: list[bool] = []
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if not landed:
+            landed.append(True)
+            action()
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+
+
+# --- Ship ---------------------------------------------------------------------------------------
+
+
+def test_shipping_takes_the_units_out_of_on_hand_and_captures_the_shipment_share(world):
+    order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))  # west: L1 + L2, east: L3
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    authorization = order.payment.authorization
+    l1, l2, _ = order.lines
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    assert shipped == world.order(order.id)
+    assert shipped.status is S.PARTIALLY_SHIPPED
+    assert world.level("TSHIRT", "wh-west") == (8, 0, 8)
+    assert world.level("MUG", "wh-west") == (2, 0, 2)
+    assert world.level("CAP", "wh-east") == (4, 3, 1)  # the other parcel is still held
+    assert world.held() == {("CAP", "wh-east", f"{order.id}#L3"): 3}
+    share = l1.total + l2.total
+    assert world.spy.captured == [(authorization, share, f"{order.id}:{west}:capture")]
+    assert shipped.payment.captured == share
+    assert shipped.payment.status == "partially_captured"
+    (parcel,) = [s for s in shipped.shipments if s.id == west]
+    assert (parcel.status, parcel.shipped_at) == ("shipped", NOW)
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor, entry.at) == (
+        "shipment_shipped", S.ALLOCATED, S.PARTIALLY_SHIPPED, "key_wh_west", NOW,
+    )  # fmt: skip
+    assert entry.detail == {
+        "shipment_id": west,
+        "location_id": "wh-west",
+        "captured": share.model_dump(mode="json"),
+    }
+
+    done = world.actions.ship(order.id, east, tracking_number="1Z999AA10123456784", actor="key_wh_east")
+
+    assert done.status is S.SHIPPED
+    assert world.level("CAP", "wh-east") == (1, 0, 1)
+    assert world.held() == {}
+    assert done.payment.status == "captured"
+    assert done.payment.captured == done.payment.authorized == done.totals.grand_total
+    assert world.spy.captured_total() == done.payment.authorized.amount
+    assert [s.tracking_number for s in done.shipments if s.id == east] == ["1Z999AA10123456784"]
+    last = world.history(order.id)[-1]
+    assert (last.from_status, last.to_status, last.actor) == (S.PARTIALLY_SHIPPED, S.SHIPPED, "key_wh_east")
+
+
+@pytest.mark.parametrize("first", ["wh-west", "wh-east"])
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param([("PEN", 30)], id="one-line-split-20-10"),
+        pytest.param([("PEN", 21), ("TSHIRT", 13)], id="two-lines-split"),
+        pytest.param([("PEN", 7), ("MUG", 3), ("CAP", 1)], id="a-line-per-parcel"),
+    ],
+)
+def test_the_captures_add_up_to_the_authorization_exactly(world, lines, first):
+    order = world.allocated(*lines)
+    assert len(order.shipments) == 2
+    last = "wh-east" if first == "wh-west" else "wh-west"
+
+    world.actions.ship(order.id, world.shipment_at(order, first), None, actor="key_wh")
+    middle = world.order(order.id)
+    assert Decimal(0) < middle.payment.captured.amount < middle.payment.authorized.amount
+    world.actions.ship(order.id, world.shipment_at(order, last), None, actor="key_wh")
+
+    done = world.order(order.id)
+    assert done.status is S.SHIPPED
+    assert len(world.spy.captured) == 2
+    amounts = [amount.amount for _, amount, _ in world.spy.captured]
+    assert all(isinstance(a, Decimal) and a > 0 and a == a.quantize(Decimal("0.01")) for a in amounts)
+    assert sum(amounts, Decimal(0)) == done.payment.authorized.amount == done.totals.grand_total.amount
+    assert done.payment.captured == done.payment.authorized
+    assert done.payment.status == "captured"
+
+
+def test_shipping_a_shipped_shipment_again_changes_nothing(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+    once = world.actions.ship(order.id, east, None, actor="key_wh")
+    levels, captures, history = dict(world.inventory.stock), list(world.spy.captured), world.history(order.id)
+
+    again = world.actions.ship(order.id, east, "NEWTRACKING1", actor="key_wh")
+
+    assert again == once == world.order(order.id)
+    assert again.version == once.version
+    assert world.spy.captured == captures
+    assert world.inventory.stock == levels
+    assert world.history(order.id) == history
+
+
+def test_shipping_an_order_that_is_not_allocated_is_an_invalid_transition(world):
+    order = world.allocated(("TSHIRT", 2))
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    cancelled = world.order(order.id)
+    (shipment,) = cancelled.shipments
+    assert shipment.status == "pending"
+
+    with pytest.raises(InvalidTransition) as raised:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert isinstance(raised.value, Conflict)  # 409
+    assert world.order(order.id) == cancelled
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+    assert world.spy.captured == []
+
+
+def test_shipping_an_unknown_shipment_or_another_channels_order_is_not_found(world):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+
+    with pytest.raises(NotFound):
+        world.actions.ship(order.id, "shp_nope", None, actor="key_wh")
+    with pytest.raises(NotFound):
+        world.actions.ship("ord_nope", shipment.id, None, actor="key_wh")
+    with pytest.raises(NotFound):
+        world.actions.ship(order.id, shipment.id, None, actor="key_pos", channel="pos")
+    with pytest.raises(NotFound):
+        world.actions.deliver(order.id, shipment.id, actor="key_pos", channel="pos")
+    with pytest.raises(NotFound):
+        world.actions.cancel(order.id, "no", actor="key_pos", channel="pos")
+
+    assert world.order(order.id) == order
+    assert world.spy.captured == []
+    # The order's own channel may.
+    assert world.actions.ship(order.id, shipment.id, None, actor="key_web", channel="web").status is S.SHIPPED
+
+
+# --- Deliver ------------------------------------------------------------------------------------
+
+
+def test_delivering_follows_shipping_and_the_last_delivery_delivers_the_order(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(order.id, west, actor="key_carrier")
+    assert world.order(order.id) == order
+
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    first = world.actions.deliver(order.id, west, actor="key_carrier")
+    assert first.status is S.PARTIALLY_SHIPPED  # the east parcel has not left yet
+    assert [(s.status, s.delivered_at) for s in first.shipments if s.id == west] == [("delivered", NOW)]
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
+        "shipment_delivered", None, None, "key_carrier",
+    )  # fmt: skip
+
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    shipped = world.actions.deliver(order.id, west, actor="key_carrier")  # again: a no-op
+    assert shipped.status is S.SHIPPED
+    done = world.actions.deliver(order.id, east, actor="key_carrier")
+
+    assert done.status is S.DELIVERED
+    assert {s.status for s in done.shipments} == {"delivered"}
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
+        "shipment_delivered", S.SHIPPED, S.DELIVERED, "key_carrier",
+    )  # fmt: skip
+
+    again = world.actions.deliver(order.id, east, actor="key_carrier")
+    assert again == done
+    assert again.version == done.version
+    assert world.history(order.id)[-1] == entry
+
+
+# --- Cancel -------------------------------------------------------------------------------------
+
+
+def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_authorization(world):
+    order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+    assert world.held() != {}
+
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert cancelled == world.order(order.id)
+    assert cancelled.status is S.CANCELLED
+    assert cancelled.payment.status == "voided"
+    assert world.spy.voided == [order.payment.authorization]
+    assert world.spy.captured == []
+    assert world.held() == {}
+    for sku, location_id, on_hand in STOCK:
+        assert world.level(sku, location_id) == (on_hand, 0, on_hand)
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor, entry.detail) == (
+        "cancelled", S.ALLOCATED, S.CANCELLED, "key_web", {"reason": "changed my mind"},
+    )  # fmt: skip
+
+    again = world.actions.cancel(order.id, "really", actor="key_web")
+
+    assert again == cancelled
+    assert again.version == cancelled.version
+    assert world.spy.voided == [order.payment.authorization]
+    assert world.history(order.id)[-1] == entry
+
+
+def test_cancelling_a_pending_order_has_nothing_to_void(world):
+    order_id = world.place(("TSHIRT", 2))
+
+    cancelled = world.actions.cancel(order_id, "duplicate", actor="key_web")
+
+    assert cancelled.status is S.CANCELLED
+    assert cancelled.payment.status == "pending"
+    assert world.spy.voided == []
+
+
+def test_cancelling_after_a_shipment_left_is_a_409_and_changes_nothing(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    shipped = world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    held = world.held()
+
+    with pytest.raises(InvalidTransition) as raised:
+        world.actions.cancel(order.id, "too late", actor="key_web")
+
+    assert isinstance(raised.value, Conflict)
+    assert raised.value.code == "invalid_transition"
+    assert world.order(order.id) == shipped
+    assert world.held() == held == {("CAP", "wh-east", f"{order.id}#L2"): 1}
+    assert world.spy.voided == []
+
+
+def test_a_cancel_that_loses_to_a_shipment_leaves_the_rest_of_the_order_intact(world, monkeypatch):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    before_the_next_write(world, monkeypatch, lambda: world.actions.ship(order.id, west, None, actor="key_wh"))
+
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert world.order(order.id).status is S.PARTIALLY_SHIPPED
+    assert world.held() == {("CAP", "wh-east", f"{order.id}#L2"): 1}
+    assert world.spy.voided == []
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    assert world.level("CAP", "wh-east") == (3, 0, 3)
+
+
+# --- Edit ---------------------------------------------------------------------------------------
+
+
+def test_editing_the_lines_of_a_pending_order_prices_it_exactly_as_capture_would(world):
+    order_id = world.place(("TSHIRT", 2))
+    placed = world.order(order_id)
+    lines = [LineInput(sku="PEN", quantity=7), LineInput(sku="MUG", quantity=1)]
+
+    edited = world.actions.edit(order_id, placed.version, OrderEdit(lines=lines), actor="key_web")
+
+    quote = world.capture.quote(place_order(lines=[line.model_dump() for line in lines]))
+    assert edited == world.order(order_id)
+    assert edited.lines == quote.lines
+    assert edited.totals == quote.totals
+    assert edited.shipping_method == quote.shipping_method
+    fresh = world.order(world.place(("PEN", 7), ("MUG", 1)))
+    assert (edited.lines, edited.totals) == (fresh.lines, fresh.totals)
+    assert edited.totals.grand_total.amount == sum(line.total.amount for line in edited.lines) + Decimal("5.00")
+    assert edited.status is S.PENDING
+    assert edited.version == placed.version + 1
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor, entry.at) == (
+        "edited", None, None, "key_web", NOW,
+    )  # fmt: skip
+    assert entry.detail == {
+        "changed": ["lines"],
+        "grand_total": {
+            "from": placed.totals.grand_total.model_dump(mode="json"),
+            "to": edited.totals.grand_total.model_dump(mode="json"),
+        },
+    }
+
+
+def test_editing_with_a_stale_version_is_refused_and_changes_nothing(world):
+    order_id = world.place(("TSHIRT", 2))
+    placed = world.order(order_id)
+
+    with pytest.raises(StaleVersion) as raised:
+        world.actions.edit(order_id, placed.version + 1, OrderEdit(shipping_method="express"), actor="key_web")
+
+    assert isinstance(raised.value, Conflict)
+    assert world.order(order_id) == placed
+    assert len(world.history(order_id)) == 1
+
+
+def test_editing_beyond_the_stock_is_refused_and_changes_nothing(world):
+    order_id = world.place(("TSHIRT", 2))
+    placed = world.order(order_id)
+
+    with pytest.raises(InsufficientStock):
+        world.actions.edit(order_id, 1, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=21)]), actor="key_web")
+
+    assert world.order(order_id) == placed
+
+
+@pytest.mark.parametrize("stage", ["stock_reserved", "allocated", "shipped"])
+def test_editing_once_stock_is_reserved_is_an_invalid_transition(world, stage):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    if stage in ("allocated", "shipped"):
+        world.workflow.create_shipments(order_id)
+    if stage == "shipped":
+        (shipment,) = world.order(order_id).shipments
+        world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+    before = world.order(order_id)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.edit(order_id, before.version, OrderEdit(shipping_method="express"), actor="key_web")
+
+    assert world.order(order_id) == before
+
+
+def test_an_authorized_order_whose_total_grows_is_authorized_again_and_the_old_authorization_voided(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    old = authorized.payment.authorization
+
+    edited = world.actions.edit(
+        order_id, authorized.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), actor="key_web"
+    )
+
+    assert edited.status is S.AUTHORIZED
+    assert edited.totals.grand_total.amount > authorized.totals.grand_total.amount
+    assert edited.payment.authorized == edited.totals.grand_total
+    assert edited.payment.authorization not in (None, old)
+    assert edited.payment.authorization == world.spy.authorized[-1]
+    assert edited.payment.status == "authorized"
+    assert world.spy.voided == [old]
+    assert world.history(order_id)[-1].actor == "key_web"
+
+    # The workflow carries on with the new authorization, and capture takes the new total.
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    (shipment,) = world.order(order_id).shipments
+    done = world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+    assert done.payment.captured == done.totals.grand_total
+    assert [auth for auth, _, _ in world.spy.captured] == [edited.payment.authorization]
+
+
+def test_an_edit_that_does_not_raise_the_total_keeps_the_authorization(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    renamed = Address.model_validate(address_body(name="Ada King"))
+
+    edited = world.actions.edit(order_id, authorized.version, OrderEdit(shipping_address=renamed), actor="key_web")
+
+    assert edited.shipping_address == renamed
+    assert edited.totals == authorized.totals
+    assert edited.payment == authorized.payment
+    assert world.spy.authorized == [authorized.payment.authorization]
+    assert world.spy.voided == []
+
+
+def test_a_declined_reauthorization_is_a_payment_declined_conflict_and_changes_nothing(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    history = world.history(order_id)
+    world.orders.tokens[order_id] = "tok_decline"  # the card behind the token now declines
+
+    with pytest.raises(Conflict) as raised:
+        world.actions.edit(
+            order_id, authorized.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)]), actor="key_web"
+        )
+
+    assert raised.value.code == "payment_declined"
+    assert world.order(order_id) == authorized
+    assert world.history(order_id) == history
+    assert world.spy.voided == []
+    assert world.spy.authorized == [authorized.payment.authorization]
+
+
+def test_an_authorized_order_whose_total_shrinks_captures_only_the_new_total(world):
+    order_id = world.place(("TSHIRT", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    edited = world.actions.edit(
+        order_id, authorized.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), actor="key_web"
+    )
+    assert edited.totals.grand_total.amount < authorized.totals.grand_total.amount
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    (shipment,) = world.order(order_id).shipments
+
+    done = world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+
+    assert world.spy.captured_total() == edited.totals.grand_total.amount
+    assert done.payment.captured == done.totals.grand_total
+
+
+# --- The audit trail ----------------------------------------------------------------------------
+
+
+def test_every_change_appends_a_history_entry_naming_its_actor(world):
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.actions.edit(order_id, 1, OrderEdit(shipping_method="express"), actor="key_web")
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    order = world.order(order_id)
+    for location_id, actor in (("wh-west", "key_wh_west"), ("wh-east", "key_wh_east")):
+        world.actions.ship(order_id, world.shipment_at(order, location_id), None, actor=actor)
+    for location_id in ("wh-west", "wh-east"):
+        world.actions.deliver(order_id, world.shipment_at(order, location_id), actor="key_carrier")
+
+    history = world.history(order_id)
+    assert [(h.type, h.actor) for h in history] == [
+        ("created", "key_web"),
+        ("edited", "key_web"),
+        ("payment_authorized", "workflow"),
+        ("stock_reserved", "workflow"),
+        ("allocated", "workflow"),
+        ("shipment_shipped", "key_wh_west"),
+        ("shipment_shipped", "key_wh_east"),
+        ("shipment_delivered", "key_carrier"),
+        ("shipment_delivered", "key_carrier"),
+    ]
+    assert world.order(order_id).version == len(history)  # one entry per version
+    assert [h.to_status for h in history if h.to_status] == [
+        S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.PARTIALLY_SHIPPED, S.SHIPPED, S.DELIVERED,
+    ]  # fmt: skip
+    assert all(h.at == NOW for h in history)

@@ -1,0 +1,699 @@
+"""The order workflow's steps (core.workflow.Workflow) on the in-memory fakes, with the real built-in
+plugins and a fixed clock: what each step does, that running it again changes nothing, the failure
+paths and their compensation, a crash between reserving and recording, and a cancel that lands
+between a step's read and its write."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from core import hookimpl
+from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, TransientError
+from core.fulfillment import OrderActions
+from core.models import Address, HistoryEntry, Order, OrderEdit
+from core.money import Money
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.services import CaptureService
+from core.status import OrderStatus
+from core.workflow import Workflow, reservation_key
+from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
+from tests.builders import NOW, address_body, location, place_order, product
+from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders
+
+S = OrderStatus
+Held = dict[tuple[str, str, str], int]
+
+# --- The world ---------------------------------------------------------------------------------
+# Two warehouses that ship (Newark in the east, Reno in the west) and a San Francisco store that
+# only offers pickup. Orders go to San Francisco, so the west warehouse is the nearer one.
+STOCK = [
+    ("TSHIRT", "wh-east", 10),
+    ("TSHIRT", "wh-west", 10),
+    ("TSHIRT", "store-sf", 5),
+    ("MUG", "wh-west", 3),
+    ("MUG", "store-sf", 2),
+    ("CAP", "wh-east", 4),
+]
+
+
+class PaymentSpy:
+    """Watches every payment call on its way to the built-in `test` gateway (which keeps no state)
+    and records what the gateway approved. A call repeating an idempotency key already seen is a
+    retry the gateway answers from its record, not a new operation, so it is not recorded again."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.authorized: list[str] = []
+        self.voided: list[str] = []
+        self.captured: list[tuple[str, Money]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self, method: str, amount: Money):
+        result = yield
+        if result is not None and result.outcome == "approved":
+            self.authorized.append(result.reference)
+        return result
+
+    def _new(self, key: str) -> bool:
+        seen = key in self.keys
+        self.keys.add(key)
+        return not seen
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self, method: str, authorization: str, idempotency_key: str):
+        result = yield
+        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
+            self.voided.append(authorization)
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, method: str, authorization: str, amount: Money, idempotency_key: str):
+        result = yield
+        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
+            self.captured.append((authorization, amount))
+        return result
+
+
+@dataclass
+class World:
+    orders: FakeOrders
+    catalog: FakeCatalog
+    inventory: FakeInventory
+    labels: FakeLabels
+    spy: PaymentSpy
+    capture: CaptureService
+    workflow: Workflow
+    actions: OrderActions
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
+        self.counter[0] += 1
+        body = {
+            "external_id": f"web-{1000 + self.counter[0]}",
+            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in (lines or [("TSHIRT", 2)])],
+            "payment": {"method": "test", "token": token},
+            **overrides,
+        }
+        return self.capture.place(place_order(**body), actor="key_web").id
+
+    def order(self, order_id: str) -> Order:
+        order = self.orders.get(order_id)
+        assert order is not None
+        return order
+
+    def history(self, order_id: str) -> list[HistoryEntry]:
+        return list(self.orders.histories[order_id])
+
+    def held(self) -> Held:
+        """Every reservation the inventory holds: {(sku, location_id, key): quantity}."""
+        return {(sku, loc, key): q for (sku, loc), keys in self.inventory.held.items() for key, q in keys.items()}
+
+    def held_for(self, order_id: str) -> Held:
+        return {item: q for item, q in self.held().items() if item[2].startswith(f"{order_id}#")}
+
+    def reserved(self) -> dict[tuple[str, str], int]:
+        return {item: level.reserved for item, level in self.inventory.stock.items()}
+
+    def run(self, order_id: str) -> Order:
+        self.workflow.authorize_payment(order_id, attempt=0)
+        self.workflow.reserve_stock(order_id)
+        self.workflow.create_shipments(order_id)
+        return self.order(order_id)
+
+    def snapshot(self, order_id: str) -> tuple:
+        return (
+            self.order(order_id),
+            self.history(order_id),
+            self.held(),
+            self.reserved(),
+            dict(self.labels.labels),
+            (list(self.spy.authorized), list(self.spy.voided), list(self.spy.captured)),
+        )
+
+
+def build_world() -> World:
+    orders, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
+    catalog.put_product(product("TSHIRT", "19.99"))
+    catalog.put_product(product("MUG", "12.50", weight_grams=350))
+    catalog.put_product(product("CAP", "7.77", weight_grams=90))
+    catalog.put_location(location("wh-east"))
+    catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
+    catalog.put_location(
+        location("store-sf", name="SF store", type="store", latitude=37.79, longitude=-122.40, ships=False, pickup=True)
+    )
+    for sku, location_id, on_hand in STOCK:
+        inventory.set_on_hand(sku, location_id, on_hand, reason="count")
+    spy = PaymentSpy()
+    plugins = build_plugin_manager(spy)
+    payments = Payments(plugins)
+
+    def clock():
+        return NOW
+
+    capture = CaptureService(
+        orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
+    )
+    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock)
+    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
+    return World(orders, catalog, inventory, labels, spy, capture, workflow, actions)
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world()
+
+
+def cause(error: str, message: str) -> str:
+    """The Cause a Step Functions Catch hands to a compensation: the Lambda's error JSON."""
+    return json.dumps({"errorType": error, "errorMessage": message})
+
+
+def crash_once(world: World, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The next FakeOrders.update raises, as a Lambda that dies before its write would."""
+    real = world.orders.update
+    calls: list[int] = []
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        calls.append(order.version)
+        if len(calls) == 1:
+            raise RuntimeError("the Lambda timed out before it wrote")
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+    return calls
+
+
+def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:
+    """Run `action` right before the next FakeOrders.update lands: a request that slips in between
+    a step's read and its conditional write. Writes made by `action` itself go straight through."""
+    real = world.orders.update
+    landed: list[bool] = []
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if not landed:
+            landed.append(True)
+            action()
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+    return landed
+
+
+# --- The happy path, step by step -------------------------------------------------------------
+
+
+def test_authorize_payment_authorizes_the_grand_total(world):
+    order_id = world.place(("TSHIRT", 2))
+    placed = world.order(order_id)
+
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.status == "authorized"
+    assert order.payment.authorized == placed.totals.grand_total
+    assert order.payment.captured == Money.zero("USD")
+    assert order.payment.authorization == world.spy.authorized[-1]
+    assert order.payment.authorization.startswith("auth_")
+    assert (order.version, order.updated_at) == (placed.version + 1, NOW)
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor, entry.at) == (
+        "payment_authorized", S.PENDING, S.AUTHORIZED, "workflow", NOW,
+    )  # fmt: skip
+    assert entry.detail == {
+        "amount": placed.totals.grand_total.model_dump(mode="json"),
+        "reference": order.payment.authorization,
+    }
+    assert world.held() == {}
+
+
+def test_reserve_stock_records_the_allocations_and_holds_them_under_order_line_keys(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+
+    world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED  # reserving records, the status moves with the shipments
+    assert order.version == authorized.version + 1
+    assert [a.model_dump() for a in order.allocations] == [{"line_id": "L1", "location_id": "wh-west", "quantity": 2}]
+    assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 2}
+    assert reservation_key(order_id, "L1") == f"{order_id}#L1"
+    west = world.inventory.stock[("TSHIRT", "wh-west")]
+    assert (west.on_hand, west.reserved, west.available) == (10, 2, 8)
+    assert world.inventory.stock[("TSHIRT", "wh-east")].reserved == 0
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor, entry.at) == (
+        "stock_reserved", None, None, "workflow", NOW,
+    )  # fmt: skip
+    assert entry.detail["allocations"] == [{"line_id": "L1", "location_id": "wh-west", "quantity": 2}]
+    reasons = entry.detail["reasons"]
+    assert reasons and all(isinstance(r, str) and r for r in reasons)
+    assert any("wh-west" in r for r in reasons)
+
+
+def test_create_shipments_allocates_with_a_booked_pending_shipment(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    reserved = world.order(order_id)
+
+    world.workflow.create_shipments(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED
+    assert order.version == reserved.version + 1
+    (shipment,) = order.shipments
+    assert shipment.id.startswith("shp_")
+    assert shipment.location_id == "wh-west"
+    assert [line.model_dump() for line in shipment.lines] == [{"line_id": "L1", "quantity": 2}]
+    assert (shipment.status, shipment.shipped_at, shipment.delivered_at) == ("pending", None, None)
+    assert (shipment.carrier, shipment.service) == (CARRIER, "Ground")
+    assert is_valid_tracking_number(shipment.tracking_number)
+    assert shipment.label_url == f"https://labels.example/{order_id}/{shipment.id}"
+    assert list(world.labels.labels) == [shipment.id]
+    assert world.labels.labels[shipment.id].startswith(b"%PDF-")
+    # Shipments are created, not shipped: the units stay reserved and nothing is captured.
+    assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 2}
+    assert world.spy.captured == []
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
+        "allocated", S.AUTHORIZED, S.ALLOCATED, "workflow",
+    )  # fmt: skip
+    assert entry.detail == {
+        "shipments": [{"id": shipment.id, "location_id": "wh-west", "tracking_number": shipment.tracking_number}]
+    }
+    assert [h.type for h in world.history(order_id)] == ["created", "payment_authorized", "stock_reserved", "allocated"]
+
+
+def test_shipment_ids_and_tracking_numbers_are_the_same_in_another_run_of_the_same_order():
+    first, second = build_world(), build_world()
+    runs = [w.run(w.place(("MUG", 1), ("CAP", 1))) for w in (first, second)]
+    assert runs[0].id == runs[1].id
+    assert [(s.id, s.location_id, s.tracking_number) for s in runs[0].shipments] == [
+        (s.id, s.location_id, s.tracking_number) for s in runs[1].shipments
+    ]
+
+
+# --- At least once: every step twice --------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["authorize_payment", "reserve_stock", "create_shipments"])
+def test_every_step_run_twice_changes_nothing_the_second_time(world, step):
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))  # a split order: two locations
+    steps = {
+        "authorize_payment": lambda: world.workflow.authorize_payment(order_id, attempt=0),
+        "reserve_stock": lambda: world.workflow.reserve_stock(order_id),
+        "create_shipments": lambda: world.workflow.create_shipments(order_id),
+    }
+    for name, run in steps.items():
+        run()
+        if name == step:
+            break
+    once = world.snapshot(order_id)
+
+    steps[step]()
+
+    assert world.snapshot(order_id) == once
+    assert world.order(order_id).version == once[0].version
+
+
+def test_the_whole_workflow_again_after_allocation_changes_nothing(world):
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+    world.run(order_id)
+    once = world.snapshot(order_id)
+
+    for attempt in (0, 1):
+        world.workflow.authorize_payment(order_id, attempt=attempt)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+
+    assert world.snapshot(order_id) == once
+    assert len(world.spy.authorized) == 1  # the gateway was not asked again
+    held = world.held_for(order_id)
+    assert sum(held.values()) == 6  # 2 + 1 + 3 units, each held once
+
+
+# --- Payment failures -------------------------------------------------------------------------
+
+
+def test_a_declined_payment_ends_payment_failed_with_no_stock_held(world):
+    order_id = world.place(("TSHIRT", 2), token="tok_decline")
+
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert world.order(order_id).status is S.PENDING
+    assert world.order(order_id).version == 1
+
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
+
+    order = world.order(order_id)
+    assert order.status is S.PAYMENT_FAILED
+    assert order.payment.status == "declined"
+    assert order.payment.authorization is None
+    assert order.payment.authorized == Money.zero("USD")
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
+        "payment_failed", S.PENDING, S.PAYMENT_FAILED, "workflow",
+    )  # fmt: skip
+    assert entry.detail == {"reason": "payment_declined", "error": "PaymentDeclined", "message": "declined"}
+    assert world.held() == {}
+    assert set(world.reserved().values()) == {0}
+    assert world.spy.authorized == []
+
+    # Repeated, it changes nothing; the later steps see a closed order.
+    once = world.snapshot(order_id)
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
+    assert world.snapshot(order_id) == once
+    for later in (world.workflow.reserve_stock, world.workflow.create_shipments):
+        with pytest.raises(OrderClosed):
+            later(order_id)
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=1)
+    assert world.snapshot(order_id) == once
+
+
+def test_a_flaky_gateway_fails_the_first_attempt_and_authorizes_the_retry(world):
+    order_id = world.place(("TSHIRT", 2), token="tok_flaky")
+
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert world.order(order_id).status is S.PENDING
+    assert world.order(order_id).version == 1
+    assert [h.type for h in world.history(order_id)] == ["created"]
+
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorized == order.totals.grand_total
+    assert order.payment.authorization == world.spy.authorized[-1]
+
+
+def test_steps_on_an_unknown_order_raise_not_found(world):
+    with pytest.raises(NotFound):
+        world.workflow.authorize_payment("ord_nope", attempt=0)
+    with pytest.raises(NotFound):
+        world.workflow.reserve_stock("ord_nope")
+
+
+# --- Out of stock ------------------------------------------------------------------------------
+
+
+def test_stock_that_vanished_after_capture_ends_cancelled_out_of_stock_with_the_authorization_voided(world):
+    order_id = world.place(("TSHIRT", 2))
+    for location_id in ("wh-east", "wh-west"):  # a stock take finds the shelves empty
+        world.inventory.set_on_hand("TSHIRT", location_id, 0, reason="stock_take")
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorization = world.order(order_id).payment.authorization
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+    assert world.held() == {}
+    assert world.order(order_id).allocations == []
+
+    world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause=cause("OutOfStock", "stock ran out"))
+
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED
+    assert order.payment.status == "voided"
+    assert world.spy.voided == [authorization]
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
+        "cancelled", S.AUTHORIZED, S.CANCELLED, "workflow",
+    )  # fmt: skip
+    assert entry.detail == {"reason": "out_of_stock", "error": "OutOfStock", "message": "stock ran out"}
+    assert world.held() == {}
+    assert set(world.reserved().values()) == {0}
+
+
+def test_stock_lost_to_another_order_halfway_through_reserving_is_all_given_back(world, monkeypatch):
+    # West has the TSHIRTs and the MUG, only east has CAPs: the plan reserves at both.
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.inventory.reserve
+    reserved_before_the_loss: list[tuple[str, str]] = []
+
+    def reserve(sku: str, location_id: str, key: str, quantity: int) -> None:
+        if sku == "CAP":  # another order takes the last caps first
+            real("CAP", "wh-east", "ord_rival#L1", 4)
+        else:
+            reserved_before_the_loss.append((sku, location_id))
+        real(sku, location_id, key, quantity)
+
+    monkeypatch.setattr(world.inventory, "reserve", reserve)
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_before_the_loss  # the rollback really had something to give back
+    assert world.held() == {("CAP", "wh-east", "ord_rival#L1"): 4}
+    assert world.inventory.stock[("TSHIRT", "wh-west")].reserved == 0
+    assert world.inventory.stock[("MUG", "wh-west")].reserved == 0
+    assert world.order(order_id).allocations == []
+    assert world.order(order_id).status is S.AUTHORIZED
+
+
+# --- Sourcing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        pytest.param(
+            [("TSHIRT", 2), ("MUG", 1), ("CAP", 3)],
+            {("L1", "wh-west"): 2, ("L2", "wh-west"): 1, ("L3", "wh-east"): 3},
+            id="skus-at-different-locations",
+        ),
+        pytest.param([("TSHIRT", 15)], {("L1", "wh-west"): 10, ("L1", "wh-east"): 5}, id="one-line-split"),
+    ],
+)
+def test_a_split_order_gets_one_shipment_per_location_covering_every_unit(world, lines, expected):
+    order_id = world.place(*lines)
+
+    order = world.run(order_id)
+
+    assert order.status is S.ALLOCATED
+    allocations = {(a.line_id, a.location_id): a.quantity for a in order.allocations}
+    assert allocations == expected
+    for line in order.lines:
+        assert sum(a.quantity for a in order.allocations if a.line_id == line.line_id) == line.quantity
+    assert sorted(s.location_id for s in order.shipments) == ["wh-east", "wh-west"]
+    assert len({s.id for s in order.shipments}) == 2
+    shipped = {(x.line_id, s.location_id): x.quantity for s in order.shipments for x in s.lines}
+    assert shipped == expected
+    sku_of = {line.line_id: line.sku for line in order.lines}
+    assert world.held() == {
+        (sku_of[line_id], location_id, f"{order_id}#{line_id}"): q for (line_id, location_id), q in expected.items()
+    }
+    assert sorted(world.labels.labels) == sorted(s.id for s in order.shipments)
+
+
+def test_a_pickup_order_is_sourced_from_the_pickup_store_only(world):
+    order_id = world.place(
+        ("TSHIRT", 2), ("MUG", 2), fulfillment={"type": "pickup", "location_id": "store-sf"}
+    )  # the warehouses have all of it too
+
+    order = world.run(order_id)
+
+    assert order.status is S.ALLOCATED
+    assert {a.location_id for a in order.allocations} == {"store-sf"}
+    (shipment,) = order.shipments
+    assert shipment.location_id == "store-sf"
+    assert shipment.service == "Store pickup"
+    assert world.held() == {
+        ("TSHIRT", "store-sf", f"{order_id}#L1"): 2,
+        ("MUG", "store-sf", f"{order_id}#L2"): 2,
+    }
+    assert "pickup store" in " ".join(world.history(order_id)[2].detail["reasons"])
+
+
+# --- Crashes: a step that dies between its side effect and its write ---------------------------
+
+
+def test_a_crash_between_reserving_and_recording_reserves_each_unit_exactly_once(world, monkeypatch):
+    # All ten west units: the retry sees none available there unless it counts its own.
+    order_id = world.place(("TSHIRT", 10))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    crash_once(world, monkeypatch)
+
+    with pytest.raises(RuntimeError):
+        world.workflow.reserve_stock(order_id)
+    assert world.order(order_id).allocations == []
+    assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 10}
+
+    world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert [(a.line_id, a.location_id, a.quantity) for a in order.allocations] == [("L1", "wh-west", 10)]
+    assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 10}
+    assert world.reserved()[("TSHIRT", "wh-west")] == 10
+    assert world.reserved()[("TSHIRT", "wh-east")] == 0
+    assert [h.type for h in world.history(order_id)].count("stock_reserved") == 1
+
+
+def test_a_crash_between_booking_and_recording_shipments_books_the_same_shipments_again(world, monkeypatch):
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    crash_once(world, monkeypatch)
+
+    with pytest.raises(RuntimeError):
+        world.workflow.create_shipments(order_id)
+    booked = dict(world.labels.labels)
+    assert world.order(order_id).shipments == []
+
+    world.workflow.create_shipments(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED
+    assert sorted(s.id for s in order.shipments) == sorted(booked)
+    assert world.labels.labels == booked  # the same labels, no stray ones
+
+
+# --- A cancel that lands between a step's read and its write -----------------------------------
+
+
+def test_a_cancel_during_authorization_voids_the_authorization_the_step_obtained(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2))
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed my mind", "key_web"))
+
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED
+    assert order.payment.authorization is None
+    assert world.spy.authorized != []
+    assert world.spy.voided == world.spy.authorized  # what the step obtained, it gave back
+    assert [h.type for h in world.history(order_id)] == ["created", "cancelled"]
+    assert world.history(order_id)[-1].actor == "key_web"
+
+
+def test_a_cancel_during_reservation_leaves_no_stock_held(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorization = world.order(order_id).payment.authorization
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed my mind", "key_web"))
+
+    with pytest.raises(OrderClosed):
+        world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED
+    assert order.allocations == []
+    assert order.payment.status == "voided"
+    assert world.spy.voided == [authorization]
+    assert world.held() == {}
+    assert set(world.reserved().values()) == {0}
+    assert [h.type for h in world.history(order_id)] == ["created", "payment_authorized", "cancelled"]
+
+
+def test_a_cancel_during_shipment_creation_ends_cancelled_with_nothing_held(world, monkeypatch):
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    authorization = world.order(order_id).payment.authorization
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed my mind", "key_web"))
+
+    with pytest.raises(OrderClosed):
+        world.workflow.create_shipments(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED
+    assert order.shipments == []
+    assert order.payment.status == "voided"
+    assert world.spy.voided == [authorization]
+    assert world.held() == {}
+    assert set(world.reserved().values()) == {0}
+    assert [h.type for h in world.history(order_id)][-1] == "cancelled"
+
+
+def test_a_retry_after_a_lost_race_never_records_the_authorization_it_voided(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2))
+    renamed = Address.model_validate(address_body(name="Ada King"))  # same region: same total
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.edit(order_id, 1, OrderEdit(shipping_address=renamed), "key_web")
+    )
+    with pytest.raises(TransientError):  # the edit moved the order on: retry
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert len(world.spy.voided) == 1
+
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorization not in world.spy.voided
+
+
+# --- Compensation -------------------------------------------------------------------------------
+
+
+def test_cancel_after_failure_releases_reservations_the_order_never_recorded_and_is_idempotent(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorization = world.order(order_id).payment.authorization
+    crash_once(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.reserve_stock(order_id)
+    assert world.order(order_id).allocations == []
+    assert sum(world.held_for(order_id).values()) == 6
+
+    world.workflow.cancel_after_failure(order_id, error="RuntimeError", cause=cause("RuntimeError", "timed out"))
+
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED
+    assert order.payment.status == "voided"
+    assert world.held() == {}
+    assert set(world.reserved().values()) == {0}
+    assert world.spy.voided == [authorization]
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.detail["reason"]) == ("cancelled", "workflow", "workflow_error")
+
+    once = world.snapshot(order_id)
+    world.workflow.cancel_after_failure(order_id, error="RuntimeError", cause=cause("RuntimeError", "timed out"))
+    assert world.snapshot(order_id) == once
+
+
+def test_cancel_after_failure_leaves_a_payment_failed_order_as_it_is(world):
+    order_id = world.place(("TSHIRT", 2), token="tok_decline")
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause="declined")
+    once = world.snapshot(order_id)
+
+    world.workflow.cancel_after_failure(order_id, error="States.Timeout", cause="")
+
+    assert world.snapshot(order_id) == once
+    assert world.order(order_id).status is S.PAYMENT_FAILED
+
+
+def test_a_step_that_loses_its_write_to_another_step_asks_for_a_retry(world, monkeypatch):
+    # Not closed, just moved on (the same step ran twice at once): the loser gives back its own
+    # reservation and asks to run again, which then finds the work done.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.orders.update
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        current = world.order(order.id)
+        bumped = current.model_copy(update={"version": current.version + 1})
+        real(bumped, current, [])  # someone else wrote first
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+    assert world.held() == {}
+    assert world.order(order_id).allocations == []
+
+    monkeypatch.setattr(world.orders, "update", real)
+    world.workflow.reserve_stock(order_id)
+    assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 2}
