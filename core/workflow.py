@@ -222,7 +222,9 @@ class Workflow:
         except InsufficientStock:
             for item in done:
                 self._inventory.release(*item)
-            raise OutOfStock(f"stock for order {order_id} ran out while it was being reserved") from None
+            # The plan lost a race for some units. Another location may still have them: the
+            # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
+            raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         new, entry = changed(
             order, at=self._clock(), actor=WORKFLOW_ACTOR, type="stock_reserved",
             detail={"allocations": [a.model_dump() for a in plan.allocations], "reasons": plan.reasons},

@@ -88,10 +88,11 @@ def workflow() -> Workflow:
     """What the order workflow's task functions share, built once per container."""
     config = Config.from_env()
     client = dynamodb_client()
-    catalog = CachedCatalog(DynamoCatalog(client, config.catalog_table), config.catalog_cache_seconds)
+    # Not cached: a step must see a location opened a second ago, and one read per step costs
+    # half a read unit.
     return Workflow(
         DynamoOrders(client, config.orders_table),
-        catalog,
+        DynamoCatalog(client, config.catalog_table),
         DynamoInventory(client, config.inventory_table),
         build_plugin_manager(),
         S3Labels(os.environ.get("LABELS_BUCKET", "")),

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -98,6 +99,25 @@ def _default_admin_key_bootstrap(secret: str) -> Any:
 
 
 _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
+
+
+def _forget_warm_containers() -> None:
+    """A new stack is a new account: the clients and caches a previous stack's functions kept
+    (their warm containers, in this process) must not leak into it."""
+    bootstrap = sys.modules.get("functions.bootstrap")
+    if bootstrap is None:
+        return
+    for name in dir(bootstrap):
+        cached = getattr(bootstrap, name)
+        if callable(getattr(cached, "cache_clear", None)):
+            cached.cache_clear()
+    for module_name in ("functions.api.idempotency", "functions.outbox.app"):
+        module = sys.modules.get(module_name)
+        for name in dir(module) if module else ():
+            cached = getattr(module, name)
+            if callable(getattr(cached, "cache_clear", None)):
+                cached.cache_clear()
+
 
 PARAMETER_ENV = {
     "OMS_RATE_LIMIT": "ApiRateLimit",
@@ -228,6 +248,7 @@ class EmbeddedStack:
                 if name not in os.environ:
                     self._set_environment({name: "true"})
             self._start_moto()
+            _forget_warm_containers()
             self._create_resources()
             self._export_function_environment()
             self._create_event_sources()

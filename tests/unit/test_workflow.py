@@ -450,7 +450,8 @@ def test_stock_lost_to_another_order_halfway_through_reserving_is_all_given_back
 
     monkeypatch.setattr(world.inventory, "reserve", reserve)
 
-    with pytest.raises(OutOfStock):
+    # Losing the race is worth a retry: the step plans again on fresh stock.
+    with pytest.raises(TransientError):
         world.workflow.reserve_stock(order_id)
 
     assert reserved_before_the_loss  # the rollback really had something to give back
@@ -459,6 +460,12 @@ def test_stock_lost_to_another_order_halfway_through_reserving_is_all_given_back
     assert world.inventory.stock[("MUG", "wh-west")].reserved == 0
     assert world.order(order_id).allocations == []
     assert world.order(order_id).status is S.AUTHORIZED
+
+    # The retry finds no caps anywhere: now the order is out of stock.
+    monkeypatch.setattr(world.inventory, "reserve", real)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+    assert world.held() == {("CAP", "wh-east", "ord_rival#L1"): 4}
 
 
 # --- Sourcing -----------------------------------------------------------------------------------

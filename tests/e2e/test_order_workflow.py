@@ -1,0 +1,508 @@
+"""The order workflow end to end: an order placed over HTTP is authorized, sourced, reserved and
+given shipments on its own (Orders stream → outbox → Step Functions → workflow tasks), or ends
+payment_failed / cancelled with everything it took given back.
+
+One stack for the module with its event sources on, so the outbox starts the workflow exactly as
+on AWS; Retry sleeps are scaled down (retry_delay_scale) and nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import requests
+
+from infra.local.stack import EmbeddedStack, running_stack
+from tests.e2e.client import Api, Catalog, address, location_body, order_body, unique
+from tests.e2e.conftest import PARAMETERS
+
+SETTLE_SECONDS = 10
+WORKFLOW = "workflow"
+ADMIN_KEY_ID = "key_admin"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    _fresh_containers()
+    with running_stack(
+        api_port=0,
+        aws_port=0,
+        seed=False,
+        parameter_overrides=PARAMETERS,
+        event_sources=True,
+        retry_delay_scale=0.01,
+    ) as started:
+        yield started
+    _fresh_containers()
+
+
+def _fresh_containers() -> None:
+    # One process plays every Lambda container, and the composition root is built once per
+    # process: a stack started earlier in this process (another module) would leave its catalog
+    # cache behind, hiding this module's locations from the workflow for up to 10 s. A new stack
+    # is a new deployment: its containers start cold.
+    from functions import bootstrap
+
+    for built_once in vars(bootstrap).values():
+        if callable(getattr(built_once, "cache_clear", None)):
+            built_once.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def network(stack: EmbeddedStack) -> dict[str, str]:
+    """The location network, set up once before any order (as a deployment's would be): a warehouse
+    near San Francisco (where the orders ship to), one in Newark, and a San Francisco store that
+    only serves pickups."""
+    api = Api(stack.api_url, stack.admin_key)
+    try:
+        ids = {"west": unique("loc-west"), "east": unique("loc-east"), "store": unique("loc-store")}
+        bodies = {
+            "west": location_body(
+                name="West warehouse",
+                address=address(name="West warehouse", city="Oakland", postal_code="94607"),
+                latitude=37.80,
+                longitude=-122.27,
+            ),
+            "east": location_body(),
+            "store": location_body(
+                name="Market St store",
+                type="store",
+                address=address(name="Market St store"),
+                latitude=37.79,
+                longitude=-122.40,
+                ships=False,
+                pickup=True,
+            ),
+        }
+        for name, location_id in ids.items():
+            response = api.put(f"/locations/{location_id}", json=bodies[name])
+            assert response.status_code == 201, response.text
+        return ids
+    finally:
+        api.close()
+
+
+# --- Helpers --------------------------------------------------------------------------------------
+
+
+def settle(stack: EmbeddedStack) -> None:
+    """Until the outbox has delivered everything and no workflow execution is running."""
+    assert stack.wait_until_idle(SETTLE_SECONDS), "the stack did not settle"
+
+
+def order_when(api: Api, order_id: str, *statuses: str) -> dict[str, Any]:
+    """The order once it is in one of `statuses` (polled for a bounded time)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        response = api.get(f"/orders/{order_id}")
+        assert response.status_code == 200, response.text
+        order = response.json()
+        if order["status"] in statuses or time.monotonic() > deadline:
+            assert order["status"] in statuses, f"{order_id} is {order['status']}, expected one of {statuses}"
+            return order
+        time.sleep(0.05)
+
+
+def place(api: Api, body: dict[str, Any]) -> str:
+    response = api.post("/orders", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "pending"
+    return response.json()["id"]
+
+
+def history(api: Api, order_id: str) -> list[dict[str, Any]]:
+    response = api.get(f"/orders/{order_id}/history")
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def stock_of(api: Api, sku: str) -> dict[str, dict[str, int]]:
+    """{location_id: {on_hand, reserved, available}} for a sku."""
+    response = api.get(f"/inventory/{sku}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    for level in body["locations"]:
+        assert level["available"] == max(level["on_hand"] - level["reserved"], 0), body
+        assert level["available"] >= 0 and level["reserved"] >= 0, body
+    return {
+        level["location_id"]: {key: level[key] for key in ("on_hand", "reserved", "available")}
+        for level in body["locations"]
+    }
+
+
+def reserved_total(api: Api, *skus: str) -> int:
+    return sum(level["reserved"] for sku in skus for level in stock_of(api, sku).values())
+
+
+def dec(money: dict[str, str]) -> Decimal:
+    return Decimal(money["amount"])
+
+
+# --- The happy path --------------------------------------------------------------------------------
+
+
+def test_an_approved_order_is_allocated_on_its_own(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    west = network["west"]
+    shirt, mug = catalog.product("19.99"), catalog.product("7.50")
+    catalog.stock(shirt, west, 10)
+    catalog.stock(mug, west, 4)
+    before = {sku: stock_of(api, sku) for sku in (shirt, mug)}
+
+    order_id = place(api, order_body((shirt, 2), (mug, 3)))
+    settle(stack)
+    order = order_when(api, order_id, "allocated")
+
+    payment = order["payment"]
+    assert payment["status"] == "authorized"
+    assert payment["authorized"] == order["totals"]["grand_total"]
+    assert dec(payment["captured"]) == 0 and dec(payment["refunded"]) == 0
+    # Every unit of every line is allocated, here all from the one location that has everything.
+    allocated: dict[str, int] = {}
+    for allocation in order["allocations"]:
+        allocated[allocation["line_id"]] = allocated.get(allocation["line_id"], 0) + allocation["quantity"]
+        assert allocation["location_id"] == west
+    assert allocated == {line["line_id"]: line["quantity"] for line in order["lines"]}
+    # One pending shipment per sourcing location, booked with the carrier.
+    [shipment] = order["shipments"]
+    assert shipment["id"].startswith("shp_") and shipment["location_id"] == west
+    assert shipment["status"] == "pending"
+    assert shipment["shipped_at"] is None and shipment["delivered_at"] is None
+    assert shipment["carrier"] and shipment["service"] == "Ground"
+    assert shipment["tracking_number"] and shipment["label_url"].startswith("http")
+    assert sorted((x["line_id"], x["quantity"]) for x in shipment["lines"]) == sorted(allocated.items())
+    # The ordered units are reserved at the chosen location, and nothing else moved.
+    for sku, quantity in ((shirt, 2), (mug, 3)):
+        after = stock_of(api, sku)[west]
+        assert after["reserved"] == before[sku][west]["reserved"] + quantity
+        assert after["on_hand"] == before[sku][west]["on_hand"]
+        assert after["available"] == before[sku][west]["available"] - quantity
+
+
+def test_the_history_tells_the_workflows_story_with_its_actors(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    sku = catalog.product("12.00")
+    catalog.stock(sku, network["west"], 5)
+
+    order_id = place(api, order_body((sku, 1)))
+    settle(stack)
+    order = order_when(api, order_id, "allocated")
+
+    entries = history(api, order_id)
+    assert [(e["type"], e["from_status"], e["to_status"]) for e in entries] == [
+        ("created", None, "pending"),
+        ("payment_authorized", "pending", "authorized"),
+        ("stock_reserved", None, None),
+        ("allocated", "authorized", "allocated"),
+    ]
+    assert [e["actor"] for e in entries] == [ADMIN_KEY_ID, WORKFLOW, WORKFLOW, WORKFLOW]
+    assert [e["at"] for e in entries] == sorted(e["at"] for e in entries)
+    reserved = entries[2]["detail"]
+    assert reserved["allocations"] == order["allocations"]
+    assert reserved["reasons"] and all(isinstance(r, str) and r.strip() for r in reserved["reasons"])
+    assert any(network["west"] in reason for reason in reserved["reasons"])
+    assert entries[1]["detail"]["amount"] == order["totals"]["grand_total"]
+    assert [s["id"] for s in entries[3]["detail"]["shipments"]] == [s["id"] for s in order["shipments"]]
+    # The order's version counts its changes: one per history entry.
+    assert order["version"] == len(entries)
+
+
+def test_the_shipping_label_is_a_pdf_with_the_shipment_and_nothing_private(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    sku = catalog.product("30.00")
+    catalog.stock(sku, network["west"], 3)
+    body = order_body((sku, 2), customer={"id": unique("cus"), "email": "grace@example.com", "name": "Grace Hopper"})
+
+    order_id = place(api, body)
+    settle(stack)
+    [shipment] = order_when(api, order_id, "allocated")["shipments"]
+
+    # The URL works without the API key (a presigned link a warehouse printer can fetch).
+    with requests.Session() as browser:
+        browser.trust_env = False
+        label = browser.get(shipment["label_url"], timeout=10)
+    assert label.status_code == 200, label.text[:300]
+    assert label.content.startswith(b"%PDF-")
+    assert label.content.rstrip().endswith(b"%%EOF")
+    text = label.content.decode("latin-1")
+    for expected in (shipment["tracking_number"], order_id, shipment["id"], "San Francisco", sku, "x2"):
+        assert expected in text, expected
+    for private in ("grace@example.com", "tok_approve", "auth_", "30.00", "Traceback", body["customer"]["id"]):
+        assert private not in text, private
+
+
+def test_a_declined_payment_ends_payment_failed_and_reserves_nothing(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    sku = catalog.product("15.00")
+    catalog.stock(sku, network["west"], 5)
+    catalog.stock(sku, network["east"], 5)
+
+    order_id = place(api, order_body((sku, 2), payment={"method": "test", "token": "tok_decline"}))
+    settle(stack)
+    order = order_when(api, order_id, "payment_failed")
+
+    assert order["payment"]["status"] == "declined"
+    assert dec(order["payment"]["authorized"]) == 0 and dec(order["payment"]["captured"]) == 0
+    assert order["allocations"] == [] and order["shipments"] == []
+    assert all(level["reserved"] == 0 and level["on_hand"] == 5 for level in stock_of(api, sku).values())
+    entries = history(api, order_id)
+    assert [(e["type"], e["to_status"], e["actor"]) for e in entries] == [
+        ("created", "pending", ADMIN_KEY_ID),
+        ("payment_failed", "payment_failed", WORKFLOW),
+    ]
+    assert entries[1]["from_status"] == "pending"
+    assert entries[1]["detail"]["reason"] == "payment_declined"
+    assert entries[1]["detail"]["message"].strip()
+
+
+def test_a_flaky_gateway_is_retried_and_authorizes_once(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    sku = catalog.product("9.00")
+    catalog.stock(sku, network["west"], 5)
+
+    order_id = place(api, order_body((sku, 1), payment={"method": "test", "token": "tok_flaky"}))
+    settle(stack)
+    order = order_when(api, order_id, "allocated")
+
+    assert order["payment"]["status"] == "authorized"
+    assert order["payment"]["authorized"] == order["totals"]["grand_total"]
+    entries = history(api, order_id)
+    assert [e["type"] for e in entries].count("payment_authorized") == 1
+    assert [e["type"] for e in entries] == ["created", "payment_authorized", "stock_reserved", "allocated"]
+    assert stock_of(api, sku)[network["west"]]["reserved"] == 1
+
+
+# --- Sourcing ----------------------------------------------------------------------------------------
+
+
+def test_an_order_no_single_location_can_supply_is_split_into_two_shipments(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    west, east = network["west"], network["east"]
+    only_west, only_east = catalog.product("10.00"), catalog.product("20.00")
+    catalog.stock(only_west, west, 5)
+    catalog.stock(only_east, east, 5)
+
+    order_id = place(api, order_body((only_west, 2), (only_east, 1)))
+    settle(stack)
+    order = order_when(api, order_id, "allocated")
+
+    line_of = {line["sku"]: line["line_id"] for line in order["lines"]}
+    assert sorted((a["line_id"], a["location_id"], a["quantity"]) for a in order["allocations"]) == sorted(
+        [(line_of[only_west], west, 2), (line_of[only_east], east, 1)]
+    )
+    shipments = {s["location_id"]: s for s in order["shipments"]}
+    assert set(shipments) == {west, east} and len(order["shipments"]) == 2
+    assert shipments[west]["lines"] == [{"line_id": line_of[only_west], "quantity": 2}]
+    assert shipments[east]["lines"] == [{"line_id": line_of[only_east], "quantity": 1}]
+    assert len({s["id"] for s in order["shipments"]}) == 2
+    assert len({s["tracking_number"] for s in order["shipments"]}) == 2
+    assert all(s["status"] == "pending" and s["label_url"] for s in order["shipments"])
+    assert stock_of(api, only_west)[west]["reserved"] == 2
+    assert stock_of(api, only_east)[east]["reserved"] == 1
+
+
+def test_the_nearest_location_with_everything_supplies_a_whole_order(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    west, east = network["west"], network["east"]
+    sku = catalog.product("5.00")
+    catalog.stock(sku, west, 5)
+    catalog.stock(sku, east, 50)
+
+    order_id = place(api, order_body((sku, 3)))
+    settle(stack)
+    order = order_when(api, order_id, "allocated")
+
+    assert [(a["location_id"], a["quantity"]) for a in order["allocations"]] == [(west, 3)]
+    assert stock_of(api, sku)[east]["reserved"] == 0
+
+
+def test_a_pickup_order_is_supplied_by_its_store(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    store, west = network["store"], network["west"]
+    sku = catalog.product("25.00")
+    catalog.stock(sku, store, 2)
+    catalog.stock(sku, west, 20)  # nearer stock elsewhere does not matter for a pickup
+
+    order_id = place(api, order_body((sku, 2), fulfillment={"type": "pickup", "location_id": store}))
+    settle(stack)
+    order = order_when(api, order_id, "allocated")
+
+    assert order["fulfillment"] == {"type": "pickup", "location_id": store}
+    assert [(a["location_id"], a["quantity"]) for a in order["allocations"]] == [(store, 2)]
+    [shipment] = order["shipments"]
+    assert shipment["location_id"] == store and shipment["status"] == "pending"
+    assert shipment["service"] == "Store pickup"
+    levels = stock_of(api, sku)
+    assert levels[store]["reserved"] == 2 and levels[west]["reserved"] == 0
+
+
+# --- At least once -------------------------------------------------------------------------------------
+
+
+def test_running_the_workflow_again_changes_nothing(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    west, east = network["west"], network["east"]
+    a, b = catalog.product("10.00"), catalog.product("11.00")
+    catalog.stock(a, west, 5)
+    catalog.stock(b, east, 5)
+    order_id = place(api, order_body((a, 1), (b, 2)))
+    settle(stack)
+    first = order_when(api, order_id, "allocated")
+    first_history = history(api, order_id)
+    first_stock = {sku: stock_of(api, sku) for sku in (a, b)}
+
+    # A second execution for the same order (Express runs at least once; a replayed INSERT on
+    # AWS, where Express names are not unique, starts another one).
+    sfn = stack.client("stepfunctions")
+    execution = sfn.start_execution(
+        stateMachineArn=stack.state_machine_arns["OrderWorkflow"],
+        name=f"again-{order_id}",
+        input=json.dumps({"order_id": order_id}),
+    )
+    # And the stream delivering the same INSERT record to the outbox again.
+    redelivered = stack.client("lambda").invoke(
+        FunctionName=stack.function_arns["OutboxFunction"],
+        Payload=json.dumps(_insert_record(stack, order_id)).encode(),
+    )
+    settle(stack)
+
+    assert redelivered.get("FunctionError") is None
+    assert json.loads(redelivered["Payload"].read()) == {"batchItemFailures": []}
+    described = sfn.describe_execution(executionArn=execution["executionArn"])
+    assert described["status"] == "SUCCEEDED", described
+    again = api.get(f"/orders/{order_id}").json()
+    assert again == first  # same version, shipments, allocations, payment
+    assert history(api, order_id) == first_history
+    assert {sku: stock_of(api, sku) for sku in (a, b)} == first_stock  # reservations not doubled
+
+
+def _insert_record(stack: EmbeddedStack, order_id: str) -> dict[str, Any]:
+    table = stack.table_names["OrdersTable"]
+    stream_arn = stack.client("dynamodb").describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    return {
+        "Records": [
+            {
+                "eventID": unique("evt"),
+                "eventName": "INSERT",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {
+                    "Keys": {"id": {"S": order_id}},
+                    "NewImage": {"id": {"S": order_id}},
+                    "SequenceNumber": "1",
+                    "SizeBytes": 64,
+                    "StreamViewType": "NEW_IMAGE",
+                },
+                "eventSourceARN": stream_arn,
+            }
+        ]
+    }
+
+
+# --- Losing the stock between capture and allocation -------------------------------------------------
+
+
+def test_an_order_that_loses_its_stock_before_allocation_is_cancelled_and_voided(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    west = network["west"]
+    sku = catalog.product("40.00")
+    catalog.stock(sku, west, 2)
+    settle(stack)
+    stack.pause_mappings()
+    try:
+        order_id = place(api, order_body((sku, 2)))  # passes the capture check: 2 available
+        # The stock goes before the workflow runs (a stock take; nothing is reserved yet).
+        catalog.stock(sku, west, 0)
+    finally:
+        stack.resume_mappings()
+    settle(stack)
+    order = order_when(api, order_id, "cancelled")
+
+    assert order["payment"]["status"] == "voided"
+    assert order["payment"]["authorized"] == order["totals"]["grand_total"]  # it was authorized, then voided
+    assert dec(order["payment"]["captured"]) == 0
+    assert order["shipments"] == []
+    assert stock_of(api, sku)[west] == {"on_hand": 0, "reserved": 0, "available": 0}
+    entries = history(api, order_id)
+    assert [e["type"] for e in entries] == ["created", "payment_authorized", "cancelled"]
+    cancelled = entries[-1]
+    assert (cancelled["from_status"], cancelled["to_status"], cancelled["actor"]) == (
+        "authorized",
+        "cancelled",
+        WORKFLOW,
+    )
+    assert cancelled["detail"]["reason"] == "out_of_stock"
+
+
+def test_a_partial_loss_cancels_the_whole_order_and_releases_what_it_held(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    west = network["west"]
+    kept, lost = catalog.product("10.00"), catalog.product("12.00")
+    catalog.stock(kept, west, 5)
+    catalog.stock(lost, west, 1)
+    settle(stack)
+    stack.pause_mappings()
+    try:
+        order_id = place(api, order_body((kept, 2), (lost, 1)))
+        response = api.post(f"/inventory/{lost}/{west}/adjustments", json={"delta": -1, "reason": "damaged"})
+        assert response.status_code == 200, response.text
+    finally:
+        stack.resume_mappings()
+    settle(stack)
+    order = order_when(api, order_id, "cancelled")
+
+    assert order["payment"]["status"] == "voided"
+    assert history(api, order_id)[-1]["detail"]["reason"] == "out_of_stock"
+    assert reserved_total(api, kept, lost) == 0
+    assert stock_of(api, kept)[west]["available"] == 5
+
+
+# --- The location network changing ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cold_containers(stack: EmbeddedStack) -> Iterator[None]:
+    """The workflow's container starts cold, so its catalog cache is filled during the test (not
+    up to 10 s earlier), and the next test starts cold again."""
+    settle(stack)
+    _fresh_containers()
+    yield
+    settle(stack)
+    _fresh_containers()
+
+
+def test_a_location_opened_after_the_workflow_last_ran_supplies_the_next_order(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str], cold_containers: None
+):
+    sku = catalog.product("10.00")
+    catalog.stock(sku, network["west"], 5)
+    first = place(api, order_body((sku, 1)))
+    settle(stack)
+    order_when(api, first, "allocated")  # the workflow has read (and cached) the network
+    opened = catalog.location(name="New warehouse")
+    newcomer = catalog.product("10.00")
+    catalog.stock(newcomer, opened, 5)
+
+    order_id = place(api, order_body((newcomer, 1)))  # capture sees the new location's stock
+    settle(stack)
+    order = order_when(api, order_id, "allocated", "cancelled")
+
+    assert order["status"] == "allocated", history(api, order_id)[-1]["detail"]
+    assert [(a["location_id"], a["quantity"]) for a in order["allocations"]] == [(opened, 1)]

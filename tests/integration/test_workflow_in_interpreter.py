@@ -1,0 +1,634 @@
+"""The real order workflow (infra/order_workflow.asl.json) in moto's ASL interpreter, with a failure
+injected at each step: Retry recovers what is transient, Catch compensates everything else
+(reservations released, authorization voided), and a compensation that keeps failing ends the
+execution FAILED in CompensationFailed for an operator.
+
+The stack runs every task on the real handler through a wrapper that, for one order at a time,
+can run a fault instead (raise before, raise after, fail once). Event sources are off: each test
+starts its executions itself, for orders it placed through the HTTP API.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from core.errors import TransientError
+from infra.local.stack import EmbeddedStack, running_stack
+from tests.e2e.client import Api, Catalog, address, location_body, order_body, unique
+
+PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
+RUN_SECONDS = 15
+
+STEPS = {
+    "AuthorizePayment": "AuthorizePaymentFunction",
+    "ReserveStock": "ReserveStockFunction",
+    "CreateShipments": "CreateShipmentsFunction",
+    "FailPayment": "FailPaymentFunction",
+    "CancelOrder": "CancelOrderFunction",
+}
+REAL_HANDLERS = {
+    "AuthorizePaymentFunction": "functions.workflow.authorize_payment",
+    "ReserveStockFunction": "functions.workflow.reserve_stock",
+    "CreateShipmentsFunction": "functions.workflow.create_shipments",
+    "FailPaymentFunction": "functions.workflow.fail_payment",
+    "CancelOrderFunction": "functions.workflow.cancel_order",
+}
+
+Handler = Callable[[dict[str, Any], Any], Any]
+Fault = Callable[[dict[str, Any], Any, Handler], Any]
+
+
+class Faults:
+    """What each task does for one order: the real handler, unless a fault was injected."""
+
+    def __init__(self) -> None:
+        self._faults: dict[tuple[str, str], Fault] = {}
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.problems: list[str] = []  # assertions that failed inside a fault
+        self._lock = threading.Lock()
+
+    def inject(self, step: str, order_id: str, fault: Fault) -> None:
+        self._faults[(step, order_id)] = fault
+
+    def handler(self, step: str) -> Handler:
+        def run(event: dict[str, Any], context: Any) -> Any:
+            order_id = event.get("order_id", "")
+            with self._lock:
+                self.calls[(step, order_id)] += 1
+            real = importlib.import_module(REAL_HANDLERS[STEPS[step]]).lambda_handler
+            fault = self._faults.get((step, order_id))
+            if fault is None:
+                return real(event, context)
+            try:
+                return fault(event, context, real)
+            except AssertionError as failed:
+                # The workflow would catch it like any task error: keep it for the test to fail on.
+                self.problems.append(f"{step} for {order_id}: {failed}")
+                raise
+
+        return run
+
+    def count(self, order_id: str) -> dict[str, int]:
+        return {step: n for (step, oid), n in self.calls.items() if oid == order_id}
+
+
+# --- Faults ---------------------------------------------------------------------------------------
+
+
+def crash(event: dict[str, Any], context: Any, real: Handler) -> Any:
+    raise RuntimeError("injected: the task crashed before doing anything")
+
+
+def crash_after(event: dict[str, Any], context: Any, real: Handler) -> Any:
+    real(event, context)
+    raise RuntimeError("injected: the task did its work, then crashed")
+
+
+def transient_always(event: dict[str, Any], context: Any, real: Handler) -> Any:
+    raise TransientError("injected: briefly unavailable, again")
+
+
+def transient_once() -> Fault:
+    failed = threading.Event()
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise TransientError("injected: briefly unavailable")
+        return real(event, context)
+
+    return fault
+
+
+# --- Fixtures -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faults() -> Faults:
+    return Faults()
+
+
+@pytest.fixture(scope="module")
+def stack(faults: Faults) -> Iterator[EmbeddedStack]:
+    _fresh_containers()
+    with running_stack(
+        api_port=0,
+        aws_port=0,
+        seed=False,
+        parameter_overrides=PARAMETERS,
+        event_sources=False,
+        retry_delay_scale=0.01,
+        handlers={logical_id: faults.handler(step) for step, logical_id in STEPS.items()},
+    ) as started:
+        yield started
+    _fresh_containers()
+
+
+def _fresh_containers() -> None:
+    # One process plays every Lambda container and builds the composition root once: a stack
+    # started earlier in this process would leave its catalog cache behind, hiding this module's
+    # locations from the workflow for up to 10 s. A new stack is a new deployment: cold containers.
+    from functions import bootstrap
+
+    for built_once in vars(bootstrap).values():
+        if callable(getattr(built_once, "cache_clear", None)):
+            built_once.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_failed_checks_inside_tasks(faults: Faults) -> Iterator[None]:
+    faults.problems.clear()
+    yield
+    assert faults.problems == []
+
+
+@pytest.fixture(scope="module")
+def api(stack: EmbeddedStack) -> Iterator[Api]:
+    client = Api(stack.api_url, stack.admin_key)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def network(api: Api) -> dict[str, str]:
+    ids = {"west": unique("loc-west"), "east": unique("loc-east")}
+    bodies = {
+        "west": location_body(
+            name="West warehouse",
+            address=address(name="West warehouse", city="Oakland", postal_code="94607"),
+            latitude=37.80,
+            longitude=-122.27,
+        ),
+        "east": location_body(),
+    }
+    for name, location_id in ids.items():
+        response = api.put(f"/locations/{location_id}", json=bodies[name])
+        assert response.status_code == 201, response.text
+    return ids
+
+
+@pytest.fixture
+def stocked(api: Api, network: dict[str, str]) -> dict[str, Any]:
+    """Two skus with 5 units each at the west warehouse, and the inventory as it starts."""
+    catalog = Catalog(api)
+    skus = [catalog.product("10.00"), catalog.product("4.25")]
+    for sku in skus:
+        catalog.stock(sku, network["west"], 5)
+    return {"skus": skus, "start": inventory(api, *skus)}
+
+
+# --- Helpers ---------------------------------------------------------------------------------------------
+
+
+def place(api: Api, body: dict[str, Any]) -> str:
+    response = api.post("/orders", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def get_order(api: Api, order_id: str) -> dict[str, Any]:
+    response = api.get(f"/orders/{order_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def history(api: Api, order_id: str) -> list[dict[str, Any]]:
+    response = api.get(f"/orders/{order_id}/history")
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def inventory(api: Api, *skus: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(sku, location_id): (on_hand, reserved)}."""
+    found = {}
+    for sku in skus:
+        response = api.get(f"/inventory/{sku}")
+        assert response.status_code == 200, response.text
+        for level in response.json()["locations"]:
+            found[(sku, level["location_id"])] = (level["on_hand"], level["reserved"])
+    return found
+
+
+def run(stack: EmbeddedStack, order_id: str) -> dict[str, Any]:
+    """Start an execution for the order, wait for it to end; its description, the names of the
+    states it entered and its events."""
+    sfn = stack.client("stepfunctions")
+    arn = sfn.start_execution(
+        stateMachineArn=stack.state_machine_arns["OrderWorkflow"],
+        name=unique("run"),
+        input=json.dumps({"order_id": order_id}),
+    )["executionArn"]
+    deadline = time.monotonic() + RUN_SECONDS
+    while True:
+        described = sfn.describe_execution(executionArn=arn)
+        if described["status"] != "RUNNING":
+            break
+        assert time.monotonic() < deadline, f"execution for {order_id} still running"
+        time.sleep(0.02)
+    events = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+    return {"described": described, "states": entered, "events": events}
+
+
+def assert_compensated(api: Api, order_id: str, start: dict[tuple[str, str], tuple[int, int]], skus: list[str]):
+    """Cancelled by the workflow for an error: nothing reserved, inventory as it started, and the
+    authorization (if one was made) voided."""
+    order = get_order(api, order_id)
+    assert order["status"] == "cancelled", order["status"]
+    assert inventory(api, *skus) == start
+    payment = order["payment"]
+    assert Decimal(payment["captured"]["amount"]) == 0
+    if Decimal(payment["authorized"]["amount"]) > 0:
+        assert payment["status"] == "voided", payment
+    else:
+        assert payment["status"] != "authorized", payment
+    last = history(api, order_id)[-1]
+    assert (last["type"], last["to_status"], last["actor"]) == ("cancelled", "cancelled", "workflow")
+    return order, last
+
+
+# --- Outcomes without faults ---------------------------------------------------------------------------------
+
+
+def test_an_approved_order_ends_in_order_allocated(stack: EmbeddedStack, api: Api, faults: Faults, stocked):
+    sku = stocked["skus"][0]
+    order_id = place(api, order_body((sku, 2)))
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
+    assert json.loads(result["described"]["output"]) == {"order_id": order_id}
+    assert get_order(api, order_id)["status"] == "allocated"
+    assert faults.count(order_id) == {"AuthorizePayment": 1, "ReserveStock": 1, "CreateShipments": 1}
+
+
+def test_a_declined_payment_ends_in_order_payment_failed(stack: EmbeddedStack, api: Api, faults: Faults, stocked):
+    order_id = place(api, order_body((stocked["skus"][0], 1), payment={"method": "test", "token": "tok_decline"}))
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"] == ["AuthorizePayment", "FailPayment", "OrderPaymentFailed"]
+    assert get_order(api, order_id)["status"] == "payment_failed"
+    assert inventory(api, *stocked["skus"]) == stocked["start"]
+    assert faults.count(order_id) == {"AuthorizePayment": 1, "FailPayment": 1}  # a decline is not retried
+
+
+def test_an_order_cancelled_before_its_execution_ends_in_order_already_closed(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    order_id = place(api, order_body((stocked["skus"][0], 1)))
+    assert api.post(f"/orders/{order_id}/cancel", json={"reason": "changed my mind"}).status_code == 200
+    before = get_order(api, order_id)
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"] == ["AuthorizePayment", "OrderAlreadyClosed"]
+    assert get_order(api, order_id) == before  # never authorized, nothing reserved
+    assert inventory(api, *stocked["skus"]) == stocked["start"]
+
+
+def test_an_allocated_order_run_again_ends_allocated_and_unchanged(stack: EmbeddedStack, api: Api, stocked):
+    sku = stocked["skus"][0]
+    order_id = place(api, order_body((sku, 2)))
+    assert run(stack, order_id)["states"][-1] == "OrderAllocated"
+    allocated, reserved = get_order(api, order_id), inventory(api, sku)
+
+    again = run(stack, order_id)
+
+    assert again["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
+    assert get_order(api, order_id) == allocated
+    assert inventory(api, sku) == reserved
+
+
+# --- A task that crashes: no retry, Catch → CancelOrder -------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
+def test_a_task_that_crashes_is_compensated_and_the_order_cancelled(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, step: str
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2), (skus[1], 1)))
+    faults.inject(step, order_id, crash)
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
+    assert result["states"][-3] == step
+    # A RuntimeError is not transient: the ASL retries only TransientError and Lambda's own errors.
+    assert faults.count(order_id)[step] == 1
+    order, entry = assert_compensated(api, order_id, stocked["start"], skus)
+    assert entry["detail"]["reason"] == "workflow_error"
+    assert entry["detail"]["error"] == "RuntimeError"
+    assert "injected" in entry["detail"]["message"]
+    assert order["shipments"] == []
+    if step == "AuthorizePayment":
+        assert Decimal(order["payment"]["authorized"]["amount"]) == 0
+    else:
+        assert order["payment"]["status"] == "voided"
+
+
+@pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock"])
+def test_a_task_that_crashes_after_its_work_is_compensated_too(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, step: str
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 3), (skus[1], 2)))
+    faults.inject(step, order_id, crash_after)
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
+    order, entry = assert_compensated(api, order_id, stocked["start"], skus)
+    assert order["payment"]["status"] == "voided"  # it was authorized: the void gave it back
+    assert entry["detail"]["reason"] == "workflow_error"
+    types = [e["type"] for e in history(api, order_id)]
+    assert types[-1] == "cancelled" and types.count("payment_authorized") == 1
+
+
+def test_create_shipments_failing_after_the_reservation_releases_it_and_voids(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, network: dict[str, str]
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 5)))  # every unit of the west warehouse
+
+    def carrier_down(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        # The reservation is in place when the carrier step fails.
+        assert inventory(api, skus[0])[(skus[0], network["west"])] == (5, 5)
+        raise RuntimeError("injected: the carrier rejected the booking")
+
+    faults.inject("CreateShipments", order_id, carrier_down)
+
+    result = run(stack, order_id)
+
+    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "CancelOrder", "OrderCancelled"]
+    order, _ = assert_compensated(api, order_id, stocked["start"], skus)
+    assert order["payment"]["status"] == "voided"
+    assert [e["type"] for e in history(api, order_id)] == [
+        "created",
+        "payment_authorized",
+        "stock_reserved",
+        "cancelled",
+    ]
+    # The units are free again: the next order gets them.
+    next_order = place(api, order_body((skus[0], 5)))
+    assert run(stack, next_order)["states"][-1] == "OrderAllocated"
+
+
+def test_reserve_stock_that_reserved_then_crashed_before_recording_leaves_nothing_reserved(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, monkeypatch: pytest.MonkeyPatch
+):
+    """The reservations were made but the order never recorded them: compensation releases what
+    the inventory holds for the order, not only what the order knows of."""
+    from functions.adapters.dynamodb import DynamoOrders
+
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2), (skus[1], 4)))
+    real_update = DynamoOrders.update
+
+    def reserve_then_crash(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        def update(self: Any, new: Any, old: Any, entries: Any) -> Any:
+            if new.id == order_id and any(entry.type == "stock_reserved" for entry in entries):
+                raise RuntimeError("injected: the container died before the order was written")
+            return real_update(self, new, old, entries)
+
+        monkeypatch.setattr(DynamoOrders, "update", update)
+        try:
+            return real(event, context)
+        finally:
+            monkeypatch.setattr(DynamoOrders, "update", real_update)
+
+    faults.inject("ReserveStock", order_id, reserve_then_crash)
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
+    order, _ = assert_compensated(api, order_id, stocked["start"], skus)
+    assert order["allocations"] == []
+    assert order["payment"]["status"] == "voided"
+
+
+# --- A transient failure: Retry ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
+def test_a_transient_failure_is_retried_and_the_order_allocated(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, network: dict[str, str], step: str
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2), (skus[1], 1)))
+    faults.inject(step, order_id, transient_once())
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
+    assert faults.count(order_id)[step] == 2  # the failed attempt and the retry
+    order = get_order(api, order_id)
+    assert order["status"] == "allocated" and order["payment"]["status"] == "authorized"
+    west = network["west"]
+    assert inventory(api, *skus) == {
+        (skus[0], west): (5, stocked["start"][(skus[0], west)][1] + 2),
+        (skus[1], west): (5, stocked["start"][(skus[1], west)][1] + 1),
+    }
+    types = [e["type"] for e in history(api, order_id)]
+    assert types == ["created", "payment_authorized", "stock_reserved", "allocated"]
+
+
+def test_a_failure_that_stays_transient_is_compensated_after_the_retries(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 1)))
+    faults.inject("ReserveStock", order_id, transient_always)
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
+    assert faults.count(order_id)["ReserveStock"] == 4  # the first attempt and MaxAttempts 3 retries
+    _, entry = assert_compensated(api, order_id, stocked["start"], skus)
+    assert (entry["detail"]["reason"], entry["detail"]["error"]) == ("workflow_error", "TransientError")
+
+
+# --- Compensation that fails: CompensationFailed -----------------------------------------------------------------
+
+
+def test_a_cancel_order_that_keeps_failing_ends_the_execution_failed_for_an_operator(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2)))
+    faults.inject("CreateShipments", order_id, crash)
+    faults.inject("CancelOrder", order_id, crash)
+
+    result = run(stack, order_id)
+
+    described = result["described"]
+    assert described["status"] == "FAILED"
+    assert described["error"] == "CompensationFailed"
+    assert "operator" in described["cause"]
+    assert result["states"][-2:] == ["CancelOrder", "CompensationFailed"]
+    assert faults.count(order_id)["CancelOrder"] == 6  # the first attempt and MaxAttempts 5 retries
+    # The order is left as the failure found it (authorized, stock reserved), for an operator,
+    # who can still cancel it through the API: that releases and voids.
+    stuck = get_order(api, order_id)
+    assert stuck["status"] == "authorized" and stuck["payment"]["status"] == "authorized"
+    assert inventory(api, *skus) != stocked["start"]
+    cancelled = api.post(f"/orders/{order_id}/cancel", json={"reason": "operator: workflow compensation failed"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["payment"]["status"] == "voided"
+    assert inventory(api, *skus) == stocked["start"]
+
+
+def test_a_fail_payment_that_keeps_failing_ends_the_execution_failed(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    order_id = place(api, order_body((stocked["skus"][0], 1), payment={"method": "test", "token": "tok_decline"}))
+    faults.inject("FailPayment", order_id, crash)
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "FAILED"
+    assert result["described"]["error"] == "CompensationFailed"
+    assert result["states"] == ["AuthorizePayment", "FailPayment", "CompensationFailed"]
+    assert faults.count(order_id)["FailPayment"] == 6
+    assert get_order(api, order_id)["status"] == "pending"
+    assert inventory(api, *stocked["skus"]) == stocked["start"]
+
+
+# --- Stock that goes while the step runs ------------------------------------------------------------------------------
+
+
+def test_losing_the_planned_location_to_a_concurrent_change_sources_again_elsewhere(
+    stack: EmbeddedStack, api: Api, faults: Faults, network: dict[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """ReserveStock plans from the levels it read, then reserves. If, in between, another order (or
+    a stock take) takes the units at the planned location, the order did not lose the race for
+    the last units: the other warehouse can still supply it."""
+    from functions.adapters.dynamodb import DynamoInventory
+
+    west, east = network["west"], network["east"]
+    catalog = Catalog(api)
+    sku = catalog.product("10.00")
+    catalog.stock(sku, west, 2)
+    catalog.stock(sku, east, 10)
+    order_id = place(api, order_body((sku, 2)))  # plans west, the nearest with everything
+    real_reserve = DynamoInventory.reserve
+
+    def west_sells_out_meanwhile(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        def reserve(self: Any, sku_: str, location_id: str, key: str, quantity: int) -> None:
+            if sku_ == sku and location_id == west and key.startswith(order_id):
+                monkeypatch.setattr(DynamoInventory, "reserve", real_reserve)
+                response = api.put(f"/inventory/{sku}/{west}", json={"on_hand": 0})  # a concurrent stock take
+                assert response.status_code == 200, response.text
+            return real_reserve(self, sku_, location_id, key, quantity)
+
+        monkeypatch.setattr(DynamoInventory, "reserve", reserve)
+        try:
+            return real(event, context)
+        finally:
+            monkeypatch.setattr(DynamoInventory, "reserve", real_reserve)
+
+    faults.inject("ReserveStock", order_id, west_sells_out_meanwhile)
+
+    result = run(stack, order_id)
+
+    order = get_order(api, order_id)
+    assert (order["status"], result["states"][-1]) == ("allocated", "OrderAllocated"), history(api, order_id)[-1][
+        "detail"
+    ]
+    assert [(a["location_id"], a["quantity"]) for a in order["allocations"]] == [(east, 2)]
+
+
+# --- The API acting on the order while its workflow runs ------------------------------------------------------------
+
+
+def test_an_order_cancelled_while_its_workflow_runs_is_left_closed_and_voided(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2)))
+
+    def customer_cancels_first(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        response = api.post(f"/orders/{order_id}/cancel", json={"reason": "customer cancelled"})
+        assert response.status_code == 200, response.text
+        return real(event, context)
+
+    faults.inject("ReserveStock", order_id, customer_cancels_first)
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"] == ["AuthorizePayment", "ReserveStock", "OrderAlreadyClosed"]
+    order = get_order(api, order_id)
+    assert order["status"] == "cancelled" and order["payment"]["status"] == "voided"
+    assert inventory(api, *skus) == stocked["start"]
+    last = history(api, order_id)[-1]
+    assert (last["type"], last["actor"], last["detail"]["reason"]) == ("cancelled", "key_admin", "customer cancelled")
+
+
+def _edit_while_authorized(api: Api, order_id: str, lines: list[dict[str, Any]]) -> Fault:
+    """A ReserveStock that first lets the customer edit the (authorized, not yet reserved) order."""
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        current = get_order(api, order_id)
+        assert current["status"] == "authorized"
+        response = api.request(
+            "PATCH", f"/orders/{order_id}", headers={"If-Match": str(current["version"])}, json={"lines": lines}
+        )
+        assert response.status_code == 200, response.text
+        return real(event, context)
+
+    return fault
+
+
+def test_an_authorized_order_edited_to_a_larger_total_is_authorized_again_and_captures_it(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    sku = stocked["skus"][0]
+    order_id = place(api, order_body((sku, 1)))
+    faults.inject("ReserveStock", order_id, _edit_while_authorized(api, order_id, [{"sku": sku, "quantity": 3}]))
+
+    assert run(stack, order_id)["states"][-1] == "OrderAllocated"
+
+    order = get_order(api, order_id)
+    assert order["payment"]["authorized"] == order["totals"]["grand_total"]
+    assert [(a["quantity"]) for a in order["allocations"]] == [3]
+    [shipment] = order["shipments"]
+    shipped = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship")
+    assert shipped.status_code == 200, shipped.text
+    assert shipped.json()["payment"]["captured"] == order["totals"]["grand_total"]
+
+
+def test_an_authorized_order_edited_to_a_smaller_total_captures_only_the_new_total(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    sku = stocked["skus"][0]
+    order_id = place(api, order_body((sku, 4)))
+    faults.inject("ReserveStock", order_id, _edit_while_authorized(api, order_id, [{"sku": sku, "quantity": 1}]))
+    assert run(stack, order_id)["states"][-1] == "OrderAllocated"
+    order = get_order(api, order_id)
+    [shipment] = order["shipments"]
+
+    shipped = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship")
+
+    assert shipped.status_code == 200, shipped.text
+    payment = shipped.json()["payment"]
+    # The authorization for the larger total stands; only what the order now costs is captured.
+    assert Decimal(order["payment"]["authorized"]["amount"]) > Decimal(order["totals"]["grand_total"]["amount"])
+    assert payment["captured"] == order["totals"]["grand_total"], (payment, order["totals"]["grand_total"])
