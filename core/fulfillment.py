@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core.errors import Conflict, InvalidTransition, NotFound, PaymentDeclined, StaleVersion, TransientError
+from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, Shipment, utc_now
 from core.money import Money
 from core.payments import Payments
@@ -85,7 +86,7 @@ class OrderActions:
                 for s in order.shipments
             ]  # fmt: skip
             new, entry = changed(
-                order, at=now, actor=actor, type="shipment_shipped",
+                order, at=now, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
                 to=S.PARTIALLY_SHIPPED if others_pending else S.SHIPPED,
                 detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
                         "captured": amount.model_dump(mode="json")},
@@ -126,7 +127,7 @@ class OrderActions:
             ]
             everything_delivered = all(s.status == "delivered" for s in shipments)
             new, entry = changed(
-                order, at=now, actor=actor, type="shipment_delivered",
+                order, at=now, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
                 to=S.DELIVERED if everything_delivered else None,
                 detail={"shipment_id": shipment_id}, shipments=shipments,
             )  # fmt: skip
@@ -200,7 +201,7 @@ class OrderActions:
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
         new, entry = changed(
-            order, at=self._clock(), actor=actor, type="edited",
+            order, at=self._clock(), actor=actor, type=OrderEvent.EDITED,
             detail={"changed": changes, "grand_total": {"from": order.totals.grand_total.model_dump(mode="json"),
                                                         "to": priced.totals.grand_total.model_dump(mode="json")}},
             lines=priced.lines, totals=priced.totals, shipping_address=cmd.shipping_address,

@@ -7,6 +7,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from core.events import OrderEvent
 from core.money import Currency, Money
 from core.status import OrderStatus
 
@@ -506,7 +507,7 @@ class Shipment(BaseModel):
 
 class HistoryEntry(BaseModel):
     at: datetime
-    type: str
+    type: OrderEvent
     from_status: OrderStatus | None = None
     to_status: OrderStatus | None = None
     actor: str

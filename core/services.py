@@ -8,6 +8,7 @@ from datetime import datetime
 
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.errors import Conflict, InsufficientStock, InvalidRequest, NotFound, UnknownSku
+from core.events import OrderEvent
 from core.ids import new_id, order_id_for
 from core.models import (
     Address,
@@ -157,7 +158,7 @@ class CaptureService:
         )
         created = HistoryEntry(
             at=now,
-            type="created",
+            type=OrderEvent.CREATED,
             from_status=None,
             to_status=OrderStatus.PENDING,
             actor=actor,

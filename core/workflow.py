@@ -28,6 +28,7 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
+from core.events import OrderEvent
 from core.ids import short_hash
 from core.models import (
     Address,
@@ -71,7 +72,7 @@ def changed(
     *,
     at: datetime,
     actor: str,
-    type: str,
+    type: OrderEvent,
     to: OrderStatus | None = None,
     detail: dict[str, Any] | None = None,
     **fields: Any,
@@ -172,7 +173,7 @@ class Workflow:
             update={"status": "authorized", "authorized": amount, "authorization": result.reference}
         )
         new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type="payment_authorized", to=S.AUTHORIZED,
+            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.PAYMENT_AUTHORIZED, to=S.AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": result.reference}, payment=payment,
         )  # fmt: skip
         try:
@@ -226,7 +227,7 @@ class Workflow:
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type="stock_reserved",
+            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.STOCK_RESERVED,
             detail={"allocations": [a.model_dump() for a in plan.allocations], "reasons": plan.reasons},
             allocations=plan.allocations,
         )  # fmt: skip
@@ -294,7 +295,7 @@ class Workflow:
                 )
             )  # fmt: skip
         new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type="allocated", to=S.ALLOCATED,
+            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.ALLOCATED, to=S.ALLOCATED,
             detail={"shipments": [{"id": s.id, "location_id": s.location_id, "tracking_number": s.tracking_number}
                                   for s in shipments]},
             shipments=shipments,
@@ -326,7 +327,7 @@ class Workflow:
             return  # failed already, or closed by someone else
         payment = order.payment.model_copy(update={"status": "declined"})
         new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type="payment_failed", to=S.PAYMENT_FAILED,
+            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.PAYMENT_FAILED, to=S.PAYMENT_FAILED,
             detail={"reason": "payment_declined", "error": error, "message": _message(cause)}, payment=payment,
         )  # fmt: skip
         try:
@@ -387,7 +388,7 @@ def cancel_order(
         if payment.authorization and payment.status == "authorized":
             payment = payment.model_copy(update={"status": "voided"})
         new, entry = changed(
-            order, at=clock(), actor=actor, type="cancelled", to=S.CANCELLED,
+            order, at=clock(), actor=actor, type=OrderEvent.CANCELLED, to=S.CANCELLED,
             detail={"reason": reason, **(detail or {})}, payment=payment,
         )  # fmt: skip
         try:
