@@ -8,15 +8,12 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
-from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
 from functions.api import errors, guards
-from functions.api.access import PUBLIC, ScopeTable
+from functions.api.access import ScopeTable
 from functions.api.routes import api_keys, catalog, inventory, meta, orders
-
-SWAGGER_PATH = "/docs"
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -28,20 +25,11 @@ app.include_router(catalog.router)
 app.include_router(inventory.router)
 app.include_router(orders.router)
 app.include_router(api_keys.router)
-app.configure_openapi(
-    title="OMS API",
-    version="1",
-    description="Order management system, HTTP API v1. The contract is API.md; errors are "
-    '{"error": {"code", "message", "details"}}.',
-    security_schemes={"apiKey": HTTPBearer(description="Authorization: Bearer <API key>")},
-    security=[{"apiKey": []}],
-)
-app.enable_swagger(path=SWAGGER_PATH)
 
 
 @functools.cache
 def _scope_table() -> ScopeTable:
-    return ScopeTable(app, also={("GET", SWAGGER_PATH): PUBLIC})
+    return ScopeTable(app)
 
 
 # Tracing: the template turns on X-Ray active tracing for every function, which records each

@@ -1,15 +1,23 @@
-"""Health and the API's own description."""
+"""Health and the API's own description: the OpenAPI document and Swagger UI for it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.models import Server
 from pydantic import BaseModel
 
 from functions.api.access import PUBLIC, requires
 
 router = Router()
+
+TITLE = "OMS API"
+VERSION = "1"
+DESCRIPTION = (
+    "Order management system, HTTP API v1. The contract is API.md; errors are "
+    '{"error": {"code", "message", "details"}}.'
+)
 
 
 class Health(BaseModel):
@@ -22,14 +30,53 @@ def health() -> Health:
     return Health(status="ok")
 
 
+def _document() -> str:
+    """The OpenAPI document, generated from the routes. Built only when asked for: powertools'
+    OpenAPI models cost ~100 ms to import, which no order should pay on a cold start (this is
+    why /docs is not powertools' enable_swagger, which imports them when the app is built)."""
+    from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, Server
+
+    from functions.api.app import app
+
+    # The same servers entry for the document and for Swagger UI: the stage, when the URL has it.
+    context = router.current_event.request_context
+    stage_prefix = f"/{context.stage}"
+    base = stage_prefix if context.stage and (context.path or "").startswith(stage_prefix) else "/"
+    return app.get_openapi_json_schema(
+        title=TITLE,
+        version=VERSION,
+        description=DESCRIPTION,
+        servers=[Server(url=base)],
+        security_schemes={"apiKey": HTTPBearer(description="Authorization: Bearer <API key>")},
+        security=[{"apiKey": []}],
+    )
+
+
 @router.get("/openapi.json", summary="This OpenAPI document", include_in_schema=False)
 @requires(PUBLIC)
 # No return annotation: powertools would try to build a response schema from a bare Response.
 def openapi():
-    from functions.api.app import app
+    return Response(200, content_types.APPLICATION_JSON, _document())
 
-    # The same servers entry Swagger UI at /docs uses: the stage, when the URL carries it.
-    context = router.current_event.request_context
-    stage_prefix = f"/{context.stage}"
-    base = stage_prefix if context.stage and (context.path or "").startswith(stage_prefix) else "/"
-    return Response(200, content_types.APPLICATION_JSON, app.get_openapi_json_schema(servers=[Server(url=base)]))
+
+@router.get("/docs", summary="Swagger UI", include_in_schema=False)
+@requires(PUBLIC)
+def docs():
+    """Swagger UI with its script and styles inlined (powertools' page and assets): the page
+    loads nothing from any other host."""
+    from aws_lambda_powertools.event_handler.openapi import swagger_ui
+    from aws_lambda_powertools.event_handler.openapi.swagger_ui import generate_swagger_html
+
+    spec = _document()
+    if (router.current_event.query_string_parameters or {}).get("format") == "json":
+        return Response(200, content_types.APPLICATION_JSON, spec)
+    assets = Path(swagger_ui.__file__).parent
+    html = generate_swagger_html(
+        spec.replace("</", "<\\/"),  # the spec sits inside a <script>: never let it close the tag
+        (assets / "swagger-ui-bundle.min.js").read_text(encoding="utf-8"),
+        (assets / "swagger-ui.min.css").read_text(encoding="utf-8"),
+        "",
+        None,
+        False,
+    )
+    return Response(200, "text/html", html)
