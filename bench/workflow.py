@@ -181,16 +181,21 @@ def main() -> None:
         usage.api_requests = len(placed) + 2 * shipments
 
     bill = dollars(usage)
-    per_million = {service: cost / len(placed) * 1_000_000 for service, cost in bill.items()}
+    count = len(placed)
+    per_million = {service: cost / count * 1_000_000 for service, cost in bill.items()}
+
+    def per_order(counts: Counter[str]) -> dict[str, float]:
+        return {key: value / count for key, value in sorted(counts.items())}
+
     print(
         json.dumps(
             {
-                "orders": len(placed),
+                "orders": count,
                 "statuses": dict(statuses),
-                "allocated_per_second": len(placed) / allocated_seconds,
-                "requests_per_order": {k: v / len(placed) for k, v in sorted(usage.calls.items())},
-                "requests_per_order_by_function": {k: v / len(placed) for k, v in sorted(usage.by_function.items())},
-                "lambda_invocations_per_order": {k: v / len(placed) for k, v in sorted(usage.lambda_invocations.items())},
+                "allocated_per_second": count / allocated_seconds,
+                "requests_per_order": per_order(usage.calls),
+                "requests_per_order_by_function": per_order(usage.by_function),
+                "lambda_invocations_per_order": per_order(usage.lambda_invocations),
                 "lambda_gb_seconds_per_order": usage.lambda_gb_seconds / len(placed),
                 "wru_per_order": usage.wru / len(placed),
                 "rru_per_order": usage.rru / len(placed),
