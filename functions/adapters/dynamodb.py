@@ -170,8 +170,7 @@ class DynamoOrders(OrderRepository):
                 TableName=self._table,
                 Key={"id": {"S": order.id}},
                 UpdateExpression=(
-                    "SET #doc = :doc, #status = :status, #version = :version, "
-                    "history = list_append(history, :entries)"
+                    "SET #doc = :doc, #status = :status, #version = :version, history = list_append(history, :entries)"
                 ),
                 ConditionExpression="#status = :expected_status AND #version = :expected_version",
                 ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
