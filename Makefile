@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: run test lint check-template unit bench clean
+.PHONY: run test lint check-template unit bench clean import
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -33,10 +33,18 @@ test: lint check-template
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Uploads FILE to the running stack's imports bucket (`make run` in another terminal) and follows
+# the import to its end: make import FILE=events/orders-sample.csv
+import: $(STAMP)
+	@test -n "$(FILE)" || { echo "usage: make import FILE=path/to/orders.csv (or .jsonl)"; exit 2; }
+	$(BIN)/python -m infra.local.import_cli "$(FILE)"
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
 # `sam build` (BuildMethod: makefile) calls these: the function's code is this package, installed
 # with its runtime dependencies and its entry points (so built-in plugins load as on a laptop).
 build-ApiFunction build-AuthorizerFunction:
+	python -m pip install --quiet --no-compile . -t "$(ARTIFACTS_DIR)"
+build-ImportSplitterFunction build-ImportWorkerFunction:
 	python -m pip install --quiet --no-compile . -t "$(ARTIFACTS_DIR)"

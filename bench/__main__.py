@@ -199,6 +199,10 @@ against the same endpoint (both include interpreter start-up).
 | ratio | **{med["cold_handler"] / med["cold_baseline"]:.2f}** (target ≤ 1.5) |
 """
     report += workflow_report()
+    if os.environ.get("BENCH_IMPORT_SIZES", "1000,10000,100000"):
+        from bench.imports import markdown, run_import_bench
+
+        report += "\n" + markdown(run_import_bench())
     (ROOT / "BENCHMARKS.md").write_text(report)
     print(report)
 

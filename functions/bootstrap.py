@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import pluggy
 
 from core.access import ApiKey
 from core.fulfillment import OrderActions
+from core.import_service import ImportQueries, ImportSplitter, OrderImporter
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
@@ -19,6 +21,7 @@ from core.services import ApiKeyService, CaptureService, CatalogService, Invento
 from core.workflow import Workflow
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
+from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 
 
@@ -109,3 +112,48 @@ def ensure_admin_key(secret: str) -> ApiKey:
     """Store the admin key (every scope) under the hash of `secret`. Used by `make run` and by
     `python -m infra.admin_key` after a deploy."""
     return ApiKeyService(api_key_repository()).ensure_admin(secret)
+
+
+# --- Bulk import ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def import_ledger() -> DynamoImportLedger:
+    return DynamoImportLedger(dynamodb_client(), os.environ["CATALOG_TABLE"], os.environ["IDEMPOTENCY_TABLE"])
+
+
+@functools.cache
+def import_queries() -> ImportQueries:
+    return ImportQueries(import_ledger())
+
+
+@functools.cache
+def order_importer() -> OrderImporter:
+    """The import worker's use case: the API's capture service, recording on the ledger."""
+    return OrderImporter(container().capture, import_ledger(), container().orders)
+
+
+@functools.cache
+def import_files() -> S3ImportFiles:
+    return S3ImportFiles(boto3.client("s3"))
+
+
+@functools.cache
+def sqs_client() -> Any:
+    return boto3.client("sqs")
+
+
+def import_splitter(time_left: Callable[[], float]) -> tuple[ImportSplitter, SqsOrderQueue]:
+    """Per invocation: the queue batches this file's messages and paces against its deadline."""
+    queue = SqsOrderQueue(
+        sqs_client(),
+        os.environ["IMPORT_QUEUE_URL"],
+        high_water=int(os.environ.get("IMPORT_QUEUE_HIGH_WATER") or 0),
+        time_left=time_left,
+    )
+    return ImportSplitter(import_ledger(), queue), queue
+
+
+def import_caches() -> list[Any]:
+    """The cached pieces above, for tests that start a fresh account (cache_clear() each)."""
+    return [import_ledger, import_queries, order_importer, import_files, sqs_client]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
 import threading
 import time
+from contextlib import suppress
+from pathlib import Path
 
+from infra.local import moto_sqs
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
 
@@ -29,6 +33,42 @@ FIRST_ORDER = {
     },
     "payment": {"method": "test", "token": "tok_approve"},
 }
+
+
+# Where `make run` writes what other local tools need (make import): addresses, names, the admin
+# key. Gitignored; removed on exit. OMS_STATE_FILE moves it.
+STATE_FILE = Path(__file__).resolve().parents[2] / ".oms-local.json"
+# moto's SQS DeleteMessage walks the whole queue, so locally the import splitter waits while this
+# many messages are queued (template parameter ImportQueueHighWater; 0 on AWS).
+LOCAL_IMPORT_QUEUE_HIGH_WATER = "1000"
+
+
+def state_file() -> Path:
+    return Path(os.environ.get("OMS_STATE_FILE") or STATE_FILE)
+
+
+def write_state(stack: EmbeddedStack) -> Path:
+    path = state_file()
+    state = {
+        "api_url": stack.api_url,
+        "aws_endpoint": stack.aws_endpoint,
+        "region": "us-east-1",
+        "admin_key": stack.admin_key,
+        "stack_name": stack.stack_name,
+        "buckets": stack.bucket_names,
+        "queues": stack.queue_urls,
+        "tables": stack.table_names,
+        "pid": os.getpid(),
+    }
+    path.write_text(json.dumps(state, indent=2) + "\n")
+    path.chmod(0o600)  # it holds the admin key
+    return path
+
+
+def remove_state(path: Path) -> None:
+    with suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
 
 
 def banner(stack: EmbeddedStack, started: float) -> str:
@@ -59,6 +99,9 @@ def banner(stack: EmbeddedStack, started: float) -> str:
             f"--region us-east-1 dynamodb scan --table-name {orders_table}",
             *_workflow_lines(stack),
             "",
+            "Import a file of orders (CSV or JSON Lines) and follow it:",
+            "  make import FILE=events/orders-sample.csv",
+            "",
             "Ctrl-C stops it (everything is in memory).",
         ]
     )
@@ -88,12 +131,18 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     started = time.monotonic()
-    stack = EmbeddedStack()
+    stack = EmbeddedStack(
+        parameter_overrides={
+            "ImportQueueHighWater": os.environ.get("OMS_IMPORT_QUEUE_HIGH_WATER") or LOCAL_IMPORT_QUEUE_HIGH_WATER
+        }
+    )
     # Seeded after start() so that a refused seed is a warning, not a stack that will not start.
     wants_seed, stack.seed = stack.seed, False
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    # Until the stack installs it itself: moto's SQS otherwise slows down with the queue's depth.
+    moto_sqs.install()
     try:
         stack.start()
     except OSError as error:
@@ -105,10 +154,15 @@ def main() -> int:
                 stack.seed_demo_data()
             except SeedError as error:
                 print(f"warning: demo data not loaded: {error}", file=sys.stderr)
+        try:
+            write_state(stack)
+        except OSError as error:
+            print(f"warning: {state_file()} not written ({error}): make import needs OMS_* variables", file=sys.stderr)
         print(banner(stack, started), flush=True)
         while not stopping.wait(0.5):
             pass
     finally:
+        remove_state(state_file())
         stack.stop()
     print("stopped.", flush=True)
     return 0

@@ -1,0 +1,385 @@
+"""Bulk import: split a file into queued orders, capture each queued order, report progress.
+
+The splitter reads a file as a stream (core.imports) and queues one POST /orders body per order;
+rows it cannot turn into an order are recorded at once. The importer captures a queued order
+through the same CaptureService as POST /orders and records the outcome on its import. Every
+line is recorded at most once (ImportLedger.record), so a redelivered message or a re-run split
+never counts twice, and an import completes when its counts reach its total.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from core.card_numbers import contains_card_number, looks_like_card_number
+from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError
+from core.imports import CSV, ImportFileError, LineError, OrderFile, column_of_field, line_of_field
+from core.models import PlaceOrder, utc_now
+from core.services import CaptureService, OrderQueries
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+MAX_REPORTED_ERRORS = 1000  # an import keeps this many errors (the first recorded); `failed` counts all
+PROGRESS_EVERY = 1000  # orders between two updates of a running import's `total`
+SPLIT_INTERRUPTED = "split_interrupted"
+# An SQS message holds 256 KiB with its attributes; a body this large is refused on its line.
+MAX_ORDER_BYTES = 250 * 1024
+
+
+class ImportStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+
+
+class Outcome(StrEnum):
+    IMPORTED = "imported"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+
+# --- What the API shows ----------------------------------------------------------------------------
+
+
+class ImportErrorEntry(BaseModel):
+    line: int | None = Field(description="Physical line in the file (a CSV header is line 1); null for the whole file")
+    external_id: str | None = None
+    code: str
+    message: str
+
+
+class ImportSummary(BaseModel):
+    id: str
+    source: str = Field(description="Where the orders came from, e.g. s3://bucket/incoming/orders.csv")
+    status: ImportStatus
+    format: str | None = Field(default=None, description="csv or jsonl, once known")
+    total: int = Field(description="Orders found in the file so far; final once total_final is true")
+    total_final: bool = Field(description="True once the whole file has been read")
+    imported: int
+    duplicates: int
+    failed: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImportReport(ImportSummary):
+    errors: list[ImportErrorEntry] = Field(
+        description=f"One per failed order, by line: the first {MAX_REPORTED_ERRORS} recorded (`failed` counts all)"
+    )
+
+
+# --- Ports -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportState:
+    """What the splitter needs to know about an import before it reads the file (again)."""
+
+    status: ImportStatus
+    total_final: bool
+    failure_code: str | None = None
+
+
+@dataclass(frozen=True)
+class OrderOrigin:
+    """Where a queued order comes from: its import and line (None for an order sent directly)."""
+
+    import_id: str
+    line: int
+    line_numbers: tuple[int, ...] = ()
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class QueuedOrder:
+    body: str  # a POST /orders body, JSON
+    origin: OrderOrigin
+
+
+class ImportLedger(ABC):
+    """Imports, their counters and errors. Counters only ever grow by atomic additions."""
+
+    @abstractmethod
+    def begin(self, import_id: str, source: str, at: datetime) -> ImportState:
+        """Create the import (running) unless it exists; either way return its state."""
+
+    @abstractmethod
+    def restart(self, import_id: str, at: datetime) -> None:
+        """An import whose split was interrupted runs again (status back to running)."""
+
+    @abstractmethod
+    def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
+        """The import failed as a whole (its file cannot be read): status failed with this error."""
+
+    @abstractmethod
+    def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
+        """Orders found so far, while the file is still being read."""
+
+    @abstractmethod
+    def finish_reading(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
+        """The whole file was read: `total` is final. Completes the import if every order is
+        already recorded."""
+
+    @abstractmethod
+    def is_recorded(self, import_id: str, line: int) -> bool:
+        """Whether the order on `line` already has its outcome."""
+
+    @abstractmethod
+    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
+        """Count the outcome of the order that starts on `line`, once: False (and nothing changes)
+        when that line was recorded before. A failure's error (listed under its own line) is kept
+        while the import has fewer than MAX_REPORTED_ERRORS. The record that brings the counts to
+        a final total completes the import."""
+
+    @abstractmethod
+    def get(self, import_id: str) -> ImportReport | None: ...
+
+    @abstractmethod
+    def list(self, limit: int, cursor: str | None) -> tuple[list[ImportSummary], str | None]:
+        """Imports, newest first, and an opaque cursor for the next page (InvalidCursor for one
+        this ledger did not issue)."""
+
+
+class OrderQueue(ABC):
+    """The import queue, seen from the splitter: orders go out in batches."""
+
+    @abstractmethod
+    def send(self, order: QueuedOrder) -> None:
+        """Queue one order (it may wait in a batch until the batch is full or flushed)."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Send whatever waits in the current batch."""
+
+
+# --- Use cases ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportSource:
+    """A file to import: its import id, where it is (for the report) and its name (for the format)."""
+
+    import_id: str
+    uri: str
+    name: str
+
+
+class ImportSplitter:
+    """Reads one file and queues its orders; records the rows that are not orders at once."""
+
+    def __init__(self, ledger: ImportLedger, queue: OrderQueue, clock: Clock = utc_now):
+        self._ledger = ledger
+        self._queue = queue
+        self._clock = clock
+
+    def split(self, source: ImportSource, open_file: Callable[[], Iterable[bytes]]) -> bool:
+        """Queue the orders of the file `open_file` streams. False when there was nothing to do:
+        the import exists and its file was already read (a redelivered event). Safe to run again
+        after a failure: lines already recorded are not counted twice."""
+        state = self._ledger.begin(source.import_id, source.uri, self._clock())
+        if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
+            return False
+        if state.status is ImportStatus.FAILED:
+            self._ledger.restart(source.import_id, self._clock())
+        try:
+            self._split(source, open_file)
+        except Exception as error:
+            # Reported on the import now; the raise lets Lambda retry the event, which resumes it.
+            self._ledger.fail(
+                source.import_id,
+                SPLIT_INTERRUPTED,
+                f"reading the file stopped unexpectedly ({type(error).__name__}); it is retried automatically",
+                self._clock(),
+            )
+            raise
+        return True
+
+    def _split(self, source: ImportSource, open_file: Callable[[], Iterable[bytes]]) -> None:
+        try:
+            orders = OrderFile(open_file(), source.name)
+        except ImportFileError as error:
+            self._ledger.fail(source.import_id, error.code, error.message, self._clock())
+            return
+        total = 0
+        for order in orders:
+            total += 1
+            error = order.error or _card_data_error(order.body, order.line, order.external_id)
+            if error is not None:
+                self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
+            else:
+                body = json.dumps(order.body, separators=(",", ":"))
+                if len(body.encode()) > MAX_ORDER_BYTES:
+                    error = LineError(order.line, order.external_id, "order_too_large", "the order is over 250 KiB")
+                    self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
+                else:
+                    origin = OrderOrigin(source.import_id, order.line, order.line_numbers, orders.format)
+                    self._queue.send(QueuedOrder(body, origin))
+            if total % PROGRESS_EVERY == 0:
+                self._ledger.progress(source.import_id, orders.format, total, self._clock())
+        self._queue.flush()
+        self._ledger.finish_reading(source.import_id, orders.format, total, self._clock())
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    outcome: Outcome | None  # None: the line was recorded by an earlier delivery; nothing done
+    order_id: str | None = None
+    error: LineError | None = None
+
+
+class OrderImporter:
+    """Captures one queued order exactly as POST /orders does, and records what happened.
+
+    Validation, pricing, stock and duplicate outcomes are *results*: recorded, never raised, so a
+    bad order never blocks its batch or reaches the dead-letter queue. What is not the order's
+    fault (a broken plugin, a gateway briefly down, AWS errors) is raised, so the message is
+    retried and, after the queue's maxReceiveCount, parked in the DLQ."""
+
+    def __init__(self, capture: CaptureService, ledger: ImportLedger, orders: OrderQueries, clock: Clock = utc_now):
+        self._capture = capture
+        self._ledger = ledger
+        self._orders = orders
+        self._clock = clock
+
+    def import_order(self, body: str, origin: OrderOrigin | None, sender: str) -> ImportResult:
+        if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
+            return ImportResult(None)
+        # The order's history names who created it: the import and line, or the queue's sender.
+        actor = f"{origin.import_id}:{origin.line}" if origin is not None else f"sqs:{sender}"
+        result = self._place(body, origin, actor)
+        # Under the order's first line, whichever line its error names: a redelivery finds it.
+        if (
+            origin is not None
+            and result.outcome is not None
+            and not self._ledger.record(origin.import_id, origin.line, result.outcome, result.error, self._clock())
+        ):
+            logger.info("import line already recorded", extra={"import_id": origin.import_id, "line": origin.line})
+        return result
+
+    def _place(self, body: str, origin: OrderOrigin | None, actor: str) -> ImportResult:
+        line = origin.line if origin is not None else 0
+        line_numbers = origin.line_numbers if origin is not None else ()
+        as_csv = origin is not None and origin.format == CSV
+
+        def failed(code: str, message: str, external_id: str | None, field: str | None = None) -> ImportResult:
+            at = line_of_field(field, line, line_numbers) if field else line
+            return ImportResult(Outcome.FAILED, error=LineError(at, external_id, code, message))
+
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return failed("malformed_json", "the message is not a JSON order", None)
+        if not isinstance(document, dict):
+            return failed("malformed_json", "the message is not a JSON object", None)
+        external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None
+        card = _card_data_error(document, line, external_id)
+        if card is not None:
+            return ImportResult(Outcome.FAILED, error=card)
+        try:
+            command = PlaceOrder.model_validate(document)
+        except ValidationError as error:
+            problems = [(_field(e.get("loc", ())), e.get("msg", "invalid")) for e in error.errors()]
+            message = "; ".join(f"{_named(f, as_csv)}: {m}" for f, m in problems[:5])
+            return failed("validation_error", message, external_id, problems[0][0] if problems else None)
+        if command.external_id is None:
+            return failed(
+                "missing_external_id",
+                "external_id is required: channel + external_id identify each imported order",
+                None,
+            )
+        try:
+            order = self._capture.place(command, actor)
+        except DuplicateOrder as duplicate:
+            # Two deliveries of one message may run at once: the one that loses the put must not
+            # call the order the other just imported a duplicate. Its history names its creator.
+            if origin is not None and self._created_by(duplicate.order_id, actor):
+                return ImportResult(Outcome.IMPORTED, order_id=duplicate.order_id)
+            return ImportResult(Outcome.DUPLICATE, order_id=duplicate.order_id)
+        except (PluginError, TransientError):
+            raise
+        except DomainError as error:
+            fields = [d for d in error.details if isinstance(d, dict) and d.get("field")]
+            message = error.message
+            if fields:
+                message += ": " + "; ".join(f"{_named(d['field'], as_csv)}: {d.get('message', '')}" for d in fields[:5])
+            return failed(error.code, message, external_id, fields[0]["field"] if fields else None)
+        return ImportResult(Outcome.IMPORTED, order_id=order.id)
+
+    def _created_by(self, order_id: str, actor: str) -> bool:
+        try:
+            history = self._orders.history(order_id)
+        except NotFound:
+            return False
+        return bool(history) and history[0].actor == actor
+
+
+class ImportQueries:
+    def __init__(self, ledger: ImportLedger):
+        self._ledger = ledger
+
+    def get(self, import_id: str) -> ImportReport:
+        report = self._ledger.get(import_id)
+        if report is None:
+            raise NotFound(f"no import {import_id}")
+        return report
+
+    def list(self, limit: int, cursor: str | None) -> tuple[list[ImportSummary], str | None]:
+        return self._ledger.list(limit, cursor)
+
+
+# --- Helpers -----------------------------------------------------------------------------------------
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """("lines", 0, "quantity") -> "lines[0].quantity"."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def _named(field: str, as_csv: bool) -> str:
+    return column_of_field(field) if as_csv else field
+
+
+def _card_fields(value: Any, path: str) -> list[str]:
+    if isinstance(value, dict):
+        return [f for key, item in value.items() for f in _card_fields(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, list):
+        return [f for i, item in enumerate(value) for f in _card_fields(item, f"{path}[{i}]")]
+    if isinstance(value, str) and contains_card_number(value):
+        return [path]
+    if isinstance(value, int) and not isinstance(value, bool) and looks_like_card_number(value):
+        return [path]
+    return []
+
+
+def _card_data_error(body: dict[str, Any] | None, line: int, external_id: str | None) -> LineError | None:
+    """Card numbers never enter the OMS, not even its queue: such an order is refused, naming the
+    fields and never the values."""
+    if body is None:
+        return None
+    fields = _card_fields(body, "")
+    if not fields:
+        return None
+    return LineError(
+        line,
+        external_id,
+        "card_data_rejected",
+        "payment card numbers are never accepted (send a payment token): " + ", ".join(fields[:5]),
+    )

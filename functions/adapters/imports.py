@@ -1,0 +1,478 @@
+"""Bulk import adapters: import progress and errors in the Catalog table, per-line outcome
+markers in the Idempotency table, and the import queue (SQS SendMessageBatch)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.import_service import (
+    MAX_REPORTED_ERRORS,
+    ImportErrorEntry,
+    ImportLedger,
+    ImportReport,
+    ImportState,
+    ImportStatus,
+    ImportSummary,
+    OrderOrigin,
+    OrderQueue,
+    Outcome,
+    QueuedOrder,
+)
+from core.imports import ImportFileError, LineError
+from functions.adapters.dynamodb import batch_get, decode_cursor, encode_cursor, from_item, timestamp
+
+logger = logging.getLogger(__name__)
+
+LIST_PK = "IMPORTS"
+# A line's outcome marker lives as long as a message about it can still arrive: the queue keeps
+# messages 4 days (its DLQ 14); a redrive from the DLQ must still find the marker.
+MARKER_DAYS = 15
+_COUNTERS = {Outcome.IMPORTED: "imported", Outcome.DUPLICATE: "duplicates", Outcome.FAILED: "failed"}
+
+
+def _import_key(import_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"IMPORT#{import_id}"}, "sk": {"S": "IMPORT"}}
+
+
+def _error_key(import_id: str, line: int) -> dict[str, Any]:
+    # Zero-padded, so the errors come back sorted by line.
+    return {"pk": {"S": f"IMPORT#{import_id}#ERRORS"}, "sk": {"S": f"{line:010d}"}}
+
+
+def _list_key(created_at: str, import_id: str) -> dict[str, Any]:
+    return {"pk": {"S": LIST_PK}, "sk": {"S": f"{created_at}#{import_id}"}}
+
+
+def _marker_id(import_id: str, line: int) -> str:
+    return f"import#{import_id}#{line}"
+
+
+def _is_conditional_failure(error: ClientError) -> bool:
+    return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+class DynamoImportLedger(ImportLedger):
+    """An import is one item in the Catalog table (pk IMPORT#<id>) holding its status, total and
+    counters; a listing item per import (pk IMPORTS, sorted by creation time) answers GET /imports
+    newest first; kept errors are items of their own (pk IMPORT#<id>#ERRORS, sk = the line).
+
+    A line is recorded once: a marker item (import#<id>#<line>) is put in the Idempotency table on
+    attribute_not_exists, and only when that put succeeds are the counters ADDed, in one atomic
+    UpdateItem, so concurrent workers never lose a count and a redelivered message never adds one.
+    No transaction: a worker killed between the two writes leaves that line uncounted (the import
+    then stays running, one short); the order itself is stored or not, never twice."""
+
+    def __init__(self, client: Any, catalog_table: str, idempotency_table: str):
+        self._client = client
+        self._table = catalog_table
+        self._markers = idempotency_table
+
+    # --- The splitter's side ------------------------------------------------------------------
+    def begin(self, import_id: str, source: str, at: datetime) -> ImportState:
+        now = timestamp(at)
+        item = {
+            **_import_key(import_id),
+            "id": {"S": import_id},
+            "source": {"S": source},
+            "status": {"S": ImportStatus.RUNNING.value},
+            "total": {"N": "0"},
+            "total_final": {"BOOL": False},
+            "imported": {"N": "0"},
+            "duplicates": {"N": "0"},
+            "failed": {"N": "0"},
+            "created_at": {"S": now},
+            "updated_at": {"S": now},
+        }
+        try:
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            stored = item
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            stored = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True)[
+                "Item"
+            ]
+        # Put (again) every time: a split that died between the two puts still gets listed.
+        created_at = stored["created_at"]["S"]
+        self._client.put_item(TableName=self._table, Item={**_list_key(created_at, import_id), "id": {"S": import_id}})
+        values = from_item(stored)
+        return ImportState(
+            status=ImportStatus(values["status"]),
+            total_final=bool(values.get("total_final")),
+            failure_code=values.get("error_code"),
+        )
+
+    def restart(self, import_id: str, at: datetime) -> None:
+        self._client.update_item(
+            TableName=self._table,
+            Key=_import_key(import_id),
+            UpdateExpression="SET #status = :running, updated_at = :now REMOVE error_code, error_message",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":running": {"S": ImportStatus.RUNNING.value}, ":now": {"S": timestamp(at)}},
+        )
+
+    def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
+        self._client.update_item(
+            TableName=self._table,
+            Key=_import_key(import_id),
+            UpdateExpression="SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":failed": {"S": ImportStatus.FAILED.value},
+                ":code": {"S": code},
+                ":message": {"S": message},
+                ":now": {"S": timestamp(at)},
+            },
+        )
+
+    def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="SET #total = :total, #format = :format, updated_at = :now",
+                ConditionExpression="total_final = :false",  # a re-run never lowers a final total
+                ExpressionAttributeNames={"#total": "total", "#format": "format"},
+                ExpressionAttributeValues={
+                    ":total": {"N": str(total)},
+                    ":format": {"S": file_format},
+                    ":now": {"S": timestamp(at)},
+                    ":false": {"BOOL": False},
+                },
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+
+    def finish_reading(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
+        response = self._client.update_item(
+            TableName=self._table,
+            Key=_import_key(import_id),
+            UpdateExpression="SET #total = :total, #format = :format, total_final = :true, updated_at = :now",
+            ExpressionAttributeNames={"#total": "total", "#format": "format"},
+            ExpressionAttributeValues={
+                ":total": {"N": str(total)},
+                ":format": {"S": file_format},
+                ":true": {"BOOL": True},
+                ":now": {"S": timestamp(at)},
+            },
+            ReturnValues="ALL_NEW",
+        )
+        self._complete_if_done(import_id, from_item(response["Attributes"]), at)
+
+    # --- The worker's side --------------------------------------------------------------------
+    def is_recorded(self, import_id: str, line: int) -> bool:
+        response = self._client.get_item(
+            TableName=self._markers,
+            Key={"id": {"S": _marker_id(import_id, line)}},
+            ProjectionExpression="id",
+            ConsistentRead=True,
+        )
+        return "Item" in response
+
+    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
+        marker = {
+            "id": {"S": _marker_id(import_id, line)},
+            "outcome": {"S": outcome.value},
+            "expiration": {"N": str(int((at + timedelta(days=MARKER_DAYS)).timestamp()))},
+        }
+        try:
+            self._client.put_item(TableName=self._markers, Item=marker, ConditionExpression="attribute_not_exists(id)")
+        except ClientError as failure:
+            if _is_conditional_failure(failure):
+                return False
+            raise
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="ADD #counter :one SET updated_at = :now",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#counter": _COUNTERS[outcome]},
+                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"S": timestamp(at)}},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as failure:
+            if not _is_conditional_failure(failure):
+                raise
+            # A message naming an import that does not exist: never a half-made import item.
+            logger.warning("no such import to record on", extra={"import_id": import_id, "line": line})
+            return False
+        values = from_item(response["Attributes"])
+        # `failed` numbers the failures in the order they were recorded: the first ones are kept.
+        if outcome is Outcome.FAILED and error is not None and int(values.get("failed", 0)) <= MAX_REPORTED_ERRORS:
+            entry = {
+                **_error_key(import_id, error.line),
+                "line": {"N": str(error.line)},
+                "code": {"S": error.code},
+                "message": {"S": error.message},
+            }
+            if error.external_id:
+                entry["external_id"] = {"S": error.external_id}
+            self._client.put_item(TableName=self._table, Item=entry)
+        self._complete_if_done(import_id, values, at)
+        return True
+
+    def _complete_if_done(self, import_id: str, values: dict[str, Any], at: datetime) -> None:
+        """Whoever sees the final total reached ends the import; the condition lets one win."""
+        if values.get("status") != ImportStatus.RUNNING.value or not values.get("total_final"):
+            return
+        failed = int(values.get("failed", 0))
+        done = int(values.get("imported", 0)) + int(values.get("duplicates", 0)) + failed
+        if done < int(values.get("total", 0)):
+            return
+        final = ImportStatus.COMPLETED_WITH_ERRORS if failed else ImportStatus.COMPLETED
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="SET #status = :final, updated_at = :now, finished_at = :now",
+                ConditionExpression="#status = :running",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":final": {"S": final.value},
+                    ":running": {"S": ImportStatus.RUNNING.value},
+                    ":now": {"S": timestamp(at)},
+                },
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+
+    # --- Reads --------------------------------------------------------------------------------
+    def get(self, import_id: str) -> ImportReport | None:
+        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id)).get("Item")
+        if item is None:
+            return None
+        values = from_item(item)
+        errors: list[ImportErrorEntry] = []
+        if values.get("error_code"):
+            errors.append(ImportErrorEntry(line=None, code=values["error_code"], message=values["error_message"]))
+        errors.extend(self._errors(import_id))
+        return ImportReport(**_summary_fields(values), errors=errors)
+
+    def _errors(self, import_id: str) -> list[ImportErrorEntry]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _error_key(import_id, 0)["pk"]},
+        }
+        entries: list[ImportErrorEntry] = []
+        while len(entries) < MAX_REPORTED_ERRORS:
+            response = self._client.query(**query)
+            for item in response.get("Items", []):
+                values = from_item(item)
+                entries.append(
+                    ImportErrorEntry(
+                        line=int(values["line"]),
+                        external_id=values.get("external_id"),
+                        code=values["code"],
+                        message=values["message"],
+                    )
+                )
+            if "LastEvaluatedKey" not in response:
+                break
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return entries[:MAX_REPORTED_ERRORS]
+
+    def list(self, limit: int, cursor: str | None) -> tuple[list[ImportSummary], str | None]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": LIST_PK}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "imports", {"pk", "sk"})
+        response = self._client.query(**query)
+        ids = [item["id"]["S"] for item in response.get("Items", [])]
+        found = {item["id"]["S"]: item for item in batch_get(self._client, self._table, [_import_key(i) for i in ids])}
+        summaries = [ImportSummary(**_summary_fields(from_item(found[i]))) for i in ids if i in found]
+        last = response.get("LastEvaluatedKey")
+        return summaries, encode_cursor("imports", last) if last else None
+
+
+def _summary_fields(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": values["id"],
+        "source": values["source"],
+        "status": values["status"],
+        "format": values.get("format"),
+        "total": int(values.get("total", 0)),
+        "total_final": bool(values.get("total_final")),
+        "imported": int(values.get("imported", 0)),
+        "duplicates": int(values.get("duplicates", 0)),
+        "failed": int(values.get("failed", 0)),
+        "created_at": values["created_at"],
+        "updated_at": values["updated_at"],
+    }
+
+
+# --- The import queue ------------------------------------------------------------------------------
+
+BATCH_ENTRIES = 10  # SendMessageBatch takes at most 10 messages...
+BATCH_BYTES = 256 * 1024  # ...of at most 256 KiB together (bodies and attributes)
+SEND_ATTEMPTS = 5
+DEPTH_CHECK_EVERY = 10  # batches between two looks at the queue's depth, when pacing
+
+
+class OrderTooLarge(ValueError):
+    pass
+
+
+def origin_attributes(origin: OrderOrigin) -> dict[str, dict[str, str]]:
+    """Where a queued order comes from, as SQS message attributes: the body stays a plain POST
+    /orders body, exactly what another system sends directly."""
+    attributes = {
+        "import_id": {"DataType": "String", "StringValue": origin.import_id},
+        "line": {"DataType": "Number", "StringValue": str(origin.line)},
+    }
+    if origin.format:
+        attributes["format"] = {"DataType": "String", "StringValue": origin.format}
+    if origin.line_numbers and set(origin.line_numbers) != {origin.line}:
+        attributes["line_numbers"] = {
+            "DataType": "String",
+            "StringValue": ",".join(str(n) for n in origin.line_numbers),
+        }
+    return attributes
+
+
+def origin_from(attributes: dict[str, Any]) -> OrderOrigin | None:
+    """The inverse, from a Lambda SQS record's messageAttributes (stringValue) or an SQS API
+    message's MessageAttributes (StringValue). None when the message came from another system."""
+
+    def text(name: str) -> str | None:
+        value = attributes.get(name) or {}
+        if not isinstance(value, dict):
+            return None
+        found = value.get("stringValue", value.get("StringValue"))
+        return found if isinstance(found, str) else None
+
+    import_id, line = text("import_id"), text("line")
+    if not import_id or not line or not line.isdigit():
+        return None
+    numbers = text("line_numbers")
+    line_numbers = tuple(int(n) for n in numbers.split(",") if n.isdigit()) if numbers else ()
+    return OrderOrigin(import_id=import_id, line=int(line), line_numbers=line_numbers, format=text("format"))
+
+
+def _entry_bytes(entry: dict[str, Any]) -> int:
+    size = len(entry["MessageBody"].encode())
+    for name, value in entry.get("MessageAttributes", {}).items():
+        size += len(name.encode()) + len(value["DataType"].encode()) + len(value["StringValue"].encode())
+    return size
+
+
+class SqsOrderQueue(OrderQueue):
+    """Batches of up to 10 messages (and 256 KiB) per SendMessageBatch; entries SQS refuses are
+    sent again (with back-off) before the split gives up.
+
+    `high_water` > 0 paces the splitter: every few batches it reads the queue's depth and waits
+    while more than that many messages are waiting, so a huge file does not bury orders that other
+    systems send to the same queue (and moto's SQS, whose receive and delete cost grows with the
+    queue's depth, stays fast locally). It never waits past `time_left()` minus a minute."""
+
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        high_water: int = 0,
+        time_left: Callable[[], float] = lambda: float("inf"),
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self._client = client
+        self._queue_url = queue_url
+        self._high_water = high_water
+        self._time_left = time_left
+        self._sleep = sleep
+        self._batch: list[dict[str, Any]] = []
+        self._batch_bytes = 0
+        self._batches_sent = 0
+        self.sent = 0
+
+    def send(self, order: QueuedOrder) -> None:
+        entry = {
+            "Id": str(len(self._batch)),
+            "MessageBody": order.body,
+            "MessageAttributes": origin_attributes(order.origin),
+        }
+        size = _entry_bytes(entry)
+        if size > BATCH_BYTES:
+            raise OrderTooLarge(f"an order of {size} bytes does not fit an SQS message")
+        if len(self._batch) >= BATCH_ENTRIES or self._batch_bytes + size > BATCH_BYTES:
+            self.flush()
+            entry["Id"] = "0"
+        self._batch.append(entry)
+        self._batch_bytes += size
+        if len(self._batch) >= BATCH_ENTRIES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        entries, self._batch, self._batch_bytes = self._batch, [], 0
+        if self._high_water and self._batches_sent % DEPTH_CHECK_EVERY == 0:
+            self._wait_for_room()
+        for attempt in range(SEND_ATTEMPTS):
+            response = self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries)
+            failed = {failure["Id"] for failure in response.get("Failed", [])}
+            self.sent += len(entries) - len(failed)
+            if not failed:
+                break
+            sender_faults = [f for f in response["Failed"] if f.get("SenderFault")]
+            if sender_faults:  # a malformed entry will not improve by sending it again
+                raise RuntimeError(f"SQS refused import messages: {sender_faults[0].get('Code')}")
+            entries = [entry for entry in entries if entry["Id"] in failed]
+            self._sleep(min(2.0, 0.1 * 2**attempt))
+        else:
+            raise RuntimeError(f"SQS did not take {len(entries)} import messages after {SEND_ATTEMPTS} attempts")
+        self._batches_sent += 1
+
+    def _wait_for_room(self) -> None:
+        delay = 0.05
+        while self._time_left() > 60:
+            attributes = self._client.get_queue_attributes(
+                QueueUrl=self._queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            if int(attributes.get("ApproximateNumberOfMessages", 0)) <= self._high_water:
+                return
+            self._sleep(delay)
+            delay = min(1.0, delay * 2)
+
+
+# --- The files ---------------------------------------------------------------------------------------
+
+CHUNK_BYTES = 256 * 1024
+
+
+class S3ImportFiles:
+    """Streams an uploaded file from S3 in chunks: the object is never read whole."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def open(self, bucket: str, key: str, version_id: str | None, etag: str | None) -> Iterator[bytes]:
+        """The chunks of exactly the object version the event announced. A file deleted or replaced
+        before it could be read is an ImportFileError (the import fails with a clear reason)."""
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            request["VersionId"] = version_id
+        elif etag:
+            request["IfMatch"] = f'"{etag.strip(chr(34))}"'
+        try:
+            body = self._client.get_object(**request)["Body"]
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code in ("NoSuchKey", "NoSuchVersion", "PreconditionFailed", "412", "404"):
+                raise ImportFileError(
+                    "file_unavailable", f"s3://{bucket}/{key} was deleted or replaced before it could be read"
+                ) from None
+            raise
+        return body.iter_chunks(CHUNK_BYTES)

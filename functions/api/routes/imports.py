@@ -1,0 +1,57 @@
+"""Bulk imports: their progress, totals and per-line errors (files land in the imports bucket)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from pydantic import BaseModel
+
+from core.access import Scope
+from core.errors import NotFound
+from core.import_service import ImportReport, ImportSummary
+from functions.api.access import caller, requires
+from functions.api.schemas import errors, ok
+from functions.bootstrap import import_queries
+
+router = Router()
+
+ImportIdPath = Annotated[str, Path(pattern=r"^imp_[a-z2-7]{24}$", description="Import id")]
+
+
+class ImportPage(BaseModel):
+    items: list[ImportSummary]
+    next_cursor: str | None = None
+
+
+# An import spans channels (one file may hold several), and its errors name external ids: a key
+# bound to one channel sees no imports at all, exactly as if there were none.
+
+
+@router.get(
+    "/imports",
+    summary="List imports, newest first (without their errors)",
+    responses={**ok(200, ImportPage, "A page of imports"), **errors(403)},
+)
+@requires(Scope.ORDERS_READ)
+def list_imports(
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> ImportPage:
+    if caller(router).channel is not None:
+        return ImportPage(items=[], next_cursor=None)
+    items, next_cursor = import_queries().list(limit, cursor)
+    return ImportPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/imports/<import_id>",
+    summary="An import: status, totals and per-line errors",
+    responses={**ok(200, ImportReport, "The import"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def get_import(import_id: ImportIdPath) -> ImportReport:
+    if caller(router).channel is not None:
+        raise NotFound(f"no import {import_id}")
+    return import_queries().get(import_id)

@@ -1,0 +1,47 @@
+"""S3 `incoming/` → the import queue: streams each new file and queues its orders in batches."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from core.import_service import ImportSource
+from core.imports import import_id_for
+from functions import bootstrap
+
+logger = Logger()
+# The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
+
+
+def split_object(record: dict[str, Any], context: Any) -> None:
+    s3 = record["s3"]
+    bucket = s3["bucket"]["name"]
+    key = unquote_plus(s3["object"]["key"])  # S3 URL-encodes keys in events ("a b.csv" -> "a+b.csv")
+    version_id = s3["object"].get("versionId") or None
+    etag = s3["object"].get("eTag") or None
+    import_id = import_id_for(bucket, key, version_id or etag or "")
+    logger.append_keys(import_id=import_id)
+    files = bootstrap.import_files()
+
+    def time_left() -> float:
+        return context.get_remaining_time_in_millis() / 1000
+
+    splitter, queue = bootstrap.import_splitter(time_left)
+    source = ImportSource(import_id=import_id, uri=f"s3://{bucket}/{key}", name=key)
+    started = splitter.split(source, lambda: files.open(bucket, key, version_id, etag))
+    logger.info("import split" if started else "import already read", extra={"queued": queue.sent})
+    metrics.add_metric(name="ImportOrdersQueued", unit=MetricUnit.Count, value=queue.sent)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> None:
+    # S3 sends one record per event; an exception makes Lambda retry the event (twice), and a
+    # retry resumes the import: lines already recorded are not counted again.
+    for record in event.get("Records", []):
+        split_object(record, context)

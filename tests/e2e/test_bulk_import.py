@@ -1,0 +1,285 @@
+"""Bulk import end to end on the local stack: a file put under incoming/ goes through the S3
+notification, the splitter, the import queue and the worker (the event source mappings the
+template declares), and GET /imports reports it; `make import` does the same from a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.imports import COLUMNS, import_id_for
+from infra.local import moto_sqs
+from infra.local.stack import EmbeddedStack, running_stack
+from tests.e2e.client import Api, assert_error, unique
+from tests.e2e.conftest import PARAMETERS
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_CSV = ROOT / "events" / "orders-sample.csv"
+SAMPLE_JSONL = ROOT / "events" / "orders-sample.jsonl"
+FINISHED = ("completed", "completed_with_errors", "failed")
+
+
+def _fresh_containers() -> None:
+    # One process plays every Lambda container: a stack started earlier in this process would leave
+    # its cached catalog behind. A new stack is a new deployment, its containers start cold.
+    from functions import bootstrap
+
+    for cached in (bootstrap.container, bootstrap.dynamodb_client, bootstrap.api_key_repository):
+        cached.cache_clear()
+    for cached in bootstrap.import_caches():
+        cached.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    """The demo catalog (the sample files order its skus), and only the import's event sources
+    running: the order workflow is not what this module is about, orders stay as placed."""
+    _fresh_containers()
+    moto_sqs.install()  # as `make run` does
+    try:
+        with running_stack(
+            seed=True, event_sources=False, parameter_overrides={**PARAMETERS, "ImportQueueHighWater": 1000}
+        ) as started:
+            started.seed_demo_data()
+            for mapping in started.mappings.values():
+                if mapping.function_logical_id in ("ImportSplitterFunction", "ImportWorkerFunction"):
+                    mapping.resume()
+            yield started
+    finally:
+        moto_sqs.uninstall()
+        _fresh_containers()
+
+
+@pytest.fixture(scope="module")
+def api(stack: EmbeddedStack) -> Iterator[Api]:
+    client = Api(stack.api_url, stack.admin_key)
+    yield client
+    client.close()
+
+
+def csv_row(channel: str, external_id: str, sku: str = "STICKER-PACK", quantity: str = "1") -> str:
+    values = dict.fromkeys(COLUMNS, "")
+    values.update(
+        channel=channel,
+        external_id=external_id,
+        currency="USD",
+        customer_id="cus-import",
+        customer_email="grace@example.com",
+        sku=sku,
+        quantity=quantity,
+        ship_name="Grace Hopper",
+        ship_line1="1 Navy Yard Pl",
+        ship_city="Arlington",
+        ship_region="VA",
+        ship_postal_code="22202",
+        ship_country="US",
+        payment_method="test",
+        payment_token="tok_approve",
+    )
+    return ",".join(values[column] for column in COLUMNS)
+
+
+def put_file(stack: EmbeddedStack, key: str, data: bytes) -> str:
+    s3 = stack.client("s3")
+    bucket = stack.bucket_names["ImportsBucket"]
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return import_id_for(bucket, key, s3.head_object(Bucket=bucket, Key=key)["ETag"])
+
+
+def finished(api: Api, import_id: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = api.get(f"/imports/{import_id}")
+        if response.status_code == 200 and response.json()["status"] in FINISHED:
+            return response.json()
+        assert response.status_code in (200, 404), response.text
+        time.sleep(0.1)
+    raise AssertionError(f"import {import_id} did not finish in {timeout} s: {api.get(f'/imports/{import_id}').text}")
+
+
+@pytest.fixture(scope="module")
+def channel() -> str:
+    return unique("mkt")
+
+
+@pytest.fixture(scope="module")
+def orders_file(channel: str) -> bytes:
+    rows = [
+        csv_row(channel, "A-1", "TSHIRT-BLK-M", "1"),
+        csv_row(channel, "A-1", "STICKER-PACK", "2"),
+        csv_row(channel, "A-2"),
+        csv_row(channel, "A-3", "NOT-A-SKU"),
+        csv_row(channel, "A-4", "MUG-001", "1"),
+    ]
+    return ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def first_import(stack: EmbeddedStack, api: Api, orders_file: bytes) -> dict[str, Any]:
+    return finished(api, put_file(stack, "incoming/first.csv", orders_file))
+
+
+def test_a_file_put_under_incoming_is_captured_and_reported(api: Api, first_import: dict[str, Any], channel: str):
+    assert {k: first_import[k] for k in ("status", "format", "total", "imported", "duplicates", "failed")} == {
+        "status": "completed_with_errors",
+        "format": "csv",
+        "total": 4,
+        "imported": 3,
+        "duplicates": 0,
+        "failed": 1,
+    }
+    assert first_import["errors"] == [
+        {"line": 5, "external_id": "A-3", "code": "unknown_sku", "message": "unknown sku: sku: no product NOT-A-SKU"}
+    ]
+    assert first_import["source"].endswith("/incoming/first.csv")
+    listed = api.list_all({"channel": channel})
+    assert sorted(order["external_id"] for order in listed) == ["A-1", "A-2", "A-4"]
+    (two_lines,) = [order for order in listed if order["external_id"] == "A-1"]
+    lines = [(line["sku"], line["quantity"]) for line in two_lines["lines"]]
+    assert lines == [("TSHIRT-BLK-M", 1), ("STICKER-PACK", 2)]
+
+
+def test_importing_the_same_file_again_creates_nothing_new(
+    stack: EmbeddedStack, api: Api, first_import: dict[str, Any], orders_file: bytes, channel: str
+):
+    before = api.list_all({"channel": channel})
+
+    again = finished(api, put_file(stack, "incoming/again/first.csv", orders_file))
+
+    assert (again["status"], again["total"], again["imported"], again["duplicates"], again["failed"]) == (
+        "completed_with_errors",
+        4,
+        0,
+        3,
+        1,
+    )
+    assert api.list_all({"channel": channel}) == before
+
+
+def test_imports_are_listed_newest_first_with_cursors(stack: EmbeddedStack, api: Api, first_import: dict[str, Any]):
+    newest = finished(api, put_file(stack, "incoming/newest.jsonl", b""))
+
+    page = api.get("/imports", params={"limit": 1}).json()
+    assert [item["id"] for item in page["items"]] == [newest["id"]]
+    assert "errors" not in page["items"][0]
+    seen, cursor = [newest["id"]], page["next_cursor"]
+    while cursor:
+        page = api.get("/imports", params={"limit": 1, "cursor": cursor}).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+    assert first_import["id"] in seen and len(seen) == len(set(seen))
+    assert_error(api.get("/imports", params={"cursor": "bm90LWEtY3Vyc29y"}), 422, "invalid_cursor")
+
+
+def test_a_file_of_unknown_format_fails_its_import_with_a_clear_error(stack: EmbeddedStack, api: Api):
+    failed = finished(api, put_file(stack, "incoming/orders.xlsx", b"PK\x03\x04 not a sheet"))
+
+    assert failed["status"] == "failed"
+    assert [(e["line"], e["code"]) for e in failed["errors"]] == [(None, "unknown_format")]
+    assert ".xlsx" in failed["errors"][0]["message"]
+
+
+def test_a_file_outside_incoming_is_not_imported(stack: EmbeddedStack, api: Api):
+    import_id = put_file(stack, "archive/orders.csv", SAMPLE_CSV.read_bytes())
+
+    assert stack.wait_until_idle(10)
+    assert_error(api.get(f"/imports/{import_id}"), 404, "not_found")
+
+
+def test_imports_need_orders_read_and_are_hidden_from_channel_bound_keys(api: Api, first_import: dict[str, Any]):
+    writer = api.post("/api-keys", json={"name": "writer", "scopes": ["orders:write"]}).json()["key"]
+    storefront = api.post(
+        "/api-keys", json={"name": "shop", "scopes": ["orders:read"], "channel": unique("shop")}
+    ).json()["key"]
+
+    assert_error(api.get("/imports", key=writer), 403, "forbidden")
+    assert_error(api.get(f"/imports/{first_import['id']}", key=writer), 403, "forbidden")
+    assert api.get("/imports", key=storefront).json() == {"items": [], "next_cursor": None}
+    assert_error(api.get(f"/imports/{first_import['id']}", key=storefront), 404, "not_found")
+    assert_error(api.get("/imports/imp_nope"), 422)
+
+
+# --- make import ----------------------------------------------------------------------------------
+
+
+def run_make_import(env: dict[str, str], file: Path) -> subprocess.CompletedProcess[str]:
+    # -o: the venv counts as installed (a test must not reinstall it).
+    return subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "import", f"FILE={file}"],
+        cwd=ROOT,
+        env={**os.environ, **env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_make_import_uploads_the_sample_follows_it_and_prints_the_summary(stack: EmbeddedStack, tmp_path: Path):
+    env = {
+        "OMS_API_URL": stack.api_url,
+        "OMS_AWS_ENDPOINT": stack.aws_endpoint,
+        "OMS_IMPORTS_BUCKET": stack.bucket_names["ImportsBucket"],
+        "OMS_ADMIN_API_KEY": stack.admin_key,
+        "OMS_STATE_FILE": str(tmp_path / "no-state.json"),
+    }
+
+    first = run_make_import(env, SAMPLE_CSV)
+    second = run_make_import(env, SAMPLE_CSV)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "completed_with_errors - 9 orders: 7 imported, 0 duplicates, 2 failed" in first.stdout
+    assert "line 8" in first.stdout and "MKT-240104" in first.stdout and "unknown_sku" in first.stdout
+    assert "line 9" in first.stdout and "invalid_number" in first.stdout
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "completed_with_errors - 9 orders: 0 imported, 7 duplicates, 2 failed" in second.stdout
+
+
+def test_the_cli_finds_the_stack_through_the_state_file_make_run_writes(
+    stack: EmbeddedStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from infra.local.__main__ import remove_state, write_state
+
+    state = tmp_path / ".oms-local.json"
+    monkeypatch.setenv("OMS_STATE_FILE", str(state))
+    write_state(stack)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {"OMS_STATE_FILE": str(state)}
+
+    run = subprocess.run(
+        [sys.executable, "-m", "infra.local.import_cli", str(SAMPLE_JSONL)],
+        cwd=ROOT,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "completed_with_errors - 6 orders: 4 imported, 0 duplicates, 2 failed" in run.stdout
+    assert "malformed_json" in run.stdout
+    assert oct(state.stat().st_mode & 0o777) == "0o600"
+    remove_state(state)
+    assert not state.exists()
+
+
+def test_the_cli_says_what_to_do_when_no_stack_runs(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "infra.local.import_cli", str(SAMPLE_CSV)],
+        cwd=ROOT,
+        env={**env, "OMS_STATE_FILE": str(tmp_path / "missing.json")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 2
+    assert "make run" in run.stderr

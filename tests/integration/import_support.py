@@ -1,0 +1,229 @@
+"""What the bulk import tests share under moto: the template's import queue (with its DLQ) and
+bucket, a small catalog, and Lambda's SQS event source mapping played by hand (receive, invoke,
+delete what succeeded, let the failures come back)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+
+from core.imports import COLUMNS, import_id_for
+from infra.local.lambdas import LambdaContext
+from infra.local.template import Template
+
+REGION = "us-east-1"
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass
+class ImportAws:
+    sqs: Any
+    s3: Any
+    dynamodb: Any
+    queue_url: str
+    dlq_url: str
+    bucket: str
+    tables: dict[str, str]
+    invocations: list[dict[str, Any]] = field(default_factory=list)
+
+    def put_file(self, key: str, data: bytes) -> str:
+        """Upload, and return the id of the import the splitter will make of it."""
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        etag = self.s3.head_object(Bucket=self.bucket, Key=key)["ETag"]
+        return import_id_for(self.bucket, key, etag)
+
+    def s3_event(self, key: str) -> dict[str, Any]:
+        head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        s3_object = {"key": key.replace(" ", "+"), "size": head["ContentLength"], "eTag": head["ETag"].strip('"')}
+        return {
+            "Records": [
+                {
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "awsRegion": REGION,
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": self.bucket, "arn": f"arn:aws:s3:::{self.bucket}"}, "object": s3_object},
+                }
+            ]
+        }
+
+    def messages_waiting(self, queue_url: str | None = None) -> int:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=queue_url or self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    def peek(self, max_messages: int = 10) -> list[dict[str, Any]]:
+        """Messages on the import queue, left there (visible again at once)."""
+        messages = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=max_messages, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        for message in messages:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        return messages
+
+    def deliver_once(self, handler: Handler, batch_size: int = 10) -> tuple[list[dict[str, Any]], set[str]]:
+        """One batch as Lambda's SQS mapping delivers it: returns the records and the ids the
+        handler reported failed. Successes are deleted; a failure (or a raise) becomes visible again
+        at once, standing in for the visibility timeout running out."""
+        messages = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=batch_size,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not messages:
+            return [], set()
+        records = [lambda_sqs_record(message, self.queue_url) for message in messages]
+        event = {"Records": records}
+        self.invocations.append(event)
+        try:
+            response = handler(event, context("ImportWorkerFunction"))
+            failed = {failure["itemIdentifier"] for failure in (response or {}).get("batchItemFailures", [])}
+        except Exception:
+            failed = {record["messageId"] for record in records}
+        for message in messages:
+            if message["MessageId"] in failed:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                )
+            else:
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return records, failed
+
+    def drain(self, handler: Handler, max_batches: int = 100) -> int:
+        """Deliver until the queue is empty; the number of batches delivered."""
+        for batches in range(max_batches):
+            records, _ = self.deliver_once(handler)
+            if not records:
+                return batches
+        raise AssertionError(f"the import queue still has messages after {max_batches} batches")
+
+
+def lambda_sqs_record(message: dict[str, Any], queue_url: str) -> dict[str, Any]:
+    name = queue_url.rsplit("/", 1)[-1]
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": dict(message.get("Attributes") or {}),
+        "messageAttributes": {
+            key: {
+                "stringValue": value.get("StringValue"),
+                "dataType": value["DataType"],
+                "stringListValues": [],
+                "binaryListValues": [],
+            }
+            for key, value in (message.get("MessageAttributes") or {}).items()
+        },
+        "md5OfBody": message.get("MD5OfBody"),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:{name}",
+        "awsRegion": REGION,
+    }
+
+
+def context(function: str, timeout_seconds: float = 30) -> LambdaContext:
+    return LambdaContext(
+        function_name=function,
+        memory_limit_in_mb=512,
+        invoked_function_arn=f"arn:aws:lambda:{REGION}:123456789012:function:{function}",
+        aws_request_id="test",
+        timeout_seconds=timeout_seconds,
+    )
+
+
+def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch, high_water: int = 0) -> ImportAws:
+    """The import queue and its DLQ as the template declares them, and the imports bucket."""
+    resources = Template.load().resources
+    sqs = boto3.client("sqs", region_name=REGION)
+    s3 = boto3.client("s3", region_name=REGION)
+    dlq_props = resources["ImportDeadLetterQueue"]["Properties"]
+    dlq_url = sqs.create_queue(
+        QueueName="test-import-dlq", Attributes={"MessageRetentionPeriod": str(dlq_props["MessageRetentionPeriod"])}
+    )["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    props = resources["ImportQueue"]["Properties"]
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": props["RedrivePolicy"]["maxReceiveCount"]}
+    queue_url = sqs.create_queue(
+        QueueName="test-import-queue",
+        Attributes={"VisibilityTimeout": str(props["VisibilityTimeout"]), "RedrivePolicy": json.dumps(redrive)},
+    )["QueueUrl"]
+    bucket = "test-imports"
+    s3.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("IMPORT_QUEUE_URL", queue_url)
+    monkeypatch.setenv("IMPORT_QUEUE_HIGH_WATER", str(high_water))
+    fresh_import_caches()
+    return ImportAws(sqs, s3, aws.dynamodb, queue_url, dlq_url, bucket, aws.tables)
+
+
+def fresh_import_caches() -> None:
+    from functions import bootstrap
+
+    for cached in bootstrap.import_caches():
+        cached.cache_clear()
+
+
+def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> None:
+    """Products (sku -> USD price) with stock at one shipping warehouse."""
+    from core.models import LocationInput, ProductInput
+    from functions.bootstrap import container
+    from tests.builders import location_body, product_body
+
+    c = container()
+    c.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    for sku, price in (skus or {"TSHIRT": "19.99", "MUG": "12.50"}).items():
+        c.catalog.put_product(sku, ProductInput.model_validate(product_body(price)))
+        c.inventory.count(sku, "wh-east", on_hand)
+
+
+def csv_row(external_id: str, sku: str = "TSHIRT", quantity: str = "1", channel: str = "market", **cells: str) -> str:
+    values = {
+        "channel": channel,
+        "external_id": external_id,
+        "currency": "USD",
+        "customer_id": "cus_1",
+        "customer_email": "ada@example.com",
+        "customer_name": "Ada Lovelace",
+        "sku": sku,
+        "quantity": quantity,
+        "ship_name": "Ada Lovelace",
+        "ship_line1": "1 Market St",
+        "ship_line2": "",
+        "ship_city": "San Francisco",
+        "ship_region": "CA",
+        "ship_postal_code": "94105",
+        "ship_country": "US",
+        "shipping_method": "",
+        "payment_method": "test",
+        "payment_token": "tok_approve",
+        **cells,
+    }
+    return ",".join(values[column] for column in COLUMNS)
+
+
+def csv_file(*rows: str) -> bytes:
+    return ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
+
+
+def report(import_id: str) -> dict[str, Any]:
+    from functions.bootstrap import import_queries
+
+    return import_queries().get(import_id).model_dump(mode="json")
+
+
+def split(stack: ImportAws, key: str, data: bytes) -> str:
+    """Put the file and run the splitter on its S3 event; the import id."""
+    from functions.import_splitter.app import lambda_handler
+
+    import_id = stack.put_file(key, data)
+    lambda_handler(stack.s3_event(key), context("ImportSplitterFunction", 900))
+    return import_id

@@ -1,0 +1,242 @@
+"""The import splitter under moto: S3 event in, orders on the import queue, bad rows on the import."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from botocore.response import StreamingBody
+
+from core.imports import import_id_for
+from functions.adapters.imports import SqsOrderQueue
+from tests.integration.import_support import ImportAws, context, create_import_resources, csv_file, csv_row, report
+from tests.integration.import_support import split as split_file
+
+
+@pytest.fixture
+def stack(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
+    return create_import_resources(aws, monkeypatch)
+
+
+def queued(stack: ImportAws) -> list[dict[str, Any]]:
+    """Every message on the import queue (consumed)."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        batch = stack.sqs.receive_message(
+            QueueUrl=stack.queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+
+
+def attributes(message: dict[str, Any]) -> dict[str, str]:
+    return {name: value["StringValue"] for name, value in message.get("MessageAttributes", {}).items()}
+
+
+def test_a_csv_file_becomes_one_message_per_order_sent_in_batches_of_ten(stack: ImportAws, monkeypatch):
+    batches: list[int] = []
+    send = SqsOrderQueue.flush
+
+    def counting_flush(queue: SqsOrderQueue) -> None:
+        batches.append(len(queue._batch))
+        send(queue)
+
+    monkeypatch.setattr(SqsOrderQueue, "flush", counting_flush)
+    rows = [csv_row(f"ext-{i:02d}") for i in range(23)]
+    rows[3:3] = [csv_row("ext-02", "MUG", "2")]  # a second line of ext-02
+
+    import_id = split_file(stack, "incoming/orders.csv", csv_file(*rows))
+
+    assert [b for b in batches if b] == [10, 10, 3]
+    messages = queued(stack)
+    assert len(messages) == 23
+    by_line = {int(attributes(m)["line"]): m for m in messages}
+    second = by_line[4]
+    assert attributes(second) == {"import_id": import_id, "line": "4", "format": "csv", "line_numbers": "4,5"}
+    body = json.loads(second["Body"])
+    assert body["external_id"] == "ext-02"
+    assert body["lines"] == [{"sku": "TSHIRT", "quantity": 1}, {"sku": "MUG", "quantity": 2}]
+    imported = report(import_id)
+    assert imported | {"created_at": None, "updated_at": None} == {
+        "id": import_id,
+        "source": f"s3://{stack.bucket}/incoming/orders.csv",
+        "status": "running",
+        "format": "csv",
+        "total": 23,
+        "total_final": True,
+        "imported": 0,
+        "duplicates": 0,
+        "failed": 0,
+        "errors": [],
+        "created_at": None,
+        "updated_at": None,
+    }
+
+
+def test_the_object_is_streamed_in_chunks_never_read_whole(stack: ImportAws, monkeypatch):
+    reads: list[int | None] = []
+    read = StreamingBody.read
+
+    def recorded_read(body: StreamingBody, amt: int | None = None) -> bytes:
+        reads.append(amt)
+        return read(body, amt)
+
+    monkeypatch.setattr(StreamingBody, "read", recorded_read)
+    monkeypatch.setattr("functions.adapters.imports.CHUNK_BYTES", 1024)
+    data = csv_file(*(csv_row(f"ext-{i}") for i in range(40)))
+
+    split_file(stack, "incoming/orders.csv", data)
+
+    assert None not in reads  # never read() without a size: the body is consumed chunk by chunk
+    assert len(reads) > len(data) // 1024
+
+
+def test_rows_that_are_not_orders_are_recorded_on_the_import_and_never_queued(stack: ImportAws):
+    data = csv_file(
+        csv_row("ext-1"),
+        csv_row("ext-2", quantity="two"),
+        csv_row("ext-3"),
+        csv_row("ext-1", "MUG"),  # reopens ext-1
+        csv_row("ext-4", payment_token="4111 1111 1111 1111"),
+    )
+
+    import_id = split_file(stack, "incoming/orders.csv", data)
+
+    assert sorted(json.loads(m["Body"])["external_id"] for m in queued(stack)) == ["ext-1", "ext-3"]
+    imported = report(import_id)
+    assert (imported["total"], imported["failed"], imported["status"]) == (5, 3, "running")
+    assert [(e["line"], e["external_id"], e["code"]) for e in imported["errors"]] == [
+        (3, "ext-2", "invalid_number"),
+        (5, "ext-1", "order_reopened"),
+        (6, "ext-4", "card_data_rejected"),
+    ]
+    assert "4111" not in json.dumps(imported)
+
+
+def test_a_redelivered_event_finds_the_same_import_and_queues_nothing_again(stack: ImportAws):
+    from functions.import_splitter.app import lambda_handler
+
+    import_id = split_file(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
+    lambda_handler(stack.s3_event("incoming/orders.csv"), context("ImportSplitterFunction", 900))
+
+    assert len(queued(stack)) == 1
+    imported = report(import_id)
+    assert (imported["total"], imported["failed"]) == (2, 1)
+
+
+def test_the_import_id_is_stable_for_bucket_key_and_version(stack: ImportAws):
+    import_id = split_file(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    etag = stack.s3.head_object(Bucket=stack.bucket, Key="incoming/orders.csv")["ETag"]
+
+    assert import_id == import_id_for(stack.bucket, "incoming/orders.csv", etag)
+    assert split_file(stack, "incoming/again.csv", csv_file(csv_row("ext-1"))) != import_id
+
+
+def test_a_key_with_spaces_arrives_url_encoded_and_is_read(stack: ImportAws):
+    import_id = split_file(stack, "incoming/march orders.csv", csv_file(csv_row("ext-1")))
+
+    assert report(import_id)["source"].endswith("/incoming/march orders.csv")
+    assert len(queued(stack)) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "data", "code"),
+    [
+        ("incoming/orders.xlsx", b"PK\x03\x04", "unknown_format"),
+        ("incoming/orders", b"just some text\n", "unknown_format"),
+        ("incoming/orders.csv", b"order,id\n1,2\n", "invalid_header"),
+    ],
+)
+def test_a_file_of_unknown_format_fails_the_import_with_a_clear_error(stack: ImportAws, key: str, data: bytes, code):
+    import_id = split_file(stack, key, data)
+
+    imported = report(import_id)
+    assert imported["status"] == "failed"
+    assert [(e["line"], e["code"]) for e in imported["errors"]] == [(None, code)]
+    assert imported["errors"][0]["message"]
+    assert queued(stack) == []
+
+
+def test_a_file_replaced_before_it_was_read_fails_with_a_clear_error(stack: ImportAws):
+    from functions.import_splitter.app import lambda_handler
+
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1")))
+    event = stack.s3_event("incoming/orders.csv")
+    stack.s3.put_object(Bucket=stack.bucket, Key="incoming/orders.csv", Body=csv_file(csv_row("ext-2")))
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))
+
+    imported = report(import_id)
+    assert imported["status"] == "failed"
+    assert imported["errors"][0]["code"] == "file_unavailable"
+
+
+def test_an_interrupted_split_is_reported_then_resumed_by_its_retry_without_counting_twice(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.import_splitter.app import lambda_handler
+
+    data = csv_file(*(csv_row(f"ext-{i:02d}", quantity="x" if i % 5 == 0 else "1") for i in range(25)))
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    send = SqsOrderQueue.flush
+    calls = {"n": 0}
+
+    def flaky_flush(queue: SqsOrderQueue) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("network down")
+        send(queue)
+
+    monkeypatch.setattr(SqsOrderQueue, "flush", flaky_flush)
+    with pytest.raises(ConnectionError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    interrupted = report(import_id)
+    assert interrupted["status"] == "failed"
+    assert interrupted["errors"][0]["code"] == "split_interrupted"
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    resumed = report(import_id)
+    assert (resumed["status"], resumed["total"], resumed["total_final"], resumed["failed"]) == ("running", 25, True, 5)
+    assert [e["code"] for e in resumed["errors"]] == ["invalid_number"] * 5
+    # The messages of the first attempt are sent again: the worker records each line once.
+    assert len({json.loads(m["Body"])["external_id"] for m in queued(stack)}) == 20
+
+
+def test_big_orders_go_in_smaller_batches_to_stay_under_the_256_kib_batch_limit(stack: ImportAws):
+    big = {
+        "channel": "market",
+        "currency": "USD",
+        "customer": {"id": "c", "email": "a@b.co"},
+        "lines": [{"sku": "TSHIRT", "quantity": 1}],
+        "shipping_address": {"name": "x" * 200, "line1": "y", "city": "z", "postal_code": "1", "country": "US"},
+        "payment": {"method": "test", "token": "t" * 60_000},  # 60 KB: four fit a batch, not five
+    }
+    lines = [json.dumps({**big, "external_id": f"ext-{i}"}) for i in range(9)]
+
+    split_file(stack, "incoming/big.jsonl", ("\n".join(lines) + "\n").encode())
+
+    assert len(queued(stack)) == 9
+
+
+def test_the_splitter_waits_while_the_queue_is_above_its_high_water_mark(stack: ImportAws):
+    slept: list[float] = []
+
+    def drain_a_little(seconds: float) -> None:
+        slept.append(seconds)
+        for message in stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10)["Messages"]:
+            stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    for i in range(25):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=f"earlier {i}")
+    queue = SqsOrderQueue(stack.sqs, stack.queue_url, high_water=8, sleep=drain_a_little)
+    from core.import_service import OrderOrigin, QueuedOrder
+
+    queue.send(QueuedOrder("{}", OrderOrigin("imp_x", 2)))
+    queue.flush()
+
+    assert len(slept) == 2  # 25 waiting -> 15 -> 5: then it sends
+    assert queue.sent == 1

@@ -1,0 +1,408 @@
+"""The bulk import readers: CSV rows and JSON Lines become POST /orders bodies, each with the
+physical line it starts on, read as a stream."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from core.imports import (
+    COLUMNS,
+    CSV,
+    JSONL,
+    MAX_FIELD_CHARS,
+    MAX_LINE_BYTES,
+    ClosedOrders,
+    FileOrder,
+    ImportFileError,
+    OrderFile,
+    column_of_field,
+    import_id_for,
+    line_of_field,
+    physical_lines,
+)
+
+HEADER = ",".join(COLUMNS)
+
+
+def row(external_id: str = "ext-1", sku: str = "TSHIRT", quantity: str = "1", **cells: str) -> str:
+    values = {
+        "channel": "web",
+        "external_id": external_id,
+        "currency": "USD",
+        "customer_id": "cus_1",
+        "customer_email": "ada@example.com",
+        "customer_name": "Ada Lovelace",
+        "sku": sku,
+        "quantity": quantity,
+        "ship_name": "Ada Lovelace",
+        "ship_line1": "1 Market St",
+        "ship_line2": "",
+        "ship_city": "San Francisco",
+        "ship_region": "CA",
+        "ship_postal_code": "94105",
+        "ship_country": "US",
+        "shipping_method": "",
+        "payment_method": "test",
+        "payment_token": "tok_approve",
+        **cells,
+    }
+    return ",".join(values[column] for column in COLUMNS)
+
+
+def csv_file(*rows: str, newline: str = "\n") -> bytes:
+    return (newline.join([HEADER, *rows]) + newline).encode()
+
+
+def read(data: bytes, name: str = "orders.csv", chunk: int = 64 * 1024) -> list[FileOrder]:
+    return list(OrderFile(chunks(data, chunk), name))
+
+
+def chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def errors_of(orders: list[FileOrder]) -> list[tuple[int, str | None, str]]:
+    return [(o.error.line, o.error.external_id, o.error.code) for o in orders if o.error is not None]
+
+
+# --- CSV: rows become orders ---------------------------------------------------------------------
+
+
+def test_adjacent_rows_sharing_channel_and_external_id_form_one_order():
+    orders = read(
+        csv_file(row("ext-1", "TSHIRT", "2"), row("ext-1", "MUG", "1"), row("ext-2", "HOODIE", "3"), row("ext-3"))
+    )
+
+    assert [(o.line, o.external_id, o.line_numbers) for o in orders] == [
+        (2, "ext-1", (2, 3)),
+        (4, "ext-2", (4,)),
+        (5, "ext-3", (5,)),
+    ]
+    assert orders[0].body["lines"] == [{"sku": "TSHIRT", "quantity": 2}, {"sku": "MUG", "quantity": 1}]
+    assert not any(o.rejected for o in orders)
+
+
+def test_a_row_becomes_a_post_orders_body_and_an_empty_cell_is_an_absent_field():
+    (order,) = read(csv_file(row(customer_name="", ship_region="", shipping_method="express")))
+
+    assert order.body == {
+        "channel": "web",
+        "external_id": "ext-1",
+        "currency": "USD",
+        "customer": {"id": "cus_1", "email": "ada@example.com"},
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "1 Market St",
+            "city": "San Francisco",
+            "postal_code": "94105",
+            "country": "US",
+        },
+        "shipping_method": "express",
+        "payment": {"method": "test", "token": "tok_approve"},
+        "lines": [{"sku": "TSHIRT", "quantity": 1}],
+    }
+
+
+def test_continuation_rows_may_leave_the_order_cells_empty_but_may_not_contradict_them():
+    blank = dict.fromkeys(c for c in COLUMNS if c not in ("channel", "external_id", "sku", "quantity"))
+    continuation = row("ext-1", "MUG", "1", **{c: "" for c in blank})
+    contradiction = row("ext-2", "MUG", "1", ship_city="Oakland")
+
+    orders = read(csv_file(row("ext-1"), continuation, row("ext-2"), contradiction))
+
+    assert not orders[0].rejected and len(orders[0].body["lines"]) == 2
+    assert errors_of(orders) == [(5, "ext-2", "inconsistent_order")]
+    assert "ship_city" in orders[1].error.message and "line 4" in orders[1].error.message
+
+
+def test_a_row_that_reopens_an_order_closed_earlier_is_an_error_on_its_line():
+    orders = read(csv_file(row("ext-1"), row("ext-2"), row("ext-1", "MUG"), row("ext-1", "HOODIE"), row("ext-3")))
+
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2", "ext-1", "ext-3"]
+    assert errors_of(orders) == [(4, "ext-1", "order_reopened")]  # its two rows: one failed order
+    assert not orders[0].rejected and orders[0].body["lines"] == [{"sku": "TSHIRT", "quantity": 1}]
+    assert not orders[3].rejected
+
+
+def test_a_bad_row_rejects_its_whole_order_and_names_its_line():
+    orders = read(csv_file(row("ext-1"), row("ext-1", "MUG", "x"), row("ext-1", "HOODIE", "y"), row("ext-2")))
+
+    assert errors_of(orders) == [(3, "ext-1", "invalid_number")]
+    assert orders[0].body is None
+    assert "1 more problem" in orders[0].error.message
+    assert not orders[1].rejected
+
+
+@pytest.mark.parametrize("quantity", ["two", "1.5", "-1", "1e3", "0x10", "١"])
+def test_a_quantity_that_is_not_a_whole_number_is_invalid_number(quantity: str):
+    (order,) = read(csv_file(row(quantity=quantity)))
+
+    assert errors_of([order]) == [(2, "ext-1", "invalid_number")]
+    assert quantity not in order.error.message  # values are never echoed back
+
+
+def test_a_quantity_with_spaces_or_a_plus_sign_is_a_number_and_range_is_left_to_validation():
+    orders = read(csv_file(row("ext-1", quantity=" 3 "), row("ext-2", quantity="+4"), row("ext-3", quantity="0")))
+
+    assert [o.body["lines"][0]["quantity"] for o in orders] == [3, 4, 0]
+
+
+@pytest.mark.parametrize(("missing", "code"), [("channel", "missing_channel"), ("external_id", "missing_external_id")])
+def test_a_row_without_its_identity_is_an_error_and_does_not_break_the_order_around_it(missing: str, code: str):
+    anonymous = row("" if missing == "external_id" else "ext-x", channel="" if missing == "channel" else "web")
+
+    orders = read(csv_file(row("ext-1"), anonymous, row("ext-1", "MUG")))
+
+    assert errors_of(orders) == [(3, None if missing == "external_id" else "ext-x", code)]
+    (order,) = [o for o in orders if not o.rejected]
+    assert order.line_numbers == (2, 4)
+
+
+def test_an_order_of_more_than_100_lines_is_too_many_lines():
+    rows = [row("ext-1", f"SKU-{i}") for i in range(101)]
+
+    orders = read(csv_file(*rows, row("ext-2")))
+
+    assert errors_of(orders) == [(102, "ext-1", "too_many_lines")]
+    assert not orders[1].rejected
+
+
+# --- CSV: the file's shape -----------------------------------------------------------------------
+
+
+def test_quoted_cells_keep_commas_quotes_and_newlines_and_line_numbers_stay_physical():
+    quoted = row("ext-1", ship_line1='"221 Baker St, Apt 2"', customer_name='"Ada ""Countess"" Lovelace"')
+    multi_line = row("ext-2", ship_line2='"Floor 3\nRing twice"')
+
+    orders = read(csv_file(quoted, multi_line, row("ext-3")))
+
+    assert orders[0].body["shipping_address"]["line1"] == "221 Baker St, Apt 2"
+    assert orders[0].body["customer"]["name"] == 'Ada "Countess" Lovelace'
+    assert orders[1].body["shipping_address"]["line2"] == "Floor 3\nRing twice"
+    assert [o.line for o in orders] == [2, 3, 5]  # the quoted newline took line 4
+
+
+def test_a_byte_order_mark_and_crlf_line_endings_are_read_as_plain_csv():
+    data = b"\xef\xbb\xbf" + csv_file(row("ext-1"), row("ext-1", "MUG"), row("ext-2"), newline="\r\n")
+
+    orders = read(data)
+
+    assert [(o.line, o.external_id, o.line_numbers) for o in orders] == [(2, "ext-1", (2, 3)), (4, "ext-2", (4,))]
+    assert orders[0].body["channel"] == "web"
+    assert orders[1].body["payment"]["token"] == "tok_approve"  # no "\r" left on the last cell
+
+
+def test_empty_lines_and_rows_of_empty_cells_are_skipped_but_still_counted_as_lines():
+    empty_cells = "," * (len(COLUMNS) - 1)
+
+    orders = read(csv_file("", row("ext-1"), "", "   ", empty_cells, row("ext-2"), ""))
+
+    assert [(o.line, o.external_id) for o in orders] == [(3, "ext-1"), (7, "ext-2")]
+    assert errors_of(orders) == []
+
+
+def test_a_huge_field_is_an_error_on_its_line_and_the_rows_after_it_are_read():
+    huge = row("ext-2", customer_name="x" * (MAX_FIELD_CHARS + 10))
+
+    orders = read(csv_file(row("ext-1"), huge, row("ext-3")))
+
+    assert errors_of(orders) == [(3, None, "field_too_large")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
+
+
+def test_a_line_over_the_limit_is_skipped_without_being_held_and_reported_on_its_line():
+    long_line = "x" * (MAX_LINE_BYTES + 1)
+
+    orders = read(csv_file(row("ext-1"), long_line, row("ext-2")), chunk=4096)
+
+    assert errors_of(orders) == [(3, None, "line_too_long")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-2"]
+
+
+def test_a_line_that_is_not_utf8_is_an_error_on_its_line():
+    data = csv_file(row("ext-1"), "web,ext-2,\xff", row("ext-3")).replace("\xff".encode(), b"\xff")
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "invalid_encoding")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
+
+
+def test_a_row_with_the_wrong_number_of_cells_fails_its_order():
+    orders = read(csv_file(row("ext-1"), row("ext-1", "MUG") + ",extra", row("ext-2")))
+
+    assert errors_of(orders) == [(3, "ext-1", "malformed_row")]
+
+
+def test_the_header_may_leave_out_optional_columns_and_list_columns_in_any_order():
+    columns = [c for c in reversed(COLUMNS) if c not in ("customer_name", "ship_line2", "ship_region")]
+    values = dict(zip(COLUMNS, row().split(","), strict=True))
+    data = (",".join(columns) + "\n" + ",".join(values[c] for c in columns) + "\n").encode()
+
+    (order,) = read(data)
+
+    assert order.body["customer"] == {"id": "cus_1", "email": "ada@example.com"}
+    assert order.body["lines"] == [{"sku": "TSHIRT", "quantity": 1}]
+
+
+@pytest.mark.parametrize(
+    ("header", "mentions"),
+    [
+        (HEADER.replace("payment_token", "token"), "missing payment_token"),
+        (HEADER + ",gift_wrap", "unknown gift_wrap"),
+        (HEADER + ",sku", "repeated sku"),
+    ],
+)
+def test_an_unusable_header_fails_the_file(header: str, mentions: str):
+    with pytest.raises(ImportFileError) as failure:
+        read(f"{header}\n{row()}\n".encode())
+
+    assert failure.value.code == "invalid_header"
+    assert mentions in failure.value.message
+
+
+def test_a_header_only_file_has_no_orders():
+    assert read(f"{HEADER}\n".encode()) == []
+
+
+# --- Chunks and streaming ------------------------------------------------------------------------
+
+
+def test_chunk_boundaries_do_not_change_what_is_read():
+    data = b"\xef\xbb\xbf" + csv_file(
+        row("ext-1"), row("ext-1", "MUG", ship_line2='"Floor 3\r\nBack door"'), "", row("ext-2"), newline="\r\n"
+    )
+    expected = read(data)
+
+    for size in (1, 2, 3, 7, 64):
+        assert read(data, chunk=size) == expected
+
+
+def test_reading_is_lazy_a_file_is_never_read_whole():
+    pulled = 0
+
+    def endless() -> Iterator[bytes]:
+        nonlocal pulled
+        yield (HEADER + "\n").encode()
+        for i in itertools.count():
+            pulled += 1
+            yield (row(f"ext-{i}") + "\n").encode()
+
+    first = list(itertools.islice(OrderFile(endless(), "orders.csv"), 3))
+
+    assert [o.external_id for o in first] == ["ext-0", "ext-1", "ext-2"]
+    assert pulled <= 5  # the order after the last one taken closes it, and nothing more is read
+
+
+def test_physical_lines_keep_their_endings_and_number_a_last_line_without_one():
+    lines = list(physical_lines([b"a\r\nb", b"\n\nc"]))
+
+    assert [(line.number, line.text) for line in lines] == [(1, "a\r\n"), (2, "b\n"), (3, "\n"), (4, "c")]
+
+
+def test_closed_orders_remember_every_key_they_are_given():
+    closed = ClosedOrders(capacity=8)
+    keys = [("web", f"ext-{i}") for i in range(5000)]
+    for key in keys:
+        closed.add(key)
+
+    assert len(closed) == 5000
+    assert all(key in closed for key in keys)
+    assert ("web", "ext-5000") not in closed and ("pos", "ext-1") not in closed
+
+
+# --- JSON Lines ----------------------------------------------------------------------------------
+
+
+def jsonl(*lines: object) -> bytes:
+    return "".join((json.dumps(line) if not isinstance(line, str) else line) + "\n" for line in lines).encode()
+
+
+def test_each_json_line_is_an_order_on_its_physical_line():
+    first = {"channel": "web", "external_id": "ext-1", "lines": [{"sku": "A", "quantity": 1}, {"sku": "B"}]}
+
+    orders = read(jsonl(first, "", {"channel": "web", "external_id": "ext-2"}), "orders.jsonl")
+
+    assert [(o.line, o.external_id) for o in orders] == [(1, "ext-1"), (3, "ext-2")]
+    assert orders[0].body == first
+    assert orders[0].line_numbers == (1, 1)
+
+
+def test_a_line_that_is_not_a_json_object_is_an_error_on_its_line():
+    orders = read(jsonl({"external_id": "ext-1"}, '{"external_id": "ext-2", ', "[1, 2]", {"x": 1}), "o.ndjson")
+
+    assert errors_of(orders) == [(2, None, "malformed_json"), (3, None, "malformed_json")]
+    assert len(orders) == 4
+
+
+def test_jsonl_with_a_byte_order_mark_and_crlf():
+    data = b"\xef\xbb\xbf" + jsonl({"external_id": "ext-1"}).replace(b"\n", b"\r\n") + b'{"external_id": "ext-2"}'
+
+    orders = read(data, "orders.jsonl")
+
+    assert [(o.line, o.external_id) for o in orders] == [(1, "ext-1"), (2, "ext-2")]
+
+
+# --- Format ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("incoming/orders", csv_file(row()), CSV),
+        ("incoming/orders", b"\n\n" + jsonl({"external_id": "ext-1"}), JSONL),
+        ("incoming/export.json", jsonl({"external_id": "ext-1"}), JSONL),
+        ("incoming/export.txt", b"\xef\xbb\xbf" + csv_file(row()), CSV),
+        ("incoming/ORDERS.CSV", csv_file(row()), CSV),
+        ("incoming/orders.jsonl", jsonl({"external_id": "ext-1"}), JSONL),
+    ],
+)
+def test_the_format_comes_from_the_extension_or_else_from_the_content(name: str, data: bytes, expected: str):
+    orders = OrderFile(chunks(data, 5), name)
+
+    assert orders.format == expected
+    assert [o.external_id for o in orders] == ["ext-1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "mentions"),
+    [
+        ("incoming/orders.xlsx", csv_file(row()), ".xlsx files cannot be imported"),
+        ("incoming/orders", b"order,id\n1,2\n", "cannot tell the format"),
+        ("incoming/orders.json", b'[{"external_id": "ext-1"}]', "JSON array"),
+        ("incoming/orders", b"", "empty file"),
+    ],
+)
+def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, mentions: str):
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 5), name)
+
+    assert failure.value.code == "unknown_format"
+    assert mentions in failure.value.message
+
+
+# --- Ids and error locations ------------------------------------------------------------------------
+
+
+def test_an_import_id_is_stable_for_one_stored_object():
+    first = import_id_for("bucket", "incoming/a.csv", '"etag-1"')
+
+    assert first == import_id_for("bucket", "incoming/a.csv", "etag-1")
+    assert first.startswith("imp_") and len(first) == 28
+    assert first != import_id_for("bucket", "incoming/a.csv", "etag-2")
+    assert first != import_id_for("bucket", "incoming/b.csv", "etag-1")
+
+
+def test_an_error_about_an_order_line_names_its_row_and_its_column():
+    assert line_of_field("lines[1].quantity", 10, (10, 11, 13)) == 11
+    assert line_of_field("lines[5].sku", 10, (10, 11)) == 10
+    assert line_of_field("customer.email", 10, (10, 11)) == 10
+    assert column_of_field("lines[1].quantity") == "quantity"
+    assert column_of_field("customer.email") == "customer_email"
+    assert column_of_field("shipping_address.postal_code") == "ship_postal_code"
+    assert column_of_field("promo_codes") == "promo_codes"
