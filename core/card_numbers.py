@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # A value that is nothing but a card number, possibly grouped with spaces or dashes.
 _CANDIDATE = re.compile(r"^\d(?:[ -]?\d){11,18}$")
@@ -60,3 +61,19 @@ def contains_card_number(text: str) -> bool:
     if looks_like_card_number(text):
         return True
     return any(looks_like_card_number(match.group(0)) for match in _EMBEDDED.finditer(text))
+
+
+def card_number_fields(value: Any, path: str = "") -> list[str]:
+    """The paths (`lines[0].sku` style) of the values in a JSON document that are, or carry, a
+    card number; "" names the document itself."""
+    if isinstance(value, dict):
+        return [
+            f for key, item in value.items() for f in card_number_fields(item, f"{path}.{key}" if path else str(key))
+        ]
+    if isinstance(value, list):
+        return [f for i, item in enumerate(value) for f in card_number_fields(item, f"{path}[{i}]")]
+    if isinstance(value, str) and contains_card_number(value):
+        return [path]
+    if isinstance(value, int) and not isinstance(value, bool) and looks_like_card_number(value):
+        return [path]
+    return []

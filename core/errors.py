@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """A validation error's location as a field path: ("lines", 0, "quantity") -> "lines[0].quantity"."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
 
 
 class DomainError(Exception):

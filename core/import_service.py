@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from core.card_numbers import contains_card_number, looks_like_card_number
-from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError
+from core.card_numbers import card_number_fields
+from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
 from core.imports import CSV, ImportFileError, LineError, OrderFile, column_of_field, line_of_field
 from core.models import PlaceOrder, utc_now
 from core.services import CaptureService, OrderQueries
@@ -290,7 +290,7 @@ class OrderImporter:
         try:
             command = PlaceOrder.model_validate(document)
         except ValidationError as error:
-            problems = [(_field(e.get("loc", ())), e.get("msg", "invalid")) for e in error.errors()]
+            problems = [(field_path(e.get("loc", ())) or "body", e.get("msg", "invalid")) for e in error.errors()]
             message = "; ".join(f"{_named(f, as_csv)}: {m}" for f, m in problems[:5])
             return failed("validation_error", message, external_id, problems[0][0] if problems else None)
         if command.external_id is None:
@@ -342,31 +342,8 @@ class ImportQueries:
 # --- Helpers -----------------------------------------------------------------------------------------
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    """("lines", 0, "quantity") -> "lines[0].quantity"."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "body"
-
-
 def _named(field: str, as_csv: bool) -> str:
     return column_of_field(field) if as_csv else field
-
-
-def _card_fields(value: Any, path: str) -> list[str]:
-    if isinstance(value, dict):
-        return [f for key, item in value.items() for f in _card_fields(item, f"{path}.{key}" if path else str(key))]
-    if isinstance(value, list):
-        return [f for i, item in enumerate(value) for f in _card_fields(item, f"{path}[{i}]")]
-    if isinstance(value, str) and contains_card_number(value):
-        return [path]
-    if isinstance(value, int) and not isinstance(value, bool) and looks_like_card_number(value):
-        return [path]
-    return []
 
 
 def _card_data_error(body: dict[str, Any] | None, line: int, external_id: str | None) -> LineError | None:
@@ -374,7 +351,7 @@ def _card_data_error(body: dict[str, Any] | None, line: int, external_id: str | 
     fields and never the values."""
     if body is None:
         return None
-    fields = _card_fields(body, "")
+    fields = card_number_fields(body)
     if not fields:
         return None
     return LineError(

@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import ServiceError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from core.errors import Conflict, DomainError, InvalidRequest, NotFound, PluginError, TransientError
+from core.errors import Conflict, DomainError, InvalidRequest, NotFound, PluginError, TransientError, field_path
 
 logger = Logger(child=True)
 
@@ -44,14 +44,8 @@ def gateway_response(error: ApiError) -> dict[str, Any]:
 
 def _field(loc: tuple[Any, ...]) -> str:
     """("body", "lines", 0, "quantity") -> "lines[0].quantity"."""
-    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or (str(loc[0]) if loc else "body")
+    parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+    return field_path(parts) or (str(loc[0]) if loc else "body")
 
 
 _DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from core.card_numbers import contains_card_number, looks_like_card_number
+from core.card_numbers import card_number_fields, contains_card_number
 from functions.api.access import ScopeTable
 from functions.api.errors import ApiError
 
@@ -23,18 +23,6 @@ def body_bytes(event: dict[str, Any]) -> bytes:
     return body.encode()
 
 
-def _card_fields(value: Any, path: str) -> list[str]:
-    if isinstance(value, dict):
-        return [f for key, item in value.items() for f in _card_fields(item, f"{path}.{key}" if path else str(key))]
-    if isinstance(value, list):
-        return [f for i, item in enumerate(value) for f in _card_fields(item, f"{path}[{i}]")]
-    if isinstance(value, str) and contains_card_number(value):
-        return [path or "body"]
-    if isinstance(value, int) and not isinstance(value, bool) and looks_like_card_number(value):
-        return [path or "body"]
-    return []
-
-
 def refuse_card_numbers(raw: bytes) -> None:
     """Card numbers must never reach the OMS (nor its logs): such a body is refused whole. The
     error names the fields, never the values."""
@@ -42,7 +30,7 @@ def refuse_card_numbers(raw: bytes) -> None:
         document = json.loads(raw)
     except ValueError:
         return  # not JSON: validation answers 400, and nothing is kept
-    fields = _card_fields(document, "")
+    fields = [field or "body" for field in card_number_fields(document)]
     if fields:
         raise ApiError(
             422,
