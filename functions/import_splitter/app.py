@@ -8,6 +8,8 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
 from core.import_service import ImportSource
 from core.imports import import_id_for
@@ -18,12 +20,11 @@ logger = Logger()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 
 
-def split_object(record: dict[str, Any], context: Any) -> None:
-    s3 = record["s3"]
-    bucket = s3["bucket"]["name"]
-    key = unquote_plus(s3["object"]["key"])  # S3 URL-encodes keys in events ("a b.csv" -> "a+b.csv")
-    version_id = s3["object"].get("versionId") or None
-    etag = s3["object"].get("eTag") or None
+def split_object(record: S3EventRecord, context: Any) -> None:
+    bucket = record.s3.bucket.name
+    key = unquote_plus(record.s3.get_object.key)  # S3 URL-encodes keys in events ("a b.csv" -> "a+b.csv")
+    version_id = record.s3.get_object.version_id or None
+    etag = record.s3.get_object.etag or None
     import_id = import_id_for(bucket, key, version_id or etag or "")
     logger.append_keys(import_id=import_id)
     files = bootstrap.import_files()
@@ -43,5 +44,5 @@ def split_object(record: dict[str, Any], context: Any) -> None:
 def lambda_handler(event: dict[str, Any], context: Any) -> None:
     # S3 sends one record per event; an exception makes Lambda retry the event (twice), and a
     # retry resumes the import: lines already recorded are not counted again.
-    for record in event.get("Records", []):
+    for record in S3Event(event).records:
         split_object(record, context)
