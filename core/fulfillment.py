@@ -162,7 +162,10 @@ class OrderActions:
         """Change lines, address or shipping method before allocation; totals are priced again
         exactly as at capture. An authorized order whose total grows is authorized again for
         the new total (and the old authorization voided) before anything is stored."""
-        order = self._order(order_id, channel)
+        found = self._orders.get_with_token(order_id)
+        if found is None or (channel is not None and found[0].channel != channel):
+            raise NotFound(f"no order {order_id}")
+        order, token = found
         if order.version != expected_version:
             raise StaleVersion(
                 f"order {order_id} is at version {order.version}, not {expected_version}",
@@ -172,7 +175,6 @@ class OrderActions:
             raise InvalidTransition(f"an order that is {order.status} and has stock reserved can no longer be edited"
                                     if order.allocations else
                                     f"an order that is {order.status} can no longer be edited")  # fmt: skip
-        token = self._orders.payment_token(order.id) or ""
         lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in order.lines]
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
         cmd = PlaceOrder(

@@ -36,8 +36,9 @@ class OrderRepository(ABC):
         StaleVersion otherwise: the caller re-reads and decides again."""
 
     @abstractmethod
-    def payment_token(self, order_id: str) -> str | None:
-        """The token the order was placed with, for the payment plugin (never shown)."""
+    def get_with_token(self, order_id: str) -> tuple[Order, str] | None:
+        """The order and the payment token it was placed with (for the payment plugin; never
+        shown), in one read."""
 
     @abstractmethod
     def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:

@@ -157,12 +157,14 @@ class Workflow:
 
     # --- AuthorizePayment ----------------------------------------------------------------
     def authorize_payment(self, order_id: str, attempt: int) -> None:
-        order = self._load(order_id)
+        found = self._orders.get_with_token(order_id)
+        if found is None:
+            raise NotFound(f"no order {order_id}")
+        order, token = found
         if order.status != S.PENDING:
             if order.status in TERMINAL or order.status == S.ON_HOLD:
                 raise OrderClosed(f"order {order_id} is {order.status}")
             return  # authorized already: a repeated execution
-        token = self._orders.payment_token(order_id) or ""
         amount = order.totals.grand_total
         # Keyed by version: a retry of this same read reuses the authorization, while a retry
         # after an edit (a new version) gets a new one, never the one voided below.

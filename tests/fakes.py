@@ -32,8 +32,10 @@ class FakeOrders(OrderRepository):
         self.orders[order.id] = order
         self.histories[order.id].extend(entries)
 
-    def payment_token(self, order_id: str) -> str | None:
-        return self.tokens.get(order_id)
+    def get_with_token(self, order_id: str) -> tuple[Order, str] | None:
+        if order_id not in self.orders:
+            return None
+        return self.orders[order_id], self.tokens.get(order_id, "")
 
     def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
         if order_id not in self.orders:

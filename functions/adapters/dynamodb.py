@@ -190,9 +190,11 @@ class DynamoOrders(OrderRepository):
                 ) from None
             raise
 
-    def payment_token(self, order_id: str) -> str | None:
-        item = self._get(order_id, "payment_token")
-        return item["payment_token"]["S"] if item and "payment_token" in item else None
+    def get_with_token(self, order_id: str) -> tuple[Order, str] | None:
+        item = self._get(order_id, "doc, payment_token")
+        if item is None:
+            return None
+        return Order.model_validate_json(item["doc"]["S"]), item.get("payment_token", {}).get("S", "")
 
     def _get(self, order_id: str, attributes: str) -> dict[str, Any] | None:
         response = self._client.get_item(
