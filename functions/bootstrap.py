@@ -152,8 +152,3 @@ def import_splitter(time_left: Callable[[], float]) -> tuple[ImportSplitter, Sqs
         time_left=time_left,
     )
     return ImportSplitter(import_ledger(), queue), queue
-
-
-def import_caches() -> list[Any]:
-    """The cached pieces above, for tests that start a fresh account (cache_clear() each)."""
-    return [import_ledger, import_queries, order_importer, import_files, sqs_client]

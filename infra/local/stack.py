@@ -101,9 +101,10 @@ def _default_admin_key_bootstrap(secret: str) -> Any:
 _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 
-def _forget_warm_containers() -> None:
+def forget_warm_containers() -> None:
     """A new stack is a new account: the clients and caches a previous stack's functions kept
-    (their warm containers, in this process) must not leak into it."""
+    (their warm containers, in this process) must not leak into it. start() and stop() call it;
+    a test that wants the next invocation cold calls it too."""
     bootstrap = sys.modules.get("functions.bootstrap")
     if bootstrap is None:
         return
@@ -248,7 +249,7 @@ class EmbeddedStack:
                 if name not in os.environ:
                     self._set_environment({name: "true"})
             self._start_moto()
-            _forget_warm_containers()
+            forget_warm_containers()
             self._create_resources()
             self._export_function_environment()
             self._create_event_sources()
@@ -267,6 +268,7 @@ class EmbeddedStack:
         """Idempotent; safe after a failed start()."""
         for mapping in self.mappings.values():
             mapping.stop()
+        forget_warm_containers()
         if self._mock is not None and self.state_machine_arns:
             self._stop_executions()
         if self._lambda_service is not None:

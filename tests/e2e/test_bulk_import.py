@@ -28,22 +28,10 @@ SAMPLE_JSONL = ROOT / "events" / "orders-sample.jsonl"
 FINISHED = ("completed", "completed_with_errors", "failed")
 
 
-def _fresh_containers() -> None:
-    # One process plays every Lambda container: a stack started earlier in this process would leave
-    # its cached catalog behind. A new stack is a new deployment, its containers start cold.
-    from functions import bootstrap
-
-    for cached in (bootstrap.container, bootstrap.dynamodb_client, bootstrap.api_key_repository):
-        cached.cache_clear()
-    for cached in bootstrap.import_caches():
-        cached.cache_clear()
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
     """The demo catalog (the sample files order its skus), and only the import's event sources
     running: the order workflow is not what this module is about, orders stay as placed."""
-    _fresh_containers()
     moto_sqs.install()  # as `make run` does
     try:
         with running_stack(
@@ -56,7 +44,6 @@ def stack() -> Iterator[EmbeddedStack]:
             yield started
     finally:
         moto_sqs.uninstall()
-        _fresh_containers()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ UNKNOWN_ORDER = "ord_" + "a" * 24
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    _fresh_containers()
     with running_stack(
         api_port=0,
         aws_port=0,
@@ -35,18 +34,6 @@ def stack() -> Iterator[EmbeddedStack]:
         retry_delay_scale=0.01,
     ) as started:
         yield started
-    _fresh_containers()
-
-
-def _fresh_containers() -> None:
-    # One process plays every Lambda container and builds the composition root once: a stack
-    # started earlier in this process would leave its catalog cache behind, hiding this module's
-    # locations from the workflow for up to 10 s. A new stack is a new deployment: cold containers.
-    from functions import bootstrap
-
-    for built_once in vars(bootstrap).values():
-        if callable(getattr(built_once, "cache_clear", None)):
-            built_once.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from infra.local.stack import EmbeddedStack, running_stack
+from infra.local.stack import EmbeddedStack, forget_warm_containers, running_stack
 from tests.e2e.client import Api, Catalog, address, location_body, order_body, unique
 from tests.e2e.conftest import PARAMETERS
 
@@ -28,7 +28,6 @@ ADMIN_KEY_ID = "key_admin"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    _fresh_containers()
     with running_stack(
         api_port=0,
         aws_port=0,
@@ -38,19 +37,6 @@ def stack() -> Iterator[EmbeddedStack]:
         retry_delay_scale=0.01,
     ) as started:
         yield started
-    _fresh_containers()
-
-
-def _fresh_containers() -> None:
-    # One process plays every Lambda container, and the composition root is built once per
-    # process: a stack started earlier in this process (another module) would leave its catalog
-    # cache behind, hiding this module's locations from the workflow for up to 10 s. A new stack
-    # is a new deployment: its containers start cold.
-    from functions import bootstrap
-
-    for built_once in vars(bootstrap).values():
-        if callable(getattr(built_once, "cache_clear", None)):
-            built_once.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -482,10 +468,10 @@ def cold_containers(stack: EmbeddedStack) -> Iterator[None]:
     """The workflow's container starts cold, so its catalog cache is filled during the test (not
     up to 10 s earlier), and the next test starts cold again."""
     settle(stack)
-    _fresh_containers()
+    forget_warm_containers()
     yield
     settle(stack)
-    _fresh_containers()
+    forget_warm_containers()
 
 
 def test_a_location_opened_after_the_workflow_last_ran_supplies_the_next_order(

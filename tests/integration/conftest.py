@@ -10,6 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from infra.local.stack import forget_warm_containers
 from infra.local.template import Template
 
 ENV_BY_TABLE = {
@@ -56,13 +57,4 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 def _reset_composition_root() -> None:
     # The composition root caches its clients per process, as a warm Lambda container does; each
     # test gets a new moto account, so the cache must go with it.
-    from functions import bootstrap
-
-    bootstrap.container.cache_clear()
-    bootstrap.dynamodb_client.cache_clear()
-    bootstrap.api_key_repository.cache_clear()
-    try:
-        from functions.api import idempotency
-    except ImportError:
-        return
-    idempotency._runner.cache_clear()
+    forget_warm_containers()

@@ -14,6 +14,7 @@ import pytest
 
 from core.imports import COLUMNS, import_id_for
 from infra.local.lambdas import LambdaContext
+from infra.local.stack import forget_warm_containers
 from infra.local.template import Template
 
 REGION = "us-east-1"
@@ -161,15 +162,8 @@ def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch, high_wate
     s3.create_bucket(Bucket=bucket)
     monkeypatch.setenv("IMPORT_QUEUE_URL", queue_url)
     monkeypatch.setenv("IMPORT_QUEUE_HIGH_WATER", str(high_water))
-    fresh_import_caches()
+    forget_warm_containers()  # the import's clients must talk to this account
     return ImportAws(sqs, s3, aws.dynamodb, queue_url, dlq_url, bucket, aws.tables)
-
-
-def fresh_import_caches() -> None:
-    from functions import bootstrap
-
-    for cached in bootstrap.import_caches():
-        cached.cache_clear()
 
 
 def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> None:

@@ -119,7 +119,6 @@ def faults() -> Faults:
 
 @pytest.fixture(scope="module")
 def stack(faults: Faults) -> Iterator[EmbeddedStack]:
-    _fresh_containers()
     with running_stack(
         api_port=0,
         aws_port=0,
@@ -130,18 +129,6 @@ def stack(faults: Faults) -> Iterator[EmbeddedStack]:
         handlers={logical_id: faults.handler(step) for step, logical_id in STEPS.items()},
     ) as started:
         yield started
-    _fresh_containers()
-
-
-def _fresh_containers() -> None:
-    # One process plays every Lambda container and builds the composition root once: a stack
-    # started earlier in this process would leave its catalog cache behind, hiding this module's
-    # locations from the workflow for up to 10 s. A new stack is a new deployment: cold containers.
-    from functions import bootstrap
-
-    for built_once in vars(bootstrap).values():
-        if callable(getattr(built_once, "cache_clear", None)):
-            built_once.cache_clear()
 
 
 @pytest.fixture(autouse=True)
