@@ -13,7 +13,6 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from infra.local import moto_sqs
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
 
@@ -141,8 +140,6 @@ def main() -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    # Until the stack installs it itself: moto's SQS otherwise slows down with the queue's depth.
-    moto_sqs.install()
     try:
         stack.start()
     except OSError as error:

@@ -84,3 +84,7 @@ def uninstall() -> None:
         for (owner, name), original in _originals.items():
             setattr(owner, name, original)
         _originals.clear()
+
+
+def is_installed() -> bool:
+    return _count > 0

@@ -26,7 +26,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from infra.local import moto_lock
+from infra.local import moto_lock, moto_memory, moto_sqs
 from infra.local.asl import AslError, validate_asl
 from infra.local.event_sources import (
     POLL_INTERVAL,
@@ -300,6 +300,8 @@ class EmbeddedStack:
             self._retry_scale_installed = False
         self._clients.clear()
         if self._lock_installed:
+            moto_memory.uninstall()
+            moto_sqs.uninstall()
             moto_lock.uninstall()
             self._lock_installed = False
         if self._saved_werkzeug_level is not None:
@@ -408,6 +410,10 @@ class EmbeddedStack:
         from moto import mock_aws
 
         moto_lock.install()
+        # A stack runs for hours: moto's SQS must not slow down with a queue's depth, nor moto
+        # keep every object it ever made (see each module).
+        moto_sqs.install()
+        moto_memory.install()
         self._lock_installed = True
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})

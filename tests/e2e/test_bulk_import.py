@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from core.imports import COLUMNS, import_id_for
-from infra.local import moto_sqs
 from infra.local.stack import EmbeddedStack, running_stack
 from tests.e2e.client import Api, assert_error, unique
 from tests.e2e.conftest import PARAMETERS
@@ -32,18 +31,14 @@ FINISHED = ("completed", "completed_with_errors", "failed")
 def stack() -> Iterator[EmbeddedStack]:
     """The demo catalog (the sample files order its skus), and only the import's event sources
     running: the order workflow is not what this module is about, orders stay as placed."""
-    moto_sqs.install()  # as `make run` does
-    try:
-        with running_stack(
-            seed=True, event_sources=False, parameter_overrides={**PARAMETERS, "ImportQueueHighWater": 1000}
-        ) as started:
-            started.seed_demo_data()
-            for mapping in started.mappings.values():
-                if mapping.function_logical_id in ("ImportSplitterFunction", "ImportWorkerFunction"):
-                    mapping.resume()
-            yield started
-    finally:
-        moto_sqs.uninstall()
+    with running_stack(
+        seed=True, event_sources=False, parameter_overrides={**PARAMETERS, "ImportQueueHighWater": 1000}
+    ) as started:
+        started.seed_demo_data()
+        for mapping in started.mappings.values():
+            if mapping.function_logical_id in ("ImportSplitterFunction", "ImportWorkerFunction"):
+                mapping.resume()
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -573,9 +573,11 @@ def test_stack_stop_restores_the_environment_and_frees_the_ports():
         assert os.environ["AWS_ACCOUNT_ID_ENDPOINT_MODE"] == "disabled"
     assert "ORDERS_TABLE" not in os.environ
     assert all(_port_is_free(port) for port in ports)
-    from infra.local import moto_lock
+    from infra.local import moto_lock, moto_memory, moto_sqs
 
     assert not moto_lock.is_installed()
+    assert not moto_sqs.is_installed()
+    assert not moto_memory.is_installed()
 
 
 def test_stack_seeds_the_demo_data_through_the_api_when_empty():

@@ -1,0 +1,155 @@
+"""The local stack's two changes to moto: SQS counts that do not scan the queue three times, and
+no list of every object moto ever made. Each must answer exactly what moto answers without it."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from infra.local import moto_memory, moto_sqs
+
+COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws():
+        yield
+
+
+def _queue_with_messages_in_every_state() -> tuple[object, str]:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="counts")["QueueUrl"]
+    for n in range(5):
+        sqs.send_message(QueueUrl=url, MessageBody=f"visible {n}")
+    for n in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=f"delayed {n}", DelaySeconds=60)
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)["Messages"]
+    assert len(received) == 2
+    return sqs, url
+
+
+def test_sqs_counts_are_moto_s_own_with_the_replacements_installed(aws: None) -> None:
+    sqs, url = _queue_with_messages_in_every_state()
+    original = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS)["Attributes"]
+    moto_sqs.install()
+    try:
+        replaced = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS)["Attributes"]
+        # Retention is still enforced through the replacement: the 5 sent messages are received.
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    finally:
+        moto_sqs.uninstall()
+    assert (
+        original
+        == replaced
+        == {
+            "ApproximateNumberOfMessages": "3",
+            "ApproximateNumberOfMessagesNotVisible": "2",
+            "ApproximateNumberOfMessagesDelayed": "3",
+        }
+    )
+    assert len(received) == 3
+    assert not moto_sqs.is_installed()
+
+
+def test_sqs_replacements_are_counted_and_removed_by_the_last_uninstall(aws: None) -> None:
+    from moto.sqs.models import Queue
+
+    original = Queue.__dict__["messages"]
+    moto_sqs.install()
+    moto_sqs.install()
+    moto_sqs.uninstall()
+    assert Queue.__dict__["messages"] is not original
+    moto_sqs.uninstall()
+    assert Queue.__dict__["messages"] is original
+
+
+def test_moto_keeps_every_message_it_ever_made_unless_installed(aws: None) -> None:
+    """The leak the module fixes, shown on moto itself, so the fix is dropped once moto stops."""
+    from moto.sqs.models import Message
+
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="leak")["QueueUrl"]
+    before = len(Message.instances_tracked)  # type: ignore[attr-defined]
+    sqs.send_message(QueueUrl=url, MessageBody="kept forever")
+    message = sqs.receive_message(QueueUrl=url)["Messages"][0]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    assert len(Message.instances_tracked) > before  # type: ignore[attr-defined]
+
+
+def test_deleted_messages_and_overwritten_items_are_freed_when_installed(aws: None) -> None:
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.sqs.models import Message
+
+    moto_memory.install()
+    try:
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="freed")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="gone once deleted")
+        queue = next(iter(_sqs_backend().queues.values()))
+        alive = weakref.ref(queue._messages[0])
+        message = sqs.receive_message(QueueUrl=url)["Messages"][0]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        dynamodb.create_table(
+            TableName="items",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for version in range(20):
+            dynamodb.put_item(TableName="items", Item={"id": {"S": "one"}, "v": {"N": str(version)}})
+            dynamodb.update_item(
+                TableName="items", Key={"id": {"S": "one"}}, UpdateExpression="ADD n :one",
+                ExpressionAttributeValues={":one": {"N": "1"}},
+            )  # fmt: skip
+        gc.collect()
+        assert alive() is None
+        assert Message.instances_tracked == []  # type: ignore[attr-defined]
+        assert Item.instances_tracked == []  # type: ignore[attr-defined]
+        live_items = [o for o in gc.get_objects() if isinstance(o, Item)]
+        assert len(live_items) == 1  # the one stored item, no copies
+        assert dynamodb.get_item(TableName="items", Key={"id": {"S": "one"}})["Item"]["n"] == {"N": "1"}
+    finally:
+        moto_memory.uninstall()
+    assert not moto_memory.is_installed()
+
+
+def test_s3_keys_stay_tracked_for_moto_s_reset_to_close_their_files(aws: None) -> None:
+    from moto.s3.models import FakeKey
+
+    moto_memory.install()
+    try:
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="kept")
+        before = len(FakeKey.instances_tracked)  # type: ignore[attr-defined]
+        s3.put_object(Bucket="kept", Key="a", Body=b"x" * 10)
+        assert len(FakeKey.instances_tracked) > before  # type: ignore[attr-defined]
+    finally:
+        moto_memory.uninstall()
+
+
+def test_memory_patch_is_counted_and_restores_moto(aws: None) -> None:
+    from moto.core.common_models import BaseModel
+
+    original = BaseModel.__dict__["__new__"]
+    moto_memory.install()
+    moto_memory.install()
+    moto_memory.uninstall()
+    assert BaseModel.__dict__["__new__"] is not original
+    moto_memory.uninstall()
+    assert BaseModel.__dict__["__new__"] is original
+    moto_memory.uninstall()  # one too many is harmless
+    assert BaseModel.__dict__["__new__"] is original
+
+
+def _sqs_backend() -> object:
+    from moto.sqs.models import sqs_backends
+
+    return sqs_backends["123456789012"]["us-east-1"]
