@@ -200,7 +200,8 @@ class ImportSplitter:
             self._ledger.fail(
                 source.import_id,
                 SPLIT_INTERRUPTED,
-                f"reading the file stopped unexpectedly ({type(error).__name__}); it is retried automatically",
+                f"reading the file stopped unexpectedly ({type(error).__name__}); it is retried automatically, "
+                "and held for an operator if it keeps failing",
                 self._clock(),
             )
             raise

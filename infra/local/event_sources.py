@@ -14,12 +14,15 @@ to the answer:
   the queue's VisibilityTimeout and moto moves them to the RedrivePolicy's DLQ after
   maxReceiveCount receives (measured: moto does that on ReceiveMessage);
 - S3 notifications: delivered by moto itself (it matches events and prefix/suffix rules); its
-  Lambda hook is redirected into a queue and a thread invokes the function asynchronously.
+  Lambda hook is redirected into a queue and a thread invokes the function asynchronously, with
+  the function's EventInvokeConfig: MaximumRetryAttempts (default 2) and the OnFailure
+  destination (an SQS queue) with AWS's asynchronous-invocation record.
 
 Local differences, on purpose: MaximumBatchingWindowInSeconds is not waited for (a batch goes as
 soon as records are there); retries back off a fixed short delay (`retry_delay`, 0.2 s) instead of
 AWS's exponential backoff; MaximumRecordAgeInSeconds, ParallelizationFactor, TumblingWindow and
-ScalingConfig are ignored; one thread per mapping (one shard, one batch at a time).
+ScalingConfig are ignored, and so is an asynchronous event's MaximumEventAgeInSeconds; one thread
+per mapping (one shard, one batch at a time).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +51,7 @@ logger = logging.getLogger("infra.local.events")
 
 POLL_INTERVAL = 0.1  # seconds between polls of an empty source
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
-ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (an S3 notification) twice
+ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (an S3 notification) twice by default
 
 EMULATED_TYPES = ("DynamoDB", "SQS", "S3")
 
@@ -571,11 +575,22 @@ class SqsMapping(EventSourceMapping):
 class S3NotificationMapping(EventSourceMapping):
     """A bucket's Lambda notification. moto matches the events and key filters and builds the
     record; its Lambda hook is redirected here (see install_s3_hook), and this thread invokes the
-    function asynchronously, retrying twice as Lambda does for asynchronous invocations."""
+    function asynchronously, retrying as Lambda does for asynchronous invocations (twice unless
+    the function's EventInvokeConfig says otherwise); an event that still fails goes to the OnFailure
+    destination, if there is one, as AWS's asynchronous-invocation record."""
 
     kind = "S3"
 
-    def __init__(self, *, bucket: str, events: list[str], key_filters: list[dict[str, str]], **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        events: list[str],
+        key_filters: list[dict[str, str]],
+        maximum_retry_attempts: int = ASYNC_RETRIES,
+        on_failure: OnFailure | None = None,
+        **kwargs: Any,
+    ):
         kwargs.setdefault("batch_size", 1)
         kwargs.setdefault("filters", None)
         kwargs.setdefault("report_batch_item_failures", False)
@@ -583,6 +598,9 @@ class S3NotificationMapping(EventSourceMapping):
         self.bucket = bucket
         self.events = events
         self.key_filters = key_filters
+        self.maximum_retry_attempts = maximum_retry_attempts
+        self.on_failure = on_failure
+        self.stats["sent_to_on_failure"] = 0
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._sequencer = count(1)
 
@@ -592,7 +610,14 @@ class S3NotificationMapping(EventSourceMapping):
         return f"s3://{self.bucket} {','.join(self.events)}{rules}"
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "bucket": self.bucket, "events": self.events, "key_filters": self.key_filters}
+        return {
+            **super().describe(),
+            "bucket": self.bucket,
+            "events": self.events,
+            "key_filters": self.key_filters,
+            "maximum_retry_attempts": self.maximum_retry_attempts,
+            "on_failure": self.on_failure.arn if self.on_failure else None,
+        }
 
     def notification_configuration(self) -> dict[str, Any]:
         """This mapping as an S3 PutBucketNotificationConfiguration entry."""
@@ -622,16 +647,46 @@ class S3NotificationMapping(EventSourceMapping):
         except queue.Empty:
             return "empty"
         self.stats["records"] += len(event.get("Records", []))
-        for attempt in range(ASYNC_RETRIES + 1):
+        for attempt in range(self.maximum_retry_attempts + 1):
             _, error = self._invoke(event)
             if error is None:
                 break
-            if attempt == ASYNC_RETRIES:
-                self.stats["discarded"] += 1
-                logger.error("%s: event for %s dropped after %d attempts", self.name, self.bucket, attempt + 1)
+            if attempt == self.maximum_retry_attempts:
+                self._give_up(event, attempt + 1, error)
             elif self._stopping.wait(self.retry_delay):
                 break
         return "work"
+
+    def _give_up(self, event: dict[str, Any], attempts: int, error: BaseException) -> None:
+        self.stats["discarded"] += 1
+        logger.error(
+            "%s: event for %s failed %d time(s); %s",
+            self.name,
+            self.bucket,
+            attempts,
+            f"sent to {self.on_failure.arn}" if self.on_failure else "dropped (no OnFailure destination)",
+        )
+        if self.on_failure is None:
+            return
+        message = {
+            "version": "1.0",
+            "timestamp": _iso_now(),
+            "requestContext": {
+                "requestId": str(uuid.uuid4()),
+                "functionArn": f"{self.function.arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "responsePayload": {
+                "errorMessage": str(error),
+                "errorType": type(error).__name__,
+                "stackTrace": traceback.format_tb(error.__traceback__),
+            },
+        }
+        self._client("sqs").send_message(QueueUrl=self.on_failure.queue_url, MessageBody=json.dumps(message))
+        self.stats["sent_to_on_failure"] += 1
 
 
 # --- moto's S3 → Lambda hook ------------------------------------------------------------------------
@@ -786,11 +841,17 @@ def _build_s3(
     events = [events] if isinstance(events, str) else list(events or [])
     if not events:
         raise EventSourceError(f"{where}: Events is required")
+    invoke_config = spec.invoke_config
+    retries = int(context.resolve(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)))
+    if not 0 <= retries <= ASYNC_RETRIES:
+        raise EventSourceError(f"{where}: EventInvokeConfig MaximumRetryAttempts {retries} is outside 0..2")
     return S3NotificationMapping(
         source_arn=f"arn:aws:s3:::{bucket}",
         bucket=bucket,
         events=events,
         key_filters=s3_key_rules(context.resolve(props.get("Filter")), where),
+        maximum_retry_attempts=retries,
+        on_failure=_on_failure(invoke_config, f"{where} EventInvokeConfig", context),
         **common,
     )
 

@@ -146,6 +146,7 @@ class FunctionSpec:
     timeout_seconds: int
     environment: dict[str, Any]  # Globals merged with the function's own; values unresolved
     events: dict[str, dict[str, Any]]
+    event_invoke_config: dict[str, Any] = field(default_factory=dict)  # its own, else Globals'; unresolved
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,9 @@ class EventSourceSpec:
     name: str  # the event's name in Events, or the mapping resource's logical id
     type: str  # SAM's event type: DynamoDB, SQS, S3, Kinesis, Schedule, ...
     properties: dict[str, Any]
+    # The function's EventInvokeConfig (its own, else Globals'): what an asynchronous invocation
+    # (an S3 notification) is retried and where it goes when it fails; raw like `properties`.
+    invoke_config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -381,7 +385,13 @@ class Template:
         """Every function event that is not an Api event, and every EventSourceMapping resource."""
         functions = self.functions()
         specs = [
-            EventSourceSpec(function_id, name, str(event.get("Type")), dict(event.get("Properties") or {}))
+            EventSourceSpec(
+                function_id,
+                name,
+                str(event.get("Type")),
+                dict(event.get("Properties") or {}),
+                function.event_invoke_config,
+            )
             for function_id, function in functions.items()
             for name, event in function.events.items()
             if event.get("Type") != "Api"
@@ -424,6 +434,7 @@ class Template:
                 timeout_seconds=int(props.get("Timeout", defaults.get("Timeout", 3))),
                 environment={**global_env, **own_env},
                 events=props.get("Events") or {},
+                event_invoke_config=dict(props.get("EventInvokeConfig") or defaults.get("EventInvokeConfig") or {}),
             )
         return specs
 

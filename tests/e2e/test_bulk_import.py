@@ -4,6 +4,7 @@ template declares), and GET /imports reports it; `make import` does the same fro
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,6 +169,51 @@ def test_a_file_of_unknown_format_fails_its_import_with_a_clear_error(stack: Emb
     assert failed["status"] == "failed"
     assert [(e["line"], e["code"]) for e in failed["errors"]] == [(None, "unknown_format")]
     assert ".xlsx" in failed["errors"][0]["message"]
+
+
+def test_a_file_the_splitter_keeps_failing_on_is_held_for_an_operator_and_resumes_when_replayed(
+    stack: EmbeddedStack, api: Api, channel: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The template's EventInvokeConfig, as the README's runbook uses it: three failed attempts put
+    the S3 event in ImportSplitFailureQueue; invoking the splitter with its requestPayload resumes."""
+    from functions.adapters.imports import S3ImportFiles
+
+    real_open = S3ImportFiles.open
+
+    def unreadable(self: S3ImportFiles, bucket: str, key: str, *args: Any) -> Any:
+        if key.endswith("unlucky.csv"):
+            raise ConnectionError("S3 reset the connection")
+        return real_open(self, bucket, key, *args)
+
+    monkeypatch.setattr(S3ImportFiles, "open", unreadable)
+    data = "\n".join([",".join(COLUMNS), csv_row(channel, "U-1"), csv_row(channel, "U-2")]) + "\n"
+    import_id = put_file(stack, "incoming/unlucky.csv", data.encode())
+    assert stack.wait_until_idle(30)
+
+    report = api.get(f"/imports/{import_id}").json()
+    assert report["status"] == "failed"
+    assert [e["code"] for e in report["errors"]] == ["split_interrupted"]
+    assert "ConnectionError" in report["errors"][0]["message"]
+    sqs = stack.client("sqs")
+    queue_url = stack.queue_urls["ImportSplitFailureQueue"]
+    (message,) = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    record = json.loads(message["Body"])
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["responsePayload"]["errorType"] == "ConnectionError"
+    assert record["requestPayload"]["Records"][0]["s3"]["object"]["key"] == "incoming/unlucky.csv"
+
+    monkeypatch.undo()  # the cause is fixed; replay the event as the runbook says
+    replay = stack.client("lambda").invoke(
+        FunctionName=stack.functions["ImportSplitterFunction"].name, Payload=json.dumps(record["requestPayload"])
+    )
+    assert "FunctionError" not in replay, replay["Payload"].read()
+    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    resumed = finished(api, import_id)
+    assert (resumed["status"], resumed["total"], resumed["imported"], resumed["errors"]) == ("completed", 2, 2, [])
+    imported = [order["external_id"] for order in api.list_all({"channel": channel})]
+    assert sorted(e for e in imported if e.startswith("U-")) == ["U-1", "U-2"]
 
 
 def test_a_file_outside_incoming_is_not_imported(stack: EmbeddedStack, api: Api):

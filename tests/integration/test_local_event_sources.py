@@ -65,6 +65,8 @@ Resources:
       RedrivePolicy: { deadLetterTargetArn: !GetAtt InboxDeadLetters.Arn, maxReceiveCount: 2 }
   Uploads:
     Type: AWS::S3::Bucket
+  UploadFailures:
+    Type: AWS::SQS::Queue
   FilteredConsumer:
     Type: AWS::Serverless::Function
     Properties:
@@ -121,6 +123,10 @@ Resources:
     Type: AWS::Serverless::Function
     Properties:
       Handler: fake.upload
+      EventInvokeConfig:
+        MaximumRetryAttempts: 1
+        DestinationConfig:
+          OnFailure: { Type: SQS, Destination: !GetAtt UploadFailures.Arn }
       Events:
         Csv:
           Type: S3
@@ -432,6 +438,38 @@ def test_s3_notifications_invoke_the_function_for_matching_keys(stack, consumers
     assert first["s3"]["object"]["size"] == 8 and first["s3"]["object"]["eTag"]
     assert first["s3"]["configurationId"] == "UploadConsumer.Csv"
     assert first["s3"]["object"]["sequencer"] and first["eventTime"]
+
+
+def test_a_failing_s3_event_is_retried_then_sent_to_the_on_failure_destination(stack, consumers):
+    consumer = consumers["UploadConsumer"]
+
+    def fail_on_poison(event: dict[str, Any], number: int) -> None:
+        if event["Records"][0]["s3"]["object"]["key"].endswith("poison.csv"):
+            raise ValueError("cannot split this file")
+
+    consumer.reset(fail_on_poison)
+    s3, sqs = stack.client("s3"), stack.client("sqs")
+    bucket = stack.bucket_names["Uploads"]
+    s3.put_object(Bucket=bucket, Key="incoming/poison.csv", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="incoming/fine.csv", Body=b"x")
+    assert stack.wait_until_idle(5)
+
+    keys_invoked = [event["Records"][0]["s3"]["object"]["key"] for event in consumer.events]
+    assert keys_invoked == ["incoming/poison.csv", "incoming/poison.csv", "incoming/fine.csv"]  # 1 retry
+    failures = sqs.receive_message(QueueUrl=stack.queue_urls["UploadFailures"], MaxNumberOfMessages=10)["Messages"]
+    assert len(failures) == 1
+    record = json.loads(failures[0]["Body"])
+    assert record["version"] == "1.0" and record["timestamp"]
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 2
+    assert record["requestContext"]["functionArn"].endswith(":function:ev-UploadConsumer:$LATEST")
+    assert record["requestPayload"] == consumer.events[0]  # replayable as it was
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    assert record["responsePayload"]["errorType"] == "ValueError"
+    assert record["responsePayload"]["errorMessage"] == "cannot split this file"
+    mapping = next(m for m in stack.mappings.values() if m.function_logical_id == "UploadConsumer")
+    assert mapping.describe()["on_failure"] == stack.atts["UploadFailures.Arn"]
+    assert mapping.stats["sent_to_on_failure"] == 1
 
 
 def test_presigned_urls_made_for_the_public_endpoint_are_served_by_the_stack(stack):
