@@ -9,7 +9,6 @@ from decimal import Decimal
 
 import pytest
 
-from core import hookimpl
 from core.errors import (
     Conflict,
     InsufficientStock,
@@ -19,7 +18,6 @@ from core.errors import (
 )
 from core.fulfillment import OrderActions
 from core.models import Address, HistoryEntry, LineInput, Order, OrderEdit
-from core.money import Money
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
@@ -27,7 +25,7 @@ from core.services import CaptureService
 from core.status import OrderStatus
 from core.workflow import Workflow
 from tests.builders import NOW, address_body, location, place_order, product
-from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders
+from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy
 
 S = OrderStatus
 Held = dict[tuple[str, str, str], int]
@@ -44,47 +42,6 @@ STOCK = [
     ("PEN", "wh-east", 20),
     ("PEN", "wh-west", 20),
 ]
-
-
-class PaymentSpy:
-    """Records what the built-in `test` gateway approved, on the way through. A call repeating an
-    idempotency key already seen is a retry the gateway answers from its record, not a new
-    operation, so it is not recorded again."""
-
-    def __init__(self) -> None:
-        self.keys: set[str] = set()
-        self.authorized: list[str] = []
-        self.voided: list[str] = []
-        self.captured: list[tuple[str, Money, str]] = []
-
-    @hookimpl(wrapper=True)
-    def oms_payment_authorize(self, method: str, amount: Money):
-        result = yield
-        if result is not None and result.outcome == "approved":
-            self.authorized.append(result.reference)
-        return result
-
-    def _new(self, key: str) -> bool:
-        seen = key in self.keys
-        self.keys.add(key)
-        return not seen
-
-    @hookimpl(wrapper=True)
-    def oms_payment_void(self, method: str, authorization: str, idempotency_key: str):
-        result = yield
-        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
-            self.voided.append(authorization)
-        return result
-
-    @hookimpl(wrapper=True)
-    def oms_payment_capture(self, method: str, authorization: str, amount: Money, idempotency_key: str):
-        result = yield
-        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
-            self.captured.append((authorization, amount, idempotency_key))
-        return result
-
-    def captured_total(self) -> Decimal:
-        return sum((amount.amount for _, amount, _ in self.captured), Decimal(0))
 
 
 @dataclass

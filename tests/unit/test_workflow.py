@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core import hookimpl
 from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, TransientError
 from core.fulfillment import OrderActions
 from core.models import Address, HistoryEntry, Order, OrderEdit
@@ -24,7 +23,7 @@ from core.status import OrderStatus
 from core.workflow import Workflow, reservation_key
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
 from tests.builders import NOW, address_body, location, place_order, product
-from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders
+from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy
 
 S = OrderStatus
 Held = dict[tuple[str, str, str], int]
@@ -40,44 +39,6 @@ STOCK = [
     ("MUG", "store-sf", 2),
     ("CAP", "wh-east", 4),
 ]
-
-
-class PaymentSpy:
-    """Watches every payment call on its way to the built-in `test` gateway (which keeps no state)
-    and records what the gateway approved. A call repeating an idempotency key already seen is a
-    retry the gateway answers from its record, not a new operation, so it is not recorded again."""
-
-    def __init__(self) -> None:
-        self.keys: set[str] = set()
-        self.authorized: list[str] = []
-        self.voided: list[str] = []
-        self.captured: list[tuple[str, Money]] = []
-
-    @hookimpl(wrapper=True)
-    def oms_payment_authorize(self, method: str, amount: Money):
-        result = yield
-        if result is not None and result.outcome == "approved":
-            self.authorized.append(result.reference)
-        return result
-
-    def _new(self, key: str) -> bool:
-        seen = key in self.keys
-        self.keys.add(key)
-        return not seen
-
-    @hookimpl(wrapper=True)
-    def oms_payment_void(self, method: str, authorization: str, idempotency_key: str):
-        result = yield
-        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
-            self.voided.append(authorization)
-        return result
-
-    @hookimpl(wrapper=True)
-    def oms_payment_capture(self, method: str, authorization: str, amount: Money, idempotency_key: str):
-        result = yield
-        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
-            self.captured.append((authorization, amount))
-        return result
 
 
 @dataclass
