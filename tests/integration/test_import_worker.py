@@ -303,3 +303,60 @@ def test_only_the_first_1000_errors_are_kept_and_failed_counts_them_all(stack: I
     imported = report("imp_errors")
     assert imported["failed"] == 5
     assert [e["line"] for e in imported["errors"]] == [2, 7, 9]  # the first three recorded, by line
+
+
+def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: ImportAws):
+    """A client polling a running import must not make every poll read every kept error; an error
+    counted but not yet written (a worker between its two writes) must not be skipped for good."""
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.adapters.imports import _error_key, _import_key
+    from functions.bootstrap import dynamodb_client, import_ledger
+
+    ledger, client = import_ledger(), dynamodb_client()
+    queries: list[str] = []
+
+    def count_query(params: dict[str, Any], **_: Any) -> None:
+        queries.append(params["ExpressionAttributeValues"][":after"]["S"])
+
+    def fail(line: int) -> None:
+        error = LineError(line, f"ext-{line}", "unknown_sku", "no product")
+        assert ledger.record("imp_follow", line, Outcome.FAILED, error, utc_now())
+
+    def lines() -> list[int | None]:
+        found = ledger.get("imp_follow")
+        assert found is not None
+        return [entry.line for entry in found.errors]
+
+    ledger.begin("imp_follow", "s3://b/k", utc_now())
+    client.meta.events.register("before-parameter-build.dynamodb.Query", count_query)
+    try:
+        fail(30)
+        fail(10)
+        assert lines() == [10, 30]
+        assert lines() == [10, 30]
+        assert len(queries) == 1  # the second poll had nothing new to read
+
+        # Failure 3 is counted, its error not written yet; failure 4 is complete.
+        client.update_item(
+            TableName=stack.tables["CatalogTable"], Key=_import_key("imp_follow"),
+            UpdateExpression="ADD failed :one", ExpressionAttributeValues={":one": {"N": "1"}},
+        )  # fmt: skip
+        fail(20)
+        assert lines() == [10, 20, 30]
+        assert lines() == [10, 20, 30]
+        assert queries[1:] == ["000002", "000002"]  # past the gap, read again
+
+        client.put_item(
+            TableName=stack.tables["CatalogTable"],
+            Item={
+                **_error_key("imp_follow", 3), "line": {"N": "5"}, "code": {"S": "unknown_sku"},
+                "message": {"S": "no product"},
+            },
+        )  # fmt: skip
+        assert lines() == [5, 10, 20, 30]
+        assert lines() == [5, 10, 20, 30]
+        assert queries[3:] == ["000002"]  # then nothing more to read
+    finally:
+        client.meta.events.unregister("before-parameter-build.dynamodb.Query", count_query)
