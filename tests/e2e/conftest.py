@@ -10,6 +10,7 @@ each other or on the demo seed (which running_stack() leaves off).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import pytest
 
@@ -29,6 +30,14 @@ def stack() -> Iterator[EmbeddedStack]:
         api_port=0, aws_port=0, seed=False, parameter_overrides=PARAMETERS, event_sources=False
     ) as started:
         yield started
+
+
+def workflow_stack() -> AbstractContextManager[EmbeddedStack]:
+    """A stack with every event source running, for the modules about the order workflow: each
+    order goes through the Step Functions definition; Retry sleeps are scaled down 100x."""
+    return running_stack(
+        api_port=0, aws_port=0, seed=False, parameter_overrides=PARAMETERS, event_sources=True, retry_delay_scale=0.01
+    )
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from infra.local.stack import EmbeddedStack, running_stack
+from infra.local.stack import EmbeddedStack
 from tests.e2e.client import Api, address, location_body, order_body, unique
-from tests.e2e.conftest import PARAMETERS
+from tests.e2e.conftest import workflow_stack
 
 ORDERS = 30
 UNITS = {"west": 3, "east": 2}
@@ -28,14 +28,7 @@ UNITS = {"west": 3, "east": 2}
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    with running_stack(
-        api_port=0,
-        aws_port=0,
-        seed=False,
-        parameter_overrides=PARAMETERS,
-        event_sources=True,
-        retry_delay_scale=0.01,
-    ) as started:
+    with workflow_stack() as started:
         yield started
 
 

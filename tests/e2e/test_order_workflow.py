@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import requests
 
-from infra.local.stack import EmbeddedStack, forget_warm_containers, running_stack
+from infra.local.stack import EmbeddedStack, forget_warm_containers
 from tests.e2e.client import Api, Catalog, address, location_body, order_body, unique
-from tests.e2e.conftest import PARAMETERS
+from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 10
 WORKFLOW = "workflow"
@@ -28,14 +28,7 @@ ADMIN_KEY_ID = "key_admin"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    with running_stack(
-        api_port=0,
-        aws_port=0,
-        seed=False,
-        parameter_overrides=PARAMETERS,
-        event_sources=True,
-        retry_delay_scale=0.01,
-    ) as started:
+    with workflow_stack() as started:
         yield started
 
 
