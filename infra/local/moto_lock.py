@@ -13,11 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-MOTO_LOCK = threading.RLock()  # re-entrant: a moto action may dispatch another (Step Functions)
+from infra.local.patches import CountedPatch, Replacements
 
-_installed: list[tuple[type, str, Callable[..., Any]]] = []
-_install_count = 0
-_install_guard = threading.Lock()
+MOTO_LOCK = threading.RLock()  # re-entrant: a moto action may dispatch another (Step Functions)
 
 
 def _entry_points() -> list[tuple[type, str]]:
@@ -38,34 +36,13 @@ def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
-def install() -> None:
-    """Serialize moto from now on. Counted: each install() needs its uninstall()."""
-    global _install_count
-    with _install_guard:
-        _install_count += 1
-        if _install_count > 1:
-            return
-        for owner, name in _entry_points():
-            original = owner.__dict__[name]
-            _installed.append((owner, name, original))
-            setattr(owner, name, _serialized(original))
+def _replacements() -> Replacements:
+    return {(owner, name): _serialized(owner.__dict__[name]) for owner, name in _entry_points()}
 
 
-def uninstall() -> None:
-    global _install_count
-    with _install_guard:
-        if _install_count == 0:
-            return
-        _install_count -= 1
-        if _install_count:
-            return
-        while _installed:
-            owner, name, original = _installed.pop()
-            setattr(owner, name, original)
-
-
-def is_installed() -> bool:
-    return _install_count > 0
+# Serialize moto from install() on; counted: each install() needs its uninstall().
+_patch = CountedPatch(_replacements)
+install, uninstall, is_installed = _patch.install, _patch.uninstall, _patch.is_installed
 
 
 @contextmanager

@@ -14,17 +14,14 @@ Only the classes moto reads that list for keep being tracked: S3's keys and mult
 whose temporary files moto's reset closes through it. The dashboard then lists S3 objects only;
 the stack's data is still there through every API.
 
-install() / uninstall() are counted, like infra.local.moto_lock.
+install() / uninstall() are counted (infra.local.patches).
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-_original: Any = None
-_count = 0
-_guard = threading.Lock()
+from infra.local.patches import CountedPatch, Replacements
 
 
 def _kept() -> tuple[type, ...]:
@@ -45,32 +42,11 @@ def _new_untracked(kept: tuple[type, ...]) -> Any:
     return staticmethod(__new__)
 
 
-def install() -> None:
-    """From now on moto keeps no reference to the objects it creates (S3 keys aside)."""
-    global _count, _original
-    with _guard:
-        _count += 1
-        if _count > 1:
-            return
-        from moto.core.common_models import BaseModel
+def _replacements() -> Replacements:
+    from moto.core.common_models import BaseModel
 
-        _original = BaseModel.__dict__["__new__"]
-        BaseModel.__new__ = _new_untracked(_kept())  # type: ignore[method-assign]
+    return {(BaseModel, "__new__"): _new_untracked(_kept())}
 
 
-def uninstall() -> None:
-    global _count, _original
-    with _guard:
-        if _count == 0:
-            return
-        _count -= 1
-        if _count:
-            return
-        from moto.core.common_models import BaseModel
-
-        BaseModel.__new__ = _original  # type: ignore[method-assign]
-        _original = None
-
-
-def is_installed() -> bool:
-    return _count > 0
+_patch = CountedPatch(_replacements)
+install, uninstall, is_installed = _patch.install, _patch.uninstall, _patch.is_installed

@@ -9,17 +9,14 @@ A bulk import that queues thousands of orders ahead of the worker then slows dow
 backlog. These replacements return the same values: the clock is read once per scan, and the
 retention check reads the queue's retention period instead of rebuilding every attribute.
 
-install() / uninstall() are counted, like infra.local.moto_lock.
+install() / uninstall() are counted (infra.local.patches).
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-_originals: dict[tuple[type, str], Any] = {}
-_count = 0
-_guard = threading.Lock()
+from infra.local.patches import CountedPatch, Replacements
 
 
 def _visible(queue: Any) -> list[Any]:
@@ -50,7 +47,7 @@ def _retained(backend: Any, queue_name: str, message: Any) -> bool:
     return retention_period + message.sent_timestamp / 1000 > unix_time()
 
 
-def _replacements() -> dict[tuple[type, str], Any]:
+def _replacements() -> Replacements:
     from moto.sqs.models import Queue, SQSBackend
 
     return {
@@ -62,29 +59,5 @@ def _replacements() -> dict[tuple[type, str], Any]:
     }
 
 
-def install() -> None:
-    global _count
-    with _guard:
-        _count += 1
-        if _count > 1:
-            return
-        for (owner, name), replacement in _replacements().items():
-            _originals[(owner, name)] = owner.__dict__[name]
-            setattr(owner, name, replacement)
-
-
-def uninstall() -> None:
-    global _count
-    with _guard:
-        if _count == 0:
-            return
-        _count -= 1
-        if _count:
-            return
-        for (owner, name), original in _originals.items():
-            setattr(owner, name, original)
-        _originals.clear()
-
-
-def is_installed() -> bool:
-    return _count > 0
+_patch = CountedPatch(_replacements)
+install, uninstall, is_installed = _patch.install, _patch.uninstall, _patch.is_installed

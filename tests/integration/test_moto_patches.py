@@ -57,18 +57,6 @@ def test_sqs_counts_are_moto_s_own_with_the_replacements_installed(aws: None) ->
     assert not moto_sqs.is_installed()
 
 
-def test_sqs_replacements_are_counted_and_removed_by_the_last_uninstall(aws: None) -> None:
-    from moto.sqs.models import Queue
-
-    original = Queue.__dict__["messages"]
-    moto_sqs.install()
-    moto_sqs.install()
-    moto_sqs.uninstall()
-    assert Queue.__dict__["messages"] is not original
-    moto_sqs.uninstall()
-    assert Queue.__dict__["messages"] is original
-
-
 def test_moto_keeps_every_message_it_ever_made_unless_installed(aws: None) -> None:
     """The leak the module fixes, shown on moto itself, so the fix is dropped once moto stops."""
     from moto.sqs.models import Message
@@ -135,21 +123,36 @@ def test_s3_keys_stay_tracked_for_moto_s_reset_to_close_their_files(aws: None) -
         moto_memory.uninstall()
 
 
-def test_memory_patch_is_counted_and_restores_moto(aws: None) -> None:
-    from moto.core.common_models import BaseModel
-
-    original = BaseModel.__dict__["__new__"]
-    moto_memory.install()
-    moto_memory.install()
-    moto_memory.uninstall()
-    assert BaseModel.__dict__["__new__"] is not original
-    moto_memory.uninstall()
-    assert BaseModel.__dict__["__new__"] is original
-    moto_memory.uninstall()  # one too many is harmless
-    assert BaseModel.__dict__["__new__"] is original
-
-
 def _sqs_backend() -> object:
     from moto.sqs.models import sqs_backends
 
     return sqs_backends["123456789012"]["us-east-1"]
+
+
+def _patched_attributes() -> dict[str, tuple[type, str]]:
+    from moto.core.common_models import BaseModel
+    from moto.core.responses import BaseResponse
+    from moto.sqs.models import Queue
+
+    return {
+        "moto_lock": (BaseResponse, "call_action"),
+        "moto_sqs": (Queue, "messages"),
+        "moto_memory": (BaseModel, "__new__"),
+    }
+
+
+@pytest.mark.parametrize("module", ["moto_lock", "moto_sqs", "moto_memory"])
+def test_each_patch_is_counted_and_the_last_uninstall_restores_moto(module: str) -> None:
+    import importlib
+
+    patch = importlib.import_module(f"infra.local.{module}")
+    owner, name = _patched_attributes()[module]
+    original = owner.__dict__[name]
+    patch.install()
+    patch.install()
+    patch.uninstall()
+    assert owner.__dict__[name] is not original and patch.is_installed()
+    patch.uninstall()
+    assert owner.__dict__[name] is original and not patch.is_installed()
+    patch.uninstall()  # one too many is harmless
+    assert owner.__dict__[name] is original
