@@ -152,19 +152,24 @@ def serve(state_path: str) -> None:
         stopping.wait()
 
 
-def import_file(state: dict[str, Any], path: Path, pid: int, timeout: float) -> dict[str, Any]:
-    """Upload, follow to the end; seconds from upload to completion and the RSS seen meanwhile."""
+def aws_client(service: str, state: dict[str, Any]) -> Any:
+    """A boto3 client of the benchmark stack's AWS endpoint."""
     import boto3
 
-    from core.imports import import_id_for
-
-    s3 = boto3.client(
-        "s3",
+    return boto3.client(
+        service,
         endpoint_url=state["aws_endpoint"],
         region_name="us-east-1",
         aws_access_key_id="bench",
         aws_secret_access_key="bench",
     )
+
+
+def import_file(state: dict[str, Any], path: Path, pid: int, timeout: float) -> dict[str, Any]:
+    """Upload, follow to the end; seconds from upload to completion and the RSS seen meanwhile."""
+    from core.imports import import_id_for
+
+    s3 = aws_client("s3", state)
     session = requests.Session()
     session.trust_env = False
     session.headers["Authorization"] = f"Bearer {state['admin_key']}"
@@ -213,17 +218,9 @@ def measure_data_only(warm_up: Path, imported: int, recorded: int) -> dict[str, 
     warm-up imported (with their stream records) and `recorded` copies of its line marker, by
     BatchWriteItem through the AWS endpoint. The stack's growth then is what holding that data
     costs moto; an import's growth beyond it would be the pipeline's own."""
-    import boto3
-
     with tempfile.TemporaryDirectory() as tmp, stack_process(Path(tmp) / "state.json") as (process, state):
         import_file(state, warm_up, process.pid, 120)
-        dynamodb = boto3.client(
-            "dynamodb",
-            endpoint_url=state["aws_endpoint"],
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
+        dynamodb = aws_client("dynamodb", state)
         order = dynamodb.scan(TableName=state["orders_table"], Limit=1)["Items"][0]
         marker = next(
             item
