@@ -216,7 +216,7 @@ class EmbeddedStack:
         self._saved_env: dict[str, str | None] = {}
         self._saved_werkzeug_level: int | None = None
         self._saved_interpreter_level: int | None = None
-        self._lock_installed = False
+        self._moto_patches: list[Any] = []  # the modules whose patch this stack installed
         self._lambda_service: LambdaService | None = None
         self._s3_hooked: list[S3NotificationMapping] = []
         self._retry_scale_installed = False
@@ -299,11 +299,8 @@ class EmbeddedStack:
             uninstall_retry_delay_scale(self.retry_delay_scale)
             self._retry_scale_installed = False
         self._clients.clear()
-        if self._lock_installed:
-            moto_memory.uninstall()
-            moto_sqs.uninstall()
-            moto_lock.uninstall()
-            self._lock_installed = False
+        while self._moto_patches:
+            self._moto_patches.pop().uninstall()
         if self._saved_werkzeug_level is not None:
             logging.getLogger("werkzeug").setLevel(self._saved_werkzeug_level)
             self._saved_werkzeug_level = None
@@ -409,12 +406,11 @@ class EmbeddedStack:
     def _start_moto(self) -> None:
         from moto import mock_aws
 
-        moto_lock.install()
-        # A stack runs for hours: moto's SQS must not slow down with a queue's depth, nor moto
-        # keep every object it ever made (see each module).
-        moto_sqs.install()
-        moto_memory.install()
-        self._lock_installed = True
+        # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
+        # with a queue's depth, nor moto keep every object it ever made (see each module).
+        for patch in (moto_lock, moto_sqs, moto_memory):
+            patch.install()
+            self._moto_patches.append(patch)
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
