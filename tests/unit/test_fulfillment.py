@@ -3,8 +3,6 @@ cancel and edit, on the in-memory fakes with the real built-in plugins and a fix
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
@@ -16,23 +14,15 @@ from core.errors import (
     NotFound,
     StaleVersion,
 )
-from core.fulfillment import OrderActions
-from core.models import Address, HistoryEntry, LineInput, Order, OrderEdit
-from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
-from core.pricing import Pricing
-from core.services import CaptureService
+from core.models import Address, LineInput, OrderEdit
 from core.status import OrderStatus
-from core.workflow import Workflow
-from tests.builders import NOW, address_body, location, place_order, product
-from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy
+from tests.builders import NOW, address_body, place_order
+from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
-Held = dict[tuple[str, str, str], int]
 
-# Two shipping warehouses (east: Newark, west: Reno) and a pickup-only store in San Francisco,
-# where the orders go. MUG is only in the west and CAP only in the east, so an order with both
-# ships in two parcels.
+# The world of tests/unit/world.py. MUG is only in the west and CAP only in the east, so an
+# order with both ships in two parcels.
 STOCK = [
     ("TSHIRT", "wh-east", 10),
     ("TSHIRT", "wh-west", 10),
@@ -44,96 +34,9 @@ STOCK = [
 ]
 
 
-@dataclass
-class World:
-    orders: FakeOrders
-    catalog: FakeCatalog
-    inventory: FakeInventory
-    spy: PaymentSpy
-    capture: CaptureService
-    workflow: Workflow
-    actions: OrderActions
-    counter: list[int] = field(default_factory=lambda: [0])
-
-    def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
-        self.counter[0] += 1
-        body = {
-            "external_id": f"web-{1000 + self.counter[0]}",
-            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in (lines or [("TSHIRT", 2)])],
-            "payment": {"method": "test", "token": token},
-            **overrides,
-        }
-        return self.capture.place(place_order(**body), actor="key_web").id
-
-    def allocated(self, *lines: tuple[str, int], **overrides: object) -> Order:
-        order_id = self.place(*lines, **overrides)
-        self.workflow.authorize_payment(order_id, attempt=0)
-        self.workflow.reserve_stock(order_id)
-        self.workflow.create_shipments(order_id)
-        order = self.order(order_id)
-        assert order.status is S.ALLOCATED
-        return order
-
-    def order(self, order_id: str) -> Order:
-        order = self.orders.get(order_id)
-        assert order is not None
-        return order
-
-    def history(self, order_id: str) -> list[HistoryEntry]:
-        return list(self.orders.histories[order_id])
-
-    def held(self) -> Held:
-        return {(sku, loc, key): q for (sku, loc), keys in self.inventory.held.items() for key, q in keys.items()}
-
-    def level(self, sku: str, location_id: str) -> tuple[int, int, int]:
-        level = self.inventory.stock[(sku, location_id)]
-        return level.on_hand, level.reserved, level.available
-
-    def shipment_at(self, order: Order, location_id: str) -> str:
-        return next(s.id for s in order.shipments if s.location_id == location_id)
-
-
 @pytest.fixture
 def world() -> World:
-    orders, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
-    catalog.put_product(product("TSHIRT", "19.99"))
-    catalog.put_product(product("MUG", "12.50", weight_grams=350))
-    catalog.put_product(product("CAP", "7.77", weight_grams=90))
-    catalog.put_product(product("PEN", "3.33", weight_grams=10))
-    catalog.put_location(location("wh-east"))
-    catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
-    catalog.put_location(
-        location("store-sf", name="SF store", type="store", latitude=37.79, longitude=-122.40, ships=False, pickup=True)
-    )
-    for sku, location_id, on_hand in STOCK:
-        inventory.set_on_hand(sku, location_id, on_hand, reason="count")
-    spy = PaymentSpy()
-    plugins = build_plugin_manager(spy)
-    payments = Payments(plugins)
-
-    def clock():
-        return NOW
-
-    capture = CaptureService(
-        orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
-    )
-    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock)
-    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
-    return World(orders, catalog, inventory, spy, capture, workflow, actions)
-
-
-def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> None:
-    """Run `action` right before the next FakeOrders.update lands (its own writes go through)."""
-    real = world.orders.update
-    landed: list[bool] = []
-
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if not landed:
-            landed.append(True)
-            action()
-        real(order, expected, entries)
-
-    monkeypatch.setattr(world.orders, "update", update)
+    return build_world(STOCK)
 
 
 # --- Ship ---------------------------------------------------------------------------------------

@@ -6,31 +6,21 @@ between a step's read and its write."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 
 from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, TransientError
-from core.fulfillment import OrderActions
 from core.models import Address, HistoryEntry, Order, OrderEdit
 from core.money import Money
-from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
-from core.pricing import Pricing
-from core.services import CaptureService
 from core.status import OrderStatus
-from core.workflow import Workflow, reservation_key
+from core.workflow import reservation_key
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
-from tests.builders import NOW, address_body, location, place_order, product
-from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy
+from tests.builders import NOW, address_body
+from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
-Held = dict[tuple[str, str, str], int]
 
-# --- The world ---------------------------------------------------------------------------------
-# Two warehouses that ship (Newark in the east, Reno in the west) and a San Francisco store that
-# only offers pickup. Orders go to San Francisco, so the west warehouse is the nearer one.
+# --- The world (tests/unit/world.py) ----------------------------------------------------------
 STOCK = [
     ("TSHIRT", "wh-east", 10),
     ("TSHIRT", "wh-west", 10),
@@ -41,93 +31,9 @@ STOCK = [
 ]
 
 
-@dataclass
-class World:
-    orders: FakeOrders
-    catalog: FakeCatalog
-    inventory: FakeInventory
-    labels: FakeLabels
-    spy: PaymentSpy
-    capture: CaptureService
-    workflow: Workflow
-    actions: OrderActions
-    counter: list[int] = field(default_factory=lambda: [0])
-
-    def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
-        self.counter[0] += 1
-        body = {
-            "external_id": f"web-{1000 + self.counter[0]}",
-            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in (lines or [("TSHIRT", 2)])],
-            "payment": {"method": "test", "token": token},
-            **overrides,
-        }
-        return self.capture.place(place_order(**body), actor="key_web").id
-
-    def order(self, order_id: str) -> Order:
-        order = self.orders.get(order_id)
-        assert order is not None
-        return order
-
-    def history(self, order_id: str) -> list[HistoryEntry]:
-        return list(self.orders.histories[order_id])
-
-    def held(self) -> Held:
-        """Every reservation the inventory holds: {(sku, location_id, key): quantity}."""
-        return {(sku, loc, key): q for (sku, loc), keys in self.inventory.held.items() for key, q in keys.items()}
-
-    def held_for(self, order_id: str) -> Held:
-        return {item: q for item, q in self.held().items() if item[2].startswith(f"{order_id}#")}
-
-    def reserved(self) -> dict[tuple[str, str], int]:
-        return {item: level.reserved for item, level in self.inventory.stock.items()}
-
-    def run(self, order_id: str) -> Order:
-        self.workflow.authorize_payment(order_id, attempt=0)
-        self.workflow.reserve_stock(order_id)
-        self.workflow.create_shipments(order_id)
-        return self.order(order_id)
-
-    def snapshot(self, order_id: str) -> tuple:
-        return (
-            self.order(order_id),
-            self.history(order_id),
-            self.held(),
-            self.reserved(),
-            dict(self.labels.labels),
-            (list(self.spy.authorized), list(self.spy.voided), list(self.spy.captured)),
-        )
-
-
-def build_world() -> World:
-    orders, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
-    catalog.put_product(product("TSHIRT", "19.99"))
-    catalog.put_product(product("MUG", "12.50", weight_grams=350))
-    catalog.put_product(product("CAP", "7.77", weight_grams=90))
-    catalog.put_location(location("wh-east"))
-    catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
-    catalog.put_location(
-        location("store-sf", name="SF store", type="store", latitude=37.79, longitude=-122.40, ships=False, pickup=True)
-    )
-    for sku, location_id, on_hand in STOCK:
-        inventory.set_on_hand(sku, location_id, on_hand, reason="count")
-    spy = PaymentSpy()
-    plugins = build_plugin_manager(spy)
-    payments = Payments(plugins)
-
-    def clock():
-        return NOW
-
-    capture = CaptureService(
-        orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
-    )
-    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock)
-    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
-    return World(orders, catalog, inventory, labels, spy, capture, workflow, actions)
-
-
 @pytest.fixture
 def world() -> World:
-    return build_world()
+    return build_world(STOCK)
 
 
 def cause(error: str, message: str) -> str:
@@ -148,22 +54,6 @@ def crash_once(world: World, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(world.orders, "update", update)
     return calls
-
-
-def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:
-    """Run `action` right before the next FakeOrders.update lands: a request that slips in between
-    a step's read and its conditional write. Writes made by `action` itself go straight through."""
-    real = world.orders.update
-    landed: list[bool] = []
-
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if not landed:
-            landed.append(True)
-            action()
-        real(order, expected, entries)
-
-    monkeypatch.setattr(world.orders, "update", update)
-    return landed
 
 
 # --- The happy path, step by step -------------------------------------------------------------
@@ -255,7 +145,7 @@ def test_create_shipments_allocates_with_a_booked_pending_shipment(world):
 
 
 def test_shipment_ids_and_tracking_numbers_are_the_same_in_another_run_of_the_same_order():
-    first, second = build_world(), build_world()
+    first, second = build_world(STOCK), build_world(STOCK)
     runs = [w.run(w.place(("MUG", 1), ("CAP", 1))) for w in (first, second)]
     assert runs[0].id == runs[1].id
     assert [(s.id, s.location_id, s.tracking_number) for s in runs[0].shipments] == [

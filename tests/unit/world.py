@@ -1,0 +1,141 @@
+"""The unit tests' world for the order workflow and the order actions: the core services on the
+in-memory fakes, a spy on the `test` payment gateway, and a fixed clock.
+
+Two warehouses that ship (Newark in the east, Reno in the west) and a San Francisco store that
+only offers pickup; orders go to San Francisco, so the west warehouse is the nearer one. Each test
+module passes its own stock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from core.fulfillment import OrderActions
+from core.models import HistoryEntry, Order
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.services import CaptureService
+from core.status import OrderStatus
+from core.workflow import Workflow
+from tests.builders import NOW, location, place_order, product
+from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy
+
+Held = dict[tuple[str, str, str], int]
+Stock = list[tuple[str, str, int]]  # (sku, location_id, on_hand)
+
+
+@dataclass
+class World:
+    orders: FakeOrders
+    catalog: FakeCatalog
+    inventory: FakeInventory
+    labels: FakeLabels
+    spy: PaymentSpy
+    capture: CaptureService
+    workflow: Workflow
+    actions: OrderActions
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
+        self.counter[0] += 1
+        body = {
+            "external_id": f"web-{1000 + self.counter[0]}",
+            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in (lines or [("TSHIRT", 2)])],
+            "payment": {"method": "test", "token": token},
+            **overrides,
+        }
+        return self.capture.place(place_order(**body), actor="key_web").id
+
+    def run(self, order_id: str) -> Order:
+        """The workflow's steps up to allocation, as the state machine runs them."""
+        self.workflow.authorize_payment(order_id, attempt=0)
+        self.workflow.reserve_stock(order_id)
+        self.workflow.create_shipments(order_id)
+        return self.order(order_id)
+
+    def allocated(self, *lines: tuple[str, int], **overrides: object) -> Order:
+        order = self.run(self.place(*lines, **overrides))
+        assert order.status is OrderStatus.ALLOCATED
+        return order
+
+    def order(self, order_id: str) -> Order:
+        order = self.orders.get(order_id)
+        assert order is not None
+        return order
+
+    def history(self, order_id: str) -> list[HistoryEntry]:
+        return list(self.orders.histories[order_id])
+
+    def held(self) -> Held:
+        """Every reservation the inventory holds: {(sku, location_id, key): quantity}."""
+        return {(sku, loc, key): q for (sku, loc), keys in self.inventory.held.items() for key, q in keys.items()}
+
+    def held_for(self, order_id: str) -> Held:
+        return {item: q for item, q in self.held().items() if item[2].startswith(f"{order_id}#")}
+
+    def reserved(self) -> dict[tuple[str, str], int]:
+        return {item: level.reserved for item, level in self.inventory.stock.items()}
+
+    def level(self, sku: str, location_id: str) -> tuple[int, int, int]:
+        level = self.inventory.stock[(sku, location_id)]
+        return level.on_hand, level.reserved, level.available
+
+    def shipment_at(self, order: Order, location_id: str) -> str:
+        return next(s.id for s in order.shipments if s.location_id == location_id)
+
+    def snapshot(self, order_id: str) -> tuple:
+        return (
+            self.order(order_id),
+            self.history(order_id),
+            self.held(),
+            self.reserved(),
+            dict(self.labels.labels),
+            (list(self.spy.authorized), list(self.spy.voided), list(self.spy.captured)),
+        )
+
+
+def build_world(stock: Stock) -> World:
+    orders, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
+    catalog.put_product(product("TSHIRT", "19.99"))
+    catalog.put_product(product("MUG", "12.50", weight_grams=350))
+    catalog.put_product(product("CAP", "7.77", weight_grams=90))
+    catalog.put_product(product("PEN", "3.33", weight_grams=10))
+    catalog.put_location(location("wh-east"))
+    catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
+    catalog.put_location(
+        location("store-sf", name="SF store", type="store", latitude=37.79, longitude=-122.40, ships=False, pickup=True)
+    )
+    for sku, location_id, on_hand in stock:
+        inventory.set_on_hand(sku, location_id, on_hand, reason="count")
+    spy = PaymentSpy()
+    plugins = build_plugin_manager(spy)
+    payments = Payments(plugins)
+
+    def clock():
+        return NOW
+
+    capture = CaptureService(
+        orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
+    )
+    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock)
+    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
+    return World(orders, catalog, inventory, labels, spy, capture, workflow, actions)
+
+
+def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:
+    """Run `action` right before the next FakeOrders.update lands: a request that slips in between
+    a step's read and its conditional write. Writes made by `action` itself go straight through."""
+    real = world.orders.update
+    landed: list[bool] = []
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if not landed:
+            landed.append(True)
+            action()
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+    return landed
