@@ -9,6 +9,9 @@ from typing import Any
 
 import requests
 
+from tests.builders import address_body as address
+from tests.builders import location_body
+
 TIMEOUT = 10
 ADMIN = object()  # the default `key`: the stack's admin key
 
@@ -104,32 +107,39 @@ class Catalog:
 # --- Request bodies ---------------------------------------------------------------------------
 
 
-def address(**overrides: Any) -> dict[str, Any]:
-    body = {
-        "name": "Ada Lovelace",
-        "line1": "1 Market St",
-        "city": "San Francisco",
-        "region": "CA",
-        "postal_code": "94105",
-        "country": "US",
-    }
-    return {**body, **overrides}
-
-
 TOKYO = {"name": "Ada Lovelace", "line1": "1-1 Marunouchi", "city": "Tokyo", "postal_code": "100-0001", "country": "JP"}
 
 
-def location_body(**overrides: Any) -> dict[str, Any]:
-    body = {
-        "name": "East warehouse",
-        "type": "warehouse",
-        "address": address(name="East warehouse", city="Newark", region="NJ", postal_code="07102"),
-        "latitude": 40.73,
-        "longitude": -74.17,
-        "ships": True,
-        "pickup": False,
-    }
-    return {**body, **overrides}
+# A warehouse near San Francisco, where the orders ship to (location_body() is one in Newark).
+WEST_WAREHOUSE = location_body(
+    name="West warehouse",
+    address=address(name="West warehouse", city="Oakland", postal_code="94607"),
+    latitude=37.80,
+    longitude=-122.27,
+)
+# A San Francisco store that only serves pickups.
+PICKUP_STORE = location_body(
+    name="Market St store",
+    type="store",
+    address=address(name="Market St store"),
+    latitude=37.79,
+    longitude=-122.40,
+    ships=False,
+    pickup=True,
+)
+
+
+def put_network(api: Api, store: bool = False) -> dict[str, str]:
+    """The location network the workflow tests ship from, under fresh ids: {"west": the warehouse
+    near the customers, "east": the one in Newark} and, with `store`, {"store": the pickup store}."""
+    bodies = {"west": WEST_WAREHOUSE, "east": location_body()}
+    if store:
+        bodies["store"] = PICKUP_STORE
+    ids = {name: unique(f"loc-{name}") for name in bodies}
+    for name, location_id in ids.items():
+        response = api.put(f"/locations/{location_id}", json=bodies[name])
+        assert response.status_code == 201, response.text
+    return ids
 
 
 def order_body(*lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:

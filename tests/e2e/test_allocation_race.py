@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, address, location_body, order_body, unique
+from tests.e2e.client import Api, order_body, put_network, unique
 from tests.e2e.conftest import workflow_stack
 
 ORDERS = 30
@@ -36,18 +36,7 @@ def stack() -> Iterator[EmbeddedStack]:
 def scene(stack: EmbeddedStack) -> dict[str, Any]:
     api = Api(stack.api_url, stack.admin_key)
     try:
-        locations = {"west": unique("loc-west"), "east": unique("loc-east")}
-        bodies = {
-            "west": location_body(
-                name="West warehouse",
-                address=address(name="West warehouse", city="Oakland", postal_code="94607"),
-                latitude=37.80,
-                longitude=-122.27,
-            ),
-            "east": location_body(),
-        }
-        for name, location_id in locations.items():
-            assert api.put(f"/locations/{location_id}", json=bodies[name]).status_code == 201
+        locations = put_network(api)
         sku = f"RACE-{unique('sku').upper()}"
         response = api.put(
             f"/products/{sku}", json={"name": "Last few", "price": {"amount": "49.00", "currency": "USD"}}

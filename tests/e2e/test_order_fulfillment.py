@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, address, assert_error, location_body, order_body, unique
+from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 10
@@ -34,20 +34,7 @@ def network(stack: EmbeddedStack) -> dict[str, str]:
     """Two shipping warehouses, set up before any order: one near the customers, one in Newark."""
     api = Api(stack.api_url, stack.admin_key)
     try:
-        ids = {"west": unique("loc-west"), "east": unique("loc-east")}
-        bodies = {
-            "west": location_body(
-                name="West warehouse",
-                address=address(name="West warehouse", city="Oakland", postal_code="94607"),
-                latitude=37.80,
-                longitude=-122.27,
-            ),
-            "east": location_body(),
-        }
-        for name, location_id in ids.items():
-            response = api.put(f"/locations/{location_id}", json=bodies[name])
-            assert response.status_code == 201, response.text
-        return ids
+        return put_network(api)
     finally:
         api.close()
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from infra.local.stack import EmbeddedStack, forget_warm_containers
-from tests.e2e.client import Api, Catalog, address, location_body, order_body, unique
+from tests.e2e.client import Api, Catalog, order_body, put_network, unique
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 10
@@ -39,29 +39,7 @@ def network(stack: EmbeddedStack) -> dict[str, str]:
     only serves pickups."""
     api = Api(stack.api_url, stack.admin_key)
     try:
-        ids = {"west": unique("loc-west"), "east": unique("loc-east"), "store": unique("loc-store")}
-        bodies = {
-            "west": location_body(
-                name="West warehouse",
-                address=address(name="West warehouse", city="Oakland", postal_code="94607"),
-                latitude=37.80,
-                longitude=-122.27,
-            ),
-            "east": location_body(),
-            "store": location_body(
-                name="Market St store",
-                type="store",
-                address=address(name="Market St store"),
-                latitude=37.79,
-                longitude=-122.40,
-                ships=False,
-                pickup=True,
-            ),
-        }
-        for name, location_id in ids.items():
-            response = api.put(f"/locations/{location_id}", json=bodies[name])
-            assert response.status_code == 201, response.text
-        return ids
+        return put_network(api, store=True)
     finally:
         api.close()
 

@@ -23,7 +23,7 @@ import pytest
 
 from core.errors import TransientError
 from infra.local.stack import EmbeddedStack, running_stack
-from tests.e2e.client import Api, Catalog, address, location_body, order_body, unique
+from tests.e2e.client import Api, Catalog, order_body, put_network, unique
 
 PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
 RUN_SECONDS = 15
@@ -149,20 +149,7 @@ def api(stack: EmbeddedStack) -> Iterator[Api]:
 
 @pytest.fixture(scope="module")
 def network(api: Api) -> dict[str, str]:
-    ids = {"west": unique("loc-west"), "east": unique("loc-east")}
-    bodies = {
-        "west": location_body(
-            name="West warehouse",
-            address=address(name="West warehouse", city="Oakland", postal_code="94607"),
-            latitude=37.80,
-            longitude=-122.27,
-        ),
-        "east": location_body(),
-    }
-    for name, location_id in ids.items():
-        response = api.put(f"/locations/{location_id}", json=bodies[name])
-        assert response.status_code == 201, response.text
-    return ids
+    return put_network(api)
 
 
 @pytest.fixture
