@@ -8,11 +8,24 @@ from datetime import UTC, datetime
 import pluggy
 import pytest
 
-from core.models import Address, Customer, Fulfillment, LineInput, PaymentInput, PlaceOrder, Product
+from core.models import (
+    Address,
+    Customer,
+    Fulfillment,
+    LineInput,
+    Order,
+    OrderLine,
+    Payment,
+    PaymentInput,
+    PlaceOrder,
+    Product,
+    Totals,
+)
 from core.money import Money
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.pricing_types import DraftLine, PricingDraft
+from core.status import OrderStatus
 from plugins.data_files import load_data_file
 from plugins.promotions import PROMOTIONS_FILE_ENV
 from plugins.tax_table import TAX_RATES_FILE_ENV
@@ -108,6 +121,33 @@ def a_draft(
 
 def usd(amount: str) -> Money:
     return Money(amount=amount, currency="USD")
+
+
+def a_stored_order(*lines: tuple[str, int], **fields: object) -> Order:
+    """An order as stored, authorized and priced at zero, with (sku, quantity) lines L1, L2, ...;
+    `fields` replace any other field (status, shipping_address, fulfillment, version, ...)."""
+    zero = usd("0.00")
+    values: dict[str, object] = {
+        "id": "ord_1",
+        "status": OrderStatus.AUTHORIZED,
+        "channel": "web",
+        "currency": "USD",
+        "customer": a_customer(),
+        "lines": [
+            OrderLine(
+                line_id=f"L{index}", sku=sku, quantity=quantity, unit_price=zero, discount=zero, tax=zero, total=zero
+            )
+            for index, (sku, quantity) in enumerate(lines, start=1)
+        ],
+        "shipping_address": an_address(),
+        "fulfillment": Fulfillment(),
+        "totals": Totals(subtotal=zero, discount=zero, shipping=zero, tax=zero, grand_total=zero),
+        "payment": Payment(method="test", authorized=zero, captured=zero, refunded=zero),
+        "created_at": UPDATED_AT,
+        "updated_at": UPDATED_AT,
+        "version": 1,
+    }
+    return Order(**{**values, **fields})
 
 
 @pytest.fixture(autouse=True)

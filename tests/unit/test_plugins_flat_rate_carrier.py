@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 import pytest
 
 from core import hookimpl
-from core.models import Address, Fulfillment, Location, Order, OrderLine, Payment, ShipmentLine, Totals
+from core.models import Address, Fulfillment, Location, Order, ShipmentLine
 from core.plugin_manager import build_plugin_manager
 from core.status import OrderStatus
 from core.workflow_types import CarrierShipment
@@ -22,7 +22,7 @@ from plugins.flat_rate_carrier import (
     pdf_text,
     tracking_number,
 )
-from tests.unit.conftest import UPDATED_AT, a_customer, usd
+from tests.unit.conftest import UPDATED_AT, a_stored_order
 
 TRACKING = re.compile(r"^OMS\d{13}$")
 
@@ -60,26 +60,13 @@ def an_order(
     address: Address | None = None,
     fulfillment: Fulfillment | None = None,
 ) -> Order:
-    zero = usd("0.00")
-    return Order(
+    return a_stored_order(
+        *(lines or [("MUG-1", 2), ("TEE-2", 1)]),
         id="ord_01HZX",
         status=OrderStatus.ALLOCATED,
-        channel="web",
-        currency="USD",
-        customer=a_customer(),
-        lines=[
-            OrderLine(
-                line_id=f"L{index}", sku=sku, quantity=quantity, unit_price=zero, discount=zero, tax=zero, total=zero
-            )
-            for index, (sku, quantity) in enumerate(lines or [("MUG-1", 2), ("TEE-2", 1)], start=1)
-        ],
         shipping_address=address or an_address(),
         fulfillment=fulfillment or Fulfillment(),
         shipping_method=shipping_method,
-        totals=Totals(subtotal=zero, discount=zero, shipping=zero, tax=zero, grand_total=zero),
-        payment=Payment(method="test", authorized=zero, captured=zero, refunded=zero),
-        created_at=UPDATED_AT,
-        updated_at=UPDATED_AT,
         version=3,
     )
 

@@ -12,14 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import hookimpl
-from core.models import Address, Allocation, Fulfillment, Location, Order, OrderLine, Payment, StockLevel, Totals
+from core.models import Address, Allocation, Fulfillment, Location, Order, StockLevel
 from core.plugin_manager import build_plugin_manager
-from core.status import OrderStatus
 from core.workflow_types import SourcingPlan
 from plugins import nearest_sourcing
 from plugins.data_files import DataFileError
 from plugins.nearest_sourcing import GEO_CENTROIDS_FILE_ENV, haversine_km, load_geo_centroids, oms_source_order
-from tests.unit.conftest import UPDATED_AT, a_customer, usd
+from tests.unit.conftest import UPDATED_AT, a_stored_order
 
 SAN_FRANCISCO = (37.7749, -122.4194)
 LOS_ANGELES = (34.0522, -118.2437)
@@ -66,27 +65,7 @@ def a_location(location_id: str, point: tuple[float, float] | None = None, *, ty
 
 def an_order(*lines: tuple[str, int], fulfillment: Fulfillment | None = None) -> Order:
     """An authorized order with (sku, quantity) lines L1, L2, ..."""
-    zero = usd("0.00")
-    return Order(
-        id="ord_1",
-        status=OrderStatus.AUTHORIZED,
-        channel="web",
-        currency="USD",
-        customer=a_customer(),
-        lines=[
-            OrderLine(
-                line_id=f"L{index}", sku=sku, quantity=quantity, unit_price=zero, discount=zero, tax=zero, total=zero
-            )
-            for index, (sku, quantity) in enumerate(lines, start=1)
-        ],
-        shipping_address=a_destination(),
-        fulfillment=fulfillment or Fulfillment(),
-        totals=Totals(subtotal=zero, discount=zero, shipping=zero, tax=zero, grand_total=zero),
-        payment=Payment(method="test", authorized=zero, captured=zero, refunded=zero),
-        created_at=UPDATED_AT,
-        updated_at=UPDATED_AT,
-        version=1,
-    )
+    return a_stored_order(*lines, shipping_address=a_destination(), fulfillment=fulfillment or Fulfillment())
 
 
 def a_stock_table(available: dict[str, dict[str, int]]) -> dict[str, list[StockLevel]]:
