@@ -2,20 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functions.workflow.step import step_handler
 
-from aws_lambda_powertools import Logger
-
-from functions.bootstrap import workflow
-from functions.workflow.step import StepInput
-
-logger = Logger()
-
-
-# Exceptions propagate on purpose: their class name is the errorType the state machine's
-# Retry and Catch match (TransientError, PaymentDeclined, OutOfStock, OrderClosed).
-@logger.inject_lambda_context(clear_state=True)
-def lambda_handler(event: dict[str, Any], context: Any) -> None:
-    step = StepInput.model_validate(event)
-    logger.append_keys(order_id=step.order_id)
-    workflow().create_shipments(step.order_id)
+lambda_handler = step_handler(lambda workflow, step: workflow.create_shipments(step.order_id))

@@ -1,10 +1,17 @@
-"""What every order workflow task shares: its input, and the service it calls."""
+"""What every order workflow task shares: its input, and the handler around the service call."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
+from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field
+
+from core.workflow import Workflow
+from functions.bootstrap import workflow
+
+logger = Logger()
 
 
 class StepInput(BaseModel):
@@ -16,3 +23,18 @@ class StepInput(BaseModel):
     attempt: Annotated[int, Field(ge=0)] = 0
     error: str = ""
     cause: str = ""
+
+
+def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict[str, Any], Any], None]:
+    """A task's Lambda handler: validate the Parameters, log with the order id, `run` the step.
+
+    Exceptions propagate on purpose: their class name is the errorType the state machine's Retry
+    and Catch match (TransientError, PaymentDeclined, OutOfStock, OrderClosed)."""
+
+    @logger.inject_lambda_context(clear_state=True)
+    def lambda_handler(event: dict[str, Any], context: Any) -> None:
+        step = StepInput.model_validate(event)
+        logger.append_keys(order_id=step.order_id)
+        run(workflow(), step)
+
+    return lambda_handler
