@@ -67,3 +67,38 @@ def product(sku: str = "TSHIRT", amount: str = "19.99", currency: str = "USD", *
 def location(location_id: str = "wh-east", **overrides: Any) -> Location:
     data = LocationInput.model_validate(location_body(**overrides))
     return Location(location_id=location_id, updated_at=NOW, **data.model_dump())
+
+
+def csv_row(external_id: str, sku: str = "TSHIRT", quantity: str = "1", **cells: str) -> str:
+    """One bulk-import CSV row (API.md's columns), valid by default; `cells` replace any column."""
+    from core.imports import COLUMNS
+
+    values = {
+        "channel": "market",
+        "external_id": external_id,
+        "currency": "USD",
+        "customer_id": "cus_1",
+        "customer_email": "ada@example.com",
+        "customer_name": "Ada Lovelace",
+        "sku": sku,
+        "quantity": quantity,
+        "ship_name": "Ada Lovelace",
+        "ship_line1": "1 Market St",
+        "ship_line2": "",
+        "ship_city": "San Francisco",
+        "ship_region": "CA",
+        "ship_postal_code": "94105",
+        "ship_country": "US",
+        "shipping_method": "",
+        "payment_method": "test",
+        "payment_token": "tok_approve",
+        **cells,
+    }
+    return ",".join(values[column] for column in COLUMNS)
+
+
+def csv_file(*rows: str, newline: str = "\n") -> bytes:
+    """A bulk-import CSV file: the header, then `rows`."""
+    from core.imports import COLUMNS
+
+    return (newline.join([",".join(COLUMNS), *rows]) + newline).encode()

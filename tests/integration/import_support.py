@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from core.imports import COLUMNS, import_id_for
+from core.imports import import_id_for
 from infra.local.lambdas import LambdaContext
 from infra.local.stack import forget_warm_containers
 from infra.local.template import Template
@@ -177,35 +177,6 @@ def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> Non
     for sku, price in (skus or {"TSHIRT": "19.99", "MUG": "12.50"}).items():
         c.catalog.put_product(sku, ProductInput.model_validate(product_body(price)))
         c.inventory.count(sku, "wh-east", on_hand)
-
-
-def csv_row(external_id: str, sku: str = "TSHIRT", quantity: str = "1", channel: str = "market", **cells: str) -> str:
-    values = {
-        "channel": channel,
-        "external_id": external_id,
-        "currency": "USD",
-        "customer_id": "cus_1",
-        "customer_email": "ada@example.com",
-        "customer_name": "Ada Lovelace",
-        "sku": sku,
-        "quantity": quantity,
-        "ship_name": "Ada Lovelace",
-        "ship_line1": "1 Market St",
-        "ship_line2": "",
-        "ship_city": "San Francisco",
-        "ship_region": "CA",
-        "ship_postal_code": "94105",
-        "ship_country": "US",
-        "shipping_method": "",
-        "payment_method": "test",
-        "payment_token": "tok_approve",
-        **cells,
-    }
-    return ",".join(values[column] for column in COLUMNS)
-
-
-def csv_file(*rows: str) -> bytes:
-    return ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
 
 
 def report(import_id: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from botocore.response import StreamingBody
 
 from core.imports import import_id_for
 from functions.adapters.imports import SqsOrderQueue
-from tests.integration.import_support import ImportAws, context, create_import_resources, csv_file, csv_row, report
+from tests.builders import csv_file, csv_row
+from tests.integration.import_support import ImportAws, context, create_import_resources, report
 from tests.integration.import_support import split as split_file
 
 

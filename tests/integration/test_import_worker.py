@@ -11,12 +11,10 @@ import pytest
 
 from core import hookimpl
 from core.ids import order_id_for
-from tests.builders import order_body
+from tests.builders import csv_file, csv_row, order_body
 from tests.integration.import_support import (
     ImportAws,
     create_import_resources,
-    csv_file,
-    csv_row,
     report,
     seed_catalog,
     split,

@@ -24,37 +24,13 @@ from core.imports import (
     line_of_field,
     physical_lines,
 )
+from tests.builders import csv_file, csv_row
 
 HEADER = ",".join(COLUMNS)
 
 
 def row(external_id: str = "ext-1", sku: str = "TSHIRT", quantity: str = "1", **cells: str) -> str:
-    values = {
-        "channel": "web",
-        "external_id": external_id,
-        "currency": "USD",
-        "customer_id": "cus_1",
-        "customer_email": "ada@example.com",
-        "customer_name": "Ada Lovelace",
-        "sku": sku,
-        "quantity": quantity,
-        "ship_name": "Ada Lovelace",
-        "ship_line1": "1 Market St",
-        "ship_line2": "",
-        "ship_city": "San Francisco",
-        "ship_region": "CA",
-        "ship_postal_code": "94105",
-        "ship_country": "US",
-        "shipping_method": "",
-        "payment_method": "test",
-        "payment_token": "tok_approve",
-        **cells,
-    }
-    return ",".join(values[column] for column in COLUMNS)
-
-
-def csv_file(*rows: str, newline: str = "\n") -> bytes:
-    return (newline.join([HEADER, *rows]) + newline).encode()
+    return csv_row(external_id, sku, quantity, **{"channel": "web", **cells})
 
 
 def read(data: bytes, name: str = "orders.csv", chunk: int = 64 * 1024) -> list[FileOrder]:
