@@ -79,6 +79,22 @@ class PluginError(DomainError):
     code = "plugin_error"
 
 
+class RefundExceedsCaptured(InvalidRequest):
+    code = "refund_exceeds_captured"
+
+
+class PaymentRefused(DomainError):
+    """The payment gateway answered and refused a capture, void or refund (502): the order does
+    not record it as done. Retrying will not help; someone has to look at the payment."""
+
+    code = "payment_gateway_error"
+
+    def __init__(self, operation: str, message: str, *, details: list[dict[str, Any]] | None = None):
+        super().__init__(f"the payment gateway refused the {operation}: {message}", details=details)
+        self.operation = operation
+        self.gateway_message = message
+
+
 class InvalidCursor(InvalidRequest):
     code = "invalid_cursor"
 
@@ -96,6 +112,13 @@ class TransientError(DomainError):
     """Worth retrying: a gateway or carrier is briefly unavailable. Plugins raise it."""
 
     code = "transient_error"
+
+
+class PaymentGatewayUnavailable(TransientError):
+    """The payment gateway kept failing transiently within one request (503 with Retry-After):
+    nothing was recorded as moved, and repeating the request is safe (the same idempotency key)."""
+
+    code = "payment_gateway_unavailable"
 
 
 class PaymentDeclined(DomainError):

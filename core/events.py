@@ -15,3 +15,13 @@ class OrderEvent(StrEnum):
     SHIPMENT_SHIPPED = "shipment_shipped"
     SHIPMENT_DELIVERED = "shipment_delivered"
     CANCELLED = "cancelled"
+    PAYMENT_VOIDED = "payment_voided"
+    PAYMENT_REFUNDED = "payment_refunded"
+    # A capture made for a shipment that could no longer ship (the order was cancelled meanwhile),
+    # refunded at once; the order never recorded it as captured.
+    PAYMENT_CAPTURE_REVERSED = "payment_capture_reversed"
+    # One failed attempt at the gateway each (transient or refused); the order is unchanged.
+    PAYMENT_AUTHORIZATION_FAILED = "payment_authorization_failed"
+    PAYMENT_CAPTURE_FAILED = "payment_capture_failed"
+    PAYMENT_VOID_FAILED = "payment_void_failed"
+    PAYMENT_REFUND_FAILED = "payment_refund_failed"

@@ -1,24 +1,34 @@
-"""What happens to an order after the workflow: ship, deliver, cancel and edit, each idempotent."""
+"""What happens to an order after the workflow: ship, deliver, cancel, edit and refund, each idempotent."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
 
-from core.errors import Conflict, InvalidTransition, NotFound, PaymentDeclined, StaleVersion, TransientError
+from core import payment_keys
+from core.cancellation import Cancellation
+from core.errors import (
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    PaymentDeclined,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    StaleVersion,
+)
 from core.events import OrderEvent
-from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, Shipment, utc_now
+from core.ids import reservation_key
+from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
+from core.order_changes import failure_recorder, modify
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.services import CaptureService
-from core.status import EDITABLE, OrderStatus
-from core.workflow import cancel_order, changed, reservation_key, shipment_share
+from core.status import OrderStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 
 S = OrderStatus
 Clock = Callable[[], datetime]
-ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another request
 
 
 class OrderActions:
@@ -32,11 +42,11 @@ class OrderActions:
         clock: Clock = utc_now,
     ):
         self._orders = orders
-        self._catalog = catalog
         self._inventory = inventory
         self._payments = payments
         self._capture = capture
         self._clock = clock
+        self._cancellation = Cancellation(orders, catalog, inventory, payments, clock)
 
     def _order(self, order_id: str, channel: str | None) -> Order:
         order = self._orders.get(order_id)
@@ -44,119 +54,107 @@ class OrderActions:
             raise NotFound(f"no order {order_id}")
         return order
 
+    def _recorder(self, order_id: str, actor: str, **detail: object):
+        return failure_recorder(self._orders, order_id, actor, self._clock, **detail)
+
     # --- Ship ------------------------------------------------------------------------------
     def ship(self, order_id: str, shipment_id: str, tracking_number: str | None, actor: str,
              channel: str | None = None) -> Order:  # fmt: skip
-        """The location handed the parcel over: its reserved units leave on_hand, and its share
-        of the payment is captured.
+        """The location handed the parcel over: the shipment's share of the payment is captured,
+        then the shipment is recorded shipped with what the gateway captured, then its reserved
+        units leave on_hand.
 
-        The shipment is claimed first (one write conditional on what was read) and only then are
-        stock and payment touched, so a ship that loses a race to a cancel has changed nothing.
-        Shipping a shipped shipment again runs those effects again, each idempotent (the stock by
-        its reservation key, the capture by its gateway key): a ship interrupted after its claim
-        is finished by the next attempt, and a finished one changes nothing."""
-        for _ in range(ATTEMPTS):
-            order = self._order(order_id, channel)
-            shipment = next((s for s in order.shipments if s.id == shipment_id), None)
-            if shipment is None:
-                raise NotFound(f"no shipment {shipment_id} on order {order_id}")
-            if shipment.status != "pending":
-                self._ship_effects(order, shipment)
-                return order
-            if order.status not in (S.ALLOCATED, S.PARTIALLY_SHIPPED):
-                raise InvalidTransition(f"an order that is {order.status} cannot ship")
-            others_pending = [s for s in order.shipments if s.status == "pending" and s.id != shipment_id]
-            payment = order.payment
-            # Captures add up to the order's grand total (which an edit may have lowered below
-            # what was authorized), never to more.
-            remaining = order.totals.grand_total - payment.captured
-            amount = remaining if not others_pending else min(shipment_share(order, shipment), remaining,
-                                                                key=lambda m: m.amount)  # fmt: skip
-            if not payment.authorization:
-                amount = Money.zero(order.currency)
-            payment = payment.model_copy(
-                update={"captured": payment.captured + amount,
-                        "status": "partially_captured" if others_pending else "captured"}
-            )  # fmt: skip
-            now = self._clock()
-            shipments = [
-                s.model_copy(update={"status": "shipped", "shipped_at": now, "captured": amount,
-                                     "tracking_number": tracking_number or s.tracking_number})
-                if s.id == shipment_id else s
-                for s in order.shipments
-            ]  # fmt: skip
-            new, entry = changed(
-                order, at=now, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
-                to=S.PARTIALLY_SHIPPED if others_pending else S.SHIPPED,
-                detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
-                        "captured": amount.model_dump(mode="json")},
-                shipments=shipments, payment=payment,
-            )  # fmt: skip
-            try:
-                self._orders.update(new, order, [entry])
-            except StaleVersion:
-                continue  # nothing was touched yet: read again and decide again
-            self._ship_effects(new, next(s for s in new.shipments if s.id == shipment_id))
-            return new
-        raise Conflict(f"order {order_id} kept changing; retry", code="version_conflict")
+        The capture comes first, so the order never says shipped and paid for money the gateway
+        did not give: a capture that keeps failing transiently (PaymentGatewayUnavailable, 503) or
+        is refused (PaymentRefused, 502) leaves the shipment pending with every failed attempt in
+        the history, and the ship may simply be repeated (the capture's idempotency key is the
+        shipment's). A capture whose record then loses to a cancel is refunded at once and the ship
+        is refused (409). Shipping a shipped shipment again finishes its stock movement
+        (idempotent by reservation key) and changes nothing else."""
+        order = self._order(order_id, channel)
+        if order.shipment(shipment_id).status is not ShipmentStatus.PENDING:
+            self._units_leave(order, shipment_id)
+            return order
+        order.ready_to_ship(shipment_id)
+        amount = order.capture_due(shipment_id)
+        capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None
+        at = self._clock()
 
-    def _ship_effects(self, order: Order, shipment: Shipment) -> None:
+        def decide(current: Order):
+            if current.shipment(shipment_id).status is not ShipmentStatus.PENDING:
+                return None  # a concurrent ship of this shipment recorded it (the same capture: the same key)
+            return current.ship(
+                shipment_id, tracking_number=tracking_number, captured=amount,
+                capture_reference=capture.reference if capture else None, at=at, actor=actor,
+            )  # fmt: skip
+
+        try:
+            shipped = modify(self._orders, order_id, decide, channel=channel)
+        except InvalidTransition:
+            if capture is not None:
+                self._reverse_capture(order, shipment_id, amount, capture, actor)
+            raise
+        self._units_leave(shipped, shipment_id)
+        return shipped
+
+    def _capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
+        payment = order.payment
+        authorization = payment.authorization or ""
+        key = payment_keys.capture(order.id, shipment_id)
+        return self._payments.retried(
+            "capture",
+            lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
+            self._recorder(order.id, actor, shipment_id=shipment_id, amount=amount.model_dump(mode="json")),
+        )
+
+    def _reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
+                         actor: str) -> None:  # fmt: skip
+        """Refund a capture the order can no longer record: it was cancelled while the shipment was
+        being shipped. A refund that fails is in the history for an operator."""
+        payment = order.payment
+        authorization = payment.authorization or ""
+        detail = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json"),
+                  "capture_reference": capture.reference}  # fmt: skip
+        key = payment_keys.refund(order.id, shipment_id)
+        try:
+            refund = self._payments.retried(
+                "refund",
+                lambda attempt: self._payments.refund(payment.method, authorization, amount, order.id, key),
+                self._recorder(order.id, actor, **detail),
+            )
+        except (PaymentRefused, PaymentGatewayUnavailable):
+            return
+        at = self._clock()
+        modify(
+            self._orders, order.id,
+            lambda current: current.noted(OrderEvent.PAYMENT_CAPTURE_REVERSED, at=at, actor=actor,
+                                          detail={**detail, "refund_reference": refund.reference}),
+        )  # fmt: skip
+
+    def _units_leave(self, order: Order, shipment_id: str) -> None:
+        shipment = order.shipment(shipment_id)
         line_sku = {line.line_id: line.sku for line in order.lines}
         for item in shipment.lines:
             self._inventory.ship(line_sku[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
-        payment = order.payment
-        if shipment.captured is not None and shipment.captured.amount > 0 and payment.authorization:
-            self._payments.capture(payment.method, payment.authorization, shipment.captured, order.id,
-                                   f"{order.id}:{shipment.id}:capture")  # fmt: skip
 
     # --- Deliver ------------------------------------------------------------------------------
     def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        for _ in range(ATTEMPTS):
-            order = self._order(order_id, channel)
-            shipment = next((s for s in order.shipments if s.id == shipment_id), None)
-            if shipment is None:
-                raise NotFound(f"no shipment {shipment_id} on order {order_id}")
-            if shipment.status == "delivered":
-                return order
-            if shipment.status != "shipped":
-                raise InvalidTransition("a shipment is delivered only after it has shipped")
-            now = self._clock()
-            shipments = [
-                s.model_copy(update={"status": "delivered", "delivered_at": now}) if s.id == shipment_id else s
-                for s in order.shipments
-            ]
-            everything_delivered = all(s.status == "delivered" for s in shipments)
-            new, entry = changed(
-                order, at=now, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
-                to=S.DELIVERED if everything_delivered else None,
-                detail={"shipment_id": shipment_id}, shipments=shipments,
-            )  # fmt: skip
-            try:
-                self._orders.update(new, order, [entry])
-                return new
-            except StaleVersion:
-                continue
-        raise Conflict(f"order {order_id} kept changing; retry", code="version_conflict")
+        at = self._clock()
+
+        def decide(order: Order):
+            if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
+                return None
+            return order.deliver(shipment_id, at=at, actor=actor)
+
+        return modify(self._orders, order_id, decide, channel=channel)
 
     # --- Cancel -------------------------------------------------------------------------------
     def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
-        return cancel_order(
-            order_id, reason=reason, actor=actor, orders=self._orders, catalog=self._catalog,
-            inventory=self._inventory, payments=self._payments, clock=self._clock, channel=channel,
-        )  # fmt: skip
+        """The order, cancelled, even when its authorization could not be voided (the payment then
+        stays `authorized` and the history says why; cancelling again retries the void)."""
+        return self._cancellation.cancel(order_id, reason, actor, channel=channel)
 
     # --- Edit ---------------------------------------------------------------------------------
-    def _authorize_now(self, method: str, token: str, amount: Money, order_id: str, key: str) -> PaymentResult:
-        """Within a request: a transient failure is retried twice at once; still failing, it
-        reaches the client as 503 with Retry-After."""
-        for attempt in range(3):
-            try:
-                return self._payments.authorize(method, token, amount, order_id, attempt=attempt, key=key)
-            except TransientError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,
              channel: str | None = None) -> Order:  # fmt: skip
         """Change lines, address or shipping method before allocation; totals are priced again
@@ -171,10 +169,7 @@ class OrderActions:
                 f"order {order_id} is at version {order.version}, not {expected_version}",
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
             )
-        if order.status not in EDITABLE or order.allocations:
-            raise InvalidTransition(f"an order that is {order.status} and has stock reserved can no longer be edited"
-                                    if order.allocations else
-                                    f"an order that is {order.status} can no longer be edited")  # fmt: skip
+        order.check_editable()
         lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in order.lines]
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
         cmd = PlaceOrder(
@@ -185,37 +180,75 @@ class OrderActions:
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
         priced = self._capture.quote(cmd)
-        payment = order.payment
+        total = priced.totals.grand_total
         reauthorized = None
-        if order.status == S.AUTHORIZED and priced.totals.grand_total.amount > payment.authorized.amount:
-            try:
-                reauthorized = self._authorize_now(
-                    payment.method, token, priced.totals.grand_total, order.id,
-                    key=f"{order.id}:authorize:v{order.version + 1}",
-                )  # fmt: skip
-            except PaymentDeclined as declined:
-                raise Conflict(
-                    f"the payment was declined for the new total: {declined.message}", code="payment_declined"
-                ) from None
-            payment = payment.model_copy(
-                update={"authorized": priced.totals.grand_total, "authorization": reauthorized.reference}
-            )
+        if order.status == S.AUTHORIZED and total.amount > order.payment.authorized.amount:
+            reauthorized = self._reauthorize(order, token, total, actor)
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
-        new, entry = changed(
-            order, at=self._clock(), actor=actor, type=OrderEvent.EDITED,
-            detail={"changed": changes, "grand_total": {"from": order.totals.grand_total.model_dump(mode="json"),
-                                                        "to": priced.totals.grand_total.model_dump(mode="json")}},
+        new, entry = order.edit(
             lines=priced.lines, totals=priced.totals, shipping_address=cmd.shipping_address,
-            shipping_method=priced.shipping_method, payment=payment,
+            shipping_method=priced.shipping_method, changed=changes,
+            reauthorized=(total, reauthorized.reference) if reauthorized else None, at=self._clock(), actor=actor,
         )  # fmt: skip
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
             if reauthorized is not None:
-                self._payments.void(payment.method, reauthorized.reference, order.id, f"{reauthorized.reference}:void")
+                self._cancellation.void_unrecorded(order, reauthorized.reference, actor)  # no version records it
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
-        if reauthorized is not None and order.payment.authorization:
-            old = order.payment.authorization
-            self._payments.void(payment.method, old, order.id, f"{old}:void")
+        old = order.payment.authorization
+        voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
+        if voided is not None:
+            at = self._clock()
+            modify(
+                self._orders, order_id,
+                lambda current: current.noted(
+                    OrderEvent.PAYMENT_VOIDED, at=at, actor=actor,
+                    detail={"authorization": old, "reference": voided.reference,
+                            "reason": "replaced by the authorization of the edited total"},
+                ),
+            )  # fmt: skip
         return new
+
+    def _reauthorize(self, order: Order, token: str, amount: Money, actor: str) -> PaymentResult:
+        """Within the request: transient failures are retried; still failing, 503 with Retry-After.
+        Keyed by the version the edit will write, so repeating the edit reuses the authorization."""
+        key = payment_keys.authorize(order.id, order.version + 1)
+        try:
+            return self._payments.retried(
+                "authorize",
+                lambda attempt: self._payments.authorize(order.payment.method, token, amount, order.id, attempt, key),
+                self._recorder(order.id, actor, amount=amount.model_dump(mode="json")),
+            )
+        except PaymentDeclined as declined:
+            raise Conflict(
+                f"the payment was declined for the new total: {declined.message}", code="payment_declined"
+            ) from None
+
+    # --- Refund -------------------------------------------------------------------------------
+    def refund(self, order_id: str, refund_id: str, amount: Money, reason: str, actor: str,
+               channel: str | None = None) -> Order:  # fmt: skip
+        """Give back `amount` of what was captured, under the caller's `refund_id` (the gateway's
+        idempotency key, and what makes a repeat change nothing). Never more than captured minus
+        refunded (422 refund_exceeds_captured); recorded only once the gateway approved it, every
+        failed attempt in the history (refused: 502, still unavailable: 503)."""
+        order = self._order(order_id, channel)
+        if order.payment.refund_by_id(refund_id) is not None:
+            return order
+        order.check_refund(amount)
+        payment = order.payment
+        authorization = payment.authorization or ""
+        key = payment_keys.refund(order_id, refund_id)
+        result = self._payments.retried(
+            "refund",
+            lambda attempt: self._payments.refund(payment.method, authorization, amount, order_id, key),
+            self._recorder(order_id, actor, refund_id=refund_id, amount=amount.model_dump(mode="json")),
+        )
+        at = self._clock()
+        return modify(
+            self._orders, order_id,
+            lambda current: None if current.payment.refund_by_id(refund_id) is not None
+            else current.record_refund(refund_id, amount, result.reference, reason=reason, at=at, actor=actor),
+            channel=channel,
+        )  # fmt: skip

@@ -28,3 +28,8 @@ def short_hash(text: str) -> str:
     """A stable 24-character id body for something derived from other ids (a shipment of an
     order at a location), so a retried step names it the same way."""
     return _b32(hashlib.sha256(text.encode()).digest()[:15])
+
+
+def reservation_key(order_id: str, line_id: str) -> str:
+    """The key an order line's units are reserved under, at whatever location holds them."""
+    return f"{order_id}#{line_id}"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from decimal import Decimal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
 from core.money import Currency, Money
-from core.status import OrderStatus
+from core.status import EDITABLE, OrderStatus, PaymentStatus, ShipmentStatus, can_transition, check_successor
 
 # ISO 3166-1 alpha-2, officially assigned codes.
 COUNTRIES = frozenset(
@@ -457,26 +459,68 @@ class Totals(BaseModel):
     grand_total: Money
 
 
-PaymentStatus = Literal[
-    "pending",
-    "authorized",
-    "declined",
-    "partially_captured",
-    "captured",
-    "voided",
-    "partially_refunded",
-    "refunded",
-]
+class PaymentRefund(BaseModel):
+    """A refund the gateway approved. Its id makes recording it idempotent."""
+
+    id: str
+    amount: Money
+    reason: str
+    reference: str
+    at: datetime
 
 
 class Payment(BaseModel):
+    """What the gateway approved for the order. Its amounts and status change only in the write
+    that follows the gateway's approval of the operation that moves them."""
+
+    # A Payment handed to a new Order version is validated again, so no status escapes the enum.
+    model_config = ConfigDict(revalidate_instances="always")
+
     method: str
-    status: PaymentStatus = "pending"
+    status: PaymentStatus = PaymentStatus.PENDING
     authorized: Money
     captured: Money
     refunded: Money
     # The gateway's reference for the authorization: what captures, voids and refunds name.
     authorization: str | None = None
+    refunds: list[PaymentRefund] = Field(default_factory=list)
+
+    def refundable(self) -> Money:
+        return self.captured - self.refunded
+
+    def refund_by_id(self, refund_id: str) -> PaymentRefund | None:
+        return next((r for r in self.refunds if r.id == refund_id), None)
+
+    def authorized_for(self, amount: Money, reference: str) -> Payment:
+        return _replaced(self, status=PaymentStatus.AUTHORIZED, authorized=amount, authorization=reference)
+
+    def with_capture(self, amount: Money, grand_total: Money) -> Payment:
+        captured = self.captured + amount
+        if self.refunded.amount > 0:
+            status = PaymentStatus.PARTIALLY_REFUNDED
+        elif grand_total <= captured:
+            status = PaymentStatus.CAPTURED
+        elif captured.amount > 0:
+            status = PaymentStatus.PARTIALLY_CAPTURED
+        else:
+            status = self.status
+        return _replaced(self, captured=captured, status=status)
+
+    def voided(self) -> Payment:
+        return _replaced(self, status=PaymentStatus.VOIDED)
+
+    def declined(self) -> Payment:
+        return _replaced(self, status=PaymentStatus.DECLINED)
+
+    def with_refund(self, refund: PaymentRefund, everything_captured: bool) -> Payment:
+        refunded = self.refunded + refund.amount
+        fully = everything_captured and refunded == self.captured
+        return _replaced(
+            self,
+            refunded=refunded,
+            refunds=[*self.refunds, refund],
+            status=PaymentStatus.REFUNDED if fully else PaymentStatus.PARTIALLY_REFUNDED,
+        )
 
 
 class Allocation(BaseModel):
@@ -491,6 +535,8 @@ class ShipmentLine(BaseModel):
 
 
 class Shipment(BaseModel):
+    model_config = ConfigDict(revalidate_instances="always")
+
     id: str
     location_id: str
     lines: list[ShipmentLine]
@@ -498,7 +544,7 @@ class Shipment(BaseModel):
     service: str
     tracking_number: str | None = None
     label_url: str | None = None
-    status: Literal["pending", "shipped", "delivered"] = "pending"
+    status: ShipmentStatus = ShipmentStatus.PENDING
     shipped_at: datetime | None = None
     delivered_at: datetime | None = None
     # The share of the payment captured when this shipment shipped.
@@ -514,7 +560,30 @@ class HistoryEntry(BaseModel):
     detail: dict | None = None
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _replaced(model: M, **changes: Any) -> M:
+    """`model` with `changes`, validated like a new one (model_copy would skip validation)."""
+    return type(model).model_validate({**dict(model), **changes})
+
+
+# Which history entry records a failed attempt at each payment operation.
+PAYMENT_FAILURE_EVENTS: dict[str, OrderEvent] = {
+    "authorize": OrderEvent.PAYMENT_AUTHORIZATION_FAILED,
+    "capture": OrderEvent.PAYMENT_CAPTURE_FAILED,
+    "void": OrderEvent.PAYMENT_VOID_FAILED,
+    "refund": OrderEvent.PAYMENT_REFUND_FAILED,
+}
+
+Change = tuple["Order", HistoryEntry]
+
+
 class Order(BaseModel):
+    """The aggregate. Its methods are the only way to a new version: each returns that version,
+    validated and checked against the status tables, with the history entry that explains it.
+    They decide; the services read, call gateways and write."""
+
     id: str
     status: OrderStatus
     channel: str
@@ -533,6 +602,254 @@ class Order(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int
+
+    # --- Reading ---------------------------------------------------------------------------
+    def shipment(self, shipment_id: str) -> Shipment:
+        found = next((s for s in self.shipments if s.id == shipment_id), None)
+        if found is None:
+            raise NotFound(f"no shipment {shipment_id} on order {self.id}")
+        return found
+
+    def _pending_besides(self, shipment_id: str) -> bool:
+        return any(s.status is ShipmentStatus.PENDING and s.id != shipment_id for s in self.shipments)
+
+    def _share(self, shipment: Shipment) -> Money:
+        by_line = {line.line_id: line for line in self.lines}
+        share = Money.zero(self.currency)
+        for item in shipment.lines:
+            line = by_line[item.line_id]
+            share = share + line.total.times(Decimal(item.quantity) / Decimal(line.quantity))
+        return share
+
+    def capture_due(self, shipment_id: str) -> Money:
+        """What shipping `shipment_id` captures: its lines' share of their totals, and for the
+        order's first shipment also the shipping and whatever rounding leaves, so the captures add
+        up to the grand total exactly in whatever order the parcels leave (and two ships at once
+        cannot disagree). The last pending shipment takes whatever is left; never more."""
+        shipment = self.shipment(shipment_id)
+        zero = Money.zero(self.currency)
+        if not self.payment.authorization:
+            return zero
+        remaining = self.totals.grand_total - self.payment.captured
+        if not self._pending_besides(shipment_id):
+            return remaining
+        if shipment.id == self.shipments[0].id:
+            others = [self._share(s) for s in self.shipments[1:]]
+            planned = self.totals.grand_total - sum(others, zero) if others else remaining
+        else:
+            planned = self._share(shipment)
+        return min(max(planned, zero, key=lambda m: m.amount), remaining, key=lambda m: m.amount)
+
+    def ready_to_ship(self, shipment_id: str) -> Shipment:
+        """The pending shipment, if the order may ship it now; InvalidTransition otherwise."""
+        shipment = self.shipment(shipment_id)
+        if shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
+        if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
+            raise InvalidTransition(f"an order that is {self.status} cannot ship")
+        return shipment
+
+    def check_editable(self) -> None:
+        if self.status not in EDITABLE or self.allocations:
+            raise InvalidTransition(
+                f"an order that is {self.status} and has stock reserved can no longer be edited"
+                if self.allocations
+                else f"an order that is {self.status} can no longer be edited"
+            )
+
+    def check_refund(self, amount: Money) -> None:
+        if amount.currency != self.currency or amount.amount <= 0:
+            raise InvalidRequest(
+                f"a refund is a positive amount in {self.currency}",
+                details=[{"field": "amount", "message": f"must be positive, in {self.currency}"}],
+            )
+        if self.payment.status not in REFUNDABLE:
+            raise InvalidTransition(f"a payment that is {self.payment.status} has nothing captured to refund")
+        if self.payment.refundable() < amount:
+            raise RefundExceedsCaptured(
+                f"{amount.amount} is more than the {self.payment.refundable().amount} captured and not yet refunded",
+                details=[{"field": "amount", "message": "more than captured minus refunded"}],
+            )
+
+    # --- Deciding ----------------------------------------------------------------------------
+    def _next(
+        self,
+        *,
+        at: datetime,
+        actor: str,
+        type: OrderEvent,
+        to: OrderStatus | None = None,
+        detail: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Change:
+        if to is not None and to != self.status and not can_transition(self.status, to):
+            raise InvalidTransition(f"an order cannot go from {self.status} to {to}")
+        new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
+        check_successor(self, new)
+        entry = HistoryEntry(
+            at=at,
+            type=type,
+            from_status=self.status if to is not None else None,
+            to_status=to,
+            actor=actor,
+            detail=detail,
+        )
+        return new, entry
+
+    def noted(self, type: OrderEvent, *, at: datetime, actor: str, detail: dict[str, Any]) -> Change:
+        """The order unchanged, with an entry for something that touched none of its fields (a
+        failed gateway attempt, an old authorization released): no new version, so an If-Match
+        or an idempotency key derived from the version stays valid."""
+        return self, HistoryEntry(at=at, type=type, actor=actor, detail=detail)
+
+    def record_payment_failure(
+        self, operation: str, *, attempt: int, kind: str, message: str, at: datetime, actor: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Change:  # fmt: skip
+        """One failed attempt at the gateway (`kind` transient or refused), for the audit trail."""
+        return self.noted(
+            PAYMENT_FAILURE_EVENTS[operation], at=at, actor=actor,
+            detail={"operation": operation, "attempt": attempt, "kind": kind, "message": message[:500],
+                    **(detail or {})},
+        )  # fmt: skip
+
+    def authorize(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
+        if self.status is not OrderStatus.PENDING:
+            raise InvalidTransition(f"an order that is {self.status} is not waiting for its authorization")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED, to=OrderStatus.AUTHORIZED,
+            detail={"amount": amount.model_dump(mode="json"), "reference": reference},
+            payment=self.payment.authorized_for(amount, reference),
+        )  # fmt: skip
+
+    def decline_payment(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_FAILED, to=OrderStatus.PAYMENT_FAILED,
+            detail={"reason": "payment_declined", "error": error, "message": message},
+            payment=self.payment.declined(),
+        )  # fmt: skip
+
+    def reserve(self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str) -> Change:
+        if self.status is not OrderStatus.AUTHORIZED or self.allocations:
+            raise InvalidTransition(f"an order that is {self.status} cannot reserve stock now")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
+            detail={"allocations": [a.model_dump() for a in allocations], "reasons": reasons},
+            allocations=allocations,
+        )  # fmt: skip
+
+    def allocate(self, shipments: list[Shipment], *, at: datetime, actor: str) -> Change:
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.ALLOCATED, to=OrderStatus.ALLOCATED,
+            detail={"shipments": [{"id": s.id, "location_id": s.location_id, "tracking_number": s.tracking_number}
+                                  for s in shipments]},
+            shipments=shipments,
+        )  # fmt: skip
+
+    def ship(
+        self, shipment_id: str, *, tracking_number: str | None, captured: Money, capture_reference: str | None,
+        at: datetime, actor: str,
+    ) -> Change:  # fmt: skip
+        """The shipment left, and `captured` (what the gateway approved for it) is recorded."""
+        shipment = self.ready_to_ship(shipment_id)
+        payment = self.payment
+        if payment.authorization:
+            payment = payment.with_capture(captured, self.totals.grand_total)
+        shipments = [
+            _replaced(s, status=ShipmentStatus.SHIPPED, shipped_at=at, captured=captured,
+                      tracking_number=tracking_number or s.tracking_number)
+            if s.id == shipment_id else s
+            for s in self.shipments
+        ]  # fmt: skip
+        detail: dict[str, Any] = {
+            "shipment_id": shipment_id,
+            "location_id": shipment.location_id,
+            "captured": captured.model_dump(mode="json"),
+        }
+        if capture_reference:
+            detail["capture_reference"] = capture_reference
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
+            to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id) else OrderStatus.SHIPPED,
+            detail=detail, shipments=shipments, payment=payment,
+        )  # fmt: skip
+
+    def deliver(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
+        shipment = self.shipment(shipment_id)
+        if shipment.status is not ShipmentStatus.SHIPPED:
+            raise InvalidTransition("a shipment is delivered only after it has shipped")
+        shipments = [
+            _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at) if s.id == shipment_id else s
+            for s in self.shipments
+        ]
+        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments)
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
+            to=OrderStatus.DELIVERED if everything_delivered else None,
+            detail={"shipment_id": shipment_id}, shipments=shipments,
+        )  # fmt: skip
+
+    def cancel(self, reason: str, *, at: datetime, actor: str, detail: dict[str, Any] | None = None) -> Change:
+        """The cancel is recorded on its own: the authorization is voided after it, and the
+        payment says `voided` only once the gateway has approved that (`record_void`)."""
+        if not can_transition(self.status, OrderStatus.CANCELLED):
+            raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
+            detail={"reason": reason, **(detail or {})},
+        )  # fmt: skip
+
+    def edit(
+        self, *, lines: list[OrderLine], totals: Totals, shipping_address: Address, shipping_method: str | None,
+        changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
+    ) -> Change:  # fmt: skip
+        """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
+        reference) of an authorization the gateway approved for a grown total."""
+        self.check_editable()
+        detail: dict[str, Any] = {
+            "changed": changed,
+            "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
+                            "to": totals.grand_total.model_dump(mode="json")},
+        }  # fmt: skip
+        payment = self.payment
+        if reauthorized is not None:
+            payment = payment.authorized_for(*reauthorized)
+            detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
+            shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
+        )  # fmt: skip
+
+    def record_void(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:
+        """The gateway released the authorization of this cancelled order."""
+        payment = self.payment
+        if self.status is not OrderStatus.CANCELLED:
+            raise InvalidTransition(f"only a cancelled order's authorization is voided, not a {self.status} one's")
+        if payment.status is not PaymentStatus.AUTHORIZED or payment.authorization != authorization:
+            raise InvalidTransition(f"the payment is {payment.status} under {payment.authorization}; nothing to void")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
+            detail={"authorization": authorization, "reference": reference}, payment=payment.voided(),
+        )  # fmt: skip
+
+    def record_refund(
+        self, refund_id: str, amount: Money, reference: str, *, reason: str, at: datetime, actor: str
+    ) -> Change:
+        """The gateway refunded `amount` under `refund_id`; never more than captured minus refunded."""
+        if self.payment.refund_by_id(refund_id) is not None:
+            raise InvalidTransition(f"refund {refund_id} is recorded already")
+        self.check_refund(amount)
+        refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, reference=reference, at=at)
+        everything_captured = self.totals.grand_total <= self.payment.captured
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_REFUNDED,
+            detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reference": reference,
+                    "reason": reason},
+            payment=self.payment.with_refund(refund, everything_captured),
+        )  # fmt: skip
+
+
+REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
 class Page(BaseModel, Generic[T]):

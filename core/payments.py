@@ -1,14 +1,30 @@
-"""Payments through the payment plugins, with every answer checked."""
+"""Payments through the payment plugins, with every answer checked and transient failures retried."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
-from core.errors import PaymentDeclined, PluginError, TransientError
+from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
 from core.money import Money
 from core.workflow_types import PaymentResult
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt at the gateway: what the order's history records."""
+
+    operation: str  # authorize, capture, void or refund
+    attempt: int  # 1 for the first
+    kind: str  # transient or refused
+    message: str
+
+
+OnFailure = Callable[[Failure], None]
 
 
 def _call(hook: Any, name: str, **kwargs: Any) -> Any:
@@ -16,13 +32,26 @@ def _call(hook: Any, name: str, **kwargs: Any) -> Any:
         return hook(**kwargs)
     except TransientError:
         raise
+    except (TimeoutError, ConnectionError) as exc:
+        # Safe to retry: the operation's idempotency key makes a second call the same operation.
+        raise TransientError(f"the payment gateway did not answer {name}: {type(exc).__name__} {exc}") from exc
     except Exception as exc:
         raise PluginError(f"a payment plugin failed in {name}: {type(exc).__name__}") from exc
 
 
 class Payments:
-    def __init__(self, plugins: pluggy.PluginManager):
+    def __init__(
+        self,
+        plugins: pluggy.PluginManager,
+        *,
+        attempts: int = 3,
+        backoff_seconds: float = 0.1,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self._hook = plugins.hook
+        self._attempts = attempts
+        self._backoff = backoff_seconds
+        self._sleep = sleep
 
     def methods(self) -> set[str]:
         names: set[str] = set()
@@ -33,6 +62,31 @@ class Payments:
                 raise PluginError("oms_payment_methods returned something other than a list of names")
             names.update(answer)
         return names
+
+    def retried(self, operation: str, call: Callable[[int], PaymentResult], on_failure: OnFailure) -> PaymentResult:
+        """`call(attempt)` (attempt 0, 1, ...) until the gateway answers, at most `attempts` times
+        with a short backoff, telling `on_failure` of every failed attempt. Raises
+        PaymentGatewayUnavailable when every attempt failed transiently, and the gateway's refusal
+        (PaymentRefused, PaymentDeclined) at once: asking again would be refused again."""
+        for attempt in range(self._attempts):
+            try:
+                return call(attempt)
+            except TransientError as error:
+                on_failure(Failure(operation, attempt + 1, "transient", error.message))
+                if attempt + 1 == self._attempts:
+                    raise PaymentGatewayUnavailable(
+                        f"the payment gateway did not complete the {operation} after {self._attempts} attempts; "
+                        "nothing was recorded as done, and repeating the request is safe",
+                        details=[{"operation": operation, "attempts": self._attempts, "message": error.message}],
+                    ) from error
+                self._sleep(self._backoff * 2**attempt)
+            except PaymentRefused as refused:
+                on_failure(Failure(operation, attempt + 1, "refused", refused.gateway_message))
+                raise
+            except PaymentDeclined as declined:
+                on_failure(Failure(operation, attempt + 1, "refused", declined.message))
+                raise
+        raise AssertionError("unreachable")
 
     def _checked(self, result: Any, hook: str, method: str) -> PaymentResult:
         if result is None:
@@ -62,7 +116,7 @@ class Payments:
                 self._hook.oms_payment_capture, "oms_payment_capture",
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
-            "oms_payment_capture", method,
+            "capture", method,
         )  # fmt: skip
 
     def void(self, method: str, authorization: str, order_id: str, key: str) -> PaymentResult:
@@ -71,7 +125,7 @@ class Payments:
                 self._hook.oms_payment_void, "oms_payment_void",
                 method=method, authorization=authorization, order_id=order_id, idempotency_key=key,
             ),
-            "oms_payment_void", method,
+            "void", method,
         )  # fmt: skip
 
     def refund(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
@@ -80,12 +134,11 @@ class Payments:
                 self._hook.oms_payment_refund, "oms_payment_refund",
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
-            "oms_payment_refund", method,
+            "refund", method,
         )  # fmt: skip
 
-    def _approved(self, result: Any, hook: str, method: str) -> PaymentResult:
-        checked = self._checked(result, hook, method)
+    def _approved(self, result: Any, operation: str, method: str) -> PaymentResult:
+        checked = self._checked(result, f"oms_payment_{operation}", method)
         if checked.outcome != "approved":
-            # A capture, void or refund the gateway refuses needs a person: it is not retried.
-            raise PluginError(f"{hook} was refused by the gateway: {checked.message or 'no reason given'}")
+            raise PaymentRefused(operation, checked.message or "no reason given")
         return checked

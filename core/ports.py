@@ -33,7 +33,9 @@ class OrderRepository(ABC):
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         """Replace `expected` by `order` and append `entries` to the history, in one write that
         holds only if the stored order still has `expected`'s status and version. Raises
-        StaleVersion otherwise: the caller re-reads and decides again."""
+        StaleVersion otherwise: the caller re-reads and decides again. Refuses (InvalidTransition,
+        through core.status.check_successor) an `order` that is not a legal successor of
+        `expected`; `order` equal to `expected` appends history only."""
 
     @abstractmethod
     def get_with_token(self, order_id: str) -> tuple[Order, str] | None:

@@ -1,8 +1,14 @@
-"""Order statuses and the one transition table that relates them."""
+"""Order, payment and shipment statuses, each with the one transition table that relates them."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING, TypeVar
+
+from core.errors import InvalidTransition
+
+if TYPE_CHECKING:
+    from core.models import Order
 
 
 class OrderStatus(StrEnum):
@@ -20,10 +26,30 @@ class OrderStatus(StrEnum):
     RETURNED = "returned"
 
 
-S = OrderStatus
+class PaymentStatus(StrEnum):
+    PENDING = "pending"
+    AUTHORIZED = "authorized"
+    DECLINED = "declined"
+    PARTIALLY_CAPTURED = "partially_captured"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
 
-# The only place where statuses are related. Every status write checks this table and is
-# conditional on the expected current status and version in DynamoDB.
+
+class ShipmentStatus(StrEnum):
+    PENDING = "pending"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+
+
+S = OrderStatus
+P = PaymentStatus
+H = ShipmentStatus
+
+# The only place where statuses are related. Every status write checks these tables (through
+# the Order's methods and again at the repository, `check_successor`) and is conditional on the
+# expected current status and version in DynamoDB. Staying in a status is not a transition.
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING: frozenset({S.AUTHORIZED, S.ON_HOLD, S.PAYMENT_FAILED, S.CANCELLED}),
     S.ON_HOLD: frozenset({S.PENDING, S.CANCELLED}),
@@ -39,11 +65,70 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.CANCELLED: frozenset(),
 }
 
+# A payment moves only when the gateway approved the operation that moves it.
+PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    P.PENDING: frozenset({P.AUTHORIZED, P.DECLINED}),
+    P.AUTHORIZED: frozenset({P.PARTIALLY_CAPTURED, P.CAPTURED, P.VOIDED}),
+    P.DECLINED: frozenset(),
+    P.PARTIALLY_CAPTURED: frozenset({P.CAPTURED, P.PARTIALLY_REFUNDED, P.REFUNDED}),
+    P.CAPTURED: frozenset({P.PARTIALLY_REFUNDED, P.REFUNDED}),
+    P.VOIDED: frozenset(),
+    P.PARTIALLY_REFUNDED: frozenset({P.REFUNDED}),
+    P.REFUNDED: frozenset(),
+}
+
+SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
+    H.PENDING: frozenset({H.SHIPPED}),
+    H.SHIPPED: frozenset({H.DELIVERED}),
+    H.DELIVERED: frozenset(),
+}
+
+_TABLES: dict[type[StrEnum], dict] = {
+    OrderStatus: TRANSITIONS,
+    PaymentStatus: PAYMENT_TRANSITIONS,
+    ShipmentStatus: SHIPMENT_TRANSITIONS,
+}
+
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
 
 # Lines, address and shipping method may change only before stock is reserved.
 EDITABLE: frozenset[OrderStatus] = frozenset({S.PENDING, S.ON_HOLD, S.AUTHORIZED})
 
+E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus)
 
-def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
-    return target in TRANSITIONS[current]
+
+def can_transition(current: E, target: E) -> bool:
+    """Whether `current` may move to `target` in its own table (order, payment or shipment)."""
+    return type(current) is type(target) and target in _TABLES[type(current)][current]
+
+
+def _step(kind: type[E], before: object, after: object, what: str) -> None:
+    try:
+        old, new = kind(before), kind(after)
+    except ValueError:
+        raise InvalidTransition(f"{after!r} is not a {what} status") from None
+    if old != new and not can_transition(old, new):
+        raise InvalidTransition(f"a {what} cannot go from {old} to {new}")
+
+
+def check_successor(old: Order, new: Order) -> None:
+    """Raise InvalidTransition unless `new` may be written over `old`: the next version whose order,
+    payment and shipment statuses each stay or follow their table (a new shipment starts pending,
+    one that left never disappears), or `old` itself unchanged (a write that only appends history).
+    The repositories call it on every update, so even a buggy service cannot store a jump."""
+    if new.id != old.id:
+        raise InvalidTransition(f"order {new.id} cannot replace order {old.id}")
+    if new.version == old.version:
+        if new != old:
+            raise InvalidTransition(f"order {new.id} changed without a new version")
+        return
+    if new.version != old.version + 1:
+        raise InvalidTransition(f"order {new.id} cannot go from version {old.version} to {new.version}")
+    _step(OrderStatus, old.status, new.status, "order")
+    _step(PaymentStatus, old.payment.status, new.payment.status, "payment")
+    before = {shipment.id: shipment.status for shipment in old.shipments}
+    for shipment in new.shipments:
+        _step(ShipmentStatus, before.pop(shipment.id, ShipmentStatus.PENDING), shipment.status, "shipment")
+    gone = [shipment_id for shipment_id, status in before.items() if status != ShipmentStatus.PENDING]
+    if gone:
+        raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")

@@ -1,4 +1,4 @@
-"""The order workflow's steps and the order actions that follow it (ship, deliver, cancel, edit).
+"""The order workflow's steps: authorize, reserve, create shipments, and their compensations.
 
 Every step reads the order, acts, then writes with one update conditional on the status and
 version it read. A step that loses that race undoes what it did itself (releases the stock it
@@ -10,17 +10,17 @@ twice changes nothing: Express workflows and stream retries run things at least 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 import pluggy
 
+from core import payment_keys
+from core.cancellation import Cancellation
 from core.errors import (
     InsufficientStock,
-    InvalidTransition,
     NotFound,
     OrderClosed,
     OutOfStock,
@@ -28,19 +28,10 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
-from core.events import OrderEvent
-from core.ids import short_hash
-from core.models import (
-    Address,
-    HistoryEntry,
-    Location,
-    Order,
-    Shipment,
-    ShipmentLine,
-    utc_now,
-)
-from core.money import Money
-from core.payments import Payments
+from core.ids import reservation_key, short_hash
+from core.models import Address, Location, Order, Shipment, ShipmentLine, utc_now
+from core.order_changes import failure_recorder, modify
+from core.payments import Failure, Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
 from core.status import TERMINAL, OrderStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan
@@ -62,37 +53,7 @@ STEP_RESULTS: dict[str, OrderStatus | None] = {
 
 CANCELLABLE = frozenset(s for s in OrderStatus if can_transition(s, S.CANCELLED))
 
-
-def reservation_key(order_id: str, line_id: str) -> str:
-    return f"{order_id}#{line_id}"
-
-
-def changed(
-    order: Order,
-    *,
-    at: datetime,
-    actor: str,
-    type: OrderEvent,
-    to: OrderStatus | None = None,
-    detail: dict[str, Any] | None = None,
-    **fields: Any,
-) -> tuple[Order, HistoryEntry]:
-    """The next version of `order` and the history entry that explains it. A status change
-    must be in the transition table."""
-    if to is not None and to != order.status and not can_transition(order.status, to):
-        raise InvalidTransition(f"an order cannot go from {order.status} to {to}")
-    new = order.model_copy(
-        update={**fields, "status": to or order.status, "version": order.version + 1, "updated_at": at}
-    )
-    entry = HistoryEntry(
-        at=at,
-        type=type,
-        from_status=order.status if to is not None else None,
-        to_status=to,
-        actor=actor,
-        detail=detail,
-    )
-    return new, entry
+__all__ = ["CANCELLABLE", "STEP_RESULTS", "WORKFLOW_ACTOR", "Workflow", "reservation_key"]
 
 
 def eligible_locations(order_fulfillment_type: str, pickup_id: str | None, locations: list[Location]) -> list[Location]:
@@ -109,17 +70,6 @@ def destination_of(order: Order, locations: list[Location]) -> Address:
     return order.shipping_address
 
 
-def shipment_share(order: Order, shipment: Shipment) -> Money:
-    """What shipping `shipment` captures: its lines' share of their line totals. The last
-    shipment to ship captures whatever is left of the authorization (shipping, rounding)."""
-    by_line = {line.line_id: line for line in order.lines}
-    share = Money.zero(order.currency)
-    for item in shipment.lines:
-        line = by_line[item.line_id]
-        share = share + line.total.times(Decimal(item.quantity) / Decimal(line.quantity))
-    return share
-
-
 class Workflow:
     """The tasks of the order workflow state machine, one method each."""
 
@@ -131,14 +81,16 @@ class Workflow:
         plugins: pluggy.PluginManager,
         labels: LabelStore,
         clock: Clock = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self._orders = orders
         self._catalog = catalog
         self._inventory = inventory
         self._hook = plugins.hook
-        self._payments = Payments(plugins)
+        self._payments = Payments(plugins, sleep=sleep)
         self._labels = labels
         self._clock = clock
+        self._cancellation = Cancellation(orders, catalog, inventory, self._payments, clock)
 
     def _load(self, order_id: str) -> Order:
         order = self._orders.get(order_id)
@@ -146,7 +98,7 @@ class Workflow:
             raise NotFound(f"no order {order_id}")
         return order
 
-    def _closed_or_retry(self, order_id: str, undo: Callable[[], None]) -> OrderClosed | TransientError:
+    def _closed_or_retry(self, order_id: str, undo: Callable[[], object]) -> OrderClosed | TransientError:
         """After losing a write race: undo our own side effect, then stop if the order is closed
         (someone else finished it) or ask Step Functions to run the step again."""
         undo()
@@ -167,24 +119,27 @@ class Workflow:
             return  # authorized already: a repeated execution
         amount = order.totals.grand_total
         # Keyed by version: a retry of this same read reuses the authorization, while a retry
-        # after an edit (a new version) gets a new one, never the one voided below.
-        result = self._payments.authorize(
-            order.payment.method, token, amount, order_id, attempt, key=f"{order_id}:authorize:v{order.version}"
-        )
-        payment = order.payment.model_copy(
-            update={"status": "authorized", "authorized": amount, "authorization": result.reference}
-        )
-        new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.PAYMENT_AUTHORIZED, to=S.AUTHORIZED,
-            detail={"amount": amount.model_dump(mode="json"), "reference": result.reference}, payment=payment,
-        )  # fmt: skip
+        # after an edit (a new version) gets a new one, never the one voided below. Recording a
+        # failed attempt does not make a new version, so the retry keeps the key.
+        key = payment_keys.authorize(order_id, order.version)
+        try:
+            result = self._payments.authorize(order.payment.method, token, amount, order_id, attempt, key=key)
+        except TransientError as error:
+            # One attempt per task run: Step Functions retries the task (attempt 1, 2, ...).
+            self._recorder(order_id, amount=amount.model_dump(mode="json"))(
+                Failure("authorize", attempt + 1, "transient", error.message)
+            )
+            raise TransientError(error.message) from None
+        new, entry = order.authorize(amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
             raise self._closed_or_retry(
-                order_id, lambda: self._payments.void(order.payment.method, result.reference, order_id,
-                                                      f"{result.reference}:void"),
-            ) from None  # fmt: skip
+                order_id, lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR)
+            ) from None
+
+    def _recorder(self, order_id: str, **detail: object):
+        return failure_recorder(self._orders, order_id, WORKFLOW_ACTOR, self._clock, **detail)
 
     # --- ReserveStock ----------------------------------------------------------------------
     def reserve_stock(self, order_id: str) -> None:
@@ -228,11 +183,7 @@ class Workflow:
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
-        new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.STOCK_RESERVED,
-            detail={"allocations": [a.model_dump() for a in plan.allocations], "reasons": plan.reasons},
-            allocations=plan.allocations,
-        )  # fmt: skip
+        new, entry = order.reserve(plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
@@ -296,12 +247,7 @@ class Workflow:
                     service=booked.service, tracking_number=booked.tracking_number, label_url=url,
                 )
             )  # fmt: skip
-        new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.ALLOCATED, to=S.ALLOCATED,
-            detail={"shipments": [{"id": s.id, "location_id": s.location_id, "tracking_number": s.tracking_number}
-                                  for s in shipments]},
-            shipments=shipments,
-        )  # fmt: skip
+        new, entry = order.allocate(shipments, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
@@ -324,26 +270,28 @@ class Workflow:
 
     # --- Compensation -------------------------------------------------------------------------
     def fail_payment(self, order_id: str, error: str, cause: str) -> None:
-        order = self._load(order_id)
-        if order.status != S.PENDING:
-            return  # failed already, or closed by someone else
-        payment = order.payment.model_copy(update={"status": "declined"})
-        new, entry = changed(
-            order, at=self._clock(), actor=WORKFLOW_ACTOR, type=OrderEvent.PAYMENT_FAILED, to=S.PAYMENT_FAILED,
-            detail={"reason": "payment_declined", "error": error, "message": _message(cause)}, payment=payment,
-        )  # fmt: skip
+        at = self._clock()
         try:
-            self._orders.update(new, order, [entry])
+            modify(
+                self._orders, order_id,
+                lambda order: order.decline_payment(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
+                if order.status is S.PENDING else None,  # failed already, or closed by someone else
+            )  # fmt: skip
         except StaleVersion:
-            raise TransientError(f"order {order_id} changed while it was being marked payment_failed") from None
+            raise TransientError(f"order {order_id} kept changing while it was being marked payment_failed") from None
 
     def cancel_after_failure(self, order_id: str, error: str, cause: str) -> None:
+        """Cancel the order the workflow could not finish (release, void). A void the gateway
+        cannot do right now raises TransientError, so Step Functions runs this again; a refused
+        one is in the history and the order ends cancelled with its payment `authorized`."""
         reason = "out_of_stock" if error == "OutOfStock" else "workflow_error"
-        cancel_order(
-            order_id, reason=reason, actor=WORKFLOW_ACTOR, orders=self._orders, catalog=self._catalog,
-            inventory=self._inventory, payments=self._payments, clock=self._clock,
-            detail={"error": error, "message": _message(cause)}, from_workflow=True,
-        )  # fmt: skip
+        try:
+            self._cancellation.cancel(
+                order_id, reason, WORKFLOW_ACTOR, detail={"error": error, "message": _message(cause)},
+                closed_ok=True, retry_void_later=True,
+            )  # fmt: skip
+        except StaleVersion:
+            raise TransientError(f"order {order_id} kept changing while it was being cancelled") from None
 
 
 def _message(cause: str) -> str:
@@ -352,67 +300,3 @@ def _message(cause: str) -> str:
         return str(json.loads(cause).get("errorMessage", ""))[:500]
     except (ValueError, AttributeError, TypeError):
         return (cause or "")[:500]
-
-
-def cancel_order(
-    order_id: str,
-    *,
-    reason: str,
-    actor: str,
-    orders: OrderRepository,
-    catalog: CatalogRepository,
-    inventory: InventoryRepository,
-    payments: Payments,
-    clock: Clock,
-    channel: str | None = None,
-    detail: dict[str, Any] | None = None,
-    from_workflow: bool = False,
-) -> Order:
-    """End the order cancelled, then release every reservation and void its authorization.
-    Refused (409) once anything has shipped.
-
-    The status is claimed first, with a write conditional on what was read, and only then are
-    stock and payment touched: a cancel that loses a race to a shipment has changed nothing. A
-    cancel of a cancelled order runs the clean-up again (every part is idempotent), so one
-    interrupted after its claim is finished by the next attempt."""
-    for _ in range(5):
-        order = orders.get(order_id)
-        if order is None or (channel is not None and order.channel != channel):
-            raise NotFound(f"no order {order_id}")
-        if order.status == S.CANCELLED:
-            _release_and_void(order, catalog, inventory, payments)
-            return order
-        if order.status not in CANCELLABLE:
-            if from_workflow and order.status in TERMINAL:
-                return order
-            raise InvalidTransition(f"an order that is {order.status} can no longer be cancelled")
-        payment = order.payment
-        if payment.authorization and payment.status == "authorized":
-            payment = payment.model_copy(update={"status": "voided"})
-        new, entry = changed(
-            order, at=clock(), actor=actor, type=OrderEvent.CANCELLED, to=S.CANCELLED,
-            detail={"reason": reason, **(detail or {})}, payment=payment,
-        )  # fmt: skip
-        try:
-            orders.update(new, order, [entry])
-        except StaleVersion:
-            continue  # the workflow or a shipment moved the order on meanwhile: look again
-        _release_and_void(new, catalog, inventory, payments)
-        return new
-    raise TransientError(f"order {order_id} kept changing while it was being cancelled")
-
-
-def _release_and_void(order: Order, catalog: CatalogRepository, inventory: InventoryRepository,
-                      payments: Payments) -> None:  # fmt: skip
-    # Release by what the inventory holds for this order, not only what the order recorded: a
-    # step that crashed between reserving and recording leaves nothing behind either.
-    locations = [loc.location_id for loc in catalog.list_locations()]
-    keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for line in order.lines:
-        for location_id in locations:
-            keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
-    for item in inventory.reservations(dict(keys)):
-        inventory.release(*item)
-    payment = order.payment
-    if payment.authorization and payment.status == "voided":
-        payments.void(payment.method, payment.authorization, order.id, f"{payment.authorization}:void")

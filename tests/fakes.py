@@ -6,10 +6,12 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from core import hookimpl
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion, TransientError
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
 from core.money import Money
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderFilter, OrderRepository
+from core.status import check_successor
+from core.workflow_types import PaymentResult
 
 
 class FakeOrders(OrderRepository):
@@ -29,6 +31,7 @@ class FakeOrders(OrderRepository):
         return self.orders.get(order_id)
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        check_successor(expected, order)
         stored = self.orders.get(order.id)
         if stored is None or (stored.status, stored.version) != (expected.status, expected.version):
             raise StaleVersion(f"order {order.id} moved on")
@@ -214,3 +217,51 @@ class PaymentSpy:
 
     def captured_total(self) -> Decimal:
         return sum((amount.amount for _, amount, _ in self.captured), Decimal(0))
+
+
+class ScriptedGateway:
+    """A payment plugin that runs ahead of the `test` gateway and, per operation, plays a script:
+    each call takes the next outcome, the last one repeating. `approve` hands the call on to the
+    `test` gateway (so references stay real), `refuse` answers declined, `transient` raises
+    TransientError and `timeout` raises TimeoutError, as a plugin whose HTTP call timed out would.
+    `calls` keeps (operation, idempotency_key) of every call, to check retries reuse the key."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[str]] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def script(self, operation: str, *outcomes: str) -> None:
+        self.scripts[operation] = list(outcomes)
+
+    def _play(self, operation: str, idempotency_key: str) -> PaymentResult | None:
+        self.calls.append((operation, idempotency_key))
+        script = self.scripts.get(operation) or ["approve"]
+        outcome = script.pop(0) if len(script) > 1 else script[0]
+        if outcome == "transient":
+            raise TransientError(f"scripted: the gateway is briefly unavailable for {operation}")
+        if outcome == "timeout":
+            raise TimeoutError(f"scripted: the gateway did not answer the {operation} in time")
+        if outcome == "refuse":
+            message = f"scripted: {operation} refused"
+            return PaymentResult(outcome="declined", reference=f"refused_{operation}", message=message)
+        assert outcome == "approve", outcome
+        return None
+
+    def keys(self, operation: str) -> list[str]:
+        return [key for op, key in self.calls if op == operation]
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self, idempotency_key: str) -> PaymentResult | None:
+        return self._play("authorize", idempotency_key)
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self, idempotency_key: str) -> PaymentResult | None:
+        return self._play("capture", idempotency_key)
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_void(self, idempotency_key: str) -> PaymentResult | None:
+        return self._play("void", idempotency_key)
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_refund(self, idempotency_key: str) -> PaymentResult | None:
+        return self._play("refund", idempotency_key)

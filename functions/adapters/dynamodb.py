@@ -18,6 +18,7 @@ from core.access import ApiKey
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
+from core.status import check_successor
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -165,6 +166,7 @@ class DynamoOrders(OrderRepository):
             raise
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        check_successor(expected, order)
         try:
             self._client.update_item(
                 TableName=self._table,

@@ -10,7 +10,17 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import ServiceError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from core.errors import Conflict, DomainError, InvalidRequest, NotFound, PluginError, TransientError, field_path
+from core.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    PluginError,
+    TransientError,
+    field_path,
+)
 
 logger = Logger(child=True)
 
@@ -77,6 +87,20 @@ def register(app: APIGatewayRestResolver) -> None:
         # A broken plugin is a server-side bug: logged with its traceback, answered without one.
         logger.exception("plugin failed", extra={"error_code": error.code})
         return error_response(500, error.code, error.message)
+
+    @app.exception_handler(PaymentRefused)
+    def _payment_refused(error: PaymentRefused) -> Response:
+        # The gateway answered and said no: the order records nothing as moved; a person decides.
+        logger.warning("payment gateway refused", extra={"operation": error.operation})
+        return error_response(502, error.code, error.message, error.details)
+
+    @app.exception_handler(PaymentGatewayUnavailable)
+    def _payment_unavailable(error: PaymentGatewayUnavailable) -> Response:
+        # Retried within the request already; the same request later is safe (same idempotency key).
+        logger.warning("payment gateway unavailable", extra={"error_code": error.code})
+        response = error_response(503, error.code, error.message, error.details)
+        response.headers["Retry-After"] = "2"
+        return response
 
     @app.exception_handler(TransientError)
     def _transient(error: TransientError) -> Response:

@@ -16,6 +16,7 @@ from core.errors import (
 )
 from core.models import Address, LineInput, OrderEdit
 from core.status import OrderStatus
+from plugins.test_payments import CAPTURE, VOID, reference
 from tests.builders import NOW, address_body, place_order
 from tests.unit.world import World, before_the_next_write, build_world
 
@@ -70,6 +71,7 @@ def test_shipping_takes_the_units_out_of_on_hand_and_captures_the_shipment_share
         "shipment_id": west,
         "location_id": "wh-west",
         "captured": share.model_dump(mode="json"),
+        "capture_reference": reference(CAPTURE, f"{order.id}:{west}:capture"),
     }
 
     done = world.actions.ship(order.id, east, tracking_number="1Z999AA10123456784", actor="key_wh_east")
@@ -221,17 +223,24 @@ def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_auth
     assert world.held() == {}
     for sku, location_id, on_hand in STOCK:
         assert world.level(sku, location_id) == (on_hand, 0, on_hand)
-    entry = world.history(order.id)[-1]
-    assert (entry.type, entry.from_status, entry.to_status, entry.actor, entry.detail) == (
+    # The cancel is recorded first; the payment says voided only in the write after the gateway's yes.
+    cancel, void = world.history(order.id)[-2:]
+    assert (cancel.type, cancel.from_status, cancel.to_status, cancel.actor, cancel.detail) == (
         "cancelled", S.ALLOCATED, S.CANCELLED, "key_web", {"reason": "changed my mind"},
     )  # fmt: skip
+    assert (void.type, void.from_status, void.to_status, void.actor) == ("payment_voided", None, None, "key_web")
+    assert void.detail == {
+        "authorization": order.payment.authorization,
+        "reference": reference(VOID, f"{order.payment.authorization}:void"),
+    }
+    assert cancelled.version == order.version + 2
 
     again = world.actions.cancel(order.id, "really", actor="key_web")
 
     assert again == cancelled
     assert again.version == cancelled.version
     assert world.spy.voided == [order.payment.authorization]
-    assert world.history(order.id)[-1] == entry
+    assert world.history(order.id)[-1] == void
 
 
 def test_cancelling_a_pending_order_has_nothing_to_void(world):
@@ -404,7 +413,13 @@ def test_a_declined_reauthorization_is_a_payment_declined_conflict_and_changes_n
 
     assert raised.value.code == "payment_declined"
     assert world.order(order_id) == authorized
-    assert world.history(order_id) == history
+    # Only the refused attempt is added to the history; the order itself is unchanged.
+    (refused,) = world.history(order_id)[len(history) :]
+    assert (refused.type, refused.actor, refused.to_status) == ("payment_authorization_failed", "key_web", None)
+    assert {k: refused.detail[k] for k in ("operation", "attempt", "kind")} == {
+        "operation": "authorize", "attempt": 1, "kind": "refused",
+    }  # fmt: skip
+    assert "declined" in refused.detail["message"]
     assert world.spy.voided == []
     assert world.spy.authorized == [authorized.payment.authorization]
 

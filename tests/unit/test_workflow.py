@@ -234,11 +234,16 @@ def test_a_declined_payment_ends_payment_failed_with_no_stock_held(world):
 def test_a_flaky_gateway_fails_the_first_attempt_and_authorizes_the_retry(world):
     order_id = world.place(("TSHIRT", 2), token="tok_flaky")
 
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError) as raised:
         world.workflow.authorize_payment(order_id, attempt=0)
+    assert type(raised.value) is TransientError  # the class name Step Functions' Retry matches
     assert world.order(order_id).status is S.PENDING
-    assert world.order(order_id).version == 1
-    assert [h.type for h in world.history(order_id)] == ["created"]
+    assert world.order(order_id).version == 1  # a failed attempt is history, not a new version
+    _, failed = world.history(order_id)
+    assert (failed.type, failed.actor, failed.to_status) == ("payment_authorization_failed", "workflow", None)
+    assert {k: failed.detail[k] for k in ("operation", "attempt", "kind")} == {
+        "operation": "authorize", "attempt": 1, "kind": "transient",
+    }  # fmt: skip
 
     world.workflow.authorize_payment(order_id, attempt=1)
 
@@ -276,11 +281,12 @@ def test_stock_that_vanished_after_capture_ends_cancelled_out_of_stock_with_the_
     assert order.status is S.CANCELLED
     assert order.payment.status == "voided"
     assert world.spy.voided == [authorization]
-    entry = world.history(order_id)[-1]
+    entry, voided = world.history(order_id)[-2:]
     assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
         "cancelled", S.AUTHORIZED, S.CANCELLED, "workflow",
     )  # fmt: skip
     assert entry.detail == {"reason": "out_of_stock", "error": "OutOfStock", "message": "stock ran out"}
+    assert (voided.type, voided.actor, voided.detail["authorization"]) == ("payment_voided", "workflow", authorization)
     assert world.held() == {}
     assert set(world.reserved().values()) == {0}
 
@@ -451,7 +457,7 @@ def test_a_cancel_during_reservation_leaves_no_stock_held(world, monkeypatch):
     assert world.spy.voided == [authorization]
     assert world.held() == {}
     assert set(world.reserved().values()) == {0}
-    assert [h.type for h in world.history(order_id)] == ["created", "payment_authorized", "cancelled"]
+    assert [h.type for h in world.history(order_id)] == ["created", "payment_authorized", "cancelled", "payment_voided"]
 
 
 def test_a_cancel_during_shipment_creation_ends_cancelled_with_nothing_held(world, monkeypatch):
@@ -471,7 +477,7 @@ def test_a_cancel_during_shipment_creation_ends_cancelled_with_nothing_held(worl
     assert world.spy.voided == [authorization]
     assert world.held() == {}
     assert set(world.reserved().values()) == {0}
-    assert [h.type for h in world.history(order_id)][-1] == "cancelled"
+    assert [h.type for h in world.history(order_id)][-2:] == ["cancelled", "payment_voided"]
 
 
 def test_a_retry_after_a_lost_race_never_records_the_authorization_it_voided(world, monkeypatch):
@@ -512,7 +518,7 @@ def test_cancel_after_failure_releases_reservations_the_order_never_recorded_and
     assert world.held() == {}
     assert set(world.reserved().values()) == {0}
     assert world.spy.voided == [authorization]
-    entry = world.history(order_id)[-1]
+    entry = world.history(order_id)[-2]
     assert (entry.type, entry.actor, entry.detail["reason"]) == ("cancelled", "workflow", "workflow_error")
 
     once = world.snapshot(order_id)

@@ -1,5 +1,6 @@
 """The unit tests' world for the order workflow and the order actions: the core services on the
-in-memory fakes, a spy on the `test` payment gateway, and a fixed clock.
+in-memory fakes, a spy on the `test` payment gateway, a gateway script that can make it fail, a
+fixed clock and no real sleeping between payment retries.
 
 Two warehouses that ship (Newark in the east, Reno in the west) and a San Francisco store that
 only offers pickup; orders go to San Francisco, so the west warehouse is the nearer one. Each test
@@ -21,7 +22,7 @@ from core.services import CaptureService
 from core.status import OrderStatus
 from core.workflow import Workflow
 from tests.builders import NOW, location, place_order, product
-from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy
+from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy, ScriptedGateway
 
 Held = dict[tuple[str, str, str], int]
 Stock = list[tuple[str, str, int]]  # (sku, location_id, on_hand)
@@ -34,6 +35,7 @@ class World:
     inventory: FakeInventory
     labels: FakeLabels
     spy: PaymentSpy
+    gateway: ScriptedGateway
     capture: CaptureService
     workflow: Workflow
     actions: OrderActions
@@ -110,19 +112,23 @@ def build_world(stock: Stock) -> World:
     )
     for sku, location_id, on_hand in stock:
         inventory.set_on_hand(sku, location_id, on_hand, reason="count")
-    spy = PaymentSpy()
-    plugins = build_plugin_manager(spy)
-    payments = Payments(plugins)
+    spy, gateway = PaymentSpy(), ScriptedGateway()
+    plugins = build_plugin_manager(spy, gateway)
 
     def clock():
         return NOW
 
+    def sleep(seconds: float) -> None:
+        pass
+
+    payments = Payments(plugins, sleep=sleep)
+
     capture = CaptureService(
         orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
     )
-    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock)
+    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep)
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
-    return World(orders, catalog, inventory, labels, spy, capture, workflow, actions)
+    return World(orders, catalog, inventory, labels, spy, gateway, capture, workflow, actions)
 
 
 def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:

@@ -1,0 +1,59 @@
+"""One owner of "read the order, decide its next version, write it conditionally, decide again
+after losing the race", and of recording failed payment attempts that way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from core.errors import NotFound, StaleVersion
+from core.models import Change, Order
+from core.payments import Failure, OnFailure
+from core.ports import OrderRepository
+
+ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another request
+
+Decide = Callable[[Order], Change | None]
+
+
+def modify(
+    orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS
+) -> Order:
+    """Read the order, ask `decide` for its next version and history entry (an Order method's
+    answer; None when there is nothing to write) and write that, conditional on the version read.
+    A lost race reads and decides again, so `decide` must only decide: side effects belong before
+    (what the write records) or after it. Returns the order as stored (as read when `decide` said
+    None). Another channel's order is NotFound; StaleVersion after `attempts` lost races."""
+    for _ in range(attempts):
+        order = orders.get(order_id)
+        if order is None or (channel is not None and order.channel != channel):
+            raise NotFound(f"no order {order_id}")
+        change = decide(order)
+        if change is None:
+            return order
+        new, entry = change
+        try:
+            orders.update(new, order, [entry])
+        except StaleVersion:
+            continue
+        return new
+    raise StaleVersion(f"order {order_id} kept changing; retry")
+
+
+def failure_recorder(
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
+) -> OnFailure:
+    """What Payments.retried calls with each failed gateway attempt: an entry in the order's
+    history (with `detail`, e.g. the shipment), the order itself unchanged."""
+
+    def record(failure: Failure) -> None:
+        modify(
+            orders, order_id,
+            lambda order: order.record_payment_failure(
+                failure.operation, attempt=failure.attempt, kind=failure.kind, message=failure.message,
+                at=clock(), actor=actor, detail=detail,
+            ),
+        )  # fmt: skip
+
+    return record

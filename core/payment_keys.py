@@ -1,0 +1,23 @@
+"""The payment gateway's idempotency keys, built here only: a retry must send the same key.
+
+Gateways already hold keys in these shapes, so they never change: an authorization is keyed by
+the order version it authorizes (an edit gets a new one), a capture by its shipment, a void by the
+authorization it releases, a refund by its own id."""
+
+from __future__ import annotations
+
+
+def authorize(order_id: str, version: int) -> str:
+    return f"{order_id}:authorize:v{version}"
+
+
+def capture(order_id: str, shipment_id: str) -> str:
+    return f"{order_id}:{shipment_id}:capture"
+
+
+def void(authorization: str) -> str:
+    return f"{authorization}:void"
+
+
+def refund(order_id: str, refund_id: str) -> str:
+    return f"{order_id}:refund:{refund_id}"
