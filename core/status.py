@@ -128,7 +128,10 @@ def check_successor(old: Order, new: Order) -> None:
     _step(PaymentStatus, old.payment.status, new.payment.status, "payment")
     before = {shipment.id: shipment.status for shipment in old.shipments}
     for shipment in new.shipments:
-        _step(ShipmentStatus, before.pop(shipment.id, ShipmentStatus.PENDING), shipment.status, "shipment")
+        if shipment.id in before:
+            _step(ShipmentStatus, before.pop(shipment.id), shipment.status, "shipment")
+        elif shipment.status != ShipmentStatus.PENDING:
+            raise InvalidTransition(f"a new shipment starts pending, not {shipment.status}")
     gone = [shipment_id for shipment_id, status in before.items() if status != ShipmentStatus.PENDING]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")

@@ -6,12 +6,15 @@ Tokens (opaque strings; a card number is never accepted, and no token is ever ec
 - `tok_decline`: the authorization is declined.
 - `tok_flaky`:   the first attempt (attempt 0) raises TransientError, as a briefly unavailable
   gateway would; the workflow's retry (attempt >= 1) is approved.
+- `tok_capture_decline`, `tok_void_decline`, `tok_refund_decline`: the authorization is approved,
+  but every capture (void, refund) of it is declined, as a gateway that refuses the operation would.
 - anything else: declined as an unknown test token.
 
 The gateway keeps no state: every reference is derived from the operation's idempotency key
 (`auth_`, `cap_`, `void_` or `refund_` + the first 20 hex digits of its SHA-256), so a retry gets
 the same reference a real gateway would return for a replayed idempotency key. Captures, voids and
-refunds only check that the authorization looks like one this gateway approved.
+refunds only check that the authorization looks like one this gateway approved; the tokens that
+make one of them refuse mark the authorization's reference (`auth_<digest>_declines_capture`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ METHOD = "test"
 APPROVE = "tok_approve"
 DECLINE = "tok_decline"
 FLAKY = "tok_flaky"
+CAPTURE_DECLINE = "tok_capture_decline"
+VOID_DECLINE = "tok_void_decline"
+REFUND_DECLINE = "tok_refund_decline"
 
 AUTHORIZATION = "auth"
 DECLINED_AUTHORIZATION = "decl"
@@ -37,8 +43,10 @@ CAPTURE = "cap"
 VOID = "void"
 REFUND = "refund"
 
-# Only approved authorizations carry this prefix, so a declined one cannot be captured.
-_AUTHORIZATION_REFERENCE = re.compile(r"^auth_[0-9a-f]{20}$")
+# Only approved authorizations carry this prefix, so a declined one cannot be captured. The
+# suffix names the one operation the authorization's token makes the gateway refuse.
+_AUTHORIZATION_REFERENCE = re.compile(r"^auth_[0-9a-f]{20}(?:_declines_(capture|void|refund))?$")
+_DECLINES = {CAPTURE_DECLINE: "capture", VOID_DECLINE: "void", REFUND_DECLINE: "refund"}
 
 
 def reference(kind: str, idempotency_key: str) -> str:
@@ -62,6 +70,11 @@ def _unknown_authorization(authorization: str) -> bool:
     return not isinstance(authorization, str) or not _AUTHORIZATION_REFERENCE.fullmatch(authorization)
 
 
+def _declines(authorization: str, kind: str) -> bool:
+    found = _AUTHORIZATION_REFERENCE.fullmatch(authorization)
+    return found is not None and found.group(1) == kind
+
+
 @hookimpl
 def oms_payment_methods() -> list[str]:
     return [METHOD]
@@ -78,6 +91,9 @@ def oms_payment_authorize(
         return _declined(decline, idempotency_key, "the amount to authorize must not be negative")
     if token == APPROVE:
         return _approved(AUTHORIZATION, idempotency_key, "test gateway: approved")
+    if token in _DECLINES:
+        marked = f"{reference(AUTHORIZATION, idempotency_key)}_declines_{_DECLINES[token]}"
+        return PaymentResult(outcome="approved", reference=marked, message=f"test gateway: approved ({token})")
     if token == DECLINE:
         return _declined(decline, idempotency_key, "test gateway: declined (tok_decline always is)")
     if token == FLAKY:
@@ -98,6 +114,8 @@ def oms_payment_capture(method: str, authorization: str, amount: Money, idempote
         return _declined(CAPTURE, idempotency_key, "test gateway: unknown authorization")
     if amount.amount <= 0:
         return _declined(CAPTURE, idempotency_key, "test gateway: the amount to capture must be positive")
+    if _declines(authorization, "capture"):
+        return _declined(CAPTURE, idempotency_key, f"test gateway: capture declined ({CAPTURE_DECLINE})")
     return _approved(CAPTURE, idempotency_key, "test gateway: captured")
 
 
@@ -107,6 +125,8 @@ def oms_payment_void(method: str, authorization: str, idempotency_key: str) -> P
         return None
     if _unknown_authorization(authorization):
         return _declined(VOID, idempotency_key, "test gateway: unknown authorization")
+    if _declines(authorization, "void"):
+        return _declined(VOID, idempotency_key, f"test gateway: void declined ({VOID_DECLINE})")
     return _approved(VOID, idempotency_key, "test gateway: voided")
 
 
@@ -118,4 +138,6 @@ def oms_payment_refund(method: str, authorization: str, amount: Money, idempoten
         return _declined(REFUND, idempotency_key, "test gateway: unknown authorization")
     if amount.amount <= 0:
         return _declined(REFUND, idempotency_key, "test gateway: the amount to refund must be positive")
+    if _declines(authorization, "refund"):
+        return _declined(REFUND, idempotency_key, f"test gateway: refund declined ({REFUND_DECLINE})")
     return _approved(REFUND, idempotency_key, "test gateway: refunded")

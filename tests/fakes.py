@@ -188,6 +188,7 @@ class PaymentSpy:
         self.authorized: list[str] = []
         self.voided: list[str] = []
         self.captured: list[tuple[str, Money, str]] = []
+        self.refunded: list[tuple[str, Money, str]] = []
 
     @hookimpl(wrapper=True)
     def oms_payment_authorize(self, method: str, amount: Money):
@@ -213,6 +214,13 @@ class PaymentSpy:
         result = yield
         if result is not None and result.outcome == "approved" and self._new(idempotency_key):
             self.captured.append((authorization, amount, idempotency_key))
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self, method: str, authorization: str, amount: Money, idempotency_key: str):
+        result = yield
+        if result is not None and result.outcome == "approved" and self._new(idempotency_key):
+            self.refunded.append((authorization, amount, idempotency_key))
         return result
 
     def captured_total(self) -> Decimal:

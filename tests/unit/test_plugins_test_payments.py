@@ -230,3 +230,22 @@ def test_amounts_in_any_supported_currency_are_accepted():
     auth = an_authorization()
 
     assert oms_payment_capture("test", auth, Money(amount="700", currency="JPY"), "c").outcome == "approved"
+
+
+@pytest.mark.parametrize(
+    ("token", "refused"),
+    [("tok_capture_decline", "capture"), ("tok_void_decline", "void"), ("tok_refund_decline", "refund")],
+)
+def test_the_decline_tokens_authorize_but_refuse_their_one_operation(token, refused):
+    authorization = authorize(token, key="k").reference
+    results = {
+        "capture": oms_payment_capture("test", authorization, AMOUNT, "c"),
+        "void": oms_payment_void("test", authorization, "v"),
+        "refund": oms_payment_refund("test", authorization, AMOUNT, "r"),
+    }
+
+    assert authorization.startswith(authorize(key="k").reference)  # approved, like tok_approve's
+    assert {op: r.outcome for op, r in results.items()} == {
+        op: "declined" if op == refused else "approved" for op in results
+    }
+    assert token in results[refused].message

@@ -1,12 +1,46 @@
-"""The transition table is the one place statuses are related."""
+"""The transition tables are the one place statuses are related, and nothing writes past them:
+not an Order method, not a buggy service handing the repository a hand-made version."""
 
 import itertools
 
-from core.status import EDITABLE, TERMINAL, TRANSITIONS, OrderStatus, can_transition
+import pytest
+from pydantic import ValidationError
+
+from core.errors import InvalidTransition
+from core.models import Order, Payment, Shipment
+from core.status import (
+    EDITABLE,
+    PAYMENT_TRANSITIONS,
+    SHIPMENT_TRANSITIONS,
+    TERMINAL,
+    TRANSITIONS,
+    OrderStatus,
+    PaymentStatus,
+    ShipmentStatus,
+    can_transition,
+    check_successor,
+)
+from tests.fakes import FakeOrders
+from tests.unit.conftest import a_stored_order, usd
+
+TABLES = [
+    pytest.param(OrderStatus, TRANSITIONS, id="order"),
+    pytest.param(PaymentStatus, PAYMENT_TRANSITIONS, id="payment"),
+    pytest.param(ShipmentStatus, SHIPMENT_TRANSITIONS, id="shipment"),
+]
 
 
-def test_every_status_has_a_row():
-    assert set(TRANSITIONS) == set(OrderStatus)
+@pytest.mark.parametrize(("statuses", "table"), TABLES)
+def test_every_status_has_a_row(statuses, table):
+    assert set(table) == set(statuses)
+
+
+def test_the_contract_values_of_payment_and_shipment_statuses():
+    assert [s.value for s in PaymentStatus] == [
+        "pending", "authorized", "declined", "partially_captured", "captured", "voided",
+        "partially_refunded", "refunded",
+    ]  # fmt: skip
+    assert [s.value for s in ShipmentStatus] == ["pending", "shipped", "delivered"]
 
 
 def test_terminal_statuses_lead_nowhere():
@@ -17,6 +51,27 @@ def test_main_path_is_allowed_in_order():
     path = ["pending", "authorized", "allocated", "partially_shipped", "shipped", "delivered"]
     for current, target in itertools.pairwise(path):
         assert can_transition(OrderStatus(current), OrderStatus(target))
+
+
+def test_the_payment_moves_only_forward_and_refunds_follow_captures():
+    P = PaymentStatus
+    for path in (
+        [P.PENDING, P.AUTHORIZED, P.PARTIALLY_CAPTURED, P.CAPTURED, P.PARTIALLY_REFUNDED, P.REFUNDED],
+        [P.PENDING, P.AUTHORIZED, P.VOIDED],
+        [P.PENDING, P.DECLINED],
+        [P.PARTIALLY_CAPTURED, P.PARTIALLY_REFUNDED],
+        [P.CAPTURED, P.REFUNDED],
+    ):
+        for current, target in itertools.pairwise(path):
+            assert can_transition(current, target), (current, target)
+    assert not can_transition(P.VOIDED, P.CAPTURED)
+    assert not can_transition(P.AUTHORIZED, P.REFUNDED)  # nothing captured, nothing to refund
+    assert not can_transition(P.DECLINED, P.AUTHORIZED)
+
+
+def test_statuses_of_different_kinds_are_never_related():
+    assert not can_transition(PaymentStatus.PENDING, OrderStatus.AUTHORIZED)
+    assert not can_transition(ShipmentStatus.PENDING, PaymentStatus.AUTHORIZED)
 
 
 def test_nothing_goes_back_to_pending_once_paid():
@@ -31,3 +86,115 @@ def test_cancel_is_refused_once_anything_shipped():
 def test_orders_are_editable_only_before_allocation():
     assert OrderStatus.ALLOCATED not in EDITABLE
     assert OrderStatus.PENDING in EDITABLE
+
+
+# --- check_successor: what the repositories accept ------------------------------------------------
+
+SHIPMENT_ID = "shp_" + "a" * 24
+
+
+def an_order(order_status: str = "allocated", payment_status: str = "authorized", shipment_status: str = "pending"):
+    zero = usd("0.00")
+    return a_stored_order(
+        ("MUG-1", 1),
+        status=OrderStatus(order_status),
+        payment=Payment(method="test", status=PaymentStatus(payment_status), authorized=zero, captured=zero,
+                        refunded=zero, authorization="auth_1"),
+        shipments=[Shipment(id=SHIPMENT_ID, location_id="wh-1", lines=[], carrier="c", service="s",
+                            status=ShipmentStatus(shipment_status))],
+    )  # fmt: skip
+
+
+def written_by_a_buggy_service(order: Order, *, status=None, payment=None, shipment=None, version=None) -> Order:
+    """The next version as a careless service would make it: model_copy, which validates nothing."""
+    update: dict = {"version": order.version + 1 if version is None else version}
+    if status is not None:
+        update["status"] = status
+    if payment is not None:
+        update["payment"] = order.payment.model_copy(update={"status": payment})
+    if shipment is not None:
+        update["shipments"] = [order.shipments[0].model_copy(update={"status": shipment})]
+    return order.model_copy(update=update)
+
+
+def every_pair(statuses, table):
+    return [(a, b, a == b or b in table[a]) for a in statuses for b in statuses]
+
+
+@pytest.mark.parametrize(("current", "target", "allowed"), every_pair(OrderStatus, TRANSITIONS))
+def test_an_order_status_write_must_be_in_the_table(current, target, allowed):
+    old = an_order(order_status=current)
+    assert_successor(old, written_by_a_buggy_service(old, status=target), allowed)
+
+
+@pytest.mark.parametrize(("current", "target", "allowed"), every_pair(PaymentStatus, PAYMENT_TRANSITIONS))
+def test_a_payment_status_write_must_be_in_the_table(current, target, allowed):
+    old = an_order(payment_status=current)
+    assert_successor(old, written_by_a_buggy_service(old, payment=target), allowed)
+
+
+@pytest.mark.parametrize(("current", "target", "allowed"), every_pair(ShipmentStatus, SHIPMENT_TRANSITIONS))
+def test_a_shipment_status_write_must_be_in_the_table(current, target, allowed):
+    old = an_order(shipment_status=current)
+    assert_successor(old, written_by_a_buggy_service(old, shipment=target), allowed)
+
+
+def assert_successor(old: Order, new: Order, allowed: bool) -> None:
+    orders = FakeOrders()
+    orders.orders[old.id], orders.histories[old.id] = old, []
+    if allowed:
+        check_successor(old, new)
+        orders.update(new, old, [])
+        assert orders.get(old.id) == new
+    else:
+        with pytest.raises(InvalidTransition):
+            check_successor(old, new)
+        with pytest.raises(InvalidTransition):
+            orders.update(new, old, [])
+        assert orders.get(old.id) == old
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"status": "shiped"}, id="order"),
+        pytest.param({"payment": "captued"}, id="payment"),
+        pytest.param({"shipment": "deliverd"}, id="shipment"),
+    ],
+)
+def test_a_misspelt_status_is_refused_at_the_repository(change):
+    old = an_order()
+    assert_successor(old, written_by_a_buggy_service(old, **change), allowed=False)
+
+
+def test_a_misspelt_status_is_refused_by_validation():
+    zero = usd("0.00")
+    with pytest.raises(ValidationError):
+        Payment(method="test", status="captued", authorized=zero, captured=zero, refunded=zero)
+    with pytest.raises(ValidationError):
+        Shipment(id=SHIPMENT_ID, location_id="wh-1", lines=[], carrier="c", service="s", status="deliverd")
+    old = an_order()
+    # A Payment made without validation is validated again when it goes into a new Order version.
+    with pytest.raises(ValidationError):
+        Order.model_validate({**dict(old), "payment": old.payment.model_copy(update={"status": "captued"})})
+
+
+def test_a_version_is_the_next_one_or_the_same_order_unchanged():
+    old = an_order()
+    assert_successor(old, written_by_a_buggy_service(old, version=old.version + 2), allowed=False)
+    changed_in_place = written_by_a_buggy_service(old, status="cancelled", version=old.version)
+    assert_successor(old, changed_in_place, allowed=False)
+    assert_successor(old, old.model_copy(), allowed=True)  # a write that only appends history
+    assert_successor(old, written_by_a_buggy_service(old, status="cancelled").model_copy(update={"id": "ord_2"}),
+                     allowed=False)  # fmt: skip
+
+
+def test_a_new_shipment_starts_pending_and_one_that_left_never_disappears():
+    old = an_order()
+    extra = old.shipments[0].model_copy(update={"id": "shp_" + "b" * 24})
+    assert_successor(old, old.model_copy(update={"version": 2, "shipments": [*old.shipments, extra]}), True)
+    shipped = extra.model_copy(update={"status": ShipmentStatus.SHIPPED})
+    assert_successor(old, old.model_copy(update={"version": 2, "shipments": [*old.shipments, shipped]}), False)
+    left = an_order(order_status="partially_shipped", shipment_status="shipped")
+    assert_successor(left, left.model_copy(update={"version": 2, "shipments": []}), False)
+    assert_successor(old, old.model_copy(update={"version": 2, "shipments": []}), True)  # a pending one may go

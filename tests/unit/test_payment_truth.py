@@ -1,0 +1,434 @@
+"""Payment truth: a money operation is recorded only in the write that follows the gateway's
+approval, every failed attempt is in the history, transient failures are retried with the same
+idempotency key. Each operation (authorize, capture, void, refund) against a gateway that refuses,
+fails transiently and then answers, keeps failing, and times out; then the races."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from core import payment_keys
+from core.errors import (
+    Conflict,
+    InvalidTransition,
+    PaymentDeclined,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    RefundExceedsCaptured,
+    TransientError,
+)
+from core.models import LineInput, Order, OrderEdit
+from core.money import Money
+from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from tests.unit.world import World, before_the_next_write, build_world
+
+S, P = OrderStatus, PaymentStatus
+
+STOCK = [("TSHIRT", "wh-east", 10), ("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
+
+FAILURE_TYPES = {"payment_authorization_failed", "payment_capture_failed", "payment_void_failed",
+                 "payment_refund_failed"}  # fmt: skip
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def usd(amount: str) -> Money:
+    return Money(amount=amount, currency="USD")
+
+
+def failures(world: World, order_id: str) -> list[tuple[str, str, str, int]]:
+    """(type, operation, kind, attempt) of every failed gateway attempt in the order's history."""
+    return [
+        (h.type.value, h.detail["operation"], h.detail["kind"], h.detail["attempt"])
+        for h in world.history(order_id)
+        if h.type in FAILURE_TYPES
+    ]
+
+
+# Each scenario: the gateway's script, the failed attempts it leaves as (kind, attempt), and
+# whether the operation ends done, refused by the gateway, or with the gateway still unavailable.
+THREE_TRANSIENT = [("transient", 1), ("transient", 2), ("transient", 3)]
+SCENARIOS = [
+    pytest.param(["refuse"], [("refused", 1)], "refused", id="refuses"),
+    pytest.param(["transient", "approve"], [("transient", 1)], "done", id="fails-transiently-then-answers"),
+    pytest.param(["transient"], THREE_TRANSIENT, "unavailable", id="keeps-failing"),
+    pytest.param(["timeout", "timeout", "approve"], THREE_TRANSIENT[:2], "done", id="times-out-then-answers"),
+    pytest.param(["timeout"], THREE_TRANSIENT, "unavailable", id="keeps-timing-out"),
+]
+
+
+# --- Capture, at ship time ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("script", "failed", "ends"), SCENARIOS)
+def test_capture_at_ship(world, script, failed, ends):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", *script)
+
+    if ends == "done":
+        shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        assert shipped == world.order(order.id)
+        assert shipped.status is S.SHIPPED
+        assert shipped.payment.status is P.CAPTURED
+        assert shipped.payment.captured == shipped.totals.grand_total
+        assert world.spy.captured_total() == shipped.totals.grand_total.amount
+        assert world.level("TSHIRT", "wh-west") == (8, 0, 8)
+        assert shipped.version == order.version + 1  # failed attempts are history, not versions
+    else:
+        expected = PaymentRefused if ends == "refused" else PaymentGatewayUnavailable
+        with pytest.raises(expected) as raised:
+            world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        assert (
+            raised.value.code
+            == {"refused": "payment_gateway_error", "unavailable": "payment_gateway_unavailable"}[ends]
+        )
+        # Nothing moved: the shipment is pending, nothing captured, the units still reserved.
+        assert world.order(order.id) == order
+        assert world.order(order.id).shipments[0].status is ShipmentStatus.PENDING
+        assert world.order(order.id).payment.captured.amount == 0
+        assert world.spy.captured == []
+        assert world.level("TSHIRT", "wh-west") == (10, 2, 8)
+    assert failures(world, order.id) == [("payment_capture_failed", "capture", kind, n) for kind, n in failed]
+    entry = next(h for h in world.history(order.id) if h.type == "payment_capture_failed")
+    assert (entry.actor, entry.from_status, entry.to_status, entry.detail["shipment_id"]) == (
+        "key_wh", None, None, shipment.id,
+    )  # fmt: skip
+    assert entry.detail["message"]
+    key = payment_keys.capture(order.id, shipment.id)
+    assert set(world.gateway.keys("capture")) == {key}  # every retry is the same capture
+    assert len(world.gateway.keys("capture")) == len(failed) + (ends == "done")
+
+
+def test_a_refused_capture_names_the_refusal_and_repeating_the_ship_tries_again(world):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse", "approve")
+
+    with pytest.raises(PaymentRefused) as raised:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    assert "refused the capture" in raised.value.message
+    assert "scripted: capture refused" in raised.value.message
+
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED and shipped.payment.status is P.CAPTURED
+    assert world.gateway.keys("capture") == [payment_keys.capture(order.id, shipment.id)] * 2
+    assert [h.type for h in world.history(order.id)][-2:] == ["payment_capture_failed", "shipment_shipped"]
+
+
+def test_a_capture_declined_by_the_test_gateway_leaves_the_shipment_pending(world):
+    order = world.allocated(("TSHIRT", 2), token="tok_capture_decline")
+    (shipment,) = order.shipments
+
+    with pytest.raises(PaymentRefused) as raised:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert "tok_capture_decline" in raised.value.message
+    assert world.order(order.id) == order
+    assert failures(world, order.id) == [("payment_capture_failed", "capture", "refused", 1)]
+
+
+# --- Void, at cancel ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("script", "failed", "ends"), SCENARIOS)
+def test_void_at_cancel(world, script, failed, ends):
+    order = world.allocated(("TSHIRT", 2))
+    authorization = order.payment.authorization
+    world.gateway.script("void", *script)
+
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    # The cancel happened whatever the gateway said: status, stock released.
+    assert cancelled == world.order(order.id)
+    assert cancelled.status is S.CANCELLED
+    assert world.held() == {}
+    if ends == "done":
+        assert cancelled.payment.status is P.VOIDED
+        assert world.spy.voided == [authorization]
+        assert [h.type for h in world.history(order.id)][-1] == "payment_voided"
+    else:
+        assert cancelled.payment.status is P.AUTHORIZED  # honestly not released
+        assert world.spy.voided == []
+        assert [h.type for h in world.history(order.id)][-1] == "payment_void_failed"
+    assert failures(world, order.id) == [("payment_void_failed", "void", kind, n) for kind, n in failed]
+    assert set(world.gateway.keys("void")) == {payment_keys.void(authorization)}
+
+
+@pytest.mark.parametrize("first", ["refuse", "transient"])
+def test_cancelling_a_cancelled_order_again_retries_the_void(world, first):
+    order = world.allocated(("TSHIRT", 2))
+    world.gateway.script("void", first)
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert cancelled.payment.status is P.AUTHORIZED
+    world.gateway.script("void", "approve")
+
+    again = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert again == world.order(order.id)
+    assert (again.status, again.payment.status) == (S.CANCELLED, P.VOIDED)
+    assert again.version == cancelled.version + 1
+    assert world.spy.voided == [order.payment.authorization]
+    assert [h.type for h in world.history(order.id)].count("cancelled") == 1
+
+
+def test_a_void_declined_by_the_test_gateway_leaves_the_payment_authorized(world):
+    order = world.allocated(("TSHIRT", 2), token="tok_void_decline")
+
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.AUTHORIZED)
+    assert failures(world, order.id) == [("payment_void_failed", "void", "refused", 1)]
+
+
+def test_the_workflow_compensation_asks_to_be_retried_while_the_void_cannot_be_done(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.gateway.script("void", "transient")
+
+    with pytest.raises(TransientError) as raised:
+        world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+
+    assert type(raised.value) is TransientError  # what the CancelOrder task's Retry matches
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.CANCELLED, P.AUTHORIZED)
+    assert len(failures(world, order_id)) == 3
+
+    world.gateway.script("void", "approve")
+    world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")  # Step Functions' retry
+
+    assert world.order(order_id).payment.status is P.VOIDED
+    assert [h.type for h in world.history(order_id)].count("cancelled") == 1
+
+
+def test_a_refused_void_in_the_workflow_ends_cancelled_with_the_refusal_recorded(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.gateway.script("void", "refuse")
+
+    world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")  # no retry: a person decides
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.CANCELLED, P.AUTHORIZED)
+    assert failures(world, order_id) == [("payment_void_failed", "void", "refused", 1)]
+
+
+# --- Refund ---------------------------------------------------------------------------------------
+
+
+def shipped_order(world: World, *lines: tuple[str, int], token: str = "tok_approve") -> Order:
+    order = world.allocated(*(lines or (("TSHIRT", 2),)), token=token)
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    shipped = world.order(order.id)
+    assert shipped.payment.status is P.CAPTURED
+    return shipped
+
+
+@pytest.mark.parametrize(("script", "failed", "ends"), SCENARIOS)
+def test_refund(world, script, failed, ends):
+    order = shipped_order(world)
+    world.gateway.script("refund", *script)
+
+    if ends == "done":
+        refunded = world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
+        assert refunded == world.order(order.id)
+        assert refunded.payment.refunded == usd("5.00")
+        assert refunded.payment.status is P.PARTIALLY_REFUNDED
+        assert [r.id for r in refunded.payment.refunds] == ["ref_1"]
+        entry = world.history(order.id)[-1]
+        assert (entry.type, entry.actor, entry.detail["refund_id"], entry.detail["reason"]) == (
+            "payment_refunded", "key_cs", "ref_1", "goodwill",
+        )  # fmt: skip
+        assert [key for _, _, key in world.spy.refunded] == [payment_keys.refund(order.id, "ref_1")]
+    else:
+        expected = PaymentRefused if ends == "refused" else PaymentGatewayUnavailable
+        with pytest.raises(expected):
+            world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
+        assert world.order(order.id) == order
+        assert world.spy.refunded == []
+    assert failures(world, order.id) == [("payment_refund_failed", "refund", kind, n) for kind, n in failed]
+    assert set(world.gateway.keys("refund")) == {payment_keys.refund(order.id, "ref_1")}
+
+
+def test_a_refund_is_never_more_than_captured_minus_refunded_and_the_gateway_is_not_asked(world):
+    order = shipped_order(world)
+    captured = order.payment.captured
+
+    with pytest.raises(RefundExceedsCaptured) as raised:
+        world.actions.refund(order.id, "ref_1", captured + usd("0.01"), "too much", actor="key_cs")
+    assert raised.value.code == "refund_exceeds_captured"
+    world.actions.refund(order.id, "ref_2", captured - usd("1.00"), "most of it", actor="key_cs")
+    with pytest.raises(RefundExceedsCaptured):
+        world.actions.refund(order.id, "ref_3", usd("1.01"), "a cent too much", actor="key_cs")
+
+    done = world.actions.refund(order.id, "ref_4", usd("1.00"), "the rest", actor="key_cs")
+
+    assert done.payment.refunded == captured
+    assert done.payment.status is P.REFUNDED
+    assert world.gateway.keys("refund") == [payment_keys.refund(order.id, r) for r in ("ref_2", "ref_4")]
+
+
+def test_the_same_refund_twice_refunds_once(world):
+    order = shipped_order(world)
+
+    once = world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
+    twice = world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
+
+    assert twice == once == world.order(order.id)
+    assert twice.payment.refunded == usd("5.00")
+    assert len(world.spy.refunded) == 1
+
+
+def test_nothing_captured_means_nothing_to_refund(world):
+    order = world.allocated(("TSHIRT", 2))
+
+    with pytest.raises(InvalidTransition):
+        world.actions.refund(order.id, "ref_1", usd("1.00"), "early", actor="key_cs")
+
+    assert world.gateway.keys("refund") == []
+    assert world.order(order.id) == order
+
+
+def test_a_refund_declined_by_the_test_gateway_is_not_recorded(world):
+    order = shipped_order(world, token="tok_refund_decline")
+
+    with pytest.raises(PaymentRefused) as raised:
+        world.actions.refund(order.id, "ref_1", usd("1.00"), "goodwill", actor="key_cs")
+
+    assert "tok_refund_decline" in raised.value.message
+    assert world.order(order.id) == order
+
+
+# --- Authorize: the workflow's step and an edit's re-authorization ------------------------------
+
+
+@pytest.mark.parametrize("failure", ["transient", "timeout"])
+def test_a_failed_authorization_attempt_in_the_workflow_is_recorded_and_retried_with_the_same_key(world, failure):
+    order_id = world.place(("TSHIRT", 2))
+    world.gateway.script("authorize", failure, "approve")
+
+    with pytest.raises(TransientError) as raised:
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert type(raised.value) is TransientError
+    assert world.order(order_id).version == 1
+    world.workflow.authorize_payment(order_id, attempt=1)  # Step Functions' retry
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert failures(world, order_id) == [("payment_authorization_failed", "authorize", "transient", 1)]
+    assert world.gateway.keys("authorize") == [payment_keys.authorize(order_id, 1)] * 2
+
+
+def grow(world: World, order_id: str) -> Order:
+    five = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)])
+    return world.actions.edit(order_id, world.order(order_id).version, five, "key_web")
+
+
+@pytest.mark.parametrize(("script", "failed", "ends"), SCENARIOS)
+def test_reauthorization_at_edit(world, script, failed, ends):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    world.gateway.script("authorize", *script)
+
+    if ends == "done":
+        edited = grow(world, order_id)
+        assert edited.payment.authorized == edited.totals.grand_total
+        assert edited.payment.authorization != authorized.payment.authorization
+        assert world.spy.voided == [authorized.payment.authorization]  # the replaced one
+        assert [h.type for h in world.history(order_id)][-2:] == ["edited", "payment_voided"]
+        assert world.order(order_id).version == authorized.version + 1
+    else:
+        expected = Conflict if ends == "refused" else PaymentGatewayUnavailable
+        with pytest.raises(expected) as raised:
+            grow(world, order_id)
+        if ends == "refused":
+            assert raised.value.code == "payment_declined"
+        assert world.order(order_id) == authorized
+        assert world.spy.voided == []
+    assert failures(world, order_id) == [("payment_authorization_failed", "authorize", kind, n) for kind, n in failed]
+    assert set(world.gateway.keys("authorize")[1:]) == {payment_keys.authorize(order_id, authorized.version + 1)}
+
+
+def test_a_declined_authorization_is_not_retried(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.gateway.script("authorize", "refuse")
+
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    assert len(world.gateway.keys("authorize")) == 1
+
+
+# --- Races ----------------------------------------------------------------------------------------
+
+
+def test_a_capture_whose_record_loses_to_a_cancel_is_refunded_and_the_ship_refused(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    landed = before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order.id, "too late?", "key_web"))
+
+    with pytest.raises(InvalidTransition) as raised:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert landed and isinstance(raised.value, Conflict)  # 409
+    after = world.order(order.id)
+    assert after.status is S.CANCELLED
+    assert after.shipments[0].status is ShipmentStatus.PENDING
+    assert after.payment.captured.amount == 0  # never recorded as captured...
+    captured = world.spy.captured
+    assert [amount for _, amount, _ in captured] == [order.totals.grand_total]  # ...because it was given back
+    assert [(amount, key) for _, amount, key in world.spy.refunded] == [
+        (order.totals.grand_total, payment_keys.refund(order.id, shipment.id))
+    ]
+    reversed_ = world.history(order.id)[-1]
+    assert reversed_.type == "payment_capture_reversed"
+    assert reversed_.detail["shipment_id"] == shipment.id
+    assert reversed_.detail["capture_reference"] and reversed_.detail["refund_reference"]
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)  # released by the cancel, never shipped
+
+
+def test_two_ships_of_the_same_shipment_at_once_capture_once_and_refund_nothing(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    before_the_next_write(world, monkeypatch, lambda: world.actions.ship(order.id, shipment.id, None, "key_wh"))
+
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert shipped == world.order(order.id)
+    assert shipped.status is S.SHIPPED
+    assert len(world.spy.captured) == 1
+    assert world.spy.refunded == []
+    assert [h.type for h in world.history(order.id)].count("shipment_shipped") == 1
+    assert world.level("TSHIRT", "wh-west") == (8, 0, 8)
+
+
+@pytest.mark.parametrize("first", ["wh-west", "wh-east"])
+def test_two_parcels_shipped_at_once_still_capture_the_grand_total_exactly(world, monkeypatch, first):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    other = "wh-east" if first == "wh-west" else "wh-west"
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.ship(order.id, world.shipment_at(order, other), None, "key_wh")
+    )
+
+    world.actions.ship(order.id, world.shipment_at(order, first), None, actor="key_wh")
+
+    done = world.order(order.id)
+    assert done.status is S.SHIPPED
+    assert done.payment.status is P.CAPTURED
+    assert world.spy.captured_total() == done.totals.grand_total.amount == done.payment.captured.amount
+    assert all(amount.amount > Decimal(0) for _, amount, _ in world.spy.captured)
+
+
+def test_idempotency_keys_keep_the_shapes_gateways_already_hold():
+    assert payment_keys.authorize("ord_1", 3) == "ord_1:authorize:v3"
+    assert payment_keys.capture("ord_1", "shp_1") == "ord_1:shp_1:capture"
+    assert payment_keys.void("auth_0123") == "auth_0123:void"
+    assert payment_keys.refund("ord_1", "ref_1") == "ord_1:refund:ref_1"
