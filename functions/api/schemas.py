@@ -39,6 +39,9 @@ _DESCRIPTIONS = {
     428: "If-Match is required",
     422: "Validation failed",
     429: "Throttled",
+    502: "The payment gateway refused the operation (`payment_gateway_error`): nothing was recorded as done",
+    503: "The payment gateway kept failing (`payment_gateway_unavailable`): nothing was recorded as done; "
+    "repeat the request after Retry-After",
 }
 
 

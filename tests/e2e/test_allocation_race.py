@@ -130,8 +130,9 @@ def test_thirty_orders_for_five_units_allocate_exactly_five(stack: EmbeddedStack
         for order in cancelled:
             assert order["payment"]["status"] == "voided", order["payment"]
             assert order["allocations"] == [] and order["shipments"] == []
-            last = api.get(f"/orders/{order['id']}/history").json()["items"][-1]
+            *_, last, voided = api.get(f"/orders/{order['id']}/history").json()["items"]
             assert (last["type"], last["actor"], last["detail"]["reason"]) == ("cancelled", "workflow", "out_of_stock")
+            assert voided["type"] == "payment_voided"
         for order in allocated:
             assert order["payment"]["status"] == "authorized"
             [shipment] = order["shipments"]

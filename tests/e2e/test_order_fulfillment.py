@@ -214,6 +214,33 @@ def test_shipping_twice_answers_200_and_changes_nothing(api: Api, network: dict[
     assert [e["type"] for e in history(api, order["id"])].count("shipment_shipped") == 1
 
 
+def test_a_capture_the_gateway_refuses_answers_502_and_the_shipment_stays_pending(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    sku = catalog.product("8.00")
+    catalog.stock(sku, network["west"], 3)
+    body = order_body((sku, 1), payment={"method": "test", "token": "tok_capture_decline"})
+    order = allocated_order(stack, api, body)
+    [shipment] = order["shipments"]
+
+    response = ship(api, order["id"], shipment["id"])
+
+    error = assert_error(response, 502, "payment_gateway_error")
+    assert "refused the capture" in error["message"] and "tok_capture_decline" in error["message"]
+    after = get_order(api, order["id"])
+    assert after == order  # not shipped, nothing captured, the same version
+    assert after["shipments"][0]["status"] == "pending"
+    assert after["payment"]["status"] == "authorized" and dec(after["payment"]["captured"]) == 0
+    assert level(api, sku, network["west"]) == {"on_hand": 3, "reserved": 1, "available": 2}
+    failed = history(api, order["id"])[-1]
+    assert (failed["type"], failed["to_status"]) == ("payment_capture_failed", None)
+    assert (failed["detail"]["kind"], failed["detail"]["shipment_id"]) == ("refused", shipment["id"])
+    # The order can still be cancelled: the stock goes back and the authorization is voided.
+    cancelled = cancel(api, order["id"])
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["payment"]["status"] == "voided"
+
+
 def test_delivering_every_shipment_delivers_the_order(api: Api, split_order: dict[str, Any]):
     order_id = split_order["order"]["id"]
     west_id, east_id = split_order["west"]["id"], split_order["east"]["id"]
@@ -281,11 +308,12 @@ def test_cancelling_before_shipping_releases_the_stock_and_voids_the_payment(
     assert cancelled["status"] == "cancelled"
     assert cancelled["payment"]["status"] == "voided"
     assert dec(cancelled["payment"]["captured"]) == 0
-    assert cancelled["version"] == order["version"] + 1
+    assert cancelled["version"] == order["version"] + 2  # the cancel, then the void the gateway approved
     assert level(api, west_sku, network["west"]) == {"on_hand": 10, "reserved": 0, "available": 10}
     assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 0, "available": 10}
-    entry = history(api, order["id"])[-1]
+    entry, voided = history(api, order["id"])[-2:]
     assert (entry["type"], entry["from_status"], entry["to_status"]) == ("cancelled", "allocated", "cancelled")
+    assert voided["type"] == "payment_voided"
     assert entry["actor"] == "key_admin"
     assert entry["detail"]["reason"] == "customer asked"
     # A cancelled order cannot ship.

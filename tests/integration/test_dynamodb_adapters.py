@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
 from core.plugin_manager import build_plugin_manager
 from core.ports import OrderFilter
@@ -136,6 +136,31 @@ def test_a_second_order_with_the_same_id_is_refused_and_the_first_is_untouched(c
     assert orders.get(first.id).version == 1
     _, history = orders.history(first.id)
     assert [h.actor for h in history] == ["a"]
+
+
+def test_an_update_to_a_status_its_table_does_not_allow_is_refused_before_the_write(capture, orders):
+    placed = capture.place(place_order(), actor="a")
+    entry = HistoryEntry(at=NOW, type="shipment_shipped", to_status=OrderStatus.SHIPPED, actor="buggy")
+    jumped = placed.model_copy(update={"status": OrderStatus.SHIPPED, "version": 2})  # pending -> shipped
+    misspelt = placed.model_copy(update={"payment": placed.payment.model_copy(update={"status": "captued"}),
+                                         "version": 2})  # fmt: skip
+
+    for bad in (jumped, misspelt):
+        with pytest.raises(InvalidTransition):
+            orders.update(bad, placed, [entry])
+
+    assert orders.get(placed.id) == placed
+    assert [h.actor for h in orders.history(placed.id)[1]] == ["a"]
+
+
+def test_an_update_that_only_appends_history_keeps_the_version(capture, orders):
+    placed = capture.place(place_order(), actor="a")
+    noted = HistoryEntry(at=NOW, type="payment_capture_failed", actor="b", detail={"kind": "transient"})
+
+    orders.update(placed, placed, [noted])
+
+    assert orders.get(placed.id) == placed
+    assert [h.type for h in orders.history(placed.id)[1]] == ["created", "payment_capture_failed"]
 
 
 def test_lists_are_newest_first_and_pages_chain_to_the_end(capture, orders):

@@ -10,8 +10,12 @@ import pytest
 
 from core import hookimpl
 from core.access import hash_secret
+from core.models import HistoryEntry, Order, Payment, Shipment, ShipmentLine, Totals
 from core.pricing_types import TaxRate
+from core.status import OrderStatus, PaymentStatus
+from core.workflow_types import PaymentResult
 from infra.local.template import Template
+from tests.unit.conftest import a_stored_order, usd
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -102,6 +106,82 @@ def test_a_broken_plugin_is_a_clear_error_and_stores_nothing(seeded, aws, plugin
     assert body["error"]["code"] == "plugin_error"
     assert "Traceback" not in json.dumps(body)
     assert aws.dynamodb.scan(TableName=aws.tables["OrdersTable"])["Count"] == 0
+
+
+class GatewayTimesOut:
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self, idempotency_key):
+        raise TimeoutError("read timed out")
+
+
+class GatewayRefuses:
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self, idempotency_key):
+        return PaymentResult(outcome="declined", reference="cap_refused", message="insufficient funds")
+
+
+ORDER_ID, SHIPMENT_ID = "ord_" + "b" * 24, "shp_" + "c" * 24
+
+
+def an_allocated_order(aws) -> Order:
+    """Stored as the workflow leaves it: authorized for 10.00, one pending shipment."""
+    from functions.adapters.dynamodb import DynamoOrders
+
+    ten, zero = usd("10.00"), usd("0.00")
+    order = a_stored_order(
+        ("TSHIRT-BLK-M", 1), id=ORDER_ID, status=OrderStatus.ALLOCATED,
+        totals=Totals(subtotal=ten, discount=zero, shipping=zero, tax=zero, grand_total=ten),
+        payment=Payment(method="test", status=PaymentStatus.AUTHORIZED, authorized=ten, captured=zero,
+                        refunded=zero, authorization="auth_" + "0" * 20),
+        shipments=[Shipment(id=SHIPMENT_ID, location_id="wh-east", lines=[ShipmentLine(line_id="L1", quantity=1)],
+                            carrier="OMS Flat Rate", service="Ground")],
+    )  # fmt: skip
+    created = HistoryEntry(at=order.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
+    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(order, created, payment_token="tok_approve")
+    return order
+
+
+def ship_event(order_id: str, shipment_id: str) -> dict:
+    evt = event("api_get_order.json")
+    resource = "/orders/{order_id}/shipments/{shipment_id}/ship"
+    path = resource.format(order_id=order_id, shipment_id=shipment_id)
+    evt.update(resource=resource, path=path, httpMethod="POST", body="{}",
+               pathParameters={"order_id": order_id, "shipment_id": shipment_id})  # fmt: skip
+    evt["requestContext"].update(resourcePath=resource, httpMethod="POST", path=f"/v1{path}")
+    return evt
+
+
+@pytest.mark.parametrize(
+    ("gateway", "status", "code", "attempts"),
+    [(GatewayTimesOut(), 503, "payment_gateway_unavailable", 3), (GatewayRefuses(), 502, "payment_gateway_error", 1)],
+)
+def test_a_capture_the_gateway_will_not_do_answers_a_gateway_error_and_ships_nothing(aws, gateway, status, code,
+                                                                                      attempts):  # fmt: skip
+    from functions.api.app import lambda_handler
+    from functions.bootstrap import container
+
+    order = an_allocated_order(aws)
+    plugins = container().plugins
+    plugins.register(gateway)
+    try:
+        response = lambda_handler(ship_event(ORDER_ID, SHIPMENT_ID), Context())
+    finally:
+        plugins.unregister(gateway)
+
+    body = json.loads(response["body"])
+    assert response["statusCode"] == status, body
+    assert body["error"]["code"] == code
+    headers = {**response.get("headers", {}), **response.get("multiValueHeaders", {})}
+    assert ("Retry-After" in headers) is (status == 503)
+    assert "Traceback" not in response["body"]
+    status, stored = api(event("api_get_order.json") | {"path": f"/orders/{ORDER_ID}",
+                                                        "pathParameters": {"order_id": ORDER_ID}})  # fmt: skip
+    assert status == 200
+    assert Order.model_validate(stored) == order
+    assert stored["shipments"][0]["status"] == "pending"
+    assert stored["payment"]["status"] == "authorized" and stored["payment"]["captured"]["amount"] == "0.00"
+    history = container().orders.history(ORDER_ID)
+    assert [h.type for h in history] == ["created"] + ["payment_capture_failed"] * attempts
 
 
 def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):

@@ -227,8 +227,11 @@ def assert_compensated(api: Api, order_id: str, start: dict[tuple[str, str], tup
         assert payment["status"] == "voided", payment
     else:
         assert payment["status"] != "authorized", payment
-    last = history(api, order_id)[-1]
+    entries = history(api, order_id)
+    last = next(e for e in reversed(entries) if e["type"] == "cancelled")
     assert (last["type"], last["to_status"], last["actor"]) == ("cancelled", "cancelled", "workflow")
+    if payment["status"] == "voided":  # recorded after the cancel, in the write that follows the gateway's yes
+        assert entries[-1]["type"] == "payment_voided"
     return order, last
 
 
@@ -332,7 +335,7 @@ def test_a_task_that_crashes_after_its_work_is_compensated_too(
     assert order["payment"]["status"] == "voided"  # it was authorized: the void gave it back
     assert entry["detail"]["reason"] == "workflow_error"
     types = [e["type"] for e in history(api, order_id)]
-    assert types[-1] == "cancelled" and types.count("payment_authorized") == 1
+    assert types[-2:] == ["cancelled", "payment_voided"] and types.count("payment_authorized") == 1
 
 
 def test_create_shipments_failing_after_the_reservation_releases_it_and_voids(
@@ -358,6 +361,7 @@ def test_create_shipments_failing_after_the_reservation_releases_it_and_voids(
         "payment_authorized",
         "stock_reserved",
         "cancelled",
+        "payment_voided",
     ]
     # The units are free again: the next order gets them.
     next_order = place(api, order_body((skus[0], 5)))
@@ -552,8 +556,11 @@ def test_an_order_cancelled_while_its_workflow_runs_is_left_closed_and_voided(
     order = get_order(api, order_id)
     assert order["status"] == "cancelled" and order["payment"]["status"] == "voided"
     assert inventory(api, *skus) == stocked["start"]
-    last = history(api, order_id)[-1]
-    assert (last["type"], last["actor"], last["detail"]["reason"]) == ("cancelled", "key_admin", "customer cancelled")
+    cancelled, voided = history(api, order_id)[-2:]
+    assert (cancelled["type"], cancelled["actor"], cancelled["detail"]["reason"]) == (
+        "cancelled", "key_admin", "customer cancelled",
+    )  # fmt: skip
+    assert (voided["type"], voided["actor"]) == ("payment_voided", "key_admin")
 
 
 def _edit_while_authorized(api: Api, order_id: str, lines: list[dict[str, Any]]) -> Fault:

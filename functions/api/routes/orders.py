@@ -115,7 +115,10 @@ IfMatch = Annotated[
 @router.patch(
     "/orders/<order_id>",
     summary="Edit lines, address or shipping method before allocation",
-    responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428)},
+    description="An authorized order whose total grows is authorized again for the new total first: a declined "
+    "re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either way the order is unchanged "
+    "and the failed attempts are in its history.",
+    responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
 )
 @requires(Scope.ORDERS_WRITE)
 def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None) -> Order:
@@ -134,7 +137,13 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
 @router.post(
     "/orders/<order_id>/cancel",
     summary="Cancel an order that has not shipped",
-    responses={**ok(200, Order, "The order, cancelled"), **errors(400, 403, 404, 409, 413)},
+    description="The cancel is recorded, its reservations released, then its authorization voided. A void the "
+    "gateway refuses or cannot do now still answers 200: the order is `cancelled`, its `payment.status` stays "
+    "`authorized` and the history has a `payment_void_failed` entry per attempt. Cancelling again retries the void.",
+    responses={
+        **ok(200, Order, "The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
+        **errors(400, 403, 404, 409, 413),
+    },
 )
 @requires(Scope.ORDERS_WRITE)
 def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
@@ -145,7 +154,12 @@ def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/ship",
     summary="Confirm a shipment left: its units leave stock and its share of the payment is captured",
-    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+    description="The capture comes first, retried within the request while the gateway fails transiently. A "
+    "refused capture is 502 `payment_gateway_error`, a gateway that keeps failing 503 `payment_gateway_unavailable` "
+    "with Retry-After: the shipment stays `pending`, nothing is captured or moved, each failed attempt is in the "
+    "history, and repeating the call tries again with the same idempotency key. A capture whose shipment was "
+    "cancelled meanwhile is refunded at once (409).",
+    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def ship_shipment(
