@@ -9,6 +9,7 @@ twice changes nothing: Express workflows and stream retries run things at least 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import defaultdict
@@ -52,8 +53,6 @@ STEP_RESULTS: dict[str, OrderStatus | None] = {
 }
 
 CANCELLABLE = frozenset(s for s in OrderStatus if can_transition(s, S.CANCELLED))
-
-__all__ = ["CANCELLABLE", "STEP_RESULTS", "WORKFLOW_ACTOR", "Workflow", "reservation_key"]
 
 
 def eligible_locations(order_fulfillment_type: str, pickup_id: str | None, locations: list[Location]) -> list[Location]:
@@ -125,10 +124,12 @@ class Workflow:
         try:
             result = self._payments.authorize(order.payment.method, token, amount, order_id, attempt, key=key)
         except TransientError as error:
-            # One attempt per task run: Step Functions retries the task (attempt 1, 2, ...).
-            self._recorder(order_id, amount=amount.model_dump(mode="json"))(
-                Failure("authorize", attempt + 1, "transient", error.message)
-            )
+            # One attempt per task run: Step Functions retries the task (attempt 1, 2, ...), and
+            # only a TransientError by that class name; a record that keeps losing races too.
+            with contextlib.suppress(StaleVersion):
+                self._recorder(order_id, amount=amount.model_dump(mode="json"))(
+                    Failure("authorize", attempt + 1, "transient", error.message)
+                )
             raise TransientError(error.message) from None
         new, entry = order.authorize(amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:
