@@ -432,3 +432,22 @@ def test_idempotency_keys_keep_the_shapes_gateways_already_hold():
     assert payment_keys.capture("ord_1", "shp_1") == "ord_1:shp_1:capture"
     assert payment_keys.void("auth_0123") == "auth_0123:void"
     assert payment_keys.refund("ord_1", "ref_1") == "ord_1:refund:ref_1"
+
+
+def test_a_reversal_the_gateway_refuses_is_left_in_the_history_for_an_operator(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("refund", "refuse")
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order.id, "too late?", "key_web"))
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    after = world.order(order.id)
+    assert after.status is S.CANCELLED and after.payment.captured.amount == 0
+    assert world.spy.refunded == []
+    failed = world.history(order.id)[-1]
+    assert (failed.type, failed.detail["kind"], failed.detail["shipment_id"]) == (
+        "payment_refund_failed", "refused", shipment.id,
+    )  # fmt: skip
+    assert failed.detail["capture_reference"]  # what the operator refunds by hand
