@@ -374,8 +374,10 @@ def test_nonsense_discounts_are_a_plugin_error(plugins, answer, problem):
 
 @pytest.mark.parametrize(
     ("answer", "problem"),
-    [(0.1, "float"), (Decimal("0.1"), "Decimal"), ({"rate": "0.1"}, "dict")]
-    + [
+    [
+        (0.1, "float"),
+        (Decimal("0.1"), "Decimal"),
+        ({"rate": "0.1"}, "dict"),
         (TaxRate.model_construct(rate=Decimal("0.1"), name=""), "name"),
         (TaxRate.model_construct(rate=Decimal("0.1"), name=None), "name"),
         (TaxRate.model_construct(rate=Decimal("0.1"), name="x" * 101), "name"),
