@@ -157,7 +157,7 @@ def _label_content(
         ("F2", 12, f"SERVICE: {service.upper()}"),
         ("F2", 12, f"TRACKING #: {tracking}"),
         None,
-        ("F1", 7, f"Reference: {shipment_reference(order.id, shipment_id)}"),
+        ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),  # what tracking events echo
         ("F1", 8, f"Weight: {_weight(weight_grams)}"),
         ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
         *[("F1", 8, text) for text in _content_lines(order, lines)],

@@ -340,7 +340,7 @@ def flat_rate_event(shipment_id: str = "shp_01HZX7", **overrides) -> dict:
 
 
 def test_the_label_carries_the_reference_a_tracking_event_echoes():
-    assert b"Reference: ord_01HZX/shp_01HZX7" in ship(shipment_id="shp_01HZX7").label
+    assert b"Ref: ord_01HZX/shp_01HZX7" in ship(shipment_id="shp_01HZX7").label
 
 
 def test_a_tracking_webhook_reads_as_updates_of_the_shipments_it_references():
