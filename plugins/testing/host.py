@@ -27,6 +27,7 @@ from core.money import Money
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing import PricedOrder, Pricing
+from core.status import OrderStatus
 from core.tracking import CarrierTracking
 from core.workflow import Workflow
 from core.workflow_types import PaymentResult, TrackingUpdate
@@ -112,6 +113,8 @@ class PluginHost:
         reserves it. Returns the stored order with its `allocations`; the plan's reasons are in
         `host.orders.histories[order.id]`. Raises core.errors.OutOfStock when no plugin can source
         it, PluginError when a plan is not acceptable, as the workflow would."""
+        if order.status is not OrderStatus.AUTHORIZED or order.allocations:
+            raise ValueError("source() takes an authorized order that is not sourced yet, as the workflow does")
         self._store(order, locations)
         for level in stock:
             self.inventory.put_level(level)
@@ -123,6 +126,8 @@ class PluginHost:
         e.g. from builders.sourced_from): the carrier plugins book one shipment per location, the
         OMS checks each answer and stores the labels (`host.labels.labels` by shipment id).
         Returns the stored order, allocated, with its `shipments`."""
+        if order.status is not OrderStatus.AUTHORIZED or not order.allocations:
+            raise ValueError("book_shipments() takes an authorized order with allocations (see sourced_from)")
         self._store(order, locations)
         for product in products:
             self.catalog.put_product(product)

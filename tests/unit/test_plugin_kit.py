@@ -219,6 +219,18 @@ def test_a_plan_the_oms_would_refuse_fails_the_same_way():
         plugin_host(nearest_sourcing).source(an_order(("MUG-1", 9)), [EAST], [a_stock_level("MUG-1", "wh-east", 5)])
 
 
+def test_an_order_the_step_would_not_take_is_a_mistake_in_the_test():
+    host = plugin_host(nearest_sourcing, flat_rate_carrier)
+    stock = [a_stock_level("MUG-1", "wh-east", 5)]
+
+    with pytest.raises(ValueError, match="authorized"):
+        host.source(an_order(status=OrderStatus.PENDING), [EAST], stock)
+    with pytest.raises(ValueError, match="not sourced yet"):
+        host.source(sourced_from(an_order(), "wh-east"), [EAST], stock)
+    with pytest.raises(ValueError, match="with allocations"):
+        host.book_shipments(an_order(), [EAST], [a_product()])
+
+
 def test_booking_runs_the_workflows_create_shipments_step_and_stores_the_label():
     host = plugin_host(flat_rate_carrier)
     order = sourced_from(an_order(("MUG-1", 2)), "wh-east")

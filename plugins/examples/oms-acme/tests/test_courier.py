@@ -53,14 +53,13 @@ def test_orders_elsewhere_are_not_offered_acme(oms_host):
 # --- Book -------------------------------------------------------------------------------------------
 
 
-def acme_order(**fields):
-    order = an_order(("KETTLE", 1), unit_price="30.00", currency="GBP", shipping_address=GB, **fields)
-    return sourced_from(order, "wh-leeds")
+def gb_stored_order(shipping_method):
+    return an_order(("KETTLE", 1), unit_price="30.00", currency="GBP", shipping_address=GB,
+                    shipping_method=shipping_method)  # fmt: skip
 
 
 def test_acme_books_its_own_method_from_the_origin_sourcing_chose(oms_host):
-    sourced = oms_host.source(acme_order(shipping_method="acme_next_day").model_copy(update={"allocations": []}),
-                              [LEEDS], [a_stock_level("KETTLE", "wh-leeds", 4)])  # fmt: skip
+    sourced = oms_host.source(gb_stored_order("acme_next_day"), [LEEDS], [a_stock_level("KETTLE", "wh-leeds", 4)])
 
     booked = oms_host.book_shipments(sourced, [LEEDS], [KETTLE])
 
@@ -73,7 +72,7 @@ def test_acme_books_its_own_method_from_the_origin_sourcing_chose(oms_host):
 
 
 def test_any_other_method_is_booked_by_the_next_carrier(oms_host):
-    booked = oms_host.book_shipments(acme_order(shipping_method="standard"), [LEEDS], [KETTLE])
+    booked = oms_host.book_shipments(sourced_from(gb_stored_order("standard"), "wh-leeds"), [LEEDS], [KETTLE])
 
     assert [s.carrier for s in booked.shipments] == ["OMS Flat Rate"]
 
