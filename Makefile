@@ -11,9 +11,14 @@ $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The example plugin package is installed the way a plugin author installs theirs: its tests run
+# in `make test`, and the OMS runs with it loaded (it answers only for its own methods and attributes).
+EXAMPLE := plugins/examples/oms-acme
+
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e $(EXAMPLE)
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -29,6 +34,7 @@ check-template: $(STAMP)
 
 test: lint check-template
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest $(EXAMPLE)/tests
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from core import hookspec
 from core.models import Address, Customer, Location, Order, Product, ShipmentLine, StockLevel
 from core.money import Money
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
-from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan
+from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan, TrackingUpdate
 
 # --- Pricing --------------------------------------------------------------------------------
 
@@ -63,6 +65,12 @@ def oms_shipping_quotes(draft: PricingDraft, address: Address) -> list[ShippingQ
 
     Every plugin is called. The client picks one by `shipping_method`; without one the core takes
     `standard` if offered, else the cheapest quote. Pickup orders are not quoted.
+
+    The origin is not known here, by design: the order is priced when it is placed, and sourcing
+    chooses the location(s) it ships from only after payment is authorized (one order may ship
+    from several). A quote that depends on the origin must assume one (e.g. the warehouse nearest
+    `address`); the carrier learns the real one when it books (`oms_carrier_create_shipment`'s
+    `origin`), and any difference in cost is the shop's, not the customer's.
     """
 
 
@@ -179,7 +187,32 @@ def oms_carrier_create_shipment(
     :param weight_grams: the parcel's weight from the products' `weight_grams`.
     :return: a CarrierShipment (carrier, service, tracking number, label document), or None.
 
-    Stops at first non-None result. No answer fails the step (the order ends cancelled).
+    Stops at first non-None result. No answer fails the step (the order ends cancelled). Book with
+    `core.tracking.shipment_reference(order.id, shipment_id)` as the carrier's reference, so its
+    tracking webhooks name the shipment (see oms_carrier_tracking_update).
+    """
+
+
+@hookspec(firstresult=True)
+def oms_carrier_tracking_update(
+    carrier: str, payload: Any, headers: dict[str, str], body: str
+) -> list[TrackingUpdate] | None:
+    """Read a carrier's tracking webhook, posted to `POST /carriers/{carrier}/tracking`.
+
+    :param carrier: the `{carrier}` of the path: the name your plugin answers for (the built-in
+        flat-rate carrier's is `oms-flat-rate`); return None for any other.
+    :param payload: the request body, parsed from JSON (an object or an array).
+    :param headers: the request headers, names in lower case, without `authorization` (the
+        caller's API key is not the plugin's business).
+    :param body: the raw body exactly as received, to check a signature the carrier computed over it.
+    :return: the webhook's updates (possibly empty), each naming its shipment by the order and
+        shipment ids read back from the booking's reference (core.tracking.parse_shipment_reference);
+        or None when `carrier` is not yours (404 when no plugin answers).
+
+    Stops at first non-None result. The OMS marks each `delivered` shipment delivered (idempotent:
+    a repeated webhook changes nothing) and stores no `in_transit` update. Raise
+    core.errors.InvalidRequest for a body your carrier would not send (422) and
+    core.errors.TransientError when you cannot read it now (503: the carrier sends it again).
     """
 
 

@@ -310,6 +310,22 @@ class Address(Strict):
 
 # --- Catalog and network -------------------------------------------------------------------
 
+# Product attributes are bounded so a product stays one small item and a plugin can rely on
+# their shape: lower-case keys (a plugin namespaces its own with a dot: "acme.tax_class").
+MAX_ATTRIBUTES = 50
+MAX_ATTRIBUTE_LENGTH = 500
+ATTRIBUTE_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+AttributeKey = Annotated[str, StringConstraints(pattern=ATTRIBUTE_KEY_PATTERN)]
+AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_LENGTH), Field(strict=True)]
+ProductAttributes = Annotated[
+    dict[AttributeKey, AttributeValue],
+    Field(
+        max_length=MAX_ATTRIBUTES,
+        # patternProperties alone would let a schema-driven client send any other key.
+        json_schema_extra={"additionalProperties": False, "propertyNames": {"pattern": ATTRIBUTE_KEY_PATTERN}},
+    ),
+]
+
 
 class ProductInput(Strict):
     name: Text
@@ -325,6 +341,11 @@ class ProductInput(Strict):
     weight_grams: Annotated[int, Field(ge=0, le=10_000_000, strict=True)] | None = None
     tax_code: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
     allow_backorder: Annotated[bool, Field(strict=True)] = False
+    attributes: ProductAttributes = Field(
+        default_factory=dict,
+        description='Free string attributes that plugins read, e.g. {"acme.tax_class": "books"}: at most 50 '
+        "lower-case keys (letters, digits, _ . -; up to 64 characters), string values up to 500 characters.",
+    )
 
 
 class Product(ProductInput):
@@ -441,6 +462,14 @@ class PlaceOrder(Strict):
 # --- Orders: what the OMS keeps -------------------------------------------------------------
 
 
+class LineTaxRate(BaseModel):
+    """The tax rate a plugin applied to a line (its `TaxRate` answer), kept so an invoice can
+    print what was charged and why."""
+
+    rate: Decimal = Field(ge=0, le=1, description='A decimal string from "0" to "1", e.g. "0.0725"')
+    name: str = Field(min_length=1, max_length=100, description='What an invoice prints, e.g. "US-CA standard"')
+
+
 class OrderLine(BaseModel):
     line_id: str
     sku: str
@@ -448,6 +477,8 @@ class OrderLine(BaseModel):
     unit_price: Money
     discount: Money
     tax: Money
+    # None: no tax plugin answered, so the line is untaxed (unlike a zero rate, which is a rate).
+    tax_rate: LineTaxRate | None = None
     total: Money
 
 

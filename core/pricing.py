@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from core.errors import InvalidRequest, PluginError
-from core.models import Address, OrderLine, PlaceOrder, Product, Totals
+from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, Totals
 from core.money import Money, quantum
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 
@@ -136,9 +136,10 @@ class Pricing:
                 unit_price=d.unit_price,
                 discount=line_discounts[d.line_id],
                 tax=tax,
+                tax_rate=tax_rate,
                 total=d.subtotal - line_discounts[d.line_id] + tax,
             )
-            for d, tax in zip(draft_lines, taxes, strict=True)
+            for d, (tax, tax_rate) in zip(draft_lines, taxes, strict=True)
         ]
         zero = Money.zero(currency)
         subtotal = sum((d.subtotal for d in draft_lines), zero)
@@ -185,16 +186,20 @@ class Pricing:
         capped = {line_id: min(per_line[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in per_line}
         return capped, free_shipping
 
-    def _tax(self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft) -> Money:
+    def _tax(
+        self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft
+    ) -> tuple[Money, LineTaxRate | None]:
         rate = _call(self._hook.oms_tax_rate, "oms_tax_rate", line=line, address=address, draft=draft)
         if rate is None:
-            return Money.zero(draft.currency)
+            return Money.zero(draft.currency), None
         if not isinstance(rate, TaxRate):
             raise PluginError(f"oms_tax_rate returned {type(rate).__name__}, expected TaxRate")
         # Checked again here: a plugin may build its answer without validation (model_construct).
         if not isinstance(rate.rate, Decimal) or not Decimal(0) <= rate.rate <= Decimal(1):
             raise PluginError(f"oms_tax_rate returned rate {rate.rate!r}, expected a Decimal from 0 to 1")
-        return (line.subtotal - discount).times(rate.rate)
+        if not isinstance(rate.name, str) or not 1 <= len(rate.name) <= 100:
+            raise PluginError("oms_tax_rate returned a TaxRate without a name of 1 to 100 characters")
+        return (line.subtotal - discount).times(rate.rate), LineTaxRate(rate=rate.rate, name=rate.name)
 
     def _shipping(self, draft: PricingDraft, free_shipping: bool) -> tuple[str, Money]:
         zero = Money.zero(draft.currency)

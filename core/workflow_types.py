@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from core.models import Allocation
 
@@ -39,3 +39,17 @@ class CarrierShipment(BaseModel):
     tracking_number: str = Field(min_length=4, max_length=60)
     label: bytes = Field(min_length=1, max_length=5_000_000)
     label_content_type: Literal["application/pdf", "image/png"] = "application/pdf"
+
+
+class TrackingUpdate(BaseModel):
+    """One tracking event a carrier plugin read from its webhook: which shipment, what happened
+    and when. `order_id` and `shipment_id` come from the booking's reference, which the carrier
+    echoes (see core.tracking.shipment_reference)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str = Field(min_length=1, max_length=64)
+    shipment_id: str = Field(min_length=1, max_length=64)
+    status: Literal["in_transit", "delivered"]
+    at: AwareDatetime
+    description: str = Field(default="", max_length=500)

@@ -16,17 +16,35 @@ whose numbers nobody looks up; a real carrier issues unique ones.
 
 Services by the order's `shipping_method`: standard and ground → "Ground", express → "Express",
 pickup (or a pickup order) → "Store pickup", anything else title-cased ("two_day" → "Two Day").
+
+Tracking: the label prints the booking's reference ("ord_…/shp_…", core.tracking.shipment_reference).
+Whoever scans the parcel (a courier app, a relay, a person) posts to
+`POST /carriers/oms-flat-rate/tracking`:
+
+    {"events": [{"reference": "ord_…/shp_…", "tracking_number": "OMS…",
+                 "status": "in_transit" | "delivered", "at": "2026-11-22T12:00:00Z",
+                 "description": "Left with the concierge"}]}
+
+`description` is optional. Each event's tracking number must be the one this carrier gave that
+shipment, so an event pasted onto the wrong reference is refused (422) rather than delivering
+someone else's parcel.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from core import hookimpl
+from core.errors import InvalidRequest, field_path
 from core.models import Address, Location, Order, ShipmentLine
-from core.workflow_types import CarrierShipment
+from core.tracking import parse_shipment_reference, shipment_reference
+from core.workflow_types import CarrierShipment, TrackingUpdate
 
 CARRIER = "OMS Flat Rate"
+TRACKING_CARRIER = "oms-flat-rate"  # the {carrier} of POST /carriers/{carrier}/tracking
 TRACKING_PREFIX = "OMS"
 TRACKING_BODY_DIGITS = 12
 
@@ -139,8 +157,7 @@ def _label_content(
         ("F2", 12, f"SERVICE: {service.upper()}"),
         ("F2", 12, f"TRACKING #: {tracking}"),
         None,
-        ("F1", 8, f"Shipment: {shipment_id}"),
-        ("F1", 8, f"Order: {order.id}"),
+        ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),  # what tracking events echo
         ("F1", 8, f"Weight: {_weight(weight_grams)}"),
         ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
         *[("F1", 8, text) for text in _content_lines(order, lines)],
@@ -203,3 +220,57 @@ def oms_carrier_create_shipment(
         label=pdf_document(content, title=f"Shipping label {tracking}"),
         label_content_type="application/pdf",
     )
+
+
+# --- Tracking ---------------------------------------------------------------------------------
+
+
+class TrackingEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reference: Annotated[str, StringConstraints(min_length=3, max_length=130)]
+    tracking_number: Annotated[str, StringConstraints(min_length=4, max_length=60)]
+    status: Literal["in_transit", "delivered"]
+    at: AwareDatetime
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class TrackingWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[list[TrackingEvent], Field(max_length=100)]
+
+
+def tracking_updates(payload: Any) -> list[TrackingUpdate]:
+    """The updates of one webhook body; InvalidRequest (422) naming the field for anything else."""
+    try:
+        webhook = TrackingWebhook.model_validate(payload)
+    except ValidationError as exc:
+        details = [{"field": field_path(error["loc"]) or "body", "message": error["msg"]} for error in exc.errors()]
+        raise InvalidRequest("not an OMS Flat Rate tracking webhook", details=details) from None
+    updates = []
+    for index, event in enumerate(webhook.events):
+        ids = parse_shipment_reference(event.reference)
+        if ids is None:
+            raise InvalidRequest(
+                "a tracking event's reference is not the one on the label",
+                details=[{"field": f"events[{index}].reference", "message": "expected ord_…/shp_…"}],
+            )
+        if event.tracking_number != tracking_number(ids[1]):
+            raise InvalidRequest(
+                "a tracking event's tracking number is not the one of its shipment",
+                details=[{"field": f"events[{index}].tracking_number", "message": f"not the number of {ids[1]}"}],
+            )
+        updates.append(
+            TrackingUpdate(
+                order_id=ids[0], shipment_id=ids[1], status=event.status, at=event.at, description=event.description
+            )
+        )
+    return updates
+
+
+@hookimpl(trylast=True)
+def oms_carrier_tracking_update(carrier: str, payload: Any) -> list[TrackingUpdate] | None:
+    if carrier != TRACKING_CARRIER:
+        return None
+    return tracking_updates(payload)

@@ -40,6 +40,20 @@ def test_put_product_creates_with_201_then_replaces_with_200_and_get_returns_the
     assert product == replaced.json()
 
 
+def test_a_products_attributes_are_stored_and_returned_for_plugins_to_read(api: Api):
+    sku = unique("SKU").upper()
+    attributes = {"acme.tax_class": "books", "colour": "black"}
+
+    created = api.put(f"/products/{sku}", json=product_body(attributes=attributes))
+    replaced_without = api.put(f"/products/{sku}", json=product_body())
+
+    assert created.status_code == 201, created.text
+    assert created.json()["attributes"] == attributes
+    assert replaced_without.json()["attributes"] == {}  # a PUT replaces the product whole
+    api.put(f"/products/{sku}", json=product_body(attributes=attributes))
+    assert api.get(f"/products/{sku}").json()["attributes"] == attributes
+
+
 def test_a_product_price_is_normalised_to_the_currencys_minor_units(api: Api):
     sku = unique("SKU").upper()
 
@@ -61,8 +75,9 @@ def test_get_an_unknown_product_is_404_not_found(api: Api):
         ({"allow_backorder": "yes"}, "allow_backorder"),
         ({"colour": "black"}, "colour"),
         ({"name": ""}, "name"),
+        ({"attributes": {"pages": 320}}, "attributes.pages"),
     ],
-    ids=["float-weight", "negative-weight", "string-bool", "unknown-field", "empty-name"],
+    ids=["float-weight", "negative-weight", "string-bool", "unknown-field", "empty-name", "number-attribute"],
 )
 def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(api: Api, change: dict, field: str):
     sku = unique("SKU").upper()

@@ -264,6 +264,31 @@ def test_delivering_every_shipment_delivers_the_order(api: Api, split_order: dic
     assert history(api, order_id)[-1]["to_status"] == "delivered"
 
 
+def test_a_carriers_tracking_webhook_delivers_the_shipments_it_names(api: Api, split_order: dict[str, Any]):
+    from plugins.flat_rate_carrier import tracking_number
+
+    order_id = split_order["order"]["id"]
+    west, east = split_order["west"]["id"], split_order["east"]["id"]
+    assert ship(api, order_id, west).status_code == 200
+
+    def scan(shipment_id: str, status: str) -> dict[str, str]:
+        # What the flat-rate carrier's webhook carries: the label's reference and tracking number.
+        reference = f"{order_id}/{shipment_id}"
+        return {"reference": reference, "tracking_number": tracking_number(shipment_id), "status": status,
+                "at": "2026-11-23T09:30:00Z", "description": "Left with the concierge"}  # fmt: skip
+
+    body = {"events": [scan(west, "in_transit"), scan(west, "delivered"), scan(east, "delivered")]}
+    response = api.post("/carriers/oms-flat-rate/tracking", json=body)
+
+    assert response.status_code == 200, response.text
+    assert [u["outcome"] for u in response.json()["updates"]] == ["not_recorded", "delivered", "not_shipped"]
+    order = get_order(api, order_id)
+    assert {s["id"]: s["status"] for s in order["shipments"]} == {west: "delivered", east: "pending"}
+    again = api.post("/carriers/oms-flat-rate/tracking", json=body)
+    assert again.json() == response.json()
+    assert get_order(api, order_id) == order
+
+
 def test_delivering_a_pending_shipment_is_409(api: Api, split_order: dict[str, Any]):
     order = split_order["order"]
 

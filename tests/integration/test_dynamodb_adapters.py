@@ -54,6 +54,14 @@ def test_a_product_round_trips_with_exact_money(catalog):
     assert stored.price.model_dump(mode="json") == {"amount": "12.50", "currency": "USD"}
 
 
+def test_a_products_attributes_round_trip_as_strings(catalog):
+    attributes = {"acme.tax_class": "books", "colour": "black", "hs_code": "4901.99", "note": ""}
+    catalog.put_product(product("BOOK", attributes=attributes))
+
+    assert catalog.get_product("BOOK").attributes == attributes
+    assert catalog.get_products({"BOOK"})["BOOK"].attributes == attributes
+
+
 def test_products_are_fetched_in_one_batch_and_missing_ones_are_absent(catalog):
     for sku in ("A", "B", "C"):
         catalog.put_product(product(sku))
@@ -121,6 +129,7 @@ def test_levels_by_key_lookup_and_by_query_agree(inventory):
 
 def test_an_order_round_trips_and_keeps_the_token_out_of_the_model(aws, capture, orders):
     order = capture.place(place_order(), actor="key_admin")
+    assert order.lines[0].tax_rate is not None  # the invoice's tax name and rate are stored too
     assert orders.get(order.id) == order
     item = from_item(aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"])
     assert item["payment_token"] == "tok_approve"

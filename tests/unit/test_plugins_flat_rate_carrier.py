@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 import pytest
 
 from core import hookimpl
+from core.errors import InvalidRequest
 from core.models import Address, Fulfillment, Location, Order, ShipmentLine
 from core.plugin_manager import build_plugin_manager
 from core.status import OrderStatus
@@ -323,3 +324,61 @@ def test_label_text_renders_in_a_real_pdf_reader(tmp_path):
     assert "San Francisco CA 94105" in result.stdout
     assert "SERVICE: GROUND" in result.stdout
     assert "Syntax Error" not in result.stderr
+
+
+# --- Tracking webhooks --------------------------------------------------------------------------------
+
+
+def flat_rate_event(shipment_id: str = "shp_01HZX7", **overrides) -> dict:
+    return {
+        "reference": f"ord_01HZX/{shipment_id}",
+        "tracking_number": tracking_number(shipment_id),
+        "status": "delivered",
+        "at": "2026-11-23T09:30:00+01:00",
+        **overrides,
+    }
+
+
+def test_the_label_carries_the_reference_a_tracking_event_echoes():
+    assert b"Ref: ord_01HZX/shp_01HZX7" in ship(shipment_id="shp_01HZX7").label
+
+
+def test_a_tracking_webhook_reads_as_updates_of_the_shipments_it_references():
+    pm = build_plugin_manager(flat_rate_carrier, load_entry_points=False)
+    payload = {"events": [flat_rate_event(status="in_transit", description="At the hub"), flat_rate_event()]}
+
+    updates = pm.hook.oms_carrier_tracking_update(carrier="oms-flat-rate", payload=payload, headers={}, body="")
+
+    assert [(u.order_id, u.shipment_id, u.status, u.description) for u in updates] == [
+        ("ord_01HZX", "shp_01HZX7", "in_transit", "At the hub"),
+        ("ord_01HZX", "shp_01HZX7", "delivered", ""),
+    ]
+    assert updates[1].at.isoformat() == "2026-11-23T09:30:00+01:00"
+
+
+def test_another_carriers_webhook_is_left_to_its_plugin():
+    pm = build_plugin_manager(flat_rate_carrier, load_entry_points=False)
+
+    assert pm.hook.oms_carrier_tracking_update(carrier="ups", payload={}, headers={}, body="") is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"events": [flat_rate_event(tracking_number=tracking_number("shp_other"))]}, "events[0].tracking_number"),
+        ({"events": [flat_rate_event(reference="shp_01HZX7")]}, "events[0].reference"),
+        ({"events": [flat_rate_event(at="2026-11-23T09:30:00")]}, "events[0].at"),
+        ({"events": [flat_rate_event(status="lost")]}, "events[0].status"),
+        ({"events": [flat_rate_event(signed_by="A. Neighbour")]}, "events[0].signed_by"),
+        ({"events": [flat_rate_event(), {"status": "delivered"}]}, "events[1].reference"),
+        ({"parcels": []}, "events"),
+        ([flat_rate_event()], "body"),
+    ],
+    ids=["wrong-tracking-number", "bad-reference", "naive-time", "unknown-status", "unknown-field", "missing",
+         "not-this-carriers-shape", "an-array"],
+)  # fmt: skip
+def test_a_webhook_this_carrier_would_not_send_is_refused_naming_the_field(payload, field):
+    with pytest.raises(InvalidRequest) as refused:
+        flat_rate_carrier.tracking_updates(payload)
+
+    assert field in [detail["field"] for detail in refused.value.details]

@@ -9,7 +9,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, PluginError
-from core.models import Fulfillment
+from core.models import Fulfillment, LineTaxRate
 from core.money import Money
 from core.pricing import PricedOrder, Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
@@ -81,6 +81,24 @@ def test_product_tax_code_selects_a_reduced_rate(pricing):
 
     assert amounts(priced, "tax") == ["0.00", "2.00"]
     assert priced.totals.shipping == Money(amount="4.00", currency="GBP")
+
+
+def test_each_line_keeps_the_rate_and_name_of_its_tax_for_the_invoice(pricing):
+    book = a_product("BOOK-1", "20.00", "GBP", tax_code="zero")
+    mug = a_product("MUG-GB", "10.00", "GBP")
+    order = an_order(("BOOK-1", 1), ("MUG-GB", 1), currency="GBP", address=an_address("GB", None))
+
+    book_line, mug_line = price(pricing, order, book, mug).lines
+
+    assert book_line.tax_rate == LineTaxRate(rate=Decimal("0"), name="GB zero")
+    assert mug_line.tax_rate == LineTaxRate(rate=Decimal("0.20"), name="GB standard")
+    assert mug_line.model_dump(mode="json")["tax_rate"] == {"rate": "0.20", "name": "GB standard"}
+
+
+def test_an_untaxed_line_has_no_tax_rate_unlike_a_zero_rated_one(pricing):
+    (line,) = price(pricing, an_order(("MUG-1", 1), address=an_address("US", "MT"))).lines
+
+    assert (line.tax, line.tax_rate) == (usd("0.00"), None)
 
 
 def test_tax_follows_the_tax_address_not_the_shipping_address(pricing):
@@ -355,7 +373,15 @@ def test_nonsense_discounts_are_a_plugin_error(plugins, answer, problem):
 
 
 @pytest.mark.parametrize(
-    ("answer", "problem"), [(0.1, "float"), (Decimal("0.1"), "Decimal"), ({"rate": "0.1"}, "dict")]
+    ("answer", "problem"),
+    [
+        (0.1, "float"),
+        (Decimal("0.1"), "Decimal"),
+        ({"rate": "0.1"}, "dict"),
+        (TaxRate.model_construct(rate=Decimal("0.1"), name=""), "name"),
+        (TaxRate.model_construct(rate=Decimal("0.1"), name=None), "name"),
+        (TaxRate.model_construct(rate=Decimal("0.1"), name="x" * 101), "name"),
+    ],
 )
 def test_nonsense_tax_rate_is_a_plugin_error(plugins, answer, problem):
     plugins.register(answering("oms_tax_rate", answer, tryfirst=True))

@@ -1,0 +1,121 @@
+"""Carrier tracking webhooks: a carrier plugin reads the webhook, the OMS applies what it says.
+
+A real carrier's webhook names a parcel by its tracking number and by the reference the shipper
+gave when booking. The OMS has no index from tracking numbers to shipments, so carrier plugins
+book with `shipment_reference(order_id, shipment_id)` as that reference and read it back.
+
+Only deliveries are applied: a shipment has no place for in-transit scans, so those are
+reported back to the sender as `not_recorded` and kept nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import pluggy
+from pydantic import AwareDatetime, BaseModel, ValidationError
+
+from core.errors import InvalidRequest, InvalidTransition, NotFound, PluginError, TransientError
+from core.workflow_types import TrackingUpdate
+
+REFERENCE_SEPARATOR = "/"
+
+Outcome = Literal["delivered", "not_recorded", "unknown_shipment", "not_shipped"]
+
+
+def shipment_reference(order_id: str, shipment_id: str) -> str:
+    """The reference a carrier plugin books a shipment with: "ord_…/shp_…"."""
+    return f"{order_id}{REFERENCE_SEPARATOR}{shipment_id}"
+
+
+def parse_shipment_reference(reference: str) -> tuple[str, str] | None:
+    """(order_id, shipment_id) from a reference made by shipment_reference, or None."""
+    order_id, separator, shipment_id = reference.strip().partition(REFERENCE_SEPARATOR)
+    if not separator or not order_id or not shipment_id or REFERENCE_SEPARATOR in shipment_id:
+        return None
+    return order_id, shipment_id
+
+
+class AppliedTrackingUpdate(BaseModel):
+    """One update of a webhook and what the OMS did with it:
+    - `delivered`: the shipment is delivered (now, or it already was),
+    - `not_recorded`: an in-transit scan, which the OMS does not store,
+    - `unknown_shipment`: no such order or shipment that this API key may see,
+    - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet."""
+
+    order_id: str
+    shipment_id: str
+    status: Literal["in_transit", "delivered"]
+    at: AwareDatetime
+    description: str
+    outcome: Outcome
+
+
+class TrackingReport(BaseModel):
+    carrier: str
+    updates: list[AppliedTrackingUpdate]
+
+
+class CarrierTracking:
+    """Reads a carrier's webhook through the `oms_carrier_tracking_update` hook and applies it."""
+
+    def __init__(self, plugins: pluggy.PluginManager):
+        self._hook = plugins.hook
+
+    def read(self, carrier: str, payload: Any, headers: dict[str, str], body: str) -> list[TrackingUpdate]:
+        """The updates the carrier's plugin found in the webhook. NotFound when no plugin answers
+        for `carrier`; PluginError when one fails or answers something else than documented."""
+        try:
+            answer = self._hook.oms_carrier_tracking_update(
+                carrier=carrier, payload=payload, headers=headers, body=body
+            )
+        except (InvalidRequest, TransientError):
+            raise  # the sender's malformed body (422), or a carrier briefly down (503): as the plugin said
+        except Exception as exc:
+            raise PluginError(f"a carrier plugin failed in oms_carrier_tracking_update: {type(exc).__name__}") from exc
+        if answer is None:
+            raise NotFound(f"no carrier plugin reads tracking updates for {carrier!r}")
+        if not isinstance(answer, list | tuple):
+            raise PluginError(f"oms_carrier_tracking_update returned {type(answer).__name__}, expected a list")
+        updates = []
+        for update in answer:
+            if not isinstance(update, TrackingUpdate):
+                raise PluginError(
+                    f"oms_carrier_tracking_update returned {type(update).__name__}, expected TrackingUpdate"
+                )
+            try:
+                # Validated again: a plugin may build its answer without validation (model_construct).
+                updates.append(TrackingUpdate.model_validate(update.model_dump()))
+            except ValidationError as exc:
+                raise PluginError(f"oms_carrier_tracking_update returned an invalid TrackingUpdate: {exc}") from exc
+        return updates
+
+    def apply(
+        self,
+        carrier: str,
+        payload: Any,
+        headers: dict[str, str],
+        body: str,
+        deliver: Callable[[str, str], object],
+    ) -> TrackingReport:
+        """Read the webhook, then mark each delivered shipment delivered with `deliver(order_id,
+        shipment_id)` (idempotent, so a carrier's retry changes nothing). A failure worth a retry
+        (a version conflict, a transient error) propagates, so the carrier sends the webhook again."""
+        applied = [
+            AppliedTrackingUpdate(**update.model_dump(), outcome=_apply(update, deliver))
+            for update in self.read(carrier, payload, headers, body)
+        ]
+        return TrackingReport(carrier=carrier, updates=applied)
+
+
+def _apply(update: TrackingUpdate, deliver: Callable[[str, str], object]) -> Outcome:
+    if update.status != "delivered":
+        return "not_recorded"
+    try:
+        deliver(update.order_id, update.shipment_id)
+    except NotFound:
+        return "unknown_shipment"
+    except InvalidTransition:
+        return "not_shipped"
+    return "delivered"

@@ -1,0 +1,47 @@
+"""Carriers: tracking webhooks, read by the carrier's plugin and applied to the shipments they name."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+
+from core.access import Scope
+from core.tracking import CarrierTracking, TrackingReport
+from functions.api.access import caller, requires
+from functions.api.schemas import errors, ok
+from functions.bootstrap import container
+
+router = Router()
+
+# No pattern: a carrier no plugin answers for is 404, whatever it looks like.
+CarrierPath = Annotated[str, Path(max_length=64, description="The carrier's name, e.g. oms-flat-rate")]
+Webhook = Annotated[
+    dict[str, Any] | list[Any],
+    Body(description="The carrier's webhook body, as its plugin documents it (a JSON object or array)"),
+]
+# The caller's API key and cookies stay with the API; a plugin sees what the carrier sent.
+WITHHELD_HEADERS = frozenset({"authorization", "cookie"})
+
+
+@router.post(
+    "/carriers/<carrier>/tracking",
+    summary="A carrier's tracking webhook: delivered shipments are marked delivered",
+    responses={**ok(200, TrackingReport, "What was done with each update"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.FULFILLMENT_WRITE)
+def carrier_tracking(carrier: CarrierPath, webhook: Webhook) -> TrackingReport:
+    who = caller(router)
+    event = router.current_event
+    headers = {name.lower(): value for name, value in (event.headers or {}).items()}
+    c = container()
+    return CarrierTracking(c.plugins).apply(
+        carrier,
+        webhook,
+        {name: value for name, value in headers.items() if name not in WITHHELD_HEADERS},
+        event.decoded_body or "",
+        deliver=lambda order_id, shipment_id: c.actions.deliver(
+            order_id, shipment_id, actor=who.key_id, channel=who.channel
+        ),
+    )

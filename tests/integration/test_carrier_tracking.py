@@ -1,0 +1,97 @@
+"""POST /carriers/{carrier}/tracking through the real API handler under moto: what reaches the
+carrier's plugin, and how its refusals answer. The delivery journey itself is an e2e test
+(tests/e2e/test_order_fulfillment.py); the rules are unit tests (tests/unit/test_tracking.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from core import hookimpl
+from tests.integration.test_handlers import api, event
+
+FLAT_RATE_EVENT = {
+    "reference": "ord_aaaaaaaaaaaaaaaaaaaaaaaa/shp_aaaaaaaaaaaaaaaaaaaaaaaa",
+    "status": "delivered",
+    "at": "2026-11-23T09:30:00Z",
+}
+
+
+def webhook(carrier: str, body: object, **headers: str) -> dict:
+    """The sample GET event made into a carrier's POST, as the admin key (every scope)."""
+    evt = event("api_get_order.json")
+    raw = json.dumps(body)
+    evt.update(
+        resource="/carriers/{carrier}/tracking",
+        path=f"/carriers/{carrier}/tracking",
+        httpMethod="POST",
+        pathParameters={"carrier": carrier},
+        body=raw,
+        headers={**evt["headers"], **headers},
+        multiValueHeaders={},
+    )
+    evt["requestContext"].update(resourcePath="/carriers/{carrier}/tracking", httpMethod="POST")
+    return evt
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_tracking_update(self, carrier, payload, headers, body):
+        if carrier != "acme-courier":
+            return None
+        self.calls.append({"payload": payload, "headers": headers, "body": body})
+        return []
+
+
+@pytest.fixture
+def recorder(aws) -> Iterator[Recorder]:
+    from functions.bootstrap import container
+
+    plugin = Recorder()
+    container().plugins.register(plugin)
+    yield plugin
+    container().plugins.unregister(plugin)
+
+
+def test_the_plugin_gets_the_parsed_and_the_raw_body_and_the_headers_but_not_the_api_key(recorder):
+    body = {"parcels": [{"ref": "x"}]}
+
+    status, report = api(webhook("acme-courier", body, **{"Acme-Signature": "t=1,v1=abc"}))
+
+    assert (status, report) == (200, {"carrier": "acme-courier", "updates": []})
+    (call,) = recorder.calls
+    assert call["payload"] == body
+    assert call["body"] == json.dumps(body)
+    assert call["headers"]["acme-signature"] == "t=1,v1=abc"
+    assert "authorization" not in call["headers"]
+    assert "oms_sample_admin_key" not in json.dumps(call)
+
+
+def test_a_carrier_no_plugin_answers_for_is_404(aws):
+    status, body = api(webhook("no-such-carrier", {"events": []}))
+
+    assert status == 404
+    assert body["error"]["code"] == "not_found"
+
+
+def test_a_malformed_webhook_is_422_naming_the_field(aws):
+    status, body = api(webhook("oms-flat-rate", {"events": [FLAT_RATE_EVENT]}))
+
+    assert status == 422
+    assert body["error"]["details"] == [{"field": "events[0].tracking_number", "message": "Field required"}]
+
+
+def test_an_update_for_an_order_that_does_not_exist_is_reported_not_applied(aws):
+    from plugins.flat_rate_carrier import tracking_number
+
+    delivered = {**FLAT_RATE_EVENT, "tracking_number": tracking_number("shp_" + "a" * 24)}
+
+    status, report = api(webhook("oms-flat-rate", {"events": [delivered]}))
+
+    assert status == 200
+    assert [(u["order_id"], u["outcome"]) for u in report["updates"]] == [("ord_" + "a" * 24, "unknown_shipment")]

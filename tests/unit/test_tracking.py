@@ -1,0 +1,251 @@
+"""Carrier tracking webhooks (core.tracking): the carrier's plugin reads the body, the OMS delivers
+what it says was delivered through the order actions, and checks every answer the plugin gives.
+On the unit tests' world, with the built-in flat-rate carrier reading the webhooks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from core import hookimpl
+from core.errors import Conflict, InvalidRequest, NotFound, PluginError, TransientError
+from core.status import OrderStatus
+from core.tracking import CarrierTracking, parse_shipment_reference, shipment_reference
+from core.workflow_types import TrackingUpdate
+from plugins.flat_rate_carrier import TRACKING_CARRIER, tracking_number
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+SCANNED_AT = "2026-11-23T09:30:00Z"
+STOCK = [("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+@pytest.fixture
+def tracking(plugins) -> CarrierTracking:
+    """With the built-in plugins (`plugins` of conftest), as the API has them."""
+    return CarrierTracking(plugins)
+
+
+def event(order_id: str, shipment_id: str, status: str = "delivered", **overrides: str) -> dict[str, str]:
+    return {
+        "reference": shipment_reference(order_id, shipment_id),
+        "tracking_number": tracking_number(shipment_id),
+        "status": status,
+        "at": SCANNED_AT,
+        **overrides,
+    }
+
+
+def post(tracking: CarrierTracking, world: World, *events: dict, carrier: str = TRACKING_CARRIER, channel=None):
+    """What POST /carriers/{carrier}/tracking does, with a carrier relay's key."""
+    return tracking.apply(
+        carrier,
+        {"events": list(events)},
+        {"content-type": "application/json"},
+        "",
+        deliver=lambda order_id, shipment_id: world.actions.deliver(
+            order_id, shipment_id, actor="key_carrier", channel=channel
+        ),
+    )
+
+
+def shipped_order(world: World):
+    """An order in two parcels, the west one shipped."""
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    return world.order(order.id), west, east
+
+
+def test_a_delivered_event_delivers_the_shipment_as_the_deliver_action_does(tracking, world):
+    order, west, _ = shipped_order(world)
+
+    report = post(tracking, world, event(order.id, west, description="Left with the concierge"))
+
+    (applied,) = report.updates
+    assert (applied.order_id, applied.shipment_id, applied.outcome) == (order.id, west, "delivered")
+    assert applied.at == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    assert applied.description == "Left with the concierge"
+    delivered = world.order(order.id)
+    assert [s.status for s in delivered.shipments if s.id == west] == ["delivered"]
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.detail) == ("shipment_delivered", "key_carrier", {"shipment_id": west})
+
+
+def test_the_last_delivery_delivers_the_order(tracking, world):
+    order, west, east = shipped_order(world)
+    world.actions.ship(order.id, east, None, actor="key_wh")
+
+    post(tracking, world, event(order.id, west), event(order.id, east))
+
+    assert world.order(order.id).status is S.DELIVERED
+
+
+def test_a_webhook_sent_again_changes_nothing(tracking, world):
+    order, west, _ = shipped_order(world)
+    first = post(tracking, world, event(order.id, west))
+    after_first = (world.order(order.id), world.history(order.id))
+
+    again = post(tracking, world, event(order.id, west))
+
+    assert again == first
+    assert (world.order(order.id), world.history(order.id)) == after_first
+
+
+def test_an_in_transit_event_is_reported_and_stored_nowhere(tracking, world):
+    order, west, _ = shipped_order(world)
+    before = (world.order(order.id), world.history(order.id))
+
+    report = post(tracking, world, event(order.id, west, "in_transit", description="Arrived at the hub"))
+
+    assert [u.outcome for u in report.updates] == ["not_recorded"]
+    assert (world.order(order.id), world.history(order.id)) == before
+
+
+def test_a_delivery_of_a_shipment_that_has_not_shipped_is_reported_not_applied(tracking, world):
+    order, _, east = shipped_order(world)
+    before = world.order(order.id)
+
+    report = post(tracking, world, event(order.id, east))
+
+    assert [u.outcome for u in report.updates] == ["not_shipped"]
+    assert world.order(order.id) == before
+
+
+def test_unknown_shipments_and_other_channels_orders_are_reported_unknown(tracking, world):
+    order, west, _ = shipped_order(world)
+    before = world.order(order.id)
+
+    report = post(tracking, world, event("ord_" + "a" * 24, west), event(order.id, "shp_" + "b" * 24))
+    other_channel = post(tracking, world, event(order.id, west), channel="another-shop")
+
+    assert [u.outcome for u in report.updates] == ["unknown_shipment", "unknown_shipment"]
+    assert [u.outcome for u in other_channel.updates] == ["unknown_shipment"]
+    assert world.order(order.id) == before
+
+
+def test_each_event_is_applied_on_its_own(tracking, world):
+    order, west, east = shipped_order(world)
+
+    report = post(tracking, world, event(order.id, east), event(order.id, west, "in_transit"), event(order.id, west))
+
+    assert [u.outcome for u in report.updates] == ["not_shipped", "not_recorded", "delivered"]
+
+
+def test_a_carrier_no_plugin_answers_for_is_not_found(tracking, world):
+    with pytest.raises(NotFound, match="ups"):
+        post(tracking, world, carrier="ups")
+
+
+def test_a_malformed_flat_rate_webhook_is_the_senders_error_and_changes_nothing(tracking, world):
+    order, west, east = shipped_order(world)
+    before = world.order(order.id)
+
+    with pytest.raises(InvalidRequest) as refused:
+        post(tracking, world, event(order.id, west), event(order.id, west, tracking_number=tracking_number(east)))
+
+    assert refused.value.details == [{"field": "events[1].tracking_number", "message": f"not the number of {west}"}]
+    assert world.order(order.id) == before
+
+
+def test_a_conflict_while_delivering_propagates_so_the_carrier_retries(tracking, world, monkeypatch):
+    order, west, _ = shipped_order(world)
+
+    def busy(*args, **kwargs):
+        raise Conflict("order kept changing", code="version_conflict")
+
+    monkeypatch.setattr(world.actions, "deliver", busy)
+
+    with pytest.raises(Conflict):
+        post(tracking, world, event(order.id, west))
+
+
+# --- What the core accepts from a tracking plugin ------------------------------------------------------
+
+
+class Answers:
+    """A tracking plugin for carrier "acme" answering `answer` (raising it when it is an exception)."""
+
+    def __init__(self, answer: object):
+        self.answer = answer
+        self.calls: list[dict] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_tracking_update(self, carrier, payload, headers, body):
+        if carrier != "acme":
+            return None
+        self.calls.append({"payload": payload, "headers": headers, "body": body})
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def read(plugins, plugin: Answers) -> list[TrackingUpdate]:
+    plugins.register(plugin)
+    return CarrierTracking(plugins).read("acme", {"parcels": []}, {"acme-signature": "s1"}, '{"parcels": []}')
+
+
+def an_update(**overrides) -> TrackingUpdate:
+    fields = {"order_id": "ord_1", "shipment_id": "shp_1", "status": "delivered", "at": datetime.now(UTC)}
+    return TrackingUpdate(**{**fields, **overrides})
+
+
+def test_the_plugin_gets_the_carrier_the_parsed_and_the_raw_body_and_the_headers(plugins):
+    plugin = Answers([])
+
+    assert read(plugins, plugin) == []
+    assert plugin.calls == [
+        {"payload": {"parcels": []}, "headers": {"acme-signature": "s1"}, "body": '{"parcels": []}'}
+    ]
+
+
+def test_updates_are_returned_as_the_plugin_read_them(plugins):
+    update = an_update(description="Front door")
+
+    assert read(plugins, Answers((update,))) == [update]
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (RuntimeError("carrier API down"), "RuntimeError"),
+        (an_update(), "expected a list"),
+        ([{"order_id": "ord_1", "shipment_id": "shp_1", "status": "delivered"}], "expected TrackingUpdate"),
+        ([TrackingUpdate.model_construct(order_id="ord_1", shipment_id="shp_1", status="lost", at=datetime.now(UTC))],
+         "invalid TrackingUpdate"),
+        ([TrackingUpdate.model_construct(order_id="ord_1", shipment_id="shp_1", status="delivered",
+                                         at=datetime(2026, 1, 1))], "invalid TrackingUpdate"),
+    ],
+    ids=["raises", "not-a-list", "dicts", "unknown-status", "naive-time"],
+)  # fmt: skip
+def test_a_plugin_that_fails_or_answers_nonsense_is_a_plugin_error(plugins, answer, problem):
+    with pytest.raises(PluginError, match=problem):
+        read(plugins, Answers(answer))
+
+
+@pytest.mark.parametrize("error", [InvalidRequest("bad signature"), TransientError("carrier API busy")])
+def test_a_plugin_may_refuse_the_body_or_ask_for_a_retry(plugins, error):
+    with pytest.raises(type(error)):
+        read(plugins, Answers(error))
+
+
+# --- References ---------------------------------------------------------------------------------------
+
+
+def test_a_reference_names_the_order_and_the_shipment_and_reads_back():
+    reference = shipment_reference("ord_abc", "shp_def")
+
+    assert reference == "ord_abc/shp_def"
+    assert parse_shipment_reference(reference) == ("ord_abc", "shp_def")
+    assert parse_shipment_reference(f"  {reference}\n") == ("ord_abc", "shp_def")
+
+
+@pytest.mark.parametrize("reference", ["", "ord_abc", "ord_abc/", "/shp_def", "ord_abc/shp_def/x"])
+def test_a_malformed_reference_reads_as_none(reference):
+    assert parse_shipment_reference(reference) is None
