@@ -6,18 +6,10 @@ from typing import Any
 
 import pluggy
 
-from core.errors import PaymentDeclined, PluginError, TransientError
+from core.errors import PaymentDeclined, PluginError
+from core.hook_calls import call_hook
 from core.money import Money
 from core.workflow_types import PaymentResult
-
-
-def _call(hook: Any, name: str, **kwargs: Any) -> Any:
-    try:
-        return hook(**kwargs)
-    except TransientError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"a payment plugin failed in {name}: {type(exc).__name__}") from exc
 
 
 class Payments:
@@ -25,14 +17,7 @@ class Payments:
         self._hook = plugins.hook
 
     def methods(self) -> set[str]:
-        names: set[str] = set()
-        for answer in _call(self._hook.oms_payment_methods, "oms_payment_methods"):
-            if answer is None:
-                continue
-            if not isinstance(answer, list | tuple) or not all(isinstance(m, str) for m in answer):
-                raise PluginError("oms_payment_methods returned something other than a list of names")
-            names.update(answer)
-        return names
+        return set(call_hook(self._hook.oms_payment_methods))
 
     def _checked(self, result: Any, hook: str, method: str) -> PaymentResult:
         if result is None:
@@ -45,8 +30,8 @@ class Payments:
         """Approved or raises PaymentDeclined; TransientError passes through for a retry. `key`
         is the gateway's idempotency key: the same for retries of one authorization."""
         result = self._checked(
-            _call(
-                self._hook.oms_payment_authorize, "oms_payment_authorize",
+            call_hook(
+                self._hook.oms_payment_authorize,
                 method=method, token=token, amount=amount, order_id=order_id,
                 idempotency_key=key, attempt=attempt,
             ),
@@ -58,8 +43,8 @@ class Payments:
 
     def capture(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         return self._approved(
-            _call(
-                self._hook.oms_payment_capture, "oms_payment_capture",
+            call_hook(
+                self._hook.oms_payment_capture,
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
             "oms_payment_capture", method,
@@ -67,8 +52,8 @@ class Payments:
 
     def void(self, method: str, authorization: str, order_id: str, key: str) -> PaymentResult:
         return self._approved(
-            _call(
-                self._hook.oms_payment_void, "oms_payment_void",
+            call_hook(
+                self._hook.oms_payment_void,
                 method=method, authorization=authorization, order_id=order_id, idempotency_key=key,
             ),
             "oms_payment_void", method,
@@ -76,8 +61,8 @@ class Payments:
 
     def refund(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         return self._approved(
-            _call(
-                self._hook.oms_payment_refund, "oms_payment_refund",
+            call_hook(
+                self._hook.oms_payment_refund,
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
             "oms_payment_refund", method,
