@@ -141,10 +141,14 @@ class OmsPluginManager(pluggy.PluginManager):
         # One memo for the call: the copied arguments share what the originals shared (a draft's
         # lines and the `line` being taxed), and a wrapper that edits them (a sourcing rule that
         # drops a location) changes what the implementations after it see, never stored data.
+        # Only what some implementation takes is copied (pluggy passes each one its own argnames):
+        # the tax hook's `draft`, which no built-in takes, would otherwise be copied once per line.
         arguments = cast(dict[str, object], kwargs)  # pluggy's own dict for this call, used after us
+        taken = {name for impl in impls for name in (*impl.argnames, *impl.kwargnames)}
         memo: dict[int, Any] = {}
         for name in list(arguments):
-            arguments[name] = copy.deepcopy(arguments[name], memo)
+            if name in taken:
+                arguments[name] = copy.deepcopy(arguments[name], memo)
 
     # --- Reporting -------------------------------------------------------------------------------
     def report(self) -> PluginReport:

@@ -10,7 +10,16 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import ServiceError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from core.errors import Conflict, DomainError, InvalidRequest, NotFound, PluginError, TransientError, field_path
+from core.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PluginError,
+    PluginUnavailable,
+    TransientError,
+    field_path,
+)
 
 logger = Logger(child=True)
 
@@ -76,7 +85,13 @@ def register(app: APIGatewayRestResolver) -> None:
     def _plugin_error(error: PluginError) -> Response:
         # A broken plugin is a server-side bug: logged with its traceback, answered without one.
         logger.exception("plugin failed", extra={"error_code": error.code})
-        return error_response(500, error.code, error.message)
+        return error_response(500, error.code, error.message, error.details)
+
+    @app.exception_handler(PluginUnavailable)
+    def _plugin_unavailable(error: PluginUnavailable) -> Response:
+        # Why each plugin failed was logged when the container loaded them; this names them.
+        logger.warning("refused: a plugin failed to load", extra={"plugins": [d["plugin"] for d in error.details]})
+        return error_response(503, error.code, error.message, error.details)
 
     @app.exception_handler(TransientError)
     def _transient(error: TransientError) -> Response:

@@ -39,6 +39,7 @@ _DESCRIPTIONS = {
     428: "If-Match is required",
     422: "Validation failed",
     429: "Throttled",
+    503: "A plugin failed to load (plugin_unavailable): the error names it",
 }
 
 

@@ -132,7 +132,9 @@ def main() -> int:
     started = time.monotonic()
     stack = EmbeddedStack(
         parameter_overrides={
-            "ImportQueueHighWater": os.environ.get("OMS_IMPORT_QUEUE_HIGH_WATER") or LOCAL_IMPORT_QUEUE_HIGH_WATER
+            "ImportQueueHighWater": os.environ.get("OMS_IMPORT_QUEUE_HIGH_WATER") or LOCAL_IMPORT_QUEUE_HIGH_WATER,
+            # The demo orders pay with the `test` gateway; OMS_ENABLE_TEST_PAYMENTS=false turns it off.
+            "EnableTestPayments": os.environ.get("OMS_ENABLE_TEST_PAYMENTS") or "true",
         }
     )
     # Seeded after start() so that a refused seed is a warning, not a stack that will not start.

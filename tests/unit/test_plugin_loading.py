@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-import textwrap
-import uuid
-from pathlib import Path
+from collections.abc import Iterator
 
 import pluggy
 import pytest
@@ -14,42 +11,13 @@ from core import hookimpl, plugin_settings
 from core.errors import PluginUnavailable
 from core.hook_calls import call_hook
 from core.plugin_manager import build_plugin_manager
+from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.unit.conftest import a_customer, a_product
 
 
-class Installer:
-    """Installs throwaway distributions (dist-info + modules) on sys.path, as pip would."""
-
-    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch):
-        self.root = root
-        self.modules: list[str] = []
-        monkeypatch.syspath_prepend(str(root))
-
-    def install(self, distribution: str, version: str, plugins: dict[str, str]) -> dict[str, str]:
-        """`plugins` maps entry-point names to module source; returns entry-point name -> module."""
-        modules = {}
-        for name, source in plugins.items():
-            module = f"oms_test_plugin_{name}_{uuid.uuid4().hex[:8]}"
-            (self.root / f"{module}.py").write_text(textwrap.dedent(source))
-            modules[name] = module
-            self.modules.append(module)
-        info = self.root / f"{distribution.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
-        lines = "".join(f"{name} = {module}\n" for name, module in modules.items())
-        (info / "entry_points.txt").write_text(f"[oms]\n{lines}")
-        return modules
-
-    def cleanup(self) -> None:
-        for module in self.modules:
-            sys.modules.pop(module, None)
-
-
 @pytest.fixture
-def installer(tmp_path, monkeypatch):
-    installed = Installer(tmp_path, monkeypatch)
-    yield installed
-    installed.cleanup()
+def installer(tmp_path, monkeypatch) -> Iterator[Installer]:
+    yield from installing(tmp_path, monkeypatch)
 
 
 GOOD = """
@@ -59,9 +27,6 @@ GOOD = """
     @hookimpl(tryfirst=True)
     def oms_unit_price(product):
         return Money.of("1.00", product.price.currency)
-"""
-FAILS_TO_IMPORT = """
-    import oms_no_such_dependency
 """
 MISSPELT_HOOK = """
     from core import hookimpl

@@ -14,6 +14,7 @@ from core.ports import OrderFilter
 from core.status import OrderStatus
 from functions.api.access import caller, requires
 from functions.api.errors import ApiError
+from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, errors, ok
 from functions.bootstrap import container
 
@@ -33,7 +34,8 @@ IdempotencyKey = Annotated[
 @router.post(
     "/orders",
     summary="Place an order",
-    responses={**ok(201, Order, "The order, pending"), **errors(400, 403, 409, 413)},
+    responses={**ok(201, Order, "The order, pending"), **errors(400, 403, 409, 413, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
 def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Response[Order]:
@@ -115,7 +117,8 @@ IfMatch = Annotated[
 @router.patch(
     "/orders/<order_id>",
     summary="Edit lines, address or shipping method before allocation",
-    responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428)},
+    responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
 def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None) -> Order:
@@ -134,7 +137,8 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
 @router.post(
     "/orders/<order_id>/cancel",
     summary="Cancel an order that has not shipped",
-    responses={**ok(200, Order, "The order, cancelled"), **errors(400, 403, 404, 409, 413)},
+    responses={**ok(200, Order, "The order, cancelled"), **errors(400, 403, 404, 409, 413, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
 def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
@@ -145,7 +149,8 @@ def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/ship",
     summary="Confirm a shipment left: its units leave stock and its share of the payment is captured",
-    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def ship_shipment(
@@ -159,7 +164,8 @@ def ship_shipment(
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/deliver",
     summary="Confirm a shipment was delivered",
-    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
