@@ -14,7 +14,8 @@ import pytest
 from core import hookimpl
 from core.money import Money
 from core.pricing_types import Discount, ShippingQuote, TaxRate
-from infra.local.stack import forget_warm_containers
+from infra.local.stack import EmbeddedStack, forget_warm_containers
+from infra.local.template import Template
 from tests.builders import csv_file, csv_row, location_body, product_body
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.integration.import_support import create_import_resources, report, seed_catalog, split
@@ -249,3 +250,38 @@ def test_an_answer_built_without_validation_is_a_plugin_error_naming_the_plugin(
     assert "plugin sloppy" in body["error"]["message"]
     assert body["error"]["details"] == [{"plugin": "sloppy", "hook": hook}]
     assert orders_stored(aws) == 0
+
+
+def test_the_template_leaves_the_test_gateway_off_and_feeds_the_plugin_settings_to_every_function():
+    template = Template.load()
+    refs = {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}
+
+    env = template.global_environment(refs)
+
+    assert (env["OMS_ENABLE_TEST_PAYMENTS"], env["OMS_DISABLED_PLUGINS"]) == ("false", "")
+    assert {name for name in env if name.startswith("OMS_PLUGIN_")} == {
+        "OMS_PLUGIN_TAX_TABLE_RATES_FILE",
+        "OMS_PLUGIN_PROMOTIONS_FILE",
+        "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE",
+    }
+
+
+def test_make_run_turns_the_test_gateway_on_unless_told_otherwise(monkeypatch):
+    from infra.local.__main__ import local_parameters
+
+    monkeypatch.delenv("OMS_ENABLE_TEST_PAYMENTS", raising=False)
+    assert local_parameters()["EnableTestPayments"] == "true"
+    monkeypatch.setenv("OMS_ENABLE_TEST_PAYMENTS", "false")
+    assert local_parameters()["EnableTestPayments"] == "false"
+
+
+def test_plugin_variables_in_the_shell_reach_the_local_stack_as_template_parameters(monkeypatch):
+    monkeypatch.setenv("OMS_DISABLED_PLUGINS", "promotions")
+    monkeypatch.setenv("OMS_PLUGIN_TAX_TABLE_RATES_FILE", "/tmp/rates.json")
+    monkeypatch.delenv("OMS_ENABLE_TEST_PAYMENTS", raising=False)
+
+    stack = EmbeddedStack()  # not started: only its template is read
+
+    assert stack.template.parameter("DisabledPlugins") == "promotions"
+    assert stack.template.parameter("PluginTaxTableRatesFile") == "/tmp/rates.json"
+    assert stack.template.parameter("EnableTestPayments") == "false"  # only make run and the tests turn it on

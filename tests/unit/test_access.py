@@ -221,6 +221,7 @@ def test_the_template_leaves_exactly_the_public_routes_without_an_authorizer(tab
         ("POST", "/api-keys", Scope.ADMIN),
         ("GET", "/api-keys", Scope.ADMIN),
         ("DELETE", "/api-keys/{key_id}", Scope.ADMIN),
+        ("GET", "/plugins", Scope.ADMIN),
         ("GET", "/health", PUBLIC),
         ("GET", "/openapi.json", PUBLIC),
         ("GET", "/docs", PUBLIC),
