@@ -119,6 +119,8 @@ def _checked(value: Any, expected: type, hook: str, plugin: str, accept: Accept 
                 fresh = _revalidated(value)
             except ValidationError as exc:
                 problem = "; ".join(_validation_problem(error) for error in exc.errors()[:3])
+            except Exception as exc:  # a validator tripping over what no validated model holds
+                problem = f"{type(exc).__name__} while validating it"
             else:
                 problem = _type_changed(value, fresh, expected.__name__)
                 value = fresh

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from pydantic import model_validator
 
 from core import hookimpl
 from core.errors import PluginError, TransientError
@@ -201,3 +202,13 @@ def test_payments_refuse_a_malformed_gateway_answer_naming_the_gateway():
 
     with pytest.raises(PluginError, match="plugin gateway returned a malformed PaymentResult: reference"):
         Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+
+
+def test_an_answer_whose_own_validation_breaks_is_a_plugin_error():
+    class OddRate(TaxRate):
+        @model_validator(mode="after")
+        def _breaks(self):
+            raise TypeError("not a ValueError, so pydantic lets it through")
+
+    with pytest.raises(PluginError, match="plugin sloppy returned a malformed TaxRate: TypeError while validating"):
+        call("oms_tax_rate", answering("oms_tax_rate", OddRate.model_construct(rate=Decimal("0.1"), name="odd")))
