@@ -1,5 +1,8 @@
 """The OMS domain: models, statuses, services, ports and plugin hooks. Pure Python, no I/O."""
 
+import os
+from collections.abc import Mapping
+
 import pluggy
 
 PROJECT = "oms"
@@ -7,4 +10,22 @@ PROJECT = "oms"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
+PLUGIN_SETTINGS_PREFIX = "OMS_PLUGIN_"
+
+
+def plugin_settings(name: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings of the plugin whose entry-point name is `name`: every `OMS_PLUGIN_<NAME>_<KEY>`
+    variable (NAME upper-cased), as {key in lower case: value}. Empty values are left out, so a
+    template parameter left at "" means "not set".
+
+    plugin_settings("tax_table") reads OMS_PLUGIN_TAX_TABLE_RATES_FILE as {"rates_file": ...}."""
+    prefix = f"{PLUGIN_SETTINGS_PREFIX}{name.upper()}_"
+    source = os.environ if environ is None else environ
+    return {
+        variable[len(prefix) :].lower(): value.strip()
+        for variable, value in source.items()
+        if variable.startswith(prefix) and len(variable) > len(prefix) and value.strip()
+    }
+
+
+__all__ = ["PROJECT", "hookimpl", "hookspec", "plugin_settings"]

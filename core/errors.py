@@ -95,6 +95,13 @@ class PaymentRefused(DomainError):
         self.gateway_message = message
 
 
+class PluginUnavailable(PluginError):
+    """A plugin failed to load, so no hook may run: any of them could have been the one it
+    implements. `details` names each broken plugin and why it failed."""
+
+    code = "plugin_unavailable"
+
+
 class InvalidCursor(InvalidRequest):
     code = "invalid_cursor"
 

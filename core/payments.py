@@ -10,6 +10,7 @@ from typing import Any
 import pluggy
 
 from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
+from core.hook_calls import call_hook
 from core.money import Money
 from core.workflow_types import PaymentResult
 
@@ -27,18 +28,6 @@ class Failure:
 OnFailure = Callable[[Failure], None]
 
 
-def _call(hook: Any, name: str, **kwargs: Any) -> Any:
-    try:
-        return hook(**kwargs)
-    except TransientError:
-        raise
-    except (TimeoutError, ConnectionError) as exc:
-        # Safe to retry: the operation's idempotency key makes a second call the same operation.
-        raise TransientError(f"the payment gateway did not answer {name}: {type(exc).__name__} {exc}") from exc
-    except Exception as exc:
-        raise PluginError(f"a payment plugin failed in {name}: {type(exc).__name__}") from exc
-
-
 class Payments:
     def __init__(
         self,
@@ -54,14 +43,7 @@ class Payments:
         self._sleep = sleep
 
     def methods(self) -> set[str]:
-        names: set[str] = set()
-        for answer in _call(self._hook.oms_payment_methods, "oms_payment_methods"):
-            if answer is None:
-                continue
-            if not isinstance(answer, list | tuple) or not all(isinstance(m, str) for m in answer):
-                raise PluginError("oms_payment_methods returned something other than a list of names")
-            names.update(answer)
-        return names
+        return set(call_hook(self._hook.oms_payment_methods))
 
     def retried(self, operation: str, call: Callable[[int], PaymentResult], on_failure: OnFailure) -> PaymentResult:
         """`call(attempt)` (attempt 0, 1, ...) until the gateway answers, at most `attempts` times
@@ -99,8 +81,8 @@ class Payments:
         """Approved or raises PaymentDeclined; TransientError passes through for a retry. `key`
         is the gateway's idempotency key: the same for retries of one authorization."""
         result = self._checked(
-            _call(
-                self._hook.oms_payment_authorize, "oms_payment_authorize",
+            call_hook(
+                self._hook.oms_payment_authorize,
                 method=method, token=token, amount=amount, order_id=order_id,
                 idempotency_key=key, attempt=attempt,
             ),
@@ -112,8 +94,8 @@ class Payments:
 
     def capture(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         return self._approved(
-            _call(
-                self._hook.oms_payment_capture, "oms_payment_capture",
+            call_hook(
+                self._hook.oms_payment_capture,
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
             "capture", method,
@@ -121,8 +103,8 @@ class Payments:
 
     def void(self, method: str, authorization: str, order_id: str, key: str) -> PaymentResult:
         return self._approved(
-            _call(
-                self._hook.oms_payment_void, "oms_payment_void",
+            call_hook(
+                self._hook.oms_payment_void,
                 method=method, authorization=authorization, order_id=order_id, idempotency_key=key,
             ),
             "void", method,
@@ -130,8 +112,8 @@ class Payments:
 
     def refund(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         return self._approved(
-            _call(
-                self._hook.oms_payment_refund, "oms_payment_refund",
+            call_hook(
+                self._hook.oms_payment_refund,
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
             "refund", method,

@@ -1,19 +1,215 @@
-"""Builds the pluggy plugin manager: hookspecs plus every plugin installed under the `oms` group."""
+"""Builds the pluggy plugin manager: the hookspecs, the `oms` entry points one at a time, copies for every hook call."""
 
 from __future__ import annotations
 
+import copy
+import importlib.metadata
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, cast
+
 import pluggy
+from pydantic import BaseModel, Field
 
 from core import PROJECT, hookspecs
+from core.errors import PluginUnavailable
+from core.hook_calls import recording
+
+# The built-in gateway that approves any `tok_approve`: a deployment that loaded it by accident
+# would ship goods it was never paid for, so it loads only when asked for.
+TEST_PAYMENTS = "test_payments"
+TEST_PAYMENTS_OFF = "the test gateway approves anything: it loads only with OMS_ENABLE_TEST_PAYMENTS=true"
+MAX_REASON = 500
 
 
-def build_plugin_manager(*extra_plugins: object, load_entry_points: bool = True) -> pluggy.PluginManager:
-    """Built-in plugins are entry points of this distribution, exactly like third-party ones, so
-    any of them can be blocked (`pm.set_blocked(name)`) or replaced by another distribution."""
-    manager = pluggy.PluginManager(PROJECT)
-    manager.add_hookspecs(hookspecs)
+class PluginInfo(BaseModel):
+    """One plugin as GET /plugins lists it."""
+
+    name: str = Field(description="The entry-point name (or the name code registered it under)")
+    distribution: str | None = Field(default=None, description="The installed package that provides it")
+    version: str | None = None
+    status: Literal["loaded", "disabled", "broken"]
+    hooks: list[str] = Field(default_factory=list, description="The hooks it implements")
+    ignored_hooks: list[str] = Field(
+        default_factory=list, description="optionalhook implementations of hooks this OMS does not have"
+    )
+    reason: str | None = Field(default=None, description="Why it is disabled or broken")
+
+
+class HookCall(BaseModel):
+    """One implementation of a hook, in the order pluggy calls them."""
+
+    plugin: str
+    wrapper: bool
+    tryfirst: bool
+    trylast: bool
+
+
+class PluginReport(BaseModel):
+    plugins: list[PluginInfo]
+    call_order: dict[str, list[HookCall]] = Field(
+        description="Per hook, its implementations in the order they run: wrappers first, then tryfirst, "
+        "then the others last-registered first, then trylast"
+    )
+
+
+class OmsPluginManager(pluggy.PluginManager):
+    """A PluginManager that gives every hook call deep copies of its arguments, refuses hook names
+    that have no spec, records which plugins failed to load, and runs no hook while any has."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.broken: list[PluginInfo] = []
+        self.disabled: dict[str, str] = {}  # name -> why
+        self._origins: dict[str, tuple[str | None, str | None]] = {}  # name -> (distribution, version)
+        self.add_hookcall_monitoring(self._before_call, _after_call)
+
+    # --- Loading ---------------------------------------------------------------------------------
+    def disable(self, name: str, reason: str) -> None:
+        """Never load the plugin called `name`, and say why in GET /plugins."""
+        self.set_blocked(name)
+        self.disabled[name] = reason
+
+    def load_entry_points(self) -> None:
+        """Import and register every `oms` entry point, one at a time: one that fails to import or
+        to register is recorded in `broken` with the reason, and the others load regardless."""
+        for entry_point in importlib.metadata.entry_points(group=PROJECT):
+            origin = _origin(entry_point)
+            if self.is_blocked(entry_point.name):
+                self._origins[entry_point.name] = origin
+                continue
+            if self.has_plugin(entry_point.name):
+                continue
+            try:
+                self.register(entry_point.load(), name=entry_point.name)
+            except Exception as exc:  # a plugin's import can raise anything; none may stop the others
+                reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+                distribution, version = origin
+                self.broken.append(
+                    PluginInfo(
+                        name=entry_point.name, distribution=distribution, version=version, status="broken",
+                        reason=reason,
+                    )
+                )  # fmt: skip
+                continue
+            self._origins[entry_point.name] = origin
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """As pluggy's, but a hook name with no spec (a typo, or a hook of another OMS version) is
+        refused unless the implementation says `optionalhook=True`, and each implementation is
+        wrapped so call_hook can tell which plugin gave an answer."""
+        unknown = [hook for hook, optional in self._implemented(plugin) if not optional and not self._known(hook)]
+        if unknown:
+            raise pluggy.PluginValidationError(
+                plugin, f"unknown hook {', '.join(sorted(unknown))}: this OMS has no such hook (see the plugin guide)"
+            )
+        plugin_name = super().register(plugin, name)
+        if plugin_name is not None:
+            for caller in self.get_hookcallers(plugin) or []:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                        impl.function = recording(impl.function, caller.name, plugin_name)  # type: ignore[misc]
+        return plugin_name
+
+    def _implemented(self, plugin: Any) -> list[tuple[str, bool]]:
+        found = []
+        for attribute in dir(plugin):
+            opts = self.parse_hookimpl_opts(plugin, attribute)
+            if opts is not None:
+                found.append((opts.get("specname") or attribute, bool(opts.get("optionalhook"))))
+        return found
+
+    def _known(self, hook: str) -> bool:
+        caller = getattr(self.hook, hook, None)
+        return caller is not None and caller.has_spec()
+
+    # --- Calling ---------------------------------------------------------------------------------
+    def require_loaded(self) -> None:
+        """Raise PluginUnavailable while any plugin failed to load."""
+        if self.broken:
+            names = ", ".join(plugin.name for plugin in self.broken)
+            raise PluginUnavailable(
+                f"plugins failed to load: {names}. Nothing that calls a plugin runs until they load "
+                "(fix or remove them) or are disabled (OMS_DISABLED_PLUGINS)",
+                details=[{"plugin": p.name, "distribution": p.distribution, "message": p.reason} for p in self.broken],
+            )
+
+    def _before_call(self, hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, object]) -> None:
+        # Any hook could be the one a broken plugin implements: running the others instead (the
+        # built-in fallback carrier, the table tax) would give a silently wrong answer.
+        self.require_loaded()
+        # One memo for the call: the copied arguments share what the originals shared (a draft's
+        # lines and the `line` being taxed), and a wrapper that edits them (a sourcing rule that
+        # drops a location) changes what the implementations after it see, never stored data.
+        # Only what some implementation takes is copied (pluggy passes each one its own argnames):
+        # the tax hook's `draft`, which no built-in takes, would otherwise be copied once per line.
+        arguments = cast(dict[str, object], kwargs)  # pluggy's own dict for this call, used after us
+        taken = {name for impl in impls for name in (*impl.argnames, *impl.kwargnames)}
+        memo: dict[int, Any] = {}
+        for name in list(arguments):
+            if name in taken:
+                arguments[name] = copy.deepcopy(arguments[name], memo)
+
+    # --- Reporting -------------------------------------------------------------------------------
+    def report(self) -> PluginReport:
+        loaded, disabled = [], []
+        for name, plugin in self.list_name_plugin():
+            distribution, version = self._origins.get(name, (None, None))
+            if plugin is None:
+                reason = self.disabled.get(name, "blocked")
+                if name not in self._origins:
+                    reason += " (no installed plugin has this name)"
+                disabled.append(
+                    PluginInfo(name=name, distribution=distribution, version=version, status="disabled", reason=reason)
+                )
+                continue
+            callers = self.get_hookcallers(plugin) or []
+            loaded.append(
+                PluginInfo(
+                    name=name, distribution=distribution, version=version, status="loaded",
+                    hooks=sorted(c.name for c in callers if c.has_spec()),
+                    ignored_hooks=sorted(c.name for c in callers if not c.has_spec()),
+                )
+            )  # fmt: skip
+        call_order = {
+            name: [
+                HookCall(plugin=impl.plugin_name, wrapper=impl.wrapper or impl.hookwrapper, tryfirst=impl.tryfirst,
+                         trylast=impl.trylast)
+                for impl in reversed(caller.get_hookimpls())  # pluggy runs the list from its end
+            ]
+            for name, caller in sorted(vars(self.hook).items())
+            if isinstance(caller, pluggy.HookCaller) and caller.has_spec()
+        }  # fmt: skip
+        return PluginReport(plugins=[*loaded, *disabled, *self.broken], call_order=call_order)
+
+
+def _after_call(*_: object) -> None:
+    pass
+
+
+def _origin(entry_point: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = entry_point.dist
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def build_plugin_manager(
+    *extra_plugins: object,
+    load_entry_points: bool = True,
+    disabled: Iterable[str] = (),
+    enable_test_payments: bool = False,
+) -> OmsPluginManager:
+    """Built-in plugins are entry points of this distribution, exactly like third-party ones, so a
+    deployment disables any of them by name (`disabled`, from OMS_DISABLED_PLUGINS) and another
+    distribution can replace it. `extra_plugins` are registered last (so they run first)."""
+    manager = OmsPluginManager()
+    for name in disabled:
+        manager.disable(name, "disabled by OMS_DISABLED_PLUGINS")
+    if not enable_test_payments and not manager.is_blocked(TEST_PAYMENTS):
+        manager.disable(TEST_PAYMENTS, TEST_PAYMENTS_OFF)
     if load_entry_points:
-        manager.load_setuptools_entrypoints(PROJECT)
+        manager.load_entry_points()
     for plugin in extra_plugins:
         manager.register(plugin)
     return manager

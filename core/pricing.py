@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 import pluggy
 
 from core.errors import InvalidRequest, PluginError
+from core.hook_calls import call_hook
 from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, Totals
 from core.money import Money, quantum
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
@@ -26,37 +26,40 @@ class PricedOrder:
     promo_codes: list[str]
 
 
-def _call(hook: Callable[..., Any], name: str, **kwargs: Any) -> Any:
-    # A plugin is third-party code: whatever it raises becomes one clear PluginError, so the
-    # client gets the contract's error shape and nothing is stored.
-    try:
-        return hook(**kwargs)
-    except Exception as exc:
-        raise PluginError(f"a plugin failed in {name}: {type(exc).__name__}") from exc
+def _money_in(currency: str) -> Callable[[Money], Money]:
+    """Accepts a plugin's Money only in the order's currency and never negative."""
+
+    def accept(value: Money) -> Money:
+        if value.currency != currency:
+            raise PluginError(f"returned {value.currency}, the order is in {currency}")
+        if value.is_negative():
+            raise PluginError("returned a negative amount")
+        return value
+
+    return accept
 
 
-def _money(value: Any, currency: str, hook: str) -> Money:
-    if not isinstance(value, Money):
-        raise PluginError(f"{hook} returned {type(value).__name__}, expected Money")
-    if value.currency != currency:
-        raise PluginError(f"{hook} returned {value.currency}, the order is in {currency}")
-    if value.is_negative():
-        raise PluginError(f"{hook} returned a negative amount")
-    return value
+def _discount_in(currency: str, lines: dict[str, Money]) -> Callable[[Discount], Discount]:
+    money = _money_in(currency)
+
+    def accept(discount: Discount) -> Discount:
+        if discount.amount is not None:
+            money(discount.amount)
+        if discount.line_id is not None and discount.line_id not in lines:
+            raise PluginError(f"named unknown line {discount.line_id}")
+        return discount
+
+    return accept
 
 
-def _flatten(results: list[Any], kind: type, hook: str) -> list[Any]:
-    items: list[Any] = []
-    for result in results:
-        if result is None:
-            continue
-        if not isinstance(result, list | tuple):
-            raise PluginError(f"{hook} returned {type(result).__name__}, expected a list")
-        for item in result:
-            if not isinstance(item, kind):
-                raise PluginError(f"{hook} returned {type(item).__name__}, expected {kind.__name__}")
-            items.append(item)
-    return items
+def _quote_in(currency: str) -> Callable[[ShippingQuote], ShippingQuote]:
+    money = _money_in(currency)
+
+    def accept(quote: ShippingQuote) -> ShippingQuote:
+        money(quote.amount)
+        return quote
+
+    return accept
 
 
 def spread(amount: Money, weights: list[Money]) -> list[Money]:
@@ -76,6 +79,12 @@ def spread(amount: Money, weights: list[Money]) -> list[Money]:
     return [Money.of(p * unit, currency) for p in parts]
 
 
+def _named_rate(rate: TaxRate) -> TaxRate:
+    if not 1 <= len(rate.name) <= 100:
+        raise PluginError("returned a TaxRate without a name of 1 to 100 characters")
+    return rate
+
+
 class Pricing:
     """Prices a PlaceOrder command through the plugin manager's hooks."""
 
@@ -88,9 +97,9 @@ class Pricing:
         draft_lines = []
         for index, line in enumerate(cmd.lines):
             product = products[line.sku]
-            unit = _call(
+            unit = call_hook(
                 self._hook.oms_unit_price,
-                "oms_unit_price",
+                _money_in(currency),
                 product=product,
                 quantity=line.quantity,
                 currency=currency,
@@ -103,7 +112,6 @@ class Pricing:
                     code="no_price",
                     details=[{"field": f"lines[{index}].sku", "message": f"no price in {currency}"}],
                 )
-            unit = _money(unit, currency, "oms_unit_price")
             draft_lines.append(
                 DraftLine(
                     line_id=f"L{index + 1}",
@@ -155,9 +163,8 @@ class Pricing:
 
     def _discounts(self, draft: PricingDraft) -> tuple[dict[str, Money], bool]:
         currency = draft.currency
-        granted: list[Discount] = _flatten(
-            _call(self._hook.oms_discounts, "oms_discounts", draft=draft), Discount, "oms_discounts"
-        )
+        subtotals = {line.line_id: line.subtotal for line in draft.lines}
+        granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
         claimed = {d.code.upper() for d in granted}
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
@@ -167,20 +174,16 @@ class Pricing:
         if unknown:
             raise InvalidRequest("unknown promo code", code="unknown_promo_code", details=unknown)
 
-        subtotals = {line.line_id: line.subtotal for line in draft.lines}
         per_line = {line_id: Money.zero(currency) for line_id in subtotals}
         free_shipping = False
         for d in granted:
             free_shipping = free_shipping or d.free_shipping
             if d.amount is None:
                 continue
-            amount = _money(d.amount, currency, "oms_discounts")
             if d.line_id is not None:
-                if d.line_id not in per_line:
-                    raise PluginError(f"oms_discounts named unknown line {d.line_id}")
-                per_line[d.line_id] = per_line[d.line_id] + amount
+                per_line[d.line_id] = per_line[d.line_id] + d.amount
             else:
-                for line_id, part in zip(per_line, spread(amount, list(subtotals.values())), strict=True):
+                for line_id, part in zip(per_line, spread(d.amount, list(subtotals.values())), strict=True):
                     per_line[line_id] = per_line[line_id] + part
         # A discount never makes a line negative.
         capped = {line_id: min(per_line[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in per_line}
@@ -189,16 +192,11 @@ class Pricing:
     def _tax(
         self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft
     ) -> tuple[Money, LineTaxRate | None]:
-        rate = _call(self._hook.oms_tax_rate, "oms_tax_rate", line=line, address=address, draft=draft)
+        # call_hook re-validates the answer (its rate is a Decimal from 0 to 1); the name is checked
+        # as the line keeps it, against the plugin that gave it.
+        rate: TaxRate | None = call_hook(self._hook.oms_tax_rate, _named_rate, line=line, address=address, draft=draft)
         if rate is None:
             return Money.zero(draft.currency), None
-        if not isinstance(rate, TaxRate):
-            raise PluginError(f"oms_tax_rate returned {type(rate).__name__}, expected TaxRate")
-        # Checked again here: a plugin may build its answer without validation (model_construct).
-        if not isinstance(rate.rate, Decimal) or not Decimal(0) <= rate.rate <= Decimal(1):
-            raise PluginError(f"oms_tax_rate returned rate {rate.rate!r}, expected a Decimal from 0 to 1")
-        if not isinstance(rate.name, str) or not 1 <= len(rate.name) <= 100:
-            raise PluginError("oms_tax_rate returned a TaxRate without a name of 1 to 100 characters")
         return (line.subtotal - discount).times(rate.rate), LineTaxRate(rate=rate.rate, name=rate.name)
 
     def _shipping(self, draft: PricingDraft, free_shipping: bool) -> tuple[str, Money]:
@@ -210,22 +208,17 @@ class Pricing:
                     details=[{"field": "shipping_method", "message": "leave it out for pickup orders"}],
                 )
             return PICKUP_METHOD, zero
-        quotes: list[ShippingQuote] = _flatten(
-            _call(
-                self._hook.oms_shipping_quotes,
-                "oms_shipping_quotes",
-                draft=draft,
-                address=draft.shipping_address,
-            ),
-            ShippingQuote,
-            "oms_shipping_quotes",
+        quotes: list[ShippingQuote] = call_hook(
+            self._hook.oms_shipping_quotes,
+            _quote_in(draft.currency),
+            draft=draft,
+            address=draft.shipping_address,
         )
         by_method: dict[str, Money] = {}
         for quote in quotes:
-            amount = _money(quote.amount, draft.currency, "oms_shipping_quotes")
             # Two plugins quoting the same method: the customer gets the cheaper one.
-            if quote.method not in by_method or amount < by_method[quote.method]:
-                by_method[quote.method] = amount
+            if quote.method not in by_method or quote.amount < by_method[quote.method]:
+                by_method[quote.method] = quote.amount
         if not by_method:
             raise InvalidRequest(
                 "no shipping method serves this address",

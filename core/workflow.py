@@ -29,6 +29,7 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
+from core.hook_calls import call_hook
 from core.ids import reservation_key, short_hash
 from core.models import Address, Location, Order, Shipment, ShipmentLine, utc_now
 from core.order_changes import failure_recorder, modify
@@ -200,10 +201,9 @@ class Workflow:
     def _source(self, order: Order, eligible: list[Location], stock: dict, destination: Address) -> SourcingPlan:
         if not eligible:
             raise OutOfStock(f"no location can supply order {order.id}")
-        try:
-            plan = self._hook.oms_source_order(order=order, locations=eligible, stock=stock, destination=destination)
-        except Exception as exc:
-            raise PluginError(f"a sourcing plugin failed: {type(exc).__name__}") from exc
+        plan = call_hook(
+            self._hook.oms_source_order, order=order, locations=eligible, stock=stock, destination=destination
+        )
         if plan is None:
             raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
         if not isinstance(plan, SourcingPlan):
@@ -257,14 +257,10 @@ class Workflow:
     def _book(
         self, order: Order, shipment_id: str, origin: Location, lines: list[ShipmentLine], weight: int
     ) -> CarrierShipment:
-        try:
-            booked = self._hook.oms_carrier_create_shipment(
-                order=order, shipment_id=shipment_id, origin=origin, lines=lines, weight_grams=weight
-            )
-        except TransientError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"a carrier plugin failed: {type(exc).__name__}") from exc
+        booked = call_hook(
+            self._hook.oms_carrier_create_shipment,
+            order=order, shipment_id=shipment_id, origin=origin, lines=lines, weight_grams=weight,
+        )  # fmt: skip
         if not isinstance(booked, CarrierShipment):
             raise PluginError(f"oms_carrier_create_shipment returned {type(booked).__name__}, expected CarrierShipment")
         return booked

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
-import pluggy
+from aws_lambda_powertools import Logger
 
 from core.access import ApiKey
 from core.fulfillment import OrderActions
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter
 from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
+from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
@@ -23,6 +23,8 @@ from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
+
+logger = Logger(child=True)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Config:
     catalog_table: str
     idempotency_table: str
     catalog_cache_seconds: float
+    disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
+    enable_test_payments: bool = False  # the `test` gateway approves anything
 
     @classmethod
     def from_env(cls) -> Config:
@@ -41,6 +45,10 @@ class Config:
             catalog_table=os.environ["CATALOG_TABLE"],
             idempotency_table=os.environ["IDEMPOTENCY_TABLE"],
             catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS", "10")),
+            disabled_plugins=frozenset(
+                name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
+            ),
+            enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
         )
 
 
@@ -48,7 +56,7 @@ class Config:
 class Container:
     config: Config
     dynamodb: Any
-    plugins: pluggy.PluginManager
+    plugins: OmsPluginManager
     capture: CaptureService
     catalog: CatalogService
     inventory: InventoryService
@@ -70,7 +78,7 @@ def container() -> Container:
     orders = DynamoOrders(client, config.orders_table)
     catalog = CachedCatalog(DynamoCatalog(client, config.catalog_table), config.catalog_cache_seconds)
     inventory = DynamoInventory(client, config.inventory_table)
-    plugins = build_plugin_manager()
+    plugins = plugin_manager()
     payments = Payments(plugins)
     capture = CaptureService(orders, catalog, inventory, Pricing(plugins), payment_methods=payments.methods)
     return Container(
@@ -97,9 +105,25 @@ def workflow() -> Workflow:
         DynamoOrders(client, config.orders_table),
         DynamoCatalog(client, config.catalog_table),
         DynamoInventory(client, config.inventory_table),
-        build_plugin_manager(),
+        plugin_manager(),
         S3Labels(os.environ.get("LABELS_BUCKET", "")),
     )
+
+
+@functools.cache
+def plugin_manager() -> OmsPluginManager:
+    """The plugins, loaded once per container. A plugin that cannot load is logged here, named by
+    GET /health, and stops every route that calls a hook (503 plugin_unavailable)."""
+    config = Config.from_env()
+    plugins = build_plugin_manager(disabled=config.disabled_plugins, enable_test_payments=config.enable_test_payments)
+    for broken in plugins.broken:
+        logger.error(
+            "plugin failed to load",
+            extra={"plugin": broken.name, "distribution": broken.distribution, "reason": broken.reason},
+        )
+    for name, reason in plugins.disabled.items():
+        logger.info("plugin disabled", extra={"plugin": name, "reason": reason})
+    return plugins
 
 
 @functools.cache

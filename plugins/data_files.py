@@ -1,14 +1,15 @@
-"""Loads the built-in plugins' JSON data files: the packaged default, or a file named by an env var."""
+"""Loads the built-in plugins' JSON data files: the packaged default, or a file named by a plugin setting."""
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
+
+from core import plugin_settings
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -19,9 +20,10 @@ class DataFileError(ValueError):
     """A plugin data file is missing, is not JSON, or does not match its schema."""
 
 
-def data_file_path(env_var: str, default_name: str) -> Path:
-    # A deployment can point at its own table without rebuilding the package.
-    override = os.environ.get(env_var, "").strip()
+def data_file_path(plugin: str, setting: str, default_name: str) -> Path:
+    """The file in the plugin's `setting` (OMS_PLUGIN_<PLUGIN>_<SETTING>), else the packaged one:
+    a deployment points at its own table without rebuilding the package."""
+    override = plugin_settings(plugin).get(setting)
     return Path(override) if override else DATA_DIR / default_name
 
 

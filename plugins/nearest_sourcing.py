@@ -15,8 +15,9 @@
 Distance is the great-circle (haversine) distance from a location's coordinates to the
 destination's. A destination without coordinates is placed at the centre of its region (US
 states, Canadian provinces) or country, from `plugins/data/geo_centroids.json` or the file in
-`OMS_GEO_CENTROIDS_FILE`; when neither is listed, distances are unknown and locations are taken in
-order of their id. Each choice is explained by one sentence of the plan's `reasons`.
+`OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE`; when neither is listed, distances are unknown and
+locations are taken in order of their id. Each choice is explained by one sentence of the plan's
+`reasons`.
 
 Only the `locations` given are used (the core already chose the eligible ones: for a pickup order,
 just the store) and only their `stock`. The plan is deterministic for the same inputs.
@@ -37,7 +38,8 @@ from core.models import COUNTRIES, Address, Allocation, Latitude, Location, Long
 from core.workflow_types import SourcingPlan
 from plugins.data_files import data_file_path, load_data_file
 
-GEO_CENTROIDS_FILE_ENV = "OMS_GEO_CENTROIDS_FILE"
+NAME = "nearest_sourcing"  # its entry-point name, which namespaces its settings
+GEO_CENTROIDS_FILE_ENV = "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE"
 EARTH_RADIUS_KM = 6371.0088  # the IUGG mean radius
 
 
@@ -64,7 +66,7 @@ class GeoCentroids(BaseModel):
 
 def load_geo_centroids() -> GeoCentroids:
     """The configured centroid table. Raises DataFileError for a malformed file."""
-    return load_data_file(data_file_path(GEO_CENTROIDS_FILE_ENV, "geo_centroids.json"), GeoCentroids)
+    return load_data_file(data_file_path(NAME, "centroids_file", "geo_centroids.json"), GeoCentroids)
 
 
 def haversine_km(a: tuple[float, float], b: tuple[float, float]) -> float:

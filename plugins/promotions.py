@@ -1,6 +1,6 @@
 """Built-in promotions: the promo codes of a JSON data file, as percent, fixed or free-shipping discounts.
 
-The file is `plugins/data/promotions.json`, or the path in `OMS_PROMOTIONS_FILE`:
+The file is `plugins/data/promotions.json`, or the path in `OMS_PLUGIN_PROMOTIONS_FILE`:
 
     {"promotions": [
         {"code": "WELCOME10", "kind": "percent", "percent": "10"},
@@ -36,7 +36,8 @@ from core.money import Money
 from core.pricing_types import Discount, PricingDraft
 from plugins.data_files import DecimalText, data_file_path, load_data_file
 
-PROMOTIONS_FILE_ENV = "OMS_PROMOTIONS_FILE"
+NAME = "promotions"  # its entry-point name, which namespaces its settings
+PROMOTIONS_FILE_ENV = "OMS_PLUGIN_PROMOTIONS_FILE"
 
 
 def _upper(value: Any) -> Any:
@@ -160,7 +161,7 @@ class PromotionsFile(BaseModel):
 
 def load_promotions() -> dict[str, PercentOff | FixedOff | FreeShipping]:
     """The configured promotions by upper-case code. Raises DataFileError for a malformed file."""
-    return load_data_file(data_file_path(PROMOTIONS_FILE_ENV, "promotions.json"), PromotionsFile).by_code()
+    return load_data_file(data_file_path(NAME, "file", "promotions.json"), PromotionsFile).by_code()
 
 
 @hookimpl

@@ -1,6 +1,6 @@
 """Built-in tax: a rate per country (and region) and product tax code, from a JSON table.
 
-The table is `plugins/data/tax_rates.json`, or the path in `OMS_TAX_RATES_FILE`. Each country
+The table is `plugins/data/tax_rates.json`, or the path in `OMS_PLUGIN_TAX_TABLE_RATES_FILE`. Each country
 maps tax codes to rates ("standard" is required), or lists `regions` that do, or both (a listed
 region wins over the country's own rates):
 
@@ -24,7 +24,8 @@ from core.models import COUNTRIES, Address
 from core.pricing_types import DraftLine, TaxRate
 from plugins.data_files import DecimalText, data_file_path, load_data_file
 
-TAX_RATES_FILE_ENV = "OMS_TAX_RATES_FILE"
+NAME = "tax_table"  # its entry-point name, which namespaces its settings
+TAX_RATES_FILE_ENV = "OMS_PLUGIN_TAX_TABLE_RATES_FILE"
 STANDARD = "standard"
 
 TaxCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
@@ -129,7 +130,7 @@ def _pick(rates: dict[str, Decimal], tax_code: str | None, place: str) -> TaxRat
 
 def load_tax_table() -> TaxTable:
     """The configured tax table. Raises DataFileError for a malformed file."""
-    return load_data_file(data_file_path(TAX_RATES_FILE_ENV, "tax_rates.json"), TaxTable)
+    return load_data_file(data_file_path(NAME, "rates_file", "tax_rates.json"), TaxTable)
 
 
 # trylast: a tax engine plugin, when installed, answers before this table.

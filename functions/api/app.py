@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from functions.api import errors, guards
 from functions.api.access import ScopeTable
-from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders
+from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders, plugins
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -27,6 +27,7 @@ app.include_router(orders.router)
 app.include_router(api_keys.router)
 app.include_router(imports.router)
 app.include_router(carriers.router)
+app.include_router(plugins.router)
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     PluginError,
+    PluginUnavailable,
     TransientError,
     field_path,
 )
@@ -86,7 +87,13 @@ def register(app: APIGatewayRestResolver) -> None:
     def _plugin_error(error: PluginError) -> Response:
         # A broken plugin is a server-side bug: logged with its traceback, answered without one.
         logger.exception("plugin failed", extra={"error_code": error.code})
-        return error_response(500, error.code, error.message)
+        return error_response(500, error.code, error.message, error.details)
+
+    @app.exception_handler(PluginUnavailable)
+    def _plugin_unavailable(error: PluginUnavailable) -> Response:
+        # Why each plugin failed was logged when the container loaded them; this names them.
+        logger.warning("refused: a plugin failed to load", extra={"plugins": [d["plugin"] for d in error.details]})
+        return error_response(503, error.code, error.message, error.details)
 
     @app.exception_handler(PaymentRefused)
     def _payment_refused(error: PaymentRefused) -> Response:

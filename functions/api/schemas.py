@@ -41,7 +41,7 @@ _DESCRIPTIONS = {
     429: "Throttled",
     502: "The payment gateway refused the operation (`payment_gateway_error`): nothing was recorded as done",
     503: "The payment gateway kept failing (`payment_gateway_unavailable`): nothing was recorded as done; "
-    "repeat the request after Retry-After",
+    "repeat the request after Retry-After; or a plugin failed to load (`plugin_unavailable`): the error names it",
 }
 
 

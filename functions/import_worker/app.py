@@ -28,6 +28,9 @@ def import_order(record: SQSRecord) -> None:
     again, and after maxReceiveCount it waits in the dead-letter queue."""
     origin = origin_from(record.raw_event.get("messageAttributes") or {})
     try:
+        # A plugin that failed to load fails the message before anything is captured: SQS delivers
+        # it again once the deployment is fixed (or the plugin disabled).
+        bootstrap.plugin_manager().require_loaded()
         result = bootstrap.order_importer().import_order(record.body, origin, sender=record.attributes.sender_id or "")
     except Exception:
         # The body is never logged: it is customer data.

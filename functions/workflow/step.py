@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.workflow import Workflow
-from functions.bootstrap import workflow
+from functions.bootstrap import plugin_manager, workflow
 
 logger = Logger()
 
@@ -29,12 +29,15 @@ def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict
     """A task's Lambda handler: validate the Parameters, log with the order id, `run` the step.
 
     Exceptions propagate on purpose: their class name is the errorType the state machine's Retry
-    and Catch match (TransientError, PaymentDeclined, OutOfStock, OrderClosed)."""
+    and Catch match (TransientError, PaymentDeclined, OutOfStock, OrderClosed). While a plugin
+    failed to load no step runs (PluginUnavailable): every step calls hooks, and the cancel step
+    would otherwise record a void it could not make."""
 
     @logger.inject_lambda_context(clear_state=True)
     def lambda_handler(event: dict[str, Any], context: Any) -> None:
         step = StepInput.model_validate(event)
         logger.append_keys(order_id=step.order_id)
+        plugin_manager().require_loaded()
         run(workflow(), step)
 
     return lambda_handler

@@ -126,15 +126,20 @@ def _workflow_lines(stack: EmbeddedStack) -> list[str]:
     return lines
 
 
+def local_parameters() -> dict[str, str]:
+    """The template parameters `make run` sets for a laptop."""
+    return {
+        "ImportQueueHighWater": os.environ.get("OMS_IMPORT_QUEUE_HIGH_WATER") or LOCAL_IMPORT_QUEUE_HIGH_WATER,
+        # The demo orders pay with the `test` gateway; OMS_ENABLE_TEST_PAYMENTS=false turns it off.
+        "EnableTestPayments": os.environ.get("OMS_ENABLE_TEST_PAYMENTS") or "true",
+    }
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     started = time.monotonic()
-    stack = EmbeddedStack(
-        parameter_overrides={
-            "ImportQueueHighWater": os.environ.get("OMS_IMPORT_QUEUE_HIGH_WATER") or LOCAL_IMPORT_QUEUE_HIGH_WATER
-        }
-    )
+    stack = EmbeddedStack(parameter_overrides=local_parameters())
     # Seeded after start() so that a refused seed is a warning, not a stack that will not start.
     wants_seed, stack.seed = stack.seed, False
     stopping = threading.Event()

@@ -124,6 +124,13 @@ PARAMETER_ENV = {
     "OMS_RATE_LIMIT": "ApiRateLimit",
     "OMS_BURST_LIMIT": "ApiBurstLimit",
     "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
+    # The plugin variables a developer may export: the stack sets every Globals variable, so the
+    # shell's value must reach the functions as the template parameter that feeds it.
+    "OMS_DISABLED_PLUGINS": "DisabledPlugins",
+    "OMS_ENABLE_TEST_PAYMENTS": "EnableTestPayments",
+    "OMS_PLUGIN_TAX_TABLE_RATES_FILE": "PluginTaxTableRatesFile",
+    "OMS_PLUGIN_PROMOTIONS_FILE": "PluginPromotionsFile",
+    "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE": "PluginNearestSourcingCentroidsFile",
 }
 
 
@@ -730,7 +737,8 @@ def _queue_attributes(properties: Mapping[str, Any]) -> dict[str, str]:
 
 @contextmanager
 def running_stack(**kwargs: Any) -> Iterator[EmbeddedStack]:
-    """For tests: a started stack on free ports, without demo data unless seed=True.
+    """For tests: a started stack on free ports, without demo data unless seed=True, with the
+    `test` payment gateway on unless parameter_overrides say EnableTestPayments "false".
 
     with running_stack(handlers={"ApiFunction": fake}) as stack:
         requests.get(stack.api_url + "/health")
@@ -738,6 +746,7 @@ def running_stack(**kwargs: Any) -> Iterator[EmbeddedStack]:
     kwargs.setdefault("api_port", 0)
     kwargs.setdefault("aws_port", 0)
     kwargs.setdefault("seed", False)
+    kwargs["parameter_overrides"] = {"EnableTestPayments": "true", **(kwargs.get("parameter_overrides") or {})}
     stack = EmbeddedStack(**kwargs)
     stack.start()
     try:

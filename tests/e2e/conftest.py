@@ -18,8 +18,9 @@ from infra.local.stack import EmbeddedStack, running_stack
 from tests.e2e.client import Api, Catalog
 
 # Throttling is not what these tests are about: generous limits keep them independent of the
-# template's defaults and of OMS_RATE_LIMIT / OMS_BURST_LIMIT in a developer's shell.
-PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
+# template's defaults and of OMS_RATE_LIMIT / OMS_BURST_LIMIT in a developer's shell. Orders pay
+# with the `test` gateway, which the template leaves off.
+PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000, "EnableTestPayments": "true"}
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,11 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_SERVICE_NAME": "oms-test",
         "POWERTOOLS_METRICS_NAMESPACE": "OMS",
+        "OMS_ENABLE_TEST_PAYMENTS": "true",  # the sample events pay with the `test` gateway
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("OMS_DISABLED_PLUGINS", raising=False)
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         tables = {}

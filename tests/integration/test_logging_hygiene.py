@@ -68,7 +68,7 @@ class ExplodingTax:
 
     @hookimpl(tryfirst=True)
     def oms_tax_rate(self, line, address, draft):
-        raise ConnectionError("tax service down")
+        raise RuntimeError("tax service down")
 
 
 # --- Capturing everything ---------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """The per-container catalog cache: fresh for ttl seconds, write-through, never caches absence."""
 
+from core import hookimpl
+from core.money import Money
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
 from functions.adapters.catalog_cache import CachedCatalog
 from tests.builders import location, product
 from tests.fakes import FakeCatalog
+from tests.unit.conftest import an_address, an_order
 
 
 class CountingCatalog(FakeCatalog):
@@ -61,3 +66,21 @@ def test_the_network_is_cached_whole_and_dropped_on_write():
     cache.put_location(location("wh-west"))
     assert cache.get_location("wh-west") is not None
     assert inner.reads == 2
+
+
+class CheapensTheProduct:
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self, product):
+        product.price = Money.of("0.01", product.price.currency)  # assignment is not validated
+        return None
+
+
+def test_a_plugin_that_changes_a_product_does_not_poison_the_cache():
+    cache, inner, _ = make()
+    inner.put_product(product("A", "1.00"))
+    pricing = Pricing(build_plugin_manager(CheapensTheProduct()))
+
+    pricing.price(an_order(("A", 1)), cache.get_products({"A"}), an_address())
+
+    assert cache.get_products({"A"})["A"].price == Money.of("1.00", "USD")
+    assert inner.reads == 1  # the cached product itself was checked, not a fresh read

@@ -1,10 +1,19 @@
-"""The README's plugin guide documents every hook with its current signature."""
+"""The README's plugin guide documents every hook with its current signature, and its examples work."""
 
 import inspect
 import re
+import types
 from pathlib import Path
 
+import pytest
+
 from core import hookspecs
+from core.errors import OutOfStock
+from core.money import Money
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from tests.unit.conftest import a_product, an_address, an_order
+from tests.unit.world import build_world
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -27,3 +36,56 @@ def test_every_hook_has_a_docstring_and_firstresult_hooks_say_so():
         assert ":return:" in doc, name
         firstresult = getattr(fn, "oms_spec", {}).get("firstresult", False)
         assert firstresult == ("Stops at first non-None result" in doc), name
+
+
+# --- The guide's examples run as written --------------------------------------------------------
+
+
+def example(after: str, name: str) -> types.ModuleType:
+    """The first python block of the README after the text `after`, imported as module `name`."""
+    block = re.search(r"```python\n(.*?)```", README[README.index(after) :], flags=re.S)
+    assert block is not None, f"no python example after {after!r}"
+    module = types.ModuleType(name)
+    exec(compile(block.group(1), f"README.md ({name})", "exec"), module.__dict__)
+    return module
+
+
+def test_the_first_example_taxes_norway():
+    plugins = build_plugin_manager(example("## Plugins", "my_oms_plugin"))
+
+    priced = Pricing(plugins).price(
+        an_order(("MUG-1", 1), currency="EUR"), {"MUG-1": a_product(currency="EUR")}, an_address("NO", None)
+    )
+
+    assert priced.totals.tax == Money.of("2.50", "EUR")
+
+
+STOCK = [("TSHIRT", "wh-west", 5), ("TSHIRT", "wh-east", 5)]
+
+
+def test_the_location_veto_example_makes_sourcing_skip_the_vetoed_location(monkeypatch):
+    monkeypatch.setenv("OMS_PLUGIN_LOCATION_VETO_LOCATIONS", "wh-west, somewhere-else")
+    world = build_world(STOCK, example("### A rule that vetoes a location", "oms_location_veto"))
+
+    order = world.allocated(("TSHIRT", 2))
+
+    # wh-west is nearer to San Francisco: without the veto it would be chosen.
+    assert [(a.location_id, a.quantity) for a in order.allocations] == [("wh-east", 2)]
+    assert world.catalog.get_location("wh-west") is not None  # vetoed for sourcing, not removed
+
+
+def test_without_its_setting_the_location_veto_vetoes_nothing(monkeypatch):
+    monkeypatch.delenv("OMS_PLUGIN_LOCATION_VETO_LOCATIONS", raising=False)
+    world = build_world(STOCK, example("### A rule that vetoes a location", "oms_location_veto"))
+
+    assert [a.location_id for a in world.allocated(("TSHIRT", 2)).allocations] == ["wh-west"]
+
+
+def test_an_order_only_vetoed_locations_could_supply_is_out_of_stock(monkeypatch):
+    monkeypatch.setenv("OMS_PLUGIN_LOCATION_VETO_LOCATIONS", "wh-west,wh-east")
+    world = build_world(STOCK, example("### A rule that vetoes a location", "oms_location_veto"))
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)

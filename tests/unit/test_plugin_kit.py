@@ -9,7 +9,15 @@ import pluggy
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidRequest, NotFound, OutOfStock, PaymentDeclined, PaymentRefused, PluginError, TransientError
+from core.errors import (
+    InvalidRequest,
+    NotFound,
+    OutOfStock,
+    PaymentDeclined,
+    PaymentRefused,
+    PluginError,
+    TransientError,
+)
 from core.models import Allocation, LineTaxRate
 from core.pricing_types import TaxRate
 from core.status import OrderStatus

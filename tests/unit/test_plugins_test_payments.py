@@ -33,12 +33,15 @@ def pm():
 # --- Registration -----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    "test_payments" not in entry_points(group="oms").names,
-    reason="the `test_payments` entry point is not in pyproject.toml yet",
-)
-def test_is_registered_through_the_oms_entry_point(plugins):
-    assert plugins.get_plugin("test_payments") is test_payments
+def test_is_registered_through_the_oms_entry_point_when_test_payments_are_enabled():
+    assert "test_payments" in entry_points(group="oms").names
+    assert build_plugin_manager(enable_test_payments=True).get_plugin("test_payments") is test_payments
+
+
+def test_is_off_unless_test_payments_are_enabled(plugins):
+    # It approves anything: a deployment that loaded it by accident would ship unpaid goods.
+    assert plugins.get_plugin("test_payments") is None
+    assert "OMS_ENABLE_TEST_PAYMENTS" in {p.name: p.reason for p in plugins.report().plugins}["test_payments"]
 
 
 def test_answers_through_the_plugin_manager_with_the_specs_keyword_arguments(pm):

@@ -99,7 +99,7 @@ class World:
         )
 
 
-def build_world(stock: Stock) -> World:
+def build_world(stock: Stock, *extra_plugins: object) -> World:
     orders, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
     catalog.put_product(product("TSHIRT", "19.99"))
     catalog.put_product(product("MUG", "12.50", weight_grams=350))
@@ -113,7 +113,7 @@ def build_world(stock: Stock) -> World:
     for sku, location_id, on_hand in stock:
         inventory.set_on_hand(sku, location_id, on_hand, reason="count")
     spy, gateway = PaymentSpy(), ScriptedGateway()
-    plugins = build_plugin_manager(spy, gateway)
+    plugins = build_plugin_manager(spy, gateway, *extra_plugins, enable_test_payments=True)
 
     def clock():
         return NOW

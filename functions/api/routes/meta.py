@@ -1,14 +1,17 @@
-"""Health and the API's own description: the OpenAPI document and Swagger UI for it."""
+"""Health (and the plugins that failed to load) and the API's own description: the OpenAPI document and Swagger UI."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel
 
 from functions.api.access import PUBLIC, requires
+from functions.api.schemas import ok
+from functions.bootstrap import plugin_manager
 
 router = Router()
 
@@ -21,13 +24,38 @@ DESCRIPTION = (
 
 
 class Health(BaseModel):
-    status: str
+    status: Literal["ok"]
 
 
-@router.get("/health", summary="Liveness", include_in_schema=True)
+class BrokenPlugin(BaseModel):
+    name: str
+    reason: str
+
+
+class Degraded(BaseModel):
+    status: Literal["degraded"]
+    broken_plugins: list[BrokenPlugin]
+
+
+@router.get(
+    "/health",
+    summary="Liveness; 503 names the plugins that failed to load",
+    include_in_schema=True,
+    responses={
+        **ok(200, Health, "Every plugin loaded"),
+        **ok(503, Degraded, "Plugins failed to load: the routes that call plugins answer 503 plugin_unavailable"),
+    },
+)
 @requires(PUBLIC)
-def health() -> Health:
-    return Health(status="ok")
+# No return annotation: the body is one of two shapes, each documented above.
+def health():
+    broken = plugin_manager().broken
+    if not broken:
+        return Response(200, content_types.APPLICATION_JSON, Health(status="ok").model_dump_json())
+    degraded = Degraded(
+        status="degraded", broken_plugins=[BrokenPlugin(name=p.name, reason=p.reason or "") for p in broken]
+    )
+    return Response(503, content_types.APPLICATION_JSON, degraded.model_dump_json())
 
 
 def _document() -> str:

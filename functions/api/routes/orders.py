@@ -14,6 +14,7 @@ from core.ports import OrderFilter
 from core.status import OrderStatus
 from functions.api.access import caller, requires
 from functions.api.errors import ApiError
+from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, errors, ok
 from functions.bootstrap import container
 
@@ -33,7 +34,8 @@ IdempotencyKey = Annotated[
 @router.post(
     "/orders",
     summary="Place an order",
-    responses={**ok(201, Order, "The order, pending"), **errors(400, 403, 409, 413)},
+    responses={**ok(201, Order, "The order, pending"), **errors(400, 403, 409, 413, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
 def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Response[Order]:
@@ -119,6 +121,7 @@ IfMatch = Annotated[
     "re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either way the order is unchanged "
     "and the failed attempts are in its history.",
     responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
 def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None) -> Order:
@@ -142,8 +145,9 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
     "`authorized` and the history has a `payment_void_failed` entry per attempt. Cancelling again retries the void.",
     responses={
         **ok(200, Order, "The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
-        **errors(400, 403, 404, 409, 413),
+        **errors(400, 403, 404, 409, 413, 503),
     },
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
 def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
@@ -160,6 +164,7 @@ def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
     "history, and repeating the call tries again with the same idempotency key. A capture whose shipment was "
     "cancelled meanwhile is refunded at once (409).",
     responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def ship_shipment(
@@ -173,7 +178,8 @@ def ship_shipment(
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/deliver",
     summary="Confirm a shipment was delivered",
-    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:

@@ -1,0 +1,232 @@
+"""Calls a plugin hook the one way the core does: keyword arguments in, answers checked, the failing plugin named.
+
+What a hook must answer comes from its spec's return annotation in core/hookspecs.py
+(`Money | None`, `list[Discount] | None`, ...). Every answer is re-validated, because a plugin can
+build a model without validation (`Money.model_construct(amount=0.1, ...)`): a float anywhere in
+it, a field its type refuses, or a field of another type than validation makes of it (an amount
+held as a str) is the plugin's error, never an internal one. The core then works on the freshly
+validated copy, so a plugin's object is never stored either.
+
+Which plugin answered is recorded by the manager (`recording`), because pluggy returns only the
+result: a firstresult hook's answer or a collect-all hook's list is matched, by identity, to the
+plugin that returned it. Which plugin raised is read from the traceback: the outermost frame that
+runs one of the hook's implementations is the plugin pluggy called. Calling the implementations
+one by one instead would re-implement pluggy's ordering and wrappers, which the plugin guide
+tells authors to rely on.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ValidationError
+
+from core.errors import PluginError, PluginUnavailable, TransientError
+
+Accept = Callable[[Any], Any]
+
+
+class _Answer(NamedTuple):
+    hook: str
+    plugin: str
+    value: object
+
+
+# The non-None answers given while call_hook listens (None: nobody listens, nothing is kept).
+_answers: ContextVar[list[_Answer] | None] = ContextVar("oms_plugin_answers", default=None)
+
+
+def recording(function: Callable[..., Any], hook: str, plugin: str) -> Callable[..., Any]:
+    """`function` (one plugin's implementation of `hook`), noting who gave each answer."""
+
+    @functools.wraps(function)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        answer = function(*args, **kwargs)
+        answers = _answers.get()
+        if answers is not None and answer is not None:
+            answers.append(_Answer(hook, plugin, answer))
+        return answer
+
+    return recorded
+
+
+class _Shape(NamedTuple):
+    many: bool  # a collect-all hook: each plugin answers a list of `item`
+    item: type
+
+
+@functools.cache
+def _shape(spec_function: Callable[..., Any]) -> _Shape:
+    answer = typing.get_type_hints(spec_function)["return"]
+    if typing.get_origin(answer) in (typing.Union, types.UnionType):
+        (answer,) = [arg for arg in typing.get_args(answer) if arg is not type(None)]
+    if typing.get_origin(answer) is list:
+        return _Shape(True, typing.get_args(answer)[0])
+    return _Shape(False, answer)
+
+
+def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
+    """Call `hook` (a `plugins.hook.oms_...` caller) with `kwargs` and return its checked answer:
+    for a firstresult hook the answer or None, for a collect-all hook the items of every plugin's
+    list, in call order. `accept(item)` runs the caller's own checks on each item (and may return
+    a replacement); a PluginError it raises is reported against the plugin that gave the item.
+
+    A plugin that raises becomes PluginError naming it; TransientError (a gateway briefly down)
+    and PluginUnavailable pass through unchanged, and a TimeoutError or ConnectionError becomes
+    TransientError."""
+    name: str = hook.name
+    answers: list[_Answer] = []
+    token = _answers.set(answers)
+    try:
+        result = hook(**kwargs)
+    except (TransientError, PluginUnavailable):
+        raise
+    except (TimeoutError, ConnectionError) as exc:
+        # A remote service (gateway, carrier, tax service) did not answer: worth retrying, and safe
+        # to, because every hook that changes something remotely is given an idempotency key.
+        plugin = _raised_by(hook, exc)
+        raise TransientError(f"plugin {plugin} got no answer in {name}: {type(exc).__name__} {exc}") from exc
+    except Exception as exc:
+        plugin = _raised_by(hook, exc)
+        raise PluginError(
+            f"plugin {plugin} failed in {name}: {type(exc).__name__}",
+            details=[{"plugin": plugin, "hook": name}],
+        ) from exc
+    finally:
+        _answers.reset(token)
+
+    shape = _shape(hook.spec.function)
+    if not shape.many:
+        if result is None:
+            return None
+        return _checked(result, shape.item, name, _given_by(hook, answers, result), accept)
+    items = []
+    for answer in result:
+        plugin = _given_by(hook, answers, answer)
+        if not isinstance(answer, list | tuple):
+            raise _refused(plugin, name, f"returned {type(answer).__name__}, expected a list")
+        items.extend(_checked(item, shape.item, name, plugin, accept) for item in answer)
+    return items
+
+
+def _checked(value: Any, expected: type, hook: str, plugin: str, accept: Accept | None) -> Any:
+    if not isinstance(value, expected):
+        raise _refused(plugin, hook, f"returned {type(value).__name__}, expected {expected.__name__}")
+    if isinstance(value, BaseModel):
+        problem = _float_in(value, expected.__name__)
+        if problem is None:
+            try:
+                fresh = _revalidated(value)
+            except ValidationError as exc:
+                problem = "; ".join(_validation_problem(error) for error in exc.errors()[:3])
+            except Exception as exc:  # a validator tripping over what no validated model holds
+                problem = f"{type(exc).__name__} while validating it"
+            else:
+                problem = _type_changed(value, fresh, expected.__name__)
+                value = fresh
+        if problem is not None:
+            raise _refused(plugin, hook, f"returned a malformed {expected.__name__}: {problem}")
+    if accept is None:
+        return value
+    try:
+        return accept(value)
+    except PluginUnavailable:
+        raise
+    except PluginError as exc:
+        raise _refused(plugin, hook, exc.message) from exc
+
+
+def _refused(plugin: str, hook: str, problem: str) -> PluginError:
+    return PluginError(f"plugin {plugin} {problem} ({hook})", details=[{"plugin": plugin, "hook": hook}])
+
+
+def _validation_problem(error: Any) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
+
+
+def _values(value: Any) -> Iterator[tuple[str, Any]]:
+    """(path suffix, value) of everything `value` holds."""
+    if isinstance(value, BaseModel):
+        yield from ((f".{name}", item) for name, item in value.__dict__.items())
+    elif isinstance(value, dict):
+        yield from ((f"[{key!r}]", item) for key, item in value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        yield from ((f"[{index}]", item) for index, item in enumerate(value))
+
+
+def _float_in(value: Any, path: str) -> str | None:
+    """Where a float hides in `value`: money and rates never pass through one."""
+    if isinstance(value, float):
+        return f"{path} is a float"
+    for suffix, item in _values(value):
+        found = _float_in(item, path + suffix)
+        if found:
+            return found
+    return None
+
+
+def _revalidated(value: Any) -> Any:
+    # Nested models first: pydantic accepts an instance of the right class without looking inside.
+    if isinstance(value, BaseModel):
+        return type(value).model_validate({name: _revalidated(item) for name, item in value.__dict__.items()})
+    if isinstance(value, list | tuple):
+        return type(value)(_revalidated(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _revalidated(item) for key, item in value.items()}
+    return value
+
+
+def _type_changed(given: Any, fresh: Any, path: str) -> str | None:
+    """Where validation had to change a value's type: a model whose amount is the str "1.00"
+    validates, but it was not a Money when the plugin returned it."""
+    if isinstance(given, BaseModel) and isinstance(fresh, BaseModel):
+        for name, item in given.__dict__.items():
+            found = _type_changed(item, fresh.__dict__.get(name), f"{path}.{name}")
+            if found:
+                return found
+        return None
+    if type(given) is not type(fresh):
+        return f"{path} is {type(given).__name__}, expected {type(fresh).__name__}"
+    if isinstance(given, list | tuple):
+        for index, (item, fresh_item) in enumerate(zip(given, fresh, strict=True)):
+            found = _type_changed(item, fresh_item, f"{path}[{index}]")
+            if found:
+                return found
+    if isinstance(given, dict):
+        for key, item in given.items():
+            found = _type_changed(item, fresh.get(key), f"{path}[{key!r}]")
+            if found:
+                return found
+    return None
+
+
+def _given_by(hook: Any, answers: list[_Answer], answer: object) -> str:
+    for given in answers:
+        if given.value is answer and given.hook == hook.name:
+            return given.plugin
+    # Not any plugin's own answer: a wrapper replaced it.
+    wrappers = [impl.plugin_name for impl in hook.get_hookimpls() if impl.wrapper or impl.hookwrapper]
+    return " or ".join(wrappers) or "(unknown)"
+
+
+def _raised_by(hook: Any, exc: BaseException) -> str:
+    code_of = {_code(impl.function): impl.plugin_name for impl in hook.get_hookimpls()}
+    traceback = exc.__traceback__
+    while traceback is not None:
+        plugin = code_of.get(traceback.tb_frame.f_code)
+        if plugin is not None:
+            return plugin
+        traceback = traceback.tb_next
+    return "(unknown)"
+
+
+def _code(function: Any) -> types.CodeType | None:
+    # The manager wraps each implementation to record its answers: match the plugin's own code.
+    return getattr(inspect.unwrap(function), "__code__", None)

@@ -1,0 +1,289 @@
+"""A deployment's plugins through the real handlers under moto: /health and GET /plugins, a plugin
+that cannot load (503 where plugins are called, everything else working), answers a plugin built
+without validation, and the configuration that disables plugins."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from core import hookimpl
+from core.money import Money
+from core.pricing_types import Discount, ShippingQuote, TaxRate
+from infra.local.stack import EmbeddedStack, forget_warm_containers
+from infra.local.template import Template
+from tests.builders import csv_file, csv_row, location_body, product_body
+from tests.installed import FAILS_TO_IMPORT, Installer, installing
+from tests.integration.import_support import create_import_resources, report, seed_catalog, split
+from tests.integration.test_handlers import Context, api, event
+
+ORDER = "ord_kz5wpvn5t25my2wrcpwjmhpn"
+SHIPMENT = "shp_aaaaaaaaaaaaaaaaaaaaaaaa"
+BROKEN_REASON = "ModuleNotFoundError: No module named 'oms_no_such_dependency'"
+
+
+def request(method: str, resource: str, body: dict | None = None, *, scopes: str = "admin", **params: str) -> dict:
+    """An API Gateway proxy event for `resource` (with {params} filled in) from a caller with `scopes`."""
+    evt = event("api_get_order.json")
+    path = resource.format(**params)
+    evt.update(
+        resource=resource,
+        path=path,
+        httpMethod=method,
+        pathParameters=params or None,
+        body=json.dumps(body) if body is not None else None,
+    )
+    evt["multiValueHeaders"] = {}
+    evt["requestContext"].update(resourcePath=resource, httpMethod=method, path=f"/v1{path}")
+    evt["requestContext"]["authorizer"]["scopes"] = scopes
+    return evt
+
+
+@pytest.fixture
+def installer(tmp_path, monkeypatch) -> Iterator[Installer]:
+    yield from installing(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def seeded(aws) -> None:
+    from core.models import LocationInput, ProductInput
+    from functions.bootstrap import container
+
+    c = container()
+    c.catalog.put_product("TSHIRT-BLK-M", ProductInput.model_validate(product_body()))
+    c.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    c.inventory.count("TSHIRT-BLK-M", "wh-east", 10)
+
+
+@pytest.fixture
+def broken(seeded, installer: Installer) -> None:
+    """A plugin distribution whose module cannot import, installed before the next cold start."""
+    installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
+    forget_warm_containers()
+
+
+def orders_stored(aws) -> int:
+    return aws.dynamodb.scan(TableName=aws.tables["OrdersTable"])["Count"]
+
+
+# --- Health and GET /plugins -----------------------------------------------------------------------
+
+
+def test_health_keeps_its_shape_while_every_plugin_loads(aws):
+    assert api(request("GET", "/health")) == (200, {"status": "ok"})
+
+
+def test_get_plugins_lists_distribution_version_hooks_and_call_order(aws):
+    status, body = api(request("GET", "/plugins"))
+
+    assert status == 200
+    plugins = {p["name"]: p for p in body["plugins"]}
+    assert plugins["tax_table"] | {"version": "?"} == {
+        "name": "tax_table",
+        "distribution": "oms",
+        "version": "?",
+        "status": "loaded",
+        "hooks": ["oms_tax_rate"],
+        "ignored_hooks": [],
+        "reason": None,
+    }
+    assert plugins["test_payments"]["status"] == "loaded"  # the tests' environment turns it on
+    # Only the built-ins: `make` also installs the example package (plugins/examples/oms-acme).
+    builtins = {name for name, p in plugins.items() if p["distribution"] == "oms"}
+    assert [c["plugin"] for c in body["call_order"]["oms_shipping_quotes"] if c["plugin"] in builtins] == [
+        "weight_based_shipping",
+        "flat_rate_shipping",
+    ]
+    assert body["call_order"]["oms_unit_price"] == [
+        {"plugin": "catalog_price", "wrapper": False, "tryfirst": False, "trylast": True}
+    ]
+
+
+def test_get_plugins_is_for_admins_only(aws):
+    status, body = api(request("GET", "/plugins", scopes="orders:read orders:write"))
+
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+# --- A plugin that cannot load ---------------------------------------------------------------------
+
+
+def test_health_names_a_plugin_that_failed_to_load_and_the_log_says_why(broken, caplog):
+    status, body = api(request("GET", "/health"))
+
+    assert (status, body) == (
+        503,
+        {"status": "degraded", "broken_plugins": [{"name": "acme_tax", "reason": BROKEN_REASON}]},
+    )
+    (failure,) = [r for r in caplog.records if r.getMessage() == "plugin failed to load"]
+    assert (failure.levelname, failure.plugin, failure.distribution, failure.reason) == (
+        "ERROR",
+        "acme_tax",
+        "oms-acme",
+        BROKEN_REASON,
+    )
+
+
+ROUTES_THAT_CALL_PLUGINS = [
+    ("POST", "/orders", None, {}),
+    ("PATCH", "/orders/{order_id}", {"shipping_method": "express"}, {"order_id": ORDER}),
+    ("POST", "/orders/{order_id}/cancel", {"reason": "customer asked"}, {"order_id": ORDER}),
+    ("POST", "/orders/{order_id}/shipments/{shipment_id}/ship", {}, {"order_id": ORDER, "shipment_id": SHIPMENT}),
+    ("POST", "/orders/{order_id}/shipments/{shipment_id}/deliver", None, {"order_id": ORDER, "shipment_id": SHIPMENT}),
+]
+
+
+@pytest.mark.parametrize(("method", "resource", "body", "params"), ROUTES_THAT_CALL_PLUGINS)
+def test_routes_that_call_plugins_answer_503_naming_the_broken_plugin(broken, aws, method, resource, body, params):
+    evt = event("api_place_order.json") if resource == "/orders" else request(method, resource, body, **params)
+    evt["headers"]["If-Match"] = '"1"'
+
+    status, answer = api(evt)
+
+    assert status == 503
+    assert answer["error"]["code"] == "plugin_unavailable"
+    assert "acme_tax" in answer["error"]["message"]
+    assert answer["error"]["details"] == [{"plugin": "acme_tax", "distribution": "oms-acme", "message": BROKEN_REASON}]
+    assert orders_stored(aws) == 0
+
+
+def test_everything_that_calls_no_plugin_keeps_working(broken):
+    assert api(request("GET", "/products/{sku}", sku="TSHIRT-BLK-M"))[0] == 200
+    assert api(request("PUT", "/inventory/{sku}/{location_id}", {"on_hand": 3}, sku="TSHIRT-BLK-M",
+                       location_id="wh-east"))[0] == 200  # fmt: skip
+    assert api(request("GET", "/orders"))[0] == 200
+    assert api(request("GET", "/api-keys"))[0] == 200
+    status, body = api(request("GET", "/plugins"))
+    assert status == 200
+    assert {"name": "acme_tax", "distribution": "oms-acme", "version": "2.1.0", "status": "broken", "hooks": [],
+            "ignored_hooks": [], "reason": BROKEN_REASON} in body["plugins"]  # fmt: skip
+
+
+def test_disabling_the_broken_plugin_restores_the_routes(broken, aws, monkeypatch):
+    monkeypatch.setenv("OMS_DISABLED_PLUGINS", "acme_tax")
+    forget_warm_containers()
+
+    assert api(request("GET", "/health")) == (200, {"status": "ok"})
+    assert api(event("api_place_order.json"))[0] == 201
+
+
+def test_the_workflow_runs_no_step_while_a_plugin_is_broken(broken):
+    from core.errors import PluginUnavailable
+    from functions.workflow.authorize_payment import lambda_handler
+
+    with pytest.raises(PluginUnavailable, match="acme_tax"):
+        lambda_handler({"order_id": ORDER, "attempt": 0}, Context())
+
+
+def test_the_import_worker_leaves_messages_queued_while_a_plugin_is_broken(aws, monkeypatch, installer):
+    from functions.import_worker.app import lambda_handler
+
+    stack = create_import_resources(aws, monkeypatch)
+    seed_catalog()
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
+    forget_warm_containers()
+
+    records, failed = stack.deliver_once(lambda_handler)
+
+    assert len(records) == 2 and failed == {r["messageId"] for r in records}
+    assert (report(import_id)["imported"], report(import_id)["failed"]) == (0, 0)  # no row blamed
+    monkeypatch.setenv("OMS_DISABLED_PLUGINS", "acme_tax")
+    forget_warm_containers()
+    stack.drain(lambda_handler)
+    assert report(import_id)["imported"] == 2
+
+
+# --- Configuration ------------------------------------------------------------------------------------
+
+
+def test_disabled_plugins_and_the_test_gateway_come_from_the_environment(seeded, aws, monkeypatch):
+    monkeypatch.setenv("OMS_DISABLED_PLUGINS", " promotions, flat_rate_shipping ")
+    monkeypatch.setenv("OMS_ENABLE_TEST_PAYMENTS", "false")
+    forget_warm_containers()
+
+    _, body = api(request("GET", "/plugins"))
+    status = {p["name"]: (p["status"], p["reason"]) for p in body["plugins"]}
+    assert status["promotions"] == status["flat_rate_shipping"] == ("disabled", "disabled by OMS_DISABLED_PLUGINS")
+    assert status["test_payments"][0] == "disabled"
+    code, refused = api(event("api_place_order.json"))
+    assert (code, refused["error"]["code"]) == (422, "unknown_payment_method")
+    assert orders_stored(aws) == 0
+
+
+# --- Answers built without validation --------------------------------------------------------------
+
+
+def answering(hook: str, answer: Any) -> object:
+    def impl(self):
+        return answer
+
+    impl.__name__ = hook
+    return type("Sloppy", (), {hook: hookimpl(tryfirst=True)(impl)})()
+
+
+@pytest.mark.parametrize(
+    ("hook", "answer"),
+    [
+        ("oms_unit_price", Money.model_construct(amount=9.99, currency="USD")),
+        ("oms_unit_price", Money.model_construct(amount=Decimal("9.999"), currency="USD")),
+        ("oms_tax_rate", TaxRate.model_construct(rate=0.2, name="float")),
+        ("oms_discounts", [Discount.model_construct(code="RULE", amount=Money.model_construct(amount=Decimal("NaN"),
+                                                                                              currency="USD"))]),
+        ("oms_shipping_quotes", [ShippingQuote.model_construct(method="drone", amount="5.00")]),
+    ],
+)  # fmt: skip
+def test_an_answer_built_without_validation_is_a_plugin_error_naming_the_plugin(seeded, aws, hook, answer):
+    from functions.bootstrap import container
+
+    plugins = container().plugins
+    plugins.register(answering(hook, answer), name="sloppy")
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(name="sloppy")
+
+    assert status == 500
+    assert body["error"]["code"] == "plugin_error"
+    assert "plugin sloppy" in body["error"]["message"]
+    assert body["error"]["details"] == [{"plugin": "sloppy", "hook": hook}]
+    assert orders_stored(aws) == 0
+
+
+def test_the_template_leaves_the_test_gateway_off_and_feeds_the_plugin_settings_to_every_function():
+    template = Template.load()
+    refs = {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}
+
+    env = template.global_environment(refs)
+
+    assert (env["OMS_ENABLE_TEST_PAYMENTS"], env["OMS_DISABLED_PLUGINS"]) == ("false", "")
+    assert {name for name in env if name.startswith("OMS_PLUGIN_")} == {
+        "OMS_PLUGIN_TAX_TABLE_RATES_FILE",
+        "OMS_PLUGIN_PROMOTIONS_FILE",
+        "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE",
+    }
+
+
+def test_make_run_turns_the_test_gateway_on_unless_told_otherwise(monkeypatch):
+    from infra.local.__main__ import local_parameters
+
+    monkeypatch.delenv("OMS_ENABLE_TEST_PAYMENTS", raising=False)
+    assert local_parameters()["EnableTestPayments"] == "true"
+    monkeypatch.setenv("OMS_ENABLE_TEST_PAYMENTS", "false")
+    assert local_parameters()["EnableTestPayments"] == "false"
+
+
+def test_plugin_variables_in_the_shell_reach_the_local_stack_as_template_parameters(monkeypatch):
+    monkeypatch.setenv("OMS_DISABLED_PLUGINS", "promotions")
+    monkeypatch.setenv("OMS_PLUGIN_TAX_TABLE_RATES_FILE", "/tmp/rates.json")
+    monkeypatch.delenv("OMS_ENABLE_TEST_PAYMENTS", raising=False)
+
+    stack = EmbeddedStack()  # not started: only its template is read
+
+    assert stack.template.parameter("DisabledPlugins") == "promotions"
+    assert stack.template.parameter("PluginTaxTableRatesFile") == "/tmp/rates.json"
+    assert stack.template.parameter("EnableTestPayments") == "false"  # only make run and the tests turn it on

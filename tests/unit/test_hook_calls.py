@@ -1,0 +1,229 @@
+"""call_hook: every answer re-validated (no floats, no malformed models), the failing plugin named."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from pydantic import model_validator
+
+from core import hookimpl
+from core.errors import PluginError, TransientError
+from core.hook_calls import call_hook
+from core.models import Allocation
+from core.money import Money
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.pricing_types import Discount, ShippingQuote, TaxRate
+from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan
+from tests.unit.conftest import a_customer, a_draft, a_product, a_stored_order, an_address, an_order, usd
+
+HOOK_ARGUMENTS = {
+    "oms_unit_price": {"product": a_product(), "quantity": 1, "currency": "USD", "channel": "web",
+                       "customer": a_customer()},
+    "oms_discounts": {"draft": a_draft()},
+    "oms_tax_rate": {"line": a_draft().lines[0], "address": an_address(), "draft": a_draft()},
+    "oms_shipping_quotes": {"draft": a_draft(), "address": an_address()},
+    "oms_payment_capture": {"method": "test", "authorization": "auth_1", "amount": usd("1.00"), "order_id": "ord_1",
+                            "idempotency_key": "k"},
+    "oms_source_order": {"order": a_stored_order(("MUG-1", 1)), "locations": [], "stock": {},
+                         "destination": an_address()},
+    "oms_carrier_create_shipment": {"order": a_stored_order(("MUG-1", 1)), "shipment_id": "shp_1",
+                                    "origin": None, "lines": [], "weight_grams": 0},
+}  # fmt: skip
+
+
+def answering(hook: str, answer: object, **opts: bool) -> object:
+    """A plugin whose `hook` returns `answer`, answering before any built-in unless `opts` say."""
+
+    def impl(self):
+        return answer
+
+    impl.__name__ = hook
+    return type("Answers", (), {hook: hookimpl(**(opts or {"tryfirst": True}))(impl)})()
+
+
+def call(hook: str, plugin: object, name: str = "sloppy"):
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(plugin, name=name)
+    return call_hook(getattr(plugins.hook, hook), **HOOK_ARGUMENTS[hook])
+
+
+def float_money() -> Money:
+    return Money.model_construct(amount=0.1, currency="USD")
+
+
+MALFORMED = [
+    ("oms_unit_price", float_money(), "float"),
+    ("oms_unit_price", Money.model_construct(amount=Decimal("1.234"), currency="USD"), "2 decimal places"),
+    ("oms_unit_price", Money.model_construct(amount=Decimal("NaN"), currency="USD"), "finite"),
+    ("oms_unit_price", Money.model_construct(amount="1.00", currency="USD"), "is str, expected Decimal"),
+    ("oms_unit_price", Money.model_construct(amount=Decimal("1.00"), currency="XXX"), "unsupported currency"),
+    ("oms_unit_price", Money.model_construct(currency="USD"), "amount"),
+    ("oms_tax_rate", TaxRate.model_construct(rate=0.2, name="float"), "float"),
+    ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("NaN"), name="nan"), "rate"),
+    ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("1.5"), name="too much"), "rate"),
+    ("oms_discounts", [Discount.model_construct(code="RULE", amount=float_money())], "float"),
+    ("oms_discounts", [Discount.model_construct(code="RULE", amount=usd("1.00"), free_shipping=1.0)], "float"),
+    (
+        "oms_shipping_quotes",
+        [ShippingQuote.model_construct(method="x", amount="5.00")],
+        "valid dictionary or instance of Money",
+    ),
+    ("oms_shipping_quotes", [ShippingQuote.model_construct(method="x", amount=float_money())], "float"),
+    ("oms_payment_capture", PaymentResult.model_construct(outcome="approved", reference=1.5), "float"),
+    ("oms_payment_capture", PaymentResult.model_construct(outcome="maybe", reference="r"), "outcome"),
+    (
+        "oms_source_order",
+        SourcingPlan(allocations=[Allocation.model_construct(line_id="L1", location_id="wh", quantity=1.0)]),
+        "float",
+    ),
+    (
+        "oms_carrier_create_shipment",
+        CarrierShipment.model_construct(carrier="c", service="s", tracking_number="T1234", label="%PDF"),
+        "is str, expected bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(("hook", "answer", "problem"), MALFORMED)
+def test_a_malformed_answer_is_a_plugin_error_naming_the_plugin(hook, answer, problem):
+    with pytest.raises(PluginError, match=problem) as refused:
+        call(hook, answering(hook, answer))
+
+    assert refused.value.code == "plugin_error"
+    assert "plugin sloppy" in refused.value.message
+    assert refused.value.details == [{"plugin": "sloppy", "hook": hook}]
+
+
+def test_a_well_formed_answer_comes_back_validated_and_quantized():
+    unrounded = Money.model_construct(amount=Decimal("2.5"), currency="USD")
+
+    answer = call("oms_unit_price", answering("oms_unit_price", unrounded))
+
+    assert str(answer.amount) == "2.50"
+
+
+def test_the_plugin_that_answered_is_named_among_several():
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(answering("oms_discounts", [Discount(code="GOOD", amount=usd("1.00"))]), name="good")
+    plugins.register(answering("oms_discounts", None), name="silent")
+    plugins.register(
+        answering("oms_discounts", [Discount.model_construct(code="BAD", amount=float_money())]), name="bad"
+    )
+    plugins.register(answering("oms_discounts", [Discount(code="ALSO-GOOD")]), name="also_good")
+
+    with pytest.raises(PluginError, match="plugin bad returned a malformed Discount"):
+        call_hook(plugins.hook.oms_discounts, draft=a_draft())
+
+
+def test_an_answer_a_wrapper_replaced_is_blamed_on_the_wrapper():
+    class Replaces:
+        @hookimpl(wrapper=True)
+        def oms_unit_price(self):
+            yield
+            return float_money()
+
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(answering("oms_unit_price", usd("1.00")), name="honest")
+    plugins.register(Replaces(), name="replacer")
+
+    with pytest.raises(PluginError, match="plugin replacer"):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
+class Explodes:
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self, product):
+        return product.missing_attribute
+
+
+class Helper:
+    """A plugin whose failure happens deep in its own code, not in the hook function itself."""
+
+    @hookimpl
+    def oms_unit_price(self, product):
+        return self._look_up(product.sku)
+
+    def _look_up(self, sku):
+        raise LookupError(f"price service has no {sku}")
+
+
+@pytest.mark.parametrize(("plugin", "error"), [(Explodes(), "AttributeError"), (Helper(), "LookupError")])
+def test_a_plugin_that_raises_is_named_with_the_error_type(plugin, error):
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(answering("oms_unit_price", usd("1.00"), trylast=True), name="fallback")
+    plugins.register(plugin, name="exploding")
+
+    with pytest.raises(PluginError, match=f"plugin exploding failed in oms_unit_price: {error}") as failed:
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+    assert failed.value.details == [{"plugin": "exploding", "hook": "oms_unit_price"}]
+
+
+def test_a_failing_wrapper_is_named():
+    class FailsAfter:
+        @hookimpl(wrapper=True)
+        def oms_unit_price(self):
+            yield
+            raise ValueError("after the others answered")
+
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(answering("oms_unit_price", usd("1.00")), name="honest")
+    plugins.register(FailsAfter(), name="fails_after")
+
+    with pytest.raises(PluginError, match="plugin fails_after failed"):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
+def test_transient_errors_pass_through_for_a_retry():
+    class Unavailable:
+        @hookimpl
+        def oms_payment_capture(self):
+            raise TransientError("gateway busy")
+
+    with pytest.raises(TransientError, match="gateway busy"):
+        call("oms_payment_capture", Unavailable())
+
+
+def test_pricing_names_the_plugin_whose_money_is_in_another_currency():
+    plugins = build_plugin_manager()
+    plugins.register(answering("oms_unit_price", Money.of("1.00", "EUR")), name="euro_prices")
+
+    with pytest.raises(PluginError, match="plugin euro_prices returned EUR, the order is in USD"):
+        Pricing(plugins).price(an_order(("MUG-1", 1)), {"MUG-1": a_product()}, an_address())
+
+
+def test_payments_refuse_a_malformed_gateway_answer_naming_the_gateway():
+    plugins = build_plugin_manager(load_entry_points=False)
+    no_reference = PaymentResult.model_construct(outcome="approved", reference=None)
+    plugins.register(answering("oms_payment_capture", no_reference), name="gateway")
+
+    with pytest.raises(PluginError, match="plugin gateway returned a malformed PaymentResult: reference"):
+        Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+
+
+def test_an_answer_whose_own_validation_breaks_is_a_plugin_error():
+    class OddRate(TaxRate):
+        @model_validator(mode="after")
+        def _breaks(self):
+            raise TypeError("not a ValueError, so pydantic lets it through")
+
+    with pytest.raises(PluginError, match="plugin sloppy returned a malformed TaxRate: TypeError while validating"):
+        call("oms_tax_rate", answering("oms_tax_rate", OddRate.model_construct(rate=Decimal("0.1"), name="odd")))
+
+
+@pytest.mark.parametrize("error", [TimeoutError("read timed out"), ConnectionError("connection reset")])
+def test_a_remote_service_that_does_not_answer_is_transient_and_named(error):
+    class Remote:
+        @hookimpl
+        def oms_unit_price(self):
+            raise error
+
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(Remote(), name="remote_prices")
+
+    expected = f"plugin remote_prices got no answer in oms_unit_price: {type(error).__name__}"
+    with pytest.raises(TransientError, match=expected):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])

@@ -1,0 +1,227 @@
+"""Loading plugins: entry points one at a time, broken ones named, unknown hooks refused, built-ins disabled by name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pluggy
+import pytest
+
+from core import hookimpl, plugin_settings
+from core.errors import PluginUnavailable
+from core.hook_calls import call_hook
+from core.plugin_manager import build_plugin_manager
+from tests.installed import FAILS_TO_IMPORT, Installer, installing
+from tests.unit.conftest import a_customer, a_product
+
+
+@pytest.fixture
+def installer(tmp_path, monkeypatch) -> Iterator[Installer]:
+    yield from installing(tmp_path, monkeypatch)
+
+
+GOOD = """
+    from core import hookimpl
+    from core.money import Money
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(product):
+        return Money.of("1.00", product.price.currency)
+"""
+MISSPELT_HOOK = """
+    from core import hookimpl
+
+    @hookimpl
+    def oms_unit_price(product):
+        return None
+
+    @hookimpl
+    def oms_tax_rates(line, address):
+        return None
+"""
+OPTIONAL_FUTURE_HOOK = """
+    from core import hookimpl
+
+    @hookimpl(optionalhook=True)
+    def oms_carrier_pickup_slots(tracking_number):
+        return None
+
+    @hookimpl
+    def oms_payment_methods():
+        return ["future"]
+"""
+WRONG_ARGUMENT = """
+    from core import hookimpl
+
+    @hookimpl
+    def oms_unit_price(product, price_list):
+        return None
+"""
+
+UNIT_PRICE = {"product": a_product(), "quantity": 1, "currency": "USD", "channel": "web", "customer": a_customer()}
+
+
+def statuses(plugins) -> dict[str, tuple[str, str | None]]:
+    return {p.name: (p.status, p.reason) for p in plugins.report().plugins}
+
+
+def test_a_plugin_that_fails_to_import_is_recorded_broken_and_the_others_load(installer):
+    installer.install("oms-acme", "2.1.0", {"acme_prices": GOOD, "acme_tax": FAILS_TO_IMPORT})
+
+    plugins = build_plugin_manager()
+
+    (broken,) = plugins.broken
+    assert (broken.name, broken.distribution, broken.version, broken.status) == (
+        "acme_tax",
+        "oms-acme",
+        "2.1.0",
+        "broken",
+    )
+    assert broken.reason == "ModuleNotFoundError: No module named 'oms_no_such_dependency'"
+    assert plugins.has_plugin("acme_prices") and plugins.has_plugin("tax_table")
+    acme = next(p for p in plugins.report().plugins if p.name == "acme_prices")
+    assert (acme.distribution, acme.version, acme.hooks) == ("oms-acme", "2.1.0", ["oms_unit_price"])
+
+
+def test_no_hook_runs_while_a_plugin_is_broken_and_the_error_names_it(installer):
+    installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
+    plugins = build_plugin_manager()
+
+    with pytest.raises(PluginUnavailable, match="acme_tax") as unavailable:
+        call_hook(plugins.hook.oms_unit_price, **UNIT_PRICE)
+
+    assert unavailable.value.code == "plugin_unavailable"
+    assert unavailable.value.details == [
+        {
+            "plugin": "acme_tax",
+            "distribution": "oms-acme",
+            "message": "ModuleNotFoundError: No module named 'oms_no_such_dependency'",
+        }
+    ]
+    with pytest.raises(PluginUnavailable):
+        plugins.hook.oms_payment_methods()  # not only through call_hook: every hook call
+
+
+def test_disabling_a_broken_plugin_brings_the_others_back(installer):
+    installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
+
+    plugins = build_plugin_manager(disabled=["acme_tax"])
+
+    assert plugins.broken == []
+    assert statuses(plugins)["acme_tax"] == ("disabled", "disabled by OMS_DISABLED_PLUGINS")
+    assert call_hook(plugins.hook.oms_unit_price, **UNIT_PRICE) is not None
+
+
+def test_a_plugin_implementing_a_hook_that_does_not_exist_is_refused_whole(installer):
+    installer.install("oms-typo", "0.1", {"typo": MISSPELT_HOOK})
+
+    plugins = build_plugin_manager()
+
+    assert statuses(plugins)["typo"][0] == "broken"
+    assert "unknown hook oms_tax_rates" in statuses(plugins)["typo"][1]
+    assert plugins.get_plugin("typo") is None  # its real hook is not half-registered either
+    assert "typo" not in [impl.plugin_name for impl in plugins.hook.oms_unit_price.get_hookimpls()]
+
+
+def test_an_optional_implementation_of_an_unknown_hook_loads_and_is_listed_as_ignored(installer):
+    installer.install("oms-future", "3.0", {"future": OPTIONAL_FUTURE_HOOK})
+
+    plugins = build_plugin_manager()
+
+    future = next(p for p in plugins.report().plugins if p.name == "future")
+    assert (future.status, future.hooks, future.ignored_hooks) == (
+        "loaded",
+        ["oms_payment_methods"],
+        ["oms_carrier_pickup_slots"],
+    )
+    assert plugins.broken == []
+
+
+def test_an_implementation_with_an_argument_the_spec_lacks_is_broken(installer):
+    installer.install("oms-wrong", "0.1", {"wrong": WRONG_ARGUMENT})
+
+    plugins = build_plugin_manager()
+
+    assert statuses(plugins)["wrong"][0] == "broken"
+    assert "price_list" in statuses(plugins)["wrong"][1]
+
+
+def test_a_plugin_registered_in_code_with_an_unknown_hook_is_refused_loudly():
+    class Misspelt:
+        @hookimpl
+        def oms_unit_prices(self, product):
+            return None
+
+    plugins = build_plugin_manager(load_entry_points=False)
+
+    with pytest.raises(pluggy.PluginValidationError, match="unknown hook oms_unit_prices"):
+        plugins.register(Misspelt())
+
+
+def test_disabled_built_ins_are_not_loaded_and_say_why():
+    plugins = build_plugin_manager(disabled=["flat_rate_shipping", "no_such_plugin"])
+
+    assert plugins.get_plugin("flat_rate_shipping") is None
+    assert plugins.has_plugin("weight_based_shipping")
+    assert statuses(plugins)["flat_rate_shipping"] == ("disabled", "disabled by OMS_DISABLED_PLUGINS")
+    assert statuses(plugins)["no_such_plugin"] == (
+        "disabled",
+        "disabled by OMS_DISABLED_PLUGINS (no installed plugin has this name)",
+    )
+    disabled = next(p for p in plugins.report().plugins if p.name == "flat_rate_shipping")
+    assert (disabled.distribution, disabled.hooks) == ("oms", [])
+
+
+def test_the_reported_call_order_is_the_order_pluggy_calls_them():
+    called: list[str] = []
+
+    def plugin(name: str, **opts: bool) -> object:
+        if opts.get("wrapper"):
+
+            def impl(self):
+                called.append(name)
+                return (yield)
+        else:
+
+            def impl(self):
+                called.append(name)
+
+        impl.__name__ = "oms_payment_methods"
+        return type(name, (), {"oms_payment_methods": hookimpl(**opts)(impl)})()
+
+    plugins = build_plugin_manager(load_entry_points=False)
+    for name, opts in [
+        ("last", {"trylast": True}),
+        ("first", {"tryfirst": True}),
+        ("older", {}),
+        ("wrapper", {"wrapper": True}),
+        ("newer", {}),
+    ]:
+        plugins.register(plugin(name, **opts), name=name)
+
+    plugins.hook.oms_payment_methods()
+
+    order = plugins.report().call_order["oms_payment_methods"]
+    assert [call.plugin for call in order] == called == ["wrapper", "first", "newer", "older", "last"]
+    assert [(c.wrapper, c.tryfirst, c.trylast) for c in order][:2] == [(True, False, False), (False, True, False)]
+
+
+def test_plugin_settings_are_the_plugins_own_namespaced_variables():
+    environ = {
+        "OMS_PLUGIN_TAX_TABLE_RATES_FILE": "/opt/rates.json",
+        "OMS_PLUGIN_TAX_TABLE_REGION": " eu ",
+        "OMS_PLUGIN_TAX_TABLE_EMPTY": "",
+        "OMS_PLUGIN_PROMOTIONS_FILE": "/opt/promotions.json",
+        "OMS_TAX_TABLE_RATES_FILE": "/not/namespaced.json",
+        "OMS_PLUGIN_TAX_TABLE_": "no key",
+    }
+
+    assert plugin_settings("tax_table", environ) == {"rates_file": "/opt/rates.json", "region": "eu"}
+    assert plugin_settings("promotions", environ) == {"file": "/opt/promotions.json"}
+    assert plugin_settings("nearest_sourcing", environ) == {}
+
+
+def test_plugin_settings_read_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("OMS_PLUGIN_ACME_API_URL", "https://acme.example")
+
+    assert plugin_settings("acme") == {"api_url": "https://acme.example"}
