@@ -40,7 +40,7 @@ import: $(STAMP)
 	$(BIN)/python -m infra.local.import_cli "$(FILE)"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build .aws-sam
 
 # --- Build for AWS ------------------------------------------------------------------------------
 # `make build` runs `sam build` in this directory (--build-in-source: nothing, .venv least of all,
