@@ -46,11 +46,38 @@ import: $(STAMP)
 	$(BIN)/python -m infra.local.import_cli "$(FILE)"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build .aws-sam
 
-# `sam build` (BuildMethod: makefile) calls these: the function's code is this package, installed
-# with its runtime dependencies and its entry points (so built-in plugins load as on a laptop).
-build-ApiFunction build-AuthorizerFunction:
-	python -m pip install --quiet --no-compile . -t "$(ARTIFACTS_DIR)"
-build-ImportSplitterFunction build-ImportWorkerFunction:
-	python -m pip install --quiet --no-compile . -t "$(ARTIFACTS_DIR)"
+# --- Build for AWS ------------------------------------------------------------------------------
+# `make build` runs `sam build` in this directory (--build-in-source: nothing, .venv least of all,
+# is copied per function); SAM calls `make build-<LogicalId>` for every function and the layer.
+# infra/build.py does the work: arm64 / CPython 3.11 wheels whatever this machine is, .pyc
+# compiled, the project's code in each function, third-party wheels and plugins.txt in the layer.
+# The SAM CLI gets its own virtualenv: it pins boto3 and pydantic versions of its own.
+SAM_VENV := build/sam-cli
+SAM := $(SAM_VENV)/bin/sam
+BUILD_ROOT := $(abspath $(dir $(firstword $(MAKEFILE_LIST))))
+BUILD_PYTHON := $(BUILD_ROOT)/$(BIN)/python
+LAMBDA_FUNCTIONS := AuthorizerFunction ApiFunction OutboxFunction AuthorizePaymentFunction \
+	ReserveStockFunction CreateShipmentsFunction FailPaymentFunction CancelOrderFunction \
+	ImportSplitterFunction ImportWorkerFunction
+.PHONY: build check-build-env build-DependenciesLayer $(addprefix build-,$(LAMBDA_FUNCTIONS))
+
+$(SAM):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet 'aws-sam-cli>=1.170,<2'
+
+build: $(STAMP) $(SAM)
+	SAM_CLI_TELEMETRY=0 $(SAM) build --build-in-source --template-file template.yaml
+	$(BIN)/python -m infra.check_artifacts .aws-sam/build
+
+$(addprefix build-,$(LAMBDA_FUNCTIONS)): check-build-env
+	"$(BUILD_PYTHON)" -m infra.build function "$(ARTIFACTS_DIR)" --root "$(BUILD_ROOT)"
+
+build-DependenciesLayer: check-build-env
+	"$(BUILD_PYTHON)" -m infra.build layer "$(ARTIFACTS_DIR)" --root "$(BUILD_ROOT)"
+
+# What SAM's calls need: its ARTIFACTS_DIR, and the project's virtualenv to build with.
+check-build-env:
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set: sam build sets it (run make build)"; exit 2; }
+	@test -x "$(BUILD_PYTHON)" || { echo "no $(BUILD_PYTHON): run make build (or make $(STAMP)) first"; exit 2; }

@@ -1,0 +1,55 @@
+"""The deploy guide's key rotation, `python -m infra.admin_key`: the new secret works, the old one stops."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra import admin_key
+
+AUTHORIZER_EVENT = json.loads((Path(__file__).resolve().parents[2] / "events" / "authorizer_request.json").read_text())
+
+
+class Context:
+    function_name = "AuthorizerFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:AuthorizerFunction"
+    aws_request_id = "test-request"
+
+
+def _rotate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    monkeypatch.setattr(sys, "argv", ["python -m infra.admin_key", *args])
+    admin_key.main()
+    return capsys.readouterr().out.strip()
+
+
+def _authorize(secret: str) -> dict:
+    from functions.authorizer.app import lambda_handler
+
+    return lambda_handler({**AUTHORIZER_EVENT, "headers": {"Authorization": f"Bearer {secret}"}}, Context())
+
+
+def test_rotating_the_admin_key_retires_the_previous_secret(aws, monkeypatch, capsys):
+    table = aws.tables["CatalogTable"]
+    first = _rotate(monkeypatch, capsys, "--table", table)
+    second = _rotate(monkeypatch, capsys, "--table", table)
+
+    assert first != second
+    assert _authorize(second)["principalId"] == "key_admin"
+    with pytest.raises(Exception, match=r"^Unauthorized$"):
+        _authorize(first)
+
+
+def test_a_chosen_admin_secret_is_stored_and_a_short_one_refused(aws, monkeypatch, capsys):
+    table = aws.tables["CatalogTable"]
+    assert (
+        _rotate(monkeypatch, capsys, "--table", table, "--key", "chosen_admin_secret_0123")
+        == "chosen_admin_secret_0123"
+    )
+    assert _authorize("chosen_admin_secret_0123")["principalId"] == "key_admin"
+    with pytest.raises(SystemExit):
+        _rotate(monkeypatch, capsys, "--table", table, "--key", "too_short")
+    assert _authorize("chosen_admin_secret_0123")["principalId"] == "key_admin"

@@ -1,0 +1,352 @@
+"""What `make build` deploys, built with the targets sam build calls, checked without AWS.
+
+The layer is built for the declared platform (manylinux2014 aarch64, CPython 3.11) from PyPI (pip's
+cache makes reruns quick), with the repository's plugins.txt and one more plugin, a local package
+that requires `oms`. Its wheels and binaries are checked for the platform. An aarch64
+pydantic_core cannot be imported on an x86-64 machine, so the import check uses a host variant of
+the layer: the same distributions at the same versions, installed the same way for this machine,
+whose file list is shown to match the real layer's. Each handler is then imported in a fresh
+isolated interpreter that sees only the function's artifact, that layer and the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from infra.build import ARCHITECTURE, LAYER_SUBDIR, RUNTIME, build_function, build_layer, compile_tree
+from infra.check_artifacts import (
+    binary_problems,
+    built_problems,
+    bytecode_problems,
+    elf_machine,
+    function_problems,
+    layer_problems,
+    wheel_tag_problems,
+)
+from infra.local.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_template(ROOT / "template.yaml")
+RESOURCES = TEMPLATE["Resources"]
+FUNCTIONS = {name: res for name, res in RESOURCES.items() if res["Type"] == "AWS::Serverless::Function"}
+LAYERS = {name: res for name, res in RESOURCES.items() if res["Type"] == "AWS::Serverless::LayerVersion"}
+BUILT_IN_PLUGINS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["oms"])
+TEST_PLUGIN = "buildcheck"
+ON_ARM64 = platform.machine().lower() in ("aarch64", "arm64") and sys.platform == "linux"
+
+
+@dataclass
+class Built:
+    function: Path  # one function's artifact: every function's is the same
+    layer: Path  # the layer's python/ directory, for the Lambda platform
+    importable_layer: Path  # the same distributions for this machine (the layer itself on arm64)
+    base: Path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    base = tmp_path_factory.mktemp("build")
+    plugins_file = base / "plugins.txt"
+    plugins_file.write_text(f"-r {ROOT / 'plugins.txt'}\n{_write_plugin(base / 'oms-buildcheck')}\n")
+    function = base / "ApiFunction"
+    _run(["make", "--no-print-directory", "build-ApiFunction", f"ARTIFACTS_DIR={function}"], cwd=ROOT)
+    build_layer(base / "DependenciesLayer", ROOT, plugins_file)
+    layer = base / "DependenciesLayer" / LAYER_SUBDIR
+    return Built(function, layer, layer if ON_ARM64 else _host_variant(layer, base), base)
+
+
+def _write_plugin(directory: Path) -> Path:
+    """A third-party plugin package, as a deployment would list it in plugins.txt."""
+    (directory / "oms_buildcheck").mkdir(parents=True)
+    (directory / "pyproject.toml").write_text(
+        textwrap.dedent(f"""\
+            [build-system]
+            requires = ["setuptools>=68"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "oms-buildcheck"
+            version = "1.0.0"
+            dependencies = ["oms"]
+
+            [project.entry-points.oms]
+            {TEST_PLUGIN} = "oms_buildcheck"
+            """)
+    )
+    (directory / "oms_buildcheck" / "__init__.py").write_text(
+        textwrap.dedent("""\
+            from core import hookimpl
+
+
+            @hookimpl
+            def oms_payment_methods():
+                return ["buildcheck"]
+            """)
+    )
+    return directory
+
+
+def _host_variant(layer: Path, base: Path) -> Path:
+    """The layer's distributions at the same versions for this machine, installed the same way."""
+    host = base / "host-layer"
+    pins, local = [], []
+    for metadata in sorted(layer.glob("*.dist-info/METADATA")):
+        fields = dict(line.split(": ", 1) for line in metadata.read_text().splitlines() if ": " in line)
+        if (metadata.parent / "direct_url.json").exists():
+            url = json.loads((metadata.parent / "direct_url.json").read_text())["url"]
+            local.append(url.removeprefix("file://"))
+        else:
+            pins.append(f"{fields['Name']}=={fields['Version']}")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps", "--target", str(host)]
+    _run(pip + pins + local, cwd=base)
+    shutil.rmtree(host / "bin", ignore_errors=True)  # as build_layer does
+    compile_tree(host)
+    return host
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+
+
+# --- The template and the Makefile agree --------------------------------------------------------
+
+
+def test_every_function_and_layer_is_built_by_its_make_target():
+    assert FUNCTIONS and LAYERS
+    for name, resource in {**FUNCTIONS, **LAYERS}.items():
+        assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
+        kind = "function" if name in FUNCTIONS else "layer"
+        dry_run = subprocess.run(
+            ["make", "-n", f"build-{name}", "ARTIFACTS_DIR=/nowhere"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert dry_run.returncode == 0, f"{name}: {dry_run.stderr}"
+        assert f"-m infra.build {kind} " in dry_run.stdout, name
+
+
+def test_functions_and_layers_declare_the_platform_the_build_installs_for():
+    globals_ = TEMPLATE["Globals"]["Function"]
+    assert globals_["Runtime"] == RUNTIME
+    assert globals_["Architectures"] == [ARCHITECTURE]
+    assert globals_["Layers"] == [{"Ref": name} for name in LAYERS]
+    for name, resource in FUNCTIONS.items():
+        props = resource["Properties"]
+        assert props.get("Runtime", RUNTIME) == RUNTIME, name
+        assert props.get("Architectures", [ARCHITECTURE]) == [ARCHITECTURE], name
+    for name, resource in LAYERS.items():
+        assert resource["Properties"]["CompatibleRuntimes"] == [RUNTIME], name
+        assert resource["Properties"]["CompatibleArchitectures"] == [ARCHITECTURE], name
+        assert resource["Metadata"]["BuildArchitecture"] == ARCHITECTURE, name
+
+
+# --- The artifacts hold only what runs on python3.11 arm64 --------------------------------------
+
+
+def test_the_layer_holds_only_wheels_and_binaries_for_arm64_python311(built: Built):
+    assert wheel_tag_problems(built.layer) == []
+    assert binary_problems(built.layer) == []
+    machines = {elf_machine(path) for path in built.layer.rglob("*.so")}
+    assert machines == {183}, "pydantic_core's extension is aarch64 (and the check saw it)"
+
+
+def test_the_layer_has_the_versions_the_tests_run_against(built: Built):
+    compared = 0
+    for metadata in built.layer.glob("*.dist-info/METADATA"):
+        fields = dict(line.split(": ", 1) for line in metadata.read_text().splitlines() if ": " in line)
+        try:
+            installed = importlib.metadata.version(fields["Name"])
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        compared += 1
+        assert fields["Version"] == installed, fields["Name"]
+    assert compared >= 5  # powertools, boto3, botocore, pydantic, pydantic-core, pluggy, ...
+
+
+def test_every_module_ships_its_unchecked_hash_pyc(built: Built):
+    assert bytecode_problems(built.function) == []
+    assert bytecode_problems(built.layer) == []
+
+
+def test_a_function_holds_the_project_runtime_packages_and_its_entry_points(built: Built):
+    for name, resource in FUNCTIONS.items():
+        assert function_problems(built.function, resource["Properties"]["Handler"]) == [], name
+    assert sorted(path.name for path in built.function.iterdir()) == [
+        "core",
+        "functions",
+        "oms-0.1.0.dist-info",
+        "plugins",
+    ]
+    record = (built.function / "oms-0.1.0.dist-info" / "RECORD").read_text()
+    assert "infra/" not in record  # the RECORD lists what is there, nothing else
+
+
+def test_the_layer_holds_the_plugin_file_packages_but_never_the_project(built: Built):
+    assert layer_problems(built.layer.parent) == []
+    assert (built.layer / "oms_buildcheck" / "__init__.py").is_file()
+    assert not (built.layer / "core").exists()
+    assert not (built.layer / "docopt.py").exists()  # the `oms` on PyPI (another project) was not fetched
+
+
+def test_the_host_variant_has_the_layers_files(built: Built):
+    if ON_ARM64:
+        pytest.skip("on arm64 the layer itself is imported")
+
+    def files(site: Path) -> set[str]:
+        # Extension modules name their platform; pip marks what was asked for by name (REQUESTED).
+        return {
+            str(path.relative_to(site)).replace("aarch64-linux-gnu", "PLATFORM").replace("x86_64-linux-gnu", "PLATFORM")
+            for path in site.rglob("*")
+            if path.is_file() and path.name != "REQUESTED"
+        }
+
+    assert files(built.importable_layer) == files(built.layer)
+
+
+# --- Each handler imports from its artifact and the layer alone ---------------------------------
+
+IMPORT_CHECK = """
+import importlib, importlib.metadata, json, sys, sysconfig
+import importlib._bootstrap_external as external
+
+artifact, layer, handler = sys.argv[1:4]
+sys.path[:0] = [artifact, layer]
+compiled = []
+source_to_code = external.SourceLoader.source_to_code
+
+
+def spy(self, data, path, *args, **kwargs):
+    compiled.append(path)
+    return source_to_code(self, data, path, *args, **kwargs)
+
+
+external.SourceLoader.source_to_code = spy
+module, attribute = handler.rsplit(".", 1)
+function = getattr(importlib.import_module(module), attribute)
+plugins = {}
+for entry_point in importlib.metadata.entry_points(group="oms"):
+    entry_point.load()
+    plugins[entry_point.name] = str(entry_point.dist.locate_file(""))
+allowed = (artifact, layer, sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib"))
+files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+print(json.dumps({
+    "callable": callable(function),
+    "plugins": plugins,
+    "outside": sorted(f for f in files if f and not f.startswith(allowed)),
+    "compiled_from_source": [path for path in compiled if path.startswith((artifact, layer))],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def unzipped(built: Built) -> Built:
+    """As Lambda unzips them: a zip keeps file times to 2 seconds, so no source has its build time."""
+    for path in [*built.function.rglob("*.py"), *built.importable_layer.rglob("*.py")]:
+        os.utime(path, (1_000_000_000, 1_000_000_001))
+    return built
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_each_handler_imports_from_its_artifact_and_the_layer_alone(unzipped: Built, name: str):
+    handler = FUNCTIONS[name]["Properties"]["Handler"]
+    env = {"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1", **_template_environment(name)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            IMPORT_CHECK,
+            str(unzipped.function),
+            str(unzipped.importable_layer),
+            handler,
+        ],
+        cwd=unzipped.base,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["callable"]
+    assert seen["outside"] == []
+    assert seen["compiled_from_source"] == [], "the shipped .pyc were not used"
+    assert set(seen["plugins"]) >= BUILT_IN_PLUGINS
+    assert {seen["plugins"][plugin] for plugin in BUILT_IN_PLUGINS} == {str(unzipped.function)}
+    assert seen["plugins"][TEST_PLUGIN] == str(unzipped.importable_layer)
+
+
+def _template_environment(name: str) -> dict[str, str]:
+    """The function's environment as the template sets it: parameters at their defaults, other
+    references as placeholders."""
+    variables = {
+        **TEMPLATE["Globals"]["Function"].get("Environment", {}).get("Variables", {}),
+        **FUNCTIONS[name]["Properties"].get("Environment", {}).get("Variables", {}),
+    }
+    parameters = TEMPLATE.get("Parameters", {})
+
+    def resolve(key: str, value: object) -> str:
+        if isinstance(value, dict) and "Default" in parameters.get(value.get("Ref"), {}):
+            return str(parameters[value["Ref"]]["Default"])
+        return value if isinstance(value, str) else f"placeholder-{key.lower()}"
+
+    return {key: resolve(key, value) for key, value in variables.items()}
+
+
+# --- make build's own check reads sam build's output --------------------------------------------
+
+
+def test_the_check_make_build_runs_passes_the_build_and_names_an_x86_binary(built: Built, tmp_path: Path):
+    build_dir = tmp_path / "sam-build"
+    shutil.copytree(built.function, build_dir / "ApiFunction")
+    (build_dir / "DependenciesLayer").mkdir()
+    (build_dir / "DependenciesLayer" / LAYER_SUBDIR).symlink_to(built.layer)
+    resources = {
+        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
+    }
+    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
+    import yaml
+
+    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources}))
+    assert built_problems(build_dir) == []
+
+    x86 = bytearray(64)
+    x86[:4], x86[4], x86[5], x86[18:20] = b"\x7fELF", 2, 1, (62).to_bytes(2, "little")
+    (build_dir / "ApiFunction" / "core" / "_speedups.cpython-311-x86_64-linux-gnu.so").write_bytes(bytes(x86))
+    assert built_problems(build_dir) == [
+        "ApiFunction: core/_speedups.cpython-311-x86_64-linux-gnu.so: ELF machine 62, not aarch64 (183)"
+    ]
+
+
+def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(tmp_path: Path):
+    project = tmp_path / "project"
+    (project / "core").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "oms"\nversion = "0.1.0"\n'
+        '[tool.setuptools.packages.find]\ninclude = ["core*"]\n'
+    )
+    (project / "core" / "__init__.py").write_text("")
+    (project / "core" / "kept.py").write_text("")
+    # What an in-tree `pip install .` leaves behind; a later in-tree build ships it again.
+    (project / "build" / "lib" / "core").mkdir(parents=True)
+    (project / "build" / "lib" / "core" / "deleted.py").write_text("")
+
+    build_function(tmp_path / "artifact", project, cache=tmp_path / "wheels")
+    (wheel,) = (tmp_path / "wheels").glob("*/*.whl")
+    build_function(tmp_path / "again", project, cache=tmp_path / "wheels")
+
+    assert (tmp_path / "artifact" / "core" / "kept.py").is_file()
+    assert not (tmp_path / "artifact" / "core" / "deleted.py").exists()
+    assert list((tmp_path / "wheels").glob("*/*.whl")) == [wheel]  # the same sources: the cached wheel

@@ -1,0 +1,36 @@
+"""The README's deploy guide names every parameter and output of template.yaml, and nothing else."""
+
+import re
+from pathlib import Path
+
+from infra.local.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_template(ROOT / "template.yaml")
+README = (ROOT / "README.md").read_text()
+GUIDE = README[README.index("## Deploying to AWS") : README.index("## Tests")]
+
+
+def _rows(table_header: str) -> list[list[str]]:
+    """The cells of each row of the guide's table that starts with `table_header`."""
+    table = GUIDE[GUIDE.index(table_header) :].split("\n\n")[0]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in table.splitlines()[2:]]
+
+
+def _first_column(table_header: str) -> set[str]:
+    return {name for row in _rows(table_header) for name in re.findall(r"`([A-Za-z0-9]+)`", row[0])}
+
+
+def test_every_template_parameter_has_a_row_in_the_deploy_guide():
+    assert _first_column("| parameter |") == set(TEMPLATE["Parameters"])
+
+
+def test_the_deploy_guide_gives_each_parameters_default():
+    documented = {row[0].strip("`"): row[1].strip("`") for row in _rows("| parameter |")}
+    for name, parameter in TEMPLATE["Parameters"].items():
+        default = str(parameter.get("Default", "(required)"))
+        assert documented[name] == (default or '""'), name  # an empty default is shown as `""`
+
+
+def test_every_template_output_is_explained_in_the_deploy_guide():
+    assert _first_column("| output |") == set(TEMPLATE["Outputs"])
