@@ -39,7 +39,6 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_IMPORT_SIZES", "1000,10000,100000").split(","))
-HIGH_WATER = 1000  # as `make run` sets it
 WARM_UP_LINES = 200
 # The stack's import runs this many times (the median run is reported) up to this size; beyond it
 # once: 100,000 lines take about a quarter of an hour.
@@ -134,7 +133,7 @@ def serve(state_path: str) -> None:
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    parameters = {"ImportQueueHighWater": HIGH_WATER, "ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
+    parameters = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
     with running_stack(seed=True, event_sources=False, parameter_overrides=parameters) as stack:
         stack.seed_demo_data()
         for mapping in stack.mappings.values():
@@ -328,6 +327,8 @@ def measure_splitter(path: Path) -> dict[str, Any]:
 def run_import_bench(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     """{"stack": [...], "data_only": [...], "splitter": [...]}, one entry per size; see the module
     docstring."""
+    from infra.local.moto_sqs import HIGH_WATER
+
     results: dict[str, Any] = {"sizes": list(sizes), "high_water": HIGH_WATER}
     results.update(stack=[], data_only=[], splitter=[])
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,9 +373,9 @@ def markdown(results: dict[str, Any]) -> str:
 A CSV of N lines (orders of 1-3 lines, 2 % unknown skus) uploaded to the local stack's imports bucket
 and followed to its end: S3 notification → splitter → SQS → worker → capture, in the stack's own
 process (the order workflow paused: orders stay as captured). The splitter keeps at most
-{results["high_water"]:,} messages queued (ImportQueueHighWater). Each measurement runs in fresh
-processes; the import itself {REPEATS} times up to {REPEAT_UP_TO:,} lines (the median run is shown),
-once beyond.
+{results["high_water"]:,} messages queued (the local stack paces moto's SQS: `infra/local/moto_sqs.py`).
+Each measurement runs in fresh processes; the import itself {REPEATS} times up to {REPEAT_UP_TO:,}
+lines (the median run is shown), once beyond.
 
 {HEADER}
 {rows}

@@ -11,13 +11,14 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from core.import_service import Outcome
-from functions import bootstrap
 from functions.adapters.imports import origin_from
+from functions.bootstrap import WarmContainer
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = BatchProcessor(event_type=EventType.SQS)
+container = WarmContainer()
 
 _METRICS = {Outcome.IMPORTED: "ImportedOrders", Outcome.DUPLICATE: "DuplicateOrders", Outcome.FAILED: "RejectedOrders"}
 
@@ -28,7 +29,7 @@ def import_order(record: SQSRecord) -> None:
     again, and after maxReceiveCount it waits in the dead-letter queue."""
     origin = origin_from(record.raw_event.get("messageAttributes") or {})
     try:
-        result = bootstrap.order_importer().import_order(record.body, origin, sender=record.attributes.sender_id or "")
+        result = container().importer.import_order(record.body, origin, sender=record.attributes.sender_id or "")
     except Exception:
         # The body is never logged: it is customer data.
         logger.exception(

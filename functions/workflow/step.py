@@ -9,9 +9,11 @@ from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.workflow import Workflow
-from functions.bootstrap import workflow
+from functions.bootstrap import WarmContainer
 
 logger = Logger()
+# Shared by the five task modules; each task is its own Lambda function, so its own container.
+container = WarmContainer()
 
 
 class StepInput(BaseModel):
@@ -35,6 +37,6 @@ def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict
     def lambda_handler(event: dict[str, Any], context: Any) -> None:
         step = StepInput.model_validate(event)
         logger.append_keys(order_id=step.order_id)
-        run(workflow(), step)
+        run(container().workflow, step)
 
     return lambda_handler

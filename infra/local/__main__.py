@@ -37,9 +37,6 @@ FIRST_ORDER = {
 # Where `make run` writes what other local tools need (make import): addresses, names, the admin
 # key. Gitignored; removed on exit. OMS_STATE_FILE moves it.
 STATE_FILE = Path(__file__).resolve().parents[2] / ".oms-local.json"
-# moto's SQS DeleteMessage walks the whole queue, so locally the import splitter waits while this
-# many messages are queued (template parameter ImportQueueHighWater; 0 on AWS).
-LOCAL_IMPORT_QUEUE_HIGH_WATER = "1000"
 
 
 def state_file() -> Path:
@@ -130,11 +127,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     started = time.monotonic()
-    stack = EmbeddedStack(
-        parameter_overrides={
-            "ImportQueueHighWater": os.environ.get("OMS_IMPORT_QUEUE_HIGH_WATER") or LOCAL_IMPORT_QUEUE_HIGH_WATER
-        }
-    )
+    stack = EmbeddedStack()
     # Seeded after start() so that a refused seed is a warning, not a stack that will not start.
     wants_seed, stack.seed = stack.seed, False
     stopping = threading.Event()

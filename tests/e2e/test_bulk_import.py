@@ -32,9 +32,7 @@ FINISHED = ("completed", "completed_with_errors", "failed")
 def stack() -> Iterator[EmbeddedStack]:
     """The demo catalog (the sample files order its skus), and only the import's event sources
     running: the order workflow is not what this module is about, orders stay as placed."""
-    with running_stack(
-        seed=True, event_sources=False, parameter_overrides={**PARAMETERS, "ImportQueueHighWater": 1000}
-    ) as started:
+    with running_stack(seed=True, event_sources=False, parameter_overrides=PARAMETERS) as started:
         started.seed_demo_data()
         for mapping in started.mappings.values():
             if mapping.function_logical_id in ("ImportSplitterFunction", "ImportWorkerFunction"):

@@ -27,6 +27,12 @@ class Context:
         return 10_000
 
 
+def ensure_admin_key(secret: str) -> None:
+    from functions.authorizer.app import container
+
+    container().api_keys.ensure_admin(secret)
+
+
 def event(name: str) -> dict:
     return json.loads((EVENTS / name).read_text())
 
@@ -40,7 +46,7 @@ def api(evt: dict) -> tuple[int, dict]:
 
 @pytest.fixture
 def seeded(aws):
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     c = container()
     from core.models import LocationInput, ProductInput, StockCount
@@ -90,7 +96,7 @@ class NegativeTax:
 
 @pytest.mark.parametrize("plugin", [ExplodingTax(), NonsenseTax(), NegativeTax()])
 def test_a_broken_plugin_is_a_clear_error_and_stores_nothing(seeded, aws, plugin):
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     plugins = container().plugins
     plugins.register(plugin)
@@ -106,7 +112,6 @@ def test_a_broken_plugin_is_a_clear_error_and_stores_nothing(seeded, aws, plugin
 
 def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
     from functions.authorizer.app import lambda_handler
-    from functions.bootstrap import ensure_admin_key
 
     ensure_admin_key("oms_sample_admin_key_0123456789")
     policy = lambda_handler(event("authorizer_request.json"), Context())
@@ -120,7 +125,6 @@ def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Basic abc", "Bearer wrong_key_0123456789", "bearer x"])
 def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
     from functions.authorizer.app import lambda_handler
-    from functions.bootstrap import ensure_admin_key
 
     ensure_admin_key("oms_sample_admin_key_0123456789")
     evt = event("authorizer_request.json")
@@ -130,8 +134,6 @@ def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
 
 
 def test_keys_are_stored_only_as_hashes(aws):
-    from functions.bootstrap import ensure_admin_key
-
     ensure_admin_key("oms_sample_admin_key_0123456789")
     dump = json.dumps(aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"])
     assert "oms_sample_admin_key_0123456789" not in dump

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from core.access import ApiKey, IssuedApiKey, NewApiKey, Scope
 from functions.api.access import requires
+from functions.api.dependencies import container
 from functions.api.schemas import errors, ok
-from functions.bootstrap import container
 
 router = Router()
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from core.access import Scope
 from core.models import Location, LocationInput, Product, ProductInput
 from functions.api.access import ANY_KEY, requires
+from functions.api.dependencies import container
 from functions.api.schemas import errors, ok
-from functions.bootstrap import container
 
 router = Router()
 

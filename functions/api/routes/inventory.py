@@ -7,9 +7,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from core.access import Scope
 from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
 from functions.api.access import ANY_KEY, requires
+from functions.api.dependencies import container
 from functions.api.routes.catalog import LocationPath, SkuPath
 from functions.api.schemas import errors, ok
-from functions.bootstrap import container
 
 router = Router()
 

@@ -13,9 +13,9 @@ from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder
 from core.ports import OrderFilter
 from core.status import OrderStatus
 from functions.api.access import caller, requires
+from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.schemas import OrderPage, errors, ok
-from functions.bootstrap import container
 
 router = Router()
 
