@@ -54,7 +54,7 @@ def write_orders_csv(path: Path, lines: int, prefix: str = "B") -> int:
     """A realistic export of `lines` data rows (plus the header): orders of one to three lines,
     sorted by order, about one row in fifty bad (an unknown sku). Written row by row. Returns the
     number of orders."""
-    from core.imports import COLUMNS
+    from functions.import_splitter.readers import COLUMNS
 
     rng = random.Random(lines)
     orders = 0
@@ -249,6 +249,7 @@ def split_only(path: str) -> None:
     """Stream the file through the reader and ImportSplitter into a queue and ledger that keep
     nothing; print the orders and this process's peak RSS."""
     from core.import_service import ImportLedger, ImportSource, ImportSplitter, ImportState, ImportStatus, OrderQueue
+    from functions.import_splitter.readers import read_orders
 
     class Discarded(OrderQueue):
         sent = 0
@@ -293,7 +294,8 @@ def split_only(path: str) -> None:
             while chunk := handle.read(256 * 1024):
                 yield chunk
 
-    ImportSplitter(ledger, queue).split(ImportSource("imp_bench", f"file://{path}", path), chunks)
+    source = ImportSource("imp_bench", f"file://{path}")
+    ImportSplitter(ledger, queue).split(source, lambda: read_orders(chunks(), path))
     seconds = time.perf_counter() - started
     print(
         json.dumps(

@@ -35,6 +35,7 @@ from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInve
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.import_splitter.readers import field_in_file
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ class Container:
     @cached_property
     def importer(self) -> OrderImporter:
         """The import worker's use case: the API's capture path, recording on the ledger."""
-        return OrderImporter(self.capture, self.import_ledger, self.orders, clock=self.clock)
+        return OrderImporter(self.capture, self.import_ledger, self.orders, clock=self.clock, field_names=field_in_file)
 
     def import_splitter(self) -> tuple[ImportSplitter, SqsOrderQueue]:
         """One per file: the queue batches that file's messages and counts what it sent."""

@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from core.import_service import ImportSource
 from core.imports import import_id_for
 from functions.bootstrap import WarmContainer
+from functions.import_splitter.readers import read_orders
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -30,8 +31,8 @@ def split_object(record: S3EventRecord) -> None:
     logger.append_keys(import_id=import_id)
     files = container().import_files
     splitter, queue = container().import_splitter()
-    source = ImportSource(import_id=import_id, uri=f"s3://{bucket}/{key}", name=key)
-    started = splitter.split(source, lambda: files.open(bucket, key, version_id, etag))
+    source = ImportSource(import_id=import_id, uri=f"s3://{bucket}/{key}")
+    started = splitter.split(source, lambda: read_orders(files.open(bucket, key, version_id, etag), key))
     logger.info("import split" if started else "import already read", extra={"queued": queue.sent})
     metrics.add_metric(name="ImportOrdersQueued", unit=MetricUnit.Count, value=queue.sent)
 

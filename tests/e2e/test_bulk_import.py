@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from core.imports import COLUMNS, import_id_for
+from core.imports import import_id_for
+from functions.import_splitter.readers import COLUMNS
 from infra.local.stack import EmbeddedStack, running_stack
 from tests.e2e.client import Api, assert_error, unique
 from tests.e2e.conftest import PARAMETERS
