@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel
 
 from core.access import Scope
@@ -13,11 +13,12 @@ from core.errors import NotFound
 from core.import_service import ImportReport, ImportSummary
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
+from functions.api.paths import existing
 from functions.api.schemas import errors, ok
 
 router = Router()
 
-ImportIdPath = Annotated[str, Path(pattern=r"^imp_[a-z2-7]{24}$", description="Import id")]
+ImportIdPath = existing("import", r"^imp_[a-z2-7]{24}$", "Import id")
 
 
 class ImportPage(BaseModel):
