@@ -232,7 +232,7 @@ def test_imports_need_orders_read_and_are_hidden_from_channel_bound_keys(api: Ap
     assert_error(api.get(f"/imports/{first_import['id']}", key=writer), 403, "forbidden")
     assert api.get("/imports", key=storefront).json() == {"items": [], "next_cursor": None}
     assert_error(api.get(f"/imports/{first_import['id']}", key=storefront), 404, "not_found")
-    assert_error(api.get("/imports/imp_nope"), 422)
+    assert_error(api.get("/imports/imp_nope"), 404, "not_found")  # names nothing, malformed or not
 
 
 # --- make import ----------------------------------------------------------------------------------
