@@ -21,7 +21,7 @@ from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
 from tests.e2e.client import ADMIN
-from tests.integration.conftest import ENV_BY_TABLE
+from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV
 
 # Throttling is not what the matrices test (tests/e2e/test_throttling.py is).
 FAST = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
@@ -115,16 +115,7 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
 
     template = Template.load(parameter_overrides={**FAST, **parameter_overrides})
     with pytest.MonkeyPatch.context() as env, mock_aws():
-        for name, value in {
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-            "POWERTOOLS_METRICS_DISABLED": "true",
-            "POWERTOOLS_SERVICE_NAME": "oms-test",
-            "POWERTOOLS_METRICS_NAMESPACE": "OMS",
-            "OMS_ENABLE_TEST_PAYMENTS": "true",  # the orders here pay with the `test` gateway
-        }.items():
+        for name, value in FUNCTION_ENV.items():
             env.setenv(name, value)
         env.delenv("AWS_ENDPOINT_URL", raising=False)
         client = boto3.client("dynamodb", region_name="us-east-1")
