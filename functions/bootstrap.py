@@ -106,8 +106,14 @@ def workflow() -> Workflow:
         DynamoCatalog(client, config.catalog_table),
         DynamoInventory(client, config.inventory_table),
         plugin_manager(),
-        S3Labels(os.environ.get("LABELS_BUCKET", "")),
+        label_store(),
     )
+
+
+@functools.cache
+def label_store() -> S3Labels:
+    """Where the workflow puts labels and the API signs links to them."""
+    return S3Labels(os.environ.get("LABELS_BUCKET", ""))
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from core.ports import OrderFilter
 from core.status import OrderStatus
 from functions.api.access import caller, requires
 from functions.api.errors import ApiError
+from functions.api.label_links import with_label_links
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, errors, ok
 from functions.bootstrap import container
@@ -59,7 +60,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
             place,
             router.lambda_context,
         )
-    return Response(201, content_types.APPLICATION_JSON, Order.model_validate(body))
+    return Response(201, content_types.APPLICATION_JSON, with_label_links(Order.model_validate(body)))
 
 
 @router.get(
@@ -69,7 +70,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
 )
 @requires(Scope.ORDERS_READ)
 def get_order(order_id: OrderIdPath) -> Order:
-    return container().orders.get(order_id, caller(router).channel)
+    return with_label_links(container().orders.get(order_id, caller(router).channel))
 
 
 @router.get(
@@ -94,7 +95,7 @@ def list_orders(
     items, next_cursor = container().orders.list(
         OrderFilter(customer_id=customer_id, status=status, channel=channel), limit, cursor
     )
-    return OrderPage(items=items, next_cursor=next_cursor)
+    return OrderPage(items=[with_label_links(order) for order in items], next_cursor=next_cursor)
 
 
 @router.get(
@@ -134,7 +135,7 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
         )
     who = caller(router)
     version = int(if_match.removeprefix("W/").strip('"'))
-    return container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel)
+    return with_label_links(container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel))
 
 
 @router.post(
@@ -152,7 +153,7 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
 @requires(Scope.ORDERS_WRITE)
 def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
     who = caller(router)
-    return container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel)
+    return with_label_links(container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel))
 
 
 @router.post(
@@ -172,7 +173,8 @@ def ship_shipment(
 ) -> Order:
     who = caller(router)
     tracking_number = request.tracking_number if request else None
-    return container().actions.ship(order_id, shipment_id, tracking_number, actor=who.key_id, channel=who.channel)
+    shipped = container().actions.ship(order_id, shipment_id, tracking_number, actor=who.key_id, channel=who.channel)
+    return with_label_links(shipped)
 
 
 @router.post(
@@ -184,4 +186,4 @@ def ship_shipment(
 @requires(Scope.FULFILLMENT_WRITE)
 def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
     who = caller(router)
-    return container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel)
+    return with_label_links(container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel))
