@@ -32,7 +32,8 @@ class S3Labels(LabelStore):
 
     @functools.cached_property
     def _s3(self) -> Any:
-        return self._client or boto3.client("s3")
+        # SigV4 links (X-Amz-Expires): some regions and botocore versions would presign with SigV2.
+        return self._client or boto3.client("s3", config=Config(signature_version="s3v4"))
 
     @functools.cached_property
     def _signer(self) -> Any:
