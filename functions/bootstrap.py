@@ -13,7 +13,7 @@ from aws_lambda_powertools import Logger
 
 from core.access import ApiKey
 from core.fulfillment import OrderActions
-from core.import_service import ImportQueries, ImportSplitter, OrderImporter
+from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.pricing import Pricing
@@ -160,7 +160,10 @@ def import_queries() -> ImportQueries:
 @functools.cache
 def order_importer() -> OrderImporter:
     """The import worker's use case: the API's capture service, recording on the ledger."""
-    return OrderImporter(container().capture, import_ledger(), container().orders)
+    senders = QueueSenders.parse(
+        os.environ.get("IMPORT_SPLITTER_ROLE_ID"), os.environ.get("IMPORT_QUEUE_SENDER_CHANNELS", "")
+    )
+    return OrderImporter(container().capture, import_ledger(), container().orders, senders=senders)
 
 
 @functools.cache
