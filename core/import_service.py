@@ -239,9 +239,13 @@ class QueueSenders:
 
     SQS records each message's sender (SenderId): an IAM user's unique id, or a role's unique id
     and session name ("AROA…:function-name"). The import splitter's messages carry import lines
-    for any channel (whoever uploaded the file was authorized by the bucket). Any other sender
-    places orders only for the channels it is given, and its messages never write on an import,
-    whatever attributes they carry. The queue's policy decides who may send at all."""
+    for any channel (whoever uploaded the file was authorized by the bucket). A sender given `*`
+    is trusted the same way: an operator who redrives the dead-letter queue sends its messages
+    again as themselves. Any other sender places orders only for the channels it is given, and its
+    messages never write on an import, whatever attributes they carry. The queue's policy decides
+    who may send at all."""
+
+    ANY_CHANNEL = "*"
 
     splitter: str | None  # the splitter role's unique id
     channels: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -265,8 +269,12 @@ class QueueSenders:
     def is_splitter(self, sender: str) -> bool:
         return self.splitter is not None and self.principal(sender) == self.splitter
 
+    def writes_imports(self, sender: str) -> bool:
+        """Whether this sender's messages are import lines (and may claim any channel)."""
+        return self.is_splitter(sender) or self.ANY_CHANNEL in self.channels.get(self.principal(sender), ())
+
     def may_place(self, sender: str, channel: str) -> bool:
-        return self.is_splitter(sender) or channel in self.channels.get(self.principal(sender), ())
+        return self.writes_imports(sender) or channel in self.channels.get(self.principal(sender), ())
 
 
 @dataclass(frozen=True)
@@ -301,9 +309,9 @@ class OrderImporter:
         self._senders = senders
 
     def import_order(self, body: str, origin: OrderOrigin | None, sender: str) -> ImportResult:
-        if origin is not None and self._senders is not None and not self._senders.is_splitter(sender):
-            # Only the splitter writes on imports: another sender's import attributes are ignored.
-            logger.warning("import attributes from a sender that is not the splitter", extra={"sender": sender})
+        if origin is not None and self._senders is not None and not self._senders.writes_imports(sender):
+            # Only the splitter (or a sender trusted like it) writes on imports.
+            logger.warning("import attributes from a sender not trusted with imports", extra={"sender": sender})
             origin = None
         if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
             return ImportResult(None)

@@ -26,6 +26,14 @@ def test_a_named_sender_places_orders_for_its_channels_only():
     assert not senders.is_splitter("AROAERP:session-1")
 
 
+def test_a_sender_given_any_channel_is_trusted_like_the_splitter_for_a_redrive():
+    senders = QueueSenders.parse(SPLITTER, "AROAOPERATOR=*,AROAERP=erp")
+
+    assert senders.writes_imports("AROAOPERATOR:alice") and senders.may_place("AROAOPERATOR:alice", "market")
+    assert senders.writes_imports(f"{SPLITTER}:fn")
+    assert not senders.writes_imports("AROAERP:x") and not senders.is_splitter("AROAOPERATOR:alice")
+
+
 def test_a_sender_not_named_places_nothing_and_without_a_splitter_id_nobody_is_the_splitter():
     senders = QueueSenders.parse(None, "AROAERP=erp")
 

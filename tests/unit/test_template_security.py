@@ -271,6 +271,9 @@ def test_only_the_splitter_and_the_named_principals_may_send_to_the_import_queue
     assert sub[0] == "${Splitter},${Senders}"
     assert sub[1] == {"Splitter": splitter, "Senders": {"Fn::Join": [",", {"Ref": "ImportQueueSenders"}]}}
     assert parameter_default("ImportQueueSenders") == ""
+    [tls] = [s for s in statements if isinstance(s, dict) and s.get("Sid") == "DenyInsecureTransport"]
+    assert (tls["Effect"], tls["Principal"], tls["Action"]) == ("Deny", "*", "sqs:*")
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
 def test_the_worker_knows_the_splitter_and_each_senders_channels():
