@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,10 +16,7 @@ from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInve
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
-from infra.local.template import load_template
-
-TEMPLATE = load_template()
-RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
 
 
 def of_type(kind: str) -> dict[str, Any]:
@@ -169,35 +165,6 @@ def _snake(action: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", action.split(":", 1)[1]).lower()
 
 
-def _logical_id(resource: Any) -> str:
-    if "Fn::GetAtt" in resource:
-        return resource["Fn::GetAtt"][0]
-    if "Ref" in resource:
-        return resource["Ref"]
-    text = resource["Fn::Sub"]
-    if "-imports-${AWS::AccountId}" in text:  # the imports bucket, named to avoid a dependency cycle
-        return "ImportsBucket"
-    return re.search(r"\$\{(\w+)\.Arn\}", text).group(1)
-
-
-def _statements(function: str) -> Iterator[dict[str, Any]]:
-    for policy in RESOURCES[function]["Properties"]["Policies"]:
-        assert list(policy) == ["Statement"], f"{function}: a SAM policy template grants more than the code uses"
-        yield from policy["Statement"]
-
-
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def granted(function: str) -> set[tuple[str, str]]:
-    grants = set()
-    for statement in _statements(function):
-        assert statement["Effect"] == "Allow"
-        grants |= {(_logical_id(r), a) for a in _listed(statement["Action"]) for r in _listed(statement["Resource"])}
-    return grants
-
-
 def test_every_function_is_in_the_map():
     assert set(USES) == set(of_type("AWS::Serverless::Function"))
 
@@ -235,10 +202,10 @@ def test_no_function_may_scan_batch_write_delete_tables_or_change_lifecycles(fun
 def test_object_grants_are_scoped_to_the_prefix_the_code_uses():
     scoped = {}
     for function in USES:
-        for statement in _statements(function):
-            if any(action.startswith("s3:") for action in _listed(statement["Action"])):
-                for resource in _listed(statement["Resource"]):
-                    scoped[(function, _logical_id(resource))] = resource["Fn::Sub"].split("/", 1)[1]
+        for statement in statements(function):
+            if any(action.startswith("s3:") for action in listed(statement["Action"])):
+                for resource in listed(statement["Resource"]):
+                    scoped[(function, logical_id(resource))] = resource["Fn::Sub"].split("/", 1)[1]
 
     assert scoped == {
         ("ApiFunction", "LabelsBucket"): "labels/*",
