@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique
+from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique, unsigned
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 10
@@ -124,12 +124,6 @@ def cancel(api: Api, order_id: str, reason: str = "customer changed their mind",
 
 def dec(money: dict[str, str]) -> Decimal:
     return Decimal(money["amount"])
-
-
-def unsigned(order: dict[str, Any]) -> dict[str, Any]:
-    """The order with each label link cut to the object it names: links are signed at each read."""
-    shipments = [{**s, "label_url": urlsplit(s["label_url"]).path} for s in order["shipments"]]
-    return {**order, "shipments": shipments}
 
 
 @pytest.fixture
