@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -236,6 +236,50 @@ class ImportSplitter:
 
 
 @dataclass(frozen=True)
+class QueueSenders:
+    """Who may put orders on the import queue, and for which channels.
+
+    SQS records each message's sender (SenderId): an IAM user's unique id, or a role's unique id
+    and session name ("AROA…:function-name"). The import splitter's messages carry import lines
+    for any channel (whoever uploaded the file was authorized by the bucket). A sender given `*`
+    is trusted the same way: an operator who redrives the dead-letter queue sends its messages
+    again as themselves. Any other sender places orders only for the channels it is given, and its
+    messages never write on an import, whatever attributes they carry. The queue's policy decides
+    who may send at all."""
+
+    ANY_CHANNEL = "*"
+
+    splitter: str | None  # the splitter role's unique id
+    channels: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, splitter: str | None, channels: str) -> QueueSenders:
+        """From "AROAID1=web+pos,AIDAID2=marketplace" (the ImportQueueSenderChannels parameter)."""
+        allowed: dict[str, frozenset[str]] = {}
+        for pair in filter(None, (part.strip() for part in channels.split(","))):
+            sender, _, names = pair.partition("=")
+            chosen = frozenset(filter(None, (name.strip() for name in names.split("+"))))
+            if not sender.strip() or ":" in sender or not chosen:
+                raise ValueError(f"import queue sender channels: {pair!r} is not <unique id>=<channel>[+<channel>]")
+            allowed[sender.strip()] = allowed.get(sender.strip(), frozenset()) | chosen
+        return cls(splitter=splitter or None, channels=allowed)
+
+    @staticmethod
+    def principal(sender: str) -> str:
+        return sender.split(":", 1)[0]
+
+    def is_splitter(self, sender: str) -> bool:
+        return self.splitter is not None and self.principal(sender) == self.splitter
+
+    def writes_imports(self, sender: str) -> bool:
+        """Whether this sender's messages are import lines (and may claim any channel)."""
+        return self.is_splitter(sender) or self.ANY_CHANNEL in self.channels.get(self.principal(sender), ())
+
+    def may_place(self, sender: str, channel: str) -> bool:
+        return self.writes_imports(sender) or channel in self.channels.get(self.principal(sender), ())
+
+
+@dataclass(frozen=True)
 class ImportResult:
     outcome: Outcome | None  # None: the line was recorded by an earlier delivery; nothing done
     order_id: str | None = None
@@ -257,19 +301,27 @@ class OrderImporter:
         orders: OrderQueries,
         clock: Clock = utc_now,
         field_names: FieldNames = lambda field, file_format: field,
+        senders: QueueSenders | None = None,
     ):
         self._capture = capture
         self._ledger = ledger
         self._orders = orders
         self._clock = clock
         self._field_names = field_names
+        # None: every sender is trusted, for callers that are the splitter's side themselves (tests,
+        # tools). The import worker always passes the deployment's senders.
+        self._senders = senders
 
     def import_order(self, body: str, origin: OrderOrigin | None, sender: str) -> ImportResult:
+        if origin is not None and self._senders is not None and not self._senders.writes_imports(sender):
+            # Only the splitter (or a sender trusted like it) writes on imports.
+            logger.warning("import attributes from a sender not trusted with imports", extra={"sender": sender})
+            origin = None
         if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
             return ImportResult(None)
         # The order's history names who created it: the import and line, or the queue's sender.
         actor = f"{origin.import_id}:{origin.line}" if origin is not None else f"sqs:{sender}"
-        result = self._place(body, origin, actor)
+        result = self._place(body, origin, actor, sender)
         # Under the order's first line, whichever line its error names: a redelivery finds it.
         if (
             origin is not None
@@ -279,7 +331,7 @@ class OrderImporter:
             logger.info("import line already recorded", extra={"import_id": origin.import_id, "line": origin.line})
         return result
 
-    def _place(self, body: str, origin: OrderOrigin | None, actor: str) -> ImportResult:
+    def _place(self, body: str, origin: OrderOrigin | None, actor: str, sender: str) -> ImportResult:
         line = origin.line if origin is not None else 0
         line_numbers = origin.line_numbers if origin is not None else ()
         file_format = origin.format if origin is not None else None
@@ -309,6 +361,14 @@ class OrderImporter:
                 "missing_external_id",
                 "external_id is required: channel + external_id identify each imported order",
                 None,
+            )
+        if self._senders is not None and not self._senders.may_place(sender, command.channel):
+            who = QueueSenders.principal(sender) or "unknown"
+            return failed(
+                "forbidden",
+                f"sender {who} may not place orders for channel {command.channel}",
+                command.external_id,
+                "channel",
             )
         try:
             order = self._capture.place(command, actor)

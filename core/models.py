@@ -574,6 +574,8 @@ class Shipment(BaseModel):
     carrier: str
     service: str
     tracking_number: str | None = None
+    # Stored: the label's key in the label store. The API shows a link signed at each read in its
+    # place (a stored link would expire), under the contract's name.
     label_url: str | None = None
     status: ShipmentStatus = ShipmentStatus.PENDING
     shipped_at: datetime | None = None

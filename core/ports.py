@@ -134,4 +134,10 @@ class ApiKeyRepository(ABC):
 class LabelStore(ABC):
     @abstractmethod
     def put_label(self, order_id: str, shipment_id: str, document: bytes, content_type: str) -> str:
-        """Store a shipping label (idempotent by shipment) and return a URL to fetch it."""
+        """Store a shipping label (idempotent by shipment) and return its key, what the order keeps."""
+
+    @abstractmethod
+    def link(self, key: str) -> str:
+        """A short-lived URL to fetch the label stored under `key`, made fresh for each read: a
+        stored link would outlive its signature. A `key` that is already a URL (orders stored
+        before keys were) is signed again when it points at this store, else returned as is."""

@@ -241,11 +241,11 @@ class Workflow:
             shipment_id = "shp_" + short_hash(f"{order.id}#{location_id}")
             weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
             booked = self._book(order, shipment_id, locations[location_id], lines, weight)
-            url = self._labels.put_label(order.id, shipment_id, booked.label, booked.label_content_type)
+            label_key = self._labels.put_label(order.id, shipment_id, booked.label, booked.label_content_type)
             shipments.append(
                 Shipment(
                     id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,
-                    service=booked.service, tracking_number=booked.tracking_number, label_url=url,
+                    service=booked.service, tracking_number=booked.tracking_number, label_url=label_key,
                 )
             )  # fmt: skip
         new, entry = order.allocate(shipments, at=self._clock(), actor=WORKFLOW_ACTOR)

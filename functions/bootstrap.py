@@ -23,7 +23,7 @@ import boto3
 from aws_lambda_powertools import Logger
 
 from core.fulfillment import OrderActions
-from core.import_service import ImportQueries, ImportSplitter, OrderImporter
+from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
@@ -53,6 +53,8 @@ class Config:
     public_s3_endpoint: str | None = None  # where presigned label URLs point; None: the S3 client's own
     import_queue_url: str = ""
     order_workflow_arn: str = ""
+    import_splitter_role_id: str | None = None  # the splitter's messages are import lines
+    import_queue_sender_channels: str = ""  # other senders: "<unique id>=channel+channel,..."
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
     enable_test_payments: bool = False  # the `test` gateway approves anything
 
@@ -69,6 +71,8 @@ class Config:
             public_s3_endpoint=os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or None,
             import_queue_url=os.environ.get("IMPORT_QUEUE_URL", ""),
             order_workflow_arn=os.environ.get("ORDER_WORKFLOW_ARN", ""),
+            import_splitter_role_id=os.environ.get("IMPORT_SPLITTER_ROLE_ID") or None,
+            import_queue_sender_channels=os.environ.get("IMPORT_QUEUE_SENDER_CHANNELS", ""),
             disabled_plugins=frozenset(
                 name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
             ),
@@ -236,7 +240,10 @@ class Container:
     @cached_property
     def importer(self) -> OrderImporter:
         """The import worker's use case: the API's capture path, recording on the ledger."""
-        return OrderImporter(self.capture, self.import_ledger, self.orders, clock=self.clock, field_names=field_in_file)
+        senders = QueueSenders.parse(self.config.import_splitter_role_id, self.config.import_queue_sender_channels)
+        return OrderImporter(
+            self.capture, self.import_ledger, self.orders, clock=self.clock, field_names=field_in_file, senders=senders
+        )
 
     def import_splitter(self) -> tuple[ImportSplitter, SqsOrderQueue]:
         """One per file: the queue batches that file's messages and counts what it sent."""

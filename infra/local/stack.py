@@ -487,6 +487,8 @@ class EmbeddedStack:
     def _create_functions(self) -> None:
         """A LocalFunction per AWS::Serverless::Function (handlers imported on first use), with the
         ARN `!GetAtt X.Arn` answers, reachable through moto's Lambda Invoke."""
+        from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
+
         specs = self.template.functions()
         unknown = set(self._handler_overrides) - set(specs)
         if unknown:
@@ -507,6 +509,10 @@ class EmbeddedStack:
             self.function_arns[logical_id] = function.arn
             self.refs[logical_id] = name
             self.atts[f"{logical_id}.Arn"] = function.arn
+            # The role SAM makes for it. Every local call is signed with the same credentials, so
+            # moto's SQS records one SenderId for every sender: that is each role's unique id here.
+            self.atts[f"{logical_id}Role.RoleId"] = SQS_SENDER_ID
+            self.atts[f"{logical_id}Role.Arn"] = f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-role"
         self._lambda_service = LambdaService(self.functions)
         self._lambda_service.install()
 

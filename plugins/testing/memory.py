@@ -179,7 +179,14 @@ class InMemoryInventory(InventoryRepository):
 class InMemoryLabels(LabelStore):
     def __init__(self) -> None:
         self.labels: dict[str, bytes] = {}
+        self.links_made = 0
 
     def put_label(self, order_id: str, shipment_id: str, document: bytes, content_type: str) -> str:
         self.labels[shipment_id] = document
-        return f"https://labels.example/{order_id}/{shipment_id}"
+        return f"labels/{order_id}/{shipment_id}"
+
+    def link(self, key: str) -> str:
+        if key.startswith(("http://", "https://")):
+            return key
+        self.links_made += 1
+        return f"https://labels.example/{key}?signature={self.links_made}"

@@ -310,3 +310,22 @@ def test_the_cli_says_what_to_do_when_no_stack_runs(tmp_path: Path):
 
     assert run.returncode == 2
     assert "make run" in run.stderr
+
+
+def test_every_call_the_import_functions_make_is_granted_by_the_template(stack: EmbeddedStack, api: Api):
+    """The splitter's and the worker's least-privilege statements cover what their code really
+    calls, each call recorded with the resource it names (issue 10 item 5)."""
+    from tests.template_iam import calls_by_function, granted
+
+    channel = unique("iam")
+    rows = [csv_row(channel, "I-1"), csv_row(channel, "I-2", "NOT-A-SKU"), csv_row(channel, "I-2", quantity="x")]
+    data = ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
+
+    with calls_by_function(stack) as calls:
+        report = finished(api, put_file(stack, "incoming/iam.csv", data))
+        assert stack.wait_until_idle(10)
+
+    assert (report["imported"], report["failed"]) == (1, 1)
+    assert {"ImportSplitterFunction", "ImportWorkerFunction"} <= set(calls), sorted(calls)
+    for function, needed in calls.items():
+        assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"

@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
 
 from core.imports import import_id_for
 from infra.local.lambdas import LambdaContext
@@ -161,6 +162,10 @@ def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Import
     bucket = "test-imports"
     s3.create_bucket(Bucket=bucket)
     monkeypatch.setenv("IMPORT_QUEUE_URL", queue_url)
+    # What the template gives the worker: the splitter role's unique id. moto records one SenderId
+    # for every sender, so in these tests every message comes from "the splitter".
+    monkeypatch.setenv("IMPORT_SPLITTER_ROLE_ID", SQS_SENDER_ID)
+    monkeypatch.delenv("IMPORT_QUEUE_SENDER_CHANNELS", raising=False)
     forget_warm_containers()  # the import's clients must talk to this account
     return ImportAws(sqs, s3, aws.dynamodb, queue_url, dlq_url, bucket, aws.tables)
 

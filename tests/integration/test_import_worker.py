@@ -227,9 +227,13 @@ def test_a_direct_order_without_an_external_id_is_refused_so_a_redelivery_cannot
 
 
 def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
+    from moto.sqs.models import DEFAULT_SENDER_ID
+
     from core.import_service import OrderOrigin
     from functions.import_worker.app import container
     from infra.local import moto_lock
+
+    splitter = f"{DEFAULT_SENDER_ID}:oms-ImportSplitterFunction"  # a role's SenderId: id and session
 
     rows = [csv_row(f"ext-{i:02d}", "NOPE" if i % 4 == 0 else "TSHIRT") for i in range(40)]
     import_id = split(stack, "incoming/orders.csv", csv_file(*rows))
@@ -244,7 +248,7 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     def work(lines: list[int]) -> None:
         try:
             for line in lines:  # every line twice across the threads: a duplicate delivery each
-                importer.import_order(bodies[line], OrderOrigin(import_id, line, format="csv"), sender="t")
+                importer.import_order(bodies[line], OrderOrigin(import_id, line, format="csv"), sender=splitter)
         except BaseException as error:
             errors.append(error)
 
@@ -358,3 +362,60 @@ def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: I
         assert queries[3:] == ["000002"]  # then nothing more to read
     finally:
         client.meta.events.unregister("before-parameter-build.dynamodb.Query", count_query)
+
+
+# --- Senders (issue 10 item 5) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def another_sender(stack: ImportAws, monkeypatch: pytest.MonkeyPatch) -> str:
+    """moto's one SenderId made a sender that is not the splitter, allowed channel `erp` only."""
+    from moto.sqs.models import DEFAULT_SENDER_ID
+
+    from functions.import_worker.app import container
+
+    monkeypatch.setenv("IMPORT_SPLITTER_ROLE_ID", "AROASPLITTERROLEID")
+    monkeypatch.setenv("IMPORT_QUEUE_SENDER_CHANNELS", f"{DEFAULT_SENDER_ID}=erp+pos")
+    container.forget()  # the next message builds the worker with these senders
+    yield DEFAULT_SENDER_ID
+    container.forget()
+
+
+def test_a_sender_places_orders_only_for_its_channels_and_a_refused_one_is_not_retried(
+    stack: ImportAws, another_sender: str
+):
+    allowed = order_body(channel="erp", external_id="erp-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    claimed = order_body(channel="market", external_id="mk-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    for body in (allowed, claimed):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(body))
+
+    batches = stack.drain(worker)
+
+    assert batches == 1  # the refused order is a per-order error, not a poison message
+    assert stack.messages_waiting(stack.dlq_url) == 0
+    assert stored_order("erp", "erp-1") is not None
+    assert stored_order("market", "mk-1") is None
+
+
+def test_a_sender_that_is_not_the_splitter_cannot_write_on_an_import(stack: ImportAws, another_sender: str):
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    before = report(import_id)
+    forged = order_body(channel="erp", external_id="erp-7", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    attributes = {
+        "import_id": {"DataType": "String", "StringValue": import_id},
+        "line": {"DataType": "String", "StringValue": "99"},
+    }
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(forged), MessageAttributes=attributes)
+    # The splitter's own message (line 2) also comes from moto's one sender, now "another system":
+    # its channel `market` is not allowed, so it is refused and nothing is recorded on the import.
+
+    stack.drain(worker)
+
+    after = report(import_id)
+    assert (after["imported"], after["failed"], after["errors"]) == (before["imported"], before["failed"], [])
+    order = stored_order("erp", "erp-7")
+    assert order is not None  # captured as a direct order of an allowed channel
+    assert container().orders.history(order.id)[0].actor == f"sqs:{another_sender}"
+    assert stored_order("market", "ext-1") is None

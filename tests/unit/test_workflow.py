@@ -128,7 +128,8 @@ def test_create_shipments_allocates_with_a_booked_pending_shipment(world):
     assert (shipment.status, shipment.shipped_at, shipment.delivered_at) == ("pending", None, None)
     assert (shipment.carrier, shipment.service) == (CARRIER, "Ground")
     assert is_valid_tracking_number(shipment.tracking_number)
-    assert shipment.label_url == f"https://labels.example/{order_id}/{shipment.id}"
+    # The order keeps the label's key, never a link: links are signed when the order is read.
+    assert shipment.label_url == f"labels/{order_id}/{shipment.id}"
     assert list(world.labels.labels) == [shipment.id]
     assert world.labels.labels[shipment.id].startswith(b"%PDF-")
     # Shipments are created, not shipped: the units stay reserved and nothing is captured.

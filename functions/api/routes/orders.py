@@ -15,6 +15,7 @@ from core.status import OrderStatus
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
+from functions.api.label_links import with_label_links
 from functions.api.paths import existing
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, errors, ok
@@ -60,7 +61,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
             place,
             router.lambda_context,
         )
-    return Response(201, content_types.APPLICATION_JSON, Order.model_validate(body))
+    return Response(201, content_types.APPLICATION_JSON, with_label_links(Order.model_validate(body)))
 
 
 @router.get(
@@ -70,7 +71,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
 )
 @requires(Scope.ORDERS_READ)
 def get_order(order_id: OrderIdPath) -> Order:
-    return container().orders.get(order_id, caller(router).channel)
+    return with_label_links(container().orders.get(order_id, caller(router).channel))
 
 
 @router.get(
@@ -95,7 +96,7 @@ def list_orders(
     items, next_cursor = container().orders.list(
         OrderFilter(customer_id=customer_id, status=status, channel=channel), limit, cursor
     )
-    return OrderPage(items=items, next_cursor=next_cursor)
+    return OrderPage(items=[with_label_links(order) for order in items], next_cursor=next_cursor)
 
 
 @router.get(
@@ -135,7 +136,7 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
         )
     who = caller(router)
     version = int(if_match.removeprefix("W/").strip('"'))
-    return container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel)
+    return with_label_links(container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel))
 
 
 @router.post(
@@ -153,7 +154,7 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
 @requires(Scope.ORDERS_WRITE)
 def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
     who = caller(router)
-    return container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel)
+    return with_label_links(container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel))
 
 
 @router.post(
@@ -173,7 +174,8 @@ def ship_shipment(
 ) -> Order:
     who = caller(router)
     tracking_number = request.tracking_number if request else None
-    return container().actions.ship(order_id, shipment_id, tracking_number, actor=who.key_id, channel=who.channel)
+    shipped = container().actions.ship(order_id, shipment_id, tracking_number, actor=who.key_id, channel=who.channel)
+    return with_label_links(shipped)
 
 
 @router.post(
@@ -185,4 +187,4 @@ def ship_shipment(
 @requires(Scope.FULFILLMENT_WRITE)
 def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
     who = caller(router)
-    return container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel)
+    return with_label_links(container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel))

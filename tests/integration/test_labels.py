@@ -1,0 +1,80 @@
+"""The S3 label store: the order keeps a key, links are signed per read, legacy URLs signed again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from functions.adapters.labels import LABEL_LINK_SECONDS, S3Labels
+
+ORDER = "ord_" + "a" * 24
+SHIPMENT = "shp_" + "b" * 24
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="labels")
+        yield client
+
+
+def test_put_label_stores_the_document_and_returns_its_key_not_a_link(s3: Any):
+    labels = S3Labels("labels", public_endpoint="")
+
+    key = labels.put_label(ORDER, SHIPMENT, b"%PDF-1.4", "application/pdf")
+
+    assert key == f"labels/{ORDER}/{SHIPMENT}.pdf"
+    stored = s3.get_object(Bucket="labels", Key=key)
+    assert stored["Body"].read() == b"%PDF-1.4" and stored["ContentType"] == "application/pdf"
+
+
+def test_a_link_is_a_presigned_get_of_the_key_valid_fifteen_minutes(s3: Any):
+    labels = S3Labels("labels", public_endpoint="")
+    key = labels.put_label(ORDER, SHIPMENT, b"%PDF-1.4", "application/pdf")
+
+    link = urlsplit(labels.link(key))
+
+    assert link.path.endswith(f"/{key}")
+    query = parse_qs(link.query)
+    assert query["X-Amz-Expires"] == [str(LABEL_LINK_SECONDS)] == ["900"]
+    assert query["X-Amz-Signature"]
+
+
+@pytest.mark.parametrize(
+    "legacy",
+    [
+        f"https://labels.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Expires=604800&X-Amz-Signature=old",
+        f"http://127.0.0.1:4566/labels/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Expires=604800&X-Amz-Signature=old",
+    ],
+)
+def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy: str):
+    labels = S3Labels("labels", public_endpoint="")
+
+    link = labels.link(legacy)
+
+    assert urlsplit(link).path.endswith(f"/labels/{ORDER}/{SHIPMENT}.pdf")
+    query = parse_qs(urlsplit(link).query)
+    assert query["X-Amz-Expires"] == ["900"] and query["X-Amz-Signature"] != ["old"]
+
+
+def test_a_url_that_is_not_one_of_ours_is_shown_as_stored(s3: Any):
+    foreign = "https://carrier.example/label/123.pdf"
+
+    assert S3Labels("labels", public_endpoint="").link(foreign) == foreign
+
+
+def test_signing_without_a_bucket_is_a_configuration_error(s3: Any):
+    with pytest.raises(RuntimeError, match="LABELS_BUCKET"):
+        S3Labels("", public_endpoint="").link(f"labels/{ORDER}/{SHIPMENT}.pdf")

@@ -1,0 +1,99 @@
+"""What template.yaml grants each function, and what each function's code really calls on a local stack."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from infra.local.template import load_template
+
+TEMPLATE = load_template()
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+Grant = tuple[str, str]  # (resource logical id, IAM action)
+
+
+def listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def logical_id(resource: Any) -> str:
+    """The template resource an IAM statement's Resource names (an index or object path of it too)."""
+    if "Fn::GetAtt" in resource:
+        return resource["Fn::GetAtt"][0]
+    if "Ref" in resource:
+        return resource["Ref"]
+    text = resource["Fn::Sub"]
+    if "-imports-${AWS::AccountId}" in text:  # the imports bucket, named to avoid a dependency cycle
+        return "ImportsBucket"
+    return re.search(r"\$\{(\w+)\.Arn\}", text).group(1)
+
+
+def statements(function: str) -> Iterator[dict[str, Any]]:
+    for policy in RESOURCES[function]["Properties"]["Policies"]:
+        assert list(policy) == ["Statement"], f"{function}: a SAM policy template grants more than the code uses"
+        yield from policy["Statement"]
+
+
+def granted(function: str) -> set[Grant]:
+    grants = set()
+    for statement in statements(function):
+        assert statement["Effect"] == "Allow"
+        grants |= {(logical_id(r), a) for a in listed(statement["Action"]) for r in listed(statement["Resource"])}
+    return grants
+
+
+# --- What the code calls ------------------------------------------------------------------------
+# The IAM action an API call is authorized as, where it is not the operation's own name.
+_AUTHORIZED_AS = {("sqs", "SendMessageBatch"): "SendMessage", ("sqs", "DeleteMessageBatch"): "DeleteMessage"}
+_PREFIX = {"stepfunctions": "states"}
+
+
+@contextmanager
+def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
+    """Every AWS call made while a function of `stack` runs, as the grants it needs, by function
+    logical id. Calls made outside a function (the test's own, the stack's) are not counted."""
+    from botocore.client import BaseClient
+
+    from infra.local.lambdas import RUNNING
+
+    functions = {f.name: logical for logical, f in stack.functions.items()}
+    resources = {
+        **{name: logical for logical, name in stack.table_names.items()},
+        **{name: logical for logical, name in stack.bucket_names.items()},
+        **{url: logical for logical, url in stack.queue_urls.items()},
+        **{arn: logical for logical, arn in stack.state_machine_arns.items()},
+    }
+    seen: dict[str, set[Grant]] = {}
+    lock = threading.Lock()
+    original = BaseClient._make_api_call
+
+    def named(params: dict[str, Any]) -> list[str]:
+        if "RequestItems" in params:
+            return list(params["RequestItems"])
+        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn"):
+            if key in params:
+                return [params[key]]
+        return ["*"]
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        function = functions.get(getattr(RUNNING, "function", None) or "")
+        if function is not None:
+            service = client.meta.service_model.service_name
+            action = _AUTHORIZED_AS.get((service, operation), operation)
+            if (service, operation) == ("s3", "GetObject") and "VersionId" in params:
+                action = "GetObjectVersion"
+            grants = {
+                (resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}") for name in named(params)
+            }
+            with lock:
+                seen.setdefault(function, set()).update(grants)
+        return original(client, operation, params)
+
+    BaseClient._make_api_call = recording
+    try:
+        yield seen
+    finally:
+        BaseClient._make_api_call = original

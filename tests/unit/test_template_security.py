@@ -1,0 +1,288 @@
+"""template.yaml's security on AWS (issue 10 item 5), checked by walking the template: data kept on
+deletion, least-privilege IAM derived from the code, TLS-only buckets, the import queue's senders,
+access logs, and WAF as an option."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
+from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
+from functions.adapters.labels import S3Labels
+from functions.adapters.workflow_starter import StepFunctionsStarter
+from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
+
+
+def of_type(kind: str) -> dict[str, Any]:
+    return {name: r for name, r in RESOURCES.items() if r["Type"] == kind}
+
+
+def parameter_default(name: str) -> Any:
+    return TEMPLATE["Parameters"][name]["Default"]
+
+
+# --- Data survives the stack ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", sorted(of_type("AWS::DynamoDB::Table")))
+def test_every_table_is_retained_on_deletion_and_replacement_and_protected(table: str):
+    resource = RESOURCES[table]
+
+    assert resource["DeletionPolicy"] == "Retain"
+    assert resource["UpdateReplacePolicy"] == "Retain"
+    assert resource["Properties"]["DeletionProtectionEnabled"] is True
+
+
+@pytest.mark.parametrize("table", ["OrdersTable", "InventoryTable", "CatalogTable"])
+def test_point_in_time_recovery_follows_its_parameter_which_defaults_to_on(table: str):
+    spec = RESOURCES[table]["Properties"]["PointInTimeRecoverySpecification"]
+
+    assert spec == {"PointInTimeRecoveryEnabled": {"Fn::If": ["PointInTimeRecoveryOn", True, False]}}
+    assert TEMPLATE["Conditions"]["PointInTimeRecoveryOn"] == {"Fn::Equals": [{"Ref": "PointInTimeRecovery"}, "true"]}
+    assert parameter_default("PointInTimeRecovery") == "true"
+
+
+@pytest.mark.parametrize("bucket", sorted(of_type("AWS::S3::Bucket")))
+def test_every_bucket_is_retained_and_refuses_plain_http(bucket: str):
+    resource = RESOURCES[bucket]
+    assert resource["DeletionPolicy"] == "Retain" and resource["UpdateReplacePolicy"] == "Retain"
+
+    policies = [p for p in of_type("AWS::S3::BucketPolicy").values() if p["Properties"]["Bucket"] == {"Ref": bucket}]
+
+    assert len(policies) == 1, f"{bucket} needs one bucket policy"
+    denies = [
+        s
+        for s in policies[0]["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny" and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert len(denies) == 1
+    assert denies[0]["Principal"] == "*" and denies[0]["Action"] == "s3:*"
+    assert denies[0]["Resource"] == [{"Fn::GetAtt": [bucket, "Arn"]}, {"Fn::Sub": f"${{{bucket}.Arn}}/*"}]
+
+
+# --- Least privilege -------------------------------------------------------------------------------
+# What each function's code calls, on which resource, and where in the code (the adapter classes it
+# builds for that resource). The template must grant exactly this; every action must be called by
+# the code named (or, for the Lambda service's own sends, be what the template wires).
+
+ORDERS, INVENTORY, CATALOG, IDEMPOTENCY = "OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable"
+_WORKFLOW_ORDERS = {(ORDERS, "dynamodb:GetItem"): [DynamoOrders], (ORDERS, "dynamodb:UpdateItem"): [DynamoOrders]}
+
+USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
+    "AuthorizerFunction": {(CATALOG, "dynamodb:GetItem"): [DynamoApiKeys]},
+    "ApiFunction": {
+        **{
+            (ORDERS, f"dynamodb:{a}"): [DynamoOrders]
+            for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
+        },
+        **{(INVENTORY, f"dynamodb:{a}"): [DynamoInventory] for a in ("UpdateItem", "Query", "BatchGetItem")},
+        **{
+            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger]
+            for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
+        },
+        **{
+            (IDEMPOTENCY, f"dynamodb:{a}"): [DynamoDBPersistenceLayer]
+            for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")
+        },
+        ("LabelsBucket", "s3:GetObject"): [S3Labels],  # the presigned link is a GetObject as this role
+    },
+    "OutboxFunction": {
+        ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+        ("OutboxFailureQueue", "sqs:SendMessage"): "the OrdersStream mapping's on-failure destination",
+    },
+    "AuthorizePaymentFunction": _WORKFLOW_ORDERS,
+    "ReserveStockFunction": {
+        **_WORKFLOW_ORDERS,
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+    },
+    "CreateShipmentsFunction": {
+        **_WORKFLOW_ORDERS,
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
+        ("LabelsBucket", "s3:PutObject"): [S3Labels],
+    },
+    "FailPaymentFunction": _WORKFLOW_ORDERS,
+    "CancelOrderFunction": {
+        **_WORKFLOW_ORDERS,
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+    },
+    "ImportSplitterFunction": {
+        ("ImportsBucket", "s3:GetObject"): [S3ImportFiles],
+        ("ImportsBucket", "s3:GetObjectVersion"): [S3ImportFiles],
+        ("ImportQueue", "sqs:SendMessage"): [SqsOrderQueue],
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("GetItem", "PutItem", "UpdateItem")},
+        (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
+    },
+    "ImportWorkerFunction": {
+        (ORDERS, "dynamodb:GetItem"): [DynamoOrders],
+        (ORDERS, "dynamodb:PutItem"): [DynamoOrders],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        **{
+            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoImportLedger]
+            for a in ("GetItem", "PutItem", "UpdateItem", "BatchGetItem")
+        },
+        (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
+        (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
+    },
+}
+
+# How a call to each action reads in Python, besides `.<snake_case>(`.
+_ALSO_CALLED_AS = {
+    "batch_get_item": ["batch_get("],  # functions.adapters.dynamodb.batch_get
+    "query": ['get_paginator("query")'],
+    "send_message": [".send_message_batch("],  # authorized as SendMessage
+    "get_object": ['"get_object"'],  # a presigned GetObject
+    "get_object_version": ['request["VersionId"]'],  # GetObject with a VersionId
+}
+# What no function here calls: a grant of any of these is a mistake.
+NEVER = {
+    "dynamodb:Scan",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:TransactWriteItems",
+    "dynamodb:DeleteTable",
+    "dynamodb:UpdateTable",
+    "s3:DeleteObject",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutBucketPolicy",
+    "sqs:DeleteQueue",
+    "sqs:SetQueueAttributes",
+    "sqs:PurgeQueue",
+}
+
+
+def _snake(action: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", action.split(":", 1)[1]).lower()
+
+
+def test_every_function_is_in_the_map():
+    assert set(USES) == set(of_type("AWS::Serverless::Function"))
+
+
+@pytest.mark.parametrize("function", sorted(USES))
+def test_a_function_is_granted_exactly_what_its_code_calls(function: str):
+    assert granted(function) == set(USES[function])
+
+
+@pytest.mark.parametrize("function", sorted(USES))
+def test_every_granted_action_is_called_by_the_code_named_for_it(function: str):
+    for (_resource, action), callers in USES[function].items():
+        if isinstance(callers, str):
+            continue  # the Lambda service sends it; checked below
+        snake = _snake(action)
+        sources = "\n".join(inspect.getsource(c) for c in callers)
+        calls = [f".{snake}(", *_ALSO_CALLED_AS.get(snake, [])]
+        assert any(call in sources for call in calls), f"{function}: no {action} in {[c.__name__ for c in callers]}"
+
+
+def test_the_outbox_sends_only_to_its_own_failure_queue():
+    stream = RESOURCES["OutboxFunction"]["Properties"]["Events"]["OrdersStream"]["Properties"]
+
+    assert stream["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["OutboxFailureQueue", "Arn"]}
+
+
+@pytest.mark.parametrize("function", sorted(USES))
+def test_no_function_may_scan_batch_write_delete_tables_or_change_lifecycles(function: str):
+    actions = {action for _, action in granted(function)}
+
+    assert not actions & NEVER
+    assert not any("*" in action for action in actions)
+
+
+def test_object_grants_are_scoped_to_the_prefix_the_code_uses():
+    scoped = {}
+    for function in USES:
+        for statement in statements(function):
+            if any(action.startswith("s3:") for action in listed(statement["Action"])):
+                for resource in listed(statement["Resource"]):
+                    scoped[(function, logical_id(resource))] = resource["Fn::Sub"].split("/", 1)[1]
+
+    assert scoped == {
+        ("ApiFunction", "LabelsBucket"): "labels/*",
+        ("CreateShipmentsFunction", "LabelsBucket"): "labels/*",
+        ("ImportSplitterFunction", "ImportsBucket"): "incoming/*",
+    }
+
+
+def test_the_api_signs_label_links_for_the_bucket_it_may_read():
+    assert RESOURCES["ApiFunction"]["Properties"]["Environment"]["Variables"]["LABELS_BUCKET"] == {
+        "Ref": "LabelsBucket"
+    }
+
+
+# --- The import queue's senders --------------------------------------------------------------------
+
+
+def test_only_the_splitter_and_the_named_principals_may_send_to_the_import_queue():
+    policies = [p["Properties"] for p in of_type("AWS::SQS::QueuePolicy").values()]
+    [policy] = [p for p in policies if p["Queues"] == [{"Ref": "ImportQueue"}]]
+    statements = policy["PolicyDocument"]["Statement"]
+    [deny] = [s for s in statements if isinstance(s, dict) and s.get("Sid") == "DenyUnnamedSenders"]
+    splitter = {"Fn::GetAtt": ["ImportSplitterFunctionRole", "Arn"]}
+
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "sqs:SendMessage")
+    allowed = deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]["Fn::If"]
+    assert allowed[0] == "HasImportQueueSenders"
+    assert allowed[2] == [splitter]  # no senders named: the splitter alone
+    sub = allowed[1]["Fn::Split"][1]["Fn::Sub"]
+    assert sub[0] == "${Splitter},${Senders}"
+    assert sub[1] == {"Splitter": splitter, "Senders": {"Fn::Join": [",", {"Ref": "ImportQueueSenders"}]}}
+    assert parameter_default("ImportQueueSenders") == ""
+    [tls] = [s for s in statements if isinstance(s, dict) and s.get("Sid") == "DenyInsecureTransport"]
+    assert (tls["Effect"], tls["Principal"], tls["Action"]) == ("Deny", "*", "sqs:*")
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_the_worker_knows_the_splitter_and_each_senders_channels():
+    variables = RESOURCES["ImportWorkerFunction"]["Properties"]["Environment"]["Variables"]
+
+    assert variables["IMPORT_SPLITTER_ROLE_ID"] == {"Fn::GetAtt": ["ImportSplitterFunctionRole", "RoleId"]}
+    assert variables["IMPORT_QUEUE_SENDER_CHANNELS"] == {"Ref": "ImportQueueSenderChannels"}
+    assert parameter_default("ImportQueueSenderChannels") == ""  # nobody but the splitter
+
+
+# --- The API's edge ---------------------------------------------------------------------------------
+
+
+def test_api_access_logs_are_json_lines_with_request_ip_key_status_and_latency():
+    setting = RESOURCES["OmsApi"]["Properties"]["AccessLogSetting"]
+    line = json.loads(setting["Format"])
+
+    assert setting["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    assert RESOURCES["ApiAccessLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "ApiAccessLogRetentionDays"}
+    assert line["requestId"] == "$context.requestId"
+    assert line["ip"] == "$context.identity.sourceIp"
+    assert line["keyId"] == "$context.authorizer.principalId"  # the authorizer's principal is the key id
+    assert line["status"] == "$context.status"
+    assert line["latencyMs"] == "$context.responseLatency"
+
+
+def test_the_access_log_role_is_set_before_the_stage_logs_and_only_when_asked():
+    for name in ("ApiGatewayLogRole", "ApiGatewayAccount"):
+        assert RESOURCES[name]["Condition"] == "ConfigureApiGatewayLogRoleOn"
+    ready = RESOURCES["ApiGatewayAccountReady"]["Metadata"]["AccountSetting"]["Fn::If"]
+    assert ready[:2] == ["ConfigureApiGatewayLogRoleOn", {"Ref": "ApiGatewayAccount"}]
+    assert RESOURCES["ApiAccessLogGroup"]["DependsOn"] == "ApiGatewayAccountReady"
+
+
+def test_waf_is_an_option_off_by_default_with_managed_rules_and_a_rate_rule_on_the_stage():
+    acl, association = RESOURCES["ApiWebAcl"], RESOURCES["ApiWebAclAssociation"]
+    rules = {rule["Name"]: rule["Statement"] for rule in acl["Properties"]["Rules"]}
+
+    assert parameter_default("EnableWaf") == "false"
+    assert acl["Condition"] == association["Condition"] == "WafOn"
+    assert TEMPLATE["Conditions"]["WafOn"] == {"Fn::Equals": [{"Ref": "EnableWaf"}, "true"]}
+    assert rules["rate-per-ip"]["RateBasedStatement"] == {"Limit": {"Ref": "WafRateLimit"}, "AggregateKeyType": "IP"}
+    managed = {s["ManagedRuleGroupStatement"]["Name"] for s in rules.values() if "ManagedRuleGroupStatement" in s}
+    assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet"} <= managed
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+    assert association["Properties"]["ResourceArn"]["Fn::Sub"].endswith("/restapis/${OmsApi}/stages/${OmsApi.Stage}")
