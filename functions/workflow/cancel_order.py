@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 
-from aws_lambda_powertools import Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from core.workflow import Workflow
 from functions.workflow.step import StepInput, step_handler
 
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
+# No `service` dimension: the business metrics carry only their own (`reason` here), which is what
+# TechnicalCancellationsAlarm and the dashboard name. Ephemeral: nothing shared with other handlers
+# that run in the same process locally.
+metrics = EphemeralMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"), service="")
 
 
 def count_cancelled(reason: str) -> None:
     # reason=workflow_error means a technical failure cancelled an order: TechnicalCancellationsAlarm
-    # watches exactly this metric and dimension (with powertools' default `service` dimension).
+    # watches exactly this metric and dimension.
     metrics.add_dimension(name="reason", value=reason)
     metrics.add_metric(name="OrdersCancelled", unit=MetricUnit.Count, value=1)
 
