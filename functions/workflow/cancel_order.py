@@ -7,7 +7,7 @@ import os
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from core.workflow import Workflow
-from functions.workflow.step import StepInput, step_handler
+from functions.workflow.step import StepInput, logger, step_handler
 
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 # No `service` dimension: the business metrics carry only their own (`reason` here), which is what
@@ -19,6 +19,7 @@ metrics = EphemeralMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPAC
 def count_cancelled(reason: str) -> None:
     # reason=workflow_error means a technical failure cancelled an order: TechnicalCancellationsAlarm
     # watches exactly this metric and dimension.
+    logger.info("order cancelled by the workflow", extra={"reason": reason})
     metrics.add_dimension(name="reason", value=reason)
     metrics.add_metric(name="OrdersCancelled", unit=MetricUnit.Count, value=1)
 

@@ -48,10 +48,20 @@ def cancel_step(order_id: str, error: str) -> None:
     lambda_handler({"order_id": order_id, "error": error, "cause": cause}, Context())
 
 
+def logged_cancels(output: str) -> list[tuple[str, str]]:
+    """(order_id, reason) of each "order cancelled by the workflow" line (what the runbook queries)."""
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"_aws"' not in line]
+    return [
+        (line["order_id"], line["reason"]) for line in lines if line["message"] == "order cancelled by the workflow"
+    ]
+
+
 def test_a_technical_failure_counts_one_workflow_error_cancel_and_a_repeat_counts_none(pending_order, capsys):
     cancel_step(pending_order, "Lambda.Unknown")
 
-    assert cancelled_counts(capsys.readouterr().out) == [("workflow_error", [1.0])]
+    output = capsys.readouterr().out
+    assert cancelled_counts(output) == [("workflow_error", [1.0])]
+    assert logged_cancels(output) == [(pending_order, "workflow_error")]
 
     cancel_step(pending_order, "Lambda.Unknown")  # Step Functions retried the step, or Express ran twice
 
