@@ -95,7 +95,7 @@ def test_an_order_whose_workflow_never_started_is_started_from_the_outbox_failur
         SequenceNumber=batch["startSequenceNumber"],
     )["ShardIterator"]
     records = streams.get_records(ShardIterator=iterator, Limit=1000)["Records"]
-    # the INSERTs up to endSequenceNumber (jq compares the numbers as strings, length first)
+    # the INSERTs up to endSequenceNumber (the jq filter compares the numbers as strings, length first)
     end = batch["endSequenceNumber"]
     in_batch = [
         record["dynamodb"]["Keys"]["id"]["S"]
