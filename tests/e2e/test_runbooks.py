@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from core.imports import COLUMNS
+from functions.import_splitter.readers import COLUMNS
 from infra.local.stack import EmbeddedStack
 from tests.e2e.client import Api, Catalog, order_body, put_network, unique
 from tests.e2e.conftest import workflow_stack
