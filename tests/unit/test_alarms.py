@@ -1,0 +1,294 @@
+"""template.yaml's alarms reach a person, cover every failure class of every resource, each has a
+runbook in the README, and the operations dashboard names only metrics that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_template(ROOT / "template.yaml")
+RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
+README = (ROOT / "README.md").read_text()
+CODE = "\n".join(path.read_text() for path in (ROOT / "functions").rglob("*.py"))
+# Metric names the handlers emit: string literals, and f-strings such as f"Http{status // 100}xx".
+EMITTED = [
+    re.compile(re.sub(r"\\\{[^}]*\\\}", r"\\w+", re.escape(name)))
+    for name in re.findall(r'"([A-Z][A-Za-z0-9]+)"', CODE) + re.findall(r'name=f"([^"]+)"', CODE)
+]
+NAMESPACE = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
+
+Metric = tuple[str, str, dict[str, Any]]  # namespace, name, {dimension: value as written}
+
+
+def of_type(*types: str) -> dict[str, dict[str, Any]]:
+    return {name: resource for name, resource in RESOURCES.items() if resource["Type"] in types}
+
+
+ALARMS = of_type("AWS::CloudWatch::Alarm")
+
+
+def _dimensions(dimensions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {dimension["Name"]: dimension["Value"] for dimension in dimensions}
+
+
+def metrics_of(alarm: dict[str, Any]) -> list[Metric]:
+    """The metrics an alarm reads: its own, or those of its metric math."""
+    props = alarm["Properties"]
+    if "MetricName" in props:
+        return [(props["Namespace"], props["MetricName"], _dimensions(props.get("Dimensions", [])))]
+    metrics = []
+    for query in props["Metrics"]:
+        if "MetricStat" in query:
+            metric = query["MetricStat"]["Metric"]
+            metrics.append((metric["Namespace"], metric["MetricName"], _dimensions(metric.get("Dimensions", []))))
+    return metrics
+
+
+ALARMED: list[tuple[str, Metric]] = [(name, metric) for name, alarm in ALARMS.items() for metric in metrics_of(alarm)]
+
+
+def alarmed(namespace: str, metric: str, dimensions: dict[str, Any]) -> list[str]:
+    """The alarms that read exactly this metric (this dimension set, nothing more)."""
+    return [name for name, (ns, m, dims) in ALARMED if (ns, m, dims) == (namespace, metric, dimensions)]
+
+
+# --- Alarms reach a person ------------------------------------------------------------------------
+
+
+def test_the_template_has_alarms_at_all():
+    assert len(ALARMS) > 30
+
+
+@pytest.mark.parametrize("name", sorted(ALARMS))
+def test_every_alarm_notifies_the_alarm_topic_when_it_fires_and_when_it_clears(name: str):
+    props = ALARMS[name]["Properties"]
+    assert {"Ref": "AlarmTopic"} in props.get("AlarmActions", []), f"{name} has no AlarmActions to AlarmTopic"
+    assert {"Ref": "AlarmTopic"} in props.get("OKActions", []), f"{name} has no OKActions to AlarmTopic"
+
+
+def test_the_alarm_email_is_subscribed_only_when_one_is_given():
+    assert RESOURCES["AlarmTopic"]["Type"] == "AWS::SNS::Topic"
+    (subscription,) = of_type("AWS::SNS::Subscription").values()
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert TEMPLATE["Conditions"]["HasAlarmEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}
+    assert subscription["Properties"] == {
+        "TopicArn": {"Ref": "AlarmTopic"},
+        "Protocol": "email",
+        "Endpoint": {"Ref": "AlarmEmail"},
+    }
+    parameter = TEMPLATE["Parameters"]["AlarmEmail"]
+    assert parameter["Default"] == ""
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.fullmatch("") and pattern.fullmatch("oncall@example.com")
+    assert not pattern.fullmatch("oncall") and not pattern.fullmatch("a@b c")
+
+
+# --- Every failure class of every resource is alarmed -----------------------------------------------
+
+
+@pytest.mark.parametrize("function", sorted(of_type(*FUNCTION_TYPES)))
+def test_every_function_has_an_errors_and_a_throttles_alarm(function: str):
+    assert alarmed("AWS/Lambda", "Errors", {"FunctionName": {"Ref": function}}), f"no Errors alarm on {function}"
+    assert alarmed("AWS/Lambda", "Throttles", {"FunctionName": {"Ref": function}}), f"no Throttles alarm on {function}"
+
+
+def stream_consumers() -> list[str]:
+    return sorted(
+        name
+        for name, function in of_type(*FUNCTION_TYPES).items()
+        for event in (function["Properties"].get("Events") or {}).values()
+        if event["Type"] in ("DynamoDB", "Kinesis")
+    )
+
+
+def test_every_stream_consumer_has_an_iterator_age_alarm():
+    assert stream_consumers() == ["OutboxFunction"]
+    for function in stream_consumers():
+        assert alarmed("AWS/Lambda", "IteratorAge", {"FunctionName": {"Ref": function}}), function
+
+
+def failure_queues() -> set[str]:
+    """Every queue something parks its failures in: a RedrivePolicy's dead-letter target, or an
+    OnFailure destination (of an event source mapping or of asynchronous invocations)."""
+    queues = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("deadLetterTargetArn", "Destination"):
+                target = node.get(key)
+                if isinstance(target, dict) and "Fn::GetAtt" in target:
+                    queue, attribute = target["Fn::GetAtt"]
+                    if attribute == "Arn" and RESOURCES[queue]["Type"] == "AWS::SQS::Queue":
+                        queues.add(queue)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(RESOURCES)
+    return queues
+
+
+def test_every_failure_queue_has_a_depth_and_an_age_alarm():
+    assert failure_queues() >= {"OutboxFailureQueue", "ImportDeadLetterQueue", "ImportSplitFailureQueue"}
+    for queue in failure_queues():
+        dimensions = {"QueueName": {"Fn::GetAtt": [queue, "QueueName"]}}
+        assert alarmed("AWS/SQS", "ApproximateNumberOfMessagesVisible", dimensions), f"no depth alarm on {queue}"
+        assert alarmed("AWS/SQS", "ApproximateAgeOfOldestMessage", dimensions), f"no age alarm on {queue}"
+
+
+@pytest.mark.parametrize(
+    "state_machine", sorted(of_type("AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine"))
+)
+def test_every_workflow_has_failed_and_timed_out_alarms(state_machine: str):
+    for metric in ("ExecutionsFailed", "ExecutionsTimedOut"):
+        assert alarmed("AWS/States", metric, {"StateMachineArn": {"Ref": state_machine}}), (state_machine, metric)
+
+
+def test_every_table_and_every_index_has_a_read_and_a_write_throttle_alarm():
+    for table, resource in of_type("AWS::DynamoDB::Table").items():
+        scopes = [{"TableName": {"Ref": table}}] + [
+            {"TableName": {"Ref": table}, "GlobalSecondaryIndexName": index["IndexName"]}
+            for index in resource["Properties"].get("GlobalSecondaryIndexes", [])
+        ]
+        for dimensions in scopes:
+            for metric in ("ReadThrottleEvents", "WriteThrottleEvents"):
+                assert alarmed("AWS/DynamoDB", metric, dimensions), (metric, dimensions)
+
+
+def test_no_throttle_alarm_names_an_index_the_table_does_not_have():
+    for name, (namespace, _, dimensions) in ALARMED:
+        if namespace == "AWS/DynamoDB" and "GlobalSecondaryIndexName" in dimensions:
+            table = RESOURCES[dimensions["TableName"]["Ref"]]
+            indexes = {index["IndexName"] for index in table["Properties"]["GlobalSecondaryIndexes"]}
+            assert dimensions["GlobalSecondaryIndexName"] in indexes, name
+
+
+def test_the_api_5xx_alarm_is_a_rate_of_5xx_over_requests_and_latency_is_alarmed_at_p99():
+    api = {"ApiName": {"Fn::Sub": "${AWS::StackName}-api"}}
+    assert RESOURCES["OmsApi"]["Properties"]["Name"] == api["ApiName"]
+    rate = ALARMS["Api5xxAlarm"]["Properties"]
+    assert metrics_of(ALARMS["Api5xxAlarm"]) == [
+        ("AWS/ApiGateway", "5XXError", api),
+        ("AWS/ApiGateway", "Count", api),
+    ]
+    (expression,) = [query["Expression"] for query in rate["Metrics"] if "Expression" in query]
+    assert "100 * errors / requests" in expression
+    latency = alarmed("AWS/ApiGateway", "Latency", api)
+    assert [ALARMS[name]["Properties"]["ExtendedStatistic"] for name in latency] == ["p99"]
+
+
+def test_orders_cancelled_for_a_technical_reason_are_alarmed_on_the_metric_the_workflow_emits():
+    (name,) = alarmed(NAMESPACE, "OrdersCancelled", {"reason": "workflow_error"})
+    assert name == "TechnicalCancellationsAlarm"
+    cancel_step = (ROOT / "functions" / "workflow" / "cancel_order.py").read_text()
+    assert 'name="OrdersCancelled"' in cancel_step and 'add_dimension(name="reason"' in cancel_step
+    assert '"workflow_error"' in (ROOT / "core" / "workflow.py").read_text()
+
+
+# --- Runbooks -------------------------------------------------------------------------------------
+
+RUNBOOKS = README[README.index("## Runbooks") :].split("\n## ", 1)[0]
+RUNBOOK_HEADINGS = "\n".join(line for line in RUNBOOKS.splitlines() if line.startswith("### "))
+
+
+@pytest.mark.parametrize("name", sorted(ALARMS))
+def test_every_alarm_has_a_runbook_entry_by_logical_id(name: str):
+    assert f"`{name}`" in RUNBOOK_HEADINGS, f"README Runbooks has no heading naming {name}"
+
+
+def test_every_runbook_heading_names_alarms_that_exist():
+    named = set(re.findall(r"`([A-Za-z0-9]+Alarm)`", RUNBOOK_HEADINGS))
+    assert named == set(ALARMS)
+
+
+# --- The dashboard ----------------------------------------------------------------------------------
+
+DASHBOARD = RESOURCES["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9:]+)(?:\.([A-Za-z]+))?\}")
+DIMENSION_TYPES = {
+    "FunctionName": FUNCTION_TYPES,
+    "QueueName": ("AWS::SQS::Queue",),
+    "TableName": ("AWS::DynamoDB::Table",),
+    "StateMachineArn": ("AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine"),
+}
+
+
+def dashboard() -> dict[str, Any]:
+    """The body as CloudFormation would hand it to CloudWatch, with dummy values substituted."""
+    return json.loads(PLACEHOLDER.sub(lambda match: f"dummy-{match.group(1)}", DASHBOARD))
+
+
+def dashboard_metrics() -> list[list[Any]]:
+    return [entry for widget in dashboard()["widgets"] for entry in widget.get("properties", {}).get("metrics", [])]
+
+
+def test_the_dashboard_body_is_json_once_substituted():
+    body = dashboard()
+    titles = [widget["properties"].get("title") for widget in body["widgets"] if widget["type"] == "metric"]
+    assert "Orders cancelled, by reason" in titles and "Lambda errors" in titles
+    assert all(
+        widget["properties"]["region"] == "dummy-AWS::Region"
+        for widget in body["widgets"]
+        if widget["type"] == "metric"
+    )
+
+
+def test_every_placeholder_of_the_dashboard_names_a_resource_or_a_pseudo_parameter():
+    for resource, attribute in PLACEHOLDER.findall(DASHBOARD):
+        assert resource in ("AWS::Region", "AWS::StackName") or resource in RESOURCES, resource
+        if attribute:
+            assert attribute == "QueueName" and RESOURCES[resource]["Type"] == "AWS::SQS::Queue", resource
+
+
+def test_every_aws_metric_on_the_dashboard_is_of_a_resource_of_the_template():
+    for entry in dashboard_metrics():
+        if isinstance(entry[0], dict):
+            continue  # an expression: its inputs are entries of their own
+        namespace, _, *rest = entry
+        names_and_values = [item for item in rest if not isinstance(item, dict)]
+        dimensions = dict(zip(names_and_values[::2], names_and_values[1::2], strict=True))
+        if namespace == "AWS/ApiGateway":
+            assert dimensions == {"ApiName": "dummy-AWS::StackName-api"}, entry
+            continue
+        for dimension, value in dimensions.items():
+            if dimension == "GlobalSecondaryIndexName":
+                table = RESOURCES[dimensions["TableName"].removeprefix("dummy-")]
+                assert value in {index["IndexName"] for index in table["Properties"]["GlobalSecondaryIndexes"]}, entry
+                continue
+            resource = RESOURCES[value.removeprefix("dummy-")]
+            assert resource["Type"] in DIMENSION_TYPES[dimension], entry
+
+
+def test_every_custom_metric_on_the_dashboard_is_emitted_by_the_code():
+    searched = [
+        re.fullmatch(r"SEARCH\('Namespace=\"(\w+)\" MetricName=\"(\w+)\"', '\w+', \d+\)", entry[0]["expression"])
+        for entry in dashboard_metrics()
+        if isinstance(entry[0], dict) and entry[0]["expression"].startswith("SEARCH")
+    ]
+    assert searched and all(searched)
+    direct = [(entry[0], entry[1]) for entry in dashboard_metrics() if not isinstance(entry[0], dict)]
+    custom = {(match[1], match[2]) for match in searched} | {
+        (ns, name) for ns, name in direct if not ns.startswith("AWS/")
+    }
+    assert {"OrdersCancelled", "ImportedOrders", "RejectedOrders"} <= {name for _, name in custom}
+    for namespace, name in custom:
+        assert namespace == NAMESPACE
+        assert any(emitted.fullmatch(name) for emitted in EMITTED), (
+            f"the dashboard shows {name}, which no handler emits"
+        )
+
+
+def test_every_function_is_on_the_dashboards_error_throttle_and_duration_graphs():
+    for metric in ("Errors", "Throttles", "Duration"):
+        shown = {entry[3] for entry in dashboard_metrics() if entry[:3] == ["AWS/Lambda", metric, "FunctionName"]}
+        assert shown == {f"dummy-{function}" for function in of_type(*FUNCTION_TYPES)}, metric

@@ -1,0 +1,150 @@
+"""The README runbooks' shell commands, run as written by bash with `aws` and `id` stubbed: their
+quoting, their jq filters and the AWS calls they make. (tests/e2e/test_runbooks.py makes the same
+calls against the local stack.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+RUNBOOKS = README[README.index("## Runbooks") :].split("\n## ", 1)[0]
+
+needs_jq = pytest.mark.skipif(shutil.which("jq") is None, reason="the runbooks' commands use jq")
+
+# `aws` answers from files named after its service and operation, and records every call;
+# `id` (the runbooks' helper) answers a placeholder per logical id.
+STUBS = """
+set -euo pipefail
+id() { echo "id-$1"; }
+aws() {
+  printf '%q ' "$@" >> calls.log; echo >> calls.log
+  if [ -f "answer-$1-$2" ]; then cat "answer-$1-$2"; fi
+}
+"""
+
+
+def runbook_blocks(alarm: str) -> list[str]:
+    """The ```sh blocks of the runbook entry whose heading names `alarm`."""
+    (entry,) = [entry for entry in RUNBOOKS.split("\n### ")[1:] if f"`{alarm}`" in entry.splitlines()[0]]
+    return re.findall(r"```sh\n(.*?)```", entry, flags=re.DOTALL)
+
+
+def run(script: str, tmp_path: Path, answers: dict[str, str]) -> list[list[str]]:
+    """Run `script` after the stubs in `tmp_path`; the aws calls it made, as argument lists."""
+    for name, text in answers.items():
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(
+        ["bash", "-c", STUBS + script], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    log = tmp_path / "calls.log"
+    return [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def argument(call: list[str], name: str) -> str:
+    return call[call.index(name) + 1]
+
+
+def test_every_runbook_code_block_is_valid_bash():
+    blocks = re.findall(r"```sh\n(.*?)```", RUNBOOKS, flags=re.DOTALL)
+    assert len(blocks) >= 6
+    for block in blocks:
+        checked = subprocess.run(["bash", "-n"], input=block, capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, f"{checked.stderr}\n{block}"
+
+
+@needs_jq
+def test_the_outbox_failure_recovery_starts_the_workflow_of_each_insert_in_the_batch(tmp_path: Path):
+    look, recover = runbook_blocks("OutboxFailuresAlarm")
+    batch = {
+        "shardId": "shardId-1",
+        "startSequenceNumber": "900",
+        "endSequenceNumber": "1000",
+        "batchSize": 2,
+        "streamArn": "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026",
+    }
+    failed = {"Messages": [{"Body": json.dumps({"DDBStreamBatchInfo": batch}), "ReceiptHandle": "handle-1"}]}
+
+    def insert(sequence: str, order_id: str, event: str = "INSERT") -> dict:
+        return {"eventName": event, "dynamodb": {"SequenceNumber": sequence, "Keys": {"id": {"S": order_id}}}}
+
+    records = {
+        "Records": [
+            insert("900", "ord_a"),
+            insert("950", "ord_a", "MODIFY"),  # filtered out of the batch: not an order to start
+            insert("1000", "ord_b"),
+            insert("1001", "ord_c"),  # after the batch: the stream delivered it
+        ]
+    }
+    calls = run(
+        look + recover,
+        tmp_path,
+        {
+            "answer-sqs-receive-message": json.dumps(failed),
+            "answer-dynamodbstreams-get-shard-iterator": "iterator-1\n",
+            "answer-dynamodbstreams-get-records": json.dumps(records),
+        },
+    )
+
+    by_operation = {}
+    for call in calls:
+        by_operation.setdefault(f"{call[0]} {call[1]}", []).append(call)
+    (shard,) = by_operation["dynamodbstreams get-shard-iterator"]
+    assert argument(shard, "--stream-arn") == batch["streamArn"]
+    assert argument(shard, "--shard-id") == "shardId-1"
+    assert argument(shard, "--shard-iterator-type") == "AT_SEQUENCE_NUMBER"
+    assert argument(shard, "--sequence-number") == "900"
+    assert argument(by_operation["dynamodbstreams get-records"][0], "--shard-iterator") == "iterator-1"
+    starts = by_operation["stepfunctions start-execution"]
+    assert [argument(call, "--name") for call in starts] == ["ord_a", "ord_b"]
+    assert [json.loads(argument(call, "--input")) for call in starts] == [{"order_id": "ord_a"}, {"order_id": "ord_b"}]
+    assert {argument(call, "--state-machine-arn") for call in starts} == {"id-OrderWorkflow"}
+    (delete,) = by_operation["sqs delete-message"]
+    assert (argument(delete, "--queue-url"), argument(delete, "--receipt-handle")) == (
+        "id-OutboxFailureQueue",
+        "handle-1",
+    )
+
+
+@needs_jq
+def test_the_import_dead_letter_replay_by_hand_keeps_the_messages_attributes(tmp_path: Path):
+    by_hand = next(block for block in runbook_blocks("ImportDeadLetterAlarm") if "send-message" in block)
+    body = json.dumps({"external_id": "D-2", "channel": "mkt"})
+    attributes = {
+        "import_id": {"StringValue": "imp_1", "DataType": "String"},
+        "line": {"StringValue": "3", "DataType": "Number"},
+    }
+    dead = {"Messages": [{"Body": body, "ReceiptHandle": "handle-2", "MessageAttributes": attributes}]}
+
+    receive, send, delete = run(by_hand, tmp_path, {"answer-sqs-receive-message": json.dumps(dead)})
+
+    assert receive[:2] == ["sqs", "receive-message"] and argument(receive, "--message-attribute-names") == "All"
+    assert argument(send, "--queue-url") == "id-ImportQueue"
+    assert argument(send, "--message-body") == body
+    assert json.loads(argument(send, "--message-attributes")) == attributes
+    assert argument(delete, "--queue-url") == "id-ImportDeadLetterQueue"
+    assert argument(delete, "--receipt-handle") == "handle-2"
+
+
+@needs_jq
+def test_the_split_failure_replay_invokes_the_splitter_with_the_original_event(tmp_path: Path):
+    (recover,) = runbook_blocks("ImportSplitFailureAlarm")
+    event = {"Records": [{"s3": {"bucket": {"name": "imports"}, "object": {"key": "incoming/a b.csv"}}}]}
+    record = {"requestContext": {"condition": "RetriesExhausted"}, "requestPayload": event}
+    received = {"Messages": [{"Body": json.dumps(record), "ReceiptHandle": "handle-3"}]}
+    (tmp_path / "record.json").write_text(json.dumps(received))
+
+    invoke, delete = run(recover, tmp_path, {})
+
+    assert argument(invoke, "--function-name") == "id-ImportSplitterFunction"
+    assert argument(invoke, "--payload") == "file://event.json"
+    assert json.loads((tmp_path / "event.json").read_text()) == event
+    assert argument(delete, "--receipt-handle") == "handle-3"
