@@ -23,6 +23,7 @@ from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
+from functions.business_metrics import MeteredOrders
 
 logger = Logger(child=True)
 
@@ -75,7 +76,7 @@ def container() -> Container:
     """Built on first use and kept while the container is warm."""
     config = Config.from_env()
     client = dynamodb_client()
-    orders = DynamoOrders(client, config.orders_table)
+    orders = MeteredOrders(DynamoOrders(client, config.orders_table))
     catalog = CachedCatalog(DynamoCatalog(client, config.catalog_table), config.catalog_cache_seconds)
     inventory = DynamoInventory(client, config.inventory_table)
     plugins = plugin_manager()
@@ -102,7 +103,7 @@ def workflow() -> Workflow:
     # Not cached: a step must see a location opened a second ago, and one read per step costs
     # half a read unit.
     return Workflow(
-        DynamoOrders(client, config.orders_table),
+        MeteredOrders(DynamoOrders(client, config.orders_table)),
         DynamoCatalog(client, config.catalog_table),
         DynamoInventory(client, config.inventory_table),
         plugin_manager(),
