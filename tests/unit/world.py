@@ -99,7 +99,9 @@ class World:
         )
 
 
-def build_world(stock: Stock, *extra_plugins: object, wrap_orders: Callable[[FakeOrders], object] | None = None) -> World:
+def build_world(
+    stock: Stock, *extra_plugins: object, wrap_orders: Callable[[FakeOrders], object] | None = None
+) -> World:
     """`wrap_orders` wraps the repository the services use (the World keeps the fake itself)."""
     fake, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
     orders: FakeOrders = wrap_orders(fake) if wrap_orders else fake  # type: ignore[assignment]
