@@ -1,6 +1,7 @@
-"""template.yaml keeps every log for LogRetentionDays, traces the workflow, and hands steps their trace."""
+"""Observability as declared: log retention, workflow tracing, the steps' trace, the README's metrics."""
 
 import json
+import re
 from pathlib import Path
 
 from infra.local.template import load_template
@@ -52,3 +53,11 @@ def test_every_workflow_task_passes_the_execution_input_as_the_steps_trace():
     assert tasks
     for name, task in tasks.items():
         assert task["Parameters"]["trace.$"] == "$$.Execution.Input", name
+
+
+def test_the_readme_documents_every_business_metric_the_functions_record():
+    recorded = set(re.findall(r'record\(\s*"(\w+)"', (ROOT / "functions" / "business_metrics.py").read_text()))
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| metric | unit | dimensions |") :].split("\n\n")[0]
+    documented = {row.split("|")[1].strip().strip("`") for row in table.splitlines()[2:]}
+    assert recorded and documented == recorded
