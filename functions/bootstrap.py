@@ -23,7 +23,6 @@ from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
-from functions.business_metrics import MeteredOrders
 
 logger = Logger(child=True)
 
@@ -74,6 +73,9 @@ def dynamodb_client() -> Any:
 @functools.cache
 def container() -> Container:
     """Built on first use and kept while the container is warm."""
+    # Here, not at the top: the authorizer imports this module and never writes an order.
+    from functions.business_metrics import MeteredOrders
+
     config = Config.from_env()
     client = dynamodb_client()
     orders = MeteredOrders(DynamoOrders(client, config.orders_table))
@@ -98,6 +100,8 @@ def container() -> Container:
 @functools.cache
 def workflow() -> Workflow:
     """What the order workflow's task functions share, built once per container."""
+    from functions.business_metrics import MeteredOrders
+
     config = Config.from_env()
     client = dynamodb_client()
     # Not cached: a step must see a location opened a second ago, and one read per step costs

@@ -45,7 +45,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     if who.channel is not None and order.channel != who.channel:
         raise ApiError(403, "forbidden", f"this API key places orders for channel {who.channel} only")
 
-    request_id = router.current_event.request_context.request_id
+    request_id = (router.current_event.get("requestContext") or {}).get("requestId")
 
     def place() -> dict[str, Any]:
         placed = container().capture.place(order, actor=who.key_id, request_id=request_id)
