@@ -21,6 +21,15 @@ from tests.integration.test_handlers import event
 
 REQUEST_ID = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"  # requestContext.requestId of the sample event
 
+BUSINESS = {
+    "OrdersPlaced",
+    "OrderValue",
+    "OrdersAllocated",
+    "OrdersCancelled",
+    "PaymentFailures",
+    "Refunds",
+    "RefundValue",
+}
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]
 
 
@@ -57,10 +66,10 @@ class Observed:
         for record in self._lines():
             for directive in record.get("_aws", {}).get("CloudWatchMetrics", []):
                 (names,) = directive["Dimensions"]
-                if "service" in names:
-                    continue  # the functions' technical metrics (Http2xx, OrderWorkflowsStarted, ...)
                 dimensions = tuple((name, record[name]) for name in names)
                 for metric in directive["Metrics"]:
+                    if metric["Name"] not in BUSINESS:
+                        continue  # the functions' technical metrics (Http2xx, OrderWorkflowsStarted, ...)
                     found.setdefault((metric["Name"], dimensions), []).extend(record[metric["Name"]])
         self._out.clear()
         return found
