@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from core.events import OrderEvent
@@ -38,6 +39,7 @@ PAYMENT_FAILURE_OPERATIONS = {
 Point = tuple[str, MetricUnit, float]
 Dimensions = tuple[tuple[str, str], ...]
 
+logger = Logger(child=True)
 _pending = threading.local()  # the local stack runs handlers on threads; Lambda on one
 
 
@@ -56,14 +58,16 @@ def flush() -> None:
     dimensions: alarms and dashboards name exactly these (no `service` dimension)."""
     points = _points()
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS")
-    for dimensions, group in points.items():
-        emf = EphemeralMetrics(namespace=namespace, service="")
-        for name, value in dimensions:
-            emf.add_dimension(name=name, value=value)
-        for name, unit, value in group:
-            emf.add_metric(name=name, unit=unit, value=value)
-        emf.flush_metrics()
-    points.clear()
+    try:
+        for dimensions, group in points.items():
+            emf = EphemeralMetrics(namespace=namespace, service="")
+            for name, value in dimensions:
+                emf.add_dimension(name=name, value=value)
+            for name, unit, value in group:
+                emf.add_metric(name=name, unit=unit, value=value)
+            emf.flush_metrics()
+    finally:
+        points.clear()  # never carried into the next invocation
 
 
 def order_placed(order: Order) -> None:
@@ -130,6 +134,11 @@ def emits_business_metrics(handler: F) -> F:
         try:
             return handler(*args, **kwargs)
         finally:
-            flush()
+            try:
+                flush()
+            except Exception:
+                # What happened to the order is stored; a metric that cannot be printed must not
+                # turn its answer into an error.
+                logger.exception("business metrics not printed")
 
     return wrapper  # type: ignore[return-value]

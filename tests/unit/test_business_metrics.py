@@ -182,3 +182,20 @@ def test_a_handler_prints_its_metrics_even_when_it_raises(world, capsys):
 
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["reason"], r["OrdersCancelled"]) for r in records] == [("requested", [1.0])]
+
+
+def test_metrics_that_cannot_be_printed_never_fail_the_invocation_nor_leak_into_the_next(world, capsys, monkeypatch):
+    from functions import business_metrics
+
+    @emits_business_metrics
+    def handler(order_id: str) -> str:
+        world.actions.cancel(order_id, "fraud", actor="key_cs")
+        return "answered"
+
+    order_id = world.place(("TSHIRT", 1))
+    emitted(capsys)
+    real = business_metrics.EphemeralMetrics
+    monkeypatch.setattr(business_metrics, "EphemeralMetrics", lambda **kw: 1 / 0)
+    assert handler(order_id) == "answered"
+    monkeypatch.setattr(business_metrics, "EphemeralMetrics", real)
+    assert emitted(capsys) == {}
