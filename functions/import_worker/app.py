@@ -61,7 +61,6 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
             "order from the import queue rejected",
             extra={
                 "message_id": record.message_id,
-                "order_id": result.order_id,
                 "external_id": result.error.external_id,
                 "code": result.error.code,
                 "reason": result.error.message,

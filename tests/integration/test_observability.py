@@ -249,3 +249,16 @@ def test_imported_orders_are_counted_by_channel_and_their_workflow_names_the_imp
     (order,), _ = container().orders.list(OrderFilter(channel="market"), 10, None)
     execution_input = start_from_the_stream(aws, order.id)
     assert execution_input["correlation_id"] == f"{import_id}:2"  # the file's line 2, under its header
+
+
+def test_the_import_worker_logs_each_message_under_its_correlation_id(aws, monkeypatch, observed):
+    from functions.import_worker.app import lambda_handler
+
+    imports = create_import_resources(aws, monkeypatch)
+    imports.sqs.send_message(QueueUrl=imports.queue_url, MessageBody="not json")
+
+    imports.drain(lambda_handler)
+
+    rejected = observed.log("order from the import queue rejected")
+    (sender,) = {r["attributes"]["SenderId"] for e in imports.invocations for r in e["Records"]}
+    assert rejected["correlation_id"] == f"sqs:{sender}"
