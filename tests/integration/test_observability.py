@@ -84,6 +84,7 @@ class Observed:
 def observed(aws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Observed]:
     # Every handler module imported first: a powertools Logger creates its handler on import.
     import functions.api.app
+    import functions.authorizer.app
     import functions.import_worker.app
     import functions.outbox.app
     import functions.workflow.authorize_payment
@@ -262,3 +263,15 @@ def test_the_import_worker_logs_each_message_under_its_correlation_id(aws, monke
     rejected = observed.log("order from the import queue rejected")
     (sender,) = {r["attributes"]["SenderId"] for e in imports.invocations for r in e["Records"]}
     assert rejected["correlation_id"] == f"sqs:{sender}"
+
+
+def test_the_authorizer_logs_under_the_request_id_the_api_function_will_log(aws, observed):
+    from functions.authorizer.app import lambda_handler
+
+    evt = event("authorizer_request.json")
+    evt["headers"] = {**evt["headers"], "Authorization": "Bearer oms_no_such_key_0123456789"}
+
+    with pytest.raises(Exception, match="Unauthorized"):
+        lambda_handler(evt, context("AuthorizerFunction"))
+
+    assert observed.log("rejected API key")["correlation_id"] == REQUEST_ID
