@@ -45,7 +45,6 @@ class Cancellation:
         detail: dict[str, Any] | None = None,
         closed_ok: bool = False,
         retry_void_later: bool = False,
-        on_recorded: Callable[[Order], None] | None = None,
     ) -> Order:
         """End the order cancelled, release every reservation, void its authorization. Refused
         (InvalidTransition, 409) once anything has shipped; with `closed_ok` an order already closed
@@ -58,21 +57,16 @@ class Cancellation:
         the history. A cancel of a cancelled order runs the clean-up again (every part is
         idempotent): it finishes an interrupted cancel and retries a failed void. With
         `retry_void_later` a void that keeps failing raises TransientError (the workflow's step is
-        retried); otherwise the cancelled order is returned. `on_recorded` is called with the
-        cancelled order when this call wrote the cancel (not when the order was cancelled
-        already), before stock and payment are touched: where a caller counts cancellations once."""
-        recorded = False
+        retried); otherwise the cancelled order is returned."""
 
         def decide(order: Order):
-            nonlocal recorded
-            recorded = not (order.status is OrderStatus.CANCELLED or (closed_ok and order.status in TERMINAL))
-            return order.cancel(reason, at=self._clock(), actor=actor, detail=detail) if recorded else None
+            if order.status is OrderStatus.CANCELLED or (closed_ok and order.status in TERMINAL):
+                return None
+            return order.cancel(reason, at=self._clock(), actor=actor, detail=detail)
 
         order = modify(self._orders, order_id, decide, channel=channel)
         if order.status is not OrderStatus.CANCELLED:
             return order
-        if recorded and on_recorded is not None:
-            on_recorded(order)
         self._release(order)
         try:
             return self.void(order, actor)

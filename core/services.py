@@ -110,9 +110,11 @@ class CaptureService:
         self._clock = clock
         self._payment_methods = payment_methods
 
-    def place(self, cmd: PlaceOrder, actor: str) -> Order:
-        """Store a new pending order; the order workflow takes it from there."""
-        return self._placed(cmd, self.quote(cmd), self._clock(), actor)
+    def place(self, cmd: PlaceOrder, actor: str, request_id: str | None = None) -> Order:
+        """Store a new pending order; the order workflow takes it from there. `request_id` (the
+        API request that placed it) is kept on the created entry: the outbox passes it to the
+        workflow, whose steps log it, so one order is followed from its request to its end."""
+        return self._placed(cmd, self.quote(cmd), self._clock(), actor, request_id)
 
     def quote(self, cmd: PlaceOrder) -> PricedOrder:
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
@@ -136,7 +138,9 @@ class CaptureService:
         self._check_stock(cmd, products, sources)
         return priced
 
-    def _placed(self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str) -> Order:
+    def _placed(
+        self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None
+    ) -> Order:
         zero = Money.zero(cmd.currency)
         order = Order(
             id=order_id_for(cmd.channel, cmd.external_id),
@@ -162,7 +166,10 @@ class CaptureService:
             from_status=None,
             to_status=OrderStatus.PENDING,
             actor=actor,
-            detail={"grand_total": order.totals.grand_total.model_dump(mode="json")},
+            detail={
+                "grand_total": order.totals.grand_total.model_dump(mode="json"),
+                **({"request_id": request_id} if request_id else {}),
+            },
         )
         self._orders.add(order, created, payment_token=cmd.payment.token)
         return order

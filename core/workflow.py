@@ -277,21 +277,15 @@ class Workflow:
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being marked payment_failed") from None
 
-    def cancel_after_failure(
-        self, order_id: str, error: str, cause: str, *, on_cancelled: Callable[[str], None] | None = None
-    ) -> None:
+    def cancel_after_failure(self, order_id: str, error: str, cause: str) -> None:
         """Cancel the order the workflow could not finish (release, void). A void the gateway
         cannot do right now raises TransientError, so Step Functions runs this again; a refused
-        one is in the history and the order ends cancelled with its payment `authorized`.
-        `on_cancelled` gets the cancel's reason (`out_of_stock`, or `workflow_error` for a
-        technical failure) once this call has recorded the cancel, even if the void then fails;
-        never for an order closed already, so a retried or repeated step is not counted twice."""
+        one is in the history and the order ends cancelled with its payment `authorized`."""
         reason = "out_of_stock" if error == "OutOfStock" else "workflow_error"
         try:
             self._cancellation.cancel(
                 order_id, reason, WORKFLOW_ACTOR, detail={"error": error, "message": _message(cause)},
                 closed_ok=True, retry_void_later=True,
-                on_recorded=None if on_cancelled is None else lambda order: on_cancelled(reason),
             )  # fmt: skip
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being cancelled") from None

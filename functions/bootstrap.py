@@ -27,6 +27,7 @@ from core.import_service import ImportQueries, ImportSplitter, OrderImporter, Qu
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
+from core.ports import OrderRepository
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
@@ -135,8 +136,12 @@ class Container:
 
     # --- Repositories and stores ----------------------------------------------------------------
     @cached_property
-    def order_repository(self) -> DynamoOrders:
-        return DynamoOrders(self.dynamodb, self.config.orders_table)
+    def order_repository(self) -> OrderRepository:
+        # Every order write is counted as the business metric it is (functions.business_metrics);
+        # imported here, not at the top: the authorizer never writes an order.
+        from functions.business_metrics import MeteredOrders
+
+        return MeteredOrders(DynamoOrders(self.dynamodb, self.config.orders_table))
 
     @cached_property
     def catalog_repository(self) -> DynamoCatalog:

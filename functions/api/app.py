@@ -14,6 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from functions.api import errors, guards
 from functions.api.access import ScopeTable
 from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders, plugins
+from functions.business_metrics import emits_business_metrics
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -40,7 +41,9 @@ def _scope_table() -> ScopeTable:
 # start here) for per-call subsegments, so it is left out until a request needs it.
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @metrics.log_metrics
+@emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    _append_order_keys(event)
     try:
         # Before the resolver: powertools validates the body before any route middleware runs.
         guards.check_request(event, _scope_table())
@@ -50,3 +53,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         response = app.resolve(event, context)
     metrics.add_metric(name=f"Http{response['statusCode'] // 100}xx", unit=MetricUnit.Count, value=1)
     return response
+
+
+def _append_order_keys(event: dict[str, Any]) -> None:
+    # Every line this request logs names its order and channel (POST /orders adds them once it
+    # knows the order); the request id is already there as `correlation_id`.
+    order_id = (event.get("pathParameters") or {}).get("order_id")
+    if order_id:
+        logger.append_keys(order_id=order_id)
+    channel = ((event.get("requestContext") or {}).get("authorizer") or {}).get("channel")
+    if channel:
+        logger.append_keys(channel=channel)

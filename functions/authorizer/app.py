@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging import correlation_paths
 
 from core.access import hash_secret
 from functions.bootstrap import WarmContainer
@@ -37,7 +38,8 @@ def _policy(principal: str, effect: str, method_arn: str, context: dict[str, str
     }
 
 
-@logger.inject_lambda_context(clear_state=True)
+# The same request id the API function logs as `correlation_id` for this request.
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Raising "Unauthorized" is API Gateway's contract for a 401; the header is never logged.
     match = _BEARER.match(_header(event, "authorization") or "")

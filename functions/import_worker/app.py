@@ -10,9 +10,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from core.import_service import Outcome
+from core.import_service import OrderOrigin, Outcome
 from functions.adapters.imports import origin_from
 from functions.bootstrap import WarmContainer
+from functions.business_metrics import emits_business_metrics
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -28,6 +29,13 @@ def import_order(record: SQSRecord) -> None:
     the order's fault (a broken plugin, AWS errors) and fails only this record: SQS delivers it
     again, and after maxReceiveCount it waits in the dead-letter queue."""
     origin = origin_from(record.raw_event.get("messageAttributes") or {})
+    # The same id the order's history names as its creator, and the outbox passes to its workflow.
+    correlation_id = f"{origin.import_id}:{origin.line}" if origin else f"sqs:{record.attributes.sender_id or ''}"
+    with logger.append_context_keys(correlation_id=correlation_id):
+        _import_order(record, origin)
+
+
+def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
     try:
         # A plugin that failed to load fails the message before anything is captured: SQS delivers
         # it again once the deployment is fixed (or the plugin disabled).
@@ -63,5 +71,6 @@ def import_order(record: SQSRecord) -> None:
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
+@emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=import_order, processor=processor, context=context)

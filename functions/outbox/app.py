@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -22,10 +23,25 @@ container = WarmContainer()
 def start_workflow(record: DynamoDBRecord) -> None:
     # The template's filter passes only INSERTs; a new order item is a new order.
     order_id = record.dynamodb.keys["id"]
-    started = container().workflow_starter.start(order_id)
-    logger.info("order workflow", extra={"order_id": order_id, "started": started})
+    channel, correlation_id = _trace(record.dynamodb.new_image or {})
+    with logger.append_context_keys(order_id=order_id, channel=channel or None, correlation_id=correlation_id or None):
+        started = container().workflow_starter.start(order_id, channel=channel, correlation_id=correlation_id)
+        logger.info("order workflow", extra={"started": started})
     if started:
         metrics.add_metric(name="OrderWorkflowsStarted", unit=MetricUnit.Count, value=1)
+
+
+def _trace(image: dict[str, Any]) -> tuple[str, str]:
+    """The order's channel, and what placed it: the API request id its created entry recorded,
+    else that entry's actor (an import's id and line, or the queue's sender)."""
+    channel = str(image.get("channel") or "")
+    history = image.get("history") or []
+    try:
+        created = json.loads(history[0]) if history else {}
+    except (TypeError, ValueError):
+        created = {}
+    correlation_id = (created.get("detail") or {}).get("request_id") or created.get("actor") or ""
+    return channel, str(correlation_id)
 
 
 @logger.inject_lambda_context(clear_state=True)

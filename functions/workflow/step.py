@@ -10,10 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.workflow import Workflow
 from functions.bootstrap import WarmContainer
+from functions.business_metrics import emits_business_metrics
 
 logger = Logger()
 # Shared by the five task modules; each task is its own Lambda function, so its own container.
 container = WarmContainer()
+
+
+class ExecutionTrace(BaseModel):
+    """The execution's input, whatever started it (the outbox adds these; an execution started by
+    hand may not): what every step's log lines carry besides the order id."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    channel: str = ""
+    correlation_id: str = ""
 
 
 class StepInput(BaseModel):
@@ -22,6 +33,7 @@ class StepInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     order_id: Annotated[str, Field(pattern=r"^ord_[a-z2-7]{24}$")]
+    trace: ExecutionTrace = ExecutionTrace()
     attempt: Annotated[int, Field(ge=0)] = 0
     error: str = ""
     cause: str = ""
@@ -36,10 +48,18 @@ def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict
     would otherwise record a void it could not make."""
 
     @logger.inject_lambda_context(clear_state=True)
+    @emits_business_metrics
     def lambda_handler(event: dict[str, Any], context: Any) -> None:
         step = StepInput.model_validate(event)
-        logger.append_keys(order_id=step.order_id)
-        container().plugins.require_loaded()
-        run(container().workflow, step)
+        logger.append_keys(order_id=step.order_id, channel=step.trace.channel or None)
+        logger.set_correlation_id(step.trace.correlation_id or None)
+        try:
+            container().plugins.require_loaded()
+            run(container().workflow, step)
+        except Exception as error:
+            # Most are the state machine's ordinary branches (retry, decline, out of stock); this
+            # line ties each to its order and request, which Lambda's own error record does not.
+            logger.warning("workflow step raised", extra={"error": type(error).__name__, "reason": str(error)[:500]})
+            raise
 
     return lambda_handler

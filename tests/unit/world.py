@@ -99,8 +99,12 @@ class World:
         )
 
 
-def build_world(stock: Stock, *extra_plugins: object) -> World:
-    orders, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
+def build_world(
+    stock: Stock, *extra_plugins: object, wrap_orders: Callable[[FakeOrders], object] | None = None
+) -> World:
+    """`wrap_orders` wraps the repository the services use (the World keeps the fake itself)."""
+    fake, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
+    orders: FakeOrders = wrap_orders(fake) if wrap_orders else fake  # type: ignore[assignment]
     catalog.put_product(product("TSHIRT", "19.99"))
     catalog.put_product(product("MUG", "12.50", weight_grams=350))
     catalog.put_product(product("CAP", "7.77", weight_grams=90))
@@ -128,7 +132,7 @@ def build_world(stock: Stock, *extra_plugins: object) -> World:
     )
     workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep)
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
-    return World(orders, catalog, inventory, labels, spy, gateway, capture, workflow, actions)
+    return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions)
 
 
 def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:

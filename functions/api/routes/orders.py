@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
@@ -21,6 +22,7 @@ from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, errors, ok
 
 router = Router()
+logger = Logger(child=True)
 
 OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
 IdempotencyKey = Annotated[
@@ -45,8 +47,16 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     if who.channel is not None and order.channel != who.channel:
         raise ApiError(403, "forbidden", f"this API key places orders for channel {who.channel} only")
 
+    request_id = (router.current_event.get("requestContext") or {}).get("requestId")
+
     def place() -> dict[str, Any]:
-        return container().capture.place(order, actor=who.key_id).model_dump(mode="json")
+        placed = container().capture.place(order, actor=who.key_id, request_id=request_id)
+        # The first line of an order's trail: its id beside the request id (`correlation_id`).
+        logger.append_keys(order_id=placed.id)
+        logger.info("order placed")
+        return placed.model_dump(mode="json")
+
+    logger.append_keys(channel=order.channel)
 
     if idempotency_key is None:
         body = place()

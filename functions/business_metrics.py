@@ -1,0 +1,144 @@
+"""Business metrics (CloudWatch EMF) counted from what the order writes recorded, never from intent.
+
+`MeteredOrders` wraps the order repository in the composition root: after an order is stored
+(`add`) or a new version is written (`update`, conditional on status and version), each history
+entry the write recorded becomes a metric point. A write that lost its race or a replayed
+request records nothing, so nothing is counted twice; core stays free of metrics. Handlers wrap
+themselves in `emits_business_metrics`, which prints the points once per invocation, one EMF
+record per dimension set, even when the handler raises (a failed payment attempt is recorded
+before the step that made it fails).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from core.events import OrderEvent
+from core.models import HistoryEntry, Order
+from core.workflow import WORKFLOW_ACTOR
+
+# Callers cancel with free text; a dimension value per text would be a metric per text. The
+# workflow's reasons are the system's own few codes (out_of_stock, workflow_error).
+REQUESTED = "requested"
+
+PAYMENT_FAILURE_OPERATIONS = {
+    OrderEvent.PAYMENT_AUTHORIZATION_FAILED: "authorize",
+    OrderEvent.PAYMENT_CAPTURE_FAILED: "capture",
+    OrderEvent.PAYMENT_VOID_FAILED: "void",
+    OrderEvent.PAYMENT_REFUND_FAILED: "refund",
+}
+
+Point = tuple[str, MetricUnit, float]
+Dimensions = tuple[tuple[str, str], ...]
+
+logger = Logger(child=True)
+_pending = threading.local()  # the local stack runs handlers on threads; Lambda on one
+
+
+def _points() -> dict[Dimensions, list[Point]]:
+    if not hasattr(_pending, "points"):
+        _pending.points = defaultdict(list)
+    return _pending.points
+
+
+def record(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count, **dimensions: str) -> None:
+    _points()[tuple(sorted(dimensions.items()))].append((name, unit, value))
+
+
+def flush() -> None:
+    """Print what this invocation recorded, one EMF record per dimension set. Only the documented
+    dimensions: alarms and dashboards name exactly these (no `service` dimension)."""
+    points = _points()
+    namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    try:
+        for dimensions, group in points.items():
+            emf = EphemeralMetrics(namespace=namespace, service="")
+            for name, value in dimensions:
+                emf.add_dimension(name=name, value=value)
+            for name, unit, value in group:
+                emf.add_metric(name=name, unit=unit, value=value)
+            emf.flush_metrics()
+    finally:
+        points.clear()  # never carried into the next invocation
+
+
+def order_placed(order: Order) -> None:
+    record("OrdersPlaced", channel=order.channel)
+    # A float for CloudWatch only: the order's money stays Decimal everywhere else.
+    record(
+        "OrderValue",
+        float(order.totals.grand_total.amount),
+        MetricUnit.NoUnit,
+        channel=order.channel,
+        currency=order.currency,
+    )
+
+
+def entry_recorded(order: Order, entry: HistoryEntry) -> None:
+    detail = entry.detail or {}
+    if entry.type is OrderEvent.ALLOCATED:
+        record("OrdersAllocated", channel=order.channel)
+    elif entry.type is OrderEvent.CANCELLED:
+        reason = str(detail.get("reason", "")) if entry.actor == WORKFLOW_ACTOR else REQUESTED
+        record("OrdersCancelled", reason=reason or REQUESTED)
+    elif entry.type is OrderEvent.PAYMENT_FAILED:
+        record("PaymentFailures", operation="authorize", kind="declined")
+    elif entry.type in PAYMENT_FAILURE_OPERATIONS:
+        record("PaymentFailures", operation=PAYMENT_FAILURE_OPERATIONS[entry.type], kind=str(detail.get("kind", "")))
+    elif entry.type in (OrderEvent.PAYMENT_REFUNDED, OrderEvent.PAYMENT_CAPTURE_REVERSED):
+        kind = "refund" if entry.type is OrderEvent.PAYMENT_REFUNDED else "capture_reversed"
+        record("Refunds", kind=kind)
+        amount = detail.get("amount") or {}
+        if "amount" in amount:
+            record("RefundValue", float(amount["amount"]), MetricUnit.NoUnit, currency=str(amount.get("currency", "")))
+
+
+class MeteredOrders:
+    """The order repository, counting what each successful write recorded.
+
+    Not a subclass of OrderRepository on purpose: every other method is the wrapped adapter's own
+    (delegated), so the port can grow without this class changing."""
+
+    def __init__(self, orders: Any):
+        self._orders = orders
+
+    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
+        self._orders.add(order, first_entry, payment_token)
+        order_placed(order)
+
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        self._orders.update(order, expected, entries)
+        for entry in entries:
+            entry_recorded(order, entry)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._orders, name)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def emits_business_metrics(handler: F) -> F:
+    """Print the business metrics the invocation recorded when it ends, whichever way it ends."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            try:
+                flush()
+            except Exception:
+                # What happened to the order is stored; a metric that cannot be printed must not
+                # turn its answer into an error.
+                logger.exception("business metrics not printed")
+
+    return wrapper  # type: ignore[return-value]

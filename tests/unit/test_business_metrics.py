@@ -1,0 +1,201 @@
+"""Business metrics count what the order writes recorded: the core services on the in-memory fakes,
+their repository wrapped in MeteredOrders, the EMF records read back from stdout."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from core.errors import DuplicateOrder, OutOfStock, PaymentDeclined, PaymentRefused, StaleVersion
+from functions.business_metrics import MeteredOrders, emits_business_metrics, flush
+from tests.builders import place_order
+from tests.unit.conftest import usd
+from tests.unit.world import World, build_world
+
+STOCK = [("TSHIRT", "wh-east", 10), ("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3)]
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> World:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "oms")
+    flush()  # nothing left over from another test on this thread
+    capsys.readouterr()
+    return build_world(STOCK, wrap_orders=MeteredOrders)
+
+
+def emitted(capsys: pytest.CaptureFixture[str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]:
+    """Flush, then {(metric, ((dimension, value), ...)): values} from the EMF records printed."""
+    flush()
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        record = json.loads(line)
+        (directive,) = record["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "OMS"
+        (names,) = directive["Dimensions"]
+        dimensions = tuple((name, record[name]) for name in names)
+        for metric in directive["Metrics"]:
+            found.setdefault((metric["Name"], dimensions), []).extend(record[metric["Name"]])
+    return found
+
+
+def test_a_placed_order_counts_by_channel_and_its_value_by_channel_and_currency(world, capsys):
+    order = world.capture.place(place_order(external_id="web-1", lines=[{"sku": "TSHIRT", "quantity": 2}]), "key_web")
+
+    assert emitted(capsys) == {
+        ("OrdersPlaced", (("channel", "web"),)): [1.0],
+        ("OrderValue", (("channel", "web"), ("currency", "USD"))): [float(order.totals.grand_total.amount)],
+    }
+    assert order.totals.grand_total.amount == Decimal(str(float(order.totals.grand_total.amount)))
+
+
+def test_placing_the_same_order_again_counts_nothing(world, capsys):
+    world.capture.place(place_order(external_id="web-1"), "key_web")
+    emitted(capsys)
+
+    with pytest.raises(DuplicateOrder):
+        world.capture.place(place_order(external_id="web-1"), "key_web")
+    assert emitted(capsys) == {}
+
+
+def test_an_allocation_counts_once_by_channel_however_often_the_steps_run(world, capsys):
+    order_id = world.place(("TSHIRT", 1))
+    emitted(capsys)
+
+    world.run(order_id)
+    world.run(order_id)  # Express runs steps at least once
+
+    assert emitted(capsys) == {("OrdersAllocated", (("channel", "web"),)): [1.0]}
+
+
+def test_a_declined_authorization_is_a_payment_failure_of_kind_declined(world, capsys):
+    order_id = world.place(("TSHIRT", 1), token="tok_decline")
+    emitted(capsys)
+
+    with pytest.raises(PaymentDeclined) as declined:
+        world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.fail_payment(order_id, "PaymentDeclined", json.dumps({"errorMessage": str(declined.value)}))
+
+    assert emitted(capsys) == {("PaymentFailures", (("kind", "declined"), ("operation", "authorize"))): [1.0]}
+
+
+@pytest.mark.parametrize(
+    ("script", "raised", "failures"),
+    [
+        (["refuse"], PaymentRefused, {(("kind", "refused"), ("operation", "capture")): [1.0]}),
+        (["transient", "approve"], None, {(("kind", "transient"), ("operation", "capture")): [1.0]}),
+    ],
+)
+def test_each_failed_capture_attempt_is_a_payment_failure_by_kind(world, capsys, script, raised, failures):
+    order = world.allocated(("TSHIRT", 1))
+    emitted(capsys)
+    world.gateway.script("capture", *script)
+
+    shipment = order.shipments[0].id
+    if raised:
+        with pytest.raises(raised):
+            world.actions.ship(order.id, shipment, None, actor="key_wh")
+    else:
+        world.actions.ship(order.id, shipment, None, actor="key_wh")
+
+    counted = {dims: values for (name, dims), values in emitted(capsys).items() if name == "PaymentFailures"}
+    assert counted == failures
+
+
+def test_a_cancel_by_a_caller_counts_as_requested_whatever_its_free_text(world, capsys):
+    order_id = world.place(("TSHIRT", 1))
+    emitted(capsys)
+
+    world.actions.cancel(order_id, "customer changed their mind at 3am", actor="key_cs")
+
+    assert emitted(capsys) == {("OrdersCancelled", (("reason", "requested"),)): [1.0]}
+
+
+@pytest.mark.parametrize(("error", "reason"), [("OutOfStock", "out_of_stock"), ("States.Timeout", "workflow_error")])
+def test_a_cancel_by_the_workflow_counts_with_its_reason(world, capsys, error, reason):
+    order_id = world.place(("MUG", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    emitted(capsys)
+
+    world.workflow.cancel_after_failure(order_id, error, "")
+
+    counted = {dims: values for (name, dims), values in emitted(capsys).items() if name == "OrdersCancelled"}
+    assert counted == {(("reason", reason),): [1.0]}
+
+
+def test_an_order_out_of_stock_is_cancelled_out_of_stock_once(world, capsys):
+    order_id = world.place(("MUG", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.catalog.put_location(world.catalog.get_location("wh-east").model_copy(update={"ships": False}))
+    world.inventory.set_on_hand("MUG", "wh-west", 0, reason="count")
+    emitted(capsys)
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+    world.workflow.cancel_after_failure(order_id, "OutOfStock", "")
+    world.workflow.cancel_after_failure(order_id, "OutOfStock", "")
+
+    assert emitted(capsys)[("OrdersCancelled", (("reason", "out_of_stock"),))] == [1.0]
+
+
+def test_a_refund_counts_and_its_value_by_currency(world, capsys):
+    order = world.allocated(("TSHIRT", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    emitted(capsys)
+
+    world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
+    world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")  # a repeat changes nothing
+
+    assert emitted(capsys) == {
+        ("Refunds", (("kind", "refund"),)): [1.0],
+        ("RefundValue", (("currency", "USD"),)): [5.0],
+    }
+
+
+def test_a_write_that_loses_its_race_counts_nothing(world, capsys):
+    order_id = world.place(("TSHIRT", 1))
+    order = world.order(order_id)
+    new, entry = order.cancel("fraud", at=order.updated_at, actor="key_cs")
+    metered = MeteredOrders(world.orders)
+    metered.update(new, order, [entry])
+    emitted(capsys)
+
+    with pytest.raises(StaleVersion):
+        metered.update(new, order, [entry])  # `order` is no longer the stored version
+    assert emitted(capsys) == {}
+
+
+def test_a_handler_prints_its_metrics_even_when_it_raises(world, capsys):
+    @emits_business_metrics
+    def handler(order_id: str) -> None:
+        world.actions.cancel(order_id, "fraud", actor="key_cs")
+        raise RuntimeError("after the write")
+
+    order_id = world.place(("TSHIRT", 1))
+    flush()
+    capsys.readouterr()
+    with pytest.raises(RuntimeError):
+        handler(order_id)
+
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["reason"], r["OrdersCancelled"]) for r in records] == [("requested", [1.0])]
+
+
+def test_metrics_that_cannot_be_printed_never_fail_the_invocation_nor_leak_into_the_next(world, capsys, monkeypatch):
+    from functions import business_metrics
+
+    @emits_business_metrics
+    def handler(order_id: str) -> str:
+        world.actions.cancel(order_id, "fraud", actor="key_cs")
+        return "answered"
+
+    order_id = world.place(("TSHIRT", 1))
+    emitted(capsys)
+    real = business_metrics.EphemeralMetrics
+    monkeypatch.setattr(business_metrics, "EphemeralMetrics", lambda **kw: 1 / 0)
+    assert handler(order_id) == "answered"
+    monkeypatch.setattr(business_metrics, "EphemeralMetrics", real)
+    assert emitted(capsys) == {}
