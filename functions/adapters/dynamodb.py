@@ -153,7 +153,7 @@ class DynamoOrders(OrderRepository):
             "created_at": {"S": timestamp(order.created_at)},
             "list_pk": {"S": LIST_PK},
             "payment_token": {"S": payment_token},
-            "doc": {"S": order.model_dump_json(exclude_none=True)},
+            "doc": {"S": order.stored_json()},
             "history": {"L": [{"S": first_entry.model_dump_json(exclude_none=True)}]},
         }
         if order.external_id is not None:
@@ -177,7 +177,7 @@ class DynamoOrders(OrderRepository):
                 ConditionExpression="#status = :expected_status AND #version = :expected_version",
                 ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
                 ExpressionAttributeValues={
-                    ":doc": {"S": order.model_dump_json(exclude_none=True)},
+                    ":doc": {"S": order.stored_json()},
                     ":status": {"S": order.status.value},
                     ":version": {"N": str(order.version)},
                     ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
