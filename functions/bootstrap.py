@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger
 
 from core.access import ApiKey
@@ -19,6 +18,7 @@ from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
+from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
@@ -67,7 +67,7 @@ class Container:
 
 @functools.cache
 def dynamodb_client() -> Any:
-    return boto3.client("dynamodb")
+    return aws_client("dynamodb")
 
 
 @functools.cache
@@ -159,12 +159,12 @@ def order_importer() -> OrderImporter:
 
 @functools.cache
 def import_files() -> S3ImportFiles:
-    return S3ImportFiles(boto3.client("s3"))
+    return S3ImportFiles(aws_client("s3"))
 
 
 @functools.cache
 def sqs_client() -> Any:
-    return boto3.client("sqs")
+    return aws_client("sqs")
 
 
 def import_splitter(time_left: Callable[[], float]) -> tuple[ImportSplitter, SqsOrderQueue]:

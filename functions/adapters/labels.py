@@ -6,10 +6,10 @@ import functools
 import os
 from typing import Any
 
-import boto3
 from botocore.config import Config
 
 from core.ports import LabelStore
+from functions.adapters.aws_clients import aws_client
 
 LABEL_URL_SECONDS = 7 * 24 * 60 * 60  # the longest a SigV4 presigned URL may live
 _EXTENSIONS = {"application/pdf": "pdf", "image/png": "png"}
@@ -26,13 +26,13 @@ class S3Labels(LabelStore):
 
     @functools.cached_property
     def _s3(self) -> Any:
-        return self._client or boto3.client("s3")
+        return self._client or aws_client("s3")
 
     @functools.cached_property
     def _signer(self) -> Any:
         if not self._public_endpoint:
             return self._s3
-        return boto3.client(
+        return aws_client(
             "s3",
             endpoint_url=self._public_endpoint,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),

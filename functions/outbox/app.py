@@ -6,12 +6,12 @@ import functools
 import os
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from functions.adapters.aws_clients import aws_client
 from functions.adapters.workflow_starter import StepFunctionsStarter
 
 logger = Logger()
@@ -22,7 +22,7 @@ processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 @functools.cache
 def starter() -> StepFunctionsStarter:
-    return StepFunctionsStarter(boto3.client("stepfunctions"), os.environ["ORDER_WORKFLOW_ARN"])
+    return StepFunctionsStarter(aws_client("stepfunctions"), os.environ["ORDER_WORKFLOW_ARN"])
 
 
 def start_workflow(record: DynamoDBRecord) -> None:
