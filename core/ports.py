@@ -135,3 +135,26 @@ class LabelStore(ABC):
     @abstractmethod
     def put_label(self, order_id: str, shipment_id: str, document: bytes, content_type: str) -> str:
         """Store a shipping label (idempotent by shipment) and return a URL to fetch it."""
+
+
+@dataclass(frozen=True)
+class StalledOrder:
+    order_id: str
+    status: OrderStatus
+    created_at: datetime
+
+
+class StalledOrders(ABC):
+    """Orders still in a status their workflow should have moved them out of, oldest first."""
+
+    @abstractmethod
+    def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
+        """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
+
+
+class WorkflowStarter(ABC):
+    @abstractmethod
+    def start(self, order_id: str, rerun: str | None = None) -> bool:
+        """Start the order's workflow; False when the service refused a duplicate name (a Standard
+        workflow's). Express starts every call: the steps are what make a repeat harmless.
+        `rerun` names a deliberate new execution (the reconciler's), so no service refuses it."""

@@ -5,11 +5,14 @@ person (core.workflow.after_failure, Workflow.park_after_failure), and the hold 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
 from core.errors import InvalidTransition, OrderClosed
 from core.models import Order
+from core.ports import StalledOrder, StalledOrders, WorkflowStarter
+from core.reconciliation import Reconciler
 from core.status import OrderStatus, can_transition
 from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
 from tests.builders import NOW
@@ -190,3 +193,62 @@ def test_the_response_shows_the_contract_hold_and_the_store_keeps_the_status_to_
     assert stored == order and stored.hold.resume_to is S.PENDING
     unheld = world.order(world.place(("MUG", 1)))
     assert unheld.stored_json() == unheld.model_dump_json(exclude_none=True)
+
+
+# --- The reconciler's decision (core.reconciliation) ------------------------------------------
+
+
+class Stalled(StalledOrders):
+    def __init__(self, world: World):
+        self.world = world
+        self.asked: list[tuple[OrderStatus, object, int]] = []
+
+    def stalled(self, status, created_before, limit):
+        self.asked.append((status, created_before, limit))
+        found = [o for o in self.world.orders.orders.values() if o.status is status and o.created_at < created_before]
+        return [StalledOrder(o.id, o.status, o.created_at) for o in found][:limit]
+
+
+class Starter(WorkflowStarter):
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str | None]] = []
+
+    def start(self, order_id, rerun=None):
+        self.started.append((order_id, rerun))
+        return True
+
+
+def reconciler(world: World, minutes_later: float, **kwargs) -> tuple[Reconciler, Stalled, Starter]:
+    stalled, starter = Stalled(world), Starter()
+    clock = lambda: NOW + timedelta(minutes=minutes_later)  # noqa: E731
+    limits = {"restart_after": timedelta(minutes=15), "park_after": timedelta(minutes=60), **kwargs}
+    return Reconciler(stalled, starter, world.workflow, clock, **limits), stalled, starter
+
+
+def test_the_reconciler_restarts_pending_and_authorized_orders_past_the_threshold_and_parks_older_ones(world):
+    pending, authorized = world.place(("TSHIRT", 1)), world.place(("MUG", 1))
+    world.workflow.authorize_payment(authorized, attempt=0)
+    allocated = world.allocated(("TSHIRT", 1)).id
+
+    early = reconciler(world, minutes_later=10)
+    assert early[0].run().restarted == [] and early[2].started == []
+
+    run, stalled, starter = reconciler(world, minutes_later=20)
+    done = run.run()
+    assert (done.restarted, done.parked) == ([pending, authorized], [])
+    assert starter.started == [(pending, "restart-20261122T122000"), (authorized, "restart-20261122T122000")]
+    assert [status for status, _, _ in stalled.asked] == [S.PENDING, S.AUTHORIZED]
+    assert world.order(allocated).status is S.ALLOCATED
+
+    late = reconciler(world, minutes_later=61)
+    done = late[0].run()
+    assert (done.restarted, sorted(done.parked)) == ([], sorted([pending, authorized]))
+    assert world.order(authorized).hold.note.startswith("order workflow failed after retries: WorkflowStalled")
+
+
+@pytest.mark.parametrize(("restart", "park"), [(5, 60), (15, 15), (20, 10)])
+def test_the_reconciler_refuses_thresholds_that_would_restart_a_running_execution_or_never_restart(
+    world, restart, park
+):
+    with pytest.raises(ValueError):
+        reconciler(world, 0, restart_after=timedelta(minutes=restart), park_after=timedelta(minutes=park))
