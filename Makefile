@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: run test lint check-template unit bench clean import
+.PHONY: run test fuzz lint check-template unit bench clean import
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -35,6 +35,11 @@ check-template: $(STAMP)
 test: lint check-template
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 	$(BIN)/python -m pytest $(EXAMPLE)/tests
+
+# Schemathesis at length (every phase, SCHEMATHESIS_MAX_EXAMPLES per operation, default 100):
+# minutes, not part of `make test`.
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -m fuzz tests/e2e/test_schemathesis.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -39,7 +39,6 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_IMPORT_SIZES", "1000,10000,100000").split(","))
-HIGH_WATER = 1000  # as `make run` sets it
 WARM_UP_LINES = 200
 # The stack's import runs this many times (the median run is reported) up to this size; beyond it
 # once: 100,000 lines take about a quarter of an hour.
@@ -55,7 +54,7 @@ def write_orders_csv(path: Path, lines: int, prefix: str = "B") -> int:
     """A realistic export of `lines` data rows (plus the header): orders of one to three lines,
     sorted by order, about one row in fifty bad (an unknown sku). Written row by row. Returns the
     number of orders."""
-    from core.imports import COLUMNS
+    from functions.import_splitter.readers import COLUMNS
 
     rng = random.Random(lines)
     orders = 0
@@ -134,7 +133,7 @@ def serve(state_path: str) -> None:
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    parameters = {"ImportQueueHighWater": HIGH_WATER, "ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
+    parameters = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
     with running_stack(seed=True, event_sources=False, parameter_overrides=parameters) as stack:
         stack.seed_demo_data()
         for mapping in stack.mappings.values():
@@ -250,6 +249,7 @@ def split_only(path: str) -> None:
     """Stream the file through the reader and ImportSplitter into a queue and ledger that keep
     nothing; print the orders and this process's peak RSS."""
     from core.import_service import ImportLedger, ImportSource, ImportSplitter, ImportState, ImportStatus, OrderQueue
+    from functions.import_splitter.readers import read_orders
 
     class Discarded(OrderQueue):
         sent = 0
@@ -294,7 +294,8 @@ def split_only(path: str) -> None:
             while chunk := handle.read(256 * 1024):
                 yield chunk
 
-    ImportSplitter(ledger, queue).split(ImportSource("imp_bench", f"file://{path}", path), chunks)
+    source = ImportSource("imp_bench", f"file://{path}")
+    ImportSplitter(ledger, queue).split(source, lambda: read_orders(chunks(), path))
     seconds = time.perf_counter() - started
     print(
         json.dumps(
@@ -328,6 +329,8 @@ def measure_splitter(path: Path) -> dict[str, Any]:
 def run_import_bench(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     """{"stack": [...], "data_only": [...], "splitter": [...]}, one entry per size; see the module
     docstring."""
+    from infra.local.moto_sqs import HIGH_WATER
+
     results: dict[str, Any] = {"sizes": list(sizes), "high_water": HIGH_WATER}
     results.update(stack=[], data_only=[], splitter=[])
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,9 +375,9 @@ def markdown(results: dict[str, Any]) -> str:
 A CSV of N lines (orders of 1-3 lines, 2 % unknown skus) uploaded to the local stack's imports bucket
 and followed to its end: S3 notification → splitter → SQS → worker → capture, in the stack's own
 process (the order workflow paused: orders stay as captured). The splitter keeps at most
-{results["high_water"]:,} messages queued (ImportQueueHighWater). Each measurement runs in fresh
-processes; the import itself {REPEATS} times up to {REPEAT_UP_TO:,} lines (the median run is shown),
-once beyond.
+{results["high_water"]:,} messages queued (the local stack paces moto's SQS: `infra/local/moto_sqs.py`).
+Each measurement runs in fresh processes; the import itself {REPEATS} times up to {REPEAT_UP_TO:,}
+lines (the median run is shown), once beyond.
 
 {HEADER}
 {rows}

@@ -1,7 +1,8 @@
 """Bulk import: split a file into queued orders, capture each queued order, report progress.
 
-The splitter reads a file as a stream (core.imports) and queues one POST /orders body per order;
-rows it cannot turn into an order are recorded at once. The importer captures a queued order
+The splitter takes the orders a reader makes of a file (core.imports.FileOrders; the readers of
+CSV and JSON Lines sit beside the splitter function) and queues one POST /orders body per order;
+orders a reader could not make are recorded at once. The importer captures a queued order
 through the same CaptureService as POST /orders and records the outcome on its import. Every
 line is recorded at most once (ImportLedger.record), so a redelivered message or a re-run split
 never counts twice, and an import completes when its counts reach its total.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -22,13 +23,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.card_numbers import card_number_fields
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
-from core.imports import CSV, ImportFileError, LineError, OrderFile, column_of_field, line_of_field
+from core.imports import FileOrders, ImportFileError, LineError, line_of_field
 from core.models import PlaceOrder, utc_now
 from core.services import CaptureService, OrderQueries
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+# How an error names a body field to the author of a file of a format: (field, format) -> name.
+FieldNames = Callable[[str, str | None], str]
 
 MAX_REPORTED_ERRORS = 1000  # an import keeps this many errors (the first recorded); `failed` counts all
 PROGRESS_EVERY = 1000  # orders between two updates of a running import's `total`
@@ -169,11 +172,10 @@ class OrderQueue(ABC):
 
 @dataclass(frozen=True)
 class ImportSource:
-    """A file to import: its import id, where it is (for the report) and its name (for the format)."""
+    """A file to import: its import id and where it is (for the report)."""
 
     import_id: str
     uri: str
-    name: str
 
 
 class ImportSplitter:
@@ -184,8 +186,8 @@ class ImportSplitter:
         self._queue = queue
         self._clock = clock
 
-    def split(self, source: ImportSource, open_file: Callable[[], Iterable[bytes]]) -> bool:
-        """Queue the orders of the file `open_file` streams. False when there was nothing to do:
+    def split(self, source: ImportSource, open_orders: Callable[[], FileOrders]) -> bool:
+        """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
         the import exists and its file was already read (a redelivered event). Safe to run again
         after a failure: lines already recorded are not counted twice."""
         state = self._ledger.begin(source.import_id, source.uri, self._clock())
@@ -194,7 +196,7 @@ class ImportSplitter:
         if state.status is ImportStatus.FAILED:
             self._ledger.restart(source.import_id, self._clock())
         try:
-            self._split(source, open_file)
+            self._split(source, open_orders)
         except Exception as error:
             # Reported on the import now; the raise lets Lambda retry the event, which resumes it.
             self._ledger.fail(
@@ -207,9 +209,9 @@ class ImportSplitter:
             raise
         return True
 
-    def _split(self, source: ImportSource, open_file: Callable[[], Iterable[bytes]]) -> None:
+    def _split(self, source: ImportSource, open_orders: Callable[[], FileOrders]) -> None:
         try:
-            orders = OrderFile(open_file(), source.name)
+            orders = open_orders()
         except ImportFileError as error:
             self._ledger.fail(source.import_id, error.code, error.message, self._clock())
             return
@@ -248,11 +250,19 @@ class OrderImporter:
     fault (a broken plugin, a gateway briefly down, AWS errors) is raised, so the message is
     retried and, after the queue's maxReceiveCount, parked in the DLQ."""
 
-    def __init__(self, capture: CaptureService, ledger: ImportLedger, orders: OrderQueries, clock: Clock = utc_now):
+    def __init__(
+        self,
+        capture: CaptureService,
+        ledger: ImportLedger,
+        orders: OrderQueries,
+        clock: Clock = utc_now,
+        field_names: FieldNames = lambda field, file_format: field,
+    ):
         self._capture = capture
         self._ledger = ledger
         self._orders = orders
         self._clock = clock
+        self._field_names = field_names
 
     def import_order(self, body: str, origin: OrderOrigin | None, sender: str) -> ImportResult:
         if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
@@ -272,7 +282,7 @@ class OrderImporter:
     def _place(self, body: str, origin: OrderOrigin | None, actor: str) -> ImportResult:
         line = origin.line if origin is not None else 0
         line_numbers = origin.line_numbers if origin is not None else ()
-        as_csv = origin is not None and origin.format == CSV
+        file_format = origin.format if origin is not None else None
 
         def failed(code: str, message: str, external_id: str | None, field: str | None = None) -> ImportResult:
             at = line_of_field(field, line, line_numbers) if field else line
@@ -292,7 +302,7 @@ class OrderImporter:
             command = PlaceOrder.model_validate(document)
         except ValidationError as error:
             problems = [(field_path(e.get("loc", ())) or "body", e.get("msg", "invalid")) for e in error.errors()]
-            message = "; ".join(f"{_named(f, as_csv)}: {m}" for f, m in problems[:5])
+            message = "; ".join(f"{self._field_names(f, file_format)}: {m}" for f, m in problems[:5])
             return failed("validation_error", message, external_id, problems[0][0] if problems else None)
         if command.external_id is None:
             return failed(
@@ -314,7 +324,9 @@ class OrderImporter:
             fields = [d for d in error.details if isinstance(d, dict) and d.get("field")]
             message = error.message
             if fields:
-                message += ": " + "; ".join(f"{_named(d['field'], as_csv)}: {d.get('message', '')}" for d in fields[:5])
+                message += ": " + "; ".join(
+                    f"{self._field_names(d['field'], file_format)}: {d.get('message', '')}" for d in fields[:5]
+                )
             return failed(error.code, message, external_id, fields[0]["field"] if fields else None)
         return ImportResult(Outcome.IMPORTED, order_id=order.id)
 
@@ -341,10 +353,6 @@ class ImportQueries:
 
 
 # --- Helpers -----------------------------------------------------------------------------------------
-
-
-def _named(field: str, as_csv: bool) -> str:
-    return column_of_field(field) if as_csv else field
 
 
 def _card_data_error(body: dict[str, Any] | None, line: int, external_id: str | None) -> LineError | None:

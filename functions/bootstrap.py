@@ -1,178 +1,322 @@
-"""Composition root: wires adapters, plugins and services once per Lambda container."""
+"""Composition root: bootstrap(config, ...) wires adapters, plugins and services for a function.
+
+A handler module asks its WarmContainer for the container: built on the first invocation from
+Config.from_env() (the one place that reads the environment) and kept while Lambda keeps the
+execution environment warm. Tests pass their own dependencies to bootstrap() and put the result
+in place with WarmContainer.override(); the local runtime calls forget_warm_containers() when a
+new stack (a new account) starts.
+"""
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from core.access import ApiKey
 from core.fulfillment import OrderActions
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter
+from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.pricing import Pricing
+from core.reconciliation import Reconciler
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
+from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.import_splitter.readers import field_in_file
 
 logger = Logger(child=True)
 
 
 @dataclass(frozen=True)
 class Config:
-    orders_table: str
-    inventory_table: str
-    catalog_table: str
-    idempotency_table: str
-    catalog_cache_seconds: float
+    """What a function is told by its environment (template.yaml sets it on AWS)."""
+
+    orders_table: str = ""
+    inventory_table: str = ""
+    catalog_table: str = ""
+    idempotency_table: str = ""
+    catalog_cache_seconds: float = 10.0
+    labels_bucket: str = ""
+    public_s3_endpoint: str | None = None  # where presigned label URLs point; None: the S3 client's own
+    import_queue_url: str = ""
+    order_workflow_arn: str = ""
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
     enable_test_payments: bool = False  # the `test` gateway approves anything
+    reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
+    reconcile_park_after_minutes: float = 60.0
 
     @classmethod
     def from_env(cls) -> Config:
+        """Every function gets the four tables (Globals); the rest only the functions that use it."""
         return cls(
             orders_table=os.environ["ORDERS_TABLE"],
             inventory_table=os.environ["INVENTORY_TABLE"],
             catalog_table=os.environ["CATALOG_TABLE"],
             idempotency_table=os.environ["IDEMPOTENCY_TABLE"],
-            catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS", "10")),
+            catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS") or 10),
+            labels_bucket=os.environ.get("LABELS_BUCKET", ""),
+            public_s3_endpoint=os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or None,
+            import_queue_url=os.environ.get("IMPORT_QUEUE_URL", ""),
+            order_workflow_arn=os.environ.get("ORDER_WORKFLOW_ARN", ""),
             disabled_plugins=frozenset(
                 name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
             ),
             enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
+            reconcile_after_minutes=float(os.environ.get("RECONCILE_AFTER_MINUTES") or 15),
+            reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
         )
 
 
-@dataclass(frozen=True)
+def _required(value: str, name: str) -> str:
+    if not value:
+        raise RuntimeError(f"{name} is not set for this function (see template.yaml)")
+    return value
+
+
 class Container:
-    config: Config
-    dynamodb: Any
-    plugins: OmsPluginManager
-    capture: CaptureService
-    catalog: CatalogService
-    inventory: InventoryService
-    orders: OrderQueries
-    api_keys: ApiKeyService
-    actions: OrderActions
+    """The services of one function. Each is built on first use, so a function pays only for
+    the slice it uses: the authorizer never loads a plugin, the outbox never opens a table.
+    bootstrap() is how one is made; any attribute below can be given to it instead of built."""
 
+    def __init__(self, config: Config):
+        self.config = config
 
-@functools.cache
-def dynamodb_client() -> Any:
-    return aws_client("dynamodb")
+    # --- AWS clients (thread-safe; one of each per container) -----------------------------------
+    @cached_property
+    def dynamodb(self) -> Any:
+        return aws_client("dynamodb")
 
+    @cached_property
+    def s3(self) -> Any:
+        return aws_client("s3")
 
-@functools.cache
-def container() -> Container:
-    """Built on first use and kept while the container is warm."""
-    config = Config.from_env()
-    client = dynamodb_client()
-    orders = DynamoOrders(client, config.orders_table)
-    catalog = CachedCatalog(DynamoCatalog(client, config.catalog_table), config.catalog_cache_seconds)
-    inventory = DynamoInventory(client, config.inventory_table)
-    plugins = plugin_manager()
-    payments = Payments(plugins)
-    capture = CaptureService(orders, catalog, inventory, Pricing(plugins), payment_methods=payments.methods)
-    return Container(
-        config=config,
-        dynamodb=client,
-        plugins=plugins,
-        capture=capture,
-        catalog=CatalogService(catalog),
-        inventory=InventoryService(inventory, catalog),
-        orders=OrderQueries(orders),
-        api_keys=ApiKeyService(api_key_repository()),
-        actions=OrderActions(orders, catalog, inventory, payments, capture),
-    )
+    @cached_property
+    def sqs(self) -> Any:
+        return aws_client("sqs")
 
+    @cached_property
+    def stepfunctions(self) -> Any:
+        return aws_client("stepfunctions")
 
-@functools.cache
-def workflow() -> Workflow:
-    """What the order workflow's task functions share, built once per container."""
-    config = Config.from_env()
-    client = dynamodb_client()
-    # Not cached: a step must see a location opened a second ago, and one read per step costs
-    # half a read unit.
-    return Workflow(
-        DynamoOrders(client, config.orders_table),
-        DynamoCatalog(client, config.catalog_table),
-        DynamoInventory(client, config.inventory_table),
-        plugin_manager(),
-        S3Labels(os.environ.get("LABELS_BUCKET", "")),
-    )
-
-
-@functools.cache
-def plugin_manager() -> OmsPluginManager:
-    """The plugins, loaded once per container. A plugin that cannot load is logged here, named by
-    GET /health, and stops every route that calls a hook (503 plugin_unavailable)."""
-    config = Config.from_env()
-    plugins = build_plugin_manager(disabled=config.disabled_plugins, enable_test_payments=config.enable_test_payments)
-    for broken in plugins.broken:
-        logger.error(
-            "plugin failed to load",
-            extra={"plugin": broken.name, "distribution": broken.distribution, "reason": broken.reason},
+    # --- Plugins and time -----------------------------------------------------------------------
+    @cached_property
+    def plugins(self) -> OmsPluginManager:
+        """Loaded once per container. A plugin that cannot load is logged here, named by GET
+        /health, and stops every route, step and import that calls a hook (plugin_unavailable)."""
+        config = self.config
+        plugins = build_plugin_manager(
+            disabled=config.disabled_plugins, enable_test_payments=config.enable_test_payments
         )
-    for name, reason in plugins.disabled.items():
-        logger.info("plugin disabled", extra={"plugin": name, "reason": reason})
-    return plugins
+        for broken in plugins.broken:
+            logger.error(
+                "plugin failed to load",
+                extra={"plugin": broken.name, "distribution": broken.distribution, "reason": broken.reason},
+            )
+        for name, reason in plugins.disabled.items():
+            logger.info("plugin disabled", extra={"plugin": name, "reason": reason})
+        return plugins
+
+    @cached_property
+    def clock(self) -> Callable[[], datetime]:
+        return utc_now
+
+    # --- Repositories and stores ----------------------------------------------------------------
+    @cached_property
+    def order_repository(self) -> DynamoOrders:
+        return DynamoOrders(self.dynamodb, self.config.orders_table)
+
+    @cached_property
+    def catalog_repository(self) -> DynamoCatalog:
+        # Not cached: the workflow must see a location opened a second ago (one read per step).
+        return DynamoCatalog(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def cached_catalog(self) -> CachedCatalog:
+        # Capture reads every ordered product and the network per order: see CachedCatalog.
+        return CachedCatalog(self.catalog_repository, self.config.catalog_cache_seconds)
+
+    @cached_property
+    def inventory_repository(self) -> DynamoInventory:
+        return DynamoInventory(self.dynamodb, self.config.inventory_table)
+
+    @cached_property
+    def api_key_repository(self) -> DynamoApiKeys:
+        return DynamoApiKeys(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def label_store(self) -> S3Labels:
+        return S3Labels(self.config.labels_bucket, public_endpoint=self.config.public_s3_endpoint)
+
+    @cached_property
+    def import_ledger(self) -> DynamoImportLedger:
+        return DynamoImportLedger(self.dynamodb, self.config.catalog_table, self.config.idempotency_table)
+
+    @cached_property
+    def import_files(self) -> S3ImportFiles:
+        return S3ImportFiles(self.s3)
+
+    @cached_property
+    def workflow_starter(self) -> StepFunctionsStarter:
+        return StepFunctionsStarter(self.stepfunctions, _required(self.config.order_workflow_arn, "ORDER_WORKFLOW_ARN"))
+
+    @cached_property
+    def idempotency_store(self) -> Any:
+        """powertools' DynamoDB persistence layer for Idempotency-Key, imported only when used."""
+        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+        return DynamoDBPersistenceLayer(table_name=self.config.idempotency_table, boto3_client=self.dynamodb)
+
+    # --- Services -------------------------------------------------------------------------------
+    @cached_property
+    def payments(self) -> Payments:
+        return Payments(self.plugins)
+
+    @cached_property
+    def capture(self) -> CaptureService:
+        return CaptureService(
+            self.order_repository,
+            self.cached_catalog,
+            self.inventory_repository,
+            Pricing(self.plugins),
+            clock=self.clock,
+            payment_methods=self.payments.methods,
+        )
+
+    @cached_property
+    def catalog(self) -> CatalogService:
+        return CatalogService(self.cached_catalog, clock=self.clock)
+
+    @cached_property
+    def inventory(self) -> InventoryService:
+        return InventoryService(self.inventory_repository, self.cached_catalog)
+
+    @cached_property
+    def orders(self) -> OrderQueries:
+        return OrderQueries(self.order_repository)
+
+    @cached_property
+    def api_keys(self) -> ApiKeyService:
+        return ApiKeyService(self.api_key_repository, clock=self.clock)
+
+    @cached_property
+    def actions(self) -> OrderActions:
+        return OrderActions(
+            self.order_repository,
+            self.cached_catalog,
+            self.inventory_repository,
+            self.payments,
+            self.capture,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def workflow(self) -> Workflow:
+        return Workflow(
+            self.order_repository,
+            self.catalog_repository,
+            self.inventory_repository,
+            self.plugins,
+            self.label_store,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        config = self.config
+        return Reconciler(
+            DynamoStalledOrders(self.dynamodb, config.orders_table),
+            self.workflow_starter,
+            self.workflow,
+            self.clock,
+            restart_after=timedelta(minutes=config.reconcile_after_minutes),
+            park_after=timedelta(minutes=config.reconcile_park_after_minutes),
+        )
+
+    @cached_property
+    def import_queries(self) -> ImportQueries:
+        return ImportQueries(self.import_ledger)
+
+    @cached_property
+    def importer(self) -> OrderImporter:
+        """The import worker's use case: the API's capture path, recording on the ledger."""
+        return OrderImporter(self.capture, self.import_ledger, self.orders, clock=self.clock, field_names=field_in_file)
+
+    def import_splitter(self) -> tuple[ImportSplitter, SqsOrderQueue]:
+        """One per file: the queue batches that file's messages and counts what it sent."""
+        queue = SqsOrderQueue(self.sqs, _required(self.config.import_queue_url, "IMPORT_QUEUE_URL"))
+        return ImportSplitter(self.import_ledger, queue, clock=self.clock), queue
 
 
-@functools.cache
-def api_key_repository() -> DynamoApiKeys:
-    """The authorizer needs only the API keys, not the whole service graph."""
-    return DynamoApiKeys(dynamodb_client(), os.environ["CATALOG_TABLE"])
+_PARTS = frozenset(name for name, value in vars(Container).items() if isinstance(value, cached_property))
 
 
-def ensure_admin_key(secret: str) -> ApiKey:
-    """Store the admin key (every scope) under the hash of `secret`. Used by `make run` and by
-    `python -m infra.admin_key` after a deploy."""
-    return ApiKeyService(api_key_repository()).ensure_admin(secret)
+def bootstrap(config: Config, **given: Any) -> Container:
+    """The container for `config`. `given` replaces parts by name instead of building them
+    (dynamodb=..., plugins=..., clock=..., order_repository=FakeOrders(), ...); what depends on a
+    given part is built on it."""
+    unknown = sorted(set(given) - _PARTS)
+    if unknown:
+        raise TypeError(f"bootstrap() got unknown parts {unknown}; known: {sorted(_PARTS)}")
+    container = Container(config)
+    # A cached_property finds a value already in the instance's __dict__ and never builds it.
+    container.__dict__.update(given)
+    return container
 
 
-# --- Bulk import ---------------------------------------------------------------------------------
+_WARM: weakref.WeakSet[WarmContainer] = weakref.WeakSet()
 
 
-@functools.cache
-def import_ledger() -> DynamoImportLedger:
-    return DynamoImportLedger(dynamodb_client(), os.environ["CATALOG_TABLE"], os.environ["IDEMPOTENCY_TABLE"])
+class WarmContainer:
+    """A handler module's container: `container()` builds it on the first invocation and keeps
+    it while the execution environment is warm. One per handler module (module-level), like
+    powertools' `logger` and `app`."""
+
+    def __init__(self, build: Callable[[], Container] | None = None):
+        self._build = build or (lambda: bootstrap(Config.from_env()))
+        self._container: Container | None = None
+        self._lock = threading.Lock()
+        _WARM.add(self)
+
+    def __call__(self) -> Container:
+        container = self._container
+        if container is None:
+            with self._lock:
+                if self._container is None:
+                    self._container = self._build()
+                container = self._container
+        return container
+
+    @contextmanager
+    def override(self, container: Container) -> Iterator[Container]:
+        """Serve `container` (a test's, from bootstrap(config, ...)) for the block."""
+        previous, self._container = self._container, container
+        try:
+            yield container
+        finally:
+            self._container = previous
+
+    def forget(self) -> None:
+        """The next invocation starts cold."""
+        with self._lock:
+            self._container = None
 
 
-@functools.cache
-def import_queries() -> ImportQueries:
-    return ImportQueries(import_ledger())
-
-
-@functools.cache
-def order_importer() -> OrderImporter:
-    """The import worker's use case: the API's capture service, recording on the ledger."""
-    return OrderImporter(container().capture, import_ledger(), container().orders)
-
-
-@functools.cache
-def import_files() -> S3ImportFiles:
-    return S3ImportFiles(aws_client("s3"))
-
-
-@functools.cache
-def sqs_client() -> Any:
-    return aws_client("sqs")
-
-
-def import_splitter(time_left: Callable[[], float]) -> tuple[ImportSplitter, SqsOrderQueue]:
-    """Per invocation: the queue batches this file's messages and paces against its deadline."""
-    queue = SqsOrderQueue(
-        sqs_client(),
-        os.environ["IMPORT_QUEUE_URL"],
-        high_water=int(os.environ.get("IMPORT_QUEUE_HIGH_WATER") or 0),
-        time_left=time_left,
-    )
-    return ImportSplitter(import_ledger(), queue), queue
+def forget_warm_containers() -> None:
+    """Every handler module's container starts cold: what the local runtime does when a new stack
+    (a new account, new clients) starts or stops."""
+    for warm in list(_WARM):
+        warm.forget()

@@ -8,7 +8,6 @@ The secret is shown only here; the table keeps its SHA-256 hash.
 from __future__ import annotations
 
 import argparse
-import os
 
 from core.access import new_secret
 
@@ -21,10 +20,9 @@ def main() -> None:
     secret = args.key or new_secret()
     if len(secret) < 16:
         parser.error("--key must be at least 16 characters")
-    os.environ["CATALOG_TABLE"] = args.table
-    from functions.bootstrap import ensure_admin_key
+    from functions.bootstrap import Config, bootstrap
 
-    ensure_admin_key(secret)
+    bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)
     print(secret)
 
 

@@ -71,7 +71,7 @@ def location(location_id: str = "wh-east", **overrides: Any) -> Location:
 
 def csv_row(external_id: str, sku: str = "TSHIRT", quantity: str = "1", **cells: str) -> str:
     """One bulk-import CSV row (API.md's columns), valid by default; `cells` replace any column."""
-    from core.imports import COLUMNS
+    from functions.import_splitter.readers import COLUMNS
 
     values = {
         "channel": "market",
@@ -99,6 +99,6 @@ def csv_row(external_id: str, sku: str = "TSHIRT", quantity: str = "1", **cells:
 
 def csv_file(*rows: str, newline: str = "\n") -> bytes:
     """A bulk-import CSV file: the header, then `rows`."""
-    from core.imports import COLUMNS
+    from functions.import_splitter.readers import COLUMNS
 
     return (newline.join([",".join(COLUMNS), *rows]) + newline).encode()

@@ -67,8 +67,8 @@ class DynamoImportLedger(ImportLedger):
     ordinal, so the n-th failure recorded is kept when n <= MAX_REPORTED_ERRORS).
 
     Reading a report reads only the errors this instance has not seen: a client following a
-    running import polls its report, and re-reading up to 1,000 errors each time cost 0.39 s of
-    moto per poll here (measured), most of the stack's time at 100,000 lines. The errors an
+    running import polls its report, and each poll would otherwise query up to 1,000 error items
+    again (up to about 0.5 MB, tens of read units per poll) to find nothing new. The errors an
     instance has read from the first on without a gap are kept (for the last CACHED_REPORTS
     imports) and never change; an ordinal counted but not yet written (a worker between its two
     writes) is a gap, and what follows it is read again until the gap is filled.
@@ -353,7 +353,6 @@ def _summary_fields(values: dict[str, Any]) -> dict[str, Any]:
 BATCH_ENTRIES = 10  # SendMessageBatch takes at most 10 messages...
 BATCH_BYTES = 256 * 1024  # ...of at most 256 KiB together (bodies and attributes)
 SEND_ATTEMPTS = 5
-DEPTH_CHECK_EVERY = 10  # batches between two looks at the queue's depth, when pacing
 
 
 class OrderTooLarge(ValueError):
@@ -405,29 +404,15 @@ def _entry_bytes(entry: dict[str, Any]) -> int:
 
 class SqsOrderQueue(OrderQueue):
     """Batches of up to 10 messages (and 256 KiB) per SendMessageBatch; entries SQS refuses are
-    sent again (with back-off) before the split gives up.
+    sent again (with back-off) before the split gives up. The splitter never waits for the queue
+    to drain: on AWS the workers scale out with its depth."""
 
-    `high_water` > 0 paces the splitter: every few batches it reads the queue's depth and waits
-    while more than that many messages are waiting, so a huge file does not bury orders that other
-    systems send to the same queue (and moto's SQS, whose receive and delete cost grows with the
-    queue's depth, stays fast locally). It never waits past `time_left()` minus a minute."""
-
-    def __init__(
-        self,
-        client: Any,
-        queue_url: str,
-        high_water: int = 0,
-        time_left: Callable[[], float] = lambda: float("inf"),
-        sleep: Callable[[float], None] = time.sleep,
-    ):
+    def __init__(self, client: Any, queue_url: str, sleep: Callable[[float], None] = time.sleep):
         self._client = client
         self._queue_url = queue_url
-        self._high_water = high_water
-        self._time_left = time_left
         self._sleep = sleep
         self._batch: list[dict[str, Any]] = []
         self._batch_bytes = 0
-        self._batches_sent = 0
         self.sent = 0
 
     def send(self, order: QueuedOrder) -> None:
@@ -451,33 +436,18 @@ class SqsOrderQueue(OrderQueue):
         if not self._batch:
             return
         entries, self._batch, self._batch_bytes = self._batch, [], 0
-        if self._high_water and self._batches_sent % DEPTH_CHECK_EVERY == 0:
-            self._wait_for_room()
         for attempt in range(SEND_ATTEMPTS):
             response = self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries)
             failed = {failure["Id"] for failure in response.get("Failed", [])}
             self.sent += len(entries) - len(failed)
             if not failed:
-                break
+                return
             sender_faults = [f for f in response["Failed"] if f.get("SenderFault")]
             if sender_faults:  # a malformed entry will not improve by sending it again
                 raise RuntimeError(f"SQS refused import messages: {sender_faults[0].get('Code')}")
             entries = [entry for entry in entries if entry["Id"] in failed]
             self._sleep(min(2.0, 0.1 * 2**attempt))
-        else:
-            raise RuntimeError(f"SQS did not take {len(entries)} import messages after {SEND_ATTEMPTS} attempts")
-        self._batches_sent += 1
-
-    def _wait_for_room(self) -> None:
-        delay = 0.05
-        while self._time_left() > 60:
-            attributes = self._client.get_queue_attributes(
-                QueueUrl=self._queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-            )["Attributes"]
-            if int(attributes.get("ApproximateNumberOfMessages", 0)) <= self._high_water:
-                return
-            self._sleep(delay)
-            delay = min(1.0, delay * 2)
+        raise RuntimeError(f"SQS did not take {len(entries)} import messages after {SEND_ATTEMPTS} attempts")
 
 
 # --- The files ---------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from botocore.config import Config
@@ -20,9 +19,7 @@ class S3Labels(LabelStore):
         self._bucket = bucket
         self._client = client
         # Locally, URLs must point at the emulated endpoint a browser can reach.
-        self._public_endpoint = (
-            public_endpoint if public_endpoint is not None else os.environ.get("OMS_PUBLIC_S3_ENDPOINT")
-        )
+        self._public_endpoint = public_endpoint
 
     @functools.cached_property
     def _s3(self) -> Any:

@@ -22,6 +22,7 @@ from core.errors import (
     TransientError,
     field_path,
 )
+from functions.api.paths import UNKNOWN_ID
 
 logger = Logger(child=True)
 
@@ -70,6 +71,10 @@ def register(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(RequestValidationError)
     def _validation(error: RequestValidationError) -> Response:
         errors = error.errors()
+        unknown = next((e for e in errors if e.get("type") == UNKNOWN_ID), None)
+        if unknown is not None:
+            # Whatever else is wrong with the request, the resource it names does not exist.
+            return error_response(404, "not_found", unknown.get("msg", "not found"))
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "the request body is not valid JSON")
         headers = [e for e in errors if e.get("loc", ("",))[0] == "header"]

@@ -20,22 +20,20 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 
 from core.errors import Conflict
-from functions.bootstrap import container
+from functions.api.dependencies import container
 
 TTL_SECONDS = 24 * 60 * 60
 
 
-@functools.cache
-def _runner() -> tuple[Callable[..., dict[str, Any]], IdempotencyConfig]:
+# One runner per persistence layer (powertools: an instance keeps the first config it sees), i.e.
+# per container; a few are kept so that a test's container and a stack's can alternate.
+@functools.lru_cache(maxsize=4)
+def _runner(persistence: DynamoDBPersistenceLayer) -> tuple[Callable[..., dict[str, Any]], IdempotencyConfig]:
     config = IdempotencyConfig(
         event_key_jmespath="key",
         payload_validation_jmespath="payload",
         raise_on_no_idempotency_key=True,
         expires_after_seconds=TTL_SECONDS,
-    )
-    persistence = DynamoDBPersistenceLayer(
-        table_name=container().config.idempotency_table,
-        boto3_client=container().dynamodb,
     )
 
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
@@ -56,7 +54,7 @@ def once(
     """Run `compute` once per (route, caller, key) for 24 h and replay its result after that.
     A failure stores nothing, so a corrected retry with the same key runs again."""
     request = {"key": f"{route}#{caller_key_id}#{key}", "payload": payload}
-    runner, config = _runner()
+    runner, config = _runner(container().idempotency_store)
     # Lets powertools expire an in-progress record when this invocation times out.
     config.register_lambda_context(lambda_context)
     try:

@@ -8,9 +8,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from core.access import hash_secret
-from functions.bootstrap import api_key_repository
+from functions.bootstrap import WarmContainer
 
 logger = Logger(service="oms-authorizer")
+container = WarmContainer()
 
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,200})$")
 
@@ -42,7 +43,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     match = _BEARER.match(_header(event, "authorization") or "")
     if match is None:
         raise Exception("Unauthorized")
-    key = api_key_repository().by_hash(hash_secret(match.group(1)))
+    key = container().api_key_repository.by_hash(hash_secret(match.group(1)))
     if key is None or key.revoked_at is not None:
         logger.info("rejected API key", extra={"reason": "unknown" if key is None else "revoked"})
         raise Exception("Unauthorized")

@@ -13,28 +13,26 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
 from core.import_service import ImportSource
 from core.imports import import_id_for
-from functions import bootstrap
+from functions.bootstrap import WarmContainer
+from functions.import_splitter.readers import read_orders
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
+container = WarmContainer()
 
 
-def split_object(record: S3EventRecord, context: Any) -> None:
+def split_object(record: S3EventRecord) -> None:
     bucket = record.s3.bucket.name
     key = unquote_plus(record.s3.get_object.key)  # S3 URL-encodes keys in events ("a b.csv" -> "a+b.csv")
     version_id = record.s3.get_object.version_id or None
     etag = record.s3.get_object.etag or None
     import_id = import_id_for(bucket, key, version_id or etag or "")
     logger.append_keys(import_id=import_id)
-    files = bootstrap.import_files()
-
-    def time_left() -> float:
-        return context.get_remaining_time_in_millis() / 1000
-
-    splitter, queue = bootstrap.import_splitter(time_left)
-    source = ImportSource(import_id=import_id, uri=f"s3://{bucket}/{key}", name=key)
-    started = splitter.split(source, lambda: files.open(bucket, key, version_id, etag))
+    files = container().import_files
+    splitter, queue = container().import_splitter()
+    source = ImportSource(import_id=import_id, uri=f"s3://{bucket}/{key}")
+    started = splitter.split(source, lambda: read_orders(files.open(bucket, key, version_id, etag), key))
     logger.info("import split" if started else "import already read", extra={"queued": queue.sent})
     metrics.add_metric(name="ImportOrdersQueued", unit=MetricUnit.Count, value=queue.sent)
 
@@ -45,4 +43,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> None:
     # S3 sends one record per event; an exception makes Lambda retry the event (twice), and a
     # retry resumes the import: lines already recorded are not counted again.
     for record in S3Event(event).records:
-        split_object(record, context)
+        split_object(record)

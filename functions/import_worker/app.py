@@ -11,13 +11,14 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from core.import_service import Outcome
-from functions import bootstrap
 from functions.adapters.imports import origin_from
+from functions.bootstrap import WarmContainer
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = BatchProcessor(event_type=EventType.SQS)
+container = WarmContainer()
 
 _METRICS = {Outcome.IMPORTED: "ImportedOrders", Outcome.DUPLICATE: "DuplicateOrders", Outcome.FAILED: "RejectedOrders"}
 
@@ -30,8 +31,8 @@ def import_order(record: SQSRecord) -> None:
     try:
         # A plugin that failed to load fails the message before anything is captured: SQS delivers
         # it again once the deployment is fixed (or the plugin disabled).
-        bootstrap.plugin_manager().require_loaded()
-        result = bootstrap.order_importer().import_order(record.body, origin, sender=record.attributes.sender_id or "")
+        container().plugins.require_loaded()
+        result = container().importer.import_order(record.body, origin, sender=record.attributes.sender_id or "")
     except Exception:
         # The body is never logged: it is customer data.
         logger.exception(

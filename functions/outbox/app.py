@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -11,24 +10,19 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from functions.adapters.aws_clients import aws_client
-from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.bootstrap import WarmContainer
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
-
-
-@functools.cache
-def starter() -> StepFunctionsStarter:
-    return StepFunctionsStarter(aws_client("stepfunctions"), os.environ["ORDER_WORKFLOW_ARN"])
+container = WarmContainer()
 
 
 def start_workflow(record: DynamoDBRecord) -> None:
     # The template's filter passes only INSERTs; a new order item is a new order.
     order_id = record.dynamodb.keys["id"]
-    started = starter().start(order_id)
+    started = container().workflow_starter.start(order_id)
     logger.info("order workflow", extra={"order_id": order_id, "started": started})
     if started:
         metrics.add_metric(name="OrderWorkflowsStarted", unit=MetricUnit.Count, value=1)

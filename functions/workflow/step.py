@@ -9,9 +9,11 @@ from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.workflow import Workflow
-from functions.bootstrap import plugin_manager, workflow
+from functions.bootstrap import WarmContainer
 
 logger = Logger()
+# Shared by the five task modules; each task is its own Lambda function, so its own container.
+container = WarmContainer()
 
 
 class StepInput(BaseModel):
@@ -37,7 +39,7 @@ def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict
     def lambda_handler(event: dict[str, Any], context: Any) -> None:
         step = StepInput.model_validate(event)
         logger.append_keys(order_id=step.order_id)
-        plugin_manager().require_loaded()
-        run(workflow(), step)
+        container().plugins.require_loaded()
+        run(container().workflow, step)
 
     return lambda_handler

@@ -37,9 +37,6 @@ FIRST_ORDER = {
 # Where `make run` writes what other local tools need (make import): addresses, names, the admin
 # key. Gitignored; removed on exit. OMS_STATE_FILE moves it.
 STATE_FILE = Path(__file__).resolve().parents[2] / ".oms-local.json"
-# moto's SQS DeleteMessage walks the whole queue, so locally the import splitter waits while this
-# many messages are queued (template parameter ImportQueueHighWater; 0 on AWS).
-LOCAL_IMPORT_QUEUE_HIGH_WATER = "1000"
 
 
 def state_file() -> Path:
@@ -129,7 +126,6 @@ def _workflow_lines(stack: EmbeddedStack) -> list[str]:
 def local_parameters() -> dict[str, str]:
     """The template parameters `make run` sets for a laptop."""
     return {
-        "ImportQueueHighWater": os.environ.get("OMS_IMPORT_QUEUE_HIGH_WATER") or LOCAL_IMPORT_QUEUE_HIGH_WATER,
         # The demo orders pay with the `test` gateway; OMS_ENABLE_TEST_PAYMENTS=false turns it off.
         "EnableTestPayments": os.environ.get("OMS_ENABLE_TEST_PAYMENTS") or "true",
     }

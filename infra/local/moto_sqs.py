@@ -9,14 +9,34 @@ A bulk import that queues thousands of orders ahead of the worker then slows dow
 backlog. These replacements return the same values: the clock is read once per scan, and the
 retention check reads the queue's retention period instead of rebuilding every attribute.
 
+What stays proportional to the depth is moto's DeleteMessage, which rebuilds the queue's message
+list. So a SendMessageBatch waits while more than HIGH_WATER messages are visible in its queue:
+the bulk import's splitter, which queues a file far faster than the workers capture it, then keeps
+the queue about a thousand deep instead of a file deep. SQS itself needs no such pacing (its cost
+is flat, and the template lets the workers scale out), so the product never waits. A queue that
+nobody drains (its event source paused) is waited on once for STALL_SECONDS, then not until it
+has drained below HIGH_WATER.
+
 install() / uninstall() are counted (infra.local.patches).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+from infra.local import moto_lock
 from infra.local.patches import CountedPatch, Replacements
+
+logger = logging.getLogger("infra.local.moto_sqs")
+
+HIGH_WATER = 1000  # visible messages a queue holds before a batch sender waits
+STALL_SECONDS = 2.0  # how long a sender waits for a queue whose depth does not fall
+_POLL_SECONDS = 0.02
+_sleep = time.sleep  # between two looks at the depth (a test drains the queue here)
+_stalled: set[str] = set()  # ARNs of queues found undrained: not waited on until they drain
 
 
 def _visible(queue: Any) -> list[Any]:
@@ -47,15 +67,50 @@ def _retained(backend: Any, queue_name: str, message: Any) -> bool:
     return retention_period + message.sent_timestamp / 1000 > unix_time()
 
 
+def _wait_for_room(queue: Any) -> None:
+    """Returns once the queue holds at most HIGH_WATER visible messages, or once its depth has not
+    fallen for STALL_SECONDS. Waits without the moto lock, so the consumers can drain it."""
+    depth = len(_visible(queue))
+    if depth <= HIGH_WATER:
+        _stalled.discard(queue.queue_arn)
+        return
+    if queue.queue_arn in _stalled:
+        return
+    lowest, since = depth, time.monotonic()
+    with moto_lock.released():
+        while True:
+            _sleep(_POLL_SECONDS)
+            with moto_lock.MOTO_LOCK:
+                depth = len(_visible(queue))
+            if depth <= HIGH_WATER:
+                return
+            if depth < lowest:
+                lowest, since = depth, time.monotonic()
+            elif time.monotonic() - since >= STALL_SECONDS:
+                _stalled.add(queue.queue_arn)
+                logger.warning("%s: %d messages and nobody draining them; sending without waiting", queue.name, depth)
+                return
+
+
+def _paced(send_message_batch: Callable[..., Any]) -> Callable[..., Any]:
+    def paced(backend: Any, queue_name: str, entries: Any) -> Any:
+        _wait_for_room(backend.get_queue(queue_name))
+        return send_message_batch(backend, queue_name, entries)
+
+    return paced
+
+
 def _replacements() -> Replacements:
     from moto.sqs.models import Queue, SQSBackend
 
+    _stalled.clear()
     return {
         (Queue, "messages"): property(_visible),
         (Queue, "approximate_number_of_messages"): property(lambda queue: len(_visible(queue))),
         (Queue, "approximate_number_of_messages_not_visible"): property(_not_visible),
         (Queue, "approximate_number_of_messages_delayed"): property(_delayed),
         (SQSBackend, "is_message_valid_based_on_retention_period"): _retained,
+        (SQSBackend, "send_message_batch"): _paced(SQSBackend.__dict__["send_message_batch"]),
     }
 
 

@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -93,9 +92,9 @@ def _env_port(name: str, default: int) -> int:
 
 
 def _default_admin_key_bootstrap(secret: str) -> Any:
-    from functions.bootstrap import ensure_admin_key  # the handlers' code, imported only now
+    from functions.bootstrap import Config, bootstrap  # the handlers' code, imported only now
 
-    return ensure_admin_key(secret)
+    return bootstrap(Config.from_env()).api_keys.ensure_admin(secret)
 
 
 _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
@@ -105,19 +104,9 @@ def forget_warm_containers() -> None:
     """A new stack is a new account: the clients and caches a previous stack's functions kept
     (their warm containers, in this process) must not leak into it. start() and stop() call it;
     a test that wants the next invocation cold calls it too."""
-    bootstrap = sys.modules.get("functions.bootstrap")
-    if bootstrap is None:
-        return
-    for name in dir(bootstrap):
-        cached = getattr(bootstrap, name)
-        if callable(getattr(cached, "cache_clear", None)):
-            cached.cache_clear()
-    for module_name in ("functions.api.idempotency", "functions.outbox.app", "functions.reconciler.app"):
-        module = sys.modules.get(module_name)
-        for name in dir(module) if module else ():
-            cached = getattr(module, name)
-            if callable(getattr(cached, "cache_clear", None)):
-                cached.cache_clear()
+    from functions import bootstrap  # the handlers' code, imported only now
+
+    bootstrap.forget_warm_containers()
 
 
 PARAMETER_ENV = {

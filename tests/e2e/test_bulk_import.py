@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from core.imports import COLUMNS, import_id_for
+from core.imports import import_id_for
+from functions.import_splitter.readers import COLUMNS
 from infra.local.stack import EmbeddedStack, running_stack
 from tests.e2e.client import Api, assert_error, unique
 from tests.e2e.conftest import PARAMETERS
@@ -32,9 +33,7 @@ FINISHED = ("completed", "completed_with_errors", "failed")
 def stack() -> Iterator[EmbeddedStack]:
     """The demo catalog (the sample files order its skus), and only the import's event sources
     running: the order workflow is not what this module is about, orders stay as placed."""
-    with running_stack(
-        seed=True, event_sources=False, parameter_overrides={**PARAMETERS, "ImportQueueHighWater": 1000}
-    ) as started:
+    with running_stack(seed=True, event_sources=False, parameter_overrides=PARAMETERS) as started:
         started.seed_demo_data()
         for mapping in started.mappings.values():
             if mapping.function_logical_id in ("ImportSplitterFunction", "ImportWorkerFunction"):
@@ -233,7 +232,7 @@ def test_imports_need_orders_read_and_are_hidden_from_channel_bound_keys(api: Ap
     assert_error(api.get(f"/imports/{first_import['id']}", key=writer), 403, "forbidden")
     assert api.get("/imports", key=storefront).json() == {"items": [], "next_cursor": None}
     assert_error(api.get(f"/imports/{first_import['id']}", key=storefront), 404, "not_found")
-    assert_error(api.get("/imports/imp_nope"), 422)
+    assert_error(api.get("/imports/imp_nope"), 404, "not_found")  # names nothing, malformed or not
 
 
 # --- make import ----------------------------------------------------------------------------------

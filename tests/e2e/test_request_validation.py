@@ -298,7 +298,7 @@ def test_pickup_at_a_pickup_store_with_stock_is_accepted_without_shipping_charge
     assert response.json()["totals"]["shipping"] == money("0.00")
 
 
-# --- Reads of unknown or malformed ids ---------------------------------------------------------
+# --- Reads of unknown ids (malformed ones: tests/integration/test_api_paths.py) -----------------
 
 
 @pytest.mark.parametrize("suffix", ["", "/history"])
@@ -306,14 +306,3 @@ def test_an_unknown_order_id_of_valid_format_is_404_not_found(api: Api, suffix: 
     response = api.get(f"/orders/ord_{'a' * 24}{suffix}")
 
     assert_error(response, 404, "not_found")
-
-
-# Choice: the contract gives 422 to validation with `details` naming the field, and 404 to an
-# unknown resource. An id that cannot be an order id (wrong prefix, length or alphabet) fails
-# validation of the path parameter, so the API answers 422 naming `order_id`.
-@pytest.mark.parametrize("order_id", ["nope", "ord_short", "ORD_AAAAAAAAAAAAAAAAAAAAAAAA", f"ord_{'1' * 24}"])
-@pytest.mark.parametrize("suffix", ["", "/history"])
-def test_a_malformed_order_id_is_422_naming_order_id(api: Api, order_id: str, suffix: str):
-    response = api.get(f"/orders/{order_id}{suffix}")
-
-    assert_error(response, 422, "validation_error", "order_id")

@@ -2,10 +2,9 @@
 key) and checks that no answer is a 5xx and that every answer matches the documented schema.
 
 It runs schemathesis' own CLI against the local stack (its pytest plugin does not load under
-pytest 9). The example count is kept small for CI: SCHEMATHESIS_MAX_EXAMPLES, default 8 per
-operation. For a longer run:
-
-    SCHEMATHESIS_MAX_EXAMPLES=500 .venv/bin/pytest tests/e2e/test_schemathesis.py
+pytest 9). `make test` runs a smoke: a few generated and explicit examples per operation, with a
+fixed seed. `make fuzz` runs every phase (coverage included) with many more examples and a fresh
+seed each time: SCHEMATHESIS_MAX_EXAMPLES (default 100) and SCHEMATHESIS_SEED change them.
 """
 
 from __future__ import annotations
@@ -16,11 +15,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "8")
+import pytest
+
+from infra.local.stack import EmbeddedStack
+
+pytestmark = pytest.mark.e2e
+
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+SMOKE = ["--max-examples", "5", "--phases", "examples,fuzzing", "--seed", "20261122"]
 
 
-def test_no_answer_is_a_server_error_or_off_schema(stack, tmp_path: Path):
+def fuzz_options() -> list[str]:
+    seed = os.environ.get("SCHEMATHESIS_SEED")
+    return ["--max-examples", os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "100"), *(["--seed", seed] if seed else [])]
+
+
+def schemathesis(stack: EmbeddedStack, tmp_path: Path, options: list[str], timeout: float) -> None:
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     result = subprocess.run(
         [
@@ -29,10 +39,7 @@ def test_no_answer_is_a_server_error_or_off_schema(stack, tmp_path: Path):
             f"{stack.api_url}/openapi.json",
             "--checks",
             CHECKS,
-            "--max-examples",
-            MAX_EXAMPLES,
-            "--seed",
-            "20261122",
+            *options,
             "--header",
             f"Authorization: Bearer {stack.admin_key}",
             "--report-dir",
@@ -40,8 +47,17 @@ def test_no_answer_is_a_server_error_or_off_schema(stack, tmp_path: Path):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, "NO_COLOR": "1"},
         cwd=tmp_path,  # schemathesis keeps a cache in its working directory
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_a_smoke_run_finds_no_server_error_and_no_answer_off_schema(stack: EmbeddedStack, tmp_path: Path):
+    schemathesis(stack, tmp_path, SMOKE, timeout=600)
+
+
+@pytest.mark.fuzz
+def test_a_long_run_finds_no_server_error_and_no_answer_off_schema(stack: EmbeddedStack, tmp_path: Path):
+    schemathesis(stack, tmp_path, fuzz_options(), timeout=3600)

@@ -62,12 +62,15 @@ def test_the_gateway_throttles_each_key_with_the_small_limits(stack: EmbeddedSta
 
 
 def test_a_burst_over_the_limit_is_429_throttled_with_retry_after(api: Api, key: str):
-    responses = until_throttled(api, key)
+    started = time.monotonic()
+    responses = until_throttled(api, key, most=BURST + 20)
+    elapsed = time.monotonic() - started
 
     statuses = [r.status_code for r in responses]
     assert statuses[:BURST] == [200] * BURST, statuses
     assert statuses[-1] == 429, f"no 429 within {len(statuses)} quick requests: {statuses}"
-    assert len(statuses) <= BURST + 2, statuses  # the 4th or the 5th
+    # The bucket lets through its burst plus what it refilled meanwhile, however slow the machine.
+    assert statuses.count(200) <= BURST + int(elapsed * RATE) + 1, (statuses, elapsed)
     throttled = responses[-1]
     assert_error(throttled, 429, "throttled")
     assert int(throttled.headers["Retry-After"]) >= 1

@@ -27,19 +27,24 @@ class Aws:
     tables: dict[str, str]  # logical id -> physical name
 
 
+# What the functions under test read besides their tables: a moto account, quiet metrics, and the
+# `test` gateway the sample orders pay with.
+FUNCTION_ENV = {
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_SERVICE_NAME": "oms-test",
+    "POWERTOOLS_METRICS_NAMESPACE": "OMS",
+    "OMS_ENABLE_TEST_PAYMENTS": "true",
+}
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     """A fresh moto account with every table of the template, and the env the functions read."""
-    for name, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-        "POWERTOOLS_METRICS_DISABLED": "true",
-        "POWERTOOLS_SERVICE_NAME": "oms-test",
-        "POWERTOOLS_METRICS_NAMESPACE": "OMS",
-        "OMS_ENABLE_TEST_PAYMENTS": "true",  # the sample events pay with the `test` gateway
-    }.items():
+    for name, value in FUNCTION_ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("OMS_DISABLED_PLUGINS", raising=False)

@@ -142,7 +142,7 @@ def context(function: str, timeout_seconds: float = 30) -> LambdaContext:
     )
 
 
-def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch, high_water: int = 0) -> ImportAws:
+def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     """The import queue and its DLQ as the template declares them, and the imports bucket."""
     resources = Template.load().resources
     sqs = boto3.client("sqs", region_name=REGION)
@@ -161,7 +161,6 @@ def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch, high_wate
     bucket = "test-imports"
     s3.create_bucket(Bucket=bucket)
     monkeypatch.setenv("IMPORT_QUEUE_URL", queue_url)
-    monkeypatch.setenv("IMPORT_QUEUE_HIGH_WATER", str(high_water))
     forget_warm_containers()  # the import's clients must talk to this account
     return ImportAws(sqs, s3, aws.dynamodb, queue_url, dlq_url, bucket, aws.tables)
 
@@ -169,7 +168,7 @@ def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch, high_wate
 def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> None:
     """Products (sku -> USD price) with stock at one shipping warehouse."""
     from core.models import LocationInput, ProductInput
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
     from tests.builders import location_body, product_body
 
     c = container()
@@ -180,9 +179,9 @@ def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> Non
 
 
 def report(import_id: str) -> dict[str, Any]:
-    from functions.bootstrap import import_queries
+    from functions.api.dependencies import container
 
-    return import_queries().get(import_id).model_dump(mode="json")
+    return container().import_queries.get(import_id).model_dump(mode="json")
 
 
 def split(stack: ImportAws, key: str, data: bytes) -> str:

@@ -50,7 +50,7 @@ class Recorder:
 
 @pytest.fixture
 def recorder(aws) -> Iterator[Recorder]:
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     plugin = Recorder()
     container().plugins.register(plugin)

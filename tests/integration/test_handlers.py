@@ -31,6 +31,12 @@ class Context:
         return 10_000
 
 
+def ensure_admin_key(secret: str) -> None:
+    from functions.authorizer.app import container
+
+    container().api_keys.ensure_admin(secret)
+
+
 def event(name: str) -> dict:
     return json.loads((EVENTS / name).read_text())
 
@@ -44,7 +50,7 @@ def api(evt: dict) -> tuple[int, dict]:
 
 @pytest.fixture
 def seeded(aws):
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     c = container()
     from core.models import LocationInput, ProductInput, StockCount
@@ -94,7 +100,7 @@ class NegativeTax:
 
 @pytest.mark.parametrize("plugin", [ExplodingTax(), NonsenseTax(), NegativeTax()])
 def test_a_broken_plugin_is_a_clear_error_and_stores_nothing(seeded, aws, plugin):
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     plugins = container().plugins
     plugins.register(plugin)
@@ -158,7 +164,7 @@ def ship_event(order_id: str, shipment_id: str) -> dict:
 def test_a_capture_the_gateway_will_not_do_answers_a_gateway_error_and_ships_nothing(aws, gateway, status, code,
                                                                                       attempts):  # fmt: skip
     from functions.api.app import lambda_handler
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     order = an_allocated_order(aws)
     plugins = container().plugins
@@ -186,7 +192,6 @@ def test_a_capture_the_gateway_will_not_do_answers_a_gateway_error_and_ships_not
 
 def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
     from functions.authorizer.app import lambda_handler
-    from functions.bootstrap import ensure_admin_key
 
     ensure_admin_key("oms_sample_admin_key_0123456789")
     policy = lambda_handler(event("authorizer_request.json"), Context())
@@ -200,7 +205,6 @@ def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Basic abc", "Bearer wrong_key_0123456789", "bearer x"])
 def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
     from functions.authorizer.app import lambda_handler
-    from functions.bootstrap import ensure_admin_key
 
     ensure_admin_key("oms_sample_admin_key_0123456789")
     evt = event("authorizer_request.json")
@@ -210,8 +214,6 @@ def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
 
 
 def test_keys_are_stored_only_as_hashes(aws):
-    from functions.bootstrap import ensure_admin_key
-
     ensure_admin_key("oms_sample_admin_key_0123456789")
     dump = json.dumps(aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"])
     assert "oms_sample_admin_key_0123456789" not in dump

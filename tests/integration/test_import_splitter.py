@@ -221,23 +221,3 @@ def test_big_orders_go_in_smaller_batches_to_stay_under_the_256_kib_batch_limit(
     split_file(stack, "incoming/big.jsonl", ("\n".join(lines) + "\n").encode())
 
     assert len(queued(stack)) == 9
-
-
-def test_the_splitter_waits_while_the_queue_is_above_its_high_water_mark(stack: ImportAws):
-    slept: list[float] = []
-
-    def drain_a_little(seconds: float) -> None:
-        slept.append(seconds)
-        for message in stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10)["Messages"]:
-            stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-    for i in range(25):
-        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=f"earlier {i}")
-    queue = SqsOrderQueue(stack.sqs, stack.queue_url, high_water=8, sleep=drain_a_little)
-    from core.import_service import OrderOrigin, QueuedOrder
-
-    queue.send(QueuedOrder("{}", OrderOrigin("imp_x", 2)))
-    queue.flush()
-
-    assert len(slept) == 2  # 25 waiting -> 15 -> 5: then it sends
-    assert queue.sent == 1

@@ -36,7 +36,7 @@ def worker(event: dict[str, Any], context: Any) -> Any:
 
 def stored_order(channel: str, external_id: str) -> Any:
     from core.errors import NotFound
-    from functions.bootstrap import container
+    from functions.import_worker.app import container
 
     try:
         return container().orders.get(order_id_for(channel, external_id))
@@ -57,7 +57,7 @@ class PoisonPrice:
 @pytest.fixture
 def poison(stack: ImportAws) -> None:
     from core.models import ProductInput
-    from functions.bootstrap import container
+    from functions.import_worker.app import container
     from tests.builders import product_body
 
     container().catalog.put_product("POISON", ProductInput.model_validate(product_body("1.00")))
@@ -103,7 +103,7 @@ def test_a_split_file_is_captured_and_its_import_completes_with_per_line_errors(
 
 
 def test_an_order_arrives_with_the_history_naming_its_import_and_line(stack: ImportAws):
-    from functions.bootstrap import container
+    from functions.import_worker.app import container
 
     import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
     stack.drain(worker)
@@ -184,7 +184,7 @@ def test_a_poison_message_ends_in_the_dlq_after_5_receives_while_its_batch_is_pr
 
 
 def test_a_redriven_message_completes_its_import(stack: ImportAws, poison: None):
-    from functions.bootstrap import container
+    from functions.import_worker.app import container
 
     import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-poison", "POISON")))
     stack.drain(worker)
@@ -221,14 +221,14 @@ def test_a_direct_order_without_an_external_id_is_refused_so_a_redelivery_cannot
     stack.drain(worker)
 
     from core.ports import OrderFilter
-    from functions.bootstrap import container
+    from functions.import_worker.app import container
 
     assert container().orders.list(OrderFilter(channel="erp"), 10, None)[0] == []
 
 
 def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     from core.import_service import OrderOrigin
-    from functions.bootstrap import order_importer
+    from functions.import_worker.app import container
     from infra.local import moto_lock
 
     rows = [csv_row(f"ext-{i:02d}", "NOPE" if i % 4 == 0 else "TSHIRT") for i in range(40)]
@@ -238,7 +238,7 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     while len(bodies) < 40:
         for m in stack.peek():
             bodies[int(m["MessageAttributes"]["line"]["StringValue"])] = m["Body"]
-    importer = order_importer()
+    importer = container().importer
     errors: list[BaseException] = []
 
     def work(lines: list[int]) -> None:
@@ -273,9 +273,9 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
 def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_read(stack: ImportAws):
     from core.import_service import Outcome
     from core.models import utc_now
-    from functions.bootstrap import import_ledger
+    from functions.import_worker.app import container
 
-    ledger = import_ledger()
+    ledger = container().import_ledger
     ledger.begin("imp_early", "s3://b/k", utc_now())
     ledger.record("imp_early", 2, Outcome.IMPORTED, None, utc_now())
     assert report("imp_early")["status"] == "running"
@@ -289,10 +289,10 @@ def test_only_the_first_1000_errors_are_kept_and_failed_counts_them_all(stack: I
     from core.import_service import Outcome
     from core.imports import LineError
     from core.models import utc_now
-    from functions.bootstrap import import_ledger
+    from functions.import_worker.app import container
 
     monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 3)
-    ledger = import_ledger()
+    ledger = container().import_ledger
     ledger.begin("imp_errors", "s3://b/k", utc_now())
     for line in (9, 2, 7, 5, 3):
         error = LineError(line, f"ext-{line}", "unknown_sku", "no product")
@@ -310,9 +310,9 @@ def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: I
     from core.imports import LineError
     from core.models import utc_now
     from functions.adapters.imports import _error_key, _import_key
-    from functions.bootstrap import dynamodb_client, import_ledger
+    from functions.import_worker.app import container
 
-    ledger, client = import_ledger(), dynamodb_client()
+    ledger, client = container().import_ledger, container().dynamodb
     queries: list[str] = []
 
     def count_query(params: dict[str, Any], **_: Any) -> None:

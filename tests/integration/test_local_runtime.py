@@ -562,8 +562,11 @@ def test_stack_serves_the_api_and_the_aws_endpoint_on_free_ports(stack, admin_ke
 
 
 def test_stack_stop_restores_the_environment_and_frees_the_ports():
+    from functions.bootstrap import Config, WarmContainer, bootstrap
     from infra.local.stack import running_stack
 
+    warm = WarmContainer(lambda: bootstrap(Config()))  # as a handler module holds one
+    before = warm()
     assert "ORDERS_TABLE" not in os.environ
     with running_stack(
         handlers={"ApiFunction": ok, "AuthorizerFunction": fake_authorizer_handler},
@@ -571,7 +574,10 @@ def test_stack_stop_restores_the_environment_and_frees_the_ports():
     ) as running:
         ports = (running.api_port, running.aws_port)
         assert os.environ["AWS_ACCOUNT_ID_ENDPOINT_MODE"] == "disabled"
+        inside = warm()
     assert "ORDERS_TABLE" not in os.environ
+    # A new stack is a new account: no warm container's clients cross into it or out of it.
+    assert inside is not before and warm() is not inside
     assert all(_port_is_free(port) for port in ports)
     from infra.local import moto_lock, moto_memory, moto_sqs
 

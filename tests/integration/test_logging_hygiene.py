@@ -152,10 +152,10 @@ def assert_clean(text: str, *also: str) -> None:
 @pytest.fixture
 def seeded(aws) -> None:
     from core.models import LocationInput, ProductInput
-    from functions.bootstrap import container, ensure_admin_key
+    from functions.api.dependencies import container
     from tests.builders import location_body, product_body
 
-    ensure_admin_key(SECRET)
+    container().api_keys.ensure_admin(SECRET)
     c = container()
     c.catalog.put_product("TSHIRT-BLK-M", ProductInput.model_validate(product_body()))
     c.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
@@ -217,7 +217,7 @@ def test_a_body_with_a_card_number_is_refused_without_logging_it(logs: Captured,
 
 
 def test_a_failing_plugin_is_logged_without_the_key_or_the_header(logs: Captured, seeded):
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     plugins = container().plugins
     plugin = ExplodingTax()
@@ -278,7 +278,7 @@ def gateway_order(sku: str, **changes: Any) -> dict[str, Any]:
 def test_requests_through_the_local_gateway_log_no_key_header_or_card_number(
     logs: Captured, stack, session: requests.Session, stocked: str
 ):
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     url, admin = stack.api_url, {"Authorization": f"Bearer {stack.admin_key}"}
     issued = session.post(f"{url}/api-keys", json={"name": "hygiene", "scopes": ["orders:read"]}, headers=admin)

@@ -1,5 +1,6 @@
-"""The local stack's two changes to moto: SQS counts that do not scan the queue three times, and
-no list of every object moto ever made. Each must answer exactly what moto answers without it."""
+"""The local stack's changes to moto: SQS counts that do not scan the queue three times, SQS
+senders paced at a high-water mark, and no list of every object moto ever made. Each must answer
+exactly what moto answers without it."""
 
 from __future__ import annotations
 
@@ -121,6 +122,71 @@ def test_s3_keys_stay_tracked_for_moto_s_reset_to_close_their_files(aws: None) -
         assert len(FakeKey.instances_tracked) > before  # type: ignore[attr-defined]
     finally:
         moto_memory.uninstall()
+
+
+@pytest.fixture
+def paced_at_eight(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[object, str, list[float]]]:
+    """moto_sqs installed with a high-water mark of 8; each wait for room is recorded in the list
+    and drains whatever `drain` says (nothing unless a test sets it)."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="paced")["QueueUrl"]
+    for n in range(25):
+        sqs.send_message(QueueUrl=url, MessageBody=f"earlier {n}")
+    waits: list[float] = []
+    monkeypatch.setattr(moto_sqs, "HIGH_WATER", 8)
+    monkeypatch.setattr(moto_sqs, "_sleep", waits.append)
+    moto_sqs.install()
+    try:
+        yield sqs, url, waits
+    finally:
+        moto_sqs.uninstall()
+
+
+def _receive_and_delete(sqs: object, url: str, count: int = 10) -> None:
+    for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=count)["Messages"]:  # type: ignore[attr-defined]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])  # type: ignore[attr-defined]
+
+
+def _depth(sqs: object, url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])  # type: ignore[attr-defined]
+    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+
+def test_a_batch_waits_while_its_queue_is_above_the_high_water_mark(paced_at_eight, monkeypatch) -> None:
+    sqs, url, waits = paced_at_eight
+    depths_seen: list[int] = []
+
+    def consumer_drains(seconds: float) -> None:
+        waits.append(seconds)
+        _receive_and_delete(sqs, url)
+        depths_seen.append(_depth(sqs, url))
+
+    monkeypatch.setattr(moto_sqs, "_sleep", consumer_drains)
+
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "0", "MessageBody": "new"}])
+
+    assert depths_seen == [15, 5]  # it waited twice, and sent once 8 or fewer were waiting
+    assert _depth(sqs, url) == 6
+
+
+def test_a_queue_nobody_drains_is_waited_on_once_then_not_until_it_has_drained(paced_at_eight, monkeypatch) -> None:
+    sqs, url, waits = paced_at_eight
+    monkeypatch.setattr(moto_sqs, "STALL_SECONDS", 0.0)
+
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "0", "MessageBody": "first"}])
+    after_first = len(waits)
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "0", "MessageBody": "second"}])
+    after_second = len(waits)
+    for _ in range(3):
+        _receive_and_delete(sqs, url)  # 27 -> 0 visible: drained
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "0", "MessageBody": "third"}])
+    for n in range(10):
+        sqs.send_message(QueueUrl=url, MessageBody=f"later {n}")
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "0", "MessageBody": "fourth"}])
+
+    assert (after_first, after_second - after_first) == (1, 0)
+    assert len(waits) == 2  # waited on again once it had drained and filled up
+    assert _depth(sqs, url) == 12
 
 
 def _sqs_backend() -> object:

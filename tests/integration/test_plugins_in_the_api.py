@@ -51,7 +51,7 @@ def installer(tmp_path, monkeypatch) -> Iterator[Installer]:
 @pytest.fixture
 def seeded(aws) -> None:
     from core.models import LocationInput, ProductInput
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     c = container()
     c.catalog.put_product("TSHIRT-BLK-M", ProductInput.model_validate(product_body()))
@@ -238,7 +238,7 @@ def answering(hook: str, answer: Any) -> object:
     ],
 )  # fmt: skip
 def test_an_answer_built_without_validation_is_a_plugin_error_naming_the_plugin(seeded, aws, hook, answer):
-    from functions.bootstrap import container
+    from functions.api.dependencies import container
 
     plugins = container().plugins
     plugins.register(answering(hook, answer), name="sloppy")

@@ -41,9 +41,9 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("RECONCILE_PARK_AFTER_MINUTES", "60")
     from functions.reconciler import app
 
-    app.reconciler.cache_clear()
+    app.container.forget()
     yield {"sfn": sfn, "arn": arn, "aws": aws}
-    app.reconciler.cache_clear()
+    app.container.forget()
 
 
 def store(aws, order_id: str, status: OrderStatus, minutes_ago: float) -> Order:
@@ -101,20 +101,20 @@ def test_a_stuck_authorized_order_is_restarted_and_finished_or_held_ones_are_lef
     assert started(stack) == {authorized: 1}
 
 
-def test_each_pass_restarts_again_and_the_steps_make_that_harmless(stack, monkeypatch):
+def test_each_pass_restarts_again_and_the_steps_make_that_harmless(stack):
     """Express refuses no execution name; a second pass starts a second execution, which finds
     each step done or not yet done exactly as the first left it (see tests/unit/test_workflow.py).
     Each pass names its executions apart, so a Standard machine would not refuse them either."""
+    from functions.bootstrap import Config, bootstrap
     from functions.reconciler import app
 
     stuck = order_id("g")
     store(stack["aws"], stuck, OrderStatus.PENDING, minutes_ago=20)
     reconcile()
     later = utc_now() + timedelta(minutes=5)
-    monkeypatch.setattr(app, "utc_now", lambda: later)
-    app.reconciler.cache_clear()
 
-    reconcile()
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
 
     assert started(stack) == {stuck: 2}
     names = {e["name"] for e in stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]}
@@ -140,9 +140,9 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
 
 
 def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypatch):
-    from functions.bootstrap import dynamodb_client
+    from functions.reconciler import app
 
-    client = dynamodb_client()
+    client = app.container().dynamodb
     calls: list[tuple[str, dict[str, Any]]] = []
     for operation in ("query", "scan"):
         real = getattr(client, operation)

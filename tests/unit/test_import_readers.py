@@ -1,5 +1,6 @@
-"""The bulk import readers: CSV rows and JSON Lines become POST /orders bodies, each with the
-physical line it starts on, read as a stream."""
+"""The bulk import readers beside the splitter (functions/import_splitter/readers.py): CSV rows
+and JSON Lines become POST /orders bodies, each with the physical line it starts on, read as a
+stream. Pure: no AWS, no files."""
 
 from __future__ import annotations
 
@@ -9,19 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.imports import (
+from core.imports import FileOrder, ImportFileError, import_id_for, line_of_field
+from functions.import_splitter.readers import (
     COLUMNS,
     CSV,
     JSONL,
     MAX_FIELD_CHARS,
     MAX_LINE_BYTES,
-    ClosedOrders,
-    FileOrder,
-    ImportFileError,
     OrderFile,
     column_of_field,
-    import_id_for,
-    line_of_field,
+    field_in_file,
     physical_lines,
 )
 from tests.builders import csv_file, csv_row
@@ -281,17 +279,6 @@ def test_physical_lines_keep_their_endings_and_number_a_last_line_without_one():
     assert [(line.number, line.text) for line in lines] == [(1, "a\r\n"), (2, "b\n"), (3, "\n"), (4, "c")]
 
 
-def test_closed_orders_remember_every_key_they_are_given():
-    closed = ClosedOrders(capacity=8)
-    keys = [("web", f"ext-{i}") for i in range(5000)]
-    for key in keys:
-        closed.add(key)
-
-    assert len(closed) == 5000
-    assert all(key in closed for key in keys)
-    assert ("web", "ext-5000") not in closed and ("pos", "ext-1") not in closed
-
-
 # --- JSON Lines ----------------------------------------------------------------------------------
 
 
@@ -382,3 +369,9 @@ def test_an_error_about_an_order_line_names_its_row_and_its_column():
     assert column_of_field("customer.email") == "customer_email"
     assert column_of_field("shipping_address.postal_code") == "ship_postal_code"
     assert column_of_field("promo_codes") == "promo_codes"
+
+
+def test_a_field_is_named_as_the_author_of_the_file_wrote_it():
+    assert field_in_file("customer.email", CSV) == "customer_email"
+    assert field_in_file("customer.email", JSONL) == "customer.email"
+    assert field_in_file("customer.email", None) == "customer.email"  # sent straight to the queue

@@ -6,17 +6,18 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel
 
 from core.access import ApiKey, IssuedApiKey, NewApiKey, Scope
 from functions.api.access import requires
+from functions.api.dependencies import container
+from functions.api.paths import existing
 from functions.api.schemas import errors, ok
-from functions.bootstrap import container
 
 router = Router()
 
-KeyIdPath = Annotated[str, Path(pattern=r"^key_[a-z0-9]{1,40}$", description="API key id")]
+KeyIdPath = existing("API key", r"^key_[a-z0-9]{1,40}$", "API key id")
 
 
 class ApiKeyPage(BaseModel):

@@ -10,8 +10,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from core.access import Scope
 from core.tracking import CarrierTracking, TrackingReport
 from functions.api.access import caller, requires
+from functions.api.dependencies import container
 from functions.api.schemas import errors, ok
-from functions.bootstrap import container
 
 router = Router()
 

@@ -12,13 +12,18 @@ from pydantic import BaseModel
 from core.access import Scope
 from core.models import Location, LocationInput, Product, ProductInput
 from functions.api.access import ANY_KEY, requires
+from functions.api.dependencies import container
+from functions.api.paths import existing
 from functions.api.schemas import errors, ok
-from functions.bootstrap import container
 
 router = Router()
 
-SkuPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="Product SKU")]
-LocationPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="Location id")]
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+# PUT creates what its path names, so a malformed id there is invalid (422); elsewhere it is unknown.
+SkuPath = Annotated[str, Path(pattern=IDENTIFIER, description="Product SKU")]
+LocationPath = Annotated[str, Path(pattern=IDENTIFIER, description="Location id")]
+KnownSkuPath = existing("product", IDENTIFIER, "Product SKU")
+KnownLocationPath = existing("location", IDENTIFIER, "Location id")
 
 
 class LocationList(BaseModel):
@@ -47,7 +52,7 @@ def put_product(sku: SkuPath, product: ProductInput) -> Response[Product]:
     responses={**ok(200, Product, "The product"), **errors(403, 404)},
 )
 @requires(ANY_KEY)
-def get_product(sku: SkuPath) -> Product:
+def get_product(sku: KnownSkuPath) -> Product:
     return container().catalog.get_product(sku)
 
 

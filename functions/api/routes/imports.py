@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel
 
 from core.access import Scope
 from core.errors import NotFound
 from core.import_service import ImportReport, ImportSummary
 from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.paths import existing
 from functions.api.schemas import errors, ok
-from functions.bootstrap import import_queries
 
 router = Router()
 
-ImportIdPath = Annotated[str, Path(pattern=r"^imp_[a-z2-7]{24}$", description="Import id")]
+ImportIdPath = existing("import", r"^imp_[a-z2-7]{24}$", "Import id")
 
 
 class ImportPage(BaseModel):
@@ -41,7 +42,7 @@ def list_imports(
 ) -> ImportPage:
     if caller(router).channel is not None:
         return ImportPage(items=[], next_cursor=None)
-    items, next_cursor = import_queries().list(limit, cursor)
+    items, next_cursor = container().import_queries.list(limit, cursor)
     return ImportPage(items=items, next_cursor=next_cursor)
 
 
@@ -54,4 +55,4 @@ def list_imports(
 def get_import(import_id: ImportIdPath) -> ImportReport:
     if caller(router).channel is not None:
         raise NotFound(f"no import {import_id}")
-    return import_queries().get(import_id)
+    return container().import_queries.get(import_id)

@@ -7,9 +7,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from core.access import Scope
 from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
 from functions.api.access import ANY_KEY, requires
-from functions.api.routes.catalog import LocationPath, SkuPath
+from functions.api.dependencies import container
+from functions.api.routes.catalog import KnownLocationPath, KnownSkuPath
 from functions.api.schemas import errors, ok
-from functions.bootstrap import container
 
 router = Router()
 
@@ -20,7 +20,7 @@ router = Router()
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
-def set_stock(sku: SkuPath, location_id: LocationPath, count: StockCount) -> StockLevel:
+def set_stock(sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCount) -> StockLevel:
     return container().inventory.count(sku, location_id, count.on_hand)
 
 
@@ -30,7 +30,7 @@ def set_stock(sku: SkuPath, location_id: LocationPath, count: StockCount) -> Sto
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
-def adjust_stock(sku: SkuPath, location_id: LocationPath, adjustment: StockAdjustment) -> StockLevel:
+def adjust_stock(sku: KnownSkuPath, location_id: KnownLocationPath, adjustment: StockAdjustment) -> StockLevel:
     return container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason)
 
 
@@ -40,5 +40,5 @@ def adjust_stock(sku: SkuPath, location_id: LocationPath, adjustment: StockAdjus
     responses={**ok(200, InventorySummary, "Stock by location"), **errors(403, 404)},
 )
 @requires(ANY_KEY)
-def get_stock(sku: SkuPath) -> InventorySummary:
+def get_stock(sku: KnownSkuPath) -> InventorySummary:
     return container().inventory.summary(sku)

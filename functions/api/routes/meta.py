@@ -10,8 +10,8 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel
 
 from functions.api.access import PUBLIC, requires
+from functions.api.dependencies import container
 from functions.api.schemas import ok
-from functions.bootstrap import plugin_manager
 
 router = Router()
 
@@ -49,7 +49,7 @@ class Degraded(BaseModel):
 @requires(PUBLIC)
 # No return annotation: the body is one of two shapes, each documented above.
 def health():
-    broken = plugin_manager().broken
+    broken = container().plugins.broken
     if not broken:
         return Response(200, content_types.APPLICATION_JSON, Health(status="ok").model_dump_json())
     degraded = Degraded(

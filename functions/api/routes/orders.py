@@ -6,21 +6,22 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
 from core.access import Scope
 from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
 from core.status import OrderStatus
 from functions.api.access import caller, requires
+from functions.api.dependencies import container
 from functions.api.errors import ApiError
+from functions.api.paths import existing
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, errors, ok
-from functions.bootstrap import container
 
 router = Router()
 
-OrderIdPath = Annotated[str, Path(pattern=r"^ord_[a-z2-7]{24}$", description="Order id")]
+OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -107,7 +108,7 @@ def get_history(order_id: OrderIdPath) -> HistoryPage:
     return HistoryPage(items=container().orders.history(order_id, caller(router).channel))
 
 
-ShipmentIdPath = Annotated[str, Path(pattern=r"^shp_[a-z2-7]{24}$", description="Shipment id")]
+ShipmentIdPath = existing("shipment", r"^shp_[a-z2-7]{24}$", "Shipment id")
 IfMatch = Annotated[
     str | None,
     Header(alias="if-match", pattern=r'^(W/)?"?[0-9]{1,10}"?$', description="The order's `version` you read."),

@@ -10,8 +10,8 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from core.access import Scope
 from core.plugin_manager import PluginReport
 from functions.api.access import requires
+from functions.api.dependencies import container
 from functions.api.schemas import errors, ok
-from functions.bootstrap import plugin_manager
 
 router = Router()
 
@@ -20,7 +20,7 @@ def plugins_loaded(app: APIGatewayRestResolver, next_middleware: Callable[..., R
     """Route middleware for every route that calls a plugin hook: while any plugin failed to
     load, the route answers 503 plugin_unavailable before it reads or writes anything. Checked
     up front, because a route that had already written (a cancel) must not stop half-way."""
-    plugin_manager().require_loaded()
+    container().plugins.require_loaded()
     return next_middleware(app)
 
 
@@ -31,4 +31,4 @@ def plugins_loaded(app: APIGatewayRestResolver, next_middleware: Callable[..., R
 )
 @requires(Scope.ADMIN)
 def list_plugins() -> PluginReport:
-    return plugin_manager().report()
+    return container().plugins.report()

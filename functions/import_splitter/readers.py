@@ -1,0 +1,519 @@
+"""Bulk import files read as a stream: CSV rows and JSON Lines become POST /orders bodies, each
+with the physical line it starts on. Standard library only; nothing here holds a file.
+
+Memory stays flat: bytes arrive in chunks, one physical line is decoded at a time (a line over
+MAX_LINE_BYTES is skipped and reported, never buffered), and a CSV order holds at most
+MAX_LINES_PER_ORDER rows while it is open. What grows with the file is one 8-byte fingerprint per
+closed CSV order, kept in a set (about 70 bytes each in CPython: a million orders take 67 MiB), so
+that a row reopening an order earlier in the file is reported on its line instead of silently
+becoming a second, partial order.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.imports import FileOrder, FileOrders, ImportFileError, LineError
+
+MAX_LINE_BYTES = 1024 * 1024  # one physical line; a longer one is reported and skipped
+# One CSV cell (a quoted cell may span lines): the csv module's own limit, 128 KiB unless a
+# process changed it. Read, never set: the limit is global to the process.
+MAX_FIELD_CHARS = csv.field_size_limit()
+MAX_LINES_PER_ORDER = 100  # PlaceOrder.lines accepts at most 100
+
+CSV = "csv"
+JSONL = "jsonl"
+FORMATS = (CSV, JSONL)
+EXTENSIONS = {".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".jsonlines": JSONL}
+# Told from the content: no extension, or one that does not say which kind of JSON/text it is.
+SNIFFED_EXTENSIONS = {"", ".json", ".txt"}
+
+# API.md's CSV columns. An empty cell is an absent field.
+COLUMNS = (
+    "channel",
+    "external_id",
+    "currency",
+    "customer_id",
+    "customer_email",
+    "customer_name",
+    "sku",
+    "quantity",
+    "ship_name",
+    "ship_line1",
+    "ship_line2",
+    "ship_city",
+    "ship_region",
+    "ship_postal_code",
+    "ship_country",
+    "shipping_method",
+    "payment_method",
+    "payment_token",
+)
+# Columns a header may leave out: every cell of them would be empty, i.e. the field absent.
+OPTIONAL_COLUMNS = frozenset({"customer_name", "ship_line2", "ship_region", "shipping_method"})
+LINE_COLUMNS = frozenset({"sku", "quantity"})
+ORDER_COLUMNS = tuple(c for c in COLUMNS if c not in LINE_COLUMNS)
+
+# Where each order-level column goes in a POST /orders body.
+_PLACEMENT = {
+    "channel": ("channel",),
+    "external_id": ("external_id",),
+    "currency": ("currency",),
+    "customer_id": ("customer", "id"),
+    "customer_email": ("customer", "email"),
+    "customer_name": ("customer", "name"),
+    "ship_name": ("shipping_address", "name"),
+    "ship_line1": ("shipping_address", "line1"),
+    "ship_line2": ("shipping_address", "line2"),
+    "ship_city": ("shipping_address", "city"),
+    "ship_region": ("shipping_address", "region"),
+    "ship_postal_code": ("shipping_address", "postal_code"),
+    "ship_country": ("shipping_address", "country"),
+    "shipping_method": ("shipping_method",),
+    "payment_method": ("payment", "method"),
+    "payment_token": ("payment", "token"),
+}
+_FIELD_TO_COLUMN = {".".join(path): column for column, path in _PLACEMENT.items()}
+_WHOLE_NUMBER = re.compile(r"^\+?[0-9]{1,9}$")
+_LINE_FIELD = re.compile(r"^lines\[(\d+)\](?:\.(\w+))?")
+
+
+# --- Physical lines ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhysicalLine:
+    number: int
+    text: str | None  # None when unreadable: see `problem`
+    problem: str | None = None  # "line_too_long" | "invalid_encoding"
+
+
+def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[PhysicalLine]:
+    """Lines split on "\\n" (a "\\r\\n" ending stays on its line for the CSV parser), numbered
+    from 1, decoded as UTF-8 one at a time. A leading byte order mark is dropped."""
+    pending = bytearray()
+    number = 0
+    skipping = False  # inside a line already reported as too long
+    first = True
+
+    def decoded(raw: bytes) -> PhysicalLine:
+        nonlocal first
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            first = False
+            return PhysicalLine(number, None, "invalid_encoding")
+        if first:
+            text = text.removeprefix("\ufeff")
+            first = False
+        return PhysicalLine(number, text)
+
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        while True:
+            end = pending.find(b"\n", start)
+            if end < 0:
+                break
+            if skipping:
+                skipping = False
+            else:
+                number += 1
+                yield (
+                    decoded(bytes(pending[start : end + 1]))
+                    if end + 1 - start <= max_bytes
+                    else PhysicalLine(number, None, "line_too_long")
+                )
+            start = end + 1
+        del pending[:start]
+        if len(pending) > max_bytes:
+            if not skipping:
+                number += 1
+                first = False
+                yield PhysicalLine(number, None, "line_too_long")
+                skipping = True
+            pending.clear()
+    if pending and not skipping:
+        number += 1
+        yield decoded(bytes(pending)) if len(pending) <= max_bytes else PhysicalLine(number, None, "line_too_long")
+
+
+_UNREADABLE_MESSAGES = {
+    "line_too_long": f"the line is longer than {MAX_LINE_BYTES // 1024} KiB",
+    "invalid_encoding": "the line is not UTF-8 text",
+}
+
+
+# --- Format --------------------------------------------------------------------------------------
+
+
+def extension_of(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    return "." + base.rsplit(".", 1)[-1].lower() if "." in base.strip(".") else ""
+
+
+def format_from_content(first_line: str) -> str | None:
+    """JSON Lines when the first non-blank line is a JSON object, CSV when it is a header naming
+    channel and external_id; None otherwise."""
+    text = first_line.strip()
+    if text.startswith("{"):
+        return JSONL
+    try:
+        cells = next(csv.reader([text]), [])
+    except csv.Error:
+        return None
+    names = {cell.strip().lower() for cell in cells}
+    return CSV if {"channel", "external_id"} <= names else None
+
+
+def _unknown_format(name: str, extension: str, first_line: str | None) -> ImportFileError:
+    if extension and extension not in SNIFFED_EXTENSIONS:
+        return ImportFileError(
+            "unknown_format", f"{extension} files cannot be imported: send CSV (.csv) or JSON Lines (.jsonl)"
+        )
+    if first_line is not None and first_line.strip().startswith("["):
+        return ImportFileError(
+            "unknown_format", "a JSON array cannot be imported: send JSON Lines, one order object per line"
+        )
+    what = "an empty file" if first_line is None else "neither a CSV header with channel and external_id nor JSON"
+    return ImportFileError(
+        "unknown_format", f"cannot tell the format of {name.rsplit('/', 1)[-1] or name}: {what} (send .csv or .jsonl)"
+    )
+
+
+class OrderFile(FileOrders):
+    """The orders of one file, read lazily: `format` is known on construction (it may read ahead
+    to the first non-blank line), then iterating yields a FileOrder per order.
+
+    Raises ImportFileError on construction for an unknown format or an unusable CSV header."""
+
+    def __init__(self, chunks: Iterable[bytes], name: str):
+        self._lines = physical_lines(chunks)
+        self._peeked: list[PhysicalLine] = []
+        extension = extension_of(name)
+        fmt = EXTENSIONS.get(extension)
+        if fmt is None:
+            first = self._first_text_line() if extension in SNIFFED_EXTENSIONS else None
+            fmt = format_from_content(first) if first is not None else None
+            if fmt is None:
+                raise _unknown_format(name, extension, first)
+        self._format = fmt
+        lines = self._replayed()
+        if fmt == CSV:
+            # The header is checked now, so that an unusable one fails the file before any order.
+            rows = _csv_rows(lines)
+            header = next(rows, None)
+            self._orders = _csv_orders(rows, _header(header)) if header is not None else iter(())
+        else:
+            self._orders = _jsonl_orders(lines)
+
+    def _first_text_line(self) -> str | None:
+        for line in self._lines:
+            self._peeked.append(line)
+            if line.text is not None and line.text.strip():
+                return line.text
+            if len(self._peeked) > 1000:  # blank or unreadable as far as we looked
+                return None
+        return None
+
+    def _replayed(self) -> Iterator[PhysicalLine]:
+        yield from self._peeked
+        self._peeked = []
+        yield from self._lines
+
+    @property
+    def format(self) -> str:
+        return self._format
+
+    def __iter__(self) -> Iterator[FileOrder]:
+        return self._orders
+
+
+def read_orders(chunks: Iterable[bytes], name: str) -> OrderFile:
+    return OrderFile(chunks, name)
+
+
+# --- JSON Lines ----------------------------------------------------------------------------------
+
+
+def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
+    for line in lines:
+        if line.text is None:
+            yield _unreadable(line, None)
+            continue
+        if not line.text.strip():
+            continue
+        try:
+            body = json.loads(line.text)
+        except ValueError as error:
+            yield FileOrder(
+                line.number, None, error=LineError(line.number, None, "malformed_json", f"not valid JSON: {error.msg}")
+            )
+            continue
+        if not isinstance(body, dict):
+            yield FileOrder(
+                line.number,
+                None,
+                error=LineError(line.number, None, "malformed_json", "each line must be one JSON object (an order)"),
+            )
+            continue
+        external_id = body.get("external_id")
+        external_id = external_id if isinstance(external_id, str) else None
+        lines_in_body = body.get("lines")
+        count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
+        yield FileOrder(line.number, external_id, body, (line.number,) * count)
+
+
+def _unreadable(line: PhysicalLine, external_id: str | None) -> FileOrder:
+    code = line.problem or "unreadable_line"
+    error = LineError(line.number, external_id, code, _UNREADABLE_MESSAGES.get(code, "the line cannot be read"))
+    return FileOrder(line.number, external_id, error=error)
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+
+class _Unreadable(Exception):
+    def __init__(self, line: PhysicalLine):
+        self.line = line
+
+
+class _Feed:
+    """The text lines the csv module parses, counting physical lines as it hands them over."""
+
+    def __init__(self, lines: Iterator[PhysicalLine]):
+        self._lines = lines
+        self.consumed = 0
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.consumed = line.number
+        if line.text is None:
+            raise _Unreadable(line)
+        return line.text
+
+
+@dataclass
+class _Row:
+    line: int
+    cells: list[str] | None = None  # None: the row could not be parsed (see error)
+    error: LineError | None = None
+
+
+def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
+    """Parsed records with the physical line each starts on. Blank lines are skipped; a record
+    the csv module refuses (a cell over MAX_FIELD_CHARS, an unreadable line) becomes an error row
+    and parsing goes on with a fresh parser at the next line."""
+    feed = _Feed(lines)
+    reader = csv.reader(feed, strict=False)
+    while True:
+        start = feed.consumed + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except _Unreadable as unreadable:
+            row_error = _unreadable(unreadable.line, None).error
+            yield _Row(unreadable.line.number, error=row_error)
+            reader = csv.reader(feed, strict=False)
+            continue
+        except csv.Error as error:
+            message = str(error)
+            code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
+            if code == "field_too_large":
+                message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
+            yield _Row(start, error=LineError(start, None, code, message))
+            reader = csv.reader(feed, strict=False)
+            continue
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line, or a row of empty cells as spreadsheets export them
+        yield _Row(start, cells=cells)
+
+
+def _header(row: _Row) -> list[str]:
+    if row.cells is None:
+        raise ImportFileError("invalid_header", f"the CSV header on line {row.line} cannot be read")
+    names = [cell.strip().lower() for cell in row.cells]
+    unknown = [name for name in names if name not in COLUMNS]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    missing = [c for c in COLUMNS if c not in names and c not in OPTIONAL_COLUMNS]
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if unknown:
+        problems.append("unknown " + ", ".join(unknown[:10]))
+    if repeated:
+        problems.append("repeated " + ", ".join(repeated))
+    if problems:
+        raise ImportFileError(
+            "invalid_header",
+            f"the CSV header on line {row.line} must name the import columns ({'; '.join(problems)}); "
+            f"columns: {', '.join(COLUMNS)}",
+        )
+    return names
+
+
+def _fingerprint(key: tuple[str, str]) -> int:
+    """An order's channel + external_id in 8 bytes: what a CSV file keeps of each order it has
+    finished. Two orders share one with probability ~n²/2⁶⁵, negligible for any real file."""
+    return int.from_bytes(hashlib.blake2b("\x1f".join(key).encode(), digest_size=8).digest(), "big")
+
+
+@dataclass
+class _OpenOrder:
+    key: tuple[str, str]
+    line: int
+    order_cells: dict[str, str]
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    line_numbers: list[int] = field(default_factory=list)
+    rows: int = 0
+    error: LineError | None = None
+    more_errors: int = 0
+
+    def reject(self, error: LineError) -> None:
+        if self.error is None:
+            self.error = error
+        else:
+            self.more_errors += 1
+
+    def closed(self) -> FileOrder:
+        external_id = self.key[1]
+        if self.error is not None:
+            error = self.error
+            if self.more_errors:
+                more = f" (and {self.more_errors} more problem{'s' if self.more_errors > 1 else ''} in this order)"
+                error = LineError(error.line, error.external_id, error.code, error.message + more)
+            return FileOrder(self.line, external_id, error=error)
+        return FileOrder(self.line, external_id, _body(self.order_cells, self.lines), tuple(self.line_numbers))
+
+
+def _body(cells: dict[str, str], lines: list[dict[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for column, path in _PLACEMENT.items():
+        value = cells.get(column, "")
+        if not value:
+            continue  # an empty cell is an absent field
+        if len(path) == 1:
+            body[path[0]] = value
+        else:
+            body.setdefault(path[0], {})[path[1]] = value
+    body["lines"] = lines
+    return body
+
+
+def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dict[str, Any], LineError | None]:
+    order_line: dict[str, Any] = {}
+    if cells.get("sku"):
+        order_line["sku"] = cells["sku"]
+    quantity = cells.get("quantity", "")
+    if quantity:
+        if not _WHOLE_NUMBER.match(quantity):
+            return order_line, LineError(line, external_id, "invalid_number", "quantity must be a whole number")
+        order_line["quantity"] = int(quantity)
+    return order_line, None
+
+
+def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
+    width = len(names)
+    closed: set[int] = set()  # the fingerprints of the orders finished so far
+    current: _OpenOrder | None = None
+
+    for row in rows:
+        if row.cells is None:
+            # Which order the row belonged to cannot be known: it is reported on its own.
+            assert row.error is not None
+            yield FileOrder(row.line, None, error=row.error)
+            continue
+        cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
+        channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
+        if not channel or not external_id:
+            missing = "channel" if not channel else "external_id"
+            yield FileOrder(
+                row.line,
+                external_id or None,
+                error=LineError(
+                    row.line,
+                    external_id or None,
+                    f"missing_{missing}",
+                    f"{missing} is required: channel + external_id identify each imported order",
+                ),
+            )
+            continue
+        key = (channel, external_id)
+        if current is None or current.key != key:
+            if current is not None:
+                yield current.closed()
+                closed.add(_fingerprint(current.key))
+            current = _OpenOrder(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
+            if _fingerprint(key) in closed:
+                current.reject(
+                    LineError(
+                        row.line,
+                        external_id,
+                        "order_reopened",
+                        f"this row reopens order {channel}/{external_id}, closed earlier in the file: "
+                        "the rows of one order must be adjacent",
+                    )
+                )
+        current.rows += 1
+        if len(row.cells) != width:
+            current.reject(
+                LineError(
+                    row.line, external_id, "malformed_row", f"{len(row.cells)} cells where the header has {width}"
+                )
+            )
+            continue
+        if current.error is not None and current.error.code == "order_reopened":
+            continue
+        if current.rows > 1:
+            for column in ORDER_COLUMNS:
+                value = cells.get(column, "")
+                if value and value != current.order_cells[column]:
+                    current.reject(
+                        LineError(
+                            row.line,
+                            external_id,
+                            "inconsistent_order",
+                            f"{column} differs from line {current.line}, where this order starts",
+                        )
+                    )
+                    break
+        if current.rows > MAX_LINES_PER_ORDER:
+            if current.rows == MAX_LINES_PER_ORDER + 1:
+                current.reject(
+                    LineError(
+                        row.line, external_id, "too_many_lines", f"an order has at most {MAX_LINES_PER_ORDER} lines"
+                    )
+                )
+            continue
+        order_line, error = _order_line(cells, row.line, external_id)
+        if error is not None:
+            current.reject(error)
+        current.lines.append(order_line)
+        current.line_numbers.append(row.line)
+    if current is not None:
+        yield current.closed()
+
+
+def column_of_field(field_path: str) -> str:
+    """A body field as the CSV column that fills it ("customer.email" -> "customer_email",
+    "lines[2].quantity" -> "quantity"); other fields unchanged."""
+    match = _LINE_FIELD.match(field_path)
+    if match:
+        return match.group(2) or "lines"
+    return _FIELD_TO_COLUMN.get(field_path, field_path)
+
+
+def field_in_file(field_path: str, file_format: str | None) -> str:
+    """How an error names a field to the author of a file of `file_format`: CSV columns for CSV,
+    body fields otherwise."""
+    return column_of_field(field_path) if file_format == CSV else field_path

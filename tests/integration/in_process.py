@@ -1,0 +1,138 @@
+"""The HTTP API in-process: the local gateway's own routing, authorizer, throttle and gateway
+responses, read from template.yaml, in front of the real authorizer and API handlers, on a moto
+account. The same code as the e2e stack minus its sockets, moto server and pollers, so matrices
+of requests run in milliseconds each. `InProcessApi` answers like tests/e2e/client.Api, so the
+contract's assertions (assert_error, Catalog) work on it unchanged."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from infra.local.gateway import ApiGateway, HttpRequest
+from infra.local.lambdas import LocalFunction
+from infra.local.template import Template
+from tests.e2e.client import ADMIN
+from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV
+
+# Throttling is not what the matrices test (tests/e2e/test_throttling.py is).
+FAST = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
+
+
+class Answer:
+    """The parts of a requests.Response the tests read."""
+
+    def __init__(self, status_code: int, headers: Any, content: bytes):
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+class InProcessApi:
+    """Requests through the in-process gateway, as the admin unless told otherwise (`key`)."""
+
+    def __init__(self, gateway: ApiGateway, admin_key: str):
+        self.gateway = gateway
+        self.admin_key = admin_key
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: Any = ADMIN,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        data: str | bytes | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Answer:
+        sent = dict(headers or {})
+        if key is ADMIN:
+            sent["Authorization"] = f"Bearer {self.admin_key}"
+        elif key is not None:
+            sent["Authorization"] = f"Bearer {key}"
+        body = b""
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            sent.setdefault("Content-Type", "application/json")
+        elif data is not None:
+            body = data.encode() if isinstance(data, str) else data
+        response = self.gateway.handle(
+            HttpRequest(
+                method=method.upper(),
+                path=quote(path, safe="/%:@!$&'()*+,;=-._~"),
+                query_string=urlencode(params or {}),
+                headers=list(sent.items()),
+                body=body,
+            )
+        )
+        return Answer(response.status_code, response.headers, response.get_data())
+
+    def get(self, path: str, **kwargs: Any) -> Answer:
+        return self.request("GET", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Answer:
+        return self.request("PUT", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Answer:
+        return self.request("POST", path, **kwargs)
+
+    def orders_of(self, customer_id: str) -> list[dict[str, Any]]:
+        """Every order of a customer, newest first, following cursors."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query = {"customer_id": customer_id, "limit": 100, **({"cursor": cursor} if cursor else {})}
+            response = self.get("/orders", params=query)
+            assert response.status_code == 200, response.text
+            items.extend(response.json()["items"])
+            cursor = response.json()["next_cursor"]
+            if cursor is None:
+                return items
+
+
+@contextmanager
+def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
+    """A fresh moto account with the template's tables, the environment the functions read, and
+    the gateway in front of the template's authorizer and API function (warm containers forgotten
+    before and after: they hold this account's clients)."""
+    from functions.bootstrap import Config, bootstrap, forget_warm_containers
+
+    template = Template.load(parameter_overrides={**FAST, **parameter_overrides})
+    with pytest.MonkeyPatch.context() as env, mock_aws():
+        for name, value in FUNCTION_ENV.items():
+            env.setenv(name, value)
+        env.delenv("AWS_ENDPOINT_URL", raising=False)
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        for spec in template.tables():
+            name = f"test-{spec.logical_id}"
+            client.create_table(**spec.create_table_request(name))
+            env.setenv(ENV_BY_TABLE[spec.logical_id], name)
+        forget_warm_containers()
+        admin_key = "oms_admin_" + secrets.token_urlsafe(24)
+        bootstrap(Config.from_env()).api_keys.ensure_admin(admin_key)
+        needed = {template.api_function().logical_id, *(a.function_logical_id for a in template.authorizers().values())}
+        functions = {
+            logical_id: LocalFunction.from_spec(spec, logical_id, base_dir=template.base_dir)
+            for logical_id, spec in template.functions().items()
+            if logical_id in needed
+        }
+        try:
+            yield InProcessApi(ApiGateway.from_template(template, functions), admin_key)
+        finally:
+            forget_warm_containers()

@@ -1,0 +1,802 @@
+"""Access control, request by request: API keys, scopes, channel isolation, server-owned fields
+and card data, through the in-process gateway (the local gateway's routing, the real authorizer and
+API handlers, on moto). tests/e2e/test_access_control.py walks the same rules as HTTP journeys.
+
+The module's account runs with the authorizer cache off, so a revocation shows on the very next
+request; one test asks for the template's 5 s cache instead (an indirect parameter of `api`, so
+pytest ends this module's account before starting that one: two moto mocks never overlap).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from infra.local.template import Template
+from tests.e2e.client import Catalog, assert_error, location_body, money, order_body, unique
+from tests.integration.in_process import Answer, InProcessApi, in_process_api
+
+CACHE_OFF = {"AuthorizerCacheSeconds": 0}
+DEFAULT_CACHE = {"AuthorizerCacheSeconds": 5}  # the template's default
+
+PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/docs")}
+UNKNOWN_ORDER = "ord_" + "a" * 24
+CARD = "4111111111111111"
+ALL_SCOPES = [  # as API.md lists them
+    "orders:write",
+    "orders:read",
+    "inventory:write",
+    "catalog:write",
+    "fulfillment:write",
+    "returns:write",
+    "reports:read",
+    "admin",
+]
+
+
+@pytest.fixture(scope="module")
+def api(request: pytest.FixtureRequest) -> Iterator[InProcessApi]:
+    with in_process_api(**getattr(request, "param", CACHE_OFF)) as started:
+        yield started
+
+
+# --- Keys -------------------------------------------------------------------------------------
+
+
+def issue(api: InProcessApi, *scopes: str, channel: str | None = None, name: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name or unique("key"), "scopes": list(scopes)}
+    if channel is not None:
+        body["channel"] = channel
+    response = api.post("/api-keys", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def all_keys(api: InProcessApi) -> tuple[list[dict[str, Any]], str]:
+    """Every key the admin can list (following cursors), and the raw text of every page."""
+    items: list[dict[str, Any]] = []
+    texts: list[str] = []
+    cursor = None
+    for _ in range(100):
+        response = api.get("/api-keys", params={"limit": 100, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200, response.text
+        texts.append(response.text)
+        items.extend(response.json()["items"])
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return items, "".join(texts)
+    raise AssertionError("GET /api-keys never ended")
+
+
+@pytest.fixture
+def catalog(api: InProcessApi) -> Catalog:
+    """Products, locations and stock of this test only."""
+    return Catalog(api)
+
+
+@pytest.fixture(scope="module")
+def reader(api: InProcessApi) -> dict[str, Any]:
+    """A read-only key: orders:read and nothing else."""
+    return issue(api, "orders:read")
+
+
+@pytest.fixture(scope="module")
+def channel_a() -> str:
+    return f"web-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def storefront(api: InProcessApi, channel_a: str) -> dict[str, Any]:
+    """A storefront's key: places and reads orders of channel A only."""
+    return issue(api, "orders:write", "orders:read", channel=channel_a)
+
+
+@pytest.fixture(scope="module")
+def revoked(api: InProcessApi) -> dict[str, Any]:
+    key = issue(api, "orders:read", "orders:write", "catalog:write", "inventory:write")
+    assert api.request("DELETE", f"/api-keys/{key['id']}").status_code == 204
+    return key
+
+
+@pytest.fixture(scope="module")
+def sku(api: InProcessApi) -> str:
+    """A product with 1000 units at a shipping warehouse, for the orders of this module."""
+    (created,) = Catalog(api).stocked("19.99", on_hand=1000)
+    return created
+
+
+# --- 1. Issuing, listing and revoking keys ------------------------------------------------------
+
+
+def test_an_admin_issues_a_key_whose_random_secret_is_shown_once(api: InProcessApi):
+    first = api.post("/api-keys", json={"name": "Web storefront", "scopes": ["orders:write", "orders:read"]})
+    second = api.post("/api-keys", json={"name": "Web storefront", "scopes": ["orders:write", "orders:read"]})
+
+    assert first.status_code == 201, first.text
+    issued = first.json()
+    assert {"id", "name", "scopes", "channel", "key"} <= set(issued)
+    assert issued["id"].startswith("key_")
+    assert issued["name"] == "Web storefront"
+    assert sorted(issued["scopes"]) == ["orders:read", "orders:write"]
+    assert issued["channel"] is None
+    # At least 128 random bits: 22 url-safe base64 characters after the prefix.
+    assert re.fullmatch(r"oms_[A-Za-z0-9_-]{22,}", issued["key"]), issued["key"]
+    assert second.status_code == 201, second.text
+    assert second.json()["key"] != issued["key"]
+    assert second.json()["id"] != issued["id"]
+    assert api.get("/orders", key=issued["key"]).status_code == 200
+
+
+def test_a_key_bound_to_a_channel_says_so(api: InProcessApi, channel_a: str):
+    issued = issue(api, "orders:write", channel=channel_a)
+
+    assert issued["channel"] == channel_a
+    assert issued["scopes"] == ["orders:write"]
+
+
+def test_listing_keys_never_shows_a_secret_or_its_hash(api: InProcessApi):
+    issued = issue(api, "orders:read")
+
+    items, text = all_keys(api)
+
+    listed = [item for item in items if item["id"] == issued["id"]]
+    assert len(listed) == 1
+    assert listed[0]["name"] == issued["name"]
+    assert listed[0]["scopes"] == issued["scopes"]
+    for item in items:
+        assert not {"key", "secret", "hash", "secret_hash"} & set(item), item
+    assert issued["key"] not in text
+    assert hashlib.sha256(issued["key"].encode()).hexdigest() not in text
+    assert api.admin_key not in text
+
+
+def test_a_revoked_key_is_401_on_the_very_next_request(api: InProcessApi):
+    issued = issue(api, "orders:read")
+    assert api.get("/orders", key=issued["key"]).status_code == 200
+
+    revoked_now = api.request("DELETE", f"/api-keys/{issued['id']}")
+
+    assert revoked_now.status_code == 204, revoked_now.text
+    assert revoked_now.content == b""
+    assert_error(api.get("/orders", key=issued["key"]), 401, "unauthorized")
+    listed = next(item for item in all_keys(api)[0] if item["id"] == issued["id"])
+    assert listed["revoked_at"] is not None
+
+
+def test_revoking_an_unknown_key_is_404(api: InProcessApi):
+    response = api.request("DELETE", "/api-keys/key_doesnotexist0000")
+
+    assert_error(response, 404, "not_found")
+
+
+def test_the_bootstrap_admin_key_cannot_be_revoked_through_the_api(api: InProcessApi):
+    response = api.request("DELETE", "/api-keys/key_admin")
+
+    assert_error(response, 409)
+    assert api.get("/orders").status_code == 200, "the admin key must keep working"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api-keys", {"name": "sneaky", "scopes": ["admin"]}),
+        ("GET", "/api-keys", None),
+        ("DELETE", "/api-keys/key_admin", None),
+    ],
+)
+def test_a_key_without_the_admin_scope_cannot_manage_keys(api: InProcessApi, method: str, path: str, body: dict | None):
+    almost_everything = issue(api, *[s for s in ALL_SCOPES if s != "admin"])
+
+    response = api.request(method, path, key=almost_everything["key"], json=body)
+
+    assert_error(response, 403, "forbidden")
+    assert not any(item["name"] == "sneaky" for item in all_keys(api)[0])
+
+
+def test_a_non_admin_key_cannot_revoke_another_key(api: InProcessApi, reader: dict[str, Any]):
+    victim = issue(api, "orders:read")
+
+    response = api.request("DELETE", f"/api-keys/{victim['id']}", key=reader["key"])
+
+    assert_error(response, 403, "forbidden")
+    assert api.get("/orders", key=victim["key"]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "x", "scopes": []}, "scopes"),
+        ({"name": "x", "scopes": ["orders:delete"]}, "scopes[0]"),
+        ({"name": "x", "scopes": ["orders:read", "orders:read"]}, "scopes"),
+        ({"name": "x", "scopes": ["admin"], "channel": "web"}, None),
+        ({"name": "", "scopes": ["orders:read"]}, "name"),
+        ({"scopes": ["orders:read"]}, "name"),
+    ],
+    ids=["empty-scopes", "unknown-scope", "repeated-scope", "admin-bound-to-a-channel", "blank-name", "no-name"],
+)
+def test_an_invalid_new_key_is_422_and_issues_nothing(api: InProcessApi, body: dict, field: str | None):
+    before = {item["id"] for item in all_keys(api)[0]}
+
+    response = api.post("/api-keys", json=body)
+
+    assert_error(response, 422, "validation_error", *([field] if field else []))
+    assert {item["id"] for item in all_keys(api)[0]} == before
+
+
+# --- 2. Every endpoint but the public three needs a valid key ---------------------------------------
+
+PATH_VALUES = {
+    "sku": "SKU-1",
+    "location_id": "loc-1",
+    "order_id": UNKNOWN_ORDER,
+    "key_id": "key_admin",
+    "shipment_id": "shp_" + "a" * 24,
+    "return_id": "rma_" + "a" * 24,
+    "import_id": "imp_" + "a" * 24,
+}
+
+
+def concrete(path: str) -> str:
+    """The template path with plausible values for its parameters (routes added later get a generic one)."""
+    return re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES.get(m.group(1), f"{m.group(1)}-1"), path)
+
+
+PROTECTED = [
+    (route.method, route.path)
+    for route in Template.load().api_routes()
+    if (route.method, route.path) not in PUBLIC_ROUTES
+]
+
+
+def test_the_public_routes_are_the_only_ones_without_the_authorizer():
+    open_routes = {(r.method, r.path) for r in Template.load().api_routes() if r.authorizer is None}
+
+    assert open_routes == PUBLIC_ROUTES
+    assert len(PROTECTED) >= 14
+
+
+@pytest.mark.parametrize("credential", ["none", "unknown", "malformed", "revoked", "basic"])
+@pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+def test_every_protected_endpoint_is_401_without_a_valid_key(
+    api: InProcessApi, revoked: dict[str, Any], method: str, path: str, credential: str
+):
+    headers = {
+        "none": {},
+        "unknown": {"Authorization": "Bearer oms_" + uuid.uuid4().hex + uuid.uuid4().hex[:8]},
+        "malformed": {"Authorization": "Bearer x"},
+        "revoked": {"Authorization": f"Bearer {revoked['key']}"},
+        "basic": {"Authorization": "Basic YWRtaW46YWRtaW4="},
+    }[credential]
+    body = {} if method in ("POST", "PUT", "PATCH") else None
+
+    response = api.request(method, concrete(path), key=None, headers=headers, json=body)
+
+    assert_error(response, 401, "unauthorized")
+
+
+def test_the_admin_key_survives_the_anonymous_delete_attempts(api: InProcessApi):
+    assert api.get("/api-keys").status_code == 200
+
+
+# --- 3. Scopes: 403 for what a key may not do, before its body is even looked at ---------------------
+
+
+def test_a_read_only_key_cannot_place_an_order(api: InProcessApi, reader: dict[str, Any], sku: str):
+    body = order_body((sku, 1))
+
+    response = api.post("/orders", json=body, key=reader["key"])
+
+    assert_error(response, 403, "forbidden")
+    assert api.orders_of(body["customer"]["id"]) == []
+
+
+def test_a_read_only_key_cannot_create_a_product(api: InProcessApi, reader: dict[str, Any]):
+    new_sku = unique("SKU").upper()
+
+    response = api.put(f"/products/{new_sku}", json={"name": "Mug", "price": money("1.00")}, key=reader["key"])
+
+    assert_error(response, 403, "forbidden")
+    assert_error(api.get(f"/products/{new_sku}"), 404, "not_found")
+
+
+def test_a_read_only_key_cannot_create_a_location(api: InProcessApi, reader: dict[str, Any]):
+    location_id = unique("loc")
+
+    response = api.put(f"/locations/{location_id}", json=location_body(), key=reader["key"])
+
+    assert_error(response, 403, "forbidden")
+    assert location_id not in {loc["location_id"] for loc in api.get("/locations").json()["items"]}
+
+
+def test_a_read_only_key_cannot_count_or_adjust_stock(api: InProcessApi, catalog: Catalog, reader: dict[str, Any]):
+    warehouse = catalog.location()
+    (stocked,) = [catalog.product("5.00")]
+    catalog.stock(stocked, warehouse, 10)
+
+    counted = api.put(f"/inventory/{stocked}/{warehouse}", json={"on_hand": 0}, key=reader["key"])
+    adjusted = api.post(
+        f"/inventory/{stocked}/{warehouse}/adjustments", json={"delta": -5, "reason": "damage"}, key=reader["key"]
+    )
+
+    assert_error(counted, 403, "forbidden")
+    assert_error(adjusted, 403, "forbidden")
+    assert api.get(f"/inventory/{stocked}").json()["available"] == 10
+
+
+def test_a_read_only_key_still_reads_orders_and_any_key_reads_the_catalog(
+    api: InProcessApi, reader: dict[str, Any], sku: str
+):
+    assert api.get("/orders", key=reader["key"]).status_code == 200
+    assert api.get(f"/products/{sku}", key=reader["key"]).status_code == 200
+    assert api.get(f"/inventory/{sku}", key=reader["key"]).status_code == 200
+    assert api.get("/locations", key=reader["key"]).status_code == 200
+
+
+def test_a_storefront_key_cannot_change_a_price(api: InProcessApi, storefront: dict[str, Any], sku: str):
+    before = api.get(f"/products/{sku}").json()
+
+    response = api.put(f"/products/{sku}", json={"name": before["name"], "price": money("0.01")}, key=storefront["key"])
+
+    assert_error(response, 403, "forbidden")
+    after = api.get(f"/products/{sku}").json()
+    assert after["price"] == money("19.99")
+    assert after == before
+
+
+def test_a_catalog_key_cannot_read_orders(api: InProcessApi, sku: str):
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    merchandiser = issue(api, "catalog:write")
+
+    assert_error(api.get("/orders", key=merchandiser["key"]), 403, "forbidden")
+    assert_error(api.get(f"/orders/{placed.json()['id']}", key=merchandiser["key"]), 403, "forbidden")
+    assert_error(api.get(f"/orders/{placed.json()['id']}/history", key=merchandiser["key"]), 403, "forbidden")
+
+
+INVALID_BODIES = {
+    "malformed-json": "{not json",
+    "empty-object": "{}",
+    "server-owned-field": '{"id": "x", "status": "shipped"}',
+    "card-number": '{"payment": {"token": "4111111111111111"}}',
+    "wrong-type": "[1, 2, 3]",
+}
+
+
+@pytest.mark.parametrize("body", INVALID_BODIES.values(), ids=INVALID_BODIES.keys())
+@pytest.mark.parametrize(
+    ("who", "method", "path"),
+    [
+        ("reader", "POST", "/orders"),
+        ("reader", "PUT", "/products/SKU-ANY"),
+        ("reader", "PUT", "/inventory/SKU-ANY/loc-any"),
+        ("storefront", "PUT", "/products/SKU-ANY"),
+        ("storefront", "POST", "/api-keys"),
+    ],
+)
+def test_a_key_without_the_scope_gets_403_before_its_body_is_validated(
+    api: InProcessApi, reader: dict[str, Any], storefront: dict[str, Any], who: str, method: str, path: str, body: str
+):
+    key = {"reader": reader, "storefront": storefront}[who]["key"]
+
+    response = api.request(method, path, key=key, data=body, headers={"Content-Type": "application/json"})
+
+    assert_error(response, 403, "forbidden")
+
+
+# --- 4. Channel isolation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TwoChannels:
+    customer: dict[str, str]
+    channel_a: str
+    channel_b: str
+    order_a: str  # placed by the storefront key of channel A
+    order_b: str  # placed by the admin in channel B
+
+
+@pytest.fixture(scope="module")
+def two_channels(api: InProcessApi, storefront: dict[str, Any], channel_a: str, sku: str) -> TwoChannels:
+    customer = {"id": unique("cus"), "email": "ada@example.com"}
+    channel_b = f"web-{uuid.uuid4().hex[:12]}"
+    mine = api.post("/orders", json=order_body((sku, 1), channel=channel_a, customer=customer), key=storefront["key"])
+    assert mine.status_code == 201, mine.text
+    theirs = api.post("/orders", json=order_body((sku, 1), channel=channel_b, customer=customer))
+    assert theirs.status_code == 201, theirs.text
+    return TwoChannels(customer, channel_a, channel_b, mine.json()["id"], theirs.json()["id"])
+
+
+def test_a_channel_bound_key_places_orders_in_its_own_channel(api: InProcessApi, storefront: dict[str, Any], sku: str):
+    body = order_body((sku, 2), channel=storefront["channel"])
+
+    response = api.post("/orders", json=body, key=storefront["key"])
+
+    assert response.status_code == 201, response.text
+    assert response.json()["channel"] == storefront["channel"]
+
+
+def test_a_channel_bound_key_cannot_place_an_order_for_another_channel(
+    api: InProcessApi, storefront: dict[str, Any], sku: str
+):
+    body = order_body((sku, 1), channel=f"web-{uuid.uuid4().hex[:12]}")
+
+    response = api.post("/orders", json=body, key=storefront["key"])
+
+    assert_error(response, 403, "forbidden")
+    assert api.orders_of(body["customer"]["id"]) == []
+
+
+def test_a_channel_bound_key_is_refused_another_channel_with_an_idempotency_key_too(
+    api: InProcessApi, storefront: dict[str, Any], sku: str
+):
+    body = order_body((sku, 1), channel="web")
+
+    response = api.post("/orders", json=body, key=storefront["key"], headers={"Idempotency-Key": unique("idem")})
+
+    assert_error(response, 403, "forbidden")
+    assert api.orders_of(body["customer"]["id"]) == []
+
+
+def without(text: str, *ids: str) -> str:
+    for value in ids:
+        text = text.replace(value, "<id>")
+    return text
+
+
+@pytest.mark.parametrize("suffix", ["", "/history"], ids=["order", "history"])
+def test_another_channels_order_answers_404_exactly_like_an_unknown_one(
+    api: InProcessApi, storefront: dict[str, Any], two_channels: TwoChannels, suffix: str
+):
+    foreign = api.get(f"/orders/{two_channels.order_b}{suffix}", key=storefront["key"])
+    unknown = api.get(f"/orders/{UNKNOWN_ORDER}{suffix}", key=storefront["key"])
+
+    foreign_error = assert_error(foreign, 404, "not_found")
+    unknown_error = assert_error(unknown, 404, "not_found")
+    assert without(foreign.text, two_channels.order_b) == without(unknown.text, UNKNOWN_ORDER)
+    assert foreign_error["details"] == unknown_error["details"]
+    assert api.get(f"/orders/{two_channels.order_b}{suffix}").status_code == 200  # the admin sees it
+
+
+def test_a_channel_bound_key_reads_its_own_orders_and_history(
+    api: InProcessApi, storefront: dict[str, Any], two_channels: TwoChannels
+):
+    order = api.get(f"/orders/{two_channels.order_a}", key=storefront["key"])
+    history = api.get(f"/orders/{two_channels.order_a}/history", key=storefront["key"])
+
+    assert order.status_code == 200, order.text
+    assert order.json()["channel"] == two_channels.channel_a
+    assert history.status_code == 200, history.text
+
+
+def listed(api: InProcessApi, key: str, **params: str) -> list[dict[str, Any]]:
+    response = api.get("/orders", key=key, params={"limit": 100, **params})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def test_a_channel_bound_key_lists_only_its_channels_orders(
+    api: InProcessApi, storefront: dict[str, Any], two_channels: TwoChannels
+):
+    customer = two_channels.customer["id"]
+
+    by_customer = listed(api, storefront["key"], customer_id=customer)
+    other_channel = listed(api, storefront["key"], customer_id=customer, channel=two_channels.channel_b)
+    other_channel_only = listed(api, storefront["key"], channel=two_channels.channel_b)
+    unfiltered = listed(api, storefront["key"])
+    own_channel = listed(api, storefront["key"], channel=two_channels.channel_a)
+
+    assert [order["id"] for order in by_customer] == [two_channels.order_a]
+    assert other_channel == []
+    assert other_channel_only == []
+    assert unfiltered, "the key's own orders are listed"
+    assert {order["channel"] for order in unfiltered} == {two_channels.channel_a}
+    assert two_channels.order_a in {order["id"] for order in unfiltered}
+    assert two_channels.order_a in {order["id"] for order in own_channel}
+
+
+def test_the_admin_lists_every_channels_orders(api: InProcessApi, two_channels: TwoChannels):
+    ids = {order["id"] for order in listed(api, api.admin_key, customer_id=two_channels.customer["id"])}
+
+    assert ids == {two_channels.order_a, two_channels.order_b}
+
+
+# --- 5. Server-owned fields (mass assignment) --------------------------------------------------------
+
+
+def set_path(body: dict, path: str, value: Any) -> dict:
+    """Sets "a.b[0].c" in a nested body (creating the last key)."""
+    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    target: Any = body
+    for part in parts[:-1]:
+        target = target[part]
+    target[parts[-1]] = value
+    return body
+
+
+@dataclass
+class Scene:
+    """One product (19.99, 10 units at one warehouse) that every refused write must leave alone."""
+
+    api: InProcessApi
+    sku: str
+    location: str
+    customer: str
+    product: dict[str, Any]
+    location_record: dict[str, Any]
+
+    def request(self, route: str, body: Any) -> Answer:
+        method, path = route.split(" ", 1)
+        path = path.replace("{sku}", self.sku).replace("{location_id}", self.location)
+        return self.api.request(method, path, json=body)
+
+    def body(self, route: str) -> dict[str, Any]:
+        """A valid body for `route` that would change something if it were accepted."""
+        return copy.deepcopy(
+            {
+                "POST /orders": order_body((self.sku, 1), customer={"id": self.customer, "email": "ada@example.com"}),
+                "PUT /products/{sku}": {"name": "Renamed", "price": money("29.99")},
+                "PUT /locations/{location_id}": location_body(name="Renamed warehouse"),
+                "PUT /inventory/{sku}/{location_id}": {"on_hand": 5},
+                "POST /inventory/{sku}/{location_id}/adjustments": {"delta": 5, "reason": "receipt"},
+                "POST /api-keys": {"name": f"mass-{self.customer}", "scopes": ["orders:read"]},
+            }[route]
+        )
+
+    def assert_unchanged(self) -> None:
+        api = self.api
+        assert api.orders_of(self.customer) == [], "an order was stored"
+        assert api.get(f"/products/{self.sku}").json() == self.product, "the product changed"
+        locations = {loc["location_id"]: loc for loc in api.get("/locations").json()["items"]}
+        assert locations[self.location] == self.location_record, "the location changed"
+        stock = api.get(f"/inventory/{self.sku}").json()
+        assert [(s["location_id"], s["on_hand"], s["reserved"]) for s in stock["locations"]] == [
+            (self.location, 10, 0)
+        ], stock
+        assert not [k for k in all_keys(api)[0] if k["name"] == f"mass-{self.customer}"], "a key was issued"
+
+
+def build_scene(api: InProcessApi) -> Scene:
+    catalog = Catalog(api)
+    location = catalog.location()
+    sku = catalog.product("19.99")
+    catalog.stock(sku, location, 10)
+    product = api.get(f"/products/{sku}").json()
+    record = next(loc for loc in api.get("/locations").json()["items"] if loc["location_id"] == location)
+    return Scene(api, sku, location, unique("cus"), product, record)
+
+
+@pytest.fixture(scope="module")
+def scene(api: InProcessApi) -> Scene:
+    """Shared by every test that expects nothing to be written."""
+    return build_scene(api)
+
+
+@pytest.fixture
+def own_scene(api: InProcessApi) -> Scene:
+    """For tests of known bugs, which do write: they must not spoil the shared scene."""
+    return build_scene(api)
+
+
+MONEY = money("0.00")
+LATER = "2030-01-01T00:00:00Z"
+ORDER_OWNED = {
+    "id": UNKNOWN_ORDER,
+    "status": "shipped",
+    "version": 42,
+    "created_at": LATER,
+    "updated_at": LATER,
+    "totals": {"subtotal": MONEY, "discount": MONEY, "shipping": MONEY, "tax": MONEY, "grand_total": MONEY},
+    "subtotal": MONEY,
+    "grand_total": MONEY,
+    "unit_price": MONEY,
+    "discount": MONEY,
+    "tax": MONEY,
+    "total": MONEY,
+    "allocations": [{"line_id": "L1", "location_id": "loc-1", "quantity": 1}],
+    "shipments": [],
+    "line_id": "L1",
+    "available": 1,
+    "reserved": 0,
+    "lines[0].line_id": "L1",
+    "lines[0].unit_price": MONEY,
+    "lines[0].discount": MONEY,
+    "lines[0].tax": MONEY,
+    "lines[0].total": MONEY,
+    "payment.status": "captured",
+    "payment.authorized": money("19.99"),
+    "payment.captured": money("19.99"),
+    "payment.refunded": MONEY,
+}
+CATALOG_OWNED = {
+    "id": "x",
+    "status": "active",
+    "version": 42,
+    "created_at": LATER,
+    "updated_at": LATER,
+    "available": 100,
+    "reserved": 0,
+}
+STOCK_OWNED = {
+    "id": "x",
+    "available": 1000,
+    "reserved": 0,
+    "version": 42,
+    "created_at": LATER,
+    "updated_at": LATER,
+    "sku": "OTHER",
+    "location_id": "other",
+}
+KEY_OWNED = {
+    "id": "key_chosen",
+    "key": "oms_chosen_by_the_client_0123456789",
+    "secret": "oms_chosen_by_the_client_0123456789",
+    "hash": "0" * 64,
+    "secret_hash": "0" * 64,
+    "status": "active",
+    "version": 1,
+    "created_at": LATER,
+    "updated_at": LATER,
+    "revoked_at": None,
+}
+MASS_ASSIGNMENT = [
+    *[("POST /orders", field, value) for field, value in ORDER_OWNED.items()],
+    *[("PUT /products/{sku}", field, value) for field, value in {**CATALOG_OWNED, "sku": "OTHER"}.items()],
+    *[
+        ("PUT /locations/{location_id}", field, value)
+        for field, value in {**CATALOG_OWNED, "location_id": "other"}.items()
+    ],
+    *[("PUT /inventory/{sku}/{location_id}", field, value) for field, value in STOCK_OWNED.items()],
+    *[
+        ("POST /inventory/{sku}/{location_id}/adjustments", field, value)
+        for field, value in {**STOCK_OWNED, "on_hand": 99}.items()
+    ],
+    *[("POST /api-keys", field, value) for field, value in KEY_OWNED.items()],
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "value"), MASS_ASSIGNMENT, ids=[f"{route} {field}" for route, field, _ in MASS_ASSIGNMENT]
+)
+def test_a_server_owned_field_in_a_write_body_is_422_naming_it_and_writes_nothing(
+    scene: Scene, route: str, field: str, value: Any
+):
+    body = set_path(scene.body(route), field, value)
+
+    response = scene.request(route, body)
+
+    assert_error(response, 422, "validation_error", field)
+    scene.assert_unchanged()
+
+
+# --- 6. Card numbers: refused wherever they appear -------------------------------------------------------
+
+CARD_FIELDS = [
+    ("POST /orders", "payment.token", "4111111111111111"),
+    ("POST /orders", "payment.token", 4111111111111111),
+    ("POST /orders", "customer.name", "4111 1111 1111 1111"),
+    ("POST /orders", "shipping_address.line2", "5555-5555-5555-4444"),
+    ("POST /orders", "external_id", "378282246310005"),
+    ("POST /orders", "lines[0].sku", "6011111111111117"),
+    ("POST /orders", "promo_codes", ["SUMMER", "4012888888881881"]),
+    ("POST /orders", "metadata", {"gift": {"notes": ["hi", {"card": "4111-1111-1111-1111"}]}}),
+    ("PUT /products/{sku}", "name", "4111111111111111"),
+    ("PUT /locations/{location_id}", "address.line2", "5105 1051 0510 5100"),
+    ("PUT /inventory/{sku}/{location_id}", "on_hand", 4111111111111111),
+    ("POST /inventory/{sku}/{location_id}/adjustments", "reason", "3530111333300000"),
+    ("POST /api-keys", "name", "4111111111111111"),
+]
+CARD_DETAIL = {"promo_codes": "promo_codes[1]", "metadata": "metadata.gift.notes[1].card"}
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "value"),
+    CARD_FIELDS,
+    ids=[f"{route} {field} {type(v).__name__}" for route, field, v in CARD_FIELDS],
+)
+def test_a_card_number_in_any_field_of_a_write_body_is_422_card_data_rejected_and_stores_nothing(
+    scene: Scene, route: str, field: str, value: Any
+):
+    body = set_path(scene.body(route), field, value)
+
+    response = scene.request(route, body)
+
+    error = assert_error(response, 422, "card_data_rejected", CARD_DETAIL.get(field, field))
+    digits = re.sub(r"\D", "", str(value))[-16:]
+    assert digits not in re.sub(r"[ -]", "", response.text), "the error must never echo the number"
+    assert all(detail.get("field") for detail in error["details"])
+    scene.assert_unchanged()
+
+
+@pytest.mark.parametrize("name", ["customer_id", "status", "channel", "cursor"])
+def test_a_card_number_in_a_query_parameter_is_422_card_data_rejected(api: InProcessApi, name: str):
+    response = api.get("/orders", params={name: "4111111111111111"})
+
+    assert_error(response, 422, "card_data_rejected", name)
+    assert "4111111111111111" not in response.text
+
+
+@pytest.mark.parametrize("route", ["PUT /products/{sku}", "PUT /locations/{location_id}"])
+def test_a_card_number_as_a_path_parameter_is_422_card_data_rejected(own_scene: Scene, route: str):
+    method, template = route.split(" ", 1)
+
+    response = own_scene.api.request(method, re.sub(r"\{\w+\}", CARD, template), json=own_scene.body(route))
+
+    assert_error(response, 422, "card_data_rejected")
+    assert own_scene.api.get(f"/products/{CARD}").status_code != 200
+    assert CARD not in own_scene.api.get("/locations").text
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "value"),
+    [
+        ("POST /orders", "shipping_address.line2", "Card 4111 1111 1111 1111 exp 12/30"),
+        ("POST /orders", "customer.name", "Ada Lovelace 4111111111111111"),
+        ("POST /inventory/{sku}/{location_id}/adjustments", "reason", "refund to card 5555555555554444"),
+    ],
+    ids=["address-line", "customer-name", "adjustment-reason"],
+)
+def test_a_card_number_inside_free_text_is_422_card_data_rejected(own_scene: Scene, route: str, field: str, value: str):
+    body = set_path(own_scene.body(route), field, value)
+
+    response = own_scene.request(route, body)
+
+    assert_error(response, 422, "card_data_rejected", field)
+    own_scene.assert_unchanged()
+
+
+# --- 7. Audit --------------------------------------------------------------------------------------------
+
+
+def test_an_orders_history_names_the_key_that_placed_it(api: InProcessApi, storefront: dict[str, Any], sku: str):
+    placed = api.post("/orders", json=order_body((sku, 1), channel=storefront["channel"]), key=storefront["key"])
+    assert placed.status_code == 201, placed.text
+
+    history = api.get(f"/orders/{placed.json()['id']}/history", key=storefront["key"])
+
+    assert history.status_code == 200, history.text
+    first = history.json()["items"][0]
+    assert first["type"] == "created"
+    assert first["actor"] == storefront["id"]
+
+
+def test_an_order_placed_by_the_admin_names_the_admin_key(api: InProcessApi, sku: str):
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+
+    history = api.get(f"/orders/{placed.json()['id']}/history")
+
+    assert history.json()["items"][0]["actor"] == "key_admin"
+
+
+# --- 8. Revocation behind the authorizer cache ---------------------------------------------------------------
+
+
+def poll(check: Callable[[], Answer], until: Callable[[Answer], bool], seconds: float) -> list[Answer]:
+    """`check()` every 0.2 s until `until(response)` or `seconds` pass; returns every response."""
+    deadline = time.monotonic() + seconds
+    seen = [check()]
+    while not until(seen[-1]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen.append(check())
+    return seen
+
+
+@pytest.mark.parametrize("api", [DEFAULT_CACHE], indirect=True, ids=["authorizer-cache-5s"])
+def test_with_the_default_authorizer_cache_a_revoked_key_is_refused_within_seconds(api: InProcessApi):
+    assert {authorizer.cache_seconds for authorizer in api.gateway.authorizers.values()} == {5}
+    issued = issue(api, "orders:read")
+    assert api.get("/orders", key=issued["key"]).status_code == 200  # the authorizer's answer is now cached
+
+    assert api.request("DELETE", f"/api-keys/{issued['id']}").status_code == 204
+    seen = poll(lambda: api.get("/orders", key=issued["key"]), lambda r: r.status_code == 401, seconds=10)
+
+    assert {r.status_code for r in seen[:-1]} <= {200}, [r.status_code for r in seen]
+    assert_error(seen[-1], 401, "unauthorized")

@@ -1,0 +1,99 @@
+"""Ids in paths (API.md): an id that names nothing the caller may see is 404 not_found, malformed
+or not, on every route and method that looks one up; a PUT that creates what its path names still
+validates the id it is given (422). Through the in-process gateway, on moto."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from infra.local.template import Template
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+
+# What a PUT creates under the id in its path: there a malformed id is invalid, not unknown.
+CREATES = {("PUT", "/products/{sku}"), ("PUT", "/locations/{location_id}")}
+MALFORMED = "~doesnotexist"  # fits no id format (an id never starts with "~")
+WELL_FORMED = {
+    "order_id": "ord_" + "a" * 24,
+    "shipment_id": "shp_" + "a" * 24,
+    "key_id": "key_doesnotexist",
+    "import_id": "imp_" + "a" * 24,
+    "sku": "NO-SUCH-SKU",
+    "location_id": "no-such-location",
+    "carrier": "no-such-carrier",
+}
+ROUTES = [(r.method, r.path) for r in Template.load().api_routes() if "{" in r.path]
+LOOKUPS = [
+    (method, path, name)
+    for method, path in ROUTES
+    if (method, path) not in CREATES
+    for name in re.findall(r"\{(\w+)\}", path)
+]
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+def concrete(path: str, **values: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), WELL_FORMED[m.group(1)]), path)
+
+
+def test_every_route_with_an_id_in_its_path_is_covered():
+    assert {(m, p) for m, p, _ in LOOKUPS} | CREATES == set(ROUTES)
+    assert {name for _, _, name in LOOKUPS} == set(WELL_FORMED)
+
+
+@pytest.mark.parametrize(("method", "path", "name"), LOOKUPS, ids=[f"{m} {p} {n}" for m, p, n in LOOKUPS])
+def test_a_malformed_id_is_404_not_found_whatever_the_body(api: InProcessApi, method: str, path: str, name: str):
+    body = {} if method in ("POST", "PUT", "PATCH") else None  # invalid for every such route
+
+    response = api.request(method, concrete(path, **{name: MALFORMED}), json=body)
+
+    error = assert_error(response, 404, "not_found")
+    assert error["details"] == []
+    assert MALFORMED in error["message"]
+
+
+def test_the_issue_s_example_get_orders_ord_doesnotexist_is_404(api: InProcessApi):
+    assert_error(api.get("/orders/ord_doesnotexist"), 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/orders/{order_id}", "/orders/{order_id}/history", "/imports/{import_id}"])
+def test_a_malformed_id_answers_exactly_like_a_well_formed_unknown_one(api: InProcessApi, path: str):
+    malformed = api.get(concrete(path, order_id="ord_x", import_id="imp_x"))
+    unknown = api.get(concrete(path))
+
+    assert_error(malformed, 404, "not_found")
+    assert_error(unknown, 404, "not_found")
+    shape = malformed.json()["error"]
+    assert shape["message"].replace("ord_x", "<id>").replace("imp_x", "<id>") == unknown.json()["error"][
+        "message"
+    ].replace(WELL_FORMED["order_id"], "<id>").replace(WELL_FORMED["import_id"], "<id>")
+
+
+@pytest.mark.parametrize(
+    ("path", "name"), [("/products/{sku}", "sku"), ("/locations/{location_id}", "location_id")], ids=["sku", "location"]
+)
+def test_a_put_that_creates_what_its_path_names_validates_the_id(api: InProcessApi, path: str, name: str):
+    response = api.put(concrete(path, **{name: MALFORMED}), json={})
+
+    assert_error(response, 422, "validation_error", name)
+
+
+def test_a_card_number_as_an_id_is_still_refused_as_card_data(api: InProcessApi):
+    response = api.get("/orders/4111111111111111")
+
+    assert_error(response, 422, "card_data_rejected", "order_id")
+    assert "4111111111111111" not in response.text
+
+
+def test_a_key_without_the_scope_is_still_403_before_the_id_is_looked_at(api: InProcessApi):
+    issued = api.post("/api-keys", json={"name": "catalog only", "scopes": ["catalog:write"]}).json()
+
+    assert_error(api.get(f"/orders/{MALFORMED}", key=issued["key"]), 403, "forbidden")

@@ -1,0 +1,138 @@
+"""The composition root: bootstrap(config, ...) takes what a test gives it and builds the rest on
+first use; a handler module's WarmContainer keeps one container while warm, and tests override it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from core.models import utc_now
+from functions.bootstrap import Config, Container, WarmContainer, bootstrap, forget_warm_containers
+from tests.builders import product
+from tests.fakes import FakeCatalog, FakeInventory, FakeOrders
+
+CONFIG = Config(orders_table="orders", inventory_table="inventory", catalog_table="catalog", idempotency_table="idem")
+
+
+def test_config_from_env_reads_the_tables_and_what_a_function_may_be_given(monkeypatch: pytest.MonkeyPatch):
+    for name, value in {
+        "ORDERS_TABLE": "o",
+        "INVENTORY_TABLE": "i",
+        "CATALOG_TABLE": "c",
+        "IDEMPOTENCY_TABLE": "d",
+        "OMS_CATALOG_CACHE_SECONDS": "2.5",
+        "IMPORT_QUEUE_URL": "https://queue",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("LABELS_BUCKET", "OMS_PUBLIC_S3_ENDPOINT", "ORDER_WORKFLOW_ARN"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert Config.from_env() == Config(
+        orders_table="o",
+        inventory_table="i",
+        catalog_table="c",
+        idempotency_table="d",
+        catalog_cache_seconds=2.5,
+        import_queue_url="https://queue",
+    )
+
+
+def test_a_missing_table_name_fails_at_once(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("ORDERS_TABLE", raising=False)
+
+    with pytest.raises(KeyError, match="ORDERS_TABLE"):
+        Config.from_env()
+
+
+def test_given_parts_are_used_and_what_depends_on_them_is_built_on_them():
+    catalog = FakeCatalog()
+    catalog.put_product(product("MUG"))
+    container = bootstrap(CONFIG, catalog_repository=catalog, inventory_repository=FakeInventory())
+
+    assert container.catalog.get_product("MUG").sku == "MUG"  # through the cache, onto the fake
+    assert container.inventory.summary("MUG").locations == []
+    assert container.cached_catalog is container.cached_catalog  # built once per container
+
+
+def test_a_part_that_does_not_exist_is_refused_by_name():
+    with pytest.raises(TypeError, match="order_repo"):
+        bootstrap(CONFIG, order_repo=FakeOrders())
+
+
+def test_the_clock_is_a_part_too():
+    fixed = utc_now()
+
+    container = bootstrap(CONFIG, clock=lambda: fixed, catalog_repository=FakeCatalog())
+    saved, created = container.catalog.put_product("MUG", _product_input())
+
+    assert created and saved.updated_at == fixed
+
+
+def test_a_function_that_needs_a_setting_it_lacks_says_which():
+    container = bootstrap(CONFIG, sqs=object(), stepfunctions=object())
+
+    with pytest.raises(RuntimeError, match="IMPORT_QUEUE_URL"):
+        container.import_splitter()
+    with pytest.raises(RuntimeError, match="ORDER_WORKFLOW_ARN"):
+        _ = container.workflow_starter
+
+
+def test_a_warm_container_is_built_once_overridden_for_a_block_and_forgotten_on_request():
+    built: list[Container] = []
+
+    def build() -> Container:
+        built.append(bootstrap(CONFIG))
+        return built[-1]
+
+    warm = WarmContainer(build)
+    first = warm()
+    assert warm() is first and len(built) == 1
+
+    fake = bootstrap(CONFIG, order_repository=FakeOrders())
+    with warm.override(fake):
+        assert warm() is fake
+    assert warm() is first
+
+    forget_warm_containers()
+    assert warm() is not first and len(built) == 2
+
+
+def test_a_route_runs_on_the_container_a_test_puts_in_place():
+    from functions.api.app import lambda_handler
+    from functions.api.dependencies import container
+
+    catalog = FakeCatalog()
+    catalog.put_product(product("MUG", "4.50"))
+    event = {
+        "httpMethod": "GET",
+        "resource": "/products/{sku}",
+        "path": "/products/MUG",
+        "pathParameters": {"sku": "MUG"},
+        "headers": {},
+        "requestContext": {"authorizer": {"key_id": "key_test", "scopes": "orders:read", "channel": ""}},
+    }
+
+    with container.override(bootstrap(CONFIG, catalog_repository=catalog)):
+        response = lambda_handler(event, _Context())
+
+    assert response["statusCode"] == 200, response["body"]
+    assert json.loads(response["body"])["price"] == {"amount": "4.50", "currency": "USD"}
+
+
+def _product_input() -> Any:
+    from core.models import ProductInput
+    from tests.builders import product_body
+
+    return ProductInput.model_validate(product_body())
+
+
+class _Context:
+    function_name = "ApiFunction"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
+    aws_request_id = "test-request"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
