@@ -9,6 +9,10 @@ however often it happens: Express does not refuse a second execution for the sam
 every step is idempotent (keyed by order and step) and a step finding its work done does nothing.
 An order still stalled long after it was placed is not restarted forever: it is parked on hold,
 as the workflow parks an order whose failure outlived its retries.
+
+The index finds candidates by when they were placed; each is then judged by its last change
+(`updated_at`), so an order that moved recently (edited, released from a hold and started again)
+is left to the execution that moved it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from core.ports import StalledOrders, WorkflowStarter
+from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
 from core.workflow import Workflow
 
@@ -36,6 +40,7 @@ class Reconciler:
     def __init__(
         self,
         stalled: StalledOrders,
+        orders: OrderRepository,
         starter: WorkflowStarter,
         workflow: Workflow,
         clock: Callable[[], datetime],
@@ -48,6 +53,7 @@ class Reconciler:
             # Younger than five minutes, an order's first execution may still be running.
             raise ValueError("restart_after must be over 5 minutes, and park_after longer still")
         self._stalled = stalled
+        self._orders = orders
         self._starter = starter
         self._workflow = workflow
         self._clock = clock
@@ -62,13 +68,16 @@ class Reconciler:
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = Reconciled()
         for status in WORKFLOW_STATUSES:
-            for order in self._stalled.stalled(status, now - self._restart_after, self._limit):
-                if order.created_at <= now - self._park_after:
+            for candidate in self._stalled.stalled(status, now - self._restart_after, self._limit):
+                order = self._orders.get(candidate.order_id)
+                if order is None or order.status is not status or order.updated_at > now - self._restart_after:
+                    continue  # moved on since the index was read, or recently enough to be running
+                if order.updated_at <= now - self._park_after:
                     minutes = int(self._park_after.total_seconds() // 60)
-                    cause = f"still {status} {minutes} minutes after it was placed, though its workflow was restarted"
-                    if self._workflow.park_after_failure(order.order_id, STALLED, cause):
-                        done.parked.append(order.order_id)
+                    cause = f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
+                    if self._workflow.park_after_failure(order.id, STALLED, cause):
+                        done.parked.append(order.id)
                 else:
-                    self._starter.start(order.order_id, rerun)
-                    done.restarted.append(order.order_id)
+                    self._starter.start(order.id, rerun)
+                    done.restarted.append(order.id)
         return done

@@ -239,6 +239,7 @@ class Container:
         config = self.config
         return Reconciler(
             DynamoStalledOrders(self.dynamodb, config.orders_table),
+            self.order_repository,
             self.workflow_starter,
             self.workflow,
             self.clock,

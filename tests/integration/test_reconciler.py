@@ -133,7 +133,8 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     order, history = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).history(old)
     assert order.status is OrderStatus.ON_HOLD
     assert (order.hold.reason, order.hold.resume_to) == ("other", OrderStatus.AUTHORIZED)
-    assert order.hold.note.startswith("order workflow failed after retries: WorkflowStalled: still authorized 60")
+    note = "order workflow failed after retries: WorkflowStalled: still authorized 60 minutes after its last change"
+    assert order.hold.note.startswith(note)
     assert history[-1].type == "on_hold"
     assert started(stack) == {}
     assert reconcile() == {"restarted": [], "parked": []}  # on hold: out of the index's pending/authorized

@@ -12,7 +12,7 @@ import pytest
 from core.errors import InvalidTransition, OrderClosed
 from core.models import Order
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
-from core.reconciliation import Reconciler
+from core.reconciliation import Reconciled, Reconciler
 from core.status import OrderStatus, can_transition
 from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
 from tests.builders import NOW
@@ -222,7 +222,7 @@ def reconciler(world: World, minutes_later: float, **kwargs) -> tuple[Reconciler
     stalled, starter = Stalled(world), Starter()
     clock = lambda: NOW + timedelta(minutes=minutes_later)  # noqa: E731
     limits = {"restart_after": timedelta(minutes=15), "park_after": timedelta(minutes=60), **kwargs}
-    return Reconciler(stalled, starter, world.workflow, clock, **limits), stalled, starter
+    return Reconciler(stalled, world.orders, starter, world.workflow, clock, **limits), stalled, starter
 
 
 def test_the_reconciler_restarts_pending_and_authorized_orders_past_the_threshold_and_parks_older_ones(world):
@@ -252,3 +252,18 @@ def test_the_reconciler_refuses_thresholds_that_would_restart_a_running_executio
 ):
     with pytest.raises(ValueError):
         reconciler(world, 0, restart_after=timedelta(minutes=restart), park_after=timedelta(minutes=park))
+
+
+def test_the_reconciler_judges_an_order_by_its_last_change_not_when_it_was_placed(world):
+    """Placed an hour ago but changed ten minutes ago (say, released from a hold and started
+    again): its own execution may be running, so it is neither restarted nor parked yet."""
+    order_id = world.place(("TSHIRT", 1))
+    changed = world.order(order_id).model_copy(update={"updated_at": NOW + timedelta(minutes=51)})
+    world.orders.orders[order_id] = changed
+
+    run, _, starter = reconciler(world, minutes_later=61)
+    assert (run.run(), starter.started) == (Reconciled(), [])
+
+    run, _, starter = reconciler(world, minutes_later=70)
+    assert run.run() == Reconciled(restarted=[order_id])
+    assert world.order(order_id).status is S.PENDING
