@@ -159,3 +159,60 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     assert [operation for operation, _ in calls] == ["query", "query"]  # pending, then authorized
     assert {kwargs["IndexName"] for _, kwargs in calls} == {"by_status"}
+
+
+# --- The metrics the alarm watches ------------------------------------------------------------------
+
+
+@pytest.fixture
+def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """EMF on stdout, starting empty: powertools keeps one metric set for every Metrics instance,
+    and with metrics disabled (the other tests) nothing flushes it."""
+    from functions.reconciler.app import metrics
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def emitted(output: str) -> dict[str, float]:
+    """The metrics in the EMF lines a function printed: name -> sum."""
+    totals: dict[str, float] = {}
+    for line in output.splitlines():
+        if '"_aws"' not in line:
+            continue
+        record = json.loads(line)
+        for directive in record["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == "OMS" and directive["Dimensions"] == [["service"]]
+            for metric in directive["Metrics"]:
+                values = record[metric["Name"]]
+                totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(
+                    values if isinstance(values, list) else [values]
+                )
+    return totals
+
+
+def test_park_order_emits_orders_parked_once_per_order_it_parked(stack, metrics_on, capsys):
+    from functions.workflow import park_order
+
+    stuck = order_id("j")
+    store(stack["aws"], stuck, OrderStatus.AUTHORIZED, minutes_ago=1)
+    step = {"order_id": stuck, "error": "States.Timeout", "cause": ""}
+    capsys.readouterr()
+
+    park_order.lambda_handler(step, Context())
+    park_order.lambda_handler(step, Context())  # a repeated task: parked already, not counted again
+
+    assert emitted(capsys.readouterr().out) == {"OrdersParked": 1}
+
+
+def test_the_reconciler_emits_what_it_restarted_and_parked(stack, metrics_on, capsys):
+    store(stack["aws"], order_id("k"), OrderStatus.PENDING, minutes_ago=20)
+    store(stack["aws"], order_id("l"), OrderStatus.PENDING, minutes_ago=25)
+    store(stack["aws"], order_id("m"), OrderStatus.AUTHORIZED, minutes_ago=120)
+    capsys.readouterr()
+
+    reconcile()
+
+    assert emitted(capsys.readouterr().out) == {"OrderWorkflowsRestarted": 2, "OrdersParked": 1}
