@@ -3,7 +3,7 @@
 import pytest
 from oms_acme import pay
 
-from core.errors import PaymentDeclined, PluginError
+from core.errors import PaymentDeclined, PaymentRefused, PluginError
 from plugins import test_payments
 from plugins.testing import money, plugin_host
 
@@ -63,7 +63,7 @@ def test_a_malformed_setting_fails_loudly_instead_of_approving(host, monkeypatch
 
 
 def test_a_capture_of_something_acme_did_not_authorize_is_refused(host):
-    with pytest.raises(PluginError, match="not an Acme authorization"):
+    with pytest.raises(PaymentRefused, match="not an Acme authorization"):
         host.capture("acme_pay", "auth_0123456789abcdef0123", money("10.00", "GBP"))
 
 
