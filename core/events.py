@@ -17,6 +17,9 @@ class OrderEvent(StrEnum):
     CANCELLED = "cancelled"
     PAYMENT_VOIDED = "payment_voided"
     PAYMENT_REFUNDED = "payment_refunded"
+    # Put on hold (by the workflow after an infrastructure failure, or for review) and released.
+    ON_HOLD = "on_hold"
+    RELEASED = "released"
     # A capture made for a shipment that could no longer ship (the order was cancelled meanwhile),
     # refunded at once; the order never recorded it as captured.
     PAYMENT_CAPTURE_REVERSED = "payment_capture_reversed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -584,6 +585,20 @@ class Shipment(BaseModel):
     captured: Money | None = None
 
 
+HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
+
+
+class Hold(BaseModel):
+    """Why an order is on hold and since when. `resume_to`, the status a release returns it to,
+    is the system's own: stored with the order (Order.stored_json) but not part of the contract's
+    `hold: {reason, note, since}`, so no response shows it."""
+
+    reason: HoldReason
+    note: str | None = None
+    since: datetime
+    resume_to: OrderStatus = Field(exclude=True)
+
+
 class HistoryEntry(BaseModel):
     at: datetime
     type: OrderEvent
@@ -628,6 +643,7 @@ class Order(BaseModel):
     fulfillment: Fulfillment
     shipping_method: str | None = None
     promo_codes: list[str] = Field(default_factory=list)
+    hold: Hold | None = None
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
@@ -637,6 +653,15 @@ class Order(BaseModel):
     version: int
 
     # --- Reading ---------------------------------------------------------------------------
+    def stored_json(self) -> str:
+        """The order as the repository stores it: the API's JSON plus what only the system reads
+        (the status a hold resumes to)."""
+        if self.hold is None:
+            return self.model_dump_json(exclude_none=True)
+        doc = self.model_dump(mode="json", exclude_none=True)
+        doc["hold"]["resume_to"] = self.hold.resume_to.value
+        return json.dumps(doc, separators=(",", ":"))
+
     def shipment(self, shipment_id: str) -> Shipment:
         found = next((s for s in self.shipments if s.id == shipment_id), None)
         if found is None:
@@ -829,7 +854,35 @@ class Order(BaseModel):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
-            detail={"reason": reason, **(detail or {})},
+            detail={"reason": reason, **(detail or {})}, hold=None,
+        )  # fmt: skip
+
+    def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
+                 detail: dict[str, Any] | None = None) -> Change:  # fmt: skip
+        """On hold from where it is now, remembering that status for the release."""
+        if not can_transition(self.status, OrderStatus.ON_HOLD):
+            raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
+            detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
+            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status),
+        )  # fmt: skip
+
+    def park(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
+        """The workflow could not finish for an infrastructure reason (retries ran out): on hold
+        for a person, with what was reserved and authorized kept as it is, nothing captured."""
+        note = f"order workflow failed after retries: {error}" + (f": {message}" if message else "")
+        return self.hold_for(
+            "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True}
+        )
+
+    def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
+        """Off hold, back to the status it was held from."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None:
+            raise InvalidTransition(f"an order that is {self.status} is not on hold")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
+            detail={"reason": self.hold.reason, **({"note": note} if note else {})}, hold=None,
         )  # fmt: skip
 
     def edit(

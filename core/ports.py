@@ -141,3 +141,27 @@ class LabelStore(ABC):
         """A short-lived URL to fetch the label stored under `key`, made fresh for each read: a
         stored link would outlive its signature. A `key` that is already a URL (orders stored
         before keys were) is signed again when it points at this store, else returned as is."""
+
+
+@dataclass(frozen=True)
+class StalledOrder:
+    order_id: str
+    status: OrderStatus
+    created_at: datetime
+
+
+class StalledOrders(ABC):
+    """Orders still in a status their workflow should have moved them out of, oldest first."""
+
+    @abstractmethod
+    def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
+        """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
+
+
+class WorkflowStarter(ABC):
+    @abstractmethod
+    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+        """Start the order's workflow; False when the service refused a duplicate name (a Standard
+        workflow's). Express starts every call: the steps are what make a repeat harmless.
+        `channel` and `correlation_id` ride in the input for the steps' log lines; `rerun` names a
+        deliberate new execution (the reconciler's), so no service refuses it."""

@@ -52,8 +52,10 @@ H = ShipmentStatus
 # expected current status and version in DynamoDB. Staying in a status is not a transition.
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING: frozenset({S.AUTHORIZED, S.ON_HOLD, S.PAYMENT_FAILED, S.CANCELLED}),
-    S.ON_HOLD: frozenset({S.PENDING, S.CANCELLED}),
-    S.AUTHORIZED: frozenset({S.ALLOCATED, S.BACKORDERED, S.CANCELLED}),
+    # A hold resumes to the status it was put on from (Order.hold keeps it): an order parked by
+    # the workflow after an infrastructure failure was authorized already, and stays authorized.
+    S.ON_HOLD: frozenset({S.PENDING, S.AUTHORIZED, S.CANCELLED}),
+    S.AUTHORIZED: frozenset({S.ALLOCATED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
     S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED}),
     S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.CANCELLED}),
     S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED}),

@@ -51,9 +51,30 @@ STEP_RESULTS: dict[str, OrderStatus | None] = {
     "CreateShipments": S.ALLOCATED,
     "FailPayment": S.PAYMENT_FAILED,
     "CancelOrder": S.CANCELLED,
+    "ParkOrder": S.ON_HOLD,
 }
 
+# Where a main step's failure leads, by the error's name (the Lambda's errorType or a States.*
+# error). Only business outcomes end an order; everything else (Lambda errors, throttles,
+# timeouts, a TransientError that outlived its retries, a broken plugin) parks it on hold for a
+# person, so a paid order is never cancelled for an infrastructure reason.
+# tests/unit/test_workflow_definition.py checks each task's Catch against this.
+BUSINESS_OUTCOMES: dict[str, str] = {
+    "OrderClosed": "OrderAlreadyClosed",
+    "PaymentDeclined": "FailPayment",
+    "OutOfStock": "CancelOrder",
+}
+PARK = "ParkOrder"
+
+
+def after_failure(error: str) -> str:
+    """The state a main step's failure named `error` goes to, once its retries are spent."""
+    return BUSINESS_OUTCOMES.get(error, PARK)
+
+
 CANCELLABLE = frozenset(s for s in OrderStatus if can_transition(s, S.CANCELLED))
+# A held order's execution stops before its next step; a release starts it again.
+STOPPED = TERMINAL | {S.ON_HOLD}
 
 
 def eligible_locations(order_fulfillment_type: str, pickup_id: str | None, locations: list[Location]) -> list[Location]:
@@ -114,7 +135,7 @@ class Workflow:
             raise NotFound(f"no order {order_id}")
         order, token = found
         if order.status != S.PENDING:
-            if order.status in TERMINAL or order.status == S.ON_HOLD:
+            if order.status in STOPPED:
                 raise OrderClosed(f"order {order_id} is {order.status}")
             return  # authorized already: a repeated execution
         amount = order.totals.grand_total
@@ -147,7 +168,7 @@ class Workflow:
     def reserve_stock(self, order_id: str) -> None:
         order = self._load(order_id)
         if order.status != S.AUTHORIZED or order.allocations:
-            if order.status in TERMINAL:
+            if order.status in STOPPED:
                 raise OrderClosed(f"order {order_id} is {order.status}")
             return  # reserved already
         locations = self._catalog.list_locations()
@@ -222,7 +243,7 @@ class Workflow:
     def create_shipments(self, order_id: str) -> None:
         order = self._load(order_id)
         if order.status != S.AUTHORIZED:
-            if order.status in TERMINAL:
+            if order.status in STOPPED:
                 raise OrderClosed(f"order {order_id} is {order.status}")
             return  # allocated already
         if not order.allocations:
@@ -289,6 +310,27 @@ class Workflow:
             )  # fmt: skip
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being cancelled") from None
+
+    def park_after_failure(self, order_id: str, error: str, cause: str) -> bool:
+        """Put the order the workflow could not finish on hold for a person. Reservations and the
+        authorization stay: nothing was captured, and a release carries on where it stopped with
+        the stock still held. True when this call parked it; False when there was nothing to do
+        (parked already by an earlier run, or finished or closed by someone else meanwhile)."""
+        at = self._clock()
+        parked = False
+
+        def decide(order: Order):
+            nonlocal parked
+            parked = order.status in (S.PENDING, S.AUTHORIZED)
+            if not parked:
+                return None
+            return order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
+
+        try:
+            modify(self._orders, order_id, decide)
+        except StaleVersion:
+            raise TransientError(f"order {order_id} kept changing while it was being put on hold") from None
+        return parked
 
 
 def _message(cause: str) -> str:

@@ -15,11 +15,10 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger
 
 from core.fulfillment import OrderActions
@@ -29,10 +28,12 @@ from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository
 from core.pricing import Pricing
+from core.reconciliation import Reconciler
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
+from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -58,6 +59,8 @@ class Config:
     import_queue_sender_channels: str = ""  # other senders: "<unique id>=channel+channel,..."
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
     enable_test_payments: bool = False  # the `test` gateway approves anything
+    reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
+    reconcile_park_after_minutes: float = 60.0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -78,6 +81,8 @@ class Config:
                 name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
             ),
             enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
+            reconcile_after_minutes=float(os.environ.get("RECONCILE_AFTER_MINUTES") or 15),
+            reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
         )
 
 
@@ -98,19 +103,19 @@ class Container:
     # --- AWS clients (thread-safe; one of each per container) -----------------------------------
     @cached_property
     def dynamodb(self) -> Any:
-        return boto3.client("dynamodb")
+        return aws_client("dynamodb")
 
     @cached_property
     def s3(self) -> Any:
-        return boto3.client("s3")
+        return aws_client("s3")
 
     @cached_property
     def sqs(self) -> Any:
-        return boto3.client("sqs")
+        return aws_client("sqs")
 
     @cached_property
     def stepfunctions(self) -> Any:
-        return boto3.client("stepfunctions")
+        return aws_client("stepfunctions")
 
     # --- Plugins and time -----------------------------------------------------------------------
     @cached_property
@@ -236,6 +241,19 @@ class Container:
             self.plugins,
             self.label_store,
             clock=self.clock,
+        )
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        config = self.config
+        return Reconciler(
+            DynamoStalledOrders(self.dynamodb, config.orders_table),
+            self.order_repository,
+            self.workflow_starter,
+            self.workflow,
+            self.clock,
+            restart_after=timedelta(minutes=config.reconcile_after_minutes),
+            park_after=timedelta(minutes=config.reconcile_park_after_minutes),
         )
 
     @cached_property

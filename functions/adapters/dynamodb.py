@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -17,8 +17,16 @@ from botocore.exceptions import ClientError
 from core.access import ApiKey
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
-from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
-from core.status import check_successor
+from core.ports import (
+    ApiKeyRepository,
+    CatalogRepository,
+    InventoryRepository,
+    OrderFilter,
+    OrderRepository,
+    StalledOrder,
+    StalledOrders,
+)
+from core.status import OrderStatus, check_successor
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -153,7 +161,7 @@ class DynamoOrders(OrderRepository):
             "created_at": {"S": timestamp(order.created_at)},
             "list_pk": {"S": LIST_PK},
             "payment_token": {"S": payment_token},
-            "doc": {"S": order.model_dump_json(exclude_none=True)},
+            "doc": {"S": order.stored_json()},
             "history": {"L": [{"S": first_entry.model_dump_json(exclude_none=True)}]},
         }
         if order.external_id is not None:
@@ -177,7 +185,7 @@ class DynamoOrders(OrderRepository):
                 ConditionExpression="#status = :expected_status AND #version = :expected_version",
                 ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
                 ExpressionAttributeValues={
-                    ":doc": {"S": order.model_dump_json(exclude_none=True)},
+                    ":doc": {"S": order.stored_json()},
                     ":status": {"S": order.status.value},
                     ":version": {"N": str(order.version)},
                     ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
@@ -264,6 +272,35 @@ class DynamoOrders(OrderRepository):
         if status:
             return "by_status", status, {}
         return "by_created", LIST_PK, {}
+
+
+class DynamoStalledOrders(StalledOrders):
+    """The reconciler's query: the by_status index (keys only: id, status, created_at), one status,
+    oldest first, placed before a moment. A Query on one partition, never a Scan; one page is
+    enough, since the reconciler takes the rest on its next pass."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
+        response = self._client.query(
+            TableName=self._table,
+            IndexName="by_status",
+            KeyConditionExpression="#status = :status AND created_at < :before",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":status": {"S": status.value}, ":before": {"S": timestamp(created_before)}},
+            ScanIndexForward=True,
+            Limit=limit,
+        )
+        return [
+            StalledOrder(
+                order_id=item["id"]["S"],
+                status=OrderStatus(item["status"]["S"]),
+                created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
+            )
+            for item in response.get("Items", [])
+        ]
 
 
 # --- Catalog: products, the location network, API keys --------------------------------------

@@ -7,10 +7,10 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import boto3
 from botocore.config import Config
 
 from core.ports import LabelStore
+from functions.adapters.aws_clients import aws_client
 
 # Short on purpose: a link is signed for each read, so it only has to outlive one download. On
 # AWS it also dies with the signing role's session token (hours at most), whatever it says.
@@ -30,13 +30,13 @@ class S3Labels(LabelStore):
     @functools.cached_property
     def _s3(self) -> Any:
         # SigV4 links (X-Amz-Expires): some regions and botocore versions would presign with SigV2.
-        return self._client or boto3.client("s3", config=Config(signature_version="s3v4"))
+        return self._client or aws_client("s3", config=Config(signature_version="s3v4"))
 
     @functools.cached_property
     def _signer(self) -> Any:
         if not self._public_endpoint:
             return self._s3
-        return boto3.client(
+        return aws_client(
             "s3",
             endpoint_url=self._public_endpoint,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),

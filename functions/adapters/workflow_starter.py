@@ -7,19 +7,25 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from core.ports import WorkflowStarter
 
-class StepFunctionsStarter:
+
+class StepFunctionsStarter(WorkflowStarter):
     def __init__(self, client: Any, state_machine_arn: str):
         self._client = client
         self._arn = state_machine_arn
 
-    def start(self, order_id: str, channel: str = "", correlation_id: str = "") -> bool:
-        """Start one execution named after the order; False when one already exists (a stream
-        retry). Steps are idempotent, so a duplicate start would be harmless, but it is avoided.
+    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+        """Start one execution for the order. Its name is the order id, but only a Standard workflow
+        refuses a second execution of that name (ExecutionAlreadyExists: False); the order workflow
+        is Express, which starts one every time, so a stream retry, a replayed failure message
+        or the reconciler starts another. That is harmless because every step is idempotent.
+        A `rerun` (the reconciler's) is named `{order_id}-{rerun}`: a new execution on any type.
         `channel` and `correlation_id` ride in the input for the steps' log lines."""
+        name = f"{order_id}-{rerun}" if rerun else order_id
         execution_input = {"order_id": order_id, "channel": channel, "correlation_id": correlation_id}
         try:
-            self._client.start_execution(stateMachineArn=self._arn, name=order_id, input=json.dumps(execution_input))
+            self._client.start_execution(stateMachineArn=self._arn, name=name, input=json.dumps(execution_input))
         except ClientError as error:
             if error.response["Error"]["Code"] == "ExecutionAlreadyExists":
                 return False

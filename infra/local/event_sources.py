@@ -16,7 +16,11 @@ to the answer:
 - S3 notifications: delivered by moto itself (it matches events and prefix/suffix rules); its
   Lambda hook is redirected into a queue and a thread invokes the function asynchronously, with
   the function's EventInvokeConfig: MaximumRetryAttempts (default 2) and the OnFailure
-  destination (an SQS queue) with AWS's asynchronous-invocation record.
+  destination (an SQS queue) with AWS's asynchronous-invocation record;
+- Schedule events: `rate(N unit)` invokes the function every period with EventBridge's scheduled
+  event, the first one period after the stack starts (OMS_LOCAL_SCHEDULE_SECONDS replaces every
+  schedule's period, e.g. 10 to see a 5-minute job run while you watch); `cron(...)` is not
+  emulated, and a failed invocation is logged, not retried (the next period runs it again).
 
 Local differences, on purpose: MaximumBatchingWindowInSeconds is not waited for (a batch goes as
 soon as records are there); retries back off a fixed short delay (`retry_delay`, 0.2 s) instead of
@@ -30,7 +34,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import queue
+import re
 import threading
 import time
 import traceback
@@ -53,7 +59,10 @@ POLL_INTERVAL = 0.1  # seconds between polls of an empty source
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (an S3 notification) twice by default
 
-EMULATED_TYPES = ("DynamoDB", "SQS", "S3")
+EMULATED_TYPES = ("DynamoDB", "SQS", "S3", "Schedule")
+SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_RATE_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
 
 class EventSourceError(ValueError):
@@ -689,6 +698,67 @@ class S3NotificationMapping(EventSourceMapping):
         self.stats["sent_to_on_failure"] += 1
 
 
+class ScheduleMapping(EventSourceMapping):
+    """A Schedule event: the function invoked every `period` seconds, asynchronously as EventBridge
+    does, with EventBridge's scheduled-event shape."""
+
+    kind = "Schedule"
+
+    def __init__(self, *, expression: str, period: float, **kwargs: Any):
+        kwargs.setdefault("batch_size", 1)
+        kwargs.setdefault("filters", None)
+        kwargs.setdefault("report_batch_item_failures", False)
+        super().__init__(**kwargs)
+        self.expression = expression
+        self.period = period
+        self._due = float("inf")
+
+    @property
+    def source_label(self) -> str:
+        return f"{self.expression} (every {self.period:g} s)"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "schedule": self.expression, "period_seconds": self.period}
+
+    def _prepare(self) -> None:
+        self._due = time.monotonic() + self.period
+
+    def _poll_once(self) -> str:
+        now = time.monotonic()
+        if now < self._due:
+            return "empty"
+        # The next run is a period after this one starts: a slow run is not followed by a burst.
+        self._due = now + self.period
+        self.stats["records"] += 1
+        self._invoke(
+            {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "account": ACCOUNT_ID,
+                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "region": REGION,
+                "resources": [self.source_arn],
+                "detail": {},
+            }
+        )
+        return "empty"
+
+
+def schedule_period(expression: str, where: str) -> float | None:
+    """Seconds between runs of a `rate(...)` expression; None for `cron(...)` (not emulated)."""
+    if expression.startswith("cron("):
+        return None
+    match = _RATE.match(expression)
+    if match is None:
+        raise EventSourceError(f"{where}: Schedule {expression!r} is not rate(N minute[s]|hour[s]|day[s]) or cron(...)")
+    amount, unit = int(match.group(1)), match.group(2).rstrip("s")
+    if amount < 1 or (amount == 1) != (match.group(2) == unit):
+        raise EventSourceError(f"{where}: Schedule {expression!r}: AWS wants rate(1 {unit}) or rate(N {unit}s)")
+    return float(amount * _RATE_SECONDS[unit])
+
+
 # --- moto's S3 → Lambda hook ------------------------------------------------------------------------
 
 _s3_routes: dict[str, S3NotificationMapping] = {}
@@ -782,6 +852,8 @@ def build_mapping(spec: EventSourceSpec, function: LocalFunction, context: Mappi
     }
     if spec.type == "S3":
         return _build_s3(spec, where, common, context)
+    if spec.type == "Schedule":
+        return _build_schedule(spec, where, common, context)
     response_types = context.resolve(props.get("FunctionResponseTypes") or [])
     unknown = set(response_types) - {"ReportBatchItemFailures"}
     if unknown:
@@ -816,6 +888,30 @@ def build_mapping(spec: EventSourceSpec, function: LocalFunction, context: Mappi
         bisect_on_error=bool(context.resolve(props.get("BisectBatchOnFunctionError", False))),
         maximum_retry_attempts=int(context.resolve(props.get("MaximumRetryAttempts", -1))),
         on_failure=_on_failure(props, where, context),
+        **common,
+    )
+
+
+def _build_schedule(
+    spec: EventSourceSpec, where: str, common: dict[str, Any], context: MappingContext
+) -> ScheduleMapping | None:
+    props = spec.properties
+    expression = str(context.resolve(props.get("Schedule", "")))
+    period = schedule_period(expression, where)
+    if period is None:
+        logger.warning("%s: %s is not emulated locally (rate(...) is); it will not fire", where, expression)
+        return None
+    override = os.environ.get(SCHEDULE_PERIOD_ENV, "").strip()
+    if override:
+        period = float(override)
+        if period <= 0:
+            raise EventSourceError(f"{SCHEDULE_PERIOD_ENV} must be a positive number of seconds, got {override!r}")
+    if str(context.resolve(props.get("State", "ENABLED"))).upper() == "DISABLED":
+        common["enabled"] = False
+    return ScheduleMapping(
+        source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{spec.function_logical_id}-{spec.name}",
+        expression=expression,
+        period=period,
         **common,
     )
 

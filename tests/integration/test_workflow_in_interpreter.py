@@ -1,7 +1,8 @@
 """The real order workflow (infra/order_workflow.asl.json) in moto's ASL interpreter, with a failure
-injected at each step: Retry recovers what is transient, Catch compensates everything else
-(reservations released, authorization voided), and a compensation that keeps failing ends the
-execution FAILED in CompensationFailed for an operator.
+injected at each step: Retry recovers what is transient, a failure that outlives the retries parks
+the order on hold (never cancels it: its authorization and reservations stay), only a business
+outcome (a decline, no stock) ends it, and a compensation that keeps failing ends the execution
+FAILED in CompensationFailed for an operator.
 
 The stack runs every task on the real handler through a wrapper that, for one order at a time,
 can run a fault instead (raise before, raise after, fail once). Event sources are off: each test
@@ -34,6 +35,7 @@ STEPS = {
     "CreateShipments": "CreateShipmentsFunction",
     "FailPayment": "FailPaymentFunction",
     "CancelOrder": "CancelOrderFunction",
+    "ParkOrder": "ParkOrderFunction",
 }
 REAL_HANDLERS = {
     "AuthorizePaymentFunction": "functions.workflow.authorize_payment",
@@ -41,6 +43,7 @@ REAL_HANDLERS = {
     "CreateShipmentsFunction": "functions.workflow.create_shipments",
     "FailPaymentFunction": "functions.workflow.fail_payment",
     "CancelOrderFunction": "functions.workflow.cancel_order",
+    "ParkOrderFunction": "functions.workflow.park_order",
 }
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -291,11 +294,29 @@ def test_an_allocated_order_run_again_ends_allocated_and_unchanged(stack: Embedd
     assert inventory(api, sku) == reserved
 
 
-# --- A task that crashes: no retry, Catch → CancelOrder -------------------------------------------------------
+# --- A task that keeps failing: retried, then ParkOrder -------------------------------------------------------
+RETRIES = 6  # the ASL's States.ALL retrier: MaxAttempts
+
+
+def assert_parked(api: Api, order_id: str, error: str) -> dict[str, Any]:
+    """On hold for a person, with a system reason: nothing voided, captured or cancelled."""
+    order = get_order(api, order_id)
+    assert order["status"] == "on_hold", order["status"]
+    assert order["hold"]["reason"] == "other"
+    assert order["hold"]["note"].startswith(f"order workflow failed after retries: {error}")
+    assert set(order["hold"]) == {"reason", "note", "since"}
+    assert Decimal(order["payment"]["captured"]["amount"]) == 0
+    assert order["payment"]["status"] in ("pending", "authorized")
+    entries = history(api, order_id)
+    assert [e["type"] for e in entries].count("cancelled") == 0
+    last = entries[-1]
+    assert (last["type"], last["to_status"], last["actor"]) == ("on_hold", "on_hold", "workflow")
+    assert (last["detail"]["reason"], last["detail"]["error"]) == ("other", error)
+    return order
 
 
 @pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
-def test_a_task_that_crashes_is_compensated_and_the_order_cancelled(
+def test_a_task_that_keeps_crashing_is_retried_then_parks_the_order_on_hold(
     stack: EmbeddedStack, api: Api, faults: Faults, stocked, step: str
 ):
     skus = stocked["skus"]
@@ -305,23 +326,24 @@ def test_a_task_that_crashes_is_compensated_and_the_order_cancelled(
     result = run(stack, order_id)
 
     assert result["described"]["status"] == "SUCCEEDED"
-    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
-    assert result["states"][-3] == step
-    # A RuntimeError is not transient: the ASL retries only TransientError and Lambda's own errors.
-    assert faults.count(order_id)[step] == 1
-    order, entry = assert_compensated(api, order_id, stocked["start"], skus)
-    assert entry["detail"]["reason"] == "workflow_error"
-    assert entry["detail"]["error"] == "RuntimeError"
-    assert "injected" in entry["detail"]["message"]
+    assert result["states"][-3:] == [step, "ParkOrder", "OrderParked"]
+    assert faults.count(order_id)[step] == 1 + RETRIES
+    order = assert_parked(api, order_id, "RuntimeError")
+    assert "injected" in order["hold"]["note"]
     assert order["shipments"] == []
     if step == "AuthorizePayment":
-        assert Decimal(order["payment"]["authorized"]["amount"]) == 0
+        assert order["payment"]["status"] == "pending"
+        assert inventory(api, *skus) == stocked["start"]
     else:
-        assert order["payment"]["status"] == "voided"
+        # Paid: the authorization stays; what was reserved stays reserved for the release.
+        assert order["payment"]["status"] == "authorized"
+    if step == "CreateShipments":
+        assert inventory(api, *skus) != stocked["start"]
+        assert len(order["allocations"]) == 2
 
 
 @pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock"])
-def test_a_task_that_crashes_after_its_work_is_compensated_too(
+def test_a_task_that_keeps_crashing_after_its_work_parks_the_paid_order_without_voiding(
     stack: EmbeddedStack, api: Api, faults: Faults, stocked, step: str
 ):
     skus = stocked["skus"]
@@ -330,49 +352,79 @@ def test_a_task_that_crashes_after_its_work_is_compensated_too(
 
     result = run(stack, order_id)
 
-    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
-    order, entry = assert_compensated(api, order_id, stocked["start"], skus)
-    assert order["payment"]["status"] == "voided"  # it was authorized: the void gave it back
-    assert entry["detail"]["reason"] == "workflow_error"
+    assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
+    order = assert_parked(api, order_id, "RuntimeError")
+    assert order["payment"]["status"] == "authorized"  # never voided for an infrastructure reason
     types = [e["type"] for e in history(api, order_id)]
-    assert types[-2:] == ["cancelled", "payment_voided"] and types.count("payment_authorized") == 1
+    assert "payment_voided" not in types and types.count("payment_authorized") == 1
 
 
-def test_create_shipments_failing_after_the_reservation_releases_it_and_voids(
-    stack: EmbeddedStack, api: Api, faults: Faults, stocked, network: dict[str, str]
+def test_a_failure_that_stays_transient_parks_the_order_after_the_retries(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
 ):
     skus = stocked["skus"]
-    order_id = place(api, order_body((skus[0], 5)))  # every unit of the west warehouse
-
-    def carrier_down(event: dict[str, Any], context: Any, real: Handler) -> Any:
-        # The reservation is in place when the carrier step fails.
-        assert inventory(api, skus[0])[(skus[0], network["west"])] == (5, 5)
-        raise RuntimeError("injected: the carrier rejected the booking")
-
-    faults.inject("CreateShipments", order_id, carrier_down)
+    order_id = place(api, order_body((skus[0], 1)))
+    faults.inject("ReserveStock", order_id, transient_always)
 
     result = run(stack, order_id)
 
-    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "CancelOrder", "OrderCancelled"]
-    order, _ = assert_compensated(api, order_id, stocked["start"], skus)
-    assert order["payment"]["status"] == "voided"
-    assert [e["type"] for e in history(api, order_id)] == [
-        "created",
-        "payment_authorized",
-        "stock_reserved",
-        "cancelled",
-        "payment_voided",
-    ]
-    # The units are free again: the next order gets them.
-    next_order = place(api, order_body((skus[0], 5)))
-    assert run(stack, next_order)["states"][-1] == "OrderAllocated"
+    assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
+    assert faults.count(order_id)["ReserveStock"] == 1 + RETRIES
+    assert assert_parked(api, order_id, "TransientError")["payment"]["status"] == "authorized"
 
 
-def test_reserve_stock_that_reserved_then_crashed_before_recording_leaves_nothing_reserved(
+def test_dynamodb_throttling_that_outlives_every_retry_parks_the_order(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    """A throttle that botocore's own retries could not ride out surfaces from the task as a
+    ClientError: the state machine retries it for minutes, then parks the order."""
+    from botocore.exceptions import ClientError
+
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 1)))
+
+    def throttled(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        error = {"Code": "ProvisionedThroughputExceededException", "Message": "Rate exceeded"}
+        raise ClientError({"Error": error}, "UpdateItem")
+
+    faults.inject("CreateShipments", order_id, throttled)
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
+    assert faults.count(order_id)["CreateShipments"] == 1 + RETRIES
+    order = assert_parked(api, order_id, "ClientError")
+    assert "ProvisionedThroughputExceededException" in order["hold"]["note"]
+    assert order["payment"]["status"] == "authorized"
+
+
+def test_a_crash_that_recovers_within_the_retries_allocates_the_order(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 1)))
+    failures = iter(range(3))
+
+    def crashes_three_times(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        if next(failures, None) is not None:
+            raise RuntimeError("injected: a dependency was down for a while")
+        return real(event, context)
+
+    faults.inject("ReserveStock", order_id, crashes_three_times)
+
+    result = run(stack, order_id)
+
+    assert result["states"][-1] == "OrderAllocated"
+    assert faults.count(order_id)["ReserveStock"] == 4
+    assert get_order(api, order_id)["status"] == "allocated"
+
+
+def test_reserve_stock_that_reserved_then_crashed_before_recording_holds_each_unit_once_when_parked(
     stack: EmbeddedStack, api: Api, faults: Faults, stocked, monkeypatch: pytest.MonkeyPatch
 ):
-    """The reservations were made but the order never recorded them: compensation releases what
-    the inventory holds for the order, not only what the order knows of."""
+    """The reservations were made but the order never recorded them, every time: parked with the
+    inventory holding the order's units once (each retry reconciles with what it finds), and a
+    cancel by an operator releases what the inventory holds for the order, not only what it knows of."""
     from functions.adapters.dynamodb import DynamoOrders
 
     skus = stocked["skus"]
@@ -395,64 +447,45 @@ def test_reserve_stock_that_reserved_then_crashed_before_recording_leaves_nothin
 
     result = run(stack, order_id)
 
-    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
-    order, _ = assert_compensated(api, order_id, stocked["start"], skus)
+    assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
+    order = assert_parked(api, order_id, "RuntimeError")
     assert order["allocations"] == []
+    reserved = sum(r for (_, r) in inventory(api, *skus).values()) - sum(r for (_, r) in stocked["start"].values())
+    assert reserved == 6
+    cancelled = api.post(f"/orders/{order_id}/cancel", json={"reason": "operator: parked order"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["payment"]["status"] == "voided"
+    assert inventory(api, *skus) == stocked["start"]
+
+
+# --- A business outcome: CancelOrder --------------------------------------------------------------------------
+
+
+def test_stock_gone_before_reservation_cancels_the_order_and_voids(stack: EmbeddedStack, api: Api, stocked):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 5)))
+    taken = place(api, order_body((skus[0], 5)))  # every unit of the west warehouse
+    assert run(stack, taken)["states"][-1] == "OrderAllocated"
+    start = inventory(api, skus[0])
+
+    result = run(stack, order_id)
+
+    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CancelOrder", "OrderCancelled"]
+    order, entry = assert_compensated(api, order_id, start, [skus[0]])
     assert order["payment"]["status"] == "voided"
-
-
-# --- A transient failure: Retry ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
-def test_a_transient_failure_is_retried_and_the_order_allocated(
-    stack: EmbeddedStack, api: Api, faults: Faults, stocked, network: dict[str, str], step: str
-):
-    skus = stocked["skus"]
-    order_id = place(api, order_body((skus[0], 2), (skus[1], 1)))
-    faults.inject(step, order_id, transient_once())
-
-    result = run(stack, order_id)
-
-    assert result["described"]["status"] == "SUCCEEDED"
-    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
-    assert faults.count(order_id)[step] == 2  # the failed attempt and the retry
-    order = get_order(api, order_id)
-    assert order["status"] == "allocated" and order["payment"]["status"] == "authorized"
-    west = network["west"]
-    assert inventory(api, *skus) == {
-        (skus[0], west): (5, stocked["start"][(skus[0], west)][1] + 2),
-        (skus[1], west): (5, stocked["start"][(skus[1], west)][1] + 1),
-    }
-    types = [e["type"] for e in history(api, order_id)]
-    assert types == ["created", "payment_authorized", "stock_reserved", "allocated"]
-
-
-def test_a_failure_that_stays_transient_is_compensated_after_the_retries(
-    stack: EmbeddedStack, api: Api, faults: Faults, stocked
-):
-    skus = stocked["skus"]
-    order_id = place(api, order_body((skus[0], 1)))
-    faults.inject("ReserveStock", order_id, transient_always)
-
-    result = run(stack, order_id)
-
-    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
-    assert faults.count(order_id)["ReserveStock"] == 4  # the first attempt and MaxAttempts 3 retries
-    _, entry = assert_compensated(api, order_id, stocked["start"], skus)
-    assert (entry["detail"]["reason"], entry["detail"]["error"]) == ("workflow_error", "TransientError")
+    assert (entry["detail"]["reason"], entry["detail"]["error"]) == ("out_of_stock", "OutOfStock")
 
 
 # --- Compensation that fails: CompensationFailed -----------------------------------------------------------------
 
 
-def test_a_cancel_order_that_keeps_failing_ends_the_execution_failed_for_an_operator(
+def test_a_park_order_that_keeps_failing_ends_the_execution_failed_for_an_operator(
     stack: EmbeddedStack, api: Api, faults: Faults, stocked
 ):
     skus = stocked["skus"]
     order_id = place(api, order_body((skus[0], 2)))
     faults.inject("CreateShipments", order_id, crash)
-    faults.inject("CancelOrder", order_id, crash)
+    faults.inject("ParkOrder", order_id, crash)
 
     result = run(stack, order_id)
 
@@ -460,8 +493,8 @@ def test_a_cancel_order_that_keeps_failing_ends_the_execution_failed_for_an_oper
     assert described["status"] == "FAILED"
     assert described["error"] == "CompensationFailed"
     assert "operator" in described["cause"]
-    assert result["states"][-2:] == ["CancelOrder", "CompensationFailed"]
-    assert faults.count(order_id)["CancelOrder"] == 6  # the first attempt and MaxAttempts 5 retries
+    assert result["states"][-2:] == ["ParkOrder", "CompensationFailed"]
+    assert faults.count(order_id)["ParkOrder"] == 6  # the first attempt and MaxAttempts 5 retries
     # The order is left as the failure found it (authorized, stock reserved), for an operator,
     # who can still cancel it through the API: that releases and voids.
     stuck = get_order(api, order_id)

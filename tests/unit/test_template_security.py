@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -110,6 +110,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
     },
     "FailPaymentFunction": _WORKFLOW_ORDERS,
+    "ParkOrderFunction": _WORKFLOW_ORDERS,
+    "ReconcilerFunction": {
+        **_WORKFLOW_ORDERS,
+        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders],
+        ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+    },
     "CancelOrderFunction": {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],

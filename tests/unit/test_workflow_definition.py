@@ -1,11 +1,12 @@
 """infra/order_workflow.asl.json agrees with the domain: its tasks are core's steps, the statuses
-they write follow the transition table, every failure is compensated, every path ends."""
+they write follow the transition table, only business outcomes end an order and every other
+failure is retried then parked, within Express's five minutes, and every path ends."""
 
 import json
 from pathlib import Path
 
 from core.status import TRANSITIONS, OrderStatus
-from core.workflow import STEP_RESULTS
+from core.workflow import BUSINESS_OUTCOMES, PARK, STEP_RESULTS, after_failure
 
 ASL = json.loads((Path(__file__).resolve().parents[2] / "infra" / "order_workflow.asl.json").read_text())
 STATES = ASL["States"]
@@ -41,35 +42,76 @@ def test_the_main_path_moves_statuses_along_the_transition_table():
     assert STATES["OrderAllocated"]["Type"] == "Succeed"
 
 
-def test_every_main_step_is_compensated_and_payment_failure_is_reached_only_from_authorization():
+def test_every_main_step_parks_what_is_not_a_business_outcome_and_declines_only_at_authorization():
     for step in MAIN_PATH:
         catches = {err: c["Next"] for c in TASKS[step]["Catch"] for err in c["ErrorEquals"]}
-        assert catches["States.ALL"] == "CancelOrder", step
+        assert catches["States.ALL"] == PARK, step
+        for error, state in catches.items():
+            assert after_failure(error) == state, f"{step}: {error} -> {state}"
         assert catches["OrderClosed"] == "OrderAlreadyClosed", step
     catches = {err: c["Next"] for c in TASKS["AuthorizePayment"]["Catch"] for err in c["ErrorEquals"]}
     assert catches["PaymentDeclined"] == "FailPayment"
+    assert {err for c in TASKS["ReserveStock"]["Catch"] for err in c["ErrorEquals"]} >= {"OutOfStock"}
     # A declined payment happens before any stock is held, so it needs no release.
     assert STEP_RESULTS["FailPayment"] in TRANSITIONS[OrderStatus.PENDING]
     for status in (OrderStatus.PENDING, OrderStatus.AUTHORIZED):
         assert STEP_RESULTS["CancelOrder"] in TRANSITIONS[status]
+        # Parked from wherever a main step can fail, and released back to it.
+        assert STEP_RESULTS[PARK] in TRANSITIONS[status]
+        assert status in TRANSITIONS[STEP_RESULTS[PARK]]
 
 
-def test_compensations_end_in_terminal_statuses_and_their_own_failure_is_a_fail_state():
-    for compensation, end in (("FailPayment", "OrderPaymentFailed"), ("CancelOrder", "OrderCancelled")):
-        assert TRANSITIONS[STEP_RESULTS[compensation]] == frozenset()
+def test_compensations_end_the_execution_and_their_own_failure_is_a_fail_state():
+    for compensation, end in (
+        ("FailPayment", "OrderPaymentFailed"), ("CancelOrder", "OrderCancelled"), (PARK, "OrderParked")
+    ):  # fmt: skip
         assert TASKS[compensation]["Next"] == end
         assert STATES[end]["Type"] == "Succeed"
         assert [c["Next"] for c in TASKS[compensation]["Catch"]] == ["CompensationFailed"]
+    for compensation in ("FailPayment", "CancelOrder"):
+        assert TRANSITIONS[STEP_RESULTS[compensation]] == frozenset()
     assert STATES["CompensationFailed"]["Type"] == "Fail"
 
 
-def test_transient_errors_are_retried_with_backoff_and_a_cap():
+def _waits(retrier: dict) -> list[float]:
+    """The waits before each retry, without jitter (FULL jitter only shortens them)."""
+    interval, rate, cap = (
+        retrier.get("IntervalSeconds", 1),
+        retrier.get("BackoffRate", 2.0),
+        retrier.get("MaxDelaySeconds"),
+    )
+    waits = [interval * rate**n for n in range(retrier.get("MaxAttempts", 3))]
+    return [min(w, cap) if cap else w for w in waits]
+
+
+def test_business_outcomes_are_never_retried_and_everything_else_is_retried_for_minutes():
     for step in MAIN_PATH:
         retries = TASKS[step]["Retry"]
-        transient = next(r for r in retries if "TransientError" in r["ErrorEquals"])
-        assert transient["MaxAttempts"] >= 2
-        assert transient["BackoffRate"] > 1
-        assert transient["MaxDelaySeconds"] <= 60
+        first = retries[0]
+        assert set(first["ErrorEquals"]) == set(BUSINESS_OUTCOMES) and first["MaxAttempts"] == 0, step
+        rest = retries[-1]
+        assert rest["ErrorEquals"] == ["States.ALL"], step
+        assert rest["BackoffRate"] > 1 and rest.get("JitterStrategy") == "FULL", step
+        # Throttles, Lambda errors, a TransientError, a botocore error: about two minutes of backoff.
+        assert 120 <= sum(_waits(rest)) <= 150, step
+        timeouts = next(r for r in retries if "States.Timeout" in r["ErrorEquals"])
+        assert "Sandbox.Timedout" in timeouts["ErrorEquals"] and timeouts["MaxAttempts"] >= 2, step
+
+
+def test_one_step_failing_fast_throughout_still_parks_within_the_express_limit():
+    """Express executions end at five minutes, and an execution that ends there runs no Catch. A
+    step whose every attempt fails fast (a throttle, a Lambda error) spends its retries, and the
+    park with all of its own still fits, with the other steps at their task timeouts."""
+    for step in MAIN_PATH:
+        failing = sum(_waits(TASKS[step]["Retry"][-1])) + 1  # waits, plus a second for the attempts
+        others = sum(TASKS[s]["TimeoutSeconds"] for s in MAIN_PATH if s != step)
+        park = sum(_waits(TASKS[PARK]["Retry"][-1])) + TASKS[PARK]["TimeoutSeconds"]
+        assert failing + others + park < 300, step
+
+
+def test_every_task_has_a_timeout_shorter_than_it_could_hang():
+    for name, state in TASKS.items():
+        assert 10 < state["TimeoutSeconds"] <= 30, name  # above the functions' 10 s Timeout
 
 
 def test_every_state_is_reachable_and_every_path_ends():

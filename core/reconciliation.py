@@ -1,0 +1,83 @@
+"""Orders whose workflow never finished: started again while there is time, then parked for a person.
+
+The outbox starts each order's workflow from the Orders stream, which keeps records for 24 hours;
+a start that failed every retry waits in the outbox failure queue for an operator. Neither must be
+the only way back: every few minutes the reconciler looks (through the by_status index, never a
+scan) for orders still `pending` or `authorized` well after their workflow should have moved them
+on (an Express execution ends within five minutes), and starts their workflow again. That is safe
+however often it happens: Express does not refuse a second execution for the same order, but
+every step is idempotent (keyed by order and step) and a step finding its work done does nothing.
+An order still stalled long after it was placed is not restarted forever: it is parked on hold,
+as the workflow parks an order whose failure outlived its retries.
+
+The index finds candidates by when they were placed; each is then judged by its last change
+(`updated_at`), so an order that moved recently (edited, released from a hold and started again)
+is left to the execution that moved it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from core.ports import OrderRepository, StalledOrders, WorkflowStarter
+from core.status import OrderStatus
+from core.workflow import Workflow
+
+# The statuses the workflow moves an order out of within one execution.
+WORKFLOW_STATUSES = (OrderStatus.PENDING, OrderStatus.AUTHORIZED)
+STALLED = "WorkflowStalled"  # the error a parked order's hold note names
+
+
+@dataclass
+class Reconciled:
+    restarted: list[str] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        stalled: StalledOrders,
+        orders: OrderRepository,
+        starter: WorkflowStarter,
+        workflow: Workflow,
+        clock: Callable[[], datetime],
+        *,
+        restart_after: timedelta,
+        park_after: timedelta,
+        limit: int = 100,
+    ):
+        if not timedelta(minutes=5) < restart_after < park_after:
+            # Younger than five minutes, an order's first execution may still be running.
+            raise ValueError("restart_after must be over 5 minutes, and park_after longer still")
+        self._stalled = stalled
+        self._orders = orders
+        self._starter = starter
+        self._workflow = workflow
+        self._clock = clock
+        self._restart_after = restart_after
+        self._park_after = park_after
+        self._limit = limit
+
+    def run(self) -> Reconciled:
+        """One pass: each stalled order is restarted once, or parked when it is too old for that.
+        At most `limit` orders per status; the rest are the next pass's, oldest first."""
+        now = self._clock()
+        rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
+        done = Reconciled()
+        for status in WORKFLOW_STATUSES:
+            for candidate in self._stalled.stalled(status, now - self._restart_after, self._limit):
+                order = self._orders.get(candidate.order_id)
+                if order is None or order.status is not status or order.updated_at > now - self._restart_after:
+                    continue  # moved on since the index was read, or recently enough to be running
+                if order.updated_at <= now - self._park_after:
+                    minutes = int(self._park_after.total_seconds() // 60)
+                    cause = f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
+                    if self._workflow.park_after_failure(order.id, STALLED, cause):
+                        done.parked.append(order.id)
+                else:
+                    self._starter.start(order.id, channel=order.channel, rerun=rerun)
+                    done.restarted.append(order.id)
+        return done

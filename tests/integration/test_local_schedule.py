@@ -1,0 +1,98 @@
+"""The local runtime runs the template's Schedule events (the reconciler's): rate(...) periods,
+EventBridge's scheduled-event shape, OMS_LOCAL_SCHEDULE_SECONDS to run them often locally."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.event_sources import SCHEDULE_PERIOD_ENV, EventSourceError, schedule_period
+from infra.local.template import Template
+
+TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    Runtime: python3.11
+    Timeout: 5
+Resources:
+  Api:
+    Type: AWS::Serverless::Api
+    Properties: { StageName: v1 }
+  ApiFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.api
+      Events:
+        Health: { Type: Api, Properties: { RestApiId: !Ref Api, Path: /health, Method: GET } }
+  Job:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.job
+      Events:
+        Often: { Type: Schedule, Properties: { Schedule: rate(5 minutes) } }
+        Paused: { Type: Schedule, Properties: { Schedule: rate(1 hour), State: DISABLED } }
+        Nightly: { Type: Schedule, Properties: { Schedule: "cron(0 3 * * ? *)" } }
+"""
+
+
+@pytest.mark.parametrize(
+    ("expression", "seconds"),
+    [("rate(1 minute)", 60), ("rate(5 minutes)", 300), ("rate(2 hours)", 7200), ("rate(1 day)", 86400)],
+)
+def test_rate_expressions_are_read_as_aws_reads_them(expression: str, seconds: int):
+    assert schedule_period(expression, "here") == seconds
+
+
+@pytest.mark.parametrize("expression", ["rate(5 minute)", "rate(1 minutes)", "rate(0 minutes)", "every 5 minutes"])
+def test_a_malformed_schedule_fails_clearly(expression: str):
+    with pytest.raises(EventSourceError, match="Schedule"):
+        schedule_period(expression, "here")
+
+
+def test_cron_is_left_out_with_a_warning_not_run_at_the_wrong_times():
+    assert schedule_period("cron(0 3 * * ? *)", "here") is None
+
+
+def test_the_reconciler_schedule_is_in_the_template():
+    [spec] = [s for s in Template.load().event_sources() if s.function_logical_id == "ReconcilerFunction"]
+    assert spec.type == "Schedule" and schedule_period(spec.properties["Schedule"], "template") == 300
+
+
+def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from infra.local.stack import running_stack
+
+    monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "0.05")
+    path = tmp_path / "template.yaml"
+    path.write_text(TEMPLATE)
+    events: list[dict[str, Any]] = []
+    twice = threading.Event()
+
+    def job(event: dict[str, Any], context: Any) -> None:
+        events.append(event)
+        if len(events) >= 2:
+            twice.set()
+
+    with running_stack(
+        template=path,
+        stack_name="sched",
+        handlers={"ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"}, "Job": job},
+        admin_key_bootstrap=lambda secret: None,
+    ) as running:
+        assert set(running.mappings) == {"Job.Often", "Job.Paused"}  # cron is not emulated
+        described = running.mappings["Job.Often"].describe()
+        assert (described["type"], described["schedule"], described["period_seconds"]) == (
+            "Schedule", "rate(5 minutes)", 0.05,
+        )  # fmt: skip
+        assert running.mappings["Job.Paused"].describe()["enabled"] is False
+        assert twice.wait(30), events
+
+    first = events[0]
+    assert (first["source"], first["detail-type"], first["detail"]) == ("aws.events", "Scheduled Event", {})
+    assert first["resources"][0].startswith("arn:aws:events:") and first["resources"][0].endswith("rule/Job-Often")

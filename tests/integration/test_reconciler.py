@@ -1,0 +1,218 @@
+"""The scheduled reconciler under moto: it finds stuck orders through the by_status index (a Query,
+never a Scan), starts the workflow again once per pass for an order older than the threshold,
+leaves a fresh one to its own execution, and parks one stuck for too long."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from core.models import HistoryEntry, Order, utc_now
+from core.status import OrderStatus
+from tests.unit.conftest import a_stored_order
+
+PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
+
+
+class Context:
+    function_name = "ReconcilerFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ReconcilerFunction"
+    aws_request_id = "req-reconcile"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@pytest.fixture
+def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    arn = sfn.create_state_machine(
+        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
+        roleArn="arn:aws:iam::123456789012:role/workflow",
+    )["stateMachineArn"]  # fmt: skip
+    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "15")
+    monkeypatch.setenv("RECONCILE_PARK_AFTER_MINUTES", "60")
+    from functions.reconciler import app
+
+    app.container.forget()
+    yield {"sfn": sfn, "arn": arn, "aws": aws}
+    app.container.forget()
+
+
+def store(aws, order_id: str, status: OrderStatus, minutes_ago: float) -> Order:
+    from functions.adapters.dynamodb import DynamoOrders
+
+    placed = utc_now() - timedelta(minutes=minutes_ago)
+    order = a_stored_order(("TSHIRT", 1), id=order_id, status=status, created_at=placed, updated_at=placed)
+    created = HistoryEntry(at=placed, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
+    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(order, created, payment_token="tok_approve")
+    return order
+
+
+def started(stack: dict[str, Any]) -> dict[str, int]:
+    """How many executions each order has: an execution's input names its order."""
+    counts: dict[str, int] = {}
+    for execution in stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]:
+        described = stack["sfn"].describe_execution(executionArn=execution["executionArn"])
+        order_id = json.loads(described["input"])["order_id"]
+        counts[order_id] = counts.get(order_id, 0) + 1
+    return counts
+
+
+def reconcile() -> dict[str, Any]:
+    from functions.reconciler.app import lambda_handler
+
+    return lambda_handler({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}, Context())
+
+
+def order_id(letter: str) -> str:
+    return "ord_" + letter * 24
+
+
+def test_a_stuck_pending_order_is_restarted_once_and_a_fresh_one_is_not(stack):
+    aws = stack["aws"]
+    stuck, fresh = order_id("a"), order_id("b")
+    store(aws, stuck, OrderStatus.PENDING, minutes_ago=20)
+    store(aws, fresh, OrderStatus.PENDING, minutes_ago=2)
+
+    answer = reconcile()
+
+    assert answer == {"restarted": [stuck], "parked": []}
+    assert started(stack) == {stuck: 1}
+    [execution] = stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]
+    assert execution["name"].startswith(f"{stuck}-restart-")
+
+
+def test_a_stuck_authorized_order_is_restarted_and_finished_or_held_ones_are_left_alone(stack):
+    aws = stack["aws"]
+    authorized = order_id("c")
+    store(aws, authorized, OrderStatus.AUTHORIZED, minutes_ago=30)
+    for letter, status in (("d", OrderStatus.ALLOCATED), ("e", OrderStatus.ON_HOLD), ("f", OrderStatus.CANCELLED)):
+        store(aws, order_id(letter), status, minutes_ago=30)
+
+    assert reconcile() == {"restarted": [authorized], "parked": []}
+    assert started(stack) == {authorized: 1}
+
+
+def test_each_pass_restarts_again_and_the_steps_make_that_harmless(stack):
+    """Express refuses no execution name; a second pass starts a second execution, which finds
+    each step done or not yet done exactly as the first left it (see tests/unit/test_workflow.py).
+    Each pass names its executions apart, so a Standard machine would not refuse them either."""
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    stuck = order_id("g")
+    store(stack["aws"], stuck, OrderStatus.PENDING, minutes_ago=20)
+    reconcile()
+    later = utc_now() + timedelta(minutes=5)
+
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+
+    assert started(stack) == {stuck: 2}
+    names = {e["name"] for e in stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]}
+    assert len(names) == 2
+
+
+def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(stack):
+    aws = stack["aws"]
+    old = order_id("h")
+    store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90)
+
+    assert reconcile() == {"restarted": [], "parked": [old]}
+
+    from functions.adapters.dynamodb import DynamoOrders
+
+    order, history = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).history(old)
+    assert order.status is OrderStatus.ON_HOLD
+    assert (order.hold.reason, order.hold.resume_to) == ("other", OrderStatus.AUTHORIZED)
+    note = "order workflow failed after retries: WorkflowStalled: still authorized 60 minutes after its last change"
+    assert order.hold.note.startswith(note)
+    assert history[-1].type == "on_hold"
+    assert started(stack) == {}
+    assert reconcile() == {"restarted": [], "parked": []}  # on hold: out of the index's pending/authorized
+
+
+def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypatch):
+    from functions.reconciler import app
+
+    client = app.container().dynamodb
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for operation in ("query", "scan"):
+        real = getattr(client, operation)
+
+        def spy(*args: Any, _real: Any = real, _operation: str = operation, **kwargs: Any) -> Any:
+            calls.append((_operation, kwargs))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(client, operation, spy)
+    store(stack["aws"], order_id("i"), OrderStatus.PENDING, minutes_ago=20)
+
+    reconcile()
+
+    assert [operation for operation, _ in calls] == ["query", "query"]  # pending, then authorized
+    assert {kwargs["IndexName"] for _, kwargs in calls} == {"by_status"}
+
+
+# --- The metrics the alarm watches ------------------------------------------------------------------
+
+
+@pytest.fixture
+def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """EMF on stdout, starting empty: powertools keeps one metric set for every Metrics instance,
+    and with metrics disabled (the other tests) nothing flushes it."""
+    from functions.reconciler.app import metrics
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def emitted(output: str) -> dict[str, float]:
+    """The metrics in the EMF lines a function printed: name -> sum."""
+    totals: dict[str, float] = {}
+    for line in output.splitlines():
+        if '"_aws"' not in line:
+            continue
+        record = json.loads(line)
+        for directive in record["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == "OMS" and directive["Dimensions"] == [["service"]]
+            for metric in directive["Metrics"]:
+                values = record[metric["Name"]]
+                totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(
+                    values if isinstance(values, list) else [values]
+                )
+    return totals
+
+
+def test_park_order_emits_orders_parked_once_per_order_it_parked(stack, metrics_on, capsys):
+    from functions.workflow import park_order
+
+    stuck = order_id("j")
+    store(stack["aws"], stuck, OrderStatus.AUTHORIZED, minutes_ago=1)
+    step = {"order_id": stuck, "error": "States.Timeout", "cause": ""}
+    capsys.readouterr()
+
+    park_order.lambda_handler(step, Context())
+    park_order.lambda_handler(step, Context())  # a repeated task: parked already, not counted again
+
+    assert emitted(capsys.readouterr().out) == {"OrdersParked": 1}
+
+
+def test_the_reconciler_emits_what_it_restarted_and_parked(stack, metrics_on, capsys):
+    store(stack["aws"], order_id("k"), OrderStatus.PENDING, minutes_ago=20)
+    store(stack["aws"], order_id("l"), OrderStatus.PENDING, minutes_ago=25)
+    store(stack["aws"], order_id("m"), OrderStatus.AUTHORIZED, minutes_ago=120)
+    capsys.readouterr()
+
+    reconcile()
+
+    assert emitted(capsys.readouterr().out) == {"OrderWorkflowsRestarted": 2, "OrdersParked": 1}

@@ -1,0 +1,72 @@
+"""The whole loop on the local stack: an order placed 20 minutes ago whose workflow never started
+(the outbox's stream mapping is paused, as if every start had failed and the stream had moved on)
+is found by the scheduled reconciler and allocated by the workflow it starts again."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from core.models import utc_now
+from functions.adapters.dynamodb import timestamp
+from infra.local.event_sources import SCHEDULE_PERIOD_ENV
+from infra.local.stack import EmbeddedStack, running_stack
+from tests.e2e.client import Api, Catalog, order_body, put_network
+
+OUTBOX = "OutboxFunction.OrdersStream"
+RECONCILER = "ReconcilerFunction.EveryFiveMinutes"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(SCHEDULE_PERIOD_ENV, "0.2")
+        with running_stack(parameter_overrides={"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}) as started:
+            yield started
+
+
+def age(stack: EmbeddedStack, order_id: str, minutes: float) -> None:
+    """Make the stored order look placed (and last changed) `minutes` ago."""
+    ddb, table = stack.client("dynamodb"), stack.table_names["OrdersTable"]
+    item = ddb.get_item(TableName=table, Key={"id": {"S": order_id}})["Item"]
+    then = utc_now() - timedelta(minutes=minutes)
+    doc = json.loads(item["doc"]["S"])
+    doc["created_at"] = doc["updated_at"] = then.isoformat().replace("+00:00", "Z")
+    ddb.update_item(
+        TableName=table,
+        Key={"id": {"S": order_id}},
+        UpdateExpression="SET created_at = :at, #doc = :doc",
+        ExpressionAttributeNames={"#doc": "doc"},
+        ExpressionAttributeValues={":at": {"S": timestamp(then)}, ":doc": {"S": json.dumps(doc)}},
+    )
+
+
+def test_a_stuck_order_the_outbox_never_started_is_restarted_by_the_schedule_and_allocated(stack):
+    assert stack.mappings[RECONCILER].describe()["period_seconds"] == 0.2
+    stack.mappings[RECONCILER].pause()
+    stack.mappings[OUTBOX].pause()
+    api = Api(stack.api_url, stack.admin_key)
+    try:
+        network = put_network(api)
+        catalog = Catalog(api)
+        sku = catalog.product("12.00")
+        catalog.stock(sku, network["west"], 3)
+        stuck = api.post("/orders", json=order_body((sku, 2))).json()["id"]
+        fresh = api.post("/orders", json=order_body((sku, 1))).json()["id"]
+        age(stack, stuck, minutes=20)
+
+        stack.mappings[RECONCILER].resume()
+        deadline = time.monotonic() + 60
+        while api.get(f"/orders/{stuck}").json()["status"] != "allocated":
+            assert time.monotonic() < deadline, api.get(f"/orders/{stuck}/history").json()
+            time.sleep(0.1)
+
+        assert api.get(f"/orders/{fresh}").json()["status"] == "pending"  # its own start is still to come
+        types = [entry["type"] for entry in api.get(f"/orders/{stuck}/history").json()["items"]]
+        assert types == ["created", "payment_authorized", "stock_reserved", "allocated"]
+    finally:
+        api.close()

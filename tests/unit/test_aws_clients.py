@@ -1,0 +1,101 @@
+"""Every boto3 client the functions build comes from functions/adapters/aws_clients.py, with
+timeouts shorter than the functions' and retries in standard mode."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+from botocore.config import Config
+
+from functions.adapters import aws_clients
+from functions.adapters.aws_clients import aws_client
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILDER = ROOT / "functions" / "adapters" / "aws_clients.py"
+
+
+def _client_calls(path: Path, source: str | None = None) -> list[str]:
+    """`boto3.client(...)`, `boto3.resource(...)`, `Session(...)` and powertools persistence layers
+    built without the function's own client, in one module: where a client could be built with
+    botocore's defaults."""
+    found = []
+    tree = ast.parse(source if source is not None else path.read_text(encoding="utf-8"))
+    for node in sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: n.lineno):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+        if (owner == "boto3" and name in ("client", "resource")) or name == "Session":
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {owner}.{name}")
+        if name.endswith("PersistenceLayer") and not any(k.arg == "boto3_client" for k in node.keywords):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name} without boto3_client")
+    return found
+
+
+def test_no_function_builds_a_boto3_client_but_through_the_one_builder():
+    modules = [p for p in (ROOT / "functions").rglob("*.py") if p != BUILDER]
+    assert len(modules) > 20
+    assert [call for path in modules for call in _client_calls(path)] == []
+    assert _client_calls(BUILDER) == [f"{BUILDER.relative_to(ROOT)}:{_line_of('boto3.client(')} boto3.client"]
+
+
+def _line_of(text: str) -> int:
+    return next(n for n, line in enumerate(BUILDER.read_text().splitlines(), 1) if text in line)
+
+
+def test_the_check_would_catch_a_stray_client():
+    stray = ROOT / "functions" / "_stray_client_for_the_test.py"
+    source = (
+        "import boto3\nfrom aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer\n"
+        "s3 = boto3.client('s3')\nsession = boto3.Session()\ntable = boto3.resource('dynamodb')\n"
+        "layer = DynamoDBPersistenceLayer(table_name='t')\n"
+    )
+    calls = _client_calls(stray, source)
+    assert [call.split(" ", 1)[1] for call in calls] == [
+        "boto3.client", "boto3.Session", "boto3.resource", "DynamoDBPersistenceLayer without boto3_client",
+    ]  # fmt: skip
+
+
+def test_a_client_gets_short_timeouts_and_standard_retries(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = aws_client("dynamodb")
+
+    config = client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (1.0, 2.0)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+
+
+def test_a_clients_own_config_is_merged_over_the_defaults(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = aws_client("s3", endpoint_url="http://localhost:1", config=Config(signature_version="s3v4"))
+
+    config = client.meta.config
+    assert config.signature_version == "s3v4"
+    assert (config.connect_timeout, config.read_timeout) == (1.0, 2.0)
+    assert config.retries["mode"] == "standard"
+    assert client.meta.endpoint_url == "http://localhost:1"
+
+
+def _function_timeouts() -> dict[str, int]:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=Loader)
+    default = template["Globals"]["Function"]["Timeout"]
+    return {
+        name: resource["Properties"].get("Timeout", default)
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+
+
+def test_every_attempt_ends_well_within_every_function_timeout_and_all_attempts_within_the_default():
+    timeouts = _function_timeouts()
+    per_attempt = aws_clients.CONNECT_TIMEOUT + aws_clients.READ_TIMEOUT
+    assert all(per_attempt < timeout for timeout in timeouts.values()), timeouts
+    default = min(t for t in timeouts.values() if t >= 10)
+    assert per_attempt * aws_clients.MAX_ATTEMPTS < default

@@ -1,0 +1,50 @@
+"""template.yaml wires issue 10 item 4 together: the ParkOrder task, the alarm on the metric it
+emits, the scheduled reconciler with its thresholds, and the outbox's parallel batches."""
+
+from __future__ import annotations
+
+from infra.local.template import load_template
+
+TEMPLATE = load_template()
+RESOURCES = TEMPLATE["Resources"]
+
+
+def _properties(name: str) -> dict:
+    return RESOURCES[name]["Properties"]
+
+
+def test_the_state_machine_may_invoke_the_park_order_function_it_names():
+    workflow = _properties("OrderWorkflow")
+    assert workflow["DefinitionSubstitutions"]["ParkOrderFunctionArn"] == {"Fn::GetAtt": ["ParkOrderFunction", "Arn"]}
+    assert {"LambdaInvokePolicy": {"FunctionName": {"Ref": "ParkOrderFunction"}}} in workflow["Policies"]
+    assert _properties("ParkOrderFunction")["Handler"] == "functions.workflow.park_order.lambda_handler"
+
+
+def test_the_parked_alarm_watches_the_metric_as_powertools_emits_it():
+    alarm = _properties("OrdersParkedAlarm")
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (variables["POWERTOOLS_METRICS_NAMESPACE"], "OrdersParked")
+    # powertools adds the service as the one dimension: the alarm must name it exactly.
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
+
+
+def test_the_reconciler_runs_every_five_minutes_with_the_thresholds_as_parameters():
+    reconciler = _properties("ReconcilerFunction")
+    assert reconciler["Handler"] == "functions.reconciler.app.lambda_handler"
+    assert reconciler["Events"]["EveryFiveMinutes"] == {
+        "Type": "Schedule",
+        "Properties": {"Schedule": "rate(5 minutes)"},
+    }
+    variables = reconciler["Environment"]["Variables"]
+    assert variables["RECONCILE_AFTER_MINUTES"] == {"Ref": "ReconcileAfterMinutes"}
+    assert variables["RECONCILE_PARK_AFTER_MINUTES"] == {"Ref": "ParkStalledAfterMinutes"}
+    parameters = TEMPLATE["Parameters"]
+    assert parameters["ReconcileAfterMinutes"]["MinValue"] > 5  # an Express execution may run 5 minutes
+    assert parameters["ParkStalledAfterMinutes"]["Default"] > parameters["ReconcileAfterMinutes"]["Default"]
+    assert reconciler["Timeout"] > TEMPLATE["Globals"]["Function"]["Timeout"]  # up to 200 starts a pass
+
+
+def test_the_outbox_runs_several_batches_of_a_shard_at_once():
+    stream = _properties("OutboxFunction")["Events"]["OrdersStream"]["Properties"]
+    assert stream["ParallelizationFactor"] == 10  # AWS's maximum

@@ -1,0 +1,269 @@
+"""Failures are seen, never silent: which failures end an order and which park it on hold for a
+person (core.workflow.after_failure, Workflow.park_after_failure), and the hold itself on the Order
+(its reason, note and since, the status a release resumes to, which no response shows)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from core.errors import InvalidTransition, OrderClosed
+from core.models import Order
+from core.ports import StalledOrder, StalledOrders, WorkflowStarter
+from core.reconciliation import Reconciled, Reconciler
+from core.status import OrderStatus, can_transition
+from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
+from tests.builders import NOW
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3)]
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def cause(error: str, message: str) -> str:
+    return json.dumps({"errorType": error, "errorMessage": message})
+
+
+# --- Park or end: by the error's class -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        ("PaymentDeclined", "FailPayment"),
+        ("OutOfStock", "CancelOrder"),
+        ("OrderClosed", "OrderAlreadyClosed"),
+    ],
+)
+def test_business_outcomes_end_the_order(error, state):
+    assert after_failure(error) == state
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "TransientError",  # retries ran out: DynamoDB throttled, a gateway down, a lost race that kept losing
+        "States.Timeout",  # the task's TimeoutSeconds
+        "States.TaskFailed",
+        "Sandbox.Timedout",  # the Lambda's own timeout
+        "Lambda.TooManyRequestsException",
+        "Lambda.ServiceException",
+        "Lambda.AWSLambdaException",
+        "Lambda.SdkClientException",
+        "ProvisionedThroughputExceededException",
+        "ReadTimeoutError",  # a botocore timeout surfacing from a task
+        "PluginError",  # a plugin answered nonsense: a person must look, not the customer pay for it
+        "PluginUnavailable",
+        "RuntimeError",
+        "NotFound",
+    ],
+)
+def test_every_other_failure_parks_the_order(error):
+    assert after_failure(error) == PARK == "ParkOrder"
+
+
+def test_only_the_business_outcomes_are_not_parked():
+    assert set(BUSINESS_OUTCOMES) == {"PaymentDeclined", "OutOfStock", "OrderClosed"}
+
+
+# --- The hold on the Order -----------------------------------------------------------------
+
+
+def test_an_authorized_order_may_go_on_hold_and_back_and_a_hold_never_skips_ahead():
+    assert can_transition(S.AUTHORIZED, S.ON_HOLD)
+    assert can_transition(S.ON_HOLD, S.AUTHORIZED)
+    assert can_transition(S.ON_HOLD, S.PENDING)
+    assert not can_transition(S.ON_HOLD, S.ALLOCATED)
+    assert not can_transition(S.SHIPPED, S.ON_HOLD)
+
+
+def test_park_puts_the_order_on_hold_with_a_system_reason_and_a_note_naming_the_failure(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    before = world.order(order_id)
+
+    parked = world.workflow.park_after_failure(
+        order_id, "Lambda.TooManyRequestsException", cause("TooManyRequestsException", "Rate exceeded")
+    )
+
+    assert parked is True
+    order = world.order(order_id)
+    assert order.status is S.ON_HOLD
+    assert order.hold is not None
+    assert (order.hold.reason, order.hold.since, order.hold.resume_to) == ("other", NOW, S.AUTHORIZED)
+    assert order.hold.note == "order workflow failed after retries: Lambda.TooManyRequestsException: Rate exceeded"
+    # Nothing moved money or stock: the authorization and the reservations are kept for the release.
+    assert order.payment == before.payment and order.payment.status == "authorized"
+    assert order.allocations == before.allocations
+    assert sum(world.held_for(order_id).values()) == 2
+    assert world.spy.voided == [] and world.spy.captured == []
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
+        "on_hold",
+        S.AUTHORIZED,
+        S.ON_HOLD,
+        "workflow",
+    )
+    assert entry.detail == {
+        "reason": "other",
+        "note": order.hold.note,
+        "error": "Lambda.TooManyRequestsException",
+        "message": "Rate exceeded",
+        "parked": True,
+    }
+
+
+def test_a_pending_order_whose_authorization_kept_failing_is_parked_not_declined(world):
+    order_id = world.place(("TSHIRT", 1))
+
+    assert world.workflow.park_after_failure(order_id, "TransientError", cause("TransientError", "gateway down"))
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status, order.hold.resume_to) == (S.ON_HOLD, "pending", S.PENDING)
+
+
+def test_park_is_idempotent_and_leaves_a_finished_or_closed_order_alone(world):
+    order_id = world.place(("TSHIRT", 1))
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    once = world.snapshot(order_id)
+
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "") is False
+    assert world.snapshot(order_id) == once
+
+    allocated = world.allocated(("MUG", 1))
+    assert world.workflow.park_after_failure(allocated.id, "RuntimeError", "") is False  # crashed after its write
+    assert world.order(allocated.id).status is S.ALLOCATED
+
+
+def test_a_parked_order_stops_the_workflow_steps(world):
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    once = world.snapshot(order_id)
+
+    for step in (world.workflow.reserve_stock, world.workflow.create_shipments):
+        with pytest.raises(OrderClosed):
+            step(order_id)
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert world.snapshot(order_id) == once
+
+
+def test_release_resumes_the_status_it_was_held_from_and_clears_the_hold(world):
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    held = world.order(order_id)
+
+    released, entry = held.release(note="throttling over", at=NOW, actor="key_ops")
+
+    assert (released.status, released.hold, released.version) == (S.AUTHORIZED, None, held.version + 1)
+    assert (entry.type, entry.from_status, entry.to_status) == ("released", S.ON_HOLD, S.AUTHORIZED)
+    assert entry.detail == {"reason": "other", "note": "throttling over"}
+    with pytest.raises(InvalidTransition):
+        released.release(note=None, at=NOW, actor="key_ops")
+
+
+def test_a_held_order_can_still_be_cancelled_and_the_cancel_clears_the_hold(world):
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.park_after_failure(order_id, "States.Timeout", "")
+
+    cancelled, _ = world.order(order_id).cancel("operator", at=NOW, actor="key_ops")
+
+    assert (cancelled.status, cancelled.hold) == (S.CANCELLED, None)
+
+
+def test_the_response_shows_the_contract_hold_and_the_store_keeps_the_status_to_resume_to(world):
+    order_id = world.place(("TSHIRT", 1))
+    assert world.order(order_id).model_dump(mode="json")["hold"] is None
+    world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    order = world.order(order_id)
+
+    shown = order.model_dump(mode="json")["hold"]
+    assert set(shown) == {"reason", "note", "since"}
+    stored = Order.model_validate_json(order.stored_json())
+    assert stored == order and stored.hold.resume_to is S.PENDING
+    unheld = world.order(world.place(("MUG", 1)))
+    assert unheld.stored_json() == unheld.model_dump_json(exclude_none=True)
+
+
+# --- The reconciler's decision (core.reconciliation) ------------------------------------------
+
+
+class Stalled(StalledOrders):
+    def __init__(self, world: World):
+        self.world = world
+        self.asked: list[tuple[OrderStatus, object, int]] = []
+
+    def stalled(self, status, created_before, limit):
+        self.asked.append((status, created_before, limit))
+        found = [o for o in self.world.orders.orders.values() if o.status is status and o.created_at < created_before]
+        return [StalledOrder(o.id, o.status, o.created_at) for o in found][:limit]
+
+
+class Starter(WorkflowStarter):
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str | None]] = []
+
+    def start(self, order_id, channel="", correlation_id="", rerun=None):
+        self.started.append((order_id, rerun))
+        return True
+
+
+def reconciler(world: World, minutes_later: float, **kwargs) -> tuple[Reconciler, Stalled, Starter]:
+    stalled, starter = Stalled(world), Starter()
+    clock = lambda: NOW + timedelta(minutes=minutes_later)  # noqa: E731
+    limits = {"restart_after": timedelta(minutes=15), "park_after": timedelta(minutes=60), **kwargs}
+    return Reconciler(stalled, world.orders, starter, world.workflow, clock, **limits), stalled, starter
+
+
+def test_the_reconciler_restarts_pending_and_authorized_orders_past_the_threshold_and_parks_older_ones(world):
+    pending, authorized = world.place(("TSHIRT", 1)), world.place(("MUG", 1))
+    world.workflow.authorize_payment(authorized, attempt=0)
+    allocated = world.allocated(("TSHIRT", 1)).id
+
+    early = reconciler(world, minutes_later=10)
+    assert early[0].run().restarted == [] and early[2].started == []
+
+    run, stalled, starter = reconciler(world, minutes_later=20)
+    done = run.run()
+    assert (done.restarted, done.parked) == ([pending, authorized], [])
+    assert starter.started == [(pending, "restart-20261122T122000"), (authorized, "restart-20261122T122000")]
+    assert [status for status, _, _ in stalled.asked] == [S.PENDING, S.AUTHORIZED]
+    assert world.order(allocated).status is S.ALLOCATED
+
+    late = reconciler(world, minutes_later=61)
+    done = late[0].run()
+    assert (done.restarted, sorted(done.parked)) == ([], sorted([pending, authorized]))
+    assert world.order(authorized).hold.note.startswith("order workflow failed after retries: WorkflowStalled")
+
+
+@pytest.mark.parametrize(("restart", "park"), [(5, 60), (15, 15), (20, 10)])
+def test_the_reconciler_refuses_thresholds_that_would_restart_a_running_execution_or_never_restart(
+    world, restart, park
+):
+    with pytest.raises(ValueError):
+        reconciler(world, 0, restart_after=timedelta(minutes=restart), park_after=timedelta(minutes=park))
+
+
+def test_the_reconciler_judges_an_order_by_its_last_change_not_when_it_was_placed(world):
+    """Placed an hour ago but changed ten minutes ago (say, released from a hold and started
+    again): its own execution may be running, so it is neither restarted nor parked yet."""
+    order_id = world.place(("TSHIRT", 1))
+    changed = world.order(order_id).model_copy(update={"updated_at": NOW + timedelta(minutes=51)})
+    world.orders.orders[order_id] = changed
+
+    run, _, starter = reconciler(world, minutes_later=61)
+    assert (run.run(), starter.started) == (Reconciled(), [])
+
+    run, _, starter = reconciler(world, minutes_later=70)
+    assert run.run() == Reconciled(restarted=[order_id])
+    assert world.order(order_id).status is S.PENDING
