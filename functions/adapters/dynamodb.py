@@ -19,6 +19,7 @@ from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleV
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
 from core.status import check_successor
+from functions.adapters.api_key_lookup import lookup_key
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -345,10 +346,6 @@ class DynamoCatalog(CatalogRepository):
 # --- API keys --------------------------------------------------------------------------------
 
 
-def _lookup_key(secret_hash: str) -> dict[str, Any]:
-    return {"pk": {"S": f"APIKEY#{secret_hash}"}, "sk": {"S": "APIKEY"}}
-
-
 def _record_key(key_id: str) -> dict[str, Any]:
     return {"pk": {"S": "APIKEYS"}, "sk": {"S": key_id}}
 
@@ -377,13 +374,13 @@ class DynamoApiKeys(ApiKeyRepository):
         self._client.put_item(
             TableName=self._table, Item={**_record_key(key.id), **values, "secret_hash": {"S": secret_hash}}
         )
-        self._client.put_item(TableName=self._table, Item={**_lookup_key(secret_hash), **values})
+        self._client.put_item(TableName=self._table, Item={**lookup_key(secret_hash), **values})
         old_hash = from_item(previous).get("secret_hash") if previous else None
         if old_hash and old_hash != secret_hash:
-            self._client.delete_item(TableName=self._table, Key=_lookup_key(old_hash))
+            self._client.delete_item(TableName=self._table, Key=lookup_key(old_hash))
 
     def by_hash(self, secret_hash: str) -> ApiKey | None:
-        item = self._client.get_item(TableName=self._table, Key=_lookup_key(secret_hash)).get("Item")
+        item = self._client.get_item(TableName=self._table, Key=lookup_key(secret_hash)).get("Item")
         return self._key(item) if item else None
 
     def list(self, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
@@ -411,7 +408,7 @@ class DynamoApiKeys(ApiKeyRepository):
             "ExpressionAttributeValues": {":at": {"S": timestamp(at)}},
         }
         try:
-            self._client.update_item(TableName=self._table, Key=_lookup_key(from_item(record)["secret_hash"]), **revoke)
+            self._client.update_item(TableName=self._table, Key=lookup_key(from_item(record)["secret_hash"]), **revoke)
         except ClientError as error:
             # A conditional failure means the lookup is gone (replaced by a newer secret): nothing
             # is left to revoke there.

@@ -112,7 +112,7 @@ def forget_warm_containers() -> None:
         cached = getattr(bootstrap, name)
         if callable(getattr(cached, "cache_clear", None)):
             cached.cache_clear()
-    for module_name in ("functions.api.idempotency", "functions.outbox.app"):
+    for module_name in ("functions.api.idempotency", "functions.outbox.app", "functions.authorizer.app"):
         module = sys.modules.get(module_name)
         for name in dir(module) if module else ():
             cached = getattr(module, name)

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from core.access import ApiKey, Scope
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
 from core.plugin_manager import build_plugin_manager
@@ -13,7 +14,8 @@ from core.ports import OrderFilter
 from core.pricing import Pricing
 from core.services import CaptureService
 from core.status import OrderStatus
-from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOrders, from_item
+from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, from_item
 from tests.builders import NOW, location, place_order, product
 
 
@@ -215,3 +217,17 @@ def test_a_cursor_only_works_for_the_filter_it_came_from(capture, orders):
     for garbage in ("", "not-base64!", "eyJ9", cursor[:-3]):
         with pytest.raises(InvalidCursor):
             orders.list(OrderFilter(channel="web"), 1, garbage)
+
+
+def test_the_authorizers_lookup_reads_what_the_key_store_writes(aws):
+    keys = DynamoApiKeys(aws.dynamodb, aws.tables["CatalogTable"])
+    lookup = ApiKeyLookup(aws.dynamodb, aws.tables["CatalogTable"])
+    scopes = [Scope.ORDERS_WRITE, Scope.ORDERS_READ]
+    keys.add(ApiKey(id="key_shop", name="shop", scopes=scopes, channel="shop", created_at=NOW), "hash_shop")
+    keys.add(ApiKey(id="key_ops", name="ops", scopes=[Scope.ADMIN], created_at=NOW), "hash_ops")
+
+    assert lookup.by_hash("hash_shop") == KeyGrant("key_shop", ("orders:read", "orders:write"), "shop", False)
+    assert lookup.by_hash("hash_ops") == KeyGrant("key_ops", ("admin",), None, False)
+    assert lookup.by_hash("hash_unknown") is None
+    keys.revoke("key_shop", NOW)
+    assert lookup.by_hash("hash_shop").revoked
