@@ -256,7 +256,6 @@ def workflow_report() -> str:
     for run in range(WORKFLOW_RUNS):
         out = subprocess.run(
             [sys.executable, "-m", "bench.workflow"], cwd=ROOT, capture_output=True, text=True, check=True,
-            env={**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING"},
         )  # fmt: skip
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"workflow run {run + 1}/{WORKFLOW_RUNS}: {runs[-1]['allocated_per_second']:.1f} orders/s", flush=True)
