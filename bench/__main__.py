@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from bench.cost import LAMBDA_PLATFORM_LOG_BYTES
+from bench.cost import AWS_CALL_SECONDS, LAMBDA_PLATFORM_LOG_BYTES
 from bench.stack import ROOT, StackProcess, stack_process
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -325,7 +325,7 @@ def workflow_report() -> str:
         f"({rates[0]:.1f}–{rates[-1]:.1f}) |",
         f"| statuses once the workflow settled (median run) | {typical['statuses']} |",
         f"| API requests per order (POST, ship, deliver) | {typical['api_requests_per_order']:.2f} |",
-        f"| Lambda GB-seconds per order (measured run time here x template memory) | "
+        f"| Lambda GB-seconds per order (our CPU time here + a network wait per AWS call, x template memory) | "
         f"{typical['lambda_gb_seconds_per_order']:.4f} |",
         f"| DynamoDB write units per order (estimated, incl. index writes) | {typical['wru_per_order']:.1f} |",
         f"| DynamoDB read units per order (estimated) | {typical['rru_per_order']:.1f} |",
@@ -357,7 +357,12 @@ def workflow_report() -> str:
     lines += [f"| **total, with every optional feature** | **{total + sum(optional.values()):.2f}** |", ""]
     logged = typical["log_bytes_per_order"]
     lines += [
-        "How the logs and traces are counted: every line the functions write while they run is counted "
+        "Lambda's billed duration is modeled, not timed (a loaded machine's waits would count as run time): "
+        "each invocation's CPU time here, less the CPU inside AWS calls (moto's work; on AWS the service's), plus "
+        "a network wait per AWS call ("
+        + ", ".join(f"{service} {seconds * 1000:.0f} ms" for service, seconds in AWS_CALL_SECONDS.items())
+        + "; assumptions in `bench/cost.py`). Express executions are billed on the tasks' modeled durations at "
+        "64 MB. How the logs and traces are counted: every line the functions write while they run is counted "
         "by its log level (the template's default `LogLevel` INFO), EMF metric records as metrics, and "
         f"{LAMBDA_PLATFORM_LOG_BYTES} bytes per invocation for Lambda's START/END/REPORT lines: "
         + ", ".join(f"{level} {size:.0f}" for level, size in sorted(logged.items()))

@@ -35,6 +35,11 @@ PRICES = {
     "xray_trace_recorded": 5.00 / 1_000_000,
 }
 
+# How long a function waits for an AWS call it makes from Lambda (same region), billed as its
+# duration: DynamoDB answers single-item requests in single-digit milliseconds; S3 PUTs and Step
+# Functions starts take longer. Assumptions, not measurements: moto answers in-process here.
+AWS_CALL_SECONDS = {"dynamodb": 0.005, "s3": 0.020, "stepfunctions": 0.020, "default": 0.010}
+
 # Lambda writes START, END and REPORT lines for every invocation (plus an XRAY TraceId line when
 # tracing is active): about 400 bytes in the text format, whatever the function logs itself.
 LAMBDA_PLATFORM_LOG_BYTES = 400

@@ -25,6 +25,7 @@ import requests
 from botocore.client import BaseClient
 
 from bench.cost import (
+    AWS_CALL_SECONDS,
     LAMBDA_PLATFORM_LOG_BYTES,
     SFN_EXPRESS_BILLED_GB,
     Usage,
@@ -35,7 +36,7 @@ from bench.cost import (
     rru_for,
     wru_for,
 )
-from infra.local.lambdas import RUNNING
+from infra.local.lambdas import RUNNING, LocalFunction
 from infra.local.stack import running_stack
 from infra.local.template import Template
 
@@ -75,6 +76,52 @@ def orders_indexes() -> list[Index]:
     return indexes
 
 
+class DurationModel:
+    """What each function's invocations would bill on Lambda: their CPU time here (in the invoking
+    thread, less invocations nested inside them) without the CPU spent inside AWS calls (moto's
+    work, which on AWS is the service's), plus a network wait per AWS call (AWS_CALL_SECONDS).
+    Wall time would count a loaded machine's waits, and the stack's lock, as run time."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self._frames = threading.local()
+        self._lock = threading.Lock()
+
+    def _stack(self) -> list[list[float]]:
+        return self._frames.__dict__.setdefault("stack", [])  # per frame: [nested or AWS seconds, waits]
+
+    def install(self) -> None:
+        original = LocalFunction.invoke
+        model = self
+
+        def invoke(function: LocalFunction, event: Any) -> Any:
+            stack = model._stack()
+            stack.append([0.0, 0.0])
+            started = time.thread_time()
+            try:
+                return original(function, event)
+            finally:
+                spent = time.thread_time() - started
+                excluded, waits = stack.pop()
+                if stack:
+                    stack[-1][0] += spent
+                with model._lock:
+                    model.seconds[function.name] += spent - excluded + waits
+
+        LocalFunction.invoke = invoke  # type: ignore[method-assign]
+
+    def aws_call(self, service: str, call: Callable[[], Any]) -> Any:
+        stack = self._stack()
+        if not stack:
+            return call()
+        started = time.thread_time()
+        try:
+            return call()
+        finally:
+            stack[-1][0] += time.thread_time() - started
+            stack[-1][1] += AWS_CALL_SECONDS.get(service, AWS_CALL_SECONDS["default"])
+
+
 class LogMeter(io.TextIOBase):
     """Stands in for stdout and stderr: counts what the functions write (what CloudWatch Logs would
     ingest), by log level, and passes everything through."""
@@ -110,7 +157,8 @@ class UsageRecorder:
     rather than registering a `before-call` handler, because moto resets boto3's default session
     when it starts and clients cached by warm containers would never see a handler added later."""
 
-    def __init__(self, orders_table: str = ""):
+    def __init__(self, orders_table: str = "", durations: DurationModel | None = None):
+        self.durations = durations or DurationModel()
         self.usage = Usage()
         self.orders_table = orders_table
         self.indexes = orders_indexes()
@@ -126,8 +174,9 @@ class UsageRecorder:
         recorder = self
 
         def counted(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
-            recorder.record(client.meta.service_model.service_name, operation_name, api_params)
-            return original(client, operation_name, api_params)
+            service = client.meta.service_model.service_name
+            recorder.record(service, operation_name, api_params)
+            return recorder.durations.aws_call(service, lambda: original(client, operation_name, api_params))
 
         BaseClient._make_api_call = counted  # type: ignore[method-assign]
 
@@ -190,7 +239,9 @@ def _order_body() -> dict[str, Any]:
 def main() -> None:
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
     # Installed before the stack starts, so every client the functions create carries the hook.
-    recorder = UsageRecorder()
+    cpu = DurationModel()
+    cpu.install()
+    recorder = UsageRecorder(durations=cpu)
     recorder.install()
     lock = threading.Lock()
     real_stdout = sys.stdout
@@ -208,7 +259,7 @@ def main() -> None:
         recorder.orders_table = stack.table_names["OrdersTable"]
         recorder.usage = Usage()  # what the warm-up did is not part of the run
         functions = stack.functions.values()
-        run_seconds_before = {f.name: f.run_seconds for f in functions}
+        cpu_before = Counter(cpu.seconds)
         invocations_before = {f.name: f.invocations for f in functions}
 
         placed: list[str] = []
@@ -249,9 +300,9 @@ def main() -> None:
             calls = f.invocations - invocations_before[f.name]
             if calls:
                 usage.lambda_invocations[f.name.split("-")[-1]] += calls
-                usage.lambda_gb_seconds += (f.run_seconds - run_seconds_before[f.name]) * f.memory_mb / 1024
+                usage.lambda_gb_seconds += (cpu.seconds[f.name] - cpu_before[f.name]) * f.memory_mb / 1024
         workflow_seconds = sum(
-            f.run_seconds - run_seconds_before[f.name]
+            cpu.seconds[f.name] - cpu_before[f.name]
             for f in functions
             if any(step in f.name for step in ("AuthorizePayment", "ReserveStock", "CreateShipments"))
         )
