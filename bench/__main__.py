@@ -170,6 +170,7 @@ def main() -> None:
     results: dict[str, list[float]] = {
         "post": [], "raw": [], "cold_handler": [], "cold_baseline": [], "authorizer_import": [], "boto3_import": [],
     }  # fmt: skip
+    load_at_start = os.getloadavg()[0]
     scratch = Path(tempfile.mkdtemp(prefix="oms-bench-"))
     artifact = built_api_function(scratch)
     with stack_process() as stack:
@@ -199,7 +200,9 @@ def main() -> None:
 
     report = f"""# Benchmarks
 
-Written by `make bench` on {datetime.date.today().isoformat()}. Machine: {machine()}.
+Written by `make bench` on {datetime.date.today().isoformat()}. Machine: {machine()}; load average
+{load_at_start:.1f} when it started and {os.getloadavg()[0]:.1f} after the first sections (other work shares the
+machine: compare each number with its baseline, not with another day's run).
 Each number is the median of {RUNS} runs (min–max in brackets); every baseline was measured in the
 same run, interleaved with what it is compared to. The local stack runs in its own process
 (`python -m infra.local`), so the load generator does not share its interpreter.
