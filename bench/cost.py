@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 PRICES = {
     # API Gateway REST API: per million requests (first 333 million a month).
@@ -28,7 +29,24 @@ PRICES = {
     "s3_get": 0.0004 / 1_000,
     # SQS standard: per request (64 KB chunks).
     "sqs_request": 0.40 / 1_000_000,
+    # CloudWatch Logs: per GB ingested (standard class; storage, $0.03/GB-month, is left out).
+    "logs_ingest_gb": 0.50,
+    # X-Ray: per trace recorded (traces retrieved or scanned by someone looking are left out).
+    "xray_trace_recorded": 5.00 / 1_000_000,
 }
+
+# How long a function waits for an AWS call it makes from Lambda (same region), billed as its
+# duration: DynamoDB answers single-item requests in single-digit milliseconds; S3 PUTs and Step
+# Functions starts take longer. Assumptions, not measurements: moto answers in-process here.
+AWS_CALL_SECONDS = {"dynamodb": 0.005, "s3": 0.020, "stepfunctions": 0.020, "default": 0.010}
+
+# Lambda writes START, END and REPORT lines for every invocation (plus an XRAY TraceId line when
+# tracing is active): about 400 bytes in the text format, whatever the function logs itself.
+LAMBDA_PLATFORM_LOG_BYTES = 400
+# X-Ray's default sampling rule: the first request each second, then 5 % of the rest. At a steady
+# volume of orders the 5 % dominates; the reservoir adds at most one trace a second (about 2.6
+# million traces, $13, a month) whatever the volume, a fixed cost left out of the per-order figure.
+XRAY_SAMPLED_SHARE = 0.05
 
 SFN_EXPRESS_BILLED_GB = 64 / 1024  # the smallest memory step Express executions are billed in
 
@@ -46,6 +64,32 @@ class Usage:
     sfn_executions: int = 0
     sfn_gb_seconds: float = 0.0
     api_requests: int = 0
+    log_bytes: Counter[str] = field(default_factory=Counter)  # level ("INFO", "metrics", "platform") -> bytes
+    traces: int = 0  # requests that start a trace: API calls and stream-triggered invocations
+
+
+def attribute_bytes(value: dict[str, Any]) -> int:
+    """DynamoDB's size of one attribute value (low-level form), by its documented rules: strings
+    and binaries by length, numbers by digits, lists and maps by their elements plus 3 bytes each."""
+    ((kind, inner),) = value.items()
+    if kind in ("S", "B"):
+        return len(inner.encode()) if isinstance(inner, str) else len(inner)
+    if kind == "N":
+        return 1 + math.ceil(len(inner.lstrip("-").replace(".", "")) / 2)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind in ("SS", "BS"):
+        return sum(len(v.encode()) if isinstance(v, str) else len(v) for v in inner)
+    if kind == "NS":
+        return sum(attribute_bytes({"N": v}) for v in inner)
+    if kind == "L":
+        return 3 + sum(1 + attribute_bytes(v) for v in inner)
+    return 3 + sum(1 + len(k.encode()) + attribute_bytes(v) for k, v in inner.items())  # "M"
+
+
+def item_bytes(item: dict[str, Any]) -> int:
+    """An item's size as DynamoDB bills it: attribute names plus values."""
+    return sum(len(name.encode()) + attribute_bytes(value) for name, value in item.items())
 
 
 def wru_for(item_bytes: int) -> int:
@@ -69,4 +113,18 @@ def dollars(usage: Usage) -> dict[str, float]:
         "DynamoDB": usage.wru * p["dynamodb_wru"] + usage.rru * p["dynamodb_rru"],
         "S3": usage.calls["s3.PutObject"] * p["s3_put"] + usage.calls["s3.GetObject"] * p["s3_get"],
         "SQS": sum(v for k, v in usage.calls.items() if k.startswith("sqs.")) * p["sqs_request"],
+        "CloudWatch Logs (platform lines, metrics, warnings and errors)": sum(
+            v for level, v in usage.log_bytes.items() if level not in ("INFO", "DEBUG")
+        )
+        / 1e9
+        * p["logs_ingest_gb"],
+    }
+
+
+def optional_dollars(usage: Usage) -> dict[str, float]:
+    """What the optional features add to the bill of one run: each can be turned off."""
+    p = PRICES
+    return {
+        "CloudWatch Logs: INFO lines (LogLevel INFO, the default)": usage.log_bytes["INFO"] / 1e9 * p["logs_ingest_gb"],
+        "X-Ray: traces at 5 % sampling (Tracing: Active)": usage.traces * XRAY_SAMPLED_SHARE * p["xray_trace_recorded"],
     }

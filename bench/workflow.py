@@ -7,30 +7,148 @@ attributed to the function making it. Prints one JSON object.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import statistics
 import sys
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 from botocore.client import BaseClient
 
-from bench.cost import SFN_EXPRESS_BILLED_GB, Usage, dollars, rru_for, wru_for
-from infra.local.lambdas import RUNNING
+from bench.cost import (
+    AWS_CALL_SECONDS,
+    LAMBDA_PLATFORM_LOG_BYTES,
+    SFN_EXPRESS_BILLED_GB,
+    Usage,
+    attribute_bytes,
+    dollars,
+    item_bytes,
+    optional_dollars,
+    rru_for,
+    wru_for,
+)
+from infra.local.lambdas import RUNNING, LocalFunction
 from infra.local.stack import running_stack
+from infra.local.template import Template
 
 ORDERS = int(os.environ.get("BENCH_WORKFLOW_ORDERS", "100"))
 CLIENTS = 4
 
-# Index entries written per order write: the template's four GSIs on a new order; on a status
-# change by_status (its key: delete + put) and the two indexes that project the status
-# (by_channel, by_customer: one put each).
-GSI_WRITES_ON_PUT = 4
-GSI_WRITES_ON_STATUS_CHANGE = 2 + 1 + 1
+
+@dataclass(frozen=True)
+class Index:
+    keys: frozenset[str]
+    projected: frozenset[str] | None  # None: every attribute (ALL)
+
+    def writes_on_put(self, item: dict[str, Any]) -> int:
+        # A sparse index holds only the items that carry all its key attributes.
+        return 1 if self.keys <= item.keys() else 0
+
+    def writes_on_change(self, attribute: str) -> int:
+        """Index entries (each under 1 KB: one write unit) written when `attribute` changes."""
+        if attribute in self.keys:
+            return 2  # the entry moves: a delete and a put
+        if self.projected is None or attribute in self.projected:
+            return 1
+        return 0
+
+
+def orders_indexes() -> list[Index]:
+    """The Orders table's GSIs as template.yaml declares them, so the estimate follows the template."""
+    (spec,) = [t for t in Template.load().tables() if t.logical_id == "OrdersTable"]
+    indexes = []
+    for gsi in spec.global_secondary_indexes:
+        projection = gsi.get("Projection", {})
+        kind = projection.get("ProjectionType", "KEYS_ONLY")
+        included = frozenset(projection.get("NonKeyAttributes", [])) if kind == "INCLUDE" else frozenset()
+        indexes.append(
+            Index(frozenset(k["AttributeName"] for k in gsi["KeySchema"]), None if kind == "ALL" else included)
+        )
+    return indexes
+
+
+class DurationModel:
+    """What each function's invocations would bill on Lambda: their CPU time here (in the invoking
+    thread, less invocations nested inside them) without the CPU spent inside AWS calls (moto's
+    work, which on AWS is the service's), plus a network wait per AWS call (AWS_CALL_SECONDS).
+    Wall time would count a loaded machine's waits, and the stack's lock, as run time."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self._frames = threading.local()
+        self._lock = threading.Lock()
+
+    def _stack(self) -> list[list[float]]:
+        return self._frames.__dict__.setdefault("stack", [])  # per frame: [nested or AWS seconds, waits]
+
+    def install(self) -> None:
+        original = LocalFunction.invoke
+        model = self
+
+        def invoke(function: LocalFunction, event: Any) -> Any:
+            stack = model._stack()
+            stack.append([0.0, 0.0])
+            started = time.thread_time()
+            try:
+                return original(function, event)
+            finally:
+                spent = time.thread_time() - started
+                excluded, waits = stack.pop()
+                if stack:
+                    stack[-1][0] += spent
+                with model._lock:
+                    model.seconds[function.name] += spent - excluded + waits
+
+        LocalFunction.invoke = invoke  # type: ignore[method-assign]
+
+    def aws_call(self, service: str, call: Callable[[], Any]) -> Any:
+        stack = self._stack()
+        if not stack:
+            return call()
+        started = time.thread_time()
+        try:
+            return call()
+        finally:
+            stack[-1][0] += time.thread_time() - started
+            stack[-1][1] += AWS_CALL_SECONDS.get(service, AWS_CALL_SECONDS["default"])
+
+
+class LogMeter(io.TextIOBase):
+    """Stands in for stdout and stderr: counts what the functions write (what CloudWatch Logs would
+    ingest), by log level, and passes everything through."""
+
+    def __init__(self, stream: Any, usage: Callable[[], Usage], lock: threading.Lock):
+        self._stream = stream
+        self._usage = usage
+        self._lock = lock
+
+    def write(self, text: str) -> int:
+        if getattr(RUNNING, "function", None) is not None:
+            for line in text.splitlines(keepends=True):
+                with self._lock:
+                    self._usage().log_bytes[_level(line)] += len(line.encode())
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _level(line: str) -> str:
+    if line.startswith('{"_aws"'):
+        return "metrics"  # an EMF record: CloudWatch turns it into metrics, but it is ingested as a log
+    try:
+        return str(json.loads(line).get("level", "other"))
+    except (ValueError, AttributeError):
+        return "other"
 
 
 class UsageRecorder:
@@ -39,19 +157,26 @@ class UsageRecorder:
     rather than registering a `before-call` handler, because moto resets boto3's default session
     when it starts and clients cached by warm containers would never see a handler added later."""
 
-    def __init__(self, orders_table: str = ""):
+    def __init__(self, orders_table: str = "", durations: DurationModel | None = None):
+        self.durations = durations or DurationModel()
         self.usage = Usage()
         self.orders_table = orders_table
+        self.indexes = orders_indexes()
         self._order_bytes: dict[str, tuple[int, int]] = {}  # order id -> (item size, doc size)
         self._lock = threading.Lock()
+
+    def order_sizes(self) -> list[tuple[int, int]]:
+        """(item bytes, doc bytes) of every order written, as last written."""
+        return list(self._order_bytes.values())
 
     def install(self) -> None:
         original = BaseClient._make_api_call
         recorder = self
 
         def counted(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
-            recorder.record(client.meta.service_model.service_name, operation_name, api_params)
-            return original(client, operation_name, api_params)
+            service = client.meta.service_model.service_name
+            recorder.record(service, operation_name, api_params)
+            return recorder.durations.aws_call(service, lambda: original(client, operation_name, api_params))
 
         BaseClient._make_api_call = counted  # type: ignore[method-assign]
 
@@ -71,10 +196,10 @@ class UsageRecorder:
     def _capacity(self, operation: str, params: dict[str, Any]) -> None:
         table = params.get("TableName")
         if operation == "PutItem":
-            size = len(json.dumps(params["Item"]))
+            size = item_bytes(params["Item"])
             if table == self.orders_table:
-                self._order_bytes[params["Item"]["id"]["S"]] = (size, len(params["Item"]["doc"]["S"]))
-                self.usage.wru += GSI_WRITES_ON_PUT
+                self._order_bytes[params["Item"]["id"]["S"]] = (size, attribute_bytes(params["Item"]["doc"]))
+                self.usage.wru += sum(index.writes_on_put(params["Item"]) for index in self.indexes)
             self.usage.wru += wru_for(size)
         elif operation == "UpdateItem":
             values = params.get("ExpressionAttributeValues", {})
@@ -83,12 +208,13 @@ class UsageRecorder:
                 # A write is billed on the item's size after it: the new doc replaces the old one
                 # and the history grows by the new entries.
                 old_size, old_doc = self._order_bytes.get(order_id, (0, 0))
-                doc = len(values[":doc"]["S"])
-                size = old_size - old_doc + doc + len(json.dumps(values.get(":entries", {})))
+                doc = attribute_bytes(values[":doc"])
+                entries = sum(1 + attribute_bytes(entry) for entry in values.get(":entries", {}).get("L", []))
+                size = old_size - old_doc + doc + entries
                 self._order_bytes[order_id] = (size, doc)
                 self.usage.wru += wru_for(size)
                 if values[":status"]["S"] != values[":expected_status"]["S"]:
-                    self.usage.wru += GSI_WRITES_ON_STATUS_CHANGE
+                    self.usage.wru += sum(index.writes_on_change("status") for index in self.indexes)
             else:
                 self.usage.wru += 1  # inventory and API-key items stay under 1 KB
         elif operation in ("GetItem", "Query"):
@@ -113,8 +239,14 @@ def _order_body() -> dict[str, Any]:
 def main() -> None:
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
     # Installed before the stack starts, so every client the functions create carries the hook.
-    recorder = UsageRecorder()
+    cpu = DurationModel()
+    cpu.install()
+    recorder = UsageRecorder(durations=cpu)
     recorder.install()
+    lock = threading.Lock()
+    real_stdout = sys.stdout
+    sys.stdout = LogMeter(sys.stdout, lambda: recorder.usage, lock)
+    sys.stderr = LogMeter(sys.stderr, lambda: recorder.usage, lock)
     with running_stack(seed=True, parameter_overrides=params) as stack:
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
         # Stock for every order of the run, so none is cancelled out_of_stock.
@@ -127,11 +259,10 @@ def main() -> None:
         recorder.orders_table = stack.table_names["OrdersTable"]
         recorder.usage = Usage()  # what the warm-up did is not part of the run
         functions = stack.functions.values()
-        run_seconds_before = {f.name: f.run_seconds for f in functions}
+        cpu_before = Counter(cpu.seconds)
         invocations_before = {f.name: f.invocations for f in functions}
 
         placed: list[str] = []
-        lock = threading.Lock()
 
         def client(count: int) -> None:
             session = requests.Session()
@@ -155,7 +286,8 @@ def main() -> None:
         dynamodb = stack.client("dynamodb")  # read directly: the benchmark's checks are no order's cost
         for order_id in placed:
             item = dynamodb.get_item(TableName=recorder.orders_table, Key={"id": {"S": order_id}})["Item"]
-            order = json.loads(item["doc"]["S"])
+            document = item["doc"]
+            order = json.loads(zlib.decompress(document["B"]) if "B" in document else document["S"])
             statuses[order["status"]] += 1
             for shipment in order["shipments"]:
                 base = f"{stack.api_url}/orders/{order_id}/shipments/{shipment['id']}"
@@ -168,9 +300,9 @@ def main() -> None:
             calls = f.invocations - invocations_before[f.name]
             if calls:
                 usage.lambda_invocations[f.name.split("-")[-1]] += calls
-                usage.lambda_gb_seconds += (f.run_seconds - run_seconds_before[f.name]) * f.memory_mb / 1024
+                usage.lambda_gb_seconds += (cpu.seconds[f.name] - cpu_before[f.name]) * f.memory_mb / 1024
         workflow_seconds = sum(
-            f.run_seconds - run_seconds_before[f.name]
+            cpu.seconds[f.name] - cpu_before[f.name]
             for f in functions
             if any(step in f.name for step in ("AuthorizePayment", "ReserveStock", "CreateShipments"))
         )
@@ -179,10 +311,17 @@ def main() -> None:
         # to delivery (the GETs above are the benchmark's own checks, not part of an order).
         shipments = usage.calls["s3.PutObject"]
         usage.api_requests = len(placed) + 2 * shipments
+        usage.log_bytes["platform"] += sum(usage.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
+        # A trace starts at each API request (the authorizer and the API function are in it) and
+        # at each stream-triggered outbox invocation (the executions it starts, with their tasks).
+        usage.traces = usage.api_requests + usage.lambda_invocations["OutboxFunction"]
+
+    sys.stdout = real_stdout
 
     bill = dollars(usage)
     count = len(placed)
     per_million = {service: cost / count * 1_000_000 for service, cost in bill.items()}
+    optional_per_million = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(usage).items()}
 
     def per_order(counts: Counter[str]) -> dict[str, float]:
         return {key: value / count for key, value in sorted(counts.items())}
@@ -202,6 +341,10 @@ def main() -> None:
                 "api_requests_per_order": usage.api_requests / len(placed),
                 "dollars_per_million_orders": per_million,
                 "total_per_million_orders": sum(per_million.values()),
+                "optional_dollars_per_million_orders": optional_per_million,
+                "log_bytes_per_order": per_order(usage.log_bytes),
+                "traces_per_order": usage.traces / count,
+                "order_item_bytes_at_delivery": statistics.median(size for size, _ in recorder.order_sizes()),
             }
         )
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -11,6 +9,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from core.models import Channel
+from core.secret_hashes import hash_secret as hash_secret  # re-exported: see core.secret_hashes
+from core.secret_hashes import new_secret as new_secret
 
 
 class Scope(StrEnum):
@@ -42,16 +42,6 @@ class Caller(BaseModel):
     key_id: str
     scopes: frozenset[Scope]
     channel: str | None = None
-
-
-def new_secret() -> str:
-    # 192 random bits; a prefix makes leaked keys easy to find with secret scanners.
-    return "oms_" + secrets.token_urlsafe(24)
-
-
-def hash_secret(secret: str) -> str:
-    # Secrets are high-entropy random strings, so a fast hash is enough (no password stretching).
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class NewApiKey(BaseModel):

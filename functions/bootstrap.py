@@ -10,10 +10,7 @@ new stack (a new account) starts.
 from __future__ import annotations
 
 import os
-import threading
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -38,6 +35,7 @@ from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrd
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
 from functions.import_splitter.readers import field_in_file
+from functions.warm import Warm, forget_warm_containers
 
 logger = Logger(child=True)
 
@@ -290,46 +288,13 @@ def bootstrap(config: Config, **given: Any) -> Container:
     return container
 
 
-_WARM: weakref.WeakSet[WarmContainer] = weakref.WeakSet()
-
-
-class WarmContainer:
+class WarmContainer(Warm[Container]):
     """A handler module's container: `container()` builds it on the first invocation and keeps
     it while the execution environment is warm. One per handler module (module-level), like
-    powertools' `logger` and `app`."""
+    powertools' `logger` and `app`; tests swap it with `.override(bootstrap(config, ...))`."""
 
     def __init__(self, build: Callable[[], Container] | None = None):
-        self._build = build or (lambda: bootstrap(Config.from_env()))
-        self._container: Container | None = None
-        self._lock = threading.Lock()
-        _WARM.add(self)
-
-    def __call__(self) -> Container:
-        container = self._container
-        if container is None:
-            with self._lock:
-                if self._container is None:
-                    self._container = self._build()
-                container = self._container
-        return container
-
-    @contextmanager
-    def override(self, container: Container) -> Iterator[Container]:
-        """Serve `container` (a test's, from bootstrap(config, ...)) for the block."""
-        previous, self._container = self._container, container
-        try:
-            yield container
-        finally:
-            self._container = previous
-
-    def forget(self) -> None:
-        """The next invocation starts cold."""
-        with self._lock:
-            self._container = None
+        super().__init__(build or (lambda: bootstrap(Config.from_env())))
 
 
-def forget_warm_containers() -> None:
-    """Every handler module's container starts cold: what the local runtime does when a new stack
-    (a new account, new clients) starts or stops."""
-    for warm in list(_WARM):
-        warm.forget()
+__all__ = ["Config", "Container", "WarmContainer", "bootstrap", "forget_warm_containers"]

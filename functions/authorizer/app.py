@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging import correlation_paths
 
-from core.access import hash_secret
-from functions.bootstrap import WarmContainer
+from core.secret_hashes import hash_secret
+from functions.adapters.api_key_lookup import ApiKeyLookup
+from functions.adapters.aws_clients import aws_client
+from functions.warm import Warm
 
+# It runs on nearly every new connection, so its cold start is paid often: nothing here may import
+# pydantic, the core models, the plugins or the API's resolver (functions.bootstrap imports them
+# all). tests/unit/test_authorizer_imports.py holds it to that.
 logger = Logger(service="oms-authorizer")
-container = WarmContainer()
 
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,200})$")
+
+
+# Built on first use and kept while the execution environment is warm.
+api_keys: Warm[ApiKeyLookup] = Warm(lambda: ApiKeyLookup(aws_client("dynamodb"), os.environ["CATALOG_TABLE"]))
 
 
 def _header(event: dict[str, Any], name: str) -> str | None:
@@ -45,9 +54,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     match = _BEARER.match(_header(event, "authorization") or "")
     if match is None:
         raise Exception("Unauthorized")
-    key = container().api_key_repository.by_hash(hash_secret(match.group(1)))
-    if key is None or key.revoked_at is not None:
+    key = api_keys().by_hash(hash_secret(match.group(1)))
+    if key is None or key.revoked:
         logger.info("rejected API key", extra={"reason": "unknown" if key is None else "revoked"})
         raise Exception("Unauthorized")
-    context = {"key_id": key.id, "scopes": " ".join(sorted(key.scopes)), "channel": key.channel or ""}
-    return _policy(key.id, "Allow", event["methodArn"], context)
+    context = {"key_id": key.key_id, "scopes": " ".join(key.scopes), "channel": key.channel or ""}
+    return _policy(key.key_id, "Allow", event["methodArn"], context)

@@ -104,9 +104,9 @@ def forget_warm_containers() -> None:
     """A new stack is a new account: the clients and caches a previous stack's functions kept
     (their warm containers, in this process) must not leak into it. start() and stop() call it;
     a test that wants the next invocation cold calls it too."""
-    from functions import bootstrap  # the handlers' code, imported only now
+    from functions.warm import forget_warm_containers as forget  # the handlers' own, imported only now
 
-    bootstrap.forget_warm_containers()
+    forget()
 
 
 PARAMETER_ENV = {

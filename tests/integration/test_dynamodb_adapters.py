@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import zlib
 from datetime import timedelta
 
 import pytest
 
+from core.access import ApiKey, Scope
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
 from core.plugin_manager import build_plugin_manager
@@ -13,7 +16,8 @@ from core.ports import OrderFilter
 from core.pricing import Pricing
 from core.services import CaptureService
 from core.status import OrderStatus
-from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOrders, from_item
+from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, from_item
 from tests.builders import NOW, location, place_order, product
 
 
@@ -203,6 +207,56 @@ def test_every_filter_finds_its_orders(capture, orders, where):
     assert all(where.customer_id in (None, o.customer.id) for o in found)
 
 
+def test_a_status_filter_on_a_channel_or_customer_list_sees_status_changes(capture, orders):
+    # Those indexes do not carry the status (a status change would rewrite their entries): the
+    # filter is applied to the orders read back, so it sees the status as it is now.
+    customer = {"id": "cus_3", "email": "c@example.com"}
+    placed = [capture.place(place_order(external_id=f"s{i}", customer=customer), actor="k") for i in range(3)]
+    held = placed[1]
+    entry = HistoryEntry(at=NOW, type="edited", from_status=OrderStatus.PENDING, to_status=OrderStatus.ON_HOLD,
+                         actor="k")  # fmt: skip
+    orders.update(held.model_copy(update={"status": OrderStatus.ON_HOLD, "version": 2}), held, [entry])
+
+    for where in ({"channel": "web"}, {"customer_id": "cus_3"}, {"customer_id": "cus_3", "channel": "web"}):
+        on_hold, _ = orders.list(OrderFilter(**where, status=OrderStatus.ON_HOLD), 10, None)
+        pending, _ = orders.list(OrderFilter(**where, status=OrderStatus.PENDING), 10, None)
+        assert [o.id for o in on_hold] == [held.id]
+        assert [o.id for o in pending] == [placed[2].id, placed[0].id]
+
+
+def test_a_filtered_page_is_cut_before_the_filter_and_its_cursor_carries_on(capture, orders):
+    placed = [capture.place(place_order(external_id=f"p{i}"), actor="k") for i in range(4)]
+    entry = HistoryEntry(at=NOW, type="edited", from_status=OrderStatus.PENDING, to_status=OrderStatus.ON_HOLD,
+                         actor="k")  # fmt: skip
+    for order in placed[2:]:
+        orders.update(order.model_copy(update={"status": OrderStatus.ON_HOLD, "version": 2}), order, [entry])
+    where = OrderFilter(channel="web", status=OrderStatus.PENDING)
+
+    first, cursor = orders.list(where, 2, None)  # the newest two are on hold: an empty page
+    assert first == [] and cursor is not None
+    second, _ = orders.list(where, 2, cursor)
+    assert [o.id for o in second] == [placed[1].id, placed[0].id]
+    with pytest.raises(InvalidCursor):
+        orders.list(OrderFilter(channel="web", status=OrderStatus.ON_HOLD), 2, cursor)
+
+
+def test_the_order_document_is_stored_compressed_and_an_uncompressed_one_still_reads(aws, capture, orders):
+    order = capture.place(place_order(), actor="k")
+    table, key = aws.tables["OrdersTable"], {"id": {"S": order.id}}
+    stored = aws.dynamodb.get_item(TableName=table, Key=key)["Item"]["doc"]
+    assert set(stored) == {"B"}
+    assert json.loads(zlib.decompress(stored["B"]))["id"] == order.id
+    assert len(stored["B"]) < len(order.model_dump_json(exclude_none=True)) / 1.5
+
+    # An item written before compression: its document is a JSON string.
+    plain = {":doc": {"S": order.model_dump_json(exclude_none=True)}}
+    aws.dynamodb.update_item(
+        TableName=table, Key=key, UpdateExpression="SET doc = :doc", ExpressionAttributeValues=plain
+    )
+    assert orders.get(order.id) == order
+    assert orders.list(OrderFilter(channel="web"), 10, None)[0] == [order]
+
+
 def test_a_cursor_only_works_for_the_filter_it_came_from(capture, orders):
     for i in range(3):
         capture.place(place_order(external_id=f"c{i}"), actor="k")
@@ -215,3 +269,17 @@ def test_a_cursor_only_works_for_the_filter_it_came_from(capture, orders):
     for garbage in ("", "not-base64!", "eyJ9", cursor[:-3]):
         with pytest.raises(InvalidCursor):
             orders.list(OrderFilter(channel="web"), 1, garbage)
+
+
+def test_the_authorizers_lookup_reads_what_the_key_store_writes(aws):
+    keys = DynamoApiKeys(aws.dynamodb, aws.tables["CatalogTable"])
+    lookup = ApiKeyLookup(aws.dynamodb, aws.tables["CatalogTable"])
+    scopes = [Scope.ORDERS_WRITE, Scope.ORDERS_READ]
+    keys.add(ApiKey(id="key_shop", name="shop", scopes=scopes, channel="shop", created_at=NOW), "hash_shop")
+    keys.add(ApiKey(id="key_ops", name="ops", scopes=[Scope.ADMIN], created_at=NOW), "hash_ops")
+
+    assert lookup.by_hash("hash_shop") == KeyGrant("key_shop", ("orders:read", "orders:write"), "shop", False)
+    assert lookup.by_hash("hash_ops") == KeyGrant("key_ops", ("admin",), None, False)
+    assert lookup.by_hash("hash_unknown") is None
+    keys.revoke("key_shop", NOW)
+    assert lookup.by_hash("hash_shop").revoked

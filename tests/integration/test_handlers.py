@@ -32,7 +32,7 @@ class Context:
 
 
 def ensure_admin_key(secret: str) -> None:
-    from functions.authorizer.app import container
+    from functions.api.dependencies import container
 
     container().api_keys.ensure_admin(secret)
 

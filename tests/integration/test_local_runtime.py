@@ -163,8 +163,10 @@ def test_tables_carry_keys_indexes_streams_and_ttl(template: Template):
     assert {"by_customer", "by_channel", "by_status"} <= set(indexes)
     assert indexes["by_customer"]["Projection"] == {
         "ProjectionType": "INCLUDE",
-        "NonKeyAttributes": ["status", "channel"],
+        "NonKeyAttributes": ["channel"],
     }
+    # Only by_status carries the status: any other index would be rewritten on every status change.
+    assert indexes["by_channel"]["Projection"] == {"ProjectionType": "KEYS_ONLY"}
     assert orders.stream_view_type == "NEW_AND_OLD_IMAGES"
     assert tables["CatalogTable"].ttl_attribute == "expires_at"
     assert tables["IdempotencyTable"].ttl_attribute == "expiration"

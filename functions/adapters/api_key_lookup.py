@@ -1,0 +1,41 @@
+"""The authorizer's one read: an API key's lookup item by the secret's hash, without the models.
+
+The authorizer runs on nearly every new connection, so its cold start is paid often: this module
+imports boto3's client only (given by the caller), never pydantic or the core models.
+DynamoApiKeys writes the items this reads; the key layout lives here so both agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def lookup_key(secret_hash: str) -> dict[str, Any]:
+    return {"pk": {"S": f"APIKEY#{secret_hash}"}, "sk": {"S": "APIKEY"}}
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a stored key lets its caller do, as the authorizer passes it on."""
+
+    key_id: str
+    scopes: tuple[str, ...]
+    channel: str | None
+    revoked: bool
+
+
+class ApiKeyLookup:
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def by_hash(self, secret_hash: str) -> KeyGrant | None:
+        item = self._client.get_item(TableName=self._table, Key=lookup_key(secret_hash)).get("Item")
+        if item is None:
+            return None
+        return KeyGrant(
+            key_id=item["id"]["S"],
+            scopes=tuple(sorted(scope["S"] for scope in item["scopes"]["L"])),
+            channel=item["channel"]["S"] if "channel" in item else None,
+            revoked="revoked_at" in item,
+        )

@@ -1,0 +1,35 @@
+"""The bench's cost model: item sizes by DynamoDB's rules, index writes from the template, log levels."""
+
+from bench.cost import Usage, dollars, item_bytes, optional_dollars, wru_for
+from bench.workflow import Index, _level, orders_indexes
+
+
+def test_an_item_weighs_its_attribute_names_and_values():
+    assert item_bytes({"id": {"S": "ord_1"}}) == 2 + 5
+    assert item_bytes({"doc": {"B": b"\x00" * 900}}) == 3 + 900  # a binary counts its bytes
+    assert item_bytes({"version": {"N": "12"}}) == 7 + 2  # one byte per two digits, plus one
+    # A list costs 3 bytes plus a byte per element beside the elements themselves.
+    assert item_bytes({"history": {"L": [{"S": "ab"}, {"S": "cde"}]}}) == 7 + 3 + (1 + 2) + (1 + 3)
+    assert wru_for(1024) == 1 and wru_for(1025) == 2
+
+
+def test_index_writes_follow_the_template():
+    by_index = dict(zip(("by_customer", "by_channel", "by_status", "by_created"), orders_indexes(), strict=True))
+    assert by_index["by_status"].writes_on_change("status") == 2  # its key moves: delete + put
+    # The channel and customer indexes do not carry the status: a status change skips them.
+    assert by_index["by_channel"].writes_on_change("status") == 0
+    assert by_index["by_customer"].writes_on_change("status") == 0
+    assert Index(frozenset({"k"}), None).writes_on_change("status") == 1  # ALL projects everything
+    assert by_index["by_customer"].writes_on_put({"customer_id": {}, "created_at": {}}) == 1
+    assert by_index["by_customer"].writes_on_put({"created_at": {}}) == 0  # sparse: no key, no entry
+
+
+def test_log_lines_are_counted_by_level_and_info_is_optional():
+    assert _level('{"level":"INFO","message":"placed"}\n') == "INFO"
+    assert _level('{"_aws":{"Timestamp":1},"Http2xx":[1.0]}\n') == "metrics"
+    assert _level("a plain line\n") == "other"
+    usage = Usage()
+    usage.log_bytes.update({"INFO": 2_000_000_000, "ERROR": 1_000_000_000})
+    usage.traces = 1_000_000
+    assert dollars(usage)["CloudWatch Logs (platform lines, metrics, warnings and errors)"] == 0.5
+    assert list(optional_dollars(usage).values()) == [1.0, 5.0 * 0.05]
