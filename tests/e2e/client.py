@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import uuid
+import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -199,3 +201,15 @@ def unsigned(order: dict[str, Any]) -> dict[str, Any]:
     """The order with each label link cut to the object it names: links are signed at each read."""
     shipments = [{**s, "label_url": urlsplit(s["label_url"]).path} for s in order["shipments"]]
     return {**order, "shipments": shipments}
+
+
+def stored_document(item: dict[str, Any]) -> dict[str, Any]:
+    """The order document of a raw Orders item: zlib-compressed binary (or JSON text, as stored
+    before documents were compressed)."""
+    doc = item["doc"]
+    return json.loads(zlib.decompress(doc["B"]) if "B" in doc else doc["S"])
+
+
+def document_attribute(doc: dict[str, Any]) -> dict[str, Any]:
+    """A document as the adapter stores it, for a test that rewrites a stored order."""
+    return {"B": zlib.compress(json.dumps(doc).encode())}

@@ -4,7 +4,6 @@ is found by the scheduled reconciler and allocated by the workflow it starts aga
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,7 +14,7 @@ from core.models import utc_now
 from functions.adapters.dynamodb import timestamp
 from infra.local.event_sources import SCHEDULE_PERIOD_ENV
 from infra.local.stack import EmbeddedStack, running_stack
-from tests.e2e.client import Api, Catalog, order_body, put_network
+from tests.e2e.client import Api, Catalog, document_attribute, order_body, put_network, stored_document
 
 OUTBOX = "OutboxFunction.OrdersStream"
 RECONCILER = "ReconcilerFunction.EveryFiveMinutes"
@@ -34,14 +33,14 @@ def age(stack: EmbeddedStack, order_id: str, minutes: float) -> None:
     ddb, table = stack.client("dynamodb"), stack.table_names["OrdersTable"]
     item = ddb.get_item(TableName=table, Key={"id": {"S": order_id}})["Item"]
     then = utc_now() - timedelta(minutes=minutes)
-    doc = json.loads(item["doc"]["S"])
+    doc = stored_document(item)
     doc["created_at"] = doc["updated_at"] = then.isoformat().replace("+00:00", "Z")
     ddb.update_item(
         TableName=table,
         Key={"id": {"S": order_id}},
         UpdateExpression="SET created_at = :at, #doc = :doc",
         ExpressionAttributeNames={"#doc": "doc"},
-        ExpressionAttributeValues={":at": {"S": timestamp(then)}, ":doc": {"S": json.dumps(doc)}},
+        ExpressionAttributeValues={":at": {"S": timestamp(then)}, ":doc": document_attribute(doc)},
     )
 
 
