@@ -134,6 +134,7 @@ ROUTES_THAT_CALL_PLUGINS = [
     ("POST", "/orders/{order_id}/cancel", {"reason": "customer asked"}, {"order_id": ORDER}),
     ("POST", "/orders/{order_id}/shipments/{shipment_id}/ship", {}, {"order_id": ORDER, "shipment_id": SHIPMENT}),
     ("POST", "/orders/{order_id}/shipments/{shipment_id}/deliver", None, {"order_id": ORDER, "shipment_id": SHIPMENT}),
+    ("POST", "/carriers/{carrier}/tracking", {"events": []}, {"carrier": "oms-flat-rate"}),
 ]
 
 

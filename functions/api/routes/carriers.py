@@ -11,6 +11,7 @@ from core.access import Scope
 from core.tracking import CarrierTracking, TrackingReport
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
+from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -28,7 +29,8 @@ WITHHELD_HEADERS = frozenset({"authorization", "cookie"})
 @router.post(
     "/carriers/<carrier>/tracking",
     summary="A carrier's tracking webhook: delivered shipments are marked delivered",
-    responses={**ok(200, TrackingReport, "What was done with each update"), **errors(400, 403, 404, 409, 413)},
+    responses={**ok(200, TrackingReport, "What was done with each update"), **errors(400, 403, 404, 409, 413, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def carrier_tracking(carrier: CarrierPath, webhook: Webhook) -> TrackingReport:
