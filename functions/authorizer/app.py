@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
+from collections import OrderedDict
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -24,6 +27,40 @@ _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,200})$")
 
 # Built on first use and kept while the execution environment is warm.
 api_keys: Warm[ApiKeyLookup] = Warm(lambda: ApiKeyLookup(aws_client("dynamodb"), os.environ["CATALOG_TABLE"]))
+
+
+class RefusedHashes:
+    """Key hashes refused lately (unknown or revoked), so a caller retrying a bad key costs no
+    DynamoDB read per attempt. Bounded (the oldest is dropped first) and short-lived: a hash
+    that names no key now could name one a moment later only by a secret being issued or
+    rotated to it, which a short TTL lets through soon enough."""
+
+    def __init__(self, size: int = 1024, ttl_seconds: float = 30.0, clock: Any = time.monotonic):
+        self.size = size
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._until: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, secret_hash: str) -> bool:
+        with self._lock:
+            until = self._until.get(secret_hash)
+            if until is None:
+                return False
+            if until <= self._clock():
+                del self._until[secret_hash]
+                return False
+            return True
+
+    def add(self, secret_hash: str) -> None:
+        with self._lock:
+            self._until[secret_hash] = self._clock() + self.ttl_seconds
+            self._until.move_to_end(secret_hash)
+            while len(self._until) > self.size:
+                self._until.popitem(last=False)
+
+
+refused: Warm[RefusedHashes] = Warm(RefusedHashes)
 
 
 def _header(event: dict[str, Any], name: str) -> str | None:
@@ -54,8 +91,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     match = _BEARER.match(_header(event, "authorization") or "")
     if match is None:
         raise Exception("Unauthorized")
-    key = api_keys().by_hash(hash_secret(match.group(1)))
+    secret_hash = hash_secret(match.group(1))
+    if secret_hash in refused():
+        logger.info("rejected API key", extra={"reason": "refused lately"})
+        raise Exception("Unauthorized")
+    key = api_keys().by_hash(secret_hash)
     if key is None or key.revoked:
+        refused().add(secret_hash)
         logger.info("rejected API key", extra={"reason": "unknown" if key is None else "revoked"})
         raise Exception("Unauthorized")
     context = {"key_id": key.key_id, "scopes": " ".join(key.scopes), "channel": key.channel or ""}

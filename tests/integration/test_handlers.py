@@ -218,3 +218,53 @@ def test_keys_are_stored_only_as_hashes(aws):
     dump = json.dumps(aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"])
     assert "oms_sample_admin_key_0123456789" not in dump
     assert hash_secret("oms_sample_admin_key_0123456789") in dump
+
+
+def test_a_bad_key_retried_costs_one_dynamodb_read_until_its_refusal_expires(aws):
+    from functions.adapters.api_key_lookup import ApiKeyLookup
+    from functions.authorizer.app import RefusedHashes, api_keys, lambda_handler, refused
+
+    reads = []
+
+    class CountingLookup(ApiKeyLookup):
+        def by_hash(self, secret_hash):
+            reads.append(secret_hash)
+            return super().by_hash(secret_hash)
+
+    now = [0.0]
+    evt = event("authorizer_request.json")
+    evt["headers"] = {"Authorization": "Bearer wrong_key_0123456789"}
+    lookup = CountingLookup(aws.dynamodb, aws.tables["CatalogTable"])
+    with api_keys.override(lookup), refused.override(RefusedHashes(ttl_seconds=30, clock=lambda: now[0])):
+        for _ in range(5):
+            with pytest.raises(Exception, match=r"^Unauthorized$"):
+                lambda_handler(evt, Context())
+        assert len(reads) == 1
+        now[0] = 31.0
+        with pytest.raises(Exception, match=r"^Unauthorized$"):
+            lambda_handler(evt, Context())
+        assert len(reads) == 2
+
+
+def test_a_revoked_key_is_refused_and_remembered_without_a_second_read(aws):
+    from core.access import NewApiKey, Scope
+    from functions.adapters.api_key_lookup import ApiKeyLookup
+    from functions.api.dependencies import container
+    from functions.authorizer.app import RefusedHashes, api_keys, lambda_handler, refused
+
+    issued = container().api_keys.issue(NewApiKey(name="soon revoked", scopes=[Scope.ORDERS_READ]))
+    container().api_keys.revoke(issued.id)
+    reads = []
+
+    class CountingLookup(ApiKeyLookup):
+        def by_hash(self, secret_hash):
+            reads.append(secret_hash)
+            return super().by_hash(secret_hash)
+
+    evt = event("authorizer_request.json")
+    evt["headers"] = {"Authorization": f"Bearer {issued.key}"}
+    with api_keys.override(CountingLookup(aws.dynamodb, aws.tables["CatalogTable"])), refused.override(RefusedHashes()):
+        for _ in range(3):
+            with pytest.raises(Exception, match=r"^Unauthorized$"):
+                lambda_handler(evt, Context())
+    assert len(reads) == 1
