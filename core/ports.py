@@ -131,6 +131,23 @@ class ApiKeyRepository(ABC):
         """Mark the key revoked (idempotent); None when there is no such key."""
 
 
+@dataclass(frozen=True)
+class ApiStage:
+    """The deployed API stage a request came through (API Gateway's restApiId and stage name)."""
+
+    api_id: str
+    name: str
+
+
+class AuthorizerCache(ABC):
+    """API Gateway's cache of the authorizer's answers, kept per stage for AuthorizerCacheSeconds:
+    a revoked key would keep working until its cached answer expired."""
+
+    @abstractmethod
+    def flush(self, stage: ApiStage) -> None:
+        """Forget every cached answer of `stage`; raises TransientError when that failed."""
+
+
 class LabelStore(ABC):
     @abstractmethod
     def put_label(self, order_id: str, shipment_id: str, document: bytes, content_type: str) -> str:

@@ -26,7 +26,15 @@ from core.models import (
     utc_now,
 )
 from core.money import Money
-from core.ports import ApiKeyRepository, CatalogRepository, InventoryRepository, OrderFilter, OrderRepository
+from core.ports import (
+    ApiKeyRepository,
+    ApiStage,
+    AuthorizerCache,
+    CatalogRepository,
+    InventoryRepository,
+    OrderFilter,
+    OrderRepository,
+)
 from core.pricing import PricedOrder, Pricing
 from core.status import OrderStatus
 
@@ -248,9 +256,10 @@ class OrderQueries:
 class ApiKeyService:
     """Issues, lists and revokes API keys. The secret is returned once and stored as a hash."""
 
-    def __init__(self, keys: ApiKeyRepository, clock: Clock = utc_now):
+    def __init__(self, keys: ApiKeyRepository, clock: Clock = utc_now, authorizer_cache: AuthorizerCache | None = None):
         self._keys = keys
         self._clock = clock
+        self._authorizer_cache = authorizer_cache
 
     def issue(self, request: NewApiKey) -> IssuedApiKey:
         secret = new_secret()
@@ -273,7 +282,10 @@ class ApiKeyService:
     def list(self, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
         return self._keys.list(limit, cursor)
 
-    def revoke(self, key_id: str) -> ApiKey:
+    def revoke(self, key_id: str, *, stage: ApiStage | None = None) -> ApiKey:
+        """Revoked at once: the stored key first, then `stage`'s cache of authorizer answers (where
+        the key may still be allowed), so no request after this one is let in by the cache. A
+        repeated revoke flushes again: the retry after a failed flush."""
         if key_id == ADMIN_KEY_ID:
             raise Conflict(
                 "the bootstrap admin key is not revoked through the API: rotate it with "
@@ -283,4 +295,6 @@ class ApiKeyService:
         revoked = self._keys.revoke(key_id, self._clock())
         if revoked is None:
             raise NotFound(f"no API key {key_id}")
+        if stage is not None and self._authorizer_cache is not None:
+            self._authorizer_cache.flush(stage)
         return revoked

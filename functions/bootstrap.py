@@ -28,6 +28,7 @@ from core.pricing import Pricing
 from core.reconciliation import Reconciler
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
+from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
@@ -115,6 +116,10 @@ class Container:
     def stepfunctions(self) -> Any:
         return aws_client("stepfunctions")
 
+    @cached_property
+    def apigateway(self) -> Any:
+        return aws_client("apigateway")
+
     # --- Plugins and time -----------------------------------------------------------------------
     @cached_property
     def plugins(self) -> OmsPluginManager:
@@ -163,6 +168,10 @@ class Container:
     @cached_property
     def api_key_repository(self) -> DynamoApiKeys:
         return DynamoApiKeys(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def authorizer_cache(self) -> ApiGatewayAuthorizerCache:
+        return ApiGatewayAuthorizerCache(self.apigateway)
 
     @cached_property
     def label_store(self) -> S3Labels:
@@ -217,7 +226,7 @@ class Container:
 
     @cached_property
     def api_keys(self) -> ApiKeyService:
-        return ApiKeyService(self.api_key_repository, clock=self.clock)
+        return ApiKeyService(self.api_key_repository, clock=self.clock, authorizer_cache=self.authorizer_cache)
 
     @cached_property
     def actions(self) -> OrderActions:

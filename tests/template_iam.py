@@ -28,13 +28,20 @@ def logical_id(resource: Any) -> str:
     text = resource["Fn::Sub"]
     if "-imports-${AWS::AccountId}" in text:  # the imports bucket, named to avoid a dependency cycle
         return "ImportsBucket"
+    if api := re.search(r"::/restapis/\$\{(\w+)\}/", text):  # an API Gateway resource path
+        return api.group(1)
     return re.search(r"\$\{(\w+)\.Arn\}", text).group(1)
 
 
 def statements(function: str) -> Iterator[dict[str, Any]]:
+    """The function's own Policies, then those of IAM policies attached to its role (what a grant
+    naming a resource that refers to the function needs, to avoid a cycle)."""
     for policy in RESOURCES[function]["Properties"]["Policies"]:
         assert list(policy) == ["Statement"], f"{function}: a SAM policy template grants more than the code uses"
         yield from policy["Statement"]
+    for resource in RESOURCES.values():
+        if resource["Type"] == "AWS::IAM::Policy" and {"Ref": f"{function}Role"} in resource["Properties"]["Roles"]:
+            yield from resource["Properties"]["PolicyDocument"]["Statement"]
 
 
 def granted(function: str) -> set[Grant]:
@@ -47,7 +54,11 @@ def granted(function: str) -> set[Grant]:
 
 # --- What the code calls ------------------------------------------------------------------------
 # The IAM action an API call is authorized as, where it is not the operation's own name.
-_AUTHORIZED_AS = {("sqs", "SendMessageBatch"): "SendMessage", ("sqs", "DeleteMessageBatch"): "DeleteMessage"}
+_AUTHORIZED_AS = {
+    ("sqs", "SendMessageBatch"): "SendMessage",
+    ("sqs", "DeleteMessageBatch"): "DeleteMessage",
+    ("apigateway", "FlushStageAuthorizersCache"): "DELETE",  # API Gateway's actions are its REST verbs
+}
 _PREFIX = {"stepfunctions": "states"}
 
 
@@ -65,6 +76,7 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
         **{name: logical for logical, name in stack.bucket_names.items()},
         **{url: logical for logical, url in stack.queue_urls.items()},
         **{arn: logical for logical, arn in stack.state_machine_arns.items()},
+        **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
     }
     seen: dict[str, set[Grant]] = {}
     lock = threading.Lock()
@@ -73,7 +85,7 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
     def named(params: dict[str, Any]) -> list[str]:
         if "RequestItems" in params:
             return list(params["RequestItems"])
-        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn"):
+        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId"):
             if key in params:
                 return [params[key]]
         return ["*"]

@@ -364,7 +364,10 @@ def _context_value(value: Any) -> str:
 class TokenBuckets:
     """API Gateway's throttling, per caller: `rate` tokens a second, at most `burst` saved up.
     On AWS the stage's MethodSettings throttle the whole stage; locally each API key (the
-    authorizer's principalId) gets its own bucket, so one noisy client cannot starve the rest."""
+    authorizer's principalId) gets its own bucket, so one noisy client cannot starve the rest.
+    A caller without a valid key (a public route, a missing, unknown or revoked key) is known only
+    by its address, so it gets the bucket of its source IP: a bad key per request cannot buy a
+    fresh bucket each time."""
 
     def __init__(self, rate: float, burst: int, clock: Any = time.monotonic):
         self.rate = rate
@@ -437,6 +440,11 @@ class ApiGateway:
             **kwargs,
         )
 
+    def flush_authorizer_caches(self) -> None:
+        """FlushStageAuthorizersCache for this stage: every authorizer asks again on the next request."""
+        for authorizer in self.authorizers.values():
+            authorizer.clear_cache()
+
     # Responses the gateway makes itself.
     def gateway_response(self, kind: str, request_id: str, headers: Mapping[str, str] | None = None) -> Response:
         declared = self.gateway_responses.get(kind)
@@ -453,6 +461,9 @@ class ApiGateway:
         for name, value in (headers or {}).items():
             response.headers[name] = value
         return response
+
+    def _throttled(self, request_id: str, wait: float) -> Response:
+        return self.gateway_response("THROTTLED", request_id, {"Retry-After": str(max(1, math.ceil(wait)))})
 
     def internal_error(self, request_id: str, status: int = 500) -> Response:
         body = {"error": {"code": "internal_error", "message": "internal error", "details": []}}
@@ -477,14 +488,18 @@ class ApiGateway:
         if match.route.authorizer:
             denied = self._authorize(self.authorizers[match.route.authorizer], event)
             if denied is not None:
+                # A refused key is no one: its request counts against its address's bucket, so
+                # a new bad key per request cannot buy a fresh bucket. (A valid key is never held
+                # back by the bad keys sent from its address.)
+                unauthorized = self.throttle is not None and denied.status_code == 401
+                if unauthorized and (wait := self.throttle.take(request.source_ip)) > 0:
+                    return self._throttled(request.request_id, wait)
                 return denied
         if self.throttle is not None:
             caller = event["requestContext"].get("authorizer", {}).get("principalId") or request.source_ip
             wait = self.throttle.take(caller)
             if wait > 0:
-                return self.gateway_response(
-                    "THROTTLED", request.request_id, {"Retry-After": str(max(1, math.ceil(wait)))}
-                )
+                return self._throttled(request.request_id, wait)
         try:
             result = self.api.invoke(event)
         except Exception:

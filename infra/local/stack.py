@@ -21,11 +21,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from infra.local import moto_lock, moto_memory, moto_sqs
+from infra.local import moto_apigateway, moto_lock, moto_memory, moto_sqs
 from infra.local.asl import AslError, validate_asl
 from infra.local.event_sources import (
     POLL_INTERVAL,
@@ -212,6 +212,7 @@ class EmbeddedStack:
         self._saved_env: dict[str, str | None] = {}
         self._saved_werkzeug_level: int | None = None
         self._saved_interpreter_level: int | None = None
+        self._flushing = ExitStack()  # the gateway answering FlushStageAuthorizersCache
         self._moto_patches: list[Any] = []  # the modules whose patch this stack installed
         self._lambda_service: LambdaService | None = None
         self._s3_hooked: list[S3NotificationMapping] = []
@@ -269,6 +270,7 @@ class EmbeddedStack:
             self._stop_executions()
         if self._lambda_service is not None:
             self._lambda_service.close()  # no handler may outlive the mock it talks to
+        self._flushing.close()
         if self._http_server is not None:
             self._http_server.shutdown()
             self._http_server.server_close()
@@ -679,6 +681,10 @@ class EmbeddedStack:
         from werkzeug.serving import make_server
 
         self.gateway = ApiGateway.from_template(self.template, self.functions)
+        gateway = self.gateway
+        self._flushing.enter_context(
+            moto_apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches)
+        )
         self._http_server = make_server(
             self.host,
             self._requested_api_port,

@@ -503,6 +503,7 @@ def test_every_call_a_function_makes_on_an_orders_journeys_is_granted_by_the_tem
         assert api.post(f"/orders/{allocated}/shipments/{shipment}/ship").status_code == 200
         assert api.post(f"/orders/{allocated}/shipments/{shipment}/deliver").status_code == 200
         assert api.get("/orders", params={"channel": "web", "limit": 2}).status_code == 200
+        assert api.request("DELETE", f"/api-keys/{reader.json()['id']}").status_code == 204  # flushes the cache
         settle(stack)
 
     expected = {
@@ -516,5 +517,6 @@ def test_every_call_a_function_makes_on_an_orders_journeys_is_granted_by_the_tem
         "CancelOrderFunction",
     }
     assert expected <= set(calls), sorted(calls)
+    assert ("OmsApi", "apigateway:DELETE") in calls["ApiFunction"]  # FlushStageAuthorizersCache
     for function, needed in calls.items():
         assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"

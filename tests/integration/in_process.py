@@ -17,6 +17,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from infra.local import moto_apigateway
 from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
@@ -132,7 +133,9 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
             for logical_id, spec in template.functions().items()
             if logical_id in needed
         }
+        gateway = ApiGateway.from_template(template, functions)
         try:
-            yield InProcessApi(ApiGateway.from_template(template, functions), admin_key)
+            with moto_apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches):
+                yield InProcessApi(gateway, admin_key)
         finally:
             forget_warm_containers()

@@ -24,6 +24,7 @@ from infra.local.gateway import (
     Authorizer,
     HttpRequest,
     Router,
+    TokenBuckets,
     policy_allows,
     proxy_event,
     request_authorizer_event,
@@ -379,6 +380,64 @@ def test_authorizer_results_are_cached_per_authorization_header():
     for _ in range(2):
         call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])
     assert len(uncached.events) == 2
+
+
+def test_a_stage_flush_empties_the_authorizer_cache_so_the_next_request_asks_again():
+    authorizer = Recorder(lambda event: allow_all())
+    gw = gateway(authorizer=authorizer, cache_seconds=300)
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 200
+
+    def refuse(event):
+        raise Exception("Unauthorized")
+
+    authorizer.answer = refuse  # the key is revoked: the authorizer now refuses it
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 200  # still cached
+
+    gw.flush_authorizer_caches()
+
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 401
+    assert len(authorizer.events) == 2
+
+
+def test_the_api_functions_flush_call_reaches_the_local_gateway_of_that_stage():
+    import boto3
+    from moto import mock_aws
+
+    from infra.local import moto_apigateway
+
+    gw = gateway(cache_seconds=300)
+    good = [("Authorization", "Bearer good")]
+    with mock_aws(), moto_apigateway.flushing(gw.api_id, gw.stage, gw.flush_authorizer_caches):
+        assert call(gw, "GET", "/orders", headers=good)[0] == 200
+        assert gw.authorizers["Keys"]._cache
+        client = boto3.client("apigateway", region_name="us-east-1")
+
+        client.flush_stage_authorizers_cache(restApiId="other", stageName="v1")  # another API's stage
+        assert gw.authorizers["Keys"]._cache
+        answer = client.flush_stage_authorizers_cache(restApiId=gw.api_id, stageName=gw.stage)
+
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert not gw.authorizers["Keys"]._cache
+    assert not moto_apigateway.is_installed()
+
+
+def test_requests_with_bad_keys_are_throttled_per_source_address_and_spare_good_keys():
+    gw = gateway(throttle=TokenBuckets(rate=0.001, burst=3))
+    statuses = [
+        call(gw, "GET", "/orders", headers=[("Authorization", f"Bearer bad{n}")])[0] for n in range(5)
+    ]  # a new bad key each time buys no new bucket
+
+    assert statuses == [401, 401, 401, 429, 429]
+    status, body, response = call(gw, "GET", "/orders", headers=[("Authorization", "Bearer bad9")])
+    assert status == 429 and body["error"]["code"] == "throttled" and int(response.headers["Retry-After"]) >= 1
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer good")])[0] == 200  # its own bucket
+    assert call(gw, "GET", "/health")[0] == 429  # the address's bucket: public routes share it
+
+
+def test_public_routes_are_throttled_per_source_address():
+    gw = gateway(throttle=TokenBuckets(rate=0.001, burst=2))
+
+    assert [call(gw, "GET", "/health")[0] for _ in range(3)] == [200, 200, 429]
 
 
 def test_authorizer_crash_or_bad_output_is_500():

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
@@ -91,6 +92,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")
         },
         ("LabelsBucket", "s3:GetObject"): [S3Labels],  # the presigned link is a GetObject as this role
+        ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
     },
     "OutboxFunction": {
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
@@ -149,6 +151,7 @@ _ALSO_CALLED_AS = {
     "send_message": [".send_message_batch("],  # authorized as SendMessage
     "get_object": ['"get_object"'],  # a presigned GetObject
     "get_object_version": ['request["VersionId"]'],  # GetObject with a VersionId
+    "delete": [".flush_stage_authorizers_cache("],  # API Gateway's IAM actions are its REST verbs
 }
 # What no function here calls: a grant of any of these is a mistake.
 NEVER = {
@@ -167,7 +170,7 @@ NEVER = {
 
 
 def _snake(action: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", action.split(":", 1)[1]).lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", action.split(":", 1)[1]).lower()
 
 
 def test_every_function_is_in_the_map():

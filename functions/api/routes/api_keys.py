@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel
 
 from core.access import ApiKey, IssuedApiKey, NewApiKey, Scope
+from core.ports import ApiStage
 from functions.api.access import requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
@@ -57,5 +58,9 @@ def list_api_keys(
 @requires(Scope.ADMIN)
 # No return annotation: powertools would try to build a response schema from a bare Response.
 def revoke_api_key(key_id: KeyIdPath):
-    container().api_keys.revoke(key_id)
+    # The stage that served this request is the one whose authorizer cache may still hold the key:
+    # read from the request, as the API's id cannot be in the function's environment (the API
+    # refers to the function, so the function may not refer to the API: a template cycle).
+    context = router.current_event.request_context
+    container().api_keys.revoke(key_id, stage=ApiStage(api_id=context.api_id, name=context.stage))
     return Response(204, content_types.APPLICATION_JSON, "")
