@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +15,7 @@ from pydantic import BaseModel
 from functions.api.access import PUBLIC, requires
 from functions.api.dependencies import container
 from functions.api.schemas import ok
+from functions.warm import Warm
 
 router = Router()
 
@@ -58,7 +62,60 @@ def health():
     return Response(503, content_types.APPLICATION_JSON, degraded.model_dump_json())
 
 
-def _document() -> str:
+@dataclass(frozen=True)
+class _Page:
+    body: str
+    content_type: str
+    etag: str
+
+
+class _Pages:
+    """The description's pages, each built on its first request and kept while the container is
+    warm: generating the document takes tens of milliseconds of CPU, which an anonymous caller
+    must not be able to make the API spend on every request (issue 11 item 6)."""
+
+    def __init__(self) -> None:
+        self._pages: dict[tuple[str, str], _Page] = {}
+        self._lock = threading.RLock()  # re-entrant: the UI page is built from the document page
+
+    def get(self, kind: str, base: str) -> _Page:
+        page = self._pages.get((kind, base))
+        if page is None:
+            with self._lock:
+                page = self._pages.get((kind, base))
+                if page is None:
+                    page = _PAGE_BUILDERS[kind](base)
+                    self._pages[(kind, base)] = page
+        return page
+
+
+_pages: Warm[_Pages] = Warm(_Pages)
+
+
+def _page(body: str, content_type: str) -> _Page:
+    return _Page(body, content_type, '"' + hashlib.sha256(body.encode()).hexdigest()[:32] + '"')
+
+
+def _base() -> str:
+    # The same servers entry for the document and for Swagger UI: the stage, when the URL has it.
+    # Only two values, so at most two copies of each page are kept.
+    context = router.current_event.request_context
+    stage_prefix = f"/{context.stage}"
+    return stage_prefix if context.stage and (context.path or "").startswith(stage_prefix) else "/"
+
+
+def _served(page: _Page) -> Response:
+    """The page, or 304 when the client's If-None-Match names its ETag (RFC 9110 13.1.2: a weak
+    comparison, `*` matches)."""
+    headers = {"ETag": page.etag, "Cache-Control": "no-cache"}  # revalidate each time: a deploy changes it
+    asked = router.current_event.get_header_value("If-None-Match") or ""
+    tags = {tag.strip().removeprefix("W/") for tag in asked.split(",")}
+    if page.etag in tags or "*" in tags:
+        return Response(304, None, "", headers=headers)
+    return Response(200, page.content_type, page.body, headers=headers)
+
+
+def _document(base: str) -> _Page:
     """The OpenAPI document, generated from the routes. Built only when asked for: powertools'
     OpenAPI models cost ~100 ms to import, which no order should pay on a cold start (this is
     why /docs is not powertools' enable_swagger, which imports them when the app is built)."""
@@ -66,11 +123,7 @@ def _document() -> str:
 
     from functions.api.app import app
 
-    # The same servers entry for the document and for Swagger UI: the stage, when the URL has it.
-    context = router.current_event.request_context
-    stage_prefix = f"/{context.stage}"
-    base = stage_prefix if context.stage and (context.path or "").startswith(stage_prefix) else "/"
-    return app.get_openapi_json_schema(
+    body = app.get_openapi_json_schema(
         title=TITLE,
         version=VERSION,
         description=DESCRIPTION,
@@ -78,13 +131,14 @@ def _document() -> str:
         security_schemes={"apiKey": HTTPBearer(description="Authorization: Bearer <API key>")},
         security=[{"apiKey": []}],
     )
+    return _page(body, content_types.APPLICATION_JSON)
 
 
 @router.get("/openapi.json", summary="This OpenAPI document", include_in_schema=False)
 @requires(PUBLIC)
 # No return annotation: powertools would try to build a response schema from a bare Response.
 def openapi():
-    return Response(200, content_types.APPLICATION_JSON, _document())
+    return _served(_pages().get("document", _base()))
 
 
 @router.get("/docs", summary="Swagger UI", include_in_schema=False)
@@ -92,12 +146,15 @@ def openapi():
 def docs():
     """Swagger UI with its script and styles inlined (powertools' page and assets): the page
     loads nothing from any other host."""
+    kind = "document" if (router.current_event.query_string_parameters or {}).get("format") == "json" else "ui"
+    return _served(_pages().get(kind, _base()))
+
+
+def _swagger_ui(base: str) -> _Page:
     from aws_lambda_powertools.event_handler.openapi import swagger_ui
     from aws_lambda_powertools.event_handler.openapi.swagger_ui import generate_swagger_html
 
-    spec = _document()
-    if (router.current_event.query_string_parameters or {}).get("format") == "json":
-        return Response(200, content_types.APPLICATION_JSON, spec)
+    spec = _pages().get("document", base).body
     assets = Path(swagger_ui.__file__).parent
     html = generate_swagger_html(
         spec.replace("</", "<\\/"),  # the spec sits inside a <script>: never let it close the tag
@@ -107,4 +164,7 @@ def docs():
         None,
         False,
     )
-    return Response(200, "text/html", html)
+    return _page(html, "text/html")
+
+
+_PAGE_BUILDERS = {"document": _document, "ui": _swagger_ui}
