@@ -19,9 +19,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from core.card_numbers import card_number_fields
+from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
 from core.imports import FileOrders, ImportFileError, LineError, line_of_field
 from core.models import PlaceOrder, utc_now
@@ -62,6 +62,9 @@ class ImportErrorEntry(BaseModel):
     code: str
     message: str
 
+    # Stored masked (LineError); masked again on the way out for errors kept before that rule.
+    _masked = field_validator("external_id", "message")(mask_optional)
+
 
 class ImportSummary(BaseModel):
     id: str
@@ -75,6 +78,9 @@ class ImportSummary(BaseModel):
     failed: int
     created_at: datetime
     updated_at: datetime
+
+    # An object key is the uploader's choice of name, card number included.
+    _masked_source = field_validator("source")(mask_card_numbers)
 
 
 class ImportReport(ImportSummary):
@@ -190,7 +196,7 @@ class ImportSplitter:
         """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
         the import exists and its file was already read (a redelivered event). Safe to run again
         after a failure: lines already recorded are not counted twice."""
-        state = self._ledger.begin(source.import_id, source.uri, self._clock())
+        state = self._ledger.begin(source.import_id, mask_card_numbers(source.uri), self._clock())
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
         if state.status is ImportStatus.FAILED:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.card_numbers import mask_card_numbers, mask_optional
+
 MAX_MESSAGE_CHARS = 500  # an error's message, as the import report keeps it
 
 _LINE_FIELD = re.compile(r"^lines\[(\d+)\]")
@@ -23,6 +25,8 @@ class ImportFileError(Exception):
     fails with this code and message, and nothing of it is captured."""
 
     def __init__(self, code: str, message: str):
+        # A header cell can carry a card number: the message is kept on the import, so it is masked.
+        message = mask_card_numbers(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -38,6 +42,10 @@ class LineError:
     message: str
 
     def __post_init__(self) -> None:
+        # Both are kept on the import and logged for a message without one: a card number in a
+        # cell (external_id included) is masked before anything keeps it.
+        object.__setattr__(self, "external_id", mask_optional(self.external_id))
+        object.__setattr__(self, "message", mask_card_numbers(self.message))
         if len(self.message) > MAX_MESSAGE_CHARS:
             object.__setattr__(self, "message", self.message[: MAX_MESSAGE_CHARS - 1] + "…")
 

@@ -11,6 +11,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core.card_numbers import mask_card_numbers
 from functions.api import errors, guards
 from functions.api.access import ScopeTable
 from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders, plugins
@@ -60,7 +61,8 @@ def _append_order_keys(event: dict[str, Any]) -> None:
     # knows the order); the request id is already there as `correlation_id`.
     order_id = (event.get("pathParameters") or {}).get("order_id")
     if order_id:
-        logger.append_keys(order_id=order_id)
+        # Before the guards refuse one: an id that is a card number never reaches a log line.
+        logger.append_keys(order_id=mask_card_numbers(order_id))
     channel = ((event.get("requestContext") or {}).get("authorizer") or {}).get("channel")
     if channel:
         logger.append_keys(channel=channel)

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from core.card_numbers import card_number_fields, contains_card_number
+from core.card_numbers import card_number_fields, contains_card_number, mask_card_numbers
 from functions.api.access import ScopeTable
 from functions.api.errors import ApiError
 
@@ -71,13 +71,27 @@ def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     if raw:
         require_json(event, raw)
         refuse_card_numbers(raw)
-    # Paths and query strings can carry card numbers too (/products/4111..., ?customer_id=4111...).
-    parameters = {**(event.get("pathParameters") or {}), **(event.get("queryStringParameters") or {})}
-    for name, value in parameters.items():
-        if value and contains_card_number(value):
-            raise ApiError(
-                422,
-                "card_data_rejected",
-                "payment card numbers are never accepted",
-                [{"field": name, "message": "looks like a payment card number"}],
-            )
+    # Paths and query strings can carry card numbers too (/products/4111..., ?customer_id=4111...),
+    # in a parameter's name as well as in any of its values.
+    fields = _card_number_parameters(event)
+    if fields:
+        raise ApiError(
+            422,
+            "card_data_rejected",
+            "payment card numbers are never accepted",
+            [{"field": field, "message": "looks like a payment card number"} for field in dict.fromkeys(fields)],
+        )
+
+
+def _card_number_parameters(event: dict[str, Any]) -> list[str]:
+    """The path and query parameters that carry a card number, by (masked) name."""
+    values: list[tuple[str, str]] = list((event.get("pathParameters") or {}).items())
+    for name, value in (event.get("queryStringParameters") or {}).items():
+        values.append((name, value))
+    for name, many in (event.get("multiValueQueryStringParameters") or {}).items():
+        values += [(name, value) for value in many or ()]
+    found = []
+    for name, value in values:
+        if contains_card_number(name) or (value and contains_card_number(value)):
+            found.append(mask_card_numbers(name))
+    return found

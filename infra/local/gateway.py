@@ -15,12 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+from core.card_numbers import contains_card_number, mask_card_numbers
 from infra.local.lambdas import LocalFunction
 from infra.local.template import ACCOUNT_ID, REGION, ApiRoute, GatewayResponse, Template
 
@@ -503,12 +504,19 @@ class ApiGateway:
         try:
             result = self.api.invoke(event)
         except Exception:
-            logger.error("%s %s: the API handler raised\n%s", request.method, request.path, traceback.format_exc())
+            logger.error(
+                "%s %s: the API handler raised\n%s",
+                request.method,
+                _loggable_path(request.path),
+                traceback.format_exc(),
+            )
             return self.internal_error(request.request_id)
         try:
             return _http_response(result, request.request_id)
         except (TypeError, ValueError, KeyError) as error:
-            logger.error("%s %s: malformed Lambda proxy response: %s", request.method, request.path, error)
+            logger.error(
+                "%s %s: malformed Lambda proxy response: %s", request.method, _loggable_path(request.path), error
+            )
             return self.internal_error(request.request_id, status=502)
 
     def _authorize(self, authorizer: Authorizer, event: dict[str, Any]) -> Response | None:
@@ -556,9 +564,9 @@ class ApiGateway:
         access_log.info(
             "%s %s%s -> %s (%d ms)",
             http_request.method,
-            _LONG_NUMBER.sub("[number]", http_request.path),
-            # Parameter names only: values may carry what must never reach a log.
-            "?" + "&".join(sorted({name for name, _ in parse_qsl(http_request.query_string)}))
+            _loggable_path(http_request.path),
+            # Parameter names only: values may carry what must never reach a log (names can too).
+            "?" + "&".join(sorted({mask_card_numbers(name) for name, _ in parse_qsl(http_request.query_string)}))
             if http_request.query_string
             else "",
             response.status_code,
@@ -569,6 +577,17 @@ class ApiGateway:
 
 # Long digit runs in a logged path (a card number sent as an id, say) are never written out.
 _LONG_NUMBER = re.compile(r"\d[\d%20 -]{10,}\d")
+
+
+def _loggable_path(path: str) -> str:
+    """The raw path as it may be logged: a card number in it, however encoded or separated
+    (/orders/4111.1111.1111.1111, %2E for the dots), is masked in the decoded path, which is
+    logged encoded again."""
+    decoded = unquote(path)
+    if contains_card_number(decoded):
+        path = quote(mask_card_numbers(decoded), safe="/[]")
+    return _LONG_NUMBER.sub("[number]", path)
+
 
 _ERROR_TYPES = {
     "UNAUTHORIZED": "UnauthorizedException",
