@@ -21,7 +21,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from core.card_numbers import contains_card_number, mask_card_numbers
+from core.card_numbers import MASK, contains_card_number, mask_card_numbers
 from infra.local.lambdas import LocalFunction
 from infra.local.template import ACCOUNT_ID, REGION, ApiRoute, GatewayResponse, Template
 
@@ -565,10 +565,7 @@ class ApiGateway:
             "%s %s%s -> %s (%d ms)",
             http_request.method,
             _loggable_path(http_request.path),
-            # Parameter names only: values may carry what must never reach a log (names can too).
-            "?" + "&".join(sorted({mask_card_numbers(name) for name, _ in parse_qsl(http_request.query_string)}))
-            if http_request.query_string
-            else "",
+            _loggable_query(http_request.query_string),
             response.status_code,
             (time.monotonic() - started) * 1000,
         )
@@ -585,8 +582,18 @@ def _loggable_path(path: str) -> str:
     logged encoded again."""
     decoded = unquote(path)
     if contains_card_number(decoded):
-        path = quote(mask_card_numbers(decoded), safe="/[]")
+        path = MASK.join(quote(piece, safe="/") for piece in mask_card_numbers(decoded).split(MASK))
     return _LONG_NUMBER.sub("[number]", path)
+
+
+def _loggable_query(query_string: str) -> str:
+    """Parameter names only: values may carry what must never reach a log (and names are masked:
+    they can carry a card number too)."""
+    if not query_string:
+        return ""
+    return "?" + "&".join(
+        sorted({mask_card_numbers(name) for name, _ in parse_qsl(query_string, keep_blank_values=True)})
+    )
 
 
 _ERROR_TYPES = {

@@ -291,7 +291,9 @@ def test_every_card_number_in_a_text_is_masked():
     assert mask_card_numbers(text) == "first [card number], then [card number] and web-[card number]"
 
 
-@pytest.mark.parametrize("digits", ["４１１１１１１１１１１１１１１１", "٤١١١١١١١١١١١١١١١"], ids=["fullwidth", "arabic-indic"])
+@pytest.mark.parametrize(
+    "digits", ["４１１１１１１１１１１１１１１１", "٤١١١١١١١١١١١١١١١"], ids=["fullwidth", "arabic-indic"]
+)
 def test_a_card_number_in_other_scripts_digits_is_found(digits: str):
     assert contains_card_number(f"id {digits}")
 
