@@ -478,11 +478,28 @@ class PlaceOrder(Strict):
     external_id: Identifier | None = None
     currency: Currency
     customer: Customer
-    lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)]
+    lines: Annotated[
+        list[LineInput],
+        Field(
+            min_length=1,
+            max_length=100,
+            description="Lines of the same sku stay separate lines (L1, L2, ... in the order sent) but are "
+            "priced as one: the unit price is asked for their summed quantity, and the discount and tax of "
+            "that one line are shared out to them in proportion to their subtotals, so splitting a sku over "
+            "many lines cannot change a total by rounding.",
+        ),
+    ]
     shipping_address: Address
     fulfillment: Fulfillment = Field(default_factory=Fulfillment)
     shipping_method: ShippingMethod | None = None
-    promo_codes: Annotated[list[PromoCode], Field(max_length=10)] = Field(default_factory=list)
+    promo_codes: Annotated[
+        list[PromoCode],
+        Field(
+            max_length=10,
+            description="At most one percent-off code applies to an order unless its promotion says it "
+            "stacks; two that do not stack and both apply are 422 promo_codes_do_not_stack.",
+        ),
+    ] = Field(default_factory=list)
     payment: PaymentInput
 
 
