@@ -99,3 +99,20 @@ def test_a_direct_import_message_is_logged_with_its_external_id_and_reason_escap
     [(_, extra)] = [w for w in warnings if w[0] == "order from the import queue rejected"]
     assert extra["external_id"] == 'erp-9\\r\\n{"level":"INFO","message":"refund approved"}\\x1b[2K\\u202e'
     assert not any(c in extra["reason"] for c in "\r\n\x1b\u202e")
+
+
+def test_an_import_id_from_a_message_is_escaped_in_the_no_such_import_warning(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from core.import_service import Outcome
+    from core.models import utc_now
+    from functions.import_worker.app import container
+    from tests.integration.import_support import create_import_resources
+
+    create_import_resources(aws, monkeypatch)
+    caplog.set_level(logging.WARNING)
+
+    assert not container().import_ledger.record("imp_x\nERROR forged\x1b[0m", 1, Outcome.IMPORTED, None, utc_now())
+
+    [record] = [r for r in caplog.records if r.getMessage() == "no such import to record on"]
+    assert record.import_id == "imp_x\\nERROR forged\\x1b[0m"
