@@ -21,6 +21,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+from core.log_text import escape_for_log
 from infra.local.lambdas import LocalFunction
 from infra.local.template import ACCOUNT_ID, REGION, ApiRoute, GatewayResponse, Template
 
@@ -503,12 +504,22 @@ class ApiGateway:
         try:
             result = self.api.invoke(event)
         except Exception:
-            logger.error("%s %s: the API handler raised\n%s", request.method, request.path, traceback.format_exc())
+            logger.error(
+                "%s %s: the API handler raised\n%s",
+                escape_for_log(request.method),
+                escape_for_log(request.path),
+                traceback.format_exc(),
+            )
             return self.internal_error(request.request_id)
         try:
             return _http_response(result, request.request_id)
         except (TypeError, ValueError, KeyError) as error:
-            logger.error("%s %s: malformed Lambda proxy response: %s", request.method, request.path, error)
+            logger.error(
+                "%s %s: malformed Lambda proxy response: %s",
+                escape_for_log(request.method),
+                escape_for_log(request.path),
+                error,
+            )
             return self.internal_error(request.request_id, status=502)
 
     def _authorize(self, authorizer: Authorizer, event: dict[str, Any]) -> Response | None:
@@ -553,12 +564,14 @@ class ApiGateway:
             except RequestEntityTooLarge:
                 declared = self.max_body_bytes + 1
         response = self.handle(http_request, declared_length=declared)
+        # Everything the client chose is escaped: a CR/LF or an ANSI escape in a path or a
+        # (percent-decoded) parameter name would otherwise forge or recolour log lines.
         access_log.info(
             "%s %s%s -> %s (%d ms)",
-            http_request.method,
-            _LONG_NUMBER.sub("[number]", http_request.path),
+            escape_for_log(http_request.method),
+            escape_for_log(_LONG_NUMBER.sub("[number]", http_request.path)),
             # Parameter names only: values may carry what must never reach a log.
-            "?" + "&".join(sorted({name for name, _ in parse_qsl(http_request.query_string)}))
+            "?" + escape_for_log("&".join(sorted({name for name, _ in parse_qsl(http_request.query_string)})))
             if http_request.query_string
             else "",
             response.status_code,
