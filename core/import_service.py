@@ -345,7 +345,7 @@ class OrderImporter:
             # The rules of POST /orders bodies: a message nested past them would raise, not fail.
             document = strict_json.loads(body)
         except strict_json.StrictJsonError as error:
-            return failed("malformed_json", f"the message is refused: {error}", None)
+            return failed("malformed_json", f"the message {error}", None)
         external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None
         card = _card_data_error(document, line, external_id)
         if card is not None:

@@ -17,7 +17,8 @@ _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 
 class StrictJsonError(ValueError):
-    """A body that is JSON the OMS refuses (or not JSON at all): the message says why."""
+    """A text that is JSON the OMS refuses (or not JSON at all). The message is a predicate that
+    follows its subject ("the request body " + message), and safe to show the sender."""
 
 
 def _depth(text: str) -> int:
@@ -35,19 +36,19 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         if key in document:
             # Named, unless the key itself looks like card data (never echoed).
             name = "a key" if contains_card_number(key) else f"the key {key[:40]!r}"
-            raise StrictJsonError(f"{name} appears twice in one object")
+            raise StrictJsonError(f"has {name} twice in one object")
         document[key] = value
     return document
 
 
 def _integer(digits: str) -> int:
     if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
-        raise StrictJsonError(f"a number in the body has more than {MAX_INTEGER_DIGITS} digits")
+        raise StrictJsonError(f"has a number of more than {MAX_INTEGER_DIGITS} digits")
     return int(digits)
 
 
 def _constant(name: str) -> Any:
-    raise StrictJsonError(f"{name} is not JSON")
+    raise StrictJsonError(f"has {name}, which is not JSON")
 
 
 def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
@@ -59,15 +60,15 @@ def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
-            raise StrictJsonError("the body is not UTF-8 encoded JSON") from None
+            raise StrictJsonError("is not UTF-8 encoded JSON") from None
     if _depth(text) > MAX_DEPTH:
-        raise StrictJsonError(f"the body nests objects and arrays deeper than {MAX_DEPTH} levels")
+        raise StrictJsonError(f"nests objects and arrays deeper than {MAX_DEPTH} levels")
     try:
         document = json.loads(text, object_pairs_hook=_object, parse_int=_integer, parse_constant=_constant)
     except StrictJsonError:
         raise
     except (ValueError, RecursionError):
-        raise StrictJsonError("the body is not valid JSON") from None
+        raise StrictJsonError("is not valid JSON") from None
     if top_level_object and not isinstance(document, dict):
-        raise StrictJsonError("the body must be a JSON object")
+        raise StrictJsonError("is not a JSON object")
     return document

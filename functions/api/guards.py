@@ -77,7 +77,7 @@ def parse_body(event: dict[str, Any], raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "the request body is not UTF-8 encoded JSON") from None
     except strict_json.StrictJsonError as error:
-        raise ApiError(400, "malformed_json", str(error)) from None
+        raise ApiError(400, "malformed_json", f"the request body {error}") from None
     _parsed.set((text, document))
     return document
 

@@ -143,8 +143,9 @@ def test_application_json_with_a_charset_is_still_json(api: InProcessApi):
     assert response.status_code == 422, response.text
 
 
-def test_an_order_whose_total_reaches_10_to_the_15_is_422(api: InProcessApi):
-    response = api.post("/orders", json=order(external_id="hostile-big", lines=[{"sku": SKU, "quantity": 2}]))
+@pytest.mark.parametrize("quantity", [1, 2, 10_000])  # 1: the line fits, its tax and shipping do not
+def test_an_order_whose_total_reaches_10_to_the_15_is_422(api: InProcessApi, quantity: int):
+    response = api.post("/orders", json=order(external_id="hostile-big", lines=[{"sku": SKU, "quantity": quantity}]))
 
     assert_error(response, 422, "amount_too_large")
 
