@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import accumulate
 from typing import Any
 
 from core.card_numbers import contains_card_number
@@ -12,8 +13,9 @@ MAX_DEPTH = 64
 # Far beyond any count or id the OMS takes; Python refuses past 4,300 digits with a bare ValueError.
 MAX_INTEGER_DIGITS = 100
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class StrictJsonError(ValueError):
@@ -21,13 +23,10 @@ class StrictJsonError(ValueError):
     follows its subject ("the request body " + message), and safe to show the sender."""
 
 
-def _depth(text: str) -> int:
+def _too_deep(text: str) -> bool:
     # Brackets inside strings do not nest: drop the strings first, then everything but brackets.
-    deepest = depth = 0
-    for char in _NOT_BRACKETS.sub("", _STRINGS.sub("", text)):
-        depth += 1 if char in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    return len(brackets) > MAX_DEPTH and max(accumulate(map(_NESTING.__getitem__, brackets))) > MAX_DEPTH
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise StrictJsonError("is not UTF-8 encoded JSON") from None
-    if _depth(text) > MAX_DEPTH:
+    if _too_deep(text):
         raise StrictJsonError(f"nests objects and arrays deeper than {MAX_DEPTH} levels")
     try:
         document = json.loads(text, object_pairs_hook=_object, parse_int=_integer, parse_constant=_constant)

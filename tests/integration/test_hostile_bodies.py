@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
@@ -181,3 +183,40 @@ def test_an_empty_body_sent_as_another_media_type_is_not_a_5xx(api: InProcessApi
     response = post_raw(api, "/orders", "", "text/plain")
 
     assert_error(response, 415, "unsupported_media_type")
+
+
+# Adversarial: whatever the body and media type, the answer is never a 5xx and always the contract's shape.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=20,
+)
+order_keys = st.sampled_from(["channel", "external_id", "currency", "customer", "lines", "payment", "shipping_address"])
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["mutated order", "any json", "any text"]))
+    if kind == "any text":
+        return draw(st.text(max_size=200))
+    if kind == "any json":
+        return json.dumps(draw(json_values))
+    body = order(external_id="fuzz")
+    body[draw(order_keys)] = draw(json_values)
+    text = json.dumps(body)
+    if draw(st.booleans()):  # a duplicate of a key, or nesting and a long number glued on
+        text = text[:-1] + draw(st.sampled_from([', "lines": []}', ', "n": ' + "1" * 200 + "}", ', "x": [[[[]]]]}']))
+    return text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=hostile_bodies(),
+    content_type=st.sampled_from(["application/json", "application/x+json", "text/plain", "Application/Json", ""]),
+)
+def test_no_body_makes_a_5xx(api: InProcessApi, body: str, content_type: str):
+    response = post_raw(api, "/orders", body, content_type)
+
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert_error(response, response.status_code)
