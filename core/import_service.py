@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
 from core.imports import FileOrders, ImportFileError, LineError, line_of_field
@@ -347,11 +348,10 @@ class OrderImporter:
             return ImportResult(Outcome.FAILED, error=LineError(at, external_id, code, message))
 
         try:
-            document = json.loads(body)
-        except ValueError:
-            return failed("malformed_json", "the message is not a JSON order", None)
-        if not isinstance(document, dict):
-            return failed("malformed_json", "the message is not a JSON object", None)
+            # The rules of POST /orders bodies: a message nested past them would raise, not fail.
+            document = strict_json.loads(body)
+        except strict_json.StrictJsonError as error:
+            return failed("malformed_json", f"the message {error}", None)
         external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None
         card = _card_data_error(document, line, external_id)
         if card is not None:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
@@ -269,7 +280,22 @@ COUNTRIES = frozenset(
     ]
 )
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Controls (NUL, CR/LF, ESC...) and the bidi overrides that make "exe.txt" show as "txt.exe" are
+# refused rather than stripped, so what is stored is what the client sent, in NFC: a name typed with
+# combining accents and one typed precomposed are the same name.
+_UNCLEAN_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _clean_text(value: str) -> str:
+    found = _UNCLEAN_TEXT.search(value)
+    if found is not None:
+        kind = "a bidi override" if ord(found.group()) > 0x9F else "a control character"
+        raise ValueError(f"must not contain {kind} (U+{ord(found.group()):04X})")
+    return unicodedata.normalize("NFC", value)
+
+
+CleanText = AfterValidator(_clean_text)
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
@@ -293,10 +319,10 @@ class Strict(BaseModel):
 class Address(Strict):
     name: Text
     line1: Text
-    line2: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    line2: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), CleanText] | None = None
     city: Text
-    region: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = None
-    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)]
+    region: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), CleanText] | None = None
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20), CleanText]
     country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. US", json_schema_extra={"enum": sorted(COUNTRIES)})
     latitude: Latitude | None = None
     longitude: Longitude | None = None
@@ -452,11 +478,28 @@ class PlaceOrder(Strict):
     external_id: Identifier | None = None
     currency: Currency
     customer: Customer
-    lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)]
+    lines: Annotated[
+        list[LineInput],
+        Field(
+            min_length=1,
+            max_length=100,
+            description="Lines of the same sku stay separate lines (L1, L2, ... in the order sent) but are "
+            "priced as one: the unit price is asked for their summed quantity, and the discount and tax of "
+            "that one line are shared out to them in proportion to their subtotals, so splitting a sku over "
+            "many lines cannot change a total by rounding.",
+        ),
+    ]
     shipping_address: Address
     fulfillment: Fulfillment = Field(default_factory=Fulfillment)
     shipping_method: ShippingMethod | None = None
-    promo_codes: Annotated[list[PromoCode], Field(max_length=10)] = Field(default_factory=list)
+    promo_codes: Annotated[
+        list[PromoCode],
+        Field(
+            max_length=10,
+            description="At most one percent-off code applies to an order unless its promotion says it "
+            "stacks; two that do not stack and both apply are 422 promo_codes_do_not_stack.",
+        ),
+    ] = Field(default_factory=list)
     payment: PaymentInput
 
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema, model_validator
 
+from core.errors import InvalidRequest
+
 # ISO 4217 minor units for the currencies the OMS accepts. A currency missing here is rejected
 # rather than guessed: pricing a JPY order with two decimals is a real-money bug.
 MINOR_UNITS: dict[str, int] = {
@@ -124,6 +126,19 @@ Amount = Annotated[
 ]
 
 
+def _reaches_the_limit(amount: Decimal, currency: str) -> bool:
+    # Compared before rounding too: quantizing an amount of 28 digits or more raises.
+    return amount.is_finite() and (
+        abs(amount) >= MAX_ABS_AMOUNT or abs(round_money(amount, currency)) >= MAX_ABS_AMOUNT
+    )
+
+
+class AmountTooLarge(InvalidRequest):
+    """A computed amount (a line, a tax, a total) at or above 10^15: the order is refused (422)."""
+
+    code = "amount_too_large"
+
+
 class Money(BaseModel):
     """An exact amount in one currency. Serialized as {"amount": "12.34", "currency": "USD"}."""
 
@@ -146,7 +161,11 @@ class Money(BaseModel):
 
     @classmethod
     def of(cls, amount: Decimal | int | str, currency: str) -> Money:
-        """Build from any exact amount, rounding half-even to the currency's minor units."""
+        """Build from any exact amount, rounding half-even to the currency's minor units. An amount
+        computed at or above 10^15 is the order's fault, not a bug: AmountTooLarge."""
+        exact = isinstance(amount, Decimal | int) and not isinstance(amount, bool)
+        if exact and _reaches_the_limit(Decimal(amount), currency):
+            raise AmountTooLarge(f"an amount of the order reaches 10^15 {currency}, the most the OMS records")
         return cls(amount=round_money(_parse_amount(amount), currency), currency=currency)
 
     @classmethod

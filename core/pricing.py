@@ -94,31 +94,39 @@ class Pricing:
     def price(self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address) -> PricedOrder:
         currency = cmd.currency
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
-        draft_lines = []
+        # Lines of one sku are priced as one line (the first one's id, their quantities summed) and
+        # its discount and tax are then shared out to the client's lines. Priced one by one, each
+        # would be rounded on its own: ten lines of one unit could round a tax to nothing, or a
+        # percent-off up, where one line of ten does not. The client's lines and ids stay as sent.
+        by_sku: dict[str, list[int]] = {}
         for index, line in enumerate(cmd.lines):
-            product = products[line.sku]
+            by_sku.setdefault(line.sku, []).append(index)
+        draft_lines = []
+        for sku, indexes in by_sku.items():
+            product = products[sku]
+            quantity = sum(cmd.lines[i].quantity for i in indexes)
             unit = call_hook(
                 self._hook.oms_unit_price,
                 _money_in(currency),
                 product=product,
-                quantity=line.quantity,
+                quantity=quantity,
                 currency=currency,
                 channel=cmd.channel,
                 customer=cmd.customer,
             )
             if unit is None:
                 raise InvalidRequest(
-                    f"no price for {line.sku} in {currency}",
+                    f"no price for {sku} in {currency}",
                     code="no_price",
-                    details=[{"field": f"lines[{index}].sku", "message": f"no price in {currency}"}],
+                    details=[{"field": f"lines[{i}].sku", "message": f"no price in {currency}"} for i in indexes],
                 )
             draft_lines.append(
                 DraftLine(
-                    line_id=f"L{index + 1}",
+                    line_id=f"L{indexes[0] + 1}",
                     product=product,
-                    quantity=line.quantity,
+                    quantity=quantity,
                     unit_price=unit,
-                    subtotal=unit.times(line.quantity),
+                    subtotal=unit.times(quantity),
                 )
             )
         draft = PricingDraft(
@@ -136,26 +144,31 @@ class Pricing:
         taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft) for line in draft_lines]
         shipping_method, shipping = self._shipping(draft, free_shipping)
 
-        lines = [
-            OrderLine(
-                line_id=d.line_id,
-                sku=d.product.sku,
-                quantity=d.quantity,
-                unit_price=d.unit_price,
-                discount=line_discounts[d.line_id],
-                tax=tax,
-                tax_rate=tax_rate,
-                total=d.subtotal - line_discounts[d.line_id] + tax,
-            )
-            for d, (tax, tax_rate) in zip(draft_lines, taxes, strict=True)
-        ]
+        lines: list[OrderLine | None] = [None] * len(cmd.lines)
+        for d, indexes, (tax, tax_rate) in zip(draft_lines, by_sku.values(), taxes, strict=True):
+            subtotals = [d.unit_price.times(cmd.lines[i].quantity) for i in indexes]
+            discounts = spread(line_discounts[d.line_id], subtotals)
+            for i, subtotal, discount, tax_part in zip(
+                indexes, subtotals, discounts, spread(tax, subtotals), strict=True
+            ):
+                lines[i] = OrderLine(
+                    line_id=f"L{i + 1}",
+                    sku=d.product.sku,
+                    quantity=cmd.lines[i].quantity,
+                    unit_price=d.unit_price,
+                    discount=discount,
+                    tax=tax_part,
+                    tax_rate=tax_rate,
+                    total=subtotal - discount + tax_part,
+                )
+        priced_lines = [line for line in lines if line is not None]
         zero = Money.zero(currency)
         subtotal = sum((d.subtotal for d in draft_lines), zero)
-        discount = sum((line.discount for line in lines), zero)
-        tax = sum((line.tax for line in lines), zero)
-        grand_total = sum((line.total for line in lines), zero) + shipping
+        discount = sum((line.discount for line in priced_lines), zero)
+        tax = sum((line.tax for line in priced_lines), zero)
+        grand_total = sum((line.total for line in priced_lines), zero) + shipping
         return PricedOrder(
-            lines=lines,
+            lines=priced_lines,
             totals=Totals(subtotal=subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total),
             shipping_method=shipping_method,
             promo_codes=promo_codes,
@@ -173,6 +186,20 @@ class Pricing:
         ]
         if unknown:
             raise InvalidRequest("unknown promo code", code="unknown_promo_code", details=unknown)
+        exclusive = {d.code.upper() for d in granted if d.exclusive}
+        clashing = [i for i, code in enumerate(draft.promo_codes) if code in exclusive]
+        if len(clashing) > 1:
+            raise InvalidRequest(
+                "these promo codes cannot be combined: use one of them",
+                code="promo_codes_do_not_stack",
+                details=[
+                    {
+                        "field": f"promo_codes[{i}]",
+                        "message": f"{draft.promo_codes[i]} does not stack with another code",
+                    }
+                    for i in clashing
+                ],
+            )
 
         per_line = {line_id: Money.zero(currency) for line_id in subtotals}
         free_shipping = False

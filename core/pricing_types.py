@@ -56,6 +56,9 @@ class Discount(BaseModel):
       proportion to their subtotals (half-even, remainder to the largest line).
     - `free_shipping`: the shipping charge becomes zero.
     `code` names what granted it: the promo code it answers for, or a rule name.
+    `exclusive`: the code does not stack: at most one code per order may be granted an exclusive
+    discount (a second is 422 `promo_codes_do_not_stack`). The promotions plugin marks its
+    percent-off codes so unless the promotion says `stacks: true`.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -64,6 +67,7 @@ class Discount(BaseModel):
     amount: Money | None = None
     line_id: str | None = None
     free_shipping: bool = False
+    exclusive: bool = False
 
 
 class TaxRate(BaseModel):

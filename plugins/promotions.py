@@ -4,6 +4,7 @@ The file is `plugins/data/promotions.json`, or the path in `OMS_PLUGIN_PROMOTION
 
     {"promotions": [
         {"code": "WELCOME10", "kind": "percent", "percent": "10"},
+        {"code": "STAFF5", "kind": "percent", "percent": "5", "stacks": true},
         {"code": "SAVE5", "kind": "fixed", "amounts": {"USD": "5.00", "JPY": "700"}},
         {"code": "FREESHIP", "kind": "free_shipping",
          "min_subtotal": {"USD": "50.00"}, "channels": ["web"]}
@@ -13,6 +14,11 @@ A code the file does not list gets no answer from this plugin (so, unless anothe
 the core rejects it as `unknown_promo_code`). A listed code whose conditions the order does not
 meet (channel, minimum subtotal, no fixed amount in the order's currency) is accepted but grants
 nothing: a zero-amount discount, so the customer is not told a real code does not exist.
+
+Stacking: at most one percent-off code discounts an order, plus any whose promotion says
+`"stacks": true`; two that do not stack and that the order both qualifies for are 422
+`promo_codes_do_not_stack` (one that grants nothing clashes with nothing). Fixed and
+free-shipping codes combine with anything.
 """
 
 from __future__ import annotations
@@ -101,15 +107,22 @@ class _Promotion(BaseModel):
 
 
 class PercentOff(_Promotion):
-    """`percent` off every line, rounded half-even per line."""
+    """`percent` off every line, rounded half-even per line. Unless `stacks` is true its discounts
+    are marked `exclusive`: the core refuses an order that two such codes would both discount."""
 
     kind: Literal["percent"]
     percent: Annotated[DecimalText, Field(gt=0, le=100)]
+    stacks: bool = Field(
+        default=False, description="May be combined with other percent-off codes in one order (default: no)."
+    )
 
     def _grant(self, draft: PricingDraft) -> list[Discount]:
         factor = self.percent / Decimal(100)
         return [
-            Discount(code=self.code, amount=line.subtotal.times(factor), line_id=line.line_id) for line in draft.lines
+            Discount(
+                code=self.code, amount=line.subtotal.times(factor), line_id=line.line_id, exclusive=not self.stacks
+            )
+            for line in draft.lines
         ] or [self._nothing(draft)]
 
 

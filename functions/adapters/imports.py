@@ -27,6 +27,7 @@ from core.import_service import (
     QueuedOrder,
 )
 from core.imports import ImportFileError, LineError
+from core.log_text import escape_for_log
 from functions.adapters.dynamodb import batch_get, decode_cursor, encode_cursor, from_item, timestamp
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class DynamoImportLedger(ImportLedger):
             if not _is_conditional_failure(failure):
                 raise
             # A message naming an import that does not exist: never a half-made import item.
-            logger.warning("no such import to record on", extra={"import_id": import_id, "line": line})
+            logger.warning("no such import to record on", extra={"import_id": escape_for_log(import_id), "line": line})
             return False
         values = from_item(response["Attributes"])
         # `failed` numbers the failures in the order they were recorded: the first ones are kept.

@@ -20,7 +20,7 @@ from functions.business_metrics import emits_business_metrics
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
-app = APIGatewayRestResolver(enable_validation=True)
+app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=guards.parsed_body)
 errors.register(app)
 app.include_router(meta.router)
 app.include_router(catalog.router)

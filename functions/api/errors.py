@@ -8,7 +8,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import ServiceError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 
 from core.errors import (
     Conflict,
@@ -83,6 +86,13 @@ def register(app: APIGatewayRestResolver) -> None:
             return error_response(400, "malformed_header", "a request header is malformed", details)
         details = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in errors]
         return error_response(422, "validation_error", "the request is not valid", details)
+
+    @app.exception_handler(RequestUnsupportedContentType)
+    def _unsupported_media_type(error: RequestUnsupportedContentType) -> Response:
+        # guards.require_json refuses these first; this keeps any the resolver meets from being a 500.
+        return error_response(
+            415, "unsupported_media_type", "request bodies are JSON: send Content-Type: application/json"
+        )
 
     @app.exception_handler(ApiError)
     def _api_error(error: ApiError) -> Response:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+from contextvars import ContextVar
 from typing import Any
 
+from core import strict_json
 from core.card_numbers import card_number_fields, contains_card_number, mask_card_numbers
 from functions.api.access import ScopeTable
 from functions.api.errors import ApiError
 
 MAX_BODY_BYTES = 256 * 1024
+# A carrier's webhook body is the carrier's format, which may be an array; every other body is an object.
+ARRAY_BODIES = frozenset({("POST", "/carriers/{carrier}/tracking")})
+
+# The body this request's guards parsed, handed to the resolver so it is parsed once, by one set of rules.
+_parsed: ContextVar[tuple[str, Any] | None] = ContextVar("parsed_body", default=None)
 
 
 def body_bytes(event: dict[str, Any]) -> bytes:
@@ -23,13 +30,9 @@ def body_bytes(event: dict[str, Any]) -> bytes:
     return body.encode()
 
 
-def refuse_card_numbers(raw: bytes) -> None:
+def refuse_card_numbers(document: Any) -> None:
     """Card numbers must never reach the OMS (nor its logs): such a body is refused whole. The
     error names the fields, never the values."""
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        return  # not JSON: validation answers 400, and nothing is kept
     fields = [field or "body" for field in card_number_fields(document)]
     if fields:
         raise ApiError(
@@ -47,30 +50,59 @@ def _content_type(event: dict[str, Any]) -> str:
     return ""
 
 
-def require_json(event: dict[str, Any], raw: bytes) -> None:
-    """The API speaks JSON only: a body sent as a form or as plain text is refused with a clear
-    error instead of being parsed as something else. A body without Content-Type is read as JSON."""
+def require_json(event: dict[str, Any]) -> None:
+    """The API speaks application/json only: a form, plain text or another JSON media type
+    (application/*+json, whose rules differ) is refused with a clear error instead of being parsed
+    as something else. A body without Content-Type is read as JSON."""
     content_type = _content_type(event)
-    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+    if content_type and content_type != "application/json":
         raise ApiError(
             415,
             "unsupported_media_type",
             f"request bodies are JSON: send Content-Type: application/json, not {content_type[:60]}",
         )
+    # Media types are case-insensitive; the resolver matches "application/json" as written.
+    for headers in (event.get("headers") or {}, event.get("multiValueHeaders") or {}):
+        for name in [name for name in headers if name.lower() == "content-type"]:
+            headers[name] = ["application/json"] if isinstance(headers[name], list) else "application/json"
+
+
+def parse_body(event: dict[str, Any], raw: bytes) -> Any:
+    """The body as the API reads it: one JSON object (an array where the route takes one), no
+    duplicate keys, nesting and numbers bounded. Anything else is 400 before any route runs."""
+    route = (event.get("httpMethod", "").upper(), event.get("resource", ""))
     try:
-        raw.decode("utf-8")
+        text = raw.decode("utf-8")
+        document = strict_json.loads(text, top_level_object=route not in ARRAY_BODIES)
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "the request body is not UTF-8 encoded JSON") from None
+    except strict_json.StrictJsonError as error:
+        raise ApiError(400, "malformed_json", f"the request body {error}") from None
+    _parsed.set((text, document))
+    return document
+
+
+def parsed_body(text: str) -> Any:
+    """The resolver's JSON deserializer: the document parse_body made of this very body."""
+    parsed = _parsed.get()
+    if parsed is not None and parsed[0] == text:
+        return parsed[1]
+    try:
+        return strict_json.loads(text, top_level_object=False)
+    except strict_json.StrictJsonError as error:
+        # The resolver answers a JSONDecodeError with 400 malformed_json.
+        raise json.JSONDecodeError(str(error), text, 0) from None
 
 
 def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
+    _parsed.set(None)
     raw = body_bytes(event)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "request body is over 256 KiB")
     scopes.check(event)
     if raw:
-        require_json(event, raw)
-        refuse_card_numbers(raw)
+        require_json(event)
+        refuse_card_numbers(parse_body(event, raw))
     # Paths and query strings can carry card numbers too (/products/4111..., ?customer_id=4111...),
     # in a parameter's name as well as in any of its values.
     fields = _card_number_parameters(event)

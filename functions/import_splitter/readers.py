@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import strict_json
 from core.imports import FileOrder, FileOrders, ImportFileError, LineError
 
 MAX_LINE_BYTES = 1024 * 1024  # one physical line; a longer one is reported and skipped
@@ -250,10 +250,11 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
         if not line.text.strip():
             continue
         try:
-            body = json.loads(line.text)
-        except ValueError as error:
+            # The rules of POST /orders bodies: a line nested past them would raise, not fail alone.
+            body = strict_json.loads(line.text, top_level_object=False)
+        except strict_json.StrictJsonError as error:
             yield FileOrder(
-                line.number, None, error=LineError(line.number, None, "malformed_json", f"not valid JSON: {error.msg}")
+                line.number, None, error=LineError(line.number, None, "malformed_json", f"the line {error}")
             )
             continue
         if not isinstance(body, dict):

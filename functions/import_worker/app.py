@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from core.import_service import OrderOrigin, Outcome
+from core.log_text import escape_for_log
 from functions.adapters.imports import origin_from
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -62,9 +63,12 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
             "order from the import queue rejected",
             extra={
                 "message_id": record.message_id,
-                "external_id": result.error.external_id,
+                # Both come from the message as sent: escaped, so they cannot forge a log line.
+                "external_id": escape_for_log(result.error.external_id)
+                if result.error.external_id is not None
+                else None,
                 "code": result.error.code,
-                "reason": result.error.message,
+                "reason": escape_for_log(result.error.message),
             },
         )
 

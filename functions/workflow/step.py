@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.log_text import escape_for_log
 from core.workflow import Workflow
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -59,7 +60,10 @@ def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict
         except Exception as error:
             # Most are the state machine's ordinary branches (retry, decline, out of stock); this
             # line ties each to its order and request, which Lambda's own error record does not.
-            logger.warning("workflow step raised", extra={"error": type(error).__name__, "reason": str(error)[:500]})
+            logger.warning(
+                "workflow step raised",
+                extra={"error": type(error).__name__, "reason": escape_for_log(str(error)[:500])},
+            )
             raise
 
     return lambda_handler

@@ -22,6 +22,7 @@ from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from core.card_numbers import MASK, contains_card_number, mask_card_numbers
+from core.log_text import escape_for_log
 from infra.local.lambdas import LocalFunction
 from infra.local.template import ACCOUNT_ID, REGION, ApiRoute, GatewayResponse, Template
 
@@ -506,8 +507,8 @@ class ApiGateway:
         except Exception:
             logger.error(
                 "%s %s: the API handler raised\n%s",
-                request.method,
-                _loggable_path(request.path),
+                escape_for_log(request.method),
+                escape_for_log(_loggable_path(request.path)),
                 traceback.format_exc(),
             )
             return self.internal_error(request.request_id)
@@ -515,7 +516,10 @@ class ApiGateway:
             return _http_response(result, request.request_id)
         except (TypeError, ValueError, KeyError) as error:
             logger.error(
-                "%s %s: malformed Lambda proxy response: %s", request.method, _loggable_path(request.path), error
+                "%s %s: malformed Lambda proxy response: %s",
+                escape_for_log(request.method),
+                escape_for_log(_loggable_path(request.path)),
+                error,
             )
             return self.internal_error(request.request_id, status=502)
 
@@ -561,11 +565,13 @@ class ApiGateway:
             except RequestEntityTooLarge:
                 declared = self.max_body_bytes + 1
         response = self.handle(http_request, declared_length=declared)
+        # Everything the client chose is escaped: a CR/LF or an ANSI escape in a path or a
+        # (percent-decoded) parameter name would otherwise forge or recolour log lines.
         access_log.info(
             "%s %s%s -> %s (%d ms)",
-            http_request.method,
-            _loggable_path(http_request.path),
-            _loggable_query(http_request.query_string),
+            escape_for_log(http_request.method),
+            escape_for_log(_loggable_path(http_request.path)),
+            escape_for_log(_loggable_query(http_request.query_string)),
             response.status_code,
             (time.monotonic() - started) * 1000,
         )

@@ -72,6 +72,25 @@ def test_the_plugin_gets_the_parsed_and_the_raw_body_and_the_headers_but_not_the
     assert "oms_sample_admin_key" not in json.dumps(call)
 
 
+def test_a_webhook_body_may_be_an_array_the_one_route_where_the_top_level_is_not_an_object(recorder):
+    body = [{"ref": "x"}, {"ref": "y"}]
+
+    status, report = api(webhook("acme-courier", body))
+
+    assert status == 200, report
+    assert recorder.calls[0]["payload"] == body
+
+
+def test_a_webhook_with_duplicate_keys_is_400_and_never_reaches_the_plugin(recorder):
+    evt = webhook("acme-courier", {})
+    evt["body"] = '{"ref": "x", "ref": "y"}'
+
+    status, body = api(evt)
+
+    assert (status, body["error"]["code"]) == (400, "malformed_json")
+    assert recorder.calls == []
+
+
 def test_a_carrier_no_plugin_answers_for_is_404(aws):
     status, body = api(webhook("no-such-carrier", {"events": []}))
 

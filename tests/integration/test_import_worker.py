@@ -419,3 +419,40 @@ def test_a_sender_that_is_not_the_splitter_cannot_write_on_an_import(stack: Impo
     assert order is not None  # captured as a direct order of an allowed channel
     assert container().orders.history(order.id)[0].actor == f"sqs:{another_sender}"
     assert stored_order("market", "ext-1") is None
+
+
+def test_an_order_whose_total_reaches_10_to_the_15_is_an_error_on_its_line_never_a_poison_message(stack: ImportAws):
+    seed_catalog({"GOLD": "999999999999999.00"})
+    data = csv_file(csv_row("ext-1"), csv_row("ext-2", "GOLD", "2"), csv_row("ext-3", "MUG"))
+    import_id = split(stack, "incoming/gold.csv", data)
+
+    batches = stack.drain(worker)
+
+    imported = report(import_id)
+    assert batches == 1  # nothing came back for a second try
+    assert (imported["status"], imported["imported"], imported["failed"]) == ("completed_with_errors", 2, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in imported["errors"]] == [(3, "ext-2", "amount_too_large")]
+    assert stack.messages_waiting(stack.dlq_url) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"channel": "erp", "notes": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"channel": "erp", "quantity": ' + "9" * 5_000 + "}",
+        json.dumps(order_body(channel="erp", external_id="erp-hostile"))[:-1] + ', "channel": "erp"}',
+        json.dumps([order_body(channel="erp", external_id="erp-hostile")]),
+    ],
+    ids=["deeply nested", "huge integer", "duplicate keys", "top-level array"],
+)
+def test_a_hostile_message_is_rejected_never_retried(stack: ImportAws, body: str):
+    good = order_body(channel="erp", external_id="erp-good", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    for message in (body, json.dumps(good)):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=message)
+
+    batches = stack.drain(worker)
+
+    assert batches == 1  # nothing came back for a second try
+    assert stored_order("erp", "erp-good") is not None
+    assert stored_order("erp", "erp-hostile") is None
+    assert stack.messages_waiting(stack.dlq_url) == 0

@@ -296,6 +296,22 @@ def test_each_json_line_is_an_order_on_its_physical_line():
     assert orders[0].line_numbers == (1, 1)
 
 
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        '{"notes": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"quantity": ' + "9" * 5_000 + "}",
+        '{"external_id": "ext-2", "external_id": "ext-3"}',
+    ],
+    ids=["deeply nested", "huge integer", "duplicate keys"],
+)
+def test_a_hostile_json_line_is_an_error_on_its_line_and_the_others_are_read(hostile: str):
+    orders = read(jsonl({"external_id": "ext-1"}, hostile, {"external_id": "ext-4"}), "o.jsonl")
+
+    assert errors_of(orders) == [(2, None, "malformed_json")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-4"]
+
+
 def test_a_line_that_is_not_a_json_object_is_an_error_on_its_line():
     orders = read(jsonl({"external_id": "ext-1"}, '{"external_id": "ext-2", ', "[1, 2]", {"x": 1}), "o.ndjson")
 

@@ -220,3 +220,23 @@ def test_only_plain_ascii_decimal_strings_are_amounts(amount):
 
 def test_a_negative_zero_is_written_as_zero():
     assert Money.of("-0.001", "USD").model_dump(mode="json")["amount"] == "0.00"
+
+
+@pytest.mark.parametrize(
+    "amount", [Decimal("1e15"), Decimal("-1e15"), 10**15, Decimal("1e40"), Decimal("999999999999999.995")]
+)
+def test_a_computed_amount_at_or_above_10_to_the_15_is_the_orders_error_not_a_bug(amount):
+    from core.errors import InvalidRequest
+    from core.money import AmountTooLarge
+
+    with pytest.raises(AmountTooLarge) as raised:
+        Money.of(amount, "USD")
+
+    assert isinstance(raised.value, InvalidRequest) and raised.value.code == "amount_too_large"
+
+
+def test_a_line_total_that_reaches_10_to_the_15_raises_amount_too_large():
+    from core.money import AmountTooLarge
+
+    with pytest.raises(AmountTooLarge):
+        Money.of("999999999999999.00", "USD").times(2)

@@ -60,8 +60,8 @@ def test_percent_code_discounts_every_line_rounded_half_even():
     draft = a_draft((a_product("A", "24.99"), 1), (a_product("B", "0.25"), 1), promo_codes=["WELCOME10"])
 
     assert discounts(draft) == [
-        Discount(code="WELCOME10", amount=usd("2.50"), line_id="L1"),
-        Discount(code="WELCOME10", amount=usd("0.02"), line_id="L2"),
+        Discount(code="WELCOME10", amount=usd("2.50"), line_id="L1", exclusive=True),
+        Discount(code="WELCOME10", amount=usd("0.02"), line_id="L2", exclusive=True),
     ]
 
 
@@ -74,6 +74,32 @@ def test_fixed_code_grants_one_order_level_amount_in_the_order_currency():
 
 def test_free_shipping_code_grants_free_shipping():
     assert discounts(two_line_draft(promo_codes=["FREESHIP"])) == [Discount(code="FREESHIP", free_shipping=True)]
+
+
+def test_a_percent_code_is_exclusive_unless_its_promotion_stacks(promotions_file):
+    promotions_file(
+        {"code": "TEN", "kind": "percent", "percent": "10"},
+        {"code": "STAFF5", "kind": "percent", "percent": "5", "stacks": True},
+    )
+    granted = discounts(a_draft((a_product(price="10.00"), 1), promo_codes=["TEN", "STAFF5"]))
+
+    assert granted == [
+        Discount(code="TEN", amount=usd("1.00"), line_id="L1", exclusive=True),
+        Discount(code="STAFF5", amount=usd("0.50"), line_id="L1", exclusive=False),
+    ]
+
+
+def test_a_percent_code_the_order_does_not_qualify_for_is_not_exclusive():
+    draft = a_draft((a_product(price="99.99"), 1), promo_codes=["BIGBASKET20"])
+
+    assert [d.exclusive for d in discounts(draft)] == [False]
+
+
+def test_stacks_must_be_a_boolean(promotions_file):
+    promotions_file({"code": "TEN", "kind": "percent", "percent": "10", "stacks": "sometimes"})
+
+    with pytest.raises(DataFileError):
+        load_promotions()
 
 
 def test_several_codes_apply_together():
@@ -119,7 +145,7 @@ def test_code_below_its_minimum_subtotal_is_accepted_but_grants_nothing():
 def test_code_at_its_minimum_subtotal_applies():
     draft = a_draft((a_product(price="50.00"), 2), promo_codes=["BIGBASKET20"])
 
-    assert discounts(draft) == [Discount(code="BIGBASKET20", amount=usd("20.00"), line_id="L1")]
+    assert discounts(draft) == [Discount(code="BIGBASKET20", amount=usd("20.00"), line_id="L1", exclusive=True)]
 
 
 def test_code_with_a_minimum_in_other_currencies_only_grants_nothing_in_this_one():
@@ -157,7 +183,9 @@ def test_env_var_points_at_another_promotions_file(promotions_file):
     promotions_file({"code": "half", "kind": "percent", "percent": "50"})
 
     assert set(load_promotions()) == {"HALF"}
-    assert discounts(a_draft(promo_codes=["HALF"])) == [Discount(code="HALF", amount=usd("5.00"), line_id="L1")]
+    assert discounts(a_draft(promo_codes=["HALF"])) == [
+        Discount(code="HALF", amount=usd("5.00"), line_id="L1", exclusive=True)
+    ]
     assert discounts(a_draft(promo_codes=["WELCOME10"])) == []
 
 

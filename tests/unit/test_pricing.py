@@ -171,6 +171,107 @@ def test_promos_combine(pricing):
     assert_follows_the_contract(priced)
 
 
+def test_two_percent_off_codes_do_not_stack(pricing):
+    # 20% and 10% on 100.00 would be 30.00 off; the rule allows one of them.
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("MUG-1", 10), promo_codes=["SAVE5", "BIGBASKET20", "WELCOME10"]))
+
+    assert error.value.code == "promo_codes_do_not_stack"
+    assert [d["field"] for d in error.value.details] == ["promo_codes[1]", "promo_codes[2]"]
+
+
+def test_a_percent_off_code_whose_promotion_stacks_combines_with_another(pricing):
+    priced = price(pricing, an_order(("MUG-1", 10), promo_codes=["WELCOME10", "MEMBER5"]))
+
+    assert priced.totals.discount == usd("15.00")
+    assert priced.promo_codes == ["WELCOME10", "MEMBER5"]
+    assert_follows_the_contract(priced)
+
+
+def test_a_percent_off_code_that_grants_nothing_clashes_with_nothing(pricing):
+    # BIGBASKET20 needs 100.00: on 10.00 it is accepted, grants nothing and so cannot stack.
+    priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["BIGBASKET20", "WELCOME10"]))
+
+    assert priced.totals.discount == usd("1.00")
+
+
+class ExclusiveRule:
+    """Another plugin's code that does not stack, granted as an order-level amount."""
+
+    @hookimpl
+    def oms_discounts(self, draft):
+        if "VIP" in draft.promo_codes:
+            return [Discount(code="VIP", amount=Money.of("1.00", draft.currency), exclusive=True)]
+        return None
+
+
+def test_exclusive_codes_of_different_plugins_do_not_stack_either(pricing, plugins):
+    plugins.register(ExclusiveRule(), name="exclusive_rule")
+
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("MUG-1", 1), promo_codes=["VIP", "WELCOME10"]))
+
+    assert error.value.code == "promo_codes_do_not_stack"
+
+
+# --- The same sku on many lines -------------------------------------------------------------
+
+STICKER = a_product("STICKER-1", "0.06")
+BADGE = a_product("BADGE-1", "0.15")
+
+
+def test_splitting_a_sku_over_many_lines_cannot_round_its_tax_away(pricing):
+    # One line of ten: 0.60 x 7.25% = 0.0435 -> 0.04. Ten lines of one, each rounded on its own,
+    # would be 0.00435 -> 0.00 ten times.
+    split = price(pricing, an_order(*[("STICKER-1", 1)] * 10), STICKER)
+    whole = price(pricing, an_order(("STICKER-1", 10)), STICKER)
+
+    assert split.totals == whole.totals
+    assert split.totals.tax == usd("0.04")
+    assert_follows_the_contract(split)
+
+
+def test_splitting_a_sku_over_many_lines_cannot_round_a_percent_off_up(pricing):
+    # 10% of 1.50 is 0.15; of 0.15 ten times it would be 0.015 -> 0.02, ten times: 0.20.
+    split = price(pricing, an_order(*[("BADGE-1", 1)] * 10, promo_codes=["WELCOME10"]), BADGE)
+    whole = price(pricing, an_order(("BADGE-1", 10), promo_codes=["WELCOME10"]), BADGE)
+
+    assert split.totals == whole.totals
+    assert split.totals.discount == usd("0.15")
+    assert_follows_the_contract(split)
+
+
+def test_lines_of_one_sku_keep_their_ids_and_quantities_and_share_its_amounts(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1), ("TEE-1", 2), ("MUG-1", 3), promo_codes=["WELCOME10"]))
+
+    assert [(line.line_id, line.sku, line.quantity) for line in priced.lines] == [
+        ("L1", "MUG-1", 1),
+        ("L2", "TEE-1", 2),
+        ("L3", "MUG-1", 3),
+    ]
+    mugs = [priced.lines[0], priced.lines[2]]
+    # 40.00 of mugs: 4.00 off and 36.00 x 7.25% = 2.61 tax, shared 1:3.
+    assert [line.discount for line in mugs] == [usd("1.00"), usd("3.00")]
+    assert sum((line.tax for line in mugs), usd("0")) == usd("2.61")
+    assert_follows_the_contract(priced)
+
+
+class TieredPrice:
+    """A unit price that drops at ten units."""
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self, product, quantity, currency, channel, customer):
+        return Money.of("1.00" if quantity >= 10 else "2.00", currency)
+
+
+def test_a_unit_price_plugin_is_asked_once_for_the_sku_with_its_whole_quantity(pricing, plugins):
+    plugins.register(TieredPrice(), name="tiered_price")
+
+    priced = price(pricing, an_order(("MUG-1", 4), ("MUG-1", 6)))
+
+    assert [line.unit_price for line in priced.lines] == [usd("1.00"), usd("1.00")]
+
+
 def test_unknown_promo_code_is_rejected_naming_its_position(pricing):
     with pytest.raises(InvalidRequest) as error:
         price(pricing, an_order(("MUG-1", 1), promo_codes=["SAVE5", "NOSUCHCODE"]))

@@ -1,0 +1,73 @@
+"""JSON as the OMS reads it from outside: one object, no duplicate keys, bounded nesting and numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import accumulate
+from typing import Any
+
+from core.card_numbers import contains_card_number
+
+MAX_DEPTH = 64
+# Far beyond any count or id the OMS takes; Python refuses past 4,300 digits with a bare ValueError.
+MAX_INTEGER_DIGITS = 100
+
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+class StrictJsonError(ValueError):
+    """A text that is JSON the OMS refuses (or not JSON at all). The message is a predicate that
+    follows its subject ("the request body " + message), and safe to show the sender."""
+
+
+def _too_deep(text: str) -> bool:
+    # Brackets inside strings do not nest: drop the strings first, then everything but brackets.
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    return len(brackets) > MAX_DEPTH and max(accumulate(map(_NESTING.__getitem__, brackets))) > MAX_DEPTH
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            # Named, unless the key itself looks like card data (never echoed).
+            name = "a key" if contains_card_number(key) else f"the key {key[:40]!r}"
+            raise StrictJsonError(f"has {name} twice in one object")
+        document[key] = value
+    return document
+
+
+def _integer(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise StrictJsonError(f"has a number of more than {MAX_INTEGER_DIGITS} digits")
+    return int(digits)
+
+
+def _constant(name: str) -> Any:
+    raise StrictJsonError(f"has {name}, which is not JSON")
+
+
+def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
+    """Parse `text`, refusing duplicate keys, nesting deeper than MAX_DEPTH, integers longer than
+    MAX_INTEGER_DIGITS, NaN and Infinity (Python reads them; JSON has none) and, unless told
+    otherwise, a top level that is not an object. Raises StrictJsonError, whose message is safe to
+    show the sender."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StrictJsonError("is not UTF-8 encoded JSON") from None
+    if _too_deep(text):
+        raise StrictJsonError(f"nests objects and arrays deeper than {MAX_DEPTH} levels")
+    try:
+        document = json.loads(text, object_pairs_hook=_object, parse_int=_integer, parse_constant=_constant)
+    except StrictJsonError:
+        raise
+    except (ValueError, RecursionError):
+        raise StrictJsonError("is not valid JSON") from None
+    if top_level_object and not isinstance(document, dict):
+        raise StrictJsonError("is not a JSON object")
+    return document
