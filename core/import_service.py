@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.card_numbers import card_number_fields
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
-from core.imports import FileOrders, ImportFileError, LineError, line_of_field
+from core.imports import MAX_JSON_DEPTH, FileOrders, ImportFileError, LineError, line_of_field, nested_deeper_than
 from core.models import PlaceOrder, utc_now
 from core.services import CaptureService, OrderQueries
 
@@ -398,6 +398,13 @@ class OrderImporter:
             document = json.loads(body)
         except ValueError:
             return failed("malformed_json", "the message is not a JSON order", None)
+        except RecursionError:
+            document = None  # deeper than the parser goes: far deeper than MAX_JSON_DEPTH
+        if document is None or nested_deeper_than(document):
+            # Refused before the recursive checks below could overflow the stack: a poison message.
+            return failed(
+                "too_deeply_nested", f"the order nests arrays or objects more than {MAX_JSON_DEPTH} deep", None
+            )
         if not isinstance(document, dict):
             return failed("malformed_json", "the message is not a JSON object", None)
         external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_MESSAGE_CHARS = 500  # an error's message, as the import report keeps it
+# An order nests 3 deep (body, lines, line). A deeper document is refused before anything walks it
+# recursively (card-number checks, validation, the JSON encoder), which would overflow the stack.
+MAX_JSON_DEPTH = 32
 
 _LINE_FIELD = re.compile(r"^lines\[(\d+)\]")
 
@@ -89,3 +92,18 @@ def line_of_field(field_path: str, order_line: int, line_numbers: tuple[int, ...
         if 0 <= index < len(line_numbers):
             return line_numbers[index]
     return order_line
+
+
+def nested_deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON document's arrays and objects nest more than `limit` deep. Without
+    recursion, so that any depth the JSON parser accepted is measured safely."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -20,16 +20,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.imports import FileOrder, FileOrders, ImportFileError, LineError
+from core.imports import MAX_JSON_DEPTH, FileOrder, FileOrders, ImportFileError, LineError, nested_deeper_than
 
 MAX_LINE_BYTES = 1024 * 1024  # one physical line; a longer one is reported and skipped
 # One CSV cell (a quoted cell may span lines): the csv module's own limit, 128 KiB unless a
 # process changed it. Read, never set: the limit is global to the process.
 MAX_FIELD_CHARS = csv.field_size_limit()
 MAX_LINES_PER_ORDER = 100  # PlaceOrder.lines accepts at most 100
-# An order nests 3 deep (body, lines, line); deeper lines are refused on their line before anything
-# walks them recursively (card-number checks, validation, the queue's JSON encoder).
-MAX_JSON_DEPTH = 32
 
 CSV = "csv"
 JSONL = "jsonl"
@@ -279,7 +276,7 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
             continue
         except RecursionError:
             body = None  # deeper than the parser goes: far deeper than MAX_JSON_DEPTH
-        if body is None or _deeper_than(body, MAX_JSON_DEPTH):
+        if body is None or nested_deeper_than(body):
             message = f"the line nests arrays or objects more than {MAX_JSON_DEPTH} deep"
             yield FileOrder(line.number, None, error=LineError(line.number, None, "too_deeply_nested", message))
             continue
@@ -295,21 +292,6 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
         lines_in_body = body.get("lines")
         count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
         yield FileOrder(line.number, external_id, body, (line.number,) * count)
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether arrays and objects nest more than `limit` deep; without recursion, so that any
-    depth the JSON parser accepted is measured safely."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def _unreadable(line: PhysicalLine, external_id: str | None) -> FileOrder:

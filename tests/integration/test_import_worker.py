@@ -3,6 +3,7 @@ once on their import, partial batch failures, and a poison message parked in the
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any
@@ -483,3 +484,21 @@ def test_a_signed_line_redriven_by_another_sender_still_counts_on_its_import(sta
     assert (after["status"], after["imported"], after["duplicates"], after["failed"]) == ("completed", 1, 0, 0)
     order = stored_order("market", "ext-1")
     assert order is not None and container().orders.history(order.id)[0].actor == f"{import_id}:2"
+
+
+def test_a_deeply_nested_message_is_refused_on_its_own_never_a_poison_message(stack: ImportAws):
+    # Past the parser's limit json.loads raised RecursionError; a few hundred levels overflowed the
+    # card-number check's recursion: either way the message failed five times into the DLQ.
+    good = order_body(channel="erp", external_id="erp-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    bomb = '{"channel": "erp", "external_id": "erp-2", "lines": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    deep = order_body(channel="erp", external_id="erp-3", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    deep["metadata"] = functools.reduce(lambda inner, _: [inner], range(600), "x")
+    for body in (bomb, json.dumps(deep), json.dumps(good)):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
+
+    batches = stack.drain(worker)
+
+    assert batches == 1  # nothing came back for a second try
+    assert stack.messages_waiting(stack.dlq_url) == 0
+    assert stored_order("erp", "erp-1") is not None
+    assert stored_order("erp", "erp-2") is None and stored_order("erp", "erp-3") is None
