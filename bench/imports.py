@@ -265,7 +265,10 @@ def split_only(path: str) -> None:
         total = 0
 
         def begin(self, *args: Any) -> ImportState:
-            return ImportState(ImportStatus.RUNNING, False)
+            return ImportState(ImportStatus.RUNNING, False, signing_key="bench")
+
+        def signing_key(self, *args: Any) -> str | None:
+            return "bench"
 
         def restart(self, *args: Any) -> None: ...
         def fail(self, *args: Any) -> None:

@@ -10,11 +10,14 @@ never counts twice, and an import completes when its counts reach its total.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -100,6 +103,9 @@ class ImportState:
     status: ImportStatus
     total_final: bool
     failure_code: str | None = None
+    # The import's own secret: the splitter signs each queued line with it (see origin_signature).
+    # None only for an import created before lines were signed.
+    signing_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,23 @@ class OrderOrigin:
     line: int
     line_numbers: tuple[int, ...] = ()
     format: str | None = None
+    signature: str | None = None  # origin_signature(the import's key, this origin, the body)
+
+
+def origin_signature(key: str, origin: OrderOrigin, body: str) -> str:
+    """HMAC-SHA256 of everything a queued line says about its import (id, line, line numbers,
+    format) and of its body, keyed by the import's own secret: a message that claims an import
+    counts on it only if the splitter made it, whoever sends it (a redrive sends it again)."""
+    # Line numbers as the queue carries them: none when they all are the order's first line.
+    numbers = "" if set(origin.line_numbers) <= {origin.line} else ",".join(map(str, origin.line_numbers))
+    fields = (
+        origin.import_id,
+        str(origin.line),
+        numbers,
+        origin.format or "",
+        hashlib.sha256(body.encode()).hexdigest(),
+    )
+    return hmac.new(key.encode(), "\x1f".join(fields).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -141,6 +164,11 @@ class ImportLedger(ABC):
     def finish_reading(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
         """The whole file was read: `total` is final. Completes the import if every order is
         already recorded."""
+
+    @abstractmethod
+    def signing_key(self, import_id: str) -> str | None:
+        """The key the import's lines are signed with (ImportState.signing_key); None when the
+        import does not exist or predates signing."""
 
     @abstractmethod
     def is_recorded(self, import_id: str, line: int) -> bool:
@@ -203,7 +231,7 @@ class ImportSplitter:
         if state.status is ImportStatus.FAILED:
             self._ledger.restart(source.import_id, self._clock())
         try:
-            self._split(source, open_orders)
+            self._split(source, open_orders, state.signing_key)
         except Exception as error:
             # Reported on the import now; the raise lets Lambda retry the event, which resumes it.
             self._ledger.fail(
@@ -216,7 +244,7 @@ class ImportSplitter:
             raise
         return True
 
-    def _split(self, source: ImportSource, open_orders: Callable[[], FileOrders]) -> None:
+    def _split(self, source: ImportSource, open_orders: Callable[[], FileOrders], key: str | None) -> None:
         try:
             orders = open_orders()
         except ImportFileError as error:
@@ -235,6 +263,8 @@ class ImportSplitter:
                     self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
                 else:
                     origin = OrderOrigin(source.import_id, order.line, order.line_numbers, orders.format)
+                    if key is not None:  # None: an import begun before signing, resumed
+                        origin = replace(origin, signature=origin_signature(key, origin, body))
                     self._queue.send(QueuedOrder(body, origin))
             if total % PROGRESS_EVERY == 0:
                 self._ledger.progress(source.import_id, orders.format, total, self._clock())
@@ -248,11 +278,11 @@ class QueueSenders:
 
     SQS records each message's sender (SenderId): an IAM user's unique id, or a role's unique id
     and session name ("AROA…:function-name"). The import splitter's messages carry import lines
-    for any channel (whoever uploaded the file was authorized by the bucket). A sender given `*`
-    is trusted the same way: an operator who redrives the dead-letter queue sends its messages
-    again as themselves. Any other sender places orders only for the channels it is given, and its
-    messages never write on an import, whatever attributes they carry. The queue's policy decides
-    who may send at all."""
+    for any channel (whoever uploaded the file was authorized by the bucket); a sender given `*`
+    may place orders for any channel too. Any other sender places orders only for the channels it
+    is given. Whether a message writes on an import is the import's signature's to say (see
+    OrderImporter); these senders decide it only for an import begun before lines were signed.
+    The queue's policy decides who may send at all."""
 
     ANY_CHANNEL = "*"
 
@@ -318,11 +348,12 @@ class OrderImporter:
         # None: every sender is trusted, for callers that are the splitter's side themselves (tests,
         # tools). The import worker always passes the deployment's senders.
         self._senders = senders
+        self._keys: dict[str, str] = {}  # signing keys of imports seen, oldest first
+        self._keys_lock = threading.Lock()  # the worker may import in threads
 
     def import_order(self, body: str, origin: OrderOrigin | None, sender: str) -> ImportResult:
-        if origin is not None and self._senders is not None and not self._senders.writes_imports(sender):
-            # Only the splitter (or a sender trusted like it) writes on imports.
-            logger.warning("import attributes from a sender not trusted with imports", extra={"sender": sender})
+        if origin is not None and not self._made_by_the_splitter(origin, body, sender):
+            logger.warning("import attributes the splitter did not make", extra={"sender": sender})
             origin = None
         if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
             return ImportResult(None)
@@ -337,6 +368,29 @@ class OrderImporter:
         ):
             logger.info("import line already recorded", extra={"import_id": origin.import_id, "line": origin.line})
         return result
+
+    def _made_by_the_splitter(self, origin: OrderOrigin, body: str, sender: str) -> bool:
+        """A line counts on its import only with the import's signature over it: the sender of a
+        message is only its last hop (an operator's redrive sends anything in the DLQ again, and
+        anyone the account lets write to the DLQ could have put it there). Only an import begun
+        before lines were signed falls back to trusting the sender."""
+        key = self._signing_key(origin.import_id)
+        if key is None:
+            return self._senders is None or self._senders.writes_imports(sender)
+        expected = origin_signature(key, replace(origin, signature=None), body)
+        return origin.signature is not None and hmac.compare_digest(origin.signature, expected)
+
+    def _signing_key(self, import_id: str) -> str | None:
+        with self._keys_lock:
+            if import_id in self._keys:
+                return self._keys[import_id]
+        key = self._ledger.signing_key(import_id)
+        if key is not None:  # an import's key never changes; a missing one may appear (a new import)
+            with self._keys_lock:
+                if len(self._keys) >= 1024:
+                    self._keys.pop(next(iter(self._keys)))
+                self._keys[import_id] = key
+        return key
 
     def _place(self, body: str, origin: OrderOrigin | None, actor: str, sender: str) -> ImportResult:
         line = origin.line if origin is not None else 0
@@ -368,7 +422,8 @@ class OrderImporter:
                 "external_id is required: channel + external_id identify each imported order",
                 None,
             )
-        if self._senders is not None and not self._senders.may_place(sender, command.channel):
+        # A signed line may be for any channel: whoever uploaded the file was authorized by the bucket.
+        if origin is None and self._senders is not None and not self._senders.may_place(sender, command.channel):
             who = QueueSenders.principal(sender) or "unknown"
             return failed(
                 "forbidden",

@@ -4,6 +4,7 @@ markers in the Idempotency table, and the import queue (SQS SendMessageBatch).""
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -104,6 +105,7 @@ class DynamoImportLedger(ImportLedger):
             "failed": {"N": "0"},
             "created_at": {"S": now},
             "updated_at": {"S": now},
+            "signing_key": {"S": secrets.token_hex(32)},
         }
         try:
             self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
@@ -122,6 +124,7 @@ class DynamoImportLedger(ImportLedger):
             status=ImportStatus(values["status"]),
             total_final=bool(values.get("total_final")),
             failure_code=values.get("error_code"),
+            signing_key=values.get("signing_key"),
         )
 
     def restart(self, import_id: str, at: datetime) -> None:
@@ -183,6 +186,13 @@ class DynamoImportLedger(ImportLedger):
         self._complete_if_done(import_id, from_item(response["Attributes"]), at)
 
     # --- The worker's side --------------------------------------------------------------------
+    def signing_key(self, import_id: str) -> str | None:
+        # Consistent: the splitter may queue a line right after creating its import.
+        item = self._client.get_item(
+            TableName=self._table, Key=_import_key(import_id), ProjectionExpression="signing_key", ConsistentRead=True
+        ).get("Item")
+        return item["signing_key"]["S"] if item and "signing_key" in item else None
+
     def is_recorded(self, import_id: str, line: int) -> bool:
         response = self._client.get_item(
             TableName=self._markers,
@@ -369,6 +379,8 @@ def origin_attributes(origin: OrderOrigin) -> dict[str, dict[str, str]]:
     }
     if origin.format:
         attributes["format"] = {"DataType": "String", "StringValue": origin.format}
+    if origin.signature:
+        attributes["signature"] = {"DataType": "String", "StringValue": origin.signature}
     if origin.line_numbers and set(origin.line_numbers) != {origin.line}:
         attributes["line_numbers"] = {
             "DataType": "String",
@@ -393,7 +405,13 @@ def origin_from(attributes: dict[str, Any]) -> OrderOrigin | None:
         return None
     numbers = text("line_numbers")
     line_numbers = tuple(int(n) for n in numbers.split(",") if n.isdigit()) if numbers else ()
-    return OrderOrigin(import_id=import_id, line=int(line), line_numbers=line_numbers, format=text("format"))
+    return OrderOrigin(
+        import_id=import_id,
+        line=int(line),
+        line_numbers=line_numbers,
+        format=text("format"),
+        signature=text("signature"),
+    )
 
 
 def _entry_bytes(entry: dict[str, Any]) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,7 @@ _PLACEMENT = {
 _FIELD_TO_COLUMN = {".".join(path): column for column, path in _PLACEMENT.items()}
 _WHOLE_NUMBER = re.compile(r"^\+?[0-9]{1,9}$")
 _LINE_FIELD = re.compile(r"^lines\[(\d+)\](?:\.(\w+))?")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 # --- Physical lines ----------------------------------------------------------------------------
@@ -95,8 +97,9 @@ class PhysicalLine:
 
 
 def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[PhysicalLine]:
-    """Lines split on "\\n" (a "\\r\\n" ending stays on its line for the CSV parser), numbered
-    from 1, decoded as UTF-8 one at a time. A leading byte order mark is dropped."""
+    """Lines split on "\\n", "\\r\\n" or a bare "\\r" (old Mac and some spreadsheet exports end
+    lines so; each ending stays on its line for the CSV parser), numbered from 1, decoded as UTF-8
+    one at a time. A leading byte order mark is dropped."""
     pending = bytearray()
     number = 0
     skipping = False  # inside a line already reported as too long
@@ -114,11 +117,20 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
             first = False
         return PhysicalLine(number, text)
 
-    for chunk in chunks:
-        pending += chunk
+    def line_end(start: int, last_chunk: bool) -> int:
+        """The index just past the next line ending at or after `start`, or -1 for none yet."""
+        match = _LINE_END.search(pending, start)
+        if match is None:
+            return -1
+        if match.group() == b"\r" and match.end() == len(pending) and not last_chunk:
+            return -1  # the "\n" of a "\r\n" may start the next chunk
+        return match.end()
+
+    def lines(last_chunk: bool) -> Iterator[PhysicalLine]:
+        nonlocal number, skipping, first
         start = 0
         while True:
-            end = pending.find(b"\n", start)
+            end = line_end(start, last_chunk)
             if end < 0:
                 break
             if skipping:
@@ -126,11 +138,11 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
             else:
                 number += 1
                 yield (
-                    decoded(bytes(pending[start : end + 1]))
-                    if end + 1 - start <= max_bytes
+                    decoded(bytes(pending[start:end]))
+                    if end - start <= max_bytes
                     else PhysicalLine(number, None, "line_too_long")
                 )
-            start = end + 1
+            start = end
         del pending[:start]
         if len(pending) > max_bytes:
             if not skipping:
@@ -138,10 +150,16 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
                 first = False
                 yield PhysicalLine(number, None, "line_too_long")
                 skipping = True
-            pending.clear()
+            # A "\r" last may be half of the "\r\n" that ends the skipped line: it stays.
+            del pending[: len(pending) - 1 if pending.endswith(b"\r") else len(pending)]
+
+    for chunk in chunks:
+        pending += chunk
+        yield from lines(last_chunk=False)
+    yield from lines(last_chunk=True)
     if pending and not skipping:
         number += 1
-        yield decoded(bytes(pending)) if len(pending) <= max_bytes else PhysicalLine(number, None, "line_too_long")
+        yield decoded(bytes(pending))
 
 
 _UNREADABLE_MESSAGES = {
@@ -286,21 +304,32 @@ class _Unreadable(Exception):
 
 
 class _Feed:
-    """The text lines the csv module parses, counting physical lines as it hands them over."""
+    """The text lines the csv module parses. It keeps the lines of the record being parsed, so
+    that a record found broken can be reported on its first line and the lines after that one
+    parsed again (at most one record's lines are held: a cell stops at MAX_FIELD_CHARS)."""
 
     def __init__(self, lines: Iterator[PhysicalLine]):
         self._lines = lines
-        self.consumed = 0
+        self._replay: deque[PhysicalLine] = deque()
+        self.record: list[PhysicalLine] = []
 
     def __iter__(self) -> _Feed:
         return self
 
     def __next__(self) -> str:
-        line = next(self._lines)
-        self.consumed = line.number
+        line = self._replay.popleft() if self._replay else next(self._lines)
+        self.record.append(line)
         if line.text is None:
             raise _Unreadable(line)
         return line.text
+
+    def begin_record(self) -> None:
+        self.record = []
+
+    def reread_after_first(self) -> None:
+        """Parse again every line of the current record but its first."""
+        self._replay.extendleft(reversed(self.record[1:]))
+        self.record = self.record[:1]
 
 
 @dataclass
@@ -308,41 +337,72 @@ class _Row:
     line: int
     cells: list[str] | None = None  # None: the row could not be parsed (see error)
     error: LineError | None = None
+    lines: int = 1  # physical lines the record spans (a quoted cell may hold line breaks)
 
 
 def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
-    """Parsed records with the physical line each starts on. Blank lines are skipped; a record
-    the csv module refuses (a cell over MAX_FIELD_CHARS, an unreadable line) becomes an error row
-    and parsing goes on with a fresh parser at the next line."""
+    """Parsed records with the physical line each starts on. Blank lines are skipped. A record
+    that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
+    or it spans lines and has not the header's number of cells: a quote never closed) becomes an
+    error on its first line, and the lines after that one are parsed again with a fresh parser, so
+    that one bad line costs only its own row."""
     feed = _Feed(lines)
+    width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, strict=False)
     while True:
-        start = feed.consumed + 1
+        feed.begin_record()
         try:
             cells = next(reader)
         except StopIteration:
             return
         except _Unreadable as unreadable:
-            row_error = _unreadable(unreadable.line, None).error
-            yield _Row(unreadable.line.number, error=row_error)
+            if len(feed.record) == 1:
+                yield _Row(unreadable.line.number, error=_unreadable(unreadable.line, None).error)
+                reader = csv.reader(feed, strict=False)
+                continue
+            start = feed.record[0].number
+            message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
+            yield _Row(start, error=LineError(start, None, "malformed_row", message))
+            feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
         except csv.Error as error:
+            start = feed.record[0].number
             message = str(error)
             code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
             if code == "field_too_large":
                 message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
             yield _Row(start, error=LineError(start, None, code, message))
+            feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
+        start, spanned = feed.record[0].number, len(feed.record)
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, or a row of empty cells as spreadsheets export them
-        yield _Row(start, cells=cells)
+        if width is None:
+            width = len(cells)
+        elif spanned > 1 and len(cells) != width:
+            message = (
+                f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
+                f"{spanned} lines where the header has {width}); the lines after it are read as rows"
+            )
+            yield _Row(start, error=LineError(start, None, "unclosed_quote", message))
+            feed.reread_after_first()
+            reader = csv.reader(feed, strict=False)
+            continue
+        yield _Row(start, cells=cells, lines=spanned)
 
 
 def _header(row: _Row) -> list[str]:
     if row.cells is None:
         raise ImportFileError("invalid_header", f"the CSV header on line {row.line} cannot be read")
+    if row.lines > 1:
+        # Every row after it would be read against a header that swallowed them: nothing to recover.
+        raise ImportFileError(
+            "invalid_header",
+            f"the CSV header on line {row.line} opens a quote that is not closed on its line "
+            f"(it runs on to line {row.line + row.lines - 1})",
+        )
     names = [cell.strip().lower() for cell in row.cells]
     unknown = [name for name in names if name not in COLUMNS]
     repeated = sorted({name for name in names if names.count(name) > 1})

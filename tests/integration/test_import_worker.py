@@ -3,6 +3,7 @@ once on their import, partial batch failures, and a poison message parked in the
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any
@@ -229,7 +230,7 @@ def test_a_direct_order_without_an_external_id_is_refused_so_a_redelivery_cannot
 def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     from moto.sqs.models import DEFAULT_SENDER_ID
 
-    from core.import_service import OrderOrigin
+    from functions.adapters.imports import origin_from
     from functions.import_worker.app import container
     from infra.local import moto_lock
 
@@ -238,17 +239,18 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     rows = [csv_row(f"ext-{i:02d}", "NOPE" if i % 4 == 0 else "TSHIRT") for i in range(40)]
     import_id = split(stack, "incoming/orders.csv", csv_file(*rows))
     messages = [m for _ in range(6) for m in stack.peek()]
-    bodies = {int(m["MessageAttributes"]["line"]["StringValue"]): m["Body"] for m in messages}
+    bodies = {int(m["MessageAttributes"]["line"]["StringValue"]): m for m in messages}
     while len(bodies) < 40:
         for m in stack.peek():
-            bodies[int(m["MessageAttributes"]["line"]["StringValue"])] = m["Body"]
+            bodies[int(m["MessageAttributes"]["line"]["StringValue"])] = m
     importer = container().importer
     errors: list[BaseException] = []
 
     def work(lines: list[int]) -> None:
         try:
             for line in lines:  # every line twice across the threads: a duplicate delivery each
-                importer.import_order(bodies[line], OrderOrigin(import_id, line, format="csv"), sender=splitter)
+                message = bodies[line]
+                importer.import_order(message["Body"], origin_from(message["MessageAttributes"]), sender=splitter)
         except BaseException as error:
             errors.append(error)
 
@@ -409,16 +411,97 @@ def test_a_sender_that_is_not_the_splitter_cannot_write_on_an_import(stack: Impo
     }
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(forged), MessageAttributes=attributes)
     # The splitter's own message (line 2) also comes from moto's one sender, now "another system":
-    # its channel `market` is not allowed, so it is refused and nothing is recorded on the import.
+    # its signature says the splitter made it, so it counts on its import, channel `market` and all.
 
     stack.drain(worker)
 
     after = report(import_id)
-    assert (after["imported"], after["failed"], after["errors"]) == (before["imported"], before["failed"], [])
+    assert (after["imported"], after["failed"], after["errors"]) == (before["imported"] + 1, before["failed"], [])
+    assert after["status"] == "completed"  # line 99 never counted
     order = stored_order("erp", "erp-7")
     assert order is not None  # captured as a direct order of an allowed channel
     assert container().orders.history(order.id)[0].actor == f"sqs:{another_sender}"
-    assert stored_order("market", "ext-1") is None
+    assert stored_order("market", "ext-1") is not None
+
+
+# --- Signed import lines (issue 11 item 3) --------------------------------------------------------
+
+
+def test_forged_import_attributes_count_on_no_import_whoever_sends_them(stack: ImportAws):
+    """moto gives every message the splitter's SenderId: here that is the operator who redrives
+    the DLQ (trusted like the splitter), sending again what anyone could have put in it. Before
+    lines were signed, the sender's trust alone let a forged line count on the import."""
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", "NOPE")))
+    genuine = {int(m["MessageAttributes"]["line"]["StringValue"]): m for m in stack.peek()}
+    assert sorted(genuine) == [2, 3]
+    signed = {
+        name: {"DataType": v["DataType"], "StringValue": v["StringValue"]}
+        for name, v in genuine[2]["MessageAttributes"].items()
+    }
+    claim = order_body(channel="market", external_id="forged-1", lines=[{"sku": "NOPE", "quantity": 1}])
+    forgeries = [
+        ({"import_id": signed["import_id"], "line": {"DataType": "Number", "StringValue": "99"}}, claim),
+        (signed, claim),  # a real signature over another body
+        ({**signed, "line": {"DataType": "Number", "StringValue": "4"}}, json.loads(genuine[2]["Body"])),
+        ({**signed, "signature": {"DataType": "String", "StringValue": "0" * 64}}, claim),
+    ]
+    for attributes, body in forgeries:
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(body), MessageAttributes=attributes)
+
+    stack.drain(worker)
+
+    after = report(import_id)
+    assert (after["status"], after["total"], after["imported"], after["duplicates"], after["failed"]) == (
+        "completed_with_errors",
+        2,
+        1,
+        0,
+        1,
+    )
+    assert [error["line"] for error in after["errors"]] == [3]  # the splitter's own bad line only
+    assert "signing_key" not in after and "signature" not in json.dumps(after)
+
+
+def test_a_signed_line_redriven_by_another_sender_still_counts_on_its_import(stack: ImportAws, monkeypatch):
+    """Signed, a line needs no trusted sender: an operator not named in ImportQueueSenderChannels
+    who redrives the DLQ sends it again and it counts, once."""
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    (message,) = stack.peek()
+    stack.sqs.purge_queue(QueueUrl=stack.queue_url)  # as if it had been moved to the DLQ
+    monkeypatch.setenv("IMPORT_SPLITTER_ROLE_ID", "AROASPLITTERROLEID")  # moto's sender is someone else now
+    container.forget()
+    attributes = {
+        n: {"DataType": v["DataType"], "StringValue": v["StringValue"]} for n, v in message["MessageAttributes"].items()
+    }
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=message["Body"], MessageAttributes=attributes)
+
+    stack.drain(worker)
+    container.forget()
+
+    after = report(import_id)
+    assert (after["status"], after["imported"], after["duplicates"], after["failed"]) == ("completed", 1, 0, 0)
+    order = stored_order("market", "ext-1")
+    assert order is not None and container().orders.history(order.id)[0].actor == f"{import_id}:2"
+
+
+def test_a_deeply_nested_message_is_refused_on_its_own_never_a_poison_message(stack: ImportAws):
+    # Past the parser's limit json.loads raised RecursionError; a few hundred levels overflowed the
+    # card-number check's recursion: either way the message failed five times into the DLQ.
+    good = order_body(channel="erp", external_id="erp-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    bomb = '{"channel": "erp", "external_id": "erp-2", "lines": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    deep = order_body(channel="erp", external_id="erp-3", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    deep["metadata"] = functools.reduce(lambda inner, _: [inner], range(600), "x")
+    for body in (bomb, json.dumps(deep), json.dumps(good)):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
+
+    batches = stack.drain(worker)
+
+    assert batches == 1  # nothing came back for a second try
+    assert stack.messages_waiting(stack.dlq_url) == 0
+    assert stored_order("erp", "erp-1") is not None
+    assert stored_order("erp", "erp-2") is None and stored_order("erp", "erp-3") is None
 
 
 def test_an_order_whose_total_reaches_10_to_the_15_is_an_error_on_its_line_never_a_poison_message(stack: ImportAws):

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.imports import FileOrder, ImportFileError, import_id_for, line_of_field
+from core.imports import FileOrder, ImportFileError, LineError, import_id_for, line_of_field
+from core.strict_json import MAX_DEPTH
 from functions.import_splitter.readers import (
     COLUMNS,
     CSV,
@@ -42,6 +43,10 @@ def chunks(data: bytes, size: int) -> Iterator[bytes]:
 
 def errors_of(orders: list[FileOrder]) -> list[tuple[int, str | None, str]]:
     return [(o.error.line, o.error.external_id, o.error.code) for o in orders if o.error is not None]
+
+
+def error_on(orders: list[FileOrder], line: int) -> LineError:
+    return next(o.error for o in orders if o.error is not None and o.error.line == line)
 
 
 # --- CSV: rows become orders ---------------------------------------------------------------------
@@ -279,6 +284,103 @@ def test_physical_lines_keep_their_endings_and_number_a_last_line_without_one():
     assert [(line.number, line.text) for line in lines] == [(1, "a\r\n"), (2, "b\n"), (3, "\n"), (4, "c")]
 
 
+# --- CSV: one broken line costs only its own row (issue 11 item 3) ------------------------------
+
+
+def test_an_unclosed_quote_is_an_error_on_its_line_and_every_other_row_is_read():
+    # Without the reread, the open quote swallowed every row after it into one cell, silently.
+    data = csv_file(row("ext-1"), row("ext-2", customer_name='"Ada'), row("ext-3"), row("ext-4"))
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "unclosed_quote")]
+    assert [(o.line, o.external_id) for o in orders if not o.rejected] == [(2, "ext-1"), (4, "ext-3"), (5, "ext-4")]
+    assert "header has" in error_on(orders, 3).message
+
+
+def test_a_quote_closed_by_a_later_row_is_an_error_on_its_line_and_the_later_row_is_read():
+    data = csv_file(row("ext-1", customer_name='"Ada'), row("ext-2", ship_line1='"1 Main St, Apt 2"'), row("ext-3"))
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(2, None, "unclosed_quote")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2", "ext-3"]
+    assert next(o.body["shipping_address"]["line1"] for o in orders if not o.rejected) == "1 Main St, Apt 2"
+
+
+def test_an_unclosed_quote_running_past_the_cell_limit_costs_only_its_own_row():
+    after = [row(f"ext-{i}") for i in range(3, 3 + MAX_FIELD_CHARS // 100 + 50)]
+    assert len("\n".join(after)) > MAX_FIELD_CHARS  # the open quote hits the limit inside them
+
+    orders = read(csv_file(row("ext-1"), row("ext-2", customer_name='"Ada'), *after), chunk=4096)
+
+    assert errors_of(orders) == [(3, None, "field_too_large")]
+    assert len([o for o in orders if not o.rejected]) == 1 + len(after)
+
+
+def test_an_unreadable_line_inside_a_quoted_cell_fails_the_row_it_cuts_and_the_rows_after_are_read():
+    data = csv_file(row("ext-1"), row("ext-2", ship_line2='"Floor 3'), "\xff", row("ext-3"))
+    data = data.replace("\xff".encode(), b"\xff")
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "malformed_row"), (4, None, "invalid_encoding")]
+    assert "line 4" in error_on(orders, 3).message
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
+
+
+def test_a_quoted_line_break_with_the_right_cells_is_still_one_row():
+    orders = read(csv_file(row("ext-1", ship_line2='"Floor 3\nRing, twice"'), row("ext-2")))
+
+    assert errors_of(orders) == []
+    assert [(o.line, o.external_id) for o in orders] == [(2, "ext-1"), (4, "ext-2")]
+
+
+def test_a_header_with_an_unclosed_quote_fails_the_file_naming_its_line():
+    data = b"\n" + csv_file(row("ext-1")).replace(b"channel", b'"channel', 1)
+
+    with pytest.raises(ImportFileError) as failure:
+        read(data)
+
+    assert failure.value.code == "invalid_header" and "line 2" in failure.value.message
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
+def test_bare_cr_line_endings_are_line_endings(newline: str):
+    data = csv_file(row("ext-1"), row("ext-1", "MUG"), row("ext-2", ship_line2='"Floor 3\rBack"'), newline=newline)
+
+    orders = read(data)
+
+    assert errors_of(orders) == []
+    assert [(o.line, o.external_id, o.line_numbers) for o in orders] == [(2, "ext-1", (2, 3)), (4, "ext-2", (4,))]
+    assert orders[1].body["shipping_address"]["line2"] == "Floor 3\rBack"
+    assert orders[1].body["payment"]["token"] == "tok_approve"
+
+
+def test_bare_cr_endings_split_across_chunks_read_the_same():
+    data = csv_file(row("ext-1"), row("ext-1", "MUG"), "", row("ext-2"), newline="\r")
+    expected = read(data)
+
+    for size in (1, 2, 3, 7, 64):
+        assert read(data, chunk=size) == expected
+    assert [o.line for o in expected] == [2, 5]
+
+
+def test_physical_lines_end_at_a_bare_cr_and_a_crlf_split_across_chunks_is_one_ending():
+    lines = list(physical_lines([b"a\r", b"\nb\r", b"c\r", b"\r\n", b"d"]))
+
+    assert [(line.number, line.text) for line in lines] == [(1, "a\r\n"), (2, "b\r"), (3, "c\r"), (4, "\r\n"), (5, "d")]
+
+
+def test_a_line_over_the_limit_ended_by_a_crlf_split_across_chunks_is_one_line():
+    lines = list(physical_lines([b"x" * 10 + b"\r", b"\nnext\n"], max_bytes=8))
+
+    assert [(line.number, line.text, line.problem) for line in lines] == [
+        (1, None, "line_too_long"),
+        (2, "next\n", None),
+    ]
+
+
 # --- JSON Lines ----------------------------------------------------------------------------------
 
 
@@ -325,6 +427,36 @@ def test_jsonl_with_a_byte_order_mark_and_crlf():
     orders = read(data, "orders.jsonl")
 
     assert [(o.line, o.external_id) for o in orders] == [(1, "ext-1"), (2, "ext-2")]
+
+
+def test_a_deeply_nested_json_line_is_an_error_on_its_line_and_the_others_are_read():
+    # Past the parser's recursion limit, json.loads raised RecursionError and stopped the file. The
+    # limit is POST /orders' (core/strict_json.py, MAX_DEPTH), checked before parsing.
+    bomb = '{"external_id": "ext-2", "lines": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    deep = {"external_id": "ext-3", "lines": [{"sku": "A", "quantity": 1, "note": nested(MAX_DEPTH)}]}
+    shallow = {"external_id": "ext-4", "lines": [{"sku": "A", "quantity": 1, "note": nested(25)}]}
+
+    orders = read(jsonl({"external_id": "ext-1"}, bomb, deep, shallow, {"external_id": "ext-5"}), "orders.jsonl")
+
+    assert errors_of(orders) == [(2, None, "malformed_json"), (3, None, "malformed_json")]
+    assert all("deeper than" in o.error.message for o in orders if o.rejected)
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-4", "ext-5"]
+
+
+def nested(depth: int) -> object:
+    value: object = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_jsonl_with_bare_cr_line_endings_reads_every_line():
+    data = jsonl({"external_id": "ext-1"}, {"external_id": "ext-2"}).replace(b"\n", b"\r")
+    data += b'{"external_id": "ext-3"}\r{"external_id": "ext-4"}\n'
+
+    orders = read(data, "orders.jsonl")
+
+    assert [(o.line, o.external_id) for o in orders] == [(1, "ext-1"), (2, "ext-2"), (3, "ext-3"), (4, "ext-4")]
 
 
 # --- Format ---------------------------------------------------------------------------------------
