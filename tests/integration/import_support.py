@@ -196,3 +196,10 @@ def split(stack: ImportAws, key: str, data: bytes) -> str:
     import_id = stack.put_file(key, data)
     lambda_handler(stack.s3_event(key), context("ImportSplitterFunction", 900))
     return import_id
+
+
+def worker(event: dict[str, Any], context: Any) -> Any:
+    """The import worker's Lambda handler, imported when first called (after the env is set)."""
+    from functions.import_worker.app import lambda_handler
+
+    return lambda_handler(event, context)

@@ -15,7 +15,7 @@ from werkzeug.test import Client
 
 from tests.builders import csv_file, csv_row, order_body
 from tests.e2e.client import assert_error
-from tests.integration.import_support import ImportAws, create_import_resources, report, seed_catalog, split
+from tests.integration.import_support import ImportAws, create_import_resources, report, seed_catalog, split, worker
 from tests.integration.in_process import InProcessApi, in_process_api
 
 CARD = "4111111111111111"
@@ -44,12 +44,6 @@ def stack(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     imports = create_import_resources(aws, monkeypatch)
     seed_catalog()
     return imports
-
-
-def worker(event: dict[str, Any], context: Any) -> Any:
-    from functions.import_worker.app import lambda_handler
-
-    return lambda_handler(event, context)
 
 
 def test_a_card_number_as_external_id_in_a_csv_file_is_kept_nowhere_the_report_is_read(stack: ImportAws):

@@ -19,6 +19,7 @@ from tests.integration.import_support import (
     report,
     seed_catalog,
     split,
+    worker,
 )
 
 
@@ -27,12 +28,6 @@ def stack(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     imports = create_import_resources(aws, monkeypatch)
     seed_catalog()
     return imports
-
-
-def worker(event: dict[str, Any], context: Any) -> Any:
-    from functions.import_worker.app import lambda_handler
-
-    return lambda_handler(event, context)
 
 
 def stored_order(channel: str, external_id: str) -> Any:
