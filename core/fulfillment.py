@@ -10,7 +10,6 @@ from core.cancellation import Cancellation
 from core.errors import (
     Conflict,
     InvalidTransition,
-    NotFound,
     PaymentDeclined,
     PaymentGatewayUnavailable,
     PaymentRefused,
@@ -20,7 +19,7 @@ from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
-from core.order_changes import failure_recorder, modify
+from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.services import CaptureService
@@ -49,10 +48,7 @@ class OrderActions:
         self._cancellation = Cancellation(orders, catalog, inventory, payments, clock)
 
     def _order(self, order_id: str, channel: str | None) -> Order:
-        order = self._orders.get(order_id)
-        if order is None or (channel is not None and order.channel != channel):
-            raise NotFound(f"no order {order_id}")
-        return order
+        return visible(self._orders.get(order_id), order_id, channel)
 
     def _recorder(self, order_id: str, actor: str, **detail: object):
         return failure_recorder(self._orders, order_id, actor, self._clock, **detail)
@@ -161,8 +157,7 @@ class OrderActions:
         exactly as at capture. An authorized order whose total grows is authorized again for
         the new total (and the old authorization voided) before anything is stored."""
         found = self._orders.get_with_token(order_id)
-        if found is None or (channel is not None and found[0].channel != channel):
-            raise NotFound(f"no order {order_id}")
+        visible(found[0] if found else None, order_id, channel)
         order, token = found
         if order.version != expected_version:
             raise StaleVersion(

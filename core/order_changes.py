@@ -17,6 +17,14 @@ ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another re
 Decide = Callable[[Order], Change | None]
 
 
+def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
+    """`order` as a caller bound to `channel` (None: any) may see it. Another channel's order
+    answers exactly like a missing one (NotFound), so ids cannot be probed."""
+    if order is None or (channel is not None and order.channel != channel):
+        raise NotFound(f"no order {order_id}")
+    return order
+
+
 def modify(
     orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS
 ) -> Order:
@@ -26,9 +34,7 @@ def modify(
     (what the write records) or after it. Returns the order as stored (as read when `decide` said
     None). Another channel's order is NotFound; StaleVersion after `attempts` lost races."""
     for _ in range(attempts):
-        order = orders.get(order_id)
-        if order is None or (channel is not None and order.channel != channel):
-            raise NotFound(f"no order {order_id}")
+        order = visible(orders.get(order_id), order_id, channel)
         change = decide(order)
         if change is None:
             return order

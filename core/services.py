@@ -26,6 +26,7 @@ from core.models import (
     utc_now,
 )
 from core.money import Money
+from core.order_changes import visible
 from core.ports import (
     ApiKeyRepository,
     ApiStage,
@@ -237,16 +238,11 @@ class OrderQueries:
         self._orders = orders
 
     def get(self, order_id: str, channel: str | None = None) -> Order:
-        order = self._orders.get(order_id)
-        # Another channel's order answers exactly like a missing one, so ids cannot be probed.
-        if order is None or (channel is not None and order.channel != channel):
-            raise NotFound(f"no order {order_id}")
-        return order
+        return visible(self._orders.get(order_id), order_id, channel)
 
     def history(self, order_id: str, channel: str | None = None) -> list[HistoryEntry]:
         found = self._orders.history(order_id)
-        if found is None or (channel is not None and found[0].channel != channel):
-            raise NotFound(f"no order {order_id}")
+        visible(found[0] if found else None, order_id, channel)
         return found[1]
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
