@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -24,6 +25,7 @@ from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExcee
 from core.events import OrderEvent
 from core.money import Currency, Money
 from core.status import EDITABLE, OrderStatus, PaymentStatus, ShipmentStatus, can_transition, check_successor
+from core.us_addresses import code_of_zip, usps_code
 
 # ISO 3166-1 alpha-2, officially assigned codes.
 COUNTRIES = frozenset(
@@ -317,6 +319,9 @@ class Strict(BaseModel):
 
 
 class Address(Strict):
+    # What is stored is an Address, whichever input model (AddressInput) it was sent as.
+    model_config = ConfigDict(extra="forbid", revalidate_instances="subclass-instances")
+
     name: Text
     line1: Text
     line2: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), CleanText] | None = None
@@ -333,6 +338,60 @@ class Address(Strict):
         if value not in COUNTRIES:
             raise ValueError("country must be an ISO 3166-1 alpha-2 code in upper case, such as US or DE")
         return value
+
+
+class AddressInput(Address):
+    """An address as a client sends it (an order's shipping address, a location's). US sales tax
+    is levied by state, so a US address names its state for sure: its ZIP code must be one in
+    use, its region (when sent) the USPS code of the state that ZIP code is in, and a missing
+    region is taken from the ZIP code. Region and ZIP code that disagree are refused rather than
+    taxed by either. Stored addresses stay `Address`: reading one never re-judges it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "For `country` US: `postal_code` is a ZIP code (12345 or 12345-6789) and `region` the "
+            "USPS code of its state or territory (CA, NY, PR, AE...; `ca` and `US-CA` are read as CA); a missing "
+            "`region` is filled in from the ZIP code, a region the ZIP code is not in is 422."
+        }
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judged_again(cls, data: Any) -> Any:
+        # A stored address re-priced (an edit that keeps it) is held to the same rule as a new one.
+        return data.model_dump() if isinstance(data, Address) and not isinstance(data, cls) else data
+
+    @model_validator(mode="after")
+    def _us_state_is_certain(self) -> AddressInput:
+        if self.country != "US":
+            return self
+        zip_state = code_of_zip(self.postal_code)
+        if zip_state is None:
+            raise _address_error(
+                "postal_code",
+                self.postal_code,
+                "a US postal_code must be a ZIP code in use, such as 94105 or 94105-1234",
+            )
+        if self.region is None or self.region == "":
+            self.region = zip_state
+            return self
+        region = usps_code(self.region)
+        if region is None:
+            raise _address_error(
+                "region", self.region, "a US region must be a USPS state or territory code, such as CA"
+            )
+        if region != zip_state:
+            raise _address_error("region", self.region, f"ZIP code {self.postal_code} is in {zip_state}, not {region}")
+        self.region = region
+        return self
+
+
+def _address_error(field: str, value: str, message: str) -> ValidationError:
+    # Raised from the model's own validator, the error would name the whole address; built this
+    # way it names the field (shipping_address.region), in the API and on an import's line alike.
+    return ValidationError.from_exception_data(
+        "AddressInput", [{"type": "value_error", "loc": (field,), "input": value, "ctx": {"error": message}}]
+    )
 
 
 # --- Catalog and network -------------------------------------------------------------------
@@ -383,7 +442,7 @@ class Product(ProductInput):
 class LocationInput(Strict):
     name: Text
     type: Literal["warehouse", "store"]
-    address: Address
+    address: AddressInput
     latitude: Latitude
     longitude: Longitude
     ships: Annotated[bool, Field(strict=True)] = True
@@ -391,6 +450,7 @@ class LocationInput(Strict):
 
 
 class Location(LocationInput):
+    address: Address
     location_id: Identifier
     updated_at: datetime
 
@@ -489,7 +549,7 @@ class PlaceOrder(Strict):
             "many lines cannot change a total by rounding.",
         ),
     ]
-    shipping_address: Address
+    shipping_address: AddressInput
     fulfillment: Fulfillment = Field(default_factory=Fulfillment)
     shipping_method: ShippingMethod | None = None
     promo_codes: Annotated[
@@ -994,7 +1054,7 @@ class OrderEdit(Strict):
     """The body of PATCH /orders/{id}: what may change before the order is allocated."""
 
     lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)] | None = None
-    shipping_address: Address | None = None
+    shipping_address: AddressInput | None = None
     shipping_method: ShippingMethod | None = None
 
     @model_validator(mode="after")

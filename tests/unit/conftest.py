@@ -51,13 +51,17 @@ def a_product(
     )
 
 
+# A US order's ZIP code must lie in its region (core.models.AddressInput).
+ZIP_CODES = {"CA": "94105", "MT": "59601", "NY": "10001", "OR": "97201", "TX": "78701", "WA": "98101"}
+
+
 def an_address(country: str = "US", region: str | None = "CA") -> Address:
     return Address(
         name="Ada Lovelace",
         line1="1 Analytical Way",
         city="Somewhere",
         region=region,
-        postal_code="12345",
+        postal_code=ZIP_CODES.get(region or "", "12345") if country == "US" else "12345",
         country=country,
     )
 
