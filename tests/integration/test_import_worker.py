@@ -534,3 +534,29 @@ def test_a_hostile_message_is_rejected_never_retried(stack: ImportAws, body: str
     assert stored_order("erp", "erp-good") is not None
     assert stored_order("erp", "erp-hostile") is None
     assert stack.messages_waiting(stack.dlq_url) == 0
+
+
+def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_an_error_on_its_line(stack: ImportAws):
+    data = csv_file(
+        csv_row("ext-1", ship_region=""),
+        csv_row("ext-2", ship_region="XX"),
+        csv_row("ext-3", ship_region="OR"),  # Oregon has no sales tax; 94105 is in California
+        csv_row("ext-4", ship_postal_code="1"),
+    )
+    import_id = split(stack, "incoming/regions.csv", data)
+
+    stack.drain(worker)
+
+    imported = report(import_id)
+    assert (imported["imported"], imported["failed"]) == (1, 3)
+    assert [(e["line"], e["external_id"], e["code"]) for e in imported["errors"]] == [
+        (3, "ext-2", "validation_error"),
+        (4, "ext-3", "validation_error"),
+        (5, "ext-4", "validation_error"),
+    ]
+    assert [e["message"].split(":")[0] for e in imported["errors"]] == [
+        "ship_region",
+        "ship_region",
+        "ship_postal_code",
+    ]
+    assert stored_order("market", "ext-1").shipping_address.region == "CA"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.integration.test_handlers import api, event, seeded  # noqa: F401 (a fixture)
 
 
@@ -32,3 +34,40 @@ def test_a_sku_split_over_lines_keeps_the_lines_and_costs_what_one_line_would(se
 
     assert [(line["line_id"], line["quantity"]) for line in split["lines"]] == [("L1", 1), ("L2", 1), ("L3", 1)]
     assert split["totals"] == whole["totals"]
+
+
+def address(**changes: Any) -> dict[str, Any]:
+    body = json.loads(event("api_place_order.json")["body"])["shipping_address"]
+    return {key: value for key, value in {**body, **changes}.items() if value is not None}
+
+
+def test_a_us_order_without_a_region_is_taxed_for_the_state_its_zip_code_is_in(seeded):  # noqa: F811
+    status, named = place(external_id="web-named", shipping_address=address(region="CA", postal_code="94105"))
+    assert status == 201, named
+    status, unnamed = place(external_id="web-unnamed", shipping_address=address(region=None, postal_code="94105"))
+    assert status == 201, unnamed
+
+    assert unnamed["shipping_address"]["region"] == "CA"
+    assert unnamed["totals"]["tax"] == named["totals"]["tax"] != {"amount": "0.00", "currency": "USD"}
+
+
+@pytest.mark.parametrize(
+    ("region", "postal_code", "field"),
+    [
+        ("XX", "94105", "shipping_address.region"),
+        ("Calif.", "94105", "shipping_address.region"),
+        ("OR", "94105", "shipping_address.region"),  # Oregon has no sales tax; 94105 is in California
+        ("CA", "1", "shipping_address.postal_code"),
+        (None, "00000", "shipping_address.postal_code"),
+    ],
+)
+def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_422_naming_it(
+    seeded,  # noqa: F811
+    region: str | None,
+    postal_code: str,
+    field: str,
+):
+    status, body = place(external_id="web-dodge", shipping_address=address(region=region, postal_code=postal_code))
+
+    assert status == 422, body
+    assert [d["field"] for d in body["error"]["details"]] == [field]
