@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.models import Order, Page
+from core.status import OrderStatus
 
 
 class ErrorDetail(BaseModel):
@@ -26,6 +27,15 @@ class ErrorBody(BaseModel):
 
 class OrderPage(Page[Order]):
     pass
+
+
+class OrderReceipt(BaseModel):
+    """What a change to an order answers a key that may not read orders (orders:write without
+    orders:read): that the change was made and the version it made, never the order's body."""
+
+    id: str
+    status: OrderStatus
+    version: int
 
 
 _DESCRIPTIONS = {

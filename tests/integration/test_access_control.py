@@ -775,6 +775,62 @@ def test_an_order_placed_by_the_admin_names_the_admin_key(api: InProcessApi, sku
     assert history.json()["items"][0]["actor"] == "key_admin"
 
 
+# --- 7b. A key that may not read orders reads none by changing one ------------------------------------
+
+RECEIPT = {"id", "status", "version"}
+
+
+def test_a_write_only_key_that_cancels_an_order_gets_a_receipt_not_the_order_again_and_again(
+    api: InProcessApi, channel_a: str, sku: str
+):
+    writer = issue(api, "orders:write", channel=channel_a)
+    placed = api.post("/orders", json=order_body((sku, 1), channel=channel_a))  # by another key (the admin)
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+
+    answers = [api.post(f"/orders/{order['id']}/cancel", json={"reason": "changed my mind"}, key=writer["key"])]
+    answers.append(api.post(f"/orders/{order['id']}/cancel", json={"reason": "again"}, key=writer["key"]))
+
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"id": order["id"], "status": "cancelled", "version": answer.json()["version"]}
+        assert order["customer"]["email"] not in answer.text
+        assert order["shipping_address"]["line1"] not in answer.text
+    assert_error(api.get(f"/orders/{order['id']}", key=writer["key"]), 403, "forbidden")
+    # A key that may read orders gets the order, as before.
+    reader_writer = issue(api, "orders:write", "orders:read", channel=channel_a)
+    again = api.post(f"/orders/{order['id']}/cancel", json={"reason": "again"}, key=reader_writer["key"])
+    assert again.status_code == 200, again.text
+    assert again.json()["customer"] == order["customer"]
+
+
+def test_a_write_only_key_that_edits_an_order_gets_a_receipt(api: InProcessApi, channel_a: str, sku: str):
+    writer = issue(api, "orders:write", channel=channel_a)
+    order = api.post("/orders", json=order_body((sku, 1), channel=channel_a)).json()
+
+    edited = api.request(
+        "PATCH",
+        f"/orders/{order['id']}",
+        json={"lines": [{"sku": sku, "quantity": 2}]},
+        headers={"If-Match": str(order["version"])},
+        key=writer["key"],
+    )
+
+    assert edited.status_code == 200, edited.text
+    assert set(edited.json()) == RECEIPT
+    assert edited.json()["version"] == order["version"] + 1
+    assert api.get(f"/orders/{order['id']}").json()["lines"][0]["quantity"] == 2
+
+
+def test_a_write_only_key_still_gets_the_order_it_places(api: InProcessApi, channel_a: str, sku: str):
+    writer = issue(api, "orders:write", channel=channel_a)
+
+    placed = api.post("/orders", json=order_body((sku, 1), channel=channel_a), key=writer["key"])
+
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["totals"]["grand_total"]["amount"] != "0.00"
+
+
 # --- 8. Revocation behind the authorizer cache ---------------------------------------------------------
 
 

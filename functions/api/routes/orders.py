@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
-from core.access import Scope
+from core.access import Caller, Scope, allows
 from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
 from core.status import OrderStatus
@@ -19,10 +19,30 @@ from functions.api.errors import ApiError
 from functions.api.label_links import with_label_links
 from functions.api.paths import existing
 from functions.api.routes.plugins import plugins_loaded
-from functions.api.schemas import OrderPage, errors, ok
+from functions.api.schemas import OrderPage, OrderReceipt, errors, ok
 
 router = Router()
 logger = Logger(child=True)
+
+
+def seen_by(who: Caller, order: Order) -> Order | OrderReceipt:
+    """The order as `who` may see it after changing it. A key that may not read orders learns that
+    its change was made, not the order (customer, address, payment): otherwise repeating a cancel
+    or an edit would read any order of its channel. POST /orders alone answers such a key with
+    the whole order, the one it has just placed."""
+    if allows(who, Scope.ORDERS_READ):
+        return with_label_links(order)
+    return OrderReceipt(id=order.id, status=order.status, version=order.version)
+
+
+def changed(description: str) -> dict[int, dict[str, Any]]:
+    """The 200 answer of a change to an order: the order, or a receipt for a key without orders:read."""
+    return ok(
+        200,
+        Order | OrderReceipt,
+        f"{description}; a key without `orders:read` gets an OrderReceipt `{{id, status, version}}` instead",
+    )
+
 
 OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
 IdempotencyKey = Annotated[
@@ -132,11 +152,11 @@ IfMatch = Annotated[
     description="An authorized order whose total grows is authorized again for the new total first: a declined "
     "re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either way the order is unchanged "
     "and the failed attempts are in its history.",
-    responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
+    responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
-def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None) -> Order:
+def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None) -> Order | OrderReceipt:
     if if_match is None:
         raise ApiError(
             428,
@@ -146,7 +166,7 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
         )
     who = caller(router)
     version = int(if_match.removeprefix("W/").strip('"'))
-    return with_label_links(container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel))
+    return seen_by(who, container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel))
 
 
 @router.post(
@@ -156,15 +176,15 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
     "gateway refuses or cannot do now still answers 200: the order is `cancelled`, its `payment.status` stays "
     "`authorized` and the history has a `payment_void_failed` entry per attempt. Cancelling again retries the void.",
     responses={
-        **ok(200, Order, "The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
+        **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
         **errors(400, 403, 404, 409, 413, 503),
     },
     middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
-def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
+def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order | OrderReceipt:
     who = caller(router)
-    return with_label_links(container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel))
+    return seen_by(who, container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel))
 
 
 @router.post(
@@ -175,26 +195,26 @@ def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
     "with Retry-After: the shipment stays `pending`, nothing is captured or moved, each failed attempt is in the "
     "history, and repeating the call tries again with the same idempotency key. A capture whose shipment was "
     "cancelled meanwhile is refunded at once (409).",
-    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
+    responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def ship_shipment(
     order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: Annotated[ShipRequest | None, Body()] = None
-) -> Order:
+) -> Order | OrderReceipt:
     who = caller(router)
     tracking_number = request.tracking_number if request else None
     shipped = container().actions.ship(order_id, shipment_id, tracking_number, actor=who.key_id, channel=who.channel)
-    return with_label_links(shipped)
+    return seen_by(who, shipped)
 
 
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/deliver",
     summary="Confirm a shipment was delivered",
-    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 503)},
+    responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
-def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
+def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order | OrderReceipt:
     who = caller(router)
-    return with_label_links(container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel))
+    return seen_by(who, container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel))
