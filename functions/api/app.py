@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from re import Match
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -17,10 +18,22 @@ from functions.api.access import ScopeTable
 from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders, plugins
 from functions.business_metrics import emits_business_metrics
 
+
+class _Resolver(APIGatewayRestResolver):
+    """Powertools' REST resolver, handing routes the path parameters API Gateway decoded. It would
+    hand them the text its route pattern matched in the event's `path`, which a REST API passes
+    still percent-encoded: /products/MUG%3ABLUE would reach the route as "MUG%3ABLUE", and a
+    64-character name written in two-byte UTF-8 as 384 characters."""
+
+    def _convert_matches_into_route_keys(self, match: Match[str]) -> dict[str, str]:
+        decoded = self.current_event.path_parameters or {}
+        return {name: decoded.get(name, value) for name, value in match.groupdict().items()}
+
+
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
-app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=guards.parsed_body)
+app = _Resolver(enable_validation=True, json_body_deserializer=guards.parsed_body)
 errors.register(app)
 app.include_router(meta.router)
 app.include_router(catalog.router)

@@ -97,3 +97,19 @@ def test_a_key_without_the_scope_is_still_403_before_the_id_is_looked_at(api: In
     issued = api.post("/api-keys", json={"name": "catalog only", "scopes": ["catalog:write"]}).json()
 
     assert_error(api.get(f"/orders/{MALFORMED}", key=issued["key"]), 403, "forbidden")
+
+
+def test_a_percent_encoded_id_is_the_id_it_encodes(api: InProcessApi):
+    # API Gateway's REST `path` keeps the client's encoding; routes must see the decoded value
+    # (`pathParameters`), as the guards and the schema's lengths and patterns do.
+    from tests.builders import product_body
+
+    created = api.put("/products/MUG%3ABLUE", json=product_body("9.99"))
+
+    assert created.status_code == 201, created.text
+    assert created.json()["sku"] == "MUG:BLUE"
+    assert api.get("/products/MUG:BLUE").json()["sku"] == "MUG:BLUE"
+    assert api.get("/products/MUG%3aBLUE").status_code == 200
+    # 64 characters of two UTF-8 bytes each are 64 characters, not 384 of their encoding.
+    carrier = "%C3%A9" * 64
+    assert_error(api.post(f"/carriers/{carrier}/tracking", json={}), 404, "not_found")
