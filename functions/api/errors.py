@@ -80,6 +80,14 @@ def register(app: APIGatewayRestResolver) -> None:
             return error_response(404, "not_found", unknown.get("msg", "not found"))
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "the request body is not valid JSON")
+        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("header", "if-match") for e in errors):
+            # A required precondition (RFC 6585): an edit never overwrites a change its sender has not seen.
+            return error_response(
+                428,
+                "if_match_required",
+                "send If-Match with the order's version, so an edit never overwrites a change you have not seen",
+                [{"field": "If-Match", "message": "required"}],
+            )
         headers = [e for e in errors if e.get("loc", ("",))[0] == "header"]
         if headers:
             details = [{"field": str(e["loc"][-1]), "message": e.get("msg", "invalid")} for e in headers]

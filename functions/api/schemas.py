@@ -55,12 +55,22 @@ _DESCRIPTIONS = {
 }
 
 
+# What any request can be answered before its route runs: a body is checked on every route
+# (size, media type, JSON rules), whether the route reads one or not, and every caller is throttled.
+EVERY_ROUTE = (400, 413, 415, 429)
+
+
 def errors(*codes: int) -> dict[int, dict[str, Any]]:
-    """OpenAPI `responses` entries for the error codes a route can answer (plus 401/429/422)."""
-    wanted = sorted({*codes, 401, 422, 429} | ({413, 415} if 413 in codes else set()))
+    """OpenAPI `responses` entries for the error codes a route with a key can answer (plus 401, 422
+    and what every route can answer)."""
+    return error_responses(*codes, 401, 422)
+
+
+def error_responses(*codes: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI `responses` entries for `codes` and what every route can answer."""
     return {
         code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"model": ErrorBody}}}
-        for code in wanted
+        for code in sorted({*codes, *EVERY_ROUTE})
     }
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -14,10 +15,15 @@ from pydantic import BaseModel
 
 from functions.api.access import PUBLIC, requires
 from functions.api.dependencies import container
-from functions.api.schemas import ok
+from functions.api.schemas import error_responses, ok
 from functions.warm import Warm
 
 router = Router()
+
+# The routes anyone may call: the document says so (an empty `security` overrides the API's key).
+PUBLIC_OPERATION = {"security": []}
+_ETAG = {"ETag": {"description": "The page's version: send it as If-None-Match", "schema": {"type": "string"}}}
+_NOT_MODIFIED = {304: {"description": "Not modified: If-None-Match names the current ETag", "headers": _ETAG}}
 
 TITLE = "OMS API"
 VERSION = "1"
@@ -48,7 +54,9 @@ class Degraded(BaseModel):
     responses={
         **ok(200, Health, "Every plugin loaded"),
         **ok(503, Degraded, "Plugins failed to load: the routes that call plugins answer 503 plugin_unavailable"),
+        **error_responses(),
     },
+    openapi_extensions=PUBLIC_OPERATION,
 )
 @requires(PUBLIC)
 # No return annotation: the body is one of two shapes, each documented above.
@@ -131,17 +139,76 @@ def _document(base: str) -> _Page:
         security_schemes={"apiKey": HTTPBearer(description="Authorization: Bearer <API key>")},
         security=[{"apiKey": []}],
     )
-    return _page(body, content_types.APPLICATION_JSON)
+    return _page(json.dumps(_as_served(json.loads(body))), content_types.APPLICATION_JSON)
 
 
-@router.get("/openapi.json", summary="This OpenAPI document", include_in_schema=False)
+def _as_served(document: dict[str, Any]) -> dict[str, Any]:
+    """What the generator cannot say by itself, said as the API behaves:
+    - a request body is a JSON object or absent: `null` is 400 like any other non-object, so an
+      optional body is not `anyOf [X, null]`;
+    - validation errors are answered in the contract's error shape (errors.py), never powertools'
+      HTTPValidationError, and an operation with no parameter and no body has none to answer;
+    - a 304 has no body."""
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+        choices = body.get("schema", {}).get("anyOf")
+        if choices and {"type": "null"} in choices:
+            rest = [choice for choice in choices if choice != {"type": "null"}]
+            body["schema"] = rest[0] if len(rest) == 1 else {"anyOf": rest}
+        responses = operation["responses"]
+        if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+            if operation.get("parameters") or operation.get("requestBody"):
+                responses["422"]["content"] = {"application/json": {"schema": {"$ref": _ERROR_BODY}}}
+            else:
+                del responses["422"]
+        responses.get("304", {}).pop("content", None)
+    schemas = document.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in json.dumps(document["paths"]):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return document
+
+
+_ERROR_BODY = "#/components/schemas/ErrorBody"
+
+
+@router.get(
+    "/openapi.json",
+    summary="This OpenAPI document",
+    responses={
+        200: {
+            "description": "The document",
+            "headers": _ETAG,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **_NOT_MODIFIED,
+        **error_responses(),
+    },
+    openapi_extensions=PUBLIC_OPERATION,
+)
 @requires(PUBLIC)
 # No return annotation: powertools would try to build a response schema from a bare Response.
 def openapi():
     return _served(_pages().get("document", _base()))
 
 
-@router.get("/docs", summary="Swagger UI", include_in_schema=False)
+@router.get(
+    "/docs",
+    summary="Swagger UI for this document (`?format=json`: the document itself)",
+    responses={
+        200: {
+            "description": "The page",
+            "headers": _ETAG,
+            "content": {
+                "text/html": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        },
+        **_NOT_MODIFIED,
+        **error_responses(),
+    },
+    openapi_extensions=PUBLIC_OPERATION,
+)
 @requires(PUBLIC)
 def docs():
     """Swagger UI with its script and styles inlined (powertools' page and assets): the page

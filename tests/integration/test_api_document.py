@@ -1,0 +1,104 @@
+"""The OpenAPI document says what the API does (issue 11 item 8): which routes are public, which
+headers are required, every answer a route can give, and the input rules the code enforces."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from functions.api.access import PUBLIC
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+
+METHODS = {"get", "put", "post", "patch", "delete"}
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def document(api: InProcessApi) -> dict[str, Any]:
+    return api.get("/openapi.json", key=None).json()
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in METHODS:
+                yield method.upper(), path, operation
+
+
+def test_the_public_routes_and_only_they_say_no_key_is_needed(document: dict[str, Any]):
+    from functions.api.app import _scope_table
+
+    public = {route for route, requirement in _scope_table().routes().items() if requirement is PUBLIC}
+    documented_public = {(m, p) for m, p, op in operations(document) if op.get("security") == []}
+
+    assert public == {("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/docs")}
+    assert documented_public == public
+    assert document["security"] == [{"apiKey": []}]
+    assert all("security" not in op for m, p, op in operations(document) if (m, p) not in public)
+
+
+def test_every_route_of_the_api_is_described(api: InProcessApi, document: dict[str, Any]):
+    from functions.api.app import _scope_table
+
+    assert {(m, p) for m, p, _ in operations(document)} == set(_scope_table().routes())
+
+
+def test_every_route_declares_what_any_request_can_be_answered(document: dict[str, Any]):
+    for method, path, operation in operations(document):
+        answers = set(operation["responses"])
+        assert {"400", "413", "415", "429"} <= answers, (method, path)
+        if operation.get("security") != []:
+            assert {"401", "422"} <= answers, (method, path)
+
+
+def test_every_error_is_documented_in_the_contract_s_shape(document: dict[str, Any]):
+    text = json.dumps(document)
+
+    assert "HTTPValidationError" not in text
+    for method, path, operation in operations(document):
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")) and (method, path, status) != ("GET", "/health", "503"):
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
+
+
+def test_an_optional_body_is_an_object_or_nothing_never_null(document: dict[str, Any]):
+    for method, path, operation in operations(document):
+        schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+        assert {"type": "null"} not in schema.get("anyOf", []), (method, path)
+
+
+def test_if_match_is_required_where_its_absence_is_428(api: InProcessApi, document: dict[str, Any]):
+    patch = document["paths"]["/orders/{order_id}"]["patch"]
+    (if_match,) = [p for p in patch["parameters"] if p["in"] == "header" and p["name"].lower() == "if-match"]
+
+    assert if_match["required"] is True
+    assert "428" in patch["responses"]
+    answer = api.request("PATCH", "/orders/ord_" + "a" * 24, json={"shipping_method": "express"})
+    assert_error(answer, 428, "if_match_required", "If-Match")
+
+
+def test_a_malformed_if_match_is_still_400_and_an_unknown_order_still_404(api: InProcessApi):
+    unknown = "/orders/ord_" + "a" * 24
+    body = {"shipping_method": "express"}
+
+    assert_error(api.request("PATCH", unknown, json=body, headers={"If-Match": "soon"}), 400, "malformed_header")
+    assert_error(api.request("PATCH", unknown, json=body, headers={"If-Match": "1"}), 404, "not_found")
+    assert_error(api.request("PATCH", "/orders/nope", json=body), 404, "not_found")
+
+
+def test_a_change_to_an_order_documents_the_receipt_a_write_only_key_gets(document: dict[str, Any]):
+    cancel = document["paths"]["/orders/{order_id}/cancel"]["post"]["responses"]["200"]
+    shapes = cancel["content"]["application/json"]["schema"]["anyOf"]
+
+    assert {"$ref": "#/components/schemas/OrderReceipt"} in shapes
+    assert document["components"]["schemas"]["OrderReceipt"]["required"] == ["id", "status", "version"]
