@@ -102,3 +102,25 @@ def test_a_change_to_an_order_documents_the_receipt_a_write_only_key_gets(docume
 
     assert {"$ref": "#/components/schemas/OrderReceipt"} in shapes
     assert document["components"]["schemas"]["OrderReceipt"]["required"] == ["id", "status", "version"]
+
+
+def test_the_document_is_valid_openapi(document: dict[str, Any]):
+    from openapi_spec_validator import validate
+
+    validate(document)
+
+
+def test_every_link_names_an_operation_and_its_parameters(document: dict[str, Any]):
+    links = [
+        link
+        for _, _, operation in operations(document)
+        for response in operation["responses"].values()
+        for link in response.get("links", {}).values()
+    ]
+
+    assert len(links) >= 7
+    for link in links:
+        path, method = link["operationRef"].removeprefix("#/paths/").rsplit("/", 1)
+        target = document["paths"][path.replace("~1", "/").replace("~0", "~")][method]
+        names = {f"header.{p['name']}" if p["in"] == "header" else p["name"] for p in target.get("parameters", [])}
+        assert set(link["parameters"]) <= names, link

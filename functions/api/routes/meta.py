@@ -162,14 +162,45 @@ def _as_served(document: dict[str, Any]) -> dict[str, Any]:
             else:
                 del responses["422"]
         responses.get("304", {}).pop("content", None)
+    for (method, path, status), links in _LINKS.items():
+        document["paths"][path][method]["responses"][status]["links"] = {
+            name: {"operationRef": _operation_ref(*target), "parameters": parameters}
+            for name, (target, parameters) in links.items()
+        }
+    # Drop powertools' own error schemas that nothing refers to any more.
     schemas = document.get("components", {}).get("schemas", {})
-    if "HTTPValidationError" not in json.dumps(document["paths"]):
-        schemas.pop("HTTPValidationError", None)
-        schemas.pop("ValidationError", None)
+    for name in ("HTTPValidationError", "ResponseValidationError", "ValidationError"):
+        without = {key: value for key, value in document.items() if key != "components"}
+        others = {key: value for key, value in schemas.items() if key != name}
+        if f"#/components/schemas/{name}" not in json.dumps([without, others]):
+            schemas.pop(name, None)
     return document
 
 
 _ERROR_BODY = "#/components/schemas/ErrorBody"
+
+_ORDER = {"order_id": "$response.body#/id"}
+# What a client can do next with what an answer names (OpenAPI links): the order a POST placed,
+# the product a PUT stored, the key a POST issued. Schemathesis' stateful phase follows them.
+_LINKS: dict[tuple[str, str, str], dict[str, tuple[tuple[str, str], dict[str, str]]]] = {
+    ("post", "/orders", "201"): {
+        "GetOrder": (("get", "/orders/{order_id}"), _ORDER),
+        "GetOrderHistory": (("get", "/orders/{order_id}/history"), _ORDER),
+        "EditOrder": (("patch", "/orders/{order_id}"), {**_ORDER, "header.if-match": "$response.body#/version"}),
+        "CancelOrder": (("post", "/orders/{order_id}/cancel"), _ORDER),
+    },
+    ("put", "/products/{sku}", "201"): {
+        "GetProduct": (("get", "/products/{sku}"), {"sku": "$response.body#/sku"}),
+        "GetStock": (("get", "/inventory/{sku}"), {"sku": "$response.body#/sku"}),
+    },
+    ("post", "/api-keys", "201"): {
+        "RevokeApiKey": (("delete", "/api-keys/{key_id}"), {"key_id": "$response.body#/id"}),
+    },
+}
+
+
+def _operation_ref(method: str, path: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
 
 
 @router.get(
