@@ -10,13 +10,13 @@ from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -285,18 +285,30 @@ COUNTRIES = frozenset(
 # Controls (NUL, CR/LF, ESC...) and the bidi overrides that make "exe.txt" show as "txt.exe" are
 # refused rather than stripped, so what is stored is what the client sent, in NFC: a name typed with
 # combining accents and one typed precomposed are the same name.
-_UNCLEAN_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNCLEAN = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_UNCLEAN_TEXT = re.compile(f"[{_UNCLEAN}]")
 
 
-def _clean_text(value: str) -> str:
-    found = _UNCLEAN_TEXT.search(value)
+def _clean_text(value: Any, handler: Any) -> str:
+    # Judged as sent, before surrounding whitespace is stripped: "Ada\n" is refused, not trimmed,
+    # exactly as the schema's pattern says.
+    found = _UNCLEAN_TEXT.search(value) if isinstance(value, str) else None
     if found is not None:
         kind = "a bidi override" if ord(found.group()) > 0x9F else "a control character"
         raise ValueError(f"must not contain {kind} (U+{ord(found.group()):04X})")
-    return unicodedata.normalize("NFC", value)
+    return unicodedata.normalize("NFC", handler(value))
 
 
-CleanText = AfterValidator(_clean_text)
+class _CleanTextRule(WrapValidator):
+    """The rule on names and addresses, for validation and, as a pattern, for the OpenAPI schema."""
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        json_schema = handler(schema)
+        json_schema["pattern"] = f"^[^{_UNCLEAN}]*$"
+        return json_schema
+
+
+CleanText = _CleanTextRule(_clean_text)
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -463,7 +475,9 @@ class StockCount(Strict):
 
 
 class StockAdjustment(Strict):
-    delta: Annotated[int, Field(ge=-1_000_000_000, le=1_000_000_000, strict=True)]
+    delta: Annotated[
+        int, Field(ge=-1_000_000_000, le=1_000_000_000, strict=True, json_schema_extra={"not": {"const": 0}})
+    ]
     reason: Text
 
     @field_validator("delta")

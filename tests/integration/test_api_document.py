@@ -124,3 +124,15 @@ def test_every_link_names_an_operation_and_its_parameters(document: dict[str, An
         target = document["paths"][path.replace("~1", "/").replace("~0", "~")][method]
         names = {f"header.{p['name']}" if p["in"] == "header" else p["name"] for p in target.get("parameters", [])}
         assert set(link["parameters"]) <= names, link
+
+
+def test_the_input_rules_the_code_enforces_are_in_the_schema(document: dict[str, Any]):
+    schemas = document["components"]["schemas"]
+    line1 = schemas["AddressInput"]["properties"]["line1"]
+    delta = schemas["StockAdjustment"]["properties"]["delta"]
+
+    assert line1["pattern"] == "^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
+    assert (line1["minLength"], line1["maxLength"]) == (1, 200)
+    assert "USPS" in schemas["AddressInput"]["description"]
+    assert delta["not"] == {"const": 0}
+    assert (delta["minimum"], delta["maximum"]) == (-1_000_000_000, 1_000_000_000)

@@ -74,3 +74,15 @@ def test_whatever_is_accepted_is_nfc_and_free_of_controls_and_overrides(text: st
     assert unicodedata.is_normalized("NFC", address.line1)
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in address.line1)
     assert not any(0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 for c in address.line1)
+
+
+@pytest.mark.parametrize("text", ["Ada\n", "\tAda", "Ada\r\n", "Ada\x1f", "\x85Ada"])
+def test_a_control_character_at_either_end_is_refused_not_trimmed(text: str):
+    # The schema's pattern refuses it wherever it is; so does the API, before trimming spaces.
+    with pytest.raises(ValidationError) as caught:
+        Customer.model_validate({"id": "c1", "email": "a@example.com", "name": text})
+    assert "control character" in field_errors(caught.value)["name"]
+
+
+def test_surrounding_spaces_are_still_trimmed():
+    assert Customer.model_validate({"id": "c1", "email": "a@example.com", "name": "  Ada  "}).name == "Ada"
