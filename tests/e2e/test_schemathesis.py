@@ -39,7 +39,8 @@ def fuzz_options() -> list[str]:
     return ["--max-examples", examples, "--phases", EVERY_PHASE, *(["--seed", seed] if seed else [])]
 
 
-def schemathesis(stack: EmbeddedStack, tmp_path: Path, options: list[str], timeout: float) -> None:
+def schemathesis(stack: EmbeddedStack, tmp_path: Path, options: list[str], timeout: float) -> str:
+    """Run the CLI; its summary (operations, test cases, time) is returned when it passes."""
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     result = subprocess.run(
         [
@@ -63,6 +64,7 @@ def schemathesis(stack: EmbeddedStack, tmp_path: Path, options: list[str], timeo
         cwd=tmp_path,  # schemathesis keeps a cache in its working directory
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    return result.stdout[result.stdout.rfind("SUMMARY") :]
 
 
 def test_a_smoke_run_finds_no_server_error_and_no_answer_off_schema(stack: EmbeddedStack, tmp_path: Path):
@@ -70,5 +72,9 @@ def test_a_smoke_run_finds_no_server_error_and_no_answer_off_schema(stack: Embed
 
 
 @pytest.mark.fuzz
-def test_a_long_run_finds_no_server_error_and_no_answer_off_schema(stack: EmbeddedStack, tmp_path: Path):
-    schemathesis(stack, tmp_path, fuzz_options(), timeout=3600)
+def test_a_long_run_finds_no_server_error_and_no_answer_off_schema(
+    stack: EmbeddedStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    summary = schemathesis(stack, tmp_path, fuzz_options(), timeout=3600)
+    with capsys.disabled():  # the numbers of a passing run, on the terminal of `make fuzz`
+        print("\n" + summary)
