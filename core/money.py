@@ -63,8 +63,13 @@ def minor_units(currency: str) -> int:
         raise ValueError(f"unsupported currency {currency!r}: use an ISO 4217 code such as USD") from None
 
 
+_QUANTA = {currency: Decimal(1).scaleb(-units) for currency, units in MINOR_UNITS.items()}
+
+
 def quantum(currency: str) -> Decimal:
-    return Decimal(1).scaleb(-minor_units(currency))
+    # Looked up, not computed: every amount is rounded with it, dozens of times an order.
+    quantum = _QUANTA.get(currency)
+    return quantum if quantum is not None else Decimal(1).scaleb(-minor_units(currency))
 
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
