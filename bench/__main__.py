@@ -13,13 +13,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import requests
 
 from bench.cost import AWS_CALL_SECONDS, LAMBDA_PLATFORM_LOG_BYTES
-from bench.stack import ROOT, StackProcess, stack_process
+from bench.stack import ROOT, StackProcess, external_id, stack_process
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 ORDERS_PER_RUN = int(os.environ.get("BENCH_ORDERS", "300"))
@@ -54,7 +53,7 @@ def post_orders_per_second(stack: StackProcess, count: int) -> float:
         session = requests.Session()
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
         for _ in range(per_thread):
-            response = session.post(f"{stack.api_url}/orders", json=order_body(uuid.uuid4().hex), headers=headers)
+            response = session.post(f"{stack.api_url}/orders", json=order_body(external_id()), headers=headers)
             if response.status_code != 201:
                 failures.append(response.status_code)
 
@@ -105,7 +104,7 @@ COLD_HANDLER = """
 import json, sys, uuid
 from functions.api.app import lambda_handler
 body = json.loads(sys.argv[1])
-body["external_id"] = uuid.uuid4().hex
+body["external_id"] = uuid.uuid4().hex.translate(str.maketrans("0123456789", "ghijklmnop"))
 event = {"resource": "/orders", "path": "/orders", "httpMethod": "POST",
          "headers": {"Content-Type": "application/json"}, "multiValueHeaders": {},
          "queryStringParameters": None, "multiValueQueryStringParameters": None, "pathParameters": None,
