@@ -203,9 +203,9 @@ _MODEL_DEEPCOPY = BaseModel.__deepcopy__
 
 def _copied(value: Any, memo: dict[int, Any]) -> Any:
     """A deep copy of `value`, as copy.deepcopy(value, memo) makes it (what the originals share,
-    the copies share), in a fifth of its time for the models hooks are given: copy.deepcopy
-    walks every Money, datetime and field name through its generic protocol, several hundred
-    microseconds an order. A model with extra fields, private attributes or its own __deepcopy__
+    the copies share), in a fifth to a half of its time for the models hooks are given:
+    copy.deepcopy walks every Money, datetime and field name through its generic protocol,
+    several hundred microseconds an order. A model with extra fields, private attributes or its own __deepcopy__
     and any other type are left to copy.deepcopy."""
     cls = type(value)
     if cls in _SHARED_TYPES or isinstance(value, _SHARED):

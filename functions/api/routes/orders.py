@@ -74,7 +74,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
             router.lambda_context,
         )
     # The order placed by this request as it is; only a replayed answer is read back from its JSON
-    # (validating a whole order again was a sixth of the API's own time per order).
+    # (validating a whole order again was about 6 % of the API's own CPU per order).
     answer = placed_here[0] if placed_here else Order.model_validate(body)
     return Response(201, content_types.APPLICATION_JSON, with_label_links(answer))
 
