@@ -22,6 +22,7 @@ from typing import Any
 import requests
 from botocore.client import BaseClient
 
+from bench.stack import external_id
 from infra.local.stack import running_stack
 
 ORDERS = int(os.environ.get("BENCH_PROFILE_ORDERS", "300"))
@@ -40,7 +41,7 @@ class Context:
 
 def post_order_event() -> dict[str, Any]:
     body = {
-        "channel": "bench", "external_id": uuid.uuid4().hex, "currency": "USD",
+        "channel": "bench", "external_id": external_id(), "currency": "USD",
         "customer": {"id": "cus_bench", "email": "bench@example.com"},
         "lines": [{"sku": "TSHIRT-BLK-M", "quantity": 1}],
         "shipping_address": {"name": "Bench", "line1": "1 Market St", "city": "San Francisco", "region": "CA",

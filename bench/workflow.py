@@ -14,7 +14,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from bench.cost import (
     rru_for,
     wru_for,
 )
+from bench.stack import external_id
 from infra.local.lambdas import RUNNING, LocalFunction
 from infra.local.stack import running_stack
 from infra.local.template import Template
@@ -226,7 +226,7 @@ class UsageRecorder:
 def _order_body() -> dict[str, Any]:
     return {
         "channel": "bench",
-        "external_id": uuid.uuid4().hex,
+        "external_id": external_id(),
         "currency": "USD",
         "customer": {"id": "cus_bench", "email": "bench@example.com"},
         "lines": [{"sku": "TSHIRT-BLK-M", "quantity": 1}],

