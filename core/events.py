@@ -34,3 +34,6 @@ class OrderEvent(StrEnum):
     REFUND_FAILED = "refund_failed"
     # Units of an allocated or partly shipped order cancelled before they shipped.
     UNITS_CANCELLED = "units_cancelled"
+    # A capture with no shipment: the rest of a total that cancelled units left higher than what
+    # the shipments captured (a volume discount lost, say).
+    PAYMENT_CAPTURED = "payment_captured"

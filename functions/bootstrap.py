@@ -238,6 +238,7 @@ class Container:
             self.payments,
             self.capture,
             clock=self.clock,
+            refunds=self.refunds,
         )
 
     @cached_property
