@@ -98,7 +98,7 @@ class OrderActions:
                 self._reverse_capture(order, shipment_id, amount, capture, actor)
             raise
         self._units_leave(shipped, shipment_id)
-        return shipped
+        return self._units.after_shipping(shipped, actor)
 
     def _capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         payment = order.payment

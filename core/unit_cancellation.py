@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -161,6 +162,18 @@ class UnitCancellation:
             self._capture_rest(order, due, actor)
         if nothing_to_ship:
             self._release_authorization(self._current(order.id), actor)
+
+    def after_shipping(self, order: Order, actor: str) -> Order:
+        """Once the last parcel of an order that lost units has shipped, what its authorization
+        holds beyond the captures is released (its captures followed the lower total). Returns
+        the order as it then is."""
+        pending = any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
+        if pending or not any(line.cancelled_quantity for line in order.lines):
+            return order
+        # A failure is in the history; a cancel of the order (nothing left to cancel) releases it again.
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            self._release_authorization(order, actor)
+        return self._current(order.id)
 
     def _capture_rest(self, order: Order, amount: Money, actor: str) -> None:
         payment = order.payment

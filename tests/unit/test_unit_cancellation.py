@@ -89,6 +89,8 @@ def test_a_line_cancel_of_an_allocated_order_shrinks_its_shipment_and_reservatio
     shipped = world.order(order.id)
     assert (shipped.status, shipped.payment.status) == (S.SHIPPED, P.CAPTURED)
     assert shipped.payment.captured == shipped.totals.grand_total
+    assert shipped.payment.authorized == shipped.payment.captured  # the last parcel released the rest
+    assert world.spy.voided == [order.payment.authorization]
     assert world.level("MUG", "wh-west") == (4, 0, 4)
 
 
