@@ -28,3 +28,12 @@ class OrderEvent(StrEnum):
     PAYMENT_CAPTURE_FAILED = "payment_capture_failed"
     PAYMENT_VOID_FAILED = "payment_void_failed"
     PAYMENT_REFUND_FAILED = "payment_refund_failed"
+    # A refund written pending before the gateway is asked (what it takes is held), and a refund
+    # the gateway refused, closed `failed` (never counted; the attempts are payment_refund_failed).
+    REFUND_REQUESTED = "refund_requested"
+    REFUND_FAILED = "refund_failed"
+    # Units of an allocated or partly shipped order cancelled before they shipped.
+    UNITS_CANCELLED = "units_cancelled"
+    # A capture with no shipment: the rest of a total that cancelled units left higher than what
+    # the shipments captured (a volume discount lost, say).
+    PAYMENT_CAPTURED = "payment_captured"

@@ -1,4 +1,4 @@
-"""What happens to an order after the workflow: ship, deliver, cancel, edit and refund, each idempotent."""
+"""What happens to an order after the workflow: ship, deliver, cancel and edit, each idempotent."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.refund_service import RefundService
 from core.services import CaptureService
 from core.status import OrderStatus, ShipmentStatus
+from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
 S = OrderStatus
@@ -39,6 +41,7 @@ class OrderActions:
         payments: Payments,
         capture: CaptureService,
         clock: Clock = utc_now,
+        refunds: RefundService | None = None,
     ):
         self._orders = orders
         self._inventory = inventory
@@ -46,6 +49,10 @@ class OrderActions:
         self._capture = capture
         self._clock = clock
         self._cancellation = Cancellation(orders, catalog, inventory, payments, clock)
+        self._units = UnitCancellation(
+            orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
+            self._cancellation, clock,
+        )  # fmt: skip
 
     def _order(self, order_id: str, channel: str | None) -> Order:
         return visible(self._orders.get(order_id), order_id, channel)
@@ -91,7 +98,7 @@ class OrderActions:
                 self._reverse_capture(order, shipment_id, amount, capture, actor)
             raise
         self._units_leave(shipped, shipment_id)
-        return shipped
+        return self._units.after_shipping(shipped, actor)
 
     def _capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         payment = order.payment
@@ -145,10 +152,13 @@ class OrderActions:
         return modify(self._orders, order_id, decide, channel=channel)
 
     # --- Cancel -------------------------------------------------------------------------------
-    def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
-        """The order, cancelled, even when its authorization could not be voided (the payment then
-        stays `authorized` and the history says why; cancelling again retries the void)."""
-        return self._cancellation.cancel(order_id, reason, actor, channel=channel)
+    def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None,
+               lines: dict[str, int] | None = None) -> Order:  # fmt: skip
+        """Before anything shipped and without `lines`: the order, cancelled, even when its
+        authorization could not be voided (the payment then stays `authorized` and the history
+        says why; cancelling again retries the void). On a partly shipped order, or with `lines`
+        ({line_id: units}): those units, or every unit not shipped, cancelled (UnitCancellation)."""
+        return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,
@@ -220,30 +230,3 @@ class OrderActions:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
-
-    # --- Refund -------------------------------------------------------------------------------
-    def refund(self, order_id: str, refund_id: str, amount: Money, reason: str, actor: str,
-               channel: str | None = None) -> Order:  # fmt: skip
-        """Give back `amount` of what was captured, under the caller's `refund_id` (the gateway's
-        idempotency key, and what makes a repeat change nothing). Never more than captured minus
-        refunded (422 refund_exceeds_captured); recorded only once the gateway approved it, every
-        failed attempt in the history (refused: 502, still unavailable: 503)."""
-        order = self._order(order_id, channel)
-        if order.payment.refund_by_id(refund_id) is not None:
-            return order
-        order.check_refund(amount)
-        payment = order.payment
-        authorization = payment.authorization or ""
-        key = payment_keys.refund(order_id, refund_id)
-        result = self._payments.retried(
-            "refund",
-            lambda attempt: self._payments.refund(payment.method, authorization, amount, order_id, key),
-            self._recorder(order_id, actor, refund_id=refund_id, amount=amount.model_dump(mode="json")),
-        )
-        at = self._clock()
-        return modify(
-            self._orders, order_id,
-            lambda current: None if current.payment.refund_by_id(refund_id) is not None
-            else current.record_refund(refund_id, amount, result.reference, reason=reason, at=at, actor=actor),
-            channel=channel,
-        )  # fmt: skip

@@ -26,6 +26,7 @@ from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository
 from core.pricing import Pricing
 from core.reconciliation import Reconciler
+from core.refund_service import RefundService
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
@@ -237,7 +238,13 @@ class Container:
             self.payments,
             self.capture,
             clock=self.clock,
+            refunds=self.refunds,
         )
+
+    @cached_property
+    def refunds(self) -> RefundService:
+        """Appeasements, returns' refunds and cancellations' over-captures: `issue_refund(...)`."""
+        return RefundService(self.order_repository, self.payments, self.clock)
 
     @cached_property
     def workflow(self) -> Workflow:
