@@ -28,3 +28,8 @@ class OrderEvent(StrEnum):
     PAYMENT_CAPTURE_FAILED = "payment_capture_failed"
     PAYMENT_VOID_FAILED = "payment_void_failed"
     PAYMENT_REFUND_FAILED = "payment_refund_failed"
+    # Returns (the return's own record is in the Returns table; the order's history tells its story).
+    RETURN_REQUESTED = "return_requested"
+    RETURN_AUTHORIZED = "return_authorized"
+    RETURN_REJECTED = "return_rejected"
+    RETURN_RECEIVED = "return_received"

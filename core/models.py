@@ -524,6 +524,11 @@ class OrderLine(BaseModel):
     # None: no tax plugin answered, so the line is untaxed (unlike a zero rate, which is a rate).
     tax_rate: LineTaxRate | None = None
     total: Money
+    # Units that left in shipped (or delivered) shipments: derived from the shipments whenever one
+    # ships, a plain field so any change that moves shipments can keep it the same way.
+    shipped_quantity: int = 0
+    # Units received back on returns.
+    returned_quantity: int = 0
 
 
 class Totals(BaseModel):
@@ -691,6 +696,9 @@ class Order(BaseModel):
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
     shipments: list[Shipment] = Field(default_factory=list)
+    # The returns whose receipt this order has recorded (in `returned_quantity`), so recording
+    # one again changes nothing.
+    received_returns: list[str] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -704,6 +712,11 @@ class Order(BaseModel):
         doc = self.model_dump(mode="json", exclude_none=True)
         doc["hold"]["resume_to"] = self.hold.resume_to.value
         return json.dumps(doc, separators=(",", ":"))
+
+    def shipped_units(self) -> dict[str, int]:
+        """Units of each line that left in shipped or delivered shipments (read from the shipments,
+        so orders stored before `shipped_quantity` existed answer the same)."""
+        return _shipped_by_line(self.lines, self.shipments)
 
     def shipment(self, shipment_id: str) -> Shipment:
         found = next((s for s in self.shipments if s.id == shipment_id), None)
@@ -867,12 +880,13 @@ class Order(BaseModel):
             "location_id": shipment.location_id,
             "captured": captured.model_dump(mode="json"),
         }
+        lines = _with_shipped_quantities(self.lines, shipments)
         if capture_reference:
             detail["capture_reference"] = capture_reference
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id) else OrderStatus.SHIPPED,
-            detail=detail, shipments=shipments, payment=payment,
+            detail=detail, shipments=shipments, payment=payment, lines=lines,
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -976,6 +990,48 @@ class Order(BaseModel):
                     "reason": reason},
             payment=self.payment.with_refund(refund, everything_captured),
         )  # fmt: skip
+
+    def record_return(
+        self, return_id: str, received: dict[str, int], *, at: datetime, actor: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Change | None:  # fmt: skip
+        """The units of return `return_id` are back: each line's `returned_quantity` grows by what
+        was received, and a shipped or delivered order becomes `partially_returned`, or `returned`
+        once every unit that shipped is back and nothing is left to ship. None when this return is
+        recorded already. (An order still partly shipped keeps its status: it has more to ship.)"""
+        if return_id in self.received_returns:
+            return None
+        shipped = self.shipped_units()
+        lines = []
+        for line in self.lines:
+            back = line.returned_quantity + received.get(line.line_id, 0)
+            if back > shipped.get(line.line_id, 0):
+                raise InvalidTransition(f"line {line.line_id} would have more units back than shipped")
+            lines.append(_replaced(line, returned_quantity=back))
+        to = None
+        if self.status in (OrderStatus.SHIPPED, OrderStatus.DELIVERED, OrderStatus.PARTIALLY_RETURNED):
+            everything_back = all(line.returned_quantity >= shipped.get(line.line_id, 0) for line in lines)
+            to = OrderStatus.RETURNED if everything_back else OrderStatus.PARTIALLY_RETURNED
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.RETURN_RECEIVED, to=to,
+            detail={"return_id": return_id,
+                    "lines": [{"line_id": k, "quantity": v} for k, v in sorted(received.items())], **(detail or {})},
+            lines=lines, received_returns=[*self.received_returns, return_id],
+        )  # fmt: skip
+
+
+def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[str, int]:
+    shipped = {line.line_id: 0 for line in lines}
+    for shipment in shipments:
+        if shipment.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
+            for item in shipment.lines:
+                shipped[item.line_id] = shipped.get(item.line_id, 0) + item.quantity
+    return shipped
+
+
+def _with_shipped_quantities(lines: list[OrderLine], shipments: list[Shipment]) -> list[OrderLine]:
+    shipped = _shipped_by_line(lines, shipments)
+    return [_replaced(line, shipped_quantity=shipped[line.line_id]) for line in lines]
 
 
 REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})

@@ -23,15 +23,23 @@ from core.import_service import ImportQueries, ImportSplitter, OrderImporter, Qu
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
-from core.ports import OrderRepository
+from core.ports import OrderRepository, ReturnRepository
 from core.pricing import Pricing
 from core.reconciliation import Reconciler
+from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoReturns,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -49,6 +57,7 @@ class Config:
     inventory_table: str = ""
     catalog_table: str = ""
     idempotency_table: str = ""
+    returns_table: str = ""
     catalog_cache_seconds: float = 10.0
     labels_bucket: str = ""
     public_s3_endpoint: str | None = None  # where presigned label URLs point; None: the S3 client's own
@@ -69,6 +78,7 @@ class Config:
             inventory_table=os.environ["INVENTORY_TABLE"],
             catalog_table=os.environ["CATALOG_TABLE"],
             idempotency_table=os.environ["IDEMPOTENCY_TABLE"],
+            returns_table=os.environ.get("RETURNS_TABLE", ""),
             catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS") or 10),
             labels_bucket=os.environ.get("LABELS_BUCKET", ""),
             public_s3_endpoint=os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or None,
@@ -150,6 +160,10 @@ class Container:
         from functions.business_metrics import MeteredOrders
 
         return MeteredOrders(DynamoOrders(self.dynamodb, self.config.orders_table))
+
+    @cached_property
+    def return_repository(self) -> ReturnRepository:
+        return DynamoReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE"))
 
     @cached_property
     def catalog_repository(self) -> DynamoCatalog:
@@ -236,6 +250,18 @@ class Container:
             self.inventory_repository,
             self.payments,
             self.capture,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def returns(self) -> Returns:
+        return Returns(
+            self.order_repository,
+            self.return_repository,
+            self.catalog_repository,
+            self.inventory_repository,
+            self.label_store,
+            self.plugins.hook,
             clock=self.clock,
         )
 

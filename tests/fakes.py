@@ -9,12 +9,13 @@ from core import hookimpl
 from core.errors import TransientError
 from core.money import Money
 from core.workflow_types import PaymentResult
-from plugins.testing.memory import InMemoryCatalog, InMemoryInventory, InMemoryLabels, InMemoryOrders
+from plugins.testing.memory import InMemoryCatalog, InMemoryInventory, InMemoryLabels, InMemoryOrders, InMemoryReturns
 
 FakeOrders = InMemoryOrders
 FakeCatalog = InMemoryCatalog
 FakeInventory = InMemoryInventory
 FakeLabels = InMemoryLabels
+FakeReturns = InMemoryReturns
 
 
 class PaymentSpy:

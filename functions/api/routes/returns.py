@@ -1,0 +1,130 @@
+"""Returns (RMA): request, approve or reject, receive, read and list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+
+from core.access import Scope
+from core.models import Page
+from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnNote
+from core.status import ReturnStatus
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.label_links import with_return_label_link
+from functions.api.paths import existing
+from functions.api.routes.orders import OrderIdPath
+from functions.api.routes.plugins import plugins_loaded
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+ReturnIdPath = existing("return", r"^rma_[a-z2-7]{24}$", "Return id")
+
+
+class ReturnPage(Page[Return]):
+    pass
+
+
+def _shown(item: Return) -> dict:
+    return with_return_label_link(item).model_dump(mode="json")
+
+
+@router.post(
+    "/orders/<order_id>/returns",
+    summary="Request a return of shipped units",
+    description="The return policy plugin decides at once: `authorized` (with a return label from the carrier "
+    "plugin in `label_url`) or `requested` (approve or reject it). More units than shipped minus earlier returns "
+    "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`.",
+    responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
+    middlewares=[plugins_loaded],
+)
+@requires(Scope.RETURNS_WRITE)
+def request_return(order_id: OrderIdPath, request: RequestReturn) -> Response[Return]:
+    who = caller(router)
+    item = container().returns.request(order_id, request, actor=who.key_id, channel=who.channel)
+    return Response(201, content_types.APPLICATION_JSON, _shown(item))
+
+
+@router.get(
+    "/orders/<order_id>/returns",
+    summary="An order's returns, oldest first",
+    responses={**ok(200, ReturnPage, "Every return of the order"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def list_order_returns(order_id: OrderIdPath) -> ReturnPage:
+    who = caller(router)
+    items = container().returns.for_order(order_id, who.channel)
+    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=None)
+
+
+@router.get(
+    "/returns",
+    summary="List returns, newest first",
+    responses={**ok(200, ReturnPage, "A page of returns"), **errors(403)},
+)
+@requires(Scope.ORDERS_READ)
+def list_returns(
+    status: Annotated[ReturnStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> ReturnPage:
+    items, next_cursor = container().returns.list(status, caller(router).channel, limit, cursor)
+    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=next_cursor)
+
+
+@router.get(
+    "/returns/<return_id>",
+    summary="Get a return",
+    responses={**ok(200, Return, "The return"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def get_return(return_id: ReturnIdPath) -> Return:
+    return with_return_label_link(container().returns.get(return_id, caller(router).channel))
+
+
+@router.post(
+    "/returns/<return_id>/approve",
+    summary="Approve a requested return: it is authorized and gets its return label",
+    responses={**ok(200, Return, "The return, authorized"), **errors(400, 403, 404, 409, 413)},
+    middlewares=[plugins_loaded],
+)
+@requires(Scope.RETURNS_WRITE)
+def approve_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None) -> Return:
+    who = caller(router)
+    note = request.note if request else None
+    return with_return_label_link(container().returns.approve(return_id, note, actor=who.key_id, channel=who.channel))
+
+
+@router.post(
+    "/returns/<return_id>/reject",
+    summary="Reject a requested return",
+    responses={**ok(200, Return, "The return, rejected"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.RETURNS_WRITE)
+def reject_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None) -> Return:
+    who = caller(router)
+    note = request.note if request else None
+    return with_return_label_link(container().returns.reject(return_id, note, actor=who.key_id, channel=who.channel))
+
+
+@router.post(
+    "/returns/<return_id>/receive",
+    summary="Receive a return's parcel: resellable units back on hand, the order counts them",
+    description="Each line once per condition. Resellable units go back on hand at `location_id`; damaged "
+    "units do not. The order's lines count the units in `returned_quantity` and it becomes `partially_returned`, "
+    "or `returned` once every shipped unit is back. Receiving a received return again changes nothing (200 with "
+    "the return as it is); more units than a line authorized is 422.",
+    responses={**ok(200, Return, "The return, received"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.RETURNS_WRITE)
+def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Return:
+    who = caller(router)
+    returns = container().returns
+    item = returns.receive(return_id, request, actor=who.key_id, channel=who.channel)
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor=who.key_id)
+    return with_return_label_link(item)
