@@ -157,7 +157,7 @@ def test_short_tags_become_long_form_and_dates_stay_strings(tmp_path: Path):
 
 def test_tables_carry_keys_indexes_streams_and_ttl(template: Template):
     tables = {spec.logical_id: spec for spec in template.tables()}
-    assert set(tables) == {"OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable"}
+    assert set(tables) == {"OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable", "ReturnsTable"}
     orders = tables["OrdersTable"]
     assert orders.key_schema == [{"AttributeName": "id", "KeyType": "HASH"}]
     indexes = {index["IndexName"]: index for index in orders.global_secondary_indexes}
