@@ -20,6 +20,7 @@ class Scope(StrEnum):
     CATALOG_WRITE = "catalog:write"
     FULFILLMENT_WRITE = "fulfillment:write"
     RETURNS_WRITE = "returns:write"
+    REFUNDS_WRITE = "refunds:write"
     REPORTS_READ = "reports:read"
     ADMIN = "admin"
 

@@ -28,6 +28,12 @@ class OrderEvent(StrEnum):
     PAYMENT_CAPTURE_FAILED = "payment_capture_failed"
     PAYMENT_VOID_FAILED = "payment_void_failed"
     PAYMENT_REFUND_FAILED = "payment_refund_failed"
+    # A refund written pending before the gateway is asked (what it takes is held), and a refund
+    # the gateway refused, closed `failed` (never counted; the attempts are payment_refund_failed).
+    REFUND_REQUESTED = "refund_requested"
+    REFUND_FAILED = "refund_failed"
+    # Units of an allocated or partly shipped order cancelled before they shipped.
+    UNITS_CANCELLED = "units_cancelled"
     # Returns (the return's own record is in the Returns table; the order's history tells its story).
     RETURN_REQUESTED = "return_requested"
     RETURN_AUTHORIZED = "return_authorized"

@@ -1,4 +1,4 @@
-"""What happens to an order after the workflow: ship, deliver, cancel, edit and refund, each idempotent."""
+"""What happens to an order after the workflow: ship, deliver, cancel and edit, each idempotent."""
 
 from __future__ import annotations
 
@@ -220,30 +220,3 @@ class OrderActions:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
-
-    # --- Refund -------------------------------------------------------------------------------
-    def refund(self, order_id: str, refund_id: str, amount: Money, reason: str, actor: str,
-               channel: str | None = None) -> Order:  # fmt: skip
-        """Give back `amount` of what was captured, under the caller's `refund_id` (the gateway's
-        idempotency key, and what makes a repeat change nothing). Never more than captured minus
-        refunded (422 refund_exceeds_captured); recorded only once the gateway approved it, every
-        failed attempt in the history (refused: 502, still unavailable: 503)."""
-        order = self._order(order_id, channel)
-        if order.payment.refund_by_id(refund_id) is not None:
-            return order
-        order.check_refund(amount)
-        payment = order.payment
-        authorization = payment.authorization or ""
-        key = payment_keys.refund(order_id, refund_id)
-        result = self._payments.retried(
-            "refund",
-            lambda attempt: self._payments.refund(payment.method, authorization, amount, order_id, key),
-            self._recorder(order_id, actor, refund_id=refund_id, amount=amount.model_dump(mode="json")),
-        )
-        at = self._clock()
-        return modify(
-            self._orders, order_id,
-            lambda current: None if current.payment.refund_by_id(refund_id) is not None
-            else current.record_refund(refund_id, amount, result.reference, reason=reason, at=at, actor=actor),
-            channel=channel,
-        )  # fmt: skip

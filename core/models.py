@@ -524,8 +524,9 @@ class OrderLine(BaseModel):
     # None: no tax plugin answered, so the line is untaxed (unlike a zero rate, which is a rate).
     tax_rate: LineTaxRate | None = None
     total: Money
-    # Units that left in shipped (or delivered) shipments: derived from the shipments whenever one
-    # ships, a plain field so any change that moves shipments can keep it the same way.
+    # Units cancelled before they shipped (quantity has dropped by as many), and units that left in
+    # a shipment: plain fields, kept by the methods that change them.
+    cancelled_quantity: int = 0
     shipped_quantity: int = 0
     # Units received back on returns.
     returned_quantity: int = 0
@@ -539,14 +540,27 @@ class Totals(BaseModel):
     grand_total: Money
 
 
+RefundStatus = Literal["pending", "succeeded", "failed"]
+# What a refund gives back for: goodwill (an appeasement), a return, or units cancelled after
+# their share was captured (settling the payment to a lower total).
+RefundKind = Literal["appeasement", "return", "cancellation"]
+
+
 class PaymentRefund(BaseModel):
-    """A refund the gateway approved. Its id makes recording it idempotent."""
+    """One refund of the order, under an id derived from its idempotency key. It is written
+    `pending` before the gateway is asked (so two refunds cannot both take the last of what was
+    captured), then `succeeded` once the gateway approved it or `failed` when it refused; only a
+    succeeded refund counts in `Payment.refunded`."""
 
     id: str
     amount: Money
     reason: str
-    reference: str
-    at: datetime
+    status: RefundStatus = "succeeded"
+    kind: RefundKind = "appeasement"
+    return_id: str | None = None
+    reference: str | None = None  # the gateway's, once it answered
+    message: str | None = None  # why the gateway refused a failed one
+    at: datetime  # created
 
 
 class Payment(BaseModel):
@@ -566,7 +580,12 @@ class Payment(BaseModel):
     refunds: list[PaymentRefund] = Field(default_factory=list)
 
     def refundable(self) -> Money:
-        return self.captured - self.refunded
+        """Captured, less what is refunded or being refunded (a pending refund holds its amount)."""
+        left = self.captured - self.refunded
+        for refund in self.refunds:
+            if refund.status == "pending":
+                left = left - refund.amount
+        return left
 
     def refund_by_id(self, refund_id: str) -> PaymentRefund | None:
         return next((r for r in self.refunds if r.id == refund_id), None)
@@ -592,15 +611,36 @@ class Payment(BaseModel):
     def declined(self) -> Payment:
         return _replaced(self, status=PaymentStatus.DECLINED)
 
-    def with_refund(self, refund: PaymentRefund, everything_captured: bool) -> Payment:
+    def with_pending_refund(self, refund: PaymentRefund) -> Payment:
+        return _replaced(self, refunds=[*self.refunds, refund])
+
+    def with_refund(self, refund_id: str, reference: str, everything_captured: bool) -> Payment:
+        """The pending refund `refund_id` succeeded: it counts in `refunded` from now on."""
+        refund = self._pending(refund_id)
         refunded = self.refunded + refund.amount
         fully = everything_captured and refunded == self.captured
         return _replaced(
             self,
             refunded=refunded,
-            refunds=[*self.refunds, refund],
+            refunds=[_replaced(r, status="succeeded", reference=reference) if r.id == refund_id else r
+                     for r in self.refunds],
             status=PaymentStatus.REFUNDED if fully else PaymentStatus.PARTIALLY_REFUNDED,
-        )
+        )  # fmt: skip
+
+    def with_failed_refund(self, refund_id: str, reference: str | None, message: str) -> Payment:
+        """The pending refund `refund_id` was refused: kept, failed, never counted."""
+        self._pending(refund_id)
+        return _replaced(
+            self,
+            refunds=[_replaced(r, status="failed", reference=reference, message=message[:500])
+                     if r.id == refund_id else r for r in self.refunds],
+        )  # fmt: skip
+
+    def _pending(self, refund_id: str) -> PaymentRefund:
+        refund = self.refund_by_id(refund_id)
+        if refund is None or refund.status != "pending":
+            raise InvalidTransition(f"refund {refund_id} is not pending")
+        return refund
 
 
 class Allocation(BaseModel):
@@ -975,20 +1015,47 @@ class Order(BaseModel):
             detail={"authorization": authorization, "reference": reference}, payment=payment.voided(),
         )  # fmt: skip
 
-    def record_refund(
-        self, refund_id: str, amount: Money, reference: str, *, reason: str, at: datetime, actor: str
-    ) -> Change:
-        """The gateway refunded `amount` under `refund_id`; never more than captured minus refunded."""
+    def begin_refund(
+        self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
+        return_id: str | None = None, at: datetime, actor: str,
+    ) -> Change:  # fmt: skip
+        """A refund about to be asked of the gateway, written first as `pending` so that what it
+        takes is held: never more than captured minus refunded and pending."""
         if self.payment.refund_by_id(refund_id) is not None:
-            raise InvalidTransition(f"refund {refund_id} is recorded already")
+            raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount)
-        refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, reference=reference, at=at)
+        refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
+                               return_id=return_id, at=at)  # fmt: skip
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,
+            detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reason": reason, "kind": kind,
+                    **({"return_id": return_id} if return_id else {})},
+            payment=self.payment.with_pending_refund(refund),
+        )  # fmt: skip
+
+    def record_refund(self, refund_id: str, reference: str, *, at: datetime, actor: str) -> Change:
+        """The gateway refunded the pending refund `refund_id`: `payment.refunded` grows by it."""
+        refund = self.payment._pending(refund_id)
         everything_captured = self.totals.grand_total <= self.payment.captured
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_REFUNDED,
-            detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reference": reference,
-                    "reason": reason},
-            payment=self.payment.with_refund(refund, everything_captured),
+            detail={"refund_id": refund_id, "amount": refund.amount.model_dump(mode="json"), "reference": reference,
+                    "reason": refund.reason, "kind": refund.kind,
+                    **({"return_id": refund.return_id} if refund.return_id else {})},
+            payment=self.payment.with_refund(refund_id, reference, everything_captured),
+        )  # fmt: skip
+
+    def record_failed_refund(
+        self, refund_id: str, reference: str | None, message: str, *, at: datetime, actor: str
+    ) -> Change:
+        """The gateway refused the pending refund `refund_id`: it stays on the order as failed,
+        never counted, and what it held can be refunded again under a new id."""
+        refund = self.payment._pending(refund_id)
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.REFUND_FAILED,
+            detail={"refund_id": refund_id, "amount": refund.amount.model_dump(mode="json"), "message": message[:500],
+                    **({"reference": reference} if reference else {})},
+            payment=self.payment.with_failed_refund(refund_id, reference, message),
         )  # fmt: skip
 
     def record_return(

@@ -10,7 +10,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from core.errors import Conflict, InvalidRequest, NotFound, PluginError, StaleVersion
+from core.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PaymentGatewayUnavailable,
+    PluginError,
+    StaleVersion,
+)
 from core.events import OrderEvent
 from core.hook_calls import call_hook
 from core.ids import short_hash
@@ -25,6 +33,8 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
 )
+from core.refund_service import RefundService
+from core.refunds import refund_due
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.status import ReturnStatus, ShipmentStatus
 
@@ -33,6 +43,13 @@ Clock = Callable[[], datetime]
 
 # Returns that no longer hold units of the order: what they asked for may be asked for again.
 CLOSED = frozenset({R.REJECTED, R.CANCELLED})
+
+
+class RefundNotDone(DomainError):
+    """The gateway refused a return's refund (recorded `failed` on the order): the workflow's Retry
+    runs the refund step again, which asks under a new key."""
+
+    code = "refund_not_done"
 
 
 def return_id_for(order_id: str, ordinal: int) -> str:
@@ -61,6 +78,7 @@ class Returns:
         inventory: InventoryRepository,
         labels: LabelStore,
         hook: Any,
+        refunds: RefundService,
         clock: Clock = utc_now,
     ):
         self._orders = orders
@@ -69,6 +87,7 @@ class Returns:
         self._inventory = inventory
         self._labels = labels
         self._hook = hook
+        self._refunds = refunds
         self._clock = clock
 
     # --- Reading ----------------------------------------------------------------------------
@@ -280,10 +299,71 @@ class Returns:
             lambda order: order.record_return(item.id, item.received(), at=at, actor=actor, detail=detail),
         )  # fmt: skip
 
+    # --- Refund -----------------------------------------------------------------------------
+    def refund(self, return_id: str, actor: str) -> Return:
+        """Refund the received units through the payment plugin (core.refunds.refund_due: each
+        unit's exact share of its line total, the shipping when the policy said so, minus the fee,
+        never more than captured minus refunded) and mark the return `refunded` with the amount.
+
+        Idempotent: the refund's key is the return's id and attempt (the number of its refunds the
+        gateway refused), so a retried step asks the gateway under the same key and the order
+        records it once; a refused refund stays on the order as `failed`, the return stays
+        `received`, and the next run tries again under a new key (RefundNotDone, for the workflow's
+        Retry). A gateway still unavailable raises PaymentGatewayUnavailable (retried the same way)."""
+        item = self.get(return_id)
+        if item.status is R.REFUNDED:
+            return item
+        if item.status is not R.RECEIVED:
+            raise Conflict(f"return {return_id} is {item.status}, not received", code="return_not_received")
+        order = self._orders.get(item.order_id)
+        if order is None:
+            raise NotFound(f"no order {item.order_id}")
+        mine = [r for r in order.payment.refunds if r.return_id == item.id]
+        done = next((r for r in mine if r.status == "succeeded"), None)
+        if done is None:
+            amount = refund_due(
+                order, item.received(), item.refund_shipping, item.fee,
+                returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id),
+            )  # fmt: skip
+            if amount.amount > 0 or any(r.status == "pending" for r in mine):
+                attempt = sum(1 for r in mine if r.status == "failed")
+                refund = self._refunds.issue_refund(
+                    item.order_id, amount, f"return {item.id}", f"{item.id}#{attempt}", actor, return_id=item.id
+                )
+                if refund.status != "succeeded":
+                    raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+                amount = refund.amount
+        else:
+            amount = done.amount
+        at = self._clock()
+        return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+
+    def settle(self, return_id: str, actor: str) -> Return:
+        """The steps after a receipt, in the workflow's order (restock, the order's count, refund),
+        each skipping what is done. A refund not done yet (refused, or the gateway still
+        unavailable) leaves the return `received`: running this again finishes it."""
+        self.restock(return_id)
+        self.record_on_order(return_id, actor)
+        try:
+            return self.refund(return_id, actor)
+        except (RefundNotDone, PaymentGatewayUnavailable):
+            return self.get(return_id)
+
     # --- History ----------------------------------------------------------------------------
     def _note(self, order_id: str, event: OrderEvent, actor: str, detail: dict[str, Any]) -> None:
         at = self._clock()
         modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
+
+
+def _units_refunded(returns: list[Return], besides: str) -> dict[str, int]:
+    """Units of each line that earlier returns refunded: a line's units refunded over several
+    returns add up to exactly its total."""
+    units: dict[str, int] = {}
+    for item in returns:
+        if item.status is R.REFUNDED and item.id != besides:
+            for line_id, quantity in item.received().items():
+                units[line_id] = units.get(line_id, 0) + quantity
+    return units
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:

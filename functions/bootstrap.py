@@ -26,6 +26,7 @@ from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository
 from core.pricing import Pricing
 from core.reconciliation import Reconciler
+from core.refund_service import RefundService
 from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
@@ -254,6 +255,11 @@ class Container:
         )
 
     @cached_property
+    def refunds(self) -> RefundService:
+        """Appeasements, returns' refunds and cancellations' over-captures: `issue_refund(...)`."""
+        return RefundService(self.order_repository, self.payments, self.clock)
+
+    @cached_property
     def returns(self) -> Returns:
         return Returns(
             self.order_repository,
@@ -262,6 +268,7 @@ class Container:
             self.inventory_repository,
             self.label_store,
             self.plugins.hook,
+            self.refunds,
             clock=self.clock,
         )
 

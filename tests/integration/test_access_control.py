@@ -36,6 +36,7 @@ ALL_SCOPES = [  # as API.md lists them
     "catalog:write",
     "fulfillment:write",
     "returns:write",
+    "refunds:write",
     "reports:read",
     "admin",
 ]

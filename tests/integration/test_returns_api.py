@@ -33,7 +33,9 @@ def run_workflow(order_id: str) -> None:
     workflow.create_shipments(order_id)
 
 
-def an_order(api: InProcessApi, quantity: int = 3, *, ship: bool = True) -> tuple[dict[str, Any], str, str]:
+def an_order(
+    api: InProcessApi, quantity: int = 3, *, ship: bool = True, token: str = "tok_approve"
+) -> tuple[dict[str, Any], str, str]:
     """A placed and allocated order of one new product (shipped and delivered when `ship`), its sku
     and the warehouse it left from."""
     catalog = Catalog(api)
@@ -41,7 +43,12 @@ def an_order(api: InProcessApi, quantity: int = 3, *, ship: bool = True) -> tupl
     sku = catalog.product("10.00", weight_grams=300)
     catalog.stock(sku, warehouse, 10)
     channel = f"web-{uuid.uuid4().hex[:8]}"
-    body = order_body(channel=channel, external_id=uuid.uuid4().hex, lines=[{"sku": sku, "quantity": quantity}])
+    body = order_body(
+        channel=channel,
+        external_id=uuid.uuid4().hex,
+        lines=[{"sku": sku, "quantity": quantity}],
+        payment={"method": "test", "token": token},
+    )
     placed = api.post("/orders", json=body)
     assert placed.status_code == 201, placed.text
     order_id = placed.json()["id"]
@@ -87,13 +94,19 @@ def test_a_return_received_in_mixed_condition_restocks_the_resellable_units(api:
 
     assert received.status_code == 200, received.text
     line = received.json()["lines"][0]
-    assert (received.json()["status"], line["received_quantity"], line["condition"]) == ("received", 2, "mixed")
+    assert (received.json()["status"], line["received_quantity"], line["condition"]) == ("refunded", 2, "mixed")
     assert on_hand(api, sku, warehouse) == before + 1
     after = api.get(f"/orders/{order['id']}").json()
     assert after["status"] == "partially_returned"
     assert (after["lines"][0]["shipped_quantity"], after["lines"][0]["returned_quantity"]) == (3, 2)
     history = api.get(f"/orders/{order['id']}/history").json()["items"]
     assert [e["type"] for e in history if e["type"].startswith("return_")] == ["return_requested", "return_received"]
+    refunds = api.get(f"/orders/{order['id']}/refunds").json()["items"]
+    assert [(r["amount"], r["status"]) for r in refunds] == [(received.json()["refund"], "succeeded")]
+    # Two thirds of the line's 32.18 (3 x 10.00 and 2.18 California tax), rounded half-even.
+    assert after["lines"][0]["total"]["amount"] == "32.18"
+    assert received.json()["refund"] == {"amount": "21.45", "currency": "USD"}
+    assert after["payment"]["refunded"] == received.json()["refund"]
 
     again = api.post(f"/returns/{rma['id']}/receive", json=receipt)
     assert again.status_code == 200
@@ -151,3 +164,18 @@ def test_returns_are_listed_by_order_and_status_and_hidden_from_other_channels(a
 def test_a_malformed_or_unknown_return_id_is_404(api: InProcessApi):
     assert_error(api.get("/returns/rma_" + "a" * 24), 404)
     assert_error(api.get("/returns/not-an-id"), 404)
+
+
+def test_a_refused_refund_answers_202_and_receiving_again_tries_again(api: InProcessApi):
+    order, _, warehouse = an_order(api, 1, token="tok_refund_decline")
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+
+    first = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+    again = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+
+    assert (first.status_code, first.json()["status"]) == (202, "received")
+    assert (again.status_code, again.json()["status"]) == (202, "received")
+    refunds = api.get(f"/orders/{order['id']}/refunds").json()["items"]
+    assert [r["status"] for r in refunds] == ["failed", "failed"]
+    assert api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]["amount"] == "0.00"

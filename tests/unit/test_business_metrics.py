@@ -146,8 +146,8 @@ def test_a_refund_counts_and_its_value_by_currency(world, capsys):
     world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
     emitted(capsys)
 
-    world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
-    world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")  # a repeat changes nothing
+    world.refunds.issue_refund(order.id, usd("5.00"), "goodwill", "k1", actor="key_cs")
+    world.refunds.issue_refund(order.id, usd("5.00"), "goodwill", "k1", actor="key_cs")  # a repeat changes nothing
 
     assert emitted(capsys) == {
         ("Refunds", (("kind", "refund"),)): [1.0],

@@ -21,6 +21,7 @@ from core.errors import (
 )
 from core.models import LineInput, Order, OrderEdit
 from core.money import Money
+from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.unit.world import World, before_the_next_write, build_world
 
@@ -231,30 +232,59 @@ def shipped_order(world: World, *lines: tuple[str, int], token: str = "tok_appro
     return shipped
 
 
+def refund(world: World, order_id: str, key: str, amount: Money, reason: str = "goodwill"):
+    return world.refunds.issue_refund(order_id, amount, reason, key, actor="key_cs")
+
+
 @pytest.mark.parametrize(("script", "failed", "ends"), SCENARIOS)
 def test_refund(world, script, failed, ends):
     order = shipped_order(world)
     world.gateway.script("refund", *script)
+    refund_id = refund_id_for(order.id, "k1")
 
-    if ends == "done":
-        refunded = world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
-        assert refunded == world.order(order.id)
-        assert refunded.payment.refunded == usd("5.00")
-        assert refunded.payment.status is P.PARTIALLY_REFUNDED
-        assert [r.id for r in refunded.payment.refunds] == ["ref_1"]
-        entry = world.history(order.id)[-1]
-        assert (entry.type, entry.actor, entry.detail["refund_id"], entry.detail["reason"]) == (
-            "payment_refunded", "key_cs", "ref_1", "goodwill",
-        )  # fmt: skip
-        assert [key for _, _, key in world.spy.refunded] == [payment_keys.refund(order.id, "ref_1")]
-    else:
-        expected = PaymentRefused if ends == "refused" else PaymentGatewayUnavailable
-        with pytest.raises(expected):
-            world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
-        assert world.order(order.id) == order
+    if ends == "unavailable":
+        with pytest.raises(PaymentGatewayUnavailable):
+            refund(world, order.id, "k1", usd("5.00"))
+        held = world.order(order.id)
+        assert [(r.id, r.status) for r in held.payment.refunds] == [(refund_id, "pending")]
+        assert held.payment.refunded == usd("0.00") and held.payment.refundable() == order.payment.captured - usd(
+            "5.00"
+        )
         assert world.spy.refunded == []
+    else:
+        done = refund(world, order.id, "k1", usd("5.00"))
+        stored = world.order(order.id)
+        assert (done.id, done.status, done.amount, done.reason) == (
+            refund_id, "succeeded" if ends == "done" else "failed", usd("5.00"), "goodwill",
+        )  # fmt: skip
+        entry = world.history(order.id)[-1]
+        assert (entry.actor, entry.detail["refund_id"]) == ("key_cs", refund_id)
+        if ends == "done":
+            assert stored.payment.refunded == usd("5.00")
+            assert stored.payment.status is P.PARTIALLY_REFUNDED
+            assert entry.type == "payment_refunded" and entry.detail["reason"] == "goodwill"
+            assert [key for _, _, key in world.spy.refunded] == [payment_keys.refund(order.id, refund_id)]
+        else:
+            assert stored.payment.refunded == usd("0.00") and stored.payment.status is order.payment.status
+            assert stored.payment.refundable() == order.payment.captured
+            assert entry.type == "refund_failed"
+            assert world.spy.refunded == []
     assert failures(world, order.id) == [("payment_refund_failed", "refund", kind, n) for kind, n in failed]
-    assert set(world.gateway.keys("refund")) == {payment_keys.refund(order.id, "ref_1")}
+    assert set(world.gateway.keys("refund")) == {payment_keys.refund(order.id, refund_id)}
+
+
+def test_a_refund_left_pending_by_an_unavailable_gateway_is_finished_by_its_retry(world):
+    order = shipped_order(world)
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        refund(world, order.id, "k1", usd("5.00"))
+
+    done = refund(world, order.id, "k1", usd("5.00"))
+
+    assert done.status == "succeeded"
+    assert world.order(order.id).payment.refunded == usd("5.00")
+    assert len(world.spy.refunded) == 1
+    assert set(world.gateway.keys("refund")) == {payment_keys.refund(order.id, done.id)}
 
 
 def test_a_refund_is_never_more_than_captured_minus_refunded_and_the_gateway_is_not_asked(world):
@@ -262,27 +292,39 @@ def test_a_refund_is_never_more_than_captured_minus_refunded_and_the_gateway_is_
     captured = order.payment.captured
 
     with pytest.raises(RefundExceedsCaptured) as raised:
-        world.actions.refund(order.id, "ref_1", captured + usd("0.01"), "too much", actor="key_cs")
+        refund(world, order.id, "k1", captured + usd("0.01"), "too much")
     assert raised.value.code == "refund_exceeds_captured"
-    world.actions.refund(order.id, "ref_2", captured - usd("1.00"), "most of it", actor="key_cs")
+    second = refund(world, order.id, "k2", captured - usd("1.00"), "most of it")
     with pytest.raises(RefundExceedsCaptured):
-        world.actions.refund(order.id, "ref_3", usd("1.01"), "a cent too much", actor="key_cs")
+        refund(world, order.id, "k3", usd("1.01"), "a cent too much")
 
-    done = world.actions.refund(order.id, "ref_4", usd("1.00"), "the rest", actor="key_cs")
+    last = refund(world, order.id, "k4", usd("1.00"), "the rest")
 
+    done = world.order(order.id)
     assert done.payment.refunded == captured
     assert done.payment.status is P.REFUNDED
-    assert world.gateway.keys("refund") == [payment_keys.refund(order.id, r) for r in ("ref_2", "ref_4")]
+    assert world.gateway.keys("refund") == [payment_keys.refund(order.id, r.id) for r in (second, last)]
+
+
+def test_a_pending_refund_holds_its_amount(world):
+    order = shipped_order(world)
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        refund(world, order.id, "k1", order.payment.captured - usd("1.00"))
+
+    with pytest.raises(RefundExceedsCaptured):
+        refund(world, order.id, "k2", usd("1.01"))
+    assert refund(world, order.id, "k3", usd("1.00")).status == "succeeded"
 
 
 def test_the_same_refund_twice_refunds_once(world):
     order = shipped_order(world)
 
-    once = world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
-    twice = world.actions.refund(order.id, "ref_1", usd("5.00"), "goodwill", actor="key_cs")
+    once = refund(world, order.id, "k1", usd("5.00"))
+    twice = refund(world, order.id, "k1", usd("5.00"))
 
-    assert twice == once == world.order(order.id)
-    assert twice.payment.refunded == usd("5.00")
+    assert twice == once
+    assert world.order(order.id).payment.refunded == usd("5.00")
     assert len(world.spy.refunded) == 1
 
 
@@ -290,20 +332,24 @@ def test_nothing_captured_means_nothing_to_refund(world):
     order = world.allocated(("TSHIRT", 2))
 
     with pytest.raises(InvalidTransition):
-        world.actions.refund(order.id, "ref_1", usd("1.00"), "early", actor="key_cs")
+        refund(world, order.id, "k1", usd("1.00"), "early")
 
     assert world.gateway.keys("refund") == []
     assert world.order(order.id) == order
 
 
-def test_a_refund_declined_by_the_test_gateway_is_not_recorded(world):
+def test_a_refund_declined_by_the_test_gateway_is_recorded_failed_and_frees_what_it_held(world):
     order = shipped_order(world, token="tok_refund_decline")
 
-    with pytest.raises(PaymentRefused) as raised:
-        world.actions.refund(order.id, "ref_1", usd("1.00"), "goodwill", actor="key_cs")
+    failed = refund(world, order.id, "k1", order.payment.captured)
 
-    assert "tok_refund_decline" in raised.value.message
-    assert world.order(order.id) == order
+    assert failed.status == "failed"
+    stored = world.order(order.id)
+    assert stored.payment.refunded == usd("0.00") and stored.payment.status is P.CAPTURED
+    assert "tok_refund_decline" in stored.payment.refunds[0].message
+    assert refund(world, order.id, "k1", order.payment.captured) == failed  # final under its key
+    assert len(world.gateway.keys("refund")) == 1
+    assert refund(world, order.id, "k2", order.payment.captured).status == "failed"  # a new try, a new key
 
 
 # --- Authorize: the workflow's step and an edit's re-authorization ------------------------------

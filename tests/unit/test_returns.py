@@ -12,8 +12,11 @@ from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
 from core.events import OrderEvent
 from core.models import Order
 from core.money import Money
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
+from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
-from core.returns import Returns, return_id_for
+from core.returns import RefundNotDone, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW
 from tests.fakes import FakeReturns
@@ -43,16 +46,17 @@ class ApprovalPolicy:
 
 
 def returns_for(world: World, clock: Clock, *extra: object) -> tuple[Returns, FakeReturns]:
-    from core.plugin_manager import build_plugin_manager
-
     plugins = build_plugin_manager(*extra, enable_test_payments=True)
+    refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
     store = FakeReturns()
-    service = Returns(world.orders, store, world.catalog, world.inventory, world.labels, plugins.hook, clock=clock)
+    service = Returns(
+        world.orders, store, world.catalog, world.inventory, world.labels, plugins.hook, refunds, clock=clock
+    )
     return service, store
 
 
-def shipped(world: World, *lines: tuple[str, int], deliver: bool = True) -> Order:
-    order = world.allocated(*lines)
+def shipped(world: World, *lines: tuple[str, int], deliver: bool = True, token: str = "tok_approve") -> Order:
+    order = world.allocated(*lines, token=token)
     for shipment in order.shipments:
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
         if deliver:
@@ -325,3 +329,71 @@ def test_an_exchange_is_refused_until_exchanges_exist(world, clock):
 
     assert refused.value.code == "exchange_not_supported"
     assert store.returns == {}
+
+
+# --- Refunds -----------------------------------------------------------------------------------
+
+
+def test_a_received_return_is_refunded_its_units_share_and_the_last_unit_takes_what_rounding_left(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    line_total = order.lines[0].total
+    refunds = []
+    for quantity in (1, 2):
+        item = returns.request(order.id, ask(("L1", quantity, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", quantity, "resellable")), "key_wh")
+        settled = returns.settle(item.id, actor="key_wh")
+        assert settled.status is R.REFUNDED
+        refunds.append(settled.refund)
+
+    assert refunds[0] == Money.of(line_total.amount / 3, "USD")
+    assert refunds[0] + refunds[1] == line_total
+    after = world.order(order.id)
+    assert after.payment.refunded == line_total and after.status is S.RETURNED
+    assert [(r.return_id, r.kind, r.status) for r in after.payment.refunds] == [
+        (return_id_for(order.id, 1), "return", "succeeded"), (return_id_for(order.id, 2), "return", "succeeded")
+    ]  # fmt: skip
+
+
+def test_the_fee_is_kept_back_and_settling_again_refunds_nothing_more(world, clock):
+    returns, _ = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.approve(item.id, None, actor="key_lead")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+    again = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == order.lines[0].total - Money(amount="1.50", currency="USD")
+    assert again == settled
+    assert world.order(order.id).payment.refunded == settled.refund
+
+
+def test_shipping_is_refunded_when_the_policy_says_so(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == order.totals.grand_total
+    assert world.order(order.id).payment.status.value == "refunded"
+
+
+def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_retry_asks_under_a_new_key(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1), token="tok_refund_decline")
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, actor="key_wh")
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+
+    after = world.order(order.id)
+    assert [(r.status, r.return_id) for r in after.payment.refunds] == [("failed", item.id)] * 2
+    assert len({r.id for r in after.payment.refunds}) == 2
+    assert after.payment.refunded == Money.zero("USD")
+    assert (after.status, after.lines[0].returned_quantity) == (S.RETURNED, 1)  # the units are back all the same

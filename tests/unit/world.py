@@ -18,6 +18,7 @@ from core.models import HistoryEntry, Order
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
+from core.refund_service import RefundService
 from core.services import CaptureService
 from core.status import OrderStatus
 from core.workflow import Workflow
@@ -39,6 +40,7 @@ class World:
     capture: CaptureService
     workflow: Workflow
     actions: OrderActions
+    refunds: RefundService
     counter: list[int] = field(default_factory=lambda: [0])
 
     def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
@@ -132,7 +134,8 @@ def build_world(
     )
     workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep)
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
-    return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions)
+    refunds = RefundService(orders, payments, clock)
+    return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds)
 
 
 def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:

@@ -113,18 +113,26 @@ def reject_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None,
 
 @router.post(
     "/returns/<return_id>/receive",
-    summary="Receive a return's parcel: resellable units back on hand, the order counts them",
+    summary="Receive a return's parcel: resellable units back on hand, the order counts them, the refund",
     description="Each line once per condition. Resellable units go back on hand at `location_id`; damaged "
     "units do not. The order's lines count the units in `returned_quantity` and it becomes `partially_returned`, "
-    "or `returned` once every shipped unit is back. Receiving a received return again changes nothing (200 with "
-    "the return as it is); more units than a line authorized is 422.",
-    responses={**ok(200, Return, "The return, received"), **errors(400, 403, 404, 409, 413)},
+    "or `returned` once every shipped unit is back. The received units are refunded through the payment plugin "
+    "(each unit's share of its line total, plus shipping when the policy says so, minus the fee). 200 with the "
+    "return `refunded` when all of it is done; 202 with the return `received` when the refund is not done yet "
+    "(the gateway refused it, recorded `failed` in GET /orders/{id}/refunds, or is unavailable): receiving again "
+    "changes nothing already done and tries the refund again. More units than a line authorized is 422.",
+    responses={
+        **ok(200, Return, "The return, refunded"),
+        **ok(202, Return, "The return, received; its refund is not done yet"),
+        **errors(400, 403, 404, 409, 413),
+    },
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.RETURNS_WRITE)
-def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Return:
+def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Response[Return]:
     who = caller(router)
     returns = container().returns
     item = returns.receive(return_id, request, actor=who.key_id, channel=who.channel)
-    returns.restock(item.id)
-    returns.record_on_order(item.id, actor=who.key_id)
-    return with_return_label_link(item)
+    settled = returns.settle(item.id, actor=who.key_id)
+    status = 200 if settled.status is ReturnStatus.REFUNDED else 202
+    return Response(status, content_types.APPLICATION_JSON, _shown(settled))

@@ -1,0 +1,120 @@
+"""Refunds through the payment plugin: held on the order first, asked once per key, recorded as the gateway answered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from core import payment_keys
+from core.errors import PaymentRefused
+from core.models import Order, PaymentRefund, RefundKind
+from core.money import Money
+from core.order_changes import failure_recorder, modify, visible
+from core.payments import Payments
+from core.ports import OrderRepository
+from core.refunds import Refund, refund_id_for
+
+
+class RefundService:
+    """Appeasements (POST /orders/{id}/refunds), the returns workflow's refunds and the refund of
+    an over-capture after a cancel all go through `issue_refund`.
+
+    A refund is written `pending` on the order first (conditional on its version, and never more
+    than captured minus refunded and pending, so two refunds cannot both take the last of it),
+    then asked of the gateway under a key derived from its id, then recorded `succeeded` or
+    `failed`. Its id comes from the caller's idempotency key, so a repeat finds it: a finished
+    refund is returned as it is, a pending one (interrupted, or the gateway stayed unavailable) is
+    asked again under the same gateway key, which the gateway answers without refunding twice.
+
+    A refused refund is final under its key (a gateway replays its answer to a key): it is
+    recorded `failed`, never counted, and what it held is free again; retrying means a new
+    refund, under a new key. A gateway that stays unavailable raises PaymentGatewayUnavailable
+    (503 in the API, a Retry in the returns workflow) with the refund still pending."""
+
+    def __init__(self, orders: OrderRepository, payments: Payments, clock: Callable[[], datetime]):
+        self._orders = orders
+        self._payments = payments
+        self._clock = clock
+
+    def issue_refund(
+        self,
+        order_id: str,
+        amount: Money,
+        reason: str,
+        idempotency_key: str,
+        actor: str,
+        return_id: str | None = None,
+        *,
+        kind: RefundKind | None = None,
+        channel: str | None = None,
+    ) -> Refund:
+        """Refund `amount` of what was captured, once per `idempotency_key` on this order.
+        RefundExceedsCaptured (422) beyond captured minus refunded; InvalidTransition (409) when
+        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered."""
+        refund_id = refund_id_for(order_id, idempotency_key)
+        at = self._clock()
+
+        def begin(order: Order):
+            if order.payment.refund_by_id(refund_id) is not None:
+                return None
+            return order.begin_refund(
+                refund_id, amount, reason=reason, kind=kind or ("return" if return_id else "appeasement"),
+                return_id=return_id, at=at, actor=actor,
+            )  # fmt: skip
+
+        order = modify(self._orders, order_id, begin, channel=channel)
+        refund = order.payment.refund_by_id(refund_id)
+        assert refund is not None
+        if refund.status != "pending":
+            return Refund.of(order_id, refund)
+        return Refund.of(order_id, self._ask_gateway(order, refund, actor))
+
+    def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str) -> PaymentRefund:
+        payment = order.payment
+        authorization = payment.authorization or ""
+        key = payment_keys.refund(order.id, refund.id)
+        recorder = failure_recorder(
+            self._orders,
+            order.id,
+            actor,
+            self._clock,
+            refund_id=refund.id,
+            amount=refund.amount.model_dump(mode="json"),
+        )
+        try:
+            result = self._payments.retried(
+                "refund",
+                lambda attempt: self._payments.refund(payment.method, authorization, refund.amount, order.id, key),
+                recorder,
+            )
+        except PaymentRefused as refused:
+            message, at = refused.gateway_message, self._clock()
+            done = modify(
+                self._orders, order.id,
+                lambda current: current.record_failed_refund(refund.id, None, message, at=at, actor=actor)
+                if self._still_pending(current, refund.id) else None,
+            )  # fmt: skip
+            return self._final(done, refund.id)
+        at = self._clock()
+        done = modify(
+            self._orders, order.id,
+            lambda current: current.record_refund(refund.id, result.reference, at=at, actor=actor)
+            if self._still_pending(current, refund.id) else None,
+        )  # fmt: skip
+        return self._final(done, refund.id)
+
+    @staticmethod
+    def _still_pending(order: Order, refund_id: str) -> bool:
+        found = order.payment.refund_by_id(refund_id)
+        return found is not None and found.status == "pending"
+
+    @staticmethod
+    def _final(order: Order, refund_id: str) -> PaymentRefund:
+        found = order.payment.refund_by_id(refund_id)
+        assert found is not None
+        return found
+
+    def refunds(self, order_id: str, channel: str | None = None) -> list[Refund]:
+        """Every refund of the order, oldest first: appeasements, returns' and cancellations'."""
+        order = visible(self._orders.get(order_id), order_id, channel)
+        return [Refund.of(order.id, refund) for refund in order.payment.refunds]

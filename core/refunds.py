@@ -1,0 +1,126 @@
+"""Refund arithmetic: what units, shipping and fees are worth, exact to the currency's minor unit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from core.errors import InvalidRequest
+from core.ids import short_hash
+from core.models import CleanText, Order, OrderLine, PaymentRefund, Strict
+from core.money import Money
+
+__all__ = ["Refund", "RefundRequest", "cumulative_share", "refund_due", "refund_id_for", "units_share"]
+
+
+def cumulative_share(line: OrderLine, units: int) -> Money:
+    """What the first `units` units of `line` are worth: its total (discount and tax included)
+    in proportion, rounded half-even; all of its units are worth exactly its total."""
+    if not 0 <= units <= line.quantity:
+        raise InvalidRequest(
+            f"line {line.line_id} has {line.quantity} units, not {units}",
+            details=[{"field": "lines", "message": f"{line.line_id} has {line.quantity} units"}],
+        )
+    if units == line.quantity:
+        return line.total
+    return Money.of(line.total.amount * Decimal(units) / Decimal(line.quantity), line.total.currency)
+
+
+def units_share(line: OrderLine, units: int, before: int = 0) -> Money:
+    """What `units` more units of `line` are worth after `before` of them were refunded: the
+    difference of two cumulative shares, so refunding every unit, in any number of steps, gives
+    back exactly the line's total (the last unit takes what rounding left)."""
+    return cumulative_share(line, before + units) - cumulative_share(line, before)
+
+
+def refund_due(
+    order: Order,
+    lines: Mapping[str, int],
+    include_shipping: bool,
+    fee: Money,
+    *,
+    returned_before: Mapping[str, int] | None = None,
+) -> Money:
+    """What a return of `lines` ({line_id: units}) gives back: each unit's exact share of its
+    line's total, plus the order's shipping when `include_shipping`, minus `fee`; never below
+    zero and never more than captured minus refunded (and minus refunds still pending).
+    `returned_before` ({line_id: units}) counts the units of each line refunded by earlier
+    returns, so that the units of a line returned over several returns add up to its total."""
+    before = returned_before or {}
+    by_id = {line.line_id: line for line in order.lines}
+    zero = Money.zero(order.currency)
+    if fee.currency != order.currency or fee.is_negative():
+        raise InvalidRequest(f"a fee is a non-negative amount in {order.currency}")
+    due = zero
+    for line_id, units in lines.items():
+        line = by_id.get(line_id)
+        if line is None:
+            raise InvalidRequest(
+                f"order {order.id} has no line {line_id}",
+                details=[{"field": "lines", "message": f"no line {line_id}"}],
+            )
+        if units < 0:
+            raise InvalidRequest(f"a negative quantity of {line_id} cannot be refunded")
+        due = due + units_share(line, units, before.get(line_id, 0))
+    if include_shipping:
+        due = due + order.totals.shipping
+    due = due - fee
+    return min(max(due, zero, key=_amount), max(order.payment.refundable(), zero, key=_amount), key=_amount)
+
+
+def _amount(money: Money) -> Decimal:
+    return money.amount
+
+
+def refund_id_for(order_id: str, idempotency_key: str) -> str:
+    """The refund's id, derived from its idempotency key: a retried step or request names the same
+    refund, so the gateway is asked under the same key and the order records it once."""
+    if not idempotency_key:
+        raise ValueError("a refund needs an idempotency key")
+    return "ref_" + short_hash(f"{order_id}\x1f{idempotency_key}")
+
+
+# --- What the API shows -------------------------------------------------------------------
+
+
+class Refund(BaseModel):
+    """A refund as the contract shows it. `pending` only while the gateway has not answered (a
+    request interrupted there, or a gateway that stayed unavailable): repeating the request with
+    the same Idempotency-Key, or the returns workflow's retry, finishes it."""
+
+    id: str
+    order_id: str
+    amount: Money
+    reason: str
+    status: Literal["pending", "succeeded", "failed"]
+    return_id: str | None = None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, order_id: str, refund: PaymentRefund) -> Refund:
+        return cls(
+            id=refund.id,
+            order_id=order_id,
+            amount=refund.amount,
+            reason=refund.reason,
+            status=refund.status,
+            return_id=refund.return_id,
+            created_at=refund.at,
+        )
+
+
+class RefundPage(BaseModel):
+    items: list[Refund]
+
+
+class RefundRequest(Strict):
+    """The body of POST /orders/{id}/refunds: an appeasement, a refund without a return."""
+
+    amount: Money
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText] = Field(
+        description="Why the money goes back, e.g. 'late delivery'."
+    )

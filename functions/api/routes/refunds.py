@@ -1,0 +1,71 @@
+"""Refunds: an appeasement through the payment plugin, and every refund of an order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from core.access import Scope
+from core.ids import new_id
+from core.refunds import Refund, RefundPage, RefundRequest
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.routes.orders import IdempotencyKey, OrderIdPath
+from functions.api.routes.plugins import plugins_loaded
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+
+@router.post(
+    "/orders/<order_id>/refunds",
+    summary="Refund part of what was captured, without a return (an appeasement)",
+    description="Asked of the payment plugin at once. A refund the gateway refuses is still 201, with "
+    "`status: failed`: it is kept on the order, never counted in `payment.refunded`, and what it held can be "
+    "refunded again by a new request (a new Idempotency-Key). More than captured minus refunded is 422 "
+    "`refund_exceeds_captured`; nothing captured yet is 409. A gateway that keeps failing answers 503 with the "
+    "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it.",
+    responses={**ok(201, Refund, "The refund, succeeded or failed"), **errors(400, 403, 404, 409, 413, 503)},
+    middlewares=[plugins_loaded],
+)
+@requires(Scope.REFUNDS_WRITE)
+def refund_order(
+    order_id: OrderIdPath, request: RefundRequest, idempotency_key: IdempotencyKey = None
+) -> Response[Refund]:
+    who = caller(router)
+    # The refund's own key: derived from the client's, so a retried request names the same refund
+    # even when the first one stopped before its response was stored.
+    refund_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else new_id("rfk")
+
+    def refund() -> dict[str, Any]:
+        issued = container().refunds.issue_refund(
+            order_id, request.amount, request.reason, refund_key, who.key_id, channel=who.channel
+        )
+        return issued.model_dump(mode="json")
+
+    if idempotency_key is None:
+        body = refund()
+    else:
+        from functions.api.idempotency import once
+
+        body = once(
+            f"POST /orders/{order_id}/refunds",
+            who.key_id,
+            idempotency_key,
+            request.model_dump(mode="json"),
+            refund,
+            router.lambda_context,
+        )
+    return Response(201, content_types.APPLICATION_JSON, Refund.model_validate(body))
+
+
+@router.get(
+    "/orders/<order_id>/refunds",
+    summary="Every refund of an order, oldest first: appeasements, returns' and cancellations'",
+    responses={**ok(200, RefundPage, "The refunds"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def list_refunds(order_id: OrderIdPath) -> RefundPage:
+    return RefundPage(items=container().refunds.refunds(order_id, caller(router).channel))

@@ -1,0 +1,147 @@
+"""POST and GET /orders/{id}/refunds in-process on moto: appeasements through the `test` gateway,
+Idempotency-Key, the cap, a refused refund, scopes and channels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from core.models import HistoryEntry, Order, Payment, Totals
+from core.status import OrderStatus, PaymentStatus
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.unit.conftest import a_stored_order, usd
+
+APPROVES = "auth_" + "0" * 20
+REFUSES = "auth_" + "1" * 20 + "_declines_refund"  # what tok_refund_decline's authorization looks like
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+def a_captured_order(order_id: str, *, authorization: str = APPROVES, captured: str = "30.00",
+                     channel: str = "web") -> Order:  # fmt: skip
+    """Stored as a shipped order whose whole 30.00 was captured (or `captured` of it)."""
+    from functions.bootstrap import Config, bootstrap
+
+    total, zero = usd("30.00"), usd("0.00")
+    status = PaymentStatus.CAPTURED if usd(captured) == total else PaymentStatus.PARTIALLY_CAPTURED
+    if usd(captured) == zero:
+        status = PaymentStatus.AUTHORIZED
+    order = a_stored_order(
+        ("TSHIRT", 3), id=order_id, channel=channel,
+        status=OrderStatus.SHIPPED if status is PaymentStatus.CAPTURED else OrderStatus.ALLOCATED,
+        totals=Totals(subtotal=total, discount=zero, shipping=zero, tax=zero, grand_total=total),
+        payment=Payment(method="test", status=status, authorized=total, captured=usd(captured), refunded=zero,
+                        authorization=authorization),
+    )  # fmt: skip
+    created = HistoryEntry(at=order.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
+    bootstrap(Config.from_env()).order_repository.add(order, created, payment_token="tok_approve")
+    return order
+
+
+def order_id(n: int) -> str:
+    return "ord_" + f"{n:a>24}".replace("0", "b").replace("1", "c")[:24]
+
+
+def refund(api: InProcessApi, oid: str, amount: str, *, key: Any = None, headers: dict | None = None, **kw: Any):
+    body = {"amount": {"amount": amount, "currency": "USD"}, "reason": "late delivery"}
+    return api.post(f"/orders/{oid}/refunds", json=body, headers=headers, **({"key": key} if key else {}), **kw)
+
+
+def issue_key(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
+    body: dict[str, Any] = {"name": "cs", "scopes": list(scopes), **({"channel": channel} if channel else {})}
+    answer = api.post("/api-keys", json=body)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["key"]
+
+
+def test_an_appeasement_is_refunded_listed_and_counted(api):
+    oid = order_id(1)
+    a_captured_order(oid)
+
+    answer = refund(api, oid, "5.00")
+
+    assert answer.status_code == 201, answer.text
+    made = answer.json()
+    assert made["id"].startswith("ref_") and made["order_id"] == oid
+    assert (made["status"], made["amount"], made["reason"]) == (
+        "succeeded", {"amount": "5.00", "currency": "USD"}, "late delivery",
+    )  # fmt: skip
+    order = api.get(f"/orders/{oid}").json()
+    assert order["payment"]["refunded"]["amount"] == "5.00"
+    assert order["payment"]["status"] == "partially_refunded"
+    assert api.get(f"/orders/{oid}/refunds").json()["items"] == [made]
+    history = [h["type"] for h in api.get(f"/orders/{oid}/history").json()["items"]]
+    assert history[-2:] == ["refund_requested", "payment_refunded"]
+
+
+def test_the_same_idempotency_key_refunds_once_and_another_body_under_it_is_409(api):
+    oid = order_id(2)
+    a_captured_order(oid)
+
+    first = refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-1"})
+    again = refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-1"})
+    other = refund(api, oid, "6.00", headers={"Idempotency-Key": "appease-1"})
+
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert_error(other, 409, "idempotency_key_reused")
+    assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "5.00"
+    assert len(api.get(f"/orders/{oid}/refunds").json()["items"]) == 1
+
+
+def test_more_than_captured_minus_refunded_is_422_and_the_rest_can_be_refunded(api):
+    oid = order_id(3)
+    a_captured_order(oid)
+    assert refund(api, oid, "25.00").status_code == 201
+
+    assert_error(refund(api, oid, "5.01"), 422, "refund_exceeds_captured", "amount")
+    last = refund(api, oid, "5.00")
+
+    assert last.status_code == 201 and last.json()["status"] == "succeeded"
+    payment = api.get(f"/orders/{oid}").json()["payment"]
+    assert (payment["status"], payment["refunded"]["amount"]) == ("refunded", "30.00")
+
+
+def test_a_refund_the_gateway_refuses_is_201_failed_and_never_counted(api):
+    oid = order_id(4)
+    a_captured_order(oid, authorization=REFUSES)
+
+    answer = refund(api, oid, "30.00")
+
+    assert answer.status_code == 201 and answer.json()["status"] == "failed"
+    payment = api.get(f"/orders/{oid}").json()["payment"]
+    assert (payment["status"], payment["refunded"]["amount"]) == ("captured", "0.00")
+    assert [r["status"] for r in api.get(f"/orders/{oid}/refunds").json()["items"]] == ["failed"]
+    history = [h["type"] for h in api.get(f"/orders/{oid}/history").json()["items"]]
+    assert history[-3:] == ["refund_requested", "payment_refund_failed", "refund_failed"]
+
+
+def test_nothing_captured_is_409_and_a_bad_amount_422(api):
+    oid = order_id(5)
+    a_captured_order(oid, captured="0.00")
+
+    assert_error(refund(api, oid, "1.00"), 409, "invalid_transition")
+    assert_error(refund(api, oid, "0.00"), 422)
+    assert_error(refund(api, oid, "1.001"), 422)
+
+
+def test_refunds_need_their_scope_and_another_channels_order_is_404(api):
+    oid = order_id(6)
+    a_captured_order(oid, channel="web")
+    reader = issue_key(api, "orders:read", "orders:write")
+    other_channel = issue_key(api, "refunds:write", "orders:read", channel="shop")
+    own_channel = issue_key(api, "refunds:write", "orders:read", channel="web")
+
+    assert_error(refund(api, oid, "1.00", key=reader), 403)
+    assert_error(refund(api, oid, "1.00", key=other_channel), 404)
+    assert_error(api.get(f"/orders/{oid}/refunds", key=other_channel), 404)
+    assert_error(refund(api, "ord_" + "z" * 24, "1.00"), 404)
+    assert refund(api, oid, "1.00", key=own_channel).status_code == 201
+    assert len(api.get(f"/orders/{oid}/refunds", key=own_channel).json()["items"]) == 1

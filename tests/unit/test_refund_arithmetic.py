@@ -1,0 +1,128 @@
+"""Refund arithmetic: each unit's exact share of its line, shipping and fees, capped at what is refundable."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.errors import InvalidRequest
+from core.models import OrderLine, Payment, Totals
+from core.money import Money, quantum
+from core.refunds import cumulative_share, refund_due, refund_id_for, units_share
+from tests.unit.conftest import a_stored_order
+
+CURRENCIES = ["USD", "JPY", "KWD"]
+
+
+def money(amount: str | int | Decimal, currency: str = "USD") -> Money:
+    return Money.of(amount, currency)
+
+
+def a_line(total: Money, quantity: int, line_id: str = "L1") -> OrderLine:
+    zero = Money.zero(total.currency)
+    return OrderLine(line_id=line_id, sku="SKU", quantity=quantity, unit_price=total, discount=zero, tax=zero,
+                     total=total)  # fmt: skip
+
+
+def an_order(lines: list[OrderLine], shipping: Money, captured: Money, refunded: Money | None = None):
+    currency = shipping.currency
+    zero = Money.zero(currency)
+    grand_total = sum((line.total for line in lines), shipping)
+    return a_stored_order(
+        currency=currency,
+        lines=lines,
+        totals=Totals(subtotal=grand_total - shipping, discount=zero, shipping=shipping, tax=zero,
+                      grand_total=grand_total),
+        payment=Payment(method="test", status="captured", authorized=grand_total, captured=captured,
+                        refunded=refunded or zero, authorization="auth_1"),
+    )  # fmt: skip
+
+
+@st.composite
+def lines_and_steps(draw):
+    """A line in USD, JPY or KWD with an awkward total, and its units split into refund steps."""
+    currency = draw(st.sampled_from(CURRENCIES))
+    minor = draw(st.integers(min_value=0, max_value=10**9))
+    total = Money.of(minor * quantum(currency), currency)
+    quantity = draw(st.integers(min_value=1, max_value=60))
+    steps = []
+    left = quantity
+    while left:
+        step = draw(st.integers(min_value=1, max_value=left))
+        steps.append(step)
+        left -= step
+    return a_line(total, quantity), steps
+
+
+@given(lines_and_steps())
+def test_refunding_every_unit_in_any_steps_gives_back_exactly_the_line_total(case):
+    line, steps = case
+    before = 0
+    refunded = Money.zero(line.total.currency)
+    for step in steps:
+        share = units_share(line, step, before)
+        assert not share.is_negative()
+        refunded = refunded + share
+        before += step
+    assert refunded == line.total
+
+
+@given(lines_and_steps())
+def test_a_unit_is_worth_its_share_give_or_take_one_minor_unit(case):
+    line, _ = case
+    exact = line.total.amount / line.quantity
+    for before in range(line.quantity):
+        assert abs(units_share(line, 1, before).amount - exact) <= quantum(line.total.currency)
+
+
+@pytest.mark.parametrize(
+    ("total", "quantity", "shares"),
+    [
+        (money("10.00"), 3, ["3.33", "3.34", "3.33"]),
+        (money(100, "JPY"), 3, ["33", "34", "33"]),
+        (money("1.000", "KWD"), 3, ["0.333", "0.334", "0.333"]),
+        (money("0.01"), 4, ["0.00", "0.00", "0.01", "0.00"]),
+    ],
+)
+def test_each_unit_of_a_line_one_at_a_time(total, quantity, shares):
+    line = a_line(total, quantity)
+    assert [units_share(line, 1, before).amount for before in range(quantity)] == [Decimal(s) for s in shares]
+
+
+def test_more_units_than_the_line_has_are_refused():
+    line = a_line(money("10.00"), 2)
+    with pytest.raises(InvalidRequest):
+        units_share(line, 2, 1)
+    with pytest.raises(InvalidRequest):
+        cumulative_share(line, -1)
+
+
+def test_refund_due_is_the_units_share_plus_shipping_minus_the_fee():
+    order = an_order([a_line(money("30.00"), 3), a_line(money("7.01"), 2, "L2")], money("5.00"), money("42.01"))
+    assert refund_due(order, {"L1": 1}, False, money("0.00")) == money("10.00")
+    assert refund_due(order, {"L1": 1, "L2": 1}, False, money("0.00")) == money("13.50")
+    assert refund_due(order, {"L2": 1}, False, money("0.00"), returned_before={"L2": 1}) == money("3.51")
+    assert refund_due(order, {"L1": 3, "L2": 2}, True, money("2.00")) == money("40.01")
+
+
+def test_refund_due_is_never_below_zero_nor_above_captured_minus_refunded():
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"), refunded=money("30.00"))
+    assert refund_due(order, {"L1": 1}, False, money("20.00")) == money("0.00")
+    assert refund_due(order, {"L1": 3}, True, money("0.00")) == money("5.00")
+
+
+def test_refund_due_refuses_an_unknown_line_and_a_fee_in_another_currency():
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"))
+    with pytest.raises(InvalidRequest):
+        refund_due(order, {"L9": 1}, False, money("0.00"))
+    with pytest.raises(InvalidRequest):
+        refund_due(order, {"L1": 1}, False, money(1, "JPY"))
+
+
+def test_a_refund_id_is_derived_from_its_order_and_key():
+    assert refund_id_for("ord_1", "k") == refund_id_for("ord_1", "k")
+    assert len({refund_id_for("ord_1", "k"), refund_id_for("ord_1", "k2"), refund_id_for("ord_2", "k")}) == 3
+    assert refund_id_for("ord_1", "k").startswith("ref_")
