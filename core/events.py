@@ -39,3 +39,5 @@ class OrderEvent(StrEnum):
     RETURN_AUTHORIZED = "return_authorized"
     RETURN_REJECTED = "return_rejected"
     RETURN_RECEIVED = "return_received"
+    # The returns workflow stopped after its retries (the return stays received; see its detail).
+    RETURN_STUCK = "return_stuck"

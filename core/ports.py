@@ -221,3 +221,10 @@ class WorkflowStarter(ABC):
         workflow's). Express starts every call: the steps are what make a repeat harmless.
         `channel` and `correlation_id` ride in the input for the steps' log lines; `rerun` names a
         deliberate new execution (the reconciler's), so no service refuses it."""
+
+
+class ReturnWorkflowStarter(ABC):
+    @abstractmethod
+    def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+        """Start the returns workflow for a received return (a new execution every call: its
+        steps skip what is done, so starting it again resumes the return)."""

@@ -52,6 +52,12 @@ class RefundNotDone(DomainError):
     code = "refund_not_done"
 
 
+class ReturnNotReceived(Conflict):
+    """A step after the receipt ran for a return that was not received (409 at the API)."""
+
+    code = "return_not_received"
+
+
 def return_id_for(order_id: str, ordinal: int) -> str:
     """A return's id, derived from its order and ordinal: two requests racing for the same ordinal
     race for the same id, and one conditional put lets only one of them have it."""
@@ -269,7 +275,7 @@ class Returns:
         """Resellable units back on hand at the receiving location, once per return and line."""
         item = self.get(return_id)
         if item.status not in (R.RECEIVED, R.REFUNDED) or item.received_at_location is None:
-            raise Conflict(f"return {return_id} is {item.status}, not received", code="return_not_received")
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
@@ -287,7 +293,7 @@ class Returns:
         `partially_returned` or `returned`; once per return."""
         item = self.get(return_id)
         if item.status not in (R.RECEIVED, R.REFUNDED):
-            raise Conflict(f"return {return_id} is {item.status}, not received", code="return_not_received")
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         at = self._clock()
         detail = {
             "location_id": item.received_at_location,
@@ -314,7 +320,7 @@ class Returns:
         if item.status is R.REFUNDED:
             return item
         if item.status is not R.RECEIVED:
-            raise Conflict(f"return {return_id} is {item.status}, not received", code="return_not_received")
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
@@ -337,6 +343,24 @@ class Returns:
             amount = done.amount
         at = self._clock()
         return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+
+    def check_received(self, return_id: str) -> Return:
+        """The workflow's first step: the receipt the API recorded is there (ReturnNotReceived, not
+        retried, when an execution was started for a return that was never received)."""
+        item = self.get(return_id)
+        if item.status not in (R.RECEIVED, R.REFUNDED):
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        return item
+
+    def stuck(self, return_id: str, error: str, cause: str, actor: str) -> None:
+        """The workflow's compensation: a step failed after its retries. What the earlier steps
+        did stays (the units are physically back; a refund is money the gateway gave), so the
+        order's history records where it stopped and why, for a person; receiving the return
+        again resumes it."""
+        item = self.get(return_id)
+        self._note(item.order_id, OrderEvent.RETURN_STUCK, actor, {
+            "return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500],
+        })  # fmt: skip
 
     def settle(self, return_id: str, actor: str) -> Return:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund),

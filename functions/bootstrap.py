@@ -23,7 +23,7 @@ from core.import_service import ImportQueries, ImportSplitter, OrderImporter, Qu
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
-from core.ports import OrderRepository, ReturnRepository
+from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
 from core.pricing import Pricing
 from core.reconciliation import Reconciler
 from core.refund_service import RefundService
@@ -43,7 +43,7 @@ from functions.adapters.dynamodb import (
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
-from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from functions.import_splitter.readers import field_in_file
 from functions.warm import Warm, forget_warm_containers
 
@@ -64,6 +64,7 @@ class Config:
     public_s3_endpoint: str | None = None  # where presigned label URLs point; None: the S3 client's own
     import_queue_url: str = ""
     order_workflow_arn: str = ""
+    return_workflow_arn: str = ""
     import_splitter_role_id: str | None = None  # the splitter's messages are import lines
     import_queue_sender_channels: str = ""  # other senders: "<unique id>=channel+channel,..."
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
@@ -85,6 +86,7 @@ class Config:
             public_s3_endpoint=os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or None,
             import_queue_url=os.environ.get("IMPORT_QUEUE_URL", ""),
             order_workflow_arn=os.environ.get("ORDER_WORKFLOW_ARN", ""),
+            return_workflow_arn=os.environ.get("RETURN_WORKFLOW_ARN", ""),
             import_splitter_role_id=os.environ.get("IMPORT_SPLITTER_ROLE_ID") or None,
             import_queue_sender_channels=os.environ.get("IMPORT_QUEUE_SENDER_CHANNELS", ""),
             disabled_plugins=frozenset(
@@ -203,6 +205,12 @@ class Container:
     @cached_property
     def workflow_starter(self) -> StepFunctionsStarter:
         return StepFunctionsStarter(self.stepfunctions, _required(self.config.order_workflow_arn, "ORDER_WORKFLOW_ARN"))
+
+    @cached_property
+    def return_workflow(self) -> ReturnWorkflowStarter:
+        return StepFunctionsReturnStarter(
+            self.stepfunctions, _required(self.config.return_workflow_arn, "RETURN_WORKFLOW_ARN")
+        )
 
     @cached_property
     def idempotency_store(self) -> Any:

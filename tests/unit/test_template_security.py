@@ -23,7 +23,7 @@ from functions.adapters.dynamodb import (
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
-from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
 
 
@@ -105,6 +105,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         },
         ("LabelsBucket", "s3:GetObject"): [S3Labels],  # the presigned link is a GetObject as this role
         ("LabelsBucket", "s3:PutObject"): [S3Labels],  # a return label
+        ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
         ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
     },
     "OutboxFunction": {
@@ -123,6 +124,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
+    },
+    "ReturnStepFunction": {
+        **_WORKFLOW_ORDERS,
+        **{(RETURNS, f"dynamodb:{a}"): [DynamoReturns] for a in ("GetItem", "UpdateItem", "Query", "BatchGetItem")},
+        (INVENTORY, "dynamodb:PutItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
     },
     "FailPaymentFunction": _WORKFLOW_ORDERS,
     "ParkOrderFunction": _WORKFLOW_ORDERS,

@@ -113,17 +113,18 @@ def reject_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None,
 
 @router.post(
     "/returns/<return_id>/receive",
-    summary="Receive a return's parcel: resellable units back on hand, the order counts them, the refund",
-    description="Each line once per condition. Resellable units go back on hand at `location_id`; damaged "
-    "units do not. The order's lines count the units in `returned_quantity` and it becomes `partially_returned`, "
-    "or `returned` once every shipped unit is back. The received units are refunded through the payment plugin "
-    "(each unit's share of its line total, plus shipping when the policy says so, minus the fee). 200 with the "
-    "return `refunded` when all of it is done; 202 with the return `received` when the refund is not done yet "
-    "(the gateway refused it, recorded `failed` in GET /orders/{id}/refunds, or is unavailable): receiving again "
-    "changes nothing already done and tries the refund again. More units than a line authorized is 422.",
+    summary="Receive a return's parcel; the returns workflow restocks, counts and refunds it",
+    description="Each line once per condition; more units than a line authorized is 422. The receipt is "
+    "recorded at once, then the returns workflow puts the resellable units back on hand at `location_id` (damaged "
+    "units stay out), counts the units on the order (`returned_quantity`; the order becomes `partially_returned`, "
+    "or `returned` once every shipped unit is back) and refunds them through the payment plugin (each unit's share "
+    "of its line total, plus shipping when the policy says so, minus the fee). 200 with the return `refunded` when "
+    "that is done by the time the workflow was started; 202 with it `received` while the workflow finishes. "
+    "Receiving again changes nothing that is done and starts the workflow again, which resumes where it stopped "
+    "(a refund the gateway refused is recorded `failed` in GET /orders/{id}/refunds and asked again).",
     responses={
         **ok(200, Return, "The return, refunded"),
-        **ok(202, Return, "The return, received; its refund is not done yet"),
+        **ok(202, Return, "The return, received; the returns workflow finishes it"),
         **errors(400, 403, 404, 409, 413),
     },
     middlewares=[plugins_loaded],
@@ -133,6 +134,9 @@ def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Response[
     who = caller(router)
     returns = container().returns
     item = returns.receive(return_id, request, actor=who.key_id, channel=who.channel)
-    settled = returns.settle(item.id, actor=who.key_id)
-    status = 200 if settled.status is ReturnStatus.REFUNDED else 202
-    return Response(status, content_types.APPLICATION_JSON, _shown(settled))
+    if item.status is not ReturnStatus.REFUNDED:
+        request_id = (router.current_event.get("requestContext") or {}).get("requestId") or ""
+        container().return_workflow.start(item.id, channel=item.channel, correlation_id=request_id)
+        item = returns.get(item.id)
+    status = 200 if item.status is ReturnStatus.REFUNDED else 202
+    return Response(status, content_types.APPLICATION_JSON, _shown(item))
