@@ -151,6 +151,10 @@ class Returns:
                 updated_at=now,
                 version=1,
             )
+            if item.status is R.AUTHORIZED:
+                # Booked before the return is stored, so an authorized return never lacks the label
+                # a failed booking would have left out; the booking is keyed by the return's id.
+                item = self._with_label(item, order)
             try:
                 self._returns.add(item)
             except StaleVersion:
@@ -163,8 +167,6 @@ class Returns:
             "lines": [{"line_id": line.line_id, "quantity": line.quantity, "reason_code": line.reason_code}
                       for line in item.lines],
         })  # fmt: skip
-        if item.status is R.AUTHORIZED:
-            item = self.label(item.id, order)
         return item
 
     def _check_quantities(
@@ -226,15 +228,30 @@ class Returns:
         raise StaleVersion(f"return {return_id} kept changing; retry")
 
     # --- Label ------------------------------------------------------------------------------
-    def label(self, return_id: str, order: Order | None = None) -> Return:
-        """Book the return label of an authorized return with the carrier plugin (once: a return
-        that has one keeps it). No plugin answering leaves the return without a label."""
+    def label(self, return_id: str) -> Return:
+        """Book the return label of an authorized return that has none (an approved one)."""
         item = self.get(return_id)
-        if item.label_url or item.status is not R.AUTHORIZED or item.return_to is None:
+        if item.label_url or item.status is not R.AUTHORIZED:
             return item
-        order = order or self._orders.get(item.order_id)
-        destination = self._catalog.get_location(item.return_to)
-        if order is None or destination is None:
+        order = self._orders.get(item.order_id)
+        if order is None:
+            return item
+        booked = self._with_label(item, order)
+        if booked.label_url is None:
+            return item
+        at = self._clock()
+        return self._change(
+            return_id, None,
+            lambda r: r if r.label_url else r.with_label(booked.carrier or "", booked.tracking_number or "",
+                                                         booked.label_url or "", at=at),
+        )  # fmt: skip
+
+    def _with_label(self, item: Return, order: Order) -> Return:
+        """`item` with the label the carrier plugin booked for it (stored in the label store), or
+        as it is when no plugin answers or it has nowhere to go back to. Same version: the label
+        belongs to the change that authorizes the return."""
+        destination = self._catalog.get_location(item.return_to) if item.return_to else None
+        if destination is None:
             return item
         lines = [ShipmentLine(line_id=line.line_id, quantity=line.quantity) for line in item.lines]
         sku_of = {line.line_id: line.sku for line in order.lines}
@@ -249,11 +266,9 @@ class Returns:
         if booked is None:
             return item
         key = self._labels.put_label(order.id, item.id, booked.label, booked.label_content_type)
-        at = self._clock()
-        return self._change(
-            return_id, None,
-            lambda r: r if r.label_url else r.with_label(booked.carrier, booked.tracking_number, key, at=at),
-        )  # fmt: skip
+        return item.model_copy(
+            update={"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": key}
+        )
 
     # --- Receive ----------------------------------------------------------------------------
     def receive(self, return_id: str, receipt: ReceiveReturn, actor: str, channel: str | None = None) -> Return:

@@ -6,8 +6,9 @@ import json
 import secrets
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from core.errors import TransientError
 from core.ports import ReturnWorkflowStarter, WorkflowStarter
 
 
@@ -44,4 +45,8 @@ class StepFunctionsReturnStarter(ReturnWorkflowStarter):
         resume it, so no name may be refused."""
         name = f"{return_id}-{secrets.token_hex(4)}"
         execution_input = {"return_id": return_id, "channel": channel, "correlation_id": correlation_id}
-        self._client.start_execution(stateMachineArn=self._arn, name=name, input=json.dumps(execution_input))
+        try:
+            self._client.start_execution(stateMachineArn=self._arn, name=name, input=json.dumps(execution_input))
+        except (ClientError, BotoCoreError) as error:
+            # The receipt is recorded; receiving again starts the workflow (503: worth retrying).
+            raise TransientError(f"the returns workflow could not be started: {type(error).__name__}") from error

@@ -189,3 +189,17 @@ def test_a_refused_refund_answers_202_and_receiving_again_tries_again(api: InPro
     refunds = api.get(f"/orders/{order['id']}/refunds").json()["items"]
     assert [r["status"] for r in refunds] == ["failed", "failed"]
     assert api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]["amount"] == "0.00"
+
+
+def test_a_request_retried_with_its_idempotency_key_makes_one_return(api: InProcessApi):
+    order, _, _ = an_order(api, 2)
+    headers = {"Idempotency-Key": "return-once"}
+
+    first = api.post(f"/orders/{order['id']}/returns", json=return_body(1), headers=headers)
+    again = api.post(f"/orders/{order['id']}/returns", json=return_body(1), headers=headers)
+    other = api.post(f"/orders/{order['id']}/returns", json=return_body(2), headers=headers)
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["id"] == first.json()["id"]
+    assert_error(other, 409, "idempotency_key_reused")
+    assert len(api.get(f"/orders/{order['id']}/returns").json()["items"]) == 1

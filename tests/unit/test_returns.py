@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from core import hookimpl
-from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
+from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, PluginError, TransientError
 from core.events import OrderEvent
 from core.models import Order
 from core.money import Money
@@ -397,3 +397,33 @@ def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_ret
     assert len({r.id for r in after.payment.refunds}) == 2
     assert after.payment.refunded == Money.zero("USD")
     assert (after.status, after.lines[0].returned_quantity) == (S.RETURNED, 1)  # the units are back all the same
+
+
+class BrokenCarrier:
+    @hookimpl(tryfirst=True)
+    def oms_carrier_return_label(self, return_id: str):
+        raise RuntimeError("carrier down")
+
+
+def test_a_label_that_cannot_be_booked_stores_no_return(world, clock):
+    returns, store = returns_for(world, clock, BrokenCarrier())
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(PluginError):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert store.returns == {}
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_REQUESTED]
+
+
+def test_a_workflow_that_cannot_be_started_is_transient_so_the_receipt_is_sent_again():
+    from botocore.exceptions import ClientError
+
+    from functions.adapters.workflow_starter import StepFunctionsReturnStarter
+
+    class Refusing:
+        def start_execution(self, **request):
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "StartExecution")
+
+    with pytest.raises(TransientError):
+        StepFunctionsReturnStarter(Refusing(), "arn:aws:states:us-east-1:1:stateMachine:r").start("rma_x")

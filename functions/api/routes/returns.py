@@ -16,7 +16,7 @@ from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.label_links import with_return_label_link
 from functions.api.paths import existing
-from functions.api.routes.orders import OrderIdPath
+from functions.api.routes.orders import IdempotencyKey, OrderIdPath
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
 
@@ -38,15 +38,34 @@ def _shown(item: Return) -> dict:
     summary="Request a return of shipped units",
     description="The return policy plugin decides at once: `authorized` (with a return label from the carrier "
     "plugin in `label_url`) or `requested` (approve or reject it). More units than shipped minus earlier returns "
-    "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`.",
+    "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`. With "
+    "an `Idempotency-Key`, a retry returns the first answer instead of a second return.",
     responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.RETURNS_WRITE)
-def request_return(order_id: OrderIdPath, request: RequestReturn) -> Response[Return]:
+def request_return(
+    order_id: OrderIdPath, request: RequestReturn, idempotency_key: IdempotencyKey = None
+) -> Response[Return]:
     who = caller(router)
-    item = container().returns.request(order_id, request, actor=who.key_id, channel=who.channel)
-    return Response(201, content_types.APPLICATION_JSON, _shown(item))
+
+    def create() -> dict:
+        return (
+            container()
+            .returns.request(order_id, request, actor=who.key_id, channel=who.channel)
+            .model_dump(mode="json")
+        )
+
+    if idempotency_key is None:
+        body = create()
+    else:
+        from functions.api.idempotency import once
+
+        body = once(
+            f"POST /orders/{order_id}/returns", who.key_id, idempotency_key, request.model_dump(mode="json"), create,
+            router.lambda_context,
+        )  # fmt: skip
+    return Response(201, content_types.APPLICATION_JSON, _shown(Return.model_validate(body)))
 
 
 @router.get(
