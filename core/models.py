@@ -937,7 +937,12 @@ class Order(BaseModel):
             _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at) if s.id == shipment_id else s
             for s in self.shipments
         ]
-        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments)
+        # A shipped order with units already back stays partially_returned (or returned) when its
+        # last parcel arrives: its returns are what its status says.
+        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments) and self.status not in (
+            OrderStatus.PARTIALLY_RETURNED,
+            OrderStatus.RETURNED,
+        )
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,

@@ -427,3 +427,16 @@ def test_a_workflow_that_cannot_be_started_is_transient_so_the_receipt_is_sent_a
 
     with pytest.raises(TransientError):
         StepFunctionsReturnStarter(Refusing(), "arn:aws:states:us-east-1:1:stateMachine:r").start("rma_x")
+
+
+def test_a_parcel_delivered_after_a_return_was_received_keeps_the_order_partially_returned(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2), deliver=False)
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+
+    delivered = world.actions.deliver(order.id, order.shipments[0].id, actor="carrier")
+
+    assert delivered.status is S.PARTIALLY_RETURNED
+    assert delivered.shipments[0].status.value == "delivered"
