@@ -689,6 +689,7 @@ def test_a_table_added_to_the_template_is_created(tmp_path: Path):
     path.write_text(text.replace("\nResources:\n", "\nResources:\n" + extra, 1))
     (tmp_path / "infra").mkdir()  # the state machine's DefinitionUri is relative to the template
     shutil.copy(DEFAULT_TEMPLATE.parent / "infra/order_workflow.asl.json", tmp_path / "infra")
+    shutil.copy(DEFAULT_TEMPLATE.parent / "infra/return_workflow.asl.json", tmp_path / "infra")
     with running_stack(
         template=path,
         handlers={"ApiFunction": ok, "AuthorizerFunction": ok},
