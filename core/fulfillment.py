@@ -22,8 +22,10 @@ from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.refund_service import RefundService
 from core.services import CaptureService
 from core.status import OrderStatus, ShipmentStatus
+from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
 S = OrderStatus
@@ -39,6 +41,7 @@ class OrderActions:
         payments: Payments,
         capture: CaptureService,
         clock: Clock = utc_now,
+        refunds: RefundService | None = None,
     ):
         self._orders = orders
         self._inventory = inventory
@@ -46,6 +49,10 @@ class OrderActions:
         self._capture = capture
         self._clock = clock
         self._cancellation = Cancellation(orders, catalog, inventory, payments, clock)
+        self._units = UnitCancellation(
+            orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
+            self._cancellation, clock,
+        )  # fmt: skip
 
     def _order(self, order_id: str, channel: str | None) -> Order:
         return visible(self._orders.get(order_id), order_id, channel)
@@ -91,7 +98,7 @@ class OrderActions:
                 self._reverse_capture(order, shipment_id, amount, capture, actor)
             raise
         self._units_leave(shipped, shipment_id)
-        return shipped
+        return self._units.after_shipping(shipped, actor)
 
     def _capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         payment = order.payment
@@ -145,10 +152,13 @@ class OrderActions:
         return modify(self._orders, order_id, decide, channel=channel)
 
     # --- Cancel -------------------------------------------------------------------------------
-    def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
-        """The order, cancelled, even when its authorization could not be voided (the payment then
-        stays `authorized` and the history says why; cancelling again retries the void)."""
-        return self._cancellation.cancel(order_id, reason, actor, channel=channel)
+    def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None,
+               lines: dict[str, int] | None = None) -> Order:  # fmt: skip
+        """Before anything shipped and without `lines`: the order, cancelled, even when its
+        authorization could not be voided (the payment then stays `authorized` and the history
+        says why; cancelling again retries the void). On a partly shipped order, or with `lines`
+        ({line_id: units}): those units, or every unit not shipped, cancelled (UnitCancellation)."""
+        return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,

@@ -704,6 +704,20 @@ def _replaced(model: M, **changes: Any) -> M:
     return type(model).model_validate({**dict(model), **changes})
 
 
+def _shipped_counted(lines: list[OrderLine], shipments: list[Shipment]) -> list[OrderLine]:
+    """`lines` with `shipped_quantity` as the shipments that left say."""
+    shipped: dict[str, int] = {}
+    for shipment in shipments:
+        if shipment.status is not ShipmentStatus.PENDING:
+            for item in shipment.lines:
+                shipped[item.line_id] = shipped.get(item.line_id, 0) + item.quantity
+    return [
+        line if line.shipped_quantity == shipped.get(line.line_id, 0)
+        else _replaced(line, shipped_quantity=shipped.get(line.line_id, 0))
+        for line in lines
+    ]  # fmt: skip
+
+
 # Which history entry records a failed attempt at each payment operation.
 PAYMENT_FAILURE_EVENTS: dict[str, OrderEvent] = {
     "authorize": OrderEvent.PAYMENT_AUTHORIZATION_FAILED,
@@ -792,7 +806,10 @@ class Order(BaseModel):
             planned = self.totals.grand_total - sum(others, zero) if others else remaining
         else:
             planned = self._share(shipment)
-        return min(max(planned, zero, key=lambda m: m.amount), remaining, key=lambda m: m.amount)
+        # Never negative: units cancelled after a capture can leave the order captured beyond its new
+        # total (that over-capture is refunded by the cancel, core.unit_cancellation).
+        due = min(max(planned, zero, key=lambda m: m.amount), remaining, key=lambda m: m.amount)
+        return max(due, zero, key=lambda m: m.amount)
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise."""
@@ -920,13 +937,12 @@ class Order(BaseModel):
             "location_id": shipment.location_id,
             "captured": captured.model_dump(mode="json"),
         }
-        lines = _with_shipped_quantities(self.lines, shipments)
         if capture_reference:
             detail["capture_reference"] = capture_reference
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id) else OrderStatus.SHIPPED,
-            detail=detail, shipments=shipments, payment=payment, lines=lines,
+            detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -1020,6 +1036,134 @@ class Order(BaseModel):
             detail={"authorization": authorization, "reference": reference}, payment=payment.voided(),
         )  # fmt: skip
 
+    # --- Cancelling units that have not shipped -----------------------------------------------
+    def unshipped_units(self) -> dict[str, int]:
+        """Units of each line in shipments that have not left."""
+        units = {line.line_id: 0 for line in self.lines}
+        for shipment in self.shipments:
+            if shipment.status is ShipmentStatus.PENDING:
+                for item in shipment.lines:
+                    units[item.line_id] = units.get(item.line_id, 0) + item.quantity
+        return units
+
+    def units_to_cancel(self, lines: dict[str, int] | None) -> dict[str, int]:
+        """The units a cancel takes ({line_id: units}): `lines`, or for None every unit not yet
+        shipped. Only an allocated or partly shipped order cancels units (InvalidTransition
+        otherwise); a line the order lacks, or more units than a line has, is InvalidRequest;
+        units that have shipped are InvalidTransition (409: they are returned instead)."""
+        if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
+            raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
+        unshipped = self.unshipped_units()
+        if lines is None:
+            return {line_id: units for line_id, units in unshipped.items() if units}
+        by_id = {line.line_id: line for line in self.lines}
+        invalid = [
+            {"field": f"lines[{i}]", "message": f"no line {line_id}" if line_id not in by_id
+             else f"{line_id} has {by_id[line_id].quantity} units"}
+            for i, (line_id, units) in enumerate(lines.items())
+            if line_id not in by_id or units > by_id[line_id].quantity
+        ]  # fmt: skip
+        if invalid:
+            raise InvalidRequest("these lines cannot lose that many units", details=invalid)
+        shipped = [line_id for line_id, units in lines.items() if units > unshipped.get(line_id, 0)]
+        if shipped:
+            raise InvalidTransition(
+                f"units of {', '.join(shipped)} have shipped: return them instead",
+                details=[{"line_id": line_id, "unshipped": unshipped.get(line_id, 0)} for line_id in shipped],
+            )
+        return dict(lines)
+
+    def cancel_units(
+        self, cancelled: dict[str, int], priced: dict[str, OrderLine], totals: Totals, *, reason: str, at: datetime,
+        actor: str,
+    ) -> Change:  # fmt: skip
+        """`cancelled` units ({line_id: units}, from units_to_cancel) leave the order before they
+        ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
+        take their `priced` values (the lines with units left, priced again) and the order
+        `totals`; the pending shipments lose those units (the last ones first) and an emptied one
+        goes, with its allocations. With nothing left to ship the order is `shipped`, or
+        `delivered` when every shipment is."""
+        zero = Money.zero(self.currency)
+        lines = []
+        for line in self.lines:
+            gone = cancelled.get(line.line_id, 0)
+            left = line.quantity - gone
+            if left:
+                price = priced[line.line_id]
+                if price.quantity != left or price.sku != line.sku:
+                    raise InvalidTransition(f"line {line.line_id} was priced for {price.quantity} units, not {left}")
+                line = _replaced(price, line_id=line.line_id, cancelled_quantity=line.cancelled_quantity + gone,
+                                 shipped_quantity=line.shipped_quantity)  # fmt: skip
+            else:
+                line = _replaced(line, quantity=0, discount=zero, tax=zero, total=zero,
+                                 cancelled_quantity=line.cancelled_quantity + gone)  # fmt: skip
+            lines.append(line)
+        taking = dict(cancelled)
+        removed: dict[tuple[str, str], int] = {}
+        shipments: list[Shipment | None] = list(self.shipments)
+        for index in reversed(range(len(shipments))):
+            shipment = self.shipments[index]
+            if shipment.status is not ShipmentStatus.PENDING:
+                continue
+            kept = []
+            for item in shipment.lines:
+                take = min(taking.get(item.line_id, 0), item.quantity)
+                if take:
+                    taking[item.line_id] -= take
+                    removed[(item.line_id, shipment.location_id)] = (
+                        removed.get((item.line_id, shipment.location_id), 0) + take
+                    )
+                if item.quantity - take:
+                    kept.append(ShipmentLine(line_id=item.line_id, quantity=item.quantity - take))
+            shipments[index] = _replaced(shipment, lines=kept) if kept else None
+        if any(taking.values()):
+            raise InvalidTransition("those units have shipped: return them instead")
+        left = [shipment for shipment in shipments if shipment is not None]
+        allocations = []
+        for allocation in self.allocations:
+            quantity = allocation.quantity - removed.pop((allocation.line_id, allocation.location_id), 0)
+            if quantity > 0:
+                allocations.append(_replaced(allocation, quantity=quantity))
+        gone_out = [shipment for shipment in left if shipment.status is not ShipmentStatus.PENDING]
+        to = None
+        payment = self.payment
+        if len(gone_out) == len(left):
+            if not gone_out:
+                raise InvalidTransition("cancelling every unit before anything shipped cancels the order")
+            delivered = all(shipment.status is ShipmentStatus.DELIVERED for shipment in gone_out)
+            to = OrderStatus.DELIVERED if delivered else OrderStatus.SHIPPED
+            if payment.status is PaymentStatus.PARTIALLY_CAPTURED and totals.grand_total <= payment.captured:
+                payment = _replaced(payment, status=PaymentStatus.CAPTURED)
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED, to=to,
+            detail={"reason": reason, "lines": cancelled,
+                    "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
+                                    "to": totals.grand_total.model_dump(mode="json")}},
+            lines=lines, totals=totals, shipments=left, allocations=allocations, payment=payment,
+        )  # fmt: skip
+
+    def record_settlement_capture(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
+        """The gateway captured `amount` more, so that a total that cancelled units left higher
+        than what the shipments captured is paid in full."""
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURED,
+            detail={"amount": amount.model_dump(mode="json"), "reference": reference,
+                    "reason": "the order's total after cancelled units"},
+            payment=self.payment.with_capture(amount, self.totals.grand_total),
+        )  # fmt: skip
+
+    def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:
+        """The gateway released what the order's authorization held beyond what was captured:
+        nothing is left to ship, so `authorized` drops to `captured`."""
+        payment = self.payment
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
+            detail={"authorization": payment.authorization, "reference": reference,
+                    "released": (payment.authorized - payment.captured).model_dump(mode="json"),
+                    "reason": "nothing is left to ship"},
+            payment=_replaced(payment, authorized=payment.captured),
+        )  # fmt: skip
+
     def begin_refund(
         self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
         return_id: str | None = None, at: datetime, actor: str,
@@ -1101,11 +1245,6 @@ def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[
     return shipped
 
 
-def _with_shipped_quantities(lines: list[OrderLine], shipments: list[Shipment]) -> list[OrderLine]:
-    shipped = _shipped_by_line(lines, shipments)
-    return [_replaced(line, shipped_quantity=shipped[line.line_id]) for line in lines]
-
-
 REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
@@ -1132,8 +1271,31 @@ class OrderEdit(Strict):
         return self
 
 
+class CancelLine(Strict):
+    line_id: Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,3}$")]
+    quantity: Annotated[int, Field(ge=1, le=10_000, strict=True)]
+
+
 class CancelRequest(Strict):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    lines: (
+        Annotated[
+            list[CancelLine],
+            Field(
+                min_length=1,
+                max_length=100,
+                description="Cancel only these units (of an allocated or partly shipped order); each line once.",
+            ),
+        ]
+        | None
+    ) = None
+
+    @field_validator("lines")
+    @classmethod
+    def _each_line_once(cls, lines: list[CancelLine] | None) -> list[CancelLine] | None:
+        if lines is not None and len({line.line_id for line in lines}) != len(lines):
+            raise ValueError("name each line_id once")
+        return lines
 
 
 class ShipRequest(Strict):

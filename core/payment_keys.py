@@ -21,3 +21,9 @@ def void(authorization: str) -> str:
 
 def refund(order_id: str, refund_id: str) -> str:
     return f"{order_id}:refund:{refund_id}"
+
+
+def settlement_capture(order_id: str, captured_before: str) -> str:
+    """A capture with no shipment (the rest of a total that cancelled units left higher), keyed by
+    what was captured before it: a repeat of the same settlement asks under the same key."""
+    return f"{order_id}:settlement:{captured_before}:capture"

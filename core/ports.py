@@ -132,6 +132,12 @@ class InventoryRepository(ABC):
         """Give the units reserved under `key` back to available. Idempotent."""
 
     @abstractmethod
+    def shrink(self, sku: str, location_id: str, key: str, held: int, keep: int) -> None:
+        """Give `held - keep` of the units reserved under `key` back to available and keep `keep`
+        (0 < keep < held), in one write conditional on `held` being reserved under it: a repeat,
+        or a reservation that changed meanwhile, changes nothing."""
+
+    @abstractmethod
     def ship(self, sku: str, location_id: str, key: str) -> None:
         """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent."""
 

@@ -147,6 +147,16 @@ class CaptureService:
         self._check_stock(cmd, products, sources)
         return priced
 
+    def price(self, cmd: PlaceOrder) -> PricedOrder:
+        """Prices through the plugins exactly as capture does, without the stock check: for units
+        already reserved or shipped (what a cancel leaves on an order)."""
+        products = self._catalog.get_products({line.sku for line in cmd.lines})
+        missing = sorted({line.sku for line in cmd.lines} - set(products))
+        if missing:
+            raise UnknownSku(f"no product {', '.join(missing)}")
+        _, tax_address = self._sources(cmd)
+        return self._pricing.price(cmd, products, tax_address)
+
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None
     ) -> Order:

@@ -67,7 +67,9 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.AUTHORIZED: frozenset({S.ALLOCATED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
     S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED}),
     S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.CANCELLED}),
-    S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED}),
+    # Cancelling the units that have not shipped ends a partly shipped order shipped, or delivered
+    # when every shipment that left has arrived.
+    S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED, S.DELIVERED}),
     S.SHIPPED: frozenset({S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED}),
     S.DELIVERED: frozenset({S.PARTIALLY_RETURNED, S.RETURNED}),
     S.PARTIALLY_RETURNED: frozenset({S.PARTIALLY_RETURNED, S.RETURNED}),

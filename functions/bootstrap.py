@@ -260,6 +260,7 @@ class Container:
             self.payments,
             self.capture,
             clock=self.clock,
+            refunds=self.refunds,
         )
 
     @cached_property

@@ -729,6 +729,16 @@ class DynamoInventory(InventoryRepository):
             {},
         )  # fmt: skip
 
+    def shrink(self, sku: str, location_id: str, key: str, held: int, keep: int) -> None:
+        if not 0 < keep < held:
+            raise ValueError(f"a reservation of {held} shrinks to between 1 and {held - 1} units, not {keep}")
+        self._reservation_update(
+            sku, location_id, key,
+            "SET reserved = reserved - :gone, available = available + :gone, reservations.#key = :keep",
+            "reservations.#key = :held",
+            {":gone": held - keep, ":keep": keep, ":held": held},
+        )  # fmt: skip
+
     def ship(self, sku: str, location_id: str, key: str) -> None:
         self._reservation_update(
             sku, location_id, key,

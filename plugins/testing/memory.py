@@ -202,6 +202,17 @@ class InMemoryInventory(InventoryRepository):
             self._put(level.model_copy(update={"reserved": level.reserved - quantity,
                                                "available": level.available + quantity}))  # fmt: skip
 
+    def shrink(self, sku: str, location_id: str, key: str, held: int, keep: int) -> None:
+        if not 0 < keep < held:
+            raise ValueError(f"a reservation of {held} shrinks to between 1 and {held - 1} units, not {keep}")
+        reservations = self._held(sku, location_id)
+        if reservations.get(key) != held:
+            return
+        reservations[key] = keep
+        level = self._get(sku, location_id)
+        self._put(level.model_copy(update={"reserved": level.reserved - (held - keep),
+                                           "available": level.available + (held - keep)}))  # fmt: skip
+
     def ship(self, sku: str, location_id: str, key: str) -> None:
         quantity = self._held(sku, location_id).pop(key, None)
         if quantity is not None:

@@ -133,8 +133,8 @@ def build_world(
         orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
     )
     workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep)
-    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
     refunds = RefundService(orders, payments, clock)
+    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds)
     return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds)
 
 

@@ -151,10 +151,16 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
 
 @router.post(
     "/orders/<order_id>/cancel",
-    summary="Cancel an order that has not shipped",
-    description="The cancel is recorded, its reservations released, then its authorization voided. A void the "
-    "gateway refuses or cannot do now still answers 200: the order is `cancelled`, its `payment.status` stays "
-    "`authorized` and the history has a `payment_void_failed` entry per attempt. Cancelling again retries the void.",
+    summary="Cancel an order that has not shipped, what has not shipped of it, or chosen units",
+    description="Before anything shipped (and without `lines`) the cancel is recorded, its reservations released, "
+    "then its authorization voided. A void the gateway refuses or cannot do now still answers 200: the order is "
+    "`cancelled`, its `payment.status` stays `authorized` and the history has a `payment_void_failed` entry per "
+    "attempt. Cancelling again retries the void.\n\nOn a `partially_shipped` order it cancels every unit not "
+    "shipped, and with `lines` the chosen units of an allocated or partly shipped order: each line's `quantity` "
+    "drops and its `cancelled_quantity` grows, totals are priced again as for an edit, the pending shipments and "
+    "their reservations shrink, and the payment is settled (a capture beyond the new total is refunded; once "
+    "nothing is left to ship the rest is captured or the authorization released). Units that shipped are 409. "
+    "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
     responses={
         **ok(200, Order, "The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
         **errors(400, 403, 404, 409, 413, 503),
@@ -162,9 +168,24 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch = None)
     middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
-def cancel_order(order_id: OrderIdPath, request: CancelRequest) -> Order:
+def cancel_order(order_id: OrderIdPath, request: CancelRequest, idempotency_key: IdempotencyKey = None) -> Order:
     who = caller(router)
-    return with_label_links(container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel))
+    lines = {line.line_id: line.quantity for line in request.lines} if request.lines else None
+
+    def cancel() -> dict[str, Any]:
+        cancelled = container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel,
+                                               lines=lines)  # fmt: skip
+        return cancelled.model_dump(mode="json")
+
+    if idempotency_key is None:
+        body = cancel()
+    else:
+        from functions.api.idempotency import once
+
+        # A cancel of chosen units is not idempotent by itself (twice cancels twice as many).
+        body = once(f"POST /orders/{order_id}/cancel", who.key_id, idempotency_key, request.model_dump(mode="json"),
+                    cancel, router.lambda_context)  # fmt: skip
+    return with_label_links(Order.model_validate(body))
 
 
 @router.post(

@@ -1,0 +1,216 @@
+"""Cancel units that have not shipped: priced again, their stock released, the payment settled to the new total."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+
+from core import payment_keys
+from core.cancellation import Cancellation
+from core.errors import PaymentGatewayUnavailable, PaymentRefused, StaleVersion
+from core.ids import reservation_key
+from core.models import LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
+from core.money import Money
+from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
+from core.payments import Payments
+from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.refund_service import RefundService
+from core.services import CaptureService
+from core.status import OrderStatus, ShipmentStatus
+
+S = OrderStatus
+# Where a cancel of "everything not shipped" has nothing left to cancel but may have left its
+# clean-up unfinished (stock, payment): repeating it finishes that.
+_FINISHED = frozenset({S.SHIPPED, S.DELIVERED})
+
+
+class UnitCancellation:
+    """`POST /orders/{id}/cancel`: the whole order before anything shipped (Cancellation), or units.
+
+    Units are cancelled in one conditional write (lines, totals priced again as for an edit,
+    pending shipments and allocations shrunk, the status moved on when nothing is left to ship);
+    only then are the reservations brought down to what the pending shipments still need, and
+    the payment settled: what was captured beyond the new total is refunded (a refund of kind
+    `cancellation`); once nothing is left to ship, a total left higher than the captures (a volume
+    discount lost with the units) is captured and the rest of the authorization released. Each
+    part is idempotent, and repeating a cancel of the rest finishes whatever an interrupted one
+    left (a pending refund, a failed settlement)."""
+
+    def __init__(
+        self,
+        orders: OrderRepository,
+        catalog: CatalogRepository,
+        inventory: InventoryRepository,
+        payments: Payments,
+        capture: CaptureService,
+        refunds: RefundService,
+        cancellation: Cancellation,
+        clock: Callable[[], datetime],
+    ):
+        self._orders = orders
+        self._catalog = catalog
+        self._inventory = inventory
+        self._payments = payments
+        self._capture = capture
+        self._refunds = refunds
+        self._cancellation = cancellation
+        self._clock = clock
+
+    def cancel(
+        self, order_id: str, reason: str, actor: str, *, lines: dict[str, int] | None = None,
+        channel: str | None = None,
+    ) -> Order:  # fmt: skip
+        for _ in range(ATTEMPTS):
+            order = visible(self._orders.get(order_id), order_id, channel)
+            if lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines):
+                return self._settle(order, actor)
+            if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or self._takes_everything(order, lines):
+                return self._cancellation.cancel(order_id, reason, actor, channel=channel)
+            cancelled = order.units_to_cancel(lines)
+            priced, totals = self._priced(order, cancelled)
+            new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor)
+            try:
+                self._orders.update(new, order, [entry])
+            except StaleVersion:
+                continue
+            return self._settle(new, actor)
+        raise StaleVersion(f"order {order_id} kept changing; retry")
+
+    @staticmethod
+    def _takes_everything(order: Order, lines: dict[str, int] | None) -> bool:
+        """Cancelling every unit of an order before anything shipped cancels the order."""
+        if lines is None or order.status is not S.ALLOCATED:
+            return False
+        return all(lines.get(line.line_id, 0) >= line.quantity for line in order.lines)
+
+    def _priced(self, order: Order, cancelled: dict[str, int]) -> tuple[dict[str, OrderLine], Totals]:
+        """The lines with units left, and the order's totals, priced again as an edit prices them."""
+        kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
+        kept = [(line, quantity) for line, quantity in kept if quantity > 0]
+        cmd = PlaceOrder(
+            channel=order.channel, external_id=order.external_id, currency=order.currency, customer=order.customer,
+            lines=[LineInput(sku=line.sku, quantity=quantity) for line, quantity in kept],
+            shipping_address=order.shipping_address, fulfillment=order.fulfillment,
+            shipping_method=order.shipping_method if order.fulfillment.type == "ship" else None,
+            promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token="none"),
+        )  # fmt: skip
+        priced = self._capture.price(cmd)
+        return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, priced.totals
+
+    # --- After the write ------------------------------------------------------------------------
+    def _settle(self, order: Order, actor: str) -> Order:
+        self._release_stock(order)
+        try:
+            self._refunds.finish_pending(order.id, actor)
+            self._settle_payment(self._current(order.id), actor)
+        except (PaymentRefused, PaymentGatewayUnavailable):
+            pass  # each failed attempt is in the history; repeating the cancel tries again
+        return self._current(order.id)
+
+    def _current(self, order_id: str) -> Order:
+        return visible(self._orders.get(order_id), order_id, None)
+
+    def _release_stock(self, order: Order) -> None:
+        """Bring every reservation of the order down to what its pending shipments still need. A
+        shipment that left is not touched: its units leave on_hand with its ship (idempotent)."""
+        sku_of = {line.line_id: line.sku for line in order.lines}
+        locations = [location.location_id for location in self._catalog.list_locations()]
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line in order.lines:
+            for location_id in locations:
+                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+        needed: dict[tuple[str, str, str], int] = defaultdict(int)
+        left: set[tuple[str, str, str]] = set()
+        for shipment in order.shipments:
+            for item in shipment.lines:
+                held = (sku_of[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
+                if shipment.status is ShipmentStatus.PENDING:
+                    needed[held] += item.quantity
+                else:
+                    left.add(held)
+        for (sku, location_id, key), quantity in self._inventory.reservations(dict(keys)).items():
+            if (sku, location_id, key) in left:
+                continue
+            keep = needed.get((sku, location_id, key), 0)
+            if keep == 0:
+                self._inventory.release(sku, location_id, key)
+            elif keep < quantity:
+                self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
+
+    def _settle_payment(self, order: Order, actor: str) -> None:
+        payment = order.payment
+        if not payment.authorization:
+            return
+        zero = Money.zero(order.currency)
+        settlements = [refund for refund in payment.refunds if refund.kind == "cancellation"]
+        held = payment.captured
+        for refund in settlements:
+            if refund.status != "failed":
+                held = held - refund.amount
+        due = order.totals.grand_total - held
+        nothing_to_ship = not any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
+        if due.is_negative():
+            over = min(zero - due, max(payment.refundable(), zero, key=_amount), key=_amount)
+            if over.amount > 0:
+                key = f"{order.id}:cancellation:{len(settlements) + 1}"
+                self._refunds.issue_refund(
+                    order.id, over, "units cancelled after their share was captured", key, actor, kind="cancellation"
+                )
+        elif due.amount > 0 and nothing_to_ship:
+            self._capture_rest(order, due, actor)
+        if nothing_to_ship:
+            self._release_authorization(self._current(order.id), actor)
+
+    def after_shipping(self, order: Order, actor: str) -> Order:
+        """Once the last parcel of an order that lost units has shipped, what its authorization
+        holds beyond the captures is released (its captures followed the lower total). Returns
+        the order as it then is."""
+        pending = any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
+        if pending or not any(line.cancelled_quantity for line in order.lines):
+            return order
+        # A failure is in the history; a cancel of the order (nothing left to cancel) releases it again.
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            self._release_authorization(order, actor)
+        return self._current(order.id)
+
+    def _capture_rest(self, order: Order, amount: Money, actor: str) -> None:
+        payment = order.payment
+        authorization = payment.authorization or ""
+        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
+        result = self._payments.retried(
+            "capture",
+            lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
+            failure_recorder(self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json")),
+        )
+        at = self._clock()
+        modify(
+            self._orders, order.id,
+            lambda current: current.record_settlement_capture(amount, result.reference, at=at, actor=actor)
+            if current.payment.captured == payment.captured else None,
+        )  # fmt: skip
+
+    def _release_authorization(self, order: Order, actor: str) -> None:
+        payment = order.payment
+        authorization = payment.authorization
+        if not authorization or not payment.captured < payment.authorized:
+            return
+        result = self._payments.retried(
+            "void",
+            lambda attempt: self._payments.void(
+                payment.method, authorization, order.id, payment_keys.void(authorization)
+            ),
+            failure_recorder(self._orders, order.id, actor, self._clock, authorization=authorization),
+        )
+        at = self._clock()
+        modify(
+            self._orders, order.id,
+            lambda current: current.release_authorization(result.reference, at=at, actor=actor)
+            if current.payment.authorization == authorization and current.payment.captured < current.payment.authorized
+            else None,
+        )  # fmt: skip
+
+
+def _amount(money: Money):
+    return money.amount

@@ -1,0 +1,143 @@
+"""POST /orders/{id}/cancel with lines and on a partly shipped order, in-process on moto: the order,
+its stock in DynamoDB and its payment; and the DynamoDB adapter's reservation shrink."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from functions.bootstrap import forget_warm_containers
+from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+
+_orders = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
+        # The workflow's steps run here too: their shipping labels need the labels bucket.
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
+        env.setenv("LABELS_BUCKET", "test-labels")
+        forget_warm_containers()
+        for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
+            assert started.put(f"/products/{sku}", json=product_body(price)).status_code == 201
+        west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/locations/wh-west", json=west).status_code == 201
+        # MUG only in the west, CAP only in the east: an order of both ships in two parcels.
+        assert started.put("/inventory/MUG/wh-west", json={"on_hand": 100}).status_code == 200
+        assert started.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+        yield started
+
+
+def allocated(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
+    """Placed over HTTP and taken to `allocated` by the workflow's own steps."""
+    from functions.bootstrap import Config, bootstrap
+
+    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": s, "quantity": q} for s, q in lines])
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    workflow = bootstrap(Config.from_env()).workflow
+    order_id = placed.json()["id"]
+    workflow.authorize_payment(order_id, attempt=0)
+    workflow.reserve_stock(order_id)
+    workflow.create_shipments(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "allocated", order
+    return order
+
+
+def ship(api: InProcessApi, order: dict[str, Any], location_id: str) -> dict[str, Any]:
+    shipment = next(s for s in order["shipments"] if s["location_id"] == location_id)
+    answer = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def stock(api: InProcessApi, sku: str, location_id: str) -> tuple[int, int, int]:
+    level = next(loc for loc in api.get(f"/inventory/{sku}").json()["locations"] if loc["location_id"] == location_id)
+    return level["on_hand"], level["reserved"], level["available"]
+
+
+def cancel(api: InProcessApi, order_id: str, lines: list[tuple[str, int]] | None = None, **kwargs: Any):
+    body: dict[str, Any] = {"reason": "customer asked"}
+    if lines is not None:
+        body["lines"] = [{"line_id": line_id, "quantity": quantity} for line_id, quantity in lines]
+    return api.post(f"/orders/{order_id}/cancel", json=body, **kwargs)
+
+
+def money(value: dict[str, str]) -> str:
+    return value["amount"]
+
+
+def test_a_line_cancel_shrinks_the_order_and_its_reservation(api):
+    order = allocated(api, ("MUG", 4), ("CAP", 1))
+    before = stock(api, "MUG", "wh-west")
+
+    answer = cancel(api, order["id"], [("L1", 3)])
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    mug = done["lines"][0]
+    assert (mug["quantity"], mug["cancelled_quantity"], mug["shipped_quantity"]) == (1, 3, 0)
+    assert money(mug["total"]) < money(order["lines"][0]["total"])
+    west = next(s for s in done["shipments"] if s["location_id"] == "wh-west")
+    assert west["lines"] == [{"line_id": "L1", "quantity": 1}]
+    assert stock(api, "MUG", "wh-west") == (before[0], before[1] - 3, before[2] + 3)
+    assert done["status"] == "allocated" and done["version"] == order["version"] + 1
+
+
+def test_cancelling_the_rest_of_a_split_order_over_http(api):
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+    ship(api, order, "wh-west")
+    cap_before = stock(api, "CAP", "wh-east")
+
+    done = cancel(api, order["id"]).json()
+
+    assert done["status"] == "shipped"
+    assert [(line["quantity"], line["cancelled_quantity"]) for line in done["lines"]] == [(1, 0), (0, 2)]
+    assert stock(api, "CAP", "wh-east") == (cap_before[0], cap_before[1] - 2, cap_before[2] + 2)
+    payment = done["payment"]
+    assert money(payment["captured"]) == money(done["totals"]["grand_total"])
+    assert payment["refunded"]["amount"] == "0.00"
+    history = [h["type"] for h in api.get(f"/orders/{order['id']}/history").json()["items"]]
+    assert "units_cancelled" in history and history[-1] == "payment_voided"
+
+
+def test_shipped_units_are_409_bad_lines_422_and_a_key_replays_the_cancel(api):
+    order = allocated(api, ("MUG", 2), ("CAP", 2))
+    ship(api, order, "wh-west")
+
+    assert_error(cancel(api, order["id"], [("L1", 1)]), 409, "invalid_transition")
+    assert_error(cancel(api, order["id"], [("L7", 1)]), 422)
+    assert_error(cancel(api, order["id"], [("L2", 1), ("L2", 1)]), 422)
+    assert_error(cancel(api, order["id"], [("L2", 0)]), 422)
+    key = {"Idempotency-Key": f"cancel-{order['id']}"}
+    first = cancel(api, order["id"], [("L2", 1)], headers=key)
+    again = cancel(api, order["id"], [("L2", 1)], headers=key)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert api.get(f"/orders/{order['id']}").json()["lines"][1]["quantity"] == 1
+
+
+def test_the_dynamodb_adapter_shrinks_a_reservation_once(api):
+    from functions.bootstrap import Config, bootstrap
+
+    inventory = bootstrap(Config.from_env()).inventory_repository
+    inventory.set_on_hand("CAP", "wh-south", 10, reason="count")
+    inventory.reserve("CAP", "wh-south", "ord_x#L1", 5)
+
+    inventory.shrink("CAP", "wh-south", "ord_x#L1", held=5, keep=2)
+    inventory.shrink("CAP", "wh-south", "ord_x#L1", held=5, keep=1)  # not 5 any more: no change
+
+    assert inventory.reservations({("CAP", "wh-south"): ["ord_x#L1"]}) == {("CAP", "wh-south", "ord_x#L1"): 2}
+    (level,) = inventory.levels({"CAP"}, ["wh-south"])["CAP"]
+    assert (level.on_hand, level.reserved, level.available) == (10, 2, 8)
+    with pytest.raises(ValueError):
+        inventory.shrink("CAP", "wh-south", "ord_x#L1", held=2, keep=2)

@@ -1,0 +1,169 @@
+"""The payment's invariant under any sequence of partial shipments, cancels, returns and appeasements
+(issue 12, item 8), in USD, JPY and KWD: refunded <= captured <= authorized at every step, stock
+never negative, and once everything left has shipped, captured - refunded = grand_total minus what
+returns and appeasements refunded. Runs the real services on the unit world's fakes."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from core import hookimpl
+from core.models import Order
+from core.money import Money, quantum
+from core.pricing_types import PricingDraft, ShippingQuote
+from core.refunds import refund_due
+from core.status import OrderStatus, ShipmentStatus
+from tests.builders import product
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+PRICES = {"USD": ("19.99", "7.77", "3.33"), "JPY": ("1999", "777", "333"), "KWD": ("5.999", "2.777", "0.333")}
+SKUS = ("MUG", "CAP", "PEN")
+
+
+class PerUnitShipping:
+    """Shipping in any currency that costs more per unit, so cancelled units change it."""
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        units = sum(line.quantity for line in draft.lines)
+        return [ShippingQuote(method="per_unit", amount=Money.of(Decimal("1.5") * units, draft.currency))]
+
+
+def _pending(order: Order) -> list[str]:
+    """The shipments that can still ship (a cancelled order's never will)."""
+    if order.status is S.CANCELLED:
+        return []
+    return [s.id for s in order.shipments if s.status is ShipmentStatus.PENDING]
+
+
+class OrderMoney(RuleBasedStateMachine):
+    world: World
+    order_id: str
+    returned: dict[str, int]
+    count: int
+
+    @initialize(
+        currency=st.sampled_from(sorted(PRICES)),
+        quantities=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=3),
+        skus=st.permutations(SKUS),
+    )
+    def place(self, currency: str, quantities: list[int], skus: list[str]) -> None:
+        # MUG only in the west, CAP only in the east, PEN in both: orders split into parcels.
+        self.world = build_world(
+            [("MUG", "wh-west", 50), ("CAP", "wh-east", 50), ("PEN", "wh-east", 50), ("PEN", "wh-west", 2)],
+            PerUnitShipping(),
+        )
+        for sku, price in zip(SKUS, PRICES[currency], strict=True):
+            self.world.catalog.put_product(product(sku, price, currency=currency))
+        lines = list(zip(skus, quantities, strict=False))
+        self.order_id = self.world.allocated(*lines, currency=currency, shipping_method="per_unit").id
+        self.returned = {}
+        self.count = 0
+
+    @property
+    def order(self) -> Order:
+        return self.world.order(self.order_id)
+
+    def _key(self) -> str:
+        self.count += 1
+        return f"step-{self.count}"
+
+    # --- Before everything shipped ------------------------------------------------------------
+    @precondition(lambda self: _pending(self.order))
+    @rule(data=st.data())
+    def ship(self, data: st.DataObject) -> None:
+        shipment_id = data.draw(st.sampled_from(_pending(self.order)))
+        self.world.actions.ship(self.order_id, shipment_id, None, actor="key_wh")
+
+    @precondition(lambda self: _pending(self.order))
+    @rule(data=st.data())
+    def cancel_units(self, data: st.DataObject) -> None:
+        unshipped = {line_id: units for line_id, units in self.order.unshipped_units().items() if units}
+        line_id = data.draw(st.sampled_from(sorted(unshipped)))
+        units = data.draw(st.integers(min_value=1, max_value=unshipped[line_id]))
+        self.world.actions.cancel(self.order_id, "fewer", actor="key_cs", lines={line_id: units})
+
+    @precondition(lambda self: self.order.status is S.PARTIALLY_SHIPPED)
+    @rule()
+    def cancel_the_rest(self) -> None:
+        self.world.actions.cancel(self.order_id, "the rest", actor="key_cs")
+
+    # --- Once everything left has shipped ------------------------------------------------------
+    def _done_shipping(self) -> bool:
+        return self.order.status in (S.SHIPPED, S.DELIVERED)
+
+    @precondition(lambda self: self._done_shipping() and self.order.payment.refundable().amount > 0)
+    @rule(data=st.data(), refused=st.booleans())
+    def appease(self, data: st.DataObject, refused: bool) -> None:
+        order = self.order
+        unit = quantum(order.currency)
+        steps = int(order.payment.refundable().amount / unit)
+        amount = Money.of(data.draw(st.integers(min_value=1, max_value=steps)) * unit, order.currency)
+        self.world.gateway.script("refund", "refuse" if refused else "approve")
+        refund = self.world.refunds.issue_refund(self.order_id, amount, "goodwill", self._key(), actor="key_cs")
+        assert refund.status == ("failed" if refused else "succeeded")
+
+    @precondition(lambda self: self._done_shipping())
+    @rule(data=st.data())
+    def return_units(self, data: st.DataObject) -> None:
+        order = self.order
+        left = {
+            line.line_id: line.shipped_quantity - self.returned.get(line.line_id, 0)
+            for line in order.lines
+            if line.shipped_quantity > self.returned.get(line.line_id, 0)
+        }
+        if not left:
+            return
+        line_id = data.draw(st.sampled_from(sorted(left)))
+        units = data.draw(st.integers(min_value=1, max_value=left[line_id]))
+        due = refund_due(order, {line_id: units}, False, Money.zero(order.currency), returned_before=self.returned)
+        self.returned[line_id] = self.returned.get(line_id, 0) + units
+        if due.amount > 0:
+            self.world.gateway.script("refund", "approve")
+            refund = self.world.refunds.issue_refund(
+                self.order_id, due, "returned", self._key(), actor="key_cs", return_id=f"rma_{self.count}"
+            )
+            assert refund.amount == due
+
+    @rule()
+    def read_a_cancelled_order(self) -> None:
+        """Cancelling every unit before anything shipped cancels the order: nothing was captured."""
+        order = self.order
+        if order.status is S.CANCELLED:
+            assert order.payment.captured == Money.zero(order.currency)
+            assert self.world.held_for(self.order_id) == {}
+
+    # --- What must always hold -----------------------------------------------------------------
+    @invariant()
+    def refunded_within_captured_within_authorized(self) -> None:
+        payment = self.order.payment
+        assert not payment.refunded.is_negative()
+        assert payment.refunded <= payment.captured <= payment.authorized
+
+    @invariant()
+    def stock_never_negative(self) -> None:
+        for level in self.world.inventory.stock.values():
+            assert 0 <= level.reserved <= level.on_hand
+            assert level.available == level.on_hand - level.reserved
+
+    @invariant()
+    def settled_once_everything_left_has_shipped(self) -> None:
+        order = self.order
+        if not self._done_shipping():
+            return
+        payment = order.payment
+        customers = [r.amount for r in payment.refunds if r.status == "succeeded" and r.kind != "cancellation"]
+        given_back = sum(customers, Money.zero(order.currency))
+        assert payment.captured - payment.refunded == order.totals.grand_total - given_back
+        assert [line.quantity for line in order.lines] == [line.shipped_quantity for line in order.lines]
+
+
+OrderMoney.TestCase.settings = settings(
+    max_examples=15, stateful_step_count=8, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_the_payment_is_settled_under_any_sequence = OrderMoney.TestCase

@@ -1,0 +1,236 @@
+"""Cancelling what has not shipped: the rest of a split order, chosen units of an allocated or partly
+shipped order; lines, totals, shipments, reservations and the payment settled to the new total."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import hookimpl
+from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable
+from core.models import CancelRequest, Order
+from core.money import Money
+from core.pricing_types import PricingDraft, ShippingQuote
+from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from tests.builders import place_order
+from tests.unit.world import World, build_world
+
+S, P = OrderStatus, PaymentStatus
+
+# MUG is only in the west and CAP only in the east, so an order with both ships in two parcels.
+STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 5), ("CAP", "wh-east", 8)]
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def settled(order: Order) -> Money:
+    return order.payment.captured - order.payment.refunded
+
+
+def priced_as_new(world: World, order: Order, *lines: tuple[str, int]) -> Order:
+    """What capture prices an order of `lines` at (the same customer and address)."""
+    return world.capture.quote(
+        place_order(lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+                    payment={"method": "test", "token": "tok_approve"})
+    )  # fmt: skip
+
+
+def test_cancelling_the_rest_of_a_split_order_ships_what_left_and_settles_the_payment(world):
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+
+    done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    assert done.status is S.SHIPPED
+    mug, cap = done.lines
+    assert (mug.quantity, mug.cancelled_quantity, mug.shipped_quantity) == (2, 0, 2)
+    assert (cap.quantity, cap.cancelled_quantity, cap.total) == (0, 3, Money.zero("USD"))
+    assert done.totals == priced_as_new(world, done, ("MUG", 2)).totals
+    assert [s.location_id for s in done.shipments] == ["wh-west"]
+    assert world.held() == {}
+    assert world.level("CAP", "wh-east") == (8, 0, 8)
+    assert settled(done) == done.totals.grand_total
+    assert done.payment.authorized == done.payment.captured  # the rest of the authorization released
+    assert world.spy.voided == [order.payment.authorization]
+    entry = next(h for h in world.history(order.id) if h.type == "units_cancelled")
+    assert (entry.from_status, entry.to_status, entry.detail["lines"]) == (S.PARTIALLY_SHIPPED, S.SHIPPED, {"L2": 3})
+
+
+def test_the_rest_of_an_order_whose_shipment_was_delivered_ends_delivered(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.deliver(order.id, west, actor="key_wh")
+
+    assert world.actions.cancel(order.id, "rest", actor="key_web").status is S.DELIVERED
+
+
+def test_a_line_cancel_of_an_allocated_order_shrinks_its_shipment_and_reservation(world):
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 3})
+
+    assert done.status is S.ALLOCATED
+    assert [(line.quantity, line.cancelled_quantity) for line in done.lines] == [(1, 3), (2, 0)]
+    assert done.totals == priced_as_new(world, done, ("MUG", 1), ("CAP", 2)).totals
+    west = next(s for s in done.shipments if s.location_id == "wh-west")
+    assert [(item.line_id, item.quantity) for item in west.lines] == [("L1", 1)]
+    assert {(a.line_id, a.location_id, a.quantity) for a in done.allocations} == {("L1", "wh-west", 1),
+                                                                                 ("L2", "wh-east", 2)}  # fmt: skip
+    assert world.held_for(order.id) == {
+        ("MUG", "wh-west", f"{order.id}#L1"): 1,
+        ("CAP", "wh-east", f"{order.id}#L2"): 2,
+    }
+    assert world.level("MUG", "wh-west") == (5, 1, 4)
+    for shipment in done.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    shipped = world.order(order.id)
+    assert (shipped.status, shipped.payment.status) == (S.SHIPPED, P.CAPTURED)
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert shipped.payment.authorized == shipped.payment.captured  # the last parcel released the rest
+    assert world.spy.voided == [order.payment.authorization]
+    assert world.level("MUG", "wh-west") == (4, 0, 4)
+
+
+def test_a_line_cancel_that_empties_a_pending_shipment_removes_it_and_its_reservation(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+
+    done = world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+
+    assert [s.location_id for s in done.shipments] == ["wh-east"]
+    assert done.allocations[0].line_id == "L2" and len(done.allocations) == 1
+    assert world.held_for(order.id) == {("CAP", "wh-east", f"{order.id}#L2"): 1}
+
+
+def test_a_line_cancel_of_a_partly_shipped_order_keeps_it_partly_shipped(world):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+
+    done = world.actions.cancel(order.id, "one cap less", actor="key_web", lines={"L2": 1})
+
+    assert done.status is S.PARTIALLY_SHIPPED
+    assert done.lines[1].quantity == 2
+    east = world.shipment_at(done, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    shipped = world.order(order.id)
+    assert shipped.status is S.SHIPPED and settled(shipped) == shipped.totals.grand_total
+
+
+def test_cancelling_every_unit_before_anything_shipped_cancels_the_order(world):
+    order = world.allocated(("MUG", 2))
+
+    done = world.actions.cancel(order.id, "all of it", actor="key_web", lines={"L1": 2})
+
+    assert (done.status, done.payment.status) == (S.CANCELLED, P.VOIDED)
+    assert world.held_for(order.id) == {}
+
+
+def test_units_that_shipped_are_409_and_a_line_the_order_lacks_422_both_changing_nothing(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    shipped = world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    held = world.held()
+
+    with pytest.raises(InvalidTransition) as raised:
+        world.actions.cancel(order.id, "too late", actor="key_web", lines={"L1": 1})
+    assert raised.value.code == "invalid_transition"
+    with pytest.raises(InvalidRequest):
+        world.actions.cancel(order.id, "no such line", actor="key_web", lines={"L9": 1})
+    with pytest.raises(InvalidRequest):
+        world.actions.cancel(order.id, "too many", actor="key_web", lines={"L2": 2})
+
+    assert world.order(order.id) == shipped
+    assert world.held() == held
+
+
+def test_units_of_an_order_not_yet_allocated_cannot_be_cancelled(world):
+    order_id = world.place(("MUG", 2))
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order_id, "early", actor="key_web", lines={"L1": 1})
+
+
+def test_a_shipped_order_without_cancelled_units_still_refuses_a_cancel(world):
+    order = world.allocated(("MUG", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order.id, "too late", actor="key_web")
+
+
+def test_a_settlement_the_gateway_could_not_do_is_finished_by_repeating_the_cancel(world):
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.gateway.script("void", "transient")
+
+    first = world.actions.cancel(order.id, "rest", actor="key_web")
+
+    assert first.status is S.SHIPPED and first.payment.authorized > first.payment.captured
+    assert [h.type for h in world.history(order.id)][-3:] == ["payment_void_failed"] * 3
+    world.gateway.script("void", "approve")
+    again = world.actions.cancel(order.id, "rest", actor="key_web")
+    assert again.payment.authorized == again.payment.captured
+    assert settled(again) == again.totals.grand_total
+
+
+class PerUnitShipping:
+    """Shipping that costs 2.00 a unit: cancelled units make it cheaper."""
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        units = sum(line.quantity for line in draft.lines)
+        return [ShippingQuote(method="per_unit", amount=Money.of(2 * units, draft.currency))]
+
+
+def test_what_was_captured_beyond_the_new_total_is_refunded_as_a_cancellation():
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    assert order.shipments[0].id == east  # the first shipment's capture carries all the shipping (8.00)
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    captured = world.order(order.id).payment.captured
+
+    done = world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+
+    assert done.status is S.SHIPPED and done.totals.shipping == Money.of("6.00", "USD")
+    over = captured - done.totals.grand_total
+    assert over == Money.of("2.00", "USD")
+    assert [(r.kind, r.status, r.amount) for r in done.payment.refunds] == [("cancellation", "succeeded", over)]
+    assert settled(done) == done.totals.grand_total
+    assert done.payment.status is P.PARTIALLY_REFUNDED
+    assert world.actions.cancel(order.id, "no mug", actor="key_web") == done  # a repeat refunds nothing more
+
+
+def test_a_total_left_higher_than_the_captures_is_captured_once_nothing_is_left_to_ship():
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")  # the mug's share only, no shipping
+
+    done = world.actions.cancel(order.id, "no caps", actor="key_web")
+
+    assert done.totals.shipping == Money.of("2.00", "USD")
+    assert done.payment.captured == done.totals.grand_total and done.payment.status is P.CAPTURED
+    entry = next(h for h in world.history(order.id) if h.type == "payment_captured")
+    assert entry.detail["amount"] == {"amount": "2.00", "currency": "USD"}
+    assert done.payment.authorized == done.payment.captured
+
+
+def test_a_cancel_request_names_each_line_once():
+    with pytest.raises(ValueError):
+        CancelRequest.model_validate({"reason": "x", "lines": [{"line_id": "L1", "quantity": 1}] * 2})
+    with pytest.raises(ValueError):
+        CancelRequest.model_validate({"reason": "x", "lines": [{"line_id": "L1", "quantity": 0}]})
+    assert CancelRequest.model_validate({"reason": "x"}).lines is None
+
+
+def test_a_pending_settlement_refund_is_finished_by_the_next_cancel(world, monkeypatch):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "k1", actor="key_cs")
+
+    done = world.actions.cancel(order.id, "rest", actor="key_web")
+
+    assert [r.status for r in done.payment.refunds if r.kind == "appeasement"] == ["succeeded"]
+    assert all(s.status is not ShipmentStatus.PENDING for s in done.shipments)
