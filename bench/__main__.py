@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -295,6 +296,7 @@ Wall time, and the process's CPU time (user + system), which waiting for a core 
 """
     report += request_profile_report(med["raw_cpu"])
     report += workflow_report()
+    report += returns_report()
     if os.environ.get("BENCH_IMPORT_SIZES", "1000,10000,100000"):
         from bench.imports import markdown, run_import_bench
 
@@ -441,6 +443,50 @@ def workflow_report() -> str:
         f"{typical['order_item_bytes_at_delivery']:.0f} bytes once delivered (DynamoDB's size rules).",
         "",
     ]
+    return "\n".join(lines)
+
+
+def returns_report() -> str:
+    """bench.returns in a fresh process: what a return costs, from its request to its refund."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.returns"], cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return returns_markdown(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def returns_markdown(run: dict[str, Any]) -> str:
+    lines = [
+        "",
+        "## What a return costs on AWS",
+        "",
+        f"{run['returns']} returns of one unit each (of delivered two-unit orders), requested and received over "
+        "HTTP on the local stack; the returns workflow (Express, moto's interpreter) restocks, counts and refunds "
+        f"each. Returns refunded once the workflow settled: {run['statuses']}.",
+        "",
+        "| what | per return |",
+        "| --- | --- |",
+        f"| API requests (the request, the receipt) | {run['api_requests_per_return']:.2f} |",
+        f"| returns workflow executions | {run['sfn_executions_per_return']:.2f} |",
+        f"| Lambda GB-seconds (modeled as for orders) | {run['lambda_gb_seconds_per_return']:.4f} |",
+        f"| DynamoDB write units (estimated, incl. index writes and the restock transaction) | "
+        f"{run['wru_per_return']:.1f} |",
+        f"| DynamoDB read units (estimated) | {run['rru_per_return']:.1f} |",
+        "",
+        "| function | request | per return |",
+        "| --- | --- | --- |",
+    ]
+    for key, value in run["requests_per_return_by_function"].items():
+        function, operation = key.split(" ", 1)
+        lines.append(f"| {function} | {operation} | {value:.2f} |")
+    lines += ["", "| Lambda function | invocations per return |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in run["lambda_invocations_per_return"].items()]
+    lines += ["", "| service | $ per million returns |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in run["dollars_per_million_returns"].items()]
+    total = run["total_per_million_returns"]
+    lines += [f"| **total, without the optional features** | **{total:.2f}** |"]
+    optional = run["optional_dollars_per_million_returns"]
+    lines += [f"| + {feature} | {cost:.2f} |" for feature, cost in optional.items()]
+    lines += [f"| **total, with every optional feature** | **{total + sum(optional.values()):.2f}** |", ""]
     return "\n".join(lines)
 
 

@@ -59,6 +59,7 @@ def table_env(prefix: str = "oms-local") -> dict[str, str]:
         "INVENTORY_TABLE": f"{prefix}-InventoryTable",
         "CATALOG_TABLE": f"{prefix}-CatalogTable",
         "IDEMPOTENCY_TABLE": f"{prefix}-IdempotencyTable",
+        "RETURNS_TABLE": f"{prefix}-ReturnsTable",
     }
 
 

@@ -34,6 +34,13 @@ class OrderEvent(StrEnum):
     REFUND_FAILED = "refund_failed"
     # Units of an allocated or partly shipped order cancelled before they shipped.
     UNITS_CANCELLED = "units_cancelled"
+    # Returns (the return's own record is in the Returns table; the order's history tells its story).
+    RETURN_REQUESTED = "return_requested"
+    RETURN_AUTHORIZED = "return_authorized"
+    RETURN_REJECTED = "return_rejected"
+    RETURN_RECEIVED = "return_received"
+    # The returns workflow stopped after its retries (the return stays received; see its detail).
+    RETURN_STUCK = "return_stuck"
     # A capture with no shipment: the rest of a total that cancelled units left higher than what
     # the shipments captured (a volume discount lost, say).
     PAYMENT_CAPTURED = "payment_captured"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from core import hookspec
 from core.models import Address, Customer, Location, Order, Product, ShipmentLine, StockLevel
 from core.money import Money
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
+from core.return_models import ReturnLineInput, ReturnPolicyDecision
 from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan, TrackingUpdate
 
 # --- Pricing --------------------------------------------------------------------------------
@@ -216,6 +218,24 @@ def oms_carrier_tracking_update(
     """
 
 
+@hookspec(firstresult=True)
+def oms_carrier_return_label(
+    order: Order, return_id: str, destination: Location, lines: list[ShipmentLine], weight_grams: int
+) -> CarrierShipment | None:
+    """Book a return parcel from the customer back to `destination` and return its label.
+
+    :param order: the order being returned (its `shipping_address` is where the parcel leaves from).
+    :param return_id: the OMS's id for the return (`rma_...`); the same on every retry.
+    :param destination: the location the units go back to (the one they shipped from).
+    :param lines: the order lines (and quantities) the customer sends back.
+    :param weight_grams: the parcel's weight from the products' `weight_grams`.
+    :return: a CarrierShipment (carrier, service, tracking number, label document), or None.
+
+    Stops at first non-None result. When no plugin answers, the return is authorized without a
+    label (`label_url` null) and the customer ships it back their own way.
+    """
+
+
 @hookspec
 def oms_payment_methods() -> list[str] | None:
     """The payment methods this plugin handles (e.g. ["test"]).
@@ -224,4 +244,28 @@ def oms_payment_methods() -> list[str] | None:
 
     Every plugin is called. POST /orders refuses a `payment.method` no plugin names (422
     `unknown_payment_method`), so an order never waits for a payment no one can take.
+    """
+
+
+# --- Returns ----------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def oms_return_policy(
+    order: Order, lines: list[ReturnLineInput], returned_before: dict[str, int], now: datetime
+) -> ReturnPolicyDecision | None:
+    """Decide a return when it is requested: allowed or not, approval, restocking fee, shipping.
+
+    :param order: the order (its shipments carry `shipped_at` and `delivered_at`).
+    :param lines: the lines asked for, each with `line_id`, `quantity`, `reason`, `reason_code`.
+    :param returned_before: units of each line already on the order's earlier returns (not
+        rejected or cancelled), so a policy can tell when the whole order comes back.
+    :param now: the time of the request.
+    :return: a ReturnPolicyDecision, or None to let another plugin answer.
+
+    Stops at first non-None result. `allowed=False` refuses the return with 422 and the
+    decision's `code` and `message`; `needs_approval` makes it `requested` (a person approves or
+    rejects it) instead of `authorized`; `fee` (in the order's currency, not negative) is kept
+    back from the refund; `refund_shipping` adds the order's shipping to it. When no plugin
+    answers, the return is refused (422 `return_not_allowed`).
     """

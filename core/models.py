@@ -602,6 +602,8 @@ class OrderLine(BaseModel):
     # a shipment: plain fields, kept by the methods that change them.
     cancelled_quantity: int = 0
     shipped_quantity: int = 0
+    # Units received back on returns.
+    returned_quantity: int = 0
 
 
 class Totals(BaseModel):
@@ -822,6 +824,9 @@ class Order(BaseModel):
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
     shipments: list[Shipment] = Field(default_factory=list)
+    # The returns whose receipt this order has recorded (in `returned_quantity`), so recording
+    # one again changes nothing.
+    received_returns: list[str] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -835,6 +840,11 @@ class Order(BaseModel):
         doc = self.model_dump(mode="json", exclude_none=True)
         doc["hold"]["resume_to"] = self.hold.resume_to.value
         return json.dumps(doc, separators=(",", ":"))
+
+    def shipped_units(self) -> dict[str, int]:
+        """Units of each line that left in shipped or delivered shipments (read from the shipments,
+        so orders stored before `shipped_quantity` existed answer the same)."""
+        return _shipped_by_line(self.lines, self.shipments)
 
     def shipment(self, shipment_id: str) -> Shipment:
         found = next((s for s in self.shipments if s.id == shipment_id), None)
@@ -1017,7 +1027,12 @@ class Order(BaseModel):
             _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at) if s.id == shipment_id else s
             for s in self.shipments
         ]
-        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments)
+        # A shipped order with units already back stays partially_returned (or returned) when its
+        # last parcel arrives: its returns are what its status says.
+        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments) and self.status not in (
+            OrderStatus.PARTIALLY_RETURNED,
+            OrderStatus.RETURNED,
+        )
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
@@ -1265,6 +1280,43 @@ class Order(BaseModel):
                     **({"reference": reference} if reference else {})},
             payment=self.payment.with_failed_refund(refund_id, reference, message),
         )  # fmt: skip
+
+    def record_return(
+        self, return_id: str, received: dict[str, int], *, at: datetime, actor: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Change | None:  # fmt: skip
+        """The units of return `return_id` are back: each line's `returned_quantity` grows by what
+        was received, and a shipped or delivered order becomes `partially_returned`, or `returned`
+        once every unit that shipped is back and nothing is left to ship. None when this return is
+        recorded already. (An order still partly shipped keeps its status: it has more to ship.)"""
+        if return_id in self.received_returns:
+            return None
+        shipped = self.shipped_units()
+        lines = []
+        for line in self.lines:
+            back = line.returned_quantity + received.get(line.line_id, 0)
+            if back > shipped.get(line.line_id, 0):
+                raise InvalidTransition(f"line {line.line_id} would have more units back than shipped")
+            lines.append(_replaced(line, returned_quantity=back))
+        to = None
+        if self.status in (OrderStatus.SHIPPED, OrderStatus.DELIVERED, OrderStatus.PARTIALLY_RETURNED):
+            everything_back = all(line.returned_quantity >= shipped.get(line.line_id, 0) for line in lines)
+            to = OrderStatus.RETURNED if everything_back else OrderStatus.PARTIALLY_RETURNED
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.RETURN_RECEIVED, to=to,
+            detail={"return_id": return_id,
+                    "lines": [{"line_id": k, "quantity": v} for k, v in sorted(received.items())], **(detail or {})},
+            lines=lines, received_returns=[*self.received_returns, return_id],
+        )  # fmt: skip
+
+
+def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[str, int]:
+    shipped = {line.line_id: 0 for line in lines}
+    for shipment in shipments:
+        if shipment.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
+            for item in shipment.lines:
+                shipped[item.line_id] = shipped.get(item.line_id, 0) + item.quantity
+    return shipped
 
 
 REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})

@@ -9,7 +9,8 @@ from datetime import datetime
 
 from core.access import ApiKey
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
-from core.status import OrderStatus
+from core.return_models import Return
+from core.status import OrderStatus, ReturnStatus
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,38 @@ class OrderRepository(ABC):
 
         Raises InvalidCursor for a cursor this repository did not issue for the same filter.
         """
+
+
+@dataclass(frozen=True)
+class ReturnFilter:
+    status: ReturnStatus | None = None
+    channel: str | None = None
+
+
+class ReturnRepository(ABC):
+    """Returns (RMAs), one record each; every change is conditional on status and version."""
+
+    @abstractmethod
+    def add(self, item: Return) -> None:
+        """Store a new return. Raises StaleVersion when its id exists (another request took the
+        same ordinal of the order: read the order's returns again and decide again)."""
+
+    @abstractmethod
+    def get(self, return_id: str) -> Return | None: ...
+
+    @abstractmethod
+    def update(self, item: Return, expected: Return) -> None:
+        """Replace `expected` by `item`, only if the stored return still has `expected`'s status
+        and version (StaleVersion otherwise); `item` must be `expected`'s next version."""
+
+    @abstractmethod
+    def for_order(self, order_id: str) -> list[Return]:
+        """Every return of the order, oldest first (by ordinal)."""
+
+    @abstractmethod
+    def list(self, where: ReturnFilter, limit: int, cursor: str | None) -> tuple[list[Return], str | None]:
+        """Returns matching `where`, newest first, and an opaque cursor for the next page.
+        Raises InvalidCursor for a cursor not issued for the same filter."""
 
 
 class CatalogRepository(ABC):
@@ -107,6 +140,12 @@ class InventoryRepository(ABC):
     @abstractmethod
     def ship(self, sku: str, location_id: str, key: str) -> None:
         """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent."""
+
+    @abstractmethod
+    def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+        """Put `quantity` returned units back on hand (and available) under `key` (return#line), in
+        one atomic change that records the key: the same key again is a no-op, so a retried step
+        restocks once."""
 
     @abstractmethod
     def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
@@ -188,3 +227,10 @@ class WorkflowStarter(ABC):
         workflow's). Express starts every call: the steps are what make a repeat harmless.
         `channel` and `correlation_id` ride in the input for the steps' log lines; `rerun` names a
         deliberate new execution (the reconciler's), so no service refuses it."""
+
+
+class ReturnWorkflowStarter(ABC):
+    @abstractmethod
+    def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+        """Start the returns workflow for a received return (a new execution every call: its
+        steps skip what is done, so starting it again resumes the return)."""

@@ -1,4 +1,4 @@
-"""Order, payment and shipment statuses, each with the one transition table that relates them."""
+"""Order, payment, shipment and return statuses, each with the one transition table that relates them."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ class ShipmentStatus(StrEnum):
     PENDING = "pending"
     SHIPPED = "shipped"
     DELIVERED = "delivered"
+
+
+class ReturnStatus(StrEnum):
+    REQUESTED = "requested"
+    AUTHORIZED = "authorized"
+    REJECTED = "rejected"
+    RECEIVED = "received"
+    REFUNDED = "refunded"
+    CANCELLED = "cancelled"
 
 
 S = OrderStatus
@@ -87,10 +96,24 @@ SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
     H.DELIVERED: frozenset(),
 }
 
+R = ReturnStatus
+
+# A return waits for approval only when the policy asks for it; it is refunded once the gateway
+# approved the refund of what was received (or nothing was due). Receiving is one event per return.
+RETURN_TRANSITIONS: dict[ReturnStatus, frozenset[ReturnStatus]] = {
+    R.REQUESTED: frozenset({R.AUTHORIZED, R.REJECTED, R.CANCELLED}),
+    R.AUTHORIZED: frozenset({R.RECEIVED, R.CANCELLED}),
+    R.RECEIVED: frozenset({R.REFUNDED}),
+    R.REJECTED: frozenset(),
+    R.REFUNDED: frozenset(),
+    R.CANCELLED: frozenset(),
+}
+
 _TABLES: dict[type[StrEnum], dict] = {
     OrderStatus: TRANSITIONS,
     PaymentStatus: PAYMENT_TRANSITIONS,
     ShipmentStatus: SHIPMENT_TRANSITIONS,
+    ReturnStatus: RETURN_TRANSITIONS,
 }
 
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
@@ -98,11 +121,11 @@ TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.ite
 # Lines, address and shipping method may change only before stock is reserved.
 EDITABLE: frozenset[OrderStatus] = frozenset({S.PENDING, S.ON_HOLD, S.AUTHORIZED})
 
-E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus)
+E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus, ReturnStatus)
 
 
 def can_transition(current: E, target: E) -> bool:
-    """Whether `current` may move to `target` in its own table (order, payment or shipment)."""
+    """Whether `current` may move to `target` in its own table (order, payment, shipment or return)."""
     return type(current) is type(target) and target in _TABLES[type(current)][current]
 
 

@@ -23,19 +23,27 @@ from core.import_service import ImportQueries, ImportSplitter, OrderImporter, Qu
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
-from core.ports import OrderRepository
+from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
 from core.pricing import Pricing
 from core.reconciliation import Reconciler
 from core.refund_service import RefundService
+from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoReturns,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
-from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from functions.import_splitter.readers import field_in_file
 from functions.warm import Warm, forget_warm_containers
 
@@ -50,11 +58,13 @@ class Config:
     inventory_table: str = ""
     catalog_table: str = ""
     idempotency_table: str = ""
+    returns_table: str = ""
     catalog_cache_seconds: float = 10.0
     labels_bucket: str = ""
     public_s3_endpoint: str | None = None  # where presigned label URLs point; None: the S3 client's own
     import_queue_url: str = ""
     order_workflow_arn: str = ""
+    return_workflow_arn: str = ""
     import_splitter_role_id: str | None = None  # the splitter's messages are import lines
     import_queue_sender_channels: str = ""  # other senders: "<unique id>=channel+channel,..."
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
@@ -70,11 +80,13 @@ class Config:
             inventory_table=os.environ["INVENTORY_TABLE"],
             catalog_table=os.environ["CATALOG_TABLE"],
             idempotency_table=os.environ["IDEMPOTENCY_TABLE"],
+            returns_table=os.environ.get("RETURNS_TABLE", ""),
             catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS") or 10),
             labels_bucket=os.environ.get("LABELS_BUCKET", ""),
             public_s3_endpoint=os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or None,
             import_queue_url=os.environ.get("IMPORT_QUEUE_URL", ""),
             order_workflow_arn=os.environ.get("ORDER_WORKFLOW_ARN", ""),
+            return_workflow_arn=os.environ.get("RETURN_WORKFLOW_ARN", ""),
             import_splitter_role_id=os.environ.get("IMPORT_SPLITTER_ROLE_ID") or None,
             import_queue_sender_channels=os.environ.get("IMPORT_QUEUE_SENDER_CHANNELS", ""),
             disabled_plugins=frozenset(
@@ -153,6 +165,10 @@ class Container:
         return MeteredOrders(DynamoOrders(self.dynamodb, self.config.orders_table))
 
     @cached_property
+    def return_repository(self) -> ReturnRepository:
+        return DynamoReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE"))
+
+    @cached_property
     def catalog_repository(self) -> DynamoCatalog:
         # Not cached: the workflow must see a location opened a second ago (one read per step).
         return DynamoCatalog(self.dynamodb, self.config.catalog_table)
@@ -189,6 +205,12 @@ class Container:
     @cached_property
     def workflow_starter(self) -> StepFunctionsStarter:
         return StepFunctionsStarter(self.stepfunctions, _required(self.config.order_workflow_arn, "ORDER_WORKFLOW_ARN"))
+
+    @cached_property
+    def return_workflow(self) -> ReturnWorkflowStarter:
+        return StepFunctionsReturnStarter(
+            self.stepfunctions, _required(self.config.return_workflow_arn, "RETURN_WORKFLOW_ARN")
+        )
 
     @cached_property
     def idempotency_store(self) -> Any:
@@ -245,6 +267,19 @@ class Container:
     def refunds(self) -> RefundService:
         """Appeasements, returns' refunds and cancellations' over-captures: `issue_refund(...)`."""
         return RefundService(self.order_repository, self.payments, self.clock)
+
+    @cached_property
+    def returns(self) -> Returns:
+        return Returns(
+            self.order_repository,
+            self.return_repository,
+            self.catalog_repository,
+            self.inventory_repository,
+            self.label_store,
+            self.plugins.hook,
+            self.refunds,
+            clock=self.clock,
+        )
 
     @cached_property
     def workflow(self) -> Workflow:

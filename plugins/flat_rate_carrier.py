@@ -136,6 +136,22 @@ def _content_lines(order: Order, lines: list[ShipmentLine]) -> list[str]:
     return listed
 
 
+def _rendered(rows: list[tuple[str, float, str] | None]) -> bytes:
+    """The page's content stream: (font, size, text) rows top-down, None a rule between blocks."""
+    commands: list[str] = []
+    y = PAGE_HEIGHT - MARGIN
+    for row in rows:
+        if row is None:
+            y -= 4
+            commands.append(f"0.8 w {MARGIN} {y} m {PAGE_WIDTH - MARGIN} {y} l S")
+            y -= 4
+            continue
+        font, size, text = row
+        y -= size + 2
+        commands.append(f"BT /{font} {size} Tf {MARGIN} {y} Td ({pdf_text(_fit(text, size))}) Tj ET")
+    return "\n".join(commands).encode("ascii")
+
+
 def _label_content(
     order: Order,
     shipment_id: str,
@@ -162,18 +178,7 @@ def _label_content(
         ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
         *[("F1", 8, text) for text in _content_lines(order, lines)],
     ]
-    commands: list[str] = []
-    y = PAGE_HEIGHT - MARGIN
-    for row in rows:
-        if row is None:
-            y -= 4
-            commands.append(f"0.8 w {MARGIN} {y} m {PAGE_WIDTH - MARGIN} {y} l S")
-            y -= 4
-            continue
-        font, size, text = row
-        y -= size + 2
-        commands.append(f"BT /{font} {size} Tf {MARGIN} {y} Td ({pdf_text(_fit(text, size))}) Tj ET")
-    return "\n".join(commands).encode("ascii")
+    return _rendered(rows)
 
 
 def pdf_document(content: bytes, title: str) -> bytes:
@@ -218,6 +223,54 @@ def oms_carrier_create_shipment(
         service=service,
         tracking_number=tracking,
         label=pdf_document(content, title=f"Shipping label {tracking}"),
+        label_content_type="application/pdf",
+    )
+
+
+# --- Return labels ----------------------------------------------------------------------------
+
+RETURN_SERVICE = "Returns"
+
+
+def _return_label_content(
+    order: Order, return_id: str, destination: Location, lines: list[ShipmentLine], weight_grams: int, tracking: str
+) -> bytes:
+    """A return label: from the customer's address back to the location, the RMA in large type so
+    the receiving dock knows which return a parcel is."""
+    rows: list[tuple[str, float, str] | None] = [
+        ("F2", 14, f"{CARRIER} RETURN"),
+        ("F1", 7, "FROM:"),
+        *[("F1", 8, text) for text in _address_lines(order.shipping_address)],
+        None,
+        ("F1", 7, "TO:"),
+        *[("F2", 12, text) for text in [destination.name, *_address_lines(destination.address)[1:]]],
+        None,
+        ("F2", 12, f"RMA: {return_id}"),
+        ("F2", 12, f"TRACKING #: {tracking}"),
+        None,
+        ("F1", 7, f"Order: {order.id}"),
+        ("F1", 8, f"Weight: {_weight(weight_grams)}"),
+        ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
+        *[("F1", 8, text) for text in _content_lines(order, lines)],
+    ]
+    return _rendered(rows)
+
+
+@hookimpl(trylast=True)
+def oms_carrier_return_label(
+    order: Order, return_id: str, destination: Location, lines: list[ShipmentLine], weight_grams: int
+) -> CarrierShipment:
+    """The return's tracking number is derived from its RMA id like a shipment's from its id, so a
+    retried request books the same label."""
+    if weight_grams < 0:
+        raise ValueError("a parcel cannot weigh less than nothing")
+    tracking = tracking_number(return_id)
+    content = _return_label_content(order, return_id, destination, lines, weight_grams, tracking)
+    return CarrierShipment(
+        carrier=CARRIER,
+        service=RETURN_SERVICE,
+        tracking_number=tracking,
+        label=pdf_document(content, title=f"Return label {tracking}"),
         label_content_type="application/pdf",
     )
 

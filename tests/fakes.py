@@ -8,13 +8,16 @@ from decimal import Decimal
 from core import hookimpl
 from core.errors import TransientError
 from core.money import Money
+from core.ports import ReturnWorkflowStarter
+from core.returns import Returns
 from core.workflow_types import PaymentResult
-from plugins.testing.memory import InMemoryCatalog, InMemoryInventory, InMemoryLabels, InMemoryOrders
+from plugins.testing.memory import InMemoryCatalog, InMemoryInventory, InMemoryLabels, InMemoryOrders, InMemoryReturns
 
 FakeOrders = InMemoryOrders
 FakeCatalog = InMemoryCatalog
 FakeInventory = InMemoryInventory
 FakeLabels = InMemoryLabels
+FakeReturns = InMemoryReturns
 
 
 class PaymentSpy:
@@ -113,3 +116,17 @@ class ScriptedGateway:
     @hookimpl(tryfirst=True)
     def oms_payment_refund(self, idempotency_key: str) -> PaymentResult | None:
         return self._play("refund", idempotency_key)
+
+
+class InlineReturnWorkflow(ReturnWorkflowStarter):
+    """The returns workflow's steps run at once, in the caller (core.returns.Returns.settle): for
+    the in-process API, which has no state machine. `returns` is the service to run them on."""
+
+    def __init__(self) -> None:
+        self.returns: Returns | None = None
+        self.started: list[str] = []
+
+    def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+        assert self.returns is not None, "give the InlineReturnWorkflow its Returns service"
+        self.started.append(return_id)
+        self.returns.settle(return_id, actor="returns-workflow")

@@ -16,7 +16,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
@@ -24,9 +24,12 @@ from core.ports import (
     InventoryRepository,
     OrderFilter,
     OrderRepository,
+    ReturnFilter,
+    ReturnRepository,
     StalledOrder,
     StalledOrders,
 )
+from core.return_models import Return
 from core.status import OrderStatus, check_successor
 from functions.adapters.api_key_lookup import lookup_key
 
@@ -297,6 +300,127 @@ class DynamoOrders(OrderRepository):
         return "by_created", LIST_PK, {}
 
 
+# --- Returns ---------------------------------------------------------------------------------
+
+_RETURN_INDEXES = {"by_channel": "channel", "by_status": "status", "by_created": "list_pk"}
+RETURN_LIST_PK = "return"
+
+
+def _return(item: dict[str, Any]) -> Return:
+    return Return.model_validate_json(item["doc"]["S"])
+
+
+class DynamoReturns(ReturnRepository):
+    """One item per return: its JSON document (`doc`) beside the attributes that keys, indexes and
+    conditions need. Indexes hold keys only (as the orders' do), so a status change rewrites small
+    index entries, never copies of the return; lists read the returns back with BatchGetItem."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def add(self, item: Return) -> None:
+        record = {
+            "id": {"S": item.id},
+            "order_id": {"S": item.order_id},
+            "channel": {"S": item.channel},
+            "status": {"S": item.status.value},
+            "version": {"N": str(item.version)},
+            "ordinal": {"N": str(item.ordinal)},
+            "created_at": {"S": timestamp(item.created_at)},
+            "list_pk": {"S": RETURN_LIST_PK},
+            "doc": {"S": item.stored_json()},
+        }
+        try:
+            self._client.put_item(TableName=self._table, Item=record, ConditionExpression="attribute_not_exists(id)")
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                raise StaleVersion(f"return {item.id} exists") from None
+            raise
+
+    def get(self, return_id: str) -> Return | None:
+        response = self._client.get_item(
+            TableName=self._table, Key={"id": {"S": return_id}}, ProjectionExpression="doc"
+        )
+        item = response.get("Item")
+        return _return(item) if item else None
+
+    def update(self, item: Return, expected: Return) -> None:
+        if item.id != expected.id or item.version != expected.version + 1:
+            raise InvalidTransition(f"return {item.id} cannot go from version {expected.version} to {item.version}")
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": item.id}},
+                UpdateExpression="SET #doc = :doc, #status = :status, #version = :version",
+                ConditionExpression="#status = :expected_status AND #version = :expected_version",
+                ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
+                ExpressionAttributeValues={
+                    ":doc": {"S": item.stored_json()},
+                    ":status": {"S": item.status.value},
+                    ":version": {"N": str(item.version)},
+                    ":expected_status": {"S": expected.status.value},
+                    ":expected_version": {"N": str(expected.version)},
+                },
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                raise StaleVersion(
+                    f"return {item.id} is no longer {expected.status} at version {expected.version}"
+                ) from None
+            raise
+
+    def for_order(self, order_id: str) -> list[Return]:
+        paginator = self._client.get_paginator("query")
+        ids: list[str] = []
+        for page in paginator.paginate(
+            TableName=self._table,
+            IndexName="by_order",
+            KeyConditionExpression="order_id = :o",
+            ExpressionAttributeValues={":o": {"S": order_id}},
+        ):
+            ids.extend(item["id"]["S"] for item in page.get("Items", []))
+        found = batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids], "id, doc")
+        return sorted((_return(item) for item in found), key=lambda r: r.ordinal)
+
+    def list(self, where: ReturnFilter, limit: int, cursor: str | None) -> tuple[list[Return], str | None]:
+        status = where.status.value if where.status else None
+        if where.channel:
+            # A channel's returns of one status: the channel index, filtered after the read (pages
+            # may come back shorter than `limit`; the cursor carries on), as for orders.
+            index, key_value, post_filter = "by_channel", where.channel, status
+        elif status:
+            index, key_value, post_filter = "by_status", status, None
+        else:
+            index, key_value, post_filter = "by_created", RETURN_LIST_PK, None
+        key_attribute = _RETURN_INDEXES[index]
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": index,
+            "KeyConditionExpression": "#k = :k",
+            "ExpressionAttributeNames": {"#k": key_attribute},
+            "ExpressionAttributeValues": {":k": {"S": key_value}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        scope = f"returns:{index}={key_value}" + (f"&status={post_filter}" if post_filter else "")
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"id", "created_at", key_attribute})
+            if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
+                raise InvalidCursor()
+        response = self._client.query(**query)
+        ids = [item["id"]["S"] for item in response.get("Items", [])]
+        found = {
+            item["id"]["S"]: _return(item)
+            for item in batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids], "id, doc")
+        }
+        items = [found[i] for i in ids if i in found]
+        if post_filter:
+            items = [item for item in items if item.status.value == post_filter]
+        last = response.get("LastEvaluatedKey")
+        return items, encode_cursor(scope, last) if last else None
+
+
 class DynamoStalledOrders(StalledOrders):
     """The reconciler's query: the by_status index (keys only: id, status, created_at), one status,
     oldest first, placed before a moment. A Query on one partition, never a Scan; one page is
@@ -482,6 +606,9 @@ class DynamoApiKeys(ApiKeyRepository):
 # --- Inventory ---------------------------------------------------------------------------------
 
 
+RESTOCK_LEDGER = "restocked#"
+
+
 def _level(values: dict[str, Any]) -> StockLevel:
     return StockLevel.model_validate(_numbers_to_python(values))
 
@@ -620,6 +747,48 @@ class DynamoInventory(InventoryRepository):
             "attribute_exists(reservations.#key)",
             {},
         )  # fmt: skip
+
+    def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+        """A ledger item (sku `restocked#<key>`, which no real sku can be: `#` is not allowed in
+        one) put on attribute_not_exists in the same transaction as the count: returns are rare
+        next to orders, so the transaction's double write is cheap, and the stock item never
+        collects a key per return the way a map on it would."""
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": to_item({"sku": f"{RESTOCK_LEDGER}{key}", "location_id": location_id,
+                                             "quantity": quantity, "restocked_at": utc_now()}),
+                            "ConditionExpression": "attribute_not_exists(sku)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+                            "UpdateExpression": (
+                                "SET on_hand = if_not_exists(on_hand, :zero) + :q, "
+                                "available = if_not_exists(available, :zero) + :q, "
+                                "reserved = if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
+                                "reservations = if_not_exists(reservations, :none)"
+                            ),
+                            "ExpressionAttributeValues": to_item(
+                                {":q": quantity, ":zero": 0, ":now": utc_now(), ":reason": f"return {key}",
+                                 ":none": {}}
+                            ),
+                        }
+                    },
+                ]
+            )  # fmt: skip
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if error.response["Error"]["Code"] == "TransactionCanceledException" and any(
+                reason.get("Code") == "ConditionalCheckFailed" for reason in reasons
+            ):
+                return  # restocked by an earlier run of the same step
+            raise
 
     def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
         """One BatchGetItem that projects only the asked-for map entries, never a hot item's

@@ -1,13 +1,15 @@
-"""Starts the order workflow (Step Functions) for an order."""
+"""Starts the order workflow (Step Functions) for an order, and the returns workflow for a return."""
 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from core.ports import WorkflowStarter
+from core.errors import TransientError
+from core.ports import ReturnWorkflowStarter, WorkflowStarter
 
 
 class StepFunctionsStarter(WorkflowStarter):
@@ -31,3 +33,20 @@ class StepFunctionsStarter(WorkflowStarter):
                 return False
             raise
         return True
+
+
+class StepFunctionsReturnStarter(ReturnWorkflowStarter):
+    def __init__(self, client: Any, state_machine_arn: str):
+        self._client = client
+        self._arn = state_machine_arn
+
+    def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+        """A new execution named `{return_id}-{random}`: receiving a return again must be able to
+        resume it, so no name may be refused."""
+        name = f"{return_id}-{secrets.token_hex(4)}"
+        execution_input = {"return_id": return_id, "channel": channel, "correlation_id": correlation_id}
+        try:
+            self._client.start_execution(stateMachineArn=self._arn, name=name, input=json.dumps(execution_input))
+        except (ClientError, BotoCoreError) as error:
+            # The receipt is recorded; receiving again starts the workflow (503: worth retrying).
+            raise TransientError(f"the returns workflow could not be started: {type(error).__name__}") from error

@@ -15,7 +15,18 @@ from aws_lambda_powertools.metrics import MetricUnit
 from core.card_numbers import mask_card_numbers
 from functions.api import errors, guards
 from functions.api.access import ScopeTable
-from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders, plugins, refunds
+from functions.api.routes import (
+    api_keys,
+    carriers,
+    catalog,
+    imports,
+    inventory,
+    meta,
+    orders,
+    plugins,
+    refunds,
+    returns,
+)
 from functions.business_metrics import emits_business_metrics
 
 
@@ -44,6 +55,7 @@ app.include_router(imports.router)
 app.include_router(carriers.router)
 app.include_router(plugins.router)
 app.include_router(refunds.router)
+app.include_router(returns.router)
 
 
 @functools.cache

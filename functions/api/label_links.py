@@ -1,8 +1,9 @@
-"""Orders as the API shows them: each shipment's stored label key becomes a link signed now."""
+"""Orders and returns as the API shows them: each stored label key becomes a link signed now."""
 
 from __future__ import annotations
 
 from core.models import Order
+from core.return_models import Return
 from functions.api.dependencies import container
 
 
@@ -18,3 +19,10 @@ def with_label_links(order: Order) -> Order:
         for shipment in order.shipments
     ]
     return order.model_copy(update={"shipments": shipments})
+
+
+def with_return_label_link(item: Return) -> Return:
+    """`item` with a fresh link in place of its stored return label key, as for shipments."""
+    if not item.label_url:
+        return item
+    return item.model_copy(update={"label_url": container().label_store.link(item.label_url)})

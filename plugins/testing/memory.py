@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
+from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderFilter, OrderRepository
+from core.ports import (
+    CatalogRepository,
+    InventoryRepository,
+    LabelStore,
+    OrderFilter,
+    OrderRepository,
+    ReturnFilter,
+    ReturnRepository,
+)
+from core.return_models import Return
 from core.status import check_successor
 
 
@@ -69,6 +78,45 @@ class InMemoryOrders(OrderRepository):
         return page, str(start + limit) if more else None
 
 
+class InMemoryReturns(ReturnRepository):
+    def __init__(self) -> None:
+        self.returns: dict[str, Return] = {}
+
+    def add(self, item: Return) -> None:
+        if item.id in self.returns:
+            raise StaleVersion(f"return {item.id} exists")
+        self.returns[item.id] = item
+
+    def get(self, return_id: str) -> Return | None:
+        return self.returns.get(return_id)
+
+    def update(self, item: Return, expected: Return) -> None:
+        stored = self.returns.get(item.id)
+        if item.version != expected.version + 1:
+            raise InvalidTransition(f"return {item.id} cannot go from version {expected.version} to {item.version}")
+        if stored is None or (stored.status, stored.version) != (expected.status, expected.version):
+            raise StaleVersion(f"return {item.id} moved on")
+        self.returns[item.id] = item
+
+    def for_order(self, order_id: str) -> list[Return]:
+        return sorted((r for r in self.returns.values() if r.order_id == order_id), key=lambda r: r.ordinal)
+
+    def list(self, where: ReturnFilter, limit: int, cursor: str | None) -> tuple[list[Return], str | None]:
+        matching = [
+            r
+            for r in sorted(self.returns.values(), key=lambda r: r.created_at, reverse=True)
+            if (where.status is None or r.status == where.status)
+            and (where.channel is None or r.channel == where.channel)
+        ]
+        start = 0
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise InvalidCursor()
+            start = int(cursor)
+        more = start + limit < len(matching)
+        return matching[start : start + limit], str(start + limit) if more else None
+
+
 class InMemoryCatalog(CatalogRepository):
     def __init__(self) -> None:
         self.products: dict[str, Product] = {}
@@ -101,6 +149,7 @@ class InMemoryInventory(InventoryRepository):
     def __init__(self) -> None:
         self.stock: dict[tuple[str, str], StockLevel] = {}
         self.held: dict[tuple[str, str], dict[str, int]] = {}
+        self.restocked: set[str] = set()
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -170,6 +219,14 @@ class InMemoryInventory(InventoryRepository):
             level = self._get(sku, location_id)
             self._put(level.model_copy(update={"reserved": level.reserved - quantity,
                                                "on_hand": level.on_hand - quantity}))  # fmt: skip
+
+    def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+        if key in self.restocked:
+            return
+        self.restocked.add(key)
+        level = self._get(sku, location_id)
+        self._put(level.model_copy(update={"on_hand": level.on_hand + quantity,
+                                           "available": level.available + quantity}))  # fmt: skip
 
     def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
         return {

@@ -18,6 +18,7 @@ ENV_BY_TABLE = {
     "InventoryTable": "INVENTORY_TABLE",
     "CatalogTable": "CATALOG_TABLE",
     "IdempotencyTable": "IDEMPOTENCY_TABLE",
+    "ReturnsTable": "RETURNS_TABLE",
 }
 
 

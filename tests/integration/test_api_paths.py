@@ -21,6 +21,7 @@ WELL_FORMED = {
     "shipment_id": "shp_" + "a" * 24,
     "key_id": "key_doesnotexist",
     "import_id": "imp_" + "a" * 24,
+    "return_id": "rma_" + "a" * 24,
     "sku": "NO-SUCH-SKU",
     "location_id": "no-such-location",
     "carrier": "no-such-carrier",

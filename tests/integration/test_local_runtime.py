@@ -157,7 +157,7 @@ def test_short_tags_become_long_form_and_dates_stay_strings(tmp_path: Path):
 
 def test_tables_carry_keys_indexes_streams_and_ttl(template: Template):
     tables = {spec.logical_id: spec for spec in template.tables()}
-    assert set(tables) == {"OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable"}
+    assert set(tables) == {"OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable", "ReturnsTable"}
     orders = tables["OrdersTable"]
     assert orders.key_schema == [{"AttributeName": "id", "KeyType": "HASH"}]
     indexes = {index["IndexName"]: index for index in orders.global_secondary_indexes}
@@ -689,6 +689,7 @@ def test_a_table_added_to_the_template_is_created(tmp_path: Path):
     path.write_text(text.replace("\nResources:\n", "\nResources:\n" + extra, 1))
     (tmp_path / "infra").mkdir()  # the state machine's DefinitionUri is relative to the template
     shutil.copy(DEFAULT_TEMPLATE.parent / "infra/order_workflow.asl.json", tmp_path / "infra")
+    shutil.copy(DEFAULT_TEMPLATE.parent / "infra/return_workflow.asl.json", tmp_path / "infra")
     with running_stack(
         template=path,
         handlers={"ApiFunction": ok, "AuthorizerFunction": ok},

@@ -23,15 +23,24 @@ def machine(**states: Any) -> dict[str, Any]:
     return {"StartAt": next(iter(states)), "States": states}
 
 
-def test_the_order_workflow_is_valid_once_substituted():
+@pytest.mark.parametrize(
+    ("logical_id", "path", "placeholder"),
+    [
+        ("OrderWorkflow", "infra/order_workflow.asl.json", "AuthorizePaymentFunctionArn"),
+        ("ReturnWorkflow", "infra/return_workflow.asl.json", "ReturnStepFunctionArn"),
+    ],
+)
+def test_each_workflow_is_valid_once_substituted(logical_id: str, path: str, placeholder: str):
     template = Template.load()
-    [spec] = template.state_machines()
-    assert spec.logical_id == "OrderWorkflow" and spec.type == "EXPRESS"
+    specs = {spec.logical_id: spec for spec in template.state_machines()}
+    assert set(specs) == {"OrderWorkflow", "ReturnWorkflow"}
+    spec = specs[logical_id]
+    assert spec.type == "EXPRESS"
     substitutions = {name: f"arn:aws:lambda:us-east-1:123456789012:function:{name}" for name in spec.substitutions}
     definition = spec.load_definition(template.base_dir, substitutions)
     assert validate_asl(definition) == []
-    raw = json.loads((PROJECT_ROOT / "infra/order_workflow.asl.json").read_text())
-    assert any("unresolved placeholder ${AuthorizePaymentFunctionArn}" in p for p in validate_asl(raw))
+    raw = json.loads((PROJECT_ROOT / path).read_text())
+    assert any(f"unresolved placeholder ${{{placeholder}}}" in p for p in validate_asl(raw))
 
 
 def test_a_dangling_next_is_reported():

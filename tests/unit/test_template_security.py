@@ -13,10 +13,17 @@ import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoReturns,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
-from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
 
 
@@ -73,6 +80,7 @@ def test_every_bucket_is_retained_and_refuses_plain_http(bucket: str):
 # the code named (or, for the Lambda service's own sends, be what the template wires).
 
 ORDERS, INVENTORY, CATALOG, IDEMPOTENCY = "OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable"
+RETURNS = "ReturnsTable"
 _WORKFLOW_ORDERS = {(ORDERS, "dynamodb:GetItem"): [DynamoOrders], (ORDERS, "dynamodb:UpdateItem"): [DynamoOrders]}
 
 USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
@@ -82,7 +90,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             (ORDERS, f"dynamodb:{a}"): [DynamoOrders]
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
         },
-        **{(INVENTORY, f"dynamodb:{a}"): [DynamoInventory] for a in ("UpdateItem", "Query", "BatchGetItem")},
+        **{(INVENTORY, f"dynamodb:{a}"): [DynamoInventory] for a in ("PutItem", "UpdateItem", "Query", "BatchGetItem")},
+        **{
+            (RETURNS, f"dynamodb:{a}"): [DynamoReturns]
+            for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
+        },
         **{
             (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
@@ -92,6 +104,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")
         },
         ("LabelsBucket", "s3:GetObject"): [S3Labels],  # the presigned link is a GetObject as this role
+        ("LabelsBucket", "s3:PutObject"): [S3Labels],  # a return label
+        ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
         ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
     },
     "OutboxFunction": {
@@ -110,6 +124,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
+    },
+    "ReturnStepFunction": {
+        **_WORKFLOW_ORDERS,
+        **{(RETURNS, f"dynamodb:{a}"): [DynamoReturns] for a in ("GetItem", "UpdateItem", "Query", "BatchGetItem")},
+        (INVENTORY, "dynamodb:PutItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
     },
     "FailPaymentFunction": _WORKFLOW_ORDERS,
     "ParkOrderFunction": _WORKFLOW_ORDERS,
@@ -147,6 +167,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
 # How a call to each action reads in Python, besides `.<snake_case>(`.
 _ALSO_CALLED_AS = {
     "batch_get_item": ["batch_get("],  # functions.adapters.dynamodb.batch_get
+    "put_item": ['"Put": {'],  # an item put in a transaction (DynamoInventory.restock's ledger item)
     "query": ['get_paginator("query")'],
     "send_message": [".send_message_batch("],  # authorized as SendMessage
     "get_object": ['"get_object"'],  # a presigned GetObject

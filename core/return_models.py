@@ -1,0 +1,202 @@
+"""Returns (RMA) as the HTTP contract names them: the request, the receipt and the Return itself."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from core.errors import InvalidRequest, InvalidTransition
+from core.models import Identifier, LineInput, Strict, Text
+from core.money import Money
+from core.status import ReturnStatus, can_transition
+
+ReasonCode = Literal[
+    "damaged", "defective", "wrong_item", "not_as_described", "size_or_fit", "no_longer_needed", "other"
+]  # fmt: skip
+Condition = Literal["resellable", "damaged"]
+LineId = Annotated[str, StringConstraints(pattern=r"^L[0-9]{1,3}$")]
+Quantity = Annotated[int, Field(ge=1, le=10_000, strict=True)]
+Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class ReturnLineInput(Strict):
+    line_id: LineId
+    quantity: Quantity
+    reason: Text = Field(description="Free text: why the customer sends it back")
+    reason_code: ReasonCode | None = None
+
+
+class ExchangeInput(Strict):
+    lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)]
+
+
+def _unique(values: list[Any], what: str) -> None:
+    seen = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            raise ValueError(f"lines[{index}] repeats {what} {value}")
+        seen.add(value)
+
+
+class RequestReturn(Strict):
+    """The body of POST /orders/{id}/returns."""
+
+    lines: Annotated[list[ReturnLineInput], Field(min_length=1, max_length=100)]
+    exchange: ExchangeInput | None = None
+
+    @model_validator(mode="after")
+    def _one_entry_per_line(self) -> RequestReturn:
+        _unique([line.line_id for line in self.lines], "line_id")
+        return self
+
+
+class ReturnNote(Strict):
+    """The body of POST /returns/{id}/approve and /reject."""
+
+    note: Note | None = None
+
+
+class ReceiptLine(Strict):
+    line_id: LineId
+    quantity: Quantity
+    condition: Condition
+
+
+class ReceiveReturn(Strict):
+    """The body of POST /returns/{id}/receive: what came back, per line and condition."""
+
+    location_id: Identifier
+    lines: Annotated[list[ReceiptLine], Field(min_length=1, max_length=200)]
+
+    @model_validator(mode="after")
+    def _once_per_condition(self) -> ReceiveReturn:
+        _unique([(line.line_id, line.condition) for line in self.lines], "line and condition")
+        return self
+
+    def received(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for line in self.lines:
+            totals[line.line_id] = totals.get(line.line_id, 0) + line.quantity
+        return totals
+
+
+class ReturnLine(BaseModel):
+    line_id: str
+    quantity: int
+    reason: str
+    reason_code: ReasonCode | None = None
+    received_quantity: int = 0
+    # Of the received units, those fit to sell again (back on hand); the rest were damaged.
+    resellable_quantity: int = 0
+    condition: Literal["resellable", "damaged", "mixed"] | None = Field(
+        default=None, description="How the received units came back; `mixed` when some were damaged and some not"
+    )
+
+
+class ReturnPolicyDecision(BaseModel):
+    """A return policy's answer (oms_return_policy), checked and kept on the Return."""
+
+    model_config = ConfigDict(frozen=True)
+
+    allowed: bool = True
+    # When not allowed: the 422's error code and message.
+    code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "return_not_allowed"
+    message: Annotated[str, StringConstraints(max_length=500)] = ""
+    needs_approval: bool = False
+    fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
+    refund_shipping: bool = False
+
+
+class Return(BaseModel):
+    """One return (RMA) of an order. Its methods are the only way to a new version: each checks
+    the transition table and bumps the version the repository's conditional write expects."""
+
+    model_config = ConfigDict(revalidate_instances="always")
+
+    id: str
+    order_id: str
+    channel: str = Field(description="The order's channel: a channel's API keys see only its returns")
+    ordinal: int = Field(description="1 for an order's first return, 2 for its second, ...")
+    status: ReturnStatus
+    lines: list[ReturnLine]
+    refund: Money = Field(description="What was refunded for this return (zero until it is refunded)")
+    fee: Money
+    refund_shipping: bool = False
+    label_url: str | None = None
+    carrier: str | None = None
+    tracking_number: str | None = None
+    # Where the units go back to: the location they shipped from (the label's address).
+    return_to: str | None = None
+    received_at_location: str | None = None
+    exchange: ExchangeInput | None = None
+    exchange_order_id: str | None = None
+    note: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    def stored_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+    def _next(self, to: ReturnStatus | None, at: datetime, **fields: Any) -> Return:
+        if to is not None and to != self.status and not can_transition(self.status, to):
+            raise InvalidTransition(f"a return cannot go from {self.status} to {to}")
+        return Return.model_validate(
+            {**dict(self), **fields, "status": to or self.status, "version": self.version + 1, "updated_at": at}
+        )
+
+    def approve(self, note: str | None, *, at: datetime) -> Return:
+        if self.status is not ReturnStatus.REQUESTED:
+            raise InvalidTransition(f"a return that is {self.status} is not waiting for approval")
+        return self._next(ReturnStatus.AUTHORIZED, at, note=note or self.note)
+
+    def reject(self, note: str | None, *, at: datetime) -> Return:
+        if self.status is not ReturnStatus.REQUESTED:
+            raise InvalidTransition(f"a return that is {self.status} is not waiting for approval")
+        return self._next(ReturnStatus.REJECTED, at, note=note or self.note)
+
+    def with_label(self, carrier: str, tracking_number: str, label_key: str, *, at: datetime) -> Return:
+        return self._next(None, at, carrier=carrier, tracking_number=tracking_number, label_url=label_key)
+
+    def receive(self, receipt: ReceiveReturn, *, at: datetime) -> Return:
+        """The units of `receipt` arrived at its location. Only an authorized return is received,
+        once; more units of a line than it authorized is InvalidRequest (422)."""
+        if self.status is not ReturnStatus.AUTHORIZED:
+            raise InvalidTransition(f"a return that is {self.status} cannot be received")
+        by_line = {line.line_id: line for line in self.lines}
+        resellable: dict[str, int] = {}
+        damaged: dict[str, int] = {}
+        for item in receipt.lines:
+            if item.line_id not in by_line:
+                raise _invalid_receipt(receipt, item.line_id, "is not on this return")
+            target = resellable if item.condition == "resellable" else damaged
+            target[item.line_id] = target.get(item.line_id, 0) + item.quantity
+        lines = []
+        for line in self.lines:
+            good, bad = resellable.get(line.line_id, 0), damaged.get(line.line_id, 0)
+            if good + bad > line.quantity:
+                raise _invalid_receipt(receipt, line.line_id, f"only {line.quantity} units were authorized")
+            condition = None
+            if good or bad:
+                condition = "mixed" if good and bad else ("resellable" if good else "damaged")
+            lines.append(
+                line.model_copy(
+                    update={"received_quantity": good + bad, "resellable_quantity": good, "condition": condition}
+                )
+            )
+        return self._next(ReturnStatus.RECEIVED, at, lines=lines, received_at_location=receipt.location_id)
+
+    def refunded(self, amount: Money, *, at: datetime) -> Return:
+        return self._next(ReturnStatus.REFUNDED, at, refund=amount)
+
+    def received(self) -> dict[str, int]:
+        return {line.line_id: line.received_quantity for line in self.lines if line.received_quantity}
+
+
+def _invalid_receipt(receipt: ReceiveReturn, line_id: str, problem: str) -> InvalidRequest:
+    index = next(i for i, item in enumerate(receipt.lines) if item.line_id == line_id)
+    return InvalidRequest(
+        f"line {line_id} {problem}", details=[{"field": f"lines[{index}].quantity", "message": problem}]
+    )

@@ -1,0 +1,425 @@
+"""Returns (RMA): request, approve or reject, label, receive, restock and record on the order.
+
+Each step reads what is stored and skips what is done, so the returns workflow (and a repeated
+request) can run any of them again: a receipt is one conditional write on the return, a restock is
+keyed by return and line, and the order records a return's units once (Order.record_return)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from core.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PaymentGatewayUnavailable,
+    PluginError,
+    StaleVersion,
+)
+from core.events import OrderEvent
+from core.hook_calls import call_hook
+from core.ids import short_hash
+from core.models import Order, ShipmentLine, utc_now
+from core.money import Money
+from core.order_changes import ATTEMPTS, modify, visible
+from core.ports import (
+    CatalogRepository,
+    InventoryRepository,
+    LabelStore,
+    OrderRepository,
+    ReturnFilter,
+    ReturnRepository,
+)
+from core.refund_service import RefundService
+from core.refunds import refund_due
+from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
+from core.status import ReturnStatus, ShipmentStatus
+
+R = ReturnStatus
+Clock = Callable[[], datetime]
+
+# Returns that no longer hold units of the order: what they asked for may be asked for again.
+CLOSED = frozenset({R.REJECTED, R.CANCELLED})
+
+
+class RefundNotDone(DomainError):
+    """The gateway refused a return's refund (recorded `failed` on the order): the workflow's Retry
+    runs the refund step again, which asks under a new key."""
+
+    code = "refund_not_done"
+
+
+class ReturnNotReceived(Conflict):
+    """A step after the receipt ran for a return that was not received (409 at the API)."""
+
+    code = "return_not_received"
+
+
+def return_id_for(order_id: str, ordinal: int) -> str:
+    """A return's id, derived from its order and ordinal: two requests racing for the same ordinal
+    race for the same id, and one conditional put lets only one of them have it."""
+    return "rma_" + short_hash(f"{order_id}#return#{ordinal}")
+
+
+def restock_key(return_id: str, line_id: str) -> str:
+    return f"{return_id}#{line_id}"
+
+
+def visible_return(item: Return | None, return_id: str, channel: str | None) -> Return:
+    """Another channel's return answers exactly like a missing one (NotFound), as orders do."""
+    if item is None or (channel is not None and item.channel != channel):
+        raise NotFound(f"no return {return_id}")
+    return item
+
+
+class Returns:
+    def __init__(
+        self,
+        orders: OrderRepository,
+        returns: ReturnRepository,
+        catalog: CatalogRepository,
+        inventory: InventoryRepository,
+        labels: LabelStore,
+        hook: Any,
+        refunds: RefundService,
+        clock: Clock = utc_now,
+    ):
+        self._orders = orders
+        self._returns = returns
+        self._catalog = catalog
+        self._inventory = inventory
+        self._labels = labels
+        self._hook = hook
+        self._refunds = refunds
+        self._clock = clock
+
+    # --- Reading ----------------------------------------------------------------------------
+    def get(self, return_id: str, channel: str | None = None) -> Return:
+        return visible_return(self._returns.get(return_id), return_id, channel)
+
+    def for_order(self, order_id: str, channel: str | None = None) -> list[Return]:
+        visible(self._orders.get(order_id), order_id, channel)
+        return self._returns.for_order(order_id)
+
+    def list(
+        self, status: ReturnStatus | None, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Return], str | None]:
+        return self._returns.list(ReturnFilter(status=status, channel=channel), limit, cursor)
+
+    # --- Request ----------------------------------------------------------------------------
+    def request(self, order_id: str, cmd: RequestReturn, actor: str, channel: str | None = None) -> Return:
+        """A new return of shipped units, decided by the return policy: `requested` (waiting for a
+        person) or `authorized` with a return label. More than shipped minus earlier returns is
+        422; an order with nothing shipped is 409."""
+        order = visible(self._orders.get(order_id), order_id, channel)
+        shipped = order.shipped_units()
+        if not any(shipped.values()):
+            raise Conflict(f"order {order_id} has nothing shipped to return", code="nothing_shipped")
+        if cmd.exchange is not None:
+            raise InvalidRequest(
+                "exchanges are not supported yet: return the items and place a new order",
+                code="exchange_not_supported",
+                details=[{"field": "exchange", "message": "not supported yet"}],
+            )
+        for _ in range(ATTEMPTS):
+            earlier = self._returns.for_order(order_id)
+            returned_before = _units_on(earlier)
+            self._check_quantities(order, cmd, shipped, returned_before)
+            now = self._clock()
+            decision = self._decide(order, cmd, returned_before, now)
+            ordinal = max((r.ordinal for r in earlier), default=0) + 1
+            item = Return(
+                id=return_id_for(order_id, ordinal),
+                order_id=order_id,
+                channel=order.channel,
+                ordinal=ordinal,
+                status=R.REQUESTED if decision.needs_approval else R.AUTHORIZED,
+                lines=[
+                    ReturnLine(
+                        line_id=line.line_id, quantity=line.quantity, reason=line.reason, reason_code=line.reason_code
+                    )
+                    for line in cmd.lines
+                ],
+                refund=Money.zero(order.currency),
+                fee=decision.fee or Money.zero(order.currency),
+                refund_shipping=decision.refund_shipping,
+                return_to=_origin(order, cmd.lines[0].line_id),
+                created_at=now,
+                updated_at=now,
+                version=1,
+            )
+            if item.status is R.AUTHORIZED:
+                # Booked before the return is stored, so an authorized return never lacks the label
+                # a failed booking would have left out; the booking is keyed by the return's id.
+                item = self._with_label(item, order)
+            try:
+                self._returns.add(item)
+            except StaleVersion:
+                continue  # another return of this order took the ordinal: count again
+            break
+        else:
+            raise StaleVersion(f"returns of order {order_id} kept changing; retry")
+        self._note(order_id, OrderEvent.RETURN_REQUESTED, actor, {
+            "return_id": item.id, "status": item.status.value,
+            "lines": [{"line_id": line.line_id, "quantity": line.quantity, "reason_code": line.reason_code}
+                      for line in item.lines],
+        })  # fmt: skip
+        return item
+
+    def _check_quantities(
+        self, order: Order, cmd: RequestReturn, shipped: dict[str, int], returned_before: dict[str, int]
+    ) -> None:
+        details = []
+        for index, line in enumerate(cmd.lines):
+            if line.line_id not in shipped:
+                details.append(
+                    {"field": f"lines[{index}].line_id", "message": f"order {order.id} has no {line.line_id}"}
+                )
+                continue
+            left = shipped[line.line_id] - returned_before.get(line.line_id, 0)
+            if line.quantity > left:
+                details.append({
+                    "field": f"lines[{index}].quantity",
+                    "message": f"{left} of {line.line_id} can be returned (shipped {shipped[line.line_id]}, "
+                               f"on earlier returns {returned_before.get(line.line_id, 0)})",
+                })  # fmt: skip
+        if details:
+            raise InvalidRequest("more units than were shipped and not yet returned", details=details)
+
+    def _decide(
+        self, order: Order, cmd: RequestReturn, returned_before: dict[str, int], now: datetime
+    ) -> ReturnPolicyDecision:
+        decision = call_hook(
+            self._hook.oms_return_policy, order=order, lines=cmd.lines, returned_before=returned_before, now=now
+        )
+        if decision is None:
+            raise InvalidRequest("no return policy allows this return", code="return_not_allowed")
+        if not decision.allowed:
+            raise InvalidRequest(decision.message or "the return policy refuses this return", code=decision.code)
+        fee = decision.fee
+        if fee is not None and (fee.currency != order.currency or fee.is_negative()):
+            raise PluginError(f"oms_return_policy returned a fee of {fee.amount} {fee.currency}, not a fee in "
+                              f"{order.currency}")  # fmt: skip
+        return decision
+
+    # --- Approve, reject --------------------------------------------------------------------
+    def approve(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
+        item = self._change(return_id, channel, lambda r: r.approve(note, at=self._clock()))
+        self._note(item.order_id, OrderEvent.RETURN_AUTHORIZED, actor, {"return_id": item.id, "note": note})
+        return self.label(item.id)
+
+    def reject(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
+        item = self._change(return_id, channel, lambda r: r.reject(note, at=self._clock()))
+        self._note(item.order_id, OrderEvent.RETURN_REJECTED, actor, {"return_id": item.id, "note": note})
+        return item
+
+    def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
+        for _ in range(ATTEMPTS):
+            current = self.get(return_id, channel)
+            new = decide(current)
+            try:
+                self._returns.update(new, current)
+            except StaleVersion:
+                continue
+            return new
+        raise StaleVersion(f"return {return_id} kept changing; retry")
+
+    # --- Label ------------------------------------------------------------------------------
+    def label(self, return_id: str) -> Return:
+        """Book the return label of an authorized return that has none (an approved one)."""
+        item = self.get(return_id)
+        if item.label_url or item.status is not R.AUTHORIZED:
+            return item
+        order = self._orders.get(item.order_id)
+        if order is None:
+            return item
+        booked = self._with_label(item, order)
+        if booked.label_url is None:
+            return item
+        at = self._clock()
+        return self._change(
+            return_id, None,
+            lambda r: r if r.label_url else r.with_label(booked.carrier or "", booked.tracking_number or "",
+                                                         booked.label_url or "", at=at),
+        )  # fmt: skip
+
+    def _with_label(self, item: Return, order: Order) -> Return:
+        """`item` with the label the carrier plugin booked for it (stored in the label store), or
+        as it is when no plugin answers or it has nowhere to go back to. Same version: the label
+        belongs to the change that authorizes the return."""
+        destination = self._catalog.get_location(item.return_to) if item.return_to else None
+        if destination is None:
+            return item
+        lines = [ShipmentLine(line_id=line.line_id, quantity=line.quantity) for line in item.lines]
+        sku_of = {line.line_id: line.sku for line in order.lines}
+        products = self._catalog.get_products(set(sku_of.values()))
+        weight = sum(
+            (products[sku_of[x.line_id]].weight_grams or 0) * x.quantity for x in lines if sku_of[x.line_id] in products
+        )
+        booked = call_hook(
+            self._hook.oms_carrier_return_label,
+            order=order, return_id=item.id, destination=destination, lines=lines, weight_grams=weight,
+        )  # fmt: skip
+        if booked is None:
+            return item
+        key = self._labels.put_label(order.id, item.id, booked.label, booked.label_content_type)
+        return item.model_copy(
+            update={"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": key}
+        )
+
+    # --- Receive ----------------------------------------------------------------------------
+    def receive(self, return_id: str, receipt: ReceiveReturn, actor: str, channel: str | None = None) -> Return:
+        """Record what arrived (the workflow's first step, run by the API so a wrong receipt is
+        answered at once). A return received already is returned as it is: receiving twice changes
+        nothing. Units beyond what a line authorized are 422; an unknown location is 422."""
+        item = self.get(return_id, channel)
+        if item.status in (R.RECEIVED, R.REFUNDED):
+            return item
+        if self._catalog.get_location(receipt.location_id) is None:
+            raise InvalidRequest(
+                f"no location {receipt.location_id}",
+                details=[{"field": "location_id", "message": "unknown location"}],
+            )
+        at = self._clock()
+        return self._change(return_id, channel, lambda r: r if r.status is R.RECEIVED else r.receive(receipt, at=at))
+
+    def restock(self, return_id: str) -> Return:
+        """Resellable units back on hand at the receiving location, once per return and line."""
+        item = self.get(return_id)
+        if item.status not in (R.RECEIVED, R.REFUNDED) or item.received_at_location is None:
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        order = self._orders.get(item.order_id)
+        if order is None:
+            raise NotFound(f"no order {item.order_id}")
+        sku_of = {line.line_id: line.sku for line in order.lines}
+        for line in item.lines:
+            if line.resellable_quantity > 0:
+                self._inventory.restock(
+                    sku_of[line.line_id], item.received_at_location, restock_key(item.id, line.line_id),
+                    line.resellable_quantity,
+                )  # fmt: skip
+        return item
+
+    def record_on_order(self, return_id: str, actor: str) -> Order:
+        """The order counts the received units (`returned_quantity`) and becomes
+        `partially_returned` or `returned`; once per return."""
+        item = self.get(return_id)
+        if item.status not in (R.RECEIVED, R.REFUNDED):
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        at = self._clock()
+        detail = {
+            "location_id": item.received_at_location,
+            "restocked": [{"line_id": line.line_id, "quantity": line.resellable_quantity}
+                          for line in item.lines if line.resellable_quantity],
+        }  # fmt: skip
+        return modify(
+            self._orders, item.order_id,
+            lambda order: order.record_return(item.id, item.received(), at=at, actor=actor, detail=detail),
+        )  # fmt: skip
+
+    # --- Refund -----------------------------------------------------------------------------
+    def refund(self, return_id: str, actor: str) -> Return:
+        """Refund the received units through the payment plugin (core.refunds.refund_due: each
+        unit's exact share of its line total, the shipping when the policy said so, minus the fee,
+        never more than captured minus refunded) and mark the return `refunded` with the amount.
+
+        Idempotent: the refund's key is the return's id and attempt (the number of its refunds the
+        gateway refused), so a retried step asks the gateway under the same key and the order
+        records it once; a refused refund stays on the order as `failed`, the return stays
+        `received`, and the next run tries again under a new key (RefundNotDone, for the workflow's
+        Retry). A gateway still unavailable raises PaymentGatewayUnavailable (retried the same way)."""
+        item = self.get(return_id)
+        if item.status is R.REFUNDED:
+            return item
+        if item.status is not R.RECEIVED:
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        order = self._orders.get(item.order_id)
+        if order is None:
+            raise NotFound(f"no order {item.order_id}")
+        mine = [r for r in order.payment.refunds if r.return_id == item.id]
+        done = next((r for r in mine if r.status == "succeeded"), None)
+        if done is None:
+            amount = refund_due(
+                order, item.received(), item.refund_shipping, item.fee,
+                returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id),
+            )  # fmt: skip
+            if amount.amount > 0 or any(r.status == "pending" for r in mine):
+                attempt = sum(1 for r in mine if r.status == "failed")
+                refund = self._refunds.issue_refund(
+                    item.order_id, amount, f"return {item.id}", f"{item.id}#{attempt}", actor, return_id=item.id
+                )
+                if refund.status != "succeeded":
+                    raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+                amount = refund.amount
+        else:
+            amount = done.amount
+        at = self._clock()
+        return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+
+    def check_received(self, return_id: str) -> Return:
+        """The workflow's first step: the receipt the API recorded is there (ReturnNotReceived, not
+        retried, when an execution was started for a return that was never received)."""
+        item = self.get(return_id)
+        if item.status not in (R.RECEIVED, R.REFUNDED):
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        return item
+
+    def stuck(self, return_id: str, error: str, cause: str, actor: str) -> None:
+        """The workflow's compensation: a step failed after its retries. What the earlier steps
+        did stays (the units are physically back; a refund is money the gateway gave), so the
+        order's history records where it stopped and why, for a person; receiving the return
+        again resumes it."""
+        item = self.get(return_id)
+        self._note(item.order_id, OrderEvent.RETURN_STUCK, actor, {
+            "return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500],
+        })  # fmt: skip
+
+    def settle(self, return_id: str, actor: str) -> Return:
+        """The steps after a receipt, in the workflow's order (restock, the order's count, refund),
+        each skipping what is done. A refund not done yet (refused, or the gateway still
+        unavailable) leaves the return `received`: running this again finishes it."""
+        self.restock(return_id)
+        self.record_on_order(return_id, actor)
+        try:
+            return self.refund(return_id, actor)
+        except (RefundNotDone, PaymentGatewayUnavailable):
+            return self.get(return_id)
+
+    # --- History ----------------------------------------------------------------------------
+    def _note(self, order_id: str, event: OrderEvent, actor: str, detail: dict[str, Any]) -> None:
+        at = self._clock()
+        modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
+
+
+def _units_refunded(returns: list[Return], besides: str) -> dict[str, int]:
+    """Units of each line that earlier returns refunded: a line's units refunded over several
+    returns add up to exactly its total."""
+    units: dict[str, int] = {}
+    for item in returns:
+        if item.status is R.REFUNDED and item.id != besides:
+            for line_id, quantity in item.received().items():
+                units[line_id] = units.get(line_id, 0) + quantity
+    return units
+
+
+def _units_on(returns: list[Return]) -> dict[str, int]:
+    units: dict[str, int] = {}
+    for item in returns:
+        if item.status in CLOSED:
+            continue
+        for line in item.lines:
+            units[line.line_id] = units.get(line.line_id, 0) + line.quantity
+    return units
+
+
+def _origin(order: Order, line_id: str) -> str | None:
+    """Where a line's units go back to: the location of the first shipment that carried it."""
+    for shipment in order.shipments:
+        if shipment.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED) and any(
+            x.line_id == line_id for x in shipment.lines
+        ):
+            return shipment.location_id
+    return None

@@ -1,0 +1,161 @@
+"""Returns (RMA): request, approve or reject, receive, read and list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+
+from core.access import Scope
+from core.models import Page
+from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnNote
+from core.status import ReturnStatus
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.label_links import with_return_label_link
+from functions.api.paths import existing
+from functions.api.routes.orders import IdempotencyKey, OrderIdPath
+from functions.api.routes.plugins import plugins_loaded
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+ReturnIdPath = existing("return", r"^rma_[a-z2-7]{24}$", "Return id")
+
+
+class ReturnPage(Page[Return]):
+    pass
+
+
+def _shown(item: Return) -> dict:
+    return with_return_label_link(item).model_dump(mode="json")
+
+
+@router.post(
+    "/orders/<order_id>/returns",
+    summary="Request a return of shipped units",
+    description="The return policy plugin decides at once: `authorized` (with a return label from the carrier "
+    "plugin in `label_url`) or `requested` (approve or reject it). More units than shipped minus earlier returns "
+    "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`. With "
+    "an `Idempotency-Key`, a retry returns the first answer instead of a second return.",
+    responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
+    middlewares=[plugins_loaded],
+)
+@requires(Scope.RETURNS_WRITE)
+def request_return(
+    order_id: OrderIdPath, request: RequestReturn, idempotency_key: IdempotencyKey = None
+) -> Response[Return]:
+    who = caller(router)
+
+    def create() -> dict:
+        return (
+            container()
+            .returns.request(order_id, request, actor=who.key_id, channel=who.channel)
+            .model_dump(mode="json")
+        )
+
+    if idempotency_key is None:
+        body = create()
+    else:
+        from functions.api.idempotency import once
+
+        body = once(
+            f"POST /orders/{order_id}/returns", who.key_id, idempotency_key, request.model_dump(mode="json"), create,
+            router.lambda_context,
+        )  # fmt: skip
+    return Response(201, content_types.APPLICATION_JSON, _shown(Return.model_validate(body)))
+
+
+@router.get(
+    "/orders/<order_id>/returns",
+    summary="An order's returns, oldest first",
+    responses={**ok(200, ReturnPage, "Every return of the order"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def list_order_returns(order_id: OrderIdPath) -> ReturnPage:
+    who = caller(router)
+    items = container().returns.for_order(order_id, who.channel)
+    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=None)
+
+
+@router.get(
+    "/returns",
+    summary="List returns, newest first",
+    responses={**ok(200, ReturnPage, "A page of returns"), **errors(403)},
+)
+@requires(Scope.ORDERS_READ)
+def list_returns(
+    status: Annotated[ReturnStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> ReturnPage:
+    items, next_cursor = container().returns.list(status, caller(router).channel, limit, cursor)
+    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=next_cursor)
+
+
+@router.get(
+    "/returns/<return_id>",
+    summary="Get a return",
+    responses={**ok(200, Return, "The return"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def get_return(return_id: ReturnIdPath) -> Return:
+    return with_return_label_link(container().returns.get(return_id, caller(router).channel))
+
+
+@router.post(
+    "/returns/<return_id>/approve",
+    summary="Approve a requested return: it is authorized and gets its return label",
+    responses={**ok(200, Return, "The return, authorized"), **errors(400, 403, 404, 409, 413)},
+    middlewares=[plugins_loaded],
+)
+@requires(Scope.RETURNS_WRITE)
+def approve_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None) -> Return:
+    who = caller(router)
+    note = request.note if request else None
+    return with_return_label_link(container().returns.approve(return_id, note, actor=who.key_id, channel=who.channel))
+
+
+@router.post(
+    "/returns/<return_id>/reject",
+    summary="Reject a requested return",
+    responses={**ok(200, Return, "The return, rejected"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.RETURNS_WRITE)
+def reject_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None) -> Return:
+    who = caller(router)
+    note = request.note if request else None
+    return with_return_label_link(container().returns.reject(return_id, note, actor=who.key_id, channel=who.channel))
+
+
+@router.post(
+    "/returns/<return_id>/receive",
+    summary="Receive a return's parcel; the returns workflow restocks, counts and refunds it",
+    description="Each line once per condition; more units than a line authorized is 422. The receipt is "
+    "recorded at once, then the returns workflow puts the resellable units back on hand at `location_id` (damaged "
+    "units stay out), counts the units on the order (`returned_quantity`; the order becomes `partially_returned`, "
+    "or `returned` once every shipped unit is back) and refunds them through the payment plugin (each unit's share "
+    "of its line total, plus shipping when the policy says so, minus the fee). 200 with the return `refunded` when "
+    "that is done by the time the workflow was started; 202 with it `received` while the workflow finishes. "
+    "Receiving again changes nothing that is done and starts the workflow again, which resumes where it stopped "
+    "(a refund the gateway refused is recorded `failed` in GET /orders/{id}/refunds and asked again).",
+    responses={
+        **ok(200, Return, "The return, refunded"),
+        **ok(202, Return, "The return, received; the returns workflow finishes it"),
+        **errors(400, 403, 404, 409, 413),
+    },
+    middlewares=[plugins_loaded],
+)
+@requires(Scope.RETURNS_WRITE)
+def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Response[Return]:
+    who = caller(router)
+    returns = container().returns
+    item = returns.receive(return_id, request, actor=who.key_id, channel=who.channel)
+    if item.status is not ReturnStatus.REFUNDED:
+        request_id = (router.current_event.get("requestContext") or {}).get("requestId") or ""
+        container().return_workflow.start(item.id, channel=item.channel, correlation_id=request_id)
+        item = returns.get(item.id)
+    status = 200 if item.status is ReturnStatus.REFUNDED else 202
+    return Response(status, content_types.APPLICATION_JSON, _shown(item))

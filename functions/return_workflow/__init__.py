@@ -1,0 +1,1 @@
+"""The returns workflow's task handler (infra/return_workflow.asl.json)."""

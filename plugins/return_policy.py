@@ -1,0 +1,69 @@
+"""Built-in return policy: returns within a window of delivery, no approval, no fee; shipping back
+only when the whole order comes back for a fault of the shop.
+
+- The window: `OMS_RETURN_WINDOW_DAYS` (default 30) from the delivery of the shipment(s) that
+  carried the returned lines, or from their shipment when not delivered yet (the latest such
+  time: a line split over two parcels is returnable until the later one's window closes). A line
+  outside it refuses the whole return with 422 `return_window_closed`.
+- No approval: the return is `authorized` at once. No restocking fee.
+- Shipping is refunded only when this return, with the order's earlier ones, brings back every
+  unit of the order and every line of it gives `damaged`, `defective` or `wrong_item`.
+
+A shop's own policy is a plugin answering `oms_return_policy` first (this one is `trylast`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from core import hookimpl
+from core.models import Order
+from core.return_models import ReturnLineInput, ReturnPolicyDecision
+from core.status import ShipmentStatus
+
+DEFAULT_WINDOW_DAYS = 30
+SHOP_FAULTS = frozenset({"damaged", "defective", "wrong_item"})
+
+
+def window() -> timedelta:
+    raw = os.environ.get("OMS_RETURN_WINDOW_DAYS", "").strip()
+    days = int(raw) if raw else DEFAULT_WINDOW_DAYS
+    if days < 0:
+        raise ValueError(f"OMS_RETURN_WINDOW_DAYS must not be negative, not {days}")
+    return timedelta(days=days)
+
+
+def since(order: Order, line_id: str) -> datetime | None:
+    """When the window of `line_id` started: the latest delivery (or, undelivered, shipment) of
+    the shipments carrying it; None when none of them has left."""
+    times = [
+        shipment.delivered_at or shipment.shipped_at
+        for shipment in order.shipments
+        if shipment.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
+        and any(item.line_id == line_id for item in shipment.lines)
+    ]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+@hookimpl(trylast=True)
+def oms_return_policy(
+    order: Order, lines: list[ReturnLineInput], returned_before: dict[str, int], now: datetime
+) -> ReturnPolicyDecision:
+    allowed_for = window()
+    for line in lines:
+        started = since(order, line.line_id)
+        if started is not None and now - started > allowed_for:
+            return ReturnPolicyDecision(
+                allowed=False,
+                code="return_window_closed",
+                message=f"line {line.line_id} left more than {allowed_for.days} days ago "
+                f"({started.date().isoformat()}); the return window is closed",
+            )
+    asked = {line.line_id: line.quantity for line in lines}
+    whole_order = all(
+        returned_before.get(line.line_id, 0) + asked.get(line.line_id, 0) >= line.quantity for line in order.lines
+    )
+    shop_fault = all(line.reason_code in SHOP_FAULTS for line in lines)
+    return ReturnPolicyDecision(refund_shipping=whole_order and shop_fault)

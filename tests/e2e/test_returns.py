@@ -1,0 +1,93 @@
+"""A return over HTTP on the local stack with every event source running: an order placed, allocated
+by its workflow, shipped and delivered; part of it returned, received in mixed condition, restocked
+and refunded by the returns workflow; the order `partially_returned`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from infra.local.stack import EmbeddedStack
+from tests.e2e.client import Api, Catalog, order_body, put_network
+from tests.e2e.conftest import workflow_stack
+
+SETTLE_SECONDS = 15
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    with workflow_stack() as started:
+        yield started
+
+
+def until(api: Api, path: str, done: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        body = api.get(path).json()
+        if done(body):
+            return body
+        assert time.monotonic() < deadline, f"{path} never settled: {body}"
+        time.sleep(0.05)
+
+
+def on_hand(api: Api, sku: str) -> dict[str, int]:
+    return {level["location_id"]: level["on_hand"] for level in api.get(f"/inventory/{sku}").json()["locations"]}
+
+
+def test_a_delivered_order_is_partly_returned_in_mixed_condition_restocked_and_refunded(api: Api):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("12.00")
+    catalog.stock(sku, network["west"], 5)
+    placed = api.post("/orders", json=order_body((sku, 3)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    order = until(api, f"/orders/{order_id}", lambda o: o["status"] == "allocated")
+    for shipment in order["shipments"]:
+        for action in ("ship", "deliver"):
+            assert api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}").status_code == 200
+    stock_before = {
+        level["location_id"]: level["on_hand"] for level in api.get(f"/inventory/{sku}").json()["locations"]
+    }
+
+    requested = api.post(
+        f"/orders/{order_id}/returns",
+        json={"lines": [{"line_id": "L1", "quantity": 2, "reason": "one torn, one too small",
+                         "reason_code": "damaged"}]},
+    )  # fmt: skip
+    assert requested.status_code == 201, requested.text
+    rma = requested.json()
+    assert rma["status"] == "authorized" and rma["return_to"] == network["west"]
+    assert rma["label_url"].startswith("http")
+
+    received = api.post(
+        f"/returns/{rma['id']}/receive",
+        json={"location_id": network["west"], "lines": [
+            {"line_id": "L1", "quantity": 1, "condition": "resellable"},
+            {"line_id": "L1", "quantity": 1, "condition": "damaged"},
+        ]},
+    )  # fmt: skip
+
+    assert received.status_code in (200, 202), received.text
+    assert received.json()["status"] == ("refunded" if received.status_code == 200 else "received")
+    done = until(api, f"/returns/{rma['id']}", lambda r: r["status"] == "refunded")
+    assert [(x["received_quantity"], x["resellable_quantity"], x["condition"]) for x in done["lines"]] == [
+        (2, 1, "mixed")
+    ]
+    after = api.get(f"/orders/{order_id}").json()
+    line_total = Decimal(after["lines"][0]["total"]["amount"])
+    assert Decimal(done["refund"]["amount"]) == (line_total * 2 / 3).quantize(Decimal("0.01"))
+    assert after["status"] == "partially_returned"
+    assert (after["lines"][0]["shipped_quantity"], after["lines"][0]["returned_quantity"]) == (3, 2)
+    assert after["payment"]["refunded"] == done["refund"]
+    assert after["payment"]["status"] == "partially_refunded"
+    assert on_hand(api, sku)[network["west"]] == stock_before[network["west"]] + 1
+    refunds = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    assert [(r["return_id"], r["status"], r["amount"]) for r in refunds] == [(rma["id"], "succeeded", done["refund"])]
+    types = [entry["type"] for entry in api.get(f"/orders/{order_id}/history").json()["items"]]
+    assert types.index("return_requested") < types.index("return_received") < types.index("payment_refunded")
+    assert [r["id"] for r in api.get(f"/orders/{order_id}/returns").json()["items"]] == [rma["id"]]

@@ -1,0 +1,275 @@
+"""The real returns workflow (infra/return_workflow.asl.json) in moto's ASL interpreter, started by
+POST /returns/{id}/receive, with a failure injected at each step: Retry recovers what is transient
+and a step that did its work and then crashed changes nothing when run again (one restock, one
+count, one refund); a step that keeps failing records `return_stuck` on the order and ends the
+execution FAILED; receiving again resumes the return where it stopped.
+
+The stack runs the task on the real handler through a wrapper that, for one return at a time, can
+run a fault instead. Event sources are off: the order workflow is started by the test itself."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from core.errors import TransientError
+from infra.local.stack import EmbeddedStack, running_stack
+from tests.e2e.client import Api, Catalog, order_body, put_network, unique
+
+PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
+RUN_SECONDS = 20
+STEP_STATES = {"receive": "Receive", "restock": "Restock", "record": "RecordOnOrder", "refund": "Refund"}
+HAPPY_PATH = ["Receive", "Restock", "RecordOnOrder", "Refund", "ReturnRefunded"]
+
+Handler = Callable[[dict[str, Any], Any], Any]
+Fault = Callable[[dict[str, Any], Any, Handler], Any]
+
+
+class Faults:
+    """What the task does for each (step, return): the real handler, unless a fault was injected."""
+
+    def __init__(self) -> None:
+        self._faults: dict[tuple[str, str], Fault] = {}
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def inject(self, step: str, return_id: str, fault: Fault) -> None:
+        self._faults[(step, return_id)] = fault
+
+    def clear(self, return_id: str) -> None:
+        for key in [k for k in self._faults if k[1] == return_id]:
+            del self._faults[key]
+
+    def handler(self, event: dict[str, Any], context: Any) -> Any:
+        key = (event.get("step", ""), event.get("return_id", ""))
+        with self._lock:
+            self.calls[key] += 1
+        real = importlib.import_module("functions.return_workflow.app").lambda_handler
+        fault = self._faults.get(key)
+        return real(event, context) if fault is None else fault(event, context, real)
+
+
+def crash_after_once() -> Fault:
+    crashed = threading.Event()
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        real(event, context)
+        if not crashed.is_set():
+            crashed.set()
+            raise RuntimeError("injected: the step did its work, then crashed")
+
+    return fault
+
+
+def crash(event: dict[str, Any], context: Any, real: Handler) -> Any:
+    raise RuntimeError("injected: the step keeps crashing")
+
+
+def transient_once() -> Fault:
+    failed = threading.Event()
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise TransientError("injected: briefly unavailable")
+        return real(event, context)
+
+    return fault
+
+
+@pytest.fixture(scope="module")
+def faults() -> Faults:
+    return Faults()
+
+
+@pytest.fixture(scope="module")
+def stack(faults: Faults) -> Iterator[EmbeddedStack]:
+    with running_stack(
+        parameter_overrides=PARAMETERS,
+        event_sources=False,
+        retry_delay_scale=0.01,
+        handlers={"ReturnStepFunction": faults.handler},
+    ) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def api(stack: EmbeddedStack) -> Iterator[Api]:
+    client = Api(stack.api_url, stack.admin_key)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def network(api: Api) -> dict[str, str]:
+    return put_network(api)
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+def wait(stack: EmbeddedStack, machine: str, prefix: str) -> list[dict[str, Any]]:
+    """Every execution of `machine` whose name starts with `prefix`, once none is running: each
+    with its description and the states it entered, oldest first."""
+    sfn = stack.client("stepfunctions")
+    deadline = time.monotonic() + RUN_SECONDS
+    while True:
+        listed = sfn.list_executions(stateMachineArn=stack.state_machine_arns[machine], maxResults=1000)["executions"]
+        mine = [e for e in listed if e["name"].startswith(prefix)]
+        if mine and all(e["status"] != "RUNNING" for e in mine):
+            break
+        assert time.monotonic() < deadline, f"executions {prefix}* still running"
+        time.sleep(0.02)
+    runs = []
+    for execution in sorted(mine, key=lambda e: e["startDate"]):
+        events = sfn.get_execution_history(executionArn=execution["executionArn"], maxResults=1000)["events"]
+        entered = [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+        runs.append({"status": execution["status"], "states": entered})
+    return runs
+
+
+def delivered_order(stack: EmbeddedStack, api: Api, network: dict[str, str], token: str = "tok_approve"):
+    """A delivered order of 3 units of a new product from the west warehouse; (order, sku)."""
+    sku = Catalog(api).product("10.00")
+    Catalog(api).stock(sku, network["west"], 10)
+    placed = api.post("/orders", json=order_body((sku, 3), payment={"method": "test", "token": token}))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    stack.client("stepfunctions").start_execution(
+        stateMachineArn=stack.state_machine_arns["OrderWorkflow"], name=unique("run"),
+        input=json.dumps({"order_id": order_id}),
+    )  # fmt: skip
+    assert wait(stack, "OrderWorkflow", "run")[-1]["status"] == "SUCCEEDED"
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "allocated", order["status"]
+    for shipment in order["shipments"]:
+        for action in ("ship", "deliver"):
+            assert api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}", json={}).status_code == 200
+    return order_id, sku
+
+
+def a_return(api: Api, order_id: str, quantity: int = 2) -> str:
+    body = {"lines": [{"line_id": "L1", "quantity": quantity, "reason": "too big", "reason_code": "size_or_fit"}]}
+    created = api.post(f"/orders/{order_id}/returns", json=body)
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def receive(api: Api, rma: str, location_id: str) -> Any:
+    receipt = {
+        "location_id": location_id,
+        "lines": [
+            {"line_id": "L1", "quantity": 1, "condition": "resellable"},
+            {"line_id": "L1", "quantity": 1, "condition": "damaged"},
+        ],
+    }
+    response = api.post(f"/returns/{rma}/receive", json=receipt)
+    assert response.status_code in (200, 202), response.text
+    return response
+
+
+def on_hand(api: Api, sku: str, location_id: str) -> int:
+    levels = api.get(f"/inventory/{sku}").json()["locations"]
+    return next(level["on_hand"] for level in levels if level["location_id"] == location_id)
+
+
+def settled(api: Api, order_id: str, rma: str, sku: str, location_id: str, before: int) -> None:
+    """One restock, one count, one refund: whatever ran twice changed nothing."""
+    assert api.get(f"/returns/{rma}").json()["status"] == "refunded"
+    assert on_hand(api, sku, location_id) == before + 1
+    order = api.get(f"/orders/{order_id}").json()
+    assert (order["status"], order["lines"][0]["returned_quantity"]) == ("partially_returned", 2)
+    refunds = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    assert [(r["return_id"], r["status"]) for r in refunds] == [(rma, "succeeded")]
+    history = api.get(f"/orders/{order_id}/history").json()["items"]
+    assert [e["type"] for e in history].count("return_received") == 1
+
+
+# --- Journeys -----------------------------------------------------------------------------------
+
+
+def test_a_receipt_runs_receive_restock_count_and_refund(stack: EmbeddedStack, api: Api, network):
+    order_id, sku = delivered_order(stack, api, network)
+    rma = a_return(api, order_id)
+    before = on_hand(api, sku, network["west"])
+
+    first = receive(api, rma, network["west"])
+
+    assert first.json()["status"] in ("received", "refunded")
+    assert [run["states"] for run in wait(stack, "ReturnWorkflow", rma)] == [HAPPY_PATH]
+    settled(api, order_id, rma, sku, network["west"], before)
+    again = receive(api, rma, network["west"])
+    assert (again.status_code, again.json()["status"]) == (200, "refunded")
+    settled(api, order_id, rma, sku, network["west"], before)
+
+
+@pytest.mark.parametrize("step", list(STEP_STATES))
+@pytest.mark.parametrize("fault", ["transient_once", "crash_after_once"])
+def test_a_step_that_fails_once_is_retried_and_changes_nothing_twice(
+    stack: EmbeddedStack, api: Api, network, faults: Faults, step: str, fault: str
+):
+    order_id, sku = delivered_order(stack, api, network)
+    rma = a_return(api, order_id)
+    before = on_hand(api, sku, network["west"])
+    faults.inject(step, rma, transient_once() if fault == "transient_once" else crash_after_once())
+
+    receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert run["status"] == "SUCCEEDED" and run["states"] == HAPPY_PATH
+    assert faults.calls[(step, rma)] >= 2
+    settled(api, order_id, rma, sku, network["west"], before)
+
+
+@pytest.mark.parametrize("step", ["restock", "record", "refund"])
+def test_a_step_that_keeps_failing_is_recorded_stuck_and_receiving_again_resumes_it(
+    stack: EmbeddedStack, api: Api, network, faults: Faults, step: str
+):
+    order_id, sku = delivered_order(stack, api, network)
+    rma = a_return(api, order_id)
+    before = on_hand(api, sku, network["west"])
+    faults.inject(step, rma, crash)
+
+    receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert run["status"] == "FAILED"
+    assert run["states"][-2:] == ["ReturnStuck", "ReturnWorkflowFailed"]
+    assert STEP_STATES[step] in run["states"]
+    assert api.get(f"/returns/{rma}").json()["status"] == "received"
+    stuck = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "return_stuck"]
+    assert [(e["actor"], e["detail"]["return_id"], e["detail"]["error"]) for e in stuck] == [
+        ("returns-workflow", rma, "RuntimeError")
+    ]
+
+    faults.clear(rma)
+    receive(api, rma, network["west"])
+
+    assert wait(stack, "ReturnWorkflow", rma)[-1]["status"] == "SUCCEEDED"
+    settled(api, order_id, rma, sku, network["west"], before)
+
+
+def test_a_refund_the_gateway_refuses_is_asked_again_then_recorded_stuck(stack: EmbeddedStack, api: Api, network):
+    order_id, _ = delivered_order(stack, api, network, token="tok_refund_decline")
+    rma = a_return(api, order_id)
+
+    response = receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert response.status_code == 202
+    assert run["status"] == "FAILED" and run["states"].count("Refund") == 1
+    refunds = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    assert [r["status"] for r in refunds] == ["failed"] * 3  # the first try and the Retry's two
+    assert len({r["id"] for r in refunds}) == 3
+    order = api.get(f"/orders/{order_id}").json()
+    assert (order["payment"]["refunded"]["amount"], order["status"]) == ("0.00", "partially_returned")
+    assert api.get(f"/returns/{rma}").json()["status"] == "received"

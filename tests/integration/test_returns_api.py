@@ -1,0 +1,205 @@
+"""Returns through the in-process API on moto: the Returns table, the restock transaction, return
+labels in S3, the order's returned units and status, lists and channel visibility."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.builders import order_body
+from tests.e2e.client import Catalog, assert_error
+from tests.fakes import InlineReturnWorkflow
+from tests.integration.in_process import InProcessApi, in_process_api
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    """The in-process API, with the returns workflow's steps run inline when a receipt starts it
+    (the state machine itself runs in tests/integration/test_return_workflow_in_interpreter.py)."""
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+
+    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
+        env.setenv("LABELS_BUCKET", "test-labels")
+        workflow = InlineReturnWorkflow()
+        built = bootstrap(Config.from_env(), return_workflow=workflow)
+        workflow.returns = built.returns
+        with container.override(built):
+            yield started
+
+
+def run_workflow(order_id: str) -> None:
+    """The order workflow's steps, as the state machine runs them (it does not run in-process)."""
+    from functions.bootstrap import Config, bootstrap
+
+    workflow = bootstrap(Config.from_env()).workflow
+    workflow.authorize_payment(order_id, attempt=0)
+    workflow.reserve_stock(order_id)
+    workflow.create_shipments(order_id)
+
+
+def an_order(
+    api: InProcessApi, quantity: int = 3, *, ship: bool = True, token: str = "tok_approve"
+) -> tuple[dict[str, Any], str, str]:
+    """A placed and allocated order of one new product (shipped and delivered when `ship`), its sku
+    and the warehouse it left from."""
+    catalog = Catalog(api)
+    warehouse = catalog.location()
+    sku = catalog.product("10.00", weight_grams=300)
+    catalog.stock(sku, warehouse, 10)
+    channel = f"web-{uuid.uuid4().hex[:8]}"
+    body = order_body(
+        channel=channel,
+        external_id=uuid.uuid4().hex,
+        lines=[{"sku": sku, "quantity": quantity}],
+        payment={"method": "test", "token": token},
+    )
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    run_workflow(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    if ship:
+        for shipment in order["shipments"]:
+            for action in ("ship", "deliver"):
+                done = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}", json={})
+                assert done.status_code == 200, done.text
+        order = api.get(f"/orders/{order_id}").json()
+    return order, sku, warehouse
+
+
+def return_body(quantity: int, reason_code: str = "size_or_fit") -> dict[str, Any]:
+    return {"lines": [{"line_id": "L1", "quantity": quantity, "reason": "too big", "reason_code": reason_code}]}
+
+
+def on_hand(api: InProcessApi, sku: str, location_id: str) -> int:
+    stock = api.get(f"/inventory/{sku}").json()
+    return next(loc["on_hand"] for loc in stock["locations"] if loc["location_id"] == location_id)
+
+
+def test_a_return_received_in_mixed_condition_restocks_the_resellable_units(api: InProcessApi):
+    order, sku, warehouse = an_order(api, 3)
+    before = on_hand(api, sku, warehouse)
+
+    created = api.post(f"/orders/{order['id']}/returns", json=return_body(2))
+    assert created.status_code == 201, created.text
+    rma = created.json()
+    assert rma["id"].startswith("rma_") and rma["status"] == "authorized" and rma["order_id"] == order["id"]
+    assert rma["label_url"].startswith("http") and "Signature" in rma["label_url"]
+    assert (rma["refund"], rma["fee"]) == ({"amount": "0.00", "currency": "USD"},) * 2
+
+    receipt = {
+        "location_id": warehouse,
+        "lines": [
+            {"line_id": "L1", "quantity": 1, "condition": "resellable"},
+            {"line_id": "L1", "quantity": 1, "condition": "damaged"},
+        ],
+    }
+    received = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+
+    assert received.status_code == 200, received.text
+    line = received.json()["lines"][0]
+    assert (received.json()["status"], line["received_quantity"], line["condition"]) == ("refunded", 2, "mixed")
+    assert on_hand(api, sku, warehouse) == before + 1
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "partially_returned"
+    assert (after["lines"][0]["shipped_quantity"], after["lines"][0]["returned_quantity"]) == (3, 2)
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [e["type"] for e in history if e["type"].startswith("return_")] == ["return_requested", "return_received"]
+    refunds = api.get(f"/orders/{order['id']}/refunds").json()["items"]
+    assert [(r["amount"], r["status"]) for r in refunds] == [(received.json()["refund"], "succeeded")]
+    # Two thirds of the line's 32.18 (3 x 10.00 and 2.18 California tax), rounded half-even.
+    assert after["lines"][0]["total"]["amount"] == "32.18"
+    assert received.json()["refund"] == {"amount": "21.45", "currency": "USD"}
+    assert after["payment"]["refunded"] == received.json()["refund"]
+
+    again = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+    assert again.status_code == 200
+    assert on_hand(api, sku, warehouse) == before + 1
+    assert api.get(f"/orders/{order['id']}").json()["version"] == after["version"]
+
+
+def test_the_last_units_back_make_the_order_returned(api: InProcessApi):
+    order, _, warehouse = an_order(api, 1)
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1, "defective")).json()
+
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}]}
+    assert api.post(f"/returns/{rma['id']}/receive", json=receipt).status_code == 200
+
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "returned"
+    assert rma["refund_shipping"] is True  # the whole order, defective
+
+
+def test_returning_more_than_shipped_is_422_and_nothing_shipped_is_409(api: InProcessApi):
+    order, _, _ = an_order(api, 2)
+    assert_error(api.post(f"/orders/{order['id']}/returns", json=return_body(3)), 422, None, "lines[0].quantity")
+
+    pending, _, _ = an_order(api, 1, ship=False)
+    assert_error(api.post(f"/orders/{pending['id']}/returns", json=return_body(1)), 409, "nothing_shipped")
+
+
+def test_receiving_more_than_authorized_is_422(api: InProcessApi):
+    order, _, warehouse = an_order(api, 2)
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()
+
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 2, "condition": "resellable"}]}
+    assert_error(api.post(f"/returns/{rma['id']}/receive", json=receipt), 422, None, "lines[0].quantity")
+    assert api.get(f"/returns/{rma['id']}").json()["status"] == "authorized"
+
+
+def test_returns_are_listed_by_order_and_status_and_hidden_from_other_channels(api: InProcessApi):
+    order, _, _ = an_order(api, 2)
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()
+
+    assert [r["id"] for r in api.get(f"/orders/{order['id']}/returns").json()["items"]] == [rma["id"]]
+    listed = api.get("/returns", params={"status": "authorized", "limit": 100}).json()["items"]
+    assert rma["id"] in [r["id"] for r in listed]
+    assert all(r["status"] == "authorized" for r in listed)
+
+    other = api.post("/api-keys", json={"name": "other", "scopes": ["orders:read", "returns:write"],
+                                        "channel": "elsewhere"}).json()["key"]  # fmt: skip
+    assert_error(api.get(f"/returns/{rma['id']}", key=other), 404)
+    assert_error(api.get(f"/orders/{order['id']}/returns", key=other), 404)
+    assert_error(api.post(f"/returns/{rma['id']}/approve", key=other, json={}), 404)
+    assert api.get("/returns", key=other).json() == {"items": [], "next_cursor": None}
+    own = api.post("/api-keys", json={"name": "own", "scopes": ["orders:read"], "channel": order["channel"]}).json()
+    assert [r["id"] for r in api.get("/returns", key=own["key"]).json()["items"]] == [rma["id"]]
+
+
+def test_a_malformed_or_unknown_return_id_is_404(api: InProcessApi):
+    assert_error(api.get("/returns/rma_" + "a" * 24), 404)
+    assert_error(api.get("/returns/not-an-id"), 404)
+
+
+def test_a_refused_refund_answers_202_and_receiving_again_tries_again(api: InProcessApi):
+    order, _, warehouse = an_order(api, 1, token="tok_refund_decline")
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+
+    first = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+    again = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+
+    assert (first.status_code, first.json()["status"]) == (202, "received")
+    assert (again.status_code, again.json()["status"]) == (202, "received")
+    refunds = api.get(f"/orders/{order['id']}/refunds").json()["items"]
+    assert [r["status"] for r in refunds] == ["failed", "failed"]
+    assert api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]["amount"] == "0.00"
+
+
+def test_a_request_retried_with_its_idempotency_key_makes_one_return(api: InProcessApi):
+    order, _, _ = an_order(api, 2)
+    headers = {"Idempotency-Key": "return-once"}
+
+    first = api.post(f"/orders/{order['id']}/returns", json=return_body(1), headers=headers)
+    again = api.post(f"/orders/{order['id']}/returns", json=return_body(1), headers=headers)
+    other = api.post(f"/orders/{order['id']}/returns", json=return_body(2), headers=headers)
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["id"] == first.json()["id"]
+    assert_error(other, 409, "idempotency_key_reused")
+    assert len(api.get(f"/orders/{order['id']}/returns").json()["items"]) == 1

@@ -1,0 +1,442 @@
+"""Returns (core.returns.Returns) on the in-memory fakes with the real built-in plugins: request,
+the return policy, approval, the return label, receiving, restocking and the order's status."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from core import hookimpl
+from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, PluginError, TransientError
+from core.events import OrderEvent
+from core.models import Order
+from core.money import Money
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
+from core.refund_service import RefundService
+from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
+from core.returns import RefundNotDone, Returns, return_id_for
+from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
+from tests.builders import NOW
+from tests.fakes import FakeReturns
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+R = ReturnStatus
+
+# MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
+STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class ApprovalPolicy:
+    """A shop's policy answering first: every return needs a person, and a 1.50 restocking fee."""
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self, order: Order) -> ReturnPolicyDecision:
+        return ReturnPolicyDecision(needs_approval=True, fee=Money(amount="1.50", currency=order.currency))
+
+
+def returns_for(world: World, clock: Clock, *extra: object) -> tuple[Returns, FakeReturns]:
+    plugins = build_plugin_manager(*extra, enable_test_payments=True)
+    refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
+    store = FakeReturns()
+    service = Returns(
+        world.orders, store, world.catalog, world.inventory, world.labels, plugins.hook, refunds, clock=clock
+    )
+    return service, store
+
+
+def shipped(world: World, *lines: tuple[str, int], deliver: bool = True, token: str = "tok_approve") -> Order:
+    order = world.allocated(*lines, token=token)
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        if deliver:
+            world.actions.deliver(order.id, shipment.id, actor="key_wh")
+    return world.order(order.id)
+
+
+def ask(*lines: tuple[str, int, str | None]) -> RequestReturn:
+    return RequestReturn.model_validate(
+        {"lines": [{"line_id": lid, "quantity": q, "reason": "customer says so", "reason_code": code}
+                   for lid, q, code in lines]}
+    )  # fmt: skip
+
+
+def receipt(location_id: str, *lines: tuple[str, int, str]) -> ReceiveReturn:
+    return ReceiveReturn.model_validate(
+        {"location_id": location_id, "lines": [{"line_id": lid, "quantity": q, "condition": c} for lid, q, c in lines]}
+    )
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW + timedelta(days=3))
+
+
+def test_every_return_status_has_a_row_and_the_contract_values():
+    assert set(RETURN_TRANSITIONS) == set(ReturnStatus)
+    assert [s.value for s in ReturnStatus] == [
+        "requested", "authorized", "rejected", "received", "refunded", "cancelled"
+    ]  # fmt: skip
+
+
+def test_shipping_records_each_lines_shipped_quantity(world):
+    order = shipped(world, ("TSHIRT", 2), ("MUG", 1), deliver=False)
+
+    assert [(line.line_id, line.shipped_quantity, line.returned_quantity) for line in order.lines] == [
+        ("L1", 2, 0), ("L2", 1, 0)
+    ]  # fmt: skip
+
+
+def test_a_return_of_delivered_units_is_authorized_at_once_with_a_return_label(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+
+    item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+
+    assert item.id == return_id_for(order.id, 1)
+    assert (item.status, item.ordinal, item.return_to, item.channel) == (R.AUTHORIZED, 1, "wh-west", order.channel)
+    assert item.fee == Money.zero("USD") and item.refund == Money.zero("USD") and not item.refund_shipping
+    assert item.carrier == "OMS Flat Rate" and item.tracking_number.startswith("OMS")
+    assert item.label_url == f"labels/{order.id}/{item.id}"
+    assert world.labels.labels[item.id].startswith(b"%PDF")
+    requested = [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_REQUESTED]
+    assert [(e.actor, e.detail["return_id"]) for e in requested] == [("key_cs", item.id)]
+
+
+def test_returning_more_than_shipped_minus_earlier_returns_is_422_naming_the_line(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+
+    assert refused.value.details[0]["field"] == "lines[0].quantity"
+    second = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert second.ordinal == 2
+
+
+def test_only_shipped_units_can_be_returned(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 1), ("CAP", 1))  # two parcels
+    first = next(s for s in order.shipments if s.location_id == "wh-west")
+    world.actions.ship(order.id, first.id, None, actor="key_wh")
+
+    with pytest.raises(InvalidRequest):
+        returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")  # the CAP has not left
+    assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
+
+
+def test_a_return_on_an_order_with_nothing_shipped_is_409(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1))
+
+    with pytest.raises(Conflict) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert refused.value.code == "nothing_shipped"
+
+
+def test_after_the_window_the_built_in_policy_refuses_with_return_window_closed(world, clock, monkeypatch):
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "2")
+    returns, store = returns_for(world, clock)  # three days after delivery
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert refused.value.code == "return_window_closed"
+    assert store.returns == {}
+
+
+def test_the_window_runs_from_shipment_when_not_yet_delivered(world, clock, monkeypatch):
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "3")
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1), deliver=False)
+
+    assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
+    clock.now += timedelta(days=1)
+    with pytest.raises(InvalidRequest):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+
+@pytest.mark.parametrize(
+    ("lines", "refund_shipping"),
+    [
+        pytest.param([("L1", 2, "damaged"), ("L2", 1, "wrong_item")], True, id="whole-order-shop-fault"),
+        pytest.param([("L1", 2, "damaged"), ("L2", 1, "size_or_fit")], False, id="whole-order-one-not-a-fault"),
+        pytest.param([("L1", 1, "defective")], False, id="part-of-the-order"),
+    ],
+)
+def test_the_built_in_policy_refunds_shipping_only_when_the_whole_order_comes_back_for_a_fault(
+    world, clock, lines, refund_shipping
+):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
+
+    assert returns.request(order.id, ask(*lines), actor="key_cs").refund_shipping is refund_shipping
+
+
+def test_a_policy_asking_for_approval_makes_a_requested_return_without_a_label_until_approved(world, clock):
+    returns, _ = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert (item.status, item.label_url, item.fee) == (R.REQUESTED, None, Money(amount="1.50", currency="USD"))
+
+    approved = returns.approve(item.id, "ok by Sam", actor="key_lead")
+
+    assert (approved.status, approved.note) == (R.AUTHORIZED, "ok by Sam")
+    assert approved.label_url == f"labels/{order.id}/{item.id}" and item.id in world.labels.labels
+    with pytest.raises(InvalidTransition):
+        returns.reject(item.id, None, actor="key_lead")
+
+
+def test_a_rejected_return_gives_its_units_back_to_be_returned_again(world, clock):
+    returns, _ = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert returns.reject(item.id, "worn", actor="key_lead").status is R.REJECTED
+
+    assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").ordinal == 2
+    events = [e.type for e in world.history(order.id) if e.type.value.startswith("return_")]
+    assert events == [OrderEvent.RETURN_REQUESTED, OrderEvent.RETURN_REJECTED, OrderEvent.RETURN_REQUESTED]
+
+
+def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_returned(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    before = world.level("TSHIRT", "wh-west")
+    item = returns.request(order.id, ask(("L1", 2, "damaged")), actor="key_cs")
+
+    received = returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")), "key_wh")
+    returns.restock(item.id)
+    after = returns.record_on_order(item.id, actor="key_wh")
+
+    line = received.lines[0]
+    assert (received.status, line.received_quantity, line.resellable_quantity, line.condition) == (
+        R.RECEIVED, 2, 1, "mixed"
+    )  # fmt: skip
+    assert world.level("TSHIRT", "wh-west") == (before[0] + 1, before[1], before[2] + 1)
+    assert (after.status, after.lines[0].returned_quantity) == (S.PARTIALLY_RETURNED, 2)
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.to_status) == (OrderEvent.RETURN_RECEIVED, "key_wh", S.PARTIALLY_RETURNED)
+    assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}]
+
+
+def test_the_order_is_returned_once_every_shipped_unit_is_back(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    for quantity in (1, 1):
+        item = returns.request(order.id, ask(("L1", quantity, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", quantity, "resellable")), "key_wh")
+        returns.restock(item.id)
+        returns.record_on_order(item.id, actor="key_wh")
+
+    assert world.order(order.id).status is S.RETURNED
+
+
+def test_every_step_of_a_receipt_run_twice_changes_nothing(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    the_receipt = receipt("wh-west", ("L1", 2, "resellable"))
+    returns.receive(item.id, the_receipt, "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor="key_wh")
+    snapshot = (store.get(item.id), world.level("TSHIRT", "wh-west"), world.order(order.id), world.history(order.id))
+
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor="key_wh")
+
+    assert (store.get(item.id), world.level("TSHIRT", "wh-west"), world.order(order.id), world.history(order.id)) == (
+        snapshot
+    )
+
+
+def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")), "key_wh")
+
+    assert refused.value.details[0]["field"] == "lines[0].quantity"
+    assert store.get(item.id) == item
+
+
+def test_a_receipt_at_an_unknown_location_is_422(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(InvalidRequest):
+        returns.receive(item.id, receipt("nowhere", ("L1", 1, "resellable")), "key_wh")
+
+
+def test_a_requested_return_cannot_be_received(world, clock):
+    returns, _ = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(InvalidTransition):
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+
+def test_another_channels_returns_answer_like_missing_ones(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(NotFound):
+        returns.get(item.id, channel="other")
+    with pytest.raises(NotFound):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", channel="other")
+    with pytest.raises(NotFound):
+        returns.for_order(order.id, channel="other")
+    assert returns.list(None, "other", 10, None) == ([], None)
+    assert returns.list(R.AUTHORIZED, order.channel, 10, None) == ([item], None)
+
+
+def test_an_exchange_is_refused_until_exchanges_exist(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    cmd = RequestReturn.model_validate(
+        {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too small"}],
+         "exchange": {"lines": [{"sku": "TSHIRT", "quantity": 1}]}}
+    )  # fmt: skip
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, cmd, actor="key_cs")
+
+    assert refused.value.code == "exchange_not_supported"
+    assert store.returns == {}
+
+
+# --- Refunds -----------------------------------------------------------------------------------
+
+
+def test_a_received_return_is_refunded_its_units_share_and_the_last_unit_takes_what_rounding_left(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    line_total = order.lines[0].total
+    refunds = []
+    for quantity in (1, 2):
+        item = returns.request(order.id, ask(("L1", quantity, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", quantity, "resellable")), "key_wh")
+        settled = returns.settle(item.id, actor="key_wh")
+        assert settled.status is R.REFUNDED
+        refunds.append(settled.refund)
+
+    assert refunds[0] == Money.of(line_total.amount / 3, "USD")
+    assert refunds[0] + refunds[1] == line_total
+    after = world.order(order.id)
+    assert after.payment.refunded == line_total and after.status is S.RETURNED
+    assert [(r.return_id, r.kind, r.status) for r in after.payment.refunds] == [
+        (return_id_for(order.id, 1), "return", "succeeded"), (return_id_for(order.id, 2), "return", "succeeded")
+    ]  # fmt: skip
+
+
+def test_the_fee_is_kept_back_and_settling_again_refunds_nothing_more(world, clock):
+    returns, _ = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.approve(item.id, None, actor="key_lead")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+    again = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == order.lines[0].total - Money(amount="1.50", currency="USD")
+    assert again == settled
+    assert world.order(order.id).payment.refunded == settled.refund
+
+
+def test_shipping_is_refunded_when_the_policy_says_so(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == order.totals.grand_total
+    assert world.order(order.id).payment.status.value == "refunded"
+
+
+def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_retry_asks_under_a_new_key(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1), token="tok_refund_decline")
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, actor="key_wh")
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+
+    after = world.order(order.id)
+    assert [(r.status, r.return_id) for r in after.payment.refunds] == [("failed", item.id)] * 2
+    assert len({r.id for r in after.payment.refunds}) == 2
+    assert after.payment.refunded == Money.zero("USD")
+    assert (after.status, after.lines[0].returned_quantity) == (S.RETURNED, 1)  # the units are back all the same
+
+
+class BrokenCarrier:
+    @hookimpl(tryfirst=True)
+    def oms_carrier_return_label(self, return_id: str):
+        raise RuntimeError("carrier down")
+
+
+def test_a_label_that_cannot_be_booked_stores_no_return(world, clock):
+    returns, store = returns_for(world, clock, BrokenCarrier())
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(PluginError):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert store.returns == {}
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_REQUESTED]
+
+
+def test_a_workflow_that_cannot_be_started_is_transient_so_the_receipt_is_sent_again():
+    from botocore.exceptions import ClientError
+
+    from functions.adapters.workflow_starter import StepFunctionsReturnStarter
+
+    class Refusing:
+        def start_execution(self, **request):
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "StartExecution")
+
+    with pytest.raises(TransientError):
+        StepFunctionsReturnStarter(Refusing(), "arn:aws:states:us-east-1:1:stateMachine:r").start("rma_x")
+
+
+def test_a_parcel_delivered_after_a_return_was_received_keeps_the_order_partially_returned(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2), deliver=False)
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+
+    delivered = world.actions.deliver(order.id, order.shipments[0].id, actor="carrier")
+
+    assert delivered.status is S.PARTIALLY_RETURNED
+    assert delivered.shipments[0].status.value == "delivered"
