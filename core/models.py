@@ -642,6 +642,15 @@ class Hold(BaseModel):
     resume_to: OrderStatus = Field(exclude=True)
 
 
+class ReviewRequest(BaseModel):
+    """A review rule's answer (hook oms_review_order): hold the new order for a person, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: HoldReason
+    note: str | None = Field(default=None, max_length=500)
+
+
 class HistoryEntry(BaseModel):
     at: datetime
     type: OrderEvent
@@ -687,6 +696,12 @@ class Order(BaseModel):
     shipping_method: str | None = None
     promo_codes: list[str] = Field(default_factory=list)
     hold: Hold | None = None
+    # The version whose lines and totals the payment authorizes: set at capture and by each edit,
+    # never by a hold or a release, so the authorization's idempotency key (core/payment_keys.py)
+    # outlives a hold: released, the order gets the gateway's first answer again, never a second
+    # authorization. The system's own, like Hold.resume_to: stored, never shown. None: stored
+    # before it existed (the order's version then).
+    priced_version: int | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
@@ -698,12 +713,20 @@ class Order(BaseModel):
     # --- Reading ---------------------------------------------------------------------------
     def stored_json(self) -> str:
         """The order as the repository stores it: the API's JSON plus what only the system reads
-        (the status a hold resumes to)."""
-        if self.hold is None:
+        (the status a hold resumes to, the version its authorization covers)."""
+        if self.hold is None and self.priced_version is None:
             return self.model_dump_json(exclude_none=True)
         doc = self.model_dump(mode="json", exclude_none=True)
-        doc["hold"]["resume_to"] = self.hold.resume_to.value
+        if self.hold is not None:
+            doc["hold"]["resume_to"] = self.hold.resume_to.value
+        if self.priced_version is not None:
+            doc["priced_version"] = self.priced_version
         return json.dumps(doc, separators=(",", ":"))
+
+    @property
+    def authorized_version(self) -> int:
+        """The version an authorization of this order is keyed by (see `priced_version`)."""
+        return self.priced_version if self.priced_version is not None else self.version
 
     def shipment(self, shipment_id: str) -> Shipment:
         found = next((s for s in self.shipments if s.id == shipment_id), None)
@@ -815,6 +838,15 @@ class Order(BaseModel):
         )  # fmt: skip
 
     def authorize(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
+        if self.waits_for_authorization_on_hold():
+            # The authorization raced a hold placed while pending and lost the write: recorded on
+            # the held order, so neither is lost (a cancel voids it; a release resumes after it).
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
+                detail={"amount": amount.model_dump(mode="json"), "reference": reference},
+                payment=self.payment.authorized_for(amount, reference),
+                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED),
+            )  # fmt: skip
         if self.status is not OrderStatus.PENDING:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for its authorization")
         return self._next(
@@ -822,6 +854,15 @@ class Order(BaseModel):
             detail={"amount": amount.model_dump(mode="json"), "reference": reference},
             payment=self.payment.authorized_for(amount, reference),
         )  # fmt: skip
+
+    def waits_for_authorization_on_hold(self) -> bool:
+        """Held while pending, nothing authorized yet."""
+        return (
+            self.status is OrderStatus.ON_HOLD
+            and self.hold is not None
+            and self.hold.resume_to is OrderStatus.PENDING
+            and self.payment.status is PaymentStatus.PENDING
+        )
 
     def decline_payment(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
         return self._next(
@@ -947,6 +988,7 @@ class Order(BaseModel):
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
+            priced_version=self.version + 1,
         )  # fmt: skip
 
     def record_void(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:

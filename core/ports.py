@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,10 +21,13 @@ class OrderFilter:
 
 class OrderRepository(ABC):
     @abstractmethod
-    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
-        """Store a new order with its first history entry and the payment token the workflow will
-        authorize (kept out of the Order so no response can show it). Raises DuplicateOrder if the
-        id exists."""
+    def add(
+        self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
+    ) -> None:
+        """Store a new order with its first history entry (and `later_entries`: a review's hold,
+        made in the same write so no workflow sees the order before it) and the payment token the
+        workflow will authorize (kept out of the Order so no response can show it). Raises
+        DuplicateOrder if the id exists."""
 
     @abstractmethod
     def get(self, order_id: str) -> Order | None: ...

@@ -19,6 +19,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from core.fulfillment import OrderActions
+from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
 from core.models import utc_now
 from core.payments import Payments
@@ -210,6 +211,7 @@ class Container:
             Pricing(self.plugins),
             clock=self.clock,
             payment_methods=self.payments.methods,
+            review_rules=self.plugins,
         )
 
     @cached_property
@@ -227,6 +229,10 @@ class Container:
     @cached_property
     def api_keys(self) -> ApiKeyService:
         return ApiKeyService(self.api_key_repository, clock=self.clock, authorizer_cache=self.authorizer_cache)
+
+    @cached_property
+    def holds(self) -> Holds:
+        return Holds(self.order_repository, clock=self.clock)
 
     @cached_property
     def actions(self) -> OrderActions:

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -167,7 +167,9 @@ class DynamoOrders(OrderRepository):
         self._client = client
         self._table = table
 
-    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
+    def add(
+        self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
+    ) -> None:
         item = {
             "id": {"S": order.id},
             "status": {"S": order.status.value},
@@ -178,7 +180,9 @@ class DynamoOrders(OrderRepository):
             "list_pk": {"S": LIST_PK},
             "payment_token": {"S": payment_token},
             "doc": _document(order),
-            "history": {"L": [{"S": first_entry.model_dump_json(exclude_none=True)}]},
+            "history": {
+                "L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in (first_entry, *later_entries)]
+            },
         }
         if order.external_id is not None:
             item["external_id"] = {"S": order.external_id}

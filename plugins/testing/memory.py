@@ -3,7 +3,7 @@ DynamoDB and S3. Each class subclasses the port it implements, so it cannot drif
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
@@ -17,11 +17,13 @@ class InMemoryOrders(OrderRepository):
         self.histories: dict[str, list[HistoryEntry]] = {}
         self.tokens: dict[str, str] = {}
 
-    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
+    def add(
+        self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
+    ) -> None:
         if order.id in self.orders:
             raise DuplicateOrder(order.id)
         self.orders[order.id] = order
-        self.histories[order.id] = [first_entry]
+        self.histories[order.id] = [first_entry, *later_entries]
         self.tokens[order.id] = payment_token
 
     def put(self, order: Order, payment_token: str = "") -> None:
