@@ -639,7 +639,9 @@ class Hold(BaseModel):
     reason: HoldReason
     note: str | None = None
     since: datetime
-    resume_to: OrderStatus = Field(exclude=True)
+    # Always stored; None only in an Order read back from a response (POST /orders re-validates
+    # its own answer, an Idempotency-Key replays it), which is never written or released.
+    resume_to: OrderStatus | None = Field(default=None, exclude=True)
 
 
 class ReviewRequest(BaseModel):
@@ -717,7 +719,7 @@ class Order(BaseModel):
         if self.hold is None and self.priced_version is None:
             return self.model_dump_json(exclude_none=True)
         doc = self.model_dump(mode="json", exclude_none=True)
-        if self.hold is not None:
+        if self.hold is not None and self.hold.resume_to is not None:
             doc["hold"]["resume_to"] = self.hold.resume_to.value
         if self.priced_version is not None:
             doc["priced_version"] = self.priced_version
@@ -964,6 +966,8 @@ class Order(BaseModel):
         """Off hold, back to the status it was held from."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
+        if self.hold.resume_to is None:
+            raise InvalidTransition(f"order {self.id} was read without the status its hold resumes to")
         return self._next(
             at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
             detail={"reason": self.hold.reason, **({"note": note} if note else {})}, hold=None,

@@ -356,3 +356,14 @@ def test_a_step_that_wins_over_the_hold_lets_the_hold_apply_to_its_result(world,
 
     assert landed == [True]
     assert (held.status, held.hold.resume_to, len(held.shipments)) == (S.ON_HOLD, S.ALLOCATED, 1)
+
+
+def test_a_held_order_read_back_from_a_response_is_valid_but_cannot_be_released(world):
+    order_id = world.place(("MUG", 1))
+    held = hold(world, order_id)
+
+    shown = Order.model_validate(held.model_dump(mode="json"))  # POST /orders re-validates its answer
+
+    assert shown.hold.resume_to is None and shown.hold.reason == "fraud_review"
+    with pytest.raises(InvalidTransition):
+        shown.release(note=None, at=NOW, actor="key_ops")
