@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -644,6 +645,15 @@ class Hold(BaseModel):
     resume_to: OrderStatus | None = Field(default=None, exclude=True)
 
 
+class Jeopardy(BaseModel):
+    """An order past its deadline for its current status (OMS_SLA): since when it is late, and
+    why. Cleared when the order leaves that status."""
+
+    reason: str
+    status: OrderStatus
+    since: datetime
+
+
 class ReviewRequest(BaseModel):
     """A review rule's answer (hook oms_review_order): hold the new order for a person, and why."""
 
@@ -679,6 +689,7 @@ PAYMENT_FAILURE_EVENTS: dict[str, OrderEvent] = {
 }
 
 Change = tuple["Order", HistoryEntry]
+_TIMES = TypeAdapter(datetime)
 
 
 class Order(BaseModel):
@@ -698,12 +709,16 @@ class Order(BaseModel):
     shipping_method: str | None = None
     promo_codes: list[str] = Field(default_factory=list)
     hold: Hold | None = None
+    jeopardy: Jeopardy | None = None
     # The version whose lines and totals the payment authorizes: set at capture and by each edit,
     # never by a hold or a release, so the authorization's idempotency key (core/payment_keys.py)
     # outlives a hold: released, the order gets the gateway's first answer again, never a second
     # authorization. The system's own, like Hold.resume_to: stored, never shown. None: stored
     # before it existed (the order's version then).
     priced_version: int | None = Field(default=None, exclude=True)
+    # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
+    # Stored, never shown. None: stored before it existed (`updated_at` stands in).
+    status_since: datetime | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
@@ -716,14 +731,21 @@ class Order(BaseModel):
     def stored_json(self) -> str:
         """The order as the repository stores it: the API's JSON plus what only the system reads
         (the status a hold resumes to, the version its authorization covers)."""
-        if self.hold is None and self.priced_version is None:
+        if self.hold is None and self.priced_version is None and self.status_since is None:
             return self.model_dump_json(exclude_none=True)
         doc = self.model_dump(mode="json", exclude_none=True)
         if self.hold is not None and self.hold.resume_to is not None:
             doc["hold"]["resume_to"] = self.hold.resume_to.value
         if self.priced_version is not None:
             doc["priced_version"] = self.priced_version
+        if self.status_since is not None:
+            doc["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         return json.dumps(doc, separators=(",", ":"))
+
+    @property
+    def in_status_since(self) -> datetime:
+        """When the order entered its current status (see `status_since`)."""
+        return self.status_since if self.status_since is not None else self.updated_at
 
     @property
     def authorized_version(self) -> int:
@@ -810,6 +832,9 @@ class Order(BaseModel):
     ) -> Change:
         if to is not None and to != self.status and not can_transition(self.status, to):
             raise InvalidTransition(f"an order cannot go from {self.status} to {to}")
+        if to is not None and to != self.status:
+            # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
+            fields = {**fields, "status_since": at, "jeopardy": None}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         check_successor(self, new)
         entry = HistoryEntry(
@@ -961,6 +986,15 @@ class Order(BaseModel):
         return self.hold_for(
             "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True}
         )
+
+    def mark_jeopardy(self, reason: str, since: datetime, *, at: datetime, actor: str) -> Change:
+        """Late for its current status (the scan found it past its deadline `since`)."""
+        if self.jeopardy is not None and self.jeopardy.status is self.status:
+            raise InvalidTransition(f"order {self.id} is marked late for {self.status} already")
+        jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
+        )  # fmt: skip
 
     def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
         """Off hold, back to the status it was held from."""

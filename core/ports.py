@@ -17,6 +17,7 @@ class OrderFilter:
     customer_id: str | None = None
     status: OrderStatus | None = None
     channel: str | None = None
+    jeopardy: bool = False  # only orders marked late (GET /orders?jeopardy=true)
 
 
 class OrderRepository(ABC):
@@ -176,6 +177,23 @@ class StalledOrders(ABC):
     @abstractmethod
     def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
         """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
+
+
+class LateOrders(ABC):
+    """The jeopardy scan's questions, answered through an index (never a scan of the table)."""
+
+    @abstractmethod
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` orders in `status`, not marked late, that entered it before
+        `before`, oldest first."""
+
+    @abstractmethod
+    def held_since_before(self, before: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` orders on hold since before `before` (marked late or not)."""
+
+    @abstractmethod
+    def count_in_jeopardy(self) -> int:
+        """How many orders are marked late now."""
 
 
 class WorkflowStarter(ABC):

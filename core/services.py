@@ -175,6 +175,7 @@ class CaptureService:
             updated_at=now,
             version=1,
             priced_version=1,
+            status_since=now,
         )
         created = HistoryEntry(
             at=now,

@@ -21,6 +21,7 @@ from aws_lambda_powertools import Logger
 from core.fulfillment import OrderActions
 from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
+from core.jeopardy import JeopardyScan, parse_sla
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
@@ -32,7 +33,14 @@ from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoLateOrders,
+    DynamoOrders,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -61,6 +69,8 @@ class Config:
     enable_test_payments: bool = False  # the `test` gateway approves anything
     reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
     reconcile_park_after_minutes: float = 60.0
+    sla: str = ""  # OMS_SLA: per-status deadlines over the defaults (core/jeopardy.py)
+    hold_expiry_days: float = 0.0  # OMS_HOLD_EXPIRY_DAYS: 0 never cancels a hold
 
     @classmethod
     def from_env(cls) -> Config:
@@ -83,6 +93,8 @@ class Config:
             enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
             reconcile_after_minutes=float(os.environ.get("RECONCILE_AFTER_MINUTES") or 15),
             reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
+            sla=os.environ.get("OMS_SLA", ""),
+            hold_expiry_days=float(os.environ.get("OMS_HOLD_EXPIRY_DAYS") or 0),
         )
 
 
@@ -267,6 +279,20 @@ class Container:
             self.clock,
             restart_after=timedelta(minutes=config.reconcile_after_minutes),
             park_after=timedelta(minutes=config.reconcile_park_after_minutes),
+        )
+
+    @cached_property
+    def jeopardy_scan(self) -> JeopardyScan:
+        config = self.config
+        if config.hold_expiry_days < 0:
+            raise ValueError("OMS_HOLD_EXPIRY_DAYS must be 0 (never) or a positive number of days")
+        return JeopardyScan(
+            DynamoLateOrders(self.dynamodb, config.orders_table),
+            self.order_repository,
+            self.actions.cancel,
+            self.clock,
+            sla=parse_sla(config.sla),
+            hold_expiry=timedelta(days=config.hold_expiry_days) if config.hold_expiry_days else None,
         )
 
     @cached_property

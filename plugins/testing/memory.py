@@ -4,11 +4,12 @@ DynamoDB and S3. Each class subclasses the port it implements, so it cannot drif
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderFilter, OrderRepository
-from core.status import check_successor
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, LateOrders, OrderFilter, OrderRepository
+from core.status import OrderStatus, check_successor
 
 
 class InMemoryOrders(OrderRepository):
@@ -60,6 +61,7 @@ class InMemoryOrders(OrderRepository):
             if (where.customer_id is None or o.customer.id == where.customer_id)
             and (where.status is None or o.status == where.status)
             and (where.channel is None or o.channel == where.channel)
+            and (not where.jeopardy or o.jeopardy is not None)
         ]
         start = 0
         if cursor is not None:
@@ -69,6 +71,24 @@ class InMemoryOrders(OrderRepository):
         page = matching[start : start + limit]
         more = start + limit < len(matching)
         return page, str(start + limit) if more else None
+
+
+class InMemoryLateOrders(LateOrders):
+    """The jeopardy scan's index questions, answered from the in-memory orders."""
+
+    def __init__(self, orders: InMemoryOrders) -> None:
+        self._orders = orders
+
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
+        found = [o for o in self._orders.orders.values() if o.status is status and o.jeopardy is None]
+        return [o.id for o in sorted(found, key=lambda o: o.in_status_since) if o.in_status_since < before][:limit]
+
+    def held_since_before(self, before: datetime, limit: int) -> list[str]:
+        found = [o for o in self._orders.orders.values() if o.status is OrderStatus.ON_HOLD]
+        return [o.id for o in sorted(found, key=lambda o: o.in_status_since) if o.in_status_since < before][:limit]
+
+    def count_in_jeopardy(self) -> int:
+        return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None)
 
 
 class InMemoryCatalog(CatalogRepository):

@@ -13,7 +13,14 @@ import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoLateOrders,
+    DynamoOrders,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -117,6 +124,13 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [DynamoStalledOrders],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+    },
+    "JeopardyScanFunction": {
+        **_WORKFLOW_ORDERS,
+        (ORDERS, "dynamodb:Query"): [DynamoLateOrders],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
     },
     "CancelOrderFunction": {
         **_WORKFLOW_ORDERS,
