@@ -1,9 +1,12 @@
-"""Review holds end to end, on a stack whose review threshold is USD 500: a high-value order waits
-on hold for review (its workflow ends at the hold: nothing is authorized or reserved), and after a
-release it goes on by itself (Orders stream → outbox → a new execution) to allocated."""
+"""Review holds and jeopardy end to end, on a stack whose review threshold is USD 500, whose
+orders may stay allocated for one second, and whose jeopardy scan runs every second: a high-value
+order waits on hold for review (its workflow ends at the hold: nothing is authorized or reserved)
+and after a release goes on by itself (Orders stream → outbox → a new execution) to allocated; an
+order left allocated appears in GET /orders?jeopardy=true and leaves it when it ships."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,11 +22,15 @@ SETTLE_SECONDS = 10
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    with running_stack(
-        api_port=0, aws_port=0, seed=False, event_sources=True, retry_delay_scale=0.01,
-        parameter_overrides={**PARAMETERS, "ReviewThreshold": "USD:500.00"},
-    ) as started:  # fmt: skip
-        yield started
+    os.environ["OMS_JEOPARDY_SCAN_SECONDS"] = "1"
+    try:
+        with running_stack(
+            api_port=0, aws_port=0, seed=False, event_sources=True, retry_delay_scale=0.01,
+            parameter_overrides={**PARAMETERS, "ReviewThreshold": "USD:500.00", "Sla": "allocated=1s"},
+        ) as started:  # fmt: skip
+            yield started
+    finally:
+        del os.environ["OMS_JEOPARDY_SCAN_SECONDS"]
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +89,36 @@ def test_a_high_value_order_waits_for_review_and_goes_on_after_release(stack: Em
     shipped = api.post(f"/orders/{order_id}/shipments/{shipment}/ship")
     assert shipped.status_code == 200, shipped.text
     assert shipped.json()["payment"]["captured"] == allocated["totals"]["grand_total"]
+
+
+def late_ids(api: Api) -> list[str]:
+    response = api.get("/orders", params={"jeopardy": "true", "limit": 100})
+    assert response.status_code == 200, response.text
+    return [order["id"] for order in response.json()["items"]]
+
+
+def test_an_order_left_allocated_past_its_deadline_is_in_the_jeopardy_list_until_it_ships(
+    stack: EmbeddedStack, api: Api
+):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("20.00")
+    catalog.stock(sku, network["west"], 5)
+    order_id = api.post("/orders", json=order_body((sku, 1))).json()["id"]
+    order_when(api, order_id, "allocated")
+
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while order_id not in late_ids(api):  # the scan runs every second here (every 5 minutes on AWS)
+        assert time.monotonic() < deadline, "the order never appeared in the jeopardy list"
+        time.sleep(0.2)
+
+    late = api.get(f"/orders/{order_id}").json()
+    assert late["status"] == "allocated"
+    assert (late["jeopardy"]["status"], late["jeopardy"]["reason"]) == ("allocated", "allocated for longer than 1s")
+    entry = api.get(f"/orders/{order_id}/history").json()["items"][-1]
+    assert (entry["type"], entry["actor"]) == ("jeopardy", "jeopardy_scan")
+
+    shipped = api.post(f"/orders/{order_id}/shipments/{late['shipments'][0]['id']}/ship")
+    assert shipped.status_code == 200, shipped.text
+    assert shipped.json()["jeopardy"] is None  # leaving the late status clears the mark
+    assert order_id not in late_ids(api)
