@@ -16,6 +16,7 @@ from core.secret_hashes import new_secret as new_secret
 class Scope(StrEnum):
     ORDERS_WRITE = "orders:write"
     ORDERS_READ = "orders:read"
+    ORDERS_APPROVE = "orders:approve"
     INVENTORY_WRITE = "inventory:write"
     CATALOG_WRITE = "catalog:write"
     FULFILLMENT_WRITE = "fulfillment:write"

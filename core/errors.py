@@ -140,3 +140,9 @@ class OrderClosed(DomainError):
     """The order moved on (cancelled, or already past this step): nothing left to do here."""
 
     code = "order_closed"
+
+
+class OrderHeld(OrderClosed):
+    """The order is on hold: the workflow ends here, and a release starts it again."""
+
+    code = "order_on_hold"

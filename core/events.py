@@ -20,6 +20,8 @@ class OrderEvent(StrEnum):
     # Put on hold (by the workflow after an infrastructure failure, or for review) and released.
     ON_HOLD = "on_hold"
     RELEASED = "released"
+    # Past the deadline for its current status (OMS_SLA), found by the jeopardy scan.
+    JEOPARDY = "jeopardy"
     # A capture made for a shipment that could no longer ship (the order was cancelled meanwhile),
     # refunded at once; the order never recorded it as captured.
     PAYMENT_CAPTURE_REVERSED = "payment_capture_reversed"

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from core import hookspec
-from core.models import Address, Customer, Location, Order, Product, ShipmentLine, StockLevel
+from core.models import Address, Customer, Location, Order, Product, ReviewRequest, ShipmentLine, StockLevel
 from core.money import Money
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 from core.return_models import ReturnLineInput, ReturnPolicyDecision
@@ -168,6 +168,24 @@ def oms_source_order(
     Stops at first non-None result. The core checks the plan (every unit of every line exactly
     once, eligible locations only) and reserves it atomically; a lost race for the last units
     also ends out_of_stock.
+    """
+
+
+# --- Review -----------------------------------------------------------------------------------
+
+
+@hookspec
+def oms_review_order(order: Order) -> list[ReviewRequest] | None:
+    """Ask for a person to review a new order before its payment is authorized.
+
+    :param order: the order as it will be stored, priced (`totals`, `lines`), `pending`, not yet
+        authorized; a copy.
+    :return: the reviews this rule asks for (possibly empty: the order goes on), or None.
+
+    Every plugin is called, at capture (the API and bulk imports alike). When any asks, the order
+    is stored `on_hold` with the first request's `reason` and `note` (every request is in the
+    history entry) and waits for `POST /orders/{id}/release`. The built-in rule `review_threshold`
+    holds orders whose grand total reaches `OMS_REVIEW_THRESHOLD` (reason `fraud_review`).
     """
 
 

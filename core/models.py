@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     WrapValidator,
     field_validator,
@@ -758,7 +759,27 @@ class Hold(BaseModel):
     reason: HoldReason
     note: str | None = None
     since: datetime
-    resume_to: OrderStatus = Field(exclude=True)
+    # Always stored; None only in an Order read back from a response (POST /orders re-validates
+    # its own answer, an Idempotency-Key replays it), which is never written or released.
+    resume_to: OrderStatus | None = Field(default=None, exclude=True)
+
+
+class Jeopardy(BaseModel):
+    """An order past its deadline for its current status (OMS_SLA): since when it is late, and
+    why. Cleared when the order leaves that status."""
+
+    reason: str
+    status: OrderStatus
+    since: datetime
+
+
+class ReviewRequest(BaseModel):
+    """A review rule's answer (hook oms_review_order): hold the new order for a person, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: HoldReason
+    note: str | None = Field(default=None, max_length=500)
 
 
 class HistoryEntry(BaseModel):
@@ -801,6 +822,7 @@ PAYMENT_FAILURE_EVENTS: dict[str, OrderEvent] = {
 }
 
 Change = tuple["Order", HistoryEntry]
+_TIMES = TypeAdapter(datetime)
 
 
 class Order(BaseModel):
@@ -820,6 +842,16 @@ class Order(BaseModel):
     shipping_method: str | None = None
     promo_codes: list[str] = Field(default_factory=list)
     hold: Hold | None = None
+    jeopardy: Jeopardy | None = None
+    # The version whose lines and totals the payment authorizes: set at capture and by each edit,
+    # never by a hold or a release, so the authorization's idempotency key (core/payment_keys.py)
+    # outlives a hold: released, the order gets the gateway's first answer again, never a second
+    # authorization. The system's own, like Hold.resume_to: stored, never shown. None: stored
+    # before it existed (the order's version then).
+    priced_version: int | None = Field(default=None, exclude=True)
+    # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
+    # Stored, never shown. None: stored before it existed (`updated_at` stands in).
+    status_since: datetime | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
@@ -834,17 +866,32 @@ class Order(BaseModel):
     # --- Reading ---------------------------------------------------------------------------
     def stored_json(self) -> str:
         """The order as the repository stores it: the API's JSON plus what only the system reads
-        (the status a hold resumes to)."""
-        if self.hold is None:
+        (the status a hold resumes to, the version its authorization covers)."""
+        if self.hold is None and self.priced_version is None and self.status_since is None:
             return self.model_dump_json(exclude_none=True)
         doc = self.model_dump(mode="json", exclude_none=True)
-        doc["hold"]["resume_to"] = self.hold.resume_to.value
+        if self.hold is not None and self.hold.resume_to is not None:
+            doc["hold"]["resume_to"] = self.hold.resume_to.value
+        if self.priced_version is not None:
+            doc["priced_version"] = self.priced_version
+        if self.status_since is not None:
+            doc["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         return json.dumps(doc, separators=(",", ":"))
 
     def shipped_units(self) -> dict[str, int]:
         """Units of each line that left in shipped or delivered shipments (read from the shipments,
         so orders stored before `shipped_quantity` existed answer the same)."""
         return _shipped_by_line(self.lines, self.shipments)
+
+    @property
+    def in_status_since(self) -> datetime:
+        """When the order entered its current status (see `status_since`)."""
+        return self.status_since if self.status_since is not None else self.updated_at
+
+    @property
+    def authorized_version(self) -> int:
+        """The version an authorization of this order is keyed by (see `priced_version`)."""
+        return self.priced_version if self.priced_version is not None else self.version
 
     def shipment(self, shipment_id: str) -> Shipment:
         found = next((s for s in self.shipments if s.id == shipment_id), None)
@@ -929,6 +976,9 @@ class Order(BaseModel):
     ) -> Change:
         if to is not None and to != self.status and not can_transition(self.status, to):
             raise InvalidTransition(f"an order cannot go from {self.status} to {to}")
+        if to is not None and to != self.status:
+            # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
+            fields = {**fields, "status_since": at, "jeopardy": None}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         check_successor(self, new)
         entry = HistoryEntry(
@@ -959,6 +1009,15 @@ class Order(BaseModel):
         )  # fmt: skip
 
     def authorize(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
+        if self.waits_for_authorization_on_hold():
+            # The authorization raced a hold placed while pending and lost the write: recorded on
+            # the held order, so neither is lost (a cancel voids it; a release resumes after it).
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
+                detail={"amount": amount.model_dump(mode="json"), "reference": reference},
+                payment=self.payment.authorized_for(amount, reference),
+                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED),
+            )  # fmt: skip
         if self.status is not OrderStatus.PENDING:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for its authorization")
         return self._next(
@@ -966,6 +1025,15 @@ class Order(BaseModel):
             detail={"amount": amount.model_dump(mode="json"), "reference": reference},
             payment=self.payment.authorized_for(amount, reference),
         )  # fmt: skip
+
+    def waits_for_authorization_on_hold(self) -> bool:
+        """Held while pending, nothing authorized yet."""
+        return (
+            self.status is OrderStatus.ON_HOLD
+            and self.hold is not None
+            and self.hold.resume_to is OrderStatus.PENDING
+            and self.payment.status is PaymentStatus.PENDING
+        )
 
     def decline_payment(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
         return self._next(
@@ -1068,10 +1136,21 @@ class Order(BaseModel):
             "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True}
         )
 
+    def mark_jeopardy(self, reason: str, since: datetime, *, at: datetime, actor: str) -> Change:
+        """Late for its current status (the scan found it past its deadline `since`)."""
+        if self.jeopardy is not None and self.jeopardy.status is self.status:
+            raise InvalidTransition(f"order {self.id} is marked late for {self.status} already")
+        jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
+        )  # fmt: skip
+
     def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
         """Off hold, back to the status it was held from."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
+        if self.hold.resume_to is None:
+            raise InvalidTransition(f"order {self.id} was read without the status its hold resumes to")
         return self._next(
             at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
             detail={"reason": self.hold.reason, **({"note": note} if note else {})}, hold=None,
@@ -1096,6 +1175,7 @@ class Order(BaseModel):
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
+            priced_version=self.version + 1,
         )  # fmt: skip
 
     def record_void(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,14 +18,18 @@ class OrderFilter:
     customer_id: str | None = None
     status: OrderStatus | None = None
     channel: str | None = None
+    jeopardy: bool = False  # only orders marked late (GET /orders?jeopardy=true)
 
 
 class OrderRepository(ABC):
     @abstractmethod
-    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
-        """Store a new order with its first history entry and the payment token the workflow will
-        authorize (kept out of the Order so no response can show it). Raises DuplicateOrder if the
-        id exists."""
+    def add(
+        self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
+    ) -> None:
+        """Store a new order with its first history entry (and `later_entries`: a review's hold,
+        made in the same write so no workflow sees the order before it) and the payment token the
+        workflow will authorize (kept out of the Order so no response can show it). Raises
+        DuplicateOrder if the id exists."""
 
     @abstractmethod
     def get(self, order_id: str) -> Order | None: ...
@@ -218,6 +222,23 @@ class StalledOrders(ABC):
     @abstractmethod
     def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
         """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
+
+
+class LateOrders(ABC):
+    """The jeopardy scan's questions, answered through an index (never a scan of the table)."""
+
+    @abstractmethod
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` orders in `status`, not marked late, that entered it before
+        `before`, oldest first."""
+
+    @abstractmethod
+    def held_since_before(self, before: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` orders on hold since before `before` (marked late or not)."""
+
+    @abstractmethod
+    def count_in_jeopardy(self) -> int:
+        """How many orders are marked late now."""
 
 
 class WorkflowStarter(ABC):

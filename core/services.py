@@ -6,9 +6,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
+import pluggy
+
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.errors import Conflict, InsufficientStock, InvalidRequest, NotFound, UnknownSku
 from core.events import OrderEvent
+from core.hook_calls import call_hook
 from core.ids import new_id, order_id_for
 from core.models import (
     Address,
@@ -40,6 +43,7 @@ from core.pricing import PricedOrder, Pricing
 from core.status import OrderStatus
 
 Clock = Callable[[], datetime]
+REVIEW_ACTOR = "review_rules"  # the history's actor of a hold a review rule asked for at capture
 
 
 class CatalogService:
@@ -111,6 +115,7 @@ class CaptureService:
         pricing: Pricing,
         clock: Clock = utc_now,
         payment_methods: Callable[[], set[str]] | None = None,
+        review_rules: pluggy.PluginManager | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -118,6 +123,7 @@ class CaptureService:
         self._pricing = pricing
         self._clock = clock
         self._payment_methods = payment_methods
+        self._review_rules = review_rules
 
     def place(self, cmd: PlaceOrder, actor: str, request_id: str | None = None) -> Order:
         """Store a new pending order; the order workflow takes it from there. `request_id` (the
@@ -178,6 +184,8 @@ class CaptureService:
             created_at=now,
             updated_at=now,
             version=1,
+            priced_version=1,
+            status_since=now,
         )
         created = HistoryEntry(
             at=now,
@@ -190,8 +198,24 @@ class CaptureService:
                 **({"request_id": request_id} if request_id else {}),
             },
         )
-        self._orders.add(order, created, payment_token=cmd.payment.token)
+        order, held = self._reviewed(order, now)
+        self._orders.add(order, created, payment_token=cmd.payment.token, later_entries=held)
         return order
+
+    def _reviewed(self, order: Order, now: datetime) -> tuple[Order, list[HistoryEntry]]:
+        """The new order, on hold when a review rule asks for it (with the hold's entry): stored
+        that way in the same write, so its workflow never sees it pending and authorizes nothing."""
+        if self._review_rules is None:
+            return order, []
+        requests = call_hook(self._review_rules.hook.oms_review_order, order=order)
+        if not requests:
+            return order, []
+        first = requests[0]
+        held, entry = order.hold_for(
+            first.reason, first.note, at=now, actor=REVIEW_ACTOR,
+            detail={"requests": [request.model_dump(exclude_none=True) for request in requests]},
+        )  # fmt: skip
+        return held, [entry]
 
     def _sources(self, cmd: PlaceOrder) -> tuple[set[str] | None, Address]:
         """Locations whose stock may serve the order (None: every shipping location), and the

@@ -62,11 +62,12 @@ H = ShipmentStatus
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING: frozenset({S.AUTHORIZED, S.ON_HOLD, S.PAYMENT_FAILED, S.CANCELLED}),
     # A hold resumes to the status it was put on from (Order.hold keeps it): an order parked by
-    # the workflow after an infrastructure failure was authorized already, and stays authorized.
-    S.ON_HOLD: frozenset({S.PENDING, S.AUTHORIZED, S.CANCELLED}),
+    # the workflow after an infrastructure failure was authorized already, and stays authorized;
+    # an allocated order held by a person goes back to allocated, its shipments still pending.
+    S.ON_HOLD: frozenset({S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.CANCELLED}),
     S.AUTHORIZED: frozenset({S.ALLOCATED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
     S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED}),
-    S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.CANCELLED}),
+    S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.ON_HOLD, S.CANCELLED}),
     # Cancelling the units that have not shipped ends a partly shipped order shipped, or delivered
     # when every shipment that left has arrived.
     S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED, S.DELIVERED}),

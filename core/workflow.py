@@ -24,6 +24,7 @@ from core.errors import (
     InsufficientStock,
     NotFound,
     OrderClosed,
+    OrderHeld,
     OutOfStock,
     PluginError,
     StaleVersion,
@@ -32,6 +33,7 @@ from core.errors import (
 from core.hook_calls import call_hook
 from core.ids import reservation_key, short_hash
 from core.models import Address, Location, Order, Shipment, ShipmentLine, utc_now
+from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
@@ -61,6 +63,9 @@ STEP_RESULTS: dict[str, OrderStatus | None] = {
 # tests/unit/test_workflow_definition.py checks each task's Catch against this.
 BUSINESS_OUTCOMES: dict[str, str] = {
     "OrderClosed": "OrderAlreadyClosed",
+    # Held: the execution ends (a Succeed state, nothing waiting, nothing billed); the release
+    # starts a new one, whose steps skip what is done.
+    "OrderHeld": "OrderOnHold",
     "PaymentDeclined": "FailPayment",
     "OutOfStock": "CancelOrder",
 }
@@ -75,6 +80,13 @@ def after_failure(error: str) -> str:
 CANCELLABLE = frozenset(s for s in OrderStatus if can_transition(s, S.CANCELLED))
 # A held order's execution stops before its next step; a release starts it again.
 STOPPED = TERMINAL | {S.ON_HOLD}
+
+
+def stopped(order: Order) -> OrderClosed:
+    """What a step raises for an order it must leave alone: OrderHeld on hold, else OrderClosed."""
+    if order.status is S.ON_HOLD:
+        return OrderHeld(f"order {order.id} is on hold")
+    return OrderClosed(f"order {order.id} is {order.status}")
 
 
 def eligible_locations(order_fulfillment_type: str, pickup_id: str | None, locations: list[Location]) -> list[Location]:
@@ -121,11 +133,12 @@ class Workflow:
 
     def _closed_or_retry(self, order_id: str, undo: Callable[[], object]) -> OrderClosed | TransientError:
         """After losing a write race: undo our own side effect, then stop if the order is closed
-        (someone else finished it) or ask Step Functions to run the step again."""
+        (someone else finished it) or held (the release runs this step again), or ask Step
+        Functions to run the step again."""
         undo()
         order = self._load(order_id)
-        if order.status in TERMINAL:
-            return OrderClosed(f"order {order_id} is {order.status}")
+        if order.status in STOPPED:
+            return stopped(order)
         return TransientError(f"order {order_id} changed while this step ran")
 
     # --- AuthorizePayment ----------------------------------------------------------------
@@ -136,13 +149,14 @@ class Workflow:
         order, token = found
         if order.status != S.PENDING:
             if order.status in STOPPED:
-                raise OrderClosed(f"order {order_id} is {order.status}")
+                raise stopped(order)
             return  # authorized already: a repeated execution
         amount = order.totals.grand_total
-        # Keyed by version: a retry of this same read reuses the authorization, while a retry
-        # after an edit (a new version) gets a new one, never the one voided below. Recording a
-        # failed attempt does not make a new version, so the retry keeps the key.
-        key = payment_keys.authorize(order_id, order.version)
+        # Keyed by the version that priced the order: a retry of this same read reuses the
+        # authorization, and so does the execution a release starts after a hold placed while
+        # pending (a hold changes the version, not the price), while a retry after an edit gets a
+        # new one, never the one voided below. Recording a failed attempt makes no new version.
+        key = payment_keys.authorize(order_id, order.authorized_version)
         try:
             result = self._payments.authorize(order.payment.method, token, amount, order_id, attempt, key=key)
         except TransientError as error:
@@ -157,9 +171,29 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
+            if self._kept_on_hold(order, amount, result.reference):
+                raise OrderHeld(f"order {order_id} was put on hold while it was being authorized") from None
             raise self._closed_or_retry(
                 order_id, lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR)
             ) from None
+
+    def _kept_on_hold(self, read: Order, amount: Money, reference: str) -> bool:
+        """The authorization lost its write to a hold placed on the same priced order: record it
+        on the held order, so neither is lost (a cancel voids it, a release carries on after it).
+        False when the order changed otherwise (edited, cancelled): the caller voids it."""
+        at = self._clock()
+
+        def decide(order: Order):
+            if not (order.waits_for_authorization_on_hold() and order.authorized_version == read.authorized_version
+                    and order.totals.grand_total == amount):  # fmt: skip
+                return None
+            return order.authorize(amount, reference, at=at, actor=WORKFLOW_ACTOR)
+
+        try:
+            stored = modify(self._orders, read.id, decide)
+        except StaleVersion:
+            return False
+        return stored.status is S.ON_HOLD and stored.payment.authorization == reference
 
     def _recorder(self, order_id: str, **detail: object):
         return failure_recorder(self._orders, order_id, WORKFLOW_ACTOR, self._clock, **detail)
@@ -169,7 +203,7 @@ class Workflow:
         order = self._load(order_id)
         if order.status != S.AUTHORIZED or order.allocations:
             if order.status in STOPPED:
-                raise OrderClosed(f"order {order_id} is {order.status}")
+                raise stopped(order)
             return  # reserved already
         locations = self._catalog.list_locations()
         eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
@@ -244,7 +278,7 @@ class Workflow:
         order = self._load(order_id)
         if order.status != S.AUTHORIZED:
             if order.status in STOPPED:
-                raise OrderClosed(f"order {order_id} is {order.status}")
+                raise stopped(order)
             return  # allocated already
         if not order.allocations:
             raise TransientError(f"order {order_id} has no reservations yet")

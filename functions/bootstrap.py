@@ -19,7 +19,9 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from core.fulfillment import OrderActions
+from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
+from core.jeopardy import JeopardyScan, parse_sla
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
@@ -37,6 +39,7 @@ from functions.adapters.dynamodb import (
     DynamoApiKeys,
     DynamoCatalog,
     DynamoInventory,
+    DynamoLateOrders,
     DynamoOrders,
     DynamoReturns,
     DynamoStalledOrders,
@@ -71,6 +74,8 @@ class Config:
     enable_test_payments: bool = False  # the `test` gateway approves anything
     reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
     reconcile_park_after_minutes: float = 60.0
+    sla: str = ""  # OMS_SLA: per-status deadlines over the defaults (core/jeopardy.py)
+    hold_expiry_days: float = 0.0  # OMS_HOLD_EXPIRY_DAYS: 0 never cancels a hold
 
     @classmethod
     def from_env(cls) -> Config:
@@ -95,6 +100,8 @@ class Config:
             enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
             reconcile_after_minutes=float(os.environ.get("RECONCILE_AFTER_MINUTES") or 15),
             reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
+            sla=os.environ.get("OMS_SLA", ""),
+            hold_expiry_days=float(os.environ.get("OMS_HOLD_EXPIRY_DAYS") or 0),
         )
 
 
@@ -233,6 +240,7 @@ class Container:
             Pricing(self.plugins),
             clock=self.clock,
             payment_methods=self.payments.methods,
+            review_rules=self.plugins,
         )
 
     @cached_property
@@ -250,6 +258,10 @@ class Container:
     @cached_property
     def api_keys(self) -> ApiKeyService:
         return ApiKeyService(self.api_key_repository, clock=self.clock, authorizer_cache=self.authorizer_cache)
+
+    @cached_property
+    def holds(self) -> Holds:
+        return Holds(self.order_repository, clock=self.clock)
 
     @cached_property
     def actions(self) -> OrderActions:
@@ -303,6 +315,20 @@ class Container:
             self.clock,
             restart_after=timedelta(minutes=config.reconcile_after_minutes),
             park_after=timedelta(minutes=config.reconcile_park_after_minutes),
+        )
+
+    @cached_property
+    def jeopardy_scan(self) -> JeopardyScan:
+        config = self.config
+        if config.hold_expiry_days < 0:
+            raise ValueError("OMS_HOLD_EXPIRY_DAYS must be 0 (never) or a positive number of days")
+        return JeopardyScan(
+            DynamoLateOrders(self.dynamodb, config.orders_table),
+            self.order_repository,
+            self.actions.cancel,
+            self.clock,
+            sla=parse_sla(config.sla),
+            hold_expiry=timedelta(days=config.hold_expiry_days) if config.hold_expiry_days else None,
         )
 
     @cached_property

@@ -15,7 +15,7 @@ import functools
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
@@ -110,9 +110,13 @@ class MeteredOrders:
     def __init__(self, orders: Any):
         self._orders = orders
 
-    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
-        self._orders.add(order, first_entry, payment_token)
+    def add(
+        self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
+    ) -> None:
+        self._orders.add(order, first_entry, payment_token, later_entries)
         order_placed(order)
+        for entry in later_entries:
+            entry_recorded(order, entry)
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         self._orders.update(order, expected, entries)

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -17,11 +17,13 @@ from botocore.exceptions import ClientError
 
 from core.access import ApiKey
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
+from core.jeopardy import WATCHED
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
     CatalogRepository,
     InventoryRepository,
+    LateOrders,
     OrderFilter,
     OrderRepository,
     ReturnFilter,
@@ -141,7 +143,28 @@ _INDEXES = {
     "by_channel": ("channel",),
     "by_status": ("status",),
     "by_created": ("list_pk",),
+    "by_sla": ("sla_key",),
 }
+_SORT_KEYS = {"by_sla": "sla_at"}  # every other index sorts by created_at
+
+
+# The sparse `by_sla` index (template.yaml) keeps an entry only for an order that can be late: one
+# in a watched status and not marked, keyed by that status and when it entered it (the jeopardy
+# scan ranges over it per status), and one marked late, under JEOPARDY_KEY by when it was placed
+# (GET /orders?jeopardy=true, newest first; held ones also carry `status_since` for hold expiry).
+JEOPARDY_KEY = "jeopardy"
+SLA_ATTRIBUTES = ("sla_key", "sla_at")
+
+
+def _sla_attributes(order: Order) -> dict[str, dict[str, str]]:
+    """`sla_key`, `sla_at` and `status_since` as the order should have them; an SLA attribute
+    missing from the answer is one the order must not have (removed)."""
+    values = {"status_since": {"S": timestamp(order.in_status_since)}}
+    if order.jeopardy is not None:
+        values |= {"sla_key": {"S": JEOPARDY_KEY}, "sla_at": {"S": timestamp(order.created_at)}}
+    elif order.status in WATCHED:
+        values |= {"sla_key": {"S": order.status.value}, "sla_at": {"S": timestamp(order.in_status_since)}}
+    return values
 
 
 def _document(order: Order) -> dict[str, Any]:
@@ -170,7 +193,9 @@ class DynamoOrders(OrderRepository):
         self._client = client
         self._table = table
 
-    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
+    def add(
+        self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
+    ) -> None:
         item = {
             "id": {"S": order.id},
             "status": {"S": order.status.value},
@@ -181,7 +206,10 @@ class DynamoOrders(OrderRepository):
             "list_pk": {"S": LIST_PK},
             "payment_token": {"S": payment_token},
             "doc": _document(order),
-            "history": {"L": [{"S": first_entry.model_dump_json(exclude_none=True)}]},
+            **_sla_attributes(order),
+            "history": {
+                "L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in (first_entry, *later_entries)]
+            },
         }
         if order.external_id is not None:
             item["external_id"] = {"S": order.external_id}
@@ -194,12 +222,18 @@ class DynamoOrders(OrderRepository):
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         check_successor(expected, order)
+        sla = _sla_attributes(order)
+        kept = ", ".join(f"{name} = :{name}" for name in sla)
+        removed = [name for name in SLA_ATTRIBUTES if name not in sla]
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"id": {"S": order.id}},
                 UpdateExpression=(
-                    "SET #doc = :doc, #status = :status, #version = :version, history = list_append(history, :entries)"
+                    "SET #doc = :doc, #status = :status, #version = :version, "
+                    + "history = list_append(history, :entries), "
+                    + kept
+                    + (" REMOVE " + ", ".join(removed) if removed else "")
                 ),
                 ConditionExpression="#status = :expected_status AND #version = :expected_version",
                 ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
@@ -210,6 +244,7 @@ class DynamoOrders(OrderRepository):
                     ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
                     ":expected_status": {"S": expected.status.value},
                     ":expected_version": {"N": str(expected.version)},
+                    **{f":{name}": value for name, value in sla.items()},
                 },
             )
         except ClientError as error:
@@ -271,7 +306,8 @@ class DynamoOrders(OrderRepository):
         bound = {**filters, "status": status} if status else filters
         scope = "&".join([index, *(f"{k}={v}" for k, v in sorted(bound.items()))])
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"id", "created_at", key_attribute})
+            sort_key = _SORT_KEYS.get(index, "created_at")
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"id", sort_key, key_attribute})
             if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
                 raise InvalidCursor()
         response = self._client.query(**query)
@@ -287,6 +323,11 @@ class DynamoOrders(OrderRepository):
     @staticmethod
     def _plan(where: OrderFilter) -> tuple[str, str, dict[str, str]]:
         status = where.status.value if where.status else None
+        if where.jeopardy:
+            # The late orders' partition of the sparse by_sla index (newest placed first), which
+            # projects the channel and the customer for the other filters.
+            filters = (("customer_id", where.customer_id), ("channel", where.channel), ("status", status))
+            return "by_sla", JEOPARDY_KEY, {k: v for k, v in filters if v}
         if where.customer_id:
             filters = {k: v for k, v in (("channel", where.channel), ("status", status)) if v}
             return "by_customer", where.customer_id, filters
@@ -448,6 +489,56 @@ class DynamoStalledOrders(StalledOrders):
             )
             for item in response.get("Items", [])
         ]
+
+
+class DynamoLateOrders(LateOrders):
+    """The jeopardy scan's queries on the sparse by_sla index: one partition per watched status
+    (orders not marked late, by when they entered it) and one for the orders marked late. Queries
+    only, never a Scan; each answers one page, and the scan takes the rest on its next pass."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def _ids(self, **query: Any) -> list[str]:
+        response = self._client.query(TableName=self._table, IndexName="by_sla", ScanIndexForward=True, **query)
+        return [item["id"]["S"] for item in response.get("Items", [])]
+
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
+        return self._ids(
+            KeyConditionExpression="sla_key = :status AND sla_at < :before",
+            ExpressionAttributeValues={":status": {"S": status.value}, ":before": {"S": timestamp(before)}},
+            Limit=limit,
+        )
+
+    def held_since_before(self, before: datetime, limit: int) -> list[str]:
+        # Held and not yet marked late (on_hold's own partition), then held and marked (the late
+        # partition, small by nature, filtered on what the index projects).
+        values = {":held": {"S": OrderStatus.ON_HOLD.value}, ":before": {"S": timestamp(before)}}
+        unmarked = self._ids(
+            KeyConditionExpression="sla_key = :held AND sla_at < :before", ExpressionAttributeValues=values,
+            Limit=limit,
+        )  # fmt: skip
+        marked = self._ids(
+            KeyConditionExpression="sla_key = :late",
+            FilterExpression="#status = :held AND status_since < :before",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={**values, ":late": {"S": JEOPARDY_KEY}},
+        )
+        return (unmarked + marked)[:limit]
+
+    def count_in_jeopardy(self) -> int:
+        count, start = 0, None
+        while True:
+            page = self._client.query(
+                TableName=self._table, IndexName="by_sla", Select="COUNT",
+                KeyConditionExpression="sla_key = :late", ExpressionAttributeValues={":late": {"S": JEOPARDY_KEY}},
+                **({"ExclusiveStartKey": start} if start else {}),
+            )  # fmt: skip
+            count += page.get("Count", 0)
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return count
 
 
 # --- Catalog: products, the location network, API keys --------------------------------------

@@ -19,6 +19,7 @@ from functions.api.routes import (
     api_keys,
     carriers,
     catalog,
+    holds,
     imports,
     inventory,
     meta,
@@ -56,6 +57,7 @@ app.include_router(carriers.router)
 app.include_router(plugins.router)
 app.include_router(refunds.router)
 app.include_router(returns.router)
+app.include_router(holds.router)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Orders stream consumer (the outbox): starts the order workflow for each new order."""
+"""Orders stream consumer (the outbox): starts the order workflow for each new order and each release from a hold."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
 
+from core.status import OrderStatus
 from functions.bootstrap import WarmContainer
 
 logger = Logger()
@@ -20,15 +24,36 @@ processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 container = WarmContainer()
 
 
+# A release back to one of these has workflow steps left to run (released to `allocated`, an order
+# has only its shipments left, which are API calls). The template's filter names them too.
+RESUMED_BY_WORKFLOW = frozenset({OrderStatus.PENDING.value, OrderStatus.AUTHORIZED.value})
+
+
 def start_workflow(record: DynamoDBRecord) -> None:
-    # The template's filter passes only INSERTs; a new order item is a new order.
+    # The template's filter passes INSERTs (a new order item is a new order) and releases; the
+    # check here keeps any other record (a replay, a wider filter) from starting anything.
     order_id = record.dynamodb.keys["id"]
-    channel, correlation_id = _trace(record.dynamodb.new_image or {})
+    new_image = record.dynamodb.new_image or {}
+    if record.event_name is DynamoDBRecordEventName.INSERT:
+        rerun = None
+    elif _released(record.dynamodb.old_image or {}, new_image):
+        # The held order's first execution ended at the hold (Express names need not be unique,
+        # but a new name per release keeps the executions apart in the console and in moto).
+        rerun = f"release-v{new_image.get('version')}"
+    else:
+        return
+    channel, correlation_id = _trace(new_image)
     with logger.append_context_keys(order_id=order_id, channel=channel or None, correlation_id=correlation_id or None):
-        started = container().workflow_starter.start(order_id, channel=channel, correlation_id=correlation_id)
-        logger.info("order workflow", extra={"started": started})
+        started = container().workflow_starter.start(
+            order_id, channel=channel, correlation_id=correlation_id, rerun=rerun
+        )
+        logger.info("order workflow", extra={"started": started, "released": rerun is not None})
     if started:
         metrics.add_metric(name="OrderWorkflowsStarted", unit=MetricUnit.Count, value=1)
+
+
+def _released(old_image: dict[str, Any], new_image: dict[str, Any]) -> bool:
+    return old_image.get("status") == OrderStatus.ON_HOLD.value and new_image.get("status") in RESUMED_BY_WORKFLOW
 
 
 def _trace(image: dict[str, Any]) -> tuple[str, str]:

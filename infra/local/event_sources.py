@@ -19,7 +19,8 @@ to the answer:
   destination (an SQS queue) with AWS's asynchronous-invocation record;
 - Schedule events: `rate(N unit)` invokes the function every period with EventBridge's scheduled
   event, the first one period after the stack starts (OMS_LOCAL_SCHEDULE_SECONDS replaces every
-  schedule's period, e.g. 10 to see a 5-minute job run while you watch); `cron(...)` is not
+  schedule's period, e.g. 10 to see a 5-minute job run while you watch; the jeopardy scan runs every
+  OMS_JEOPARDY_SCAN_SECONDS, default 30, over both); `cron(...)` is not
   emulated, and a failed invocation is logged, not retried (the next period runs it again).
 
 Local differences, on purpose: MaximumBatchingWindowInSeconds is not waited for (a batch goes as
@@ -61,6 +62,10 @@ ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (an S3 notificati
 
 EMULATED_TYPES = ("DynamoDB", "SQS", "S3", "Schedule")
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
+# A schedule that runs more often locally than on AWS, so a developer sees it work: the function's
+# own variable, then OMS_LOCAL_SCHEDULE_SECONDS, then this default (the jeopardy scan: every 30 s
+# instead of every 5 minutes).
+LOCAL_SCHEDULE_PERIODS: dict[str, tuple[str, float]] = {"JeopardyScanFunction": ("OMS_JEOPARDY_SCAN_SECONDS", 30.0)}
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _RATE_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
@@ -901,11 +906,18 @@ def _build_schedule(
     if period is None:
         logger.warning("%s: %s is not emulated locally (rate(...) is); it will not fire", where, expression)
         return None
-    override = os.environ.get(SCHEDULE_PERIOD_ENV, "").strip()
-    if override:
-        period = float(override)
-        if period <= 0:
-            raise EventSourceError(f"{SCHEDULE_PERIOD_ENV} must be a positive number of seconds, got {override!r}")
+    own_env, local_default = LOCAL_SCHEDULE_PERIODS.get(spec.function_logical_id, ("", None))
+    if local_default is not None:
+        period = local_default
+    for variable in (SCHEDULE_PERIOD_ENV, own_env):
+        override = os.environ.get(variable, "").strip() if variable else ""
+        if override:
+            try:
+                period = float(override)
+            except ValueError:
+                period = 0
+            if period <= 0:
+                raise EventSourceError(f"{variable} must be a positive number of seconds, got {override!r}")
     if str(context.resolve(props.get("State", "ENABLED"))).upper() == "DISABLED":
         common["enabled"] = False
     return ScheduleMapping(

@@ -117,6 +117,9 @@ PARAMETER_ENV = {
     # shell's value must reach the functions as the template parameter that feeds it.
     "OMS_DISABLED_PLUGINS": "DisabledPlugins",
     "OMS_ENABLE_TEST_PAYMENTS": "EnableTestPayments",
+    "OMS_REVIEW_THRESHOLD": "ReviewThreshold",
+    "OMS_SLA": "Sla",
+    "OMS_HOLD_EXPIRY_DAYS": "HoldExpiryDays",
     "OMS_PLUGIN_TAX_TABLE_RATES_FILE": "PluginTaxTableRatesFile",
     "OMS_PLUGIN_PROMOTIONS_FILE": "PluginPromotionsFile",
     "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE": "PluginNearestSourcingCentroidsFile",

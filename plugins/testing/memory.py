@@ -3,7 +3,8 @@ DynamoDB and S3. Each class subclasses the port it implements, so it cannot drif
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
@@ -11,13 +12,14 @@ from core.ports import (
     CatalogRepository,
     InventoryRepository,
     LabelStore,
+    LateOrders,
     OrderFilter,
     OrderRepository,
     ReturnFilter,
     ReturnRepository,
 )
 from core.return_models import Return
-from core.status import check_successor
+from core.status import OrderStatus, check_successor
 
 
 class InMemoryOrders(OrderRepository):
@@ -26,11 +28,13 @@ class InMemoryOrders(OrderRepository):
         self.histories: dict[str, list[HistoryEntry]] = {}
         self.tokens: dict[str, str] = {}
 
-    def add(self, order: Order, first_entry: HistoryEntry, payment_token: str) -> None:
+    def add(
+        self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
+    ) -> None:
         if order.id in self.orders:
             raise DuplicateOrder(order.id)
         self.orders[order.id] = order
-        self.histories[order.id] = [first_entry]
+        self.histories[order.id] = [first_entry, *later_entries]
         self.tokens[order.id] = payment_token
 
     def put(self, order: Order, payment_token: str = "") -> None:
@@ -67,6 +71,7 @@ class InMemoryOrders(OrderRepository):
             if (where.customer_id is None or o.customer.id == where.customer_id)
             and (where.status is None or o.status == where.status)
             and (where.channel is None or o.channel == where.channel)
+            and (not where.jeopardy or o.jeopardy is not None)
         ]
         start = 0
         if cursor is not None:
@@ -115,6 +120,24 @@ class InMemoryReturns(ReturnRepository):
             start = int(cursor)
         more = start + limit < len(matching)
         return matching[start : start + limit], str(start + limit) if more else None
+
+
+class InMemoryLateOrders(LateOrders):
+    """The jeopardy scan's index questions, answered from the in-memory orders."""
+
+    def __init__(self, orders: InMemoryOrders) -> None:
+        self._orders = orders
+
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
+        found = [o for o in self._orders.orders.values() if o.status is status and o.jeopardy is None]
+        return [o.id for o in sorted(found, key=lambda o: o.in_status_since) if o.in_status_since < before][:limit]
+
+    def held_since_before(self, before: datetime, limit: int) -> list[str]:
+        found = [o for o in self._orders.orders.values() if o.status is OrderStatus.ON_HOLD]
+        return [o.id for o in sorted(found, key=lambda o: o.in_status_since) if o.in_status_since < before][:limit]
+
+    def count_in_jeopardy(self) -> int:
+        return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None)
 
 
 class InMemoryCatalog(CatalogRepository):

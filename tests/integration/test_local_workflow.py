@@ -364,7 +364,8 @@ def test_the_real_template_creates_the_order_workflow(tmp_path: Path):
         assert definition["States"]["AuthorizePayment"]["Resource"] == running.function_arns["AuthorizePaymentFunction"]
         assert described["type"] == "EXPRESS"
         outbox = running.mappings["OutboxFunction.OrdersStream"]
-        assert outbox.filters == [{"eventName": ["INSERT"]}] and outbox.paused
+        assert outbox.filters[0] == {"eventName": ["INSERT"]} and outbox.paused
+        assert outbox.filters[1]["dynamodb"]["OldImage"] == {"status": {"S": ["on_hold"]}}  # a release
         assert outbox.on_failure.queue_url == running.queue_urls["OutboxFailureQueue"]
         assert LambdaBackend.__dict__["invoke"] is not originals[0]
     # stop() puts moto back as it found it.

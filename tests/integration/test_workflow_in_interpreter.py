@@ -646,3 +646,50 @@ def test_an_authorized_order_edited_to_a_smaller_total_captures_only_the_new_tot
     # The authorization for the larger total stands; only what the order now costs is captured.
     assert Decimal(order["payment"]["authorized"]["amount"]) > Decimal(order["totals"]["grand_total"]["amount"])
     assert payment["captured"] == order["totals"]["grand_total"], (payment, order["totals"]["grand_total"])
+
+
+# --- Holds: the execution ends at a hold, a release starts the workflow again ------------------------------------
+
+
+def _hold_first(api: Api, order_id: str) -> Fault:
+    """The task a person's hold reaches first: the hold lands, then the real step runs."""
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        response = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review", "note": "check it"})
+        assert response.status_code == 200, response.text
+        return real(event, context)
+
+    return fault
+
+
+@pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
+def test_a_hold_at_each_step_ends_the_execution_and_the_release_resumes_it_there(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, step: str
+):
+    sku = stocked["skus"][0]
+    order_id = place(api, order_body((sku, 2)))
+    faults.inject(step, order_id, _hold_first(api, order_id))
+
+    held_run = run(stack, order_id)
+
+    main = ["AuthorizePayment", "ReserveStock", "CreateShipments"]
+    assert held_run["described"]["status"] == "SUCCEEDED"
+    assert held_run["states"] == [*main[: main.index(step) + 1], "OrderOnHold"]  # no retry, nothing waits
+    held = get_order(api, order_id)
+    assert held["status"] == "on_hold" and held["hold"]["reason"] == "fraud_review"
+    assert held["shipments"] == []
+    reserved = sum(r for _, r in inventory(api, sku).values())
+    assert reserved == (2 if step == "CreateShipments" else 0)  # a hold reserves nothing new
+
+    faults.inject(step, order_id, lambda event, context, real: real(event, context))
+    released = api.post(f"/orders/{order_id}/release", json={"note": "verified"})
+    assert released.status_code == 200, released.text
+    # The outbox starts a new execution on the release (event sources are off in this module).
+    resumed = run(stack, order_id)
+
+    assert resumed["states"] == [*main, "OrderAllocated"]
+    order = get_order(api, order_id)
+    assert order["status"] == "allocated" and order["hold"] is None
+    authorized = [e for e in history(api, order_id) if e["type"] == "payment_authorized"]
+    assert len(authorized) == 1  # the steps done before the hold were skipped, not repeated
+    assert [e["type"] for e in history(api, order_id)].count("released") == 1

@@ -14,7 +14,9 @@ def test_an_item_weighs_its_attribute_names_and_values():
 
 
 def test_index_writes_follow_the_template():
-    by_index = dict(zip(("by_customer", "by_channel", "by_status", "by_created"), orders_indexes(), strict=True))
+    names = ("by_customer", "by_channel", "by_status", "by_created", "by_sla")
+    by_index = dict(zip(names, orders_indexes(), strict=True))
+    assert by_index["by_sla"].writes_on_change("status", "sla_key", "sla_at") == 2  # the jeopardy index follows it
     assert by_index["by_status"].writes_on_change("status") == 2  # its key moves: delete + put
     # The channel and customer indexes do not carry the status: a status change skips them.
     assert by_index["by_channel"].writes_on_change("status") == 0

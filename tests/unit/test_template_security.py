@@ -17,6 +17,7 @@ from functions.adapters.dynamodb import (
     DynamoApiKeys,
     DynamoCatalog,
     DynamoInventory,
+    DynamoLateOrders,
     DynamoOrders,
     DynamoReturns,
     DynamoStalledOrders,
@@ -137,6 +138,13 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [DynamoStalledOrders],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+    },
+    "JeopardyScanFunction": {
+        **_WORKFLOW_ORDERS,
+        (ORDERS, "dynamodb:Query"): [DynamoLateOrders],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
     },
     "CancelOrderFunction": {
         **_WORKFLOW_ORDERS,

@@ -130,7 +130,13 @@ def build_world(
     payments = Payments(plugins, sleep=sleep)
 
     capture = CaptureService(
-        orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
+        orders,
+        catalog,
+        inventory,
+        Pricing(plugins),
+        clock=clock,
+        payment_methods=payments.methods,
+        review_rules=plugins,
     )
     workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep)
     refunds = RefundService(orders, payments, clock)

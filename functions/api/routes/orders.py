@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
@@ -121,6 +121,10 @@ def list_orders(
     channel: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    jeopardy: Annotated[
+        Literal["true"] | None,
+        Query(description="`true`: only orders past the deadline of their current status (OMS_SLA)"),
+    ] = None,
 ) -> OrderPage:
     who = caller(router)
     if who.channel is not None:
@@ -129,7 +133,9 @@ def list_orders(
             return OrderPage(items=[], next_cursor=None)
         channel = who.channel
     items, next_cursor = container().orders.list(
-        OrderFilter(customer_id=customer_id, status=status, channel=channel), limit, cursor
+        OrderFilter(customer_id=customer_id, status=status, channel=channel, jeopardy=jeopardy == "true"),
+        limit,
+        cursor,
     )
     return OrderPage(items=[with_label_links(order) for order in items], next_cursor=next_cursor)
 

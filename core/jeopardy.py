@@ -1,0 +1,174 @@
+"""Jeopardy: a deadline per order status (OMS_SLA); the scheduled scan marks orders past theirs and
+cancels orders held longer than allowed (reason hold_expired).
+
+The scan never reads the Orders table whole: the LateOrders port answers, through an index, which
+unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the sparse
+`by_sla` index). Each candidate is read and judged again before one conditional write, so an order
+that moved on meanwhile is left alone, and a repeated scan marks nothing twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from core.errors import StaleVersion
+from core.models import Order
+from core.order_changes import modify
+from core.ports import LateOrders, OrderRepository
+from core.status import OrderStatus
+
+S = OrderStatus
+SCAN_ACTOR = "jeopardy_scan"
+HOLD_EXPIRED = "hold_expired"
+
+# The statuses an order waits in for someone or something, each of which may have a deadline.
+WATCHED: frozenset[OrderStatus] = frozenset(
+    {S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.PARTIALLY_SHIPPED, S.BACKORDERED, S.ON_HOLD}
+)
+DEFAULT_SLA = "pending=5m,authorized=15m,allocated=48h,backordered=14d,on_hold=24h"
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `5m`, `48h`, `14d` as a timedelta (positive; ValueError otherwise)."""
+    found = _DURATION.fullmatch(text.strip())
+    if found is None or int(found.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a positive duration such as 30s, 5m, 48h or 14d")
+    return timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+
+
+def format_duration(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_sla(text: str | None) -> dict[OrderStatus, timedelta]:
+    """OMS_SLA (`status=duration,...`) over the defaults: a status not named keeps its default.
+    ValueError names what is wrong: an unknown or unwatched status, a status named twice, a
+    malformed duration."""
+    deadlines = {status: deadline for status, deadline in _pairs(DEFAULT_SLA)}
+    named: set[OrderStatus] = set()
+    for status, deadline in _pairs(text or ""):
+        if status in named:
+            raise ValueError(f"OMS_SLA names {status} twice")
+        named.add(status)
+        deadlines[status] = deadline
+    return deadlines
+
+
+def _pairs(text: str) -> list[tuple[OrderStatus, timedelta]]:
+    pairs = []
+    for part in (item.strip() for item in text.split(",")):
+        if not part:
+            continue
+        name, sep, duration = (piece.strip() for piece in part.partition("="))
+        if not sep:
+            raise ValueError(f"OMS_SLA: {part!r} is not status=duration (e.g. allocated=48h)")
+        try:
+            status = OrderStatus(name)
+        except ValueError:
+            raise ValueError(f"OMS_SLA: {name!r} is not an order status") from None
+        if status not in WATCHED:
+            raise ValueError(f"OMS_SLA: {status} has no deadline (it is not a status an order waits in)")
+        try:
+            pairs.append((status, parse_duration(duration)))
+        except ValueError as error:
+            raise ValueError(f"OMS_SLA: {name}: {error}") from None
+    return pairs
+
+
+@dataclass
+class Scanned:
+    marked: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    in_jeopardy: int = 0  # orders marked late now open, after this pass
+
+
+class JeopardyScan:
+    def __init__(
+        self,
+        late: LateOrders,
+        orders: OrderRepository,
+        cancel: Callable[[str, str, str], Order],
+        clock: Callable[[], datetime],
+        *,
+        sla: dict[OrderStatus, timedelta],
+        hold_expiry: timedelta | None = None,
+        limit: int = 100,
+    ):
+        self._late = late
+        self._orders = orders
+        self._cancel = cancel  # OrderActions.cancel: releases the stock, voids the authorization
+        self._clock = clock
+        self._sla = sla
+        self._hold_expiry = hold_expiry
+        self._limit = limit
+
+    def run(self) -> Scanned:
+        """One pass: at most `limit` orders marked per status and `limit` holds expired, oldest
+        first; the rest are the next pass's."""
+        now = self._clock()
+        done = Scanned()
+        if self._hold_expiry is not None:
+            for order_id in self._late.held_since_before(now - self._hold_expiry, self._limit):
+                if self._expire(order_id, now - self._hold_expiry):
+                    done.expired.append(order_id)
+        for status in sorted(self._sla):
+            deadline = self._sla[status]
+            for order_id in self._late.unmarked_since_before(status, now - deadline, self._limit):
+                if self._mark(order_id, status, deadline):
+                    done.marked.append(order_id)
+        done.in_jeopardy = self._late.count_in_jeopardy()
+        return done
+
+    def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> bool:
+        at = self._clock()
+        marked = False
+
+        def decide(order: Order):
+            nonlocal marked
+            # Judged again on the order itself: it may have moved on, or been marked by a
+            # concurrent scan, since the index was read.
+            marked = order.status is status and order.jeopardy is None and order.in_status_since + deadline <= at
+            if not marked:
+                return None
+            reason = f"{status} for longer than {format_duration(deadline)}"
+            return order.mark_jeopardy(reason, order.in_status_since + deadline, at=at, actor=SCAN_ACTOR)
+
+        try:
+            modify(self._orders, order_id, decide)
+        except StaleVersion:
+            return False  # it kept changing: the next pass judges it again
+        return marked
+
+    def _expire(self, order_id: str, held_before: datetime) -> bool:
+        at = self._clock()
+        expired = False
+
+        def decide(order: Order):
+            # Conditional on the order read: a release that lands first wins, and this re-reads
+            # and leaves the released order alone.
+            nonlocal expired
+            expired = order.status is S.ON_HOLD and order.in_status_since <= held_before
+            if not expired:
+                return None
+            return order.cancel(
+                HOLD_EXPIRED, at=at, actor=SCAN_ACTOR, detail={"held_since": order.in_status_since.isoformat()}
+            )
+
+        try:
+            modify(self._orders, order_id, decide)
+        except StaleVersion:
+            return False
+        if expired:
+            # Recorded; now the clean-up every cancel does (release the stock, void the
+            # authorization), which finds the order cancelled already and only finishes it.
+            self._cancel(order_id, HOLD_EXPIRED, SCAN_ACTOR)
+        return expired

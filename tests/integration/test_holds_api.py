@@ -1,0 +1,149 @@
+"""POST /orders/{id}/hold and /release over the in-process API: the scope, the contract's shapes,
+and a held order that cannot ship. The workflow is not running here (no event sources): each
+test moves the order itself through the container's workflow where it needs one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
+from tests.integration.in_process import InProcessApi, in_process_api
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    from infra.local.stack import forget_warm_containers
+
+    with in_process_api() as started:
+        # The workflow steps these tests run in-process book labels into a bucket.
+        boto3.client("s3").create_bucket(Bucket="hold-test-labels")
+        os.environ["LABELS_BUCKET"] = "hold-test-labels"
+        forget_warm_containers()
+        try:
+            yield started
+        finally:
+            del os.environ["LABELS_BUCKET"]
+            forget_warm_containers()
+
+
+@pytest.fixture(scope="module")
+def sku(api: InProcessApi) -> str:
+    network = put_network(api)
+    catalog = Catalog(api)
+    created = catalog.product("25.00")
+    catalog.stock(created, network["west"], 100)
+    return created
+
+
+def issue(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
+    body: dict[str, Any] = {"name": unique("key"), "scopes": list(scopes), **({"channel": channel} if channel else {})}
+    response = api.post("/api-keys", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["key"]
+
+
+def place(api: InProcessApi, sku: str, **overrides: Any) -> dict[str, Any]:
+    response = api.post("/orders", json=order_body((sku, 1), **overrides))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def allocate(order_id: str) -> None:
+    from functions.api.dependencies import container
+
+    workflow = container().workflow
+    workflow.authorize_payment(order_id, attempt=0)
+    workflow.reserve_stock(order_id)
+    workflow.create_shipments(order_id)
+
+
+def test_an_approver_holds_and_releases_an_order_and_the_history_names_them(api: InProcessApi, sku: str):
+    approver = issue(api, "orders:approve")
+    order = place(api, sku)
+
+    held = api.post(f"/orders/{order['id']}/hold", key=approver, json={"reason": "payment_review", "note": "odd card"})
+
+    assert held.status_code == 200, held.text
+    body = held.json()
+    assert body["status"] == "on_hold" and body["version"] == order["version"] + 1
+    assert set(body["hold"]) == {"reason", "note", "since"}
+    assert (body["hold"]["reason"], body["hold"]["note"]) == ("payment_review", "odd card")
+    assert "resume_to" not in held.text and "priced_version" not in held.text
+
+    released = api.post(f"/orders/{order['id']}/release", key=approver, json={"note": "customer confirmed"})
+    assert released.status_code == 200, released.text
+    assert (released.json()["status"], released.json()["hold"]) == ("pending", None)
+
+    entries = api.get(f"/orders/{order['id']}/history").json()["items"]
+    on_hold, release = entries[-2:]
+    assert on_hold["type"] == "on_hold" and on_hold["actor"] == release["actor"] != "workflow"
+    assert on_hold["detail"] == {"reason": "payment_review", "note": "odd card"}
+    assert (release["type"], release["from_status"], release["to_status"]) == ("released", "on_hold", "pending")
+    assert release["detail"] == {"reason": "payment_review", "note": "customer confirmed"}
+
+
+def test_a_release_needs_no_body(api: InProcessApi, sku: str):
+    order = place(api, sku)
+    assert api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}).status_code == 200
+    response = api.post(f"/orders/{order['id']}/release")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "pending"
+
+
+@pytest.mark.parametrize("path", ["hold", "release"])
+def test_holding_and_releasing_need_orders_approve(api: InProcessApi, sku: str, path: str):
+    writer = issue(api, "orders:write", "orders:read", "fulfillment:write")
+    order = place(api, sku)
+    assert_error(api.post(f"/orders/{order['id']}/{path}", key=writer, json={"reason": "other"}), 403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({}, "reason"), ({"reason": "because"}, "reason"), ({"reason": "other", "extra": 1}, "extra"),
+     ({"reason": "other", "note": "x" * 501}, "note")],
+)  # fmt: skip
+def test_a_malformed_hold_is_422(api: InProcessApi, sku: str, body: dict[str, Any], field: str):
+    order = place(api, sku)
+    assert_error(api.post(f"/orders/{order['id']}/hold", json=body), 422, None, field)
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "pending"
+
+
+def test_holding_twice_or_releasing_an_order_not_held_is_409(api: InProcessApi, sku: str):
+    order = place(api, sku)
+    assert_error(api.post(f"/orders/{order['id']}/release"), 409)
+    assert api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}).status_code == 200
+    assert_error(api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}), 409)
+
+
+def test_another_channels_order_is_404(api: InProcessApi, sku: str):
+    other = issue(api, "orders:approve", channel=f"pos-{uuid.uuid4().hex[:8]}")
+    order = place(api, sku)
+    assert_error(api.post(f"/orders/{order['id']}/hold", key=other, json={"reason": "other"}), 404)
+
+
+def test_a_held_allocated_order_cannot_ship_until_released(api: InProcessApi, sku: str):
+    order = place(api, sku)
+    allocate(order["id"])
+    shipment_id = api.get(f"/orders/{order['id']}").json()["shipments"][0]["id"]
+    assert api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"}).status_code == 200
+
+    assert_error(api.post(f"/orders/{order['id']}/shipments/{shipment_id}/ship"), 409)
+
+    assert api.post(f"/orders/{order['id']}/release").json()["status"] == "allocated"
+    shipped = api.post(f"/orders/{order['id']}/shipments/{shipment_id}/ship")
+    assert shipped.status_code == 200, shipped.text
+    assert shipped.json()["status"] == "shipped"
+
+
+def test_a_shipped_order_cannot_be_held(api: InProcessApi, sku: str):
+    order = place(api, sku)
+    allocate(order["id"])
+    shipment_id = api.get(f"/orders/{order['id']}").json()["shipments"][0]["id"]
+    assert api.post(f"/orders/{order['id']}/shipments/{shipment_id}/ship").status_code == 200
+    assert_error(api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}), 409)

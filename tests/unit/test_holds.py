@@ -1,0 +1,369 @@
+"""Holds for review: review rules at capture, a person's hold and release, and a held order that
+does nothing until it is released, then carries on exactly where it stopped."""
+
+from decimal import Decimal
+
+import pytest
+
+from core import hookimpl
+from core.errors import InvalidTransition, NotFound, OrderHeld
+from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.models import Order, OrderEdit, ReviewRequest
+from core.money import Money
+from core.status import OrderStatus
+from plugins import review_threshold
+from tests.builders import NOW, address_body
+from tests.unit.world import World, before_the_next_write, build_world
+
+S = OrderStatus
+STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 10), ("MUG", "wh-east", 10)]
+STEPS = ["authorize_payment", "reserve_stock", "create_shipments"]
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def holds(world: World) -> Holds:
+    return Holds(world.orders, clock=lambda: NOW)
+
+
+def hold(world: World, order_id: str, reason: str = "fraud_review", note: str | None = "check the address") -> Order:
+    return holds(world).hold(order_id, HoldRequest(reason=reason, note=note), actor="key_ops")
+
+
+def release(world: World, order_id: str, note: str | None = "looks fine") -> Order:
+    return holds(world).release(order_id, ReleaseRequest(note=note), actor="key_ops")
+
+
+def run_step(world: World, step: str, order_id: str) -> None:
+    if step == "authorize_payment":
+        world.workflow.authorize_payment(order_id, attempt=0)
+    else:
+        getattr(world.workflow, step)(order_id)
+
+
+def run_from(world: World, order_id: str, first: int = 0) -> None:
+    for step in STEPS[first:]:
+        run_step(world, step, order_id)
+
+
+# --- OMS_REVIEW_THRESHOLD ------------------------------------------------------------------------
+
+
+def test_thresholds_are_parsed_per_currency_in_minor_units():
+    assert review_threshold.parse_thresholds("USD:1000.00, EUR:900, JPY:150000") == {
+        "USD": Money.of("1000.00", "USD"),
+        "EUR": Money.of("900", "EUR"),
+        "JPY": Money.of("150000", "JPY"),
+    }
+    assert review_threshold.parse_thresholds("") == {}
+    assert review_threshold.parse_thresholds(" , ") == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["USD", "USD:", ":100", "USD:abc", "USD:1.001", "JPY:10.5", "XXX:10", "USD:10,USD:20", "USD:0", "USD:-5"],
+)
+def test_a_malformed_threshold_is_refused_with_the_variable_named(text):
+    with pytest.raises(ValueError, match="OMS_REVIEW_THRESHOLD"):
+        review_threshold.parse_thresholds(text)
+
+
+def test_the_rule_asks_for_review_at_or_above_the_threshold_of_the_orders_currency(world):
+    order = world.order(world.place(("TSHIRT", 1)))  # 19.99 + shipping and tax
+    total = order.totals.grand_total.amount
+
+    at = review_threshold.review(order, {"USD": Money.of(total, "USD")})
+    assert at == [ReviewRequest(reason="fraud_review", note=at[0].note)]
+    assert str(total) in at[0].note
+    assert review_threshold.review(order, {"USD": Money.of(total + Decimal("0.01"), "USD")}) == []
+    assert review_threshold.review(order, {"EUR": Money.of("1.00", "EUR")}) == []
+    assert review_threshold.review(order, {}) == []
+
+
+def test_the_built_in_rule_reads_oms_review_threshold_and_holds_a_high_value_order_at_capture(world, monkeypatch):
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:100.00,EUR:1.00")
+
+    small = world.order(world.place(("TSHIRT", 1)))
+    big = world.order(world.place(("TSHIRT", 6)))
+
+    assert small.status is S.PENDING and small.hold is None
+    assert big.status is S.ON_HOLD
+    assert (big.hold.reason, big.hold.since, big.hold.resume_to) == ("fraud_review", NOW, S.PENDING)
+    assert "review threshold 100.00" in big.hold.note
+
+
+# --- Review rules at capture --------------------------------------------------------------------
+
+
+class AddressReview:
+    @hookimpl
+    def oms_review_order(self, order: Order) -> list[ReviewRequest]:
+        if order.shipping_address.city != "San Francisco":
+            return []
+        return [ReviewRequest(reason="address_review", note="new address"), ReviewRequest(reason="other")]
+
+
+def test_a_review_rule_stores_the_new_order_on_hold_in_the_same_write_before_any_authorization():
+    world = build_world(STOCK, AddressReview())
+
+    order_id = world.place(("TSHIRT", 1))
+
+    order = world.order(order_id)
+    assert (order.status, order.version, order.payment.status) == (S.ON_HOLD, 2, "pending")
+    assert (order.hold.reason, order.hold.note, order.hold.resume_to) == ("address_review", "new address", S.PENDING)
+    created, held = world.history(order_id)
+    assert (created.type, created.to_status) == ("created", S.PENDING)
+    assert (held.type, held.from_status, held.to_status, held.actor) == (
+        "on_hold",
+        S.PENDING,
+        S.ON_HOLD,
+        "review_rules",
+    )
+    assert held.detail == {
+        "reason": "address_review",
+        "note": "new address",
+        "requests": [{"reason": "address_review", "note": "new address"}, {"reason": "other"}],
+    }
+    # Its workflow, started from the new item, ends at the hold without calling the gateway.
+    with pytest.raises(OrderHeld):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert world.gateway.calls == [] and world.spy.authorized == []
+
+
+def test_a_rule_that_asks_nothing_leaves_the_order_pending():
+    world = build_world(STOCK, AddressReview())
+    order = world.order(world.place(("TSHIRT", 1), shipping_address=address_body(city="Oakland")))
+    assert (order.status, order.hold, order.version) == (S.PENDING, None, 1)
+
+
+# --- A person's hold and release -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("done", [0, 1, 2, 3])
+def test_hold_and_release_at_every_step_resume_exactly_where_the_order_stopped(world, done):
+    order_id = world.place(("MUG", 2))
+    for step in STEPS[:done]:
+        run_step(world, step, order_id)
+    before = world.order(order_id)
+
+    held = hold(world, order_id)
+
+    assert (held.status, held.hold.resume_to) == (S.ON_HOLD, before.status)
+    frozen = world.snapshot(order_id)
+    for step in STEPS:  # whichever step an execution reaches, a held order does nothing
+        with pytest.raises(OrderHeld):
+            run_step(world, step, order_id)
+    assert world.snapshot(order_id) == frozen
+
+    released = release(world, order_id)
+    assert (released.status, released.hold) == (before.status, None)
+    run_from(world, order_id)  # the release starts the whole workflow again: done steps skip
+
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED
+    assert len(set(world.spy.authorized)) == 1 and world.spy.voided == []
+    assert sum(world.held_for(order_id).values()) == 2
+    assert len(order.shipments) == 1
+
+
+def test_hold_and_release_are_in_the_history_with_actor_reason_and_note(world):
+    order_id = world.place(("MUG", 1))
+    hold(world, order_id, reason="customer_request", note="customer called")
+    release(world, order_id, note="address confirmed")
+
+    held, released = world.history(order_id)[-2:]
+    assert (held.type, held.actor, held.from_status, held.to_status) == ("on_hold", "key_ops", S.PENDING, S.ON_HOLD)
+    assert held.detail == {"reason": "customer_request", "note": "customer called"}
+    assert (released.type, released.actor, released.from_status, released.to_status) == (
+        "released", "key_ops", S.ON_HOLD, S.PENDING,
+    )  # fmt: skip
+    assert released.detail == {"reason": "customer_request", "note": "address confirmed"}
+
+
+def test_the_order_shows_the_hold_and_the_release_clears_it(world):
+    order_id = world.place(("MUG", 1))
+    held = hold(world, order_id, note=None)
+    shown = held.model_dump(mode="json")["hold"]
+    assert set(shown) == {"reason", "note", "since"}
+    assert (shown["reason"], shown["note"], held.hold.since) == ("fraud_review", None, NOW)
+    assert release(world, order_id, note=None).model_dump(mode="json")["hold"] is None
+
+
+def test_an_order_on_hold_shipped_or_closed_cannot_be_held_and_only_a_held_one_released(world):
+    order_id = world.place(("MUG", 1))
+    with pytest.raises(InvalidTransition):
+        release(world, order_id)
+    hold(world, order_id)
+    with pytest.raises(InvalidTransition):
+        hold(world, order_id)
+
+    shipped = world.allocated(("MUG", 1))
+    world.actions.ship(shipped.id, shipped.shipments[0].id, None, actor="key_wh")
+    with pytest.raises(InvalidTransition):
+        hold(world, shipped.id)
+
+    cancelled = world.place(("MUG", 1))
+    world.actions.cancel(cancelled, "changed mind", actor="key_web")
+    with pytest.raises(InvalidTransition):
+        hold(world, cancelled)
+
+
+def test_another_channels_order_is_not_found(world):
+    order_id = world.place(("MUG", 1))
+    with pytest.raises(NotFound):
+        holds(world).hold(order_id, HoldRequest(reason="other"), actor="key_pos", channel="pos")
+
+
+def test_a_held_allocated_order_cannot_ship_until_it_is_released_to_allocated(world):
+    order = world.allocated(("MUG", 1))
+    shipment_id = order.shipments[0].id
+    hold(world, order.id)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    assert world.spy.captured == []
+
+    assert release(world, order.id).status is S.ALLOCATED
+    shipped = world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    assert shipped.status is S.SHIPPED and len(world.spy.captured) == 1
+
+
+def test_a_held_order_cancelled_releases_its_stock_and_voids_its_authorization(world):
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    hold(world, order_id)
+
+    cancelled = world.actions.cancel(order_id, "fraud confirmed", actor="key_ops")
+
+    assert (cancelled.status, cancelled.hold, cancelled.payment.status) == (S.CANCELLED, None, "voided")
+    assert world.held_for(order_id) == {}
+
+
+# --- A hold racing a running step: neither is lost -----------------------------------------------
+
+
+def test_a_hold_that_wins_over_the_authorization_keeps_both(world, monkeypatch):
+    order_id = world.place(("MUG", 2))
+    before_the_next_write(world, monkeypatch, lambda: hold(world, order_id))
+
+    with pytest.raises(OrderHeld):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    (reference,) = world.spy.authorized
+    # The hold stands, and the authorization is recorded on the held order (never voided, never
+    # asked for twice): a release carries on after it, a cancel would void it.
+    assert (order.status, order.hold.reason, order.hold.resume_to) == (S.ON_HOLD, "fraud_review", S.AUTHORIZED)
+    assert (order.payment.status, order.payment.authorization) == ("authorized", reference)
+    assert world.spy.voided == []
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status) == ("payment_authorized", None, None)
+
+    release(world, order_id)
+    run_from(world, order_id)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.spy.authorized == [reference] and world.gateway.keys("authorize") == [f"{order_id}:authorize:v1"]
+
+
+def test_an_authorization_lost_to_an_edit_of_the_held_order_is_voided(world, monkeypatch):
+    order_id = world.place(("MUG", 2))
+
+    def hold_and_edit() -> None:
+        hold(world, order_id)
+        current = world.order(order_id)
+        world.actions.edit(order_id, current.version, OrderEdit(lines=[{"sku": "MUG", "quantity": 3}]), actor="k")
+
+    before_the_next_write(world, monkeypatch, hold_and_edit)
+    with pytest.raises(OrderHeld):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status, order.hold.resume_to) == (S.ON_HOLD, "pending", S.PENDING)
+    assert world.spy.voided == world.spy.authorized != []
+
+
+def test_release_after_a_hold_placed_while_pending_reuses_the_authorization_key(world, monkeypatch):
+    """The gateway approved, then the step died before its write; a hold came; the release's
+    execution asks again with the same key, so the customer is authorized once."""
+    order_id = world.place(("MUG", 1))
+    real = world.orders.update
+
+    def crash(order, expected, entries):
+        monkeypatch.setattr(world.orders, "update", real)
+        raise RuntimeError("the Lambda died after the gateway answered")
+
+    monkeypatch.setattr(world.orders, "update", crash)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    hold(world, order_id)
+    with pytest.raises(OrderHeld):  # the execution's retry finds the hold and stops
+        world.workflow.authorize_payment(order_id, attempt=1)
+    release(world, order_id)
+
+    run_from(world, order_id)
+
+    order = world.order(order_id)
+    assert order.version > 3 and order.status is S.ALLOCATED
+    assert world.gateway.keys("authorize") == [f"{order_id}:authorize:v1"] * 2
+    assert len(set(world.spy.authorized)) == 1 and order.payment.authorization == world.spy.authorized[0]
+
+
+def test_an_edit_while_held_gets_a_new_authorization_key(world):
+    order_id = world.place(("MUG", 1))
+    held = hold(world, order_id)
+    world.actions.edit(order_id, held.version, OrderEdit(lines=[{"sku": "MUG", "quantity": 2}]), actor="k")
+    release(world, order_id)
+
+    run_from(world, order_id)
+
+    assert world.gateway.keys("authorize") == [f"{order_id}:authorize:v3"]
+
+
+@pytest.mark.parametrize("step", ["reserve_stock", "create_shipments"])
+def test_a_hold_that_wins_over_a_later_step_stops_it_and_the_release_runs_it_again(world, monkeypatch, step):
+    order_id = world.place(("MUG", 2))
+    for earlier in STEPS[: STEPS.index(step)]:
+        run_step(world, earlier, order_id)
+    reserved_before = world.held_for(order_id)
+    before_the_next_write(world, monkeypatch, lambda: hold(world, order_id))
+
+    with pytest.raises(OrderHeld):
+        run_step(world, step, order_id)
+
+    order = world.order(order_id)
+    assert (order.status, order.hold.resume_to, order.shipments) == (S.ON_HOLD, S.AUTHORIZED, [])
+    # The step undid its own work (the reservations it made) before it stopped: nothing new is held.
+    assert world.held_for(order_id) == reserved_before
+
+    release(world, order_id)
+    run_from(world, order_id)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert sum(world.held_for(order_id).values()) == 2
+    assert len(set(world.spy.authorized)) == 1 and world.spy.voided == []
+
+
+def test_a_step_that_wins_over_the_hold_lets_the_hold_apply_to_its_result(world, monkeypatch):
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    landed = before_the_next_write(world, monkeypatch, lambda: world.workflow.create_shipments(order_id))
+
+    held = hold(world, order_id)  # the hold re-reads after losing, and holds the allocated order
+
+    assert landed == [True]
+    assert (held.status, held.hold.resume_to, len(held.shipments)) == (S.ON_HOLD, S.ALLOCATED, 1)
+
+
+def test_a_held_order_read_back_from_a_response_is_valid_but_cannot_be_released(world):
+    order_id = world.place(("MUG", 1))
+    held = hold(world, order_id)
+
+    shown = Order.model_validate(held.model_dump(mode="json"))  # POST /orders re-validates its answer
+
+    assert shown.hold.resume_to is None and shown.hold.reason == "fraud_review"
+    with pytest.raises(InvalidTransition):
+        shown.release(note=None, at=NOW, actor="key_ops")

@@ -1,0 +1,252 @@
+"""Jeopardy: OMS_SLA's deadlines, the scan that marks late orders (once, and only while they stay
+late), the mark a status change clears, and holds that expire."""
+
+from datetime import timedelta
+
+import pytest
+
+from core.errors import InvalidTransition
+from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, parse_duration, parse_sla
+from core.models import Order, OrderEdit
+from core.ports import OrderFilter
+from core.status import OrderStatus
+from plugins.testing.memory import InMemoryLateOrders
+from tests.builders import NOW
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+STOCK = [("MUG", "wh-west", 10)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def scan(world: World, clock: Clock, hold_expiry: timedelta | None = None, sla: str = "") -> JeopardyScan:
+    return JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(sla), hold_expiry=hold_expiry,
+    )  # fmt: skip
+
+
+# --- OMS_SLA -----------------------------------------------------------------------------------
+
+
+def test_the_defaults_are_the_contracts():
+    assert (
+        parse_sla("")
+        == parse_sla(DEFAULT_SLA)
+        == {
+            S.PENDING: timedelta(minutes=5),
+            S.AUTHORIZED: timedelta(minutes=15),
+            S.ALLOCATED: timedelta(hours=48),
+            S.BACKORDERED: timedelta(days=14),
+            S.ON_HOLD: timedelta(hours=24),
+        }
+    )
+
+
+def test_a_status_named_replaces_its_default_and_the_others_keep_theirs():
+    sla = parse_sla("allocated=2d, pending=90s,partially_shipped=3d")
+    assert sla[S.ALLOCATED] == timedelta(days=2)
+    assert sla[S.PENDING] == timedelta(seconds=90)
+    assert sla[S.PARTIALLY_SHIPPED] == timedelta(days=3)
+    assert sla[S.ON_HOLD] == timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["allocated", "allocated=", "allocated=48", "allocated=48w", "allocated=0h", "allocated=-1h", "allocated=1.5h",
+     "late=5m", "shipped=1d", "cancelled=1d", "pending=5m,pending=6m"],
+)  # fmt: skip
+def test_a_malformed_sla_is_refused_and_named(text):
+    with pytest.raises(ValueError, match="OMS_SLA"):
+        parse_sla(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("30s", 30), ("5m", 300), ("48h", 172800), ("14d", 1209600)])
+def test_durations_have_four_units(text, expected):
+    assert parse_duration(text) == timedelta(seconds=expected)
+
+
+# --- The scan ----------------------------------------------------------------------------------------
+
+
+def test_an_order_past_its_deadline_is_marked_once_with_its_status_and_since(world):
+    clock = Clock()
+    order_id = world.place(("MUG", 1))  # pending since NOW; deadline 5 minutes
+    clock.advance(minutes=4, seconds=59)
+    assert scan(world, clock).run().marked == []
+
+    clock.advance(minutes=2)
+    done = scan(world, clock).run()
+
+    assert done.marked == [order_id] and done.in_jeopardy == 1
+    order = world.order(order_id)
+    assert (order.status, order.jeopardy.status, order.jeopardy.since) == (
+        S.PENDING,
+        S.PENDING,
+        NOW + timedelta(minutes=5),
+    )
+    assert order.jeopardy.reason == "pending for longer than 5m"
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.from_status, entry.to_status) == ("jeopardy", SCAN_ACTOR, None, None)
+    assert entry.detail == order.jeopardy.model_dump(mode="json")
+    once = world.snapshot(order_id)
+    clock.advance(minutes=5)
+    assert scan(world, clock).run().marked == [] and world.snapshot(order_id) == once  # never twice
+
+
+def test_leaving_the_late_status_clears_the_mark_and_the_next_status_has_its_own_deadline(world):
+    clock = Clock()
+    order_id = world.place(("MUG", 1))
+    clock.advance(minutes=10)
+    scan(world, clock).run()
+    assert world.order(order_id).jeopardy is not None
+    world.workflow._clock = clock  # the workflow authorizes at the scan's "now"
+
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    authorized = world.order(order_id)
+    assert (authorized.status, authorized.jeopardy, authorized.in_status_since) == (S.AUTHORIZED, None, clock.now)
+    clock.advance(minutes=14)
+    assert scan(world, clock).run().marked == []  # authorized has 15 minutes, counted from its own start
+    clock.advance(minutes=2)
+    assert scan(world, clock).run().marked == [order_id]
+    assert world.order(order_id).jeopardy.status is S.AUTHORIZED
+
+
+def test_the_jeopardy_list_has_only_the_late_orders(world):
+    clock = Clock()
+    late = world.place(("MUG", 1))
+    clock.advance(minutes=6)
+    scan(world, clock).run()
+    world.capture._clock = clock
+    on_time = world.place(("MUG", 1))
+
+    listed, _ = world.orders.list(OrderFilter(jeopardy=True), 10, None)
+
+    assert [o.id for o in listed] == [late] and on_time != late
+
+
+def test_a_status_without_a_deadline_is_never_late(world):
+    clock = Clock()
+    order = world.allocated(("MUG", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="k")
+    clock.advance(days=365)
+    assert scan(world, clock).run().marked == []
+
+
+def test_an_order_marked_for_its_status_already_cannot_be_marked_again(world):
+    order = world.order(world.place(("MUG", 1)))
+    marked, _ = order.mark_jeopardy("late", NOW, at=NOW, actor="x")
+    with pytest.raises(InvalidTransition):
+        marked.mark_jeopardy("late", NOW, at=NOW, actor="x")
+
+
+def test_an_order_that_moved_on_after_the_index_was_read_is_left_alone(world):
+    clock = Clock()
+    order_id = world.place(("MUG", 1))
+    clock.advance(minutes=6)
+
+    class Stale(InMemoryLateOrders):
+        def unmarked_since_before(self, status, before, limit):
+            found = super().unmarked_since_before(status, before, limit)
+            if found:
+                world.workflow.authorize_payment(order_id, attempt=0)  # moves on between query and write
+            return found
+
+    done = JeopardyScan(Stale(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla("")).run()
+
+    assert done.marked == [] and world.order(order_id).jeopardy is None
+
+
+def test_the_mark_survives_a_change_that_keeps_the_status_and_a_hold_clears_it(world):
+    clock = Clock()
+    order_id = world.place(("MUG", 1))
+    clock.advance(minutes=6)
+    scan(world, clock).run()
+    marked = world.order(order_id)
+
+    edited = world.actions.edit(order_id, marked.version, OrderEdit(lines=[{"sku": "MUG", "quantity": 2}]), actor="k")
+    assert (edited.status, edited.jeopardy) == (S.PENDING, marked.jeopardy)  # still late for pending
+
+    held = Holds(world.orders, clock=clock).hold(order_id, HoldRequest(reason="other"), actor="k")
+    assert held.jeopardy is None and held.in_status_since == clock.now  # on_hold's own 24 hours start
+
+
+# --- Holds that expire -----------------------------------------------------------------------------
+
+
+def hold_at(world: World, clock: Clock, order_id: str) -> Order:
+    return Holds(world.orders, clock=clock).hold(order_id, HoldRequest(reason="fraud_review"), actor="k")
+
+
+def test_a_hold_older_than_the_expiry_is_cancelled_hold_expired_with_its_stock_and_payment_given_back(world):
+    clock = Clock()
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    hold_at(world, clock, order_id)
+    clock.advance(days=3)
+    assert scan(world, clock, hold_expiry=timedelta(days=3, seconds=1)).run().expired == []
+
+    clock.advance(seconds=2)
+    done = scan(world, clock, hold_expiry=timedelta(days=3, seconds=1)).run()
+
+    assert done.expired == [order_id]
+    order = world.order(order_id)
+    assert (order.status, order.payment.status, order.hold) == (S.CANCELLED, "voided", None)
+    assert world.held_for(order_id) == {}
+    cancelled = next(e for e in world.history(order_id) if e.type == "cancelled")
+    assert (cancelled.actor, cancelled.detail["reason"]) == (SCAN_ACTOR, HOLD_EXPIRED)
+
+
+def test_holds_never_expire_by_default_and_a_released_order_is_not_expired(world):
+    clock = Clock()
+    order_id = world.place(("MUG", 1))
+    hold_at(world, clock, order_id)
+    clock.advance(days=100)
+    assert scan(world, clock).run().expired == []  # hold_expiry None: off
+    assert world.order(order_id).status is S.ON_HOLD
+
+    Holds(world.orders, clock=clock).release(order_id, ReleaseRequest(), actor="k")
+    assert scan(world, clock, hold_expiry=timedelta(days=1)).run().expired == []
+    assert world.order(order_id).status is S.PENDING
+
+
+def test_a_release_that_lands_before_the_expiry_wins(world):
+    clock = Clock()
+    order_id = world.place(("MUG", 1))
+    hold_at(world, clock, order_id)
+    clock.advance(days=2)
+
+    class Racing(InMemoryLateOrders):
+        def held_since_before(self, before, limit):
+            found = super().held_since_before(before, limit)
+            Holds(world.orders, clock=clock).release(order_id, ReleaseRequest(), actor="k")
+            return found
+
+    done = JeopardyScan(
+        Racing(world.orders),
+        world.orders,
+        world.actions.cancel,
+        clock,
+        sla=parse_sla(""),
+        hold_expiry=timedelta(days=1),
+    ).run()
+
+    assert done.expired == [] and world.order(order_id).status is S.PENDING

@@ -1,0 +1,86 @@
+"""A release from a hold starts the order workflow again through the outbox, and nothing else does:
+the template's stream filter and the handler agree on which records those are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+import functions.outbox.app as outbox
+from infra.local.event_sources import compile_filters, matches_filters
+from infra.local.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+ORDER_ID = "ord_" + "a" * 24
+FILTERS = compile_filters(
+    load_template(ROOT / "template.yaml")["Resources"]["OutboxFunction"]["Properties"]["Events"]["OrdersStream"][
+        "Properties"
+    ]["FilterCriteria"],
+    "OutboxFunction",
+)
+
+
+def record(event_name: str, old_status: str | None, new_status: str, version: int = 4) -> dict[str, Any]:
+    def image(status: str, v: int) -> dict[str, Any]:
+        return {"id": {"S": ORDER_ID}, "status": {"S": status}, "version": {"N": str(v)}, "channel": {"S": "web"}}
+
+    dynamodb: dict[str, Any] = {"Keys": {"id": {"S": ORDER_ID}}, "NewImage": image(new_status, version)}
+    if old_status is not None:
+        dynamodb["OldImage"] = image(old_status, version - 1)
+    return {"eventID": "1", "eventName": event_name, "eventSource": "aws:dynamodb", "dynamodb": dynamodb}
+
+
+class Starter:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str | None]] = []
+
+    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+        self.started.append((order_id, rerun))
+        return True
+
+
+@pytest.fixture
+def starter(monkeypatch: pytest.MonkeyPatch) -> Starter:
+    fake = Starter()
+    monkeypatch.setattr(outbox, "container", lambda: SimpleNamespace(workflow_starter=fake))
+    return fake
+
+
+@pytest.mark.parametrize("resumed", ["pending", "authorized"])
+def test_a_release_to_a_status_the_workflow_moves_on_from_starts_a_new_execution(starter, resumed):
+    raw = record("MODIFY", "on_hold", resumed, version=4)
+    assert matches_filters(FILTERS, raw)
+
+    outbox.start_workflow(DynamoDBRecord(raw))
+
+    assert starter.started == [(ORDER_ID, "release-v4")]
+
+
+def test_a_new_order_starts_its_first_execution(starter):
+    raw = record("INSERT", None, "pending", version=1)
+    assert matches_filters(FILTERS, raw)
+    outbox.start_workflow(DynamoDBRecord(raw))
+    assert starter.started == [(ORDER_ID, None)]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("on_hold", "allocated"),  # released with only its shipments left: API calls, no workflow
+        ("on_hold", "cancelled"),
+        ("pending", "on_hold"),
+        ("pending", "authorized"),  # the workflow's own progress
+        ("allocated", "shipped"),
+    ],
+)
+def test_any_other_change_starts_nothing(starter, old, new):
+    raw = record("MODIFY", old, new)
+    assert not matches_filters(FILTERS, raw)
+    outbox.start_workflow(DynamoDBRecord(raw))  # a record the filter let through by mistake
+    assert starter.started == []
