@@ -21,6 +21,7 @@ class Scope(StrEnum):
     FULFILLMENT_WRITE = "fulfillment:write"
     RETURNS_WRITE = "returns:write"
     REPORTS_READ = "reports:read"
+    WEBHOOKS_WRITE = "webhooks:write"
     ADMIN = "admin"
 
 

@@ -16,6 +16,7 @@ from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
+from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
 from functions.adapters.workflow_starter import StepFunctionsStarter
 from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
 
@@ -84,7 +85,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         },
         **{(INVENTORY, f"dynamodb:{a}"): [DynamoInventory] for a in ("UpdateItem", "Query", "BatchGetItem")},
         **{
-            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger]
+            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger, DynamoWebhooks]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
         **{
@@ -93,6 +94,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         },
         ("LabelsBucket", "s3:GetObject"): [S3Labels],  # the presigned link is a GetObject as this role
         ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
+        ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],  # a manual webhook retry
     },
     "OutboxFunction": {
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
@@ -141,6 +143,16 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         },
         (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
         (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
+    },
+    "EventsFunction": {
+        ("EventBus", "events:PutEvents"): [EventBridgePublisher],
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem", "Query")},
+        ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
+        ("EventsFailureQueue", "sqs:SendMessage"): "the OrdersStream mapping's on-failure destination",
+    },
+    "WebhookDeliveryFunction": {
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem")},
+        ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
     },
 }
 
