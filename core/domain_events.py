@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from enum import StrEnum
@@ -83,8 +84,15 @@ _RECEIVED_RETURN = frozenset({"received", "refunded"})
 def api_order(document: dict[str, Any]) -> dict[str, Any]:
     """The order as the API shows it. A shipment's label is stored as a key in the label store
     and the API signs a short-lived link to it at each read; an event outlives such a link, so
-    its `label_url` is null (GET /orders/{id} gives a fresh one)."""
-    order = Order.model_validate(document).model_dump(mode="json")
+    its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
+    cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
+    what only the system reads (the status a hold resumes to), left out here."""
+    try:
+        order = Order.model_validate(document).model_dump(mode="json")
+    except ValidationError:
+        order = json.loads(json.dumps(document))
+        if isinstance(order.get("hold"), dict):
+            order["hold"].pop("resume_to", None)
     for shipment in order.get("shipments") or []:
         shipment["label_url"] = None
     return order
@@ -96,10 +104,9 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
     the same pair always gives the same events with the same ids, and a change that only
     appends history gives none. Returns, refunds and jeopardy are read from the fields the
     order document carries for them (`returns`, `refunds` or `payment.refunds`, `jeopardy`)."""
-    try:
-        order = api_order(new)
-    except ValidationError:
+    if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return []  # not an order (another kind of item on the table)
+    order = api_order(new)
     before = old or {}
     version = int(new.get("version", 0))
     created_at = new.get("updated_at") or new.get("created_at")
