@@ -179,3 +179,26 @@ def test_subscriptions_refuse_urls_a_delivery_may_not_reach_and_channel_keys_see
     assert [hook["id"] for hook in listed] == [own.json()["id"]]
     reader = api.post("/api-keys", json={"name": unique("reader"), "scopes": ["orders:read"]}).json()["key"]
     assert_error(api.get("/webhooks", key=reader), 403)
+
+
+def test_the_local_stack_holds_the_templates_bus_and_a_rule_on_it_receives_order_events(stack: EmbeddedStack, api: Api):
+    events, sqs = stack.client("events"), stack.client("sqs")
+    bus = stack.event_bus_names["EventBus"]
+    assert bus == f"{stack.stack_name}-events" and events.describe_event_bus(Name=bus)["Name"] == bus
+    tap = sqs.create_queue(QueueName=unique("tap"))["QueueUrl"]
+    tap_arn = sqs.get_queue_attributes(QueueUrl=tap, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="created", EventBusName=bus, EventPattern=json.dumps({"detail-type": ["order.created"]}))
+    events.put_targets(Rule="created", EventBusName=bus, Targets=[{"Id": "tap", "Arn": tap_arn}])
+    (sku,) = Catalog(api).stocked("5.00")
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        messages = sqs.receive_message(QueueUrl=tap, MaxNumberOfMessages=10).get("Messages", [])
+        found = [json.loads(m["Body"]) for m in messages]
+        found = [e for e in found if e["detail"]["data"]["order"]["id"] == placed.json()["id"]]
+        if found:
+            break
+        assert time.monotonic() < deadline, "no order.created on the bus"
+        time.sleep(0.1)
+    assert found[0]["source"] == "oms" and found[0]["detail"]["type"] == "order.created"
