@@ -401,18 +401,21 @@ class EventDispatcher:
         self._clock = clock
         self._schedule = schedule
 
-    def dispatch(self, events: list[DomainEvent]) -> int:
+    def dispatch(
+        self, events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None = None
+    ) -> int:
         """Publish `events` and queue their deliveries; returns how many deliveries were queued.
         Running it again for the same events queues nothing new, except a delivery never tried
-        (its first message may be what failed)."""
+        (its first message may be what failed). `subscriptions` gives the subscriptions to match
+        (a stream batch reads them once for all its records); by default they are read here."""
         if not events:
             return 0
         self._publisher.publish(events)
-        subscriptions = self._store.all()
+        subscribed = (subscriptions or self._store.all)()
         queued = 0
         for event in events:
             body = event.model_dump_json()
-            for webhook in subscriptions:
+            for webhook in subscribed:
                 if webhook.wants(event):
                     queued += self._queue_delivery(webhook, event, body)
         return queued

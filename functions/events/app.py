@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -14,6 +15,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.domain_events import order_events
+from core.webhooks import IssuedWebhook
 from functions.bootstrap import WarmContainer
 
 logger = Logger()
@@ -36,7 +38,20 @@ def order_document(image: dict[str, Any] | None) -> dict[str, Any] | None:
     return json.loads(attribute["S"])
 
 
-def publish_changes(record: DynamoDBRecord) -> None:
+class _Subscriptions:
+    """The webhook subscriptions, read once per batch (one Query, not one per record) and only if
+    a record of the batch has events."""
+
+    def __init__(self) -> None:
+        self._found: list[IssuedWebhook] | None = None
+
+    def __call__(self) -> list[IssuedWebhook]:
+        if self._found is None:
+            self._found = container().webhook_store.all()
+        return self._found
+
+
+def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[IssuedWebhook]] | None = None) -> None:
     """Both images are read from the record itself, so a redelivered record gives the same events
     with the same ids; a failure fails this record only and the stream retries it."""
     images = record.raw_event.get("dynamodb") or {}
@@ -48,7 +63,7 @@ def publish_changes(record: DynamoDBRecord) -> None:
     if not events:
         return
     with logger.append_context_keys(order_id=new.get("id"), channel=new.get("channel")):
-        queued = container().event_dispatcher.dispatch(events)
+        queued = container().event_dispatcher.dispatch(events, subscriptions)
         logger.info("events published", extra={"events": [e.type.value for e in events], "deliveries": queued})
     metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
     if queued:
@@ -60,4 +75,10 @@ def publish_changes(record: DynamoDBRecord) -> None:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Partial batch response: the stream retries from the first failed record (keeping each
     # order's changes in order), bisecting, then hands the record to the on-failure queue.
-    return process_partial_response(event=event, record_handler=publish_changes, processor=processor, context=context)
+    subscriptions = _Subscriptions()
+    return process_partial_response(
+        event=event,
+        record_handler=lambda record: publish_changes(record, subscriptions),
+        processor=processor,
+        context=context,
+    )

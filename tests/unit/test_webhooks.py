@@ -424,3 +424,18 @@ def test_delivery_statuses_follow_their_table():
     check_delivery_step(DeliveryStatus.FAILED, DeliveryStatus.PENDING)
     with pytest.raises(InvalidTransition):
         check_delivery_step(DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
+def test_dispatch_matches_the_subscriptions_it_is_given_without_reading_them_again():
+    class CountingStore(FakeStore):
+        reads = 0
+
+        def all(self) -> list[IssuedWebhook]:
+            self.reads += 1
+            return super().all()
+
+    store, queue = CountingStore(), FakeQueue()
+    given = [hook("whk_given", ["*"])]
+    dispatcher = EventDispatcher(store, queue, FakeBus(), Clock(), RetrySchedule())
+    assert dispatcher.dispatch([event()], lambda: given) == 1
+    assert store.reads == 0 and queue.sent[0][0].webhook_id == "whk_given"
