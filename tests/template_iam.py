@@ -86,11 +86,11 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
     def named(params: dict[str, Any]) -> list[str]:
         if "RequestItems" in params:
             return list(params["RequestItems"])
-        if "Entries" in params:  # EventBridge PutEvents names its bus in each entry
-            return sorted({entry.get("EventBusName", "default") for entry in params["Entries"]})
         for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId"):
             if key in params:
                 return [params[key]]
+        if "Entries" in params:  # EventBridge PutEvents names its bus in each entry
+            return sorted({entry.get("EventBusName", "default") for entry in params["Entries"]})
         return ["*"]
 
     def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:

@@ -202,3 +202,26 @@ def test_the_local_stack_holds_the_templates_bus_and_a_rule_on_it_receives_order
         assert time.monotonic() < deadline, "no order.created on the bus"
         time.sleep(0.1)
     assert found[0]["source"] == "oms" and found[0]["detail"]["type"] == "order.created"
+
+
+def test_every_call_the_events_and_delivery_functions_make_is_granted_by_the_template(stack: EmbeddedStack, api: Api):
+    from tests.template_iam import calls_by_function, granted
+
+    receiver = Receiver(failures=1)
+    try:
+        webhook = api.post("/webhooks", json={"url": receiver.url, "events": ["order.created"]})
+        assert webhook.status_code == 201, webhook.text
+        (sku,) = Catalog(api).stocked("7.00")
+        with calls_by_function(stack) as calls:
+            placed = api.post("/orders", json=order_body((sku, 1)))
+            assert placed.status_code == 201, placed.text
+            receiver.wait_for(lambda got: len(got) >= 2)  # a failed attempt, then the retry
+            (delivery,) = _deliveries_when(api, webhook.json()["id"], "delivered")
+            retried = api.post(f"/webhooks/{webhook.json()['id']}/deliveries/{delivery['id']}/retry")
+            assert retried.status_code == 202, retried.text
+            receiver.wait_for(lambda got: len(got) >= 3)
+        assert {"EventsFunction", "WebhookDeliveryFunction", "ApiFunction"} <= set(calls), sorted(calls)
+        for function, needed in calls.items():
+            assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"
+    finally:
+        receiver.close()
