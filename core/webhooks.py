@@ -173,7 +173,9 @@ class RetrySchedule:
         ceiling = min(self.max_delay_seconds, self.base_seconds * 2 ** max(failures - 1, 0))
         return ceiling / 2 + random() * ceiling / 2
 
-    def next_attempt(self, record: DeliveryRecord, failures: int, now: datetime, random: Callable[[], float]):
+    def next_attempt(
+        self, record: DeliveryRecord, failures: int, now: datetime, random: Callable[[], float]
+    ) -> datetime | None:
         """When to try again after a failure at `now`, or None when the window has closed."""
         if now >= record.retry_until:
             return None
@@ -254,7 +256,8 @@ class WebhookStore(ABC):
 
     @abstractmethod
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
-        """Newest id first is not promised; `channel` None lists every subscription."""
+        """A page of subscriptions in id order, without secrets; `channel` None lists all of them,
+        a channel only those bound to it."""
 
     @abstractmethod
     def all(self) -> list[IssuedWebhook]:
