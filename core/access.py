@@ -23,6 +23,7 @@ class Scope(StrEnum):
     RETURNS_WRITE = "returns:write"
     REFUNDS_WRITE = "refunds:write"
     REPORTS_READ = "reports:read"
+    WEBHOOKS_WRITE = "webhooks:write"
     ADMIN = "admin"
 
 

@@ -163,3 +163,25 @@ def check_successor(old: Order, new: Order) -> None:
     gone = [shipment_id for shipment_id, status in before.items() if status != ShipmentStatus.PENDING]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")
+
+
+# --- Webhook deliveries (issue 14) ---------------------------------------------------------------
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+# A delivery is attempted until a subscriber answers 2xx or its retry window closes; a manual
+# retry (POST .../retry) sends a delivered or failed one again.
+DELIVERY_TRANSITIONS: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
+    DeliveryStatus.PENDING: frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED}),
+    DeliveryStatus.DELIVERED: frozenset({DeliveryStatus.PENDING}),
+    DeliveryStatus.FAILED: frozenset({DeliveryStatus.PENDING}),
+}
+
+
+def check_delivery_step(current: DeliveryStatus, target: DeliveryStatus) -> None:
+    """Raise InvalidTransition unless a delivery may go from `current` to `target`."""
+    if current != target and target not in DELIVERY_TRANSITIONS[current]:
+        raise InvalidTransition(f"a webhook delivery cannot go from {current} to {target}")

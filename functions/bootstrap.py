@@ -31,6 +31,19 @@ from core.reconciliation import Reconciler
 from core.refund_service import RefundService
 from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
+from core.webhooks import (
+    DeliveryQueue,
+    DeliveryWorker,
+    EventDispatcher,
+    EventPublisher,
+    Resolver,
+    RetrySchedule,
+    Target,
+    Webhooks,
+    WebhookSender,
+    WebhookStore,
+    check_url,
+)
 from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
@@ -76,6 +89,13 @@ class Config:
     reconcile_park_after_minutes: float = 60.0
     sla: str = ""  # OMS_SLA: per-status deadlines over the defaults (core/jeopardy.py)
     hold_expiry_days: float = 0.0  # OMS_HOLD_EXPIRY_DAYS: 0 never cancels a hold
+    # Events and webhooks (issue 14): the bus, the delivery queue and the retry schedule.
+    event_bus_name: str = ""
+    webhook_queue_url: str = ""
+    webhook_retry_base_seconds: float = 30.0
+    webhook_retry_max_delay_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 86400.0
+    webhook_allow_local_http: bool = False  # the local stack's http://127.0.0.1 receivers
 
     @classmethod
     def from_env(cls) -> Config:
@@ -102,6 +122,12 @@ class Config:
             reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
             sla=os.environ.get("OMS_SLA", ""),
             hold_expiry_days=float(os.environ.get("OMS_HOLD_EXPIRY_DAYS") or 0),
+            event_bus_name=os.environ.get("EVENT_BUS_NAME", ""),
+            webhook_queue_url=os.environ.get("WEBHOOK_QUEUE_URL", ""),
+            webhook_retry_base_seconds=float(os.environ.get("WEBHOOK_RETRY_BASE_SECONDS") or 30),
+            webhook_retry_max_delay_seconds=float(os.environ.get("WEBHOOK_RETRY_MAX_DELAY_SECONDS") or 3600),
+            webhook_retry_window_seconds=float(os.environ.get("WEBHOOK_RETRY_WINDOW_SECONDS") or 86400),
+            webhook_allow_local_http=os.environ.get("WEBHOOK_ALLOW_LOCAL_HTTP", "").strip().lower() == "true",
         )
 
 
@@ -341,6 +367,78 @@ class Container:
         senders = QueueSenders.parse(self.config.import_splitter_role_id, self.config.import_queue_sender_channels)
         return OrderImporter(
             self.capture, self.import_ledger, self.orders, clock=self.clock, field_names=field_in_file, senders=senders
+        )
+
+    # --- Events and webhooks (issue 14) ----------------------------------------------------------
+    @cached_property
+    def eventbridge(self) -> Any:
+        return aws_client("events")
+
+    @cached_property
+    def webhook_store(self) -> WebhookStore:
+        from functions.adapters.webhooks import DynamoWebhooks
+
+        return DynamoWebhooks(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def webhook_queue(self) -> DeliveryQueue:
+        from functions.adapters.webhooks import SqsDeliveryQueue
+
+        return SqsDeliveryQueue(self.sqs, _required(self.config.webhook_queue_url, "WEBHOOK_QUEUE_URL"))
+
+    @cached_property
+    def event_publisher(self) -> EventPublisher:
+        from functions.adapters.webhooks import EventBridgePublisher
+
+        return EventBridgePublisher(self.eventbridge, _required(self.config.event_bus_name, "EVENT_BUS_NAME"))
+
+    @cached_property
+    def webhook_sender(self) -> WebhookSender:
+        from functions.adapters.webhooks import HttpWebhookSender
+
+        return HttpWebhookSender()
+
+    @cached_property
+    def url_resolver(self) -> Resolver:
+        from functions.adapters.webhooks import resolve
+
+        return resolve
+
+    @cached_property
+    def retry_schedule(self) -> RetrySchedule:
+        config = self.config
+        return RetrySchedule(
+            base_seconds=config.webhook_retry_base_seconds,
+            max_delay_seconds=config.webhook_retry_max_delay_seconds,
+            window_seconds=config.webhook_retry_window_seconds,
+        )
+
+    def check_webhook_url(self, url: str) -> Target:
+        """Subscribe time and send time: refuses what check_url refuses (SSRF)."""
+        return check_url(url, self.url_resolver, allow_local_http=self.config.webhook_allow_local_http)
+
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        return Webhooks(self.webhook_store, self.webhook_queue, self.check_webhook_url, self.clock)
+
+    @cached_property
+    def event_dispatcher(self) -> EventDispatcher:
+        return EventDispatcher(
+            self.webhook_store, self.webhook_queue, self.event_publisher, self.clock, self.retry_schedule
+        )
+
+    @cached_property
+    def delivery_worker(self) -> DeliveryWorker:
+        import random
+
+        return DeliveryWorker(
+            self.webhook_store,
+            self.webhook_queue,
+            self.webhook_sender,
+            self.check_webhook_url,
+            self.clock,
+            self.retry_schedule,
+            random.random,
         )
 
     def import_splitter(self) -> tuple[ImportSplitter, SqsOrderQueue]:

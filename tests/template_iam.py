@@ -74,6 +74,7 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
     resources = {
         **{name: logical for logical, name in stack.table_names.items()},
         **{name: logical for logical, name in stack.bucket_names.items()},
+        **{name: logical for logical, name in stack.event_bus_names.items()},
         **{url: logical for logical, url in stack.queue_urls.items()},
         **{arn: logical for logical, arn in stack.state_machine_arns.items()},
         **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
@@ -88,6 +89,8 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
         for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId"):
             if key in params:
                 return [params[key]]
+        if "Entries" in params:  # EventBridge PutEvents names its bus in each entry
+            return sorted({entry.get("EventBusName", "default") for entry in params["Entries"]})
         return ["*"]
 
     def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:

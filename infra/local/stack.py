@@ -125,6 +125,16 @@ PARAMETER_ENV = {
     "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE": "PluginNearestSourcingCentroidsFile",
 }
 
+# Template parameters the local stack sets unless the caller does: webhook retries compressed
+# from 24 hours to a minute (at least 3 attempts in its first 60 s, API.md), and receivers on
+# http://127.0.0.1 accepted (on AWS only https to public addresses is).
+LOCAL_PARAMETERS = {
+    "WebhookRetryBaseSeconds": "2",
+    "WebhookRetryMaxDelaySeconds": "8",
+    "WebhookRetryWindowSeconds": "60",
+    "WebhookAllowLocalHttp": "true",
+}
+
 
 class EmbeddedStack:
     """Everything `make run` runs, in this process. start() then use .api_url / .aws_endpoint /
@@ -166,6 +176,7 @@ class EmbeddedStack:
     ):
         # Template parameters a local user may want to change without editing the template.
         parameter_overrides = {
+            **LOCAL_PARAMETERS,
             **{param: os.environ[var] for var, param in PARAMETER_ENV.items() if os.environ.get(var)},
             **(parameter_overrides or {}),
         }
@@ -200,6 +211,7 @@ class EmbeddedStack:
         self.table_names: dict[str, str] = {}
         self.queue_urls: dict[str, str] = {}
         self.bucket_names: dict[str, str] = {}
+        self.event_bus_names: dict[str, str] = {}
         self.environment: dict[str, str] = {}  # what the functions see, as exported
         self.function_environments: dict[str, dict[str, str]] = {}  # each function's own view (as on AWS)
         self.functions: dict[str, LocalFunction] = {}
@@ -424,6 +436,7 @@ class EmbeddedStack:
     def _create_resources(self) -> None:
         self._create_tables()
         self._create_queues()
+        self._create_event_buses()
         self._create_functions()
         self._create_buckets()
         self._create_state_machines()
@@ -472,6 +485,22 @@ class EmbeddedStack:
                 progressed = True
             if not progressed:
                 raise ValueError(f"cannot resolve the properties of queues {[q.logical_id for q in pending]}")
+
+    def _create_event_buses(self) -> None:
+        """Each AWS::Events::EventBus in moto's EventBridge: what the functions publish to, and what
+        a local rule (aws events put-rule --event-bus-name ...) can subscribe a queue to."""
+        buses = self.template.resources_of_type("AWS::Events::EventBus")
+        if not buses:
+            return
+        events = self._client("events")
+        for logical_id, resource in buses.items():
+            name = self.template.resolve((resource.get("Properties") or {}).get("Name"), self.refs, self.atts)
+            name = name or self.physical_name(logical_id)
+            arn = events.create_event_bus(Name=name)["EventBusArn"]
+            self.event_bus_names[logical_id] = name
+            self.refs[logical_id] = name
+            self.atts[f"{logical_id}.Arn"] = arn
+            self.atts[f"{logical_id}.Name"] = name
 
     def _create_buckets(self) -> None:
         buckets = self.template.buckets()

@@ -25,6 +25,8 @@ WELL_FORMED = {
     "sku": "NO-SUCH-SKU",
     "location_id": "no-such-location",
     "carrier": "no-such-carrier",
+    "webhook_id": "whk_" + "a" * 24,
+    "delivery_id": "dlv_" + "0" * 14 + "a" * 16,
 }
 ROUTES = [(r.method, r.path) for r in Template.load().api_routes() if "{" in r.path]
 LOOKUPS = [

@@ -24,6 +24,7 @@ from functions.adapters.dynamodb import (
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
+from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
 
@@ -97,7 +98,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
         },
         **{
-            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger]
+            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger, DynamoWebhooks]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
         **{
@@ -108,6 +109,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         ("LabelsBucket", "s3:PutObject"): [S3Labels],  # a return label
         ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
         ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
+        ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],  # a manual webhook retry
     },
     "OutboxFunction": {
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
@@ -169,6 +171,16 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         },
         (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
         (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
+    },
+    "EventsFunction": {
+        ("EventBus", "events:PutEvents"): [EventBridgePublisher],
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem", "Query")},
+        ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
+        ("EventsFailureQueue", "sqs:SendMessage"): "the OrdersStream mapping's on-failure destination",
+    },
+    "WebhookDeliveryFunction": {
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem")},
+        ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
     },
 }
 

@@ -1,0 +1,206 @@
+"""Domain events out: what an order change means to other systems, derived from its two versions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from core.ids import short_hash
+from core.models import Order
+
+
+class EventType(StrEnum):
+    """The contract's event types (API.md "Events and webhooks")."""
+
+    ORDER_CREATED = "order.created"
+    ORDER_AUTHORIZED = "order.authorized"
+    ORDER_PAYMENT_FAILED = "order.payment_failed"
+    ORDER_ON_HOLD = "order.on_hold"
+    ORDER_RELEASED = "order.released"
+    ORDER_BACKORDERED = "order.backordered"
+    ORDER_ALLOCATED = "order.allocated"
+    ORDER_CANCELLED = "order.cancelled"
+    ORDER_JEOPARDY = "order.jeopardy"
+    ORDER_DELIVERED = "order.delivered"
+    SHIPMENT_SHIPPED = "shipment.shipped"
+    SHIPMENT_DELIVERED = "shipment.delivered"
+    SHIPMENT_REJECTED = "shipment.rejected"
+    RETURN_CREATED = "return.created"
+    RETURN_RECEIVED = "return.received"
+    REFUND_SUCCEEDED = "refund.succeeded"
+    REFUND_FAILED = "refund.failed"
+    IMPORT_COMPLETED = "import.completed"
+    INVENTORY_LOW = "inventory.low"
+
+
+class DomainEvent(BaseModel):
+    """`{id, type, created_at, data}`, the body of a webhook delivery and the detail of a bus event."""
+
+    id: str
+    type: EventType
+    created_at: datetime
+    data: dict[str, Any]
+
+    @property
+    def channel(self) -> str | None:
+        """The channel the event belongs to (its order's), for channel-bound subscriptions."""
+        order = self.data.get("order")
+        return order.get("channel") if isinstance(order, dict) else None
+
+
+def event_id(order_id: str, version: int, type_: EventType, subject: str = "") -> str:
+    """The same change always gets the same id: a redelivered stream record, or the outbox run
+    again over it, yields events a subscriber recognises (OMS-Event-Id) and drops."""
+    return "evt_" + short_hash(f"{order_id}\x1f{version}\x1f{type_.value}\x1f{subject}")
+
+
+# A status reached means this event, whatever the status before it (holds are read from `hold`).
+_STATUS_EVENTS: dict[str, EventType] = {
+    "authorized": EventType.ORDER_AUTHORIZED,
+    "payment_failed": EventType.ORDER_PAYMENT_FAILED,
+    "backordered": EventType.ORDER_BACKORDERED,
+    "allocated": EventType.ORDER_ALLOCATED,
+    "cancelled": EventType.ORDER_CANCELLED,
+    "delivered": EventType.ORDER_DELIVERED,
+}
+_SHIPMENT_EVENTS: dict[str, EventType] = {
+    "shipped": EventType.SHIPMENT_SHIPPED,
+    "delivered": EventType.SHIPMENT_DELIVERED,
+    "rejected": EventType.SHIPMENT_REJECTED,
+}
+_REFUND_EVENTS: dict[str, EventType] = {
+    "succeeded": EventType.REFUND_SUCCEEDED,
+    "failed": EventType.REFUND_FAILED,
+}
+# A return that was received (and perhaps refunded in the same change) has been received.
+_RECEIVED_RETURN = frozenset({"received", "refunded"})
+
+
+def api_order(document: dict[str, Any]) -> dict[str, Any]:
+    """The order as the API shows it. A shipment's label is stored as a key in the label store
+    and the API signs a short-lived link to it at each read; an event outlives such a link, so
+    its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
+    cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
+    what only the system reads (the status a hold resumes to), left out here."""
+    try:
+        order = Order.model_validate(document).model_dump(mode="json")
+    except ValidationError:
+        order = json.loads(json.dumps(document))
+        if isinstance(order.get("hold"), dict):
+            order["hold"].pop("resume_to", None)
+    for shipment in order.get("shipments") or []:
+        shipment["label_url"] = None
+    return order
+
+
+def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DomainEvent]:
+    """The events one order change means: `old` and `new` are the order documents before and
+    after it (`old` None for a new order). Only what differs between them produces events, so
+    the same pair always gives the same events with the same ids, and a change that only
+    appends history gives none. Returns, refunds and jeopardy are read from the fields the
+    order document carries for them (`returns`, `refunds` or `payment.refunds`, `jeopardy`)."""
+    if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
+        return []  # not an order (another kind of item on the table)
+    order = api_order(new)
+    before = old or {}
+    version = int(new.get("version", 0))
+    created_at = new.get("updated_at") or new.get("created_at")
+    events: list[DomainEvent] = []
+
+    def emit(type_: EventType, subject: str = "", **extra: Any) -> None:
+        events.append(
+            DomainEvent(
+                id=event_id(order["id"], version, type_, subject),
+                type=type_,
+                created_at=created_at,
+                data={"order": order, **extra},
+            )
+        )
+
+    for type_ in _order_level(old, new):
+        emit(type_)
+    for type_, shipment in _changed(before.get("shipments"), new.get("shipments"), _SHIPMENT_EVENTS):
+        emit(type_, shipment["id"], shipment=_shown_shipment(order, shipment["id"]))
+    for type_, refund in _refund_changes(before, new):
+        emit(type_, refund["id"], refund=refund)
+    for type_, return_ in _return_changes(before.get("returns"), new.get("returns")):
+        emit(type_, return_["id"], **{"return": return_})
+    return events
+
+
+def _order_level(old: dict[str, Any] | None, new: dict[str, Any]) -> Iterator[EventType]:
+    before = old or {}
+    status, was = new.get("status"), before.get("status")
+    if old is None:
+        yield EventType.ORDER_CREATED
+    held, was_held = _held(new), _held(before) if old is not None else False
+    if held and not was_held:
+        yield EventType.ORDER_ON_HOLD
+    # Leaving a hold resumes the status it was put on from: that is a release, not the status
+    # reached again (a held order that is cancelled is a cancellation).
+    if was_held and not held and status != "cancelled":
+        yield EventType.ORDER_RELEASED
+    elif status != was and status in _STATUS_EVENTS:
+        yield _STATUS_EVENTS[status]
+    jeopardy, was_in = new.get("jeopardy"), before.get("jeopardy")
+    if jeopardy and (not was_in or was_in.get("since") != jeopardy.get("since")):
+        yield EventType.ORDER_JEOPARDY
+
+
+def _held(document: dict[str, Any]) -> bool:
+    return bool(document.get("hold")) or document.get("status") == "on_hold"
+
+
+def _changed(
+    before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None, events: dict[str, EventType]
+) -> Iterator[tuple[EventType, dict[str, Any]]]:
+    """Each item of `after` (by id) whose status is new or changed, with the event its status means."""
+    was = {item.get("id"): item.get("status") for item in before or []}
+    for item in after or []:
+        status = item.get("status")
+        if status != was.get(item.get("id")) and status in events:
+            yield events[status], item
+
+
+def _shown_shipment(order: dict[str, Any], shipment_id: str) -> dict[str, Any]:
+    return next(shipment for shipment in order["shipments"] if shipment["id"] == shipment_id)
+
+
+def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[EventType, dict[str, Any]]]:
+    """Refunds with a status (a `refunds` list on the order), else the refunds the gateway
+    approved (`payment.refunds`, each one succeeded), as the contract's Refund."""
+    if "refunds" in new:
+        for type_, refund in _changed(before.get("refunds"), new.get("refunds"), _REFUND_EVENTS):
+            yield type_, {**refund, "order_id": new["id"]}
+        return
+    seen = {refund.get("id") for refund in (before.get("payment") or {}).get("refunds") or []}
+    for refund in (new.get("payment") or {}).get("refunds") or []:
+        if refund.get("id") not in seen:
+            yield (
+                EventType.REFUND_SUCCEEDED,
+                {
+                    "id": refund["id"],
+                    "order_id": new["id"],
+                    "amount": refund["amount"],
+                    "reason": refund.get("reason"),
+                    "status": "succeeded",
+                    "created_at": refund.get("at"),
+                },
+            )
+
+
+def _return_changes(
+    before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None
+) -> Iterator[tuple[EventType, dict[str, Any]]]:
+    was = {item.get("id"): item.get("status") for item in before or []}
+    for item in after or []:
+        status, previous = item.get("status"), was.get(item.get("id"), "absent")
+        if previous == "absent":
+            yield EventType.RETURN_CREATED, item
+        if status in _RECEIVED_RETURN and previous not in _RECEIVED_RETURN:
+            yield EventType.RETURN_RECEIVED, item

@@ -1,0 +1,535 @@
+"""Webhooks: subscriptions, the fan-out of domain events to them, and signed, retried deliveries."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from core.domain_events import DomainEvent, EventType
+from core.errors import InvalidRequest, NotFound
+from core.ids import new_id, short_hash
+from core.models import Channel
+from core.status import DeliveryStatus, check_delivery_step
+
+ALL_EVENTS = "*"
+MAX_QUEUE_DELAY = 900  # seconds: SQS's longest DelaySeconds; longer waits are several hops
+SIGNATURE_HEADER = "OMS-Signature"
+_MAX_ERROR_CHARS = 300
+
+
+# --- Subscriptions --------------------------------------------------------------------------------
+class NewWebhook(BaseModel):
+    """The body of POST /webhooks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
+    events: Annotated[list[str], Field(min_length=1, max_length=len(EventType))] = Field(
+        description='Event types, or ["*"] for every type.'
+    )
+    channel: Channel | None = None
+
+    @field_validator("events")
+    @classmethod
+    def _known_types(cls, events: list[str]) -> list[str]:
+        if events == [ALL_EVENTS]:
+            return events
+        unknown = [name for name in events if name not in EventType._value2member_map_]
+        if unknown:
+            raise ValueError(f'unknown event type {unknown[0][:60]!r}: use the contract\'s types or ["*"]')
+        if len(set(events)) != len(events):
+            raise ValueError("event types must not repeat")
+        return events
+
+
+class Webhook(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    channel: str | None = None
+    created_at: datetime
+
+    def wants(self, event: DomainEvent) -> bool:
+        """Whether this subscription receives `event`: its type, and its order's channel when the
+        subscription is bound to one (an event without a channel goes to unbound ones only)."""
+        if self.channel is not None and event.channel != self.channel:
+            return False
+        return ALL_EVENTS in self.events or event.type.value in self.events
+
+
+class IssuedWebhook(Webhook):
+    """The answer to POST /webhooks: the only time the signing `secret` is shown."""
+
+    secret: str
+
+
+# --- Deliveries -----------------------------------------------------------------------------------
+class Delivery(BaseModel):
+    """One event to one subscription, as GET /webhooks/{id}/deliveries shows it."""
+
+    id: str
+    event_id: str
+    event_type: EventType
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class DeliveryRecord(Delivery):
+    """What is stored: the delivery, the exact body every attempt sends (and signs), and where it
+    stands in its schedule. `generation` grows with each manual retry, so a message queued for an
+    earlier schedule finds it moved on and does nothing; `attempts` names the attempt a message
+    is for, so a duplicated message never sends twice."""
+
+    webhook_id: str
+    body: str
+    created_at: datetime
+    retry_until: datetime
+    generation: int = 0
+
+    def shown(self) -> Delivery:
+        return Delivery.model_validate(self.model_dump(include=set(Delivery.model_fields)))
+
+
+def delivery_id(webhook_id: str, event: DomainEvent) -> str:
+    """Stable per (subscription, event), so a redelivered event makes no second delivery; it
+    starts with the event's time in hex microseconds so a subscription's deliveries sort by time."""
+    micros = int(event.created_at.timestamp() * 1_000_000)
+    return f"dlv_{micros:014x}{short_hash(webhook_id + event.id)[:16]}"
+
+
+@dataclass(frozen=True)
+class DeliveryMessage:
+    """The queued message: which delivery, for which schedule and attempt."""
+
+    webhook_id: str
+    delivery_id: str
+    generation: int
+    attempts: int
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> DeliveryMessage:
+        values = json.loads(text)
+        return cls(
+            webhook_id=str(values["webhook_id"]),
+            delivery_id=str(values["delivery_id"]),
+            generation=int(values["generation"]),
+            attempts=int(values["attempts"]),
+        )
+
+
+# --- Signing --------------------------------------------------------------------------------------
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` (API.md)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, now: int, tolerance: int = 300) -> bool:
+    """What a receiver does (the README shows it): recompute, compare in constant time, and refuse
+    a timestamp too far from now (a replayed old delivery)."""
+    try:
+        parts = dict(part.split("=", 1) for part in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    expected = signature(secret, timestamp, body).split("v1=", 1)[1]
+    return abs(now - timestamp) <= tolerance and hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+# --- Retry schedule -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetrySchedule:
+    """Exponential backoff with jitter until `window_seconds` after the first attempt; the last
+    attempt is made at the end of the window, so a subscriber is tried for at least that long."""
+
+    base_seconds: float = 30.0
+    max_delay_seconds: float = 3600.0
+    window_seconds: float = 86400.0
+
+    def delay(self, failures: int, random: Callable[[], float]) -> float:
+        """Seconds before the next attempt after `failures` failed ones: half the exponential
+        ceiling plus a random share of the other half (jitter spreads subscribers' retries)."""
+        ceiling = min(self.max_delay_seconds, self.base_seconds * 2 ** max(failures - 1, 0))
+        return ceiling / 2 + random() * ceiling / 2
+
+    def next_attempt(
+        self, record: DeliveryRecord, failures: int, now: datetime, random: Callable[[], float]
+    ) -> datetime | None:
+        """When to try again after a failure at `now`, or None when the window has closed."""
+        if now >= record.retry_until:
+            return None
+        return min(now + timedelta(seconds=self.delay(failures, random)), record.retry_until)
+
+
+# --- Where a delivery may go (SSRF) ---------------------------------------------------------------
+class WebhookUrlRefused(InvalidRequest):
+    code = "webhook_url_refused"
+
+    def __init__(self, reason: str):
+        super().__init__(f"webhook URL refused: {reason}", details=[{"field": "url", "message": reason}])
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked URL: where to connect (the addresses checked, so a later DNS answer cannot
+    redirect the request) and what to ask for."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    addresses: tuple[str, ...]
+
+
+Resolver = Callable[[str, int], list[str]]
+LOCAL_HTTP_HOST = "127.0.0.1"
+
+
+def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Target:
+    """The target of `url` if a delivery may go there: https to a host whose every address is
+    public; with `allow_local_http` (the local stack only) also http://127.0.0.1. Raises
+    WebhookUrlRefused otherwise. Called at subscribe time and again before every attempt."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise WebhookUrlRefused("not a valid URL") from None
+    host = (parts.hostname or "").lower()
+    local = allow_local_http and parts.scheme == "http" and host == LOCAL_HTTP_HOST
+    if parts.scheme != "https" and not local:
+        raise WebhookUrlRefused(
+            "only https:// URLs are accepted" + (" (and http://127.0.0.1)" if allow_local_http else "")
+        )
+    if not host:
+        raise WebhookUrlRefused("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise WebhookUrlRefused("credentials in the URL are not accepted")
+    if parts.fragment:
+        raise WebhookUrlRefused("a fragment is never sent: remove it")
+    port = port or (443 if parts.scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if local:
+        return Target(parts.scheme, host, port, path, (LOCAL_HTTP_HOST,))
+    try:
+        addresses = tuple(dict.fromkeys(resolve(host, port)))
+    except OSError:
+        raise WebhookUrlRefused(f"{host[:100]} does not resolve") from None
+    if not addresses:
+        raise WebhookUrlRefused(f"{host[:100]} does not resolve")
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if not ip.is_global or ip.is_multicast:
+            raise WebhookUrlRefused(f"{host[:100]} resolves to a private, loopback or link-local address")
+    return Target(parts.scheme, host, port, path, addresses)
+
+
+# --- Ports ----------------------------------------------------------------------------------------
+class WebhookStore(ABC):
+    """Subscriptions (with their secrets) and their deliveries."""
+
+    @abstractmethod
+    def add(self, webhook: IssuedWebhook) -> None: ...
+
+    @abstractmethod
+    def get(self, webhook_id: str) -> IssuedWebhook | None: ...
+
+    @abstractmethod
+    def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
+        """A page of subscriptions in id order, without secrets; `channel` None lists all of them,
+        a channel only those bound to it."""
+
+    @abstractmethod
+    def all(self) -> list[IssuedWebhook]:
+        """Every subscription: what the fan-out matches events against."""
+
+    @abstractmethod
+    def delete(self, webhook_id: str) -> bool: ...
+
+    @abstractmethod
+    def add_delivery(self, record: DeliveryRecord) -> bool:
+        """Store a new delivery; False (and nothing written) when it exists already."""
+
+    @abstractmethod
+    def get_delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord | None: ...
+
+    @abstractmethod
+    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> tuple[list[DeliveryRecord], str | None]:
+        """Newest first."""
+
+    @abstractmethod
+    def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
+        """Replace `expected` by `record` if the stored one still has `expected`'s generation and
+        attempts; False otherwise (another message or a manual retry got there first)."""
+
+
+class DeliveryQueue(ABC):
+    @abstractmethod
+    def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+        """Queue one attempt `delay_seconds` (0..900) from now."""
+
+
+class EventPublisher(ABC):
+    @abstractmethod
+    def publish(self, events: list[DomainEvent]) -> None:
+        """Put the events on the event bus; raises when any was not accepted."""
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status_code: int | None  # None: no HTTP answer (refused, timed out, connection failed)
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class WebhookSender(ABC):
+    @abstractmethod
+    def post(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> SendResult:
+        """POST `body` to `target` at one of its checked addresses; never raises for the
+        subscriber's failures (they are the result)."""
+
+
+# --- Services -------------------------------------------------------------------------------------
+Clock = Callable[[], datetime]
+
+
+class Webhooks:
+    """POST/GET/DELETE /webhooks and the deliveries routes. A channel-bound caller sees and
+    changes its channel's subscriptions only (another's answers 404)."""
+
+    def __init__(self, store: WebhookStore, queue: DeliveryQueue, check: Callable[[str], Target], clock: Clock):
+        self._store = store
+        self._queue = queue
+        self._check = check
+        self._clock = clock
+
+    def subscribe(self, request: NewWebhook) -> IssuedWebhook:
+        self._check(request.url)
+        webhook = IssuedWebhook(
+            id=new_id("whk"),
+            url=request.url,
+            events=request.events,
+            channel=request.channel,
+            created_at=self._clock(),
+            secret=new_webhook_secret(),
+        )
+        self._store.add(webhook)
+        return webhook
+
+    def get(self, webhook_id: str, channel: str | None) -> Webhook:
+        webhook = self._store.get(webhook_id)
+        if webhook is None or (channel is not None and webhook.channel != channel):
+            raise NotFound(f"no webhook {webhook_id}")
+        return Webhook.model_validate(webhook.model_dump(exclude={"secret"}))
+
+    def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
+        return self._store.list(channel, limit, cursor)
+
+    def delete(self, webhook_id: str, channel: str | None) -> None:
+        self.get(webhook_id, channel)
+        self._store.delete(webhook_id)
+
+    def deliveries(
+        self, webhook_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Delivery], str | None]:
+        self.get(webhook_id, channel)
+        records, next_cursor = self._store.deliveries(webhook_id, limit, cursor)
+        return [record.shown() for record in records], next_cursor
+
+    def retry(self, webhook_id: str, delivery_id_: str, channel: str | None) -> Delivery:
+        """Send a delivery again now. A failed or delivered one gets one attempt (a failure leaves
+        it failed again); a pending one is tried now and keeps its schedule."""
+        self.get(webhook_id, channel)
+        for _ in range(5):
+            record = self._store.get_delivery(webhook_id, delivery_id_)
+            if record is None:
+                raise NotFound(f"no delivery {delivery_id_} of webhook {webhook_id}")
+            now = self._clock()
+            check_delivery_step(record.status, DeliveryStatus.PENDING)
+            again = _replace(
+                record,
+                status=DeliveryStatus.PENDING,
+                generation=record.generation + 1,
+                next_attempt_at=now,
+                retry_until=max(record.retry_until, now),
+            )
+            if self._store.update_delivery(again, record):
+                self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts), 0)
+                return again.shown()
+        raise NotFound(f"no delivery {delivery_id_} of webhook {webhook_id}")
+
+
+def _replace(record: DeliveryRecord, **changes: Any) -> DeliveryRecord:
+    return DeliveryRecord.model_validate({**dict(record), **changes})
+
+
+class EventDispatcher:
+    """The outbox's events out: each event onto the bus, and one queued delivery per matching
+    subscription (one message each, so no subscriber waits for another)."""
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        queue: DeliveryQueue,
+        publisher: EventPublisher,
+        clock: Clock,
+        schedule: RetrySchedule,
+    ):
+        self._store = store
+        self._queue = queue
+        self._publisher = publisher
+        self._clock = clock
+        self._schedule = schedule
+
+    def dispatch(
+        self, events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None = None
+    ) -> int:
+        """Publish `events` and queue their deliveries; returns how many deliveries were queued.
+        Running it again for the same events queues nothing new, except a delivery never tried
+        (its first message may be what failed). `subscriptions` gives the subscriptions to match
+        (a stream batch reads them once for all its records); by default they are read here."""
+        if not events:
+            return 0
+        self._publisher.publish(events)
+        subscribed = (subscriptions or self._store.all)()
+        queued = 0
+        for event in events:
+            body = event.model_dump_json()
+            for webhook in subscribed:
+                if webhook.wants(event):
+                    queued += self._queue_delivery(webhook, event, body)
+        return queued
+
+    def _queue_delivery(self, webhook: Webhook, event: DomainEvent, body: str) -> int:
+        now = self._clock()
+        record = DeliveryRecord(
+            id=delivery_id(webhook.id, event),
+            event_id=event.id,
+            event_type=event.type,
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            webhook_id=webhook.id,
+            body=body,
+            created_at=now,
+            retry_until=now + timedelta(seconds=self._schedule.window_seconds),
+        )
+        if not self._store.add_delivery(record):
+            existing = self._store.get_delivery(webhook.id, record.id)
+            if (
+                existing is None
+                or existing.attempts
+                or existing.generation
+                or existing.status != DeliveryStatus.PENDING
+            ):
+                return 0
+            record = existing
+        self._queue.send(DeliveryMessage(webhook.id, record.id, record.generation, record.attempts), 0)
+        return 1
+
+
+class DeliveryWorker:
+    """One queued message: wait longer (SQS delays at most 15 minutes), or make the attempt,
+    record it, and queue the next one or end the delivery."""
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        queue: DeliveryQueue,
+        sender: WebhookSender,
+        check: Callable[[str], Target],
+        clock: Clock,
+        schedule: RetrySchedule,
+        random: Callable[[], float],
+        timeout: float = 10.0,
+    ):
+        self._store = store
+        self._queue = queue
+        self._sender = sender
+        self._check = check
+        self._clock = clock
+        self._schedule = schedule
+        self._random = random
+        self._timeout = timeout
+
+    def handle(self, message: DeliveryMessage) -> str:
+        """What became of the message: "stale", "waiting", "delivered", "retrying" or "failed"."""
+        record = self._store.get_delivery(message.webhook_id, message.delivery_id)
+        if (
+            record is None
+            or record.status != DeliveryStatus.PENDING
+            or (record.generation, record.attempts) != (message.generation, message.attempts)
+        ):
+            return "stale"
+        now = self._clock()
+        if record.next_attempt_at is not None and record.next_attempt_at > now:
+            wait = (record.next_attempt_at - now).total_seconds()
+            self._queue.send(message, min(MAX_QUEUE_DELAY, max(1, int(wait + 0.999))))
+            return "waiting"
+        webhook = self._store.get(record.webhook_id)
+        result = self._attempt(webhook, record, now) if webhook else SendResult(None, "the webhook was deleted")
+        failures = record.attempts + 1
+        if result.delivered:
+            outcome, next_at = DeliveryStatus.DELIVERED, None
+        elif webhook is None:
+            outcome, next_at = DeliveryStatus.FAILED, None
+        else:
+            next_at = self._schedule.next_attempt(record, failures, now, self._random)
+            outcome = DeliveryStatus.PENDING if next_at is not None else DeliveryStatus.FAILED
+        check_delivery_step(record.status, outcome)
+        updated = _replace(
+            record,
+            status=outcome,
+            attempts=failures,
+            last_status_code=result.status_code,
+            last_error=result.error[:_MAX_ERROR_CHARS] if result.error else None,
+            next_attempt_at=next_at,
+        )
+        if not self._store.update_delivery(updated, record):
+            return "stale"
+        if next_at is not None:
+            delay = (next_at - now).total_seconds()
+            self._queue.send(
+                DeliveryMessage(record.webhook_id, record.id, record.generation, updated.attempts),
+                min(MAX_QUEUE_DELAY, max(0, int(delay + 0.999))),
+            )
+            return "retrying"
+        return outcome.value
+
+    def _attempt(self, webhook: IssuedWebhook, record: DeliveryRecord, now: datetime) -> SendResult:
+        try:
+            target = self._check(webhook.url)
+        except WebhookUrlRefused as refused:
+            return SendResult(None, refused.message)
+        body = record.body.encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "OMS-Webhooks/1",
+            "OMS-Event-Id": record.event_id,
+            "OMS-Event-Type": record.event_type.value,
+            SIGNATURE_HEADER: signature(webhook.secret, int(now.timestamp()), body),
+        }
+        return self._sender.post(target, body, headers, self._timeout)

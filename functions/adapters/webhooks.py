@@ -1,0 +1,265 @@
+"""Webhooks on AWS: subscriptions and deliveries in the Catalog table, the delivery queue (SQS),
+the event bus (EventBridge) and the HTTP client that calls subscribers at checked addresses."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import time
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.domain_events import DomainEvent
+from core.webhooks import (
+    DeliveryMessage,
+    DeliveryQueue,
+    DeliveryRecord,
+    EventPublisher,
+    IssuedWebhook,
+    SendResult,
+    Target,
+    Webhook,
+    WebhookSender,
+    WebhookStore,
+)
+from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
+
+WEBHOOKS_PK = "WEBHOOKS"
+DELIVERY_RETENTION = timedelta(days=30)  # a delivery's record expires (TTL) this long after it was made
+EVENT_SOURCE = "oms"
+_PUT_EVENTS_BATCH = 10  # PutEvents takes at most 10 entries
+
+
+def _deliveries_pk(webhook_id: str) -> str:
+    return f"WEBHOOK#{webhook_id}"
+
+
+class DynamoWebhooks(WebhookStore):
+    """A subscription is one item (pk WEBHOOKS, sk its id) holding its secret: the secret must be
+    readable to sign, so it is protected like the API key records beside it (the table is encrypted
+    at rest, only the API and the delivery function may read it, no response shows it after the
+    create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
+    by time), expiring after DELIVERY_RETENTION."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    # --- Subscriptions ---------------------------------------------------------------------------
+    def add(self, webhook: IssuedWebhook) -> None:
+        item = {"pk": WEBHOOKS_PK, "sk": webhook.id, **webhook.model_dump(mode="python")}
+        self._client.put_item(TableName=self._table, Item=to_item(item), ConditionExpression="attribute_not_exists(pk)")
+
+    def get(self, webhook_id: str) -> IssuedWebhook | None:
+        item = self._client.get_item(
+            TableName=self._table, Key={"pk": {"S": WEBHOOKS_PK}, "sk": {"S": webhook_id}}, ConsistentRead=True
+        ).get("Item")
+        return _webhook(item) if item else None
+
+    def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": WEBHOOKS_PK}},
+            "Limit": limit,
+        }
+        if channel is not None:
+            query["FilterExpression"] = "channel = :channel"
+            query["ExpressionAttributeValues"][":channel"] = {"S": channel}
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "webhooks", {"pk", "sk"})
+        response = self._client.query(**query)
+        last = response.get("LastEvaluatedKey")
+        shown = [Webhook.model_validate(_webhook(item).model_dump(exclude={"secret"})) for item in response["Items"]]
+        return shown, encode_cursor("webhooks", last) if last else None
+
+    def all(self) -> list[IssuedWebhook]:
+        found: list[IssuedWebhook] = []
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": WEBHOOKS_PK}},
+        )
+        for page in pages:
+            found.extend(_webhook(item) for item in page["Items"])
+        return found
+
+    def delete(self, webhook_id: str) -> bool:
+        response = self._client.delete_item(
+            TableName=self._table,
+            Key={"pk": {"S": WEBHOOKS_PK}, "sk": {"S": webhook_id}},
+            ReturnValues="ALL_OLD",
+        )
+        return "Attributes" in response
+
+    # --- Deliveries ------------------------------------------------------------------------------
+    def add_delivery(self, record: DeliveryRecord) -> bool:
+        try:
+            self._client.put_item(
+                TableName=self._table, Item=_delivery_item(record), ConditionExpression="attribute_not_exists(pk)"
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def get_delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord | None:
+        item = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": _deliveries_pk(webhook_id)}, "sk": {"S": delivery_id}},
+            ConsistentRead=True,
+        ).get("Item")
+        return _delivery(item) if item else None
+
+    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> tuple[list[DeliveryRecord], str | None]:
+        scope = f"deliveries:{webhook_id}"
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _deliveries_pk(webhook_id)}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"})
+        response = self._client.query(**query)
+        last = response.get("LastEvaluatedKey")
+        return [_delivery(item) for item in response["Items"]], encode_cursor(scope, last) if last else None
+
+    def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item=_delivery_item(record),
+                ConditionExpression="generation = :generation AND attempts = :attempts",
+                ExpressionAttributeValues={
+                    ":generation": {"N": str(expected.generation)},
+                    ":attempts": {"N": str(expected.attempts)},
+                },
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+
+def _webhook(item: dict[str, Any]) -> IssuedWebhook:
+    values = from_item(item)
+    return IssuedWebhook.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk")})
+
+
+def _delivery_item(record: DeliveryRecord) -> dict[str, Any]:
+    expires = record.created_at + DELIVERY_RETENTION
+    values = {
+        "pk": _deliveries_pk(record.webhook_id),
+        "sk": record.id,
+        **record.model_dump(mode="python"),
+        "expires_at": int(expires.timestamp()),
+    }
+    return to_item(values)
+
+
+def _delivery(item: dict[str, Any]) -> DeliveryRecord:
+    values = from_item(item)
+    for name in ("attempts", "generation", "last_status_code"):
+        if values.get(name) is not None:
+            values[name] = int(values[name])
+    return DeliveryRecord.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk", "expires_at")})
+
+
+class SqsDeliveryQueue(DeliveryQueue):
+    def __init__(self, client: Any, queue_url: str):
+        self._client = client
+        self._queue_url = queue_url
+
+    def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+        self._client.send_message(
+            QueueUrl=self._queue_url, MessageBody=message.to_json(), DelaySeconds=max(0, min(900, delay_seconds))
+        )
+
+
+class EventBridgePublisher(EventPublisher):
+    """Each event onto the bus as source `oms`, detail-type its type, detail the event itself."""
+
+    def __init__(self, client: Any, bus_name: str):
+        self._client = client
+        self._bus_name = bus_name
+
+    def publish(self, events: list[DomainEvent]) -> None:
+        for start in range(0, len(events), _PUT_EVENTS_BATCH):
+            batch = events[start : start + _PUT_EVENTS_BATCH]
+            response = self._client.put_events(
+                Entries=[
+                    {
+                        "EventBusName": self._bus_name,
+                        "Source": EVENT_SOURCE,
+                        "DetailType": event.type.value,
+                        "Detail": event.model_dump_json(),
+                        "Time": event.created_at,
+                        "Resources": [],
+                    }
+                    for event in batch
+                ]
+            )
+            if response.get("FailedEntryCount"):
+                failed = [entry for entry in response.get("Entries", []) if entry.get("ErrorCode")]
+                raise RuntimeError(f"the event bus refused {len(failed)} event(s): {json.dumps(failed)[:500]}")
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (IPv4 and IPv6)."""
+    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+class _PinnedHttps(http.client.HTTPSConnection):
+    """HTTPS to a checked address, with the URL's host for SNI and certificate checks."""
+
+    def __init__(self, address: str, host: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+class _PinnedHttp(http.client.HTTPConnection):
+    def __init__(self, address: str, host: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class HttpWebhookSender(WebhookSender):
+    """Connects to the first checked address (never resolving the name again, so DNS cannot swap
+    in a private address after the check), follows no redirect, and gives up after `timeout`
+    seconds in all: each socket operation gets what is left of it."""
+
+    def post(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> SendResult:
+        deadline = time.monotonic() + timeout
+        connection_type = _PinnedHttps if target.scheme == "https" else _PinnedHttp
+        connection = connection_type(target.addresses[0], target.host, target.port, timeout)
+        try:
+            connection.request("POST", target.path, body=body, headers=headers)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            connection.sock.settimeout(remaining)
+            response = connection.getresponse()
+            response.read(1024)
+            return SendResult(response.status, None if 200 <= response.status < 300 else f"HTTP {response.status}")
+        except (OSError, http.client.HTTPException) as error:
+            reason = (
+                "timed out" if isinstance(error, TimeoutError | socket.timeout) else str(error) or type(error).__name__
+            )
+            return SendResult(None, reason)
+        finally:
+            connection.close()

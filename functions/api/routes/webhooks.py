@@ -1,0 +1,105 @@
+"""Webhooks: subscribe, list, read, delete, and each subscription's deliveries (issue 14)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import BaseModel
+
+from core.access import Scope
+from core.webhooks import Delivery, IssuedWebhook, NewWebhook, Webhook
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.errors import ApiError
+from functions.api.paths import existing
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+WebhookIdPath = existing("webhook", r"^whk_[a-z2-7]{24}$", "Webhook id")
+DeliveryIdPath = existing("delivery", r"^dlv_[0-9a-f]{14}[a-z2-7]{16}$", "Delivery id")
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=2048)]
+
+
+class WebhookPage(BaseModel):
+    items: list[Webhook]
+    next_cursor: str | None = None
+
+
+class DeliveryPage(BaseModel):
+    items: list[Delivery]
+    next_cursor: str | None = None
+
+
+@router.post(
+    "/webhooks",
+    summary="Subscribe a URL to events (the signing secret is shown only in this response)",
+    responses={**ok(201, IssuedWebhook, "The subscription, with its secret"), **errors(400, 403, 413)},
+)
+@requires(Scope.WEBHOOKS_WRITE)
+def subscribe(request: NewWebhook) -> Response[IssuedWebhook]:
+    who = caller(router)
+    if who.channel is not None:
+        if request.channel not in (None, who.channel):
+            raise ApiError(403, "forbidden", f"this API key subscribes to channel {who.channel}'s events only")
+        request = request.model_copy(update={"channel": who.channel})
+    return Response(201, content_types.APPLICATION_JSON, container().webhooks.subscribe(request))
+
+
+@router.get(
+    "/webhooks",
+    summary="List webhook subscriptions (never their secrets)",
+    responses={**ok(200, WebhookPage, "A page of subscriptions"), **errors(403)},
+)
+@requires(Scope.WEBHOOKS_WRITE)
+def list_webhooks(limit: Limit = 25, cursor: Cursor = None) -> WebhookPage:
+    items, next_cursor = container().webhooks.list(caller(router).channel, limit, cursor)
+    return WebhookPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/webhooks/<webhook_id>",
+    summary="Get a webhook subscription",
+    responses={**ok(200, Webhook, "The subscription"), **errors(403, 404)},
+)
+@requires(Scope.WEBHOOKS_WRITE)
+def get_webhook(webhook_id: WebhookIdPath) -> Webhook:
+    return container().webhooks.get(webhook_id, caller(router).channel)
+
+
+@router.delete(
+    "/webhooks/<webhook_id>",
+    summary="Delete a webhook subscription (nothing more is sent to it)",
+    responses={204: {"description": "Deleted"}, **errors(403, 404)},
+)
+@requires(Scope.WEBHOOKS_WRITE)
+# No return annotation: powertools would try to build a response schema from a bare Response.
+def delete_webhook(webhook_id: WebhookIdPath):
+    container().webhooks.delete(webhook_id, caller(router).channel)
+    return Response(204, content_types.APPLICATION_JSON, "")
+
+
+@router.get(
+    "/webhooks/<webhook_id>/deliveries",
+    summary="A subscription's deliveries, newest first",
+    responses={**ok(200, DeliveryPage, "A page of deliveries"), **errors(403, 404)},
+)
+@requires(Scope.WEBHOOKS_WRITE)
+def list_deliveries(webhook_id: WebhookIdPath, limit: Limit = 25, cursor: Cursor = None) -> DeliveryPage:
+    items, next_cursor = container().webhooks.deliveries(webhook_id, caller(router).channel, limit, cursor)
+    return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/webhooks/<webhook_id>/deliveries/<delivery_id>/retry",
+    summary="Send a delivery again now",
+    responses={**ok(202, Delivery, "The delivery, queued for an attempt now"), **errors(403, 404)},
+)
+@requires(Scope.WEBHOOKS_WRITE)
+def retry_delivery(webhook_id: WebhookIdPath, delivery_id: DeliveryIdPath) -> Response[Delivery]:
+    delivery = container().webhooks.retry(webhook_id, delivery_id, caller(router).channel)
+    return Response(202, content_types.APPLICATION_JSON, delivery)

@@ -1,0 +1,41 @@
+"""Webhook delivery queue consumer: one message is one attempt to POST one event to one subscriber."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from core.webhooks import DeliveryMessage
+from functions.bootstrap import WarmContainer
+
+logger = Logger()
+# The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
+processor = BatchProcessor(event_type=EventType.SQS)
+container = WarmContainer()
+
+
+def deliver(record: SQSRecord) -> None:
+    """A subscriber's answer, whatever it is, is recorded and the message succeeds; what raises
+    here is ours (AWS errors) and the queue delivers the message again, then dead-letters it."""
+    message = DeliveryMessage.from_json(record.body)
+    with logger.append_context_keys(webhook_id=message.webhook_id, delivery_id=message.delivery_id):
+        outcome = container().delivery_worker.handle(message)
+        logger.info("webhook delivery", extra={"outcome": outcome, "attempts": message.attempts})
+    if outcome == "failed":
+        metrics.add_metric(name="WebhookDeliveriesFailed", unit=MetricUnit.Count, value=1)
+    elif outcome == "delivered":
+        metrics.add_metric(name="WebhookDeliveriesDelivered", unit=MetricUnit.Count, value=1)
+    elif outcome == "retrying":
+        metrics.add_metric(name="WebhookAttemptsFailed", unit=MetricUnit.Count, value=1)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=deliver, processor=processor, context=context)

@@ -1,0 +1,227 @@
+"""Webhooks over real HTTP: a receiver on loopback subscribes, orders move, signed events arrive;
+a receiver that fails is retried until it answers (issue 14 items 1 and 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.stack import EmbeddedStack
+from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique
+from tests.e2e.conftest import workflow_stack
+
+WAIT_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    with workflow_stack() as started:
+        yield started
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records each POST; `failures` first answers are 503."""
+
+    def __init__(self, failures: int = 0):
+        self.received: list[dict[str, Any]] = []
+        self.failures = failures
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    receiver.received.append({"headers": dict(self.headers), "body": body})
+                    failing = receiver.failures > 0
+                    receiver.failures -= 1
+                self.send_response(503 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, predicate: Any) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not predicate(self.received):
+            assert time.monotonic() < deadline, (
+                f"not received in time: {[r['headers'].get('OMS-Event-Type') for r in self.received]}"
+            )
+            time.sleep(0.1)
+        return list(self.received)
+
+
+def readme_verify() -> Any:
+    """The `verify` function of the README's "Verify a delivery", exactly as written there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- verify-signature -->\n```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert block is not None, "README lost its signature verification example"
+    namespace: dict[str, Any] = {}
+    exec(block.group(1), namespace)  # the README's own code, run as a receiver would
+    return namespace["verify"]
+
+
+verify = readme_verify()
+
+
+def events_of(received: list[dict[str, Any]], order_id: str) -> list[str]:
+    return [json.loads(r["body"])["type"] for r in received if json.loads(r["body"])["data"]["order"]["id"] == order_id]
+
+
+def test_a_subscriber_receives_signed_events_as_an_order_moves_and_a_failing_one_is_retried(
+    stack: EmbeddedStack, api: Api
+):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00")
+    catalog.stock(sku, network["west"], 5)
+    channel = unique("web")
+    receiver, flaky = Receiver(), Receiver(failures=2)
+    try:
+        subscribed = api.post("/webhooks", json={"url": receiver.url, "events": ["*"]})
+        assert subscribed.status_code == 201, subscribed.text
+        webhook = subscribed.json()
+        assert webhook["id"].startswith("whk_") and webhook["secret"]
+        assert "secret" not in api.get(f"/webhooks/{webhook['id']}").json()
+        # A channel-bound subscription to allocations only, whose receiver fails twice first.
+        flaky_hook = api.post("/webhooks", json={"url": flaky.url, "events": ["order.allocated"], "channel": channel})
+        assert flaky_hook.status_code == 201, flaky_hook.text
+
+        placed = api.post("/orders", json=order_body((sku, 1), channel=channel))
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["id"]
+        other = api.post("/orders", json=order_body((sku, 1)))  # channel "web": not the flaky one's
+        assert other.status_code == 201, other.text
+
+        received = receiver.wait_for(lambda got: "order.allocated" in events_of(got, order_id))
+        assert events_of(received, order_id)[:3] == ["order.created", "order.authorized", "order.allocated"]
+        for delivery in received:
+            assert verify(webhook["secret"], delivery["headers"], delivery["body"])
+            event = json.loads(delivery["body"])
+            assert delivery["headers"]["OMS-Event-Id"] == event["id"] and event["id"].startswith("evt_")
+            assert delivery["headers"]["OMS-Event-Type"] == event["type"]
+        allocated = next(json.loads(r["body"]) for r in received if events_of([r], order_id) == ["order.allocated"])
+        assert allocated["data"]["order"]["status"] == "allocated"
+
+        # The failing receiver: 503, 503, then 204 for the same event (same id), within the
+        # compressed local schedule; it never gets the other channel's order.
+        attempts = flaky.wait_for(lambda got: len(got) >= 3)
+        bodies = [json.loads(a["body"]) for a in attempts]
+        assert {b["id"] for b in bodies} == {bodies[0]["id"]} and bodies[0]["type"] == "order.allocated"
+        assert {b["data"]["order"]["id"] for b in bodies} == {order_id}
+        deliveries = _deliveries_when(api, flaky_hook.json()["id"], "delivered")
+        assert [(d["event_id"], d["attempts"], d["last_status_code"]) for d in deliveries] == [
+            (bodies[0]["id"], 3, 204)
+        ]
+        # A manual retry sends it once more, with the same event id.
+        retried = api.post(f"/webhooks/{flaky_hook.json()['id']}/deliveries/{deliveries[0]['id']}/retry")
+        assert retried.status_code == 202, retried.text
+        again = flaky.wait_for(lambda got: len(got) >= 4)
+        assert json.loads(again[3]["body"])["id"] == bodies[0]["id"]
+
+        assert api.request("DELETE", f"/webhooks/{webhook['id']}").status_code == 204
+        assert_error(api.get(f"/webhooks/{webhook['id']}"), 404, "not_found")
+    finally:
+        receiver.close()
+        flaky.close()
+
+
+def _deliveries_when(api: Api, webhook_id: str, status: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        response = api.get(f"/webhooks/{webhook_id}/deliveries")
+        assert response.status_code == 200, response.text
+        items = response.json()["items"]
+        if items and all(item["status"] == status for item in items):
+            return items
+        assert time.monotonic() < deadline, items
+        time.sleep(0.2)
+
+
+def test_subscriptions_refuse_urls_a_delivery_may_not_reach_and_channel_keys_see_their_own(api: Api):
+    for url in ("ftp://example.com/x", "http://example.com/hook", "http://10.0.0.1/hook", "https://127.0.0.1/hook"):
+        assert_error(api.post("/webhooks", json={"url": url, "events": ["*"]}), 422, "webhook_url_refused", "url")
+    assert_error(api.post("/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["order.nope"]}), 422)
+
+    channel = unique("shop")
+    key = api.post("/api-keys", json={"name": unique("hooks"), "scopes": ["webhooks:write"], "channel": channel})
+    assert key.status_code == 201, key.text
+    secret = key.json()["key"]
+    own = api.post("/webhooks", json={"url": "http://127.0.0.1:9/own", "events": ["shipment.shipped"]}, key=secret)
+    assert own.status_code == 201, own.text
+    assert own.json()["channel"] == channel
+    assert_error(
+        api.post("/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["*"], "channel": "web"}, key=secret), 403
+    )
+    admins = api.post("/webhooks", json={"url": "http://127.0.0.1:9/admin", "events": ["*"]})
+    assert_error(api.get(f"/webhooks/{admins.json()['id']}", key=secret), 404)
+    listed = api.get("/webhooks", key=secret).json()["items"]
+    assert [hook["id"] for hook in listed] == [own.json()["id"]]
+    reader = api.post("/api-keys", json={"name": unique("reader"), "scopes": ["orders:read"]}).json()["key"]
+    assert_error(api.get("/webhooks", key=reader), 403)
+
+
+def test_the_local_stack_holds_the_templates_bus_and_a_rule_on_it_receives_order_events(stack: EmbeddedStack, api: Api):
+    events, sqs = stack.client("events"), stack.client("sqs")
+    bus = stack.event_bus_names["EventBus"]
+    assert bus == f"{stack.stack_name}-events" and events.describe_event_bus(Name=bus)["Name"] == bus
+    tap = sqs.create_queue(QueueName=unique("tap"))["QueueUrl"]
+    tap_arn = sqs.get_queue_attributes(QueueUrl=tap, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="created", EventBusName=bus, EventPattern=json.dumps({"detail-type": ["order.created"]}))
+    events.put_targets(Rule="created", EventBusName=bus, Targets=[{"Id": "tap", "Arn": tap_arn}])
+    (sku,) = Catalog(api).stocked("5.00")
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        messages = sqs.receive_message(QueueUrl=tap, MaxNumberOfMessages=10).get("Messages", [])
+        found = [json.loads(m["Body"]) for m in messages]
+        found = [e for e in found if e["detail"]["data"]["order"]["id"] == placed.json()["id"]]
+        if found:
+            break
+        assert time.monotonic() < deadline, "no order.created on the bus"
+        time.sleep(0.1)
+    assert found[0]["source"] == "oms" and found[0]["detail"]["type"] == "order.created"
+
+
+def test_every_call_the_events_and_delivery_functions_make_is_granted_by_the_template(stack: EmbeddedStack, api: Api):
+    from tests.template_iam import calls_by_function, granted
+
+    receiver = Receiver(failures=1)
+    try:
+        webhook = api.post("/webhooks", json={"url": receiver.url, "events": ["order.created"]})
+        assert webhook.status_code == 201, webhook.text
+        (sku,) = Catalog(api).stocked("7.00")
+        with calls_by_function(stack) as calls:
+            placed = api.post("/orders", json=order_body((sku, 1)))
+            assert placed.status_code == 201, placed.text
+            receiver.wait_for(lambda got: len(got) >= 2)  # a failed attempt, then the retry
+            (delivery,) = _deliveries_when(api, webhook.json()["id"], "delivered")
+            retried = api.post(f"/webhooks/{webhook.json()['id']}/deliveries/{delivery['id']}/retry")
+            assert retried.status_code == 202, retried.text
+            receiver.wait_for(lambda got: len(got) >= 3)
+        assert {"EventsFunction", "WebhookDeliveryFunction", "ApiFunction"} <= set(calls), sorted(calls)
+        for function, needed in calls.items():
+            assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"
+    finally:
+        receiver.close()

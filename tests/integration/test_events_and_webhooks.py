@@ -1,0 +1,314 @@
+"""Events and webhooks on moto: the Orders stream handler publishes to the bus and queues deliveries
+(a redelivered record gives the same events and no second delivery); the delivery handler signs
+and POSTs to a receiver over real HTTP on loopback, retries after a 5xx or a timeout."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import boto3
+import pytest
+
+from core.models import HistoryEntry
+from core.status import OrderStatus
+from core.webhooks import DeliveryMessage, IssuedWebhook, verify_signature
+from functions.adapters.webhooks import SqsDeliveryQueue
+from tests.unit.conftest import a_stored_order
+
+REGION = "us-east-1"
+
+
+class Context:
+    function_name = "EventsFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:EventsFunction"
+    aws_request_id = "test-request"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+@pytest.fixture
+def wired(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A bus whose every event is copied to a queue (a rule, as another stack would subscribe),
+    the delivery queue, and the functions' environment naming them."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    events = boto3.client("events", region_name=REGION)
+    events.create_event_bus(Name="test-events")
+    tap = sqs.create_queue(QueueName="bus-tap")["QueueUrl"]
+    tap_arn = sqs.get_queue_attributes(QueueUrl=tap, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="everything", EventBusName="test-events", EventPattern=json.dumps({"source": ["oms"]}))
+    events.put_targets(Rule="everything", EventBusName="test-events", Targets=[{"Id": "tap", "Arn": tap_arn}])
+    deliveries = sqs.create_queue(QueueName="webhook-deliveries")["QueueUrl"]
+    monkeypatch.setenv("EVENT_BUS_NAME", "test-events")
+    monkeypatch.setenv("WEBHOOK_QUEUE_URL", deliveries)
+    monkeypatch.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
+    from functions.events.app import container as events_container
+    from functions.webhook_delivery.app import container as delivery_container
+
+    events_container.forget()
+    delivery_container.forget()
+    yield {"sqs": sqs, "tap": tap, "deliveries": deliveries}
+    events_container.forget()
+    delivery_container.forget()
+
+
+def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
+    messages = []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        messages += batch
+        for message in batch:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return messages
+
+
+def lambda_image(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as Lambda's stream event carries it: binary attributes in base64."""
+    return {
+        name: {"B": base64.b64encode(value["B"]).decode()} if "B" in value else value for name, value in item.items()
+    }
+
+
+def stream_event(*changes: tuple[str, dict | None, dict]) -> dict[str, Any]:
+    records = []
+    for number, (name, old, new) in enumerate(changes):
+        images = {"Keys": {"id": new["id"]}, "NewImage": lambda_image(new), "SequenceNumber": str(100 + number)}
+        if old is not None:
+            images["OldImage"] = lambda_image(old)
+        records.append(
+            {
+                "eventID": f"e{number}",
+                "eventName": name,
+                "eventSource": "aws:dynamodb",
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/x",
+                "dynamodb": images,
+            }
+        )
+    return {"Records": records}
+
+
+def stored_item(aws, order_id: str) -> dict[str, Any]:
+    return aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order_id}})["Item"]
+
+
+def an_order_allocated(aws) -> tuple[dict, dict, dict]:
+    """A new order's item, then the same order allocated: the two changes of the stream."""
+    from functions.adapters.dynamodb import DynamoOrders
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    placed = a_stored_order(("TSHIRT", 1), id="ord_events1", status=OrderStatus.PENDING)
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    orders.add(placed, HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    created = stored_item(aws, placed.id)
+    authorized = placed.model_copy(update={"status": OrderStatus.AUTHORIZED, "version": 2})
+    orders.update(authorized, placed, [])
+    after_authorized = stored_item(aws, placed.id)
+    return created, after_authorized, {}
+
+
+def subscribe(url: str, events: list[str], channel: str | None = None) -> IssuedWebhook:
+    from functions.events.app import container
+
+    webhook = IssuedWebhook(
+        id=f"whk_{'a' * 20}{len(url) % 10:04d}",
+        url=url,
+        events=events,
+        channel=channel,
+        created_at=datetime(2026, 12, 1, tzinfo=UTC),
+        secret="whsec_test",
+    )
+    container().webhook_store.add(webhook)
+    return webhook
+
+
+def test_order_changes_go_to_the_bus_and_to_matching_subscriptions_once_even_when_redelivered(aws, wired):
+    from functions.events.app import container, lambda_handler
+
+    created, authorized, _ = an_order_allocated(aws)
+    everything = subscribe("http://127.0.0.1:9/all", ["*"])
+    subscribe("http://127.0.0.1:9/shop", ["*"], channel="shop")  # another channel: gets nothing
+    stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized))
+
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    on_bus = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert [(e["source"], e["detail-type"]) for e in on_bus] == [("oms", "order.created"), ("oms", "order.authorized")]
+    assert on_bus[1]["detail"]["data"]["order"]["status"] == "authorized"
+    assert on_bus[1]["detail"]["id"].startswith("evt_")
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert {q["webhook_id"] for q in queued} == {everything.id} and len(queued) == 2
+    records, _ = container().webhook_store.deliveries(everything.id, 10, None)
+    assert sorted(r.event_type.value for r in records) == ["order.authorized", "order.created"]
+
+    # The stream delivers the same records again (a retried batch): the same event ids reach the
+    # bus (subscribers dedupe on them) and no delivery is made twice.
+    records_before = {r.id: r for r in records}
+    for record in records:  # as if both had been tried once already
+        container().webhook_store.update_delivery(record.model_copy(update={"attempts": 1}), record)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    again = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["detail"]["id"] for e in again] == [e["detail"]["id"] for e in on_bus]
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+    assert set(records_before) == {r.id for r in container().webhook_store.deliveries(everything.id, 10, None)[0]}
+
+
+class Receiver:
+    """Answers each POST with the next of `answers` (an int status, or "slow" to sleep past the
+    client's timeout), recording what it received."""
+
+    def __init__(self, *answers: Any):
+        self.answers = list(answers)
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), body))
+                answer = receiver.answers.pop(0) if receiver.answers else 200
+                if answer == "slow":
+                    time.sleep(1.5)
+                    answer = 200
+                try:
+                    self.send_response(answer)
+                    self.end_headers()
+                except OSError:
+                    pass  # the client gave up
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RecordingQueue(SqsDeliveryQueue):
+    """The real queue, remembering what it was sent (a retry's message is delayed in SQS)."""
+
+    def __init__(self, client: Any, url: str):
+        super().__init__(client, url)
+        self.sent: list[tuple[DeliveryMessage, int]] = []
+
+    def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+        self.sent.append((message, delay_seconds))
+        super().send(message, delay_seconds)
+
+
+def sqs_event(message: DeliveryMessage) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": "m1",
+                "receiptHandle": "r1",
+                "body": message.to_json(),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:webhook-deliveries",
+            }
+        ]
+    }
+
+
+def test_deliveries_are_signed_posts_over_http_retried_after_a_5xx_and_a_timeout(aws, wired):
+    from core.webhooks import DeliveryWorker
+    from functions.events.app import container as events_container
+    from functions.events.app import lambda_handler as events_handler
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    receiver = Receiver(503, "slow", 204)
+    try:
+        webhook = subscribe(receiver.url, ["order.created"])
+        created, _, _ = an_order_allocated(aws)
+        events_handler(stream_event(("INSERT", None, created)), Context())
+        (queued,) = drain(wired["sqs"], wired["deliveries"])
+        message = DeliveryMessage.from_json(queued["Body"])
+        c = container()
+        queue = RecordingQueue(c.sqs, wired["deliveries"])
+        # Each attempt as soon as it is due: the clock jumps to the scheduled time.
+        now = [datetime.now(UTC)]
+        worker = DeliveryWorker(
+            c.webhook_store, queue, c.webhook_sender, c.check_webhook_url,
+            lambda: now[0], c.retry_schedule, lambda: 1.0, timeout=0.5,
+        )  # fmt: skip
+        errors = []
+        with container.override(type(c)(c.config)) as fresh:
+            fresh.__dict__["delivery_worker"] = worker
+            for _ in range(3):
+                assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+                record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+                if record.status != "pending":
+                    break
+                errors.append(record.last_error)
+                message, _ = queue.sent[-1]
+                now[0] = record.next_attempt_at
+        # Backoff: 30 s after the 5xx, 60 s after the timeout (AWS's schedule, jitter at its top).
+        assert [delay for _, delay in queue.sent] == [30, 60]
+        assert [m.attempts for m, _ in queue.sent] == [1, 2]
+        assert errors == ["HTTP 503", "timed out"]
+        record = events_container().webhook_store.get_delivery(webhook.id, message.delivery_id)
+        assert (record.status, record.attempts, record.last_status_code) == ("delivered", 3, 204)
+        assert len(receiver.received) == 3
+        bodies = {body for _, body in receiver.received}
+        assert len(bodies) == 1  # every attempt sends the same event
+        for headers, body in receiver.received:
+            assert verify_signature("whsec_test", headers["OMS-Signature"], body, now=int(time.time()))
+            assert headers["OMS-Event-Type"] == "order.created"
+            assert headers["OMS-Event-Id"] == json.loads(body)["id"]
+    finally:
+        receiver.close()
+
+
+def test_a_subscription_url_that_resolves_privately_is_refused_at_send_time_without_a_call(aws, wired, monkeypatch):
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    webhook = subscribe("https://hooks.example.com/x", ["order.created"])
+    created, _, _ = an_order_allocated(aws)
+    from functions.events.app import lambda_handler as events_handler
+
+    events_handler(stream_event(("INSERT", None, created)), Context())
+    (queued,) = drain(wired["sqs"], wired["deliveries"])
+    message = DeliveryMessage.from_json(queued["Body"])
+    c = container()
+    c.__dict__["url_resolver"] = lambda host, port: ["169.254.169.254"]  # the metadata service
+    assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert record.status == "pending" and record.attempts == 1 and record.last_status_code is None
+    assert "private, loopback or link-local" in record.last_error
+
+
+def test_subscriptions_list_by_channel_and_page(aws, wired):
+    from functions.adapters.webhooks import DynamoWebhooks
+
+    store = DynamoWebhooks(aws.dynamodb, aws.tables["CatalogTable"])
+    for index in range(3):
+        store.add(
+            IssuedWebhook(
+                id=f"whk_{index:024d}",
+                url="https://a.example/h",
+                events=["*"],
+                channel="shop" if index else None,
+                created_at=datetime(2026, 12, 1, tzinfo=UTC),
+                secret="whsec_x",
+            )
+        )
+    first, cursor = store.list(None, 2, None)
+    second, end = store.list(None, 2, cursor)
+    assert [w.id for w in first + second] == [f"whk_{i:024d}" for i in range(3)] and end is None
+    assert all("secret" not in w.model_dump() for w in first)
+    assert [w.id for w in store.list("shop", 25, None)[0]] == [f"whk_{i:024d}" for i in (1, 2)]
+    assert store.delete("whk_" + "0" * 24) and not store.delete("whk_" + "0" * 24)

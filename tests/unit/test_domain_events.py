@@ -1,0 +1,218 @@
+"""Domain events from two versions of an order document: each contract type, stable ids."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from core.domain_events import EventType, event_id, order_events
+
+USD = "USD"
+
+
+def money(amount: str) -> dict[str, str]:
+    return {"amount": amount, "currency": USD}
+
+
+def order_doc(**changes: Any) -> dict[str, Any]:
+    """An order document as the Orders table stores it (Order.stored_json), `version` 1."""
+    doc: dict[str, Any] = {
+        "id": "ord_aaaaaaaaaaaaaaaaaaaaaaaa",
+        "status": "pending",
+        "channel": "web",
+        "external_id": "web-1",
+        "currency": USD,
+        "customer": {"id": "cus_1", "email": "ada@example.com", "name": "Ada"},
+        "lines": [
+            {
+                "line_id": "l1",
+                "sku": "TSHIRT",
+                "quantity": 1,
+                "unit_price": money("10.00"),
+                "discount": money("0.00"),
+                "tax": money("0.00"),
+                "total": money("10.00"),
+            }
+        ],
+        "shipping_address": {"name": "Ada", "line1": "1 Main", "city": "SF", "postal_code": "94105", "country": "US"},
+        "fulfillment": {"type": "ship"},
+        "totals": {
+            "subtotal": money("10.00"),
+            "discount": money("0.00"),
+            "shipping": money("0.00"),
+            "tax": money("0.00"),
+            "grand_total": money("10.00"),
+        },
+        "payment": {
+            "method": "test",
+            "authorized": money("0.00"),
+            "captured": money("0.00"),
+            "refunded": money("0.00"),
+        },
+        "created_at": "2026-12-01T10:00:00Z",
+        "updated_at": "2026-12-01T10:00:00Z",
+        "version": 1,
+    }
+    doc.update(copy.deepcopy(changes))
+    return doc
+
+
+def next_version(old: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return order_doc(**{**old, "version": old["version"] + 1, "updated_at": "2026-12-01T10:05:00Z", **changes})
+
+
+def shipment(status: str, shipment_id: str = "shp_1", label: str | None = "labels/ord/shp_1.pdf") -> dict[str, Any]:
+    return {
+        "id": shipment_id,
+        "location_id": "wh1",
+        "lines": [{"line_id": "l1", "quantity": 1}],
+        "carrier": "flat",
+        "service": "ground",
+        "status": status,
+        "label_url": label,
+    }
+
+
+def types(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    return [event.type.value for event in order_events(old, new)]
+
+
+def test_a_new_order_is_order_created_with_the_order_as_the_api_shows_it():
+    new = order_doc()
+    (event,) = order_events(None, new)
+    assert event.type is EventType.ORDER_CREATED
+    assert event.id == event_id(new["id"], 1, EventType.ORDER_CREATED)
+    assert event.data["order"]["id"] == new["id"] and event.data["order"]["totals"]["grand_total"] == money("10.00")
+    assert event.created_at.isoformat() == "2026-12-01T10:00:00+00:00"
+    assert event.channel == "web"
+
+
+def test_a_new_order_held_by_a_review_rule_is_created_and_on_hold():
+    hold = {"reason": "fraud_review", "since": "2026-12-01T10:00:00Z", "resume_to": "pending"}
+    assert types(None, order_doc(status="on_hold", hold=hold)) == ["order.created", "order.on_hold"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        ("pending", "authorized", "order.authorized"),
+        ("pending", "payment_failed", "order.payment_failed"),
+        ("authorized", "backordered", "order.backordered"),
+        ("authorized", "allocated", "order.allocated"),
+        ("backordered", "allocated", "order.allocated"),
+        ("allocated", "cancelled", "order.cancelled"),
+        ("shipped", "delivered", "order.delivered"),
+    ],
+)
+def test_each_status_reached_is_its_event(before: str, after: str, expected: str):
+    old = order_doc(status=before)
+    assert types(old, next_version(old, status=after)) == [expected]
+
+
+def test_statuses_without_an_event_of_their_own_give_none():
+    old = order_doc(status="allocated")
+    assert types(old, next_version(old, status="partially_shipped")) == []
+
+
+def test_a_hold_and_its_release_are_on_hold_and_released_not_the_status_resumed():
+    old = order_doc(status="authorized")
+    held = next_version(
+        old, status="on_hold", hold={"reason": "other", "since": "2026-12-01T10:05:00Z", "resume_to": "authorized"}
+    )
+    assert types(old, held) == ["order.on_hold"]
+    released = next_version(held, status="authorized", hold=None)
+    assert types(held, released) == ["order.released"]
+    cancelled = next_version(held, status="cancelled", hold=None)
+    assert types(held, cancelled) == ["order.cancelled"]
+
+
+def test_jeopardy_is_an_event_when_it_is_marked_and_not_again_while_it_stays():
+    old = order_doc(status="authorized")
+    marked = next_version(old, jeopardy={"reason": "late", "status": "authorized", "since": "2026-12-01T10:20:00Z"})
+    assert types(old, marked) == ["order.jeopardy"]
+    assert types(marked, next_version(marked)) == []
+
+
+def test_shipments_shipped_delivered_and_rejected_carry_the_shipment_without_a_stored_label_key():
+    old = order_doc(status="allocated", shipments=[shipment("pending"), shipment("pending", "shp_2")])
+    shipped = next_version(
+        old, status="partially_shipped", shipments=[shipment("shipped"), shipment("pending", "shp_2")]
+    )
+    (event,) = order_events(old, shipped)
+    assert event.type is EventType.SHIPMENT_SHIPPED
+    assert event.data["shipment"]["id"] == "shp_1" and event.data["shipment"]["status"] == "shipped"
+    assert event.data["shipment"]["label_url"] is None
+    assert all(s["label_url"] is None for s in event.data["order"]["shipments"])
+    delivered = next_version(shipped, shipments=[shipment("delivered"), shipment("pending", "shp_2")])
+    assert types(shipped, delivered) == ["shipment.delivered"]
+    rejected = next_version(delivered, shipments=[shipment("delivered"), shipment("rejected", "shp_2")])
+    assert types(delivered, rejected) == ["shipment.rejected"]
+
+
+def test_a_refund_the_gateway_approved_is_refund_succeeded_as_the_contracts_refund():
+    old = order_doc(status="shipped")
+    refund = {
+        "id": "ref_1",
+        "amount": money("4.00"),
+        "reason": "late",
+        "reference": "gw-1",
+        "at": "2026-12-01T11:00:00Z",
+    }
+    new = next_version(old, payment={**old["payment"], "refunds": [refund], "refunded": money("4.00")})
+    (event,) = order_events(old, new)
+    assert event.type is EventType.REFUND_SUCCEEDED
+    assert event.data["refund"] == {
+        "id": "ref_1",
+        "order_id": old["id"],
+        "amount": money("4.00"),
+        "reason": "late",
+        "status": "succeeded",
+        "created_at": "2026-12-01T11:00:00Z",
+    }
+
+
+def test_refunds_with_a_status_give_succeeded_and_failed():
+    old = order_doc(status="shipped", refunds=[])
+    refunds = [
+        {"id": "ref_1", "amount": money("1.00"), "reason": "x", "status": "succeeded"},
+        {"id": "ref_2", "amount": money("2.00"), "reason": "y", "status": "failed"},
+    ]
+    new = next_version(old, refunds=refunds)
+    assert types(old, new) == ["refund.succeeded", "refund.failed"]
+    assert [e.data["refund"]["order_id"] for e in order_events(old, new)] == [old["id"]] * 2
+
+
+def test_returns_created_and_received():
+    old = order_doc(status="delivered")
+    requested = next_version(old, returns=[{"id": "rma_1", "status": "authorized"}])
+    assert types(old, requested) == ["return.created"]
+    received = next_version(requested, status="partially_returned", returns=[{"id": "rma_1", "status": "received"}])
+    (event,) = order_events(requested, received)
+    assert event.type is EventType.RETURN_RECEIVED and event.data["return"]["id"] == "rma_1"
+    refunded = next_version(received, returns=[{"id": "rma_1", "status": "refunded"}])
+    assert types(received, refunded) == []
+
+
+def test_the_same_change_gives_the_same_ids_and_another_change_other_ids():
+    old = order_doc(status="pending")
+    new = next_version(old, status="authorized")
+    assert [e.id for e in order_events(old, new)] == [e.id for e in order_events(old, new)]
+    later = next_version(new, status="allocated")
+    assert {e.id for e in order_events(old, new)}.isdisjoint(e.id for e in order_events(new, later))
+
+
+def test_a_change_that_only_appends_history_and_items_that_are_not_orders_give_nothing():
+    old = order_doc(status="authorized")
+    assert types(old, old) == []
+    assert order_events(None, {"pk": "something else"}) == []
+
+
+def test_every_contract_type_is_known():
+    contract = (
+        "order.created order.authorized order.payment_failed order.on_hold order.released order.backordered "
+        "order.allocated order.cancelled order.jeopardy order.delivered shipment.shipped shipment.delivered "
+        "shipment.rejected return.created return.received refund.succeeded refund.failed import.completed inventory.low"
+    )
+    assert {t.value for t in EventType} == set(contract.split())

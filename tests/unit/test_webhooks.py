@@ -1,0 +1,441 @@
+"""Webhooks in core: URL checks (SSRF), signing, the retry schedule, fan-out and the delivery worker."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+import pytest
+
+from core.domain_events import DomainEvent, EventType, event_id
+from core.errors import InvalidTransition, NotFound
+from core.status import DeliveryStatus
+from core.webhooks import (
+    DeliveryMessage,
+    DeliveryQueue,
+    DeliveryRecord,
+    DeliveryWorker,
+    EventDispatcher,
+    EventPublisher,
+    IssuedWebhook,
+    NewWebhook,
+    RetrySchedule,
+    SendResult,
+    Target,
+    Webhook,
+    Webhooks,
+    WebhookSender,
+    WebhookStore,
+    WebhookUrlRefused,
+    check_url,
+    signature,
+    verify_signature,
+)
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+# --- URL checks -----------------------------------------------------------------------------------
+def resolver(*addresses: str):
+    return lambda host, port: list(addresses)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://example.com/hook", "ftp://example.com/", "https://user:pw@example.com/", "https:///nohost", "nonsense"],
+)
+def test_only_https_urls_without_credentials_are_accepted(url: str):
+    with pytest.raises(WebhookUrlRefused):
+        check_url(url, resolver("93.184.216.34"))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "0.0.0.0",
+        "100.64.0.1",
+        "224.0.0.1",
+    ],
+)
+def test_a_host_resolving_to_a_private_loopback_or_link_local_address_is_refused(address: str):
+    with pytest.raises(WebhookUrlRefused) as refused:
+        check_url("https://hooks.example.com/x", resolver("93.184.216.34", address))
+    assert refused.value.details == [{"field": "url", "message": refused.value.details[0]["message"]}]
+
+
+def test_a_host_that_does_not_resolve_is_refused():
+    def fails(host: str, port: int) -> list[str]:
+        raise OSError("no such host")
+
+    with pytest.raises(WebhookUrlRefused, match="does not resolve"):
+        check_url("https://nowhere.example/x", fails)
+
+
+def test_a_public_https_url_is_a_target_pinned_to_its_checked_addresses():
+    target = check_url("https://Hooks.Example.com:8443/in?x=1", resolver("93.184.216.34", "93.184.216.34"))
+    assert target == Target("https", "hooks.example.com", 8443, "/in?x=1", ("93.184.216.34",))
+
+
+def test_plain_http_to_127_0_0_1_is_accepted_only_where_allowed_and_nothing_else_local():
+    assert check_url("http://127.0.0.1:9000/h", resolver(), allow_local_http=True).addresses == ("127.0.0.1",)
+    with pytest.raises(WebhookUrlRefused):
+        check_url("http://127.0.0.1:9000/h", resolver("127.0.0.1"))
+    with pytest.raises(WebhookUrlRefused):
+        check_url("http://localhost:9000/h", resolver("127.0.0.1"), allow_local_http=True)
+    with pytest.raises(WebhookUrlRefused):
+        check_url("https://127.0.0.1/h", resolver("127.0.0.1"), allow_local_http=True)
+
+
+# --- Signing --------------------------------------------------------------------------------------
+def test_the_signature_is_hmac_sha256_of_timestamp_dot_body_as_the_contract_says():
+    body = b'{"id":"evt_1"}'
+    expected = hmac.new(b"whsec_x", b"1764590400." + body, hashlib.sha256).hexdigest()
+    assert signature("whsec_x", 1764590400, body) == f"t=1764590400,v1={expected}"
+
+
+def test_a_receiver_accepts_a_fresh_signature_and_refuses_a_tampered_old_or_foreign_one():
+    body = b'{"id":"evt_1"}'
+    header = signature("whsec_x", 1000, body)
+    assert verify_signature("whsec_x", header, body, now=1100)
+    assert not verify_signature("whsec_x", header, body + b" ", now=1100)
+    assert not verify_signature("whsec_other", header, body, now=1100)
+    assert not verify_signature("whsec_x", header, body, now=1000 + 301)
+    assert not verify_signature("whsec_x", "garbage", body, now=1000)
+
+
+# --- Retry schedule -------------------------------------------------------------------------------
+def test_backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half():
+    schedule = RetrySchedule(base_seconds=30, max_delay_seconds=3600, window_seconds=86400)
+    assert [schedule.delay(n, lambda: 1.0) for n in (1, 2, 3, 4)] == [30, 60, 120, 240]
+    assert [schedule.delay(n, lambda: 0.0) for n in (1, 2, 3)] == [15, 30, 60]
+    assert schedule.delay(20, lambda: 1.0) == 3600
+
+
+def record(**changes: Any) -> DeliveryRecord:
+    values: dict[str, Any] = {
+        "id": "dlv_0000000000000aabcdefghabcdefgh",
+        "event_id": "evt_x",
+        "event_type": EventType.ORDER_CREATED,
+        "status": DeliveryStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": NOW,
+        "webhook_id": "whk_1",
+        "body": '{"id":"evt_x"}',
+        "created_at": NOW,
+        "retry_until": NOW + timedelta(days=1),
+    }
+    return DeliveryRecord.model_validate({**values, **changes})
+
+
+def test_a_failing_subscriber_is_tried_for_the_whole_window_with_a_last_attempt_at_its_end():
+    schedule = RetrySchedule()
+    delivery, now, failures, attempts = record(), NOW, 0, [NOW]
+    while (next_at := schedule.next_attempt(delivery, failures + 1, now, lambda: 0.5)) is not None:
+        failures += 1
+        now = next_at
+        attempts.append(now)
+    assert attempts[-1] == delivery.retry_until and attempts[-1] - attempts[0] >= timedelta(hours=24)
+    gaps = [b - a for a, b in pairwise(attempts)]
+    assert gaps[:3] == [timedelta(seconds=22.5), timedelta(seconds=45), timedelta(seconds=90)]
+    assert max(gaps) <= timedelta(hours=1)
+
+
+def test_the_local_schedule_makes_at_least_three_attempts_in_the_first_minute():
+    schedule = RetrySchedule(base_seconds=2, max_delay_seconds=8, window_seconds=60)
+    delivery = record(retry_until=NOW + timedelta(seconds=60))
+    now, attempts = NOW, [NOW]
+    while (next_at := schedule.next_attempt(delivery, len(attempts), now, lambda: 1.0)) is not None:
+        now = next_at
+        attempts.append(now)
+    assert len([a for a in attempts if a - NOW <= timedelta(seconds=60)]) >= 3
+
+
+# --- Fakes of the ports ---------------------------------------------------------------------------
+class FakeStore(WebhookStore):
+    def __init__(self) -> None:
+        self.webhooks: dict[str, IssuedWebhook] = {}
+        self.records: dict[tuple[str, str], DeliveryRecord] = {}
+
+    def add(self, webhook: IssuedWebhook) -> None:
+        self.webhooks[webhook.id] = webhook
+
+    def get(self, webhook_id: str) -> IssuedWebhook | None:
+        return self.webhooks.get(webhook_id)
+
+    def list(self, channel, limit, cursor):
+        shown = [Webhook.model_validate(w.model_dump(exclude={"secret"})) for w in self.webhooks.values()]
+        return [w for w in shown if channel is None or w.channel == channel], None
+
+    def all(self) -> list[IssuedWebhook]:
+        return list(self.webhooks.values())
+
+    def delete(self, webhook_id: str) -> bool:
+        return self.webhooks.pop(webhook_id, None) is not None
+
+    def add_delivery(self, record: DeliveryRecord) -> bool:
+        key = (record.webhook_id, record.id)
+        if key in self.records:
+            return False
+        self.records[key] = record
+        return True
+
+    def get_delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord | None:
+        return self.records.get((webhook_id, delivery_id))
+
+    def deliveries(self, webhook_id, limit, cursor):
+        return sorted(
+            (r for (w, _), r in self.records.items() if w == webhook_id), key=lambda r: r.id, reverse=True
+        ), None
+
+    def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
+        stored = self.records.get((record.webhook_id, record.id))
+        if stored is None or (stored.generation, stored.attempts) != (expected.generation, expected.attempts):
+            return False
+        self.records[(record.webhook_id, record.id)] = record
+        return True
+
+
+class FakeQueue(DeliveryQueue):
+    def __init__(self) -> None:
+        self.sent: list[tuple[DeliveryMessage, int]] = []
+
+    def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+        self.sent.append((message, delay_seconds))
+
+
+class FakeBus(EventPublisher):
+    def __init__(self) -> None:
+        self.published: list[DomainEvent] = []
+
+    def publish(self, events: list[DomainEvent]) -> None:
+        self.published.extend(events)
+
+
+class FakeSender(WebhookSender):
+    def __init__(self, *answers: SendResult) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[Target, bytes, dict[str, str]]] = []
+
+    def post(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> SendResult:
+        assert timeout == 10.0
+        self.calls.append((target, body, headers))
+        return self.answers.pop(0)
+
+
+def event(type_: EventType = EventType.ORDER_CREATED, channel: str = "web", version: int = 1) -> DomainEvent:
+    return DomainEvent(
+        id=event_id("ord_1", version, type_),
+        type=type_,
+        created_at=NOW,
+        data={"order": {"id": "ord_1", "channel": channel}},
+    )
+
+
+def hook(webhook_id: str, events: list[str], channel: str | None = None, url: str = "https://a.example/h"):
+    return IssuedWebhook(id=webhook_id, url=url, events=events, channel=channel, created_at=NOW, secret="whsec_s")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def public(url: str) -> Target:
+    return check_url(url, resolver("93.184.216.34"))
+
+
+# --- Subscriptions and fan-out -------------------------------------------------------------------
+def test_a_subscription_gets_its_types_and_a_channel_bound_one_only_its_channels_events():
+    assert hook("whk_a", ["*"]).wants(event(channel="shop"))
+    assert hook("whk_a", ["order.created"]).wants(event())
+    assert not hook("whk_a", ["order.allocated"]).wants(event())
+    assert hook("whk_a", ["*"], channel="web").wants(event(channel="web"))
+    assert not hook("whk_a", ["*"], channel="web").wants(event(channel="shop"))
+
+
+def test_new_webhook_events_are_contract_types_or_star():
+    assert NewWebhook(url="https://a.example/h", events=["*"]).events == ["*"]
+    for events in (["order.nope"], ["*", "order.created"], ["order.created", "order.created"], []):
+        with pytest.raises(ValueError):
+            NewWebhook(url="https://a.example/h", events=events)
+
+
+def test_subscribing_checks_the_url_and_shows_the_secret_once():
+    store, queue = FakeStore(), FakeQueue()
+    webhooks = Webhooks(store, queue, public, Clock())
+    issued = webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"]))
+    assert issued.secret.startswith("whsec_") and store.webhooks[issued.id].secret == issued.secret
+    assert "secret" not in webhooks.get(issued.id, None).model_dump()
+    with pytest.raises(WebhookUrlRefused):
+        Webhooks(store, queue, lambda url: check_url(url, resolver("10.0.0.1")), Clock()).subscribe(
+            NewWebhook(url="https://internal.example/h", events=["*"])
+        )
+    with pytest.raises(NotFound):
+        webhooks.get(issued.id, "shop")  # another channel's key
+
+
+def test_dispatch_publishes_every_event_and_queues_one_delivery_per_matching_subscription_once():
+    store, queue, bus = FakeStore(), FakeQueue(), FakeBus()
+    store.add(hook("whk_all", ["*"]))
+    store.add(hook("whk_shop", ["*"], channel="shop"))
+    store.add(hook("whk_alloc", ["order.allocated"]))
+    dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
+    events = [event(), event(EventType.ORDER_ALLOCATED, version=2)]
+    assert dispatcher.dispatch(events) == 3
+    assert bus.published == events
+    assert sorted((m.webhook_id, d) for m, d in queue.sent) == [("whk_all", 0), ("whk_all", 0), ("whk_alloc", 0)]
+    # The same stream record again: same deliveries, nothing queued twice once tried.
+    for key, stored in list(store.records.items()):
+        store.records[key] = stored.model_copy(update={"attempts": 1})
+    assert dispatcher.dispatch(events) == 0
+    assert len(store.records) == 3
+
+
+def test_a_delivery_whose_first_message_was_lost_is_queued_again_on_redelivery():
+    store, queue, bus = FakeStore(), FakeQueue(), FakeBus()
+    store.add(hook("whk_all", ["*"]))
+    dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
+    dispatcher.dispatch([event()])
+    assert dispatcher.dispatch([event()]) == 1
+    assert queue.sent[0][0] == queue.sent[1][0]
+
+
+# --- The worker -----------------------------------------------------------------------------------
+def worker_for(store: FakeStore, sender: FakeSender, clock: Clock, queue: FakeQueue | None = None):
+    queue = queue or FakeQueue()
+    schedule = RetrySchedule(base_seconds=30, max_delay_seconds=3600, window_seconds=86400)
+    return DeliveryWorker(store, queue, sender, public, clock, schedule, lambda: 1.0), queue
+
+
+def stored_delivery(store: FakeStore, **changes: Any) -> DeliveryRecord:
+    store.add(hook("whk_1", ["*"]))
+    delivery = record(**changes)
+    store.add_delivery(delivery)
+    return delivery
+
+
+def test_an_attempt_posts_the_stored_body_signed_with_the_contracts_headers():
+    store, sender, clock = FakeStore(), FakeSender(SendResult(204)), Clock()
+    delivery = stored_delivery(store)
+    worker, queue = worker_for(store, sender, clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "delivered"
+    ((target, body, headers),) = sender.calls
+    assert target.host == "a.example" and body == delivery.body.encode()
+    assert headers["OMS-Event-Id"] == "evt_x" and headers["OMS-Event-Type"] == "order.created"
+    assert verify_signature("whsec_s", headers["OMS-Signature"], body, now=int(NOW.timestamp()))
+    shown = store.get_delivery("whk_1", delivery.id)
+    assert (shown.status, shown.attempts, shown.last_status_code, shown.next_attempt_at) == ("delivered", 1, 204, None)
+    assert queue.sent == []
+
+
+def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_the_next_attempt():
+    store, clock = FakeStore(), Clock()
+    sender = FakeSender(SendResult(503, "HTTP 503"), SendResult(None, "timed out"), SendResult(200))
+    delivery = stored_delivery(store)
+    worker, queue = worker_for(store, sender, clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+    after_first = store.get_delivery("whk_1", delivery.id)
+    assert (after_first.attempts, after_first.last_status_code, after_first.last_error) == (1, 503, "HTTP 503")
+    assert after_first.next_attempt_at == NOW + timedelta(seconds=30)
+    assert queue.sent[-1] == (DeliveryMessage("whk_1", delivery.id, 0, 1), 30)
+    # The same message again (SQS delivers at least once): it names an attempt already made.
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "stale"
+    clock.now = NOW + timedelta(seconds=30)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 1)) == "retrying"
+    assert store.get_delivery("whk_1", delivery.id).last_error == "timed out"
+    clock.now = NOW + timedelta(seconds=90)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 2)) == "delivered"
+    assert store.get_delivery("whk_1", delivery.id).attempts == 3
+
+
+def test_a_wait_longer_than_sqs_can_delay_is_several_hops():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, attempts=9, next_attempt_at=NOW + timedelta(seconds=2000))
+    worker, queue = worker_for(store, FakeSender(), clock)
+    message = DeliveryMessage("whk_1", delivery.id, 0, 9)
+    assert worker.handle(message) == "waiting"
+    assert queue.sent == [(message, 900)]
+
+
+def test_the_attempt_at_the_end_of_the_window_failing_ends_the_delivery_failed():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, attempts=20, retry_until=NOW)
+    worker, queue = worker_for(store, FakeSender(SendResult(500, "HTTP 500")), clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 20)) == "failed"
+    failed = store.get_delivery("whk_1", delivery.id)
+    assert (failed.status, failed.attempts, failed.next_attempt_at) == ("failed", 21, None)
+    assert queue.sent == []
+
+
+def test_a_url_that_now_resolves_privately_is_not_called_and_counts_as_a_failed_attempt():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    sender = FakeSender()
+    queue = FakeQueue()
+    worker = DeliveryWorker(
+        store, queue, sender, lambda url: check_url(url, resolver("10.0.0.7")), clock, RetrySchedule(), lambda: 1.0
+    )
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+    assert sender.calls == []
+    assert "private" in store.get_delivery("whk_1", delivery.id).last_error
+
+
+def test_a_deleted_subscription_fails_its_delivery_without_a_call():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    store.delete("whk_1")
+    worker, _ = worker_for(store, FakeSender(), clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "failed"
+
+
+def test_a_manual_retry_sends_a_failed_delivery_once_more_and_old_messages_become_stale():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, status=DeliveryStatus.FAILED, attempts=30, retry_until=NOW, next_attempt_at=None)
+    queue = FakeQueue()
+    clock.now = NOW + timedelta(days=2)
+    shown = Webhooks(store, queue, public, clock).retry("whk_1", delivery.id, None)
+    assert (shown.status, shown.next_attempt_at) == ("pending", clock.now)
+    assert queue.sent == [(DeliveryMessage("whk_1", delivery.id, 1, 30), 0)]
+    worker, _ = worker_for(store, FakeSender(SendResult(500)), clock, queue)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 30)) == "stale"
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 1, 30)) == "failed"
+    with pytest.raises(NotFound):
+        Webhooks(store, queue, public, clock).retry("whk_1", "dlv_0000000000000azzzzzzzzzzzzzzzz", None)
+
+
+def test_delivery_statuses_follow_their_table():
+    from core.status import check_delivery_step
+
+    check_delivery_step(DeliveryStatus.PENDING, DeliveryStatus.DELIVERED)
+    check_delivery_step(DeliveryStatus.FAILED, DeliveryStatus.PENDING)
+    with pytest.raises(InvalidTransition):
+        check_delivery_step(DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
+def test_dispatch_matches_the_subscriptions_it_is_given_without_reading_them_again():
+    class CountingStore(FakeStore):
+        reads = 0
+
+        def all(self) -> list[IssuedWebhook]:
+            self.reads += 1
+            return super().all()
+
+    store, queue = CountingStore(), FakeQueue()
+    given = [hook("whk_given", ["*"])]
+    dispatcher = EventDispatcher(store, queue, FakeBus(), Clock(), RetrySchedule())
+    assert dispatcher.dispatch([event()], lambda: given) == 1
+    assert store.reads == 0 and queue.sent[0][0].webhook_id == "whk_given"
