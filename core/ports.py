@@ -95,6 +95,14 @@ class InventoryRepository(ABC):
         Raises InsufficientStock when not enough is available."""
 
     @abstractmethod
+    def top_up(self, sku: str, location_id: str, key: str, held: int, quantity: int) -> int:
+        """Grow the reservation under `key` from `held` units (0: none) to `quantity`, in one
+        write conditional on it holding exactly `held` and on enough being available. Returns what
+        the key holds afterwards: `quantity`, also when an earlier run made the same change; any
+        other number means someone else changed it meanwhile (read again). Raises
+        InsufficientStock when fewer than `quantity - held` units are available."""
+
+    @abstractmethod
     def release(self, sku: str, location_id: str, key: str) -> None:
         """Give the units reserved under `key` back to available. Idempotent."""
 
@@ -173,6 +181,29 @@ class StalledOrders(ABC):
     @abstractmethod
     def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
         """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
+
+
+@dataclass(frozen=True, order=True)
+class WaitingOrder:
+    """One entry of a sku's backorder queue: oldest first is `created_at`, then the id."""
+
+    created_at: datetime
+    order_id: str
+
+
+class BackorderQueue(ABC):
+    """Per sku, the backordered orders waiting for its units, oldest first: what an arrival of
+    units reads instead of the Orders table. Entries are idempotent to add and to remove."""
+
+    @abstractmethod
+    def add(self, sku: str, entry: WaitingOrder) -> None: ...
+
+    @abstractmethod
+    def remove(self, sku: str, entry: WaitingOrder) -> None: ...
+
+    @abstractmethod
+    def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        """Up to `limit` entries of `sku` after `after` (from the oldest when None), oldest first."""
 
 
 class WorkflowStarter(ABC):

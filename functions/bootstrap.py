@@ -18,6 +18,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from core.backorders import BackorderAllocator
 from core.fulfillment import OrderActions
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
 from core.models import utc_now
@@ -31,7 +32,14 @@ from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoBackorderQueue,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -166,6 +174,11 @@ class Container:
         return DynamoInventory(self.dynamodb, self.config.inventory_table)
 
     @cached_property
+    def backorder_queue(self) -> DynamoBackorderQueue:
+        # In the Inventory table, beside the stock it waits for (see DynamoBackorderQueue).
+        return DynamoBackorderQueue(self.dynamodb, self.config.inventory_table)
+
+    @cached_property
     def api_key_repository(self) -> DynamoApiKeys:
         return DynamoApiKeys(self.dynamodb, self.config.catalog_table)
 
@@ -248,6 +261,13 @@ class Container:
             self.plugins,
             self.label_store,
             clock=self.clock,
+            backorders=self.backorder_queue,
+        )
+
+    @cached_property
+    def backorder_allocator(self) -> BackorderAllocator:
+        return BackorderAllocator(
+            self.order_repository, self.catalog_repository, self.backorder_queue, self.workflow, self.workflow_starter
         )
 
     @cached_property

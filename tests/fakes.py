@@ -9,12 +9,19 @@ from core import hookimpl
 from core.errors import TransientError
 from core.money import Money
 from core.workflow_types import PaymentResult
-from plugins.testing.memory import InMemoryCatalog, InMemoryInventory, InMemoryLabels, InMemoryOrders
+from plugins.testing.memory import (
+    InMemoryBackorders,
+    InMemoryCatalog,
+    InMemoryInventory,
+    InMemoryLabels,
+    InMemoryOrders,
+)
 
 FakeOrders = InMemoryOrders
 FakeCatalog = InMemoryCatalog
 FakeInventory = InMemoryInventory
 FakeLabels = InMemoryLabels
+FakeBackorders = InMemoryBackorders
 
 
 class PaymentSpy:

@@ -20,12 +20,14 @@ from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleV
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
+    BackorderQueue,
     CatalogRepository,
     InventoryRepository,
     OrderFilter,
     OrderRepository,
     StalledOrder,
     StalledOrders,
+    WaitingOrder,
 )
 from core.status import OrderStatus, check_successor
 from functions.adapters.api_key_lookup import lookup_key
@@ -593,6 +595,26 @@ class DynamoInventory(InventoryRepository):
             return  # reserved now, or by an earlier run of the same step
         raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
 
+    def top_up(self, sku: str, location_id: str, key: str, held: int, quantity: int) -> int:
+        holds = "attribute_not_exists(reservations.#key)" if held == 0 else "reservations.#key = :held"
+        values = {":more": quantity - held, ":q": quantity}
+        if held:
+            values[":held"] = held
+        old = self._reservation_update(
+            sku, location_id, key,
+            "SET reserved = reserved + :more, available = available - :more, reservations.#key = :q",
+            f"available >= :more AND {holds}",
+            values,
+        )  # fmt: skip
+        if old is None:
+            return quantity
+        current = int((old.get("reservations") or {}).get(key, 0))
+        if current != held:
+            return current  # changed meanwhile: by an earlier run of this change (== quantity) or another
+        raise InsufficientStock(
+            f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity - held} wanted"
+        )
+
     def release(self, sku: str, location_id: str, key: str) -> None:
         self._reservation_update(
             sku, location_id, key,
@@ -641,11 +663,66 @@ class DynamoInventory(InventoryRepository):
             return result
         for sku in skus:
             paginator = self._client.get_paginator("query")
+            # A location id starts with a letter or digit ("0" sorts before any): the sku's
+            # backorder queue entries ("#backorder#...", DynamoBackorderQueue) sort before them.
             pages = paginator.paginate(
                 TableName=self._table,
-                KeyConditionExpression="sku = :sku",
-                ExpressionAttributeValues={":sku": {"S": sku}},
+                KeyConditionExpression="sku = :sku AND location_id >= :first",
+                ExpressionAttributeValues={":sku": {"S": sku}, ":first": {"S": "0"}},
             )
             for page in pages:
                 result[sku].extend(_level(from_item(item)) for item in page.get("Items", []))
         return result
+
+
+# --- Backorder queues ----------------------------------------------------------------------------
+
+BACKORDER_PREFIX = "#backorder#"
+
+
+class DynamoBackorderQueue(BackorderQueue):
+    """Each sku's queue lives beside its stock in the Inventory table: partition `sku`, sort key
+    `#backorder#<created_at>#<order id>` (no location id starts with "#"), so one Query on the
+    sku's partition reads its waiting orders oldest first, and no other table is needed. The
+    stream consumer ignores these items (they carry no `available`)."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    @staticmethod
+    def _key(sku: str, entry: WaitingOrder) -> dict[str, Any]:
+        return {
+            "sku": {"S": sku},
+            "location_id": {"S": f"{BACKORDER_PREFIX}{timestamp(entry.created_at)}#{entry.order_id}"},
+        }
+
+    def add(self, sku: str, entry: WaitingOrder) -> None:
+        item = {
+            **self._key(sku, entry),
+            "order_id": {"S": entry.order_id},
+            "created_at": {"S": timestamp(entry.created_at)},
+        }
+        self._client.put_item(TableName=self._table, Item=item)
+
+    def remove(self, sku: str, entry: WaitingOrder) -> None:
+        self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))
+
+    def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "sku = :sku AND begins_with(location_id, :prefix)",
+            "ExpressionAttributeValues": {":sku": {"S": sku}, ":prefix": {"S": BACKORDER_PREFIX}},
+            "ProjectionExpression": "order_id, created_at",
+            "Limit": limit,
+        }
+        if after is not None:
+            query["ExclusiveStartKey"] = self._key(sku, after)
+        items = self._client.query(**query).get("Items", [])
+        return [
+            WaitingOrder(
+                created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
+                order_id=item["order_id"]["S"],
+            )
+            for item in items
+        ]

@@ -7,7 +7,15 @@ from collections.abc import Iterable
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderFilter, OrderRepository
+from core.ports import (
+    BackorderQueue,
+    CatalogRepository,
+    InventoryRepository,
+    LabelStore,
+    OrderFilter,
+    OrderRepository,
+    WaitingOrder,
+)
 from core.status import check_successor
 
 
@@ -146,6 +154,18 @@ class InMemoryInventory(InventoryRepository):
         self._put(level.model_copy(update={"reserved": level.reserved + quantity,
                                            "available": level.available - quantity}))  # fmt: skip
 
+    def top_up(self, sku: str, location_id: str, key: str, held: int, quantity: int) -> int:
+        current = self._held(sku, location_id).get(key, 0)
+        if current != held:
+            return current
+        level = self._get(sku, location_id)
+        more = quantity - held
+        if level.available < more:
+            raise InsufficientStock(f"{level.available} of {sku} available")
+        self._held(sku, location_id)[key] = quantity
+        self._put(level.model_copy(update={"reserved": level.reserved + more, "available": level.available - more}))
+        return quantity
+
     def release(self, sku: str, location_id: str, key: str) -> None:
         quantity = self._held(sku, location_id).pop(key, None)
         if quantity is not None:
@@ -174,6 +194,20 @@ class InMemoryInventory(InventoryRepository):
             sku: [lvl for (s, loc), lvl in sorted(self.stock.items()) if s == sku and (wanted is None or loc in wanted)]
             for sku in skus
         }
+
+
+class InMemoryBackorders(BackorderQueue):
+    def __init__(self) -> None:
+        self.entries: dict[str, set[WaitingOrder]] = {}
+
+    def add(self, sku: str, entry: WaitingOrder) -> None:
+        self.entries.setdefault(sku, set()).add(entry)
+
+    def remove(self, sku: str, entry: WaitingOrder) -> None:
+        self.entries.get(sku, set()).discard(entry)
+
+    def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        return [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]
 
 
 class InMemoryLabels(LabelStore):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import pytest
 
@@ -22,7 +23,7 @@ from core.services import CaptureService
 from core.status import OrderStatus
 from core.workflow import Workflow
 from tests.builders import NOW, location, place_order, product
-from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy, ScriptedGateway
+from tests.fakes import FakeBackorders, FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy, ScriptedGateway
 
 Held = dict[tuple[str, str, str], int]
 Stock = list[tuple[str, str, int]]  # (sku, location_id, on_hand)
@@ -40,6 +41,7 @@ class World:
     workflow: Workflow
     actions: OrderActions
     counter: list[int] = field(default_factory=lambda: [0])
+    backorders: FakeBackorders = field(default_factory=FakeBackorders)
 
     def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
         self.counter[0] += 1
@@ -100,7 +102,10 @@ class World:
 
 
 def build_world(
-    stock: Stock, *extra_plugins: object, wrap_orders: Callable[[FakeOrders], object] | None = None
+    stock: Stock,
+    *extra_plugins: object,
+    wrap_orders: Callable[[FakeOrders], object] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> World:
     """`wrap_orders` wraps the repository the services use (the World keeps the fake itself)."""
     fake, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
@@ -119,8 +124,10 @@ def build_world(
     spy, gateway = PaymentSpy(), ScriptedGateway()
     plugins = build_plugin_manager(spy, gateway, *extra_plugins, enable_test_payments=True)
 
-    def clock():
+    def fixed():
         return NOW
+
+    clock = clock or fixed
 
     def sleep(seconds: float) -> None:
         pass
@@ -130,9 +137,10 @@ def build_world(
     capture = CaptureService(
         orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
     )
-    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep)
+    backorders = FakeBackorders()
+    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders)
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
-    return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions)
+    return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, backorders=backorders)
 
 
 def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:
