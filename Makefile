@@ -65,7 +65,7 @@ BUILD_ROOT := $(abspath $(dir $(firstword $(MAKEFILE_LIST))))
 BUILD_PYTHON := $(BUILD_ROOT)/$(BIN)/python
 LAMBDA_FUNCTIONS := AuthorizerFunction ApiFunction OutboxFunction AuthorizePaymentFunction \
 	ReserveStockFunction CreateShipmentsFunction FailPaymentFunction CancelOrderFunction \
-	ParkOrderFunction ReconcilerFunction ImportSplitterFunction ImportWorkerFunction
+	ParkOrderFunction ReconcilerFunction ImportSplitterFunction ImportWorkerFunction BackorderFunction
 .PHONY: build check-build-env build-DependenciesLayer $(addprefix build-,$(LAMBDA_FUNCTIONS))
 
 $(SAM):

@@ -13,7 +13,14 @@ import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoBackorderQueue,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -103,7 +110,19 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:PutItem"): [DynamoBackorderQueue],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
+    },
+    "BackorderFunction": {
+        **_WORKFLOW_ORDERS,
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:Query"): [DynamoBackorderQueue],
+        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorderQueue],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+        ("BackorderFailureQueue", "sqs:SendMessage"): "the InventoryStream mapping's on-failure destination",
     },
     "CreateShipmentsFunction": {
         **_WORKFLOW_ORDERS,
