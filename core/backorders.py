@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.ports import BackorderQueue, CatalogRepository, OrderRepository, WaitingOrder, WorkflowStarter
+from core.ports import Backorders, CatalogRepository, OrderRepository, WaitingOrder, WorkflowStarter
 from core.status import OrderStatus
 from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
 
@@ -36,7 +36,7 @@ class BackorderAllocator:
         self,
         orders: OrderRepository,
         catalog: CatalogRepository,
-        queue: BackorderQueue,
+        queue: Backorders,
         workflow: Workflow,
         starter: WorkflowStarter,
     ):

@@ -95,14 +95,6 @@ class InventoryRepository(ABC):
         Raises InsufficientStock when not enough is available."""
 
     @abstractmethod
-    def top_up(self, sku: str, location_id: str, key: str, held: int, quantity: int) -> int:
-        """Grow the reservation under `key` from `held` units (0: none) to `quantity`, in one
-        write conditional on it holding exactly `held` and on enough being available. Returns what
-        the key holds afterwards: `quantity`, also when an earlier run made the same change; any
-        other number means someone else changed it meanwhile (read again). Raises
-        InsufficientStock when fewer than `quantity - held` units are available."""
-
-    @abstractmethod
     def release(self, sku: str, location_id: str, key: str) -> None:
         """Give the units reserved under `key` back to available. Idempotent."""
 
@@ -191,9 +183,21 @@ class WaitingOrder:
     order_id: str
 
 
-class BackorderQueue(ABC):
-    """Per sku, the backordered orders waiting for its units, oldest first: what an arrival of
-    units reads instead of the Orders table. Entries are idempotent to add and to remove."""
+@dataclass(frozen=True)
+class TopUp:
+    """Grow the reservation under `key` at (sku, location) from `held` units (0: none) to `quantity`."""
+
+    sku: str
+    location_id: str
+    key: str
+    held: int
+    quantity: int
+
+
+class Backorders(ABC):
+    """Per sku, the backordered orders waiting for its units, oldest first (what an arrival of
+    units reads instead of the Orders table), and the one write that fills a backordered order.
+    Queue entries are idempotent to add and to remove."""
 
     @abstractmethod
     def add(self, sku: str, entry: WaitingOrder) -> None: ...
@@ -204,6 +208,15 @@ class BackorderQueue(ABC):
     @abstractmethod
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         """Up to `limit` entries of `sku` after `after` (from the oldest when None), oldest first."""
+
+    @abstractmethod
+    def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
+        """Atomically: every top-up (each conditional on its reservation holding exactly `held` and
+        on enough units being available) and the order's update (conditional on its status and
+        version, as OrderRepository.update). A line of an order may take units from several
+        locations, so only one write over all of them can keep two concurrent fills of the same
+        order from reserving the same line twice. Raises StaleVersion, having written nothing,
+        when the order or any of those reservations or stock levels changed since they were read."""
 
 
 class WorkflowStarter(ABC):

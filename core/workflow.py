@@ -35,7 +35,15 @@ from core.ids import reservation_key, short_hash
 from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
-from core.ports import BackorderQueue, CatalogRepository, InventoryRepository, LabelStore, OrderRepository, WaitingOrder
+from core.ports import (
+    Backorders,
+    CatalogRepository,
+    InventoryRepository,
+    LabelStore,
+    OrderRepository,
+    TopUp,
+    WaitingOrder,
+)
 from core.status import TERMINAL, OrderStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan
 
@@ -68,6 +76,13 @@ BUSINESS_OUTCOMES: dict[str, str] = {
     "Backordered": "OrderBackordered",
 }
 PARK = "ParkOrder"
+
+
+# A fill of a backordered order is one DynamoDB transaction of at most 100 items, the order's
+# update among them (what does not fit waits for the next arrival); a fill that keeps losing races
+# is retried by its caller (the stream, the workflow's Retry).
+MAX_TOP_UPS = 99
+FILL_ATTEMPTS = 10
 
 
 def after_failure(error: str) -> str:
@@ -106,7 +121,7 @@ class Workflow:
         labels: LabelStore,
         clock: Clock = utc_now,
         sleep: Callable[[float], None] = time.sleep,
-        backorders: BackorderQueue | None = None,
+        backorders: Backorders | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -277,42 +292,38 @@ class Workflow:
 
     def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
         """Reserve what has arrived for a backordered order, line by line, at its eligible
-        locations; return the order as it is afterwards (unchanged when it is not backordered).
-        The inventory is the truth of what the order holds (a run that crashed between reserving
-        and recording is picked up here), and every reservation grows by one write conditional
-        on what it held, so concurrent runs and redelivered arrivals never reserve twice."""
-        for _ in range(5):
+        locations; return the order as it is afterwards (unchanged when it is not backordered or
+        nothing arrived). The reservations and the order's new allocations are one write
+        (Backorders.fill), conditional on what was read: concurrent fills of the same order and
+        redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again."""
+        assert self._backorders is not None
+        for _ in range(FILL_ATTEMPTS):
             order = self._load(order_id)
             if order.status is not S.BACKORDERED:
                 return order
             eligible = [loc.location_id for loc in eligible_locations(
                 order.fulfillment.type, order.fulfillment.location_id, self._catalog.list_locations())]  # fmt: skip
             held = self._reservations_of(order, eligible)
-            if self._top_up(order, eligible, held) is None:
-                continue  # someone else changed a reservation of this order meanwhile: read again
-            allocations = _allocations(order, held)
-            if sorted(allocations, key=_by_place) == sorted(order.allocations, key=_by_place):
+            top_ups = self._top_ups(order, eligible, held)
+            if not top_ups:
                 return order
-            new, entry = order.reserve_backordered(allocations, at=self._clock(), actor=actor)
+            for t in top_ups:
+                held[(t.sku, t.location_id, t.key)] = t.quantity
+            new, entry = order.reserve_backordered(_allocations(order, held), at=self._clock(), actor=actor)
             try:
-                self._orders.update(new, order, [entry])
+                self._backorders.fill(new, order, [entry], top_ups)
                 return new
             except StaleVersion:
-                current = self._load(order_id)
-                if current.status in TERMINAL:
-                    # Cancelled meanwhile: the cancel released what it knew; give back the rest.
-                    for item in held:
-                        self._inventory.release(*item)
-                    return current
-        raise TransientError(f"order {order_id} kept changing while its backorder was filled")
+                continue  # the order, a reservation or the stock moved since the read
+        raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
 
-    def _top_up(self, order: Order, eligible: list[str], held: dict[tuple[str, str, str], int]) -> bool | None:
-        """Grow `held` in place from available stock, each line's locations that hold some of it
-        first (fewer shipments), then the most stocked. None when a reservation changed under us."""
+    def _top_ups(self, order: Order, eligible: list[str], held: dict[tuple[str, str, str], int]) -> list[TopUp]:
+        """What to reserve from available stock: each line's locations that hold some of it
+        first (fewer shipments), then the most stocked, then by id."""
         skus = {line.sku for line in order.lines}
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
                 for levels in self._inventory.levels(skus, eligible).values() for lvl in levels}  # fmt: skip
-        changed = False
+        top_ups: list[TopUp] = []
         for line in order.lines:
             key = reservation_key(order.id, line.line_id)
             need = line.quantity - sum(q for (_, _, k), q in held.items() if k == key)
@@ -321,22 +332,14 @@ class Workflow:
                 key=lambda loc: (-held.get((line.sku, loc, key), 0), -left[(line.sku, loc)], loc),
             )
             for location_id in places:
-                if need <= 0:
+                if need <= 0 or len(top_ups) == MAX_TOP_UPS:
                     break
-                item = (line.sku, location_id, key)
-                before = held.get(item, 0)
-                target = before + min(need, left[(line.sku, location_id)])
-                try:
-                    after = self._inventory.top_up(line.sku, location_id, key, before, target)
-                except InsufficientStock:
-                    continue  # taken by someone else since the read: the next location may have some
-                if after != target:
-                    return None
-                held[item] = target
-                left[(line.sku, location_id)] -= target - before
-                need -= target - before
-                changed = True
-        return changed
+                before = held.get((line.sku, location_id, key), 0)
+                more = min(need, left[(line.sku, location_id)])
+                top_ups.append(TopUp(line.sku, location_id, key, before, before + more))
+                left[(line.sku, location_id)] -= more
+                need -= more
+        return top_ups
 
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)

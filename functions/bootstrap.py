@@ -34,7 +34,7 @@ from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
-    DynamoBackorderQueue,
+    DynamoBackorders,
     DynamoCatalog,
     DynamoInventory,
     DynamoOrders,
@@ -174,9 +174,9 @@ class Container:
         return DynamoInventory(self.dynamodb, self.config.inventory_table)
 
     @cached_property
-    def backorder_queue(self) -> DynamoBackorderQueue:
-        # In the Inventory table, beside the stock it waits for (see DynamoBackorderQueue).
-        return DynamoBackorderQueue(self.dynamodb, self.config.inventory_table)
+    def backorders(self) -> DynamoBackorders:
+        # The queues live in the Inventory table, beside the stock they wait for (see DynamoBackorders).
+        return DynamoBackorders(self.dynamodb, self.config.inventory_table, self.config.orders_table)
 
     @cached_property
     def api_key_repository(self) -> DynamoApiKeys:
@@ -261,13 +261,13 @@ class Container:
             self.plugins,
             self.label_store,
             clock=self.clock,
-            backorders=self.backorder_queue,
+            backorders=self.backorders,
         )
 
     @cached_property
     def backorder_allocator(self) -> BackorderAllocator:
         return BackorderAllocator(
-            self.order_repository, self.catalog_repository, self.backorder_queue, self.workflow, self.workflow_starter
+            self.order_repository, self.catalog_repository, self.backorders, self.workflow, self.workflow_starter
         )
 
     @cached_property

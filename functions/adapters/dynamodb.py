@@ -20,13 +20,14 @@ from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleV
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
-    BackorderQueue,
+    Backorders,
     CatalogRepository,
     InventoryRepository,
     OrderFilter,
     OrderRepository,
     StalledOrder,
     StalledOrders,
+    TopUp,
     WaitingOrder,
 )
 from core.status import OrderStatus, check_successor
@@ -157,6 +158,28 @@ def _order(item: dict[str, Any]) -> Order:
     return Order.model_validate_json(document["S"])  # stored before documents were compressed
 
 
+def order_update(table: str, order: Order, expected: Order, entries: list[HistoryEntry]) -> dict[str, Any]:
+    """The UpdateItem that stores `order` over `expected` (its status and version unchanged since
+    read) and appends `entries`: on its own, or as one item of a transaction (DynamoBackorders)."""
+    return {
+        "TableName": table,
+        "Key": {"id": {"S": order.id}},
+        "UpdateExpression": (
+            "SET #doc = :doc, #status = :status, #version = :version, history = list_append(history, :entries)"
+        ),
+        "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
+        "ExpressionAttributeNames": {"#doc": "doc", "#status": "status", "#version": "version"},
+        "ExpressionAttributeValues": {
+            ":doc": _document(order),
+            ":status": {"S": order.status.value},
+            ":version": {"N": str(order.version)},
+            ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
+            ":expected_status": {"S": expected.status.value},
+            ":expected_version": {"N": str(expected.version)},
+        },
+    }
+
+
 class DynamoOrders(OrderRepository):
     """One item per order. The order itself is one JSON document attribute (`doc`, exact decimal
     strings for money, zlib-compressed in a binary) beside the attributes that keys, indexes and
@@ -194,23 +217,7 @@ class DynamoOrders(OrderRepository):
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         check_successor(expected, order)
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"id": {"S": order.id}},
-                UpdateExpression=(
-                    "SET #doc = :doc, #status = :status, #version = :version, history = list_append(history, :entries)"
-                ),
-                ConditionExpression="#status = :expected_status AND #version = :expected_version",
-                ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
-                ExpressionAttributeValues={
-                    ":doc": _document(order),
-                    ":status": {"S": order.status.value},
-                    ":version": {"N": str(order.version)},
-                    ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
-                    ":expected_status": {"S": expected.status.value},
-                    ":expected_version": {"N": str(expected.version)},
-                },
-            )
+            self._client.update_item(**order_update(self._table, order, expected, entries))
         except ClientError as error:
             if _is_conditional_failure(error):
                 raise StaleVersion(
@@ -595,26 +602,6 @@ class DynamoInventory(InventoryRepository):
             return  # reserved now, or by an earlier run of the same step
         raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
 
-    def top_up(self, sku: str, location_id: str, key: str, held: int, quantity: int) -> int:
-        holds = "attribute_not_exists(reservations.#key)" if held == 0 else "reservations.#key = :held"
-        values = {":more": quantity - held, ":q": quantity}
-        if held:
-            values[":held"] = held
-        old = self._reservation_update(
-            sku, location_id, key,
-            "SET reserved = reserved + :more, available = available - :more, reservations.#key = :q",
-            f"available >= :more AND {holds}",
-            values,
-        )  # fmt: skip
-        if old is None:
-            return quantity
-        current = int((old.get("reservations") or {}).get(key, 0))
-        if current != held:
-            return current  # changed meanwhile: by an earlier run of this change (== quantity) or another
-        raise InsufficientStock(
-            f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity - held} wanted"
-        )
-
     def release(self, sku: str, location_id: str, key: str) -> None:
         self._reservation_update(
             sku, location_id, key,
@@ -680,22 +667,23 @@ class DynamoInventory(InventoryRepository):
 BACKORDER_PREFIX = "#backorder#"
 
 
-class DynamoBackorderQueue(BackorderQueue):
+class DynamoBackorders(Backorders):
     """Each sku's queue lives beside its stock in the Inventory table: partition `sku`, sort key
     `#backorder#<created_at>#<order id>` (no location id starts with "#"), so one Query on the
-    sku's partition reads its waiting orders oldest first, and no other table is needed. The
-    stream consumer ignores these items (they carry no `available`)."""
+    sku's partition reads its waiting orders oldest first and no other table is needed. The
+    stream consumer ignores these items (they carry no `available`). A fill is one
+    TransactWriteItems over the Inventory and Orders tables (IAM authorizes its items as
+    UpdateItem on each)."""
 
-    def __init__(self, client: Any, table: str):
+    def __init__(self, client: Any, inventory_table: str, orders_table: str):
         self._client = client
-        self._table = table
+        self._table = inventory_table
+        self._orders_table = orders_table
 
     @staticmethod
     def _key(sku: str, entry: WaitingOrder) -> dict[str, Any]:
-        return {
-            "sku": {"S": sku},
-            "location_id": {"S": f"{BACKORDER_PREFIX}{timestamp(entry.created_at)}#{entry.order_id}"},
-        }
+        sort_key = f"{BACKORDER_PREFIX}{timestamp(entry.created_at)}#{entry.order_id}"
+        return {"sku": {"S": sku}, "location_id": {"S": sort_key}}
 
     def add(self, sku: str, entry: WaitingOrder) -> None:
         item = {
@@ -726,3 +714,46 @@ class DynamoBackorderQueue(BackorderQueue):
             )
             for item in items
         ]
+
+    def _top_ups(self, sku: str, location_id: str, top_ups: list[TopUp]) -> dict[str, Any]:
+        """One Update of a stock item for all its top-ups (a transaction may name an item once)."""
+        more = sum(t.quantity - t.held for t in top_ups)
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":more": more}
+        sets, conditions = [], ["available >= :more"]
+        for n, t in enumerate(top_ups):
+            names[f"#k{n}"] = t.key
+            values[f":q{n}"] = t.quantity
+            sets.append(f"reservations.#k{n} = :q{n}")
+            if t.held:
+                values[f":h{n}"] = t.held
+                conditions.append(f"reservations.#k{n} = :h{n}")
+            else:
+                conditions.append(f"attribute_not_exists(reservations.#k{n})")
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+                "UpdateExpression": "SET reserved = reserved + :more, available = available - :more, "
+                + ", ".join(sets),
+                "ConditionExpression": " AND ".join(conditions),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": to_item(values),
+            }
+        }
+
+    def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
+        check_successor(expected, order)
+        by_item: dict[tuple[str, str], list[TopUp]] = {}
+        for t in top_ups:
+            by_item.setdefault((t.sku, t.location_id), []).append(t)
+        items = [self._top_ups(sku, location_id, group) for (sku, location_id), group in sorted(by_item.items())]
+        items.append({"Update": order_update(self._orders_table, order, expected, entries)})
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            # A failed condition, or another transaction on one of the items (TransactionConflict):
+            # nothing was written either way.
+            if error.response["Error"]["Code"] == "TransactionCanceledException":
+                raise StaleVersion(f"order {order.id} or its stock changed while its backorder was filled") from None
+            raise

@@ -65,7 +65,7 @@ class PluginHost:
         self.labels = InMemoryLabels()
         self._pricing = Pricing(manager)
         self._payments = Payments(manager)
-        self.backorders = InMemoryBackorders()
+        self.backorders = InMemoryBackorders(self.orders, self.inventory)
         self._workflow = Workflow(
             self.orders,
             self.catalog,

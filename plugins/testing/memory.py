@@ -8,12 +8,13 @@ from collections.abc import Iterable
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
 from core.ports import (
-    BackorderQueue,
+    Backorders,
     CatalogRepository,
     InventoryRepository,
     LabelStore,
     OrderFilter,
     OrderRepository,
+    TopUp,
     WaitingOrder,
 )
 from core.status import check_successor
@@ -154,18 +155,6 @@ class InMemoryInventory(InventoryRepository):
         self._put(level.model_copy(update={"reserved": level.reserved + quantity,
                                            "available": level.available - quantity}))  # fmt: skip
 
-    def top_up(self, sku: str, location_id: str, key: str, held: int, quantity: int) -> int:
-        current = self._held(sku, location_id).get(key, 0)
-        if current != held:
-            return current
-        level = self._get(sku, location_id)
-        more = quantity - held
-        if level.available < more:
-            raise InsufficientStock(f"{level.available} of {sku} available")
-        self._held(sku, location_id)[key] = quantity
-        self._put(level.model_copy(update={"reserved": level.reserved + more, "available": level.available - more}))
-        return quantity
-
     def release(self, sku: str, location_id: str, key: str) -> None:
         quantity = self._held(sku, location_id).pop(key, None)
         if quantity is not None:
@@ -196,9 +185,13 @@ class InMemoryInventory(InventoryRepository):
         }
 
 
-class InMemoryBackorders(BackorderQueue):
-    def __init__(self) -> None:
+class InMemoryBackorders(Backorders):
+    """The queue, and fills applied to the in-memory orders and inventory all or nothing."""
+
+    def __init__(self, orders: InMemoryOrders, inventory: InMemoryInventory) -> None:
         self.entries: dict[str, set[WaitingOrder]] = {}
+        self._orders = orders
+        self._inventory = inventory
 
     def add(self, sku: str, entry: WaitingOrder) -> None:
         self.entries.setdefault(sku, set()).add(entry)
@@ -208,6 +201,22 @@ class InMemoryBackorders(BackorderQueue):
 
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         return [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]
+
+    def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
+        for t in top_ups:
+            held = self._inventory.held.get((t.sku, t.location_id), {}).get(t.key, 0)
+            if held != t.held or self._inventory._get(t.sku, t.location_id).available < t.quantity - t.held:
+                raise StaleVersion(f"the reservation {t.key} or the stock of {t.sku} at {t.location_id} changed")
+        # The order's own conditional update decides (it raises StaleVersion); the stock changes
+        # only after it, so a fill that loses the order changes nothing.
+        self._orders.update(order, expected, entries)
+        for t in top_ups:
+            more = t.quantity - t.held
+            level = self._inventory._get(t.sku, t.location_id)
+            self._inventory._held(t.sku, t.location_id)[t.key] = t.quantity
+            self._inventory._put(
+                level.model_copy(update={"reserved": level.reserved + more, "available": level.available - more})
+            )
 
 
 class InMemoryLabels(LabelStore):

@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
-    DynamoBackorderQueue,
+    DynamoBackorders,
     DynamoCatalog,
     DynamoInventory,
     DynamoOrders,
@@ -110,7 +110,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
-        (INVENTORY, "dynamodb:PutItem"): [DynamoBackorderQueue],
+        (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
     },
@@ -118,8 +118,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
-        (INVENTORY, "dynamodb:Query"): [DynamoBackorderQueue],
-        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorderQueue],
+        (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
+        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         ("BackorderFailureQueue", "sqs:SendMessage"): "the InventoryStream mapping's on-failure destination",

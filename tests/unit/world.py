@@ -41,7 +41,7 @@ class World:
     workflow: Workflow
     actions: OrderActions
     counter: list[int] = field(default_factory=lambda: [0])
-    backorders: FakeBackorders = field(default_factory=FakeBackorders)
+    backorders: FakeBackorders | None = None
 
     def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
         self.counter[0] += 1
@@ -137,7 +137,7 @@ def build_world(
     capture = CaptureService(
         orders, catalog, inventory, Pricing(plugins), clock=clock, payment_methods=payments.methods
     )
-    backorders = FakeBackorders()
+    backorders = FakeBackorders(fake, inventory)
     workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders)
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock)
     return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, backorders=backorders)
