@@ -51,9 +51,10 @@ class BackorderAllocator:
         Stops at the first such order still short of `sku` after its fill: the location had no
         more, so no younger order may get units an older one is waiting for."""
         result = Arrival()
-        locations = self._catalog.list_locations()
+        locations = None
         after: WaitingOrder | None = None
         while page := self._queue.waiting(sku, after, PAGE):
+            locations = locations or self._catalog.list_locations()  # read only when someone waits
             for entry in page:
                 order = self._orders.get(entry.order_id)
                 if order is None or order.status not in STILL_WAITING:

@@ -32,6 +32,8 @@ def arrival(record: DynamoDBRecord) -> None:
         return  # a backorder queue entry, not stock
     if _available(record.dynamodb.new_image) <= _available(record.dynamodb.old_image):
         return  # reserved or shipped: nothing arrived
+    if not container().backorders.waiting(sku, None, 1):
+        return  # nobody waits for this sku: one Query, and no plugin is loaded for it
     with logger.append_context_keys(sku=sku, location_id=location_id):
         result = container().backorder_allocator.arrived(sku, location_id)
         if result.filled:
