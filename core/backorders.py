@@ -73,7 +73,7 @@ class BackorderAllocator:
                     continue
                 short = order.short_of()
                 if not short:
-                    self._complete(order.id, order.channel, order.version, order.lines, entry)
+                    self._complete(order.id, order.channel, order.version)
                     result.completed.append(order.id)
                     continue
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
@@ -82,11 +82,11 @@ class BackorderAllocator:
             after = page[-1]
         return result
 
-    def _complete(self, order_id: str, channel: str, version: int, lines: list, entry: WaitingOrder) -> None:
-        # Started before the entries are removed: if the start fails, the redelivered arrival
-        # finds the order again (fully reserved, so it is only started again).
+    def _complete(self, order_id: str, channel: str, version: int) -> None:
+        # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes
+        # them): an execution that fails leaves the order in the queue, so the next arrival of
+        # the sku starts it again.
         self._starter.start(order_id, channel=channel, rerun=f"backorder-v{version}")
-        self._leave(lines, entry)
 
     def _leave(self, lines: list, entry: WaitingOrder, sku: str | None = None) -> None:
         for each in sorted({line.sku for line in lines} | ({sku} if sku else set())):

@@ -405,6 +405,12 @@ class Workflow:
             self._orders.update(new, order, [entry])
         except StaleVersion:
             raise self._closed_or_retry(order_id, lambda: None) from None
+        if order.status is S.BACKORDERED and self._backorders is not None:
+            # Out of its skus' queues (an arrival that meets an entry left by a crash here
+            # removes it too).
+            waiting = WaitingOrder(created_at=order.created_at, order_id=order.id)
+            for sku in sorted({line.sku for line in order.lines}):
+                self._backorders.remove(sku, waiting)
 
     def _book(
         self, order: Order, shipment_id: str, origin: Location, lines: list[ShipmentLine], weight: int

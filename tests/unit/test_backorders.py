@@ -260,6 +260,25 @@ def test_a_restarted_workflow_of_a_filled_order_allocates_it_once():
     assert len(starter.started) == 1
 
 
+def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_by_the_next_arrival():
+    world, allocator, starter = make_world([])
+    starter.world = None  # the started execution fails before CreateShipments
+    starter.start = lambda order_id, channel="", correlation_id="", rerun=None: (
+        starter.started.append((order_id, rerun)) or True
+    )
+    order_id = backordered(world, ("PREORDER", 1))
+    arrive(world, allocator, "PREORDER", "wh-east", 1)
+    assert world.order(order_id).status is S.BACKORDERED and not world.order(order_id).short_of()
+
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    assert [started for started, _ in starter.started] == [order_id, order_id]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1)  # filled already: nothing more taken
+    world.run(order_id)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
 # --- The state machine ----------------------------------------------------------------------------
 
 

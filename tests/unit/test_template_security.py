@@ -126,6 +126,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     },
     "CreateShipmentsFunction": {
         **_WORKFLOW_ORDERS,
+        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
