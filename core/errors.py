@@ -136,6 +136,13 @@ class OutOfStock(DomainError):
     code = "out_of_stock"
 
 
+class Backordered(DomainError):
+    """The order waits `backordered` for stock: a business outcome that ends the execution; the
+    backorder allocator (core.backorders) starts the workflow again once every unit is reserved."""
+
+    code = "backordered"
+
+
 class OrderClosed(DomainError):
     """The order moved on (cancelled, or already past this step): nothing left to do here."""
 

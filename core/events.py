@@ -11,6 +11,8 @@ class OrderEvent(StrEnum):
     PAYMENT_AUTHORIZED = "payment_authorized"
     PAYMENT_FAILED = "payment_failed"
     STOCK_RESERVED = "stock_reserved"
+    # Authorized but short of stock for backorderable products: waits for units to arrive.
+    BACKORDERED = "backordered"
     ALLOCATED = "allocated"
     SHIPMENT_SHIPPED = "shipment_shipped"
     SHIPMENT_DELIVERED = "shipment_delivered"

@@ -1051,6 +1051,44 @@ class Order(BaseModel):
             allocations=allocations,
         )  # fmt: skip
 
+    def short_of(self, allocations: list[Allocation] | None = None) -> dict[str, int]:
+        """Units of each line not reserved (by this order's allocations, or by `allocations`), by
+        line id: only the lines short of some."""
+        held: dict[str, int] = {}
+        for allocation in self.allocations if allocations is None else allocations:
+            held[allocation.line_id] = held.get(allocation.line_id, 0) + allocation.quantity
+        return {
+            line.line_id: line.quantity - held.get(line.line_id, 0)
+            for line in self.lines
+            if line.quantity > held.get(line.line_id, 0)
+        }
+
+    def backorder(self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str) -> Change:
+        """Authorized, but the eligible locations lack units of backorderable products: keep what
+        could be reserved (`allocations`, possibly none) and wait for the rest."""
+        if self.status is not OrderStatus.AUTHORIZED or self.allocations:
+            raise InvalidTransition(f"an order that is {self.status} cannot be backordered now")
+        short = self.short_of(allocations)
+        if not short:
+            raise InvalidTransition(f"order {self.id} is not short of stock")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.BACKORDERED, to=OrderStatus.BACKORDERED,
+            detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons},
+            allocations=allocations,
+        )  # fmt: skip
+
+    def reserve_backordered(self, allocations: list[Allocation], *, at: datetime, actor: str) -> Change:
+        """More units of a backordered order reserved as stock arrived: `allocations` is all it
+        now holds; it stays backordered until CreateShipments allocates it."""
+        if self.status is not OrderStatus.BACKORDERED:
+            raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
+            detail={"allocations": [a.model_dump() for a in allocations], "short": self.short_of(allocations),
+                    "reasons": ["backordered units arrived"]},
+            allocations=allocations,
+        )  # fmt: skip
+
     def allocate(self, shipments: list[Shipment], *, at: datetime, actor: str) -> Change:
         return self._next(
             at=at, actor=actor, type=OrderEvent.ALLOCATED, to=OrderStatus.ALLOCATED,

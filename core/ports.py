@@ -241,6 +241,50 @@ class LateOrders(ABC):
         """How many orders are marked late now."""
 
 
+@dataclass(frozen=True, order=True)
+class WaitingOrder:
+    """One entry of a sku's backorder queue: oldest first is `created_at`, then the id."""
+
+    created_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class TopUp:
+    """Grow the reservation under `key` at (sku, location) from `held` units (0: none) to `quantity`."""
+
+    sku: str
+    location_id: str
+    key: str
+    held: int
+    quantity: int
+
+
+class Backorders(ABC):
+    """Per sku, the backordered orders waiting for its units, oldest first (what an arrival of
+    units reads instead of the Orders table), and the one write that fills a backordered order.
+    Queue entries are idempotent to add and to remove."""
+
+    @abstractmethod
+    def add(self, sku: str, entry: WaitingOrder) -> None: ...
+
+    @abstractmethod
+    def remove(self, sku: str, entry: WaitingOrder) -> None: ...
+
+    @abstractmethod
+    def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        """Up to `limit` entries of `sku` after `after` (from the oldest when None), oldest first."""
+
+    @abstractmethod
+    def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
+        """Atomically: every top-up (each conditional on its reservation holding exactly `held` and
+        on enough units being available) and the order's update (conditional on its status and
+        version, as OrderRepository.update). A line of an order may take units from several
+        locations, so only one write over all of them can keep two concurrent fills of the same
+        order from reserving the same line twice. Raises StaleVersion, having written nothing,
+        when the order or any of those reservations or stock levels changed since they were read."""
+
+
 class WorkflowStarter(ABC):
     @abstractmethod
     def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:

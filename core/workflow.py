@@ -21,6 +21,7 @@ import pluggy
 from core import payment_keys
 from core.cancellation import Cancellation
 from core.errors import (
+    Backordered,
     InsufficientStock,
     NotFound,
     OrderClosed,
@@ -32,16 +33,25 @@ from core.errors import (
 )
 from core.hook_calls import call_hook
 from core.ids import reservation_key, short_hash
-from core.models import Address, Location, Order, Shipment, ShipmentLine, utc_now
+from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
+from core.ports import (
+    Backorders,
+    CatalogRepository,
+    InventoryRepository,
+    LabelStore,
+    OrderRepository,
+    TopUp,
+    WaitingOrder,
+)
 from core.status import TERMINAL, OrderStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan
 
 S = OrderStatus
 WORKFLOW_ACTOR = "workflow"
+BACKORDER_ACTOR = "backorders"
 Clock = Callable[[], datetime]
 
 # Which status each task of infra/order_workflow.asl.json writes (None: it records without
@@ -68,8 +78,16 @@ BUSINESS_OUTCOMES: dict[str, str] = {
     "OrderHeld": "OrderOnHold",
     "PaymentDeclined": "FailPayment",
     "OutOfStock": "CancelOrder",
+    "Backordered": "OrderBackordered",
 }
 PARK = "ParkOrder"
+
+
+# A fill of a backordered order is one DynamoDB transaction of at most 100 items, the order's
+# update among them (what does not fit waits for the next arrival); a fill that keeps losing races
+# is retried by its caller (the stream, the workflow's Retry).
+MAX_TOP_UPS = 99
+FILL_ATTEMPTS = 10
 
 
 def after_failure(error: str) -> str:
@@ -115,6 +133,7 @@ class Workflow:
         labels: LabelStore,
         clock: Clock = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        backorders: Backorders | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -124,6 +143,9 @@ class Workflow:
         self._labels = labels
         self._clock = clock
         self._cancellation = Cancellation(orders, catalog, inventory, self._payments, clock)
+        # Without a queue nothing could ever wake a backordered order, so a shortage then ends
+        # out_of_stock as for any product.
+        self._backorders = backorders
 
     def _load(self, order_id: str) -> Order:
         order = self._orders.get(order_id)
@@ -201,6 +223,11 @@ class Workflow:
     # --- ReserveStock ----------------------------------------------------------------------
     def reserve_stock(self, order_id: str) -> None:
         order = self._load(order_id)
+        if order.status is S.BACKORDERED:
+            # Restarted (or retried after backordering): take whatever arrived since, so units
+            # that came between the first attempt and the queue entry are not missed.
+            self.fill_backorder(order_id)
+            return
         if order.status != S.AUTHORIZED or order.allocations:
             if order.status in STOPPED:
                 raise stopped(order)
@@ -220,7 +247,11 @@ class Workflow:
                 )
                 for level in levels
             ]  # fmt: skip
-        plan = self._source(order, eligible, stock, destination_of(order, locations))
+        backorder = self._backorderable_shortage(order, eligible, stock)
+        if backorder:
+            plan = self._source(_reduced(order, backorder), eligible, stock, destination_of(order, locations))
+        else:
+            plan = self._source(order, eligible, stock, destination_of(order, locations))
         line_sku = {line.line_id: line.sku for line in order.lines}
         wanted = {
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
@@ -240,11 +271,109 @@ class Workflow:
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
+        if backorder:
+            self._wait_for_stock(order, plan, done, set(backorder))
+            return
         new, entry = order.reserve(plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
             raise self._closed_or_retry(order_id, lambda: [self._inventory.release(*i) for i in done]) from None
+
+    # --- Backorders ------------------------------------------------------------------------------
+    def _backorderable_shortage(self, order: Order, eligible: list[Location], stock: dict) -> dict[str, int]:
+        """{sku: units the eligible locations lack} when every sku they lack allows backorder
+        (and a queue can wake the order); {} when nothing is short or a short product does not
+        allow backorder (the order then ends out_of_stock as before)."""
+        if self._backorders is None or not eligible:
+            return {}
+        wanted: dict[str, int] = defaultdict(int)
+        for line in order.lines:
+            wanted[line.sku] += line.quantity
+        allowed = {loc.location_id for loc in eligible}
+        have = {
+            sku: sum(max(level.available, 0) for level in stock.get(sku, []) if level.location_id in allowed)
+            for sku in wanted
+        }
+        short = {sku: units - have[sku] for sku, units in wanted.items() if have[sku] < units}
+        if not short:
+            return {}
+        products = self._catalog.get_products(set(short))
+        if not all(sku in products and products[sku].allow_backorder for sku in short):
+            return {}
+        return {sku: have[sku] for sku in short}  # what can be reserved of each short sku now
+
+    def _wait_for_stock(
+        self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str]
+    ) -> None:
+        """Record the part reserved and wait `backordered`: queue entries first, so an arrival
+        from now on finds the order; then the status; then one look at stock that arrived
+        between sourcing and the queue entry. Raises Backordered unless that completed it."""
+        assert self._backorders is not None
+        entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
+        for sku in sorted(short):
+            self._backorders.add(sku, entry)
+        new, history = order.backorder(plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR)
+        try:
+            self._orders.update(new, order, [history])
+        except StaleVersion:
+            raise self._closed_or_retry(order.id, lambda: [self._inventory.release(*i) for i in done]) from None
+        filled = self.fill_backorder(order.id)
+        if filled.status in STOPPED:
+            raise OrderClosed(f"order {order.id} is {filled.status}")
+        if filled.short_of():
+            raise Backordered(f"order {order.id} waits for stock")
+
+    def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
+        """Reserve what has arrived for a backordered order, line by line, at its eligible
+        locations; return the order as it is afterwards (unchanged when it is not backordered or
+        nothing arrived). The reservations and the order's new allocations are one write
+        (Backorders.fill), conditional on what was read: concurrent fills of the same order and
+        redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again."""
+        assert self._backorders is not None
+        for _ in range(FILL_ATTEMPTS):
+            order = self._load(order_id)
+            if order.status is not S.BACKORDERED:
+                return order
+            eligible = [loc.location_id for loc in eligible_locations(
+                order.fulfillment.type, order.fulfillment.location_id, self._catalog.list_locations())]  # fmt: skip
+            held = self._reservations_of(order, eligible)
+            top_ups = self._top_ups(order, eligible, held)
+            if not top_ups:
+                return order
+            for t in top_ups:
+                held[(t.sku, t.location_id, t.key)] = t.quantity
+            new, entry = order.reserve_backordered(_allocations(order, held), at=self._clock(), actor=actor)
+            try:
+                self._backorders.fill(new, order, [entry], top_ups)
+                return new
+            except StaleVersion:
+                continue  # the order, a reservation or the stock moved since the read
+        raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
+
+    def _top_ups(self, order: Order, eligible: list[str], held: dict[tuple[str, str, str], int]) -> list[TopUp]:
+        """What to reserve from available stock: each line's locations that hold some of it
+        first (fewer shipments), then the most stocked, then by id."""
+        skus = {line.sku for line in order.lines}
+        left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
+                for levels in self._inventory.levels(skus, eligible).values() for lvl in levels}  # fmt: skip
+        top_ups: list[TopUp] = []
+        for line in order.lines:
+            key = reservation_key(order.id, line.line_id)
+            need = line.quantity - sum(q for (_, _, k), q in held.items() if k == key)
+            places = sorted(
+                (loc for (sku, loc), units in left.items() if sku == line.sku and units > 0),
+                key=lambda loc: (-held.get((line.sku, loc, key), 0), -left[(line.sku, loc)], loc),
+            )
+            for location_id in places:
+                if need <= 0 or len(top_ups) == MAX_TOP_UPS:
+                    break
+                before = held.get((line.sku, location_id, key), 0)
+                more = min(need, left[(line.sku, location_id)])
+                top_ups.append(TopUp(line.sku, location_id, key, before, before + more))
+                left[(line.sku, location_id)] -= more
+                need -= more
+        return top_ups
 
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -276,7 +405,9 @@ class Workflow:
     # --- CreateShipments --------------------------------------------------------------------
     def create_shipments(self, order_id: str) -> None:
         order = self._load(order_id)
-        if order.status != S.AUTHORIZED:
+        if order.status is S.BACKORDERED and order.short_of():
+            raise Backordered(f"order {order_id} waits for stock")
+        if order.status not in (S.AUTHORIZED, S.BACKORDERED):
             if order.status in STOPPED:
                 raise stopped(order)
             return  # allocated already
@@ -308,6 +439,12 @@ class Workflow:
             self._orders.update(new, order, [entry])
         except StaleVersion:
             raise self._closed_or_retry(order_id, lambda: None) from None
+        if order.status is S.BACKORDERED and self._backorders is not None:
+            # Out of its skus' queues (an arrival that meets an entry left by a crash here
+            # removes it too).
+            waiting = WaitingOrder(created_at=order.created_at, order_id=order.id)
+            for sku in sorted({line.sku for line in order.lines}):
+                self._backorders.remove(sku, waiting)
 
     def _book(
         self, order: Order, shipment_id: str, origin: Location, lines: list[ShipmentLine], weight: int
@@ -365,6 +502,35 @@ class Workflow:
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold") from None
         return parked
+
+
+def _by_place(allocation: Allocation) -> tuple[str, str]:
+    return allocation.line_id, allocation.location_id
+
+
+def _allocations(order: Order, held: dict[tuple[str, str, str], int]) -> list[Allocation]:
+    """The order's allocations as the inventory holds them: one per line and location."""
+    line_of = {reservation_key(order.id, line.line_id): line.line_id for line in order.lines}
+    return [
+        Allocation(line_id=line_of[key], location_id=location_id, quantity=quantity)
+        for (_, location_id, key), quantity in sorted(held.items(), key=lambda kv: (line_of[kv[0][2]], kv[0][1]))
+        if quantity > 0
+    ]
+
+
+def _reduced(order: Order, available: dict[str, int]) -> Order:
+    """The part of `order` that can be reserved now: each short sku's lines cut to the units
+    available (earlier lines first), lines left with none dropped. Only sourcing reads it."""
+    left = dict(available)
+    lines = []
+    for line in order.lines:
+        quantity = line.quantity
+        if line.sku in left:
+            quantity = min(quantity, left[line.sku])
+            left[line.sku] -= quantity
+        if quantity > 0:
+            lines.append(line.model_copy(update={"quantity": quantity}))
+    return order.model_copy(update={"lines": lines})
 
 
 def _message(cause: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from core.backorders import BackorderAllocator
 from core.fulfillment import OrderActions
 from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
@@ -50,6 +51,7 @@ from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
+    DynamoBackorders,
     DynamoCatalog,
     DynamoInventory,
     DynamoLateOrders,
@@ -216,6 +218,11 @@ class Container:
         return DynamoInventory(self.dynamodb, self.config.inventory_table)
 
     @cached_property
+    def backorders(self) -> DynamoBackorders:
+        # The queues live in the Inventory table, beside the stock they wait for (see DynamoBackorders).
+        return DynamoBackorders(self.dynamodb, self.config.inventory_table, self.config.orders_table)
+
+    @cached_property
     def api_key_repository(self) -> DynamoApiKeys:
         return DynamoApiKeys(self.dynamodb, self.config.catalog_table)
 
@@ -328,6 +335,13 @@ class Container:
             self.plugins,
             self.label_store,
             clock=self.clock,
+            backorders=self.backorders,
+        )
+
+    @cached_property
+    def backorder_allocator(self) -> BackorderAllocator:
+        return BackorderAllocator(
+            self.order_repository, self.catalog_repository, self.backorders, self.workflow, self.workflow_starter
         )
 
     @cached_property

@@ -11,13 +11,21 @@ from core.money import Money
 from core.ports import ReturnWorkflowStarter
 from core.returns import Returns
 from core.workflow_types import PaymentResult
-from plugins.testing.memory import InMemoryCatalog, InMemoryInventory, InMemoryLabels, InMemoryOrders, InMemoryReturns
+from plugins.testing.memory import (
+    InMemoryBackorders,
+    InMemoryCatalog,
+    InMemoryInventory,
+    InMemoryLabels,
+    InMemoryOrders,
+    InMemoryReturns,
+)
 
 FakeOrders = InMemoryOrders
 FakeCatalog = InMemoryCatalog
 FakeInventory = InMemoryInventory
 FakeLabels = InMemoryLabels
 FakeReturns = InMemoryReturns
+FakeBackorders = InMemoryBackorders
 
 
 class PaymentSpy:

@@ -21,6 +21,7 @@ from core.jeopardy import WATCHED
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
+    Backorders,
     CatalogRepository,
     InventoryRepository,
     LateOrders,
@@ -30,6 +31,8 @@ from core.ports import (
     ReturnRepository,
     StalledOrder,
     StalledOrders,
+    TopUp,
+    WaitingOrder,
 )
 from core.return_models import Return
 from core.status import OrderStatus, check_successor
@@ -181,6 +184,35 @@ def _order(item: dict[str, Any]) -> Order:
     return Order.model_validate_json(document["S"])  # stored before documents were compressed
 
 
+def order_update(table: str, order: Order, expected: Order, entries: list[HistoryEntry]) -> dict[str, Any]:
+    """The UpdateItem that stores `order` over `expected` (its status and version unchanged since
+    read) and appends `entries`: on its own, or as one item of a transaction (DynamoBackorders).
+    It keeps the jeopardy scan's index attributes in step with the order (see _sla_attributes)."""
+    sla = _sla_attributes(order)
+    kept = ", ".join(f"{name} = :{name}" for name in sla)
+    removed = [name for name in SLA_ATTRIBUTES if name not in sla]
+    return {
+        "TableName": table,
+        "Key": {"id": {"S": order.id}},
+        "UpdateExpression": (
+            "SET #doc = :doc, #status = :status, #version = :version, history = list_append(history, :entries)"
+            + (", " + kept if kept else "")
+            + (" REMOVE " + ", ".join(removed) if removed else "")
+        ),
+        "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
+        "ExpressionAttributeNames": {"#doc": "doc", "#status": "status", "#version": "version"},
+        "ExpressionAttributeValues": {
+            ":doc": _document(order),
+            ":status": {"S": order.status.value},
+            ":version": {"N": str(order.version)},
+            ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
+            ":expected_status": {"S": expected.status.value},
+            ":expected_version": {"N": str(expected.version)},
+            **{f":{name}": value for name, value in sla.items()},
+        },
+    }
+
+
 class DynamoOrders(OrderRepository):
     """One item per order. The order itself is one JSON document attribute (`doc`, exact decimal
     strings for money, zlib-compressed in a binary) beside the attributes that keys, indexes and
@@ -222,31 +254,8 @@ class DynamoOrders(OrderRepository):
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         check_successor(expected, order)
-        sla = _sla_attributes(order)
-        kept = ", ".join(f"{name} = :{name}" for name in sla)
-        removed = [name for name in SLA_ATTRIBUTES if name not in sla]
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"id": {"S": order.id}},
-                UpdateExpression=(
-                    "SET #doc = :doc, #status = :status, #version = :version, "
-                    + "history = list_append(history, :entries), "
-                    + kept
-                    + (" REMOVE " + ", ".join(removed) if removed else "")
-                ),
-                ConditionExpression="#status = :expected_status AND #version = :expected_version",
-                ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
-                ExpressionAttributeValues={
-                    ":doc": _document(order),
-                    ":status": {"S": order.status.value},
-                    ":version": {"N": str(order.version)},
-                    ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
-                    ":expected_status": {"S": expected.status.value},
-                    ":expected_version": {"N": str(expected.version)},
-                    **{f":{name}": value for name, value in sla.items()},
-                },
-            )
+            self._client.update_item(**order_update(self._table, order, expected, entries))
         except ClientError as error:
             if _is_conditional_failure(error):
                 raise StaleVersion(
@@ -911,11 +920,110 @@ class DynamoInventory(InventoryRepository):
             return result
         for sku in skus:
             paginator = self._client.get_paginator("query")
+            # A location id starts with a letter or digit ("0" sorts before any): the sku's
+            # backorder queue entries ("#backorder#...", DynamoBackorderQueue) sort before them.
             pages = paginator.paginate(
                 TableName=self._table,
-                KeyConditionExpression="sku = :sku",
-                ExpressionAttributeValues={":sku": {"S": sku}},
+                KeyConditionExpression="sku = :sku AND location_id >= :first",
+                ExpressionAttributeValues={":sku": {"S": sku}, ":first": {"S": "0"}},
             )
             for page in pages:
                 result[sku].extend(_level(from_item(item)) for item in page.get("Items", []))
         return result
+
+
+# --- Backorder queues ----------------------------------------------------------------------------
+
+BACKORDER_PREFIX = "#backorder#"
+
+
+class DynamoBackorders(Backorders):
+    """Each sku's queue lives beside its stock in the Inventory table: partition `sku`, sort key
+    `#backorder#<created_at>#<order id>` (no location id starts with "#"), so one Query on the
+    sku's partition reads its waiting orders oldest first and no other table is needed. The
+    stream consumer ignores these items (they carry no `available`). A fill is one
+    TransactWriteItems over the Inventory and Orders tables (IAM authorizes its items as
+    UpdateItem on each)."""
+
+    def __init__(self, client: Any, inventory_table: str, orders_table: str):
+        self._client = client
+        self._table = inventory_table
+        self._orders_table = orders_table
+
+    @staticmethod
+    def _key(sku: str, entry: WaitingOrder) -> dict[str, Any]:
+        sort_key = f"{BACKORDER_PREFIX}{timestamp(entry.created_at)}#{entry.order_id}"
+        return {"sku": {"S": sku}, "location_id": {"S": sort_key}}
+
+    def add(self, sku: str, entry: WaitingOrder) -> None:
+        item = {
+            **self._key(sku, entry),
+            "order_id": {"S": entry.order_id},
+            "created_at": {"S": timestamp(entry.created_at)},
+        }
+        self._client.put_item(TableName=self._table, Item=item)
+
+    def remove(self, sku: str, entry: WaitingOrder) -> None:
+        self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))
+
+    def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "sku = :sku AND begins_with(location_id, :prefix)",
+            "ExpressionAttributeValues": {":sku": {"S": sku}, ":prefix": {"S": BACKORDER_PREFIX}},
+            "ProjectionExpression": "order_id, created_at",
+            "Limit": limit,
+        }
+        if after is not None:
+            query["ExclusiveStartKey"] = self._key(sku, after)
+        items = self._client.query(**query).get("Items", [])
+        return [
+            WaitingOrder(
+                created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
+                order_id=item["order_id"]["S"],
+            )
+            for item in items
+        ]
+
+    def _top_ups(self, sku: str, location_id: str, top_ups: list[TopUp]) -> dict[str, Any]:
+        """One Update of a stock item for all its top-ups (a transaction may name an item once)."""
+        more = sum(t.quantity - t.held for t in top_ups)
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":more": more}
+        sets, conditions = [], ["available >= :more"]
+        for n, t in enumerate(top_ups):
+            names[f"#k{n}"] = t.key
+            values[f":q{n}"] = t.quantity
+            sets.append(f"reservations.#k{n} = :q{n}")
+            if t.held:
+                values[f":h{n}"] = t.held
+                conditions.append(f"reservations.#k{n} = :h{n}")
+            else:
+                conditions.append(f"attribute_not_exists(reservations.#k{n})")
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+                "UpdateExpression": "SET reserved = reserved + :more, available = available - :more, "
+                + ", ".join(sets),
+                "ConditionExpression": " AND ".join(conditions),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": to_item(values),
+            }
+        }
+
+    def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
+        check_successor(expected, order)
+        by_item: dict[tuple[str, str], list[TopUp]] = {}
+        for t in top_ups:
+            by_item.setdefault((t.sku, t.location_id), []).append(t)
+        items = [self._top_ups(sku, location_id, group) for (sku, location_id), group in sorted(by_item.items())]
+        items.append({"Update": order_update(self._orders_table, order, expected, entries)})
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            # A failed condition, or another transaction on one of the items (TransactionConflict):
+            # nothing was written either way.
+            if error.response["Error"]["Code"] == "TransactionCanceledException":
+                raise StaleVersion(f"order {order.id} or its stock changed while its backorder was filled") from None
+            raise

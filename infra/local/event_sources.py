@@ -110,13 +110,46 @@ def _check_pattern(pattern: Mapping[str, Any], where: str) -> None:
             if not value:
                 raise EventSourceError(f"{where}: {key!r} has an empty list (it would match nothing)")
             for item in value:
+                if isinstance(item, dict) and set(item) == {"numeric"} and _numeric_rule(item["numeric"]):
+                    continue
                 if isinstance(item, dict | list):
                     raise EventSourceError(
                         f"{where}: {key!r} uses {json.dumps(item)}, which the local runtime does not support "
-                        "(only exact values: lists of strings, numbers, booleans or null)"
+                        "(only exact values: lists of strings, numbers, booleans or null; and numeric ranges)"
                     )
         else:
             raise EventSourceError(f"{where}: {key!r} must be a list of values or an object, got {json.dumps(value)}")
+
+
+_COMPARE = {
+    "=": lambda a, b: a == b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _numeric_rule(rule: Any) -> list[tuple[str, float]] | None:
+    """Lambda's numeric matching, `{"numeric": [">", 0]}` or `[">=", 1, "<", 5]`: (operator,
+    number) pairs, all of which must hold; None when malformed."""
+    if not isinstance(rule, list) or not rule or len(rule) % 2 or len(rule) > 4:
+        return None
+    pairs = list(zip(rule[::2], rule[1::2], strict=True))
+    for operator, number in pairs:
+        if operator not in _COMPARE or isinstance(number, bool) or not isinstance(number, int | float):
+            return None
+    return pairs
+
+
+def _numeric_matches(rule: list[Any], candidate: Any) -> bool:
+    if isinstance(candidate, bool):
+        return False
+    try:  # DynamoDB numbers are strings ({"N": "5"})
+        value = float(candidate)
+    except (TypeError, ValueError):
+        return False
+    return all(_COMPARE[operator](value, float(number)) for operator, number in _numeric_rule(rule) or [])
 
 
 def matches_filters(patterns: Sequence[Mapping[str, Any]] | None, record: Mapping[str, Any]) -> bool:
@@ -148,6 +181,10 @@ def _value_matches(expected: Sequence[Any], actual: Any) -> bool:
     candidates = actual if isinstance(actual, list) else [actual]  # an array matches if any element does
     for candidate in candidates:
         for wanted in expected:
+            if isinstance(wanted, dict):  # a numeric range (the only rule _check_pattern lets through)
+                if _numeric_matches(wanted["numeric"], candidate):
+                    return True
+                continue
             if candidate == wanted and type(candidate) is type(wanted):
                 return True
             if isinstance(wanted, int | float) and not isinstance(wanted, bool) and isinstance(candidate, str):

@@ -32,7 +32,13 @@ from core.tracking import CarrierTracking
 from core.workflow import Workflow
 from core.workflow_types import PaymentResult, TrackingUpdate
 from plugins.testing.builders import NOW
-from plugins.testing.memory import InMemoryCatalog, InMemoryInventory, InMemoryLabels, InMemoryOrders
+from plugins.testing.memory import (
+    InMemoryBackorders,
+    InMemoryCatalog,
+    InMemoryInventory,
+    InMemoryLabels,
+    InMemoryOrders,
+)
 
 
 def plugin_host(*plugins: object) -> PluginHost:
@@ -59,7 +65,16 @@ class PluginHost:
         self.labels = InMemoryLabels()
         self._pricing = Pricing(manager)
         self._payments = Payments(manager)
-        self._workflow = Workflow(self.orders, self.catalog, self.inventory, manager, self.labels, clock=lambda: NOW)
+        self.backorders = InMemoryBackorders(self.orders, self.inventory)
+        self._workflow = Workflow(
+            self.orders,
+            self.catalog,
+            self.inventory,
+            manager,
+            self.labels,
+            clock=lambda: NOW,
+            backorders=self.backorders,
+        )
 
     # --- Pricing -------------------------------------------------------------------------------------
     def price(self, order: PlaceOrder, products: Iterable[Product], tax_address: Address | None = None) -> PricedOrder:

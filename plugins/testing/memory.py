@@ -9,6 +9,7 @@ from datetime import datetime
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
 from core.ports import (
+    Backorders,
     CatalogRepository,
     InventoryRepository,
     LabelStore,
@@ -17,6 +18,8 @@ from core.ports import (
     OrderRepository,
     ReturnFilter,
     ReturnRepository,
+    TopUp,
+    WaitingOrder,
 )
 from core.return_models import Return
 from core.status import OrderStatus, check_successor
@@ -265,6 +268,40 @@ class InMemoryInventory(InventoryRepository):
             sku: [lvl for (s, loc), lvl in sorted(self.stock.items()) if s == sku and (wanted is None or loc in wanted)]
             for sku in skus
         }
+
+
+class InMemoryBackorders(Backorders):
+    """The queue, and fills applied to the in-memory orders and inventory all or nothing."""
+
+    def __init__(self, orders: InMemoryOrders, inventory: InMemoryInventory) -> None:
+        self.entries: dict[str, set[WaitingOrder]] = {}
+        self._orders = orders
+        self._inventory = inventory
+
+    def add(self, sku: str, entry: WaitingOrder) -> None:
+        self.entries.setdefault(sku, set()).add(entry)
+
+    def remove(self, sku: str, entry: WaitingOrder) -> None:
+        self.entries.get(sku, set()).discard(entry)
+
+    def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        return [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]
+
+    def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
+        for t in top_ups:
+            held = self._inventory.held.get((t.sku, t.location_id), {}).get(t.key, 0)
+            if held != t.held or self._inventory._get(t.sku, t.location_id).available < t.quantity - t.held:
+                raise StaleVersion(f"the reservation {t.key} or the stock of {t.sku} at {t.location_id} changed")
+        # The order's own conditional update decides (it raises StaleVersion); the stock changes
+        # only after it, so a fill that loses the order changes nothing.
+        self._orders.update(order, expected, entries)
+        for t in top_ups:
+            more = t.quantity - t.held
+            level = self._inventory._get(t.sku, t.location_id)
+            self._inventory._held(t.sku, t.location_id)[t.key] = t.quantity
+            self._inventory._put(
+                level.model_copy(update={"reserved": level.reserved + more, "available": level.available - more})
+            )
 
 
 class InMemoryLabels(LabelStore):

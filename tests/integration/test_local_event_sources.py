@@ -220,9 +220,33 @@ def test_filter_patterns_match_exact_values_in_nested_keys():
     assert not matches_filters(body, {"body": "not json"})
 
 
+def test_numeric_ranges_compare_dynamodb_numbers_as_numbers():
+    patterns = compile_filters(
+        {"Filters": [{"Pattern": '{"dynamodb": {"NewImage": {"available": {"N": [{"numeric": [">", 0]}]}}}}'}]}, "t"
+    )
+    between = compile_filters({"Filters": [{"Pattern": {"n": [{"numeric": [">=", 1, "<", 5]}]}}]}, "t")
+
+    def stock(available: Any) -> dict[str, Any]:
+        return {"dynamodb": {"NewImage": {"available": {"N": available}}}}
+
+    assert matches_filters(patterns, stock("3")) and matches_filters(patterns, stock("0.5"))
+    assert not matches_filters(patterns, stock("0")) and not matches_filters(patterns, stock("-2"))
+    assert not matches_filters(patterns, stock("x")) and not matches_filters(patterns, {"dynamodb": {"NewImage": {}}})
+    assert [matches_filters(between, {"n": n}) for n in (0, 1, 4.5, 5)] == [False, True, True, False]
+
+
 @pytest.mark.parametrize(
     "pattern",
-    ['{"eventName": [{"prefix": "INS"}]}', '{"eventName": "INSERT"}', '{"eventName": []}', "[1]", "{bad json"],
+    [
+        '{"eventName": [{"prefix": "INS"}]}',
+        '{"eventName": "INSERT"}',
+        '{"eventName": []}',
+        "[1]",
+        "{bad json",
+        '{"n": [{"numeric": [">"]}]}',
+        '{"n": [{"numeric": ["~", 1]}]}',
+        '{"n": [{"numeric": [">", "1"]}]}',
+    ],
 )
 def test_unsupported_filter_syntax_fails_clearly(pattern: str):
     with pytest.raises(EventSourceError, match=r"Fn\.Events\.E"):

@@ -294,6 +294,34 @@ def test_an_allocated_order_run_again_ends_allocated_and_unchanged(stack: Embedd
     assert inventory(api, sku) == reserved
 
 
+def test_a_backordered_order_ends_its_execution_and_a_new_one_allocates_it_once_stock_is_there(
+    stack: EmbeddedStack, api: Api, faults: Faults, network
+):
+    catalog = Catalog(api)
+    sku = catalog.product("30.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 1)
+    order_id = place(api, order_body((sku, 3)))
+
+    waiting = run(stack, order_id)
+
+    assert waiting["described"]["status"] == "SUCCEEDED"
+    assert waiting["states"] == ["AuthorizePayment", "ReserveStock", "OrderBackordered"]
+    order = get_order(api, order_id)
+    assert (order["status"], order["shipments"], order["payment"]["status"]) == ("backordered", [], "authorized")
+    assert [a["quantity"] for a in order["allocations"]] == [1]
+    assert inventory(api, sku) == {(sku, network["west"]): (1, 1)}
+    assert run(stack, order_id)["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderBackordered"]
+
+    catalog.stock(sku, network["east"], 5)  # event sources are off here: the next execution takes them
+    resumed = run(stack, order_id)
+
+    assert resumed["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
+    order = get_order(api, order_id)
+    assert order["status"] == "allocated" and sum(a["quantity"] for a in order["allocations"]) == 3
+    assert {s["location_id"] for s in order["shipments"]} == {network["west"], network["east"]}
+    assert inventory(api, sku) == {(sku, network["west"]): (1, 1), (sku, network["east"]): (5, 2)}
+
+
 # --- A task that keeps failing: retried, then ParkOrder -------------------------------------------------------
 RETRIES = 6  # the ASL's States.ALL retrier: MaxAttempts
 

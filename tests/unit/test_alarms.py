@@ -110,7 +110,7 @@ def stream_consumers() -> list[str]:
 
 
 def test_every_stream_consumer_has_an_iterator_age_alarm():
-    assert stream_consumers() == ["EventsFunction", "OutboxFunction"]
+    assert stream_consumers() == ["BackorderFunction", "EventsFunction", "OutboxFunction"]
     for function in stream_consumers():
         assert alarmed("AWS/Lambda", "IteratorAge", {"FunctionName": {"Ref": function}}), function
 

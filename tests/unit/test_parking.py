@@ -71,7 +71,7 @@ def test_every_other_failure_parks_the_order(error):
 
 
 def test_only_the_business_outcomes_are_not_parked():
-    assert set(BUSINESS_OUTCOMES) == {"PaymentDeclined", "OutOfStock", "OrderClosed", "OrderHeld"}
+    assert set(BUSINESS_OUTCOMES) == {"PaymentDeclined", "OutOfStock", "OrderClosed", "OrderHeld", "Backordered"}
 
 
 # --- The hold on the Order -----------------------------------------------------------------

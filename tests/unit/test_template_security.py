@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
+    DynamoBackorders,
     DynamoCatalog,
     DynamoInventory,
     DynamoLateOrders,
@@ -120,10 +121,23 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
+    },
+    "BackorderFunction": {
+        **_WORKFLOW_ORDERS,
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
+        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+        ("BackorderFailureQueue", "sqs:SendMessage"): "the InventoryStream mapping's on-failure destination",
     },
     "CreateShipmentsFunction": {
         **_WORKFLOW_ORDERS,
+        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         ("LabelsBucket", "s3:PutObject"): [S3Labels],

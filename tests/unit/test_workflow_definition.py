@@ -126,3 +126,17 @@ def test_every_state_is_reachable_and_every_path_ends():
         assert nexts or state["Type"] in ("Succeed", "Fail") or state.get("End"), name
         todo.extend(nexts)
     assert seen == set(STATES)
+
+
+def test_a_backordered_order_ends_the_execution_and_waits_without_an_execution():
+    """ReserveStock backorders an order short of backorderable stock and CreateShipments refuses
+    one still short: both end the execution at a Succeed state (no Wait, no task token), and
+    the backorder allocator starts a new one once every unit is reserved."""
+    for step in ("ReserveStock", "CreateShipments"):
+        catches = {err: c["Next"] for c in TASKS[step]["Catch"] for err in c["ErrorEquals"]}
+        assert catches["Backordered"] == after_failure("Backordered") == "OrderBackordered", step
+    assert STATES["OrderBackordered"]["Type"] == "Succeed"
+    assert not [s for s in STATES.values() if s["Type"] == "Wait"]
+    assert OrderStatus.BACKORDERED in TRANSITIONS[OrderStatus.AUTHORIZED]
+    assert OrderStatus.ALLOCATED in TRANSITIONS[OrderStatus.BACKORDERED]
+    assert OrderStatus.CANCELLED in TRANSITIONS[OrderStatus.BACKORDERED]

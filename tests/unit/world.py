@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import pytest
 
@@ -23,7 +24,7 @@ from core.services import CaptureService
 from core.status import OrderStatus
 from core.workflow import Workflow
 from tests.builders import NOW, location, place_order, product
-from tests.fakes import FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy, ScriptedGateway
+from tests.fakes import FakeBackorders, FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy, ScriptedGateway
 
 Held = dict[tuple[str, str, str], int]
 Stock = list[tuple[str, str, int]]  # (sku, location_id, on_hand)
@@ -42,6 +43,7 @@ class World:
     actions: OrderActions
     refunds: RefundService
     counter: list[int] = field(default_factory=lambda: [0])
+    backorders: FakeBackorders | None = None
 
     def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
         self.counter[0] += 1
@@ -102,7 +104,10 @@ class World:
 
 
 def build_world(
-    stock: Stock, *extra_plugins: object, wrap_orders: Callable[[FakeOrders], object] | None = None
+    stock: Stock,
+    *extra_plugins: object,
+    wrap_orders: Callable[[FakeOrders], object] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> World:
     """`wrap_orders` wraps the repository the services use (the World keeps the fake itself)."""
     fake, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
@@ -121,8 +126,10 @@ def build_world(
     spy, gateway = PaymentSpy(), ScriptedGateway()
     plugins = build_plugin_manager(spy, gateway, *extra_plugins, enable_test_payments=True)
 
-    def clock():
+    def fixed():
         return NOW
+
+    clock = clock or fixed
 
     def sleep(seconds: float) -> None:
         pass
@@ -138,10 +145,13 @@ def build_world(
         payment_methods=payments.methods,
         review_rules=plugins,
     )
-    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep)
+    backorders = FakeBackorders(fake, inventory)
+    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders)
     refunds = RefundService(orders, payments, clock)
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds)
-    return World(fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds)
+    return World(
+        fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds, backorders=backorders
+    )
 
 
 def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:

@@ -1,0 +1,93 @@
+"""Backorder allocation: when units of a sku arrive at a location, fill the orders waiting for them, oldest first.
+
+The Inventory table's stream calls `arrived(sku, location_id)` whenever `available` rises there (an
+adjustment, a stock take, a purchase-order receipt, a restocked return, a released reservation).
+It reads the sku's backorder queue, never the Orders table, and fills each waiting order through
+the workflow's own `fill_backorder` (conditional writes only: it never reserves more than is
+available, and a redelivered or concurrent arrival reserves nothing twice). An order whose every
+line is then reserved gets its workflow started again, whose CreateShipments allocates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.ports import Backorders, CatalogRepository, OrderRepository, WaitingOrder, WorkflowStarter
+from core.status import OrderStatus
+from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
+
+S = OrderStatus
+PAGE = 25
+# An order in these statuses may still be (or become) backordered: its queue entry stays.
+# AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
+STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
+
+
+@dataclass
+class Arrival:
+    """What one arrival did: orders it reserved units for, and those now fully reserved."""
+
+    filled: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+
+
+class BackorderAllocator:
+    def __init__(
+        self,
+        orders: OrderRepository,
+        catalog: CatalogRepository,
+        queue: Backorders,
+        workflow: Workflow,
+        starter: WorkflowStarter,
+    ):
+        self._orders = orders
+        self._catalog = catalog
+        self._queue = queue
+        self._workflow = workflow
+        self._starter = starter
+
+    def arrived(self, sku: str, location_id: str) -> Arrival:
+        """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first.
+        Stops at the first such order still short of `sku` after its fill: the location had no
+        more, so no younger order may get units an older one is waiting for."""
+        result = Arrival()
+        locations = None
+        after: WaitingOrder | None = None
+        while page := self._queue.waiting(sku, after, PAGE):
+            locations = locations or self._catalog.list_locations()  # read only when someone waits
+            for entry in page:
+                order = self._orders.get(entry.order_id)
+                if order is None or order.status not in STILL_WAITING:
+                    self._leave(order.lines if order else [], entry, sku)  # allocated or cancelled
+                    continue
+                if order.status is not S.BACKORDERED:
+                    continue  # held, or about to be backordered (that step looks at stock itself)
+                eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+                if location_id not in {loc.location_id for loc in eligible}:
+                    continue
+                before = order.allocations
+                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR)
+                if order.allocations != before:
+                    result.filled.append(order.id)
+                if order.status is not S.BACKORDERED:
+                    continue
+                short = order.short_of()
+                if not short:
+                    self._complete(order.id, order.channel, order.version)
+                    result.completed.append(order.id)
+                    continue
+                skus_short = {line.sku for line in order.lines if line.line_id in short}
+                if sku in skus_short:
+                    return result
+            after = page[-1]
+        return result
+
+    def _complete(self, order_id: str, channel: str, version: int) -> None:
+        # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes
+        # them): an execution that fails leaves the order in the queue, so the next arrival of
+        # the sku starts it again.
+        self._starter.start(order_id, channel=channel, rerun=f"backorder-v{version}")
+
+    def _leave(self, lines: list, entry: WaitingOrder, sku: str | None = None) -> None:
+        for each in sorted({line.sku for line in lines} | ({sku} if sku else set())):
+            self._queue.remove(each, entry)

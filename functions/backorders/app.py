@@ -1,0 +1,53 @@
+"""Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+from functions.adapters.dynamodb import BACKORDER_PREFIX
+from functions.bootstrap import WarmContainer
+
+logger = Logger()
+# The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+container = WarmContainer()
+
+
+def _available(image: dict[str, Any] | None) -> int:
+    value = (image or {}).get("available")
+    return int(value) if value is not None else 0
+
+
+def arrival(record: DynamoDBRecord) -> None:
+    keys = record.dynamodb.keys if record.dynamodb else {}
+    sku, location_id = str(keys.get("sku", "")), str(keys.get("location_id", ""))
+    if not sku or location_id.startswith(BACKORDER_PREFIX[0]):
+        return  # a backorder queue entry, not stock
+    if _available(record.dynamodb.new_image) <= _available(record.dynamodb.old_image):
+        return  # reserved or shipped: nothing arrived
+    if not container().backorders.waiting(sku, None, 1):
+        return  # nobody waits for this sku: one Query, and no plugin is loaded for it
+    with logger.append_context_keys(sku=sku, location_id=location_id):
+        result = container().backorder_allocator.arrived(sku, location_id)
+        if result.filled:
+            logger.info("backorders filled", extra={"filled": result.filled, "completed": result.completed})
+    if result.filled:
+        metrics.add_metric(name="BackordersFilled", unit=MetricUnit.Count, value=len(result.filled))
+    if result.completed:
+        metrics.add_metric(name="BackordersCompleted", unit=MetricUnit.Count, value=len(result.completed))
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # A record that fails is reported alone (partial batch response); the stream retries it
+    # (bisecting the batch), then hands it to the on-failure queue. Filling is idempotent, so a
+    # retried record reserves nothing twice.
+    return process_partial_response(event=event, record_handler=arrival, processor=processor, context=context)

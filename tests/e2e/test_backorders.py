@@ -1,0 +1,86 @@
+"""Backorders over HTTP on the local stack, with the order workflow and the Inventory stream running:
+orders short of a backorderable product wait `backordered`, listed by `GET
+/orders?status=backordered`; units added with an adjustment allocate the oldest, and the units a
+cancelled order releases allocate the next one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infra.local.stack import EmbeddedStack
+from tests.e2e.client import Api, Catalog, order_body, put_network, unique
+from tests.e2e.conftest import workflow_stack
+
+SETTLE_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    with workflow_stack() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def api(stack: EmbeddedStack) -> Iterator[Api]:
+    client = Api(stack.api_url, stack.admin_key)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def settled(api: Api, order_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        order = api.get(f"/orders/{order_id}").json()
+        if order["status"] == status:
+            return order
+        assert time.monotonic() < deadline, f"{order_id} is {order['status']}, not {status}"
+        time.sleep(0.1)
+
+
+def units(order: dict[str, Any]) -> int:
+    return sum(allocation["quantity"] for allocation in order["allocations"])
+
+
+def test_backordered_orders_allocate_themselves_oldest_first_as_units_arrive(api: Api):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("30.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 1)
+    channel = unique("pre")
+
+    first = api.post("/orders", json=order_body((sku, 3), channel=channel)).json()["id"]
+    first_waiting = settled(api, first, "backordered")
+    second = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
+    second_waiting = settled(api, second, "backordered")
+
+    assert (units(first_waiting), units(second_waiting)) == (1, 0)
+    assert first_waiting["shipments"] == [] and first_waiting["payment"]["status"] == "authorized"
+    listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
+    assert [order["id"] for order in listed] == [second, first]  # newest first, as every list
+    history = api.get(f"/orders/{first}/history").json()["items"]
+    assert [e["to_status"] for e in history if e["to_status"]] == ["pending", "authorized", "backordered"]
+
+    added = api.post(f"/inventory/{sku}/{network['east']}/adjustments", json={"delta": 2, "reason": "receipt"})
+    assert added.status_code == 200, added.text
+
+    allocated = settled(api, first, "allocated")
+    assert units(allocated) == 3 and {s["location_id"] for s in allocated["shipments"]} == set(network.values())
+    assert api.get(f"/orders/{second}").json()["status"] == "backordered"
+
+    cancelled = api.post(f"/orders/{first}/cancel", json={"reason": "customer_request"})
+    assert cancelled.status_code == 200, cancelled.text
+
+    allocated = settled(api, second, "allocated")
+    assert units(allocated) == 2
+    stock = api.get(f"/inventory/{sku}").json()
+    assert (sum(loc["on_hand"] for loc in stock["locations"]), sum(loc["reserved"] for loc in stock["locations"])) == (
+        3,
+        2,
+    )
+    assert api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"] == []

@@ -1,0 +1,265 @@
+"""Backorders on moto: the per-sku queue in the Inventory table and the conditional top-up, the
+Inventory stream consumer filling waiting orders and starting their workflow again, and the
+concurrency test: K units arriving one by one on threads for N waiting orders reserve exactly
+min(K, demand) units, to the oldest orders first."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from core.errors import Backordered, StaleVersion, TransientError
+from core.ids import reservation_key
+from core.models import Allocation
+from core.ports import TopUp, WaitingOrder
+from core.status import OrderStatus
+from functions.adapters.dynamodb import DynamoBackorders, DynamoInventory
+from functions.bootstrap import Config, Container, bootstrap
+from tests.builders import NOW, location, place_order, product
+from tests.fakes import FakeLabels
+
+S = OrderStatus
+PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
+
+
+class Context:
+    function_name = "BackorderFunction"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:BackorderFunction"
+    aws_request_id = "req-backorders"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+class Ticking:
+    """A clock a second apart per reading, safe across threads: orders get distinct created_at."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def __call__(self):
+        with self._lock:
+            self._n += 1
+            return NOW + timedelta(seconds=self._n)
+
+
+@dataclass
+class Shop:
+    container: Container
+    sfn: Any
+    arn: str
+    inventory: DynamoInventory
+    backorders: DynamoBackorders
+    counter: int = 0
+
+    def backordered(self, quantity: int) -> str:
+        self.counter += 1
+        body = {"external_id": f"pre-{self.counter}", "lines": [{"sku": "PREORDER", "quantity": quantity}]}
+        order_id = self.container.capture.place(place_order(**body), actor="key_web").id
+        self.container.workflow.authorize_payment(order_id, attempt=0)
+        with pytest.raises(Backordered):
+            self.container.workflow.reserve_stock(order_id)
+        return order_id
+
+    def order(self, order_id: str):
+        return self.container.order_repository.get(order_id)
+
+    def held(self, order_id: str) -> int:
+        return sum(a.quantity for a in self.order(order_id).allocations)
+
+    def level(self, location_id: str = "wh-east") -> tuple[int, int, int]:
+        [level] = self.inventory.levels({"PREORDER"}, [location_id])["PREORDER"]
+        return level.on_hand, level.reserved, level.available
+
+    def executions(self) -> list[str]:
+        listed = self.sfn.list_executions(stateMachineArn=self.arn)["executions"]
+        return sorted(json.loads(self.sfn.describe_execution(executionArn=e["executionArn"])["input"])["order_id"]
+                      for e in listed)  # fmt: skip
+
+
+@pytest.fixture
+def shop(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    arn = sfn.create_state_machine(
+        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
+        roleArn="arn:aws:iam::123456789012:role/workflow",
+    )["stateMachineArn"]  # fmt: skip
+    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    container = bootstrap(Config.from_env(), clock=Ticking(), label_store=FakeLabels())  # labels: not the subject
+    catalog = container.catalog_repository
+    catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    catalog.put_location(location("wh-east"))
+    catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
+    yield Shop(container, sfn, arn, container.inventory_repository, container.backorders)
+
+
+# --- The adapters -------------------------------------------------------------------------------------
+
+
+def test_a_fill_reserves_and_records_in_one_write_or_not_at_all(shop):
+    order_id = shop.backordered(3)
+    order = shop.order(order_id)
+    key = reservation_key(order_id, order.lines[0].line_id)
+    shop.inventory.set_on_hand("PREORDER", "wh-east", 2, reason="count")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    fills = shop.backorders
+    allocations = [Allocation(line_id=order.lines[0].line_id, location_id="wh-east", quantity=2)]
+    new, entry = order.reserve_backordered(allocations, at=NOW, actor="backorders")
+
+    with pytest.raises(StaleVersion):  # more than is available at wh-west: nothing at all is written
+        fills.fill(
+            new, order, [entry], [TopUp("PREORDER", "wh-east", key, 0, 2), TopUp("PREORDER", "wh-west", key, 0, 2)]
+        )
+    with pytest.raises(StaleVersion):  # a reservation that is not what was read
+        fills.fill(new, order, [entry], [TopUp("PREORDER", "wh-east", key, 1, 2)])
+    assert shop.level("wh-east") == (2, 0, 2) and shop.order(order_id) == order
+
+    fills.fill(new, order, [entry], [TopUp("PREORDER", "wh-east", key, 0, 2)])
+    assert shop.level("wh-east") == (2, 2, 0) and shop.order(order_id) == new
+    with pytest.raises(StaleVersion):  # the same fill again: the order moved on
+        fills.fill(new, order, [entry], [TopUp("PREORDER", "wh-east", key, 2, 2)])
+    assert shop.inventory.reservations({("PREORDER", "wh-east"): [key]}) == {("PREORDER", "wh-east", key): 2}
+
+
+def test_the_queue_is_oldest_first_paged_idempotent_and_invisible_to_stock_reads(shop):
+    queue = shop.backorders
+    entries = [WaitingOrder(NOW + timedelta(seconds=n), f"ord_{chr(97 + n) * 24}") for n in (2, 0, 1)]
+    for entry in entries:
+        queue.add("PREORDER", entry)
+    queue.add("PREORDER", entries[0])
+    shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
+
+    oldest = sorted(entries)
+    assert queue.waiting("PREORDER", None, 10) == oldest
+    assert queue.waiting("PREORDER", None, 2) == oldest[:2]
+    assert queue.waiting("PREORDER", oldest[1], 2) == oldest[2:]
+    assert queue.waiting("OTHER", None, 10) == []
+    assert [lvl.location_id for lvl in shop.inventory.levels({"PREORDER"})["PREORDER"]] == ["wh-east"]
+    assert shop.container.inventory.summary("PREORDER").available == 1
+    queue.remove("PREORDER", oldest[0])
+    queue.remove("PREORDER", oldest[0])
+    assert queue.waiting("PREORDER", None, 10) == oldest[1:]
+
+
+# --- The stream consumer -------------------------------------------------------------------------------
+
+
+def record(location_id: str, old: int | None, new: int, sku: str = "PREORDER") -> dict[str, Any]:
+    images: dict[str, Any] = {"NewImage": {"available": {"N": str(new)}}}
+    if old is not None:
+        images["OldImage"] = {"available": {"N": str(old)}}
+    return {
+        "eventID": f"{sku}-{location_id}-{old}-{new}",
+        "eventName": "MODIFY" if old is not None else "INSERT",
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": {"sku": {"S": sku}, "location_id": {"S": location_id}}, "SequenceNumber": "1",
+                     **images},
+    }  # fmt: skip
+
+
+def consume(shop: Shop, *records: dict[str, Any]) -> dict[str, Any]:
+    from functions.backorders import app
+
+    with app.container.override(shop.container):
+        return app.lambda_handler({"Records": list(records)}, Context())
+
+
+def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_complete(shop):
+    first, second = shop.backordered(2), shop.backordered(2)
+    shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
+
+    answer = consume(shop, record("wh-east", 0, 3))
+
+    assert answer == {"batchItemFailures": []}
+    assert (shop.held(first), shop.held(second)) == (2, 1)
+    assert shop.level() == (3, 3, 0)
+    assert shop.executions() == [first]
+    # Queued until allocated: should the execution fail, the next arrival starts it again.
+    assert [e.order_id for e in shop.backorders.waiting("PREORDER", None, 10)] == [first, second]
+    shop.container.workflow.create_shipments(first)  # what the started execution runs
+    assert shop.order(first).status is S.ALLOCATED
+    assert [e.order_id for e in shop.backorders.waiting("PREORDER", None, 10)] == [second]
+    assert shop.order(second).status is S.BACKORDERED
+
+
+def test_records_that_bring_no_units_do_nothing(shop):
+    order_id = shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    queue_item = record(f"#backorder#x#{order_id}", None, 1)
+
+    consume(shop, record("wh-east", 2, 1), record("wh-east", 1, 1), queue_item)
+
+    assert shop.held(order_id) == 0 and shop.executions() == []
+    consume(shop, record("wh-east", None, 1))  # a new stock record is an arrival too
+    assert shop.held(order_id) == 1 and shop.executions() == [order_id]
+
+
+def test_a_redelivered_batch_reserves_nothing_twice(shop):
+    order_id = shop.backordered(3)
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    batch = [record("wh-east", 0, 2)]
+
+    consume(shop, *batch)
+    consume(shop, *batch)
+
+    assert shop.held(order_id) == 2 and shop.level() == (2, 2, 0)
+    assert [entry.type for entry in shop.container.order_repository.history(order_id)[1]].count("stock_reserved") == 1
+
+
+# --- Concurrency ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("orders", "each", "units"), [(6, 2, 7), (4, 3, 15), (5, 1, 5)])
+def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop, orders, each, units):
+    from infra.local import moto_lock
+
+    ids = [shop.backordered(each) for _ in range(orders)]
+    allocator = shop.container.backorder_allocator
+    errors: list[BaseException] = []
+
+    def arrive(location_id: str) -> None:
+        try:
+            shop.inventory.adjust("PREORDER", location_id, 1, reason="receipt")
+            while True:  # the stream retries a record whose fills kept losing races
+                try:
+                    allocator.arrived("PREORDER", location_id)
+                    return
+                except TransientError:
+                    continue
+        except BaseException as error:
+            errors.append(error)
+
+    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    try:
+        threads = [threading.Thread(target=arrive, args=(("wh-east", "wh-west")[n % 2],)) for n in range(units)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        moto_lock.uninstall()
+
+    assert errors == []
+    held = [shop.held(order_id) for order_id in ids]
+    expected = min(units, orders * each)
+    assert sum(held) == expected
+    # Creation order: full orders, then at most one partly filled, then empty ones.
+    assert held == [min(each, max(0, expected - each * n)) for n in range(orders)]
+    east, west = shop.level("wh-east"), shop.level("wh-west")
+    assert east[1] + west[1] == expected and east[2] + west[2] == units - expected
+    for order_id in ids:
+        order = shop.order(order_id)
+        keys = {(a.location_id, reservation_key(order_id, a.line_id)): a.quantity for a in order.allocations}
+        assert shop.inventory.reservations({("PREORDER", loc): [key] for loc, key in keys}) == {
+            ("PREORDER", loc, key): q for (loc, key), q in keys.items()
+        }
+    assert set(shop.executions()) == {order_id for order_id, h in zip(ids, held, strict=True) if h == each}

@@ -1,0 +1,371 @@
+"""Backorders on the in-memory fakes: an authorized order short of a backorderable product keeps what
+it reserved and waits `backordered`; arrivals fill waiting orders oldest first through the sku's
+queue, never beyond what is there; a filled order is started again and allocated; a cancelled one
+gives its units to the next in line. Includes a hypothesis state machine over arrivals, new
+orders and cancels: no unit is lost or allocated twice, and none sits idle while an older order
+waits for it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from core.backorders import BackorderAllocator
+from core.errors import Backordered, OutOfStock
+from core.ids import reservation_key
+from core.models import Allocation
+from core.ports import WaitingOrder, WorkflowStarter
+from core.status import OrderStatus
+from tests.builders import NOW, product
+from tests.unit.world import World, before_the_next_write, build_world
+
+S = OrderStatus
+
+
+class RecordingStarter(WorkflowStarter):
+    """Starts the order's workflow at once, as the state machine would (its steps, in order)."""
+
+    def __init__(self) -> None:
+        self.world: World | None = None
+        self.started: list[tuple[str, str | None]] = []
+
+    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+        self.started.append((order_id, rerun))
+        assert self.world is not None
+        self.world.run(order_id)
+        return True
+
+
+def ticking():
+    moments = iter(NOW + timedelta(seconds=n) for n in range(100_000))
+    return lambda: next(moments)
+
+
+def make_world(stock) -> tuple[World, BackorderAllocator, RecordingStarter]:
+    world = build_world(stock, clock=ticking())
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.catalog.put_product(product("BOOK", "12.00", allow_backorder=True))
+    starter = RecordingStarter()
+    starter.world = world
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, starter)
+    return world, allocator, starter
+
+
+@pytest.fixture
+def setup():
+    return make_world([("PREORDER", "wh-west", 1), ("TSHIRT", "wh-east", 5)])
+
+
+def backordered(world: World, *lines: tuple[str, int], **overrides: object) -> str:
+    order_id = world.place(*lines, **overrides)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    assert world.order(order_id).status is S.BACKORDERED
+    return order_id
+
+
+def arrive(world: World, allocator: BackorderAllocator, sku: str, location_id: str, units: int):
+    world.inventory.adjust(sku, location_id, units, reason="receipt")
+    return allocator.arrived(sku, location_id)
+
+
+# --- Going backordered ------------------------------------------------------------------------------
+
+
+def test_a_short_order_keeps_what_it_reserved_and_waits_in_the_skus_queue(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+
+    order = world.order(order_id)
+    line = order.lines[0]
+    assert order.allocations == [Allocation(line_id=line.line_id, location_id="wh-west", quantity=1)]
+    assert order.short_of() == {line.line_id: 2}
+    assert order.shipments == [] and order.payment.status == "authorized"
+    assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, line.line_id)): 1}
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0)
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status) == ("backordered", S.AUTHORIZED, S.BACKORDERED)
+    assert entry.detail["short"] == {line.line_id: 2}
+    assert world.backorders.waiting("PREORDER", None, 10) == [WaitingOrder(order.created_at, order_id)]
+
+
+def test_the_lines_in_stock_are_reserved_and_only_the_short_sku_is_queued(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("TSHIRT", 2), ("PREORDER", 2))
+
+    order = world.order(order_id)
+    tshirt, preorder = order.lines
+    assert order.short_of() == {preorder.line_id: 1}
+    assert {(a.line_id, a.location_id, a.quantity) for a in order.allocations} == {
+        (tshirt.line_id, "wh-east", 2), (preorder.line_id, "wh-west", 1)
+    }  # fmt: skip
+    assert world.backorders.waiting("TSHIRT", None, 10) == []
+    assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [order_id]
+
+
+def test_a_short_product_that_does_not_allow_backorder_still_ends_out_of_stock(setup):
+    world, _, _ = setup
+    order_id = world.place(("TSHIRT", 2), ("PREORDER", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.inventory.adjust("TSHIRT", "wh-east", -5, reason="damaged")  # lost the race after capture
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+    assert world.held_for(order_id) == {}
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+def test_a_backordered_order_is_not_allocated_by_create_shipments_until_every_unit_is_reserved(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+
+    with pytest.raises(Backordered):
+        world.workflow.create_shipments(order_id)
+    assert world.order(order_id).status is S.BACKORDERED
+
+
+def test_units_that_arrive_before_the_queue_entry_are_taken_by_the_step_itself(setup, monkeypatch):
+    """The gap between sourcing and the queue entry: no arrival could find the order there, so
+    the step looks at stock once more after it is backordered, and carries on to allocation."""
+    world, _, _ = setup
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real_add = world.backorders.add
+
+    def add(sku, entry):
+        world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+        real_add(sku, entry)
+
+    monkeypatch.setattr(world.backorders, "add", add)
+    world.workflow.reserve_stock(order_id)  # no Backordered: every unit is reserved now
+    world.workflow.create_shipments(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED
+    assert sum(a.quantity for a in order.allocations) == 3
+    assert {s.location_id for s in order.shipments} == {"wh-west", "wh-east"}
+
+
+# --- Arrivals -------------------------------------------------------------------------------------
+
+
+def test_arrivals_fill_waiting_orders_oldest_first_and_allocate_those_complete():
+    world, allocator, starter = make_world([])
+    first, second, third = (backordered(world, ("PREORDER", 2)) for _ in range(3))
+
+    arrival = arrive(world, allocator, "PREORDER", "wh-west", 3)
+
+    assert arrival.filled == [first, second] and arrival.completed == [first]
+    assert world.order(first).status is S.ALLOCATED
+    assert [s.location_id for s in world.order(first).shipments] == ["wh-west"]
+    assert world.order(second).short_of() == {world.order(second).lines[0].line_id: 1}
+    assert world.order(third).allocations == []
+    assert world.level("PREORDER", "wh-west") == (3, 3, 0)
+    assert [entry.order_id for entry in world.backorders.waiting("PREORDER", None, 10)] == [second, third]
+    assert starter.started == [(first, f"backorder-v{world.order(first).version - 1}")]
+    entry = world.history(second)[-1]
+    assert (entry.type, entry.actor, entry.to_status) == ("stock_reserved", "backorders", None)
+
+
+def test_a_redelivered_arrival_changes_nothing():
+    world, allocator, starter = make_world([])
+    ids = [backordered(world, ("PREORDER", 2)) for _ in range(2)]
+    arrive(world, allocator, "PREORDER", "wh-west", 3)
+    before = [world.snapshot(order_id) for order_id in ids]
+
+    again = allocator.arrived("PREORDER", "wh-west")
+
+    assert again.filled == [] and again.completed == []
+    assert [world.snapshot(order_id) for order_id in ids] == before
+    assert len(starter.started) == 1
+
+
+def test_an_order_waiting_at_another_location_does_not_block_younger_ones():
+    world, allocator, _ = make_world([])
+    pickup = backordered(world, ("PREORDER", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    shipped = backordered(world, ("PREORDER", 1))
+
+    arrive(world, allocator, "PREORDER", "wh-east", 1)
+
+    assert world.order(pickup).status is S.BACKORDERED and world.order(pickup).allocations == []
+    assert world.order(shipped).status is S.ALLOCATED
+    arrive(world, allocator, "PREORDER", "store-sf", 1)
+    assert world.order(pickup).status is S.ALLOCATED
+
+
+def test_a_cancelled_backordered_order_releases_what_it_held_to_the_next_in_line():
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2)])
+    first = backordered(world, ("PREORDER", 3))
+    second = backordered(world, ("PREORDER", 2))
+    assert world.level("PREORDER", "wh-west") == (2, 2, 0)
+
+    cancelled = world.actions.cancel(first, "customer_request", actor="key_web")
+    assert cancelled.status is S.CANCELLED and world.held_for(first) == {}
+    assert cancelled.payment.status == "voided"
+    allocator.arrived("PREORDER", "wh-west")  # the release raised `available`: the stream calls this
+
+    assert world.order(second).status is S.ALLOCATED
+    assert world.level("PREORDER", "wh-west") == (2, 2, 0)
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+def test_a_cancel_between_a_fill_and_its_write_leaves_nothing_reserved(monkeypatch):
+    world, allocator, _ = make_world([])
+    order_id = backordered(world, ("PREORDER", 2))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "other", actor="ops"))
+
+    allocator.arrived("PREORDER", "wh-west")
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert world.held_for(order_id) == {}
+    assert world.level("PREORDER", "wh-west") == (2, 0, 2)
+
+
+def test_a_fill_that_crashed_wrote_nothing_and_the_retry_fills(monkeypatch):
+    world, allocator, _ = make_world([])
+    order_id = backordered(world, ("PREORDER", 2))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    real = world.orders.update
+
+    def crash(*args):
+        raise RuntimeError("the Lambda timed out before it wrote")
+
+    monkeypatch.setattr(world.orders, "update", crash)
+    with pytest.raises(RuntimeError):
+        allocator.arrived("PREORDER", "wh-west")
+    monkeypatch.setattr(world.orders, "update", real)
+    assert world.order(order_id).allocations == [] and world.level("PREORDER", "wh-west") == (1, 0, 1)
+
+    allocator.arrived("PREORDER", "wh-west")  # the stream's retry
+
+    assert [a.quantity for a in world.order(order_id).allocations] == [1]
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0)
+
+
+def test_a_restarted_workflow_of_a_filled_order_allocates_it_once():
+    world, allocator, starter = make_world([])
+    order_id = backordered(world, ("PREORDER", 1))
+    arrive(world, allocator, "PREORDER", "wh-east", 1)
+    allocated = world.snapshot(order_id)
+
+    world.run(order_id)  # a second execution (Express starts one per call)
+
+    assert world.snapshot(order_id) == allocated
+    assert len(starter.started) == 1
+
+
+def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_by_the_next_arrival():
+    world, allocator, starter = make_world([])
+    starter.world = None  # the started execution fails before CreateShipments
+    starter.start = lambda order_id, channel="", correlation_id="", rerun=None: (
+        starter.started.append((order_id, rerun)) or True
+    )
+    order_id = backordered(world, ("PREORDER", 1))
+    arrive(world, allocator, "PREORDER", "wh-east", 1)
+    assert world.order(order_id).status is S.BACKORDERED and not world.order(order_id).short_of()
+
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    assert [started for started, _ in starter.started] == [order_id, order_id]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1)  # filled already: nothing more taken
+    world.run(order_id)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+# --- The state machine ----------------------------------------------------------------------------
+
+
+class BackorderMachine(RuleBasedStateMachine):
+    """One backorderable sku at two warehouses; orders (some pickups) arrive, stock arrives and
+    is counted, orders are cancelled. After every step: every unit is where the books say, and
+    no unit is available at a location while an order that could take it waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world, self.allocator, _ = make_world([])
+        self.ids: list[str] = []
+
+    def _arrived(self, location_id: str) -> None:
+        self.allocator.arrived("PREORDER", location_id)
+
+    @rule(quantity=st.integers(1, 4), pickup=st.booleans())
+    def place(self, quantity: int, pickup: bool) -> None:
+        fulfillment = {"type": "pickup", "location_id": "store-sf"} if pickup else {"type": "ship"}
+        order_id = self.world.place(("PREORDER", quantity), fulfillment=fulfillment)
+        self.world.workflow.authorize_payment(order_id, attempt=0)
+        try:
+            self.world.workflow.reserve_stock(order_id)
+            self.world.workflow.create_shipments(order_id)
+        except Backordered:
+            pass
+        self.ids.append(order_id)
+
+    @rule(location=st.sampled_from(["wh-east", "wh-west", "store-sf"]), units=st.integers(1, 5))
+    def receive(self, location: str, units: int) -> None:
+        self.world.inventory.adjust("PREORDER", location, units, reason="receipt")
+        self._arrived(location)
+
+    @rule(location=st.sampled_from(["wh-east", "wh-west", "store-sf"]), extra=st.integers(0, 3))
+    def count(self, location: str, extra: int) -> None:
+        reserved = self.world.inventory._get("PREORDER", location).reserved
+        self.world.inventory.set_on_hand("PREORDER", location, reserved + extra, reason="stock take")
+        self._arrived(location)
+
+    @precondition(lambda self: self.ids)
+    @rule(index=st.integers(0, 50))
+    def cancel(self, index: int) -> None:
+        order_id = self.ids[index % len(self.ids)]
+        if self.world.order(order_id).status in (S.BACKORDERED, S.ALLOCATED):
+            self.world.actions.cancel(order_id, "customer_request", actor="ops")
+            for location in ("wh-east", "wh-west", "store-sf"):
+                self._arrived(location)
+
+    @invariant()
+    def the_books_balance(self) -> None:
+        orders = [self.world.order(order_id) for order_id in self.ids]
+        for location in ("wh-east", "wh-west", "store-sf"):
+            level = self.world.inventory._get("PREORDER", location)
+            held = self.world.inventory.held.get(("PREORDER", location), {})
+            booked = sum(
+                a.quantity for o in orders if o.status not in (S.CANCELLED,) for a in o.allocations
+                if a.location_id == location
+            )  # fmt: skip
+            assert level.reserved == sum(held.values()) == booked, location
+            assert level.available == level.on_hand - level.reserved >= 0
+        for order in orders:
+            assert sum(a.quantity for a in order.allocations) <= order.lines[0].quantity
+            if order.status is S.CANCELLED:
+                assert self.world.held_for(order.id) == {}
+
+    @invariant()
+    def no_unit_idles_while_an_order_that_could_take_it_waits(self) -> None:
+        for order_id in self.ids:
+            order = self.world.order(order_id)
+            if order.status is not S.BACKORDERED:
+                continue
+            assert order.short_of(), "a fully reserved order is allocated at once"
+            where = ["store-sf"] if order.fulfillment.type == "pickup" else ["wh-east", "wh-west"]
+            assert all(self.world.inventory._get("PREORDER", loc).available == 0 for loc in where)
+
+    @invariant()
+    def older_waiting_orders_are_never_passed_over(self) -> None:
+        """Among the orders that may take from the same locations, a younger one holds units
+        only when every older one still waiting holds some too (each fill takes all it can)."""
+        for kind in ("pickup", "ship"):
+            waiting = [
+                o for o in (self.world.order(i) for i in self.ids)
+                if o.status is S.BACKORDERED and o.fulfillment.type == kind
+            ]  # fmt: skip
+            holding = [bool(o.allocations) for o in waiting]
+            assert holding == sorted(holding, reverse=True), kind
+
+
+BackorderMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+test_backorder_state_machine = BackorderMachine.TestCase
