@@ -39,8 +39,10 @@ class PaymentStatus(StrEnum):
 
 class ShipmentStatus(StrEnum):
     PENDING = "pending"
+    READY_FOR_PICKUP = "ready_for_pickup"
     SHIPPED = "shipped"
     DELIVERED = "delivered"
+    CANCELLED = "cancelled"
 
 
 S = OrderStatus
@@ -56,8 +58,10 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     # the workflow after an infrastructure failure was authorized already, and stays authorized.
     S.ON_HOLD: frozenset({S.PENDING, S.AUTHORIZED, S.CANCELLED}),
     S.AUTHORIZED: frozenset({S.ALLOCATED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
-    S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED}),
-    S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.CANCELLED}),
+    # Back to AUTHORIZED: an edit or a location's reject releases what was sourced and the
+    # workflow sources the order again. ALLOCATED -> DELIVERED: a pickup collected at the store.
+    S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED, S.AUTHORIZED}),
+    S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.CANCELLED, S.AUTHORIZED, S.DELIVERED}),
     S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED}),
     S.SHIPPED: frozenset({S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED}),
     S.DELIVERED: frozenset({S.PARTIALLY_RETURNED, S.RETURNED}),
@@ -79,10 +83,13 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     P.REFUNDED: frozenset(),
 }
 
+# A pickup is readied by the store, then collected (delivered) or, uncollected, cancelled.
 SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
-    H.PENDING: frozenset({H.SHIPPED}),
+    H.PENDING: frozenset({H.SHIPPED, H.READY_FOR_PICKUP}),
+    H.READY_FOR_PICKUP: frozenset({H.DELIVERED, H.CANCELLED}),
     H.SHIPPED: frozenset({H.DELIVERED}),
     H.DELIVERED: frozenset(),
+    H.CANCELLED: frozenset(),
 }
 
 _TABLES: dict[type[StrEnum], dict] = {
@@ -93,8 +100,10 @@ _TABLES: dict[type[StrEnum], dict] = {
 
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
 
-# Lines, address and shipping method may change only before stock is reserved.
+# Lines, address and shipping method may change before stock is reserved, and on an allocated or
+# backordered order until something ships: that order is sourced again (RESOURCEABLE).
 EDITABLE: frozenset[OrderStatus] = frozenset({S.PENDING, S.ON_HOLD, S.AUTHORIZED})
+RESOURCEABLE: frozenset[OrderStatus] = frozenset({S.ALLOCATED, S.BACKORDERED})
 
 E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus)
 
