@@ -728,6 +728,11 @@ class Order(BaseModel):
             raise NotFound(f"no shipment {shipment_id} on order {self.id}")
         return found
 
+    def pickup_deadline(self) -> datetime | None:
+        """The earliest `collect_by` of a pickup waiting at its store; None while none waits."""
+        waiting = [s.collect_by for s in self.shipments if s.status is ShipmentStatus.READY_FOR_PICKUP and s.collect_by]
+        return min(waiting, default=None)
+
     def _pending_besides(self, shipment_id: str) -> bool:
         return any(s.status is ShipmentStatus.PENDING and s.id != shipment_id for s in self.shipments)
 
@@ -1129,3 +1134,9 @@ class CancelRequest(Strict):
 
 class ShipRequest(Strict):
     tracking_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60)] | None = None
+
+
+class RejectRequest(Strict):
+    """The body of POST .../shipments/{id}/reject: why the location cannot fulfil it."""
+
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]

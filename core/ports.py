@@ -175,6 +175,15 @@ class StalledOrders(ABC):
         """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
 
 
+class DuePickups(ABC):
+    """Orders with a pickup waiting at its store past its `collect_by`, found through an index."""
+
+    @abstractmethod
+    def due(self, before: datetime, limit: int) -> list[str]:
+        """Up to `limit` ids of orders whose earliest waiting pickup was to be collected before
+        `before`, earliest first."""
+
+
 class WorkflowStarter(ABC):
     @abstractmethod
     def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:

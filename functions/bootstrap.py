@@ -22,6 +22,7 @@ from core.fulfillment import OrderActions
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
 from core.models import utc_now
 from core.payments import Payments
+from core.pickups import PickupExpiry
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository
 from core.pricing import Pricing
@@ -31,7 +32,14 @@ from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoDuePickups,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -60,6 +68,7 @@ class Config:
     enable_test_payments: bool = False  # the `test` gateway approves anything
     reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
     reconcile_park_after_minutes: float = 60.0
+    pickup_expiry_days: float = 7.0  # how long a pickup ready at its store waits to be collected
 
     @classmethod
     def from_env(cls) -> Config:
@@ -82,6 +91,7 @@ class Config:
             enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
             reconcile_after_minutes=float(os.environ.get("RECONCILE_AFTER_MINUTES") or 15),
             reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
+            pickup_expiry_days=float(os.environ.get("OMS_PICKUP_EXPIRY_DAYS") or 7),
         )
 
 
@@ -237,6 +247,14 @@ class Container:
             self.payments,
             self.capture,
             clock=self.clock,
+            pickup_expiry=timedelta(days=self.config.pickup_expiry_days),
+        )
+
+    @cached_property
+    def pickup_expiry(self) -> PickupExpiry:
+        """The reconciler's second job: cancel pickups nobody collected in time."""
+        return PickupExpiry(
+            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock
         )
 
     @cached_property

@@ -21,6 +21,7 @@ from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_
 from core.ports import (
     ApiKeyRepository,
     CatalogRepository,
+    DuePickups,
     InventoryRepository,
     OrderFilter,
     OrderRepository,
@@ -191,12 +192,15 @@ class DynamoOrders(OrderRepository):
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         check_successor(expected, order)
+        pickup: dict[str, Any] = {}
+        pickup_clause = _pickup_index_update(order, pickup)
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"id": {"S": order.id}},
                 UpdateExpression=(
                     "SET #doc = :doc, #status = :status, #version = :version, history = list_append(history, :entries)"
+                    + pickup_clause
                 ),
                 ConditionExpression="#status = :expected_status AND #version = :expected_version",
                 ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
@@ -207,6 +211,7 @@ class DynamoOrders(OrderRepository):
                     ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
                     ":expected_status": {"S": expected.status.value},
                     ":expected_version": {"N": str(expected.version)},
+                    **pickup,
                 },
             )
         except ClientError as error:
@@ -295,6 +300,41 @@ class DynamoOrders(OrderRepository):
         if status:
             return "by_status", status, {}
         return "by_created", LIST_PK, {}
+
+
+# The by_pickup_deadline index is sparse: only an order with a pickup waiting at its store carries
+# its keys (PICKUP_PK, collect_by), so the expiry query reads exactly the orders it may expire.
+PICKUP_PK = "ready_for_pickup"
+
+
+def _pickup_index_update(order: Order, values: dict[str, Any]) -> str:
+    """The clause that keeps the order's by_pickup_deadline keys true (filling `values`)."""
+    deadline = order.pickup_deadline()
+    if deadline is None:
+        return " REMOVE pickup_pk, collect_by"
+    values[":pickup_pk"] = {"S": PICKUP_PK}
+    values[":collect_by"] = {"S": timestamp(deadline)}
+    return ", pickup_pk = :pickup_pk, collect_by = :collect_by"
+
+
+class DynamoDuePickups(DuePickups):
+    """Pickups past their deadline: the sparse by_pickup_deadline index (keys only), one Query on
+    its one partition, earliest deadline first; never a Scan."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def due(self, before: datetime, limit: int) -> list[str]:
+        response = self._client.query(
+            TableName=self._table,
+            IndexName="by_pickup_deadline",
+            KeyConditionExpression="pickup_pk = :pk AND collect_by < :before",
+            ExpressionAttributeValues={":pk": {"S": PICKUP_PK}, ":before": {"S": timestamp(before)}},
+            ScanIndexForward=True,
+            Limit=limit,
+        )
+        return [item["id"]["S"] for item in response.get("Items", [])]
 
 
 class DynamoStalledOrders(StalledOrders):

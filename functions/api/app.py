@@ -14,7 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from core.card_numbers import mask_card_numbers
 from functions.api import errors, guards
 from functions.api.access import ScopeTable
-from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders, plugins
+from functions.api.routes import api_keys, carriers, catalog, imports, inventory, meta, orders, plugins, store_execution
 from functions.business_metrics import emits_business_metrics
 
 logger = Logger()
@@ -30,6 +30,7 @@ app.include_router(api_keys.router)
 app.include_router(imports.router)
 app.include_router(carriers.router)
 app.include_router(plugins.router)
+app.include_router(store_execution.router)
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""Orders stream consumer (the outbox): starts the order workflow for each new order."""
+"""Orders stream consumer (the outbox): starts the order workflow for each new order, and again
+for an order sent back to be sourced (an edit or a reject of an allocated or backordered order)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
 
 from functions.bootstrap import WarmContainer
 
@@ -21,12 +25,19 @@ container = WarmContainer()
 
 
 def start_workflow(record: DynamoDBRecord) -> None:
-    # The template's filter passes only INSERTs; a new order item is a new order.
+    # The template's filter passes INSERTs (a new order item is a new order) and the MODIFYs that
+    # send an order back to `authorized` from `allocated` or `backordered`: its steps skip what is
+    # done and source it again. That execution is named by the version that sent it back, so a
+    # redelivered record is the same start and another edit or reject a new one.
     order_id = record.dynamodb.keys["id"]
-    channel, correlation_id = _trace(record.dynamodb.new_image or {})
+    image = record.dynamodb.new_image or {}
+    channel, correlation_id = _trace(image)
+    rerun = None if record.event_name == DynamoDBRecordEventName.INSERT else f"v{int(image['version'])}"
     with logger.append_context_keys(order_id=order_id, channel=channel or None, correlation_id=correlation_id or None):
-        started = container().workflow_starter.start(order_id, channel=channel, correlation_id=correlation_id)
-        logger.info("order workflow", extra={"started": started})
+        started = container().workflow_starter.start(
+            order_id, channel=channel, correlation_id=correlation_id, rerun=rerun
+        )
+        logger.info("order workflow", extra={"started": started, "rerun": rerun})
     if started:
         metrics.add_metric(name="OrderWorkflowsStarted", unit=MetricUnit.Count, value=1)
 

@@ -84,7 +84,7 @@ def test_a_stuck_pending_order_is_restarted_once_and_a_fresh_one_is_not(stack):
 
     answer = reconcile()
 
-    assert answer == {"restarted": [stuck], "parked": []}
+    assert answer == {"restarted": [stuck], "parked": [], "expired": []}
     assert started(stack) == {stuck: 1}
     [execution] = stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]
     assert execution["name"].startswith(f"{stuck}-restart-")
@@ -97,7 +97,7 @@ def test_a_stuck_authorized_order_is_restarted_and_finished_or_held_ones_are_lef
     for letter, status in (("d", OrderStatus.ALLOCATED), ("e", OrderStatus.ON_HOLD), ("f", OrderStatus.CANCELLED)):
         store(aws, order_id(letter), status, minutes_ago=30)
 
-    assert reconcile() == {"restarted": [authorized], "parked": []}
+    assert reconcile() == {"restarted": [authorized], "parked": [], "expired": []}
     assert started(stack) == {authorized: 1}
 
 
@@ -126,7 +126,7 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     old = order_id("h")
     store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90)
 
-    assert reconcile() == {"restarted": [], "parked": [old]}
+    assert reconcile() == {"restarted": [], "parked": [old], "expired": []}
 
     from functions.adapters.dynamodb import DynamoOrders
 
@@ -137,7 +137,8 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     assert order.hold.note.startswith(note)
     assert history[-1].type == "on_hold"
     assert started(stack) == {}
-    assert reconcile() == {"restarted": [], "parked": []}  # on hold: out of the index's pending/authorized
+    # On hold: out of the index's pending/authorized.
+    assert reconcile() == {"restarted": [], "parked": [], "expired": []}
 
 
 def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypatch):

@@ -13,7 +13,14 @@ import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, DynamoStalledOrders
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoDuePickups,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoStalledOrders,
+)
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -115,8 +122,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ParkOrderFunction": _WORKFLOW_ORDERS,
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
-        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders],
+        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders, DynamoDuePickups],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+        # An expired pickup's units are released as a cancel releases them.
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
     },
     "CancelOrderFunction": {
         **_WORKFLOW_ORDERS,
