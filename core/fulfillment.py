@@ -83,6 +83,7 @@ class OrderActions:
         at = self._clock()
 
         def decide(current: Order):
+            _still_there(current, shipment_id)
             if current.shipment(shipment_id).status is not ShipmentStatus.PENDING:
                 return None  # a concurrent ship of this shipment recorded it (the same capture: the same key)
             return current.ship(
@@ -203,6 +204,7 @@ class OrderActions:
         at = self._clock()
 
         def decide(current: Order):
+            _still_there(current, shipment_id)
             if current.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
                 return None  # a concurrent deliver recorded it (the same capture: the same key)
             return current.collect(
@@ -360,3 +362,10 @@ class OrderActions:
             else current.record_refund(refund_id, amount, result.reference, reason=reason, at=at, actor=actor),
             channel=channel,
         )  # fmt: skip
+
+
+def _still_there(order: Order, shipment_id: str) -> None:
+    """A shipment withdrawn while it was being captured for (its order edited, or the shipment
+    rejected, and sent back to be sourced) is a conflict: the caller refunds the capture."""
+    if not any(s.id == shipment_id for s in order.shipments):
+        raise InvalidTransition(f"shipment {shipment_id} was withdrawn: its order is being sourced again")

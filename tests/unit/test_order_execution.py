@@ -12,7 +12,7 @@ from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
 from core.models import Address, LineInput, OrderEdit
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
-from tests.unit.world import World, build_world
+from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
 H = ShipmentStatus
@@ -306,3 +306,20 @@ def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_i
     assert world.actions.expire_pickup(order.id, shipment.id, actor="scheduler") == expired
     with pytest.raises(InvalidTransition):
         world.actions.deliver(order.id, shipment.id, actor="key_store")
+
+
+def test_a_ship_that_loses_to_a_reject_refunds_its_capture(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.reject(order.id, shipment.id, "no staff", actor="key_store")
+    )
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    current = world.order(order.id)
+    assert (current.status, current.payment.captured.amount) == (S.AUTHORIZED, 0)
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+    assert world.history(order.id)[-1].type == "payment_capture_reversed"
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
