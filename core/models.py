@@ -1115,7 +1115,7 @@ class HistoryPage(BaseModel):
 
 
 class OrderEdit(Strict):
-    """The body of PATCH /orders/{id}: what may change before the order is allocated."""
+    """The body of PATCH /orders/{id}: what may change until the first shipment ships."""
 
     lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)] | None = None
     shipping_address: Address | None = None

@@ -128,10 +128,12 @@ IfMatch = Annotated[
 
 @router.patch(
     "/orders/<order_id>",
-    summary="Edit lines, address or shipping method before allocation",
-    description="An authorized order whose total grows is authorized again for the new total first: a declined "
-    "re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either way the order is unchanged "
-    "and the failed attempts are in its history.",
+    summary="Edit lines, address or shipping method until the first shipment ships",
+    description="An authorized, allocated or backordered order whose total grows is authorized again for the new "
+    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either "
+    "way the order is unchanged and the failed attempts are in its history. An allocated or backordered order goes "
+    "back to `authorized` with nothing allocated and its pending shipments removed, and the order workflow sources "
+    "it again. Once a shipment has shipped (or a pickup is ready) 409.",
     responses={**ok(200, Order, "The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
     middlewares=[plugins_loaded],
 )
