@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
-from core.models import Address, LineInput, OrderEdit
+from core.models import Address, Allocation, LineInput, OrderEdit
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
 from tests.unit.world import World, before_the_next_write, build_world
@@ -92,6 +92,29 @@ def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world)
     assert [(line.sku, line.quantity) for line in again.lines] == [("PEN", 1)]
     assert world.held_for(order.id) == {("PEN", "wh-east", f"{order.id}#L1"): 1}
     assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_a_backordered_order_edited_is_sourced_again_and_what_its_replaced_lines_held_is_released(world):
+    order_id = world.place(("MUG", 2), ("PEN", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    # Backordered as a short reservation leaves it: what it could reserve (the PEN) is kept.
+    world.inventory.reserve("PEN", "wh-east", f"{order_id}#L2", 1)
+    kept = [Allocation(line_id="L2", location_id="wh-east", quantity=1)]
+    world.orders.put(authorized.model_copy(update={"status": S.BACKORDERED, "allocations": kept}), "tok_approve")
+    backordered = world.order(order_id)
+
+    lines = [LineInput(sku="PEN", quantity=1), LineInput(sku="MUG", quantity=1)]
+
+    edited = world.actions.edit(order_id, backordered.version, OrderEdit(lines=lines), actor="key_web")
+
+    assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
+    assert world.held_for(order_id) == {}  # L2 is a MUG now: the PEN it held went back at once
+    again = resume(world, order_id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order_id) == {
+        ("PEN", "wh-east", f"{order_id}#L1"): 1, ("MUG", "wh-west", f"{order_id}#L2"): 1,
+    }  # fmt: skip
 
 
 def test_a_grown_total_is_authorized_again_before_the_old_authorization_is_voided(world):
