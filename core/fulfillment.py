@@ -141,10 +141,16 @@ class OrderActions:
             self._inventory.ship(line_sku[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
 
     # --- Deliver ------------------------------------------------------------------------------
-    def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """A shipped parcel arrived, or a pickup ready at the store was collected (`collect`)."""
+    def deliver_or_collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
+        """`POST .../deliver`: a shipped parcel arrived (`deliver`), or a pickup waiting at its
+        store was collected (`collect`). A carrier's tracking calls `deliver` only: no carrier
+        hands over a pickup, so its webhook can never capture one."""
         if self._order(order_id, channel).shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
             return self.collect(order_id, shipment_id, actor, channel)
+        return self.deliver(order_id, shipment_id, actor, channel)
+
+    def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
+        """A shipped parcel arrived."""
         at = self._clock()
 
         def decide(order: Order):

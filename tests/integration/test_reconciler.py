@@ -282,6 +282,6 @@ def test_a_collected_pickup_leaves_the_index(stack):
     order = ready_pickup(aws, days=7, external_id="web-collected")
 
     services = bootstrap(Config.from_env())
-    services.actions.deliver(order.id, order.shipments[0].id, actor="key_store")
+    services.actions.deliver_or_collect(order.id, order.shipments[0].id, actor="key_store")
 
     assert index_keys(aws, order.id) == {}

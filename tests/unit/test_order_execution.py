@@ -288,14 +288,16 @@ def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
     ready = world.actions.ready(order.id, shipment.id, actor="key_store")
     assert ready.payment.captured.amount == 0
 
-    collected = world.actions.deliver(order.id, shipment.id, actor="key_store")
+    with pytest.raises(InvalidTransition):  # a carrier's tracking never collects a pickup
+        world.actions.deliver(order.id, shipment.id, actor="key_carrier")
+    collected = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
 
     (done,) = collected.shipments
     assert (collected.status, done.status, done.delivered_at) == (S.DELIVERED, H.DELIVERED, NOW)
     assert collected.payment.status == "captured"
     assert collected.payment.captured == collected.totals.grand_total == done.captured
     assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
-    assert world.actions.deliver(order.id, shipment.id, actor="key_store") == collected
+    assert world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store") == collected
     assert len(world.spy.captured) == 1
 
 
@@ -328,7 +330,7 @@ def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_i
     assert (entry.to_status, entry.detail["reason"], entry.actor) == (S.CANCELLED, "pickup_expired", "scheduler")
     assert world.actions.expire_pickup(order.id, shipment.id, actor="scheduler") == expired
     with pytest.raises(InvalidTransition):
-        world.actions.deliver(order.id, shipment.id, actor="key_store")
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
 
 
 def test_a_ship_that_loses_to_a_reject_refunds_its_capture(world, monkeypatch):

@@ -192,11 +192,15 @@ def ship_shipment(
 
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/deliver",
-    summary="Confirm a shipment was delivered",
+    summary="Confirm a shipment was delivered, or a pickup collected",
+    description="A shipped parcel arrived; or a pickup `ready_for_pickup` was collected at its store, when its "
+    "share of the payment is captured (as a ship captures: a refused capture is 502, a gateway that keeps failing "
+    "503, and the pickup stays ready).",
     responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
     who = caller(router)
-    return with_label_links(container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel))
+    delivered = container().actions.deliver_or_collect(order_id, shipment_id, actor=who.key_id, channel=who.channel)
+    return with_label_links(delivered)
