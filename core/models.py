@@ -1017,8 +1017,13 @@ class Order(BaseModel):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
-            detail={"reason": reason, **(detail or {})}, hold=None,
+            detail={"reason": reason, **(detail or {})}, hold=None, shipments=self._pickups_withdrawn(),
         )  # fmt: skip
+
+    def _pickups_withdrawn(self) -> list[Shipment]:
+        # A pickup waiting at its store goes with the order: nothing is collected from a cancelled one.
+        ready, cancelled = ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.CANCELLED
+        return [_replaced(s, status=cancelled) if s.status is ready else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
                  detail: dict[str, Any] | None = None) -> Change:  # fmt: skip

@@ -348,3 +348,15 @@ def test_a_ship_that_loses_to_a_reject_refunds_its_capture(world, monkeypatch):
     assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
     assert world.history(order.id)[-1].type == "payment_capture_reversed"
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+
+
+def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases_its_units(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+
+    (gone,) = cancelled.shipments
+    assert (cancelled.status, gone.status, cancelled.pickup_deadline()) == (S.CANCELLED, H.CANCELLED, None)
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
