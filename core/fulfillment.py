@@ -18,7 +18,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.ids import reservation_key, shipment_id_for
-from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, utc_now
+from core.models import LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
@@ -252,9 +252,11 @@ class OrderActions:
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,
              channel: str | None = None) -> Order:  # fmt: skip
-        """Change lines, address or shipping method before allocation; totals are priced again
-        exactly as at capture. An authorized order whose total grows is authorized again for
-        the new total (and the old authorization voided) before anything is stored."""
+        """Change lines, address or shipping method until the first shipment ships; totals are
+        priced again exactly as at capture. An order whose total grows is authorized again for
+        the new total before anything is stored (the old authorization voided after the write).
+        An allocated or backordered order goes back to `authorized` to be sourced again: the
+        outbox restarts its workflow on that change."""
         found = self._orders.get_with_token(order_id)
         visible(found[0] if found else None, order_id, channel)
         order, token = found
@@ -318,7 +320,7 @@ class OrderActions:
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
         self._release_lines(old, gone, [loc.location_id for loc in self._catalog.list_locations()])
 
-    def _release_lines(self, order: Order, lines: list, location_ids: list[str]) -> None:
+    def _release_lines(self, order: Order, lines: list[OrderLine], location_ids: list[str]) -> None:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line in lines:
             for location_id in location_ids:
