@@ -285,3 +285,13 @@ def test_a_collected_pickup_leaves_the_index(stack):
     services.actions.deliver_or_collect(order.id, order.shipments[0].id, actor="key_store")
 
     assert index_keys(aws, order.id) == {}
+
+
+def test_the_reconciler_counts_the_pickups_it_expired(stack, metrics_on, capsys):
+    ready_pickup(stack["aws"], days=0, external_id="web-expiring")
+    capsys.readouterr()
+
+    reconcile()
+    reconcile()  # nothing more is due: not counted again
+
+    assert emitted(capsys.readouterr().out) == {"PickupsExpired": 1}
