@@ -16,6 +16,11 @@ class OrderEvent(StrEnum):
     ALLOCATED = "allocated"
     SHIPMENT_SHIPPED = "shipment_shipped"
     SHIPMENT_DELIVERED = "shipment_delivered"
+    # Store and warehouse execution: a location refuses a pending shipment (the order is sourced
+    # again without it); a pickup is readied, and cancelled when nobody collects it in time.
+    SHIPMENT_REJECTED = "shipment_rejected"
+    SHIPMENT_READY_FOR_PICKUP = "shipment_ready_for_pickup"
+    PICKUP_EXPIRED = "pickup_expired"
     CANCELLED = "cancelled"
     PAYMENT_VOIDED = "payment_voided"
     PAYMENT_REFUNDED = "payment_refunded"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from core import payment_keys
 from core.cancellation import Cancellation
@@ -16,20 +17,21 @@ from core.errors import (
     StaleVersion,
 )
 from core.events import OrderEvent
-from core.ids import reservation_key
-from core.models import LineInput, Order, OrderEdit, PaymentInput, PlaceOrder, utc_now
+from core.ids import reservation_key, shipment_id_for
+from core.models import LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
 from core.services import CaptureService
-from core.status import OrderStatus, ShipmentStatus
+from core.status import RESOURCEABLE, OrderStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
 S = OrderStatus
 Clock = Callable[[], datetime]
+PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS
 
 
 class OrderActions:
@@ -42,12 +44,16 @@ class OrderActions:
         capture: CaptureService,
         clock: Clock = utc_now,
         refunds: RefundService | None = None,
+        *,
+        pickup_expiry: timedelta = PICKUP_EXPIRY,
     ):
         self._orders = orders
+        self._catalog = catalog
         self._inventory = inventory
         self._payments = payments
         self._capture = capture
         self._clock = clock
+        self._pickup_expiry = pickup_expiry
         self._cancellation = Cancellation(orders, catalog, inventory, payments, clock)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
@@ -75,7 +81,7 @@ class OrderActions:
         is refused (409). Shipping a shipped shipment again finishes its stock movement
         (idempotent by reservation key) and changes nothing else."""
         order = self._order(order_id, channel)
-        if order.shipment(shipment_id).status is not ShipmentStatus.PENDING:
+        if order.shipment(shipment_id).status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
             self._units_leave(order, shipment_id)
             return order
         order.ready_to_ship(shipment_id)
@@ -84,6 +90,7 @@ class OrderActions:
         at = self._clock()
 
         def decide(current: Order):
+            _still_there(current, shipment_id)
             if current.shipment(shipment_id).status is not ShipmentStatus.PENDING:
                 return None  # a concurrent ship of this shipment recorded it (the same capture: the same key)
             return current.ship(
@@ -141,7 +148,16 @@ class OrderActions:
             self._inventory.ship(line_sku[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
 
     # --- Deliver ------------------------------------------------------------------------------
+    def deliver_or_collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
+        """`POST .../deliver`: a shipped parcel arrived (`deliver`), or a pickup waiting at its
+        store was collected (`collect`). A carrier's tracking calls `deliver` only: no carrier
+        hands over a pickup, so its webhook can never capture one."""
+        if self._order(order_id, channel).shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
+            return self.collect(order_id, shipment_id, actor, channel)
+        return self.deliver(order_id, shipment_id, actor, channel)
+
     def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
+        """A shipped parcel arrived."""
         at = self._clock()
 
         def decide(order: Order):
@@ -150,6 +166,89 @@ class OrderActions:
             return order.deliver(shipment_id, at=at, actor=actor)
 
         return modify(self._orders, order_id, decide, channel=channel)
+
+    # --- Store and warehouse execution ------------------------------------------------------------
+    def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
+        """The location cannot fulfil a pending shipment. Recorded first (the order goes back to
+        `authorized` to be sourced again, that location excluded for it), then the units reserved
+        there are released: the workflow, started again by the status change, never reserves at
+        that location for this order again, so the release cannot undo its work. What the order
+        holds elsewhere stays reserved for the workflow to keep or release. A repeat of a reject
+        recorded already only finishes the release."""
+        at = self._clock()
+
+        def decide(order: Order):
+            if self._rejected_at(order, shipment_id) is not None:
+                return None
+            return order.reject_shipment(shipment_id, reason, at=at, actor=actor)
+
+        order = modify(self._orders, order_id, decide, channel=channel)
+        location_id = self._rejected_at(order, shipment_id)
+        if location_id is not None:
+            self._release_lines(order, order.lines, [location_id])
+        return order
+
+    @staticmethod
+    def _rejected_at(order: Order, shipment_id: str) -> str | None:
+        """The location that rejected `shipment_id` (a shipment's id derives from its order and
+        location); None while it has not."""
+        if any(s.id == shipment_id for s in order.shipments):
+            return None
+        return next((loc for loc in order.excluded_locations if shipment_id_for(order.id, loc) == shipment_id), None)
+
+    def ready(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
+        """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired."""
+        at = self._clock()
+
+        def decide(order: Order):
+            if order.shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
+                return None
+            return order.ready_for_pickup(shipment_id, collect_by=at + self._pickup_expiry, at=at, actor=actor)
+
+        return modify(self._orders, order_id, decide, channel=channel)
+
+    def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
+        """The customer collected a pickup: its share of the payment is captured first (as a ship
+        captures), then the shipment is recorded delivered, then its units leave on_hand."""
+        order = self._order(order_id, channel)
+        order.ready_to_collect(shipment_id)
+        amount = order.capture_due(shipment_id)
+        capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None
+        at = self._clock()
+
+        def decide(current: Order):
+            _still_there(current, shipment_id)
+            if current.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
+                return None  # a concurrent deliver recorded it (the same capture: the same key)
+            return current.collect(
+                shipment_id, captured=amount, capture_reference=capture.reference if capture else None,
+                at=at, actor=actor,
+            )  # fmt: skip
+
+        try:
+            collected = modify(self._orders, order_id, decide, channel=channel)
+        except InvalidTransition:
+            if capture is not None:
+                self._reverse_capture(order, shipment_id, amount, capture, actor)
+            raise
+        self._units_leave(collected, shipment_id)
+        return collected
+
+    def expire_pickup(self, order_id: str, shipment_id: str, actor: str) -> Order:
+        """An uncollected pickup past its `collect_by`: the shipment and the order are cancelled
+        (`pickup_expired`), then its units are released (they never left on_hand) and the
+        authorization voided, as a cancel does. Nothing to do once it was collected or cancelled."""
+        at = self._clock()
+
+        def decide(order: Order):
+            if order.shipment(shipment_id).status is not ShipmentStatus.READY_FOR_PICKUP:
+                return None
+            return order.expire_pickup(shipment_id, at=at, actor=actor)
+
+        order = modify(self._orders, order_id, decide)
+        if order.status is not S.CANCELLED:
+            return order
+        return self._cancellation.cancel(order_id, "pickup_expired", actor, closed_ok=True)
 
     # --- Cancel -------------------------------------------------------------------------------
     def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None,
@@ -163,9 +262,11 @@ class OrderActions:
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,
              channel: str | None = None) -> Order:  # fmt: skip
-        """Change lines, address or shipping method before allocation; totals are priced again
-        exactly as at capture. An authorized order whose total grows is authorized again for
-        the new total (and the old authorization voided) before anything is stored."""
+        """Change lines, address or shipping method until the first shipment ships; totals are
+        priced again exactly as at capture. An order whose total grows is authorized again for
+        the new total before anything is stored (the old authorization voided after the write).
+        An allocated or backordered order goes back to `authorized` to be sourced again: the
+        outbox restarts its workflow on that change."""
         found = self._orders.get_with_token(order_id)
         visible(found[0] if found else None, order_id, channel)
         order, token = found
@@ -175,6 +276,7 @@ class OrderActions:
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
             )
         order.check_editable()
+        resourced = order.status in RESOURCEABLE
         lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in order.lines]
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
         cmd = PlaceOrder(
@@ -187,7 +289,7 @@ class OrderActions:
         priced = self._capture.quote(cmd)
         total = priced.totals.grand_total
         reauthorized = None
-        if order.status == S.AUTHORIZED and total.amount > order.payment.authorized.amount:
+        if (order.status == S.AUTHORIZED or resourced) and total.amount > order.payment.authorized.amount:
             reauthorized = self._reauthorize(order, token, total, actor)
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
@@ -202,6 +304,8 @@ class OrderActions:
             if reauthorized is not None:
                 self._cancellation.void_unrecorded(order, reauthorized.reference, actor)  # no version records it
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
+        if resourced:
+            self._release_replaced_lines(order, new)
         old = order.payment.authorization
         voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
         if voided is not None:
@@ -215,6 +319,25 @@ class OrderActions:
                 ),
             )  # fmt: skip
         return new
+
+    def _release_replaced_lines(self, old: Order, new: Order) -> None:
+        """After an allocated or backordered order was edited: release what its old lines hold
+        where the new order has no line of that id and sku. The rest stays reserved for the
+        workflow, which sources the order again counting its own reservations as available and
+        releases what its new plan does not keep. Releasing those here instead could free a
+        reservation the restarted workflow has just made under the same key."""
+        kept = {(line.line_id, line.sku) for line in new.lines}
+        gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
+        self._release_lines(old, gone, [loc.location_id for loc in self._catalog.list_locations()])
+
+    def _release_lines(self, order: Order, lines: list[OrderLine], location_ids: list[str]) -> None:
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line in lines:
+            for location_id in location_ids:
+                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+        if keys:
+            for item in self._inventory.reservations(dict(keys)):
+                self._inventory.release(*item)
 
     def _reauthorize(self, order: Order, token: str, amount: Money, actor: str) -> PaymentResult:
         """Within the request: transient failures are retried; still failing, 503 with Retry-After.
@@ -230,3 +353,10 @@ class OrderActions:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
+
+
+def _still_there(order: Order, shipment_id: str) -> None:
+    """A shipment withdrawn while it was being captured for (its order edited, or the shipment
+    rejected, and sent back to be sourced) is a conflict: the caller refunds the capture."""
+    if not any(s.id == shipment_id for s in order.shipments):
+        raise InvalidTransition(f"shipment {shipment_id} was withdrawn: its order is being sourced again")

@@ -30,6 +30,11 @@ def short_hash(text: str) -> str:
     return _b32(hashlib.sha256(text.encode()).digest()[:15])
 
 
+def shipment_id_for(order_id: str, location_id: str) -> str:
+    """The id of an order's shipment from a location: the same for every run of the step."""
+    return "shp_" + short_hash(f"{order_id}#{location_id}")
+
+
 def reservation_key(order_id: str, line_id: str) -> str:
     """The key an order line's units are reserved under, at whatever location holds them."""
     return f"{order_id}#{line_id}"

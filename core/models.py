@@ -25,7 +25,15 @@ from pydantic import (
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
 from core.money import Currency, Money
-from core.status import EDITABLE, OrderStatus, PaymentStatus, ShipmentStatus, can_transition, check_successor
+from core.status import (
+    EDITABLE,
+    RESOURCEABLE,
+    OrderStatus,
+    PaymentStatus,
+    ShipmentStatus,
+    can_transition,
+    check_successor,
+)
 from core.us_addresses import code_of_zip, usps_code
 
 # ISO 3166-1 alpha-2, officially assigned codes.
@@ -744,7 +752,10 @@ class Shipment(BaseModel):
     status: ShipmentStatus = ShipmentStatus.PENDING
     shipped_at: datetime | None = None
     delivered_at: datetime | None = None
-    # The share of the payment captured when this shipment shipped.
+    # A pickup: when the store readied it, and until when it waits to be collected.
+    ready_at: datetime | None = None
+    collect_by: datetime | None = None
+    # The share of the payment captured when this shipment shipped (a pickup: when collected).
     captured: Money | None = None
 
 
@@ -859,6 +870,9 @@ class Order(BaseModel):
     # The returns whose receipt this order has recorded (in `returned_quantity`), so recording
     # one again changes nothing.
     received_returns: list[str] = Field(default_factory=list)
+    # Locations that rejected a shipment of this order: sourcing never uses them for it again.
+    # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
+    excluded_locations: list[str] = Field(default_factory=list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -866,8 +880,14 @@ class Order(BaseModel):
     # --- Reading ---------------------------------------------------------------------------
     def stored_json(self) -> str:
         """The order as the repository stores it: the API's JSON plus what only the system reads
-        (the status a hold resumes to, the version its authorization covers)."""
-        if self.hold is None and self.priced_version is None and self.status_since is None:
+        (the status a hold resumes to, the version its authorization covers, the locations
+        excluded from sourcing it)."""
+        if (
+            self.hold is None
+            and self.priced_version is None
+            and self.status_since is None
+            and not self.excluded_locations
+        ):
             return self.model_dump_json(exclude_none=True)
         doc = self.model_dump(mode="json", exclude_none=True)
         if self.hold is not None and self.hold.resume_to is not None:
@@ -876,6 +896,8 @@ class Order(BaseModel):
             doc["priced_version"] = self.priced_version
         if self.status_since is not None:
             doc["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
+        if self.excluded_locations:
+            doc["excluded_locations"] = list(self.excluded_locations)
         return json.dumps(doc, separators=(",", ":"))
 
     def shipped_units(self) -> dict[str, int]:
@@ -898,6 +920,11 @@ class Order(BaseModel):
         if found is None:
             raise NotFound(f"no shipment {shipment_id} on order {self.id}")
         return found
+
+    def pickup_deadline(self) -> datetime | None:
+        """The earliest `collect_by` of a pickup waiting at its store; None while none waits."""
+        waiting = [s.collect_by for s in self.shipments if s.status is ShipmentStatus.READY_FOR_PICKUP and s.collect_by]
+        return min(waiting, default=None)
 
     def _pending_besides(self, shipment_id: str) -> bool:
         return any(s.status is ShipmentStatus.PENDING and s.id != shipment_id for s in self.shipments)
@@ -942,12 +969,31 @@ class Order(BaseModel):
         return shipment
 
     def check_editable(self) -> None:
-        if self.status not in EDITABLE or self.allocations:
+        """Editable before stock is reserved, and allocated or backordered until anything left
+        (then it is sourced again). An authorized order in the middle of reserving is not: its
+        workflow is about to allocate it, and a moment later it is editable again."""
+        if self.status in RESOURCEABLE:
+            self._check_resourceable("edited")
+        elif self.status not in EDITABLE or self.allocations:
             raise InvalidTransition(
                 f"an order that is {self.status} and has stock reserved can no longer be edited"
                 if self.allocations
                 else f"an order that is {self.status} can no longer be edited"
             )
+
+    def _check_resourceable(self, what: str) -> None:
+        if self.status not in RESOURCEABLE:
+            raise InvalidTransition(f"an order that is {self.status} cannot be {what} now")
+        left = next((s for s in self.shipments if s.status is not ShipmentStatus.PENDING), None)
+        if left is not None:
+            raise InvalidTransition(f"shipment {left.id} is {left.status}: the order can no longer be {what}")
+
+    def _sourced_again(self) -> dict[str, Any]:
+        """The fields that send an allocated or backordered order back to be sourced: authorized,
+        nothing allocated, its pending shipments gone (the workflow books new ones)."""
+        if self.status not in RESOURCEABLE:
+            return {}
+        return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": []}
 
     def check_refund(self, amount: Money) -> None:
         if amount.currency != self.currency or amount.amount <= 0:
@@ -1145,6 +1191,85 @@ class Order(BaseModel):
             detail={"shipment_id": shipment_id}, shipments=shipments,
         )  # fmt: skip
 
+    # --- Store and warehouse execution ---------------------------------------------------------
+    def reject_shipment(self, shipment_id: str, reason: str, *, at: datetime, actor: str) -> Change:
+        """The location cannot fulfil this pending shipment: the order goes back to be sourced
+        again (authorized, nothing allocated, no pending shipment) and never from that location."""
+        shipment = self.shipment(shipment_id)
+        if shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
+        self._check_resourceable("sourced again")
+        excluded = [*self.excluded_locations, shipment.location_id]
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
+            detail={"shipment_id": shipment_id, "location_id": shipment.location_id, "reason": reason,
+                    "released": [a.model_dump() for a in self.allocations]},
+            excluded_locations=list(dict.fromkeys(excluded)), **self._sourced_again(),
+        )  # fmt: skip
+
+    def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime, at: datetime, actor: str) -> Change:
+        """The store has picked a pickup order's shipment; it waits for the customer until `collect_by`."""
+        shipment = self.shipment(shipment_id)
+        if self.fulfillment.type != "pickup":
+            raise InvalidTransition("only a pickup order's shipment is made ready for pickup")
+        if shipment.status is not ShipmentStatus.PENDING or self.status is not OrderStatus.ALLOCATED:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status} on an order that is {self.status}")
+        shipments = [
+            _replaced(s, status=ShipmentStatus.READY_FOR_PICKUP, ready_at=at, collect_by=collect_by)
+            if s.id == shipment_id else s
+            for s in self.shipments
+        ]  # fmt: skip
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
+            detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
+                    "collect_by": collect_by.isoformat()},
+            shipments=shipments,
+        )  # fmt: skip
+
+    def ready_to_collect(self, shipment_id: str) -> Shipment:
+        shipment = self.shipment(shipment_id)
+        if shipment.status is not ShipmentStatus.READY_FOR_PICKUP:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not ready_for_pickup")
+        return shipment
+
+    def collect(
+        self, shipment_id: str, *, captured: Money, capture_reference: str | None, at: datetime, actor: str
+    ) -> Change:
+        """The customer collected the pickup, and `captured` (what the gateway approved for it) is recorded."""
+        self.ready_to_collect(shipment_id)
+        payment = self.payment
+        if payment.authorization:
+            payment = payment.with_capture(captured, self.totals.grand_total)
+        shipments = [
+            _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at, captured=captured)
+            if s.id == shipment_id else s
+            for s in self.shipments
+        ]  # fmt: skip
+        detail: dict[str, Any] = {"shipment_id": shipment_id, "captured": captured.model_dump(mode="json")}
+        if capture_reference:
+            detail["capture_reference"] = capture_reference
+        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments)
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
+            to=OrderStatus.DELIVERED if everything_delivered else None,
+            detail=detail, shipments=shipments, payment=payment,
+        )  # fmt: skip
+
+    def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
+        """Nobody collected the pickup by its deadline: the shipment and the order are cancelled
+        (reason `pickup_expired`); the caller then releases its units and voids the authorization."""
+        shipment = self.ready_to_collect(shipment_id)
+        if shipment.collect_by is None or shipment.collect_by > at:
+            raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")
+        cancelled = ShipmentStatus.CANCELLED
+        shipments = [_replaced(s, status=cancelled) if s.id == shipment_id else s for s in self.shipments]
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PICKUP_EXPIRED, to=OrderStatus.CANCELLED,
+            detail={"reason": "pickup_expired", "shipment_id": shipment_id, "location_id": shipment.location_id,
+                    "collect_by": shipment.collect_by.isoformat()},
+            shipments=shipments, hold=None,
+        )  # fmt: skip
+
     def cancel(self, reason: str, *, at: datetime, actor: str, detail: dict[str, Any] | None = None) -> Change:
         """The cancel is recorded on its own: the authorization is voided after it, and the
         payment says `voided` only once the gateway has approved that (`record_void`)."""
@@ -1152,8 +1277,13 @@ class Order(BaseModel):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
-            detail={"reason": reason, **(detail or {})}, hold=None,
+            detail={"reason": reason, **(detail or {})}, hold=None, shipments=self._pickups_withdrawn(),
         )  # fmt: skip
+
+    def _pickups_withdrawn(self) -> list[Shipment]:
+        # A pickup waiting at its store goes with the order: nothing is collected from a cancelled one.
+        ready, cancelled = ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.CANCELLED
+        return [_replaced(s, status=cancelled) if s.status is ready else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
                  detail: dict[str, Any] | None = None) -> Change:  # fmt: skip
@@ -1199,7 +1329,8 @@ class Order(BaseModel):
         changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
-        reference) of an authorization the gateway approved for a grown total."""
+        reference) of an authorization the gateway approved for a grown total. An allocated or
+        backordered order goes back to `authorized` with nothing allocated, to be sourced again."""
         self.check_editable()
         detail: dict[str, Any] = {
             "changed": changed,
@@ -1210,10 +1341,13 @@ class Order(BaseModel):
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
+        again = self._sourced_again()
+        if again:
+            detail["released"] = [a.model_dump() for a in self.allocations]
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
-            priced_version=self.version + 1,
+            priced_version=self.version + 1, **again,
         )  # fmt: skip
 
     def record_void(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:
@@ -1450,7 +1584,7 @@ class HistoryPage(BaseModel):
 
 
 class OrderEdit(Strict):
-    """The body of PATCH /orders/{id}: what may change before the order is allocated."""
+    """The body of PATCH /orders/{id}: what may change until the first shipment ships."""
 
     lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)] | None = None
     shipping_address: AddressInput | None = None
@@ -1492,3 +1626,9 @@ class CancelRequest(Strict):
 
 class ShipRequest(Strict):
     tracking_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60)] | None = None
+
+
+class RejectRequest(Strict):
+    """The body of POST .../shipments/{id}/reject: why the location cannot fulfil it."""
+
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]

@@ -285,6 +285,15 @@ class Backorders(ABC):
         when the order or any of those reservations or stock levels changed since they were read."""
 
 
+class DuePickups(ABC):
+    """Orders with a pickup waiting at its store past its `collect_by`, found through an index."""
+
+    @abstractmethod
+    def due(self, before: datetime, limit: int) -> list[str]:
+        """Up to `limit` ids of orders whose earliest waiting pickup was to be collected before
+        `before`, earliest first."""
+
+
 class WorkflowStarter(ABC):
     @abstractmethod
     def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:

@@ -39,8 +39,10 @@ class PaymentStatus(StrEnum):
 
 class ShipmentStatus(StrEnum):
     PENDING = "pending"
+    READY_FOR_PICKUP = "ready_for_pickup"
     SHIPPED = "shipped"
     DELIVERED = "delivered"
+    CANCELLED = "cancelled"
 
 
 class ReturnStatus(StrEnum):
@@ -66,8 +68,10 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     # an allocated order held by a person goes back to allocated, its shipments still pending.
     S.ON_HOLD: frozenset({S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.CANCELLED}),
     S.AUTHORIZED: frozenset({S.ALLOCATED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
-    S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED}),
-    S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.ON_HOLD, S.CANCELLED}),
+    # Back to AUTHORIZED: an edit or a location's reject releases what was sourced and the
+    # workflow sources the order again. ALLOCATED -> DELIVERED: a pickup collected at the store.
+    S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED, S.AUTHORIZED}),
+    S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.ON_HOLD, S.CANCELLED, S.AUTHORIZED, S.DELIVERED}),
     # Cancelling the units that have not shipped ends a partly shipped order shipped, or delivered
     # when every shipment that left has arrived.
     S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED, S.DELIVERED}),
@@ -91,10 +95,13 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     P.REFUNDED: frozenset(),
 }
 
+# A pickup is readied by the store, then collected (delivered) or, uncollected, cancelled.
 SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
-    H.PENDING: frozenset({H.SHIPPED}),
+    H.PENDING: frozenset({H.SHIPPED, H.READY_FOR_PICKUP}),
+    H.READY_FOR_PICKUP: frozenset({H.DELIVERED, H.CANCELLED}),
     H.SHIPPED: frozenset({H.DELIVERED}),
     H.DELIVERED: frozenset(),
+    H.CANCELLED: frozenset(),
 }
 
 R = ReturnStatus
@@ -119,8 +126,10 @@ _TABLES: dict[type[StrEnum], dict] = {
 
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
 
-# Lines, address and shipping method may change only before stock is reserved.
+# Lines, address and shipping method may change before stock is reserved, and on an allocated or
+# backordered order until something ships: that order is sourced again (RESOURCEABLE).
 EDITABLE: frozenset[OrderStatus] = frozenset({S.PENDING, S.ON_HOLD, S.AUTHORIZED})
+RESOURCEABLE: frozenset[OrderStatus] = frozenset({S.ALLOCATED, S.BACKORDERED})
 
 E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus, ReturnStatus)
 

@@ -32,7 +32,7 @@ from core.errors import (
     TransientError,
 )
 from core.hook_calls import call_hook
-from core.ids import reservation_key, short_hash
+from core.ids import reservation_key, shipment_id_for
 from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify
@@ -234,6 +234,8 @@ class Workflow:
             return  # reserved already
         locations = self._catalog.list_locations()
         eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+        # A location that rejected a shipment of this order is never asked again for it.
+        eligible = [loc for loc in eligible if loc.location_id not in order.excluded_locations]
         skus = {line.sku for line in order.lines}
         stock = self._inventory.levels(skus, [loc.location_id for loc in eligible])
         # A retry after a crash may find this order's own reservations: count them as available
@@ -424,7 +426,7 @@ class Workflow:
         shipments = []
         for location_id in sorted(by_location):
             lines = by_location[location_id]
-            shipment_id = "shp_" + short_hash(f"{order.id}#{location_id}")
+            shipment_id = shipment_id_for(order.id, location_id)
             weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
             booked = self._book(order, shipment_id, locations[location_id], lines, weight)
             label_key = self._labels.put_label(order.id, shipment_id, booked.label, booked.label_content_type)

@@ -25,6 +25,7 @@ from core.import_service import ImportQueries, ImportSplitter, OrderImporter, Qu
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import utc_now
 from core.payments import Payments
+from core.pickups import PickupExpiry
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
 from core.pricing import Pricing
@@ -53,6 +54,7 @@ from functions.adapters.dynamodb import (
     DynamoApiKeys,
     DynamoBackorders,
     DynamoCatalog,
+    DynamoDuePickups,
     DynamoInventory,
     DynamoLateOrders,
     DynamoOrders,
@@ -98,6 +100,7 @@ class Config:
     webhook_retry_max_delay_seconds: float = 3600.0
     webhook_retry_window_seconds: float = 86400.0
     webhook_allow_local_http: bool = False  # the local stack's http://127.0.0.1 receivers
+    pickup_expiry_days: float = 7.0  # how long a pickup ready at its store waits to be collected
 
     @classmethod
     def from_env(cls) -> Config:
@@ -130,6 +133,7 @@ class Config:
             webhook_retry_max_delay_seconds=float(os.environ.get("WEBHOOK_RETRY_MAX_DELAY_SECONDS") or 3600),
             webhook_retry_window_seconds=float(os.environ.get("WEBHOOK_RETRY_WINDOW_SECONDS") or 86400),
             webhook_allow_local_http=os.environ.get("WEBHOOK_ALLOW_LOCAL_HTTP", "").strip().lower() == "true",
+            pickup_expiry_days=float(os.environ.get("OMS_PICKUP_EXPIRY_DAYS") or 7),
         )
 
 
@@ -306,6 +310,14 @@ class Container:
             self.capture,
             clock=self.clock,
             refunds=self.refunds,
+            pickup_expiry=timedelta(days=self.config.pickup_expiry_days),
+        )
+
+    @cached_property
+    def pickup_expiry(self) -> PickupExpiry:
+        """The reconciler's second job: cancel pickups nobody collected in time."""
+        return PickupExpiry(
+            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock
         )
 
     @cached_property

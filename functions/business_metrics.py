@@ -89,6 +89,8 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
     elif entry.type is OrderEvent.CANCELLED:
         reason = str(detail.get("reason", "")) if entry.actor == WORKFLOW_ACTOR else REQUESTED
         record("OrdersCancelled", reason=reason or REQUESTED)
+    elif entry.type is OrderEvent.PICKUP_EXPIRED:
+        record("OrdersCancelled", reason="pickup_expired")
     elif entry.type is OrderEvent.PAYMENT_FAILED:
         record("PaymentFailures", operation="authorize", kind="declined")
     elif entry.type in PAYMENT_FAILURE_OPERATIONS:

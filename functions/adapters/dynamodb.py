@@ -23,6 +23,7 @@ from core.ports import (
     ApiKeyRepository,
     Backorders,
     CatalogRepository,
+    DuePickups,
     InventoryRepository,
     LateOrders,
     OrderFilter,
@@ -187,29 +188,32 @@ def _order(item: dict[str, Any]) -> Order:
 def order_update(table: str, order: Order, expected: Order, entries: list[HistoryEntry]) -> dict[str, Any]:
     """The UpdateItem that stores `order` over `expected` (its status and version unchanged since
     read) and appends `entries`: on its own, or as one item of a transaction (DynamoBackorders).
-    It keeps the jeopardy scan's index attributes in step with the order (see _sla_attributes)."""
+    It keeps the sparse indexes' attributes in step with the order: the jeopardy scan's
+    (_sla_attributes) and the pickup expiry's (_pickup_index_update)."""
+    values: dict[str, Any] = {
+        ":doc": _document(order),
+        ":status": {"S": order.status.value},
+        ":version": {"N": str(order.version)},
+        ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
+        ":expected_status": {"S": expected.status.value},
+        ":expected_version": {"N": str(expected.version)},
+    }
+    sets = ["#doc = :doc", "#status = :status", "#version = :version", "history = list_append(history, :entries)"]
     sla = _sla_attributes(order)
-    kept = ", ".join(f"{name} = :{name}" for name in sla)
+    for name, value in sla.items():
+        sets.append(f"{name} = :{name}")
+        values[f":{name}"] = value
     removed = [name for name in SLA_ATTRIBUTES if name not in sla]
+    sets_more, removed_more = _pickup_index_update(order, values)
+    sets += sets_more
+    removed += removed_more
     return {
         "TableName": table,
         "Key": {"id": {"S": order.id}},
-        "UpdateExpression": (
-            "SET #doc = :doc, #status = :status, #version = :version, history = list_append(history, :entries)"
-            + (", " + kept if kept else "")
-            + (" REMOVE " + ", ".join(removed) if removed else "")
-        ),
+        "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removed) if removed else ""),
         "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
         "ExpressionAttributeNames": {"#doc": "doc", "#status": "status", "#version": "version"},
-        "ExpressionAttributeValues": {
-            ":doc": _document(order),
-            ":status": {"S": order.status.value},
-            ":version": {"N": str(order.version)},
-            ":entries": {"L": [{"S": entry.model_dump_json(exclude_none=True)} for entry in entries]},
-            ":expected_status": {"S": expected.status.value},
-            ":expected_version": {"N": str(expected.version)},
-            **{f":{name}": value for name, value in sla.items()},
-        },
+        "ExpressionAttributeValues": values,
     }
 
 
@@ -469,6 +473,42 @@ class DynamoReturns(ReturnRepository):
             items = [item for item in items if item.status.value == post_filter]
         last = response.get("LastEvaluatedKey")
         return items, encode_cursor(scope, last) if last else None
+
+
+# The by_pickup_deadline index is sparse: only an order with a pickup waiting at its store carries
+# its keys (PICKUP_PK, collect_by), so the expiry query reads exactly the orders it may expire.
+PICKUP_PK = "ready_for_pickup"
+
+
+def _pickup_index_update(order: Order, values: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What keeps the order's by_pickup_deadline keys true: SET clauses (filling `values`) and
+    attributes to REMOVE (one UpdateExpression has one REMOVE list)."""
+    deadline = order.pickup_deadline()
+    if deadline is None:
+        return [], ["pickup_pk", "collect_by"]
+    values[":pickup_pk"] = {"S": PICKUP_PK}
+    values[":collect_by"] = {"S": timestamp(deadline)}
+    return ["pickup_pk = :pickup_pk", "collect_by = :collect_by"], []
+
+
+class DynamoDuePickups(DuePickups):
+    """Pickups past their deadline: the sparse by_pickup_deadline index (keys only), one Query on
+    its one partition, earliest deadline first; never a Scan."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def due(self, before: datetime, limit: int) -> list[str]:
+        response = self._client.query(
+            TableName=self._table,
+            IndexName="by_pickup_deadline",
+            KeyConditionExpression="pickup_pk = :pk AND collect_by < :before",
+            ExpressionAttributeValues={":pk": {"S": PICKUP_PK}, ":before": {"S": timestamp(before)}},
+            ScanIndexForward=True,
+            Limit=limit,
+        )
+        return [item["id"]["S"] for item in response.get("Items", [])]
 
 
 class DynamoStalledOrders(StalledOrders):

@@ -27,6 +27,7 @@ from functions.api.routes import (
     plugins,
     refunds,
     returns,
+    store_execution,
 )
 from functions.api.routes import webhooks as webhook_routes
 from functions.business_metrics import emits_business_metrics
@@ -60,6 +61,7 @@ app.include_router(refunds.router)
 app.include_router(returns.router)
 app.include_router(holds.router)
 app.include_router(webhook_routes.router)
+app.include_router(store_execution.router)
 
 
 @functools.cache

@@ -1,4 +1,6 @@
-"""Orders stream consumer (the outbox): starts the order workflow for each new order and each release from a hold."""
+"""Orders stream consumer (the outbox): starts the order workflow for each new order, again for
+each release from a hold, and again for an order sent back to be sourced (an edit or a reject
+of an allocated or backordered order)."""
 
 from __future__ import annotations
 
@@ -27,19 +29,25 @@ container = WarmContainer()
 # A release back to one of these has workflow steps left to run (released to `allocated`, an order
 # has only its shipments left, which are API calls). The template's filter names them too.
 RESUMED_BY_WORKFLOW = frozenset({OrderStatus.PENDING.value, OrderStatus.AUTHORIZED.value})
+# An edit or a location's reject sends an order back from these to `authorized` to be sourced again.
+SENT_BACK_FROM = frozenset({OrderStatus.ALLOCATED.value, OrderStatus.BACKORDERED.value})
 
 
 def start_workflow(record: DynamoDBRecord) -> None:
-    # The template's filter passes INSERTs (a new order item is a new order) and releases; the
-    # check here keeps any other record (a replay, a wider filter) from starting anything.
+    # The template's filters pass INSERTs (a new order item is a new order), releases, and the
+    # MODIFYs that send an order back to `authorized` from `allocated` or `backordered` (its steps
+    # skip what is done and source it again); the check here keeps any other record (a replay, a
+    # wider filter) from starting anything. A restart is named by the version that caused it, so a
+    # redelivered record is the same start and another release, edit or reject a new one.
     order_id = record.dynamodb.keys["id"]
     new_image = record.dynamodb.new_image or {}
+    old_image = record.dynamodb.old_image or {}
     if record.event_name is DynamoDBRecordEventName.INSERT:
         rerun = None
-    elif _released(record.dynamodb.old_image or {}, new_image):
-        # The held order's first execution ended at the hold (Express names need not be unique,
-        # but a new name per release keeps the executions apart in the console and in moto).
+    elif _released(old_image, new_image):
         rerun = f"release-v{new_image.get('version')}"
+    elif _sent_back(old_image, new_image):
+        rerun = f"v{new_image.get('version')}"
     else:
         return
     channel, correlation_id = _trace(new_image)
@@ -47,13 +55,17 @@ def start_workflow(record: DynamoDBRecord) -> None:
         started = container().workflow_starter.start(
             order_id, channel=channel, correlation_id=correlation_id, rerun=rerun
         )
-        logger.info("order workflow", extra={"started": started, "released": rerun is not None})
+        logger.info("order workflow", extra={"started": started, "rerun": rerun})
     if started:
         metrics.add_metric(name="OrderWorkflowsStarted", unit=MetricUnit.Count, value=1)
 
 
 def _released(old_image: dict[str, Any], new_image: dict[str, Any]) -> bool:
     return old_image.get("status") == OrderStatus.ON_HOLD.value and new_image.get("status") in RESUMED_BY_WORKFLOW
+
+
+def _sent_back(old_image: dict[str, Any], new_image: dict[str, Any]) -> bool:
+    return old_image.get("status") in SENT_BACK_FROM and new_image.get("status") == OrderStatus.AUTHORIZED.value
 
 
 def _trace(image: dict[str, Any]) -> tuple[str, str]:

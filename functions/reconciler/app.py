@@ -1,5 +1,6 @@
 """Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, and parks
-those stuck too long for that (core/reconciliation.py)."""
+those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
+(core/pickups.py)."""
 
 from __future__ import annotations
 
@@ -30,4 +31,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if done.parked:
         # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
         metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
-    return {"restarted": done.restarted, "parked": done.parked}
+    expired = container().pickup_expiry.run()
+    for order_id in expired:
+        logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
+    if expired:
+        metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
+    return {"restarted": done.restarted, "parked": done.parked, "expired": expired}

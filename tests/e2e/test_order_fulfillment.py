@@ -461,14 +461,16 @@ def test_an_edit_without_if_match_is_428(api: Api, split_order: dict[str, Any]):
     assert unsigned(get_order(api, order["id"])) == unsigned(order)
 
 
-def test_an_edit_of_an_allocated_order_is_409(api: Api, split_order: dict[str, Any]):
+def test_an_edit_once_a_shipment_shipped_is_409(api: Api, split_order: dict[str, Any]):
     order = split_order["order"]
     sku = order["lines"][0]["sku"]
+    shipped = ship(api, order["id"], split_order["west"]["id"])
+    assert shipped.status_code == 200, shipped.text
 
-    response = patch(api, order["id"], {"lines": [{"sku": sku, "quantity": 1}]}, version=order["version"])
+    response = patch(api, order["id"], {"lines": [{"sku": sku, "quantity": 1}]}, version=shipped.json()["version"])
 
     assert_error(response, 409, "invalid_transition")
-    assert unsigned(get_order(api, order["id"])) == unsigned(order)
+    assert unsigned(get_order(api, order["id"])) == unsigned(shipped.json())
 
 
 @pytest.fixture

@@ -364,8 +364,22 @@ def test_the_real_template_creates_the_order_workflow(tmp_path: Path):
         assert definition["States"]["AuthorizePayment"]["Resource"] == running.function_arns["AuthorizePaymentFunction"]
         assert described["type"] == "EXPRESS"
         outbox = running.mappings["OutboxFunction.OrdersStream"]
-        assert outbox.filters[0] == {"eventName": ["INSERT"]} and outbox.paused
-        assert outbox.filters[1]["dynamodb"]["OldImage"] == {"status": {"S": ["on_hold"]}}  # a release
+        # New orders, releases from a hold, and orders an edit or a reject sent back from
+        # allocated/backordered to be sourced again.
+        released = {
+            "OldImage": {"status": {"S": ["on_hold"]}},
+            "NewImage": {"status": {"S": ["pending", "authorized"]}},
+        }
+        sent_back = {
+            "OldImage": {"status": {"S": ["allocated", "backordered"]}},
+            "NewImage": {"status": {"S": ["authorized"]}},
+        }
+        assert outbox.filters == [
+            {"eventName": ["INSERT"]},
+            {"eventName": ["MODIFY"], "dynamodb": released},
+            {"eventName": ["MODIFY"], "dynamodb": sent_back},
+        ]
+        assert outbox.paused
         assert outbox.on_failure.queue_url == running.queue_urls["OutboxFailureQueue"]
         assert LambdaBackend.__dict__["invoke"] is not originals[0]
     # stop() puts moto back as it found it.

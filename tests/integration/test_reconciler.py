@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import boto3
 import pytest
 
-from core.models import HistoryEntry, Order, utc_now
-from core.status import OrderStatus
+from core.models import HistoryEntry, LocationInput, Order, ProductInput, utc_now
+from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from tests.builders import location_body, place_order, product_body
+from tests.fakes import FakeLabels
 from tests.unit.conftest import a_stored_order
 
 PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
@@ -84,7 +87,7 @@ def test_a_stuck_pending_order_is_restarted_once_and_a_fresh_one_is_not(stack):
 
     answer = reconcile()
 
-    assert answer == {"restarted": [stuck], "parked": []}
+    assert answer == {"restarted": [stuck], "parked": [], "expired": []}
     assert started(stack) == {stuck: 1}
     [execution] = stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]
     assert execution["name"].startswith(f"{stuck}-restart-")
@@ -97,7 +100,7 @@ def test_a_stuck_authorized_order_is_restarted_and_finished_or_held_ones_are_lef
     for letter, status in (("d", OrderStatus.ALLOCATED), ("e", OrderStatus.ON_HOLD), ("f", OrderStatus.CANCELLED)):
         store(aws, order_id(letter), status, minutes_ago=30)
 
-    assert reconcile() == {"restarted": [authorized], "parked": []}
+    assert reconcile() == {"restarted": [authorized], "parked": [], "expired": []}
     assert started(stack) == {authorized: 1}
 
 
@@ -126,7 +129,7 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     old = order_id("h")
     store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90)
 
-    assert reconcile() == {"restarted": [], "parked": [old]}
+    assert reconcile() == {"restarted": [], "parked": [old], "expired": []}
 
     from functions.adapters.dynamodb import DynamoOrders
 
@@ -137,7 +140,8 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     assert order.hold.note.startswith(note)
     assert history[-1].type == "on_hold"
     assert started(stack) == {}
-    assert reconcile() == {"restarted": [], "parked": []}  # on hold: out of the index's pending/authorized
+    # On hold: out of the index's pending/authorized.
+    assert reconcile() == {"restarted": [], "parked": [], "expired": []}
 
 
 def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypatch):
@@ -157,8 +161,9 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     reconcile()
 
-    assert [operation for operation, _ in calls] == ["query", "query"]  # pending, then authorized
-    assert {kwargs["IndexName"] for _, kwargs in calls} == {"by_status"}
+    # Pending, then authorized; then the pickups past their deadline.
+    assert [operation for operation, _ in calls] == ["query", "query", "query"]
+    assert [kwargs["IndexName"] for _, kwargs in calls] == ["by_status", "by_status", "by_pickup_deadline"]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
@@ -216,3 +221,77 @@ def test_the_reconciler_emits_what_it_restarted_and_parked(stack, metrics_on, ca
     reconcile()
 
     assert emitted(capsys.readouterr().out) == {"OrderWorkflowsRestarted": 2, "OrdersParked": 1}
+
+
+# --- Pickups nobody collected -----------------------------------------------------------------------
+
+
+def ready_pickup(aws, days: float, external_id: str) -> Order:
+    """A pickup order placed, allocated and readied at its store with services on this moto
+    account, whose pickups wait `days` (OMS_PICKUP_EXPIRY_DAYS)."""
+    from functions.bootstrap import Config, bootstrap
+
+    services = bootstrap(replace(Config.from_env(), pickup_expiry_days=days), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    store = location_body(type="store", ships=False, pickup=True)
+    services.catalog.put_location("store-sf", LocationInput.model_validate(store))
+    services.inventory.count("TSHIRT", "store-sf", 5)
+    pickup = {"type": "pickup", "location_id": "store-sf"}
+    order = services.capture.place(place_order(external_id=external_id, fulfillment=pickup), actor="key_web")
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+    (shipment,) = services.order_repository.get(order.id).shipments
+    return services.actions.ready(order.id, shipment.id, actor="key_store")
+
+
+def index_keys(aws, order_id: str) -> dict[str, Any]:
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order_id}})["Item"]
+    return {name: item[name]["S"] for name in ("pickup_pk", "collect_by") if name in item}
+
+
+def test_a_pickup_past_its_deadline_is_found_through_its_index_cancelled_and_its_units_released(stack):
+    from functions.adapters.dynamodb import DynamoInventory, DynamoOrders
+
+    aws = stack["aws"]
+    due = ready_pickup(aws, days=0, external_id="web-due")
+    waiting = ready_pickup(aws, days=7, external_id="web-waiting")
+    assert index_keys(aws, due.id)["pickup_pk"] == "ready_for_pickup"
+    assert index_keys(aws, waiting.id)["collect_by"] > index_keys(aws, due.id)["collect_by"]
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    assert (inventory.levels({"TSHIRT"})["TSHIRT"][0].reserved) == 4
+
+    assert reconcile() == {"restarted": [], "parked": [], "expired": [due.id]}
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    expired = orders.get(due.id)
+    assert (expired.status, expired.shipments[0].status, expired.payment.status) == (
+        OrderStatus.CANCELLED, ShipmentStatus.CANCELLED, PaymentStatus.VOIDED,
+    )  # fmt: skip
+    assert index_keys(aws, due.id) == {}  # out of the index once nothing waits
+    (level,) = inventory.levels({"TSHIRT"})["TSHIRT"]
+    assert (level.on_hand, level.reserved) == (5, 2)  # the waiting pickup still holds its units
+    assert orders.get(waiting.id) == waiting
+    assert reconcile()["expired"] == []  # nothing more is due
+
+
+def test_a_collected_pickup_leaves_the_index(stack):
+    from functions.bootstrap import Config, bootstrap
+
+    aws = stack["aws"]
+    order = ready_pickup(aws, days=7, external_id="web-collected")
+
+    services = bootstrap(Config.from_env())
+    services.actions.deliver_or_collect(order.id, order.shipments[0].id, actor="key_store")
+
+    assert index_keys(aws, order.id) == {}
+
+
+def test_the_reconciler_counts_the_pickups_it_expired(stack, metrics_on, capsys):
+    ready_pickup(stack["aws"], days=0, external_id="web-expiring")
+    capsys.readouterr()
+
+    reconcile()
+    reconcile()  # nothing more is due: not counted again
+
+    assert emitted(capsys.readouterr().out) == {"PickupsExpired": 1}

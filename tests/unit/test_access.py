@@ -222,6 +222,8 @@ def test_the_template_leaves_exactly_the_public_routes_without_an_authorizer(tab
         ("GET", "/api-keys", Scope.ADMIN),
         ("DELETE", "/api-keys/{key_id}", Scope.ADMIN),
         ("POST", "/carriers/{carrier}/tracking", Scope.FULFILLMENT_WRITE),
+        ("POST", "/orders/{order_id}/shipments/{shipment_id}/ready", Scope.FULFILLMENT_WRITE),
+        ("POST", "/orders/{order_id}/shipments/{shipment_id}/reject", Scope.FULFILLMENT_WRITE),
         ("GET", "/plugins", Scope.ADMIN),
         ("GET", "/health", PUBLIC),
         ("GET", "/openapi.json", PUBLIC),

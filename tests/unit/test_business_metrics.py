@@ -4,13 +4,14 @@ their repository wrapped in MeteredOrders, the EMF records read back from stdout
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
 from core.errors import DuplicateOrder, OutOfStock, PaymentDeclined, PaymentRefused, StaleVersion
 from functions.business_metrics import MeteredOrders, emits_business_metrics, flush
-from tests.builders import place_order
+from tests.builders import NOW, place_order
 from tests.unit.conftest import usd
 from tests.unit.world import World, build_world
 
@@ -139,6 +140,20 @@ def test_an_order_out_of_stock_is_cancelled_out_of_stock_once(world, capsys):
     world.workflow.cancel_after_failure(order_id, "OutOfStock", "")
 
     assert emitted(capsys)[("OrdersCancelled", (("reason", "out_of_stock"),))] == [1.0]
+
+
+def test_an_expired_pickup_counts_as_cancelled_pickup_expired_once(world, capsys, monkeypatch):
+    world.inventory.set_on_hand("TSHIRT", "store-sf", 2, reason="count")
+    order = world.allocated(("TSHIRT", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    monkeypatch.setattr(world.actions, "_clock", lambda: NOW + timedelta(days=8))
+    emitted(capsys)
+
+    world.actions.expire_pickup(order.id, order.shipments[0].id, actor="pickup_expiry")
+    world.actions.expire_pickup(order.id, order.shipments[0].id, actor="pickup_expiry")  # a repeat counts nothing
+
+    counted = {dims: values for (name, dims), values in emitted(capsys).items() if name == "OrdersCancelled"}
+    assert counted == {(("reason", "pickup_expired"),): [1.0]}
 
 
 def test_a_refund_counts_and_its_value_by_currency(world, capsys):

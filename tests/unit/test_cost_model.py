@@ -14,7 +14,7 @@ def test_an_item_weighs_its_attribute_names_and_values():
 
 
 def test_index_writes_follow_the_template():
-    names = ("by_customer", "by_channel", "by_status", "by_created", "by_sla")
+    names = ("by_customer", "by_channel", "by_status", "by_created", "by_sla", "by_pickup_deadline")
     by_index = dict(zip(names, orders_indexes(), strict=True))
     assert by_index["by_sla"].writes_on_change("status", "sla_key", "sla_at") == 2  # the jeopardy index follows it
     assert by_index["by_status"].writes_on_change("status") == 2  # its key moves: delete + put
@@ -24,6 +24,9 @@ def test_index_writes_follow_the_template():
     assert Index(frozenset({"k"}), None).writes_on_change("status") == 1  # ALL projects everything
     assert by_index["by_customer"].writes_on_put({"customer_id": {}, "created_at": {}}) == 1
     assert by_index["by_customer"].writes_on_put({"created_at": {}}) == 0  # sparse: no key, no entry
+    # Only an order with a pickup waiting at its store is in the pickup index, never a new order.
+    assert by_index["by_pickup_deadline"].writes_on_put({"customer_id": {}, "created_at": {}, "list_pk": {}}) == 0
+    assert by_index["by_pickup_deadline"].writes_on_change("status") == 0
 
 
 def test_log_lines_are_counted_by_level_and_info_is_optional():

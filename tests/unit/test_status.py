@@ -11,6 +11,7 @@ from core.models import Order, Payment, Shipment
 from core.status import (
     EDITABLE,
     PAYMENT_TRANSITIONS,
+    RESOURCEABLE,
     SHIPMENT_TRANSITIONS,
     TERMINAL,
     TRANSITIONS,
@@ -40,7 +41,8 @@ def test_the_contract_values_of_payment_and_shipment_statuses():
         "pending", "authorized", "declined", "partially_captured", "captured", "voided",
         "partially_refunded", "refunded",
     ]  # fmt: skip
-    assert [s.value for s in ShipmentStatus] == ["pending", "shipped", "delivered"]
+    # ready_for_pickup: a pickup the store has picked; cancelled: a pickup nobody collected in time.
+    assert [s.value for s in ShipmentStatus] == ["pending", "ready_for_pickup", "shipped", "delivered", "cancelled"]
 
 
 def test_terminal_statuses_lead_nowhere():
@@ -83,9 +85,11 @@ def test_cancel_is_refused_once_anything_shipped():
         assert not can_transition(status, OrderStatus.CANCELLED)
 
 
-def test_orders_are_editable_only_before_allocation():
+def test_orders_are_edited_in_place_before_allocation_and_sourced_again_after_it():
     assert OrderStatus.ALLOCATED not in EDITABLE
     assert OrderStatus.PENDING in EDITABLE
+    assert {OrderStatus.ALLOCATED, OrderStatus.BACKORDERED} == RESOURCEABLE
+    assert all(can_transition(status, OrderStatus.AUTHORIZED) for status in RESOURCEABLE)
 
 
 # --- check_successor: what the repositories accept ------------------------------------------------

@@ -17,6 +17,7 @@ from functions.adapters.dynamodb import (
     DynamoApiKeys,
     DynamoBackorders,
     DynamoCatalog,
+    DynamoDuePickups,
     DynamoInventory,
     DynamoLateOrders,
     DynamoOrders,
@@ -152,8 +153,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ParkOrderFunction": _WORKFLOW_ORDERS,
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
-        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders],
+        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders, DynamoDuePickups],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+        # An expired pickup's units are released as a cancel releases them.
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
     },
     "JeopardyScanFunction": {
         **_WORKFLOW_ORDERS,

@@ -160,10 +160,12 @@ IfMatch = Annotated[
 
 @router.patch(
     "/orders/<order_id>",
-    summary="Edit lines, address or shipping method before allocation",
-    description="An authorized order whose total grows is authorized again for the new total first: a declined "
-    "re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either way the order is unchanged "
-    "and the failed attempts are in its history.",
+    summary="Edit lines, address or shipping method until the first shipment ships",
+    description="An authorized, allocated or backordered order whose total grows is authorized again for the new "
+    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either "
+    "way the order is unchanged and the failed attempts are in its history. An allocated or backordered order goes "
+    "back to `authorized` with nothing allocated and its pending shipments removed, and the order workflow sources "
+    "it again. Once a shipment has shipped (or a pickup is ready) 409.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
     middlewares=[plugins_loaded],
 )
@@ -238,11 +240,15 @@ def ship_shipment(
 
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/deliver",
-    summary="Confirm a shipment was delivered",
+    summary="Confirm a shipment was delivered, or a pickup collected",
+    description="A shipped parcel arrived; or a pickup `ready_for_pickup` was collected at its store, when its "
+    "share of the payment is captured (as a ship captures: a refused capture is 502, a gateway that keeps failing "
+    "503, and the pickup stays ready).",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order | OrderReceipt:
     who = caller(router)
-    return seen_by(who, container().actions.deliver(order_id, shipment_id, actor=who.key_id, channel=who.channel))
+    delivered = container().actions.deliver_or_collect(order_id, shipment_id, actor=who.key_id, channel=who.channel)
+    return seen_by(who, delivered)

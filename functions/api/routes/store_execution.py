@@ -1,0 +1,47 @@
+"""Store and warehouse execution: a location rejects a shipment, a store readies a pickup."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from core.access import Scope
+from core.models import Order, RejectRequest
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.label_links import with_label_links
+from functions.api.routes.orders import OrderIdPath, ShipmentIdPath
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+
+@router.post(
+    "/orders/<order_id>/shipments/<shipment_id>/reject",
+    summary="A location cannot fulfil a pending shipment: the order is sourced again without it",
+    description="The order goes back to `authorized` with nothing allocated and its pending shipments removed, "
+    "the rejecting location is excluded for this order, the units it held are released, and the order workflow "
+    "sources the order again: from another location, else it waits `backordered` (products that allow it) or ends "
+    "`cancelled` with reason `out_of_stock`. The reason is in the history (`shipment_rejected`). Rejecting the same "
+    "shipment again answers the order unchanged. 409 once the shipment is not pending or anything of the order left.",
+    responses={**ok(200, Order, "The order, authorized again"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.FULFILLMENT_WRITE)
+def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: RejectRequest) -> Order:
+    who = caller(router)
+    rejected = container().actions.reject(order_id, shipment_id, request.reason, actor=who.key_id, channel=who.channel)
+    return with_label_links(rejected)
+
+
+@router.post(
+    "/orders/<order_id>/shipments/<shipment_id>/ready",
+    summary="A store has picked a pickup: it waits ready_for_pickup until collected",
+    description="Only a pickup order's pending shipment. The shipment shows `ready_at` and `collect_by` (after "
+    "`OMS_PICKUP_EXPIRY_DAYS`, default 7); `POST .../deliver` records the collection and captures its share of "
+    "the payment then. Uncollected by `collect_by`, the scheduled reconciler cancels it (`pickup_expired`) and its "
+    "units go back. Readying it again answers the order unchanged.",
+    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.FULFILLMENT_WRITE)
+def ready_for_pickup(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
+    who = caller(router)
+    return with_label_links(container().actions.ready(order_id, shipment_id, actor=who.key_id, channel=who.channel))

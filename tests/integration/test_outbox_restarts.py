@@ -1,0 +1,95 @@
+"""The outbox starts the order workflow again for an order sent back to be sourced (an allocated or
+backordered order edited, or its shipment rejected), once per version, and for nothing else."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from infra.local.event_sources import compile_filters, matches_filters
+from infra.local.template import Template
+
+PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
+ORDER_ID = "ord_" + "r" * 24
+
+
+class Context:
+    function_name = "OutboxFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:OutboxFunction"
+    aws_request_id = "req-outbox"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def record(event: str, new: str, old: str | None, version: int = 7, sequence: str = "1") -> dict[str, Any]:
+    images: dict[str, Any] = {
+        "NewImage": {"id": {"S": ORDER_ID}, "status": {"S": new}, "version": {"N": str(version)},
+                     "channel": {"S": "web"}, "history": {"L": []}},
+    }  # fmt: skip
+    if old is not None:
+        images["OldImage"] = {"id": {"S": ORDER_ID}, "status": {"S": old}, "version": {"N": str(version - 1)}}
+    return {
+        "eventID": sequence, "eventName": event, "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/test/stream/2026",
+        "dynamodb": {"Keys": {"id": {"S": ORDER_ID}}, **images, "SequenceNumber": sequence, "SizeBytes": 1,
+                     "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    }  # fmt: skip
+
+
+def outbox_filters() -> list[dict[str, Any]]:
+    spec = Template.load().functions()["OutboxFunction"]
+    criteria = spec.events["OrdersStream"]["Properties"]["FilterCriteria"]
+    patterns = compile_filters(criteria, "OutboxFunction")
+    assert patterns is not None
+    return patterns
+
+
+@pytest.mark.parametrize(
+    ("event", "new", "old", "passes"),
+    [
+        ("INSERT", "pending", None, True),
+        ("MODIFY", "authorized", "allocated", True),  # an edit or a reject sends it back to be sourced
+        ("MODIFY", "authorized", "backordered", True),
+        ("MODIFY", "authorized", "pending", False),  # the workflow's own step: its execution goes on
+        ("MODIFY", "allocated", "authorized", False),
+        ("MODIFY", "authorized", "authorized", False),
+        ("REMOVE", "authorized", "allocated", False),
+    ],
+)
+def test_the_stream_filter_passes_new_orders_and_orders_sent_back_to_be_sourced(event, new, old, passes):
+    assert matches_filters(outbox_filters(), record(event, new, old)) is passes
+
+
+@pytest.fixture
+def machine(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    arn = sfn.create_state_machine(
+        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
+        roleArn="arn:aws:iam::123456789012:role/workflow",
+    )["stateMachineArn"]  # fmt: skip
+    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    from functions.outbox import app
+
+    app.container.forget()
+    yield sfn, arn
+    app.container.forget()
+
+
+def test_an_order_sent_back_is_started_again_under_its_version(machine):
+    from functions.outbox.app import lambda_handler
+
+    sfn, arn = machine
+    batch = {"Records": [record("MODIFY", "authorized", "allocated", version=7, sequence="2")]}
+
+    assert lambda_handler(batch, Context()) == {"batchItemFailures": []}
+
+    (execution,) = sfn.list_executions(stateMachineArn=arn)["executions"]
+    assert execution["name"] == f"{ORDER_ID}-v7"
+    started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+    assert started["order_id"] == ORDER_ID

@@ -1,0 +1,362 @@
+"""Changes after allocation and store execution (core.fulfillment.OrderActions): an allocated order
+edited and sourced again, a location rejecting a shipment, a pickup readied, collected or expired;
+on the in-memory fakes with the real built-in plugins and a fixed clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.models import Address, Allocation, LineInput, OrderEdit
+from core.status import OrderStatus, ShipmentStatus, can_transition
+from tests.builders import NOW, address_body, place_order
+from tests.unit.world import World, before_the_next_write, build_world
+
+S = OrderStatus
+H = ShipmentStatus
+
+# MUG only in the west; TSHIRT in both warehouses and at the store, which offers pickup only.
+STOCK = [
+    ("TSHIRT", "wh-east", 10),
+    ("TSHIRT", "wh-west", 10),
+    ("TSHIRT", "store-sf", 5),
+    ("MUG", "wh-west", 3),
+    ("PEN", "wh-east", 20),
+]
+PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def resume(world: World, order_id: str):
+    """What the workflow started again by the status change does: its steps skip what is done."""
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    return world.order(order_id)
+
+
+# --- The tables -----------------------------------------------------------------------------------
+
+
+def test_the_tables_have_the_transitions_resourcing_and_pickups_need():
+    assert can_transition(S.ALLOCATED, S.AUTHORIZED) and can_transition(S.BACKORDERED, S.AUTHORIZED)
+    assert can_transition(S.ALLOCATED, S.DELIVERED)  # a pickup collected
+    assert can_transition(H.PENDING, H.READY_FOR_PICKUP)
+    assert can_transition(H.READY_FOR_PICKUP, H.DELIVERED) and can_transition(H.READY_FOR_PICKUP, H.CANCELLED)
+    assert not can_transition(H.READY_FOR_PICKUP, H.SHIPPED)
+    assert not can_transition(S.PARTIALLY_SHIPPED, S.AUTHORIZED)
+
+
+# --- Edit after allocation ------------------------------------------------------------------------
+
+
+def test_an_allocated_order_edited_goes_back_to_authorized_and_the_workflow_sources_it_again(world):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+
+    edited = world.actions.edit(
+        order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=4)]), actor="key_web"
+    )
+
+    assert (edited.status, edited.allocations, edited.shipments) == (S.AUTHORIZED, [], [])
+    assert edited == world.order(order.id)
+    entry = next(e for e in world.history(order.id) if e.type == "edited")
+    assert (entry.from_status, entry.to_status, entry.actor) == (S.ALLOCATED, S.AUTHORIZED, "key_web")
+    assert entry.detail["released"] == [a.model_dump() for a in order.allocations]
+    # The line kept its sku: its reservation waits for the workflow, which counts it as its own.
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
+
+    again = resume(world, order.id)
+
+    assert again.status is S.ALLOCATED
+    assert [(a.line_id, a.location_id, a.quantity) for a in again.allocations] == [("L1", "wh-west", 4)]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 4}
+    assert world.level("TSHIRT", "wh-west") == (10, 4, 6)
+    assert [s.id for s in again.shipments] == [shipment.id]
+
+
+def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world):
+    order = world.allocated(("MUG", 2))
+
+    world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="PEN", quantity=1)]), actor="key_web")
+
+    assert world.held_for(order.id) == {}
+    assert world.level("MUG", "wh-west") == (3, 0, 3)
+    again = resume(world, order.id)
+    assert [(line.sku, line.quantity) for line in again.lines] == [("PEN", 1)]
+    assert world.held_for(order.id) == {("PEN", "wh-east", f"{order.id}#L1"): 1}
+    assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_a_backordered_order_edited_is_sourced_again_and_what_its_replaced_lines_held_is_released(world):
+    order_id = world.place(("MUG", 2), ("PEN", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    # Backordered as a short reservation leaves it: what it could reserve (the PEN) is kept.
+    world.inventory.reserve("PEN", "wh-east", f"{order_id}#L2", 1)
+    kept = [Allocation(line_id="L2", location_id="wh-east", quantity=1)]
+    world.orders.put(authorized.model_copy(update={"status": S.BACKORDERED, "allocations": kept}), "tok_approve")
+    backordered = world.order(order_id)
+
+    lines = [LineInput(sku="PEN", quantity=1), LineInput(sku="MUG", quantity=1)]
+
+    edited = world.actions.edit(order_id, backordered.version, OrderEdit(lines=lines), actor="key_web")
+
+    assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
+    assert world.held_for(order_id) == {}  # L2 is a MUG now: the PEN it held went back at once
+    again = resume(world, order_id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order_id) == {
+        ("PEN", "wh-east", f"{order_id}#L1"): 1, ("MUG", "wh-west", f"{order_id}#L2"): 1,
+    }  # fmt: skip
+
+
+def test_a_grown_total_is_authorized_again_before_the_old_authorization_is_voided(world):
+    order = world.allocated(("TSHIRT", 1))
+    old = order.payment.authorization
+
+    edited = world.actions.edit(
+        order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), actor="key_web"
+    )
+
+    assert edited.payment.authorized == edited.totals.grand_total
+    assert edited.payment.authorization not in (None, old)
+    assert world.spy.voided == [old]
+    again = resume(world, order.id)
+    (shipment,) = again.shipments
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert [auth for auth, _, _ in world.spy.captured] == [edited.payment.authorization]
+
+
+def test_a_declined_reauthorization_leaves_the_allocated_order_and_its_stock_as_they_were(world):
+    order = world.allocated(("TSHIRT", 1))
+    held = world.held()
+    world.orders.tokens[order.id] = "tok_decline"
+
+    with pytest.raises(Conflict) as raised:
+        world.actions.edit(
+            order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), actor="key_web"
+        )
+
+    assert raised.value.code == "payment_declined"
+    assert world.order(order.id) == order
+    assert world.held() == held
+    assert world.spy.voided == []
+
+
+def test_an_address_change_after_allocation_prices_shipping_and_tax_again(world):
+    order = world.allocated(("TSHIRT", 2))
+    oregon = Address.model_validate(address_body(city="Portland", region="OR", postal_code="97201"))
+
+    edited = world.actions.edit(order.id, order.version, OrderEdit(shipping_address=oregon), actor="key_web")
+
+    quote = world.capture.quote(
+        place_order(lines=[{"sku": "TSHIRT", "quantity": 2}], shipping_address=oregon.model_dump())
+    )
+    assert (edited.lines, edited.totals) == (quote.lines, quote.totals)
+    assert edited.totals.tax != order.totals.tax
+    assert edited.shipping_address == oregon and edited.status is S.AUTHORIZED
+
+
+def test_an_order_is_no_longer_editable_once_a_shipment_left(world):
+    order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("PEN", 1))  # west: TSHIRT + MUG, east: PEN
+    west = world.shipment_at(order, "wh-west")
+    partly = world.actions.ship(order.id, west, None, actor="key_wh")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.edit(order.id, partly.version, OrderEdit(shipping_method="express"), actor="key_web")
+
+    assert world.order(order.id) == partly
+
+
+# --- Reject ---------------------------------------------------------------------------------------
+
+
+def test_a_rejected_shipment_is_sourced_again_from_another_location(world):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    assert shipment.location_id == "wh-west"
+
+    rejected = world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+
+    assert (rejected.status, rejected.allocations, rejected.shipments) == (S.AUTHORIZED, [], [])
+    assert rejected.excluded_locations == ["wh-west"]
+    assert "excluded_locations" not in rejected.model_dump()  # the system's own, never shown
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
+        "shipment_rejected", S.ALLOCATED, S.AUTHORIZED, "key_store",
+    )  # fmt: skip
+    assert {k: entry.detail[k] for k in ("shipment_id", "location_id", "reason")} == {
+        "shipment_id": shipment.id, "location_id": "wh-west", "reason": "damaged stock",
+    }  # fmt: skip
+
+    again = resume(world, order.id)
+
+    assert again.status is S.ALLOCATED
+    assert [s.location_id for s in again.shipments] == ["wh-east"]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
+
+
+def test_a_rejected_split_order_keeps_what_it_holds_elsewhere_for_the_workflow(world):
+    order = world.allocated(("MUG", 1), ("PEN", 2))  # west: MUG, east: PEN
+    east = world.shipment_at(order, "wh-east")
+
+    world.actions.reject(order.id, east, "no staff", actor="key_wh")
+
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 1}
+    with pytest.raises(OutOfStock):  # PEN is only in the east, which refused it
+        resume(world, order.id)
+
+
+def test_a_reject_with_no_other_location_ends_the_order_out_of_stock(world):
+    order = world.allocated(("TSHIRT", 1), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.reject(order.id, shipment.id, "no staff", actor="key_store")
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order.id)
+    world.workflow.cancel_after_failure(order.id, "OutOfStock", "{}")
+
+    cancelled = world.order(order.id)
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, "voided")
+    assert world.history(order.id)[-2].detail["reason"] == "out_of_stock"
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+
+
+def test_rejecting_again_changes_nothing(world):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    first = world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+    history = world.history(order.id)
+
+    assert world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store") == first
+    assert world.history(order.id) == history
+
+
+def test_only_a_pending_shipment_can_be_rejected(world):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.reject(order.id, shipment.id, "too late", actor="key_wh")
+    with pytest.raises(NotFound):
+        world.actions.reject(order.id, "shp_" + "a" * 24, "unknown", actor="key_wh")
+
+    assert world.order(order.id) == shipped
+
+
+# --- Pickup ---------------------------------------------------------------------------------------
+
+
+def test_a_pickup_readied_waits_for_its_customer_until_the_expiry(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    (waiting,) = ready.shipments
+    assert (ready.status, waiting.status, waiting.ready_at, waiting.collect_by) == (
+        S.ALLOCATED, H.READY_FOR_PICKUP, NOW, NOW + timedelta(days=7),
+    )  # fmt: skip
+    assert world.history(order.id)[-1].type == "shipment_ready_for_pickup"
+    assert world.actions.ready(order.id, shipment.id, actor="key_store") == ready  # a repeat changes nothing
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
+
+
+def test_only_a_pickup_is_made_ready(world):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ready(order.id, shipment.id, actor="key_wh")
+
+    assert world.order(order.id) == order
+
+
+def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+    assert ready.payment.captured.amount == 0
+
+    with pytest.raises(InvalidTransition):  # a carrier's tracking never collects a pickup
+        world.actions.deliver(order.id, shipment.id, actor="key_carrier")
+    collected = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    (done,) = collected.shipments
+    assert (collected.status, done.status, done.delivered_at) == (S.DELIVERED, H.DELIVERED, NOW)
+    assert collected.payment.status == "captured"
+    assert collected.payment.captured == collected.totals.grand_total == done.captured
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+    assert world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store") == collected
+    assert len(world.spy.captured) == 1
+
+
+def test_a_ready_pickup_is_not_shipped(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, None, actor="key_store")
+
+    assert world.order(order.id) == ready
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
+
+
+def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_is_voided(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    with pytest.raises(InvalidTransition):  # not due yet
+        world.actions.expire_pickup(order.id, shipment.id, actor="scheduler")
+    monkeypatch.setattr(world.actions, "_clock", lambda: NOW + timedelta(days=7, seconds=1))
+    expired = world.actions.expire_pickup(order.id, shipment.id, actor="scheduler")
+
+    (gone,) = expired.shipments
+    assert (expired.status, gone.status, expired.payment.status) == (S.CANCELLED, H.CANCELLED, "voided")
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+    entry = next(e for e in world.history(order.id) if e.type == "pickup_expired")
+    assert (entry.to_status, entry.detail["reason"], entry.actor) == (S.CANCELLED, "pickup_expired", "scheduler")
+    assert world.actions.expire_pickup(order.id, shipment.id, actor="scheduler") == expired
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+
+def test_a_ship_that_loses_to_a_reject_refunds_its_capture(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.reject(order.id, shipment.id, "no staff", actor="key_store")
+    )
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    current = world.order(order.id)
+    assert (current.status, current.payment.captured.amount) == (S.AUTHORIZED, 0)
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+    assert world.history(order.id)[-1].type == "payment_capture_reversed"
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+
+
+def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases_its_units(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+
+    (gone,) = cancelled.shipments
+    assert (cancelled.status, gone.status, cancelled.pickup_deadline()) == (S.CANCELLED, H.CANCELLED, None)
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
