@@ -9,9 +9,8 @@ from core.holds import HoldRequest, ReleaseRequest
 from core.models import Order
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
-from functions.api.label_links import with_label_links
-from functions.api.routes.orders import OrderIdPath
-from functions.api.schemas import errors, ok
+from functions.api.routes.orders import OrderIdPath, changed, seen_by
+from functions.api.schemas import OrderReceipt, errors
 
 router = Router()
 
@@ -22,12 +21,12 @@ router = Router()
     description="A `pending`, `authorized` or `allocated` order goes `on_hold`: its workflow stops before its next "
     "step, and nothing is authorized, reserved, captured or shipped until it is released (shipping it is 409). "
     "An order on hold already, shipped or closed is 409. The history names the caller, the reason and the note.",
-    responses={**ok(200, Order, "The order, on hold"), **errors(400, 403, 404, 409, 413)},
+    responses={**changed("The order, on hold"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.ORDERS_APPROVE)
-def hold_order(order_id: OrderIdPath, request: HoldRequest) -> Order:
+def hold_order(order_id: OrderIdPath, request: HoldRequest) -> Order | OrderReceipt:
     who = caller(router)
-    return with_label_links(container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel))
+    return seen_by(who, container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel))
 
 
 @router.post(
@@ -36,10 +35,10 @@ def hold_order(order_id: OrderIdPath, request: HoldRequest) -> Order:
     description="The order goes back to the status it was held from and carries on where it stopped: a `pending` "
     "or `authorized` order's workflow starts again within seconds (it skips what is done, and a payment authorized "
     "before the hold is not authorized again). An order that is not on hold is 409.",
-    responses={**ok(200, Order, "The order, released"), **errors(400, 403, 404, 409, 413)},
+    responses={**changed("The order, released"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.ORDERS_APPROVE)
-def release_order(order_id: OrderIdPath, request: ReleaseRequest | None = None) -> Order:
+def release_order(order_id: OrderIdPath, request: ReleaseRequest | None = None) -> Order | OrderReceipt:
     who = caller(router)
     body = request or ReleaseRequest()
-    return with_label_links(container().holds.release(order_id, body, actor=who.key_id, channel=who.channel))
+    return seen_by(who, container().holds.release(order_id, body, actor=who.key_id, channel=who.channel))

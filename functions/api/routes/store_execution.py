@@ -8,9 +8,8 @@ from core.access import Scope
 from core.models import Order, RejectRequest
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
-from functions.api.label_links import with_label_links
-from functions.api.routes.orders import OrderIdPath, ShipmentIdPath
-from functions.api.schemas import errors, ok
+from functions.api.routes.orders import OrderIdPath, ShipmentIdPath, changed, seen_by
+from functions.api.schemas import OrderReceipt, errors
 
 router = Router()
 
@@ -23,13 +22,13 @@ router = Router()
     "sources the order again: from another location, else it waits `backordered` (products that allow it) or ends "
     "`cancelled` with reason `out_of_stock`. The reason is in the history (`shipment_rejected`). Rejecting the same "
     "shipment again answers the order unchanged. 409 once the shipment is not pending or anything of the order left.",
-    responses={**ok(200, Order, "The order, authorized again"), **errors(400, 403, 404, 409, 413)},
+    responses={**changed("The order, authorized again"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.FULFILLMENT_WRITE)
-def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: RejectRequest) -> Order:
+def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: RejectRequest) -> Order | OrderReceipt:
     who = caller(router)
     rejected = container().actions.reject(order_id, shipment_id, request.reason, actor=who.key_id, channel=who.channel)
-    return with_label_links(rejected)
+    return seen_by(who, rejected)
 
 
 @router.post(
@@ -39,9 +38,9 @@ def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request:
     "`OMS_PICKUP_EXPIRY_DAYS`, default 7); `POST .../deliver` records the collection and captures its share of "
     "the payment then. Uncollected by `collect_by`, the scheduled reconciler cancels it (`pickup_expired`) and its "
     "units go back. Readying it again answers the order unchanged.",
-    responses={**ok(200, Order, "The order"), **errors(400, 403, 404, 409, 413)},
+    responses={**changed("The order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.FULFILLMENT_WRITE)
-def ready_for_pickup(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order:
+def ready_for_pickup(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order | OrderReceipt:
     who = caller(router)
-    return with_label_links(container().actions.ready(order_id, shipment_id, actor=who.key_id, channel=who.channel))
+    return seen_by(who, container().actions.ready(order_id, shipment_id, actor=who.key_id, channel=who.channel))
