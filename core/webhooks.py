@@ -36,7 +36,19 @@ class NewWebhook(BaseModel):
 
     url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
     events: Annotated[list[str], Field(min_length=1, max_length=len(EventType))] = Field(
-        description='Event types, or ["*"] for every type.'
+        description='Event types, or ["*"] for every type.',
+        # What _known_types accepts, stated in the API description: ["*"] alone, or distinct types.
+        json_schema_extra={
+            "anyOf": [
+                {"type": "array", "items": {"const": ALL_EVENTS}, "minItems": 1, "maxItems": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "enum": [t.value for t in EventType]},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+            ]
+        },
     )
     channel: Channel | None = None
 

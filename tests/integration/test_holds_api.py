@@ -64,7 +64,7 @@ def allocate(order_id: str) -> None:
 
 
 def test_an_approver_holds_and_releases_an_order_and_the_history_names_them(api: InProcessApi, sku: str):
-    approver = issue(api, "orders:approve")
+    approver = issue(api, "orders:approve", "orders:read")
     order = place(api, sku)
 
     held = api.post(f"/orders/{order['id']}/hold", key=approver, json={"reason": "payment_review", "note": "odd card"})
@@ -147,3 +147,15 @@ def test_a_shipped_order_cannot_be_held(api: InProcessApi, sku: str):
     shipment_id = api.get(f"/orders/{order['id']}").json()["shipments"][0]["id"]
     assert api.post(f"/orders/{order['id']}/shipments/{shipment_id}/ship").status_code == 200
     assert_error(api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}), 409)
+
+
+def test_an_approver_that_may_not_read_orders_gets_a_receipt_not_the_order(api: InProcessApi, sku: str):
+    approver = issue(api, "orders:approve")
+    order = place(api, sku)
+
+    held = api.post(f"/orders/{order['id']}/hold", key=approver, json={"reason": "fraud_review"})
+    released = api.post(f"/orders/{order['id']}/release", key=approver, json={})
+
+    assert held.status_code == released.status_code == 200, (held.text, released.text)
+    assert held.json() == {"id": order["id"], "status": "on_hold", "version": order["version"] + 1}
+    assert set(released.json()) == {"id", "status", "version"}
