@@ -61,6 +61,13 @@ class ReturnNotReceived(Conflict):
     code = "return_not_received"
 
 
+class ExchangeIdTaken(Conflict):
+    """The external_id an exchange's replacement would take belongs to an order the channel placed
+    itself: it is not the replacement, and no other id would be found again by a retried step."""
+
+    code = "exchange_external_id_taken"
+
+
 def return_id_for(order_id: str, ordinal: int) -> str:
     """A return's id, derived from its order and ordinal: two requests racing for the same ordinal
     race for the same id, and one conditional put lets only one of them have it."""
@@ -434,7 +441,7 @@ class Returns:
         external_id = (original.external_id or original.id)[: 128 - len(suffix)] + suffix
         placed = self._orders.get(order_id_for(original.channel, external_id))
         if placed is not None:
-            return placed
+            return self._mine(placed, item)
         credit = self._due(item, original)
         cmd = PlaceOrder(
             channel=original.channel, external_id=external_id, currency=original.currency,
@@ -451,7 +458,13 @@ class Returns:
             placed = self._orders.get(duplicate.order_id)
             if placed is None:
                 raise
-            return placed
+            return self._mine(placed, item)
+
+    @staticmethod
+    def _mine(placed: Order, item: Return) -> Order:
+        if placed.exchange_of != item.id:
+            raise ExchangeIdTaken(f"order {placed.id} has the external_id of return {item.id}'s replacement")
+        return placed
 
     def check_received(self, return_id: str) -> Return:
         """The workflow's first step: the receipt the API recorded is there (ReturnNotReceived, not

@@ -24,7 +24,7 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
-from core.returns import RefundNotDone, Returns, return_id_for
+from core.returns import ExchangeIdTaken, RefundNotDone, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW
 from tests.fakes import FakeReturns
@@ -424,6 +424,20 @@ def test_settling_an_exchange_again_places_nothing_and_refunds_nothing_more(worl
     assert created.detail["exchange"] == {
         "order_id": order.id, "return_id": settled.id, "credit": order.lines[0].total.model_dump(mode="json")
     }  # fmt: skip
+
+
+def test_an_order_the_channel_placed_under_the_replacements_external_id_is_not_taken_for_it(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    world.place(("CAP", 1), external_id=f"{order.external_id}-x1")
+
+    with pytest.raises(ExchangeIdTaken):
+        returns.exchange(item.id, actor="key_wh")
+
+    assert returns.get(item.id).status is R.RECEIVED
+    assert world.order(order.id).payment.refunds == []
 
 
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
