@@ -50,6 +50,8 @@ class OrderEvent(StrEnum):
     RETURN_RECEIVED = "return_received"
     # The returns workflow stopped after its retries (the return stays received; see its detail).
     RETURN_STUCK = "return_stuck"
+    # A return's exchange: its replacement order was placed (on the original order's history).
+    EXCHANGE_PLACED = "exchange_placed"
     # A capture with no shipment: the rest of a total that cancelled units left higher than what
     # the shipments captured (a volume discount lost, say).
     PAYMENT_CAPTURED = "payment_captured"

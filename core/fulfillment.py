@@ -287,7 +287,7 @@ class OrderActions:
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
         priced = self._capture.quote(cmd)
-        total = priced.totals.grand_total
+        total = order.payable(priced.totals)
         reauthorized = None
         if (order.status == S.AUTHORIZED or resourced) and total.amount > order.payment.authorized.amount:
             reauthorized = self._reauthorize(order, token, total, actor)

@@ -873,6 +873,12 @@ class Order(BaseModel):
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=list, exclude=True)
+    # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
+    # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
+    exchange_of: str | None = None
+    exchange_credit: Money | None = None
+    # The returns of this order whose replacement was placed (the history names each once).
+    exchanges: list[str] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -904,6 +910,18 @@ class Order(BaseModel):
         """Units of each line that left in shipped or delivered shipments (read from the shipments,
         so orders stored before `shipped_quantity` existed answer the same)."""
         return _shipped_by_line(self.lines, self.shipments)
+
+    def payable(self, totals: Totals | None = None) -> Money:
+        """What the payment must cover: the grand total, less an exchange's credit (what the
+        returned units' refund would have been, kept on the original order to pay for this one),
+        never below zero. Authorization, captures and refund arithmetic work on this, so that
+        captured minus refunded equals what the customer still owes on this order."""
+        total = (totals or self.totals).grand_total
+        credit = self.exchange_credit
+        if credit is None:
+            return total
+        due = total - credit
+        return due if due.amount > 0 else Money.zero(self.currency)
 
     @property
     def in_status_since(self) -> datetime:
@@ -946,12 +964,12 @@ class Order(BaseModel):
         zero = Money.zero(self.currency)
         if not self.payment.authorization:
             return zero
-        remaining = self.totals.grand_total - self.payment.captured
+        remaining = self.payable() - self.payment.captured
         if not self._pending_besides(shipment_id):
             return remaining
         if shipment.id == self.shipments[0].id:
             others = [self._share(s) for s in self.shipments[1:]]
-            planned = self.totals.grand_total - sum(others, zero) if others else remaining
+            planned = self.payable() - sum(others, zero) if others else remaining
         else:
             planned = self._share(shipment)
         # Never negative: units cancelled after a capture can leave the order captured beyond its new
@@ -1151,7 +1169,7 @@ class Order(BaseModel):
         shipment = self.ready_to_ship(shipment_id)
         payment = self.payment
         if payment.authorization:
-            payment = payment.with_capture(captured, self.totals.grand_total)
+            payment = payment.with_capture(captured, self.payable())
         shipments = [
             _replaced(s, status=ShipmentStatus.SHIPPED, shipped_at=at, captured=captured,
                       tracking_number=tracking_number or s.tracking_number)
@@ -1458,7 +1476,7 @@ class Order(BaseModel):
                 raise InvalidTransition("cancelling every unit before anything shipped cancels the order")
             delivered = all(shipment.status is ShipmentStatus.DELIVERED for shipment in gone_out)
             to = OrderStatus.DELIVERED if delivered else OrderStatus.SHIPPED
-            if payment.status is PaymentStatus.PARTIALLY_CAPTURED and totals.grand_total <= payment.captured:
+            if payment.status is PaymentStatus.PARTIALLY_CAPTURED and self.payable(totals) <= payment.captured:
                 payment = _replaced(payment, status=PaymentStatus.CAPTURED)
         return self._next(
             at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED, to=to,
@@ -1475,7 +1493,7 @@ class Order(BaseModel):
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference,
                     "reason": "the order's total after cancelled units"},
-            payment=self.payment.with_capture(amount, self.totals.grand_total),
+            payment=self.payment.with_capture(amount, self.payable()),
         )  # fmt: skip
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:
@@ -1511,7 +1529,7 @@ class Order(BaseModel):
     def record_refund(self, refund_id: str, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway refunded the pending refund `refund_id`: `payment.refunded` grows by it."""
         refund = self.payment._pending(refund_id)
-        everything_captured = self.totals.grand_total <= self.payment.captured
+        everything_captured = self.payable() <= self.payment.captured
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_REFUNDED,
             detail={"refund_id": refund_id, "amount": refund.amount.model_dump(mode="json"), "reference": reference,
@@ -1559,6 +1577,21 @@ class Order(BaseModel):
             detail={"return_id": return_id,
                     "lines": [{"line_id": k, "quantity": v} for k, v in sorted(received.items())], **(detail or {})},
             lines=lines, received_returns=[*self.received_returns, return_id],
+        )  # fmt: skip
+
+    def exchanged(
+        self, return_id: str, replacement_id: str, credit: Money, refund: Money, *, at: datetime, actor: str
+    ) -> Change | None:  # fmt: skip
+        """The replacement order of return `return_id` was placed, paid for in part by `credit`
+        (the returned units' refund, kept on this order); `refund` is what is given back beyond
+        it. None when this exchange is recorded already."""
+        if return_id in self.exchanges:
+            return None
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.EXCHANGE_PLACED,
+            detail={"return_id": return_id, "exchange_order_id": replacement_id,
+                    "credit": credit.model_dump(mode="json"), "refund": refund.model_dump(mode="json")},
+            exchanges=[*self.exchanges, return_id],
         )  # fmt: skip
 
 

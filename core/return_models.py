@@ -188,6 +188,12 @@ class Return(BaseModel):
             )
         return self._next(ReturnStatus.RECEIVED, at, lines=lines, received_at_location=receipt.location_id)
 
+    def with_exchange_order(self, order_id: str, *, at: datetime) -> Return:
+        """The replacement order of this return's exchange was placed."""
+        if self.exchange is None or self.status is not ReturnStatus.RECEIVED:
+            raise InvalidTransition(f"a return that is {self.status} cannot place an exchange")
+        return self._next(None, at, exchange_order_id=order_id)
+
     def refunded(self, amount: Money, *, at: datetime) -> Return:
         return self._next(ReturnStatus.REFUNDED, at, refund=amount)
 

@@ -13,16 +13,18 @@ from typing import Any
 from core.errors import (
     Conflict,
     DomainError,
+    DuplicateOrder,
     InvalidRequest,
     NotFound,
     PaymentGatewayUnavailable,
     PluginError,
     StaleVersion,
+    UnknownSku,
 )
 from core.events import OrderEvent
 from core.hook_calls import call_hook
-from core.ids import short_hash
-from core.models import Order, ShipmentLine, utc_now
+from core.ids import order_id_for, short_hash
+from core.models import AddressInput, Order, PaymentInput, PlaceOrder, ShipmentLine, utc_now
 from core.money import Money
 from core.order_changes import ATTEMPTS, modify, visible
 from core.ports import (
@@ -36,6 +38,7 @@ from core.ports import (
 from core.refund_service import RefundService
 from core.refunds import refund_due
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
+from core.services import CaptureService
 from core.status import ReturnStatus, ShipmentStatus
 
 R = ReturnStatus
@@ -56,6 +59,13 @@ class ReturnNotReceived(Conflict):
     """A step after the receipt ran for a return that was not received (409 at the API)."""
 
     code = "return_not_received"
+
+
+class ExchangeIdTaken(Conflict):
+    """The external_id an exchange's replacement would take belongs to an order the channel placed
+    itself: it is not the replacement, and no other id would be found again by a retried step."""
+
+    code = "exchange_external_id_taken"
 
 
 def return_id_for(order_id: str, ordinal: int) -> str:
@@ -86,8 +96,10 @@ class Returns:
         hook: Any,
         refunds: RefundService,
         clock: Clock = utc_now,
+        capture: CaptureService | None = None,
     ):
         self._orders = orders
+        self._capture = capture
         self._returns = returns
         self._catalog = catalog
         self._inventory = inventory
@@ -119,11 +131,7 @@ class Returns:
         if not any(shipped.values()):
             raise Conflict(f"order {order_id} has nothing shipped to return", code="nothing_shipped")
         if cmd.exchange is not None:
-            raise InvalidRequest(
-                "exchanges are not supported yet: return the items and place a new order",
-                code="exchange_not_supported",
-                details=[{"field": "exchange", "message": "not supported yet"}],
-            )
+            self._check_exchange(cmd)
         for _ in range(ATTEMPTS):
             earlier = self._returns.for_order(order_id)
             returned_before = _units_on(earlier)
@@ -147,6 +155,7 @@ class Returns:
                 fee=decision.fee or Money.zero(order.currency),
                 refund_shipping=decision.refund_shipping,
                 return_to=_origin(order, cmd.lines[0].line_id),
+                exchange=cmd.exchange,
                 created_at=now,
                 updated_at=now,
                 version=1,
@@ -168,6 +177,22 @@ class Returns:
                       for line in item.lines],
         })  # fmt: skip
         return item
+
+    def _check_exchange(self, cmd: RequestReturn) -> None:
+        """The exchange's skus exist, as POST /orders checks them (stock is checked when the
+        replacement is placed, at receipt: units come back before it ships)."""
+        assert cmd.exchange is not None
+        if self._capture is None:
+            raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
+        lines = cmd.exchange.lines
+        products = self._catalog.get_products({line.sku for line in lines})
+        unknown = [
+            {"field": f"exchange.lines[{i}].sku", "message": f"no product {line.sku}"}
+            for i, line in enumerate(lines)
+            if line.sku not in products
+        ]
+        if unknown:
+            raise UnknownSku("unknown sku", details=unknown)
 
     def _check_quantities(
         self, order: Order, cmd: RequestReturn, shipped: dict[str, int], returned_before: dict[str, int]
@@ -336,16 +361,27 @@ class Returns:
             return item
         if item.status is not R.RECEIVED:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        if item.exchange is not None:
+            return item  # the Exchange step settles it: the refund pays for the replacement first
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
+        return self._pay_back(item, order, lambda: self._due(item, order), actor)
+
+    def _due(self, item: Return, order: Order) -> Money:
+        return refund_due(
+            order, item.received(), item.refund_shipping, item.fee,
+            returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id),
+        )  # fmt: skip
+
+    def _pay_back(self, item: Return, order: Order, due: Callable[[], Money], actor: str) -> Return:
+        """Refund `due()` for the return (once: a succeeded refund of it is found and kept) and
+        mark it `refunded` with what was given back."""
+        return_id = item.id
         mine = [r for r in order.payment.refunds if r.return_id == item.id]
         done = next((r for r in mine if r.status == "succeeded"), None)
         if done is None:
-            amount = refund_due(
-                order, item.received(), item.refund_shipping, item.fee,
-                returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id),
-            )  # fmt: skip
+            amount = due()
             if amount.amount > 0 or any(r.status == "pending" for r in mine):
                 attempt = sum(1 for r in mine if r.status == "failed")
                 refund = self._refunds.issue_refund(
@@ -358,6 +394,77 @@ class Returns:
             amount = done.amount
         at = self._clock()
         return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+
+    # --- Exchange ---------------------------------------------------------------------------
+    def exchange(self, return_id: str, actor: str) -> Return:
+        """The workflow's step after Refund: place the replacement order of a received return's
+        exchange through the capture path, with the returned units' refund (core.refunds.refund_due)
+        as its `exchange_credit`, so its workflow authorizes only what the credit does not cover;
+        refund what the credit leaves over once; mark the return `refunded` with what was given back.
+
+        Idempotent: the replacement's external_id is the original's plus `-x` and the return's
+        ordinal, so a retried step finds the order it placed (and the credit stored on it); the
+        original's history names the exchange once (Order.exchanged); the rest is refunded under
+        the refund step's keys. A return without an exchange is left as the Refund step left it."""
+        item = self.get(return_id)
+        if item.exchange is None or item.status is R.REFUNDED:
+            return item
+        if item.status is not R.RECEIVED:
+            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        found = self._orders.get_with_token(item.order_id)
+        if found is None:
+            raise NotFound(f"no order {item.order_id}")
+        original, token = found
+        replacement = self._replacement(item, original, token, actor)
+        zero = Money.zero(original.currency)
+        credit = replacement.exchange_credit or zero
+        rest = credit - replacement.totals.grand_total
+        rest = rest if rest.amount > 0 else zero
+        at = self._clock()
+        original = modify(
+            self._orders, original.id,
+            lambda order: order.exchanged(item.id, replacement.id, credit, rest, at=at, actor=actor),
+        )  # fmt: skip
+        item = self._change(
+            return_id, None,
+            lambda r: r if r.exchange_order_id else r.with_exchange_order(replacement.id, at=at),
+        )  # fmt: skip
+        return self._pay_back(item, original, lambda: rest, actor)
+
+    def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
+        """The exchange's replacement order: the one a previous run placed, or a new one placed
+        with the original's channel, customer, address, fulfillment, shipping method and payment."""
+        assert item.exchange is not None
+        if self._capture is None:
+            raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
+        suffix = f"-x{item.ordinal}"
+        external_id = (original.external_id or original.id)[: 128 - len(suffix)] + suffix
+        placed = self._orders.get(order_id_for(original.channel, external_id))
+        if placed is not None:
+            return self._mine(placed, item)
+        credit = self._due(item, original)
+        cmd = PlaceOrder(
+            channel=original.channel, external_id=external_id, currency=original.currency,
+            customer=original.customer, lines=item.exchange.lines,
+            shipping_address=AddressInput.model_validate(original.shipping_address.model_dump()),
+            fulfillment=original.fulfillment,
+            shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
+            payment=PaymentInput(method=original.payment.method, token=token),
+        )  # fmt: skip
+        try:
+            return self._capture.place_exchange(cmd, credit, original.id, item.id, actor)
+        except DuplicateOrder as duplicate:
+            # A concurrent run placed it between the read and the put: the first one stands.
+            placed = self._orders.get(duplicate.order_id)
+            if placed is None:
+                raise
+            return self._mine(placed, item)
+
+    @staticmethod
+    def _mine(placed: Order, item: Return) -> Order:
+        if placed.exchange_of != item.id:
+            raise ExchangeIdTaken(f"order {placed.id} has the external_id of return {item.id}'s replacement")
+        return placed
 
     def check_received(self, return_id: str) -> Return:
         """The workflow's first step: the receipt the API recorded is there (ReturnNotReceived, not
@@ -378,13 +485,15 @@ class Returns:
         })  # fmt: skip
 
     def settle(self, return_id: str, actor: str) -> Return:
-        """The steps after a receipt, in the workflow's order (restock, the order's count, refund),
+        """The steps after a receipt, in the workflow's order (restock, the order's count, refund,
+        exchange),
         each skipping what is done. A refund not done yet (refused, or the gateway still
         unavailable) leaves the return `received`: running this again finishes it."""
         self.restock(return_id)
         self.record_on_order(return_id, actor)
         try:
-            return self.refund(return_id, actor)
+            self.refund(return_id, actor)
+            return self.exchange(return_id, actor)
         except (RefundNotDone, PaymentGatewayUnavailable):
             return self.get(return_id)
 

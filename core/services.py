@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import pluggy
 
@@ -131,6 +132,14 @@ class CaptureService:
         workflow, whose steps log it, so one order is followed from its request to its end."""
         return self._placed(cmd, self.quote(cmd), self._clock(), actor, request_id)
 
+    def place_exchange(
+        self, cmd: PlaceOrder, credit: Money, original_id: str, return_id: str, actor: str
+    ) -> Order:  # fmt: skip
+        """Store a return's replacement order, exactly as `place` would, with the return's refund
+        as its `exchange_credit`: its workflow authorizes only what the credit does not cover."""
+        exchange = {"order_id": original_id, "return_id": return_id, "credit": credit}
+        return self._placed(cmd, self.quote(cmd), self._clock(), actor, exchange=exchange)
+
     def quote(self, cmd: PlaceOrder) -> PricedOrder:
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
         through the plugins, stock. Editing an order runs the same checks."""
@@ -164,8 +173,9 @@ class CaptureService:
         return self._pricing.price(cmd, products, tax_address)
 
     def _placed(
-        self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None
-    ) -> Order:
+        self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,
+        exchange: dict[str, Any] | None = None,
+    ) -> Order:  # fmt: skip
         zero = Money.zero(cmd.currency)
         order = Order(
             id=order_id_for(cmd.channel, cmd.external_id),
@@ -186,6 +196,8 @@ class CaptureService:
             version=1,
             priced_version=1,
             status_since=now,
+            exchange_of=exchange["return_id"] if exchange else None,
+            exchange_credit=exchange["credit"] if exchange else None,
         )
         created = HistoryEntry(
             at=now,
@@ -196,6 +208,7 @@ class CaptureService:
             detail={
                 "grand_total": order.totals.grand_total.model_dump(mode="json"),
                 **({"request_id": request_id} if request_id else {}),
+                **({"exchange": _exchange_detail(exchange)} if exchange else {}),
             },
         )
         order, held = self._reviewed(order, now)
@@ -265,6 +278,15 @@ class CaptureService:
         ]
         if short:
             raise InsufficientStock("not enough stock for this order", details=short)
+
+
+def _exchange_detail(exchange: dict[str, Any]) -> dict[str, Any]:
+    """What a replacement order's `created` entry says of the exchange that placed it."""
+    return {
+        "order_id": exchange["order_id"],
+        "return_id": exchange["return_id"],
+        "credit": exchange["credit"].model_dump(mode="json"),
+    }
 
 
 class OrderQueries:

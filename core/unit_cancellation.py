@@ -149,7 +149,7 @@ class UnitCancellation:
         for refund in settlements:
             if refund.status != "failed":
                 held = held - refund.amount
-        due = order.totals.grand_total - held
+        due = order.payable() - held
         nothing_to_ship = not any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
         if due.is_negative():
             over = min(zero - due, max(payment.refundable(), zero, key=_amount), key=_amount)

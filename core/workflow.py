@@ -173,7 +173,7 @@ class Workflow:
             if order.status in STOPPED:
                 raise stopped(order)
             return  # authorized already: a repeated execution
-        amount = order.totals.grand_total
+        amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
         # authorization, and so does the execution a release starts after a hold placed while
         # pending (a hold changes the version, not the price), while a retry after an edit gets a
@@ -207,7 +207,7 @@ class Workflow:
 
         def decide(order: Order):
             if not (order.waits_for_authorization_on_hold() and order.authorized_version == read.authorized_version
-                    and order.totals.grand_total == amount):  # fmt: skip
+                    and order.payable() == amount):  # fmt: skip
                 return None
             return order.authorize(amount, reference, at=at, actor=WORKFLOW_ACTOR)
 

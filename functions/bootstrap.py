@@ -336,6 +336,7 @@ class Container:
             self.plugins.hook,
             self.refunds,
             clock=self.clock,
+            capture=self.capture,
         )
 
     @cached_property

@@ -23,7 +23,7 @@ class ReturnStepInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    step: Literal["receive", "restock", "record", "refund", "stuck"]
+    step: Literal["receive", "restock", "record", "refund", "exchange", "stuck"]
     return_id: Annotated[str, Field(pattern=r"^rma_[a-z2-7]{24}$")]
     trace: ExecutionTrace = ExecutionTrace()
     error: str = ""
@@ -49,6 +49,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> None:
         elif task.step == "refund":
             container().plugins.require_loaded()
             returns.refund(task.return_id, ACTOR)
+        elif task.step == "exchange":
+            container().plugins.require_loaded()
+            returns.exchange(task.return_id, ACTOR)
         else:
             returns.stuck(task.return_id, task.error, task.cause, ACTOR)
     except Exception as error:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
@@ -91,3 +91,49 @@ def test_a_delivered_order_is_partly_returned_in_mixed_condition_restocked_and_r
     types = [entry["type"] for entry in api.get(f"/orders/{order_id}/history").json()["items"]]
     assert types.index("return_requested") < types.index("return_received") < types.index("payment_refunded")
     assert [r["id"] for r in api.get(f"/orders/{order_id}/returns").json()["items"]] == [rma["id"]]
+
+
+def test_a_return_with_an_exchange_places_the_replacement_which_authorizes_the_difference_and_allocates(api: Api):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku, dearer = catalog.product("12.00"), catalog.product("30.00")
+    catalog.stock(sku, network["west"], 5)
+    catalog.stock(dearer, network["west"], 5)
+    placed = api.post("/orders", json=order_body((sku, 2)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    order = until(api, f"/orders/{order_id}", lambda o: o["status"] == "allocated")
+    for shipment in order["shipments"]:
+        assert api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship").status_code == 200
+
+    requested = api.post(
+        f"/orders/{order_id}/returns",
+        json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "wrong colour", "reason_code": "other"}],
+              "exchange": {"lines": [{"sku": dearer, "quantity": 1}]}},
+    )  # fmt: skip
+    assert requested.status_code == 201, requested.text
+    rma = requested.json()
+    received = api.post(
+        f"/returns/{rma['id']}/receive",
+        json={"location_id": network["west"], "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]},
+    )
+    assert received.status_code in (200, 202), received.text
+
+    done = until(api, f"/returns/{rma['id']}", lambda r: r["status"] == "refunded")
+    original = api.get(f"/orders/{order_id}").json()
+    credit = (Decimal(original["lines"][0]["total"]["amount"]) / 2).quantize(Decimal("0.01"), ROUND_HALF_EVEN)
+    assert done["exchange_order_id"] and Decimal(done["refund"]["amount"]) == 0
+    replacement = until(api, f"/orders/{done['exchange_order_id']}", lambda o: o["status"] == "allocated")
+    assert replacement["external_id"] == f"{original['external_id']}-x1"
+    assert (replacement["channel"], replacement["customer"], replacement["shipping_address"]) == (
+        original["channel"], original["customer"], original["shipping_address"]
+    )  # fmt: skip
+    assert [(line["sku"], line["quantity"]) for line in replacement["lines"]] == [(dearer, 1)]
+    assert Decimal(replacement["exchange_credit"]["amount"]) == credit
+    difference = Decimal(replacement["totals"]["grand_total"]["amount"]) - credit
+    assert Decimal(replacement["payment"]["authorized"]["amount"]) == difference > 0
+    assert original["payment"]["refunded"]["amount"] == "0.00"  # the credit paid for the replacement
+    history = api.get(f"/orders/{order_id}/history").json()["items"]
+    assert [e["detail"]["exchange_order_id"] for e in history if e["type"] == "exchange_placed"] == [replacement["id"]]
+    created = api.get(f"/orders/{replacement['id']}/history").json()["items"][0]
+    assert created["detail"]["exchange"]["return_id"] == rma["id"]

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from tests.e2e.client import Api, Catalog, order_body, put_network, unique
 PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
 RUN_SECONDS = 20
 STEP_STATES = {"receive": "Receive", "restock": "Restock", "record": "RecordOnOrder", "refund": "Refund"}
-HAPPY_PATH = ["Receive", "Restock", "RecordOnOrder", "Refund", "ReturnRefunded"]
+HAPPY_PATH = ["Receive", "Restock", "RecordOnOrder", "Refund", "Exchange", "ReturnRefunded"]
 
 Handler = Callable[[dict[str, Any], Any], Any]
 Fault = Callable[[dict[str, Any], Any, Handler], Any]
@@ -273,3 +274,76 @@ def test_a_refund_the_gateway_refuses_is_asked_again_then_recorded_stuck(stack: 
     order = api.get(f"/orders/{order_id}").json()
     assert (order["payment"]["refunded"]["amount"], order["status"]) == ("0.00", "partially_returned")
     assert api.get(f"/returns/{rma}").json()["status"] == "received"
+
+
+# --- Exchanges ----------------------------------------------------------------------------------
+
+
+def an_exchange(api: Api, order_id: str, sku: str) -> str:
+    body = {"lines": [{"line_id": "L1", "quantity": 2, "reason": "too big", "reason_code": "size_or_fit"}],
+            "exchange": {"lines": [{"sku": sku, "quantity": 1}]}}  # fmt: skip
+    created = api.post(f"/orders/{order_id}/returns", json=body)
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def exchange_placed_once(api: Api, order_id: str, rma: str) -> dict[str, Any]:
+    """The exchange's one replacement order (external_id original + -x1), named once in the
+    original's history; the rest of the credit refunded once. Returns the replacement."""
+    item = api.get(f"/returns/{rma}").json()
+    assert item["status"] == "refunded" and item["exchange_order_id"]
+    original = api.get(f"/orders/{order_id}").json()
+    replacement = api.get(f"/orders/{item['exchange_order_id']}").json()
+    assert replacement["external_id"] == f"{original['external_id']}-x1"
+    assert replacement["exchange_of"] == rma
+    placed = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "exchange_placed"]
+    assert [e["detail"]["exchange_order_id"] for e in placed] == [replacement["id"]]
+    line_total = Decimal(original["lines"][0]["total"]["amount"])
+    credit = (line_total * 2 / 3).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+    assert Decimal(replacement["exchange_credit"]["amount"]) == credit  # 2 of the line's 3 units
+    rest = credit - Decimal(replacement["totals"]["grand_total"]["amount"])
+    refunds = [(r["return_id"], r["status"], Decimal(r["amount"]["amount"]))
+               for r in api.get(f"/orders/{order_id}/refunds").json()["items"]]  # fmt: skip
+    assert refunds == ([(rma, "succeeded", rest)] if rest > 0 else [])
+    assert Decimal(item["refund"]["amount"]) == max(rest, Decimal(0))
+    return replacement
+
+
+@pytest.mark.parametrize("fault", ["transient_once", "crash_after_once"])
+def test_an_exchange_step_that_fails_once_places_one_replacement(
+    stack: EmbeddedStack, api: Api, network, faults: Faults, fault: str
+):
+    order_id, _ = delivered_order(stack, api, network)
+    cheaper = Catalog(api).product("4.00")
+    Catalog(api).stock(cheaper, network["west"], 5)
+    rma = an_exchange(api, order_id, cheaper)
+    faults.inject("exchange", rma, transient_once() if fault == "transient_once" else crash_after_once())
+
+    receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert run["status"] == "SUCCEEDED" and run["states"] == HAPPY_PATH
+    assert faults.calls[("exchange", rma)] >= 2
+    exchange_placed_once(api, order_id, rma)
+
+
+def test_an_exchange_that_keeps_failing_is_stuck_and_receiving_again_resumes_it(
+    stack: EmbeddedStack, api: Api, network, faults: Faults
+):
+    order_id, _ = delivered_order(stack, api, network)
+    cheaper = Catalog(api).product("4.00")
+    Catalog(api).stock(cheaper, network["west"], 5)
+    rma = an_exchange(api, order_id, cheaper)
+    faults.inject("exchange", rma, crash)
+
+    receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert run["status"] == "FAILED" and run["states"][-3:] == ["Exchange", "ReturnStuck", "ReturnWorkflowFailed"]
+    assert api.get(f"/returns/{rma}").json()["status"] == "received"
+
+    faults.clear(rma)
+    receive(api, rma, network["west"])
+
+    assert wait(stack, "ReturnWorkflow", rma)[-1]["status"] == "SUCCEEDED"
+    exchange_placed_once(api, order_id, rma)

@@ -8,7 +8,15 @@ from datetime import datetime, timedelta
 import pytest
 
 from core import hookimpl
-from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, PluginError, TransientError
+from core.errors import (
+    Conflict,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    PluginError,
+    TransientError,
+    UnknownSku,
+)
 from core.events import OrderEvent
 from core.models import Order
 from core.money import Money
@@ -16,7 +24,7 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
-from core.returns import RefundNotDone, Returns, return_id_for
+from core.returns import ExchangeIdTaken, RefundNotDone, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW
 from tests.fakes import FakeReturns
@@ -50,8 +58,9 @@ def returns_for(world: World, clock: Clock, *extra: object) -> tuple[Returns, Fa
     refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
     store = FakeReturns()
     service = Returns(
-        world.orders, store, world.catalog, world.inventory, world.labels, plugins.hook, refunds, clock=clock
-    )
+        world.orders, store, world.catalog, world.inventory, world.labels, plugins.hook, refunds, clock=clock,
+        capture=world.capture,
+    )  # fmt: skip
     return service, store
 
 
@@ -316,19 +325,154 @@ def test_another_channels_returns_answer_like_missing_ones(world, clock):
     assert returns.list(R.AUTHORIZED, order.channel, 10, None) == ([item], None)
 
 
-def test_an_exchange_is_refused_until_exchanges_exist(world, clock):
-    returns, store = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    cmd = RequestReturn.model_validate(
-        {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too small"}],
-         "exchange": {"lines": [{"sku": "TSHIRT", "quantity": 1}]}}
+# --- Exchanges ---------------------------------------------------------------------------------
+
+
+def exchange_of(line_id: str, quantity: int, *wanted: tuple[str, int]) -> RequestReturn:
+    return RequestReturn.model_validate(
+        {"lines": [{"line_id": line_id, "quantity": quantity, "reason": "wrong size"}],
+         "exchange": {"lines": [{"sku": sku, "quantity": q} for sku, q in wanted]}}
     )  # fmt: skip
 
+
+def exchanged(world: World, clock: Clock, line: tuple[str, int], *wanted: tuple[str, int]):
+    """An order of `line` shipped, its units returned for `wanted`, received resellable and
+    settled: (returns, original order, settled return)."""
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, line)
+    item = returns.request(order.id, exchange_of("L1", line[1], *wanted), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", line[1], "resellable")), "key_wh")
+    return returns, order, returns.settle(item.id, actor="key_wh")
+
+
+def test_an_exchange_that_costs_more_authorizes_only_the_difference_and_captures_it(world, clock):
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+
+    replacement = world.order(settled.exchange_order_id or "")
+    assert (settled.status, settled.refund) == (R.REFUNDED, Money.zero("USD"))
+    assert replacement.external_id == f"{order.external_id}-x1"
+    assert (replacement.channel, replacement.customer, replacement.shipping_address, replacement.payment.method) == (
+        order.channel, order.customer, order.shipping_address, order.payment.method
+    )  # fmt: skip
+    assert (replacement.exchange_of, replacement.exchange_credit) == (settled.id, credit)
+    assert world.order(order.id).payment.refunded == Money.zero("USD")  # the credit stays, paying for the new one
+
+    allocated = world.run(replacement.id)
+    due = replacement.totals.grand_total - credit
+    assert due.amount > 0 and allocated.payment.authorized == due
+    assert len(allocated.shipments) == 2  # TSHIRT from the west, CAP from the east: two captures
+    for shipment in allocated.shipments:
+        world.actions.ship(allocated.id, shipment.id, None, actor="key_wh")
+    paid = world.order(replacement.id).payment
+    assert (paid.status.value, paid.captured, paid.captured - paid.refunded) == ("captured", due, due)
+
+
+def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothing(world, clock):
+    _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = world.order(settled.exchange_order_id or "")
+    rest = credit - replacement.totals.grand_total
+
+    assert rest.amount > 0 and settled.refund == rest
+    original = world.order(order.id)
+    assert [(r.return_id, r.amount, r.status) for r in original.payment.refunds] == [(settled.id, rest, "succeeded")]
+    assert original.payment.refunded == rest
+    allocated = world.run(replacement.id)
+    assert allocated.payment.authorized == Money.zero("USD")
+    for shipment in allocated.shipments:
+        world.actions.ship(allocated.id, shipment.id, None, actor="key_wh")
+    assert world.order(replacement.id).payment.captured == Money.zero("USD")
+
+
+@pytest.mark.parametrize(("currency", "total", "credit", "payable"), [
+    ("USD", "31.07", "21.59", "9.48"), ("USD", "12.00", "21.59", "0.00"), ("JPY", "3000", "2999", "1"),
+    ("KWD", "10.125", "10.125", "0.000"),
+])  # fmt: skip
+def test_what_an_exchange_order_pays_is_its_total_less_the_credit_to_the_minor_unit(
+    world, currency: str, total: str, credit: str, payable: str
+):
+    order = world.order(world.place(("TSHIRT", 1)))
+    totals = order.totals.model_copy(update={"grand_total": Money(amount=total, currency=currency)})
+    priced = order.model_copy(update={"currency": currency, "totals": totals})
+
+    assert priced.payable() == Money(amount=total, currency=currency)
+    exchange = priced.model_copy(update={"exchange_credit": Money(amount=credit, currency=currency)})
+    assert exchange.payable() == Money(amount=payable, currency=currency)
+    assert str(exchange.payable().amount) == payable
+
+
+def test_settling_an_exchange_again_places_nothing_and_refunds_nothing_more(world, clock):
+    returns, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
+    orders_before = set(world.orders.orders)
+
+    again = returns.exchange(settled.id, actor="key_wh")
+    # A run that placed the replacement and crashed before recording it finds the order it placed.
+    unrecorded = settled.model_copy(update={"status": R.RECEIVED, "exchange_order_id": None})
+    returns._returns.returns[settled.id] = unrecorded
+    resumed = returns.exchange(settled.id, actor="key_wh")
+
+    assert again == settled
+    assert resumed.exchange_order_id == settled.exchange_order_id and resumed.refund == settled.refund
+    assert set(world.orders.orders) == orders_before
+    assert len(world.order(order.id).payment.refunds) == 1
+    placed = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_PLACED]
+    assert [(e.actor, e.detail["exchange_order_id"], e.detail["credit"]["amount"]) for e in placed] == [
+        ("key_wh", settled.exchange_order_id, str(order.lines[0].total.amount))
+    ]
+    created = world.history(settled.exchange_order_id or "")[0]
+    assert created.detail["exchange"] == {
+        "order_id": order.id, "return_id": settled.id, "credit": order.lines[0].total.model_dump(mode="json")
+    }  # fmt: skip
+
+
+def test_an_order_the_channel_placed_under_the_replacements_external_id_is_not_taken_for_it(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    world.place(("CAP", 1), external_id=f"{order.external_id}-x1")
+
+    with pytest.raises(ExchangeIdTaken):
+        returns.exchange(item.id, actor="key_wh")
+
+    assert returns.get(item.id).status is R.RECEIVED
+    assert world.order(order.id).payment.refunds == []
+
+
+def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    assert returns.refund(item.id, actor="key_wh").status is R.RECEIVED
+    assert world.order(order.id).payment.refunds == []
+    assert returns.exchange(item.id, actor="key_wh").status is R.REFUNDED
+
+
+def test_an_exchange_of_an_unknown_sku_is_422_naming_the_field(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(UnknownSku) as refused:
+        returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("NOPE", 1)), actor="key_cs")
+
+    assert refused.value.details == [{"field": "exchange.lines[1].sku", "message": "no product NOPE"}]
+    assert store.returns == {}
+
+
+def test_a_returns_service_without_the_capture_path_refuses_exchanges(world, clock):
+    plugins = build_plugin_manager(enable_test_payments=True)
+    refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
+    returns = Returns(world.orders, FakeReturns(), world.catalog, world.inventory, world.labels, plugins.hook, refunds,
+                      clock=clock)  # fmt: skip
+    order = shipped(world, ("TSHIRT", 1))
+
     with pytest.raises(InvalidRequest) as refused:
-        returns.request(order.id, cmd, actor="key_cs")
+        returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
 
     assert refused.value.code == "exchange_not_supported"
-    assert store.returns == {}
 
 
 # --- Refunds -----------------------------------------------------------------------------------

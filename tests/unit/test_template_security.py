@@ -148,6 +148,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **{(RETURNS, f"dynamodb:{a}"): [DynamoReturns] for a in ("GetItem", "UpdateItem", "Query", "BatchGetItem")},
         (INVENTORY, "dynamodb:PutItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        # An exchange's replacement order goes through the capture path (as the import worker's do).
+        (ORDERS, "dynamodb:PutItem"): [DynamoOrders],
+        (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
     },
     "FailPaymentFunction": _WORKFLOW_ORDERS,
     "ParkOrderFunction": _WORKFLOW_ORDERS,
