@@ -22,6 +22,7 @@ from functions.adapters.dynamodb import (
     DynamoReturns,
     DynamoStalledOrders,
 )
+from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
@@ -98,7 +99,13 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
         },
         **{
-            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger, DynamoWebhooks]
+            (CATALOG, f"dynamodb:{a}"): [
+                DynamoCatalog,
+                DynamoApiKeys,
+                DynamoImportLedger,
+                DynamoWebhooks,
+                DynamoAggregates,
+            ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
         **{
@@ -174,7 +181,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     },
     "EventsFunction": {
         ("EventBus", "events:PutEvents"): [EventBridgePublisher],
-        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem", "Query")},
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "Query")},
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks, DynamoAggregates] for a in ("PutItem",)},
+        (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("EventsFailureQueue", "sqs:SendMessage"): "the OrdersStream mapping's on-failure destination",
     },

@@ -1,0 +1,132 @@
+"""Customer and report aggregates in the catalog table: atomic counters, applied once per order change."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.aggregates import ALL_CHANNELS, AggregateChange, CounterUpdate, customer_key, email_key
+from functions.adapters.dynamodb import from_item, to_item
+
+# A DynamoDB transaction holds at most 100 items: one is the change's marker.
+_PER_TRANSACTION = 99
+# Markers outlive the stream's 24 h retention, the longest a record can be delivered again.
+MARKER_TTL_SECONDS = 7 * 86400
+
+
+def marker_key(order_id: str, version: int, part: int) -> dict[str, Any]:
+    return {"pk": {"S": f"aggregated#{order_id}"}, "sk": {"S": f"v{version:012d}#{part}"}}
+
+
+class DynamoAggregates:
+    """Each change is one transaction per 99 counter updates, with a marker item put on
+    attribute_not_exists: a redelivered stream record finds its marker and adds nothing, and a
+    counter never moves without its marker (nor the marker without its counters)."""
+
+    def __init__(self, client: Any, table: str, now: Any = time.time):
+        self._client = client
+        self._table = table
+        self._now = now
+
+    def apply(self, change: AggregateChange) -> bool:
+        applied = False
+        updates = change.updates
+        for part, start in enumerate(range(0, len(updates), _PER_TRANSACTION)):
+            applied |= self._transact(change, part, updates[start : start + _PER_TRANSACTION])
+        if change.seen is not None:
+            self._record_seen(change)
+            applied = True
+        return applied
+
+    def _transact(self, change: AggregateChange, part: int, updates: list[CounterUpdate]) -> bool:
+        marker = {
+            **marker_key(change.order_id, change.version, part),
+            "expires_at": {"N": str(int(self._now()) + MARKER_TTL_SECONDS)},
+        }
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
+        ]
+        items.extend({"Update": self._counter_update(update)} for update in updates)
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if (
+                error.response["Error"]["Code"] == "TransactionCanceledException"
+                and reasons
+                and reasons[0].get("Code") == "ConditionalCheckFailed"
+            ):
+                return False  # applied by an earlier delivery of the same record
+            raise
+        return True
+
+    def _counter_update(self, update: CounterUpdate) -> dict[str, Any]:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        adds, sets = [], []
+        for i, (attribute, delta) in enumerate(sorted(update.add.items())):
+            names[f"#a{i}"] = attribute
+            values[f":a{i}"] = delta
+            adds.append(f"#a{i} :a{i}")
+        for i, (attribute, value) in enumerate(sorted(update.set.items())):
+            names[f"#s{i}"] = attribute
+            values[f":s{i}"] = value
+            sets.append(f"#s{i} = :s{i}")
+        expression = "ADD " + ", ".join(adds) + (" SET " + ", ".join(sets) if sets else "")
+        return {
+            "TableName": self._table,
+            "Key": {"pk": {"S": update.pk}, "sk": {"S": update.sk}},
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_item(values),
+        }
+
+    def _record_seen(self, change: AggregateChange) -> None:
+        """First and last order times are a min and a max (a stream delivers different orders
+        in any order), each a conditional SET that is a no-op when the stored one already wins;
+        the email index item is a plain put. All three are idempotent on their own."""
+        seen = change.seen
+        assert seen is not None
+        for scope in (seen.channel, ALL_CHANNELS):
+            pk, sk = customer_key(seen.customer_id, scope)
+            for attribute, wins in (("first_order_at", ">"), ("last_order_at", "<")):
+                try:
+                    self._client.update_item(
+                        TableName=self._table,
+                        Key={"pk": {"S": pk}, "sk": {"S": sk}},
+                        UpdateExpression="SET #t = :t",
+                        ConditionExpression=f"attribute_not_exists(#t) OR #t {wins} :t",
+                        ExpressionAttributeNames={"#t": attribute},
+                        ExpressionAttributeValues={":t": {"S": seen.at}},
+                    )
+                except ClientError as error:
+                    if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                        raise
+        pk, sk = email_key(seen.email, seen.customer_id)
+        self._client.put_item(TableName=self._table, Item={"pk": {"S": pk}, "sk": {"S": sk}})
+
+    # --- Reads -----------------------------------------------------------------------------------
+    def customer_item(self, customer_id: str, scope: str) -> dict[str, Any] | None:
+        pk, sk = customer_key(customer_id, scope)
+        item = self._client.get_item(TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}}).get("Item")
+        return from_item(item) if item else None
+
+    def customer_ids(self, email: str) -> list[str]:
+        pk, _ = email_key(email, "")
+        return [row["sk"] for row in self._query(pk)]
+
+    def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(row["sk"], row) for row in self._query(pk)]
+
+    def _query(self, pk: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": pk}},
+        )
+        for page in pages:
+            found.extend(from_item(item) for item in page["Items"])
+        return found
