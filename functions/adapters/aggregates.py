@@ -84,28 +84,40 @@ class DynamoAggregates:
         }
 
     def _record_seen(self, change: AggregateChange) -> None:
-        """First and last order times are a min and a max (a stream delivers different orders
-        in any order), each a conditional SET that is a no-op when the stored one already wins;
-        the email index item is a plain put. All three are idempotent on their own."""
+        """First and last order times are a min and a max (the stream delivers different orders
+        in any order), kept by conditional SETs that are no-ops when the stored time already
+        wins: one write per scope when orders arrive in time order (the usual case: the later
+        order moves `last_order_at`, `first_order_at` stays), a second only for an older order
+        that arrives late. The email index item is a plain put. All are idempotent on their own."""
         seen = change.seen
         assert seen is not None
         for scope in (seen.channel, ALL_CHANNELS):
-            pk, sk = customer_key(seen.customer_id, scope)
-            for attribute, wins in (("first_order_at", ">"), ("last_order_at", "<")):
-                try:
-                    self._client.update_item(
-                        TableName=self._table,
-                        Key={"pk": {"S": pk}, "sk": {"S": sk}},
-                        UpdateExpression="SET #t = :t",
-                        ConditionExpression=f"attribute_not_exists(#t) OR #t {wins} :t",
-                        ExpressionAttributeNames={"#t": attribute},
-                        ExpressionAttributeValues={":t": {"S": seen.at}},
-                    )
-                except ClientError as error:
-                    if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                        raise
+            key = dict(zip(("pk", "sk"), ({"S": part} for part in customer_key(seen.customer_id, scope)), strict=True))
+            later = self._set_if(
+                key,
+                "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t)",
+                "attribute_not_exists(last_order_at) OR last_order_at < :t",
+                seen.at,
+            )
+            if not later:
+                self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
         pk, sk = email_key(seen.email, seen.customer_id)
         self._client.put_item(TableName=self._table, Item={"pk": {"S": pk}, "sk": {"S": sk}})
+
+    def _set_if(self, key: dict[str, Any], expression: str, condition: str, at: str) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=key,
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeValues={":t": {"S": at}},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
 
     # --- Reads -----------------------------------------------------------------------------------
     def customer_item(self, customer_id: str, scope: str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from core.aggregates import AggregateChange, CounterUpdate, ReportKind
+from core.aggregates import AggregateChange, CounterUpdate, CustomerSeen, ReportKind
 from core.models import HistoryEntry, OrderLine, Totals
 from core.status import OrderStatus
 from functions.adapters.aggregates import DynamoAggregates
@@ -85,3 +85,19 @@ def test_a_change_of_more_counters_than_one_transaction_holds_applies_in_parts_e
     rows = store.report_rows(pk)
     assert len(rows) == 150
     assert {(item["units"], item["revenue"]) for _, item in rows} == {(Decimal(1), Decimal("1.50"))}
+
+
+def test_first_and_last_order_times_are_a_min_and_a_max_whatever_order_the_orders_arrive_in(aws):
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    arrivals = [("ord_b", "2026-12-01"), ("ord_c", "2026-12-02"), ("ord_a", "2026-11-30"), ("ord_b", "2026-12-01")]
+    for order_id, day in arrivals:
+        at = f"{day}T10:00:00.000000Z"
+        store.apply(AggregateChange(order_id, 1, [], CustomerSeen("cus_9", "web", "bo@example.com", at)))
+
+    for scope in ("web", "*"):
+        item = store.customer_item("cus_9", scope)
+        assert (item["first_order_at"], item["last_order_at"]) == (
+            "2026-11-30T10:00:00.000000Z",
+            "2026-12-02T10:00:00.000000Z",
+        )
+    assert store.customer_ids("BO@example.com") == ["cus_9"]
