@@ -23,8 +23,6 @@ from pydantic import BaseModel
 from core.errors import InvalidRequest, NotFound
 from core.money import Money, minor_units, round_money
 
-ALL_CHANNELS = "*"  # the scope of an aggregate over every channel
-
 
 class ReportKind(StrEnum):
     PRODUCTS = "products"
@@ -88,6 +86,8 @@ class AggregateChange:
     version: int
     updates: list[CounterUpdate]
     seen: CustomerSeen | None = None
+    # (pk, sk, channel) of the report day registry items the counters need (written before them)
+    report_days: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -106,8 +106,15 @@ def report_pk(kind: ReportKind, currency: str, channel: str, day: str) -> str:
     return f"report#{kind.value}#{currency}#{channel}#{day}"
 
 
+def report_channels_key(currency: str, day: str) -> Key:
+    """The registry item of the channels with report rows in `currency` on `day`."""
+    return f"report-channels#{currency}", day
+
+
 def contribution(document: Mapping[str, Any] | None) -> Contribution:
-    """The counters an order document stands for, in every scope (its channel and all channels)."""
+    """The counters an order document stands for. Every row is its channel's: a view over all
+    channels sums the channels' rows when read (a customer's are one partition; a report day lists
+    its channels on a registry item), which halves the writes of keeping both."""
     result = Contribution()
     if not document:
         return result
@@ -115,17 +122,14 @@ def contribution(document: Mapping[str, Any] | None) -> Contribution:
     channel = document["channel"]
     customer_id = document["customer"]["id"]
     status = document.get("status")
-    scopes = (channel, ALL_CHANNELS)
-    for scope in scopes:
-        key = customer_key(customer_id, scope)
-        result.add(key, "orders_count", 1)
-        if status not in _NOT_ORDERED:
-            result.add(key, f"ordered_{currency}", Decimal(document["totals"]["grand_total"]["amount"]))
-        result.add(
-            key, f"refunded_{currency}", Decimal((document.get("payment") or {}).get("refunded", {}).get("amount", "0"))
-        )
-        result.add(key, "returns_count", len(document.get("received_returns") or []))
-        result.add(key, "payment_failures", 1 if status == "payment_failed" else 0)
+    key = customer_key(customer_id, channel)
+    result.add(key, "orders_count", 1)
+    if status not in _NOT_ORDERED:
+        result.add(key, f"ordered_{currency}", Decimal(document["totals"]["grand_total"]["amount"]))
+    refunded = (document.get("payment") or {}).get("refunded") or {}
+    result.add(key, f"refunded_{currency}", Decimal(refunded.get("amount", "0")))
+    result.add(key, "returns_count", len(document.get("received_returns") or []))
+    result.add(key, "payment_failures", 1 if status == "payment_failed" else 0)
     if not counts_revenue(document):
         return result
     # The day the order was placed: both images of a change agree on it, so its counters always
@@ -137,15 +141,13 @@ def contribution(document: Mapping[str, Any] | None) -> Contribution:
     for line in document.get("lines") or []:
         units, line_revenue = line_revenue_kept(line, currency)
         revenue += line_revenue
-        for scope in scopes:
-            key = (report_pk(ReportKind.PRODUCTS, currency, scope, day), line["sku"])
-            result.add(key, "units", units)
-            result.add(key, "revenue", line_revenue)
-    for scope in scopes:
-        for kind, sk in ((ReportKind.CUSTOMERS, customer_id), (ReportKind.REGIONS, region)):
-            key = (report_pk(kind, currency, scope, day), sk)
-            result.add(key, "orders", 1)
-            result.add(key, "revenue", revenue)
+        key = (report_pk(ReportKind.PRODUCTS, currency, channel, day), line["sku"])
+        result.add(key, "units", units)
+        result.add(key, "revenue", line_revenue)
+    for kind, sk in ((ReportKind.CUSTOMERS, customer_id), (ReportKind.REGIONS, region)):
+        key = (report_pk(kind, currency, channel, day), sk)
+        result.add(key, "orders", 1)
+        result.add(key, "revenue", revenue)
     return result
 
 
@@ -185,10 +187,14 @@ def aggregate_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> A
         if key[0].startswith("customer#"):
             sets = {"email": customer["email"], **({"name": customer["name"]} if customer.get("name") else {})}
         updates.append(CounterUpdate(key[0], key[1], delta, sets))
+    report_days = []
+    if any(update.pk.startswith("report#") for update in updates):
+        pk, sk = report_channels_key(new["currency"], _fixed_time(new["created_at"])[:10])
+        report_days.append((pk, sk, str(new["channel"])))
     seen = None
     if old is None:
         seen = CustomerSeen(customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]))
-    return AggregateChange(str(new["id"]), int(new.get("version", 0)), updates, seen)
+    return AggregateChange(str(new["id"]), int(new.get("version", 0)), updates, seen, report_days)
 
 
 # --- Read side --------------------------------------------------------------------------------
@@ -212,6 +218,23 @@ class CustomerView(BaseModel):
     totals: list[CustomerTotal]
     returns_count: int
     payment_failures: int
+
+
+def merged(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A customer's rows of several channels as one: counters summed, the earliest first order
+    and the latest last order, the email and name of the row with the latest order."""
+    result: dict[str, Any] = {}
+    for row in sorted(rows, key=lambda row: str(row.get("last_order_at") or "")):
+        for name, value in row.items():
+            if name in ("pk", "sk"):
+                continue
+            if name == "first_order_at":
+                result[name] = min(result.get(name, value), value)
+            elif isinstance(value, Decimal | int) and not isinstance(value, bool):
+                result[name] = result.get(name, Decimal(0)) + value
+            else:
+                result[name] = value  # the latest row's email, name and last_order_at win
+    return result
 
 
 def customer_view(customer_id: str, item: Mapping[str, Any]) -> CustomerView | None:
@@ -298,14 +321,19 @@ class AggregateStore(Protocol):
     def apply(self, change: AggregateChange) -> bool:
         """Apply the change's counters once per (order, version): False when already applied."""
 
-    def customer_item(self, customer_id: str, scope: str) -> dict[str, Any] | None: ...
+    def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
+        """The customer's rows by channel (one partition)."""
 
     def customer_ids(self, email: str) -> list[str]: ...
+
+    def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
+        """The channels with report rows in `currency`, by day from `start` to `end` (inclusive)."""
 
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]: ...
 
 
-# A report reads one partition per day: the range is bounded so a request stays a few queries.
+# A report reads one partition per day and channel: the range is bounded so a request stays a
+# bounded number of queries.
 MAX_REPORT_DAYS = 366
 DEFAULT_REPORT_DAYS = 30
 
@@ -318,19 +346,20 @@ class Aggregates:
         self._clock = clock
 
     def customer(self, customer_id: str, channel: str | None) -> CustomerView:
-        found = self._store.customer_item(customer_id, channel or ALL_CHANNELS)
-        view = customer_view(customer_id, found or {})
+        view = self._view(customer_id, channel)
         if view is None:
             raise NotFound(f"no customer {customer_id} with orders here")
         return view
 
     def customers_by_email(self, email: str, channel: str | None) -> list[CustomerView]:
-        views = []
-        for customer_id in self._store.customer_ids(email):
-            view = customer_view(customer_id, self._store.customer_item(customer_id, channel or ALL_CHANNELS) or {})
-            if view is not None:
-                views.append(view)
-        return views
+        views = (self._view(customer_id, channel) for customer_id in self._store.customer_ids(email))
+        return [view for view in views if view is not None]
+
+    def _view(self, customer_id: str, channel: str | None) -> CustomerView | None:
+        rows = self._store.customer_items(customer_id)
+        if channel is not None:
+            rows = {channel: rows[channel]} if channel in rows else {}
+        return customer_view(customer_id, merged(rows.values()))
 
     def report(
         self,
@@ -354,9 +383,12 @@ class Aggregates:
         if days > MAX_REPORT_DAYS:
             message = f"a report covers at most {MAX_REPORT_DAYS} days"
             raise InvalidRequest(message, details=[{"field": "from", "message": message}])
-        scope = channel or ALL_CHANNELS
+        if channel is None:
+            channels = self._store.report_channels(currency, start.isoformat(), end.isoformat())
+        else:
+            channels = {(start + timedelta(days=n)).isoformat(): [channel] for n in range(days)}
         rows: list[tuple[str, dict[str, Any]]] = []
-        for offset in range(days):
-            day = (start + timedelta(days=offset)).isoformat()
-            rows.extend(self._store.report_rows(report_pk(kind, currency, scope, day)))
+        for day, on_day in sorted(channels.items()):
+            for name in on_day:
+                rows.extend(self._store.report_rows(report_pk(kind, currency, name, day)))
         return top_rows(kind, currency, rows, limit)

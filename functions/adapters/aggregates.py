@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.aggregates import ALL_CHANNELS, AggregateChange, CounterUpdate, customer_key, email_key
+from core.aggregates import AggregateChange, CounterUpdate, customer_key, email_key, report_channels_key
 from functions.adapters.dynamodb import from_item, to_item
 
 # A DynamoDB transaction holds at most 100 items: one is the change's marker.
@@ -31,6 +31,15 @@ class DynamoAggregates:
         self._now = now
 
     def apply(self, change: AggregateChange) -> bool:
+        # The day's channel registry first: adding a channel to a set twice changes nothing, and
+        # a reader must never miss a channel whose counters are already in.
+        for pk, sk, channel in change.report_days:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": pk}, "sk": {"S": sk}},
+                UpdateExpression="ADD channels :c",
+                ExpressionAttributeValues={":c": {"SS": [channel]}},
+            )
         applied = False
         updates = change.updates
         for part, start in enumerate(range(0, len(updates), _PER_TRANSACTION)):
@@ -86,21 +95,21 @@ class DynamoAggregates:
     def _record_seen(self, change: AggregateChange) -> None:
         """First and last order times are a min and a max (the stream delivers different orders
         in any order), kept by conditional SETs that are no-ops when the stored time already
-        wins: one write per scope when orders arrive in time order (the usual case: the later
-        order moves `last_order_at`, `first_order_at` stays), a second only for an older order
-        that arrives late. The email index item is a plain put. All are idempotent on their own."""
+        wins: one write when orders arrive in time order (the usual case: the later order moves
+        `last_order_at`, `first_order_at` stays), a second only for an older order that arrives
+        late. The email index item is a plain put. All are idempotent on their own."""
         seen = change.seen
         assert seen is not None
-        for scope in (seen.channel, ALL_CHANNELS):
-            key = dict(zip(("pk", "sk"), ({"S": part} for part in customer_key(seen.customer_id, scope)), strict=True))
-            later = self._set_if(
-                key,
-                "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t)",
-                "attribute_not_exists(last_order_at) OR last_order_at < :t",
-                seen.at,
-            )
-            if not later:
-                self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
+        pk, sk = customer_key(seen.customer_id, seen.channel)
+        key = {"pk": {"S": pk}, "sk": {"S": sk}}
+        later = self._set_if(
+            key,
+            "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t)",
+            "attribute_not_exists(last_order_at) OR last_order_at < :t",
+            seen.at,
+        )
+        if not later:
+            self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
         pk, sk = email_key(seen.email, seen.customer_id)
         self._client.put_item(TableName=self._table, Item={"pk": {"S": pk}, "sk": {"S": sk}})
 
@@ -120,10 +129,14 @@ class DynamoAggregates:
         return True
 
     # --- Reads -----------------------------------------------------------------------------------
-    def customer_item(self, customer_id: str, scope: str) -> dict[str, Any] | None:
-        pk, sk = customer_key(customer_id, scope)
-        item = self._client.get_item(TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}}).get("Item")
-        return from_item(item) if item else None
+    def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
+        pk, _ = customer_key(customer_id, "")
+        return {row["sk"]: row for row in self._query(pk)}
+
+    def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
+        pk, _ = report_channels_key(currency, start)
+        rows = self._query(pk, ("BETWEEN :start AND :end", {":start": {"S": start}, ":end": {"S": end}}))
+        return {row["sk"]: sorted(row.get("channels") or ()) for row in rows}
 
     def customer_ids(self, email: str) -> list[str]:
         pk, _ = email_key(email, "")
@@ -132,12 +145,13 @@ class DynamoAggregates:
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
         return [(row["sk"], row) for row in self._query(pk)]
 
-    def _query(self, pk: str) -> list[dict[str, Any]]:
+    def _query(self, pk: str, sk: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
+        condition, values = ("pk = :pk", {}) if sk is None else (f"pk = :pk AND sk {sk[0]}", sk[1])
         pages = self._client.get_paginator("query").paginate(
             TableName=self._table,
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": pk}},
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues={":pk": {"S": pk}, **values},
         )
         for page in pages:
             found.extend(from_item(item) for item in page["Items"])

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from core.aggregates import (
-    ALL_CHANNELS,
     AggregateChange,
     Aggregates,
     ReportKind,
@@ -77,16 +76,21 @@ class MemoryStore:
             for attribute, delta in update.add.items():
                 item[attribute] = item.get(attribute, Decimal(0)) + delta
             item.update(update.set)
+        for pk, sk, channel in change.report_days:
+            self.items[(pk, sk)].setdefault("channels", set()).add(channel)
         if change.seen is not None:
-            for scope in (change.seen.channel, ALL_CHANNELS):
-                item = self.items[(f"customer#{change.seen.customer_id}", scope)]
-                item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
-                item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
+            item = self.items[(f"customer#{change.seen.customer_id}", change.seen.channel)]
+            item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
+            item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
             self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)] = {}
         return True
 
-    def customer_item(self, customer_id: str, scope: str) -> dict[str, Any] | None:
-        return self.items.get((f"customer#{customer_id}", scope))
+    def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
+        return {sk: item for (pk, sk), item in self.items.items() if pk == f"customer#{customer_id}"}
+
+    def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
+        pk = f"report-channels#{currency}"
+        return {sk: sorted(item["channels"]) for (p, sk), item in self.items.items() if p == pk and start <= sk <= end}
 
     def customer_ids(self, email: str) -> list[str]:
         return [sk for (pk, sk) in self.items if pk == f"customer-email#{email.lower()}"]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
@@ -22,7 +23,6 @@ from functions.adapters.dynamodb import (
     DynamoReturns,
     DynamoStalledOrders,
 )
-from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
