@@ -108,7 +108,19 @@ def measure(orders: int = 100) -> dict[str, dict[str, float]]:
 
 
 def markdown(results: dict[str, dict[str, float]]) -> str:
-    lines = ["| an order's life | DynamoDB write units per order | $ per million orders |", "| --- | --- | --- |"]
+    lines = [
+        "",
+        "## What the customer and report aggregates cost",
+        "",
+        "(`python -m bench.aggregates`, run by `make bench`.) Each order's stream changes replayed through",
+        "`EventsFunction`'s aggregate code against moto: 100 two-line orders per row, one customer in five new;",
+        "write units counted per request (one per put or update, a failed conditional write included, two",
+        "per item of a transaction), at on-demand prices. Reads (`GET /customers`, `/reports/*`) are not",
+        "per order and are left out.",
+        "",
+        "| an order's life | DynamoDB write units per order | $ per million orders |",
+        "| --- | --- | --- |",
+    ]
     lines += [
         f"| {name} | {run['wru_per_order']:.1f} | {run['dollars_per_million_orders']:.2f} |"
         for name, run in results.items()
