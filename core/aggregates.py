@@ -376,7 +376,9 @@ class Aggregates:
         except ValueError as error:
             raise InvalidRequest(str(error), details=[{"field": "currency", "message": str(error)}]) from None
         end = end or self._clock().date()
-        start = start or end - timedelta(days=DEFAULT_REPORT_DAYS - 1)
+        if start is None:
+            # the first days of the calendar have no 30 days before them
+            start = end - timedelta(days=min(DEFAULT_REPORT_DAYS - 1, (end - date.min).days))
         days = (end - start).days + 1
         if days < 1:
             raise InvalidRequest("from is after to", details=[{"field": "from", "message": "must not be after to"}])

@@ -252,3 +252,10 @@ def test_reports_read_the_asked_days_and_channel_and_keep_the_top_n():
 def test_a_report_refuses_an_unknown_currency_a_reversed_or_an_over_long_range(currency, start, end):
     with pytest.raises(InvalidRequest):
         service(MemoryStore()).report(ReportKind.PRODUCTS, currency, start=start, end=end, channel=None, limit=10)
+
+
+def test_a_report_ending_on_the_first_day_of_the_calendar_reads_from_that_day():
+    assert (
+        service(MemoryStore()).report(ReportKind.PRODUCTS, "USD", start=None, end=date.min, channel=None, limit=10)
+        == []
+    )
