@@ -1,4 +1,4 @@
-"""Orders stream consumer: each order change becomes domain events on the bus and webhook deliveries."""
+"""Orders stream consumer: each order change becomes domain events, webhook deliveries and counters."""
 
 from __future__ import annotations
 
