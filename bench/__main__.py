@@ -297,6 +297,7 @@ Wall time, and the process's CPU time (user + system), which waiting for a core 
     report += request_profile_report(med["raw_cpu"])
     report += workflow_report()
     report += returns_report()
+    report += aggregates_report()
     if os.environ.get("BENCH_IMPORT_SIZES", "1000,10000,100000"):
         from bench.imports import markdown, run_import_bench
 
@@ -444,6 +445,14 @@ def workflow_report() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def aggregates_report() -> str:
+    """bench.aggregates in a fresh process: the write cost of customer and report counters."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.aggregates"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout
 
 
 def returns_report() -> str:

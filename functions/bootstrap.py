@@ -18,6 +18,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from core.aggregates import Aggregates, AggregateStore
 from core.backorders import BackorderAllocator
 from core.fulfillment import OrderActions
 from core.holds import Holds
@@ -467,6 +468,17 @@ class Container:
             self.retry_schedule,
             random.random,
         )
+
+    # --- Customers and reports (issue 14 items 4 and 5) --------------------------------------------
+    @cached_property
+    def aggregate_store(self) -> AggregateStore:
+        from functions.adapters.aggregates import DynamoAggregates
+
+        return DynamoAggregates(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def aggregates(self) -> Aggregates:
+        return Aggregates(self.aggregate_store, self.clock)
 
     def import_splitter(self) -> tuple[ImportSplitter, SqsOrderQueue]:
         """One per file: the queue batches that file's messages and counts what it sent."""

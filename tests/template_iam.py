@@ -103,6 +103,13 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
             grants = {
                 (resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}") for name in named(params)
             }
+            if (service, operation) == ("dynamodb", "TransactWriteItems"):
+                # IAM authorizes each item of a transaction as its own action on its table.
+                grants = {
+                    (resources.get(spec["TableName"], spec["TableName"]), f"dynamodb:{kind}Item")
+                    for item in params["TransactItems"]
+                    for kind, spec in item.items()
+                }
             with lock:
                 seen.setdefault(function, set()).update(grants)
         return original(client, operation, params)

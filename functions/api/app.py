@@ -29,6 +29,7 @@ from functions.api.routes import (
     returns,
     store_execution,
 )
+from functions.api.routes import customers as customer_routes
 from functions.api.routes import webhooks as webhook_routes
 from functions.business_metrics import emits_business_metrics
 
@@ -62,6 +63,7 @@ app.include_router(returns.router)
 app.include_router(holds.router)
 app.include_router(webhook_routes.router)
 app.include_router(store_execution.router)
+app.include_router(customer_routes.router)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Orders stream consumer: each order change becomes domain events on the bus and webhook deliveries."""
+"""Orders stream consumer: each order change becomes domain events, webhook deliveries and counters."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from core.aggregates import aggregate_change
 from core.domain_events import order_events
 from core.webhooks import IssuedWebhook
 from functions.bootstrap import WarmContainer
@@ -59,6 +60,7 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     if new is None:  # a removed item, or not an order
         return
     old = order_document(images.get("OldImage"))
+    update_aggregates(old, new)
     events = order_events(old, new)
     if not events:
         return
@@ -68,6 +70,16 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
     if queued:
         metrics.add_metric(name="WebhookDeliveriesQueued", unit=MetricUnit.Count, value=queued)
+
+
+def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """Customer and report counters, before the events: both are safe to run again (the counters
+    are applied once per (order, version)), and a failure of either retries the record."""
+    if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
+        return
+    change = aggregate_change(old, new)
+    if not change.empty and container().aggregate_store.apply(change):
+        metrics.add_metric(name="AggregateUpdates", unit=MetricUnit.Count, value=len(change.updates))
 
 
 @logger.inject_lambda_context(clear_state=True)

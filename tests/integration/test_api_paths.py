@@ -27,6 +27,7 @@ WELL_FORMED = {
     "carrier": "no-such-carrier",
     "webhook_id": "whk_" + "a" * 24,
     "delivery_id": "dlv_" + "0" * 14 + "a" * 16,
+    "customer_id": "no-such-customer",
 }
 ROUTES = [(r.method, r.path) for r in Template.load().api_routes() if "{" in r.path]
 LOOKUPS = [

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
@@ -100,7 +101,13 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
         },
         **{
-            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger, DynamoWebhooks]
+            (CATALOG, f"dynamodb:{a}"): [
+                DynamoCatalog,
+                DynamoApiKeys,
+                DynamoImportLedger,
+                DynamoWebhooks,
+                DynamoAggregates,
+            ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
         **{
@@ -198,7 +205,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     },
     "EventsFunction": {
         ("EventBus", "events:PutEvents"): [EventBridgePublisher],
-        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem", "Query")},
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "Query")},
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks, DynamoAggregates] for a in ("PutItem",)},
+        (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("EventsFailureQueue", "sqs:SendMessage"): "the OrdersStream mapping's on-failure destination",
     },

@@ -1,0 +1,396 @@
+"""Customer and report aggregates: the counter deltas one order change means, and their read views.
+
+Each order document contributes a fixed set of counters (its customer's, and its day's report
+rows); a change adds `contribution(new) - contribution(old)`. Every transition (allocation,
+cancellation, a refund on a return, a unit cancellation, a failed payment) is that one
+subtraction, so no rule per event type can drift from another, and the same pair of images
+always yields the same deltas (a redelivered record is recognised by its (order, version) marker,
+kept by the adapter in the same transaction as the counters).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from core.errors import InvalidRequest, NotFound
+from core.money import Money, minor_units, round_money
+
+
+class ReportKind(StrEnum):
+    PRODUCTS = "products"
+    CUSTOMERS = "customers"
+    REGIONS = "regions"
+
+
+# An order's revenue counts once it is allocated (API.md: "counted when the order is allocated"),
+# and stays counted while it ships, is delivered and comes back (returned units are taken out
+# line by line); cancelling takes all of it out.
+_COUNTED = frozenset({"allocated", "partially_shipped", "shipped", "delivered", "partially_returned", "returned"})
+# `ordered` sums the orders that were not cancelled or failed.
+_NOT_ORDERED = frozenset({"cancelled", "payment_failed"})
+
+
+def counts_revenue(document: Mapping[str, Any]) -> bool:
+    status = document.get("status")
+    if status == "on_hold":  # held after allocation: still the revenue it was (the hold resumes to it)
+        status = (document.get("hold") or {}).get("resume_to")
+    return status in _COUNTED
+
+
+Key = tuple[str, str]  # (pk, sk) of an aggregate item
+
+
+@dataclass
+class Contribution:
+    """What one order document adds to each aggregate item: numeric counters by attribute."""
+
+    counters: dict[Key, dict[str, Decimal]] = field(default_factory=lambda: defaultdict(dict))
+
+    def add(self, key: Key, attribute: str, value: Decimal | int) -> None:
+        row = self.counters[key]
+        row[attribute] = row.get(attribute, Decimal(0)) + Decimal(value)
+
+
+@dataclass(frozen=True)
+class CounterUpdate:
+    """Atomic ADDs on one item (pk, sk), plus attributes it SETs (a customer's email and name)."""
+
+    pk: str
+    sk: str
+    add: dict[str, Decimal]
+    set: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CustomerSeen:
+    """A new order of a customer: first/last order times are a min and a max, idempotent by
+    nature, so they are kept outside the counters (a max cannot be an ADD)."""
+
+    customer_id: str
+    channel: str
+    email: str
+    at: str
+
+
+@dataclass(frozen=True)
+class AggregateChange:
+    order_id: str
+    version: int
+    updates: list[CounterUpdate]
+    seen: CustomerSeen | None = None
+    # (pk, sk, channel) of the report day registry items the counters need (written before them)
+    report_days: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.updates and self.seen is None
+
+
+def customer_key(customer_id: str, channel: str) -> Key:
+    return f"customer#{customer_id}", channel
+
+
+def email_key(email: str, customer_id: str) -> Key:
+    return f"customer-email#{email.strip().lower()}", customer_id
+
+
+def report_pk(kind: ReportKind, currency: str, channel: str, day: str) -> str:
+    return f"report#{kind.value}#{currency}#{channel}#{day}"
+
+
+def report_channels_key(currency: str, day: str) -> Key:
+    """The registry item of the channels with report rows in `currency` on `day`."""
+    return f"report-channels#{currency}", day
+
+
+def contribution(document: Mapping[str, Any] | None) -> Contribution:
+    """The counters an order document stands for. Every row is its channel's: a view over all
+    channels sums the channels' rows when read (a customer's are one partition; a report day lists
+    its channels on a registry item), which halves the writes of keeping both."""
+    result = Contribution()
+    if not document:
+        return result
+    currency = document["currency"]
+    channel = document["channel"]
+    customer_id = document["customer"]["id"]
+    status = document.get("status")
+    key = customer_key(customer_id, channel)
+    result.add(key, "orders_count", 1)
+    if status not in _NOT_ORDERED:
+        result.add(key, f"ordered_{currency}", Decimal(document["totals"]["grand_total"]["amount"]))
+    refunded = (document.get("payment") or {}).get("refunded") or {}
+    result.add(key, f"refunded_{currency}", Decimal(refunded.get("amount", "0")))
+    result.add(key, "returns_count", len(document.get("received_returns") or []))
+    result.add(key, "payment_failures", 1 if status == "payment_failed" else 0)
+    if not counts_revenue(document):
+        return result
+    # The day the order was placed: both images of a change agree on it, so its counters always
+    # move in one partition, and a cancellation takes revenue out of the day that counted it.
+    day = _fixed_time(document["created_at"])[:10]
+    address = document.get("shipping_address") or {}
+    region = f"{address.get('country', '')}#{address.get('region') or ''}"
+    revenue = Decimal(0)
+    for line in document.get("lines") or []:
+        units, line_revenue = line_revenue_kept(line, currency)
+        revenue += line_revenue
+        key = (report_pk(ReportKind.PRODUCTS, currency, channel, day), line["sku"])
+        result.add(key, "units", units)
+        result.add(key, "revenue", line_revenue)
+    for kind, sk in ((ReportKind.CUSTOMERS, customer_id), (ReportKind.REGIONS, region)):
+        key = (report_pk(kind, currency, channel, day), sk)
+        result.add(key, "orders", 1)
+        result.add(key, "revenue", revenue)
+    return result
+
+
+def line_revenue_kept(line: Mapping[str, Any], currency: str) -> tuple[int, Decimal]:
+    """Units and revenue (quantity x unit price - discount) a line still counts: units received
+    back on a return are taken out at their share of the line's net, rounded half-even."""
+    quantity = int(line["quantity"])
+    net = Decimal(line["unit_price"]["amount"]) * quantity - Decimal(line["discount"]["amount"])
+    returned = min(int(line.get("returned_quantity") or 0), quantity)
+    if quantity == 0:
+        return 0, Decimal(0)
+    taken_out = round_money(net * returned / quantity, currency) if returned else Decimal(0)
+    return quantity - returned, net - taken_out
+
+
+def _fixed_time(value: Any) -> str:
+    """One RFC 3339 UTC format with microseconds, so stored times compare as strings."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def aggregate_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> AggregateChange:
+    """The counter updates an order change means (`old` None for a new order): only the
+    counters that differ, each as an atomic ADD of the difference."""
+    before, after = contribution(old).counters, contribution(new).counters
+    customer = new["customer"]
+    updates: list[CounterUpdate] = []
+    for key in sorted(set(before) | set(after)):
+        was, now = before.get(key, {}), after.get(key, {})
+        delta = {a: now.get(a, Decimal(0)) - was.get(a, Decimal(0)) for a in sorted(set(was) | set(now))}
+        delta = {a: v for a, v in delta.items() if v != 0}
+        if not delta:
+            continue
+        sets = {}
+        if key[0].startswith("customer#"):
+            sets = {"email": customer["email"], **({"name": customer["name"]} if customer.get("name") else {})}
+        updates.append(CounterUpdate(key[0], key[1], delta, sets))
+    report_days = []
+    if any(update.pk.startswith("report#") for update in updates):
+        pk, sk = report_channels_key(new["currency"], _fixed_time(new["created_at"])[:10])
+        report_days.append((pk, sk, str(new["channel"])))
+    seen = None
+    if old is None:
+        seen = CustomerSeen(customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]))
+    return AggregateChange(str(new["id"]), int(new.get("version", 0)), updates, seen, report_days)
+
+
+# --- Read side --------------------------------------------------------------------------------
+
+
+class CustomerTotal(BaseModel):
+    currency: str
+    ordered: Money
+    refunded: Money
+
+
+class CustomerView(BaseModel):
+    """`GET /customers/{id}`: the contract's customer."""
+
+    id: str
+    email: str
+    name: str | None = None
+    orders_count: int
+    first_order_at: str | None = None
+    last_order_at: str | None = None
+    totals: list[CustomerTotal]
+    returns_count: int
+    payment_failures: int
+
+
+def merged(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A customer's rows of several channels as one: counters summed, the earliest first order
+    and the latest last order, the email and name of the row with the latest order."""
+    result: dict[str, Any] = {}
+    for row in sorted(rows, key=lambda row: str(row.get("last_order_at") or "")):
+        for name, value in row.items():
+            if name in ("pk", "sk"):
+                continue
+            if name == "first_order_at":
+                result[name] = min(result.get(name, value), value)
+            elif isinstance(value, Decimal | int) and not isinstance(value, bool):
+                result[name] = result.get(name, Decimal(0)) + value
+            else:
+                result[name] = value  # the latest row's email, name and last_order_at win
+    return result
+
+
+def customer_view(customer_id: str, item: Mapping[str, Any]) -> CustomerView | None:
+    """A stored customer aggregate as the API shows it; None when it holds no order."""
+    orders = int(item.get("orders_count") or 0)
+    if orders <= 0:
+        return None
+    currencies = sorted({name.split("_", 1)[1] for name in item if name.startswith(("ordered_", "refunded_"))})
+    totals = [
+        CustomerTotal(
+            currency=currency,
+            ordered=Money.of(Decimal(item.get(f"ordered_{currency}") or 0), currency),
+            refunded=Money.of(Decimal(item.get(f"refunded_{currency}") or 0), currency),
+        )
+        for currency in currencies
+    ]
+    return CustomerView(
+        id=customer_id,
+        email=str(item.get("email", "")),
+        name=item.get("name"),
+        orders_count=orders,
+        first_order_at=item.get("first_order_at"),
+        last_order_at=item.get("last_order_at"),
+        totals=totals,
+        returns_count=int(item.get("returns_count") or 0),
+        payment_failures=int(item.get("payment_failures") or 0),
+    )
+
+
+class ProductRow(BaseModel):
+    sku: str
+    units: int
+    revenue: Money
+
+
+class CustomerRow(BaseModel):
+    customer_id: str
+    orders: int
+    revenue: Money
+
+
+class RegionRow(BaseModel):
+    country: str
+    region: str | None
+    orders: int
+    revenue: Money
+
+
+def top_rows(
+    kind: ReportKind, currency: str, day_rows: Iterable[tuple[str, Mapping[str, Any]]], limit: int
+) -> list[ProductRow] | list[CustomerRow] | list[RegionRow]:
+    """Sums each row key over the days read ((sk, item) pairs), and keeps the `limit` highest
+    by revenue (ties by key, so a page is stable). Rows whose counters net to nothing (an order
+    allocated then cancelled) are left out."""
+    sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for sk, item in day_rows:
+        for attribute in ("units", "orders", "revenue"):
+            sums[sk][attribute] += Decimal(item.get(attribute) or 0)
+    count = "units" if kind is ReportKind.PRODUCTS else "orders"
+    kept = [(sk, row) for sk, row in sums.items() if row[count] > 0 or row["revenue"] != 0]
+    kept.sort(key=lambda pair: (-pair[1]["revenue"], pair[0]))
+
+    def money(amount: Decimal) -> Money:
+        return Money.of(amount, currency)
+
+    top = kept[:limit]
+    if kind is ReportKind.PRODUCTS:
+        return [ProductRow(sku=sk, units=int(r["units"]), revenue=money(r["revenue"])) for sk, r in top]
+    if kind is ReportKind.CUSTOMERS:
+        return [CustomerRow(customer_id=sk, orders=int(r["orders"]), revenue=money(r["revenue"])) for sk, r in top]
+    rows = []
+    for sk, r in top:
+        country, _, region = sk.partition("#")
+        rows.append(
+            RegionRow(country=country, region=region or None, orders=int(r["orders"]), revenue=money(r["revenue"]))
+        )
+    return rows
+
+
+# --- Store port and the queries over it --------------------------------------------------------
+
+
+class AggregateStore(Protocol):
+    def apply(self, change: AggregateChange) -> bool:
+        """Apply the change's counters once per (order, version): False when already applied."""
+
+    def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
+        """The customer's rows by channel (one partition)."""
+
+    def customer_ids(self, email: str) -> list[str]: ...
+
+    def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
+        """The channels with report rows in `currency`, by day from `start` to `end` (inclusive)."""
+
+    def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+# A report reads one partition per day and channel: the range is bounded so a request stays a
+# bounded number of queries.
+MAX_REPORT_DAYS = 366
+DEFAULT_REPORT_DAYS = 30
+
+
+class Aggregates:
+    """`GET /customers` and `GET /reports/*` over the stored aggregates."""
+
+    def __init__(self, store: AggregateStore, clock: Callable[[], datetime]):
+        self._store = store
+        self._clock = clock
+
+    def customer(self, customer_id: str, channel: str | None) -> CustomerView:
+        view = self._view(customer_id, channel)
+        if view is None:
+            raise NotFound(f"no customer {customer_id} with orders here")
+        return view
+
+    def customers_by_email(self, email: str, channel: str | None) -> list[CustomerView]:
+        views = (self._view(customer_id, channel) for customer_id in self._store.customer_ids(email))
+        return [view for view in views if view is not None]
+
+    def _view(self, customer_id: str, channel: str | None) -> CustomerView | None:
+        rows = self._store.customer_items(customer_id)
+        if channel is not None:
+            rows = {channel: rows[channel]} if channel in rows else {}
+        return customer_view(customer_id, merged(rows.values()))
+
+    def report(
+        self,
+        kind: ReportKind,
+        currency: str,
+        *,
+        start: date | None,
+        end: date | None,
+        channel: str | None,
+        limit: int,
+    ) -> list[ProductRow] | list[CustomerRow] | list[RegionRow]:
+        try:
+            minor_units(currency)
+        except ValueError as error:
+            raise InvalidRequest(str(error), details=[{"field": "currency", "message": str(error)}]) from None
+        end = end or self._clock().date()
+        if start is None:
+            # the first days of the calendar have no 30 days before them
+            start = end - timedelta(days=min(DEFAULT_REPORT_DAYS - 1, (end - date.min).days))
+        days = (end - start).days + 1
+        if days < 1:
+            raise InvalidRequest("from is after to", details=[{"field": "from", "message": "must not be after to"}])
+        if days > MAX_REPORT_DAYS:
+            message = f"a report covers at most {MAX_REPORT_DAYS} days"
+            raise InvalidRequest(message, details=[{"field": "from", "message": message}])
+        if channel is None:
+            channels = self._store.report_channels(currency, start.isoformat(), end.isoformat())
+        else:
+            channels = {(start + timedelta(days=n)).isoformat(): [channel] for n in range(days)}
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for day, on_day in sorted(channels.items()):
+            for name in on_day:
+                rows.extend(self._store.report_rows(report_pk(kind, currency, name, day)))
+        return top_rows(kind, currency, rows, limit)

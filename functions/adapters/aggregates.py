@@ -1,0 +1,158 @@
+"""Customer and report aggregates in the catalog table: atomic counters, applied once per order change."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.aggregates import AggregateChange, CounterUpdate, customer_key, email_key, report_channels_key
+from functions.adapters.dynamodb import from_item, to_item
+
+# A DynamoDB transaction holds at most 100 items: one is the change's marker.
+_PER_TRANSACTION = 99
+# Markers outlive the stream's 24 h retention, the longest a record can be delivered again.
+MARKER_TTL_SECONDS = 7 * 86400
+
+
+def marker_key(order_id: str, version: int, part: int) -> dict[str, Any]:
+    return {"pk": {"S": f"aggregated#{order_id}"}, "sk": {"S": f"v{version:012d}#{part}"}}
+
+
+class DynamoAggregates:
+    """Each change is one transaction per 99 counter updates, with a marker item put on
+    attribute_not_exists: a redelivered stream record finds its marker and adds nothing, and a
+    counter never moves without its marker (nor the marker without its counters)."""
+
+    def __init__(self, client: Any, table: str, now: Any = time.time):
+        self._client = client
+        self._table = table
+        self._now = now
+
+    def apply(self, change: AggregateChange) -> bool:
+        # The day's channel registry first: adding a channel to a set twice changes nothing, and
+        # a reader must never miss a channel whose counters are already in.
+        for pk, sk, channel in change.report_days:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": pk}, "sk": {"S": sk}},
+                UpdateExpression="ADD channels :c",
+                ExpressionAttributeValues={":c": {"SS": [channel]}},
+            )
+        applied = False
+        updates = change.updates
+        for part, start in enumerate(range(0, len(updates), _PER_TRANSACTION)):
+            applied |= self._transact(change, part, updates[start : start + _PER_TRANSACTION])
+        if change.seen is not None:
+            self._record_seen(change)
+            applied = True
+        return applied
+
+    def _transact(self, change: AggregateChange, part: int, updates: list[CounterUpdate]) -> bool:
+        marker = {
+            **marker_key(change.order_id, change.version, part),
+            "expires_at": {"N": str(int(self._now()) + MARKER_TTL_SECONDS)},
+        }
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
+        ]
+        items.extend({"Update": self._counter_update(update)} for update in updates)
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if (
+                error.response["Error"]["Code"] == "TransactionCanceledException"
+                and reasons
+                and reasons[0].get("Code") == "ConditionalCheckFailed"
+            ):
+                return False  # applied by an earlier delivery of the same record
+            raise
+        return True
+
+    def _counter_update(self, update: CounterUpdate) -> dict[str, Any]:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        adds, sets = [], []
+        for i, (attribute, delta) in enumerate(sorted(update.add.items())):
+            names[f"#a{i}"] = attribute
+            values[f":a{i}"] = delta
+            adds.append(f"#a{i} :a{i}")
+        for i, (attribute, value) in enumerate(sorted(update.set.items())):
+            names[f"#s{i}"] = attribute
+            values[f":s{i}"] = value
+            sets.append(f"#s{i} = :s{i}")
+        expression = "ADD " + ", ".join(adds) + (" SET " + ", ".join(sets) if sets else "")
+        return {
+            "TableName": self._table,
+            "Key": {"pk": {"S": update.pk}, "sk": {"S": update.sk}},
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_item(values),
+        }
+
+    def _record_seen(self, change: AggregateChange) -> None:
+        """First and last order times are a min and a max (the stream delivers different orders
+        in any order), kept by conditional SETs that are no-ops when the stored time already
+        wins: one write when orders arrive in time order (the usual case: the later order moves
+        `last_order_at`, `first_order_at` stays), a second only for an older order that arrives
+        late. The email index item is a plain put. All are idempotent on their own."""
+        seen = change.seen
+        assert seen is not None
+        pk, sk = customer_key(seen.customer_id, seen.channel)
+        key = {"pk": {"S": pk}, "sk": {"S": sk}}
+        later = self._set_if(
+            key,
+            "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t)",
+            "attribute_not_exists(last_order_at) OR last_order_at < :t",
+            seen.at,
+        )
+        if not later:
+            self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
+        pk, sk = email_key(seen.email, seen.customer_id)
+        self._client.put_item(TableName=self._table, Item={"pk": {"S": pk}, "sk": {"S": sk}})
+
+    def _set_if(self, key: dict[str, Any], expression: str, condition: str, at: str) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=key,
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeValues={":t": {"S": at}},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
+    # --- Reads -----------------------------------------------------------------------------------
+    def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
+        pk, _ = customer_key(customer_id, "")
+        return {row["sk"]: row for row in self._query(pk)}
+
+    def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
+        pk, _ = report_channels_key(currency, start)
+        rows = self._query(pk, ("BETWEEN :start AND :end", {":start": {"S": start}, ":end": {"S": end}}))
+        return {row["sk"]: sorted(row.get("channels") or ()) for row in rows}
+
+    def customer_ids(self, email: str) -> list[str]:
+        pk, _ = email_key(email, "")
+        return [row["sk"] for row in self._query(pk)]
+
+    def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(row["sk"], row) for row in self._query(pk)]
+
+    def _query(self, pk: str, sk: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        condition, values = ("pk = :pk", {}) if sk is None else (f"pk = :pk AND sk {sk[0]}", sk[1])
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues={":pk": {"S": pk}, **values},
+        )
+        for page in pages:
+            found.extend(from_item(item) for item in page["Items"])
+        return found

@@ -1,0 +1,118 @@
+"""Customers and reports: per-customer aggregates and top products, customers and regions (issue 14)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import BaseModel
+
+from core.access import Scope
+from core.aggregates import CustomerRow, CustomerView, ProductRow, RegionRow, ReportKind
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.errors import ApiError
+from functions.api.paths import existing
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+CustomerIdPath = existing("customer", r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", "Customer id (the orders' customer.id)")
+EmailQuery = Annotated[str, Query(min_length=3, max_length=254, description="The customer's email, any case")]
+Currency = Annotated[str, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217 code; required")]
+From = Annotated[
+    date | None, Query(alias="from", description="First day, UTC, inclusive (default: 29 days before `to`)")
+]
+To = Annotated[date | None, Query(alias="to", description="Last day, UTC, inclusive (default: today)")]
+Channel = Annotated[str | None, Query(max_length=64, description="One channel's orders only")]
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+class CustomerPage(BaseModel):
+    items: list[CustomerView]
+    next_cursor: str | None = None
+
+
+class TopProducts(BaseModel):
+    items: list[ProductRow]
+
+
+class TopCustomers(BaseModel):
+    items: list[CustomerRow]
+
+
+class TopRegions(BaseModel):
+    items: list[RegionRow]
+
+
+@router.get(
+    "/customers/<customer_id>",
+    summary="A customer's orders, totals, returns and payment failures (a channel key: its channel's)",
+    responses={**ok(200, CustomerView, "The customer"), **errors(403, 404)},
+)
+@requires(Scope.ORDERS_READ)
+def get_customer(customer_id: CustomerIdPath) -> CustomerView:
+    return container().aggregates.customer(customer_id, caller(router).channel)
+
+
+@router.get(
+    "/customers",
+    summary="Find customers by email",
+    responses={**ok(200, CustomerPage, "The customers with orders under that email"), **errors(403)},
+)
+@requires(Scope.ORDERS_READ)
+def find_customers(email: EmailQuery) -> CustomerPage:
+    return CustomerPage(items=container().aggregates.customers_by_email(email, caller(router).channel))
+
+
+def _report_channel(channel: str | None) -> str | None:
+    bound = caller(router).channel
+    if bound is None:
+        return channel
+    if channel not in (None, bound):
+        raise ApiError(403, "forbidden", f"this API key reads channel {bound}'s reports only")
+    return bound
+
+
+def _report(kind: ReportKind, currency: str, start: date | None, end: date | None, channel: str | None, limit: int):
+    return container().aggregates.report(
+        kind, currency, start=start, end=end, channel=_report_channel(channel), limit=limit
+    )
+
+
+@router.get(
+    "/reports/top-products",
+    summary="Top products by revenue over days (allocated orders, less cancels and refunded returns)",
+    responses={**ok(200, TopProducts, "Products, highest revenue first"), **errors(403)},
+)
+@requires(Scope.REPORTS_READ)
+def top_products(
+    currency: Currency, start: From = None, end: To = None, channel: Channel = None, limit: Limit = 10
+) -> TopProducts:
+    return TopProducts(items=_report(ReportKind.PRODUCTS, currency, start, end, channel, limit))
+
+
+@router.get(
+    "/reports/top-customers",
+    summary="Top customers by revenue over days",
+    responses={**ok(200, TopCustomers, "Customers, highest revenue first"), **errors(403)},
+)
+@requires(Scope.REPORTS_READ)
+def top_customers(
+    currency: Currency, start: From = None, end: To = None, channel: Channel = None, limit: Limit = 10
+) -> TopCustomers:
+    return TopCustomers(items=_report(ReportKind.CUSTOMERS, currency, start, end, channel, limit))
+
+
+@router.get(
+    "/reports/top-regions",
+    summary="Top shipping regions by revenue over days",
+    responses={**ok(200, TopRegions, "Regions, highest revenue first"), **errors(403)},
+)
+@requires(Scope.REPORTS_READ)
+def top_regions(
+    currency: Currency, start: From = None, end: To = None, channel: Channel = None, limit: Limit = 10
+) -> TopRegions:
+    return TopRegions(items=_report(ReportKind.REGIONS, currency, start, end, channel, limit))

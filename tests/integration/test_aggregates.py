@@ -1,0 +1,102 @@
+"""Customer and report aggregates on moto: Orders stream records through the events handler become
+counters in the catalog table, once per order change however often the stream delivers them."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from core.aggregates import AggregateChange, CounterUpdate, CustomerSeen, ReportKind
+from core.models import HistoryEntry, OrderLine, Totals
+from core.status import OrderStatus
+from functions.adapters.aggregates import DynamoAggregates
+from tests.integration.test_events_and_webhooks import Context, stored_item, stream_event, wired  # noqa: F401
+from tests.unit.conftest import UPDATED_AT, a_stored_order, usd
+
+DAY = UPDATED_AT.date()
+
+
+def priced_order(**fields: Any):
+    lines = [
+        OrderLine(line_id="L1", sku="TSHIRT", quantity=2, unit_price=usd("12.00"), discount=usd("2.00"),
+                  tax=usd("0.00"), total=usd("22.00")),
+        OrderLine(line_id="L2", sku="MUG", quantity=1, unit_price=usd("8.00"), discount=usd("0.00"),
+                  tax=usd("0.00"), total=usd("8.00")),
+    ]  # fmt: skip
+    zero = usd("0.00")
+    totals = Totals(subtotal=usd("32.00"), discount=usd("2.00"), shipping=zero, tax=zero, grand_total=usd("30.00"))
+    return a_stored_order(lines=lines, totals=totals, **fields)
+
+
+def placed_then_allocated(aws) -> tuple[dict, dict]:
+    from functions.adapters.dynamodb import DynamoOrders
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    placed = priced_order(id="ord_aggregates1", status=OrderStatus.AUTHORIZED)
+    orders.add(placed, HistoryEntry(at=UPDATED_AT, type="created", to_status=OrderStatus.AUTHORIZED, actor="k"), "tok")
+    created = stored_item(aws, placed.id)
+    allocated = placed.model_copy(update={"status": OrderStatus.ALLOCATED, "version": 2})
+    orders.update(allocated, placed, [])
+    return created, stored_item(aws, placed.id)
+
+
+def test_stream_records_become_customer_and_report_counters_once_even_when_redelivered(aws, wired):  # noqa: F811
+    from functions.events.app import container, lambda_handler
+
+    created, allocated = placed_then_allocated(aws)
+    stream = stream_event(("INSERT", None, created), ("MODIFY", created, allocated))
+
+    for _ in range(2):  # the second time, a retried batch: nothing counts twice
+        assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+
+    aggregates = container().aggregates
+    top = aggregates.report(ReportKind.PRODUCTS, "USD", start=DAY, end=DAY, channel=None, limit=10)
+    assert [row.model_dump(mode="json") for row in top] == [
+        {"sku": "TSHIRT", "units": 2, "revenue": {"amount": "22.00", "currency": "USD"}},
+        {"sku": "MUG", "units": 1, "revenue": {"amount": "8.00", "currency": "USD"}},
+    ]
+    customers = aggregates.report(ReportKind.CUSTOMERS, "USD", start=DAY, end=DAY, channel="web", limit=10)
+    assert [(row.customer_id, row.orders, str(row.revenue.amount)) for row in customers] == [("cus_1", 1, "30.00")]
+    customer = aggregates.customer("cus_1", "web").model_dump(mode="json")
+    assert customer["orders_count"] == 1
+    assert customer["totals"] == [
+        {"currency": "USD", "ordered": {"amount": "30.00", "currency": "USD"},
+         "refunded": {"amount": "0.00", "currency": "USD"}}
+    ]  # fmt: skip
+    assert customer["first_order_at"] == customer["last_order_at"] == "2025-01-01T00:00:00.000000Z"
+    assert [c.id for c in aggregates.customers_by_email("ADA@example.com", None)] == ["cus_1"]
+    assert aggregates.report(ReportKind.PRODUCTS, "USD", start=date(2025, 1, 2), end=date(2025, 1, 2),
+                             channel=None, limit=10) == []  # fmt: skip
+
+
+def test_a_change_of_more_counters_than_one_transaction_holds_applies_in_parts_each_once(aws):
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    pk = "report#products#USD#web#2025-01-01"
+    change = AggregateChange(
+        "ord_big",
+        3,
+        [CounterUpdate(pk, f"SKU{n:03d}", {"units": Decimal(1), "revenue": Decimal("1.50")}) for n in range(150)],
+    )
+
+    assert store.apply(change) is True
+    assert store.apply(change) is False
+
+    rows = store.report_rows(pk)
+    assert len(rows) == 150
+    assert {(item["units"], item["revenue"]) for _, item in rows} == {(Decimal(1), Decimal("1.50"))}
+
+
+def test_first_and_last_order_times_are_a_min_and_a_max_whatever_order_the_orders_arrive_in(aws):
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    arrivals = [("ord_b", "2026-12-01"), ("ord_c", "2026-12-02"), ("ord_a", "2026-11-30"), ("ord_b", "2026-12-01")]
+    for order_id, day in arrivals:
+        at = f"{day}T10:00:00.000000Z"
+        store.apply(AggregateChange(order_id, 1, [], CustomerSeen("cus_9", "web", "bo@example.com", at)))
+
+    item = store.customer_items("cus_9")["web"]
+    assert (item["first_order_at"], item["last_order_at"]) == (
+        "2026-11-30T10:00:00.000000Z",
+        "2026-12-02T10:00:00.000000Z",
+    )
+    assert store.customer_ids("BO@example.com") == ["cus_9"]

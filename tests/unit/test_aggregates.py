@@ -1,0 +1,261 @@
+"""Customer and report aggregates: the counter deltas of order changes, and the views read from them."""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from core.aggregates import (
+    AggregateChange,
+    Aggregates,
+    ReportKind,
+    aggregate_change,
+    line_revenue_kept,
+    report_pk,
+)
+from core.errors import InvalidRequest, NotFound
+
+
+def money(amount: str, currency: str = "USD") -> dict[str, str]:
+    return {"amount": amount, "currency": currency}
+
+
+def line(line_id: str, sku: str, quantity: int, price: str, discount: str = "0.00", **extra: Any) -> dict[str, Any]:
+    return {
+        "line_id": line_id,
+        "sku": sku,
+        "quantity": quantity,
+        "unit_price": money(price),
+        "discount": money(discount),
+        "tax": money("0.00"),
+        "total": money("0.00"),
+        **extra,
+    }
+
+
+def order(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": "ord_1",
+        "status": "pending",
+        "channel": "web",
+        "currency": "USD",
+        "customer": {"id": "cus_1", "email": "Ada@Example.com", "name": "Ada"},
+        "lines": [line("L1", "TSHIRT", 2, "10.00", "1.00"), line("L2", "MUG", 1, "5.50")],
+        "shipping_address": {"country": "US", "region": "CA", "city": "SF", "postal_code": "1", "line1": "x"},
+        "totals": {"grand_total": money("27.50")},
+        "payment": {"refunded": money("0.00")},
+        "created_at": "2026-12-01T10:00:00Z",
+        "version": 1,
+    }
+    doc.update(copy.deepcopy(changes))
+    return doc
+
+
+def then(old: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return order(**{**old, "version": old["version"] + 1, **changes})
+
+
+class MemoryStore:
+    """The store's contract in memory: a change applies once per (order, version)."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+        self.applied: set[tuple[str, int]] = set()
+
+    def apply(self, change: AggregateChange) -> bool:
+        if (change.order_id, change.version) in self.applied:
+            return False
+        self.applied.add((change.order_id, change.version))
+        for update in change.updates:
+            item = self.items[(update.pk, update.sk)]
+            for attribute, delta in update.add.items():
+                item[attribute] = item.get(attribute, Decimal(0)) + delta
+            item.update(update.set)
+        for pk, sk, channel in change.report_days:
+            self.items[(pk, sk)].setdefault("channels", set()).add(channel)
+        if change.seen is not None:
+            item = self.items[(f"customer#{change.seen.customer_id}", change.seen.channel)]
+            item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
+            item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
+            self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)] = {}
+        return True
+
+    def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
+        return {sk: item for (pk, sk), item in self.items.items() if pk == f"customer#{customer_id}"}
+
+    def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
+        pk = f"report-channels#{currency}"
+        return {sk: sorted(item["channels"]) for (p, sk), item in self.items.items() if p == pk and start <= sk <= end}
+
+    def customer_ids(self, email: str) -> list[str]:
+        return [sk for (pk, sk) in self.items if pk == f"customer-email#{email.lower()}"]
+
+    def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(sk, item) for (p, sk), item in self.items.items() if p == pk]
+
+
+def replay(store: MemoryStore, *docs: dict[str, Any]) -> None:
+    previous = None
+    for doc in docs:
+        store.apply(aggregate_change(previous, doc))
+        previous = doc
+
+
+def service(store: MemoryStore) -> Aggregates:
+    return Aggregates(store, lambda: datetime(2026, 12, 1, 18, tzinfo=UTC))
+
+
+def products(store: MemoryStore, **kwargs: Any) -> list[dict[str, Any]]:
+    rows = service(store).report(
+        ReportKind.PRODUCTS, "USD", start=kwargs.get("start"), end=kwargs.get("end"),
+        channel=kwargs.get("channel"), limit=kwargs.get("limit", 10),
+    )  # fmt: skip
+    return [row.model_dump(mode="json") for row in rows]
+
+
+def test_a_line_counts_quantity_times_price_less_discount_and_returned_units_come_out_at_their_share():
+    assert line_revenue_kept(line("L1", "A", 3, "10.00", "1.00"), "USD") == (3, Decimal("29.00"))
+    # 29.00 * 1/3 = 9.666... rounds half-even to 9.67
+    assert line_revenue_kept(line("L1", "A", 3, "10.00", "1.00", returned_quantity=1), "USD") == (2, Decimal("19.33"))
+    assert line_revenue_kept(line("L1", "A", 3, "10.00", "1.00", returned_quantity=3), "USD") == (0, Decimal("0.00"))
+
+
+def test_revenue_is_counted_at_allocation_not_before():
+    store = MemoryStore()
+    placed = order()
+    authorized = then(placed, status="authorized")
+    replay(store, placed, authorized)
+    assert products(store) == []
+
+    replay(store, authorized, then(authorized, status="allocated"))
+
+    assert products(store) == [
+        {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")},
+        {"sku": "MUG", "units": 1, "revenue": money("5.50")},
+    ]
+
+
+def test_cancelling_an_allocated_order_takes_its_revenue_out_of_the_day_that_counted_it():
+    store = MemoryStore()
+    placed = order()
+    allocated = then(placed, status="allocated")
+    replay(store, placed, allocated, then(allocated, status="cancelled"))
+
+    assert products(store) == []
+    assert service(store).report(ReportKind.REGIONS, "USD", start=None, end=None, channel=None, limit=10) == []
+    view = service(store).customer("cus_1", None)
+    assert view.orders_count == 1
+    assert view.totals[0].ordered.amount == Decimal("0.00")
+
+
+def test_refunded_returned_units_leave_the_reports_and_the_refund_shows_on_the_customer():
+    store = MemoryStore()
+    placed = order()
+    allocated = then(placed, status="allocated")
+    returned = then(
+        allocated,
+        status="partially_returned",
+        lines=[line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")],
+        payment={"refunded": money("9.50")},
+        received_returns=["rma_1"],
+    )
+    replay(store, placed, allocated, returned)
+
+    assert products(store) == [
+        {"sku": "TSHIRT", "units": 1, "revenue": money("9.50")},
+        {"sku": "MUG", "units": 1, "revenue": money("5.50")},
+    ]
+    regions = service(store).report(ReportKind.REGIONS, "USD", start=None, end=None, channel=None, limit=10)
+    assert [r.model_dump(mode="json") for r in regions] == [
+        {"country": "US", "region": "CA", "orders": 1, "revenue": money("15.00")}
+    ]
+    view = service(store).customer("cus_1", None).model_dump(mode="json")
+    assert view["totals"] == [{"currency": "USD", "ordered": money("27.50"), "refunded": money("9.50")}]
+    assert view["returns_count"] == 1
+
+
+def test_a_customer_sums_orders_per_channel_and_overall_and_counts_payment_failures():
+    store = MemoryStore()
+    first = order(created_at="2026-11-30T09:00:00Z")
+    replay(store, first, then(first, status="allocated"))
+    second = order(id="ord_2", channel="pos", created_at="2026-12-01T08:00:00.5Z")
+    replay(store, second, then(second, status="payment_failed"))
+    third = order(id="ord_3", channel="pos", currency="EUR", totals={"grand_total": money("7.00", "EUR")},
+                  payment={"refunded": money("0.00", "EUR")}, created_at="2026-11-29T00:00:00Z")  # fmt: skip
+    replay(store, third)
+
+    overall = service(store).customer("cus_1", None).model_dump(mode="json")
+    assert overall == {
+        "id": "cus_1",
+        "email": "Ada@Example.com",
+        "name": "Ada",
+        "orders_count": 3,
+        "first_order_at": "2026-11-29T00:00:00.000000Z",
+        "last_order_at": "2026-12-01T08:00:00.500000Z",
+        "totals": [
+            {"currency": "EUR", "ordered": money("7.00", "EUR"), "refunded": money("0.00", "EUR")},
+            {"currency": "USD", "ordered": money("27.50"), "refunded": money("0.00")},
+        ],
+        "returns_count": 0,
+        "payment_failures": 1,
+    }
+    web = service(store).customer("cus_1", "web")
+    assert (web.orders_count, web.payment_failures, [t.currency for t in web.totals]) == (1, 0, ["USD"])
+    with pytest.raises(NotFound):
+        service(store).customer("cus_1", "b2b")
+    assert [c.id for c in service(store).customers_by_email("ada@example.COM", "pos")] == ["cus_1"]
+    assert service(store).customers_by_email("ada@example.com", "b2b") == []
+
+
+def test_the_same_change_twice_adds_nothing_more():
+    store = MemoryStore()
+    placed = order()
+    allocated = then(placed, status="allocated")
+    replay(store, placed, allocated)
+    assert store.apply(aggregate_change(placed, allocated)) is False
+
+    assert products(store)[0] == {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")}
+    assert service(store).customer("cus_1", None).orders_count == 1
+
+
+def test_a_change_touching_no_counter_is_empty():
+    placed = order()
+    authorized = then(placed, status="authorized")
+
+    assert aggregate_change(placed, authorized).empty
+
+
+def test_reports_read_the_asked_days_and_channel_and_keep_the_top_n():
+    store = MemoryStore()
+    for n, (day, channel, sku) in enumerate([("2026-11-30", "web", "A"), ("2026-12-01", "pos", "B")]):
+        placed = order(id=f"ord_{n}", channel=channel, created_at=f"{day}T12:00:00Z",
+                       lines=[line("L1", sku, 1, "3.00" if sku == "A" else "2.00")])  # fmt: skip
+        replay(store, placed, then(placed, status="allocated"))
+
+    assert [r["sku"] for r in products(store)] == ["A", "B"]
+    assert [r["sku"] for r in products(store, limit=1)] == ["A"]
+    assert [r["sku"] for r in products(store, start=date(2026, 12, 1))] == ["B"]
+    assert [r["sku"] for r in products(store, end=date(2026, 11, 30))] == ["A"]
+    assert [r["sku"] for r in products(store, channel="pos")] == ["B"]
+    assert report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-11-30") in {pk for pk, _ in store.items}
+
+
+@pytest.mark.parametrize(
+    ("currency", "start", "end"),
+    [("XXX", None, None), ("USD", date(2026, 12, 2), date(2026, 12, 1)), ("USD", date(2025, 1, 1), None)],
+)
+def test_a_report_refuses_an_unknown_currency_a_reversed_or_an_over_long_range(currency, start, end):
+    with pytest.raises(InvalidRequest):
+        service(MemoryStore()).report(ReportKind.PRODUCTS, currency, start=start, end=end, channel=None, limit=10)
+
+
+def test_a_report_ending_on_the_first_day_of_the_calendar_reads_from_that_day():
+    assert (
+        service(MemoryStore()).report(ReportKind.PRODUCTS, "USD", start=None, end=date.min, channel=None, limit=10)
+        == []
+    )
