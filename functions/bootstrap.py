@@ -23,6 +23,7 @@ from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import utc_now
+from core.notifications import NotificationStore, Notifier, OrderNotifications
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
@@ -412,6 +413,21 @@ class Container:
             max_delay_seconds=config.webhook_retry_max_delay_seconds,
             window_seconds=config.webhook_retry_window_seconds,
         )
+
+    # --- Customer notifications (issue 14) -------------------------------------------------------
+    @cached_property
+    def notification_store(self) -> NotificationStore:
+        from functions.adapters.notifications import DynamoNotifications
+
+        return DynamoNotifications(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def notifier(self) -> Notifier:
+        return Notifier(self.notification_store, self.plugins.hook, self.clock)
+
+    @cached_property
+    def order_notifications(self) -> OrderNotifications:
+        return OrderNotifications(self.orders, self.notification_store)
 
     def check_webhook_url(self, url: str) -> Target:
         """Subscribe time and send time: refuses what check_url refuses (SSRF)."""

@@ -28,6 +28,7 @@ from functions.api.routes import (
     refunds,
     returns,
 )
+from functions.api.routes import notifications as notification_routes
 from functions.api.routes import webhooks as webhook_routes
 from functions.business_metrics import emits_business_metrics
 
@@ -60,6 +61,7 @@ app.include_router(refunds.router)
 app.include_router(returns.router)
 app.include_router(holds.router)
 app.include_router(webhook_routes.router)
+app.include_router(notification_routes.router)
 
 
 @functools.cache
