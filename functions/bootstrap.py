@@ -18,6 +18,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.fulfillment import OrderActions
 from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
@@ -97,6 +98,7 @@ class Config:
     webhook_retry_max_delay_seconds: float = 3600.0
     webhook_retry_window_seconds: float = 86400.0
     webhook_allow_local_http: bool = False  # the local stack's http://127.0.0.1 receivers
+    access_log_queue_url: str = ""  # the API queues each read of an order there (issue 14)
 
     @classmethod
     def from_env(cls) -> Config:
@@ -129,6 +131,7 @@ class Config:
             webhook_retry_max_delay_seconds=float(os.environ.get("WEBHOOK_RETRY_MAX_DELAY_SECONDS") or 3600),
             webhook_retry_window_seconds=float(os.environ.get("WEBHOOK_RETRY_WINDOW_SECONDS") or 86400),
             webhook_allow_local_http=os.environ.get("WEBHOOK_ALLOW_LOCAL_HTTP", "").strip().lower() == "true",
+            access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
         )
 
 
@@ -428,6 +431,23 @@ class Container:
     @cached_property
     def order_notifications(self) -> OrderNotifications:
         return OrderNotifications(self.orders, self.notification_store)
+
+    # --- The access log (issue 14) ----------------------------------------------------------------
+    @cached_property
+    def read_recorder(self) -> ReadRecorder:
+        from functions.adapters.access_log import SqsReadRecorder
+
+        return SqsReadRecorder(self.sqs, _required(self.config.access_log_queue_url, "ACCESS_LOG_QUEUE_URL"))
+
+    @cached_property
+    def access_log_store(self) -> AccessLogStore:
+        from functions.adapters.access_log import DynamoAccessLog
+
+        return DynamoAccessLog(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def access_log(self) -> AccessLog:
+        return AccessLog(self.orders, self.access_log_store)
 
     def check_webhook_url(self, url: str) -> Target:
         """Subscribe time and send time: refuses what check_url refuses (SSRF)."""

@@ -13,8 +13,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.card_numbers import mask_card_numbers
-from functions.api import errors, guards
+from functions.api import access_log, errors, guards
 from functions.api.access import ScopeTable
+from functions.api.routes import access_log as access_log_routes
 from functions.api.routes import (
     api_keys,
     carriers,
@@ -62,6 +63,7 @@ app.include_router(returns.router)
 app.include_router(holds.router)
 app.include_router(webhook_routes.router)
 app.include_router(notification_routes.router)
+app.include_router(access_log_routes.router)
 
 
 @functools.cache
@@ -84,6 +86,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         response = errors.gateway_response(refused)
     else:
         response = app.resolve(event, context)
+        access_log.recorded_read(event, response, metrics)
     metrics.add_metric(name=f"Http{response['statusCode'] // 100}xx", unit=MetricUnit.Count, value=1)
     return response
 
