@@ -257,3 +257,29 @@ def test_a_shipped_orders_customer_notification_is_readable_by_its_channel(api: 
     assert api.get(f"/orders/{order_id}/notifications", key=key).json()["items"] == notes
     other = api.post("/api-keys", json={"name": "cs", "scopes": ["orders:read"], "channel": "elsewhere"}).json()["key"]
     assert_error(api.get(f"/orders/{order_id}/notifications", key=other), 404)
+
+
+def test_who_reads_an_order_is_in_its_access_log(stack: EmbeddedStack, api: Api):
+    from tests.template_iam import calls_by_function, granted
+
+    (sku,) = Catalog(api).stocked("9.00")
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    reader = api.post("/api-keys", json={"name": "reader", "scopes": ["orders:read"]}).json()
+    auditor = api.post("/api-keys", json={"name": "auditor", "scopes": ["audit:read"]}).json()
+
+    with calls_by_function(stack) as calls:
+        assert api.get(f"/orders/{order_id}", key=reader["key"]).status_code == 200
+
+        def my_read() -> list[dict[str, Any]]:
+            answer = api.get(f"/orders/{order_id}/access-log", key=auditor["key"])
+            assert answer.status_code == 200, answer.text
+            return [i for i in answer.json()["items"] if i["actor"] == reader["id"]]
+
+        (entry,) = _when(my_read, "read in the access log")
+    assert entry["action"] == "get"
+    items = api.get(f"/orders/{order_id}/access-log", key=auditor["key"]).json()["items"]
+    assert items[0]["action"] == "created" and [i["at"] for i in items] == sorted(i["at"] for i in items)
+    for function in ("ApiFunction", "AccessLogFunction"):
+        assert calls[function] <= granted(function), f"{function}: {calls[function] - granted(function)}"
