@@ -66,7 +66,7 @@ BUILD_PYTHON := $(BUILD_ROOT)/$(BIN)/python
 LAMBDA_FUNCTIONS := AuthorizerFunction ApiFunction OutboxFunction AuthorizePaymentFunction \
 	ReserveStockFunction CreateShipmentsFunction FailPaymentFunction CancelOrderFunction \
 	ParkOrderFunction ReconcilerFunction JeopardyScanFunction ImportSplitterFunction ImportWorkerFunction \
-	ReturnStepFunction EventsFunction WebhookDeliveryFunction BackorderFunction
+	ReturnStepFunction EventsFunction WebhookDeliveryFunction BackorderFunction AccessLogFunction
 .PHONY: build check-build-env build-DependenciesLayer $(addprefix build-,$(LAMBDA_FUNCTIONS))
 
 $(SAM):

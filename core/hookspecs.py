@@ -8,6 +8,7 @@ from typing import Any
 from core import hookspec
 from core.models import Address, Customer, Location, Order, Product, ReviewRequest, ShipmentLine, StockLevel
 from core.money import Money
+from core.notifications import Notification
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 from core.return_models import ReturnLineInput, ReturnPolicyDecision
 from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan, TrackingUpdate
@@ -286,4 +287,25 @@ def oms_return_policy(
     rejects it) instead of `authorized`; `fee` (in the order's currency, not negative) is kept
     back from the refund; `refund_shipping` adds the order's shipping to it. When no plugin
     answers, the return is refused (422 `return_not_allowed`).
+    """
+
+
+# --- Customer notifications -------------------------------------------------------------------
+
+
+@hookspec
+def oms_notify(notification: Notification) -> list[str] | None:
+    """Send a customer notification (an order shipped, is ready for pickup, is delayed, or was
+    refunded) by email, SMS or any other way.
+
+    :param notification: `to` (email, name), `subject`, `body` (plain text), `kind`, `order_id`,
+        `channel` and `details` (the facts a template may use: carrier, tracking_number, amount,
+        currency, location_id). It never holds a payment token or any secret.
+    :return: the ways it was sent (e.g. ["email"]), or None when this plugin did not send it.
+
+    Every plugin is called, from the Orders stream consumer, after the OMS has recorded the
+    notification (GET /orders/{id}/notifications shows it with the ways it went out). Delivery is
+    at least once: a plugin that raises has the stream redeliver the change and every plugin is
+    called again with the same `notification.id`, so a plugin dedupes by it (e.g. as the email
+    provider's idempotency key).
     """

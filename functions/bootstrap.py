@@ -18,6 +18,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.aggregates import Aggregates, AggregateStore
 from core.backorders import BackorderAllocator
 from core.fulfillment import OrderActions
@@ -25,6 +26,7 @@ from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import utc_now
+from core.notifications import NotificationStore, Notifier, OrderNotifications
 from core.payments import Payments
 from core.pickups import PickupExpiry
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
@@ -102,6 +104,7 @@ class Config:
     webhook_retry_window_seconds: float = 86400.0
     webhook_allow_local_http: bool = False  # the local stack's http://127.0.0.1 receivers
     pickup_expiry_days: float = 7.0  # how long a pickup ready at its store waits to be collected
+    access_log_queue_url: str = ""  # the API queues each read of an order there (issue 14)
 
     @classmethod
     def from_env(cls) -> Config:
@@ -135,6 +138,7 @@ class Config:
             webhook_retry_window_seconds=float(os.environ.get("WEBHOOK_RETRY_WINDOW_SECONDS") or 86400),
             webhook_allow_local_http=os.environ.get("WEBHOOK_ALLOW_LOCAL_HTTP", "").strip().lower() == "true",
             pickup_expiry_days=float(os.environ.get("OMS_PICKUP_EXPIRY_DAYS") or 7),
+            access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
         )
 
 
@@ -440,6 +444,38 @@ class Container:
             max_delay_seconds=config.webhook_retry_max_delay_seconds,
             window_seconds=config.webhook_retry_window_seconds,
         )
+
+    # --- Customer notifications (issue 14) -------------------------------------------------------
+    @cached_property
+    def notification_store(self) -> NotificationStore:
+        from functions.adapters.notifications import DynamoNotifications
+
+        return DynamoNotifications(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def notifier(self) -> Notifier:
+        return Notifier(self.notification_store, self.plugins.hook, self.clock)
+
+    @cached_property
+    def order_notifications(self) -> OrderNotifications:
+        return OrderNotifications(self.orders, self.notification_store)
+
+    # --- The access log (issue 14) ----------------------------------------------------------------
+    @cached_property
+    def read_recorder(self) -> ReadRecorder:
+        from functions.adapters.access_log import SqsReadRecorder
+
+        return SqsReadRecorder(self.sqs, _required(self.config.access_log_queue_url, "ACCESS_LOG_QUEUE_URL"))
+
+    @cached_property
+    def access_log_store(self) -> AccessLogStore:
+        from functions.adapters.access_log import DynamoAccessLog
+
+        return DynamoAccessLog(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def access_log(self) -> AccessLog:
+        return AccessLog(self.orders, self.access_log_store)
 
     def check_webhook_url(self, url: str) -> Target:
         """Subscribe time and send time: refuses what check_url refuses (SSRF)."""

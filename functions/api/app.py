@@ -13,8 +13,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.card_numbers import mask_card_numbers
-from functions.api import errors, guards
+from functions.api import access_log, errors, guards
 from functions.api.access import ScopeTable
+from functions.api.routes import access_log as access_log_routes
 from functions.api.routes import (
     api_keys,
     carriers,
@@ -30,6 +31,7 @@ from functions.api.routes import (
     store_execution,
 )
 from functions.api.routes import customers as customer_routes
+from functions.api.routes import notifications as notification_routes
 from functions.api.routes import webhooks as webhook_routes
 from functions.business_metrics import emits_business_metrics
 
@@ -64,6 +66,8 @@ app.include_router(holds.router)
 app.include_router(webhook_routes.router)
 app.include_router(store_execution.router)
 app.include_router(customer_routes.router)
+app.include_router(notification_routes.router)
+app.include_router(access_log_routes.router)
 
 
 @functools.cache
@@ -86,6 +90,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         response = errors.gateway_response(refused)
     else:
         response = app.resolve(event, context)
+        access_log.recorded_read(event, response, metrics)
     metrics.add_metric(name=f"Http{response['statusCode'] // 100}xx", unit=MetricUnit.Count, value=1)
     return response
 

@@ -1,4 +1,5 @@
-"""Orders stream consumer: each order change becomes domain events, webhook deliveries and counters."""
+"""Orders stream consumer: each order change becomes domain events, webhook deliveries, counters
+and customer notifications."""
 
 from __future__ import annotations
 
@@ -62,14 +63,24 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     old = order_document(images.get("OldImage"))
     update_aggregates(old, new)
     events = order_events(old, new)
-    if not events:
-        return
     with logger.append_context_keys(order_id=new.get("id"), channel=new.get("channel")):
-        queued = container().event_dispatcher.dispatch(events, subscriptions)
-        logger.info("events published", extra={"events": [e.type.value for e in events], "deliveries": queued})
-    metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
-    if queued:
-        metrics.add_metric(name="WebhookDeliveriesQueued", unit=MetricUnit.Count, value=queued)
+        if events:
+            queued = container().event_dispatcher.dispatch(events, subscriptions)
+            logger.info("events published", extra={"events": [e.type.value for e in events], "deliveries": queued})
+            metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
+            if queued:
+                metrics.add_metric(name="WebhookDeliveriesQueued", unit=MetricUnit.Count, value=queued)
+        # After the events: a notifier plugin that fails has the record redelivered, and the
+        # events it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
+        notify(old, new)
+
+
+def notify(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """The customer notifications the change means, recorded and handed to the notifier plugins."""
+    sent = container().notifier.notify(old, new)
+    if sent:
+        logger.info("customer notified", extra={"notifications": [n.kind.value for n in sent]})
+        metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(sent))
 
 
 def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:

@@ -225,3 +225,61 @@ def test_every_call_the_events_and_delivery_functions_make_is_granted_by_the_tem
             assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"
     finally:
         receiver.close()
+
+
+def _when(read: Any, what: str) -> Any:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (found := read()):
+        assert time.monotonic() < deadline, f"no {what} in time"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_shipped_orders_customer_notification_is_readable_by_its_channel(api: Api):
+    (sku,) = Catalog(api).stocked("12.00")
+    channel = unique("web")
+    placed = api.post("/orders", json=order_body((sku, 1), channel=channel))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+
+    def allocated() -> dict[str, Any] | None:
+        order = api.get(f"/orders/{order_id}").json()
+        return order if order["status"] == "allocated" else None
+
+    (shipment,) = _when(allocated, "allocation")["shipments"]
+    shipped = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship", json={"tracking_number": "TRACK42"})
+    assert shipped.status_code == 200, shipped.text
+
+    notes = _when(lambda: api.get(f"/orders/{order_id}/notifications").json()["items"], "notification")
+    assert [(n["kind"], n["to"]["email"]) for n in notes] == [("shipped", placed.json()["customer"]["email"])]
+    assert "TRACK42" in notes[0]["body"] and notes[0]["details"]["tracking_number"] == "TRACK42"
+    key = api.post("/api-keys", json={"name": "cs", "scopes": ["orders:read"], "channel": channel}).json()["key"]
+    assert api.get(f"/orders/{order_id}/notifications", key=key).json()["items"] == notes
+    other = api.post("/api-keys", json={"name": "cs", "scopes": ["orders:read"], "channel": "elsewhere"}).json()["key"]
+    assert_error(api.get(f"/orders/{order_id}/notifications", key=other), 404)
+
+
+def test_who_reads_an_order_is_in_its_access_log(stack: EmbeddedStack, api: Api):
+    from tests.template_iam import calls_by_function, granted
+
+    (sku,) = Catalog(api).stocked("9.00")
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    reader = api.post("/api-keys", json={"name": "reader", "scopes": ["orders:read"]}).json()
+    auditor = api.post("/api-keys", json={"name": "auditor", "scopes": ["audit:read"]}).json()
+
+    with calls_by_function(stack) as calls:
+        assert api.get(f"/orders/{order_id}", key=reader["key"]).status_code == 200
+
+        def my_read() -> list[dict[str, Any]]:
+            answer = api.get(f"/orders/{order_id}/access-log", key=auditor["key"])
+            assert answer.status_code == 200, answer.text
+            return [i for i in answer.json()["items"] if i["actor"] == reader["id"]]
+
+        (entry,) = _when(my_read, "read in the access log")
+    assert entry["action"] == "get"
+    items = api.get(f"/orders/{order_id}/access-log", key=auditor["key"]).json()["items"]
+    assert items[0]["action"] == "created" and [i["at"] for i in items] == sorted(i["at"] for i in items)
+    for function in ("ApiFunction", "AccessLogFunction"):
+        assert calls[function] <= granted(function), f"{function}: {calls[function] - granted(function)}"

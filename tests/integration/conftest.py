@@ -57,9 +57,15 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
             client.create_table(**spec.create_table_request(name))
             tables[spec.logical_id] = name
             monkeypatch.setenv(ENV_BY_TABLE[spec.logical_id], name)
+        monkeypatch.setenv("ACCESS_LOG_QUEUE_URL", access_log_queue())
         _reset_composition_root()
         yield Aws(dynamodb=client, tables=tables)
         _reset_composition_root()
+
+
+def access_log_queue() -> str:
+    """The queue the API sends each read of an order to (template AccessLogQueue), in the moto account."""
+    return boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="test-AccessLogQueue")["QueueUrl"]
 
 
 def _reset_composition_root() -> None:

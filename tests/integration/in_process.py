@@ -22,7 +22,7 @@ from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
 from tests.e2e.client import ADMIN
-from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV
+from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, access_log_queue
 
 # Throttling is not what the matrices test (tests/e2e/test_throttling.py is).
 FAST = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
@@ -124,6 +124,7 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
             name = f"test-{spec.logical_id}"
             client.create_table(**spec.create_table_request(name))
             env.setenv(ENV_BY_TABLE[spec.logical_id], name)
+        env.setenv("ACCESS_LOG_QUEUE_URL", access_log_queue())
         forget_warm_containers()
         admin_key = "oms_admin_" + secrets.token_urlsafe(24)
         bootstrap(Config.from_env()).api_keys.ensure_admin(admin_key)

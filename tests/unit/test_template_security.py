@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+from functions.adapters.access_log import DynamoAccessLog, SqsReadRecorder
 from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
@@ -27,6 +28,7 @@ from functions.adapters.dynamodb import (
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
+from functions.adapters.notifications import DynamoNotifications
 from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
@@ -107,6 +109,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
                 DynamoImportLedger,
                 DynamoWebhooks,
                 DynamoAggregates,
+                DynamoNotifications,
+                DynamoAccessLog,
             ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
@@ -119,6 +123,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
         ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],  # a manual webhook retry
+        ("AccessLogQueue", "sqs:SendMessage"): [SqsReadRecorder],  # each read of an order
     },
     "OutboxFunction": {
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
@@ -205,8 +210,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     },
     "EventsFunction": {
         ("EventBus", "events:PutEvents"): [EventBridgePublisher],
-        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "Query")},
-        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks, DynamoAggregates] for a in ("PutItem",)},
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks, DynamoNotifications] for a in ("GetItem", "Query")},
+        (CATALOG, "dynamodb:PutItem"): [DynamoWebhooks, DynamoAggregates, DynamoNotifications],
         (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("EventsFailureQueue", "sqs:SendMessage"): "the OrdersStream mapping's on-failure destination",
@@ -215,6 +220,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem")},
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
     },
+    "AccessLogFunction": {(CATALOG, "dynamodb:PutItem"): [DynamoAccessLog]},
 }
 
 # How a call to each action reads in Python, besides `.<snake_case>(`.

@@ -1,0 +1,178 @@
+"""Customer notifications: what an order change tells its customer, recorded once per event and sent by plugins."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from core.domain_events import EventType, order_events
+from core.hook_calls import call_hook
+from core.ids import short_hash
+from core.services import OrderQueries
+
+
+class NotificationKind(StrEnum):
+    SHIPPED = "shipped"
+    READY_FOR_PICKUP = "ready_for_pickup"
+    DELAYED = "delayed"
+    REFUNDED = "refunded"
+
+
+class Recipient(BaseModel):
+    email: str
+    name: str | None = None
+
+
+class Notification(BaseModel):
+    """One message to the customer of an order. `id` is the id of the event it tells of, so a
+    redelivered change records and sends it once. `details` holds the few facts a plugin's own
+    template may use; nothing else of the order is in it (never its payment)."""
+
+    id: str
+    kind: NotificationKind
+    order_id: str
+    channel: str
+    to: Recipient
+    subject: str
+    body: str
+    details: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+    # What the plugins (hook oms_notify) sent it through ("email", "sms"); empty: only recorded.
+    sent_via: list[str] = Field(default_factory=list)
+    sent_at: datetime | None = None
+
+
+class NotificationStore(ABC):
+    @abstractmethod
+    def add(self, notification: Notification) -> Notification:
+        """Record it unless a notification with its id is recorded for its order; return the recorded one."""
+
+    @abstractmethod
+    def mark_sent(self, notification: Notification, sent_via: list[str], at: datetime) -> None:
+        """Record that the plugins have sent it (through `sent_via`)."""
+
+    @abstractmethod
+    def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
+        """An order's notifications, oldest first."""
+
+
+def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
+    """No domain event tells of a pickup being ready, so its notification's id is made the way
+    event ids are: stable for the same change."""
+    return "evt_" + short_hash(f"{order_id}\x1f{version}\x1fshipment.ready_for_pickup\x1f{shipment_id}")
+
+
+def notifications(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notification]:
+    """The notifications one order change means (`old`, `new`: the order documents before and
+    after it), from the same events webhooks get: shipment.shipped, order.jeopardy and
+    refund.succeeded, plus a pickup shipment that became ready_for_pickup."""
+    events = order_events(old, new)
+    if not events and not _ready_shipments(old, new):
+        return []
+    customer = new.get("customer") or {}
+    if not customer.get("email"):
+        return []
+    order_id, version = new["id"], int(new.get("version", 0))
+    to = Recipient(email=customer["email"], name=customer.get("name"))
+    hello = f"Hello {to.name}," if to.name else "Hello,"
+    at = new.get("updated_at") or new.get("created_at")
+    found: list[Notification] = []
+
+    def note(id_: str, kind: NotificationKind, subject: str, text: str, **details: str | None) -> None:
+        found.append(
+            Notification(
+                id=id_,
+                kind=kind,
+                order_id=order_id,
+                channel=new.get("channel", ""),
+                to=to,
+                subject=subject,
+                body=f"{hello}\n\n{text}\n",
+                details={key: value for key, value in details.items() if value is not None},
+                created_at=at,
+            )
+        )
+
+    for event in events:
+        if event.type is EventType.SHIPMENT_SHIPPED:
+            shipment = event.data["shipment"]
+            tracking = shipment.get("tracking_number")
+            text = f"Part of your order {order_id} has shipped with {shipment['carrier']}."
+            if tracking:
+                text += f" Tracking number: {tracking}."
+            note(
+                event.id, NotificationKind.SHIPPED, f"Your order {order_id} has shipped", text,
+                shipment_id=shipment["id"], carrier=shipment["carrier"], tracking_number=tracking,
+            )  # fmt: skip
+        elif event.type is EventType.ORDER_JEOPARDY:
+            # The jeopardy's reason is the OMS's own wording about its deadlines, not for a customer.
+            text = f"Your order {order_id} is taking longer than we planned. We are working on it."
+            note(event.id, NotificationKind.DELAYED, f"Your order {order_id} is delayed", text)
+        elif event.type is EventType.REFUND_SUCCEEDED:
+            amount = event.data["refund"]["amount"]
+            money = f"{amount['amount']} {amount['currency']}"
+            text = f"We refunded {money} for your order {order_id} to the way you paid."
+            note(
+                event.id, NotificationKind.REFUNDED, f"Refund for your order {order_id}", text,
+                refund_id=event.data["refund"]["id"], amount=amount["amount"], currency=amount["currency"],
+            )  # fmt: skip
+    for shipment in _ready_shipments(old, new):
+        text = f"Your order {order_id} is ready for pickup at {shipment['location_id']}."
+        note(
+            ready_for_pickup_id(order_id, version, shipment["id"]),
+            NotificationKind.READY_FOR_PICKUP, f"Your order {order_id} is ready for pickup", text,
+            shipment_id=shipment["id"], location_id=shipment["location_id"],
+        )  # fmt: skip
+    return found
+
+
+def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
+    was = {item.get("id"): item.get("status") for item in (old or {}).get("shipments") or []}
+    return [
+        shipment
+        for shipment in new.get("shipments") or []
+        if shipment.get("status") == "ready_for_pickup" and was.get(shipment.get("id")) != "ready_for_pickup"
+    ]
+
+
+class Notifier:
+    """Records each notification (the built-in notifier: GET /orders/{id}/notifications shows
+    what it would send), then hands it to the plugins that send (hook oms_notify). A notification
+    recorded and sent already is skipped; one recorded but not yet sent (the plugins failed, the
+    stream redelivers) is handed to them again, so they dedupe by its id."""
+
+    def __init__(self, store: NotificationStore, hook: Any, clock: Callable[[], datetime]):
+        self._store = store
+        self._hook = hook
+        self._clock = clock
+
+    def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notification]:
+        """The notifications sent now (none when the change means none or all went out before)."""
+        sent = []
+        for notification in notifications(old, new):
+            recorded = self._store.add(notification)
+            if recorded.sent_at is not None:
+                continue
+            via = call_hook(self._hook.oms_notify, notification=recorded.model_copy(deep=True))
+            self._store.mark_sent(recorded, via, self._clock())
+            sent.append(recorded)
+        return sent
+
+
+class OrderNotifications:
+    """What GET /orders/{id}/notifications reads: an order's notifications, for a caller that may see the order."""
+
+    def __init__(self, orders: OrderQueries, store: NotificationStore):
+        self._orders = orders
+        self._store = store
+
+    def list(
+        self, order_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Notification], str | None]:
+        self._orders.get(order_id, channel)  # another channel's order, or none, is NotFound
+        return self._store.list(order_id, limit, cursor)

@@ -1,0 +1,26 @@
+"""Access-log queue consumer: stores each read of an order the API queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from core.access_log import OrderRead
+from functions.bootstrap import WarmContainer
+
+logger = Logger()
+processor = BatchProcessor(event_type=EventType.SQS)
+container = WarmContainer()
+
+
+def store_read(record: SQSRecord) -> None:
+    """A failure fails this message only: SQS hands it out again, then to the dead-letter queue."""
+    container().access_log_store.add(OrderRead.model_validate_json(record.body))
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=store_read, processor=processor, context=context)

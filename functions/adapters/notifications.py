@@ -1,0 +1,76 @@
+"""Customer notifications on AWS: each recorded one is an item of the Catalog table, under its order."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.notifications import Notification, NotificationStore
+from functions.adapters.dynamodb import decode_cursor, encode_cursor
+
+# A notification's record expires (TTL) this long after it was made: long enough to answer a
+# customer who asks what they were told about an order within the usual return and dispute windows.
+NOTIFICATION_RETENTION = timedelta(days=400)
+
+
+def _pk(order_id: str) -> str:
+    return f"NOTIFY#{order_id}"
+
+
+def _sk(notification: Notification) -> str:
+    # Time first, so a Query gives them oldest first; the event id makes it unique and stable.
+    return f"{notification.created_at.isoformat()}#{notification.id}"
+
+
+class DynamoNotifications(NotificationStore):
+    """pk NOTIFY#<order id>, sk <created_at>#<event id>, the notification as JSON in `doc`."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def _item(self, notification: Notification) -> dict[str, Any]:
+        expires = notification.created_at + NOTIFICATION_RETENTION
+        return {
+            "pk": {"S": _pk(notification.order_id)},
+            "sk": {"S": _sk(notification)},
+            "doc": {"S": notification.model_dump_json()},
+            "expires_at": {"N": str(int(expires.timestamp()))},
+        }
+
+    def add(self, notification: Notification) -> Notification:
+        try:
+            self._client.put_item(
+                TableName=self._table, Item=self._item(notification), ConditionExpression="attribute_not_exists(pk)"
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            item = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": _pk(notification.order_id)}, "sk": {"S": _sk(notification)}},
+                ConsistentRead=True,
+            )["Item"]
+            return Notification.model_validate_json(item["doc"]["S"])
+        return notification
+
+    def mark_sent(self, notification: Notification, sent_via: list[str], at: datetime) -> None:
+        sent = notification.model_copy(update={"sent_via": sent_via, "sent_at": at})
+        self._client.put_item(TableName=self._table, Item=self._item(sent))
+
+    def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
+        scope = f"notifications:{order_id}"
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _pk(order_id)}},
+            "Limit": limit,
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"})
+        response = self._client.query(**query)
+        last = response.get("LastEvaluatedKey")
+        found = [Notification.model_validate_json(item["doc"]["S"]) for item in response["Items"]]
+        return found, encode_cursor(scope, last) if last else None

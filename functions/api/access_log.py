@@ -1,0 +1,50 @@
+"""Queues each read of an order for its access log once the read has its answer; a failure to queue never fails it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from core.access_log import READS, OrderRead
+from functions.api.access import caller_from
+from functions.api.dependencies import container
+
+logger = Logger(child=True)
+
+
+def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metrics) -> None:
+    """Queue the read `event` made if it read an order (a 2xx of a route in READS). Should the
+    queue refuse it, the whole record goes to the log at ERROR (`read not queued`, metric
+    AccessLogReadsNotQueued, alarm AccessLogReadsNotQueuedAlarm): the read still answers, and
+    the log line is the record (README runbook)."""
+    action = READS.get((event.get("httpMethod", ""), event.get("resource", "")))
+    order_id = (event.get("pathParameters") or {}).get("order_id")
+    who = caller_from(event)
+    if action is None or order_id is None or who is None or not 200 <= response["statusCode"] < 300:
+        return
+    context = event.get("requestContext") or {}
+    epoch_ms = context.get("requestTimeEpoch")
+    at = datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms else datetime.now(UTC)
+    read = OrderRead(
+        request_id=context.get("requestId") or "", order_id=order_id, at=at, actor=who.key_id, action=action,
+        detail=_labels_handed_out(response) if action == "get" else None,
+    )  # fmt: skip
+    try:
+        container().read_recorder.record(read)
+    except Exception:  # any failure of the queue: the read must not fail for it
+        logger.exception("read not queued", extra={"access": read.model_dump(mode="json")})
+        metrics.add_metric(name="AccessLogReadsNotQueued", unit=MetricUnit.Count, value=1)
+
+
+def _labels_handed_out(response: dict[str, Any]) -> dict[str, Any] | None:
+    """A read of the order hands out a signed link to each shipment's label: which ones."""
+    try:
+        shipments = json.loads(response.get("body") or "{}").get("shipments") or []
+    except (ValueError, AttributeError):
+        return None
+    labels = [shipment["id"] for shipment in shipments if isinstance(shipment, dict) and shipment.get("label_url")]
+    return {"label_urls": labels} if labels else None

@@ -1,0 +1,124 @@
+"""The access log in-process on moto: each read of an order is queued by the API, stored by the
+access-log function (once, however often the message comes), and listed with the order's changes;
+a queue that refuses never fails the read; scope audit:read and channels."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from core.models import HistoryEntry
+from core.status import OrderStatus
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.unit.conftest import a_stored_order
+
+
+class Context:
+    function_name = "AccessLogFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:AccessLogFunction"
+    aws_request_id = "test-request"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+def stored(oid: str, channel: str = "web") -> None:
+    from functions.bootstrap import Config, bootstrap
+
+    order = a_stored_order(("TSHIRT", 1), id=oid, channel=channel, status=OrderStatus.PENDING)
+    created = HistoryEntry(at=order.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_shop")
+    bootstrap(Config.from_env()).order_repository.add(order, created, payment_token="tok_approve")
+
+
+def consume_queued_reads() -> list[dict[str, Any]]:
+    """What Lambda's SQS mapping does: hand the queued reads to the access-log function; returns them."""
+    import os
+
+    from functions.access_log.app import container, lambda_handler
+
+    container.forget()
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = os.environ["ACCESS_LOG_QUEUE_URL"]
+    records = []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in batch:
+            records.append({"messageId": message["MessageId"], "body": message["Body"], "eventSource": "aws:sqs"})
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    if records:
+        event = {"Records": records}
+        assert lambda_handler(event, Context()) == {"batchItemFailures": []}
+        assert lambda_handler(event, Context()) == {"batchItemFailures": []}  # redelivered: stored once
+    return [json.loads(r["body"]) for r in records]
+
+
+def key(api: InProcessApi, *scopes: str, channel: str | None = None) -> tuple[str, str]:
+    body: dict[str, Any] = {"name": "k", "scopes": list(scopes), **({"channel": channel} if channel else {})}
+    issued = api.post("/api-keys", json=body).json()
+    return issued["id"], issued["key"]
+
+
+def test_each_read_of_an_order_is_logged_once_with_its_key_beside_the_changes(api):
+    oid = "ord_" + "r" * 24
+    stored(oid)
+    reader_id, reader = key(api, "orders:read", "refunds:write")
+    for path in ("", "/history", "/returns", "/refunds", "/notifications"):
+        assert api.get(f"/orders/{oid}{path}", key=reader).status_code == 200, path
+    assert_error(api.get(f"/orders/{oid}", key=key(api, "orders:read", channel="shop")[1]), 404)  # not a read
+    queued = consume_queued_reads()
+    assert [q["action"] for q in queued] == ["get", "history", "returns", "refunds", "notifications"]
+
+    auditor_id, auditor = key(api, "audit:read")
+    answer = api.get(f"/orders/{oid}/access-log", key=auditor)
+
+    assert answer.status_code == 200, answer.text
+    items = answer.json()["items"]
+    assert [(i["actor"], i["action"]) for i in items] == [
+        ("key_shop", "created"),
+        *[(reader_id, action) for action in ("get", "history", "returns", "refunds", "notifications")],
+    ]
+    assert items[0]["detail"] == {"change": True, "to_status": "pending"}
+    assert [i["at"] for i in items] == sorted(i["at"] for i in items)
+    # Reading the access log is a read of the order too.
+    assert [(q["actor"], q["action"]) for q in consume_queued_reads()] == [(auditor_id, "access_log")]
+
+
+def test_the_access_log_needs_audit_read_and_channel_keys_see_their_channel_only(api):
+    oid = "ord_" + "s" * 24
+    stored(oid, channel="web")
+    assert_error(api.get(f"/orders/{oid}/access-log", key=key(api, "orders:read")[1]), 403)
+    assert_error(api.get(f"/orders/{oid}/access-log", key=key(api, "audit:read", channel="shop")[1]), 404)
+    assert api.get(f"/orders/{oid}/access-log", key=key(api, "audit:read", channel="web")[1]).status_code == 200
+    assert_error(api.get(f"/orders/ord_{'z' * 24}/access-log"), 404)
+    consume_queued_reads()
+
+
+def test_a_queue_that_refuses_never_fails_the_read_and_the_read_goes_to_the_log(api, monkeypatch, caplog):
+    from functions.api.dependencies import container
+
+    oid = "ord_" + "t" * 24
+    stored(oid)
+
+    class Refusing:
+        def record(self, read: Any) -> None:
+            raise ConnectionError("sqs unavailable")
+
+    monkeypatch.setattr(container(), "read_recorder", Refusing())
+    caplog.clear()
+    answer = api.get(f"/orders/{oid}")
+
+    assert answer.status_code == 200, answer.text
+    (logged,) = [record for record in caplog.records if record.getMessage() == "read not queued"]
+    assert logged.levelname == "ERROR"
+    assert logged.access["order_id"] == oid and logged.access["action"] == "get"  # the whole read, to put back

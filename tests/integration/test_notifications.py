@@ -1,0 +1,140 @@
+"""Customer notifications on moto: the Orders stream handler records a shipped order's notification
+once (a redelivered record sends nothing again) and hands it to the notifier plugins; GET
+/orders/{id}/notifications shows it to a key that may read the order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from core import hookimpl
+from core.models import HistoryEntry, Order, Shipment, ShipmentLine
+from core.notifications import Notification
+from core.status import OrderStatus, ShipmentStatus
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.test_events_and_webhooks import Context, stored_item, stream_event, wired  # noqa: F401
+from tests.unit.conftest import a_stored_order
+
+AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def allocated_then_shipped(oid: str, channel: str = "web") -> tuple[Order, Order]:
+    pending = Shipment(
+        id="shp_" + "a" * 24, location_id="wh1", lines=[ShipmentLine(line_id="L1", quantity=1)],
+        carrier="oms-flat-rate", service="Ground", tracking_number="FLAT123",
+    )  # fmt: skip
+    allocated = a_stored_order(
+        ("TSHIRT", 1), id=oid, channel=channel, status=OrderStatus.ALLOCATED, shipments=[pending]
+    )
+    shipped_at = pending.model_copy(update={"status": ShipmentStatus.SHIPPED, "shipped_at": AT})
+    shipped = allocated.model_copy(update={"status": OrderStatus.SHIPPED, "shipments": [shipped_at], "version": 2})
+    return allocated, shipped
+
+
+def store_order(orders: Any, allocated: Order, shipped: Order) -> None:
+    created = HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1")
+    orders.add(allocated, created, "tok_secret_never_told")
+    orders.update(shipped, allocated, [])
+
+
+class Mailer:
+    def __init__(self) -> None:
+        self.sent: list[Notification] = []
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.sent.append(notification)
+        return ["email"]
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_shipped_order_is_notified_once_through_the_plugins_even_when_the_record_is_redelivered(aws):
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    allocated, shipped = allocated_then_shipped("ord_" + "n" * 24)
+    created = HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1")
+    orders.add(allocated, created, "tok_secret_never_told")
+    before = stored_item(aws, allocated.id)
+    orders.update(shipped, allocated, [])
+    after = stored_item(aws, allocated.id)
+    mailer = Mailer()
+    container().plugins.register(mailer, name="test_mailer")
+    stream = stream_event(("MODIFY", before, after))
+
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+
+    (sent,) = mailer.sent
+    assert sent.kind == "shipped" and sent.to.email == allocated.customer.email
+    assert "FLAT123" in sent.body and "tok_secret_never_told" not in sent.model_dump_json()
+    (recorded,), _ = container().notification_store.list(allocated.id, 10, None)
+    assert recorded.id == sent.id and recorded.sent_via == ["email"] and recorded.sent_at is not None
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+def issue_key(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
+    body: dict[str, Any] = {"name": "cs", "scopes": list(scopes), **({"channel": channel} if channel else {})}
+    answer = api.post("/api-keys", json=body)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["key"]
+
+
+def notified(oid: str, channel: str = "web") -> None:
+    """The order stored shipped, and the change handed to the notifier as the stream handler does."""
+    import json
+
+    from functions.bootstrap import Config, bootstrap
+
+    container = bootstrap(Config.from_env())
+    allocated, shipped = allocated_then_shipped(oid, channel)
+    store_order(container.order_repository, allocated, shipped)
+    old, new = (json.loads(order.model_dump_json()) for order in (allocated, shipped))
+    assert len(container.notifier.notify(old, new)) == 1
+
+
+def test_an_orders_notifications_are_listed_to_who_may_read_the_order(api):
+    oid = "ord_" + "p" * 24
+    notified(oid, channel="web")
+
+    answer = api.get(f"/orders/{oid}/notifications")
+    assert answer.status_code == 200, answer.text
+    (item,) = answer.json()["items"]
+    assert answer.json()["next_cursor"] is None
+    assert item["kind"] == "shipped" and item["order_id"] == oid and item["id"].startswith("evt_")
+    assert item["subject"] == f"Your order {oid} has shipped" and "FLAT123" in item["body"]
+    assert item["details"]["tracking_number"] == "FLAT123" and item["sent_via"] == []
+    assert "tok_secret_never_told" not in answer.text
+
+    same_channel = issue_key(api, "orders:read", channel="web")
+    assert api.get(f"/orders/{oid}/notifications", key=same_channel).status_code == 200
+    assert_error(api.get(f"/orders/{oid}/notifications", key=issue_key(api, "orders:read", channel="shop")), 404)
+    assert_error(api.get(f"/orders/{oid}/notifications", key=issue_key(api, "orders:write")), 403)
+    assert_error(api.get(f"/orders/ord_{'z' * 24}/notifications"), 404)
+    assert_error(api.get("/orders/not-an-id/notifications"), 404)
+
+
+def test_notifications_page_oldest_first(api):
+    from functions.bootstrap import Config, bootstrap
+
+    oid = "ord_" + "q" * 24
+    notified(oid)
+    store = bootstrap(Config.from_env()).notification_store
+    (first,), _ = store.list(oid, 10, None)
+    later = first.model_copy(update={"id": "evt_" + "b" * 24, "created_at": datetime(2026, 12, 2, tzinfo=UTC)})
+    store.add(later)
+
+    page = api.get(f"/orders/{oid}/notifications", params={"limit": 1}).json()
+    assert [n["id"] for n in page["items"]] == [first.id] and page["next_cursor"]
+    rest = api.get(f"/orders/{oid}/notifications", params={"limit": 1, "cursor": page["next_cursor"]}).json()
+    assert [n["id"] for n in rest["items"]] == [later.id]

@@ -1,0 +1,79 @@
+"""An order's access log: its reads and its history's changes merged oldest first, for whoever may see the order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.access_log import READS, AccessLog, AccessLogStore, OrderRead
+from core.errors import NotFound
+from core.models import HistoryEntry
+from core.services import OrderQueries
+from core.status import OrderStatus
+from tests.unit.conftest import a_stored_order
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ORDER = a_stored_order(("TSHIRT", 1), id="ord_" + "a" * 24, channel="web")
+
+
+class Orders:
+    """The one read AccessLog makes of the order repository: the order and its history."""
+
+    def __init__(self, *history: HistoryEntry):
+        self._history = list(history)
+
+    def history(self, order_id: str):
+        return (ORDER, self._history) if order_id == ORDER.id else None
+
+
+class Reads(AccessLogStore):
+    def __init__(self, *reads: OrderRead):
+        self.stored = {read.request_id: read for read in reads}
+
+    def add(self, read: OrderRead) -> None:
+        self.stored[read.request_id] = read
+
+    def reads(self, order_id: str) -> list[OrderRead]:
+        return sorted((r for r in self.stored.values() if r.order_id == order_id), key=lambda r: r.at)
+
+
+def read(request_id: str, minutes: int, action: str = "get", actor: str = "key_reader") -> OrderRead:
+    return OrderRead(
+        request_id=request_id, order_id=ORDER.id, at=T0 + timedelta(minutes=minutes), actor=actor, action=action
+    )
+
+
+def test_reads_and_changes_come_oldest_first_with_their_actors():
+    created = HistoryEntry(at=T0, type="created", to_status=OrderStatus.PENDING, actor="key_shop")
+    shipped = HistoryEntry(
+        at=T0 + timedelta(minutes=10), type="shipment_shipped", from_status=OrderStatus.ALLOCATED,
+        to_status=OrderStatus.SHIPPED, actor="key_warehouse",
+    )  # fmt: skip
+    log = AccessLog(OrderQueries(Orders(created, shipped)), Reads(read("r2", 12, "history"), read("r1", 5)))
+
+    entries = log.entries(ORDER.id, channel=None)
+
+    assert [(e.actor, e.action) for e in entries] == [
+        ("key_shop", "created"),
+        ("key_reader", "get"),
+        ("key_warehouse", "shipment_shipped"),
+        ("key_reader", "history"),
+    ]
+    assert entries[2].detail == {"change": True, "from_status": "allocated", "to_status": "shipped"}
+    assert entries[1].detail is None
+
+
+def test_another_channels_order_or_none_is_not_found():
+    log = AccessLog(OrderQueries(Orders()), Reads(read("r1", 1)))
+    with pytest.raises(NotFound):
+        log.entries(ORDER.id, channel="shop")
+    with pytest.raises(NotFound):
+        log.entries("ord_" + "z" * 24, channel=None)
+    assert [e.action for e in log.entries(ORDER.id, channel="web")] == ["get"]
+
+
+def test_every_read_of_an_order_the_contract_names_is_recorded():
+    resources = {resource for _, resource in READS}
+    for path in ("", "/history", "/returns", "/refunds"):
+        assert f"/orders/{{order_id}}{path}" in resources

@@ -1,0 +1,185 @@
+"""Customer notifications from two versions of an order document: which, what they say, once per event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pluggy
+import pytest
+
+from core import PROJECT, hookimpl, hookspecs
+from core.domain_events import EventType, event_id
+from core.errors import PluginError
+from core.notifications import (
+    Notification,
+    NotificationKind,
+    NotificationStore,
+    Notifier,
+    notifications,
+    ready_for_pickup_id,
+)
+from tests.unit.test_domain_events import money, next_version, order_doc, shipment
+
+ORDER = "ord_aaaaaaaaaaaaaaaaaaaaaaaa"
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def kinds(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    return [n.kind.value for n in notifications(old, new)]
+
+
+def test_a_shipped_shipment_tells_the_carrier_and_tracking_number_under_the_event_id():
+    old = order_doc(status="allocated", shipments=[shipment("pending")])
+    shipped = {**shipment("shipped"), "tracking_number": "1Z999"}
+    new = next_version(old, status="shipped", shipments=[shipped])
+
+    (note,) = notifications(old, new)
+
+    assert note.kind is NotificationKind.SHIPPED
+    assert note.id == event_id(ORDER, 2, EventType.SHIPMENT_SHIPPED, "shp_1")
+    assert note.to.email == "ada@example.com" and note.to.name == "Ada"
+    assert "1Z999" in note.body and "flat" in note.body and ORDER in note.subject
+    assert note.details == {"shipment_id": "shp_1", "carrier": "flat", "tracking_number": "1Z999"}
+    assert note.body.startswith("Hello Ada,")
+
+
+def test_jeopardy_is_a_delay_without_the_internal_reason():
+    old = order_doc(status="allocated")
+    late = {"reason": "allocated for longer than 48h", "status": "allocated", "since": "2026-12-03T10:00:00Z"}
+    new = next_version(old, jeopardy=late)
+
+    (note,) = notifications(old, new)
+
+    assert note.kind is NotificationKind.DELAYED
+    assert note.id == event_id(ORDER, 2, EventType.ORDER_JEOPARDY)
+    assert "48h" not in note.body and "delayed" in note.subject
+
+
+def test_a_refund_tells_its_amount():
+    old = order_doc(status="shipped")
+    payment = {**old["payment"], "refunded": money("4.00")}
+    payment["refunds"] = [{"id": "ref_1", "amount": money("4.00"), "reason": "damaged", "at": "2026-12-01T10:05:00Z"}]
+    new = next_version(old, payment=payment)
+
+    (note,) = notifications(old, new)
+
+    assert note.kind is NotificationKind.REFUNDED
+    assert "4.00 USD" in note.body
+    assert note.details == {"refund_id": "ref_1", "amount": "4.00", "currency": "USD"}
+
+
+def test_a_pickup_shipment_ready_is_told_once_with_its_location():
+    pickup = {"type": "pickup", "location_id": "wh1"}
+    old = order_doc(status="allocated", fulfillment=pickup, shipments=[shipment("pending")])
+    new = next_version(old, shipments=[shipment("ready_for_pickup")])
+
+    (note,) = notifications(old, new)
+
+    assert note.kind is NotificationKind.READY_FOR_PICKUP
+    assert note.id == ready_for_pickup_id(ORDER, 2, "shp_1")
+    assert "wh1" in note.body
+    # The next change of the same order does not tell it again.
+    assert kinds(new, next_version(new)) == []
+
+
+def test_changes_customers_are_not_told_of_tell_nothing():
+    placed = order_doc()
+    assert kinds(None, placed) == []
+    assert kinds(placed, next_version(placed, status="authorized")) == []
+    assert kinds(placed, next_version(placed, status="cancelled")) == []
+
+
+def test_no_payment_token_or_secret_reaches_a_notification():
+    secret = "tok_live_4242424242424242"
+    old = order_doc(status="allocated", shipments=[shipment("pending")])
+    old["payment"] = {**old["payment"], "token": secret, "authorization": "auth_secret_123"}
+    new = next_version(old, status="shipped", shipments=[{**shipment("shipped"), "tracking_number": "T1"}])
+    payment = {**new["payment"], "refunded": money("1.00")}
+    payment["refunds"] = [{"id": "ref_1", "amount": money("1.00"), "reason": "x", "at": "2026-12-01T10:05:00Z"}]
+    new["payment"] = payment
+    new["jeopardy"] = {"reason": "late", "status": "shipped", "since": "2026-12-01T10:05:00Z"}
+
+    found = notifications(old, new)
+
+    assert sorted(n.kind.value for n in found) == ["delayed", "refunded", "shipped"]
+    for note in found:
+        shown = note.model_dump_json()
+        assert secret not in shown and "auth_secret_123" not in shown and "labels/" not in shown
+
+
+class MemoryStore(NotificationStore):
+    def __init__(self) -> None:
+        self.items: dict[str, Notification] = {}
+
+    def add(self, notification: Notification) -> Notification:
+        return self.items.setdefault(notification.id, notification)
+
+    def mark_sent(self, notification: Notification, sent_via: list[str], at: datetime) -> None:
+        self.items[notification.id] = notification.model_copy(update={"sent_via": sent_via, "sent_at": at})
+
+    def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
+        return [n for n in self.items.values() if n.order_id == order_id][:limit], None
+
+
+class Mailer:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[str] = []
+        self.fail = fail
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        if self.fail:
+            raise RuntimeError("smtp down")
+        self.sent.append(notification.id)
+        return ["email"]
+
+
+def hook_with(*plugins: object) -> Any:
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(hookspecs)
+    for plugin in plugins:
+        manager.register(plugin)
+    return manager.hook
+
+
+def a_shipped_change() -> tuple[dict[str, Any], dict[str, Any]]:
+    old = order_doc(status="allocated", shipments=[shipment("pending")])
+    return old, next_version(old, status="shipped", shipments=[shipment("shipped")])
+
+
+def test_the_notifier_records_sends_through_plugins_and_sends_once_per_event():
+    store, mailer = MemoryStore(), Mailer()
+    notifier = Notifier(store, hook_with(mailer), lambda: NOW)
+    old, new = a_shipped_change()
+
+    assert len(notifier.notify(old, new)) == 1
+    assert notifier.notify(old, new) == []  # the stream redelivers the record
+
+    (recorded,) = store.items.values()
+    assert mailer.sent == [recorded.id]
+    assert recorded.sent_via == ["email"] and recorded.sent_at == NOW
+
+
+def test_without_a_sending_plugin_the_notification_is_recorded_as_sent_nowhere():
+    store = MemoryStore()
+    Notifier(store, hook_with(), lambda: NOW).notify(*a_shipped_change())
+
+    (recorded,) = store.items.values()
+    assert recorded.sent_via == [] and recorded.sent_at == NOW
+
+
+def test_a_failing_plugin_leaves_it_recorded_unsent_and_a_redelivery_sends_it():
+    store, mailer = MemoryStore(), Mailer(fail=True)
+    notifier = Notifier(store, hook_with(mailer), lambda: NOW)
+    old, new = a_shipped_change()
+
+    with pytest.raises(PluginError):
+        notifier.notify(old, new)
+    (recorded,) = store.items.values()
+    assert recorded.sent_at is None
+
+    mailer.fail = False
+    notifier.notify(old, new)
+    assert mailer.sent == [recorded.id]
+    assert store.items[recorded.id].sent_via == ["email"]
