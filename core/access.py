@@ -24,6 +24,7 @@ class Scope(StrEnum):
     REFUNDS_WRITE = "refunds:write"
     REPORTS_READ = "reports:read"
     WEBHOOKS_WRITE = "webhooks:write"
+    PURCHASING_WRITE = "purchasing:write"
     ADMIN = "admin"
 
 

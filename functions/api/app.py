@@ -25,6 +25,7 @@ from functions.api.routes import (
     meta,
     orders,
     plugins,
+    purchasing,
     refunds,
     returns,
     store_execution,
@@ -62,6 +63,7 @@ app.include_router(returns.router)
 app.include_router(holds.router)
 app.include_router(webhook_routes.router)
 app.include_router(store_execution.router)
+app.include_router(purchasing.router)
 
 
 @functools.cache
