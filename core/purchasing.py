@@ -170,7 +170,7 @@ class PurchasingRepository(ABC):
 
     @abstractmethod
     def add(self, po: PurchaseOrder) -> None:
-        """Store a new PO (a draft, or an open one with its incoming units)."""
+        """Store a new PO: an open one with its incoming units, or a draft (which brings none)."""
 
     @abstractmethod
     def get(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]] | None:
@@ -233,7 +233,8 @@ class Purchasing:
             id=new_id("po"),
             vendor_id=vendor.vendor_id,
             location_id=request.location_id,
-            status=PO.DRAFT,
+            # Open at once (API.md): a draft is what a reorder point would propose for a person to submit.
+            status=PO.OPEN,
             lines=[PurchaseOrderLine(**line.model_dump()) for line in request.lines],
             expected_at=request.expected_at or now + timedelta(days=vendor.lead_time_days),
             created_at=now,
@@ -244,7 +245,9 @@ class Purchasing:
     def get(self, po_id: str) -> PurchaseOrder:
         return self._read(po_id)[0]
 
-    def list(self, where: PurchaseOrderFilter, limit: int, cursor: str | None) -> tuple[list[PurchaseOrder], str | None]:
+    def list(
+        self, where: PurchaseOrderFilter, limit: int, cursor: str | None
+    ) -> tuple[list[PurchaseOrder], str | None]:
         return self._repository.list(where, limit, cursor)
 
     def _read(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]]:

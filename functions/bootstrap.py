@@ -28,8 +28,8 @@ from core.payments import Payments
 from core.pickups import PickupExpiry
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
-from core.purchasing import Purchasing, PurchasingRepository
 from core.pricing import Pricing
+from core.purchasing import Purchasing, PurchasingRepository
 from core.reconciliation import Reconciler
 from core.refund_service import RefundService
 from core.returns import Returns

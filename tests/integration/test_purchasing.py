@@ -33,8 +33,8 @@ def receipt(quantity: int, sku: str = "PREORDER") -> Receipt:
     return Receipt.model_validate({"lines": [{"sku": sku, "quantity": quantity}]})
 
 
-def at(shop: Shop, location_id: str = "wh-east") -> dict[str, Any]:
-    summary = shop.container.inventory.summary("PREORDER")
+def at(buyer: Shop, location_id: str = "wh-east") -> dict[str, Any]:
+    summary = buyer.container.inventory.summary("PREORDER")
     return next(loc for loc in summary.locations if loc.location_id == location_id).model_dump()
 
 
@@ -44,31 +44,38 @@ def buyer(shop: Shop) -> Shop:  # noqa: F811
     return shop
 
 
-def test_incoming_follows_the_po_from_submit_to_the_last_receipt(buyer: Shop):
+def test_incoming_follows_the_po_from_creation_to_the_last_receipt(buyer: Shop):
     purchasing = buyer.container.purchasing
-    draft = purchasing.create(new_po())
-    assert draft.status is PO.DRAFT and draft.expected_at == draft.created_at + timedelta(days=10)
-    assert buyer.container.inventory.summary("PREORDER").locations == []  # a draft brings nothing
+    po = purchasing.create(new_po())
+    assert po.status is PO.OPEN and po.expected_at == po.created_at + timedelta(days=10)
+    assert at(buyer) == {"location_id": "wh-east", "on_hand": 0, "reserved": 0, "available": 0,
+                         "incoming": 5, "next_expected_at": po.expected_at}  # fmt: skip
 
-    purchasing.submit(draft.id)
-    assert at(buyer) | {} == {"location_id": "wh-east", "on_hand": 0, "reserved": 0, "available": 0,
-                             "incoming": 5, "next_expected_at": draft.expected_at}  # fmt: skip
-
-    partly = purchasing.receive(draft.id, receipt(2), "k1")
+    partly = purchasing.receive(po.id, receipt(2), "k1")
     assert partly.status is PO.PARTIALLY_RECEIVED and partly.lines[0].received_quantity == 2
     assert (at(buyer)["on_hand"], at(buyer)["available"], at(buyer)["incoming"]) == (2, 2, 3)
 
-    done = purchasing.receive(draft.id, receipt(3), "k2")
-    assert done.status is PO.RECEIVED and purchasing.get(draft.id) == done
+    done = purchasing.receive(po.id, receipt(3), "k2")
+    assert done.status is PO.RECEIVED and purchasing.get(po.id) == done
     assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (5, 0, None)
+
+
+def test_a_draft_brings_nothing_until_it_is_submitted(buyer: Shop):
+    purchasing = buyer.container.purchasing
+    draft = purchasing.create(new_po()).model_copy(update={"id": "po_" + "d" * 24, "status": PO.DRAFT})
+    buyer.container.purchasing_repository.add(draft)
+    assert at(buyer)["incoming"] == 5  # the open PO created above only
+
+    opened = purchasing.submit(draft.id)
+    assert (opened.status, opened.version) == (PO.OPEN, 2) and at(buyer)["incoming"] == 10
+    with pytest.raises(InvalidTransition):
+        purchasing.submit(draft.id)
 
 
 def test_the_earliest_open_po_is_next_expected_and_a_cancel_gives_up_what_has_not_arrived(buyer: Shop):
     purchasing = buyer.container.purchasing
-    late = purchasing.create(new_po(quantity=4, expected_at=NOW + timedelta(days=20)))
+    purchasing.create(new_po(quantity=4, expected_at=NOW + timedelta(days=20)))
     soon = purchasing.create(new_po(quantity=3, expected_at=NOW + timedelta(days=5)))
-    purchasing.submit(late.id)
-    purchasing.submit(soon.id)
     assert (at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (7, NOW + timedelta(days=5))
 
     purchasing.receive(soon.id, receipt(1), "k1")
@@ -83,7 +90,7 @@ def test_the_earliest_open_po_is_next_expected_and_a_cancel_gives_up_what_has_no
 
 def test_a_receipt_counts_once_per_key_and_an_over_receipt_counts_nothing(buyer: Shop):
     purchasing = buyer.container.purchasing
-    po = purchasing.submit(purchasing.create(new_po()).id)
+    po = purchasing.create(new_po())
 
     first = purchasing.receive(po.id, receipt(2), "same")
     assert purchasing.receive(po.id, receipt(2), "same") == first
@@ -96,7 +103,7 @@ def test_a_receipt_counts_once_per_key_and_an_over_receipt_counts_nothing(buyer:
 
 def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
     purchasing = buyer.container.purchasing
-    po = purchasing.submit(purchasing.create(new_po()).id)
+    po = purchasing.create(new_po())
     repository = buyer.container.purchasing_repository
     old = po.model_copy(update={"version": po.version - 1})
 
@@ -106,8 +113,10 @@ def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
 
 
 def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
+    from infra.local import moto_lock
+
     purchasing = buyer.container.purchasing
-    po = purchasing.submit(purchasing.create(new_po(quantity=3)).id)
+    po = purchasing.create(new_po(quantity=3))
     outcomes: list[str] = []
 
     def receive(n: int) -> None:
@@ -117,11 +126,15 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
         except (InvalidRequest, InvalidTransition, StaleVersion) as error:
             outcomes.append(type(error).__name__)
 
-    threads = [threading.Thread(target=receive, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    try:
+        threads = [threading.Thread(target=receive, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        moto_lock.uninstall()
 
     assert outcomes.count("received") == 1
     assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (3, 0)
@@ -130,19 +143,19 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
 def test_purchase_orders_and_vendors_list_by_filter_a_page_at_a_time(buyer: Shop):
     purchasing = buyer.container.purchasing
     purchasing.put_vendor("zeta", VendorRequest(name="Zeta", lead_time_days=1))
-    drafts = [purchasing.create(new_po()) for _ in range(3)]
-    opened = purchasing.submit(drafts[0].id)
+    opened = [purchasing.create(new_po()) for _ in range(3)]
+    cancelled = purchasing.cancel(opened[0].id)
     other = purchasing.create(new_po().model_copy(update={"vendor_id": "zeta"}))
 
     pages, cursor = [], None
     while True:
-        items, cursor = purchasing.list(PurchaseOrderFilter(status=PO.DRAFT, vendor_id="acme"), 1, cursor)
+        items, cursor = purchasing.list(PurchaseOrderFilter(status=PO.OPEN, vendor_id="acme"), 1, cursor)
         pages.append([po.id for po in items])
         if cursor is None:
             break
-    assert sorted(i for page in pages for i in page) == sorted(d.id for d in drafts[1:])
+    assert sorted(i for page in pages for i in page) == sorted(po.id for po in opened[1:])
     assert all(len(page) <= 1 for page in pages)
-    assert purchasing.list(PurchaseOrderFilter(status=PO.OPEN), 10, None)[0] == [opened]
+    assert purchasing.list(PurchaseOrderFilter(status=PO.CANCELLED), 10, None)[0] == [cancelled]
     assert purchasing.list(PurchaseOrderFilter(vendor_id="zeta"), 10, None)[0] == [other]
     assert [v.vendor_id for v in purchasing.vendors(10, None)[0]] == ["acme", "zeta"]
 
@@ -150,7 +163,7 @@ def test_purchase_orders_and_vendors_list_by_filter_a_page_at_a_time(buyer: Shop
 def test_a_receipt_allocates_a_backordered_order_through_the_inventory_stream(buyer: Shop):
     waiting = buyer.backordered(2)
     purchasing = buyer.container.purchasing
-    po = purchasing.submit(purchasing.create(new_po(quantity=2)).id)
+    po = purchasing.create(new_po(quantity=2))
 
     purchasing.receive(po.id, receipt(2), "k")
     assert consume(buyer, record("wh-east", 0, 2)) == {"batchItemFailures": []}
@@ -169,7 +182,7 @@ def api() -> Iterator[InProcessApi]:
         yield started
 
 
-def test_the_routes_create_submit_and_receive_once_per_idempotency_key(api: InProcessApi):
+def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessApi):
     network = put_network(api)
     sku = Catalog(api).product("9.00")
     vendor = unique("vendor")
@@ -182,8 +195,7 @@ def test_the_routes_create_submit_and_receive_once_per_idempotency_key(api: InPr
     created = api.post("/purchase-orders", json=body)
     assert created.status_code == 201, created.text
     po = created.json()
-    assert po["status"] == "draft" and po["lines"][0]["received_quantity"] == 0 and po["id"].startswith("po_")
-    assert api.post(f"/purchase-orders/{po['id']}/submit").json()["status"] == "open"
+    assert po["status"] == "open" and po["lines"][0]["received_quantity"] == 0 and po["id"].startswith("po_")
 
     headers = {"Idempotency-Key": unique("receipt")}
     first = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 1}]},

@@ -37,7 +37,7 @@ def a_po(status: PO = PO.OPEN, **received: int) -> PurchaseOrder:
 def test_the_contract_values_and_every_status_has_a_row():
     assert [s.value for s in PO] == ["draft", "open", "partially_received", "received", "cancelled"]
     assert set(PURCHASE_ORDER_TRANSITIONS) == set(PO)
-    assert INCOMING == {PO.OPEN, PO.PARTIALLY_RECEIVED}
+    assert {PO.OPEN, PO.PARTIALLY_RECEIVED} == INCOMING
 
 
 @pytest.mark.parametrize(("current", "target"), [(a, b) for a in PO for b in PO])

@@ -103,7 +103,13 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
         },
         **{
-            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger, DynamoWebhooks, DynamoPurchasing]
+            (CATALOG, f"dynamodb:{a}"): [
+                DynamoCatalog,
+                DynamoApiKeys,
+                DynamoImportLedger,
+                DynamoWebhooks,
+                DynamoPurchasing,
+            ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
         **{

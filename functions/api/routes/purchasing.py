@@ -61,10 +61,10 @@ def list_vendors(limit: Limit = 25, cursor: Cursor = None) -> VendorPage:
 
 @router.post(
     "/purchase-orders",
-    summary="Create a purchase order (a draft; submit it to open it)",
+    summary="Create a purchase order, open at once: its units are incoming stock until received",
     description="Without `expected_at` the goods are expected the vendor's `lead_time_days` from now. Its units "
-    "count as `incoming` at its location from when it is submitted until they are received or it is cancelled.",
-    responses={**ok(201, PurchaseOrder, "The draft purchase order"), **errors(400, 403, 413)},
+    "count as `incoming` at its location until they are received or it is cancelled.",
+    responses={**ok(201, PurchaseOrder, "The open purchase order"), **errors(400, 403, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
 def create_purchase_order(request: NewPurchaseOrder) -> Response[PurchaseOrder]:
@@ -97,7 +97,7 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
 
 @router.post(
     "/purchase-orders/<po_id>/submit",
-    summary="Submit a draft to its vendor (draft -> open): its units become incoming stock",
+    summary="Submit a draft to its vendor (draft -> open): its units become incoming stock; anything else is 409",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(403, 404, 409)},
 )
 @requires(Scope.PURCHASING_WRITE)
