@@ -25,6 +25,7 @@ class Scope(StrEnum):
     REPORTS_READ = "reports:read"
     WEBHOOKS_WRITE = "webhooks:write"
     AUDIT_READ = "audit:read"
+    PURCHASING_WRITE = "purchasing:write"
     ADMIN = "admin"
 
 

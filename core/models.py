@@ -506,6 +506,8 @@ class StockLevel(BaseModel):
     reserved: int
     available: int
     updated_at: datetime | None = None
+    incoming: int = 0  # units on open purchase orders to this location, not yet received
+    next_expected_at: datetime | None = None  # the earliest such purchase order's expected_at
 
 
 class LocationStock(BaseModel):
@@ -513,6 +515,8 @@ class LocationStock(BaseModel):
     on_hand: int
     reserved: int
     available: int
+    incoming: int = 0
+    next_expected_at: datetime | None = None
 
 
 class InventorySummary(BaseModel):

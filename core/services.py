@@ -99,6 +99,8 @@ class InventoryService:
                 on_hand=level.on_hand,
                 reserved=level.reserved,
                 available=max(level.available, 0),
+                incoming=level.incoming,
+                next_expected_at=level.next_expected_at,
             )
             for level in levels
         ]

@@ -194,3 +194,31 @@ def check_delivery_step(current: DeliveryStatus, target: DeliveryStatus) -> None
     """Raise InvalidTransition unless a delivery may go from `current` to `target`."""
     if current != target and target not in DELIVERY_TRANSITIONS[current]:
         raise InvalidTransition(f"a webhook delivery cannot go from {current} to {target}")
+
+
+# --- Purchase orders (issue 15) ------------------------------------------------------------------
+class PurchaseOrderStatus(StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PARTIALLY_RECEIVED = "partially_received"
+    RECEIVED = "received"
+    CANCELLED = "cancelled"
+
+
+PO = PurchaseOrderStatus
+
+# A draft is submitted to the vendor (open) and then received, in one receipt or several. Cancelling
+# a partly received PO gives up what has not arrived; what arrived stays in stock.
+PURCHASE_ORDER_TRANSITIONS: dict[PurchaseOrderStatus, frozenset[PurchaseOrderStatus]] = {
+    PO.DRAFT: frozenset({PO.OPEN, PO.CANCELLED}),
+    PO.OPEN: frozenset({PO.PARTIALLY_RECEIVED, PO.RECEIVED, PO.CANCELLED}),
+    PO.PARTIALLY_RECEIVED: frozenset({PO.PARTIALLY_RECEIVED, PO.RECEIVED, PO.CANCELLED}),
+    PO.RECEIVED: frozenset(),
+    PO.CANCELLED: frozenset(),
+}
+
+
+def check_purchase_order_step(current: PurchaseOrderStatus, target: PurchaseOrderStatus) -> None:
+    """Raise InvalidTransition unless a purchase order may go from `current` to `target`."""
+    if target not in PURCHASE_ORDER_TRANSITIONS[current]:
+        raise InvalidTransition(f"a purchase order cannot go from {current} to {target}")

@@ -32,6 +32,7 @@ from core.pickups import PickupExpiry
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
 from core.pricing import Pricing
+from core.purchasing import Purchasing, PurchasingRepository
 from core.reconciliation import Reconciler
 from core.refund_service import RefundService
 from core.returns import Returns
@@ -405,6 +406,17 @@ class Container:
     @cached_property
     def eventbridge(self) -> Any:
         return aws_client("events")
+
+    # --- Purchasing (issue 15) ------------------------------------------------------------------
+    @cached_property
+    def purchasing_repository(self) -> PurchasingRepository:
+        from functions.adapters.purchasing import DynamoPurchasing
+
+        return DynamoPurchasing(self.dynamodb, self.config.catalog_table, self.config.inventory_table)
+
+    @cached_property
+    def purchasing(self) -> Purchasing:
+        return Purchasing(self.purchasing_repository, self.catalog_repository, self.clock)
 
     @cached_property
     def webhook_store(self) -> WebhookStore:

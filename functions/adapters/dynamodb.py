@@ -750,7 +750,12 @@ RESTOCK_LEDGER = "restocked#"
 
 
 def _level(values: dict[str, Any]) -> StockLevel:
-    return StockLevel.model_validate(_numbers_to_python(values))
+    values = _numbers_to_python(values)
+    # Open purchase orders' expected dates (functions.adapters.purchasing.EXPECTED_PREFIX).
+    expected = [value for name, value in values.items() if name.startswith("expected#")]
+    if expected:
+        values["next_expected_at"] = min(expected)
+    return StockLevel.model_validate(values)
 
 
 class DynamoInventory(InventoryRepository):

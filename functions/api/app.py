@@ -26,6 +26,7 @@ from functions.api.routes import (
     meta,
     orders,
     plugins,
+    purchasing,
     refunds,
     returns,
     store_execution,
@@ -68,6 +69,7 @@ app.include_router(store_execution.router)
 app.include_router(customer_routes.router)
 app.include_router(notification_routes.router)
 app.include_router(access_log_routes.router)
+app.include_router(purchasing.router)
 
 
 @functools.cache

@@ -84,3 +84,30 @@ def test_backordered_orders_allocate_themselves_oldest_first_as_units_arrive(api
         2,
     )
     assert api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"] == []
+
+
+def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
+    network = put_network(api)
+    sku = Catalog(api).product("30.00", allow_backorder=True)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
+    waiting = api.post("/orders", json=order_body((sku, 2), channel=unique("po"))).json()["id"]
+    settled(api, waiting, "backordered")
+
+    lines = [{"sku": sku, "quantity": 3, "unit_cost": {"amount": "12.00", "currency": "USD"}}]
+    po = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
+    assert po.status_code == 201, po.text
+    po_id = po.json()["id"]
+    assert po.json()["status"] == "open"
+    east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
+    assert (east["on_hand"], east["incoming"], east["next_expected_at"]) == (0, 3, po.json()["expected_at"])
+
+    received = api.post(f"/purchase-orders/{po_id}/receive", json={"lines": [{"sku": sku, "quantity": 2}]},
+                        headers={"Idempotency-Key": unique("receipt")})  # fmt: skip
+    assert received.status_code == 200, received.text
+    assert received.json()["status"] == "partially_received"
+
+    allocated = settled(api, waiting, "allocated")
+    assert units(allocated) == 2 and {s["location_id"] for s in allocated["shipments"]} == {network["east"]}
+    east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
+    assert (east["on_hand"], east["reserved"], east["incoming"]) == (2, 2, 1)

@@ -14,7 +14,7 @@ from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
 
 # What a PUT creates under the id in its path: there a malformed id is invalid, not unknown.
-CREATES = {("PUT", "/products/{sku}"), ("PUT", "/locations/{location_id}")}
+CREATES = {("PUT", "/products/{sku}"), ("PUT", "/locations/{location_id}"), ("PUT", "/vendors/{vendor_id}")}
 MALFORMED = "~doesnotexist"  # fits no id format (an id never starts with "~")
 WELL_FORMED = {
     "order_id": "ord_" + "a" * 24,
@@ -28,6 +28,7 @@ WELL_FORMED = {
     "webhook_id": "whk_" + "a" * 24,
     "delivery_id": "dlv_" + "0" * 14 + "a" * 16,
     "customer_id": "no-such-customer",
+    "po_id": "po_" + "a" * 24,
 }
 ROUTES = [(r.method, r.path) for r in Template.load().api_routes() if "{" in r.path]
 LOOKUPS = [

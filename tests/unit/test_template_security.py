@@ -29,6 +29,7 @@ from functions.adapters.dynamodb import (
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.notifications import DynamoNotifications
+from functions.adapters.purchasing import DynamoPurchasing
 from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
@@ -98,6 +99,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
         },
         **{(INVENTORY, f"dynamodb:{a}"): [DynamoInventory] for a in ("PutItem", "UpdateItem", "Query", "BatchGetItem")},
+        # A PO write moves incoming (and a receipt on hand) on stock items in its transaction.
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoPurchasing],
         **{
             (RETURNS, f"dynamodb:{a}"): [DynamoReturns]
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
@@ -111,6 +114,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
                 DynamoAggregates,
                 DynamoNotifications,
                 DynamoAccessLog,
+                DynamoPurchasing,
             ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },

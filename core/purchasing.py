@@ -1,0 +1,290 @@
+"""Vendors and purchase orders: what is bought from whom, submitted, and received into stock (issue 15)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from pydantic import BaseModel, Field, model_validator
+
+from core.errors import InvalidRequest, NotFound, StaleVersion, UnknownSku
+from core.ids import new_id
+from core.models import Email, Identifier, Strict, Text
+from core.money import Money
+from core.ports import CatalogRepository
+from core.status import PurchaseOrderStatus, check_purchase_order_step
+
+PO = PurchaseOrderStatus
+Units = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
+# A receipt is one DynamoDB transaction: the PO and one stock item per line (at most 100 items).
+MAX_LINES = 99
+# Statuses whose units not yet received count as incoming stock.
+INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
+
+
+class VendorRequest(Strict):
+    name: Text
+    email: Email | None = None
+    lead_time_days: Annotated[int, Field(ge=0, le=365, strict=True)]
+
+
+class Vendor(BaseModel):
+    vendor_id: str
+    name: str
+    email: str | None = None
+    lead_time_days: int
+
+
+class VendorPage(BaseModel):
+    items: list[Vendor]
+    next_cursor: str | None = None
+
+
+class NewPurchaseOrderLine(Strict):
+    sku: Identifier
+    quantity: Units
+    unit_cost: Money
+
+
+class NewPurchaseOrder(Strict):
+    vendor_id: Identifier
+    location_id: Identifier
+    lines: Annotated[list[NewPurchaseOrderLine], Field(min_length=1, max_length=MAX_LINES)]
+    expected_at: datetime | None = Field(
+        default=None, description="When the goods are due; without it, now plus the vendor's lead_time_days"
+    )
+
+    @model_validator(mode="after")
+    def _one_line_per_sku(self) -> NewPurchaseOrder:
+        skus = [line.sku for line in self.lines]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each sku appears on one line (receipts name lines by sku)")
+        if self.expected_at is not None and self.expected_at.tzinfo is None:
+            raise ValueError("expected_at needs a time zone")
+        return self
+
+
+class PurchaseOrderLine(BaseModel):
+    sku: str
+    quantity: int
+    received_quantity: int = 0
+    unit_cost: Money
+
+    @property
+    def outstanding(self) -> int:
+        return self.quantity - self.received_quantity
+
+
+class PurchaseOrder(BaseModel):
+    id: str
+    vendor_id: str
+    location_id: str
+    status: PurchaseOrderStatus
+    lines: list[PurchaseOrderLine]
+    expected_at: datetime
+    created_at: datetime
+    version: int = 1
+
+    def outstanding(self) -> dict[str, int]:
+        """Units of each sku ordered and not yet received: what counts as incoming while the PO is open."""
+        return {line.sku: line.outstanding for line in self.lines}
+
+    def _next(self, status: PurchaseOrderStatus, lines: list[PurchaseOrderLine] | None = None) -> PurchaseOrder:
+        check_purchase_order_step(self.status, status)
+        return self.model_copy(update={"status": status, "lines": lines or self.lines, "version": self.version + 1})
+
+    def submit(self) -> PurchaseOrder:
+        return self._next(PO.OPEN)
+
+    def cancel(self) -> PurchaseOrder:
+        return self._next(PO.CANCELLED)
+
+    def receive(self, units: dict[str, int]) -> PurchaseOrder:
+        """The PO after a receipt of `units` per sku. More than ordered minus received is refused (422)."""
+        if self.status not in INCOMING:
+            check_purchase_order_step(self.status, PO.RECEIVED)  # raises: only an open PO is received
+        by_sku = {line.sku: line for line in self.lines}
+        problems = []
+        for sku, quantity in units.items():
+            line = by_sku.get(sku)
+            if line is None:
+                problems.append({"field": "lines", "sku": sku, "message": f"{sku} is not on purchase order {self.id}"})
+            elif quantity > line.outstanding:
+                problems.append(
+                    {"field": "lines", "sku": sku, "message": f"{quantity} received, {line.outstanding} outstanding"}
+                )
+        if problems:
+            raise InvalidRequest(
+                f"the receipt does not fit purchase order {self.id}", code="over_receipt", details=problems
+            )
+        lines = [
+            line.model_copy(update={"received_quantity": line.received_quantity + units.get(line.sku, 0)})
+            for line in self.lines
+        ]
+        done = all(line.received_quantity == line.quantity for line in lines)
+        return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
+
+
+class ReceiptLine(Strict):
+    sku: Identifier
+    quantity: Units
+
+
+class Receipt(Strict):
+    lines: Annotated[list[ReceiptLine], Field(min_length=1, max_length=MAX_LINES)]
+
+    def units(self) -> dict[str, int]:
+        units: dict[str, int] = {}
+        for line in self.lines:
+            units[line.sku] = units.get(line.sku, 0) + line.quantity
+        return units
+
+
+class PurchaseOrderPage(BaseModel):
+    items: list[PurchaseOrder]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class PurchaseOrderFilter:
+    status: PurchaseOrderStatus | None = None
+    vendor_id: str | None = None
+
+
+class PurchasingRepository(ABC):
+    """Vendors and purchase orders. Every PO write is conditional on its status and version and
+    moves the incoming units on the stock items it names in the same transaction."""
+
+    @abstractmethod
+    def put_vendor(self, vendor: Vendor) -> bool:
+        """Create or replace a vendor; True when it is new."""
+
+    @abstractmethod
+    def get_vendor(self, vendor_id: str) -> Vendor | None: ...
+
+    @abstractmethod
+    def list_vendors(self, limit: int, cursor: str | None) -> tuple[list[Vendor], str | None]: ...
+
+    @abstractmethod
+    def add(self, po: PurchaseOrder) -> None:
+        """Store a new PO: an open one with its incoming units, or a draft (which brings none)."""
+
+    @abstractmethod
+    def get(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]] | None:
+        """The PO and the keys of the receipts counted on it."""
+
+    @abstractmethod
+    def update(self, po: PurchaseOrder, expected: PurchaseOrder, receipt: tuple[str, dict[str, int]] | None) -> None:
+        """Write `po` over `expected` (StaleVersion when it is no longer that status and version),
+        moving incoming stock by the difference of their outstanding units; with a receipt
+        (key, units per sku) also add those units to on hand at the PO's location and record the
+        key, all in one transaction."""
+
+    @abstractmethod
+    def list(
+        self, where: PurchaseOrderFilter, limit: int, cursor: str | None
+    ) -> tuple[list[PurchaseOrder], str | None]: ...
+
+
+class Purchasing:
+    """Vendors, purchase orders and receipts."""
+
+    ATTEMPTS = 5
+
+    def __init__(
+        self, repository: PurchasingRepository, catalog: CatalogRepository, clock: Callable[[], datetime]
+    ) -> None:
+        self._repository = repository
+        self._catalog = catalog
+        self._clock = clock
+
+    def put_vendor(self, vendor_id: str, request: VendorRequest) -> tuple[Vendor, bool]:
+        vendor = Vendor(vendor_id=vendor_id, **request.model_dump())
+        return vendor, self._repository.put_vendor(vendor)
+
+    def vendors(self, limit: int, cursor: str | None) -> tuple[list[Vendor], str | None]:
+        return self._repository.list_vendors(limit, cursor)
+
+    def create(self, request: NewPurchaseOrder) -> PurchaseOrder:
+        vendor = self._repository.get_vendor(request.vendor_id)
+        if vendor is None:
+            raise InvalidRequest(
+                f"no vendor {request.vendor_id}",
+                code="unknown_vendor",
+                details=[{"field": "vendor_id", "message": "PUT /vendors/{vendor_id} first"}],
+            )
+        if self._catalog.get_location(request.location_id) is None:
+            raise InvalidRequest(
+                f"no location {request.location_id}",
+                code="unknown_location",
+                details=[{"field": "location_id", "message": "not a location of the network"}],
+            )
+        known = self._catalog.get_products({line.sku for line in request.lines})
+        missing = sorted({line.sku for line in request.lines} - set(known))
+        if missing:
+            raise UnknownSku(
+                f"unknown sku {missing[0]}", details=[{"field": "lines", "message": f"no product {s}"} for s in missing]
+            )
+        now = self._clock()
+        po = PurchaseOrder(
+            id=new_id("po"),
+            vendor_id=vendor.vendor_id,
+            location_id=request.location_id,
+            # Open at once (API.md): a draft is what a reorder point would propose for a person to submit.
+            status=PO.OPEN,
+            lines=[PurchaseOrderLine(**line.model_dump()) for line in request.lines],
+            expected_at=request.expected_at or now + timedelta(days=vendor.lead_time_days),
+            created_at=now,
+        )
+        self._repository.add(po)
+        return po
+
+    def get(self, po_id: str) -> PurchaseOrder:
+        return self._read(po_id)[0]
+
+    def list(
+        self, where: PurchaseOrderFilter, limit: int, cursor: str | None
+    ) -> tuple[list[PurchaseOrder], str | None]:
+        return self._repository.list(where, limit, cursor)
+
+    def _read(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]]:
+        found = self._repository.get(po_id)
+        if found is None:
+            raise NotFound(f"no purchase order {po_id}")
+        return found
+
+    def _change(self, po_id: str, step: Callable[[PurchaseOrder], PurchaseOrder]) -> PurchaseOrder:
+        for _ in range(self.ATTEMPTS):
+            po, _receipts = self._read(po_id)
+            new = step(po)
+            try:
+                self._repository.update(new, po, None)
+            except StaleVersion:
+                continue  # changed meanwhile (a receipt): decide again on what it is now
+            return new
+        raise StaleVersion(f"purchase order {po_id} keeps changing; try again")
+
+    def submit(self, po_id: str) -> PurchaseOrder:
+        return self._change(po_id, PurchaseOrder.submit)
+
+    def cancel(self, po_id: str) -> PurchaseOrder:
+        return self._change(po_id, PurchaseOrder.cancel)
+
+    def receive(self, po_id: str, receipt: Receipt, key: str) -> PurchaseOrder:
+        """Count `receipt` once per `key`: a receipt retried with the same key (its first attempt
+        written, its answer lost) returns the PO without counting the units again."""
+        units = receipt.units()
+        for _ in range(self.ATTEMPTS):
+            po, receipts = self._read(po_id)
+            if key in receipts:
+                return po
+            new = po.receive(units)
+            try:
+                self._repository.update(new, po, (key, units))
+            except StaleVersion:
+                continue
+            return new
+        raise StaleVersion(f"purchase order {po_id} keeps changing; try again")

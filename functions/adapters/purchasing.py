@@ -1,0 +1,221 @@
+"""DynamoDB adapter for vendors and purchase orders: Catalog-table items, and the incoming units on stock items."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.errors import StaleVersion
+from core.models import utc_now
+from core.purchasing import (
+    INCOMING,
+    PurchaseOrder,
+    PurchaseOrderFilter,
+    PurchasingRepository,
+    Vendor,
+)
+from functions.adapters.dynamodb import (
+    _is_conditional_failure,
+    decode_cursor,
+    encode_cursor,
+    timestamp,
+    to_item,
+)
+
+VENDORS_PK = "VENDORS"
+PURCHASE_ORDERS_PK = "PURCHASE_ORDERS"
+# A stock item keeps, per open PO that still brings units of its sku, that PO's expected date in
+# an attribute of its own (`expected#<po id>`): next_expected_at is the earliest of them, read with
+# the item, never by scanning POs. Top-level attributes, because a map would have to exist before
+# an update could set one of its keys, which one UpdateExpression cannot ensure.
+EXPECTED_PREFIX = "expected#"
+
+
+def _po_key(po_id: str) -> dict[str, Any]:
+    return {"pk": {"S": PURCHASE_ORDERS_PK}, "sk": {"S": po_id}}
+
+
+def _incoming(po: PurchaseOrder) -> dict[str, int]:
+    return po.outstanding() if po.status in INCOMING else {}
+
+
+class DynamoPurchasing(PurchasingRepository):
+    """Vendors and POs live in the Catalog table (as API keys and webhooks do), each in one
+    partition (`VENDORS`, `PURCHASE_ORDERS`) sorted by id: POs are few beside orders. A PO is its
+    JSON document (`doc`) beside the attributes that conditions and list filters need."""
+
+    def __init__(self, client: Any, catalog_table: str, inventory_table: str):
+        self._client = client
+        self._table = catalog_table
+        self._inventory = inventory_table
+
+    # --- Vendors ---------------------------------------------------------------------------------
+    def put_vendor(self, vendor: Vendor) -> bool:
+        item = {"pk": {"S": VENDORS_PK}, "sk": {"S": vendor.vendor_id}, "doc": {"S": vendor.model_dump_json()}}
+        response = self._client.put_item(TableName=self._table, Item=item, ReturnValues="ALL_OLD")
+        return not response.get("Attributes")
+
+    def get_vendor(self, vendor_id: str) -> Vendor | None:
+        key = {"pk": {"S": VENDORS_PK}, "sk": {"S": vendor_id}}
+        item = self._client.get_item(TableName=self._table, Key=key).get("Item")
+        return Vendor.model_validate_json(item["doc"]["S"]) if item else None
+
+    def list_vendors(self, limit: int, cursor: str | None) -> tuple[list[Vendor], str | None]:
+        items, next_cursor = self._page(VENDORS_PK, "vendors", limit, cursor, None, {}, {})
+        return [Vendor.model_validate_json(item["doc"]["S"]) for item in items], next_cursor
+
+    # --- Purchase orders -------------------------------------------------------------------------
+    def _po_put(self, po: PurchaseOrder) -> dict[str, Any]:
+        return {
+            **_po_key(po.id),
+            "doc": {"S": po.model_dump_json()},
+            "status": {"S": po.status.value},
+            "vendor_id": {"S": po.vendor_id},
+            "version": {"N": str(po.version)},
+            "receipts": {"M": {}},
+        }
+
+    def add(self, po: PurchaseOrder) -> None:
+        put = {"TableName": self._table, "Item": self._po_put(po), "ConditionExpression": "attribute_not_exists(pk)"}
+        self._write(po, {"Put": put}, _incoming(po), {}, {})
+
+    def get(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]] | None:
+        item = self._client.get_item(TableName=self._table, Key=_po_key(po_id), ConsistentRead=True).get("Item")
+        if not item:
+            return None
+        return PurchaseOrder.model_validate_json(item["doc"]["S"]), frozenset(item.get("receipts", {}).get("M", {}))
+
+    def update(self, po: PurchaseOrder, expected: PurchaseOrder, receipt: tuple[str, dict[str, int]] | None) -> None:
+        names = {"#doc": "doc", "#status": "status", "#version": "version"}
+        values = {
+            ":doc": po.model_dump_json(),
+            ":status": po.status.value,
+            ":version": po.version,
+            ":expected_status": expected.status.value,
+            ":expected_version": expected.version,
+        }
+        expression = "SET #doc = :doc, #status = :status, #version = :version"
+        if receipt is not None:
+            names["#receipt"] = receipt[0]
+            values[":now"] = timestamp(utc_now())
+            expression += ", receipts.#receipt = :now"
+        update = {
+            "TableName": self._table,
+            "Key": _po_key(po.id),
+            "UpdateExpression": expression,
+            "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_item(values),
+        }
+        self._write(po, {"Update": update}, _incoming(po), _incoming(expected), receipt[1] if receipt else {})
+
+    def _write(
+        self,
+        po: PurchaseOrder,
+        po_write: dict[str, Any],
+        incoming: dict[str, int],
+        incoming_before: dict[str, int],
+        received: dict[str, int],
+    ) -> None:
+        """The PO write and, per sku whose incoming or on hand moves, one stock update: one transaction."""
+        items = [po_write]
+        for sku in sorted(set(incoming) | set(incoming_before) | set(received)):
+            change = incoming.get(sku, 0) - incoming_before.get(sku, 0)
+            units = received.get(sku, 0)
+            if change == 0 and units == 0 and (incoming.get(sku, 0) > 0) == (incoming_before.get(sku, 0) > 0):
+                continue
+            items.append({"Update": self._stock_update(po, sku, change, units, incoming.get(sku, 0) > 0)})
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if (
+                error.response["Error"]["Code"] == "TransactionCanceledException"
+                and reasons
+                and reasons[0].get("Code") == "ConditionalCheckFailed"
+            ) or _is_conditional_failure(error):
+                raise StaleVersion(f"purchase order {po.id} changed meanwhile") from None
+            raise
+
+    def _stock_update(self, po: PurchaseOrder, sku: str, change: int, units: int, expected: bool) -> dict[str, Any]:
+        # An item a PO creates starts with no stock, so that it reads as any stock record does.
+        expression = (
+            "SET on_hand = if_not_exists(on_hand, :zero) + :units, "
+            "available = if_not_exists(available, :zero) + :units, "
+            "reserved = if_not_exists(reserved, :zero), reservations = if_not_exists(reservations, :none), "
+            "incoming = if_not_exists(incoming, :zero) + :change, updated_at = :now"
+        )
+        values: dict[str, Any] = {
+            ":units": units, ":zero": 0, ":none": {}, ":change": change, ":now": utc_now(),
+        }  # fmt: skip
+        if units:
+            expression += ", last_reason = :reason"
+            values[":reason"] = f"purchase order {po.id}"
+        names = {"#expected": f"{EXPECTED_PREFIX}{po.id}"}
+        if expected:
+            expression += ", #expected = :at"
+            values[":at"] = timestamp(po.expected_at)
+        else:
+            expression += " REMOVE #expected"
+        return {
+            "TableName": self._inventory,
+            "Key": {"sku": {"S": sku}, "location_id": {"S": po.location_id}},
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_item(values),
+        }
+
+    def list(
+        self, where: PurchaseOrderFilter, limit: int, cursor: str | None
+    ) -> tuple[list[PurchaseOrder], str | None]:
+        conditions, names, values = [], {}, {}
+        if where.status is not None:
+            conditions.append("#status = :status")
+            names["#status"] = "status"
+            values[":status"] = {"S": where.status.value}
+        if where.vendor_id is not None:
+            conditions.append("vendor_id = :vendor")
+            values[":vendor"] = {"S": where.vendor_id}
+        scope = f"purchase_orders:{where.status or ''}:{where.vendor_id or ''}"
+        items, next_cursor = self._page(
+            PURCHASE_ORDERS_PK, scope, limit, cursor, " AND ".join(conditions) or None, names, values
+        )
+        return [PurchaseOrder.model_validate_json(item["doc"]["S"]) for item in items], next_cursor
+
+    def _page(
+        self,
+        pk: str,
+        scope: str,
+        limit: int,
+        cursor: str | None,
+        condition: str | None,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to `limit` items of one partition in id order, filtered; a cursor when more may follow."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, **values},
+            "Limit": limit,
+        }
+        if condition:
+            request["FilterExpression"] = condition
+        if names:
+            request["ExpressionAttributeNames"] = names
+        if cursor:
+            request["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"})
+        found: list[dict[str, Any]] = []
+        while True:
+            response = self._client.query(**request)
+            found.extend(response.get("Items", []))
+            last = response.get("LastEvaluatedKey")
+            if len(found) >= limit:
+                kept = found[:limit]
+                more = len(found) > limit or last is not None
+                key = {"pk": kept[-1]["pk"], "sk": kept[-1]["sk"]}
+                return kept, encode_cursor(scope, key) if more else None
+            if last is None:
+                return found, None
+            request["ExclusiveStartKey"] = last

@@ -1,0 +1,146 @@
+"""Purchasing: vendors, purchase orders and receiving them into stock (issue 15)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+
+from core.access import Scope
+from core.ids import new_id
+from core.purchasing import (
+    NewPurchaseOrder,
+    PurchaseOrder,
+    PurchaseOrderFilter,
+    PurchaseOrderPage,
+    Receipt,
+    Vendor,
+    VendorPage,
+    VendorRequest,
+)
+from core.status import PurchaseOrderStatus
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.paths import existing
+from functions.api.routes.catalog import IDENTIFIER
+from functions.api.routes.orders import IdempotencyKey
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+VendorPath = Annotated[str, Path(pattern=IDENTIFIER, description="Vendor id")]
+PurchaseOrderIdPath = existing("purchase order", r"^po_[a-z2-7]{24}$", "Purchase order id")
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=2048)]
+VendorFilter = Annotated[str | None, Query(pattern=IDENTIFIER)]
+
+
+@router.put(
+    "/vendors/<vendor_id>",
+    summary="Create or replace a vendor",
+    responses={**ok(200, Vendor, "Replaced"), **ok(201, Vendor, "Created"), **errors(400, 403, 413)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def put_vendor(vendor_id: VendorPath, request: VendorRequest) -> Response[Vendor]:
+    vendor, created = container().purchasing.put_vendor(vendor_id, request)
+    return Response(201 if created else 200, content_types.APPLICATION_JSON, vendor)
+
+
+@router.get(
+    "/vendors",
+    summary="List vendors, in id order",
+    responses={**ok(200, VendorPage, "A page of vendors"), **errors(403)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def list_vendors(limit: Limit = 25, cursor: Cursor = None) -> VendorPage:
+    items, next_cursor = container().purchasing.vendors(limit, cursor)
+    return VendorPage(items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/purchase-orders",
+    summary="Create a purchase order, open at once: its units are incoming stock until received",
+    description="Without `expected_at` the goods are expected the vendor's `lead_time_days` from now. Its units "
+    "count as `incoming` at its location until they are received or it is cancelled.",
+    responses={**ok(201, PurchaseOrder, "The open purchase order"), **errors(400, 403, 413)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def create_purchase_order(request: NewPurchaseOrder) -> Response[PurchaseOrder]:
+    return Response(201, content_types.APPLICATION_JSON, container().purchasing.create(request))
+
+
+@router.get(
+    "/purchase-orders",
+    summary="List purchase orders, in id order, by status and vendor",
+    responses={**ok(200, PurchaseOrderPage, "A page of purchase orders"), **errors(403)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def list_purchase_orders(
+    status: PurchaseOrderStatus | None = None, vendor_id: VendorFilter = None, limit: Limit = 25, cursor: Cursor = None
+) -> PurchaseOrderPage:
+    where = PurchaseOrderFilter(status=status, vendor_id=vendor_id)
+    items, next_cursor = container().purchasing.list(where, limit, cursor)
+    return PurchaseOrderPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/purchase-orders/<po_id>",
+    summary="Get a purchase order",
+    responses={**ok(200, PurchaseOrder, "The purchase order"), **errors(403, 404)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
+    return container().purchasing.get(po_id)
+
+
+@router.post(
+    "/purchase-orders/<po_id>/submit",
+    summary="Submit a draft to its vendor (draft -> open): its units become incoming stock; anything else is 409",
+    responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(403, 404, 409)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def submit_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
+    return container().purchasing.submit(po_id)
+
+
+@router.post(
+    "/purchase-orders/<po_id>/cancel",
+    summary="Cancel a purchase order that is not fully received: what has not arrived is no longer incoming",
+    responses={**ok(200, PurchaseOrder, "The cancelled purchase order"), **errors(403, 404, 409)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def cancel_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
+    return container().purchasing.cancel(po_id)
+
+
+@router.post(
+    "/purchase-orders/<po_id>/receive",
+    summary="Receive units of an open purchase order into stock at its location",
+    description="One transaction adds the units to on hand (and available) at the PO's location, lowers its "
+    "incoming, and records the received quantities; the rise of available then allocates waiting backorders. "
+    "More than ordered minus received is 422 `over_receipt`, and nothing is counted. A receipt retried with "
+    "the same Idempotency-Key is counted once.",
+    responses={**ok(200, PurchaseOrder, "The purchase order after the receipt"), **errors(400, 403, 404, 409, 413)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def receive_purchase_order(
+    po_id: PurchaseOrderIdPath, request: Receipt, idempotency_key: IdempotencyKey = None
+) -> PurchaseOrder:
+    who = caller(router)
+    # The receipt's own key, derived from the client's: a retry whose first attempt was written
+    # but whose answer was lost finds it on the PO and counts nothing twice.
+    receipt_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else new_id("rcp")
+
+    def receive() -> dict[str, Any]:
+        return container().purchasing.receive(po_id, request, receipt_key).model_dump(mode="json")
+
+    if idempotency_key is None:
+        body = receive()
+    else:
+        from functions.api.idempotency import once
+
+        body = once(f"POST /purchase-orders/{po_id}/receive", who.key_id, idempotency_key,
+                    request.model_dump(mode="json"), receive, router.lambda_context)  # fmt: skip
+    return PurchaseOrder.model_validate(body)

@@ -1,0 +1,223 @@
+"""Vendors and purchase orders on moto: incoming stock moved in the same transaction as each PO
+write, receipts into on hand counted once per key, a stale write that changes nothing, filtered
+pages, the Inventory stream allocating a backorder from a receipt, and the routes (scope, 422, 404,
+Idempotency-Key) through the in-process API."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from core.errors import InvalidRequest, InvalidTransition, StaleVersion
+from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, VendorRequest
+from core.status import OrderStatus, PurchaseOrderStatus
+from tests.builders import NOW
+from tests.e2e.client import Catalog, assert_error, put_network, unique
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.test_backorders import Shop, consume, record, shop  # noqa: F401 (the fixture)
+
+PO = PurchaseOrderStatus
+COST = {"amount": "4.00", "currency": "USD"}
+
+
+def new_po(sku: str = "PREORDER", quantity: int = 5, location_id: str = "wh-east", **extra: Any) -> NewPurchaseOrder:
+    lines = [{"sku": sku, "quantity": quantity, "unit_cost": COST}]
+    return NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": location_id, "lines": lines, **extra})
+
+
+def receipt(quantity: int, sku: str = "PREORDER") -> Receipt:
+    return Receipt.model_validate({"lines": [{"sku": sku, "quantity": quantity}]})
+
+
+def at(buyer: Shop, location_id: str = "wh-east") -> dict[str, Any]:
+    summary = buyer.container.inventory.summary("PREORDER")
+    return next(loc for loc in summary.locations if loc.location_id == location_id).model_dump()
+
+
+@pytest.fixture
+def buyer(shop: Shop) -> Shop:  # noqa: F811
+    shop.container.purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=10))
+    return shop
+
+
+def test_incoming_follows_the_po_from_creation_to_the_last_receipt(buyer: Shop):
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po())
+    assert po.status is PO.OPEN and po.expected_at == po.created_at + timedelta(days=10)
+    assert at(buyer) == {"location_id": "wh-east", "on_hand": 0, "reserved": 0, "available": 0,
+                         "incoming": 5, "next_expected_at": po.expected_at}  # fmt: skip
+
+    partly = purchasing.receive(po.id, receipt(2), "k1")
+    assert partly.status is PO.PARTIALLY_RECEIVED and partly.lines[0].received_quantity == 2
+    assert (at(buyer)["on_hand"], at(buyer)["available"], at(buyer)["incoming"]) == (2, 2, 3)
+
+    done = purchasing.receive(po.id, receipt(3), "k2")
+    assert done.status is PO.RECEIVED and purchasing.get(po.id) == done
+    assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (5, 0, None)
+
+
+def test_a_draft_brings_nothing_until_it_is_submitted(buyer: Shop):
+    purchasing = buyer.container.purchasing
+    draft = purchasing.create(new_po()).model_copy(update={"id": "po_" + "d" * 24, "status": PO.DRAFT})
+    buyer.container.purchasing_repository.add(draft)
+    assert at(buyer)["incoming"] == 5  # the open PO created above only
+
+    opened = purchasing.submit(draft.id)
+    assert (opened.status, opened.version) == (PO.OPEN, 2) and at(buyer)["incoming"] == 10
+    with pytest.raises(InvalidTransition):
+        purchasing.submit(draft.id)
+
+
+def test_the_earliest_open_po_is_next_expected_and_a_cancel_gives_up_what_has_not_arrived(buyer: Shop):
+    purchasing = buyer.container.purchasing
+    purchasing.create(new_po(quantity=4, expected_at=NOW + timedelta(days=20)))
+    soon = purchasing.create(new_po(quantity=3, expected_at=NOW + timedelta(days=5)))
+    assert (at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (7, NOW + timedelta(days=5))
+
+    purchasing.receive(soon.id, receipt(1), "k1")
+    cancelled = purchasing.cancel(soon.id)
+    assert cancelled.status is PO.CANCELLED
+    assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (
+        1, 4, NOW + timedelta(days=20),
+    )  # fmt: skip
+    with pytest.raises(InvalidTransition):
+        purchasing.receive(soon.id, receipt(1), "k2")
+
+
+def test_a_receipt_counts_once_per_key_and_an_over_receipt_counts_nothing(buyer: Shop):
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po())
+
+    first = purchasing.receive(po.id, receipt(2), "same")
+    assert purchasing.receive(po.id, receipt(2), "same") == first
+    with pytest.raises(InvalidRequest) as refused:
+        purchasing.receive(po.id, receipt(4), "other")
+    assert refused.value.code == "over_receipt"
+    assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (2, 3)
+    assert purchasing.get(po.id).lines[0].received_quantity == 2
+
+
+def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po())
+    repository = buyer.container.purchasing_repository
+    old = po.model_copy(update={"version": po.version - 1})
+
+    with pytest.raises(StaleVersion):
+        repository.update(po.receive({"PREORDER": 5}), old, ("k", {"PREORDER": 5}))
+    assert purchasing.get(po.id) == po and (at(buyer)["on_hand"], at(buyer)["incoming"]) == (0, 5)
+
+
+def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
+    from infra.local import moto_lock
+
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po(quantity=3))
+    outcomes: list[str] = []
+
+    def receive(n: int) -> None:
+        try:
+            purchasing.receive(po.id, receipt(3), f"key-{n}")
+            outcomes.append("received")
+        except (InvalidRequest, InvalidTransition, StaleVersion) as error:
+            outcomes.append(type(error).__name__)
+
+    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    try:
+        threads = [threading.Thread(target=receive, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        moto_lock.uninstall()
+
+    assert outcomes.count("received") == 1
+    assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (3, 0)
+
+
+def test_purchase_orders_and_vendors_list_by_filter_a_page_at_a_time(buyer: Shop):
+    purchasing = buyer.container.purchasing
+    purchasing.put_vendor("zeta", VendorRequest(name="Zeta", lead_time_days=1))
+    opened = [purchasing.create(new_po()) for _ in range(3)]
+    cancelled = purchasing.cancel(opened[0].id)
+    other = purchasing.create(new_po().model_copy(update={"vendor_id": "zeta"}))
+
+    pages, cursor = [], None
+    while True:
+        items, cursor = purchasing.list(PurchaseOrderFilter(status=PO.OPEN, vendor_id="acme"), 1, cursor)
+        pages.append([po.id for po in items])
+        if cursor is None:
+            break
+    assert sorted(i for page in pages for i in page) == sorted(po.id for po in opened[1:])
+    assert all(len(page) <= 1 for page in pages)
+    assert purchasing.list(PurchaseOrderFilter(status=PO.CANCELLED), 10, None)[0] == [cancelled]
+    assert purchasing.list(PurchaseOrderFilter(vendor_id="zeta"), 10, None)[0] == [other]
+    assert [v.vendor_id for v in purchasing.vendors(10, None)[0]] == ["acme", "zeta"]
+
+
+def test_a_receipt_allocates_a_backordered_order_through_the_inventory_stream(buyer: Shop):
+    waiting = buyer.backordered(2)
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po(quantity=2))
+
+    purchasing.receive(po.id, receipt(2), "k")
+    assert consume(buyer, record("wh-east", 0, 2)) == {"batchItemFailures": []}
+
+    assert buyer.held(waiting) == 2 and buyer.level() == (2, 2, 0)
+    buyer.container.workflow.create_shipments(waiting)
+    assert buyer.order(waiting).status is OrderStatus.ALLOCATED
+
+
+# --- The routes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessApi):
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme Co", "lead_time_days": 3}).status_code == 200
+    assert vendor in [v["vendor_id"] for v in api.get("/vendors", params={"limit": 100}).json()["items"]]
+
+    body = {"vendor_id": vendor, "location_id": network["east"], "lines": [{"sku": sku, "quantity": 4,
+                                                                            "unit_cost": COST}]}  # fmt: skip
+    created = api.post("/purchase-orders", json=body)
+    assert created.status_code == 201, created.text
+    po = created.json()
+    assert po["status"] == "open" and po["lines"][0]["received_quantity"] == 0 and po["id"].startswith("po_")
+
+    headers = {"Idempotency-Key": unique("receipt")}
+    first = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 1}]},
+                     headers=headers)  # fmt: skip
+    again = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 1}]},
+                     headers=headers)  # fmt: skip
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    stock = api.get(f"/inventory/{sku}").json()["locations"][0]
+    assert (stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (1, 3, po["expected_at"])
+
+    over = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 4}]})
+    assert_error(over, 422, "over_receipt")
+    listed = api.get("/purchase-orders", params={"status": "partially_received", "vendor_id": vendor}).json()
+    assert [p["id"] for p in listed["items"]] == [po["id"]]
+    assert_error(api.get("/purchase-orders/po_" + "a" * 24), 404, "not_found")
+    assert_error(api.post(f"/purchase-orders/{po['id']}/submit"), 409, "invalid_transition")
+    unknown = {**body, "vendor_id": "nobody"}
+    assert_error(api.post("/purchase-orders", json=unknown), 422, "unknown_vendor")
+
+
+def test_purchasing_needs_its_scope(api: InProcessApi):
+    response = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]})
+    key = response.json()["key"]
+    assert_error(api.get("/purchase-orders", key=key), 403, "forbidden")
+    assert_error(api.put("/vendors/acme", key=key, json={"name": "A", "lead_time_days": 1}), 403, "forbidden")

@@ -1,0 +1,108 @@
+"""Purchase orders as pure domain: their one transition table, receipts that never exceed what was
+ordered, the units they bring while open, and the requests the API accepts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from core.errors import InvalidRequest, InvalidTransition
+from core.money import Money
+from core.purchasing import INCOMING, NewPurchaseOrder, PurchaseOrder, PurchaseOrderLine, Receipt
+from core.status import PURCHASE_ORDER_TRANSITIONS, PurchaseOrderStatus, check_purchase_order_step
+from tests.builders import NOW
+
+PO = PurchaseOrderStatus
+
+
+def a_po(status: PO = PO.OPEN, **received: int) -> PurchaseOrder:
+    cost = Money.of("4.00", "USD")
+    return PurchaseOrder(
+        id="po_" + "a" * 24,
+        vendor_id="acme",
+        location_id="wh-east",
+        status=status,
+        lines=[
+            PurchaseOrderLine(sku="MUG", quantity=5, received_quantity=received.get("MUG", 0), unit_cost=cost),
+            PurchaseOrderLine(sku="CUP", quantity=2, received_quantity=received.get("CUP", 0), unit_cost=cost),
+        ],
+        expected_at=NOW + timedelta(days=7),
+        created_at=NOW,
+        version=3,
+    )
+
+
+def test_the_contract_values_and_every_status_has_a_row():
+    assert [s.value for s in PO] == ["draft", "open", "partially_received", "received", "cancelled"]
+    assert set(PURCHASE_ORDER_TRANSITIONS) == set(PO)
+    assert {PO.OPEN, PO.PARTIALLY_RECEIVED} == INCOMING
+
+
+@pytest.mark.parametrize(("current", "target"), [(a, b) for a in PO for b in PO])
+def test_a_step_follows_the_table(current, target):
+    if target in PURCHASE_ORDER_TRANSITIONS[current]:
+        check_purchase_order_step(current, target)
+    else:
+        with pytest.raises(InvalidTransition):
+            check_purchase_order_step(current, target)
+
+
+def test_submit_opens_a_draft_once_and_each_change_is_the_next_version():
+    opened = a_po(PO.DRAFT).submit()
+    assert (opened.status, opened.version) == (PO.OPEN, 4)
+    with pytest.raises(InvalidTransition):
+        opened.submit()
+
+
+def test_receipts_move_the_po_to_partially_received_then_received():
+    partly = a_po().receive({"MUG": 3})
+    assert partly.status is PO.PARTIALLY_RECEIVED and partly.outstanding() == {"MUG": 2, "CUP": 2}
+    done = partly.receive({"MUG": 2, "CUP": 2})
+    assert done.status is PO.RECEIVED and done.outstanding() == {"MUG": 0, "CUP": 0} and done.version == 5
+
+
+@pytest.mark.parametrize("units", [{"MUG": 6}, {"CUP": 1, "MUG": 5, "PLATE": 1}])
+def test_more_than_outstanding_or_a_sku_not_ordered_is_refused_whole(units):
+    po = a_po(MUG=1)
+    with pytest.raises(InvalidRequest) as refused:
+        po.receive(units)
+    assert refused.value.code == "over_receipt" and refused.value.details
+
+
+@pytest.mark.parametrize("status", [PO.DRAFT, PO.RECEIVED, PO.CANCELLED])
+def test_only_an_open_po_is_received(status):
+    with pytest.raises(InvalidTransition):
+        a_po(status).receive({"MUG": 1})
+
+
+def test_a_partly_received_po_may_be_cancelled_but_a_received_one_not():
+    assert a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel().status is PO.CANCELLED
+    with pytest.raises(InvalidTransition):
+        a_po(PO.RECEIVED, MUG=5, CUP=2).cancel()
+
+
+def test_a_receipt_adds_up_lines_of_the_same_sku():
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "MUG", "quantity": 2}]})
+    assert receipt.units() == {"MUG": 3}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lines": []},
+        {"lines": [{"sku": "MUG", "quantity": 0, "unit_cost": {"amount": "1.00", "currency": "USD"}}]},
+        {"lines": [{"sku": "MUG", "quantity": 1, "unit_cost": {"amount": "1.00", "currency": "USD"}}] * 2},
+        {"expected_at": "2026-12-01T10:00:00"},
+    ],
+)
+def test_a_new_po_needs_lines_of_distinct_skus_positive_quantities_and_a_zoned_date(change):
+    body = {
+        "vendor_id": "acme",
+        "location_id": "wh-east",
+        "lines": [{"sku": "MUG", "quantity": 1, "unit_cost": {"amount": "1.00", "currency": "USD"}}],
+    }
+    NewPurchaseOrder.model_validate(body)
+    with pytest.raises(ValidationError):
+        NewPurchaseOrder.model_validate({**body, **change})
