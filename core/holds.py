@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import StringConstraints
-
-from core.models import HoldReason, Order, Strict, utc_now
+from core.models import HoldReason, Note, Order, Strict, utc_now
 from core.order_changes import modify
 from core.ports import OrderRepository
-
-Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 class HoldRequest(Strict):

@@ -319,6 +319,9 @@ class _CleanTextRule(WrapValidator):
 
 CleanText = _CleanTextRule(_clean_text)
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
+# A person's note (a hold, a release, a return's approval): trimmed, so the schema says it must hold
+# something besides white space ("\t" alone is empty once trimmed, and refused).
+Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), Field(pattern=r"\S")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]

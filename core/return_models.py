@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from core.errors import InvalidRequest, InvalidTransition
-from core.models import Identifier, LineInput, Strict, Text
+from core.models import Identifier, LineInput, Note, Strict, Text
 from core.money import Money
 from core.status import ReturnStatus, can_transition
 
@@ -18,7 +18,6 @@ ReasonCode = Literal[
 Condition = Literal["resellable", "damaged"]
 LineId = Annotated[str, StringConstraints(pattern=r"^L[0-9]{1,3}$")]
 Quantity = Annotated[int, Field(ge=1, le=10_000, strict=True)]
-Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 class ReturnLineInput(Strict):
