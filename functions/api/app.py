@@ -27,6 +27,7 @@ from functions.api.routes import (
     plugins,
     refunds,
     returns,
+    sourcing,
     store_execution,
 )
 from functions.api.routes import webhooks as webhook_routes
@@ -62,6 +63,7 @@ app.include_router(returns.router)
 app.include_router(holds.router)
 app.include_router(webhook_routes.router)
 app.include_router(store_execution.router)
+app.include_router(sourcing.router)
 
 
 @functools.cache

@@ -22,6 +22,7 @@ from functions.adapters.dynamodb import (
     DynamoLateOrders,
     DynamoOrders,
     DynamoReturns,
+    DynamoSourcingRules,
     DynamoStalledOrders,
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
@@ -100,7 +101,13 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
         },
         **{
-            (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoApiKeys, DynamoImportLedger, DynamoWebhooks]
+            (CATALOG, f"dynamodb:{a}"): [
+                DynamoCatalog,
+                DynamoApiKeys,
+                DynamoImportLedger,
+                DynamoWebhooks,
+                DynamoSourcingRules,
+            ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
         **{
@@ -125,6 +132,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
     },
     "BackorderFunction": {
         **_WORKFLOW_ORDERS,
@@ -133,6 +141,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
         (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         ("BackorderFailureQueue", "sqs:SendMessage"): "the InventoryStream mapping's on-failure destination",
     },
