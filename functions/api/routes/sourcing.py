@@ -40,7 +40,7 @@ def put_sourcing_rules(rules: SourcingRulesInput) -> SourcingRules:
 @router.get(
     "/sourcing/rules/history",
     summary="Every version of the sourcing rules, newest first",
-    responses={**ok(200, SourcingRulesHistory, "A page of versions"), **errors(400, 403)},
+    responses={**ok(200, SourcingRulesHistory, "A page of versions"), **errors(403)},
 )
 @requires(ANY_KEY)
 def get_sourcing_rules_history(
