@@ -1,4 +1,10 @@
-"""Built-in sourcing: the nearest location that has the whole order, else as few locations as possible, nearest first.
+"""Built-in sourcing under the sourcing rules: nearest per line, or as few locations as possible, nearest first.
+
+With `prefer: nearest` (the default rules) each line comes from the nearest location that has all
+of it; a line no single location has takes from the nearest ones first. When that plan needs more
+locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is sourced as below
+(and gets no plan when even that needs more than `max_shipments`). A caller that passes no rules
+(`rules=None`) gets the defaults.
 
 1. Whole order: the nearest eligible location whose `available` stock covers every sku of the
    order (lines of the same sku are summed) supplies every line.
