@@ -273,14 +273,12 @@ class InMemoryInventory(InventoryRepository):
 
 
 class InMemorySourcingRules(SourcingRulesRepository):
-    """Every version in a list, oldest first; `reads` counts the reads of the current one."""
+    """Every version in a list, oldest first."""
 
     def __init__(self) -> None:
         self.versions: list[SourcingRules] = []
-        self.reads = 0
 
     def current(self) -> SourcingRules:
-        self.reads += 1
         return self.versions[-1] if self.versions else SourcingRules()
 
     def add(self, rules: SourcingRules) -> None:

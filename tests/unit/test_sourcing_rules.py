@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from core import hookimpl
 from core.backorders import BackorderAllocator
 from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion
 from core.models import StockLevel
@@ -347,3 +348,26 @@ def test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves
     }
     assert not planned.unfillable
     assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
+
+
+class EditsItsRules:
+    @hookimpl(wrapper=True)
+    def oms_source_order(self, rules):
+        rules.excluded_locations.append("wh-west")
+        rules.safety_stock.clear()
+        return (yield)
+
+
+def test_a_sourcing_plugin_that_edits_its_rules_changes_neither_the_stored_rules_nor_the_reservation():
+    store = InMemorySourcingRules()
+    world = build_world([("MUG", "wh-west", 3)], EditsItsRules(), sourcing_rules=store)
+    put(store, safety_stock={"wh-west": 2})
+
+    order = world.allocated(("MUG", 1))
+
+    assert reserved_at(world, order.id) == {"wh-west": 1}
+    assert store.current().safety_stock == {"wh-west": 2} and store.current().excluded_locations == []
+    second = world.place(("MUG", 1))  # 2 units left, both safety stock under the stored rules
+    world.workflow.authorize_payment(second, attempt=0)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(second)
