@@ -47,8 +47,7 @@ from core.ports import (
     TopUp,
     WaitingOrder,
 )
-from core.sourcing import ask_plugins, destination_of, reduced, sourceable
-from core.sourcing import eligible_locations as eligible_locations  # re-exported: core.backorders uses it
+from core.sourcing import ask_plugins, destination_of, eligible_locations, reduced, sourceable
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan
@@ -237,7 +236,10 @@ class Workflow:
         stock = self._inventory.levels(skus, [loc.location_id for loc in eligible])
         # A retry after a crash may find this order's own reservations: count them as available
         # again, so the plan is the one a first run would make, then reconcile.
-        mine = self._reservations_of(order, [loc.location_id for loc in eligible])
+        # Looked for wherever the order may have reserved, so a location the rules excluded since
+        # gives its units back below rather than keeping them.
+        anywhere = sourceable(order, locations, SourcingRules())  # the default rules exclude nothing
+        mine = self._reservations_of(order, [loc.location_id for loc in anywhere])
         for sku, levels in stock.items():
             stock[sku] = [
                 level.model_copy(
@@ -342,9 +344,13 @@ class Workflow:
             if order.status is not S.BACKORDERED:
                 return order
             rules = self._rules()
-            eligible = [loc.location_id for loc in sourceable(order, self._catalog.list_locations(), rules)]
-            held = self._reservations_of(order, eligible)
-            top_ups = self._top_ups(order, eligible, held, rules)
+            locations = self._catalog.list_locations()
+            # What it holds is read at every location it may hold stock at (the rules may have
+            # excluded one since: its units stay the order's); new units come from the allowed ones.
+            held = self._reservations_of(order, [loc.location_id for loc in eligible_locations(
+                order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
+            allowed = [loc.location_id for loc in sourceable(order, locations, rules)]
+            top_ups = self._top_ups(order, allowed, held, rules)
             if not top_ups:
                 return order
             for t in top_ups:

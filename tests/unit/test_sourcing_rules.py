@@ -371,3 +371,24 @@ def test_a_sourcing_plugin_that_edits_its_rules_changes_neither_the_stored_rules
     world.workflow.authorize_payment(second, attempt=0)
     with pytest.raises(OutOfStock):
         world.workflow.reserve_stock(second)
+
+
+def test_units_a_backorder_holds_at_a_location_excluded_since_stay_its_own_when_the_rest_arrives():
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, _NoStarter())
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    put(store, excluded_locations=["wh-west"])
+
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")  # excluded: takes nothing
+    allocator.arrived("PREORDER", "wh-west")
+    world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    allocator.arrived("PREORDER", "wh-east")
+
+    order = world.order(order_id)
+    assert reserved_at(world, order_id) == {"wh-west": 1, "wh-east": 2}
+    assert sorted((a.location_id, a.quantity) for a in order.allocations) == [("wh-east", 2), ("wh-west", 1)]
+    assert order.short_of() == {}
