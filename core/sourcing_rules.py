@@ -22,8 +22,9 @@ Units = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
 
 
 class SourcingRulesInput(Strict):
-    """The body of PUT /sourcing/rules (a rule left out takes its default), and the `rules` of
-    POST /sourcing/simulate (a rule left out keeps its current value)."""
+    """Rules as a client sends them: the `rules` of POST /sourcing/simulate (a rule left out keeps
+    its current value), and the base of PUT /sourcing/rules' body (a rule left out takes its
+    default)."""
 
     max_shipments: Annotated[int, Field(ge=1, le=100, strict=True)] | None = None
     excluded_locations: Annotated[
@@ -38,6 +39,12 @@ class SourcingRulesInput(Strict):
         if len(set(ids)) != len(ids):
             raise ValueError("excluded_locations names a location twice")
         return ids
+
+
+class NewSourcingRules(SourcingRulesInput):
+    """The body of PUT /sourcing/rules: `prefer` is required (API.md), the other rules default."""
+
+    prefer: Prefer
 
 
 class SourcingRules(BaseModel):

@@ -60,6 +60,7 @@ def test_rules_are_read_by_any_key_replaced_by_admin_only_and_every_version_is_k
     assert api.get("/sourcing/rules", key=reader).json() == second
     assert_error(api.put("/sourcing/rules", key=reader, json={"prefer": "nearest"}), 403, "forbidden")
     assert_error(api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 0}), 422)
+    assert_error(api.put("/sourcing/rules", json={"max_shipments": 2}), 422)  # prefer is required
     history = api.get("/sourcing/rules/history", params={"limit": 1}).json()
     assert [r["version"] for r in history["items"]] == [second["version"]]
     older = api.get("/sourcing/rules/history", params={"limit": 1, "cursor": history["next_cursor"]}).json()

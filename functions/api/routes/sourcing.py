@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.sourcing import SimulateSourcing, Simulation
-from core.sourcing_rules import SourcingRules, SourcingRulesHistory, SourcingRulesInput
+from core.sourcing_rules import NewSourcingRules, SourcingRules, SourcingRulesHistory
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.schemas import errors, ok
@@ -33,7 +33,7 @@ def get_sourcing_rules() -> SourcingRules:
     responses={**ok(200, SourcingRules, "The new version"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.ADMIN)
-def put_sourcing_rules(rules: SourcingRulesInput) -> SourcingRules:
+def put_sourcing_rules(rules: NewSourcingRules) -> SourcingRules:
     return container().sourcing_rules_service.replace(rules, by=caller(router).key_id)
 
 
