@@ -121,3 +121,21 @@ def test_a_simulation_of_100_orders_reads_locations_and_stock_once_and_reserves_
     assert {sku: api.get(f"/inventory/{sku}").json() for sku in skus} == before
     assert api.get("/sourcing/rules").json()["max_shipments"] is None  # a what-if changes no rule
     assert_error(api.post("/sourcing/simulate", json={"orders": bodies}, key=issue(api, "inventory:write")), 403)
+
+
+def test_two_changes_racing_for_one_version_number_keep_the_first_and_the_other_is_409(api: InProcessApi):
+    from core.errors import StaleVersion
+    from core.models import utc_now
+    from core.sourcing_rules import SourcingRulesInput, next_version
+    from functions.api.dependencies import container
+
+    store = container().sourcing_rules
+    read = store.current()
+    mine = next_version(read, SourcingRulesInput(max_shipments=3), at=utc_now(), by="key_a")
+    theirs = next_version(read, SourcingRulesInput(max_shipments=4), at=utc_now(), by="key_b")
+
+    store.add(mine)
+    with pytest.raises(StaleVersion):
+        store.add(theirs)
+    assert store.current() == mine
+    put_rules(api)  # back to the defaults for the other tests
