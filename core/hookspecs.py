@@ -11,6 +11,7 @@ from core.money import Money
 from core.notifications import Notification
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 from core.return_models import ReturnLineInput, ReturnPolicyDecision
+from core.sourcing_rules import SourcingRules
 from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan, TrackingUpdate
 
 # --- Pricing --------------------------------------------------------------------------------
@@ -155,14 +156,24 @@ def oms_payment_refund(
 
 @hookspec(firstresult=True)
 def oms_source_order(
-    order: Order, locations: list[Location], stock: dict[str, list[StockLevel]], destination: Address
+    order: Order,
+    locations: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
 ) -> SourcingPlan | None:
     """Decide which location(s) supply each line of an order.
 
     :param order: the order (lines with `line_id`, `sku`, `quantity`; `fulfillment`).
-    :param locations: the locations eligible for it: shipping locations, or the pickup store.
-    :param stock: current stock records by sku at those locations (`available` per location).
+    :param locations: the locations eligible for it: shipping locations, or the pickup store,
+        less those the sourcing rules exclude.
+    :param stock: current stock records by sku at those locations; `available` is what orders
+        may take (the location's safety stock is already held back from it).
     :param destination: where the goods go (the shipping address or the pickup store's).
+    :param rules: the sourcing rules in force (`version`, `prefer`: "nearest" or
+        "fewest_shipments", `max_shipments`: at most that many locations, or None). Exclusions
+        and safety stock are applied already. A plugin written before this argument existed
+        simply does not name it (pluggy passes only the arguments an implementation names).
     :return: a SourcingPlan covering every unit of every line, or None when this plugin cannot
         source the order (the order then ends cancelled, reason out_of_stock).
 

@@ -812,6 +812,11 @@ class HistoryEntry(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
+def _rules_named(version: int | None) -> dict[str, int]:
+    """The history detail naming the sourcing rules version an allocation used."""
+    return {} if version is None else {"sourcing_rules_version": version}
+
+
 def _replaced(model: M, **changes: Any) -> M:
     """`model` with `changes`, validated like a new one (model_copy would skip validation)."""
     return type(model).model_validate({**dict(model), **changes})
@@ -1113,12 +1118,16 @@ class Order(BaseModel):
             payment=self.payment.declined(),
         )  # fmt: skip
 
-    def reserve(self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str) -> Change:
+    def reserve(
+        self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str,
+        rules_version: int | None = None,
+    ) -> Change:  # fmt: skip
         if self.status is not OrderStatus.AUTHORIZED or self.allocations:
             raise InvalidTransition(f"an order that is {self.status} cannot reserve stock now")
         return self._next(
             at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
-            detail={"allocations": [a.model_dump() for a in allocations], "reasons": reasons},
+            detail={"allocations": [a.model_dump() for a in allocations], "reasons": reasons,
+                    **_rules_named(rules_version)},
             allocations=allocations,
         )  # fmt: skip
 
@@ -1134,7 +1143,10 @@ class Order(BaseModel):
             if line.quantity > held.get(line.line_id, 0)
         }
 
-    def backorder(self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str) -> Change:
+    def backorder(
+        self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str,
+        rules_version: int | None = None,
+    ) -> Change:  # fmt: skip
         """Authorized, but the eligible locations lack units of backorderable products: keep what
         could be reserved (`allocations`, possibly none) and wait for the rest."""
         if self.status is not OrderStatus.AUTHORIZED or self.allocations:
@@ -1144,11 +1156,14 @@ class Order(BaseModel):
             raise InvalidTransition(f"order {self.id} is not short of stock")
         return self._next(
             at=at, actor=actor, type=OrderEvent.BACKORDERED, to=OrderStatus.BACKORDERED,
-            detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons},
+            detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
+                    **_rules_named(rules_version)},
             allocations=allocations,
         )  # fmt: skip
 
-    def reserve_backordered(self, allocations: list[Allocation], *, at: datetime, actor: str) -> Change:
+    def reserve_backordered(
+        self, allocations: list[Allocation], *, at: datetime, actor: str, rules_version: int | None = None
+    ) -> Change:
         """More units of a backordered order reserved as stock arrived: `allocations` is all it
         now holds; it stays backordered until CreateShipments allocates it."""
         if self.status is not OrderStatus.BACKORDERED:
@@ -1156,7 +1171,7 @@ class Order(BaseModel):
         return self._next(
             at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
             detail={"allocations": [a.model_dump() for a in allocations], "short": self.short_of(allocations),
-                    "reasons": ["backordered units arrived"]},
+                    "reasons": ["backordered units arrived"], **_rules_named(rules_version)},
             allocations=allocations,
         )  # fmt: skip
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from core.access import ApiKey
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
 from core.return_models import Return
+from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus, ReturnStatus
 
 
@@ -126,9 +127,10 @@ class InventoryRepository(ABC):
         """Add `delta` to on_hand. Raises InsufficientStock when on_hand would drop below reserved."""
 
     @abstractmethod
-    def reserve(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+    def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
         """Move `quantity` from available to reserved under `key` (order#line), in one write
-        conditional on enough being available. Idempotent: the same key again is a no-op.
+        conditional on enough being available with `keep` units (the location's safety stock)
+        left over. Idempotent: the same key again is a no-op.
         Raises InsufficientStock when not enough is available."""
 
     @abstractmethod
@@ -308,3 +310,21 @@ class ReturnWorkflowStarter(ABC):
     def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
         """Start the returns workflow for a received return (a new execution every call: its
         steps skip what is done, so starting it again resumes the return)."""
+
+
+class SourcingRulesRepository(ABC):
+    """The sourcing rules, every version kept: the newest is the one in force."""
+
+    @abstractmethod
+    def current(self) -> SourcingRules:
+        """The newest version, or the defaults (version 0) before the first is written."""
+
+    @abstractmethod
+    def add(self, rules: SourcingRules) -> None:
+        """Store a new version. Raises StaleVersion when that version number exists already
+        (another change was written since `rules` was made from the current one)."""
+
+    @abstractmethod
+    def history(self, limit: int, cursor: str | None = None) -> tuple[list[SourcingRules], str | None]:
+        """Versions newest first, and an opaque cursor for the next page (None: no more).
+        Raises InvalidCursor for a cursor not issued here."""

@@ -43,9 +43,12 @@ from core.ports import (
     InventoryRepository,
     LabelStore,
     OrderRepository,
+    SourcingRulesRepository,
     TopUp,
     WaitingOrder,
 )
+from core.sourcing import ask_plugins, destination_of, eligible_locations, reduced, sourceable
+from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan
 
@@ -107,20 +110,6 @@ def stopped(order: Order) -> OrderClosed:
     return OrderClosed(f"order {order.id} is {order.status}")
 
 
-def eligible_locations(order_fulfillment_type: str, pickup_id: str | None, locations: list[Location]) -> list[Location]:
-    if order_fulfillment_type == "pickup":
-        return [loc for loc in locations if loc.location_id == pickup_id and loc.pickup]
-    return [loc for loc in locations if loc.ships]
-
-
-def destination_of(order: Order, locations: list[Location]) -> Address:
-    if order.fulfillment.type == "pickup":
-        store = next((loc for loc in locations if loc.location_id == order.fulfillment.location_id), None)
-        if store is not None:
-            return store.address.model_copy(update={"latitude": store.latitude, "longitude": store.longitude})
-    return order.shipping_address
-
-
 class Workflow:
     """The tasks of the order workflow state machine, one method each."""
 
@@ -134,6 +123,7 @@ class Workflow:
         clock: Clock = utc_now,
         sleep: Callable[[float], None] = time.sleep,
         backorders: Backorders | None = None,
+        sourcing_rules: SourcingRulesRepository | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -146,6 +136,11 @@ class Workflow:
         # Without a queue nothing could ever wake a backordered order, so a shortage then ends
         # out_of_stock as for any product.
         self._backorders = backorders
+        # None: the default rules (version 0) always.
+        self._sourcing_rules = sourcing_rules
+
+    def _rules(self) -> SourcingRules:
+        return self._sourcing_rules.current() if self._sourcing_rules is not None else SourcingRules()
 
     def _load(self, order_id: str) -> Order:
         order = self._orders.get(order_id)
@@ -233,14 +228,18 @@ class Workflow:
                 raise stopped(order)
             return  # reserved already
         locations = self._catalog.list_locations()
-        eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+        # The rules in force now decide; the version is named in the order's history.
+        rules = self._rules()
         # A location that rejected a shipment of this order is never asked again for it.
-        eligible = [loc for loc in eligible if loc.location_id not in order.excluded_locations]
+        eligible = sourceable(order, locations, rules)
         skus = {line.sku for line in order.lines}
         stock = self._inventory.levels(skus, [loc.location_id for loc in eligible])
         # A retry after a crash may find this order's own reservations: count them as available
         # again, so the plan is the one a first run would make, then reconcile.
-        mine = self._reservations_of(order, [loc.location_id for loc in eligible])
+        # Looked for wherever the order may have reserved, so a location the rules excluded since
+        # gives its units back below rather than keeping them.
+        anywhere = sourceable(order, locations, SourcingRules())  # the default rules exclude nothing
+        mine = self._reservations_of(order, [loc.location_id for loc in anywhere])
         for sku, levels in stock.items():
             stock[sku] = [
                 level.model_copy(
@@ -249,11 +248,12 @@ class Workflow:
                 )
                 for level in levels
             ]  # fmt: skip
+        stock = rules.for_orders(stock)  # safety stock is held back from orders
         backorder = self._backorderable_shortage(order, eligible, stock)
         if backorder:
-            plan = self._source(_reduced(order, backorder), eligible, stock, destination_of(order, locations))
+            plan = self._source(reduced(order, backorder), eligible, stock, destination_of(order, locations), rules)
         else:
-            plan = self._source(order, eligible, stock, destination_of(order, locations))
+            plan = self._source(order, eligible, stock, destination_of(order, locations), rules)
         line_sku = {line.line_id: line.sku for line in order.lines}
         wanted = {
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
@@ -265,7 +265,9 @@ class Workflow:
         done: list[tuple[str, str, str]] = []
         try:
             for (sku, location_id, key), quantity in wanted.items():
-                self._inventory.reserve(sku, location_id, key, quantity)
+                # The write itself keeps the safety stock back, so concurrent orders cannot take it.
+                keep = rules.kept_back(location_id)
+                self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
                 done.append((sku, location_id, key))
         except InsufficientStock:
             for item in done:
@@ -274,9 +276,11 @@ class Workflow:
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         if backorder:
-            self._wait_for_stock(order, plan, done, set(backorder))
+            self._wait_for_stock(order, plan, done, set(backorder), rules)
             return
-        new, entry = order.reserve(plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR)
+        new, entry = order.reserve(
+            plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
+        )
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
@@ -306,7 +310,7 @@ class Workflow:
         return {sku: have[sku] for sku in short}  # what can be reserved of each short sku now
 
     def _wait_for_stock(
-        self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str]
+        self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules
     ) -> None:
         """Record the part reserved and wait `backordered`: queue entries first, so an arrival
         from now on finds the order; then the status; then one look at stock that arrived
@@ -315,7 +319,9 @@ class Workflow:
         entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
         for sku in sorted(short):
             self._backorders.add(sku, entry)
-        new, history = order.backorder(plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR)
+        new, history = order.backorder(
+            plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
+        )
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
@@ -337,15 +343,21 @@ class Workflow:
             order = self._load(order_id)
             if order.status is not S.BACKORDERED:
                 return order
-            eligible = [loc.location_id for loc in eligible_locations(
-                order.fulfillment.type, order.fulfillment.location_id, self._catalog.list_locations())]  # fmt: skip
-            held = self._reservations_of(order, eligible)
-            top_ups = self._top_ups(order, eligible, held)
+            rules = self._rules()
+            locations = self._catalog.list_locations()
+            # What it holds is read at every location it may hold stock at (the rules may have
+            # excluded one since: its units stay the order's); new units come from the allowed ones.
+            held = self._reservations_of(order, [loc.location_id for loc in eligible_locations(
+                order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
+            allowed = [loc.location_id for loc in sourceable(order, locations, rules)]
+            top_ups = self._top_ups(order, allowed, held, rules)
             if not top_ups:
                 return order
             for t in top_ups:
                 held[(t.sku, t.location_id, t.key)] = t.quantity
-            new, entry = order.reserve_backordered(_allocations(order, held), at=self._clock(), actor=actor)
+            new, entry = order.reserve_backordered(
+                _allocations(order, held), at=self._clock(), actor=actor, rules_version=rules.version
+            )
             try:
                 self._backorders.fill(new, order, [entry], top_ups)
                 return new
@@ -353,12 +365,15 @@ class Workflow:
                 continue  # the order, a reservation or the stock moved since the read
         raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
 
-    def _top_ups(self, order: Order, eligible: list[str], held: dict[tuple[str, str, str], int]) -> list[TopUp]:
-        """What to reserve from available stock: each line's locations that hold some of it
-        first (fewer shipments), then the most stocked, then by id."""
+    def _top_ups(
+        self, order: Order, eligible: list[str], held: dict[tuple[str, str, str], int], rules: SourcingRules
+    ) -> list[TopUp]:
+        """What to reserve from available stock (less the safety stock): each line's locations
+        that hold some of it first (fewer shipments), then the most stocked, then by id."""
         skus = {line.sku for line in order.lines}
+        stock = rules.for_orders(self._inventory.levels(skus, eligible))
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
-                for levels in self._inventory.levels(skus, eligible).values() for lvl in levels}  # fmt: skip
+                for levels in stock.values() for lvl in levels}  # fmt: skip
         top_ups: list[TopUp] = []
         for line in order.lines:
             key = reservation_key(order.id, line.line_id)
@@ -384,24 +399,14 @@ class Workflow:
                 keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         return self._inventory.reservations(dict(keys))
 
-    def _source(self, order: Order, eligible: list[Location], stock: dict, destination: Address) -> SourcingPlan:
+    def _source(
+        self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
+    ) -> SourcingPlan:
         if not eligible:
             raise OutOfStock(f"no location can supply order {order.id}")
-        plan = call_hook(
-            self._hook.oms_source_order, order=order, locations=eligible, stock=stock, destination=destination
-        )
+        plan = ask_plugins(self._hook, order, eligible, stock, destination, rules)
         if plan is None:
             raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
-        if not isinstance(plan, SourcingPlan):
-            raise PluginError(f"oms_source_order returned {type(plan).__name__}, expected SourcingPlan")
-        allowed = {loc.location_id for loc in eligible}
-        covered: dict[str, int] = defaultdict(int)
-        for allocation in plan.allocations:
-            if allocation.location_id not in allowed or allocation.quantity <= 0:
-                raise PluginError(f"oms_source_order allocated {allocation} outside the eligible locations")
-            covered[allocation.line_id] += allocation.quantity
-        if covered != {line.line_id: line.quantity for line in order.lines}:
-            raise PluginError("oms_source_order did not cover every unit of every line exactly once")
         return plan
 
     # --- CreateShipments --------------------------------------------------------------------
@@ -518,21 +523,6 @@ def _allocations(order: Order, held: dict[tuple[str, str, str], int]) -> list[Al
         for (_, location_id, key), quantity in sorted(held.items(), key=lambda kv: (line_of[kv[0][2]], kv[0][1]))
         if quantity > 0
     ]
-
-
-def _reduced(order: Order, available: dict[str, int]) -> Order:
-    """The part of `order` that can be reserved now: each short sku's lines cut to the units
-    available (earlier lines first), lines left with none dropped. Only sourcing reads it."""
-    left = dict(available)
-    lines = []
-    for line in order.lines:
-        quantity = line.quantity
-        if line.sku in left:
-            quantity = min(quantity, left[line.sku])
-            left[line.sku] -= quantity
-        if quantity > 0:
-            lines.append(line.model_copy(update={"quantity": quantity}))
-    return order.model_copy(update={"lines": lines})
 
 
 def _message(cause: str) -> str:

@@ -37,6 +37,7 @@ from core.reconciliation import Reconciler
 from core.refund_service import RefundService
 from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
+from core.sourcing import Simulator, SourcingRulesService
 from core.webhooks import (
     DeliveryQueue,
     DeliveryWorker,
@@ -63,6 +64,7 @@ from functions.adapters.dynamodb import (
     DynamoLateOrders,
     DynamoOrders,
     DynamoReturns,
+    DynamoSourcingRules,
     DynamoStalledOrders,
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
@@ -355,6 +357,23 @@ class Container:
             self.label_store,
             clock=self.clock,
             backorders=self.backorders,
+            sourcing_rules=self.sourcing_rules,
+        )
+
+    # --- Sourcing rules and what-if (issue 15) ------------------------------------------------------
+    @cached_property
+    def sourcing_rules(self) -> DynamoSourcingRules:
+        # Read at every allocation (one Query): a change applies to the next order allocated.
+        return DynamoSourcingRules(self.dynamodb, self.config.catalog_table)
+
+    @cached_property
+    def sourcing_rules_service(self) -> SourcingRulesService:
+        return SourcingRulesService(self.sourcing_rules, clock=self.clock)
+
+    @cached_property
+    def simulator(self) -> Simulator:
+        return Simulator(
+            self.order_repository, self.catalog_repository, self.inventory_repository, self.sourcing_rules, self.plugins
         )
 
     @cached_property

@@ -1,4 +1,10 @@
-"""Built-in sourcing: the nearest location that has the whole order, else as few locations as possible, nearest first.
+"""Built-in sourcing under the sourcing rules: nearest per line, or as few locations as possible, nearest first.
+
+With `prefer: nearest` (the default rules) each line comes from the nearest location that has all
+of it; a line no single location has takes from the nearest ones first. When that plan needs more
+locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is sourced as below
+(and gets no plan when even that needs more than `max_shipments`). A caller that passes no rules
+(`rules=None`) gets the defaults.
 
 1. Whole order: the nearest eligible location whose `available` stock covers every sku of the
    order (lines of the same sku are summed) supplies every line.
@@ -35,6 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from core import hookimpl
 from core.models import COUNTRIES, Address, Allocation, Latitude, Location, Longitude, Order, StockLevel
+from core.sourcing_rules import Prefer, SourcingRules
 from core.workflow_types import SourcingPlan
 from plugins.data_files import data_file_path, load_data_file
 
@@ -178,8 +185,13 @@ def _name_some(location_ids: list[str]) -> str:
 
 @hookimpl(trylast=True)
 def oms_source_order(
-    order: Order, locations: list[Location], stock: dict[str, list[StockLevel]], destination: Address
+    order: Order,
+    locations: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules | None,
 ) -> SourcingPlan | None:
+    rules = rules or SourcingRules()
     lines = [(line.line_id, line.sku, line.quantity) for line in order.lines if line.quantity > 0]
     wanted: Counter[str] = Counter()
     for _, sku, quantity in lines:
@@ -197,6 +209,80 @@ def oms_source_order(
             return None  # the eligible locations together lack this sku
 
     reasons = [place.approximation] if place.approximation else []
+    if rules.prefer is Prefer.NEAREST:
+        allocations = _nearest_first(lines, candidates, available)
+        used = _locations_of(allocations)
+        if len(used) == 1:
+            ids = [candidate.location_id for candidate in candidates]
+            chosen = candidates[ids.index(next(iter(used)))]
+            reasons.append(_whole_order_reason(order, chosen, ids[: ids.index(chosen.location_id)]))
+            return SourcingPlan(allocations=allocations, reasons=reasons)
+        if rules.max_shipments is None or len(used) <= rules.max_shipments:
+            reasons.extend(_nearest_reasons(allocations, lines, candidates))
+            return SourcingPlan(allocations=allocations, reasons=reasons)
+        reasons.append(
+            f"taking each unit from the nearest location would ship from {len(used)} locations, more than "
+            f"max_shipments ({rules.max_shipments}): the order is sourced from as few locations as possible"
+        )
+    plan = _fewest(order, lines, wanted, candidates, available, reasons)
+    if rules.max_shipments is not None and len(_locations_of(plan.allocations)) > rules.max_shipments:
+        return None  # no plan within max_shipments: the order cannot be sourced under these rules
+    return plan
+
+
+def _locations_of(allocations: list[Allocation]) -> set[str]:
+    return {allocation.location_id for allocation in allocations}
+
+
+def _nearest_first(
+    lines: list[tuple[str, str, int]], candidates: list[Candidate], available: dict[tuple[str, str], int]
+) -> list[Allocation]:
+    """Each line from the nearest location that has all of it; a line no single location has
+    takes from the nearest ones first. The caller checked that all candidates together cover
+    every sku."""
+    left = dict(available)
+    allocations: list[Allocation] = []
+    for line_id, sku, quantity in lines:
+        need = quantity
+        whole = [c for c in candidates if left.get((c.location_id, sku), 0) >= quantity]
+        for candidate in whole[:1] or candidates:  # nearest first
+            give = min(need, left.get((candidate.location_id, sku), 0))
+            if give <= 0:
+                continue
+            allocations.append(Allocation(line_id=line_id, location_id=candidate.location_id, quantity=give))
+            left[(candidate.location_id, sku)] -= give
+            need -= give
+            if need == 0:
+                break
+    return allocations
+
+
+def _nearest_reasons(
+    allocations: list[Allocation], lines: list[tuple[str, str, int]], candidates: list[Candidate]
+) -> list[str]:
+    sku_of = {line_id: sku for line_id, sku, _ in lines}
+    reasons = []
+    for candidate in candidates:
+        taken: Counter[str] = Counter()
+        for allocation in allocations:
+            if allocation.location_id == candidate.location_id:
+                taken[sku_of[allocation.line_id]] += allocation.quantity
+        if taken:
+            reasons.append(
+                f"{candidate.location_id} supplies {sum(taken.values())} units ({_describe_units(taken)}): "
+                f"the nearest location that has each of these lines ({candidate.distance})"
+            )
+    return reasons
+
+
+def _fewest(
+    order: Order,
+    lines: list[tuple[str, str, int]],
+    wanted: Counter[str],
+    candidates: list[Candidate],
+    available: dict[tuple[str, str], int],
+    reasons: list[str],
+) -> SourcingPlan:
     lacking: list[str] = []
     for candidate in candidates:
         if all(available.get((candidate.location_id, sku), 0) >= quantity for sku, quantity in wanted.items()):

@@ -30,12 +30,14 @@ from core.ports import (
     OrderRepository,
     ReturnFilter,
     ReturnRepository,
+    SourcingRulesRepository,
     StalledOrder,
     StalledOrders,
     TopUp,
     WaitingOrder,
 )
 from core.return_models import Return
+from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus, check_successor
 from functions.adapters.api_key_lookup import lookup_key
 
@@ -666,6 +668,52 @@ class DynamoCatalog(CatalogRepository):
         return [Location.model_validate_json(network[k]) for k in sorted(network)]
 
 
+# --- Sourcing rules ----------------------------------------------------------------------------
+
+SOURCING_RULES_PK = "SOURCING_RULES"
+
+
+class DynamoSourcingRules(SourcingRulesRepository):
+    """Every version is one item in the Catalog table (partition SOURCING_RULES, sort key the
+    zero-padded version): the newest is read with one Query, a new version is one PutItem that
+    fails when its number exists, and the history is the same partition read newest first."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def _query(self, limit: int, start: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._client.query(
+            TableName=self._table, KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": SOURCING_RULES_PK}}, ScanIndexForward=False, Limit=limit,
+            **({"ExclusiveStartKey": start} if start else {}),
+        )  # fmt: skip
+
+    def current(self) -> SourcingRules:
+        items = self._query(1).get("Items", [])
+        return SourcingRules.model_validate_json(items[0]["doc"]["S"]) if items else SourcingRules()
+
+    def add(self, rules: SourcingRules) -> None:
+        item = {
+            "pk": {"S": SOURCING_RULES_PK},
+            "sk": {"S": f"v{rules.version:010d}"},
+            "doc": {"S": rules.model_dump_json()},
+        }
+        try:
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            raise StaleVersion(f"sourcing rules version {rules.version} was written by another change") from None
+
+    def history(self, limit: int, cursor: str | None = None) -> tuple[list[SourcingRules], str | None]:
+        start = decode_cursor(cursor, "sourcing_rules", {"pk", "sk"}) if cursor is not None else None
+        response = self._query(limit, start)
+        last = response.get("LastEvaluatedKey")
+        items = [SourcingRules.model_validate_json(item["doc"]["S"]) for item in response.get("Items", [])]
+        return items, encode_cursor("sourcing_rules", last) if last else None
+
+
 # --- API keys --------------------------------------------------------------------------------
 
 
@@ -854,12 +902,12 @@ class DynamoInventory(InventoryRepository):
             return from_item(error.response.get("Item") or {})
         return None
 
-    def reserve(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+    def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
         old = self._reservation_update(
             sku, location_id, key,
             "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q",
-            "available >= :q AND attribute_not_exists(reservations.#key)",
-            {":q": quantity},
+            "available >= :need AND attribute_not_exists(reservations.#key)",
+            {":q": quantity, ":need": quantity + keep},
         )  # fmt: skip
         if old is None or key in (old.get("reservations") or {}):
             return  # reserved now, or by an earlier run of the same step

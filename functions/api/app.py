@@ -29,6 +29,7 @@ from functions.api.routes import (
     purchasing,
     refunds,
     returns,
+    sourcing,
     store_execution,
 )
 from functions.api.routes import customers as customer_routes
@@ -70,6 +71,7 @@ app.include_router(customer_routes.router)
 app.include_router(notification_routes.router)
 app.include_router(access_log_routes.router)
 app.include_router(purchasing.router)
+app.include_router(sourcing.router)
 
 
 @functools.cache

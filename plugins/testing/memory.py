@@ -18,10 +18,12 @@ from core.ports import (
     OrderRepository,
     ReturnFilter,
     ReturnRepository,
+    SourcingRulesRepository,
     TopUp,
     WaitingOrder,
 )
 from core.return_models import Return
+from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus, check_successor
 
 
@@ -210,12 +212,12 @@ class InMemoryInventory(InventoryRepository):
     def _held(self, sku: str, location_id: str) -> dict[str, int]:
         return self.held.setdefault((sku, location_id), {})
 
-    def reserve(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+    def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
         held = self._held(sku, location_id)
         if key in held:
             return
         level = self._get(sku, location_id)
-        if level.available < quantity:
+        if level.available < quantity + keep:
             raise InsufficientStock(f"{level.available} of {sku} available")
         held[key] = quantity
         self._put(level.model_copy(update={"reserved": level.reserved + quantity,
@@ -268,6 +270,31 @@ class InMemoryInventory(InventoryRepository):
             sku: [lvl for (s, loc), lvl in sorted(self.stock.items()) if s == sku and (wanted is None or loc in wanted)]
             for sku in skus
         }
+
+
+class InMemorySourcingRules(SourcingRulesRepository):
+    """Every version in a list, oldest first."""
+
+    def __init__(self) -> None:
+        self.versions: list[SourcingRules] = []
+
+    def current(self) -> SourcingRules:
+        return self.versions[-1] if self.versions else SourcingRules()
+
+    def add(self, rules: SourcingRules) -> None:
+        if any(v.version == rules.version for v in self.versions):
+            raise StaleVersion(f"sourcing rules version {rules.version} exists")
+        self.versions.append(rules)
+        self.versions.sort(key=lambda v: v.version)
+
+    def history(self, limit: int, cursor: str | None = None) -> tuple[list[SourcingRules], str | None]:
+        newest_first = list(reversed(self.versions))
+        try:
+            start = int(cursor) if cursor is not None else 0
+        except ValueError:
+            raise InvalidCursor("not a sourcing rules cursor") from None
+        page = newest_first[start : start + limit]
+        return page, str(start + limit) if start + limit < len(newest_first) else None
 
 
 class InMemoryBackorders(Backorders):

@@ -16,6 +16,7 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
+from core.sourcing_rules import SourcingRules
 from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan
 from tests.unit.conftest import a_customer, a_draft, a_product, a_stored_order, an_address, an_order, usd
 
@@ -28,7 +29,7 @@ HOOK_ARGUMENTS = {
     "oms_payment_capture": {"method": "test", "authorization": "auth_1", "amount": usd("1.00"), "order_id": "ord_1",
                             "idempotency_key": "k"},
     "oms_source_order": {"order": a_stored_order(("MUG-1", 1)), "locations": [], "stock": {},
-                         "destination": an_address()},
+                         "destination": an_address(), "rules": SourcingRules()},
     "oms_carrier_create_shipment": {"order": a_stored_order(("MUG-1", 1)), "shipment_id": "shp_1",
                                     "origin": None, "lines": [], "weight_grams": 0},
 }  # fmt: skip

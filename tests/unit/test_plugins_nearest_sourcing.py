@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from core import hookimpl
 from core.models import Address, Allocation, Fulfillment, Location, Order, StockLevel
 from core.plugin_manager import build_plugin_manager
+from core.sourcing_rules import Prefer, SourcingRules
 from core.workflow_types import SourcingPlan
 from plugins import nearest_sourcing
 from plugins.data_files import DataFileError
@@ -79,13 +80,19 @@ def a_stock_table(available: dict[str, dict[str, int]]) -> dict[str, list[StockL
     return dict(stock)
 
 
-def source(order, available, locations=None, destination=None) -> SourcingPlan | None:
+# Most tests here are about the fewest-shipments search; the ones about `prefer: nearest` and
+# `max_shipments` pass their own rules.
+FEWEST = SourcingRules(prefer=Prefer.FEWEST_SHIPMENTS)
+
+
+def source(order, available, locations=None, destination=None, rules=FEWEST) -> SourcingPlan | None:
     locations = locations if locations is not None else [a_location(location_id) for location_id in available]
     return oms_source_order(
         order=order,
         locations=locations,
         stock=a_stock_table(available),
         destination=destination or a_destination(),
+        rules=rules,
     )
 
 
@@ -120,6 +127,7 @@ def test_answers_through_the_plugin_manager():
         locations=[a_location("wh-east")],
         stock=a_stock_table(available),
         destination=a_destination(),
+        rules=SourcingRules(),
     )
 
     assert allocated(plan) == [("L1", "wh-east", 1)]
@@ -137,6 +145,7 @@ def test_runs_last_so_a_third_party_sourcing_plugin_answers_first():
         locations=[a_location("wh-west"), a_location("wh-east")],
         stock=a_stock_table({"wh-west": EVERYTHING, "wh-east": EVERYTHING}),
         destination=a_destination(),
+        rules=SourcingRules(),
     )
 
     assert allocated(plan) == [("L1", "wh-east", 1)]  # the built-in would have picked wh-west
@@ -490,7 +499,88 @@ def test_beyond_the_exact_search_limit_a_greedy_split_still_covers_the_order():
     }
     order = an_order(("A", count))
 
-    plan = oms_source_order(order=order, locations=locations, stock=stock, destination=order.shipping_address)
+    plan = oms_source_order(
+        order=order, locations=locations, stock=stock, destination=order.shipping_address, rules=FEWEST
+    )
 
     assert sum(a.quantity for a in plan.allocations) == count
     assert "each time taking all it can" in plan.reasons[-count - 1]
+
+
+# --- Sourcing rules: prefer and max_shipments ----------------------------------------------------
+
+
+def test_prefer_nearest_takes_each_sku_from_the_nearest_location_that_has_it():
+    # San Francisco: west is nearest but has only MUG; east has both.
+    available = {"wh-west": {"MUG": 5}, "wh-east": EVERYTHING}
+
+    nearest = source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules())
+    fewest = source(an_order(("MUG", 1), ("TEE", 1)), available, rules=FEWEST)
+
+    assert allocated(nearest) == [("L1", "wh-west", 1), ("L2", "wh-east", 1)]
+    assert any("the nearest location that has each of these lines" in reason for reason in nearest.reasons)
+    assert allocated(fewest) == [("L1", "wh-east", 1), ("L2", "wh-east", 1)]
+
+
+def test_prefer_nearest_splits_a_line_no_location_has_whole_over_the_nearest_first():
+    available = {"wh-west": {"MUG": 2}, "wh-central": {"MUG": 3}, "wh-east": {"MUG": 1}}
+
+    plan = source(an_order(("MUG", 4)), available, rules=SourcingRules())
+
+    assert allocated(plan) == [("L1", "wh-west", 2), ("L1", "wh-central", 2)]
+
+
+def test_prefer_nearest_keeps_a_line_whole_when_a_location_has_all_of_it():
+    available = {"wh-west": {"MUG": 2}, "wh-central": {"MUG": 5}, "wh-east": {"MUG": 5}}
+
+    plan = source(an_order(("MUG", 4)), available, rules=SourcingRules())
+
+    assert allocated(plan) == [("L1", "wh-central", 4)]
+
+
+def test_max_shipments_turns_a_nearest_plan_with_too_many_locations_into_the_fewest():
+    available = {"wh-west": {"MUG": 5}, "wh-east": EVERYTHING}
+
+    plan = source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules(max_shipments=1))
+
+    assert allocated(plan) == [("L1", "wh-east", 1), ("L2", "wh-east", 1)]
+    assert any("more than max_shipments (1)" in reason for reason in plan.reasons)
+
+
+def test_no_plan_when_no_split_fits_within_max_shipments():
+    available = {"wh-west": {"MUG": 5}, "wh-east": {"TEE": 5}}
+
+    assert source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules(max_shipments=1)) is None
+    assert (
+        source(an_order(("MUG", 1), ("TEE", 1)), available, rules=FEWEST.model_copy(update={"max_shipments": 1}))
+        is None
+    )
+    assert (
+        len(allocated(source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules(max_shipments=2)))) == 2
+    )
+
+
+def test_a_third_party_sourcing_plugin_receives_the_rules_and_an_older_one_still_works():
+    seen = []
+
+    class Reads:
+        @hookimpl(tryfirst=True)
+        def oms_source_order(self, order, rules):
+            seen.append(rules)
+
+    class Older:  # written before `rules` existed
+        @hookimpl
+        def oms_source_order(self, order, locations):
+            return SourcingPlan(
+                allocations=[Allocation(line_id="L1", location_id=locations[0].location_id, quantity=1)]
+            )
+
+    pm = build_plugin_manager(Reads(), Older(), nearest_sourcing, load_entry_points=False)
+    rules = SourcingRules(version=7, max_shipments=2)
+    plan = pm.hook.oms_source_order(
+        order=an_order(("MUG", 1)), locations=[a_location("wh-east")],
+        stock=a_stock_table({"wh-east": EVERYTHING}), destination=a_destination(), rules=rules,
+    )  # fmt: skip
+
+    assert [r.version for r in seen] == [7] and seen[0].max_shipments == 2
+    assert allocated(plan) == [("L1", "wh-east", 1)]

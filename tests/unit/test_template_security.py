@@ -24,6 +24,7 @@ from functions.adapters.dynamodb import (
     DynamoLateOrders,
     DynamoOrders,
     DynamoReturns,
+    DynamoSourcingRules,
     DynamoStalledOrders,
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
@@ -115,6 +116,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
                 DynamoNotifications,
                 DynamoAccessLog,
                 DynamoPurchasing,
+                DynamoSourcingRules,
             ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
@@ -141,6 +143,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
     },
     "BackorderFunction": {
         **_WORKFLOW_ORDERS,
@@ -149,6 +152,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
         (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         ("BackorderFailureQueue", "sqs:SendMessage"): "the InventoryStream mapping's on-failure destination",
     },

@@ -18,6 +18,7 @@ from core.fulfillment import OrderActions
 from core.models import HistoryEntry, Order
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
+from core.ports import SourcingRulesRepository
 from core.pricing import Pricing
 from core.refund_service import RefundService
 from core.services import CaptureService
@@ -108,6 +109,7 @@ def build_world(
     *extra_plugins: object,
     wrap_orders: Callable[[FakeOrders], object] | None = None,
     clock: Callable[[], datetime] | None = None,
+    sourcing_rules: SourcingRulesRepository | None = None,
 ) -> World:
     """`wrap_orders` wraps the repository the services use (the World keeps the fake itself)."""
     fake, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
@@ -146,7 +148,10 @@ def build_world(
         review_rules=plugins,
     )
     backorders = FakeBackorders(fake, inventory)
-    workflow = Workflow(orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders)
+    workflow = Workflow(
+        orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders,
+        sourcing_rules=sourcing_rules,
+    )  # fmt: skip
     refunds = RefundService(orders, payments, clock)
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds)
     return World(

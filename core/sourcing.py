@@ -1,0 +1,328 @@
+"""Sourcing rules changes, and what-if sourcing: the plan the rules would make, reserving nothing."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated
+
+import pluggy
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from core.errors import InvalidRequest, PluginError
+from core.hook_calls import call_hook
+from core.models import (
+    Address,
+    Fulfillment,
+    Location,
+    Order,
+    OrderLine,
+    Payment,
+    PlaceOrder,
+    StockLevel,
+    Totals,
+    utc_now,
+)
+from core.money import Money
+from core.ports import CatalogRepository, InventoryRepository, OrderRepository, SourcingRulesRepository
+from core.sourcing_rules import SourcingRules, SourcingRulesHistory, SourcingRulesInput, next_version
+from core.status import OrderStatus
+from core.workflow_types import SourcingPlan
+
+MAX_SIMULATED_ORDERS = 100
+HISTORY_PAGE = 50
+
+
+class SourcingRulesService:
+    def __init__(self, rules: SourcingRulesRepository, clock: Callable[[], datetime] = utc_now):
+        self._rules = rules
+        self._clock = clock
+
+    def current(self) -> SourcingRules:
+        return self._rules.current()
+
+    def replace(self, given: SourcingRulesInput, by: str) -> SourcingRules:
+        """A new version made of `given`. Raises StaleVersion (409) when another change was
+        written between the read and this write: the caller reads the rules again."""
+        new = next_version(self._rules.current(), given, at=self._clock(), by=by)
+        self._rules.add(new)
+        return new
+
+    def history(self, limit: int = HISTORY_PAGE, cursor: str | None = None) -> SourcingRulesHistory:
+        items, next_cursor = self._rules.history(limit, cursor)
+        return SourcingRulesHistory(items=items, next_cursor=next_cursor)
+
+
+# --- Sourcing one order under rules -------------------------------------------------------------
+# The workflow's ReserveStock and the simulation share these, so a simulation with the current
+# rules plans what allocation would reserve on the same stock.
+
+
+def eligible_locations(order_fulfillment_type: str, pickup_id: str | None, locations: list[Location]) -> list[Location]:
+    if order_fulfillment_type == "pickup":
+        return [loc for loc in locations if loc.location_id == pickup_id and loc.pickup]
+    return [loc for loc in locations if loc.ships]
+
+
+def destination_of(order: Order, locations: list[Location]) -> Address:
+    if order.fulfillment.type == "pickup":
+        store = next((loc for loc in locations if loc.location_id == order.fulfillment.location_id), None)
+        if store is not None:
+            return store.address.model_copy(update={"latitude": store.latitude, "longitude": store.longitude})
+    return order.shipping_address
+
+
+def sourceable(order: Order, locations: list[Location], rules: SourcingRules) -> list[Location]:
+    """The locations that may supply `order`: eligible for its fulfilment, not excluded by the
+    rules, and not one that rejected a shipment of it."""
+    eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+    return [loc for loc in rules.eligible(eligible) if loc.location_id not in order.excluded_locations]
+
+
+def ask_plugins(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+) -> SourcingPlan | None:
+    """The sourcing plugins' plan, checked: every unit of every line exactly once, eligible
+    locations only. None when no plugin can source it."""
+    plan = call_hook(
+        hook.oms_source_order, order=order, locations=eligible, stock=stock, destination=destination, rules=rules
+    )
+    if plan is None:
+        return None
+    if not isinstance(plan, SourcingPlan):
+        raise PluginError(f"oms_source_order returned {type(plan).__name__}, expected SourcingPlan")
+    allowed = {loc.location_id for loc in eligible}
+    covered: dict[str, int] = defaultdict(int)
+    for allocation in plan.allocations:
+        if allocation.location_id not in allowed or allocation.quantity <= 0:
+            raise PluginError(f"oms_source_order allocated {allocation} outside the eligible locations")
+        covered[allocation.line_id] += allocation.quantity
+    if covered != {line.line_id: line.quantity for line in order.lines}:
+        raise PluginError("oms_source_order did not cover every unit of every line exactly once")
+    return plan
+
+
+def available_of(order: Order, eligible: list[Location], stock: dict[str, list[StockLevel]]) -> dict[str, int]:
+    """Units of each of the order's skus the eligible locations have for orders together."""
+    allowed = {loc.location_id for loc in eligible}
+    return {
+        sku: sum(max(level.available, 0) for level in stock.get(sku, []) if level.location_id in allowed)
+        for sku in {line.sku for line in order.lines}
+    }
+
+
+def reduced(order: Order, available: dict[str, int]) -> Order:
+    """The part of `order` that can be reserved now: each short sku's lines cut to the units
+    available (earlier lines first), lines left with none dropped. Only sourcing reads it."""
+    left = dict(available)
+    lines = []
+    for line in order.lines:
+        quantity = line.quantity
+        if line.sku in left:
+            quantity = min(quantity, left[line.sku])
+            left[line.sku] -= quantity
+        if quantity > 0:
+            lines.append(line.model_copy(update={"quantity": quantity}))
+    return order.model_copy(update={"lines": lines})
+
+
+# --- What-if ------------------------------------------------------------------------------------
+
+
+class SimulateSourcing(BaseModel):
+    """The body of POST /sourcing/simulate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    orders: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^ord_[a-z2-7]{24}$")]] | list[PlaceOrder],
+        Field(
+            min_length=1,
+            max_length=MAX_SIMULATED_ORDERS,
+            description="Order ids (stored orders, as they are now) or PlaceOrder bodies, not both",
+        ),
+    ]
+    rules: SourcingRulesInput | None = None
+
+
+class SimulatedLine(BaseModel):
+    line_id: str
+    sku: str
+    quantity: int
+
+
+class SimulatedShipment(BaseModel):
+    location_id: str
+    lines: list[SimulatedLine]
+    distance_km: float | None
+
+
+class SimulatedOrder(BaseModel):
+    order_id: str | None
+    shipments: list[SimulatedShipment]
+    unfillable: list[SimulatedLine]
+    reasons: list[str]
+
+
+class SimulationSummary(BaseModel):
+    orders: int
+    shipments: int
+    unfillable_units: int
+    mean_distance_km: float | None = Field(description="The mean over shipments whose distance is known; null: none")
+
+
+class Simulation(BaseModel):
+    rules: SourcingRules = Field(description="The rules simulated: the current ones with those given")
+    items: list[SimulatedOrder]
+    summary: SimulationSummary
+
+
+class Simulator:
+    """Plans each order as ReserveStock would, from one read of the locations and one batched
+    read of the stock, and stores, reserves and sends nothing. Each order is planned on the same
+    stock: one order's plan does not consume units another's could take."""
+
+    def __init__(
+        self,
+        orders: OrderRepository,
+        catalog: CatalogRepository,
+        inventory: InventoryRepository,
+        rules: SourcingRulesRepository,
+        plugins: pluggy.PluginManager,
+    ):
+        self._orders = orders
+        self._catalog = catalog
+        self._inventory = inventory
+        self._rules = rules
+        self._hook = plugins.hook
+
+    def simulate(self, request: SimulateSourcing) -> Simulation:
+        rules = self._rules.current()
+        if request.rules is not None:
+            rules = rules.with_changes(request.rules)
+        orders = [
+            self._stored(each) if isinstance(each, str) else (None, _unplaced(each, index))
+            for index, each in enumerate(request.orders, 1)
+        ]
+        locations = self._catalog.list_locations()
+        skus = {line.sku for _, order in orders for line in order.lines}
+        stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in locations]))
+        items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]
+        return Simulation(rules=rules, items=items, summary=_summary(items))
+
+    def _stored(self, order_id: str) -> tuple[str, Order]:
+        order = self._orders.get(order_id)
+        if order is None:
+            raise InvalidRequest(f"no order {order_id} to simulate")
+        return order_id, order
+
+    def _plan(
+        self,
+        order_id: str | None,
+        order: Order,
+        locations: list[Location],
+        stock: dict[str, list[StockLevel]],
+        rules: SourcingRules,
+    ) -> SimulatedOrder:
+        eligible = sourceable(order, locations, rules)
+        destination = destination_of(order, locations)
+        available = available_of(order, eligible, stock)
+        fillable = reduced(order, available)
+        plan = ask_plugins(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
+        sku_of = {line.line_id: line.sku for line in order.lines}
+        planned: dict[str, int] = defaultdict(int)
+        by_location: dict[str, list[SimulatedLine]] = defaultdict(list)
+        reasons = [rules.named()]
+        if plan is not None:
+            reasons.extend(plan.reasons)
+            for a in plan.allocations:
+                planned[a.line_id] += a.quantity
+                by_location[a.location_id].append(
+                    SimulatedLine(line_id=a.line_id, sku=sku_of[a.line_id], quantity=a.quantity)
+                )
+        elif fillable.lines:
+            reasons.append("no sourcing plugin could source the units the eligible locations have")
+        unfillable = [
+            SimulatedLine(line_id=line.line_id, sku=line.sku, quantity=line.quantity - planned[line.line_id])
+            for line in order.lines
+            if line.quantity > planned[line.line_id]
+        ]
+        if unfillable and not eligible:
+            reasons.append("no location may supply this order under these rules")
+        point = {loc.location_id: loc for loc in locations}
+        shipments = [
+            SimulatedShipment(
+                location_id=location_id, lines=lines, distance_km=_distance(point[location_id], destination)
+            )
+            for location_id, lines in sorted(by_location.items())
+        ]
+        return SimulatedOrder(order_id=order_id, shipments=shipments, unfillable=unfillable, reasons=reasons)
+
+
+def _distance(location: Location, destination: Address) -> float | None:
+    if destination.latitude is None or destination.longitude is None:
+        return None
+    here = (location.latitude, location.longitude)
+    return round(great_circle_km(here, (destination.latitude, destination.longitude)), 1)
+
+
+EARTH_RADIUS_KM = 6371.0088  # the IUGG mean radius, as the built-in sourcing plugin measures
+
+
+def great_circle_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _summary(items: list[SimulatedOrder]) -> SimulationSummary:
+    distances = [s.distance_km for item in items for s in item.shipments if s.distance_km is not None]
+    return SimulationSummary(
+        orders=len(items),
+        shipments=sum(len(item.shipments) for item in items),
+        unfillable_units=sum(line.quantity for item in items for line in item.unfillable),
+        mean_distance_km=round(sum(distances) / len(distances), 1) if distances else None,
+    )
+
+
+def _unplaced(body: PlaceOrder, index: int) -> Order:
+    """A body as an order sourcing can read: its lines, address and fulfilment; prices are not
+    sourcing's business, so they are zero."""
+    if body.fulfillment.type == "pickup" and not body.fulfillment.location_id:
+        raise InvalidRequest(f"orders[{index - 1}]: a pickup order names its store in fulfillment.location_id")
+    zero = Money.of("0", body.currency)
+    now = utc_now()
+    return Order(
+        id=f"simulated_{index}",
+        status=OrderStatus.AUTHORIZED,
+        channel=body.channel,
+        external_id=body.external_id,
+        currency=body.currency,
+        customer=body.customer,
+        lines=[
+            OrderLine(
+                line_id=f"L{n}",
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=zero,
+                discount=zero,
+                tax=zero,
+                total=zero,
+            )
+            for n, line in enumerate(body.lines, 1)
+        ],
+        shipping_address=body.shipping_address,
+        fulfillment=Fulfillment.model_validate(body.fulfillment.model_dump()),
+        totals=Totals(subtotal=zero, discount=zero, shipping=zero, tax=zero, grand_total=zero),
+        payment=Payment(method=body.payment.method, authorized=zero, captured=zero, refunded=zero),
+        created_at=now,
+        updated_at=now,
+        version=1,
+    )

@@ -1,0 +1,100 @@
+"""Sourcing rules as data: their model, their versions, and how they narrow what sourcing may use."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.models import Identifier, Location, StockLevel, Strict
+
+MAX_RULE_LOCATIONS = 500  # a network's worth; keeps one rules item well under DynamoDB's 400 KB
+
+
+class Prefer(StrEnum):
+    NEAREST = "nearest"  # each unit from the nearest location that has it
+    FEWEST_SHIPMENTS = "fewest_shipments"  # as few locations as possible, then the nearest
+
+
+Units = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
+
+
+class SourcingRulesInput(Strict):
+    """Rules as a client sends them: the `rules` of POST /sourcing/simulate (a rule left out keeps
+    its current value), and the base of PUT /sourcing/rules' body (a rule left out takes its
+    default)."""
+
+    max_shipments: Annotated[int, Field(ge=1, le=100, strict=True)] | None = None
+    excluded_locations: Annotated[
+        list[Identifier], Field(max_length=MAX_RULE_LOCATIONS, json_schema_extra={"uniqueItems": True})
+    ] = Field(default_factory=list)
+    safety_stock: Annotated[dict[Identifier, Units], Field(max_length=MAX_RULE_LOCATIONS)] = Field(default_factory=dict)
+    prefer: Prefer = Prefer.NEAREST
+
+    @field_validator("excluded_locations")
+    @classmethod
+    def _unique(cls, ids: list[str]) -> list[str]:
+        if len(set(ids)) != len(ids):
+            raise ValueError("excluded_locations names a location twice")
+        return ids
+
+
+class NewSourcingRules(SourcingRulesInput):
+    """The body of PUT /sourcing/rules: `prefer` is required (API.md), the other rules default."""
+
+    prefer: Prefer
+
+
+class SourcingRules(BaseModel):
+    """One version of the rules. Version 0 is the defaults, in force until the first PUT."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = 0
+    max_shipments: int | None = None
+    excluded_locations: list[str] = Field(default_factory=list)
+    safety_stock: dict[str, int] = Field(default_factory=dict)
+    prefer: Prefer = Prefer.NEAREST
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    def with_changes(self, given: SourcingRulesInput) -> SourcingRules:
+        """These rules with the ones `given` explicitly (a what-if): the rest keep their value."""
+        changes = {name: getattr(given, name) for name in given.model_fields_set}
+        return self.model_copy(update=changes)
+
+    def eligible(self, locations: list[Location]) -> list[Location]:
+        """`locations` without the excluded ones."""
+        excluded = set(self.excluded_locations)
+        return [loc for loc in locations if loc.location_id not in excluded]
+
+    def kept_back(self, location_id: str) -> int:
+        return self.safety_stock.get(location_id, 0)
+
+    def for_orders(self, stock: dict[str, list[StockLevel]]) -> dict[str, list[StockLevel]]:
+        """The stock orders may take: each level's `available` less its location's safety stock
+        (never below 0). Counts (`on_hand`, `reserved`) are untouched."""
+        return {
+            sku: [
+                level.model_copy(update={"available": max(0, level.available - self.kept_back(level.location_id))})
+                for level in levels
+            ]
+            for sku, levels in stock.items()
+        }
+
+    def named(self) -> str:
+        return f"sourcing rules v{self.version}"
+
+
+def next_version(current: SourcingRules, given: SourcingRulesInput, *, at: datetime, by: str) -> SourcingRules:
+    """The version a PUT makes: `given` whole (left-out rules take their defaults)."""
+    return SourcingRules(version=current.version + 1, **given.model_dump(), updated_at=at, updated_by=by)
+
+
+class SourcingRulesHistory(BaseModel):
+    """GET /sourcing/rules/history: versions newest first, and a cursor for older ones."""
+
+    items: list[SourcingRules]
+    next_cursor: str | None = None

@@ -1,0 +1,60 @@
+"""Sourcing rules (read, replace, their history) and what-if sourcing."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+
+from core.access import Scope
+from core.sourcing import SimulateSourcing, Simulation
+from core.sourcing_rules import NewSourcingRules, SourcingRules, SourcingRulesHistory
+from functions.api.access import ANY_KEY, caller, requires
+from functions.api.dependencies import container
+from functions.api.schemas import errors, ok
+
+router = Router()
+
+
+@router.get(
+    "/sourcing/rules",
+    summary="The sourcing rules in force, with their version",
+    responses={**ok(200, SourcingRules, "The current rules"), **errors(403)},
+)
+@requires(ANY_KEY)
+def get_sourcing_rules() -> SourcingRules:
+    return container().sourcing_rules_service.current()
+
+
+@router.put(
+    "/sourcing/rules",
+    summary="Replace the sourcing rules (a new version; rules left out take their defaults)",
+    responses={**ok(200, SourcingRules, "The new version"), **errors(400, 403, 409, 413)},
+)
+@requires(Scope.ADMIN)
+def put_sourcing_rules(rules: NewSourcingRules) -> SourcingRules:
+    return container().sourcing_rules_service.replace(rules, by=caller(router).key_id)
+
+
+@router.get(
+    "/sourcing/rules/history",
+    summary="Every version of the sourcing rules, newest first",
+    responses={**ok(200, SourcingRulesHistory, "A page of versions"), **errors(403)},
+)
+@requires(ANY_KEY)
+def get_sourcing_rules_history(
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> SourcingRulesHistory:
+    return container().sourcing_rules_service.history(limit, cursor)
+
+
+@router.post(
+    "/sourcing/simulate",
+    summary="What sourcing would plan for orders under the current or given rules (reserves nothing)",
+    responses={**ok(200, Simulation, "A plan per order, and their summary"), **errors(400, 403, 413)},
+)
+@requires(Scope.ORDERS_READ)
+def simulate_sourcing(request: SimulateSourcing) -> Simulation:
+    return container().simulator.simulate(request)

@@ -1,0 +1,141 @@
+"""Sourcing rules and what-if over the in-process API on moto: versions kept in the Catalog table,
+the admin scope, the version an allocation used in the order's history, and a simulation of 100
+orders that makes one read of the locations and one batched read of the stock."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
+from tests.integration.in_process import InProcessApi, in_process_api
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    from infra.local.stack import forget_warm_containers
+
+    with in_process_api() as started:
+        boto3.client("s3").create_bucket(Bucket="sourcing-test-labels")
+        os.environ["LABELS_BUCKET"] = "sourcing-test-labels"
+        forget_warm_containers()
+        try:
+            yield started
+        finally:
+            del os.environ["LABELS_BUCKET"]
+            forget_warm_containers()
+
+
+@pytest.fixture(scope="module")
+def network(api: InProcessApi) -> dict[str, str]:
+    return put_network(api)
+
+
+def issue(api: InProcessApi, *scopes: str) -> str:
+    response = api.post("/api-keys", json={"name": unique("key"), "scopes": list(scopes)})
+    assert response.status_code == 201, response.text
+    return response.json()["key"]
+
+
+def put_rules(api: InProcessApi, **body: Any) -> dict[str, Any]:
+    response = api.put("/sourcing/rules", json={"prefer": "nearest", **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_rules_are_read_by_any_key_replaced_by_admin_only_and_every_version_is_kept(api: InProcessApi, network):
+    reader = issue(api, "orders:read")
+    start = api.get("/sourcing/rules", key=reader).json()["version"]
+
+    first = put_rules(api, excluded_locations=[network["east"]], safety_stock={network["west"]: 2}, max_shipments=2)
+    second = put_rules(api, prefer="fewest_shipments")
+
+    assert (first["version"], second["version"]) == (start + 1, start + 2)
+    assert second["excluded_locations"] == [] and second["max_shipments"] is None  # a PUT replaces
+    assert api.get("/sourcing/rules", key=reader).json() == second
+    assert_error(api.put("/sourcing/rules", key=reader, json={"prefer": "nearest"}), 403, "forbidden")
+    assert_error(api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 0}), 422)
+    assert_error(api.put("/sourcing/rules", json={"max_shipments": 2}), 422)  # prefer is required
+    history = api.get("/sourcing/rules/history", params={"limit": 1}).json()
+    assert [r["version"] for r in history["items"]] == [second["version"]]
+    older = api.get("/sourcing/rules/history", params={"limit": 1, "cursor": history["next_cursor"]}).json()
+    assert older["items"] == [first]
+    assert_error(api.get("/sourcing/rules/history", params={"cursor": "bogus"}), 422, "invalid_cursor")
+
+
+def test_an_allocation_names_the_rules_version_it_used_in_the_history(api: InProcessApi, network):
+    from functions.api.dependencies import container
+
+    catalog = Catalog(api)
+    sku = catalog.product("9.00")
+    catalog.stock(sku, network["west"], 10)
+    catalog.stock(sku, network["east"], 10)
+    rules = put_rules(api, excluded_locations=[network["west"]])
+    order = api.post("/orders", json=order_body((sku, 2))).json()
+
+    workflow = container().workflow
+    workflow.authorize_payment(order["id"], attempt=0)
+    workflow.reserve_stock(order["id"])
+
+    stored = api.get(f"/orders/{order['id']}").json()
+    assert [(a["location_id"], a["quantity"]) for a in stored["allocations"]] == [(network["east"], 2)]
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    [reserved] = [e for e in history if e["type"] == "stock_reserved"]
+    assert reserved["detail"]["sourcing_rules_version"] == rules["version"]
+    put_rules(api)  # back to the defaults for the other tests
+
+
+def test_a_simulation_of_100_orders_reads_locations_and_stock_once_and_reserves_nothing(api: InProcessApi, network):
+    from functions.api.dependencies import container
+
+    catalog = Catalog(api)
+    skus = [catalog.product("5.00") for _ in range(3)]
+    for sku in skus:
+        catalog.stock(sku, network["west"], 40)
+        catalog.stock(sku, network["east"], 400)
+    before = {sku: api.get(f"/inventory/{sku}").json() for sku in skus}
+    bodies = [order_body(*[(sku, 1 + n % 2) for sku in skus]) for n in range(100)]
+    for body in bodies:
+        body["shipping_address"].update(latitude=37.77, longitude=-122.42)
+    planner = issue(api, "orders:read")
+    calls: Counter[str] = Counter()
+    client = container().dynamodb
+    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.update([model.name]))
+
+    nearest = api.post("/sourcing/simulate", json={"orders": bodies}, key=planner)
+    counted = dict(calls)
+    fewest = api.post("/sourcing/simulate", json={"orders": bodies, "rules": {"max_shipments": 1}})
+
+    assert nearest.status_code == 200, nearest.text
+    # The rules (one Query), the network (one GetItem), the stock (BatchGetItem: 3 skus x 2
+    # locations is one batch); the API key's lookup is the authorizer's, with its own client.
+    assert counted == {"Query": 1, "GetItem": 1, "BatchGetItem": 1}
+    summary = nearest.json()["summary"]
+    assert summary["orders"] == 100 and summary["unfillable_units"] == 0
+    assert fewest.json()["summary"]["shipments"] == 100 and fewest.json()["rules"]["max_shipments"] == 1
+    assert {sku: api.get(f"/inventory/{sku}").json() for sku in skus} == before
+    assert api.get("/sourcing/rules").json()["max_shipments"] is None  # a what-if changes no rule
+    assert_error(api.post("/sourcing/simulate", json={"orders": bodies}, key=issue(api, "inventory:write")), 403)
+
+
+def test_two_changes_racing_for_one_version_number_keep_the_first_and_the_other_is_409(api: InProcessApi):
+    from core.errors import StaleVersion
+    from core.models import utc_now
+    from core.sourcing_rules import SourcingRulesInput, next_version
+    from functions.api.dependencies import container
+
+    store = container().sourcing_rules
+    read = store.current()
+    mine = next_version(read, SourcingRulesInput(max_shipments=3), at=utc_now(), by="key_a")
+    theirs = next_version(read, SourcingRulesInput(max_shipments=4), at=utc_now(), by="key_b")
+
+    store.add(mine)
+    with pytest.raises(StaleVersion):
+        store.add(theirs)
+    assert store.current() == mine
+    put_rules(api)  # back to the defaults for the other tests

@@ -1,0 +1,394 @@
+"""Sourcing rules as data: versions, exclusions, safety stock, what allocation and the what-if use."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from core import hookimpl
+from core.backorders import BackorderAllocator
+from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion
+from core.models import StockLevel
+from core.sourcing import SimulateSourcing, Simulator, SourcingRulesService
+from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
+from core.status import OrderStatus
+from plugins.testing.memory import InMemorySourcingRules
+from tests.builders import NOW, order_body, product
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+
+
+def a_world(stock, rules: InMemorySourcingRules | None = None) -> tuple[World, InMemorySourcingRules]:
+    rules = rules or InMemorySourcingRules()
+    return build_world(stock, sourcing_rules=rules), rules
+
+
+def put(rules: InMemorySourcingRules, **given) -> SourcingRules:
+    return SourcingRulesService(rules, clock=lambda: NOW).replace(SourcingRulesInput(**given), by="key_admin")
+
+
+def reserved_at(world: World, order_id: str) -> dict[str, int]:
+    held: dict[str, int] = {}
+    for (_, location_id, _), quantity in world.held_for(order_id).items():
+        held[location_id] = held.get(location_id, 0) + quantity
+    return held
+
+
+def reserve_entry(world: World, order_id: str):
+    return next(e for e in world.history(order_id) if e.type == "stock_reserved" or e.type == "backordered")
+
+
+# --- The rules and their versions --------------------------------------------------------------
+
+
+def test_the_defaults_are_version_0_nearest_nothing_excluded_no_safety_stock_no_limit():
+    rules = InMemorySourcingRules().current()
+
+    assert rules.version == 0 and rules.prefer is Prefer.NEAREST
+    assert rules.max_shipments is None and rules.excluded_locations == [] and rules.safety_stock == {}
+
+
+def test_each_put_is_a_new_version_whole_and_the_history_keeps_every_one_newest_first():
+    store = InMemorySourcingRules()
+    service = SourcingRulesService(store, clock=lambda: NOW)
+
+    first = put(store, excluded_locations=["wh-east"], safety_stock={"wh-west": 2})
+    second = put(store, prefer="fewest_shipments")  # a PUT replaces: the exclusion is gone
+
+    assert (first.version, second.version) == (1, 2)
+    assert second.excluded_locations == [] and second.safety_stock == {}
+    assert second.updated_by == "key_admin" and second.updated_at == NOW
+    assert service.current() == second
+    page = service.history(limit=1)
+    assert [r.version for r in page.items] == [2]
+    assert [r.version for r in service.history(limit=5, cursor=page.next_cursor).items] == [1]
+
+
+def test_a_change_made_from_a_stale_read_is_refused():
+    store = InMemorySourcingRules()
+    stale = store.current()
+    put(store, max_shipments=2)
+
+    with pytest.raises(StaleVersion):
+        store.add(stale.model_copy(update={"version": stale.version + 1}))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_shipments": 0},
+        {"safety_stock": {"wh-east": -1}},
+        {"excluded_locations": ["wh-east", "wh-east"]},
+        {"prefer": "cheapest"},
+        {"surprise": 1},
+        {"max_shipments": 1.5},
+    ],
+)
+def test_rules_that_make_no_sense_are_refused(body):
+    with pytest.raises(ValidationError):
+        SourcingRulesInput.model_validate(body)
+
+
+def test_a_what_if_keeps_the_rules_it_does_not_name():
+    current = SourcingRules(version=3, max_shipments=2, safety_stock={"wh-east": 5})
+
+    changed = current.with_changes(SourcingRulesInput.model_validate({"prefer": "fewest_shipments"}))
+    cleared = current.with_changes(SourcingRulesInput.model_validate({"max_shipments": None}))
+
+    assert (changed.prefer, changed.max_shipments, changed.safety_stock) == ("fewest_shipments", 2, {"wh-east": 5})
+    assert cleared.max_shipments is None and cleared.safety_stock == {"wh-east": 5}
+
+
+def test_safety_stock_is_held_back_from_orders_not_from_counts():
+    rules = SourcingRules(safety_stock={"wh-east": 3})
+    levels = {
+        "MUG": [
+            StockLevel(sku="MUG", location_id="wh-east", on_hand=5, reserved=1, available=4),
+            StockLevel(sku="MUG", location_id="wh-west", on_hand=2, reserved=0, available=2),
+        ]
+    }
+
+    [east, west] = rules.for_orders(levels)["MUG"]
+
+    assert (east.on_hand, east.reserved, east.available) == (5, 1, 1)
+    assert west.available == 2
+    assert SourcingRules(safety_stock={"wh-east": 10}).for_orders(levels)["MUG"][0].available == 0
+
+
+# --- Allocation uses the version in force, and names it ------------------------------------------
+
+
+def test_allocation_names_the_rules_version_it_used_and_a_change_applies_to_the_next_order():
+    world, store = a_world([("MUG", "wh-west", 10), ("MUG", "wh-east", 10)])
+
+    before = world.allocated(("MUG", 1))
+    put(store, excluded_locations=["wh-west"])
+    after = world.allocated(("MUG", 1))
+
+    assert [a.location_id for a in before.allocations] == ["wh-west"]  # the nearer one
+    assert reserve_entry(world, before.id).detail["sourcing_rules_version"] == 0
+    assert [a.location_id for a in after.allocations] == ["wh-east"]
+    assert reserve_entry(world, after.id).detail["sourcing_rules_version"] == 1
+
+
+def test_an_order_is_out_of_stock_when_only_excluded_locations_have_it():
+    world, store = a_world([("MUG", "wh-west", 10)])
+    put(store, excluded_locations=["wh-west"])
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+
+def test_safety_stock_sends_the_order_to_a_location_with_units_to_spare():
+    world, store = a_world([("MUG", "wh-west", 3), ("MUG", "wh-east", 10)])
+    put(store, safety_stock={"wh-west": 2})
+
+    order = world.allocated(("MUG", 2))
+
+    assert reserved_at(world, order.id) == {"wh-east": 2}
+    assert world.level("MUG", "wh-west") == (3, 0, 3)  # the count still shows every unit
+
+
+def test_the_reservation_itself_keeps_the_safety_stock_so_a_race_cannot_take_it():
+    world, _ = a_world([("MUG", "wh-west", 3)])
+
+    with pytest.raises(InsufficientStock):
+        world.inventory.reserve("MUG", "wh-west", "ord_x#L1", 2, keep=2)
+    world.inventory.reserve("MUG", "wh-west", "ord_x#L1", 1, keep=2)
+
+    assert world.level("MUG", "wh-west") == (3, 1, 2)
+
+
+def test_max_shipments_and_prefer_reach_the_built_in_plugin():
+    stock = [("MUG", "wh-west", 5), ("TSHIRT", "wh-east", 5), ("MUG", "wh-east", 5)]
+    world, store = a_world(stock)
+
+    nearest = world.allocated(("MUG", 1), ("TSHIRT", 1))
+    put(store, max_shipments=1)
+    one = world.allocated(("MUG", 1), ("TSHIRT", 1))
+
+    assert sorted(reserved_at(world, nearest.id)) == ["wh-east", "wh-west"]
+    assert reserved_at(world, one.id) == {"wh-east": 2}
+
+
+def test_a_backorder_fill_keeps_the_safety_stock_and_names_the_version():
+    world, store = a_world([("PREORDER", "wh-west", 0)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, _NoStarter())
+    order_id = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    put(store, safety_stock={"wh-west": 3})
+
+    world.inventory.adjust("PREORDER", "wh-west", 4, reason="receipt")
+    allocator.arrived("PREORDER", "wh-west")
+
+    assert world.held_for(order_id) == {("PREORDER", "wh-west", f"{order_id}#L1"): 1}  # 4 less 3 kept back
+    fill = world.history(order_id)[-1]
+    assert fill.type == "stock_reserved" and fill.detail["sourcing_rules_version"] == 1
+
+
+class _NoStarter:
+    def start(self, order_id: str, *, channel: str, rerun: str) -> None:
+        pass
+
+
+# --- What-if ----------------------------------------------------------------------------------
+
+
+class Counting:
+    """Wraps a port and counts the calls of each method."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        attribute = getattr(self._inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def simulator(world: World, store: InMemorySourcingRules) -> tuple[Simulator, Counting, Counting]:
+    catalog, inventory = Counting(world.catalog), Counting(world.inventory)
+    plugins = world.workflow._hook  # the same plugins the workflow asks
+    return Simulator(world.orders, catalog, inventory, store, _Relay(plugins)), catalog, inventory
+
+
+class _Relay:
+    def __init__(self, hook):
+        self.hook = hook
+
+
+def bodies(*lines_per_order: list[tuple[str, int]]) -> list[dict]:
+    return [
+        order_body(external_id=f"sim-{n}", lines=[{"sku": s, "quantity": q} for s, q in lines])
+        for n, lines in enumerate(lines_per_order)
+    ]
+
+
+def test_a_simulation_of_100_bodies_reads_locations_once_and_stock_once_and_changes_nothing():
+    world, store = a_world([("MUG", "wh-west", 30), ("MUG", "wh-east", 500), ("TSHIRT", "wh-east", 50)])
+    sim, catalog, inventory = simulator(world, store)
+    before = (world.held(), dict(world.inventory.stock), len(world.orders.orders))
+
+    result = sim.simulate(SimulateSourcing.model_validate({"orders": bodies(*[[("MUG", 2), ("TSHIRT", 1)]] * 100)}))
+
+    assert catalog.calls == {"list_locations": 1} and inventory.calls == {"levels": 1}
+    assert (world.held(), dict(world.inventory.stock), len(world.orders.orders)) == before
+    assert result.summary.orders == 100 and len(result.items) == 100
+    first = result.items[0]
+    assert first.order_id is None and first.unfillable == []
+    assert {s.location_id for s in first.shipments} == {"wh-west", "wh-east"}  # nearest per line
+    assert all(s.distance_km is None for s in first.shipments)  # the body's address has no coordinates
+    assert result.rules.version == 0 and first.reasons[0] == "sourcing rules v0"
+
+
+def test_two_rule_sets_compare_side_by_side_in_the_summary():
+    world, store = a_world([("MUG", "wh-west", 30), ("MUG", "wh-east", 30), ("TSHIRT", "wh-east", 50)])
+    sim, _, _ = simulator(world, store)
+    orders = bodies([("MUG", 1), ("TSHIRT", 1)], [("MUG", 40)])
+    located = [
+        {**body, "shipping_address": {**body["shipping_address"], "latitude": 37.77, "longitude": -122.42}}
+        for body in orders
+    ]
+
+    nearest = sim.simulate(SimulateSourcing.model_validate({"orders": located}))
+    fewest = sim.simulate(SimulateSourcing.model_validate({"orders": located, "rules": {"prefer": "fewest_shipments"}}))
+
+    assert nearest.summary.shipments == 4 and fewest.summary.shipments == 3
+    assert nearest.summary.unfillable_units == fewest.summary.unfillable_units == 0
+    assert nearest.summary.mean_distance_km < fewest.summary.mean_distance_km
+    assert store.versions == []  # a what-if writes no rules either
+
+
+def test_what_the_locations_lack_is_unfillable_and_excluded_locations_are_not_used():
+    world, store = a_world([("MUG", "wh-west", 3), ("MUG", "wh-east", 2)])
+    put(store, safety_stock={"wh-west": 1})
+    sim, _, _ = simulator(world, store)
+
+    result = sim.simulate(
+        SimulateSourcing.model_validate({"orders": bodies([("MUG", 5)]), "rules": {"excluded_locations": ["wh-east"]}})
+    )
+
+    [item] = result.items
+    assert [(s.location_id, [(x.line_id, x.quantity) for x in s.lines]) for s in item.shipments] == [
+        ("wh-west", [("L1", 2)])
+    ]
+    assert [(x.line_id, x.sku, x.quantity) for x in item.unfillable] == [("L1", "MUG", 3)]
+    assert result.rules.version == 1 and result.rules.safety_stock == {"wh-west": 1}  # kept: not given
+    assert result.summary.unfillable_units == 3
+
+
+def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
+    world, store = a_world([("MUG", "wh-west", 10)])
+    order_id = world.place(("MUG", 2))
+    sim, _, _ = simulator(world, store)
+
+    result = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]}))
+
+    assert result.items[0].order_id == order_id
+    assert [(s.location_id, s.lines[0].quantity) for s in result.items[0].shipments] == [("wh-west", 2)]
+    with pytest.raises(InvalidRequest):
+        sim.simulate(SimulateSourcing.model_validate({"orders": ["ord_" + "a" * 24]}))
+
+
+def test_ids_and_bodies_are_not_mixed_and_at_most_100_orders_are_simulated():
+    with pytest.raises(ValidationError):
+        SimulateSourcing.model_validate({"orders": ["ord_" + "a" * 24, order_body()]})
+    with pytest.raises(ValidationError):
+        SimulateSourcing.model_validate({"orders": bodies(*[[("MUG", 1)]] * 101)})
+
+
+LOCATIONS = ["wh-west", "wh-east"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stock=st.lists(st.tuples(st.sampled_from(["MUG", "TSHIRT", "CAP"]), st.sampled_from(LOCATIONS), st.integers(0, 6))),
+    lines=st.lists(st.tuples(st.sampled_from(["MUG", "TSHIRT", "CAP"]), st.integers(1, 5)), min_size=1, max_size=4),
+    safety=st.dictionaries(st.sampled_from(LOCATIONS), st.integers(0, 3)),
+    excluded=st.lists(st.sampled_from(LOCATIONS), max_size=1),
+    prefer=st.sampled_from(list(Prefer)),
+    max_shipments=st.none() | st.integers(1, 2),
+)
+def test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves(
+    stock, lines, safety, excluded, prefer, max_shipments
+):
+    world, store = a_world(stock)
+    put(store, safety_stock=safety, excluded_locations=excluded, prefer=prefer, max_shipments=max_shipments)
+    try:
+        order_id = world.place(*lines)
+    except InsufficientStock:  # refused at capture: nothing is ever allocated
+        assume(False)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, _, _ = simulator(world, store)
+    [planned] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+
+    try:
+        world.workflow.reserve_stock(order_id)
+    except OutOfStock:
+        assert planned.unfillable
+        return
+    held = {
+        (key.split("#")[1], location_id): quantity
+        for (_, location_id, key), quantity in world.held_for(order_id).items()
+    }
+    assert not planned.unfillable
+    assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
+
+
+class EditsItsRules:
+    @hookimpl(wrapper=True)
+    def oms_source_order(self, rules):
+        rules.excluded_locations.append("wh-west")
+        rules.safety_stock.clear()
+        return (yield)
+
+
+def test_a_sourcing_plugin_that_edits_its_rules_changes_neither_the_stored_rules_nor_the_reservation():
+    store = InMemorySourcingRules()
+    world = build_world([("MUG", "wh-west", 3)], EditsItsRules(), sourcing_rules=store)
+    put(store, safety_stock={"wh-west": 2})
+
+    order = world.allocated(("MUG", 1))
+
+    assert reserved_at(world, order.id) == {"wh-west": 1}
+    assert store.current().safety_stock == {"wh-west": 2} and store.current().excluded_locations == []
+    second = world.place(("MUG", 1))  # 2 units left, both safety stock under the stored rules
+    world.workflow.authorize_payment(second, attempt=0)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(second)
+
+
+def test_units_a_backorder_holds_at_a_location_excluded_since_stay_its_own_when_the_rest_arrives():
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, _NoStarter())
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    put(store, excluded_locations=["wh-west"])
+
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")  # excluded: takes nothing
+    allocator.arrived("PREORDER", "wh-west")
+    world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    allocator.arrived("PREORDER", "wh-east")
+
+    order = world.order(order_id)
+    assert reserved_at(world, order_id) == {"wh-west": 1, "wh-east": 2}
+    assert sorted((a.location_id, a.quantity) for a in order.allocations) == [("wh-east", 2), ("wh-west", 1)]
+    assert order.short_of() == {}
