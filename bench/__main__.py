@@ -426,6 +426,7 @@ def workflow_report() -> str:
     optional = typical["optional_dollars_per_million_orders"]
     lines += [f"| + {feature} | {cost:.2f} |" for feature, cost in optional.items()]
     lines += [f"| **total, with every optional feature** | **{total + sum(optional.values()):.2f}** |", ""]
+    lines += features_markdown(typical, total + sum(optional.values()))
     logged = typical["log_bytes_per_order"]
     lines += [
         "Lambda's billed duration is modeled, not timed (a loaded machine's waits would count as run time): "
@@ -445,6 +446,43 @@ def workflow_report() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+FEATURE_NAMES = {
+    "events": "events: PutEvents to the bus, the events function's Lambda time",
+    "webhooks": "one webhook subscription to every event: delivery records, SQS, the delivery function",
+    "aggregates": "customer and report counters (the events function's DynamoDB writes for them)",
+    "notifications": "customer notifications (the built-in notifier's records)",
+}
+
+
+def features_markdown(run: dict[str, Any], core_total: float) -> list[str]:
+    """The optional features of issue 14, measured in the same run, on top of the core total."""
+    features = run["features_per_million_orders"]
+    lines = [
+        "The optional features, measured in the same run and left out of the figures above (each request "
+        "attributed to the feature it is made for; `bench/workflow.py` says how). "
+        f"Webhook deliveries per order: {run['webhook_deliveries_per_order']:.2f}.",
+        "",
+        "| optional feature | $ per million orders | of which |",
+        "| --- | --- | --- |",
+    ]
+    for feature, bill in features.items():
+        parts = ", ".join(f"{service} {cost:.2f}" for service, cost in sorted(bill.items(), key=lambda kv: -kv[1]))
+        lines.append(f"| + {FEATURE_NAMES[feature]} | {sum(bill.values()):.2f} | {parts} |")
+    everything = core_total + sum(sum(bill.values()) for bill in features.values())
+    lines += [
+        f"| **total, with the events, one subscription, aggregates and notifications** | **{everything:.2f}** | |"
+    ]
+    reads = run["access_log_per_million_reads"]
+    parts = ", ".join(f"{service} {cost:.2f}" for service, cost in sorted(reads.items(), key=lambda kv: -kv[1]))
+    lines += [
+        "",
+        f"The access log is paid per read of an order (one `GET /orders/{{id}}` per order, measured apart): "
+        f"**{sum(reads.values()):.2f} $ per million reads** ({parts}), on top of the read itself.",
+        "",
+    ]
+    return lines
 
 
 def aggregates_report() -> str:

@@ -29,6 +29,8 @@ PRICES = {
     "s3_get": 0.0004 / 1_000,
     # SQS standard: per request (64 KB chunks).
     "sqs_request": 0.40 / 1_000_000,
+    # EventBridge: per custom event published (each 64 KB chunk of an entry is one event).
+    "eventbridge_event": 1.00 / 1_000_000,
     # CloudWatch Logs: per GB ingested (standard class; storage, $0.03/GB-month, is left out).
     "logs_ingest_gb": 0.50,
     # X-Ray: per trace recorded (traces retrieved or scanned by someone looking are left out).
@@ -66,6 +68,7 @@ class Usage:
     api_requests: int = 0
     log_bytes: Counter[str] = field(default_factory=Counter)  # level ("INFO", "metrics", "platform") -> bytes
     traces: int = 0  # requests that start a trace: API calls and stream-triggered invocations
+    events_published: int = 0  # PutEvents entries (64 KB chunks)
 
 
 def attribute_bytes(value: dict[str, Any]) -> int:
@@ -113,6 +116,7 @@ def dollars(usage: Usage) -> dict[str, float]:
         "DynamoDB": usage.wru * p["dynamodb_wru"] + usage.rru * p["dynamodb_rru"],
         "S3": usage.calls["s3.PutObject"] * p["s3_put"] + usage.calls["s3.GetObject"] * p["s3_get"],
         "SQS": sum(v for k, v in usage.calls.items() if k.startswith("sqs.")) * p["sqs_request"],
+        "EventBridge": usage.events_published * p["eventbridge_event"],
         "CloudWatch Logs (platform lines, metrics, warnings and errors)": sum(
             v for level, v in usage.log_bytes.items() if level not in ("INFO", "DEBUG")
         )

@@ -1,4 +1,6 @@
-"""Orders from POST to `allocated` on the local stack, and what each order costs on AWS.
+"""Orders from POST to `allocated` on the local stack, and what each order costs on AWS, with what
+the optional features (events, one webhook subscription, the aggregates, notifications, the access
+log) add on top.
 
 Runs in its own process (`python -m bench.workflow`, called by `make bench`) because it starts
 the stack in-process: a botocore event hook then sees every AWS request the functions make,
@@ -15,9 +17,11 @@ import sys
 import threading
 import time
 import zlib
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
@@ -42,6 +46,42 @@ from infra.local.template import Template
 
 ORDERS = int(os.environ.get("BENCH_WORKFLOW_ORDERS", "100"))
 CLIENTS = 4
+
+# The optional features, by the function that does their work; the core figure leaves them out.
+# EventsFunction's own time is the events' (the aggregates and notifications ride on its
+# invocations); its requests are split by what they are for (see UsageRecorder.feature).
+FEATURE_FUNCTIONS = {
+    "EventsFunction": "events",
+    "WebhookDeliveryFunction": "webhooks",
+    "AccessLogFunction": "access log",
+}
+FEATURES = ("events", "webhooks", "aggregates", "notifications")  # per order; the access log is per read
+_FEATURE = threading.local()  # the feature EventsFunction is working for, while it does
+
+
+@contextmanager
+def working_for(feature: str) -> Iterator[None]:
+    outer = getattr(_FEATURE, "name", None)
+    _FEATURE.name = feature
+    try:
+        yield
+    finally:
+        _FEATURE.name = outer
+
+
+def tag_events_function() -> None:
+    """EventsFunction's counters and notifications are the aggregates' and notifications' cost:
+    its handler calls these two module functions, wrapped here (the stack runs in this process)."""
+    import functions.events.app as events_app
+
+    for name, feature in (("update_aggregates", "aggregates"), ("notify", "notifications")):
+        original = getattr(events_app, name)
+
+        def tagged(*args: Any, _original: Callable[..., Any] = original, _feature: str = feature) -> Any:
+            with working_for(_feature):
+                return _original(*args)
+
+        setattr(events_app, name, tagged)
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,8 @@ class UsageRecorder:
     def __init__(self, orders_table: str = "", durations: DurationModel | None = None):
         self.durations = durations or DurationModel()
         self.usage = Usage()
+        self.features: defaultdict[str, Usage] = defaultdict(Usage)
+        self.access_log_queue = ""
         self.orders_table = orders_table
         self.indexes = orders_indexes()
         self._order_bytes: dict[str, tuple[int, int]] = {}  # order id -> (item size, doc size)
@@ -181,27 +223,50 @@ class UsageRecorder:
 
         BaseClient._make_api_call = counted  # type: ignore[method-assign]
 
+    def feature(self, function: str, operation: str, params: dict[str, Any]) -> str | None:
+        """The optional feature a request is made for, None for the core. EventsFunction publishes
+        (PutEvents: events) and queues webhook deliveries (the subscriptions read, the delivery
+        records, the messages: webhooks) unless it is keeping counters or notifying."""
+        if tagged := getattr(_FEATURE, "name", None):
+            return tagged
+        if function == "EventsFunction":
+            return "events" if operation == "events.PutEvents" else "webhooks"
+        if function == "ApiFunction" and operation == "sqs.SendMessage":
+            return "access log" if params.get("QueueUrl") == self.access_log_queue else None
+        return FEATURE_FUNCTIONS.get(function)
+
+    def running_usage(self) -> Usage:
+        """The usage the running function's log lines are billed to."""
+        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
+        feature = FEATURE_FUNCTIONS.get(function)
+        return self.features[feature] if feature else self.usage
+
     def record(self, service: str, operation_name: str, params: dict[str, Any]) -> None:
         function = getattr(RUNNING, "function", None)
         if function is None:
             return  # the stack's own work (creating tables, polling streams) is not billed per order
         operation = f"{service}.{operation_name}"
+        name = function.split("-")[-1]
         with self._lock:
-            self.usage.calls[operation] += 1
-            self.usage.by_function[f"{function.split('-')[-1]} {operation}"] += 1
+            feature = self.feature(name, operation, params)
+            usage = self.features[feature] if feature else self.usage
+            usage.calls[operation] += 1
+            self.usage.by_function[f"{name} {operation}"] += 1  # every request, for the table
             if service == "dynamodb":
-                self._capacity(operation_name, params)
+                self._capacity(usage, operation_name, params)
             elif operation == "stepfunctions.StartExecution":
-                self.usage.sfn_executions += 1
+                usage.sfn_executions += 1
+            elif operation == "events.PutEvents":
+                usage.events_published += len(params.get("Entries", []))
 
-    def _capacity(self, operation: str, params: dict[str, Any]) -> None:
+    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any]) -> None:
         table = params.get("TableName")
         if operation == "PutItem":
             size = item_bytes(params["Item"])
             if table == self.orders_table:
                 self._order_bytes[params["Item"]["id"]["S"]] = (size, attribute_bytes(params["Item"]["doc"]))
-                self.usage.wru += sum(index.writes_on_put(params["Item"]) for index in self.indexes)
-            self.usage.wru += wru_for(size)
+                usage.wru += sum(index.writes_on_put(params["Item"]) for index in self.indexes)
+            usage.wru += wru_for(size)
         elif operation == "UpdateItem":
             values = params.get("ExpressionAttributeValues", {})
             if table == self.orders_table and ":doc" in values:
@@ -213,18 +278,20 @@ class UsageRecorder:
                 entries = sum(1 + attribute_bytes(entry) for entry in values.get(":entries", {}).get("L", []))
                 size = old_size - old_doc + doc + entries
                 self._order_bytes[order_id] = (size, doc)
-                self.usage.wru += wru_for(size)
+                usage.wru += wru_for(size)
                 if values[":status"]["S"] != values[":expected_status"]["S"]:
                     # A status change also moves the order in the sparse by_sla index (its key
                     # follows the status and when it was entered).
                     moved = ("status", "sla_key", "sla_at", "status_since")
-                    self.usage.wru += sum(index.writes_on_change(*moved) for index in self.indexes)
+                    usage.wru += sum(index.writes_on_change(*moved) for index in self.indexes)
             else:
-                self.usage.wru += 1  # inventory and API-key items stay under 1 KB
+                usage.wru += 1  # inventory and API-key items stay under 1 KB
+        elif operation == "TransactWriteItems":
+            usage.wru += 2 * len(params["TransactItems"])  # small items (counters, markers): 2 units each
         elif operation in ("GetItem", "Query"):
-            self.usage.rru += rru_for(2048)
+            usage.rru += rru_for(2048)
         elif operation == "BatchGetItem":
-            self.usage.rru += sum(rru_for(2048) * len(spec["Keys"]) for spec in params["RequestItems"].values())
+            usage.rru += sum(rru_for(2048) * len(spec["Keys"]) for spec in params["RequestItems"].values())
 
 
 def _order_body() -> dict[str, Any]:
@@ -240,6 +307,61 @@ def _order_body() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def feature_dollars(usage: Usage, count: int) -> dict[str, float]:
+    """A feature's bill per million (orders or reads), its services that cost something."""
+    usage.log_bytes["platform"] += sum(usage.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
+    billed = {**dollars(usage), **optional_dollars(usage)}
+    return {service: cost / count * 1_000_000 for service, cost in billed.items() if cost}
+
+
+def _bill_lambda(
+    functions: Any,
+    usage: Usage,
+    features: defaultdict[str, Usage],
+    cpu: DurationModel,
+    cpu_before: Counter[str],
+    invocations_before: dict[str, int],
+) -> None:
+    """Each function's invocations and modeled GB-seconds since the marks, to the core's usage or
+    to its feature's."""
+    for f in functions:
+        calls = f.invocations - invocations_before[f.name]
+        if calls:
+            name = f.name.split("-")[-1]
+            target = features[FEATURE_FUNCTIONS[name]] if name in FEATURE_FUNCTIONS else usage
+            target.lambda_invocations[name] += calls
+            target.lambda_gb_seconds += (cpu.seconds[f.name] - cpu_before[f.name]) * f.memory_mb / 1024
+
+
+class Subscriber:
+    """A webhook receiver on loopback that answers every delivery 204 at once, counting them."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        subscriber = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                subscriber.received += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/oms"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def main() -> None:
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
     # Installed before the stack starts, so every client the functions create carries the hook.
@@ -249,10 +371,15 @@ def main() -> None:
     recorder.install()
     lock = threading.Lock()
     real_stdout = sys.stdout
-    sys.stdout = LogMeter(sys.stdout, lambda: recorder.usage, lock)
-    sys.stderr = LogMeter(sys.stderr, lambda: recorder.usage, lock)
+    sys.stdout = LogMeter(sys.stdout, recorder.running_usage, lock)
+    sys.stderr = LogMeter(sys.stderr, recorder.running_usage, lock)
+    receiver = Subscriber()
     with running_stack(seed=True, parameter_overrides=params) as stack:
+        tag_events_function()
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
+        # One webhook subscription to every event, answered at once (what one subscriber costs).
+        requests.post(f"{stack.api_url}/webhooks", json={"url": receiver.url, "events": ["*"]},
+                      headers=headers, timeout=10).raise_for_status()  # fmt: skip
         # Stock for every order of the run, so none is cancelled out_of_stock.
         requests.put(f"{stack.api_url}/inventory/TSHIRT-BLK-M/wh-west", json={"on_hand": 100_000},
                      headers=headers, timeout=10).raise_for_status()  # fmt: skip
@@ -261,7 +388,9 @@ def main() -> None:
         stack.wait_until_idle(30)
 
         recorder.orders_table = stack.table_names["OrdersTable"]
+        recorder.access_log_queue = stack.queue_urls["AccessLogQueue"]
         recorder.usage = Usage()  # what the warm-up did is not part of the run
+        recorder.features.clear()
         functions = stack.functions.values()
         cpu_before = Counter(cpu.seconds)
         invocations_before = {f.name: f.invocations for f in functions}
@@ -299,12 +428,8 @@ def main() -> None:
                 session.post(f"{base}/deliver", headers=headers, timeout=30).raise_for_status()
         stack.wait_until_idle(60)
 
-        usage = recorder.usage
-        for f in functions:
-            calls = f.invocations - invocations_before[f.name]
-            if calls:
-                usage.lambda_invocations[f.name.split("-")[-1]] += calls
-                usage.lambda_gb_seconds += (cpu.seconds[f.name] - cpu_before[f.name]) * f.memory_mb / 1024
+        usage, features = recorder.usage, recorder.features
+        _bill_lambda(functions, usage, features, cpu, cpu_before, invocations_before)
         workflow_seconds = sum(
             cpu.seconds[f.name] - cpu_before[f.name]
             for f in functions
@@ -320,11 +445,24 @@ def main() -> None:
         # at each stream-triggered outbox invocation (the executions it starts, with their tasks).
         usage.traces = usage.api_requests + usage.lambda_invocations["OutboxFunction"]
 
+        # The access log is paid per read: one GET /orders/{id} per order, counting only what
+        # recording it costs (the API's SendMessage, the access-log function and its PutItem).
+        recorder.usage, recorder.features = Usage(), defaultdict(Usage)
+        cpu_before = Counter(cpu.seconds)
+        invocations_before = {f.name: f.invocations for f in functions}
+        for order_id in placed:
+            session.get(f"{stack.api_url}/orders/{order_id}", headers=headers, timeout=30).raise_for_status()
+        stack.wait_until_idle(60)
+        reads = recorder.features
+        _bill_lambda(functions, Usage(), reads, cpu, cpu_before, invocations_before)
+    receiver.close()
+
     sys.stdout = real_stdout
 
     bill = dollars(usage)
     count = len(placed)
     per_million = {service: cost / count * 1_000_000 for service, cost in bill.items()}
+    features_per_million = {feature: feature_dollars(features[feature], count) for feature in FEATURES}
     optional_per_million = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(usage).items()}
 
     def per_order(counts: Counter[str]) -> dict[str, float]:
@@ -346,6 +484,9 @@ def main() -> None:
                 "dollars_per_million_orders": per_million,
                 "total_per_million_orders": sum(per_million.values()),
                 "optional_dollars_per_million_orders": optional_per_million,
+                "features_per_million_orders": features_per_million,
+                "access_log_per_million_reads": feature_dollars(reads["access log"], count),
+                "webhook_deliveries_per_order": receiver.received / count,
                 "log_bytes_per_order": per_order(usage.log_bytes),
                 "traces_per_order": usage.traces / count,
                 "order_item_bytes_at_delivery": statistics.median(size for size, _ in recorder.order_sizes()),

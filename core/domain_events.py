@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from core.ids import short_hash
+from core.import_service import ImportStatus
 from core.models import Order
 
 
@@ -204,3 +205,27 @@ def _return_changes(
             yield EventType.RETURN_CREATED, item
         if status in _RECEIVED_RETURN and previous not in _RECEIVED_RETURN:
             yield EventType.RETURN_RECEIVED, item
+
+
+# The statuses an import ends in. `failed` is not one: a failed import can be started again.
+_IMPORT_DONE = frozenset({ImportStatus.COMPLETED.value, ImportStatus.COMPLETED_WITH_ERRORS.value})
+
+
+def import_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DomainEvent]:
+    """`import.completed` when an import reaches a completed status: `old` and `new` are the
+    import before and after the change as GET /imports/{id} shows it, without its `errors` (up to
+    1,000 messages of up to 500 characters would not fit an EventBridge entry, 256 KB; `failed`
+    counts them and GET /imports/{id} lists them). Its id is the import's and the status's, so a
+    redelivered change gives the same id."""
+    status = new.get("status")
+    if status not in _IMPORT_DONE or (old or {}).get("status") in _IMPORT_DONE:
+        return []
+    type_ = EventType.IMPORT_COMPLETED
+    return [
+        DomainEvent(
+            id=event_id(new["id"], 0, type_, status),
+            type=type_,
+            created_at=new["updated_at"],
+            data={"import": new},
+        )
+    ]

@@ -343,6 +343,14 @@ class DynamoImportLedger(ImportLedger):
         return summaries, encode_cursor("imports", last) if last else None
 
 
+def import_summary(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The import an import's item (DynamoDB JSON, e.g. a stream image) holds, as GET
+    /imports/{id} shows it without its errors; None for any other item of the table."""
+    if not item or item.get("sk", {}).get("S") != "IMPORT" or not item.get("pk", {}).get("S", "").startswith("IMPORT#"):
+        return None
+    return ImportSummary(**_summary_fields(from_item(item))).model_dump(mode="json")
+
+
 def _summary_fields(values: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": values["id"],

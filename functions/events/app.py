@@ -1,5 +1,5 @@
 """Orders stream consumer: each order change becomes domain events, webhook deliveries, counters
-and customer notifications."""
+and customer notifications; the Catalog stream's completed imports become `import.completed`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.aggregates import aggregate_change
-from core.domain_events import order_events
+from core.domain_events import DomainEvent, import_events, order_events
 from core.webhooks import IssuedWebhook
+from functions.adapters.imports import import_summary
 from functions.bootstrap import WarmContainer
 
 logger = Logger()
@@ -57,6 +58,11 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     """Both images are read from the record itself, so a redelivered record gives the same events
     with the same ids; a failure fails this record only and the stream retries it."""
     images = record.raw_event.get("dynamodb") or {}
+    imported = import_summary(images.get("NewImage"))
+    if imported is not None:  # the Catalog stream's mapping passes only an import's completion
+        with logger.append_context_keys(import_id=imported["id"]):
+            dispatch(import_events(import_summary(images.get("OldImage")), imported), subscriptions)
+        return
     new = order_document(images.get("NewImage"))
     if new is None:  # a removed item, or not an order
         return
@@ -64,15 +70,21 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     update_aggregates(old, new)
     events = order_events(old, new)
     with logger.append_context_keys(order_id=new.get("id"), channel=new.get("channel")):
-        if events:
-            queued = container().event_dispatcher.dispatch(events, subscriptions)
-            logger.info("events published", extra={"events": [e.type.value for e in events], "deliveries": queued})
-            metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
-            if queued:
-                metrics.add_metric(name="WebhookDeliveriesQueued", unit=MetricUnit.Count, value=queued)
+        dispatch(events, subscriptions)
         # After the events: a notifier plugin that fails has the record redelivered, and the
         # events it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
         notify(old, new)
+
+
+def dispatch(events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None) -> None:
+    """Publish `events` to the bus and queue their webhook deliveries."""
+    if not events:
+        return
+    queued = container().event_dispatcher.dispatch(events, subscriptions)
+    logger.info("events published", extra={"events": [e.type.value for e in events], "deliveries": queued})
+    metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
+    if queued:
+        metrics.add_metric(name="WebhookDeliveriesQueued", unit=MetricUnit.Count, value=queued)
 
 
 def notify(old: dict[str, Any] | None, new: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """Bulk import end to end on the local stack: a file put under incoming/ goes through the S3
 notification, the splitter, the import queue and the worker (the event source mappings the
-template declares), and GET /imports reports it; `make import` does the same from a terminal."""
+template declares), and GET /imports reports it; `make import` does the same from a terminal; a
+webhook subscribed to `import.completed` receives the import's end."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.imports import import_id_for
+from core.webhooks import verify_signature
 from functions.import_splitter.readers import COLUMNS
 from infra.local.stack import EmbeddedStack, running_stack
 from tests.e2e.client import Api, assert_error, unique
@@ -32,11 +36,15 @@ FINISHED = ("completed", "completed_with_errors", "failed")
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
     """The demo catalog (the sample files order its skus), and only the import's event sources
-    running: the order workflow is not what this module is about, orders stay as placed."""
+    running (with import.completed's and the webhook deliveries'): the order workflow is not what
+    this module is about, orders stay as placed."""
     with running_stack(seed=True, event_sources=False, parameter_overrides=PARAMETERS) as started:
         started.seed_demo_data()
         for mapping in started.mappings.values():
-            if mapping.function_logical_id in ("ImportSplitterFunction", "ImportWorkerFunction"):
+            if mapping.function_logical_id in ("ImportSplitterFunction", "ImportWorkerFunction") or mapping.name in (
+                "EventsFunction.ImportsStream",
+                "WebhookDeliveryFunction.DeliveryQueue",
+            ):
                 mapping.resume()
         yield started
 
@@ -310,6 +318,45 @@ def test_the_cli_says_what_to_do_when_no_stack_runs(tmp_path: Path):
 
     assert run.returncode == 2
     assert "make run" in run.stderr
+
+
+def test_a_webhook_subscribed_to_import_completed_receives_the_end_of_an_import(stack: EmbeddedStack, api: Api):
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/imports"
+        subscribed = api.post("/webhooks", json={"url": url, "events": ["import.completed"]})
+        assert subscribed.status_code == 201, subscribed.text
+        channel = unique("hook")
+        data = ("\n".join([",".join(COLUMNS), csv_row(channel, "H-1"), csv_row(channel, "H-2")]) + "\n").encode()
+
+        report = finished(api, put_file(stack, "incoming/hooked.csv", data))
+
+        deadline = time.monotonic() + 30
+        while not received:
+            assert time.monotonic() < deadline, "import.completed was not delivered in 30 s"
+            time.sleep(0.1)
+        [(headers, body)] = received
+        event = json.loads(body)
+        assert (headers["OMS-Event-Type"], event["type"]) == ("import.completed", "import.completed")
+        assert headers["OMS-Event-Id"] == event["id"] and event["id"].startswith("evt_")
+        assert verify_signature(subscribed.json()["secret"], headers["OMS-Signature"], body, int(time.time()))
+        report.pop("errors")
+        assert event["data"] == {"import": report} and report["status"] == "completed"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_every_call_the_import_functions_make_is_granted_by_the_template(stack: EmbeddedStack, api: Api):

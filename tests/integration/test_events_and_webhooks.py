@@ -158,6 +158,56 @@ def test_order_changes_go_to_the_bus_and_to_matching_subscriptions_once_even_whe
     assert set(records_before) == {r.id for r in container().webhook_store.deliveries(everything.id, 10, None)[0]}
 
 
+def test_an_import_that_ends_goes_to_the_bus_and_its_subscribers_once_even_when_redelivered(aws, wired):
+    """The Catalog stream's record of an import's item reaching `completed_with_errors` (what the
+    ImportsStream mapping's filter passes) is `import.completed`, the import as GET /imports/{id}
+    shows it without its errors; channel-bound subscriptions do not get it."""
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from functions.adapters.imports import DynamoImportLedger, _import_key
+    from functions.events.app import container, lambda_handler
+
+    ledger = DynamoImportLedger(aws.dynamodb, aws.tables["CatalogTable"], aws.tables["IdempotencyTable"])
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    key = _import_key("imp_events1")
+    ledger.begin("imp_events1", "s3://b/incoming/orders.csv", at)
+    ledger.finish_reading("imp_events1", "csv", 2, at)
+    ledger.record("imp_events1", 1, Outcome.IMPORTED, None, at)
+    running = aws.dynamodb.get_item(TableName=aws.tables["CatalogTable"], Key=key)["Item"]
+    ledger.record("imp_events1", 2, Outcome.FAILED, LineError(2, None, "unknown_sku", "no product NOPE"), at)
+    ended = aws.dynamodb.get_item(TableName=aws.tables["CatalogTable"], Key=key)["Item"]
+    assert ended["status"] == {"S": "completed_with_errors"}
+    imports = subscribe("http://127.0.0.1:9/imports", ["import.completed"])
+    subscribe("http://127.0.0.1:9/shop-all", ["*"], channel="shop")  # bound to a channel: nothing
+    record = {
+        "eventID": "c1",
+        "eventName": "MODIFY",
+        "eventSource": "aws:dynamodb",
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/catalog/stream/x",
+        "dynamodb": {"Keys": key, "OldImage": running, "NewImage": ended, "SequenceNumber": "200"},
+    }
+
+    assert lambda_handler({"Records": [record]}, Context()) == {"batchItemFailures": []}
+    [on_bus] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert (on_bus["source"], on_bus["detail-type"]) == ("oms", "import.completed")
+    shown = ledger.get("imp_events1").model_dump(mode="json")
+    assert shown.pop("errors")[0]["code"] == "unknown_sku"
+    assert on_bus["detail"]["data"] == {"import": shown}
+    [queued] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert queued["webhook_id"] == imports.id
+
+    [delivery] = container().webhook_store.deliveries(imports.id, 10, None)[0]
+    assert delivery.event_type.value == "import.completed"
+
+    # Redelivered after the delivery was tried: the same event id on the bus, no second delivery.
+    container().webhook_store.update_delivery(delivery.model_copy(update={"attempts": 1}), delivery)
+    assert lambda_handler({"Records": [record]}, Context()) == {"batchItemFailures": []}
+    [again] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert again["detail"]["id"] == on_bus["detail"]["id"]
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+    assert [d.id for d in container().webhook_store.deliveries(imports.id, 10, None)[0]] == [delivery.id]
+
+
 class Receiver:
     """Answers each POST with the next of `answers` (an int status, or "slow" to sleep past the
     client's timeout), recording what it received."""

@@ -101,11 +101,15 @@ def test_every_function_has_an_errors_and_a_throttles_alarm(function: str):
 
 
 def stream_consumers() -> list[str]:
+    # One alarm per function covers all its mappings: IteratorAge by FunctionName is the oldest
+    # record of any of them (the alarms take the Maximum).
     return sorted(
-        name
-        for name, function in of_type(*FUNCTION_TYPES).items()
-        for event in (function["Properties"].get("Events") or {}).values()
-        if event["Type"] in ("DynamoDB", "Kinesis")
+        {
+            name
+            for name, function in of_type(*FUNCTION_TYPES).items()
+            for event in (function["Properties"].get("Events") or {}).values()
+            if event["Type"] in ("DynamoDB", "Kinesis")
+        }
     )
 
 

@@ -1,5 +1,7 @@
 """The bench's cost model: item sizes by DynamoDB's rules, index writes from the template, log levels."""
 
+import pytest
+
 from bench.cost import Usage, dollars, item_bytes, optional_dollars, wru_for
 from bench.workflow import Index, _level, orders_indexes
 
@@ -38,3 +40,38 @@ def test_log_lines_are_counted_by_level_and_info_is_optional():
     usage.traces = 1_000_000
     assert dollars(usage)["CloudWatch Logs (platform lines, metrics, warnings and errors)"] == 0.5
     assert list(optional_dollars(usage).values()) == [1.0, 5.0 * 0.05]
+
+
+def test_published_events_are_billed_per_entry_and_a_feature_shows_only_what_it_costs():
+    from bench.cost import PRICES
+    from bench.workflow import feature_dollars
+
+    usage = Usage(events_published=4)
+    usage.calls["sqs.SendMessage"] = 2
+    usage.lambda_invocations["EventsFunction"] = 2
+    assert dollars(usage)["EventBridge"] == 4 * PRICES["eventbridge_event"]
+    # Per million of 2 orders: 2 events, 1 SQS request, 1 invocation and its platform log lines each.
+    bill = feature_dollars(usage, 2)
+    assert bill["EventBridge"] == pytest.approx(2.00)
+    assert bill["SQS"] == pytest.approx(0.40)
+    assert bill["Lambda"] == pytest.approx(0.20)
+    # 400 bytes of platform lines per order, at $0.50 per GB.
+    assert bill["CloudWatch Logs (platform lines, metrics, warnings and errors)"] == pytest.approx(0.20)
+    assert "API Gateway" not in bill and "DynamoDB" not in bill  # nothing of theirs was used
+
+
+def test_requests_are_attributed_to_the_optional_feature_they_are_made_for():
+    from bench.workflow import UsageRecorder, working_for
+
+    recorder = UsageRecorder()
+    recorder.access_log_queue = "http://sqs/access-log"
+    assert recorder.feature("EventsFunction", "events.PutEvents", {}) == "events"
+    assert recorder.feature("EventsFunction", "sqs.SendMessage", {}) == "webhooks"
+    assert recorder.feature("EventsFunction", "dynamodb.Query", {}) == "webhooks"  # the subscriptions
+    with working_for("aggregates"):
+        assert recorder.feature("EventsFunction", "dynamodb.TransactWriteItems", {}) == "aggregates"
+    assert recorder.feature("WebhookDeliveryFunction", "dynamodb.PutItem", {}) == "webhooks"
+    assert recorder.feature("AccessLogFunction", "dynamodb.PutItem", {}) == "access log"
+    assert recorder.feature("ApiFunction", "sqs.SendMessage", {"QueueUrl": "http://sqs/access-log"}) == "access log"
+    assert recorder.feature("ApiFunction", "dynamodb.PutItem", {}) is None  # the core
+    assert recorder.feature("ReserveStockFunction", "dynamodb.UpdateItem", {}) is None

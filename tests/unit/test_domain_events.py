@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from core.domain_events import EventType, event_id, order_events
+from core.domain_events import EventType, event_id, import_events, order_events
 
 USD = "USD"
 
@@ -216,3 +216,49 @@ def test_every_contract_type_is_known():
         "shipment.rejected return.created return.received refund.succeeded refund.failed import.completed inventory.low"
     )
     assert {t.value for t in EventType} == set(contract.split())
+
+
+# --- import.completed -----------------------------------------------------------------------------
+
+
+def an_import(status: str, **changes: Any) -> dict[str, Any]:
+    """An import as GET /imports/{id} shows it, without its errors."""
+    return {
+        "id": "imp_aaaaaaaaaaaaaaaaaaaaaaaa",
+        "source": "s3://bucket/incoming/orders.csv",
+        "status": status,
+        "format": "csv",
+        "total": 3,
+        "total_final": True,
+        "imported": 2,
+        "duplicates": 0,
+        "failed": 1 if status == "completed_with_errors" else 0,
+        "created_at": "2026-12-01T12:00:00Z",
+        "updated_at": "2026-12-01T12:00:05Z",
+        **changes,
+    }
+
+
+@pytest.mark.parametrize("status", ["completed", "completed_with_errors"])
+def test_an_import_that_ends_is_import_completed_with_an_id_of_its_import_and_status(status):
+    running, ended = an_import("running"), an_import(status)
+    [event] = import_events(running, ended)
+    assert event.type is EventType.IMPORT_COMPLETED
+    assert event.id == event_id(ended["id"], 0, EventType.IMPORT_COMPLETED, status)
+    assert event.data == {"import": ended} and event.channel is None
+    assert event.created_at.isoformat() == "2026-12-01T12:00:05+00:00"
+    # A redelivered change gives the same id.
+    assert import_events(copy.deepcopy(running), copy.deepcopy(ended))[0].id == event.id
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("running", "running"),  # progress
+        ("running", "failed"),  # a file that could not be read: it can be started again
+        ("completed", "completed"),  # a change to an ended import (none is made today)
+        ("completed_with_errors", "completed_with_errors"),
+    ],
+)
+def test_an_import_that_has_not_just_ended_is_no_event(old, new):
+    assert import_events(an_import(old), an_import(new)) == []

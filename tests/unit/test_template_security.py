@@ -222,7 +222,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (CATALOG, "dynamodb:PutItem"): [DynamoWebhooks, DynamoAggregates, DynamoNotifications],
         (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
-        ("EventsFailureQueue", "sqs:SendMessage"): "the OrdersStream mapping's on-failure destination",
+        ("EventsFailureQueue", "sqs:SendMessage"): "the stream mappings' on-failure destination",
     },
     "WebhookDeliveryFunction": {
         **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem")},
