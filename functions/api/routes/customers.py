@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from core.access import Scope
 from core.aggregates import CustomerRow, CustomerView, ProductRow, RegionRow, ReportKind
+from core.money import MINOR_UNITS
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
@@ -21,7 +22,12 @@ router = Router()
 
 CustomerIdPath = existing("customer", r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", "Customer id (the orders' customer.id)")
 EmailQuery = Annotated[str, Query(min_length=3, max_length=254, description="The customer's email, any case")]
-Currency = Annotated[str, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217 code; required")]
+Currency = Annotated[
+    str,
+    Query(
+        pattern=r"^[A-Z]{3}$", description="ISO 4217 code; required", json_schema_extra={"enum": sorted(MINOR_UNITS)}
+    ),
+]
 From = Annotated[
     date | None, Query(alias="from", description="First day, UTC, inclusive (default: 29 days before `to`)")
 ]
