@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
@@ -49,6 +49,11 @@ class NewPurchaseOrderLine(Strict):
     unit_cost: Money
 
 
+# A delivery date outside these is a typo, and would not survive conversion to UTC at the edges.
+EARLIEST_EXPECTED = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EXPECTED = datetime(2999, 12, 31, tzinfo=UTC)
+
+
 class NewPurchaseOrder(Strict):
     vendor_id: Identifier
     location_id: Identifier
@@ -64,6 +69,8 @@ class NewPurchaseOrder(Strict):
             raise ValueError("each sku appears on one line (receipts name lines by sku)")
         if self.expected_at is not None and self.expected_at.tzinfo is None:
             raise ValueError("expected_at needs a time zone")
+        if self.expected_at is not None and not EARLIEST_EXPECTED <= self.expected_at <= LATEST_EXPECTED:
+            raise ValueError("expected_at must fall between the years 2000 and 2999")
         return self
 
 

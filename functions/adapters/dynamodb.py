@@ -47,8 +47,11 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def timestamp(value: datetime) -> str:
-    """One fixed RFC 3339 UTC format, so strings sort in time order inside GSI sort keys."""
-    return value.strftime(TIME_FORMAT)
+    """One fixed RFC 3339 UTC format, so strings sort in time order inside GSI sort keys: in UTC
+    whatever the zone it came in, and with a four-digit year (strftime writes year 1 as "1")."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return f"{value.year:04d}" + value.strftime(TIME_FORMAT[2:])
 
 
 def _plain(value: Any) -> Any:

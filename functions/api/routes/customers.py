@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from core.access import Scope
 from core.aggregates import CustomerRow, CustomerView, ProductRow, RegionRow, ReportKind
+from core.errors import InvalidRequest
 from core.money import MINOR_UNITS
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
@@ -28,10 +29,26 @@ Currency = Annotated[
         pattern=r"^[A-Z]{3}$", description="ISO 4217 code; required", json_schema_extra={"enum": sorted(MINOR_UNITS)}
     ),
 ]
+# Days are YYYY-MM-DD only: a `date` parameter would also take "0.0" (seconds since 1970).
+_DAY = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 From = Annotated[
-    date | None, Query(alias="from", description="First day, UTC, inclusive (default: 29 days before `to`)")
+    str | None,
+    Query(
+        alias="from",
+        pattern=_DAY,
+        description="First day, UTC, inclusive (default: 29 days before `to`)",
+        json_schema_extra={"format": "date"},
+    ),
 ]
-To = Annotated[date | None, Query(alias="to", description="Last day, UTC, inclusive (default: today)")]
+To = Annotated[
+    str | None,
+    Query(
+        alias="to",
+        pattern=_DAY,
+        description="Last day, UTC, inclusive (default: today)",
+        json_schema_extra={"format": "date"},
+    ),
+]
 Channel = Annotated[str | None, Query(max_length=64, description="One channel's orders only")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
@@ -82,9 +99,20 @@ def _report_channel(channel: str | None) -> str | None:
     return bound
 
 
-def _report(kind: ReportKind, currency: str, start: date | None, end: date | None, channel: str | None, limit: int):
+def _day(value: str | None, field: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(
+            f"{field} is not a day", details=[{"field": field, "message": "not a day (YYYY-MM-DD)"}]
+        ) from None
+
+
+def _report(kind: ReportKind, currency: str, start: str | None, end: str | None, channel: str | None, limit: int):
     return container().aggregates.report(
-        kind, currency, start=start, end=end, channel=_report_channel(channel), limit=limit
+        kind, currency, start=_day(start, "from"), end=_day(end, "to"), channel=_report_channel(channel), limit=limit
     )
 
 
