@@ -500,6 +500,17 @@ class StockAdjustment(Strict):
         return value
 
 
+class ReorderSettings(BaseModel):
+    """A (sku, location)'s reorder point (issue 15): when `available` drops below `reorder_point`,
+    a draft purchase order for `reorder_quantity` is made for `vendor_id`, its line priced at
+    `unit_cost` when given."""
+
+    reorder_point: int
+    reorder_quantity: int
+    vendor_id: str
+    unit_cost: Money | None = None
+
+
 class StockLevel(BaseModel):
     """One (sku, location) record. available = on_hand - reserved, kept in the same write."""
 
@@ -511,6 +522,7 @@ class StockLevel(BaseModel):
     updated_at: datetime | None = None
     incoming: int = 0  # units on open purchase orders to this location, not yet received
     next_expected_at: datetime | None = None  # the earliest such purchase order's expected_at
+    reorder: ReorderSettings | None = None  # the reorder point set on it, if any
 
 
 class LocationStock(BaseModel):
@@ -520,6 +532,7 @@ class LocationStock(BaseModel):
     available: int
     incoming: int = 0
     next_expected_at: datetime | None = None
+    reorder: ReorderSettings | None = Field(default=None, description="The reorder point, null when none is set")
 
 
 class InventorySummary(BaseModel):

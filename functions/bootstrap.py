@@ -35,6 +35,7 @@ from core.pricing import Pricing
 from core.purchasing import Purchasing, PurchasingRepository
 from core.reconciliation import Reconciler
 from core.refund_service import RefundService
+from core.reorder import Replenishment
 from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.sourcing import Simulator, SourcingRulesService
@@ -436,6 +437,10 @@ class Container:
     @cached_property
     def purchasing(self) -> Purchasing:
         return Purchasing(self.purchasing_repository, self.catalog_repository, self.clock)
+
+    @cached_property
+    def replenishment(self) -> Replenishment:
+        return Replenishment(self.purchasing_repository, self.catalog_repository, self.clock)
 
     @cached_property
     def webhook_store(self) -> WebhookStore:

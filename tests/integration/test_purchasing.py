@@ -49,7 +49,7 @@ def test_incoming_follows_the_po_from_creation_to_the_last_receipt(buyer: Shop):
     po = purchasing.create(new_po())
     assert po.status is PO.OPEN and po.expected_at == po.created_at + timedelta(days=10)
     assert at(buyer) == {"location_id": "wh-east", "on_hand": 0, "reserved": 0, "available": 0,
-                         "incoming": 5, "next_expected_at": po.expected_at}  # fmt: skip
+                         "incoming": 5, "next_expected_at": po.expected_at, "reorder": None}  # fmt: skip
 
     partly = purchasing.receive(po.id, receipt(2), "k1")
     assert partly.status is PO.PARTIALLY_RECEIVED and partly.lines[0].received_quantity == 2
