@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, order_body, put_network, unique
+from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 30
@@ -111,3 +111,47 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
     assert units(allocated) == 2 and {s["location_id"] for s in allocated["shipments"]} == {network["east"]}
     east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
     assert (east["on_hand"], east["reserved"], east["incoming"]) == (2, 2, 1)
+
+
+def drafts_of(api: Api, vendor: str) -> list[dict[str, Any]]:
+    return api.get("/purchase-orders", params={"status": "draft", "vendor_id": vendor}).json()["items"]
+
+
+def test_a_reorder_point_drafts_a_po_that_once_submitted_and_received_allocates_a_backorder(api: Api):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("30.00", allow_backorder=True)
+    east = network["east"]
+    catalog.stock(sku, east, 4)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
+    point = {"reorder_point": 3, "reorder_quantity": 10, "vendor_id": vendor}
+    assert api.put(f"/inventory/{sku}/{east}/reorder", json=point).status_code == 200
+
+    first = api.post("/orders", json=order_body((sku, 2), channel=unique("rop"))).json()["id"]
+    settled(api, first, "allocated")  # available 4 -> 2: below the point of 3
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while not (drafts := drafts_of(api, vendor)):
+        assert time.monotonic() < deadline, "no draft purchase order appeared"
+        time.sleep(0.1)
+    [draft] = drafts
+    assert (draft["location_id"], draft["lines"]) == (
+        east,
+        [{"sku": sku, "quantity": 10, "received_quantity": 0, "unit_cost": None}],
+    )
+    waiting = api.post("/orders", json=order_body((sku, 5), channel=unique("rop"))).json()["id"]
+    settled(api, waiting, "backordered")  # holds the 2 left and waits for 3
+
+    assert_error(api.post(f"/purchase-orders/{draft['id']}/submit"), 422, "unpriced_lines")
+    prices = {"lines": [{"sku": sku, "unit_cost": {"amount": "12.00", "currency": "USD"}}]}
+    submitted = api.post(f"/purchase-orders/{draft['id']}/submit", json=prices)
+    assert submitted.status_code == 200, submitted.text
+    assert (submitted.json()["status"], submitted.json()["lines"][0]["quantity"]) == ("open", 10)
+    stock = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[east]
+    assert (stock["incoming"], stock["reorder"]["reorder_point"]) == (10, 3)
+
+    received = api.post(f"/purchase-orders/{draft['id']}/receive", json={"lines": [{"sku": sku, "quantity": 10}]})
+    assert received.status_code == 200, received.text
+
+    assert units(settled(api, waiting, "allocated")) == 5
+    assert drafts_of(api, vendor) == []  # the fall to 0 was below the point already: no second crossing
