@@ -360,7 +360,7 @@ class Purchasing:
     def submit(self, po_id: str, submission: Submission | None = None) -> PurchaseOrder:
         prices = submission.prices() if submission else {}
 
-        def submit(po: PurchaseOrder) -> PurchaseOrder:
+        def step(po: PurchaseOrder) -> PurchaseOrder:
             if po.status is not PO.DRAFT:
                 return po.submit(prices)  # raises: only a draft is submitted
             # A draft waited for a person: its goods are due the vendor's lead time from now.
@@ -368,7 +368,7 @@ class Purchasing:
             due = self._clock() + timedelta(days=vendor.lead_time_days) if vendor else None
             return po.submit(prices, due)
 
-        return self._change(po_id, submit)
+        return self._change(po_id, step)
 
     def cancel(self, po_id: str) -> PurchaseOrder:
         return self._change(po_id, PurchaseOrder.cancel)
