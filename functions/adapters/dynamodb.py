@@ -1041,6 +1041,17 @@ class DynamoInventory(InventoryRepository):
                 result[sku].extend(_level(from_item(item)) for item in page.get("Items", []))
         return result
 
+    def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+        """One BatchGetItem of the whole items: the `expected#<po id>` attributes cannot be named in
+        a projection (their names are the POs'). Only backordered orders' reads come here."""
+        keys = [{"sku": {"S": sku}, "location_id": {"S": loc}} for sku, loc in sorted(items)]
+        found: dict[tuple[str, str], datetime] = {}
+        for item in batch_get(self._client, self._table, keys):
+            level = _level(from_item(item))
+            if level.next_expected_at is not None:
+                found[(level.sku, level.location_id)] = level.next_expected_at
+        return found
+
 
 # --- Backorder queues ----------------------------------------------------------------------------
 
