@@ -803,7 +803,8 @@ RESTOCK_LEDGER = "restocked#"
 # lowers `available` or leaves it alone removes it, so reservations and shipments (most of the
 # stream) never invoke the filler. A write that names neither leaves it as it was, which can only
 # invoke the filler for nothing (its own check compares both images), never miss an arrival.
-# A boolean is matched exactly; DynamoDB streams carry numbers as strings.
+# A boolean, matched exactly: the filter does not rest on numeric matching of the strings a
+# stream record carries DynamoDB numbers as.
 ARRIVED = "arrived"
 
 
