@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 
 from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.aggregates import Aggregates, AggregateStore
-from core.backorders import BackorderAllocator
+from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.fulfillment import OrderActions
 from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
@@ -382,6 +382,11 @@ class Container:
         return BackorderAllocator(
             self.order_repository, self.catalog_repository, self.backorders, self.workflow, self.workflow_starter
         )
+
+    @cached_property
+    def expected_arrivals(self) -> ExpectedArrivals:
+        # The network through the container's cache; the rules fresh (one Query), as a fill reads them.
+        return ExpectedArrivals(self.inventory_repository, self.cached_catalog, self.sourcing_rules)
 
     @cached_property
     def reconciler(self) -> Reconciler:

@@ -18,6 +18,7 @@ from core.purchasing import (
 )
 from core.status import PurchaseOrderStatus
 from functions.adapters.dynamodb import (
+    ARRIVED,
     _is_conditional_failure,
     decode_cursor,
     encode_cursor,
@@ -158,15 +159,22 @@ class DynamoPurchasing(PurchasingRepository):
         values: dict[str, Any] = {
             ":units": units, ":zero": 0, ":none": {}, ":change": change, ":now": utc_now(),
         }  # fmt: skip
+        removed = []
         if units:
-            expression += ", last_reason = :reason"
+            # A receipt raises available: the backorder filler's stream filter passes it (ARRIVED).
+            expression += f", last_reason = :reason, {ARRIVED} = :arrived"
             values[":reason"] = f"purchase order {po.id}"
+            values[":arrived"] = True
+        else:
+            removed.append(ARRIVED)  # only incoming moves: nothing arrived
         names = {"#expected": f"{EXPECTED_PREFIX}{po.id}"}
         if expected:
             expression += ", #expected = :at"
             values[":at"] = timestamp(po.expected_at)
         else:
-            expression += " REMOVE #expected"
+            removed.append("#expected")
+        if removed:
+            expression += " REMOVE " + ", ".join(removed)
         return {
             "TableName": self._inventory,
             "Key": {"sku": {"S": sku}, "location_id": {"S": po.location_id}},

@@ -91,8 +91,13 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
     sku = Catalog(api).product("30.00", allow_backorder=True)
     vendor = unique("vendor")
     assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
-    waiting = api.post("/orders", json=order_body((sku, 2), channel=unique("po"))).json()["id"]
-    settled(api, waiting, "backordered")
+    channel = unique("po")
+    waiting = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
+    backordered = settled(api, waiting, "backordered")
+    line_id = backordered["lines"][0]["line_id"]
+    assert backordered["awaiting_stock"] == {
+        "lines": [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": None}]
+    }
 
     lines = [{"sku": sku, "quantity": 3, "unit_cost": {"amount": "12.00", "currency": "USD"}}]
     po = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
@@ -101,6 +106,11 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
     assert po.json()["status"] == "open"
     east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
     assert (east["on_hand"], east["incoming"], east["next_expected_at"]) == (0, 3, po.json()["expected_at"])
+    # The order now says when it is expected, in the list too.
+    expected = [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": po.json()["expected_at"]}]
+    assert api.get(f"/orders/{waiting}").json()["awaiting_stock"] == {"lines": expected}
+    listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
+    assert [(o["id"], o["awaiting_stock"]) for o in listed] == [(waiting, {"lines": expected})]
 
     received = api.post(f"/purchase-orders/{po_id}/receive", json={"lines": [{"sku": sku, "quantity": 2}]},
                         headers={"Idempotency-Key": unique("receipt")})  # fmt: skip
@@ -109,6 +119,7 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
 
     allocated = settled(api, waiting, "allocated")
     assert units(allocated) == 2 and {s["location_id"] for s in allocated["shipments"]} == {network["east"]}
+    assert allocated["awaiting_stock"] is None
     east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
     assert (east["on_hand"], east["reserved"], east["incoming"]) == (2, 2, 1)
 
