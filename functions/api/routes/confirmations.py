@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from core.access import Scope
 from core.confirmations import DEADLINE_SECONDS, MAX_ITEMS, ConfirmationAction, ConfirmationBatch, Confirmed, confirm
+from core.log_text import escape_for_log
 from core.status import OrderStatus, ShipmentStatus
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
@@ -98,8 +99,14 @@ def confirm_shipments(batch: ConfirmationBatch, idempotency_key: IdempotencyKey 
         outcomes = confirm(container().actions, batch, who.key_id, who.channel, lambda: time.monotonic() - started,
                            deadline)  # fmt: skip
         answer = ConfirmationResults(items=[_result(outcome) for outcome in outcomes]).model_dump(mode="json")
-        refused = sum(1 for outcome in outcomes if outcome.failure is not None)
-        logger.info("shipments confirmed", extra={"items": len(outcomes), "refused": refused})
+        refused = [outcome for outcome in outcomes if outcome.failure is not None]
+        logger.info("shipments confirmed", extra={"items": len(outcomes), "refused": len(refused)})
+        if refused:
+            # Ids are the caller's text, unchecked until looked up: escaped so none can forge a line.
+            logger.warning("shipment confirmations refused", extra={"refused_items": [
+                f"{escape_for_log(o.item.order_id)}/{escape_for_log(o.item.shipment_id)} {o.item.action}: "
+                f"{o.failure.code}" for o in refused if o.failure is not None
+            ]})  # fmt: skip
         if any(outcome.retry for outcome in outcomes):
             raise _Unfinished(answer)
         return answer
