@@ -472,14 +472,17 @@ def main() -> None:
             sent = 0
             for action in ("ship", "deliver"):
                 for start in range(0, len(together), CONFIRMATION_BATCH):
-                    wave = together[start : start + CONFIRMATION_BATCH]
-                    items = [{"order_id": o, "shipment_id": s, "action": action} for o, s in wave]
-                    response = session.post(f"{stack.api_url}/shipments/confirmations", json={"items": items},
-                                            headers=headers, timeout=60)  # fmt: skip
-                    response.raise_for_status()
-                    refused = [result for result in response.json()["items"] if result["error"]]
-                    assert not refused, refused
-                    sent += 1
+                    items = [{"order_id": o, "shipment_id": s, "action": action}
+                             for o, s in together[start : start + CONFIRMATION_BATCH]]  # fmt: skip
+                    while items:  # as a warehouse system does: what may succeed again is sent again
+                        response = session.post(f"{stack.api_url}/shipments/confirmations", json={"items": items},
+                                                headers=headers, timeout=60)  # fmt: skip
+                        response.raise_for_status()
+                        sent += 1
+                        results = response.json()["items"]
+                        refused = [result for result in results if result["error"] and not result["retry"]]
+                        assert not refused, refused
+                        items = [item for item, result in zip(items, results, strict=True) if result["retry"]]
             return sent
 
         def fulfilled(confirm: Callable[[], int]) -> tuple[Usage, defaultdict[str, Usage]]:
