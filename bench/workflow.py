@@ -474,7 +474,9 @@ def main() -> None:
                 for start in range(0, len(together), CONFIRMATION_BATCH):
                     items = [{"order_id": o, "shipment_id": s, "action": action}
                              for o, s in together[start : start + CONFIRMATION_BATCH]]  # fmt: skip
-                    while items:  # as a warehouse system does: what may succeed again is sent again
+                    for _ in range(10):  # as a warehouse system does: what may succeed again is sent again
+                        if not items:
+                            break
                         response = session.post(f"{stack.api_url}/shipments/confirmations", json={"items": items},
                                                 headers=headers, timeout=60)  # fmt: skip
                         response.raise_for_status()
@@ -483,6 +485,7 @@ def main() -> None:
                         refused = [result for result in results if result["error"] and not result["retry"]]
                         assert not refused, refused
                         items = [item for item, result in zip(items, results, strict=True) if result["retry"]]
+                    assert not items, f"still refused after 10 sends: {items}"
             return sent
 
         def fulfilled(confirm: Callable[[], int]) -> tuple[Usage, defaultdict[str, Usage]]:
