@@ -12,6 +12,7 @@ safe to send again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,7 +20,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
-from core.errors import DomainError, PluginError, StaleVersion, TransientError
+from core.errors import DomainError, NotFound, PluginError, StaleVersion, TransientError
 from core.fulfillment import OrderActions
 from core.models import Order, Strict
 from core.status import OrderStatus, ShipmentStatus
@@ -37,9 +38,12 @@ class ConfirmationAction(StrEnum):
     READY = "ready"  # POST .../ready: a store has picked a pickup
 
 
-# Ids are checked by looking them up, not by pattern: a malformed id is an item that names
-# nothing, answered not_found like any unknown id (as in a path), never a 422 for the whole batch.
+# A malformed id is an item that names nothing: answered not_found like any unknown id (as in a
+# path), never a 422 for the whole batch, and never looked up (a lone surrogate or a control
+# character has no business in a database request).
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+_ORDER_ID = re.compile(r"ord_[a-z2-7]{24}")
+_SHIPMENT_ID = re.compile(r"shp_[a-z2-7]{24}")
 
 
 class Confirmation(Strict):
@@ -120,6 +124,10 @@ def confirm(
 
 
 def _run(actions: OrderActions, item: Confirmation, actor: str, channel: str | None) -> Order:
+    if _ORDER_ID.fullmatch(item.order_id) is None:
+        raise NotFound("no order has this id")
+    if _SHIPMENT_ID.fullmatch(item.shipment_id) is None:
+        raise NotFound(f"no shipment has this id on order {item.order_id}")
     if item.action is ConfirmationAction.SHIP:
         return actions.ship(item.order_id, item.shipment_id, item.tracking_number, actor=actor, channel=channel)
     if item.action is ConfirmationAction.DELIVER:

@@ -5,7 +5,7 @@ through the container's workflow steps."""
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -203,13 +203,12 @@ def test_the_route_is_in_the_api_description(api):
     assert "200" in operation["responses"] and "403" in operation["responses"]
 
 
-def test_refused_items_are_logged_once_with_the_callers_ids_escaped(api, capsys):
+def test_refused_items_are_logged_once_with_the_callers_ids_escaped(api, caplog):
     forged = "ord_x\r\nINFO forged\x1b[0m"
-    capsys.readouterr()
+    caplog.set_level(logging.INFO)
 
     response = api.post(PATH, json={"items": [item(forged, "shp_y", "deliver")]})
 
     assert response.json()["items"][0]["error"]["code"] == "not_found"
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    (refused,) = [r for r in records if r.get("message") == "shipment confirmations refused"]
-    assert refused["refused_items"] == ["ord_x\\r\\nINFO forged\\x1b[0m/shp_y deliver: not_found"]
+    (refused,) = [r for r in caplog.records if r.getMessage() == "shipment confirmations refused"]
+    assert refused.refused_items == ["ord_x\\r\\nINFO forged\\x1b[0m/shp_y deliver: not_found"]

@@ -87,8 +87,8 @@ def test_one_refused_item_stops_nothing_and_changes_nothing_of_its_own(world):
 
     results = run(
         world,
-        ("ord_unknownunknownunknown00", "shp_x", "ship"),
-        (good.id, "shp_not_on_this_order", "ship"),
+        ("ord_" + "a" * 24, "shp_" + "a" * 24, "ship"),  # well formed, unknown
+        (good.id, "shp_" + "b" * 24, "ship"),  # not on this order
         (pending.id, pending.shipments[0].id, "deliver"),  # not shipped yet
         ("not even an id", "nor this", "ready"),
         (good.id, good.shipments[0].id, "ship"),
@@ -179,3 +179,15 @@ def test_a_broken_plugin_fails_the_batch_as_it_fails_a_single_route(world, monke
 def test_a_batch_that_is_not_a_list_of_1_to_100_confirmations_is_refused_whole(body):
     with pytest.raises(ValidationError):
         ConfirmationBatch.model_validate(body)
+
+
+def test_a_malformed_id_is_not_found_without_a_lookup(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 1))
+    looked_up = []
+    real_get = world.orders.get
+    monkeypatch.setattr(world.orders, "get", lambda order_id: looked_up.append(order_id) or real_get(order_id))
+
+    results = run(world, ("ORD_" + "A" * 24, order.shipments[0].id, "ship"), (order.id, "shp_\x00", "ship"))
+
+    assert [type(r.failure) for r in results] == [NotFound, NotFound]
+    assert looked_up == []
