@@ -71,18 +71,19 @@ def _result(outcome: Confirmed) -> ConfirmationResult:
 @router.post(
     "/shipments/confirmations",
     summary="Confirm many shipments at once: ship, deliver or ready each, as their single routes do",
-    description=f"For warehouse systems that confirm in batches (1 to {MAX_ITEMS} items; 50 a call is a good "
-    "size). Each item runs exactly what its single route runs, in the order sent: `ship` is `POST "
-    "/orders/{id}/shipments/{shipment_id}/ship` (its share of the payment captured, with `tracking_number`), "
-    "`deliver` is `.../deliver` (a parcel arrived, or a pickup collected), `ready` is `.../ready`. The answer is "
-    "200 with one result per item, in order: the shipment's `status`, the order's `order_status` and `version`, or "
-    "`error` `{code, message, details}` as the single route would have answered it (`not_found` for an unknown "
-    "order or shipment or another channel's, `invalid_transition`, `payment_gateway_error`, "
-    "`payment_gateway_unavailable`, ...). One refused item never stops the others. `retry` true means sending "
-    "the item again later may succeed (the gateway was unavailable, concurrent changes won, or `not_attempted`: "
-    "the batch ran out of time before it). Every action is idempotent: an item confirmed already, in this batch "
-    "or an earlier one, changes nothing again. With `Idempotency-Key` a retried batch answers the first answer "
-    "again, unless an item of it had `retry` true: then nothing is kept and the retry runs each item again.",
+    description=f"For warehouse systems that confirm in batches (1 to {MAX_ITEMS} items). Each item runs exactly "
+    "what its single route runs, in the order sent: `ship` is `POST /orders/{id}/shipments/{shipment_id}/ship` "
+    "(its share of the payment captured, with `tracking_number`), `deliver` is `.../deliver` (a parcel arrived, or "
+    "a pickup collected), `ready` is `.../ready`. The answer is 200 with one result per item, in order: the "
+    "shipment's `status`, the order's `order_status` and `version`, or `error` `{code, message, details}` as the "
+    "single route would have answered it (`not_found` for an unknown order or shipment or another channel's, "
+    "`invalid_transition`, `payment_gateway_error`, `payment_gateway_unavailable`, ...). One refused item never "
+    "stops the others. `retry` true means sending the item again later may succeed (the gateway was unavailable, "
+    "concurrent changes won, or `not_attempted`: the batch ran out of time before it; items run one after "
+    "another, none is started later than 3 s before the function's timeout, and a ship waits for its capture). "
+    "Every action is idempotent: an item confirmed already, in this batch or an earlier one, changes nothing "
+    "again. With `Idempotency-Key` a retried batch answers the first answer again, unless an item of it had "
+    "`retry` true: then nothing is kept and the retry runs each item again.",
     responses={**ok(200, ConfirmationResults, "One result per item, in order"), **errors(400, 403, 409, 413, 503)},
     middlewares=[plugins_loaded],
 )
