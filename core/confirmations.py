@@ -109,11 +109,14 @@ def confirm(
 ) -> list[Confirmed]:
     """Run each item's action in order; one result per item, in the same order."""
     results: list[Confirmed] = []
+    attempted = 0
     for item in batch.items:
         if seconds_elapsed() >= deadline_seconds:
-            late = NotAttempted(f"not attempted: the batch ran out of time after {len(results)} items; send it again")
+            late = NotAttempted(f"not attempted: the batch ran out of time once {attempted} of its "
+                                f"{len(batch.items)} items had run; send this one again")  # fmt: skip
             results.append(Confirmed(item, failure=late))
             continue
+        attempted += 1
         try:
             results.append(Confirmed(item, order=_run(actions, item, actor, channel)))
         except PluginError:

@@ -141,16 +141,20 @@ def test_a_pickup_is_readied_then_collected_in_one_batch(world):
 
 def test_items_past_the_deadline_are_not_attempted_and_may_be_sent_again(world):
     first, second = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
-    clock = iter([0.0, 25.0])
+    third = world.allocated(("TSHIRT", 1))
+    clock = iter([0.0, 25.0, 26.0])
 
     results = confirm(
         world.actions,
-        batch((first.id, first.shipments[0].id, "ship"), (second.id, second.shipments[0].id, "ship")),
+        batch(*((o.id, o.shipments[0].id, "ship") for o in (first, second, third))),
         "key_wms", None, lambda: next(clock), deadline_seconds=20.0,
     )  # fmt: skip
 
     assert results[0].failure is None
     assert isinstance(results[1].failure, NotAttempted) and results[1].retry is True
+    assert [r.failure.message for r in results[1:]] == [
+        "not attempted: the batch ran out of time once 1 of its 3 items had run; send this one again"
+    ] * 2
     assert world.order(second.id).shipments[0].status is ShipmentStatus.PENDING
 
 
