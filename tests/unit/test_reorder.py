@@ -4,6 +4,7 @@ how a draft purchase order grows and is priced when it is submitted."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from tests.builders import NOW
 
 PO = PurchaseOrderStatus
 SETTINGS = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme")
+COST_4 = Money.of("4.00", "USD")
 
 
 def change(before: int | None, after: int, settings: ReorderSettings | None = SETTINGS, change_id: str = "100"):
@@ -159,3 +161,48 @@ def test_a_full_draft_takes_only_skus_it_has():
     full = a_draft(*[PurchaseOrderLine(sku=f"SKU{n}", quantity=1) for n in range(99)])
 
     assert full.takes("SKU0") and not full.takes("MUG")
+
+
+def stream_record(name: str, old: dict | None, new: dict | None, location_id: str = "wh-east") -> Any:
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+    images: dict[str, Any] = {"Keys": {"sku": {"S": "MUG"}, "location_id": {"S": location_id}},
+                              "SequenceNumber": "4200", "ApproximateCreationDateTime": NOW.timestamp()}  # fmt: skip
+    if old is not None:
+        images["OldImage"] = old
+    if new is not None:
+        images["NewImage"] = new
+    return DynamoDBRecord({"eventID": "e1", "eventName": name, "eventSource": "aws:dynamodb", "dynamodb": images})
+
+
+REORDER_MAP = {"M": {"reorder_point": {"N": "5"}, "reorder_quantity": {"N": "20"}, "vendor_id": {"S": "acme"},
+                     "unit_cost": {"M": {"amount": {"S": "4.00"}, "currency": {"S": "USD"}}}}}  # fmt: skip
+
+
+def test_a_stream_record_reads_as_the_stock_change_it_is():
+    from functions.backorders.low_stock import crossing_of, stock_change
+
+    record = stream_record(
+        "MODIFY",
+        {"available": {"N": "5"}},
+        {"available": {"N": "4"}, "reorder_point": {"N": "5"}, "reorder": REORDER_MAP},
+    )
+
+    change = stock_change(record)
+
+    assert change == StockChange(
+        sku="MUG", location_id="wh-east", available_before=5, available_after=4,
+        settings=ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST_4),
+        change_id="4200", changed_at=NOW,
+    )  # fmt: skip
+    assert crossing_of(record).key == "MUG#wh-east#4200"
+
+
+def test_records_that_are_not_a_change_of_stock_read_as_none():
+    from functions.backorders.low_stock import stock_change
+
+    stock = {"available": {"N": "4"}, "reorder": REORDER_MAP}
+    assert stock_change(stream_record("INSERT", None, stock)) is None  # a new item: nothing before
+    assert stock_change(stream_record("REMOVE", stock, None)) is None
+    queue_entry = {"order_id": {"S": "ord_x"}}  # a backorder queue entry has no stock of its own
+    assert stock_change(stream_record("MODIFY", queue_entry, queue_entry, "#backorder#x")) is None
