@@ -246,7 +246,7 @@ class DynamoPurchasing(PurchasingRepository):
                 self._client.update_item(
                     TableName=self._inventory,
                     Key=key,
-                    UpdateExpression="REMOVE reorder_point, #reorder",
+                    UpdateExpression="REMOVE reorder_point, reorder_watch, #reorder",
                     ConditionExpression="attribute_exists(sku)",
                     ExpressionAttributeNames={"#reorder": "reorder"},
                 )
@@ -254,13 +254,15 @@ class DynamoPurchasing(PurchasingRepository):
                 if not _is_conditional_failure(error):
                     raise
             return
-        # The point on its own as a number as well: the stream's filter can test only top-level values.
-        # A new item starts with no stock, so that it reads as any stock record does.
+        # `reorder_watch` is what the stream's filter matches (template.yaml, BackorderFunction): a
+        # top-level boolean, matched exactly, since a stream record carries DynamoDB numbers as
+        # strings and a numeric pattern cannot be relied on to match them. A new item starts with
+        # no stock, so that it reads as any stock record does.
         self._client.update_item(
             TableName=self._inventory,
             Key=key,
             UpdateExpression=(
-                "SET reorder_point = :point, #reorder = :settings, on_hand = if_not_exists(on_hand, :zero), "
+                "SET reorder_point = :point, reorder_watch = :watch, #reorder = :settings, on_hand = if_not_exists(on_hand, :zero), "
                 "available = if_not_exists(available, :zero), reserved = if_not_exists(reserved, :zero), "
                 "reservations = if_not_exists(reservations, :none)"
             ),
@@ -268,6 +270,7 @@ class DynamoPurchasing(PurchasingRepository):
             ExpressionAttributeValues=to_item(
                 {
                     ":point": settings.reorder_point,
+                    ":watch": True,
                     ":settings": settings.model_dump(mode="json", exclude_none=True),
                     ":zero": 0,
                     ":none": {},
