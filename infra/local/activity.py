@@ -1,5 +1,7 @@
-"""What runs by itself once the stack is up: the event source pollers and the state machines'
-executions; pausing them, waiting until they are idle, and stopping them."""
+"""What runs by itself once the stack is up: event source pollers and state machine executions.
+
+Built from the template, started (paused or not), paused and resumed, waited on until idle, and
+stopped with the stack."""
 
 from __future__ import annotations
 

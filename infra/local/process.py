@@ -1,5 +1,7 @@
-"""The process environment of a local stack: what it changes in its own process (environment
-variables, log levels, moto's patches and mock), each change undone by restore(), last first."""
+"""The process environment of a local stack: what it changes in its process, undone on stop.
+
+Environment variables, log levels, moto's patches and mock: each change is undone by restore(),
+last first."""
 
 from __future__ import annotations
 

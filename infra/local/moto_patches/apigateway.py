@@ -1,5 +1,6 @@
-"""API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered in process:
-the API function makes its ordinary boto3 call, and the local gateway serving that stage forgets
+"""API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered in process.
+
+The API function makes its ordinary boto3 call, and the local gateway serving that stage forgets
 its cached authorizer answers. Production code knows nothing of this module."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Stops moto from keeping every model object it ever created, so a long-running local stack's
-memory is the data it stores, not its history.
+"""Stops moto from keeping every model object it ever created.
+
+A long-running local stack's memory is then the data it stores, not its history.
 
 moto 5.2's `BaseModel.__new__` appends each new instance to its class's `instances_tracked`
 list, for the moto-api dashboard (`/moto-api/data.json`), and nothing ever removes them: every

@@ -1,6 +1,7 @@
-"""Step Functions Retry sleeps scaled, for tests: moto's ASL interpreter really sleeps a Retry's
-IntervalSeconds (1 s at least); `scaled(0.01)` turns 1 s into 10 ms. 1.0 (AWS's timing) needs
-no patch and the stack applies none."""
+"""Step Functions Retry sleeps scaled, for tests.
+
+moto's ASL interpreter really sleeps a Retry's IntervalSeconds (1 s at least); `scaled(0.01)`
+turns 1 s into 10 ms. 1.0 (AWS's timing) needs no patch and the stack applies none."""
 
 from __future__ import annotations
 
