@@ -116,7 +116,7 @@ def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
 
 
 def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
-    from infra.local import moto_lock
+    from infra.local.moto_patches import lock
 
     purchasing = buyer.container.purchasing
     po = purchasing.create(new_po(quantity=3))
@@ -129,7 +129,7 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
         except (InvalidRequest, InvalidTransition, StaleVersion) as error:
             outcomes.append(type(error).__name__)
 
-    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
     try:
         threads = [threading.Thread(target=receive, args=(n,)) for n in range(4)]
         for thread in threads:
@@ -137,7 +137,7 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
         for thread in threads:
             thread.join()
     finally:
-        moto_lock.uninstall()
+        lock.PATCH.undo()
 
     assert outcomes.count("received") == 1
     assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (3, 0)
