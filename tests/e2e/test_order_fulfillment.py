@@ -260,7 +260,7 @@ def test_a_capture_the_gateway_refuses_answers_502_and_the_shipment_stays_pendin
     error = assert_error(response, 502, "payment_gateway_error")
     assert "refused the capture" in error["message"] and "tok_capture_decline" in error["message"]
     after = get_order(api, order["id"])
-    assert after == order  # not shipped, nothing captured, the same version
+    assert unsigned(after) == unsigned(order)  # not shipped, nothing captured, the same version
     assert after["shipments"][0]["status"] == "pending"
     assert after["payment"]["status"] == "authorized" and dec(after["payment"]["captured"]) == 0
     assert level(api, sku, network["west"]) == {"on_hand": 3, "reserved": 1, "available": 2}
