@@ -222,6 +222,14 @@ def order_update(table: str, order: Order, expected: Order, entries: list[Histor
     }
 
 
+def _written_by(error: ClientError, item: dict[str, Any]) -> bool:
+    """Whether the item a failed `attribute_not_exists` put found is `item` itself."""
+    found = error.response.get("Item") or {}
+    first = (found.get("history") or {}).get("L", [None])[:1]
+    # Only what no later write changes: the workflow may have moved the order on already.
+    return found.get("created_at") == item["created_at"] and first == item["history"]["L"][:1]
+
+
 class DynamoOrders(OrderRepository):
     """One item per order. The order itself is one JSON document attribute (`doc`, exact decimal
     strings for money, zlib-compressed in a binary) beside the attributes that keys, indexes and
@@ -255,11 +263,21 @@ class DynamoOrders(OrderRepository):
         if order.external_id is not None:
             item["external_id"] = {"S": order.external_id}
         try:
-            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(id)")
+            self._client.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(id)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as error:
-            if _is_conditional_failure(error):
-                raise DuplicateOrder(order.id) from None
-            raise
+            if not _is_conditional_failure(error):
+                raise
+            if _written_by(error, item):
+                # botocore retried a put whose first attempt succeeded but timed out on the way
+                # back: the item is this very write (the same creation time and first history
+                # entry), not another request's order, which would be a 409 for our own order.
+                return
+            raise DuplicateOrder(order.id) from None
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         check_successor(expected, order)

@@ -151,6 +151,20 @@ def test_a_second_order_with_the_same_id_is_refused_and_the_first_is_untouched(c
     assert [h.actor for h in history] == ["a"]
 
 
+def test_a_put_retried_after_its_first_attempt_succeeded_is_that_order_not_a_duplicate(capture, orders):
+    # botocore retries a put whose answer timed out; the first attempt may have written the item.
+    entry = HistoryEntry(at=NOW, type="created", to_status=OrderStatus.PENDING, actor="a")
+    placed = capture.place(place_order(), actor="a")
+    order = placed.model_copy(update={"id": placed.id + "x", "external_id": "retried"})
+    orders.add(order, entry, payment_token="tok")
+    orders.add(order, entry, payment_token="tok")  # the same write again: no error
+    assert orders.get(order.id) == order
+    assert [h.actor for h in orders.history(order.id)[1]] == ["a"]
+    other = entry.model_copy(update={"at": NOW + timedelta(microseconds=1)})  # another request's order
+    with pytest.raises(DuplicateOrder):
+        orders.add(order, other, payment_token="tok")
+
+
 def test_an_update_to_a_status_its_table_does_not_allow_is_refused_before_the_write(capture, orders):
     placed = capture.place(place_order(), actor="a")
     entry = HistoryEntry(at=NOW, type="shipment_shipped", to_status=OrderStatus.SHIPPED, actor="buggy")
