@@ -143,6 +143,9 @@ def main() -> None:
         profiler.disable()
         clock.profiler = None
 
+    if os.environ.get("BENCH_PROFILE_STATS"):
+        # For a closer look: python -m pstats FILE, or snakeviz.
+        profiler.dump_stats(os.environ["BENCH_PROFILE_STATS"])
     stats = pstats.Stats(profiler)
     by_owner: Counter[str] = Counter()
     functions: list[tuple[float, str]] = []
