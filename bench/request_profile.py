@@ -176,8 +176,11 @@ def main() -> None:
     by_owner: Counter[str] = Counter()
     for (filename, _, _), count in sampler.own.items():
         by_owner[owner(filename)] += count
+    # The handler and what it calls: not this script's frames around it.
     functions = [
-        (count, f"{short_path(filename)}:{line} {name}") for (filename, line, name), count in sampler.inclusive.items()
+        (count, f"{short_path(filename)}:{line} {name}")
+        for (filename, line, name), count in sampler.inclusive.items()
+        if not short_path(filename).startswith(("bench/", "<frozen"))
     ]
     profiled = sum(by_owner.values())
     print(
