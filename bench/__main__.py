@@ -191,7 +191,20 @@ def built_api_function(scratch: Path) -> Path:
     return artifact
 
 
+# `python -m bench cold profile` runs only the sections named (any of these) and prints their
+# report instead of writing BENCHMARKS.md: the whole run takes most of an hour on a loaded machine.
+SECTIONS = ("rate", "cold", "profile", "workflow", "returns", "aggregates", "import")
+
+
+def chosen_sections(argv: list[str]) -> tuple[str, ...]:
+    unknown = [name for name in argv if name not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}: choose from {', '.join(SECTIONS)}")
+    return tuple(argv) or SECTIONS
+
+
 def main() -> None:
+    sections = chosen_sections(sys.argv[1:])
     results: dict[str, list[float]] = {
         "post": [], "raw": [], "post_cpu": [], "raw_cpu": [], "cold_handler": [], "cold_baseline": [],
         "cold_frameworks": [], "authorizer_import": [], "boto3_import": [],
@@ -200,17 +213,23 @@ def main() -> None:
     results.update({f"{key}_cpu": [] for key in cold})
     load_at_start = os.getloadavg()[0]
     scratch = Path(tempfile.mkdtemp(prefix="oms-bench-"))
-    artifact = built_api_function(scratch)
+    artifact = built_api_function(scratch) if "cold" in sections else scratch
     with stack_process() as stack:
-        post_orders_per_second(stack, 40)  # warm up: imports, first moto calls
-        for run in range(RUNS):
-            raw, raw_cpu = raw_pairs_per_second(2000)
-            results["raw"].append(raw)
-            results["raw_cpu"].append(raw_cpu)
-            stack_cpu = stack.cpu_seconds()
-            results["post"].append(post_orders_per_second(stack, ORDERS_PER_RUN))
-            if stack_cpu is not None:
-                results["post_cpu"].append(ORDERS_PER_RUN / ((stack.cpu_seconds() or 0.0) - stack_cpu))
+        if "rate" in sections:
+            post_orders_per_second(stack, 40)  # warm up: imports, first moto calls
+        for run in range(RUNS if {"rate", "cold", "profile"} & set(sections) else 0):
+            # The profile's ceiling is a share of the raw pairs' rate, so it measures them too.
+            if "rate" in sections or "profile" in sections:
+                raw, raw_cpu = raw_pairs_per_second(2000)
+                results["raw"].append(raw)
+                results["raw_cpu"].append(raw_cpu)
+            if "rate" in sections:
+                stack_cpu = stack.cpu_seconds()
+                results["post"].append(post_orders_per_second(stack, ORDERS_PER_RUN))
+                if stack_cpu is not None:
+                    results["post_cpu"].append(ORDERS_PER_RUN / ((stack.cpu_seconds() or 0.0) - stack_cpu))
+            if "cold" not in sections:
+                continue
             body = json.dumps(order_body("cold"))
             # Interleaved, so drift on the machine hits both sides alike.
             for key, code, args, cwd in [
@@ -248,7 +267,8 @@ machine: compare each number with its baseline, not with another day's run).
 Each number is the median of {RUNS} runs (min–max in brackets); every baseline was measured in the
 same run, interleaved with what it is compared to. The local stack runs in its own process
 (`python -m infra.local`), so the load generator does not share its interpreter.
-
+"""
+    rate = f"""
 ## Orders per second on the local stack
 
 Per second of wall time, and per second of CPU time of the process doing the work (the stack's
@@ -268,7 +288,8 @@ An order costs more than one write: a BatchGetItem of stock (the capture check) 
 conditional put, plus the authorizer (its answer cached 5 s per key), HTTP parsing, pydantic
 validation and pricing through the plugins; products and locations come from the container's
 10 s cache. The order workflow is off for this measurement (see below).
-
+"""
+    cold_start = f"""
 ## Cold start of the API function and the authorizer
 
 A fresh Python process that imports `functions.api.app` and serves one `POST /orders` against the
@@ -294,17 +315,26 @@ Wall time, and the process's CPU time (user + system), which waiting for a core 
 | ratio | **{ratio("authorizer_import", "boto3_import")}** | **{ratio("authorizer_import_cpu", "boto3_import_cpu")}** \
 (target ≤ 1.2) |
 """
-    report += request_profile_report(med["raw_cpu"])
-    report += workflow_report()
-    report += returns_report()
-    report += aggregates_report()
-    if os.environ.get("BENCH_IMPORT_SIZES", "1000,10000,100000"):
+    if "rate" in sections:
+        report += rate
+    if "cold" in sections:
+        report += cold_start
+    if "profile" in sections:
+        report += request_profile_report(med["raw_cpu"])
+    if "workflow" in sections:
+        report += workflow_report()
+    if "returns" in sections:
+        report += returns_report()
+    if "aggregates" in sections:
+        report += aggregates_report()
+    if "import" in sections and os.environ.get("BENCH_IMPORT_SIZES", "1000,10000,100000"):
         from bench.imports import markdown, run_import_bench
 
         report += "\n" + markdown(run_import_bench())
-    else:
+    elif sections == SECTIONS:
         report += previous_import_section()
-    (ROOT / "BENCHMARKS.md").write_text(report)
+    if sections == SECTIONS:
+        (ROOT / "BENCHMARKS.md").write_text(report)
     print(report)
 
 
@@ -354,7 +384,7 @@ def request_profile_report(raw_pairs_per_second: float) -> str:
         f"**{1000 / profile['aws_ms_per_order'] / raw_pairs_per_second:.2f}** of the raw pairs' rate per CPU second "
         "above, the ceiling of that ratio on the local stack.",
         "",
-        "Where our share goes (cProfile, paused inside AWS calls; own time per package):",
+        "Where our share goes (the stack sampled every 0.5 ms of CPU, AWS calls left out; own time per package):",
         "",
         "| package | share of our CPU |",
         "| --- | --- |",

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
-
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.logging import correlation_paths
+from typing import TYPE_CHECKING, Any
 
 from core.secret_hashes import hash_secret
 from functions.adapters.api_key_lookup import ApiKeyLookup
 from functions.adapters.aws_clients import aws_client
 from functions.warm import Warm
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger
+
 # It runs on nearly every new connection, so its cold start is paid often: nothing here may import
 # pydantic, the core models, the plugins or the API's resolver (functions.bootstrap imports them
-# all). tests/unit/test_authorizer_imports.py holds it to that.
-logger = Logger(service="oms-authorizer")
+# all), nor powertools, whose import alone adds a tenth to boto3's. tests/unit/test_authorizer_imports.py
+# holds it to that.
+
+
+@functools.cache
+def logger() -> Logger:
+    """Built on the first refusal, the only thing this function logs: a caller with a good key
+    never pays for powertools' import. Kept for the process's life, never forgotten with the warm
+    state: powertools keeps one handler per service, on the stdout it was first created with."""
+    from aws_lambda_powertools import Logger
+
+    return Logger(service="oms-authorizer")
+
+
+# The first invocation of this process is its cold start, as powertools' `cold_start` key means.
+_invocations = itertools.count()
 
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,200})$")
 
@@ -84,21 +100,36 @@ def _policy(principal: str, effect: str, method_arn: str, context: dict[str, str
     }
 
 
-# The same request id the API function logs as `correlation_id` for this request.
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+def _log_refusal(event: dict[str, Any], context: Any, cold_start: bool, reason: str) -> None:
+    # The keys powertools' inject_lambda_context would set, and as `correlation_id` the same request
+    # id the API function logs for this request.
+    log = logger()
+    log.clear_state()
+    log.append_keys(
+        cold_start=cold_start,
+        function_name=context.function_name,
+        function_memory_size=context.memory_limit_in_mb,
+        function_arn=context.invoked_function_arn,
+        function_request_id=context.aws_request_id,
+    )
+    log.set_correlation_id((event.get("requestContext") or {}).get("requestId"))
+    log.info("rejected API key", extra={"reason": reason})
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    cold_start = next(_invocations) == 0
     # Raising "Unauthorized" is API Gateway's contract for a 401; the header is never logged.
     match = _BEARER.match(_header(event, "authorization") or "")
     if match is None:
         raise Exception("Unauthorized")
     secret_hash = hash_secret(match.group(1))
     if secret_hash in refused():
-        logger.info("rejected API key", extra={"reason": "refused lately"})
+        _log_refusal(event, context, cold_start, "refused lately")
         raise Exception("Unauthorized")
     key = api_keys().by_hash(secret_hash)
     if key is None or key.revoked:
         refused().add(secret_hash)
-        logger.info("rejected API key", extra={"reason": "unknown" if key is None else "revoked"})
+        _log_refusal(event, context, cold_start, "unknown" if key is None else "revoked")
         raise Exception("Unauthorized")
     context = {"key_id": key.key_id, "scopes": " ".join(key.scopes), "channel": key.channel or ""}
     return _policy(key.key_id, "Allow", event["methodArn"], context)

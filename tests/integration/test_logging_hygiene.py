@@ -78,7 +78,7 @@ def _powertools_loggers() -> list[Any]:
     from functions.api import app, errors
     from functions.authorizer import app as authorizer
 
-    return [app.logger, errors.logger, authorizer.logger]
+    return [app.logger, errors.logger, authorizer.logger()]
 
 
 class Captured:

@@ -90,8 +90,9 @@ def observed(aws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
     import functions.workflow.authorize_payment
     import functions.workflow.create_shipments
     import functions.workflow.fail_payment
-    import functions.workflow.reserve_stock  # noqa: F401
+    import functions.workflow.reserve_stock
 
+    functions.authorizer.app.logger()  # built on its first refusal otherwise, after the swap below
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     capsys.readouterr()
     watching = Observed(capsys)
@@ -274,4 +275,8 @@ def test_the_authorizer_logs_under_the_request_id_the_api_function_will_log(aws,
     with pytest.raises(Exception, match="Unauthorized"):
         lambda_handler(evt, context("AuthorizerFunction"))
 
-    assert observed.log("rejected API key")["correlation_id"] == REQUEST_ID
+    line = observed.log("rejected API key")
+    assert line["correlation_id"] == REQUEST_ID
+    assert line["reason"] == "unknown"
+    # The keys powertools' inject_lambda_context sets, set by hand now that the logger is lazy.
+    assert {"cold_start", "function_name", "function_request_id", "function_arn"} <= line.keys()

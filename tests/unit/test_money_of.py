@@ -46,3 +46,23 @@ def test_an_unknown_currency_is_still_refused(currency):
 def test_money_of_stays_frozen():
     with pytest.raises(ValidationError):
         Money.of("1.00", "USD").amount = Decimal(2)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "written"),
+    [
+        (Decimal("1.50"), "USD", "1.50"),  # already the currency's places: kept as it is
+        (Decimal("1.5"), "USD", "1.50"),
+        (Decimal("7"), "BHD", "7.000"),
+        (Decimal("1E+2"), "USD", "100.00"),
+        (Decimal("1E+2"), "JPY", "100"),  # no places, but an exponent all the same
+        (Decimal("-0.00"), "USD", "0.00"),  # never a negative zero
+        (Decimal("-0"), "JPY", "0"),
+    ],
+)
+def test_validation_writes_exactly_the_currencys_places(amount, currency, written):
+    validated = Money.model_validate({"amount": amount, "currency": currency})
+    built = Money.of(amount, currency)
+
+    assert str(validated.amount) == str(built.amount) == written
+    assert hash(validated) == hash(built)
