@@ -262,8 +262,9 @@ class DynamoPurchasing(PurchasingRepository):
             TableName=self._inventory,
             Key=key,
             UpdateExpression=(
-                "SET reorder_point = :point, reorder_watch = :watch, #reorder = :settings, on_hand = if_not_exists(on_hand, :zero), "
-                "available = if_not_exists(available, :zero), reserved = if_not_exists(reserved, :zero), "
+                "SET reorder_point = :point, reorder_watch = :watch, #reorder = :settings, "
+                "on_hand = if_not_exists(on_hand, :zero), available = if_not_exists(available, :zero), "
+                "reserved = if_not_exists(reserved, :zero), "
                 "reservations = if_not_exists(reservations, :none)"
             ),
             ExpressionAttributeNames={"#reorder": "reorder"},
