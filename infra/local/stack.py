@@ -30,13 +30,11 @@ from infra.local.asl import AslError, validate_asl
 from infra.local.event_sources import (
     POLL_INTERVAL,
     RETRY_DELAY,
-    EventSourceError,
     EventSourceMapping,
     MappingContext,
     S3NotificationMapping,
     build_mapping,
     install_s3_hook,
-    s3_key_rules,
     uninstall_s3_hook,
 )
 from infra.local.gateway import ApiGateway, GatewayRequestHandler
@@ -127,14 +125,15 @@ PARAMETER_ENV = {
 }
 
 # Template parameters the local stack sets unless the caller does: webhook retries compressed
-# from 24 hours to a minute (at least 3 attempts in its first 60 s, API.md), and receivers on
-# http://127.0.0.1 accepted (on AWS only https to public addresses is).
+# from 24 hours to a minute (at least 3 attempts in its first 60 s, API.md).
 LOCAL_PARAMETERS = {
     "WebhookRetryBaseSeconds": "2",
     "WebhookRetryMaxDelaySeconds": "8",
     "WebhookRetryWindowSeconds": "60",
-    "WebhookAllowLocalHttp": "true",
 }
+# What the functions see locally only (the template never sets it): webhook receivers on
+# http://127.0.0.1 accepted (on AWS only https to public addresses is).
+LOCAL_ENVIRONMENT = {"WEBHOOK_ALLOW_LOCAL_HTTP": "true"}
 
 
 class EmbeddedStack:
@@ -447,7 +446,7 @@ class EmbeddedStack:
         if tables:
             dynamodb = self._client("dynamodb")
             for table in tables:
-                name = table.table_name or self.physical_name(table.logical_id)
+                name = self.physical_name(table.logical_id)
                 description = dynamodb.create_table(**table.create_table_request(name))["TableDescription"]
                 if table.ttl_attribute:
                     dynamodb.update_time_to_live(
@@ -474,8 +473,6 @@ class EmbeddedStack:
                 except KeyError:
                     continue
                 name = attributes.pop("QueueName", None) or self.physical_name(queue.logical_id)
-                if queue.fifo and not name.endswith(".fifo"):
-                    name += ".fifo"
                 url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
                 self.queue_urls[queue.logical_id] = url
                 self.refs[queue.logical_id] = url
@@ -517,7 +514,6 @@ class EmbeddedStack:
             self.bucket_names[bucket.logical_id] = name
             self.refs[bucket.logical_id] = name
             self.atts[f"{bucket.logical_id}.Arn"] = f"arn:aws:s3:::{name}"
-            # NotificationConfiguration is emulated by the runtime's pollers, not by moto.
 
     def _create_functions(self) -> None:
         """A LocalFunction per AWS::Serverless::Function (handlers imported on first use), with the
@@ -537,7 +533,6 @@ class EmbeddedStack:
                 spec,
                 name,
                 self._handler_overrides.get(logical_id),
-                base_dir=self.template.base_dir,
                 serialize=self._serialize_invocations,
             )
             self.functions[logical_id] = function
@@ -561,7 +556,7 @@ class EmbeddedStack:
             progressed, unresolved = False, ""
             for spec in list(pending):
                 try:
-                    name = self.template.resolve(spec.name, self.refs, self.atts) or self.physical_name(spec.logical_id)
+                    name = self.physical_name(spec.logical_id)
                     substitutions = {
                         key: self.template.resolve(value, self.refs, self.atts)
                         for key, value in spec.substitutions.items()
@@ -599,7 +594,7 @@ class EmbeddedStack:
 
     def _create_event_sources(self) -> None:
         """The pollers for every function event that is not Api (created now, started after the
-        API), and the buckets' Lambda notifications, which moto matches and we deliver."""
+        API); S3 events are the buckets' Lambda notifications, which moto matches and we deliver."""
         context = MappingContext(
             resolve=lambda value: self.template.resolve(value, self.refs, self.atts),
             queue_url_for_arn=self._queue_url_for_arn,
@@ -609,53 +604,15 @@ class EmbeddedStack:
         )
         for spec in self.template.event_sources():
             mapping = build_mapping(spec, self.functions[spec.function_logical_id], context)
-            if mapping is not None:
-                self.mappings[mapping.name] = mapping
-        queue_configurations: dict[str, list[dict[str, Any]]] = {}
-        for bucket in self.template.buckets():
-            config = bucket.properties.get("NotificationConfiguration") or {}
-            name = self.bucket_names[bucket.logical_id]
-            for index, entry in enumerate(config.get("LambdaConfigurations") or []):
-                where = f"{bucket.logical_id}.NotificationConfiguration.LambdaConfigurations[{index}]"
-                arn = str(context.resolve(entry.get("Function")))
-                function_id = next((fid for fid, farn in self.function_arns.items() if farn == arn), None)
-                if function_id is None:
-                    raise EventSourceError(f"{where}: Function {arn} is not a function of this template")
-                mapping = S3NotificationMapping(
-                    name=f"{bucket.logical_id}.Lambda{index}",
-                    function_logical_id=function_id,
-                    function=self.functions[function_id],
-                    source_arn=f"arn:aws:s3:::{name}",
-                    bucket=name,
-                    events=[context.resolve(entry.get("Event"))],
-                    key_filters=s3_key_rules(context.resolve(entry.get("Filter")), where),
-                    client=self.client,
-                    poll_interval=self._mapping_poll_interval,
-                    retry_delay=self._mapping_retry_delay,
-                )
-                self.mappings[mapping.name] = mapping
-            for index, entry in enumerate(config.get("QueueConfigurations") or []):
-                where = f"{bucket.logical_id}.NotificationConfiguration.QueueConfigurations[{index}]"
-                rules = s3_key_rules(context.resolve(entry.get("Filter")), where)
-                queue_entry: dict[str, Any] = {
-                    "QueueArn": str(context.resolve(entry.get("Queue"))),
-                    "Events": [context.resolve(entry.get("Event"))],
-                }
-                if rules:
-                    queue_entry["Filter"] = {"Key": {"FilterRules": rules}}
-                queue_configurations.setdefault(name, []).append(queue_entry)  # moto delivers these itself
+            self.mappings[mapping.name] = mapping
         s3_mappings = [m for m in self.mappings.values() if isinstance(m, S3NotificationMapping)]
-        buckets = {m.bucket for m in s3_mappings} | set(queue_configurations)
-        if buckets:
+        if s3_mappings:
             s3 = self.client("s3")
-            for bucket_name in sorted(buckets):
-                configuration: dict[str, Any] = {}
+            for bucket_name in sorted({m.bucket for m in s3_mappings}):
                 lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket_name]
-                if lambdas:
-                    configuration["LambdaFunctionConfigurations"] = lambdas
-                if bucket_name in queue_configurations:
-                    configuration["QueueConfigurations"] = queue_configurations[bucket_name]
-                s3.put_bucket_notification_configuration(Bucket=bucket_name, NotificationConfiguration=configuration)
+                s3.put_bucket_notification_configuration(
+                    Bucket=bucket_name, NotificationConfiguration={"LambdaFunctionConfigurations": lambdas}
+                )
             install_s3_hook(s3_mappings)
             self._s3_hooked = s3_mappings
 
@@ -689,6 +646,7 @@ class EmbeddedStack:
                     )
                     continue
                 environment[name] = resolved
+        environment.update(LOCAL_ENVIRONMENT)
         self.environment = environment
         self._set_environment(environment)
 
