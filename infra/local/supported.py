@@ -255,11 +255,11 @@ def _walk(value: Any, rule: Any, where: str) -> list[str]:
         for name, event in value.items():
             event_type = event.get("Type") if isinstance(event, Mapping) else None
             if event_type not in rule.tables:
-                problems.append(f"{where}: event {name} of type {event_type!r} is not emulated")
+                problems.append(f"{where}.{name}: event type {event_type!r} is not emulated")
                 continue
             unknown = set(event) - {"Type", "Properties"}
-            problems += [f"{where}: event {name}: {key} is not emulated" for key in sorted(unknown)]
-            problems += _walk(event.get("Properties") or {}, rule.tables[event_type], f"{where}.Events.{name}")
+            problems += [f"{where}.{name}: {key} is not emulated" for key in sorted(unknown)]
+            problems += _walk(event.get("Properties") or {}, rule.tables[event_type], f"{where}.{name}")
         return problems
     problems = []
     for key, item in value.items():
