@@ -271,19 +271,6 @@ class EventSourceMapping:
         """The source, short: a table's stream, a queue's name, a bucket."""
         return self.source_arn.rsplit(":", 1)[-1]
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.kind,
-            "function": self.function_logical_id,
-            "source": self.source_arn,
-            "batch_size": self.batch_size,
-            "filters": self.filters,
-            "report_batch_item_failures": self.report_batch_item_failures,
-            "paused": self.paused,
-            "stats": dict(self.stats),
-        }
-
     # --- Lifecycle ---------------------------------------------------------------------------
     def start(self, paused: bool = False) -> None:
         if paused:
@@ -400,15 +387,6 @@ class DynamoDBStreamMapping(EventSourceMapping):
         table = self.source_arn.split(":table/", 1)[-1].split("/stream/", 1)[0]
         filters = f" {json.dumps(self.filters, separators=(',', ':'))}" if self.filters else ""
         return f"{table} stream{filters}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "starting_position": self.starting_position,
-            "bisect_on_error": self.bisect_on_error,
-            "maximum_retry_attempts": self.maximum_retry_attempts,
-            "on_failure": self.on_failure.arn if self.on_failure else None,
-        }
 
     def _prepare(self) -> None:
         streams = self._client("dynamodbstreams")
@@ -538,9 +516,6 @@ class SqsMapping(EventSourceMapping):
         super().__init__(**kwargs)
         self.queue_url = queue_url
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "queue_url": self.queue_url}
-
     def _poll_once(self) -> str:
         sqs = self._client("sqs")
         messages: list[dict[str, Any]] = []
@@ -642,16 +617,6 @@ class S3NotificationMapping(EventSourceMapping):
         rules = "".join(f" {rule['Name']}={rule['Value']}" for rule in self.key_filters)
         return f"s3://{self.bucket} {','.join(self.events)}{rules}"
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "bucket": self.bucket,
-            "events": self.events,
-            "key_filters": self.key_filters,
-            "maximum_retry_attempts": self.maximum_retry_attempts,
-            "on_failure": self.on_failure.arn if self.on_failure else None,
-        }
-
     def notification_configuration(self) -> dict[str, Any]:
         """This mapping as an S3 PutBucketNotificationConfiguration entry."""
         entry: dict[str, Any] = {"Id": self.name, "LambdaFunctionArn": self.function.arn, "Events": self.events}
@@ -740,9 +705,6 @@ class ScheduleMapping(EventSourceMapping):
     @property
     def source_label(self) -> str:
         return f"{self.expression} (every {self.period:g} s)"
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "schedule": self.expression, "period_seconds": self.period}
 
     def _prepare(self) -> None:
         self._due = time.monotonic() + self.period

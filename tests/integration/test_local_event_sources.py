@@ -272,11 +272,11 @@ def test_mappings_come_from_the_template(stack: Any):
         "InboxConsumer.Inbox",
         "UploadConsumer.Csv",
     }
-    poison = stack.mappings["PoisonConsumer.Stream"].describe()
-    assert poison["type"] == "DynamoDB" and poison["source"] == stack.atts["PoisonTable.StreamArn"]
-    assert poison["bisect_on_error"] and poison["maximum_retry_attempts"] == 2
-    assert poison["on_failure"] == stack.atts["FailureQueue.Arn"]
-    assert stack.mappings["InboxConsumer.Inbox"].describe()["batch_size"] == 5
+    poison = stack.mappings["PoisonConsumer.Stream"]
+    assert poison.kind == "DynamoDB" and poison.source_arn == stack.atts["PoisonTable.StreamArn"]
+    assert poison.bisect_on_error and poison.maximum_retry_attempts == 2
+    assert poison.on_failure.arn == stack.atts["FailureQueue.Arn"]
+    assert stack.mappings["InboxConsumer.Inbox"].batch_size == 5
 
 
 def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, consumers):
@@ -489,7 +489,7 @@ def test_a_failing_s3_event_is_retried_then_sent_to_the_on_failure_destination(s
     assert record["responsePayload"]["errorType"] == "ValueError"
     assert record["responsePayload"]["errorMessage"] == "cannot split this file"
     mapping = next(m for m in stack.mappings.values() if m.function_logical_id == "UploadConsumer")
-    assert mapping.describe()["on_failure"] == stack.atts["UploadFailures.Arn"]
+    assert mapping.on_failure.arn == stack.atts["UploadFailures.Arn"]
     assert mapping.stats["sent_to_on_failure"] == 1
 
 

@@ -83,10 +83,8 @@ def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(
         admin_key_bootstrap=lambda secret: None,
     ) as running:
         assert set(running.mappings) == {"Job.Often", "Job.Hourly"}
-        described = running.mappings["Job.Often"].describe()
-        assert (described["type"], described["schedule"], described["period_seconds"]) == (
-            "Schedule", "rate(5 minutes)", 0.05,
-        )  # fmt: skip
+        often = running.mappings["Job.Often"]
+        assert (often.kind, often.expression, often.period) == ("Schedule", "rate(5 minutes)", 0.05)
         assert twice.wait(30), events
 
     first = events[0]
