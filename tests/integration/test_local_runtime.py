@@ -101,6 +101,7 @@ ROUTES = [
     ApiRoute("GetOrder", "/orders/{order_id}", "GET", "Keys"),
     ApiRoute("GetOrderHistory", "/orders/{order_id}/history", "GET", "Keys"),
     ApiRoute("SetStock", "/inventory/{sku}/{location_id}", "PUT", "Keys"),
+    ApiRoute("GetFile", "/files/{name}", "GET", None),
 ]
 
 
