@@ -4,7 +4,8 @@ cfn-lint checks resources against their schemas but never runs the transform, so
 event `Type: SQSS` or a policy template with the wrong parameter. aws-sam-translator is the
 library SAM itself deploys with; translating with it finds those without an AWS account.
 
-It also validates every state machine's ASL (infra/local/asl.py) after its DefinitionSubstitutions
+It also fails on anything the local runtime does not emulate (infra/local/supported.py), and
+validates every state machine's ASL (infra/local/asl.py) after its DefinitionSubstitutions
 are applied with placeholder values: a dangling Next, a path that never ends or a `${Name}` with
 no substitution fails the check (the SAM transform and cfn-lint check none of that).
 
@@ -126,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.template}: {error.message}", file=sys.stderr)
         for cause in error.causes:
             print(f"  - {cause.message}", file=sys.stderr)
+        return 1
+    from infra.local.supported import UnsupportedTemplate, check
+
+    try:
+        check(template)
+    except UnsupportedTemplate as error:
+        print(f"{args.template}: {error}", file=sys.stderr)
         return 1
     problems = state_machine_problems(args.template)
     if problems:

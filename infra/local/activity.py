@@ -7,22 +7,14 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
-from typing import Any
 
-from infra.local.event_sources import (
-    EventSourceError,
-    EventSourceMapping,
-    MappingContext,
-    S3NotificationMapping,
-    build_mapping,
-    s3_key_rules,
-)
+from infra.local.event_sources import EventSourceMapping, MappingContext, S3NotificationMapping, build_mapping
 from infra.local.resources import Client, Resources
 
 
 class Activity:
     """The mappings ("Function.EventName" -> poller) and the executions of the template's state
-    machines. build() creates the mappings (and the buckets' notification configurations);
+    machines. build() creates the mappings (and the S3 events' bucket notifications);
     start() starts their threads, paused or not."""
 
     def __init__(self, resources: Resources, client: Client, *, retry_delay: float | None = None):
@@ -32,9 +24,9 @@ class Activity:
         self._retry_delay = retry_delay
 
     def build(self) -> list[S3NotificationMapping]:
-        """Every function event that is not Api, and the buckets' notifications: Lambda ones become
-        mappings (moto matches the event, the mapping delivers it: the S3 mappings returned must
-        be routed, infra/local/moto_patches/s3_notifications.py), queue ones moto delivers."""
+        """Every function event that is not Api; S3 events are the buckets' Lambda notifications
+        (moto matches the event, the mapping delivers it: the S3 mappings returned must be routed,
+        infra/local/moto_patches/s3_notifications.py)."""
         resources = self.resources
         context = MappingContext(
             resolve=resources.resolve,
@@ -45,48 +37,12 @@ class Activity:
             context.retry_delay = self._retry_delay
         for spec in resources.template.event_sources():
             mapping = build_mapping(spec, resources.functions[spec.function_logical_id], context)
-            if mapping is not None:
-                self.mappings[mapping.name] = mapping
-        configurations: dict[str, dict[str, list[dict[str, Any]]]] = {}  # bucket -> notification configuration
-        for bucket in resources.template.buckets():
-            config = bucket.properties.get("NotificationConfiguration") or {}
-            name = resources.bucket_names[bucket.logical_id]
-            for index, entry in enumerate(config.get("LambdaConfigurations") or []):
-                where = f"{bucket.logical_id}.NotificationConfiguration.LambdaConfigurations[{index}]"
-                arn = str(context.resolve(entry.get("Function")))
-                function_id = resources.function_id_of_arn(arn)
-                if function_id is None:
-                    raise EventSourceError(f"{where}: Function {arn} is not a function of this template")
-                mapping = S3NotificationMapping(
-                    name=f"{bucket.logical_id}.Lambda{index}",
-                    function_logical_id=function_id,
-                    function=resources.functions[function_id],
-                    source_arn=f"arn:aws:s3:::{name}",
-                    bucket=name,
-                    events=[context.resolve(entry.get("Event"))],
-                    key_filters=s3_key_rules(context.resolve(entry.get("Filter")), where),
-                    client=self.client,
-                    poll_interval=context.poll_interval,
-                    retry_delay=context.retry_delay,
-                )
-                self.mappings[mapping.name] = mapping
-            for index, entry in enumerate(config.get("QueueConfigurations") or []):
-                where = f"{bucket.logical_id}.NotificationConfiguration.QueueConfigurations[{index}]"
-                rules = s3_key_rules(context.resolve(entry.get("Filter")), where)
-                queue_entry: dict[str, Any] = {
-                    "QueueArn": str(context.resolve(entry.get("Queue"))),
-                    "Events": [context.resolve(entry.get("Event"))],
-                }
-                if rules:
-                    queue_entry["Filter"] = {"Key": {"FilterRules": rules}}
-                configurations.setdefault(name, {}).setdefault("QueueConfigurations", []).append(queue_entry)
+            self.mappings[mapping.name] = mapping
         s3_mappings = [m for m in self.mappings.values() if isinstance(m, S3NotificationMapping)]
-        for mapping in s3_mappings:  # the functions' S3 events and the buckets' Lambda configurations
-            lambdas = configurations.setdefault(mapping.bucket, {}).setdefault("LambdaFunctionConfigurations", [])
-            lambdas.append(mapping.notification_configuration())
-        for bucket_name in sorted(configurations):
+        for bucket_name in sorted({m.bucket for m in s3_mappings}):
+            lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket_name]
             self.client("s3").put_bucket_notification_configuration(
-                Bucket=bucket_name, NotificationConfiguration=configurations[bucket_name]
+                Bucket=bucket_name, NotificationConfiguration={"LambdaFunctionConfigurations": lambdas}
             )
         return s3_mappings
 

@@ -4,6 +4,8 @@ moto accepts a dangling `Next` and an unreachable state, and its ValidateStateMa
 not implemented; AWS rejects both at deploy time. `validate_asl` finds those before a state machine
 is created locally and before `make test` passes a template (infra/check_template.py).
 
+Only the state types the workflows use (Task, Succeed, Fail) are checked; any other type is
+reported, so a workflow cannot grow past what these checks cover without them growing too.
 Pure: no moto, no boto3; `render` and `validate_asl` are all the template check needs.
 """
 
@@ -12,16 +14,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
-_STATE_TYPES = {"Task", "Pass", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map"}
+_STATE_TYPES = {"Task", "Succeed", "Fail"}
 _TERMINAL_TYPES = {"Succeed", "Fail"}  # end a path by themselves
-_WAIT_FIELDS = ("Seconds", "Timestamp", "SecondsPath", "TimestampPath")
 
 
 class AslError(ValueError):
@@ -34,14 +32,6 @@ class AslError(ValueError):
 
 
 # --- Reading and substituting -----------------------------------------------------------------------
-
-
-def load_definition_file(path: Path) -> Any:
-    """A DefinitionUri file: JSON, or YAML for .yaml/.yml (SAM accepts both)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return yaml.safe_load(text)
-    return json.loads(text)
 
 
 def substitute(value: Any, substitutions: Mapping[str, Any]) -> Any:
@@ -73,11 +63,11 @@ def render(definition: Any, substitutions: Mapping[str, Any]) -> dict[str, Any]:
 def validate_asl(definition: Any) -> list[str]:
     """Problems AWS would report for this definition (empty: valid as far as these checks go).
 
-    Checks: StartAt names a state; every Next/Default/Catch Next names a state of the same scope;
-    every state is reachable and every path can end (Succeed, Fail or End: true); Task has a
-    Resource; Choice has Choices; Retry/Catch are lists whose ErrorEquals are non-empty lists of
-    names, with States.ALL alone and last; Retry numbers in range; Parallel branches and Map
-    processors are checked the same way; no `${...}` placeholder is left unsubstituted."""
+    Checks: StartAt names a state; every Next and Catch Next names a state; every state is
+    reachable and every path can end (Succeed, Fail or End: true); every state is a Task, Succeed
+    or Fail; Task has a Resource; Retry/Catch are lists whose ErrorEquals are non-empty lists of
+    names, with States.ALL alone and last; Retry numbers in range; no `${...}` placeholder is left
+    unsubstituted."""
     problems: list[str] = []
     if not isinstance(definition, dict):
         return ["the definition is not a JSON object"]
@@ -86,7 +76,7 @@ def validate_asl(definition: Any) -> list[str]:
             problems.append(f"{path}: unresolved placeholder {match.group(0)} (no DefinitionSubstitutions entry)")
     if definition.get("QueryLanguage") == "JSONata":
         problems.append("QueryLanguage JSONata: moto's interpreter runs JSONPath only")
-    _validate_machine(definition, "", problems)
+    _validate_machine(definition, problems)
     return problems
 
 
@@ -103,9 +93,8 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(item, f"{path}.{key}")
 
 
-def _validate_machine(machine: Mapping[str, Any], scope: str, problems: list[str]) -> None:
-    """One set of States with its StartAt: the top level, a Parallel branch or a Map processor."""
-    where = scope or "definition"
+def _validate_machine(machine: Mapping[str, Any], problems: list[str]) -> None:
+    where = "definition"
     states = machine.get("States")
     if not isinstance(states, dict) or not states:
         problems.append(f"{where}: States must be a non-empty object")
@@ -119,7 +108,7 @@ def _validate_machine(machine: Mapping[str, Any], scope: str, problems: list[str
     edges: dict[str, list[str]] = {}
     ends: set[str] = set()
     for name, state in states.items():
-        path = f"{scope}States.{name}"
+        path = f"States.{name}"
         if not isinstance(state, dict):
             problems.append(f"{path}: not an object")
             continue
@@ -133,11 +122,11 @@ def _validate_machine(machine: Mapping[str, Any], scope: str, problems: list[str
         reachable = _reachable(start, edges)
         for name in states:
             if name not in reachable:
-                problems.append(f"{scope}States.{name}: not reachable from StartAt {start!r}")
+                problems.append(f"States.{name}: not reachable from StartAt {start!r}")
         can_end = _can_reach(ends, edges)
         for name in states:
             if name in reachable and name not in can_end:
-                problems.append(f"{scope}States.{name}: no path from here ends (in Succeed, Fail or End: true)")
+                problems.append(f"States.{name}: no path from here ends (in Succeed, Fail or End: true)")
 
 
 def _validate_state(
@@ -155,12 +144,15 @@ def _validate_state(
         targets.append(value if isinstance(value, str) else "")
 
     if state_type not in _STATE_TYPES:
-        problems.append(f"{path}.Type: {state_type!r} is not a state type ({', '.join(sorted(_STATE_TYPES))})")
+        problems.append(
+            f"{path}.Type: {state_type!r} is not checked locally (only {', '.join(sorted(_STATE_TYPES))}: "
+            "add its checks to infra/local/asl.py first)"
+        )
         return targets
     if len(name) > 80:
         problems.append(f"{path}: state names are at most 80 characters")
 
-    if state_type in ("Choice", "Succeed", "Fail"):
+    if state_type in _TERMINAL_TYPES:
         for field in ("Next", "End"):
             if field in state:
                 problems.append(f"{path}: a {state_type} state may not have {field}")
@@ -179,47 +171,14 @@ def _validate_state(
             problems.append(f"{path}.Resource: missing")
         elif not resource.startswith("arn:") and not PLACEHOLDER.search(resource):  # placeholders: reported once
             problems.append(f"{path}.Resource: {resource!r} is not an ARN")
-    elif state_type == "Choice":
-        choices = state.get("Choices")
-        if not isinstance(choices, list) or not choices:
-            problems.append(f"{path}.Choices: must be a non-empty list")
-        else:
-            for index, choice in enumerate(choices):
-                if not isinstance(choice, dict) or "Next" not in choice:
-                    problems.append(f"{path}.Choices[{index}]: needs Next")
-                else:
-                    target(f"Choices[{index}].Next", choice["Next"])
-        if "Default" in state:
-            target("Default", state["Default"])
-    elif state_type == "Wait":
-        given = [field for field in _WAIT_FIELDS if field in state]
-        if len(given) != 1:
-            problems.append(f"{path}: a Wait state needs exactly one of {', '.join(_WAIT_FIELDS)}")
-    elif state_type == "Parallel":
-        branches = state.get("Branches")
-        if not isinstance(branches, list) or not branches:
-            problems.append(f"{path}.Branches: must be a non-empty list")
-        else:
-            for index, branch in enumerate(branches):
-                if isinstance(branch, dict):
-                    _validate_machine(branch, f"{path}.Branches[{index}].", problems)
-                else:
-                    problems.append(f"{path}.Branches[{index}]: not an object")
-    elif state_type == "Map":
-        processor = state.get("ItemProcessor", state.get("Iterator"))
-        if not isinstance(processor, dict):
-            problems.append(f"{path}: a Map state needs ItemProcessor (or Iterator)")
-        else:
-            field = "ItemProcessor" if "ItemProcessor" in state else "Iterator"
-            _validate_machine(processor, f"{path}.{field}.", problems)
 
     if "Retry" in state:
-        if state_type not in ("Task", "Parallel", "Map"):
-            problems.append(f"{path}.Retry: only Task, Parallel and Map states may retry")
+        if state_type != "Task":
+            problems.append(f"{path}.Retry: only Task states may retry")
         _validate_retriers(state["Retry"], f"{path}.Retry", problems)
     if "Catch" in state:
-        if state_type not in ("Task", "Parallel", "Map"):
-            problems.append(f"{path}.Catch: only Task, Parallel and Map states may catch")
+        if state_type != "Task":
+            problems.append(f"{path}.Catch: only Task states may catch")
         catchers = state["Catch"]
         _validate_error_lists(catchers, f"{path}.Catch", problems)
         if isinstance(catchers, list):

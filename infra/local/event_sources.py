@@ -1,4 +1,4 @@
-"""The template's event source mappings, emulated with pollers (moto's own are unusable locally).
+"""The template's function events (DynamoDB streams, SQS, S3, Schedule), emulated with pollers.
 
 moto runs an SQS → Lambda mapping synchronously inside SendMessage and ignores batchItemFailures;
 its stream mapping ignores StartingPosition. Here each mapping is a thread that polls its source
@@ -6,28 +6,25 @@ through the ordinary APIs (dynamodbstreams GetRecords, sqs ReceiveMessage), buil
 Lambda builds, invokes the in-process handler *outside* MOTO_LOCK, and applies what Lambda applies
 to the answer:
 
-- DynamoDB streams: StartingPosition, BatchSize, FilterCriteria, ReportBatchItemFailures (retry from
-  the first failed record, order kept), BisectBatchOnFunctionError, MaximumRetryAttempts and the
-  OnFailure destination (an SQS queue) with AWS's DDBStreamBatchInfo record;
-- SQS: BatchSize, FilterCriteria (filtered-out messages are deleted, as Lambda does),
-  ReportBatchItemFailures (only successful messages are deleted); failed messages come back after
-  the queue's VisibilityTimeout and moto moves them to the RedrivePolicy's DLQ after
-  maxReceiveCount receives (measured: moto does that on ReceiveMessage);
-- S3 notifications: delivered by moto itself (it matches events and prefix/suffix rules); its
-  Lambda hook is redirected into a queue and a thread invokes the function asynchronously, with
-  the function's EventInvokeConfig: MaximumRetryAttempts (default 2) and the OnFailure
-  destination (an SQS queue) with AWS's asynchronous-invocation record;
+- DynamoDB streams: StartingPosition, BatchSize, FilterCriteria (exact values and numeric ranges),
+  ReportBatchItemFailures (retry from the first failed record, order kept),
+  BisectBatchOnFunctionError, MaximumRetryAttempts and the OnFailure destination (an SQS queue)
+  with AWS's DDBStreamBatchInfo record;
+- SQS: BatchSize, ReportBatchItemFailures (only successful messages are deleted); failed messages
+  come back after the queue's VisibilityTimeout and moto moves them to the RedrivePolicy's DLQ
+  after maxReceiveCount receives (measured: moto does that on ReceiveMessage);
+- S3 events: matched by moto itself (events and prefix/suffix rules); its Lambda hook is
+  redirected into a queue and a thread invokes the function asynchronously, with the function's
+  EventInvokeConfig: MaximumRetryAttempts (default 2) and the OnFailure destination (an SQS
+  queue) with AWS's asynchronous-invocation record;
 - Schedule events: `rate(N unit)` invokes the function every period with EventBridge's scheduled
   event, the first one period after the stack starts (OMS_LOCAL_SCHEDULE_SECONDS replaces every
   schedule's period, e.g. 10 to see a 5-minute job run while you watch; the jeopardy scan runs every
-  OMS_JEOPARDY_SCAN_SECONDS, default 30, over both); `cron(...)` is not
-  emulated, and a failed invocation is logged, not retried (the next period runs it again).
+  OMS_JEOPARDY_SCAN_SECONDS, default 30, over both); a failed invocation is logged, not retried
+  (the next period runs it again). `cron(...)` is not emulated: startup fails.
 
-Local differences, on purpose: MaximumBatchingWindowInSeconds is not waited for (a batch goes as
-soon as records are there); retries back off a fixed short delay (`retry_delay`, 0.2 s) instead of
-AWS's exponential backoff; MaximumRecordAgeInSeconds, ParallelizationFactor, TumblingWindow and
-ScalingConfig are ignored, and so is an asynchronous event's MaximumEventAgeInSeconds; one thread
-per mapping (one shard, one batch at a time).
+What the template may say is listed in infra/local/supported.py, with what is ignored and why;
+retries back off a fixed short delay (`retry_delay`, 0.2 s) instead of AWS's exponential backoff.
 """
 
 from __future__ import annotations
@@ -60,7 +57,6 @@ POLL_INTERVAL = 0.1  # seconds between polls of an empty source
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (an S3 notification) twice by default
 
-EMULATED_TYPES = ("DynamoDB", "SQS", "S3", "Schedule")
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
 # A schedule that runs more often locally than on AWS, so a developer sees it work: the function's
 # own variable, then OMS_LOCAL_SCHEDULE_SECONDS, then this default (the jeopardy scan: every 30 s
@@ -75,8 +71,9 @@ class EventSourceError(ValueError):
 
 
 # --- FilterCriteria ---------------------------------------------------------------------------------
-# The EventBridge pattern subset: nested keys and lists of exact values. Anything else (prefix,
-# anything-but, numeric, exists, ...) fails startup rather than silently matching differently.
+# The EventBridge pattern subset the template uses: nested keys, lists of exact values and numeric
+# ranges. Anything else (prefix, anything-but, exists, ...) fails startup rather than silently
+# matching differently.
 
 
 def compile_filters(criteria: Any, where: str) -> list[dict[str, Any]] | None:
@@ -165,11 +162,6 @@ def _matches(pattern: Mapping[str, Any], value: Any) -> bool:
             return False
         actual = value[key]
         if isinstance(expected, dict):
-            if key == "body" and isinstance(actual, str):  # SQS: a JSON body is matched as JSON
-                try:
-                    actual = json.loads(actual)
-                except ValueError:
-                    return False
             if not _matches(expected, actual):
                 return False
         elif not _value_matches(expected, actual):
@@ -251,7 +243,6 @@ class EventSourceMapping:
         filters: list[dict[str, Any]] | None,
         report_batch_item_failures: bool,
         client: ClientFactory,
-        enabled: bool = True,
         poll_interval: float = POLL_INTERVAL,
         retry_delay: float = RETRY_DELAY,
     ):
@@ -262,7 +253,6 @@ class EventSourceMapping:
         self.batch_size = batch_size
         self.filters = filters
         self.report_batch_item_failures = report_batch_item_failures
-        self.enabled = enabled
         self.poll_interval = poll_interval
         self.retry_delay = retry_delay
         self.stats = {"invocations": 0, "failed_invocations": 0, "records": 0, "filtered_out": 0, "discarded": 0}
@@ -281,25 +271,11 @@ class EventSourceMapping:
         """The source, short: a table's stream, a queue's name, a bucket."""
         return self.source_arn.rsplit(":", 1)[-1]
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.kind,
-            "function": self.function_logical_id,
-            "source": self.source_arn,
-            "batch_size": self.batch_size,
-            "filters": self.filters,
-            "report_batch_item_failures": self.report_batch_item_failures,
-            "enabled": self.enabled,
-            "paused": self.paused,
-            "stats": dict(self.stats),
-        }
-
     # --- Lifecycle ---------------------------------------------------------------------------
     def start(self, paused: bool = False) -> None:
         if paused:
             self._paused.set()
-        if not self.enabled or self._thread is not None:
+        if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name=f"oms-local-{self.name}", daemon=True)
         self._thread.start()
@@ -324,7 +300,7 @@ class EventSourceMapping:
         return self._paused.is_set()
 
     def is_idle_since(self, moment: float) -> bool:
-        """Nothing to deliver: disabled or paused, or a poll that started after `moment` found nothing."""
+        """Nothing to deliver: paused, or a poll that started after `moment` found nothing."""
         if self._busy:
             return False
         return self._thread is None or self.paused or self._last_empty_poll >= moment
@@ -411,15 +387,6 @@ class DynamoDBStreamMapping(EventSourceMapping):
         table = self.source_arn.split(":table/", 1)[-1].split("/stream/", 1)[0]
         filters = f" {json.dumps(self.filters, separators=(',', ':'))}" if self.filters else ""
         return f"{table} stream{filters}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "starting_position": self.starting_position,
-            "bisect_on_error": self.bisect_on_error,
-            "maximum_retry_attempts": self.maximum_retry_attempts,
-            "on_failure": self.on_failure.arn if self.on_failure else None,
-        }
 
     def _prepare(self) -> None:
         streams = self._client("dynamodbstreams")
@@ -549,9 +516,6 @@ class SqsMapping(EventSourceMapping):
         super().__init__(**kwargs)
         self.queue_url = queue_url
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "queue_url": self.queue_url}
-
     def _poll_once(self) -> str:
         sqs = self._client("sqs")
         messages: list[dict[str, Any]] = []
@@ -574,14 +538,7 @@ class SqsMapping(EventSourceMapping):
             in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
             return "waiting" if in_flight else "empty"
 
-        records = [self.event_record(message) for message in messages]
-        matched = [record for record in records if matches_filters(self.filters, record)]
-        filtered = [record for record in records if record not in matched]
-        if filtered:  # Lambda deletes the messages its filters drop
-            self.stats["filtered_out"] += len(filtered)
-            self._delete(filtered)
-        if not matched:
-            return "work"
+        matched = [self.event_record(message) for message in messages]
         self.stats["records"] += len(matched)
         response, error = self._invoke({"Records": matched})
         if error is not None:
@@ -659,16 +616,6 @@ class S3NotificationMapping(EventSourceMapping):
     def source_label(self) -> str:
         rules = "".join(f" {rule['Name']}={rule['Value']}" for rule in self.key_filters)
         return f"s3://{self.bucket} {','.join(self.events)}{rules}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "bucket": self.bucket,
-            "events": self.events,
-            "key_filters": self.key_filters,
-            "maximum_retry_attempts": self.maximum_retry_attempts,
-            "on_failure": self.on_failure.arn if self.on_failure else None,
-        }
 
     def notification_configuration(self) -> dict[str, Any]:
         """This mapping as an S3 PutBucketNotificationConfiguration entry."""
@@ -759,9 +706,6 @@ class ScheduleMapping(EventSourceMapping):
     def source_label(self) -> str:
         return f"{self.expression} (every {self.period:g} s)"
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "schedule": self.expression, "period_seconds": self.period}
-
     def _prepare(self) -> None:
         self._due = time.monotonic() + self.period
 
@@ -788,13 +732,13 @@ class ScheduleMapping(EventSourceMapping):
         return "empty"
 
 
-def schedule_period(expression: str, where: str) -> float | None:
-    """Seconds between runs of a `rate(...)` expression; None for `cron(...)` (not emulated)."""
-    if expression.startswith("cron("):
-        return None
+def schedule_period(expression: str, where: str) -> float:
+    """Seconds between runs of a `rate(...)` expression (`cron(...)` is not emulated)."""
     match = _RATE.match(expression)
     if match is None:
-        raise EventSourceError(f"{where}: Schedule {expression!r} is not rate(N minute[s]|hour[s]|day[s]) or cron(...)")
+        raise EventSourceError(
+            f"{where}: Schedule {expression!r} is not emulated (only rate(N minute[s]|hour[s]|day[s]))"
+        )
     amount, unit = int(match.group(1)), match.group(2).rstrip("s")
     if amount < 1 or (amount == 1) != (match.group(2) == unit):
         raise EventSourceError(f"{where}: Schedule {expression!r}: AWS wants rate(1 {unit}) or rate(N {unit}s)")
@@ -815,74 +759,64 @@ class MappingContext:
     retry_delay: float = RETRY_DELAY
 
 
-def build_mapping(spec: EventSourceSpec, function: LocalFunction, context: MappingContext) -> EventSourceMapping | None:
-    """The emulation of one event source, or None (with a warning) for a type not emulated."""
+def build_mapping(spec: EventSourceSpec, function: LocalFunction, context: MappingContext) -> EventSourceMapping:
+    """The emulation of one event source."""
     where = f"{spec.function_logical_id}.Events.{spec.name} ({spec.type})"
-    props = spec.properties
-    if spec.type not in EMULATED_TYPES:
-        logger.warning("%s: event type not emulated locally; it will not fire", where)
-        return None
+    props = {key: context.resolve(value) for key, value in spec.properties.items()}
     common: dict[str, Any] = {
         "name": f"{spec.function_logical_id}.{spec.name}",
         "function_logical_id": spec.function_logical_id,
         "function": function,
         "client": context.client,
-        "enabled": bool(context.resolve(props.get("Enabled", True))),
         "poll_interval": context.poll_interval,
         "retry_delay": context.retry_delay,
     }
     if spec.type == "S3":
-        return _build_s3(spec, where, common, context)
+        invoke_config = {key: context.resolve(value) for key, value in spec.invoke_config.items()}
+        return S3NotificationMapping(
+            source_arn=f"arn:aws:s3:::{props['Bucket']}",
+            bucket=props["Bucket"],
+            events=[props["Events"]] if isinstance(props["Events"], str) else list(props["Events"]),
+            key_filters=s3_key_rules(props.get("Filter")),
+            maximum_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)),
+            on_failure=_on_failure(invoke_config, context),
+            **common,
+        )
     if spec.type == "Schedule":
-        return _build_schedule(spec, where, common, context)
-    response_types = context.resolve(props.get("FunctionResponseTypes") or [])
-    unknown = set(response_types) - {"ReportBatchItemFailures"}
-    if unknown:
-        raise EventSourceError(f"{where}: FunctionResponseTypes {sorted(unknown)} not supported")
-    common["filters"] = compile_filters(context.resolve(props.get("FilterCriteria")), where)
-    common["report_batch_item_failures"] = "ReportBatchItemFailures" in response_types
+        return ScheduleMapping(
+            source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{spec.function_logical_id}-{spec.name}",
+            expression=props["Schedule"],
+            period=_local_period(spec.function_logical_id, schedule_period(props["Schedule"], where)),
+            **common,
+        )
+    common["report_batch_item_failures"] = "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or [])
     if spec.type == "SQS":
-        queue_arn = str(context.resolve(props["Queue"]))
-        batch_size = int(context.resolve(props.get("BatchSize", 10)))
-        if not 1 <= batch_size <= 10000:
-            raise EventSourceError(f"{where}: BatchSize {batch_size} is outside 1..10000")
+        queue_arn = str(props["Queue"])
         return SqsMapping(
             source_arn=queue_arn,
             queue_url=context.queue_url_for_arn(queue_arn),
-            batch_size=batch_size,
+            batch_size=int(props.get("BatchSize", 10)),
+            filters=None,
             **common,
         )
-    # DynamoDB
-    stream_arn = context.resolve(props.get("Stream"))
-    if not isinstance(stream_arn, str) or "/stream/" not in stream_arn:
-        raise EventSourceError(f"{where}: Stream must be a table's StreamArn, got {stream_arn!r}")
-    position = str(context.resolve(props.get("StartingPosition", "")))
-    if position not in ("TRIM_HORIZON", "LATEST"):
-        raise EventSourceError(f"{where}: StartingPosition must be TRIM_HORIZON or LATEST, got {position!r}")
-    batch_size = int(context.resolve(props.get("BatchSize", 100)))
-    if not 1 <= batch_size <= 10000:
-        raise EventSourceError(f"{where}: BatchSize {batch_size} is outside 1..10000")
+    if spec.type != "DynamoDB":
+        raise EventSourceError(f"{where}: event type not emulated (infra/local/supported.py)")
     return DynamoDBStreamMapping(
-        source_arn=stream_arn,
-        batch_size=batch_size,
-        starting_position=position,
-        bisect_on_error=bool(context.resolve(props.get("BisectBatchOnFunctionError", False))),
-        maximum_retry_attempts=int(context.resolve(props.get("MaximumRetryAttempts", -1))),
-        on_failure=_on_failure(props, where, context),
+        source_arn=str(props["Stream"]),
+        batch_size=int(props.get("BatchSize", 100)),
+        filters=compile_filters(props.get("FilterCriteria"), where),
+        starting_position=str(props["StartingPosition"]),
+        bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
+        maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+        on_failure=_on_failure(props, context),
         **common,
     )
 
 
-def _build_schedule(
-    spec: EventSourceSpec, where: str, common: dict[str, Any], context: MappingContext
-) -> ScheduleMapping | None:
-    props = spec.properties
-    expression = str(context.resolve(props.get("Schedule", "")))
-    period = schedule_period(expression, where)
-    if period is None:
-        logger.warning("%s: %s is not emulated locally (rate(...) is); it will not fire", where, expression)
-        return None
-    own_env, local_default = LOCAL_SCHEDULE_PERIODS.get(spec.function_logical_id, ("", None))
+def _local_period(function_logical_id: str, period: float) -> float:
+    """A schedule's period locally: the function's own variable, then OMS_LOCAL_SCHEDULE_SECONDS,
+    then LOCAL_SCHEDULE_PERIODS' default, then the template's."""
+    own_env, local_default = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", None))
     if local_default is not None:
         period = local_default
     for variable in (SCHEDULE_PERIOD_ENV, own_env):
@@ -894,64 +828,21 @@ def _build_schedule(
                 period = 0
             if period <= 0:
                 raise EventSourceError(f"{variable} must be a positive number of seconds, got {override!r}")
-    if str(context.resolve(props.get("State", "ENABLED"))).upper() == "DISABLED":
-        common["enabled"] = False
-    return ScheduleMapping(
-        source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{spec.function_logical_id}-{spec.name}",
-        expression=expression,
-        period=period,
-        **common,
-    )
+    return period
 
 
-def _on_failure(props: Mapping[str, Any], where: str, context: MappingContext) -> OnFailure | None:
-    destination = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+def _on_failure(config: Mapping[str, Any], context: MappingContext) -> OnFailure | None:
+    """DestinationConfig.OnFailure (resolved): an SQS queue, as supported.py requires."""
+    destination = ((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
     if destination is None:
         return None
-    arn = str(context.resolve(destination))
-    if ":sqs:" not in arn:
-        raise EventSourceError(f"{where}: OnFailure destination {arn} is not an SQS queue (the only kind emulated)")
-    return OnFailure(arn=arn, queue_url=context.queue_url_for_arn(arn))
+    return OnFailure(arn=str(destination), queue_url=context.queue_url_for_arn(str(destination)))
 
 
-def _build_s3(
-    spec: EventSourceSpec, where: str, common: dict[str, Any], context: MappingContext
-) -> S3NotificationMapping:
-    props = spec.properties
-    bucket = context.resolve(props.get("Bucket"))
-    if not isinstance(bucket, str) or not bucket:
-        raise EventSourceError(f"{where}: Bucket must be !Ref of a bucket of this template")
-    events = context.resolve(props.get("Events"))
-    events = [events] if isinstance(events, str) else list(events or [])
-    if not events:
-        raise EventSourceError(f"{where}: Events is required")
-    invoke_config = spec.invoke_config
-    retries = int(context.resolve(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)))
-    if not 0 <= retries <= ASYNC_RETRIES:
-        raise EventSourceError(f"{where}: EventInvokeConfig MaximumRetryAttempts {retries} is outside 0..2")
-    return S3NotificationMapping(
-        source_arn=f"arn:aws:s3:::{bucket}",
-        bucket=bucket,
-        events=events,
-        key_filters=s3_key_rules(context.resolve(props.get("Filter")), where),
-        maximum_retry_attempts=retries,
-        on_failure=_on_failure(invoke_config, f"{where} EventInvokeConfig", context),
-        **common,
-    )
-
-
-def s3_key_rules(filter_: Any, where: str) -> list[dict[str, str]]:
+def s3_key_rules(filter_: Any) -> list[dict[str, str]]:
     """CloudFormation's Filter: {S3Key: {Rules: [{Name, Value}]}} as S3's FilterRules."""
-    if not filter_:
-        return []
     rules = ((filter_ or {}).get("S3Key") or {}).get("Rules") or []
-    result = []
-    for rule in rules:
-        name = str(rule.get("Name", "")).lower()
-        if name not in ("prefix", "suffix"):
-            raise EventSourceError(f"{where}: S3Key rule name must be prefix or suffix, got {rule.get('Name')!r}")
-        result.append({"Name": name, "Value": str(rule.get("Value", ""))})
-    return result
+    return [{"Name": str(rule["Name"]).lower(), "Value": str(rule["Value"])} for rule in rules]
 
 
 # --- Helpers ----------------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ class RouteMatch:
 
 class Router:
     """Matches a request path against the template's resource paths the way API Gateway does:
-    the most specific resource wins (literal segments over `{param}` over `{proxy+}`), and a
-    resource that lacks the method answers 405 rather than falling back to a looser one."""
+    the most specific resource wins (literal segments over `{param}`), and a resource that lacks
+    the method answers 405 rather than falling back to a looser one."""
 
     def __init__(self, routes: Iterable[ApiRoute]):
         self.routes = list(routes)
@@ -83,20 +83,18 @@ class Router:
                 candidates.append((route, params))
         allowed = sorted({route.method for route, _ in candidates})
         for route, params in candidates:
-            if route.method in (method.upper(), "ANY"):
+            if route.method == method.upper():
                 return RouteMatch(route, params), allowed
         return None, allowed
 
 
-_LITERAL, _PARAM, _GREEDY = 0, 1, 2
+_LITERAL, _PARAM = 0, 1
 
 
 def _segments(path: str) -> list[tuple[int, str]]:
     parsed = []
     for segment in path.strip("/").split("/") if path.strip("/") else []:
-        if segment.startswith("{") and segment.endswith("+}"):
-            parsed.append((_GREEDY, segment[1:-2]))
-        elif segment.startswith("{") and segment.endswith("}"):
+        if segment.startswith("{") and segment.endswith("}"):
             parsed.append((_PARAM, segment[1:-1]))
         else:
             parsed.append((_LITERAL, segment))
@@ -106,12 +104,6 @@ def _segments(path: str) -> list[tuple[int, str]]:
 def _match_segments(pattern: list[tuple[int, str]], segments: list[str]) -> dict[str, str] | None:
     params: dict[str, str] = {}
     for index, (kind, name) in enumerate(pattern):
-        if kind == _GREEDY:
-            rest = segments[index:]
-            if not rest or "" in rest:
-                return None
-            params[name] = unquote("/".join(rest))
-            return params
         if index >= len(segments) or segments[index] == "":
             return None
         value = unquote(segments[index])
@@ -262,13 +254,12 @@ class AuthorizerMisconfigured(Exception):
 
 @dataclass
 class Authorizer:
-    """A Lambda authorizer with API Gateway's result cache, keyed by the identity sources."""
+    """A REQUEST Lambda authorizer with API Gateway's result cache, keyed by the identity sources."""
 
     name: str
     function: LocalFunction
     identity_headers: tuple[str, ...] = ("Authorization",)
     cache_seconds: int = 300
-    payload_type: str = "REQUEST"
     _cache: dict[tuple[str, ...], tuple[float, dict[str, Any]]] = field(default_factory=dict, repr=False)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -291,16 +282,8 @@ class Authorizer:
                 cached = self._cache.get(identity)
                 if cached and cached[0] > time.monotonic():
                     return cached[1]
-        if self.payload_type == "TOKEN":
-            authorizer_event: dict[str, Any] = {
-                "type": "TOKEN",
-                "authorizationToken": identity[0] if identity else "",
-                "methodArn": method_arn(event, api_id=api_id),
-            }
-        else:
-            authorizer_event = request_authorizer_event(event, api_id=api_id)
         try:
-            output = self.function.invoke(authorizer_event)
+            output = self.function.invoke(request_authorizer_event(event, api_id=api_id))
         except Exception as error:
             if str(error) == "Unauthorized":
                 return None
@@ -325,32 +308,24 @@ def _validate_authorizer_output(output: Any) -> None:
 
 
 def policy_allows(policy: Mapping[str, Any], arn: str) -> bool:
-    """IAM evaluation as API Gateway applies it: an explicit Deny wins, then an Allow, else deny."""
-    statements = policy.get("Statement") or []
-    if isinstance(statements, dict):
-        statements = [statements]
+    """API Gateway's verdict on an authorizer's policy for `arn`: an explicit Deny wins, then an
+    Allow, else deny. Only what the authorizer writes is evaluated (execute-api:Invoke on an ARN,
+    or on a prefix ending in `*`); any other action or wildcard raises AuthorizerMisconfigured."""
     allowed = False
-    for statement in statements:
+    for statement in policy.get("Statement") or []:
         actions = _as_list(statement.get("Action"))
-        if not any(_wildcard_match(action, "execute-api:Invoke") for action in actions):
-            continue
-        if not any(_wildcard_match(resource, arn) for resource in _as_list(statement.get("Resource"))):
-            continue
-        if statement.get("Effect") == "Deny":
-            return False
-        allowed = allowed or statement.get("Effect") == "Allow"
+        resources = _as_list(statement.get("Resource"))
+        if actions != ["execute-api:Invoke"] or any("*" in r[:-1] or "?" in r for r in resources):
+            raise AuthorizerMisconfigured(f"policy statement not evaluated locally: {json.dumps(statement)}")
+        if any(arn == r or (r.endswith("*") and arn.startswith(r[:-1])) for r in resources):
+            if statement.get("Effect") == "Deny":
+                return False
+            allowed = allowed or statement.get("Effect") == "Allow"
     return allowed
 
 
 def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _wildcard_match(pattern: str, value: str) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value) is not None
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def _context_value(value: Any) -> str:
@@ -427,7 +402,6 @@ class ApiGateway:
                 function=functions[spec.function_logical_id],
                 identity_headers=spec.identity_headers,
                 cache_seconds=spec.reauthorize_every,
-                payload_type=spec.payload_type,
             )
             for name, spec in template.authorizers().items()
         }
@@ -536,7 +510,12 @@ class ApiGateway:
             return self.gateway_response("AUTHORIZER_CONFIGURATION_ERROR", request_id)
         if output is None:
             return self.gateway_response("UNAUTHORIZED", request_id)
-        if not policy_allows(output["policyDocument"], method_arn(event, api_id=self.api_id)):
+        try:
+            allowed = policy_allows(output["policyDocument"], method_arn(event, api_id=self.api_id))
+        except AuthorizerMisconfigured as error:
+            logger.error("authorizer %s: %s", authorizer.name, error)
+            return self.gateway_response("AUTHORIZER_CONFIGURATION_ERROR", request_id)
+        if not allowed:
             return self.gateway_response("ACCESS_DENIED", request_id)
         context = {key: _context_value(value) for key, value in (output.get("context") or {}).items()}
         event["requestContext"]["authorizer"] = {

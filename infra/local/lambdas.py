@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from infra.local.template import ACCOUNT_ID, PROJECT_ROOT, REGION, FunctionSpec
+from infra.local.template import ACCOUNT_ID, REGION, FunctionSpec
 
 logger = logging.getLogger("infra.local.lambdas")
 
@@ -71,7 +69,6 @@ class LocalFunction:
         *,
         memory_mb: int = 128,
         timeout_seconds: float = 3,
-        code_dir: Path | None = None,
         serialize: bool = True,
     ):
         self.name = name
@@ -80,7 +77,6 @@ class LocalFunction:
         self.timeout_seconds = timeout_seconds
         self._reference = handler if isinstance(handler, str) else None
         self._handler: Handler | None = None if isinstance(handler, str) else handler
-        self._code_dir = code_dir
         self._lock: threading.RLock | None = threading.RLock() if serialize else None
         self._import_lock = threading.Lock()
         # Counted for EmbeddedStack.wait_until_idle(): started invocations, and those not finished.
@@ -96,18 +92,13 @@ class LocalFunction:
         spec: FunctionSpec,
         physical_name: str,
         handler: str | Handler | None = None,
-        *,
-        base_dir: Path = PROJECT_ROOT,
         **kwargs: Any,
     ) -> LocalFunction:
-        """`base_dir` is the template's directory, which a relative CodeUri is resolved against."""
-        code_dir = None if spec.code_uri.startswith("s3://") else (base_dir / spec.code_uri).resolve()
         return cls(
             physical_name,
             handler or spec.handler,
             memory_mb=spec.memory_mb,
             timeout_seconds=spec.timeout_seconds,
-            code_dir=code_dir,
             **kwargs,
         )
 
@@ -118,18 +109,8 @@ class LocalFunction:
             with self._import_lock:
                 if self._handler is None:
                     assert self._reference is not None
-                    self._handler = self._import(self._reference)
+                    self._handler = import_handler(self._reference)
         return self._handler
-
-    def _import(self, reference: str) -> Handler:
-        try:
-            return import_handler(reference)
-        except ModuleNotFoundError:
-            # The package may live under the function's CodeUri rather than on sys.path already.
-            if self._code_dir is None or str(self._code_dir) in sys.path or not self._code_dir.is_dir():
-                raise
-            sys.path.append(str(self._code_dir))
-            return import_handler(reference)
 
     def new_context(self) -> LambdaContext:
         return LambdaContext(

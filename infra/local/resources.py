@@ -20,6 +20,10 @@ logger = logging.getLogger("infra.local.stack")
 
 Client = Callable[[str], Any]  # service name -> a boto3 client of the running mock
 
+# What the functions see locally only (the template never sets it): webhook receivers on
+# http://127.0.0.1 accepted (on AWS only https to public addresses is).
+LOCAL_ENVIRONMENT = {"WEBHOOK_ALLOW_LOCAL_HTTP": "true"}
+
 
 class Resources:
     """The template's resources in moto, by logical id. create() fills every map."""
@@ -75,6 +79,7 @@ class Resources:
                     )
                     continue
                 environment[name] = resolved
+        environment.update(LOCAL_ENVIRONMENT)
         return environment
 
     def queue_url_for_arn(self, arn: str, client: Client) -> str:
@@ -90,7 +95,7 @@ class Resources:
     def _create_tables(self, client: Client) -> None:
         for table in self.template.tables():
             dynamodb = client("dynamodb")
-            name = table.table_name or self.physical_name(table.logical_id)
+            name = self.physical_name(table.logical_id)
             description = dynamodb.create_table(**table.create_table_request(name))["TableDescription"]
             if table.ttl_attribute:
                 dynamodb.update_time_to_live(
@@ -112,8 +117,6 @@ class Resources:
                 except KeyError:
                     continue
                 name = attributes.pop("QueueName", None) or self.physical_name(queue.logical_id)
-                if queue.fifo and not name.endswith(".fifo"):
-                    name += ".fifo"
                 url = client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
                 self.queue_urls[queue.logical_id] = url
                 self.refs[queue.logical_id] = url
@@ -143,7 +146,6 @@ class Resources:
             self.bucket_names[bucket.logical_id] = name
             self.refs[bucket.logical_id] = name
             self.atts[f"{bucket.logical_id}.Arn"] = f"arn:aws:s3:::{name}"
-            # NotificationConfiguration is the event sources' (infra/local/activity.py), not moto's alone.
 
     def _create_functions(self) -> None:
         """A LocalFunction per AWS::Serverless::Function (handlers imported on first use), with the
@@ -153,9 +155,7 @@ class Resources:
         for logical_id, spec in self.template.functions().items():
             props = self.template.resources[logical_id].get("Properties", {})
             name = self.resolve(props.get("FunctionName")) or self.physical_name(logical_id)
-            function = LocalFunction.from_spec(
-                spec, name, self._handler_overrides.get(logical_id), base_dir=self.template.base_dir
-            )
+            function = LocalFunction.from_spec(spec, name, self._handler_overrides.get(logical_id))
             self.functions[logical_id] = function
             self.function_arns[logical_id] = function.arn
             self.refs[logical_id] = name
@@ -172,7 +172,7 @@ class Resources:
             progressed, unresolved = False, ""
             for spec in list(pending):
                 try:
-                    name = self.resolve(spec.name) or self.physical_name(spec.logical_id)
+                    name = self.physical_name(spec.logical_id)
                     substitutions = {key: self.resolve(value) for key, value in spec.substitutions.items()}
                 except KeyError as error:
                     unresolved = f"{spec.logical_id}: {error.args[0]}"

@@ -91,13 +91,11 @@ PARAMETER_ENV = {
 }
 
 # Template parameters the local stack sets unless the caller does: webhook retries compressed
-# from 24 hours to a minute (at least 3 attempts in its first 60 s, API.md), and receivers on
-# http://127.0.0.1 accepted (on AWS only https to public addresses is).
+# from 24 hours to a minute (at least 3 attempts in its first 60 s, API.md).
 LOCAL_PARAMETERS = {
     "WebhookRetryBaseSeconds": "2",
     "WebhookRetryMaxDelaySeconds": "8",
     "WebhookRetryWindowSeconds": "60",
-    "WebhookAllowLocalHttp": "true",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from infra.local import supported
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
@@ -32,28 +35,12 @@ CfnLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
+# fmt: off
 _SHORT_TAGS = [
-    "Ref",
-    "Condition",
-    "Base64",
-    "Cidr",
-    "FindInMap",
-    "GetAtt",
-    "GetAZs",
-    "ImportValue",
-    "Join",
-    "Select",
-    "Split",
-    "Sub",
-    "Transform",
-    "And",
-    "Equals",
-    "If",
-    "Not",
-    "Or",
-    "ToJsonString",
-    "Length",
+    "Ref", "Condition", "Base64", "Cidr", "FindInMap", "GetAtt", "GetAZs", "ImportValue", "Join", "Select",
+    "Split", "Sub", "Transform", "And", "Equals", "If", "Not", "Or", "ToJsonString", "Length",
 ]
+# fmt: on
 
 
 def _long_form(tag: str, loader: CfnLoader, node: yaml.Node) -> dict[str, Any]:
@@ -83,6 +70,7 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
 
 
 # --- What the template declares ---------------------------------------------------------------
+# infra/local/supported.py lists what of the template is read here; Template.load() refuses the rest.
 
 
 @dataclass(frozen=True)
@@ -91,31 +79,19 @@ class TableSpec:
     key_schema: list[dict[str, str]]
     attribute_definitions: list[dict[str, str]]
     global_secondary_indexes: list[dict[str, Any]] = field(default_factory=list)
-    local_secondary_indexes: list[dict[str, Any]] = field(default_factory=list)
     stream_view_type: str | None = None
     ttl_attribute: str | None = None
-    billing_mode: str = "PAY_PER_REQUEST"
-    table_name: str | None = None  # an explicit TableName, if the template sets one
 
     def create_table_request(self, physical_name: str) -> dict[str, Any]:
-        """Keyword arguments for DynamoDB CreateTable."""
-        provisioned = self.billing_mode == "PROVISIONED"
-        throughput = {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}
+        """Keyword arguments for DynamoDB CreateTable (on demand, as BillingMode must be)."""
         request: dict[str, Any] = {
             "TableName": physical_name,
             "KeySchema": self.key_schema,
             "AttributeDefinitions": self.attribute_definitions,
-            "BillingMode": self.billing_mode,
+            "BillingMode": "PAY_PER_REQUEST",
         }
-        if provisioned:
-            request["ProvisionedThroughput"] = throughput
         if self.global_secondary_indexes:
-            request["GlobalSecondaryIndexes"] = [
-                {**index, "ProvisionedThroughput": throughput} if provisioned else index
-                for index in self.global_secondary_indexes
-            ]
-        if self.local_secondary_indexes:
-            request["LocalSecondaryIndexes"] = self.local_secondary_indexes
+            request["GlobalSecondaryIndexes"] = self.global_secondary_indexes
         if self.stream_view_type:
             request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": self.stream_view_type}
         return request
@@ -124,71 +100,56 @@ class TableSpec:
 @dataclass(frozen=True)
 class QueueSpec:
     logical_id: str
-    properties: dict[str, Any]  # raw; RedrivePolicy may hold !GetAtt to another queue
-
-    @property
-    def fifo(self) -> bool:
-        return bool(self.properties.get("FifoQueue"))
+    properties: dict[str, Any]  # raw; RedrivePolicy holds !GetAtt to another queue
 
 
 @dataclass(frozen=True)
 class BucketSpec:
     logical_id: str
-    properties: dict[str, Any]  # raw; NotificationConfiguration is read by whoever emulates it
+    properties: dict[str, Any]  # raw
 
 
 @dataclass(frozen=True)
 class FunctionSpec:
     logical_id: str
     handler: str  # "package.module.attribute"
-    code_uri: str
     memory_mb: int
     timeout_seconds: int
     environment: dict[str, Any]  # Globals merged with the function's own; values unresolved
     events: dict[str, dict[str, Any]]
-    event_invoke_config: dict[str, Any] = field(default_factory=dict)  # its own, else Globals'; unresolved
+    event_invoke_config: dict[str, Any] = field(default_factory=dict)  # unresolved
 
 
 @dataclass(frozen=True)
 class StateMachineSpec:
-    """An AWS::Serverless::StateMachine or AWS::StepFunctions::StateMachine; values unresolved."""
+    """An AWS::Serverless::StateMachine; values unresolved."""
 
     logical_id: str
-    resource_type: str
-    name: Any  # an explicit Name / StateMachineName, or None
     type: str  # STANDARD or EXPRESS
-    definition: Any  # inline Definition (a dict) or DefinitionString (text), or None
-    definition_uri: Any  # a local path relative to the template (or an S3 location), or None
+    definition_uri: str  # a JSON file, relative to the template
     substitutions: dict[str, Any]
 
     def load_definition(self, base_dir: Path, substitutions: Mapping[str, Any]) -> dict[str, Any]:
         """The definition with `substitutions` (already resolved) applied; not validated."""
         from infra.local import asl
 
-        if self.definition is not None:
-            return asl.render(self.definition, substitutions)
-        if isinstance(self.definition_uri, str) and not self.definition_uri.startswith("s3://"):
-            path = base_dir / self.definition_uri
-            if not path.is_file():
-                raise ValueError(f"state machine {self.logical_id}: DefinitionUri {path} does not exist")
-            return asl.render(asl.load_definition_file(path), substitutions)
-        raise ValueError(
-            f"state machine {self.logical_id}: needs Definition or a local DefinitionUri "
-            f"(an S3 location cannot be read locally), got {self.definition_uri!r}"
-        )
+        path = base_dir / self.definition_uri
+        if not path.is_file():
+            raise ValueError(f"state machine {self.logical_id}: DefinitionUri {path} does not exist")
+        return asl.render(json.loads(path.read_text(encoding="utf-8")), substitutions)
 
 
 @dataclass(frozen=True)
 class EventSourceSpec:
-    """One event source of a function: a SAM `Events` entry (DynamoDB, SQS, S3, ...) or an
-    AWS::Lambda::EventSourceMapping resource. Properties are raw (intrinsics unresolved)."""
+    """One SAM `Events` entry of a function other than Api (DynamoDB, SQS, S3, Schedule).
+    Properties are raw (intrinsics unresolved)."""
 
     function_logical_id: str
-    name: str  # the event's name in Events, or the mapping resource's logical id
-    type: str  # SAM's event type: DynamoDB, SQS, S3, Kinesis, Schedule, ...
+    name: str  # the event's name in Events
+    type: str
     properties: dict[str, Any]
-    # The function's EventInvokeConfig (its own, else Globals'): what an asynchronous invocation
-    # (an S3 notification) is retried and where it goes when it fails; raw like `properties`.
+    # The function's EventInvokeConfig: what an asynchronous invocation (an S3 notification) is
+    # retried and where it goes when it fails; raw like `properties`.
     invoke_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -196,16 +157,17 @@ class EventSourceSpec:
 class ApiRoute:
     event_name: str
     path: str  # the resource template, e.g. /orders/{order_id}
-    method: str  # upper case; ANY matches every method
+    method: str  # upper case
     authorizer: str | None  # None when Auth.Authorizer is NONE (or the API has no default)
 
 
 @dataclass(frozen=True)
 class AuthorizerSpec:
+    """A REQUEST Lambda authorizer (the only payload type emulated)."""
+
     name: str
     function_logical_id: str
     handler: str
-    payload_type: str  # REQUEST or TOKEN
     identity_headers: tuple[str, ...]
     reauthorize_every: int  # seconds; 0 turns the cache off
 
@@ -234,8 +196,11 @@ class Template:
 
     @classmethod
     def load(cls, path: str | Path | None = None, **kwargs: Any) -> Template:
+        """Raises UnsupportedTemplate if the template uses what the runtime does not emulate."""
         source = Path(path or DEFAULT_TEMPLATE)
-        return cls(load_template(source), source=source, **kwargs)
+        document = load_template(source)
+        supported.check(document)
+        return cls(document, source=source, **kwargs)
 
     @property
     def resources(self) -> dict[str, dict[str, Any]]:
@@ -256,9 +221,10 @@ class Template:
         return declared["Default"]
 
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
-        """Evaluates Ref, GetAtt, Sub and Join (other intrinsics come back as they are). `refs` maps
-        logical ids to what `Ref` returns for them (a table's name, a queue's URL); `atts` maps
-        "Logical.Attr" to what `GetAtt` returns. Unknown names raise KeyError."""
+        """Evaluates Ref, GetAtt and Sub, the intrinsics the template's emulated properties use
+        (another Fn:: raises KeyError). `refs` maps logical ids to what `Ref` returns for them (a
+        table's name, a queue's URL); `atts` maps "Logical.Attr" to what `GetAtt` returns.
+        Unknown names raise KeyError."""
         refs = refs or {}
         atts = atts or {}
         if isinstance(value, list):
@@ -291,9 +257,8 @@ class Template:
                 return str(self._ref(name, refs))
 
             return re.sub(r"\$\{([^}]+)\}", substitute, text)
-        if key == "Fn::Join":
-            separator, items = arg
-            return separator.join(str(item) for item in self.resolve(items, refs, atts))
+        if key.startswith("Fn::"):
+            raise KeyError(f"{key} is not evaluated locally (only Ref, Fn::GetAtt and Fn::Sub)")
         return {key: self.resolve(arg, refs, atts)}
 
     def _ref(self, name: str, refs: Mapping[str, str]) -> Any:
@@ -301,9 +266,7 @@ class Template:
             "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT_ID,
             "AWS::Partition": "aws",
-            "AWS::URLSuffix": "amazonaws.com",
             "AWS::StackName": self.stack_name,
-            "AWS::NoValue": None,
         }
         if name in refs:
             return refs[name]
@@ -325,12 +288,9 @@ class Template:
                     logical_id=logical_id,
                     key_schema=props["KeySchema"],
                     attribute_definitions=props["AttributeDefinitions"],
-                    global_secondary_indexes=[_index(gsi) for gsi in props.get("GlobalSecondaryIndexes", [])],
-                    local_secondary_indexes=[_index(lsi) for lsi in props.get("LocalSecondaryIndexes", [])],
+                    global_secondary_indexes=props.get("GlobalSecondaryIndexes", []),
                     stream_view_type=stream.get("StreamViewType"),
                     ttl_attribute=ttl.get("AttributeName") if ttl.get("Enabled") else None,
-                    billing_mode=props.get("BillingMode", "PROVISIONED"),
-                    table_name=self.resolve(props["TableName"]) if "TableName" in props else None,
                 )
             )
         return specs
@@ -350,26 +310,15 @@ class Template:
     # State machines.
     def state_machines(self) -> list[StateMachineSpec]:
         specs = []
-        for logical_id, resource in self.resources.items():
-            resource_type = resource.get("Type")
+        for logical_id, resource in self.resources_of_type("AWS::Serverless::StateMachine").items():
             props = resource.get("Properties", {})
-            if resource_type == "AWS::Serverless::StateMachine":
-                name, machine_type = props.get("Name"), props.get("Type", "STANDARD")
-                definition, uri = props.get("Definition"), props.get("DefinitionUri")
-            elif resource_type == "AWS::StepFunctions::StateMachine":
-                name, machine_type = props.get("StateMachineName"), props.get("StateMachineType", "STANDARD")
-                definition = props.get("Definition", props.get("DefinitionString"))
-                uri = props.get("DefinitionS3Location")
-            else:
-                continue
+            if not isinstance(props.get("DefinitionUri"), str):
+                raise ValueError(f"state machine {logical_id}: needs DefinitionUri, a JSON file next to the template")
             specs.append(
                 StateMachineSpec(
                     logical_id=logical_id,
-                    resource_type=resource_type,
-                    name=name,
-                    type=str(machine_type).upper(),
-                    definition=definition,
-                    definition_uri=uri,
+                    type=str(props.get("Type", "STANDARD")).upper(),
+                    definition_uri=props["DefinitionUri"],
                     substitutions=dict(props.get("DefinitionSubstitutions") or {}),
                 )
             )
@@ -377,14 +326,13 @@ class Template:
 
     @property
     def base_dir(self) -> Path:
-        """What relative DefinitionUri / CodeUri paths are relative to."""
+        """What a relative DefinitionUri is relative to."""
         return self.source.parent if self.source else PROJECT_ROOT
 
     # Event sources.
     def event_sources(self) -> list[EventSourceSpec]:
-        """Every function event that is not an Api event, and every EventSourceMapping resource."""
-        functions = self.functions()
-        specs = [
+        """Every function event that is not an Api event."""
+        return [
             EventSourceSpec(
                 function_id,
                 name,
@@ -392,28 +340,10 @@ class Template:
                 dict(event.get("Properties") or {}),
                 function.event_invoke_config,
             )
-            for function_id, function in functions.items()
+            for function_id, function in self.functions().items()
             for name, event in function.events.items()
             if event.get("Type") != "Api"
         ]
-        for logical_id, resource in self.resources_of_type("AWS::Lambda::EventSourceMapping").items():
-            props = dict(resource.get("Properties") or {})
-            function = props.get("FunctionName")
-            target = _logical_target(function)
-            if target not in functions:
-                raise ValueError(
-                    f"{logical_id}: FunctionName must be !Ref or !GetAtt .Arn of a function of this template"
-                )
-            source = props.get("EventSourceArn")
-            service = _source_service(source, self)
-            if service == "DynamoDB":
-                props["Stream"] = source
-            elif service == "SQS":
-                props["Queue"] = source
-            else:
-                props["Stream"] = source
-            specs.append(EventSourceSpec(target, logical_id, service, props))
-        return specs
 
     # Functions.
     def function_globals(self) -> dict[str, Any]:
@@ -428,13 +358,12 @@ class Template:
             own_env = (props.get("Environment") or {}).get("Variables") or {}
             specs[logical_id] = FunctionSpec(
                 logical_id=logical_id,
-                handler=props.get("Handler", defaults.get("Handler", "")),
-                code_uri=str(props.get("CodeUri", defaults.get("CodeUri", "."))),
+                handler=props["Handler"],
                 memory_mb=int(props.get("MemorySize", defaults.get("MemorySize", 128))),
                 timeout_seconds=int(props.get("Timeout", defaults.get("Timeout", 3))),
                 environment={**global_env, **own_env},
                 events=props.get("Events") or {},
-                event_invoke_config=dict(props.get("EventInvokeConfig") or defaults.get("EventInvokeConfig") or {}),
+                event_invoke_config=dict(props.get("EventInvokeConfig") or {}),
             )
         return specs
 
@@ -450,8 +379,11 @@ class Template:
             raise ValueError(f"expected one AWS::Serverless::Api, found {sorted(apis)}")
         return next(iter(apis))
 
+    def _api_props(self) -> dict[str, Any]:
+        return self.resources[self.rest_api_id()].get("Properties", {})
+
     def _api_auth(self) -> dict[str, Any]:
-        return self.resources[self.rest_api_id()].get("Properties", {}).get("Auth") or {}
+        return self._api_props().get("Auth") or {}
 
     def api_function(self) -> FunctionSpec:
         """The function whose Api events reference the REST API."""
@@ -493,15 +425,11 @@ class Template:
             if not get_att or get_att[0] not in functions:
                 raise ValueError(f"authorizer {name}: FunctionArn must be !GetAtt <Function>.Arn of this template")
             identity = config.get("Identity") or {}
-            headers = identity.get("Headers") or ([identity["Header"]] if identity.get("Header") else [])
-            if not headers and config.get("FunctionPayloadType", "TOKEN") == "TOKEN":
-                headers = ["Authorization"]
             specs[name] = AuthorizerSpec(
                 name=name,
                 function_logical_id=get_att[0],
                 handler=functions[get_att[0]].handler,
-                payload_type=config.get("FunctionPayloadType", "TOKEN"),
-                identity_headers=tuple(headers),
+                identity_headers=tuple(identity.get("Headers") or ()),
                 reauthorize_every=int(self.resolve(identity.get("ReauthorizeEvery", 300))),
             )
         return specs
@@ -512,9 +440,8 @@ class Template:
 
     def gateway_responses(self) -> dict[str, GatewayResponse]:
         """GatewayResponses (UNAUTHORIZED, ACCESS_DENIED, ...) with their JSON body templates."""
-        declared = self.resources[self.rest_api_id()].get("Properties", {}).get("GatewayResponses") or {}
         responses = {}
-        for kind, config in declared.items():
+        for kind, config in (self._api_props().get("GatewayResponses") or {}).items():
             templates = config.get("ResponseTemplates") or {}
             responses[kind] = GatewayResponse(
                 status=int(config.get("StatusCode", 500)), body=templates.get("application/json")
@@ -523,23 +450,15 @@ class Template:
 
     def throttle(self) -> tuple[float, int] | None:
         """(rate per second, burst) of the API stage's catch-all MethodSettings, if declared."""
-        props = self.resources[self.rest_api_id()].get("Properties", {})
-        for setting in props.get("MethodSettings") or []:
-            if setting.get("ResourcePath") == "/*" and setting.get("HttpMethod") == "*":
-                rate = self.resolve(setting.get("ThrottlingRateLimit"))
-                burst = self.resolve(setting.get("ThrottlingBurstLimit"))
-                if rate is not None and burst is not None:
-                    return float(rate), int(burst)
+        for setting in self._api_props().get("MethodSettings") or []:
+            rate = self.resolve(setting.get("ThrottlingRateLimit"))
+            burst = self.resolve(setting.get("ThrottlingBurstLimit"))
+            if rate is not None and burst is not None:
+                return float(rate), int(burst)
         return None
 
     def stage_name(self) -> str:
-        props = self.resources[self.rest_api_id()].get("Properties", {})
-        return str(self.resolve(props.get("StageName", "Prod")))
-
-
-def _index(index: Mapping[str, Any]) -> dict[str, Any]:
-    # CreateTable takes the CloudFormation shape as is, minus what it does not know.
-    return {key: index[key] for key in ("IndexName", "KeySchema", "Projection") if key in index}
+        return str(self.resolve(self._api_props().get("StageName", "Prod")))
 
 
 def _is_api_event(event: Mapping[str, Any], api_id: str) -> bool:
@@ -547,30 +466,6 @@ def _is_api_event(event: Mapping[str, Any], api_id: str) -> bool:
         return False
     rest_api = (event.get("Properties") or {}).get("RestApiId")
     return rest_api == {"Ref": api_id} or rest_api == api_id
-
-
-def _logical_target(value: Any) -> str | None:
-    """The logical id a `!Ref X` or `!GetAtt X.Attr` names."""
-    if isinstance(value, dict) and "Ref" in value:
-        return value["Ref"]
-    if isinstance(value, dict) and "Fn::GetAtt" in value:
-        arg = value["Fn::GetAtt"]
-        return (arg if isinstance(arg, list) else arg.split(".", 1))[0]
-    return None
-
-
-def _source_service(source: Any, template: Template) -> str:
-    """DynamoDB, SQS or Kinesis for an EventSourceArn (a literal ARN or !GetAtt of a resource)."""
-    target = _logical_target(source)
-    resource_type = template.resources.get(target or "", {}).get("Type", "")
-    text = str(source)
-    if resource_type == "AWS::DynamoDB::Table" or ":dynamodb:" in text:
-        return "DynamoDB"
-    if resource_type == "AWS::SQS::Queue" or ":sqs:" in text:
-        return "SQS"
-    if resource_type == "AWS::Kinesis::Stream" or ":kinesis:" in text:
-        return "Kinesis"
-    return "Unknown"
 
 
 def _env_string(value: Any) -> str:

@@ -130,7 +130,7 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
         bootstrap(Config.from_env()).api_keys.ensure_admin(admin_key)
         needed = {template.api_function().logical_id, *(a.function_logical_id for a in template.authorizers().values())}
         functions = {
-            logical_id: LocalFunction.from_spec(spec, logical_id, base_dir=template.base_dir)
+            logical_id: LocalFunction.from_spec(spec, logical_id)
             for logical_id, spec in template.functions().items()
             if logical_id in needed
         }

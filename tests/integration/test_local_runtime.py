@@ -101,7 +101,7 @@ ROUTES = [
     ApiRoute("GetOrder", "/orders/{order_id}", "GET", "Keys"),
     ApiRoute("GetOrderHistory", "/orders/{order_id}/history", "GET", "Keys"),
     ApiRoute("SetStock", "/inventory/{sku}/{location_id}", "PUT", "Keys"),
-    ApiRoute("Files", "/files/{path+}", "GET", None),
+    ApiRoute("GetFile", "/files/{name}", "GET", None),
 ]
 
 
@@ -213,8 +213,8 @@ def test_router_prefers_literal_segments_and_reports_allowed_methods():
     assert match is None and allowed == ["GET", "POST"]
     match, allowed = router.match("/nope", "GET")
     assert match is None and allowed == []
-    match, _ = router.match("/files/a/b%20c", "GET")
-    assert match.path_parameters == {"path": "a/b c"}
+    match, _ = router.match("/inventory/a%20b/loc_1", "PUT")
+    assert match.path_parameters == {"sku": "a b", "location_id": "loc_1"}
     assert router.match("/orders/", "GET")[0].route.path == "/orders"
 
 
@@ -364,8 +364,21 @@ def test_a_policy_that_does_not_cover_the_method_is_403():
     gw = gateway(authorizer=Recorder(narrow))
     assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer x")])[0] == 200
     assert call(gw, "POST", "/orders", headers=[("Authorization", "Bearer x")])[0] == 403
-    assert policy_allows({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}, "arn:x")
     assert not policy_allows({"Statement": []}, "arn:x")
+
+
+def test_a_policy_the_runtime_does_not_evaluate_is_a_500_not_a_guess(caplog: pytest.LogCaptureFixture):
+    """Only execute-api:Invoke on an ARN or an ARN prefix ending in `*` (what the authorizer
+    writes) is evaluated; any other action or wildcard fails loudly."""
+
+    def wildcard(event):
+        output = allow_all()
+        output["policyDocument"]["Statement"][0]["Action"] = "execute-api:*"
+        return output
+
+    status, body, _ = call(gateway(authorizer=Recorder(wildcard)), "GET", "/orders", headers=[("Authorization", "x")])
+    assert (status, body["error"]["code"]) == (500, "internal_error")
+    assert "not evaluated locally" in caplog.text
 
 
 def test_authorizer_results_are_cached_per_authorization_header():

@@ -45,7 +45,7 @@ def age(stack: EmbeddedStack, order_id: str, minutes: float) -> None:
 
 
 def test_a_stuck_order_the_outbox_never_started_is_restarted_by_the_schedule_and_allocated(stack):
-    assert stack.mappings[RECONCILER].describe()["period_seconds"] == 0.2
+    assert stack.mappings[RECONCILER].period == 0.2
     stack.mappings[RECONCILER].pause()
     stack.mappings[OUTBOX].pause()
     api = Api(stack.api_url, stack.admin_key)

@@ -1,0 +1,270 @@
+"""What of template.yaml the local runtime emulates, what it ignores and why; anything else fails startup.
+
+The runtime reads the SAM template as written (it does not run the SAM transform). SUPPORTED maps
+each resource type to a table of its properties; a table's value is one of:
+
+- EMULATED: the runtime (or moto behind it) does what AWS does with it;
+- "ignored: <reason>": deliberately not emulated, and why that does not change what the product does;
+- a frozenset: emulated for these values only (a list's items are checked one by one);
+- a dict: a nested table for an object (or for each object of a list);
+- Each(table): an object of names chosen by the template (authorizers, gateway responses), each
+  value following `table`;
+- ByType(tables): a function's Events, each event's Properties following the table of its Type.
+
+A resource type, property, event type or value the tables do not name is not emulated: check()
+raises UnsupportedTemplate naming the resource and the property, so the template can never
+silently outgrow the runtime. Adding a property to template.yaml means adding it here, with
+the code that emulates it or the reason it does not matter locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+EMULATED = "emulated"
+
+
+def ignored(reason: str) -> str:
+    return f"ignored: {reason}"
+
+
+@dataclass(frozen=True)
+class Each:
+    table: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ByType:
+    tables: dict[str, dict[str, Any]]
+
+
+_NO_IAM = ignored("IAM is not enforced locally (tests/unit/test_template_security.py checks it against the code)")
+_NO_CLOUDWATCH = ignored("no CloudWatch locally: logs go to the console, metrics are off (tests check alarms)")
+_NO_TRACING = ignored("no X-Ray daemon locally (POWERTOOLS_TRACE_DISABLED)")
+_NO_BATCHING_WINDOW = ignored("a batch goes as soon as records are there; only latency differs")
+_ON_FAILURE = {"OnFailure": {"Type": frozenset({"SQS"}), "Destination": EMULATED}}
+_RESPONSE_TYPES = frozenset({"ReportBatchItemFailures"})
+
+_FUNCTION_COMMON: dict[str, Any] = {
+    "MemorySize": EMULATED,  # the Lambda context's memory_limit_in_mb
+    "Timeout": EMULATED,  # the Lambda context's remaining time; an overrun is logged
+    "Environment": {"Variables": EMULATED},
+    "CodeUri": frozenset({"."}),  # handlers import from the project, which is on sys.path
+    "Runtime": ignored("every function runs in this Python process"),
+    "Architectures": ignored("every function runs in this Python process"),
+    "Layers": ignored("the dependencies layer's packages are installed in the virtualenv"),
+    "Tracing": _NO_TRACING,
+}
+
+_EVENTS = ByType(
+    {
+        "Api": {
+            "RestApiId": EMULATED,
+            "Path": EMULATED,  # literal segments and {param}s
+            "Method": frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"}),
+            "Auth": {"Authorizer": EMULATED},
+        },
+        "DynamoDB": {
+            "Stream": EMULATED,
+            "StartingPosition": frozenset({"TRIM_HORIZON", "LATEST"}),
+            "BatchSize": EMULATED,
+            "BisectBatchOnFunctionError": EMULATED,
+            "MaximumRetryAttempts": EMULATED,
+            "FunctionResponseTypes": _RESPONSE_TYPES,
+            "FilterCriteria": {"Filters": {"Pattern": EMULATED}},  # exact values and numeric ranges
+            "DestinationConfig": _ON_FAILURE,
+            "MaximumBatchingWindowInSeconds": _NO_BATCHING_WINDOW,
+            "ParallelizationFactor": ignored(
+                "one batch per shard at a time; AWS keeps each key's records in order either way"
+            ),
+        },
+        "SQS": {
+            "Queue": EMULATED,
+            "BatchSize": EMULATED,
+            "FunctionResponseTypes": _RESPONSE_TYPES,
+            "MaximumBatchingWindowInSeconds": _NO_BATCHING_WINDOW,
+            "ScalingConfig": ignored("one poller per queue, below any concurrency cap"),
+        },
+        "S3": {
+            "Bucket": EMULATED,
+            "Events": EMULATED,  # matched by moto
+            "Filter": {"S3Key": {"Rules": {"Name": frozenset({"prefix", "suffix"}), "Value": EMULATED}}},
+        },
+        "Schedule": {"Schedule": EMULATED},  # rate(...) only: cron(...) fails when the mapping is built
+    }
+)
+
+SUPPORTED: dict[str, Any] = {
+    "AWS::DynamoDB::Table": {
+        "KeySchema": EMULATED,
+        "AttributeDefinitions": EMULATED,
+        "GlobalSecondaryIndexes": {"IndexName": EMULATED, "KeySchema": EMULATED, "Projection": EMULATED},
+        "BillingMode": frozenset({"PAY_PER_REQUEST"}),
+        "StreamSpecification": {"StreamViewType": EMULATED},
+        "TimeToLiveSpecification": {"AttributeName": EMULATED, "Enabled": EMULATED},
+        "DeletionProtectionEnabled": ignored("the local stack is thrown away when it stops"),
+        "PointInTimeRecoverySpecification": ignored("backups: nothing the product reads"),
+        "SSESpecification": ignored("encryption at rest: nothing the product sees"),
+    },
+    "AWS::SQS::Queue": {
+        "VisibilityTimeout": EMULATED,
+        "MessageRetentionPeriod": EMULATED,
+        "RedrivePolicy": {"deadLetterTargetArn": EMULATED, "maxReceiveCount": EMULATED},
+        "SqsManagedSseEnabled": ignored("encryption at rest: nothing the product sees"),
+    },
+    "AWS::S3::Bucket": {
+        "BucketName": EMULATED,
+        "VersioningConfiguration": ignored(
+            "buckets are unversioned locally: the import splitter keys an import by the object's ETag "
+            "instead of its version (the same file put twice under one key is one import locally)"
+        ),
+        "BucketEncryption": ignored("encryption at rest: nothing the product sees"),
+        "PublicAccessBlockConfiguration": ignored("nothing is public locally"),
+        "LifecycleConfiguration": ignored("expiry after days: the local stack lives for hours"),
+    },
+    "AWS::Events::EventBus": {"Name": EMULATED},
+    "AWS::Serverless::Function": {
+        **_FUNCTION_COMMON,
+        "Handler": EMULATED,
+        "Events": _EVENTS,
+        "EventInvokeConfig": {"MaximumRetryAttempts": EMULATED, "DestinationConfig": _ON_FAILURE},
+        "Description": ignored("documentation"),
+        "Policies": _NO_IAM,
+        "AutoPublishAlias": ignored("one version of each function locally"),
+        "AutoPublishAliasAllProperties": ignored("one version of each function locally"),
+        "DeploymentPreference": ignored("no CodeDeploy locally: a restart deploys everything at once"),
+    },
+    "AWS::Serverless::StateMachine": {
+        "Type": frozenset({"EXPRESS", "STANDARD"}),
+        "DefinitionUri": EMULATED,  # a JSON file next to the template, run by moto's ASL interpreter
+        "DefinitionSubstitutions": EMULATED,
+        "Policies": _NO_IAM,
+        "Logging": _NO_CLOUDWATCH,
+        "Tracing": _NO_TRACING,
+    },
+    "AWS::Serverless::Api": {
+        "StageName": EMULATED,
+        "Auth": {
+            "DefaultAuthorizer": EMULATED,
+            "Authorizers": Each(
+                {
+                    "FunctionArn": EMULATED,
+                    "FunctionPayloadType": frozenset({"REQUEST"}),
+                    "Identity": {"Headers": EMULATED, "ReauthorizeEvery": EMULATED},
+                }
+            ),
+        },
+        "GatewayResponses": Each({"StatusCode": EMULATED, "ResponseTemplates": {"application/json": EMULATED}}),
+        "MethodSettings": {
+            "ResourcePath": frozenset({"/*"}),
+            "HttpMethod": frozenset({"*"}),
+            "ThrottlingRateLimit": EMULATED,  # per API key locally (infra/local/gateway.py)
+            "ThrottlingBurstLimit": EMULATED,
+        },
+        "Name": ignored("the local API has one id, `local`"),
+        "TracingEnabled": _NO_TRACING,
+        "AccessLogSetting": ignored("the local gateway logs one line per request to the console instead"),
+    },
+    "AWS::Serverless::LayerVersion": ignored("the layer's packages are installed in the virtualenv"),
+    "AWS::IAM::Policy": _NO_IAM,
+    "AWS::IAM::Role": _NO_IAM,
+    "AWS::S3::BucketPolicy": ignored("resource policies are not enforced locally"),
+    "AWS::SQS::QueuePolicy": ignored("resource policies are not enforced locally"),
+    "AWS::Logs::LogGroup": _NO_CLOUDWATCH,
+    "AWS::CloudWatch::Alarm": _NO_CLOUDWATCH,
+    "AWS::CloudWatch::Dashboard": _NO_CLOUDWATCH,
+    "AWS::SNS::Topic": ignored("alarm notifications: no alarms locally"),
+    "AWS::SNS::Subscription": ignored("alarm notifications: no alarms locally"),
+    "AWS::WAFv2::WebACL": ignored("no WAF in front of the local API"),
+    "AWS::WAFv2::WebACLAssociation": ignored("no WAF in front of the local API"),
+    "AWS::ApiGateway::Account": ignored("an account setting for access logs: no CloudWatch locally"),
+    "AWS::CloudFormation::WaitConditionHandle": ignored("does nothing by itself"),
+}
+
+# Attributes of an emulated resource besides Type and Properties. Condition is not one of them:
+# the runtime creates every emulated resource, so a condition on one would be silently ignored.
+RESOURCE_ATTRIBUTES: dict[str, Any] = {
+    "DeletionPolicy": ignored("the local stack is thrown away when it stops"),
+    "UpdateReplacePolicy": ignored("the local stack is created anew each start"),
+    "Metadata": ignored("sam build's settings"),
+    "DependsOn": ignored("the runtime orders creation by references"),
+}
+
+SECTIONS: dict[str, Any] = {
+    "AWSTemplateFormatVersion": EMULATED,
+    "Transform": frozenset({"AWS::Serverless-2016-10-31"}),
+    "Description": ignored("documentation"),
+    "Parameters": EMULATED,  # defaults, overridden by the stack's parameter_overrides
+    "Conditions": ignored("only ignored resources may name one (a Condition on an emulated one fails)"),
+    "Globals": {"Function": _FUNCTION_COMMON},
+    "Resources": EMULATED,  # walked resource by resource
+    "Outputs": ignored("the local stack's names and addresses are in .oms-local.json"),
+}
+
+
+class UnsupportedTemplate(ValueError):
+    """The template uses something the local runtime does not emulate."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "template.yaml uses what the local runtime does not emulate (infra/local/supported.py):\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+def unsupported(document: Mapping[str, Any]) -> list[str]:
+    """Every use of a section, resource type, property or value the tables do not cover."""
+    problems = _walk(document, SECTIONS, "template")
+    for logical_id, resource in (document.get("Resources") or {}).items():
+        resource_type = resource.get("Type")
+        where = f"{logical_id} ({resource_type})"
+        table = SUPPORTED.get(resource_type)
+        if table is None:
+            problems.append(f"{where}: resource type not emulated")
+        elif isinstance(table, dict):
+            attributes = {key: value for key, value in resource.items() if key not in ("Type", "Properties")}
+            problems += _walk(attributes, RESOURCE_ATTRIBUTES, where)
+            problems += _walk(resource.get("Properties") or {}, table, where)
+    return problems
+
+
+def check(document: Mapping[str, Any]) -> None:
+    problems = unsupported(document)
+    if problems:
+        raise UnsupportedTemplate(problems)
+
+
+def _walk(value: Any, rule: Any, where: str) -> list[str]:
+    if isinstance(rule, str):  # emulated, or ignored with a reason
+        return []
+    if isinstance(value, list):
+        return [problem for index, item in enumerate(value) for problem in _walk(item, rule, f"{where}[{index}]")]
+    if isinstance(rule, frozenset):
+        if isinstance(value, str) and value.upper() in {allowed.upper() for allowed in rule}:
+            return []
+        return [f"{where}: {value!r} is not emulated (only {', '.join(sorted(rule))})"]
+    if not isinstance(value, Mapping):
+        return [f"{where}: expected an object, got {value!r}"]
+    if isinstance(rule, Each):
+        return [problem for name, item in value.items() for problem in _walk(item, rule.table, f"{where}.{name}")]
+    if isinstance(rule, ByType):
+        problems = []
+        for name, event in value.items():
+            event_type = event.get("Type") if isinstance(event, Mapping) else None
+            if event_type not in rule.tables:
+                problems.append(f"{where}.{name}: event type {event_type!r} is not emulated")
+                continue
+            unknown = set(event) - {"Type", "Properties"}
+            problems += [f"{where}.{name}: {key} is not emulated" for key in sorted(unknown)]
+            problems += _walk(event.get("Properties") or {}, rule.tables[event_type], f"{where}.{name}")
+        return problems
+    problems = []
+    for key, item in value.items():
+        if key not in rule:
+            problems.append(f"{where}: property {key} is not emulated")
+        else:
+            problems += _walk(item, rule[key], f"{where}.{key}")
+    return problems

@@ -1,0 +1,170 @@
+"""The guard between template.yaml and the local runtime: every resource type and property the
+template uses is emulated or ignored with a reason (infra/local/supported.py), and anything else
+fails startup naming the resource and the property."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.local import supported
+from infra.local.supported import EMULATED, SUPPORTED, ByType, Each, UnsupportedTemplate, unsupported
+from infra.local.template import DEFAULT_TEMPLATE, Template, load_template
+
+TEMPLATE = load_template()
+
+
+def _rules(table: Any) -> list[Any]:
+    """Every rule in a table, nested ones included."""
+    if isinstance(table, Each):
+        return _rules(table.table)
+    if isinstance(table, ByType):
+        return [rule for nested in table.tables.values() for rule in _rules(nested)]
+    if isinstance(table, dict):
+        return [rule for value in table.values() for rule in [value, *_rules(value)]]
+    return []
+
+
+def test_every_rule_is_emulated_a_value_set_a_nested_table_or_ignored_with_a_reason():
+    tables = [*SUPPORTED.values(), supported.RESOURCE_ATTRIBUTES, supported.SECTIONS]
+    rules = [rule for table in tables for rule in [table, *_rules(table)]]
+    for rule in rules:
+        if isinstance(rule, str):
+            assert rule == EMULATED or (rule.startswith("ignored: ") and len(rule) > len("ignored: ") + 10), rule
+        else:
+            assert isinstance(rule, frozenset | dict | Each | ByType) and rule, rule
+
+
+def test_every_resource_type_and_property_of_template_yaml_is_emulated_or_ignored_with_a_reason():
+    """Walked here without the guard's own code: each type, each top-level property, each event
+    type and each event property of template.yaml has its entry; then the guard, which also walks
+    the nested objects, finds nothing either."""
+    seen = 0
+    for logical_id, resource in TEMPLATE["Resources"].items():
+        table = SUPPORTED.get(resource["Type"])
+        assert table is not None, f"{logical_id}: {resource['Type']} is not in infra/local/supported.py"
+        if isinstance(table, str):
+            assert table.startswith("ignored: "), (logical_id, table)
+            continue
+        for name, value in (resource.get("Properties") or {}).items():
+            assert name in table, f"{logical_id}.{name} is not in infra/local/supported.py"
+            seen += 1
+            if name == "Events":
+                for event_name, event in value.items():
+                    event_table = table["Events"].tables.get(event["Type"])
+                    assert event_table is not None, f"{logical_id}.Events.{event_name}: {event['Type']}"
+                    for prop in event.get("Properties") or {}:
+                        assert prop in event_table, f"{logical_id}.Events.{event_name}.{prop}"
+                        seen += 1
+        for attribute in set(resource) - {"Type", "Properties"}:
+            assert attribute in supported.RESOURCE_ATTRIBUTES, f"{logical_id}: {attribute}"
+    assert seen > 400  # the walk really went through the template (428 when written)
+    assert unsupported(TEMPLATE) == []
+
+
+def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        target = document["Resources"].setdefault(resource, {"Type": value, "Properties": {}})
+        if path:
+            *parents, last = path.split(".")
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            _add("OrdersTable", "Properties.LocalSecondaryIndexes", []),
+            "OrdersTable (AWS::DynamoDB::Table): property LocalSecondaryIndexes is not emulated",
+        ),
+        (
+            _add("OrdersTable", "Properties.BillingMode", "PROVISIONED"),
+            "OrdersTable (AWS::DynamoDB::Table).BillingMode: 'PROVISIONED' is not emulated (only PAY_PER_REQUEST)",
+        ),
+        (
+            _add("OrdersTable", "Condition", "PointInTimeRecoveryOn"),
+            "OrdersTable (AWS::DynamoDB::Table): property Condition is not emulated",
+        ),
+        (
+            _add("ImportQueue", "Properties.FifoQueue", True),
+            "ImportQueue (AWS::SQS::Queue): property FifoQueue is not emulated",
+        ),
+        (
+            _add("LabelsBucket", "Properties.NotificationConfiguration", {}),
+            "LabelsBucket (AWS::S3::Bucket): property NotificationConfiguration is not emulated",
+        ),
+        (
+            _add("OmsApi", "Properties.Auth.Authorizers.ApiKeyAuthorizer.FunctionPayloadType", "TOKEN"),
+            "OmsApi (AWS::Serverless::Api).Auth.Authorizers.ApiKeyAuthorizer.FunctionPayloadType: 'TOKEN' is not "
+            "emulated (only REQUEST)",
+        ),
+        (
+            _add("ApiFunction", "Properties.Events.Health.Properties.Method", "ANY"),
+            "ApiFunction (AWS::Serverless::Function).Events.Health.Method: 'ANY' is not emulated",
+        ),
+        (
+            _add("AccessLogFunction", "Properties.Events.AccessLogQueue.Properties.FilterCriteria", {}),
+            "AccessLogFunction (AWS::Serverless::Function).Events.AccessLogQueue: property FilterCriteria is not "
+            "emulated",
+        ),
+        (
+            _add("ReconcilerFunction", "Properties.Events.EveryFiveMinutes.Properties.State", "DISABLED"),
+            "ReconcilerFunction (AWS::Serverless::Function).Events.EveryFiveMinutes: property State is not emulated",
+        ),
+        (
+            _add("OutboxFunction", "Properties.Events.Kinesis", {"Type": "Kinesis", "Properties": {}}),
+            "OutboxFunction (AWS::Serverless::Function).Events.Kinesis: event type 'Kinesis' is not emulated",
+        ),
+        (
+            _add("OrderWorkflow", "Properties.Definition", {"StartAt": "A", "States": {}}),
+            "OrderWorkflow (AWS::Serverless::StateMachine): property Definition is not emulated",
+        ),
+        (
+            _add("Mapping", "", "AWS::Lambda::EventSourceMapping"),
+            "Mapping (AWS::Lambda::EventSourceMapping): resource type not emulated",
+        ),
+    ],
+)
+def test_a_template_using_what_the_runtime_does_not_emulate_fails_naming_resource_and_property(
+    change: Callable[[dict[str, Any]], None], problem: str
+):
+    document = copy.deepcopy(TEMPLATE)
+    change(document)
+    problems = unsupported(document)
+    assert any(found.startswith(problem) for found in problems), problems
+    assert len(problems) == 1, problems
+
+
+def test_startup_fails_before_anything_is_created(tmp_path: Path):
+    from infra.local.stack import EmbeddedStack
+
+    document = copy.deepcopy(TEMPLATE)
+    document["Resources"]["OrdersTable"]["Properties"]["LocalSecondaryIndexes"] = []
+    path = tmp_path / "template.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(UnsupportedTemplate) as caught:
+        EmbeddedStack(template=path, api_port=0, aws_port=0)
+    assert "OrdersTable (AWS::DynamoDB::Table): property LocalSecondaryIndexes is not emulated" in str(caught.value)
+    with pytest.raises(UnsupportedTemplate):
+        Template.load(path)
+
+
+def test_the_template_check_reports_it_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from infra.check_template import main
+
+    text = DEFAULT_TEMPLATE.read_text().replace(
+        "      BillingMode: PAY_PER_REQUEST\n", "      BillingMode: PROVISIONED\n", 1
+    )
+    path = tmp_path / "template.yaml"
+    path.write_text(text)
+    assert main([str(path)]) == 1
+    assert "'PROVISIONED' is not emulated (only PAY_PER_REQUEST)" in capsys.readouterr().err
