@@ -228,7 +228,7 @@ def test_a_second_fall_after_a_receipt_grows_the_draft_and_after_a_submit_makes_
 @pytest.mark.parametrize("orders", [10, 16])
 def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer: Buyer, orders: int):
     from functions.backorders import app
-    from infra.local import moto_lock
+    from infra.local.moto_patches import lock
 
     buyer.stock(units=orders)
     buyer.point()
@@ -240,7 +240,7 @@ def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer:
         except BaseException as error:
             errors.append(error)
 
-    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
     try:
         threads = [threading.Thread(target=run, args=(lambda n=n: buyer.reserve(1, first=n),)) for n in range(orders)]
         for thread in threads:
@@ -259,7 +259,7 @@ def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer:
             for thread in threads:
                 thread.join()
     finally:
-        moto_lock.uninstall()
+        lock.PATCH.undo()
 
     assert errors == []
     [level] = buyer.container.inventory_repository.levels({"MUG"}, ["wh-east"])["MUG"]
@@ -272,7 +272,7 @@ def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer:
 
 def test_crossings_of_two_skus_at_once_share_one_draft(buyer: Buyer):
     from functions.backorders import app
-    from infra.local import moto_lock
+    from infra.local.moto_patches import lock
 
     for sku in ("MUG", "CUP"):
         buyer.stock(sku)
@@ -287,7 +287,7 @@ def test_crossings_of_two_skus_at_once_share_one_draft(buyer: Buyer):
         except BaseException as error:
             errors.append(error)
 
-    moto_lock.install()
+    lock.PATCH.apply()
     try:
         with app.container.override(buyer.container):
             by_sku = [[r for r in records if r["dynamodb"]["Keys"]["sku"]["S"] == sku] for sku in ("MUG", "CUP")]
@@ -297,7 +297,7 @@ def test_crossings_of_two_skus_at_once_share_one_draft(buyer: Buyer):
             for thread in threads:
                 thread.join()
     finally:
-        moto_lock.uninstall()
+        lock.PATCH.undo()
 
     assert errors == []
     [draft] = buyer.drafts()
