@@ -6,7 +6,7 @@ through the ordinary APIs (dynamodbstreams GetRecords, sqs ReceiveMessage), buil
 Lambda builds, invokes the in-process handler *outside* MOTO_LOCK, and applies what Lambda applies
 to the answer:
 
-- DynamoDB streams: StartingPosition, BatchSize, FilterCriteria (exact values and numeric ranges),
+- DynamoDB streams: StartingPosition, BatchSize, FilterCriteria (exact values),
   ReportBatchItemFailures (retry from the first failed record, order kept),
   BisectBatchOnFunctionError, MaximumRetryAttempts and the OnFailure destination (an SQS queue)
   with AWS's DDBStreamBatchInfo record;
@@ -71,9 +71,12 @@ class EventSourceError(ValueError):
 
 
 # --- FilterCriteria ---------------------------------------------------------------------------------
-# The EventBridge pattern subset the template uses: nested keys, lists of exact values and numeric
-# ranges. Anything else (prefix, anything-but, exists, ...) fails startup rather than silently
-# matching differently.
+# The EventBridge pattern subset the template uses: nested keys and lists of exact values, matched
+# with their JSON type (a stream record carries DynamoDB numbers as strings, {"N": "5"}, so a
+# number in a pattern matches none of them; the template matches booleans and strings). Anything
+# else (numeric, prefix, anything-but, exists, ...) fails startup rather than matching differently
+# from AWS: the template used a numeric range on `available` until that was found to rest on
+# matching strings numerically, which AWS's pattern matching does not promise.
 
 
 def compile_filters(criteria: Any, where: str) -> list[dict[str, Any]] | None:
@@ -107,46 +110,13 @@ def _check_pattern(pattern: Mapping[str, Any], where: str) -> None:
             if not value:
                 raise EventSourceError(f"{where}: {key!r} has an empty list (it would match nothing)")
             for item in value:
-                if isinstance(item, dict) and set(item) == {"numeric"} and _numeric_rule(item["numeric"]):
-                    continue
                 if isinstance(item, dict | list):
                     raise EventSourceError(
                         f"{where}: {key!r} uses {json.dumps(item)}, which the local runtime does not support "
-                        "(only exact values: lists of strings, numbers, booleans or null; and numeric ranges)"
+                        "(only exact values: lists of strings, numbers, booleans or null)"
                     )
         else:
             raise EventSourceError(f"{where}: {key!r} must be a list of values or an object, got {json.dumps(value)}")
-
-
-_COMPARE = {
-    "=": lambda a, b: a == b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
-
-
-def _numeric_rule(rule: Any) -> list[tuple[str, float]] | None:
-    """Lambda's numeric matching, `{"numeric": [">", 0]}` or `[">=", 1, "<", 5]`: (operator,
-    number) pairs, all of which must hold; None when malformed."""
-    if not isinstance(rule, list) or not rule or len(rule) % 2 or len(rule) > 4:
-        return None
-    pairs = list(zip(rule[::2], rule[1::2], strict=True))
-    for operator, number in pairs:
-        if operator not in _COMPARE or isinstance(number, bool) or not isinstance(number, int | float):
-            return None
-    return pairs
-
-
-def _numeric_matches(rule: list[Any], candidate: Any) -> bool:
-    if isinstance(candidate, bool):
-        return False
-    try:  # DynamoDB numbers are strings ({"N": "5"})
-        value = float(candidate)
-    except (TypeError, ValueError):
-        return False
-    return all(_COMPARE[operator](value, float(number)) for operator, number in _numeric_rule(rule) or [])
 
 
 def matches_filters(patterns: Sequence[Mapping[str, Any]] | None, record: Mapping[str, Any]) -> bool:
@@ -171,21 +141,9 @@ def _matches(pattern: Mapping[str, Any], value: Any) -> bool:
 
 def _value_matches(expected: Sequence[Any], actual: Any) -> bool:
     candidates = actual if isinstance(actual, list) else [actual]  # an array matches if any element does
-    for candidate in candidates:
-        for wanted in expected:
-            if isinstance(wanted, dict):  # a numeric range (the only rule _check_pattern lets through)
-                if _numeric_matches(wanted["numeric"], candidate):
-                    return True
-                continue
-            if candidate == wanted and type(candidate) is type(wanted):
-                return True
-            if isinstance(wanted, int | float) and not isinstance(wanted, bool) and isinstance(candidate, str):
-                try:  # DynamoDB numbers are strings ({"N": "5"}); a numeric pattern compares numerically
-                    if float(candidate) == float(wanted):
-                        return True
-                except ValueError:
-                    pass
-    return False
+    return any(
+        candidate == wanted and type(candidate) is type(wanted) for candidate in candidates for wanted in expected
+    )
 
 
 # --- Batch responses --------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ _EVENTS = ByType(
             "BisectBatchOnFunctionError": EMULATED,
             "MaximumRetryAttempts": EMULATED,
             "FunctionResponseTypes": _RESPONSE_TYPES,
-            "FilterCriteria": {"Filters": {"Pattern": EMULATED}},  # exact values and numeric ranges
+            "FilterCriteria": {"Filters": {"Pattern": EMULATED}},  # exact values
             "DestinationConfig": _ON_FAILURE,
             "MaximumBatchingWindowInSeconds": _NO_BATCHING_WINDOW,
             "ParallelizationFactor": ignored(

@@ -217,19 +217,14 @@ def test_filter_patterns_match_exact_values_in_nested_keys():
     assert matches_filters(None, {"anything": 1})
 
 
-def test_numeric_ranges_compare_dynamodb_numbers_as_numbers():
-    patterns = compile_filters(
-        {"Filters": [{"Pattern": '{"dynamodb": {"NewImage": {"available": {"N": [{"numeric": [">", 0]}]}}}}'}]}, "t"
-    )
-    between = compile_filters({"Filters": [{"Pattern": {"n": [{"numeric": [">=", 1, "<", 5]}]}}]}, "t")
-
-    def stock(available: Any) -> dict[str, Any]:
-        return {"dynamodb": {"NewImage": {"available": {"N": available}}}}
-
-    assert matches_filters(patterns, stock("3")) and matches_filters(patterns, stock("0.5"))
-    assert not matches_filters(patterns, stock("0")) and not matches_filters(patterns, stock("-2"))
-    assert not matches_filters(patterns, stock("x")) and not matches_filters(patterns, {"dynamodb": {"NewImage": {}}})
-    assert [matches_filters(between, {"n": n}) for n in (0, 1, 4.5, 5)] == [False, True, True, False]
+def test_exact_values_match_with_their_json_type_as_aws_does():
+    # A stream record carries DynamoDB numbers as strings: a number in a pattern matches none.
+    patterns = compile_filters({"Filters": [{"Pattern": '{"dynamodb": {"NewImage": {"n": {"N": [5]}}}}'}]}, "t")
+    flags = compile_filters({"Filters": [{"Pattern": '{"NewImage": {"arrived": {"BOOL": [true]}}}'}]}, "t")
+    assert not matches_filters(patterns, {"dynamodb": {"NewImage": {"n": {"N": "5"}}}})
+    assert matches_filters(flags, {"NewImage": {"arrived": {"BOOL": True}}})
+    assert not matches_filters(flags, {"NewImage": {"arrived": {"BOOL": "true"}}})
+    assert not matches_filters(flags, {"NewImage": {"arrived": {"BOOL": 1}}})
 
 
 @pytest.mark.parametrize(
@@ -240,9 +235,8 @@ def test_numeric_ranges_compare_dynamodb_numbers_as_numbers():
         '{"eventName": []}',
         "[1]",
         "{bad json",
-        '{"n": [{"numeric": [">"]}]}',
-        '{"n": [{"numeric": ["~", 1]}]}',
-        '{"n": [{"numeric": [">", "1"]}]}',
+        '{"n": [{"numeric": [">", 0]}]}',
+        '{"n": [{"exists": true}]}',
     ],
 )
 def test_unsupported_filter_syntax_fails_clearly(pattern: str):
