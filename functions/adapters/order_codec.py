@@ -17,6 +17,8 @@ pins each dictionary's digest). Reading one by hand: README, "Reading a stored o
 from __future__ import annotations
 
 import base64
+import json
+import sys
 import zlib
 
 # What orders repeat, the most frequent last (zlib reaches the end of a dictionary most cheaply).
@@ -110,3 +112,29 @@ def stored_json(value: dict[str, object]) -> bytes:
     if "B" in value:
         return decompress(value["B"])  # type: ignore[arg-type]
     return str(value["S"]).encode()
+
+
+def readable(item: dict[str, object]) -> dict[str, object]:
+    """An Orders item in DynamoDB JSON with its document and history entries decoded, for a person."""
+    decoded = dict(item)
+    if isinstance(doc := item.get("doc"), dict):
+        decoded["doc"] = json.loads(stored_json(doc))
+    if isinstance(history := item.get("history"), dict):
+        decoded["history"] = [json.loads(stored_json(entry)) for entry in history.get("L", [])]
+    return decoded
+
+
+def main() -> None:
+    """`aws dynamodb get-item` (or `scan`, `query`) output on stdin, printed with every order's
+    document and history decoded: `... --output json | python -m functions.adapters.order_codec`."""
+    answer = json.load(sys.stdin)
+    if "Item" in answer:
+        answer["Item"] = readable(answer["Item"])
+    if "Items" in answer:
+        answer["Items"] = [readable(item) for item in answer["Items"]]
+    json.dump(answer, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -292,6 +292,18 @@ def test_history_entries_are_stored_compressed_and_json_ones_stored_before_still
     assert kinds == [{"S"}, {"B"}]
 
 
+def test_an_order_item_holds_only_what_keys_indexes_and_filters_need_beside_its_document(aws, capture):
+    from bench.cost import item_bytes
+
+    order = capture.place(place_order(), actor="k")
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"]
+    # No top-level external_id (the document has it, and the id is derived from it) and no
+    # status_since (only an order marked late carries it): bytes every later write would pay for.
+    assert set(item) == {"id", "status", "version", "channel", "customer_id", "created_at", "list_pk",
+                         "payment_token", "doc", "history", "sla_key", "sla_at"}  # fmt: skip
+    assert item_bytes(item) < 1024  # one write unit
+
+
 def test_a_cursor_only_works_for_the_filter_it_came_from(capture, orders):
     for i in range(3):
         capture.place(place_order(external_id=f"c{i}"), actor="k")

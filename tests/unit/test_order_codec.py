@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import zlib
 
@@ -75,3 +76,19 @@ def test_the_outbox_reads_an_entry_stored_as_json_and_survives_a_broken_one():
     assert _trace({"channel": "web"}, {"history": {"L": [{"S": json.dumps(created)}]}}) == ("web", "imp_1:2")
     assert _trace({"channel": "web"}, {"history": {"L": [{"B": b"not zlib"}]}}) == ("web", "")
     assert _trace({}, {}) == ("", "")
+
+
+def test_a_support_engineer_reads_an_item_from_the_aws_cli_decoded(monkeypatch, capsys):
+    # `aws dynamodb get-item --output json` shows a binary as base64; old and new forms side by side.
+    from functions.adapters.order_codec import main
+
+    entry = {"type": "created", "actor": "key_web"}
+    item = {
+        "id": {"S": "ord_1"},
+        "doc": {"B": base64.b64encode(order_codec.compress(b'{"id":"ord_1","status":"pending"}')).decode()},
+        "history": {"L": [{"S": json.dumps(entry)}, {"B": base64.b64encode(order_codec.compress(b"{}")).decode()}]},
+    }
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"Item": item})))
+    main()
+    shown = json.loads(capsys.readouterr().out)["Item"]
+    assert shown == {"id": {"S": "ord_1"}, "doc": {"id": "ord_1", "status": "pending"}, "history": [entry, {}]}
