@@ -388,14 +388,19 @@ def workflow_report() -> str:
         "",
         f"{typical['orders']} orders a run (tok_approve, one line each), placed by {4} clients over HTTP on the "
         "local stack with the outbox, the Express state machine (moto's interpreter) and its Lambda tasks "
-        f"running in-process; then each shipment shipped and delivered. {WORKFLOW_RUNS} runs.",
+        "running in-process; then each shipment shipped and delivered: half of the orders with a request per "
+        "shipment and action (`POST .../ship`, `.../deliver`), the other half as a warehouse system confirms them, "
+        f"in `POST /shipments/confirmations` batches of {typical['confirmation_batch']}; each half's cost is scaled "
+        "to every order. The figures below are the batched way; the table after them compares the two. "
+        f"{WORKFLOW_RUNS} runs.",
         "",
         "| what | value |",
         "| --- | --- |",
         f"| orders per second from POST to `allocated` (median, min–max) | {statistics.median(rates):.1f} "
         f"({rates[0]:.1f}–{rates[-1]:.1f}) |",
         f"| statuses once the workflow settled (median run) | {typical['statuses']} |",
-        f"| API requests per order (POST, ship, deliver) | {typical['api_requests_per_order']:.2f} |",
+        f"| API requests per order (POST, then ship and deliver in batches) | "
+        f"{typical['api_requests_per_order']:.2f} |",
         f"| Lambda GB-seconds per order (our CPU time here + a network wait per AWS call, x template memory) | "
         f"{typical['lambda_gb_seconds_per_order']:.4f} |",
         f"| DynamoDB write units per order (estimated, incl. index writes) | {typical['wru_per_order']:.1f} |",
@@ -427,6 +432,7 @@ def workflow_report() -> str:
     optional = typical["optional_dollars_per_million_orders"]
     lines += [f"| + {feature} | {cost:.2f} |" for feature, cost in optional.items()]
     lines += [f"| **total, with every optional feature** | **{total + sum(optional.values()):.2f}** |", ""]
+    lines += confirmations_markdown(typical)
     lines += features_markdown(typical, total + sum(optional.values()))
     logged = typical["log_bytes_per_order"]
     lines += [
@@ -469,6 +475,41 @@ def write_units_markdown(run: dict[str, Any]) -> list[str]:
     items = sum(v for k, v in by_write.items() if k.endswith(": item"))
     lines.append(f"| **all** | | items {items:.1f}, index entries {sum(by_write.values()) - items:.1f} | "
                  f"**{sum(by_write.values()):.1f}** |")  # fmt: skip
+    return lines
+
+
+def confirmations_markdown(run: dict[str, Any]) -> list[str]:
+    """Shipping and delivering with a request per shipment and action, against batches."""
+    one, batched = run["confirmations"]["per shipment"], run["confirmations"]["batched"]
+    rows = [
+        ("API Gateway requests", "api_requests_per_order", ".2f"),
+        ("API function invocations", "api_invocations_per_order", ".2f"),
+        ("authorizer invocations (its cache answers the rest)", "authorizer_invocations_per_order", ".3f"),
+        ("Lambda GB-seconds", "lambda_gb_seconds_per_order", ".4f"),
+    ]
+    lines = [
+        "Confirming shipments one by one or in batches (the same run; per order):",
+        "",
+        f"| per order | a request per shipment and action | batches of {run['confirmation_batch']} |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {label} | {one[key]:{fmt}} | {batched[key]:{fmt}} |" for label, key, fmt in rows]
+    for service in ("API Gateway", "Lambda"):
+        lines.append(
+            f"| $ per million orders: {service} | {one['dollars_per_million_orders'][service]:.2f} | "
+            f"{batched['dollars_per_million_orders'][service]:.2f} |"
+        )
+    lines += [
+        f"| **$ per million orders, without the optional features** | **{one['total_per_million_orders']:.2f}** | "
+        f"**{batched['total_per_million_orders']:.2f}** |",
+        f"| $ per million orders, without the optional features, with a carrier that hosts its labels "
+        f"(`label_url`: no S3 PUT) | {one['total_per_million_orders'] - one['dollars_per_million_orders']['S3']:.2f} | "
+        f"{batched['total_per_million_orders'] - batched['dollars_per_million_orders']['S3']:.2f} |",
+        f"| $ per million orders, with the logs' INFO lines and X-Ray | "
+        f"{one['total_with_optional_per_million_orders']:.2f} | "
+        f"{batched['total_with_optional_per_million_orders']:.2f} |",
+        "",
+    ]
     return lines
 
 

@@ -5,10 +5,8 @@ Three measurements per size, each in fresh processes:
   only the import's event sources running, so orders stay as captured): upload the CSV through
   the AWS endpoint, follow GET /imports/{id} to its end; the stack process's peak RSS (VmHWM) and
   its RSS before the file. Everything moto stores (the orders, their stream records, the import's
-  markers) lives in that process too, so its growth is the data, not the pipeline: see below.
-- the same data written directly (`measure_data_only`): a fresh stack, as many copies of one
-  imported order and its line marker put with BatchWriteItem; its growth per order is what
-  holding the data costs moto, the baseline for the import's growth per order.
+  markers) lives in that process too, so its growth is mostly the data: it shows the local stack
+  keeps no more than it stores (moto_patches/memory.py).
 - the splitter alone (`python -m bench.imports split FILE`): the file streamed through the real
   reader and ImportSplitter into a queue and ledger that keep nothing; its peak RSS is what
   streaming costs, and should not grow with the file.
@@ -144,8 +142,6 @@ def serve(state_path: str) -> None:
             "aws_endpoint": stack.aws_endpoint,
             "bucket": stack.bucket_names["ImportsBucket"],
             "admin_key": stack.admin_key,
-            "orders_table": stack.table_names["OrdersTable"],
-            "markers_table": stack.table_names["IdempotencyTable"],
         }
         Path(state_path).write_text(json.dumps(state))
         stopping.wait()
@@ -210,36 +206,6 @@ def measure_stack(path: Path, warm_up: Path, lines: int) -> dict[str, Any]:
         "stack_peak_rss_mib": round(peak / 1024, 1),
         "stored_kib_per_order": round((peak - before) / max(orders, 1), 2),
     }
-
-
-def measure_data_only(warm_up: Path, imported: int, recorded: int) -> dict[str, Any]:
-    """The same data written straight into a fresh stack: `imported` copies of an order the
-    warm-up imported (with their stream records) and `recorded` copies of its line marker, by
-    BatchWriteItem through the AWS endpoint. The stack's growth then is what holding that data
-    costs moto; an import's growth beyond it would be the pipeline's own."""
-    with tempfile.TemporaryDirectory() as tmp, stack_process(Path(tmp) / "state.json") as (process, state):
-        import_file(state, warm_up, process.pid, 120)
-        dynamodb = aws_client("dynamodb", state)
-        order = dynamodb.scan(TableName=state["orders_table"], Limit=1)["Items"][0]
-        marker = next(
-            item
-            for item in dynamodb.scan(TableName=state["markers_table"])["Items"]
-            if item["id"]["S"].startswith("import#")
-        )
-        before = rss_kib(process.pid)
-        for table, sample, copies in (
-            (state["orders_table"], order, imported),
-            (state["markers_table"], marker, recorded),
-        ):
-            for start in range(0, copies, 25):
-                items = [
-                    {"PutRequest": {"Item": {**sample, "id": {"S": f"{sample['id']['S']}-copy-{n}"}}}}
-                    for n in range(start, min(copies, start + 25))
-                ]
-                if dynamodb.batch_write_item(RequestItems={table: items}).get("UnprocessedItems"):
-                    raise RuntimeError("moto left items unprocessed")
-        peak = rss_kib(process.pid, "VmHWM")
-    return {"orders": imported, "markers": recorded, "kib_per_order": round((peak - before) / max(recorded, 1), 2)}
 
 
 # --- The splitter alone ---------------------------------------------------------------------------
@@ -330,12 +296,12 @@ def measure_splitter(path: Path) -> dict[str, Any]:
 
 
 def run_import_bench(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
-    """{"stack": [...], "data_only": [...], "splitter": [...]}, one entry per size; see the module
+    """{"stack": [...], "splitter": [...]}, one entry per size; see the module
     docstring."""
-    from infra.local.moto_sqs import HIGH_WATER
+    from infra.local.moto_patches.sqs import HIGH_WATER
 
     results: dict[str, Any] = {"sizes": list(sizes), "high_water": HIGH_WATER}
-    results.update(stack=[], data_only=[], splitter=[])
+    results.update(stack=[], splitter=[])
     with tempfile.TemporaryDirectory() as tmp:
         warm_up = Path(tmp) / "warm-up.csv"
         write_orders_csv(warm_up, WARM_UP_LINES, prefix="W")
@@ -350,7 +316,6 @@ def run_import_bench(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
             stored = {**runs[len(runs) // 2], "runs": len(runs)}
             stored["range"] = f"{runs[0]['orders_per_second']}–{runs[-1]['orders_per_second']}"
             results["stack"].append(stored)
-            results["data_only"].append(measure_data_only(warm_up, stored["imported"], stored["orders"]))
             print(f"imports: {lines} lines: {results['stack'][-1]}", file=sys.stderr, flush=True)
             path.unlink()
     return results
@@ -359,8 +324,7 @@ def run_import_bench(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
 HEADER = (
     "| lines | orders | runs | seconds | orders/s (min–max) | ms per order "
     "| stack RSS before (MiB) | stack peak RSS (MiB) "
-    "| KiB per stored order: import | KiB per stored order: the same data written directly "
-    "| splitter alone: orders/s | splitter alone: peak RSS (MiB) |\n" + "| --- " * 12 + "|"
+    "| KiB per stored order | splitter alone: orders/s | splitter alone: peak RSS (MiB) |\n" + "| --- " * 11 + "|"
 )
 
 
@@ -370,15 +334,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"| {s['lines']:,} | {s['orders']:,} | {s['runs']} | {s['seconds']} | **{s['orders_per_second']}** "
         f"({s['range']}) | {s['ms_per_order']} | "
         f"{s['stack_rss_before_mib']} | {s['stack_peak_rss_mib']} | **{s['stored_kib_per_order']}** | "
-        f"{d['kib_per_order']} | {p['orders_per_second']:,} | **{p['peak_rss_mib']}** |"
-        for s, d, p in zip(results["stack"], results["data_only"], results["splitter"], strict=True)
+        f"{p['orders_per_second']:,} | **{p['peak_rss_mib']}** |"
+        for s, p in zip(results["stack"], results["splitter"], strict=True)
     )
     return f"""## Bulk import (`make import`)
 
 A CSV of N lines (orders of 1-3 lines, 2 % unknown skus) uploaded to the local stack's imports bucket
 and followed to its end: S3 notification → splitter → SQS → worker → capture, in the stack's own
 process (the order workflow paused: orders stay as captured). The splitter keeps at most
-{results["high_water"]:,} messages queued (the local stack paces moto's SQS: `infra/local/moto_sqs.py`).
+{results["high_water"]:,} messages queued (the local stack paces moto's SQS: `infra/local/moto_patches/sqs.py`).
 Each measurement runs in fresh processes; the import itself {REPEATS} times up to {REPEAT_UP_TO:,}
 lines (the median run is shown), once beyond.
 
@@ -386,13 +350,12 @@ lines (the median run is shown), once beyond.
 {rows}
 
 Memory. moto stores the data in the stack's own process, so that process grows with what the
-import stores: each order item, its stream record and its line marker. "The same data written
-directly" puts as many copies of one imported order and its marker into a fresh stack with
-BatchWriteItem: what holding the data costs moto, with no import running. The import's growth per
-order against it is the pipeline's own share; "splitter alone" streams the same file through the
-real reader and splitter into a queue and ledger that keep nothing, and its peak RSS is what
-streaming a file costs. At small sizes the import's figure also carries its working set (up to
-{results["high_water"]:,} queued messages, warm containers), spread over few orders.
+import stores: each order item, its stream record and its line marker (a check that the local
+stack keeps nothing more; at small sizes the figure also carries its working set, up to
+{results["high_water"]:,} queued messages and warm containers, spread over few orders). What the
+product's own code costs is "splitter alone": the same file streamed through the real reader and
+splitter into a queue and ledger that keep nothing; its peak RSS is what streaming a file costs,
+and must not grow with the file.
 """
 
 

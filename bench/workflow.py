@@ -33,6 +33,7 @@ from bench.cost import (
     SFN_EXPRESS_BILLED_GB,
     Usage,
     attribute_bytes,
+    combined,
     dollars,
     item_bytes,
     optional_dollars,
@@ -47,6 +48,8 @@ from infra.local.template import Template
 
 ORDERS = int(os.environ.get("BENCH_WORKFLOW_ORDERS", "100"))
 CLIENTS = 4
+# Shipments a warehouse system confirms in one POST /shipments/confirmations (a wave, a manifest).
+CONFIRMATION_BATCH = 50
 
 # The optional features, by the function that does their work; the core figure leaves them out.
 # EventsFunction's own time is the events' (the aggregates and notifications ride on its
@@ -366,6 +369,22 @@ def _order_body() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def confirmation_summary(usage: Usage, count: int) -> dict[str, Any]:
+    """What one way of confirming shipments makes an order cost: the requests it sends through
+    API Gateway, the API function's and the authorizer's invocations, and the bill."""
+    bill = {service: cost / count * 1_000_000 for service, cost in dollars(usage).items()}
+    optional = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(usage).items()}
+    return {
+        "api_requests_per_order": usage.api_requests / count,
+        "api_invocations_per_order": usage.lambda_invocations["ApiFunction"] / count,
+        "authorizer_invocations_per_order": usage.lambda_invocations["AuthorizerFunction"] / count,
+        "lambda_gb_seconds_per_order": usage.lambda_gb_seconds / count,
+        "dollars_per_million_orders": bill,
+        "total_per_million_orders": sum(bill.values()),
+        "total_with_optional_per_million_orders": sum(bill.values()) + sum(optional.values()),
+    }
+
+
 def feature_dollars(usage: Usage, count: int) -> dict[str, float]:
     """A feature's bill per million (orders or reads), its services that cost something."""
     usage.log_bytes["platform"] += sum(usage.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
@@ -477,32 +496,87 @@ def main() -> None:
         statuses: Counter[str] = Counter()
         session = requests.Session()
         dynamodb = stack.client("dynamodb")  # read directly: the benchmark's checks are no order's cost
+        shipments: dict[str, list[str]] = {}
         for order_id in placed:
             item = dynamodb.get_item(TableName=recorder.orders_table, Key={"id": {"S": order_id}})["Item"]
             order = json.loads(order_codec.stored_json(item["doc"]))
             statuses[order["status"]] += 1
-            for shipment in order["shipments"]:
-                base = f"{stack.api_url}/orders/{order_id}/shipments/{shipment['id']}"
-                session.post(f"{base}/ship", headers=headers, timeout=30).raise_for_status()
-                session.post(f"{base}/deliver", headers=headers, timeout=30).raise_for_status()
-        stack.wait_until_idle(60)
+            shipments[order_id] = [shipment["id"] for shipment in order["shipments"]]
 
-        usage, features = recorder.usage, recorder.features
-        _bill_lambda(functions, usage, features, cpu, cpu_before, invocations_before)
+        placing, placing_features = recorder.usage, recorder.features
+        _bill_lambda(functions, placing, placing_features, cpu, cpu_before, invocations_before)
         workflow_seconds = sum(
             cpu.seconds[f.name] - cpu_before[f.name]
             for f in functions
             if any(step in f.name for step in ("AuthorizePayment", "ReserveStock", "CreateShipments"))
         )
-        usage.sfn_gb_seconds = workflow_seconds * SFN_EXPRESS_BILLED_GB
-        # One POST, and per shipment one ship and one deliver: what a client sends from capture
-        # to delivery (the GETs above are the benchmark's own checks, not part of an order).
-        shipments = usage.calls["s3.PutObject"]
-        usage.api_requests = len(placed) + 2 * shipments
-        usage.log_bytes["platform"] += sum(usage.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
-        # A trace starts at each API request (the authorizer and the API function are in it) and
-        # at each stream-triggered outbox invocation (the executions it starts, with their tasks).
-        usage.traces = usage.api_requests + usage.lambda_invocations["OutboxFunction"]
+        placing.sfn_gb_seconds = workflow_seconds * SFN_EXPRESS_BILLED_GB
+        placing.api_requests = len(placed)  # one POST /orders each
+
+        # Shipping and delivering, measured both ways, each on half of the orders: the first half
+        # with a request per shipment and action (the single routes), the second half as a
+        # warehouse system would confirm them, in batches of CONFIRMATION_BATCH.
+        half = len(placed) // 2
+        singly = [(o, s) for o in placed[:half] for s in shipments[o]]
+        together = [(o, s) for o in placed[half:] for s in shipments[o]]
+
+        def one_by_one() -> int:
+            for order_id, shipment_id in singly:
+                base = f"{stack.api_url}/orders/{order_id}/shipments/{shipment_id}"
+                session.post(f"{base}/ship", headers=headers, timeout=30).raise_for_status()
+                session.post(f"{base}/deliver", headers=headers, timeout=30).raise_for_status()
+            return 2 * len(singly)
+
+        def in_batches() -> int:
+            sent = 0
+            for action in ("ship", "deliver"):
+                for start in range(0, len(together), CONFIRMATION_BATCH):
+                    items = [{"order_id": o, "shipment_id": s, "action": action}
+                             for o, s in together[start : start + CONFIRMATION_BATCH]]  # fmt: skip
+                    for _ in range(10):  # as a warehouse system does: what may succeed again is sent again
+                        if not items:
+                            break
+                        response = session.post(f"{stack.api_url}/shipments/confirmations", json={"items": items},
+                                                headers=headers, timeout=60)  # fmt: skip
+                        response.raise_for_status()
+                        sent += 1
+                        results = response.json()["items"]
+                        refused = [result for result in results if result["error"] and not result["retry"]]
+                        assert not refused, refused
+                        items = [item for item, result in zip(items, results, strict=True) if result["retry"]]
+                    assert not items, f"still refused after 10 sends: {items}"
+            return sent
+
+        def fulfilled(confirm: Callable[[], int]) -> tuple[Usage, defaultdict[str, Usage]]:
+            recorder.usage, recorder.features = Usage(), defaultdict(Usage)
+            before, calls_before = Counter(cpu.seconds), {f.name: f.invocations for f in functions}
+            sent = confirm()
+            stack.wait_until_idle(60)
+            usage, features = recorder.usage, recorder.features
+            _bill_lambda(functions, usage, features, cpu, before, calls_before)
+            usage.api_requests = sent
+            return usage, features
+
+        singly_usage, _ = fulfilled(one_by_one)  # the optional features: as for the batched half
+        batched_usage, batched_features = fulfilled(in_batches)
+        count = len(placed)
+        # Every order placed, then shipped and delivered the way its half was, scaled to the run
+        # by the orders each half shipped (an order the workflow did not allocate ships nothing).
+        shipped_singly = len({order_id for order_id, _ in singly})
+        shipped_together = len({order_id for order_id, _ in together})
+        assert shipped_singly and shipped_together, "no order of a half was allocated"
+        per_shipment = combined((placing, 1.0), (singly_usage, count / shipped_singly))
+        usage = combined((placing, 1.0), (batched_usage, count / shipped_together))
+        features: defaultdict[str, Usage] = defaultdict(Usage)
+        for feature in {*placing_features, *batched_features}:
+            features[feature] = combined(
+                (placing_features[feature], 1.0), (batched_features[feature], count / shipped_together)
+            )
+        for billed in (usage, per_shipment):
+            billed.log_bytes["platform"] += sum(billed.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
+            # A trace starts at each API request (the authorizer and the API function are in it)
+            # and at each stream-triggered outbox invocation (the executions it starts, with their tasks).
+            billed.traces = billed.api_requests + billed.lambda_invocations["OutboxFunction"]
 
         # The access log is paid per read: one GET /orders/{id} per order, counting only what
         # recording it costs (the API's SendMessage, the access-log function and its PutItem).
@@ -519,7 +593,6 @@ def main() -> None:
     sys.stdout = real_stdout
 
     bill = dollars(usage)
-    count = len(placed)
     per_million = {service: cost / count * 1_000_000 for service, cost in bill.items()}
     features_per_million = {feature: feature_dollars(features[feature], count) for feature in FEATURES}
     optional_per_million = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(usage).items()}
@@ -550,6 +623,11 @@ def main() -> None:
                 "log_bytes_per_order": per_order(usage.log_bytes),
                 "traces_per_order": usage.traces / count,
                 "order_item_bytes_at_delivery": statistics.median(size for size, _ in recorder.order_sizes()),
+                "confirmation_batch": CONFIRMATION_BATCH,
+                "confirmations": {
+                    "per shipment": confirmation_summary(per_shipment, count),
+                    "batched": confirmation_summary(usage, count),
+                },
             }
         )
     )

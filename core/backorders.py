@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.ports import Backorders, CatalogRepository, OrderRepository, WaitingOrder, WorkflowStarter
+from core.models import AwaitingLine, AwaitingStock, Order
+from core.ports import (
+    Backorders,
+    CatalogRepository,
+    InventoryRepository,
+    OrderRepository,
+    SourcingRulesRepository,
+    WaitingOrder,
+    WorkflowStarter,
+)
+from core.sourcing import sourceable
 from core.status import OrderStatus
 from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
 
@@ -91,3 +101,53 @@ class BackorderAllocator:
     def _leave(self, lines: list, entry: WaitingOrder, sku: str | None = None) -> None:
         for each in sorted({line.sku for line in lines} | ({sku} if sku else set())):
             self._queue.remove(each, entry)
+
+
+class ExpectedArrivals:
+    """What a backordered order waits for and when more is expected, for reading it: per line
+    short of units, the earliest expected date of an open purchase order for its sku at the
+    locations that may supply the order now (its fulfilment's, less those the sourcing rules or a
+    rejected shipment exclude: where a fill takes units from). Computed at each read, never stored."""
+
+    def __init__(self, inventory: InventoryRepository, catalog: CatalogRepository, rules: SourcingRulesRepository):
+        self._inventory = inventory
+        self._catalog = catalog
+        self._rules = rules
+
+    def shown(self, orders: list[Order]) -> list[Order]:
+        """`orders` with `awaiting_stock` set on those that wait: nothing is read when none does;
+        otherwise the rules, the network and one batched read of the stock items for them all."""
+        short = {order.id: order.short_of() for order in orders if order.status is S.BACKORDERED}
+        short = {order_id: lines for order_id, lines in short.items() if lines}
+        if not short:
+            return orders
+        rules, locations = self._rules.current(), self._catalog.list_locations()
+        sources: dict[str, list[str]] = {}
+        items: set[tuple[str, str]] = set()
+        for order in orders:
+            if order.id not in short:
+                continue
+            sources[order.id] = [loc.location_id for loc in sourceable(order, locations, rules)]
+            skus = {line.sku for line in order.lines if line.line_id in short[order.id]}
+            items |= {(sku, location_id) for sku in skus for location_id in sources[order.id]}
+        expected = self._inventory.expected(items) if items else {}
+        shown = []
+        for order in orders:
+            if order.id not in short:
+                shown.append(order)
+                continue
+            lines = [
+                AwaitingLine(
+                    line_id=line.line_id,
+                    sku=line.sku,
+                    waiting_quantity=short[order.id][line.line_id],
+                    expected_at=min(
+                        (at for loc in sources[order.id] if (at := expected.get((line.sku, loc))) is not None),
+                        default=None,
+                    ),
+                )
+                for line in order.lines
+                if line.line_id in short[order.id]
+            ]
+            shown.append(order.model_copy(update={"awaiting_stock": AwaitingStock(lines=lines)}))
+        return shown

@@ -217,7 +217,9 @@ def oms_carrier_create_shipment(
     :param origin: the location the parcel leaves from.
     :param lines: the order lines (and quantities) in this parcel.
     :param weight_grams: the parcel's weight from the products' `weight_grams`.
-    :return: a CarrierShipment (carrier, service, tracking number, label document), or None.
+    :return: a CarrierShipment (carrier, service, tracking number, and the label: its document,
+        which the OMS stores, or `label_url`, the https link where the carrier hosts it, which the
+        OMS keeps and shows as it is, storing no bytes), or None.
 
     Stops at first non-None result. No answer fails the step (the order ends cancelled). Book with
     `core.tracking.shipment_reference(order.id, shipment_id)` as the carrier's reference, so its
@@ -259,7 +261,8 @@ def oms_carrier_return_label(
     :param destination: the location the units go back to (the one they shipped from).
     :param lines: the order lines (and quantities) the customer sends back.
     :param weight_grams: the parcel's weight from the products' `weight_grams`.
-    :return: a CarrierShipment (carrier, service, tracking number, label document), or None.
+    :return: a CarrierShipment (carrier, service, tracking number, and the label document or the
+        carrier's `label_url`, as for oms_carrier_create_shipment), or None.
 
     Stops at first non-None result. When no plugin answers, the return is authorized without a
     label (`label_url` null) and the customer ships it back their own way.

@@ -500,6 +500,17 @@ class StockAdjustment(Strict):
         return value
 
 
+class ReorderSettings(BaseModel):
+    """A (sku, location)'s reorder point (issue 15): when `available` drops below `reorder_point`,
+    a draft purchase order for `reorder_quantity` is made for `vendor_id`, its line priced at
+    `unit_cost` when given."""
+
+    reorder_point: int
+    reorder_quantity: int
+    vendor_id: str
+    unit_cost: Money | None = None
+
+
 class StockLevel(BaseModel):
     """One (sku, location) record. available = on_hand - reserved, kept in the same write."""
 
@@ -511,6 +522,7 @@ class StockLevel(BaseModel):
     updated_at: datetime | None = None
     incoming: int = 0  # units on open purchase orders to this location, not yet received
     next_expected_at: datetime | None = None  # the earliest such purchase order's expected_at
+    reorder: ReorderSettings | None = None  # the reorder point set on it, if any
 
 
 class LocationStock(BaseModel):
@@ -520,6 +532,7 @@ class LocationStock(BaseModel):
     available: int
     incoming: int = 0
     next_expected_at: datetime | None = None
+    reorder: ReorderSettings | None = Field(default=None, description="The reorder point, null when none is set")
 
 
 class InventorySummary(BaseModel):
@@ -791,6 +804,26 @@ class Jeopardy(BaseModel):
     since: datetime
 
 
+class AwaitingLine(BaseModel):
+    """A line of a backordered order still short of units, and when more of its sku is expected."""
+
+    line_id: str
+    sku: str
+    waiting_quantity: int = Field(description="Units of the line not reserved yet")
+    expected_at: datetime | None = Field(
+        description="The earliest `expected_at` of an open purchase order bringing the sku to a location "
+        "the order may be supplied from; null when none is incoming. A date, not a promise: older "
+        "orders waiting for the sku are served first"
+    )
+
+
+class AwaitingStock(BaseModel):
+    """What a backordered order waits for. Computed when the order is read (from the stock items'
+    expected dates), never stored: it would go stale whenever a purchase order moved."""
+
+    lines: list[AwaitingLine]
+
+
 class ReviewRequest(BaseModel):
     """A review rule's answer (hook oms_review_order): hold the new order for a person, and why."""
 
@@ -848,6 +881,10 @@ Change = tuple["Order", HistoryEntry]
 _TIMES = TypeAdapter(datetime)
 
 
+# Computed when an order is read, never part of its stored document.
+_NOT_STORED = frozenset({"awaiting_stock"})
+
+
 class Order(BaseModel):
     """The aggregate. Its methods are the only way to a new version: each returns that version,
     validated and checked against the status tables, with the history entry that explains it.
@@ -866,6 +903,12 @@ class Order(BaseModel):
     promo_codes: list[str] = Field(default_factory=list)
     hold: Hold | None = None
     jeopardy: Jeopardy | None = None
+    # Shown on a read of a backordered order (core.backorders.ExpectedArrivals); never stored.
+    awaiting_stock: AwaitingStock | None = Field(
+        default=None,
+        description="On a `backordered` order, read through the API: its lines still waiting for units "
+        "and when more is expected; null otherwise (and in events)",
+    )
     # The version whose lines and totals the payment authorizes: set at capture and by each edit,
     # never by a hold or a release, so the authorization's idempotency key (core/payment_keys.py)
     # outlives a hold: released, the order gets the gateway's first answer again, never a second
@@ -906,8 +949,8 @@ class Order(BaseModel):
             and self.status_since is None
             and not self.excluded_locations
         ):
-            return self.model_dump_json(exclude_none=True)
-        doc = self.model_dump(mode="json", exclude_none=True)
+            return self.model_dump_json(exclude_none=True, exclude=_NOT_STORED)
+        doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
         if self.hold is not None and self.hold.resume_to is not None:
             doc["hold"]["resume_to"] = self.hold.resume_to.value
         if self.priced_version is not None:

@@ -163,6 +163,18 @@ class InventoryRepository(ABC):
         """Stock records of each sku (skus with none map to []): at `location_ids` (key lookups,
         the capture path) or, when None, at every location."""
 
+    def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+        """The earliest expected date of the open purchase orders bringing units to each
+        (sku, location_id) item (its `next_expected_at`); items with none incoming are left out.
+        One batched read. This default reads `levels`, which must then carry next_expected_at."""
+        skus, location_ids = {sku for sku, _ in items}, {loc for _, loc in items}
+        return {
+            (level.sku, level.location_id): level.next_expected_at
+            for levels in self.levels(skus, location_ids).values()
+            for level in levels
+            if (level.sku, level.location_id) in items and level.next_expected_at is not None
+        }
+
 
 class ApiKeyRepository(ABC):
     """API keys, found by the hash of their secret (the authorizer) or by id (administration)."""

@@ -10,9 +10,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
 
-from core.errors import InvalidRequest, NotFound, StaleVersion, UnknownSku
+from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
-from core.models import Email, Identifier, Strict, Text
+from core.models import Email, Identifier, ReorderSettings, Strict, Text
 from core.money import Money
 from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
@@ -78,7 +78,10 @@ class PurchaseOrderLine(BaseModel):
     sku: str
     quantity: int
     received_quantity: int = 0
-    unit_cost: Money
+    # Null only on a draft a reorder point made without a cost: submitting it prices the line.
+    unit_cost: Money | None = Field(
+        default=None, description="Null only on a draft line a reorder point made without a cost"
+    )
 
     @property
     def outstanding(self) -> int:
@@ -103,8 +106,49 @@ class PurchaseOrder(BaseModel):
         check_purchase_order_step(self.status, status)
         return self.model_copy(update={"status": status, "lines": lines or self.lines, "version": self.version + 1})
 
-    def submit(self) -> PurchaseOrder:
-        return self._next(PO.OPEN)
+    def submit(self, prices: dict[str, Money] | None = None, expected_at: datetime | None = None) -> PurchaseOrder:
+        """The PO sent to its vendor, open. `prices` sets unit costs by sku (a draft's unpriced
+        lines, or a draft's costs corrected); a line left without a cost is 422 `unpriced_lines`,
+        since an open PO is a commitment to pay. `expected_at` replaces the due date a draft got."""
+        check_purchase_order_step(self.status, PO.OPEN)
+        prices = prices or {}
+        unknown = sorted(set(prices) - {line.sku for line in self.lines})
+        if unknown:
+            raise InvalidRequest(
+                f"{unknown[0]} is not on purchase order {self.id}",
+                details=[{"field": "lines", "message": f"{sku} is not on purchase order {self.id}"} for sku in unknown],
+            )
+        lines = [line.model_copy(update={"unit_cost": prices.get(line.sku, line.unit_cost)}) for line in self.lines]
+        unpriced = [line.sku for line in lines if line.unit_cost is None]
+        if unpriced:
+            raise InvalidRequest(
+                f"purchase order {self.id} has lines without a unit_cost",
+                code="unpriced_lines",
+                details=[{"field": "lines", "message": f"{sku} needs a unit_cost"} for sku in unpriced],
+            )
+        submitted = self._next(PO.OPEN, lines)
+        return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
+
+    def grow(self, sku: str, quantity: int, unit_cost: Money | None) -> PurchaseOrder:
+        """The draft with `quantity` more of `sku`: its line grows, or a new line is added. A line
+        without a cost takes `unit_cost`; one with a cost keeps it (a person may have set it)."""
+        if self.status is not PO.DRAFT:
+            raise InvalidTransition(f"purchase order {self.id} is {self.status}, not a draft")
+        lines, found = [], False
+        for line in self.lines:
+            if line.sku == sku:
+                found = True
+                line = line.model_copy(
+                    update={"quantity": line.quantity + quantity, "unit_cost": line.unit_cost or unit_cost}
+                )
+            lines.append(line)
+        if not found:
+            lines.append(PurchaseOrderLine(sku=sku, quantity=quantity, unit_cost=unit_cost))
+        return self.model_copy(update={"lines": lines, "version": self.version + 1})
+
+    def takes(self, sku: str) -> bool:
+        """Whether a reorder of `sku` may grow this draft (a receipt names at most MAX_LINES lines)."""
+        return self.status is PO.DRAFT and (len(self.lines) < MAX_LINES or any(li.sku == sku for li in self.lines))
 
     def cancel(self) -> PurchaseOrder:
         return self._next(PO.CANCELLED)
@@ -133,6 +177,27 @@ class PurchaseOrder(BaseModel):
         ]
         done = all(line.received_quantity == line.quantity for line in lines)
         return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
+
+
+class LinePrice(Strict):
+    sku: Identifier
+    unit_cost: Money
+
+
+class Submission(Strict):
+    """The optional body of a submit: unit costs for a draft's lines (required for those without one)."""
+
+    lines: Annotated[list[LinePrice], Field(default_factory=list, max_length=MAX_LINES)]
+
+    @model_validator(mode="after")
+    def _one_price_per_sku(self) -> Submission:
+        skus = [line.sku for line in self.lines]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each sku is priced once")
+        return self
+
+    def prices(self) -> dict[str, Money]:
+        return {line.sku: line.unit_cost for line in self.lines}
 
 
 class ReceiptLine(Strict):
@@ -194,6 +259,24 @@ class PurchasingRepository(ABC):
     def list(
         self, where: PurchaseOrderFilter, limit: int, cursor: str | None
     ) -> tuple[list[PurchaseOrder], str | None]: ...
+
+    # --- Reorder points (core.reorder) ---------------------------------------------------------
+    @abstractmethod
+    def set_reorder(self, sku: str, location_id: str, settings: ReorderSettings | None) -> None:
+        """Set (or with None clear) the reorder settings on the stock item, where the Inventory
+        stream's images carry them to the crossing detection."""
+
+    @abstractmethod
+    def open_draft(self, vendor_id: str, location_id: str) -> tuple[PurchaseOrder | None, str | None]:
+        """The draft reorder points grow for this vendor and location (None once it was submitted
+        or cancelled), and the id of the PO last made that draft (None before the first)."""
+
+    @abstractmethod
+    def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
+        """In one transaction: record the crossing `key` (once ever), and write the draft `po`,
+        over `expected` (its status and version) or, when None, as a new PO that becomes the open
+        draft in place of `pointer`. False when `key` was recorded before (nothing is written);
+        StaleVersion when the draft or the open-draft record changed meanwhile."""
 
 
 class Purchasing:
@@ -274,8 +357,18 @@ class Purchasing:
             return new
         raise StaleVersion(f"purchase order {po_id} keeps changing; try again")
 
-    def submit(self, po_id: str) -> PurchaseOrder:
-        return self._change(po_id, PurchaseOrder.submit)
+    def submit(self, po_id: str, submission: Submission | None = None) -> PurchaseOrder:
+        prices = submission.prices() if submission else {}
+
+        def step(po: PurchaseOrder) -> PurchaseOrder:
+            if po.status is not PO.DRAFT:
+                return po.submit(prices)  # raises: only a draft is submitted
+            # A draft waited for a person: its goods are due the vendor's lead time from now.
+            vendor = self._repository.get_vendor(po.vendor_id)
+            due = self._clock() + timedelta(days=vendor.lead_time_days) if vendor else None
+            return po.submit(prices, due)
+
+        return self._change(po_id, step)
 
     def cancel(self, po_id: str) -> PurchaseOrder:
         return self._change(po_id, PurchaseOrder.cancel)

@@ -40,6 +40,7 @@ from core.refunds import refund_due
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.services import CaptureService
 from core.status import ReturnStatus, ShipmentStatus
+from core.workflow_types import stored_label
 
 R = ReturnStatus
 Clock = Callable[[], datetime]
@@ -290,7 +291,7 @@ class Returns:
         )  # fmt: skip
         if booked is None:
             return item
-        key = self._labels.put_label(order.id, item.id, booked.label, booked.label_content_type)
+        key = stored_label(self._labels, booked, order.id, item.id)
         return item.model_copy(
             update={"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": key}
         )

@@ -101,6 +101,7 @@ class InventoryService:
                 available=max(level.available, 0),
                 incoming=level.incoming,
                 next_expected_at=level.next_expected_at,
+                reorder=level.reorder,
             )
             for level in levels
         ]

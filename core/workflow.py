@@ -50,7 +50,7 @@ from core.ports import (
 from core.sourcing import ask_plugins, destination_of, eligible_locations, reduced, sourceable
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, can_transition
-from core.workflow_types import CarrierShipment, SourcingPlan
+from core.workflow_types import CarrierShipment, SourcingPlan, stored_label
 
 S = OrderStatus
 WORKFLOW_ACTOR = "workflow"
@@ -434,7 +434,7 @@ class Workflow:
             shipment_id = shipment_id_for(order.id, location_id)
             weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
             booked = self._book(order, shipment_id, locations[location_id], lines, weight)
-            label_key = self._labels.put_label(order.id, shipment_id, booked.label, booked.label_content_type)
+            label_key = stored_label(self._labels, booked, order.id, shipment_id)
             shipments.append(
                 Shipment(
                     id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,

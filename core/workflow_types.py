@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.models import Allocation
+from core.ports import LabelStore
 
 
 class PaymentResult(BaseModel):
@@ -30,15 +31,34 @@ class SourcingPlan(BaseModel):
 
 
 class CarrierShipment(BaseModel):
-    """A carrier plugin's answer for one shipment: its service, tracking number and label."""
+    """A carrier plugin's answer for one shipment: its service, tracking number and label: the
+    document itself (`label`, which the OMS stores and links to, signed at each read), or the
+    address where the carrier hosts it (`label_url`, https; EasyPost's `postage_label.label_url`,
+    Shippo's `label_url`), which the OMS shows as it is and stores no bytes for."""
 
     model_config = ConfigDict(frozen=True)
 
     carrier: str = Field(min_length=1, max_length=60)
     service: str = Field(min_length=1, max_length=60)
     tracking_number: str = Field(min_length=4, max_length=60)
-    label: bytes = Field(min_length=1, max_length=5_000_000)
+    label: bytes | None = Field(default=None, min_length=1, max_length=5_000_000)
     label_content_type: Literal["application/pdf", "image/png"] = "application/pdf"
+    label_url: str | None = Field(default=None, max_length=2048, pattern=r"^https://[^\s/?#]+[^\s]*$")
+
+    @model_validator(mode="after")
+    def _one_label(self) -> CarrierShipment:
+        if (self.label is None) == (self.label_url is None):
+            raise ValueError("give the label document (label) or the carrier's link to it (label_url), one of them")
+        return self
+
+
+def stored_label(labels: LabelStore, booked: CarrierShipment, order_id: str, item_id: str) -> str:
+    """What a shipment (or a return, `item_id`) keeps of its label: the carrier's link when the
+    carrier hosts it, else the key of the document put in the label store."""
+    if booked.label_url is not None:
+        return booked.label_url
+    assert booked.label is not None  # one of the two, by CarrierShipment's validation
+    return labels.put_label(order_id, item_id, booked.label, booked.label_content_type)
 
 
 class TrackingUpdate(BaseModel):

@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 
 from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.aggregates import Aggregates, AggregateStore
-from core.backorders import BackorderAllocator
+from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.fulfillment import OrderActions
 from core.holds import Holds
 from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
@@ -35,6 +35,7 @@ from core.pricing import Pricing
 from core.purchasing import Purchasing, PurchasingRepository
 from core.reconciliation import Reconciler
 from core.refund_service import RefundService
+from core.reorder import Replenishment
 from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.sourcing import Simulator, SourcingRulesService
@@ -383,6 +384,11 @@ class Container:
         )
 
     @cached_property
+    def expected_arrivals(self) -> ExpectedArrivals:
+        # The network through the container's cache; the rules fresh (one Query), as a fill reads them.
+        return ExpectedArrivals(self.inventory_repository, self.cached_catalog, self.sourcing_rules)
+
+    @cached_property
     def reconciler(self) -> Reconciler:
         config = self.config
         return Reconciler(
@@ -436,6 +442,10 @@ class Container:
     @cached_property
     def purchasing(self) -> Purchasing:
         return Purchasing(self.purchasing_repository, self.catalog_repository, self.clock)
+
+    @cached_property
+    def replenishment(self) -> Replenishment:
+        return Replenishment(self.purchasing_repository, self.catalog_repository, self.clock)
 
     @cached_property
     def webhook_store(self) -> WebhookStore:

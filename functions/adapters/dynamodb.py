@@ -808,6 +808,14 @@ class DynamoApiKeys(ApiKeyRepository):
 
 
 RESTOCK_LEDGER = "restocked#"
+# The backorder filler's stream filter (template.yaml, BackorderFunction) passes only stock images
+# carrying this marker: every write that can raise `available` sets it (true), every write that
+# lowers `available` or leaves it alone removes it, so reservations and shipments (most of the
+# stream) never invoke the filler. A write that names neither leaves it as it was, which can only
+# invoke the filler for nothing (its own check compares both images), never miss an arrival.
+# A boolean, matched exactly: the filter does not rest on numeric matching of the strings a
+# stream record carries DynamoDB numbers as.
+ARRIVED = "arrived"
 
 
 def _level(values: dict[str, Any]) -> StockLevel:
@@ -848,9 +856,10 @@ class DynamoInventory(InventoryRepository):
                 location_id,
                 "SET on_hand = :n, reserved = if_not_exists(reserved, :zero), "
                 "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
-                "reservations = if_not_exists(reservations, :none)",
+                f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived",
                 "attribute_not_exists(reserved) OR reserved <= :n",
-                {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}},
+                # A count may be higher than the last one: it is an arrival as far as the filter knows.
+                {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}, ":arrived": True},
             )
         except ClientError as error:
             if not _is_conditional_failure(error):
@@ -870,6 +879,11 @@ class DynamoInventory(InventoryRepository):
             "reservations = if_not_exists(reservations, :none)"
         )
         values = {":delta": delta, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}}
+        if delta > 0:
+            expression += f", {ARRIVED} = :arrived"
+            values[":arrived"] = True
+        else:
+            expression += f" REMOVE {ARRIVED}"
         # on_hand + delta >= reserved  <=>  available >= -delta
         condition = None
         if delta < 0:
@@ -918,7 +932,7 @@ class DynamoInventory(InventoryRepository):
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
         old = self._reservation_update(
             sku, location_id, key,
-            "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q",
+            f"SET reserved = reserved + :q, available = available - :q, reservations.#key = :q REMOVE {ARRIVED}",
             "available >= :need AND attribute_not_exists(reservations.#key)",
             {":q": quantity, ":need": quantity + keep},
         )  # fmt: skip
@@ -929,10 +943,10 @@ class DynamoInventory(InventoryRepository):
     def release(self, sku: str, location_id: str, key: str) -> None:
         self._reservation_update(
             sku, location_id, key,
-            "SET reserved = reserved - reservations.#key, available = available + reservations.#key "
-            "REMOVE reservations.#key",
+            "SET reserved = reserved - reservations.#key, available = available + reservations.#key, "
+            f"{ARRIVED} = :arrived REMOVE reservations.#key",
             "attribute_exists(reservations.#key)",
-            {},
+            {":arrived": True},
         )  # fmt: skip
 
     def shrink(self, sku: str, location_id: str, key: str, held: int, keep: int) -> None:
@@ -940,16 +954,17 @@ class DynamoInventory(InventoryRepository):
             raise ValueError(f"a reservation of {held} shrinks to between 1 and {held - 1} units, not {keep}")
         self._reservation_update(
             sku, location_id, key,
-            "SET reserved = reserved - :gone, available = available + :gone, reservations.#key = :keep",
+            f"SET reserved = reserved - :gone, available = available + :gone, reservations.#key = :keep, "
+            f"{ARRIVED} = :arrived",
             "reservations.#key = :held",
-            {":gone": held - keep, ":keep": keep, ":held": held},
+            {":gone": held - keep, ":keep": keep, ":held": held, ":arrived": True},
         )  # fmt: skip
 
     def ship(self, sku: str, location_id: str, key: str) -> None:
         self._reservation_update(
             sku, location_id, key,
             "SET reserved = reserved - reservations.#key, on_hand = on_hand - reservations.#key "
-            "REMOVE reservations.#key",
+            f"REMOVE reservations.#key, {ARRIVED}",
             "attribute_exists(reservations.#key)",
             {},
         )  # fmt: skip
@@ -978,11 +993,11 @@ class DynamoInventory(InventoryRepository):
                                 "SET on_hand = if_not_exists(on_hand, :zero) + :q, "
                                 "available = if_not_exists(available, :zero) + :q, "
                                 "reserved = if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
-                                "reservations = if_not_exists(reservations, :none)"
+                                f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived"
                             ),
                             "ExpressionAttributeValues": to_item(
                                 {":q": quantity, ":zero": 0, ":now": utc_now(), ":reason": f"return {key}",
-                                 ":none": {}}
+                                 ":none": {}, ":arrived": True}
                             ),
                         }
                     },
@@ -1037,6 +1052,17 @@ class DynamoInventory(InventoryRepository):
                 result[sku].extend(_level(from_item(item)) for item in page.get("Items", []))
         return result
 
+    def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+        """One BatchGetItem of the whole items: the `expected#<po id>` attributes cannot be named in
+        a projection (their names are the POs'). Only backordered orders' reads come here."""
+        keys = [{"sku": {"S": sku}, "location_id": {"S": loc}} for sku, loc in sorted(items)]
+        found: dict[tuple[str, str], datetime] = {}
+        for item in batch_get(self._client, self._table, keys):
+            level = _level(from_item(item))
+            if level.next_expected_at is not None:
+                found[(level.sku, level.location_id)] = level.next_expected_at
+        return found
+
 
 # --- Backorder queues ----------------------------------------------------------------------------
 
@@ -1047,7 +1073,7 @@ class DynamoBackorders(Backorders):
     """Each sku's queue lives beside its stock in the Inventory table: partition `sku`, sort key
     `#backorder#<created_at>#<order id>` (no location id starts with "#"), so one Query on the
     sku's partition reads its waiting orders oldest first and no other table is needed. The
-    stream consumer ignores these items (they carry no `available`). A fill is one
+    stream consumer ignores these items (they carry no `arrived` marker). A fill is one
     TransactWriteItems over the Inventory and Orders tables (IAM authorizes its items as
     UpdateItem on each)."""
 
@@ -1111,7 +1137,8 @@ class DynamoBackorders(Backorders):
                 "TableName": self._table,
                 "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
                 "UpdateExpression": "SET reserved = reserved + :more, available = available - :more, "
-                + ", ".join(sets),
+                + ", ".join(sets)
+                + f" REMOVE {ARRIVED}",
                 "ConditionExpression": " AND ".join(conditions),
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": to_item(values),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from core.errors import StaleVersion
-from core.models import utc_now
+from core.models import ReorderSettings, utc_now
 from core.purchasing import (
     INCOMING,
     PurchaseOrder,
@@ -15,7 +16,9 @@ from core.purchasing import (
     PurchasingRepository,
     Vendor,
 )
+from core.status import PurchaseOrderStatus
 from functions.adapters.dynamodb import (
+    ARRIVED,
     _is_conditional_failure,
     decode_cursor,
     encode_cursor,
@@ -30,6 +33,13 @@ PURCHASE_ORDERS_PK = "PURCHASE_ORDERS"
 # the item, never by scanning POs. Top-level attributes, because a map would have to exist before
 # an update could set one of its keys, which one UpdateExpression cannot ensure.
 EXPECTED_PREFIX = "expected#"
+# Reorder points: the open draft per (vendor, location) is named by one item (pk DRAFT_PURCHASE_ORDERS,
+# sk <vendor>#<location>) so that a crossing finds it with a GetItem; each crossing counted leaves a
+# marker (pk REORDERED#<sku>#<location>, sk the stream change's id) kept for longer than a stream
+# record can be redelivered (24 h), then expired by the table's TTL.
+DRAFTS_PK = "DRAFT_PURCHASE_ORDERS"
+REORDERED_PREFIX = "REORDERED#"
+REORDER_MARKER_TTL_SECONDS = 7 * 24 * 3600
 
 
 def _po_key(po_id: str) -> dict[str, Any]:
@@ -149,15 +159,22 @@ class DynamoPurchasing(PurchasingRepository):
         values: dict[str, Any] = {
             ":units": units, ":zero": 0, ":none": {}, ":change": change, ":now": utc_now(),
         }  # fmt: skip
+        removed = []
         if units:
-            expression += ", last_reason = :reason"
+            # A receipt raises available: the backorder filler's stream filter passes it (ARRIVED).
+            expression += f", last_reason = :reason, {ARRIVED} = :arrived"
             values[":reason"] = f"purchase order {po.id}"
+            values[":arrived"] = True
+        else:
+            removed.append(ARRIVED)  # only incoming moves: nothing arrived
         names = {"#expected": f"{EXPECTED_PREFIX}{po.id}"}
         if expected:
             expression += ", #expected = :at"
             values[":at"] = timestamp(po.expected_at)
         else:
-            expression += " REMOVE #expected"
+            removed.append("#expected")
+        if removed:
+            expression += " REMOVE " + ", ".join(removed)
         return {
             "TableName": self._inventory,
             "Key": {"sku": {"S": sku}, "location_id": {"S": po.location_id}},
@@ -219,3 +236,118 @@ class DynamoPurchasing(PurchasingRepository):
             if last is None:
                 return found, None
             request["ExclusiveStartKey"] = last
+
+    # --- Reorder points (issue 15 item 3) --------------------------------------------------------
+    def set_reorder(self, sku: str, location_id: str, settings: ReorderSettings | None) -> None:
+        key = {"sku": {"S": sku}, "location_id": {"S": location_id}}
+        if settings is None:
+            try:
+                # Only on an item that exists: a REMOVE would otherwise make one with no stock fields.
+                self._client.update_item(
+                    TableName=self._inventory,
+                    Key=key,
+                    UpdateExpression="REMOVE reorder_point, reorder_watch, #reorder",
+                    ConditionExpression="attribute_exists(sku)",
+                    ExpressionAttributeNames={"#reorder": "reorder"},
+                )
+            except ClientError as error:
+                if not _is_conditional_failure(error):
+                    raise
+            return
+        # `reorder_watch` is what the stream's filter matches (template.yaml, BackorderFunction): a
+        # top-level boolean, matched exactly, since a stream record carries DynamoDB numbers as
+        # strings and a numeric pattern cannot be relied on to match them. A new item starts with
+        # no stock, so that it reads as any stock record does.
+        self._client.update_item(
+            TableName=self._inventory,
+            Key=key,
+            UpdateExpression=(
+                "SET reorder_point = :point, reorder_watch = :watch, #reorder = :settings, on_hand = if_not_exists(on_hand, :zero), "
+                "available = if_not_exists(available, :zero), reserved = if_not_exists(reserved, :zero), "
+                "reservations = if_not_exists(reservations, :none)"
+            ),
+            ExpressionAttributeNames={"#reorder": "reorder"},
+            ExpressionAttributeValues=to_item(
+                {
+                    ":point": settings.reorder_point,
+                    ":watch": True,
+                    ":settings": settings.model_dump(mode="json", exclude_none=True),
+                    ":zero": 0,
+                    ":none": {},
+                }
+            ),
+        )
+
+    def open_draft(self, vendor_id: str, location_id: str) -> tuple[PurchaseOrder | None, str | None]:
+        key = {"pk": {"S": DRAFTS_PK}, "sk": {"S": f"{vendor_id}#{location_id}"}}
+        pointer = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True).get("Item")
+        if not pointer:
+            return None, None
+        po_id = pointer["po_id"]["S"]
+        found = self.get(po_id)
+        draft = found[0] if found and found[0].status is PurchaseOrderStatus.DRAFT else None
+        return draft, po_id
+
+    def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
+        sku, location_id, change_id = key.split("#", 2)
+        marker = {
+            "pk": {"S": f"{REORDERED_PREFIX}{sku}#{location_id}"},
+            "sk": {"S": change_id},
+            "po_id": {"S": po.id},
+            "expires_at": {"N": str(int(time.time()) + REORDER_MARKER_TTL_SECONDS)},
+        }
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
+        ]
+        if expected is None:
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": self._po_put(po),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+            )
+            draft_key = {"pk": {"S": DRAFTS_PK}, "sk": {"S": f"{po.vendor_id}#{po.location_id}"}}
+            put_pointer: dict[str, Any] = {
+                "TableName": self._table,
+                "Item": {**draft_key, "po_id": {"S": po.id}},
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+            if pointer is not None:
+                put_pointer["ConditionExpression"] = "po_id = :was"
+                put_pointer["ExpressionAttributeValues"] = {":was": {"S": pointer}}
+            items.append({"Put": put_pointer})
+        else:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": _po_key(po.id),
+                        "UpdateExpression": "SET #doc = :doc, #version = :version",
+                        "ConditionExpression": "#status = :draft AND #version = :expected_version",
+                        "ExpressionAttributeNames": {"#doc": "doc", "#status": "status", "#version": "version"},
+                        "ExpressionAttributeValues": to_item(
+                            {
+                                ":doc": po.model_dump_json(),
+                                ":version": po.version,
+                                ":draft": PurchaseOrderStatus.DRAFT.value,
+                                ":expected_version": expected.version,
+                            }
+                        ),
+                    }
+                }
+            )
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                return False  # this crossing was counted by an earlier delivery of its record
+            if "ConditionalCheckFailed" in reasons:
+                raise StaleVersion(f"the draft for {po.vendor_id} at {po.location_id} changed meanwhile") from None
+            raise
+        return True

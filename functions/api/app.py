@@ -20,6 +20,7 @@ from functions.api.routes import (
     api_keys,
     carriers,
     catalog,
+    confirmations,
     holds,
     imports,
     inventory,
@@ -72,6 +73,7 @@ app.include_router(notification_routes.router)
 app.include_router(access_log_routes.router)
 app.include_router(purchasing.router)
 app.include_router(sourcing.router)
+app.include_router(confirmations.router)
 
 
 @functools.cache

@@ -70,6 +70,19 @@ _DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
 ]
 
 
+def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
+    """The status, code, message and details a route answers `error` with: the handlers below
+    use it, and so does each refused item of a batch (POST /shipments/confirmations)."""
+    if isinstance(error, PaymentRefused):
+        return 502, error.code, error.message, error.details
+    if isinstance(error, PaymentGatewayUnavailable):
+        return 503, error.code, error.message, error.details
+    if isinstance(error, TransientError):
+        return 503, "temporarily_unavailable", error.message, []
+    status = next((s for cls, s in _DOMAIN_STATUS if isinstance(error, cls)), 422)
+    return status, error.code, error.message, error.details
+
+
 def register(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(RequestValidationError)
     def _validation(error: RequestValidationError) -> Response:
@@ -122,27 +135,26 @@ def register(app: APIGatewayRestResolver) -> None:
     def _payment_refused(error: PaymentRefused) -> Response:
         # The gateway answered and said no: the order records nothing as moved; a person decides.
         logger.warning("payment gateway refused", extra={"operation": error.operation})
-        return error_response(502, error.code, error.message, error.details)
+        return error_response(*described(error))
 
     @app.exception_handler(PaymentGatewayUnavailable)
     def _payment_unavailable(error: PaymentGatewayUnavailable) -> Response:
         # Retried within the request already; the same request later is safe (same idempotency key).
         logger.warning("payment gateway unavailable", extra={"error_code": error.code})
-        response = error_response(503, error.code, error.message, error.details)
+        response = error_response(*described(error))
         response.headers["Retry-After"] = "2"
         return response
 
     @app.exception_handler(TransientError)
     def _transient(error: TransientError) -> Response:
         # A gateway or carrier is briefly down: the request changed nothing and may be retried.
-        response = error_response(503, "temporarily_unavailable", error.message)
+        response = error_response(*described(error))
         response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(DomainError)
     def _domain_error(error: DomainError) -> Response:
-        status = next((s for cls, s in _DOMAIN_STATUS if isinstance(error, cls)), 422)
-        return error_response(status, error.code, error.message, error.details)
+        return error_response(*described(error))
 
     @app.exception_handler(ServiceError)
     def _service_error(error: ServiceError) -> Response:

@@ -1,4 +1,5 @@
-"""Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it."""
+"""Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
+when it falls below a reorder point, emit `inventory.low` and grow the draft purchase order."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from core.reorder import low_stock_event
 from functions.adapters.dynamodb import BACKORDER_PREFIX
+from functions.backorders.low_stock import crossing_of
 from functions.bootstrap import WarmContainer
 
 logger = Logger()
@@ -44,10 +47,34 @@ def arrival(record: DynamoDBRecord) -> None:
         metrics.add_metric(name="BackordersCompleted", unit=MetricUnit.Count, value=len(result.completed))
 
 
+def reorder_point_crossed(record: DynamoDBRecord) -> None:
+    """A fall below a reorder point: the draft grows once per crossing (a marker in the same
+    transaction), and `inventory.low` is published with an id of the crossing's own, so a
+    redelivered record publishes the same event again (subscribers dedupe) and grows nothing."""
+    crossed = crossing_of(record)
+    if crossed is None:
+        return
+    with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
+        draft = container().replenishment.reorder(crossed)
+        container().event_dispatcher.dispatch([low_stock_event(crossed)])
+        logger.info(
+            "reorder point crossed",
+            extra={"available": crossed.available, "draft": draft.id if draft else "counted before"},
+        )
+    if draft is not None:
+        metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
+
+
+def stock_changed(record: DynamoDBRecord) -> None:
+    # One consumer of the Inventory stream: a record is an arrival, a crossing, or neither.
+    arrival(record)
+    reorder_point_crossed(record)
+
+
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # A record that fails is reported alone (partial batch response); the stream retries it
     # (bisecting the batch), then hands it to the on-failure queue. Filling is idempotent, so a
     # retried record reserves nothing twice.
-    return process_partial_response(event=event, record_handler=arrival, processor=processor, context=context)
+    return process_partial_response(event=event, record_handler=stock_changed, processor=processor, context=context)

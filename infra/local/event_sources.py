@@ -50,8 +50,8 @@ from itertools import count
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
-from infra.local import moto_lock
 from infra.local.lambdas import LocalFunction
+from infra.local.moto_patches import lock
 from infra.local.template import ACCOUNT_ID, REGION, EventSourceSpec
 
 logger = logging.getLogger("infra.local.events")
@@ -625,7 +625,7 @@ class SqsMapping(EventSourceMapping):
 
 class S3NotificationMapping(EventSourceMapping):
     """A bucket's Lambda notification. moto matches the events and key filters and builds the
-    record; its Lambda hook is redirected here (see install_s3_hook), and this thread invokes the
+    record; its Lambda hook is redirected here (moto_patches/s3_notifications.py), and this thread invokes the
     function asynchronously, retrying as Lambda does for asynchronous invocations (twice unless
     the function's EventInvokeConfig says otherwise); an event that still fails goes to the OnFailure
     destination, if there is one, as AWS's asynchronous-invocation record."""
@@ -801,67 +801,6 @@ def schedule_period(expression: str, where: str) -> float | None:
     return float(amount * _RATE_SECONDS[unit])
 
 
-# --- moto's S3 → Lambda hook ------------------------------------------------------------------------
-
-_s3_routes: dict[str, S3NotificationMapping] = {}
-_s3_originals: dict[str, Any] = {}
-_s3_completing = threading.local()  # inside moto's CompleteMultipartUpload
-
-
-def install_s3_hook(mappings: Sequence[S3NotificationMapping]) -> None:
-    """Route moto's S3 Lambda notifications (by configuration id) to these mappings' queues.
-
-    moto's CompleteMultipartUpload stores the object with its PutObject, which notifies
-    ObjectCreated:Put before ObjectCreated:CompleteMultipartUpload; S3 sends only the latter, so
-    the Put sent from inside it is dropped."""
-    from moto.s3 import notifications
-    from moto.s3.models import S3Backend
-
-    with moto_lock.MOTO_LOCK:
-        if not _s3_originals:
-            _s3_originals["invoke"] = notifications._invoke_awslambda
-            _s3_originals["complete"] = S3Backend.__dict__["complete_multipart_upload"]
-            notifications._invoke_awslambda = _s3_invoke_lambda
-            S3Backend.complete_multipart_upload = _s3_complete_multipart_upload  # type: ignore[method-assign]
-        for mapping in mappings:
-            _s3_routes[mapping.name] = mapping
-
-
-def uninstall_s3_hook(mappings: Sequence[S3NotificationMapping]) -> None:
-    from moto.s3 import notifications
-    from moto.s3.models import S3Backend
-
-    with moto_lock.MOTO_LOCK:
-        for mapping in mappings:
-            if _s3_routes.get(mapping.name) is mapping:
-                del _s3_routes[mapping.name]
-        if not _s3_routes and _s3_originals:
-            notifications._invoke_awslambda = _s3_originals.pop("invoke")
-            S3Backend.complete_multipart_upload = _s3_originals.pop("complete")  # type: ignore[method-assign]
-
-
-def _s3_complete_multipart_upload(backend: Any, *args: Any, **kwargs: Any) -> Any:
-    _s3_completing.active = True
-    try:
-        return _s3_originals["complete"](backend, *args, **kwargs)
-    finally:
-        _s3_completing.active = False
-
-
-def _s3_invoke_lambda(account_id: str, event_body: Any, fn_arn: str, region_name: str) -> None:
-    records = event_body.get("Records") or [{}]
-    if getattr(_s3_completing, "active", False) and records[0].get("eventName") == "ObjectCreated:Put":
-        return
-    configuration_id = records[0].get("s3", {}).get("configurationId")
-    mapping = _s3_routes.get(configuration_id)
-    if mapping is None or mapping.function.arn != fn_arn:
-        mapping = next((m for m in _s3_routes.values() if m.function.arn == fn_arn), None)
-    if mapping is not None:
-        mapping.enqueue(event_body)
-    elif "invoke" in _s3_originals:
-        _s3_originals["invoke"](account_id, event_body, fn_arn, region_name)
-
-
 # --- Building mappings from the template ------------------------------------------------------------
 
 
@@ -1025,7 +964,7 @@ def _forget_shard_iterator(iterator: str | None) -> None:
     try:
         from moto.dynamodbstreams.models import dynamodbstreams_backends
 
-        with moto_lock.MOTO_LOCK:
+        with lock.MOTO_LOCK:
             dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators.pop(iterator, None)
     except Exception:  # an internal of moto; losing the cleanup only costs memory
         logger.debug("cannot prune shard iterators", exc_info=True)

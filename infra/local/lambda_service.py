@@ -1,9 +1,7 @@
-"""moto's Lambda Invoke, answered by the template's in-process handlers.
+"""Lambda Invoke of the template's functions, answered by their in-process handlers.
 
-No function is created in moto (that would need a zip and Docker to run). Instead, while a stack
-runs, `moto.awslambda.models.LambdaBackend.invoke` looks the name or ARN up among the stack's
-LocalFunctions first; anything else falls through to moto (an unknown function answers
-ResourceNotFoundException as usual). What reaches it:
+moto's LambdaBackend.invoke looks a name or ARN up here first (infra/local/moto_patches/
+lambda_invoke.py); anything else falls through to moto. What reaches it:
 
 - Step Functions Lambda tasks (`"Resource": "<function ARN>"` or `arn:aws:states:::lambda:invoke`):
   moto's ASL interpreter calls Lambda Invoke through boto3, in-process;
@@ -26,15 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from infra.local import moto_lock
 from infra.local.lambdas import LocalFunction
+from infra.local.moto_patches import lock
 
 logger = logging.getLogger("infra.local.lambda")
 
 _LOCAL_RUNTIME = str(Path(__file__).parent)
-_active: list[LambdaService] = []
-_original_invoke: Any = None
-_patch_guard = threading.Lock()
 
 
 def function_name_of(name_or_arn: str) -> tuple[str, str | None]:
@@ -55,7 +50,6 @@ class LambdaService:
     def __init__(self, functions: Mapping[str, LocalFunction]):
         self.functions = {function.name: function for function in functions.values()}
         self._closed = False
-        self._async_threads: list[threading.Thread] = []
 
     def lookup(self, name_or_arn: str) -> LocalFunction | None:
         name, qualifier = function_name_of(name_or_arn)
@@ -64,16 +58,6 @@ class LambdaService:
         return self.functions.get(name)
 
     # --- Lifecycle ---------------------------------------------------------------------------
-    def install(self) -> None:
-        global _original_invoke
-        from moto.awslambda.models import LambdaBackend
-
-        with _patch_guard:
-            if not _active:
-                _original_invoke = LambdaBackend.__dict__["invoke"]
-                LambdaBackend.invoke = _dispatching_invoke  # type: ignore[method-assign]
-            _active.append(self)
-
     def close(self, timeout: float = 5.0) -> None:
         """Refuses new invocations (they fail with Lambda.ServiceException) and waits up to
         `timeout` for running ones, so no handler outlives the mock it talks to."""
@@ -81,15 +65,6 @@ class LambdaService:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(fn.in_flight for fn in self.functions.values()):
             time.sleep(0.02)
-
-    def uninstall(self) -> None:
-        from moto.awslambda.models import LambdaBackend
-
-        with _patch_guard:
-            if self in _active:
-                _active.remove(self)
-            if not _active and _original_invoke is not None:
-                LambdaBackend.invoke = _original_invoke  # type: ignore[method-assign]
 
     # --- Invoke ------------------------------------------------------------------------------
     def invoke(self, function: LocalFunction, body: Any, headers: Any, response_headers: dict[str, Any]) -> bytes:
@@ -108,7 +83,7 @@ class LambdaService:
             )
             thread.start()
             return b""
-        with moto_lock.released():
+        with lock.released():
             try:
                 result = function.invoke(event)
             except Exception as error:
@@ -126,17 +101,6 @@ class LambdaService:
             function.invoke(event)
         except Exception as error:
             _log_failure(function, error)
-
-
-def _dispatching_invoke(
-    backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
-) -> Any:
-    name = function_name if qualifier in (None, "") else f"{function_name}:{qualifier}"
-    for service in reversed(_active):
-        function = service.lookup(name)
-        if function is not None:
-            return service.invoke(function, body, headers, response_headers)
-    return _original_invoke(backend, function_name, qualifier, body, headers, response_headers)
 
 
 def _header(headers: Any, name: str) -> str | None:

@@ -15,7 +15,9 @@ from functions.adapters import order_codec
 from tests.builders import address_body as address
 from tests.builders import location_body
 
-TIMEOUT = 10
+# Long enough for 30 requests queued behind one warm API container on a loaded 2-core machine;
+# a hang still fails the test.
+TIMEOUT = 30
 ADMIN = object()  # the default `key`: the stack's admin key
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, order_body, put_network, unique
+from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 30
@@ -91,8 +91,13 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
     sku = Catalog(api).product("30.00", allow_backorder=True)
     vendor = unique("vendor")
     assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
-    waiting = api.post("/orders", json=order_body((sku, 2), channel=unique("po"))).json()["id"]
-    settled(api, waiting, "backordered")
+    channel = unique("po")
+    waiting = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
+    backordered = settled(api, waiting, "backordered")
+    line_id = backordered["lines"][0]["line_id"]
+    assert backordered["awaiting_stock"] == {
+        "lines": [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": None}]
+    }
 
     lines = [{"sku": sku, "quantity": 3, "unit_cost": {"amount": "12.00", "currency": "USD"}}]
     po = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
@@ -101,6 +106,11 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
     assert po.json()["status"] == "open"
     east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
     assert (east["on_hand"], east["incoming"], east["next_expected_at"]) == (0, 3, po.json()["expected_at"])
+    # The order now says when it is expected, in the list too.
+    expected = [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": po.json()["expected_at"]}]
+    assert api.get(f"/orders/{waiting}").json()["awaiting_stock"] == {"lines": expected}
+    listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
+    assert [(o["id"], o["awaiting_stock"]) for o in listed] == [(waiting, {"lines": expected})]
 
     received = api.post(f"/purchase-orders/{po_id}/receive", json={"lines": [{"sku": sku, "quantity": 2}]},
                         headers={"Idempotency-Key": unique("receipt")})  # fmt: skip
@@ -109,5 +119,50 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
 
     allocated = settled(api, waiting, "allocated")
     assert units(allocated) == 2 and {s["location_id"] for s in allocated["shipments"]} == {network["east"]}
+    assert allocated["awaiting_stock"] is None
     east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
     assert (east["on_hand"], east["reserved"], east["incoming"]) == (2, 2, 1)
+
+
+def drafts_of(api: Api, vendor: str) -> list[dict[str, Any]]:
+    return api.get("/purchase-orders", params={"status": "draft", "vendor_id": vendor}).json()["items"]
+
+
+def test_a_reorder_point_drafts_a_po_that_once_submitted_and_received_allocates_a_backorder(api: Api):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("30.00", allow_backorder=True)
+    east = network["east"]
+    catalog.stock(sku, east, 4)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
+    point = {"reorder_point": 3, "reorder_quantity": 10, "vendor_id": vendor}
+    assert api.put(f"/inventory/{sku}/{east}/reorder", json=point).status_code == 200
+
+    first = api.post("/orders", json=order_body((sku, 2), channel=unique("rop"))).json()["id"]
+    settled(api, first, "allocated")  # available 4 -> 2: below the point of 3
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while not (drafts := drafts_of(api, vendor)):
+        assert time.monotonic() < deadline, "no draft purchase order appeared"
+        time.sleep(0.1)
+    [draft] = drafts
+    assert (draft["location_id"], draft["lines"]) == (
+        east,
+        [{"sku": sku, "quantity": 10, "received_quantity": 0, "unit_cost": None}],
+    )
+    waiting = api.post("/orders", json=order_body((sku, 5), channel=unique("rop"))).json()["id"]
+    settled(api, waiting, "backordered")  # holds the 2 left and waits for 3
+
+    assert_error(api.post(f"/purchase-orders/{draft['id']}/submit"), 422, "unpriced_lines")
+    prices = {"lines": [{"sku": sku, "unit_cost": {"amount": "12.00", "currency": "USD"}}]}
+    submitted = api.post(f"/purchase-orders/{draft['id']}/submit", json=prices)
+    assert submitted.status_code == 200, submitted.text
+    assert (submitted.json()["status"], submitted.json()["lines"][0]["quantity"]) == ("open", 10)
+    stock = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[east]
+    assert (stock["incoming"], stock["reorder"]["reorder_point"]) == (10, 3)
+
+    received = api.post(f"/purchase-orders/{draft['id']}/receive", json={"lines": [{"sku": sku, "quantity": 10}]})
+    assert received.status_code == 200, received.text
+
+    assert units(settled(api, waiting, "allocated")) == 5
+    assert drafts_of(api, vendor) == []  # the fall to 0 was below the point already: no second crossing

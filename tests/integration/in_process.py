@@ -17,9 +17,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from infra.local import moto_apigateway
 from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
+from infra.local.moto_patches import apigateway
 from infra.local.template import Template
 from tests.e2e.client import ADMIN
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, access_log_queue
@@ -136,7 +136,7 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
         }
         gateway = ApiGateway.from_template(template, functions)
         try:
-            with moto_apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches):
+            with apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches):
                 yield InProcessApi(gateway, admin_key)
         finally:
             forget_warm_containers()

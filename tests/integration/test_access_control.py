@@ -837,17 +837,17 @@ def test_a_write_only_key_still_gets_the_order_it_places(api: InProcessApi, chan
 
 @pytest.mark.parametrize("api", [LONG_CACHE], indirect=True, ids=["authorizer-cache-300s"])
 def test_behind_the_authorizer_cache_a_revoked_key_is_refused_on_the_very_next_request(api: InProcessApi):
-    from infra.local import moto_apigateway
+    from infra.local.moto_patches import apigateway
 
     assert {authorizer.cache_seconds for authorizer in api.gateway.authorizers.values()} == {300}
     issued = issue(api, "orders:read")
     assert api.get("/orders", key=issued["key"]).status_code == 200  # the authorizer's answer is now cached
-    flushed_before = len(moto_apigateway.flushed)
+    flushed_before = len(apigateway.flushed)
 
     assert api.request("DELETE", f"/api-keys/{issued['id']}").status_code == 204
 
     # The API function's own FlushStageAuthorizersCache call, for the stage that served it.
-    assert moto_apigateway.flushed[flushed_before:] == [(api.gateway.api_id, api.gateway.stage)]
+    assert apigateway.flushed[flushed_before:] == [(api.gateway.api_id, api.gateway.stage)]
     assert_error(api.get("/orders", key=issued["key"]), 401, "unauthorized")
     # Other keys' cached answers went too; they are simply asked for again.
     assert api.get("/orders").status_code == 200

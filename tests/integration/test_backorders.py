@@ -220,7 +220,7 @@ def test_a_redelivered_batch_reserves_nothing_twice(shop):
 
 @pytest.mark.parametrize(("orders", "each", "units"), [(6, 2, 7), (4, 3, 15), (5, 1, 5)])
 def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop, orders, each, units):
-    from infra.local import moto_lock
+    from infra.local.moto_patches import lock
 
     ids = [shop.backordered(each) for _ in range(orders)]
     allocator = shop.container.backorder_allocator
@@ -238,7 +238,7 @@ def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop
         except BaseException as error:
             errors.append(error)
 
-    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
     try:
         threads = [threading.Thread(target=arrive, args=(("wh-east", "wh-west")[n % 2],)) for n in range(units)]
         for thread in threads:
@@ -246,7 +246,7 @@ def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop
         for thread in threads:
             thread.join()
     finally:
-        moto_lock.uninstall()
+        lock.PATCH.undo()
 
     assert errors == []
     held = [shop.held(order_id) for order_id in ids]

@@ -227,7 +227,7 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
 
     from functions.adapters.imports import origin_from
     from functions.import_worker.app import container
-    from infra.local import moto_lock
+    from infra.local.moto_patches import lock
 
     splitter = f"{DEFAULT_SENDER_ID}:oms-ImportSplitterFunction"  # a role's SenderId: id and session
 
@@ -249,7 +249,7 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
         except BaseException as error:
             errors.append(error)
 
-    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
     try:
         lines = sorted(bodies)
         threads = [threading.Thread(target=work, args=(lines[i::4] + lines[(i + 1) % 4 :: 4],)) for i in range(4)]
@@ -258,7 +258,7 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
         for thread in threads:
             thread.join()
     finally:
-        moto_lock.uninstall()
+        lock.PATCH.undo()
 
     assert errors == []
     imported = report(import_id)

@@ -403,11 +403,11 @@ def test_the_api_functions_flush_call_reaches_the_local_gateway_of_that_stage():
     import boto3
     from moto import mock_aws
 
-    from infra.local import moto_apigateway
+    from infra.local.moto_patches import apigateway
 
     gw = gateway(cache_seconds=300)
     good = [("Authorization", "Bearer good")]
-    with mock_aws(), moto_apigateway.flushing(gw.api_id, gw.stage, gw.flush_authorizer_caches):
+    with mock_aws(), apigateway.flushing(gw.api_id, gw.stage, gw.flush_authorizer_caches):
         assert call(gw, "GET", "/orders", headers=good)[0] == 200
         assert gw.authorizers["Keys"]._cache
         client = boto3.client("apigateway", region_name="us-east-1")
@@ -418,7 +418,7 @@ def test_the_api_functions_flush_call_reaches_the_local_gateway_of_that_stage():
 
     assert answer["ResponseMetadata"]["HTTPStatusCode"] == 202
     assert not gw.authorizers["Keys"]._cache
-    assert not moto_apigateway.is_installed()
+    assert not apigateway.PATCH.is_applied()
 
 
 def test_requests_with_bad_keys_are_throttled_per_source_address_and_spare_good_keys():
@@ -484,7 +484,7 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
     from moto.core.responses import BaseResponse
     from moto.dynamodb.models import DynamoDBBackend
 
-    from infra.local import moto_lock
+    from infra.local.moto_patches import lock
 
     inside = 0
     most_inside = 0
@@ -505,7 +505,7 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
     for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
         monkeypatch.setenv(name, value)
     original_call_action = BaseResponse.__dict__["call_action"]
-    with mock_aws(), moto_lock.serialized_moto():
+    with mock_aws(), lock.PATCH.applied():
         assert BaseResponse.__dict__["call_action"] is not original_call_action
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
@@ -640,11 +640,9 @@ def test_stack_stop_restores_the_environment_and_frees_the_ports():
     # A new stack is a new account: no warm container's clients cross into it or out of it.
     assert inside is not before and warm() is not inside
     assert all(_port_is_free(port) for port in ports)
-    from infra.local import moto_lock, moto_memory, moto_sqs
+    from infra.local.moto_patches import all_patches
 
-    assert not moto_lock.is_installed()
-    assert not moto_sqs.is_installed()
-    assert not moto_memory.is_installed()
+    assert not [patch.name for patch in all_patches() if patch.is_applied()]
 
 
 def test_stack_seeds_the_demo_data_through_the_api_when_empty():

@@ -1,18 +1,23 @@
-"""The local stack's changes to moto: SQS counts that do not scan the queue three times, SQS
-senders paced at a high-water mark, and no list of every object moto ever made. Each must answer
-exactly what moto answers without it."""
+"""The local runtime's changes to moto (infra/local/moto_patches/): each answers exactly what moto
+answers without it; each is counted and undone; and the canaries fail when moto changes under a
+patch (a replaced attribute moved or changed its signature, or moto stopped doing what a patch
+works around), so the patch is revisited, or dropped, on the next moto upgrade."""
 
 from __future__ import annotations
 
 import gc
+import inspect
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from infra.local import moto_memory, moto_sqs
+import infra.local.moto_patches.memory as moto_memory
+import infra.local.moto_patches.sqs as moto_sqs
+from infra.local.moto_patches import MOTO_VERSION, all_patches, describe, readme_list
 
 COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
 
@@ -38,13 +43,13 @@ def _queue_with_messages_in_every_state() -> tuple[object, str]:
 def test_sqs_counts_are_moto_s_own_with_the_replacements_installed(aws: None) -> None:
     sqs, url = _queue_with_messages_in_every_state()
     original = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS)["Attributes"]
-    moto_sqs.install()
+    moto_sqs.PATCH.apply()
     try:
         replaced = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=COUNTS)["Attributes"]
         # Retention is still enforced through the replacement: the 5 sent messages are received.
         received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     finally:
-        moto_sqs.uninstall()
+        moto_sqs.PATCH.undo()
     assert (
         original
         == replaced
@@ -55,11 +60,11 @@ def test_sqs_counts_are_moto_s_own_with_the_replacements_installed(aws: None) ->
         }
     )
     assert len(received) == 3
-    assert not moto_sqs.is_installed()
+    assert not moto_sqs.PATCH.is_applied()
 
 
 def test_moto_keeps_every_message_it_ever_made_unless_installed(aws: None) -> None:
-    """The leak the module fixes, shown on moto itself, so the fix is dropped once moto stops."""
+    """Canary of `memory`: the leak it fixes, shown on moto itself, so the fix is dropped once moto stops."""
     from moto.sqs.models import Message
 
     sqs = boto3.client("sqs", region_name="us-east-1")
@@ -75,7 +80,7 @@ def test_deleted_messages_and_overwritten_items_are_freed_when_installed(aws: No
     from moto.dynamodb.models.dynamo_type import Item
     from moto.sqs.models import Message
 
-    moto_memory.install()
+    moto_memory.PATCH.apply()
     try:
         sqs = boto3.client("sqs", region_name="us-east-1")
         url = sqs.create_queue(QueueName="freed")["QueueUrl"]
@@ -106,14 +111,14 @@ def test_deleted_messages_and_overwritten_items_are_freed_when_installed(aws: No
         assert len(live_items) == 1  # the one stored item, no copies
         assert dynamodb.get_item(TableName="items", Key={"id": {"S": "one"}})["Item"]["n"] == {"N": "1"}
     finally:
-        moto_memory.uninstall()
-    assert not moto_memory.is_installed()
+        moto_memory.PATCH.undo()
+    assert not moto_memory.PATCH.is_applied()
 
 
 def test_s3_keys_stay_tracked_for_moto_s_reset_to_close_their_files(aws: None) -> None:
     from moto.s3.models import FakeKey
 
-    moto_memory.install()
+    moto_memory.PATCH.apply()
     try:
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="kept")
@@ -121,7 +126,7 @@ def test_s3_keys_stay_tracked_for_moto_s_reset_to_close_their_files(aws: None) -
         s3.put_object(Bucket="kept", Key="a", Body=b"x" * 10)
         assert len(FakeKey.instances_tracked) > before  # type: ignore[attr-defined]
     finally:
-        moto_memory.uninstall()
+        moto_memory.PATCH.undo()
 
 
 @pytest.fixture
@@ -135,11 +140,11 @@ def paced_at_eight(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
     waits: list[float] = []
     monkeypatch.setattr(moto_sqs, "HIGH_WATER", 8)
     monkeypatch.setattr(moto_sqs, "_sleep", waits.append)
-    moto_sqs.install()
+    moto_sqs.PATCH.apply()
     try:
         yield sqs, url, waits
     finally:
-        moto_sqs.uninstall()
+        moto_sqs.PATCH.undo()
 
 
 def _receive_and_delete(sqs: object, url: str, count: int = 10) -> None:
@@ -195,30 +200,79 @@ def _sqs_backend() -> object:
     return sqs_backends["123456789012"]["us-east-1"]
 
 
-def _patched_attributes() -> dict[str, tuple[type, str]]:
-    from moto.core.common_models import BaseModel
-    from moto.core.responses import BaseResponse
-    from moto.sqs.models import Queue
-
-    return {
-        "moto_lock": (BaseResponse, "call_action"),
-        "moto_sqs": (Queue, "messages"),
-        "moto_memory": (BaseModel, "__new__"),
-    }
+PATCHES = {patch.name: patch for patch in all_patches()}
 
 
-@pytest.mark.parametrize("module", ["moto_lock", "moto_sqs", "moto_memory"])
-def test_each_patch_is_counted_and_the_last_uninstall_restores_moto(module: str) -> None:
-    import importlib
+@pytest.mark.parametrize("name", sorted(PATCHES))
+def test_each_patch_is_counted_and_the_last_undo_restores_moto(name: str) -> None:
+    patch = PATCHES[name]
+    originals = {(owner, attribute): owner.__dict__[attribute] for owner, attribute in patch.replacements()}
 
-    patch = importlib.import_module(f"infra.local.{module}")
-    owner, name = _patched_attributes()[module]
-    original = owner.__dict__[name]
-    patch.install()
-    patch.install()
-    patch.uninstall()
-    assert owner.__dict__[name] is not original and patch.is_installed()
-    patch.uninstall()
-    assert owner.__dict__[name] is original and not patch.is_installed()
-    patch.uninstall()  # one too many is harmless
-    assert owner.__dict__[name] is original
+    def replaced() -> list[bool]:
+        return [owner.__dict__[attribute] is not original for (owner, attribute), original in originals.items()]
+
+    patch.apply()
+    patch.apply()
+    patch.undo()
+    assert patch.is_applied() and all(replaced())
+    assert [describe(value) for value in patch.targets().values()] == list(patch.expects.values())  # moto's own
+    patch.undo()
+    assert not patch.is_applied() and not any(replaced())
+    patch.undo()  # one too many is harmless
+    assert not any(replaced())
+
+
+@pytest.mark.parametrize("name", sorted(PATCHES))
+def test_canary_what_each_patch_replaces_is_still_what_moto_has(name: str) -> None:
+    """Every replaced attribute still exists in moto with the signature (or kind) it had in the
+    version the patch was checked against. If this fails after a moto upgrade: read the new moto
+    code, adapt the patch (or drop it if moto fixed the behaviour), then update `expects`."""
+    patch = PATCHES[name]
+    found = {target: describe(original) for target, original in patch.targets().items()}
+    assert found == patch.expects, f"moto changed under the {name!r} patch (checked against moto {MOTO_VERSION})"
+
+
+def test_canary_moto_still_does_not_implement_flush_stage_authorizers_cache(aws: None) -> None:
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("apigateway", region_name="us-east-1")
+    with pytest.raises(ClientError, match="Not yet implemented"):
+        client.flush_stage_authorizers_cache(restApiId="api", stageName="v1")
+
+
+def test_canary_moto_still_notifies_put_from_inside_complete_multipart_upload(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto.s3 import notifications
+
+    delivered: list[str] = []
+    monkeypatch.setattr(notifications, "_invoke_awslambda", lambda _a, event, _f, _r: delivered.append(
+        event["Records"][0]["eventName"]
+    ))  # fmt: skip
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="multipart-canary")
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:f"
+    s3.put_bucket_notification_configuration(
+        Bucket="multipart-canary",
+        NotificationConfiguration={
+            "LambdaFunctionConfigurations": [{"LambdaFunctionArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    upload = s3.create_multipart_upload(Bucket="multipart-canary", Key="k")["UploadId"]
+    part = s3.upload_part(Bucket="multipart-canary", Key="k", UploadId=upload, PartNumber=1, Body=b"x")
+    s3.complete_multipart_upload(
+        Bucket="multipart-canary", Key="k", UploadId=upload,
+        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+    )  # fmt: skip
+    assert delivered == ["ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload"]
+
+
+def test_canary_moto_s_retries_still_sleep_through_their_module_s_time() -> None:
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    assert "time.sleep(" in inspect.getsource(retrier_decl)
+
+
+def test_the_readme_lists_every_patch() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert readme_list() in readme, "README's list of moto patches is stale; paste readme_list():\n" + readme_list()

@@ -5,18 +5,21 @@ Idempotency-Key) through the in-process API."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 
 from core.errors import InvalidRequest, InvalidTransition, StaleVersion
 from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, VendorRequest
 from core.status import OrderStatus, PurchaseOrderStatus
+from functions.adapters import order_codec
 from tests.builders import NOW
-from tests.e2e.client import Catalog, assert_error, put_network, unique
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_backorders import Shop, consume, record, shop  # noqa: F401 (the fixture)
 
@@ -49,7 +52,7 @@ def test_incoming_follows_the_po_from_creation_to_the_last_receipt(buyer: Shop):
     po = purchasing.create(new_po())
     assert po.status is PO.OPEN and po.expected_at == po.created_at + timedelta(days=10)
     assert at(buyer) == {"location_id": "wh-east", "on_hand": 0, "reserved": 0, "available": 0,
-                         "incoming": 5, "next_expected_at": po.expected_at}  # fmt: skip
+                         "incoming": 5, "next_expected_at": po.expected_at, "reorder": None}  # fmt: skip
 
     partly = purchasing.receive(po.id, receipt(2), "k1")
     assert partly.status is PO.PARTIALLY_RECEIVED and partly.lines[0].received_quantity == 2
@@ -113,7 +116,7 @@ def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
 
 
 def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
-    from infra.local import moto_lock
+    from infra.local.moto_patches import lock
 
     purchasing = buyer.container.purchasing
     po = purchasing.create(new_po(quantity=3))
@@ -126,7 +129,7 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
         except (InvalidRequest, InvalidTransition, StaleVersion) as error:
             outcomes.append(type(error).__name__)
 
-    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
     try:
         threads = [threading.Thread(target=receive, args=(n,)) for n in range(4)]
         for thread in threads:
@@ -134,7 +137,7 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
         for thread in threads:
             thread.join()
     finally:
-        moto_lock.uninstall()
+        lock.PATCH.undo()
 
     assert outcomes.count("received") == 1
     assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (3, 0)
@@ -221,3 +224,45 @@ def test_purchasing_needs_its_scope(api: InProcessApi):
     key = response.json()["key"]
     assert_error(api.get("/purchase-orders", key=key), 403, "forbidden")
     assert_error(api.put("/vendors/acme", key=key, json={"name": "A", "lead_time_days": 1}), 403, "forbidden")
+
+
+def test_a_backordered_order_read_through_the_api_says_when_more_is_expected(api: InProcessApi):
+    from core.errors import Backordered
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    sku = Catalog(api).product("9.00", allow_backorder=True)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    channel = unique("bo")
+    placed = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()
+    workflow = bootstrap(Config.from_env()).workflow  # the steps the state machine would run
+    workflow.authorize_payment(placed["id"], attempt=0)
+    with pytest.raises(Backordered):
+        workflow.reserve_stock(placed["id"])
+    line_id = placed["lines"][0]["line_id"]
+
+    def shown() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
+        return api.get(f"/orders/{placed['id']}").json()["awaiting_stock"], listed[0]["awaiting_stock"]
+
+    nothing = {"lines": [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": None}]}
+    assert shown() == (nothing, nothing)
+
+    dates = []
+    for days, location_id in ((20, network["west"]), (6, network["east"])):
+        expected_at = (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines = [{"sku": sku, "quantity": 5, "unit_cost": COST}]
+        body = {"vendor_id": vendor, "location_id": location_id, "lines": lines, "expected_at": expected_at}
+        created = api.post("/purchase-orders", json=body)
+        assert created.status_code == 201, created.text
+        dates.append(created.json()["expected_at"])
+    soonest = {"lines": [{**nothing["lines"][0], "expected_at": dates[1]}]}
+    assert shown() == (soonest, soonest)
+
+    # Computed at each read: the stored order never holds it.
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    item = dynamodb.get_item(TableName=os.environ["ORDERS_TABLE"], Key={"id": {"S": placed["id"]}})["Item"]
+    assert b"awaiting_stock" not in order_codec.decompress(item["doc"]["B"])
+    schemas = api.get("/openapi.json", key=None).json()["components"]["schemas"]
+    assert set(schemas["AwaitingLine"]["properties"]) == {"line_id", "sku", "waiting_quantity", "expected_at"}

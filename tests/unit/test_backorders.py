@@ -7,19 +7,21 @@ waits for it."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from core.backorders import BackorderAllocator
+from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.errors import Backordered, OutOfStock
 from core.ids import reservation_key
-from core.models import Allocation
+from core.models import Allocation, Order, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
+from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
+from plugins.testing.memory import InMemorySourcingRules
 from tests.builders import NOW, product
 from tests.unit.world import World, before_the_next_write, build_world
 
@@ -277,6 +279,90 @@ def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_
     world.run(order_id)
     assert world.order(order_id).status is S.ALLOCATED
     assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+# --- When a backordered order is expected -------------------------------------------------------------
+
+
+class CountingInventory:
+    """The fake inventory, counting the batched reads of expected dates."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.reads: list[set[tuple[str, str]]] = []
+
+    def expected(self, items):
+        self.reads.append(set(items))
+        return self.inner.expected(items)
+
+
+def incoming(world: World, sku: str, location_id: str, days: int) -> datetime:
+    """An open purchase order's date on the stock item, as the purchasing adapter keeps it."""
+    at = NOW + timedelta(days=days)
+    level = world.inventory.levels({sku}, [location_id])[sku]
+    on_hand = level[0].on_hand if level else 0
+    world.inventory.put_level(StockLevel(sku=sku, location_id=location_id, on_hand=on_hand, reserved=0, available=0,
+                                         incoming=5, next_expected_at=at))  # fmt: skip
+    return at
+
+
+def arrivals(world: World, rules: SourcingRules | None = None) -> tuple[ExpectedArrivals, CountingInventory]:
+    store = InMemorySourcingRules()
+    if rules is not None:
+        store.add(rules)
+    counting = CountingInventory(world.inventory)
+    return ExpectedArrivals(counting, world.catalog, store), counting  # type: ignore[arg-type]
+
+
+def test_each_waiting_line_shows_the_earliest_date_at_the_locations_that_may_supply_it(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 3), ("TSHIRT", 1), ("BOOK", 2))
+    incoming(world, "PREORDER", "wh-east", days=9)
+    soonest = incoming(world, "PREORDER", "wh-west", days=4)
+    incoming(world, "PREORDER", "store-sf", days=1)  # a pickup store: it ships nothing to this order
+    book_east = incoming(world, "BOOK", "wh-east", days=2)
+    book_at = incoming(world, "BOOK", "wh-west", days=6)
+    view, counting = arrivals(world)
+
+    [shown] = view.shown([world.order(order_id)])
+
+    lines = {line.line_id: line for line in world.order(order_id).lines}
+    got = [(lines[w.line_id].sku, w.sku, w.waiting_quantity, w.expected_at) for w in shown.awaiting_stock.lines]
+    # PREORDER: one unit was reserved at wh-west, two wait; TSHIRT is reserved whole: not listed.
+    assert got == [("PREORDER", "PREORDER", 2, soonest), ("BOOK", "BOOK", 2, book_east)]
+    assert len(counting.reads) == 1
+    assert counting.reads[0] == {(sku, loc) for sku in ("PREORDER", "BOOK") for loc in ("wh-east", "wh-west")}
+
+    # A location the sourcing rules exclude supplies no fill, so its purchase order is not the date.
+    view, _ = arrivals(world, SourcingRules(version=1, excluded_locations=["wh-east"]))
+    [shown] = view.shown([world.order(order_id)])
+    assert [w.expected_at for w in shown.awaiting_stock.lines] == [soonest, book_at]
+
+
+def test_a_line_with_nothing_incoming_shows_null_and_other_orders_cost_no_read(setup):
+    world, _, _ = setup
+    waiting = backordered(world, ("PREORDER", 2))
+    allocated = world.allocated(("TSHIRT", 1))
+    view, counting = arrivals(world)
+
+    untouched = [allocated]
+    assert view.shown(untouched) is untouched and counting.reads == []
+    shown = view.shown([allocated, world.order(waiting)])
+    assert shown[0] is allocated and shown[0].awaiting_stock is None
+    assert [(w.waiting_quantity, w.expected_at) for w in shown[1].awaiting_stock.lines] == [(1, None)]
+    assert len(counting.reads) == 1
+
+
+def test_the_view_is_never_stored(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 2))
+    incoming(world, "PREORDER", "wh-east", days=3)
+    [shown] = arrivals(world)[0].shown([world.order(order_id)])
+
+    assert shown.awaiting_stock is not None and shown.model_dump(mode="json")["awaiting_stock"]["lines"]
+    assert "awaiting_stock" not in shown.stored_json()
+    assert "awaiting_stock" not in shown.model_copy(update={"status_since": NOW}).stored_json()  # the slow path
+    assert Order.model_validate_json(shown.stored_json()).awaiting_stock is None
 
 
 # --- The state machine ----------------------------------------------------------------------------

@@ -106,3 +106,23 @@ def test_an_update_writes_the_index_entries_it_adds_moves_rewrites_or_removes():
     marked = {**allocated, "sla_key": {"S": "jeopardy"}}
     assert by_index["by_sla"].writes_on_update(marked, {**marked, "status_since": {"S": "t2"}}) == 1
     assert by_index["by_sla"].writes_on_update(marked, dict(marked)) == 0
+
+
+def test_a_phase_measured_on_half_the_orders_is_scaled_to_all_of_them():
+    from bench.cost import combined
+
+    placing = Usage(api_requests=100, wru=300.0, sfn_executions=100)
+    placing.calls["dynamodb.PutItem"] = 100
+    placing.lambda_invocations["ApiFunction"] = 100
+    shipping_half = Usage(api_requests=2, wru=150.0)  # two batches for 50 orders
+    shipping_half.calls["dynamodb.UpdateItem"] = 100
+    shipping_half.lambda_invocations["ApiFunction"] = 2
+    shipping_half.log_bytes["INFO"] = 1000
+
+    total = combined((placing, 1.0), (shipping_half, 2.0))
+
+    assert (total.api_requests, total.wru, total.sfn_executions) == (104, 600.0, 100)
+    assert total.calls == {"dynamodb.PutItem": 100, "dynamodb.UpdateItem": 200}
+    assert total.lambda_invocations == {"ApiFunction": 104}
+    assert total.log_bytes == {"INFO": 2000}
+    assert placing.api_requests == 100 and shipping_half.wru == 150.0  # the parts are left as they were

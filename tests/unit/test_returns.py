@@ -584,3 +584,16 @@ def test_a_parcel_delivered_after_a_return_was_received_keeps_the_order_partiall
 
     assert delivered.status is S.PARTIALLY_RETURNED
     assert delivered.shipments[0].status.value == "delivered"
+
+
+def test_a_return_label_the_carrier_hosts_is_kept_as_its_link_and_no_document_is_stored(world, clock):
+    from tests.unit.test_hosted_labels import HOSTED, HostingCarrier
+
+    returns, _ = returns_for(world, clock, HostingCarrier())
+    order = shipped(world, ("TSHIRT", 1))
+    labels_before = dict(world.labels.labels)
+
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert (item.carrier, item.label_url) == ("EasyPost", f"{HOSTED}?return={item.id}")
+    assert world.labels.labels == labels_before

@@ -151,8 +151,14 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
         (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
-        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
-        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoPurchasing, DynamoWebhooks],
+        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules, DynamoWebhooks],
+        # A reorder point crossed: the draft PO, its open-draft record and the crossing's marker in
+        # one transaction; inventory.low onto the bus and into its webhook deliveries.
+        (CATALOG, "dynamodb:PutItem"): [DynamoPurchasing, DynamoWebhooks],
+        (CATALOG, "dynamodb:UpdateItem"): [DynamoPurchasing],
+        ("EventBus", "events:PutEvents"): [EventBridgePublisher],
+        ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         ("BackorderFailureQueue", "sqs:SendMessage"): "the InventoryStream mapping's on-failure destination",
     },

@@ -25,13 +25,19 @@ router = Router()
 logger = Logger(child=True)
 
 
+def shown(order: Order) -> Order:
+    """The order as a reader sees it: a fresh link per label, and on a backordered order what it
+    waits for and when more is expected (`awaiting_stock`, computed now, never stored)."""
+    return with_label_links(container().expected_arrivals.shown([order])[0])
+
+
 def seen_by(who: Caller, order: Order) -> Order | OrderReceipt:
     """The order as `who` may see it after changing it. A key that may not read orders learns that
     its change was made, not the order (customer, address, payment): otherwise repeating a cancel
     or an edit would read any order of its channel. POST /orders alone answers such a key with
     the whole order, the one it has just placed."""
     if allows(who, Scope.ORDERS_READ):
-        return with_label_links(order)
+        return shown(order)
     return OrderReceipt(id=order.id, status=order.status, version=order.version)
 
 
@@ -106,7 +112,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
 )
 @requires(Scope.ORDERS_READ)
 def get_order(order_id: OrderIdPath) -> Order:
-    return with_label_links(container().orders.get(order_id, caller(router).channel))
+    return shown(container().orders.get(order_id, caller(router).channel))
 
 
 @router.get(
@@ -137,6 +143,8 @@ def list_orders(
         limit,
         cursor,
     )
+    # One batched stock read for the page's backordered orders, none when the page has none.
+    items = container().expected_arrivals.shown(items)
     return OrderPage(items=[with_label_links(order) for order in items], next_cursor=next_cursor)
 
 

@@ -16,15 +16,17 @@ from core.purchasing import (
     PurchaseOrderFilter,
     PurchaseOrderPage,
     Receipt,
+    Submission,
     Vendor,
     VendorPage,
     VendorRequest,
 )
+from core.reorder import ReorderPoint, ReorderRequest
 from core.status import PurchaseOrderStatus
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
-from functions.api.routes.catalog import IDENTIFIER
+from functions.api.routes.catalog import IDENTIFIER, KnownLocationPath, KnownSkuPath
 from functions.api.routes.orders import IdempotencyKey
 from functions.api.schemas import errors, ok
 
@@ -98,11 +100,14 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
 @router.post(
     "/purchase-orders/<po_id>/submit",
     summary="Submit a draft to its vendor (draft -> open): its units become incoming stock; anything else is 409",
-    responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(403, 404, 409)},
+    description="The body is optional: `{lines: [{sku, unit_cost}]}` prices the draft's lines (a draft made by a "
+    "reorder point without a `unit_cost` has unpriced lines). A line left without a cost is 422 "
+    "`unpriced_lines` and nothing changes. The goods are then due the vendor's `lead_time_days` from now.",
+    responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
-def submit_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
-    return container().purchasing.submit(po_id)
+def submit_purchase_order(po_id: PurchaseOrderIdPath, submission: Submission | None = None) -> PurchaseOrder:
+    return container().purchasing.submit(po_id, submission)
 
 
 @router.post(
@@ -144,3 +149,34 @@ def receive_purchase_order(
         body = once(f"POST /purchase-orders/{po_id}/receive", who.key_id, idempotency_key,
                     request.model_dump(mode="json"), receive, router.lambda_context)  # fmt: skip
     return PurchaseOrder.model_validate(body)
+
+
+# --- Reorder points (issue 15 item 3) ---------------------------------------------------------------
+# purchasing:write rather than inventory:write: a reorder point commits money (it makes purchase
+# orders for a vendor), which is what purchasing:write grants; inventory:write only counts stock.
+
+
+@router.put(
+    "/inventory/<sku>/<location_id>/reorder",
+    summary="Set the reorder point of a sku at a location",
+    description="When `available` drops from at or above `reorder_point` to below it, `inventory.low` is emitted "
+    "and `reorder_quantity` is added to the draft purchase order for `vendor_id` and this location (one is made "
+    "when none is open), once per crossing. Extension: an optional `unit_cost` prices the draft's line. Setting "
+    "the point alone crosses nothing, even when stock is already below it.",
+    responses={**ok(200, ReorderPoint, "The reorder point"), **errors(400, 403, 404, 413)},
+)
+@requires(Scope.PURCHASING_WRITE)
+def set_reorder_point(sku: KnownSkuPath, location_id: KnownLocationPath, request: ReorderRequest) -> ReorderPoint:
+    return container().replenishment.set_point(sku, location_id, request)
+
+
+@router.delete(
+    "/inventory/<sku>/<location_id>/reorder",
+    summary="Remove the reorder point of a sku at a location (no more drafts are made for it)",
+    responses={204: {"description": "Removed (or there was none)"}, **errors(403, 404)},
+)
+@requires(Scope.PURCHASING_WRITE)
+# No return annotation: powertools would try to build a response schema from a bare Response.
+def clear_reorder_point(sku: KnownSkuPath, location_id: KnownLocationPath):
+    container().replenishment.clear_point(sku, location_id)
+    return Response(204, content_types.APPLICATION_JSON, "")

@@ -13,17 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from infra.local.patches import CountedPatch, Replacements
+from infra.local.moto_patches import MotoPatch, Replacements
 
 MOTO_LOCK = threading.RLock()  # re-entrant: a moto action may dispatch another (Step Functions)
-
-
-def _entry_points() -> list[tuple[type, str]]:
-    from moto.core.responses import BaseResponse
-    from moto.s3.responses import S3Response
-
-    # Every service funnels through BaseResponse.call_action except S3, which dispatches on its own.
-    return [(BaseResponse, "call_action"), (S3Response, "bucket_response"), (S3Response, "key_response")]
 
 
 def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,17 +24,30 @@ def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
         with MOTO_LOCK:
             return original(*args, **kwargs)
 
-    locked.__oms_serialized__ = True  # type: ignore[attr-defined]
     return locked
 
 
 def _replacements() -> Replacements:
-    return {(owner, name): _serialized(owner.__dict__[name]) for owner, name in _entry_points()}
+    from moto.core.responses import BaseResponse
+    from moto.s3.responses import S3Response
+
+    # Every service funnels through BaseResponse.call_action except S3, which dispatches on its own.
+    entry_points = [(BaseResponse, "call_action"), (S3Response, "bucket_response"), (S3Response, "key_response")]
+    return {(owner, name): _serialized(owner.__dict__[name]) for owner, name in entry_points}
 
 
-# Serialize moto from install() on; counted: each install() needs its uninstall().
-_patch = CountedPatch(_replacements)
-install, uninstall, is_installed = _patch.install, _patch.uninstall, _patch.is_installed
+PATCH = MotoPatch(
+    "lock",
+    changes="one lock around every request moto serves (moto is not thread-safe; DynamoDB is atomic "
+    "per request), released while an in-process handler runs inside a moto action.",
+    expects={
+        "moto.core.responses.BaseResponse.call_action": "(self)",
+        "moto.s3.responses.S3Response.bucket_response": "(self, request, full_url, headers)",
+        "moto.s3.responses.S3Response.key_response": "(self, request, full_url, headers)",
+    },
+    replacements=_replacements,
+    upstream="moto documents that it is not thread-safe, getmoto/moto#7166",
+)
 
 
 @contextmanager
@@ -63,13 +68,3 @@ def released() -> Iterator[None]:
         yield
     finally:
         MOTO_LOCK._acquire_restore(state)  # type: ignore[attr-defined]
-
-
-@contextmanager
-def serialized_moto() -> Iterator[None]:
-    """For threaded tests: `with mock_aws(), serialized_moto(): ...`."""
-    install()
-    try:
-        yield
-    finally:
-        uninstall()

@@ -1,5 +1,6 @@
-"""API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered in process:
-the API function makes its ordinary boto3 call, and the local gateway serving that stage forgets
+"""API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered in process.
+
+The API function makes its ordinary boto3 call, and the local gateway serving that stage forgets
 its cached authorizer answers. Production code knows nothing of this module."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from infra.local.patches import CountedPatch, Replacements
+from infra.local.moto_patches import MotoPatch, Replacements
 
 # DELETE /restapis/{restapi_id}/stages/{stage_name}/cache/authorizers (202, no body on AWS).
 _FLUSH = re.compile(
@@ -43,14 +44,19 @@ def _replacements() -> Replacements:
     return {(BotocoreStubber, "process_request"): process_request}
 
 
-_patch = CountedPatch(_replacements)
-install, uninstall, is_installed = _patch.install, _patch.uninstall, _patch.is_installed
+PATCH = MotoPatch(
+    "apigateway",
+    changes="API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered 202 in "
+    "process, and the local gateway serving that stage forgets its cached authorizer answers.",
+    expects={"moto.core.botocore_stubber.BotocoreStubber.process_request": "(self, request)"},
+    replacements=_replacements,
+)
 
 
 @contextmanager
 def flushing(api_id: str, stage: str, flush: Callable[[], None]) -> Iterator[None]:
     """Installs the answer for the block; a flush of (api_id, stage) calls `flush`."""
-    install()
+    PATCH.apply()
     with _lock:
         _flushers.setdefault((api_id, stage), []).append(flush)
     try:
@@ -60,4 +66,4 @@ def flushing(api_id: str, stage: str, flush: Callable[[], None]) -> Iterator[Non
             _flushers[(api_id, stage)].remove(flush)
             if not _flushers[(api_id, stage)]:
                 del _flushers[(api_id, stage)]
-        uninstall()
+        PATCH.undo()

@@ -16,8 +16,6 @@ the queue about a thousand deep instead of a file deep. SQS itself needs no such
 is flat, and the template lets the workers scale out), so the product never waits. A queue that
 nobody drains (its event source paused) is waited on once for STALL_SECONDS, then not until it
 has drained below HIGH_WATER.
-
-install() / uninstall() are counted (infra.local.patches).
 """
 
 from __future__ import annotations
@@ -27,10 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from infra.local import moto_lock
-from infra.local.patches import CountedPatch, Replacements
+from infra.local.moto_patches import MotoPatch, Replacements, lock
 
-logger = logging.getLogger("infra.local.moto_sqs")
+logger = logging.getLogger("infra.local.moto_patches.sqs")
 
 HIGH_WATER = 1000  # visible messages a queue holds before a batch sender waits
 STALL_SECONDS = 2.0  # how long a sender waits for a queue whose depth does not fall
@@ -77,10 +74,10 @@ def _wait_for_room(queue: Any) -> None:
     if queue.queue_arn in _stalled:
         return
     lowest, since = depth, time.monotonic()
-    with moto_lock.released():
+    with lock.released():
         while True:
             _sleep(_POLL_SECONDS)
-            with moto_lock.MOTO_LOCK:
+            with lock.MOTO_LOCK:
                 depth = len(_visible(queue))
             if depth <= HIGH_WATER:
                 return
@@ -114,5 +111,19 @@ def _replacements() -> Replacements:
     }
 
 
-_patch = CountedPatch(_replacements)
-install, uninstall, is_installed = _patch.install, _patch.uninstall, _patch.is_installed
+PATCH = MotoPatch(
+    "sqs",
+    changes="SQS message counts read the clock once per scan and the retention check reads one "
+    "attribute (moto rebuilt every attribute and read the clock per message, so each send and receive "
+    f"grew with the queue's depth), and SendMessageBatch waits while more than {HIGH_WATER:,} messages are "
+    "visible (moto's DeleteMessage still grows with the depth; on AWS nothing waits).",
+    expects={
+        "moto.sqs.models.Queue.messages": "property",
+        "moto.sqs.models.Queue.approximate_number_of_messages": "property",
+        "moto.sqs.models.Queue.approximate_number_of_messages_not_visible": "property",
+        "moto.sqs.models.Queue.approximate_number_of_messages_delayed": "property",
+        "moto.sqs.models.SQSBackend.is_message_valid_based_on_retention_period": "(self, queue_name, message)",
+        "moto.sqs.models.SQSBackend.send_message_batch": "(self, queue_name, entries)",
+    },
+    replacements=_replacements,
+)

@@ -1,0 +1,181 @@
+"""Reorder points: stock falling below one becomes `inventory.low` and one draft purchase order line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from pydantic import Field
+
+from core.domain_events import DomainEvent, EventType
+from core.errors import InvalidRequest, NotFound, StaleVersion
+from core.ids import new_id, short_hash
+from core.models import Identifier, ReorderSettings, Strict
+from core.money import Money
+from core.ports import CatalogRepository
+from core.purchasing import PurchaseOrder, PurchaseOrderLine, PurchasingRepository, Units
+from core.status import PurchaseOrderStatus
+
+
+class ReorderRequest(Strict):
+    # Available never goes below 0, so a point of 0 could never be crossed: 1 is the lowest that means something.
+    reorder_point: Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
+    reorder_quantity: Units
+    vendor_id: Identifier
+    unit_cost: Money | None = Field(
+        default=None,
+        description="Extension: the cost each draft line for this sku gets; without it the draft's line has no "
+        "cost and submitting it needs one",
+    )
+
+
+class ReorderPoint(ReorderSettings):
+    """The reorder point of one sku at one location, as the API shows it."""
+
+    sku: str
+    location_id: str
+
+
+@dataclass(frozen=True)
+class StockChange:
+    """One change of a stock item, read from the Inventory stream: `available` before (None for a
+    new item) and after, the reorder settings after it, and the change's id in the stream (the
+    same for a redelivered record, different for every other change)."""
+
+    sku: str
+    location_id: str
+    available_before: int | None
+    available_after: int
+    settings: ReorderSettings | None
+    change_id: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A change that took `available` from at or above the reorder point to below it."""
+
+    sku: str
+    location_id: str
+    available: int
+    settings: ReorderSettings
+    change_id: str
+    changed_at: datetime
+
+    @property
+    def key(self) -> str:
+        """Names this crossing and no other: `#` appears in no sku or location id."""
+        return f"{self.sku}#{self.location_id}#{self.change_id}"
+
+
+def crossing(change: StockChange) -> Crossing | None:
+    """The crossing `change` is, if any: available at or above the point before it and below the
+    point after it. Changing the settings alone crosses nothing (the point after the change is
+    the one compared, on both sides), and stock already below the point is not crossed again
+    until it has risen back to the point."""
+    settings = change.settings
+    if settings is None or change.available_before is None:
+        return None
+    if not change.available_before >= settings.reorder_point > change.available_after:
+        return None
+    return Crossing(
+        sku=change.sku,
+        location_id=change.location_id,
+        available=change.available_after,
+        settings=settings,
+        change_id=change.change_id,
+        changed_at=change.changed_at,
+    )
+
+
+def low_stock_event(crossed: Crossing) -> DomainEvent:
+    """`inventory.low`; its id comes from the crossing, so a redelivered record gives the same one."""
+    return DomainEvent(
+        id="evt_" + short_hash(f"{EventType.INVENTORY_LOW.value}\x1f{crossed.key}"),
+        type=EventType.INVENTORY_LOW,
+        created_at=crossed.changed_at,
+        data={
+            "inventory": {
+                "sku": crossed.sku,
+                "location_id": crossed.location_id,
+                "available": crossed.available,
+                "reorder_point": crossed.settings.reorder_point,
+            }
+        },
+    )
+
+
+class Replenishment:
+    """Reorder points set per (sku, location), and the draft purchase orders their crossings make."""
+
+    ATTEMPTS = 8
+
+    def __init__(
+        self, repository: PurchasingRepository, catalog: CatalogRepository, clock: Callable[[], datetime]
+    ) -> None:
+        self._repository = repository
+        self._catalog = catalog
+        self._clock = clock
+
+    def _require(self, sku: str, location_id: str) -> None:
+        # As the other /inventory/{sku}/{location_id} routes answer: an unknown one is 404.
+        if self._catalog.get_product(sku) is None:
+            raise NotFound(f"no product {sku}")
+        if self._catalog.get_location(location_id) is None:
+            raise NotFound(f"no location {location_id}")
+
+    def set_point(self, sku: str, location_id: str, request: ReorderRequest) -> ReorderPoint:
+        self._require(sku, location_id)
+        if self._repository.get_vendor(request.vendor_id) is None:
+            raise InvalidRequest(
+                f"no vendor {request.vendor_id}",
+                code="unknown_vendor",
+                details=[{"field": "vendor_id", "message": "PUT /vendors/{vendor_id} first"}],
+            )
+        settings = ReorderSettings.model_validate(request.model_dump())
+        self._repository.set_reorder(sku, location_id, settings)
+        return ReorderPoint(sku=sku, location_id=location_id, **settings.model_dump())
+
+    def clear_point(self, sku: str, location_id: str) -> None:
+        self._require(sku, location_id)
+        self._repository.set_reorder(sku, location_id, None)
+
+    def reorder(self, crossed: Crossing) -> PurchaseOrder | None:
+        """Add the crossing's `reorder_quantity` to the open draft for its vendor and location, or
+        make that draft; None when this crossing was counted already (a redelivered record). The
+        draft's write and the crossing's marker are one transaction, so concurrent crossings each
+        grow the draft once and a crossing seen twice grows it once."""
+        settings = crossed.settings
+        vendor = self._repository.get_vendor(settings.vendor_id)
+        if vendor is None:
+            raise NotFound(f"no vendor {settings.vendor_id} for the reorder point of {crossed.sku}")
+        for _ in range(self.ATTEMPTS):
+            draft, pointer = self._repository.open_draft(settings.vendor_id, crossed.location_id)
+            if draft is not None and draft.takes(crossed.sku):
+                new, expected = draft.grow(crossed.sku, settings.reorder_quantity, settings.unit_cost), draft
+            else:
+                now = self._clock()
+                line = PurchaseOrderLine(
+                    sku=crossed.sku, quantity=settings.reorder_quantity, unit_cost=settings.unit_cost
+                )
+                new, expected = (
+                    PurchaseOrder(
+                        id=new_id("po"),
+                        vendor_id=settings.vendor_id,
+                        location_id=crossed.location_id,
+                        status=PurchaseOrderStatus.DRAFT,
+                        lines=[line],
+                        expected_at=now + timedelta(days=vendor.lead_time_days),
+                        created_at=now,
+                    ),
+                    None,
+                )
+            try:
+                if not self._repository.add_reorder(new, expected, pointer, crossed.key):
+                    return None
+            except StaleVersion:
+                continue  # the draft was grown, submitted or made by another crossing: decide again
+            return new
+        raise StaleVersion(f"the draft for {settings.vendor_id} at {crossed.location_id} keeps changing")

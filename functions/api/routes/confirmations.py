@@ -1,0 +1,125 @@
+"""Batched fulfilment confirmations: a warehouse system ships, delivers or readies many shipments in one call."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from pydantic import BaseModel
+
+from core.access import Scope
+from core.confirmations import DEADLINE_SECONDS, MAX_ITEMS, ConfirmationAction, ConfirmationBatch, Confirmed, confirm
+from core.log_text import escape_for_log
+from core.status import OrderStatus, ShipmentStatus
+from functions.api.access import caller, requires
+from functions.api.dependencies import container
+from functions.api.errors import described
+from functions.api.routes.orders import IdempotencyKey
+from functions.api.routes.plugins import plugins_loaded
+from functions.api.schemas import ErrorInfo, errors, ok
+
+router = Router()
+logger = Logger(child=True)
+
+# What one item may take at most once started (a capture retried with backoff while the gateway
+# fails, the writes after it): no item is started later than this before the function's timeout.
+ITEM_MARGIN_SECONDS = 3.0
+
+
+class ConfirmationResult(BaseModel):
+    """One item's outcome. Confirmed: the shipment's and the order's status and version after it
+    (what a receipt shows a key without orders:read). Refused: `error` in the contract's error
+    shape, and whether sending the item again later may succeed (`retry`)."""
+
+    order_id: str
+    shipment_id: str
+    action: ConfirmationAction
+    status: ShipmentStatus | None = None
+    order_status: OrderStatus | None = None
+    version: int | None = None
+    error: ErrorInfo | None = None
+    retry: bool = False
+
+
+class ConfirmationResults(BaseModel):
+    items: list[ConfirmationResult]
+
+
+class _Unfinished(Exception):
+    """Some items may succeed if sent again: the batch's answer is not kept under its
+    Idempotency-Key, so a retry with the same key runs them (the done ones change nothing)."""
+
+    def __init__(self, answer: dict[str, Any]):
+        super().__init__("unfinished batch")
+        self.answer = answer
+
+
+def _result(outcome: Confirmed) -> ConfirmationResult:
+    item = outcome.item
+    base = {"order_id": item.order_id, "shipment_id": item.shipment_id, "action": item.action}
+    if outcome.failure is not None:
+        _, code, message, details = described(outcome.failure)
+        error = ErrorInfo(code=code, message=message, details=details)
+        return ConfirmationResult(**base, error=error, retry=outcome.retry)
+    order = outcome.order
+    assert order is not None
+    return ConfirmationResult(**base, status=outcome.shipment_status, order_status=order.status, version=order.version)
+
+
+@router.post(
+    "/shipments/confirmations",
+    summary="Confirm many shipments at once: ship, deliver or ready each, as their single routes do",
+    description=f"For warehouse systems that confirm in batches (1 to {MAX_ITEMS} items). Each item runs exactly "
+    "what its single route runs, in the order sent: `ship` is `POST /orders/{id}/shipments/{shipment_id}/ship` "
+    "(its share of the payment captured, with `tracking_number`), `deliver` is `.../deliver` (a parcel arrived, or "
+    "a pickup collected), `ready` is `.../ready`. The answer is 200 with one result per item, in order: the "
+    "shipment's `status`, the order's `order_status` and `version`, or `error` `{code, message, details}` as the "
+    "single route would have answered it (`not_found` for an unknown order or shipment or another channel's, "
+    "`invalid_transition`, `payment_gateway_error`, `payment_gateway_unavailable`, ...). One refused item never "
+    "stops the others. `retry` true means sending the item again later may succeed (the gateway was unavailable, "
+    "concurrent changes won, or `not_attempted`: the batch ran out of time before it; items run one after "
+    "another, none is started later than 3 s before the function's timeout, and a ship waits for its capture). "
+    "Every action is idempotent: an item confirmed already, in this batch or an earlier one, changes nothing "
+    "again. With `Idempotency-Key` a retried batch answers the first answer again, unless an item of it had "
+    "`retry` true: then nothing is kept and the retry runs each item again.",
+    responses={**ok(200, ConfirmationResults, "One result per item, in order"), **errors(400, 403, 409, 413, 503)},
+    middlewares=[plugins_loaded],
+)
+@requires(Scope.FULFILLMENT_WRITE)
+def confirm_shipments(batch: ConfirmationBatch, idempotency_key: IdempotencyKey = None) -> ConfirmationResults:
+    who = caller(router)
+    started = time.monotonic()
+    context = router.lambda_context
+    deadline = DEADLINE_SECONDS
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        deadline = min(deadline, context.get_remaining_time_in_millis() / 1000 - ITEM_MARGIN_SECONDS)
+
+    def run() -> dict[str, Any]:
+        outcomes = confirm(container().actions, batch, who.key_id, who.channel, lambda: time.monotonic() - started,
+                           deadline)  # fmt: skip
+        answer = ConfirmationResults(items=[_result(outcome) for outcome in outcomes]).model_dump(mode="json")
+        refused = [outcome for outcome in outcomes if outcome.failure is not None]
+        logger.info("shipments confirmed", extra={"items": len(outcomes), "refused": len(refused)})
+        if refused:
+            # Ids are the caller's text, unchecked until looked up: escaped so none can forge a line.
+            logger.warning("shipment confirmations refused", extra={"refused_items": [
+                f"{escape_for_log(o.item.order_id)}/{escape_for_log(o.item.shipment_id)} {o.item.action}: "
+                f"{o.failure.code}" for o in refused if o.failure is not None
+            ]})  # fmt: skip
+        if any(outcome.retry for outcome in outcomes):
+            raise _Unfinished(answer)
+        return answer
+
+    try:
+        if idempotency_key is None:
+            body = run()
+        else:
+            from functions.api.idempotency import once
+
+            body = once("POST /shipments/confirmations", who.key_id, idempotency_key,
+                        batch.model_dump(mode="json"), run, context)  # fmt: skip
+    except _Unfinished as unfinished:
+        body = unfinished.answer
+    return ConfirmationResults.model_validate(body)

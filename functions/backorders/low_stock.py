@@ -1,0 +1,46 @@
+"""Inventory stream records read as stock changes, for the reorder-point crossing they may be."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+from core.models import ReorderSettings
+from core.reorder import Crossing, StockChange, crossing
+
+
+def _available(image: dict[str, Any] | None) -> int | None:
+    value = (image or {}).get("available")
+    return int(value) if value is not None else None
+
+
+def stock_change(record: DynamoDBRecord) -> StockChange | None:
+    """The change one record is, from its two images; None for what is not a stock item with
+    both images (a new item, a removal, a backorder queue entry)."""
+    stream = record.dynamodb
+    if stream is None or record.raw_event.get("eventName") != "MODIFY":
+        return None
+    new, old = stream.new_image or {}, stream.old_image or {}
+    before, after = _available(old), _available(new)
+    if after is None or before is None:
+        return None  # a backorder queue entry or a restock ledger item: no stock of its own
+    keys = stream.keys or {}
+    settings = new.get("reorder")
+    created = record.raw_event["dynamodb"].get("ApproximateCreationDateTime")
+    return StockChange(
+        sku=str(keys.get("sku", "")),
+        location_id=str(keys.get("location_id", "")),
+        available_before=before,
+        available_after=after,
+        settings=ReorderSettings.model_validate(settings) if settings else None,
+        # The record's place in the stream: the same for a redelivery, new for every other change.
+        change_id=str(stream.sequence_number),
+        changed_at=datetime.fromtimestamp(float(created), UTC) if created else datetime.now(UTC),
+    )
+
+
+def crossing_of(record: DynamoDBRecord) -> Crossing | None:
+    change = stock_change(record)
+    return crossing(change) if change is not None else None

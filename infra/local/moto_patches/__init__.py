@@ -1,0 +1,137 @@
+"""Every change the local runtime makes to moto, in one idiom: a `MotoPatch` per behaviour.
+
+A MotoPatch replaces named attributes of moto's classes or modules while it is applied: `apply()`
+and `undo()` are counted, so nested users (a stack started inside a test that already serialized
+moto) share one installation and the last `undo()` puts moto's originals back. Why an object and
+not `mock.patch`: the stack applies them for hours and across threads, several stacks may
+overlap in one test process, and each patch carries what a reader (and the canary test) needs:
+the moto behaviour it changes, the moto version it was checked against, and what each replaced
+attribute looked like in that version (`expects`), which tests/integration/test_moto_patches.py
+compares with the installed moto, so a moto upgrade that moves a target fails there, not in a
+puzzling test far away.
+
+Patches that route moto to the stack's own objects (Lambda Invoke, S3's Lambda notifications, the
+API Gateway cache flush, Step Functions' retry sleeps) keep their registrations in their module
+and give a context manager that registers and applies together.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+Replacements = dict[tuple[Any, str], Any]  # (class or module, attribute name) -> new value
+
+MOTO_VERSION = "5.2.5"  # what every patch below was checked against (pyproject: moto>=5.2.5,<6)
+
+
+class MotoPatch:
+    """`replacements()` is called by the first apply(): {(owner, attribute name): new value}; it may
+    read the originals from `owner.__dict__`. `expects` is what each original looked like in
+    MOTO_VERSION ("module.Owner.attribute" -> `describe(original)`)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        changes: str,
+        expects: dict[str, str],
+        replacements: Callable[[], Replacements],
+        upstream: str = "",
+    ):
+        self.name = name
+        self.changes = changes
+        self.upstream = upstream  # moto's issue or documentation for the behaviour, where there is one
+        self.expects = expects
+        self.replacements = replacements
+        self._originals: Replacements = {}
+        self._count = 0
+        self._guard = threading.Lock()
+
+    def apply(self) -> None:
+        with self._guard:
+            self._count += 1
+            if self._count > 1:
+                return
+            for (owner, attribute), replacement in self.replacements().items():
+                self._originals[(owner, attribute)] = owner.__dict__[attribute]
+                setattr(owner, attribute, replacement)
+
+    def undo(self) -> None:
+        """One per apply(); one too many is harmless."""
+        with self._guard:
+            if self._count == 0:
+                return
+            self._count -= 1
+            if self._count:
+                return
+            for (owner, attribute), original in reversed(self._originals.items()):
+                setattr(owner, attribute, original)
+            self._originals.clear()
+
+    def is_applied(self) -> bool:
+        return self._count > 0
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        self.apply()
+        try:
+            yield
+        finally:
+            self.undo()
+
+    def targets(self) -> dict[str, Any]:
+        """ "module.Owner.attribute" -> moto's current value, for the canary (applied or not, the
+        original)."""
+        with self._guard:
+            originals = dict(self._originals)
+        found = {}
+        for owner, attribute in self.replacements():
+            value = originals.get((owner, attribute), owner.__dict__.get(attribute, _MISSING))
+            found[f"{qualified_name(owner)}.{attribute}"] = value
+        return found
+
+
+_MISSING = object()
+
+
+def qualified_name(owner: Any) -> str:
+    if inspect.ismodule(owner):
+        return owner.__name__
+    return f"{owner.__module__}.{owner.__qualname__}"
+
+
+def describe(value: Any) -> str:
+    """A function's signature, or the kind of a non-callable attribute (what `expects` records)."""
+    if value is _MISSING:
+        return "missing"
+    if isinstance(value, staticmethod | classmethod):
+        value = value.__func__
+    if inspect.isfunction(value):  # parameter names and kinds: annotations' spelling varies
+        signature = inspect.signature(value)
+        bare = [parameter.replace(annotation=inspect.Parameter.empty) for parameter in signature.parameters.values()]
+        return str(signature.replace(parameters=bare, return_annotation=inspect.Signature.empty))
+    if inspect.ismodule(value):
+        return f"module {value.__name__}"
+    return type(value).__name__
+
+
+def all_patches() -> list[MotoPatch]:
+    """Every patch, in the order the stack applies them."""
+    from infra.local.moto_patches import apigateway, lambda_invoke, lock, memory, retry_delay, s3_notifications, sqs
+
+    return [lock.PATCH, sqs.PATCH, memory.PATCH, lambda_invoke.PATCH, s3_notifications.PATCH, apigateway.PATCH,
+            retry_delay.PATCH]  # fmt: skip
+
+
+def readme_list() -> str:
+    """The README's list of patches (tests/integration/test_moto_patches.py checks it is there)."""
+    lines = [f"The local runtime changes moto {len(all_patches())} ways (checked against moto {MOTO_VERSION}):"]
+    for patch in all_patches():
+        upstream = f" (upstream: {patch.upstream})" if patch.upstream else ""
+        lines.append(textwrap.fill(f"- `{patch.name}`: {patch.changes}{upstream}", width=100, subsequent_indent="  "))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""moto's S3 → Lambda notifications delivered to the local stack's S3 mappings.
+
+moto matches a bucket's notification configuration and "invokes" the function itself; while a
+stack routes here, that call goes to the S3NotificationMapping (infra/local/event_sources.py)
+whose configuration id or function it names, which queues the event for its own thread, as S3
+invokes asynchronously. Any other function falls through to moto.
+
+moto's CompleteMultipartUpload stores the object with its PutObject, which notifies
+ObjectCreated:Put before ObjectCreated:CompleteMultipartUpload; S3 sends only the latter, so the
+Put sent from inside it is dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from infra.local.moto_patches import MotoPatch, Replacements
+
+_routes: dict[str, Any] = {}  # configuration id (the mapping's name) -> mapping: .function.arn, .enqueue(event)
+_guard = threading.Lock()
+_completing = threading.local()  # inside moto's CompleteMultipartUpload
+
+
+def _replacements() -> Replacements:
+    from moto.s3 import notifications
+    from moto.s3.models import S3Backend
+
+    original_invoke = notifications.__dict__["_invoke_awslambda"]
+    original_complete = S3Backend.__dict__["complete_multipart_upload"]
+
+    def complete_multipart_upload(backend: Any, *args: Any, **kwargs: Any) -> Any:
+        _completing.active = True
+        try:
+            return original_complete(backend, *args, **kwargs)
+        finally:
+            _completing.active = False
+
+    def invoke_awslambda(account_id: str, event_body: Any, fn_arn: str, region_name: str) -> None:
+        records = event_body.get("Records") or [{}]
+        if getattr(_completing, "active", False) and records[0].get("eventName") == "ObjectCreated:Put":
+            return
+        configuration_id = records[0].get("s3", {}).get("configurationId")
+        with _guard:
+            mapping = _routes.get(configuration_id)
+            if mapping is None or mapping.function.arn != fn_arn:
+                mapping = next((m for m in _routes.values() if m.function.arn == fn_arn), None)
+        if mapping is not None:
+            mapping.enqueue(event_body)
+        else:
+            original_invoke(account_id, event_body, fn_arn, region_name)
+
+    return {
+        (notifications, "_invoke_awslambda"): invoke_awslambda,
+        (S3Backend, "complete_multipart_upload"): complete_multipart_upload,
+    }
+
+
+PATCH = MotoPatch(
+    "s3_notifications",
+    changes="S3's Lambda notifications reach the template's function in process (queued, invoked "
+    "asynchronously as S3 does), and CompleteMultipartUpload no longer also notifies ObjectCreated:Put.",
+    expects={
+        "moto.s3.notifications._invoke_awslambda": "(account_id, event_body, fn_arn, region_name)",
+        "moto.s3.models.S3Backend.complete_multipart_upload": "(self, bucket_name, multipart_id, body)",
+    },
+    replacements=_replacements,
+)
+
+
+@contextmanager
+def routing(mappings: Sequence[Any]) -> Iterator[None]:
+    """Routes moto's Lambda notifications for these mappings (by configuration id) for the block."""
+    with _guard:
+        for mapping in mappings:
+            _routes[mapping.name] = mapping
+    PATCH.apply()
+    try:
+        yield
+    finally:
+        PATCH.undo()
+        with _guard:
+            for mapping in mappings:
+                if _routes.get(mapping.name) is mapping:
+                    del _routes[mapping.name]

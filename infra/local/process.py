@@ -1,0 +1,75 @@
+"""The process environment of a local stack: what it changes in its process, undone on stop.
+
+Environment variables, log levels, moto's patches and mock: each change is undone by restore(),
+last first."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any, TypeVar
+
+from infra.local.template import REGION
+
+T = TypeVar("T")
+
+# Fake credentials keep boto3 away from any real account; AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled
+# is what DynamoDB Streams need on moto.
+AWS_ENVIRONMENT = {
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+}
+# A profile or endpoint from the developer's shell would send boto3 elsewhere.
+AWS_ENVIRONMENT_REMOVED = (
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_SFN",
+)
+
+
+class ProcessEnvironment:
+    def __init__(self) -> None:
+        self._undo = ExitStack()
+        self._saved_env: dict[str, str | None] = {}
+
+    def set_env(self, values: Mapping[str, str], remove: tuple[str, ...] = ()) -> None:
+        if not self._saved_env:
+            self._undo.callback(self._restore_env)
+        for name in (*values, *remove):
+            self._saved_env.setdefault(name, os.environ.get(name))
+        for name in remove:
+            os.environ.pop(name, None)
+        os.environ.update(values)
+
+    def set_log_level(self, name: str, level: int) -> None:
+        logger = logging.getLogger(name)
+        self._undo.callback(logger.setLevel, logger.level)
+        logger.setLevel(level)
+
+    def enter(self, context: AbstractContextManager[T]) -> T:
+        return self._undo.enter_context(context)
+
+    def callback(self, undo: Any) -> None:
+        self._undo.callback(undo)
+
+    def restore(self) -> None:
+        """Idempotent."""
+        self._undo.close()
+
+    def _restore_env(self) -> None:
+        for name, value in reversed(list(self._saved_env.items())):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()

@@ -1,0 +1,365 @@
+"""Reorder points on moto: the Inventory stream's own records (read from moto's stream, passed
+through the template's filters) crossing a point make `inventory.low` and one draft purchase order
+line, once per crossing even when redelivered or when many orders drain stock at once; a receipt
+and a second fall grow the same draft, a submitted draft is followed by a new one; and the routes
+through the in-process API."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from core.ids import reservation_key
+from core.models import ReorderSettings
+from core.money import Money
+from core.purchasing import PurchaseOrderFilter, Receipt, Submission, VendorRequest
+from core.status import PurchaseOrderStatus
+from core.webhooks import IssuedWebhook
+from functions.bootstrap import Config, Container, bootstrap
+from infra.local.event_sources import compile_filters, matches_filters
+from infra.local.template import Template
+from tests.builders import location, product
+from tests.e2e.client import Catalog, assert_error, put_network, unique
+from tests.fakes import FakeLabels
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.test_backorders import PASS_MACHINE, Context, Ticking
+from tests.integration.test_events_and_webhooks import drain
+
+PO = PurchaseOrderStatus
+REGION = "us-east-1"
+COST = Money.of("4.00", "USD")
+
+
+class InventoryStream:
+    """The Inventory table's stream as the BackorderFunction mapping hands it over: each new record
+    in Lambda's shape, kept only when the template's filters pass it."""
+
+    def __init__(self, aws: Any):
+        self._streams = boto3.client("dynamodbstreams", region_name=REGION)
+        arn = aws.dynamodb.describe_table(TableName=aws.tables["InventoryTable"])["Table"]["LatestStreamArn"]
+        shard = self._streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        self._iterator = self._streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        events = Template.load().resources["BackorderFunction"]["Properties"]["Events"]
+        self._filters = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
+
+    def records(self) -> list[dict[str, Any]]:
+        answer = self._streams.get_records(ShardIterator=self._iterator, Limit=1000)
+        self._iterator = answer["NextShardIterator"]
+        found = []
+        for record in answer.get("Records", []):
+            dynamodb = dict(record["dynamodb"])
+            created = dynamodb.get("ApproximateCreationDateTime")
+            if isinstance(created, datetime):
+                dynamodb["ApproximateCreationDateTime"] = float(int(created.timestamp()))
+            shaped = {"eventID": record["eventID"], "eventName": record["eventName"],
+                      "eventSource": "aws:dynamodb", "dynamodb": dynamodb}  # fmt: skip
+            if matches_filters(self._filters, shaped):
+                found.append(shaped)
+        return found
+
+
+@dataclass
+class Buyer:
+    container: Container
+    stream: InventoryStream
+    sqs: Any
+    tap: str
+    deliveries: str
+
+    def consume(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        from functions.backorders import app
+
+        with app.container.override(self.container):
+            return app.lambda_handler({"Records": records}, Context())
+
+    def drafts(self) -> list[Any]:
+        return self.container.purchasing.list(PurchaseOrderFilter(status=PO.DRAFT), 100, None)[0]
+
+    def on_bus(self) -> list[dict[str, Any]]:
+        return [json.loads(m["Body"])["detail"] for m in drain(self.sqs, self.tap)]
+
+    def deliveries_queued(self) -> set[str]:
+        """The webhook deliveries queued: a delivery not yet tried is queued again by a redelivered
+        record (its first message may be what failed), under the same delivery id."""
+        return {json.loads(m["Body"])["delivery_id"] for m in drain(self.sqs, self.deliveries)}
+
+    def stock(self, sku: str = "MUG", units: int = 10) -> None:
+        self.container.inventory_repository.set_on_hand(sku, "wh-east", units, reason="stock_take")
+
+    def reserve(self, orders: int, sku: str = "MUG", first: int = 0, each: int = 1) -> None:
+        for n in range(first, first + orders):
+            self.container.inventory_repository.reserve(sku, "wh-east", reservation_key(f"ord_{n:024d}", "l1"), each)
+
+    def point(self, sku: str = "MUG", unit_cost: Money | None = COST) -> None:
+        settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=unit_cost)
+        self.container.purchasing_repository.set_reorder(sku, "wh-east", settings)
+
+
+@pytest.fixture
+def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
+    sqs = boto3.client("sqs", region_name=REGION)
+    events = boto3.client("events", region_name=REGION)
+    events.create_event_bus(Name="test-events")
+    tap = sqs.create_queue(QueueName="bus-tap")["QueueUrl"]
+    tap_arn = sqs.get_queue_attributes(QueueUrl=tap, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="everything", EventBusName="test-events", EventPattern=json.dumps({"source": ["oms"]}))
+    events.put_targets(Rule="everything", EventBusName="test-events", Targets=[{"Id": "tap", "Arn": tap_arn}])
+    deliveries = sqs.create_queue(QueueName="webhook-deliveries")["QueueUrl"]
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    arn = sfn.create_state_machine(name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
+                                   roleArn="arn:aws:iam::123456789012:role/workflow")["stateMachineArn"]  # fmt: skip
+    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    monkeypatch.setenv("EVENT_BUS_NAME", "test-events")
+    monkeypatch.setenv("WEBHOOK_QUEUE_URL", deliveries)
+    container = bootstrap(Config.from_env(), clock=Ticking(), label_store=FakeLabels())
+    for sku in ("MUG", "CUP"):
+        container.catalog_repository.put_product(product(sku, "9.00"))
+    container.catalog_repository.put_location(location("wh-east"))
+    container.purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=10))
+    container.webhook_store.add(
+        IssuedWebhook(
+            id="whk_" + "a" * 24,
+            url="https://example.com/hook",
+            events=["inventory.low"],
+            channel=None,
+            created_at=datetime(2026, 12, 1, tzinfo=UTC),
+            secret="whsec_test",
+        )
+    )
+    stream = InventoryStream(aws)
+    yield Buyer(container, stream, sqs, tap, deliveries)
+
+
+def test_a_fall_below_the_point_makes_a_draft_and_inventory_low_once_even_when_redelivered(buyer: Buyer):
+    buyer.stock()
+    buyer.point()
+    buyer.reserve(3)  # 10 -> 7: above the point
+    buyer.reserve(3, first=3)  # 7 -> 4: below it, crossed by the record of 5 -> 4
+    records = buyer.stream.records()
+
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    again = buyer.consume(records)  # the whole batch redelivered
+
+    assert again == {"batchItemFailures": []}
+    [draft] = buyer.drafts()
+    assert (draft.vendor_id, draft.location_id, draft.status) == ("acme", "wh-east", PO.DRAFT)
+    assert [(line.sku, line.quantity, line.unit_cost) for line in draft.lines] == [("MUG", 20, COST)]
+    assert draft.expected_at == draft.created_at + timedelta(days=10)  # the vendor's lead time
+    published = buyer.on_bus()
+    assert [e["type"] for e in published] == ["inventory.low", "inventory.low"]  # published again, same id
+    assert published[0]["id"] == published[1]["id"]
+    assert published[0]["data"] == {"inventory": {"sku": "MUG", "location_id": "wh-east", "available": 4,
+                                                  "reorder_point": 5}}  # fmt: skip
+    assert len(buyer.deliveries_queued()) == 1  # one webhook delivery for the event (its message sent again)
+
+
+def test_the_filters_pass_a_fall_to_nothing_below_a_point_and_no_fall_without_one(buyer: Buyer):
+    buyer.stock("CUP")
+    buyer.reserve(1, sku="CUP", each=10)  # 10 -> 0 with no point: neither filter passes it
+    buyer.stock("MUG", units=5)
+    buyer.point("MUG")
+    buyer.reserve(1, each=5)  # 5 -> 0: only the reorder filter passes it (nothing is left available)
+    buyer.point("CUP")  # set with nothing available: the reorder filter passes it, the code finds no fall
+
+    kept = buyer.stream.records()
+    assert [(r["dynamodb"]["Keys"]["sku"]["S"], r["dynamodb"]["NewImage"]["available"]["N"]) for r in kept] == [
+        ("CUP", "10"), ("MUG", "5"), ("MUG", "5"), ("MUG", "0"), ("CUP", "0")
+    ]  # fmt: skip
+    buyer.consume(kept)
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]
+    [event] = buyer.on_bus()
+    assert event["data"]["inventory"] == {"sku": "MUG", "location_id": "wh-east", "available": 0, "reorder_point": 5}
+
+
+def test_a_point_set_when_stock_is_already_below_it_waits_for_the_next_fall(buyer: Buyer):
+    buyer.stock()
+    buyer.reserve(7)  # 10 -> 3
+    buyer.point()
+    buyer.reserve(1, first=7)  # 3 -> 2: below, but never crossed
+    buyer.consume(buyer.stream.records())
+    assert buyer.drafts() == [] and buyer.on_bus() == []
+
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 10, reason="receipt")  # 2 -> 12
+    buyer.reserve(8, first=8)  # 12 -> 4
+    buyer.consume(buyer.stream.records())
+    assert len(buyer.drafts()) == 1
+
+
+def test_a_second_fall_after_a_receipt_grows_the_draft_and_after_a_submit_makes_a_new_one(buyer: Buyer):
+    buyer.stock()
+    buyer.point()
+    buyer.point("CUP", unit_cost=None)
+    buyer.stock("CUP")
+    buyer.reserve(6)
+    buyer.consume(buyer.stream.records())
+    [first] = buyer.drafts()
+
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 5, reason="receipt")  # 4 -> 9
+    buyer.reserve(6, first=100)  # 9 -> 3: crossed again
+    buyer.reserve(6, sku="CUP", first=200)  # another sku, same vendor and location
+    buyer.consume(buyer.stream.records())
+    [grown] = buyer.drafts()
+    assert grown.id == first.id and grown.version == first.version + 2
+    assert [(line.sku, line.quantity, line.unit_cost) for line in grown.lines] == [("MUG", 40, COST), ("CUP", 20, None)]
+
+    submitted = buyer.container.purchasing.submit(
+        grown.id,
+        Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": {"amount": "2.00", "currency": "USD"}}]}),
+    )
+    assert submitted.status is PO.OPEN
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 10, reason="receipt")  # 3 -> 13
+    buyer.reserve(10, first=300)  # 13 -> 3
+    buyer.consume(buyer.stream.records())
+    [second] = buyer.drafts()
+    assert second.id != grown.id and [(line.sku, line.quantity) for line in second.lines] == [("MUG", 20)]
+    assert len({e["id"] for e in buyer.on_bus()}) == 4
+
+
+@pytest.mark.parametrize("orders", [10, 16])
+def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer: Buyer, orders: int):
+    from functions.backorders import app
+    from infra.local import moto_lock
+
+    buyer.stock(units=orders)
+    buyer.point()
+    errors: list[BaseException] = []
+
+    def run(work: Any) -> None:
+        try:
+            work()
+        except BaseException as error:
+            errors.append(error)
+
+    moto_lock.install()  # moto itself is not thread-safe; each request stays atomic, as on AWS
+    try:
+        threads = [threading.Thread(target=run, args=(lambda n=n: buyer.reserve(1, first=n),)) for n in range(orders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        records = buyer.stream.records()
+        # Every record handled on several threads at once, as overlapping redeliveries would be.
+        with app.container.override(buyer.container):
+            threads = [
+                threading.Thread(target=run, args=(lambda: app.lambda_handler({"Records": records}, Context()),))
+                for _ in range(4)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        moto_lock.uninstall()
+
+    assert errors == []
+    [level] = buyer.container.inventory_repository.levels({"MUG"}, ["wh-east"])["MUG"]
+    assert level.available == 0
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]
+    assert len({e["id"] for e in buyer.on_bus()}) == 1
+    assert len(buyer.deliveries_queued()) == 1
+
+
+def test_crossings_of_two_skus_at_once_share_one_draft(buyer: Buyer):
+    from functions.backorders import app
+    from infra.local import moto_lock
+
+    for sku in ("MUG", "CUP"):
+        buyer.stock(sku)
+        buyer.point(sku)
+        buyer.reserve(6, sku=sku)
+    records = buyer.stream.records()
+    errors: list[BaseException] = []
+
+    def handle(batch: list[dict[str, Any]]) -> None:
+        try:
+            assert app.lambda_handler({"Records": batch}, Context()) == {"batchItemFailures": []}
+        except BaseException as error:
+            errors.append(error)
+
+    moto_lock.install()
+    try:
+        with app.container.override(buyer.container):
+            by_sku = [[r for r in records if r["dynamodb"]["Keys"]["sku"]["S"] == sku] for sku in ("MUG", "CUP")]
+            threads = [threading.Thread(target=handle, args=(batch,)) for batch in by_sku * 2]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        moto_lock.uninstall()
+
+    assert errors == []
+    [draft] = buyer.drafts()
+    assert sorted((line.sku, line.quantity) for line in draft.lines) == [("CUP", 20), ("MUG", 20)]
+
+
+def test_a_draft_made_by_a_point_is_submitted_and_received_like_any_po(buyer: Buyer):
+    buyer.stock()
+    buyer.point()
+    buyer.reserve(6)
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    purchasing = buyer.container.purchasing
+
+    opened = purchasing.submit(draft.id)
+    received = purchasing.receive(draft.id, Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 20}]}), "k")
+
+    assert opened.status is PO.OPEN and received.status is PO.RECEIVED
+    [level] = buyer.container.inventory_repository.levels({"MUG"}, ["wh-east"])["MUG"]
+    assert (level.on_hand, level.available) == (30, 24)
+
+
+# --- The routes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+def test_the_reorder_route_sets_shows_and_clears_a_point(api: InProcessApi):
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3})
+    path = f"/inventory/{sku}/{network['east']}/reorder"
+    body = {"reorder_point": 5, "reorder_quantity": 20, "vendor_id": vendor}
+
+    answer = api.put(path, json={**body, "unit_cost": {"amount": "4.00", "currency": "USD"}})
+
+    assert answer.status_code == 200, answer.text
+    shown = {"reorder_point": 5, "reorder_quantity": 20, "vendor_id": vendor,
+             "unit_cost": {"amount": "4.00", "currency": "USD"}}  # fmt: skip
+    assert answer.json() == {"sku": sku, "location_id": network["east"], **shown}
+    [stock] = api.get(f"/inventory/{sku}").json()["locations"]
+    assert (stock["on_hand"], stock["available"], stock["reorder"]) == (0, 0, shown)
+
+    assert api.put(path, json=body).json()["unit_cost"] is None  # replaced whole
+    assert api.request("DELETE", path).status_code == 204
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["reorder"] is None
+    assert api.request("DELETE", path).status_code == 204  # nothing left to clear
+
+
+def test_the_reorder_route_refuses_what_it_cannot_use(api: InProcessApi):
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    body = {"reorder_point": 5, "reorder_quantity": 20, "vendor_id": unique("nobody")}
+
+    assert_error(api.put(f"/inventory/{sku}/{network['east']}/reorder", json=body), 422, "unknown_vendor")
+    assert_error(api.put(f"/inventory/{unique('SKU')}/{network['east']}/reorder", json=body), 404, "not_found")
+    assert_error(api.put(f"/inventory/{sku}/{unique('loc')}/reorder", json=body), 404, "not_found")
+    assert_error(api.put(f"/inventory/{sku}/{network['east']}/reorder", json={**body, "reorder_point": 0}), 422)
+    key = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]}).json()["key"]
+    assert_error(api.put(f"/inventory/{sku}/{network['east']}/reorder", key=key, json=body), 403, "forbidden")

@@ -1,0 +1,214 @@
+"""POST /shipments/confirmations over the in-process API: scopes and channel keys as on the single
+routes, one result per item in the contract's error shape, the Idempotency-Key, and the refusals
+that concern the whole batch. The workflow is not running here: each test allocates its orders
+through the container's workflow steps."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique, unsigned
+from tests.integration.in_process import InProcessApi, in_process_api
+
+PATH = "/shipments/confirmations"
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    from infra.local.stack import forget_warm_containers
+
+    with in_process_api() as started:
+        # The workflow steps these tests run in-process book labels into a bucket.
+        boto3.client("s3").create_bucket(Bucket="confirmation-test-labels")
+        os.environ["LABELS_BUCKET"] = "confirmation-test-labels"
+        forget_warm_containers()
+        try:
+            yield started
+        finally:
+            del os.environ["LABELS_BUCKET"]
+            forget_warm_containers()
+
+
+@pytest.fixture(scope="module")
+def sku(api: InProcessApi) -> str:
+    network = put_network(api)
+    catalog = Catalog(api)
+    created = catalog.product("25.00")
+    catalog.stock(created, network["west"], 1000)
+    return created
+
+
+def issue(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
+    body: dict[str, Any] = {"name": unique("key"), "scopes": list(scopes), **({"channel": channel} if channel else {})}
+    response = api.post("/api-keys", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["key"]
+
+
+def allocated(api: InProcessApi, sku: str, **overrides: Any) -> tuple[str, str]:
+    """A new order, allocated: (its id, its one shipment's id)."""
+    from functions.api.dependencies import container
+
+    response = api.post("/orders", json=order_body((sku, 1), **overrides))
+    assert response.status_code == 201, response.text
+    order_id = response.json()["id"]
+    workflow = container().workflow
+    workflow.authorize_payment(order_id, attempt=0)
+    workflow.reserve_stock(order_id)
+    workflow.create_shipments(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "allocated", order
+    return order_id, order["shipments"][0]["id"]
+
+
+def item(order_id: str, shipment_id: str, action: str, **more: Any) -> dict[str, Any]:
+    return {"order_id": order_id, "shipment_id": shipment_id, "action": action, **more}
+
+
+def test_a_warehouse_key_ships_and_delivers_a_batch_and_reads_one_result_per_item(api, sku):
+    wms = issue(api, "fulfillment:write")
+    (first, one), (second, two) = allocated(api, sku), allocated(api, sku)
+
+    response = api.post(
+        PATH,
+        key=wms,
+        json={"items": [item(first, one, "ship", tracking_number="1Z999AA1"), item(second, two, "ship"),
+                        item(first, one, "deliver")]},
+    )  # fmt: skip
+
+    assert response.status_code == 200, response.text
+    results = response.json()["items"]
+    assert [(r["order_id"], r["shipment_id"], r["action"], r["status"], r["order_status"]) for r in results] == [
+        (first, one, "ship", "shipped", "shipped"),
+        (second, two, "ship", "shipped", "shipped"),
+        (first, one, "deliver", "delivered", "delivered"),
+    ]
+    assert all(r["error"] is None and r["retry"] is False for r in results)
+    # What the batch answers a key without orders:read is what a receipt shows: no order body.
+    assert "customer" not in response.text and "shipping_address" not in response.text
+    shipped = api.get(f"/orders/{first}").json()
+    assert shipped["version"] == results[2]["version"]
+    assert shipped["shipments"][0]["tracking_number"] == "1Z999AA1"
+    assert shipped["payment"]["captured"] == shipped["totals"]["grand_total"]
+
+
+def test_a_refused_item_answers_in_the_contracts_error_shape_beside_the_others(api, sku):
+    (order_id, shipment_id), (pending, pending_shipment) = allocated(api, sku), allocated(api, sku)
+    before = unsigned(api.get(f"/orders/{pending}").json())
+
+    response = api.post(
+        PATH,
+        json={"items": [item("ord_aaaaaaaaaaaaaaaaaaaaaaaa", "shp_aaaaaaaaaaaaaaaaaaaaaaaa", "ship"),
+                        item(pending, pending_shipment, "deliver"), item(order_id, shipment_id, "ship")]},
+    )  # fmt: skip
+
+    assert response.status_code == 200, response.text
+    unknown, wrong_state, fine = response.json()["items"]
+    assert unknown["error"]["code"] == "not_found" and unknown["status"] is None
+    assert wrong_state["error"]["code"] == "invalid_transition"
+    for refused in (unknown, wrong_state):
+        assert set(refused["error"]) == {"code", "message", "details"}
+        assert refused["retry"] is False
+    assert fine["error"] is None and fine["status"] == "shipped"
+    assert unsigned(api.get(f"/orders/{pending}").json()) == before
+
+
+def test_a_channel_key_confirms_its_channels_shipments_only(api, sku):
+    web = issue(api, "fulfillment:write", channel="web")
+    other = issue(api, "fulfillment:write", channel=unique("shop"))
+    order_id, shipment_id = allocated(api, sku)  # channel "web"
+
+    refused = api.post(PATH, key=other, json={"items": [item(order_id, shipment_id, "ship")]})
+    assert refused.status_code == 200, refused.text
+    assert refused.json()["items"][0]["error"]["code"] == "not_found"
+    assert api.get(f"/orders/{order_id}").json()["status"] == "allocated"
+
+    shipped = api.post(PATH, key=web, json={"items": [item(order_id, shipment_id, "ship")]})
+    assert shipped.json()["items"][0]["status"] == "shipped"
+
+
+def test_a_key_without_fulfillment_write_is_403_and_changes_nothing(api, sku):
+    reader = issue(api, "orders:read", "orders:write")
+    order_id, shipment_id = allocated(api, sku)
+
+    assert_error(api.post(PATH, key=reader, json={"items": [item(order_id, shipment_id, "ship")]}), 403, "forbidden")
+    assert_error(api.post(PATH, key=None, json={"items": [item(order_id, shipment_id, "ship")]}), 401)
+    assert api.get(f"/orders/{order_id}").json()["status"] == "allocated"
+
+
+def test_a_batch_retried_with_its_idempotency_key_answers_the_first_answer(api, sku):
+    order_id, shipment_id = allocated(api, sku)
+    body = {"items": [item(order_id, shipment_id, "ship"), item(order_id, shipment_id, "deliver")]}
+    headers = {"Idempotency-Key": unique("batch")}
+
+    first = api.post(PATH, json=body, headers=headers)
+    history = api.get(f"/orders/{order_id}/history").json()["items"]
+    again = api.post(PATH, json=body, headers=headers)
+
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert api.get(f"/orders/{order_id}/history").json()["items"] == history
+    other_body = {"items": [item(order_id, shipment_id, "deliver")]}
+    assert_error(api.post(PATH, json=other_body, headers=headers), 409, "idempotency_key_reused")
+
+
+def test_a_batch_with_an_item_worth_retrying_is_not_kept_under_its_key(api, sku, monkeypatch):
+    """A capture the gateway could not make now is answered with retry true and nothing is kept:
+    the same batch with the same key runs again once the gateway is back."""
+    from core.errors import PaymentGatewayUnavailable
+    from functions.api.dependencies import container
+
+    order_id, shipment_id = allocated(api, sku)
+    actions = container().actions
+    real_ship = actions.ship
+
+    def unavailable(*args: Any, **kwargs: Any):
+        raise PaymentGatewayUnavailable("the payment gateway did not complete the capture after 3 attempts")
+
+    body = {"items": [item(order_id, shipment_id, "ship")]}
+    headers = {"Idempotency-Key": unique("batch")}
+    monkeypatch.setattr(actions, "ship", unavailable)
+    down = api.post(PATH, json=body, headers=headers).json()["items"][0]
+    assert down["error"]["code"] == "payment_gateway_unavailable" and down["retry"] is True
+
+    monkeypatch.setattr(actions, "ship", real_ship)
+    back = api.post(PATH, json=body, headers=headers).json()["items"][0]
+    assert back["error"] is None and back["status"] == "shipped"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"items": []}, "items"),
+        ({"items": [item("ord_a", "shp_a", "ship")] * 101}, "items"),
+        ({"items": [item("ord_a", "shp_a", "cancel")]}, "items[0].action"),
+        ({"items": [item("ord_a", "shp_a", "ready", tracking_number="1Z999AA1")]}, "items[0]"),
+        ({"items": [item("ord_a", "shp_a", "ship", captured="10.00")]}, "items[0].captured"),
+    ],
+)
+def test_a_malformed_batch_is_422_whole(api, body, field):
+    error = assert_error(api.post(PATH, json=body), 422, "validation_error")
+    assert any(detail["field"].startswith(field) for detail in error["details"]), error
+
+
+def test_the_route_is_in_the_api_description(api):
+    document = api.get("/openapi.json").json()
+    operation = document["paths"][PATH]["post"]
+    assert "200" in operation["responses"] and "403" in operation["responses"]
+
+
+def test_refused_items_are_logged_once_with_the_callers_ids_escaped(api, caplog):
+    forged = "ord_x\r\nINFO forged\x1b[0m"
+    caplog.set_level(logging.INFO)
+
+    response = api.post(PATH, json={"items": [item(forged, "shp_y", "deliver")]})
+
+    assert response.json()["items"][0]["error"]["code"] == "not_found"
+    (refused,) = [r for r in caplog.records if r.getMessage() == "shipment confirmations refused"]
+    assert refused.refused_items == ["ord_x\\r\\nINFO forged\\x1b[0m/shp_y deliver: not_found"]

@@ -1,0 +1,197 @@
+"""Batched fulfilment confirmations (core.confirmations): each item runs its single route's action,
+in order, on the in-memory fakes with the real built-in plugins; one refused item stops nothing."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from core.confirmations import MAX_ITEMS, ConfirmationBatch, NotAttempted, confirm
+from core.errors import InvalidTransition, NotFound, PaymentGatewayUnavailable, PaymentRefused, PluginError
+from core.status import OrderStatus, ShipmentStatus
+from tests.unit.world import World, build_world
+
+STOCK = [("TSHIRT", "wh-west", 50), ("TSHIRT", "store-sf", 5), ("CAP", "wh-east", 10)]
+PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def batch(*items: tuple[str, str, str] | dict) -> ConfirmationBatch:
+    bodies = [
+        item if isinstance(item, dict) else {"order_id": item[0], "shipment_id": item[1], "action": item[2]}
+        for item in items
+    ]
+    return ConfirmationBatch.model_validate({"items": bodies})
+
+
+def never_late() -> float:
+    return 0.0
+
+
+def mine(world: World, order_id: str) -> tuple:
+    """What an item could change of one order: the order, its history, its reservations."""
+    return world.order(order_id), world.history(order_id), world.held_for(order_id)
+
+
+def run(world: World, *items, channel: str | None = None):
+    return confirm(world.actions, batch(*items), "key_wms", channel, never_late)
+
+
+def test_a_batch_ships_and_delivers_as_the_single_actions_do(world):
+    first, second = world.allocated(("TSHIRT", 2)), world.allocated(("TSHIRT", 1))
+    one, two = first.shipments[0].id, second.shipments[0].id
+
+    results = run(
+        world,
+        {"order_id": first.id, "shipment_id": one, "action": "ship", "tracking_number": "1Z999"},
+        (second.id, two, "ship"),
+        (first.id, one, "deliver"),
+    )
+
+    assert [r.failure for r in results] == [None, None, None]
+    assert [r.shipment_status for r in results] == [ShipmentStatus.SHIPPED, ShipmentStatus.SHIPPED,
+                                                    ShipmentStatus.DELIVERED]  # fmt: skip
+    assert results[2].order == world.order(first.id)
+    assert world.order(first.id).status is OrderStatus.DELIVERED
+    assert world.order(first.id).shipments[0].tracking_number == "1Z999"
+    assert world.order(second.id).status is OrderStatus.SHIPPED
+    # Each ship captured its share once, under the shipment's own idempotency key.
+    assert sorted(key for _, _, key in world.spy.captured) == sorted(
+        [f"{first.id}:{one}:capture", f"{second.id}:{two}:capture"]
+    )
+    assert world.level("TSHIRT", "wh-west") == (47, 0, 47)
+
+
+def test_a_repeated_item_and_a_repeated_batch_change_nothing_twice(world):
+    order = world.allocated(("TSHIRT", 2))
+    shipment = order.shipments[0].id
+    items = [(order.id, shipment, "ship"), (order.id, shipment, "ship"), (order.id, shipment, "deliver")]
+
+    run(world, *items)
+    after_first = world.snapshot(order.id)
+    again = run(world, *items)
+
+    assert world.snapshot(order.id) == after_first
+    assert [r.failure for r in again] == [None, None, None]
+    assert len(world.spy.captured) == 1
+    assert world.level("TSHIRT", "wh-west") == (48, 0, 48)
+
+
+def test_one_refused_item_stops_nothing_and_changes_nothing_of_its_own(world):
+    good, pending = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
+    untouched = mine(world, pending.id)
+
+    results = run(
+        world,
+        ("ord_" + "a" * 24, "shp_" + "a" * 24, "ship"),  # well formed, unknown
+        (good.id, "shp_" + "b" * 24, "ship"),  # not on this order
+        (pending.id, pending.shipments[0].id, "deliver"),  # not shipped yet
+        ("not even an id", "nor this", "ready"),
+        (good.id, good.shipments[0].id, "ship"),
+    )
+
+    assert [type(r.failure) for r in results] == [NotFound, NotFound, InvalidTransition, NotFound, type(None)]
+    assert [r.retry for r in results] == [False] * 5
+    assert mine(world, pending.id) == untouched
+    assert world.order(good.id).status is OrderStatus.SHIPPED
+
+
+def test_another_channels_order_is_not_found_and_left_alone(world):
+    order = world.allocated(("TSHIRT", 1))  # channel "web"
+    untouched = world.snapshot(order.id)
+
+    (result,) = run(world, (order.id, order.shipments[0].id, "ship"), channel="marketplace")
+
+    assert isinstance(result.failure, NotFound)
+    assert world.snapshot(order.id) == untouched
+
+
+def test_a_refused_capture_and_an_unavailable_gateway_are_reported_per_item(world):
+    refused, unavailable, fine = (world.allocated(("TSHIRT", 1)) for _ in range(3))
+    # The gateway refuses the first capture, then fails transiently for every attempt of the next.
+    world.gateway.script("capture", "refuse", "transient", "transient", "transient", "approve")
+
+    results = run(world, *((o.id, o.shipments[0].id, "ship") for o in (refused, unavailable, fine)))
+
+    assert isinstance(results[0].failure, PaymentRefused) and results[0].retry is False
+    assert isinstance(results[1].failure, PaymentGatewayUnavailable) and results[1].retry is True
+    assert results[2].failure is None
+    assert world.order(refused.id).shipments[0].status is ShipmentStatus.PENDING
+    assert world.order(unavailable.id).shipments[0].status is ShipmentStatus.PENDING
+    assert world.order(fine.id).shipments[0].status is ShipmentStatus.SHIPPED
+
+    # The gateway is back: the same item again ships it, with the same capture key.
+    (retried,) = run(world, (unavailable.id, unavailable.shipments[0].id, "ship"))
+    assert retried.failure is None and retried.shipment_status is ShipmentStatus.SHIPPED
+
+
+def test_a_pickup_is_readied_then_collected_in_one_batch(world):
+    order = world.allocated(("TSHIRT", 1), **PICKUP)
+    shipment = order.shipments[0].id
+
+    results = run(world, (order.id, shipment, "ready"), (order.id, shipment, "deliver"))
+
+    assert [r.shipment_status for r in results] == [ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.DELIVERED]
+    assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
+
+
+def test_items_past_the_deadline_are_not_attempted_and_may_be_sent_again(world):
+    first, second = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
+    third = world.allocated(("TSHIRT", 1))
+    clock = iter([0.0, 25.0, 26.0])
+
+    results = confirm(
+        world.actions,
+        batch(*((o.id, o.shipments[0].id, "ship") for o in (first, second, third))),
+        "key_wms", None, lambda: next(clock), deadline_seconds=20.0,
+    )  # fmt: skip
+
+    assert results[0].failure is None
+    assert isinstance(results[1].failure, NotAttempted) and results[1].retry is True
+    assert [r.failure.message for r in results[1:]] == [
+        "not attempted: the batch ran out of time once 1 of its 3 items had run; send this one again"
+    ] * 2
+    assert world.order(second.id).shipments[0].status is ShipmentStatus.PENDING
+
+
+def test_a_broken_plugin_fails_the_batch_as_it_fails_a_single_route(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 1))
+
+    def broken(*args, **kwargs):
+        raise PluginError("a plugin returned nonsense")
+
+    monkeypatch.setattr(world.actions, "ship", broken)
+    with pytest.raises(PluginError):
+        run(world, (order.id, order.shipments[0].id, "ship"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"items": []},
+        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship"}] * (MAX_ITEMS + 1)},
+        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "return"}]},
+        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "deliver", "tracking_number": "1Z999"}]},
+        {"items": [{"order_id": "", "shipment_id": "shp_a", "action": "ship"}]},
+        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "status": "shipped"}]},
+    ],
+)
+def test_a_batch_that_is_not_a_list_of_1_to_100_confirmations_is_refused_whole(body):
+    with pytest.raises(ValidationError):
+        ConfirmationBatch.model_validate(body)
+
+
+def test_a_malformed_id_is_not_found_without_a_lookup(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 1))
+    looked_up = []
+    real_get = world.orders.get
+    monkeypatch.setattr(world.orders, "get", lambda order_id: looked_up.append(order_id) or real_get(order_id))
+
+    results = run(world, ("ORD_" + "A" * 24, order.shipments[0].id, "ship"), (order.id, "shp_\x00", "ship"))
+
+    assert [type(r.failure) for r in results] == [NotFound, NotFound]
+    assert looked_up == []

@@ -1,0 +1,208 @@
+"""Reorder points as pure domain: which stock change crosses a point, the event a crossing is, and
+how a draft purchase order grows and is priced when it is submitted."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from core.domain_events import EventType
+from core.errors import InvalidRequest, InvalidTransition
+from core.models import ReorderSettings
+from core.money import Money
+from core.purchasing import PurchaseOrder, PurchaseOrderLine, Submission
+from core.reorder import ReorderRequest, StockChange, crossing, low_stock_event
+from core.status import PurchaseOrderStatus
+from tests.builders import NOW
+
+PO = PurchaseOrderStatus
+SETTINGS = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme")
+COST_4 = Money.of("4.00", "USD")
+
+
+def change(before: int | None, after: int, settings: ReorderSettings | None = SETTINGS, change_id: str = "100"):
+    return StockChange(
+        sku="MUG",
+        location_id="wh-east",
+        available_before=before,
+        available_after=after,
+        settings=settings,
+        change_id=change_id,
+        changed_at=NOW,
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(5, 4), (6, 4), (10, 0), (5, 0), (1_000, 4)],
+)
+def test_available_going_from_at_or_above_the_point_to_below_it_is_a_crossing(before, after):
+    crossed = crossing(change(before, after))
+
+    assert crossed is not None
+    assert (crossed.sku, crossed.location_id, crossed.available, crossed.settings) == (
+        "MUG",
+        "wh-east",
+        after,
+        SETTINGS,
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "why"),
+    [
+        (6, 5, "landing on the point is not below it"),
+        (5, 5, "nothing moved"),
+        (4, 3, "already below: crossed once, when it first fell"),
+        (4, 0, "already below, falling further"),
+        (3, 6, "rising"),
+        (4, 5, "rising back to the point"),
+        (None, 0, "a new item has no before"),
+    ],
+)
+def test_what_is_not_a_crossing(before, after, why):
+    assert crossing(change(before, after)) is None, why
+
+
+def test_stock_without_a_reorder_point_never_crosses():
+    assert crossing(change(10, 0, settings=None)) is None
+
+
+def test_each_fall_after_a_rise_is_a_crossing_of_its_own():
+    first, rise, second = change(5, 4, change_id="100"), change(4, 9, change_id="101"), change(9, 1, change_id="102")
+
+    crossings = [crossing(c) for c in (first, rise, second)]
+
+    assert crossings[1] is None
+    assert crossings[0].key != crossings[2].key
+
+
+def test_inventory_low_has_the_contract_shape_and_an_id_of_the_crossing():
+    crossed = crossing(change(6, 2))
+
+    event = low_stock_event(crossed)
+
+    assert event.type is EventType.INVENTORY_LOW
+    assert event.data == {"inventory": {"sku": "MUG", "location_id": "wh-east", "available": 2, "reorder_point": 5}}
+    assert event.id.startswith("evt_") and event.created_at == NOW
+    assert low_stock_event(crossing(change(6, 2))).id == event.id  # a redelivered record
+    assert low_stock_event(crossing(change(6, 2, change_id="101"))).id != event.id  # another crossing
+
+
+def test_a_reorder_request_needs_a_point_that_can_be_crossed_and_a_positive_quantity():
+    body = {"reorder_point": 5, "reorder_quantity": 20, "vendor_id": "acme"}
+    assert ReorderRequest.model_validate(body).unit_cost is None
+    priced = ReorderRequest.model_validate({**body, "unit_cost": {"amount": "4.00", "currency": "USD"}})
+    assert priced.unit_cost == Money.of("4.00", "USD")
+    for wrong in ({"reorder_point": 0}, {"reorder_quantity": 0}, {"reorder_point": "5"}, {"extra": 1}):
+        with pytest.raises(ValidationError):
+            ReorderRequest.model_validate({**body, **wrong})
+
+
+def a_draft(*lines: PurchaseOrderLine) -> PurchaseOrder:
+    return PurchaseOrder(
+        id="po_" + "d" * 24,
+        vendor_id="acme",
+        location_id="wh-east",
+        status=PO.DRAFT,
+        lines=list(lines) or [PurchaseOrderLine(sku="MUG", quantity=20)],
+        expected_at=NOW + timedelta(days=7),
+        created_at=NOW,
+    )
+
+
+def test_a_draft_grows_its_line_or_adds_one_and_keeps_a_cost_already_set():
+    cost, other = Money.of("4.00", "USD"), Money.of("9.00", "USD")
+    draft = a_draft(PurchaseOrderLine(sku="MUG", quantity=20, unit_cost=cost))
+
+    grown = draft.grow("MUG", 20, other).grow("CUP", 5, None)
+
+    assert [(li.sku, li.quantity, li.unit_cost) for li in grown.lines] == [("MUG", 40, cost), ("CUP", 5, None)]
+    assert grown.version == draft.version + 2 and grown.status is PO.DRAFT
+    assert a_draft().grow("MUG", 1, cost).lines[0].unit_cost == cost  # an unpriced line takes the cost
+
+
+def test_only_a_draft_grows():
+    opened = a_draft(PurchaseOrderLine(sku="MUG", quantity=1, unit_cost=Money.of("1.00", "USD"))).submit()
+
+    with pytest.raises(InvalidTransition):
+        opened.grow("MUG", 1, None)
+    assert not opened.takes("MUG")
+
+
+def test_a_draft_with_an_unpriced_line_is_submitted_only_with_its_price():
+    draft = a_draft(PurchaseOrderLine(sku="MUG", quantity=20), PurchaseOrderLine(sku="CUP", quantity=5))
+
+    with pytest.raises(InvalidRequest) as refused:
+        draft.submit({"MUG": Money.of("4.00", "USD")})
+    assert refused.value.code == "unpriced_lines"
+    assert refused.value.details == [{"field": "lines", "message": "CUP needs a unit_cost"}]
+
+    due = NOW + timedelta(days=3)
+    opened = draft.submit({"MUG": Money.of("4.00", "USD"), "CUP": Money.of("1.50", "USD")}, due)
+    assert opened.status is PO.OPEN and opened.expected_at == due
+    assert [li.unit_cost.amount for li in opened.lines] == [
+        Money.of("4.00", "USD").amount,
+        Money.of("1.50", "USD").amount,
+    ]
+
+
+def test_a_price_for_a_sku_not_on_the_draft_is_refused():
+    with pytest.raises(InvalidRequest):
+        a_draft().submit({"CUP": Money.of("1.00", "USD")})
+    with pytest.raises(ValidationError):
+        Submission.model_validate({"lines": [{"sku": "MUG", "unit_cost": {"amount": "1.00", "currency": "USD"}}] * 2})
+
+
+def test_a_full_draft_takes_only_skus_it_has():
+    full = a_draft(*[PurchaseOrderLine(sku=f"SKU{n}", quantity=1) for n in range(99)])
+
+    assert full.takes("SKU0") and not full.takes("MUG")
+
+
+def stream_record(name: str, old: dict | None, new: dict | None, location_id: str = "wh-east") -> Any:
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+    images: dict[str, Any] = {"Keys": {"sku": {"S": "MUG"}, "location_id": {"S": location_id}},
+                              "SequenceNumber": "4200", "ApproximateCreationDateTime": NOW.timestamp()}  # fmt: skip
+    if old is not None:
+        images["OldImage"] = old
+    if new is not None:
+        images["NewImage"] = new
+    return DynamoDBRecord({"eventID": "e1", "eventName": name, "eventSource": "aws:dynamodb", "dynamodb": images})
+
+
+REORDER_MAP = {"M": {"reorder_point": {"N": "5"}, "reorder_quantity": {"N": "20"}, "vendor_id": {"S": "acme"},
+                     "unit_cost": {"M": {"amount": {"S": "4.00"}, "currency": {"S": "USD"}}}}}  # fmt: skip
+
+
+def test_a_stream_record_reads_as_the_stock_change_it_is():
+    from functions.backorders.low_stock import crossing_of, stock_change
+
+    record = stream_record(
+        "MODIFY",
+        {"available": {"N": "5"}},
+        {"available": {"N": "4"}, "reorder_point": {"N": "5"}, "reorder": REORDER_MAP},
+    )
+
+    change = stock_change(record)
+
+    assert change == StockChange(
+        sku="MUG", location_id="wh-east", available_before=5, available_after=4,
+        settings=ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST_4),
+        change_id="4200", changed_at=NOW,
+    )  # fmt: skip
+    assert crossing_of(record).key == "MUG#wh-east#4200"
+
+
+def test_records_that_are_not_a_change_of_stock_read_as_none():
+    from functions.backorders.low_stock import stock_change
+
+    stock = {"available": {"N": "4"}, "reorder": REORDER_MAP}
+    assert stock_change(stream_record("INSERT", None, stock)) is None  # a new item: nothing before
+    assert stock_change(stream_record("REMOVE", stock, None)) is None
+    queue_entry = {"order_id": {"S": "ord_x"}}  # a backorder queue entry has no stock of its own
+    assert stock_change(stream_record("MODIFY", queue_entry, queue_entry, "#backorder#x")) is None
