@@ -445,6 +445,7 @@ def workflow_report() -> str:
     for key, value in typical["requests_per_order_by_function"].items():
         function, operation = key.split(" ", 1)
         lines.append(f"| {function} | {operation} | {value:.2f} |")
+    lines += write_units_markdown(typical)
     lines += ["", "| Lambda function | invocations per order |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in typical["lambda_invocations_per_order"].items()]
     lines += [
@@ -482,6 +483,29 @@ def workflow_report() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_units_markdown(run: dict[str, Any]) -> list[str]:
+    """Where the core's DynamoDB write units go: each function's writes, per table, to the item
+    itself or to each index entry it adds, moves or removes."""
+    by_write = run.get("wru_per_order_by_write", {})
+    lines = [
+        "",
+        f"The {run['wru_per_order']:.1f} DynamoDB write units of an order (the core, without the optional "
+        "features), by the function that writes, the item written and the index entries the write changes "
+        "(an entry added or removed is one unit, one whose key moves two; `bench/workflow.py` applies DynamoDB's "
+        "rules to the template's indexes):",
+        "",
+        "| function | request | table: what is written | write units per order |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, value in by_write.items():
+        function, operation, written = key.split(" ", 2)
+        lines.append(f"| {function} | {operation} | {written} | {value:.2f} |")
+    items = sum(v for k, v in by_write.items() if k.endswith(": item"))
+    lines.append(f"| **all** | | items {items:.1f}, index entries {sum(by_write.values()) - items:.1f} | "
+                 f"**{sum(by_write.values()):.1f}** |")  # fmt: skip
+    return lines
 
 
 def confirmations_markdown(run: dict[str, Any]) -> list[str]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import statistics
 import sys
 import threading
 import time
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +41,7 @@ from bench.cost import (
     wru_for,
 )
 from bench.stack import external_id
+from functions.adapters import order_codec
 from infra.local.lambdas import RUNNING, LocalFunction
 from infra.local.stack import running_stack
 from infra.local.template import Template
@@ -91,6 +92,7 @@ def tag_events_function() -> None:
 class Index:
     keys: frozenset[str]
     projected: frozenset[str] | None  # None: every attribute (ALL)
+    name: str = ""
 
     def writes_on_put(self, item: dict[str, Any]) -> int:
         # A sparse index holds only the items that carry all its key attributes.
@@ -105,6 +107,34 @@ class Index:
             return 1
         return 0
 
+    def writes_on_update(self, old: dict[str, Any], new: dict[str, Any]) -> int:
+        """Index entries written when an item's attributes go from `old` to `new`, by DynamoDB's
+        rules: an entry that appears or goes is one write, one whose keys change a delete and a
+        put, one whose projected attributes change one write, and an unchanged one none."""
+        was, now = self.keys <= old.keys(), self.keys <= new.keys()
+        if was != now:
+            return 1
+        if not was:
+            return 0
+        if any(old[key] != new[key] for key in self.keys):
+            return 2
+        projected = old.keys() | new.keys() if self.projected is None else self.projected
+        return 1 if any(old.get(name) != new.get(name) for name in projected) else 0
+
+
+def updated_attributes(attributes: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """An item's top-level attributes after `update` (an UpdateItem's parameters): its plain
+    `name = :value` SETs and its REMOVEs (list_append and other functions are left out)."""
+    names = update.get("ExpressionAttributeNames", {})
+    values = update.get("ExpressionAttributeValues", {})
+    sets, _, removes = update["UpdateExpression"].partition(" REMOVE ")
+    result = dict(attributes)
+    for name, value in re.findall(r"(#?\w+) = (:\w+)", sets):
+        result[names.get(name, name)] = values[value]
+    for name in filter(None, (n.strip() for n in removes.split(","))):
+        result.pop(names.get(name, name), None)
+    return result
+
 
 def orders_indexes() -> list[Index]:
     """The Orders table's GSIs as template.yaml declares them, so the estimate follows the template."""
@@ -114,9 +144,8 @@ def orders_indexes() -> list[Index]:
         projection = gsi.get("Projection", {})
         kind = projection.get("ProjectionType", "KEYS_ONLY")
         included = frozenset(projection.get("NonKeyAttributes", [])) if kind == "INCLUDE" else frozenset()
-        indexes.append(
-            Index(frozenset(k["AttributeName"] for k in gsi["KeySchema"]), None if kind == "ALL" else included)
-        )
+        keys = frozenset(k["AttributeName"] for k in gsi["KeySchema"])
+        indexes.append(Index(keys, None if kind == "ALL" else included, gsi["IndexName"]))
     return indexes
 
 
@@ -208,7 +237,10 @@ class UsageRecorder:
         self.access_log_queue = ""
         self.orders_table = orders_table
         self.indexes = orders_indexes()
+        self.tables: dict[str, str] = {}  # physical table name -> its name in the template
         self._order_bytes: dict[str, tuple[int, int]] = {}  # order id -> (item size, doc size)
+        self._order_attributes: dict[str, dict[str, Any]] = {}  # order id -> its attributes but the history
+        self._history_bytes: dict[str, int] = {}  # order id -> what its history attribute weighs
         self._lock = threading.Lock()
 
     def order_sizes(self) -> list[tuple[int, int]]:
@@ -262,35 +294,62 @@ class UsageRecorder:
             elif operation == "events.PutEvents":
                 usage.events_published += len(params.get("Entries", []))
 
-    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any]) -> None:
+    def _bill(self, usage: Usage, units: int, operation: str, table: str | None, part: str = "item") -> None:
+        """`units` write units, attributed to the function, the request, the table and the part
+        written (the item itself, or an index entry) for the run's table of writes."""
+        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
+        table_name = self.tables.get(table or "", table or "?")
+        usage.wru += units
+        usage.wru_by_write[f"{function} {operation} {table_name}: {part}"] += units
+
+    def _put(self, usage: Usage, operation: str, params: dict[str, Any], factor: int = 1) -> None:
+        table, item = params.get("TableName"), params["Item"]
+        size = item_bytes(item)
+        if table == self.orders_table:
+            order_id = item["id"]["S"]
+            self._order_bytes[order_id] = (size, attribute_bytes(item["doc"]))
+            self._order_attributes[order_id] = {k: v for k, v in item.items() if k != "history"}
+            self._history_bytes[order_id] = item_bytes({"history": item["history"]}) if "history" in item else 0
+            for index in self.indexes:
+                self._bill(usage, factor * index.writes_on_put(item), operation, table, f"index {index.name}")
+        self._bill(usage, factor * wru_for(size), operation, table)
+
+    def _update(self, usage: Usage, operation: str, params: dict[str, Any], factor: int = 1) -> None:
         table = params.get("TableName")
+        values = params.get("ExpressionAttributeValues", {})
+        if table != self.orders_table or ":doc" not in values:
+            self._bill(usage, factor, operation, table)  # inventory and API-key items stay under 1 KB
+            return
+        order_id = params["Key"]["id"]["S"]
+        # A write is billed on the item's size after it: its attributes as the update leaves them
+        # (the new doc, the SLA attributes set or removed) and the history grown by the new entries.
+        old = self._order_attributes.get(order_id, {})
+        new = self._order_attributes[order_id] = updated_attributes(old, params)
+        entries = sum(1 + attribute_bytes(entry) for entry in values.get(":entries", {}).get("L", []))
+        self._history_bytes[order_id] = self._history_bytes.get(order_id, 0) + entries
+        size = item_bytes(new) + self._history_bytes[order_id]
+        self._order_bytes[order_id] = (size, attribute_bytes(values[":doc"]))
+        self._bill(usage, factor * wru_for(size), operation, table)
+        # Each index entry the change adds, moves, rewrites or removes (the sparse by_sla index
+        # follows the status while it is watched; the status index moves on every change).
+        for index in self.indexes:
+            self._bill(usage, factor * index.writes_on_update(old, new), operation, table, f"index {index.name}")
+
+    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any]) -> None:
         if operation == "PutItem":
-            size = item_bytes(params["Item"])
-            if table == self.orders_table:
-                self._order_bytes[params["Item"]["id"]["S"]] = (size, attribute_bytes(params["Item"]["doc"]))
-                usage.wru += sum(index.writes_on_put(params["Item"]) for index in self.indexes)
-            usage.wru += wru_for(size)
+            self._put(usage, operation, params)
         elif operation == "UpdateItem":
-            values = params.get("ExpressionAttributeValues", {})
-            if table == self.orders_table and ":doc" in values:
-                order_id = params["Key"]["id"]["S"]
-                # A write is billed on the item's size after it: the new doc replaces the old one
-                # and the history grows by the new entries.
-                old_size, old_doc = self._order_bytes.get(order_id, (0, 0))
-                doc = attribute_bytes(values[":doc"])
-                entries = sum(1 + attribute_bytes(entry) for entry in values.get(":entries", {}).get("L", []))
-                size = old_size - old_doc + doc + entries
-                self._order_bytes[order_id] = (size, doc)
-                usage.wru += wru_for(size)
-                if values[":status"]["S"] != values[":expected_status"]["S"]:
-                    # A status change also moves the order in the sparse by_sla index (its key
-                    # follows the status and when it was entered).
-                    moved = ("status", "sla_key", "sla_at", "status_since")
-                    usage.wru += sum(index.writes_on_change(*moved) for index in self.indexes)
-            else:
-                usage.wru += 1  # inventory and API-key items stay under 1 KB
+            self._update(usage, operation, params)
         elif operation == "TransactWriteItems":
-            usage.wru += 2 * len(params["TransactItems"])  # small items (counters, markers): 2 units each
+            # A transaction bills each of its writes twice.
+            for entry in params["TransactItems"]:
+                ((kind, written),) = entry.items()
+                if kind == "Put":
+                    self._put(usage, operation, written, factor=2)
+                elif kind == "Update":
+                    self._update(usage, operation, written, factor=2)
+                else:
+                    self._bill(usage, 2, operation, written.get("TableName"))  # a check or a delete
         elif operation in ("GetItem", "Query"):
             usage.rru += rru_for(2048)
         elif operation == "BatchGetItem":
@@ -407,6 +466,7 @@ def main() -> None:
         stack.wait_until_idle(30)
 
         recorder.orders_table = stack.table_names["OrdersTable"]
+        recorder.tables = {name: logical.removesuffix("Table") for logical, name in stack.table_names.items()}
         recorder.access_log_queue = stack.queue_urls["AccessLogQueue"]
         recorder.usage = Usage()  # what the warm-up did is not part of the run
         recorder.features.clear()
@@ -439,8 +499,7 @@ def main() -> None:
         shipments: dict[str, list[str]] = {}
         for order_id in placed:
             item = dynamodb.get_item(TableName=recorder.orders_table, Key={"id": {"S": order_id}})["Item"]
-            document = item["doc"]
-            order = json.loads(zlib.decompress(document["B"]) if "B" in document else document["S"])
+            order = json.loads(order_codec.stored_json(item["doc"]))
             statuses[order["status"]] += 1
             shipments[order_id] = [shipment["id"] for shipment in order["shipments"]]
 
@@ -552,6 +611,7 @@ def main() -> None:
                 "lambda_invocations_per_order": per_order(usage.lambda_invocations),
                 "lambda_gb_seconds_per_order": usage.lambda_gb_seconds / len(placed),
                 "wru_per_order": usage.wru / len(placed),
+                "wru_per_order_by_write": per_order(+usage.wru_by_write),  # unary plus: no zeros
                 "rru_per_order": usage.rru / len(placed),
                 "api_requests_per_order": usage.api_requests / len(placed),
                 "dollars_per_million_orders": per_million,

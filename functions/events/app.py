@@ -3,10 +3,8 @@ and customer notifications; the Catalog stream's completed imports become `impor
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from core.aggregates import aggregate_change
 from core.domain_events import DomainEvent, import_events, order_events
 from core.webhooks import IssuedWebhook
+from functions.adapters import order_codec
 from functions.adapters.imports import import_summary
 from functions.bootstrap import WarmContainer
 
@@ -29,16 +28,13 @@ container = WarmContainer()
 
 
 def order_document(image: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The order document of a stream image in DynamoDB JSON (`doc`: zlib-compressed JSON in a
-    binary, or plain JSON in a string for orders stored before compression); None for an item
-    that is not an order."""
+    """The order document of a stream image in DynamoDB JSON (`doc`: compressed JSON in a binary,
+    base64 in the record, or plain JSON in a string for orders stored before compression); None
+    for an item that is not an order."""
     attribute = (image or {}).get("doc")
     if not attribute:
         return None
-    if "B" in attribute:
-        raw = attribute["B"]
-        return json.loads(zlib.decompress(base64.b64decode(raw) if isinstance(raw, str) else raw))
-    return json.loads(attribute["S"])
+    return json.loads(order_codec.stored_json(attribute))
 
 
 class _Subscriptions:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -17,6 +18,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 )
 
 from core.status import OrderStatus
+from functions.adapters import order_codec
 from functions.bootstrap import WarmContainer
 
 logger = Logger()
@@ -50,7 +52,7 @@ def start_workflow(record: DynamoDBRecord) -> None:
         rerun = f"v{new_image.get('version')}"
     else:
         return
-    channel, correlation_id = _trace(new_image)
+    channel, correlation_id = _trace(new_image, record.raw_event.get("dynamodb", {}).get("NewImage") or {})
     with logger.append_context_keys(order_id=order_id, channel=channel or None, correlation_id=correlation_id or None):
         started = container().workflow_starter.start(
             order_id, channel=channel, correlation_id=correlation_id, rerun=rerun
@@ -68,14 +70,16 @@ def _sent_back(old_image: dict[str, Any], new_image: dict[str, Any]) -> bool:
     return old_image.get("status") in SENT_BACK_FROM and new_image.get("status") == OrderStatus.AUTHORIZED.value
 
 
-def _trace(image: dict[str, Any]) -> tuple[str, str]:
+def _trace(image: dict[str, Any], typed_image: dict[str, Any]) -> tuple[str, str]:
     """The order's channel, and what placed it: the API request id its created entry recorded,
-    else that entry's actor (an import's id and line, or the queue's sender)."""
+    else that entry's actor (an import's id and line, or the queue's sender). The entry is read
+    from the record's typed image (DynamoDB JSON): a compressed entry is a binary, an older one
+    a JSON string."""
     channel = str(image.get("channel") or "")
-    history = image.get("history") or []
+    history = typed_image.get("history", {}).get("L") or []
     try:
-        created = json.loads(history[0]) if history else {}
-    except (TypeError, ValueError):
+        created = json.loads(order_codec.stored_json(history[0])) if history else {}
+    except (TypeError, ValueError, KeyError, zlib.error):
         created = {}
     correlation_id = (created.get("detail") or {}).get("request_id") or created.get("actor") or ""
     return channel, str(correlation_id)

@@ -6,12 +6,12 @@ import copy
 import json
 import re
 import uuid
-import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
+from functions.adapters import order_codec
 from tests.builders import address_body as address
 from tests.builders import location_body
 
@@ -206,12 +206,15 @@ def unsigned(order: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored_document(item: dict[str, Any]) -> dict[str, Any]:
-    """The order document of a raw Orders item: zlib-compressed binary (or JSON text, as stored
-    before documents were compressed)."""
-    doc = item["doc"]
-    return json.loads(zlib.decompress(doc["B"]) if "B" in doc else doc["S"])
+    """The order document of a raw Orders item, in any form it was ever stored in."""
+    return json.loads(order_codec.stored_json(item["doc"]))
+
+
+def stored_history(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history entries of a raw Orders item, in any form they were ever stored in."""
+    return [json.loads(order_codec.stored_json(entry)) for entry in item["history"]["L"]]
 
 
 def document_attribute(doc: dict[str, Any]) -> dict[str, Any]:
     """A document as the adapter stores it, for a test that rewrites a stored order."""
-    return {"B": zlib.compress(json.dumps(doc).encode())}
+    return {"B": order_codec.compress(json.dumps(doc).encode())}

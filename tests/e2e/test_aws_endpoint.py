@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import zlib
 from typing import Any
 
 import boto3
 import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
 
+from functions.adapters import order_codec
 from infra.local.stack import EmbeddedStack
 from tests.e2e.client import Api, Catalog, order_body
 
@@ -38,8 +38,15 @@ def placed(api: Api, catalog: Catalog) -> dict:
 def plain(item: dict) -> dict:
     deserializer = TypeDeserializer()
     values = {name: deserializer.deserialize(value) for name, value in item.items()}
-    # The adapter stores the order's document zlib-compressed in a binary (fewer write units).
-    return {name: zlib.decompress(v.value).decode() if isinstance(v, Binary) else v for name, v in values.items()}
+
+    # The adapter stores the order's document and history entries compressed in binaries (fewer
+    # write units).
+    def readable(value: Any) -> Any:
+        if isinstance(value, Binary):
+            return order_codec.decompress(value.value).decode()
+        return [readable(v) for v in value] if isinstance(value, list) else value
+
+    return {name: readable(v) for name, v in values.items()}
 
 
 def test_the_stack_exposes_the_orders_table_by_its_template_name(stack: EmbeddedStack, dynamodb: Any):

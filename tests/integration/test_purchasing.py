@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from core.errors import InvalidRequest, InvalidTransition, StaleVersion
 from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, VendorRequest
 from core.status import OrderStatus, PurchaseOrderStatus
+from functions.adapters import order_codec
 from tests.builders import NOW
 from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api
@@ -263,6 +263,6 @@ def test_a_backordered_order_read_through_the_api_says_when_more_is_expected(api
     # Computed at each read: the stored order never holds it.
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
     item = dynamodb.get_item(TableName=os.environ["ORDERS_TABLE"], Key={"id": {"S": placed["id"]}})["Item"]
-    assert b"awaiting_stock" not in zlib.decompress(item["doc"]["B"])
+    assert b"awaiting_stock" not in order_codec.decompress(item["doc"]["B"])
     schemas = api.get("/openapi.json", key=None).json()["components"]["schemas"]
     assert set(schemas["AwaitingLine"]["properties"]) == {"line_id", "sku", "waiting_quantity", "expected_at"}

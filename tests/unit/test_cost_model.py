@@ -77,6 +77,37 @@ def test_requests_are_attributed_to_the_optional_feature_they_are_made_for():
     assert recorder.feature("ReserveStockFunction", "dynamodb.UpdateItem", {}) is None
 
 
+def test_an_update_writes_the_index_entries_it_adds_moves_rewrites_or_removes():
+    from bench.workflow import updated_attributes
+
+    by_index = {index.name: index for index in orders_indexes()}
+    placed = {"id": {"S": "ord_1"}, "status": {"S": "pending"}, "created_at": {"S": "t0"},
+              "sla_key": {"S": "pending"}, "sla_at": {"S": "t0"}, "status_since": {"S": "t0"}}  # fmt: skip
+    update = {
+        "UpdateExpression": "SET #status = :status, sla_key = :sla_key, sla_at = :sla_at, "
+        "history = list_append(history, :entries) REMOVE pickup_pk, collect_by",
+        "ExpressionAttributeNames": {"#status": "status"},
+        "ExpressionAttributeValues": {":status": {"S": "allocated"}, ":sla_key": {"S": "allocated"},
+                                      ":sla_at": {"S": "t1"}, ":entries": {"L": []}},
+    }  # fmt: skip
+    allocated = updated_attributes(placed, update)
+    assert allocated["status"] == {"S": "allocated"} and "history" not in allocated
+    assert by_index["by_status"].writes_on_update(placed, allocated) == 2  # its key moved
+    assert by_index["by_sla"].writes_on_update(placed, allocated) == 2
+    assert by_index["by_channel"].writes_on_update(placed, allocated) == 0  # keys only, keys unchanged
+    # Leaving the watched statuses removes the sparse entry: one write, and none once it is gone.
+    shipped = updated_attributes(allocated, {"UpdateExpression": "SET #status = :s REMOVE sla_key, sla_at",
+                                             "ExpressionAttributeNames": {"#status": "status"},
+                                             "ExpressionAttributeValues": {":s": {"S": "shipped"}}})  # fmt: skip
+    assert "sla_key" not in shipped
+    assert by_index["by_sla"].writes_on_update(allocated, shipped) == 1
+    assert by_index["by_sla"].writes_on_update(shipped, {**shipped, "status": {"S": "delivered"}}) == 0
+    # A projected attribute that changes rewrites the entry in place; one that does not, nothing.
+    marked = {**allocated, "sla_key": {"S": "jeopardy"}}
+    assert by_index["by_sla"].writes_on_update(marked, {**marked, "status_since": {"S": "t2"}}) == 1
+    assert by_index["by_sla"].writes_on_update(marked, dict(marked)) == 0
+
+
 def test_a_phase_measured_on_half_the_orders_is_scaled_to_all_of_them():
     from bench.cost import combined
 
