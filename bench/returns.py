@@ -31,20 +31,20 @@ class ReturnUsageRecorder(UsageRecorder):
 
     returns_table = ""
 
-    def _capacity(self, operation: str, params: dict[str, Any]) -> None:
+    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any]) -> None:
         table = params.get("TableName")
         if operation == "TransactWriteItems":
-            self.usage.wru += 2 * len(params["TransactItems"])  # small items: one unit each, doubled
+            usage.wru += 2 * len(params["TransactItems"])  # small items: one unit each, doubled
             return
         if table and table == self.returns_table:
             if operation == "PutItem":
-                self.usage.wru += 4  # by_order, by_channel, by_status and by_created entries
+                usage.wru += 4  # by_order, by_channel, by_status and by_created entries
             elif operation == "UpdateItem":
                 values = params.get("ExpressionAttributeValues", {})
                 if values[":status"]["S"] != values[":expected_status"]["S"]:
-                    self.usage.wru += 2  # the by_status entry moves
-                self.usage.wru += wru_for(len(values[":doc"]["S"].encode()) + 120) - 1
-        super()._capacity(operation, params)
+                    usage.wru += 2  # the by_status entry moves
+                usage.wru += wru_for(len(values[":doc"]["S"].encode()) + 120) - 1
+        super()._capacity(usage, operation, params)
 
 
 def _order_body() -> dict[str, Any]:
