@@ -145,6 +145,14 @@ def test_a_card_number_in_a_path_segment_however_written_is_refused_and_not_echo
     assert not carries_card(response.text)
 
 
+def test_a_server_id_whose_digits_pass_the_luhn_check_is_an_id_not_card_data(api: InProcessApi):
+    # Ids are base32 (digits 2-7): "2222222222222224" passes the Luhn check (found by schemathesis).
+    response = api.get("/orders/ord_2222222222222224tkznege7")
+
+    assert_error(response, 404, "not_found")
+    assert_error(api.get("/orders/ord_2222222222222224"), 422, "card_data_rejected", "order_id")  # not an id
+
+
 @pytest.mark.parametrize("written", WRITTEN)
 def test_a_card_number_as_a_query_parameter_name_is_refused_without_echoing_it(api: InProcessApi, written: str):
     response = api.get("/orders", params={written: "x"})
