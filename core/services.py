@@ -41,6 +41,7 @@ from core.ports import (
     OrderRepository,
 )
 from core.pricing import PricedOrder, Pricing
+from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 
 Clock = Callable[[], datetime]
@@ -120,6 +121,7 @@ class CaptureService:
         clock: Clock = utc_now,
         payment_methods: Callable[[], set[str]] | None = None,
         review_rules: pluggy.PluginManager | None = None,
+        sourcing_rules: Callable[[], SourcingRules] | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -128,6 +130,9 @@ class CaptureService:
         self._clock = clock
         self._payment_methods = payment_methods
         self._review_rules = review_rules
+        # The rules in force, so capture counts only the stock allocation may take: none at an
+        # excluded location, none of a location's safety stock.
+        self._sourcing_rules = sourcing_rules
 
     def place(self, cmd: PlaceOrder, actor: str, request_id: str | None = None) -> Order:
         """Store a new pending order; the order workflow takes it from there. `request_id` (the
@@ -266,9 +271,11 @@ class CaptureService:
         short_skus = {sku for sku in wanted if not products[sku].allow_backorder}
         if not short_skus:
             return
-        levels = self._inventory.levels(short_skus, sources)
+        rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
+        sources = sources - set(rules.excluded_locations)
+        levels = rules.for_orders(self._inventory.levels(short_skus, sources)) if sources else {}
         available = {
-            sku: sum(max(level.available, 0) for level in levels[sku] if level.location_id in sources)
+            sku: sum(max(level.available, 0) for level in levels.get(sku, []) if level.location_id in sources)
             for sku in short_skus
         }
         short = [

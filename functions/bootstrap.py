@@ -55,7 +55,7 @@ from core.webhooks import (
 from core.workflow import Workflow
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
-from functions.adapters.catalog_cache import CachedCatalog
+from functions.adapters.catalog_cache import CachedCatalog, CachedSourcingRules
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
     DynamoBackorders,
@@ -287,6 +287,7 @@ class Container:
             clock=self.clock,
             payment_methods=self.payments.methods,
             review_rules=self.plugins,
+            sourcing_rules=CachedSourcingRules(self.sourcing_rules, self.config.catalog_cache_seconds).current,
         )
 
     @cached_property

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 
 from core.models import Location, Product
-from core.ports import CatalogRepository
+from core.ports import CatalogRepository, SourcingRulesRepository
+from core.sourcing_rules import SourcingRules
 
 
 class CachedCatalog(CatalogRepository):
@@ -58,3 +59,23 @@ class CachedCatalog(CatalogRepository):
         created = self._inner.put_location(location)
         self._network = None
         return created
+
+
+class CachedSourcingRules:
+    """The sourcing rules in force, as capture's stock check reads them: one Query per container
+    every `ttl_seconds` instead of one per order. Allocation reads them fresh (a rules change
+    applies to the next order allocated); capture may count under rules up to `ttl_seconds` old,
+    the same staleness as its products and network."""
+
+    def __init__(
+        self, inner: SourcingRulesRepository, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
+    ):  # fmt: skip
+        self._inner = inner
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._held: tuple[float, SourcingRules] | None = None
+
+    def current(self) -> SourcingRules:
+        if self._held is None or self._clock() - self._held[0] >= self._ttl:
+            self._held = (self._clock(), self._inner.current())
+        return self._held[1]

@@ -7,6 +7,7 @@ from core.ids import order_id_for
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import CaptureService, InventoryService, OrderQueries
+from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeCatalog, FakeInventory, FakeOrders
@@ -59,6 +60,27 @@ def test_the_same_channel_and_external_id_is_a_duplicate(world):
     with pytest.raises(DuplicateOrder) as raised:
         capture.place(place_order(), actor="k")
     assert raised.value.order_id == first.id
+
+
+def test_stock_the_sourcing_rules_keep_back_is_not_counted(world):
+    _, orders, inventory = world
+    catalog = FakeCatalog()
+    for loc in ("wh-east", "wh-west"):
+        catalog.put_location(location(loc))
+    catalog.put_product(product("TSHIRT", "19.99"))
+    # wh-east's 3 are excluded and wh-west keeps 1 of its 2 back: 1 may be taken, as allocation would.
+    rules = SourcingRules(version=2, excluded_locations=["wh-east"], safety_stock={"wh-west": 1})
+    capture = CaptureService(
+        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW, sourcing_rules=lambda: rules
+    )
+    capture.place(place_order(external_id="ok", lines=[{"sku": "TSHIRT", "quantity": 1}]), "k")
+    with pytest.raises(InsufficientStock) as raised:
+        capture.place(place_order(external_id="short", lines=[{"sku": "TSHIRT", "quantity": 2}]), "k")
+    assert raised.value.details == [{"field": "lines[0].quantity", "message": "1 of TSHIRT available, 2 ordered"}]
+    # Every shipping location excluded: nothing is available, and no stock read is needed to say so.
+    rules = SourcingRules(version=3, excluded_locations=["wh-east", "wh-west"])
+    with pytest.raises(InsufficientStock):
+        capture.place(place_order(external_id="none", lines=[{"sku": "TSHIRT", "quantity": 1}]), "k")
 
 
 def test_an_unknown_sku_names_its_line_and_stores_nothing(world):

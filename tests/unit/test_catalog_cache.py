@@ -84,3 +84,26 @@ def test_a_plugin_that_changes_a_product_does_not_poison_the_cache():
 
     assert cache.get_products({"A"})["A"].price == Money.of("1.00", "USD")
     assert inner.reads == 1  # the cached product itself was checked, not a fresh read
+
+
+def test_the_sourcing_rules_are_read_once_within_the_ttl_and_again_after():
+    from core.sourcing_rules import SourcingRules
+    from functions.adapters.catalog_cache import CachedSourcingRules
+
+    class Rules:
+        def __init__(self):
+            self.reads, self.version = 0, 1
+
+        def current(self):
+            self.reads += 1
+            return SourcingRules(version=self.version)
+
+    now, inner = [0.0], Rules()
+    cached = CachedSourcingRules(inner, 10.0, clock=lambda: now[0])
+    assert cached.current().version == 1
+    inner.version = 2  # a PUT /sourcing/rules on another container
+    now[0] = 9.9
+    assert cached.current().version == 1
+    now[0] = 10.0
+    assert cached.current().version == 2
+    assert inner.reads == 2

@@ -179,6 +179,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
     },
     "FailPaymentFunction": _WORKFLOW_ORDERS,
     "ParkOrderFunction": _WORKFLOW_ORDERS,
@@ -219,6 +220,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoImportLedger]
             for a in ("GetItem", "PutItem", "UpdateItem", "BatchGetItem")
         },
+        (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
         (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
         (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
     },
