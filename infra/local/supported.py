@@ -1,20 +1,13 @@
 """What of template.yaml the local runtime emulates, what it ignores and why; anything else fails startup.
 
-The runtime reads the SAM template as written (it does not run the SAM transform). SUPPORTED maps
-each resource type to a table of its properties; a table's value is one of:
-
-- EMULATED: the runtime (or moto behind it) does what AWS does with it;
-- "ignored: <reason>": deliberately not emulated, and why that does not change what the product does;
-- a frozenset: emulated for these values only (a list's items are checked one by one);
-- a dict: a nested table for an object (or for each object of a list);
-- Each(table): an object of names chosen by the template (authorizers, gateway responses), each
-  value following `table`;
-- ByType(tables): a function's Events, each event's Properties following the table of its Type.
-
-A resource type, property, event type or value the tables do not name is not emulated: check()
-raises UnsupportedTemplate naming the resource and the property, so the template can never
-silently outgrow the runtime. Adding a property to template.yaml means adding it here, with
-the code that emulates it or the reason it does not matter locally.
+The runtime reads the SAM template as written (no SAM transform). SUPPORTED maps each resource type
+to a table of its properties, each one EMULATED (the runtime, or moto behind it, does what AWS does),
+"ignored: <reason>" (why not emulating it changes nothing the product does), a frozenset (emulated
+for these values only), a dict (a nested table, for an object or each object of a list), Each(table)
+(an object of names the template chooses, each value following the table) or ByType (a function's
+Events, each event's Properties following the table of its Type). check() refuses anything else,
+naming the resource and the property: adding a property to template.yaml means adding it here, with
+the code that emulates it (infra/local/template.py reads it) or the reason it does not matter locally.
 """
 
 from __future__ import annotations
@@ -219,21 +212,19 @@ def unsupported(document: Mapping[str, Any]) -> list[str]:
     """Every use of a section, resource type, property or value the tables do not cover."""
     problems = _walk(document, SECTIONS, "template")
     for logical_id, resource in (document.get("Resources") or {}).items():
-        resource_type = resource.get("Type")
-        where = f"{logical_id} ({resource_type})"
-        table = SUPPORTED.get(resource_type)
+        where, table = f"{logical_id} ({resource.get('Type')})", SUPPORTED.get(resource.get("Type"))
         if table is None:
             problems.append(f"{where}: resource type not emulated")
         elif isinstance(table, dict):
-            attributes = {key: value for key, value in resource.items() if key not in ("Type", "Properties")}
-            problems += _walk(attributes, RESOURCE_ATTRIBUTES, where)
+            problems += _walk(
+                {k: v for k, v in resource.items() if k not in ("Type", "Properties")}, RESOURCE_ATTRIBUTES, where
+            )
             problems += _walk(resource.get("Properties") or {}, table, where)
     return problems
 
 
 def check(document: Mapping[str, Any]) -> None:
-    problems = unsupported(document)
-    if problems:
+    if problems := unsupported(document):
         raise UnsupportedTemplate(problems)
 
 
@@ -257,14 +248,15 @@ def _walk(value: Any, rule: Any, where: str) -> list[str]:
             if event_type not in rule.tables:
                 problems.append(f"{where}.{name}: event type {event_type!r} is not emulated")
                 continue
-            unknown = set(event) - {"Type", "Properties"}
-            problems += [f"{where}.{name}: {key} is not emulated" for key in sorted(unknown)]
+            problems += [
+                f"{where}.{name}: {key} is not emulated" for key in sorted(set(event) - {"Type", "Properties"})
+            ]
             problems += _walk(event.get("Properties") or {}, rule.tables[event_type], f"{where}.{name}")
         return problems
-    problems = []
-    for key, item in value.items():
-        if key not in rule:
-            problems.append(f"{where}: property {key} is not emulated")
-        else:
-            problems += _walk(item, rule[key], f"{where}.{key}")
-    return problems
+    return [
+        problem
+        for key, item in value.items()
+        for problem in (
+            _walk(item, rule[key], f"{where}.{key}") if key in rule else [f"{where}: property {key} is not emulated"]
+        )
+    ]

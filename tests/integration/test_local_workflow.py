@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from infra.local.asl import AslError, render, validate_asl
+from infra.local.asl import AslError, substitute, validate_asl
 from infra.local.template import DEFAULT_TEMPLATE, PROJECT_ROOT, Template
 
 # --- The validator ----------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def test_a_missing_or_wrong_start_at_is_reported():
 
 
 def test_an_unresolved_placeholder_is_reported():
-    definition = render(
+    definition = substitute(
         machine(
             A={"Type": "Task", "Resource": "${Known}", "Next": "B"},
             B={"Type": "Task", "Resource": "${Unknown}", "End": True},
