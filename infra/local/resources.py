@@ -1,8 +1,8 @@
 """Provisioning: every resource of template.yaml created in moto, and what `!Ref`/`!GetAtt` answer.
 
 Order matters only through references: tables, queues (a DLQ before the queue whose
-RedrivePolicy names it), event buses, functions, buckets, state machines (a definition may
-substitute another state machine's ARN).
+RedrivePolicy names it), event buses, functions, buckets, state machines (whose definitions
+substitute the ARNs of functions).
 """
 
 from __future__ import annotations

@@ -187,7 +187,10 @@ class Template:
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             return self.parameter_overrides[name]
-        return self.document["Parameters"][name]["Default"]
+        declared = self.document["Parameters"][name]
+        if "Default" not in declared:
+            raise KeyError(f"parameter {name} has no Default: pass it in parameter_overrides")
+        return declared["Default"]
 
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
         """Evaluates Ref, Fn::GetAtt and Fn::Sub of a string, the intrinsics the emulated properties
@@ -329,7 +332,10 @@ class Template:
         functions = self.functions()
         specs = {}
         for name, config in (self._api("Auth", {}).get("Authorizers") or {}).items():
-            function_id = config["FunctionArn"]["Fn::GetAtt"][0]  # the guard allows only this template's functions
+            arn = config["FunctionArn"]
+            function_id = arn.get("Fn::GetAtt", [None])[0] if isinstance(arn, dict) else None
+            if function_id not in functions:
+                raise ValueError(f"authorizer {name}: FunctionArn must be !GetAtt <Function>.Arn of this template")
             identity = config.get("Identity") or {}
             specs[name] = AuthorizerSpec(
                 name,
