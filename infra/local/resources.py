@@ -1,8 +1,8 @@
 """Provisioning: every resource of template.yaml created in moto, and what `!Ref`/`!GetAtt` answer.
 
 Order matters only through references: tables, queues (a DLQ before the queue whose
-RedrivePolicy names it), event buses, functions, buckets, state machines (a definition may
-substitute another state machine's ARN).
+RedrivePolicy names it), event buses, functions, buckets, state machines (whose definitions
+substitute the ARNs of functions).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from infra.local.asl import AslError, validate_asl
 from infra.local.lambdas import Handler, LocalFunction
-from infra.local.template import ACCOUNT_ID, REGION, Template
+from infra.local.template import ACCOUNT_ID, REGION, Template, env_string
 
 logger = logging.getLogger("infra.local.stack")
 
@@ -66,7 +66,7 @@ class Resources:
         a warning (`function_environments` keeps what each function would see on AWS)."""
         environment = self.template.global_environment(self.refs)
         for spec in self.template.functions().values():
-            own = {name: _env_value(self.resolve(value)) for name, value in spec.environment.items()}
+            own = {name: env_string(self.resolve(value)) for name, value in spec.environment.items()}
             self.function_environments[spec.logical_id] = own
             for name, resolved in own.items():
                 if name in environment and environment[name] != resolved:
@@ -77,19 +77,12 @@ class Resources:
                         resolved,
                         environment[name],
                     )
-                    continue
-                environment[name] = resolved
+                environment.setdefault(name, resolved)
         environment.update(LOCAL_ENVIRONMENT)
         return environment
 
     def queue_url_for_arn(self, arn: str, client: Client) -> str:
-        for logical_id, url in self.queue_urls.items():
-            if self.atts.get(f"{logical_id}.Arn") == arn:
-                return url
         return client("sqs").get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
-
-    def function_id_of_arn(self, arn: str) -> str | None:
-        return next((fid for fid, farn in self.function_arns.items() if farn == arn), None)
 
     # --- One resource type each -----------------------------------------------------------------
     def _create_tables(self, client: Client) -> None:
@@ -101,51 +94,42 @@ class Resources:
                 dynamodb.update_time_to_live(
                     TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute}
                 )
-            self.table_names[table.logical_id] = name
-            self.refs[table.logical_id] = name
+            self.table_names[table.logical_id] = self.refs[table.logical_id] = name
             self.atts[f"{table.logical_id}.Arn"] = description["TableArn"]
             if "LatestStreamArn" in description:
                 self.atts[f"{table.logical_id}.StreamArn"] = description["LatestStreamArn"]
 
     def _create_queues(self, client: Client) -> None:
-        pending = self.template.queues()
-        while pending:  # a queue's RedrivePolicy names its DLQ by !GetAtt
-            progressed = False
-            for queue in list(pending):
-                try:
-                    attributes = _queue_attributes(self.resolve(queue.properties))
-                except KeyError:
-                    continue
-                name = attributes.pop("QueueName", None) or self.physical_name(queue.logical_id)
-                url = client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-                self.queue_urls[queue.logical_id] = url
-                self.refs[queue.logical_id] = url
-                self.atts[f"{queue.logical_id}.QueueName"] = name
-                self.atts[f"{queue.logical_id}.QueueUrl"] = url
-                self.atts[f"{queue.logical_id}.Arn"] = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{name}"
-                pending.remove(queue)
-                progressed = True
-            if not progressed:
-                raise ValueError(f"cannot resolve the properties of queues {[q.logical_id for q in pending]}")
+        # A queue's RedrivePolicy names its dead-letter queue by !GetAtt: those come first.
+        queues = sorted(
+            self.template.properties("AWS::SQS::Queue").items(), key=lambda item: "RedrivePolicy" in item[1]
+        )
+        for logical_id, props in queues:
+            attributes = {
+                key: str(props[key]) for key in ("VisibilityTimeout", "MessageRetentionPeriod") if key in props
+            }
+            if "RedrivePolicy" in props:
+                attributes["RedrivePolicy"] = json.dumps(self.resolve(props["RedrivePolicy"]))
+            name = self.physical_name(logical_id)
+            url = client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+            self.queue_urls[logical_id] = self.refs[logical_id] = self.atts[f"{logical_id}.QueueUrl"] = url
+            self.atts[f"{logical_id}.QueueName"] = name
+            self.atts[f"{logical_id}.Arn"] = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{name}"
 
     def _create_event_buses(self, client: Client) -> None:
         """What the functions publish to, and what a local rule (aws events put-rule
         --event-bus-name ...) can subscribe a queue to."""
-        for logical_id, resource in self.template.resources_of_type("AWS::Events::EventBus").items():
-            name = self.resolve((resource.get("Properties") or {}).get("Name")) or self.physical_name(logical_id)
-            arn = client("events").create_event_bus(Name=name)["EventBusArn"]
-            self.event_bus_names[logical_id] = name
-            self.refs[logical_id] = name
-            self.atts[f"{logical_id}.Arn"] = arn
-            self.atts[f"{logical_id}.Name"] = name
+        for logical_id, props in self.template.properties("AWS::Events::EventBus").items():
+            name = self.resolve(props["Name"])
+            self.atts[f"{logical_id}.Arn"] = client("events").create_event_bus(Name=name)["EventBusArn"]
+            self.event_bus_names[logical_id] = self.refs[logical_id] = self.atts[f"{logical_id}.Name"] = name
 
     def _create_buckets(self, client: Client) -> None:
-        for bucket in self.template.buckets():
-            name = self.resolve(bucket.properties.get("BucketName")) or self.physical_name(bucket.logical_id).lower()
+        for logical_id, props in self.template.properties("AWS::S3::Bucket").items():
+            name = self.resolve(props.get("BucketName")) or self.physical_name(logical_id).lower()
             client("s3").create_bucket(Bucket=name)
-            self.bucket_names[bucket.logical_id] = name
-            self.refs[bucket.logical_id] = name
-            self.atts[f"{bucket.logical_id}.Arn"] = f"arn:aws:s3:::{name}"
+            self.bucket_names[logical_id] = self.refs[logical_id] = name
+            self.atts[f"{logical_id}.Arn"] = f"arn:aws:s3:::{name}"
 
     def _create_functions(self) -> None:
         """A LocalFunction per AWS::Serverless::Function (handlers imported on first use), with the
@@ -153,65 +137,34 @@ class Resources:
         from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
 
         for logical_id, spec in self.template.functions().items():
-            props = self.template.resources[logical_id].get("Properties", {})
-            name = self.resolve(props.get("FunctionName")) or self.physical_name(logical_id)
+            name = self.physical_name(logical_id)
             function = LocalFunction.from_spec(spec, name, self._handler_overrides.get(logical_id))
             self.functions[logical_id] = function
-            self.function_arns[logical_id] = function.arn
+            self.function_arns[logical_id] = self.atts[f"{logical_id}.Arn"] = function.arn
             self.refs[logical_id] = name
-            self.atts[f"{logical_id}.Arn"] = function.arn
             # The role SAM makes for it. Every local call is signed with the same credentials, so
             # moto's SQS records one SenderId for every sender: that is each role's unique id here.
             self.atts[f"{logical_id}Role.RoleId"] = SQS_SENDER_ID
             self.atts[f"{logical_id}Role.Arn"] = f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-role"
 
     def _create_state_machines(self, client: Client) -> None:
-        """Every state machine, its DefinitionSubstitutions resolved and its ASL validated first."""
-        pending = self.template.state_machines()
-        while pending:  # a definition may substitute another state machine's ARN
-            progressed, unresolved = False, ""
-            for spec in list(pending):
-                try:
-                    name = self.physical_name(spec.logical_id)
-                    substitutions = {key: self.resolve(value) for key, value in spec.substitutions.items()}
-                except KeyError as error:
-                    unresolved = f"{spec.logical_id}: {error.args[0]}"
-                    continue
-                definition = spec.load_definition(self.template.base_dir, substitutions)
-                problems = validate_asl(definition)
-                if problems:
-                    raise AslError(spec.logical_id, problems)
-                arn = client("stepfunctions").create_state_machine(
-                    name=name,
-                    definition=json.dumps(definition),
-                    roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-role",
-                    type=spec.type,
-                )["stateMachineArn"]
-                self.state_machine_arns[spec.logical_id] = arn
-                self.refs[spec.logical_id] = arn
-                self.atts[f"{spec.logical_id}.Arn"] = arn
-                self.atts[f"{spec.logical_id}.Name"] = name
-                pending.remove(spec)
-                progressed = True
-            if not progressed:
-                raise ValueError(f"state machine {unresolved} (in Name or DefinitionSubstitutions)")
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _queue_attributes(properties: Mapping[str, Any]) -> dict[str, str]:
-    """CloudFormation's AWS::SQS::Queue properties as CreateQueue attributes (all strings)."""
-    attributes: dict[str, str] = {}
-    for key, value in properties.items():
-        if key == "Tags":
-            continue
-        if key in ("RedrivePolicy", "RedriveAllowPolicy") and not isinstance(value, str):
-            value = json.dumps(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        attributes[key] = str(value)
-    return attributes
+        """Every state machine, its DefinitionSubstitutions resolved and its ASL validated first
+        (moto would accept what CreateStateMachine refuses on AWS)."""
+        for spec in self.template.state_machines():
+            try:
+                substitutions = {key: self.resolve(value) for key, value in spec.substitutions.items()}
+            except KeyError as error:
+                raise ValueError(f"state machine {spec.logical_id}: {error.args[0]}") from None
+            definition = spec.load_definition(self.template.base_dir, substitutions)
+            if problems := validate_asl(definition):
+                raise AslError(spec.logical_id, problems)
+            name = self.physical_name(spec.logical_id)
+            role = f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-role"
+            sfn = client("stepfunctions")
+            arn = sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=role, type=spec.type)[
+                "stateMachineArn"
+            ]
+            self.state_machine_arns[spec.logical_id] = self.refs[spec.logical_id] = self.atts[
+                f"{spec.logical_id}.Arn"
+            ] = arn
+            self.atts[f"{spec.logical_id}.Name"] = name

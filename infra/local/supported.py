@@ -1,20 +1,13 @@
 """What of template.yaml the local runtime emulates, what it ignores and why; anything else fails startup.
 
-The runtime reads the SAM template as written (it does not run the SAM transform). SUPPORTED maps
-each resource type to a table of its properties; a table's value is one of:
-
-- EMULATED: the runtime (or moto behind it) does what AWS does with it;
-- "ignored: <reason>": deliberately not emulated, and why that does not change what the product does;
-- a frozenset: emulated for these values only (a list's items are checked one by one);
-- a dict: a nested table for an object (or for each object of a list);
-- Each(table): an object of names chosen by the template (authorizers, gateway responses), each
-  value following `table`;
-- ByType(tables): a function's Events, each event's Properties following the table of its Type.
-
-A resource type, property, event type or value the tables do not name is not emulated: check()
-raises UnsupportedTemplate naming the resource and the property, so the template can never
-silently outgrow the runtime. Adding a property to template.yaml means adding it here, with
-the code that emulates it or the reason it does not matter locally.
+The runtime reads the SAM template as written (no SAM transform). SUPPORTED maps each resource type
+to a table of its properties, each one EMULATED (the runtime, or moto behind it, does what AWS does),
+"ignored: <reason>" (why not emulating it changes nothing the product does), a frozenset (emulated
+for these values only), a dict (a nested table, for an object or each object of a list), Each(table)
+(an object of names the template chooses, each value following the table) or ByType (a function's
+Events, each event's Properties following the table of its Type). check() refuses anything else,
+naming the resource and the property: adding a property to template.yaml means adding it here, with
+the code that emulates it (infra/local/template.py reads it) or the reason it does not matter locally.
 """
 
 from __future__ import annotations
@@ -28,6 +21,10 @@ EMULATED = "emulated"
 
 def ignored(reason: str) -> str:
     return f"ignored: {reason}"
+
+
+def emulated(*names: str) -> dict[str, str]:
+    return dict.fromkeys(names, EMULATED)
 
 
 @dataclass(frozen=True)
@@ -44,16 +41,22 @@ _NO_IAM = ignored("IAM is not enforced locally (tests/unit/test_template_securit
 _NO_CLOUDWATCH = ignored("no CloudWatch locally: logs go to the console, metrics are off (tests check alarms)")
 _NO_TRACING = ignored("no X-Ray daemon locally (POWERTOOLS_TRACE_DISABLED)")
 _NO_BATCHING_WINDOW = ignored("a batch goes as soon as records are there; only latency differs")
+_AT_REST = ignored("encryption at rest: nothing the product sees")
+_ONE_PROCESS = ignored("every function runs in this Python process")
+_ONE_VERSION = ignored("one version of each function locally")
+_NO_RESOURCE_POLICIES = ignored("resource policies are not enforced locally")
+_NO_ALARMS = ignored("alarm notifications: no alarms locally")
+_NO_WAF = ignored("no WAF in front of the local API")
 _ON_FAILURE = {"OnFailure": {"Type": frozenset({"SQS"}), "Destination": EMULATED}}
 _RESPONSE_TYPES = frozenset({"ReportBatchItemFailures"})
 
 _FUNCTION_COMMON: dict[str, Any] = {
-    "MemorySize": EMULATED,  # the Lambda context's memory_limit_in_mb
-    "Timeout": EMULATED,  # the Lambda context's remaining time; an overrun is logged
-    "Environment": {"Variables": EMULATED},
+    # The Lambda context's memory_limit_in_mb and remaining time (an overrun is logged).
+    **emulated("MemorySize", "Timeout"),
+    "Environment": emulated("Variables"),
     "CodeUri": frozenset({"."}),  # handlers import from the project, which is on sys.path
-    "Runtime": ignored("every function runs in this Python process"),
-    "Architectures": ignored("every function runs in this Python process"),
+    "Runtime": _ONE_PROCESS,
+    "Architectures": _ONE_PROCESS,
     "Layers": ignored("the dependencies layer's packages are installed in the virtualenv"),
     "Tracing": _NO_TRACING,
 }
@@ -61,19 +64,15 @@ _FUNCTION_COMMON: dict[str, Any] = {
 _EVENTS = ByType(
     {
         "Api": {
-            "RestApiId": EMULATED,
-            "Path": EMULATED,  # literal segments and {param}s
+            **emulated("RestApiId", "Path"),  # Path: literal segments and {param}s
             "Method": frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"}),
-            "Auth": {"Authorizer": EMULATED},
+            "Auth": emulated("Authorizer"),
         },
         "DynamoDB": {
-            "Stream": EMULATED,
+            **emulated("Stream", "BatchSize", "BisectBatchOnFunctionError", "MaximumRetryAttempts"),
             "StartingPosition": frozenset({"TRIM_HORIZON", "LATEST"}),
-            "BatchSize": EMULATED,
-            "BisectBatchOnFunctionError": EMULATED,
-            "MaximumRetryAttempts": EMULATED,
             "FunctionResponseTypes": _RESPONSE_TYPES,
-            "FilterCriteria": {"Filters": {"Pattern": EMULATED}},  # exact values
+            "FilterCriteria": {"Filters": emulated("Pattern")},  # exact values
             "DestinationConfig": _ON_FAILURE,
             "MaximumBatchingWindowInSeconds": _NO_BATCHING_WINDOW,
             "ParallelizationFactor": ignored(
@@ -81,38 +80,34 @@ _EVENTS = ByType(
             ),
         },
         "SQS": {
-            "Queue": EMULATED,
-            "BatchSize": EMULATED,
+            **emulated("Queue", "BatchSize"),
             "FunctionResponseTypes": _RESPONSE_TYPES,
             "MaximumBatchingWindowInSeconds": _NO_BATCHING_WINDOW,
             "ScalingConfig": ignored("one poller per queue, below any concurrency cap"),
         },
         "S3": {
-            "Bucket": EMULATED,
-            "Events": EMULATED,  # matched by moto
+            **emulated("Bucket", "Events"),  # Events: matched by moto
             "Filter": {"S3Key": {"Rules": {"Name": frozenset({"prefix", "suffix"}), "Value": EMULATED}}},
         },
-        "Schedule": {"Schedule": EMULATED},  # rate(...) only: cron(...) fails when the mapping is built
+        "Schedule": emulated("Schedule"),  # rate(...) only: cron(...) fails when the mapping is built
     }
 )
 
 SUPPORTED: dict[str, Any] = {
     "AWS::DynamoDB::Table": {
-        "KeySchema": EMULATED,
-        "AttributeDefinitions": EMULATED,
-        "GlobalSecondaryIndexes": {"IndexName": EMULATED, "KeySchema": EMULATED, "Projection": EMULATED},
+        **emulated("KeySchema", "AttributeDefinitions"),
+        "GlobalSecondaryIndexes": emulated("IndexName", "KeySchema", "Projection"),
         "BillingMode": frozenset({"PAY_PER_REQUEST"}),
-        "StreamSpecification": {"StreamViewType": EMULATED},
-        "TimeToLiveSpecification": {"AttributeName": EMULATED, "Enabled": EMULATED},
+        "StreamSpecification": emulated("StreamViewType"),
+        "TimeToLiveSpecification": emulated("AttributeName", "Enabled"),
         "DeletionProtectionEnabled": ignored("the local stack is thrown away when it stops"),
         "PointInTimeRecoverySpecification": ignored("backups: nothing the product reads"),
-        "SSESpecification": ignored("encryption at rest: nothing the product sees"),
+        "SSESpecification": _AT_REST,
     },
     "AWS::SQS::Queue": {
-        "VisibilityTimeout": EMULATED,
-        "MessageRetentionPeriod": EMULATED,
-        "RedrivePolicy": {"deadLetterTargetArn": EMULATED, "maxReceiveCount": EMULATED},
-        "SqsManagedSseEnabled": ignored("encryption at rest: nothing the product sees"),
+        **emulated("VisibilityTimeout", "MessageRetentionPeriod"),
+        "RedrivePolicy": emulated("deadLetterTargetArn", "maxReceiveCount"),
+        "SqsManagedSseEnabled": _AT_REST,
     },
     "AWS::S3::Bucket": {
         "BucketName": EMULATED,
@@ -120,11 +115,11 @@ SUPPORTED: dict[str, Any] = {
             "buckets are unversioned locally: the import splitter keys an import by the object's ETag "
             "instead of its version (the same file put twice under one key is one import locally)"
         ),
-        "BucketEncryption": ignored("encryption at rest: nothing the product sees"),
+        "BucketEncryption": _AT_REST,
         "PublicAccessBlockConfiguration": ignored("nothing is public locally"),
         "LifecycleConfiguration": ignored("expiry after days: the local stack lives for hours"),
     },
-    "AWS::Events::EventBus": {"Name": EMULATED},
+    "AWS::Events::EventBus": emulated("Name"),
     "AWS::Serverless::Function": {
         **_FUNCTION_COMMON,
         "Handler": EMULATED,
@@ -132,14 +127,14 @@ SUPPORTED: dict[str, Any] = {
         "EventInvokeConfig": {"MaximumRetryAttempts": EMULATED, "DestinationConfig": _ON_FAILURE},
         "Description": ignored("documentation"),
         "Policies": _NO_IAM,
-        "AutoPublishAlias": ignored("one version of each function locally"),
-        "AutoPublishAliasAllProperties": ignored("one version of each function locally"),
+        "AutoPublishAlias": _ONE_VERSION,
+        "AutoPublishAliasAllProperties": _ONE_VERSION,
         "DeploymentPreference": ignored("no CodeDeploy locally: a restart deploys everything at once"),
     },
     "AWS::Serverless::StateMachine": {
         "Type": frozenset({"EXPRESS", "STANDARD"}),
-        "DefinitionUri": EMULATED,  # a JSON file next to the template, run by moto's ASL interpreter
-        "DefinitionSubstitutions": EMULATED,
+        # DefinitionUri: a JSON file next to the template, run by moto's ASL interpreter.
+        **emulated("DefinitionUri", "DefinitionSubstitutions"),
         "Policies": _NO_IAM,
         "Logging": _NO_CLOUDWATCH,
         "Tracing": _NO_TRACING,
@@ -152,33 +147,27 @@ SUPPORTED: dict[str, Any] = {
                 {
                     "FunctionArn": EMULATED,
                     "FunctionPayloadType": frozenset({"REQUEST"}),
-                    "Identity": {"Headers": EMULATED, "ReauthorizeEvery": EMULATED},
+                    "Identity": emulated("Headers", "ReauthorizeEvery"),
                 }
             ),
         },
-        "GatewayResponses": Each({"StatusCode": EMULATED, "ResponseTemplates": {"application/json": EMULATED}}),
+        "GatewayResponses": Each({"StatusCode": EMULATED, "ResponseTemplates": emulated("application/json")}),
         "MethodSettings": {
             "ResourcePath": frozenset({"/*"}),
             "HttpMethod": frozenset({"*"}),
-            "ThrottlingRateLimit": EMULATED,  # per API key locally (infra/local/gateway.py)
-            "ThrottlingBurstLimit": EMULATED,
+            # Locally per API key (infra/local/gateway.py).
+            **emulated("ThrottlingRateLimit", "ThrottlingBurstLimit"),
         },
         "Name": ignored("the local API has one id, `local`"),
         "TracingEnabled": _NO_TRACING,
         "AccessLogSetting": ignored("the local gateway logs one line per request to the console instead"),
     },
     "AWS::Serverless::LayerVersion": ignored("the layer's packages are installed in the virtualenv"),
-    "AWS::IAM::Policy": _NO_IAM,
-    "AWS::IAM::Role": _NO_IAM,
-    "AWS::S3::BucketPolicy": ignored("resource policies are not enforced locally"),
-    "AWS::SQS::QueuePolicy": ignored("resource policies are not enforced locally"),
-    "AWS::Logs::LogGroup": _NO_CLOUDWATCH,
-    "AWS::CloudWatch::Alarm": _NO_CLOUDWATCH,
-    "AWS::CloudWatch::Dashboard": _NO_CLOUDWATCH,
-    "AWS::SNS::Topic": ignored("alarm notifications: no alarms locally"),
-    "AWS::SNS::Subscription": ignored("alarm notifications: no alarms locally"),
-    "AWS::WAFv2::WebACL": ignored("no WAF in front of the local API"),
-    "AWS::WAFv2::WebACLAssociation": ignored("no WAF in front of the local API"),
+    **dict.fromkeys(("AWS::IAM::Policy", "AWS::IAM::Role"), _NO_IAM),
+    **dict.fromkeys(("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy"), _NO_RESOURCE_POLICIES),
+    **dict.fromkeys(("AWS::Logs::LogGroup", "AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard"), _NO_CLOUDWATCH),
+    **dict.fromkeys(("AWS::SNS::Topic", "AWS::SNS::Subscription"), _NO_ALARMS),
+    **dict.fromkeys(("AWS::WAFv2::WebACL", "AWS::WAFv2::WebACLAssociation"), _NO_WAF),
     "AWS::ApiGateway::Account": ignored("an account setting for access logs: no CloudWatch locally"),
     "AWS::CloudFormation::WaitConditionHandle": ignored("does nothing by itself"),
 }
@@ -219,21 +208,19 @@ def unsupported(document: Mapping[str, Any]) -> list[str]:
     """Every use of a section, resource type, property or value the tables do not cover."""
     problems = _walk(document, SECTIONS, "template")
     for logical_id, resource in (document.get("Resources") or {}).items():
-        resource_type = resource.get("Type")
-        where = f"{logical_id} ({resource_type})"
-        table = SUPPORTED.get(resource_type)
+        where, table = f"{logical_id} ({resource.get('Type')})", SUPPORTED.get(resource.get("Type"))
         if table is None:
             problems.append(f"{where}: resource type not emulated")
         elif isinstance(table, dict):
-            attributes = {key: value for key, value in resource.items() if key not in ("Type", "Properties")}
-            problems += _walk(attributes, RESOURCE_ATTRIBUTES, where)
+            problems += _walk(
+                {k: v for k, v in resource.items() if k not in ("Type", "Properties")}, RESOURCE_ATTRIBUTES, where
+            )
             problems += _walk(resource.get("Properties") or {}, table, where)
     return problems
 
 
 def check(document: Mapping[str, Any]) -> None:
-    problems = unsupported(document)
-    if problems:
+    if problems := unsupported(document):
         raise UnsupportedTemplate(problems)
 
 
@@ -257,14 +244,15 @@ def _walk(value: Any, rule: Any, where: str) -> list[str]:
             if event_type not in rule.tables:
                 problems.append(f"{where}.{name}: event type {event_type!r} is not emulated")
                 continue
-            unknown = set(event) - {"Type", "Properties"}
-            problems += [f"{where}.{name}: {key} is not emulated" for key in sorted(unknown)]
+            problems += [
+                f"{where}.{name}: {key} is not emulated" for key in sorted(set(event) - {"Type", "Properties"})
+            ]
             problems += _walk(event.get("Properties") or {}, rule.tables[event_type], f"{where}.{name}")
         return problems
-    problems = []
-    for key, item in value.items():
-        if key not in rule:
-            problems.append(f"{where}: property {key} is not emulated")
-        else:
-            problems += _walk(item, rule[key], f"{where}.{key}")
-    return problems
+    return [
+        problem
+        for key, item in value.items()
+        for problem in (
+            _walk(item, rule[key], f"{where}.{key}") if key in rule else [f"{where}: property {key} is not emulated"]
+        )
+    ]

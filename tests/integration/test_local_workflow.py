@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from infra.local.asl import AslError, render, validate_asl
+from infra.local.asl import AslError, substitute, validate_asl
 from infra.local.template import DEFAULT_TEMPLATE, PROJECT_ROOT, Template
 
 # --- The validator ----------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def test_a_missing_or_wrong_start_at_is_reported():
 
 
 def test_an_unresolved_placeholder_is_reported():
-    definition = render(
+    definition = substitute(
         machine(
             A={"Type": "Task", "Resource": "${Known}", "Next": "B"},
             B={"Type": "Task", "Resource": "${Unknown}", "End": True},
@@ -87,28 +87,35 @@ def test_a_path_that_never_ends_and_an_unreachable_state_are_reported():
     assert "States.Dangling: needs Next or End: true" in problems
 
 
-def test_retry_and_catch_need_error_names_and_states_all_last():
+def test_states_all_must_be_in_the_last_retrier_or_catcher():
     problems = validate_asl(
         machine(
             A={
                 "Type": "Task",
-                "Resource": "arn:aws:lambda:x",
-                "Retry": [
-                    {"ErrorEquals": []},
-                    {"ErrorEquals": ["States.ALL"]},
-                    {"ErrorEquals": ["X"], "IntervalSeconds": 0},
-                ],
-                "Catch": [{"ErrorEquals": "X", "Next": "B"}, {"ErrorEquals": ["Y"]}],
+                "Resource": "arn:aws:lambda:us-east-1:123456789012:function:x",
+                "Retry": [{"ErrorEquals": ["States.ALL"]}, {"ErrorEquals": ["X"]}],
                 "End": True,
-            },
-            B={"Type": "Succeed"},
+            }
         )
     )
-    assert "States.A.Retry[0].ErrorEquals: must be a non-empty list of error names" in problems
-    assert "States.A.Retry[1].ErrorEquals: States.ALL must be alone and in the last entry" in problems
-    assert "States.A.Retry[2].IntervalSeconds: must be an integer >= 1" in problems
-    assert "States.A.Catch[0].ErrorEquals: must be a non-empty list of error names" in problems
-    assert "States.A.Catch[1]: needs Next" in problems
+    assert problems == ["States.A.Retry[0].ErrorEquals: States.ALL must be alone and in the last entry"]
+
+
+@pytest.mark.parametrize(
+    ("retry_or_catch", "reason"),
+    [
+        ({"Retry": [{"ErrorEquals": ["X"], "IntervalSeconds": 0}]}, "IntervalSeconds value MUST be a positive integer"),
+        ({"Retry": [{"ErrorEquals": ["X"], "BackoffRate": 0.5}]}, "BackoffRate MUST be greater than or equal to 1.0"),
+        ({"Retry": [{"ErrorEquals": []}]}, "mismatched input ']'"),
+        ({"Catch": [{"ErrorEquals": "X", "Next": "A"}]}, "missing '['"),
+        ({"Catch": [{"ErrorEquals": ["X"]}]}, "Missing Next declaration for Catcher"),
+    ],
+)
+def test_what_moto_s_asl_parser_refuses_is_a_problem_too(retry_or_catch: dict[str, Any], reason: str):
+    resource = "arn:aws:lambda:us-east-1:123456789012:function:x"
+    problems = validate_asl(machine(A={"Type": "Task", "Resource": resource, "End": True, **retry_or_catch}))
+    assert problems and all(problem.startswith("definition: ") for problem in problems)
+    assert any(reason in problem for problem in problems), problems
 
 
 @pytest.mark.parametrize("state_type", ["Choice", "Pass", "Wait", "Parallel", "Map"])
