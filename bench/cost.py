@@ -60,7 +60,7 @@ class Usage:
     calls: Counter[str] = field(default_factory=Counter)  # "dynamodb.PutItem" -> count
     by_function: Counter[str] = field(default_factory=Counter)  # "ApiFunction dynamodb.PutItem" -> count
     wru: float = 0.0
-    # "ApiFunction PutItem Orders: item" or "... Orders: index by_status" -> write units
+    # "ApiFunction PutItem Orders: item" or "... Orders: index by_status_key" -> write units
     wru_by_write: Counter[str] = field(default_factory=Counter)
     rru: float = 0.0
     lambda_invocations: Counter[str] = field(default_factory=Counter)

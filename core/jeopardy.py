@@ -2,9 +2,10 @@
 cancels orders held longer than allowed (reason hold_expired).
 
 The scan never reads the Orders table whole: the LateOrders port answers, through an index, which
-unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the sparse
-`by_sla` index). Each candidate is read and judged again before one conditional write, so an order
-that moved on meanwhile is left alone, and a repeated scan marks nothing twice.
+unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the status
+index, judged on when the order entered its status). Each candidate is read and judged again
+before one conditional write, so an order that moved on meanwhile is left alone, and a repeated
+scan marks nothing twice.
 """
 
 from __future__ import annotations

@@ -244,11 +244,12 @@ class LateOrders(ABC):
     @abstractmethod
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` orders in `status`, not marked late, that entered it before
-        `before`, oldest first."""
+        `before`, oldest placed first."""
 
     @abstractmethod
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
-        """Ids of up to `limit` orders on hold since before `before` (marked late or not)."""
+        """Ids of up to `limit` orders on hold since before `before` (marked late or not), oldest
+        placed first."""
 
     @abstractmethod
     def count_in_jeopardy(self) -> int:

@@ -150,34 +150,43 @@ LIST_PK = "order"
 _INDEXES = {
     "by_customer": ("customer_id",),
     "by_channel": ("channel",),
-    "by_status": ("status",),
+    "by_status_key": ("status_key",),
     "by_created": ("list_pk",),
     "by_sla": ("sla_key",),
 }
 _SORT_KEYS = {"by_sla": "sla_at"}  # every other index sorts by created_at
 
+# The sparse `by_status_key` index (template.yaml) holds the statuses people and the scheduled
+# passes work through. The happy path's high-volume ends are left out: an order leaving for
+# shipped costs one index write (its entry removed) and delivered none, where a key that moved
+# would cost two each. Those statuses are listed from by_created, filtered after the read.
+UNINDEXED_STATUSES = frozenset(
+    {OrderStatus.SHIPPED, OrderStatus.DELIVERED, OrderStatus.PARTIALLY_RETURNED, OrderStatus.RETURNED}
+)
+INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
 
-# The sparse `by_sla` index (template.yaml) keeps an entry only for an order that can be late: one
-# in a watched status and not marked, keyed by that status and when it entered it (the jeopardy
-# scan ranges over it per status), and one marked late, under JEOPARDY_KEY by when it was placed
-# (GET /orders?jeopardy=true, newest first; these also carry `status_since`, on which hold expiry
-# filters that partition). No other order stores `status_since`: every write pays for its bytes.
+# The sparse `by_sla` index keeps an entry only for an order marked late, under JEOPARDY_KEY by
+# when it was placed (GET /orders?jeopardy=true, newest first; the count of orders in jeopardy):
+# written when an order is marked or unmarked, never at an ordinary status change. The jeopardy
+# scan finds its candidates through by_status_key, which projects `status_since` (when the order
+# entered its status: stored on watched orders only, as every write pays for its bytes) and
+# `sla_key` (whether it is marked).
 JEOPARDY_KEY = "jeopardy"
-SLA_ATTRIBUTES = ("sla_key", "sla_at", "status_since")
+INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at")
 
 
-def _sla_attributes(order: Order) -> dict[str, dict[str, str]]:
-    """`sla_key`, `sla_at` and `status_since` as the order should have them; an SLA attribute
-    missing from the answer is one the order must not have (removed)."""
+def index_attributes(order: Order) -> dict[str, dict[str, str]]:
+    """The sparse indexes' attributes as the order should have them (by_status_key's and
+    by_sla's); one of INDEX_ATTRIBUTES missing from the answer is one the order must not have."""
+    attributes: dict[str, dict[str, str]] = {}
+    if order.status in INDEXED_STATUSES:
+        attributes["status_key"] = {"S": order.status.value}
+    if order.status in WATCHED or order.jeopardy is not None:
+        attributes["status_since"] = {"S": timestamp(order.in_status_since)}
     if order.jeopardy is not None:
-        return {
-            "sla_key": {"S": JEOPARDY_KEY},
-            "sla_at": {"S": timestamp(order.created_at)},
-            "status_since": {"S": timestamp(order.in_status_since)},
-        }
-    if order.status in WATCHED:
-        return {"sla_key": {"S": order.status.value}, "sla_at": {"S": timestamp(order.in_status_since)}}
-    return {}
+        attributes["sla_key"] = {"S": JEOPARDY_KEY}
+        attributes["sla_at"] = {"S": timestamp(order.created_at)}
+    return attributes
 
 
 def _document(order: Order) -> dict[str, Any]:
@@ -207,8 +216,8 @@ def _history(item: dict[str, Any]) -> list[HistoryEntry]:
 def order_update(table: str, order: Order, expected: Order, entries: list[HistoryEntry]) -> dict[str, Any]:
     """The UpdateItem that stores `order` over `expected` (its status and version unchanged since
     read) and appends `entries`: on its own, or as one item of a transaction (DynamoBackorders).
-    It keeps the sparse indexes' attributes in step with the order: the jeopardy scan's
-    (_sla_attributes) and the pickup expiry's (_pickup_index_update)."""
+    It keeps the sparse indexes' attributes in step with the order: the status and jeopardy
+    indexes' (index_attributes) and the pickup expiry's (_pickup_index_update)."""
     values: dict[str, Any] = {
         ":doc": _document(order),
         ":status": {"S": order.status.value},
@@ -218,11 +227,11 @@ def order_update(table: str, order: Order, expected: Order, entries: list[Histor
         ":expected_version": {"N": str(expected.version)},
     }
     sets = ["#doc = :doc", "#status = :status", "#version = :version", "history = list_append(history, :entries)"]
-    sla = _sla_attributes(order)
-    for name, value in sla.items():
+    indexed = index_attributes(order)
+    for name, value in indexed.items():
         sets.append(f"{name} = :{name}")
         values[f":{name}"] = value
-    removed = [name for name in SLA_ATTRIBUTES if name not in sla]
+    removed = [name for name in INDEX_ATTRIBUTES if name not in indexed]
     sets_more, removed_more = _pickup_index_update(order, values)
     sets += sets_more
     removed += removed_more
@@ -270,7 +279,7 @@ class DynamoOrders(OrderRepository):
             "list_pk": {"S": LIST_PK},
             "payment_token": {"S": payment_token},
             "doc": _document(order),
-            **_sla_attributes(order),
+            **index_attributes(order),
             "history": _entries((first_entry, *later_entries)),
         }
         try:
@@ -382,9 +391,11 @@ class DynamoOrders(OrderRepository):
             # back shorter than `limit`; the cursor carries on). A status-keyed index per channel
             # would cost two more index writes on every status change.
             return "by_channel", where.channel, {"status": status} if status else {}
-        if status:
-            return "by_status", status, {}
-        return "by_created", LIST_PK, {}
+        if status and OrderStatus(status) in INDEXED_STATUSES:
+            return "by_status_key", status, {}
+        # Shipped, delivered and returned orders are not in the sparse status index: all orders,
+        # newest first, filtered after the read (pages may come back shorter than `limit`).
+        return "by_created", LIST_PK, {"status": status} if status else {}
 
 
 # --- Returns ---------------------------------------------------------------------------------
@@ -545,20 +556,22 @@ class DynamoDuePickups(DuePickups):
 
 
 class DynamoStalledOrders(StalledOrders):
-    """The reconciler's query: the by_status index (keys only: id, status, created_at), one status,
-    oldest first, placed before a moment. A Query on one partition, never a Scan; one page is
-    enough, since the reconciler takes the rest on its next pass."""
+    """The reconciler's query: the sparse by_status_key index (id, status_key, created_at and the
+    jeopardy attributes), one status, oldest first, placed before a moment. A Query on one
+    partition, never a Scan; one page is enough, since the reconciler takes the rest on its next
+    pass."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
         self._table = table
 
     def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
+        if status not in INDEXED_STATUSES:
+            raise ValueError(f"{status} orders are not in the by_status_key index")
         response = self._client.query(
             TableName=self._table,
-            IndexName="by_status",
-            KeyConditionExpression="#status = :status AND created_at < :before",
-            ExpressionAttributeNames={"#status": "status"},
+            IndexName="by_status_key",
+            KeyConditionExpression="status_key = :status AND created_at < :before",
             ExpressionAttributeValues={":status": {"S": status.value}, ":before": {"S": timestamp(created_before)}},
             ScanIndexForward=True,
             Limit=limit,
@@ -566,7 +579,7 @@ class DynamoStalledOrders(StalledOrders):
         return [
             StalledOrder(
                 order_id=item["id"]["S"],
-                status=OrderStatus(item["status"]["S"]),
+                status=OrderStatus(item["status_key"]["S"]),
                 created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
             )
             for item in response.get("Items", [])
@@ -574,40 +587,53 @@ class DynamoStalledOrders(StalledOrders):
 
 
 class DynamoLateOrders(LateOrders):
-    """The jeopardy scan's queries on the sparse by_sla index: one partition per watched status
-    (orders not marked late, by when they entered it) and one for the orders marked late. Queries
-    only, never a Scan; each answers one page, and the scan takes the rest on its next pass."""
+    """The jeopardy scan's queries. Candidates come from the by_status_key index: an order entered
+    its status after it was placed, so those placed before the moment are a superset of those in
+    the status since before it, narrowed by `status_since` (and, to mark, by not being marked:
+    `sla_key`), both projected. The marked orders are the sparse by_sla index's one partition.
 
-    def __init__(self, client: Any, table: str):
+    Marked or not-yet-due orders stay at the oldest end of a status's range, so a query pages on
+    inside one pass until it has `limit` candidates, the range ends, or it has read `max_reads`
+    index entries (the read budget, so a pass stays cheap however many late orders wait for
+    someone: those are counted in jeopardy and alarmed on). Queries only, never a Scan."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 1000, max_reads: int = 20_000):
         self._client = client
         self._table = table
+        self._page_size = page_size
+        self._max_reads = max_reads
 
-    def _ids(self, **query: Any) -> list[str]:
-        response = self._client.query(TableName=self._table, IndexName="by_sla", ScanIndexForward=True, **query)
-        return [item["id"]["S"] for item in response.get("Items", [])]
+    def _candidates(self, status: OrderStatus, before: datetime, limit: int, *, unmarked: bool) -> list[str]:
+        condition = "status_since < :before"
+        values = {":status": {"S": status.value}, ":before": {"S": timestamp(before)}}
+        if unmarked:
+            # An order written before by_sla became sparse may still hold its status as sla_key.
+            condition += " AND (attribute_not_exists(sla_key) OR sla_key <> :late)"
+            values[":late"] = {"S": JEOPARDY_KEY}
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_status_key",
+            "KeyConditionExpression": "status_key = :status AND created_at < :before",
+            "FilterExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": True,
+        }
+        ids: list[str] = []
+        read = 0
+        while len(ids) < limit and read < self._max_reads:
+            page = self._client.query(**query, Limit=min(self._page_size, self._max_reads - read))
+            read += page.get("ScannedCount", 0)
+            ids.extend(item["id"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return ids[:limit]
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
-        return self._ids(
-            KeyConditionExpression="sla_key = :status AND sla_at < :before",
-            ExpressionAttributeValues={":status": {"S": status.value}, ":before": {"S": timestamp(before)}},
-            Limit=limit,
-        )
+        return self._candidates(status, before, limit, unmarked=True)
 
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
-        # Held and not yet marked late (on_hold's own partition), then held and marked (the late
-        # partition, small by nature, filtered on what the index projects).
-        values = {":held": {"S": OrderStatus.ON_HOLD.value}, ":before": {"S": timestamp(before)}}
-        unmarked = self._ids(
-            KeyConditionExpression="sla_key = :held AND sla_at < :before", ExpressionAttributeValues=values,
-            Limit=limit,
-        )  # fmt: skip
-        marked = self._ids(
-            KeyConditionExpression="sla_key = :late",
-            FilterExpression="#status = :held AND status_since < :before",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={**values, ":late": {"S": JEOPARDY_KEY}},
-        )
-        return (unmarked + marked)[:limit]
+        return self._candidates(OrderStatus.ON_HOLD, before, limit, unmarked=False)
 
     def count_in_jeopardy(self) -> int:
         count, start = 0, None
@@ -621,6 +647,53 @@ class DynamoLateOrders(LateOrders):
             start = page.get("LastEvaluatedKey")
             if not start:
                 return count
+
+
+def backfill_index_attributes(client: Any, table: str, page_size: int = 500) -> tuple[int, int]:
+    """The one-off upgrade of orders stored before the sparse by_status_key index: gives each
+    order the index attributes its current form has (index_attributes: `status_key`,
+    `status_since`, the late mark's keys) and removes what it must no longer have (the `sla_key`
+    of an unmarked order in a watched status). Each write is conditional on the version read, so
+    an order the running code wrote meanwhile (it writes them itself) is left alone, and a second
+    run writes nothing. An operator's command over the whole table, so a Scan; returns
+    (orders written, orders already right)."""
+    written = already = 0
+    scan: dict[str, Any] = {
+        "TableName": table,
+        "ProjectionExpression": "id, doc, #version, " + ", ".join(INDEX_ATTRIBUTES),
+        "ExpressionAttributeNames": {"#version": "version"},
+        "Limit": page_size,
+    }
+    while True:
+        page = client.scan(**scan)
+        for item in page.get("Items", []):
+            wanted = index_attributes(_order(item))
+            if wanted == {name: item[name] for name in INDEX_ATTRIBUTES if name in item}:
+                already += 1
+                continue
+            clauses = []
+            if wanted:
+                clauses.append("SET " + ", ".join(f"{name} = :{name}" for name in wanted))
+            removed = [name for name in INDEX_ATTRIBUTES if name not in wanted]
+            if removed:
+                clauses.append("REMOVE " + ", ".join(removed))
+            try:
+                client.update_item(
+                    TableName=table,
+                    Key={"id": item["id"]},
+                    UpdateExpression=" ".join(clauses),
+                    ConditionExpression="#version = :version",
+                    ExpressionAttributeNames={"#version": "version"},
+                    ExpressionAttributeValues={":version": item["version"], **{f":{k}": v for k, v in wanted.items()}},
+                )
+                written += 1
+            except ClientError as error:
+                if not _is_conditional_failure(error):
+                    raise
+                already += 1  # written by the running code since the scan read it
+        if "LastEvaluatedKey" not in page:
+            return written, already
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 # --- Catalog: products, the location network, API keys --------------------------------------

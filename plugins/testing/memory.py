@@ -135,11 +135,11 @@ class InMemoryLateOrders(LateOrders):
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         found = [o for o in self._orders.orders.values() if o.status is status and o.jeopardy is None]
-        return [o.id for o in sorted(found, key=lambda o: o.in_status_since) if o.in_status_since < before][:limit]
+        return [o.id for o in sorted(found, key=lambda o: o.created_at) if o.in_status_since < before][:limit]
 
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
         found = [o for o in self._orders.orders.values() if o.status is OrderStatus.ON_HOLD]
-        return [o.id for o in sorted(found, key=lambda o: o.in_status_since) if o.in_status_since < before][:limit]
+        return [o.id for o in sorted(found, key=lambda o: o.created_at) if o.in_status_since < before][:limit]
 
     def count_in_jeopardy(self) -> int:
         return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None)

@@ -311,10 +311,10 @@ def test_an_order_item_holds_only_what_keys_indexes_and_filters_need_beside_its_
 
     order = capture.place(place_order(), actor="k")
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"]
-    # No top-level external_id (the document has it, and the id is derived from it) and no
-    # status_since (only an order marked late carries it): bytes every later write would pay for.
+    # No top-level external_id (the document has it, and the id is derived from it) and no late
+    # index keys (only an order marked late carries them): bytes every later write would pay for.
     assert set(item) == {"id", "status", "version", "channel", "customer_id", "created_at", "list_pk",
-                         "payment_token", "doc", "history", "sla_key", "sla_at"}  # fmt: skip
+                         "payment_token", "doc", "history", "status_key", "status_since"}  # fmt: skip
     assert item_bytes(item) < 1024  # one write unit
 
 

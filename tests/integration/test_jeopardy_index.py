@@ -1,6 +1,7 @@
-"""The jeopardy scan's index under moto, on the tables built from template.yaml: the sparse by_sla
-index holds an order while it can be late (by its status and when it entered it) or is marked late
-(the late partition), never once it is closed; GET /orders?jeopardy=true pages through it."""
+"""The jeopardy scan's indexes under moto, on the tables built from template.yaml: candidates come
+from the by_status_key index (placed before the deadline, judged on when they entered the status),
+paging past marked and not-yet-due orders within one pass; the sparse by_sla index holds only the
+orders marked late, which GET /orders?jeopardy=true pages through."""
 
 from __future__ import annotations
 
@@ -43,17 +44,23 @@ def late(aws):
     return DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"])
 
 
-def index_entries(aws) -> dict[str, tuple[str, str]]:
-    """{order id: (sla_key, sla_at)} of every item the sparse index would hold."""
+def late_index_entries(aws) -> dict[str, tuple[str, str]]:
+    """{order id: (sla_key, sla_at)} of every item the sparse by_sla index would hold."""
     items = aws.dynamodb.scan(TableName=aws.tables["OrdersTable"])["Items"]  # the test reads all; the code never
     return {i["id"]["S"]: (i["sla_key"]["S"], i["sla_at"]["S"]) for i in items if "sla_key" in i}
 
 
-def test_orders_enter_the_index_by_status_and_leave_it_when_closed(aws, capture, orders, late):
+def mark(orders, order_id: str, at) -> None:
+    current = orders.get(order_id)
+    marked, entry = current.mark_jeopardy("pending for longer than 5m", at, at=at, actor="x")
+    orders.update(marked, current, [entry])
+
+
+def test_candidates_come_from_the_status_index_and_only_marked_orders_enter_the_late_one(aws, capture, orders, late):
     first = capture.place(place_order(external_id="a"), actor="k")
     second = capture.place(place_order(external_id="b"), actor="k")
 
-    assert set(index_entries(aws)) == {first.id, second.id}
+    assert late_index_entries(aws) == {}  # placing an order writes no late-index entry
     assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == [first.id, second.id]
     assert late.unmarked_since_before(S.PENDING, first.created_at, 10) == []  # before either entered
     assert late.unmarked_since_before(S.AUTHORIZED, NOW + timedelta(days=1), 10) == []
@@ -61,10 +68,50 @@ def test_orders_enter_the_index_by_status_and_leave_it_when_closed(aws, capture,
     cancelled, entry = orders.get(first.id).cancel("test", at=NOW + timedelta(minutes=1), actor="k")
     orders.update(cancelled, orders.get(first.id), [entry])
 
-    assert set(index_entries(aws)) == {second.id}  # a closed order leaves the index
+    assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == [second.id]
+    assert late_index_entries(aws) == {}
 
 
-def test_a_marked_order_moves_to_the_late_partition_is_listed_and_counted(aws, capture, orders, late):
+def test_a_page_full_of_marked_or_not_yet_due_orders_never_starves_the_scan(aws, capture, orders):
+    placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(6)]
+    for order in placed[:3]:
+        mark(orders, order.id, NOW + timedelta(minutes=10))
+    # Placed early but on hold only since a day later: in the range placed before the moment, not due.
+    current = orders.get(placed[3].id)
+    held, entry = current.hold_for("fraud_review", None, at=NOW + timedelta(days=1), actor="k")
+    orders.update(held, current, [entry])
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
+
+    assert late.unmarked_since_before(S.PENDING, NOW + timedelta(hours=1), 10) == [placed[4].id, placed[5].id]
+    assert late.unmarked_since_before(S.PENDING, NOW + timedelta(hours=1), 1) == [placed[4].id]
+    assert late.held_since_before(NOW + timedelta(hours=1), 10) == []
+    assert late.held_since_before(NOW + timedelta(days=2), 10) == [placed[3].id]
+    scan = JeopardyScan(late, orders, lambda *a: None, lambda: NOW + timedelta(hours=1), sla=parse_sla(""), limit=1)
+    assert scan.run().marked == [placed[4].id]  # one pass, past the first two pages
+    assert scan.run().marked == [placed[5].id]
+
+
+def test_a_pass_reads_no_more_index_entries_than_its_budget(aws, capture, orders, monkeypatch):
+    placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(5)]
+    for order in placed[:4]:
+        mark(orders, order.id, NOW + timedelta(minutes=10))
+    calls = []
+    real = aws.dynamodb.query
+
+    def counted(**kwargs):
+        calls.append(kwargs["Limit"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(aws.dynamodb, "query", counted)
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"], page_size=2, max_reads=3)
+
+    assert late.unmarked_since_before(S.PENDING, NOW + timedelta(hours=1), 10) == []  # stopped short
+    assert calls == [2, 1]  # three entries read, the budget
+    roomy = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"], page_size=2, max_reads=6)
+    assert roomy.unmarked_since_before(S.PENDING, NOW + timedelta(hours=1), 10) == [placed[4].id]
+
+
+def test_a_marked_order_enters_the_late_index_is_listed_and_counted(aws, capture, orders, late):
     placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(3)]
     clock = lambda: NOW + timedelta(minutes=30)  # noqa: E731
     scan = JeopardyScan(late, orders, lambda *a: None, clock, sla=parse_sla(""))
@@ -72,7 +119,7 @@ def test_a_marked_order_moves_to_the_late_partition_is_listed_and_counted(aws, c
     done = scan.run()
 
     assert sorted(done.marked) == sorted(o.id for o in placed) and done.in_jeopardy == 3
-    assert {key for key, _ in index_entries(aws).values()} == {"jeopardy"}
+    assert {key for key, _ in late_index_entries(aws).values()} == {"jeopardy"}
     assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == []
     assert scan.run().marked == []  # a second pass finds nothing new to mark
     page, cursor = orders.list(OrderFilter(jeopardy=True), 2, None)

@@ -161,12 +161,12 @@ def test_tables_carry_keys_indexes_streams_and_ttl(template: Template):
     orders = tables["OrdersTable"]
     assert orders.key_schema == [{"AttributeName": "id", "KeyType": "HASH"}]
     indexes = {index["IndexName"]: index for index in orders.global_secondary_indexes}
-    assert {"by_customer", "by_channel", "by_status"} <= set(indexes)
+    assert {"by_customer", "by_channel", "by_status_key"} <= set(indexes)
     assert indexes["by_customer"]["Projection"] == {
         "ProjectionType": "INCLUDE",
         "NonKeyAttributes": ["channel"],
     }
-    # Only by_status carries the status: any other index would be rewritten on every status change.
+    # Only by_status_key carries the status: any other index would be rewritten on every status change.
     assert indexes["by_channel"]["Projection"] == {"ProjectionType": "KEYS_ONLY"}
     assert orders.stream_view_type == "NEW_AND_OLD_IMAGES"
     assert tables["CatalogTable"].ttl_attribute == "expires_at"

@@ -1,4 +1,4 @@
-"""The scheduled reconciler under moto: it finds stuck orders through the by_status index (a Query,
+"""The scheduled reconciler under moto: it finds stuck orders through the by_status_key index (a Query,
 never a Scan), starts the workflow again once per pass for an order older than the threshold,
 leaves a fresh one to its own execution, and parks one stuck for too long."""
 
@@ -163,7 +163,7 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     # Pending, then authorized; then the pickups past their deadline.
     assert [operation for operation, _ in calls] == ["query", "query", "query"]
-    assert [kwargs["IndexName"] for _, kwargs in calls] == ["by_status", "by_status", "by_pickup_deadline"]
+    assert [kwargs["IndexName"] for _, kwargs in calls] == ["by_status_key", "by_status_key", "by_pickup_deadline"]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------

@@ -16,13 +16,15 @@ def test_an_item_weighs_its_attribute_names_and_values():
 
 
 def test_index_writes_follow_the_template():
-    names = ("by_customer", "by_channel", "by_status", "by_created", "by_sla", "by_pickup_deadline")
+    names = ("by_customer", "by_channel", "by_status_key", "by_created", "by_sla", "by_pickup_deadline")
     by_index = dict(zip(names, orders_indexes(), strict=True))
-    assert by_index["by_sla"].writes_on_change("status", "sla_key", "sla_at") == 2  # the jeopardy index follows it
-    assert by_index["by_status"].writes_on_change("status") == 2  # its key moves: delete + put
-    # The channel and customer indexes do not carry the status: a status change skips them.
-    assert by_index["by_channel"].writes_on_change("status") == 0
-    assert by_index["by_customer"].writes_on_change("status") == 0
+    assert by_index["by_status_key"].writes_on_change("status_key") == 2  # its key moves: delete + put
+    assert by_index["by_status_key"].writes_on_change("sla_key") == 1  # a mark rewrites the entry
+    assert by_index["by_sla"].writes_on_change("sla_key", "sla_at") == 2
+    # `status` itself is no index's key: a change of it alone rewrites no entry (by_sla projects it,
+    # but only marked orders are in it, and a status change unmarks them: their entry is removed).
+    for name in set(names) - {"by_sla"}:
+        assert by_index[name].writes_on_change("status") == 0, name
     assert Index(frozenset({"k"}), None).writes_on_change("status") == 1  # ALL projects everything
     assert by_index["by_customer"].writes_on_put({"customer_id": {}, "created_at": {}}) == 1
     assert by_index["by_customer"].writes_on_put({"created_at": {}}) == 0  # sparse: no key, no entry
@@ -82,30 +84,32 @@ def test_an_update_writes_the_index_entries_it_adds_moves_rewrites_or_removes():
 
     by_index = {index.name: index for index in orders_indexes()}
     placed = {"id": {"S": "ord_1"}, "status": {"S": "pending"}, "created_at": {"S": "t0"},
-              "sla_key": {"S": "pending"}, "sla_at": {"S": "t0"}, "status_since": {"S": "t0"}}  # fmt: skip
+              "status_key": {"S": "pending"}, "status_since": {"S": "t0"}}  # fmt: skip
     update = {
-        "UpdateExpression": "SET #status = :status, sla_key = :sla_key, sla_at = :sla_at, "
-        "history = list_append(history, :entries) REMOVE pickup_pk, collect_by",
+        "UpdateExpression": "SET #status = :status, status_key = :status_key, status_since = :status_since, "
+        "history = list_append(history, :entries) REMOVE sla_key, sla_at, pickup_pk, collect_by",
         "ExpressionAttributeNames": {"#status": "status"},
-        "ExpressionAttributeValues": {":status": {"S": "allocated"}, ":sla_key": {"S": "allocated"},
-                                      ":sla_at": {"S": "t1"}, ":entries": {"L": []}},
+        "ExpressionAttributeValues": {":status": {"S": "allocated"}, ":status_key": {"S": "allocated"},
+                                      ":status_since": {"S": "t1"}, ":entries": {"L": []}},
     }  # fmt: skip
     allocated = updated_attributes(placed, update)
     assert allocated["status"] == {"S": "allocated"} and "history" not in allocated
-    assert by_index["by_status"].writes_on_update(placed, allocated) == 2  # its key moved
-    assert by_index["by_sla"].writes_on_update(placed, allocated) == 2
+    assert by_index["by_status_key"].writes_on_update(placed, allocated) == 2  # its key moved
+    assert by_index["by_sla"].writes_on_update(placed, allocated) == 0  # only marked orders are in it
     assert by_index["by_channel"].writes_on_update(placed, allocated) == 0  # keys only, keys unchanged
-    # Leaving the watched statuses removes the sparse entry: one write, and none once it is gone.
-    shipped = updated_attributes(allocated, {"UpdateExpression": "SET #status = :s REMOVE sla_key, sla_at",
+    # Shipping removes the sparse entry: one write, and none once it is gone (delivered).
+    shipped = updated_attributes(allocated, {"UpdateExpression": "SET #status = :s REMOVE status_key, status_since",
                                              "ExpressionAttributeNames": {"#status": "status"},
                                              "ExpressionAttributeValues": {":s": {"S": "shipped"}}})  # fmt: skip
-    assert "sla_key" not in shipped
-    assert by_index["by_sla"].writes_on_update(allocated, shipped) == 1
-    assert by_index["by_sla"].writes_on_update(shipped, {**shipped, "status": {"S": "delivered"}}) == 0
-    # A projected attribute that changes rewrites the entry in place; one that does not, nothing.
-    marked = {**allocated, "sla_key": {"S": "jeopardy"}}
-    assert by_index["by_sla"].writes_on_update(marked, {**marked, "status_since": {"S": "t2"}}) == 1
-    assert by_index["by_sla"].writes_on_update(marked, dict(marked)) == 0
+    assert "status_key" not in shipped
+    assert by_index["by_status_key"].writes_on_update(allocated, shipped) == 1
+    assert by_index["by_status_key"].writes_on_update(shipped, {**shipped, "status": {"S": "delivered"}}) == 0
+    # A mark adds the late entry and rewrites the status entry in place (it projects sla_key); the
+    # same values written again rewrite nothing.
+    marked = {**allocated, "sla_key": {"S": "jeopardy"}, "sla_at": {"S": "t0"}}
+    assert by_index["by_sla"].writes_on_update(allocated, marked) == 1
+    assert by_index["by_status_key"].writes_on_update(allocated, marked) == 1
+    assert by_index["by_status_key"].writes_on_update(marked, dict(marked)) == 0
 
 
 def test_a_phase_measured_on_half_the_orders_is_scaled_to_all_of_them():

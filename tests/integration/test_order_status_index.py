@@ -1,0 +1,169 @@
+"""The sparse by_status_key index under moto, on the tables built from template.yaml: an order is in
+it while its status is one people and the scheduled passes work through, and out of it once
+shipped, delivered or returned; lists of either kind page across pages; the reconciler's query;
+the one-off backfill of orders stored before the index."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core.models import Order
+from core.plugin_manager import build_plugin_manager
+from core.ports import OrderFilter
+from core.pricing import Pricing
+from core.services import CaptureService
+from core.status import OrderStatus
+from functions.adapters.dynamodb import (
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoStalledOrders,
+    backfill_index_attributes,
+    order_update,
+)
+from tests.builders import NOW, location, place_order, product
+
+S = OrderStatus
+
+
+@pytest.fixture
+def orders(aws):
+    return DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+
+
+@pytest.fixture
+def capture(aws, orders):
+    catalog = DynamoCatalog(aws.dynamodb, aws.tables["CatalogTable"])
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    catalog.put_product(product("TSHIRT"))
+    catalog.put_location(location("wh-east"))
+    inventory.set_on_hand("TSHIRT", "wh-east", 1000, "count")
+    ticks = iter(range(10_000))
+    return CaptureService(
+        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
+    )
+
+
+def stored(aws, order_id: str) -> dict:
+    return aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order_id}})["Item"]
+
+
+def move(aws, order: Order, status: OrderStatus) -> Order:
+    """Store `order` in `status` with the adapter's own write (the status machine's route there
+    is the core's business, not what these tests are about)."""
+    moved = order.model_copy(update={"status": status, "version": order.version + 1})
+    aws.dynamodb.update_item(**order_update(aws.tables["OrdersTable"], moved, order, []))
+    return moved
+
+
+def test_an_order_is_in_the_status_index_only_while_its_status_is_worked_through(aws, capture, orders):
+    placed = capture.place(place_order(external_id="a"), actor="k")
+    item = stored(aws, placed.id)
+    assert item["status_key"] == {"S": "pending"} and "status_since" in item and "sla_key" not in item
+
+    shipped = move(aws, placed, S.SHIPPED)
+    item = stored(aws, placed.id)
+    assert item["status"] == {"S": "shipped"}
+    assert not {"status_key", "status_since", "sla_key", "sla_at"} & set(item)  # out of both sparse indexes
+
+    move(aws, shipped, S.DELIVERED)
+    assert "status_key" not in stored(aws, placed.id)
+
+    cancelled = move(aws, capture.place(place_order(external_id="b"), actor="k"), S.CANCELLED)
+    item = stored(aws, cancelled.id)
+    assert item["status_key"] == {"S": "cancelled"} and "status_since" not in item  # listed, never late
+
+
+def test_a_status_in_the_index_is_listed_newest_first_across_pages(capture, orders):
+    placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(5)]
+
+    seen, cursor, pages = [], None, 0
+    while True:
+        page, cursor = orders.list(OrderFilter(status=S.PENDING), 2, cursor)
+        seen += [o.id for o in page]
+        pages += 1
+        if cursor is None:
+            break
+    assert seen == [o.id for o in reversed(placed)] and pages == 3
+
+
+def test_shipped_orders_are_listed_from_all_orders_filtered_across_pages(aws, capture, orders):
+    placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(5)]
+    shipped = {move(aws, placed[i], S.SHIPPED).id for i in (0, 3)}
+    delivered = move(aws, move(aws, placed[1], S.SHIPPED), S.DELIVERED).id
+
+    seen, cursor, sizes = [], None, []
+    while True:
+        page, cursor = orders.list(OrderFilter(status=S.SHIPPED), 2, cursor)
+        seen += [o.id for o in page]
+        sizes.append(len(page))
+        if cursor is None:
+            break
+    assert seen == [placed[3].id, placed[0].id]  # newest first
+    assert set(seen) == shipped and sizes != [2]  # pages come back shorter than the limit
+    assert [o.id for o in orders.list(OrderFilter(status=S.DELIVERED), 10, None)[0]] == [delivered]
+    # Filtered by a status that is indexed, the other orders never show.
+    assert {o.id for o in orders.list(OrderFilter(status=S.PENDING), 10, None)[0]} == {
+        placed[2].id,
+        placed[4].id,
+    }
+
+
+def test_the_reconciler_finds_stalled_orders_through_the_status_index(aws, capture, orders):
+    first = capture.place(place_order(external_id="a"), actor="k")
+    second = capture.place(place_order(external_id="b"), actor="k")
+    move(aws, second, S.AUTHORIZED)
+    stalled = DynamoStalledOrders(aws.dynamodb, aws.tables["OrdersTable"])
+
+    found = stalled.stalled(S.PENDING, NOW + timedelta(hours=1), 10)
+    assert [(s.order_id, s.status, s.created_at) for s in found] == [(first.id, S.PENDING, first.created_at)]
+    assert [s.order_id for s in stalled.stalled(S.AUTHORIZED, NOW + timedelta(hours=1), 10)] == [second.id]
+    assert stalled.stalled(S.PENDING, first.created_at, 10) == []  # placed before the moment only
+    with pytest.raises(ValueError):
+        stalled.stalled(S.SHIPPED, NOW, 10)  # not in the index: the question has no answer there
+
+
+def test_the_backfill_gives_orders_stored_before_the_index_their_attributes(aws, capture, orders):
+    table = aws.tables["OrdersTable"]
+    pending = capture.place(place_order(external_id="a"), actor="k")
+    shipped = move(aws, capture.place(place_order(external_id="b"), actor="k"), S.SHIPPED)
+    marked = capture.place(place_order(external_id="c"), actor="k")
+    late_one, entry = marked.mark_jeopardy("pending for longer than 5m", NOW, at=NOW, actor="x")
+    orders.update(late_one, marked, [entry])
+    # The stored forms of before: no status_key nor status_since; an unmarked watched order kept
+    # its status as sla_key (the old by_sla index's per-status partition); a marked one as now.
+    aws.dynamodb.update_item(
+        TableName=table,
+        Key={"id": {"S": pending.id}},
+        UpdateExpression="SET sla_key = :s, sla_at = :t REMOVE status_key, status_since",
+        ExpressionAttributeValues={":s": {"S": "pending"}, ":t": {"S": "2026-11-22T12:00:00.000000Z"}},
+    )
+    for order_id in (shipped.id, marked.id):
+        aws.dynamodb.update_item(TableName=table, Key={"id": {"S": order_id}}, UpdateExpression="REMOVE status_key")
+    assert orders.list(OrderFilter(status=S.PENDING), 10, None)[0] == []  # invisible to the index
+
+    assert backfill_index_attributes(aws.dynamodb, table, page_size=2) == (2, 1)  # the shipped one was right
+
+    item = stored(aws, pending.id)
+    assert item["status_key"] == {"S": "pending"} and "status_since" in item
+    assert not {"sla_key", "sla_at"} & set(item)
+    assert stored(aws, marked.id)["sla_key"] == {"S": "jeopardy"}
+    assert {o.id for o in orders.list(OrderFilter(status=S.PENDING), 10, None)[0]} == {pending.id, marked.id}
+    assert backfill_index_attributes(aws.dynamodb, table) == (0, 3)  # a second run writes nothing
+
+
+def test_the_backfill_command_reports_what_it_wrote(aws, capture, monkeypatch, capsys):
+    from infra import backfill_orders
+
+    table = aws.tables["OrdersTable"]
+    placed = capture.place(place_order(external_id="a"), actor="k")
+    aws.dynamodb.update_item(TableName=table, Key={"id": {"S": placed.id}}, UpdateExpression="REMOVE status_key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr("sys.argv", ["backfill_orders", "--table", table])
+
+    backfill_orders.main()
+
+    assert capsys.readouterr().out == "1 orders written, 0 already right\n"
+    assert stored(aws, placed.id)["status_key"] == {"S": "pending"}
