@@ -218,6 +218,11 @@ def test_router_prefers_literal_segments_and_reports_allowed_methods():
     assert router.match("/orders/", "GET")[0].route.path == "/orders"
 
 
+def test_a_greedy_proxy_path_is_refused_rather_than_matched_as_one_segment():
+    with pytest.raises(ValueError, match=r"route Proxy: greedy path /files/\{proxy\+\} is not emulated"):
+        Router([*ROUTES, ApiRoute("Proxy", "/files/{proxy+}", "GET", None)])
+
+
 def test_unknown_path_is_404_and_wrong_method_is_405_in_the_contract_shape():
     gw = gateway()
     status, body, _ = call(gw, "GET", "/nowhere")
