@@ -286,11 +286,8 @@ def _as_list(value: Any) -> list[str]:
 @dataclass
 class TokenBuckets:
     """API Gateway's throttling, per caller: `rate` tokens a second, at most `burst` saved up.
-    On AWS the stage's MethodSettings throttle the whole stage; locally each API key (the
-    authorizer's principalId) gets its own bucket, so one noisy client cannot starve the rest.
-    A caller without a valid key (a public route, a missing, unknown or revoked key) is known only
-    by its address, so it gets the bucket of its source IP: a bad key per request cannot buy a
-    fresh bucket each time."""
+    On AWS the stage's MethodSettings throttle the whole stage; locally each caller (ApiGateway.handle
+    says who that is) gets its own bucket, so one noisy client cannot starve the rest."""
 
     rate: float
     burst: int
@@ -371,7 +368,8 @@ class ApiGateway:
         refusal = authorizer.refusal(event) if authorizer else None
         if refusal not in (None, "UNAUTHORIZED"):
             return self.gateway_response(refusal, request.request_id)
-        # A caller without a valid key is known only by its address: a refused key's request counts
+        # The caller is the API key (the authorizer's principalId). One without a valid key (a public
+        # route, a missing, unknown or revoked key) is known only by its address: its request counts
         # against that address's bucket, so a new bad key per request cannot buy a fresh bucket.
         caller = event["requestContext"].get("authorizer", {}).get("principalId") or request.source_ip
         if self.throttle is not None and (wait := self.throttle.take(caller)) > 0:
