@@ -12,8 +12,8 @@ from infra.local.gateway import RAW_HEADERS_KEY, ApiGateway
 
 class GatewayRequestHandler(WSGIRequestHandler):
     """Keeps the headers as sent (case and repeats), which WSGI's environ folds; access logging is
-    the gateway's own. Speaks HTTP/1.1 so clients keep their connections alive, as they do with
-    API Gateway (werkzeug's default, HTTP/1.0, closes every connection)."""
+    the gateway's own. Answers in HTTP/1.1 like API Gateway, though werkzeug's server (3.1) sends
+    `Connection: close` with every response, so clients do not keep connections alive."""
 
     protocol_version = "HTTP/1.1"
 
