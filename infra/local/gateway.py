@@ -72,9 +72,11 @@ class Router:
         segments = raw_path.split("/")[1:]
         if segments and segments[-1] == "":
             segments.pop()  # API Gateway ignores one trailing slash
+        if "" in segments:  # an empty segment (`//`) names no resource
+            return None, []
         values = [unquote(segment) for segment in segments]
         found = []  # (rank: literal segments first, then the path), route, path parameters
-        for route, pattern in self._patterns if "" not in segments else ():
+        for route, pattern in self._patterns:
             if len(pattern) != len(values):
                 continue
             pairs = list(zip(pattern, values, strict=True))

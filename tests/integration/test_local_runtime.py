@@ -216,6 +216,7 @@ def test_router_prefers_literal_segments_and_reports_allowed_methods():
     match, _ = router.match("/inventory/a%20b/loc_1", "PUT")
     assert match.path_parameters == {"sku": "a b", "location_id": "loc_1"}
     assert router.match("/orders/", "GET")[0].route.path == "/orders"
+    assert router.match("/orders//history", "GET") == (None, [])  # an empty segment names no resource
 
 
 def test_a_greedy_proxy_path_is_refused_rather_than_matched_as_one_segment():
