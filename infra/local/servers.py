@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
-from infra.local.gateway import ApiGateway, GatewayRequestHandler
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from infra.local.gateway import RAW_HEADERS_KEY, ApiGateway
+
+
+class GatewayRequestHandler(WSGIRequestHandler):
+    """Keeps the headers as sent (case and repeats), which WSGI's environ folds; access logging is
+    the gateway's own. Answers in HTTP/1.1 like API Gateway, though werkzeug's server (3.1) sends
+    `Connection: close` with every response, so clients do not keep connections alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def make_environ(self) -> dict[str, Any]:
+        environ = super().make_environ()
+        environ[RAW_HEADERS_KEY] = list(self.headers.items())
+        return environ
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
 
 
 class Servers:
@@ -17,56 +32,29 @@ class Servers:
 
     def __init__(self, host: str):
         self.host = host
-        self._moto_server: Any = None
-        self._aws_port: int | None = None
-        self._http_server: Any = None
-        self._http_thread: threading.Thread | None = None
+        self._running: list[tuple[BaseWSGIServer, threading.Thread]] = []
 
     def start_aws(self, port: int) -> int:
-        from moto.server import ThreadedMotoServer
+        # What moto's ThreadedMotoServer serves, on a server this class can stop without its
+        # half-second shutdown poll.
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 
-        server = ThreadedMotoServer(ip_address=self.host, port=port, verbose=False)
-        server.start()
-        self._moto_server = server
-        self._aws_port = server.get_host_and_port()[1]
-        return self._aws_port
+        return self._serve(DomainDispatcherApplication(create_backend_app), port, MotoRequestHandler, "oms-local-aws")
 
     def start_api(self, gateway: ApiGateway, port: int) -> int:
-        from werkzeug.serving import make_server
+        return self._serve(gateway, port, GatewayRequestHandler, "oms-local-api")
 
-        self._http_server = make_server(self.host, port, gateway, threaded=True, request_handler=GatewayRequestHandler)
-        self._http_thread = threading.Thread(
-            target=self._http_server.serve_forever,
-            kwargs={"poll_interval": 0.1},  # how soon shutdown() is noticed
-            name="oms-local-api",
-            daemon=True,
-        )
-        self._http_thread.start()
-        return self._http_server.server_port
+    def _serve(self, app: Any, port: int, handler: type[WSGIRequestHandler], name: str) -> int:
+        server = make_server(self.host, port, app, threaded=True, request_handler=handler)
+        # poll_interval: how soon shutdown() is noticed.
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True)
+        thread.start()
+        self._running.append((server, thread))
+        return server.server_port
 
     def stop(self) -> None:
-        if self._http_server is not None:
-            self._http_server.shutdown()
-            self._http_server.server_close()
-            self._http_server = None
-        if self._http_thread is not None:
-            self._http_thread.join(timeout=5)
-            self._http_thread = None
-        if self._moto_server is not None:
-            _stop_promptly(self._moto_server.stop, (self.host, self._aws_port))
-            server = getattr(self._moto_server, "_server", None)
-            if server is not None:
-                server.server_close()  # ThreadedMotoServer.stop() leaves the socket open
-            self._moto_server = None
-
-
-def _stop_promptly(stop: Callable[[], None], address: tuple[str, int | None]) -> None:
-    """Runs a server's blocking stop() while poking its socket: serve_forever() notices a shutdown
-    only between polls (half a second for moto's server), a connection wakes it at once."""
-    stopper = threading.Thread(target=stop, name="oms-local-stop", daemon=True)
-    stopper.start()
-    while stopper.is_alive() and address[1]:
-        with suppress(OSError):
-            socket.create_connection(address, timeout=0.2).close()
-        stopper.join(0.05)
-    stopper.join()
+        while self._running:  # the API first, then the AWS endpoint its handlers may call
+            server, thread = self._running.pop()
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)

@@ -216,6 +216,12 @@ def test_router_prefers_literal_segments_and_reports_allowed_methods():
     match, _ = router.match("/inventory/a%20b/loc_1", "PUT")
     assert match.path_parameters == {"sku": "a b", "location_id": "loc_1"}
     assert router.match("/orders/", "GET")[0].route.path == "/orders"
+    assert router.match("/orders//history", "GET") == (None, [])  # an empty segment names no resource
+
+
+def test_a_greedy_proxy_path_is_refused_rather_than_matched_as_one_segment():
+    with pytest.raises(ValueError, match=r"route Proxy: greedy path /files/\{proxy\+\} is not emulated"):
+        Router([*ROUTES, ApiRoute("Proxy", "/files/{proxy+}", "GET", None)])
 
 
 def test_unknown_path_is_404_and_wrong_method_is_405_in_the_contract_shape():
