@@ -518,7 +518,7 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
     for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
         monkeypatch.setenv(name, value)
     original_call_action = BaseResponse.__dict__["call_action"]
-    with mock_aws(), lock.PATCH.applied():
+    with mock_aws(), lock.PATCH.registered():
         assert BaseResponse.__dict__["call_action"] is not original_call_action
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
