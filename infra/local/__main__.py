@@ -13,49 +13,26 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from infra.local.import_cli import state_file
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
 
 FIRST_ORDER = {
-    "channel": "web",
-    "external_id": "web-1001",
-    "currency": "USD",
+    "channel": "web", "external_id": "web-1001", "currency": "USD",
     "customer": {"id": "cus_1", "email": "ada@example.com", "name": "Ada Lovelace"},
     "lines": [{"sku": "TSHIRT-BLK-M", "quantity": 2}],
-    "shipping_address": {
-        "name": "Ada Lovelace",
-        "line1": "1 Main St",
-        "city": "Springfield",
-        "region": "CA",
-        "postal_code": "94105",
-        "country": "US",
-    },
+    "shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Springfield", "region": "CA",
+                         "postal_code": "94105", "country": "US"},
     "payment": {"method": "test", "token": "tok_approve"},
-}
-
-
-# Where `make run` writes what other local tools need (make import): addresses, names, the admin
-# key. Gitignored; removed on exit. OMS_STATE_FILE moves it.
-STATE_FILE = Path(__file__).resolve().parents[2] / ".oms-local.json"
-
-
-def state_file() -> Path:
-    return Path(os.environ.get("OMS_STATE_FILE") or STATE_FILE)
+}  # fmt: skip
 
 
 def write_state(stack: EmbeddedStack) -> Path:
+    """What other local tools need (make import): addresses, names, the admin key."""
     path = state_file()
-    state = {
-        "api_url": stack.api_url,
-        "aws_endpoint": stack.aws_endpoint,
-        "region": "us-east-1",
-        "admin_key": stack.admin_key,
-        "stack_name": stack.stack_name,
-        "buckets": stack.bucket_names,
-        "queues": stack.queue_urls,
-        "tables": stack.table_names,
-        "pid": os.getpid(),
-    }
+    state = {"api_url": stack.api_url, "aws_endpoint": stack.aws_endpoint, "region": "us-east-1",
+             "admin_key": stack.admin_key, "stack_name": stack.stack_name, "buckets": stack.bucket_names,
+             "queues": stack.queue_urls, "tables": stack.table_names, "pid": os.getpid()}  # fmt: skip
     path.write_text(json.dumps(state, indent=2) + "\n")
     path.chmod(0o600)  # it holds the admin key
     return path
@@ -124,11 +101,9 @@ def _workflow_lines(stack: EmbeddedStack) -> list[str]:
 
 
 def local_parameters() -> dict[str, str]:
-    """The template parameters `make run` sets for a laptop."""
-    return {
-        # The demo orders pay with the `test` gateway; OMS_ENABLE_TEST_PAYMENTS=false turns it off.
-        "EnableTestPayments": os.environ.get("OMS_ENABLE_TEST_PAYMENTS") or "true",
-    }
+    """The template parameters `make run` sets for a laptop: the demo orders pay with the `test`
+    gateway; OMS_ENABLE_TEST_PAYMENTS=false turns it off."""
+    return {"EnableTestPayments": os.environ.get("OMS_ENABLE_TEST_PAYMENTS") or "true"}
 
 
 def main() -> int:

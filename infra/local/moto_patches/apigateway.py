@@ -12,7 +12,9 @@ from typing import Any
 from infra.local.moto_patches import MotoPatch, Replacements
 
 # DELETE /restapis/{restapi_id}/stages/{stage_name}/cache/authorizers (202, no body on AWS).
-_FLUSH = re.compile(r"^https?://apigateway\.[^/]+/restapis/(?P<api>[^/?]+)/stages/(?P<stage>[^/?]+)/cache/authorizers/?$")
+_FLUSH = re.compile(
+    r"^https?://apigateway\.[^/]+/restapis/(?P<api>[^/?]+)/stages/(?P<stage>[^/?]+)/cache/authorizers/?$"
+)
 flushed: list[tuple[str, str]] = []  # every flush answered, oldest first: what tests read
 
 

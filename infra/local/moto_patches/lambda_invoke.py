@@ -33,7 +33,11 @@ PATCH = MotoPatch(
     "lambda_invoke",
     changes="Lambda Invoke (from Step Functions' Lambda tasks and any boto3 client) runs the template's "
     "function in process; moto would need a zip and Docker.",
-    expects={"moto.awslambda.models.LambdaBackend.invoke": "(self, function_name, qualifier, body, headers, response_headers)"},
+    expects={
+        "moto.awslambda.models.LambdaBackend.invoke": (
+            "(self, function_name, qualifier, body, headers, response_headers)"
+        )
+    },
     replacements=_replacements,
 )
 
