@@ -9,9 +9,9 @@ One process runs every function and has one os.environ, so the stack exports the
 Globals.Function.Environment and every function's own variables, resolved
 (`stack.function_environments` keeps what each function would see on AWS), plus AWS_* (fake
 credentials, region), MOTO_PORT (moto's Step Functions interpreter calls back there) and
-AWS_ENDPOINT_URL_S3, botocore's own setting: the functions reach S3 through the stack's AWS
-endpoint, as they would any S3-compatible endpoint, so their presigned URLs (shipping labels)
-point where a client outside the process can GET them.
+AWS_ENDPOINT_URL_S3, botocore's own setting: the stack's AWS endpoint, so presigned URLs (shipping
+labels) point where a client outside the process can GET them, while moto serves the functions'
+S3 requests in process (MOTO_S3_CUSTOM_ENDPOINTS, moto's setting for S3-compatible endpoints).
 """
 
 from __future__ import annotations
@@ -170,6 +170,10 @@ class EmbeddedStack:
     def aws_endpoint(self) -> str:
         return f"http://{self.host}:{self.aws_port}"
 
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://localhost:{self.aws_port}"
+
     def start(self) -> EmbeddedStack:
         if self._started:
             raise RuntimeError("stack already started")
@@ -193,8 +197,11 @@ class EmbeddedStack:
             self._admin_key_bootstrap(self.admin_key)
             self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
             self.aws_port = self.servers.start_aws(self._ports[1])
-            self.process.set_env({"MOTO_PORT": str(self.aws_port), "AWS_ENDPOINT_URL_S3": self.aws_endpoint})
-            self.environment["AWS_ENDPOINT_URL_S3"] = self.aws_endpoint
+            # The functions' S3 endpoint names the same server as "localhost", which moto then
+            # serves in process (only S3 is addressed by that name; aws_endpoint serves every service).
+            s3 = {"AWS_ENDPOINT_URL_S3": self.s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": self.s3_endpoint}
+            self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})
+            self.environment["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint
             self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)
             self.process.enter(apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
             self.api_port = self.servers.start_api(gateway, self._ports[0])

@@ -494,11 +494,12 @@ def test_label_links_signed_in_process_point_at_the_stack_s_endpoint_and_downloa
 
     from functions.adapters.labels import S3Labels
 
-    assert os.environ["AWS_ENDPOINT_URL_S3"] == stack.aws_endpoint == stack.environment["AWS_ENDPOINT_URL_S3"]
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
+    assert endpoint == stack.environment["AWS_ENDPOINT_URL_S3"] == f"http://localhost:{stack.aws_port}"
     labels = S3Labels(stack.bucket_names["Uploads"])
-    key = labels.put_label("ord_1", "shp_1", b"%PDF-label", "application/pdf")  # through the endpoint, over HTTP
+    key = labels.put_label("ord_1", "shp_1", b"%PDF-label", "application/pdf")  # in process, through moto
     url = labels.link(key)
-    assert url.startswith(stack.aws_endpoint + "/")
+    assert url.startswith(endpoint + "/")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=10) as response:
         assert response.status == 200
