@@ -131,8 +131,8 @@ class EmbeddedStack:
         else:
             self.template = Template.load(template, parameter_overrides=overrides)
         self.host = "127.0.0.1"
-        self._ports = (_env("OMS_PORT", 8080, int) if api_port is None else api_port,
-                       _env("OMS_AWS_PORT", 4566, int) if aws_port is None else aws_port)  # fmt: skip
+        self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port
+        self._aws_port_asked = _env("OMS_AWS_PORT", 4566, int) if aws_port is None else aws_port
         self.stack_name = self.template.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or "oms-local"
         self.admin_key = admin_key or os.environ.get("OMS_ADMIN_API_KEY") or "oms_admin_" + secrets.token_urlsafe(24)
         self.seed = _env("OMS_SEED", True, _flag) if seed is None else seed
@@ -196,7 +196,7 @@ class EmbeddedStack:
                 self.process.enter(s3_notifications.routing(s3_mappings))
             self._admin_key_bootstrap(self.admin_key)
             self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
-            self.aws_port = self.servers.start_aws(self._ports[1])
+            self.aws_port = self.servers.start_aws(self._aws_port_asked)
             # The functions' S3 endpoint names the same server as "localhost", which moto then
             # serves in process (only S3 is addressed by that name; aws_endpoint serves every service).
             s3 = {"AWS_ENDPOINT_URL_S3": self.s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": self.s3_endpoint}
@@ -204,7 +204,7 @@ class EmbeddedStack:
             self.environment["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint
             self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)
             self.process.enter(apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
-            self.api_port = self.servers.start_api(gateway, self._ports[0])
+            self.api_port = self.servers.start_api(gateway, self._api_port_asked)
             self.activity.start(paused=not self.event_sources)
             if self.seed:
                 self.seed_demo_data()
