@@ -16,6 +16,7 @@ from pathlib import Path
 from infra.local.import_cli import state_file
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
+from infra.local.template import REGION
 
 FIRST_ORDER = {
     "channel": "web", "external_id": "web-1001", "currency": "USD",
@@ -51,53 +52,39 @@ def banner(stack: EmbeddedStack, started: float) -> str:
     body = shlex.quote(json.dumps(FIRST_ORDER, separators=(",", ":")))
     order_id = order_id_for(FIRST_ORDER["channel"], FIRST_ORDER["external_id"])
     orders_table = stack.table_names.get("OrdersTable", next(iter(stack.table_names.values()), "<table>"))
-    return "\n".join(
-        [
-            f"OMS local stack ready in {time.monotonic() - started:.1f} s "
-            f"({len(stack.table_names)} tables, {len(stack.gateway.router.routes) if stack.gateway else 0} routes"
-            f"{', demo data loaded' if stack.seeded else ''})",
-            "",
-            f"  API        {stack.api_url}",
-            f"  Docs       {stack.api_url}/docs",
-            f"  AWS        {stack.aws_endpoint}  (region us-east-1, any credentials)",
-            f"  Admin key  {stack.admin_key}",
-            "",
-            "Place a first order:",
-            f'  curl -sS -X POST {stack.api_url}/orders {auth} -H "Content-Type: application/json" '
-            f'-H "Idempotency-Key: first-order" -d {body}',
-            "Read it back:",
-            f"  curl -sS {stack.api_url}/orders/{order_id} {auth}",
-            "Look inside DynamoDB:",
-            f"  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} "
-            f"--region us-east-1 dynamodb scan --table-name {orders_table}",
-            *_workflow_lines(stack),
-            "",
-            "Import a file of orders (CSV or JSON Lines) and follow it:",
-            "  make import FILE=events/orders-sample.csv",
-            "",
-            "Ctrl-C stops it (everything is in memory).",
-        ]
+    aws = f"AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} --region {REGION}"
+    routes = len(stack.gateway.router.routes) if stack.gateway else 0
+    workflows = "".join(
+        f"\n\nWorkflow {logical_id}: state machine {arn.rsplit(':', 1)[-1]} runs locally (moto's ASL interpreter; "
+        f"its Lambda tasks run in this process). Watch an order's executions:\n"
+        f"  {aws} stepfunctions list-executions --state-machine-arn {arn}"
+        for logical_id, arn in stack.state_machine_arns.items()
     )
-
-
-def _workflow_lines(stack: EmbeddedStack) -> list[str]:
-    """The state machines (run by moto's ASL interpreter) and the event source mappings feeding them."""
-    lines = []
-    for logical_id, arn in stack.state_machine_arns.items():
-        name = arn.rsplit(":", 1)[-1]
-        lines += [
-            "",
-            f"Workflow {logical_id}: state machine {name} runs locally (moto's ASL interpreter; its Lambda tasks run "
-            "in this process). Watch an order's executions:",
-            f"  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} "
-            f"--region us-east-1 stepfunctions list-executions --state-machine-arn {arn}",
-        ]
     if stack.mappings:
-        state = "running" if stack.event_sources else "paused (OMS_EVENT_SOURCES=0)"
-        lines += ["", f"Event sources ({state}):"]
+        workflows += f"\n\nEvent sources ({'running' if stack.event_sources else 'paused (OMS_EVENT_SOURCES=0)'}):"
         for mapping in stack.mappings.values():
-            lines.append(f"  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}")
-    return lines
+            workflows += f"\n  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}"
+    return f"""\
+OMS local stack ready in {time.monotonic() - started:.1f} s ({len(stack.table_names)} tables, {routes} routes\
+{", demo data loaded" if stack.seeded else ""})
+
+  API        {stack.api_url}
+  Docs       {stack.api_url}/docs
+  AWS        {stack.aws_endpoint}  (region us-east-1, any credentials)
+  Admin key  {stack.admin_key}
+
+Place a first order:
+  curl -sS -X POST {stack.api_url}/orders {auth} -H "Content-Type: application/json" \
+-H "Idempotency-Key: first-order" -d {body}
+Read it back:
+  curl -sS {stack.api_url}/orders/{order_id} {auth}
+Look inside DynamoDB:
+  {aws} dynamodb scan --table-name {orders_table}{workflows}
+
+Import a file of orders (CSV or JSON Lines) and follow it:
+  make import FILE=events/orders-sample.csv
+
+Ctrl-C stops it (everything is in memory)."""
 
 
 def local_parameters() -> dict[str, str]:
