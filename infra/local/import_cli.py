@@ -76,7 +76,7 @@ def upload(stack: dict[str, str], file: Path) -> tuple[str, str]:
     s3.upload_file(str(file), stack["bucket"], key)
     head = s3.head_object(Bucket=stack["bucket"], Key=key)
     version = head.get("VersionId")
-    return key, import_id_for(stack["bucket"], key, version if version not in (None, "null") else head["ETag"])
+    return key, import_id_for(stack["bucket"], key, version if version not in (None, "", "null") else head["ETag"])
 
 
 def follow(stack: dict[str, str], import_id: str, console: Console, timeout: float | None) -> dict[str, Any]:
