@@ -88,7 +88,6 @@ class Config:
     returns_table: str = ""
     catalog_cache_seconds: float = 10.0
     labels_bucket: str = ""
-    public_s3_endpoint: str | None = None  # where presigned label URLs point; None: the S3 client's own
     import_queue_url: str = ""
     order_workflow_arn: str = ""
     return_workflow_arn: str = ""
@@ -121,7 +120,6 @@ class Config:
             returns_table=os.environ.get("RETURNS_TABLE", ""),
             catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS") or 10),
             labels_bucket=os.environ.get("LABELS_BUCKET", ""),
-            public_s3_endpoint=os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or None,
             import_queue_url=os.environ.get("IMPORT_QUEUE_URL", ""),
             order_workflow_arn=os.environ.get("ORDER_WORKFLOW_ARN", ""),
             return_workflow_arn=os.environ.get("RETURN_WORKFLOW_ARN", ""),
@@ -245,7 +243,7 @@ class Container:
 
     @cached_property
     def label_store(self) -> S3Labels:
-        return S3Labels(self.config.labels_bucket, public_endpoint=self.config.public_s3_endpoint)
+        return S3Labels(self.config.labels_bucket)
 
     @cached_property
     def import_ledger(self) -> DynamoImportLedger:

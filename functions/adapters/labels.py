@@ -21,26 +21,14 @@ _LEGACY_KEY = re.compile(r"(?:^|/)(labels/ord_[a-z2-7]+/shp_[a-z2-7]+\.[a-z]+)$"
 
 
 class S3Labels(LabelStore):
-    def __init__(self, bucket: str, client: Any | None = None, public_endpoint: str | None = None):
+    def __init__(self, bucket: str, client: Any | None = None):
         self._bucket = bucket
         self._client = client
-        # Locally, URLs must point at the emulated endpoint a browser can reach.
-        self._public_endpoint = public_endpoint
 
     @functools.cached_property
     def _s3(self) -> Any:
         # SigV4 links (X-Amz-Expires): some regions and botocore versions would presign with SigV2.
         return self._client or aws_client("s3", config=Config(signature_version="s3v4"))
-
-    @functools.cached_property
-    def _signer(self) -> Any:
-        if not self._public_endpoint:
-            return self._s3
-        return aws_client(
-            "s3",
-            endpoint_url=self._public_endpoint,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
 
     def _require_bucket(self) -> str:
         if not self._bucket:
@@ -60,6 +48,6 @@ class S3Labels(LabelStore):
             if legacy is None:
                 return key  # not one of ours: shown as stored
             key = legacy.group(1)
-        return self._signer.generate_presigned_url(
+        return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": self._require_bucket(), "Key": key}, ExpiresIn=LABEL_LINK_SECONDS
         )

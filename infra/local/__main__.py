@@ -13,49 +13,27 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from infra.local.import_cli import state_file
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
+from infra.local.template import REGION
 
 FIRST_ORDER = {
-    "channel": "web",
-    "external_id": "web-1001",
-    "currency": "USD",
+    "channel": "web", "external_id": "web-1001", "currency": "USD",
     "customer": {"id": "cus_1", "email": "ada@example.com", "name": "Ada Lovelace"},
     "lines": [{"sku": "TSHIRT-BLK-M", "quantity": 2}],
-    "shipping_address": {
-        "name": "Ada Lovelace",
-        "line1": "1 Main St",
-        "city": "Springfield",
-        "region": "CA",
-        "postal_code": "94105",
-        "country": "US",
-    },
+    "shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Springfield", "region": "CA",
+                         "postal_code": "94105", "country": "US"},
     "payment": {"method": "test", "token": "tok_approve"},
-}
-
-
-# Where `make run` writes what other local tools need (make import): addresses, names, the admin
-# key. Gitignored; removed on exit. OMS_STATE_FILE moves it.
-STATE_FILE = Path(__file__).resolve().parents[2] / ".oms-local.json"
-
-
-def state_file() -> Path:
-    return Path(os.environ.get("OMS_STATE_FILE") or STATE_FILE)
+}  # fmt: skip
 
 
 def write_state(stack: EmbeddedStack) -> Path:
+    """What other local tools need (make import): addresses, names, the admin key."""
     path = state_file()
-    state = {
-        "api_url": stack.api_url,
-        "aws_endpoint": stack.aws_endpoint,
-        "region": "us-east-1",
-        "admin_key": stack.admin_key,
-        "stack_name": stack.stack_name,
-        "buckets": stack.bucket_names,
-        "queues": stack.queue_urls,
-        "tables": stack.table_names,
-        "pid": os.getpid(),
-    }
+    state = {"api_url": stack.api_url, "aws_endpoint": stack.aws_endpoint, "region": "us-east-1",
+             "admin_key": stack.admin_key, "stack_name": stack.stack_name, "buckets": stack.bucket_names,
+             "queues": stack.queue_urls, "tables": stack.table_names, "pid": os.getpid()}  # fmt: skip
     path.write_text(json.dumps(state, indent=2) + "\n")
     path.chmod(0o600)  # it holds the admin key
     return path
@@ -74,61 +52,45 @@ def banner(stack: EmbeddedStack, started: float) -> str:
     body = shlex.quote(json.dumps(FIRST_ORDER, separators=(",", ":")))
     order_id = order_id_for(FIRST_ORDER["channel"], FIRST_ORDER["external_id"])
     orders_table = stack.table_names.get("OrdersTable", next(iter(stack.table_names.values()), "<table>"))
-    return "\n".join(
-        [
-            f"OMS local stack ready in {time.monotonic() - started:.1f} s "
-            f"({len(stack.table_names)} tables, {len(stack.gateway.router.routes) if stack.gateway else 0} routes"
-            f"{', demo data loaded' if stack.seeded else ''})",
-            "",
-            f"  API        {stack.api_url}",
-            f"  Docs       {stack.api_url}/docs",
-            f"  AWS        {stack.aws_endpoint}  (region us-east-1, any credentials)",
-            f"  Admin key  {stack.admin_key}",
-            "",
-            "Place a first order:",
-            f'  curl -sS -X POST {stack.api_url}/orders {auth} -H "Content-Type: application/json" '
-            f'-H "Idempotency-Key: first-order" -d {body}',
-            "Read it back:",
-            f"  curl -sS {stack.api_url}/orders/{order_id} {auth}",
-            "Look inside DynamoDB:",
-            f"  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} "
-            f"--region us-east-1 dynamodb scan --table-name {orders_table}",
-            *_workflow_lines(stack),
-            "",
-            "Import a file of orders (CSV or JSON Lines) and follow it:",
-            "  make import FILE=events/orders-sample.csv",
-            "",
-            "Ctrl-C stops it (everything is in memory).",
-        ]
+    aws = f"AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} --region {REGION}"
+    routes = len(stack.gateway.router.routes) if stack.gateway else 0
+    workflows = "".join(
+        f"\n\nWorkflow {logical_id}: state machine {arn.rsplit(':', 1)[-1]} runs locally (moto's ASL interpreter; "
+        f"its Lambda tasks run in this process). Watch an order's executions:\n"
+        f"  {aws} stepfunctions list-executions --state-machine-arn {arn}"
+        for logical_id, arn in stack.state_machine_arns.items()
     )
-
-
-def _workflow_lines(stack: EmbeddedStack) -> list[str]:
-    """The state machines (run by moto's ASL interpreter) and the event source mappings feeding them."""
-    lines = []
-    for logical_id, arn in stack.state_machine_arns.items():
-        name = arn.rsplit(":", 1)[-1]
-        lines += [
-            "",
-            f"Workflow {logical_id}: state machine {name} runs locally (moto's ASL interpreter; its Lambda tasks run "
-            "in this process). Watch an order's executions:",
-            f"  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} "
-            f"--region us-east-1 stepfunctions list-executions --state-machine-arn {arn}",
-        ]
     if stack.mappings:
-        state = "running" if stack.event_sources else "paused (OMS_EVENT_SOURCES=0)"
-        lines += ["", f"Event sources ({state}):"]
+        workflows += f"\n\nEvent sources ({'running' if stack.event_sources else 'paused (OMS_EVENT_SOURCES=0)'}):"
         for mapping in stack.mappings.values():
-            lines.append(f"  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}")
-    return lines
+            workflows += f"\n  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}"
+    return f"""\
+OMS local stack ready in {time.monotonic() - started:.1f} s ({len(stack.table_names)} tables, {routes} routes\
+{", demo data loaded" if stack.seeded else ""})
+
+  API        {stack.api_url}
+  Docs       {stack.api_url}/docs
+  AWS        {stack.aws_endpoint}  (region us-east-1, any credentials)
+  Admin key  {stack.admin_key}
+
+Place a first order:
+  curl -sS -X POST {stack.api_url}/orders {auth} -H "Content-Type: application/json" \
+-H "Idempotency-Key: first-order" -d {body}
+Read it back:
+  curl -sS {stack.api_url}/orders/{order_id} {auth}
+Look inside DynamoDB:
+  {aws} dynamodb scan --table-name {orders_table}{workflows}
+
+Import a file of orders (CSV or JSON Lines) and follow it:
+  make import FILE=events/orders-sample.csv
+
+Ctrl-C stops it (everything is in memory)."""
 
 
 def local_parameters() -> dict[str, str]:
-    """The template parameters `make run` sets for a laptop."""
-    return {
-        # The demo orders pay with the `test` gateway; OMS_ENABLE_TEST_PAYMENTS=false turns it off.
-        "EnableTestPayments": os.environ.get("OMS_ENABLE_TEST_PAYMENTS") or "true",
-    }
+    """The template parameters `make run` sets for a laptop: the demo orders pay with the `test`
+    gateway; OMS_ENABLE_TEST_PAYMENTS=false turns it off."""
+    return {"EnableTestPayments": os.environ.get("OMS_ENABLE_TEST_PAYMENTS") or "true"}
 
 
 def main() -> int:

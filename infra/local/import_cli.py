@@ -16,7 +16,6 @@ import os
 import secrets
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from core.imports import import_id_for
 
-STATE_FILE = Path(__file__).resolve().parents[2] / ".oms-local.json"
 POLL_SECONDS = 0.5
 APPEAR_TIMEOUT = 60.0  # how long the splitter may take to pick the file up
 FINISHED = ("completed", "completed_with_errors", "failed")
@@ -37,112 +35,85 @@ class CliError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class StackAddress:
-    api_url: str
-    aws_endpoint: str
-    bucket: str
-    admin_key: str
-    region: str = "us-east-1"
-
-    @classmethod
-    def find(cls, environ: dict[str, str] | None = None) -> StackAddress:
-        env = dict(os.environ if environ is None else environ)
-        state: dict[str, Any] = {}
-        path = Path(env.get("OMS_STATE_FILE") or STATE_FILE)
-        if path.exists():
-            try:
-                state = json.loads(path.read_text())
-            except ValueError as error:
-                raise CliError(f"{path} is not JSON ({error}): restart `make run`") from None
-        values = {
-            "api_url": env.get("OMS_API_URL") or state.get("api_url"),
-            "aws_endpoint": env.get("OMS_AWS_ENDPOINT") or state.get("aws_endpoint"),
-            "bucket": env.get("OMS_IMPORTS_BUCKET") or (state.get("buckets") or {}).get("ImportsBucket"),
-            "admin_key": env.get("OMS_ADMIN_API_KEY") or state.get("admin_key"),
-        }
-        missing = [name for name, value in values.items() if not value]
-        if missing:
-            raise CliError(
-                f"no running local stack found ({', '.join(missing)} unknown): start `make run` in another "
-                f"terminal (it writes {path.name}), or set OMS_API_URL, OMS_AWS_ENDPOINT, OMS_IMPORTS_BUCKET "
-                "and OMS_ADMIN_API_KEY"
-            )
-        return cls(region=state.get("region", "us-east-1"), **values)  # type: ignore[arg-type]
+def state_file() -> Path:
+    """Where `make run` writes what other local tools need (gitignored, removed on exit)."""
+    return Path(os.environ.get("OMS_STATE_FILE") or Path(__file__).resolve().parents[2] / ".oms-local.json")
 
 
-def upload(address: StackAddress, file: Path) -> tuple[str, str]:
+def find_stack() -> dict[str, str]:
+    """api_url, aws_endpoint, bucket, admin_key and region of the running stack."""
+    path, state = state_file(), {}
+    if path.exists():
+        try:
+            state = json.loads(path.read_text())
+        except ValueError as error:
+            raise CliError(f"{path} is not JSON ({error}): restart `make run`") from None
+    found = {
+        "api_url": os.environ.get("OMS_API_URL") or state.get("api_url"),
+        "aws_endpoint": os.environ.get("OMS_AWS_ENDPOINT") or state.get("aws_endpoint"),
+        "bucket": os.environ.get("OMS_IMPORTS_BUCKET") or (state.get("buckets") or {}).get("ImportsBucket"),
+        "admin_key": os.environ.get("OMS_ADMIN_API_KEY") or state.get("admin_key"),
+    }
+    missing = [name for name, value in found.items() if not value]
+    if missing:
+        raise CliError(
+            f"no running local stack found ({', '.join(missing)} unknown): start `make run` in another "
+            f"terminal (it writes {path.name}), or set OMS_API_URL, OMS_AWS_ENDPOINT, OMS_IMPORTS_BUCKET "
+            "and OMS_ADMIN_API_KEY"
+        )
+    return {**found, "region": state.get("region", "us-east-1")}
+
+
+def upload(stack: dict[str, str], file: Path) -> tuple[str, str]:
     """Put the file under incoming/ (streamed from disk; multipart when large) and return its key
     and the import id the splitter will give it. The key is new on every run, so importing the
     same file twice is two imports (the second one finds only duplicates)."""
     import boto3
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=address.aws_endpoint,
-        region_name=address.region,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    key = f"incoming/{stamp}-{secrets.token_hex(3)}/{file.name}"
-    s3.upload_file(str(file), address.bucket, key)
-    head = s3.head_object(Bucket=address.bucket, Key=key)
+    s3 = boto3.client("s3", endpoint_url=stack["aws_endpoint"], region_name=stack["region"],
+                      aws_access_key_id="local", aws_secret_access_key="local")  # fmt: skip
+    key = f"incoming/{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}/{file.name}"
+    s3.upload_file(str(file), stack["bucket"], key)
+    head = s3.head_object(Bucket=stack["bucket"], Key=key)
     version = head.get("VersionId")
-    version = None if version in (None, "null") else version
-    return key, import_id_for(address.bucket, key, version or head["ETag"])
+    return key, import_id_for(stack["bucket"], key, version if version not in (None, "", "null") else head["ETag"])
 
 
-class ImportFollower:
-    def __init__(self, address: StackAddress, import_id: str):
-        self.address = address
-        self.import_id = import_id
-        self.session = requests.Session()
-        self.session.trust_env = False  # loopback: never through a proxy
-        self.session.headers["Authorization"] = f"Bearer {address.admin_key}"
-
-    def report(self) -> dict[str, Any] | None:
-        response = self.session.get(f"{self.address.api_url}/imports/{self.import_id}", timeout=10)
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise CliError(f"GET /imports/{self.import_id} answered {response.status_code}: {response.text[:300]}")
-        return response.json()
-
-    def follow(self, console: Console, timeout: float | None) -> dict[str, Any]:
-        started = time.monotonic()
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("orders"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("waiting for the splitter", total=None)
-            while True:
-                report = self.report()
-                elapsed = time.monotonic() - started
-                if report is None:
-                    if elapsed > APPEAR_TIMEOUT:
-                        raise CliError(
-                            f"import {self.import_id} did not start within {APPEAR_TIMEOUT:.0f} s: is `make run` "
-                            "running with its event sources on (OMS_EVENT_SOURCES)?"
-                        )
-                else:
-                    done = report["imported"] + report["duplicates"] + report["failed"]
-                    reading = "" if report["total_final"] else " (reading the file)"
-                    progress.update(
-                        task,
-                        description=f"{self.import_id} {report['status']}{reading}",
-                        total=max(report["total"], done) if report["total_final"] or report["total"] else None,
-                        completed=done,
-                    )
-                    if report["status"] in FINISHED:
-                        return report
-                if timeout is not None and elapsed > timeout:
-                    raise CliError(f"gave up following import {self.import_id} after {timeout:.0f} s (it goes on)")
-                time.sleep(POLL_SECONDS)
+def follow(stack: dict[str, str], import_id: str, console: Console, timeout: float | None) -> dict[str, Any]:
+    """Polls GET /imports/{id} until the import ends, with a progress bar; returns its report."""
+    session = requests.Session()
+    session.trust_env = False  # loopback: never through a proxy
+    session.headers["Authorization"] = f"Bearer {stack['admin_key']}"
+    started = time.monotonic()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("orders"),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("waiting for the splitter", total=None)
+        while True:
+            response = session.get(f"{stack['api_url']}/imports/{import_id}", timeout=10)
+            elapsed = time.monotonic() - started
+            if response.status_code not in (200, 404):
+                raise CliError(f"GET /imports/{import_id} answered {response.status_code}: {response.text[:300]}")
+            if response.status_code == 404 and elapsed > APPEAR_TIMEOUT:
+                raise CliError(
+                    f"import {import_id} did not start within {APPEAR_TIMEOUT:.0f} s: is `make run` "
+                    "running with its event sources on (OMS_EVENT_SOURCES)?"
+                )
+            if response.status_code == 200:
+                report = response.json()
+                done = report["imported"] + report["duplicates"] + report["failed"]
+                reading = "" if report["total_final"] else " (reading the file)"
+                progress.update(
+                    task,
+                    description=f"{import_id} {report['status']}{reading}",
+                    total=max(report["total"], done) if report["total_final"] or report["total"] else None,
+                    completed=done,
+                )
+                if report["status"] in FINISHED:
+                    return report
+            if timeout is not None and elapsed > timeout:
+                raise CliError(f"gave up following import {import_id} after {timeout:.0f} s (it goes on)")
+            time.sleep(POLL_SECONDS)
 
 
 def summary(report: dict[str, Any], shown_errors: int) -> list[str]:
@@ -174,28 +145,27 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"no such file: {args.file}")
         return 2
     try:
-        address = StackAddress.find()
+        stack = find_stack()
     except CliError as error:
         err.print(str(error))
         return 2
     try:
-        key, import_id = upload(address, args.file)
+        key, import_id = upload(stack, args.file)
     except Exception as error:  # botocore's connection errors and the like: say where it tried
-        err.print(f"cannot upload to the local stack at {address.aws_endpoint}: {error}")
+        err.print(f"cannot upload to the local stack at {stack['aws_endpoint']}: {error}")
         return 2
-    console.print(f"uploaded {args.file} to s3://{address.bucket}/{key}", soft_wrap=True)
-    follower = ImportFollower(address, import_id)
+    console.print(f"uploaded {args.file} to s3://{stack['bucket']}/{key}", soft_wrap=True)
     try:
-        report = follower.follow(console, args.timeout)
+        report = follow(stack, import_id, console, args.timeout)
     except CliError as error:
         err.print(str(error))
         return 1
     except requests.RequestException as error:
-        err.print(f"cannot reach the API at {address.api_url}: {error}")
+        err.print(f"cannot reach the API at {stack['api_url']}: {error}")
         return 2
     for line in summary(report, args.errors):
         console.print(line, soft_wrap=True)
-    console.print(f"  GET {address.api_url}/imports/{import_id} has the whole report", soft_wrap=True)
+    console.print(f"  GET {stack['api_url']}/imports/{import_id} has the whole report", soft_wrap=True)
     return 1 if report["status"] == "failed" else 0
 
 

@@ -1,13 +1,11 @@
-"""The process environment of a local stack: what it changes in its process, undone on stop.
-
-Environment variables, log levels, moto's patches and mock: each change is undone by restore(),
-last first."""
+"""The process environment of a local stack: environment variables, log levels, moto's patches and
+mock, each change undone by restore(), last first."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any, TypeVar
 
@@ -25,28 +23,17 @@ AWS_ENVIRONMENT = {
     "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
 }
 # A profile or endpoint from the developer's shell would send boto3 elsewhere.
-AWS_ENVIRONMENT_REMOVED = (
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_PROFILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_DYNAMODB",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL_SFN",
-)
+AWS_ENVIRONMENT_REMOVED = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
+                           "AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3",
+                           "AWS_ENDPOINT_URL_SFN")  # fmt: skip
 
 
 class ProcessEnvironment:
     def __init__(self) -> None:
         self._undo = ExitStack()
-        self._saved_env: dict[str, str | None] = {}
 
     def set_env(self, values: Mapping[str, str], remove: tuple[str, ...] = ()) -> None:
-        if not self._saved_env:
-            self._undo.callback(self._restore_env)
-        for name in (*values, *remove):
-            self._saved_env.setdefault(name, os.environ.get(name))
+        self._undo.callback(_put_back, {name: os.environ.get(name) for name in (*values, *remove)})
         for name in remove:
             os.environ.pop(name, None)
         os.environ.update(values)
@@ -59,17 +46,17 @@ class ProcessEnvironment:
     def enter(self, context: AbstractContextManager[T]) -> T:
         return self._undo.enter_context(context)
 
-    def callback(self, undo: Any) -> None:
+    def callback(self, undo: Callable[[], Any]) -> None:
         self._undo.callback(undo)
 
     def restore(self) -> None:
         """Idempotent."""
         self._undo.close()
 
-    def _restore_env(self) -> None:
-        for name, value in reversed(list(self._saved_env.items())):
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._saved_env.clear()
+
+def _put_back(saved: Mapping[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

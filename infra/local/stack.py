@@ -1,17 +1,17 @@
 """The embedded stack: moto in-process, every resource of template.yaml, and the API over real HTTP.
 
-A composition of four parts, started in this order and stopped in reverse:
-- ProcessEnvironment (process.py): environment variables, log levels, moto's patches and mock;
-- Resources (resources.py): the template's resources created in moto, and its refs and atts;
-- Servers (servers.py): moto's AWS endpoint and the API gateway, over HTTP;
-- Activity (activity.py): event source pollers and state machine executions.
+A composition of four parts, started in this order and stopped in reverse: ProcessEnvironment
+(process.py: variables, log levels, moto's patches and mock), Resources (resources.py: the
+template's resources created in moto), Servers (servers.py: moto's AWS endpoint and the API
+gateway over HTTP) and Activity (activity.py: event source pollers and state machine executions).
 
-Environment the functions see: one process runs every function, and a process has one
-os.environ, so the stack exports the *union* of Globals.Function.Environment and every function's
-own Environment.Variables, resolved (`stack.function_environments` keeps what each function would
-see on AWS). The stack adds AWS_* (fake credentials, region), MOTO_PORT (moto's Step Functions
-interpreter calls back there) and OMS_PUBLIC_S3_ENDPOINT (the stack's AWS endpoint, for presigned
-URLs a client outside the process can GET).
+One process runs every function and has one os.environ, so the stack exports the *union* of
+Globals.Function.Environment and every function's own variables, resolved
+(`stack.function_environments` keeps what each function would see on AWS), plus AWS_* (fake
+credentials, region), MOTO_PORT (moto's Step Functions interpreter calls back there) and
+AWS_ENDPOINT_URL_S3, botocore's own setting: the stack's AWS endpoint, so presigned URLs (shipping
+labels) point where a client outside the process can GET them, while moto serves the functions'
+S3 requests in process (MOTO_S3_CUSTOM_ENDPOINTS, moto's setting for S3-compatible endpoints).
 """
 
 from __future__ import annotations
@@ -36,26 +36,18 @@ from infra.local.seed import DEMO_SEED, seed_demo_data
 from infra.local.servers import Servers
 from infra.local.template import REGION, Template
 
-DEFAULT_API_PORT = 8080
-DEFAULT_AWS_PORT = 4566
-DEFAULT_STACK_NAME = "oms-local"
-HOST = "127.0.0.1"
-
 # moto's interpreter logs every failed task at ERROR with a page of its own reprs, even one a
 # Catch expects (a declined payment); infra.local.lambda logs the handler's error in one line.
 _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off")
-
-
-def _env_number(name: str, default: float) -> float:
+def _env(name: str, default: Any, parse: Callable[[str], Any] = float) -> Any:
     value = os.environ.get(name, "").strip()
-    return float(value) if value else default
+    return parse(value) if value else default
+
+
+def _flag(value: str) -> bool:
+    return value.lower() not in ("0", "false", "no", "off")
 
 
 def _default_admin_key_bootstrap(secret: str) -> Any:
@@ -138,18 +130,15 @@ class EmbeddedStack:
             self.template.parameter_overrides.update(overrides)
         else:
             self.template = Template.load(template, parameter_overrides=overrides)
-        self.host = HOST
-        self._requested_api_port = int(_env_number("OMS_PORT", DEFAULT_API_PORT)) if api_port is None else api_port
-        self._requested_aws_port = int(_env_number("OMS_AWS_PORT", DEFAULT_AWS_PORT)) if aws_port is None else aws_port
-        self.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or DEFAULT_STACK_NAME
-        self.template.stack_name = self.stack_name
+        self.host = "127.0.0.1"
+        self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port
+        self._aws_port_asked = _env("OMS_AWS_PORT", 4566, int) if aws_port is None else aws_port
+        self.stack_name = self.template.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or "oms-local"
         self.admin_key = admin_key or os.environ.get("OMS_ADMIN_API_KEY") or "oms_admin_" + secrets.token_urlsafe(24)
-        self.seed = _env_flag("OMS_SEED", True) if seed is None else seed
+        self.seed = _env("OMS_SEED", True, _flag) if seed is None else seed
         self._admin_key_bootstrap = admin_key_bootstrap or _default_admin_key_bootstrap
-        self.event_sources = _env_flag("OMS_EVENT_SOURCES", True) if event_sources is None else event_sources
-        self.retry_delay_scale = (
-            _env_number("OMS_RETRY_DELAY_SCALE", 1.0) if retry_delay_scale is None else retry_delay_scale
-        )
+        self.event_sources = _env("OMS_EVENT_SOURCES", True, _flag) if event_sources is None else event_sources
+        self.retry_delay_scale = _env("OMS_RETRY_DELAY_SCALE", 1.0) if retry_delay_scale is None else retry_delay_scale
 
         self.process = ProcessEnvironment()
         self.resources = Resources(self.template, self.stack_name, handlers)
@@ -181,10 +170,10 @@ class EmbeddedStack:
     def aws_endpoint(self) -> str:
         return f"http://{self.host}:{self.aws_port}"
 
-    def physical_name(self, logical_id: str) -> str:
-        return self.resources.physical_name(logical_id)
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://localhost:{self.aws_port}"
 
-    # --- Lifecycle -------------------------------------------------------------------------
     def start(self) -> EmbeddedStack:
         if self._started:
             raise RuntimeError("stack already started")
@@ -193,15 +182,29 @@ class EmbeddedStack:
             self._start_moto()
             forget_warm_containers()
             self.resources.create(self.client)
-            self._route_to_functions()
+            # moto's Lambda Invoke (Step Functions tasks) reaches the in-process functions.
+            self._lambda_service = LambdaService(self.functions)
+            self.process.enter(lambda_invoke.routing(self._lambda_service))
+            if self.state_machine_arns:
+                if self.retry_delay_scale != 1.0:
+                    self.process.enter(retry_delay.scaled(self.retry_delay_scale))
+                self.process.set_log_level(_INTERPRETER_LOGGER, logging.CRITICAL)
             self.environment = self.resources.environment()
             self.process.set_env(self.environment)
             s3_mappings = self.activity.build()
             if s3_mappings:
                 self.process.enter(s3_notifications.routing(s3_mappings))
             self._admin_key_bootstrap(self.admin_key)
-            self._start_aws_endpoint()
-            self._start_api()
+            self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
+            self.aws_port = self.servers.start_aws(self._aws_port_asked)
+            # The functions' S3 endpoint names the same server as "localhost", which moto then
+            # serves in process (only S3 is addressed by that name; aws_endpoint serves every service).
+            s3 = {"AWS_ENDPOINT_URL_S3": self.s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": self.s3_endpoint}
+            self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})
+            self.environment["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint
+            self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)
+            self.process.enter(apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
+            self.api_port = self.servers.start_api(gateway, self._api_port_asked)
             self.activity.start(paused=not self.event_sources)
             if self.seed:
                 self.seed_demo_data()
@@ -209,6 +212,24 @@ class EmbeddedStack:
             self.stop()
             raise
         return self
+
+    def _start_moto(self) -> None:
+        from moto import mock_aws
+
+        self.process.set_env(AWS_ENVIRONMENT, remove=AWS_ENVIRONMENT_REMOVED)
+        # No X-Ray daemon here, and EMF lines (CloudWatch's input) would bury the console;
+        # a developer can still switch either on explicitly.
+        for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
+            if name not in os.environ:
+                self.process.set_env({name: "true"})
+        # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
+        # with a queue's depth, nor moto keep every object it ever made (moto_patches/).
+        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH):
+            self.process.enter(patch.registered())
+        # The ASL interpreter runs state machines for real; it costs nothing until one starts.
+        mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
+        mock.start()
+        self.process.callback(mock.stop)
 
     def stop(self) -> None:
         """Idempotent; safe after a failed start()."""
@@ -228,7 +249,6 @@ class EmbeddedStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # --- Event sources and executions --------------------------------------------------------
     def pause_mappings(self) -> None:
         """Every mapping stops taking new batches (records and messages wait at their source)."""
         self.activity.pause()
@@ -237,12 +257,10 @@ class EmbeddedStack:
         self.activity.resume()
 
     def running_executions(self) -> list[str]:
-        """ARNs of the executions still running, in every state machine of the template."""
         return self.activity.running_executions()
 
     def wait_until_idle(self, timeout: float = 10.0) -> bool:
-        """True once no mapping has anything to deliver, no handler runs and no execution is
-        running (Activity.wait_until_idle); False after `timeout` seconds."""
+        """True once nothing is left to deliver, run or execute (Activity.wait_until_idle)."""
         return self.activity.wait_until_idle(timeout)
 
     def client(self, service: str) -> Any:
@@ -259,66 +277,12 @@ class EmbeddedStack:
         self.seeded = seed_demo_data(self.api_url, self.admin_key, DEMO_SEED)
         return self.seeded
 
-    # --- Steps -----------------------------------------------------------------------------
-    def _start_moto(self) -> None:
-        from moto import mock_aws
-
-        self.process.set_env(AWS_ENVIRONMENT, remove=AWS_ENVIRONMENT_REMOVED)
-        # No X-Ray daemon here, and EMF lines (CloudWatch's input) would bury the console;
-        # a developer can still switch either on explicitly.
-        for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
-            if name not in os.environ:
-                self.process.set_env({name: "true"})
-        # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
-        # with a queue's depth, nor moto keep every object it ever made (moto_patches/).
-        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH):
-            self.process.enter(patch.applied())
-        # The ASL interpreter runs state machines for real; it costs nothing until one starts.
-        mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
-        mock.start()
-        self.process.callback(mock.stop)
-
-    def _route_to_functions(self) -> None:
-        """moto's Lambda Invoke (Step Functions tasks) to the in-process functions, and the state
-        machines' Retry sleeps scaled when asked."""
-        self._lambda_service = LambdaService(self.functions)
-        self.process.enter(lambda_invoke.routing(self._lambda_service))
-        if self.state_machine_arns:
-            if self.retry_delay_scale != 1.0:
-                self.process.enter(retry_delay.scaled(self.retry_delay_scale))
-            self.process.set_log_level(_INTERPRETER_LOGGER, logging.CRITICAL)
-
-    def _start_aws_endpoint(self) -> None:
-        self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
-        self.aws_port = self.servers.start_aws(self._requested_aws_port)
-        # Presigned URLs (shipping labels) must point where a client outside this process can
-        # GET them: this endpoint serves the same S3 backend. A value set by the developer wins.
-        public_s3 = os.environ.get("OMS_PUBLIC_S3_ENDPOINT") or self.aws_endpoint
-        self.process.set_env({"MOTO_PORT": str(self.aws_port), "OMS_PUBLIC_S3_ENDPOINT": public_s3})
-        self.environment["OMS_PUBLIC_S3_ENDPOINT"] = public_s3
-
-    def _start_api(self) -> None:
-        self.gateway = ApiGateway.from_template(self.template, self.functions)
-        gateway = self.gateway
-        self.process.enter(apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
-        self.api_port = self.servers.start_api(gateway, self._requested_api_port)
-
 
 @contextmanager
 def running_stack(**kwargs: Any) -> Iterator[EmbeddedStack]:
     """For tests: a started stack on free ports, without demo data unless seed=True, with the
-    `test` payment gateway on unless parameter_overrides say EnableTestPayments "false".
-
-    with running_stack(handlers={"ApiFunction": fake}) as stack:
-        requests.get(stack.api_url + "/health")
-    """
-    kwargs.setdefault("api_port", 0)
-    kwargs.setdefault("aws_port", 0)
-    kwargs.setdefault("seed", False)
+    `test` payment gateway on unless parameter_overrides say EnableTestPayments "false"."""
+    kwargs = {"api_port": 0, "aws_port": 0, "seed": False, **kwargs}
     kwargs["parameter_overrides"] = {"EnableTestPayments": "true", **(kwargs.get("parameter_overrides") or {})}
-    stack = EmbeddedStack(**kwargs)
-    stack.start()
-    try:
+    with EmbeddedStack(**kwargs) as stack:
         yield stack
-    finally:
-        stack.stop()

@@ -31,7 +31,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def test_put_label_stores_the_document_and_returns_its_key_not_a_link(s3: Any):
-    labels = S3Labels("labels", public_endpoint="")
+    labels = S3Labels("labels")
 
     key = labels.put_label(ORDER, SHIPMENT, b"%PDF-1.4", "application/pdf")
 
@@ -41,7 +41,7 @@ def test_put_label_stores_the_document_and_returns_its_key_not_a_link(s3: Any):
 
 
 def test_a_link_is_a_presigned_get_of_the_key_valid_fifteen_minutes(s3: Any):
-    labels = S3Labels("labels", public_endpoint="")
+    labels = S3Labels("labels")
     key = labels.put_label(ORDER, SHIPMENT, b"%PDF-1.4", "application/pdf")
 
     link = urlsplit(labels.link(key))
@@ -60,7 +60,7 @@ def test_a_link_is_a_presigned_get_of_the_key_valid_fifteen_minutes(s3: Any):
     ],
 )
 def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy: str):
-    labels = S3Labels("labels", public_endpoint="")
+    labels = S3Labels("labels")
 
     link = labels.link(legacy)
 
@@ -72,9 +72,9 @@ def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy
 def test_a_url_that_is_not_one_of_ours_is_shown_as_stored(s3: Any):
     foreign = "https://carrier.example/label/123.pdf"
 
-    assert S3Labels("labels", public_endpoint="").link(foreign) == foreign
+    assert S3Labels("labels").link(foreign) == foreign
 
 
 def test_signing_without_a_bucket_is_a_configuration_error(s3: Any):
     with pytest.raises(RuntimeError, match="LABELS_BUCKET"):
-        S3Labels("", public_endpoint="").link(f"labels/{ORDER}/{SHIPMENT}.pdf")
+        S3Labels("").link(f"labels/{ORDER}/{SHIPMENT}.pdf")

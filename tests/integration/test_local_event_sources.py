@@ -487,17 +487,18 @@ def test_a_failing_s3_event_is_retried_then_sent_to_the_on_failure_destination(s
     assert mapping.stats["sent_to_on_failure"] == 1
 
 
-def test_presigned_urls_made_for_the_public_endpoint_are_served_by_the_stack(stack):
+def test_label_links_signed_in_process_point_at_the_stack_s_endpoint_and_download(stack):
+    """botocore's standard AWS_ENDPOINT_URL_S3 does what an emulator-only knob did: the product's
+    label store, unchanged, signs links a client outside the process can GET."""
     import os
 
-    import boto3
+    from functions.adapters.labels import S3Labels
 
-    endpoint = os.environ["OMS_PUBLIC_S3_ENDPOINT"]
-    assert endpoint == stack.aws_endpoint == stack.environment["OMS_PUBLIC_S3_ENDPOINT"]
-    bucket = stack.bucket_names["Uploads"]
-    stack.client("s3").put_object(Bucket=bucket, Key="labels/ord_1.pdf", Body=b"%PDF-label")
-    public = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint)
-    url = public.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "labels/ord_1.pdf"})
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
+    assert endpoint == stack.environment["AWS_ENDPOINT_URL_S3"] == f"http://localhost:{stack.aws_port}"
+    labels = S3Labels(stack.bucket_names["Uploads"])
+    key = labels.put_label("ord_1", "shp_1", b"%PDF-label", "application/pdf")  # in process, through moto
+    url = labels.link(key)
     assert url.startswith(endpoint + "/")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=10) as response:

@@ -524,7 +524,7 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
     for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
         monkeypatch.setenv(name, value)
     original_call_action = BaseResponse.__dict__["call_action"]
-    with mock_aws(), lock.PATCH.applied():
+    with mock_aws(), lock.PATCH.registered():
         assert BaseResponse.__dict__["call_action"] is not original_call_action
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
@@ -639,6 +639,29 @@ def test_stack_serves_the_api_and_the_aws_endpoint_on_free_ports(stack, admin_ke
         TableName=stack.table_names["OrdersTable"], Item={"id": {"S": "ord_x"}}
     )
     assert dynamodb.scan(TableName=stack.table_names["OrdersTable"])["Count"] == 1
+
+
+def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_order(stack):
+    import shlex
+    import time
+
+    from core.ids import order_id_for
+    from infra.local.__main__ import FIRST_ORDER, banner
+
+    text = banner(stack, time.monotonic())
+
+    assert f"{len(stack.table_names)} tables, {len(stack.gateway.router.routes)} routes)" in text.splitlines()[0]
+    for shown in (f"API        {stack.api_url}", f"AWS        {stack.aws_endpoint}", f"Admin key  {stack.admin_key}"):
+        assert shown in text
+    [place] = [line for line in text.splitlines() if line.startswith("  curl -sS -X POST")]
+    assert json.loads(shlex.split(place)[-1]) == FIRST_ORDER
+    assert f"{stack.api_url}/orders/{order_id_for('web', 'web-1001')} " in text
+    assert f"dynamodb scan --table-name {stack.table_names['OrdersTable']}" in text
+    for logical_id, arn in stack.state_machine_arns.items():
+        assert f"Workflow {logical_id}:" in text and f"--state-machine-arn {arn}" in text
+    for mapping in stack.mappings.values():
+        assert f"{mapping.source_label} -> {mapping.function_logical_id}" in text
+    assert text.endswith("make import FILE=events/orders-sample.csv\n\nCtrl-C stops it (everything is in memory).")
 
 
 def test_stack_stop_restores_the_environment_and_frees_the_ports():

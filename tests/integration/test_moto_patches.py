@@ -222,6 +222,15 @@ def test_each_patch_is_counted_and_the_last_undo_restores_moto(name: str) -> Non
     assert not any(replaced())
 
 
+def test_registered_items_are_read_newest_first_and_leave_with_their_block() -> None:
+    patch = PATCHES["retry_delay"]
+    with patch.registered(0.5):
+        with patch.registered(0.01, 0.02):
+            assert patch.registrations() == [0.02, 0.01, 0.5] and patch.is_applied()
+        assert patch.registrations() == [0.5] and patch.is_applied()
+    assert patch.registrations() == [] and not patch.is_applied()
+
+
 @pytest.mark.parametrize("name", sorted(PATCHES))
 def test_canary_what_each_patch_replaces_is_still_what_moto_has(name: str) -> None:
     """Every replaced attribute still exists in moto with the signature (or kind) it had in the

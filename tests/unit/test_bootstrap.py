@@ -26,7 +26,7 @@ def test_config_from_env_reads_the_tables_and_what_a_function_may_be_given(monke
         "IMPORT_QUEUE_URL": "https://queue",
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("LABELS_BUCKET", "OMS_PUBLIC_S3_ENDPOINT", "ORDER_WORKFLOW_ARN"):
+    for name in ("LABELS_BUCKET", "ORDER_WORKFLOW_ARN"):
         monkeypatch.delenv(name, raising=False)
 
     assert Config.from_env() == Config(

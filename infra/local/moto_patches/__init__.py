@@ -1,18 +1,15 @@
 """Every change the local runtime makes to moto, in one idiom: a `MotoPatch` per behaviour.
 
 A MotoPatch replaces named attributes of moto's classes or modules while it is applied: `apply()`
-and `undo()` are counted, so nested users (a stack started inside a test that already serialized
-moto) share one installation and the last `undo()` puts moto's originals back. Why an object and
-not `mock.patch`: the stack applies them for hours and across threads, several stacks may
-overlap in one test process, and each patch carries what a reader (and the canary test) needs:
-the moto behaviour it changes, the moto version it was checked against, and what each replaced
-attribute looked like in that version (`expects`), which tests/integration/test_moto_patches.py
-compares with the installed moto, so a moto upgrade that moves a target fails there, not in a
-puzzling test far away.
+and `undo()` are counted, so nested users (several stacks in one test process, for hours and
+across threads, which is why not `mock.patch`) share one installation and the last `undo()` puts
+moto's originals back. Each carries the moto behaviour it changes and what each replaced
+attribute looked like in MOTO_VERSION (`expects`), which tests/integration/test_moto_patches.py
+compares with the installed moto, so a moto upgrade that moves a target fails there.
 
 Patches that route moto to the stack's own objects (Lambda Invoke, S3's Lambda notifications, the
-API Gateway cache flush, Step Functions' retry sleeps) keep their registrations in their module
-and give a context manager that registers and applies together.
+API Gateway cache flush, Step Functions' retry sleeps) read them from the patch's registry:
+`registered(*items)` adds them and applies the patch for a block.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 Replacements = dict[tuple[Any, str], Any]  # (class or module, attribute name) -> new value
@@ -29,28 +27,22 @@ Replacements = dict[tuple[Any, str], Any]  # (class or module, attribute name) -
 MOTO_VERSION = "5.2.5"  # what every patch below was checked against (pyproject: moto>=5.2.5,<6)
 
 
+@dataclass(eq=False)
 class MotoPatch:
     """`replacements()` is called by the first apply(): {(owner, attribute name): new value}; it may
     read the originals from `owner.__dict__`. `expects` is what each original looked like in
-    MOTO_VERSION ("module.Owner.attribute" -> `describe(original)`)."""
+    MOTO_VERSION ("module.Owner.attribute" -> `describe(original)`); `upstream` is moto's issue or
+    documentation for the behaviour, where there is one."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        changes: str,
-        expects: dict[str, str],
-        replacements: Callable[[], Replacements],
-        upstream: str = "",
-    ):
-        self.name = name
-        self.changes = changes
-        self.upstream = upstream  # moto's issue or documentation for the behaviour, where there is one
-        self.expects = expects
-        self.replacements = replacements
-        self._originals: Replacements = {}
-        self._count = 0
-        self._guard = threading.Lock()
+    name: str
+    changes: str
+    expects: dict[str, str]
+    replacements: Callable[[], Replacements]
+    upstream: str = ""
+    _originals: Replacements = field(default_factory=dict, init=False, repr=False)
+    _count: int = field(default=0, init=False, repr=False)
+    _registry: list[Any] = field(default_factory=list, init=False, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def apply(self) -> None:
         with self._guard:
@@ -77,12 +69,23 @@ class MotoPatch:
         return self._count > 0
 
     @contextmanager
-    def applied(self) -> Iterator[None]:
+    def registered(self, *items: Any) -> Iterator[None]:
+        """Applied, with `items` in the registry, for the block."""
+        with self._guard:
+            self._registry.extend(items)
         self.apply()
         try:
             yield
         finally:
             self.undo()
+            with self._guard:
+                for item in items:
+                    self._registry.remove(item)
+
+    def registrations(self) -> list[Any]:
+        """The registry, newest first."""
+        with self._guard:
+            return self._registry[::-1]
 
     def targets(self) -> dict[str, Any]:
         """ "module.Owner.attribute" -> moto's current value, for the canary (applied or not, the

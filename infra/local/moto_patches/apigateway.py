@@ -1,14 +1,12 @@
-"""API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered in process.
-
-The API function makes its ordinary boto3 call, and the local gateway serving that stage forgets
-its cached authorizer answers. Production code knows nothing of this module."""
+"""API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered in process:
+the API function makes its ordinary boto3 call, and the local gateway serving that stage forgets
+its cached authorizer answers."""
 
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
@@ -17,9 +15,6 @@ from infra.local.moto_patches import MotoPatch, Replacements
 _FLUSH = re.compile(
     r"^https?://apigateway\.[^/]+/restapis/(?P<api>[^/?]+)/stages/(?P<stage>[^/?]+)/cache/authorizers/?$"
 )
-
-_flushers: dict[tuple[str, str], list[Callable[[], None]]] = {}
-_lock = threading.Lock()
 flushed: list[tuple[str, str]] = []  # every flush answered, oldest first: what tests read
 
 
@@ -32,12 +27,10 @@ def _replacements() -> Replacements:
         match = _FLUSH.match(request.url.split("?", 1)[0]) if request.method == "DELETE" else None
         if match is None:
             return original(self, request)
-        stage = (match["api"], match["stage"])
-        with _lock:
-            flushed.append(stage)
-            flushers = list(_flushers.get(stage, ()))
-        for flush in flushers:
-            flush()
+        flushed.append((match["api"], match["stage"]))
+        for api, stage, flush in PATCH.registrations():
+            if (api, stage) == (match["api"], match["stage"]):
+                flush()
         # A stage with nothing cached (or no gateway in front of it) has nothing to forget.
         return 202, {"Content-Type": "application/json"}, b"{}"
 
@@ -53,17 +46,6 @@ PATCH = MotoPatch(
 )
 
 
-@contextmanager
-def flushing(api_id: str, stage: str, flush: Callable[[], None]) -> Iterator[None]:
+def flushing(api_id: str, stage: str, flush: Callable[[], None]) -> AbstractContextManager[None]:
     """Installs the answer for the block; a flush of (api_id, stage) calls `flush`."""
-    PATCH.apply()
-    with _lock:
-        _flushers.setdefault((api_id, stage), []).append(flush)
-    try:
-        yield
-    finally:
-        with _lock:
-            _flushers[(api_id, stage)].remove(flush)
-            if not _flushers[(api_id, stage)]:
-                del _flushers[(api_id, stage)]
-        PATCH.undo()
+    return PATCH.registered((api_id, stage, flush))

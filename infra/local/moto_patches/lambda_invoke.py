@@ -7,15 +7,10 @@ a name it does not know falls through to moto (ResourceNotFoundException as usua
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
-
-_services: list[Any] = []  # the LambdaServices routed to, newest last: lookup(name), invoke(...)
-_guard = threading.Lock()
 
 
 def _replacements() -> Replacements:
@@ -23,17 +18,13 @@ def _replacements() -> Replacements:
 
     original = LambdaBackend.__dict__["invoke"]
 
-    def invoke(
-        backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
-    ) -> Any:
+    def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response: Any) -> Any:
         name = function_name if qualifier in (None, "") else f"{function_name}:{qualifier}"
-        with _guard:
-            services = list(reversed(_services))
-        for service in services:
+        for service in PATCH.registrations():
             function = service.lookup(name)
             if function is not None:
-                return service.invoke(function, body, headers, response_headers)
-        return original(backend, function_name, qualifier, body, headers, response_headers)
+                return service.invoke(function, body, headers, response)
+        return original(backend, function_name, qualifier, body, headers, response)
 
     return {(LambdaBackend, "invoke"): invoke}
 
@@ -51,15 +42,6 @@ PATCH = MotoPatch(
 )
 
 
-@contextmanager
-def routing(service: Any) -> Iterator[None]:
-    """Routes Invoke of the service's functions to `service.invoke` for the block."""
-    with _guard:
-        _services.append(service)
-    PATCH.apply()
-    try:
-        yield
-    finally:
-        PATCH.undo()
-        with _guard:
-            _services.remove(service)
+def routing(service: Any) -> AbstractContextManager[None]:
+    """Routes Invoke of the service's functions (`lookup(name)`, `invoke(...)`) for the block."""
+    return PATCH.registered(service)

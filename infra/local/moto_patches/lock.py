@@ -52,13 +52,10 @@ PATCH = MotoPatch(
 
 @contextmanager
 def released() -> Iterator[None]:
-    """Lets go of MOTO_LOCK (every level this thread holds) for the block, then takes it back.
-
-    For a handler that runs *inside* a moto action (a Step Functions Lambda task reaches our
-    handler through moto's Lambda Invoke): it must not hold the lock while it runs, or every other
-    thread's moto call (the API, the pollers, other executions) waits for the whole handler, and a
-    handler that waits on another thread that needs moto deadlocks. A no-op when this thread does
-    not hold the lock.
+    """Lets go of MOTO_LOCK (every level this thread holds) for the block, then takes it back: a
+    handler that runs *inside* a moto action (a Step Functions Lambda task, through moto's Lambda
+    Invoke) must not hold it, or every other thread's moto call waits for the whole handler, and a
+    handler waiting on a thread that needs moto deadlocks. A no-op when this thread does not hold it.
     """
     if not MOTO_LOCK._is_owned():  # type: ignore[attr-defined]
         yield

@@ -23,28 +23,17 @@ from typing import Any
 from infra.local.moto_patches import MotoPatch, Replacements
 
 
-def _kept() -> tuple[type, ...]:
-    from moto.s3.models import FakeKey, FakeMultipart
-
-    return (FakeKey, FakeMultipart)
-
-
-def _new_untracked(kept: tuple[type, ...]) -> Any:
+def _replacements() -> Replacements:
     from moto.core.common_models import BaseModel
+    from moto.s3.models import FakeKey, FakeMultipart
 
     def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
         instance = super(BaseModel, cls).__new__(cls)  # what BaseModel.__new__ does, minus the list
-        if issubclass(cls, kept):
+        if issubclass(cls, (FakeKey, FakeMultipart)):
             cls.instances_tracked.append(instance)  # type: ignore[attr-defined]
         return instance
 
-    return staticmethod(__new__)
-
-
-def _replacements() -> Replacements:
-    from moto.core.common_models import BaseModel
-
-    return {(BaseModel, "__new__"): _new_untracked(_kept())}
+    return {(BaseModel, "__new__"): staticmethod(__new__)}
 
 
 PATCH = MotoPatch(

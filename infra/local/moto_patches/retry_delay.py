@@ -5,22 +5,15 @@ turns 1 s into 10 ms. 1.0 (AWS's timing) needs no patch and the stack applies no
 
 from __future__ import annotations
 
-import threading
 import time
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from infra.local.moto_patches import MotoPatch, Replacements
 
-_scales: list[float] = []  # the active scales; the last one applies
-_guard = threading.Lock()
-
 
 def _sleep(seconds: float) -> None:
-    with _guard:
-        scale = _scales[-1] if _scales else 1.0
-    time.sleep(seconds * scale)
+    time.sleep(seconds * next(iter(PATCH.registrations()), 1.0))  # the newest scale applies
 
 
 def _replacements() -> Replacements:
@@ -39,14 +32,5 @@ PATCH = MotoPatch(
 )
 
 
-@contextmanager
-def scaled(scale: float) -> Iterator[None]:
-    with _guard:
-        _scales.append(scale)
-    PATCH.apply()
-    try:
-        yield
-    finally:
-        PATCH.undo()
-        with _guard:
-            _scales.remove(scale)
+def scaled(scale: float) -> AbstractContextManager[None]:
+    return PATCH.registered(scale)

@@ -13,14 +13,12 @@ Put sent from inside it is dropped.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
 
-_routes: dict[str, Any] = {}  # configuration id (the mapping's name) -> mapping: .function.arn, .enqueue(event)
-_guard = threading.Lock()
 _completing = threading.local()  # inside moto's CompleteMultipartUpload
 
 
@@ -39,16 +37,14 @@ def _replacements() -> Replacements:
             _completing.active = False
 
     def invoke_awslambda(account_id: str, event_body: Any, fn_arn: str, region_name: str) -> None:
-        records = event_body.get("Records") or [{}]
-        if getattr(_completing, "active", False) and records[0].get("eventName") == "ObjectCreated:Put":
+        record = (event_body.get("Records") or [{}])[0]
+        if getattr(_completing, "active", False) and record.get("eventName") == "ObjectCreated:Put":
             return
-        configuration_id = records[0].get("s3", {}).get("configurationId")
-        with _guard:
-            mapping = _routes.get(configuration_id)
-            if mapping is None or mapping.function.arn != fn_arn:
-                mapping = next((m for m in _routes.values() if m.function.arn == fn_arn), None)
-        if mapping is not None:
-            mapping.enqueue(event_body)
+        # The mapping the configuration id names, else any of that function's (sort is stable).
+        mappings = [m for m in PATCH.registrations() if m.function.arn == fn_arn]
+        mappings.sort(key=lambda m: m.name != record.get("s3", {}).get("configurationId"))
+        if mappings:
+            mappings[0].enqueue(event_body)
         else:
             original_invoke(account_id, event_body, fn_arn, region_name)
 
@@ -70,18 +66,7 @@ PATCH = MotoPatch(
 )
 
 
-@contextmanager
-def routing(mappings: Sequence[Any]) -> Iterator[None]:
-    """Routes moto's Lambda notifications for these mappings (by configuration id) for the block."""
-    with _guard:
-        for mapping in mappings:
-            _routes[mapping.name] = mapping
-    PATCH.apply()
-    try:
-        yield
-    finally:
-        PATCH.undo()
-        with _guard:
-            for mapping in mappings:
-                if _routes.get(mapping.name) is mapping:
-                    del _routes[mapping.name]
+def routing(mappings: Sequence[Any]) -> AbstractContextManager[None]:
+    """Routes moto's Lambda notifications for these mappings (`.name` is the configuration id,
+    `.function.arn`, `.enqueue(event)`) for the block."""
+    return PATCH.registered(*mappings)

@@ -36,25 +36,15 @@ _sleep = time.sleep  # between two looks at the depth (a test drains the queue h
 _stalled: set[str] = set()  # ARNs of queues found undrained: not waited on until they drain
 
 
+def _scan(queue: Any, keep: Callable[[Any, float], bool]) -> list[Any]:
+    from moto.core.utils import unix_time_millis
+
+    now = unix_time_millis()  # once per scan, not per message
+    return [m for m in queue._messages if keep(m, now)]
+
+
 def _visible(queue: Any) -> list[Any]:
-    from moto.core.utils import unix_time_millis
-
-    now = unix_time_millis()
-    return [m for m in queue._messages if now > m.visible_at and not now < m.delayed_until]
-
-
-def _not_visible(queue: Any) -> int:
-    from moto.core.utils import unix_time_millis
-
-    now = unix_time_millis()
-    return sum(1 for m in queue._messages if not now > m.visible_at)
-
-
-def _delayed(queue: Any) -> int:
-    from moto.core.utils import unix_time_millis
-
-    now = unix_time_millis()
-    return sum(1 for m in queue._messages if now < m.delayed_until)
+    return _scan(queue, lambda m, now: now > m.visible_at and not now < m.delayed_until)
 
 
 def _retained(backend: Any, queue_name: str, message: Any) -> bool:
@@ -89,25 +79,27 @@ def _wait_for_room(queue: Any) -> None:
                 return
 
 
-def _paced(send_message_batch: Callable[..., Any]) -> Callable[..., Any]:
+def _replacements() -> Replacements:
+    from moto.sqs.models import Queue, SQSBackend
+
+    send_message_batch = SQSBackend.__dict__["send_message_batch"]
+
     def paced(backend: Any, queue_name: str, entries: Any) -> Any:
         _wait_for_room(backend.get_queue(queue_name))
         return send_message_batch(backend, queue_name, entries)
-
-    return paced
-
-
-def _replacements() -> Replacements:
-    from moto.sqs.models import Queue, SQSBackend
 
     _stalled.clear()
     return {
         (Queue, "messages"): property(_visible),
         (Queue, "approximate_number_of_messages"): property(lambda queue: len(_visible(queue))),
-        (Queue, "approximate_number_of_messages_not_visible"): property(_not_visible),
-        (Queue, "approximate_number_of_messages_delayed"): property(_delayed),
+        (Queue, "approximate_number_of_messages_not_visible"): property(
+            lambda queue: len(_scan(queue, lambda m, now: not now > m.visible_at))
+        ),
+        (Queue, "approximate_number_of_messages_delayed"): property(
+            lambda queue: len(_scan(queue, lambda m, now: now < m.delayed_until))
+        ),
         (SQSBackend, "is_message_valid_based_on_retention_period"): _retained,
-        (SQSBackend, "send_message_batch"): _paced(SQSBackend.__dict__["send_message_batch"]),
+        (SQSBackend, "send_message_batch"): paced,
     }
 
 
