@@ -147,6 +147,7 @@ class EventSourceMapping:
     event and what of an answer failed."""
 
     kind = ""
+    asynchronous = False  # S3 and EventBridge invoke with one event, not a batch of records
     name: str
     function_logical_id: str
     function: LocalFunction
@@ -234,7 +235,7 @@ class EventSourceMapping:
         raise NotImplementedError
 
     def _event(self, batch: list[Record]) -> dict[str, Any]:
-        return batch[0] if self.kind in ("S3", "Schedule") else {"Records": batch}  # those invoke asynchronously
+        return batch[0] if self.asynchronous else {"Records": batch}
 
     def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
         """What of a batch the function answered is to be retried (ReportBatchItemFailures)."""
@@ -244,7 +245,7 @@ class EventSourceMapping:
         work = [(batch, 0)]
         while work and not self._stopping.is_set():
             batch, failures = work.pop()
-            response, error = self._invoke(self._event(batch))
+            response, error = self.function.try_invoke(self._event(batch))
             failed = batch if error is not None else self._failed_part(batch, response)
             if not failed:
                 continue
@@ -258,14 +259,6 @@ class EventSourceMapping:
             else:
                 work.append((failed, failures))
             self._stopping.wait(self.retry_delay)
-
-    def _invoke(self, event: dict[str, Any]) -> tuple[Any, BaseException | None]:
-        try:
-            return self.function.invoke(event), None
-        except Exception as error:
-            logger.warning("%s: %s raised %s: %s", self.name, self.function.name, type(error).__name__, error)
-            logger.debug("%s traceback", self.name, exc_info=error)
-            return None, error
 
     def _give_up(self, batch: list[Record], attempts: int, error: BaseException | None) -> None:
         destination = self.on_failure.arn if self.on_failure else "nowhere (no OnFailure destination)"
@@ -384,7 +377,7 @@ class SqsMapping(EventSourceMapping):
         return None if int(in_flight or 0) else []
 
     def _deliver(self, batch: list[Record]) -> None:
-        response, error = self._invoke(self._event(batch))
+        response, error = self.function.try_invoke(self._event(batch))
         if error is not None:
             return  # nothing deleted: every message comes back after the visibility timeout
         keep = failed_identifiers(response, [r["messageId"] for r in batch]) if self.report_batch_item_failures else ()
@@ -429,7 +422,7 @@ class S3NotificationMapping(EventSourceMapping):
     thread invokes the function asynchronously as S3 does: retried per the function's
     EventInvokeConfig (MaximumRetryAttempts, default 2), then OnFailure with AWS's record."""
 
-    kind = "S3"
+    kind, asynchronous = "S3", True
     bucket: str
     events: list[str]
     key_filters: list[dict[str, str]]
@@ -476,7 +469,7 @@ class ScheduleMapping(EventSourceMapping):
     stack starts, with EventBridge's scheduled event; a failure is logged, not retried (the next
     period runs it again)."""
 
-    kind = "Schedule"
+    kind, asynchronous = "Schedule", True
     expression: str
     period: float
 

@@ -99,6 +99,16 @@ class LocalFunction:
             logger.warning("%s ran over its %s s timeout", self.name, self.timeout_seconds)
         return result
 
+    def try_invoke(self, event: Any) -> tuple[Any, Exception | None]:
+        """invoke(), a failure returned and logged in one line (a Step Functions Catch may expect it),
+        its traceback on DEBUG."""
+        try:
+            return self.invoke(event), None
+        except Exception as error:
+            logger.warning("%s raised %s: %s", self.name, type(error).__name__, error)
+            logger.debug("%s traceback", self.name, exc_info=error)
+            return None, error
+
 
 class LambdaService:
     """The stack's functions as moto's Lambda Invoke sees them (infra/local/moto_patches/lambda_invoke.py):
@@ -139,27 +149,18 @@ class LambdaService:
             return _error(response_headers, "Runtime.UnmarshalError", f"payload is not JSON: {error}")
         if invocation_type in ("DryRun", "Event"):
             if invocation_type == "Event":
-                threading.Thread(target=_invoke_logged, args=(function, event), daemon=True).start()
+                threading.Thread(target=function.try_invoke, args=(event,), daemon=True).start()
             return b""
         with lock.released():
-            try:
-                result = function.invoke(event)
-            except Exception as error:
-                _log_failure(function, error)
-                return _error(response_headers, type(error).__name__, str(error), error)
+            result, error = function.try_invoke(event)
+        if error is not None:
+            return _error(response_headers, type(error).__name__, str(error), error)
         try:
             payload = json.dumps(result).encode("utf-8")
         except (TypeError, ValueError) as error:
             return _error(response_headers, "Runtime.MarshalError", f"Unable to marshal response: {error}")
         response_headers["Content-Length"] = str(len(payload))
         return payload
-
-
-def _invoke_logged(function: LocalFunction, event: Any) -> None:
-    try:
-        function.invoke(event)
-    except Exception as error:
-        _log_failure(function, error)
 
 
 def _error(response_headers: dict[str, Any], kind: str, message: str, error: BaseException | None = None) -> bytes:
@@ -171,9 +172,3 @@ def _error(response_headers: dict[str, Any], kind: str, message: str, error: Bas
     response_headers["x-amz-function-error"] = "Unhandled"
     response_headers["Content-Length"] = str(len(payload))
     return payload
-
-
-def _log_failure(function: LocalFunction, error: BaseException) -> None:
-    # A Step Functions Catch may expect this error (PaymentDeclined): one line, the traceback on DEBUG.
-    logger.warning("%s raised %s: %s", function.name, type(error).__name__, error)
-    logger.debug("%s traceback", function.name, exc_info=error)
