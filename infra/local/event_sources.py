@@ -142,7 +142,7 @@ class OnFailure:
 class EventSourceMapping:
     """One event source: a thread that fetches a batch, invokes the function with it, and retries
     what failed (in halves on an error when bisect_on_error) until it succeeds or has failed
-    1 + maximum_retry_attempts times (-1: until it expires), when it goes to the OnFailure
+    1 + maximum_retry_attempts times (-1: forever, as a stream's record until it expires), when it goes to the OnFailure
     destination as AWS's invocation record. A subclass says how to fetch a batch, how to shape its
     event and what of an answer failed."""
 
@@ -335,8 +335,10 @@ class DynamoDBStreamMapping(EventSourceMapping):
         return shaped | ({"userIdentity": record["userIdentity"]} if "userIdentity" in record else {})
 
     def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
+        if not self.report_batch_item_failures:
+            return []
         index = first_failed_index(response, [r["dynamodb"]["SequenceNumber"] for r in batch])
-        return [] if index is None or not self.report_batch_item_failures else batch[index:]
+        return [] if index is None else batch[index:]
 
     def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
         first, last = batch[0]["dynamodb"], batch[-1]["dynamodb"]
