@@ -94,12 +94,15 @@ def matches_filters(patterns: Sequence[Mapping[str, Any]] | None, record: Mappin
 
 
 def _matches(pattern: Mapping[str, Any], value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        _matches(expected, value.get(key))
-        if isinstance(expected, dict)
-        else key in value and any(value[key] == wanted and type(value[key]) is type(wanted) for wanted in expected)
-        for key, expected in pattern.items()
-    )
+    if not isinstance(value, dict):
+        return False
+    for key, expected in pattern.items():
+        actual = value.get(key)  # absent: None, which no pattern value matches
+        if isinstance(expected, dict) and not _matches(expected, actual):
+            return False
+        if isinstance(expected, list) and not any(actual == want and type(actual) is type(want) for want in expected):
+            return False
+    return True
 
 
 # --- Batch responses --------------------------------------------------------------------------------
@@ -109,12 +112,10 @@ def failed_identifiers(response: Any, identifiers: Sequence[str]) -> set[str]:
     """For ReportBatchItemFailures: the identifiers the function reported as failed. An empty or
     null answer is a success; a malformed one (or an identifier not in the batch) fails the whole
     batch, as Lambda does."""
-    if response is None:
-        return set()
-    failures = response.get("batchItemFailures") if isinstance(response, dict) else "malformed"
+    failures = response.get("batchItemFailures") if isinstance(response, dict) else response
     if failures is None:
         return set()
-    if not isinstance(failures, list):
+    if not isinstance(response, dict) or not isinstance(failures, list):
         return set(identifiers)
     failed = [failure.get("itemIdentifier") if isinstance(failure, dict) else None for failure in failures]
     return set(failed) if all(isinstance(i, str) and i in identifiers for i in failed) else set(identifiers)
