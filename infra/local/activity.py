@@ -1,48 +1,44 @@
-"""What runs by itself once the stack is up: event source pollers and state machine executions.
-
-Built from the template, started (paused or not), paused and resumed, waited on until idle, and
-stopped with the stack."""
+"""What runs by itself once the stack is up: event source pollers and state machine executions."""
 
 from __future__ import annotations
 
 import time
 from contextlib import suppress
 
-from infra.local.event_sources import EventSourceMapping, MappingContext, S3NotificationMapping, build_mapping
+from infra.local.event_sources import EventSourceMapping, S3NotificationMapping, build_mapping
 from infra.local.resources import Client, Resources
 
 
 class Activity:
     """The mappings ("Function.EventName" -> poller) and the executions of the template's state
-    machines. build() creates the mappings (and the S3 events' bucket notifications);
-    start() starts their threads, paused or not."""
+    machines: built from the template, started (paused or not), waited on until idle, stopped."""
 
     def __init__(self, resources: Resources, client: Client, *, retry_delay: float | None = None):
         self.resources = resources
         self.client = client
         self.mappings: dict[str, EventSourceMapping] = {}
-        self._retry_delay = retry_delay
+        self._options = {} if retry_delay is None else {"retry_delay": retry_delay}
 
     def build(self) -> list[S3NotificationMapping]:
-        """Every function event that is not Api; S3 events are the buckets' Lambda notifications
-        (moto matches the event, the mapping delivers it: the S3 mappings returned must be routed,
-        infra/local/moto_patches/s3_notifications.py)."""
+        """Every function event that is not Api. S3 events become their buckets' notification
+        configurations: moto matches them, and the S3 mappings returned must be routed the
+        notifications (infra/local/moto_patches/s3_notifications.py)."""
         resources = self.resources
-        context = MappingContext(
-            resolve=resources.resolve,
-            queue_url_for_arn=lambda arn: resources.queue_url_for_arn(arn, self.client),
-            client=self.client,
-        )
-        if self._retry_delay is not None:
-            context.retry_delay = self._retry_delay
         for spec in resources.template.event_sources():
-            mapping = build_mapping(spec, resources.functions[spec.function_logical_id], context)
+            mapping = build_mapping(
+                spec,
+                resources.functions[spec.function_logical_id],
+                resolve=resources.resolve,
+                queue_url_for_arn=lambda arn: resources.queue_url_for_arn(arn, self.client),
+                client=self.client,
+                **self._options,
+            )
             self.mappings[mapping.name] = mapping
         s3_mappings = [m for m in self.mappings.values() if isinstance(m, S3NotificationMapping)]
-        for bucket_name in sorted({m.bucket for m in s3_mappings}):
-            lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket_name]
+        for bucket in sorted({m.bucket for m in s3_mappings}):
+            lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket]
             self.client("s3").put_bucket_notification_configuration(
-                Bucket=bucket_name, NotificationConfiguration={"LambdaFunctionConfigurations": lambdas}
+                Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": lambdas}
             )
         return s3_mappings
 
@@ -62,21 +58,22 @@ class Activity:
         """Stops the pollers and what still runs, so no thread calls a handler after the stack."""
         for mapping in self.mappings.values():
             mapping.stop()
-        if not self.resources.state_machine_arns:
-            return
         with suppress(Exception):
-            sfn = self.client("stepfunctions")
             for arn in self.running_executions():
                 with suppress(Exception):
-                    sfn.stop_execution(executionArn=arn, error="LocalStackStopped", cause="the local stack stopped")
+                    self.client("stepfunctions").stop_execution(
+                        executionArn=arn, error="LocalStackStopped", cause="the local stack stopped"
+                    )
 
     def running_executions(self) -> list[str]:
         """ARNs of the executions still running, in every state machine of the template."""
-        running = []
-        for arn in self.resources.state_machine_arns.values():
-            answer = self.client("stepfunctions").list_executions(stateMachineArn=arn, statusFilter="RUNNING")
-            running.extend(execution["executionArn"] for execution in answer["executions"])
-        return running
+        return [
+            execution["executionArn"]
+            for arn in self.resources.state_machine_arns.values()
+            for execution in self.client("stepfunctions").list_executions(stateMachineArn=arn, statusFilter="RUNNING")[
+                "executions"
+            ]
+        ]
 
     def wait_until_idle(self, timeout: float = 10.0) -> bool:
         """True once every mapping has drained its source, no handler is running and no execution
@@ -85,26 +82,19 @@ class Activity:
         flight (invisible after a failure, or held by another consumer) is not drained yet."""
         deadline = time.monotonic() + timeout
         quiet_rounds = 0
-        while time.monotonic() < deadline:
-            mark = time.monotonic()
-            invocations = self._invocation_count()
-            if self._busy():
-                quiet_rounds = 0
-                time.sleep(0.02)
-                continue
+        while time.monotonic() < deadline and quiet_rounds < 2:
+            mark, invocations = time.monotonic(), self._invocations()
             while not all(mapping.is_idle_since(mark) for mapping in self.mappings.values()):
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.01)
-            if self._invocation_count() == invocations and not self._busy():
-                quiet_rounds += 1
-                if quiet_rounds >= 2:
-                    return True
-            else:
-                quiet_rounds = 0
-        return False
+            quiet = invocations == self._invocations() and not self._busy()
+            quiet_rounds = quiet_rounds + 1 if quiet else 0
+            if not quiet:
+                time.sleep(0.02)
+        return quiet_rounds >= 2
 
-    def _invocation_count(self) -> int:
+    def _invocations(self) -> int:
         return sum(function.invocations for function in self.resources.functions.values())
 
     def _busy(self) -> bool:

@@ -1,30 +1,11 @@
 """The template's function events (DynamoDB streams, SQS, S3, Schedule), emulated with pollers.
 
 moto runs an SQS → Lambda mapping synchronously inside SendMessage and ignores batchItemFailures;
-its stream mapping ignores StartingPosition. Here each mapping is a thread that polls its source
-through the ordinary APIs (dynamodbstreams GetRecords, sqs ReceiveMessage), builds the event shape
-Lambda builds, invokes the in-process handler *outside* MOTO_LOCK, and applies what Lambda applies
-to the answer:
-
-- DynamoDB streams: StartingPosition, BatchSize, FilterCriteria (exact values),
-  ReportBatchItemFailures (retry from the first failed record, order kept),
-  BisectBatchOnFunctionError, MaximumRetryAttempts and the OnFailure destination (an SQS queue)
-  with AWS's DDBStreamBatchInfo record;
-- SQS: BatchSize, ReportBatchItemFailures (only successful messages are deleted); failed messages
-  come back after the queue's VisibilityTimeout and moto moves them to the RedrivePolicy's DLQ
-  after maxReceiveCount receives (measured: moto does that on ReceiveMessage);
-- S3 events: matched by moto itself (events and prefix/suffix rules); its Lambda hook is
-  redirected into a queue and a thread invokes the function asynchronously, with the function's
-  EventInvokeConfig: MaximumRetryAttempts (default 2) and the OnFailure destination (an SQS
-  queue) with AWS's asynchronous-invocation record;
-- Schedule events: `rate(N unit)` invokes the function every period with EventBridge's scheduled
-  event, the first one period after the stack starts (OMS_LOCAL_SCHEDULE_SECONDS replaces every
-  schedule's period, e.g. 10 to see a 5-minute job run while you watch; the jeopardy scan runs every
-  OMS_JEOPARDY_SCAN_SECONDS, default 30, over both); a failed invocation is logged, not retried
-  (the next period runs it again). `cron(...)` is not emulated: startup fails.
-
-What the template may say is listed in infra/local/supported.py, with what is ignored and why;
-retries back off a fixed short delay (`retry_delay`, 0.2 s) instead of AWS's exponential backoff.
+its stream mapping ignores StartingPosition. Here each event is a thread (EventSourceMapping) that
+fetches a batch through the ordinary APIs, shapes the event Lambda builds, invokes the in-process
+handler outside MOTO_LOCK and applies what Lambda applies to the answer, as each source's class
+says. What the template may say is checked by infra/local/supported.py; retries wait a fixed
+`retry_delay` (0.2 s) instead of AWS's exponential backoff.
 """
 
 from __future__ import annotations
@@ -41,7 +22,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any
@@ -62,21 +43,19 @@ SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
 # own variable, then OMS_LOCAL_SCHEDULE_SECONDS, then this default (the jeopardy scan: every 30 s
 # instead of every 5 minutes).
 LOCAL_SCHEDULE_PERIODS: dict[str, tuple[str, float]] = {"JeopardyScanFunction": ("OMS_JEOPARDY_SCAN_SECONDS", 30.0)}
-_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_RATE = re.compile(r"^rate\((\d+) (minute|hour|day)(s?)\)$")
 _RATE_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+Record = dict[str, Any]
 
 
 class EventSourceError(ValueError):
     """An event source the local runtime cannot emulate faithfully: startup fails with this."""
 
 
-# --- FilterCriteria ---------------------------------------------------------------------------------
-# The EventBridge pattern subset the template uses: nested keys and lists of exact values, matched
-# with their JSON type (a stream record carries DynamoDB numbers as strings, {"N": "5"}, so a
-# number in a pattern matches none of them; the template matches booleans and strings). Anything
-# else (numeric, prefix, anything-but, exists, ...) fails startup rather than matching differently
-# from AWS: the template used a numeric range on `available` until that was found to rest on
-# matching strings numerically, which AWS's pattern matching does not promise.
+# --- FilterCriteria: what the template uses, nested keys down to lists of exact strings or booleans,
+# matched with their JSON type. Anything else (numbers, which AWS matches numerically while a stream
+# record carries them as strings; prefix, anything-but, exists, ...) fails startup.
 
 
 def compile_filters(criteria: Any, where: str) -> list[dict[str, Any]] | None:
@@ -88,35 +67,25 @@ def compile_filters(criteria: Any, where: str) -> list[dict[str, Any]] | None:
         raise EventSourceError(f"{where}: FilterCriteria needs a non-empty Filters list")
     patterns = []
     for index, entry in enumerate(filters):
-        raw = entry.get("Pattern") if isinstance(entry, dict) else None
         try:
-            pattern = json.loads(raw) if isinstance(raw, str) else raw
-        except ValueError as error:
-            raise EventSourceError(f"{where}: Filters[{index}].Pattern is not JSON: {error}") from None
-        if not isinstance(pattern, dict) or not pattern:
-            raise EventSourceError(f"{where}: Filters[{index}].Pattern must be a non-empty JSON object")
-        _check_pattern(pattern, f"{where}: Filters[{index}].Pattern")
-        patterns.append(pattern)
+            patterns.append(json.loads(entry["Pattern"]))
+        except (TypeError, KeyError, ValueError) as error:
+            raise EventSourceError(f"{where}: Filters[{index}].Pattern is not a JSON string: {error}") from None
+        _check_pattern(patterns[-1], f"{where}: Filters[{index}].Pattern")
     return patterns
 
 
-def _check_pattern(pattern: Mapping[str, Any], where: str) -> None:
+def _check_pattern(pattern: Any, where: str) -> None:
+    if not isinstance(pattern, dict) or not pattern:
+        raise EventSourceError(f"{where} must be a non-empty JSON object, got {json.dumps(pattern)}")
     for key, value in pattern.items():
         if isinstance(value, dict):
-            if not value:
-                raise EventSourceError(f"{where}: {key!r} has an empty object")
             _check_pattern(value, f"{where}.{key}")
-        elif isinstance(value, list):
-            if not value:
-                raise EventSourceError(f"{where}: {key!r} has an empty list (it would match nothing)")
-            for item in value:
-                if isinstance(item, dict | list):
-                    raise EventSourceError(
-                        f"{where}: {key!r} uses {json.dumps(item)}, which the local runtime does not support "
-                        "(only exact values: lists of strings, numbers, booleans or null)"
-                    )
-        else:
-            raise EventSourceError(f"{where}: {key!r} must be a list of values or an object, got {json.dumps(value)}")
+        elif not isinstance(value, list) or not value or not all(isinstance(item, str | bool) for item in value):
+            raise EventSourceError(
+                f"{where}: {key!r} is {json.dumps(value)}, which the local runtime does not emulate "
+                "(only non-empty lists of exact strings or booleans)"
+            )
 
 
 def matches_filters(patterns: Sequence[Mapping[str, Any]] | None, record: Mapping[str, Any]) -> bool:
@@ -128,22 +97,12 @@ def _matches(pattern: Mapping[str, Any], value: Any) -> bool:
     if not isinstance(value, dict):
         return False
     for key, expected in pattern.items():
-        if key not in value:
+        actual = value.get(key)  # absent: None, which no pattern value matches
+        if isinstance(expected, dict) and not _matches(expected, actual):
             return False
-        actual = value[key]
-        if isinstance(expected, dict):
-            if not _matches(expected, actual):
-                return False
-        elif not _value_matches(expected, actual):
+        if isinstance(expected, list) and not any(actual == want and type(actual) is type(want) for want in expected):
             return False
     return True
-
-
-def _value_matches(expected: Sequence[Any], actual: Any) -> bool:
-    candidates = actual if isinstance(actual, list) else [actual]  # an array matches if any element does
-    return any(
-        candidate == wanted and type(candidate) is type(wanted) for candidate in candidates for wanted in expected
-    )
 
 
 # --- Batch responses --------------------------------------------------------------------------------
@@ -153,90 +112,70 @@ def failed_identifiers(response: Any, identifiers: Sequence[str]) -> set[str]:
     """For ReportBatchItemFailures: the identifiers the function reported as failed. An empty or
     null answer is a success; a malformed one (or an identifier not in the batch) fails the whole
     batch, as Lambda does."""
-    if response is None:
-        return set()
-    if not isinstance(response, dict):
-        return set(identifiers)
-    failures = response.get("batchItemFailures")
+    failures = response.get("batchItemFailures") if isinstance(response, dict) else response
     if failures is None:
         return set()
-    if not isinstance(failures, list):
+    if not isinstance(response, dict) or not isinstance(failures, list):
         return set(identifiers)
-    failed = set()
-    for failure in failures:
-        identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
-        if not isinstance(identifier, str) or identifier not in identifiers:
-            return set(identifiers)
-        failed.add(identifier)
-    return failed
+    failed = [failure.get("itemIdentifier") if isinstance(failure, dict) else None for failure in failures]
+    return set(failed) if all(isinstance(i, str) and i in identifiers for i in failed) else set(identifiers)
 
 
 def first_failed_index(response: Any, identifiers: Sequence[str]) -> int | None:
     """None when the batch succeeded, else the position of the first failed record (a stream
     checkpoints before it and retries from it)."""
     failed = failed_identifiers(response, identifiers)
-    if not failed:
-        return None
-    return min(index for index, identifier in enumerate(identifiers) if identifier in failed)
+    return next((index for index, identifier in enumerate(identifiers) if identifier in failed), None)
 
 
 # --- The mappings -----------------------------------------------------------------------------------
 
-ClientFactory = Callable[[str], Any]
+
+@dataclass
+class OnFailure:
+    """An OnFailure destination: an SQS queue (the only kind supported.py lets through)."""
+
+    arn: str
+    queue_url: str
 
 
+@dataclass(eq=False, kw_only=True)
 class EventSourceMapping:
-    """One emulated mapping: a thread that polls its source and invokes its function."""
+    """One event source: a thread that fetches a batch, invokes the function with it, and retries
+    what failed (in halves on an error when bisect_on_error) until it succeeds or has failed
+    1 + maximum_retry_attempts times (-1: forever, as a stream's record until it expires), when it goes to the OnFailure
+    destination as AWS's invocation record. A subclass says how to fetch a batch, how to shape its
+    event and what of an answer failed."""
 
     kind = ""
+    asynchronous = False  # S3 and EventBridge invoke with one event, not a batch of records
+    name: str
+    function_logical_id: str
+    function: LocalFunction
+    source_arn: str
+    source_label: str  # the source, short, as `make run` lists it
+    client: Callable[[str], Any] = field(repr=False)
+    batch_size: int = 1
+    filters: list[dict[str, Any]] | None = None
+    report_batch_item_failures: bool = False
+    maximum_retry_attempts: int = 0
+    bisect_on_error: bool = False
+    on_failure: OnFailure | None = None
+    retry_delay: float = RETRY_DELAY
+    poll_interval: float = POLL_INTERVAL
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        function_logical_id: str,
-        function: LocalFunction,
-        source_arn: str,
-        batch_size: int,
-        filters: list[dict[str, Any]] | None,
-        report_batch_item_failures: bool,
-        client: ClientFactory,
-        poll_interval: float = POLL_INTERVAL,
-        retry_delay: float = RETRY_DELAY,
-    ):
-        self.name = name
-        self.function_logical_id = function_logical_id
-        self.function = function
-        self.source_arn = source_arn
-        self.batch_size = batch_size
-        self.filters = filters
-        self.report_batch_item_failures = report_batch_item_failures
-        self.poll_interval = poll_interval
-        self.retry_delay = retry_delay
-        self.stats = {"invocations": 0, "failed_invocations": 0, "records": 0, "filtered_out": 0, "discarded": 0}
-        self._client = client
-        self._stopping = threading.Event()
-        self._paused = threading.Event()
-        self._busy = False
-        self._last_empty_poll = float("-inf")
+    def __post_init__(self) -> None:
+        self.stats = {"filtered_out": 0, "sent_to_on_failure": 0}
+        self._stopping, self._paused = threading.Event(), threading.Event()
+        self._busy, self._last_empty_poll = False, float("-inf")
         self._thread: threading.Thread | None = None
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} {self.source_arn}>"
-
-    @property
-    def source_label(self) -> str:
-        """The source, short: a table's stream, a queue's name, a bucket."""
-        return self.source_arn.rsplit(":", 1)[-1]
-
-    # --- Lifecycle ---------------------------------------------------------------------------
     def start(self, paused: bool = False) -> None:
         if paused:
             self._paused.set()
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name=f"oms-local-{self.name}", daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"oms-local-{self.name}", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -259,11 +198,8 @@ class EventSourceMapping:
 
     def is_idle_since(self, moment: float) -> bool:
         """Nothing to deliver: paused, or a poll that started after `moment` found nothing."""
-        if self._busy:
-            return False
-        return self._thread is None or self.paused or self._last_empty_poll >= moment
+        return not self._busy and (self._thread is None or self.paused or self._last_empty_poll >= moment)
 
-    # --- The loop ----------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             self._prepare()
@@ -272,120 +208,123 @@ class EventSourceMapping:
             self._thread = None
             return
         while not self._stopping.is_set():
-            if self.paused:
-                self._stopping.wait(self.poll_interval)
-                continue
-            started = time.monotonic()
-            self._busy = True
-            try:
-                outcome = self._poll_once()
-            except Exception:
-                if self._stopping.is_set():
-                    break
-                logger.exception("%s: polling failed", self.name)
-                outcome = "waiting"
-            finally:
-                self._busy = False
-            if outcome == "empty":
-                self._last_empty_poll = started
-            if outcome != "work":
+            started, batch = time.monotonic(), None
+            if not self.paused:
+                self._busy = True
+                try:
+                    batch = self._fetch()
+                    if batch:
+                        self._deliver(batch)
+                except Exception:
+                    if self._stopping.is_set():
+                        break
+                    logger.exception("%s: polling failed", self.name)
+                    batch = None
+                finally:
+                    self._busy = False
+                if batch == []:
+                    self._last_empty_poll = started
+            if not batch:
                 self._stopping.wait(self.poll_interval)
 
     def _prepare(self) -> None:
         """Runs in the thread before the first poll."""
 
-    def _poll_once(self) -> str:
-        """'work' (delivered something; poll again at once), 'empty' (nothing to do) or 'waiting'
-        (nothing now, but the source is not drained: e.g. messages in flight)."""
+    def _fetch(self) -> list[Record] | None:
+        """The next batch: [] when the source is drained, None when it has nothing now but is not
+        drained (SQS messages in flight)."""
         raise NotImplementedError
 
-    def _invoke(self, event: dict[str, Any]) -> tuple[Any, BaseException | None]:
-        self.stats["invocations"] += 1
-        try:
-            return self.function.invoke(event), None
-        except Exception as error:
-            self.stats["failed_invocations"] += 1
-            logger.warning("%s: %s raised %s: %s", self.name, self.function.name, type(error).__name__, error)
-            logger.debug("%s traceback", self.name, exc_info=error)
-            return None, error
+    def _event(self, batch: list[Record]) -> dict[str, Any]:
+        return batch[0] if self.asynchronous else {"Records": batch}
+
+    def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
+        """What of a batch the function answered is to be retried (ReportBatchItemFailures)."""
+        return []
+
+    def _deliver(self, batch: list[Record]) -> None:
+        work = [(batch, 0)]
+        while work and not self._stopping.is_set():
+            batch, failures = work.pop()
+            response, error = self.function.try_invoke(self._event(batch))
+            failed = batch if error is not None else self._failed_part(batch, response)
+            if not failed:
+                continue
+            failures += 1
+            if 0 <= self.maximum_retry_attempts < failures:
+                self._give_up(failed, failures, error)
+                continue
+            if error is not None and self.bisect_on_error and len(failed) > 1:
+                half = len(failed) // 2  # the first half first, so order holds
+                work += [(failed[half:], failures), (failed[:half], failures)]
+            else:
+                work.append((failed, failures))
+            self._stopping.wait(self.retry_delay)
+
+    def _give_up(self, batch: list[Record], attempts: int, error: BaseException | None) -> None:
+        destination = self.on_failure.arn if self.on_failure else "nowhere (no OnFailure destination)"
+        logger.error("%s: %d record(s) failed %d time(s); sent to %s", self.name, len(batch), attempts, destination)
+        if self.on_failure is not None:
+            record = self._failure_record(batch, attempts, error)
+            self.client("sqs").send_message(QueueUrl=self.on_failure.queue_url, MessageBody=json.dumps(record))
+            self.stats["sent_to_on_failure"] += 1
+
+    def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
+        request = {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": self.function.arn,
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": attempts,
+        }
+        response: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
+        if error is not None:
+            response["functionError"] = "Unhandled"
+        return {
+            "version": "1.0",
+            "timestamp": _iso(time.time()),
+            "requestContext": request,
+            "responseContext": response,
+        }
 
 
-@dataclass
-class OnFailure:
-    """An OnFailure destination: an SQS queue (the only kind emulated)."""
-
-    arn: str
-    queue_url: str
-
-
+@dataclass(eq=False, kw_only=True)
 class DynamoDBStreamMapping(EventSourceMapping):
+    """A stream: StartingPosition, BatchSize, FilterCriteria, ReportBatchItemFailures (retried from
+    the first failed record, so order holds), BisectBatchOnFunctionError, MaximumRetryAttempts and
+    OnFailure with AWS's DDBStreamBatchInfo."""
+
     kind = "DynamoDB"
-
-    def __init__(
-        self,
-        *,
-        starting_position: str,
-        bisect_on_error: bool = False,
-        maximum_retry_attempts: int = -1,
-        on_failure: OnFailure | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.starting_position = starting_position
-        self.bisect_on_error = bisect_on_error
-        self.maximum_retry_attempts = maximum_retry_attempts
-        self.on_failure = on_failure
-        self.stats["sent_to_on_failure"] = 0
-        self._pending: deque[dict[str, Any]] = deque()
-        self._iterator: str | None = None
-        self._shard_id = ""
-
-    @property
-    def source_label(self) -> str:
-        table = self.source_arn.split(":table/", 1)[-1].split("/stream/", 1)[0]
-        filters = f" {json.dumps(self.filters, separators=(',', ':'))}" if self.filters else ""
-        return f"{table} stream{filters}"
+    starting_position: str
 
     def _prepare(self) -> None:
-        streams = self._client("dynamodbstreams")
+        streams = self.client("dynamodbstreams")
         shards = streams.describe_stream(StreamArn=self.source_arn)["StreamDescription"]["Shards"]
         if not shards:
             raise EventSourceError(f"{self.source_arn} has no shard")
         self._shard_id = shards[0]["ShardId"]  # moto keeps one shard per stream
+        self._pending: deque[Record] = deque()
         self._iterator = streams.get_shard_iterator(
-            StreamArn=self.source_arn,
-            ShardId=self._shard_id,
-            ShardIteratorType="TRIM_HORIZON" if self.starting_position == "TRIM_HORIZON" else "LATEST",
+            StreamArn=self.source_arn, ShardId=self._shard_id, ShardIteratorType=self.starting_position
         )["ShardIterator"]
 
-    def _poll_once(self) -> str:
+    def _fetch(self) -> list[Record]:
         if not self._pending:
-            self._fetch()
-        if not self._pending:
-            return "empty"
-        batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
-        self._deliver(batch)
-        return "work"
+            answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=1000)
+            _forget_shard_iterator(self._iterator)
+            self._iterator = answer["NextShardIterator"]
+            for record in map(self.event_record, answer.get("Records", [])):
+                if matches_filters(self.filters, record):
+                    self._pending.append(record)
+                else:
+                    self.stats["filtered_out"] += 1
+        return [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
 
-    def _fetch(self) -> None:
-        streams = self._client("dynamodbstreams")
-        answer = streams.get_records(ShardIterator=self._iterator, Limit=1000)
-        _forget_shard_iterator(self._iterator)
-        self._iterator = answer["NextShardIterator"]
-        for record in answer.get("Records", []):
-            event_record = self.event_record(record)
-            if matches_filters(self.filters, event_record):
-                self._pending.append(event_record)
-            else:
-                self.stats["filtered_out"] += 1
-
-    def event_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    def event_record(self, record: Mapping[str, Any]) -> Record:
         """A GetRecords record as Lambda hands it over (epoch seconds, the stream's ARN)."""
         dynamodb = dict(record["dynamodb"])
-        created = dynamodb.get("ApproximateCreationDateTime")
-        if isinstance(created, datetime):
+        if isinstance(created := dynamodb.get("ApproximateCreationDateTime"), datetime):
             dynamodb["ApproximateCreationDateTime"] = float(int(created.timestamp()))
-        event_record = {
+        shaped = {
             "eventID": record.get("eventID") or uuid.uuid4().hex,
             "eventName": record["eventName"],
             "eventVersion": record.get("eventVersion", "1.1"),
@@ -394,140 +333,81 @@ class DynamoDBStreamMapping(EventSourceMapping):
             "dynamodb": {key: dynamodb[key] for key in sorted(dynamodb)},
             "eventSourceARN": self.source_arn,
         }
-        if "userIdentity" in record:
-            event_record["userIdentity"] = record["userIdentity"]
-        return event_record
+        return shaped | ({"userIdentity": record["userIdentity"]} if "userIdentity" in record else {})
 
-    def _deliver(self, records: list[dict[str, Any]]) -> None:
-        """One batch until it succeeds or its retries run out: partial failures retry from the first
-        failed record; an error bisects the batch (when enabled), first half first, so order holds."""
-        work: list[tuple[list[dict[str, Any]], int]] = [(records, 0)]
-        while work and not self._stopping.is_set():
-            batch, failures = work.pop()
-            self.stats["records"] += len(batch)
-            response, error = self._invoke({"Records": batch})
-            if error is None:
-                if not self.report_batch_item_failures:
-                    continue
-                index = first_failed_index(response, [r["dynamodb"]["SequenceNumber"] for r in batch])
-                if index is None:
-                    continue
-                self.stats["failed_invocations"] += 1
-                batch = batch[index:]
-            failures += 1
-            if 0 <= self.maximum_retry_attempts < failures:
-                self._give_up(batch, failures, error)
-                continue
-            if error is not None and self.bisect_on_error and len(batch) > 1:
-                half = len(batch) // 2
-                work.append((batch[half:], failures))
-                work.append((batch[:half], failures))
-            else:
-                work.append((batch, failures))
-            self._stopping.wait(self.retry_delay)
+    def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
+        if not self.report_batch_item_failures:
+            return []
+        index = first_failed_index(response, [r["dynamodb"]["SequenceNumber"] for r in batch])
+        return [] if index is None else batch[index:]
 
-    def _give_up(self, batch: list[dict[str, Any]], attempts: int, error: BaseException | None) -> None:
-        self.stats["discarded"] += len(batch)
+    def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
         first, last = batch[0]["dynamodb"], batch[-1]["dynamodb"]
-        logger.warning(
-            "%s: %d record(s) %s..%s failed %d time(s); %s",
-            self.name,
-            len(batch),
-            first["SequenceNumber"],
-            last["SequenceNumber"],
-            attempts,
-            f"sent to {self.on_failure.arn}" if self.on_failure else "discarded (no OnFailure destination)",
-        )
-        if self.on_failure is None:
-            return
-        response_context: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
-        if error is not None:
-            response_context["functionError"] = "Unhandled"
-        message = {
-            "requestContext": {
-                "requestId": str(uuid.uuid4()),
-                "functionArn": self.function.arn,
-                "condition": "RetryAttemptsExhausted",
-                "approximateInvokeCount": attempts,
-            },
-            "responseContext": response_context,
-            "version": "1.0",
-            "timestamp": _iso_now(),
-            "DDBStreamBatchInfo": {
-                "shardId": self._shard_id,
-                "startSequenceNumber": first["SequenceNumber"],
-                "endSequenceNumber": last["SequenceNumber"],
-                "approximateArrivalOfFirstRecord": _iso(first.get("ApproximateCreationDateTime")),
-                "approximateArrivalOfLastRecord": _iso(last.get("ApproximateCreationDateTime")),
-                "batchSize": len(batch),
-                "streamArn": self.source_arn,
-            },
+        info = {
+            "shardId": self._shard_id,
+            "startSequenceNumber": first["SequenceNumber"],
+            "endSequenceNumber": last["SequenceNumber"],
+            "approximateArrivalOfFirstRecord": _iso(first.get("ApproximateCreationDateTime")),
+            "approximateArrivalOfLastRecord": _iso(last.get("ApproximateCreationDateTime")),
+            "batchSize": len(batch),
+            "streamArn": self.source_arn,
         }
-        self._client("sqs").send_message(QueueUrl=self.on_failure.queue_url, MessageBody=json.dumps(message))
-        self.stats["sent_to_on_failure"] += 1
+        return super()._failure_record(batch, attempts, error) | {"DDBStreamBatchInfo": info}
 
 
+@dataclass(eq=False, kw_only=True)
 class SqsMapping(EventSourceMapping):
+    """A queue: BatchSize, ReportBatchItemFailures (only successful messages are deleted). A failed
+    message comes back after the queue's VisibilityTimeout, and moto moves it to the RedrivePolicy's
+    DLQ after maxReceiveCount receives (measured: on ReceiveMessage)."""
+
     kind = "SQS"
+    queue_url: str
 
-    def __init__(self, *, queue_url: str, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.queue_url = queue_url
+    def _fetch(self) -> list[Record] | None:
+        sqs = self.client("sqs")
+        messages = sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.batch_size,  # at most 10 (build_mapping)
+            WaitTimeSeconds=0,  # moto's long poll would wait while holding MOTO_LOCK
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if messages:
+            return [self.event_record(message) for message in messages]
+        name = "ApproximateNumberOfMessagesNotVisible"
+        in_flight = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[name])["Attributes"].get(name)
+        return None if int(in_flight or 0) else []
 
-    def _poll_once(self) -> str:
-        sqs = self._client("sqs")
-        messages: list[dict[str, Any]] = []
-        while len(messages) < self.batch_size:
-            wanted = min(10, self.batch_size - len(messages))
-            received = sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=wanted,
-                WaitTimeSeconds=0,  # moto's long poll would wait while holding MOTO_LOCK
-                AttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            ).get("Messages", [])
-            messages.extend(received)
-            if len(received) < wanted:
-                break
-        if not messages:
-            attributes = sqs.get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
-            )["Attributes"]
-            in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
-            return "waiting" if in_flight else "empty"
-
-        matched = [self.event_record(message) for message in messages]
-        self.stats["records"] += len(matched)
-        response, error = self._invoke({"Records": matched})
+    def _deliver(self, batch: list[Record]) -> None:
+        response, error = self.function.try_invoke(self._event(batch))
         if error is not None:
-            return "work"  # nothing deleted: every message comes back after the visibility timeout
-        keep: set[str] = set()
-        if self.report_batch_item_failures:
-            keep = failed_identifiers(response, [record["messageId"] for record in matched])
-            if keep:
-                self.stats["failed_invocations"] += 1
-        self._delete([record for record in matched if record["messageId"] not in keep])
-        return "work"
+            return  # nothing deleted: every message comes back after the visibility timeout
+        keep = failed_identifiers(response, [r["messageId"] for r in batch]) if self.report_batch_item_failures else ()
+        done = [
+            {"Id": r["messageId"], "ReceiptHandle": r["receiptHandle"]} for r in batch if r["messageId"] not in keep
+        ]
+        if done:
+            self.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=done)
 
-    def _delete(self, records: list[dict[str, Any]]) -> None:
-        sqs = self._client("sqs")
-        for start in range(0, len(records), 10):
-            chunk = records[start : start + 10]
-            sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)],
-            )
-
-    def event_record(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        record: dict[str, Any] = {
+    def event_record(self, message: Mapping[str, Any]) -> Record:
+        attributes = {}
+        for name, value in (message.get("MessageAttributes") or {}).items():
+            attribute = attributes[name] = {
+                "stringListValues": [],
+                "binaryListValues": [],
+                "dataType": value["DataType"],
+            }
+            if "StringValue" in value:
+                attribute["stringValue"] = value["StringValue"]
+            if "BinaryValue" in value:
+                attribute["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode()
+        record = {
             "messageId": message["MessageId"],
             "receiptHandle": message["ReceiptHandle"],
             "body": message.get("Body", ""),
             "attributes": dict(message.get("Attributes") or {}),
-            "messageAttributes": {
-                name: _lambda_message_attribute(value)
-                for name, value in (message.get("MessageAttributes") or {}).items()
-            },
+            "messageAttributes": attributes,
             "md5OfBody": message.get("MD5OfBody"),
             "eventSource": "aws:sqs",
             "eventSourceARN": self.source_arn,
@@ -538,42 +418,22 @@ class SqsMapping(EventSourceMapping):
         return record
 
 
+@dataclass(eq=False, kw_only=True)
 class S3NotificationMapping(EventSourceMapping):
     """A bucket's Lambda notification. moto matches the events and key filters and builds the
-    record; its Lambda hook is redirected here (moto_patches/s3_notifications.py), and this thread invokes the
-    function asynchronously, retrying as Lambda does for asynchronous invocations (twice unless
-    the function's EventInvokeConfig says otherwise); an event that still fails goes to the OnFailure
-    destination, if there is one, as AWS's asynchronous-invocation record."""
+    record; its Lambda hook calls enqueue() instead (moto_patches/s3_notifications.py), and this
+    thread invokes the function asynchronously as S3 does: retried per the function's
+    EventInvokeConfig (MaximumRetryAttempts, default 2), then OnFailure with AWS's record."""
 
-    kind = "S3"
+    kind, asynchronous = "S3", True
+    bucket: str
+    events: list[str]
+    key_filters: list[dict[str, str]]
 
-    def __init__(
-        self,
-        *,
-        bucket: str,
-        events: list[str],
-        key_filters: list[dict[str, str]],
-        maximum_retry_attempts: int = ASYNC_RETRIES,
-        on_failure: OnFailure | None = None,
-        **kwargs: Any,
-    ):
-        kwargs.setdefault("batch_size", 1)
-        kwargs.setdefault("filters", None)
-        kwargs.setdefault("report_batch_item_failures", False)
-        super().__init__(**kwargs)
-        self.bucket = bucket
-        self.events = events
-        self.key_filters = key_filters
-        self.maximum_retry_attempts = maximum_retry_attempts
-        self.on_failure = on_failure
-        self.stats["sent_to_on_failure"] = 0
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._queue: queue.Queue[Record] = queue.Queue()
         self._sequencer = count(1)
-
-    @property
-    def source_label(self) -> str:
-        rules = "".join(f" {rule['Name']}={rule['Value']}" for rule in self.key_filters)
-        return f"s3://{self.bucket} {','.join(self.events)}{rules}"
 
     def notification_configuration(self) -> dict[str, Any]:
         """This mapping as an S3 PutBucketNotificationConfiguration entry."""
@@ -582,112 +442,59 @@ class S3NotificationMapping(EventSourceMapping):
             entry["Filter"] = {"Key": {"FilterRules": self.key_filters}}
         return entry
 
-    def enqueue(self, event: dict[str, Any]) -> None:
-        """Called by moto (holding MOTO_LOCK): only queue it."""
+    def enqueue(self, event: Record) -> None:
+        """Called by moto (holding MOTO_LOCK): fills in what moto leaves out, and only queues it."""
         for record in event.get("Records", []):
             record.setdefault("userIdentity", {"principalId": "AWS:LOCAL"})
             record.setdefault("requestParameters", {"sourceIPAddress": "127.0.0.1"})
-            record.setdefault(
-                "responseElements",
-                {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "x-amz-id-2": uuid.uuid4().hex},
-            )
+            request_ids = {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "x-amz-id-2": uuid.uuid4().hex}
+            record.setdefault("responseElements", request_ids)
             s3_object = record.get("s3", {}).get("object", {})
             s3_object.setdefault("sequencer", f"{next(self._sequencer):016X}")
             if "key" in s3_object:  # URL-encoded as S3 does it: "a b/c.csv" -> "a+b/c.csv" (moto encodes "/")
                 s3_object["key"] = quote_plus(unquote_plus(s3_object["key"]), safe="/")
         self._queue.put(event)
 
-    def _poll_once(self) -> str:
-        try:
-            event = self._queue.get_nowait()
-        except queue.Empty:
-            return "empty"
-        self.stats["records"] += len(event.get("Records", []))
-        for attempt in range(self.maximum_retry_attempts + 1):
-            _, error = self._invoke(event)
-            if error is None:
-                break
-            if attempt == self.maximum_retry_attempts:
-                self._give_up(event, attempt + 1, error)
-            elif self._stopping.wait(self.retry_delay):
-                break
-        return "work"
+    def _fetch(self) -> list[Record]:
+        return [] if self._queue.empty() else [self._queue.get()]  # only this thread takes from it
 
-    def _give_up(self, event: dict[str, Any], attempts: int, error: BaseException) -> None:
-        self.stats["discarded"] += 1
-        logger.error(
-            "%s: event for %s failed %d time(s); %s",
-            self.name,
-            self.bucket,
-            attempts,
-            f"sent to {self.on_failure.arn}" if self.on_failure else "dropped (no OnFailure destination)",
-        )
-        if self.on_failure is None:
-            return
-        message = {
-            "version": "1.0",
-            "timestamp": _iso_now(),
-            "requestContext": {
-                "requestId": str(uuid.uuid4()),
-                "functionArn": f"{self.function.arn}:$LATEST",
-                "condition": "RetriesExhausted",
-                "approximateInvokeCount": attempts,
-            },
-            "requestPayload": event,
-            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-            "responsePayload": {
-                "errorMessage": str(error),
-                "errorType": type(error).__name__,
-                "stackTrace": traceback.format_tb(error.__traceback__),
-            },
-        }
-        self._client("sqs").send_message(QueueUrl=self.on_failure.queue_url, MessageBody=json.dumps(message))
-        self.stats["sent_to_on_failure"] += 1
+    def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
+        record = super()._failure_record(batch, attempts, error)
+        record["requestContext"].update(functionArn=f"{self.function.arn}:$LATEST", condition="RetriesExhausted")
+        trace = traceback.format_tb(error.__traceback__) if error else []
+        response = {"errorMessage": str(error), "errorType": type(error).__name__, "stackTrace": trace}
+        return record | {"requestPayload": batch[0], "responsePayload": response}
 
 
+@dataclass(eq=False, kw_only=True)
 class ScheduleMapping(EventSourceMapping):
-    """A Schedule event: the function invoked every `period` seconds, asynchronously as EventBridge
-    does, with EventBridge's scheduled-event shape."""
+    """A Schedule event: the function invoked every `period` seconds, the first a period after the
+    stack starts, with EventBridge's scheduled event; a failure is logged, not retried (the next
+    period runs it again)."""
 
-    kind = "Schedule"
-
-    def __init__(self, *, expression: str, period: float, **kwargs: Any):
-        kwargs.setdefault("batch_size", 1)
-        kwargs.setdefault("filters", None)
-        kwargs.setdefault("report_batch_item_failures", False)
-        super().__init__(**kwargs)
-        self.expression = expression
-        self.period = period
-        self._due = float("inf")
-
-    @property
-    def source_label(self) -> str:
-        return f"{self.expression} (every {self.period:g} s)"
+    kind, asynchronous = "Schedule", True
+    expression: str
+    period: float
 
     def _prepare(self) -> None:
         self._due = time.monotonic() + self.period
 
-    def _poll_once(self) -> str:
-        now = time.monotonic()
-        if now < self._due:
-            return "empty"
-        # The next run is a period after this one starts: a slow run is not followed by a burst.
-        self._due = now + self.period
-        self.stats["records"] += 1
-        self._invoke(
-            {
-                "version": "0",
-                "id": str(uuid.uuid4()),
-                "detail-type": "Scheduled Event",
-                "source": "aws.events",
-                "account": ACCOUNT_ID,
-                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "region": REGION,
-                "resources": [self.source_arn],
-                "detail": {},
-            }
-        )
-        return "empty"
+    def _fetch(self) -> list[Record]:
+        if (now := time.monotonic()) < self._due:
+            return []
+        self._due = now + self.period  # a period after this run starts: a slow run is not followed by a burst
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT_ID,
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [self.source_arn],
+            "detail": {},
+        }
+        return [event]
 
 
 def schedule_period(expression: str, where: str) -> float:
@@ -697,89 +504,18 @@ def schedule_period(expression: str, where: str) -> float:
         raise EventSourceError(
             f"{where}: Schedule {expression!r} is not emulated (only rate(N minute[s]|hour[s]|day[s]))"
         )
-    amount, unit = int(match.group(1)), match.group(2).rstrip("s")
-    if amount < 1 or (amount == 1) != (match.group(2) == unit):
+    amount, unit, plural = int(match[1]), match[2], match[3]
+    if amount < 1 or (amount == 1) == bool(plural):
         raise EventSourceError(f"{where}: Schedule {expression!r}: AWS wants rate(1 {unit}) or rate(N {unit}s)")
     return float(amount * _RATE_SECONDS[unit])
-
-
-# --- Building mappings from the template ------------------------------------------------------------
-
-
-@dataclass
-class MappingContext:
-    """What building a mapping needs from the stack."""
-
-    resolve: Callable[[Any], Any]  # the template's intrinsics, with the stack's refs and atts
-    queue_url_for_arn: Callable[[str], str]
-    client: ClientFactory
-    poll_interval: float = POLL_INTERVAL
-    retry_delay: float = RETRY_DELAY
-
-
-def build_mapping(spec: EventSourceSpec, function: LocalFunction, context: MappingContext) -> EventSourceMapping:
-    """The emulation of one event source."""
-    where = f"{spec.function_logical_id}.Events.{spec.name} ({spec.type})"
-    props = {key: context.resolve(value) for key, value in spec.properties.items()}
-    common: dict[str, Any] = {
-        "name": f"{spec.function_logical_id}.{spec.name}",
-        "function_logical_id": spec.function_logical_id,
-        "function": function,
-        "client": context.client,
-        "poll_interval": context.poll_interval,
-        "retry_delay": context.retry_delay,
-    }
-    if spec.type == "S3":
-        invoke_config = {key: context.resolve(value) for key, value in spec.invoke_config.items()}
-        return S3NotificationMapping(
-            source_arn=f"arn:aws:s3:::{props['Bucket']}",
-            bucket=props["Bucket"],
-            events=[props["Events"]] if isinstance(props["Events"], str) else list(props["Events"]),
-            key_filters=s3_key_rules(props.get("Filter")),
-            maximum_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)),
-            on_failure=_on_failure(invoke_config, context),
-            **common,
-        )
-    if spec.type == "Schedule":
-        return ScheduleMapping(
-            source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{spec.function_logical_id}-{spec.name}",
-            expression=props["Schedule"],
-            period=_local_period(spec.function_logical_id, schedule_period(props["Schedule"], where)),
-            **common,
-        )
-    common["report_batch_item_failures"] = "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or [])
-    if spec.type == "SQS":
-        queue_arn = str(props["Queue"])
-        return SqsMapping(
-            source_arn=queue_arn,
-            queue_url=context.queue_url_for_arn(queue_arn),
-            batch_size=int(props.get("BatchSize", 10)),
-            filters=None,
-            **common,
-        )
-    if spec.type != "DynamoDB":
-        raise EventSourceError(f"{where}: event type not emulated (infra/local/supported.py)")
-    return DynamoDBStreamMapping(
-        source_arn=str(props["Stream"]),
-        batch_size=int(props.get("BatchSize", 100)),
-        filters=compile_filters(props.get("FilterCriteria"), where),
-        starting_position=str(props["StartingPosition"]),
-        bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
-        maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
-        on_failure=_on_failure(props, context),
-        **common,
-    )
 
 
 def _local_period(function_logical_id: str, period: float) -> float:
     """A schedule's period locally: the function's own variable, then OMS_LOCAL_SCHEDULE_SECONDS,
     then LOCAL_SCHEDULE_PERIODS' default, then the template's."""
-    own_env, local_default = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", None))
-    if local_default is not None:
-        period = local_default
-    for variable in (SCHEDULE_PERIOD_ENV, own_env):
-        override = os.environ.get(variable, "").strip() if variable else ""
-        if override:
+    own_env, period = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", period))
+    for variable in filter(None, (SCHEDULE_PERIOD_ENV, own_env)):
+        if override := os.environ.get(variable, "").strip():
             try:
                 period = float(override)
             except ValueError:
@@ -789,27 +525,88 @@ def _local_period(function_logical_id: str, period: float) -> float:
     return period
 
 
-def _on_failure(config: Mapping[str, Any], context: MappingContext) -> OnFailure | None:
-    """DestinationConfig.OnFailure (resolved): an SQS queue, as supported.py requires."""
-    destination = ((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
-    if destination is None:
-        return None
-    return OnFailure(arn=str(destination), queue_url=context.queue_url_for_arn(str(destination)))
+def build_mapping(
+    spec: EventSourceSpec,
+    function: LocalFunction,
+    *,
+    resolve: Callable[[Any], Any],
+    queue_url_for_arn: Callable[[str], str],
+    client: Callable[[str], Any],
+    retry_delay: float = RETRY_DELAY,
+) -> EventSourceMapping:
+    """The emulation of one event source (its properties checked by infra/local/supported.py)."""
+    where = f"{spec.function_logical_id}.Events.{spec.name} ({spec.type})"
+    props = {key: resolve(value) for key, value in spec.properties.items()}
+
+    def on_failure(config: Mapping[str, Any]) -> OnFailure | None:
+        destination = ((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        return None if destination is None else OnFailure(str(destination), queue_url_for_arn(str(destination)))
+
+    common: dict[str, Any] = {
+        "name": f"{spec.function_logical_id}.{spec.name}",
+        "function_logical_id": spec.function_logical_id,
+        "function": function,
+        "client": client,
+        "retry_delay": retry_delay,
+        "report_batch_item_failures": "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+    }
+    if spec.type == "S3":
+        invoke_config = {key: resolve(value) for key, value in spec.invoke_config.items()}
+        rules = [
+            {"Name": str(rule["Name"]).lower(), "Value": str(rule["Value"])}
+            for rule in ((props.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
+        ]
+        events = [props["Events"]] if isinstance(props["Events"], str) else list(props["Events"])
+        label = f"s3://{props['Bucket']} {','.join(events)}" + "".join(f" {r['Name']}={r['Value']}" for r in rules)
+        return S3NotificationMapping(
+            source_arn=f"arn:aws:s3:::{props['Bucket']}",
+            source_label=label,
+            bucket=props["Bucket"],
+            events=events,
+            key_filters=rules,
+            maximum_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)),
+            on_failure=on_failure(invoke_config),
+            **common,
+        )
+    if spec.type == "Schedule":
+        period = _local_period(spec.function_logical_id, schedule_period(props["Schedule"], where))
+        return ScheduleMapping(
+            source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{spec.function_logical_id}-{spec.name}",
+            source_label=f"{props['Schedule']} (every {period:g} s)",
+            expression=props["Schedule"],
+            period=period,
+            **common,
+        )
+    if spec.type == "SQS":
+        queue_arn, batch_size = str(props["Queue"]), int(props.get("BatchSize", 10))
+        if not 1 <= batch_size <= 10:  # AWS wants a MaximumBatchingWindowInSeconds above 10; not emulated
+            raise EventSourceError(f"{where}: BatchSize {batch_size} is not emulated (1 to 10)")
+        return SqsMapping(
+            source_arn=queue_arn,
+            source_label=queue_arn.rsplit(":", 1)[-1],
+            queue_url=queue_url_for_arn(queue_arn),
+            batch_size=batch_size,
+            **common,
+        )
+    if spec.type != "DynamoDB":
+        raise EventSourceError(f"{where}: event type not emulated (infra/local/supported.py)")
+    stream, filters = str(props["Stream"]), compile_filters(props.get("FilterCriteria"), where)
+    table = stream.split(":table/", 1)[-1].split("/stream/", 1)[0]
+    return DynamoDBStreamMapping(
+        source_arn=stream,
+        source_label=f"{table} stream" + (f" {json.dumps(filters, separators=(',', ':'))}" if filters else ""),
+        batch_size=int(props.get("BatchSize", 100)),
+        filters=filters,
+        starting_position=str(props["StartingPosition"]),
+        bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
+        maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+        on_failure=on_failure(props),
+        **common,
+    )
 
 
-def s3_key_rules(filter_: Any) -> list[dict[str, str]]:
-    """CloudFormation's Filter: {S3Key: {Rules: [{Name, Value}]}} as S3's FilterRules."""
-    rules = ((filter_ or {}).get("S3Key") or {}).get("Rules") or []
-    return [{"Name": str(rule["Name"]).lower(), "Value": str(rule["Value"])} for rule in rules]
-
-
-# --- Helpers ----------------------------------------------------------------------------------------
-
-
-def _forget_shard_iterator(iterator: str | None) -> None:
+def _forget_shard_iterator(iterator: str) -> None:
     """moto keeps every shard iterator it ever handed out; a poller makes ten a second."""
-    if not iterator:
-        return
     try:
         from moto.dynamodbstreams.models import dynamodbstreams_backends
 
@@ -817,21 +614,6 @@ def _forget_shard_iterator(iterator: str | None) -> None:
             dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators.pop(iterator, None)
     except Exception:  # an internal of moto; losing the cleanup only costs memory
         logger.debug("cannot prune shard iterators", exc_info=True)
-
-
-def _lambda_message_attribute(value: Mapping[str, Any]) -> dict[str, Any]:
-    """An SQS API message attribute as Lambda's SQS event spells it."""
-    attribute: dict[str, Any] = {"stringListValues": [], "binaryListValues": [], "dataType": value.get("DataType")}
-    if "StringValue" in value:
-        attribute["stringValue"] = value["StringValue"]
-    if "BinaryValue" in value:
-        raw = value["BinaryValue"]
-        attribute["binaryValue"] = base64.b64encode(raw).decode() if isinstance(raw, bytes) else raw
-    return attribute
-
-
-def _iso_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _iso(epoch: Any) -> str | None:

@@ -1,26 +1,30 @@
-"""The template's functions as in-process handlers: imported on first use, invoked with a Lambda context."""
+"""The template's functions as in-process handlers, and moto's Lambda Invoke answered by them."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import threading
 import time
+import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from infra.local.moto_patches import lock
 from infra.local.template import ACCOUNT_ID, REGION, FunctionSpec
 
 logger = logging.getLogger("infra.local.lambdas")
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
-
 # Which local function this thread is running (None outside one), so AWS calls can be
 # attributed to the function that made them (make bench counts requests per function).
 RUNNING = threading.local()
+_LOCAL_RUNTIME = str(Path(__file__).parent)
 
 
 @dataclass
@@ -46,80 +50,31 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def import_handler(reference: str) -> Handler:
-    """`package.module.attribute` (a template's Handler) → the callable."""
-    module_name, _, attribute = reference.rpartition(".")
-    if not module_name:
-        raise ValueError(f"handler {reference!r} is not module.attribute")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
 class LocalFunction:
-    """One function of the template, run in this process like one warm Lambda container.
+    """One function of the template, run in this process like one warm Lambda container: imported
+    on the first event (a cold start), one event at a time (Lambda never gives a container two at
+    once, and powertools' resolver keeps the current event on its module-level `app`)."""
 
-    Invocations of one function are serialized by default: Lambda never gives a container two
-    events at once, and handler modules rely on that (powertools' resolver keeps the current
-    event on its module-level `app`).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        handler: str | Handler,
-        *,
-        memory_mb: int = 128,
-        timeout_seconds: float = 3,
-        serialize: bool = True,
-    ):
+    def __init__(self, name: str, handler: str | Handler, *, memory_mb: int = 128, timeout_seconds: float = 3):
         self.name = name
         self.arn = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
         self.memory_mb = memory_mb
         self.timeout_seconds = timeout_seconds
-        self._reference = handler if isinstance(handler, str) else None
-        self._handler: Handler | None = None if isinstance(handler, str) else handler
-        self._lock: threading.RLock | None = threading.RLock() if serialize else None
-        self._import_lock = threading.Lock()
-        # Counted for EmbeddedStack.wait_until_idle(): started invocations, and those not finished.
+        self._handler = handler
+        self._lock = threading.RLock()
+        # Read by Activity.wait_until_idle() and make bench: started invocations, and unfinished ones.
         self.invocations = 0
         self.in_flight = 0
-        # What AWS would bill for: the handlers' run time, summed (make bench reads it).
-        self.run_seconds = 0.0
         self._count_lock = threading.Lock()
 
     @classmethod
-    def from_spec(
-        cls,
-        spec: FunctionSpec,
-        physical_name: str,
-        handler: str | Handler | None = None,
-        **kwargs: Any,
-    ) -> LocalFunction:
+    def from_spec(cls, spec: FunctionSpec, physical_name: str, handler: str | Handler | None = None) -> LocalFunction:
         return cls(
-            physical_name,
-            handler or spec.handler,
-            memory_mb=spec.memory_mb,
-            timeout_seconds=spec.timeout_seconds,
-            **kwargs,
+            physical_name, handler or spec.handler, memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds
         )
-
-    @property
-    def handler(self) -> Handler:
-        """Imported lazily: the first event pays for the import, as a cold start does."""
-        if self._handler is None:
-            with self._import_lock:
-                if self._handler is None:
-                    assert self._reference is not None
-                    self._handler = import_handler(self._reference)
-        return self._handler
 
     def new_context(self) -> LambdaContext:
-        return LambdaContext(
-            function_name=self.name,
-            memory_limit_in_mb=self.memory_mb,
-            invoked_function_arn=self.arn,
-            aws_request_id=str(uuid.uuid4()),
-            timeout_seconds=self.timeout_seconds,
-        )
+        return LambdaContext(self.name, self.memory_mb, self.arn, str(uuid.uuid4()), self.timeout_seconds)
 
     def invoke(self, event: Any) -> Any:
         """Runs the handler; its exceptions propagate (the caller decides what a failure means)."""
@@ -127,25 +82,93 @@ class LocalFunction:
             self.invocations += 1
             self.in_flight += 1
         outer = getattr(RUNNING, "function", None)
-        started = time.monotonic()
         try:
-            handler = self.handler
-            context = self.new_context()
-            if self._lock is None:
+            with self._lock:
+                if isinstance(self._handler, str):
+                    module, _, attribute = self._handler.rpartition(".")
+                    self._handler = getattr(importlib.import_module(module), attribute)
                 RUNNING.function = self.name
-                result = handler(event, context)
-            else:
-                with self._lock:
-                    RUNNING.function = self.name
-                    started = time.monotonic()  # waiting for the lock is not run time
-                    result = handler(event, context)
+                started = time.monotonic()  # waiting for the lock is not run time
+                result = self._handler(event, self.new_context())
         finally:
             RUNNING.function = outer
-            elapsed = time.monotonic() - started
             with self._count_lock:
                 self.in_flight -= 1
-                self.run_seconds += elapsed
-        if elapsed > self.timeout_seconds:
+        if time.monotonic() - started > self.timeout_seconds:
             # A thread cannot be killed; on AWS this invocation would have timed out.
-            logger.warning("%s ran %.1f s, over its %s s timeout", self.name, elapsed, self.timeout_seconds)
+            logger.warning("%s ran over its %s s timeout", self.name, self.timeout_seconds)
         return result
+
+    def try_invoke(self, event: Any) -> tuple[Any, Exception | None]:
+        """invoke(), a failure returned and logged in one line (a Step Functions Catch may expect it),
+        its traceback on DEBUG."""
+        try:
+            return self.invoke(event), None
+        except Exception as error:
+            logger.warning("%s raised %s: %s", self.name, type(error).__name__, error)
+            logger.debug("%s traceback", self.name, exc_info=error)
+            return None, error
+
+
+class LambdaService:
+    """The stack's functions as moto's Lambda Invoke sees them (infra/local/moto_patches/lambda_invoke.py):
+    Step Functions Lambda tasks and any boto3 client. A handler's exception becomes what the Lambda
+    runtime reports (`X-Amz-Function-Error: Unhandled`, `errorType` the exception's class name, so
+    a state's Retry/Catch match on it); handlers run with MOTO_LOCK released (they call moto)."""
+
+    def __init__(self, functions: Mapping[str, LocalFunction]):
+        self.functions = {function.name: function for function in functions.values()}
+        self._closed = False
+
+    def lookup(self, name_or_arn: str) -> LocalFunction | None:
+        """A name, a partial ARN (123:function:name) or a full ARN; versions and aliases are not emulated."""
+        parts = name_or_arn.split(":")
+        if name_or_arn.startswith("arn:") and len(parts) >= 7:
+            parts = parts[6:]
+        elif len(parts) >= 3 and parts[1] == "function":
+            parts = parts[2:]
+        if len(parts) > 1 and parts[1] != "$LATEST":
+            return None
+        return self.functions.get(parts[0])
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Refuses new invocations and waits up to `timeout` for running ones, so no handler outlives
+        the mock it talks to."""
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(fn.in_flight for fn in self.functions.values()):
+            time.sleep(0.02)
+
+    def invoke(self, function: LocalFunction, body: Any, headers: Any, response_headers: dict[str, Any]) -> bytes:
+        invocation_type = next((v for k, v in (headers or {}).items() if k.lower() == "x-amz-invocation-type"), None)
+        if self._closed:
+            return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
+        try:
+            event = json.loads(body) if body else {}
+        except ValueError as error:
+            return _error(response_headers, "Runtime.UnmarshalError", f"payload is not JSON: {error}")
+        if invocation_type in ("DryRun", "Event"):
+            if invocation_type == "Event":
+                threading.Thread(target=function.try_invoke, args=(event,), daemon=True).start()
+            return b""
+        with lock.released():
+            result, error = function.try_invoke(event)
+        if error is not None:
+            return _error(response_headers, type(error).__name__, str(error), error)
+        try:
+            payload = json.dumps(result).encode("utf-8")
+        except (TypeError, ValueError) as error:
+            return _error(response_headers, "Runtime.MarshalError", f"Unable to marshal response: {error}")
+        response_headers["Content-Length"] = str(len(payload))
+        return payload
+
+
+def _error(response_headers: dict[str, Any], kind: str, message: str, error: BaseException | None = None) -> bytes:
+    body: dict[str, Any] = {"errorMessage": message, "errorType": kind, "requestId": str(uuid.uuid4())}
+    if error is not None:  # the handler's frames, as the Lambda runtime reports them (not the dispatch's)
+        frames = [frame for frame in traceback.extract_tb(error.__traceback__) if _LOCAL_RUNTIME not in frame.filename]
+        body["stackTrace"] = traceback.format_list(frames)
+    payload = json.dumps(body).encode("utf-8")
+    response_headers["x-amz-function-error"] = "Unhandled"
+    response_headers["Content-Length"] = str(len(payload))
+    return payload

@@ -27,8 +27,7 @@ from typing import Any
 
 from infra.local.activity import Activity
 from infra.local.gateway import ApiGateway
-from infra.local.lambda_service import LambdaService
-from infra.local.lambdas import Handler
+from infra.local.lambdas import Handler, LambdaService
 from infra.local.moto_patches import apigateway, lambda_invoke, lock, memory, retry_delay, s3_notifications, sqs
 from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, ProcessEnvironment
 from infra.local.resources import Resources

@@ -19,11 +19,14 @@ import pytest
 
 from infra.local.event_sources import (
     EventSourceError,
+    build_mapping,
     compile_filters,
     failed_identifiers,
     first_failed_index,
     matches_filters,
 )
+from infra.local.lambdas import LocalFunction
+from infra.local.template import EventSourceSpec
 
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
@@ -204,7 +207,7 @@ def test_filter_patterns_match_exact_values_in_nested_keys():
         {
             "Filters": [
                 {"Pattern": '{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S": ["pending"]}}}}'},
-                {"Pattern": {"eventName": ["REMOVE"]}},
+                {"Pattern": '{"eventName": ["REMOVE"]}'},
             ]
         },
         "t",
@@ -218,10 +221,7 @@ def test_filter_patterns_match_exact_values_in_nested_keys():
 
 
 def test_exact_values_match_with_their_json_type_as_aws_does():
-    # A stream record carries DynamoDB numbers as strings: a number in a pattern matches none.
-    patterns = compile_filters({"Filters": [{"Pattern": '{"dynamodb": {"NewImage": {"n": {"N": [5]}}}}'}]}, "t")
     flags = compile_filters({"Filters": [{"Pattern": '{"NewImage": {"arrived": {"BOOL": [true]}}}'}]}, "t")
-    assert not matches_filters(patterns, {"dynamodb": {"NewImage": {"n": {"N": "5"}}}})
     assert matches_filters(flags, {"NewImage": {"arrived": {"BOOL": True}}})
     assert not matches_filters(flags, {"NewImage": {"arrived": {"BOOL": "true"}}})
     assert not matches_filters(flags, {"NewImage": {"arrived": {"BOOL": 1}}})
@@ -237,11 +237,19 @@ def test_exact_values_match_with_their_json_type_as_aws_does():
         "{bad json",
         '{"n": [{"numeric": [">", 0]}]}',
         '{"n": [{"exists": true}]}',
+        # AWS matches a number numerically, and a stream record carries DynamoDB numbers as strings
+        '{"dynamodb": {"NewImage": {"n": {"N": [5]}}}}',
+        '{"n": [null]}',
     ],
 )
 def test_unsupported_filter_syntax_fails_clearly(pattern: str):
     with pytest.raises(EventSourceError, match=r"Fn\.Events\.E"):
         compile_filters({"Filters": [{"Pattern": pattern}]}, "Fn.Events.E")
+
+
+def test_a_pattern_must_be_the_json_string_cloudformation_takes():
+    with pytest.raises(EventSourceError, match="not a JSON string"):
+        compile_filters({"Filters": [{"Pattern": {"eventName": ["INSERT"]}}]}, "Fn.Events.E")
 
 
 def test_batch_item_failures_follow_lambdas_rules():
@@ -253,6 +261,16 @@ def test_batch_item_failures_follow_lambdas_rules():
     assert first_failed_index({"batchItemFailures": "x"}, ids) == 0
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": "2"}]}, ids) == {"2"}
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": ""}]}, ids) == set(ids)
+    assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": ["2"]}]}, ids) == set(ids)
+    assert failed_identifiers([{"itemIdentifier": "2"}], ids) == set(ids)  # not the response's shape
+    assert failed_identifiers({"statusCode": 200}, ids) == set()
+
+
+@pytest.mark.parametrize("batch_size", [0, 11])
+def test_an_sqs_batch_size_lambda_would_only_take_with_a_batching_window_fails_clearly(batch_size: int):
+    spec = EventSourceSpec("Fn", "E", "SQS", {"Queue": "arn:aws:sqs:us-east-1:123456789012:q", "BatchSize": batch_size})
+    with pytest.raises(EventSourceError, match=rf"Fn\.Events\.E \(SQS\): BatchSize {batch_size} is not emulated"):
+        build_mapping(spec, LocalFunction("Fn", ok), resolve=lambda v: v, queue_url_for_arn=str, client=lambda s: None)
 
 
 # --- DynamoDB streams -------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from infra.local.event_sources import SCHEDULE_PERIOD_ENV, EventSourceError, schedule_period
+from infra.local.event_sources import SCHEDULE_PERIOD_ENV, EventSourceError, ScheduleMapping, schedule_period
+from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
 
 TEMPLATE = """
@@ -91,3 +92,32 @@ def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(
     first = events[0]
     assert (first["source"], first["detail-type"], first["detail"]) == ("aws.events", "Scheduled Event", {})
     assert first["resources"] == ["arn:aws:events:us-east-1:123456789012:rule/Job-Often"]
+
+
+def test_a_failed_scheduled_run_is_not_retried_the_next_period_runs_it_again():
+    seen: list[str] = []
+    thrice = threading.Event()
+
+    def job(event: dict[str, Any], context: Any) -> None:
+        seen.append(event["id"])
+        if len(seen) >= 3:
+            thrice.set()
+        raise RuntimeError("the store is down")
+
+    mapping = ScheduleMapping(
+        name="Job.Often",
+        function_logical_id="Job",
+        function=LocalFunction("sched-Job", job),
+        source_arn="arn:aws:events:us-east-1:123456789012:rule/Job-Often",
+        source_label="rate(5 minutes)",
+        client=lambda service: None,
+        expression="rate(5 minutes)",
+        period=0.01,
+        retry_delay=0,  # a retry would come at once, with the same event
+    )
+    mapping.start()
+    try:
+        assert thrice.wait(30)
+    finally:
+        mapping.stop()
+    assert len(set(seen)) == len(seen)  # every invocation a new scheduled event

@@ -1,7 +1,7 @@
 """moto's Lambda Invoke answered by the local stack's in-process functions.
 
 No function is created in moto (that would need a zip and Docker to run). While a stack routes to
-it, LambdaBackend.invoke asks the stack's LambdaService (infra/local/lambda_service.py) first;
+it, LambdaBackend.invoke asks the stack's LambdaService (infra/local/lambdas.py) first;
 a name it does not know falls through to moto (ResourceNotFoundException as usual).
 """
 
