@@ -1,4 +1,4 @@
-"""A new API container serving POST /orders imports the route modules that order needs, not every route's."""
+"""A new API container serving POST /orders imports the route modules and services that order needs, not every route's."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # container (no route), then the sample POST /orders through the real handler.
 FIRST_ORDER = """
 import json, os, sys
+SERVICES = json.loads(sys.argv[1])
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV
 os.environ.update(FUNCTION_ENV)
 import boto3
@@ -40,15 +41,41 @@ with mock_aws():
         def get_remaining_time_in_millis(self): return 10000
     status = lambda_handler(json.loads(open("events/api_place_order.json").read()), Context())["statusCode"]
     routes_after = sorted(name for name in sys.modules if name.startswith("functions.api.routes."))
-print(json.dumps({"status": status, "before": routes_before, "after": routes_after}))
+    services = sorted(name for name in SERVICES if name in sys.modules)
+print(json.dumps({"status": status, "before": routes_before, "after": routes_after, "services": services}))
 """
 
 
-def test_a_new_container_placing_an_order_imports_only_the_orders_routes():
-    out = subprocess.run([sys.executable, "-c", FIRST_ORDER], cwd=ROOT, capture_output=True, text=True, check=True)
+# Services of other routes and functions, which the composition root imports only to build them.
+OTHER_SERVICES = [
+    "core.aggregates",
+    "core.fulfillment",
+    "core.holds",
+    "core.pickups",
+    "core.purchasing",
+    "core.reconciliation",
+    "core.refund_service",
+    "core.reorder",
+    "core.returns",
+    "core.webhooks",
+    "functions.adapters.api_gateway",
+    "functions.adapters.imports",
+    "functions.import_splitter.readers",
+]
+
+
+def test_a_new_container_placing_an_order_imports_only_the_orders_routes_and_services():
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_ORDER, json.dumps(OTHER_SERVICES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     first = json.loads(out.stdout.splitlines()[-1])
 
     assert first["status"] == 201
     assert first["before"] == []
     # The orders module, and the plugins module whose guard POST /orders runs behind.
     assert first["after"] == ["functions.api.routes.orders", "functions.api.routes.plugins"]
+    assert first["services"] == []
