@@ -1,4 +1,4 @@
-"""A new API container serving POST /orders imports the route modules and services that order needs, not every route's."""
+"""A new API container placing an order imports the routes and services that order needs, not every route's."""
 
 from __future__ import annotations
 
