@@ -14,46 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
 from core.access_log import AccessLog, AccessLogStore, ReadRecorder
-from core.aggregates import Aggregates, AggregateStore
 from core.backorders import BackorderAllocator, ExpectedArrivals
-from core.fulfillment import OrderActions
-from core.holds import Holds
-from core.import_service import ImportQueries, ImportSplitter, OrderImporter, QueueSenders
-from core.jeopardy import JeopardyScan, parse_sla
 from core.models import utc_now
-from core.notifications import NotificationStore, Notifier, OrderNotifications
 from core.payments import Payments
-from core.pickups import PickupExpiry
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
 from core.pricing import Pricing
-from core.purchasing import Purchasing, PurchasingRepository
-from core.reconciliation import Reconciler
-from core.refund_service import RefundService
-from core.reorder import Replenishment
-from core.returns import Returns
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
-from core.sourcing import Simulator, SourcingRulesService
-from core.webhooks import (
-    DeliveryQueue,
-    DeliveryWorker,
-    EventDispatcher,
-    EventPublisher,
-    Resolver,
-    RetrySchedule,
-    Target,
-    Webhooks,
-    WebhookSender,
-    WebhookStore,
-    check_url,
-)
 from core.workflow import Workflow
-from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog, CachedSourcingRules
 from functions.adapters.dynamodb import (
@@ -68,11 +41,40 @@ from functions.adapters.dynamodb import (
     DynamoSourcingRules,
     DynamoStalledOrders,
 )
-from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
-from functions.import_splitter.readers import field_in_file
 from functions.warm import Warm, forget_warm_containers
+
+# The services one function never uses are imported by the property that builds them: a new API
+# container placing an order would otherwise import purchasing, webhooks, imports, reports...
+if TYPE_CHECKING:
+    from core.aggregates import Aggregates, AggregateStore
+    from core.fulfillment import OrderActions
+    from core.holds import Holds
+    from core.import_service import ImportQueries, ImportSplitter, OrderImporter
+    from core.jeopardy import JeopardyScan
+    from core.notifications import NotificationStore, Notifier, OrderNotifications
+    from core.pickups import PickupExpiry
+    from core.purchasing import Purchasing, PurchasingRepository
+    from core.reconciliation import Reconciler
+    from core.refund_service import RefundService
+    from core.reorder import Replenishment
+    from core.returns import Returns
+    from core.sourcing import Simulator, SourcingRulesService
+    from core.webhooks import (
+        DeliveryQueue,
+        DeliveryWorker,
+        EventDispatcher,
+        EventPublisher,
+        Resolver,
+        RetrySchedule,
+        Target,
+        Webhooks,
+        WebhookSender,
+        WebhookStore,
+    )
+    from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
+    from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 
 logger = Logger(child=True)
 
@@ -239,6 +241,8 @@ class Container:
 
     @cached_property
     def authorizer_cache(self) -> ApiGatewayAuthorizerCache:
+        from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
+
         return ApiGatewayAuthorizerCache(self.apigateway)
 
     @cached_property
@@ -247,10 +251,14 @@ class Container:
 
     @cached_property
     def import_ledger(self) -> DynamoImportLedger:
+        from functions.adapters.imports import DynamoImportLedger
+
         return DynamoImportLedger(self.dynamodb, self.config.catalog_table, self.config.idempotency_table)
 
     @cached_property
     def import_files(self) -> S3ImportFiles:
+        from functions.adapters.imports import S3ImportFiles
+
         return S3ImportFiles(self.s3)
 
     @cached_property
@@ -306,10 +314,14 @@ class Container:
 
     @cached_property
     def holds(self) -> Holds:
+        from core.holds import Holds
+
         return Holds(self.order_repository, clock=self.clock)
 
     @cached_property
     def actions(self) -> OrderActions:
+        from core.fulfillment import OrderActions
+
         return OrderActions(
             self.order_repository,
             self.cached_catalog,
@@ -324,6 +336,8 @@ class Container:
     @cached_property
     def pickup_expiry(self) -> PickupExpiry:
         """The reconciler's second job: cancel pickups nobody collected in time."""
+        from core.pickups import PickupExpiry
+
         return PickupExpiry(
             DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock
         )
@@ -331,10 +345,14 @@ class Container:
     @cached_property
     def refunds(self) -> RefundService:
         """Appeasements, returns' refunds and cancellations' over-captures: `issue_refund(...)`."""
+        from core.refund_service import RefundService
+
         return RefundService(self.order_repository, self.payments, self.clock)
 
     @cached_property
     def returns(self) -> Returns:
+        from core.returns import Returns
+
         return Returns(
             self.order_repository,
             self.return_repository,
@@ -368,10 +386,14 @@ class Container:
 
     @cached_property
     def sourcing_rules_service(self) -> SourcingRulesService:
+        from core.sourcing import SourcingRulesService
+
         return SourcingRulesService(self.sourcing_rules, clock=self.clock)
 
     @cached_property
     def simulator(self) -> Simulator:
+        from core.sourcing import Simulator
+
         return Simulator(
             self.order_repository, self.catalog_repository, self.inventory_repository, self.sourcing_rules, self.plugins
         )
@@ -389,6 +411,8 @@ class Container:
 
     @cached_property
     def reconciler(self) -> Reconciler:
+        from core.reconciliation import Reconciler
+
         config = self.config
         return Reconciler(
             DynamoStalledOrders(self.dynamodb, config.orders_table),
@@ -402,6 +426,8 @@ class Container:
 
     @cached_property
     def jeopardy_scan(self) -> JeopardyScan:
+        from core.jeopardy import JeopardyScan, parse_sla
+
         config = self.config
         if config.hold_expiry_days < 0:
             raise ValueError("OMS_HOLD_EXPIRY_DAYS must be 0 (never) or a positive number of days")
@@ -416,11 +442,16 @@ class Container:
 
     @cached_property
     def import_queries(self) -> ImportQueries:
+        from core.import_service import ImportQueries
+
         return ImportQueries(self.import_ledger)
 
     @cached_property
     def importer(self) -> OrderImporter:
         """The import worker's use case: the API's capture path, recording on the ledger."""
+        from core.import_service import OrderImporter, QueueSenders
+        from functions.import_splitter.readers import field_in_file
+
         senders = QueueSenders.parse(self.config.import_splitter_role_id, self.config.import_queue_sender_channels)
         return OrderImporter(
             self.capture, self.import_ledger, self.orders, clock=self.clock, field_names=field_in_file, senders=senders
@@ -440,10 +471,14 @@ class Container:
 
     @cached_property
     def purchasing(self) -> Purchasing:
+        from core.purchasing import Purchasing
+
         return Purchasing(self.purchasing_repository, self.catalog_repository, self.clock)
 
     @cached_property
     def replenishment(self) -> Replenishment:
+        from core.reorder import Replenishment
+
         return Replenishment(self.purchasing_repository, self.catalog_repository, self.clock)
 
     @cached_property
@@ -478,6 +513,8 @@ class Container:
 
     @cached_property
     def retry_schedule(self) -> RetrySchedule:
+        from core.webhooks import RetrySchedule
+
         config = self.config
         return RetrySchedule(
             base_seconds=config.webhook_retry_base_seconds,
@@ -494,10 +531,14 @@ class Container:
 
     @cached_property
     def notifier(self) -> Notifier:
+        from core.notifications import Notifier
+
         return Notifier(self.notification_store, self.plugins.hook, self.clock)
 
     @cached_property
     def order_notifications(self) -> OrderNotifications:
+        from core.notifications import OrderNotifications
+
         return OrderNotifications(self.orders, self.notification_store)
 
     # --- The access log (issue 14) ----------------------------------------------------------------
@@ -519,14 +560,20 @@ class Container:
 
     def check_webhook_url(self, url: str) -> Target:
         """Subscribe time and send time: refuses what check_url refuses (SSRF)."""
+        from core.webhooks import check_url
+
         return check_url(url, self.url_resolver, allow_local_http=self.config.webhook_allow_local_http)
 
     @cached_property
     def webhooks(self) -> Webhooks:
+        from core.webhooks import Webhooks
+
         return Webhooks(self.webhook_store, self.webhook_queue, self.check_webhook_url, self.clock)
 
     @cached_property
     def event_dispatcher(self) -> EventDispatcher:
+        from core.webhooks import EventDispatcher
+
         return EventDispatcher(
             self.webhook_store, self.webhook_queue, self.event_publisher, self.clock, self.retry_schedule
         )
@@ -534,6 +581,8 @@ class Container:
     @cached_property
     def delivery_worker(self) -> DeliveryWorker:
         import random
+
+        from core.webhooks import DeliveryWorker
 
         return DeliveryWorker(
             self.webhook_store,
@@ -554,10 +603,15 @@ class Container:
 
     @cached_property
     def aggregates(self) -> Aggregates:
+        from core.aggregates import Aggregates
+
         return Aggregates(self.aggregate_store, self.clock)
 
     def import_splitter(self) -> tuple[ImportSplitter, SqsOrderQueue]:
         """One per file: the queue batches that file's messages and counts what it sent."""
+        from core.import_service import ImportSplitter
+        from functions.adapters.imports import SqsOrderQueue
+
         queue = SqsOrderQueue(self.sqs, _required(self.config.import_queue_url, "IMPORT_QUEUE_URL"))
         return ImportSplitter(self.import_ledger, queue, clock=self.clock), queue
 

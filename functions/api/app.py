@@ -1,9 +1,11 @@
-"""The OMS HTTP API: one powertools REST resolver, a Router per resource."""
+"""The OMS HTTP API: one powertools REST resolver, a Router per resource, each joined on first use."""
 
 from __future__ import annotations
 
-import functools
+import importlib
 import os
+import threading
+from collections.abc import Iterable
 from re import Match
 from typing import Any
 
@@ -15,27 +17,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from core.card_numbers import mask_card_numbers
 from functions.api import access_log, errors, guards
 from functions.api.access import ScopeTable
-from functions.api.routes import access_log as access_log_routes
-from functions.api.routes import (
-    api_keys,
-    carriers,
-    catalog,
-    confirmations,
-    holds,
-    imports,
-    inventory,
-    meta,
-    orders,
-    plugins,
-    purchasing,
-    refunds,
-    returns,
-    sourcing,
-    store_execution,
-)
-from functions.api.routes import customers as customer_routes
-from functions.api.routes import notifications as notification_routes
-from functions.api.routes import webhooks as webhook_routes
 from functions.business_metrics import emits_business_metrics
 
 
@@ -55,30 +36,120 @@ logger = Logger()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 app = _Resolver(enable_validation=True, json_body_deserializer=guards.parsed_body)
 errors.register(app)
-app.include_router(meta.router)
-app.include_router(catalog.router)
-app.include_router(inventory.router)
-app.include_router(orders.router)
-app.include_router(api_keys.router)
-app.include_router(imports.router)
-app.include_router(carriers.router)
-app.include_router(plugins.router)
-app.include_router(refunds.router)
-app.include_router(returns.router)
-app.include_router(holds.router)
-app.include_router(webhook_routes.router)
-app.include_router(store_execution.router)
-app.include_router(customer_routes.router)
-app.include_router(notification_routes.router)
-app.include_router(access_log_routes.router)
-app.include_router(purchasing.router)
-app.include_router(sourcing.router)
-app.include_router(confirmations.router)
+
+# The route modules (functions/api/routes/), in the order the resolver joins them. A cold start
+# imports only those its first request needs: importing and building all of them would cost
+# every new container the models and services of routes it may never serve.
+ROUTE_MODULES = (
+    "meta",
+    "catalog",
+    "inventory",
+    "orders",
+    "api_keys",
+    "imports",
+    "carriers",
+    "plugins",
+    "refunds",
+    "returns",
+    "holds",
+    "webhooks",
+    "store_execution",
+    "customers",
+    "notifications",
+    "access_log",
+    "purchasing",
+    "sourcing",
+    "confirmations",
+)
+# The module serving a resource, by the resource's first segment, or where another module serves
+# some of that segment's resources, by its first and last literal segments ("orders/hold" for
+# /orders/{order_id}/hold). tests/unit/test_api_routers.py checks every route against this.
+_MODULE_OF: dict[str, str] = {
+    "health": "meta",
+    "openapi.json": "meta",
+    "docs": "meta",
+    "products": "catalog",
+    "locations": "catalog",
+    "inventory": "inventory",
+    "inventory/reorder": "purchasing",
+    "orders": "orders",
+    "orders/refunds": "refunds",
+    "orders/returns": "returns",
+    "orders/hold": "holds",
+    "orders/release": "holds",
+    "orders/ready": "store_execution",
+    "orders/reject": "store_execution",
+    "orders/notifications": "notifications",
+    "orders/access-log": "access_log",
+    "api-keys": "api_keys",
+    "imports": "imports",
+    "carriers": "carriers",
+    "plugins": "plugins",
+    "returns": "returns",
+    "webhooks": "webhooks",
+    "customers": "customers",
+    "reports": "customers",
+    "purchase-orders": "purchasing",
+    "vendors": "purchasing",
+    "sourcing": "sourcing",
+    "shipments": "confirmations",
+}
+
+_joined: set[str] = set()
+_joining = threading.Lock()
+_table = ScopeTable(app)
 
 
-@functools.cache
+def modules_for(path: str) -> set[str]:
+    """The route modules that may serve `path` (a resource template or a request path); every
+    module when no entry names it, so an unforeseen path is routed as if all were joined."""
+    segments = [segment for segment in path.split("/") if segment and not segment.startswith("{")]
+    if not segments:
+        return set(ROUTE_MODULES)
+    module = _MODULE_OF.get(f"{segments[0]}/{segments[-1]}") or _MODULE_OF.get(segments[0])
+    return {module} if module else set(ROUTE_MODULES)
+
+
+def _join(modules: Iterable[str]) -> ScopeTable:
+    """Join the routers of `modules` to the app, once per container; the scope table of every
+    route joined so far."""
+    global _table
+    missing = set(modules) - _joined
+    if not missing:
+        return _table
+    with _joining:
+        for name in ROUTE_MODULES:
+            if name in missing and name not in _joined:
+                app.include_router(importlib.import_module(f"functions.api.routes.{name}").router)
+                _joined.add(name)
+        # Routes in ROUTE_MODULES order whatever order requests joined them: the OpenAPI document
+        # lists them so. Which route serves a request does not depend on it, as no two routes of
+        # one method match the same path (the test checks this too). New lists, never sorted in
+        # place: a request resolving in another thread meanwhile (the local runtime) reads them.
+        rank = {f"functions.api.routes.{name}": index for index, name in enumerate(ROUTE_MODULES)}
+        app._static_routes = sorted(app._static_routes, key=lambda route: rank[route.func.__module__])
+        app._dynamic_routes = sorted(app._dynamic_routes, key=lambda route: rank[route.func.__module__])
+        _table = ScopeTable(app)
+        return _table
+
+
+def every_route() -> _Resolver:
+    """The app with every router joined: for the OpenAPI document and the tests."""
+    _join(ROUTE_MODULES)
+    return app
+
+
 def _scope_table() -> ScopeTable:
-    return ScopeTable(app)
+    """Every route's requirement (every router joined)."""
+    return _join(ROUTE_MODULES)
+
+
+def _routed(event: dict[str, Any]) -> ScopeTable:
+    """Join the routers `event` may need: its resource's, and its path's, should they differ."""
+    resource, path = event.get("resource"), event.get("path")
+    if not resource or not path:
+        return _join(ROUTE_MODULES)
+    return _join(modules_for(resource) | modules_for(path))
 
 
 # Tracing: the template turns on X-Ray active tracing for every function, which records each
@@ -91,7 +162,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _append_order_keys(event)
     try:
         # Before the resolver: powertools validates the body before any route middleware runs.
-        guards.check_request(event, _scope_table())
+        guards.check_request(event, _routed(event))
     except errors.ApiError as refused:
         response = errors.gateway_response(refused)
     else:

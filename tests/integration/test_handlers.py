@@ -73,8 +73,9 @@ def test_sample_events_run_through_the_real_handler(seeded):
 
 
 def test_every_route_of_the_app_is_an_api_event_of_the_template_and_back():
-    from functions.api.app import app
+    from functions.api.app import every_route
 
+    app = every_route()
     declared = {(r.method, r.path) for r in Template.load().api_routes()}
     served = {(route.method.upper(), route.openapi_path) for route in app._static_routes + app._dynamic_routes}
     assert served == declared

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel
 
@@ -14,6 +13,7 @@ from core.confirmations import DEADLINE_SECONDS, MAX_ITEMS, ConfirmationAction, 
 from core.log_text import escape_for_log
 from core.status import OrderStatus, ShipmentStatus
 from functions.api.access import caller, requires
+from functions.api.app import logger
 from functions.api.dependencies import container
 from functions.api.errors import described
 from functions.api.routes.orders import IdempotencyKey
@@ -21,7 +21,9 @@ from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import ErrorInfo, errors, ok
 
 router = Router()
-logger = Logger(child=True)
+# `logger` is the app's, not a child made here: this module is imported on its first request, when
+# POWERTOOLS_SERVICE_NAME (by which a child finds its parent) may have changed in a process
+# hosting other functions too (tests, the local runtime): an orphaned child cannot append keys.
 
 # What one item may take at most once started (a capture retried with backoff while the gateway
 # fails, the writes after it): no item is started later than this before the function's timeout.

@@ -129,9 +129,9 @@ def _document(base: str) -> _Page:
     why /docs is not powertools' enable_swagger, which imports them when the app is built)."""
     from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, Server
 
-    from functions.api.app import app
+    from functions.api.app import every_route
 
-    body = app.get_openapi_json_schema(
+    body = every_route().get_openapi_json_schema(
         title=TITLE,
         version=VERSION,
         description=DESCRIPTION,

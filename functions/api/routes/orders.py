@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
@@ -14,6 +13,7 @@ from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder
 from core.ports import OrderFilter
 from core.status import OrderStatus
 from functions.api.access import caller, requires
+from functions.api.app import logger
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.label_links import with_label_links
@@ -22,7 +22,9 @@ from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, OrderReceipt, errors, ok
 
 router = Router()
-logger = Logger(child=True)
+# `logger` is the app's, not a child made here: this module is imported on its first request, when
+# POWERTOOLS_SERVICE_NAME (by which a child finds its parent) may have changed in a process
+# hosting other functions too (tests, the local runtime): an orphaned child cannot append keys.
 
 
 def shown(order: Order) -> Order:
