@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.services import CaptureService
+from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOrders
 from infra.local.stack import forget_warm_containers
 from infra.local.template import Template
+from tests.builders import NOW, location, product
 
 ENV_BY_TABLE = {
     "OrdersTable": "ORDERS_TABLE",
@@ -72,3 +78,23 @@ def _reset_composition_root() -> None:
     # The composition root caches its clients per process, as a warm Lambda container does; each
     # test gets a new moto account, so the cache must go with it.
     forget_warm_containers()
+
+
+# The Orders adapter, and a capture service over moto that places TSHIRT orders (1,000 in stock at
+# wh-east), each a second after the last: for the index and query tests.
+@pytest.fixture
+def orders(aws):
+    return DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+
+
+@pytest.fixture
+def capture(aws, orders):
+    catalog = DynamoCatalog(aws.dynamodb, aws.tables["CatalogTable"])
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    catalog.put_product(product("TSHIRT"))
+    catalog.put_location(location("wh-east"))
+    inventory.set_on_hand("TSHIRT", "wh-east", 1000, "count")
+    ticks = iter(range(10_000))
+    return CaptureService(
+        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
+    )

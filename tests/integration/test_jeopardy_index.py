@@ -10,33 +10,12 @@ from datetime import timedelta
 import pytest
 
 from core.jeopardy import JeopardyScan, parse_sla
-from core.plugin_manager import build_plugin_manager
 from core.ports import OrderFilter
-from core.pricing import Pricing
-from core.services import CaptureService
 from core.status import OrderStatus
-from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoLateOrders, DynamoOrders
-from tests.builders import NOW, location, place_order, product
+from functions.adapters.dynamodb import DynamoLateOrders
+from tests.builders import NOW, place_order
 
 S = OrderStatus
-
-
-@pytest.fixture
-def orders(aws):
-    return DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
-
-
-@pytest.fixture
-def capture(aws, orders):
-    catalog = DynamoCatalog(aws.dynamodb, aws.tables["CatalogTable"])
-    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
-    catalog.put_product(product("TSHIRT"))
-    catalog.put_location(location("wh-east"))
-    inventory.set_on_hand("TSHIRT", "wh-east", 1000, "count")
-    ticks = iter(range(10_000))
-    return CaptureService(
-        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
-    )
 
 
 @pytest.fixture
