@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,7 +17,7 @@ from core.pricing import Pricing
 from core.services import CaptureService
 from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOrders
 from infra.local.stack import forget_warm_containers
-from infra.local.template import Template
+from infra.local.template import TableSpec, Template
 from tests.builders import NOW, location, product
 
 ENV_BY_TABLE = {
@@ -58,7 +59,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         tables = {}
-        for spec in Template.load().tables():
+        for spec in _table_specs():
             name = f"test-{spec.logical_id}"
             client.create_table(**spec.create_table_request(name))
             tables[spec.logical_id] = name
@@ -67,6 +68,13 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         _reset_composition_root()
         yield Aws(dynamodb=client, tables=tables)
         _reset_composition_root()
+
+
+@functools.cache
+def _table_specs() -> tuple[TableSpec, ...]:
+    # Read once per test process: reading and checking template.yaml takes ~0.2 s, as long as
+    # creating every table in moto, and the template does not change while the tests run.
+    return tuple(Template.load().tables())
 
 
 def access_log_queue() -> str:

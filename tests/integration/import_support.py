@@ -4,6 +4,7 @@ delete what succeeded, let the failures come back)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,9 +144,15 @@ def context(function: str, timeout_seconds: float = 30) -> LambdaContext:
     )
 
 
+@functools.cache
+def _template() -> Template:
+    # Read once per test process (~0.2 s a read): these tests only read it.
+    return Template.load()
+
+
 def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     """The import queue and its DLQ as the template declares them, and the imports bucket."""
-    resources = Template.load().resources
+    resources = _template().resources
     sqs = boto3.client("sqs", region_name=REGION)
     s3 = boto3.client("s3", region_name=REGION)
     dlq_props = resources["ImportDeadLetterQueue"]["Properties"]
