@@ -118,10 +118,9 @@ def _join(modules: Iterable[str]) -> ScopeTable:
     if not missing:
         return _table
     with _joining:
-        for name in ROUTE_MODULES:
-            if name in missing and name not in _joined:
-                app.include_router(importlib.import_module(f"functions.api.routes.{name}").router)
-                _joined.add(name)
+        joined_now = [name for name in ROUTE_MODULES if name in missing and name not in _joined]
+        for name in joined_now:
+            app.include_router(importlib.import_module(f"functions.api.routes.{name}").router)
         # Routes in ROUTE_MODULES order whatever order requests joined them: the OpenAPI document
         # lists them so. Which route serves a request does not depend on it, as no two routes of
         # one method match the same path (the test checks this too). New lists, never sorted in
@@ -130,6 +129,10 @@ def _join(modules: Iterable[str]) -> ScopeTable:
         app._static_routes = sorted(app._static_routes, key=lambda route: rank[route.func.__module__])
         app._dynamic_routes = sorted(app._dynamic_routes, key=lambda route: rank[route.func.__module__])
         _table = ScopeTable(app)
+        # Named joined only once the scope table holds their routes: a request in another thread
+        # (the local runtime) that skips the lock then reads a table with them. A route missing
+        # from the table would pass the scope check as an unknown path.
+        _joined.update(joined_now)
         return _table
 
 
