@@ -90,3 +90,43 @@ def test_each_routes_first_request_checks_the_scope_it_declares():
     )
     assert json.loads(out.stdout) == declared
     assert "None" not in declared.values()
+
+
+# A request in a second thread while the first joins the holds module: it must wait for (or read)
+# a scope table holding the module's routes, never read the table from before the join, where the
+# route would be unknown and pass the scope check as public.
+JOIN_RACE = """
+import threading, time
+import functions.api.app as app
+from functions.api.access import PUBLIC, ScopeTable
+
+built, release = threading.Event(), threading.Event()
+original = ScopeTable.__init__
+
+def slow(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    if threading.current_thread().name == "first":
+        built.set()
+        release.wait(10)
+
+ScopeTable.__init__ = slow
+first = threading.Thread(target=app._join, args=(["holds"],), name="first")
+first.start()
+built.wait(10)
+seen = []
+def request():
+    seen.append(app._join(["holds"]).requirement("POST", "/orders/{order_id}/hold"))
+
+second = threading.Thread(target=request)
+second.start()
+time.sleep(0.2)  # the second request has reached the join (or returned) by now
+release.set()
+first.join(10)
+second.join(10)
+print(seen[0] is not PUBLIC)
+"""
+
+
+def test_a_request_racing_a_modules_join_never_reads_a_table_without_its_routes():
+    out = subprocess.run([sys.executable, "-c", JOIN_RACE], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
