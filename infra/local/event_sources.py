@@ -36,7 +36,7 @@ logger = logging.getLogger("infra.local.events")
 
 POLL_INTERVAL = 0.1  # seconds between polls of an empty source
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
-ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (an S3 notification) twice by default
+ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
 
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
 # A schedule that runs more often locally than on AWS, so a developer sees it work: the function's
@@ -469,8 +469,9 @@ class S3NotificationMapping(EventSourceMapping):
 @dataclass(eq=False, kw_only=True)
 class ScheduleMapping(EventSourceMapping):
     """A Schedule event: the function invoked every `period` seconds, the first a period after the
-    stack starts, with EventBridge's scheduled event; a failure is logged, not retried (the next
-    period runs it again)."""
+    stack starts, with EventBridge's scheduled event, asynchronously as EventBridge does: a failed
+    run is retried with the same event per the function's EventInvokeConfig (MaximumRetryAttempts,
+    default 2), then dropped with an error line (no OnFailure destination is declared for one)."""
 
     kind, asynchronous = "Schedule", True
     expression: str
@@ -550,8 +551,8 @@ def build_mapping(
         "retry_delay": retry_delay,
         "report_batch_item_failures": "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
     }
+    invoke_config = {key: resolve(value) for key, value in spec.invoke_config.items()}
     if spec.type == "S3":
-        invoke_config = {key: resolve(value) for key, value in spec.invoke_config.items()}
         rules = [
             {"Name": str(rule["Name"]).lower(), "Value": str(rule["Value"])}
             for rule in ((props.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
@@ -575,6 +576,8 @@ def build_mapping(
             source_label=f"{props['Schedule']} (every {period:g} s)",
             expression=props["Schedule"],
             period=period,
+            maximum_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)),
+            on_failure=on_failure(invoke_config),
             **common,
         )
     if spec.type == "SQS":
