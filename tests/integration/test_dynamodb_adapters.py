@@ -11,14 +11,11 @@ import pytest
 from core.access import ApiKey, Scope
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
-from core.plugin_manager import build_plugin_manager
 from core.ports import OrderFilter
-from core.pricing import Pricing
-from core.services import CaptureService
 from core.status import OrderStatus
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoOrders, from_item
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, from_item
 from tests.builders import NOW, location, place_order, product
 
 
@@ -32,20 +29,7 @@ def inventory(aws):
     return DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
 
 
-@pytest.fixture
-def orders(aws):
-    return DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
-
-
-@pytest.fixture
-def capture(orders, catalog, inventory):
-    catalog.put_product(product("TSHIRT"))
-    catalog.put_location(location("wh-east"))
-    inventory.set_on_hand("TSHIRT", "wh-east", 1000, "count")
-    ticks = iter(range(10_000))
-    return CaptureService(
-        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
-    )
+# `orders` and `capture` (TSHIRT, 1,000 at wh-east): tests/integration/conftest.py.
 
 
 # --- Catalog -----------------------------------------------------------------------------------
