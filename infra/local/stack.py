@@ -36,7 +36,7 @@ from infra.local.servers import Servers
 from infra.local.template import REGION, Template
 
 # moto's interpreter logs every failed task at ERROR with a page of its own reprs, even one a
-# Catch expects (a declined payment); infra.local.lambda logs the handler's error in one line.
+# Catch expects (a declined payment); infra.local.lambdas logs the handler's error in one line.
 _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 
