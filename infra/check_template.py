@@ -5,7 +5,7 @@ event `Type: SQSS` or a policy template with the wrong parameter. aws-sam-transl
 library SAM itself deploys with; translating with it finds those without an AWS account.
 
 It also fails on anything the local runtime does not emulate (infra/local/supported.py), and
-validates every state machine's ASL (infra/local/asl.py) after its DefinitionSubstitutions
+validates every state machine's ASL (infra/asl.py) after its DefinitionSubstitutions
 are applied with placeholder values: a dangling Next, a path that never ends or a `${Name}` with
 no substitution fails the check (the SAM transform and cfn-lint check none of that).
 
@@ -90,7 +90,7 @@ def placeholder_for(name: str, value: Any) -> str:
 
 def state_machine_problems(template_path: Path) -> list[str]:
     """Every state machine's ASL problems, prefixed with its logical id."""
-    from infra.local.asl import validate_asl
+    from infra.asl import validate_asl
     from infra.local.template import Template
 
     template = Template.load(template_path)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from infra.local.asl import AslError, validate_asl
+from infra.asl import AslError, validate_asl
 from infra.local.lambdas import Handler, LocalFunction
 from infra.local.template import ACCOUNT_ID, REGION, Template, env_string
 

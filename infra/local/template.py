@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from infra.local import asl, supported
+from infra import asl
+from infra.local import supported
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"

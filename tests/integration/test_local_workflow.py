@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from infra.local.asl import AslError, substitute, validate_asl
+from infra.asl import AslError, substitute, validate_asl
 from infra.local.template import DEFAULT_TEMPLATE, PROJECT_ROOT, Template
 
 # --- The validator ----------------------------------------------------------------------------------

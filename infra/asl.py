@@ -97,7 +97,7 @@ def _check_state(name: str, state: Any, states: Mapping[str, Any], problems: lis
     if kind not in ("Task", *_TERMINAL_TYPES):
         problems.append(
             f"{path}.Type: {kind!r} is not checked locally (only Fail, Succeed, Task: "
-            "add its checks to infra/local/asl.py first)"
+            "add its checks to infra/asl.py first)"
         )
         return []
     if len(name) > 80:
