@@ -44,11 +44,12 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# Uploads FILE to the running stack's imports bucket (`make run` in another terminal) and follows
-# the import to its end: make import FILE=events/orders-sample.csv
+# Uploads FILE to a stack's imports bucket and follows the import to its end: the local stack
+# (`make run` in another terminal), or a deployed one named by OMS_API_URL, OMS_IMPORTS_BUCKET and
+# OMS_API_KEY (infra/import_file.py): make import FILE=events/orders-sample.csv
 import: $(STAMP)
 	@test -n "$(FILE)" || { echo "usage: make import FILE=path/to/orders.csv (or .jsonl)"; exit 2; }
-	$(BIN)/python -m infra.local.import_cli "$(FILE)"
+	$(BIN)/python -m infra.import_file "$(FILE)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build .aws-sam

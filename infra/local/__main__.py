@@ -13,7 +13,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from infra.local.import_cli import state_file
+from infra.import_file import state_file
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
 from infra.local.template import REGION

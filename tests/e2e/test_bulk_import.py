@@ -289,7 +289,7 @@ def test_the_cli_finds_the_stack_through_the_state_file_make_run_writes(
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {"OMS_STATE_FILE": str(state)}
 
     run = subprocess.run(
-        [sys.executable, "-m", "infra.local.import_cli", str(SAMPLE_JSONL)],
+        [sys.executable, "-m", "infra.import_file", str(SAMPLE_JSONL)],
         cwd=ROOT,
         env={**env, "COLUMNS": "200"},
         capture_output=True,
@@ -308,7 +308,7 @@ def test_the_cli_finds_the_stack_through_the_state_file_make_run_writes(
 def test_the_cli_says_what_to_do_when_no_stack_runs(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
     run = subprocess.run(
-        [sys.executable, "-m", "infra.local.import_cli", str(SAMPLE_CSV)],
+        [sys.executable, "-m", "infra.import_file", str(SAMPLE_CSV)],
         cwd=ROOT,
         env={**env, "OMS_STATE_FILE": str(tmp_path / "missing.json")},
         capture_output=True,

@@ -47,7 +47,7 @@ def stack(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
 
 
 def test_a_card_number_as_external_id_in_a_csv_file_is_kept_nowhere_the_report_is_read(stack: ImportAws):
-    from infra.local.import_cli import summary
+    from infra.import_file import summary
 
     rows = [csv_row(written) for written in WRITTEN]
     import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), *rows))

@@ -1,9 +1,11 @@
-"""`make import FILE=orders.csv`: upload a file of orders to the running local stack's imports
-bucket (through its AWS endpoint, as `aws s3 cp` would on AWS), follow the import with a progress
-bar until it ends, then print its totals and first errors.
+"""`make import FILE=orders.csv`: upload a file of orders to a stack's imports bucket, follow the
+import with a progress bar until it ends, then print its totals and first errors.
 
-Where the stack is comes from the environment (OMS_API_URL, OMS_AWS_ENDPOINT, OMS_IMPORTS_BUCKET,
-OMS_ADMIN_API_KEY) or else from the state file `make run` writes (.oms-local.json, OMS_STATE_FILE).
+It works against the local stack and against a deployed one. The stack comes from the
+environment (OMS_API_URL, OMS_IMPORTS_BUCKET, OMS_API_KEY: a key with `orders:read` bound to no
+channel, or OMS_ADMIN_API_KEY), or else from the state file `make run` writes (.oms-local.json,
+OMS_STATE_FILE). OMS_AWS_ENDPOINT (the local stack's, from the state file) sends the upload there
+with test credentials; without it the upload goes to AWS with the default credential chain.
 Exit status: 0 when the import completed (with or without errors), 1 when it failed or could not
 be followed to its end, 2 for a usage or connection problem.
 """
@@ -37,53 +39,55 @@ class CliError(Exception):
 
 def state_file() -> Path:
     """Where `make run` writes what other local tools need (gitignored, removed on exit)."""
-    return Path(os.environ.get("OMS_STATE_FILE") or Path(__file__).resolve().parents[2] / ".oms-local.json")
+    return Path(os.environ.get("OMS_STATE_FILE") or Path(__file__).resolve().parents[1] / ".oms-local.json")
 
 
-def find_stack() -> dict[str, str]:
-    """api_url, aws_endpoint, bucket, admin_key and region of the running stack."""
+def find_stack() -> dict[str, str | None]:
+    """api_url, aws_endpoint (None: AWS itself), bucket, api_key and region of the stack to import into."""
     path, state = state_file(), {}
-    if path.exists():
+    if path.exists() and not os.environ.get("OMS_API_URL"):
         try:
             state = json.loads(path.read_text())
         except ValueError as error:
             raise CliError(f"{path} is not JSON ({error}): restart `make run`") from None
     found = {
         "api_url": os.environ.get("OMS_API_URL") or state.get("api_url"),
-        "aws_endpoint": os.environ.get("OMS_AWS_ENDPOINT") or state.get("aws_endpoint"),
         "bucket": os.environ.get("OMS_IMPORTS_BUCKET") or (state.get("buckets") or {}).get("ImportsBucket"),
-        "admin_key": os.environ.get("OMS_ADMIN_API_KEY") or state.get("admin_key"),
+        "api_key": os.environ.get("OMS_API_KEY") or os.environ.get("OMS_ADMIN_API_KEY") or state.get("admin_key"),
     }
     missing = [name for name, value in found.items() if not value]
     if missing:
         raise CliError(
-            f"no running local stack found ({', '.join(missing)} unknown): start `make run` in another "
-            f"terminal (it writes {path.name}), or set OMS_API_URL, OMS_AWS_ENDPOINT, OMS_IMPORTS_BUCKET "
-            "and OMS_ADMIN_API_KEY"
+            f"no stack found ({', '.join(missing)} unknown): start `make run` in another terminal (it "
+            f"writes {path.name}), or set OMS_API_URL, OMS_IMPORTS_BUCKET and OMS_API_KEY (a deployed "
+            "stack's outputs ApiUrl and ImportsBucketName, and a key with orders:read and no channel)"
         )
-    return {**found, "region": state.get("region", "us-east-1")}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or state.get("region")
+    return {**found, "aws_endpoint": os.environ.get("OMS_AWS_ENDPOINT") or state.get("aws_endpoint"),
+            "region": region}  # fmt: skip
 
 
-def upload(stack: dict[str, str], file: Path) -> tuple[str, str]:
+def upload(stack: dict[str, str | None], file: Path) -> tuple[str, str]:
     """Put the file under incoming/ (streamed from disk; multipart when large) and return its key
     and the import id the splitter will give it. The key is new on every run, so importing the
     same file twice is two imports (the second one finds only duplicates)."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=stack["aws_endpoint"], region_name=stack["region"],
-                      aws_access_key_id="local", aws_secret_access_key="local")  # fmt: skip
+    local = {"endpoint_url": stack["aws_endpoint"], "aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    s3 = boto3.client("s3", region_name=stack["region"], **(local if stack["aws_endpoint"] else {}))
     key = f"incoming/{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}/{file.name}"
-    s3.upload_file(str(file), stack["bucket"], key)
-    head = s3.head_object(Bucket=stack["bucket"], Key=key)
+    bucket = str(stack["bucket"])
+    s3.upload_file(str(file), bucket, key)
+    head = s3.head_object(Bucket=bucket, Key=key)
     version = head.get("VersionId")
-    return key, import_id_for(stack["bucket"], key, version if version not in (None, "", "null") else head["ETag"])
+    return key, import_id_for(bucket, key, version if version not in (None, "", "null") else head["ETag"])
 
 
-def follow(stack: dict[str, str], import_id: str, console: Console, timeout: float | None) -> dict[str, Any]:
+def follow(stack: dict[str, str | None], import_id: str, console: Console, timeout: float | None) -> dict[str, Any]:
     """Polls GET /imports/{id} until the import ends, with a progress bar; returns its report."""
     session = requests.Session()
-    session.trust_env = False  # loopback: never through a proxy
-    session.headers["Authorization"] = f"Bearer {stack['admin_key']}"
+    session.trust_env = not str(stack["api_url"]).startswith(("http://127.0.0.1", "http://localhost"))
+    session.headers["Authorization"] = f"Bearer {stack['api_key']}"
     started = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("orders"),
                TimeElapsedColumn())  # fmt: skip
@@ -96,8 +100,8 @@ def follow(stack: dict[str, str], import_id: str, console: Console, timeout: flo
                 raise CliError(f"GET /imports/{import_id} answered {response.status_code}: {response.text[:300]}")
             if response.status_code == 404 and elapsed > APPEAR_TIMEOUT:
                 raise CliError(
-                    f"import {import_id} did not start within {APPEAR_TIMEOUT:.0f} s: is `make run` "
-                    "running with its event sources on (OMS_EVENT_SOURCES)?"
+                    f"import {import_id} did not start within {APPEAR_TIMEOUT:.0f} s: locally, is `make run` "
+                    "running with its event sources on (OMS_EVENT_SOURCES)? On AWS, see the import runbooks"
                 )
             if response.status_code == 200:
                 report = response.json()
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         key, import_id = upload(stack, args.file)
     except Exception as error:  # botocore's connection errors and the like: say where it tried
-        err.print(f"cannot upload to the local stack at {stack['aws_endpoint']}: {error}")
+        err.print(f"cannot upload to s3://{stack['bucket']} ({stack['aws_endpoint'] or 'AWS'}): {error}")
         return 2
     console.print(f"uploaded {args.file} to s3://{stack['bucket']}/{key}", soft_wrap=True)
     try:

@@ -1,0 +1,63 @@
+"""The import tool (`make import`, infra/import_file.py) pointed at a deployed stack: the upload goes
+to AWS with the default credential chain, not to a local endpoint with test credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from core.imports import import_id_for
+from infra import import_file
+
+BUCKET = "oms-prod-imports"
+DEPLOYED = {
+    "OMS_API_URL": "https://abc123.execute-api.eu-west-1.amazonaws.com/v1",
+    "OMS_IMPORTS_BUCKET": BUCKET,
+    "OMS_API_KEY": "oms_ops_key",
+}
+
+
+@pytest.fixture
+def deployed(aws: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A versioned imports bucket (as the template declares it) and the environment an operator
+    sets from the stack's outputs; a state file from a local stack lies around too."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    state = tmp_path / ".oms-local.json"
+    state.write_text('{"api_url": "http://127.0.0.1:8080", "aws_endpoint": "http://127.0.0.1:4566"}')
+    for name in ("OMS_AWS_ENDPOINT", "OMS_ADMIN_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**DEPLOYED, "OMS_STATE_FILE": str(state)}.items():
+        monkeypatch.setenv(name, value)
+    return tmp_path
+
+
+def test_a_deployed_stack_named_in_the_environment_wins_over_a_local_state_file(deployed: Path):
+    stack = import_file.find_stack()
+
+    assert stack["api_url"] == DEPLOYED["OMS_API_URL"]
+    assert stack["aws_endpoint"] is None  # the local stack's endpoint is not used
+    assert (stack["bucket"], stack["api_key"]) == (BUCKET, "oms_ops_key")
+
+
+def test_the_upload_to_a_deployed_stack_uses_the_default_credentials_and_names_the_import(
+    deployed: Path, monkeypatch: pytest.MonkeyPatch
+):
+    made: list[dict[str, Any]] = []
+    real_client = boto3.client
+    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: made.append(kwargs) or real_client(*args, **kwargs))
+    orders = deployed / "orders.csv"
+    orders.write_text("channel,external_id,sku,quantity\nweb,w-1,TSHIRT-BLK-M,1\n")
+
+    key, import_id = import_file.upload(import_file.find_stack(), orders)
+
+    assert made == [{"region_name": "us-east-1"}]  # no endpoint, no test credentials
+    s3 = real_client("s3", region_name="us-east-1")
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == orders.read_bytes()
+    assert key.startswith("incoming/") and key.endswith("/orders.csv")
+    # The id the splitter gives an object in a versioned bucket: GET /imports/{id} finds it.
+    assert import_id == import_id_for(BUCKET, key, s3.head_object(Bucket=BUCKET, Key=key)["VersionId"])
