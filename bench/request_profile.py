@@ -7,25 +7,30 @@ DynamoDB) and the rest, which is ours: routing, validation, pricing, plugins, se
 Where ours goes is sampled (the stack every half millisecond of CPU), not traced: cProfile's
 cost per Python call inflates code made of many small calls (pricing, pluggy) two to three times
 over code that runs in C (pydantic-core, json), and ranked them wrongly.
-Prints one JSON object.
+Prints one JSON object. `--capture PATH` instead pickles the AWS calls of one order for the raw
+baseline (capture_order_calls).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import signal
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
 from botocore.client import BaseClient
 
 from bench.stack import external_id
-from infra.local.stack import running_stack
+from infra.local.stack import EmbeddedStack, running_stack
 
 ORDERS = int(os.environ.get("BENCH_PROFILE_ORDERS", "300"))
 WARM_UP = 20
@@ -144,11 +149,12 @@ def owner(filename: str) -> str:
     return "other (stdlib, builtins)"
 
 
-def main() -> None:
+@contextmanager
+def warm_api() -> Iterator[tuple[EmbeddedStack, Callable[..., Any]]]:
+    """A started stack with the demo data and plenty of stock, and the API handler after WARM_UP
+    orders: a warm container."""
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
     os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
-    clock = AwsClock()
-    clock.install()
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
     with running_stack(seed=True, event_sources=False, parameter_overrides=params) as stack:
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
@@ -158,7 +164,53 @@ def main() -> None:
 
         for _ in range(WARM_UP):
             assert lambda_handler(post_order_event(), Context())["statusCode"] == 201
+        yield stack, lambda_handler
 
+
+def capture_order_calls(path: str) -> None:
+    """Pickles to `path` the AWS calls one warm POST /orders makes (operation, parameters), the
+    tables they touch (their DescribeTable answers) and the items its reads find: make bench's raw
+    baseline replays exactly these calls in a fresh process."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    original = BaseClient._make_api_call
+
+    def spy(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
+        calls.append((operation_name, copy.deepcopy(api_params)))
+        return original(client, operation_name, api_params)
+
+    with warm_api() as (stack, lambda_handler):
+        BaseClient._make_api_call = spy  # type: ignore[method-assign]
+        try:
+            assert lambda_handler(post_order_event(), Context())["statusCode"] == 201
+        finally:
+            BaseClient._make_api_call = original  # type: ignore[method-assign]
+        dynamodb = stack.client("dynamodb")
+        touched = {params["TableName"] for _, params in calls if "TableName" in params}
+        touched |= {name for _, params in calls for name in params.get("RequestItems", {})}
+        read_keys = [(name, read["Keys"]) for op, params in calls if op == "BatchGetItem"
+                     for name, read in params["RequestItems"].items()]  # fmt: skip
+        captured = {
+            "calls": calls,
+            "tables": [dynamodb.describe_table(TableName=name)["Table"] for name in sorted(touched)],
+            "items": [
+                (name, item)
+                for name, keys in read_keys
+                for item in dynamodb.batch_get_item(RequestItems={name: {"Keys": keys}})["Responses"][name]
+            ],
+        }
+    if not calls or not captured["items"]:
+        raise RuntimeError(f"one POST /orders made {[op for op, _ in calls]}, reading {captured['items']}")
+    with open(path, "wb") as file:
+        pickle.dump(captured, file)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--capture"]:
+        capture_order_calls(sys.argv[2])
+        return
+    clock = AwsClock()
+    clock.install()
+    with warm_api() as (_, lambda_handler):
         # First without the profiler: the split of CPU time into AWS calls and ours.
         clock.seconds, clock.calls = 0.0, Counter()
         cpu_start = time.process_time()
