@@ -28,7 +28,16 @@ from typing import Any
 from infra.local.activity import Activity
 from infra.local.gateway import ApiGateway
 from infra.local.lambdas import Handler, LambdaService
-from infra.local.moto_patches import apigateway, lambda_invoke, lock, memory, retry_delay, s3_notifications, sqs
+from infra.local.moto_patches import (
+    apigateway,
+    lambda_invoke,
+    lock,
+    memory,
+    retry_delay,
+    s3_notifications,
+    sqs,
+    transactions,
+)
 from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, ProcessEnvironment
 from infra.local.resources import Resources
 from infra.local.seed import DEMO_SEED, seed_demo_data
@@ -222,8 +231,9 @@ class EmbeddedStack:
             if name not in os.environ:
                 self.process.set_env({name: "true"})
         # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
-        # with a queue's depth, nor moto keep every object it ever made (moto_patches/).
-        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH):
+        # with a queue's depth, nor its transactions with a table's size, nor moto keep every
+        # object it ever made (moto_patches/).
+        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH):
             self.process.enter(patch.registered())
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})

@@ -17,6 +17,7 @@ from moto import mock_aws
 
 import infra.local.moto_patches.memory as moto_memory
 import infra.local.moto_patches.sqs as moto_sqs
+import infra.local.moto_patches.transactions as moto_transactions
 from infra.local.moto_patches import MOTO_VERSION, all_patches, describe, readme_list
 
 COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
@@ -285,3 +286,52 @@ def test_canary_moto_s_retries_still_sleep_through_their_module_s_time() -> None
 def test_the_readme_lists_every_patch() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert readme_list() in readme, "README's list of moto patches is stale; paste readme_list():\n" + readme_list()
+
+
+def _cancelled_transaction(monkeypatch: pytest.MonkeyPatch, patched: bool) -> tuple[list[dict], int]:
+    """A streamed table, then a transaction that updates, puts and deletes before its last check
+    fails: what the table and its stream hold afterwards."""
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.table import Table
+
+    def key(pk: str) -> dict:
+        return {"pk": {"S": pk}, "sk": {"S": "1"}}
+
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        dynamodb.create_table(
+            TableName="t", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk")],
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )  # fmt: skip
+        dynamodb.put_item(TableName="t", Item={**key("a"), "n": {"N": "1"}})
+        dynamodb.put_item(TableName="t", Item=key("b"))
+        if patched:
+            monkeypatch.setattr(
+                Table, "__deepcopy__", lambda *_: pytest.fail("a whole table was copied"), raising=False
+            )
+            moto_transactions.PATCH.apply()
+        try:
+            with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+                dynamodb.transact_write_items(TransactItems=[
+                    {"Update": {"TableName": "t", "Key": key("a"), "UpdateExpression": "SET n = n + :one",
+                                "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+                    {"Put": {"TableName": "t", "Item": {**key("c"), "n": {"N": "7"}}}},
+                    {"Delete": {"TableName": "t", "Key": key("b")}},
+                    {"ConditionCheck": {"TableName": "t", "Key": key("d"),
+                                        "ConditionExpression": "attribute_exists(pk)"}},
+                ])  # fmt: skip
+        finally:
+            if patched:
+                moto_transactions.PATCH.undo()
+        items = sorted(dynamodb.scan(TableName="t")["Items"], key=lambda item: item["pk"]["S"])
+        return items, len(dynamodb_backends["123456789012"]["us-east-1"].tables["t"].stream_shard.items)
+
+
+def test_a_cancelled_transaction_is_undone_as_moto_undoes_it_without_copying_a_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    by_moto = _cancelled_transaction(monkeypatch, patched=False)
+    assert by_moto == ([{"pk": {"S": "a"}, "sk": {"S": "1"}, "n": {"N": "1"}}, {"pk": {"S": "b"}, "sk": {"S": "1"}}], 2)
+    assert _cancelled_transaction(monkeypatch, patched=True) == by_moto

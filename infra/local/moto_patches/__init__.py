@@ -125,10 +125,19 @@ def describe(value: Any) -> str:
 
 def all_patches() -> list[MotoPatch]:
     """Every patch, in the order the stack applies them."""
-    from infra.local.moto_patches import apigateway, lambda_invoke, lock, memory, retry_delay, s3_notifications, sqs
+    from infra.local.moto_patches import (
+        apigateway,
+        lambda_invoke,
+        lock,
+        memory,
+        retry_delay,
+        s3_notifications,
+        sqs,
+        transactions,
+    )
 
-    return [lock.PATCH, sqs.PATCH, memory.PATCH, lambda_invoke.PATCH, s3_notifications.PATCH, apigateway.PATCH,
-            retry_delay.PATCH]  # fmt: skip
+    return [lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, lambda_invoke.PATCH, s3_notifications.PATCH,
+            apigateway.PATCH, retry_delay.PATCH]  # fmt: skip
 
 
 def readme_list() -> str:
