@@ -14,6 +14,7 @@ API Gateway cache flush, Step Functions' retry sleeps) read them from the patch'
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import textwrap
 import threading
@@ -123,21 +124,13 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+# In the order the stack applies them.
+_MODULES = ("lock", "sqs", "memory", "transactions", "lambda_invoke", "s3_notifications", "apigateway", "retry_delay")
+
+
 def all_patches() -> list[MotoPatch]:
     """Every patch, in the order the stack applies them."""
-    from infra.local.moto_patches import (
-        apigateway,
-        lambda_invoke,
-        lock,
-        memory,
-        retry_delay,
-        s3_notifications,
-        sqs,
-        transactions,
-    )
-
-    return [lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, lambda_invoke.PATCH, s3_notifications.PATCH,
-            apigateway.PATCH, retry_delay.PATCH]  # fmt: skip
+    return [importlib.import_module(f"{__name__}.{module}").PATCH for module in _MODULES]
 
 
 def readme_list() -> str:
