@@ -124,7 +124,6 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-# In the order the stack applies them.
 _MODULES = ("lock", "sqs", "memory", "transactions", "lambda_invoke", "s3_notifications", "apigateway", "retry_delay")
 
 
