@@ -63,7 +63,7 @@ class Resources:
         """The union of Globals and every function's resolved Environment.Variables: one process
         runs every function and has one os.environ. A name given two values keeps the first, with
         a warning (`function_environments` keeps what each function would see on AWS)."""
-        environment = self.template.global_environment(self.refs)
+        environment = self.template.global_environment(self.refs, self.atts)
         for logical_id, props in self.template.functions().items():
             own = {name: env_string(self.resolve(value)) for name, value in props["Environment"]["Variables"].items()}
             self.function_environments[logical_id] = own

@@ -114,10 +114,10 @@ class Template:
             for logical_id, props in self.properties("AWS::Serverless::Function").items()
         }
 
-    def global_environment(self, refs: Mapping[str, str]) -> dict[str, str]:
-        """Globals.Function.Environment.Variables, resolved (a table's Ref is its name)."""
+    def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
         variables = _variables(self.document.get("Globals", {}).get("Function", {}))
-        return {name: env_string(self.resolve(value, refs)) for name, value in variables.items()}
+        return {name: env_string(self.resolve(value, refs, atts)) for name, value in variables.items()}
 
     def state_machine_definition(self, props: Mapping[str, Any], substitutions: Mapping[str, Any]) -> dict[str, Any]:
         """A state machine's DefinitionUri (JSON, relative to the template) with `substitutions`

@@ -30,6 +30,7 @@ from infra.local.gateway import (
     request_authorizer_event,
 )
 from infra.local.lambdas import LocalFunction
+from infra.local.resources import Resources
 from infra.local.template import DEFAULT_TEMPLATE, ApiRoute, Template, create_table_request, load_template
 
 ARN_PREFIX = "arn:aws:execute-api:us-east-1:123456789012:local/v1"
@@ -208,6 +209,17 @@ def test_routes_authorizer_and_environment_come_from_the_template(template: Temp
     )
     assert env["ORDERS_TABLE"] == "o"
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
+
+
+def test_a_global_variable_may_name_an_attribute_as_a_functions_own_may():
+    # Globals were resolved with the refs only: `!GetAtt Queue.Arn` there failed the start-up.
+    variables = {"QUEUE_ARN": {"Fn::GetAtt": ["Queue", "Arn"]}, "TABLE": {"Ref": "Table"}}
+    resources = Resources(
+        Template({"Resources": {}, "Globals": {"Function": {"Environment": {"Variables": variables}}}})
+    )
+    resources.refs["Table"], resources.atts["Queue.Arn"] = "t", "arn:aws:sqs:us-east-1:123456789012:q"
+    environment = resources.environment()
+    assert (environment["QUEUE_ARN"], environment["TABLE"]) == ("arn:aws:sqs:us-east-1:123456789012:q", "t")
 
 
 def test_parameter_overrides_win_over_defaults():
