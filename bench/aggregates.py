@@ -19,7 +19,7 @@ from moto import mock_aws
 from bench.cost import PRICES
 from core.aggregates import aggregate_change
 from functions.adapters.aggregates import DynamoAggregates
-from infra.local.template import Template
+from infra.local.template import Template, create_table_request
 
 
 def _line(line_id: str, sku: str, quantity: int, price: str) -> dict[str, Any]:
@@ -87,8 +87,9 @@ def measure(orders: int = 100) -> dict[str, dict[str, float]]:
     results = {}
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        spec = next(spec for spec in Template.load().tables() if spec.logical_id == "CatalogTable")
-        request = spec.create_table_request("bench-catalog")
+        request = create_table_request(
+            Template.load().properties("AWS::DynamoDB::Table")["CatalogTable"], "bench-catalog"
+        )
         # Write units do not depend on the stream, and moto deep-copies every table (its stream
         # records included) for each transaction, which made this run quadratic in the orders.
         request.pop("StreamSpecification", None)

@@ -95,14 +95,15 @@ def state_machine_problems(template_path: Path) -> list[str]:
 
     template = Template.load(template_path)
     problems = []
-    for spec in template.state_machines():
-        substitutions = {name: placeholder_for(name, value) for name, value in spec.substitutions.items()}
+    for logical_id, props in template.properties("AWS::Serverless::StateMachine").items():
+        declared = props.get("DefinitionSubstitutions") or {}
+        substitutions = {name: placeholder_for(name, value) for name, value in declared.items()}
         try:
-            definition = spec.load_definition(template.base_dir, substitutions)
+            definition = template.state_machine_definition(props, substitutions)
         except (OSError, ValueError) as error:
-            problems.append(f"{spec.logical_id}: cannot read the definition: {error}")
+            problems.append(f"{logical_id}: cannot read the definition: {error}")
             continue
-        problems.extend(f"{spec.logical_id}: {problem}" for problem in validate_asl(definition))
+        problems.extend(f"{logical_id}: {problem}" for problem in validate_asl(definition))
     return problems
 
 

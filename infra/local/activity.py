@@ -24,16 +24,22 @@ class Activity:
         configurations: moto matches them, and the S3 mappings returned must be routed the
         notifications (infra/local/moto_patches/s3_notifications.py)."""
         resources = self.resources
-        for spec in resources.template.event_sources():
-            mapping = build_mapping(
-                spec,
-                resources.functions[spec.function_logical_id],
-                resolve=resources.resolve,
-                queue_url_for_arn=lambda arn: resources.queue_url_for_arn(arn, self.client),
-                client=self.client,
-                **self._options,
-            )
-            self.mappings[mapping.name] = mapping
+        for logical_id, props in resources.template.functions().items():
+            for name, event in (props.get("Events") or {}).items():
+                if event["Type"] == "Api":
+                    continue
+                mapping = build_mapping(
+                    logical_id,
+                    name,
+                    event,
+                    resources.functions[logical_id],
+                    invoke_config=props.get("EventInvokeConfig"),
+                    resolve=resources.resolve,
+                    queue_url_for_arn=lambda arn: resources.queue_url_for_arn(arn, self.client),
+                    client=self.client,
+                    **self._options,
+                )
+                self.mappings[mapping.name] = mapping
         s3_mappings = [m for m in self.mappings.values() if isinstance(m, S3NotificationMapping)]
         for bucket in sorted({m.bucket for m in s3_mappings}):
             lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket]

@@ -30,7 +30,7 @@ from urllib.parse import quote_plus, unquote_plus
 
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import lock
-from infra.local.template import ACCOUNT_ID, REGION, EventSourceSpec
+from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.events")
 
@@ -527,32 +527,37 @@ def _local_period(function_logical_id: str, period: float) -> float:
 
 
 def build_mapping(
-    spec: EventSourceSpec,
+    function_logical_id: str,
+    name: str,
+    event: Mapping[str, Any],
     function: LocalFunction,
     *,
+    invoke_config: Mapping[str, Any] | None = None,
     resolve: Callable[[Any], Any],
     queue_url_for_arn: Callable[[str], str],
     client: Callable[[str], Any],
     retry_delay: float = RETRY_DELAY,
 ) -> EventSourceMapping:
-    """The emulation of one event source (its properties checked by infra/local/supported.py)."""
-    where = f"{spec.function_logical_id}.Events.{spec.name} ({spec.type})"
-    props = {key: resolve(value) for key, value in spec.properties.items()}
+    """The emulation of the function's event `name` (Events[name]: its Type and Properties, checked by
+    infra/local/supported.py); `invoke_config` is the function's EventInvokeConfig, which says how an
+    asynchronous invocation (an S3 notification, a schedule) is retried and where it goes when it fails."""
+    kind, where = event["Type"], f"{function_logical_id}.Events.{name} ({event['Type']})"
+    props = {key: resolve(value) for key, value in (event.get("Properties") or {}).items()}
 
     def on_failure(config: Mapping[str, Any]) -> OnFailure | None:
         destination = ((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
         return None if destination is None else OnFailure(str(destination), queue_url_for_arn(str(destination)))
 
     common: dict[str, Any] = {
-        "name": f"{spec.function_logical_id}.{spec.name}",
-        "function_logical_id": spec.function_logical_id,
+        "name": f"{function_logical_id}.{name}",
+        "function_logical_id": function_logical_id,
         "function": function,
         "client": client,
         "retry_delay": retry_delay,
         "report_batch_item_failures": "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
     }
-    invoke_config = {key: resolve(value) for key, value in spec.invoke_config.items()}
-    if spec.type == "S3":
+    invoke_config = {key: resolve(value) for key, value in (invoke_config or {}).items()}
+    if kind == "S3":
         rules = [
             {"Name": str(rule["Name"]).lower(), "Value": str(rule["Value"])}
             for rule in ((props.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
@@ -569,10 +574,10 @@ def build_mapping(
             on_failure=on_failure(invoke_config),
             **common,
         )
-    if spec.type == "Schedule":
-        period = _local_period(spec.function_logical_id, schedule_period(props["Schedule"], where))
+    if kind == "Schedule":
+        period = _local_period(function_logical_id, schedule_period(props["Schedule"], where))
         return ScheduleMapping(
-            source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{spec.function_logical_id}-{spec.name}",
+            source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{function_logical_id}-{name}",
             source_label=f"{props['Schedule']} (every {period:g} s)",
             expression=props["Schedule"],
             period=period,
@@ -580,7 +585,7 @@ def build_mapping(
             on_failure=on_failure(invoke_config),
             **common,
         )
-    if spec.type == "SQS":
+    if kind == "SQS":
         queue_arn, batch_size = str(props["Queue"]), int(props.get("BatchSize", 10))
         if not 1 <= batch_size <= 10:  # AWS wants a MaximumBatchingWindowInSeconds above 10; not emulated
             raise EventSourceError(f"{where}: BatchSize {batch_size} is not emulated (1 to 10)")
@@ -591,7 +596,7 @@ def build_mapping(
             batch_size=batch_size,
             **common,
         )
-    if spec.type != "DynamoDB":
+    if kind != "DynamoDB":
         raise EventSourceError(f"{where}: event type not emulated (infra/local/supported.py)")
     stream, filters = str(props["Stream"]), compile_filters(props.get("FilterCriteria"), where)
     table = stream.split(":table/", 1)[-1].split("/stream/", 1)[0]

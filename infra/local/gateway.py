@@ -24,7 +24,7 @@ from werkzeug.wrappers import Request, Response
 from core.card_numbers import MASK, contains_card_number, mask_card_numbers
 from core.log_text import escape_for_log
 from infra.local.lambdas import LocalFunction
-from infra.local.template import ACCOUNT_ID, REGION, ApiRoute, GatewayResponse, Template
+from infra.local.template import ACCOUNT_ID, REGION, ApiRoute, Template
 
 logger = logging.getLogger("infra.local.gateway")
 access_log = logging.getLogger("infra.local.http")
@@ -319,7 +319,7 @@ class ApiGateway:
     api_id: ClassVar[str] = API_ID  # FlushStageAuthorizersCache names the API by it
     _: KW_ONLY
     stage: str = "v1"
-    gateway_responses: Mapping[str, GatewayResponse] = field(default_factory=dict)
+    gateway_responses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # the API's GatewayResponses
     max_body_bytes: int = API_GATEWAY_MAX_BODY
     throttle: TokenBuckets | None = None
 
@@ -331,16 +331,24 @@ class ApiGateway:
 
     @classmethod
     def from_template(cls, template: Template, functions: Mapping[str, LocalFunction], **kwargs: Any) -> ApiGateway:
-        """`functions` maps the template's function logical ids to their local functions."""
-        authorizers = {
-            name: Authorizer(name, functions[spec.function_logical_id], spec.identity_headers, spec.reauthorize_every)
-            for name, spec in template.authorizers().items()
-        }
-        if "throttle" not in kwargs and (limits := template.throttle()) is not None:
-            kwargs["throttle"] = TokenBuckets(*limits)
-        api = functions[template.api_function().logical_id]
-        kwargs |= {"stage": template.stage_name(), "gateway_responses": template.gateway_responses()}
-        return cls(template.api_routes(), api, authorizers, **kwargs)
+        """The template's REST API as declared: its routes, authorizers, GatewayResponses, stage, and
+        the throttle of its stage's catch-all MethodSettings. `functions` maps the template's
+        function logical ids to their local functions."""
+        authorizers = {}
+        for name, config in (template.api("Auth", {}).get("Authorizers") or {}).items():
+            identity = config.get("Identity") or {}
+            headers, cache_seconds = tuple(identity.get("Headers") or ()), identity.get("ReauthorizeEvery", 300)
+            function = functions[template.authorizer_function(name)]
+            authorizers[name] = Authorizer(name, function, headers, int(template.resolve(cache_seconds)))
+        if "throttle" not in kwargs:  # from the first MethodSettings entry that sets both limits
+            for setting in template.resolve(template.api("MethodSettings", [])):
+                if "ThrottlingRateLimit" in setting and "ThrottlingBurstLimit" in setting:
+                    rate, burst = float(setting["ThrottlingRateLimit"]), int(setting["ThrottlingBurstLimit"])
+                    kwargs["throttle"] = TokenBuckets(rate, burst)
+                    break
+        stage = str(template.resolve(template.api("StageName", "Prod")))
+        kwargs |= {"stage": stage, "gateway_responses": template.api("GatewayResponses", {})}
+        return cls(template.api_routes(), functions[template.api_function()], authorizers, **kwargs)
 
     def flush_authorizer_caches(self) -> None:
         """FlushStageAuthorizersCache for this stage: every authorizer asks again on the next request."""
@@ -351,7 +359,8 @@ class ApiGateway:
         status, code, message, error_type = _DEFAULT_RESPONSES[kind]
         body = json.dumps({"error": {"code": code, "message": message, "details": []}})
         if (declared := self.gateway_responses.get(kind)) is not None:
-            status, body = declared.status, body if declared.body is None else declared.body
+            declared_body = (declared.get("ResponseTemplates") or {}).get("application/json")
+            status, body = int(declared.get("StatusCode", 500)), body if declared_body is None else declared_body
         response = _error_response(body, status, request_id)
         response.headers.update({"x-amzn-ErrorType": error_type} if error_type else {}, **(headers or {}))
         return response

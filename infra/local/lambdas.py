@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local.moto_patches import lock
-from infra.local.template import ACCOUNT_ID, REGION, FunctionSpec
+from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.lambdas")
 
@@ -68,10 +68,12 @@ class LocalFunction:
         self._count_lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, spec: FunctionSpec, physical_name: str, handler: str | Handler | None = None) -> LocalFunction:
-        return cls(
-            physical_name, handler or spec.handler, memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds
-        )
+    def from_properties(
+        cls, props: Mapping[str, Any], physical_name: str, handler: str | Handler | None = None
+    ) -> LocalFunction:
+        """From a function's Properties, Globals applied (Template.functions())."""
+        memory_mb, timeout_seconds = int(props.get("MemorySize", 128)), int(props.get("Timeout", 3))
+        return cls(physical_name, handler or props["Handler"], memory_mb=memory_mb, timeout_seconds=timeout_seconds)
 
     def new_context(self) -> LambdaContext:
         return LambdaContext(self.name, self.memory_mb, self.arn, str(uuid.uuid4()), self.timeout_seconds)

@@ -14,7 +14,7 @@ from typing import Any
 
 from infra.asl import AslError, validate_asl
 from infra.local.lambdas import Handler, LocalFunction
-from infra.local.template import ACCOUNT_ID, REGION, Template, env_string
+from infra.local.template import ACCOUNT_ID, REGION, Template, create_table_request, env_string
 
 logger = logging.getLogger("infra.local.stack")
 
@@ -28,9 +28,8 @@ LOCAL_ENVIRONMENT = {"WEBHOOK_ALLOW_LOCAL_HTTP": "true"}
 class Resources:
     """The template's resources in moto, by logical id. create() fills every map."""
 
-    def __init__(self, template: Template, stack_name: str, handlers: Mapping[str, str | Handler] | None = None):
+    def __init__(self, template: Template, handlers: Mapping[str, str | Handler] | None = None):
         self.template = template
-        self.stack_name = stack_name
         self._handler_overrides = dict(handlers or {})
         unknown = set(self._handler_overrides) - set(template.functions())
         if unknown:
@@ -47,7 +46,7 @@ class Resources:
         self.function_environments: dict[str, dict[str, str]] = {}  # each function's own view (as on AWS)
 
     def physical_name(self, logical_id: str) -> str:
-        return f"{self.stack_name}-{logical_id}"
+        return f"{self.template.stack_name}-{logical_id}"
 
     def resolve(self, value: Any) -> Any:
         return self.template.resolve(value, self.refs, self.atts)
@@ -64,15 +63,15 @@ class Resources:
         """The union of Globals and every function's resolved Environment.Variables: one process
         runs every function and has one os.environ. A name given two values keeps the first, with
         a warning (`function_environments` keeps what each function would see on AWS)."""
-        environment = self.template.global_environment(self.refs)
-        for spec in self.template.functions().values():
-            own = {name: env_string(self.resolve(value)) for name, value in spec.environment.items()}
-            self.function_environments[spec.logical_id] = own
+        environment = self.template.global_environment(self.refs, self.atts)
+        for logical_id, props in self.template.functions().items():
+            own = {name: env_string(self.resolve(value)) for name, value in props["Environment"]["Variables"].items()}
+            self.function_environments[logical_id] = own
             for name, resolved in own.items():
                 if name in environment and environment[name] != resolved:
                     logger.warning(
                         "%s: %s=%r differs from %r; keeping the first",
-                        spec.logical_id,
+                        logical_id,
                         name,
                         resolved,
                         environment[name],
@@ -86,18 +85,18 @@ class Resources:
 
     # --- One resource type each -----------------------------------------------------------------
     def _create_tables(self, client: Client) -> None:
-        for table in self.template.tables():
+        for logical_id, props in self.template.properties("AWS::DynamoDB::Table").items():
             dynamodb = client("dynamodb")
-            name = self.physical_name(table.logical_id)
-            description = dynamodb.create_table(**table.create_table_request(name))["TableDescription"]
-            if table.ttl_attribute:
+            name = self.physical_name(logical_id)
+            description = dynamodb.create_table(**create_table_request(props, name))["TableDescription"]
+            if (ttl := props.get("TimeToLiveSpecification") or {}).get("Enabled"):
                 dynamodb.update_time_to_live(
-                    TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute}
+                    TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]}
                 )
-            self.table_names[table.logical_id] = self.refs[table.logical_id] = name
-            self.atts[f"{table.logical_id}.Arn"] = description["TableArn"]
+            self.table_names[logical_id] = self.refs[logical_id] = name
+            self.atts[f"{logical_id}.Arn"] = description["TableArn"]
             if "LatestStreamArn" in description:
-                self.atts[f"{table.logical_id}.StreamArn"] = description["LatestStreamArn"]
+                self.atts[f"{logical_id}.StreamArn"] = description["LatestStreamArn"]
 
     def _create_queues(self, client: Client) -> None:
         # A queue's RedrivePolicy names its dead-letter queue by !GetAtt: those come first.
@@ -136,9 +135,9 @@ class Resources:
         ARN `!GetAtt X.Arn` answers; moto's Lambda Invoke reaches them through LambdaService."""
         from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
 
-        for logical_id, spec in self.template.functions().items():
+        for logical_id, props in self.template.functions().items():
             name = self.physical_name(logical_id)
-            function = LocalFunction.from_spec(spec, name, self._handler_overrides.get(logical_id))
+            function = LocalFunction.from_properties(props, name, self._handler_overrides.get(logical_id))
             self.functions[logical_id] = function
             self.function_arns[logical_id] = self.atts[f"{logical_id}.Arn"] = function.arn
             self.refs[logical_id] = name
@@ -150,21 +149,20 @@ class Resources:
     def _create_state_machines(self, client: Client) -> None:
         """Every state machine, its DefinitionSubstitutions resolved and its ASL validated first
         (moto would accept what CreateStateMachine refuses on AWS)."""
-        for spec in self.template.state_machines():
+        for logical_id, props in self.template.properties("AWS::Serverless::StateMachine").items():
             try:
-                substitutions = {key: self.resolve(value) for key, value in spec.substitutions.items()}
+                substitutions = self.resolve(props.get("DefinitionSubstitutions") or {})
             except KeyError as error:
-                raise ValueError(f"state machine {spec.logical_id}: {error.args[0]}") from None
-            definition = spec.load_definition(self.template.base_dir, substitutions)
+                raise ValueError(f"state machine {logical_id}: {error.args[0]}") from None
+            definition = self.template.state_machine_definition(props, substitutions)
             if problems := validate_asl(definition):
-                raise AslError(spec.logical_id, problems)
-            name = self.physical_name(spec.logical_id)
+                raise AslError(logical_id, problems)
+            name = self.physical_name(logical_id)
             role = f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-role"
-            sfn = client("stepfunctions")
-            arn = sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=role, type=spec.type)[
-                "stateMachineArn"
-            ]
-            self.state_machine_arns[spec.logical_id] = self.refs[spec.logical_id] = self.atts[
-                f"{spec.logical_id}.Arn"
-            ] = arn
-            self.atts[f"{spec.logical_id}.Name"] = name
+            kind = str(props.get("Type", "STANDARD")).upper()
+            created = client("stepfunctions").create_state_machine(
+                name=name, definition=json.dumps(definition), roleArn=role, type=kind
+            )
+            arn = self.state_machine_arns[logical_id] = self.refs[logical_id] = created["stateMachineArn"]
+            self.atts[f"{logical_id}.Arn"] = arn
+            self.atts[f"{logical_id}.Name"] = name

@@ -149,7 +149,7 @@ class EmbeddedStack:
         self.retry_delay_scale = _env("OMS_RETRY_DELAY_SCALE", 1.0) if retry_delay_scale is None else retry_delay_scale
 
         self.process = ProcessEnvironment()
-        self.resources = Resources(self.template, self.stack_name, handlers)
+        self.resources = Resources(self.template, handlers)
         self.servers = Servers(self.host)
         self.activity = Activity(self.resources, self.client, retry_delay=mapping_retry_delay)
         # The parts' maps, by the names tests and tools read (filled by start()).

@@ -1,11 +1,11 @@
-"""Reads template.yaml into what the local runtime creates and serves: tables, functions, state machines, the API."""
+"""Reads template.yaml for the local runtime: Properties as declared, SAM's Globals, parameters, intrinsics, the API."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,67 +54,16 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
     return document
 
 
-# --- What the template declares (values unresolved unless said otherwise) ------------------------
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    logical_id: str
-    key_schema: list[dict[str, str]]
-    attribute_definitions: list[dict[str, str]]
-    global_secondary_indexes: list[dict[str, Any]] = field(default_factory=list)
-    stream_view_type: str | None = None
-    ttl_attribute: str | None = None
-
-    def create_table_request(self, physical_name: str) -> dict[str, Any]:
-        """Keyword arguments for DynamoDB CreateTable (on demand, as BillingMode must be)."""
-        request: dict[str, Any] = {
-            "TableName": physical_name,
-            "KeySchema": self.key_schema,
-            "AttributeDefinitions": self.attribute_definitions,
-            "BillingMode": "PAY_PER_REQUEST",
-        }
-        if self.global_secondary_indexes:
-            request["GlobalSecondaryIndexes"] = self.global_secondary_indexes
-        if self.stream_view_type:
-            request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": self.stream_view_type}
-        return request
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    logical_id: str
-    handler: str  # "package.module.attribute"
-    memory_mb: int
-    timeout_seconds: int
-    environment: dict[str, Any]  # Globals merged with the function's own
-    events: dict[str, dict[str, Any]]
-    event_invoke_config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StateMachineSpec:
-    logical_id: str
-    type: str  # STANDARD or EXPRESS
-    definition_uri: str  # a JSON file, relative to the template
-    substitutions: dict[str, Any]
-
-    def load_definition(self, base_dir: Path, substitutions: Mapping[str, Any]) -> dict[str, Any]:
-        """The definition with `substitutions` (already resolved) applied; not validated."""
-        return asl.substitute(json.loads((base_dir / self.definition_uri).read_text(encoding="utf-8")), substitutions)
-
-
-@dataclass(frozen=True)
-class EventSourceSpec:
-    """One SAM `Events` entry of a function other than Api (DynamoDB, SQS, S3, Schedule)."""
-
-    function_logical_id: str
-    name: str  # the event's name in Events
-    type: str
-    properties: dict[str, Any]
-    # The function's EventInvokeConfig: how an asynchronous invocation (an S3 notification) is
-    # retried and where it goes when it fails.
-    invoke_config: dict[str, Any] = field(default_factory=dict)
+def create_table_request(props: Mapping[str, Any], physical_name: str) -> dict[str, Any]:
+    """Keyword arguments for DynamoDB CreateTable from an AWS::DynamoDB::Table's Properties: on
+    demand, as BillingMode must be; TimeToLiveSpecification is UpdateTimeToLive's, not CreateTable's."""
+    request: dict[str, Any] = {"TableName": physical_name, "BillingMode": "PAY_PER_REQUEST"}
+    request |= {
+        key: props[key] for key in ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes") if props.get(key)
+    }
+    if view_type := (props.get("StreamSpecification") or {}).get("StreamViewType"):
+        request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": view_type}
+    return request
 
 
 @dataclass(frozen=True)
@@ -125,39 +74,16 @@ class ApiRoute:
     authorizer: str | None  # None when Auth.Authorizer is NONE (or the API has no default)
 
 
-@dataclass(frozen=True)
-class AuthorizerSpec:
-    """A REQUEST Lambda authorizer (the only payload type emulated); values resolved."""
-
-    name: str
-    function_logical_id: str
-    handler: str
-    identity_headers: tuple[str, ...]
-    reauthorize_every: int  # seconds; 0 turns the cache off
-
-
-@dataclass(frozen=True)
-class GatewayResponse:
-    status: int
-    body: str | None
-
-
+@dataclass(eq=False)  # one template, compared and hashed by identity as before
 class Template:
-    """One parsed template and the questions the local runtime asks it. What is read here is what
+    """One parsed template, its parameters and intrinsics. What the runtime reads of it is what
     infra/local/supported.py declares emulated; Template.load() refuses a template using more."""
 
-    def __init__(
-        self,
-        document: Mapping[str, Any],
-        *,
-        parameter_overrides: Mapping[str, Any] | None = None,
-        source: Path | None = None,
-        stack_name: str = "oms-local",
-    ):
-        self.document = document
-        self.source = source
-        self.parameter_overrides = dict(parameter_overrides or {})
-        self.stack_name = stack_name
+    document: Mapping[str, Any]
+    _: KW_ONLY
+    parameter_overrides: dict[str, Any] = field(default_factory=dict)  # name -> value, over the Default
+    source: Path | None = None  # what DefinitionUri is relative to (the project when None)
+    stack_name: str = "oms-local"
 
     @classmethod
     def load(cls, path: str | Path | None = None, **kwargs: Any) -> Template:
@@ -167,22 +93,39 @@ class Template:
         supported.check(document)
         return cls(document, source=source, **kwargs)
 
-    @property
-    def resources(self) -> dict[str, dict[str, Any]]:
-        return self.document["Resources"]
-
-    @property
-    def base_dir(self) -> Path:
-        """What a relative DefinitionUri is relative to."""
-        return self.source.parent if self.source else PROJECT_ROOT
-
     def properties(self, resource_type: str) -> dict[str, dict[str, Any]]:
         """Logical id -> Properties of every resource of this type."""
         return {
             name: resource.get("Properties") or {}
-            for name, resource in self.resources.items()
+            for name, resource in self.document["Resources"].items()
             if resource["Type"] == resource_type
         }
+
+    def functions(self) -> dict[str, dict[str, Any]]:
+        """Logical id -> Properties of every AWS::Serverless::Function with Globals.Function applied
+        as SAM applies them: the function's own value wins, Environment.Variables merge by name."""
+        defaults = self.document.get("Globals", {}).get("Function", {})
+        return {
+            logical_id: {
+                **defaults,
+                **props,
+                "Environment": {"Variables": {**_variables(defaults), **_variables(props)}},
+            }
+            for logical_id, props in self.properties("AWS::Serverless::Function").items()
+        }
+
+    def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
+        variables = _variables(self.document.get("Globals", {}).get("Function", {}))
+        return {name: env_string(self.resolve(value, refs, atts)) for name, value in variables.items()}
+
+    def state_machine_definition(self, props: Mapping[str, Any], substitutions: Mapping[str, Any]) -> dict[str, Any]:
+        """A state machine's DefinitionUri (JSON, relative to the template) with `substitutions`
+        (already resolved) applied; not validated."""
+        base_dir = self.source.parent if self.source else PROJECT_ROOT
+        return asl.substitute(
+            json.loads((base_dir / props["DefinitionUri"]).read_text(encoding="utf-8")), substitutions
+        )
 
     # --- Parameters and intrinsics ---------------------------------------------------------------
     def parameter(self, name: str) -> Any:
@@ -210,10 +153,8 @@ class Template:
         if key == "Ref":
             if arg in refs:
                 return refs[arg]
-            if arg == "AWS::StackName":
-                return self.stack_name
-            if arg in _PSEUDO_PARAMETERS:
-                return _PSEUDO_PARAMETERS[arg]
+            if arg in (pseudo := {**_PSEUDO_PARAMETERS, "AWS::StackName": self.stack_name}):
+                return pseudo[arg]
             if arg in self.document.get("Parameters", {}):
                 return self.parameter(arg)
             raise KeyError(f"cannot resolve !Ref {arg} locally")
@@ -231,63 +172,6 @@ class Template:
             )
         raise KeyError(f"{key} is not evaluated locally (only Ref, Fn::GetAtt and Fn::Sub of a string)")
 
-    # --- Resources -----------------------------------------------------------------------------------
-    def tables(self) -> list[TableSpec]:
-        return [
-            TableSpec(
-                logical_id,
-                props["KeySchema"],
-                props["AttributeDefinitions"],
-                props.get("GlobalSecondaryIndexes", []),
-                (props.get("StreamSpecification") or {}).get("StreamViewType"),
-                ttl["AttributeName"] if (ttl := props.get("TimeToLiveSpecification") or {}).get("Enabled") else None,
-            )
-            for logical_id, props in self.properties("AWS::DynamoDB::Table").items()
-        ]
-
-    def state_machines(self) -> list[StateMachineSpec]:
-        return [
-            StateMachineSpec(
-                logical_id,
-                str(props.get("Type", "STANDARD")).upper(),
-                props["DefinitionUri"],
-                dict(props.get("DefinitionSubstitutions") or {}),
-            )
-            for logical_id, props in self.properties("AWS::Serverless::StateMachine").items()
-        ]
-
-    def functions(self) -> dict[str, FunctionSpec]:
-        defaults = self.document.get("Globals", {}).get("Function", {})
-        global_env = (defaults.get("Environment") or {}).get("Variables") or {}
-        return {
-            logical_id: FunctionSpec(
-                logical_id,
-                props["Handler"],
-                int(props.get("MemorySize", defaults.get("MemorySize", 128))),
-                int(props.get("Timeout", defaults.get("Timeout", 3))),
-                {**global_env, **((props.get("Environment") or {}).get("Variables") or {})},
-                props.get("Events") or {},
-                dict(props.get("EventInvokeConfig") or {}),
-            )
-            for logical_id, props in self.properties("AWS::Serverless::Function").items()
-        }
-
-    def event_sources(self) -> list[EventSourceSpec]:
-        """Every function event that is not an Api event."""
-        return [
-            EventSourceSpec(
-                function_id, name, event["Type"], dict(event.get("Properties") or {}), spec.event_invoke_config
-            )
-            for function_id, spec in self.functions().items()
-            for name, event in spec.events.items()
-            if event["Type"] != "Api"
-        ]
-
-    def global_environment(self, refs: Mapping[str, str]) -> dict[str, str]:
-        """Globals.Function.Environment.Variables, resolved (a table's Ref is its name)."""
-        variables = self.document.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
-        return {name: env_string(self.resolve(value, refs)) for name, value in variables.items()}
-
     # --- The API -----------------------------------------------------------------------------------
     def rest_api_id(self) -> str:
         apis = list(self.properties("AWS::Serverless::Api"))
@@ -295,83 +179,50 @@ class Template:
             raise ValueError(f"expected one AWS::Serverless::Api, found {apis}")
         return apis[0]
 
-    def _api(self, name: str, default: Any = None) -> Any:
-        return self.resources[self.rest_api_id()]["Properties"].get(name) or default
+    def api(self, name: str, default: Any = None) -> Any:
+        """A property of the REST API (unresolved); `default` when it is absent."""
+        return self.document["Resources"][self.rest_api_id()]["Properties"].get(name) or default
 
-    def _api_events(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Function logical id -> its Api events on the REST API."""
+    def api_function(self) -> str:
+        """The logical id of the one function whose Api events reference the REST API."""
         api = {"Ref": self.rest_api_id()}
-        events = {
-            function_id: {
-                name: e
-                for name, e in spec.events.items()
-                if e["Type"] == "Api" and e["Properties"].get("RestApiId") == api
-            }
-            for function_id, spec in self.functions().items()
-        }
-        serving = {function_id: own for function_id, own in events.items() if own}
+        serving = [
+            logical_id
+            for logical_id, props in self.functions().items()
+            if any(
+                e["Type"] == "Api" and e["Properties"].get("RestApiId") == api
+                for e in (props.get("Events") or {}).values()
+            )
+        ]
         if len(serving) != 1:
             raise ValueError(f"expected one function serving {api['Ref']}, found {sorted(serving)}")
-        return serving
-
-    def api_function(self) -> FunctionSpec:
-        """The function whose Api events reference the REST API."""
-        return self.functions()[next(iter(self._api_events()))]
+        return serving[0]
 
     def api_routes(self) -> list[ApiRoute]:
-        default = self._api("Auth", {}).get("DefaultAuthorizer")
+        api, default = {"Ref": self.rest_api_id()}, self.api("Auth", {}).get("DefaultAuthorizer")
         routes = []
-        for name, event in next(iter(self._api_events().values())).items():
-            props = event["Properties"]
-            authorizer = (props.get("Auth") or {}).get("Authorizer", default)
-            routes.append(
-                ApiRoute(name, props["Path"], props["Method"].upper(), None if authorizer == "NONE" else authorizer)
-            )
+        for name, event in self.functions()[self.api_function()]["Events"].items():
+            if event["Type"] == "Api" and (props := event["Properties"]).get("RestApiId") == api:
+                authorizer = (props.get("Auth") or {}).get("Authorizer", default)
+                routes.append(
+                    ApiRoute(name, props["Path"], props["Method"].upper(), None if authorizer == "NONE" else authorizer)
+                )
         return routes
 
-    def authorizers(self) -> dict[str, AuthorizerSpec]:
-        functions = self.functions()
-        specs = {}
-        for name, config in (self._api("Auth", {}).get("Authorizers") or {}).items():
-            arn = config["FunctionArn"]
-            function_id = arn.get("Fn::GetAtt", [None])[0] if isinstance(arn, dict) else None
-            if function_id not in functions:
-                raise ValueError(f"authorizer {name}: FunctionArn must be !GetAtt <Function>.Arn of this template")
-            identity = config.get("Identity") or {}
-            specs[name] = AuthorizerSpec(
-                name,
-                function_id,
-                functions[function_id].handler,
-                tuple(identity.get("Headers") or ()),
-                int(self.resolve(identity.get("ReauthorizeEvery", 300))),
-            )
-        return specs
-
-    def default_authorizer(self) -> AuthorizerSpec | None:
-        name = self._api("Auth", {}).get("DefaultAuthorizer")
-        return self.authorizers()[name] if name else None
-
-    def gateway_responses(self) -> dict[str, GatewayResponse]:
-        """GatewayResponses (UNAUTHORIZED, ACCESS_DENIED, ...) with their JSON body templates."""
-        return {
-            kind: GatewayResponse(
-                int(config.get("StatusCode", 500)), (config.get("ResponseTemplates") or {}).get("application/json")
-            )
-            for kind, config in self._api("GatewayResponses", {}).items()
-        }
-
-    def throttle(self) -> tuple[float, int] | None:
-        """(rate per second, burst) of the API stage's catch-all MethodSettings, if declared."""
-        for setting in self.resolve(self._api("MethodSettings", [])):
-            if "ThrottlingRateLimit" in setting and "ThrottlingBurstLimit" in setting:
-                return float(setting["ThrottlingRateLimit"]), int(setting["ThrottlingBurstLimit"])
-        return None
-
-    def stage_name(self) -> str:
-        return str(self.resolve(self._api("StageName", "Prod")))
+    def authorizer_function(self, name: str) -> str:
+        """The logical id of the function behind Auth.Authorizers[name], a REQUEST authorizer."""
+        arn = self.api("Auth", {})["Authorizers"][name]["FunctionArn"]
+        function_id = arn.get("Fn::GetAtt", [None])[0] if isinstance(arn, dict) else None
+        if function_id not in self.properties("AWS::Serverless::Function"):
+            raise ValueError(f"authorizer {name}: FunctionArn must be !GetAtt <Function>.Arn of this template")
+        return function_id
 
 
 _PSEUDO_PARAMETERS = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws"}
+
+
+def _variables(function_properties: Mapping[str, Any]) -> dict[str, Any]:
+    return (function_properties.get("Environment") or {}).get("Variables") or {}
 
 
 def env_string(value: Any) -> str:

@@ -17,7 +17,7 @@ from core.pricing import Pricing
 from core.services import CaptureService
 from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOrders
 from infra.local.stack import forget_warm_containers
-from infra.local.template import TableSpec, Template
+from infra.local.template import Template, create_table_request
 from tests.builders import NOW, location, product
 
 ENV_BY_TABLE = {
@@ -59,11 +59,11 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         tables = {}
-        for spec in _table_specs():
-            name = f"test-{spec.logical_id}"
-            client.create_table(**spec.create_table_request(name))
-            tables[spec.logical_id] = name
-            monkeypatch.setenv(ENV_BY_TABLE[spec.logical_id], name)
+        for logical_id, props in _table_properties().items():
+            name = f"test-{logical_id}"
+            client.create_table(**create_table_request(props, name))
+            tables[logical_id] = name
+            monkeypatch.setenv(ENV_BY_TABLE[logical_id], name)
         monkeypatch.setenv("ACCESS_LOG_QUEUE_URL", access_log_queue())
         _reset_composition_root()
         yield Aws(dynamodb=client, tables=tables)
@@ -71,10 +71,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 
 @functools.cache
-def _table_specs() -> tuple[TableSpec, ...]:
+def _table_properties() -> dict[str, dict[str, Any]]:
     # Read once per test process: reading and checking template.yaml takes ~0.2 s, as long as
     # creating every table in moto, and the template does not change while the tests run.
-    return tuple(Template.load().tables())
+    return Template.load().properties("AWS::DynamoDB::Table")
 
 
 def access_log_queue() -> str:

@@ -152,7 +152,7 @@ def _template() -> Template:
 
 def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     """The import queue and its DLQ as the template declares them, and the imports bucket."""
-    resources = _template().resources
+    resources = _template().document["Resources"]
     sqs = boto3.client("sqs", region_name=REGION)
     s3 = boto3.client("s3", region_name=REGION)
     dlq_props = resources["ImportDeadLetterQueue"]["Properties"]

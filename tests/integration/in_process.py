@@ -20,7 +20,7 @@ from moto import mock_aws
 from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
-from infra.local.template import Template
+from infra.local.template import Template, create_table_request
 from tests.e2e.client import ADMIN
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, access_log_queue
 
@@ -120,18 +120,19 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
             env.setenv(name, value)
         env.delenv("AWS_ENDPOINT_URL", raising=False)
         client = boto3.client("dynamodb", region_name="us-east-1")
-        for spec in template.tables():
-            name = f"test-{spec.logical_id}"
-            client.create_table(**spec.create_table_request(name))
-            env.setenv(ENV_BY_TABLE[spec.logical_id], name)
+        for logical_id, props in template.properties("AWS::DynamoDB::Table").items():
+            name = f"test-{logical_id}"
+            client.create_table(**create_table_request(props, name))
+            env.setenv(ENV_BY_TABLE[logical_id], name)
         env.setenv("ACCESS_LOG_QUEUE_URL", access_log_queue())
         forget_warm_containers()
         admin_key = "oms_admin_" + secrets.token_urlsafe(24)
         bootstrap(Config.from_env()).api_keys.ensure_admin(admin_key)
-        needed = {template.api_function().logical_id, *(a.function_logical_id for a in template.authorizers().values())}
+        authorizers = template.api("Auth", {}).get("Authorizers") or {}
+        needed = {template.api_function(), *map(template.authorizer_function, authorizers)}
         functions = {
-            logical_id: LocalFunction.from_spec(spec, logical_id)
-            for logical_id, spec in template.functions().items()
+            logical_id: LocalFunction.from_properties(props, logical_id)
+            for logical_id, props in template.functions().items()
             if logical_id in needed
         }
         gateway = ApiGateway.from_template(template, functions)

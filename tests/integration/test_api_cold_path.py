@@ -18,12 +18,12 @@ from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV
 os.environ.update(FUNCTION_ENV)
 import boto3
 from moto import mock_aws
-from infra.local.template import Template
+from infra.local.template import Template, create_table_request
 with mock_aws():
     client = boto3.client("dynamodb", region_name="us-east-1")
-    for spec in Template.load().tables():
-        client.create_table(**spec.create_table_request(f"test-{spec.logical_id}"))
-        os.environ[ENV_BY_TABLE[spec.logical_id]] = f"test-{spec.logical_id}"
+    for logical_id, props in Template.load().properties("AWS::DynamoDB::Table").items():
+        client.create_table(**create_table_request(props, f"test-{logical_id}"))
+        os.environ[ENV_BY_TABLE[logical_id]] = f"test-{logical_id}"
     queue = boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="test-AccessLogQueue")
     os.environ["ACCESS_LOG_QUEUE_URL"] = queue["QueueUrl"]
     from core.models import LocationInput, ProductInput

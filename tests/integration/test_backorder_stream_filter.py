@@ -25,8 +25,8 @@ SKU, EAST, WEST = "PREORDER", "wh-east", "wh-west"
 
 def arrivals_filter() -> dict[str, Any]:
     """The backorder entry of BackorderFunction's Inventory-stream FilterCriteria (its first)."""
-    [spec] = [s for s in Template.load().event_sources() if s.function_logical_id == "BackorderFunction"]
-    return compile_filters(spec.properties["FilterCriteria"], "BackorderFunction")[0]
+    [event] = Template.load().functions()["BackorderFunction"]["Events"].values()
+    return compile_filters(event["Properties"]["FilterCriteria"], "BackorderFunction")[0]
 
 
 class Stream:

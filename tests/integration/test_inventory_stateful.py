@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from core.errors import InsufficientStock
 from core.models import StockLevel
 from functions.adapters.dynamodb import DynamoInventory, from_item
-from infra.local.template import TableSpec, Template
+from infra.local.template import Template, create_table_request
 
 SKUS = ["TSHIRT", "MUG"]
 LOCATIONS = ["wh-east", "wh-west"]
@@ -75,17 +75,17 @@ def _level_tuple(level: StockLevel) -> tuple[int, int, int]:
 
 
 class InventoryMachine(RuleBasedStateMachine):
-    """One fresh table per example; `client` and `spec` are set by the test that runs it."""
+    """One fresh table per example; `client` and `props` (the table's Properties) are set by the test that runs it."""
 
     client: ClassVar[Any] = None
-    spec: ClassVar[TableSpec | None] = None
+    props: ClassVar[dict[str, Any] | None] = None
     _tables = itertools.count()
 
     def __init__(self) -> None:
         super().__init__()
-        assert self.client is not None and self.spec is not None
+        assert self.client is not None and self.props is not None
         self.table = f"test-inventory-{next(self._tables)}"
-        self.client.create_table(**self.spec.create_table_request(self.table))
+        self.client.create_table(**create_table_request(self.props, self.table))
         self.inventory = DynamoInventory(self.client, self.table)
         self.model = {(sku, loc): Item() for sku in SKUS for loc in LOCATIONS}
 
@@ -188,6 +188,6 @@ class InventoryMachine(RuleBasedStateMachine):
 
 
 def test_dynamo_inventory_behaves_like_its_model(aws):
-    spec = next(table for table in Template.load().tables() if table.logical_id == "InventoryTable")
-    machine = type("DynamoInventoryMachine", (InventoryMachine,), {"client": aws.dynamodb, "spec": spec})
+    props = Template.load().properties("AWS::DynamoDB::Table")["InventoryTable"]
+    machine = type("DynamoInventoryMachine", (InventoryMachine,), {"client": aws.dynamodb, "props": props})
     run_state_machine_as_test(machine, settings=SETTINGS)

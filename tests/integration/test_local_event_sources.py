@@ -26,7 +26,6 @@ from infra.local.event_sources import (
     matches_filters,
 )
 from infra.local.lambdas import LocalFunction
-from infra.local.template import EventSourceSpec
 
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
@@ -268,9 +267,11 @@ def test_batch_item_failures_follow_lambdas_rules():
 
 @pytest.mark.parametrize("batch_size", [0, 11])
 def test_an_sqs_batch_size_lambda_would_only_take_with_a_batching_window_fails_clearly(batch_size: int):
-    spec = EventSourceSpec("Fn", "E", "SQS", {"Queue": "arn:aws:sqs:us-east-1:123456789012:q", "BatchSize": batch_size})
+    event = {"Type": "SQS", "Properties": {"Queue": "arn:aws:sqs:us-east-1:123456789012:q", "BatchSize": batch_size}}
     with pytest.raises(EventSourceError, match=rf"Fn\.Events\.E \(SQS\): BatchSize {batch_size} is not emulated"):
-        build_mapping(spec, LocalFunction("Fn", ok), resolve=lambda v: v, queue_url_for_arn=str, client=lambda s: None)
+        build_mapping(
+            "Fn", "E", event, LocalFunction("Fn", ok), resolve=lambda v: v, queue_url_for_arn=str, client=lambda s: None
+        )
 
 
 # --- DynamoDB streams -------------------------------------------------------------------------------

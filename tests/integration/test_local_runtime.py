@@ -30,7 +30,8 @@ from infra.local.gateway import (
     request_authorizer_event,
 )
 from infra.local.lambdas import LocalFunction
-from infra.local.template import DEFAULT_TEMPLATE, ApiRoute, Template, load_template
+from infra.local.resources import Resources
+from infra.local.template import DEFAULT_TEMPLATE, ApiRoute, Template, create_table_request, load_template
 
 ARN_PREFIX = "arn:aws:execute-api:us-east-1:123456789012:local/v1"
 
@@ -155,12 +156,12 @@ def test_short_tags_become_long_form_and_dates_stay_strings(tmp_path: Path):
     assert props["E"] == {"Fn::Join": ["-", ["a", "b"]]}
 
 
-def test_tables_carry_keys_indexes_streams_and_ttl(template: Template):
-    tables = {spec.logical_id: spec for spec in template.tables()}
+def test_tables_are_created_with_the_keys_indexes_and_streams_the_template_declares(template: Template):
+    tables = template.properties("AWS::DynamoDB::Table")
     assert set(tables) == {"OrdersTable", "InventoryTable", "CatalogTable", "IdempotencyTable", "ReturnsTable"}
-    orders = tables["OrdersTable"]
-    assert orders.key_schema == [{"AttributeName": "id", "KeyType": "HASH"}]
-    indexes = {index["IndexName"]: index for index in orders.global_secondary_indexes}
+    request = create_table_request(tables["OrdersTable"], "t")
+    assert request["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    indexes = {index["IndexName"]: index for index in request["GlobalSecondaryIndexes"]}
     assert {"by_customer", "by_channel", "by_status_key"} <= set(indexes)
     assert indexes["by_customer"]["Projection"] == {
         "ProjectionType": "INCLUDE",
@@ -168,12 +169,22 @@ def test_tables_carry_keys_indexes_streams_and_ttl(template: Template):
     }
     # Only by_status_key carries the status: any other index would be rewritten on every status change.
     assert indexes["by_channel"]["Projection"] == {"ProjectionType": "KEYS_ONLY"}
-    assert orders.stream_view_type == "NEW_AND_OLD_IMAGES"
-    assert tables["CatalogTable"].ttl_attribute == "expires_at"
-    assert tables["IdempotencyTable"].ttl_attribute == "expiration"
-    request = orders.create_table_request("t")
     assert request["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
     assert request["BillingMode"] == "PAY_PER_REQUEST"
+    # The TTL is UpdateTimeToLive's (test_stack_serves_the_api_and_the_aws_endpoint_on_free_ports).
+    assert "TimeToLiveSpecification" not in request
+
+
+def test_functions_take_globals_unless_they_set_their_own(template: Template):
+    functions = template.functions()
+    declared = template.properties("AWS::Serverless::Function")
+    assert "MemorySize" not in declared["ApiFunction"] and functions["ApiFunction"]["MemorySize"] == 512
+    assert functions["AuthorizerFunction"]["Timeout"] == declared["AuthorizerFunction"]["Timeout"] == 5
+    environment = functions["ApiFunction"]["Environment"]["Variables"]
+    assert environment["ORDERS_TABLE"] == {"Ref": "OrdersTable"}  # from Globals
+    assert environment["RETURNS_TABLE"] == {"Ref": "ReturnsTable"}  # its own
+    function = LocalFunction.from_properties(functions["ApiFunction"], "oms-local-ApiFunction")
+    assert (function.memory_mb, function.timeout_seconds) == (512, 10)
 
 
 def test_routes_authorizer_and_environment_come_from_the_template(template: Template):
@@ -181,13 +192,18 @@ def test_routes_authorizer_and_environment_come_from_the_template(template: Temp
     assert routes[("GET", "/health")].authorizer is None
     assert routes[("GET", "/orders/{order_id}")].authorizer == "ApiKeyAuthorizer"
     assert ("PUT", "/inventory/{sku}/{location_id}") in routes
-    assert template.api_function().handler == "functions.api.app.lambda_handler"
-    authorizer = template.default_authorizer()
-    assert authorizer is not None
-    assert authorizer.handler == "functions.authorizer.app.lambda_handler"
+    functions = template.functions()
+    assert functions[template.api_function()]["Handler"] == "functions.api.app.lambda_handler"
+    assert functions[template.authorizer_function("ApiKeyAuthorizer")]["Handler"] == (
+        "functions.authorizer.app.lambda_handler"
+    )
+    gw = ApiGateway.from_template(template, {name: LocalFunction(name, ok) for name in functions})
+    assert gw.api.name == "ApiFunction" and gw.stage == "v1"
+    authorizer = gw.authorizers["ApiKeyAuthorizer"]
+    assert authorizer.function.name == "AuthorizerFunction"
     assert authorizer.identity_headers == ("Authorization",)
-    assert authorizer.reauthorize_every == int(template.parameter("AuthorizerCacheSeconds"))
-    assert template.gateway_responses()["UNAUTHORIZED"].status == 401
+    assert authorizer.cache_seconds == int(template.parameter("AuthorizerCacheSeconds"))
+    assert gw.gateway_response("UNAUTHORIZED", "r").status_code == 401
     env = template.global_environment(
         {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}
     )
@@ -195,9 +211,21 @@ def test_routes_authorizer_and_environment_come_from_the_template(template: Temp
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
 
 
+def test_a_global_variable_may_name_an_attribute_as_a_functions_own_may():
+    # Globals were resolved with the refs only: `!GetAtt Queue.Arn` there failed the start-up.
+    variables = {"QUEUE_ARN": {"Fn::GetAtt": ["Queue", "Arn"]}, "TABLE": {"Ref": "Table"}}
+    resources = Resources(
+        Template({"Resources": {}, "Globals": {"Function": {"Environment": {"Variables": variables}}}})
+    )
+    resources.refs["Table"], resources.atts["Queue.Arn"] = "t", "arn:aws:sqs:us-east-1:123456789012:q"
+    environment = resources.environment()
+    assert (environment["QUEUE_ARN"], environment["TABLE"]) == ("arn:aws:sqs:us-east-1:123456789012:q", "t")
+
+
 def test_parameter_overrides_win_over_defaults():
     template = Template.load(parameter_overrides={"AuthorizerCacheSeconds": 0})
-    assert template.default_authorizer().reauthorize_every == 0
+    functions = {name: LocalFunction(name, ok) for name in template.functions()}
+    assert ApiGateway.from_template(template, functions).authorizers["ApiKeyAuthorizer"].cache_seconds == 0
 
 
 # --- Routing and events -----------------------------------------------------------------------------

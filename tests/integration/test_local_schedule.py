@@ -57,8 +57,8 @@ def test_a_malformed_or_cron_schedule_fails_clearly_rather_than_run_at_the_wrong
 
 
 def test_the_reconciler_schedule_is_in_the_template():
-    [spec] = [s for s in Template.load().event_sources() if s.function_logical_id == "ReconcilerFunction"]
-    assert spec.type == "Schedule" and schedule_period(spec.properties["Schedule"], "template") == 300
+    [event] = Template.load().functions()["ReconcilerFunction"]["Events"].values()
+    assert event["Type"] == "Schedule" and schedule_period(event["Properties"]["Schedule"], "template") == 300
 
 
 def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(

@@ -32,12 +32,13 @@ def machine(**states: Any) -> dict[str, Any]:
 )
 def test_each_workflow_is_valid_once_substituted(logical_id: str, path: str, placeholder: str):
     template = Template.load()
-    specs = {spec.logical_id: spec for spec in template.state_machines()}
-    assert set(specs) == {"OrderWorkflow", "ReturnWorkflow"}
-    spec = specs[logical_id]
-    assert spec.type == "EXPRESS"
-    substitutions = {name: f"arn:aws:lambda:us-east-1:123456789012:function:{name}" for name in spec.substitutions}
-    definition = spec.load_definition(template.base_dir, substitutions)
+    machines = template.properties("AWS::Serverless::StateMachine")
+    assert set(machines) == {"OrderWorkflow", "ReturnWorkflow"}
+    props = machines[logical_id]
+    assert props["Type"] == "EXPRESS"
+    declared = props["DefinitionSubstitutions"]
+    substitutions = {name: f"arn:aws:lambda:us-east-1:123456789012:function:{name}" for name in declared}
+    definition = template.state_machine_definition(props, substitutions)
     assert validate_asl(definition) == []
     raw = json.loads((PROJECT_ROOT / path).read_text())
     assert any(f"unresolved placeholder ${{{placeholder}}}" in p for p in validate_asl(raw))

@@ -43,8 +43,7 @@ def record(event: str, new: str, old: str | None, version: int = 7, sequence: st
 
 
 def outbox_filters() -> list[dict[str, Any]]:
-    spec = Template.load().functions()["OutboxFunction"]
-    criteria = spec.events["OrdersStream"]["Properties"]["FilterCriteria"]
+    criteria = Template.load().functions()["OutboxFunction"]["Events"]["OrdersStream"]["Properties"]["FilterCriteria"]
     patterns = compile_filters(criteria, "OutboxFunction")
     assert patterns is not None
     return patterns

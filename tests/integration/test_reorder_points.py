@@ -48,7 +48,7 @@ class InventoryStream:
         self._iterator = self._streams.get_shard_iterator(
             StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
-        events = Template.load().resources["BackorderFunction"]["Properties"]["Events"]
+        events = Template.load().properties("AWS::Serverless::Function")["BackorderFunction"]["Events"]
         self._filters = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
 
     def records(self) -> list[dict[str, Any]]:
