@@ -159,17 +159,18 @@ class Template:
                 return self.parameter(arg)
             raise KeyError(f"cannot resolve !Ref {arg} locally")
         if key == "Fn::GetAtt":
-            if ".".join(arg) not in atts:
-                raise KeyError(f"cannot resolve !GetAtt {'.'.join(arg)} locally")
-            return atts[".".join(arg)]
+            name = arg if isinstance(arg, str) else ".".join(arg)  # "Res.Attr" or ["Res", "Attr"]
+            if name not in atts:
+                raise KeyError(f"cannot resolve !GetAtt {name} locally")
+            return atts[name]
         if key == "Fn::Sub" and isinstance(arg, str):
-            return re.sub(
-                r"\$\{([^}]+)\}",
-                lambda m: str(
-                    self.resolve({"Fn::GetAtt": m[1].split(".", 1)} if "." in m[1] else {"Ref": m[1]}, refs, atts)
-                ),
-                arg,
-            )
+
+            def substitute(match: re.Match[str]) -> str:
+                if match[1].startswith("!"):  # ${!Literal} writes ${Literal}
+                    return "${" + match[1][1:] + "}"
+                return str(self.resolve({"Fn::GetAtt" if "." in match[1] else "Ref": match[1]}, refs, atts))
+
+            return re.sub(r"\$\{([^}]+)\}", substitute, arg)
         raise KeyError(f"{key} is not evaluated locally (only Ref, Fn::GetAtt and Fn::Sub of a string)")
 
     # --- The API -----------------------------------------------------------------------------------
@@ -184,16 +185,15 @@ class Template:
         return self.document["Resources"][self.rest_api_id()]["Properties"].get(name) or default
 
     def api_function(self) -> str:
-        """The logical id of the one function whose Api events reference the REST API."""
+        """The logical id of the one function whose Api events reference the REST API. An Api event
+        naming no RestApiId (SAM's implicit API) or another one is refused, not left unrouted."""
         api = {"Ref": self.rest_api_id()}
-        serving = [
-            logical_id
-            for logical_id, props in self.functions().items()
-            if any(
-                e["Type"] == "Api" and e["Properties"].get("RestApiId") == api
-                for e in (props.get("Events") or {}).values()
-            )
-        ]
+        serving = []
+        for logical_id, props in self.functions().items():
+            events = {name: e for name, e in (props.get("Events") or {}).items() if e["Type"] == "Api"}
+            if stray := sorted(name for name, e in events.items() if e["Properties"].get("RestApiId") != api):
+                raise ValueError(f"{logical_id}: Api events {stray} must name RestApiId !Ref {api['Ref']}")
+            serving += [logical_id] if events else []
         if len(serving) != 1:
             raise ValueError(f"expected one function serving {api['Ref']}, found {sorted(serving)}")
         return serving[0]

@@ -222,6 +222,28 @@ def test_a_global_variable_may_name_an_attribute_as_a_functions_own_may():
     assert (environment["QUEUE_ARN"], environment["TABLE"]) == ("arn:aws:sqs:us-east-1:123456789012:q", "t")
 
 
+def test_sub_escapes_and_the_long_form_of_getatt_resolve_as_cloudformation_resolves_them():
+    template = Template({"Resources": {}})
+    atts = {"Queue.Arn": "arn:q"}
+    resolved = template.resolve({"Fn::Sub": "${!Literal}/${Queue.Arn}/${AWS::Region}"}, {}, atts)
+    assert resolved == "${Literal}/arn:q/us-east-1"
+    assert template.resolve({"Fn::GetAtt": "Queue.Arn"}, {}, atts) == "arn:q"
+
+
+def test_an_api_event_of_the_implicit_api_is_refused_rather_than_left_unrouted():
+    api_event = {"Type": "Api", "Properties": {"RestApiId": {"Ref": "Api"}, "Path": "/a", "Method": "get"}}
+    implicit = {"Type": "Api", "Properties": {"Path": "/b", "Method": "get"}}
+    resources = {
+        "Api": {"Type": "AWS::Serverless::Api", "Properties": {"StageName": "v1"}},
+        "ApiFunction": {"Type": "AWS::Serverless::Function", "Properties": {"Events": {"A": api_event}}},
+        "Other": {"Type": "AWS::Serverless::Function", "Properties": {"Events": {"B": implicit}}},
+    }
+    with pytest.raises(ValueError, match=r"Other: Api events \['B'\] must name RestApiId"):
+        Template({"Resources": resources}).api_routes()
+    del resources["Other"]
+    assert [route.path for route in Template({"Resources": resources}).api_routes()] == ["/a"]
+
+
 def test_parameter_overrides_win_over_defaults():
     template = Template.load(parameter_overrides={"AuthorizerCacheSeconds": 0})
     functions = {name: LocalFunction(name, ok) for name in template.functions()}
