@@ -153,8 +153,8 @@ def _validation_problem(error: Any) -> str:
     return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
 
 
-# Exact types that neither are nor hold a float, nor anything validation could change: the walks
-# below step over them without a call (most of an answer's fields, and most of the walks' time).
+# Exact types that are no float and hold nothing: the walks below take them as they are, without
+# a call each (most of an answer's fields; those calls were most of the walks' time).
 _PLAIN = frozenset((str, int, bool, type(None), Decimal, datetime.datetime, datetime.date))
 
 
