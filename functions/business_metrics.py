@@ -60,8 +60,8 @@ def flush() -> None:
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS")
     try:
         for dimensions, group in points.items():
-            # One emitter per thread and namespace, reused: a new one per record cost ~40 µs of the
-            # ~60 µs a record took to print (an order placed prints two).
+            # One emitter per thread and namespace, reused: a new one per record was about half of
+            # the record's cost (~13 of ~27 µs; an order placed prints two).
             emf = getattr(_pending, "emf", None)
             if emf is None or emf.namespace != namespace:
                 emf = _pending.emf = EphemeralMetrics(namespace=namespace, service="")
