@@ -943,23 +943,24 @@ class Order(BaseModel):
         """The order as the repository stores it: the API's JSON plus what only the system reads
         (the status a hold resumes to, the version its authorization covers, the locations
         excluded from sourcing it)."""
-        if (
-            self.hold is None
-            and self.priced_version is None
-            and self.status_since is None
-            and not self.excluded_locations
-        ):
-            return self.model_dump_json(exclude_none=True, exclude=_NOT_STORED)
-        doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
-        if self.hold is not None and self.hold.resume_to is not None:
-            doc["hold"]["resume_to"] = self.hold.resume_to.value
+        system: dict[str, Any] = {}
         if self.priced_version is not None:
-            doc["priced_version"] = self.priced_version
+            system["priced_version"] = self.priced_version
         if self.status_since is not None:
-            doc["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
+            system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         if self.excluded_locations:
-            doc["excluded_locations"] = list(self.excluded_locations)
-        return json.dumps(doc, separators=(",", ":"))
+            system["excluded_locations"] = list(self.excluded_locations)
+        if self.hold is not None and self.hold.resume_to is not None:
+            # Inside the API's `hold`: through a dict (held orders only).
+            doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
+            doc["hold"]["resume_to"] = self.hold.resume_to.value
+            return json.dumps({**doc, **system}, separators=(",", ":"))
+        api_json = self.model_dump_json(exclude_none=True, exclude=_NOT_STORED)
+        if not system:
+            return api_json
+        # After the API's fields, where a dict would put them: appended to pydantic's JSON, in half
+        # the time of dumping the order to a dict and that to JSON (every new order has two).
+        return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
 
     def shipped_units(self) -> dict[str, int]:
         """Units of each line that left in shipped or delivered shipments (read from the shipments,

@@ -216,13 +216,15 @@ def _copied(value: Any, memo: dict[int, Any]) -> Any:
     if cls is list:
         items: list[Any] = []
         memo[id(value)] = items
-        items.extend(_copied(item, memo) for item in value)
+        # Shared items are taken as they are without a call: most of what hooks are given are
+        # strings, numbers, Money and datetimes, and a call each was most of the copy's time.
+        items.extend(item if type(item) in _SHARED_TYPES else _copied(item, memo) for item in value)
         return items
     if cls is dict:
         mapping: dict[Any, Any] = {}
         memo[id(value)] = mapping
         for key, item in value.items():
-            mapping[_copied(key, memo)] = _copied(item, memo)
+            mapping[_copied(key, memo)] = item if type(item) in _SHARED_TYPES else _copied(item, memo)
         return mapping
     if (
         isinstance(value, BaseModel)
@@ -233,7 +235,10 @@ def _copied(value: Any, memo: dict[int, Any]) -> Any:
         model = cls.__new__(cls)
         memo[id(value)] = model
         # As pydantic's own __deepcopy__ builds the copy (no validation: the original was valid).
-        object.__setattr__(model, "__dict__", {name: _copied(item, memo) for name, item in value.__dict__.items()})
+        fields = {
+            name: item if type(item) in _SHARED_TYPES else _copied(item, memo) for name, item in value.__dict__.items()
+        }
+        object.__setattr__(model, "__dict__", fields)
         object.__setattr__(model, "__pydantic_extra__", None)
         object.__setattr__(model, "__pydantic_fields_set__", set(value.__pydantic_fields_set__))
         object.__setattr__(model, "__pydantic_private__", None)

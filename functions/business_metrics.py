@@ -60,12 +60,21 @@ def flush() -> None:
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS")
     try:
         for dimensions, group in points.items():
-            emf = EphemeralMetrics(namespace=namespace, service="")
-            for name, value in dimensions:
-                emf.add_dimension(name=name, value=value)
-            for name, unit, value in group:
-                emf.add_metric(name=name, unit=unit, value=value)
-            emf.flush_metrics()
+            # One emitter per thread and namespace, reused: a new one per record was about half of
+            # the record's cost (~13 of ~27 µs; an order placed prints two).
+            emf = getattr(_pending, "emf", None)
+            if emf is None or emf.namespace != namespace:
+                emf = _pending.emf = EphemeralMetrics(namespace=namespace, service="")
+            try:
+                for name, value in dimensions:
+                    emf.add_dimension(name=name, value=value)
+                for name, unit, value in group:
+                    emf.add_metric(name=name, unit=unit, value=value)
+                emf.flush_metrics()
+            finally:
+                # flush_metrics keeps what it did not print (metrics disabled, or a failure): the
+                # next record must not carry this one's dimensions or metrics.
+                emf.clear_metrics()
     finally:
         points.clear()  # never carried into the next invocation
 

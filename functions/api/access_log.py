@@ -23,8 +23,10 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
     the log line is the record (README runbook)."""
     action = READS.get((event.get("httpMethod", ""), event.get("resource", "")))
     order_id = (event.get("pathParameters") or {}).get("order_id")
+    if action is None or order_id is None or not 200 <= response["statusCode"] < 300:
+        return  # not a read of an order (every write, POST /orders too): no caller to build
     who = caller_from(event)
-    if action is None or order_id is None or who is None or not 200 <= response["statusCode"] < 300:
+    if who is None:
         return
     context = event.get("requestContext") or {}
     epoch_ms = context.get("requestTimeEpoch")

@@ -207,10 +207,16 @@ def test_metrics_that_cannot_be_printed_never_fail_the_invocation_nor_leak_into_
         world.actions.cancel(order_id, "fraud", actor="key_cs")
         return "answered"
 
+    def unprintable(*_: object, **__: object) -> None:
+        raise ValueError("I/O operation on closed file")
+
     order_id = world.place(("TSHIRT", 1))
     emitted(capsys)
-    real = business_metrics.EphemeralMetrics
-    monkeypatch.setattr(business_metrics, "EphemeralMetrics", lambda **kw: 1 / 0)
+    real = business_metrics.EphemeralMetrics.flush_metrics
+    monkeypatch.setattr(business_metrics.EphemeralMetrics, "flush_metrics", unprintable)
     assert handler(order_id) == "answered"
-    monkeypatch.setattr(business_metrics, "EphemeralMetrics", real)
+    monkeypatch.setattr(business_metrics.EphemeralMetrics, "flush_metrics", real)
     assert emitted(capsys) == {}
+    # The emitter is reused: the next record carries its own metric and dimension only.
+    business_metrics.record("OrdersPlaced", channel="web")
+    assert emitted(capsys) == {("OrdersPlaced", (("channel", "web"),)): [1.0]}
