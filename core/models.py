@@ -338,8 +338,8 @@ def utc_now() -> datetime:
 
 # Every model of core/ is declared with defer_build: pydantic builds its validator and serializer
 # when it is first used, not at import. A new API container imports the models of every route and
-# function through the ports and hookspecs; building them all cost each cold start ~60 ms, most of
-# it for models the first request never uses (tests/unit/test_models_deferred.py).
+# function (through the ports and hookspecs) and its first order uses about twenty of them: building
+# them all at import was 15% of the API's import (tests/unit/test_models_deferred.py).
 class Strict(BaseModel):
     """Request and domain models reject unknown fields: no silent drops."""
 

@@ -85,6 +85,8 @@ OTHER_MODELS = [
     "core.sourcing_rules.SourcingRulesInput",
     "core.workflow_types.CarrierShipment",
     "core.workflow_types.TrackingUpdate",
+    "functions.api.schemas.ErrorBody",
+    "functions.api.schemas.OrderPage",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Every model of core/ is built on first use (defer_build), so a function pays only for the models it uses."""
+"""Every model of core/ and of the API's schemas is built on first use (defer_build): a function pays only for the
+models it uses."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ import core
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _core_models() -> list[type[BaseModel]]:
+CORE = [info.name for info in pkgutil.iter_modules(core.__path__, "core.")]
+
+
+def _models(modules: list[str]) -> list[type[BaseModel]]:
+    """Every model defined in `modules` (imported here)."""
     models = []
-    for module_info in pkgutil.iter_modules(core.__path__, "core."):
-        module = importlib.import_module(module_info.name)
+    for name in modules:
+        module = importlib.import_module(name)
         models.extend(
             value
             for value in vars(module).values()
@@ -31,8 +36,8 @@ def _core_models() -> list[type[BaseModel]]:
     return models
 
 
-def test_every_model_of_core_defers_its_build():
-    models = _core_models()
+def test_every_model_of_core_and_of_the_api_schemas_defers_its_build():
+    models = _models([*CORE, "functions.api.schemas"])
 
     assert len(models) > 100  # the walk found them: core/ holds well over a hundred models
     assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
@@ -42,9 +47,9 @@ def test_every_model_of_core_defers_its_build():
 # models, and validating one builds it on the spot.
 FRESH = """
 import json
-from tests.unit.test_models_deferred import _core_models
+from tests.unit.test_models_deferred import CORE, _models
 from tests.builders import order_body
-models = {model.__qualname__: model for model in _core_models()}
+models = {model.__qualname__: model for model in _models(CORE)}
 def built():
     return sorted(name for name, model in models.items() if model.__pydantic_complete__)
 before = built()
