@@ -32,7 +32,7 @@ class Scope(StrEnum):
 ADMIN_KEY_ID = "key_admin"
 
 
-class ApiKey(BaseModel):
+class ApiKey(BaseModel, defer_build=True):
     id: str
     name: str
     scopes: list[Scope]
@@ -41,7 +41,7 @@ class ApiKey(BaseModel):
     revoked_at: datetime | None = None
 
 
-class Caller(BaseModel):
+class Caller(BaseModel, defer_build=True):
     """Who is calling, as the authorizer established it."""
 
     key_id: str
@@ -52,7 +52,7 @@ class Caller(BaseModel):
 class NewApiKey(BaseModel):
     """The body of POST /api-keys."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope), json_schema_extra={"uniqueItems": True})]

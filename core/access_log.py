@@ -22,7 +22,7 @@ READS: dict[tuple[str, str], str] = {
 }
 
 
-class AccessEntry(BaseModel):
+class AccessEntry(BaseModel, defer_build=True):
     """`{at, actor, action, detail}` of GET /orders/{id}/access-log: `actor` the API key id (or
     `workflow` and the other system actors of the history for a change)."""
 
@@ -32,7 +32,7 @@ class AccessEntry(BaseModel):
     detail: dict[str, Any] | None = None
 
 
-class OrderRead(BaseModel):
+class OrderRead(BaseModel, defer_build=True):
     """One read of an order, as the API queues it: `request_id` (API Gateway's) makes recording it
     twice (a redelivered message) record it once."""
 

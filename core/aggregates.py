@@ -200,13 +200,13 @@ def aggregate_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> A
 # --- Read side --------------------------------------------------------------------------------
 
 
-class CustomerTotal(BaseModel):
+class CustomerTotal(BaseModel, defer_build=True):
     currency: str
     ordered: Money
     refunded: Money
 
 
-class CustomerView(BaseModel):
+class CustomerView(BaseModel, defer_build=True):
     """`GET /customers/{id}`: the contract's customer."""
 
     id: str
@@ -264,19 +264,19 @@ def customer_view(customer_id: str, item: Mapping[str, Any]) -> CustomerView | N
     )
 
 
-class ProductRow(BaseModel):
+class ProductRow(BaseModel, defer_build=True):
     sku: str
     units: int
     revenue: Money
 
 
-class CustomerRow(BaseModel):
+class CustomerRow(BaseModel, defer_build=True):
     customer_id: str
     orders: int
     revenue: Money
 
 
-class RegionRow(BaseModel):
+class RegionRow(BaseModel, defer_build=True):
     country: str
     region: str | None
     orders: int

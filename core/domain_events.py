@@ -11,7 +11,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from core.ids import short_hash
-from core.import_service import ImportStatus
 from core.models import Order
 
 
@@ -39,7 +38,7 @@ class EventType(StrEnum):
     INVENTORY_LOW = "inventory.low"
 
 
-class DomainEvent(BaseModel):
+class DomainEvent(BaseModel, defer_build=True):
     """`{id, type, created_at, data}`, the body of a webhook delivery and the detail of a bus event."""
 
     id: str
@@ -207,18 +206,20 @@ def _return_changes(
             yield EventType.RETURN_RECEIVED, item
 
 
-# The statuses an import ends in. `failed` is not one: a failed import can be started again.
-_IMPORT_DONE = frozenset({ImportStatus.COMPLETED.value, ImportStatus.COMPLETED_WITH_ERRORS.value})
-
-
 def import_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DomainEvent]:
     """`import.completed` when an import reaches a completed status: `old` and `new` are the
     import before and after the change as GET /imports/{id} shows it, without its `errors` (up to
     1,000 messages of up to 500 characters would not fit an EventBridge entry, 256 KB; `failed`
     counts them and GET /imports/{id} lists them). Its id is the import's and the status's, so a
     redelivered change gives the same id."""
+    # Imported here, not with the module: the API reaches this module through the hookspecs on
+    # every cold start, and only the stream's import records need the import service.
+    from core.import_service import ImportStatus
+
+    # The statuses an import ends in. `failed` is not one: a failed import can be started again.
+    done = {ImportStatus.COMPLETED.value, ImportStatus.COMPLETED_WITH_ERRORS.value}
     status = new.get("status")
-    if status not in _IMPORT_DONE or (old or {}).get("status") in _IMPORT_DONE:
+    if status not in done or (old or {}).get("status") in done:
         return []
     type_ = EventType.IMPORT_COMPLETED
     return [

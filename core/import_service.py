@@ -60,7 +60,7 @@ class Outcome(StrEnum):
 # --- What the API shows ----------------------------------------------------------------------------
 
 
-class ImportErrorEntry(BaseModel):
+class ImportErrorEntry(BaseModel, defer_build=True):
     line: int | None = Field(description="Physical line in the file (a CSV header is line 1); null for the whole file")
     external_id: str | None = None
     code: str
@@ -70,7 +70,7 @@ class ImportErrorEntry(BaseModel):
     _masked = field_validator("external_id", "message")(mask_optional)
 
 
-class ImportSummary(BaseModel):
+class ImportSummary(BaseModel, defer_build=True):
     id: str
     source: str = Field(description="Where the orders came from, e.g. s3://bucket/incoming/orders.csv")
     status: ImportStatus

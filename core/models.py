@@ -336,10 +336,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# Every model of core/ is declared with defer_build: pydantic builds its validator and serializer
+# when it is first used, not at import. A new API container imports the models of every route and
+# function (through the ports and hookspecs) and its first order uses about twenty of them: building
+# them all at import was 15% of the API's import (tests/unit/test_models_deferred.py).
 class Strict(BaseModel):
     """Request and domain models reject unknown fields: no silent drops."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Address(Strict):
@@ -500,7 +504,7 @@ class StockAdjustment(Strict):
         return value
 
 
-class ReorderSettings(BaseModel):
+class ReorderSettings(BaseModel, defer_build=True):
     """A (sku, location)'s reorder point (issue 15): when `available` drops below `reorder_point`,
     a draft purchase order for `reorder_quantity` is made for `vendor_id`, its line priced at
     `unit_cost` when given."""
@@ -511,7 +515,7 @@ class ReorderSettings(BaseModel):
     unit_cost: Money | None = None
 
 
-class StockLevel(BaseModel):
+class StockLevel(BaseModel, defer_build=True):
     """One (sku, location) record. available = on_hand - reserved, kept in the same write."""
 
     sku: str
@@ -525,7 +529,7 @@ class StockLevel(BaseModel):
     reorder: ReorderSettings | None = None  # the reorder point set on it, if any
 
 
-class LocationStock(BaseModel):
+class LocationStock(BaseModel, defer_build=True):
     location_id: str
     on_hand: int
     reserved: int
@@ -535,7 +539,7 @@ class LocationStock(BaseModel):
     reorder: ReorderSettings | None = Field(default=None, description="The reorder point, null when none is set")
 
 
-class InventorySummary(BaseModel):
+class InventorySummary(BaseModel, defer_build=True):
     sku: str
     available: int
     locations: list[LocationStock]
@@ -609,7 +613,7 @@ class PlaceOrder(Strict):
 # --- Orders: what the OMS keeps -------------------------------------------------------------
 
 
-class LineTaxRate(BaseModel):
+class LineTaxRate(BaseModel, defer_build=True):
     """The tax rate a plugin applied to a line (its `TaxRate` answer), kept so an invoice can
     print what was charged and why."""
 
@@ -617,7 +621,7 @@ class LineTaxRate(BaseModel):
     name: str = Field(min_length=1, max_length=100, description='What an invoice prints, e.g. "US-CA standard"')
 
 
-class OrderLine(BaseModel):
+class OrderLine(BaseModel, defer_build=True):
     line_id: str
     sku: str
     quantity: int
@@ -635,7 +639,7 @@ class OrderLine(BaseModel):
     returned_quantity: int = 0
 
 
-class Totals(BaseModel):
+class Totals(BaseModel, defer_build=True):
     subtotal: Money
     discount: Money
     shipping: Money
@@ -649,7 +653,7 @@ RefundStatus = Literal["pending", "succeeded", "failed"]
 RefundKind = Literal["appeasement", "return", "cancellation"]
 
 
-class PaymentRefund(BaseModel):
+class PaymentRefund(BaseModel, defer_build=True):
     """One refund of the order, under an id derived from its idempotency key. It is written
     `pending` before the gateway is asked (so two refunds cannot both take the last of what was
     captured), then `succeeded` once the gateway approved it or `failed` when it refused; only a
@@ -671,7 +675,7 @@ class Payment(BaseModel):
     that follows the gateway's approval of the operation that moves them."""
 
     # A Payment handed to a new Order version is validated again, so no status escapes the enum.
-    model_config = ConfigDict(revalidate_instances="always")
+    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
 
     method: str
     status: PaymentStatus = PaymentStatus.PENDING
@@ -746,19 +750,19 @@ class Payment(BaseModel):
         return refund
 
 
-class Allocation(BaseModel):
+class Allocation(BaseModel, defer_build=True):
     line_id: str
     location_id: str
     quantity: int
 
 
-class ShipmentLine(BaseModel):
+class ShipmentLine(BaseModel, defer_build=True):
     line_id: str
     quantity: int
 
 
 class Shipment(BaseModel):
-    model_config = ConfigDict(revalidate_instances="always")
+    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
 
     id: str
     location_id: str
@@ -782,7 +786,7 @@ class Shipment(BaseModel):
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
 
 
-class Hold(BaseModel):
+class Hold(BaseModel, defer_build=True):
     """Why an order is on hold and since when. `resume_to`, the status a release returns it to,
     is the system's own: stored with the order (Order.stored_json) but not part of the contract's
     `hold: {reason, note, since}`, so no response shows it."""
@@ -795,7 +799,7 @@ class Hold(BaseModel):
     resume_to: OrderStatus | None = Field(default=None, exclude=True)
 
 
-class Jeopardy(BaseModel):
+class Jeopardy(BaseModel, defer_build=True):
     """An order past its deadline for its current status (OMS_SLA): since when it is late, and
     why. Cleared when the order leaves that status."""
 
@@ -804,7 +808,7 @@ class Jeopardy(BaseModel):
     since: datetime
 
 
-class AwaitingLine(BaseModel):
+class AwaitingLine(BaseModel, defer_build=True):
     """A line of a backordered order still short of units, and when more of its sku is expected."""
 
     line_id: str
@@ -817,7 +821,7 @@ class AwaitingLine(BaseModel):
     )
 
 
-class AwaitingStock(BaseModel):
+class AwaitingStock(BaseModel, defer_build=True):
     """What a backordered order waits for. Computed when the order is read (from the stock items'
     expected dates), never stored: it would go stale whenever a purchase order moved."""
 
@@ -827,13 +831,13 @@ class AwaitingStock(BaseModel):
 class ReviewRequest(BaseModel):
     """A review rule's answer (hook oms_review_order): hold the new order for a person, and why."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     reason: HoldReason
     note: str | None = Field(default=None, max_length=500)
 
 
-class HistoryEntry(BaseModel):
+class HistoryEntry(BaseModel, defer_build=True):
     at: datetime
     type: OrderEvent
     from_status: OrderStatus | None = None
@@ -885,7 +889,7 @@ _TIMES = TypeAdapter(datetime)
 _NOT_STORED = frozenset({"awaiting_stock"})
 
 
-class Order(BaseModel):
+class Order(BaseModel, defer_build=True):
     """The aggregate. Its methods are the only way to a new version: each returns that version,
     validated and checked against the status tables, with the history entry that explains it.
     They decide; the services read, call gateways and write."""
@@ -1673,12 +1677,12 @@ def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[
 REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
-class Page(BaseModel, Generic[T]):
+class Page(BaseModel, Generic[T], defer_build=True):
     items: list[T]
     next_cursor: str | None = None
 
 
-class HistoryPage(BaseModel):
+class HistoryPage(BaseModel, defer_build=True):
     items: list[HistoryEntry]
 
 

@@ -140,7 +140,7 @@ class AmountTooLarge(InvalidRequest):
 class Money(BaseModel):
     """An exact amount in one currency. Serialized as {"amount": "12.34", "currency": "USD"}."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     amount: Amount
     currency: Currency

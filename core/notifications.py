@@ -23,12 +23,12 @@ class NotificationKind(StrEnum):
     REFUNDED = "refunded"
 
 
-class Recipient(BaseModel):
+class Recipient(BaseModel, defer_build=True):
     email: str
     name: str | None = None
 
 
-class Notification(BaseModel):
+class Notification(BaseModel, defer_build=True):
     """One message to the customer of an order. `id` is the id of the event it tells of, so a
     redelivered change records and sends it once. `details` holds the few facts a plugin's own
     template may use; nothing else of the order is in it (never its payment)."""

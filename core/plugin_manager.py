@@ -25,7 +25,7 @@ TEST_PAYMENTS_OFF = "the test gateway approves anything: it loads only with OMS_
 MAX_REASON = 500
 
 
-class PluginInfo(BaseModel):
+class PluginInfo(BaseModel, defer_build=True):
     """One plugin as GET /plugins lists it."""
 
     name: str = Field(description="The entry-point name (or the name code registered it under)")
@@ -39,7 +39,7 @@ class PluginInfo(BaseModel):
     reason: str | None = Field(default=None, description="Why it is disabled or broken")
 
 
-class HookCall(BaseModel):
+class HookCall(BaseModel, defer_build=True):
     """One implementation of a hook, in the order pluggy calls them."""
 
     plugin: str
@@ -48,7 +48,7 @@ class HookCall(BaseModel):
     trylast: bool
 
 
-class PluginReport(BaseModel):
+class PluginReport(BaseModel, defer_build=True):
     plugins: list[PluginInfo]
     call_order: dict[str, list[HookCall]] = Field(
         description="Per hook, its implementations in the order they run: wrappers first, then tryfirst, "

@@ -13,7 +13,7 @@ from core.money import Money
 class DraftLine(BaseModel):
     """One order line being priced. `subtotal` is quantity x unit_price, rounded."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     line_id: str
     product: Product
@@ -25,7 +25,7 @@ class DraftLine(BaseModel):
 class PricingDraft(BaseModel):
     """The order as the pricing hooks see it, after unit prices are known."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     channel: str
     currency: str
@@ -61,7 +61,7 @@ class Discount(BaseModel):
     percent-off codes so unless the promotion says `stacks: true`.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     code: str
     amount: Money | None = None
@@ -73,7 +73,7 @@ class Discount(BaseModel):
 class TaxRate(BaseModel):
     """A tax rate for one line: tax = round_half_even((subtotal - discount) x rate)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     rate: Decimal = Field(ge=0, le=1)
     name: str
@@ -82,7 +82,7 @@ class TaxRate(BaseModel):
 class ShippingQuote(BaseModel):
     """One way to ship the order: `method` is what clients send as `shipping_method`."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     method: str
     amount: Money

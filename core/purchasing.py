@@ -31,14 +31,14 @@ class VendorRequest(Strict):
     lead_time_days: Annotated[int, Field(ge=0, le=365, strict=True)]
 
 
-class Vendor(BaseModel):
+class Vendor(BaseModel, defer_build=True):
     vendor_id: str
     name: str
     email: str | None = None
     lead_time_days: int
 
 
-class VendorPage(BaseModel):
+class VendorPage(BaseModel, defer_build=True):
     items: list[Vendor]
     next_cursor: str | None = None
 
@@ -74,7 +74,7 @@ class NewPurchaseOrder(Strict):
         return self
 
 
-class PurchaseOrderLine(BaseModel):
+class PurchaseOrderLine(BaseModel, defer_build=True):
     sku: str
     quantity: int
     received_quantity: int = 0
@@ -88,7 +88,7 @@ class PurchaseOrderLine(BaseModel):
         return self.quantity - self.received_quantity
 
 
-class PurchaseOrder(BaseModel):
+class PurchaseOrder(BaseModel, defer_build=True):
     id: str
     vendor_id: str
     location_id: str
@@ -215,7 +215,7 @@ class Receipt(Strict):
         return units
 
 
-class PurchaseOrderPage(BaseModel):
+class PurchaseOrderPage(BaseModel, defer_build=True):
     items: list[PurchaseOrder]
     next_cursor: str | None = None
 

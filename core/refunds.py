@@ -87,7 +87,7 @@ def refund_id_for(order_id: str, idempotency_key: str) -> str:
 # --- What the API shows -------------------------------------------------------------------
 
 
-class Refund(BaseModel):
+class Refund(BaseModel, defer_build=True):
     """A refund as the contract shows it. `pending` only while the gateway has not answered (a
     request interrupted there, or a gateway that stayed unavailable): repeating the request with
     the same Idempotency-Key, or the returns workflow's retry, finishes it."""
@@ -113,7 +113,7 @@ class Refund(BaseModel):
         )
 
 
-class RefundPage(BaseModel):
+class RefundPage(BaseModel, defer_build=True):
     items: list[Refund]
 
 

@@ -81,7 +81,7 @@ class ReceiveReturn(Strict):
         return totals
 
 
-class ReturnLine(BaseModel):
+class ReturnLine(BaseModel, defer_build=True):
     line_id: str
     quantity: int
     reason: str
@@ -97,7 +97,7 @@ class ReturnLine(BaseModel):
 class ReturnPolicyDecision(BaseModel):
     """A return policy's answer (oms_return_policy), checked and kept on the Return."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     allowed: bool = True
     # When not allowed: the 422's error code and message.
@@ -112,7 +112,7 @@ class Return(BaseModel):
     """One return (RMA) of an order. Its methods are the only way to a new version: each checks
     the transition table and bumps the version the repository's conditional write expects."""
 
-    model_config = ConfigDict(revalidate_instances="always")
+    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
 
     id: str
     order_id: str

@@ -139,7 +139,7 @@ def reduced(order: Order, available: dict[str, int]) -> Order:
 class SimulateSourcing(BaseModel):
     """The body of POST /sourcing/simulate."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     orders: Annotated[
         list[Annotated[str, StringConstraints(pattern=r"^ord_[a-z2-7]{24}$")]] | list[PlaceOrder],
@@ -152,33 +152,33 @@ class SimulateSourcing(BaseModel):
     rules: SourcingRulesInput | None = None
 
 
-class SimulatedLine(BaseModel):
+class SimulatedLine(BaseModel, defer_build=True):
     line_id: str
     sku: str
     quantity: int
 
 
-class SimulatedShipment(BaseModel):
+class SimulatedShipment(BaseModel, defer_build=True):
     location_id: str
     lines: list[SimulatedLine]
     distance_km: float | None
 
 
-class SimulatedOrder(BaseModel):
+class SimulatedOrder(BaseModel, defer_build=True):
     order_id: str | None
     shipments: list[SimulatedShipment]
     unfillable: list[SimulatedLine]
     reasons: list[str]
 
 
-class SimulationSummary(BaseModel):
+class SimulationSummary(BaseModel, defer_build=True):
     orders: int
     shipments: int
     unfillable_units: int
     mean_distance_km: float | None = Field(description="The mean over shipments whose distance is known; null: none")
 
 
-class Simulation(BaseModel):
+class Simulation(BaseModel, defer_build=True):
     rules: SourcingRules = Field(description="The rules simulated: the current ones with those given")
     items: list[SimulatedOrder]
     summary: SimulationSummary

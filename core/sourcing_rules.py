@@ -50,7 +50,7 @@ class NewSourcingRules(SourcingRulesInput):
 class SourcingRules(BaseModel):
     """One version of the rules. Version 0 is the defaults, in force until the first PUT."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     version: int = 0
     max_shipments: int | None = None
@@ -93,7 +93,7 @@ def next_version(current: SourcingRules, given: SourcingRulesInput, *, at: datet
     return SourcingRules(version=current.version + 1, **given.model_dump(), updated_at=at, updated_by=by)
 
 
-class SourcingRulesHistory(BaseModel):
+class SourcingRulesHistory(BaseModel, defer_build=True):
     """GET /sourcing/rules/history: versions newest first, and a cursor for older ones."""
 
     items: list[SourcingRules]

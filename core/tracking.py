@@ -37,7 +37,7 @@ def parse_shipment_reference(reference: str) -> tuple[str, str] | None:
     return order_id, shipment_id
 
 
-class AppliedTrackingUpdate(BaseModel):
+class AppliedTrackingUpdate(BaseModel, defer_build=True):
     """One update of a webhook and what the OMS did with it:
     - `delivered`: the shipment is delivered (now, or it already was),
     - `not_recorded`: an in-transit scan, which the OMS does not store,
@@ -52,7 +52,7 @@ class AppliedTrackingUpdate(BaseModel):
     outcome: Outcome
 
 
-class TrackingReport(BaseModel):
+class TrackingReport(BaseModel, defer_build=True):
     carrier: str
     updates: list[AppliedTrackingUpdate]
 

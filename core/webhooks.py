@@ -32,7 +32,7 @@ _MAX_ERROR_CHARS = 300
 class NewWebhook(BaseModel):
     """The body of POST /webhooks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
     events: Annotated[list[str], Field(min_length=1, max_length=len(EventType))] = Field(
@@ -65,7 +65,7 @@ class NewWebhook(BaseModel):
         return events
 
 
-class Webhook(BaseModel):
+class Webhook(BaseModel, defer_build=True):
     id: str
     url: str
     events: list[str]
@@ -87,7 +87,7 @@ class IssuedWebhook(Webhook):
 
 
 # --- Deliveries -----------------------------------------------------------------------------------
-class Delivery(BaseModel):
+class Delivery(BaseModel, defer_build=True):
     """One event to one subscription, as GET /webhooks/{id}/deliveries shows it."""
 
     id: str

@@ -14,7 +14,7 @@ class PaymentResult(BaseModel):
     """A payment plugin's answer. `reference` is the gateway's id for the operation (for an
     authorization: the id later captures, voids and refunds name)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     outcome: Literal["approved", "declined"]
     reference: str = Field(min_length=1, max_length=200)
@@ -24,7 +24,7 @@ class PaymentResult(BaseModel):
 class SourcingPlan(BaseModel):
     """Where each line's units come from, and why (one sentence per choice, for the history)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     allocations: list[Allocation]
     reasons: list[str] = Field(default_factory=list)
@@ -36,7 +36,7 @@ class CarrierShipment(BaseModel):
     address where the carrier hosts it (`label_url`, https; EasyPost's `postage_label.label_url`,
     Shippo's `label_url`), which the OMS shows as it is and stores no bytes for."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     carrier: str = Field(min_length=1, max_length=60)
     service: str = Field(min_length=1, max_length=60)
@@ -66,7 +66,7 @@ class TrackingUpdate(BaseModel):
     and when. `order_id` and `shipment_id` come from the booking's reference, which the carrier
     echoes (see core.tracking.shipment_reference)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     order_id: str = Field(min_length=1, max_length=64)
     shipment_id: str = Field(min_length=1, max_length=64)

@@ -9,19 +9,22 @@ from pydantic import BaseModel
 from core.models import Order, Page
 from core.status import OrderStatus
 
+# Built on first use, as core's models are (core/models.py): the error models serve the OpenAPI
+# document, the pages and the receipt other routes, and a new container's first order uses none.
 
-class ErrorDetail(BaseModel):
+
+class ErrorDetail(BaseModel, defer_build=True):
     field: str | None = None
     message: str
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(BaseModel, defer_build=True):
     code: str
     message: str
     details: list[dict[str, Any]]
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(BaseModel, defer_build=True):
     error: ErrorInfo
 
 
@@ -29,7 +32,7 @@ class OrderPage(Page[Order]):
     pass
 
 
-class OrderReceipt(BaseModel):
+class OrderReceipt(BaseModel, defer_build=True):
     """What a change to an order answers a key that may not read orders (orders:write without
     orders:read): that the change was made and the version it made, never the order's body."""
 

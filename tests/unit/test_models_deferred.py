@@ -1,0 +1,67 @@
+"""Every model of core/ and of the API's schemas is built on first use (defer_build): a function pays only for the
+models it uses."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+import core
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+CORE = [info.name for info in pkgutil.iter_modules(core.__path__, "core.")]
+
+
+def _models(modules: list[str]) -> list[type[BaseModel]]:
+    """Every model defined in `modules` (imported here)."""
+    models = []
+    for name in modules:
+        module = importlib.import_module(name)
+        models.extend(
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and issubclass(value, BaseModel)
+            and value is not BaseModel
+            and value.__module__ == module.__name__
+        )
+    return models
+
+
+def test_every_model_of_core_and_of_the_api_schemas_defers_its_build():
+    models = _models([*CORE, "functions.api.schemas"])
+
+    assert len(models) > 100  # the walk found them: core/ holds well over a hundred models
+    assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
+
+
+# A fresh interpreter, as a new container is: importing every module of core/ builds none of its
+# models, and validating one builds it on the spot.
+FRESH = """
+import json
+from tests.unit.test_models_deferred import CORE, _models
+from tests.builders import order_body
+models = {model.__qualname__: model for model in _models(CORE)}
+def built():
+    return sorted(name for name, model in models.items() if model.__pydantic_complete__)
+before = built()
+models["PlaceOrder"].model_validate(order_body())
+print(json.dumps({"before": before, "after": built()}))
+"""
+
+
+def test_importing_core_builds_no_model_and_using_one_builds_it():
+    out = subprocess.run([sys.executable, "-c", FRESH], cwd=ROOT, capture_output=True, text=True, check=True)
+    built = json.loads(out.stdout.splitlines()[-1])
+
+    assert built["before"] == []
+    assert "PlaceOrder" in built["after"]
+    assert "Order" not in built["after"]  # validating an order's body never builds the stored order's model
