@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -12,8 +13,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
+
+from infra.local.seed import DEMO_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "oms_bench_admin_key_0123456789"
@@ -88,13 +92,16 @@ def stack_process() -> Iterator[StackProcess]:
     )
     api_url = f"http://127.0.0.1:{api_port}"
     try:
+        # Ready once the seed's last stock row is readable: the seed loads products, locations, then
+        # stock, and an order placed before its stock lands is refused (409 insufficient_stock).
+        last = json.loads(DEMO_SEED.read_text(encoding="utf-8"))["stock"][-1]
+        probe = f"{api_url}/inventory/{quote(last['sku'], safe='')}"
         deadline = time.monotonic() + 60
         while True:
             with contextlib.suppress(requests.ConnectionError):
-                if (
-                    requests.get(f"{api_url}/locations", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=2)
-                    .json()
-                    .get("items")
+                answer = requests.get(probe, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=2)
+                if answer.status_code == 200 and any(
+                    row["location_id"] == last["location_id"] for row in answer.json().get("locations", [])
                 ):
                     break
             if process.poll() is not None or time.monotonic() > deadline:
