@@ -5,8 +5,9 @@ Three measurements per size, each in fresh processes:
   only the import's event sources running, so orders stay as captured): upload the CSV through
   the AWS endpoint, follow GET /imports/{id} to its end; the stack process's peak RSS (VmHWM) and
   its RSS before the file. Everything moto stores (the orders, their stream records, the import's
-  markers) lives in that process too, so its growth is mostly the data: it shows the local stack
-  keeps no more than it stores (moto_patches/memory.py).
+  markers, the stream record of each update to the import's counters) lives in that process too,
+  so its growth is mostly the data: it shows the local stack keeps no more than it stores
+  (moto_patches/memory.py).
 - the splitter alone (`python -m bench.imports split FILE`): the file streamed through the real
   reader and ImportSplitter into a queue and ledger that keep nothing; its peak RSS is what
   streaming costs, and should not grow with the file.
@@ -350,12 +351,12 @@ lines (the median run is shown), once beyond.
 {rows}
 
 Memory. moto stores the data in the stack's own process, so that process grows with what the
-import stores: each order item, its stream record and its line marker (a check that the local
-stack keeps nothing more; at small sizes the figure also carries its working set, up to
-{results["high_water"]:,} queued messages and warm containers, spread over few orders). What the
-product's own code costs is "splitter alone": the same file streamed through the real reader and
-splitter into a queue and ledger that keep nothing; its peak RSS is what streaming a file costs,
-and must not grow with the file.
+import stores: each order item, its stream record, its line marker and the stream record of the
+import's counters it adds to (a check that the local stack keeps nothing more; at small sizes the
+figure also carries its working set, up to {results["high_water"]:,} queued messages and warm
+containers, spread over few orders). What the product's own code costs is "splitter alone": the
+same file streamed through the real reader and splitter into a queue and ledger that keep nothing;
+its peak RSS is what streaming a file costs, and must not grow with the file.
 """
 
 
