@@ -419,7 +419,7 @@ def previous_import_section() -> str:
         return ""
     section = previous[previous.index(heading) :]
     note = "\n\n(Not re-run by the run above: kept from the previous `make bench`"
-    if note not in section:
+    if "\n\n(Not re-run by the run above:" not in section:  # a section kept before says where from
         dated = previous.splitlines()[2] if len(previous.splitlines()) > 2 else ""
         origin = dated.split(" on ", 1)[-1].split(".", 1)[0] if dated.startswith("Written by") else "an earlier run"
         first_line_end = section.index("\n")
