@@ -111,14 +111,11 @@ def test_a_new_container_placing_an_order_imports_only_the_orders_routes_and_ser
 # The OpenAPI document of a fresh interpreter: with every model of core/ built when first used (as
 # they are), or all of them built first, as they were when each was built at its import.
 DOCUMENT = """
-import importlib, pkgutil, sys
-import core
-from pydantic import BaseModel
+import sys
+from tests.unit.test_models_deferred import CORE, _models
 if sys.argv[1] == "built first":
-    for info in pkgutil.iter_modules(core.__path__, "core."):
-        for value in list(vars(importlib.import_module(info.name)).values()):
-            if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == info.name:
-                value.model_rebuild(force=True)
+    for model in _models(CORE):
+        model.model_rebuild(force=True)
 from functions.api.routes import meta
 sys.stdout.write(meta._document("/v1").body)
 """
