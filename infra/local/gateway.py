@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
@@ -289,17 +289,19 @@ def _as_list(value: Any) -> list[str]:
 class TokenBuckets:
     """API Gateway's throttling, per caller: `rate` tokens a second, at most `burst` saved up.
     On AWS the stage's MethodSettings throttle the whole stage; locally each caller (ApiGateway.handle
-    says who that is) gets its own bucket, so one noisy client cannot starve the rest."""
+    says who that is) gets its own bucket, so one noisy client cannot starve the rest. `clock` is
+    where the time comes from (a test stops it, so no token refills while a slow machine serves)."""
 
     rate: float
     burst: int
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # caller -> (tokens, last refill)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self, caller: str) -> float:
         """0 when the request may go ahead, else the seconds until a token is available."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             tokens, last = self._buckets.get(caller, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens >= 1:
