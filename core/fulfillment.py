@@ -301,8 +301,13 @@ class OrderActions:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            if reauthorized is not None:
-                self._cancellation.void_unrecorded(order, reauthorized.reference, actor)  # no version records it
+            # Voided only when no version records it: the same edit repeated at once reauthorizes
+            # under the same key (the version it writes), so the gateway gave both one authorization.
+            current = self._orders.get(order_id)
+            if reauthorized is not None and (
+                current is None or current.payment.authorization != reauthorized.reference
+            ):
+                self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if resourced:
             self._release_replaced_lines(order, new)

@@ -17,6 +17,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     RefundExceedsCaptured,
+    StaleVersion,
     TransientError,
 )
 from core.models import LineInput, Order, OrderEdit
@@ -401,6 +402,27 @@ def test_reauthorization_at_edit(world, script, failed, ends):
         assert world.spy.voided == []
     assert failures(world, order_id) == [("payment_authorization_failed", "authorize", kind, n) for kind, n in failed]
     assert set(world.gateway.keys("authorize")[1:]) == {payment_keys.authorize(order_id, authorized.version + 1)}
+
+
+def test_an_edit_repeated_while_the_first_is_being_written_never_voids_the_authorization_it_recorded(
+    world, monkeypatch
+):
+    # A client's retry of a PATCH (same If-Match, same body) reauthorizes under the same key as the
+    # first, so the gateway answers both with one authorization: the one that loses the write
+    # (409) must not void what the other recorded.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    first = world.order(order_id).payment.authorization
+    before_the_next_write(world, monkeypatch, lambda: grow(world, order_id))
+
+    with pytest.raises(StaleVersion):
+        grow(world, order_id)
+
+    edited = world.order(order_id)
+    assert edited.payment.authorized == edited.totals.grand_total
+    assert edited.payment.authorization != first
+    assert edited.payment.authorization not in world.spy.voided
+    assert world.spy.voided == [first]
 
 
 def test_a_declined_authorization_is_not_retried(world):
