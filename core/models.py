@@ -1327,7 +1327,7 @@ class Order(BaseModel, defer_build=True):
         self.ready_to_collect(shipment_id)
         payment = self.payment
         if payment.authorization:
-            payment = payment.with_capture(captured, self.totals.grand_total)
+            payment = payment.with_capture(captured, self.payable())
         shipments = [
             _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at, captured=captured)
             if s.id == shipment_id else s

@@ -10,6 +10,7 @@ import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
 from core.models import Address, Allocation, LineInput, OrderEdit
+from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
 from tests.unit.world import World, before_the_next_write, build_world
@@ -299,6 +300,21 @@ def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
     assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
     assert world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store") == collected
     assert len(world.spy.captured) == 1
+
+
+def test_a_collected_exchange_pickup_whose_credit_paid_part_of_it_is_captured(world):
+    # A pickup order's exchange is a pickup too; its payment covers what the credit does not.
+    credit = Money(amount="10.00", currency="USD")
+    cmd = place_order(external_id="web-1001-x1", lines=[{"sku": "TSHIRT", "quantity": 2}], **PICKUP)
+    order_id = world.capture.place_exchange(cmd, credit, "ord_original", "rma_1", actor="returns").id
+    order = resume(world, order_id)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert collected.payment.captured == collected.payable() == collected.totals.grand_total - credit
+    assert collected.payment.status == "captured"
 
 
 def test_a_ready_pickup_is_not_shipped(world):
