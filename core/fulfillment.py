@@ -209,7 +209,9 @@ class OrderActions:
 
     def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The customer collected a pickup: its share of the payment is captured first (as a ship
-        captures), then the shipment is recorded delivered, then its units leave on_hand."""
+        captures), then the shipment is recorded delivered, then its units leave on_hand, and (as
+        after a ship) what the authorization holds beyond the captures of an order that lost units
+        is released."""
         order = self._order(order_id, channel)
         order.ready_to_collect(shipment_id)
         amount = order.capture_due(shipment_id)
@@ -232,7 +234,7 @@ class OrderActions:
                 self._reverse_capture(order, shipment_id, amount, capture, actor)
             raise
         self._units_leave(collected, shipment_id)
-        return collected
+        return self._units.after_shipping(collected, actor)
 
     def expire_pickup(self, order_id: str, shipment_id: str, actor: str) -> Order:
         """An uncollected pickup past its `collect_by`: the shipment and the order are cancelled

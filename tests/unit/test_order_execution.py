@@ -317,6 +317,20 @@ def test_a_collected_exchange_pickup_whose_credit_paid_part_of_it_is_captured(wo
     assert collected.payment.status == "captured"
 
 
+def test_a_collected_pickup_that_lost_units_releases_the_rest_of_its_authorization(world):
+    # As the last parcel of a shipped order that lost units does: nothing is left to capture.
+    order = world.allocated(("TSHIRT", 3), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert collected.payment.captured == collected.totals.grand_total
+    assert collected.payment.authorized == collected.payment.captured
+    assert world.spy.voided == [order.payment.authorization]
+
+
 def test_a_ready_pickup_is_not_shipped(world):
     order = world.allocated(("TSHIRT", 2), **PICKUP)
     (shipment,) = order.shipments
