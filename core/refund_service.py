@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core import payment_keys
-from core.errors import PaymentRefused
+from core.errors import Conflict, PaymentRefused
 from core.models import Order, PaymentRefund, RefundKind
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
@@ -47,10 +47,14 @@ class RefundService:
         *,
         kind: RefundKind | None = None,
         channel: str | None = None,
+        same_request: bool = False,
     ) -> Refund:
         """Refund `amount` of what was captured, once per `idempotency_key` on this order.
         RefundExceedsCaptured (422) beyond captured minus refunded; InvalidTransition (409) when
-        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered."""
+        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered.
+        With `same_request` (a client's key), a refund found under the key for another amount or
+        reason is Conflict (409 `idempotency_key_reused`), before the gateway is asked: the
+        client's request is not the one that key stands for."""
         refund_id = refund_id_for(order_id, idempotency_key)
         at = self._clock()
 
@@ -65,6 +69,12 @@ class RefundService:
         order = modify(self._orders, order_id, begin, channel=channel)
         refund = order.payment.refund_by_id(refund_id)
         assert refund is not None
+        if same_request and (refund.amount != amount or refund.reason != reason):
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+            )
         if refund.status != "pending":
             return Refund.of(order_id, refund)
         return Refund.of(order_id, self._ask_gateway(order, refund, actor))
