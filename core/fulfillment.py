@@ -25,7 +25,7 @@ from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
 from core.services import CaptureService
-from core.status import RESOURCEABLE, OrderStatus, ShipmentStatus
+from core.status import RESOURCEABLE, OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
@@ -291,7 +291,10 @@ class OrderActions:
         priced = self._capture.quote(cmd)
         total = order.payable(priced.totals)
         reauthorized = None
-        if (order.status == S.AUTHORIZED or resourced) and total.amount > order.payment.authorized.amount:
+        # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
+        # an authorization that no longer covers the total is replaced before anything is stored.
+        authorized = order.payment.status is PaymentStatus.AUTHORIZED
+        if authorized and total.amount > order.payment.authorized.amount:
             reauthorized = self._reauthorize(order, token, total, actor)
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
