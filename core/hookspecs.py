@@ -299,8 +299,9 @@ def oms_return_policy(
     Stops at first non-None result. `allowed=False` refuses the return with 422 and the
     decision's `code` and `message`; `needs_approval` makes it `requested` (a person approves or
     rejects it) instead of `authorized`; `fee` (in the order's currency, not negative) is kept
-    back from the refund; `refund_shipping` adds the order's shipping to it. When no plugin
-    answers, the return is refused (422 `return_not_allowed`).
+    back from the refund; `refund_shipping` adds the order's shipping to it (once every unit the
+    return asked for has arrived). When no plugin answers, the return is refused (422
+    `return_not_allowed`).
     """
 
 

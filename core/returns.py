@@ -370,8 +370,12 @@ class Returns:
         return self._pay_back(item, order, lambda: self._due(item, order), actor)
 
     def _due(self, item: Return, order: Order) -> Money:
+        # The policy refunded shipping for the return as asked (the built-in one: the whole order
+        # coming back); units that never arrived do not earn it.
+        asked = {line.line_id: line.quantity for line in item.lines}
+        shipping = item.refund_shipping and item.received() == asked
         return refund_due(
-            order, item.received(), item.refund_shipping, item.fee,
+            order, item.received(), shipping, item.fee,
             returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id),
         )  # fmt: skip
 

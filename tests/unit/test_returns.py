@@ -526,6 +526,21 @@ def test_shipping_is_refunded_when_the_policy_says_so(world, clock):
     assert world.order(order.id).payment.status.value == "refunded"
 
 
+def test_shipping_is_not_refunded_when_fewer_units_arrive_than_the_return_asked_for(world, clock):
+    # The policy refunded shipping because the whole order was to come back; one of three did.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    item = returns.request(order.id, ask(("L1", 3, "damaged")), actor="key_cs")
+    assert item.refund_shipping
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    line = order.lines[0]
+    assert settled.refund == Money.of(line.total.amount / 3, "USD")
+    assert world.order(order.id).payment.refunded == settled.refund
+
+
 def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_retry_asks_under_a_new_key(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1), token="tok_refund_decline")
