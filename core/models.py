@@ -1026,7 +1026,9 @@ class Order(BaseModel, defer_build=True):
             return zero
         remaining = self.payable() - self.payment.captured
         if not self._pending_besides(shipment_id):
-            return remaining
+            # Never negative: a cancel that left the captures above the new total refunded the
+            # excess, so the last parcel is paid for already.
+            return max(remaining, zero, key=lambda m: m.amount)
         if shipment.id == self.shipments[0].id:
             others = [self._share(s) for s in self.shipments[1:]]
             planned = self.payable() - sum(others, zero) if others else remaining
