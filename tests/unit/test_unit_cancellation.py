@@ -12,7 +12,7 @@ from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import place_order, product
-from tests.unit.world import World, build_world
+from tests.unit.world import World, before_the_next_write, build_world
 
 S, P = OrderStatus, PaymentStatus
 
@@ -234,6 +234,24 @@ def test_a_total_left_higher_than_the_captures_is_captured_once_nothing_is_left_
     assert done.payment.captured == done.totals.grand_total and done.payment.status is P.CAPTURED
     entry = next(h for h in world.history(order.id) if h.type == "payment_captured")
     assert entry.detail["amount"] == {"amount": "2.00", "currency": "USD"}
+    assert done.payment.authorized == done.payment.captured
+
+
+def test_units_cancelled_while_their_parcel_was_being_captured_are_refunded_once_it_has_shipped(world, monkeypatch):
+    # The ship captured the parcel as it read it; the cancel took a unit out of it before the ship
+    # was recorded, so that capture paid for a unit that never left.
+    order = world.allocated(("MUG", 4))
+    (shipment,) = order.shipments
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    )
+
+    done = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert (done.status, done.lines[0].quantity, done.lines[0].shipped_quantity) == (S.SHIPPED, 3, 3)
+    assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total]
+    assert settled(done) == done.totals.grand_total
+    assert [(r.kind, r.status) for r in done.payment.refunds] == [("cancellation", "succeeded")]
     assert done.payment.authorized == done.payment.captured
 
 
