@@ -1317,6 +1317,14 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def ready_to_collect(self, shipment_id: str) -> Shipment:
+        """The pickup waiting at its store, if the order may hand it over now (checked before its
+        share is captured, as ready_to_ship is); InvalidTransition otherwise: a held order's waits."""
+        shipment = self._waiting_pickup(shipment_id)
+        if self.status is not OrderStatus.ALLOCATED:
+            raise InvalidTransition(f"an order that is {self.status} cannot hand over its pickup")
+        return shipment
+
+    def _waiting_pickup(self, shipment_id: str) -> Shipment:
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.READY_FOR_PICKUP:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not ready_for_pickup")
@@ -1348,7 +1356,7 @@ class Order(BaseModel, defer_build=True):
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Nobody collected the pickup by its deadline: the shipment and the order are cancelled
         (reason `pickup_expired`); the caller then releases its units and voids the authorization."""
-        shipment = self.ready_to_collect(shipment_id)
+        shipment = self._waiting_pickup(shipment_id)
         if shipment.collect_by is None or shipment.collect_by > at:
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")
         cancelled = ShipmentStatus.CANCELLED

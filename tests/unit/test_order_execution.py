@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
@@ -329,6 +330,21 @@ def test_a_collected_pickup_that_lost_units_releases_the_rest_of_its_authorizati
     assert collected.payment.captured == collected.totals.grand_total
     assert collected.payment.authorized == collected.payment.captured
     assert world.spy.voided == [order.payment.authorization]
+
+
+def test_a_held_pickup_is_not_collected_and_nothing_is_captured_for_it(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    held = Holds(world.orders, clock=lambda: NOW).hold(
+        order.id, HoldRequest(reason="fraud_review", note=None), actor="key_ops"
+    )
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    assert world.order(order.id) == held
+    assert (world.spy.captured, world.spy.refunded) == ([], [])  # no charge taken back at once
 
 
 def test_a_ready_pickup_is_not_shipped(world):
