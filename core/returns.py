@@ -376,7 +376,7 @@ class Returns:
         shipping = item.refund_shipping and item.received() == asked
         return refund_due(
             order, item.received(), shipping, item.fee,
-            returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id),
+            returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id, order=order),
         )  # fmt: skip
 
     def _pay_back(self, item: Return, order: Order, due: Callable[[], Money], actor: str) -> Return:
@@ -508,12 +508,14 @@ class Returns:
         modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
 
 
-def _units_refunded(returns: list[Return], besides: str) -> dict[str, int]:
-    """Units of each line that earlier returns refunded: a line's units refunded over several
-    returns add up to exactly its total."""
+def _units_refunded(returns: list[Return], besides: str, order: Order) -> dict[str, int]:
+    """Units of each line that earlier returns refunded, or are refunding (a refund of theirs is on
+    the order, pending at the gateway or succeeded before the return was marked): a line's units
+    refunded over several returns add up to exactly its total."""
+    refunding = {refund.return_id for refund in order.payment.refunds if refund.status != "failed"}
     units: dict[str, int] = {}
     for item in returns:
-        if item.status is R.REFUNDED and item.id != besides:
+        if (item.status is R.REFUNDED or item.id in refunding) and item.id != besides:
             for line_id, quantity in item.received().items():
                 units[line_id] = units.get(line_id, 0) + quantity
     return units

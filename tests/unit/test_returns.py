@@ -4,6 +4,7 @@ the return policy, approval, the return label, receiving, restocking and the ord
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -27,7 +28,7 @@ from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecisio
 from core.returns import ExchangeIdTaken, RefundNotDone, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW
-from tests.fakes import FakeReturns
+from tests.fakes import FakeReturns, ScriptedGateway
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -539,6 +540,33 @@ def test_shipping_is_not_refunded_when_fewer_units_arrive_than_the_return_asked_
     line = order.lines[0]
     assert settled.refund == Money.of(line.total.amount / 3, "USD")
     assert world.order(order.id).payment.refunded == settled.refund
+
+
+def test_a_lines_units_refunded_over_several_returns_add_up_to_its_total_while_one_refund_is_pending(world, clock):
+    # 40.22 over three units: the first unit is worth 13.41, the first two 26.81. A return of the
+    # second unit refunded while the first one's refund waits for the gateway must still count it.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("MUG", 3))
+    line = order.lines[0]
+    assert line.total == Money.of("40.22", "USD")
+
+    def returned() -> str:
+        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        return item.id
+
+    first = returned()
+    gateway.script("refund", "transient")
+    assert returns.settle(first, actor="key_wh").status is R.RECEIVED  # its refund is pending
+    gateway.script("refund", "approve")
+    second = returns.settle(returned(), actor="key_wh")
+    done = returns.settle(first, actor="key_wh")
+    third = returns.settle(returned(), actor="key_wh")
+
+    refunds = [done.refund, second.refund, third.refund]
+    assert sum((r.amount for r in refunds), Decimal(0)) == line.total.amount
+    assert world.order(order.id).payment.refunded == line.total
 
 
 def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_retry_asks_under_a_new_key(world, clock):
