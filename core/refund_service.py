@@ -79,11 +79,15 @@ class RefundService:
             return Refund.of(order_id, refund)
         return Refund.of(order_id, self._ask_gateway(order, refund, actor))
 
-    def finish_pending(self, order_id: str, actor: str) -> list[Refund]:
+    def finish_pending(self, order_id: str, actor: str, *, besides_return: str | None = None) -> list[Refund]:
         """Ask the gateway again for every refund of the order still `pending` (under its own
-        key), whatever key it was issued with; PaymentGatewayUnavailable while it stays down."""
+        key), whatever key it was issued with, but those of return `besides_return` (its own step
+        finishes them); PaymentGatewayUnavailable while it stays down."""
         order = visible(self._orders.get(order_id), order_id, None)
-        pending = [refund for refund in order.payment.refunds if refund.status == "pending"]
+        pending = [
+            refund for refund in order.payment.refunds
+            if refund.status == "pending" and (besides_return is None or refund.return_id != besides_return)
+        ]  # fmt: skip
         return [Refund.of(order_id, self._ask_gateway(order, refund, actor)) for refund in pending]
 
     def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str) -> PaymentRefund:

@@ -367,7 +367,7 @@ class Returns:
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
-        return self._pay_back(item, order, lambda: self._due(item, order), actor)
+        return self._pay_back(item, order, lambda current: self._due(item, current), actor)
 
     def _due(self, item: Return, order: Order) -> Money:
         # The policy refunded shipping for the return as asked (the built-in one: the whole order
@@ -379,14 +379,21 @@ class Returns:
             returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id, order=order),
         )  # fmt: skip
 
-    def _pay_back(self, item: Return, order: Order, due: Callable[[], Money], actor: str) -> Return:
-        """Refund `due()` for the return (once: a succeeded refund of it is found and kept) and
-        mark it `refunded` with what was given back."""
+    def _pay_back(self, item: Return, order: Order, due: Callable[[Order], Money], actor: str) -> Return:
+        """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept) and
+        mark it `refunded` with what was given back.
+
+        Other refunds of the order still pending at the gateway are finished first, under their
+        own keys: each holds its amount, and a due capped beside them would keep short of what a
+        refused one frees again (PaymentGatewayUnavailable while the gateway stays down)."""
         return_id = item.id
         mine = [r for r in order.payment.refunds if r.return_id == item.id]
         done = next((r for r in mine if r.status == "succeeded"), None)
+        if done is None and any(r.status == "pending" and r.return_id != item.id for r in order.payment.refunds):
+            self._refunds.finish_pending(order.id, actor, besides_return=item.id)
+            order = visible(self._orders.get(order.id), order.id, None)
         if done is None:
-            amount = due()
+            amount = due(order)
             if amount.amount > 0 or any(r.status == "pending" for r in mine):
                 attempt = sum(1 for r in mine if r.status == "failed")
                 refund = self._refunds.issue_refund(
@@ -434,7 +441,7 @@ class Returns:
             return_id, None,
             lambda r: r if r.exchange_order_id else r.with_exchange_order(replacement.id, at=at),
         )  # fmt: skip
-        return self._pay_back(item, original, lambda: rest, actor)
+        return self._pay_back(item, original, lambda current: rest, actor)
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed

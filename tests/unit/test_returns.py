@@ -14,6 +14,7 @@ from core.errors import (
     InvalidRequest,
     InvalidTransition,
     NotFound,
+    PaymentGatewayUnavailable,
     PluginError,
     TransientError,
     UnknownSku,
@@ -567,6 +568,27 @@ def test_a_lines_units_refunded_over_several_returns_add_up_to_its_total_while_o
     refunds = [done.refund, second.refund, third.refund]
     assert sum((r.amount for r in refunds), Decimal(0)) == line.total.amount
     assert world.order(order.id).payment.refunded == line.total
+
+
+def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refuses_that_appeasement(world, clock):
+    # An appeasement waiting for the gateway holds what it asked for; a return refunded meanwhile
+    # must not settle for what is left of it, or refused, the appeasement gives the customer nothing.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("MUG", 1))
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse", "approve")  # the appeasement is refused, the return's refund approved
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.refund) == (R.REFUNDED, order.lines[0].total)
+    after = world.order(order.id)
+    assert [(r.kind, r.status) for r in after.payment.refunds] == [("appeasement", "failed"), ("return", "succeeded")]
+    assert after.payment.refunded == order.lines[0].total
 
 
 def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_retry_asks_under_a_new_key(world, clock):
