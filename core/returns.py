@@ -454,6 +454,10 @@ class Returns:
         placed = self._orders.get(order_id_for(original.channel, external_id))
         if placed is not None:
             return self._mine(placed, item)
+        if any(r.status == "pending" and r.return_id != item.id for r in original.payment.refunds):
+            # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
+            self._refunds.finish_pending(original.id, actor, besides_return=item.id)
+            original = visible(self._orders.get(original.id), original.id, None)
         credit = self._due(item, original)
         cmd = PlaceOrder(
             channel=original.channel, external_id=external_id, currency=original.currency,

@@ -370,6 +370,26 @@ def test_an_exchange_that_costs_more_authorizes_only_the_difference_and_captures
     assert (paid.status.value, paid.captured, paid.captured - paid.refunded) == ("captured", due, due)
 
 
+def test_an_exchanges_credit_is_what_the_units_are_worth_once_a_pending_appeasement_is_refused(world, clock):
+    # The credit is the returned units' refund: capped beside an appeasement still pending at the
+    # gateway it would be nothing, and the replacement charged in full.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    replacement = world.order(settled.exchange_order_id or "")
+    assert replacement.exchange_credit == order.lines[0].total
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["failed"]
+
+
 def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothing(world, clock):
     _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
     credit = order.lines[0].total
