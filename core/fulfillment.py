@@ -210,8 +210,7 @@ class OrderActions:
     def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The customer collected a pickup: its share of the payment is captured first (as a ship
         captures), then the shipment is recorded delivered, then its units leave on_hand, and (as
-        after a ship) what the authorization holds beyond the captures of an order that lost units
-        is released."""
+        after a ship) the payment of an order that lost units is settled to its total."""
         order = self._order(order_id, channel)
         order.ready_to_collect(shipment_id)
         amount = order.capture_due(shipment_id)
