@@ -292,7 +292,8 @@ def oms_return_policy(
     :param order: the order (its shipments carry `shipped_at` and `delivered_at`).
     :param lines: the lines asked for, each with `line_id`, `quantity`, `reason`, `reason_code`.
     :param returned_before: units of each line already on the order's earlier returns (not
-        rejected or cancelled), so a policy can tell when the whole order comes back.
+        rejected or cancelled; a received one counts what it brought back), so a policy can tell
+        when the whole order comes back.
     :param now: the time of the request.
     :return: a ReturnPolicyDecision, or None to let another plugin answer.
 

@@ -533,12 +533,15 @@ def _units_refunded(returns: list[Return], besides: str, order: Order) -> dict[s
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:
+    """Units of each line that earlier returns hold: what an open one asked for, and what a
+    received one brought back (units it never brought back may come back on another return)."""
     units: dict[str, int] = {}
     for item in returns:
         if item.status in CLOSED:
             continue
+        received = item.status in (R.RECEIVED, R.REFUNDED)
         for line in item.lines:
-            units[line.line_id] = units.get(line.line_id, 0) + line.quantity
+            units[line.line_id] = units.get(line.line_id, 0) + (line.received_quantity if received else line.quantity)
     return units
 
 

@@ -611,6 +611,23 @@ def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refus
     assert after.payment.refunded == order.lines[0].total
 
 
+def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 3))
+    first = returns.request(order.id, ask(("L1", 3, None)), actor="key_cs")
+    returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")  # one of three came back
+    one = returns.settle(first.id, actor="key_wh")
+
+    later = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(later.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    two = returns.settle(later.id, actor="key_wh")
+
+    assert one.refund + two.refund == order.lines[0].total
+    assert world.order(order.id).lines[0].returned_quantity == 3
+    with pytest.raises(InvalidRequest):  # and nothing more than shipped
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+
 def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_retry_asks_under_a_new_key(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1), token="tok_refund_decline")
