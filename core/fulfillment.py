@@ -110,7 +110,7 @@ class OrderActions:
     def _capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         payment = order.payment
         authorization = payment.authorization or ""
-        key = payment_keys.capture(order.id, shipment_id)
+        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id))
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
@@ -125,7 +125,8 @@ class OrderActions:
         authorization = payment.authorization or ""
         detail = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json"),
                   "capture_reference": capture.reference}  # fmt: skip
-        key = payment_keys.refund(order.id, shipment_id)
+        before = order.captures_reversed(shipment_id)
+        key = payment_keys.capture_reversal(order.id, shipment_id, before)
         try:
             refund = self._payments.retried(
                 "refund",
@@ -133,12 +134,13 @@ class OrderActions:
                 self._recorder(order.id, actor, **detail),
             )
         except (PaymentRefused, PaymentGatewayUnavailable):
-            return
+            return  # the capture stands: a ship of that shipment again replays it under the same key
         at = self._clock()
         modify(
             self._orders, order.id,
-            lambda current: current.noted(OrderEvent.PAYMENT_CAPTURE_REVERSED, at=at, actor=actor,
-                                          detail={**detail, "refund_reference": refund.reference}),
+            lambda current: current.record_capture_reversal(
+                shipment_id, {**detail, "refund_reference": refund.reference}, at=at, actor=actor
+            ) if current.captures_reversed(shipment_id) == before else None,
         )  # fmt: skip
 
     def _units_leave(self, order: Order, shipment_id: str) -> None:

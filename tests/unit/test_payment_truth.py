@@ -20,10 +20,11 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
-from core.models import LineInput, Order, OrderEdit
+from core.models import Address, LineInput, Order, OrderEdit
 from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from tests.builders import address_body
 from tests.unit.world import World, before_the_next_write, build_world
 
 S, P = OrderStatus, PaymentStatus
@@ -493,6 +494,38 @@ def test_two_parcels_shipped_at_once_still_capture_the_grand_total_exactly(world
     assert done.payment.status is P.CAPTURED
     assert world.spy.captured_total() == done.totals.grand_total.amount == done.payment.captured.amount
     assert all(amount.amount > Decimal(0) for _, amount, _ in world.spy.captured)
+
+
+def test_a_shipment_made_again_after_its_capture_was_given_back_is_captured_under_a_new_key(world, monkeypatch):
+    # An edit withdrew the shipment while it was being captured, so that capture was refunded; the
+    # order, sourced again, gets a shipment of the same id at the same location. Under the same
+    # key a gateway would answer its next capture with the refunded one, and no money would move.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    renamed = Address.model_validate(address_body(name="Ada King"))  # same region: same total
+    before_the_next_write(
+        world,
+        monkeypatch,
+        lambda: world.actions.edit(order.id, order.version, OrderEdit(shipping_address=renamed), "k"),
+    )
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    monkeypatch.undo()
+    reversed_ = world.order(order.id)
+    assert Order.model_validate_json(reversed_.stored_json()).captures_reversed(shipment.id) == 1  # stored...
+    assert "reversed_captures" not in reversed_.model_dump(mode="json")  # ...never shown
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    (again,) = world.order(order.id).shipments
+    assert again.id == shipment.id
+
+    shipped = world.actions.ship(order.id, again.id, None, actor="key_wh")
+
+    first, second = world.gateway.keys("capture")
+    assert first == payment_keys.capture(order.id, shipment.id) and second != first
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total] * 2
+    assert len(world.spy.refunded) == 1
 
 
 def test_idempotency_keys_keep_the_shapes_gateways_already_hold():
