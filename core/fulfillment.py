@@ -25,7 +25,7 @@ from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
 from core.services import CaptureService
-from core.status import RESOURCEABLE, OrderStatus, ShipmentStatus
+from core.status import RESOURCEABLE, OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
@@ -110,7 +110,7 @@ class OrderActions:
     def _capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         payment = order.payment
         authorization = payment.authorization or ""
-        key = payment_keys.capture(order.id, shipment_id)
+        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id))
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
@@ -125,7 +125,8 @@ class OrderActions:
         authorization = payment.authorization or ""
         detail = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json"),
                   "capture_reference": capture.reference}  # fmt: skip
-        key = payment_keys.refund(order.id, shipment_id)
+        before = order.captures_reversed(shipment_id)
+        key = payment_keys.capture_reversal(order.id, shipment_id, before)
         try:
             refund = self._payments.retried(
                 "refund",
@@ -133,12 +134,13 @@ class OrderActions:
                 self._recorder(order.id, actor, **detail),
             )
         except (PaymentRefused, PaymentGatewayUnavailable):
-            return
+            return  # the capture stands: a ship of that shipment again replays it under the same key
         at = self._clock()
         modify(
             self._orders, order.id,
-            lambda current: current.noted(OrderEvent.PAYMENT_CAPTURE_REVERSED, at=at, actor=actor,
-                                          detail={**detail, "refund_reference": refund.reference}),
+            lambda current: current.record_capture_reversal(
+                shipment_id, {**detail, "refund_reference": refund.reference}, at=at, actor=actor
+            ) if current.captures_reversed(shipment_id) == before else None,
         )  # fmt: skip
 
     def _units_leave(self, order: Order, shipment_id: str) -> None:
@@ -209,7 +211,8 @@ class OrderActions:
 
     def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The customer collected a pickup: its share of the payment is captured first (as a ship
-        captures), then the shipment is recorded delivered, then its units leave on_hand."""
+        captures), then the shipment is recorded delivered, then its units leave on_hand, and (as
+        after a ship) the payment of an order that lost units is settled to its total."""
         order = self._order(order_id, channel)
         order.ready_to_collect(shipment_id)
         amount = order.capture_due(shipment_id)
@@ -232,7 +235,7 @@ class OrderActions:
                 self._reverse_capture(order, shipment_id, amount, capture, actor)
             raise
         self._units_leave(collected, shipment_id)
-        return collected
+        return self._units.after_shipping(collected, actor)
 
     def expire_pickup(self, order_id: str, shipment_id: str, actor: str) -> Order:
         """An uncollected pickup past its `collect_by`: the shipment and the order are cancelled
@@ -289,7 +292,10 @@ class OrderActions:
         priced = self._capture.quote(cmd)
         total = order.payable(priced.totals)
         reauthorized = None
-        if (order.status == S.AUTHORIZED or resourced) and total.amount > order.payment.authorized.amount:
+        # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
+        # an authorization that no longer covers the total is replaced before anything is stored.
+        authorized = order.payment.status is PaymentStatus.AUTHORIZED
+        if authorized and total.amount > order.payment.authorized.amount:
             reauthorized = self._reauthorize(order, token, total, actor)
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
@@ -301,8 +307,13 @@ class OrderActions:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            if reauthorized is not None:
-                self._cancellation.void_unrecorded(order, reauthorized.reference, actor)  # no version records it
+            # Voided only when no version records it: the same edit repeated at once reauthorizes
+            # under the same key (the version it writes), so the gateway gave both one authorization.
+            current = self._orders.get(order_id)
+            if reauthorized is not None and (
+                current is None or current.payment.authorization != reauthorized.reference
+            ):
+                self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if resourced:
             self._release_replaced_lines(order, new)

@@ -292,15 +292,17 @@ def oms_return_policy(
     :param order: the order (its shipments carry `shipped_at` and `delivered_at`).
     :param lines: the lines asked for, each with `line_id`, `quantity`, `reason`, `reason_code`.
     :param returned_before: units of each line already on the order's earlier returns (not
-        rejected or cancelled), so a policy can tell when the whole order comes back.
+        rejected or cancelled; a received one counts what it brought back), so a policy can tell
+        when the whole order comes back.
     :param now: the time of the request.
     :return: a ReturnPolicyDecision, or None to let another plugin answer.
 
     Stops at first non-None result. `allowed=False` refuses the return with 422 and the
     decision's `code` and `message`; `needs_approval` makes it `requested` (a person approves or
     rejects it) instead of `authorized`; `fee` (in the order's currency, not negative) is kept
-    back from the refund; `refund_shipping` adds the order's shipping to it. When no plugin
-    answers, the return is refused (422 `return_not_allowed`).
+    back from the refund; `refund_shipping` adds the order's shipping to it (once every unit the
+    return asked for has arrived). When no plugin answers, the return is refused (422
+    `return_not_allowed`).
     """
 
 

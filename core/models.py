@@ -932,6 +932,10 @@ class Order(BaseModel, defer_build=True):
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=list, exclude=True)
+    # A shipment id per capture given back because the order changed while it shipped (the id
+    # comes back when the order is sourced from that location again): its next capture takes a new
+    # gateway key (core/payment_keys.py). The system's own: stored, never shown.
+    reversed_captures: list[str] = Field(default_factory=list, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -954,6 +958,8 @@ class Order(BaseModel, defer_build=True):
             system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
+        if self.reversed_captures:
+            system["reversed_captures"] = list(self.reversed_captures)
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -1026,7 +1032,9 @@ class Order(BaseModel, defer_build=True):
             return zero
         remaining = self.payable() - self.payment.captured
         if not self._pending_besides(shipment_id):
-            return remaining
+            # Never negative: a cancel that left the captures above the new total refunded the
+            # excess, so the last parcel is paid for already.
+            return max(remaining, zero, key=lambda m: m.amount)
         if shipment.id == self.shipments[0].id:
             others = [self._share(s) for s in self.shipments[1:]]
             planned = self.payable() - sum(others, zero) if others else remaining
@@ -1036,6 +1044,10 @@ class Order(BaseModel, defer_build=True):
         # total (that over-capture is refunded by the cancel, core.unit_cancellation).
         due = min(max(planned, zero, key=lambda m: m.amount), remaining, key=lambda m: m.amount)
         return max(due, zero, key=lambda m: m.amount)
+
+    def captures_reversed(self, shipment_id: str) -> int:
+        """How many captures for a shipment of this id were given back (core/payment_keys.py)."""
+        return self.reversed_captures.count(shipment_id)
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise."""
@@ -1315,6 +1327,14 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def ready_to_collect(self, shipment_id: str) -> Shipment:
+        """The pickup waiting at its store, if the order may hand it over now (checked before its
+        share is captured, as ready_to_ship is); InvalidTransition otherwise: a held order's waits."""
+        shipment = self._waiting_pickup(shipment_id)
+        if self.status is not OrderStatus.ALLOCATED:
+            raise InvalidTransition(f"an order that is {self.status} cannot hand over its pickup")
+        return shipment
+
+    def _waiting_pickup(self, shipment_id: str) -> Shipment:
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.READY_FOR_PICKUP:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not ready_for_pickup")
@@ -1327,7 +1347,7 @@ class Order(BaseModel, defer_build=True):
         self.ready_to_collect(shipment_id)
         payment = self.payment
         if payment.authorization:
-            payment = payment.with_capture(captured, self.totals.grand_total)
+            payment = payment.with_capture(captured, self.payable())
         shipments = [
             _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at, captured=captured)
             if s.id == shipment_id else s
@@ -1346,7 +1366,7 @@ class Order(BaseModel, defer_build=True):
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Nobody collected the pickup by its deadline: the shipment and the order are cancelled
         (reason `pickup_expired`); the caller then releases its units and voids the authorization."""
-        shipment = self.ready_to_collect(shipment_id)
+        shipment = self._waiting_pickup(shipment_id)
         if shipment.collect_by is None or shipment.collect_by > at:
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")
         cancelled = ShipmentStatus.CANCELLED
@@ -1436,6 +1456,14 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
             priced_version=self.version + 1, **again,
+        )  # fmt: skip
+
+    def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:
+        """A capture for `shipment_id` that this order could not record was refunded: counted, so a
+        shipment made again under that id is captured under a new key."""
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURE_REVERSED, detail=detail,
+            reversed_captures=[*self.reversed_captures, shipment_id],
         )  # fmt: skip
 
     def record_void(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:

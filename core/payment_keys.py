@@ -2,7 +2,9 @@
 
 Gateways already hold keys in these shapes, so they never change: an authorization is keyed by
 the order version it authorizes (an edit gets a new one), a capture by its shipment, a void by the
-authorization it releases, a refund by its own id."""
+authorization it releases, a refund by its own id. A shipment whose capture was given back (its
+order changed while it shipped) and that is made again under the same id adds the number of
+captures given back before, so its next capture is a new one, not the refunded one replayed."""
 
 from __future__ import annotations
 
@@ -11,8 +13,15 @@ def authorize(order_id: str, version: int) -> str:
     return f"{order_id}:authorize:v{version}"
 
 
-def capture(order_id: str, shipment_id: str) -> str:
+def capture(order_id: str, shipment_id: str, reversed_before: int = 0) -> str:
+    if reversed_before:
+        return f"{order_id}:{shipment_id}:capture:{reversed_before}"
     return f"{order_id}:{shipment_id}:capture"
+
+
+def capture_reversal(order_id: str, shipment_id: str, reversed_before: int = 0) -> str:
+    """The refund of a capture the order could not record (keyed like the capture it gives back)."""
+    return refund(order_id, f"{shipment_id}:{reversed_before}" if reversed_before else shipment_id)
 
 
 def void(authorization: str) -> str:

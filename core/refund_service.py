@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core import payment_keys
-from core.errors import PaymentRefused
+from core.errors import Conflict, PaymentRefused
 from core.models import Order, PaymentRefund, RefundKind
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
@@ -47,10 +47,14 @@ class RefundService:
         *,
         kind: RefundKind | None = None,
         channel: str | None = None,
+        same_request: bool = False,
     ) -> Refund:
         """Refund `amount` of what was captured, once per `idempotency_key` on this order.
         RefundExceedsCaptured (422) beyond captured minus refunded; InvalidTransition (409) when
-        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered."""
+        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered.
+        With `same_request` (a client's key), a refund found under the key for another amount or
+        reason is Conflict (409 `idempotency_key_reused`), before the gateway is asked: the
+        client's request is not the one that key stands for."""
         refund_id = refund_id_for(order_id, idempotency_key)
         at = self._clock()
 
@@ -65,15 +69,25 @@ class RefundService:
         order = modify(self._orders, order_id, begin, channel=channel)
         refund = order.payment.refund_by_id(refund_id)
         assert refund is not None
+        if same_request and (refund.amount != amount or refund.reason != reason):
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+            )
         if refund.status != "pending":
             return Refund.of(order_id, refund)
         return Refund.of(order_id, self._ask_gateway(order, refund, actor))
 
-    def finish_pending(self, order_id: str, actor: str) -> list[Refund]:
+    def finish_pending(self, order_id: str, actor: str, *, besides_return: str | None = None) -> list[Refund]:
         """Ask the gateway again for every refund of the order still `pending` (under its own
-        key), whatever key it was issued with; PaymentGatewayUnavailable while it stays down."""
+        key), whatever key it was issued with, but those of return `besides_return` (its own step
+        finishes them); PaymentGatewayUnavailable while it stays down."""
         order = visible(self._orders.get(order_id), order_id, None)
-        pending = [refund for refund in order.payment.refunds if refund.status == "pending"]
+        pending = [
+            refund for refund in order.payment.refunds
+            if refund.status == "pending" and (besides_return is None or refund.return_id != besides_return)
+        ]  # fmt: skip
         return [Refund.of(order_id, self._ask_gateway(order, refund, actor)) for refund in pending]
 
     def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str) -> PaymentRefund:

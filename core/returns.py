@@ -367,22 +367,33 @@ class Returns:
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
-        return self._pay_back(item, order, lambda: self._due(item, order), actor)
+        return self._pay_back(item, order, lambda current: self._due(item, current), actor)
 
     def _due(self, item: Return, order: Order) -> Money:
+        # The policy refunded shipping for the return as asked (the built-in one: the whole order
+        # coming back); units that never arrived do not earn it.
+        asked = {line.line_id: line.quantity for line in item.lines}
+        shipping = item.refund_shipping and item.received() == asked
         return refund_due(
-            order, item.received(), item.refund_shipping, item.fee,
-            returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id),
+            order, item.received(), shipping, item.fee,
+            returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id, order=order),
         )  # fmt: skip
 
-    def _pay_back(self, item: Return, order: Order, due: Callable[[], Money], actor: str) -> Return:
-        """Refund `due()` for the return (once: a succeeded refund of it is found and kept) and
-        mark it `refunded` with what was given back."""
+    def _pay_back(self, item: Return, order: Order, due: Callable[[Order], Money], actor: str) -> Return:
+        """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept) and
+        mark it `refunded` with what was given back.
+
+        Other refunds of the order still pending at the gateway are finished first, under their
+        own keys: each holds its amount, and a due capped beside them would keep short of what a
+        refused one frees again (PaymentGatewayUnavailable while the gateway stays down)."""
         return_id = item.id
         mine = [r for r in order.payment.refunds if r.return_id == item.id]
         done = next((r for r in mine if r.status == "succeeded"), None)
+        if done is None and any(r.status == "pending" and r.return_id != item.id for r in order.payment.refunds):
+            self._refunds.finish_pending(order.id, actor, besides_return=item.id)
+            order = visible(self._orders.get(order.id), order.id, None)
         if done is None:
-            amount = due()
+            amount = due(order)
             if amount.amount > 0 or any(r.status == "pending" for r in mine):
                 attempt = sum(1 for r in mine if r.status == "failed")
                 refund = self._refunds.issue_refund(
@@ -430,7 +441,7 @@ class Returns:
             return_id, None,
             lambda r: r if r.exchange_order_id else r.with_exchange_order(replacement.id, at=at),
         )  # fmt: skip
-        return self._pay_back(item, original, lambda: rest, actor)
+        return self._pay_back(item, original, lambda current: rest, actor)
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed
@@ -443,6 +454,10 @@ class Returns:
         placed = self._orders.get(order_id_for(original.channel, external_id))
         if placed is not None:
             return self._mine(placed, item)
+        if any(r.status == "pending" and r.return_id != item.id for r in original.payment.refunds):
+            # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
+            self._refunds.finish_pending(original.id, actor, besides_return=item.id)
+            original = visible(self._orders.get(original.id), original.id, None)
         credit = self._due(item, original)
         cmd = PlaceOrder(
             channel=original.channel, external_id=external_id, currency=original.currency,
@@ -504,24 +519,29 @@ class Returns:
         modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
 
 
-def _units_refunded(returns: list[Return], besides: str) -> dict[str, int]:
-    """Units of each line that earlier returns refunded: a line's units refunded over several
-    returns add up to exactly its total."""
+def _units_refunded(returns: list[Return], besides: str, order: Order) -> dict[str, int]:
+    """Units of each line that earlier returns refunded, or are refunding (a refund of theirs is on
+    the order, pending at the gateway or succeeded before the return was marked): a line's units
+    refunded over several returns add up to exactly its total."""
+    refunding = {refund.return_id for refund in order.payment.refunds if refund.status != "failed"}
     units: dict[str, int] = {}
     for item in returns:
-        if item.status is R.REFUNDED and item.id != besides:
+        if (item.status is R.REFUNDED or item.id in refunding) and item.id != besides:
             for line_id, quantity in item.received().items():
                 units[line_id] = units.get(line_id, 0) + quantity
     return units
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:
+    """Units of each line that earlier returns hold: what an open one asked for, and what a
+    received one brought back (units it never brought back may come back on another return)."""
     units: dict[str, int] = {}
     for item in returns:
         if item.status in CLOSED:
             continue
+        received = item.status in (R.RECEIVED, R.REFUNDED)
         for line in item.lines:
-            units[line.line_id] = units.get(line.line_id, 0) + line.quantity
+            units[line.line_id] = units.get(line.line_id, 0) + (line.received_quantity if received else line.quantity)
     return units
 
 

@@ -164,15 +164,16 @@ class UnitCancellation:
             self._release_authorization(self._current(order.id), actor)
 
     def after_shipping(self, order: Order, actor: str) -> Order:
-        """Once the last parcel of an order that lost units has shipped, what its authorization
-        holds beyond the captures is released (its captures followed the lower total). Returns
-        the order as it then is."""
+        """Once the last parcel of an order that lost units has shipped, the payment is settled to
+        its total: a capture that paid for units cancelled while it was being made is refunded
+        (or a total the captures fell short of is captured), and what the authorization holds
+        beyond the captures is released. Returns the order as it then is."""
         pending = any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
         if pending or not any(line.cancelled_quantity for line in order.lines):
             return order
-        # A failure is in the history; a cancel of the order (nothing left to cancel) releases it again.
+        # A failure is in the history; a cancel of the order (nothing left to cancel) settles it again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-            self._release_authorization(order, actor)
+            self._settle_payment(order, actor)
         return self._current(order.id)
 
     def _capture_rest(self, order: Order, amount: Money, actor: str) -> None:

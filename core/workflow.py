@@ -49,7 +49,7 @@ from core.ports import (
 )
 from core.sourcing import ask_plugins, destination_of, eligible_locations, reduced, sourceable
 from core.sourcing_rules import SourcingRules
-from core.status import TERMINAL, OrderStatus, can_transition
+from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan, stored_label
 
 S = OrderStatus
@@ -188,29 +188,42 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            if self._kept_on_hold(order, amount, result.reference):
+            stored = self._kept(order, amount, result.reference)
+            if stored is None:
+                raise self._closed_or_retry(
+                    order_id, lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR)
+                ) from None
+            if stored.status is S.ON_HOLD:
                 raise OrderHeld(f"order {order_id} was put on hold while it was being authorized") from None
-            raise self._closed_or_retry(
-                order_id, lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR)
-            ) from None
+            if stored.status in STOPPED:
+                raise stopped(stored) from None  # its cancel voids what it recorded
 
-    def _kept_on_hold(self, read: Order, amount: Money, reference: str) -> bool:
-        """The authorization lost its write to a hold placed on the same priced order: record it
-        on the held order, so neither is lost (a cancel voids it, a release carries on after it).
-        False when the order changed otherwise (edited, cancelled): the caller voids it."""
+    def _kept(self, read: Order, amount: Money, reference: str) -> Order | None:
+        """The authorization lost its write: the order as stored once it records `reference`, or
+        None when the order no longer wants it (edited, cancelled) and the caller voids it.
+
+        Kept when a twin execution recorded it already (one key, so the gateway gave both the same
+        authorization: voiding it would void the twin's), and recorded when the order still waits
+        for it at the same price: moved on only by a jeopardy mark or a hold (held, a cancel voids
+        it, a release carries on after it). Voided there, the retry would ask again under the same
+        key and record the authorization the gateway had voided."""
         at = self._clock()
 
         def decide(order: Order):
-            if not (order.waits_for_authorization_on_hold() and order.authorized_version == read.authorized_version
-                    and order.payable() == amount):  # fmt: skip
+            if order.payment.authorization == reference:
+                return None
+            waits = order.waits_for_authorization_on_hold() or (
+                order.status is S.PENDING and order.payment.status is PaymentStatus.PENDING
+            )
+            if not (waits and order.authorized_version == read.authorized_version and order.payable() == amount):
                 return None
             return order.authorize(amount, reference, at=at, actor=WORKFLOW_ACTOR)
 
         try:
             stored = modify(self._orders, read.id, decide)
         except StaleVersion:
-            return False
-        return stored.status is S.ON_HOLD and stored.payment.authorization == reference
+            return None
+        return stored if stored.payment.authorization == reference else None
 
     def _recorder(self, order_id: str, **detail: object):
         return failure_recorder(self._orders, order_id, WORKFLOW_ACTOR, self._clock, **detail)

@@ -71,6 +71,15 @@ def test_every_error_is_documented_in_the_contract_s_shape(document: dict[str, A
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
 
 
+def test_every_route_that_captures_documents_a_refused_capture_and_an_unavailable_gateway(document: dict[str, Any]):
+    # A ship captures its parcel's share, and so does the deliver that hands a pickup over.
+    for path in (
+        "/orders/{order_id}/shipments/{shipment_id}/ship",
+        "/orders/{order_id}/shipments/{shipment_id}/deliver",
+    ):
+        assert {"502", "503"} <= set(document["paths"][path]["post"]["responses"]), path
+
+
 def test_an_optional_body_is_an_object_or_nothing_never_null(document: dict[str, Any]):
     for method, path, operation in operations(document):
         schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from core.models import HistoryEntry, Order, Payment, Totals
+from core.models import HistoryEntry, Order, Payment, PaymentRefund, Totals
+from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
@@ -94,6 +95,28 @@ def test_the_same_idempotency_key_refunds_once_and_another_body_under_it_is_409(
     assert_error(other, 409, "idempotency_key_reused")
     assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "5.00"
     assert len(api.get(f"/orders/{oid}/refunds").json()["items"]) == 1
+
+
+def test_another_body_under_the_key_of_a_refund_left_pending_is_409_and_the_same_body_finishes_it(api):
+    from functions.bootstrap import Config, bootstrap
+
+    oid = order_id(7)
+    order = a_captured_order(oid)
+    # The first request held its refund and stopped before the gateway answered (a Lambda timeout,
+    # or a 503 while the gateway stayed down): nothing was stored under the Idempotency-Key.
+    held = PaymentRefund(id=refund_id_for(oid, "api:key_admin:appease-9"), amount=usd("5.00"),
+                         reason="late delivery", status="pending", at=order.created_at)  # fmt: skip
+    payment = order.payment.model_copy(update={"refunds": [held]})
+    stored = order.model_copy(update={"payment": payment, "version": order.version + 1})
+    bootstrap(Config.from_env()).order_repository.update(stored, order, [])
+
+    other = refund(api, oid, "6.00", headers={"Idempotency-Key": "appease-9"})
+    same = refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-9"})
+
+    assert_error(other, 409, "idempotency_key_reused")
+    assert same.status_code == 201, same.text
+    assert (same.json()["id"], same.json()["status"], same.json()["amount"]["amount"]) == (held.id, "succeeded", "5.00")
+    assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "5.00"
 
 
 def test_more_than_captured_minus_refunded_is_422_and_the_rest_can_be_refunded(api):

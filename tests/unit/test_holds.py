@@ -323,6 +323,29 @@ def test_an_edit_while_held_gets_a_new_authorization_key(world):
     assert world.gateway.keys("authorize") == [f"{order_id}:authorize:v3"]
 
 
+def test_an_authorized_order_edited_while_held_to_a_grown_total_is_authorized_again_for_it(world):
+    # Held after its authorization (by a person, or parked by the workflow): the edit must cover
+    # the new total, or every capture of it would ask for more than was authorized.
+    order_id = world.place(("MUG", 1))
+    run_step(world, "authorize_payment", order_id)
+    first = world.order(order_id).payment.authorization
+    held = hold(world, order_id)
+
+    edited = world.actions.edit(order_id, held.version, OrderEdit(lines=[{"sku": "MUG", "quantity": 3}]), actor="k")
+
+    assert edited.status is S.ON_HOLD
+    assert edited.payment.authorized == edited.totals.grand_total
+    assert edited.payment.authorization != first
+    assert world.spy.voided == [first]
+    release(world, order_id)
+    run_from(world, order_id, first=1)
+    order = world.order(order_id)
+    for shipment in order.shipments:
+        world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+    shipped = world.order(order_id)
+    assert shipped.payment.captured == shipped.totals.grand_total == shipped.payment.authorized
+
+
 @pytest.mark.parametrize("step", ["reserve_stock", "create_shipments"])
 def test_a_hold_that_wins_over_a_later_step_stops_it_and_the_release_runs_it_again(world, monkeypatch, step):
     order_id = world.place(("MUG", 2))

@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
+from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
 from tests.unit.world import World, before_the_next_write, build_world
@@ -299,6 +301,50 @@ def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
     assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
     assert world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store") == collected
     assert len(world.spy.captured) == 1
+
+
+def test_a_collected_exchange_pickup_whose_credit_paid_part_of_it_is_captured(world):
+    # A pickup order's exchange is a pickup too; its payment covers what the credit does not.
+    credit = Money(amount="10.00", currency="USD")
+    cmd = place_order(external_id="web-1001-x1", lines=[{"sku": "TSHIRT", "quantity": 2}], **PICKUP)
+    order_id = world.capture.place_exchange(cmd, credit, "ord_original", "rma_1", actor="returns").id
+    order = resume(world, order_id)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert collected.payment.captured == collected.payable() == collected.totals.grand_total - credit
+    assert collected.payment.status == "captured"
+
+
+def test_a_collected_pickup_that_lost_units_releases_the_rest_of_its_authorization(world):
+    # As the last parcel of a shipped order that lost units does: nothing is left to capture.
+    order = world.allocated(("TSHIRT", 3), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert collected.payment.captured == collected.totals.grand_total
+    assert collected.payment.authorized == collected.payment.captured
+    assert world.spy.voided == [order.payment.authorization]
+
+
+def test_a_held_pickup_is_not_collected_and_nothing_is_captured_for_it(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    held = Holds(world.orders, clock=lambda: NOW).hold(
+        order.id, HoldRequest(reason="fraud_review", note=None), actor="key_ops"
+    )
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    assert world.order(order.id) == held
+    assert (world.spy.captured, world.spy.refunded) == ([], [])  # no charge taken back at once
 
 
 def test_a_ready_pickup_is_not_shipped(world):

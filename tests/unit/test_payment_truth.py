@@ -17,12 +17,14 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     RefundExceedsCaptured,
+    StaleVersion,
     TransientError,
 )
-from core.models import LineInput, Order, OrderEdit
+from core.models import Address, LineInput, Order, OrderEdit
 from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from tests.builders import address_body
 from tests.unit.world import World, before_the_next_write, build_world
 
 S, P = OrderStatus, PaymentStatus
@@ -403,6 +405,27 @@ def test_reauthorization_at_edit(world, script, failed, ends):
     assert set(world.gateway.keys("authorize")[1:]) == {payment_keys.authorize(order_id, authorized.version + 1)}
 
 
+def test_an_edit_repeated_while_the_first_is_being_written_never_voids_the_authorization_it_recorded(
+    world, monkeypatch
+):
+    # A client's retry of a PATCH (same If-Match, same body) reauthorizes under the same key as the
+    # first, so the gateway answers both with one authorization: the one that loses the write
+    # (409) must not void what the other recorded.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    first = world.order(order_id).payment.authorization
+    before_the_next_write(world, monkeypatch, lambda: grow(world, order_id))
+
+    with pytest.raises(StaleVersion):
+        grow(world, order_id)
+
+    edited = world.order(order_id)
+    assert edited.payment.authorized == edited.totals.grand_total
+    assert edited.payment.authorization != first
+    assert edited.payment.authorization not in world.spy.voided
+    assert world.spy.voided == [first]
+
+
 def test_a_declined_authorization_is_not_retried(world):
     order_id = world.place(("TSHIRT", 2))
     world.gateway.script("authorize", "refuse")
@@ -471,6 +494,38 @@ def test_two_parcels_shipped_at_once_still_capture_the_grand_total_exactly(world
     assert done.payment.status is P.CAPTURED
     assert world.spy.captured_total() == done.totals.grand_total.amount == done.payment.captured.amount
     assert all(amount.amount > Decimal(0) for _, amount, _ in world.spy.captured)
+
+
+def test_a_shipment_made_again_after_its_capture_was_given_back_is_captured_under_a_new_key(world, monkeypatch):
+    # An edit withdrew the shipment while it was being captured, so that capture was refunded; the
+    # order, sourced again, gets a shipment of the same id at the same location. Under the same
+    # key a gateway would answer its next capture with the refunded one, and no money would move.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    renamed = Address.model_validate(address_body(name="Ada King"))  # same region: same total
+    before_the_next_write(
+        world,
+        monkeypatch,
+        lambda: world.actions.edit(order.id, order.version, OrderEdit(shipping_address=renamed), "k"),
+    )
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    monkeypatch.undo()
+    reversed_ = world.order(order.id)
+    assert Order.model_validate_json(reversed_.stored_json()).captures_reversed(shipment.id) == 1  # stored...
+    assert "reversed_captures" not in reversed_.model_dump(mode="json")  # ...never shown
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    (again,) = world.order(order.id).shipments
+    assert again.id == shipment.id
+
+    shipped = world.actions.ship(order.id, again.id, None, actor="key_wh")
+
+    first, second = world.gateway.keys("capture")
+    assert first == payment_keys.capture(order.id, shipment.id) and second != first
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total] * 2
+    assert len(world.spy.refunded) == 1
 
 
 def test_idempotency_keys_keep_the_shapes_gateways_already_hold():

@@ -4,6 +4,7 @@ the return policy, approval, the return label, receiving, restocking and the ord
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -13,6 +14,7 @@ from core.errors import (
     InvalidRequest,
     InvalidTransition,
     NotFound,
+    PaymentGatewayUnavailable,
     PluginError,
     TransientError,
     UnknownSku,
@@ -27,7 +29,7 @@ from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecisio
 from core.returns import ExchangeIdTaken, RefundNotDone, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW
-from tests.fakes import FakeReturns
+from tests.fakes import FakeReturns, ScriptedGateway
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -368,6 +370,26 @@ def test_an_exchange_that_costs_more_authorizes_only_the_difference_and_captures
     assert (paid.status.value, paid.captured, paid.captured - paid.refunded) == ("captured", due, due)
 
 
+def test_an_exchanges_credit_is_what_the_units_are_worth_once_a_pending_appeasement_is_refused(world, clock):
+    # The credit is the returned units' refund: capped beside an appeasement still pending at the
+    # gateway it would be nothing, and the replacement charged in full.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    replacement = world.order(settled.exchange_order_id or "")
+    assert replacement.exchange_credit == order.lines[0].total
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["failed"]
+
+
 def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothing(world, clock):
     _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
     credit = order.lines[0].total
@@ -524,6 +546,86 @@ def test_shipping_is_refunded_when_the_policy_says_so(world, clock):
 
     assert settled.refund == order.totals.grand_total
     assert world.order(order.id).payment.status.value == "refunded"
+
+
+def test_shipping_is_not_refunded_when_fewer_units_arrive_than_the_return_asked_for(world, clock):
+    # The policy refunded shipping because the whole order was to come back; one of three did.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    item = returns.request(order.id, ask(("L1", 3, "damaged")), actor="key_cs")
+    assert item.refund_shipping
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    line = order.lines[0]
+    assert settled.refund == Money.of(line.total.amount / 3, "USD")
+    assert world.order(order.id).payment.refunded == settled.refund
+
+
+def test_a_lines_units_refunded_over_several_returns_add_up_to_its_total_while_one_refund_is_pending(world, clock):
+    # 40.22 over three units: the first unit is worth 13.41, the first two 26.81. A return of the
+    # second unit refunded while the first one's refund waits for the gateway must still count it.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("MUG", 3))
+    line = order.lines[0]
+    assert line.total == Money.of("40.22", "USD")
+
+    def returned() -> str:
+        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        return item.id
+
+    first = returned()
+    gateway.script("refund", "transient")
+    assert returns.settle(first, actor="key_wh").status is R.RECEIVED  # its refund is pending
+    gateway.script("refund", "approve")
+    second = returns.settle(returned(), actor="key_wh")
+    done = returns.settle(first, actor="key_wh")
+    third = returns.settle(returned(), actor="key_wh")
+
+    refunds = [done.refund, second.refund, third.refund]
+    assert sum((r.amount for r in refunds), Decimal(0)) == line.total.amount
+    assert world.order(order.id).payment.refunded == line.total
+
+
+def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refuses_that_appeasement(world, clock):
+    # An appeasement waiting for the gateway holds what it asked for; a return refunded meanwhile
+    # must not settle for what is left of it, or refused, the appeasement gives the customer nothing.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("MUG", 1))
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse", "approve")  # the appeasement is refused, the return's refund approved
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.refund) == (R.REFUNDED, order.lines[0].total)
+    after = world.order(order.id)
+    assert [(r.kind, r.status) for r in after.payment.refunds] == [("appeasement", "failed"), ("return", "succeeded")]
+    assert after.payment.refunded == order.lines[0].total
+
+
+def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 3))
+    first = returns.request(order.id, ask(("L1", 3, None)), actor="key_cs")
+    returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")  # one of three came back
+    one = returns.settle(first.id, actor="key_wh")
+
+    later = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(later.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    two = returns.settle(later.id, actor="key_wh")
+
+    assert one.refund + two.refund == order.lines[0].total
+    assert world.order(order.id).lines[0].returned_quantity == 3
+    with pytest.raises(InvalidRequest):  # and nothing more than shipped
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
 
 
 def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_retry_asks_under_a_new_key(world, clock):

@@ -11,8 +11,8 @@ from core.models import CancelRequest, Order
 from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from tests.builders import place_order
-from tests.unit.world import World, build_world
+from tests.builders import place_order, product
+from tests.unit.world import World, before_the_next_write, build_world
 
 S, P = OrderStatus, PaymentStatus
 
@@ -200,6 +200,28 @@ def test_what_was_captured_beyond_the_new_total_is_refunded_as_a_cancellation():
     assert world.actions.cancel(order.id, "no mug", actor="key_web") == done  # a repeat refunds nothing more
 
 
+def test_the_last_parcel_after_an_over_capture_was_refunded_captures_nothing_and_records_nothing_negative():
+    # The first parcel paid all the shipping; a cancelled unit made shipping cheaper by more than
+    # the pending parcel still carries, so the cancel refunded the excess: that parcel is paid.
+    world = build_world(STOCK, PerUnitShipping())
+    world.catalog.put_product(product("GUM", "0.50", weight_grams=5))
+    world.inventory.set_on_hand("GUM", "wh-west", 5, reason="count")
+    order = world.allocated(("GUM", 2), ("CAP", 3), shipping_method="per_unit")
+    east, west = world.shipment_at(order, "wh-east"), world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    cancelled = world.actions.cancel(order.id, "one gum", actor="key_web", lines={"L1": 1})
+    assert [r.kind for r in cancelled.payment.refunds] == ["cancellation"]
+    captured = cancelled.payment.captured
+
+    done = world.actions.ship(order.id, west, None, actor="key_wh")
+
+    assert done.status is S.SHIPPED
+    assert done.payment.captured == captured  # no capture: nothing negative recorded either
+    assert done.shipment(west).captured == Money.zero("USD")
+    assert settled(done) == done.totals.grand_total
+    assert len(world.spy.captured) == 1
+
+
 def test_a_total_left_higher_than_the_captures_is_captured_once_nothing_is_left_to_ship():
     world = build_world(STOCK, PerUnitShipping())
     order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
@@ -212,6 +234,24 @@ def test_a_total_left_higher_than_the_captures_is_captured_once_nothing_is_left_
     assert done.payment.captured == done.totals.grand_total and done.payment.status is P.CAPTURED
     entry = next(h for h in world.history(order.id) if h.type == "payment_captured")
     assert entry.detail["amount"] == {"amount": "2.00", "currency": "USD"}
+    assert done.payment.authorized == done.payment.captured
+
+
+def test_units_cancelled_while_their_parcel_was_being_captured_are_refunded_once_it_has_shipped(world, monkeypatch):
+    # The ship captured the parcel as it read it; the cancel took a unit out of it before the ship
+    # was recorded, so that capture paid for a unit that never left.
+    order = world.allocated(("MUG", 4))
+    (shipment,) = order.shipments
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    )
+
+    done = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert (done.status, done.lines[0].quantity, done.lines[0].shipped_quantity) == (S.SHIPPED, 3, 3)
+    assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total]
+    assert settled(done) == done.totals.grand_total
+    assert [(r.kind, r.status) for r in done.payment.refunds] == [("cancellation", "succeeded")]
     assert done.payment.authorized == done.payment.captured
 
 

@@ -6,12 +6,14 @@ between a step's read and its write."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
 from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, TransientError
 from core.models import Address, HistoryEntry, Order, OrderEdit
 from core.money import Money
+from core.order_changes import modify
 from core.status import OrderStatus
 from core.workflow import reservation_key
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
@@ -496,6 +498,43 @@ def test_a_retry_after_a_lost_race_never_records_the_authorization_it_voided(wor
     order = world.order(order_id)
     assert order.status is S.AUTHORIZED
     assert order.payment.authorization not in world.spy.voided
+
+
+def test_a_twin_authorization_that_loses_its_write_never_voids_the_one_its_twin_recorded(world, monkeypatch):
+    # Two executions of one order (an Express workflow started twice by a redelivered stream
+    # record) authorize under the same key, so the gateway answers both with one authorization:
+    # the one that loses the write must not void what the winner recorded.
+    order_id = world.place(("TSHIRT", 2))
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.authorize_payment(order_id, attempt=0))
+
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorization in world.spy.authorized
+    assert world.spy.voided == []
+
+
+def test_an_authorization_that_loses_its_write_to_a_jeopardy_mark_is_recorded_not_voided(world, monkeypatch):
+    # The scan marking a slow pending order late changes its version, not its price: the
+    # authorization still pays for it. Voided, the step's retry would ask again under the same key
+    # and record the authorization the gateway had voided.
+    order_id = world.place(("TSHIRT", 2))
+    late = NOW + timedelta(hours=1)
+
+    def mark_late():
+        modify(world.orders, order_id, lambda order: order.mark_jeopardy("late", NOW, at=late, actor="jeopardy_scan"))
+
+    before_the_next_write(world, monkeypatch, mark_late)
+
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.jeopardy is None  # leaving the late status clears the mark
+    assert order.payment.authorization in world.spy.authorized
+    assert world.spy.voided == []
+    assert [h.type for h in world.history(order_id)] == ["created", "jeopardy", "payment_authorized"]
 
 
 # --- Compensation -------------------------------------------------------------------------------

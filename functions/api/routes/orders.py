@@ -255,7 +255,7 @@ def ship_shipment(
     description="A shipped parcel arrived; or a pickup `ready_for_pickup` was collected at its store, when its "
     "share of the payment is captured (as a ship captures: a refused capture is 502, a gateway that keeps failing "
     "503, and the pickup stays ready).",
-    responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 503)},
+    responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)

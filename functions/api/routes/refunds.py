@@ -41,7 +41,13 @@ def refund_order(
 
     def refund() -> dict[str, Any]:
         issued = container().refunds.issue_refund(
-            order_id, request.amount, request.reason, refund_key, who.key_id, channel=who.channel
+            order_id,
+            request.amount,
+            request.reason,
+            refund_key,
+            who.key_id,
+            channel=who.channel,
+            same_request=idempotency_key is not None,
         )
         return issued.model_dump(mode="json")
 
