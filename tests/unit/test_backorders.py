@@ -200,6 +200,24 @@ def test_an_order_waiting_at_another_location_does_not_block_younger_ones():
     assert world.order(pickup).status is S.ALLOCATED
 
 
+def test_an_order_that_rejected_the_location_does_not_block_younger_ones_from_its_arrivals():
+    """The oldest waiting order may never take from wh-west (a shipment of it was rejected there),
+    so units arriving there go to the next order in line instead of idling behind it."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    oldest = world.allocated(("PREORDER", 1)).id
+    world.actions.reject(oldest, world.shipment_at(world.order(oldest), "wh-west"), "damaged", actor="key_wh")
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(oldest)
+    assert world.order(oldest).excluded_locations == ["wh-west"] and world.order(oldest).allocations == []
+    younger = backordered(world, ("PREORDER", 2))  # takes the released unit, waits for one more
+
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.order(oldest).status is S.BACKORDERED and world.order(oldest).allocations == []
+    assert world.level("PREORDER", "wh-west") == (2, 2, 0)
+
+
 def test_a_cancelled_backordered_order_releases_what_it_held_to_the_next_in_line():
     world, allocator, _ = make_world([("PREORDER", "wh-west", 2)])
     first = backordered(world, ("PREORDER", 3))
