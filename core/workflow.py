@@ -270,8 +270,7 @@ class Workflow:
                 self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
                 done.append((sku, location_id, key))
         except InsufficientStock:
-            for item in done:
-                self._inventory.release(*item)
+            self._release_unrecorded(order_id, done)
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
@@ -284,7 +283,22 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            raise self._closed_or_retry(order_id, lambda: [self._inventory.release(*i) for i in done]) from None
+            raise self._closed_or_retry(order_id, lambda: self._release_unrecorded(order_id, done)) from None
+
+    def _release_unrecorded(self, order_id: str, done: list[tuple[str, str, str]]) -> None:
+        """Undo a reservation whose record lost its write, except what the order now records: a
+        concurrent run of the same step reserved under the same order#line keys and won, and
+        releasing its reservations would leave the recorded units held by nothing."""
+        current = self._load(order_id)
+        recorded: set[tuple[str, str, str]] = set()
+        if current.status not in TERMINAL:  # a closed order holds nothing, whatever it records
+            sku_of = {line.line_id: line.sku for line in current.lines}
+            recorded = {
+                (sku_of[a.line_id], a.location_id, reservation_key(order_id, a.line_id)) for a in current.allocations
+            }
+        for item in done:
+            if item not in recorded:
+                self._inventory.release(*item)
 
     # --- Backorders ------------------------------------------------------------------------------
     def _backorderable_shortage(self, order: Order, eligible: list[Location], stock: dict) -> dict[str, int]:
@@ -325,7 +339,7 @@ class Workflow:
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
-            raise self._closed_or_retry(order.id, lambda: [self._inventory.release(*i) for i in done]) from None
+            raise self._closed_or_retry(order.id, lambda: self._release_unrecorded(order.id, done)) from None
         filled = self.fill_backorder(order.id)
         if filled.status in STOPPED:
             raise OrderClosed(f"order {order.id} is {filled.status}")

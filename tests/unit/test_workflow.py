@@ -562,3 +562,60 @@ def test_a_step_that_loses_its_write_to_another_step_asks_for_a_retry(world, mon
     monkeypatch.setattr(world.orders, "update", real)
     world.workflow.reserve_stock(order_id)
     assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 2}
+
+
+def test_the_same_step_run_twice_at_once_leaves_the_winners_reservations_held(world, monkeypatch):
+    # Two executions of ReserveStock (Express runs at least once; the outbox and the reconciler may
+    # start another): both reserve under the same order#line keys, one records them. The loser's
+    # undo must not release what the order now records, or nothing holds its units and a ship
+    # takes nothing off on_hand.
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.reserve_stock(order_id))
+
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+    world.workflow.reserve_stock(order_id)  # the loser's retry: reserved already
+
+    order = world.order(order_id)
+    recorded = {
+        (line.sku, a.location_id, reservation_key(order_id, a.line_id)): a.quantity
+        for a in order.allocations
+        for line in order.lines
+        if line.line_id == a.line_id
+    }
+    assert sum(recorded.values()) == 3
+    assert world.held_for(order_id) == recorded
+    assert world.level("TSHIRT", "wh-west") == (10, 2, 8)
+
+
+def test_a_concurrent_run_of_the_step_that_recorded_first_keeps_its_reservations(world, monkeypatch):
+    # The west mugs go while this run plans; a concurrent run of the same step sources the mug
+    # from the east, reserves and records. This run then finds its TSHIRT key reserved (by the
+    # other run), cannot reserve its west mug and gives back what it holds: never the TSHIRT
+    # reservation the order now records.
+    world.inventory.adjust("MUG", "wh-east", 2, reason="receipt")
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.inventory.reserve
+    raced: list[bool] = []
+
+    def reserve(*args, **kwargs):
+        if not raced:
+            raced.append(True)
+            world.inventory.adjust("MUG", "wh-west", -3, reason="damaged")
+            world.workflow.reserve_stock(order_id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(world.inventory, "reserve", reserve)
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert sorted((a.line_id, a.location_id, a.quantity) for a in order.allocations) == [
+        ("L1", "wh-west", 2), ("L2", "wh-east", 1)
+    ]  # fmt: skip
+    assert world.held_for(order_id) == {
+        ("TSHIRT", "wh-west", reservation_key(order_id, "L1")): 2,
+        ("MUG", "wh-east", reservation_key(order_id, "L2")): 1,
+    }
