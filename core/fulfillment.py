@@ -211,7 +211,7 @@ class OrderActions:
         """The customer collected a pickup: its share of the payment is captured first (as a ship
         captures), then the shipment is recorded delivered, then its units leave on_hand."""
         order = self._order(order_id, channel)
-        order.ready_to_collect(shipment_id)
+        order.collectable(shipment_id)
         amount = order.capture_due(shipment_id)
         capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None
         at = self._clock()

@@ -1320,11 +1320,19 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not ready_for_pickup")
         return shipment
 
+    def collectable(self, shipment_id: str) -> Shipment:
+        """The ready pickup, if the order may hand it over now: never while it is held, so that
+        nothing is captured for it then."""
+        shipment = self.ready_to_collect(shipment_id)
+        if self.status is not OrderStatus.ALLOCATED:
+            raise InvalidTransition(f"an order that is {self.status} cannot be collected")
+        return shipment
+
     def collect(
         self, shipment_id: str, *, captured: Money, capture_reference: str | None, at: datetime, actor: str
     ) -> Change:
         """The customer collected the pickup, and `captured` (what the gateway approved for it) is recorded."""
-        self.ready_to_collect(shipment_id)
+        self.collectable(shipment_id)
         payment = self.payment
         if payment.authorization:
             payment = payment.with_capture(captured, self.totals.grand_total)

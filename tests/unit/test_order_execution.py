@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
@@ -299,6 +300,22 @@ def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
     assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
     assert world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store") == collected
     assert len(world.spy.captured) == 1
+
+
+def test_a_held_pickup_is_not_collected_and_nothing_is_captured_for_it(world):
+    # Nothing is captured while an order is held: the collect is refused before the gateway is
+    # asked, not captured and then refunded when its record is refused.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    held = Holds(world.orders, lambda: NOW).hold(order.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    assert world.order(order.id) == held
+    assert (world.spy.captured, world.spy.refunded) == ([], [])
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
 
 
 def test_a_ready_pickup_is_not_shipped(world):
