@@ -226,6 +226,7 @@ class Workflow:
         if order.status != S.AUTHORIZED or order.allocations:
             if order.status in STOPPED:
                 raise stopped(order)
+            _check_authorized_visible(order)
             return  # reserved already
         locations = self._catalog.list_locations()
         # The rules in force now decide; the version is named in the order's history.
@@ -431,6 +432,7 @@ class Workflow:
         if order.status not in (S.AUTHORIZED, S.BACKORDERED):
             if order.status in STOPPED:
                 raise stopped(order)
+            _check_authorized_visible(order)
             return  # allocated already
         if not order.allocations:
             raise TransientError(f"order {order_id} has no reservations yet")
@@ -523,6 +525,14 @@ class Workflow:
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold") from None
         return parked
+
+
+def _check_authorized_visible(order: Order) -> None:
+    """A step after AuthorizePayment never finds its order `pending` but on a read that does not
+    show that step's write yet (GetItem is eventually consistent): ask to run again rather than
+    take the work as done."""
+    if order.status is S.PENDING:
+        raise TransientError(f"order {order.id} does not show its authorization yet")
 
 
 def _by_place(allocation: Allocation) -> tuple[str, str]:

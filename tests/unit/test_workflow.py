@@ -619,3 +619,23 @@ def test_a_concurrent_run_of_the_step_that_recorded_first_keeps_its_reservations
         ("TSHIRT", "wh-west", reservation_key(order_id, "L1")): 2,
         ("MUG", "wh-east", reservation_key(order_id, "L2")): 1,
     }
+
+
+@pytest.mark.parametrize("step", ["reserve_stock", "create_shipments"])
+def test_a_step_that_reads_the_order_before_its_authorization_shows_asks_to_run_again(world, monkeypatch, step):
+    # DynamoDB's GetItem is eventually consistent: milliseconds after AuthorizePayment wrote, the
+    # next step may still read the order `pending`. That is never work done (the step would end
+    # the execution with nothing reserved or allocated, and the order parked or stalled): retry.
+    order_id = world.place(("TSHIRT", 2))
+    pending = world.order(order_id)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.orders.get
+    lagging = [pending]
+    monkeypatch.setattr(world.orders, "get", lambda oid: lagging.pop() if lagging and oid == order_id else real(oid))
+
+    with pytest.raises(TransientError):
+        getattr(world.workflow, step)(order_id)
+
+    world.workflow.reserve_stock(order_id)  # the retries read the order as it is
+    world.workflow.create_shipments(order_id)
+    assert world.order(order_id).status is S.ALLOCATED
