@@ -343,7 +343,7 @@ class Workflow:
             raise self._closed_or_retry(order.id, lambda: self._release_unrecorded(order.id, done)) from None
         filled = self.fill_backorder(order.id)
         if filled.status in STOPPED:
-            raise OrderClosed(f"order {order.id} is {filled.status}")
+            raise stopped(filled)
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 
@@ -509,13 +509,15 @@ class Workflow:
         """Put the order the workflow could not finish on hold for a person. Reservations and the
         authorization stay: nothing was captured, and a release carries on where it stopped with
         the stock still held. True when this call parked it; False when there was nothing to do
-        (parked already by an earlier run, or finished or closed by someone else meanwhile)."""
+        (parked already by an earlier run, or finished or closed by someone else meanwhile). A
+        backordered order is parked too: one whose every unit is reserved but whose shipments
+        could not be created would otherwise wait, unseen, for an arrival that may never come."""
         at = self._clock()
         parked = False
 
         def decide(order: Order):
             nonlocal parked
-            parked = order.status in (S.PENDING, S.AUTHORIZED)
+            parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED)
             if not parked:
                 return None
             return order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
