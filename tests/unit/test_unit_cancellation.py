@@ -94,6 +94,37 @@ def test_a_line_cancel_of_an_allocated_order_shrinks_its_shipment_and_reservatio
     assert world.level("MUG", "wh-west") == (4, 0, 4)
 
 
+def test_two_line_cancels_at_once_leave_the_reservation_at_what_is_left_to_ship(world, monkeypatch):
+    # Each cancel brings the reservation down after its write, conditional on what it read. The
+    # second cancel read 4 reserved; the first one's shrink (to 3) landed before the second's (to
+    # 2), which then changed nothing. The reservation must still end at the 2 left, or the ship
+    # takes 3 off on_hand for the 2 units that leave.
+    order = world.allocated(("MUG", 4))
+    units = world.actions._units
+    release_stock = units._release_stock
+    monkeypatch.setattr(units, "_release_stock", lambda order: None)  # the first cancel's is late
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    monkeypatch.setattr(units, "_release_stock", release_stock)
+    real = world.inventory.shrink
+    late: list[bool] = []
+
+    def shrink(sku, location_id, key, held, keep):
+        if not late:
+            late.append(True)
+            real(sku, location_id, key, held=4, keep=3)  # the first cancel's, landing first
+        real(sku, location_id, key, held=held, keep=keep)
+
+    monkeypatch.setattr(world.inventory, "shrink", shrink)
+
+    done = world.actions.cancel(order.id, "one more fewer", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].quantity == 2
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
+    world.actions.ship(order.id, done.shipments[0].id, None, actor="key_wh")
+    assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
 def test_a_line_cancel_that_empties_a_pending_shipment_removes_it_and_its_reservation(world):
     order = world.allocated(("MUG", 1), ("CAP", 1))
 
