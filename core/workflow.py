@@ -402,7 +402,7 @@ class Workflow:
                     break
                 before = held.get((line.sku, location_id, key), 0)
                 more = min(need, left[(line.sku, location_id)])
-                top_ups.append(TopUp(line.sku, location_id, key, before, before + more))
+                top_ups.append(TopUp(line.sku, location_id, key, before, before + more, rules.kept_back(location_id)))
                 left[(line.sku, location_id)] -= more
                 need -= more
         return top_ups

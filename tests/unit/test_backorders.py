@@ -283,6 +283,33 @@ def test_a_filled_order_whose_shipments_cannot_be_created_is_parked_for_a_person
     assert world.order(order_id).status is S.ALLOCATED
 
 
+def test_a_fill_that_races_another_reservation_never_takes_the_safety_stock(monkeypatch):
+    # wh-west keeps 1 unit back from orders. The fill planned on 2 available (1 for orders); an
+    # order reserved 1 before the fill's write, leaving only the unit kept back: the write must
+    # fail on it (as a reservation's does) and the fill find nothing left for orders.
+    rules = InMemorySourcingRules()
+    rules.add(SourcingRules(version=1, safety_stock={"wh-west": 1}))
+    world = build_world([], clock=ticking(), sourcing_rules=rules)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    real = world.backorders.fill
+    raced: list[bool] = []
+
+    def fill(*args):
+        if not raced:
+            raced.append(True)
+            world.inventory.reserve("PREORDER", "wh-west", "ord_other#L1", 1, keep=1)
+        return real(*args)
+
+    monkeypatch.setattr(world.backorders, "fill", fill)
+
+    order = world.workflow.fill_backorder(order_id, actor="backorders")
+
+    assert (order.status, order.allocations) == (S.BACKORDERED, [])
+    assert world.level("PREORDER", "wh-west") == (2, 1, 1)
+
+
 def test_a_cancelled_backordered_order_releases_what_it_held_to_the_next_in_line():
     world, allocator, _ = make_world([("PREORDER", "wh-west", 2)])
     first = backordered(world, ("PREORDER", 3))
