@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, TransientError
+from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
 from core.models import Address, HistoryEntry, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus
@@ -639,3 +639,29 @@ def test_a_step_that_reads_the_order_before_its_authorization_shows_asks_to_run_
     world.workflow.reserve_stock(order_id)  # the retries read the order as it is
     world.workflow.create_shipments(order_id)
     assert world.order(order_id).status is S.ALLOCATED
+
+
+def test_the_loser_of_the_race_reads_the_order_until_it_shows_the_write_that_beat_it(world, monkeypatch):
+    # GetItem is eventually consistent: just after losing its write, the step may read the order
+    # as it read it before, which records nothing; it reads again rather than release on that.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.reserve_stock(order_id))
+    lost_to = world.orders.update
+    real_get = world.orders.get
+    stale: list[Order] = []
+
+    def update(order, expected, entries):
+        try:
+            lost_to(order, expected, entries)
+        except StaleVersion:
+            stale.append(expected)  # the next read still shows the version this write expected
+            raise
+
+    monkeypatch.setattr(world.orders, "update", update)
+    monkeypatch.setattr(world.orders, "get", lambda oid: stale.pop() if stale else real_get(oid))
+
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+
+    assert world.held_for(order_id) == {("TSHIRT", "wh-west", reservation_key(order_id, "L1")): 2}
