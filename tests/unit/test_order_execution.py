@@ -9,10 +9,12 @@ from datetime import timedelta
 import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.fulfillment import OrderActions
 from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.status import OrderStatus, ShipmentStatus, can_transition
-from tests.builders import NOW, address_body, place_order
+from functions.adapters.catalog_cache import CachedCatalog
+from tests.builders import NOW, address_body, location, place_order
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -93,6 +95,24 @@ def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world)
     assert [(line.sku, line.quantity) for line in again.lines] == [("PEN", 1)]
     assert world.held_for(order.id) == {("PEN", "wh-east", f"{order.id}#L1"): 1}
     assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
+    # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
+    cached = CachedCatalog(world.catalog, ttl_seconds=10, clock=lambda: 0.0)
+    cached.list_locations()
+    actions = OrderActions(world.orders, cached, world.inventory, world.actions._payments, world.capture,
+                           clock=lambda: NOW)  # fmt: skip
+    world.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
+    world.inventory.set_on_hand("MUG", "wh-north", 5, reason="count")
+    world.inventory.adjust("MUG", "wh-west", -3, reason="moved north")
+    order = world.allocated(("MUG", 2))
+    assert [a.location_id for a in order.allocations] == ["wh-north"]
+
+    actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="PEN", quantity=1)]), actor="key_web")
+
+    assert world.held_for(order.id) == {}
+    assert world.level("MUG", "wh-north") == (5, 0, 5)
 
 
 def test_a_backordered_order_edited_is_sourced_again_and_what_its_replaced_lines_held_is_released(world):
