@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core import payment_keys
-from core.cancellation import Cancellation
+from core.cancellation import Cancellation, holding_locations
 from core.errors import PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.ids import reservation_key
 from core.models import LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
@@ -116,7 +116,7 @@ class UnitCancellation:
         """Bring every reservation of the order down to what its pending shipments still need. A
         shipment that left is not touched: its units leave on_hand with its ship (idempotent)."""
         sku_of = {line.line_id: line.sku for line in order.lines}
-        locations = [location.location_id for location in self._catalog.list_locations()]
+        locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line in order.lines:
             for location_id in locations:
