@@ -238,8 +238,9 @@ class Workflow:
         # A retry after a crash may find this order's own reservations: count them as available
         # again, so the plan is the one a first run would make, then reconcile.
         # Looked for wherever the order may have reserved, so a location the rules excluded since
-        # gives its units back below rather than keeping them.
-        anywhere = sourceable(order, locations, SourcingRules())  # the default rules exclude nothing
+        # gives its units back below rather than keeping them, and so does one that rejected a
+        # shipment of it whose release never ran (this order is never sourced there again).
+        anywhere = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
         mine = self._reservations_of(order, [loc.location_id for loc in anywhere])
         for sku, levels in stock.items():
             stock[sku] = [

@@ -226,6 +226,23 @@ def test_a_rejected_shipment_is_sourced_again_from_another_location(world):
     assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
 
 
+def test_a_reject_whose_release_never_ran_leaves_nothing_held_at_that_location_once_sourced_again(world, monkeypatch):
+    # The reject is recorded, then its request dies before it releases (a Lambda timeout) and is
+    # not repeated. The workflow the status change restarts never reserves there again for this
+    # order, so it gives back what the order still holds there.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    monkeypatch.setattr(world.actions, "_release_lines", lambda *args: None)
+    world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
+
+    again = resume(world, order.id)
+
+    assert [s.location_id for s in again.shipments] == ["wh-east"]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+
+
 def test_a_rejected_split_order_keeps_what_it_holds_elsewhere_for_the_workflow(world):
     order = world.allocated(("MUG", 1), ("PEN", 2))  # west: MUG, east: PEN
     east = world.shipment_at(order, "wh-east")
