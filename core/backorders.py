@@ -73,7 +73,9 @@ class BackorderAllocator:
                 if order.status is not S.BACKORDERED:
                     continue  # held, or about to be backordered (that step looks at stock itself)
                 eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
-                if location_id not in {loc.location_id for loc in eligible}:
+                # A location that rejected a shipment of this order never supplies it: an order that
+                # cannot take these units must not stop the younger ones that can.
+                if location_id not in {loc.location_id for loc in eligible} or location_id in order.excluded_locations:
                     continue
                 before = order.allocations
                 order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR)

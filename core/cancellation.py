@@ -10,12 +10,20 @@ from typing import Any
 from core import payment_keys
 from core.errors import PaymentGatewayUnavailable, PaymentRefused, TransientError
 from core.ids import reservation_key
-from core.models import Order
+from core.models import Location, Order
 from core.order_changes import failure_recorder, modify
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
+
+
+def holding_locations(order: Order, network: list[Location]) -> list[str]:
+    """Where `order` may hold stock: every location of `network`, and wherever the order records
+    units. The network an API container reads is cached for seconds (CachedCatalog) while the
+    workflow reads it fresh, so a location added meanwhile may hold the order's units unseen."""
+    recorded = [a.location_id for a in order.allocations] + [s.location_id for s in order.shipments]
+    return sorted({loc.location_id for loc in network} | set(recorded))
 
 
 class Cancellation:
@@ -80,7 +88,7 @@ class Cancellation:
     def _release(self, order: Order) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a
         # step that crashed between reserving and recording leaves nothing behind either.
-        locations = [loc.location_id for loc in self._catalog.list_locations()]
+        locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line in order.lines:
             for location_id in locations:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from core import payment_keys
-from core.cancellation import Cancellation
+from core.cancellation import Cancellation, holding_locations
 from core.errors import (
     Conflict,
     InvalidTransition,
@@ -339,7 +339,7 @@ class OrderActions:
         reservation the restarted workflow has just made under the same key."""
         kept = {(line.line_id, line.sku) for line in new.lines}
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
-        self._release_lines(old, gone, [loc.location_id for loc in self._catalog.list_locations()])
+        self._release_lines(old, gone, holding_locations(old, self._catalog.list_locations()))
 
     def _release_lines(self, order: Order, lines: list[OrderLine], location_ids: list[str]) -> None:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)

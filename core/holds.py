@@ -26,16 +26,16 @@ class ReleaseRequest(Strict):
 class Holds:
     """Each is one conditional write (core.order_changes.modify): a hold that races a workflow
     step wins or loses whole, and the step that lost re-reads, finds the hold and stops. The
-    workflow of a released `pending` or `authorized` order is started again by the outbox (the
-    Orders stream sees the order leave `on_hold`); no execution waits meanwhile."""
+    workflow of a released `pending`, `authorized` or `backordered` order is started again by the
+    outbox (the Orders stream sees the order leave `on_hold`); no execution waits meanwhile."""
 
     def __init__(self, orders: OrderRepository, clock: Callable[[], datetime] = utc_now):
         self._orders = orders
         self._clock = clock
 
     def hold(self, order_id: str, request: HoldRequest, actor: str, channel: str | None = None) -> Order:
-        """On hold from `pending`, `authorized` or `allocated` (InvalidTransition, 409, otherwise:
-        held already, shipped, closed)."""
+        """On hold from `pending`, `authorized`, `backordered` or `allocated` (InvalidTransition, 409,
+        otherwise: held already, shipped, closed)."""
         at = self._clock()
         return modify(
             self._orders, order_id,

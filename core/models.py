@@ -1064,6 +1064,10 @@ class Order(BaseModel, defer_build=True):
         workflow is about to allocate it, and a moment later it is editable again."""
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
+        elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
+            # Released, it waits for stock again under its queue entries: edited, it would have to be
+            # sourced again, which a release does not do.
+            raise InvalidTransition(f"order {self.id} was held while backordered: release it to edit it")
         elif self.status not in EDITABLE or self.allocations:
             raise InvalidTransition(
                 f"an order that is {self.status} and has stock reserved can no longer be edited"

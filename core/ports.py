@@ -266,13 +266,15 @@ class WaitingOrder:
 
 @dataclass(frozen=True)
 class TopUp:
-    """Grow the reservation under `key` at (sku, location) from `held` units (0: none) to `quantity`."""
+    """Grow the reservation under `key` at (sku, location) from `held` units (0: none) to `quantity`,
+    leaving at least `keep` units available there (the location's safety stock)."""
 
     sku: str
     location_id: str
     key: str
     held: int
     quantity: int
+    keep: int = 0
 
 
 class Backorders(ABC):

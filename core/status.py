@@ -65,12 +65,13 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING: frozenset({S.AUTHORIZED, S.ON_HOLD, S.PAYMENT_FAILED, S.CANCELLED}),
     # A hold resumes to the status it was put on from (Order.hold keeps it): an order parked by
     # the workflow after an infrastructure failure was authorized already, and stays authorized;
-    # an allocated order held by a person goes back to allocated, its shipments still pending.
-    S.ON_HOLD: frozenset({S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.CANCELLED}),
+    # an allocated order held by a person goes back to allocated, its shipments still pending; a
+    # backordered one goes back to waiting with what it holds (nothing is filled while it is held).
+    S.ON_HOLD: frozenset({S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.BACKORDERED, S.CANCELLED}),
     S.AUTHORIZED: frozenset({S.ALLOCATED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
     # Back to AUTHORIZED: an edit or a location's reject releases what was sourced and the
     # workflow sources the order again. ALLOCATED -> DELIVERED: a pickup collected at the store.
-    S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED, S.AUTHORIZED}),
+    S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED, S.AUTHORIZED, S.ON_HOLD}),
     S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.ON_HOLD, S.CANCELLED, S.AUTHORIZED, S.DELIVERED}),
     # Cancelling the units that have not shipped ends a partly shipped order shipped, or delivered
     # when every shipment that left has arrived.

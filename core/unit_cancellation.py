@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core import payment_keys
-from core.cancellation import Cancellation
+from core.cancellation import Cancellation, holding_locations
 from core.errors import PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.ids import reservation_key
 from core.models import LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
@@ -116,7 +116,7 @@ class UnitCancellation:
         """Bring every reservation of the order down to what its pending shipments still need. A
         shipment that left is not touched: its units leave on_hand with its ship (idempotent)."""
         sku_of = {line.line_id: line.sku for line in order.lines}
-        locations = [location.location_id for location in self._catalog.list_locations()]
+        locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line in order.lines:
             for location_id in locations:
@@ -130,14 +130,23 @@ class UnitCancellation:
                     needed[held] += item.quantity
                 else:
                     left.add(held)
-        for (sku, location_id, key), quantity in self._inventory.reservations(dict(keys)).items():
-            if (sku, location_id, key) in left:
-                continue
-            keep = needed.get((sku, location_id, key), 0)
-            if keep == 0:
-                self._inventory.release(sku, location_id, key)
-            elif keep < quantity:
-                self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
+        # A shrink conditional on what was read changes nothing when another cancel of the same
+        # order brought that reservation down meanwhile: read again until none holds more than its
+        # pending shipments need (reservations only ever come down here, so this ends).
+        for _ in range(ATTEMPTS):
+            over = {
+                item: quantity
+                for item, quantity in self._inventory.reservations(dict(keys)).items()
+                if item not in left and quantity > needed.get(item, 0)
+            }
+            if not over:
+                return
+            for (sku, location_id, key), quantity in over.items():
+                keep = needed.get((sku, location_id, key), 0)
+                if keep == 0:
+                    self._inventory.release(sku, location_id, key)
+                else:
+                    self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
 
     def _settle_payment(self, order: Order, actor: str) -> None:
         payment = order.payment

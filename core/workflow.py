@@ -35,7 +35,7 @@ from core.hook_calls import call_hook
 from core.ids import reservation_key, shipment_id_for
 from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
 from core.money import Money
-from core.order_changes import failure_recorder, modify
+from core.order_changes import ATTEMPTS, failure_recorder, modify
 from core.payments import Failure, Payments
 from core.ports import (
     Backorders,
@@ -239,6 +239,7 @@ class Workflow:
         if order.status != S.AUTHORIZED or order.allocations:
             if order.status in STOPPED:
                 raise stopped(order)
+            _check_authorized_visible(order)
             return  # reserved already
         locations = self._catalog.list_locations()
         # The rules in force now decide; the version is named in the order's history.
@@ -250,8 +251,9 @@ class Workflow:
         # A retry after a crash may find this order's own reservations: count them as available
         # again, so the plan is the one a first run would make, then reconcile.
         # Looked for wherever the order may have reserved, so a location the rules excluded since
-        # gives its units back below rather than keeping them.
-        anywhere = sourceable(order, locations, SourcingRules())  # the default rules exclude nothing
+        # gives its units back below rather than keeping them, and so does one that rejected a
+        # shipment of it whose release never ran (this order is never sourced there again).
+        anywhere = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
         mine = self._reservations_of(order, [loc.location_id for loc in anywhere])
         for sku, levels in stock.items():
             stock[sku] = [
@@ -283,8 +285,7 @@ class Workflow:
                 self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
                 done.append((sku, location_id, key))
         except InsufficientStock:
-            for item in done:
-                self._inventory.release(*item)
+            self._release_unrecorded(order_id, done)
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
@@ -297,7 +298,32 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            raise self._closed_or_retry(order_id, lambda: [self._inventory.release(*i) for i in done]) from None
+            raise self._closed_or_retry(
+                order_id, lambda: self._release_unrecorded(order_id, done, expected_version=order.version)
+            ) from None
+
+    def _release_unrecorded(
+        self, order_id: str, done: list[tuple[str, str, str]], expected_version: int | None = None
+    ) -> None:
+        """Undo a reservation whose record lost its write, except what the order now records: a
+        concurrent run of the same step reserved under the same order#line keys and won, and
+        releasing its reservations would leave the recorded units held by nothing. After losing
+        the write that expected `expected_version`, the order is read until it shows another (an
+        eventually consistent read may not show the write that won yet)."""
+        current = self._load(order_id)
+        for _ in range(ATTEMPTS):
+            if current.version != expected_version:
+                break
+            current = self._load(order_id)
+        recorded: set[tuple[str, str, str]] = set()
+        if current.status not in TERMINAL:  # a closed order holds nothing, whatever it records
+            sku_of = {line.line_id: line.sku for line in current.lines}
+            recorded = {
+                (sku_of[a.line_id], a.location_id, reservation_key(order_id, a.line_id)) for a in current.allocations
+            }
+        for item in done:
+            if item not in recorded:
+                self._inventory.release(*item)
 
     # --- Backorders ------------------------------------------------------------------------------
     def _backorderable_shortage(self, order: Order, eligible: list[Location], stock: dict) -> dict[str, int]:
@@ -338,10 +364,12 @@ class Workflow:
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
-            raise self._closed_or_retry(order.id, lambda: [self._inventory.release(*i) for i in done]) from None
+            raise self._closed_or_retry(
+                order.id, lambda: self._release_unrecorded(order.id, done, expected_version=order.version)
+            ) from None
         filled = self.fill_backorder(order.id)
         if filled.status in STOPPED:
-            raise OrderClosed(f"order {order.id} is {filled.status}")
+            raise stopped(filled)
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 
@@ -400,7 +428,7 @@ class Workflow:
                     break
                 before = held.get((line.sku, location_id, key), 0)
                 more = min(need, left[(line.sku, location_id)])
-                top_ups.append(TopUp(line.sku, location_id, key, before, before + more))
+                top_ups.append(TopUp(line.sku, location_id, key, before, before + more, rules.kept_back(location_id)))
                 left[(line.sku, location_id)] -= more
                 need -= more
         return top_ups
@@ -430,6 +458,7 @@ class Workflow:
         if order.status not in (S.AUTHORIZED, S.BACKORDERED):
             if order.status in STOPPED:
                 raise stopped(order)
+            _check_authorized_visible(order)
             return  # allocated already
         if not order.allocations:
             raise TransientError(f"order {order_id} has no reservations yet")
@@ -506,13 +535,15 @@ class Workflow:
         """Put the order the workflow could not finish on hold for a person. Reservations and the
         authorization stay: nothing was captured, and a release carries on where it stopped with
         the stock still held. True when this call parked it; False when there was nothing to do
-        (parked already by an earlier run, or finished or closed by someone else meanwhile)."""
+        (parked already by an earlier run, or finished or closed by someone else meanwhile). A
+        backordered order is parked too: one whose every unit is reserved but whose shipments
+        could not be created would otherwise wait, unseen, for an arrival that may never come."""
         at = self._clock()
         parked = False
 
         def decide(order: Order):
             nonlocal parked
-            parked = order.status in (S.PENDING, S.AUTHORIZED)
+            parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED)
             if not parked:
                 return None
             return order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
@@ -522,6 +553,14 @@ class Workflow:
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold") from None
         return parked
+
+
+def _check_authorized_visible(order: Order) -> None:
+    """A step after AuthorizePayment never finds its order `pending` but on a read that does not
+    show that step's write yet (GetItem is eventually consistent): ask to run again rather than
+    take the work as done."""
+    if order.status is S.PENDING:
+        raise TransientError(f"order {order.id} does not show its authorization yet")
 
 
 def _by_place(allocation: Allocation) -> tuple[str, str]:

@@ -1212,8 +1212,9 @@ class DynamoBackorders(Backorders):
         """One Update of a stock item for all its top-ups (a transaction may name an item once)."""
         more = sum(t.quantity - t.held for t in top_ups)
         names: dict[str, str] = {}
-        values: dict[str, Any] = {":more": more}
-        sets, conditions = [], ["available >= :more"]
+        # The write itself keeps the safety stock back, as a reservation's does (DynamoInventory.reserve).
+        values: dict[str, Any] = {":more": more, ":need": more + max(t.keep for t in top_ups)}
+        sets, conditions = [], ["available >= :need"]
         for n, t in enumerate(top_ups):
             names[f"#k{n}"] = t.key
             values[f":q{n}"] = t.quantity

@@ -29,8 +29,12 @@ container = WarmContainer()
 
 
 # A release back to one of these has workflow steps left to run (released to `allocated`, an order
-# has only its shipments left, which are API calls). The template's filter names them too.
-RESUMED_BY_WORKFLOW = frozenset({OrderStatus.PENDING.value, OrderStatus.AUTHORIZED.value})
+# has only its shipments left, which are API calls; released to `backordered`, its ReserveStock
+# takes what arrived while it was held, as no arrival fills a held order, and its CreateShipments
+# allocates it once every unit is reserved). The template's filter names them too.
+RESUMED_BY_WORKFLOW = frozenset(
+    {OrderStatus.PENDING.value, OrderStatus.AUTHORIZED.value, OrderStatus.BACKORDERED.value}
+)
 # An edit or a location's reject sends an order back from these to `authorized` to be sourced again.
 SENT_BACK_FROM = frozenset({OrderStatus.ALLOCATED.value, OrderStatus.BACKORDERED.value})
 

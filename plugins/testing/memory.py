@@ -317,7 +317,7 @@ class InMemoryBackorders(Backorders):
     def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
         for t in top_ups:
             held = self._inventory.held.get((t.sku, t.location_id), {}).get(t.key, 0)
-            if held != t.held or self._inventory._get(t.sku, t.location_id).available < t.quantity - t.held:
+            if held != t.held or self._inventory._get(t.sku, t.location_id).available < t.quantity - t.held + t.keep:
                 raise StaleVersion(f"the reservation {t.key} or the stock of {t.sku} at {t.location_id} changed")
         # The order's own conditional update decides (it raises StaleVersion); the stock changes
         # only after it, so a fill that loses the order changes nothing.

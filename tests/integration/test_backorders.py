@@ -121,6 +121,8 @@ def test_a_fill_reserves_and_records_in_one_write_or_not_at_all(shop):
         )
     with pytest.raises(StaleVersion):  # a reservation that is not what was read
         fills.fill(new, order, [entry], [TopUp("PREORDER", "wh-east", key, 1, 2)])
+    with pytest.raises(StaleVersion):  # it would take the unit wh-east keeps back (safety stock)
+        fills.fill(new, order, [entry], [TopUp("PREORDER", "wh-east", key, 0, 2, keep=1)])
     assert shop.level("wh-east") == (2, 0, 2) and shop.order(order_id) == order
 
     fills.fill(new, order, [entry], [TopUp("PREORDER", "wh-east", key, 0, 2)])

@@ -367,7 +367,7 @@ def test_the_real_template_creates_the_order_workflow(tmp_path: Path):
         # allocated/backordered to be sourced again.
         released = {
             "OldImage": {"status": {"S": ["on_hold"]}},
-            "NewImage": {"status": {"S": ["pending", "authorized"]}},
+            "NewImage": {"status": {"S": ["pending", "authorized", "backordered"]}},
         }
         sent_back = {
             "OldImage": {"status": {"S": ["allocated", "backordered"]}},

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
-from core.errors import Backordered, OutOfStock
+from core.errors import Backordered, InvalidTransition, OrderHeld, OutOfStock
+from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key
-from core.models import Allocation, Order, StockLevel
+from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
@@ -198,6 +199,115 @@ def test_an_order_waiting_at_another_location_does_not_block_younger_ones():
     assert world.order(shipped).status is S.ALLOCATED
     arrive(world, allocator, "PREORDER", "store-sf", 1)
     assert world.order(pickup).status is S.ALLOCATED
+
+
+def test_an_order_that_rejected_the_location_does_not_block_younger_ones_from_its_arrivals():
+    """The oldest waiting order may never take from wh-west (a shipment of it was rejected there),
+    so units arriving there go to the next order in line instead of idling behind it."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    oldest = world.allocated(("PREORDER", 1)).id
+    world.actions.reject(oldest, world.shipment_at(world.order(oldest), "wh-west"), "damaged", actor="key_wh")
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(oldest)
+    assert world.order(oldest).excluded_locations == ["wh-west"] and world.order(oldest).allocations == []
+    younger = backordered(world, ("PREORDER", 2))  # takes the released unit, waits for one more
+
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.order(oldest).status is S.BACKORDERED and world.order(oldest).allocations == []
+    assert world.level("PREORDER", "wh-west") == (2, 2, 0)
+
+
+def test_a_backordered_order_is_held_like_any_order_that_has_not_shipped_and_released_to_wait_again():
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    first = backordered(world, ("PREORDER", 2))  # holds the one unit, waits for one more
+    second = backordered(world, ("PREORDER", 1))
+    holds = Holds(world.orders, clock=lambda: NOW)
+
+    held = holds.hold(first, HoldRequest(reason="fraud_review"), actor="key_ops")
+    assert (held.status, held.allocations) == (S.ON_HOLD, world.order(first).allocations)
+    with pytest.raises(InvalidTransition):  # released, it waits again: it is not sourced again
+        world.actions.edit(first, held.version, OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)]), "key_web")
+
+    # Nothing is reserved for a held order, and it keeps no younger order waiting.
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+    assert world.order(first).allocations == held.allocations
+    assert world.order(second).status is S.ALLOCATED
+    arrive(world, allocator, "PREORDER", "wh-east", 1)
+    assert world.level("PREORDER", "wh-east") == (1, 0, 1)
+
+    released = holds.release(first, ReleaseRequest(), actor="key_ops")
+    assert (released.status, released.hold) == (S.BACKORDERED, None)
+    world.run(first)  # the execution the outbox starts for the release
+
+    assert world.order(first).status is S.ALLOCATED
+    assert sum(a.quantity for a in world.order(first).allocations) == 2
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+def test_a_hold_placed_as_the_order_goes_backordered_ends_the_execution_on_hold(setup, monkeypatch):
+    world, _, _ = setup
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.orders.update
+
+    def update(order, expected, entries):
+        real(order, expected, entries)
+        if order.status is S.BACKORDERED:
+            monkeypatch.setattr(world.orders, "update", real)
+            Holds(world.orders, clock=lambda: NOW).hold(order_id, HoldRequest(reason="other"), actor="key_ops")
+
+    monkeypatch.setattr(world.orders, "update", update)
+    with pytest.raises(OrderHeld):  # the Catch's OrderOnHold, not OrderAlreadyClosed
+        world.workflow.reserve_stock(order_id)
+    assert world.order(order_id).status is S.ON_HOLD
+
+
+def test_a_filled_order_whose_shipments_cannot_be_created_is_parked_for_a_person(monkeypatch):
+    world, allocator, starter = make_world([])
+    starter.world = None  # the execution the fill starts is run below, failing
+    starter.start = lambda order_id, channel="", correlation_id="", rerun=None: True
+    order_id = backordered(world, ("PREORDER", 1))
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+    assert world.order(order_id).status is S.BACKORDERED and not world.order(order_id).short_of()
+
+    # CreateShipments kept failing (the carrier was down): the Catch sends the order to ParkOrder.
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "") is True
+
+    parked = world.order(order_id)
+    assert (parked.status, parked.hold.reason, parked.hold.resume_to) == (S.ON_HOLD, "other", S.BACKORDERED)
+    assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, "L1")): 1}
+    Holds(world.orders, clock=lambda: NOW).release(order_id, ReleaseRequest(), actor="key_ops")
+    world.run(order_id)
+    assert world.order(order_id).status is S.ALLOCATED
+
+
+def test_a_fill_that_races_another_reservation_never_takes_the_safety_stock(monkeypatch):
+    # wh-west keeps 1 unit back from orders. The fill planned on 2 available (1 for orders); an
+    # order reserved 1 before the fill's write, leaving only the unit kept back: the write must
+    # fail on it (as a reservation's does) and the fill find nothing left for orders.
+    rules = InMemorySourcingRules()
+    rules.add(SourcingRules(version=1, safety_stock={"wh-west": 1}))
+    world = build_world([], clock=ticking(), sourcing_rules=rules)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    real = world.backorders.fill
+    raced: list[bool] = []
+
+    def fill(*args):
+        if not raced:
+            raced.append(True)
+            world.inventory.reserve("PREORDER", "wh-west", "ord_other#L1", 1, keep=1)
+        return real(*args)
+
+    monkeypatch.setattr(world.backorders, "fill", fill)
+
+    order = world.workflow.fill_backorder(order_id, actor="backorders")
+
+    assert (order.status, order.allocations) == (S.BACKORDERED, [])
+    assert world.level("PREORDER", "wh-west") == (2, 1, 1)
 
 
 def test_a_cancelled_backordered_order_releases_what_it_held_to_the_next_in_line():

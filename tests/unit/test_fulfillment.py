@@ -14,10 +14,12 @@ from core.errors import (
     NotFound,
     StaleVersion,
 )
+from core.fulfillment import OrderActions
 from core.models import Address, LineInput, OrderEdit
 from core.status import OrderStatus
+from functions.adapters.catalog_cache import CachedCatalog
 from plugins.test_payments import CAPTURE, VOID, reference
-from tests.builders import NOW, address_body, place_order
+from tests.builders import NOW, address_body, location, place_order
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -241,6 +243,27 @@ def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_auth
     assert again.version == cancelled.version
     assert world.spy.voided == [order.payment.authorization]
     assert world.history(order.id)[-1] == void
+
+
+def test_a_cancel_whose_view_of_the_network_predates_a_new_location_releases_what_the_order_holds_there(world):
+    # The API's containers cache the network for a few seconds (CachedCatalog); the workflow reads
+    # it fresh. An order sourced from a location added within that time is cancelled by a
+    # container that does not know the location yet: its units there are released all the same.
+    cached = CachedCatalog(world.catalog, ttl_seconds=10, clock=lambda: 0.0)
+    cached.list_locations()
+    actions = OrderActions(world.orders, cached, world.inventory, world.actions._payments, world.capture,
+                           clock=lambda: NOW)  # fmt: skip
+    world.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
+    world.inventory.set_on_hand("CAP", "wh-north", 5, reason="count")
+    world.inventory.adjust("CAP", "wh-east", -4, reason="moved north")
+    order = world.allocated(("CAP", 2))
+    assert [a.location_id for a in order.allocations] == ["wh-north"]
+
+    cancelled = actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert cancelled.status is S.CANCELLED
+    assert world.held_for(order.id) == {}
+    assert world.level("CAP", "wh-north") == (5, 0, 5)
 
 
 def test_cancelling_a_pending_order_has_nothing_to_void(world):

@@ -9,11 +9,13 @@ from datetime import timedelta
 import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.fulfillment import OrderActions
 from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
-from tests.builders import NOW, address_body, place_order
+from functions.adapters.catalog_cache import CachedCatalog
+from tests.builders import NOW, address_body, location, place_order
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -94,6 +96,24 @@ def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world)
     assert [(line.sku, line.quantity) for line in again.lines] == [("PEN", 1)]
     assert world.held_for(order.id) == {("PEN", "wh-east", f"{order.id}#L1"): 1}
     assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
+    # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
+    cached = CachedCatalog(world.catalog, ttl_seconds=10, clock=lambda: 0.0)
+    cached.list_locations()
+    actions = OrderActions(world.orders, cached, world.inventory, world.actions._payments, world.capture,
+                           clock=lambda: NOW)  # fmt: skip
+    world.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
+    world.inventory.set_on_hand("MUG", "wh-north", 5, reason="count")
+    world.inventory.adjust("MUG", "wh-west", -3, reason="moved north")
+    order = world.allocated(("MUG", 2))
+    assert [a.location_id for a in order.allocations] == ["wh-north"]
+
+    actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="PEN", quantity=1)]), actor="key_web")
+
+    assert world.held_for(order.id) == {}
+    assert world.level("MUG", "wh-north") == (5, 0, 5)
 
 
 def test_a_backordered_order_edited_is_sourced_again_and_what_its_replaced_lines_held_is_released(world):
@@ -205,6 +225,23 @@ def test_a_rejected_shipment_is_sourced_again_from_another_location(world):
     assert again.status is S.ALLOCATED
     assert [s.location_id for s in again.shipments] == ["wh-east"]
     assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
+
+
+def test_a_reject_whose_release_never_ran_leaves_nothing_held_at_that_location_once_sourced_again(world, monkeypatch):
+    # The reject is recorded, then its request dies before it releases (a Lambda timeout) and is
+    # not repeated. The workflow the status change restarts never reserves there again for this
+    # order, so it gives back what the order still holds there.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    monkeypatch.setattr(world.actions, "_release_lines", lambda *args: None)
+    world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
+
+    again = resume(world, order.id)
+
+    assert [s.location_id for s in again.shipments] == ["wh-east"]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
 
 
 def test_a_rejected_split_order_keeps_what_it_holds_elsewhere_for_the_workflow(world):
@@ -345,6 +382,7 @@ def test_a_held_pickup_is_not_collected_and_nothing_is_captured_for_it(world):
 
     assert world.order(order.id) == held
     assert (world.spy.captured, world.spy.refunded) == ([], [])  # no charge taken back at once
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
 
 
 def test_a_ready_pickup_is_not_shipped(world):

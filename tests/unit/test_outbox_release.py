@@ -52,7 +52,7 @@ def starter(monkeypatch: pytest.MonkeyPatch) -> Starter:
     return fake
 
 
-@pytest.mark.parametrize("resumed", ["pending", "authorized"])
+@pytest.mark.parametrize("resumed", ["pending", "authorized", "backordered"])
 def test_a_release_to_a_status_the_workflow_moves_on_from_starts_a_new_execution(starter, resumed):
     raw = record("MODIFY", "on_hold", resumed, version=4)
     assert matches_filters(FILTERS, raw)

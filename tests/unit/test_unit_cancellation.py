@@ -7,11 +7,13 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable
+from core.fulfillment import OrderActions
 from core.models import CancelRequest, Order
 from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from tests.builders import place_order, product
+from functions.adapters.catalog_cache import CachedCatalog
+from tests.builders import NOW, location, place_order, product
 from tests.unit.world import World, before_the_next_write, build_world
 
 S, P = OrderStatus, PaymentStatus
@@ -92,6 +94,55 @@ def test_a_line_cancel_of_an_allocated_order_shrinks_its_shipment_and_reservatio
     assert shipped.payment.authorized == shipped.payment.captured  # the last parcel released the rest
     assert world.spy.voided == [order.payment.authorization]
     assert world.level("MUG", "wh-west") == (4, 0, 4)
+
+
+def test_two_line_cancels_at_once_leave_the_reservation_at_what_is_left_to_ship(world, monkeypatch):
+    # Each cancel brings the reservation down after its write, conditional on what it read. The
+    # second cancel read 4 reserved; the first one's shrink (to 3) landed before the second's (to
+    # 2), which then changed nothing. The reservation must still end at the 2 left, or the ship
+    # takes 3 off on_hand for the 2 units that leave.
+    order = world.allocated(("MUG", 4))
+    units = world.actions._units
+    release_stock = units._release_stock
+    monkeypatch.setattr(units, "_release_stock", lambda order: None)  # the first cancel's is late
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    monkeypatch.setattr(units, "_release_stock", release_stock)
+    real = world.inventory.shrink
+    late: list[bool] = []
+
+    def shrink(sku, location_id, key, held, keep):
+        if not late:
+            late.append(True)
+            real(sku, location_id, key, held=4, keep=3)  # the first cancel's, landing first
+        real(sku, location_id, key, held=held, keep=keep)
+
+    monkeypatch.setattr(world.inventory, "shrink", shrink)
+
+    done = world.actions.cancel(order.id, "one more fewer", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].quantity == 2
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
+    world.actions.ship(order.id, done.shipments[0].id, None, actor="key_wh")
+    assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_a_line_cancel_whose_view_of_the_network_predates_a_new_location_shrinks_the_reservation_there(world):
+    # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
+    cached = CachedCatalog(world.catalog, ttl_seconds=10, clock=lambda: 0.0)
+    cached.list_locations()
+    actions = OrderActions(world.orders, cached, world.inventory, world.actions._payments, world.capture,
+                           clock=lambda: NOW, refunds=world.refunds)  # fmt: skip
+    world.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
+    world.inventory.set_on_hand("MUG", "wh-north", 5, reason="count")
+    world.inventory.adjust("MUG", "wh-west", -5, reason="moved north")
+    order = world.allocated(("MUG", 3))
+    assert [a.location_id for a in order.allocations] == ["wh-north"]
+
+    actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 1})
+
+    assert world.held_for(order.id) == {("MUG", "wh-north", f"{order.id}#L1"): 2}
+    assert world.level("MUG", "wh-north") == (5, 2, 3)
 
 
 def test_a_line_cancel_that_empties_a_pending_shipment_removes_it_and_its_reservation(world):

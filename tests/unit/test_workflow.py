@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, TransientError
+from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
 from core.models import Address, HistoryEntry, Order, OrderEdit
 from core.money import Money
 from core.order_changes import modify
@@ -601,3 +601,106 @@ def test_a_step_that_loses_its_write_to_another_step_asks_for_a_retry(world, mon
     monkeypatch.setattr(world.orders, "update", real)
     world.workflow.reserve_stock(order_id)
     assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 2}
+
+
+def test_the_same_step_run_twice_at_once_leaves_the_winners_reservations_held(world, monkeypatch):
+    # Two executions of ReserveStock (Express runs at least once; the outbox and the reconciler may
+    # start another): both reserve under the same order#line keys, one records them. The loser's
+    # undo must not release what the order now records, or nothing holds its units and a ship
+    # takes nothing off on_hand.
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.reserve_stock(order_id))
+
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+    world.workflow.reserve_stock(order_id)  # the loser's retry: reserved already
+
+    order = world.order(order_id)
+    recorded = {
+        (line.sku, a.location_id, reservation_key(order_id, a.line_id)): a.quantity
+        for a in order.allocations
+        for line in order.lines
+        if line.line_id == a.line_id
+    }
+    assert sum(recorded.values()) == 3
+    assert world.held_for(order_id) == recorded
+    assert world.level("TSHIRT", "wh-west") == (10, 2, 8)
+
+
+def test_a_concurrent_run_of_the_step_that_recorded_first_keeps_its_reservations(world, monkeypatch):
+    # The west mugs go while this run plans; a concurrent run of the same step sources the mug
+    # from the east, reserves and records. This run then finds its TSHIRT key reserved (by the
+    # other run), cannot reserve its west mug and gives back what it holds: never the TSHIRT
+    # reservation the order now records.
+    world.inventory.adjust("MUG", "wh-east", 2, reason="receipt")
+    order_id = world.place(("TSHIRT", 2), ("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.inventory.reserve
+    raced: list[bool] = []
+
+    def reserve(*args, **kwargs):
+        if not raced:
+            raced.append(True)
+            world.inventory.adjust("MUG", "wh-west", -3, reason="damaged")
+            world.workflow.reserve_stock(order_id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(world.inventory, "reserve", reserve)
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert sorted((a.line_id, a.location_id, a.quantity) for a in order.allocations) == [
+        ("L1", "wh-west", 2), ("L2", "wh-east", 1)
+    ]  # fmt: skip
+    assert world.held_for(order_id) == {
+        ("TSHIRT", "wh-west", reservation_key(order_id, "L1")): 2,
+        ("MUG", "wh-east", reservation_key(order_id, "L2")): 1,
+    }
+
+
+@pytest.mark.parametrize("step", ["reserve_stock", "create_shipments"])
+def test_a_step_that_reads_the_order_before_its_authorization_shows_asks_to_run_again(world, monkeypatch, step):
+    # DynamoDB's GetItem is eventually consistent: milliseconds after AuthorizePayment wrote, the
+    # next step may still read the order `pending`. That is never work done (the step would end
+    # the execution with nothing reserved or allocated, and the order parked or stalled): retry.
+    order_id = world.place(("TSHIRT", 2))
+    pending = world.order(order_id)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.orders.get
+    lagging = [pending]
+    monkeypatch.setattr(world.orders, "get", lambda oid: lagging.pop() if lagging and oid == order_id else real(oid))
+
+    with pytest.raises(TransientError):
+        getattr(world.workflow, step)(order_id)
+
+    world.workflow.reserve_stock(order_id)  # the retries read the order as it is
+    world.workflow.create_shipments(order_id)
+    assert world.order(order_id).status is S.ALLOCATED
+
+
+def test_the_loser_of_the_race_reads_the_order_until_it_shows_the_write_that_beat_it(world, monkeypatch):
+    # GetItem is eventually consistent: just after losing its write, the step may read the order
+    # as it read it before, which records nothing; it reads again rather than release on that.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.reserve_stock(order_id))
+    lost_to = world.orders.update
+    real_get = world.orders.get
+    stale: list[Order] = []
+
+    def update(order, expected, entries):
+        try:
+            lost_to(order, expected, entries)
+        except StaleVersion:
+            stale.append(expected)  # the next read still shows the version this write expected
+            raise
+
+    monkeypatch.setattr(world.orders, "update", update)
+    monkeypatch.setattr(world.orders, "get", lambda oid: stale.pop() if stale else real_get(oid))
+
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+
+    assert world.held_for(order_id) == {("TSHIRT", "wh-west", reservation_key(order_id, "L1")): 2}

@@ -18,8 +18,9 @@ router = Router()
 @router.post(
     "/orders/<order_id>/hold",
     summary="Put an order that has not shipped on hold for review",
-    description="A `pending`, `authorized` or `allocated` order goes `on_hold`: its workflow stops before its next "
-    "step, and nothing is authorized, reserved, captured or shipped until it is released (shipping it is 409). "
+    description="A `pending`, `authorized`, `backordered` or `allocated` order goes `on_hold`: its workflow stops "
+    "before its next step, and nothing is authorized, reserved, captured or shipped until it is released "
+    "(shipping it is 409). "
     "An order on hold already, shipped or closed is 409. The history names the caller, the reason and the note.",
     responses={**changed("The order, on hold"), **errors(400, 403, 404, 409, 413)},
 )
