@@ -203,12 +203,14 @@ class Simulator:
         self._rules = rules
         self._hook = plugins.hook
 
-    def simulate(self, request: SimulateSourcing) -> Simulation:
+    def simulate(self, request: SimulateSourcing, channel: str | None = None) -> Simulation:
+        """`channel`: the caller's, when its key is bound to one; another channel's order is
+        refused exactly as an unknown one, so its plan (lines, distances) and existence stay hidden."""
         rules = self._rules.current()
         if request.rules is not None:
             rules = rules.with_changes(request.rules)
         orders = [
-            self._stored(each) if isinstance(each, str) else (None, _unplaced(each, index))
+            self._stored(each, channel) if isinstance(each, str) else (None, _unplaced(each, index))
             for index, each in enumerate(request.orders, 1)
         ]
         locations = self._catalog.list_locations()
@@ -217,9 +219,9 @@ class Simulator:
         items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]
         return Simulation(rules=rules, items=items, summary=_summary(items))
 
-    def _stored(self, order_id: str) -> tuple[str, Order]:
+    def _stored(self, order_id: str, channel: str | None) -> tuple[str, Order]:
         order = self._orders.get(order_id)
-        if order is None:
+        if order is None or (channel is not None and order.channel != channel):
             raise InvalidRequest(f"no order {order_id} to simulate")
         return order_id, order
 
