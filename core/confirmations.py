@@ -22,7 +22,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from core.errors import DomainError, NotFound, PluginError, StaleVersion, TransientError
 from core.fulfillment import OrderActions
-from core.models import Order, Strict
+from core.models import Order, Strict, TrackingNumber
 from core.status import OrderStatus, ShipmentStatus
 
 MAX_ITEMS = 100
@@ -52,7 +52,7 @@ class Confirmation(Strict):
     order_id: ItemId
     shipment_id: ItemId
     action: ConfirmationAction
-    tracking_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60)] | None = None
+    tracking_number: TrackingNumber | None = None
 
     @model_validator(mode="after")
     def _tracking_only_when_shipping(self) -> Confirmation:

@@ -1706,7 +1706,7 @@ class CancelLine(Strict):
 
 
 class CancelRequest(Strict):
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
     lines: (
         Annotated[
             list[CancelLine],
@@ -1727,8 +1727,13 @@ class CancelRequest(Strict):
         return lines
 
 
+# A carrier's tracking number as a location types it: shown on the order and in the customer's
+# shipped notification.
+TrackingNumber = Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60), CleanText]
+
+
 class ShipRequest(Strict):
-    tracking_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60)] | None = None
+    tracking_number: TrackingNumber | None = None
 
 
 class RejectRequest(Strict):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import unicodedata
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -86,3 +88,38 @@ def test_a_control_character_at_either_end_is_refused_not_trimmed(text: str):
 
 def test_surrounding_spaces_are_still_trimmed():
     assert Customer.model_validate({"id": "c1", "email": "a@example.com", "name": "  Ada  "}).name == "Ada"
+
+
+# One-line free text a client sends and others read back (the order's history and events, a
+# customer's shipped notification, the key list) is held to the rule names are, as a refund's or a
+# rejected shipment's reason already is.
+ONE_LINE_TEXTS = [
+    pytest.param("core.models:CancelRequest", {}, "reason", id="a cancel's reason"),
+    pytest.param("core.access:NewApiKey", {"scopes": ["orders:read"]}, "name", id="an API key's name"),
+    pytest.param("core.models:ShipRequest", {}, "tracking_number", id="a ship's tracking number"),
+    pytest.param(
+        "core.confirmations:Confirmation",
+        {"order_id": "ord_x", "shipment_id": "shp_x", "action": "ship"},
+        "tracking_number",
+        id="a confirmed ship's tracking number",
+    ),
+]
+
+
+def _model(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(("model", "rest", "field"), ONE_LINE_TEXTS)
+@pytest.mark.parametrize("bad", ["\x00", "\r\n", "\x1b[31m", "\u202e", "\x85"])
+def test_one_line_free_text_with_a_control_or_a_bidi_override_is_refused(model: str, rest: dict, field: str, bad: str):
+    with pytest.raises(ValidationError) as caught:
+        _model(model).model_validate({**rest, field: f"AB12{bad}34"})
+    assert field_errors(caught.value).keys() == {field}
+
+
+@pytest.mark.parametrize(("model", "rest", "field"), ONE_LINE_TEXTS)
+def test_one_line_free_text_in_any_script_is_kept_in_nfc(model: str, rest: dict, field: str):
+    kept = _model(model).model_validate({**rest, field: " 1Z Zoe\u0308 東京 "})
+    assert getattr(kept, field) == "1Z Zoë 東京"
