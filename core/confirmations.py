@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from core.errors import DomainError, NotFound, PluginError, StaleVersion, TransientError
 from core.fulfillment import OrderActions
@@ -54,11 +54,14 @@ class Confirmation(Strict):
     action: ConfirmationAction
     tracking_number: TrackingNumber | None = None
 
-    @model_validator(mode="after")
-    def _tracking_only_when_shipping(self) -> Confirmation:
-        if self.tracking_number is not None and self.action is not ConfirmationAction.SHIP:
+    @field_validator("tracking_number")
+    @classmethod
+    def _tracking_only_when_shipping(cls, tracking_number: str | None, info: ValidationInfo) -> str | None:
+        # `action` comes first, so it is in info.data once valid (an invalid one is its own error).
+        action = info.data.get("action")
+        if tracking_number is not None and action is not None and action is not ConfirmationAction.SHIP:
             raise ValueError("tracking_number goes with action ship only")
-        return self
+        return tracking_number
 
 
 class ConfirmationBatch(Strict):
