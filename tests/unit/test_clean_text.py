@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core.models import Address, Customer, PlaceOrder
+from core.purchasing import VendorRequest
 from tests.builders import order_body
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
@@ -123,3 +124,14 @@ def test_one_line_free_text_with_a_control_or_a_bidi_override_is_refused(model: 
 def test_one_line_free_text_in_any_script_is_kept_in_nfc(model: str, rest: dict, field: str):
     kept = _model(model).model_validate({**rest, field: " 1Z Zoe\u0308 東京 "})
     assert getattr(kept, field) == "1Z Zoë 東京"
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\x1b[31m", "\u202e", "\x85", "\x7f"])
+def test_an_email_with_a_control_or_a_bidi_override_is_refused(bad: str):
+    # No address has one (RFC 5322 and 6531 leave controls out); it would reach the notifier's
+    # recipient and the customer lookup by email as sent.
+    with pytest.raises(ValidationError) as caught:
+        Customer.model_validate({"id": "c1", "email": f"ada{bad}@example.com"})
+    assert field_errors(caught.value).keys() == {"email"}
+    with pytest.raises(ValidationError):
+        VendorRequest.model_validate({"name": "Acme", "email": f"orders{bad}@acme.example", "lead_time_days": 3})
