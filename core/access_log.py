@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from abc import ABC, abstractmethod
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -166,7 +166,7 @@ def _decode_cursor(cursor: str, order_id: str) -> Position:
         valid = False
     if not valid:
         raise InvalidCursor()
-    return at, kind, key
+    return at.astimezone(UTC), kind, key
 
 
 def _change_detail(entry: Any) -> dict[str, Any]:
