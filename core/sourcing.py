@@ -6,10 +6,10 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import pluggy
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from core.errors import InvalidRequest, PluginError
 from core.hook_calls import call_hook
@@ -136,13 +136,40 @@ def reduced(order: Order, available: dict[str, int]) -> Order:
 # --- What-if ------------------------------------------------------------------------------------
 
 
+SimulatedOrderId = Annotated[str, StringConstraints(pattern=r"^ord_[a-z2-7]{24}$")]
+
+
+class _OrderIds(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+    orders: list[SimulatedOrderId]
+
+
+class _OrderBodies(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+    orders: list[PlaceOrder]
+
+
 class SimulateSourcing(BaseModel):
     """The body of POST /sourcing/simulate."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind_of_order(cls, data: Any) -> Any:
+        # The union below would judge each item as both kinds and name both in its errors
+        # ("orders.list[PlaceOrder][0].lines[0].quantity" and "orders.list[constrained-str][0]"):
+        # judged first as the kind its first item is, an error names its field as a client sent it.
+        if not isinstance(data, dict) or "orders" not in data:
+            return data
+        orders = data["orders"]
+        if not isinstance(orders, list) or orders:
+            kind = _OrderBodies if isinstance(orders, list) and not isinstance(orders[0], str) else _OrderIds
+            kind.model_validate({"orders": orders})
+        return data
+
     orders: Annotated[
-        list[Annotated[str, StringConstraints(pattern=r"^ord_[a-z2-7]{24}$")]] | list[PlaceOrder],
+        list[SimulatedOrderId] | list[PlaceOrder],
         Field(
             min_length=1,
             max_length=MAX_SIMULATED_ORDERS,

@@ -10,8 +10,11 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from core.confirmations import Confirmation
+from core.errors import field_path
 from core.purchasing import NewPurchaseOrder, Submission
 from core.return_models import ReceiveReturn, RequestReturn
+from core.sourcing import SimulateSourcing
+from tests.builders import order_body
 
 COST = {"amount": "1.00", "currency": "USD"}
 PO_LINE = {"sku": "MUG", "quantity": 5, "unit_cost": COST}
@@ -43,3 +46,23 @@ def test_the_error_names_the_field_it_is_about(model: type[BaseModel], body: dic
         model.model_validate(body)
 
     assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+
+
+@pytest.mark.parametrize(
+    ("orders", "field"),
+    [
+        pytest.param(
+            [{**order_body(), "lines": [{"sku": "MUG", "quantity": 0}]}], "orders[0].lines[0].quantity", id="body"
+        ),
+        pytest.param(["ord_x"], "orders[0]", id="a malformed id"),
+        pytest.param(["ord_" + "a" * 24, order_body()], "orders[1]", id="ids then a body"),
+        pytest.param([order_body(), "ord_" + "a" * 24], "orders[1]", id="bodies then an id"),
+        pytest.param(5, "orders", id="not a list"),
+    ],
+)
+def test_a_simulations_orders_are_judged_as_one_kind_and_named_as_sent(orders: Any, field: str):
+    # The union of ids and bodies would name both kinds ("orders.list[PlaceOrder][0]...").
+    with pytest.raises(ValidationError) as caught:
+        SimulateSourcing.model_validate({"orders": orders})
+
+    assert [field_path(error["loc"]) for error in caught.value.errors()] == [field]
