@@ -78,7 +78,8 @@ class NewPurchaseOrder(Strict):
             raise ValueError("expected_at needs a time zone")
         if expected_at is not None and not EARLIEST_EXPECTED <= expected_at <= LATEST_EXPECTED:
             raise ValueError("expected_at must fall between the years 2000 and 2999")
-        return expected_at
+        # Kept and shown in UTC, as every time the API answers (API.md).
+        return expected_at.astimezone(UTC) if expected_at is not None else None
 
 
 class PurchaseOrderLine(BaseModel, defer_build=True):
