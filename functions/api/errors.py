@@ -84,9 +84,10 @@ def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
     return status, error.code, error.message, error.details
 
 
-# DynamoDB errors that say "not now" rather than "never": throttling that outlasted botocore's
-# retries, and a write that met another transaction on one of its items (TransactionConflict, which
-# botocore does not retry). The write did not happen; the same request later can succeed.
+# AWS errors that say "not now" rather than "never": throttling that outlasted botocore's retries
+# (DynamoDB's, or another service's), and a DynamoDB write that met another transaction on one of
+# its items (TransactionConflict, which botocore does not retry). The call did nothing; the same
+# request later can succeed.
 _BUSY_CODES = frozenset(
     {"TransactionConflictException", "ProvisionedThroughputExceededException", "ThrottlingException",
      "RequestLimitExceeded", "TransactionInProgressException"}
@@ -176,7 +177,10 @@ def register(app: APIGatewayRestResolver) -> None:
         if not busy(error):
             logger.exception("unhandled error")
             return error_response(500, "internal_error", "internal error")
-        logger.warning("DynamoDB busy", extra={"error_code": error.response.get("Error", {}).get("Code")})
+        logger.warning(
+            "AWS busy",
+            extra={"operation": error.operation_name, "error_code": error.response.get("Error", {}).get("Code")},
+        )
         response = error_response(503, "temporarily_unavailable", "the OMS is busy: repeat the request shortly")
         response.headers["Retry-After"] = "1"
         return response
