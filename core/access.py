@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from core.models import Channel
+from core.models import Channel, CleanText
 from core.secret_hashes import hash_secret as hash_secret  # re-exported: see core.secret_hashes
 from core.secret_hashes import new_secret as new_secret
 
@@ -54,7 +54,7 @@ class NewApiKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), CleanText]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope), json_schema_extra={"uniqueItems": True})]
     channel: Channel | None = None
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from abc import ABC, abstractmethod
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
+from core.errors import InvalidCursor
 from core.services import OrderQueries
 
 # The API's reads of an order, by (method, resource as API Gateway names it): the action each is
@@ -59,6 +63,20 @@ class AccessLogStore(ABC):
     def reads(self, order_id: str) -> list[OrderRead]:
         """Every stored read of the order, oldest first."""
 
+    def reads_after(self, order_id: str, at: datetime | None, request_id: str | None, limit: int) -> list[OrderRead]:
+        """Up to `limit` reads of the order, oldest first (by time, then request id): those after
+        (`at`, `request_id`), or with `request_id` None those at `at` or later; from the first with
+        `at` None. A store answers it with one bounded query; this reads them all."""
+
+        def later(read: OrderRead) -> bool:
+            if at is None:
+                return True
+            if request_id is None:
+                return read.at >= at
+            return (read.at, read.request_id) > (at, request_id)
+
+        return sorted((r for r in self.reads(order_id) if later(r)), key=lambda r: (r.at, r.request_id))[:limit]
+
 
 class AccessLog:
     """GET /orders/{id}/access-log: the order's reads and its changes, oldest first."""
@@ -66,6 +84,38 @@ class AccessLog:
     def __init__(self, orders: OrderQueries, store: AccessLogStore):
         self._orders = orders
         self._store = store
+
+    def page(
+        self, order_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[AccessEntry], str | None]:
+        """Up to `limit` entries, oldest first, after `cursor` (the one a previous page returned),
+        and the cursor of the next page (None: none). Every read of an order stays in its log for
+        400 days, so a much-read order's log is read a page at a time: one bounded query of its
+        reads, merged with its changes (ties: the change first, then reads by request id)."""
+        # The history also answers NotFound for an order the caller may not see.
+        history = self._orders.history(order_id, channel)
+        after = _decode_cursor(cursor, order_id) if cursor is not None else None
+        changes = [
+            ((entry.at, 0, f"{index:06d}"), _change_entry(entry))
+            for index, entry in enumerate(history)
+            if after is None or (entry.at, 0, f"{index:06d}") > after
+        ]
+        if after is None:
+            reads = self._store.reads_after(order_id, None, None, limit + 1)
+        else:
+            at, kind, key = after
+            reads = self._store.reads_after(order_id, at, key if kind == 1 else None, limit + 1)
+        merged = sorted(
+            changes
+            + [
+                ((r.at, 1, r.request_id), AccessEntry(at=r.at, actor=r.actor, action=r.action, detail=r.detail))
+                for r in reads
+            ],
+            key=lambda positioned: positioned[0],
+        )
+        page = merged[:limit]
+        more = len(merged) > limit
+        return [entry for _, entry in page], _encode_cursor(order_id, page[-1][0]) if more else None
 
     def entries(self, order_id: str, channel: str | None) -> list[AccessEntry]:
         # The history is the log of changes (each with the key id that made it); reading it also
@@ -80,6 +130,43 @@ class AccessLog:
             for read in self._store.reads(order_id)
         ]
         return sorted(changes + reads, key=lambda entry: entry.at)
+
+
+def _change_entry(entry: Any) -> AccessEntry:
+    return AccessEntry(at=entry.at, actor=entry.actor, action=str(entry.type.value), detail=_change_detail(entry))
+
+
+# An entry's place in the log: its time, a change (0) before a read (1) of the same time, then the
+# change's index in the history or the read's request id.
+Position = tuple[datetime, int, str]
+_MAX_KEY = 200
+
+
+def _encode_cursor(order_id: str, position: Position) -> str:
+    at, kind, key = position
+    raw = json.dumps({"o": order_id, "at": at.isoformat(), "k": kind, "key": key}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, order_id: str) -> Position:
+    """The position `cursor` names, or InvalidCursor unless this order's log issued it."""
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        at = datetime.fromisoformat(decoded["at"])
+        kind, key = decoded["k"], decoded["key"]
+        valid = (
+            decoded["o"] == order_id
+            and at.tzinfo is not None
+            and type(kind) is int
+            and kind in (0, 1)
+            and isinstance(key, str)
+            and 0 < len(key) <= _MAX_KEY
+        )
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        raise InvalidCursor()
+    return at.astimezone(UTC), kind, key
 
 
 def _change_detail(entry: Any) -> dict[str, Any]:

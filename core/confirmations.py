@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from core.errors import DomainError, NotFound, PluginError, StaleVersion, TransientError
 from core.fulfillment import OrderActions
-from core.models import Order, Strict
+from core.models import Order, Strict, TrackingNumber
 from core.status import OrderStatus, ShipmentStatus
 
 MAX_ITEMS = 100
@@ -52,13 +52,16 @@ class Confirmation(Strict):
     order_id: ItemId
     shipment_id: ItemId
     action: ConfirmationAction
-    tracking_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60)] | None = None
+    tracking_number: TrackingNumber | None = None
 
-    @model_validator(mode="after")
-    def _tracking_only_when_shipping(self) -> Confirmation:
-        if self.tracking_number is not None and self.action is not ConfirmationAction.SHIP:
+    @field_validator("tracking_number")
+    @classmethod
+    def _tracking_only_when_shipping(cls, tracking_number: str | None, info: ValidationInfo) -> str | None:
+        # `action` comes first, so it is in info.data once valid (an invalid one is its own error).
+        action = info.data.get("action")
+        if tracking_number is not None and action is not None and action is not ConfirmationAction.SHIP:
             raise ValueError("tracking_number goes with action ship only")
-        return self
+        return tracking_number
 
 
 class ConfirmationBatch(Strict):

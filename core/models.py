@@ -324,7 +324,13 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), Field(pattern=r"\S")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# Controls and bidi overrides refused as in names (no address has one), through a plain WrapValidator
+# so that the schema keeps the address's own pattern.
+Email = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    WrapValidator(_clean_text),
+]
 Latitude = Annotated[float, Field(ge=-90, le=90, strict=True)]
 Longitude = Annotated[float, Field(ge=-180, le=180, strict=True)]
 
@@ -1738,7 +1744,7 @@ class CancelLine(Strict):
 
 
 class CancelRequest(Strict):
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
     lines: (
         Annotated[
             list[CancelLine],
@@ -1759,8 +1765,13 @@ class CancelRequest(Strict):
         return lines
 
 
+# A carrier's tracking number as a location types it: shown on the order and in the customer's
+# shipped notification.
+TrackingNumber = Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60), CleanText]
+
+
 class ShipRequest(Strict):
-    tracking_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=60)] | None = None
+    tracking_number: TrackingNumber | None = None
 
 
 class RejectRequest(Strict):

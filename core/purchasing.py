@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
@@ -62,16 +62,24 @@ class NewPurchaseOrder(Strict):
         default=None, description="When the goods are due; without it, now plus the vendor's lead_time_days"
     )
 
-    @model_validator(mode="after")
-    def _one_line_per_sku(self) -> NewPurchaseOrder:
-        skus = [line.sku for line in self.lines]
+    # Field validators, not one on the model: each error names its field (`lines`, `expected_at`).
+    @field_validator("lines")
+    @classmethod
+    def _one_line_per_sku(cls, lines: list[NewPurchaseOrderLine]) -> list[NewPurchaseOrderLine]:
+        skus = [line.sku for line in lines]
         if len(set(skus)) != len(skus):
             raise ValueError("each sku appears on one line (receipts name lines by sku)")
-        if self.expected_at is not None and self.expected_at.tzinfo is None:
+        return lines
+
+    @field_validator("expected_at")
+    @classmethod
+    def _a_plausible_moment(cls, expected_at: datetime | None) -> datetime | None:
+        if expected_at is not None and expected_at.tzinfo is None:
             raise ValueError("expected_at needs a time zone")
-        if self.expected_at is not None and not EARLIEST_EXPECTED <= self.expected_at <= LATEST_EXPECTED:
+        if expected_at is not None and not EARLIEST_EXPECTED <= expected_at <= LATEST_EXPECTED:
             raise ValueError("expected_at must fall between the years 2000 and 2999")
-        return self
+        # Kept and shown in UTC, as every time the API answers (API.md).
+        return expected_at.astimezone(UTC) if expected_at is not None else None
 
 
 class PurchaseOrderLine(BaseModel, defer_build=True):
@@ -189,12 +197,13 @@ class Submission(Strict):
 
     lines: Annotated[list[LinePrice], Field(default_factory=list, max_length=MAX_LINES)]
 
-    @model_validator(mode="after")
-    def _one_price_per_sku(self) -> Submission:
-        skus = [line.sku for line in self.lines]
+    @field_validator("lines")
+    @classmethod
+    def _one_price_per_sku(cls, lines: list[LinePrice]) -> list[LinePrice]:
+        skus = [line.sku for line in lines]
         if len(set(skus)) != len(skus):
             raise ValueError("each sku is priced once")
-        return self
+        return lines
 
     def prices(self) -> dict[str, Money]:
         return {line.sku: line.unit_cost for line in self.lines}

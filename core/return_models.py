@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.models import Identifier, LineInput, Note, Strict, Text
@@ -45,10 +45,11 @@ class RequestReturn(Strict):
     lines: Annotated[list[ReturnLineInput], Field(min_length=1, max_length=100)]
     exchange: ExchangeInput | None = None
 
-    @model_validator(mode="after")
-    def _one_entry_per_line(self) -> RequestReturn:
-        _unique([line.line_id for line in self.lines], "line_id")
-        return self
+    @field_validator("lines")
+    @classmethod
+    def _one_entry_per_line(cls, lines: list[ReturnLineInput]) -> list[ReturnLineInput]:
+        _unique([line.line_id for line in lines], "line_id")
+        return lines
 
 
 class ReturnNote(Strict):
@@ -69,10 +70,11 @@ class ReceiveReturn(Strict):
     location_id: Identifier
     lines: Annotated[list[ReceiptLine], Field(min_length=1, max_length=200)]
 
-    @model_validator(mode="after")
-    def _once_per_condition(self) -> ReceiveReturn:
-        _unique([(line.line_id, line.condition) for line in self.lines], "line and condition")
-        return self
+    @field_validator("lines")
+    @classmethod
+    def _once_per_condition(cls, lines: list[ReceiptLine]) -> list[ReceiptLine]:
+        _unique([(line.line_id, line.condition) for line in lines], "line and condition")
+        return lines
 
     def received(self) -> dict[str, int]:
         totals: dict[str, int] = {}

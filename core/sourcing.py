@@ -6,10 +6,10 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import pluggy
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from core.errors import InvalidRequest, PluginError
 from core.hook_calls import call_hook
@@ -136,13 +136,40 @@ def reduced(order: Order, available: dict[str, int]) -> Order:
 # --- What-if ------------------------------------------------------------------------------------
 
 
+SimulatedOrderId = Annotated[str, StringConstraints(pattern=r"^ord_[a-z2-7]{24}$")]
+
+
+class _OrderIds(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+    orders: list[SimulatedOrderId]
+
+
+class _OrderBodies(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+    orders: list[PlaceOrder]
+
+
 class SimulateSourcing(BaseModel):
     """The body of POST /sourcing/simulate."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind_of_order(cls, data: Any) -> Any:
+        # The union below would judge each item as both kinds and name both in its errors
+        # ("orders.list[PlaceOrder][0].lines[0].quantity" and "orders.list[constrained-str][0]"):
+        # judged first as the kind its first item is, an error names its field as a client sent it.
+        if not isinstance(data, dict) or "orders" not in data:
+            return data
+        orders = data["orders"]
+        if not isinstance(orders, list) or orders:
+            kind = _OrderBodies if isinstance(orders, list) and not isinstance(orders[0], str) else _OrderIds
+            kind.model_validate({"orders": orders})
+        return data
+
     orders: Annotated[
-        list[Annotated[str, StringConstraints(pattern=r"^ord_[a-z2-7]{24}$")]] | list[PlaceOrder],
+        list[SimulatedOrderId] | list[PlaceOrder],
         Field(
             min_length=1,
             max_length=MAX_SIMULATED_ORDERS,
@@ -203,12 +230,14 @@ class Simulator:
         self._rules = rules
         self._hook = plugins.hook
 
-    def simulate(self, request: SimulateSourcing) -> Simulation:
+    def simulate(self, request: SimulateSourcing, channel: str | None = None) -> Simulation:
+        """`channel`: the caller's, when its key is bound to one; another channel's order is
+        refused exactly as an unknown one, so its plan (lines, distances) and existence stay hidden."""
         rules = self._rules.current()
         if request.rules is not None:
             rules = rules.with_changes(request.rules)
         orders = [
-            self._stored(each) if isinstance(each, str) else (None, _unplaced(each, index))
+            self._stored(each, channel) if isinstance(each, str) else (None, _unplaced(each, index))
             for index, each in enumerate(request.orders, 1)
         ]
         locations = self._catalog.list_locations()
@@ -217,9 +246,9 @@ class Simulator:
         items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]
         return Simulation(rules=rules, items=items, summary=_summary(items))
 
-    def _stored(self, order_id: str) -> tuple[str, Order]:
+    def _stored(self, order_id: str, channel: str | None) -> tuple[str, Order]:
         order = self._orders.get(order_id)
-        if order is None:
+        if order is None or (channel is not None and order.channel != channel):
             raise InvalidRequest(f"no order {order_id} to simulate")
         return order_id, order
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from core.access_log import AccessLogStore, OrderRead, ReadRecorder
@@ -44,6 +44,22 @@ class DynamoAccessLog(AccessLogStore):
                 "expires_at": {"N": str(int(expires.timestamp()))},
             },
         )
+
+    def reads_after(self, order_id: str, at: datetime | None, request_id: str | None, limit: int) -> list[OrderRead]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _pk(order_id)}},
+            "Limit": limit,
+        }
+        if at is not None:
+            # Keys sort as their reads do: the time as add() writes it, then "#" and the request id;
+            # the time alone sorts before every read at that time.
+            after = at.isoformat() if request_id is None else f"{at.isoformat()}#{request_id}"
+            query["KeyConditionExpression"] = "pk = :pk AND sk > :after"
+            query["ExpressionAttributeValues"][":after"] = {"S": after}
+        items = self._client.query(**query)["Items"]
+        return [OrderRead.model_validate_json(item["doc"]["S"]) for item in items]
 
     def reads(self, order_id: str) -> list[OrderRead]:
         found: list[OrderRead] = []

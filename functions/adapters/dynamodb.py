@@ -123,8 +123,17 @@ def encode_cursor(scope: str, last_key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, scope: str, key_attributes: set[str]) -> dict[str, Any]:
-    """The ExclusiveStartKey in `cursor`, or InvalidCursor if it was not issued for `scope`."""
+# DynamoDB refuses a start key whose value is empty or longer than a sort key may be (1024 bytes;
+# every key the OMS writes is far shorter), and one outside the partition the Query reads, with a
+# ValidationException: a cursor forged so is refused here, as the client's error, instead.
+_MAX_KEY_BYTES = 1024
+
+
+def decode_cursor(
+    cursor: str, scope: str, key_attributes: set[str], partition: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The ExclusiveStartKey in `cursor`, or InvalidCursor if it was not issued for `scope` or is
+    not a key of the partition the list reads (`partition`: its key attribute and value)."""
     try:
         decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         key = decoded["k"]
@@ -132,7 +141,14 @@ def decode_cursor(cursor: str, scope: str, key_attributes: set[str]) -> dict[str
             decoded["i"] == scope
             and isinstance(key, dict)
             and set(key) == key_attributes
-            and all(isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str) for v in key.values())
+            and all(
+                isinstance(v, dict)
+                and set(v) == {"S"}
+                and isinstance(v["S"], str)
+                and 0 < len(v["S"].encode()) <= _MAX_KEY_BYTES
+                for v in key.values()
+            )
+            and all(key[name]["S"] == value for name, value in (partition or {}).items())
         )
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         valid = False
@@ -811,7 +827,11 @@ class DynamoSourcingRules(SourcingRulesRepository):
             raise StaleVersion(f"sourcing rules version {rules.version} was written by another change") from None
 
     def history(self, limit: int, cursor: str | None = None) -> tuple[list[SourcingRules], str | None]:
-        start = decode_cursor(cursor, "sourcing_rules", {"pk", "sk"}) if cursor is not None else None
+        start = (
+            decode_cursor(cursor, "sourcing_rules", {"pk", "sk"}, {"pk": SOURCING_RULES_PK})
+            if cursor is not None
+            else None
+        )
         response = self._query(limit, start)
         last = response.get("LastEvaluatedKey")
         items = [SourcingRules.model_validate_json(item["doc"]["S"]) for item in response.get("Items", [])]
@@ -866,7 +886,7 @@ class DynamoApiKeys(ApiKeyRepository):
             "Limit": limit,
         }
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, "api_keys", {"pk", "sk"})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "api_keys", {"pk", "sk"}, {"pk": "APIKEYS"})
         response = self._client.query(**query)
         last = response.get("LastEvaluatedKey")
         return [self._key(item) for item in response.get("Items", [])], encode_cursor(

@@ -334,7 +334,7 @@ class DynamoImportLedger(ImportLedger):
             "Limit": limit,
         }
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, "imports", {"pk", "sk"})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "imports", {"pk", "sk"}, {"pk": LIST_PK})
         response = self._client.query(**query)
         ids = [item["id"]["S"] for item in response.get("Items", [])]
         found = {item["id"]["S"]: item for item in batch_get(self._client, self._table, [_import_key(i) for i in ids])}

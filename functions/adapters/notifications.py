@@ -69,7 +69,7 @@ class DynamoNotifications(NotificationStore):
             "Limit": limit,
         }
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": _pk(order_id)})
         response = self._client.query(**query)
         last = response.get("LastEvaluatedKey")
         found = [Notification.model_validate_json(item["doc"]["S"]) for item in response["Items"]]

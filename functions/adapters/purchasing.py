@@ -221,8 +221,8 @@ class DynamoPurchasing(PurchasingRepository):
             request["FilterExpression"] = condition
         if names:
             request["ExpressionAttributeNames"] = names
-        if cursor:
-            request["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"})
+        if cursor is not None:
+            request["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": pk})
         found: list[dict[str, Any]] = []
         while True:
             response = self._client.query(**request)

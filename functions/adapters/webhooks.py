@@ -71,7 +71,7 @@ class DynamoWebhooks(WebhookStore):
             query["FilterExpression"] = "channel = :channel"
             query["ExpressionAttributeValues"][":channel"] = {"S": channel}
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, "webhooks", {"pk", "sk"})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "webhooks", {"pk", "sk"}, {"pk": WEBHOOKS_PK})
         response = self._client.query(**query)
         last = response.get("LastEvaluatedKey")
         shown = [Webhook.model_validate(_webhook(item).model_dump(exclude={"secret"})) for item in response["Items"]]
@@ -126,7 +126,7 @@ class DynamoWebhooks(WebhookStore):
             "Limit": limit,
         }
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": _deliveries_pk(webhook_id)})
         response = self._client.query(**query)
         last = response.get("LastEvaluatedKey")
         return [_delivery(item) for item in response["Items"]], encode_cursor(scope, last) if last else None

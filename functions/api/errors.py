@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
+from botocore.exceptions import ClientError
 
 from core.errors import (
     Conflict,
@@ -83,6 +84,25 @@ def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
     return status, error.code, error.message, error.details
 
 
+# AWS errors that say "not now" rather than "never": throttling that outlasted botocore's retries
+# (DynamoDB's, or another service's), and a DynamoDB write that met another transaction on one of
+# its items (TransactionConflict, which botocore does not retry). The call did nothing; the same
+# request later can succeed.
+_BUSY_CODES = frozenset(
+    {"TransactionConflictException", "ProvisionedThroughputExceededException", "ThrottlingException",
+     "RequestLimitExceeded", "TransactionInProgressException"}
+)  # fmt: skip
+_BUSY_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+
+
+def busy(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code")
+    if code == "TransactionCanceledException":
+        reasons = {reason.get("Code") for reason in error.response.get("CancellationReasons") or []}
+        return bool(reasons & _BUSY_REASONS)
+    return code in _BUSY_CODES
+
+
 def register(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(RequestValidationError)
     def _validation(error: RequestValidationError) -> Response:
@@ -149,6 +169,19 @@ def register(app: APIGatewayRestResolver) -> None:
     def _transient(error: TransientError) -> Response:
         # A gateway or carrier is briefly down: the request changed nothing and may be retried.
         response = error_response(*described(error))
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(ClientError)
+    def _aws_error(error: ClientError) -> Response:
+        if not busy(error):
+            logger.exception("unhandled error")
+            return error_response(500, "internal_error", "internal error")
+        logger.warning(
+            "AWS busy",
+            extra={"operation": error.operation_name, "error_code": error.response.get("Error", {}).get("Code")},
+        )
+        response = error_response(503, "temporarily_unavailable", "the OMS is busy: repeat the request shortly")
         response.headers["Retry-After"] = "1"
         return response
 

@@ -79,6 +79,9 @@ def parse_body(event: dict[str, Any], raw: bytes) -> Any:
         raise ApiError(400, "malformed_json", "the request body is not UTF-8 encoded JSON") from None
     except strict_json.StrictJsonError as error:
         raise ApiError(400, "malformed_json", f"the request body {error}") from None
+    if not isinstance(document, dict | list):
+        # A route that takes an array takes an object too, and nothing else (API.md: 400).
+        raise ApiError(400, "malformed_json", "the request body is not a JSON object or array")
     _parsed.set((text, document))
     return document
 

@@ -54,7 +54,8 @@ _DESCRIPTIONS = {
     429: "Throttled",
     502: "The payment gateway refused the operation (`payment_gateway_error`): nothing was recorded as done",
     503: "The payment gateway kept failing (`payment_gateway_unavailable`): nothing was recorded as done; "
-    "repeat the request after Retry-After; or a plugin failed to load (`plugin_unavailable`): the error names it",
+    "repeat the request after Retry-After; or a plugin failed to load (`plugin_unavailable`): the error names it; "
+    "or the OMS's storage was too busy (`temporarily_unavailable`): repeat the request after Retry-After",
 }
 
 
@@ -64,9 +65,9 @@ EVERY_ROUTE = (400, 413, 415, 429)
 
 
 def errors(*codes: int) -> dict[int, dict[str, Any]]:
-    """OpenAPI `responses` entries for the error codes a route with a key can answer (plus 401, 422
-    and what every route can answer)."""
-    return error_responses(*codes, 401, 422)
+    """OpenAPI `responses` entries for the error codes a route with a key can answer (plus 401, 422,
+    503 when its storage is too busy, and what every route can answer)."""
+    return error_responses(*codes, 401, 422, 503)
 
 
 def error_responses(*codes: int) -> dict[int, dict[str, Any]]:

@@ -38,7 +38,8 @@ def logger() -> Logger:
 # The first invocation of this process is its cold start, as powertools' `cold_start` key means.
 _invocations = itertools.count()
 
-_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,200})$")
+# The scheme in any case and 1*SP before the key (RFC 9110 11.1, RFC 6750 2.1).
+_BEARER = re.compile(r"bearer +([A-Za-z0-9_\-]{16,200})", re.IGNORECASE)
 
 
 # Built on first use and kept while the execution environment is warm.
@@ -119,7 +120,7 @@ def _log_refusal(event: dict[str, Any], context: Any, cold_start: bool, reason: 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     cold_start = next(_invocations) == 0
     # Raising "Unauthorized" is API Gateway's contract for a 401; the header is never logged.
-    match = _BEARER.match(_header(event, "authorization") or "")
+    match = _BEARER.fullmatch(_header(event, "authorization") or "")
     if match is None:
         raise Exception("Unauthorized")
     secret_hash = hash_secret(match.group(1))

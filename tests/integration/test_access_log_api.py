@@ -122,3 +122,45 @@ def test_a_queue_that_refuses_never_fails_the_read_and_the_read_goes_to_the_log(
     (logged,) = [record for record in caplog.records if record.getMessage() == "read not queued"]
     assert logged.levelname == "ERROR"
     assert logged.access["order_id"] == oid and logged.access["action"] == "get"  # the whole read, to put back
+
+
+def test_a_much_read_orders_log_is_read_a_page_at_a_time(api):
+    # Every read stays 400 days: a storefront polling an order would make its whole log one answer
+    # past Lambda's 6 MB. Pages of `limit` (default 25, as every list), each one bounded Query.
+    from datetime import timedelta
+
+    from core.access_log import OrderRead
+    from functions.api.dependencies import container
+
+    oid = "ord_" + "p" * 24
+    stored(oid)
+    store = container().access_log_store
+    start = a_stored_order(("TSHIRT", 1)).created_at
+    for n in range(60):
+        at = start + timedelta(seconds=n // 2)  # two reads a second: ties broken by request id
+        store.add(OrderRead(request_id=f"req-{n:03d}", order_id=oid, at=at, actor="key_poller", action="get"))
+    queries: list[dict] = []
+    events = container().dynamodb.meta.events
+    events.register("provide-client-params.dynamodb.Query", count := lambda params, **_: queries.append(params))
+
+    first = api.get(f"/orders/{oid}/access-log")
+    assert first.status_code == 200, first.text
+    assert len(first.json()["items"]) == 25 and first.json()["next_cursor"]
+    items, cursor = first.json()["items"], first.json()["next_cursor"]
+    while cursor:
+        page = api.get(f"/orders/{oid}/access-log", params={"cursor": cursor, "limit": 100})
+        assert page.status_code == 200, page.text
+        items += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+
+    assert [i["action"] for i in items] == ["created"] + ["get"] * 60
+    assert [i["at"] for i in items] == sorted(i["at"] for i in items)
+    reads = [q for q in queries if q["ExpressionAttributeValues"][":pk"]["S"] == f"ACCESS#{oid}"]
+    assert len(reads) == 2 and all(q["Limit"] <= 101 for q in reads)
+    assert_error(api.get(f"/orders/{oid}/access-log", params={"limit": 101}), 422, "validation_error", "limit")
+    events.unregister("provide-client-params.dynamodb.Query", count)
+    other_order = "ord_" + "q" * 24
+    stored(other_order)
+    other = api.get(f"/orders/{other_order}/access-log", params={"cursor": first.json()["next_cursor"]})
+    assert_error(other, 422, "invalid_cursor", "cursor")
+    consume_queued_reads()

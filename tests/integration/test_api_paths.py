@@ -118,3 +118,23 @@ def test_a_percent_encoded_id_is_the_id_it_encodes(api: InProcessApi):
     # 64 characters of two UTF-8 bytes each are 64 characters, not 384 of their encoding.
     carrier = "%C3%A9" * 64
     assert_error(api.post(f"/carriers/{carrier}/tracking", json={}), 404, "not_found")
+
+
+def test_a_customer_whose_id_has_a_slash_is_read_like_any_other(api: InProcessApi):
+    # customer.id is an Identifier in POST /orders, which takes "/" ("acme/1042"): GET
+    # /customers/{id} reads every id an order may carry, percent-encoded in the path.
+    from core.aggregates import aggregate_change
+    from core.models import Customer
+    from functions.api.dependencies import container
+    from tests.unit.conftest import a_stored_order
+
+    order = a_stored_order(
+        ("TSHIRT", 1), id="ord_" + "s" * 24, customer=Customer(id="acme/1042", email="a@example.com")
+    )
+    container().aggregate_store.apply(aggregate_change(None, order.model_dump(mode="json")))
+
+    found = api.get("/customers/acme%2F1042")
+
+    assert found.status_code == 200, found.text
+    assert (found.json()["id"], found.json()["orders_count"]) == ("acme/1042", 1)
+    assert_error(api.get("/customers/acme%2F9999"), 404, "not_found")

@@ -214,6 +214,18 @@ def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
         lambda_handler(evt, Context())
 
 
+@pytest.mark.parametrize("prefix", ["bearer ", "BEARER ", "Bearer  "], ids=["lower case", "upper case", "two spaces"])
+def test_the_authorizer_reads_the_bearer_scheme_in_any_case(aws, prefix):
+    # RFC 9110 11.1: an authentication scheme is case-insensitive, and 1*SP separates it from the token.
+    from functions.authorizer.app import lambda_handler
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    evt = event("authorizer_request.json")
+    evt["headers"] = {"Authorization": prefix + "oms_sample_admin_key_0123456789"}
+
+    assert lambda_handler(evt, Context())["principalId"] == "key_admin"
+
+
 def test_keys_are_stored_only_as_hashes(aws):
     ensure_admin_key("oms_sample_admin_key_0123456789")
     dump = json.dumps(aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"])

@@ -220,3 +220,11 @@ def test_no_body_makes_a_5xx(api: InProcessApi, body: str, content_type: str):
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert_error(response, response.status_code)
+
+
+@pytest.mark.parametrize("top", ['"a string"', "42", "null", "true"])
+def test_a_carrier_webhook_that_is_neither_an_object_nor_an_array_is_400(api: InProcessApi, top: str):
+    # The one route that takes an array (a carrier's own format) still takes nothing else at the top.
+    error = assert_error(post_raw(api, "/carriers/oms-flat-rate/tracking", top), 400, "malformed_json")
+
+    assert error["details"] == []

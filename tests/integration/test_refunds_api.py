@@ -168,3 +168,18 @@ def test_refunds_need_their_scope_and_another_channels_order_is_404(api):
     assert_error(refund(api, "ord_" + "z" * 24, "1.00"), 404)
     assert refund(api, oid, "1.00", key=own_channel).status_code == 201
     assert len(api.get(f"/orders/{oid}/refunds", key=own_channel).json()["items"]) == 1
+
+
+def test_the_refunds_of_an_order_are_a_list_in_the_contracts_shape(api):
+    # API.md: a list answers {"items": [...], "next_cursor": "..." | null}; an order's refunds fit
+    # one page, so its cursor is always null, but a client paging by next_cursor finds it.
+    oid = order_id(72)
+    a_captured_order(oid)
+    assert refund(api, oid, "2.00").status_code == 201
+
+    listed = api.get(f"/orders/{oid}/refunds")
+
+    assert listed.status_code == 200, listed.text
+    assert set(listed.json()) == {"items", "next_cursor"}
+    assert listed.json()["next_cursor"] is None
+    assert [item["amount"]["amount"] for item in listed.json()["items"]] == ["2.00"]

@@ -161,3 +161,29 @@ def test_capture_counts_only_the_stock_the_rules_let_allocation_take(api: InProc
     finally:
         put_rules(api)  # back to the defaults for the other tests
         forget_warm_containers()
+
+
+def test_a_channel_key_cannot_simulate_another_channels_order_nor_tell_it_exists(api: InProcessApi, network):
+    catalog = Catalog(api)
+    sku = catalog.product("4.00")
+    catalog.stock(sku, network["east"], 10)
+    web = api.post("/orders", json=order_body((sku, 2), channel="web"))
+    pos = api.post("/orders", json=order_body((sku, 1), channel="pos"))
+    assert web.status_code == pos.status_code == 201, (web.text, pos.text)
+    created = api.post("/api-keys", json={"name": unique("key"), "scopes": ["orders:read"], "channel": "pos"})
+    pos_key = created.json()["key"]
+    unknown = "ord_" + "z" * 24
+
+    others = api.post("/sourcing/simulate", json={"orders": [web.json()["id"]]}, key=pos_key)
+    nothing = api.post("/sourcing/simulate", json={"orders": [unknown]}, key=pos_key)
+    own = api.post("/sourcing/simulate", json={"orders": [pos.json()["id"]]}, key=pos_key)
+
+    # Another channel's order answers exactly as an order that does not exist: no lines, no
+    # distances to its customer's address, not even that the id names an order.
+    assert_error(others, 422)
+    assert_error(nothing, 422)
+    assert others.json()["error"]["code"] == nothing.json()["error"]["code"]
+    assert others.json()["error"]["message"].replace(web.json()["id"], unknown) == nothing.json()["error"]["message"]
+    assert own.status_code == 200, own.text
+    assert own.json()["items"][0]["order_id"] == pos.json()["id"]
+    assert api.post("/sourcing/simulate", json={"orders": [web.json()["id"]]}).status_code == 200  # the admin sees all

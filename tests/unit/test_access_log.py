@@ -77,3 +77,39 @@ def test_every_read_of_an_order_the_contract_names_is_recorded():
     resources = {resource for _, resource in READS}
     for path in ("", "/history", "/returns", "/refunds"):
         assert f"/orders/{{order_id}}{path}" in resources
+
+
+def test_the_log_is_read_a_page_at_a_time_in_the_order_of_the_whole_log():
+    # Changes and reads interleaved, a read at the very time of a change (the change comes first),
+    # and two reads of one time (by request id).
+    history = [
+        HistoryEntry(at=T0 + timedelta(minutes=m), type="created" if m == 0 else "edited", actor="key_shop",
+                     to_status=OrderStatus.PENDING)
+        for m in (0, 3, 3, 7)
+    ]  # fmt: skip
+    reads = [read(f"r{n}", m) for n, m in enumerate((1, 3, 3, 5, 7, 7, 9, 11))]
+    log = AccessLog(OrderQueries(Orders(*history)), Reads(*reads))
+    whole = log.entries(ORDER.id, channel=None)
+
+    for limit in (1, 2, 3, 5, 12, 100):
+        paged, cursor, pages = [], None, 0
+        while True:
+            items, cursor = log.page(ORDER.id, None, limit, cursor)
+            paged += items
+            pages += 1
+            if cursor is None:
+                break
+        assert paged == whole, limit
+        assert pages == -(-len(whole) // limit)  # never an empty last page
+
+
+OTHER_ORDERS = "eyJvIjoib3JkX3oiLCJhdCI6IjIwMjYtMTItMDFUMTI6MDA6MDArMDA6MDAiLCJrIjoxLCJrZXkiOiJyMSJ9"
+
+
+@pytest.mark.parametrize("cursor", ["", "x", "e30", OTHER_ORDERS])
+def test_a_cursor_not_issued_for_this_orders_log_is_invalid(cursor: str):
+    from core.errors import InvalidCursor
+
+    log = AccessLog(OrderQueries(Orders()), Reads(read("r1", 1)))
+    with pytest.raises(InvalidCursor):
+        log.page(ORDER.id, None, 10, cursor)

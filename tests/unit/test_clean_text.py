@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import unicodedata
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core.models import Address, Customer, PlaceOrder
+from core.purchasing import VendorRequest
 from tests.builders import order_body
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
@@ -86,3 +89,49 @@ def test_a_control_character_at_either_end_is_refused_not_trimmed(text: str):
 
 def test_surrounding_spaces_are_still_trimmed():
     assert Customer.model_validate({"id": "c1", "email": "a@example.com", "name": "  Ada  "}).name == "Ada"
+
+
+# One-line free text a client sends and others read back (the order's history and events, a
+# customer's shipped notification, the key list) is held to the rule names are, as a refund's or a
+# rejected shipment's reason already is.
+ONE_LINE_TEXTS = [
+    pytest.param("core.models:CancelRequest", {}, "reason", id="a cancel's reason"),
+    pytest.param("core.access:NewApiKey", {"scopes": ["orders:read"]}, "name", id="an API key's name"),
+    pytest.param("core.models:ShipRequest", {}, "tracking_number", id="a ship's tracking number"),
+    pytest.param(
+        "core.confirmations:Confirmation",
+        {"order_id": "ord_x", "shipment_id": "shp_x", "action": "ship"},
+        "tracking_number",
+        id="a confirmed ship's tracking number",
+    ),
+]
+
+
+def _model(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(("model", "rest", "field"), ONE_LINE_TEXTS)
+@pytest.mark.parametrize("bad", ["\x00", "\r\n", "\x1b[31m", "\u202e", "\x85"])
+def test_one_line_free_text_with_a_control_or_a_bidi_override_is_refused(model: str, rest: dict, field: str, bad: str):
+    with pytest.raises(ValidationError) as caught:
+        _model(model).model_validate({**rest, field: f"AB12{bad}34"})
+    assert field_errors(caught.value).keys() == {field}
+
+
+@pytest.mark.parametrize(("model", "rest", "field"), ONE_LINE_TEXTS)
+def test_one_line_free_text_in_any_script_is_kept_in_nfc(model: str, rest: dict, field: str):
+    kept = _model(model).model_validate({**rest, field: " 1Z Zoe\u0308 東京 "})
+    assert getattr(kept, field) == "1Z Zoë 東京"
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\x1b[31m", "\u202e", "\x85", "\x7f"])
+def test_an_email_with_a_control_or_a_bidi_override_is_refused(bad: str):
+    # No address has one (RFC 5322 and 6531 leave controls out); it would reach the notifier's
+    # recipient and the customer lookup by email as sent.
+    with pytest.raises(ValidationError) as caught:
+        Customer.model_validate({"id": "c1", "email": f"ada{bad}@example.com"})
+    assert field_errors(caught.value).keys() == {"email"}
+    with pytest.raises(ValidationError):
+        VendorRequest.model_validate({"name": "Acme", "email": f"orders{bad}@acme.example", "lead_time_days": 3})

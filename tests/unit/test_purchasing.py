@@ -106,3 +106,17 @@ def test_a_new_po_needs_lines_of_distinct_skus_positive_quantities_and_a_zoned_d
     NewPurchaseOrder.model_validate(body)
     with pytest.raises(ValidationError):
         NewPurchaseOrder.model_validate({**body, **change})
+
+
+def test_a_due_date_sent_with_an_offset_is_kept_and_shown_in_utc():
+    # API.md: times are RFC 3339 in UTC, whatever zone a client wrote one in.
+    body = {
+        "vendor_id": "v1",
+        "location_id": "wh1",
+        "lines": [{"sku": "MUG", "quantity": 5, "unit_cost": {"amount": "1.00", "currency": "USD"}}],
+        "expected_at": "2027-01-01T05:30:00+05:30",
+    }
+
+    request = NewPurchaseOrder.model_validate(body)
+
+    assert request.model_dump(mode="json")["expected_at"] == "2027-01-01T00:00:00Z"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel
 
 from core.access import Scope
@@ -19,6 +22,7 @@ OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
 
 class AccessLogPage(BaseModel):
     items: list[AccessEntry]
+    next_cursor: str | None = None
 
 
 @router.get(
@@ -28,9 +32,14 @@ class AccessLogPage(BaseModel):
     "handed out; `history`, `returns`, `refunds`, `notifications`, `access_log`) and each change (its history entry: "
     "`action` the change, `detail` `{change: true, from_status, to_status}`), with `actor` the API key id (or "
     "`workflow` and the other system actors for changes). Reads are queued as they answer and stored within seconds; "
-    "they are kept 400 days.",
-    responses={**ok(200, AccessLogPage, "The order's access log"), **errors(403, 404)},
+    "they are kept 400 days. Paginated as every list is: a much-read order's log is read a page at a time.",
+    responses={**ok(200, AccessLogPage, "A page of the order's access log"), **errors(403, 404)},
 )
 @requires(Scope.AUDIT_READ)
-def get_access_log(order_id: OrderIdPath) -> AccessLogPage:
-    return AccessLogPage(items=container().access_log.entries(order_id, caller(router).channel))
+def get_access_log(
+    order_id: OrderIdPath,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> AccessLogPage:
+    items, next_cursor = container().access_log.page(order_id, caller(router).channel, limit, cursor)
+    return AccessLogPage(items=items, next_cursor=next_cursor)

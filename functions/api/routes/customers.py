@@ -21,7 +21,8 @@ from functions.api.schemas import errors, ok
 
 router = Router()
 
-CustomerIdPath = existing("customer", r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", "Customer id (the orders' customer.id)")
+# Every id an order's customer.id may be (core.models.Identifier), "/" included (percent-encoded in the path).
+CustomerIdPath = existing("customer", r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", "Customer id (the orders' customer.id)")
 EmailQuery = Annotated[str, Query(min_length=3, max_length=254, description="The customer's email, any case")]
 Currency = Annotated[
     str,

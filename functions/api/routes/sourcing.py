@@ -57,4 +57,4 @@ def get_sourcing_rules_history(
 )
 @requires(Scope.ORDERS_READ)
 def simulate_sourcing(request: SimulateSourcing) -> Simulation:
-    return container().simulator.simulate(request)
+    return container().simulator.simulate(request, caller(router).channel)
