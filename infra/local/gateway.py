@@ -311,6 +311,17 @@ class TokenBuckets:
             return (1 - tokens) / self.rate
 
 
+def _static_headers(kind: str, declared: Mapping[str, Any]) -> dict[str, str]:
+    """A gateway response's declared headers: static values ('text'), sent as they are; a mapping
+    from the request (method.request...) is not emulated and fails startup."""
+    headers = {}
+    for name, value in ((declared.get("ResponseParameters") or {}).get("Headers") or {}).items():
+        if not (isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == "'"):
+            raise ValueError(f"GatewayResponses.{kind} header {name}: {value!r} is not emulated (only 'static' values)")
+        headers[name] = value[1:-1]
+    return headers
+
+
 @dataclass(eq=False)  # hashed by identity: its flush callback is registered and removed
 class ApiGateway:
     """The WSGI application: gateway checks, then the authorizer, then the API handler."""
@@ -330,6 +341,7 @@ class ApiGateway:
         missing = {r.authorizer for r in self.routes if r.authorizer and r.authorizer not in self.authorizers}
         if missing:
             raise ValueError(f"routes name authorizers that were not given: {sorted(missing)}")
+        self._declared_headers = {kind: _static_headers(kind, d) for kind, d in self.gateway_responses.items()}
 
     @classmethod
     def from_template(cls, template: Template, functions: Mapping[str, LocalFunction], **kwargs: Any) -> ApiGateway:
@@ -364,7 +376,9 @@ class ApiGateway:
             declared_body = (declared.get("ResponseTemplates") or {}).get("application/json")
             status, body = int(declared.get("StatusCode", 500)), body if declared_body is None else declared_body
         response = _error_response(body, status, request_id)
-        response.headers.update({"x-amzn-ErrorType": error_type} if error_type else {}, **(headers or {}))
+        # What the template declares is what AWS sends, in place of what the local gateway knows.
+        headers = {**(headers or {}), **self._declared_headers.get(kind, {})}
+        response.headers.update({"x-amzn-ErrorType": error_type} if error_type else {}, **headers)
         return response
 
     def handle(self, request: HttpRequest) -> Response:

@@ -151,7 +151,13 @@ SUPPORTED: dict[str, Any] = {
                 }
             ),
         },
-        "GatewayResponses": Each({"StatusCode": EMULATED, "ResponseTemplates": emulated("application/json")}),
+        "GatewayResponses": Each(
+            {
+                "StatusCode": EMULATED,
+                "ResponseTemplates": emulated("application/json"),
+                "ResponseParameters": {"Headers": EMULATED},  # static values ('...') only: gateway.py
+            }
+        ),
         "MethodSettings": {
             "ResourcePath": frozenset({"/*"}),
             "HttpMethod": frozenset({"*"}),

@@ -509,6 +509,23 @@ def test_public_routes_are_throttled_per_source_address():
     assert [call(gw, "GET", "/health")[0] for _ in range(3)] == [200, 200, 429]
 
 
+def test_a_gateway_response_sends_the_headers_the_template_declares_as_aws_does():
+    # API Gateway sends a declared header's static value in place of anything computed.
+    declared = {"THROTTLED": {"StatusCode": "429", "ResponseParameters": {"Headers": {"Retry-After": "'7'"}}}}
+    gw = gateway(throttle=TokenBuckets(rate=0.001, burst=1), gateway_responses=declared)
+
+    assert call(gw, "GET", "/health")[0] == 200
+    status, _, response = call(gw, "GET", "/health")
+    assert (status, response.headers["Retry-After"]) == (429, "7")
+
+
+def test_a_gateway_response_header_mapped_from_the_request_is_refused_at_startup():
+    declared = {"THROTTLED": {"ResponseParameters": {"Headers": {"X-Key": "method.request.header.Authorization"}}}}
+
+    with pytest.raises(ValueError, match="THROTTLED header X-Key"):
+        gateway(gateway_responses=declared)
+
+
 def test_authorizer_crash_or_bad_output_is_500():
     def crash(event, context):
         raise ValueError("boom")

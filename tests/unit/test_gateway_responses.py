@@ -44,3 +44,8 @@ def test_each_gateway_response_is_the_contracts_error_shape(kind: str):
 
 def test_a_5xx_from_the_gateway_is_an_internal_error_that_leaks_nothing():
     assert body(RESPONSES["DEFAULT_5XX"])["error"]["code"] == "internal_error"
+
+
+def test_a_429_from_the_gateway_says_when_to_retry():
+    # API.md: 429 with Retry-After. API Gateway sends only what the response declares.
+    assert RESPONSES["THROTTLED"]["ResponseParameters"]["Headers"]["Retry-After"] == "'1'"
