@@ -117,20 +117,6 @@ class AccessLog:
         more = len(merged) > limit
         return [entry for _, entry in page], _encode_cursor(order_id, page[-1][0]) if more else None
 
-    def entries(self, order_id: str, channel: str | None) -> list[AccessEntry]:
-        # The history is the log of changes (each with the key id that made it); reading it also
-        # answers NotFound for an order the caller may not see.
-        history = self._orders.history(order_id, channel)
-        changes = [
-            AccessEntry(at=entry.at, actor=entry.actor, action=str(entry.type.value), detail=_change_detail(entry))
-            for entry in history
-        ]
-        reads = [
-            AccessEntry(at=read.at, actor=read.actor, action=read.action, detail=read.detail)
-            for read in self._store.reads(order_id)
-        ]
-        return sorted(changes + reads, key=lambda entry: entry.at)
-
 
 def _change_entry(entry: Any) -> AccessEntry:
     return AccessEntry(at=entry.at, actor=entry.actor, action=str(entry.type.value), detail=_change_detail(entry))

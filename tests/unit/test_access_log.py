@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.access_log import READS, AccessLog, AccessLogStore, OrderRead
+from core.access_log import READS, AccessEntry, AccessLog, AccessLogStore, OrderRead
 from core.errors import NotFound
 from core.models import HistoryEntry
 from core.services import OrderQueries
@@ -44,6 +44,17 @@ def read(request_id: str, minutes: int, action: str = "get", actor: str = "key_r
     )
 
 
+def whole_log(log: AccessLog, order_id: str = ORDER.id, channel: str | None = None) -> list[AccessEntry]:
+    """Every page of the log, first to last."""
+    found: list[AccessEntry] = []
+    cursor = None
+    while True:
+        items, cursor = log.page(order_id, channel, 2, cursor)
+        found += items
+        if cursor is None:
+            return found
+
+
 def test_reads_and_changes_come_oldest_first_with_their_actors():
     created = HistoryEntry(at=T0, type="created", to_status=OrderStatus.PENDING, actor="key_shop")
     shipped = HistoryEntry(
@@ -52,7 +63,7 @@ def test_reads_and_changes_come_oldest_first_with_their_actors():
     )  # fmt: skip
     log = AccessLog(OrderQueries(Orders(created, shipped)), Reads(read("r2", 12, "history"), read("r1", 5)))
 
-    entries = log.entries(ORDER.id, channel=None)
+    entries = whole_log(log)
 
     assert [(e.actor, e.action) for e in entries] == [
         ("key_shop", "created"),
@@ -67,10 +78,10 @@ def test_reads_and_changes_come_oldest_first_with_their_actors():
 def test_another_channels_order_or_none_is_not_found():
     log = AccessLog(OrderQueries(Orders()), Reads(read("r1", 1)))
     with pytest.raises(NotFound):
-        log.entries(ORDER.id, channel="shop")
+        whole_log(log, channel="shop")
     with pytest.raises(NotFound):
-        log.entries("ord_" + "z" * 24, channel=None)
-    assert [e.action for e in log.entries(ORDER.id, channel="web")] == ["get"]
+        whole_log(log, "ord_" + "z" * 24)
+    assert [e.action for e in whole_log(log, channel="web")] == ["get"]
 
 
 def test_every_read_of_an_order_the_contract_names_is_recorded():
@@ -89,7 +100,10 @@ def test_the_log_is_read_a_page_at_a_time_in_the_order_of_the_whole_log():
     ]  # fmt: skip
     reads = [read(f"r{n}", m) for n, m in enumerate((1, 3, 3, 5, 7, 7, 9, 11))]
     log = AccessLog(OrderQueries(Orders(*history)), Reads(*reads))
-    whole = log.entries(ORDER.id, channel=None)
+    whole, cursor = log.page(ORDER.id, None, 100, None)
+    assert cursor is None and len(whole) == len(history) + len(reads)
+    # Minutes 0 1 3 3 3 3 5 7 7 7 9 11: at one time, the changes (c) before the reads (r).
+    assert ["c" if e.actor == "key_shop" else "r" for e in whole] == list("crccrrrcrrrr")
 
     for limit in (1, 2, 3, 5, 12, 100):
         paged, cursor, pages = [], None, 0
