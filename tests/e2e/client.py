@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import uuid
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -185,6 +186,11 @@ def assert_error(response: requests.Response, status: int, code: str | None = No
     for field in fields:
         assert field in named, f"{field!r} not among the fields {named}: {error}"
     return error
+
+
+def times(items: list[dict[str, Any]]) -> list[datetime]:
+    """The items' `at` as times, to compare in order: as strings "…13Z" sorts after "…13.004Z"."""
+    return [datetime.fromisoformat(item["at"]) for item in items]
 
 
 def money(amount: str, currency: str = "USD") -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique
+from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, times, unique
 from tests.e2e.conftest import workflow_stack
 
 WAIT_SECONDS = 60
@@ -282,6 +282,6 @@ def test_who_reads_an_order_is_in_its_access_log(stack: EmbeddedStack, api: Api)
         (entry,) = _when(my_read, "read in the access log")
     assert entry["action"] == "get"
     items = api.get(f"/orders/{order_id}/access-log", key=auditor["key"]).json()["items"]
-    assert items[0]["action"] == "created" and [i["at"] for i in items] == sorted(i["at"] for i in items)
+    assert items[0]["action"] == "created" and times(items) == sorted(times(items))
     for function in ("ApiFunction", "AccessLogFunction"):
         assert calls[function] <= granted(function), f"{function}: {calls[function] - granted(function)}"
