@@ -1,7 +1,7 @@
 """End-to-end fixtures: one local stack per test module, on free ports, driven over real HTTP.
 
 Each module gets its own stack (moto in-process, tables from template.yaml, the real authorizer
-and API handler behind the local gateway), so xdist workers (`-n 2 --dist loadfile`) never share
+and API handler behind the local gateway), so xdist workers (`-n 3 --dist loadfile`) never share
 ports or state, and nothing outlives the module. Tests seed their own catalog through the API
 with uuid-based skus, locations, channels, customers and external ids, so they do not depend on
 each other or on the demo seed (which running_stack() leaves off).
