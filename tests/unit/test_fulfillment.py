@@ -14,12 +14,10 @@ from core.errors import (
     NotFound,
     StaleVersion,
 )
-from core.fulfillment import OrderActions
 from core.models import Address, LineInput, OrderEdit
 from core.status import OrderStatus
-from functions.adapters.catalog_cache import CachedCatalog
 from plugins.test_payments import CAPTURE, VOID, reference
-from tests.builders import NOW, address_body, location, place_order
+from tests.builders import NOW, address_body, place_order
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -249,13 +247,7 @@ def test_a_cancel_whose_view_of_the_network_predates_a_new_location_releases_wha
     # The API's containers cache the network for a few seconds (CachedCatalog); the workflow reads
     # it fresh. An order sourced from a location added within that time is cancelled by a
     # container that does not know the location yet: its units there are released all the same.
-    cached = CachedCatalog(world.catalog, ttl_seconds=10, clock=lambda: 0.0)
-    cached.list_locations()
-    actions = OrderActions(world.orders, cached, world.inventory, world.actions._payments, world.capture,
-                           clock=lambda: NOW)  # fmt: skip
-    world.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
-    world.inventory.set_on_hand("CAP", "wh-north", 5, reason="count")
-    world.inventory.adjust("CAP", "wh-east", -4, reason="moved north")
+    actions = world.actions_behind_a_new_location("CAP", "wh-east")
     order = world.allocated(("CAP", 2))
     assert [a.location_id for a in order.allocations] == ["wh-north"]
 

@@ -9,13 +9,11 @@ from datetime import timedelta
 import pytest
 
 from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
-from core.fulfillment import OrderActions
 from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
-from functions.adapters.catalog_cache import CachedCatalog
-from tests.builders import NOW, address_body, location, place_order
+from tests.builders import NOW, address_body, place_order
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -100,13 +98,7 @@ def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world)
 
 def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
     # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
-    cached = CachedCatalog(world.catalog, ttl_seconds=10, clock=lambda: 0.0)
-    cached.list_locations()
-    actions = OrderActions(world.orders, cached, world.inventory, world.actions._payments, world.capture,
-                           clock=lambda: NOW)  # fmt: skip
-    world.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
-    world.inventory.set_on_hand("MUG", "wh-north", 5, reason="count")
-    world.inventory.adjust("MUG", "wh-west", -3, reason="moved north")
+    actions = world.actions_behind_a_new_location("MUG", "wh-west")
     order = world.allocated(("MUG", 2))
     assert [a.location_id for a in order.allocations] == ["wh-north"]
 

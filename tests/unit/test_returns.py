@@ -75,6 +75,13 @@ def shipped(world: World, *lines: tuple[str, int], deliver: bool = True, token: 
     return world.order(order.id)
 
 
+def appeasement_left_pending(world: World, order: Order) -> None:
+    """An appeasement of everything captured that the gateway has not answered (it stays pending)."""
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+
 def ask(*lines: tuple[str, int, str | None]) -> RequestReturn:
     return RequestReturn.model_validate(
         {"lines": [{"line_id": lid, "quantity": q, "reason": "customer says so", "reason_code": code}
@@ -376,9 +383,7 @@ def test_an_exchanges_credit_is_what_the_units_are_worth_once_a_pending_appeasem
     gateway = ScriptedGateway()
     returns, _ = returns_for(world, clock, gateway)
     order = shipped(world, ("TSHIRT", 1))
-    world.gateway.script("refund", "transient")
-    with pytest.raises(PaymentGatewayUnavailable):
-        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    appeasement_left_pending(world, order)
     item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "refuse")
@@ -596,9 +601,7 @@ def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refus
     gateway = ScriptedGateway()
     returns, _ = returns_for(world, clock, gateway)
     order = shipped(world, ("MUG", 1))
-    world.gateway.script("refund", "transient")
-    with pytest.raises(PaymentGatewayUnavailable):
-        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    appeasement_left_pending(world, order)
     item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "refuse", "approve")  # the appeasement is refused, the return's refund approved

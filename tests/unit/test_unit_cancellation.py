@@ -7,13 +7,11 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable
-from core.fulfillment import OrderActions
 from core.models import CancelRequest, Order
 from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from functions.adapters.catalog_cache import CachedCatalog
-from tests.builders import NOW, location, place_order, product
+from tests.builders import place_order, product
 from tests.unit.world import World, before_the_next_write, build_world
 
 S, P = OrderStatus, PaymentStatus
@@ -129,13 +127,7 @@ def test_two_line_cancels_at_once_leave_the_reservation_at_what_is_left_to_ship(
 
 def test_a_line_cancel_whose_view_of_the_network_predates_a_new_location_shrinks_the_reservation_there(world):
     # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
-    cached = CachedCatalog(world.catalog, ttl_seconds=10, clock=lambda: 0.0)
-    cached.list_locations()
-    actions = OrderActions(world.orders, cached, world.inventory, world.actions._payments, world.capture,
-                           clock=lambda: NOW, refunds=world.refunds)  # fmt: skip
-    world.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
-    world.inventory.set_on_hand("MUG", "wh-north", 5, reason="count")
-    world.inventory.adjust("MUG", "wh-west", -5, reason="moved north")
+    actions = world.actions_behind_a_new_location("MUG", "wh-west")
     order = world.allocated(("MUG", 3))
     assert [a.location_id for a in order.allocations] == ["wh-north"]
 

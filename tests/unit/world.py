@@ -24,6 +24,7 @@ from core.refund_service import RefundService
 from core.services import CaptureService
 from core.status import OrderStatus
 from core.workflow import Workflow
+from functions.adapters.catalog_cache import CachedCatalog
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeBackorders, FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy, ScriptedGateway
 
@@ -89,6 +90,19 @@ class World:
     def level(self, sku: str, location_id: str) -> tuple[int, int, int]:
         level = self.inventory.stock[(sku, location_id)]
         return level.on_hand, level.reserved, level.available
+
+    def actions_behind_a_new_location(self, sku: str, moved_from: str) -> OrderActions:
+        """The order actions of an API container whose network (CachedCatalog: kept for seconds)
+        was read before `wh-north` was added. Five units of `sku` are counted there and none is
+        left at `moved_from`, so the workflow, which reads the network fresh, sources `sku` there."""
+        cached = CachedCatalog(self.catalog, ttl_seconds=10, clock=lambda: 0.0)
+        cached.list_locations()
+        actions = OrderActions(self.orders, cached, self.inventory, self.actions._payments, self.capture,
+                               clock=lambda: NOW, refunds=self.refunds)  # fmt: skip
+        self.catalog.put_location(location("wh-north", name="North warehouse"))  # through another container
+        self.inventory.set_on_hand(sku, "wh-north", 5, reason="count")
+        self.inventory.adjust(sku, moved_from, -self.level(sku, moved_from)[0], reason="moved north")
+        return actions
 
     def shipment_at(self, order: Order, location_id: str) -> str:
         return next(s.id for s in order.shipments if s.location_id == location_id)
