@@ -309,11 +309,11 @@ class OrderActions:
         except StaleVersion:
             # Voided only when no version records it: the same edit repeated at once reauthorizes
             # under the same key (the version it writes), so the gateway gave both one authorization.
-            current = self._orders.get(order_id)
-            if reauthorized is not None and (
-                current is None or current.payment.authorization != reauthorized.reference
-            ):
-                self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
+            # Read consistently: no write guards this decision.
+            if reauthorized is not None:
+                current = self._orders.get(order_id, consistent=True)
+                if current is None or current.payment.authorization != reauthorized.reference:
+                    self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if resourced:
             self._release_replaced_lines(order, new)

@@ -33,7 +33,11 @@ class OrderRepository(ABC):
         DuplicateOrder if the id exists."""
 
     @abstractmethod
-    def get(self, order_id: str) -> Order | None: ...
+    def get(self, order_id: str, *, consistent: bool = False) -> Order | None:
+        """The order, or None. A read may miss a write made milliseconds before it (DynamoDB's
+        GetItem is eventually consistent); with `consistent` it shows every write acknowledged
+        before it, for twice the read cost. Writes need no such read (each is conditional on what
+        it read); a decision no write guards does, such as what to undo after losing a race."""
 
     @abstractmethod
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:

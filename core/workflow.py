@@ -35,7 +35,7 @@ from core.hook_calls import call_hook
 from core.ids import reservation_key, shipment_id_for
 from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
 from core.money import Money
-from core.order_changes import ATTEMPTS, failure_recorder, modify
+from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
 from core.ports import (
     Backorders,
@@ -142,8 +142,8 @@ class Workflow:
     def _rules(self) -> SourcingRules:
         return self._sourcing_rules.current() if self._sourcing_rules is not None else SourcingRules()
 
-    def _load(self, order_id: str) -> Order:
-        order = self._orders.get(order_id)
+    def _load(self, order_id: str, *, consistent: bool = False) -> Order:
+        order = self._orders.get(order_id, consistent=consistent)
         if order is None:
             raise NotFound(f"no order {order_id}")
         return order
@@ -298,23 +298,15 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            raise self._closed_or_retry(
-                order_id, lambda: self._release_unrecorded(order_id, done, expected_version=order.version)
-            ) from None
+            raise self._closed_or_retry(order_id, lambda: self._release_unrecorded(order_id, done)) from None
 
-    def _release_unrecorded(
-        self, order_id: str, done: list[tuple[str, str, str]], expected_version: int | None = None
-    ) -> None:
+    def _release_unrecorded(self, order_id: str, done: list[tuple[str, str, str]]) -> None:
         """Undo a reservation whose record lost its write, except what the order now records: a
         concurrent run of the same step reserved under the same order#line keys and won, and
-        releasing its reservations would leave the recorded units held by nothing. After losing
-        the write that expected `expected_version`, the order is read until it shows another (an
-        eventually consistent read may not show the write that won yet)."""
-        current = self._load(order_id)
-        for _ in range(ATTEMPTS):
-            if current.version != expected_version:
-                break
-            current = self._load(order_id)
+        releasing its reservations would leave the recorded units held by nothing. Read
+        consistently: no write guards this decision, and an eventually consistent read may not
+        show the write that won yet."""
+        current = self._load(order_id, consistent=True)
         recorded: set[tuple[str, str, str]] = set()
         if current.status not in TERMINAL:  # a closed order holds nothing, whatever it records
             sku_of = {line.line_id: line.sku for line in current.lines}
@@ -364,9 +356,7 @@ class Workflow:
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
-            raise self._closed_or_retry(
-                order.id, lambda: self._release_unrecorded(order.id, done, expected_version=order.version)
-            ) from None
+            raise self._closed_or_retry(order.id, lambda: self._release_unrecorded(order.id, done)) from None
         filled = self.fill_backorder(order.id)
         if filled.status in STOPPED:
             raise stopped(filled)

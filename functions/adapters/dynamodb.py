@@ -332,14 +332,15 @@ class DynamoOrders(OrderRepository):
             return None
         return _order(item), item.get("payment_token", {}).get("S", "")
 
-    def _get(self, order_id: str, attributes: str) -> dict[str, Any] | None:
+    def _get(self, order_id: str, attributes: str, consistent: bool = False) -> dict[str, Any] | None:
         response = self._client.get_item(
-            TableName=self._table, Key={"id": {"S": order_id}}, ProjectionExpression=attributes
-        )
+            TableName=self._table, Key={"id": {"S": order_id}}, ProjectionExpression=attributes,
+            ConsistentRead=consistent,
+        )  # fmt: skip
         return response.get("Item")
 
-    def get(self, order_id: str) -> Order | None:
-        item = self._get(order_id, "doc")
+    def get(self, order_id: str, *, consistent: bool = False) -> Order | None:
+        item = self._get(order_id, "doc", consistent)
         return _order(item) if item else None
 
     def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:

@@ -48,8 +48,8 @@ class InMemoryOrders(OrderRepository):
         self.histories.setdefault(order.id, [])
         self.tokens[order.id] = payment_token
 
-    def get(self, order_id: str) -> Order | None:
-        return self.orders.get(order_id)
+    def get(self, order_id: str, *, consistent: bool = False) -> Order | None:
+        return self.orders.get(order_id)  # always consistent
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         check_successor(expected, order)
