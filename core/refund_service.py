@@ -79,6 +79,34 @@ class RefundService:
             return Refund.of(order_id, refund)
         return Refund.of(order_id, self._ask_gateway(order, refund, actor))
 
+    def issue_decided_refund(
+        self, order_id: str, decide: Callable[[Order], tuple[str, Money] | None], reason: str, actor: str,
+        *, kind: RefundKind,
+    ) -> Refund | None:  # fmt: skip
+        """A refund whose key and amount follow from the order (a settlement: what was captured
+        beyond the total): `decide` answers them, or None for nothing to refund, on the order as
+        the pending refund is written. Two callers that read the order at different times so
+        cannot claim one key for different amounts, the later one answered with the earlier's
+        refund. The Refund once the gateway answered; None when there was nothing to refund."""
+        at = self._clock()
+        decided: list[str] = []
+
+        def begin(order: Order):
+            decided.clear()
+            answer = decide(order)
+            if answer is None:
+                return None
+            idempotency_key, amount = answer
+            decided.append(refund_id_for(order_id, idempotency_key))
+            return order.begin_refund(decided[0], amount, reason=reason, kind=kind, at=at, actor=actor)
+
+        order = modify(self._orders, order_id, begin)
+        if not decided:
+            return None
+        refund = order.payment.refund_by_id(decided[0])
+        assert refund is not None
+        return Refund.of(order_id, self._ask_gateway(order, refund, actor))
+
     def finish_pending(self, order_id: str, actor: str, *, besides_return: str | None = None) -> list[Refund]:
         """Ask the gateway again for every refund of the order still `pending` (under its own
         key), whatever key it was issued with, but those of return `besides_return` (its own step

@@ -152,21 +152,12 @@ class UnitCancellation:
         payment = order.payment
         if not payment.authorization:
             return
-        zero = Money.zero(order.currency)
-        settlements = [refund for refund in payment.refunds if refund.kind == "cancellation"]
-        held = payment.captured
-        for refund in settlements:
-            if refund.status != "failed":
-                held = held - refund.amount
-        due = order.payable() - held
+        due = order.payable() - _settled(order)
         nothing_to_ship = not any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
         if due.is_negative():
-            over = min(zero - due, max(payment.refundable(), zero, key=_amount), key=_amount)
-            if over.amount > 0:
-                key = f"{order.id}:cancellation:{len(settlements) + 1}"
-                self._refunds.issue_refund(
-                    order.id, over, "units cancelled after their share was captured", key, actor, kind="cancellation"
-                )
+            self._refunds.issue_decided_refund(
+                order.id, _over_capture, "units cancelled after their share was captured", actor, kind="cancellation"
+            )
         elif due.amount > 0 and nothing_to_ship:
             self._capture_rest(order, due, actor)
         if nothing_to_ship:
@@ -220,6 +211,27 @@ class UnitCancellation:
             if current.payment.authorization == authorization and current.payment.captured < current.payment.authorized
             else None,
         )  # fmt: skip
+
+
+def _settled(order: Order) -> Money:
+    """What the order's payment holds: captured, less its cancellations' refunds (a pending one
+    counts: it is on its way)."""
+    held = order.payment.captured
+    for refund in order.payment.refunds:
+        if refund.kind == "cancellation" and refund.status != "failed":
+            held = held - refund.amount
+    return held
+
+
+def _over_capture(order: Order) -> tuple[str, Money] | None:
+    """The next cancellation refund's key and amount: what the payment holds beyond what the order
+    now costs, as far as it can still be refunded; None when nothing is over."""
+    over = _settled(order) - order.payable()
+    over = min(over, max(order.payment.refundable(), Money.zero(order.currency), key=_amount), key=_amount)
+    if over.amount <= 0:
+        return None
+    settlements = sum(1 for refund in order.payment.refunds if refund.kind == "cancellation")
+    return f"{order.id}:cancellation:{settlements + 1}", over
 
 
 def _amount(money: Money):

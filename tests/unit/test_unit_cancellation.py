@@ -317,3 +317,40 @@ def test_a_pending_settlement_refund_is_finished_by_the_next_cancel(world, monke
 
     assert [r.status for r in done.payment.refunds if r.kind == "appeasement"] == ["succeeded"]
     assert all(s.status is not ShipmentStatus.PENDING for s in done.shipments)
+
+
+def _gum_order_with_its_shipping_captured() -> tuple[World, Order]:
+    world = build_world(STOCK, PerUnitShipping())
+    world.catalog.put_product(product("GUM", "0.50", weight_grams=5))
+    world.inventory.set_on_hand("GUM", "wh-west", 5, reason="count")
+    order = world.allocated(("GUM", 4), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")  # all the shipping
+    return world, order
+
+
+def test_two_settlements_that_read_the_order_at_different_times_refund_the_whole_over_capture(monkeypatch):
+    # Each cancel settles the payment after its write, on the order as it then read it. The first
+    # read the order with its own unit gone, the second with both gone and no refund yet; the
+    # first refund landed first. Both used to take the first settlement's key, so the second was
+    # answered with the first's refund and the rest stayed captured.
+    apart, order = _gum_order_with_its_shipping_captured()
+    for reason in ("one gum", "another gum"):
+        apart.actions.cancel(order.id, reason, actor="key_web", lines={"L1": 1})
+    expected = [r.amount for r in apart.order(order.id).payment.refunds]
+    world, order = _gum_order_with_its_shipping_captured()
+    units = world.actions._units
+    settle = units._settle_payment
+    read: list[Order] = []
+    monkeypatch.setattr(units, "_settle_payment", lambda order, actor: read.append(order))
+    for reason in ("one gum", "another gum"):
+        world.actions.cancel(order.id, reason, actor="key_web", lines={"L1": 1})
+    monkeypatch.setattr(units, "_settle_payment", settle)
+
+    for seen in read:
+        settle(seen, "key_web")
+
+    done = world.order(order.id)
+    assert len(expected) == 2
+    assert {(r.kind, r.status) for r in done.payment.refunds} == {("cancellation", "succeeded")}
+    assert done.payment.refunded == sum(expected[1:], expected[0])
+    assert sum(amount.amount for _, amount, _ in world.spy.refunded) == done.payment.refunded.amount
