@@ -55,20 +55,12 @@ class RefundService:
         With `same_request` (a client's key), a refund found under the key for another amount or
         reason is Conflict (409 `idempotency_key_reused`), before the gateway is asked: the
         client's request is not the one that key stands for."""
-        refund_id = refund_id_for(order_id, idempotency_key)
-        at = self._clock()
-
-        def begin(order: Order):
-            if order.payment.refund_by_id(refund_id) is not None:
-                return None
-            return order.begin_refund(
-                refund_id, amount, reason=reason, kind=kind or ("return" if return_id else "appeasement"),
-                return_id=return_id, at=at, actor=actor,
-            )  # fmt: skip
-
-        order = modify(self._orders, order_id, begin, channel=channel)
-        refund = order.payment.refund_by_id(refund_id)
-        assert refund is not None
+        begun = self._begin(
+            order_id, lambda order: (idempotency_key, amount), reason, actor,
+            kind=kind or ("return" if return_id else "appeasement"), return_id=return_id, channel=channel,
+        )  # fmt: skip
+        assert begun is not None  # the amount is given: there is always a refund
+        order, refund = begun
         if same_request and (refund.amount != amount or refund.reason != reason):
             raise Conflict(
                 "this Idempotency-Key was used with a different request body",
@@ -81,13 +73,29 @@ class RefundService:
 
     def issue_decided_refund(
         self, order_id: str, decide: Callable[[Order], tuple[str, Money] | None], reason: str, actor: str,
-        *, kind: RefundKind,
+        *, kind: RefundKind, return_id: str | None = None,
     ) -> Refund | None:  # fmt: skip
-        """A refund whose key and amount follow from the order (a settlement: what was captured
-        beyond the total): `decide` answers them, or None for nothing to refund, on the order as
-        the pending refund is written. Two callers that read the order at different times so
-        cannot claim one key for different amounts, the later one answered with the earlier's
-        refund. The Refund once the gateway answered; None when there was nothing to refund."""
+        """A refund whose key and amount follow from the order (a settlement of what was captured
+        beyond the total, a return's share of its lines): `decide` answers them, or None for
+        nothing to refund, on the order as the pending refund is written. Two callers that read
+        the order at different times so cannot both price what one of them has already taken, nor
+        claim one key for different amounts. A refund already under the decided key is carried on
+        as `issue_refund` does (its amount is the one it was written with). The Refund once the
+        gateway answered; None when there was nothing to refund."""
+        begun = self._begin(order_id, decide, reason, actor, kind=kind, return_id=return_id)
+        if begun is None:
+            return None
+        order, refund = begun
+        if refund.status != "pending":
+            return Refund.of(order_id, refund)
+        return Refund.of(order_id, self._ask_gateway(order, refund, actor))
+
+    def _begin(
+        self, order_id: str, decide: Callable[[Order], tuple[str, Money] | None], reason: str, actor: str,
+        *, kind: RefundKind, return_id: str | None, channel: str | None = None,
+    ) -> tuple[Order, PaymentRefund] | None:  # fmt: skip
+        """The refund `decide` names, written `pending` on the order unless one is there under its
+        key already; with the order as then stored. None when `decide` found nothing to refund."""
         at = self._clock()
         decided: list[str] = []
 
@@ -97,15 +105,20 @@ class RefundService:
             if answer is None:
                 return None
             idempotency_key, amount = answer
-            decided.append(refund_id_for(order_id, idempotency_key))
-            return order.begin_refund(decided[0], amount, reason=reason, kind=kind, at=at, actor=actor)
+            refund_id = refund_id_for(order_id, idempotency_key)
+            decided.append(refund_id)
+            if order.payment.refund_by_id(refund_id) is not None:
+                return None
+            return order.begin_refund(
+                refund_id, amount, reason=reason, kind=kind, return_id=return_id, at=at, actor=actor
+            )
 
-        order = modify(self._orders, order_id, begin)
+        order = modify(self._orders, order_id, begin, channel=channel)
         if not decided:
             return None
         refund = order.payment.refund_by_id(decided[0])
         assert refund is not None
-        return Refund.of(order_id, self._ask_gateway(order, refund, actor))
+        return order, refund
 
     def finish_pending(self, order_id: str, actor: str, *, besides_return: str | None = None) -> list[Refund]:
         """Ask the gateway again for every refund of the order still `pending` (under its own

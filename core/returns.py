@@ -36,7 +36,7 @@ from core.ports import (
     ReturnRepository,
 )
 from core.refund_service import RefundService
-from core.refunds import refund_due
+from core.refunds import refund_due, refund_id_for
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.services import CaptureService
 from core.status import ReturnStatus, ShipmentStatus
@@ -393,15 +393,23 @@ class Returns:
             self._refunds.finish_pending(order.id, actor, besides_return=item.id)
             order = visible(self._orders.get(order.id), order.id, None)
         if done is None:
-            amount = due(order)
-            if amount.amount > 0 or any(r.status == "pending" for r in mine):
-                attempt = sum(1 for r in mine if r.status == "failed")
-                refund = self._refunds.issue_refund(
-                    item.order_id, amount, f"return {item.id}", f"{item.id}#{attempt}", actor, return_id=item.id
-                )
-                if refund.status != "succeeded":
-                    raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
-                amount = refund.amount
+
+            def decide(current: Order) -> tuple[str, Money] | None:
+                # On the order as the refund is written: a refund of another return that landed
+                # since it was read counts its units (and holds its amount) here.
+                attempt = sum(1 for r in current.payment.refunds if r.return_id == item.id and r.status == "failed")
+                key = f"{item.id}#{attempt}"
+                if current.payment.refund_by_id(refund_id_for(current.id, key)) is not None:
+                    return key, Money.zero(current.currency)  # carried on with the amount it was written with
+                amount = due(current)
+                return (key, amount) if amount.amount > 0 else None
+
+            refund = self._refunds.issue_decided_refund(
+                item.order_id, decide, f"return {item.id}", actor, kind="return", return_id=item.id
+            )
+            if refund is not None and refund.status != "succeeded":
+                raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+            amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
             amount = done.amount
         at = self._clock()

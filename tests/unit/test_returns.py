@@ -30,7 +30,7 @@ from core.returns import ExchangeIdTaken, RefundNotDone, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW
 from tests.fakes import FakeReturns, ScriptedGateway
-from tests.unit.world import World, build_world
+from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
 R = ReturnStatus
@@ -592,6 +592,33 @@ def test_a_lines_units_refunded_over_several_returns_add_up_to_its_total_while_o
 
     refunds = [done.refund, second.refund, third.refund]
     assert sum((r.amount for r in refunds), Decimal(0)) == line.total.amount
+    assert world.order(order.id).payment.refunded == line.total
+
+
+def test_two_returns_of_one_line_refunded_at_once_add_up_to_its_total(world, clock, monkeypatch):
+    # 40.22 over three units: the first unit is worth 13.41, the first two 26.81. The second
+    # return's refund landed between the first's read of the order and its write; each priced its
+    # unit as the line's first, and the third unit then took the line 1 cent past its total.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 3))
+    line = order.lines[0]
+    assert line.total == Money.of("40.22", "USD")
+
+    def returned() -> str:
+        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        return item.id
+
+    first, second = returned(), returned()
+    returns.restock(first)
+    returns.record_on_order(first, "key_wh")
+    before_the_next_write(world, monkeypatch, lambda: returns.settle(second, actor="key_wh"))
+    returns.refund(first, "key_wh")
+    monkeypatch.undo()
+    returns.settle(returned(), actor="key_wh")
+
+    refunds = [refund.amount for refund in world.order(order.id).payment.refunds]
+    assert sorted(refunds) == [Money.of("13.40", "USD"), Money.of("13.41", "USD"), Money.of("13.41", "USD")]
     assert world.order(order.id).payment.refunded == line.total
 
 
