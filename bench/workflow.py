@@ -350,9 +350,12 @@ class UsageRecorder:
                 else:
                     self._bill(usage, 2, operation, written.get("TableName"))  # a check or a delete
         elif operation in ("GetItem", "Query"):
-            usage.rru += rru_for(2048)
+            usage.rru += rru_for(2048, params.get("ConsistentRead", False))
         elif operation == "BatchGetItem":
-            usage.rru += sum(rru_for(2048) * len(spec["Keys"]) for spec in params["RequestItems"].values())
+            usage.rru += sum(
+                rru_for(2048, spec.get("ConsistentRead", False)) * len(spec["Keys"])
+                for spec in params["RequestItems"].values()
+            )
 
 
 def _order_body() -> dict[str, Any]:

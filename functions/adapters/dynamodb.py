@@ -100,6 +100,8 @@ def batch_get(
     keys: list[dict[str, Any]],
     attributes: str | None = None,
     names: dict[str, str] | None = None,
+    *,
+    consistent: bool = False,
 ) -> list[dict[str, Any]]:
     """BatchGetItem in pages of 100, retrying unprocessed keys."""
     found: list[dict[str, Any]] = []
@@ -109,6 +111,8 @@ def batch_get(
             page["ProjectionExpression"] = attributes
         if names:
             page["ExpressionAttributeNames"] = names
+        if consistent:
+            page["ConsistentRead"] = True
         request: dict[str, Any] = {table: page}
         while request:
             response = client.batch_get_item(RequestItems=request)
@@ -1125,7 +1129,9 @@ class DynamoInventory(InventoryRepository):
 
     def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
         """One BatchGetItem that projects only the asked-for map entries, never a hot item's
-        whole reservations map."""
+        whole reservations map. A consistent read: what is released or topped up follows from it,
+        and an eventually consistent one could miss a reservation made a moment before (a cancel
+        right after the allocation would then leave it held for good)."""
         wanted = sorted({key for keys in keys_by_item.values() for key in keys})
         if not wanted:
             return {}
@@ -1133,7 +1139,7 @@ class DynamoInventory(InventoryRepository):
         projection = ", ".join(["sku", "location_id"] + [f"reservations.{name}" for name in names])
         items = [{"sku": {"S": sku}, "location_id": {"S": loc}} for sku, loc in sorted(keys_by_item)]
         found: dict[tuple[str, str, str], int] = {}
-        for item in batch_get(self._client, self._table, items, projection, names):
+        for item in batch_get(self._client, self._table, items, projection, names, consistent=True):
             values = from_item(item)
             asked = set(keys_by_item[(values["sku"], values["location_id"])])
             for key, quantity in (values.get("reservations") or {}).items():

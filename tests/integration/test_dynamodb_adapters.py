@@ -113,6 +113,27 @@ def test_levels_by_key_lookup_and_by_query_agree(inventory):
     assert {s: sorted(x.available for x in v) for s, v in by_keys.items()} == {"TSHIRT": [3, 4], "MUG": [5]}
 
 
+def test_reservations_are_read_consistently(aws, inventory):
+    # What is released or topped up follows from this read: an eventually consistent one could miss
+    # a reservation made a moment before, and a cancel would then leave it held for good. moto
+    # is always consistent, so the request itself is what can be checked.
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    inventory.reserve("TSHIRT", "wh-east", "ord_1#L1", 2)
+    asked: list[dict] = []
+
+    def record(params, **kwargs):
+        asked.append(params)
+
+    aws.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchGetItem", record)
+    try:
+        found = inventory.reservations({("TSHIRT", "wh-east"): ["ord_1#L1"]})
+    finally:
+        aws.dynamodb.meta.events.unregister("provide-client-params.dynamodb.BatchGetItem", record)
+
+    assert found == {("TSHIRT", "wh-east", "ord_1#L1"): 2}
+    assert [spec["ConsistentRead"] for params in asked for spec in params["RequestItems"].values()] == [True]
+
+
 # --- Orders --------------------------------------------------------------------------------------
 
 
