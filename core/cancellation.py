@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.errors import PaymentGatewayUnavailable, PaymentRefused, TransientError
@@ -16,6 +16,9 @@ from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
+
+if TYPE_CHECKING:
+    from core.exchange_credit import ExchangeCredits
 
 
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
@@ -36,8 +39,11 @@ class Cancellation:
         inventory: InventoryRepository,
         payments: Payments,
         clock: Callable[[], datetime],
+        credits: ExchangeCredits | None = None,
     ):
         self._orders = orders
+        # None: an OMS without returns, whose orders are never an exchange's replacement.
+        self._credits = credits
         self._catalog = catalog
         self._inventory = inventory
         self._payments = payments
@@ -54,7 +60,8 @@ class Cancellation:
         closed_ok: bool = False,
         retry_void_later: bool = False,
     ) -> Order:
-        """End the order cancelled, release every reservation, void its authorization. Refused
+        """End the order cancelled, release every reservation, void its authorization; an
+        exchange's replacement gives its credit back on the original order (ExchangeCredits). Refused
         (InvalidTransition, 409) once anything has shipped; with `closed_ok` an order already closed
         otherwise (payment_failed) is left as it is.
 
@@ -64,8 +71,8 @@ class Cancellation:
         void that is refused or keeps failing leaves it `authorized`, with each failed attempt in
         the history. A cancel of a cancelled order runs the clean-up again (every part is
         idempotent): it finishes an interrupted cancel and retries a failed void. With
-        `retry_void_later` a void that keeps failing raises TransientError (the workflow's step is
-        retried); otherwise the cancelled order is returned."""
+        `retry_void_later` a void or a credit's refund that keeps failing raises TransientError (the
+        workflow's step is retried); otherwise the cancelled order is returned."""
 
         def decide(order: Order):
             if order.status is OrderStatus.CANCELLED or (closed_ok and order.status in TERMINAL):
@@ -77,13 +84,19 @@ class Cancellation:
             return order
         self._release(order)
         try:
-            return self.void(order, actor)
+            order = self.void(order, actor)
         except PaymentRefused:
-            return order  # recorded in the history; the payment honestly stays authorized
+            pass  # recorded in the history; the payment honestly stays authorized
         except PaymentGatewayUnavailable as unavailable:
             if retry_void_later:
                 raise TransientError(unavailable.message) from None
-            return order
+        if self._credits is not None:
+            try:
+                self._credits.give_back(order, actor)  # a replacement's credit, on the original order
+            except PaymentGatewayUnavailable as unavailable:
+                if retry_void_later:
+                    raise TransientError(unavailable.message) from None
+        return order
 
     def _release(self, order: Order) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a

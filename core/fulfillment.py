@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
@@ -29,6 +30,9 @@ from core.status import RESOURCEABLE, OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
+if TYPE_CHECKING:
+    from core.exchange_credit import ExchangeCredits
+
 S = OrderStatus
 Clock = Callable[[], datetime]
 PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS
@@ -46,6 +50,7 @@ class OrderActions:
         refunds: RefundService | None = None,
         *,
         pickup_expiry: timedelta = PICKUP_EXPIRY,
+        credits: ExchangeCredits | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -54,7 +59,7 @@ class OrderActions:
         self._capture = capture
         self._clock = clock
         self._pickup_expiry = pickup_expiry
-        self._cancellation = Cancellation(orders, catalog, inventory, payments, clock)
+        self._cancellation = Cancellation(orders, catalog, inventory, payments, clock, credits)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
             self._cancellation, clock,

@@ -449,7 +449,17 @@ class Returns:
             return_id, None,
             lambda r: r if r.exchange_order_id else r.with_exchange_order(replacement.id, at=at),
         )  # fmt: skip
-        return self._pay_back(item, original, lambda current: rest, actor)
+
+        def rest_of_credit(current: Order) -> Money:
+            # Never past the credit: a replacement cancelled meanwhile gave it back already (ExchangeCredits).
+            given = zero
+            for refund in current.payment.refunds:
+                if refund.return_id == item.id and refund.status != "failed":
+                    given = given + refund.amount
+            left = credit - given
+            return min(rest, left, key=lambda money: money.amount) if left.amount > 0 else zero
+
+        return self._pay_back(item, original, rest_of_credit, actor)
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -27,6 +28,7 @@ from core.errors import (
     OrderClosed,
     OrderHeld,
     OutOfStock,
+    PaymentGatewayUnavailable,
     PluginError,
     StaleVersion,
     TransientError,
@@ -51,6 +53,9 @@ from core.sourcing import ask_plugins, destination_of, eligible_locations, reduc
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan, stored_label
+
+if TYPE_CHECKING:
+    from core.exchange_credit import ExchangeCredits
 
 S = OrderStatus
 WORKFLOW_ACTOR = "workflow"
@@ -124,6 +129,7 @@ class Workflow:
         sleep: Callable[[float], None] = time.sleep,
         backorders: Backorders | None = None,
         sourcing_rules: SourcingRulesRepository | None = None,
+        credits: ExchangeCredits | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -132,7 +138,8 @@ class Workflow:
         self._payments = Payments(plugins, sleep=sleep)
         self._labels = labels
         self._clock = clock
-        self._cancellation = Cancellation(orders, catalog, inventory, self._payments, clock)
+        self._cancellation = Cancellation(orders, catalog, inventory, self._payments, clock, credits)
+        self._credits = credits
         # Without a queue nothing could ever wake a backordered order, so a shortage then ends
         # out_of_stock as for any product.
         self._backorders = backorders
@@ -498,15 +505,22 @@ class Workflow:
 
     # --- Compensation -------------------------------------------------------------------------
     def fail_payment(self, order_id: str, error: str, cause: str) -> None:
+        """End the order `payment_failed`; an exchange's replacement gives its credit back on the
+        original order (a gateway that cannot refund right now: TransientError, run again)."""
         at = self._clock()
         try:
-            modify(
+            order = modify(
                 self._orders, order_id,
                 lambda order: order.decline_payment(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
                 if order.status is S.PENDING else None,  # failed already, or closed by someone else
             )  # fmt: skip
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being marked payment_failed") from None
+        if self._credits is not None:
+            try:
+                self._credits.give_back(order, WORKFLOW_ACTOR)
+            except PaymentGatewayUnavailable as unavailable:
+                raise TransientError(unavailable.message) from None
 
     def cancel_after_failure(self, order_id: str, error: str, cause: str) -> None:
         """Cancel the order the workflow could not finish (release, void). A void the gateway

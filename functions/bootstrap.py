@@ -49,6 +49,7 @@ from functions.warm import Warm, forget_warm_containers
 # container placing an order would otherwise import purchasing, webhooks, imports, reports...
 if TYPE_CHECKING:
     from core.aggregates import Aggregates, AggregateStore
+    from core.exchange_credit import ExchangeCredits
     from core.fulfillment import OrderActions
     from core.holds import Holds
     from core.import_service import ImportQueries, ImportSplitter, OrderImporter
@@ -331,6 +332,7 @@ class Container:
             clock=self.clock,
             refunds=self.refunds,
             pickup_expiry=timedelta(days=self.config.pickup_expiry_days),
+            credits=self.exchange_credits,
         )
 
     @cached_property
@@ -348,6 +350,17 @@ class Container:
         from core.refund_service import RefundService
 
         return RefundService(self.order_repository, self.payments, self.clock)
+
+    @cached_property
+    def exchange_credits(self) -> ExchangeCredits | None:
+        """What gives an exchange's credit back when its replacement does not go ahead; None in a
+        function the template gives no RETURNS_TABLE: it never cancels an order or fails a payment
+        (tests/unit/test_template_security.py checks that every one that does has the table)."""
+        if not self.config.returns_table:
+            return None
+        from core.exchange_credit import ExchangeCredits
+
+        return ExchangeCredits(self.return_repository, self.refunds)
 
     @cached_property
     def returns(self) -> Returns:
@@ -376,6 +389,7 @@ class Container:
             clock=self.clock,
             backorders=self.backorders,
             sourcing_rules=self.sourcing_rules,
+            credits=self.exchange_credits,
         )
 
     # --- Sourcing rules and what-if (issue 15) ------------------------------------------------------

@@ -137,3 +137,10 @@ def test_a_return_with_an_exchange_places_the_replacement_which_authorizes_the_d
     assert [e["detail"]["exchange_order_id"] for e in history if e["type"] == "exchange_placed"] == [replacement["id"]]
     created = api.get(f"/orders/{replacement['id']}/history").json()["items"][0]
     assert created["detail"]["exchange"]["return_id"] == rma["id"]
+
+    # The customer cancels the replacement: the credit it carried is refunded on the original.
+    cancelled = api.post(f"/orders/{replacement['id']}/cancel", json={"reason": "changed my mind"})
+    assert cancelled.status_code == 200, cancelled.text
+    refunds = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    assert [(r["status"], Decimal(r["amount"]["amount"])) for r in refunds] == [("succeeded", credit)]
+    assert Decimal(api.get(f"/orders/{order_id}").json()["payment"]["refunded"]["amount"]) == credit

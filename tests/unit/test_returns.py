@@ -58,7 +58,7 @@ class ApprovalPolicy:
 def returns_for(world: World, clock: Clock, *extra: object) -> tuple[Returns, FakeReturns]:
     plugins = build_plugin_manager(*extra, enable_test_payments=True)
     refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
-    store = FakeReturns()
+    store = world.returns
     service = Returns(
         world.orders, store, world.catalog, world.inventory, world.labels, plugins.hook, refunds, clock=clock,
         capture=world.capture,
@@ -451,6 +451,86 @@ def test_settling_an_exchange_again_places_nothing_and_refunds_nothing_more(worl
     assert created.detail["exchange"] == {
         "order_id": order.id, "return_id": settled.id, "credit": order.lines[0].total.model_dump(mode="json")
     }  # fmt: skip
+
+
+def test_a_cancelled_replacement_gives_its_credit_back_on_the_original_once(world, clock):
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = world.run(settled.exchange_order_id or "")
+    assert replacement.status is S.ALLOCATED
+
+    cancelled = world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")  # a repeat gives nothing more
+
+    assert cancelled.payment.status.value == "voided"  # what the replacement itself authorized
+    original = world.order(order.id)
+    assert [(r.kind, r.return_id, r.amount, r.status) for r in original.payment.refunds] == [
+        ("return", settled.id, credit, "succeeded")
+    ]
+    assert original.payment.refunded == credit
+    assert world.spy.refunded[-1][1] == credit
+
+
+def test_a_cheaper_replacement_cancelled_gives_back_what_of_the_credit_it_took(world, clock):
+    # The exchange refunded the credit beyond the replacement's total; the rest paid for it.
+    _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
+    credit = order.lines[0].total
+
+    world.actions.cancel(settled.exchange_order_id or "", "not wanted", actor="key_cs")
+
+    original = world.order(order.id)
+    assert [r.amount for r in original.payment.refunds] == [settled.refund, credit - settled.refund]
+    assert original.payment.refunded == credit
+
+
+def test_a_replacement_cancelled_before_the_exchange_refunded_the_rest_is_refunded_the_credit_once(
+    world, clock, monkeypatch
+):
+    # The customer cancelled the cheaper replacement the moment it was placed; its cancel began
+    # refunding the whole credit, which the gateway had not done yet. The exchange's refund of the
+    # credit beyond the replacement's total then had nothing left to refund.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+    world.gateway.script("refund", "transient")
+
+    def cancel_the_replacement() -> None:
+        (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+        world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
+
+    before_the_next_write(world, monkeypatch, cancel_the_replacement)
+    settled = returns.exchange(item.id, actor="key_wh")
+    world.gateway.script("refund", "approve")
+    world.refunds.finish_pending(order.id, "key_cs")
+
+    credit = order.lines[0].total
+    original = world.order(order.id)
+    assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit, "succeeded")]
+    assert original.payment.refunded == credit
+    assert settled.status is R.REFUNDED and settled.exchange_order_id
+
+
+def test_a_replacement_whose_difference_is_declined_gives_its_credit_back(world, clock):
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    replacement_id = settled.exchange_order_id or ""
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+
+    with pytest.raises(TransientError):  # the gateway cannot refund yet: the step runs again
+        world.workflow.fail_payment(replacement_id, "PaymentDeclined", "card declined")
+    world.workflow.fail_payment(replacement_id, "PaymentDeclined", "card declined")
+
+    assert world.order(replacement_id).status is S.PAYMENT_FAILED
+    original = world.order(order.id)
+    assert [(r.amount, r.status) for r in original.payment.refunds] == [(order.lines[0].total, "succeeded")]
+
+
+def test_an_order_that_is_no_replacement_is_cancelled_without_a_refund(world):
+    order = world.allocated(("TSHIRT", 1))
+
+    assert world.actions.cancel(order.id, "no", actor="key_cs").payment.refunds == []
 
 
 def test_an_order_the_channel_placed_under_the_replacements_external_id_is_not_taken_for_it(world, clock):

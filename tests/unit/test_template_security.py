@@ -181,7 +181,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
     },
-    "FailPaymentFunction": _WORKFLOW_ORDERS,
+    # An exchange's replacement that does not go ahead gives its credit back: its return names the
+    # original order (core/exchange_credit.py).
+    "FailPaymentFunction": {**_WORKFLOW_ORDERS, (RETURNS, "dynamodb:GetItem"): [DynamoReturns]},
     "ParkOrderFunction": _WORKFLOW_ORDERS,
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
@@ -191,6 +193,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
     },
     "JeopardyScanFunction": {
         **_WORKFLOW_ORDERS,
@@ -198,12 +201,14 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
     },
     "CancelOrderFunction": {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
     },
     "ImportSplitterFunction": {
         ("ImportsBucket", "s3:GetObject"): [S3ImportFiles],
@@ -287,6 +292,22 @@ def test_every_granted_action_is_called_by_the_code_named_for_it(function: str):
         sources = "\n".join(inspect.getsource(c) for c in callers)
         calls = [f".{snake}(", *_ALSO_CALLED_AS.get(snake, [])]
         assert any(call in sources for call in calls), f"{function}: no {action} in {[c.__name__ for c in callers]}"
+
+
+# Every function whose code cancels an order or fails its payment: an exchange's replacement gives
+# its credit back there, which needs the returns table (functions/bootstrap.py's exchange_credits
+# is None without it).
+ENDS_ORDERS = [
+    "ApiFunction", "CancelOrderFunction", "FailPaymentFunction", "JeopardyScanFunction", "ReconcilerFunction",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("function", ENDS_ORDERS)
+def test_every_function_that_ends_an_order_can_give_an_exchanges_credit_back(function: str):
+    variables = RESOURCES[function]["Properties"]["Environment"]["Variables"]
+
+    assert variables["RETURNS_TABLE"] == {"Ref": "ReturnsTable"}
+    assert (RETURNS, "dynamodb:GetItem") in granted(function)
 
 
 def test_the_outbox_sends_only_to_its_own_failure_queue():

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import pytest
 
+from core.exchange_credit import ExchangeCredits
 from core.fulfillment import OrderActions
 from core.models import HistoryEntry, Order
 from core.payments import Payments
@@ -26,7 +27,16 @@ from core.status import OrderStatus
 from core.workflow import Workflow
 from functions.adapters.catalog_cache import CachedCatalog
 from tests.builders import NOW, location, place_order, product
-from tests.fakes import FakeBackorders, FakeCatalog, FakeInventory, FakeLabels, FakeOrders, PaymentSpy, ScriptedGateway
+from tests.fakes import (
+    FakeBackorders,
+    FakeCatalog,
+    FakeInventory,
+    FakeLabels,
+    FakeOrders,
+    FakeReturns,
+    PaymentSpy,
+    ScriptedGateway,
+)
 
 Held = dict[tuple[str, str, str], int]
 Stock = list[tuple[str, str, int]]  # (sku, location_id, on_hand)
@@ -46,6 +56,9 @@ class World:
     refunds: RefundService
     counter: list[int] = field(default_factory=lambda: [0])
     backorders: FakeBackorders | None = None
+    # The returns an exchange's replacement is looked up in (tests/unit/test_returns.py's service
+    # keeps its returns here), so a replacement that does not go ahead gives its credit back.
+    returns: FakeReturns = field(default_factory=FakeReturns)
 
     def place(self, *lines: tuple[str, int], token: str = "tok_approve", **overrides: object) -> str:
         self.counter[0] += 1
@@ -162,15 +175,18 @@ def build_world(
         review_rules=plugins,
     )
     backorders = FakeBackorders(fake, inventory)
+    refunds = RefundService(orders, payments, clock)
+    returns = FakeReturns()
+    credits = ExchangeCredits(returns, refunds)
     workflow = Workflow(
         orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders,
-        sourcing_rules=sourcing_rules,
+        sourcing_rules=sourcing_rules, credits=credits,
     )  # fmt: skip
-    refunds = RefundService(orders, payments, clock)
-    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds)
+    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds, credits=credits)
     return World(
-        fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds, backorders=backorders
-    )
+        fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds, backorders=backorders,
+        returns=returns,
+    )  # fmt: skip
 
 
 def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:
