@@ -1,6 +1,9 @@
-"""An exchange that did not go ahead: the credit its replacement carried is refunded on the original order."""
+"""An exchange's credit after the exchange: given back when the replacement does not go ahead or
+shrinks, and drawn on when the replacement's units come back."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from core.models import Order
 from core.money import Money
@@ -13,46 +16,76 @@ from core.status import OrderStatus
 _NOT_GONE_AHEAD = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
 
 
+def _amount(money: Money):
+    return money.amount
+
+
 class ExchangeCredits:
     """An exchange's credit is the returned units' refund, kept as captured on the original order to
-    pay for the replacement (Returns.exchange). A replacement that is cancelled, or whose payment
-    of the difference fails, used none of it: `give_back` refunds it on the original, as the
-    return's refund it stood for (kind `return`, the return's id), less what the exchange already
-    refunded there (the credit beyond the replacement's total).
+    pay for the replacement (Returns.exchange). What of it the replacement does not use is
+    refunded on the original, as the refund of the return it stood for (kind `return`, that
+    return's id), so that those refunds never add up past the credit:
+    - `give_back`: a replacement cancelled, or whose payment of the difference failed, uses none of
+      it; one whose units were cancelled uses at most its new total;
+    - `draw`: a return of the replacement's units is refunded from its own captures first, and
+      from the credit for what they did not cover.
 
-    Called by the cancel's clean-up and the workflow's FailPayment step after the replacement's
-    write; each call is idempotent: the refund's key is the replacement's and the attempt (refunds
-    of it the gateway refused), so a repeat finds it, finishes it while pending and asks again
-    under a new key once refused."""
+    Each call is idempotent: a refund's key names what it is for and the attempt (refunds of it
+    the gateway refused), so a repeat finds it, finishes it while pending and asks again under a
+    new key once refused."""
 
     def __init__(self, returns: ReturnRepository, refunds: RefundService):
         self._returns = returns
         self._refunds = refunds
 
     def give_back(self, replacement: Order, actor: str) -> Refund | None:
-        """Refund the unused credit of `replacement` (a no-op for any other order, or one still
-        going ahead). PaymentGatewayUnavailable while the gateway stays down (the refund stays
-        pending; the next call asks again); the Refund, `succeeded` or `failed`, otherwise."""
+        """Refund what of `replacement`'s credit it no longer uses (a no-op for any other order).
+        PaymentGatewayUnavailable while the gateway stays down (the refund stays pending; the
+        next call asks again); the Refund, `succeeded` or `failed`, otherwise."""
         credit = replacement.exchange_credit
-        if replacement.exchange_of is None or credit is None or replacement.status not in _NOT_GONE_AHEAD:
+        if credit is None:
             return None
-        item = self._returns.get(replacement.exchange_of)
-        if item is None:
+        if replacement.status in _NOT_GONE_AHEAD:
+            used = Money.zero(credit.currency)
+        else:
+            used = min(credit, replacement.totals.grand_total, key=_amount)
+        return self._refund(
+            replacement, f"exchange {replacement.id} did not use its credit", f"{replacement.id}:credit",
+            lambda left: left - used, actor,
+        )  # fmt: skip
+
+    def draw(self, replacement: Order, return_id: str, uncovered: Money, actor: str) -> Refund | None:
+        """Refund, from `replacement`'s credit, what of its return `return_id` its own captures did
+        not cover (`uncovered`), as far as the credit goes. As `give_back` otherwise."""
+        if replacement.exchange_credit is None:
             return None
-        reason = f"exchange {replacement.id} did not go ahead"
+        return self._refund(
+            replacement, f"return {return_id} of exchange {replacement.id}", f"{return_id}:credit",
+            lambda left: min(uncovered, left, key=_amount), actor,
+        )  # fmt: skip
+
+    def _refund(
+        self, replacement: Order, reason: str, key: str, wanted: Callable[[Money], Money], actor: str
+    ) -> Refund | None:
+        """Refund `wanted(left)` on the original, where `left` is the credit less every refund that
+        drew on it (those of the exchange's return), decided on the original as it is written."""
+        credit = replacement.exchange_credit
+        item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
+        if credit is None or item is None:
+            return None
 
         def decide(original: Order) -> tuple[str, Money] | None:
-            mine = [r for r in original.payment.refunds if r.return_id == item.id]
-            attempt = sum(1 for r in mine if r.status == "failed" and r.reason == reason)
-            key = f"{replacement.id}:credit#{attempt}"
-            if original.payment.refund_by_id(refund_id_for(original.id, key)) is not None:
-                return key, credit  # carried on with the amount it was written with
-            given = Money.zero(original.currency)
-            for refund in mine:
+            drawn = [r for r in original.payment.refunds if r.return_id == item.id]
+            attempt = sum(1 for r in drawn if r.status == "failed" and r.reason == reason)
+            idempotency_key = f"{key}#{attempt}"
+            if original.payment.refund_by_id(refund_id_for(original.id, idempotency_key)) is not None:
+                return idempotency_key, credit  # carried on with the amount it was written with
+            left = credit
+            for refund in drawn:
                 if refund.status != "failed":
-                    given = given + refund.amount
-            left = min(credit - given, original.payment.refundable(), key=lambda money: money.amount)
-            return (key, left) if left.amount > 0 else None
+                    left = left - refund.amount
+            amount = min(wanted(left), original.payment.refundable(), key=_amount)
+            return (idempotency_key, amount) if amount.amount > 0 else None
 
         return self._refunds.issue_decided_refund(
             item.order_id, decide, reason, actor, kind="return", return_id=item.id

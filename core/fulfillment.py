@@ -62,7 +62,7 @@ class OrderActions:
         self._cancellation = Cancellation(orders, catalog, inventory, payments, clock, credits)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
-            self._cancellation, clock,
+            self._cancellation, clock, credits,
         )  # fmt: skip
 
     def _order(self, order_id: str, channel: str | None) -> Order:

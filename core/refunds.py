@@ -44,12 +44,15 @@ def refund_due(
     fee: Money,
     *,
     returned_before: Mapping[str, int] | None = None,
+    capped: bool = True,
 ) -> Money:
     """What a return of `lines` ({line_id: units}) gives back: each unit's exact share of its
     line's total, plus the order's shipping when `include_shipping`, minus `fee`; never below
     zero and never more than captured minus refunded (and minus refunds still pending).
     `returned_before` ({line_id: units}) counts the units of each line refunded by earlier
-    returns, so that the units of a line returned over several returns add up to its total."""
+    returns, so that the units of a line returned over several returns add up to its total.
+    Without `capped`, what the units are worth whatever this order's payment can still give back
+    (an exchange's replacement draws the rest on its credit)."""
     before = returned_before or {}
     by_id = {line.line_id: line for line in order.lines}
     zero = Money.zero(order.currency)
@@ -68,8 +71,8 @@ def refund_due(
         due = due + units_share(line, units, before.get(line_id, 0))
     if include_shipping:
         due = due + order.totals.shipping
-    due = due - fee
-    return min(max(due, zero, key=_amount), max(order.payment.refundable(), zero, key=_amount), key=_amount)
+    due = max(due - fee, zero, key=_amount)
+    return min(due, max(order.payment.refundable(), zero, key=_amount), key=_amount) if capped else due
 
 
 def _amount(money: Money) -> Decimal:

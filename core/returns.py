@@ -22,6 +22,7 @@ from core.errors import (
     UnknownSku,
 )
 from core.events import OrderEvent
+from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
 from core.models import AddressInput, Order, PaymentInput, PlaceOrder, ShipmentLine, utc_now
@@ -367,9 +368,26 @@ class Returns:
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
-        return self._pay_back(item, order, lambda current: self._due(item, current), actor)
+        return self._pay_back(
+            item, order, lambda current: self._due(item, current), actor,
+            beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
+        )  # fmt: skip
 
-    def _due(self, item: Return, order: Order) -> Money:
+    def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
+        """What of a replacement's return its own captures did not cover (they paid only the
+        difference), refunded from its exchange's credit on the original order (ExchangeCredits.draw)."""
+        replacement = visible(self._orders.get(replacement_id), replacement_id, None)
+        uncovered = self._due(item, replacement, capped=False) - own
+        if uncovered.amount <= 0:
+            return Money.zero(replacement.currency)
+        refund = ExchangeCredits(self._returns, self._refunds).draw(replacement, item.id, uncovered, actor)
+        if refund is None:
+            return Money.zero(replacement.currency)
+        if refund.status != "succeeded":
+            raise RefundNotDone(f"the refund of return {item.id} from its credit is {refund.status}; it is tried again")
+        return refund.amount
+
+    def _due(self, item: Return, order: Order, *, capped: bool = True) -> Money:
         # The policy refunded shipping for the return as asked (the built-in one: the whole order
         # coming back); units that never arrived do not earn it.
         asked = {line.line_id: line.quantity for line in item.lines}
@@ -377,9 +395,13 @@ class Returns:
         return refund_due(
             order, item.received(), shipping, item.fee,
             returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id, order=order),
+            capped=capped,
         )  # fmt: skip
 
-    def _pay_back(self, item: Return, order: Order, due: Callable[[Order], Money], actor: str) -> Return:
+    def _pay_back(
+        self, item: Return, order: Order, due: Callable[[Order], Money], actor: str,
+        *, beyond: Callable[[Money], Money] | None = None,
+    ) -> Return:  # fmt: skip
         """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept) and
         mark it `refunded` with what was given back.
 
@@ -412,6 +434,8 @@ class Returns:
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
             amount = done.amount
+        if beyond is not None:
+            amount = amount + beyond(amount)
         at = self._clock()
         return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
 

@@ -6,6 +6,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
@@ -19,6 +20,9 @@ from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
 from core.services import CaptureService
 from core.status import OrderStatus, ShipmentStatus
+
+if TYPE_CHECKING:
+    from core.exchange_credit import ExchangeCredits
 
 S = OrderStatus
 # Where a cancel of "everything not shipped" has nothing left to cancel but may have left its
@@ -48,8 +52,10 @@ class UnitCancellation:
         refunds: RefundService,
         cancellation: Cancellation,
         clock: Callable[[], datetime],
+        credits: ExchangeCredits | None = None,
     ):
         self._orders = orders
+        self._credits = credits
         self._catalog = catalog
         self._inventory = inventory
         self._payments = payments
@@ -105,6 +111,8 @@ class UnitCancellation:
         try:
             self._refunds.finish_pending(order.id, actor)
             self._settle_payment(self._current(order.id), actor)
+            if self._credits is not None:  # an exchange's replacement that now costs less than its credit
+                self._credits.give_back(self._current(order.id), actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
         return self._current(order.id)

@@ -513,6 +513,23 @@ def test_a_replacement_cancelled_before_the_exchange_refunded_the_rest_is_refund
     assert settled.status is R.REFUNDED and settled.exchange_order_id
 
 
+def test_a_replacement_whose_units_are_cancelled_below_its_credit_gives_back_what_it_no_longer_uses(world, clock):
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = world.run(settled.exchange_order_id or "")
+
+    left = world.actions.cancel(replacement.id, "just the cap", actor="key_cs", lines={"L1": 1})
+    world.actions.cancel(replacement.id, "just the cap", actor="key_cs", lines={})  # a repeat gives nothing more
+
+    assert left.totals.grand_total < credit
+    original = world.order(order.id)
+    assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit - left.totals.grand_total, "succeeded")]
+    for shipment in left.shipments:  # the cap: the credit that is left pays for all of it
+        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")
+    paid = world.order(replacement.id).payment
+    assert paid.captured == Money.zero("USD") and paid.authorized == paid.captured
+
+
 def test_a_replacement_whose_difference_is_declined_gives_its_credit_back(world, clock):
     _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
     replacement_id = settled.exchange_order_id or ""
@@ -525,6 +542,49 @@ def test_a_replacement_whose_difference_is_declined_gives_its_credit_back(world,
     assert world.order(replacement_id).status is S.PAYMENT_FAILED
     original = world.order(order.id)
     assert [(r.amount, r.status) for r in original.payment.refunds] == [(order.lines[0].total, "succeeded")]
+
+
+def test_a_return_of_the_replacement_refunds_what_it_paid_and_the_credit_that_paid_for_the_rest(world, clock):
+    # The T-shirt's credit paid for most of the T-shirt and cap; the customer paid the difference.
+    # Sending both back must give back both: the difference on the replacement, the credit on the
+    # original, where it stayed captured.
+    returns, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = world.run(settled.exchange_order_id or "")
+    for shipment in replacement.shipments:
+        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(replacement.id, shipment.id, actor="key_wh")
+    paid = world.order(replacement.id).payment.captured
+    back = returns.request(replacement.id, ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
+
+    done = returns.settle(back.id, actor="key_wh")
+    again = returns.settle(back.id, actor="key_wh")
+
+    assert done.status is R.REFUNDED and again == done
+    assert done.refund == replacement.totals.grand_total == paid + credit
+    assert world.order(replacement.id).payment.refunded == paid
+    original = world.order(order.id)
+    assert [(r.return_id, r.amount, r.status) for r in original.payment.refunds] == [(settled.id, credit, "succeeded")]
+
+
+def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is_spent(world, clock):
+    returns, order, settled = exchanged(world, clock, ("MUG", 1), ("TSHIRT", 2))
+    credit = order.lines[0].total
+    replacement = world.run(settled.exchange_order_id or "")
+    for shipment in replacement.shipments:
+        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")
+    paid = world.order(replacement.id).payment.captured
+    refunds = []
+    for _ in range(2):
+        back = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        refunds.append(returns.settle(back.id, actor="key_wh").refund)
+
+    line = world.order(replacement.id).lines[0]
+    assert sum(refunds[1:], refunds[0]) == line.total
+    assert world.order(replacement.id).payment.refunded + world.order(order.id).payment.refunded == line.total
+    assert world.order(order.id).payment.refunded <= credit and world.order(replacement.id).payment.refunded <= paid
 
 
 def test_an_order_that_is_no_replacement_is_cancelled_without_a_refund(world):
