@@ -10,7 +10,7 @@ from core.money import Money
 from core.ports import ReturnRepository
 from core.refund_service import RefundService
 from core.refunds import Refund, refund_id_for
-from core.status import OrderStatus
+from core.status import OrderStatus, ShipmentStatus
 
 # Statuses a replacement ends in without having shipped a unit: its credit paid for nothing.
 _NOT_GONE_AHEAD = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
@@ -26,7 +26,8 @@ class ExchangeCredits:
     refunded on the original, as the refund of the return it stood for (kind `return`, that
     return's id), so that those refunds never add up past the credit:
     - `give_back`: a replacement cancelled, or whose payment of the difference failed, uses none of
-      it; one whose units were cancelled uses at most its new total;
+      it; one with nothing left to ship uses at most its total (units cancelled, or an edit, may
+      have taken it below the credit);
     - `draw`: a return of the replacement's units is refunded from its own captures first, and
       from the credit for what they did not cover.
 
@@ -39,7 +40,8 @@ class ExchangeCredits:
         self._refunds = refunds
 
     def give_back(self, replacement: Order, actor: str) -> Refund | None:
-        """Refund what of `replacement`'s credit it no longer uses (a no-op for any other order).
+        """Refund what of `replacement`'s credit it does not use (a no-op for any other order, or
+        one that may still change: its total is final once nothing is left to ship).
         PaymentGatewayUnavailable while the gateway stays down (the refund stays pending; the
         next call asks again); the Refund, `succeeded` or `failed`, otherwise."""
         credit = replacement.exchange_credit
@@ -47,8 +49,10 @@ class ExchangeCredits:
             return None
         if replacement.status in _NOT_GONE_AHEAD:
             used = Money.zero(credit.currency)
-        else:
+        elif replacement.shipments and all(s.status is not ShipmentStatus.PENDING for s in replacement.shipments):
             used = min(credit, replacement.totals.grand_total, key=_amount)
+        else:
+            return None  # an edit may still make it dearer, and its payment counts on the whole credit
         return self._refund(
             replacement, f"exchange {replacement.id} did not use its credit", f"{replacement.id}:credit",
             lambda left: left - used, actor,

@@ -111,7 +111,7 @@ class UnitCancellation:
         try:
             self._refunds.finish_pending(order.id, actor)
             self._settle_payment(self._current(order.id), actor)
-            if self._credits is not None:  # an exchange's replacement that now costs less than its credit
+            if self._credits is not None:  # a replacement left with nothing to ship, costing less than its credit
                 self._credits.give_back(self._current(order.id), actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
@@ -175,14 +175,18 @@ class UnitCancellation:
         """Once the last parcel of an order that lost units has shipped, the payment is settled to
         its total: a capture that paid for units cancelled while it was being made is refunded
         (or a total the captures fell short of is captured), and what the authorization holds
-        beyond the captures is released. Returns the order as it then is."""
-        pending = any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
-        if pending or not any(line.cancelled_quantity for line in order.lines):
+        beyond the captures is released. An exchange's replacement, once it can no longer grow,
+        gives back the credit its total does not use. Returns the order as it then is."""
+        if any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments):
             return order
-        # A failure is in the history; a cancel of the order (nothing left to cancel) settles it again.
+        # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-            self._settle_payment(order, actor)
-        return self._current(order.id)
+            if any(line.cancelled_quantity for line in order.lines):
+                self._settle_payment(order, actor)
+                order = self._current(order.id)
+            if self._credits is not None and order.exchange_credit is not None:
+                self._credits.give_back(order, actor)
+        return order
 
     def _capture_rest(self, order: Order, amount: Money, actor: str) -> None:
         payment = order.payment

@@ -20,7 +20,7 @@ from core.errors import (
     UnknownSku,
 )
 from core.events import OrderEvent
-from core.models import Order
+from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
@@ -513,21 +513,42 @@ def test_a_replacement_cancelled_before_the_exchange_refunded_the_rest_is_refund
     assert settled.status is R.REFUNDED and settled.exchange_order_id
 
 
-def test_a_replacement_whose_units_are_cancelled_below_its_credit_gives_back_what_it_no_longer_uses(world, clock):
+def test_a_replacement_whose_units_are_cancelled_below_its_credit_gives_back_what_it_does_not_use(world, clock):
+    # Only once nothing is left to ship: until then an edit could make it dearer again, and its
+    # payment counts on the whole credit.
     _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
     credit = order.lines[0].total
     replacement = world.run(settled.exchange_order_id or "")
 
     left = world.actions.cancel(replacement.id, "just the cap", actor="key_cs", lines={"L1": 1})
-    world.actions.cancel(replacement.id, "just the cap", actor="key_cs", lines={})  # a repeat gives nothing more
-
     assert left.totals.grand_total < credit
+    assert world.order(order.id).payment.refunds == []
+    for shipment in left.shipments:
+        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")
+        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")  # a repeat gives nothing more
+
     original = world.order(order.id)
     assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit - left.totals.grand_total, "succeeded")]
-    for shipment in left.shipments:  # the cap: the credit that is left pays for all of it
-        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")
     paid = world.order(replacement.id).payment
     assert paid.captured == Money.zero("USD") and paid.authorized == paid.captured
+
+
+def test_a_replacement_edited_below_its_credit_gives_back_what_it_does_not_use_once_shipped(world, clock):
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    placed = world.order(settled.exchange_order_id or "")
+
+    edited = world.actions.edit(
+        placed.id, placed.version, OrderEdit(lines=[LineInput(sku="CAP", quantity=1)]), "key_cs"
+    )
+    allocated = world.run(edited.id)
+    assert world.order(order.id).payment.refunds == []
+    for shipment in allocated.shipments:
+        world.actions.ship(allocated.id, shipment.id, None, actor="key_wh")
+
+    assert edited.totals.grand_total < credit
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.amount, r.status) for r in refunds] == [(credit - edited.totals.grand_total, "succeeded")]
 
 
 def test_a_replacement_whose_difference_is_declined_gives_its_credit_back(world, clock):
