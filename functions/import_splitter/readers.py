@@ -487,12 +487,19 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     width = len(names)
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
+    # The first unreadable row since the open order's last row. The rows of one order are
+    # adjacent, so if the order goes on after it, the row was one of its own: imported without
+    # it, the order would be short.
+    unreadable: LineError | None = None
 
     for row in rows:
         if row.cells is None:
-            # Which order the row belonged to cannot be known: it is reported on its own.
+            # Which order the row belongs to is known only once the next row is read: it is
+            # reported on its own, and rejects the open order if that order goes on after it.
             assert row.error is not None
             yield FileOrder(row.line, None, error=row.error)
+            if current is not None and unreadable is None:
+                unreadable = row.error
             continue
         cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
         channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
@@ -510,6 +517,17 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
             )
             continue
         key = (channel, external_id)
+        if current is not None and current.key == key and unreadable is not None:
+            current.reject(
+                LineError(
+                    row.line,
+                    external_id,
+                    "incomplete_order",
+                    f"line {unreadable.line}, among the rows of order {channel}/{external_id}, cannot be read "
+                    f"({unreadable.code}): the order is not imported without it",
+                )
+            )
+        unreadable = None
         if current is None or current.key != key:
             if current is not None:
                 yield current.closed()

@@ -329,6 +329,37 @@ def test_an_unreadable_line_inside_a_quoted_cell_fails_the_row_it_cuts_and_the_r
     assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
 
 
+@pytest.mark.parametrize(
+    "unreadable",
+    ["web,ext-1,\xff", "x" * (MAX_LINE_BYTES + 1), row("ext-1", "MUG", customer_name='"Ada')],
+    ids=["not-utf8", "too-long", "unclosed-quote"],
+)
+def test_an_unreadable_row_among_the_rows_of_one_order_rejects_that_order_never_imports_it_without_the_row(
+    unreadable: str,
+):
+    # The rows of one order are adjacent, so a row between two of its rows is one of its own: the
+    # order imported without it would ship short (and a re-import, all duplicates, never mends it).
+    data = csv_file(row("ext-1"), unreadable, row("ext-1", "HOODIE"), row("ext-2"))
+    data = data.replace("\xff".encode(), b"\xff")
+
+    orders = read(data, chunk=4096)
+
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+    interrupted = next(o for o in orders if o.external_id == "ext-1")
+    assert interrupted.error is not None and interrupted.error.code == "incomplete_order"
+    assert interrupted.error.line == 4 and "line 3" in interrupted.error.message
+    assert 3 in [line for line, _, _ in errors_of(orders)]  # the unreadable row is still reported on its line
+
+
+def test_an_unreadable_row_between_two_different_orders_costs_only_its_own_row():
+    data = csv_file(row("ext-1"), "web,ext-1,\xff", row("ext-2")).replace("\xff".encode(), b"\xff")
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "invalid_encoding")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-2"]
+
+
 def test_a_quoted_line_break_with_the_right_cells_is_still_one_row():
     orders = read(csv_file(row("ext-1", ship_line2='"Floor 3\nRing, twice"'), row("ext-2")))
 
