@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from core.import_service import (
     MAX_REPORTED_ERRORS,
+    SPLIT_INTERRUPTED,
     ImportErrorEntry,
     ImportLedger,
     ImportReport,
@@ -120,6 +121,9 @@ class DynamoImportLedger(ImportLedger):
         created_at = stored["created_at"]["S"]
         self._client.put_item(TableName=self._table, Item={**_list_key(created_at, import_id), "id": {"S": import_id}})
         values = from_item(stored)
+        # A file read whole whose completing write failed (the split raised after it, and this is
+        # Lambda's retry of its event): nothing else would complete it once every line is recorded.
+        self._complete_if_done(import_id, values, at)
         return ImportState(
             status=ImportStatus(values["status"]),
             total_final=bool(values.get("total_final")),
@@ -137,18 +141,28 @@ class DynamoImportLedger(ImportLedger):
         )
 
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
-        self._client.update_item(
-            TableName=self._table,
-            Key=_import_key(import_id),
-            UpdateExpression="SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
-                ":failed": {"S": ImportStatus.FAILED.value},
-                ":code": {"S": code},
-                ":message": {"S": message},
-                ":now": {"S": timestamp(at)},
-            },
-        )
+        # Never once the file was read whole (by this split before it raised, or by a duplicate
+        # delivery of its event): the import's lines are all queued or recorded, and it completes.
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression=(
+                    "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now"
+                ),
+                ConditionExpression="total_final = :false",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":failed": {"S": ImportStatus.FAILED.value},
+                    ":code": {"S": code},
+                    ":message": {"S": message},
+                    ":now": {"S": timestamp(at)},
+                    ":false": {"BOOL": False},
+                },
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
         try:
@@ -183,7 +197,34 @@ class DynamoImportLedger(ImportLedger):
             },
             ReturnValues="ALL_NEW",
         )
-        self._complete_if_done(import_id, from_item(response["Attributes"]), at)
+        values = from_item(response["Attributes"])
+        if values.get("status") == ImportStatus.FAILED.value and values.get("error_code") == SPLIT_INTERRUPTED:
+            # A duplicate delivery of the file's event failed while this one read it whole: the
+            # interruption is over, and the import must run on to its end.
+            values = self._resume(import_id, at) or values
+        self._complete_if_done(import_id, values, at)
+
+    def _resume(self, import_id: str, at: datetime) -> dict[str, Any] | None:
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="SET #status = :running, updated_at = :now REMOVE error_code, error_message",
+                ConditionExpression="#status = :failed AND error_code = :interrupted",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":running": {"S": ImportStatus.RUNNING.value},
+                    ":failed": {"S": ImportStatus.FAILED.value},
+                    ":interrupted": {"S": SPLIT_INTERRUPTED},
+                    ":now": {"S": timestamp(at)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return None
+        return from_item(response["Attributes"])
 
     # --- The worker's side --------------------------------------------------------------------
     def signing_key(self, import_id: str) -> str | None:
