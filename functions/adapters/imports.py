@@ -4,6 +4,7 @@ markers in the Idempotency table, and the import queue (SQS SendMessageBatch).""
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -438,6 +439,10 @@ def origin_attributes(origin: OrderOrigin) -> dict[str, dict[str, str]]:
     return attributes
 
 
+_LINE_NUMBER = re.compile(r"[0-9]{1,12}")
+_LINE_NUMBERS = re.compile(r"[0-9]{1,12}(?:,[0-9]{1,12})*")
+
+
 def origin_from(attributes: dict[str, Any]) -> OrderOrigin | None:
     """The inverse, from a Lambda SQS record's messageAttributes (stringValue) or an SQS API
     message's MessageAttributes (StringValue). None when the message came from another system."""
@@ -450,10 +455,14 @@ def origin_from(attributes: dict[str, Any]) -> OrderOrigin | None:
         return found if isinstance(found, str) else None
 
     import_id, line = text("import_id"), text("line")
-    if not import_id or not line or not line.isdigit():
+    if not import_id or not line or not _LINE_NUMBER.fullmatch(line):
         return None
     numbers = text("line_numbers")
-    line_numbers = tuple(int(n) for n in numbers.split(",") if n.isdigit()) if numbers else ()
+    if numbers and not _LINE_NUMBERS.fullmatch(numbers):
+        # Not what the splitter writes (it writes plain ASCII numbers): not an import line. Read as
+        # one, "²" (a digit to str.isdigit) or 5,000 digits made int() raise on every delivery.
+        return None
+    line_numbers = tuple(int(n) for n in numbers.split(",")) if numbers else ()
     return OrderOrigin(
         import_id=import_id,
         line=int(line),
