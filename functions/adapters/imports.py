@@ -439,6 +439,9 @@ def origin_attributes(origin: OrderOrigin) -> dict[str, dict[str, str]]:
     return attributes
 
 
+# What the splitter writes (core.imports.import_id_for): another id, 3,000 characters of it, failed
+# its marker's write (over DynamoDB's key limit) on every delivery.
+_IMPORT_ID = re.compile(r"imp_[a-z2-7]{24}")
 _LINE_NUMBER = re.compile(r"[0-9]{1,12}")
 _LINE_NUMBERS = re.compile(r"[0-9]{1,12}(?:,[0-9]{1,12})*")
 
@@ -455,7 +458,7 @@ def origin_from(attributes: dict[str, Any]) -> OrderOrigin | None:
         return found if isinstance(found, str) else None
 
     import_id, line = text("import_id"), text("line")
-    if not import_id or not line or not _LINE_NUMBER.fullmatch(line):
+    if not import_id or not _IMPORT_ID.fullmatch(import_id) or not line or not _LINE_NUMBER.fullmatch(line):
         return None
     numbers = text("line_numbers")
     if numbers and not _LINE_NUMBERS.fullmatch(numbers):

@@ -562,15 +562,19 @@ def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_an_error_on
     assert stored_order("market", "ext-1").shipping_address.region == "CA"
 
 
+WELL_FORMED = "imp_" + "a" * 24  # an import id as the splitter makes them
+
+
 @pytest.mark.parametrize(
     "attributes",
     [
-        {"import_id": "imp_forged", "line": "²"},
-        {"import_id": "imp_forged", "line": "2", "line_numbers": "2,³"},
-        {"import_id": "imp_forged", "line": "9" * 5_000},
-        {"import_id": "imp_forged", "line": "2", "line_numbers": "9" * 5_000},
+        {"import_id": WELL_FORMED, "line": "²"},
+        {"import_id": WELL_FORMED, "line": "2", "line_numbers": "2,³"},
+        {"import_id": WELL_FORMED, "line": "9" * 5_000},
+        {"import_id": WELL_FORMED, "line": "2", "line_numbers": "9" * 5_000},
+        {"import_id": "imp_" + "a" * 3_000, "line": "2"},
     ],
-    ids=["superscript line", "superscript line number", "huge line", "huge line number"],
+    ids=["superscript line", "superscript line number", "huge line", "huge line number", "huge import id"],
 )
 def test_import_attributes_the_splitter_never_writes_are_ignored_never_a_poison_message(
     stack: ImportAws, attributes: dict[str, str]
