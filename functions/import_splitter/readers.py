@@ -261,6 +261,9 @@ def read_orders(chunks: Iterable[bytes], name: str) -> OrderFile:
 
 
 def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
+    # The fingerprints of the orders read so far. A line repeating one is an error: queued, the two
+    # lines race through the workers, and whichever is captured first would be the order.
+    seen: set[int] = set()
     for line in lines:
         if line.text is None:
             yield _unreadable(line, None)
@@ -284,6 +287,19 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
             continue
         external_id = body.get("external_id")
         external_id = external_id if isinstance(external_id, str) else None
+        channel = body.get("channel")
+        if isinstance(channel, str) and channel and external_id:
+            fingerprint = _fingerprint((channel, external_id))
+            if fingerprint in seen:
+                message = (
+                    f"order {channel}/{external_id} is on an earlier line of this file: "
+                    "an order is imported from its first line only"
+                )
+                yield FileOrder(
+                    line.number, external_id, error=LineError(line.number, external_id, "order_repeated", message)
+                )
+                continue
+            seen.add(fingerprint)
         lines_in_body = body.get("lines")
         count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
         yield FileOrder(line.number, external_id, body, (line.number,) * count)

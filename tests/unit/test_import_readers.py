@@ -554,3 +554,17 @@ def test_a_field_is_named_as_the_author_of_the_file_wrote_it():
     assert field_in_file("customer.email", CSV) == "customer_email"
     assert field_in_file("customer.email", JSONL) == "customer.email"
     assert field_in_file("customer.email", None) == "customer.email"  # sent straight to the queue
+
+
+def test_a_json_line_repeating_an_order_of_an_earlier_line_is_an_error_on_its_line():
+    # Both queued, the two lines raced through the workers: whichever was captured first became the
+    # order, and the other counted as its duplicate.
+    first = {"channel": "web", "external_id": "ext-1", "lines": [{"sku": "A", "quantity": 1}]}
+    again = {**first, "lines": [{"sku": "B", "quantity": 5}]}
+    other_channel = {**first, "channel": "pos"}
+
+    orders = read(jsonl(first, {"channel": "web", "external_id": "ext-2"}, again, other_channel), "orders.jsonl")
+
+    assert errors_of(orders) == [(3, "ext-1", "order_repeated")]
+    assert next((o.line, o.body) for o in orders if not o.rejected) == (1, first)
+    assert [o.line for o in orders if not o.rejected] == [1, 2, 4]
