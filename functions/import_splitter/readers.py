@@ -4,9 +4,9 @@ with the physical line it starts on. Standard library only; nothing here holds a
 Memory stays flat: bytes arrive in chunks, one physical line is decoded at a time (a line over
 MAX_LINE_BYTES is skipped and reported, never buffered), and a CSV order holds at most
 MAX_LINES_PER_ORDER rows while it is open. What grows with the file is one 8-byte fingerprint per
-closed CSV order, kept in a set (about 70 bytes each in CPython: a million orders take 67 MiB), so
-that a row reopening an order earlier in the file is reported on its line instead of silently
-becoming a second, partial order.
+closed CSV order or JSON line, kept in a set (about 70 bytes each in CPython: a million orders
+take 67 MiB), so that a row reopening an order earlier in the file (or a JSON line repeating one)
+is reported on its line instead of silently becoming a second, partial order (or racing the first).
 """
 
 from __future__ import annotations
