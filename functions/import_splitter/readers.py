@@ -94,6 +94,9 @@ class PhysicalLine:
     number: int
     text: str | None  # None when unreadable: see `problem`
     problem: str | None = None  # "line_too_long" | "invalid_encoding"
+    # An invalid_encoding line decoded with U+FFFD for what is not UTF-8: never imported, only
+    # read for whose row it is (its channel and external_id are most often plain ASCII).
+    lossy: str | None = None
 
 
 def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[PhysicalLine]:
@@ -110,8 +113,11 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
+            lossy = raw.decode("utf-8", errors="replace")
+            if first:
+                lossy = lossy.removeprefix("\ufeff")
             first = False
-            return PhysicalLine(number, None, "invalid_encoding")
+            return PhysicalLine(number, None, "invalid_encoding", lossy=lossy)
         if first:
             text = text.removeprefix("\ufeff")
             first = False
@@ -354,6 +360,7 @@ class _Row:
     cells: list[str] | None = None  # None: the row could not be parsed (see error)
     error: LineError | None = None
     lines: int = 1  # physical lines the record spans (a quoted cell may hold line breaks)
+    lossy_cells: list[str] | None = None  # a row that is not UTF-8, read lossily: see PhysicalLine
 
 
 def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
@@ -373,7 +380,8 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             return
         except _Unreadable as unreadable:
             if len(feed.record) == 1:
-                yield _Row(unreadable.line.number, error=_unreadable(unreadable.line, None).error)
+                line = unreadable.line
+                yield _Row(line.number, error=_unreadable(line, None).error, lossy_cells=_lossy_cells(line))
                 reader = csv.reader(feed, strict=False)
                 continue
             start = feed.record[0].number
@@ -407,6 +415,16 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             reader = csv.reader(feed, strict=False)
             continue
         yield _Row(start, cells=cells, lines=spanned)
+
+
+def _lossy_cells(line: PhysicalLine) -> list[str] | None:
+    """The cells of a one-line row that is not UTF-8, or None if they cannot be told."""
+    if line.lossy is None:
+        return None
+    try:
+        return next(csv.reader([line.lossy], strict=False), None)
+    except csv.Error:
+        return None
 
 
 def _header(row: _Row) -> list[str]:
@@ -509,6 +527,27 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     unreadable: LineError | None = None
 
     for row in rows:
+        identity = _identity(row, names)
+        if identity is not None:
+            # A row not UTF-8 whose channel and external_id are: it fails the order it names.
+            assert row.error is not None
+            error = LineError(row.line, identity[1], row.error.code, row.error.message)
+            if current is not None and current.key == identity:
+                current.rows += 1
+                current.reject(error)
+                unreadable = None
+                continue
+            if current is not None:
+                yield current.closed()
+                closed.add(_fingerprint(current.key))
+            assert row.lossy_cells is not None
+            lossy = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
+            current = _OpenOrder(identity, row.line, {c: lossy.get(c, "") for c in ORDER_COLUMNS}, rows=1)
+            if _fingerprint(identity) in closed:
+                current.reject(_reopened(row.line, identity))
+            current.reject(error)
+            unreadable = None
+            continue
         if row.cells is None:
             # Which order the row belongs to is known only once the next row is read: it is
             # reported on its own, and rejects the open order if that order goes on after it.
@@ -550,15 +589,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
                 closed.add(_fingerprint(current.key))
             current = _OpenOrder(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
             if _fingerprint(key) in closed:
-                current.reject(
-                    LineError(
-                        row.line,
-                        external_id,
-                        "order_reopened",
-                        f"this row reopens order {channel}/{external_id}, closed earlier in the file: "
-                        "the rows of one order must be adjacent",
-                    )
-                )
+                current.reject(_reopened(row.line, key))
         current.rows += 1
         if len(row.cells) != width:
             current.reject(
@@ -597,6 +628,26 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
         current.line_numbers.append(row.line)
     if current is not None:
         yield current.closed()
+
+
+def _reopened(line: int, key: tuple[str, str]) -> LineError:
+    channel, external_id = key
+    message = (
+        f"this row reopens order {channel}/{external_id}, closed earlier in the file: "
+        "the rows of one order must be adjacent"
+    )
+    return LineError(line, external_id, "order_reopened", message)
+
+
+def _identity(row: _Row, names: list[str]) -> tuple[str, str] | None:
+    """The channel and external_id of a row read only lossily, when both came through intact."""
+    if row.lossy_cells is None or len(row.lossy_cells) != len(names):
+        return None
+    cells = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
+    channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
+    if not channel or not external_id or "\ufffd" in channel + external_id:
+        return None
+    return channel, external_id
 
 
 def column_of_field(field_path: str) -> str:

@@ -351,6 +351,22 @@ def test_an_unreadable_row_among_the_rows_of_one_order_rejects_that_order_never_
     assert 3 in [line for line, _, _ in errors_of(orders)]  # the unreadable row is still reported on its line
 
 
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_first_or_last_row(where: str):
+    # A Latin-1 export: one byte in a sku makes the row unreadable as UTF-8, but its channel and
+    # external_id still say whose row it is. Reported on its own, its order went through short.
+    latin1 = row("ext-1", "CAF\xc9")
+    rows = [latin1, row("ext-1", "MUG")] if where == "first" else [row("ext-1", "MUG"), latin1]
+    data = csv_file(*rows, row("ext-2")).replace("\xc9".encode(), b"\xc9")
+
+    orders = read(data)
+
+    bad_line = 2 if where == "first" else 3
+    assert errors_of(orders) == [(bad_line, "ext-1", "invalid_encoding")]
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2"]  # one order of two rows, rejected
+    assert not orders[1].rejected
+
+
 def test_an_unreadable_row_between_two_different_orders_costs_only_its_own_row():
     data = csv_file(row("ext-1"), "web,ext-1,\xff", row("ext-2")).replace("\xff".encode(), b"\xff")
 
