@@ -295,3 +295,14 @@ def test_a_delivery_interrupted_while_a_duplicate_delivery_reads_the_file_whole_
     read_whole = report(import_id)
     assert (read_whole["status"], read_whole["total"], read_whole["total_final"]) == ("running", 6, True)
     assert "split_interrupted" not in [e["code"] for e in read_whole["errors"]]
+
+
+def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):
+    # The console's "Create folder" puts an empty object named "incoming/": S3 announces it like
+    # any upload, and it was listed as a failed import ("cannot tell the format of incoming/").
+    from functions.api.dependencies import container
+
+    split_file(stack, "incoming/", b"")
+    split_file(stack, "incoming/march/", b"")
+
+    assert container().import_queries.list(25, None) == ([], None)
