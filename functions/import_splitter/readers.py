@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -211,6 +212,23 @@ def _unknown_format(name: str, extension: str, first_line: str | None) -> Import
     )
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _uncompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks as they are, once the first bytes show they are not gzip: a compressed file read
+    as text would be lines of junk, each reported as an order."""
+    iterator = iter(chunks)
+    head = b""
+    for chunk in iterator:
+        head += chunk
+        if len(head) >= len(GZIP_MAGIC):
+            break
+    if head.startswith(GZIP_MAGIC):
+        raise ImportFileError("unknown_format", "a gzip file cannot be imported: send it uncompressed (.csv or .jsonl)")
+    return itertools.chain([head], iterator)
+
+
 class OrderFile(FileOrders):
     """The orders of one file, read lazily: `format` is known on construction (it may read ahead
     to the first non-blank line), then iterating yields a FileOrder per order.
@@ -218,7 +236,7 @@ class OrderFile(FileOrders):
     Raises ImportFileError on construction for an unknown format or an unusable CSV header."""
 
     def __init__(self, chunks: Iterable[bytes], name: str):
-        self._lines = physical_lines(chunks)
+        self._lines = physical_lines(_uncompressed(chunks))
         self._peeked: list[PhysicalLine] = []
         extension = extension_of(name)
         fmt = EXTENSIONS.get(extension)

@@ -4,6 +4,7 @@ stream. Pure: no AWS, no files."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 from collections.abc import Iterator
@@ -542,6 +543,20 @@ def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, ment
 
     assert failure.value.code == "unknown_format"
     assert mentions in failure.value.message
+
+
+@pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv", "incoming/orders"])
+def test_a_gzip_file_fails_as_a_whole_whatever_its_name(name: str):
+    # Named .jsonl, each stretch of compressed bytes between two newline bytes was reported as an
+    # order that is not JSON: a report of junk "orders", the file not even failed.
+    data = gzip.compress(jsonl(*({"channel": "web", "external_id": f"ext-{i}"} for i in range(200))))
+    assert data.count(b"\n") > 0
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 1), name)
+
+    assert failure.value.code == "unknown_format"
+    assert "gzip" in failure.value.message
 
 
 # --- Ids and error locations ------------------------------------------------------------------------
