@@ -213,11 +213,12 @@ def _unknown_format(name: str, extension: str, first_line: str | None) -> Import
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little and big endian byte order marks
 
 
 def _uncompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The chunks as they are, once the first bytes show they are not gzip: a compressed file read
-    as text would be lines of junk, each reported as an order."""
+    """The chunks as they are, once the first bytes show they are neither gzip nor UTF-16: read as
+    UTF-8 text, either would be lines of junk, each reported as an order."""
     iterator = iter(chunks)
     head = b""
     for chunk in iterator:
@@ -226,6 +227,9 @@ def _uncompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
             break
     if head.startswith(GZIP_MAGIC):
         raise ImportFileError("unknown_format", "a gzip file cannot be imported: send it uncompressed (.csv or .jsonl)")
+    if head.startswith(UTF16_BOMS):
+        # Read as UTF-8, every line of it is unreadable: the file is refused once, saying why.
+        raise ImportFileError("invalid_encoding", "the file is UTF-16 text: save it as UTF-8 and send it again")
     return itertools.chain([head], iterator)
 
 

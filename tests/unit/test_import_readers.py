@@ -559,6 +559,20 @@ def test_a_gzip_file_fails_as_a_whole_whatever_its_name(name: str):
     assert "gzip" in failure.value.message
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-16-le"])
+@pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv"])
+def test_a_utf16_file_fails_as_a_whole_naming_its_encoding(name: str, encoding: str):
+    # Every line was reported as not UTF-8 (or the header as unreadable), none saying why.
+    text = ("\ufeff" if encoding != "utf-16" else "") + HEADER + "\n" + row("ext-1") + "\n"
+    data = text.encode(encoding)
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 1), name)
+
+    assert failure.value.code == "invalid_encoding"
+    assert "UTF-16" in failure.value.message
+
+
 # --- Ids and error locations ------------------------------------------------------------------------
 
 
