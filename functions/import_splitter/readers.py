@@ -216,7 +216,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little and big endian byte order marks
 
 
-def _uncompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def _plain_text(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The chunks as they are, once the first bytes show they are neither gzip nor UTF-16: read as
     UTF-8 text, either would be lines of junk, each reported as an order."""
     iterator = iter(chunks)
@@ -240,7 +240,7 @@ class OrderFile(FileOrders):
     Raises ImportFileError on construction for an unknown format or an unusable CSV header."""
 
     def __init__(self, chunks: Iterable[bytes], name: str):
-        self._lines = physical_lines(_uncompressed(chunks))
+        self._lines = physical_lines(_plain_text(chunks))
         self._peeked: list[PhysicalLine] = []
         extension = extension_of(name)
         fmt = EXTENSIONS.get(extension)
