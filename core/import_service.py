@@ -146,7 +146,9 @@ class ImportLedger(ABC):
 
     @abstractmethod
     def begin(self, import_id: str, source: str, at: datetime) -> ImportState:
-        """Create the import (running) unless it exists; either way return its state."""
+        """Create the import (running) unless it exists; either way return its state. An import
+        whose file was read and whose every order is recorded is completed (its completing write
+        may have failed)."""
 
     @abstractmethod
     def restart(self, import_id: str, at: datetime) -> None:
@@ -154,7 +156,8 @@ class ImportLedger(ABC):
 
     @abstractmethod
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
-        """The import failed as a whole (its file cannot be read): status failed with this error."""
+        """The import failed as a whole (its file cannot be read): status failed with this error.
+        Nothing changes once the file was read whole (total_final): its lines all count."""
 
     @abstractmethod
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
@@ -162,8 +165,9 @@ class ImportLedger(ABC):
 
     @abstractmethod
     def finish_reading(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
-        """The whole file was read: `total` is final. Completes the import if every order is
-        already recorded."""
+        """The whole file was read: `total` is final. An import a duplicate delivery of its event
+        left failed as interrupted runs again. Completes the import if every order is already
+        recorded."""
 
     @abstractmethod
     def signing_key(self, import_id: str) -> str | None:

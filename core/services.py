@@ -41,6 +41,7 @@ from core.ports import (
     OrderRepository,
 )
 from core.pricing import PricedOrder, Pricing
+from core.secret_hashes import is_usable_secret
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 
@@ -336,7 +337,10 @@ class ApiKeyService:
         return IssuedApiKey(**key.model_dump(), key=secret)
 
     def ensure_admin(self, secret: str) -> ApiKey:
-        """The bootstrap admin key (every scope) under `secret`; a previous admin secret stops working."""
+        """The bootstrap admin key (every scope) under `secret`; a previous admin secret stops working.
+        A secret the authorizer cannot read is refused (ValueError) before anything changes."""
+        if not is_usable_secret(secret):
+            raise ValueError("an API key secret is 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")
         key = ApiKey(id=ADMIN_KEY_ID, name="admin", scopes=sorted(Scope), channel=None, created_at=self._clock())
         self._keys.add(key, hash_secret(secret))
         return key

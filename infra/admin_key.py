@@ -10,16 +10,20 @@ from __future__ import annotations
 import argparse
 
 from core.access import new_secret
+from core.secret_hashes import is_usable_secret
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True, help="the stack's CatalogTableName output")
-    parser.add_argument("--key", help="use this secret instead of a random one (at least 16 characters)")
+    parser.add_argument(
+        "--key", help="use this secret instead of a random one (16 to 200 characters of A-Z, a-z, 0-9, _ and -)"
+    )
     args = parser.parse_args()
     secret = args.key or new_secret()
-    if len(secret) < 16:
-        parser.error("--key must be at least 16 characters")
+    if not is_usable_secret(secret):
+        # The authorizer would refuse it, with the previous admin secret already retired.
+        parser.error("--key must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")
     from functions.bootstrap import Config, bootstrap
 
     bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)

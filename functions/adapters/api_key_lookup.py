@@ -30,7 +30,11 @@ class ApiKeyLookup:
         self._table = table
 
     def by_hash(self, secret_hash: str) -> KeyGrant | None:
-        item = self._client.get_item(TableName=self._table, Key=lookup_key(secret_hash)).get("Item")
+        # Consistent: API Gateway caches the answer, so one stale read just after a revocation (or
+        # its cache flush) would let the revoked key in for the whole AuthorizerCacheSeconds.
+        item = self._client.get_item(TableName=self._table, Key=lookup_key(secret_hash), ConsistentRead=True).get(
+            "Item"
+        )
         if item is None:
             return None
         return KeyGrant(

@@ -866,7 +866,10 @@ class DynamoApiKeys(ApiKeyRepository):
         return ApiKey.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk", "secret_hash")})
 
     def _record(self, key_id: str) -> dict[str, Any] | None:
-        return self._client.get_item(TableName=self._table, Key=_record_key(key_id)).get("Item")
+        # Consistent: a stale record would name a secret replaced a moment ago, so a rotation would
+        # delete that one's lookup and leave the one it replaces working; a revoke would miss a key
+        # issued a moment ago.
+        return self._client.get_item(TableName=self._table, Key=_record_key(key_id), ConsistentRead=True).get("Item")
 
     def add(self, key: ApiKey, secret_hash: str) -> None:
         previous = self._record(key.id)

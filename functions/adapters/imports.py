@@ -4,6 +4,7 @@ markers in the Idempotency table, and the import queue (SQS SendMessageBatch).""
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -16,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from core.import_service import (
     MAX_REPORTED_ERRORS,
+    SPLIT_INTERRUPTED,
     ImportErrorEntry,
     ImportLedger,
     ImportReport,
@@ -120,6 +122,9 @@ class DynamoImportLedger(ImportLedger):
         created_at = stored["created_at"]["S"]
         self._client.put_item(TableName=self._table, Item={**_list_key(created_at, import_id), "id": {"S": import_id}})
         values = from_item(stored)
+        # A file read whole whose completing write failed (the split raised after it, and this is
+        # Lambda's retry of its event): nothing else would complete it once every line is recorded.
+        self._complete_if_done(import_id, values, at)
         return ImportState(
             status=ImportStatus(values["status"]),
             total_final=bool(values.get("total_final")),
@@ -137,18 +142,28 @@ class DynamoImportLedger(ImportLedger):
         )
 
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
-        self._client.update_item(
-            TableName=self._table,
-            Key=_import_key(import_id),
-            UpdateExpression="SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
-                ":failed": {"S": ImportStatus.FAILED.value},
-                ":code": {"S": code},
-                ":message": {"S": message},
-                ":now": {"S": timestamp(at)},
-            },
-        )
+        # Never once the file was read whole (by this split before it raised, or by a duplicate
+        # delivery of its event): the import's lines are all queued or recorded, and it completes.
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression=(
+                    "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now"
+                ),
+                ConditionExpression="total_final = :false",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":failed": {"S": ImportStatus.FAILED.value},
+                    ":code": {"S": code},
+                    ":message": {"S": message},
+                    ":now": {"S": timestamp(at)},
+                    ":false": {"BOOL": False},
+                },
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
         try:
@@ -183,7 +198,34 @@ class DynamoImportLedger(ImportLedger):
             },
             ReturnValues="ALL_NEW",
         )
-        self._complete_if_done(import_id, from_item(response["Attributes"]), at)
+        values = from_item(response["Attributes"])
+        if values.get("status") == ImportStatus.FAILED.value and values.get("error_code") == SPLIT_INTERRUPTED:
+            # A duplicate delivery of the file's event failed while this one read it whole: the
+            # interruption is over, and the import must run on to its end.
+            values = self._resume(import_id, at) or values
+        self._complete_if_done(import_id, values, at)
+
+    def _resume(self, import_id: str, at: datetime) -> dict[str, Any] | None:
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="SET #status = :running, updated_at = :now REMOVE error_code, error_message",
+                ConditionExpression="#status = :failed AND error_code = :interrupted",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":running": {"S": ImportStatus.RUNNING.value},
+                    ":failed": {"S": ImportStatus.FAILED.value},
+                    ":interrupted": {"S": SPLIT_INTERRUPTED},
+                    ":now": {"S": timestamp(at)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return None
+        return from_item(response["Attributes"])
 
     # --- The worker's side --------------------------------------------------------------------
     def signing_key(self, import_id: str) -> str | None:
@@ -397,6 +439,13 @@ def origin_attributes(origin: OrderOrigin) -> dict[str, dict[str, str]]:
     return attributes
 
 
+# What the splitter writes (core.imports.import_id_for): another id, 3,000 characters of it, failed
+# its marker's write (over DynamoDB's key limit) on every delivery.
+_IMPORT_ID = re.compile(r"imp_[a-z2-7]{24}")
+_LINE_NUMBER = re.compile(r"[0-9]{1,12}")
+_LINE_NUMBERS = re.compile(r"[0-9]{1,12}(?:,[0-9]{1,12})*")
+
+
 def origin_from(attributes: dict[str, Any]) -> OrderOrigin | None:
     """The inverse, from a Lambda SQS record's messageAttributes (stringValue) or an SQS API
     message's MessageAttributes (StringValue). None when the message came from another system."""
@@ -409,10 +458,14 @@ def origin_from(attributes: dict[str, Any]) -> OrderOrigin | None:
         return found if isinstance(found, str) else None
 
     import_id, line = text("import_id"), text("line")
-    if not import_id or not line or not line.isdigit():
+    if not import_id or not _IMPORT_ID.fullmatch(import_id) or not line or not _LINE_NUMBER.fullmatch(line):
         return None
     numbers = text("line_numbers")
-    line_numbers = tuple(int(n) for n in numbers.split(",") if n.isdigit()) if numbers else ()
+    if numbers and not _LINE_NUMBERS.fullmatch(numbers):
+        # Not what the splitter writes (it writes plain ASCII numbers): not an import line. Read as
+        # one, "²" (a digit to str.isdigit) or 5,000 digits made int() raise on every delivery.
+        return None
+    line_numbers = tuple(int(n) for n in numbers.split(",")) if numbers else ()
     return OrderOrigin(
         import_id=import_id,
         line=int(line),

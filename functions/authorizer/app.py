@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from core.secret_hashes import hash_secret
+from core.secret_hashes import SECRET_PATTERN, hash_secret
 from functions.adapters.api_key_lookup import ApiKeyLookup
 from functions.adapters.aws_clients import aws_client
 from functions.warm import Warm
@@ -39,7 +39,7 @@ def logger() -> Logger:
 _invocations = itertools.count()
 
 # The scheme in any case and 1*SP before the key (RFC 9110 11.1, RFC 6750 2.1).
-_BEARER = re.compile(r"bearer +([A-Za-z0-9_\-]{16,200})", re.IGNORECASE)
+_BEARER = re.compile(rf"bearer +({SECRET_PATTERN})", re.IGNORECASE)
 
 
 # Built on first use and kept while the execution environment is warm.

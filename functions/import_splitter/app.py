@@ -25,6 +25,10 @@ container = WarmContainer()
 def split_object(record: S3EventRecord) -> None:
     bucket = record.s3.bucket.name
     key = unquote_plus(record.s3.get_object.key)  # S3 URL-encodes keys in events ("a b.csv" -> "a+b.csv")
+    if key.endswith("/"):
+        # A folder (the S3 console's "Create folder" puts an empty object named so), not a file.
+        logger.info("folder skipped: not a file to import")
+        return
     version_id = record.s3.get_object.version_id or None
     etag = record.s3.get_object.etag or None
     import_id = import_id_for(bucket, key, version_id or etag or "")

@@ -4,15 +4,16 @@ with the physical line it starts on. Standard library only; nothing here holds a
 Memory stays flat: bytes arrive in chunks, one physical line is decoded at a time (a line over
 MAX_LINE_BYTES is skipped and reported, never buffered), and a CSV order holds at most
 MAX_LINES_PER_ORDER rows while it is open. What grows with the file is one 8-byte fingerprint per
-closed CSV order, kept in a set (about 70 bytes each in CPython: a million orders take 67 MiB), so
-that a row reopening an order earlier in the file is reported on its line instead of silently
-becoming a second, partial order.
+closed CSV order or JSON line, kept in a set (about 70 bytes each in CPython: a million orders
+take 67 MiB), so that a row reopening an order earlier in the file (or a JSON line repeating one)
+is reported on its line instead of silently becoming a second, partial order (or racing the first).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -94,6 +95,9 @@ class PhysicalLine:
     number: int
     text: str | None  # None when unreadable: see `problem`
     problem: str | None = None  # "line_too_long" | "invalid_encoding"
+    # An invalid_encoding line decoded with U+FFFD for what is not UTF-8: never imported, only
+    # read for whose row it is (its channel and external_id are most often plain ASCII).
+    lossy: str | None = None
 
 
 def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[PhysicalLine]:
@@ -110,8 +114,11 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
+            lossy = raw.decode("utf-8", errors="replace")
+            if first:
+                lossy = lossy.removeprefix("\ufeff")
             first = False
-            return PhysicalLine(number, None, "invalid_encoding")
+            return PhysicalLine(number, None, "invalid_encoding", lossy=lossy)
         if first:
             text = text.removeprefix("\ufeff")
             first = False
@@ -205,6 +212,27 @@ def _unknown_format(name: str, extension: str, first_line: str | None) -> Import
     )
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little and big endian byte order marks
+
+
+def _plain_text(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks as they are, once the first bytes show they are neither gzip nor UTF-16: read as
+    UTF-8 text, either would be lines of junk, each reported as an order."""
+    iterator = iter(chunks)
+    head = b""
+    for chunk in iterator:
+        head += chunk
+        if len(head) >= len(GZIP_MAGIC):
+            break
+    if head.startswith(GZIP_MAGIC):
+        raise ImportFileError("unknown_format", "a gzip file cannot be imported: send it uncompressed (.csv or .jsonl)")
+    if head.startswith(UTF16_BOMS):
+        # Read as UTF-8, every line of it is unreadable: the file is refused once, saying why.
+        raise ImportFileError("invalid_encoding", "the file is UTF-16 text: save it as UTF-8 and send it again")
+    return itertools.chain([head], iterator)
+
+
 class OrderFile(FileOrders):
     """The orders of one file, read lazily: `format` is known on construction (it may read ahead
     to the first non-blank line), then iterating yields a FileOrder per order.
@@ -212,7 +240,7 @@ class OrderFile(FileOrders):
     Raises ImportFileError on construction for an unknown format or an unusable CSV header."""
 
     def __init__(self, chunks: Iterable[bytes], name: str):
-        self._lines = physical_lines(chunks)
+        self._lines = physical_lines(_plain_text(chunks))
         self._peeked: list[PhysicalLine] = []
         extension = extension_of(name)
         fmt = EXTENSIONS.get(extension)
@@ -261,6 +289,9 @@ def read_orders(chunks: Iterable[bytes], name: str) -> OrderFile:
 
 
 def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
+    # The fingerprints of the orders read so far. A line repeating one is an error: queued, the two
+    # lines race through the workers, and whichever is captured first would be the order.
+    seen: set[int] = set()
     for line in lines:
         if line.text is None:
             yield _unreadable(line, None)
@@ -284,6 +315,19 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
             continue
         external_id = body.get("external_id")
         external_id = external_id if isinstance(external_id, str) else None
+        channel = body.get("channel")
+        if isinstance(channel, str) and channel and external_id:
+            fingerprint = _fingerprint((channel, external_id))
+            if fingerprint in seen:
+                message = (
+                    f"order {channel}/{external_id} is on an earlier line of this file: "
+                    "an order is imported from its first line only"
+                )
+                yield FileOrder(
+                    line.number, external_id, error=LineError(line.number, external_id, "order_repeated", message)
+                )
+                continue
+            seen.add(fingerprint)
         lines_in_body = body.get("lines")
         count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
         yield FileOrder(line.number, external_id, body, (line.number,) * count)
@@ -338,6 +382,7 @@ class _Row:
     cells: list[str] | None = None  # None: the row could not be parsed (see error)
     error: LineError | None = None
     lines: int = 1  # physical lines the record spans (a quoted cell may hold line breaks)
+    lossy_cells: list[str] | None = None  # a row that is not UTF-8, read lossily: see PhysicalLine
 
 
 def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
@@ -357,7 +402,8 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             return
         except _Unreadable as unreadable:
             if len(feed.record) == 1:
-                yield _Row(unreadable.line.number, error=_unreadable(unreadable.line, None).error)
+                line = unreadable.line
+                yield _Row(line.number, error=_unreadable(line, None).error, lossy_cells=_lossy_cells(line))
                 reader = csv.reader(feed, strict=False)
                 continue
             start = feed.record[0].number
@@ -391,6 +437,16 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             reader = csv.reader(feed, strict=False)
             continue
         yield _Row(start, cells=cells, lines=spanned)
+
+
+def _lossy_cells(line: PhysicalLine) -> list[str] | None:
+    """The cells of a one-line row that is not UTF-8, or None if they cannot be told."""
+    if line.lossy is None:
+        return None
+    try:
+        return next(csv.reader([line.lossy], strict=False), None)
+    except csv.Error:
+        return None
 
 
 def _header(row: _Row) -> list[str]:
@@ -487,12 +543,40 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     width = len(names)
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
+    # The first unreadable row since the open order's last row. The rows of one order are
+    # adjacent, so if the order goes on after it, the row was one of its own: imported without
+    # it, the order would be short.
+    unreadable: LineError | None = None
 
     for row in rows:
+        identity = _identity(row, names)
+        if identity is not None:
+            # A row not UTF-8 whose channel and external_id are: it fails the order it names.
+            assert row.error is not None
+            error = LineError(row.line, identity[1], row.error.code, row.error.message)
+            if current is not None and current.key == identity:
+                current.rows += 1
+                current.reject(error)
+                unreadable = None
+                continue
+            if current is not None:
+                yield current.closed()
+                closed.add(_fingerprint(current.key))
+            assert row.lossy_cells is not None
+            lossy = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
+            current = _OpenOrder(identity, row.line, {c: lossy.get(c, "") for c in ORDER_COLUMNS}, rows=1)
+            if _fingerprint(identity) in closed:
+                current.reject(_reopened(row.line, identity))
+            current.reject(error)
+            unreadable = None
+            continue
         if row.cells is None:
-            # Which order the row belonged to cannot be known: it is reported on its own.
+            # Which order the row belongs to is known only once the next row is read: it is
+            # reported on its own, and rejects the open order if that order goes on after it.
             assert row.error is not None
             yield FileOrder(row.line, None, error=row.error)
+            if current is not None and unreadable is None:
+                unreadable = row.error
             continue
         cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
         channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
@@ -510,21 +594,24 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
             )
             continue
         key = (channel, external_id)
+        if current is not None and current.key == key and unreadable is not None:
+            current.reject(
+                LineError(
+                    row.line,
+                    external_id,
+                    "incomplete_order",
+                    f"line {unreadable.line}, among the rows of order {channel}/{external_id}, cannot be read "
+                    f"({unreadable.code}): the order is not imported without it",
+                )
+            )
+        unreadable = None
         if current is None or current.key != key:
             if current is not None:
                 yield current.closed()
                 closed.add(_fingerprint(current.key))
             current = _OpenOrder(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
             if _fingerprint(key) in closed:
-                current.reject(
-                    LineError(
-                        row.line,
-                        external_id,
-                        "order_reopened",
-                        f"this row reopens order {channel}/{external_id}, closed earlier in the file: "
-                        "the rows of one order must be adjacent",
-                    )
-                )
+                current.reject(_reopened(row.line, key))
         current.rows += 1
         if len(row.cells) != width:
             current.reject(
@@ -563,6 +650,26 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
         current.line_numbers.append(row.line)
     if current is not None:
         yield current.closed()
+
+
+def _reopened(line: int, key: tuple[str, str]) -> LineError:
+    channel, external_id = key
+    message = (
+        f"this row reopens order {channel}/{external_id}, closed earlier in the file: "
+        "the rows of one order must be adjacent"
+    )
+    return LineError(line, external_id, "order_reopened", message)
+
+
+def _identity(row: _Row, names: list[str]) -> tuple[str, str] | None:
+    """The channel and external_id of a row read only lossily, when both came through intact."""
+    if row.lossy_cells is None or len(row.lossy_cells) != len(names):
+        return None
+    cells = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
+    channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
+    if not channel or not external_id or "\ufffd" in channel + external_id:
+        return None
+    return channel, external_id
 
 
 def column_of_field(field_path: str) -> str:

@@ -53,3 +53,20 @@ def test_a_chosen_admin_secret_is_stored_and_a_short_one_refused(aws, monkeypatc
     with pytest.raises(SystemExit):
         _rotate(monkeypatch, capsys, "--table", table, "--key", "too_short")
     assert _authorize("chosen_admin_secret_0123")["principalId"] == "key_admin"
+
+
+@pytest.mark.parametrize(
+    "chosen", ["chosen.admin+secret/0123", "chosen admin secret 0123", "chosen_admin_secret_" + "x" * 200]
+)
+def test_a_chosen_admin_secret_the_authorizer_cannot_read_is_refused_and_the_previous_one_kept(
+    aws, monkeypatch, capsys, chosen: str
+):
+    # The authorizer reads a bearer key of 16-200 characters of A-Z, a-z, 0-9, "_" and "-" only:
+    # stored, any other secret locked the admin out (it was refused, and the previous one retired).
+    table = aws.tables["CatalogTable"]
+    previous = _rotate(monkeypatch, capsys, "--table", table)
+
+    with pytest.raises(SystemExit):
+        _rotate(monkeypatch, capsys, "--table", table, "--key", chosen)
+
+    assert _authorize(previous)["principalId"] == "key_admin"

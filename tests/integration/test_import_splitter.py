@@ -224,3 +224,85 @@ def test_big_orders_go_in_smaller_batches_to_stay_under_the_256_kib_batch_limit(
     split_file(stack, "incoming/big.jsonl", ("\n".join(lines) + "\n").encode())
 
     assert len(queued(stack)) == 9
+
+
+def test_an_import_whose_completing_write_failed_is_completed_by_the_retried_event_never_left_failed(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from botocore.exceptions import ClientError
+
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.import_splitter.app import lambda_handler
+
+    # Every row is bad, so the splitter records them all and its final write completes the import.
+    data = csv_file(*(csv_row(f"ext-{i}", quantity="x") for i in range(3)))
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    complete = DynamoImportLedger._complete_if_done
+    calls = {"n": 0}
+
+    def busy_once(ledger: DynamoImportLedger, import_id: str, values: dict[str, Any], at: Any) -> None:
+        # The write that completes the import, once the file is read: busy the first time.
+        if values.get("total_final") and not calls["n"]:
+            calls["n"] += 1
+            error = {"Code": "ProvisionedThroughputExceededException", "Message": "busy"}
+            raise ClientError({"Error": error}, "UpdateItem")
+        complete(ledger, import_id, values, at)
+
+    monkeypatch.setattr(DynamoImportLedger, "_complete_if_done", busy_once)
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    done = report(import_id)
+    assert (done["status"], done["total"], done["failed"]) == ("completed_with_errors", 3, 3)
+    assert [e["code"] for e in done["errors"]] == ["invalid_number"] * 3  # no split_interrupted
+
+
+def test_a_delivery_interrupted_while_a_duplicate_delivery_reads_the_file_whole_leaves_the_import_running(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # S3 may deliver one event twice, at once: one delivery failing must not fail the import the
+    # other one reads whole (its retry then finds the file read, and nothing would complete it).
+    from core.import_service import ImportSource
+    from functions.import_splitter.app import container, lambda_handler
+    from functions.import_splitter.readers import read_orders
+
+    data = csv_file(*(csv_row(f"ext-{i}", quantity="x" if i % 2 else "1") for i in range(6)))
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    send = SqsOrderQueue.flush
+    interrupted = {"done": False}
+
+    def failing_flush(queue: SqsOrderQueue) -> None:
+        if not interrupted["done"]:
+            raise ConnectionError("network down")
+        send(queue)
+
+    def other_delivery_fails_meanwhile():
+        monkeypatch.setattr(SqsOrderQueue, "flush", failing_flush)
+        with pytest.raises(ConnectionError):
+            lambda_handler(event, context("ImportSplitterFunction", 900))
+        interrupted["done"] = True
+        yield data
+
+    splitter, _ = container().import_splitter()
+    source = ImportSource(import_id=import_id, uri=f"s3://{stack.bucket}/incoming/orders.csv")
+    assert splitter.split(source, lambda: read_orders(other_delivery_fails_meanwhile(), "orders.csv"))
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the failed delivery
+
+    read_whole = report(import_id)
+    assert (read_whole["status"], read_whole["total"], read_whole["total_final"]) == ("running", 6, True)
+    assert "split_interrupted" not in [e["code"] for e in read_whole["errors"]]
+
+
+def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):
+    # The console's "Create folder" puts an empty object named "incoming/": S3 announces it like
+    # any upload, and it was listed as a failed import ("cannot tell the format of incoming/").
+    from functions.api.dependencies import container
+
+    split_file(stack, "incoming/", b"")
+    split_file(stack, "incoming/march/", b"")
+
+    assert container().import_queries.list(25, None) == ([], None)

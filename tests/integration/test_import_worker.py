@@ -560,3 +560,36 @@ def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_an_error_on
         "ship_postal_code",
     ]
     assert stored_order("market", "ext-1").shipping_address.region == "CA"
+
+
+WELL_FORMED = "imp_" + "a" * 24  # an import id as the splitter makes them
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"import_id": WELL_FORMED, "line": "²"},
+        {"import_id": WELL_FORMED, "line": "2", "line_numbers": "2,³"},
+        {"import_id": WELL_FORMED, "line": "9" * 5_000},
+        {"import_id": WELL_FORMED, "line": "2", "line_numbers": "9" * 5_000},
+        {"import_id": "imp_" + "a" * 3_000, "line": "2"},
+    ],
+    ids=["superscript line", "superscript line number", "huge line", "huge line number", "huge import id"],
+)
+def test_import_attributes_the_splitter_never_writes_are_ignored_never_a_poison_message(
+    stack: ImportAws, attributes: dict[str, str]
+):
+    # The splitter writes plain ASCII numbers: anything else is not its message, so the order is
+    # taken as sent directly (str.isdigit passed "²", which int() then refused, on every delivery).
+    good = order_body(channel="erp", external_id="erp-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url,
+        MessageBody=json.dumps(good),
+        MessageAttributes={name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()},
+    )
+
+    batches = stack.drain(worker)
+
+    assert batches == 1  # nothing came back for a second try
+    assert stored_order("erp", "erp-1") is not None
+    assert stack.messages_waiting(stack.dlq_url) == 0

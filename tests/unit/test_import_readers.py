@@ -4,6 +4,7 @@ stream. Pure: no AWS, no files."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 from collections.abc import Iterator
@@ -329,6 +330,53 @@ def test_an_unreadable_line_inside_a_quoted_cell_fails_the_row_it_cuts_and_the_r
     assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
 
 
+@pytest.mark.parametrize(
+    "unreadable",
+    ["web,ext-1,\xff", "x" * (MAX_LINE_BYTES + 1), row("ext-1", "MUG", customer_name='"Ada')],
+    ids=["not-utf8", "too-long", "unclosed-quote"],
+)
+def test_an_unreadable_row_among_the_rows_of_one_order_rejects_that_order_never_imports_it_without_the_row(
+    unreadable: str,
+):
+    # The rows of one order are adjacent, so a row between two of its rows is one of its own: the
+    # order imported without it would ship short (and a re-import, all duplicates, never mends it).
+    data = csv_file(row("ext-1"), unreadable, row("ext-1", "HOODIE"), row("ext-2"))
+    data = data.replace("\xff".encode(), b"\xff")
+
+    orders = read(data, chunk=4096)
+
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+    interrupted = next(o for o in orders if o.external_id == "ext-1")
+    assert interrupted.error is not None and interrupted.error.code == "incomplete_order"
+    assert interrupted.error.line == 4 and "line 3" in interrupted.error.message
+    assert 3 in [line for line, _, _ in errors_of(orders)]  # the unreadable row is still reported on its line
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_first_or_last_row(where: str):
+    # A Latin-1 export: one byte in a sku makes the row unreadable as UTF-8, but its channel and
+    # external_id still say whose row it is. Reported on its own, its order went through short.
+    latin1 = row("ext-1", "CAF\xc9")
+    rows = [latin1, row("ext-1", "MUG")] if where == "first" else [row("ext-1", "MUG"), latin1]
+    data = csv_file(*rows, row("ext-2")).replace("\xc9".encode(), b"\xc9")
+
+    orders = read(data)
+
+    bad_line = 2 if where == "first" else 3
+    assert errors_of(orders) == [(bad_line, "ext-1", "invalid_encoding")]
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2"]  # one order of two rows, rejected
+    assert not orders[1].rejected
+
+
+def test_an_unreadable_row_between_two_different_orders_costs_only_its_own_row():
+    data = csv_file(row("ext-1"), "web,ext-1,\xff", row("ext-2")).replace("\xff".encode(), b"\xff")
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "invalid_encoding")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-2"]
+
+
 def test_a_quoted_line_break_with_the_right_cells_is_still_one_row():
     orders = read(csv_file(row("ext-1", ship_line2='"Floor 3\nRing, twice"'), row("ext-2")))
 
@@ -497,6 +545,34 @@ def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, ment
     assert mentions in failure.value.message
 
 
+@pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv", "incoming/orders"])
+def test_a_gzip_file_fails_as_a_whole_whatever_its_name(name: str):
+    # Named .jsonl, each stretch of compressed bytes between two newline bytes was reported as an
+    # order that is not JSON: a report of junk "orders", the file not even failed.
+    data = gzip.compress(jsonl(*({"channel": "web", "external_id": f"ext-{i}"} for i in range(200))))
+    assert data.count(b"\n") > 0
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 1), name)
+
+    assert failure.value.code == "unknown_format"
+    assert "gzip" in failure.value.message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-16-le"])
+@pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv"])
+def test_a_utf16_file_fails_as_a_whole_naming_its_encoding(name: str, encoding: str):
+    # Every line was reported as not UTF-8 (or the header as unreadable), none saying why.
+    text = ("\ufeff" if encoding != "utf-16" else "") + HEADER + "\n" + row("ext-1") + "\n"
+    data = text.encode(encoding)
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 1), name)
+
+    assert failure.value.code == "invalid_encoding"
+    assert "UTF-16" in failure.value.message
+
+
 # --- Ids and error locations ------------------------------------------------------------------------
 
 
@@ -523,3 +599,17 @@ def test_a_field_is_named_as_the_author_of_the_file_wrote_it():
     assert field_in_file("customer.email", CSV) == "customer_email"
     assert field_in_file("customer.email", JSONL) == "customer.email"
     assert field_in_file("customer.email", None) == "customer.email"  # sent straight to the queue
+
+
+def test_a_json_line_repeating_an_order_of_an_earlier_line_is_an_error_on_its_line():
+    # Both queued, the two lines raced through the workers: whichever was captured first became the
+    # order, and the other counted as its duplicate.
+    first = {"channel": "web", "external_id": "ext-1", "lines": [{"sku": "A", "quantity": 1}]}
+    again = {**first, "lines": [{"sku": "B", "quantity": 5}]}
+    other_channel = {**first, "channel": "pos"}
+
+    orders = read(jsonl(first, {"channel": "web", "external_id": "ext-2"}, again, other_channel), "orders.jsonl")
+
+    assert errors_of(orders) == [(3, "ext-1", "order_repeated")]
+    assert next((o.line, o.body) for o in orders if not o.rejected) == (1, first)
+    assert [o.line for o in orders if not o.rejected] == [1, 2, 4]
