@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.import_service import QueueSenders
+from tests.template_iam import TEMPLATE
 
 SPLITTER = "AROASPLITTER"
 
@@ -45,4 +48,25 @@ def test_a_sender_not_named_places_nothing_and_without_a_splitter_id_nobody_is_t
 @pytest.mark.parametrize("text", ["AROAERP", "AROAERP=", "=erp", "AROAERP:session=erp", "AROAERP=+"])
 def test_a_malformed_setting_is_refused_at_start_up(text: str):
     with pytest.raises(ValueError, match="unique id"):
+        QueueSenders.parse(SPLITTER, text)
+
+
+ALLOWED = re.compile(TEMPLATE["Parameters"]["ImportQueueSenderChannels"]["AllowedPattern"])
+
+
+@pytest.mark.parametrize("text", [
+    "", "AROAERP=erp", "AROAERP=erp+pos, AIDAUSER=marketplace,AROAERP=b2b", "AROAOPERATOR=*,AROAERP=erp",
+    " AROAERP = erp + pos ", "AIDAUSER=market-place_2",
+])  # fmt: skip
+def test_the_template_accepts_a_setting_the_worker_reads(text: str):
+    assert ALLOWED.fullmatch(text)
+    QueueSenders.parse(SPLITTER, text)
+
+
+@pytest.mark.parametrize("text", ["AROAERP", "AROAERP=", "=erp", "AROAERP:session=erp", "AROAERP=+", "A=erp,B"])
+def test_the_template_refuses_a_setting_the_worker_would_not_read(text: str):
+    # A value the worker refuses fails every message (they all end in the dead-letter queue):
+    # CloudFormation refuses it at deploy time instead.
+    assert not ALLOWED.fullmatch(text)
+    with pytest.raises(ValueError):
         QueueSenders.parse(SPLITTER, text)
