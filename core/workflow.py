@@ -444,7 +444,12 @@ class Workflow:
     def create_shipments(self, order_id: str) -> None:
         order = self._load(order_id)
         if order.status is S.BACKORDERED and order.short_of():
-            raise Backordered(f"order {order_id} waits for stock")
+            # Ending the execution waiting is decided by no conditional write, and the execution a
+            # fill starts may read the order before that fill shows: read consistently first, or
+            # a fully reserved order waits for an arrival it no longer needs.
+            order = self._load(order_id, consistent=True)
+            if order.status is S.BACKORDERED and order.short_of():
+                raise Backordered(f"order {order_id} waits for stock")
         if order.status not in (S.AUTHORIZED, S.BACKORDERED):
             if order.status in STOPPED:
                 raise stopped(order)

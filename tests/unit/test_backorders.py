@@ -391,6 +391,34 @@ def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_
     assert world.backorders.waiting("PREORDER", None, 10) == []
 
 
+def test_the_execution_a_fill_starts_allocates_the_order_though_its_reads_lag_behind_the_fill(monkeypatch):
+    """GetItem is eventually consistent: the execution a fill starts may read the order as it was
+    before the fill (backordered, short). Ending that execution `Backordered` would leave a fully
+    reserved order waiting for an arrival it no longer needs, which may never come."""
+    world, allocator, starter = make_world([])
+    starter.world = None  # the started execution runs below, its plain reads lagging
+    starter.start = lambda order_id, channel="", correlation_id="", rerun=None: True
+    order_id = backordered(world, ("PREORDER", 1))
+    before_fill = world.order(order_id)
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+    assert not world.order(order_id).short_of()
+    real = world.orders.get
+
+    def lagging(oid, consistent=False):
+        return before_fill if oid == order_id and not consistent else real(oid)
+
+    monkeypatch.setattr(world.orders, "get", lagging)
+
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+
+    monkeypatch.setattr(world.orders, "get", real)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0)
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
 # --- When a backordered order is expected -------------------------------------------------------------
 
 
