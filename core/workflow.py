@@ -371,7 +371,10 @@ class Workflow:
         redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again."""
         assert self._backorders is not None
         for _ in range(FILL_ATTEMPTS):
-            order = self._load(order_id)
+            # Read consistently: "not backordered, nothing to fill" is decided by no conditional
+            # write, and the step that has just written the order backordered looks here for the
+            # units that came before its queue entry (no arrival would give them to it).
+            order = self._load(order_id, consistent=True)
             if order.status is not S.BACKORDERED:
                 return order
             rules = self._rules()

@@ -154,6 +154,38 @@ def test_units_that_arrive_before_the_queue_entry_are_taken_by_the_step_itself(s
     assert {s.location_id for s in order.shipments} == {"wh-west", "wh-east"}
 
 
+def test_the_steps_look_at_stock_after_it_is_backordered_does_not_trust_a_lagging_read(setup, monkeypatch):
+    """That look reads the order just after the step wrote it backordered; a plain read may still
+    show it authorized (GetItem is eventually consistent), and the look must not be skipped on
+    it: the units that came in the gap reached no queue entry, so no arrival would give them."""
+    world, _, _ = setup
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real_add, real_update, real_get = world.backorders.add, world.orders.update, world.orders.get
+    lagging: list[Order] = []
+
+    def add(sku, entry):
+        world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+        real_add(sku, entry)
+
+    def update(order, expected, entries):
+        real_update(order, expected, entries)
+        if order.status is S.BACKORDERED and not lagging:
+            lagging.append(expected)  # plain reads show the version before this write from now on
+
+    monkeypatch.setattr(world.backorders, "add", add)
+    monkeypatch.setattr(world.orders, "update", update)
+    monkeypatch.setattr(
+        world.orders, "get", lambda oid, consistent=False: lagging[0] if lagging and not consistent else real_get(oid)
+    )
+    world.workflow.reserve_stock(order_id)  # no Backordered: every unit is reserved now
+
+    monkeypatch.setattr(world.orders, "get", real_get)
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and not order.short_of()
+    assert world.level("PREORDER", "wh-east") == (5, 2, 3)
+
+
 # --- Arrivals -------------------------------------------------------------------------------------
 
 
