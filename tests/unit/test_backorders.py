@@ -220,6 +220,39 @@ def test_a_redelivered_arrival_changes_nothing():
     assert len(starter.started) == 1
 
 
+@pytest.mark.parametrize("lagging_status", [S.AUTHORIZED, S.PENDING])
+def test_an_arrival_that_reads_the_oldest_order_as_it_was_before_it_waited_still_fills_it_first(
+    monkeypatch, lagging_status
+):
+    """GetItem is eventually consistent: milliseconds after the oldest order went backordered, a
+    plain read may still show it authorized (or pending). Skipping it on that read gave its units
+    to a younger order; leaving its queue on it (as for an order that moved on) lost it for good."""
+    world, allocator, starter = make_world([])
+    starter.world = None  # the execution the fill starts runs below, once reads have caught up
+    starter.start = lambda order_id, channel="", correlation_id="", rerun=None: True
+    oldest = world.place(("PREORDER", 1))
+    versions = {S.PENDING: world.order(oldest)}
+    world.workflow.authorize_payment(oldest, attempt=0)
+    versions[S.AUTHORIZED] = world.order(oldest)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(oldest)
+    younger = backordered(world, ("PREORDER", 1))
+    real = world.orders.get
+
+    def lagging(order_id, consistent=False):
+        return versions[lagging_status] if order_id == oldest and not consistent else real(order_id)
+
+    monkeypatch.setattr(world.orders, "get", lagging)
+    arrival = arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    monkeypatch.setattr(world.orders, "get", real)
+    assert arrival.filled == arrival.completed == [oldest]
+    world.run(oldest)
+    assert world.order(oldest).status is S.ALLOCATED
+    assert world.order(younger).status is S.BACKORDERED and world.order(younger).allocations == []
+    assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [younger]
+
+
 def test_an_order_waiting_at_another_location_does_not_block_younger_ones():
     world, allocator, _ = make_world([])
     pickup = backordered(world, ("PREORDER", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
