@@ -15,6 +15,7 @@ from core.errors import InvalidRequest, PluginError
 from core.hook_calls import call_hook
 from core.models import (
     Address,
+    Allocation,
     Fulfillment,
     Location,
     Order,
@@ -127,7 +128,17 @@ def ask_plugins(
         covered[allocation.line_id] += allocation.quantity
     if covered != {line.line_id: line.quantity for line in order.lines}:
         raise PluginError("oms_source_order did not cover every unit of every line exactly once")
-    return plan
+    # One allocation per line and location: a line's units at a location are one reservation
+    # (order#line), so parts named apart would be reserved as the last part alone while the
+    # order recorded them all.
+    merged: dict[tuple[str, str], int] = {}
+    for allocation in plan.allocations:
+        place = (allocation.line_id, allocation.location_id)
+        merged[place] = merged.get(place, 0) + allocation.quantity
+    if len(merged) == len(plan.allocations):
+        return plan
+    allocations = [Allocation(line_id=line_id, location_id=loc, quantity=q) for (line_id, loc), q in merged.items()]
+    return plan.model_copy(update={"allocations": allocations})
 
 
 def available_of(order: Order, eligible: list[Location], stock: dict[str, list[StockLevel]]) -> dict[str, int]:
