@@ -233,9 +233,12 @@ class Workflow:
         order = self._load(order_id)
         if order.status is S.BACKORDERED:
             # Restarted (or retried after backordering): take whatever arrived since, so units
-            # that came between the first attempt and the queue entry are not missed.
-            self.fill_backorder(order_id)
-            return
+            # that came between the first attempt and the queue entry are not missed. The fill
+            # reads the order consistently: one sent back to `authorized` by an edit that this
+            # plain read does not show yet is sourced below, not taken as filled.
+            order = self.fill_backorder(order_id)
+            if order.status is S.BACKORDERED:
+                return
         if order.status != S.AUTHORIZED or order.allocations:
             if order.status in STOPPED:
                 raise stopped(order)

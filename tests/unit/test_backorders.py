@@ -437,6 +437,31 @@ def test_a_restarted_workflow_of_a_filled_order_allocates_it_once():
     assert len(starter.started) == 1
 
 
+def test_an_edited_backordered_order_is_sourced_again_though_reserve_stock_reads_it_as_it_was(monkeypatch):
+    """An edit sends a backordered order back to `authorized` and the outbox starts its workflow
+    again. ReserveStock's plain read may still show it backordered: it must not take the fill's
+    "nothing to fill" for the work done (CreateShipments would then find nothing reserved, and
+    the execution park the order for a person)."""
+    world, _, _ = make_world([("TSHIRT", "wh-east", 5)])
+    order_id = backordered(world, ("PREORDER", 2))
+    before_edit = world.order(order_id)
+    lines = [LineInput(sku="TSHIRT", quantity=2)]
+    edited = world.actions.edit(order_id, before_edit.version, OrderEdit(lines=lines), actor="key_web")
+    assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
+    real = world.orders.get
+    lagging = [before_edit]
+
+    def get(oid, consistent=False):
+        return lagging.pop() if lagging and oid == order_id and not consistent else real(oid)
+
+    monkeypatch.setattr(world.orders, "get", get)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.held_for(order_id) == {("TSHIRT", "wh-east", reservation_key(order_id, "L1")): 2}
+
+
 def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_by_the_next_arrival():
     world, allocator, starter = make_world([])
     starter.world = None  # the started execution fails before CreateShipments
