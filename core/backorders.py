@@ -66,7 +66,11 @@ class BackorderAllocator:
         while page := self._queue.waiting(sku, after, PAGE):
             locations = locations or self._catalog.list_locations()  # read only when someone waits
             for entry in page:
-                order = self._orders.get(entry.order_id)
+                # Read consistently: leaving the queue and skipping an order are decided by no
+                # conditional write, and a plain read just after the order went backordered may
+                # still show it authorized (skipped: a younger order took its units) or pending
+                # (its queue entries removed: no arrival would ever find it again).
+                order = self._orders.get(entry.order_id, consistent=True)
                 if order is None or order.status not in STILL_WAITING:
                     self._leave(order.lines if order else [], entry, sku)  # allocated or cancelled
                     continue

@@ -24,6 +24,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_b32(secrets.token_bytes(15))}"
 
 
+def purchase_order_id_for(caller_key_id: str, idempotency_key: str) -> str:
+    """The id of the purchase order a create with an Idempotency-Key makes: the same for every
+    retry of it, so a retry whose first attempt was written finds that PO instead of adding one."""
+    return "po_" + short_hash(f"purchase-order\x1f{caller_key_id}\x1f{idempotency_key}")
+
+
 def short_hash(text: str) -> str:
     """A stable 24-character id body for something derived from other ids (a shipment of an
     order at a location), so a retried step names it the same way."""

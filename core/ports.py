@@ -127,8 +127,10 @@ class InventoryRepository(ABC):
         """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved."""
 
     @abstractmethod
-    def adjust(self, sku: str, location_id: str, delta: int, reason: str) -> StockLevel:
-        """Add `delta` to on_hand. Raises InsufficientStock when on_hand would drop below reserved."""
+    def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
+        """Add `delta` to on_hand. Raises InsufficientStock when on_hand would drop below reserved.
+        With `key` (from a client's Idempotency-Key) the change is counted once per key for a day,
+        in the same atomic write: the same key again changes nothing and returns the level."""
 
     @abstractmethod
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:

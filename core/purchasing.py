@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, field_validator
 
-from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
+from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
 from core.models import Email, Identifier, ReorderSettings, Strict, Text
 from core.money import Money
@@ -307,7 +307,11 @@ class Purchasing:
     def vendors(self, limit: int, cursor: str | None) -> tuple[list[Vendor], str | None]:
         return self._repository.list_vendors(limit, cursor)
 
-    def create(self, request: NewPurchaseOrder) -> PurchaseOrder:
+    def create(self, request: NewPurchaseOrder, po_id: str | None = None) -> PurchaseOrder:
+        """An open PO. `po_id` (derived from a client's Idempotency-Key) names it: a create retried
+        after its first attempt was written returns that PO instead of opening a second one."""
+        if po_id is not None and (found := self._repository.get(po_id)) is not None:
+            return _same_request(found[0], request)
         vendor = self._repository.get_vendor(request.vendor_id)
         if vendor is None:
             raise InvalidRequest(
@@ -329,7 +333,7 @@ class Purchasing:
             )
         now = self._clock()
         po = PurchaseOrder(
-            id=new_id("po"),
+            id=po_id or new_id("po"),
             vendor_id=vendor.vendor_id,
             location_id=request.location_id,
             # Open at once (API.md): a draft is what a reorder point would propose for a person to submit.
@@ -338,7 +342,13 @@ class Purchasing:
             expected_at=request.expected_at or now + timedelta(days=vendor.lead_time_days),
             created_at=now,
         )
-        self._repository.add(po)
+        try:
+            self._repository.add(po)
+        except StaleVersion:
+            found = self._repository.get(po.id) if po_id is not None else None
+            if found is None:
+                raise
+            return _same_request(found[0], request)  # a concurrent retry of the same create wrote it
         return po
 
     def get(self, po_id: str) -> PurchaseOrder:
@@ -397,3 +407,17 @@ class Purchasing:
                 continue
             return new
         raise StaleVersion(f"purchase order {po_id} keeps changing; try again")
+
+
+def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder:
+    """`po`, made by an earlier create with the same Idempotency-Key, when `request` asks for it
+    again; 409 when the key was used for another PO."""
+    asked = (request.vendor_id, request.location_id, [(li.sku, li.quantity, li.unit_cost) for li in request.lines])
+    made = (po.vendor_id, po.location_id, [(li.sku, li.quantity, li.unit_cost) for li in po.lines])
+    if asked != made:
+        raise Conflict(
+            "this Idempotency-Key was used with a different request body",
+            code="idempotency_key_reused",
+            details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+        )
+    return po

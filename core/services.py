@@ -87,9 +87,10 @@ class InventoryService:
         self._require(sku, location_id)
         return self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take")
 
-    def adjust(self, sku: str, location_id: str, delta: int, reason: str) -> StockLevel:
+    def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
+        """`key`: the adjustment's own, derived from a client's Idempotency-Key (counted once)."""
         self._require(sku, location_id)
-        return self._inventory.adjust(sku, location_id, delta, reason)
+        return self._inventory.adjust(sku, location_id, delta, reason, key)
 
     def summary(self, sku: str) -> InventorySummary:
         if self._catalog.get_product(sku) is None:

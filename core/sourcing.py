@@ -15,6 +15,7 @@ from core.errors import InvalidRequest, PluginError
 from core.hook_calls import call_hook
 from core.models import (
     Address,
+    Allocation,
     Fulfillment,
     Location,
     Order,
@@ -27,7 +28,13 @@ from core.models import (
 )
 from core.money import Money
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository, SourcingRulesRepository
-from core.sourcing_rules import SourcingRules, SourcingRulesHistory, SourcingRulesInput, next_version
+from core.sourcing_rules import (
+    SourcingRules,
+    SourcingRulesHistory,
+    SourcingRulesInput,
+    next_version,
+    unknown_locations,
+)
 from core.status import OrderStatus
 from core.workflow_types import SourcingPlan
 
@@ -35,9 +42,23 @@ MAX_SIMULATED_ORDERS = 100
 HISTORY_PAGE = 50
 
 
+def check_locations(given: SourcingRulesInput, locations: list[Location], prefix: str = "") -> None:
+    """Raise 422 `unknown_location` when `given` names a location the network does not have."""
+    details = unknown_locations(given, {loc.location_id for loc in locations}, prefix)
+    if details:
+        raise InvalidRequest(
+            f"the sourcing rules name {len(details)} location(s) the network does not have",
+            code="unknown_location",
+            details=details,
+        )
+
+
 class SourcingRulesService:
-    def __init__(self, rules: SourcingRulesRepository, clock: Callable[[], datetime] = utc_now):
+    def __init__(
+        self, rules: SourcingRulesRepository, catalog: CatalogRepository, clock: Callable[[], datetime] = utc_now
+    ):
         self._rules = rules
+        self._catalog = catalog
         self._clock = clock
 
     def current(self) -> SourcingRules:
@@ -46,6 +67,7 @@ class SourcingRulesService:
     def replace(self, given: SourcingRulesInput, by: str) -> SourcingRules:
         """A new version made of `given`. Raises StaleVersion (409) when another change was
         written between the read and this write: the caller reads the rules again."""
+        check_locations(given, self._catalog.list_locations())
         new = next_version(self._rules.current(), given, at=self._clock(), by=by)
         self._rules.add(new)
         return new
@@ -106,7 +128,17 @@ def ask_plugins(
         covered[allocation.line_id] += allocation.quantity
     if covered != {line.line_id: line.quantity for line in order.lines}:
         raise PluginError("oms_source_order did not cover every unit of every line exactly once")
-    return plan
+    # One allocation per line and location: a line's units at a location are one reservation
+    # (order#line), so parts named apart would be reserved as the last part alone while the
+    # order recorded them all.
+    merged: dict[tuple[str, str], int] = {}
+    for allocation in plan.allocations:
+        place = (allocation.line_id, allocation.location_id)
+        merged[place] = merged.get(place, 0) + allocation.quantity
+    if len(merged) == len(plan.allocations):
+        return plan
+    allocations = [Allocation(line_id=line_id, location_id=loc, quantity=q) for (line_id, loc), q in merged.items()]
+    return plan.model_copy(update={"allocations": allocations})
 
 
 def available_of(order: Order, eligible: list[Location], stock: dict[str, list[StockLevel]]) -> dict[str, int]:
@@ -233,14 +265,15 @@ class Simulator:
     def simulate(self, request: SimulateSourcing, channel: str | None = None) -> Simulation:
         """`channel`: the caller's, when its key is bound to one; another channel's order is
         refused exactly as an unknown one, so its plan (lines, distances) and existence stay hidden."""
+        locations = self._catalog.list_locations()
         rules = self._rules.current()
         if request.rules is not None:
+            check_locations(request.rules, locations, prefix="rules.")
             rules = rules.with_changes(request.rules)
         orders = [
             self._stored(each, channel) if isinstance(each, str) else (None, _unplaced(each, index))
             for index, each in enumerate(request.orders, 1)
         ]
-        locations = self._catalog.list_locations()
         skus = {line.sku for _, order in orders for line in order.lines}
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in locations]))
         items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]

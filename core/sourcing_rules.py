@@ -88,6 +88,23 @@ class SourcingRules(BaseModel):
         return f"sourcing rules v{self.version}"
 
 
+def unknown_locations(given: SourcingRulesInput, known: set[str], prefix: str = "") -> list[dict[str, str]]:
+    """What `given` names that is not a location of the network, as 422 details (`prefix` is
+    where the rules sit in the body): a typo would be kept as a rule that excludes or holds back
+    nothing, while the operator believes it in force."""
+    details = [
+        {"field": f"{prefix}excluded_locations[{index}]", "message": f"no location {location_id}"}
+        for index, location_id in enumerate(given.excluded_locations)
+        if location_id not in known
+    ]
+    details += [
+        {"field": f"{prefix}safety_stock.{location_id}", "message": f"no location {location_id}"}
+        for location_id in given.safety_stock
+        if location_id not in known
+    ]
+    return details
+
+
 def next_version(current: SourcingRules, given: SourcingRulesInput, *, at: datetime, by: str) -> SourcingRules:
     """The version a PUT makes: `given` whole (left-out rules take their defaults)."""
     return SourcingRules(version=current.version + 1, **given.model_dump(), updated_at=at, updated_by=by)

@@ -240,9 +240,12 @@ class Workflow:
         order = self._load(order_id)
         if order.status is S.BACKORDERED:
             # Restarted (or retried after backordering): take whatever arrived since, so units
-            # that came between the first attempt and the queue entry are not missed.
-            self.fill_backorder(order_id)
-            return
+            # that came between the first attempt and the queue entry are not missed. The fill
+            # reads the order consistently: one sent back to `authorized` by an edit that this
+            # plain read does not show yet is sourced below, not taken as filled.
+            order = self.fill_backorder(order_id)
+            if order.status is S.BACKORDERED:
+                return
         if order.status != S.AUTHORIZED or order.allocations:
             if order.status in STOPPED:
                 raise stopped(order)
@@ -378,7 +381,10 @@ class Workflow:
         redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again."""
         assert self._backorders is not None
         for _ in range(FILL_ATTEMPTS):
-            order = self._load(order_id)
+            # Read consistently: "not backordered, nothing to fill" is decided by no conditional
+            # write, and the step that has just written the order backordered looks here for the
+            # units that came before its queue entry (no arrival would give them to it).
+            order = self._load(order_id, consistent=True)
             if order.status is not S.BACKORDERED:
                 return order
             rules = self._rules()
@@ -451,7 +457,12 @@ class Workflow:
     def create_shipments(self, order_id: str) -> None:
         order = self._load(order_id)
         if order.status is S.BACKORDERED and order.short_of():
-            raise Backordered(f"order {order_id} waits for stock")
+            # Ending the execution waiting is decided by no conditional write, and the execution a
+            # fill starts may read the order before that fill shows: read consistently first, or
+            # a fully reserved order waits for an arrival it no longer needs.
+            order = self._load(order_id, consistent=True)
+            if order.status is S.BACKORDERED and order.short_of():
+                raise Backordered(f"order {order_id} waits for stock")
         if order.status not in (S.AUTHORIZED, S.BACKORDERED):
             if order.status in STOPPED:
                 raise stopped(order)

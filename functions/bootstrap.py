@@ -402,7 +402,8 @@ class Container:
     def sourcing_rules_service(self) -> SourcingRulesService:
         from core.sourcing import SourcingRulesService
 
-        return SourcingRulesService(self.sourcing_rules, clock=self.clock)
+        # The network read fresh: a location added a second ago may be named at once.
+        return SourcingRulesService(self.sourcing_rules, self.catalog_repository, clock=self.clock)
 
     @cached_property
     def simulator(self) -> Simulator:

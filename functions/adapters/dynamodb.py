@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -927,6 +928,11 @@ class DynamoApiKeys(ApiKeyRepository):
 
 
 RESTOCK_LEDGER = "restocked#"
+# An adjustment made with a client's Idempotency-Key leaves a ledger item (sku
+# `adjusted#<sku>#<key>`: no sku holds a `#`) in the same transaction as the count, honoured for a
+# day as every Idempotency-Key is; the Inventory table's TTL removes it later.
+ADJUST_LEDGER = "adjusted#"
+ADJUSTMENT_KEY_SECONDS = 24 * 3600
 # The backorder filler's stream filter (template.yaml, BackorderFunction) passes only stock images
 # carrying this marker: every write that can raise `available` sets it (true), every write that
 # lowers `available` or leaves it alone removes it, so reservations and shipments (most of the
@@ -990,7 +996,7 @@ class DynamoInventory(InventoryRepository):
             ) from None
         return _level(from_item(response["Attributes"]))
 
-    def adjust(self, sku: str, location_id: str, delta: int, reason: str) -> StockLevel:
+    def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
         expression = (
             "SET on_hand = if_not_exists(on_hand, :zero) + :delta, "
             "available = if_not_exists(available, :zero) + :delta, "
@@ -1008,22 +1014,82 @@ class DynamoInventory(InventoryRepository):
         if delta < 0:
             condition = "available >= :needed"
             values[":needed"] = -delta
+        if key is not None:
+            return self._adjust_once(sku, location_id, delta, reason, key, expression, condition, values)
         try:
             response = self._update(sku, location_id, expression, condition, values)
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
-            old = from_item(error.response.get("Item", {}))
-            raise InsufficientStock(
-                f"removing {-delta} would take on_hand of {sku} at {location_id} below the reserved units",
-                details=[
-                    {
-                        "field": "delta",
-                        "message": f"on_hand {old.get('on_hand', 0)}, reserved {old.get('reserved', 0)}",
-                    }
-                ],
-            ) from None
+            raise self._below_reserved(sku, location_id, delta, from_item(error.response.get("Item", {}))) from None
         return _level(from_item(response["Attributes"]))
+
+    @staticmethod
+    def _below_reserved(sku: str, location_id: str, delta: int, old: dict[str, Any]) -> InsufficientStock:
+        return InsufficientStock(
+            f"removing {-delta} would take on_hand of {sku} at {location_id} below the reserved units",
+            details=[
+                {"field": "delta", "message": f"on_hand {old.get('on_hand', 0)}, reserved {old.get('reserved', 0)}"}
+            ],
+        )
+
+    def _adjust_once(
+        self, sku: str, location_id: str, delta: int, reason: str, key: str,
+        expression: str, condition: str | None, values: dict[str, Any],
+    ) -> StockLevel:  # fmt: skip
+        """The adjustment and its ledger item in one transaction: a key already counted (and not
+        yet a day old) changes nothing, so a retry whose first answer was lost counts once."""
+        now = int(time.time())
+        ledger = {
+            "sku": f"{ADJUST_LEDGER}{sku}#{key}", "location_id": location_id, "delta": delta, "reason": reason,
+            "expires_at": now + ADJUSTMENT_KEY_SECONDS,
+        }  # fmt: skip
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+            "UpdateExpression": expression,
+            "ExpressionAttributeValues": to_item(values),
+        }
+        if condition is not None:
+            update["ConditionExpression"] = condition
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": to_item(ledger),
+                            # An expired item the TTL has not removed yet no longer counts.
+                            "ConditionExpression": "attribute_not_exists(sku) OR expires_at < :now",
+                            "ExpressionAttributeValues": {":now": {"N": str(now)}},
+                        }
+                    },
+                    {"Update": update},
+                ]
+            )
+        except ClientError as error:
+            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
+            if error.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
+                raise
+            if reasons[0] == "ConditionalCheckFailed":
+                return self._read(sku, location_id)  # counted by an earlier attempt with this key
+            if reasons[1:2] == ["ConditionalCheckFailed"]:
+                current = self._read(sku, location_id)
+                raise self._below_reserved(sku, location_id, delta, current.model_dump()) from None
+            raise
+        return self._read(sku, location_id)
+
+    def _read(self, sku: str, location_id: str) -> StockLevel:
+        # A Query (the API function's grant), read consistently: the level this change left.
+        items = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="sku = :sku AND location_id = :location",
+            ExpressionAttributeValues={":sku": {"S": sku}, ":location": {"S": location_id}},
+            ConsistentRead=True,
+        ).get("Items", [])
+        if not items:
+            return StockLevel(sku=sku, location_id=location_id, on_hand=0, reserved=0, available=0)
+        return _level(from_item(items[0]))
 
     # Reservations live on the item they change, in a map keyed by order#line, so reserving,
     # releasing and shipping are each one conditional UpdateItem and a repeated one is a no-op.

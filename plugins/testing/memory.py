@@ -178,6 +178,7 @@ class InMemoryInventory(InventoryRepository):
         self.stock: dict[tuple[str, str], StockLevel] = {}
         self.held: dict[tuple[str, str], dict[str, int]] = {}
         self.restocked: set[str] = set()
+        self.adjusted: set[tuple[str, str, str]] = set()
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -200,10 +201,14 @@ class InMemoryInventory(InventoryRepository):
             raise InsufficientStock("below reserved")
         return self._put(level.model_copy(update={"on_hand": on_hand, "available": on_hand - level.reserved}))
 
-    def adjust(self, sku: str, location_id: str, delta: int, reason: str) -> StockLevel:
+    def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
         level = self._get(sku, location_id)
+        if key is not None and (sku, location_id, key) in self.adjusted:
+            return level
         if level.on_hand + delta < level.reserved:
             raise InsufficientStock("below reserved")
+        if key is not None:
+            self.adjusted.add((sku, location_id, key))
         return self._put(
             level.model_copy(update={"on_hand": level.on_hand + delta, "available": level.available + delta})
         )

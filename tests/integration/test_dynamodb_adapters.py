@@ -95,6 +95,24 @@ def test_adjustments_add_and_refuse_to_go_below_reserved(aws, inventory):
     assert (level.on_hand, level.reserved, level.available) == (9, 3, 6)
 
 
+def test_an_adjustment_with_a_key_counts_once_a_day_and_a_refused_one_records_nothing(aws, inventory, monkeypatch):
+    from functions.adapters import dynamodb
+
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    first = inventory.adjust("TSHIRT", "wh-east", 4, "delivery", key="api:k1:a")
+    again = inventory.adjust("TSHIRT", "wh-east", 4, "delivery", key="api:k1:a")  # its answer was lost
+    assert first == again and (again.on_hand, again.available) == (9, 9)
+    assert inventory.adjust("MUG", "wh-east", 2, "delivery", key="api:k1:a").on_hand == 2  # another item
+
+    with pytest.raises(InsufficientStock):
+        inventory.adjust("TSHIRT", "wh-east", -10, "damage", key="api:k1:b")
+    assert inventory.adjust("TSHIRT", "wh-east", -1, "damage", key="api:k1:b").on_hand == 8  # corrected, same key
+
+    day_later = dynamodb.time.time() + dynamodb.ADJUSTMENT_KEY_SECONDS + 1
+    monkeypatch.setattr(dynamodb.time, "time", lambda: day_later)  # expired, not yet removed by the TTL
+    assert inventory.adjust("TSHIRT", "wh-east", 4, "delivery", key="api:k1:a").on_hand == 12
+
+
 def test_a_negative_adjustment_on_no_stock_is_refused(inventory):
     with pytest.raises(InsufficientStock):
         inventory.adjust("TSHIRT", "wh-east", -1, "damage")

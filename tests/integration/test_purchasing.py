@@ -104,6 +104,36 @@ def test_a_receipt_counts_once_per_key_and_an_over_receipt_counts_nothing(buyer:
     assert purchasing.get(po.id).lines[0].received_quantity == 2
 
 
+def test_a_create_whose_first_attempt_was_written_opens_no_second_po(buyer: Shop, monkeypatch):
+    # The idempotency record is saved after the PO: a Lambda that died between the two leaves
+    # none, and the retry runs the create again under the PO id its key names.
+    from core.errors import Conflict
+    from core.ids import purchase_order_id_for
+
+    purchasing = buyer.container.purchasing
+    po_id = purchase_order_id_for("key_buyer", "po-1")
+    first = purchasing.create(new_po(), po_id)
+    real_get = buyer.container.purchasing_repository.get
+    racing = [True]
+
+    def get(found_id):  # the retry's first read misses the PO: the two attempts race
+        if racing:
+            racing.pop()
+            return None
+        return real_get(found_id)
+
+    monkeypatch.setattr(buyer.container.purchasing_repository, "get", get)
+    raced = purchasing.create(new_po(), po_id)
+    monkeypatch.setattr(buyer.container.purchasing_repository, "get", real_get)
+
+    assert raced == first == purchasing.create(new_po(), po_id)
+    assert first.id == po_id and at(buyer)["incoming"] == 5
+    with pytest.raises(Conflict) as reused:
+        purchasing.create(new_po(quantity=6), po_id)
+    assert reused.value.code == "idempotency_key_reused"
+    assert at(buyer)["incoming"] == 5
+
+
 def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
     purchasing = buyer.container.purchasing
     po = purchasing.create(new_po())
@@ -266,3 +296,26 @@ def test_a_backordered_order_read_through_the_api_says_when_more_is_expected(api
     assert b"awaiting_stock" not in order_codec.decompress(item["doc"]["B"])
     schemas = api.get("/openapi.json", key=None).json()["components"]["schemas"]
     assert set(schemas["AwaitingLine"]["properties"]) == {"line_id", "sku", "waiting_quantity", "expected_at"}
+
+
+def test_a_purchase_order_created_again_with_the_same_idempotency_key_is_the_first_one(api: InProcessApi):
+    # A create retried after its answer was lost must not open a second PO: the vendor would be
+    # sent the order twice, and its units counted twice as incoming.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 4, "unit_cost": COST}]}  # fmt: skip
+    headers = {"Idempotency-Key": unique("po")}
+
+    first = api.post("/purchase-orders", json=body, headers=headers)
+    again = api.post("/purchase-orders", json=body, headers=headers)
+    other = api.post("/purchase-orders", json={**body, "lines": [{**body["lines"][0], "quantity": 5}]}, headers=headers)
+
+    assert first.status_code == again.status_code == 201, (first.text, again.text)
+    assert again.json() == first.json()
+    assert_error(other, 409, "idempotency_key_reused")
+    listed = api.get("/purchase-orders", params={"vendor_id": vendor}).json()["items"]
+    assert [po["id"] for po in listed] == [first.json()["id"]]
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["incoming"] == 4

@@ -187,3 +187,21 @@ def test_a_channel_key_cannot_simulate_another_channels_order_nor_tell_it_exists
     assert own.status_code == 200, own.text
     assert own.json()["items"][0]["order_id"] == pos.json()["id"]
     assert api.post("/sourcing/simulate", json={"orders": [web.json()["id"]]}).status_code == 200  # the admin sees all
+
+
+def test_rules_naming_a_location_the_network_lacks_are_refused_and_change_nothing(api: InProcessApi, network):
+    # A typo ("wh-esat") would otherwise be stored as a rule that holds back or excludes nothing,
+    # while the operator believes the location excluded or its safety stock kept.
+    before = api.get("/sourcing/rules").json()
+    typo = unique("loc-typo")
+
+    excluded = api.put("/sourcing/rules", json={"prefer": "nearest", "excluded_locations": [network["east"], typo]})
+    kept = api.put("/sourcing/rules", json={"prefer": "nearest", "safety_stock": {typo: 2, network["west"]: 1}})
+    what_if = api.post(
+        "/sourcing/simulate", json={"orders": [order_body(("ANY", 1))], "rules": {"excluded_locations": [typo]}}
+    )
+
+    assert_error(excluded, 422, "unknown_location", "excluded_locations[1]")
+    assert_error(kept, 422, "unknown_location", f"safety_stock.{typo}")
+    assert_error(what_if, 422, "unknown_location", "rules.excluded_locations[0]")
+    assert api.get("/sourcing/rules").json() == before

@@ -154,6 +154,38 @@ def test_units_that_arrive_before_the_queue_entry_are_taken_by_the_step_itself(s
     assert {s.location_id for s in order.shipments} == {"wh-west", "wh-east"}
 
 
+def test_the_steps_look_at_stock_after_it_is_backordered_does_not_trust_a_lagging_read(setup, monkeypatch):
+    """That look reads the order just after the step wrote it backordered; a plain read may still
+    show it authorized (GetItem is eventually consistent), and the look must not be skipped on
+    it: the units that came in the gap reached no queue entry, so no arrival would give them."""
+    world, _, _ = setup
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real_add, real_update, real_get = world.backorders.add, world.orders.update, world.orders.get
+    lagging: list[Order] = []
+
+    def add(sku, entry):
+        world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+        real_add(sku, entry)
+
+    def update(order, expected, entries):
+        real_update(order, expected, entries)
+        if order.status is S.BACKORDERED and not lagging:
+            lagging.append(expected)  # plain reads show the version before this write from now on
+
+    monkeypatch.setattr(world.backorders, "add", add)
+    monkeypatch.setattr(world.orders, "update", update)
+    monkeypatch.setattr(
+        world.orders, "get", lambda oid, consistent=False: lagging[0] if lagging and not consistent else real_get(oid)
+    )
+    world.workflow.reserve_stock(order_id)  # no Backordered: every unit is reserved now
+
+    monkeypatch.setattr(world.orders, "get", real_get)
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and not order.short_of()
+    assert world.level("PREORDER", "wh-east") == (5, 2, 3)
+
+
 # --- Arrivals -------------------------------------------------------------------------------------
 
 
@@ -186,6 +218,39 @@ def test_a_redelivered_arrival_changes_nothing():
     assert again.filled == [] and again.completed == []
     assert [world.snapshot(order_id) for order_id in ids] == before
     assert len(starter.started) == 1
+
+
+@pytest.mark.parametrize("lagging_status", [S.AUTHORIZED, S.PENDING])
+def test_an_arrival_that_reads_the_oldest_order_as_it_was_before_it_waited_still_fills_it_first(
+    monkeypatch, lagging_status
+):
+    """GetItem is eventually consistent: milliseconds after the oldest order went backordered, a
+    plain read may still show it authorized (or pending). Skipping it on that read gave its units
+    to a younger order; leaving its queue on it (as for an order that moved on) lost it for good."""
+    world, allocator, starter = make_world([])
+    starter.world = None  # the execution the fill starts runs below, once reads have caught up
+    starter.start = lambda order_id, channel="", correlation_id="", rerun=None: True
+    oldest = world.place(("PREORDER", 1))
+    versions = {S.PENDING: world.order(oldest)}
+    world.workflow.authorize_payment(oldest, attempt=0)
+    versions[S.AUTHORIZED] = world.order(oldest)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(oldest)
+    younger = backordered(world, ("PREORDER", 1))
+    real = world.orders.get
+
+    def lagging(order_id, consistent=False):
+        return versions[lagging_status] if order_id == oldest and not consistent else real(order_id)
+
+    monkeypatch.setattr(world.orders, "get", lagging)
+    arrival = arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    monkeypatch.setattr(world.orders, "get", real)
+    assert arrival.filled == arrival.completed == [oldest]
+    world.run(oldest)
+    assert world.order(oldest).status is S.ALLOCATED
+    assert world.order(younger).status is S.BACKORDERED and world.order(younger).allocations == []
+    assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [younger]
 
 
 def test_an_order_waiting_at_another_location_does_not_block_younger_ones():
@@ -372,6 +437,31 @@ def test_a_restarted_workflow_of_a_filled_order_allocates_it_once():
     assert len(starter.started) == 1
 
 
+def test_an_edited_backordered_order_is_sourced_again_though_reserve_stock_reads_it_as_it_was(monkeypatch):
+    """An edit sends a backordered order back to `authorized` and the outbox starts its workflow
+    again. ReserveStock's plain read may still show it backordered: it must not take the fill's
+    "nothing to fill" for the work done (CreateShipments would then find nothing reserved, and
+    the execution park the order for a person)."""
+    world, _, _ = make_world([("TSHIRT", "wh-east", 5)])
+    order_id = backordered(world, ("PREORDER", 2))
+    before_edit = world.order(order_id)
+    lines = [LineInput(sku="TSHIRT", quantity=2)]
+    edited = world.actions.edit(order_id, before_edit.version, OrderEdit(lines=lines), actor="key_web")
+    assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
+    real = world.orders.get
+    lagging = [before_edit]
+
+    def get(oid, consistent=False):
+        return lagging.pop() if lagging and oid == order_id and not consistent else real(oid)
+
+    monkeypatch.setattr(world.orders, "get", get)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.held_for(order_id) == {("TSHIRT", "wh-east", reservation_key(order_id, "L1")): 2}
+
+
 def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_by_the_next_arrival():
     world, allocator, starter = make_world([])
     starter.world = None  # the started execution fails before CreateShipments
@@ -388,6 +478,34 @@ def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_
     assert world.level("PREORDER", "wh-west") == (1, 0, 1)  # filled already: nothing more taken
     world.run(order_id)
     assert world.order(order_id).status is S.ALLOCATED
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+def test_the_execution_a_fill_starts_allocates_the_order_though_its_reads_lag_behind_the_fill(monkeypatch):
+    """GetItem is eventually consistent: the execution a fill starts may read the order as it was
+    before the fill (backordered, short). Ending that execution `Backordered` would leave a fully
+    reserved order waiting for an arrival it no longer needs, which may never come."""
+    world, allocator, starter = make_world([])
+    starter.world = None  # the started execution runs below, its plain reads lagging
+    starter.start = lambda order_id, channel="", correlation_id="", rerun=None: True
+    order_id = backordered(world, ("PREORDER", 1))
+    before_fill = world.order(order_id)
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+    assert not world.order(order_id).short_of()
+    real = world.orders.get
+
+    def lagging(oid, consistent=False):
+        return before_fill if oid == order_id and not consistent else real(oid)
+
+    monkeypatch.setattr(world.orders, "get", lagging)
+
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+
+    monkeypatch.setattr(world.orders, "get", real)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0)
     assert world.backorders.waiting("PREORDER", None, 10) == []
 
 

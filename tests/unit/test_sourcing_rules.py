@@ -16,6 +16,7 @@ from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
 from plugins.testing.memory import InMemorySourcingRules
 from tests.builders import NOW, order_body, product
+from tests.fakes import FakeCatalog
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -26,8 +27,17 @@ def a_world(stock, rules: InMemorySourcingRules | None = None) -> tuple[World, I
     return build_world(stock, sourcing_rules=rules), rules
 
 
+def network() -> FakeCatalog:
+    """The locations of tests.unit.world's network, which the rules may name."""
+    catalog = FakeCatalog()
+    for each in build_world([]).catalog.list_locations():
+        catalog.put_location(each)
+    return catalog
+
+
 def put(rules: InMemorySourcingRules, **given) -> SourcingRules:
-    return SourcingRulesService(rules, clock=lambda: NOW).replace(SourcingRulesInput(**given), by="key_admin")
+    service = SourcingRulesService(rules, network(), clock=lambda: NOW)
+    return service.replace(SourcingRulesInput(**given), by="key_admin")
 
 
 def reserved_at(world: World, order_id: str) -> dict[str, int]:
@@ -53,7 +63,7 @@ def test_the_defaults_are_version_0_nearest_nothing_excluded_no_safety_stock_no_
 
 def test_each_put_is_a_new_version_whole_and_the_history_keeps_every_one_newest_first():
     store = InMemorySourcingRules()
-    service = SourcingRulesService(store, clock=lambda: NOW)
+    service = SourcingRulesService(store, network(), clock=lambda: NOW)
 
     first = put(store, excluded_locations=["wh-east"], safety_stock={"wh-west": 2})
     second = put(store, prefer="fewest_shipments")  # a PUT replaces: the exclusion is gone
@@ -90,6 +100,31 @@ def test_a_change_made_from_a_stale_read_is_refused():
 def test_rules_that_make_no_sense_are_refused(body):
     with pytest.raises(ValidationError):
         SourcingRulesInput.model_validate(body)
+
+
+def test_rules_naming_a_location_the_network_lacks_are_refused_and_nothing_is_stored():
+    store = InMemorySourcingRules()
+
+    with pytest.raises(InvalidRequest) as refused:
+        put(store, excluded_locations=["wh-east", "wh-esat"], safety_stock={"wh-west": 1, "wh-wset": 2})
+
+    assert refused.value.code == "unknown_location"
+    assert [d["field"] for d in refused.value.details] == ["excluded_locations[1]", "safety_stock.wh-wset"]
+    assert store.versions == []
+
+
+def test_a_what_if_naming_a_location_the_network_lacks_is_refused():
+    world, store = a_world([("MUG", "wh-west", 3)])
+    sim, _, _ = simulator(world, store)
+    request = SimulateSourcing.model_validate(
+        {"orders": bodies([("MUG", 1)]), "rules": {"safety_stock": {"nowhere": 1}}}
+    )
+
+    with pytest.raises(InvalidRequest) as refused:
+        sim.simulate(request)
+
+    assert refused.value.code == "unknown_location"
+    assert [d["field"] for d in refused.value.details] == ["rules.safety_stock.nowhere"]
 
 
 def test_a_what_if_keeps_the_rules_it_does_not_name():

@@ -10,12 +10,14 @@ from datetime import timedelta
 
 import pytest
 
+from core import hookimpl
 from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
-from core.models import Address, HistoryEntry, Order, OrderEdit
+from core.models import Address, Allocation, HistoryEntry, Order, OrderEdit
 from core.money import Money
 from core.order_changes import modify
 from core.status import OrderStatus
 from core.workflow import reservation_key
+from core.workflow_types import SourcingPlan
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
 from tests.builders import NOW, address_body
 from tests.unit.world import World, before_the_next_write, build_world
@@ -708,3 +710,28 @@ def test_the_loser_of_the_race_reads_the_order_consistently_before_it_releases(w
         world.workflow.reserve_stock(order_id)
 
     assert world.held_for(order_id) == {("TSHIRT", "wh-west", reservation_key(order_id, "L1")): 2}
+
+
+class SplitsAPlace:
+    """A third-party sourcing plugin that answers a line's units at one location in two parts."""
+
+    @hookimpl(tryfirst=True)
+    def oms_source_order(self, order):
+        return SourcingPlan(
+            allocations=[Allocation(line_id="L1", location_id="wh-west", quantity=1)] * order.lines[0].quantity
+        )
+
+
+def test_a_plan_that_names_one_place_twice_reserves_and_ships_every_unit_it_records():
+    # Reservations are keyed by order#line at a location: two allocations of one line at one
+    # location became one reservation of the last one's units, while the order recorded both, so
+    # shipping took fewer units off on_hand than the shipment said left.
+    world = build_world([("TSHIRT", "wh-west", 10)], SplitsAPlace())
+
+    order = world.allocated(("TSHIRT", 3))
+
+    assert [(a.line_id, a.location_id, a.quantity) for a in order.allocations] == [("L1", "wh-west", 3)]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", reservation_key(order.id, "L1")): 3}
+    shipped = world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    assert [(x.line_id, x.quantity) for x in shipped.shipments[0].lines] == [("L1", 3)]
+    assert world.level("TSHIRT", "wh-west") == (7, 0, 7)

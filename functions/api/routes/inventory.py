@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from core.access import Scope
 from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
-from functions.api.access import ANY_KEY, requires
+from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.routes.catalog import KnownLocationPath, KnownSkuPath
+from functions.api.routes.orders import IdempotencyKey
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -27,11 +30,33 @@ def set_stock(sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCou
 @router.post(
     "/inventory/<sku>/<location_id>/adjustments",
     summary="Adjust units on hand (receipt, damage, correction)",
+    description="An adjustment retried with the same Idempotency-Key is counted once (another body with that key "
+    "is 409).",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
-def adjust_stock(sku: KnownSkuPath, location_id: KnownLocationPath, adjustment: StockAdjustment) -> StockLevel:
-    return container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason)
+def adjust_stock(
+    sku: KnownSkuPath,
+    location_id: KnownLocationPath,
+    adjustment: StockAdjustment,
+    idempotency_key: IdempotencyKey = None,
+) -> StockLevel:
+    if idempotency_key is None:
+        return container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason)
+    who = caller(router)
+    # The adjustment's own key, recorded in the same write as the count: a retry whose first
+    # attempt was written but whose answer (and idempotency record) was lost counts nothing twice.
+    key = f"api:{who.key_id}:{idempotency_key}"
+
+    def adjust() -> dict[str, Any]:
+        level = container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason, key)
+        return level.model_dump(mode="json")
+
+    from functions.api.idempotency import once
+
+    body = once(f"POST /inventory/{sku}/{location_id}/adjustments", who.key_id, idempotency_key,
+                adjustment.model_dump(mode="json"), adjust, router.lambda_context)  # fmt: skip
+    return StockLevel.model_validate(body)
 
 
 @router.get(

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
 from core.access import Scope
-from core.ids import new_id
+from core.ids import new_id, purchase_order_id_for
 from core.purchasing import (
     NewPurchaseOrder,
     PurchaseOrder,
@@ -65,12 +65,27 @@ def list_vendors(limit: Limit = 25, cursor: Cursor = None) -> VendorPage:
     "/purchase-orders",
     summary="Create a purchase order, open at once: its units are incoming stock until received",
     description="Without `expected_at` the goods are expected the vendor's `lead_time_days` from now. Its units "
-    "count as `incoming` at its location until they are received or it is cancelled.",
-    responses={**ok(201, PurchaseOrder, "The open purchase order"), **errors(400, 403, 413)},
+    "count as `incoming` at its location until they are received or it is cancelled. A create retried with the "
+    "same Idempotency-Key answers the PO the first one made (another body with that key is 409).",
+    responses={**ok(201, PurchaseOrder, "The open purchase order"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
-def create_purchase_order(request: NewPurchaseOrder) -> Response[PurchaseOrder]:
-    return Response(201, content_types.APPLICATION_JSON, container().purchasing.create(request))
+def create_purchase_order(request: NewPurchaseOrder, idempotency_key: IdempotencyKey = None) -> Response[PurchaseOrder]:
+    if idempotency_key is None:
+        return Response(201, content_types.APPLICATION_JSON, container().purchasing.create(request))
+    who = caller(router)
+    # The PO's id comes from the key: a retry whose first attempt was written but whose answer
+    # (and idempotency record) was lost finds that PO instead of opening a second one.
+    po_id = purchase_order_id_for(who.key_id, idempotency_key)
+
+    def create() -> dict[str, Any]:
+        return container().purchasing.create(request, po_id).model_dump(mode="json")
+
+    from functions.api.idempotency import once
+
+    body = once("POST /purchase-orders", who.key_id, idempotency_key, request.model_dump(mode="json"), create,
+                router.lambda_context)  # fmt: skip
+    return Response(201, content_types.APPLICATION_JSON, PurchaseOrder.model_validate(body))
 
 
 @router.get(

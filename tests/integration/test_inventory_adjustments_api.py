@@ -1,0 +1,44 @@
+"""POST /inventory/{sku}/{location_id}/adjustments through the in-process API on moto: an
+adjustment retried with its Idempotency-Key is counted once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.client import Catalog, assert_error, put_network, unique
+from tests.integration.in_process import InProcessApi, in_process_api
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+def on_hand(api: InProcessApi, sku: str) -> int:
+    return api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"]
+
+
+def test_an_adjustment_retried_with_its_idempotency_key_counts_once(api: InProcessApi):
+    # A warehouse tool whose request timed out sends it again: the delivery of 10 units must not
+    # become 20 on hand (nor a damaged unit written off twice).
+    location_id = put_network(api)["east"]
+    sku = Catalog(api).product("9.00")
+    path = f"/inventory/{sku}/{location_id}/adjustments"
+    received, damaged = {"Idempotency-Key": unique("adj")}, {"Idempotency-Key": unique("adj")}
+
+    first = api.post(path, json={"delta": 10, "reason": "delivery 4711"}, headers=received)
+    again = api.post(path, json={"delta": 10, "reason": "delivery 4711"}, headers=received)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json() == first.json() and on_hand(api, sku) == 10
+
+    written_off = [api.post(path, json={"delta": -1, "reason": "damaged"}, headers=damaged) for _ in range(2)]
+    assert [r.status_code for r in written_off] == [200, 200] and on_hand(api, sku) == 9
+
+    reused = api.post(path, json={"delta": 3, "reason": "delivery 4712"}, headers=received)
+    assert_error(reused, 409, "idempotency_key_reused")
+    assert on_hand(api, sku) == 9
+    assert api.post(path, json={"delta": 3, "reason": "no key"}).status_code == 200
+    assert on_hand(api, sku) == 12
