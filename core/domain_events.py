@@ -172,26 +172,32 @@ def _shown_shipment(order: dict[str, Any], shipment_id: str) -> dict[str, Any]:
 
 
 def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[EventType, dict[str, Any]]]:
-    """Refunds with a status (a `refunds` list on the order), else the refunds the gateway
-    approved (`payment.refunds`, each one succeeded), as the contract's Refund."""
+    """Refunds with a status (a `refunds` list on the order), else the order's `payment.refunds`
+    as the contract's Refund. A refund is written `pending` before the gateway is asked, so it is
+    an event only once the gateway answered: `succeeded` or `failed` (one stored before refunds
+    had a status was approved)."""
     if "refunds" in new:
         for type_, refund in _changed(before.get("refunds"), new.get("refunds"), _REFUND_EVENTS):
             yield type_, {**refund, "order_id": new["id"]}
         return
-    seen = {refund.get("id") for refund in (before.get("payment") or {}).get("refunds") or []}
-    for refund in (new.get("payment") or {}).get("refunds") or []:
-        if refund.get("id") not in seen:
-            yield (
-                EventType.REFUND_SUCCEEDED,
-                {
-                    "id": refund["id"],
-                    "order_id": new["id"],
-                    "amount": refund["amount"],
-                    "reason": refund.get("reason"),
-                    "status": "succeeded",
-                    "created_at": refund.get("at"),
-                },
-            )
+
+    def answered(payment: dict[str, Any] | None) -> list[dict[str, Any]]:
+        return [
+            {**refund, "status": refund.get("status", "succeeded")} for refund in (payment or {}).get("refunds") or []
+        ]
+
+    for type_, refund in _changed(answered(before.get("payment")), answered(new.get("payment")), _REFUND_EVENTS):
+        yield (
+            type_,
+            {
+                "id": refund["id"],
+                "order_id": new["id"],
+                "amount": refund["amount"],
+                "reason": refund.get("reason"),
+                "status": refund["status"],
+                "created_at": refund.get("at"),
+            },
+        )
 
 
 def _return_changes(

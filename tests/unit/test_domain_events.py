@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from core.domain_events import EventType, event_id, import_events, order_events
+from core.models import Payment
+from core.status import OrderStatus, PaymentStatus
+from tests.unit.conftest import a_stored_order, usd
 
 USD = "USD"
 
@@ -262,3 +267,48 @@ def test_an_import_that_ends_is_import_completed_with_an_id_of_its_import_and_st
 )
 def test_an_import_that_has_not_just_ended_is_no_event(old, new):
     assert import_events(an_import(old), an_import(new)) == []
+
+
+# --- Refunds as the order stores them: written pending, then succeeded or failed -------------------
+
+
+def _refund_steps() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A delivered, captured order's documents (Order.stored_json): before a refund, with the refund
+    written pending (before the gateway is asked), the gateway approving it, and refusing it."""
+    at = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+    captured = a_stored_order(
+        ("TSHIRT", 1),
+        id="ord_aaaaaaaaaaaaaaaaaaaaaaaa",
+        status=OrderStatus.DELIVERED,
+        payment=Payment(
+            method="test", status=PaymentStatus.CAPTURED, authorized=usd("10.00"), captured=usd("10.00"),
+            refunded=usd("0.00"), authorization="auth-1",
+        ),
+    )  # fmt: skip
+    pending, _ = captured.begin_refund("ref_1", usd("4.00"), reason="late", at=at, actor="key_1")
+    succeeded, _ = pending.record_refund("ref_1", "gw-1", at=at, actor="key_1")
+    failed, _ = pending.record_failed_refund("ref_1", None, "card closed", at=at, actor="key_1")
+    captured_doc, pending_doc, succeeded_doc, failed_doc = (
+        json.loads(order.stored_json()) for order in (captured, pending, succeeded, failed)
+    )
+    return captured_doc, pending_doc, succeeded_doc, failed_doc
+
+
+def test_a_refund_written_pending_before_the_gateway_answers_is_no_event_yet():
+    captured, pending, _, _ = _refund_steps()
+    assert types(captured, pending) == []
+
+
+def test_a_pending_refund_the_gateway_approves_is_refund_succeeded():
+    _, pending, succeeded, _ = _refund_steps()
+    (event,) = order_events(pending, succeeded)
+    assert event.type is EventType.REFUND_SUCCEEDED
+    assert event.data["refund"]["id"] == "ref_1" and event.data["refund"]["status"] == "succeeded"
+    assert event.data["refund"]["amount"] == money("4.00")
+
+
+def test_a_pending_refund_the_gateway_refuses_is_refund_failed():
+    _, pending, _, failed = _refund_steps()
+    (event,) = order_events(pending, failed)
+    assert event.type is EventType.REFUND_FAILED
+    assert event.data["refund"]["id"] == "ref_1" and event.data["refund"]["status"] == "failed"
