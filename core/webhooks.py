@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from core.domain_events import DomainEvent, EventType
-from core.errors import InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel
 from core.status import DeliveryStatus, check_delivery_step
@@ -391,7 +391,8 @@ class Webhooks:
             if self._store.update_delivery(again, record):
                 self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts), 0)
                 return again.shown()
-        raise NotFound(f"no delivery {delivery_id_} of webhook {webhook_id}")
+        # The delivery exists: attempts kept being recorded between the read and the write.
+        raise StaleVersion(f"delivery {delivery_id_} of webhook {webhook_id} kept changing; retry")
 
 
 def _replace(record: DeliveryRecord, **changes: Any) -> DeliveryRecord:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from core.domain_events import DomainEvent, EventType, event_id
-from core.errors import InvalidTransition, NotFound
+from core.errors import InvalidTransition, NotFound, StaleVersion
 from core.status import DeliveryStatus
 from core.webhooks import (
     DeliveryMessage,
@@ -415,6 +415,23 @@ def test_a_manual_retry_sends_a_failed_delivery_once_more_and_old_messages_becom
     assert worker.handle(DeliveryMessage("whk_1", delivery.id, 1, 30)) == "failed"
     with pytest.raises(NotFound):
         Webhooks(store, queue, public, clock).retry("whk_1", "dlv_0000000000000azzzzzzzzzzzzzzzz", None)
+
+
+def test_a_manual_retry_that_keeps_losing_to_attempts_is_a_conflict_to_retry_not_a_missing_delivery():
+    class BusyStore(FakeStore):
+        """Each time the retry writes, an automatic attempt has just been recorded before it."""
+
+        def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
+            stored = self.records[(record.webhook_id, record.id)]
+            self.records[(record.webhook_id, record.id)] = stored.model_copy(update={"attempts": stored.attempts + 1})
+            return False
+
+    store, clock, queue = BusyStore(), Clock(), FakeQueue()
+    delivery = stored_delivery(store, attempts=3, next_attempt_at=NOW + timedelta(minutes=5))
+    with pytest.raises(StaleVersion):
+        Webhooks(store, queue, public, clock).retry("whk_1", delivery.id, None)
+    assert queue.sent == []
+    assert store.get_delivery("whk_1", delivery.id) is not None  # it exists: a 404 would have said it did not
 
 
 def test_delivery_statuses_follow_their_table():
