@@ -212,6 +212,35 @@ def _return_changes(
             yield EventType.RETURN_RECEIVED, item
 
 
+def return_events(old: dict[str, Any] | None, new: dict[str, Any], order: dict[str, Any] | None) -> list[DomainEvent]:
+    """`return.created` for a new return and `return.received` when one is received (refunded in
+    the same write counts): `old` and `new` are the return's documents before and after a change
+    of the Returns table (`old` None for a new one), `order` its order's document, which gives
+    the events their channel. A return is its own item, so the order's changes never show it;
+    its id and version make the events' ids, so a redelivered change gives the same ones."""
+    from core.return_models import Return
+
+    if order is None or not str(new.get("id", "")).startswith("rma_") or "status" not in new:
+        return []
+    types = [EventType.RETURN_CREATED] if old is None else []
+    if new["status"] in _RECEIVED_RETURN and (old or {}).get("status") not in _RECEIVED_RETURN:
+        types.append(EventType.RETURN_RECEIVED)
+    # As the API shows it, but for the label: a stored key the API signs a short-lived link to at
+    # each read (GET /returns/{id} gives one), as for a shipment's.
+    shown = {**Return.model_validate(new).model_dump(mode="json"), "label_url": None}
+    data = {"order": api_order(order), "return": shown}
+    version = int(new.get("version", 0))
+    return [
+        DomainEvent(
+            id=event_id(new["order_id"], version, type_, new["id"]),
+            type=type_,
+            created_at=new.get("updated_at") or new["created_at"],
+            data=data,
+        )
+        for type_ in types
+    ]
+
+
 def import_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DomainEvent]:
     """`import.completed` when an import reaches a completed status: `old` and `new` are the
     import before and after the change as GET /imports/{id} shows it, without its `errors` (up to

@@ -362,3 +362,58 @@ def test_subscriptions_list_by_channel_and_page(aws, wired):
     assert all("secret" not in w.model_dump() for w in first)
     assert [w.id for w in store.list("shop", 25, None)[0]] == [f"whk_{i:024d}" for i in (1, 2)]
     assert store.delete("whk_" + "0" * 24) and not store.delete("whk_" + "0" * 24)
+
+
+def test_a_new_return_and_its_receipt_go_to_the_bus_and_subscribers_from_the_returns_stream(aws, wired):
+    """The Returns table's records (what the ReturnsStream mapping's filter passes: a new return,
+    and one received) are return.created and return.received, with the return's order; an
+    approval is filtered out; a redelivered record queues no second delivery."""
+    from core.return_models import ReceiveReturn, Return, ReturnLine
+    from functions.adapters.dynamodb import DynamoOrders, DynamoReturns
+    from functions.events.app import container, lambda_handler
+    from infra.local.event_sources import compile_filters, matches_filters
+    from tests.template_iam import RESOURCES
+    from tests.unit.conftest import usd
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    order = a_stored_order(("TSHIRT", 1), id="ord_returns1", status=OrderStatus.DELIVERED, channel="shop")
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    orders.add(order, HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    returns = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    requested = Return(
+        id="rma_returns1", order_id=order.id, channel="shop", ordinal=1, status="requested",
+        lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"), fee=usd("0.00"),
+        created_at=at, updated_at=at, version=1,
+    )  # fmt: skip
+    returns.add(requested)
+    key = {"id": {"S": requested.id}}
+    items = [aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"]]
+    approved = requested.approve(None, at=at)
+    returns.update(approved, requested)
+    items.append(aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"])
+    receipt = ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}])
+    returns.update(approved.receive(receipt, at=at), approved)
+    items.append(aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"])
+    stream = stream_event(("INSERT", None, items[0]), ("MODIFY", items[0], items[1]), ("MODIFY", items[1], items[2]))
+    mapping = RESOURCES["EventsFunction"]["Properties"]["Events"]["ReturnsStream"]["Properties"]
+    patterns = compile_filters(mapping["FilterCriteria"], "ReturnsStream")
+    stream["Records"] = [record for record in stream["Records"] if matches_filters(patterns, record)]
+    assert [r["eventName"] for r in stream["Records"]] == ["INSERT", "MODIFY"]  # the approval is not passed
+    shop = subscribe("http://127.0.0.1:9/shop-returns", ["return.created", "return.received"], channel="shop")
+    subscribe("http://127.0.0.1:9/web", ["*"], channel="web")  # another channel: gets nothing
+
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    on_bus = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["detail-type"] for e in on_bus] == ["return.created", "return.received"]
+    assert [e["detail"]["data"]["return"]["status"] for e in on_bus] == ["requested", "received"]
+    assert {e["detail"]["data"]["order"]["id"] for e in on_bus} == {order.id}
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert [q["webhook_id"] for q in queued] == [shop.id, shop.id]
+
+    for record in container().webhook_store.deliveries(shop.id, 10, None)[0]:  # as if tried once already
+        container().webhook_store.update_delivery(record.model_copy(update={"attempts": 1}), record)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    assert [json.loads(m["Body"])["detail"]["id"] for m in drain(wired["sqs"], wired["tap"])] == [
+        e["detail"]["id"] for e in on_bus
+    ]
+    assert drain(wired["sqs"], wired["deliveries"]) == []

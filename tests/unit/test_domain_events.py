@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from core.domain_events import EventType, event_id, import_events, order_events
+from core.domain_events import EventType, event_id, import_events, order_events, return_events
 from core.models import Payment
+from core.return_models import ReceiveReturn, Return, ReturnLine
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.conftest import a_stored_order, usd
 
@@ -312,3 +313,61 @@ def test_a_pending_refund_the_gateway_refuses_is_refund_failed():
     (event,) = order_events(pending, failed)
     assert event.type is EventType.REFUND_FAILED
     assert event.data["refund"]["id"] == "ref_1" and event.data["refund"]["status"] == "failed"
+
+
+# --- Returns: their own items (the Returns table), with the order they belong to ------------------
+
+
+def _return_steps() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A return's stored documents (Return.stored_json): requested, approved (its label a stored
+    key), received, refunded."""
+    at = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    requested = Return(
+        id="rma_aaaaaaaaaaaaaaaaaaaaaaaa",
+        order_id="ord_aaaaaaaaaaaaaaaaaaaaaaaa",
+        channel="web",
+        ordinal=1,
+        status="requested",
+        lines=[ReturnLine(line_id="L1", quantity=1, reason="too small", reason_code="size_or_fit")],
+        refund=usd("0.00"),
+        fee=usd("0.00"),
+        created_at=at,
+        updated_at=at,
+        version=1,
+    )
+    approved = requested.approve(None, at=at).with_label("flat", "1Z1", "labels/rma/label.pdf", at=at)
+    receipt = ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}])
+    received = approved.receive(receipt, at=at)
+    refunded = received.refunded(usd("10.00"), at=at)
+    requested_doc, approved_doc, received_doc, refunded_doc = (
+        json.loads(item.stored_json()) for item in (requested, approved, received, refunded)
+    )
+    return requested_doc, approved_doc, received_doc, refunded_doc
+
+
+def test_a_new_return_is_return_created_with_its_order_and_the_return_as_the_api_shows_it():
+    requested, *_ = _return_steps()
+    order = order_doc(status="delivered")
+    (event,) = return_events(None, requested, order)
+    assert event.type is EventType.RETURN_CREATED
+    assert event.id == event_id(order["id"], 1, EventType.RETURN_CREATED, requested["id"])
+    assert event.channel == "web" and event.data["order"]["id"] == order["id"]
+    assert event.data["return"]["id"] == requested["id"] and event.data["return"]["status"] == "requested"
+    assert event.data["return"]["lines"][0]["reason_code"] == "size_or_fit"
+
+
+def test_a_received_return_is_return_received_once_and_its_label_key_is_never_shown():
+    requested, approved, received, refunded = _return_steps()
+    order = order_doc(status="delivered")
+    assert return_events(requested, approved, order) == []
+    (event,) = return_events(approved, received, order)
+    assert event.type is EventType.RETURN_RECEIVED and event.data["return"]["status"] == "received"
+    assert event.data["return"]["label_url"] is None
+    assert return_events(received, refunded, order) == []
+    assert [e.id for e in return_events(approved, received, order)] == [event.id]  # a redelivered change
+
+
+def test_a_return_without_its_order_or_an_item_that_is_not_a_return_gives_nothing():
+    requested, *_ = _return_steps()
+    assert return_events(None, requested, None) == []
+    assert return_events(None, order_doc(), order_doc()) == []
