@@ -341,6 +341,48 @@ def test_a_subscription_url_that_resolves_privately_is_refused_at_send_time_with
     assert "private, loopback or link-local" in record.last_error
 
 
+def test_a_message_handed_out_again_after_its_next_attempt_was_not_queued_queues_it(aws, wired):
+    """The attempt is recorded (in the table), then SendMessage for the next one fails: the
+    message fails, SQS hands it out again (the same messageId), and it queues the next attempt."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    from core.webhooks import DeliveryWorker
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    class RefusingOnce(RecordingQueue):
+        refused = False
+
+        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+            if not self.refused:
+                self.refused = True
+                raise ConnectionError("SQS unavailable")
+            super().send(message, delay_seconds)
+
+    webhook = subscribe("http://127.0.0.1:9/refused", ["order.created"])  # nothing listens: refused
+    created, _, _ = an_order_allocated(aws)
+    from functions.events.app import lambda_handler as events_handler
+
+    events_handler(stream_event(("INSERT", None, created)), Context())
+    (queued,) = drain(wired["sqs"], wired["deliveries"])
+    message = DeliveryMessage.from_json(queued["Body"])
+    c = container()
+    queue = RefusingOnce(c.sqs, wired["deliveries"])
+    worker = DeliveryWorker(
+        c.webhook_store, queue, c.webhook_sender, c.check_webhook_url, c.clock, c.retry_schedule, lambda: 1.0,
+        timeout=0.5,
+    )  # fmt: skip
+    with container.override(type(c)(c.config)) as fresh:
+        fresh.__dict__["delivery_worker"] = worker
+        with pytest.raises(BatchProcessingError):  # its only message failed: the invocation fails
+            lambda_handler(sqs_event(message), Context())
+        assert c.webhook_store.get_delivery(webhook.id, message.delivery_id).attempts == 1
+        assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    ((next_message, _),) = queue.sent
+    assert next_message == DeliveryMessage(webhook.id, message.delivery_id, 0, 1)
+    record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.attempts) == ("pending", 1)
+
+
 def test_subscriptions_list_by_channel_and_page(aws, wired):
     from functions.adapters.webhooks import DynamoWebhooks
 

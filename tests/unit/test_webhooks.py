@@ -362,6 +362,38 @@ def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_th
     assert store.get_delivery("whk_1", delivery.id).attempts == 3
 
 
+def test_an_attempt_whose_next_message_was_not_queued_queues_it_when_sqs_hands_the_message_out_again():
+    """The attempt is recorded, then queueing the next one fails (SQS refused, or the function
+    stopped): the message fails, SQS hands the same message (the same id) out again, and it
+    queues the next attempt instead of finding its own attempt recorded and dropping it, which
+    left the delivery pending for good, never tried again and never failed."""
+
+    class RefusingOnce(FakeQueue):
+        refused = False
+
+        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+            if not self.refused:
+                self.refused = True
+                raise ConnectionError("SQS unavailable")
+            super().send(message, delay_seconds)
+
+    store, clock, queue = FakeStore(), Clock(), RefusingOnce()
+    delivery = stored_delivery(store)
+    worker, _ = worker_for(store, FakeSender(SendResult(503, "HTTP 503")), clock, queue)
+    message = DeliveryMessage("whk_1", delivery.id, 0, 0)
+    with pytest.raises(ConnectionError):
+        worker.handle(message, "sqs-message-1")
+    assert store.get_delivery("whk_1", delivery.id).attempts == 1  # the attempt was recorded
+
+    clock.now = NOW + timedelta(seconds=120)  # the queue's visibility timeout: the message again
+    assert worker.handle(message, "sqs-message-1") == "waiting"
+    assert queue.sent == [(DeliveryMessage("whk_1", delivery.id, 0, 1), 0)]  # overdue: at once
+    # A copy of an earlier message (another id) still finds its attempt made: nothing more queued.
+    assert worker.handle(message, "sqs-message-0") == "stale"
+    assert worker.handle(message) == "stale"
+    assert len(queue.sent) == 1
+
+
 def test_a_wait_longer_than_sqs_can_delay_is_several_hops():
     store, clock = FakeStore(), Clock()
     delivery = stored_delivery(store, attempts=9, next_attempt_at=NOW + timedelta(seconds=2000))
