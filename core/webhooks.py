@@ -392,7 +392,13 @@ class Webhooks:
                 retry_until=max(record.retry_until, now),
             )
             if self._store.update_delivery(again, record):
-                self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts), 0)
+                try:
+                    self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts), 0)
+                except Exception:
+                    # Nothing is queued for the new generation: put the delivery back as it was, so
+                    # the request changes nothing and its schedule's message still counts.
+                    self._store.update_delivery(record, again)
+                    raise
                 return again.shown()
         # The delivery exists: attempts kept being recorded between the read and the write.
         raise StaleVersion(f"delivery {delivery_id_} of webhook {webhook_id} kept changing; retry")

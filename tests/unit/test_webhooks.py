@@ -466,6 +466,25 @@ def test_a_manual_retry_that_keeps_losing_to_attempts_is_a_conflict_to_retry_not
     assert store.get_delivery("whk_1", delivery.id) is not None  # it exists: a 404 would have said it did not
 
 
+def test_a_manual_retry_whose_message_cannot_be_queued_changes_nothing_and_the_schedule_still_counts():
+    """The retry's new generation is written, then SendMessage fails (the request is a 5xx): the
+    delivery is put back as it was, so the message of its schedule is not stale; left at the new
+    generation with nothing queued for it, it stayed pending for good."""
+
+    class RefusingQueue(FakeQueue):
+        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+            raise ConnectionError("SQS unavailable")
+
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, attempts=2, next_attempt_at=NOW + timedelta(minutes=2))
+    with pytest.raises(ConnectionError):
+        Webhooks(store, RefusingQueue(), public, clock).retry("whk_1", delivery.id, None)
+    assert store.get_delivery("whk_1", delivery.id) == delivery
+    clock.now = NOW + timedelta(minutes=2)
+    worker, _ = worker_for(store, FakeSender(SendResult(204)), clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 2)) == "delivered"
+
+
 def test_delivery_statuses_follow_their_table():
     from core.status import check_delivery_step
 
