@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -459,3 +460,37 @@ def test_a_new_return_and_its_receipt_go_to_the_bus_and_subscribers_from_the_ret
         e["detail"]["id"] for e in on_bus
     ]
     assert drain(wired["sqs"], wired["deliveries"]) == []
+
+
+def test_a_subscriber_trickling_its_2xx_past_the_timeout_is_a_timed_out_attempt():
+    """Socket timeouts bound each read, not the attempt: a receiver sending its answer a byte at a
+    time, each well within the timeout, took as long as it liked (a 2xx after the contract's 10 s
+    counted as delivered, and a slower one outlived the function, whose attempt was then never
+    recorded). The attempt ends at its timeout, whatever the receiver is doing."""
+    from core.webhooks import check_url
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"x" * 60 + b"\r\n\r\n"
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in answer:
+                if done.wait(0.05):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client gave up
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        target = check_url(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", lambda *_: [], allow_local_http=True)
+        result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=0.5)
+    finally:
+        done.set()
+        listener.close()
+    assert (result.status_code, result.error) == (None, "timed out")
