@@ -172,26 +172,32 @@ def _shown_shipment(order: dict[str, Any], shipment_id: str) -> dict[str, Any]:
 
 
 def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[EventType, dict[str, Any]]]:
-    """Refunds with a status (a `refunds` list on the order), else the refunds the gateway
-    approved (`payment.refunds`, each one succeeded), as the contract's Refund."""
+    """Refunds with a status (a `refunds` list on the order), else the order's `payment.refunds`
+    as the contract's Refund. A refund is written `pending` before the gateway is asked, so it is
+    an event only once the gateway answered: `succeeded` or `failed` (one stored before refunds
+    had a status was approved)."""
     if "refunds" in new:
         for type_, refund in _changed(before.get("refunds"), new.get("refunds"), _REFUND_EVENTS):
             yield type_, {**refund, "order_id": new["id"]}
         return
-    seen = {refund.get("id") for refund in (before.get("payment") or {}).get("refunds") or []}
-    for refund in (new.get("payment") or {}).get("refunds") or []:
-        if refund.get("id") not in seen:
-            yield (
-                EventType.REFUND_SUCCEEDED,
-                {
-                    "id": refund["id"],
-                    "order_id": new["id"],
-                    "amount": refund["amount"],
-                    "reason": refund.get("reason"),
-                    "status": "succeeded",
-                    "created_at": refund.get("at"),
-                },
-            )
+
+    def answered(payment: dict[str, Any] | None) -> list[dict[str, Any]]:
+        return [
+            {**refund, "status": refund.get("status", "succeeded")} for refund in (payment or {}).get("refunds") or []
+        ]
+
+    for type_, refund in _changed(answered(before.get("payment")), answered(new.get("payment")), _REFUND_EVENTS):
+        yield (
+            type_,
+            {
+                "id": refund["id"],
+                "order_id": new["id"],
+                "amount": refund["amount"],
+                "reason": refund.get("reason"),
+                "status": refund["status"],
+                "created_at": refund.get("at"),
+            },
+        )
 
 
 def _return_changes(
@@ -204,6 +210,35 @@ def _return_changes(
             yield EventType.RETURN_CREATED, item
         if status in _RECEIVED_RETURN and previous not in _RECEIVED_RETURN:
             yield EventType.RETURN_RECEIVED, item
+
+
+def return_events(old: dict[str, Any] | None, new: dict[str, Any], order: dict[str, Any] | None) -> list[DomainEvent]:
+    """`return.created` for a new return and `return.received` when one is received (refunded in
+    the same write counts): `old` and `new` are the return's documents before and after a change
+    of the Returns table (`old` None for a new one), `order` its order's document, which gives
+    the events their channel. A return is its own item, so the order's changes never show it;
+    its id and version make the events' ids, so a redelivered change gives the same ones."""
+    from core.return_models import Return
+
+    if order is None or not str(new.get("id", "")).startswith("rma_") or "status" not in new:
+        return []
+    types = [EventType.RETURN_CREATED] if old is None else []
+    if new["status"] in _RECEIVED_RETURN and (old or {}).get("status") not in _RECEIVED_RETURN:
+        types.append(EventType.RETURN_RECEIVED)
+    # As the API shows it, but for the label: a stored key the API signs a short-lived link to at
+    # each read (GET /returns/{id} gives one), as for a shipment's.
+    shown = {**Return.model_validate(new).model_dump(mode="json"), "label_url": None}
+    data = {"order": api_order(order), "return": shown}
+    version = int(new.get("version", 0))
+    return [
+        DomainEvent(
+            id=event_id(new["order_id"], version, type_, new["id"]),
+            type=type_,
+            created_at=new.get("updated_at") or new["created_at"],
+            data=data,
+        )
+        for type_ in types
+    ]
 
 
 def import_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DomainEvent]:

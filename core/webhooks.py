@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from core.domain_events import DomainEvent, EventType
-from core.errors import InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel
 from core.status import DeliveryStatus, check_delivery_step
@@ -111,6 +111,9 @@ class DeliveryRecord(Delivery):
     created_at: datetime
     retry_until: datetime
     generation: int = 0
+    # The queue's id of the message that made the last attempt: handed out again, that message
+    # knows the next attempt may never have been queued.
+    attempted_by: str | None = None
 
     def shown(self) -> Delivery:
         return Delivery.model_validate(self.model_dump(include=set(Delivery.model_fields)))
@@ -389,9 +392,16 @@ class Webhooks:
                 retry_until=max(record.retry_until, now),
             )
             if self._store.update_delivery(again, record):
-                self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts), 0)
+                try:
+                    self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts), 0)
+                except Exception:
+                    # Nothing is queued for the new generation: put the delivery back as it was, so
+                    # the request changes nothing and its schedule's message still counts.
+                    self._store.update_delivery(record, again)
+                    raise
                 return again.shown()
-        raise NotFound(f"no delivery {delivery_id_} of webhook {webhook_id}")
+        # The delivery exists: attempts kept being recorded between the read and the write.
+        raise StaleVersion(f"delivery {delivery_id_} of webhook {webhook_id} kept changing; retry")
 
 
 def _replace(record: DeliveryRecord, **changes: Any) -> DeliveryRecord:
@@ -487,16 +497,24 @@ class DeliveryWorker:
         self._random = random
         self._timeout = timeout
 
-    def handle(self, message: DeliveryMessage) -> str:
-        """What became of the message: "stale", "waiting", "delivered", "retrying" or "failed"."""
+    def handle(self, message: DeliveryMessage, message_id: str | None = None) -> str:
+        """What became of the message: "stale", "waiting", "delivered", "retrying" or "failed".
+        `message_id` is the queue's id of the message (the same each time it is handed out)."""
         record = self._store.get_delivery(message.webhook_id, message.delivery_id)
-        if (
-            record is None
-            or record.status != DeliveryStatus.PENDING
-            or (record.generation, record.attempts) != (message.generation, message.attempts)
-        ):
+        if record is None or record.status != DeliveryStatus.PENDING:
             return "stale"
         now = self._clock()
+        if (record.generation, record.attempts) != (message.generation, message.attempts):
+            if (
+                message_id is not None
+                and record.attempted_by == message_id
+                and (record.generation, record.attempts) == (message.generation, message.attempts + 1)
+            ):
+                # This very message made the last attempt and is handed out again: its handler
+                # stopped after recording the attempt, perhaps before queueing the next one.
+                self._queue_next(record, now)
+                return "waiting"
+            return "stale"
         if record.next_attempt_at is not None and record.next_attempt_at > now:
             wait = (record.next_attempt_at - now).total_seconds()
             self._queue.send(message, min(MAX_QUEUE_DELAY, max(1, int(wait + 0.999))))
@@ -519,17 +537,23 @@ class DeliveryWorker:
             last_status_code=result.status_code,
             last_error=result.error[:_MAX_ERROR_CHARS] if result.error else None,
             next_attempt_at=next_at,
+            attempted_by=message_id,
         )
         if not self._store.update_delivery(updated, record):
             return "stale"
         if next_at is not None:
-            delay = (next_at - now).total_seconds()
-            self._queue.send(
-                DeliveryMessage(record.webhook_id, record.id, record.generation, updated.attempts),
-                min(MAX_QUEUE_DELAY, max(0, int(delay + 0.999))),
-            )
+            self._queue_next(updated, now)
             return "retrying"
         return outcome.value
+
+    def _queue_next(self, record: DeliveryRecord, now: datetime) -> None:
+        """The message for `record`'s next attempt, delayed until it is due (at most SQS's 15 minutes)."""
+        due = record.next_attempt_at or now
+        delay = (due - now).total_seconds()
+        self._queue.send(
+            DeliveryMessage(record.webhook_id, record.id, record.generation, record.attempts),
+            min(MAX_QUEUE_DELAY, max(0, int(delay + 0.999))),
+        )
 
     def _attempt(self, webhook: IssuedWebhook, record: DeliveryRecord, now: datetime) -> SendResult:
         try:

@@ -3,10 +3,12 @@ the event bus (EventBridge) and the HTTP client that calls subscribers at checke
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -226,7 +228,9 @@ class _PinnedHttps(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        # The handshake runs once the TLS socket is `self.sock`, so the attempt's deadline can end it.
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+        self.sock.do_handshake()
 
 
 class _PinnedHttp(http.client.HTTPConnection):
@@ -241,12 +245,26 @@ class _PinnedHttp(http.client.HTTPConnection):
 class HttpWebhookSender(WebhookSender):
     """Connects to the first checked address (never resolving the name again, so DNS cannot swap
     in a private address after the check), follows no redirect, and gives up after `timeout`
-    seconds in all: each socket operation gets what is left of it."""
+    seconds in all. A socket timeout bounds one read or write, not their sum (a subscriber sending
+    a byte at a time would keep the attempt going, past the function's own timeout), so at the
+    deadline a timer shuts the connection's socket down, which ends whatever call waits on it."""
 
     def post(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> SendResult:
         deadline = time.monotonic() + timeout
         connection_type = _PinnedHttps if target.scheme == "https" else _PinnedHttp
         connection = connection_type(target.addresses[0], target.host, target.port, timeout)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            if connection.sock is not None:
+                # The plain socket's shutdown, even for a TLS one: the other thread's read ends.
+                with contextlib.suppress(OSError):  # closed already
+                    socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             connection.request("POST", target.path, body=body, headers=headers)
             remaining = deadline - time.monotonic()
@@ -255,11 +273,12 @@ class HttpWebhookSender(WebhookSender):
             connection.sock.settimeout(remaining)
             response = connection.getresponse()
             response.read(1024)
+            if expired.is_set():
+                raise TimeoutError("timed out")
             return SendResult(response.status, None if 200 <= response.status < 300 else f"HTTP {response.status}")
         except (OSError, http.client.HTTPException) as error:
-            reason = (
-                "timed out" if isinstance(error, TimeoutError | socket.timeout) else str(error) or type(error).__name__
-            )
-            return SendResult(None, reason)
+            timed_out = expired.is_set() or isinstance(error, TimeoutError | socket.timeout)
+            return SendResult(None, "timed out" if timed_out else str(error) or type(error).__name__)
         finally:
+            timer.cancel()
             connection.close()

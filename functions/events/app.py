@@ -1,5 +1,6 @@
 """Orders stream consumer: each order change becomes domain events, webhook deliveries, counters
-and customer notifications; the Catalog stream's completed imports become `import.completed`."""
+and customer notifications; the Catalog stream's completed imports become `import.completed`, the
+Returns stream's new and received returns `return.created` and `return.received`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.aggregates import aggregate_change
-from core.domain_events import DomainEvent, import_events, order_events
+from core.domain_events import DomainEvent, import_events, order_events, return_events
 from core.webhooks import IssuedWebhook
 from functions.adapters import order_codec
 from functions.adapters.imports import import_summary
@@ -63,6 +64,10 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     if new is None:  # a removed item, or not an order
         return
     old = order_document(images.get("OldImage"))
+    if str(new.get("id", "")).startswith("rma_"):  # the Returns stream's mapping: a return's item
+        with logger.append_context_keys(return_id=new["id"], order_id=new.get("order_id")):
+            dispatch(return_events(old, new, order_of(str(new.get("order_id", "")))), subscriptions)
+        return
     update_aggregates(old, new)
     events = order_events(old, new)
     with logger.append_context_keys(order_id=new.get("id"), channel=new.get("channel")):
@@ -70,6 +75,12 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
         # After the events: a notifier plugin that fails has the record redelivered, and the
         # events it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
         notify(old, new)
+
+
+def order_of(order_id: str) -> dict[str, Any] | None:
+    """A return's order as it is now (the return's item does not hold it)."""
+    order = container().order_repository.get(order_id)
+    return order.model_dump(mode="json") if order is not None else None
 
 
 def dispatch(events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None) -> None:

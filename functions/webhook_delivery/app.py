@@ -25,7 +25,7 @@ def deliver(record: SQSRecord) -> None:
     here is ours (AWS errors) and the queue delivers the message again, then dead-letters it."""
     message = DeliveryMessage.from_json(record.body)
     with logger.append_context_keys(webhook_id=message.webhook_id, delivery_id=message.delivery_id):
-        outcome = container().delivery_worker.handle(message)
+        outcome = container().delivery_worker.handle(message, record.message_id)
         logger.info("webhook delivery", extra={"outcome": outcome, "attempts": message.attempts})
     if outcome == "failed":
         metrics.add_metric(name="WebhookDeliveriesFailed", unit=MetricUnit.Count, value=1)

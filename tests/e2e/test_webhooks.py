@@ -285,3 +285,55 @@ def test_who_reads_an_order_is_in_its_access_log(stack: EmbeddedStack, api: Api)
     assert items[0]["action"] == "created" and times(items) == sorted(times(items))
     for function in ("ApiFunction", "AccessLogFunction"):
         assert calls[function] <= granted(function), f"{function}: {calls[function] - granted(function)}"
+
+
+def test_a_return_and_its_refund_reach_a_subscriber_as_the_contracts_events(stack: EmbeddedStack, api: Api):
+    """return.created and return.received (the Returns table's stream) and refund.succeeded once the
+    gateway approved it (never at the refund's pending write), with calls the template grants."""
+    from tests.template_iam import calls_by_function, granted
+
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("12.00")
+    catalog.stock(sku, network["west"], 3)
+    channel = unique("web")
+    receiver = Receiver()
+    try:
+        types = ["return.created", "return.received", "refund.succeeded", "refund.failed"]
+        subscribed = api.post("/webhooks", json={"url": receiver.url, "events": types, "channel": channel})
+        assert subscribed.status_code == 201, subscribed.text
+        placed = api.post("/orders", json=order_body((sku, 1), channel=channel))
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["id"]
+
+        def allocated() -> dict[str, Any] | None:
+            order = api.get(f"/orders/{order_id}").json()
+            return order if order["status"] == "allocated" else None
+
+        (shipment,) = _when(allocated, "allocation")["shipments"]
+        for action in ("ship", "deliver"):
+            assert api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}").status_code == 200
+        with calls_by_function(stack) as calls:
+            requested = api.post(
+                f"/orders/{order_id}/returns", json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "small"}]}
+            )
+            assert requested.status_code == 201, requested.text
+            rma = requested.json()["id"]
+            receipt = {
+                "location_id": network["west"],
+                "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}],
+            }
+            received = api.post(f"/returns/{rma}/receive", json=receipt)
+            assert received.status_code in (200, 202), received.text
+            got = receiver.wait_for(lambda got: len(got) >= 3)
+        bodies = sorted((json.loads(r["body"]) for r in got), key=lambda event: types.index(event["type"]))
+        assert [b["type"] for b in bodies] == ["return.created", "return.received", "refund.succeeded"]
+        assert [b["data"]["return"]["id"] for b in bodies[:2]] == [rma, rma]
+        assert [b["data"]["return"]["status"] for b in bodies[:2]] == ["authorized", "received"]
+        assert bodies[2]["data"]["refund"]["status"] == "succeeded"
+        assert {b["data"]["order"]["id"] for b in bodies} == {order_id}
+        for delivery in got:
+            assert verify(subscribed.json()["secret"], delivery["headers"], delivery["body"])
+        assert calls["EventsFunction"] <= granted("EventsFunction"), calls["EventsFunction"] - granted("EventsFunction")
+    finally:
+        receiver.close()

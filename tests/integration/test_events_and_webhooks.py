@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -341,6 +342,48 @@ def test_a_subscription_url_that_resolves_privately_is_refused_at_send_time_with
     assert "private, loopback or link-local" in record.last_error
 
 
+def test_a_message_handed_out_again_after_its_next_attempt_was_not_queued_queues_it(aws, wired):
+    """The attempt is recorded (in the table), then SendMessage for the next one fails: the
+    message fails, SQS hands it out again (the same messageId), and it queues the next attempt."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    from core.webhooks import DeliveryWorker
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    class RefusingOnce(RecordingQueue):
+        refused = False
+
+        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+            if not self.refused:
+                self.refused = True
+                raise ConnectionError("SQS unavailable")
+            super().send(message, delay_seconds)
+
+    webhook = subscribe("http://127.0.0.1:9/refused", ["order.created"])  # nothing listens: refused
+    created, _, _ = an_order_allocated(aws)
+    from functions.events.app import lambda_handler as events_handler
+
+    events_handler(stream_event(("INSERT", None, created)), Context())
+    (queued,) = drain(wired["sqs"], wired["deliveries"])
+    message = DeliveryMessage.from_json(queued["Body"])
+    c = container()
+    queue = RefusingOnce(c.sqs, wired["deliveries"])
+    worker = DeliveryWorker(
+        c.webhook_store, queue, c.webhook_sender, c.check_webhook_url, c.clock, c.retry_schedule, lambda: 1.0,
+        timeout=0.5,
+    )  # fmt: skip
+    with container.override(type(c)(c.config)) as fresh:
+        fresh.__dict__["delivery_worker"] = worker
+        with pytest.raises(BatchProcessingError):  # its only message failed: the invocation fails
+            lambda_handler(sqs_event(message), Context())
+        assert c.webhook_store.get_delivery(webhook.id, message.delivery_id).attempts == 1
+        assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    ((next_message, _),) = queue.sent
+    assert next_message == DeliveryMessage(webhook.id, message.delivery_id, 0, 1)
+    record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.attempts) == ("pending", 1)
+
+
 def test_subscriptions_list_by_channel_and_page(aws, wired):
     from functions.adapters.webhooks import DynamoWebhooks
 
@@ -362,3 +405,92 @@ def test_subscriptions_list_by_channel_and_page(aws, wired):
     assert all("secret" not in w.model_dump() for w in first)
     assert [w.id for w in store.list("shop", 25, None)[0]] == [f"whk_{i:024d}" for i in (1, 2)]
     assert store.delete("whk_" + "0" * 24) and not store.delete("whk_" + "0" * 24)
+
+
+def test_a_new_return_and_its_receipt_go_to_the_bus_and_subscribers_from_the_returns_stream(aws, wired):
+    """The Returns table's records (what the ReturnsStream mapping's filter passes: a new return,
+    and one received) are return.created and return.received, with the return's order; an
+    approval is filtered out; a redelivered record queues no second delivery."""
+    from core.return_models import ReceiveReturn, Return, ReturnLine
+    from functions.adapters.dynamodb import DynamoOrders, DynamoReturns
+    from functions.events.app import container, lambda_handler
+    from infra.local.event_sources import compile_filters, matches_filters
+    from tests.template_iam import RESOURCES
+    from tests.unit.conftest import usd
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    order = a_stored_order(("TSHIRT", 1), id="ord_returns1", status=OrderStatus.DELIVERED, channel="shop")
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    orders.add(order, HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    returns = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    requested = Return(
+        id="rma_returns1", order_id=order.id, channel="shop", ordinal=1, status="requested",
+        lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"), fee=usd("0.00"),
+        created_at=at, updated_at=at, version=1,
+    )  # fmt: skip
+    returns.add(requested)
+    key = {"id": {"S": requested.id}}
+    items = [aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"]]
+    approved = requested.approve(None, at=at)
+    returns.update(approved, requested)
+    items.append(aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"])
+    receipt = ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}])
+    returns.update(approved.receive(receipt, at=at), approved)
+    items.append(aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"])
+    stream = stream_event(("INSERT", None, items[0]), ("MODIFY", items[0], items[1]), ("MODIFY", items[1], items[2]))
+    mapping = RESOURCES["EventsFunction"]["Properties"]["Events"]["ReturnsStream"]["Properties"]
+    patterns = compile_filters(mapping["FilterCriteria"], "ReturnsStream")
+    stream["Records"] = [record for record in stream["Records"] if matches_filters(patterns, record)]
+    assert [r["eventName"] for r in stream["Records"]] == ["INSERT", "MODIFY"]  # the approval is not passed
+    shop = subscribe("http://127.0.0.1:9/shop-returns", ["return.created", "return.received"], channel="shop")
+    subscribe("http://127.0.0.1:9/web", ["*"], channel="web")  # another channel: gets nothing
+
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    on_bus = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["detail-type"] for e in on_bus] == ["return.created", "return.received"]
+    assert [e["detail"]["data"]["return"]["status"] for e in on_bus] == ["requested", "received"]
+    assert {e["detail"]["data"]["order"]["id"] for e in on_bus} == {order.id}
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert [q["webhook_id"] for q in queued] == [shop.id, shop.id]
+
+    for record in container().webhook_store.deliveries(shop.id, 10, None)[0]:  # as if tried once already
+        container().webhook_store.update_delivery(record.model_copy(update={"attempts": 1}), record)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    assert [json.loads(m["Body"])["detail"]["id"] for m in drain(wired["sqs"], wired["tap"])] == [
+        e["detail"]["id"] for e in on_bus
+    ]
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+
+
+def test_a_subscriber_trickling_its_2xx_past_the_timeout_is_a_timed_out_attempt():
+    """Socket timeouts bound each read, not the attempt: a receiver sending its answer a byte at a
+    time, each well within the timeout, took as long as it liked (a 2xx after the contract's 10 s
+    counted as delivered, and a slower one outlived the function, whose attempt was then never
+    recorded). The attempt ends at its timeout, whatever the receiver is doing."""
+    from core.webhooks import check_url
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"x" * 60 + b"\r\n\r\n"
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in answer:
+                if done.wait(0.05):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client gave up
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        target = check_url(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", lambda *_: [], allow_local_http=True)
+        result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=0.5)
+    finally:
+        done.set()
+        listener.close()
+    assert (result.status_code, result.error) == (None, "timed out")

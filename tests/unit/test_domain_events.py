@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from core.domain_events import EventType, event_id, import_events, order_events
+from core.domain_events import EventType, event_id, import_events, order_events, return_events
+from core.models import Payment
+from core.return_models import ReceiveReturn, Return, ReturnLine
+from core.status import OrderStatus, PaymentStatus
+from tests.unit.conftest import a_stored_order, usd
 
 USD = "USD"
 
@@ -262,3 +268,106 @@ def test_an_import_that_ends_is_import_completed_with_an_id_of_its_import_and_st
 )
 def test_an_import_that_has_not_just_ended_is_no_event(old, new):
     assert import_events(an_import(old), an_import(new)) == []
+
+
+# --- Refunds as the order stores them: written pending, then succeeded or failed -------------------
+
+
+def _refund_steps() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A delivered, captured order's documents (Order.stored_json): before a refund, with the refund
+    written pending (before the gateway is asked), the gateway approving it, and refusing it."""
+    at = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+    captured = a_stored_order(
+        ("TSHIRT", 1),
+        id="ord_aaaaaaaaaaaaaaaaaaaaaaaa",
+        status=OrderStatus.DELIVERED,
+        payment=Payment(
+            method="test", status=PaymentStatus.CAPTURED, authorized=usd("10.00"), captured=usd("10.00"),
+            refunded=usd("0.00"), authorization="auth-1",
+        ),
+    )  # fmt: skip
+    pending, _ = captured.begin_refund("ref_1", usd("4.00"), reason="late", at=at, actor="key_1")
+    succeeded, _ = pending.record_refund("ref_1", "gw-1", at=at, actor="key_1")
+    failed, _ = pending.record_failed_refund("ref_1", None, "card closed", at=at, actor="key_1")
+    captured_doc, pending_doc, succeeded_doc, failed_doc = (
+        json.loads(order.stored_json()) for order in (captured, pending, succeeded, failed)
+    )
+    return captured_doc, pending_doc, succeeded_doc, failed_doc
+
+
+def test_a_refund_written_pending_before_the_gateway_answers_is_no_event_yet():
+    captured, pending, _, _ = _refund_steps()
+    assert types(captured, pending) == []
+
+
+def test_a_pending_refund_the_gateway_approves_is_refund_succeeded():
+    _, pending, succeeded, _ = _refund_steps()
+    (event,) = order_events(pending, succeeded)
+    assert event.type is EventType.REFUND_SUCCEEDED
+    assert event.data["refund"]["id"] == "ref_1" and event.data["refund"]["status"] == "succeeded"
+    assert event.data["refund"]["amount"] == money("4.00")
+
+
+def test_a_pending_refund_the_gateway_refuses_is_refund_failed():
+    _, pending, _, failed = _refund_steps()
+    (event,) = order_events(pending, failed)
+    assert event.type is EventType.REFUND_FAILED
+    assert event.data["refund"]["id"] == "ref_1" and event.data["refund"]["status"] == "failed"
+
+
+# --- Returns: their own items (the Returns table), with the order they belong to ------------------
+
+
+def _return_steps() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A return's stored documents (Return.stored_json): requested, approved (its label a stored
+    key), received, refunded."""
+    at = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    requested = Return(
+        id="rma_aaaaaaaaaaaaaaaaaaaaaaaa",
+        order_id="ord_aaaaaaaaaaaaaaaaaaaaaaaa",
+        channel="web",
+        ordinal=1,
+        status="requested",
+        lines=[ReturnLine(line_id="L1", quantity=1, reason="too small", reason_code="size_or_fit")],
+        refund=usd("0.00"),
+        fee=usd("0.00"),
+        created_at=at,
+        updated_at=at,
+        version=1,
+    )
+    approved = requested.approve(None, at=at).with_label("flat", "1Z1", "labels/rma/label.pdf", at=at)
+    receipt = ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}])
+    received = approved.receive(receipt, at=at)
+    refunded = received.refunded(usd("10.00"), at=at)
+    requested_doc, approved_doc, received_doc, refunded_doc = (
+        json.loads(item.stored_json()) for item in (requested, approved, received, refunded)
+    )
+    return requested_doc, approved_doc, received_doc, refunded_doc
+
+
+def test_a_new_return_is_return_created_with_its_order_and_the_return_as_the_api_shows_it():
+    requested, *_ = _return_steps()
+    order = order_doc(status="delivered")
+    (event,) = return_events(None, requested, order)
+    assert event.type is EventType.RETURN_CREATED
+    assert event.id == event_id(order["id"], 1, EventType.RETURN_CREATED, requested["id"])
+    assert event.channel == "web" and event.data["order"]["id"] == order["id"]
+    assert event.data["return"]["id"] == requested["id"] and event.data["return"]["status"] == "requested"
+    assert event.data["return"]["lines"][0]["reason_code"] == "size_or_fit"
+
+
+def test_a_received_return_is_return_received_once_and_its_label_key_is_never_shown():
+    requested, approved, received, refunded = _return_steps()
+    order = order_doc(status="delivered")
+    assert return_events(requested, approved, order) == []
+    (event,) = return_events(approved, received, order)
+    assert event.type is EventType.RETURN_RECEIVED and event.data["return"]["status"] == "received"
+    assert event.data["return"]["label_url"] is None
+    assert return_events(received, refunded, order) == []
+    assert [e.id for e in return_events(approved, received, order)] == [event.id]  # a redelivered change
+
+
+def test_a_return_without_its_order_or_an_item_that_is_not_a_return_gives_nothing():
+    requested, *_ = _return_steps()
+    assert return_events(None, requested, None) == []
+    assert return_events(None, order_doc(), order_doc()) == []

@@ -19,7 +19,7 @@ from core.notifications import (
     notifications,
     ready_for_pickup_id,
 )
-from tests.unit.test_domain_events import money, next_version, order_doc, shipment
+from tests.unit.test_domain_events import _refund_steps, money, next_version, order_doc, shipment
 
 ORDER = "ord_aaaaaaaaaaaaaaaaaaaaaaaa"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -67,6 +67,13 @@ def test_a_refund_tells_its_amount():
     assert note.kind is NotificationKind.REFUNDED
     assert "4.00 USD" in note.body
     assert note.details == {"refund_id": "ref_1", "amount": "4.00", "currency": "USD"}
+
+
+def test_a_refund_is_told_once_the_gateway_approved_it_and_never_when_it_refused():
+    captured, pending, succeeded, failed = _refund_steps()
+    assert kinds(captured, pending) == []  # written pending: the gateway has not answered yet
+    assert kinds(pending, failed) == []
+    assert kinds(pending, succeeded) == ["refunded"]
 
 
 def test_a_pickup_shipment_ready_is_told_once_with_its_location():

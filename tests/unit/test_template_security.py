@@ -231,6 +231,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     },
     "EventsFunction": {
         ("EventBus", "events:PutEvents"): [EventBridgePublisher],
+        (ORDERS, "dynamodb:GetItem"): [DynamoOrders],  # a return's order
         **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks, DynamoNotifications] for a in ("GetItem", "Query")},
         (CATALOG, "dynamodb:PutItem"): [DynamoWebhooks, DynamoAggregates, DynamoNotifications],
         (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],

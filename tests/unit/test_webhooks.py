@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from core.domain_events import DomainEvent, EventType, event_id
-from core.errors import InvalidTransition, NotFound
+from core.errors import InvalidTransition, NotFound, StaleVersion
 from core.status import DeliveryStatus
 from core.webhooks import (
     DeliveryMessage,
@@ -362,6 +362,38 @@ def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_th
     assert store.get_delivery("whk_1", delivery.id).attempts == 3
 
 
+def test_an_attempt_whose_next_message_was_not_queued_queues_it_when_sqs_hands_the_message_out_again():
+    """The attempt is recorded, then queueing the next one fails (SQS refused, or the function
+    stopped): the message fails, SQS hands the same message (the same id) out again, and it
+    queues the next attempt instead of finding its own attempt recorded and dropping it, which
+    left the delivery pending for good, never tried again and never failed."""
+
+    class RefusingOnce(FakeQueue):
+        refused = False
+
+        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+            if not self.refused:
+                self.refused = True
+                raise ConnectionError("SQS unavailable")
+            super().send(message, delay_seconds)
+
+    store, clock, queue = FakeStore(), Clock(), RefusingOnce()
+    delivery = stored_delivery(store)
+    worker, _ = worker_for(store, FakeSender(SendResult(503, "HTTP 503")), clock, queue)
+    message = DeliveryMessage("whk_1", delivery.id, 0, 0)
+    with pytest.raises(ConnectionError):
+        worker.handle(message, "sqs-message-1")
+    assert store.get_delivery("whk_1", delivery.id).attempts == 1  # the attempt was recorded
+
+    clock.now = NOW + timedelta(seconds=120)  # the queue's visibility timeout: the message again
+    assert worker.handle(message, "sqs-message-1") == "waiting"
+    assert queue.sent == [(DeliveryMessage("whk_1", delivery.id, 0, 1), 0)]  # overdue: at once
+    # A copy of an earlier message (another id) still finds its attempt made: nothing more queued.
+    assert worker.handle(message, "sqs-message-0") == "stale"
+    assert worker.handle(message) == "stale"
+    assert len(queue.sent) == 1
+
+
 def test_a_wait_longer_than_sqs_can_delay_is_several_hops():
     store, clock = FakeStore(), Clock()
     delivery = stored_delivery(store, attempts=9, next_attempt_at=NOW + timedelta(seconds=2000))
@@ -415,6 +447,42 @@ def test_a_manual_retry_sends_a_failed_delivery_once_more_and_old_messages_becom
     assert worker.handle(DeliveryMessage("whk_1", delivery.id, 1, 30)) == "failed"
     with pytest.raises(NotFound):
         Webhooks(store, queue, public, clock).retry("whk_1", "dlv_0000000000000azzzzzzzzzzzzzzzz", None)
+
+
+def test_a_manual_retry_that_keeps_losing_to_attempts_is_a_conflict_to_retry_not_a_missing_delivery():
+    class BusyStore(FakeStore):
+        """Each time the retry writes, an automatic attempt has just been recorded before it."""
+
+        def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
+            stored = self.records[(record.webhook_id, record.id)]
+            self.records[(record.webhook_id, record.id)] = stored.model_copy(update={"attempts": stored.attempts + 1})
+            return False
+
+    store, clock, queue = BusyStore(), Clock(), FakeQueue()
+    delivery = stored_delivery(store, attempts=3, next_attempt_at=NOW + timedelta(minutes=5))
+    with pytest.raises(StaleVersion):
+        Webhooks(store, queue, public, clock).retry("whk_1", delivery.id, None)
+    assert queue.sent == []
+    assert store.get_delivery("whk_1", delivery.id) is not None  # it exists: a 404 would have said it did not
+
+
+def test_a_manual_retry_whose_message_cannot_be_queued_changes_nothing_and_the_schedule_still_counts():
+    """The retry's new generation is written, then SendMessage fails (the request is a 5xx): the
+    delivery is put back as it was, so the message of its schedule is not stale; left at the new
+    generation with nothing queued for it, it stayed pending for good."""
+
+    class RefusingQueue(FakeQueue):
+        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
+            raise ConnectionError("SQS unavailable")
+
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, attempts=2, next_attempt_at=NOW + timedelta(minutes=2))
+    with pytest.raises(ConnectionError):
+        Webhooks(store, RefusingQueue(), public, clock).retry("whk_1", delivery.id, None)
+    assert store.get_delivery("whk_1", delivery.id) == delivery
+    clock.now = NOW + timedelta(minutes=2)
+    worker, _ = worker_for(store, FakeSender(SendResult(204)), clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 2)) == "delivered"
 
 
 def test_delivery_statuses_follow_their_table():

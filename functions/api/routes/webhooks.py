@@ -97,7 +97,7 @@ def list_deliveries(webhook_id: WebhookIdPath, limit: Limit = 25, cursor: Cursor
 @router.post(
     "/webhooks/<webhook_id>/deliveries/<delivery_id>/retry",
     summary="Send a delivery again now",
-    responses={**ok(202, Delivery, "The delivery, queued for an attempt now"), **errors(403, 404)},
+    responses={**ok(202, Delivery, "The delivery, queued for an attempt now"), **errors(403, 404, 409)},
 )
 @requires(Scope.WEBHOOKS_WRITE)
 def retry_delivery(webhook_id: WebhookIdPath, delivery_id: DeliveryIdPath) -> Response[Delivery]:
