@@ -235,6 +235,14 @@ def _when(read: Any, what: str) -> Any:
     return found
 
 
+def _allocated(api: Api, order_id: str) -> dict[str, Any]:
+    def allocated() -> dict[str, Any] | None:
+        order = api.get(f"/orders/{order_id}").json()
+        return order if order["status"] == "allocated" else None
+
+    return _when(allocated, "allocation")
+
+
 def test_a_shipped_orders_customer_notification_is_readable_by_its_channel(api: Api):
     (sku,) = Catalog(api).stocked("12.00")
     channel = unique("web")
@@ -242,11 +250,7 @@ def test_a_shipped_orders_customer_notification_is_readable_by_its_channel(api: 
     assert placed.status_code == 201, placed.text
     order_id = placed.json()["id"]
 
-    def allocated() -> dict[str, Any] | None:
-        order = api.get(f"/orders/{order_id}").json()
-        return order if order["status"] == "allocated" else None
-
-    (shipment,) = _when(allocated, "allocation")["shipments"]
+    (shipment,) = _allocated(api, order_id)["shipments"]
     shipped = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship", json={"tracking_number": "TRACK42"})
     assert shipped.status_code == 200, shipped.text
 
@@ -306,11 +310,7 @@ def test_a_return_and_its_refund_reach_a_subscriber_as_the_contracts_events(stac
         assert placed.status_code == 201, placed.text
         order_id = placed.json()["id"]
 
-        def allocated() -> dict[str, Any] | None:
-            order = api.get(f"/orders/{order_id}").json()
-            return order if order["status"] == "allocated" else None
-
-        (shipment,) = _when(allocated, "allocation")["shipments"]
+        (shipment,) = _allocated(api, order_id)["shipments"]
         for action in ("ship", "deliver"):
             assert api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}").status_code == 200
         with calls_by_function(stack) as calls:

@@ -729,6 +729,13 @@ def test_shipping_is_not_refunded_when_fewer_units_arrive_than_the_return_asked_
     assert world.order(order.id).payment.refunded == settled.refund
 
 
+def one_unit_back(returns: Returns, order: Order) -> str:
+    """A return of one unit of the order's first line, received resellable: its id."""
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    return item.id
+
+
 def test_a_lines_units_refunded_over_several_returns_add_up_to_its_total_while_one_refund_is_pending(world, clock):
     # 40.22 over three units: the first unit is worth 13.41, the first two 26.81. A return of the
     # second unit refunded while the first one's refund waits for the gateway must still count it.
@@ -738,18 +745,13 @@ def test_a_lines_units_refunded_over_several_returns_add_up_to_its_total_while_o
     line = order.lines[0]
     assert line.total == Money.of("40.22", "USD")
 
-    def returned() -> str:
-        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        return item.id
-
-    first = returned()
+    first = one_unit_back(returns, order)
     gateway.script("refund", "transient")
     assert returns.settle(first, actor="key_wh").status is R.RECEIVED  # its refund is pending
     gateway.script("refund", "approve")
-    second = returns.settle(returned(), actor="key_wh")
+    second = returns.settle(one_unit_back(returns, order), actor="key_wh")
     done = returns.settle(first, actor="key_wh")
-    third = returns.settle(returned(), actor="key_wh")
+    third = returns.settle(one_unit_back(returns, order), actor="key_wh")
 
     refunds = [done.refund, second.refund, third.refund]
     assert sum((r.amount for r in refunds), Decimal(0)) == line.total.amount
@@ -765,18 +767,13 @@ def test_two_returns_of_one_line_refunded_at_once_add_up_to_its_total(world, clo
     line = order.lines[0]
     assert line.total == Money.of("40.22", "USD")
 
-    def returned() -> str:
-        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        return item.id
-
-    first, second = returned(), returned()
+    first, second = one_unit_back(returns, order), one_unit_back(returns, order)
     returns.restock(first)
     returns.record_on_order(first, "key_wh")
     before_the_next_write(world, monkeypatch, lambda: returns.settle(second, actor="key_wh"))
     returns.refund(first, "key_wh")
     monkeypatch.undo()
-    returns.settle(returned(), actor="key_wh")
+    returns.settle(one_unit_back(returns, order), actor="key_wh")
 
     refunds = [refund.amount for refund in world.order(order.id).payment.refunds]
     assert sorted(refunds) == [Money.of("13.40", "USD"), Money.of("13.41", "USD"), Money.of("13.41", "USD")]
