@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.models import Order
-from core.money import Money
+from core.money import Money, total
 from core.ports import ReturnRepository
 from core.refund_service import RefundService
 from core.refunds import Refund, refund_id_for
@@ -16,8 +16,12 @@ from core.status import OrderStatus, ShipmentStatus
 _NOT_GONE_AHEAD = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
 
 
-def _amount(money: Money):
-    return money.amount
+def credit_left(original: Order, return_id: str, credit: Money) -> Money:
+    """What of an exchange's `credit` no refund has drawn yet: the credit less every refund of the
+    exchange's return `return_id` on the original order that the gateway did not refuse (a
+    pending one holds its amount)."""
+    drawn = [r.amount for r in original.payment.refunds if r.return_id == return_id and r.status != "failed"]
+    return credit - total(drawn, credit.currency)
 
 
 class ExchangeCredits:
@@ -50,7 +54,7 @@ class ExchangeCredits:
         if replacement.status in _NOT_GONE_AHEAD:
             used = Money.zero(credit.currency)
         elif replacement.shipments and all(s.status is not ShipmentStatus.PENDING for s in replacement.shipments):
-            used = min(credit, replacement.totals.grand_total, key=_amount)
+            used = min(credit, replacement.totals.grand_total)
         else:
             return None  # an edit may still make it dearer, and its payment counts on the whole credit
         return self._refund(
@@ -65,7 +69,7 @@ class ExchangeCredits:
             return None
         return self._refund(
             replacement, f"return {return_id} of exchange {replacement.id}", f"{return_id}:credit",
-            lambda left: min(uncovered, left, key=_amount), actor,
+            lambda left: min(uncovered, left), actor,
         )  # fmt: skip
 
     def _refund(
@@ -79,16 +83,12 @@ class ExchangeCredits:
             return None
 
         def decide(original: Order) -> tuple[str, Money] | None:
-            drawn = [r for r in original.payment.refunds if r.return_id == item.id]
-            attempt = sum(1 for r in drawn if r.status == "failed" and r.reason == reason)
+            refused = [r for r in original.payment.refunds if r.status == "failed" and r.reason == reason]
+            attempt = sum(1 for r in refused if r.return_id == item.id)
             idempotency_key = f"{key}#{attempt}"
             if original.payment.refund_by_id(refund_id_for(original.id, idempotency_key)) is not None:
                 return idempotency_key, credit  # carried on with the amount it was written with
-            left = credit
-            for refund in drawn:
-                if refund.status != "failed":
-                    left = left - refund.amount
-            amount = min(wanted(left), original.payment.refundable(), key=_amount)
+            amount = min(wanted(credit_left(original, item.id, credit)), original.payment.refundable())
             return (idempotency_key, amount) if amount.amount > 0 else None
 
         return self._refunds.issue_decided_refund(

@@ -22,7 +22,7 @@ from core.errors import (
     UnknownSku,
 )
 from core.events import OrderEvent
-from core.exchange_credit import ExchangeCredits
+from core.exchange_credit import ExchangeCredits, credit_left
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
 from core.models import AddressInput, Order, PaymentInput, PlaceOrder, ShipmentLine, utc_now
@@ -476,12 +476,7 @@ class Returns:
 
         def rest_of_credit(current: Order) -> Money:
             # Never past the credit: a replacement cancelled meanwhile gave it back already (ExchangeCredits).
-            given = zero
-            for refund in current.payment.refunds:
-                if refund.return_id == item.id and refund.status != "failed":
-                    given = given + refund.amount
-            left = credit - given
-            return min(rest, left, key=lambda money: money.amount) if left.amount > 0 else zero
+            return max(min(rest, credit_left(current, item.id, credit)), zero)
 
         return self._pay_back(item, original, rest_of_credit, actor)
 
