@@ -170,6 +170,8 @@ class JeopardyScan:
             return False
         if expired:
             # Recorded; now the clean-up every cancel does (release the stock, void the
-            # authorization), which finds the order cancelled already and only finishes it.
+            # authorization), which finds the order cancelled already and only finishes it. Should
+            # this Lambda die first, no pass finds the order again: the execution the cancel's
+            # stream record starts finishes it (functions/outbox, CancelOrder).
             self._cancel(order_id, HOLD_EXPIRED, SCAN_ACTOR)
         return expired

@@ -319,11 +319,16 @@ class DuePickups(ABC):
 
 class WorkflowStarter(ABC):
     @abstractmethod
-    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+    def start(
+        self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None,
+        finish_cancel: bool = False,
+    ) -> bool:  # fmt: skip
         """Start the order's workflow; False when the service refused a duplicate name (a Standard
         workflow's). Express starts every call: the steps are what make a repeat harmless.
         `channel` and `correlation_id` ride in the input for the steps' log lines; `rerun` names a
-        deliberate new execution (the reconciler's), so no service refuses it."""
+        deliberate new execution (the reconciler's), so no service refuses it; `finish_cancel`
+        runs only the clean-up of the order's recorded cancel (its stock released, its
+        authorization voided)."""
 
 
 class ReturnWorkflowStarter(ABC):

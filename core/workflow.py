@@ -89,6 +89,9 @@ BUSINESS_OUTCOMES: dict[str, str] = {
     "Backordered": "OrderBackordered",
 }
 PARK = "ParkOrder"
+# The error the order workflow's CancelRecorded state hands CancelOrder (infra/order_workflow.asl.json):
+# finish a cancel recorded outside the workflow, never cancel.
+CANCEL_RECORDED = "CancelRecorded"
 
 
 # A fill of a backordered order is one DynamoDB transaction of at most 100 items, the order's
@@ -536,7 +539,14 @@ class Workflow:
     def cancel_after_failure(self, order_id: str, error: str, cause: str) -> None:
         """Cancel the order the workflow could not finish (release, void). A void the gateway
         cannot do right now raises TransientError, so Step Functions runs this again; a refused
-        one is in the history and the order ends cancelled with its payment `authorized`."""
+        one is in the history and the order ends cancelled with its payment `authorized`.
+
+        With `error` CANCEL_RECORDED (the execution the outbox starts for every cancel recorded
+        outside the workflow) it only finishes that cancel's clean-up, which the request, the
+        jeopardy scan or the pickup expiry that wrote it may have died before finishing: an order
+        that is not cancelled is left alone."""
+        if error == CANCEL_RECORDED and self._load(order_id, consistent=True).status is not S.CANCELLED:
+            return
         reason = "out_of_stock" if error == "OutOfStock" else "workflow_error"
         try:
             self._cancellation.cancel(

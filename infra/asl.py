@@ -5,7 +5,7 @@ parser accepts both (its ValidateStateMachineDefinition is not implemented), tho
 a malformed one (Retry numbers out of range, ErrorEquals not a list, a Task without an ARN).
 `validate_asl` runs that parser and adds the graph checks, before a state machine is created
 locally and before `make test` passes a template (infra/check_template.py). Only the state types
-the workflows use (Task, Succeed, Fail) are checked; any other is reported, so a workflow cannot
+the workflows use (Task, Pass, Choice, Succeed, Fail) are checked; any other is reported, so a workflow cannot
 grow past what these checks cover without them growing too.
 """
 
@@ -45,8 +45,9 @@ def validate_asl(definition: Any) -> list[str]:
     """Problems AWS would report for this definition (empty: valid as far as these checks go).
 
     Checks: no `${...}` placeholder is left unsubstituted; StartAt names a state; every Next and
-    Catch Next names a state; every state is a Task, Succeed or Fail, reachable, and on a path that
-    ends (Succeed, Fail or End: true); a Task state has Next or End; States.ALL is in the last
+    Catch Next, every Choice rule's Next and Default names a state; every state is a Task, Pass,
+    Choice, Succeed or Fail, reachable, and on a path that ends (Succeed, Fail or End: true); a Task
+    or Pass state has Next or End, a Choice state non-empty Choices and neither; States.ALL is in the last
     retrier or catcher; then whatever moto's parser refuses."""
     if not isinstance(definition, dict):
         return ["the definition is not a JSON object"]
@@ -94,9 +95,9 @@ def _check_state(name: str, state: Any, states: Mapping[str, Any], problems: lis
     """Adds one state's problems; returns the states it can go to."""
     path = f"States.{name}"
     kind = state.get("Type") if isinstance(state, dict) else None
-    if kind not in ("Task", *_TERMINAL_TYPES):
+    if kind not in ("Task", "Pass", "Choice", *_TERMINAL_TYPES):
         problems.append(
-            f"{path}.Type: {kind!r} is not checked locally (only Fail, Succeed, Task: "
+            f"{path}.Type: {kind!r} is not checked locally (only Choice, Fail, Pass, Succeed, Task: "
             "add its checks to infra/asl.py first)"
         )
         return []
@@ -107,9 +108,19 @@ def _check_state(name: str, state: Any, states: Mapping[str, Any], problems: lis
         for field in ("Retry", "Catch")
         if field in state and kind != "Task"
     ]
-    if kind == "Task" and "Next" not in state and not state.get("End"):
+    if kind in ("Task", "Pass") and "Next" not in state and not state.get("End"):
         problems.append(f"{path}: needs Next or End: true")
     named = {"Next": state.get("Next")}
+    if kind == "Choice":
+        rules = state.get("Choices")
+        if not isinstance(rules, list) or not rules:
+            problems.append(f"{path}.Choices: needs a non-empty list of rules")
+            rules = []
+        if "Next" in state or "End" in state:
+            problems.append(f"{path}: a Choice state goes on by its rules and Default, never Next or End")
+        named["Default"] = state.get("Default")
+        for index, rule in enumerate(rules):
+            named[f"Choices[{index}].Next"] = rule.get("Next", "") if isinstance(rule, dict) else ""
     for field in ("Retry", "Catch"):
         entries = state.get(field) if isinstance(state.get(field), list) else []
         for index, entry in enumerate(entries):

@@ -17,15 +17,25 @@ class StepFunctionsStarter(WorkflowStarter):
         self._client = client
         self._arn = state_machine_arn
 
-    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+    def start(
+        self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None,
+        finish_cancel: bool = False,
+    ) -> bool:  # fmt: skip
         """Start one execution for the order. Its name is the order id, but only a Standard workflow
         refuses a second execution of that name (ExecutionAlreadyExists: False); the order workflow
         is Express, which starts one every time, so a stream retry, a replayed failure message
         or the reconciler starts another. That is harmless because every step is idempotent.
         A `rerun` (the reconciler's) is named `{order_id}-{rerun}`: a new execution on any type.
-        `channel` and `correlation_id` ride in the input for the steps' log lines."""
+        `channel` and `correlation_id` ride in the input for the steps' log lines; `finish_cancel`
+        sends the execution to finish a recorded cancel's clean-up instead of the main path."""
         name = f"{order_id}-{rerun}" if rerun else order_id
-        execution_input = {"order_id": order_id, "channel": channel, "correlation_id": correlation_id}
+        execution_input: dict[str, object] = {
+            "order_id": order_id,
+            "channel": channel,
+            "correlation_id": correlation_id,
+        }
+        if finish_cancel:
+            execution_input["finish_cancel"] = True
         try:
             self._client.start_execution(stateMachineArn=self._arn, name=name, input=json.dumps(execution_input))
         except ClientError as error:

@@ -1,6 +1,6 @@
 """Orders stream consumer (the outbox): starts the order workflow for each new order, again for
-each release from a hold, and again for an order sent back to be sourced (an edit or a reject
-of an allocated or backordered order)."""
+each release from a hold, again for an order sent back to be sourced (an edit or a reject
+of an allocated or backordered order), and once for each cancel, to finish its clean-up."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
     DynamoDBRecordEventName,
 )
 
-from core.status import OrderStatus
+from core.status import OrderStatus, can_transition
 from functions.adapters import order_codec
 from functions.bootstrap import WarmContainer
 
@@ -37,29 +37,39 @@ RESUMED_BY_WORKFLOW = frozenset(
 )
 # An edit or a location's reject sends an order back from these to `authorized` to be sourced again.
 SENT_BACK_FROM = frozenset({OrderStatus.ALLOCATED.value, OrderStatus.BACKORDERED.value})
+# A cancel is written before its clean-up (core/cancellation.py): whoever wrote it (a request, the
+# jeopardy scan, the pickup expiry, the workflow) may die before releasing the stock and voiding the
+# authorization, and nothing would look again. The record of the cancel starts an execution that
+# finishes it (CancelOrder, retried, then CompensationFailed for an operator); a clean-up done
+# already makes it a few reads.
+CANCELLED_FROM = frozenset(s.value for s in OrderStatus if can_transition(s, OrderStatus.CANCELLED))
 
 
 def start_workflow(record: DynamoDBRecord) -> None:
-    # The template's filters pass INSERTs (a new order item is a new order), releases, and the
-    # MODIFYs that send an order back to `authorized` from `allocated` or `backordered` (its steps
-    # skip what is done and source it again); the check here keeps any other record (a replay, a
-    # wider filter) from starting anything. A restart is named by the version that caused it, so a
-    # redelivered record is the same start and another release, edit or reject a new one.
+    # The template's filters pass INSERTs (a new order item is a new order), releases, the MODIFYs
+    # that send an order back to `authorized` from `allocated` or `backordered` (its steps skip
+    # what is done and source it again) and those that cancel it (CANCELLED_FROM); the check here
+    # keeps any other record (a replay, a wider filter) from starting anything. A restart is named
+    # by the version that caused it, so a redelivered record is the same start and another
+    # release, edit, reject or cancel a new one.
     order_id = record.dynamodb.keys["id"]
     new_image = record.dynamodb.new_image or {}
     old_image = record.dynamodb.old_image or {}
+    finish_cancel = False
     if record.event_name is DynamoDBRecordEventName.INSERT:
         rerun = None
     elif _released(old_image, new_image):
         rerun = f"release-v{new_image.get('version')}"
     elif _sent_back(old_image, new_image):
         rerun = f"v{new_image.get('version')}"
+    elif _cancelled(old_image, new_image):
+        rerun, finish_cancel = f"cancel-v{new_image.get('version')}", True
     else:
         return
     channel, correlation_id = _trace(new_image, record.raw_event.get("dynamodb", {}).get("NewImage") or {})
     with logger.append_context_keys(order_id=order_id, channel=channel or None, correlation_id=correlation_id or None):
         started = container().workflow_starter.start(
-            order_id, channel=channel, correlation_id=correlation_id, rerun=rerun
+            order_id, channel=channel, correlation_id=correlation_id, rerun=rerun, finish_cancel=finish_cancel
         )
         logger.info("order workflow", extra={"started": started, "rerun": rerun})
     if started:
@@ -72,6 +82,10 @@ def _released(old_image: dict[str, Any], new_image: dict[str, Any]) -> bool:
 
 def _sent_back(old_image: dict[str, Any], new_image: dict[str, Any]) -> bool:
     return old_image.get("status") in SENT_BACK_FROM and new_image.get("status") == OrderStatus.AUTHORIZED.value
+
+
+def _cancelled(old_image: dict[str, Any], new_image: dict[str, Any]) -> bool:
+    return old_image.get("status") in CANCELLED_FROM and new_image.get("status") == OrderStatus.CANCELLED.value
 
 
 def _trace(image: dict[str, Any], typed_image: dict[str, Any]) -> tuple[str, str]:

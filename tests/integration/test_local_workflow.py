@@ -119,10 +119,39 @@ def test_what_moto_s_asl_parser_refuses_is_a_problem_too(retry_or_catch: dict[st
     assert any(reason in problem for problem in problems), problems
 
 
-@pytest.mark.parametrize("state_type", ["Choice", "Pass", "Wait", "Parallel", "Map"])
+@pytest.mark.parametrize("state_type", ["Wait", "Parallel", "Map"])
 def test_a_state_type_the_workflows_do_not_use_is_reported_not_left_unchecked(state_type: str):
     [problem] = validate_asl(machine(A={"Type": state_type, "End": True}))
-    assert problem.startswith(f"States.A.Type: {state_type!r} is not checked locally (only Fail, Succeed, Task")
+    assert problem.startswith(f"States.A.Type: {state_type!r} is not checked locally (only Choice, Fail, Pass")
+
+
+def test_a_choice_s_rules_and_default_and_a_pass_s_next_are_checked():
+    problems = validate_asl(
+        machine(
+            Route={
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.x", "IsPresent": True, "Next": "Gone"}],
+                "Default": "Lost",
+            },
+            Empty={"Type": "Choice", "Choices": [], "End": True},
+            Step={"Type": "Pass"},
+        )
+    )
+    assert "States.Route.Choices[0].Next: names state 'Gone', which does not exist" in problems
+    assert "States.Route.Default: names state 'Lost', which does not exist" in problems
+    assert "States.Empty.Choices: needs a non-empty list of rules" in problems
+    assert "States.Empty: a Choice state goes on by its rules and Default, never Next or End" in problems
+    assert "States.Step: needs Next or End: true" in problems
+    valid = machine(
+        Route={
+            "Type": "Choice",
+            "Choices": [{"Variable": "$.x", "IsPresent": True, "Next": "Step"}],
+            "Default": "Done",
+        },
+        Step={"Type": "Pass", "Result": {"a": 1}, "ResultPath": "$.y", "Next": "Done"},
+        Done={"Type": "Succeed"},
+    )
+    assert validate_asl(valid) == []
 
 
 def test_check_template_fails_on_an_invalid_state_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -363,8 +392,8 @@ def test_the_real_template_creates_the_order_workflow(tmp_path: Path):
         assert definition["States"]["AuthorizePayment"]["Resource"] == running.function_arns["AuthorizePaymentFunction"]
         assert described["type"] == "EXPRESS"
         outbox = running.mappings["OutboxFunction.OrdersStream"]
-        # New orders, releases from a hold, and orders an edit or a reject sent back from
-        # allocated/backordered to be sourced again.
+        # New orders, releases from a hold, orders an edit or a reject sent back from
+        # allocated/backordered to be sourced again, and cancels (their clean-up finished).
         released = {
             "OldImage": {"status": {"S": ["on_hold"]}},
             "NewImage": {"status": {"S": ["pending", "authorized", "backordered"]}},
@@ -373,10 +402,15 @@ def test_the_real_template_creates_the_order_workflow(tmp_path: Path):
             "OldImage": {"status": {"S": ["allocated", "backordered"]}},
             "NewImage": {"status": {"S": ["authorized"]}},
         }
+        cancelled = {
+            "OldImage": {"status": {"S": ["pending", "authorized", "allocated", "on_hold", "backordered"]}},
+            "NewImage": {"status": {"S": ["cancelled"]}},
+        }
         assert outbox.filters == [
             {"eventName": ["INSERT"]},
             {"eventName": ["MODIFY"], "dynamodb": released},
             {"eventName": ["MODIFY"], "dynamodb": sent_back},
+            {"eventName": ["MODIFY"], "dynamodb": cancelled},
         ]
         assert outbox.paused
         assert outbox.on_failure.queue_url == running.queue_urls["OutboxFailureQueue"]

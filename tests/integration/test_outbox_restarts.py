@@ -92,3 +92,18 @@ def test_an_order_sent_back_is_started_again_under_its_version(machine):
     assert execution["name"] == f"{ORDER_ID}-v7"
     started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
     assert started["order_id"] == ORDER_ID
+    assert "finish_cancel" not in started
+
+
+def test_a_cancel_starts_an_execution_to_finish_its_clean_up_under_its_version(machine):
+    from functions.outbox.app import lambda_handler
+
+    sfn, arn = machine
+    batch = {"Records": [record("MODIFY", "cancelled", "on_hold", version=9, sequence="3")]}
+
+    assert lambda_handler(batch, Context()) == {"batchItemFailures": []}
+
+    (execution,) = sfn.list_executions(stateMachineArn=arn)["executions"]
+    assert execution["name"] == f"{ORDER_ID}-cancel-v9"
+    started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+    assert (started["order_id"], started["finish_cancel"]) == (ORDER_ID, True)

@@ -197,14 +197,14 @@ def inventory(api: Api, *skus: str) -> dict[tuple[str, str], tuple[int, int]]:
     return found
 
 
-def run(stack: EmbeddedStack, order_id: str) -> dict[str, Any]:
-    """Start an execution for the order, wait for it to end; its description, the names of the
-    states it entered and its events."""
+def run(stack: EmbeddedStack, order_id: str, **given: Any) -> dict[str, Any]:
+    """Start an execution for the order (with `given` in its input too), wait for it to end; its
+    description, the names of the states it entered and its events."""
     sfn = stack.client("stepfunctions")
     arn = sfn.start_execution(
         stateMachineArn=stack.state_machine_arns["OrderWorkflow"],
         name=unique("run"),
-        input=json.dumps({"order_id": order_id}),
+        input=json.dumps({"order_id": order_id, **given}),
     )["executionArn"]
     deadline = time.monotonic() + RUN_SECONDS
     while True:
@@ -248,7 +248,7 @@ def test_an_approved_order_ends_in_order_allocated(stack: EmbeddedStack, api: Ap
     result = run(stack, order_id)
 
     assert result["described"]["status"] == "SUCCEEDED"
-    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
+    assert result["states"] == ["Start", "AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
     assert json.loads(result["described"]["output"]) == {"order_id": order_id}
     assert get_order(api, order_id)["status"] == "allocated"
     assert faults.count(order_id) == {"AuthorizePayment": 1, "ReserveStock": 1, "CreateShipments": 1}
@@ -260,7 +260,7 @@ def test_a_declined_payment_ends_in_order_payment_failed(stack: EmbeddedStack, a
     result = run(stack, order_id)
 
     assert result["described"]["status"] == "SUCCEEDED"
-    assert result["states"] == ["AuthorizePayment", "FailPayment", "OrderPaymentFailed"]
+    assert result["states"] == ["Start", "AuthorizePayment", "FailPayment", "OrderPaymentFailed"]
     assert get_order(api, order_id)["status"] == "payment_failed"
     assert inventory(api, *stocked["skus"]) == stocked["start"]
     assert faults.count(order_id) == {"AuthorizePayment": 1, "FailPayment": 1}  # a decline is not retried
@@ -276,9 +276,55 @@ def test_an_order_cancelled_before_its_execution_ends_in_order_already_closed(
     result = run(stack, order_id)
 
     assert result["described"]["status"] == "SUCCEEDED"
-    assert result["states"] == ["AuthorizePayment", "OrderAlreadyClosed"]
+    assert result["states"] == ["Start", "AuthorizePayment", "OrderAlreadyClosed"]
     assert get_order(api, order_id) == before  # never authorized, nothing reserved
     assert inventory(api, *stocked["skus"]) == stocked["start"]
+
+
+def test_a_cancel_written_by_a_process_that_then_died_is_finished_by_the_execution_the_outbox_starts(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    """The jeopardy scan (an expired hold), the pickup expiry or a request writes the cancel, then
+    releases and voids: one that dies in between leaves the stock reserved and the authorization
+    held. The outbox starts an execution with `finish_cancel` for the cancel's record, and it runs
+    CancelOrder alone, which finishes the clean-up."""
+    from functions.bootstrap import Config, bootstrap
+
+    sku = stocked["skus"][0]
+    order_id = place(api, order_body((sku, 2)))
+    assert run(stack, order_id)["states"][-1] == "OrderAllocated"
+    assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+    repository = bootstrap(Config.from_env()).order_repository
+    held = repository.get(order_id)
+    cancelled, entry = held.cancel("hold_expired", at=held.updated_at, actor="jeopardy_scan")
+    repository.update(cancelled, held, [entry])  # ...and the scan's Lambda dies here
+    order = get_order(api, order_id)
+    assert (order["status"], order["payment"]["status"]) == ("cancelled", "authorized")
+    assert inventory(api, *stocked["skus"]) != stocked["start"]
+
+    finishing = run(stack, order_id, finish_cancel=True)
+
+    assert finishing["described"]["status"] == "SUCCEEDED"
+    assert finishing["states"] == ["Start", "CancelRecorded", "CancelOrder", "OrderCancelled"]
+    assert faults.count(order_id).get("AuthorizePayment") == 1  # only the first execution's
+    order = get_order(api, order_id)
+    assert (order["status"], order["payment"]["status"]) == ("cancelled", "voided")
+    assert inventory(api, *stocked["skus"]) == stocked["start"]
+    assert [e["type"] for e in history(api, order_id)][-2:] == ["cancelled", "payment_voided"]
+
+
+def test_finishing_a_cancel_that_keeps_failing_ends_the_execution_failed_for_an_operator(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked
+):
+    order_id = place(api, order_body((stocked["skus"][0], 1)))
+    assert api.post(f"/orders/{order_id}/cancel", json={"reason": "changed my mind"}).status_code == 200
+    faults.inject("CancelOrder", order_id, transient_always)
+
+    result = run(stack, order_id, finish_cancel=True)
+
+    assert result["described"]["status"] == "FAILED"
+    assert result["states"] == ["Start", "CancelRecorded", "CancelOrder", "CompensationFailed"]
+    assert faults.count(order_id)["CancelOrder"] == 6  # the task's 5 retries, then OrderWorkflowFailedAlarm
 
 
 def test_an_allocated_order_run_again_ends_allocated_and_unchanged(stack: EmbeddedStack, api: Api, stocked):
@@ -289,7 +335,7 @@ def test_an_allocated_order_run_again_ends_allocated_and_unchanged(stack: Embedd
 
     again = run(stack, order_id)
 
-    assert again["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
+    assert again["states"] == ["Start", "AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
     assert unsigned(get_order(api, order_id)) == unsigned(allocated)  # label links are signed at each read
     assert inventory(api, sku) == reserved
 
@@ -305,17 +351,23 @@ def test_a_backordered_order_ends_its_execution_and_a_new_one_allocates_it_once_
     waiting = run(stack, order_id)
 
     assert waiting["described"]["status"] == "SUCCEEDED"
-    assert waiting["states"] == ["AuthorizePayment", "ReserveStock", "OrderBackordered"]
+    assert waiting["states"] == ["Start", "AuthorizePayment", "ReserveStock", "OrderBackordered"]
     order = get_order(api, order_id)
     assert (order["status"], order["shipments"], order["payment"]["status"]) == ("backordered", [], "authorized")
     assert [a["quantity"] for a in order["allocations"]] == [1]
     assert inventory(api, sku) == {(sku, network["west"]): (1, 1)}
-    assert run(stack, order_id)["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderBackordered"]
+    assert run(stack, order_id)["states"] == [
+        "Start",
+        "AuthorizePayment",
+        "ReserveStock",
+        "CreateShipments",
+        "OrderBackordered",
+    ]
 
     catalog.stock(sku, network["east"], 5)  # event sources are off here: the next execution takes them
     resumed = run(stack, order_id)
 
-    assert resumed["states"] == ["AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
+    assert resumed["states"] == ["Start", "AuthorizePayment", "ReserveStock", "CreateShipments", "OrderAllocated"]
     order = get_order(api, order_id)
     assert order["status"] == "allocated" and sum(a["quantity"] for a in order["allocations"]) == 3
     assert {s["location_id"] for s in order["shipments"]} == {network["west"], network["east"]}
@@ -498,7 +550,7 @@ def test_stock_gone_before_reservation_cancels_the_order_and_voids(stack: Embedd
 
     result = run(stack, order_id)
 
-    assert result["states"] == ["AuthorizePayment", "ReserveStock", "CancelOrder", "OrderCancelled"]
+    assert result["states"] == ["Start", "AuthorizePayment", "ReserveStock", "CancelOrder", "OrderCancelled"]
     order, entry = assert_compensated(api, order_id, start, [skus[0]])
     assert order["payment"]["status"] == "voided"
     assert (entry["detail"]["reason"], entry["detail"]["error"]) == ("out_of_stock", "OutOfStock")
@@ -544,7 +596,7 @@ def test_a_fail_payment_that_keeps_failing_ends_the_execution_failed(
 
     assert result["described"]["status"] == "FAILED"
     assert result["described"]["error"] == "CompensationFailed"
-    assert result["states"] == ["AuthorizePayment", "FailPayment", "CompensationFailed"]
+    assert result["states"] == ["Start", "AuthorizePayment", "FailPayment", "CompensationFailed"]
     assert faults.count(order_id)["FailPayment"] == 6
     assert get_order(api, order_id)["status"] == "pending"
     assert inventory(api, *stocked["skus"]) == stocked["start"]
@@ -613,7 +665,7 @@ def test_an_order_cancelled_while_its_workflow_runs_is_left_closed_and_voided(
     result = run(stack, order_id)
 
     assert result["described"]["status"] == "SUCCEEDED"
-    assert result["states"] == ["AuthorizePayment", "ReserveStock", "OrderAlreadyClosed"]
+    assert result["states"] == ["Start", "AuthorizePayment", "ReserveStock", "OrderAlreadyClosed"]
     order = get_order(api, order_id)
     assert order["status"] == "cancelled" and order["payment"]["status"] == "voided"
     assert inventory(api, *skus) == stocked["start"]
@@ -700,7 +752,7 @@ def test_a_hold_at_each_step_ends_the_execution_and_the_release_resumes_it_there
 
     held_run = run(stack, order_id)
 
-    main = ["AuthorizePayment", "ReserveStock", "CreateShipments"]
+    main = ["Start", "AuthorizePayment", "ReserveStock", "CreateShipments"]
     assert held_run["described"]["status"] == "SUCCEEDED"
     assert held_run["states"] == [*main[: main.index(step) + 1], "OrderOnHold"]  # no retry, nothing waits
     held = get_order(api, order_id)

@@ -11,6 +11,7 @@ from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, p
 from core.models import Order, OrderEdit
 from core.ports import OrderFilter
 from core.status import OrderStatus
+from core.workflow import CANCEL_RECORDED
 from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
 from tests.unit.world import World, build_world
@@ -213,6 +214,51 @@ def test_a_hold_older_than_the_expiry_is_cancelled_hold_expired_with_its_stock_a
     assert world.held_for(order_id) == {}
     cancelled = next(e for e in world.history(order_id) if e.type == "cancelled")
     assert (cancelled.actor, cancelled.detail["reason"]) == (SCAN_ACTOR, HOLD_EXPIRED)
+
+
+def test_a_scan_that_dies_after_writing_the_expiry_leaves_a_cancel_the_workflow_then_finishes(world):
+    """The scan writes the cancel, then its clean-up: a Lambda that dies in between leaves the
+    stock reserved and the authorization held, and the next pass no longer finds the order. The
+    cancel's stream record starts an execution with `finish_cancel` (functions/outbox), whose
+    CancelOrder finishes it."""
+    clock = Clock()
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    hold_at(world, clock, order_id)
+    clock.advance(days=2)
+
+    def dies(order_id: str, reason: str, actor: str) -> Order:
+        raise TimeoutError("the Lambda timed out after the cancel was written")
+
+    expiring = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, dies, clock, sla=parse_sla(""), hold_expiry=timedelta(days=1)
+    )
+    with pytest.raises(TimeoutError):
+        expiring.run()
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.CANCELLED, "authorized")
+    assert sum(world.held_for(order_id).values()) == 2
+    assert scan(world, clock, hold_expiry=timedelta(days=1)).run().expired == []  # not found again
+
+    world.workflow.cancel_after_failure(order_id, CANCEL_RECORDED, "a cancel recorded outside the workflow")
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.CANCELLED, "voided")
+    assert world.held_for(order_id) == {}
+    assert [e.type for e in world.history(order_id)][-2:] == ["cancelled", "payment_voided"]
+
+
+def test_finishing_a_recorded_cancel_leaves_an_order_that_is_not_cancelled_alone(world):
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    before = world.order(order_id)
+
+    world.workflow.cancel_after_failure(order_id, CANCEL_RECORDED, "a record replayed by mistake")
+
+    assert world.order(order_id) == before
+    assert sum(world.held_for(order_id).values()) == 2
 
 
 def test_holds_never_expire_by_default_and_a_released_order_is_not_expired(world):

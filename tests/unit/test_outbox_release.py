@@ -11,6 +11,7 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 import functions.outbox.app as outbox
+from core.status import OrderStatus, can_transition
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import load_template
 
@@ -39,9 +40,15 @@ def record(event_name: str, old_status: str | None, new_status: str, version: in
 class Starter:
     def __init__(self) -> None:
         self.started: list[tuple[str, str | None]] = []
+        self.finishing: list[str] = []  # the starts that only finish a recorded cancel
 
-    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+    def start(
+        self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None,
+        finish_cancel: bool = False,
+    ) -> bool:  # fmt: skip
         self.started.append((order_id, rerun))
+        if finish_cancel:
+            self.finishing.append(order_id)
         return True
 
 
@@ -60,6 +67,7 @@ def test_a_release_to_a_status_the_workflow_moves_on_from_starts_a_new_execution
     outbox.start_workflow(DynamoDBRecord(raw))
 
     assert starter.started == [(ORDER_ID, "release-v4")]
+    assert starter.finishing == []
 
 
 def test_a_new_order_starts_its_first_execution(starter):
@@ -73,7 +81,7 @@ def test_a_new_order_starts_its_first_execution(starter):
     ("old", "new"),
     [
         ("on_hold", "allocated"),  # released with only its shipments left: API calls, no workflow
-        ("on_hold", "cancelled"),
+        ("payment_failed", "cancelled"),  # not a transition: nothing to finish
         ("pending", "on_hold"),
         ("pending", "authorized"),  # the workflow's own progress
         ("allocated", "shipped"),
@@ -84,3 +92,24 @@ def test_any_other_change_starts_nothing(starter, old, new):
     assert not matches_filters(FILTERS, raw)
     outbox.start_workflow(DynamoDBRecord(raw))  # a record the filter let through by mistake
     assert starter.started == []
+
+
+@pytest.mark.parametrize("old", ["pending", "authorized", "allocated", "on_hold", "backordered"])
+def test_a_cancel_starts_an_execution_that_finishes_its_clean_up(starter, old):
+    """Every status a cancel can come from (the transition table's), and nothing else: the
+    template's filter and the handler agree, and the start is named by the cancel's version."""
+    assert old in {s.value for s in OrderStatus if can_transition(s, OrderStatus.CANCELLED)}
+    raw = record("MODIFY", old, "cancelled", version=6)
+    assert matches_filters(FILTERS, raw)
+
+    outbox.start_workflow(DynamoDBRecord(raw))
+
+    assert starter.started == [(ORDER_ID, "cancel-v6")]
+    assert starter.finishing == [ORDER_ID]
+
+
+def test_the_filter_lets_through_a_cancel_from_every_status_that_can_be_cancelled():
+    cancellable = {s.value for s in OrderStatus if can_transition(s, OrderStatus.CANCELLED)}
+    assert {
+        old for old in (s.value for s in OrderStatus) if matches_filters(FILTERS, record("MODIFY", old, "cancelled"))
+    } == cancellable

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from core.status import TRANSITIONS, OrderStatus
-from core.workflow import BUSINESS_OUTCOMES, PARK, STEP_RESULTS, after_failure
+from core.workflow import BUSINESS_OUTCOMES, CANCEL_RECORDED, PARK, STEP_RESULTS, after_failure
 
 ASL = json.loads((Path(__file__).resolve().parents[2] / "infra" / "order_workflow.asl.json").read_text())
 STATES = ASL["States"]
@@ -17,6 +17,7 @@ MAIN_PATH = ["AuthorizePayment", "ReserveStock", "CreateShipments"]
 def _next_states(state: dict) -> list[str]:
     nexts = [state["Next"]] if "Next" in state else []
     nexts += [catch["Next"] for catch in state.get("Catch", [])]
+    nexts += [rule["Next"] for rule in state.get("Choices", [])] + ([state["Default"]] if "Default" in state else [])
     return nexts
 
 
@@ -30,7 +31,7 @@ def test_every_task_resource_is_a_substituted_function_arn():
 
 
 def test_the_main_path_moves_statuses_along_the_transition_table():
-    assert ASL["StartAt"] == MAIN_PATH[0]
+    assert STATES[ASL["StartAt"]]["Default"] == MAIN_PATH[0]
     status = OrderStatus.PENDING
     for step, following in zip(MAIN_PATH, [*MAIN_PATH[1:], "OrderAllocated"], strict=True):
         assert TASKS[step]["Next"] == following
@@ -140,3 +141,17 @@ def test_a_backordered_order_ends_the_execution_and_waits_without_an_execution()
     assert OrderStatus.BACKORDERED in TRANSITIONS[OrderStatus.AUTHORIZED]
     assert OrderStatus.ALLOCATED in TRANSITIONS[OrderStatus.BACKORDERED]
     assert OrderStatus.CANCELLED in TRANSITIONS[OrderStatus.BACKORDERED]
+
+
+def test_an_execution_started_to_finish_a_cancel_goes_straight_to_cancel_order_and_nothing_else():
+    """The outbox starts one with `finish_cancel` for each cancel recorded outside the workflow:
+    the first state sends it to CancelOrder, told by the error CANCEL_RECORDED to finish the clean-up
+    (never to cancel), and every other execution to the main path."""
+    start = STATES[ASL["StartAt"]]
+    assert start["Type"] == "Choice"
+    [rule] = start["Choices"]
+    assert rule == {"Variable": "$.finish_cancel", "IsPresent": True, "Next": "CancelRecorded"}
+    recorded = STATES["CancelRecorded"]
+    assert recorded["Type"] == "Pass" and recorded["Next"] == "CancelOrder"
+    assert recorded["ResultPath"] == "$.error" and recorded["Result"]["Error"] == CANCEL_RECORDED
+    assert TASKS["CancelOrder"]["Parameters"]["error.$"] == "$.error.Error"
