@@ -498,7 +498,8 @@ class DeliveryWorker:
         self._timeout = timeout
 
     def handle(self, message: DeliveryMessage, message_id: str | None = None) -> str:
-        """What became of the message: "stale", "waiting", "delivered", "retrying" or "failed".
+        """What became of the message: "stale", "waiting", "delivered", "retrying", "failed" or
+        "unsubscribed" (failed because its webhook was deleted: nobody is left to miss it).
         `message_id` is the queue's id of the message (the same each time it is handed out)."""
         record = self._store.get_delivery(message.webhook_id, message.delivery_id)
         if record is None or record.status != DeliveryStatus.PENDING:
@@ -544,7 +545,7 @@ class DeliveryWorker:
         if next_at is not None:
             self._queue_next(updated, now)
             return "retrying"
-        return outcome.value
+        return "unsubscribed" if webhook is None else outcome.value
 
     def _queue_next(self, record: DeliveryRecord, now: datetime) -> None:
         """The message for `record`'s next attempt, delayed until it is due (at most SQS's 15 minutes)."""

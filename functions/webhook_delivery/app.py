@@ -27,6 +27,8 @@ def deliver(record: SQSRecord) -> None:
     with logger.append_context_keys(webhook_id=message.webhook_id, delivery_id=message.delivery_id):
         outcome = container().delivery_worker.handle(message, record.message_id)
         logger.info("webhook delivery", extra={"outcome": outcome, "attempts": message.attempts})
+    # A delivery ended by a deleted webhook is no subscriber's loss: not counted as failed, which
+    # WebhookDeliveriesFailedAlarm watches.
     if outcome == "failed":
         metrics.add_metric(name="WebhookDeliveriesFailed", unit=MetricUnit.Count, value=1)
     elif outcome == "delivered":

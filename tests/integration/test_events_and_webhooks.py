@@ -494,3 +494,31 @@ def test_a_subscriber_trickling_its_2xx_past_the_timeout_is_a_timed_out_attempt(
         done.set()
         listener.close()
     assert (result.status_code, result.error) == (None, "timed out")
+
+
+def test_a_delivery_whose_webhook_was_deleted_ends_failed_without_counting_a_missed_event(
+    aws, wired, monkeypatch, capsys
+):
+    """The runbook of WebhookDeliveriesFailedAlarm ends with "delete a subscription nobody serves
+    any more": its pending deliveries end `failed` on their next message, but no subscriber missed
+    anything, so WebhookDeliveriesFailed (what the alarm watches) is not counted."""
+    from functions.events.app import lambda_handler as events_handler
+    from functions.webhook_delivery.app import container, lambda_handler, metrics
+
+    webhook = subscribe("https://hooks.example.com/gone", ["order.created"])
+    created, _, _ = an_order_allocated(aws)
+    events_handler(stream_event(("INSERT", None, created)), Context())
+    (queued,) = drain(wired["sqs"], wired["deliveries"])
+    message = DeliveryMessage.from_json(queued["Body"])
+    container().webhook_store.delete(webhook.id)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    capsys.readouterr()
+
+    assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+
+    printed = capsys.readouterr().out
+    metrics.clear_metrics()
+    record = container().webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.last_error) == ("failed", "the webhook was deleted")
+    assert "WebhookDeliveriesFailed" not in printed

@@ -426,12 +426,17 @@ def test_a_url_that_now_resolves_privately_is_not_called_and_counts_as_a_failed_
     assert "private" in store.get_delivery("whk_1", delivery.id).last_error
 
 
-def test_a_deleted_subscription_fails_its_delivery_without_a_call():
+def test_a_deleted_subscription_fails_its_delivery_without_a_call_and_says_it_was_unsubscribed():
     store, clock = FakeStore(), Clock()
     delivery = stored_delivery(store)
     store.delete("whk_1")
-    worker, _ = worker_for(store, FakeSender(), clock)
-    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "failed"
+    sender = FakeSender()
+    worker, _ = worker_for(store, sender, clock)
+    # Not "failed": the handler counts those for WebhookDeliveriesFailedAlarm, and nobody missed this one.
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "unsubscribed"
+    record = store.get_delivery("whk_1", delivery.id)
+    assert (record.status, record.last_error) == ("failed", "the webhook was deleted")
+    assert sender.calls == []
 
 
 def test_a_manual_retry_sends_a_failed_delivery_once_more_and_old_messages_become_stale():
