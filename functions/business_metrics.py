@@ -22,12 +22,15 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from core.events import OrderEvent
+from core.jeopardy import SCAN_ACTOR
 from core.models import HistoryEntry, Order
 from core.workflow import WORKFLOW_ACTOR
 
 # Callers cancel with free text; a dimension value per text would be a metric per text. The
-# workflow's reasons are the system's own few codes (out_of_stock, workflow_error).
+# workflow's reasons and the jeopardy scan's are the system's own few codes (out_of_stock,
+# workflow_error, hold_expired).
 REQUESTED = "requested"
+SYSTEM_ACTORS = frozenset({WORKFLOW_ACTOR, SCAN_ACTOR})
 
 PAYMENT_FAILURE_OPERATIONS = {
     OrderEvent.PAYMENT_AUTHORIZATION_FAILED: "authorize",
@@ -96,7 +99,7 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
     if entry.type is OrderEvent.ALLOCATED:
         record("OrdersAllocated", channel=order.channel)
     elif entry.type is OrderEvent.CANCELLED:
-        reason = str(detail.get("reason", "")) if entry.actor == WORKFLOW_ACTOR else REQUESTED
+        reason = str(detail.get("reason", "")) if entry.actor in SYSTEM_ACTORS else REQUESTED
         record("OrdersCancelled", reason=reason or REQUESTED)
     elif entry.type is OrderEvent.PICKUP_EXPIRED:
         record("OrdersCancelled", reason="pickup_expired")

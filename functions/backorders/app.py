@@ -15,6 +15,7 @@ from core.reorder import low_stock_event
 from functions.adapters.dynamodb import BACKORDER_PREFIX
 from functions.backorders.low_stock import crossing_of
 from functions.bootstrap import WarmContainer
+from functions.business_metrics import emits_business_metrics
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -73,6 +74,7 @@ def stock_changed(record: DynamoDBRecord) -> None:
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
+@emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # A record that fails is reported alone (partial batch response); the stream retries it
     # (bisecting the batch), then hands it to the on-failure queue. Filling is idempotent, so a

@@ -11,6 +11,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from functions.bootstrap import WarmContainer
+from functions.business_metrics import emits_business_metrics
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -20,6 +21,7 @@ container = WarmContainer()
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
+@emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     done = container().reconciler.run()
     for order_id in done.restarted:

@@ -16,6 +16,7 @@ import pytest
 from core.models import HistoryEntry, LocationInput, Order, ProductInput, utc_now
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body
+from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
 from tests.unit.conftest import a_stored_order
 
@@ -181,15 +182,18 @@ def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     metrics.clear_metrics()
 
 
-def emitted(output: str) -> dict[str, float]:
-    """The metrics in the EMF lines a function printed: name -> sum."""
+def emitted(output: str, dimensions: tuple[str, ...] = ("service",)) -> dict[str, float]:
+    """The metrics in the EMF lines a function printed with these dimensions (its own: `service`;
+    the business metrics have theirs): name -> sum."""
     totals: dict[str, float] = {}
     for line in output.splitlines():
         if '"_aws"' not in line:
             continue
         record = json.loads(line)
         for directive in record["_aws"]["CloudWatchMetrics"]:
-            assert directive["Namespace"] == "OMS" and directive["Dimensions"] == [["service"]]
+            assert directive["Namespace"] == "OMS"
+            if directive["Dimensions"] != [list(dimensions)]:
+                continue
             for metric in directive["Metrics"]:
                 values = record[metric["Name"]]
                 totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(
@@ -289,9 +293,13 @@ def test_a_collected_pickup_leaves_the_index(stack):
 
 def test_the_reconciler_counts_the_pickups_it_expired(stack, metrics_on, capsys):
     ready_pickup(stack["aws"], days=0, external_id="web-expiring")
+    forget_business_metrics()  # the placing and readying, done here without a handler
     capsys.readouterr()
 
     reconcile()
     reconcile()  # nothing more is due: not counted again
 
-    assert emitted(capsys.readouterr().out) == {"PickupsExpired": 1}
+    printed = capsys.readouterr().out
+    assert emitted(printed) == {"PickupsExpired": 1}
+    # The cancel its write recorded, printed by the reconciler's own invocation.
+    assert emitted(printed, dimensions=("reason",)) == {"OrdersCancelled": 1}

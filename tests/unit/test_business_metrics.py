@@ -156,6 +156,52 @@ def test_an_expired_pickup_counts_as_cancelled_pickup_expired_once(world, capsys
     assert counted == {(("reason", "pickup_expired"),): [1.0]}
 
 
+def test_a_hold_the_jeopardy_scan_expires_counts_as_cancelled_hold_expired(world, capsys):
+    from core.holds import HoldRequest, Holds
+    from core.jeopardy import HOLD_EXPIRED, JeopardyScan, parse_sla
+    from plugins.testing.memory import InMemoryLateOrders
+
+    order_id = world.place(("TSHIRT", 1))
+    orders = MeteredOrders(world.orders)  # as the jeopardy function's container builds it
+    Holds(orders, clock=lambda: NOW).hold(order_id, HoldRequest(reason="fraud_review"), actor="key_cs")
+    emitted(capsys)
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), orders, world.actions.cancel, lambda: NOW + timedelta(days=2),
+        sla=parse_sla(""), hold_expiry=timedelta(days=1),
+    )  # fmt: skip
+
+    assert scan.run().expired == [order_id]
+
+    counted = {dims: values for (name, dims), values in emitted(capsys).items() if name == "OrdersCancelled"}
+    assert counted == {(("reason", HOLD_EXPIRED),): [1.0]}  # the system's code, not "requested"
+
+
+def test_every_function_that_writes_orders_prints_its_business_metrics():
+    """MeteredOrders records a point per write; only a handler wrapped in emits_business_metrics
+    prints them. Unwrapped, a function's points were never printed (the OrdersCancelled of expired
+    holds and pickups, the PaymentFailures of their voids) and piled up in its warm container."""
+    import importlib
+
+    from tests.template_iam import RESOURCES, granted
+
+    writers = [
+        (logical_id, resource["Properties"]["Handler"])
+        for logical_id, resource in RESOURCES.items()
+        if resource["Type"] == "AWS::Serverless::Function"
+        and ("OrdersTable", "dynamodb:UpdateItem") in granted(logical_id)
+    ]
+    assert len(writers) >= 8, writers
+    for logical_id, handler in writers:
+        module, _, name = handler.rpartition(".")
+        function = getattr(importlib.import_module(module), name)
+        chain = []  # the handler and every function it wraps (functools.wraps keeps __wrapped__)
+        while function is not None:
+            chain.append(function.__code__)
+            function = getattr(function, "__wrapped__", None)
+        # Every wrapper emits_business_metrics makes runs its one code object.
+        assert emits_business_metrics(len).__code__ in chain, logical_id
+
+
 def test_a_refund_counts_and_its_value_by_currency(world, capsys):
     order = world.allocated(("TSHIRT", 1))
     world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
