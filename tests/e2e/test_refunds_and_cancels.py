@@ -151,3 +151,37 @@ def test_cancelling_some_units_of_a_line_reprices_the_order_and_ships_the_rest(a
     assert shipped["payment"]["captured"] == done["totals"]["grand_total"]
     assert_error(api.post(f"/orders/{order['id']}/cancel",
                           json={"reason": "late", "lines": [{"line_id": "L2", "quantity": 1}]}), 409)  # fmt: skip
+
+
+def test_a_cancel_starts_an_execution_that_finishes_its_clean_up_and_finds_it_done(
+    stack: EmbeddedStack, api: Api, network, split
+):
+    """Over the whole local stack: the cancel's stream record passes the outbox's filter, which
+    starts `<order>-cancel-v<version>` with `finish_cancel`; the workflow runs CancelOrder alone,
+    which finds the request's own clean-up done and changes nothing."""
+    order = split()
+    west_sku, east_sku = split.skus
+    cancelled = api.post(f"/orders/{order['id']}/cancel", json={"reason": "customer changed their mind"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["payment"]["status"] == "voided"
+    assert stack.wait_until_idle(SETTLE_SECONDS), "the stack did not settle"
+
+    sfn = stack.client("stepfunctions")
+    name = f"{order['id']}-cancel-v{cancelled.json()['version'] - 1}"  # the void was written after the cancel
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:  # the stream poller may hand the record over after the stack looked idle
+        executions = sfn.list_executions(stateMachineArn=stack.state_machine_arns["OrderWorkflow"])["executions"]
+        finishing = [e for e in executions if e["name"] == name]
+        if (finishing and finishing[0]["status"] != "RUNNING") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (finishing,) = finishing
+    assert finishing["status"] == "SUCCEEDED"
+    events = sfn.get_execution_history(executionArn=finishing["executionArn"], maxResults=100)["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+    assert entered == ["Start", "CancelRecorded", "CancelOrder", "OrderCancelled"]
+    after = api.get(f"/orders/{order['id']}").json()
+    # The request finished it: nothing more was written (label links are signed at each read).
+    assert (after["version"], after["payment"]) == (cancelled.json()["version"], cancelled.json()["payment"])
+    assert level(api, west_sku, network["west"])["reserved"] == 0
+    assert level(api, east_sku, network["east"])["reserved"] == 0
