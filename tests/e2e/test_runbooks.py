@@ -60,30 +60,10 @@ def status_of(api: Api, order_id: str, *expected: str) -> str:
         time.sleep(0.05)
 
 
-def test_an_order_whose_workflow_never_started_is_started_from_the_outbox_failure_record(
-    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
-):
-    """OutboxFailuresAlarm's runbook: read the stream batch the record names, start the workflow of
-    each INSERT in it, delete the record."""
-    from functions.adapters.workflow_starter import StepFunctionsStarter
-
-    def throttled(self: StepFunctionsStarter, order_id: str) -> bool:
-        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "StartExecution")
-
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("12.00")
-    catalog.stock(sku, network["west"], 5)
-    monkeypatch.setattr(StepFunctionsStarter, "start", throttled)
-    placed = api.post("/orders", json=order_body((sku, 1)))
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-
-    message = wait_for_message(stack, "OutboxFailureQueue")
-    assert stack.wait_until_idle(SETTLE_SECONDS)
-    assert api.get(f"/orders/{order_id}").json()["status"] == "pending"  # stuck: nothing started it
-    monkeypatch.undo()  # the cause is fixed
-
+def replay_outbox_failure(stack: EmbeddedStack, message: dict[str, Any]) -> list[tuple[str, str]]:
+    """OutboxFailuresAlarm's recovery, as its `aws` and `jq` steps do it: read the stream batch the
+    record names, start the workflow of each new order and finish each cancel in it, delete the
+    record. Returns (order id, "new" or "cancel") for each start."""
     # jq '.Messages[0].Body | fromjson | .DDBStreamBatchInfo'
     batch = json.loads(message["Body"])["DDBStreamBatchInfo"]
     # aws dynamodbstreams get-shard-iterator --shard-iterator-type AT_SEQUENCE_NUMBER ...; get-records
@@ -95,27 +75,104 @@ def test_an_order_whose_workflow_never_started_is_started_from_the_outbox_failur
         SequenceNumber=batch["startSequenceNumber"],
     )["ShardIterator"]
     records = streams.get_records(ShardIterator=iterator, Limit=1000)["Records"]
-    # the INSERTs up to endSequenceNumber (the jq filter compares the numbers as strings, length first)
+    # the records up to endSequenceNumber (the jq filter compares the numbers as strings, length
+    # first): an INSERT is a new order, a MODIFY into `cancelled` from another status a cancel
     end = batch["endSequenceNumber"]
-    in_batch = [
-        record["dynamodb"]["Keys"]["id"]["S"]
-        for record in records
-        if record["eventName"] == "INSERT"
-        and (len(record["dynamodb"]["SequenceNumber"]), record["dynamodb"]["SequenceNumber"]) <= (len(end), end)
-    ]
-    assert order_id in in_batch
-    # aws stepfunctions start-execution --state-machine-arn "$(id OrderWorkflow)" --name "$ORDER" ...
+    starts = []
+    for record in records:
+        data = record["dynamodb"]
+        if (len(data["SequenceNumber"]), data["SequenceNumber"]) > (len(end), end):
+            continue
+        new, old = (data.get(image, {}).get("status", {}).get("S") for image in ("NewImage", "OldImage"))
+        if record["eventName"] == "INSERT":
+            starts.append((data["Keys"]["id"]["S"], "new"))
+        elif record["eventName"] == "MODIFY" and new == "cancelled" and old != "cancelled":
+            starts.append((data["Keys"]["id"]["S"], "cancel"))
+    # aws stepfunctions start-execution --state-machine-arn "$(id OrderWorkflow)" ...
     sfn = stack.client("stepfunctions")
-    for order in in_batch:
+    for order, kind in starts:
+        if kind == "cancel":  # --name "$ORDER-cancel-replay" --input '{"order_id": ..., "finish_cancel": true}'
+            name, given = f"{order}-cancel-replay", {"order_id": order, "finish_cancel": True}
+        else:  # --name "$ORDER" --input '{"order_id": ...}'
+            name, given = order, {"order_id": order}
         sfn.start_execution(
-            stateMachineArn=stack.state_machine_arns["OrderWorkflow"], name=order, input=json.dumps({"order_id": order})
+            stateMachineArn=stack.state_machine_arns["OrderWorkflow"], name=name, input=json.dumps(given)
         )
     # aws sqs delete-message
     stack.client("sqs").delete_message(
         QueueUrl=stack.queue_urls["OutboxFailureQueue"], ReceiptHandle=message["ReceiptHandle"]
     )
+    return starts
+
+
+def refuse_every_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from functions.adapters.workflow_starter import StepFunctionsStarter
+
+    def throttled(self: StepFunctionsStarter, order_id: str, *args: Any, **kwargs: Any) -> bool:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "StartExecution")
+
+    monkeypatch.setattr(StepFunctionsStarter, "start", throttled)
+
+
+def test_an_order_whose_workflow_never_started_is_started_from_the_outbox_failure_record(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
+):
+    """OutboxFailuresAlarm's runbook: read the stream batch the record names, start the workflow of
+    each INSERT in it, delete the record."""
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("12.00")
+    catalog.stock(sku, network["west"], 5)
+    refuse_every_start(monkeypatch)
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+
+    message = wait_for_message(stack, "OutboxFailureQueue")
+    assert stack.wait_until_idle(SETTLE_SECONDS)
+    assert api.get(f"/orders/{order_id}").json()["status"] == "pending"  # stuck: nothing started it
+    monkeypatch.undo()  # the cause is fixed
+
+    assert (order_id, "new") in replay_outbox_failure(stack, message)
 
     assert status_of(api, order_id, "allocated") == "allocated"
+
+
+def test_a_cancel_left_unfinished_whose_finishing_never_started_is_finished_from_the_outbox_failure_record(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
+):
+    """The same runbook for a cancel: its writer died before releasing and voiding, and the start
+    that would have finished it failed too. The replay starts it with `finish_cancel`."""
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("12.00")
+    catalog.stock(sku, network["west"], 5)
+    placed = api.post("/orders", json=order_body((sku, 2)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    assert status_of(api, order_id, "allocated") == "allocated"
+    assert stack.wait_until_idle(SETTLE_SECONDS)
+    refuse_every_start(monkeypatch)
+    repository = bootstrap(Config.from_env()).order_repository
+    order = repository.get(order_id)
+    cancelled, entry = order.cancel("hold_expired", at=order.updated_at, actor="jeopardy_scan")
+    repository.update(cancelled, order, [entry])  # ...and the writer died here
+
+    message = wait_for_message(stack, "OutboxFailureQueue")
+    assert stack.wait_until_idle(SETTLE_SECONDS)
+    assert api.get(f"/orders/{order_id}").json()["payment"]["status"] == "authorized"  # still held
+    monkeypatch.undo()
+
+    assert (order_id, "cancel") in replay_outbox_failure(stack, message)
+
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while api.get(f"/orders/{order_id}").json()["payment"]["status"] != "voided":
+        assert time.monotonic() < deadline, "the cancel was not finished"
+        time.sleep(0.05)
+    (level,) = [x for x in api.get(f"/inventory/{sku}").json()["locations"] if x["location_id"] == network["west"]]
+    assert (level["on_hand"], level["reserved"]) == (5, 0)
 
 
 def test_an_import_message_parked_in_the_dead_letter_queue_is_replayed_into_the_import_queue(
