@@ -7,13 +7,19 @@ from collections.abc import Callable
 
 from core.models import Order
 from core.money import Money, total
-from core.ports import ReturnRepository
+from core.ports import OrderRepository, ReturnRepository
 from core.refund_service import RefundService
 from core.refunds import Refund, refund_id_for
 from core.status import OrderStatus, ShipmentStatus
 
 # Statuses a replacement ends in without having shipped a unit: its credit paid for nothing.
 _NOT_GONE_AHEAD = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
+
+
+def carried_mark(return_id: str) -> str:
+    """What the reason of a refund drawn on an earlier order's credit for the exchange of return
+    `return_id` (ExchangeCredits.carry) contains, however far up the chain it was made."""
+    return f"carried for return {return_id}"
 
 
 def credit_left(original: Order, return_id: str, credit: Money) -> Money:
@@ -35,13 +41,47 @@ class ExchangeCredits:
     - `draw`: a return of the replacement's units is refunded from its own captures first, and
       from the credit for what they did not cover.
 
+    An exchange of an exchange (a replacement's units exchanged again) has an original that is
+    itself a replacement, whose own captures paid only the difference: its credit is the units'
+    whole value, and what the original's captures cannot refund of it is drawn from the original's
+    own credit, on its original, and so on up the chain (`carry`; `unused` counts those draws).
+
     Each call is idempotent: a refund's key names what it is for and the attempt (refunds of it
     the gateway refused), so a repeat finds it, finishes it while pending and asks again under a
     new key once refused."""
 
-    def __init__(self, returns: ReturnRepository, refunds: RefundService):
+    def __init__(self, returns: ReturnRepository, refunds: RefundService, orders: OrderRepository):
         self._returns = returns
         self._refunds = refunds
+        self._orders = orders
+
+    def _original_of(self, replacement: Order) -> tuple[Order, str] | None:
+        item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
+        original = self._orders.get(item.order_id) if item is not None else None
+        return (original, item.id) if item is not None and original is not None else None
+
+    def unused(self, original: Order, return_id: str, credit: Money) -> Money:
+        """What of the `credit` of the exchange of `return_id` (a return of `original`) no refund
+        has drawn yet: credit_left on `original`, less what was drawn for it further up the chain
+        (`original` itself a replacement)."""
+        left = credit_left(original, return_id, credit)
+        mark, seen = carried_mark(return_id), {original.id}
+        earlier = self._original_of(original)
+        while earlier is not None and earlier[0].id not in seen:
+            order = earlier[0]
+            seen.add(order.id)
+            drawn = [r.amount for r in order.payment.refunds if r.status != "failed" and mark in r.reason]
+            left = left - total(drawn, credit.currency)
+            earlier = self._original_of(order)
+        return left
+
+    def left(self, replacement: Order) -> Money | None:
+        """What of `replacement`'s credit is unused (None: it is no replacement): what an exchange
+        of its units carries over to the next replacement beyond its own captures."""
+        credit, found = replacement.exchange_credit, self._original_of(replacement)
+        if credit is None or found is None:
+            return None
+        return max(self.unused(found[0], found[1], credit), Money.zero(credit.currency))
 
     def give_back(self, replacement: Order, actor: str) -> Refund | None:
         """Refund what of `replacement`'s credit it does not use (a no-op for any other order, or
@@ -62,14 +102,37 @@ class ExchangeCredits:
             lambda left: left - used, actor,
         )  # fmt: skip
 
-    def draw(self, replacement: Order, return_id: str, uncovered: Money, actor: str) -> Refund | None:
+    def draw(
+        self, replacement: Order, return_id: str, uncovered: Money, actor: str, *, key: str | None = None,
+        reason: str | None = None,
+    ) -> Refund | None:  # fmt: skip
         """Refund, from `replacement`'s credit, what of its return `return_id` its own captures did
-        not cover (`uncovered`), as far as the credit goes. As `give_back` otherwise."""
+        not cover (`uncovered`), as far as the credit goes. As `give_back` otherwise. `key` and
+        `reason` name a draw made for an exchange further down the chain (`carry`). The Refund's
+        `amount` is what was refunded for it in all, up the chain."""
         if replacement.exchange_credit is None:
             return None
         return self._refund(
-            replacement, f"return {return_id} of exchange {replacement.id}", f"{return_id}:credit",
+            replacement, reason or f"return {return_id} of exchange {replacement.id}", key or f"{return_id}:credit",
             lambda left: min(uncovered, left), actor,
+        )  # fmt: skip
+
+    def carry(
+        self, original: Order, return_id: str, credit: Money, got: Money, reason: str, key: str,
+        wanted: Callable[[Money], Money], actor: str,
+    ) -> Refund | None:  # fmt: skip
+        """After `got` was refunded on `original` (of `wanted` of the unused `credit` of the exchange
+        of its return `return_id`): when `original` is itself a replacement, what its own captures
+        could not refund is drawn from its own credit, up the chain (None for any other order). Asked
+        on every repeat too: the draw's key finds the one already made."""
+        if original.exchange_credit is None or original.exchange_of is None:
+            return None
+        current = self._orders.get(original.id) or original
+        short = wanted(self.unused(current, return_id, credit) + got) - got
+        short = short if short.amount > 0 else Money.zero(credit.currency)
+        return self.draw(
+            current, return_id, short, actor, key=f"{key}:carried",
+            reason=f"{reason}, {carried_mark(return_id)} from {original.id}'s credit",
         )  # fmt: skip
 
     def _refund(
@@ -88,9 +151,19 @@ class ExchangeCredits:
             idempotency_key = f"{key}#{attempt}"
             if original.payment.refund_by_id(refund_id_for(original.id, idempotency_key)) is not None:
                 return idempotency_key, credit  # carried on with the amount it was written with
-            amount = min(wanted(credit_left(original, item.id, credit)), original.payment.refundable())
+            amount = min(wanted(self.unused(original, item.id, credit)), original.payment.refundable())
             return (idempotency_key, amount) if amount.amount > 0 else None
 
-        return self._refunds.issue_decided_refund(
+        refund = self._refunds.issue_decided_refund(
             item.order_id, decide, reason, actor, kind="return", return_id=item.id
         )
+        if refund is not None and refund.status != "succeeded":
+            return refund  # not done: the caller asks again, and the chain after it
+        original = self._orders.get(item.order_id)
+        got = refund.amount if refund is not None else Money.zero(credit.currency)
+        drawn = self.carry(original, item.id, credit, got, reason, key, wanted, actor) if original else None
+        if drawn is None or (drawn.amount.amount <= 0 and drawn.status == "succeeded"):
+            return refund
+        if drawn.status != "succeeded" or refund is None:
+            return drawn
+        return refund.model_copy(update={"amount": got + drawn.amount})

@@ -22,7 +22,7 @@ from core.errors import (
     UnknownSku,
 )
 from core.events import OrderEvent
-from core.exchange_credit import ExchangeCredits, credit_left
+from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
 from core.models import AddressInput, Order, PaymentInput, PlaceOrder, ShipmentLine, utc_now
@@ -108,6 +108,7 @@ class Returns:
         self._labels = labels
         self._hook = hook
         self._refunds = refunds
+        self._credits = ExchangeCredits(returns, refunds, orders)
         self._clock = clock
 
     # --- Reading ----------------------------------------------------------------------------
@@ -380,7 +381,7 @@ class Returns:
         uncovered = self._due(item, replacement, capped=False) - own
         if uncovered.amount <= 0:
             return Money.zero(replacement.currency)
-        refund = ExchangeCredits(self._returns, self._refunds).draw(replacement, item.id, uncovered, actor)
+        refund = self._credits.draw(replacement, item.id, uncovered, actor)
         if refund is None:
             return Money.zero(replacement.currency)
         if refund.status != "succeeded":
@@ -476,9 +477,22 @@ class Returns:
 
         def rest_of_credit(current: Order) -> Money:
             # Never past the credit: a replacement cancelled meanwhile gave it back already (ExchangeCredits).
-            return max(min(rest, credit_left(current, item.id, credit)), zero)
+            # And never past what `current` can refund: an exchange of an exchange takes the rest
+            # from the earlier credit (carried_rest).
+            return max(min(rest, self._credits.unused(current, item.id, credit), current.payment.refundable()), zero)
 
-        return self._pay_back(item, original, rest_of_credit, actor)
+        def carried_rest(got: Money) -> Money:
+            # An exchange of an exchange: what the original's own captures could not refund of the
+            # rest comes from the original's own credit (ExchangeCredits.carry).
+            wanted = lambda left: max(min(rest, left), zero)  # noqa: E731
+            drawn = self._credits.carry(original, item.id, credit, got, f"return {item.id}", item.id, wanted, actor)
+            if drawn is None:
+                return zero
+            if drawn.status != "succeeded":
+                raise RefundNotDone(f"the rest of return {item.id}'s credit is {drawn.status}; it is tried again")
+            return drawn.amount
+
+        return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed
@@ -496,6 +510,12 @@ class Returns:
             self._refunds.finish_pending(original.id, actor, besides_return=item.id)
             original = visible(self._orders.get(original.id), original.id, None)
         credit = self._due(item, original)
+        earlier = self._credits.left(original)
+        if earlier is not None:
+            # `original` is itself a replacement: its captures paid only the difference, and the rest
+            # of the units' value is still in its own credit, which carries over (not charged twice).
+            carried = self._due(item, original, capped=False) - credit
+            credit = credit + max(min(carried, earlier), Money.zero(original.currency))
         cmd = PlaceOrder(
             channel=original.channel, external_id=external_id, currency=original.currency,
             customer=original.customer, lines=item.exchange.lines,

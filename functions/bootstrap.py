@@ -360,7 +360,7 @@ class Container:
             return None
         from core.exchange_credit import ExchangeCredits
 
-        return ExchangeCredits(self.return_repository, self.refunds)
+        return ExchangeCredits(self.return_repository, self.refunds, self.order_repository)
 
     @cached_property
     def returns(self) -> Returns:

@@ -608,6 +608,110 @@ def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is
     assert world.order(order.id).payment.refunded <= credit and world.order(replacement.id).payment.refunded <= paid
 
 
+def exchanged_again(world: World, clock: Clock, *wanted: tuple[str, int]):
+    """A T-shirt exchanged for the same T-shirt (replacement B: the first credit pays for it, the
+    customer the shipping), B delivered, then B's T-shirt exchanged for `wanted` and settled:
+    (returns, original A, B, the second return settled)."""
+    returns, order, first = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1))
+    b = world.run(first.exchange_order_id or "")
+    for shipment in b.shipments:
+        world.actions.ship(b.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(b.id, shipment.id, actor="key_wh")
+    item = returns.request(b.id, exchange_of("L1", 1, *wanted), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    return returns, order, world.order(b.id), returns.settle(item.id, actor="key_wh")
+
+
+def refunded_across(world: World, *orders: Order) -> Money:
+    return sum((world.order(o.id).payment.refunded for o in orders[1:]), world.order(orders[0].id).payment.refunded)
+
+
+def test_a_replacement_exchanged_again_takes_the_whole_value_of_its_units_as_credit(world, clock):
+    # B's own captures paid only its shipping: the T-shirt was paid by A's credit, which stays
+    # captured on A. Swapping B's T-shirt again must carry that value over, not charge it twice.
+    _, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
+    c = world.order(second.exchange_order_id or "")
+
+    assert b.payment.captured < b.lines[0].total  # B paid less than its T-shirt is worth
+    assert c.exchange_credit == b.lines[0].total
+    allocated = world.run(c.id)
+    assert allocated.payment.authorized == c.totals.grand_total - b.lines[0].total  # the shipping only
+    assert refunded_across(world, a, b) == Money.zero("USD")  # the credit pays for C: nothing refunded
+
+
+def test_a_second_replacement_cancelled_gives_back_its_whole_credit_from_both_earlier_orders_once(world, clock):
+    _, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
+    c = world.run(second.exchange_order_id or "")
+
+    world.actions.cancel(c.id, "changed my mind", actor="key_cs")
+    world.actions.cancel(c.id, "changed my mind", actor="key_cs")  # a repeat gives nothing more
+
+    assert refunded_across(world, a, b) == b.lines[0].total
+    assert world.order(b.id).payment.refunded == b.payment.captured  # B's own captures first
+    assert world.order(a.id).payment.refunded == b.lines[0].total - b.payment.captured  # then A's credit
+
+
+def test_a_cheaper_second_replacement_refunds_the_rest_of_the_whole_credit(world, clock):
+    _, a, b, second = exchanged_again(world, clock, ("CAP", 1))
+    c = world.order(second.exchange_order_id or "")
+    rest = b.lines[0].total - c.totals.grand_total
+
+    assert rest.amount > 0 and second.refund == rest
+    assert refunded_across(world, a, b) == rest
+    assert world.run(c.id).payment.authorized == Money.zero("USD")
+
+
+def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_left_of_its_credit(world, clock):
+    # The rest was refunded partly on B and partly from A's credit: the give-back counts both.
+    _, a, b, second = exchanged_again(world, clock, ("CAP", 1))
+    c = world.run(second.exchange_order_id or "")
+
+    world.actions.cancel(c.id, "not wanted", actor="key_cs")
+    world.actions.cancel(c.id, "not wanted", actor="key_cs")
+
+    assert refunded_across(world, a, b) == b.lines[0].total
+    assert world.order(b.id).payment.refunded == b.payment.captured
+
+
+def test_a_third_replacement_cancelled_gives_back_its_credit_from_every_earlier_order(world, clock):
+    returns, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
+    c = world.run(second.exchange_order_id or "")
+    for shipment in c.shipments:
+        world.actions.ship(c.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(c.id, shipment.id, actor="key_wh")
+    item = returns.request(c.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    d = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert d.exchange_credit == b.lines[0].total and d.payment.authorized == d.totals.grand_total - d.exchange_credit
+
+    world.actions.cancel(d.id, "changed my mind", actor="key_cs")
+    world.actions.cancel(d.id, "changed my mind", actor="key_cs")
+
+    assert refunded_across(world, a, b, c) == b.lines[0].total
+
+
+def test_a_second_replacement_sent_back_refunds_its_value_from_the_earlier_orders(world, clock):
+    returns, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
+    c = world.run(second.exchange_order_id or "")
+    for shipment in c.shipments:
+        world.actions.ship(c.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(c.id, shipment.id, actor="key_wh")
+    paid = world.order(c.id).payment.captured
+    back = returns.request(c.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    done = returns.settle(back.id, actor="key_wh")
+    again = returns.settle(back.id, actor="key_wh")
+
+    assert done.status is R.REFUNDED and again == done
+    # The whole order came back, so the built-in policy refunds its shipping too (as for one exchange).
+    assert done.refund == c.totals.grand_total == paid + c.exchange_credit
+    assert refunded_across(world, a, b, c) == c.totals.grand_total
+    assert world.order(c.id).payment.refunded == paid
+    assert world.order(b.id).payment.refunded == b.payment.captured  # then B's own captures
+    assert world.order(a.id).payment.refunded == b.lines[0].total - b.payment.captured  # then A's credit
+
+
 def test_an_order_that_is_no_replacement_is_cancelled_without_a_refund(world):
     order = world.allocated(("TSHIRT", 1))
 
