@@ -83,12 +83,14 @@ class OrderActions:
         is refused (PaymentRefused, 502) leaves the shipment pending with every failed attempt in
         the history, and the ship may simply be repeated (the capture's idempotency key is the
         shipment's). A capture whose record then loses to a cancel is refunded at once and the ship
-        is refused (409). Shipping a shipped shipment again finishes its stock movement
-        (idempotent by reservation key) and changes nothing else."""
+        is refused (409). Shipping a shipped shipment again finishes what its first ship may have
+        left undone (a request that died after the write): its stock movement (idempotent by
+        reservation key) and, after the last parcel, the settlement of an order that lost units
+        (after_shipping, which a gateway that was down could not make then); nothing else."""
         order = self._order(order_id, channel)
         if order.shipment(shipment_id).status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
             self._units_leave(order, shipment_id)
-            return order
+            return self._units.after_shipping(order, actor)
         order.ready_to_ship(shipment_id)
         amount = order.capture_due(shipment_id)
         capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None

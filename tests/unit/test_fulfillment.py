@@ -489,3 +489,24 @@ def test_every_change_appends_a_history_entry_naming_its_actor(world):
         S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.PARTIALLY_SHIPPED, S.SHIPPED, S.DELIVERED,
     ]  # fmt: skip
     assert all(h.at == NOW for h in history)
+
+
+def test_shipping_the_last_parcel_again_finishes_a_settlement_the_gateway_could_not_make(world):
+    # The order lost a unit before it shipped: once its last parcel left, what the authorization
+    # holds beyond the captures is released. The gateway was down for that void; the ship answered
+    # 200 with the failure in the history, and repeating the ship is what tries again.
+    order = world.allocated(("TSHIRT", 3))
+    (shipment,) = order.shipments
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    world.gateway.script("void", "transient")
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    assert shipped.payment.captured < shipped.payment.authorized
+    assert world.spy.voided == []
+
+    world.gateway.script("void", "approve")
+    again = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert world.spy.voided == [order.payment.authorization]
+    assert again == world.order(order.id)
+    assert again.payment.authorized == again.payment.captured == again.totals.grand_total
+    assert len(world.spy.captured) == 1
