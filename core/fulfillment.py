@@ -160,8 +160,11 @@ class OrderActions:
     def deliver_or_collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """`POST .../deliver`: a shipped parcel arrived (`deliver`), or a pickup waiting at its
         store was collected (`collect`). A carrier's tracking calls `deliver` only: no carrier
-        hands over a pickup, so its webhook can never capture one."""
-        if self._order(order_id, channel).shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
+        hands over a pickup, so its webhook can never capture one. A collected pickup (delivered,
+        never shipped) goes to `collect` again, which finishes what the first collect left undone."""
+        shipment = self._order(order_id, channel).shipment(shipment_id)
+        collected = shipment.status is ShipmentStatus.DELIVERED and shipment.shipped_at is None
+        if shipment.status is ShipmentStatus.READY_FOR_PICKUP or collected:
             return self.collect(order_id, shipment_id, actor, channel)
         return self.deliver(order_id, shipment_id, actor, channel)
 
@@ -219,8 +222,13 @@ class OrderActions:
     def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The customer collected a pickup: its share of the payment is captured first (as a ship
         captures), then the shipment is recorded delivered, then its units leave on_hand, and (as
-        after a ship) the payment of an order that lost units is settled to its total."""
+        after a ship) the payment of an order that lost units is settled to its total. Collecting a
+        collected pickup again finishes those last two (its request may have died after the write)
+        and changes nothing else."""
         order = self._order(order_id, channel)
+        if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
+            self._units_leave(order, shipment_id)
+            return self._units.after_shipping(order, actor)
         order.ready_to_collect(shipment_id)
         amount = order.capture_due(shipment_id)
         capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None

@@ -436,3 +436,44 @@ def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases
     (gone,) = cancelled.shipments
     assert (cancelled.status, gone.status, cancelled.pickup_deadline()) == (S.CANCELLED, H.CANCELLED, None)
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+
+
+def test_a_collect_interrupted_before_its_units_left_is_finished_by_collecting_again(world, monkeypatch):
+    # The collect is recorded, then its request dies before the units leave on_hand (a Lambda
+    # timeout): the store's retry of POST .../deliver takes them off, as a repeated ship does.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    real_ship = world.inventory.ship
+
+    def dies(*args):
+        raise RuntimeError("the function timed out")
+
+    monkeypatch.setattr(world.inventory, "ship", dies)
+    with pytest.raises(RuntimeError):
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+    assert world.order(order.id).status is S.DELIVERED
+    monkeypatch.setattr(world.inventory, "ship", real_ship)
+
+    again = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    assert again == world.order(order.id)
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+    assert world.held_for(order.id) == {}
+    assert len(world.spy.captured) == 1
+
+
+def test_a_collect_of_an_order_that_lost_units_repeated_finishes_the_settlement(world):
+    order = world.allocated(("TSHIRT", 3), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    world.gateway.script("void", "transient")
+    collected = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+    assert collected.payment.captured < collected.payment.authorized
+
+    world.gateway.script("void", "approve")
+    again = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    assert world.spy.voided == [order.payment.authorization]
+    assert again.payment.authorized == again.payment.captured == again.totals.grand_total
