@@ -510,3 +510,30 @@ def test_shipping_the_last_parcel_again_finishes_a_settlement_the_gateway_could_
     assert again == world.order(order.id)
     assert again.payment.authorized == again.payment.captured == again.totals.grand_total
     assert len(world.spy.captured) == 1
+
+
+@pytest.mark.parametrize("stage", ["authorized", "allocated"])
+def test_the_last_parcel_of_an_order_edited_to_a_smaller_total_releases_the_rest_of_its_authorization(world, stage):
+    # The edit kept the authorization of the larger total (only a grown total is authorized
+    # again); once nothing is left to ship, what it holds beyond the captures is released, as for
+    # an order that lost units to a cancel.
+    order_id = world.place(("TSHIRT", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    if stage == "allocated":
+        world.workflow.reserve_stock(order_id)
+        world.workflow.create_shipments(order_id)
+    before = world.order(order_id)
+    edited = world.actions.edit(
+        order_id, before.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), actor="key_web"
+    )
+    assert edited.payment.authorized == before.totals.grand_total > edited.totals.grand_total
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    (shipment,) = world.order(order_id).shipments
+
+    done = world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+
+    assert world.spy.voided == [before.payment.authorization]
+    assert done.payment.authorized == done.payment.captured == done.totals.grand_total
+    assert done == world.order(order_id)
+    assert world.history(order_id)[-1].type == "payment_voided"
