@@ -332,6 +332,19 @@ def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
     assert len(world.spy.captured) == 1
 
 
+def test_a_collected_pickups_lines_count_the_units_handed_over_as_shipped(world):
+    # `shipped_quantity` counts the units that left: a pickup's leave with the customer.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+    assert [line.shipped_quantity for line in ready.lines] == [0]
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert [(line.quantity, line.shipped_quantity) for line in collected.lines] == [(2, 2)]
+    assert collected == world.order(order.id)
+
+
 def test_a_collected_exchange_pickup_whose_credit_paid_part_of_it_is_captured(world):
     # A pickup order's exchange is a pickup too; its payment covers what the credit does not.
     credit = Money(amount="10.00", currency="USD")
