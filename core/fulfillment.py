@@ -304,7 +304,10 @@ class OrderActions:
             fulfillment=order.fulfillment, shipping_method=shipping_method,
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
-        priced = self._capture.quote(cmd)
+        # Checked against the stock sourcing may use again: the order's own units count, a
+        # location that rejected a shipment of it does not.
+        held = self._held_by(order) if resourced else None
+        priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
         reauthorized = None
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
@@ -345,6 +348,18 @@ class OrderActions:
                 ),
             )  # fmt: skip
         return new
+
+    def _held_by(self, order: Order) -> dict[tuple[str, str], int]:
+        """The units `order` holds, by sku and location."""
+        locations = holding_locations(order, self._catalog.list_locations())
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line in order.lines:
+            for location_id in locations:
+                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+        held: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), quantity in self._inventory.reservations(dict(keys)).items():
+            held[(sku, location_id)] += quantity
+        return dict(held)
 
     def _release_replaced_lines(self, old: Order, new: Order) -> None:
         """After an allocated or backordered order was edited: release what its old lines hold

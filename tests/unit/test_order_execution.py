@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.errors import Conflict, InsufficientStock, InvalidTransition, NotFound, OutOfStock
 from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
@@ -177,6 +177,47 @@ def test_an_address_change_after_allocation_prices_shipping_and_tax_again(world)
     assert (edited.lines, edited.totals) == (quote.lines, quote.totals)
     assert edited.totals.tax != order.totals.tax
     assert edited.shipping_address == oregon and edited.status is S.AUTHORIZED
+
+
+def test_an_allocated_order_holding_the_last_units_counts_them_for_its_edit(world):
+    # All 3 MUGs are this order's: an address change keeps them, taking fewer needs none more, and
+    # one more than the network has is still refused.
+    order = world.allocated(("MUG", 3))
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+    oregon = Address.model_validate(address_body(city="Portland", region="OR", postal_code="97201"))
+
+    moved = world.actions.edit(order.id, order.version, OrderEdit(shipping_address=oregon), actor="key_web")
+    again = resume(world, order.id)
+    assert (moved.status, again.status, again.shipping_address) == (S.AUTHORIZED, S.ALLOCATED, oregon)
+    fewer = world.actions.edit(
+        order.id, again.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), actor="key_web"
+    )
+    assert [line.quantity for line in resume(world, order.id).lines] == [2]
+    assert world.level("MUG", "wh-west") == (3, 2, 1)
+    current = world.order(order.id)
+    with pytest.raises(InsufficientStock):
+        world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=4)]),
+                           actor="key_web")  # fmt: skip
+    assert world.order(order.id) == current and fewer.version < current.version
+
+
+def test_an_edit_after_a_reject_counts_no_stock_at_the_rejecting_location(world):
+    # wh-west rejected it: only wh-east's 10 may supply it now. An edit to 11 accepted on the
+    # network's 20 would be sourced again and end the order cancelled out_of_stock.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+    moved = resume(world, order.id)
+    assert [s.location_id for s in moved.shipments] == ["wh-east"]
+
+    with pytest.raises(InsufficientStock):
+        world.actions.edit(
+            order.id, moved.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=11)]), actor="key_web"
+        )
+
+    assert world.order(order.id) == moved
+    world.actions.edit(order.id, moved.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=10)]), actor="k")
+    assert [(s.location_id, s.lines[0].quantity) for s in resume(world, order.id).shipments] == [("wh-east", 10)]
 
 
 def test_an_order_is_no_longer_editable_once_a_shipment_left(world):
