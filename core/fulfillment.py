@@ -83,12 +83,14 @@ class OrderActions:
         is refused (PaymentRefused, 502) leaves the shipment pending with every failed attempt in
         the history, and the ship may simply be repeated (the capture's idempotency key is the
         shipment's). A capture whose record then loses to a cancel is refunded at once and the ship
-        is refused (409). Shipping a shipped shipment again finishes its stock movement
-        (idempotent by reservation key) and changes nothing else."""
+        is refused (409). Shipping a shipped shipment again finishes what its first ship may have
+        left undone (a request that died after the write): its stock movement (idempotent by
+        reservation key) and, after the last parcel, the settlement of an order that lost units
+        (after_shipping, which a gateway that was down could not make then); nothing else."""
         order = self._order(order_id, channel)
         if order.shipment(shipment_id).status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
             self._units_leave(order, shipment_id)
-            return order
+            return self._units.after_shipping(order, actor)
         order.ready_to_ship(shipment_id)
         amount = order.capture_due(shipment_id)
         capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None
@@ -158,8 +160,11 @@ class OrderActions:
     def deliver_or_collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """`POST .../deliver`: a shipped parcel arrived (`deliver`), or a pickup waiting at its
         store was collected (`collect`). A carrier's tracking calls `deliver` only: no carrier
-        hands over a pickup, so its webhook can never capture one."""
-        if self._order(order_id, channel).shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
+        hands over a pickup, so its webhook can never capture one. A collected pickup (delivered,
+        never shipped) goes to `collect` again, which finishes what the first collect left undone."""
+        shipment = self._order(order_id, channel).shipment(shipment_id)
+        collected = shipment.status is ShipmentStatus.DELIVERED and shipment.shipped_at is None
+        if shipment.status is ShipmentStatus.READY_FOR_PICKUP or collected:
             return self.collect(order_id, shipment_id, actor, channel)
         return self.deliver(order_id, shipment_id, actor, channel)
 
@@ -217,8 +222,13 @@ class OrderActions:
     def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The customer collected a pickup: its share of the payment is captured first (as a ship
         captures), then the shipment is recorded delivered, then its units leave on_hand, and (as
-        after a ship) the payment of an order that lost units is settled to its total."""
+        after a ship) the payment of an order that lost units is settled to its total. Collecting a
+        collected pickup again finishes those last two (its request may have died after the write)
+        and changes nothing else."""
         order = self._order(order_id, channel)
+        if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
+            self._units_leave(order, shipment_id)
+            return self._units.after_shipping(order, actor)
         order.ready_to_collect(shipment_id)
         amount = order.capture_due(shipment_id)
         capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None
@@ -294,7 +304,10 @@ class OrderActions:
             fulfillment=order.fulfillment, shipping_method=shipping_method,
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
-        priced = self._capture.quote(cmd)
+        # Checked against the stock sourcing may use again: the order's own units count, a
+        # location that rejected a shipment of it does not.
+        held = self._held_by(order) if resourced else None
+        priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
         reauthorized = None
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
@@ -335,6 +348,18 @@ class OrderActions:
                 ),
             )  # fmt: skip
         return new
+
+    def _held_by(self, order: Order) -> dict[tuple[str, str], int]:
+        """The units `order` holds, by sku and location."""
+        locations = holding_locations(order, self._catalog.list_locations())
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line in order.lines:
+            for location_id in locations:
+                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+        held: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), quantity in self._inventory.reservations(dict(keys)).items():
+            held[(sku, location_id)] += quantity
+        return dict(held)
 
     def _release_replaced_lines(self, old: Order, new: Order) -> None:
         """After an allocated or backordered order was edited: release what its old lines hold

@@ -221,7 +221,9 @@ def oms_carrier_create_shipment(
         which the OMS stores, or `label_url`, the https link where the carrier hosts it, which the
         OMS keeps and shows as it is, storing no bytes), or None.
 
-    Stops at first non-None result. No answer fails the step (the order ends cancelled). Book with
+    Stops at first non-None result. No answer (or a plugin that raises or answers anything but a
+    valid CarrierShipment) fails the step, and the order is parked on hold for a person, its stock
+    and authorization kept. Book with
     `core.tracking.shipment_reference(order.id, shipment_id)` as the carrier's reference, so its
     tracking webhooks name the shipment (see oms_carrier_tracking_update).
     """

@@ -866,12 +866,9 @@ def _replaced(model: M, **changes: Any) -> M:
 
 
 def _shipped_counted(lines: list[OrderLine], shipments: list[Shipment]) -> list[OrderLine]:
-    """`lines` with `shipped_quantity` as the shipments that left say."""
-    shipped: dict[str, int] = {}
-    for shipment in shipments:
-        if shipment.status is not ShipmentStatus.PENDING:
-            for item in shipment.lines:
-                shipped[item.line_id] = shipped.get(item.line_id, 0) + item.quantity
+    """`lines` with `shipped_quantity` as the shipments that left say (shipped or delivered: a
+    pickup waiting at its store has not left, a collected one has)."""
+    shipped = _shipped_by_line(lines, shipments)
     return [
         line if line.shipped_quantity == shipped.get(line.line_id, 0)
         else _replaced(line, shipped_quantity=shipped.get(line.line_id, 0))
@@ -1370,7 +1367,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
-            detail=detail, shipments=shipments, payment=payment,
+            detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
         )  # fmt: skip
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:

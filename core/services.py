@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -150,9 +150,14 @@ class CaptureService:
         exchange = {"order_id": original_id, "return_id": return_id, "credit": credit}
         return self._placed(cmd, self.quote(cmd), self._clock(), actor, exchange=exchange)
 
-    def quote(self, cmd: PlaceOrder) -> PricedOrder:
+    def quote(
+        self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = ()
+    ) -> PricedOrder:
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
-        through the plugins, stock. Editing an order runs the same checks."""
+        through the plugins, stock. Editing an order runs the same checks, on the stock the order
+        may be sourced from again: what it holds itself counts as available (`held`, units by sku
+        and location: the workflow reuses them), and the locations that rejected a shipment of it
+        (`excluded`) count for nothing."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -169,7 +174,7 @@ class CaptureService:
             )
         sources, tax_address = self._sources(cmd)
         priced = self._pricing.price(cmd, products, tax_address)
-        self._check_stock(cmd, products, sources)
+        self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
 
     def price(self, cmd: PlaceOrder) -> PricedOrder:
@@ -264,9 +269,13 @@ class CaptureService:
             )
         return {location.location_id}, location.address
 
-    def _check_stock(self, cmd: PlaceOrder, products: dict[str, Product], sources: set[str] | None) -> None:
+    def _check_stock(
+        self, cmd: PlaceOrder, products: dict[str, Product], sources: set[str] | None,
+        held: dict[tuple[str, str], int], excluded: set[str],
+    ) -> None:  # fmt: skip
         if sources is None:
             sources = {loc.location_id for loc in self._catalog.list_locations() if loc.ships}
+        sources = sources - excluded
         wanted: dict[str, int] = defaultdict(int)
         for line in cmd.lines:
             wanted[line.sku] += line.quantity
@@ -275,7 +284,18 @@ class CaptureService:
             return
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
         sources = sources - set(rules.excluded_locations)
-        levels = rules.for_orders(self._inventory.levels(short_skus, sources)) if sources else {}
+        levels = self._inventory.levels(short_skus, sources) if sources else {}
+        if held:
+            # As ReserveStock counts them: the order's own units are available to it again.
+            own = held.get
+            levels = {
+                sku: [
+                    level.model_copy(update={"available": max(level.available, 0) + own((sku, level.location_id), 0)})
+                    for level in found
+                ]
+                for sku, found in levels.items()
+            }
+        levels = rules.for_orders(levels)
         available = {
             sku: sum(max(level.available, 0) for level in levels.get(sku, []) if level.location_id in sources)
             for sku in short_skus

@@ -175,13 +175,15 @@ class UnitCancellation:
         """Once the last parcel of an order that lost units has shipped, the payment is settled to
         its total: a capture that paid for units cancelled while it was being made is refunded
         (or a total the captures fell short of is captured), and what the authorization holds
-        beyond the captures is released. An exchange's replacement, once it can no longer grow,
+        beyond the captures is released; so is it for an order edited to a smaller total (an edit
+        keeps the larger authorization). An exchange's replacement, once it can no longer grow,
         gives back the credit its total does not use. Returns the order as it then is."""
         if any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-            if any(line.cancelled_quantity for line in order.lines):
+            payment = order.payment
+            if any(line.cancelled_quantity for line in order.lines) or payment.captured < payment.authorized:
                 self._settle_payment(order, actor)
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:

@@ -489,3 +489,51 @@ def test_every_change_appends_a_history_entry_naming_its_actor(world):
         S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.PARTIALLY_SHIPPED, S.SHIPPED, S.DELIVERED,
     ]  # fmt: skip
     assert all(h.at == NOW for h in history)
+
+
+def test_shipping_the_last_parcel_again_finishes_a_settlement_the_gateway_could_not_make(world):
+    # The order lost a unit before it shipped: once its last parcel left, what the authorization
+    # holds beyond the captures is released. The gateway was down for that void; the ship answered
+    # 200 with the failure in the history, and repeating the ship is what tries again.
+    order = world.allocated(("TSHIRT", 3))
+    (shipment,) = order.shipments
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    world.gateway.script("void", "transient")
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    assert shipped.payment.captured < shipped.payment.authorized
+    assert world.spy.voided == []
+
+    world.gateway.script("void", "approve")
+    again = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert world.spy.voided == [order.payment.authorization]
+    assert again == world.order(order.id)
+    assert again.payment.authorized == again.payment.captured == again.totals.grand_total
+    assert len(world.spy.captured) == 1
+
+
+@pytest.mark.parametrize("stage", ["authorized", "allocated"])
+def test_the_last_parcel_of_an_order_edited_to_a_smaller_total_releases_the_rest_of_its_authorization(world, stage):
+    # The edit kept the authorization of the larger total (only a grown total is authorized
+    # again); once nothing is left to ship, what it holds beyond the captures is released, as for
+    # an order that lost units to a cancel.
+    order_id = world.place(("TSHIRT", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    if stage == "allocated":
+        world.workflow.reserve_stock(order_id)
+        world.workflow.create_shipments(order_id)
+    before = world.order(order_id)
+    edited = world.actions.edit(
+        order_id, before.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), actor="key_web"
+    )
+    assert edited.payment.authorized == before.totals.grand_total > edited.totals.grand_total
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    (shipment,) = world.order(order_id).shipments
+
+    done = world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+
+    assert world.spy.voided == [before.payment.authorization]
+    assert done.payment.authorized == done.payment.captured == done.totals.grand_total
+    assert done == world.order(order_id)
+    assert world.history(order_id)[-1].type == "payment_voided"

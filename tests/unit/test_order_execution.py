@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.errors import Conflict, InsufficientStock, InvalidTransition, NotFound, OutOfStock
 from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
@@ -179,6 +179,47 @@ def test_an_address_change_after_allocation_prices_shipping_and_tax_again(world)
     assert edited.shipping_address == oregon and edited.status is S.AUTHORIZED
 
 
+def test_an_allocated_order_holding_the_last_units_counts_them_for_its_edit(world):
+    # All 3 MUGs are this order's: an address change keeps them, taking fewer needs none more, and
+    # one more than the network has is still refused.
+    order = world.allocated(("MUG", 3))
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+    oregon = Address.model_validate(address_body(city="Portland", region="OR", postal_code="97201"))
+
+    moved = world.actions.edit(order.id, order.version, OrderEdit(shipping_address=oregon), actor="key_web")
+    again = resume(world, order.id)
+    assert (moved.status, again.status, again.shipping_address) == (S.AUTHORIZED, S.ALLOCATED, oregon)
+    fewer = world.actions.edit(
+        order.id, again.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), actor="key_web"
+    )
+    assert [line.quantity for line in resume(world, order.id).lines] == [2]
+    assert world.level("MUG", "wh-west") == (3, 2, 1)
+    current = world.order(order.id)
+    with pytest.raises(InsufficientStock):
+        world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=4)]),
+                           actor="key_web")  # fmt: skip
+    assert world.order(order.id) == current and fewer.version < current.version
+
+
+def test_an_edit_after_a_reject_counts_no_stock_at_the_rejecting_location(world):
+    # wh-west rejected it: only wh-east's 10 may supply it now. An edit to 11 accepted on the
+    # network's 20 would be sourced again and end the order cancelled out_of_stock.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+    moved = resume(world, order.id)
+    assert [s.location_id for s in moved.shipments] == ["wh-east"]
+
+    with pytest.raises(InsufficientStock):
+        world.actions.edit(
+            order.id, moved.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=11)]), actor="key_web"
+        )
+
+    assert world.order(order.id) == moved
+    world.actions.edit(order.id, moved.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=10)]), actor="k")
+    assert [(s.location_id, s.lines[0].quantity) for s in resume(world, order.id).shipments] == [("wh-east", 10)]
+
+
 def test_an_order_is_no_longer_editable_once_a_shipment_left(world):
     order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("PEN", 1))  # west: TSHIRT + MUG, east: PEN
     west = world.shipment_at(order, "wh-west")
@@ -332,6 +373,19 @@ def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
     assert len(world.spy.captured) == 1
 
 
+def test_a_collected_pickups_lines_count_the_units_handed_over_as_shipped(world):
+    # `shipped_quantity` counts the units that left: a pickup's leave with the customer.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+    assert [line.shipped_quantity for line in ready.lines] == [0]
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert [(line.quantity, line.shipped_quantity) for line in collected.lines] == [(2, 2)]
+    assert collected == world.order(order.id)
+
+
 def test_a_collected_exchange_pickup_whose_credit_paid_part_of_it_is_captured(world):
     # A pickup order's exchange is a pickup too; its payment covers what the credit does not.
     credit = Money(amount="10.00", currency="USD")
@@ -436,3 +490,44 @@ def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases
     (gone,) = cancelled.shipments
     assert (cancelled.status, gone.status, cancelled.pickup_deadline()) == (S.CANCELLED, H.CANCELLED, None)
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+
+
+def test_a_collect_interrupted_before_its_units_left_is_finished_by_collecting_again(world, monkeypatch):
+    # The collect is recorded, then its request dies before the units leave on_hand (a Lambda
+    # timeout): the store's retry of POST .../deliver takes them off, as a repeated ship does.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    real_ship = world.inventory.ship
+
+    def dies(*args):
+        raise RuntimeError("the function timed out")
+
+    monkeypatch.setattr(world.inventory, "ship", dies)
+    with pytest.raises(RuntimeError):
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+    assert world.order(order.id).status is S.DELIVERED
+    monkeypatch.setattr(world.inventory, "ship", real_ship)
+
+    again = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    assert again == world.order(order.id)
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+    assert world.held_for(order.id) == {}
+    assert len(world.spy.captured) == 1
+
+
+def test_a_collect_of_an_order_that_lost_units_repeated_finishes_the_settlement(world):
+    order = world.allocated(("TSHIRT", 3), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    world.gateway.script("void", "transient")
+    collected = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+    assert collected.payment.captured < collected.payment.authorized
+
+    world.gateway.script("void", "approve")
+    again = world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+
+    assert world.spy.voided == [order.payment.authorization]
+    assert again.payment.authorized == again.payment.captured == again.totals.grand_total
