@@ -196,12 +196,18 @@ def hold_at(world: World, clock: Clock, order_id: str) -> Order:
     return Holds(world.orders, clock=clock).hold(order_id, HoldRequest(reason="fraud_review"), actor="k")
 
 
-def test_a_hold_older_than_the_expiry_is_cancelled_hold_expired_with_its_stock_and_payment_given_back(world):
-    clock = Clock()
+def held_holding_stock(world: World, clock: Clock) -> str:
+    """An order of 2 MUGs authorized and reserved, then held: its id."""
     order_id = world.place(("MUG", 2))
     world.workflow.authorize_payment(order_id, attempt=0)
     world.workflow.reserve_stock(order_id)
     hold_at(world, clock, order_id)
+    return order_id
+
+
+def test_a_hold_older_than_the_expiry_is_cancelled_hold_expired_with_its_stock_and_payment_given_back(world):
+    clock = Clock()
+    order_id = held_holding_stock(world, clock)
     clock.advance(days=3)
     assert scan(world, clock, hold_expiry=timedelta(days=3, seconds=1)).run().expired == []
 
@@ -222,10 +228,7 @@ def test_a_scan_that_dies_after_writing_the_expiry_leaves_a_cancel_the_workflow_
     cancel's stream record starts an execution with `finish_cancel` (functions/outbox), whose
     CancelOrder finishes it."""
     clock = Clock()
-    order_id = world.place(("MUG", 2))
-    world.workflow.authorize_payment(order_id, attempt=0)
-    world.workflow.reserve_stock(order_id)
-    hold_at(world, clock, order_id)
+    order_id = held_holding_stock(world, clock)
     clock.advance(days=2)
 
     def dies(order_id: str, reason: str, actor: str) -> Order:

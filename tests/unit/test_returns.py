@@ -608,18 +608,23 @@ def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is
     assert world.order(order.id).payment.refunded <= credit and world.order(replacement.id).payment.refunded <= paid
 
 
+def delivered(world: World, order: Order) -> Order:
+    """`order` with every shipment shipped and delivered."""
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(order.id, shipment.id, actor="key_wh")
+    return world.order(order.id)
+
+
 def exchanged_again(world: World, clock: Clock, *wanted: tuple[str, int]):
     """A T-shirt exchanged for the same T-shirt (replacement B: the first credit pays for it, the
     customer the shipping), B delivered, then B's T-shirt exchanged for `wanted` and settled:
     (returns, original A, B, the second return settled)."""
     returns, order, first = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1))
-    b = world.run(first.exchange_order_id or "")
-    for shipment in b.shipments:
-        world.actions.ship(b.id, shipment.id, None, actor="key_wh")
-        world.actions.deliver(b.id, shipment.id, actor="key_wh")
+    b = delivered(world, world.run(first.exchange_order_id or ""))
     item = returns.request(b.id, exchange_of("L1", 1, *wanted), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    return returns, order, world.order(b.id), returns.settle(item.id, actor="key_wh")
+    return returns, order, b, returns.settle(item.id, actor="key_wh")
 
 
 def refunded_across(world: World, *orders: Order) -> Money:
@@ -675,10 +680,7 @@ def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_le
 
 def test_a_third_replacement_cancelled_gives_back_its_credit_from_every_earlier_order(world, clock):
     returns, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
-    c = world.run(second.exchange_order_id or "")
-    for shipment in c.shipments:
-        world.actions.ship(c.id, shipment.id, None, actor="key_wh")
-        world.actions.deliver(c.id, shipment.id, actor="key_wh")
+    c = delivered(world, world.run(second.exchange_order_id or ""))
     item = returns.request(c.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     d = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
@@ -692,10 +694,7 @@ def test_a_third_replacement_cancelled_gives_back_its_credit_from_every_earlier_
 
 def test_a_second_replacement_sent_back_refunds_its_value_from_the_earlier_orders(world, clock):
     returns, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
-    c = world.run(second.exchange_order_id or "")
-    for shipment in c.shipments:
-        world.actions.ship(c.id, shipment.id, None, actor="key_wh")
-        world.actions.deliver(c.id, shipment.id, actor="key_wh")
+    c = delivered(world, world.run(second.exchange_order_id or ""))
     paid = world.order(c.id).payment.captured
     back = returns.request(c.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
