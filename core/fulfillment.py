@@ -294,7 +294,9 @@ class OrderActions:
             fulfillment=order.fulfillment, shipping_method=shipping_method,
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
-        priced = self._capture.quote(cmd)
+        # An allocated or backordered order is sourced again counting what it holds as its own, so
+        # the stock check does too: an address change never needs more units than it holds.
+        priced = self._capture.quote(cmd, held=self._held_by(order) if resourced else None)
         total = order.payable(priced.totals)
         reauthorized = None
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
@@ -345,6 +347,18 @@ class OrderActions:
         kept = {(line.line_id, line.sku) for line in new.lines}
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
         self._release_lines(old, gone, holding_locations(old, self._catalog.list_locations()))
+
+    def _held_by(self, order: Order) -> dict[tuple[str, str], int]:
+        """What the order's reservations hold, by (sku, location_id)."""
+        locations = holding_locations(order, self._catalog.list_locations())
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line in order.lines:
+            for location_id in locations:
+                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+        held: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), units in self._inventory.reservations(dict(keys)).items():
+            held[(sku, location_id)] += units
+        return dict(held)
 
     def _release_lines(self, order: Order, lines: list[OrderLine], location_ids: list[str]) -> None:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)

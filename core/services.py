@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -150,9 +150,10 @@ class CaptureService:
         exchange = {"order_id": original_id, "return_id": return_id, "credit": credit}
         return self._placed(cmd, self.quote(cmd), self._clock(), actor, exchange=exchange)
 
-    def quote(self, cmd: PlaceOrder) -> PricedOrder:
+    def quote(self, cmd: PlaceOrder, held: Mapping[tuple[str, str], int] | None = None) -> PricedOrder:
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
-        through the plugins, stock. Editing an order runs the same checks."""
+        through the plugins, stock. Editing an order runs the same checks; `held` ({(sku,
+        location_id): units}) is what the edited order reserves itself, available to it again."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -169,7 +170,7 @@ class CaptureService:
             )
         sources, tax_address = self._sources(cmd)
         priced = self._pricing.price(cmd, products, tax_address)
-        self._check_stock(cmd, products, sources)
+        self._check_stock(cmd, products, sources, held or {})
         return priced
 
     def price(self, cmd: PlaceOrder) -> PricedOrder:
@@ -264,7 +265,13 @@ class CaptureService:
             )
         return {location.location_id}, location.address
 
-    def _check_stock(self, cmd: PlaceOrder, products: dict[str, Product], sources: set[str] | None) -> None:
+    def _check_stock(
+        self,
+        cmd: PlaceOrder,
+        products: dict[str, Product],
+        sources: set[str] | None,
+        held: Mapping[tuple[str, str], int],
+    ) -> None:
         if sources is None:
             sources = {loc.location_id for loc in self._catalog.list_locations() if loc.ships}
         wanted: dict[str, int] = defaultdict(int)
@@ -275,7 +282,15 @@ class CaptureService:
             return
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
         sources = sources - set(rules.excluded_locations)
-        levels = rules.for_orders(self._inventory.levels(short_skus, sources)) if sources else {}
+        levels = self._inventory.levels(short_skus, sources) if sources else {}
+        if held:
+            # As the workflow sources it again: what the order holds counts as available to it.
+            levels = {
+                sku: [level.model_copy(update={"available": max(level.available, 0)
+                                                + held.get((sku, level.location_id), 0)}) for level in found]
+                for sku, found in levels.items()
+            }  # fmt: skip
+        levels = rules.for_orders(levels)
         available = {
             sku: sum(max(level.available, 0) for level in levels.get(sku, []) if level.location_id in sources)
             for sku in short_skus

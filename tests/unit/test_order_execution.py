@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import Conflict, InvalidTransition, NotFound, OutOfStock
+from core.errors import Conflict, InsufficientStock, InvalidTransition, NotFound, OutOfStock
 from core.holds import HoldRequest, Holds
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
@@ -177,6 +177,31 @@ def test_an_address_change_after_allocation_prices_shipping_and_tax_again(world)
     assert (edited.lines, edited.totals) == (quote.lines, quote.totals)
     assert edited.totals.tax != order.totals.tax
     assert edited.shipping_address == oregon and edited.status is S.AUTHORIZED
+
+
+def test_an_address_change_of_an_order_holding_the_last_units_counts_them_as_its_own(world):
+    # The three MUGs in stock are this order's: an edit that keeps them asks for nothing more.
+    order = world.allocated(("MUG", 3))
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+
+    edited = world.actions.edit(order.id, order.version, OrderEdit(shipping_method="express"), actor="key_web")
+
+    assert (edited.status, edited.shipping_method) == (S.AUTHORIZED, "express")
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+
+
+def test_an_edit_asking_for_more_than_the_stock_and_its_own_reservation_is_still_refused(world):
+    order = world.allocated(("MUG", 3))
+
+    with pytest.raises(InsufficientStock):
+        world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=4)]),
+                           actor="key_web")  # fmt: skip
+
+    assert world.order(order.id) == order
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
 
 
 def test_an_order_is_no_longer_editable_once_a_shipment_left(world):
