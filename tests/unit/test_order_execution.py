@@ -244,6 +244,20 @@ def test_a_rejected_shipment_is_sourced_again_from_another_location(world):
     assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
 
 
+def test_an_order_with_a_line_cancelled_whole_is_sourced_again_after_a_reject(world):
+    # The cancelled line keeps its place with no units: sourcing covers the lines that have some.
+    order = world.allocated(("TSHIRT", 2), ("PEN", 1))
+    world.actions.cancel(order.id, "no pen", actor="key_web", lines={"L2": 1})
+    west = world.shipment_at(world.order(order.id), "wh-west")
+    world.actions.reject(order.id, west, "damaged stock", actor="key_store")
+
+    again = resume(world, order.id)
+
+    assert again.status is S.ALLOCATED
+    assert [(a.line_id, a.location_id, a.quantity) for a in again.allocations] == [("L1", "wh-east", 2)]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
+
+
 def test_a_reject_whose_release_never_ran_leaves_nothing_held_at_that_location_once_sourced_again(world, monkeypatch):
     # The reject is recorded, then its request dies before it releases (a Lambda timeout) and is
     # not repeated. The workflow the status change restarts never reserves there again for this
