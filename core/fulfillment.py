@@ -285,7 +285,10 @@ class OrderActions:
             )
         order.check_editable()
         resourced = order.status in RESOURCEABLE
-        lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in order.lines]
+        # Without new lines the order's own are priced again; a line whose every unit was cancelled
+        # has none to price and stays as it is.
+        kept = [line for line in order.lines if line.quantity]
+        lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in kept]
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
         cmd = PlaceOrder(
             channel=order.channel, external_id=order.external_id, currency=order.currency,
@@ -307,7 +310,8 @@ class OrderActions:
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
         new, entry = order.edit(
-            lines=priced.lines, totals=priced.totals, shipping_address=cmd.shipping_address,
+            lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
+            totals=priced.totals, shipping_address=cmd.shipping_address,
             shipping_method=priced.shipping_method, changed=changes,
             reauthorized=(total, reauthorized.reference) if reauthorized else None, at=self._clock(), actor=actor,
         )  # fmt: skip
@@ -383,6 +387,18 @@ class OrderActions:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
+
+
+def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list[OrderLine]) -> list[OrderLine]:
+    """`lines` with each of `kept` (those with units) replaced by its new price, under its own
+    line id and with the units cancelled from it: an edit that names no lines keeps them."""
+    by_id = {line.line_id: price for line, price in zip(kept, priced, strict=True)}
+    return [
+        OrderLine.model_validate({**dict(by_id[line.line_id]), "line_id": line.line_id,
+                                  "cancelled_quantity": line.cancelled_quantity})
+        if line.line_id in by_id else line
+        for line in lines
+    ]  # fmt: skip
 
 
 def _still_there(order: Order, shipment_id: str) -> None:

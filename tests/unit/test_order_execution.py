@@ -204,6 +204,27 @@ def test_an_edit_asking_for_more_than_the_stock_and_its_own_reservation_is_still
     assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
 
 
+def test_an_address_change_after_a_line_was_cancelled_whole_keeps_the_lines_as_they_are(world):
+    order = world.allocated(("TSHIRT", 2), ("PEN", 1))
+    cancelled = world.actions.cancel(order.id, "no pen", actor="key_web", lines={"L2": 1})
+    assert [(line.quantity, line.cancelled_quantity) for line in cancelled.lines] == [(2, 0), (0, 1)]
+    oregon = Address.model_validate(address_body(city="Portland", region="OR", postal_code="97201"))
+
+    edited = world.actions.edit(order.id, cancelled.version, OrderEdit(shipping_address=oregon), actor="key_web")
+
+    quote = world.capture.quote(
+        place_order(lines=[{"sku": "TSHIRT", "quantity": 2}], shipping_address=oregon.model_dump())
+    )
+    tshirt, pen = edited.lines
+    assert tshirt == quote.lines[0]
+    assert (pen.line_id, pen.sku, pen.quantity, pen.cancelled_quantity) == ("L2", "PEN", 0, 1)
+    assert pen.total == Money.zero("USD")
+    assert edited.totals == quote.totals
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
+
+
 def test_an_order_is_no_longer_editable_once_a_shipment_left(world):
     order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("PEN", 1))  # west: TSHIRT + MUG, east: PEN
     west = world.shipment_at(order, "wh-west")
