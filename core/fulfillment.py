@@ -26,7 +26,7 @@ from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
 from core.services import CaptureService
-from core.status import RESOURCEABLE, OrderStatus, PaymentStatus, ShipmentStatus
+from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
@@ -284,7 +284,7 @@ class OrderActions:
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
             )
         order.check_editable()
-        resourced = order.status in RESOURCEABLE
+        resourced = order.sourced_again_by_edit()
         # Without new lines the order's own are priced again; a line whose every unit was cancelled
         # has none to price and stays as it is.
         kept = [line for line in order.lines if line.quantity]

@@ -1065,15 +1065,18 @@ class Order(BaseModel, defer_build=True):
         return shipment
 
     def check_editable(self) -> None:
-        """Editable before stock is reserved, and allocated or backordered until anything left
-        (then it is sourced again). An authorized order in the middle of reserving is not: its
-        workflow is about to allocate it, and a moment later it is editable again."""
+        """Editable before stock is reserved, and allocated (held or not) or backordered until
+        anything left (then it is sourced again). An authorized order in the middle of reserving is
+        not: its workflow is about to allocate it, and a moment later it is editable again."""
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
             # Released, it waits for stock again under its queue entries: edited, it would have to be
             # sourced again, which a release does not do.
             raise InvalidTransition(f"order {self.id} was held while backordered: release it to edit it")
+        elif self._held_with_stock():
+            # Held for review (an address to fix): edited on hold, so nothing ships before the fix.
+            self._check_nothing_left("edited")
         elif self.status not in EDITABLE or self.allocations:
             raise InvalidTransition(
                 f"an order that is {self.status} and has stock reserved can no longer be edited"
@@ -1084,13 +1087,35 @@ class Order(BaseModel, defer_build=True):
     def _check_resourceable(self, what: str) -> None:
         if self.status not in RESOURCEABLE:
             raise InvalidTransition(f"an order that is {self.status} cannot be {what} now")
+        self._check_nothing_left(what)
+
+    def _check_nothing_left(self, what: str) -> None:
         left = next((s for s in self.shipments if s.status is not ShipmentStatus.PENDING), None)
         if left is not None:
             raise InvalidTransition(f"shipment {left.id} is {left.status}: the order can no longer be {what}")
 
+    def _held_with_stock(self) -> bool:
+        """On hold from allocated, or with stock reserved (held between reserving and allocating):
+        an edit sources it again, when it is released. (Held while backordered is not editable.)"""
+        return (
+            self.status is OrderStatus.ON_HOLD
+            and self.hold is not None
+            and self.hold.resume_to is not OrderStatus.BACKORDERED
+            and (self.hold.resume_to is OrderStatus.ALLOCATED or bool(self.allocations))
+        )
+
+    def sourced_again_by_edit(self) -> bool:
+        """Whether an edit sends this order back to be sourced (its reservations then count as its
+        own, and those its changed lines no longer use are released)."""
+        return self.status in RESOURCEABLE or self._held_with_stock()
+
     def _sourced_again(self) -> dict[str, Any]:
         """The fields that send an allocated or backordered order back to be sourced: authorized,
-        nothing allocated, its pending shipments gone (the workflow books new ones)."""
+        nothing allocated, its pending shipments gone (the workflow books new ones). A held one
+        stays on hold and is released to `authorized`, which starts its workflow again."""
+        if self._held_with_stock():
+            assert self.hold is not None
+            return {"allocations": [], "shipments": [], "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED)}
         if self.status not in RESOURCEABLE:
             return {}
         return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": []}
@@ -1448,7 +1473,8 @@ class Order(BaseModel, defer_build=True):
     ) -> Change:  # fmt: skip
         """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
         reference) of an authorization the gateway approved for a grown total. An allocated or
-        backordered order goes back to `authorized` with nothing allocated, to be sourced again."""
+        backordered order goes back to `authorized` with nothing allocated, to be sourced again (a
+        held one when it is released)."""
         self.check_editable()
         detail: dict[str, Any] = {
             "changed": changed,

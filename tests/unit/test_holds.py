@@ -390,3 +390,48 @@ def test_a_held_order_read_back_from_a_response_is_valid_but_cannot_be_released(
     assert shown.hold.resume_to is None and shown.hold.reason == "fraud_review"
     with pytest.raises(InvalidTransition):
         shown.release(note=None, at=NOW, actor="key_ops")
+
+
+# --- Editing a held order that holds stock -------------------------------------------------------
+
+
+def test_a_held_allocated_order_gets_its_address_fixed_and_is_sourced_again_once_released(world):
+    # An address review: the parcel must not leave before the address is fixed, so the fix is made
+    # on the held order, not after a release that would let it ship to the old address.
+    order = world.allocated(("MUG", 2))
+    held = hold(world, order.id, reason="address_review")
+    portland = address_body(city="Portland", region="OR", postal_code="97201")
+
+    edited = world.actions.edit(order.id, held.version, OrderEdit(shipping_address=portland), actor="key_ops")
+
+    assert (edited.status, edited.hold.reason, edited.allocations, edited.shipments) == (
+        S.ON_HOLD, "address_review", [], [],
+    )  # fmt: skip
+    assert edited.shipping_address.city == "Portland"
+    with pytest.raises(OrderHeld):
+        world.workflow.reserve_stock(order.id)  # nothing is sourced while it is held
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.detail["released"]) == (
+        "edited", "key_ops", [a.model_dump() for a in order.allocations],
+    )  # fmt: skip
+
+    released = release(world, order.id)
+
+    assert released.status is S.AUTHORIZED  # the outbox starts its workflow again, as after a release
+    run_from(world, order.id)
+    again = world.order(order.id)
+    assert again.status is S.ALLOCATED
+    assert sum(world.held_for(order.id).values()) == 2
+    assert len(again.shipments) == 1 and world.spy.voided == []
+
+
+def test_a_held_pickup_waiting_at_its_store_is_still_not_editable(world):
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    held = hold(world, order.id)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.edit(order.id, held.version, OrderEdit(shipping_method="express"), actor="key_ops")
+
+    assert world.order(order.id) == held

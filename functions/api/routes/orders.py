@@ -176,7 +176,8 @@ IfMatch = Annotated[
     "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either "
     "way the order is unchanged and the failed attempts are in its history. An allocated or backordered order goes "
     "back to `authorized` with nothing allocated and its pending shipments removed, and the order workflow sources "
-    "it again. Once a shipment has shipped (or a pickup is ready) 409.",
+    "it again. A held allocated order is edited the same way and stays on hold; released, it is sourced again (one "
+    "held while backordered is 409: release it first). Once a shipment has shipped (or a pickup is ready) 409.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
     middlewares=[plugins_loaded],
 )
