@@ -1526,12 +1526,15 @@ class Order(BaseModel, defer_build=True):
 
     def units_to_cancel(self, lines: dict[str, int] | None) -> dict[str, int]:
         """The units a cancel takes ({line_id: units}): `lines`, or for None every unit not yet
-        shipped. Only an allocated or partly shipped order cancels units (InvalidTransition
-        otherwise); a line the order lacks, or more units than a line has, is InvalidRequest;
-        units that have shipped are InvalidTransition (409: they are returned instead)."""
-        if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
+        shipped. Only an allocated, partly shipped or (with `lines`) backordered order cancels
+        units (InvalidTransition otherwise); a line the order lacks, or more units than a line
+        has, is InvalidRequest; units that have shipped are InvalidTransition (409: they are
+        returned instead)."""
+        waiting = self.status is OrderStatus.BACKORDERED and lines is not None
+        if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED) and not waiting:
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
-        unshipped = self.unshipped_units()
+        # A backordered order has no shipment yet: every unit of it is unshipped.
+        unshipped = {line.line_id: line.quantity for line in self.lines} if waiting else self.unshipped_units()
         if lines is None:
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
@@ -1576,6 +1579,17 @@ class Order(BaseModel, defer_build=True):
                 line = _replaced(line, quantity=0, discount=zero, tax=zero, total=zero,
                                  cancelled_quantity=line.cancelled_quantity + gone)  # fmt: skip
             lines.append(line)
+        if self.status is OrderStatus.BACKORDERED:
+            # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
+            # (its workflow counts its reservations as its own and gives back what it no longer needs).
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED,
+                detail={"reason": reason, "lines": cancelled,
+                        "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
+                                        "to": totals.grand_total.model_dump(mode="json")},
+                        "released": [a.model_dump() for a in self.allocations]},
+                lines=lines, totals=totals, **self._sourced_again(),
+            )  # fmt: skip
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
         shipments: list[Shipment | None] = list(self.shipments)
@@ -1777,7 +1791,8 @@ class CancelRequest(Strict):
             Field(
                 min_length=1,
                 max_length=100,
-                description="Cancel only these units (of an allocated or partly shipped order); each line once.",
+                description="Cancel only these units (of an allocated, partly shipped or backordered order); "
+                "each line once.",
             ),
         ]
         | None

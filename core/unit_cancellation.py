@@ -81,13 +81,17 @@ class UnitCancellation:
                 self._orders.update(new, order, [entry])
             except StaleVersion:
                 continue
+            if order.status is S.BACKORDERED:
+                # Sent back to be sourced: its restarted workflow reconciles the reservations, and
+                # nothing was captured to settle.
+                return new
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
 
     @staticmethod
     def _takes_everything(order: Order, lines: dict[str, int] | None) -> bool:
         """Cancelling every unit of an order before anything shipped cancels the order."""
-        if lines is None or order.status is not S.ALLOCATED:
+        if lines is None or order.status not in (S.ALLOCATED, S.BACKORDERED):
             return False
         return all(lines.get(line.line_id, 0) >= line.quantity for line in order.lines)
 
