@@ -275,7 +275,9 @@ class OrderActions:
         the new total before anything is stored (the old authorization voided after the write).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
         outbox restarts its workflow on that change."""
-        found = self._orders.get_with_token(order_id)
+        # Read consistently: If-Match is judged on this read, and the caller may hold the version a
+        # change has just answered, which an eventually consistent read may not show yet.
+        found = self._orders.get_with_token(order_id, consistent=True)
         visible(found[0] if found else None, order_id, channel)
         order, token = found
         if order.version != expected_version:

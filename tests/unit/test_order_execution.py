@@ -225,6 +225,23 @@ def test_an_address_change_after_a_line_was_cancelled_whole_keeps_the_lines_as_t
     assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
 
 
+def test_an_edit_sent_right_after_a_change_is_judged_on_the_order_as_written(world, monkeypatch):
+    # GetItem is eventually consistent: just after a hold or an edit answered version N, a plain
+    # read may still show N - 1. The If-Match the caller sends is the version it was answered.
+    order = world.allocated(("TSHIRT", 2))
+    changed = world.actions.edit(order.id, order.version, OrderEdit(shipping_method="express"), actor="key_web")
+    real = world.orders.get_with_token
+
+    def lagging(order_id, consistent=False):
+        return real(order_id) if consistent else (order, world.orders.tokens[order_id])
+
+    monkeypatch.setattr(world.orders, "get_with_token", lagging)
+
+    edited = world.actions.edit(order.id, changed.version, OrderEdit(shipping_method="standard"), actor="key_web")
+
+    assert (edited.version, edited.shipping_method) == (changed.version + 1, "standard")
+
+
 def test_an_order_is_no_longer_editable_once_a_shipment_left(world):
     order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("PEN", 1))  # west: TSHIRT + MUG, east: PEN
     west = world.shipment_at(order, "wh-west")
