@@ -243,6 +243,36 @@ def test_a_held_order_cancelled_releases_its_stock_and_voids_its_authorization(w
     assert world.held_for(order_id) == {}
 
 
+def test_a_release_sent_right_after_the_hold_is_decided_on_the_order_as_written(world, monkeypatch):
+    # GetItem is eventually consistent: just after the hold answered, a plain read may still show
+    # the order as it was. A release decided on that read would be refused "not on hold".
+    order = world.allocated(("MUG", 1))
+    hold(world, order.id)
+    real = world.orders.get
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real(oid) if consistent else order)
+
+    released = release(world, order.id)
+
+    assert (released.status, released.hold) == (S.ALLOCATED, None)
+    assert [e.type for e in world.history(order.id)][-2:] == ["on_hold", "released"]
+
+
+def test_a_hold_sent_right_after_the_order_was_placed_finds_it(world, monkeypatch):
+    order_id = world.place(("MUG", 1))
+    real = world.orders.get
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real(oid) if consistent else None)
+
+    assert hold(world, order_id).status is S.ON_HOLD
+
+
+def test_a_refusal_stands_on_the_order_as_written(world):
+    order = world.allocated(("MUG", 1))
+    with pytest.raises(InvalidTransition):
+        release(world, order.id)
+    with pytest.raises(NotFound):
+        release(world, "ord_" + "a" * 24)
+
+
 # --- A hold racing a running step: neither is lost -----------------------------------------------
 
 
