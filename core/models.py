@@ -1524,14 +1524,22 @@ class Order(BaseModel, defer_build=True):
                     units[item.line_id] = units.get(item.line_id, 0) + item.quantity
         return units
 
+    def ships_units_left(self) -> bool:
+        """Allocated (or held from allocated: its shipments wait for the release) or partly shipped:
+        its units not yet shipped are in pending shipments."""
+        held_allocated = self.hold is not None and self.hold.resume_to is OrderStatus.ALLOCATED
+        return self.status in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED) or (
+            self.status is OrderStatus.ON_HOLD and held_allocated
+        )
+
     def units_to_cancel(self, lines: dict[str, int] | None) -> dict[str, int]:
         """The units a cancel takes ({line_id: units}): `lines`, or for None every unit not yet
-        shipped. Only an allocated, partly shipped or (with `lines`) backordered order cancels
-        units (InvalidTransition otherwise); a line the order lacks, or more units than a line
-        has, is InvalidRequest; units that have shipped are InvalidTransition (409: they are
-        returned instead)."""
+        shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered
+        order cancels units (InvalidTransition otherwise); a line the order lacks, or more units
+        than a line has, is InvalidRequest; units that have shipped are InvalidTransition (409:
+        they are returned instead)."""
         waiting = self.status is OrderStatus.BACKORDERED and lines is not None
-        if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED) and not waiting:
+        if not (self.ships_units_left() or waiting):
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
         # A backordered order has no shipment yet: every unit of it is unshipped.
         unshipped = {line.line_id: line.quantity for line in self.lines} if waiting else self.unshipped_units()
@@ -1791,8 +1799,8 @@ class CancelRequest(Strict):
             Field(
                 min_length=1,
                 max_length=100,
-                description="Cancel only these units (of an allocated, partly shipped or backordered order); "
-                "each line once.",
+                description="Cancel only these units (of an allocated, held allocated, partly shipped or "
+                "backordered order); each line once.",
             ),
         ]
         | None

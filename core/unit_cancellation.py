@@ -105,7 +105,9 @@ class UnitCancellation:
     @staticmethod
     def _takes_everything(order: Order, lines: dict[str, int] | None) -> bool:
         """Cancelling every unit of an order before anything shipped cancels the order."""
-        if lines is None or order.status not in (S.ALLOCATED, S.BACKORDERED):
+        if lines is None or order.status is S.PARTIALLY_SHIPPED:
+            return False
+        if not (order.ships_units_left() or order.status is S.BACKORDERED):
             return False
         return all(lines.get(line.line_id, 0) >= line.quantity for line in order.lines)
 

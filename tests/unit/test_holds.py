@@ -465,3 +465,49 @@ def test_a_held_pickup_waiting_at_its_store_is_still_not_editable(world):
         world.actions.edit(order.id, held.version, OrderEdit(shipping_method="express"), actor="key_ops")
 
     assert world.order(order.id) == held
+
+
+# --- Cancelling units of a held order -------------------------------------------------------------
+
+
+def test_units_of_a_held_allocated_order_are_cancelled_on_hold_and_their_stock_released(world):
+    order = world.allocated(("MUG", 3), ("TSHIRT", 1))
+    held = hold(world, order.id, reason="customer_request")
+
+    done = world.actions.cancel(order.id, "two mugs are enough", actor="key_ops", lines={"L1": 1})
+
+    assert (done.status, done.hold.reason) == (S.ON_HOLD, "customer_request")
+    assert [(line.quantity, line.cancelled_quantity) for line in done.lines] == [(2, 1), (1, 0)]
+    assert sum(a.quantity for a in done.allocations if a.line_id == "L1") == 2
+    assert sum(world.held_for(order.id).values()) == 3  # two mugs and the T-shirt
+    assert done.version == held.version + 1
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.detail["lines"]) == ("units_cancelled", "key_ops", {"L1": 1})
+    assert world.spy.captured == []
+
+    released = release(world, order.id)
+
+    assert released.status is S.ALLOCATED
+    for shipment in released.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    shipped = world.order(order.id)
+    assert shipped.status is S.SHIPPED
+    assert shipped.payment.captured == shipped.totals.grand_total
+
+
+def test_every_unit_of_a_held_allocated_order_cancels_it(world):
+    order = world.allocated(("MUG", 2))
+    hold(world, order.id)
+
+    done = world.actions.cancel(order.id, "fraud confirmed", actor="key_ops", lines={"L1": 2})
+
+    assert (done.status, done.payment.status) == (S.CANCELLED, "voided")
+    assert world.held_for(order.id) == {}
+
+
+def test_units_of_an_order_held_before_allocation_are_still_refused(world):
+    order_id = world.place(("MUG", 2))
+    hold(world, order_id)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order_id, "one is enough", actor="key_ops", lines={"L1": 1})

@@ -195,7 +195,7 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "then its authorization voided. A void the gateway refuses or cannot do now still answers 200: the order is "
     "`cancelled`, its `payment.status` stays `authorized` and the history has a `payment_void_failed` entry per "
     "attempt. Cancelling again retries the void.\n\nOn a `partially_shipped` order it cancels every unit not "
-    "shipped, and with `lines` the chosen units of an allocated, partly shipped or backordered order (a "
+    "shipped, and with `lines` the chosen units of an allocated (held or not), partly shipped or backordered order (a "
     "backordered one goes back to `authorized` to be sourced again, as after an edit): each line's `quantity` "
     "drops and its `cancelled_quantity` grows, totals are priced again as for an edit, the pending shipments and "
     "their reservations shrink, and the payment is settled (a capture beyond the new total is refunded; once "
