@@ -26,7 +26,7 @@ from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
 from core.services import CaptureService
-from core.status import RESOURCEABLE, OrderStatus, PaymentStatus, ShipmentStatus
+from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
 
@@ -285,7 +285,9 @@ class OrderActions:
         the new total before anything is stored (the old authorization voided after the write).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
         outbox restarts its workflow on that change."""
-        found = self._orders.get_with_token(order_id)
+        # Read consistently: If-Match is judged on this read, and the caller may hold the version a
+        # change has just answered, which an eventually consistent read may not show yet.
+        found = self._orders.get_with_token(order_id, consistent=True)
         visible(found[0] if found else None, order_id, channel)
         order, token = found
         if order.version != expected_version:
@@ -294,8 +296,11 @@ class OrderActions:
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
             )
         order.check_editable()
-        resourced = order.status in RESOURCEABLE
-        lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in order.lines]
+        resourced = order.sourced_again_by_edit()
+        # Without new lines the order's own are priced again; a line whose every unit was cancelled
+        # has none to price and stays as it is.
+        kept = [line for line in order.lines if line.quantity]
+        lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in kept]
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
         cmd = PlaceOrder(
             channel=order.channel, external_id=order.external_id, currency=order.currency,
@@ -318,7 +323,8 @@ class OrderActions:
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
         new, entry = order.edit(
-            lines=priced.lines, totals=priced.totals, shipping_address=cmd.shipping_address,
+            lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
+            totals=priced.totals, shipping_address=cmd.shipping_address,
             shipping_method=priced.shipping_method, changed=changes,
             reauthorized=(total, reauthorized.reference) if reauthorized else None, at=self._clock(), actor=actor,
         )  # fmt: skip
@@ -394,6 +400,18 @@ class OrderActions:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
+
+
+def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list[OrderLine]) -> list[OrderLine]:
+    """`lines` with each of `kept` (those with units) replaced by its new price, under its own
+    line id and with the units cancelled from it: an edit that names no lines keeps them."""
+    by_id = {line.line_id: price for line, price in zip(kept, priced, strict=True)}
+    return [
+        OrderLine.model_validate({**dict(by_id[line.line_id]), "line_id": line.line_id,
+                                  "cancelled_quantity": line.cancelled_quantity})
+        if line.line_id in by_id else line
+        for line in lines
+    ]  # fmt: skip
 
 
 def _still_there(order: Order, shipment_id: str) -> None:

@@ -32,14 +32,20 @@ WATCHED: frozenset[OrderStatus] = frozenset(
 DEFAULT_SLA = "pending=5m,authorized=15m,allocated=48h,backordered=14d,on_hold=24h"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DURATION = re.compile(r"([0-9]{1,9})([smhd])")
+# The scan subtracts a deadline from now: one of millennia (a status meant never to be late)
+# would leave the calendar and crash every pass, so it is refused where it is read.
+LONGEST = timedelta(days=36500)
 
 
 def parse_duration(text: str) -> timedelta:
-    """`30s`, `5m`, `48h`, `14d` as a timedelta (positive; ValueError otherwise)."""
+    """`30s`, `5m`, `48h`, `14d` as a timedelta (positive, at most 100 years; ValueError otherwise)."""
     found = _DURATION.fullmatch(text.strip())
     if found is None or int(found.group(1)) == 0:
         raise ValueError(f"{text!r} is not a positive duration such as 30s, 5m, 48h or 14d")
-    return timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    duration = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    if duration > LONGEST:
+        raise ValueError(f"{text!r} is longer than {LONGEST.days}d (100 years)")
+    return duration
 
 
 def format_duration(duration: timedelta) -> str:

@@ -1062,15 +1062,18 @@ class Order(BaseModel, defer_build=True):
         return shipment
 
     def check_editable(self) -> None:
-        """Editable before stock is reserved, and allocated or backordered until anything left
-        (then it is sourced again). An authorized order in the middle of reserving is not: its
-        workflow is about to allocate it, and a moment later it is editable again."""
+        """Editable before stock is reserved, and allocated (held or not) or backordered until
+        anything left (then it is sourced again). An authorized order in the middle of reserving is
+        not: its workflow is about to allocate it, and a moment later it is editable again."""
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
             # Released, it waits for stock again under its queue entries: edited, it would have to be
             # sourced again, which a release does not do.
             raise InvalidTransition(f"order {self.id} was held while backordered: release it to edit it")
+        elif self._held_with_stock():
+            # Held for review (an address to fix): edited on hold, so nothing ships before the fix.
+            self._check_nothing_left("edited")
         elif self.status not in EDITABLE or self.allocations:
             raise InvalidTransition(
                 f"an order that is {self.status} and has stock reserved can no longer be edited"
@@ -1081,13 +1084,35 @@ class Order(BaseModel, defer_build=True):
     def _check_resourceable(self, what: str) -> None:
         if self.status not in RESOURCEABLE:
             raise InvalidTransition(f"an order that is {self.status} cannot be {what} now")
+        self._check_nothing_left(what)
+
+    def _check_nothing_left(self, what: str) -> None:
         left = next((s for s in self.shipments if s.status is not ShipmentStatus.PENDING), None)
         if left is not None:
             raise InvalidTransition(f"shipment {left.id} is {left.status}: the order can no longer be {what}")
 
+    def _held_with_stock(self) -> bool:
+        """On hold from allocated, or with stock reserved (held between reserving and allocating):
+        an edit sources it again, when it is released. (Held while backordered is not editable.)"""
+        return (
+            self.status is OrderStatus.ON_HOLD
+            and self.hold is not None
+            and self.hold.resume_to is not OrderStatus.BACKORDERED
+            and (self.hold.resume_to is OrderStatus.ALLOCATED or bool(self.allocations))
+        )
+
+    def sourced_again_by_edit(self) -> bool:
+        """Whether an edit sends this order back to be sourced (its reservations then count as its
+        own, and those its changed lines no longer use are released)."""
+        return self.status in RESOURCEABLE or self._held_with_stock()
+
     def _sourced_again(self) -> dict[str, Any]:
         """The fields that send an allocated or backordered order back to be sourced: authorized,
-        nothing allocated, its pending shipments gone (the workflow books new ones)."""
+        nothing allocated, its pending shipments gone (the workflow books new ones). A held one
+        stays on hold and is released to `authorized`, which starts its workflow again."""
+        if self._held_with_stock():
+            assert self.hold is not None
+            return {"allocations": [], "shipments": [], "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED)}
         if self.status not in RESOURCEABLE:
             return {}
         return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": []}
@@ -1445,7 +1470,8 @@ class Order(BaseModel, defer_build=True):
     ) -> Change:  # fmt: skip
         """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
         reference) of an authorization the gateway approved for a grown total. An allocated or
-        backordered order goes back to `authorized` with nothing allocated, to be sourced again."""
+        backordered order goes back to `authorized` with nothing allocated, to be sourced again (a
+        held one when it is released)."""
         self.check_editable()
         detail: dict[str, Any] = {
             "changed": changed,
@@ -1495,14 +1521,25 @@ class Order(BaseModel, defer_build=True):
                     units[item.line_id] = units.get(item.line_id, 0) + item.quantity
         return units
 
+    def ships_units_left(self) -> bool:
+        """Allocated (or held from allocated: its shipments wait for the release) or partly shipped:
+        its units not yet shipped are in pending shipments."""
+        held_allocated = self.hold is not None and self.hold.resume_to is OrderStatus.ALLOCATED
+        return self.status in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED) or (
+            self.status is OrderStatus.ON_HOLD and held_allocated
+        )
+
     def units_to_cancel(self, lines: dict[str, int] | None) -> dict[str, int]:
         """The units a cancel takes ({line_id: units}): `lines`, or for None every unit not yet
-        shipped. Only an allocated or partly shipped order cancels units (InvalidTransition
-        otherwise); a line the order lacks, or more units than a line has, is InvalidRequest;
-        units that have shipped are InvalidTransition (409: they are returned instead)."""
-        if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
+        shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered
+        order cancels units (InvalidTransition otherwise); a line the order lacks, or more units
+        than a line has, is InvalidRequest; units that have shipped are InvalidTransition (409:
+        they are returned instead)."""
+        waiting = self.status is OrderStatus.BACKORDERED and lines is not None
+        if not (self.ships_units_left() or waiting):
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
-        unshipped = self.unshipped_units()
+        # A backordered order has no shipment yet: every unit of it is unshipped.
+        unshipped = {line.line_id: line.quantity for line in self.lines} if waiting else self.unshipped_units()
         if lines is None:
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
@@ -1547,6 +1584,17 @@ class Order(BaseModel, defer_build=True):
                 line = _replaced(line, quantity=0, discount=zero, tax=zero, total=zero,
                                  cancelled_quantity=line.cancelled_quantity + gone)  # fmt: skip
             lines.append(line)
+        if self.status is OrderStatus.BACKORDERED:
+            # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
+            # (its workflow counts its reservations as its own and gives back what it no longer needs).
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED,
+                detail={"reason": reason, "lines": cancelled,
+                        "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
+                                        "to": totals.grand_total.model_dump(mode="json")},
+                        "released": [a.model_dump() for a in self.allocations]},
+                lines=lines, totals=totals, **self._sourced_again(),
+            )  # fmt: skip
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
         shipments: list[Shipment | None] = list(self.shipments)
@@ -1748,7 +1796,8 @@ class CancelRequest(Strict):
             Field(
                 min_length=1,
                 max_length=100,
-                description="Cancel only these units (of an allocated or partly shipped order); each line once.",
+                description="Cancel only these units (of an allocated, held allocated, partly shipped or "
+                "backordered order); each line once.",
             ),
         ]
         | None

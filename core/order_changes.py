@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from core.errors import NotFound, StaleVersion
+from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.models import Change, Order
 from core.payments import Failure, OnFailure
 from core.ports import OrderRepository
@@ -32,16 +32,30 @@ def modify(
     answer; None when there is nothing to write) and write that, conditional on the version read.
     A lost race reads and decides again, so `decide` must only decide: side effects belong before
     (what the write records) or after it. Returns the order as stored (as read when `decide` said
-    None). Another channel's order is NotFound; StaleVersion after `attempts` lost races."""
+    None). Another channel's order is NotFound; StaleVersion after `attempts` lost races.
+
+    The first read is eventually consistent (cheap, and nearly always current). One that may
+    predate the change making this one possible (a release sent just after its hold, a cancel
+    just after the order was placed) must not refuse it: a refusal, and every read after a lost
+    race, is decided again on a consistent read."""
+    consistent = False
     for _ in range(attempts):
-        order = visible(orders.get(order_id), order_id, channel)
-        change = decide(order)
+        found = orders.get(order_id, consistent=True) if consistent else orders.get(order_id)
+        try:
+            order = visible(found, order_id, channel)
+            change = decide(order)
+        except (NotFound, Conflict, InvalidRequest):
+            if consistent:
+                raise
+            consistent = True
+            continue
         if change is None:
             return order
         new, entry = change
         try:
             orders.update(new, order, [entry])
         except StaleVersion:
+            consistent = True
             continue
         return new
     raise StaleVersion(f"order {order_id} kept changing; retry")

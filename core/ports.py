@@ -48,9 +48,9 @@ class OrderRepository(ABC):
         `expected`; `order` equal to `expected` appends history only."""
 
     @abstractmethod
-    def get_with_token(self, order_id: str) -> tuple[Order, str] | None:
+    def get_with_token(self, order_id: str, *, consistent: bool = False) -> tuple[Order, str] | None:
         """The order and the payment token it was placed with (for the payment plugin; never
-        shown), in one read."""
+        shown), in one read; `consistent`: a strongly consistent read."""
 
     @abstractmethod
     def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:

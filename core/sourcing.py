@@ -126,7 +126,8 @@ def ask_plugins(
         if allocation.location_id not in allowed or allocation.quantity <= 0:
             raise PluginError(f"oms_source_order allocated {allocation} outside the eligible locations")
         covered[allocation.line_id] += allocation.quantity
-    if covered != {line.line_id: line.quantity for line in order.lines}:
+    # A line whose every unit was cancelled stays on the order with none: nothing of it to cover.
+    if covered != {line.line_id: line.quantity for line in order.lines if line.quantity}:
         raise PluginError("oms_source_order did not cover every unit of every line exactly once")
     # One allocation per line and location: a line's units at a location are one reservation
     # (order#line), so parts named apart would be reserved as the last part alone while the

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
-from core.errors import PaymentGatewayUnavailable, PaymentRefused, StaleVersion
+from core.errors import Conflict, InvalidRequest, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.ids import reservation_key
 from core.models import LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
 from core.money import Money
@@ -68,26 +68,46 @@ class UnitCancellation:
         self, order_id: str, reason: str, actor: str, *, lines: dict[str, int] | None = None,
         channel: str | None = None,
     ) -> Order:  # fmt: skip
+        # As core.order_changes.modify reads: a refusal is decided again on a consistent read, as
+        # an eventually consistent one may predate the order's placing or its allocation.
+        consistent = False
         for _ in range(ATTEMPTS):
-            order = visible(self._orders.get(order_id), order_id, channel)
+            found = self._orders.get(order_id, consistent=True) if consistent else self._orders.get(order_id)
+            if found is None and not consistent:
+                consistent = True
+                continue
+            order = visible(found, order_id, channel)
             if lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines):
                 return self._settle(order, actor)
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or self._takes_everything(order, lines):
                 return self._cancellation.cancel(order_id, reason, actor, channel=channel)
-            cancelled = order.units_to_cancel(lines)
+            try:
+                cancelled = order.units_to_cancel(lines)
+            except (Conflict, InvalidRequest):
+                if consistent:
+                    raise
+                consistent = True
+                continue
             priced, totals = self._priced(order, cancelled)
             new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor)
             try:
                 self._orders.update(new, order, [entry])
             except StaleVersion:
+                consistent = True
                 continue
+            if order.status is S.BACKORDERED:
+                # Sent back to be sourced: its restarted workflow reconciles the reservations, and
+                # nothing was captured to settle.
+                return new
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
 
     @staticmethod
     def _takes_everything(order: Order, lines: dict[str, int] | None) -> bool:
         """Cancelling every unit of an order before anything shipped cancels the order."""
-        if lines is None or order.status is not S.ALLOCATED:
+        if lines is None or order.status is S.PARTIALLY_SHIPPED:
+            return False
+        if not (order.ships_units_left() or order.status is S.BACKORDERED):
             return False
         return all(lines.get(line.line_id, 0) >= line.quantity for line in order.lines)
 

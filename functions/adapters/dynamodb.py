@@ -331,8 +331,8 @@ class DynamoOrders(OrderRepository):
                 ) from None
             raise
 
-    def get_with_token(self, order_id: str) -> tuple[Order, str] | None:
-        item = self._get(order_id, "doc, payment_token")
+    def get_with_token(self, order_id: str, *, consistent: bool = False) -> tuple[Order, str] | None:
+        item = self._get(order_id, "doc, payment_token", consistent)
         if item is None:
             return None
         return _order(item), item.get("payment_token", {}).get("S", "")

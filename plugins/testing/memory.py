@@ -59,7 +59,7 @@ class InMemoryOrders(OrderRepository):
         self.orders[order.id] = order
         self.histories[order.id].extend(entries)
 
-    def get_with_token(self, order_id: str) -> tuple[Order, str] | None:
+    def get_with_token(self, order_id: str, *, consistent: bool = False) -> tuple[Order, str] | None:
         if order_id not in self.orders:
             return None
         return self.orders[order_id], self.tokens.get(order_id, "")

@@ -142,3 +142,20 @@ def test_the_dynamodb_adapter_shrinks_a_reservation_once(api):
     assert (level.on_hand, level.reserved, level.available) == (10, 2, 8)
     with pytest.raises(ValueError):
         inventory.shrink("CAP", "wh-south", "ord_x#L1", held=2, keep=2)
+
+
+def test_an_address_change_after_a_line_was_cancelled_whole_is_200_and_keeps_the_cancelled_line(api):
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+    cancelled = cancel(api, order["id"], [("L2", 2)]).json()
+    assert cancelled["status"] == "allocated"
+
+    edited = api.request(
+        "PATCH", f"/orders/{order['id']}", json={"shipping_method": "express"},
+        headers={"If-Match": str(cancelled["version"])},
+    )  # fmt: skip
+
+    assert edited.status_code == 200, edited.text
+    mug, cap = edited.json()["lines"]
+    assert (mug["line_id"], mug["quantity"]) == ("L1", 1)
+    assert (cap["line_id"], cap["quantity"], cap["cancelled_quantity"]) == ("L2", 0, 2)
+    assert edited.json()["status"] == "authorized"

@@ -141,6 +141,31 @@ def test_a_held_allocated_order_cannot_ship_until_released(api: InProcessApi, sk
     assert shipped.json()["status"] == "shipped"
 
 
+def test_a_held_allocated_order_gets_its_address_fixed_on_hold_and_is_sourced_again_once_released(
+    api: InProcessApi, sku: str
+):
+    order = place(api, sku)
+    allocate(order["id"])
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"}).json()
+    address = {**order["shipping_address"], "line1": "2 Main St, Apt 4"}
+
+    edited = api.request(
+        "PATCH", f"/orders/{order['id']}", json={"shipping_address": address},
+        headers={"If-Match": str(held["version"])},
+    )  # fmt: skip
+
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert (body["status"], body["hold"]["reason"], body["allocations"], body["shipments"]) == (
+        "on_hold", "address_review", [], [],
+    )  # fmt: skip
+    assert body["shipping_address"]["line1"] == "2 Main St, Apt 4"
+    assert api.post(f"/orders/{order['id']}/release").json()["status"] == "authorized"
+    allocate(order["id"])  # what the execution the outbox starts for the release does
+    again = api.get(f"/orders/{order['id']}").json()
+    assert again["status"] == "allocated" and len(again["shipments"]) == 1
+
+
 def test_a_shipped_order_cannot_be_held(api: InProcessApi, sku: str):
     order = place(api, sku)
     allocate(order["id"])

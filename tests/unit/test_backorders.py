@@ -23,7 +23,7 @@ from core.ports import WaitingOrder, WorkflowStarter
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from plugins.testing.memory import InMemorySourcingRules
-from tests.builders import NOW, product
+from tests.builders import NOW, place_order, product
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -507,6 +507,64 @@ def test_the_execution_a_fill_starts_allocates_the_order_though_its_reads_lag_be
     assert world.order(order_id).status is S.ALLOCATED
     assert world.level("PREORDER", "wh-west") == (1, 1, 0)
     assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+# --- Cancelling units of a backordered order --------------------------------------------------------
+
+
+def test_cancelling_the_units_a_backordered_order_waits_for_sends_it_to_be_allocated_with_the_rest(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("TSHIRT", 2), ("PREORDER", 3))  # one PREORDER in stock, two awaited
+
+    cancelled = world.actions.cancel(order_id, "will not wait", actor="key_web", lines={"L2": 2})
+
+    tshirt, preorder = cancelled.lines
+    assert (preorder.quantity, preorder.cancelled_quantity) == (1, 2)
+    assert (tshirt.quantity, tshirt.cancelled_quantity) == (2, 0)
+    priced = world.capture.price(
+        place_order(lines=[{"sku": "TSHIRT", "quantity": 2}, {"sku": "PREORDER", "quantity": 1}],
+                    payment={"method": "test", "token": "tok_approve"})
+    )  # fmt: skip
+    assert cancelled.totals == priced.totals
+    assert (cancelled.status, cancelled.allocations) == (S.AUTHORIZED, [])  # sourced again, as after an edit
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.from_status, entry.to_status) == (
+        "units_cancelled", "key_web", S.BACKORDERED, S.AUTHORIZED,
+    )  # fmt: skip
+    assert (entry.detail["reason"], entry.detail["lines"]) == ("will not wait", {"L2": 2})
+
+    again = world.run(order_id)  # the execution the outbox starts for the order sent back
+
+    assert again.status is S.ALLOCATED
+    assert sorted((a.line_id, a.quantity) for a in again.allocations) == [("L1", 2), ("L2", 1)]
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0)
+    assert world.spy.captured == [] and world.spy.voided == []
+
+
+def test_a_backordered_line_cancelled_whole_gives_back_what_it_held(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("TSHIRT", 2), ("PREORDER", 3))
+
+    world.actions.cancel(order_id, "will not wait", actor="key_web", lines={"L2": 3})
+    again = world.run(order_id)
+
+    assert again.status is S.ALLOCATED
+    assert [(line.line_id, line.quantity, line.cancelled_quantity) for line in again.lines] == [
+        ("L1", 2, 0), ("L2", 0, 3),
+    ]  # fmt: skip
+    assert [(a.line_id, a.quantity) for a in again.allocations] == [("L1", 2)]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1)
+    assert world.held_for(order_id) == {("TSHIRT", "wh-east", f"{order_id}#L1"): 2}
+
+
+def test_cancelling_every_unit_of_a_backordered_order_cancels_it(setup):
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+
+    cancelled = world.actions.cancel(order_id, "will not wait", actor="key_web", lines={"L1": 3})
+
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, "voided")
+    assert world.held_for(order_id) == {}
 
 
 # --- When a backordered order is expected -------------------------------------------------------------

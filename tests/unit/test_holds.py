@@ -243,6 +243,36 @@ def test_a_held_order_cancelled_releases_its_stock_and_voids_its_authorization(w
     assert world.held_for(order_id) == {}
 
 
+def test_a_release_sent_right_after_the_hold_is_decided_on_the_order_as_written(world, monkeypatch):
+    # GetItem is eventually consistent: just after the hold answered, a plain read may still show
+    # the order as it was. A release decided on that read would be refused "not on hold".
+    order = world.allocated(("MUG", 1))
+    hold(world, order.id)
+    real = world.orders.get
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real(oid) if consistent else order)
+
+    released = release(world, order.id)
+
+    assert (released.status, released.hold) == (S.ALLOCATED, None)
+    assert [e.type for e in world.history(order.id)][-2:] == ["on_hold", "released"]
+
+
+def test_a_hold_sent_right_after_the_order_was_placed_finds_it(world, monkeypatch):
+    order_id = world.place(("MUG", 1))
+    real = world.orders.get
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real(oid) if consistent else None)
+
+    assert hold(world, order_id).status is S.ON_HOLD
+
+
+def test_a_refusal_stands_on_the_order_as_written(world):
+    order = world.allocated(("MUG", 1))
+    with pytest.raises(InvalidTransition):
+        release(world, order.id)
+    with pytest.raises(NotFound):
+        release(world, "ord_" + "a" * 24)
+
+
 # --- A hold racing a running step: neither is lost -----------------------------------------------
 
 
@@ -390,3 +420,94 @@ def test_a_held_order_read_back_from_a_response_is_valid_but_cannot_be_released(
     assert shown.hold.resume_to is None and shown.hold.reason == "fraud_review"
     with pytest.raises(InvalidTransition):
         shown.release(note=None, at=NOW, actor="key_ops")
+
+
+# --- Editing a held order that holds stock -------------------------------------------------------
+
+
+def test_a_held_allocated_order_gets_its_address_fixed_and_is_sourced_again_once_released(world):
+    # An address review: the parcel must not leave before the address is fixed, so the fix is made
+    # on the held order, not after a release that would let it ship to the old address.
+    order = world.allocated(("MUG", 2))
+    held = hold(world, order.id, reason="address_review")
+    portland = address_body(city="Portland", region="OR", postal_code="97201")
+
+    edited = world.actions.edit(order.id, held.version, OrderEdit(shipping_address=portland), actor="key_ops")
+
+    assert (edited.status, edited.hold.reason, edited.allocations, edited.shipments) == (
+        S.ON_HOLD, "address_review", [], [],
+    )  # fmt: skip
+    assert edited.shipping_address.city == "Portland"
+    with pytest.raises(OrderHeld):
+        world.workflow.reserve_stock(order.id)  # nothing is sourced while it is held
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.detail["released"]) == (
+        "edited", "key_ops", [a.model_dump() for a in order.allocations],
+    )  # fmt: skip
+
+    released = release(world, order.id)
+
+    assert released.status is S.AUTHORIZED  # the outbox starts its workflow again, as after a release
+    run_from(world, order.id)
+    again = world.order(order.id)
+    assert again.status is S.ALLOCATED
+    assert sum(world.held_for(order.id).values()) == 2
+    assert len(again.shipments) == 1 and world.spy.voided == []
+
+
+def test_a_held_pickup_waiting_at_its_store_is_still_not_editable(world):
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    held = hold(world, order.id)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.edit(order.id, held.version, OrderEdit(shipping_method="express"), actor="key_ops")
+
+    assert world.order(order.id) == held
+
+
+# --- Cancelling units of a held order -------------------------------------------------------------
+
+
+def test_units_of_a_held_allocated_order_are_cancelled_on_hold_and_their_stock_released(world):
+    order = world.allocated(("MUG", 3), ("TSHIRT", 1))
+    held = hold(world, order.id, reason="customer_request")
+
+    done = world.actions.cancel(order.id, "two mugs are enough", actor="key_ops", lines={"L1": 1})
+
+    assert (done.status, done.hold.reason) == (S.ON_HOLD, "customer_request")
+    assert [(line.quantity, line.cancelled_quantity) for line in done.lines] == [(2, 1), (1, 0)]
+    assert sum(a.quantity for a in done.allocations if a.line_id == "L1") == 2
+    assert sum(world.held_for(order.id).values()) == 3  # two mugs and the T-shirt
+    assert done.version == held.version + 1
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.detail["lines"]) == ("units_cancelled", "key_ops", {"L1": 1})
+    assert world.spy.captured == []
+
+    released = release(world, order.id)
+
+    assert released.status is S.ALLOCATED
+    for shipment in released.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    shipped = world.order(order.id)
+    assert shipped.status is S.SHIPPED
+    assert shipped.payment.captured == shipped.totals.grand_total
+
+
+def test_every_unit_of_a_held_allocated_order_cancels_it(world):
+    order = world.allocated(("MUG", 2))
+    hold(world, order.id)
+
+    done = world.actions.cancel(order.id, "fraud confirmed", actor="key_ops", lines={"L1": 2})
+
+    assert (done.status, done.payment.status) == (S.CANCELLED, "voided")
+    assert world.held_for(order.id) == {}
+
+
+def test_units_of_an_order_held_before_allocation_are_still_refused(world):
+    order_id = world.place(("MUG", 2))
+    hold(world, order_id)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order_id, "one is enough", actor="key_ops", lines={"L1": 1})

@@ -78,6 +78,22 @@ def test_a_malformed_sla_is_refused_and_named(text):
         parse_sla(text)
 
 
+@pytest.mark.parametrize("text", ["backordered=36501d", "backordered=999999d", "allocated=99999999h"])
+def test_a_deadline_too_long_for_the_scan_to_subtract_is_refused_where_it_is_read(text):
+    # The template's pattern lets these through; the scan would crash on every pass.
+    with pytest.raises(ValueError, match=r"OMS_SLA: .*longer than 36500d"):
+        parse_sla(text)
+
+
+def test_the_longest_deadline_is_scanned(world):
+    clock = Clock()
+    world.place(("MUG", 1))
+
+    done = scan(world, clock, sla="pending=36500d,on_hold=36500d").run()
+
+    assert done.marked == []
+
+
 @pytest.mark.parametrize(("text", "expected"), [("30s", 30), ("5m", 300), ("48h", 172800), ("14d", 1209600)])
 def test_durations_have_four_units(text, expected):
     assert parse_duration(text) == timedelta(seconds=expected)

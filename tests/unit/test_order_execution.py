@@ -220,6 +220,69 @@ def test_an_edit_after_a_reject_counts_no_stock_at_the_rejecting_location(world)
     assert [(s.location_id, s.lines[0].quantity) for s in resume(world, order.id).shipments] == [("wh-east", 10)]
 
 
+def test_an_address_change_of_an_order_holding_the_last_units_counts_them_as_its_own(world):
+    # The three MUGs in stock are this order's: an edit that keeps them asks for nothing more.
+    order = world.allocated(("MUG", 3))
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+
+    edited = world.actions.edit(order.id, order.version, OrderEdit(shipping_method="express"), actor="key_web")
+
+    assert (edited.status, edited.shipping_method) == (S.AUTHORIZED, "express")
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+
+
+def test_an_edit_asking_for_more_than_the_stock_and_its_own_reservation_is_still_refused(world):
+    order = world.allocated(("MUG", 3))
+
+    with pytest.raises(InsufficientStock):
+        world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=4)]),
+                           actor="key_web")  # fmt: skip
+
+    assert world.order(order.id) == order
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+
+
+def test_an_address_change_after_a_line_was_cancelled_whole_keeps_the_lines_as_they_are(world):
+    order = world.allocated(("TSHIRT", 2), ("PEN", 1))
+    cancelled = world.actions.cancel(order.id, "no pen", actor="key_web", lines={"L2": 1})
+    assert [(line.quantity, line.cancelled_quantity) for line in cancelled.lines] == [(2, 0), (0, 1)]
+    oregon = Address.model_validate(address_body(city="Portland", region="OR", postal_code="97201"))
+
+    edited = world.actions.edit(order.id, cancelled.version, OrderEdit(shipping_address=oregon), actor="key_web")
+
+    quote = world.capture.quote(
+        place_order(lines=[{"sku": "TSHIRT", "quantity": 2}], shipping_address=oregon.model_dump())
+    )
+    tshirt, pen = edited.lines
+    assert tshirt == quote.lines[0]
+    assert (pen.line_id, pen.sku, pen.quantity, pen.cancelled_quantity) == ("L2", "PEN", 0, 1)
+    assert pen.total == Money.zero("USD")
+    assert edited.totals == quote.totals
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
+
+
+def test_an_edit_sent_right_after_a_change_is_judged_on_the_order_as_written(world, monkeypatch):
+    # GetItem is eventually consistent: just after a hold or an edit answered version N, a plain
+    # read may still show N - 1. The If-Match the caller sends is the version it was answered.
+    order = world.allocated(("TSHIRT", 2))
+    changed = world.actions.edit(order.id, order.version, OrderEdit(shipping_method="express"), actor="key_web")
+    real = world.orders.get_with_token
+
+    def lagging(order_id, consistent=False):
+        return real(order_id) if consistent else (order, world.orders.tokens[order_id])
+
+    monkeypatch.setattr(world.orders, "get_with_token", lagging)
+
+    edited = world.actions.edit(order.id, changed.version, OrderEdit(shipping_method="standard"), actor="key_web")
+
+    assert (edited.version, edited.shipping_method) == (changed.version + 1, "standard")
+
+
 def test_an_order_is_no_longer_editable_once_a_shipment_left(world):
     order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("PEN", 1))  # west: TSHIRT + MUG, east: PEN
     west = world.shipment_at(order, "wh-west")
@@ -257,6 +320,20 @@ def test_a_rejected_shipment_is_sourced_again_from_another_location(world):
 
     assert again.status is S.ALLOCATED
     assert [s.location_id for s in again.shipments] == ["wh-east"]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
+
+
+def test_an_order_with_a_line_cancelled_whole_is_sourced_again_after_a_reject(world):
+    # The cancelled line keeps its place with no units: sourcing covers the lines that have some.
+    order = world.allocated(("TSHIRT", 2), ("PEN", 1))
+    world.actions.cancel(order.id, "no pen", actor="key_web", lines={"L2": 1})
+    west = world.shipment_at(world.order(order.id), "wh-west")
+    world.actions.reject(order.id, west, "damaged stock", actor="key_store")
+
+    again = resume(world, order.id)
+
+    assert again.status is S.ALLOCATED
+    assert [(a.line_id, a.location_id, a.quantity) for a in again.allocations] == [("L1", "wh-east", 2)]
     assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
 
 

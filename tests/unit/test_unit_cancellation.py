@@ -354,3 +354,30 @@ def test_two_settlements_that_read_the_order_at_different_times_refund_the_whole
     assert {(r.kind, r.status) for r in done.payment.refunds} == {("cancellation", "succeeded")}
     assert done.payment.refunded == sum(expected[1:], expected[0])
     assert sum(amount.amount for _, amount, _ in world.spy.refunded) == done.payment.refunded.amount
+
+
+def test_a_line_cancel_sent_right_after_allocation_is_decided_on_the_order_as_written(world, monkeypatch):
+    # GetItem is eventually consistent: just after the order was allocated, a plain read may still
+    # show it authorized, whose units cannot be cancelled one by one.
+    order_id = world.place(("MUG", 2), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    real, stale = world.orders.get, [authorized]
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real(oid) if consistent or not stale
+                        else stale.pop())  # fmt: skip
+
+    done = world.actions.cancel(order_id, "no caps", actor="key_web", lines={"L2": 3})
+
+    assert (done.status, [line.quantity for line in done.lines]) == (S.ALLOCATED, [2, 0])
+    assert world.held_for(order_id) == {("MUG", "wh-west", f"{order_id}#L1"): 2}
+
+
+def test_a_cancel_sent_right_after_the_order_was_placed_finds_it(world, monkeypatch):
+    order_id = world.place(("MUG", 1))
+    real, stale = world.orders.get, [None]
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real(oid) if consistent or not stale
+                        else stale.pop())  # fmt: skip
+
+    assert world.actions.cancel(order_id, "changed my mind", actor="key_web").status is S.CANCELLED

@@ -176,7 +176,8 @@ IfMatch = Annotated[
     "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either "
     "way the order is unchanged and the failed attempts are in its history. An allocated or backordered order goes "
     "back to `authorized` with nothing allocated and its pending shipments removed, and the order workflow sources "
-    "it again. Once a shipment has shipped (or a pickup is ready) 409.",
+    "it again. A held allocated order is edited the same way and stays on hold; released, it is sourced again (one "
+    "held while backordered is 409: release it first). Once a shipment has shipped (or a pickup is ready) 409.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
     middlewares=[plugins_loaded],
 )
@@ -194,7 +195,8 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "then its authorization voided. A void the gateway refuses or cannot do now still answers 200: the order is "
     "`cancelled`, its `payment.status` stays `authorized` and the history has a `payment_void_failed` entry per "
     "attempt. Cancelling again retries the void.\n\nOn a `partially_shipped` order it cancels every unit not "
-    "shipped, and with `lines` the chosen units of an allocated or partly shipped order: each line's `quantity` "
+    "shipped, and with `lines` the chosen units of an allocated (held or not), partly shipped or backordered order (a "
+    "backordered one goes back to `authorized` to be sourced again, as after an edit): each line's `quantity` "
     "drops and its `cancelled_quantity` grows, totals are priced again as for an edit, the pending shipments and "
     "their reservations shrink, and the payment is settled (a capture beyond the new total is refunded; once "
     "nothing is left to ship the rest is captured or the authorization released). Units that shipped are 409. "
