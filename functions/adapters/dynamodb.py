@@ -392,8 +392,13 @@ class DynamoOrders(OrderRepository):
         keys = [{"id": {"S": i}} for i in ids]
         found = {item["id"]["S"]: item for item in batch_get(self._client, self._table, keys, "id, doc")}
         orders = [_order(found[i]) for i in ids if i in found]
-        if status:
-            orders = [order for order in orders if order.status.value == status]
+        # Checked on every order read back, whichever index found it: a global secondary index is
+        # eventually consistent, so for a moment the status or late index still lists an order
+        # that has left that status or lost its mark.
+        if where.status is not None:
+            orders = [order for order in orders if order.status is where.status]
+        if where.jeopardy:
+            orders = [order for order in orders if order.jeopardy is not None]
         last = response.get("LastEvaluatedKey")
         return orders, encode_cursor(scope, last) if last else None
 
