@@ -540,8 +540,10 @@ class DynamoReturns(ReturnRepository):
             for item in batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids], "id, doc")
         }
         items = [found[i] for i in ids if i in found]
-        if post_filter:
-            items = [item for item in items if item.status.value == post_filter]
+        if status:
+            # On by_status too: that index is eventually consistent, so for a moment it still
+            # lists a return that has moved on to another status.
+            items = [item for item in items if item.status.value == status]
         last = response.get("LastEvaluatedKey")
         return items, encode_cursor(scope, last) if last else None
 

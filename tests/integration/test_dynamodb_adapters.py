@@ -12,12 +12,14 @@ import pytest
 from core.access import ApiKey, Scope
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
-from core.ports import OrderFilter
-from core.status import OrderStatus
+from core.ports import OrderFilter, ReturnFilter
+from core.return_models import Return, ReturnLine
+from core.status import OrderStatus, ReturnStatus
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, from_item
+from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, DynamoReturns, from_item
 from tests.builders import NOW, location, place_order, product
+from tests.unit.conftest import usd
 
 
 @pytest.fixture
@@ -433,3 +435,28 @@ def test_rotating_the_admin_key_twice_in_a_row_retires_both_earlier_secrets(aws)
     assert lookup.by_hash("hash_first") is None
     assert lookup.by_hash("hash_second") is None  # a replica still naming the first must not keep it
     assert lookup.by_hash("hash_third") is not None
+
+
+def test_a_return_status_list_shows_only_returns_in_that_status_while_the_index_lags(aws):
+    # by_status is a global secondary index, eventually consistent: for a moment after an approval
+    # it still lists the return under `requested`, while the return read back is authorized.
+    returns, table = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]), aws.tables["ReturnsTable"]
+    made = [
+        Return(
+            id=f"rma_lag{n}", order_id=f"ord_lag{n}", channel="shop", ordinal=1, status="requested",
+            lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"), fee=usd("0.00"),
+            created_at=NOW + timedelta(seconds=n), updated_at=NOW, version=1,
+        )
+        for n in range(2)
+    ]  # fmt: skip
+    for item in made:
+        returns.add(item)
+    returns.update(made[1].approve(None, at=NOW), made[1])
+    aws.dynamodb.update_item(
+        TableName=table, Key={"id": {"S": made[1].id}}, UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "requested"}},
+    )  # fmt: skip
+
+    listed, _ = returns.list(ReturnFilter(status=ReturnStatus.REQUESTED), 10, None)
+
+    assert [r.id for r in listed] == [made[0].id]
