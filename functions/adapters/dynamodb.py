@@ -735,7 +735,12 @@ def _product_key(sku: str) -> dict[str, Any]:
 
 
 class DynamoCatalog(CatalogRepository):
-    """Products are one item each, the product as a JSON document (`doc`, as orders are)."""
+    """Products are one item each, the product as a JSON document (`doc`, as orders are).
+
+    Read consistently: the API reads the catalog through a warm container's cache, once per
+    product and network per `OMS_CATALOG_CACHE_SECONDS`, so a read from a replica that had not seen
+    a write of a moment ago (the location a container has just put, a product just created) would
+    be answered, and kept, as if that write had not been made."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
@@ -747,11 +752,12 @@ class DynamoCatalog(CatalogRepository):
         return not response.get("Attributes")
 
     def get_product(self, sku: str) -> Product | None:
-        item = self._client.get_item(TableName=self._table, Key=_product_key(sku)).get("Item")
+        item = self._client.get_item(TableName=self._table, Key=_product_key(sku), ConsistentRead=True).get("Item")
         return Product.model_validate_json(item["doc"]["S"]) if item else None
 
     def get_products(self, skus: set[str]) -> dict[str, Product]:
-        items = batch_get(self._client, self._table, [_product_key(sku) for sku in sorted(skus)], "doc")
+        keys = [_product_key(sku) for sku in sorted(skus)]
+        items = batch_get(self._client, self._table, keys, "doc", consistent=True)
         products = [Product.model_validate_json(item["doc"]["S"]) for item in items]
         return {p.sku: p for p in products}
 
@@ -789,7 +795,7 @@ class DynamoCatalog(CatalogRepository):
             return location.location_id not in old
 
     def _network(self) -> dict[str, str]:
-        item = self._client.get_item(TableName=self._table, Key=NETWORK_KEY).get("Item")
+        item = self._client.get_item(TableName=self._table, Key=NETWORK_KEY, ConsistentRead=True).get("Item")
         return from_item(item).get("locations", {}) if item else {}
 
     def get_location(self, location_id: str) -> Location | None:
