@@ -390,7 +390,12 @@ class DynamoOrders(OrderRepository):
         response = self._client.query(**query)
         ids = [item["id"]["S"] for item in response.get("Items", [])]
         keys = [{"id": {"S": i}} for i in ids]
-        found = {item["id"]["S"]: item for item in batch_get(self._client, self._table, keys, "id, doc")}
+        # Read consistently: an index entry is written after the order it lists, so an eventually
+        # consistent read could miss an order the page names (left out while the cursor moves
+        # past it) or show it as it was before the change that indexed it.
+        found = {
+            item["id"]["S"]: item for item in batch_get(self._client, self._table, keys, "id, doc", consistent=True)
+        }
         orders = [_order(found[i]) for i in ids if i in found]
         # Checked on every order read back, whichever index found it: a global secondary index is
         # eventually consistent, so for a moment the status or late index still lists an order
@@ -535,9 +540,12 @@ class DynamoReturns(ReturnRepository):
                 raise InvalidCursor()
         response = self._client.query(**query)
         ids = [item["id"]["S"] for item in response.get("Items", [])]
+        keys = [{"id": {"S": i}} for i in ids]
+        # Read consistently, as the orders' list reads: never a return the page names missed, or
+        # read from before the change that indexed it.
         found = {
             item["id"]["S"]: _return(item)
-            for item in batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids], "id, doc")
+            for item in batch_get(self._client, self._table, keys, "id, doc", consistent=True)
         }
         items = [found[i] for i in ids if i in found]
         if status:
