@@ -16,7 +16,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
+from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.jeopardy import WATCHED
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
@@ -93,6 +93,12 @@ def _numbers_to_python(value: Any) -> Any:
 
 def _is_conditional_failure(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def _too_large(error: ClientError) -> bool:
+    """DynamoDB refused a write that would take its item past 400 KB."""
+    found = error.response.get("Error", {})
+    return found.get("Code") == "ValidationException" and "maximum allowed size" in str(found.get("Message", ""))
 
 
 def batch_get(
@@ -787,6 +793,13 @@ class DynamoCatalog(CatalogRepository):
             try:
                 response = self._client.update_item(**update)
             except ClientError as error:
+                if _too_large(error):
+                    raise Conflict(
+                        "the location network is full: it is kept in one DynamoDB item of at most 400 KB "
+                        "(about a thousand locations), and this location does not fit in it",
+                        code="location_network_full",
+                        details=[{"field": "location_id", "message": "no room for another location"}],
+                    ) from None
                 if not _is_conditional_failure(error):
                     raise
                 try:

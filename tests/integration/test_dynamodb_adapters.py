@@ -8,9 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from core.access import ApiKey, Scope
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
+from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
 from core.ports import OrderFilter, ReturnFilter
 from core.return_models import Return, ReturnLine
@@ -26,7 +27,7 @@ from functions.adapters.dynamodb import (
     DynamoReturns,
     from_item,
 )
-from tests.builders import NOW, location, place_order, product
+from tests.builders import NOW, address_body, location, place_order, product
 from tests.unit.conftest import usd
 
 
@@ -546,3 +547,44 @@ def test_a_return_list_shows_a_return_in_its_new_status_before_a_replica_has_see
     listed, _ = returns.list(ReturnFilter(status=ReturnStatus.AUTHORIZED), 10, None)
 
     assert [(r.id, r.status) for r in listed] == [(made.id, ReturnStatus.AUTHORIZED)]
+
+
+class ItemSizeLimit:
+    """A DynamoDB client that refuses an update whose item would pass DynamoDB's 400 KB, with
+    DynamoDB's own error (moto does not check the size of an item a nested update grows)."""
+
+    LIMIT = 400 * 1024
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        from bench.cost import item_bytes
+
+        stored = self._client.get_item(TableName=request["TableName"], Key=request["Key"]).get("Item") or {}
+        added = sum(len(value["S"].encode()) + 64 for value in request.get("ExpressionAttributeValues", {}).values())
+        if item_bytes(stored) + added > self.LIMIT:
+            raise ClientError(
+                {"Error": {"Code": "ValidationException", "Message": "Item size to update has exceeded the maximum "
+                                                                     "allowed size"}},
+                "UpdateItem",
+            )  # fmt: skip
+        return self._client.update_item(**request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_location_the_full_network_item_cannot_hold_is_a_conflict_and_the_others_stay(aws):
+    # The network is one item: past DynamoDB's 400 KB (about a thousand locations) its update is
+    # refused with a ValidationException, which was a 500 internal_error for PUT /locations.
+    catalog = DynamoCatalog(ItemSizeLimit(aws.dynamodb), aws.tables["CatalogTable"])
+    big = {"name": "N" * 200, "address": address_body(name="N" * 200, line1="L" * 200, line2="L" * 200, city="C" * 200)}
+    added = 0
+    with pytest.raises(Conflict) as refused:
+        while True:
+            catalog.put_location(location(f"store-{added:04d}" + "x" * 100, **big))
+            added += 1
+
+    assert refused.value.code == "location_network_full" and 200 < added < 400
+    assert len(catalog.list_locations()) == added
