@@ -68,7 +68,9 @@ def oms_shipping_quotes(draft: PricingDraft, address: Address) -> list[ShippingQ
     :return: the quotes this plugin offers (possibly empty), or None.
 
     Every plugin is called. The client picks one by `shipping_method`; without one the core takes
-    `standard` if offered, else the cheapest quote. Pickup orders are not quoted.
+    `standard` if offered, else the cheapest quote. Pickup orders are not quoted. A quote's
+    `method` has the form clients send (1 to 32 lower-case letters, digits or _): any other is
+    the plugin's error.
 
     The origin is not known here, by design: the order is priced when it is placed, and sourcing
     chooses the location(s) it ships from only after payment is authorized (one order may ship

@@ -110,7 +110,8 @@ class CatalogRepository(ABC):
 
     @abstractmethod
     def put_location(self, location: Location) -> bool:
-        """Create or replace; True when the location is new."""
+        """Create or replace; True when the location is new. Conflict (`location_network_full`)
+        when the network's storage has no room for it."""
 
     @abstractmethod
     def get_location(self, location_id: str) -> Location | None: ...

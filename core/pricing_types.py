@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import Address, Customer, Fulfillment, Product
+from core.models import Address, Customer, Fulfillment, Product, ShippingMethod
 from core.money import Money
 
 
@@ -80,10 +80,12 @@ class TaxRate(BaseModel):
 
 
 class ShippingQuote(BaseModel):
-    """One way to ship the order: `method` is what clients send as `shipping_method`."""
+    """One way to ship the order: `method` is what clients send as `shipping_method`, so it has
+    that field's form (1 to 32 lower-case letters, digits or _): the order keeps it, and an edit
+    or a unit cancel sends it again."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
-    method: str
+    method: ShippingMethod
     amount: Money
     description: str = ""

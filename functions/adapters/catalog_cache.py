@@ -15,6 +15,8 @@ from core.models import Location, Product
 from core.ports import CatalogRepository, SourcingRulesRepository
 from core.sourcing_rules import SourcingRules
 
+_FIRST_PURGE = 1024  # products cached before stale ones are first looked for
+
 
 class CachedCatalog(CatalogRepository):
     def __init__(self, inner: CatalogRepository, ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
@@ -22,6 +24,7 @@ class CachedCatalog(CatalogRepository):
         self._ttl = ttl_seconds
         self._clock = clock
         self._products: dict[str, tuple[float, Product]] = {}
+        self._purge_at = _FIRST_PURGE
         self._network: tuple[float, list[Location]] | None = None
 
     def _fresh(self, stored_at: float) -> bool:
@@ -35,15 +38,27 @@ class CachedCatalog(CatalogRepository):
             fetched = self._inner.get_products(missing)
             now = self._clock()
             self._products.update({sku: (now, product) for sku, product in fetched.items()})
+            self._let_go_of_stale(now)
             found.update(fetched)
         return found
+
+    def _let_go_of_stale(self, now: float) -> None:
+        # A warm container lives for hours and reads a few skus an order: kept for good, a large
+        # catalog's products would fill its memory. Stale ones are dropped whenever the cache has
+        # doubled since the last pass, so each read pays a constant share of the passes.
+        if len(self._products) < self._purge_at:
+            return
+        self._products = {sku: hit for sku, hit in self._products.items() if now - hit[0] < self._ttl}
+        self._purge_at = max(_FIRST_PURGE, 2 * len(self._products))
 
     def get_product(self, sku: str) -> Product | None:
         return self.get_products({sku}).get(sku)
 
     def put_product(self, product: Product) -> bool:
         created = self._inner.put_product(product)
-        self._products[product.sku] = (self._clock(), product)
+        now = self._clock()
+        self._products[product.sku] = (now, product)
+        self._let_go_of_stale(now)  # a catalog sync puts every product through one container
         return created
 
     # The network is read whole, so it is cached whole.

@@ -16,7 +16,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
+from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.jeopardy import WATCHED
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
@@ -93,6 +93,12 @@ def _numbers_to_python(value: Any) -> Any:
 
 def _is_conditional_failure(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def _too_large(error: ClientError) -> bool:
+    """DynamoDB refused a write that would take its item past 400 KB."""
+    found = error.response.get("Error", {})
+    return found.get("Code") == "ValidationException" and "maximum allowed size" in str(found.get("Message", ""))
 
 
 def batch_get(
@@ -390,10 +396,20 @@ class DynamoOrders(OrderRepository):
         response = self._client.query(**query)
         ids = [item["id"]["S"] for item in response.get("Items", [])]
         keys = [{"id": {"S": i}} for i in ids]
-        found = {item["id"]["S"]: item for item in batch_get(self._client, self._table, keys, "id, doc")}
+        # Read consistently: an index entry is written after the order it lists, so an eventually
+        # consistent read could miss an order the page names (left out while the cursor moves
+        # past it) or show it as it was before the change that indexed it.
+        found = {
+            item["id"]["S"]: item for item in batch_get(self._client, self._table, keys, "id, doc", consistent=True)
+        }
         orders = [_order(found[i]) for i in ids if i in found]
-        if status:
-            orders = [order for order in orders if order.status.value == status]
+        # Checked on every order read back, whichever index found it: a global secondary index is
+        # eventually consistent, so for a moment the status or late index still lists an order
+        # that has left that status or lost its mark.
+        if where.status is not None:
+            orders = [order for order in orders if order.status is where.status]
+        if where.jeopardy:
+            orders = [order for order in orders if order.jeopardy is not None]
         last = response.get("LastEvaluatedKey")
         return orders, encode_cursor(scope, last) if last else None
 
@@ -530,13 +546,18 @@ class DynamoReturns(ReturnRepository):
                 raise InvalidCursor()
         response = self._client.query(**query)
         ids = [item["id"]["S"] for item in response.get("Items", [])]
+        keys = [{"id": {"S": i}} for i in ids]
+        # Read consistently, as the orders' list reads: never a return the page names missed, or
+        # read from before the change that indexed it.
         found = {
             item["id"]["S"]: _return(item)
-            for item in batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids], "id, doc")
+            for item in batch_get(self._client, self._table, keys, "id, doc", consistent=True)
         }
         items = [found[i] for i in ids if i in found]
-        if post_filter:
-            items = [item for item in items if item.status.value == post_filter]
+        if status:
+            # On by_status too: that index is eventually consistent, so for a moment it still
+            # lists a return that has moved on to another status.
+            items = [item for item in items if item.status.value == status]
         last = response.get("LastEvaluatedKey")
         return items, encode_cursor(scope, last) if last else None
 
@@ -728,7 +749,12 @@ def _product_key(sku: str) -> dict[str, Any]:
 
 
 class DynamoCatalog(CatalogRepository):
-    """Products are one item each, the product as a JSON document (`doc`, as orders are)."""
+    """Products are one item each, the product as a JSON document (`doc`, as orders are).
+
+    Read consistently: the API reads the catalog through a warm container's cache, once per
+    product and network per `OMS_CATALOG_CACHE_SECONDS`, so a read from a replica that had not seen
+    a write of a moment ago (the location a container has just put, a product just created) would
+    be answered, and kept, as if that write had not been made."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
@@ -740,11 +766,12 @@ class DynamoCatalog(CatalogRepository):
         return not response.get("Attributes")
 
     def get_product(self, sku: str) -> Product | None:
-        item = self._client.get_item(TableName=self._table, Key=_product_key(sku)).get("Item")
+        item = self._client.get_item(TableName=self._table, Key=_product_key(sku), ConsistentRead=True).get("Item")
         return Product.model_validate_json(item["doc"]["S"]) if item else None
 
     def get_products(self, skus: set[str]) -> dict[str, Product]:
-        items = batch_get(self._client, self._table, [_product_key(sku) for sku in sorted(skus)], "doc")
+        keys = [_product_key(sku) for sku in sorted(skus)]
+        items = batch_get(self._client, self._table, keys, "doc", consistent=True)
         products = [Product.model_validate_json(item["doc"]["S"]) for item in items]
         return {p.sku: p for p in products}
 
@@ -766,6 +793,13 @@ class DynamoCatalog(CatalogRepository):
             try:
                 response = self._client.update_item(**update)
             except ClientError as error:
+                if _too_large(error):
+                    raise Conflict(
+                        "the location network is full: it is kept in one DynamoDB item of at most 400 KB "
+                        "(about a thousand locations), and this location does not fit in it",
+                        code="location_network_full",
+                        details=[{"field": "location_id", "message": "no room for another location"}],
+                    ) from None
                 if not _is_conditional_failure(error):
                     raise
                 try:
@@ -782,7 +816,7 @@ class DynamoCatalog(CatalogRepository):
             return location.location_id not in old
 
     def _network(self) -> dict[str, str]:
-        item = self._client.get_item(TableName=self._table, Key=NETWORK_KEY).get("Item")
+        item = self._client.get_item(TableName=self._table, Key=NETWORK_KEY, ConsistentRead=True).get("Item")
         return from_item(item).get("locations", {}) if item else {}
 
     def get_location(self, location_id: str) -> Location | None:

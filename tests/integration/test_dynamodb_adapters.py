@@ -8,16 +8,27 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from core.access import ApiKey, Scope
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
+from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
-from core.ports import OrderFilter
-from core.status import OrderStatus
+from core.ports import OrderFilter, ReturnFilter
+from core.return_models import Return, ReturnLine
+from core.status import OrderStatus, ReturnStatus
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
-from functions.adapters.dynamodb import DynamoApiKeys, DynamoCatalog, DynamoInventory, from_item
-from tests.builders import NOW, location, place_order, product
+from functions.adapters.catalog_cache import CachedCatalog
+from functions.adapters.dynamodb import (
+    DynamoApiKeys,
+    DynamoCatalog,
+    DynamoInventory,
+    DynamoOrders,
+    DynamoReturns,
+    from_item,
+)
+from tests.builders import NOW, address_body, location, place_order, product
+from tests.unit.conftest import usd
 
 
 @pytest.fixture
@@ -379,15 +390,22 @@ class LaggingReplica:
         self._client = client
         self._frozen: dict[str, dict[str, Any]] | None = None
 
-    def freeze(self, table: str) -> None:
+    def freeze(self, table: str, key: tuple[str, ...] = ("pk", "sk")) -> None:
         items = self._client.scan(TableName=table)["Items"]
-        self._frozen = {json.dumps({"pk": i["pk"], "sk": i["sk"]}, sort_keys=True): i for i in items}
+        self._frozen = {json.dumps({name: i[name] for name in key}, sort_keys=True): i for i in items}
 
     def get_item(self, **request: Any) -> dict[str, Any]:
         if self._frozen is None or request.get("ConsistentRead"):
             return self._client.get_item(**request)
         item = self._frozen.get(json.dumps(request["Key"], sort_keys=True))
         return {"Item": item} if item is not None else {}
+
+    def batch_get_item(self, **request: Any) -> dict[str, Any]:
+        ((table, page),) = request["RequestItems"].items()
+        if self._frozen is None or page.get("ConsistentRead"):
+            return self._client.batch_get_item(**request)
+        found = [self._frozen.get(json.dumps(key, sort_keys=True)) for key in page["Keys"]]
+        return {"Responses": {table: [item for item in found if item is not None]}, "UnprocessedKeys": {}}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -433,3 +451,140 @@ def test_rotating_the_admin_key_twice_in_a_row_retires_both_earlier_secrets(aws)
     assert lookup.by_hash("hash_first") is None
     assert lookup.by_hash("hash_second") is None  # a replica still naming the first must not keep it
     assert lookup.by_hash("hash_third") is not None
+
+
+def requested_returns(count: int) -> list[Return]:
+    return [
+        Return(
+            id=f"rma_lag{n}", order_id=f"ord_lag{n}", channel="shop", ordinal=1, status="requested",
+            lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"), fee=usd("0.00"),
+            created_at=NOW + timedelta(seconds=n), updated_at=NOW, version=1,
+        )
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def test_a_return_status_list_shows_only_returns_in_that_status_while_the_index_lags(aws):
+    # by_status is a global secondary index, eventually consistent: for a moment after an approval
+    # it still lists the return under `requested`, while the return read back is authorized.
+    returns, table = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]), aws.tables["ReturnsTable"]
+    made = requested_returns(2)
+    for item in made:
+        returns.add(item)
+    returns.update(made[1].approve(None, at=NOW), made[1])
+    aws.dynamodb.update_item(
+        TableName=table, Key={"id": {"S": made[1].id}}, UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "requested"}},
+    )  # fmt: skip
+
+    listed, _ = returns.list(ReturnFilter(status=ReturnStatus.REQUESTED), 10, None)
+
+    assert [r.id for r in listed] == [made[0].id]
+
+
+def test_a_location_written_through_a_container_is_seen_by_it_at_once_where_a_replica_lags(aws):
+    # A setup script's PUT /locations then PUT /inventory for it reach one warm container: the
+    # network read that follows the write must not come from a replica that has not seen it (it
+    # would be cached for the cache's whole life, and the stock take answer 404 no location).
+    table = aws.tables["CatalogTable"]
+    replica = LaggingReplica(aws.dynamodb)
+    catalog = CachedCatalog(DynamoCatalog(replica, table), ttl_seconds=10)
+    catalog.put_location(location("wh-east"))
+    replica.freeze(table)
+
+    catalog.put_location(location("wh-west", latitude=39.5))
+
+    assert catalog.get_location("wh-west") is not None
+    assert [loc.location_id for loc in catalog.list_locations()] == ["wh-east", "wh-west"]
+
+
+def test_a_product_written_a_moment_ago_is_found_by_every_container_where_a_replica_lags(aws):
+    # PUT /products then an order for it (or GET /products) on another container: unknown_sku 422
+    # (or 404) for a product the API has just answered 201 for.
+    table = aws.tables["CatalogTable"]
+    replica = LaggingReplica(aws.dynamodb)
+    writer, reader = (CachedCatalog(DynamoCatalog(replica, table), ttl_seconds=10) for _ in range(2))
+    replica.freeze(table)
+
+    writer.put_product(product("MUG", "12.50"))
+
+    assert reader.get_product("MUG") == product("MUG", "12.50")
+    assert set(reader.get_products({"MUG"})) == {"MUG"}
+
+
+def test_an_order_list_neither_drops_nor_misfilters_orders_a_replica_has_not_seen_yet(aws, capture):
+    # An index entry is written after the order it lists, so a page may name an order (or its new
+    # status) that an eventually consistent read of the table does not show yet: the order was
+    # left out of the page while the cursor moved past it, so a client walking the pages never
+    # saw it; and the status filter, judged on the older read, dropped an order in that status.
+    table = aws.tables["OrdersTable"]
+    replica = LaggingReplica(aws.dynamodb)
+    orders = DynamoOrders(replica, table)
+    placed = capture.place(place_order(external_id="r1"), actor="k")
+    replica.freeze(table, key=("id",))
+    held = placed.model_copy(update={"status": OrderStatus.ON_HOLD, "version": 2})
+    entry = HistoryEntry(at=NOW, type="on_hold", from_status=OrderStatus.PENDING, to_status=OrderStatus.ON_HOLD,
+                         actor="k")  # fmt: skip
+    orders.update(held, placed, [entry])
+    newer = capture.place(place_order(external_id="r2"), actor="k")
+
+    first, cursor = orders.list(OrderFilter(channel="web"), 1, None)
+    second, _ = orders.list(OrderFilter(channel="web"), 1, cursor)
+
+    assert [o.id for o in first + second] == [newer.id, placed.id]
+    assert [o.id for o in orders.list(OrderFilter(status=OrderStatus.ON_HOLD), 10, None)[0]] == [placed.id]
+
+
+def test_a_return_list_shows_a_return_in_its_new_status_before_a_replica_has_seen_it(aws):
+    table = aws.tables["ReturnsTable"]
+    replica = LaggingReplica(aws.dynamodb)
+    returns = DynamoReturns(replica, table)
+    (made,) = requested_returns(1)
+    returns.add(made)
+    replica.freeze(table, key=("id",))
+    returns.update(made.approve(None, at=NOW), made)
+
+    listed, _ = returns.list(ReturnFilter(status=ReturnStatus.AUTHORIZED), 10, None)
+
+    assert [(r.id, r.status) for r in listed] == [(made.id, ReturnStatus.AUTHORIZED)]
+
+
+class ItemSizeLimit:
+    """A DynamoDB client that refuses an update whose item would pass DynamoDB's 400 KB, with
+    DynamoDB's own error (moto does not check the size of an item a nested update grows)."""
+
+    LIMIT = 400 * 1024
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        from bench.cost import item_bytes
+
+        stored = self._client.get_item(TableName=request["TableName"], Key=request["Key"]).get("Item") or {}
+        added = sum(len(value["S"].encode()) + 64 for value in request.get("ExpressionAttributeValues", {}).values())
+        if item_bytes(stored) + added > self.LIMIT:
+            raise ClientError(
+                {"Error": {"Code": "ValidationException", "Message": "Item size to update has exceeded the maximum "
+                                                                     "allowed size"}},
+                "UpdateItem",
+            )  # fmt: skip
+        return self._client.update_item(**request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_location_the_full_network_item_cannot_hold_is_a_conflict_and_the_others_stay(aws):
+    # The network is one item: past DynamoDB's 400 KB (about a thousand locations) its update is
+    # refused with a ValidationException, which was a 500 internal_error for PUT /locations.
+    catalog = DynamoCatalog(ItemSizeLimit(aws.dynamodb), aws.tables["CatalogTable"])
+    big = {"name": "N" * 200, "address": address_body(name="N" * 200, line1="L" * 200, line2="L" * 200, city="C" * 200)}
+    added = 0
+    with pytest.raises(Conflict) as refused:
+        while True:
+            catalog.put_location(location(f"store-{added:04d}" + "x" * 100, **big))
+            added += 1
+
+    assert refused.value.code == "location_network_full" and 200 < added < 400
+    assert len(catalog.list_locations()) == added

@@ -107,3 +107,29 @@ def test_the_sourcing_rules_are_read_once_within_the_ttl_and_again_after():
     now[0] = 10.0
     assert cached.current().version == 2
     assert inner.reads == 2
+
+
+def test_products_no_longer_fresh_are_let_go_so_a_warm_container_does_not_grow_with_the_catalog():
+    # A container lives for hours: holding every product it ever read (a large catalog, read a few
+    # skus an order) grows its memory until the function runs out of it and its requests fail.
+    cache, inner, now = make()
+    skus = [f"SKU-{n}" for n in range(5_000)]
+    for sku in skus:
+        inner.put_product(product(sku))
+
+    for sku in skus:
+        cache.get_products({sku})
+        now[0] += 1.0  # one a second: at most ten are fresh at a time
+
+    assert len(cache._products) < 2_000
+    assert cache.get_product(skus[-1]) is not None and inner.reads == len(skus)  # the fresh one still cached
+
+
+def test_products_put_through_a_container_are_let_go_once_stale_too():
+    cache, _, now = make()
+
+    for n in range(5_000):
+        cache.put_product(product(f"SKU-{n}"))  # a catalog sync through one container
+        now[0] += 1.0
+
+    assert len(cache._products) < 2_000

@@ -507,6 +507,18 @@ def test_nonsense_shipping_quotes_are_a_plugin_error(plugins, answer, problem):
         price(Pricing(plugins), an_order(("MUG-1", 1)))
 
 
+@pytest.mark.parametrize("method", ["UPS_GROUND", "next-day", "2 day", "", "x" * 33])
+def test_a_shipping_method_no_client_could_send_is_a_plugin_error(plugins, method):
+    # Taken as the default (the cheapest), it was stored on the order; every edit and unit cancel
+    # sends the order's method again as a client would, and refused it: a 500, so the order could
+    # no longer be edited, nor its unshipped units cancelled, and a client could not choose it.
+    quote = ShippingQuote.model_construct(method=method, amount=usd("0.50"), description="")
+    plugins.register(answering("oms_shipping_quotes", [quote]))
+
+    with pytest.raises(PluginError, match="method"):
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
 def test_a_tax_plugin_answering_first_replaces_the_table(plugins):
     plugins.register(answering("oms_tax_rate", TaxRate(rate=Decimal("0.5"), name="test"), tryfirst=True))
 

@@ -59,7 +59,9 @@ def get_product(sku: KnownSkuPath) -> Product:
 @router.put(
     "/locations/<location_id>",
     summary="Create or replace a location (warehouse or store)",
-    responses={**ok(200, Location, "Replaced"), **ok(201, Location, "Created"), **errors(400, 403, 413)},
+    description="The network is one DynamoDB item of at most 400 KB (about a thousand locations): a location "
+    "it has no room for is 409 `location_network_full`.",
+    responses={**ok(200, Location, "Replaced"), **ok(201, Location, "Created"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.CATALOG_WRITE)
 def put_location(location_id: LocationPath, location: LocationInput) -> Response[Location]:

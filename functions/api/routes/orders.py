@@ -125,7 +125,8 @@ def get_order(order_id: OrderIdPath) -> Order:
 )
 @requires(Scope.ORDERS_READ)
 def list_orders(
-    customer_id: Annotated[str | None, Query(max_length=128)] = None,
+    # Not empty: an empty id named no customer, and read as no filter it listed everyone's orders.
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     status: Annotated[OrderStatus | None, Query()] = None,
     channel: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 25,

@@ -1,0 +1,40 @@
+"""GET /orders filters through the in-process gateway: each filter returns exactly the orders it names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.test_refunds_api import issue_key
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        assert started.put("/products/TSHIRT", json=product_body()).status_code == 201
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/inventory/TSHIRT/wh-east", json={"on_hand": 100}).status_code == 200
+        for n, customer in enumerate(("cus_ada", "cus_bob", "cus_bob")):
+            body = order_body(external_id=f"list-{n}", customer={"id": customer, "email": "c@example.com"})
+            assert started.post("/orders", json=body).status_code == 201
+        yield started
+
+
+def customers(api: InProcessApi, key: str, **query: str) -> list[str]:
+    answer = api.get("/orders", params=query, key=key)
+    assert answer.status_code == 200, answer.text
+    return [order["customer"]["id"] for order in answer.json()["items"]]
+
+
+@pytest.mark.parametrize("channel", [None, "web"])
+def test_an_empty_customer_id_is_422_not_every_customers_orders(api: InProcessApi, channel: str | None):
+    # A storefront that fills in `customer_id=` for a customer it has no id for would otherwise
+    # show that customer every other customer's orders of its channel.
+    key = issue_key(api, "orders:read", channel=channel)
+
+    assert_error(api.get("/orders", params={"customer_id": ""}, key=key), 422, "validation_error", "customer_id")
+    assert customers(api, key, customer_id="cus_bob") == ["cus_bob", "cus_bob"]
