@@ -59,6 +59,7 @@ class Cancellation:
         detail: dict[str, Any] | None = None,
         closed_ok: bool = False,
         retry_void_later: bool = False,
+        spare_held: bool = False,
     ) -> Order:
         """End the order cancelled, release every reservation, void its authorization; an
         exchange's replacement gives its credit back on the original order (ExchangeCredits). Refused
@@ -72,10 +73,14 @@ class Cancellation:
         the history. A cancel of a cancelled order runs the clean-up again (every part is
         idempotent): it finishes an interrupted cancel and retries a failed void. With
         `retry_void_later` a void or a credit's refund that keeps failing raises TransientError (the
-        workflow's step is retried); otherwise the cancelled order is returned."""
+        workflow's step is retried); otherwise the cancelled order is returned. With `spare_held`
+        an order on hold is left as it is (the workflow's own cancel: a person holds it, and its
+        release starts the workflow again)."""
 
         def decide(order: Order):
             if order.status is OrderStatus.CANCELLED or (closed_ok and order.status in TERMINAL):
+                return None
+            if spare_held and order.status is OrderStatus.ON_HOLD:
                 return None
             return order.cancel(reason, at=self._clock(), actor=actor, detail=detail)
 

@@ -243,6 +243,22 @@ def test_a_held_order_cancelled_releases_its_stock_and_voids_its_authorization(w
     assert world.held_for(order_id) == {}
 
 
+def test_a_hold_that_lands_while_stock_runs_out_is_not_cancelled_by_the_workflow(world):
+    # ReserveStock found too little and raised OutOfStock; before CancelOrder ran, a person held the
+    # order. The cancel spares it, as FailPayment spares a held order: released, it is sourced anew.
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    hold(world, order_id)
+
+    world.workflow.cancel_after_failure(order_id, "OutOfStock", "no MUG left")
+
+    held = world.order(order_id)
+    assert (held.status, held.payment.status) == (S.ON_HOLD, "authorized")
+    release(world, order_id)
+    world.workflow.reserve_stock(order_id)
+    assert sum(world.held_for(order_id).values()) == 2
+
+
 def test_a_release_sent_right_after_the_hold_is_decided_on_the_order_as_written(world, monkeypatch):
     # GetItem is eventually consistent: just after the hold answered, a plain read may still show
     # the order as it was. A release decided on that read would be refused "not on hold".
