@@ -176,13 +176,19 @@ def test_a_hold_the_jeopardy_scan_expires_counts_as_cancelled_hold_expired(world
     assert counted == {(("reason", HOLD_EXPIRED),): [1.0]}  # the system's code, not "requested"
 
 
-def test_every_function_that_writes_orders_prints_its_business_metrics():
+def test_every_function_that_writes_orders_prints_its_business_metrics(monkeypatch):
     """MeteredOrders records a point per write; only a handler wrapped in emits_business_metrics
     prints them. Unwrapped, a function's points were never printed (the OrdersCancelled of expired
     holds and pickups, the PaymentFailures of their voids) and piled up in its warm container."""
     import importlib
 
-    from tests.template_iam import RESOURCES, granted
+    from tests.template_iam import RESOURCES, TEMPLATE, granted
+
+    # A handler module builds its Metrics at import with the service it reads then, and stays
+    # imported for the rest of this worker's run: imported here without one, its points lost the
+    # `service` dimension in every later test (tests/integration/test_reconciler.py's metrics).
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", variables["POWERTOOLS_SERVICE_NAME"])
 
     writers = [
         (logical_id, resource["Properties"]["Handler"])
