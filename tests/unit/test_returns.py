@@ -225,6 +225,38 @@ def test_a_policy_asking_for_approval_makes_a_requested_return_without_a_label_u
         returns.reject(item.id, None, actor="key_lead")
 
 
+class CarrierDownOnce:
+    """A carrier that cannot book the first return label asked of it (then lets the built-in one answer)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_return_label(self, return_id: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise TransientError("the carrier is briefly unavailable")
+
+
+def test_an_approval_whose_label_cannot_be_booked_leaves_the_return_requested_and_approving_again_books_it(
+    world, clock
+):
+    returns, store = returns_for(world, clock, ApprovalPolicy(), CarrierDownOnce())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(TransientError):
+        returns.approve(item.id, "ok by Sam", actor="key_lead")
+    assert store.get(item.id) == item
+
+    approved = returns.approve(item.id, "ok by Sam", actor="key_lead")
+
+    assert (approved.status, approved.label_url) == (R.AUTHORIZED, f"labels/{order.id}/{item.id}")
+    assert store.get(item.id) == approved and approved.version == item.version + 1
+    authorized = [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_AUTHORIZED]
+    assert [e.detail["return_id"] for e in authorized] == [item.id]
+
+
 def test_a_rejected_return_gives_its_units_back_to_be_returned_again(world, clock):
     returns, _ = returns_for(world, clock, ApprovalPolicy())
     order = shipped(world, ("TSHIRT", 1))
