@@ -1023,3 +1023,44 @@ def test_a_return_label_the_carrier_hosts_is_kept_as_its_link_and_no_document_is
 
     assert (item.carrier, item.label_url) == ("EasyPost", f"{HOSTED}?return={item.id}")
     assert world.labels.labels == labels_before
+
+
+def partly_shipped_with_a_return(world: World, clock: Clock) -> tuple[Order, Returns]:
+    """An order of a MUG (west) and a CAP (east) whose MUG shipped and came back, refunded, while
+    the CAP has not shipped yet."""
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    back = world.order(order.id)
+    assert (back.status, back.lines[0].returned_quantity) == (S.PARTIALLY_SHIPPED, 1)
+    return back, returns
+
+
+def test_a_return_received_while_the_rest_had_not_shipped_leaves_the_order_partially_returned_once_it_ships(
+    world, clock
+):
+    order, _ = partly_shipped_with_a_return(world, clock)
+    east = world.shipment_at(order, "wh-east")
+
+    shipped_rest = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert shipped_rest.status is S.PARTIALLY_RETURNED
+    for shipment in order.shipments:
+        world.actions.deliver(order.id, shipment.id, actor="carrier")
+
+    after = world.order(order.id)
+    assert after.status is S.PARTIALLY_RETURNED
+    assert [(line.returned_quantity, line.shipped_quantity) for line in after.lines] == [(1, 1), (0, 1)]
+
+
+def test_cancelling_the_rest_once_every_shipped_unit_is_back_leaves_the_order_returned_with_its_count(world, clock):
+    order, _ = partly_shipped_with_a_return(world, clock)
+
+    cancelled = world.actions.cancel(order.id, "customer_request", "key_cs")
+
+    assert cancelled.status is S.RETURNED
+    assert [(line.quantity, line.returned_quantity) for line in cancelled.lines] == [(1, 1), (0, 0)]
+    # Repeating the cancel of the rest finishes its clean-up, as on a shipped order: no 409.
+    assert world.actions.cancel(order.id, "customer_request", "key_cs") == world.order(order.id)
