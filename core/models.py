@@ -1109,7 +1109,9 @@ class Order(BaseModel, defer_build=True):
                 f"a refund is a positive amount in {self.currency}",
                 details=[{"field": "amount", "message": f"must be positive, in {self.currency}"}],
             )
-        if self.payment.status not in REFUNDABLE:
+        # A payment refunded in full had captures: nothing of them is left, so any amount is more
+        # than captured minus refunded (422), not a payment with nothing captured (409).
+        if self.payment.status not in REFUNDABLE and self.payment.status is not PaymentStatus.REFUNDED:
             raise InvalidTransition(f"a payment that is {self.payment.status} has nothing captured to refund")
         if self.payment.refundable() < amount:
             raise RefundExceedsCaptured(
