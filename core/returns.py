@@ -259,9 +259,13 @@ class Returns:
         return item
 
     def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
+        """`decide`'s new version of the return, written conditionally; `decide` answers the return
+        it was given when a concurrent run did the change already, and that is answered as it is."""
         for _ in range(ATTEMPTS):
             current = self.get(return_id, channel)
             new = decide(current)
+            if new is current:
+                return current
             try:
                 self._returns.update(new, current)
             except StaleVersion:

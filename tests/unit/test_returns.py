@@ -321,6 +321,21 @@ def test_every_step_of_a_receipt_run_twice_changes_nothing(world, clock):
     )
 
 
+def test_a_receipt_repeated_while_the_first_was_written_answers_the_received_return(world, clock, monkeypatch):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    the_receipt = receipt("wh-west", ("L1", 2, "resellable"))
+    first = returns.receive(item.id, the_receipt, "key_wh")
+    # The repeat read the return before the first receipt was written (a scanner sending twice).
+    stale_reads = iter([item])
+    read = store.get
+    monkeypatch.setattr(store, "get", lambda return_id: next(stale_reads, None) or read(return_id))
+
+    assert returns.receive(item.id, the_receipt, "key_wh") == first
+    assert store.get(item.id) == first
+
+
 def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world, clock):
     returns, store = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 3))
