@@ -876,6 +876,17 @@ def _shipped_counted(lines: list[OrderLine], shipments: list[Shipment]) -> list[
     ]  # fmt: skip
 
 
+def _left_to_ship_nothing(to: OrderStatus, lines: list[OrderLine], shipments: list[Shipment]) -> OrderStatus:
+    """`to` (shipped or delivered) for an order with nothing left to ship, unless units of it came
+    back already, on returns received while the rest had not shipped: then `partially_returned`,
+    or `returned` when every unit that left is back (its returns are what its status says)."""
+    if not any(line.returned_quantity for line in lines):
+        return to
+    shipped = _shipped_by_line(lines, shipments)
+    everything_back = all(line.returned_quantity >= shipped.get(line.line_id, 0) for line in lines)
+    return OrderStatus.RETURNED if everything_back else OrderStatus.PARTIALLY_RETURNED
+
+
 # Which history entry records a failed attempt at each payment operation.
 PAYMENT_FAILURE_EVENTS: dict[str, OrderEvent] = {
     "authorize": OrderEvent.PAYMENT_AUTHORIZATION_FAILED,
@@ -1123,7 +1134,9 @@ class Order(BaseModel, defer_build=True):
                 f"a refund is a positive amount in {self.currency}",
                 details=[{"field": "amount", "message": f"must be positive, in {self.currency}"}],
             )
-        if self.payment.status not in REFUNDABLE:
+        # A payment refunded in full had captures: nothing of them is left, so any amount is more
+        # than captured minus refunded (422), not a payment with nothing captured (409).
+        if self.payment.status not in REFUNDABLE and self.payment.status is not PaymentStatus.REFUNDED:
             raise InvalidTransition(f"a payment that is {self.payment.status} has nothing captured to refund")
         if self.payment.refundable() < amount:
             raise RefundExceedsCaptured(
@@ -1299,7 +1312,8 @@ class Order(BaseModel, defer_build=True):
             detail["capture_reference"] = capture_reference
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
-            to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id) else OrderStatus.SHIPPED,
+            to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
+            else _left_to_ship_nothing(OrderStatus.SHIPPED, self.lines, shipments),
             detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
         )  # fmt: skip
 
@@ -1579,7 +1593,8 @@ class Order(BaseModel, defer_build=True):
                 if price.quantity != left or price.sku != line.sku:
                     raise InvalidTransition(f"line {line.line_id} was priced for {price.quantity} units, not {left}")
                 line = _replaced(price, line_id=line.line_id, cancelled_quantity=line.cancelled_quantity + gone,
-                                 shipped_quantity=line.shipped_quantity)  # fmt: skip
+                                 shipped_quantity=line.shipped_quantity,
+                                 returned_quantity=line.returned_quantity)  # fmt: skip
             else:
                 line = _replaced(line, quantity=0, discount=zero, tax=zero, total=zero,
                                  cancelled_quantity=line.cancelled_quantity + gone)  # fmt: skip
@@ -1628,7 +1643,7 @@ class Order(BaseModel, defer_build=True):
             if not gone_out:
                 raise InvalidTransition("cancelling every unit before anything shipped cancels the order")
             delivered = all(shipment.status is ShipmentStatus.DELIVERED for shipment in gone_out)
-            to = OrderStatus.DELIVERED if delivered else OrderStatus.SHIPPED
+            to = _left_to_ship_nothing(OrderStatus.DELIVERED if delivered else OrderStatus.SHIPPED, lines, left)
             if payment.status is PaymentStatus.PARTIALLY_CAPTURED and self.payable(totals) <= payment.captured:
                 payment = _replaced(payment, status=PaymentStatus.CAPTURED)
         return self._next(

@@ -235,9 +235,23 @@ class Returns:
 
     # --- Approve, reject --------------------------------------------------------------------
     def approve(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
-        item = self._change(return_id, channel, lambda r: r.approve(note, at=self._clock()))
+        """Authorize a requested return with its label in the same write. The label is booked
+        first (keyed by the return's id), as at request: a booking that fails leaves the return
+        `requested`, so approving again books it; written after, a failed booking left an
+        authorized return without a label for good (approving again is 409)."""
+        current = self.get(return_id, channel)
+        booked = current
+        order = self._orders.get(current.order_id)
+        if current.status is R.REQUESTED and order is not None:
+            booked = self._with_label(current, order)
+        label = {"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": booked.label_url}
+        at = self._clock()
+        item = self._change(
+            return_id, channel,
+            lambda r: r.approve(note, at=at).model_copy(update=label if booked.label_url else {}),
+        )  # fmt: skip
         self._note(item.order_id, OrderEvent.RETURN_AUTHORIZED, actor, {"return_id": item.id, "note": note})
-        return self.label(item.id)
+        return item
 
     def reject(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
         item = self._change(return_id, channel, lambda r: r.reject(note, at=self._clock()))
@@ -245,9 +259,13 @@ class Returns:
         return item
 
     def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
+        """`decide`'s new version of the return, written conditionally; `decide` answers the return
+        it was given when a concurrent run did the change already, and that is answered as it is."""
         for _ in range(ATTEMPTS):
             current = self.get(return_id, channel)
             new = decide(current)
+            if new is current:
+                return current
             try:
                 self._returns.update(new, current)
             except StaleVersion:
@@ -256,24 +274,6 @@ class Returns:
         raise StaleVersion(f"return {return_id} kept changing; retry")
 
     # --- Label ------------------------------------------------------------------------------
-    def label(self, return_id: str) -> Return:
-        """Book the return label of an authorized return that has none (an approved one)."""
-        item = self.get(return_id)
-        if item.label_url or item.status is not R.AUTHORIZED:
-            return item
-        order = self._orders.get(item.order_id)
-        if order is None:
-            return item
-        booked = self._with_label(item, order)
-        if booked.label_url is None:
-            return item
-        at = self._clock()
-        return self._change(
-            return_id, None,
-            lambda r: r if r.label_url else r.with_label(booked.carrier or "", booked.tracking_number or "",
-                                                         booked.label_url or "", at=at),
-        )  # fmt: skip
-
     def _with_label(self, item: Return, order: Order) -> Return:
         """`item` with the label the carrier plugin booked for it (stored in the label store), or
         as it is when no plugin answers or it has nowhere to go back to. Same version: the label

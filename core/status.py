@@ -74,8 +74,9 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.BACKORDERED: frozenset({S.ALLOCATED, S.CANCELLED, S.AUTHORIZED, S.ON_HOLD}),
     S.ALLOCATED: frozenset({S.PARTIALLY_SHIPPED, S.SHIPPED, S.ON_HOLD, S.CANCELLED, S.AUTHORIZED, S.DELIVERED}),
     # Cancelling the units that have not shipped ends a partly shipped order shipped, or delivered
-    # when every shipment that left has arrived.
-    S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED, S.DELIVERED}),
+    # when every shipment that left has arrived; partially_returned or returned when units that
+    # left came back before the rest shipped or was cancelled.
+    S.PARTIALLY_SHIPPED: frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED}),
     S.SHIPPED: frozenset({S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED}),
     S.DELIVERED: frozenset({S.PARTIALLY_RETURNED, S.RETURNED}),
     S.PARTIALLY_RETURNED: frozenset({S.PARTIALLY_RETURNED, S.RETURNED}),

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 S = OrderStatus
 # Where a cancel of "everything not shipped" has nothing left to cancel but may have left its
-# clean-up unfinished (stock, payment): repeating it finishes that.
-_FINISHED = frozenset({S.SHIPPED, S.DELIVERED})
+# clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
+# the rest was cancelled leave the order partially_returned or returned instead.
+_FINISHED = frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED})
 
 
 class UnitCancellation:

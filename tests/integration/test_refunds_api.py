@@ -132,6 +132,16 @@ def test_more_than_captured_minus_refunded_is_422_and_the_rest_can_be_refunded(a
     assert (payment["status"], payment["refunded"]["amount"]) == ("refunded", "30.00")
 
 
+def test_a_refund_of_an_order_refunded_in_full_is_422_refund_exceeds_captured(api):
+    # Captured minus refunded is 0: any amount is more than it (the contract's 422), not a 409.
+    oid = order_id(73)
+    a_captured_order(oid)
+    assert refund(api, oid, "30.00").json()["status"] == "succeeded"
+
+    assert_error(refund(api, oid, "0.01"), 422, "refund_exceeds_captured", "amount")
+    assert api.get(f"/orders/{oid}").json()["payment"]["status"] == "refunded"
+
+
 def test_a_refund_the_gateway_refuses_is_201_failed_and_never_counted(api):
     oid = order_id(4)
     a_captured_order(oid, authorization=REFUSES)

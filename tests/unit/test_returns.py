@@ -225,6 +225,38 @@ def test_a_policy_asking_for_approval_makes_a_requested_return_without_a_label_u
         returns.reject(item.id, None, actor="key_lead")
 
 
+class CarrierDownOnce:
+    """A carrier that cannot book the first return label asked of it (then lets the built-in one answer)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_return_label(self, return_id: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise TransientError("the carrier is briefly unavailable")
+
+
+def test_an_approval_whose_label_cannot_be_booked_leaves_the_return_requested_and_approving_again_books_it(
+    world, clock
+):
+    returns, store = returns_for(world, clock, ApprovalPolicy(), CarrierDownOnce())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(TransientError):
+        returns.approve(item.id, "ok by Sam", actor="key_lead")
+    assert store.get(item.id) == item
+
+    approved = returns.approve(item.id, "ok by Sam", actor="key_lead")
+
+    assert (approved.status, approved.label_url) == (R.AUTHORIZED, f"labels/{order.id}/{item.id}")
+    assert store.get(item.id) == approved and approved.version == item.version + 1
+    authorized = [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_AUTHORIZED]
+    assert [e.detail["return_id"] for e in authorized] == [item.id]
+
+
 def test_a_rejected_return_gives_its_units_back_to_be_returned_again(world, clock):
     returns, _ = returns_for(world, clock, ApprovalPolicy())
     order = shipped(world, ("TSHIRT", 1))
@@ -287,6 +319,21 @@ def test_every_step_of_a_receipt_run_twice_changes_nothing(world, clock):
     assert (store.get(item.id), world.level("TSHIRT", "wh-west"), world.order(order.id), world.history(order.id)) == (
         snapshot
     )
+
+
+def test_a_receipt_repeated_while_the_first_was_written_answers_the_received_return(world, clock, monkeypatch):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    the_receipt = receipt("wh-west", ("L1", 2, "resellable"))
+    first = returns.receive(item.id, the_receipt, "key_wh")
+    # The repeat read the return before the first receipt was written (a scanner sending twice).
+    stale_reads = iter([item])
+    read = store.get
+    monkeypatch.setattr(store, "get", lambda return_id: next(stale_reads, None) or read(return_id))
+
+    assert returns.receive(item.id, the_receipt, "key_wh") == first
+    assert store.get(item.id) == first
 
 
 def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world, clock):
@@ -990,3 +1037,44 @@ def test_a_return_label_the_carrier_hosts_is_kept_as_its_link_and_no_document_is
 
     assert (item.carrier, item.label_url) == ("EasyPost", f"{HOSTED}?return={item.id}")
     assert world.labels.labels == labels_before
+
+
+def partly_shipped_with_a_return(world: World, clock: Clock) -> tuple[Order, Returns]:
+    """An order of a MUG (west) and a CAP (east) whose MUG shipped and came back, refunded, while
+    the CAP has not shipped yet."""
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    back = world.order(order.id)
+    assert (back.status, back.lines[0].returned_quantity) == (S.PARTIALLY_SHIPPED, 1)
+    return back, returns
+
+
+def test_a_return_received_while_the_rest_had_not_shipped_leaves_the_order_partially_returned_once_it_ships(
+    world, clock
+):
+    order, _ = partly_shipped_with_a_return(world, clock)
+    east = world.shipment_at(order, "wh-east")
+
+    shipped_rest = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert shipped_rest.status is S.PARTIALLY_RETURNED
+    for shipment in order.shipments:
+        world.actions.deliver(order.id, shipment.id, actor="carrier")
+
+    after = world.order(order.id)
+    assert after.status is S.PARTIALLY_RETURNED
+    assert [(line.returned_quantity, line.shipped_quantity) for line in after.lines] == [(1, 1), (0, 1)]
+
+
+def test_cancelling_the_rest_once_every_shipped_unit_is_back_leaves_the_order_returned_with_its_count(world, clock):
+    order, _ = partly_shipped_with_a_return(world, clock)
+
+    cancelled = world.actions.cancel(order.id, "customer_request", "key_cs")
+
+    assert cancelled.status is S.RETURNED
+    assert [(line.quantity, line.returned_quantity) for line in cancelled.lines] == [(1, 1), (0, 0)]
+    # Repeating the cancel of the rest finishes its clean-up, as on a shipped order: no 409.
+    assert world.actions.cancel(order.id, "customer_request", "key_cs") == world.order(order.id)
