@@ -148,6 +148,16 @@ def put_network(api: Api, store: bool = False) -> dict[str, str]:
     return ids
 
 
+def stocked_sku(api: Api, price: str = "12.00", on_hand: int = 5) -> tuple[dict[str, str], str]:
+    """The network (put_network), and a new product at `price` with `on_hand` units at its west
+    warehouse: (network, sku)."""
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product(price)
+    catalog.stock(sku, network["west"], on_hand)
+    return network, sku
+
+
 def order_body(*lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:
     """A valid POST /orders body for (sku, quantity) lines, with a unique customer and external id."""
     body: dict[str, Any] = {

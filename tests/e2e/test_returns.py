@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, order_body, put_network
+from tests.e2e.client import Api, Catalog, order_body, put_network, stocked_sku
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 15
@@ -39,10 +39,7 @@ def on_hand(api: Api, sku: str) -> dict[str, int]:
 
 
 def test_a_delivered_order_is_partly_returned_in_mixed_condition_restocked_and_refunded(api: Api):
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("12.00")
-    catalog.stock(sku, network["west"], 5)
+    network, sku = stocked_sku(api)
     placed = api.post("/orders", json=order_body((sku, 3)))
     assert placed.status_code == 201, placed.text
     order_id = placed.json()["id"]

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from functions.import_splitter.readers import COLUMNS
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, order_body, put_network, unique
+from tests.e2e.client import Api, order_body, stocked_sku, unique
 from tests.e2e.conftest import workflow_stack
 from tests.e2e.test_bulk_import import csv_row, finished, put_file
 
@@ -119,10 +119,7 @@ def test_an_order_whose_workflow_never_started_is_started_from_the_outbox_failur
 ):
     """OutboxFailuresAlarm's runbook: read the stream batch the record names, start the workflow of
     each INSERT in it, delete the record."""
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("12.00")
-    catalog.stock(sku, network["west"], 5)
+    _, sku = stocked_sku(api)
     refuse_every_start(monkeypatch)
     placed = api.post("/orders", json=order_body((sku, 1)))
     assert placed.status_code == 201, placed.text
@@ -145,10 +142,7 @@ def test_a_cancel_left_unfinished_whose_finishing_never_started_is_finished_from
     that would have finished it failed too. The replay starts it with `finish_cancel`."""
     from functions.bootstrap import Config, bootstrap
 
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("12.00")
-    catalog.stock(sku, network["west"], 5)
+    network, sku = stocked_sku(api)
     placed = api.post("/orders", json=order_body((sku, 2)))
     assert placed.status_code == 201, placed.text
     order_id = placed.json()["id"]
@@ -189,10 +183,7 @@ def test_an_import_message_parked_in_the_dead_letter_queue_is_replayed_into_the_
             raise ConnectionError("the tax service reset the connection")
         return real_import(self, body, *args, **kwargs)
 
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("8.00")
-    catalog.stock(sku, network["west"], 10)
+    _, sku = stocked_sku(api, "8.00", 10)
     channel = unique("mkt")
     sqs = stack.client("sqs")
     import_queue = stack.queue_urls["ImportQueue"]
