@@ -477,9 +477,11 @@ class Returns:
 
         def rest_of_credit(current: Order) -> Money:
             # Never past the credit: a replacement cancelled meanwhile gave it back already (ExchangeCredits).
-            # And never past what `current` can refund: an exchange of an exchange takes the rest
-            # from the earlier credit (carried_rest).
-            return max(min(rest, self._credits.unused(current, item.id, credit), current.payment.refundable()), zero)
+            # An original that is itself a replacement refunds only what it can, and the earlier
+            # credit the rest (carried_rest); any other refunds it all, or the step fails for an
+            # operator rather than settle short.
+            own = current.payment.refundable() if current.exchange_of else rest
+            return max(min(rest, self._credits.unused(current, item.id, credit), own), zero)
 
         def carried_rest(got: Money) -> Money:
             # An exchange of an exchange: what the original's own captures could not refund of the
