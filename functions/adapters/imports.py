@@ -144,41 +144,35 @@ class DynamoImportLedger(ImportLedger):
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
         # Never once the file was read whole (by this split before it raised, or by a duplicate
         # delivery of its event): the import's lines are all queued or recorded, and it completes.
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_import_key(import_id),
-                UpdateExpression=(
-                    "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now"
-                ),
-                ConditionExpression="total_final = :false",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":failed": {"S": ImportStatus.FAILED.value},
-                    ":code": {"S": code},
-                    ":message": {"S": message},
-                    ":now": {"S": timestamp(at)},
-                    ":false": {"BOOL": False},
-                },
-            )
-        except ClientError as error:
-            if not _is_conditional_failure(error):
-                raise
+        self._unless_final(
+            import_id,
+            "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
+            {"#status": "status"},
+            {":failed": {"S": ImportStatus.FAILED.value}, ":code": {"S": code}, ":message": {"S": message},
+             ":now": {"S": timestamp(at)}},
+        )  # fmt: skip
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
+        # A re-run never lowers a final total.
+        self._unless_final(
+            import_id,
+            "SET #total = :total, #format = :format, updated_at = :now",
+            {"#total": "total", "#format": "format"},
+            {":total": {"N": str(total)}, ":format": {"S": file_format}, ":now": {"S": timestamp(at)}},
+        )
+
+    def _unless_final(
+        self, import_id: str, update: str, names: dict[str, str], values: dict[str, dict[str, Any]]
+    ) -> None:
+        """`update` the import while its total is not final; nothing once it is."""
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=_import_key(import_id),
-                UpdateExpression="SET #total = :total, #format = :format, updated_at = :now",
-                ConditionExpression="total_final = :false",  # a re-run never lowers a final total
-                ExpressionAttributeNames={"#total": "total", "#format": "format"},
-                ExpressionAttributeValues={
-                    ":total": {"N": str(total)},
-                    ":format": {"S": file_format},
-                    ":now": {"S": timestamp(at)},
-                    ":false": {"BOOL": False},
-                },
+                UpdateExpression=update,
+                ConditionExpression="total_final = :false",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={**values, ":false": {"BOOL": False}},
             )
         except ClientError as error:
             if not _is_conditional_failure(error):
