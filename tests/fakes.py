@@ -4,12 +4,14 @@ the names the tests use, and a spy on the built-in `test` payment gateway."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from core import hookimpl
 from core.errors import TransientError
 from core.money import Money
 from core.ports import ReturnWorkflowStarter
 from core.returns import Returns
+from core.webhooks import DeliveryMessage, DeliveryQueue
 from core.workflow_types import PaymentResult
 from plugins.testing.memory import (
     InMemoryBackorders,
@@ -138,3 +140,22 @@ class InlineReturnWorkflow(ReturnWorkflowStarter):
         assert self.returns is not None, "give the InlineReturnWorkflow its Returns service"
         self.started.append(return_id)
         self.returns.settle(return_id, actor="returns-workflow")
+
+
+Q = TypeVar("Q", bound=DeliveryQueue)
+
+
+def refusing_once(queue: type[Q]) -> type[Q]:
+    """`queue`, a webhook delivery queue, whose first send raises ConnectionError (SQS refused it)
+    and every later one sends as usual."""
+
+    class RefusingOnce(queue):  # type: ignore[valid-type,misc]
+        refused = False
+
+        def send(self, message: DeliveryMessage, delay_seconds: int) -> Any:
+            if not self.refused:
+                self.refused = True
+                raise ConnectionError("SQS unavailable")
+            return super().send(message, delay_seconds)
+
+    return RefusingOnce

@@ -21,6 +21,7 @@ from core.models import HistoryEntry
 from core.status import OrderStatus
 from core.webhooks import DeliveryMessage, IssuedWebhook, verify_signature
 from functions.adapters.webhooks import SqsDeliveryQueue
+from tests.fakes import refusing_once
 from tests.unit.conftest import a_stored_order
 
 REGION = "us-east-1"
@@ -350,15 +351,6 @@ def test_a_message_handed_out_again_after_its_next_attempt_was_not_queued_queues
     from core.webhooks import DeliveryWorker
     from functions.webhook_delivery.app import container, lambda_handler
 
-    class RefusingOnce(RecordingQueue):
-        refused = False
-
-        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
-            if not self.refused:
-                self.refused = True
-                raise ConnectionError("SQS unavailable")
-            super().send(message, delay_seconds)
-
     webhook = subscribe("http://127.0.0.1:9/refused", ["order.created"])  # nothing listens: refused
     created, _, _ = an_order_allocated(aws)
     from functions.events.app import lambda_handler as events_handler
@@ -367,7 +359,7 @@ def test_a_message_handed_out_again_after_its_next_attempt_was_not_queued_queues
     (queued,) = drain(wired["sqs"], wired["deliveries"])
     message = DeliveryMessage.from_json(queued["Body"])
     c = container()
-    queue = RefusingOnce(c.sqs, wired["deliveries"])
+    queue = refusing_once(RecordingQueue)(c.sqs, wired["deliveries"])
     worker = DeliveryWorker(
         c.webhook_store, queue, c.webhook_sender, c.check_webhook_url, c.clock, c.retry_schedule, lambda: 1.0,
         timeout=0.5,

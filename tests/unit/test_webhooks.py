@@ -34,6 +34,7 @@ from core.webhooks import (
     signature,
     verify_signature,
 )
+from tests.fakes import refusing_once
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -368,16 +369,7 @@ def test_an_attempt_whose_next_message_was_not_queued_queues_it_when_sqs_hands_t
     queues the next attempt instead of finding its own attempt recorded and dropping it, which
     left the delivery pending for good, never tried again and never failed."""
 
-    class RefusingOnce(FakeQueue):
-        refused = False
-
-        def send(self, message: DeliveryMessage, delay_seconds: int) -> None:
-            if not self.refused:
-                self.refused = True
-                raise ConnectionError("SQS unavailable")
-            super().send(message, delay_seconds)
-
-    store, clock, queue = FakeStore(), Clock(), RefusingOnce()
+    store, clock, queue = FakeStore(), Clock(), refusing_once(FakeQueue)()
     delivery = stored_delivery(store)
     worker, _ = worker_for(store, FakeSender(SendResult(503, "HTTP 503")), clock, queue)
     message = DeliveryMessage("whk_1", delivery.id, 0, 0)
