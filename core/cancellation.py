@@ -11,6 +11,7 @@ from core import payment_keys
 from core.errors import PaymentGatewayUnavailable, PaymentRefused, TransientError
 from core.ids import reservation_key
 from core.models import Location, Order
+from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
@@ -124,9 +125,11 @@ class Cancellation:
         )
 
     def void(self, order: Order, actor: str) -> Order:
-        """Void the cancelled order's authorization and record it; nothing to do when the payment
-        is not `authorized`. Raises PaymentRefused or PaymentGatewayUnavailable with every failed
+        """Void the cancelled order's authorization and record it, once every capture it asked for
+        and never recorded is settled (settle_capture_requests); nothing to do when the payment is
+        not `authorized`. Raises PaymentRefused or PaymentGatewayUnavailable with every failed
         attempt recorded."""
+        order = self.settle_capture_requests(order, actor)
         payment = order.payment
         authorization = payment.authorization
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
@@ -148,3 +151,86 @@ class Cancellation:
             return self._void(order, authorization, actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             return None
+
+    # --- Captures of shipments ----------------------------------------------------------------
+    def capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
+        """Ask the gateway for `amount`, a shipment's share, under the shipment's key (retried, each
+        failed attempt in the history)."""
+        payment = order.payment
+        authorization = payment.authorization or ""
+        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id))
+        return self._payments.retried(
+            "capture",
+            lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
+            failure_recorder(self._orders, order.id, actor, self._clock, shipment_id=shipment_id,
+                             amount=amount.model_dump(mode="json")),
+        )  # fmt: skip
+
+    def reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
+                        actor: str) -> Order:  # fmt: skip
+        """Refund a capture the order cannot record (it changed while the shipment was being
+        shipped, or the ship died before recording it) and record that (`payment_capture_reversed`,
+        which withdraws the shipment's capture request). Raises PaymentRefused or
+        PaymentGatewayUnavailable, each failed attempt in the history with the capture's reference
+        for an operator; the capture request, if any, stands for the next attempt."""
+        payment = order.payment
+        authorization = payment.authorization or ""
+        detail = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json"),
+                  "capture_reference": capture.reference}  # fmt: skip
+        before = order.captures_reversed(shipment_id)
+        key = payment_keys.capture_reversal(order.id, shipment_id, before)
+        refund = self._payments.retried(
+            "refund",
+            lambda attempt: self._payments.refund(payment.method, authorization, amount, order.id, key),
+            failure_recorder(self._orders, order.id, actor, self._clock, **detail),
+        )
+        at = self._clock()
+        return modify(
+            self._orders, order.id,
+            lambda current: current.record_capture_reversal(
+                shipment_id, {**detail, "refund_reference": refund.reference}, at=at, actor=actor
+            ) if current.captures_reversed(shipment_id) == before else None,
+        )  # fmt: skip
+
+    def settle_capture_requests(self, order: Order, actor: str) -> Order:
+        """Settle every capture the order asked for and never recorded (Order.captures_requested: a
+        ship or collect that died between the gateway's answer and its write, or one in flight),
+        before its authorization is voided or the shipment changes. Each is first taken back from
+        its ship (on an order that could still ship it), then asked for again under its key, which
+        the gateway answers with the capture it made (or makes now), and refunded at once; one the
+        gateway refuses was never made. Raises PaymentRefused or PaymentGatewayUnavailable while
+        one cannot be settled now (each attempt in the history): what was settled stays settled,
+        and the rest waits for the next attempt. Returns the order as it stands after."""
+        if not order.captures_requested:
+            return order
+        order = self._orders.get(order.id, consistent=True) or order
+        for request in list(order.captures_requested):
+            order = self._settle(order, request.shipment_id, actor)
+        return order
+
+    def _settle(self, order: Order, shipment_id: str, actor: str) -> Order:
+        if _waiting(order, shipment_id) and order.status is not OrderStatus.CANCELLED:
+            at = self._clock()
+            order = modify(
+                self._orders, order.id,
+                lambda current: current.withdraw_capture_request(shipment_id, at=at, actor=actor)
+                if _waiting(current, shipment_id) else None,
+            )  # fmt: skip
+        request = order.capture_request(shipment_id)
+        if request is None:
+            return order  # recorded by its ship, or settled, meanwhile
+        try:
+            capture = self.capture_share(order, shipment_id, request.amount, actor)
+        except PaymentRefused as refused:
+            at, message = self._clock(), str(refused)
+            return modify(
+                self._orders, order.id,
+                lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor)
+                if current.capture_request(shipment_id) is not None else None,
+            )  # fmt: skip
+        return self.reverse_capture(order, shipment_id, request.amount, capture, actor)
+
+
+def _waiting(order: Order, shipment_id: str) -> bool:
+    request = order.capture_request(shipment_id)
+    return request is not None and not request.withdrawn

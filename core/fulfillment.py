@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -71,7 +72,7 @@ class OrderActions:
     def _recorder(self, order_id: str, actor: str, **detail: object):
         return failure_recorder(self._orders, order_id, actor, self._clock, **detail)
 
-    # --- Ship ------------------------------------------------------------------------------
+    # --- Ship ---------------------------------------------------------------------------------
     def ship(self, order_id: str, shipment_id: str, tracking_number: str | None, actor: str,
              channel: str | None = None) -> Order:  # fmt: skip
         """The location handed the parcel over: the shipment's share of the payment is captured,
@@ -79,76 +80,102 @@ class OrderActions:
         units leave on_hand.
 
         The capture comes first, so the order never says shipped and paid for money the gateway
-        did not give: a capture that keeps failing transiently (PaymentGatewayUnavailable, 503) or
-        is refused (PaymentRefused, 502) leaves the shipment pending with every failed attempt in
-        the history, and the ship may simply be repeated (the capture's idempotency key is the
-        shipment's). A capture whose record then loses to a cancel is refunded at once and the ship
-        is refused (409). Shipping a shipped shipment again finishes what its first ship may have
-        left undone (a request that died after the write): its stock movement (idempotent by
-        reservation key) and, after the last parcel, the settlement of an order that lost units
-        (after_shipping, which a gateway that was down could not make then); nothing else."""
+        did not give, and the order records that it asks for it before it does
+        (`capture_requested`), so a capture the gateway makes is never lost: a ship that dies after
+        the gateway answered is repeated under the same key and records it, and a cancel, edit or
+        reject meanwhile refunds it first (Cancellation.settle_capture_requests). A capture that
+        keeps failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused,
+        502) leaves the shipment pending with every failed attempt in the history, and the ship may
+        simply be repeated. A capture whose record then loses to a cancel, a hold or an edit is
+        refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes
+        what its first ship may have left undone (a request that died after the write): its stock
+        movement (idempotent by reservation key) and, after the last parcel, the settlement of an
+        order that lost units (after_shipping, which a gateway that was down could not make then);
+        nothing else."""
         order = self._order(order_id, channel)
-        if order.shipment(shipment_id).status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
+        order.shipment(shipment_id)
+        done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
+
+        def record(current: Order, amount: Money, reference: str | None, at: datetime):
+            return current.ship(
+                shipment_id, tracking_number=tracking_number, captured=amount, capture_reference=reference,
+                at=at, actor=actor,
+            )  # fmt: skip
+
+        if order.shipment(shipment_id).status not in done:
+            order.ready_to_ship(shipment_id)
+        return self._hand_over(order, shipment_id, actor, channel, done, record)
+
+    def _hand_over(
+        self, order: Order, shipment_id: str, actor: str, channel: str | None,
+        done: tuple[ShipmentStatus, ...], record: Callable[[Order, Money, str | None, datetime], object],
+    ) -> Order:  # fmt: skip
+        """Ship or collect `shipment_id`: request its capture, capture it, `record` it, then its
+        units leave and the payment is settled (after_shipping). A shipment `done` already only
+        gets those last two."""
+        if order.shipment(shipment_id).status not in done:
+            order = self._capture_requested(order, shipment_id, actor, done)
+        if order.shipment(shipment_id).status in done:
             self._units_leave(order, shipment_id)
             return self._units.after_shipping(order, actor)
-        order.ready_to_ship(shipment_id)
-        amount = order.capture_due(shipment_id)
-        capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None
+        request = order.capture_request(shipment_id)
+        amount = request.amount if request else Money.zero(order.currency)
+        try:
+            capture = self._cancellation.capture_share(order, shipment_id, amount, actor) if request else None
+        except PaymentRefused as refused:
+            # Refused: none was made, and the request goes (a timeout leaves it: it may have been).
+            at, message = self._clock(), str(refused)
+            modify(
+                self._orders, order.id,
+                lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor)
+                if current.capture_request(shipment_id) == request else None,
+            )  # fmt: skip
+            raise
         at = self._clock()
 
         def decide(current: Order):
             _still_there(current, shipment_id)
-            if current.shipment(shipment_id).status is not ShipmentStatus.PENDING:
+            if current.shipment(shipment_id).status in done:
                 return None  # a concurrent ship of this shipment recorded it (the same capture: the same key)
-            return current.ship(
-                shipment_id, tracking_number=tracking_number, captured=amount,
-                capture_reference=capture.reference if capture else None, at=at, actor=actor,
-            )  # fmt: skip
+            standing = current.capture_request(shipment_id)
+            if request is not None and (standing is None or standing.withdrawn):
+                raise InvalidTransition(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
+            return record(current, amount, capture.reference if capture else None, at)
 
         try:
-            shipped = modify(self._orders, order_id, decide, channel=channel)
+            handed = modify(self._orders, order.id, decide, channel=channel)
         except InvalidTransition:
             if capture is not None:
-                self._reverse_capture(order, shipment_id, amount, capture, actor)
+                with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                    # A refund that fails is in the history; the request stands for the next try.
+                    self._cancellation.reverse_capture(order, shipment_id, amount, capture, actor)
             raise
-        self._units_leave(shipped, shipment_id)
-        return self._units.after_shipping(shipped, actor)
+        self._units_leave(handed, shipment_id)
+        return self._units.after_shipping(handed, actor)
 
-    def _capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
-        payment = order.payment
-        authorization = payment.authorization or ""
-        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id))
-        return self._payments.retried(
-            "capture",
-            lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
-            self._recorder(order.id, actor, shipment_id=shipment_id, amount=amount.model_dump(mode="json")),
-        )
-
-    def _reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
-                         actor: str) -> None:  # fmt: skip
-        """Refund a capture the order can no longer record: it was cancelled while the shipment was
-        being shipped. A refund that fails is in the history for an operator."""
-        payment = order.payment
-        authorization = payment.authorization or ""
-        detail = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json"),
-                  "capture_reference": capture.reference}  # fmt: skip
-        before = order.captures_reversed(shipment_id)
-        key = payment_keys.capture_reversal(order.id, shipment_id, before)
-        try:
-            refund = self._payments.retried(
-                "refund",
-                lambda attempt: self._payments.refund(payment.method, authorization, amount, order.id, key),
-                self._recorder(order.id, actor, **detail),
-            )
-        except (PaymentRefused, PaymentGatewayUnavailable):
-            return  # the capture stands: a ship of that shipment again replays it under the same key
+    def _capture_requested(self, order: Order, shipment_id: str, actor: str,
+                           done: tuple[ShipmentStatus, ...]) -> Order:  # fmt: skip
+        """The order with the shipment's capture requested (Order.request_capture): a request left
+        standing by a ship that died (or one in flight) is reused, so its capture is asked again
+        under the same key for the same amount, which the gateway answers with the capture it
+        made. Nothing is requested when nothing is due, or once the shipment is `done`."""
         at = self._clock()
-        modify(
-            self._orders, order.id,
-            lambda current: current.record_capture_reversal(
-                shipment_id, {**detail, "refund_reference": refund.reference}, at=at, actor=actor
-            ) if current.captures_reversed(shipment_id) == before else None,
-        )  # fmt: skip
+
+        def decide(current: Order):
+            if current.shipment(shipment_id).status in done or current.capture_request(shipment_id) is not None:
+                return None
+            amount = current.capture_due(shipment_id)
+            if amount.amount <= 0:
+                return None
+            return current.request_capture(shipment_id, amount, at=at, actor=actor)
+
+        current = modify(self._orders, order.id, decide)
+        request = current.capture_request(shipment_id)
+        if request is not None and request.withdrawn:
+            raise InvalidTransition(
+                f"the capture for shipment {shipment_id} is being given back while the order changes; ship again after"
+            )
+        return current
 
     def _units_leave(self, order: Order, shipment_id: str) -> None:
         shipment = order.shipment(shipment_id)
@@ -187,6 +214,8 @@ class OrderActions:
         that location for this order again, so the release cannot undo its work. What the order
         holds elsewhere stays reserved for the workflow to keep or release. A repeat of a reject
         recorded already only finishes the release."""
+        # A capture asked for the shipment (a ship in flight, or one that died) is refunded first.
+        self._cancellation.settle_capture_requests(self._order(order_id, channel), actor)
         at = self._clock()
 
         def decide(order: Order):
@@ -220,37 +249,20 @@ class OrderActions:
         return modify(self._orders, order_id, decide, channel=channel)
 
     def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """The customer collected a pickup: its share of the payment is captured first (as a ship
-        captures), then the shipment is recorded delivered, then its units leave on_hand, and (as
-        after a ship) the payment of an order that lost units is settled to its total. Collecting a
-        collected pickup again finishes those last two (its request may have died after the write)
-        and changes nothing else."""
+        """The customer collected a pickup: its share of the payment is requested and captured
+        first (as a ship captures), then the shipment is recorded delivered, then its units leave
+        on_hand, and (as after a ship) the payment of an order that lost units is settled to its
+        total. Collecting a collected pickup again finishes those last two (its request may have
+        died after the write) and changes nothing else."""
         order = self._order(order_id, channel)
-        if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
-            self._units_leave(order, shipment_id)
-            return self._units.after_shipping(order, actor)
-        order.ready_to_collect(shipment_id)
-        amount = order.capture_due(shipment_id)
-        capture = self._capture_share(order, shipment_id, amount, actor) if amount.amount > 0 else None
-        at = self._clock()
+        done = (ShipmentStatus.DELIVERED,)
 
-        def decide(current: Order):
-            _still_there(current, shipment_id)
-            if current.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
-                return None  # a concurrent deliver recorded it (the same capture: the same key)
-            return current.collect(
-                shipment_id, captured=amount, capture_reference=capture.reference if capture else None,
-                at=at, actor=actor,
-            )  # fmt: skip
+        def record(current: Order, amount: Money, reference: str | None, at: datetime):
+            return current.collect(shipment_id, captured=amount, capture_reference=reference, at=at, actor=actor)
 
-        try:
-            collected = modify(self._orders, order_id, decide, channel=channel)
-        except InvalidTransition:
-            if capture is not None:
-                self._reverse_capture(order, shipment_id, amount, capture, actor)
-            raise
-        self._units_leave(collected, shipment_id)
-        return self._units.after_shipping(collected, actor)
+        if order.shipment(shipment_id).status not in done:
+            order.ready_to_collect(shipment_id)
+        return self._hand_over(order, shipment_id, actor, channel, done, record)
 
     def expire_pickup(self, order_id: str, shipment_id: str, actor: str) -> Order:
         """An uncollected pickup past its `collect_by`: the shipment and the order are cancelled

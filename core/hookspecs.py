@@ -115,7 +115,11 @@ def oms_payment_capture(
     :param authorization: the reference the authorization returned.
     :param amount: the amount to capture now (partial captures add up to at most the authorization).
     :param order_id: the order being paid.
-    :param idempotency_key: the same for every retry of this capture.
+    :param idempotency_key: the same for every retry of this capture. The OMS writes the capture it
+        asks for on the order first; when the request died before recording the answer, the
+        capture is asked again under the same key (by the next ship, or days later by a cancel,
+        which then refunds it). Answer a key you have seen with the capture made under it, never
+        a second one, however long ago it was; decline only when none was made.
     :return: PaymentResult, or None.
 
     Stops at first non-None result.

@@ -789,6 +789,18 @@ class Shipment(BaseModel):
     captured: Money | None = None
 
 
+class CaptureRequest(BaseModel, defer_build=True):
+    """A shipment's share asked of the gateway and not recorded yet (Order.request_capture): a ship
+    or collect that died between the gateway's answer and its own write leaves it on the order, so
+    that capture is never lost. Its gateway key derives from the shipment (core/payment_keys.py)."""
+
+    shipment_id: str
+    amount: Money
+    # Taken back from the ship (Order.withdraw_capture_request): the order is about to change, so
+    # the ship may no longer record it; the capture, if made, is refunded.
+    withdrawn: bool = False
+
+
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
 
 
@@ -950,6 +962,10 @@ class Order(BaseModel, defer_build=True):
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
     reversed_captures: list[str] = Field(default_factory=list, exclude=True)
+    # Captures asked of the gateway for a shipment and not recorded yet (CaptureRequest): while one
+    # stands, its shipment keeps its lines and the authorization is not voided. The system's own:
+    # stored, never shown.
+    captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -974,6 +990,8 @@ class Order(BaseModel, defer_build=True):
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
             system["reversed_captures"] = list(self.reversed_captures)
+        if self.captures_requested:
+            system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -1063,6 +1081,52 @@ class Order(BaseModel, defer_build=True):
         """How many captures for a shipment of this id were given back (core/payment_keys.py)."""
         return self.reversed_captures.count(shipment_id)
 
+    def capture_request(self, shipment_id: str) -> CaptureRequest | None:
+        """The capture asked for `shipment_id` and not recorded yet, if any."""
+        return next((r for r in self.captures_requested if r.shipment_id == shipment_id), None)
+
+    def _requests_besides(self, shipment_id: str) -> list[CaptureRequest]:
+        return [r for r in self.captures_requested if r.shipment_id != shipment_id]
+
+    def request_capture(self, shipment_id: str, amount: Money, *, at: datetime, actor: str) -> Change:
+        """Written before a ship or collect asks the gateway for the shipment's share (`amount`),
+        so a capture the gateway makes is on the order even when the request dies before recording
+        it: the ship repeated records it, and a cancel, edit or reject refunds it first
+        (core.cancellation.Cancellation.settle_capture_requests)."""
+        shipment = self.shipment(shipment_id)
+        if shipment.status is ShipmentStatus.READY_FOR_PICKUP:
+            self.ready_to_collect(shipment_id)
+        else:
+            self.ready_to_ship(shipment_id)
+        if self.capture_request(shipment_id) is not None:
+            raise InvalidTransition(f"a capture for shipment {shipment_id} is requested already")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.CAPTURE_REQUESTED,
+            detail={"shipment_id": shipment_id, "amount": amount.model_dump(mode="json")},
+            captures_requested=[*self.captures_requested, CaptureRequest(shipment_id=shipment_id, amount=amount)],
+        )  # fmt: skip
+
+    def withdraw_capture_request(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
+        """Take a capture request back from its ship before the order changes under it: the ship may
+        no longer record that capture, which is refunded if it was made."""
+        request = self.capture_request(shipment_id)
+        if request is None or request.withdrawn:
+            raise InvalidTransition(f"no capture for shipment {shipment_id} is waiting to be recorded")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.CAPTURE_WITHDRAWN, detail={"shipment_id": shipment_id},
+            captures_requested=[*self._requests_besides(shipment_id), _replaced(request, withdrawn=True)],
+        )  # fmt: skip
+
+    def record_capture_not_made(self, shipment_id: str, message: str, *, at: datetime, actor: str) -> Change:
+        """The gateway refused the requested capture when it was asked again: it was never made."""
+        if self.capture_request(shipment_id) is None:
+            raise InvalidTransition(f"no capture for shipment {shipment_id} is requested")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE,
+            detail={"shipment_id": shipment_id, "message": message[:500]},
+            captures_requested=self._requests_besides(shipment_id),
+        )  # fmt: skip
+
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise."""
         shipment = self.shipment(shipment_id)
@@ -1075,7 +1139,12 @@ class Order(BaseModel, defer_build=True):
     def check_editable(self) -> None:
         """Editable before stock is reserved, and allocated (held or not) or backordered until
         anything left (then it is sourced again). An authorized order in the middle of reserving is
-        not: its workflow is about to allocate it, and a moment later it is editable again."""
+        not: its workflow is about to allocate it, and a moment later it is editable again. Nor is
+        one with a shipment's capture requested: that shipment is being shipped (or its ship died,
+        and is repeated or the order cancelled)."""
+        if self.captures_requested:
+            shipment_id = self.captures_requested[0].shipment_id
+            raise InvalidTransition(f"shipment {shipment_id} of order {self.id} is being shipped; it cannot be edited")
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
@@ -1315,6 +1384,7 @@ class Order(BaseModel, defer_build=True):
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
             else _left_to_ship_nothing(OrderStatus.SHIPPED, self.lines, shipments),
             detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
+            captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -1407,6 +1477,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
             detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
+            captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -1511,6 +1582,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURE_REVERSED, detail=detail,
             reversed_captures=[*self.reversed_captures, shipment_id],
+            captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 
     def record_void(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:

@@ -174,6 +174,24 @@ def check_successor(old: Order, new: Order) -> None:
     gone = [shipment_id for shipment_id, status in before.items() if status != ShipmentStatus.PENDING]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")
+    _check_capture_requests(old, new)
+
+
+def _check_capture_requests(old: Order, new: Order) -> None:
+    """A capture asked of the gateway and not recorded yet (Order.captures_requested) pins what it
+    was asked for: its shipment keeps its lines, and the authorization is not voided under it."""
+    if not new.captures_requested:
+        return
+    if new.payment.status is PaymentStatus.VOIDED and old.payment.status is not PaymentStatus.VOIDED:
+        raise InvalidTransition(f"order {new.id} has a capture requested; its authorization cannot be voided")
+    lines_before = {shipment.id: shipment.lines for shipment in old.shipments}
+    lines_after = {shipment.id: shipment.lines for shipment in new.shipments}
+    for request in new.captures_requested:
+        before = lines_before.get(request.shipment_id)
+        if before is not None and lines_after.get(request.shipment_id) != before:
+            raise InvalidTransition(
+                f"a capture for shipment {request.shipment_id} is requested; the shipment cannot change"
+            )
 
 
 # --- Webhook deliveries (issue 14) ---------------------------------------------------------------

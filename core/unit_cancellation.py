@@ -82,6 +82,12 @@ class UnitCancellation:
                 return self._settle(order, actor)
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or self._takes_everything(order, lines):
                 return self._cancellation.cancel(order_id, reason, actor, channel=channel)
+            if order.captures_requested:
+                # A shipment being shipped (or whose ship died) keeps its lines: its capture is
+                # refunded first, and the units are cancelled on the order as it is then.
+                self._cancellation.settle_capture_requests(order, actor)
+                consistent = True
+                continue
             try:
                 cancelled = order.units_to_cancel(lines)
             except (Conflict, InvalidRequest):

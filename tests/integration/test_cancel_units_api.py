@@ -159,3 +159,39 @@ def test_an_address_change_after_a_line_was_cancelled_whole_is_200_and_keeps_the
     assert (mug["line_id"], mug["quantity"]) == ("L1", 1)
     assert (cap["line_id"], cap["quantity"], cap["cancelled_quantity"]) == ("L2", 0, 2)
     assert edited.json()["status"] == "authorized"
+
+
+def test_a_ship_that_died_after_the_gateway_captured_is_refunded_by_the_cancel_over_http(api, monkeypatch):
+    # The ship's process ends after the gateway captured and before the order recorded it (a Lambda
+    # timeout): the capture request it wrote first keeps that capture on the order for the cancel.
+    from functions.adapters.dynamodb import DynamoOrders
+
+    order = allocated(api, ("MUG", 2))
+    real = DynamoOrders.update
+
+    def dies_recording_the_ship(self, new, expected, entries):
+        if entries and entries[0].type == "shipment_shipped":
+            raise TimeoutError("Task timed out")
+        real(self, new, expected, entries)
+
+    monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_ship)
+    (shipment,) = order["shipments"]
+    died = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={})
+    monkeypatch.undo()
+    assert died.status_code == 500
+    assert api.get(f"/orders/{order['id']}").json()["shipments"][0]["status"] == "pending"
+
+    answer = cancel(api, order["id"])
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert (done["status"], done["payment"]["status"], done["payment"]["captured"]["amount"]) == (
+        "cancelled", "voided", "0.00",
+    )  # fmt: skip
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [h["type"] for h in history][-4:] == [
+        "capture_requested", "cancelled", "payment_capture_reversed", "payment_voided",
+    ]  # fmt: skip
+    reversed_ = history[-2]["detail"]
+    assert reversed_["shipment_id"] == shipment["id"] and reversed_["amount"] == order["totals"]["grand_total"]
+    assert reversed_["capture_reference"] and reversed_["refund_reference"]

@@ -20,11 +20,11 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
-from core.models import Address, LineInput, Order, OrderEdit
+from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from tests.builders import address_body
 from tests.unit.world import World, before_the_next_write, build_world
 
 S, P = OrderStatus, PaymentStatus
@@ -82,7 +82,9 @@ def test_capture_at_ship(world, script, failed, ends):
         assert shipped.payment.captured == shipped.totals.grand_total
         assert world.spy.captured_total() == shipped.totals.grand_total.amount
         assert world.level("TSHIRT", "wh-west") == (8, 0, 8)
-        assert shipped.version == order.version + 1  # failed attempts are history, not versions
+        # The capture requested, then recorded: failed attempts are history, not versions.
+        assert shipped.version == order.version + 2
+        assert shipped.captures_requested == []
     else:
         expected = PaymentRefused if ends == "refused" else PaymentGatewayUnavailable
         with pytest.raises(expected) as raised:
@@ -92,11 +94,15 @@ def test_capture_at_ship(world, script, failed, ends):
             == {"refused": "payment_gateway_error", "unavailable": "payment_gateway_unavailable"}[ends]
         )
         # Nothing moved: the shipment is pending, nothing captured, the units still reserved.
-        assert world.order(order.id) == order
-        assert world.order(order.id).shipments[0].status is ShipmentStatus.PENDING
-        assert world.order(order.id).payment.captured.amount == 0
+        after = world.order(order.id)
+        assert after.shipments == order.shipments and after.payment == order.payment
+        assert after.payment.captured.amount == 0
         assert world.spy.captured == []
         assert world.level("TSHIRT", "wh-west") == (10, 2, 8)
+        # A refusal says none was made; a gateway that never answered may have made it, so the
+        # request stands for the next ship (or a cancel) to settle.
+        standing = [(r.shipment_id, r.amount) for r in after.captures_requested]
+        assert standing == ([] if ends == "refused" else [(shipment.id, order.totals.grand_total)])
     assert failures(world, order.id) == [("payment_capture_failed", "capture", kind, n) for kind, n in failed]
     entry = next(h for h in world.history(order.id) if h.type == "payment_capture_failed")
     assert (entry.actor, entry.from_status, entry.to_status, entry.detail["shipment_id"]) == (
@@ -122,7 +128,9 @@ def test_a_refused_capture_names_the_refusal_and_repeating_the_ship_tries_again(
 
     assert shipped.status is S.SHIPPED and shipped.payment.status is P.CAPTURED
     assert world.gateway.keys("capture") == [payment_keys.capture(order.id, shipment.id)] * 2
-    assert [h.type for h in world.history(order.id)][-2:] == ["payment_capture_failed", "shipment_shipped"]
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "capture_requested", "payment_capture_failed", "capture_not_made", "capture_requested", "shipment_shipped",
+    ]  # fmt: skip
 
 
 def test_a_capture_declined_by_the_test_gateway_leaves_the_shipment_pending(world):
@@ -133,7 +141,8 @@ def test_a_capture_declined_by_the_test_gateway_leaves_the_shipment_pending(worl
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
 
     assert "tok_capture_decline" in raised.value.message
-    assert world.order(order.id) == order
+    after = world.order(order.id)
+    assert (after.shipments, after.payment, after.captures_requested) == (order.shipments, order.payment, [])
     assert failures(world, order.id) == [("payment_capture_failed", "capture", "refused", 1)]
 
 
@@ -442,14 +451,17 @@ def test_a_declined_authorization_is_not_retried(world):
 def test_a_capture_whose_record_loses_to_a_cancel_is_refunded_and_the_ship_refused(world, monkeypatch):
     order = world.allocated(("TSHIRT", 2))
     (shipment,) = order.shipments
-    landed = before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order.id, "too late?", "key_web"))
+    # The cancel lands while the ship waits for the gateway (after it requested the capture).
+    landed = before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "too late?", "key_web"), skip=1
+    )
 
     with pytest.raises(InvalidTransition) as raised:
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
 
     assert landed and isinstance(raised.value, Conflict)  # 409
     after = world.order(order.id)
-    assert after.status is S.CANCELLED
+    assert (after.status, after.payment.status) == (S.CANCELLED, P.VOIDED)
     assert after.shipments[0].status is ShipmentStatus.PENDING
     assert after.payment.captured.amount == 0  # never recorded as captured...
     captured = world.spy.captured
@@ -457,8 +469,10 @@ def test_a_capture_whose_record_loses_to_a_cancel_is_refunded_and_the_ship_refus
     assert [(amount, key) for _, amount, key in world.spy.refunded] == [
         (order.totals.grand_total, payment_keys.refund(order.id, shipment.id))
     ]
-    reversed_ = world.history(order.id)[-1]
-    assert reversed_.type == "payment_capture_reversed"
+    assert [h.type for h in world.history(order.id)][-4:] == [
+        "capture_requested", "cancelled", "payment_capture_reversed", "payment_voided",
+    ]  # fmt: skip
+    reversed_ = world.history(order.id)[-2]
     assert reversed_.detail["shipment_id"] == shipment.id
     assert reversed_.detail["capture_reference"] and reversed_.detail["refund_reference"]
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)  # released by the cancel, never shipped
@@ -496,30 +510,25 @@ def test_two_parcels_shipped_at_once_still_capture_the_grand_total_exactly(world
     assert all(amount.amount > Decimal(0) for _, amount, _ in world.spy.captured)
 
 
-def test_a_shipment_made_again_after_its_capture_was_given_back_is_captured_under_a_new_key(world, monkeypatch):
-    # An edit withdrew the shipment while it was being captured, so that capture was refunded; the
-    # order, sourced again, gets a shipment of the same id at the same location. Under the same
-    # key a gateway would answer its next capture with the refunded one, and no money would move.
+def test_a_shipment_shipped_again_after_its_capture_was_given_back_is_captured_under_a_new_key(world, monkeypatch):
+    # A hold landed while the shipment was being captured, so that capture was refunded; released,
+    # the same shipment ships again. Under the same key a gateway would answer its next capture
+    # with the refunded one, and no money would move.
     order = world.allocated(("TSHIRT", 2))
     (shipment,) = order.shipments
-    renamed = Address.model_validate(address_body(name="Ada King"))  # same region: same total
     before_the_next_write(
-        world,
-        monkeypatch,
-        lambda: world.actions.edit(order.id, order.version, OrderEdit(shipping_address=renamed), "k"),
-    )
+        world, monkeypatch,
+        lambda: Holds(world.orders).hold(order.id, HoldRequest(reason="fraud_review"), actor="key_cs"), skip=1,
+    )  # fmt: skip
     with pytest.raises(InvalidTransition):
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
     monkeypatch.undo()
     reversed_ = world.order(order.id)
     assert Order.model_validate_json(reversed_.stored_json()).captures_reversed(shipment.id) == 1  # stored...
     assert "reversed_captures" not in reversed_.model_dump(mode="json")  # ...never shown
-    world.workflow.reserve_stock(order.id)
-    world.workflow.create_shipments(order.id)
-    (again,) = world.order(order.id).shipments
-    assert again.id == shipment.id
+    Holds(world.orders).release(order.id, ReleaseRequest(), actor="key_cs")
 
-    shipped = world.actions.ship(order.id, again.id, None, actor="key_wh")
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
 
     first, second = world.gateway.keys("capture")
     assert first == payment_keys.capture(order.id, shipment.id) and second != first
@@ -539,7 +548,7 @@ def test_a_reversal_the_gateway_refuses_is_left_in_the_history_for_an_operator(w
     order = world.allocated(("TSHIRT", 2))
     (shipment,) = order.shipments
     world.gateway.script("refund", "refuse")
-    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order.id, "too late?", "key_web"))
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order.id, "too late?", "key_web"), skip=1)
 
     with pytest.raises(InvalidTransition):
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
@@ -552,3 +561,155 @@ def test_a_reversal_the_gateway_refuses_is_left_in_the_history_for_an_operator(w
         "payment_refund_failed", "refused", shipment.id,
     )  # fmt: skip
     assert failed.detail["capture_reference"]  # what the operator refunds by hand
+
+
+# --- A ship that dies after the gateway captured ----------------------------------------------------
+
+
+class Died(Exception):
+    """The request's process ended (a Lambda timeout, a crash) before this write landed."""
+
+
+def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: str) -> None:
+    """The next write whose entry is `event` never lands: the process dies, once."""
+    real = world.orders.update
+    died: list[bool] = []
+
+    def update(order: Order, expected: Order, entries) -> None:
+        if not died and entries and entries[0].type == event:
+            died.append(True)
+            raise Died(event)
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+
+
+def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
+    """An allocated order whose first shipment's ship died after the gateway captured its share."""
+    order = world.allocated(*(lines or [("TSHIRT", 2)]))
+    shipment_id = order.shipments[0].id
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    monkeypatch.undo()
+    return order, shipment_id
+
+
+def test_a_capture_whose_ship_died_stays_on_the_order_stored_and_never_shown(world, monkeypatch):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+
+    after = world.order(order.id)
+    assert after.shipments[0].status is ShipmentStatus.PENDING and after.payment.captured.amount == 0
+    assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total]  # the gateway's truth
+    stored = Order.model_validate_json(after.stored_json())
+    assert [(r.shipment_id, r.amount, r.withdrawn) for r in stored.captures_requested] == [
+        (shipment_id, order.totals.grand_total, False)
+    ]
+    assert "captures_requested" not in after.model_dump(mode="json")
+    assert world.history(order.id)[-1].type == "capture_requested"
+
+
+def test_a_cancel_after_a_ship_died_refunds_the_capture_before_voiding(world, monkeypatch):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.VOIDED)
+    assert cancelled.captures_requested == [] and cancelled.payment.captured.amount == 0
+    captured = [amount for _, amount, _ in world.spy.captured]
+    assert captured == [order.totals.grand_total]  # asked again under its key: the same capture
+    assert [(amount, key) for _, amount, key in world.spy.refunded] == [
+        (order.totals.grand_total, payment_keys.capture_reversal(order.id, shipment_id))
+    ]
+    assert world.spy.voided == [order.payment.authorization]
+    assert [h.type for h in world.history(order.id)][-4:] == [
+        "capture_requested", "cancelled", "payment_capture_reversed", "payment_voided",
+    ]  # fmt: skip
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+
+
+def test_a_ship_repeated_after_it_died_records_the_capture_it_made(world, monkeypatch):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+
+    shipped = world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED and shipped.payment.captured == order.totals.grand_total
+    assert shipped.captures_requested == []
+    assert world.gateway.keys("capture") == [payment_keys.capture(order.id, shipment_id)] * 2
+    assert len(world.spy.captured) == 1 and world.spy.refunded == []
+
+
+def test_an_order_whose_ship_died_cannot_be_edited_and_a_reject_refunds_the_capture_first(world, monkeypatch):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    current = world.order(order.id)
+    with pytest.raises(InvalidTransition, match="being shipped"):
+        world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), "k")
+
+    rejected = world.actions.reject(order.id, shipment_id, "parcel damaged", actor="key_wh")
+
+    assert (rejected.status, rejected.captures_requested, rejected.payment.captured.amount) == (S.AUTHORIZED, [], 0)
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+    assert [h.type for h in world.history(order.id)][-4:] == [
+        "capture_requested", "capture_withdrawn", "payment_capture_reversed", "shipment_rejected",
+    ]  # fmt: skip
+
+
+def test_units_cancelled_after_their_ship_died_get_its_capture_refunded_first(world, monkeypatch):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, first, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, second, None, actor="key_wh")
+    monkeypatch.undo()
+    share = world.order(order.id).capture_request(second).amount
+
+    done = world.actions.cancel(order.id, "the rest", actor="key_web")
+
+    assert done.status is S.SHIPPED and done.captures_requested == []
+    assert [amount for _, amount, _ in world.spy.refunded] == [share]
+    assert (
+        world.spy.captured_total() - sum(a.amount for _, a, _ in world.spy.refunded)
+        == (done.payment.captured - done.payment.refunded).amount
+        == done.totals.grand_total.amount
+    )
+
+
+def test_a_capture_the_gateway_refuses_when_asked_again_was_never_made_and_the_void_goes_ahead(world, monkeypatch):
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("capture", "refuse")
+
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+
+    assert (cancelled.payment.status, cancelled.captures_requested) == (P.VOIDED, [])
+    assert world.spy.refunded == []
+    types = [h.type for h in world.history(order.id)]
+    assert types[-4:] == ["cancelled", "payment_capture_failed", "capture_not_made", "payment_voided"]
+
+
+def test_a_cancel_whose_refund_cannot_be_made_now_leaves_the_authorization_until_it_is_repeated(world, monkeypatch):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "transient")
+
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.AUTHORIZED)  # never voided under it
+    assert [r.shipment_id for r in world.order(order.id).captures_requested] == [shipment_id]
+    assert world.spy.voided == []
+    world.gateway.script("refund", "approve")
+
+    again = world.actions.cancel(order.id, "customer asked", actor="key_web")
+
+    assert (again.payment.status, again.captures_requested) == (P.VOIDED, [])
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+
+
+def test_the_repositories_refuse_a_void_or_a_changed_shipment_under_a_capture_request(world, monkeypatch):
+    order, _ = a_ship_that_died(world, monkeypatch)
+    current = world.order(order.id)
+    cancelled, _ = current.cancel("x", at=current.updated_at, actor="k")
+    with pytest.raises(InvalidTransition, match="cannot be voided"):
+        cancelled.record_void(current.payment.authorization, "void_1", at=current.updated_at, actor="k")
+    fewer = current.model_copy(update={"shipments": [], "version": current.version + 1})
+    with pytest.raises(InvalidTransition, match="cannot change"):
+        world.orders.update(fewer, current, [])

@@ -280,9 +280,7 @@ def test_a_total_left_higher_than_the_captures_is_captured_once_nothing_is_left_
     assert done.payment.authorized == done.payment.captured
 
 
-def test_units_cancelled_while_their_parcel_was_being_captured_are_refunded_once_it_has_shipped(world, monkeypatch):
-    # The ship captured the parcel as it read it; the cancel took a unit out of it before the ship
-    # was recorded, so that capture paid for a unit that never left.
+def test_units_cancelled_before_their_parcel_asked_for_its_capture_are_never_captured(world, monkeypatch):
     order = world.allocated(("MUG", 4))
     (shipment,) = order.shipments
     before_the_next_write(
@@ -292,10 +290,30 @@ def test_units_cancelled_while_their_parcel_was_being_captured_are_refunded_once
     done = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
 
     assert (done.status, done.lines[0].quantity, done.lines[0].shipped_quantity) == (S.SHIPPED, 3, 3)
-    assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total]
-    assert settled(done) == done.totals.grand_total
-    assert [(r.kind, r.status) for r in done.payment.refunds] == [("cancellation", "succeeded")]
-    assert done.payment.authorized == done.payment.captured
+    assert [amount for _, amount, _ in world.spy.captured] == [done.totals.grand_total]
+    assert settled(done) == done.totals.grand_total and done.payment.refunds == []
+
+
+def test_units_cancelled_while_their_parcel_was_being_captured_get_that_capture_refunded_first(world, monkeypatch):
+    # The ship asked the gateway for the parcel's four units; the cancel took a unit out of it before
+    # the ship recorded that capture: the capture is refunded, and the ship, refused, is repeated.
+    order = world.allocated(("MUG", 4))
+    (shipment,) = order.shipments
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1}),
+        skip=1,
+    )  # fmt: skip
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    monkeypatch.undo()
+
+    done = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert (done.status, done.lines[0].quantity, done.lines[0].shipped_quantity) == (S.SHIPPED, 3, 3)
+    first, second = (amount for _, amount, _ in world.spy.captured)
+    assert (first, second) == (order.totals.grand_total, done.totals.grand_total)
+    assert [amount for _, amount, _ in world.spy.refunded] == [first]
+    assert done.payment.captured == done.totals.grand_total and done.payment.refunds == []
 
 
 def test_a_cancel_request_names_each_line_once():

@@ -189,14 +189,20 @@ def build_world(
     )  # fmt: skip
 
 
-def before_the_next_write(world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[bool]:
-    """Run `action` right before the next FakeOrders.update lands: a request that slips in between
-    a step's read and its conditional write. Writes made by `action` itself go straight through."""
+def before_the_next_write(
+    world: World, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object], *, skip: int = 0
+) -> list[bool]:
+    """Run `action` right before the next FakeOrders.update lands (after `skip` others have): a
+    request that slips in between a step's read and its conditional write. Writes made by `action`
+    itself go straight through."""
     real = world.orders.update
     landed: list[bool] = []
+    skipped: list[bool] = []
 
     def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if not landed:
+        if len(skipped) < skip:
+            skipped.append(True)
+        elif not landed:
             landed.append(True)
             action()
         real(order, expected, entries)
