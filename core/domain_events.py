@@ -195,9 +195,10 @@ def _rejected_shipments(before: dict[str, Any], new: dict[str, Any]) -> list[dic
 
 def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[EventType, dict[str, Any]]]:
     """Refunds with a status (a `refunds` list on the order), else the order's `payment.refunds`
-    as the contract's Refund. A refund is written `pending` before the gateway is asked, so it is
-    an event only once the gateway answered: `succeeded` or `failed` (one stored before refunds
-    had a status was approved)."""
+    as GET /orders/{id}/refunds shows them (core.refunds.Refund, with the return it paid for). A
+    refund is written `pending` before the gateway is asked, so it is an event only once the
+    gateway answered: `succeeded` or `failed` (one stored before refunds had a status was
+    approved)."""
     if "refunds" in new:
         for type_, refund in _changed(before.get("refunds"), new.get("refunds"), _REFUND_EVENTS):
             yield type_, {**refund, "order_id": new["id"]}
@@ -217,6 +218,7 @@ def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tup
                 "amount": refund["amount"],
                 "reason": refund.get("reason"),
                 "status": refund["status"],
+                "return_id": refund.get("return_id"),
                 "created_at": refund.get("at"),
             },
         )

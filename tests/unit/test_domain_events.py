@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from core.domain_events import EventType, event_id, import_events, order_events, return_events
-from core.models import Allocation, Payment, Shipment, ShipmentLine
+from core.models import Allocation, Order, Payment, Shipment, ShipmentLine
 from core.return_models import ReceiveReturn, Return, ReturnLine
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.conftest import a_stored_order, usd
@@ -200,6 +200,7 @@ def test_a_refund_the_gateway_approved_is_refund_succeeded_as_the_contracts_refu
         "amount": money("4.00"),
         "reason": "late",
         "status": "succeeded",
+        "return_id": None,
         "created_at": "2026-12-01T11:00:00Z",
     }
 
@@ -331,6 +332,24 @@ def test_a_pending_refund_the_gateway_approves_is_refund_succeeded():
     assert event.type is EventType.REFUND_SUCCEEDED
     assert event.data["refund"]["id"] == "ref_1" and event.data["refund"]["status"] == "succeeded"
     assert event.data["refund"]["amount"] == money("4.00")
+
+
+def test_a_returns_refund_is_the_refund_as_get_refunds_shows_it_with_its_return():
+    """The event's refund lacked `return_id`, which GET /orders/{id}/refunds shows: a subscriber
+    could not tell which return a refund paid for."""
+    from core.refunds import Refund
+
+    captured, *_ = _refund_steps()
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    order = Order.model_validate(captured)
+    pending, _ = order.begin_refund(
+        "ref_2", usd("4.00"), reason="return", kind="return", return_id="rma_1", at=at, actor="returns"
+    )
+    succeeded, _ = pending.record_refund("ref_2", "gw-2", at=at, actor="returns")
+    (event,) = order_events(json.loads(pending.stored_json()), json.loads(succeeded.stored_json()))
+    shown = Refund.of(order.id, succeeded.payment.refund_by_id("ref_2")).model_dump(mode="json")
+    assert shown["return_id"] == "rma_1"
+    assert event.data["refund"] == shown
 
 
 def test_a_pending_refund_the_gateway_refuses_is_refund_failed():
