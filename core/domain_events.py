@@ -68,10 +68,10 @@ _STATUS_EVENTS: dict[str, EventType] = {
     "cancelled": EventType.ORDER_CANCELLED,
     "delivered": EventType.ORDER_DELIVERED,
 }
+# A rejected shipment leaves the order instead (_rejected_shipments).
 _SHIPMENT_EVENTS: dict[str, EventType] = {
     "shipped": EventType.SHIPMENT_SHIPPED,
     "delivered": EventType.SHIPMENT_DELIVERED,
-    "rejected": EventType.SHIPMENT_REJECTED,
 }
 _REFUND_EVENTS: dict[str, EventType] = {
     "succeeded": EventType.REFUND_SUCCEEDED,
@@ -103,7 +103,8 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
     after it (`old` None for a new order). Only what differs between them produces events, so
     the same pair always gives the same events with the same ids, and a change that only
     appends history gives none. Returns, refunds and jeopardy are read from the fields the
-    order document carries for them (`returns`, `refunds` or `payment.refunds`, `jeopardy`)."""
+    order document carries for them (`returns`, `refunds` or `payment.refunds`, `jeopardy`), a
+    rejected shipment from the location the reject excludes (`excluded_locations`)."""
     if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return []  # not an order (another kind of item on the table)
     order = api_order(new)
@@ -126,6 +127,8 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
         emit(type_)
     for type_, shipment in _changed(before.get("shipments"), new.get("shipments"), _SHIPMENT_EVENTS):
         emit(type_, shipment["id"], shipment=_shown_shipment(order, shipment["id"]))
+    for shipment in _rejected_shipments(before, new):
+        emit(EventType.SHIPMENT_REJECTED, shipment["id"], shipment=shipment)
     for type_, refund in _refund_changes(before, new):
         emit(type_, refund["id"], refund=refund)
     for type_, return_ in _return_changes(before.get("returns"), new.get("returns")):
@@ -171,11 +174,31 @@ def _shown_shipment(order: dict[str, Any], shipment_id: str) -> dict[str, Any]:
     return next(shipment for shipment in order["shipments"] if shipment["id"] == shipment_id)
 
 
+def _rejected_shipments(before: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shipments a location rejected in this change, as the API showed them before it. A
+    reject sends the order back to be sourced, which removes its pending shipments, and excludes
+    the rejecting location for the order (nothing else does): a shipment gone from the order
+    whose location is newly excluded is the rejected one."""
+    excluded = set(new.get("excluded_locations") or []) - set(before.get("excluded_locations") or [])
+    if not excluded:
+        return []
+    kept = {shipment.get("id") for shipment in new.get("shipments") or []}
+    gone = {
+        shipment.get("id")
+        for shipment in before.get("shipments") or []
+        if shipment.get("id") not in kept and shipment.get("location_id") in excluded
+    }
+    if not gone:
+        return []
+    return [shipment for shipment in api_order(before)["shipments"] if shipment["id"] in gone]
+
+
 def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[EventType, dict[str, Any]]]:
     """Refunds with a status (a `refunds` list on the order), else the order's `payment.refunds`
-    as the contract's Refund. A refund is written `pending` before the gateway is asked, so it is
-    an event only once the gateway answered: `succeeded` or `failed` (one stored before refunds
-    had a status was approved)."""
+    as GET /orders/{id}/refunds shows them (core.refunds.Refund, with the return it paid for). A
+    refund is written `pending` before the gateway is asked, so it is an event only once the
+    gateway answered: `succeeded` or `failed` (one stored before refunds had a status was
+    approved)."""
     if "refunds" in new:
         for type_, refund in _changed(before.get("refunds"), new.get("refunds"), _REFUND_EVENTS):
             yield type_, {**refund, "order_id": new["id"]}
@@ -195,6 +218,7 @@ def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tup
                 "amount": refund["amount"],
                 "reason": refund.get("reason"),
                 "status": refund["status"],
+                "return_id": refund.get("return_id"),
                 "created_at": refund.get("at"),
             },
         )

@@ -24,8 +24,32 @@ from functions.bootstrap import WarmContainer
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 container = WarmContainer()
+
+
+class InOrderStreamProcessor(BatchProcessor):
+    """A stream batch processed in order up to its first failed record: Lambda retries the batch
+    from that record, so a later one processed now would publish its order's events before the
+    failed one's. The records after it are reported failed without being processed (as
+    powertools' SqsFifoPartialProcessor does for a FIFO queue)."""
+
+    def __init__(self) -> None:
+        super().__init__(event_type=EventType.DynamoDBStreams)
+
+    def _process_record(self, record: dict[str, Any]) -> Any:
+        if self.fail_messages:
+            return self.failure_handler(
+                record=self._to_batch_type(record, event_type=self.event_type, model=self.model),
+                exception=(RecordHeldBack, RecordHeldBack("an earlier record of the batch failed"), None),
+            )
+        return super()._process_record(record)
+
+
+class RecordHeldBack(Exception):
+    """A record not processed because an earlier one of its batch failed."""
+
+
+processor = InOrderStreamProcessor()
 
 
 def order_document(image: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -115,8 +139,9 @@ def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    # Partial batch response: the stream retries from the first failed record (keeping each
-    # order's changes in order), bisecting, then hands the record to the on-failure queue.
+    # Partial batch response: the stream retries from the first failed record, and the records
+    # after it are failed unprocessed (keeping each order's changes in order); a batch failed
+    # whole is bisected, then its record handed to the on-failure queue.
     subscriptions = _Subscriptions()
     return process_partial_response(
         event=event,

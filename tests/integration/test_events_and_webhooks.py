@@ -160,6 +160,45 @@ def test_order_changes_go_to_the_bus_and_to_matching_subscriptions_once_even_whe
     assert set(records_before) == {r.id for r in container().webhook_store.deliveries(everything.id, 10, None)[0]}
 
 
+def test_a_failed_record_holds_back_the_later_records_of_its_batch_so_events_keep_their_order(aws, wired, monkeypatch):
+    """The stream retries a batch from its first failed record: a later record processed in the
+    same run published its events before the failed one's (`order.allocated` before
+    `order.authorized` on the bus and to subscribers). Every record after a failed one is reported
+    failed, unprocessed, and the retry publishes them in order."""
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.adapters.webhooks import EventBridgePublisher
+    from functions.events.app import lambda_handler
+
+    created, authorized, _ = an_order_allocated(aws)
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    was = orders.get("ord_events1")
+    orders.update(was.model_copy(update={"status": OrderStatus.ALLOCATED, "version": was.version + 1}), was, [])
+    allocated = stored_item(aws, "ord_events1")
+    subscribe("http://127.0.0.1:9/all", ["*"])
+    stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized), ("MODIFY", authorized, allocated))
+    publish = EventBridgePublisher.publish
+    refusals = iter([False, True])  # the bus refuses the second record's event, once
+
+    def refuse_once(self, events):
+        if next(refusals, False):
+            raise RuntimeError("the event bus refused 1 event(s)")
+        publish(self, events)
+
+    monkeypatch.setattr(EventBridgePublisher, "publish", refuse_once)
+    assert lambda_handler(stream, Context()) == {
+        "batchItemFailures": [{"itemIdentifier": "101"}, {"itemIdentifier": "102"}]
+    }
+    assert [json.loads(m["Body"])["detail-type"] for m in drain(wired["sqs"], wired["tap"])] == ["order.created"]
+    assert len(drain(wired["sqs"], wired["deliveries"])) == 1
+
+    # Lambda retries from the first failed record: the rest of the order's events, in order.
+    stream["Records"] = stream["Records"][1:]
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    on_bus = [json.loads(m["Body"])["detail-type"] for m in drain(wired["sqs"], wired["tap"])]
+    assert on_bus == ["order.authorized", "order.allocated"]
+    assert len(drain(wired["sqs"], wired["deliveries"])) == 2
+
+
 def test_an_import_that_ends_goes_to_the_bus_and_its_subscribers_once_even_when_redelivered(aws, wired):
     """The Catalog stream's record of an import's item reaching `completed_with_errors` (what the
     ImportsStream mapping's filter passes) is `import.completed`, the import as GET /imports/{id}

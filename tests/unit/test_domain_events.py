@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from core.domain_events import EventType, event_id, import_events, order_events, return_events
-from core.models import Payment
+from core.models import Allocation, Order, Payment, Shipment, ShipmentLine
 from core.return_models import ReceiveReturn, Return, ReturnLine
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.conftest import a_stored_order, usd
@@ -141,7 +141,7 @@ def test_jeopardy_is_an_event_when_it_is_marked_and_not_again_while_it_stays():
     assert types(marked, next_version(marked)) == []
 
 
-def test_shipments_shipped_delivered_and_rejected_carry_the_shipment_without_a_stored_label_key():
+def test_shipments_shipped_and_delivered_carry_the_shipment_without_a_stored_label_key():
     old = order_doc(status="allocated", shipments=[shipment("pending"), shipment("pending", "shp_2")])
     shipped = next_version(
         old, status="partially_shipped", shipments=[shipment("shipped"), shipment("pending", "shp_2")]
@@ -153,8 +153,33 @@ def test_shipments_shipped_delivered_and_rejected_carry_the_shipment_without_a_s
     assert all(s["label_url"] is None for s in event.data["order"]["shipments"])
     delivered = next_version(shipped, shipments=[shipment("delivered"), shipment("pending", "shp_2")])
     assert types(shipped, delivered) == ["shipment.delivered"]
-    rejected = next_version(delivered, shipments=[shipment("delivered"), shipment("rejected", "shp_2")])
-    assert types(delivered, rejected) == ["shipment.rejected"]
+
+
+def test_a_shipment_its_location_rejects_is_shipment_rejected_though_it_leaves_the_order():
+    """A reject sends the order back to be sourced: its pending shipments are removed, so no
+    shipment of the new version is `rejected` and the event never went out. The shipment the
+    rejecting location (now excluded) held is the event's, as it was shown before the reject."""
+    at = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+    pending = Shipment(
+        id="shp_1", location_id="wh1", lines=[ShipmentLine(line_id="L1", quantity=1)], carrier="flat",
+        service="ground", label_url="labels/ord/shp_1.pdf",
+    )  # fmt: skip
+    allocated = a_stored_order(
+        ("TSHIRT", 1), id="ord_aaaaaaaaaaaaaaaaaaaaaaaa", status=OrderStatus.ALLOCATED, shipments=[pending],
+        allocations=[Allocation(line_id="L1", location_id="wh1", quantity=1)],
+    )  # fmt: skip
+    rejected, _ = allocated.reject_shipment("shp_1", "damaged stock", at=at, actor="key_store")
+    old, new = (json.loads(order.stored_json()) for order in (allocated, rejected))
+
+    events = order_events(old, new)
+
+    assert [e.type.value for e in events] == ["order.authorized", "shipment.rejected"]
+    shown = events[1].data["shipment"]
+    assert (shown["id"], shown["location_id"], shown["status"], shown["label_url"]) == ("shp_1", "wh1", "pending", None)
+    assert events[1].data["order"]["shipments"] == []
+    assert events[1].id == event_id(allocated.id, rejected.version, EventType.SHIPMENT_REJECTED, "shp_1")
+    # Sourced again later: the location stays excluded, and the reject is not told again.
+    assert types(new, next_version(new, status="allocated")) == ["order.allocated"]
 
 
 def test_a_refund_the_gateway_approved_is_refund_succeeded_as_the_contracts_refund():
@@ -175,6 +200,7 @@ def test_a_refund_the_gateway_approved_is_refund_succeeded_as_the_contracts_refu
         "amount": money("4.00"),
         "reason": "late",
         "status": "succeeded",
+        "return_id": None,
         "created_at": "2026-12-01T11:00:00Z",
     }
 
@@ -306,6 +332,24 @@ def test_a_pending_refund_the_gateway_approves_is_refund_succeeded():
     assert event.type is EventType.REFUND_SUCCEEDED
     assert event.data["refund"]["id"] == "ref_1" and event.data["refund"]["status"] == "succeeded"
     assert event.data["refund"]["amount"] == money("4.00")
+
+
+def test_a_returns_refund_is_the_refund_as_get_refunds_shows_it_with_its_return():
+    """The event's refund lacked `return_id`, which GET /orders/{id}/refunds shows: a subscriber
+    could not tell which return a refund paid for."""
+    from core.refunds import Refund
+
+    captured, *_ = _refund_steps()
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    order = Order.model_validate(captured)
+    pending, _ = order.begin_refund(
+        "ref_2", usd("4.00"), reason="return", kind="return", return_id="rma_1", at=at, actor="returns"
+    )
+    succeeded, _ = pending.record_refund("ref_2", "gw-2", at=at, actor="returns")
+    (event,) = order_events(json.loads(pending.stored_json()), json.loads(succeeded.stored_json()))
+    shown = Refund.of(order.id, succeeded.payment.refund_by_id("ref_2")).model_dump(mode="json")
+    assert shown["return_id"] == "rma_1"
+    assert event.data["refund"] == shown
 
 
 def test_a_pending_refund_the_gateway_refuses_is_refund_failed():
