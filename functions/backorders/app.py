@@ -8,7 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.reorder import low_stock_event
@@ -16,11 +16,12 @@ from functions.adapters.dynamodb import BACKORDER_PREFIX
 from functions.backorders.low_stock import crossing_of
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.stream_batches import InOrderStreamProcessor
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+processor = InOrderStreamProcessor()
 container = WarmContainer()
 
 
@@ -76,7 +77,8 @@ def stock_changed(record: DynamoDBRecord) -> None:
 @metrics.log_metrics
 @emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    # A record that fails is reported alone (partial batch response); the stream retries it
-    # (bisecting the batch), then hands it to the on-failure queue. Filling is idempotent, so a
+    # Partial batch response: the stream retries from the first failed record, and the records
+    # after it are failed unprocessed (a sku's changes are taken in order); a batch failed whole is
+    # bisected, then its record handed to the on-failure queue. Filling is idempotent, so a
     # retried record reserves nothing twice.
     return process_partial_response(event=event, record_handler=stock_changed, processor=processor, context=context)

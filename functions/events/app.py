@@ -11,7 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.aggregates import aggregate_change
@@ -20,33 +20,12 @@ from core.webhooks import IssuedWebhook
 from functions.adapters import order_codec
 from functions.adapters.imports import import_summary
 from functions.bootstrap import WarmContainer
+from functions.stream_batches import InOrderStreamProcessor
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()
-
-
-class InOrderStreamProcessor(BatchProcessor):
-    """A stream batch processed in order up to its first failed record: Lambda retries the batch
-    from that record, so a later one processed now would publish its order's events before the
-    failed one's. The records after it are reported failed without being processed (as
-    powertools' SqsFifoPartialProcessor does for a FIFO queue)."""
-
-    def __init__(self) -> None:
-        super().__init__(event_type=EventType.DynamoDBStreams)
-
-    def _process_record(self, record: dict[str, Any]) -> Any:
-        if self.fail_messages:
-            return self.failure_handler(
-                record=self._to_batch_type(record, event_type=self.event_type, model=self.model),
-                exception=(RecordHeldBack, RecordHeldBack("an earlier record of the batch failed"), None),
-            )
-        return super()._process_record(record)
-
-
-class RecordHeldBack(Exception):
-    """A record not processed because an earlier one of its batch failed."""
 
 
 processor = InOrderStreamProcessor()

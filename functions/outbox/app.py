@@ -11,7 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
     DynamoDBRecord,
     DynamoDBRecordEventName,
@@ -20,11 +20,12 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from core.status import OrderStatus, can_transition
 from functions.adapters import order_codec
 from functions.bootstrap import WarmContainer
+from functions.stream_batches import InOrderStreamProcessor
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+processor = InOrderStreamProcessor()
 container = WarmContainer()
 
 
@@ -106,6 +107,7 @@ def _trace(image: dict[str, Any], typed_image: dict[str, Any]) -> tuple[str, str
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    # A record that fails is reported alone (partial batch response); the stream retries it
-    # (bisecting the batch), then hands it to the on-failure queue: nothing is lost.
+    # Partial batch response: the stream retries from the first failed record, and the records
+    # after it are failed unprocessed (an order's cancel never starts before its own earlier
+    # record); a batch failed whole is bisected, then its record handed to the on-failure queue.
     return process_partial_response(event=event, record_handler=start_workflow, processor=processor, context=context)
