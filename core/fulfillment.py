@@ -82,11 +82,12 @@ class OrderActions:
         The capture comes first, so the order never says shipped and paid for money the gateway
         did not give, and the order records that it asks for it before it does
         (`capture_requested`), so a capture the gateway makes is never lost: a ship that dies after
-        the gateway answered is repeated under the same key and records it, and a cancel, edit or
-        reject meanwhile refunds it first (Cancellation.settle_capture_requests). A capture that
+        the gateway answered is repeated under the same key and records it, a cancel, a reject or
+        a cancel of units meanwhile refunds it first (Cancellation.settle_capture_requests), and
+        an edit waits for it (409). A capture that
         keeps failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused,
         502) leaves the shipment pending with every failed attempt in the history, and the ship may
-        simply be repeated. A capture whose record then loses to a cancel, a hold or an edit is
+        simply be repeated. A capture whose record then loses to a cancel, a hold or a reject is
         refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes
         what its first ship may have left undone (a request that died after the write): its stock
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
@@ -137,8 +138,12 @@ class OrderActions:
             _still_there(current, shipment_id)
             if current.shipment(shipment_id).status in done:
                 return None  # a concurrent ship of this shipment recorded it (the same capture: the same key)
-            standing = current.capture_request(shipment_id)
-            if request is not None and (standing is None or standing.withdrawn):
+            # The capture is recorded only under the request it was made for: one withdrawn (or
+            # settled, and asked for again under a new key) meanwhile is refunded instead.
+            taken_back = current.capture_request(shipment_id) != request or (
+                current.captures_reversed(shipment_id) != order.captures_reversed(shipment_id)
+            )
+            if request is not None and taken_back:
                 raise InvalidTransition(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
             return record(current, amount, capture.reference if capture else None, at)
 
