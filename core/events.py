@@ -32,10 +32,9 @@ class OrderEvent(StrEnum):
     # A capture made for a shipment that could no longer ship (the order was cancelled meanwhile),
     # refunded at once; the order never recorded it as captured.
     PAYMENT_CAPTURE_REVERSED = "payment_capture_reversed"
-    # A shipment's share asked of the gateway, written before the gateway is asked (the ship that
-    # records it clears it); taken back from the ship before the order changes under it (refunded
-    # if made: payment_capture_reversed); refused by the gateway when asked again, so never made.
-    CAPTURE_REQUESTED = "capture_requested"
+    # A shipment's capture requested (Order.request_capture: no entry of its own) and not recorded
+    # yet, taken back from its ship before the order changes under it (refunded if it was made:
+    # payment_capture_reversed); and one the gateway refused when asked again, so never made.
     CAPTURE_WITHDRAWN = "capture_withdrawn"
     CAPTURE_NOT_MADE = "capture_not_made"
     # One failed attempt at the gateway each (transient or refused); the order is unchanged.

@@ -172,7 +172,7 @@ class OrderActions:
             amount = current.capture_due(shipment_id)
             if amount.amount <= 0:
                 return None
-            return current.request_capture(shipment_id, amount, at=at, actor=actor)
+            return current.request_capture(shipment_id, amount, at=at)
 
         current = modify(self._orders, order.id, decide)
         request = current.capture_request(shipment_id)

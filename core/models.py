@@ -908,6 +908,9 @@ PAYMENT_FAILURE_EVENTS: dict[str, OrderEvent] = {
 }
 
 Change = tuple["Order", HistoryEntry]
+# A new version that is the system's own bookkeeping, with no entry in the history (a capture
+# request, which the entries of its outcome tell about).
+Bookkeeping = tuple["Order", None]
 _TIMES = TypeAdapter(datetime)
 
 
@@ -1088,11 +1091,14 @@ class Order(BaseModel, defer_build=True):
     def _requests_besides(self, shipment_id: str) -> list[CaptureRequest]:
         return [r for r in self.captures_requested if r.shipment_id != shipment_id]
 
-    def request_capture(self, shipment_id: str, amount: Money, *, at: datetime, actor: str) -> Change:
+    def request_capture(self, shipment_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
         """Written before a ship or collect asks the gateway for the shipment's share (`amount`),
         so a capture the gateway makes is on the order even when the request dies before recording
-        it: the ship repeated records it, and a cancel, edit or reject refunds it first
-        (core.cancellation.Cancellation.settle_capture_requests)."""
+        it: the ship repeated records it, and a cancel, reject or cancel of units refunds it first
+        (core.cancellation.Cancellation.settle_capture_requests). Bookkeeping: the history tells
+        the outcome (`shipment_shipped` with what was captured, `payment_capture_failed`,
+        `payment_capture_reversed`, `capture_not_made`), not the request, which keeps the item of a
+        delivered order within one write unit."""
         shipment = self.shipment(shipment_id)
         if shipment.status is ShipmentStatus.READY_FOR_PICKUP:
             self.ready_to_collect(shipment_id)
@@ -1100,11 +1106,12 @@ class Order(BaseModel, defer_build=True):
             self.ready_to_ship(shipment_id)
         if self.capture_request(shipment_id) is not None:
             raise InvalidTransition(f"a capture for shipment {shipment_id} is requested already")
-        return self._next(
-            at=at, actor=actor, type=OrderEvent.CAPTURE_REQUESTED,
-            detail={"shipment_id": shipment_id, "amount": amount.model_dump(mode="json")},
-            captures_requested=[*self.captures_requested, CaptureRequest(shipment_id=shipment_id, amount=amount)],
-        )  # fmt: skip
+        request = CaptureRequest(shipment_id=shipment_id, amount=amount)
+        new = _replaced(
+            self, captures_requested=[*self.captures_requested, request], version=self.version + 1, updated_at=at
+        )
+        check_successor(self, new)
+        return new, None
 
     def withdraw_capture_request(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Take a capture request back from its ship before the order changes under it: the ship may

@@ -8,13 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
-from core.models import Change, Order
+from core.models import Bookkeeping, Change, Order
 from core.payments import Failure, OnFailure
 from core.ports import OrderRepository
 
 ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another request
 
-Decide = Callable[[Order], Change | None]
+Decide = Callable[[Order], Change | Bookkeeping | None]
 
 
 def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
@@ -29,7 +29,8 @@ def modify(
     orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS
 ) -> Order:
     """Read the order, ask `decide` for its next version and history entry (an Order method's
-    answer; None when there is nothing to write) and write that, conditional on the version read.
+    answer: the entry None for the system's bookkeeping; None when there is nothing to write) and
+    write that, conditional on the version read.
     A lost race reads and decides again, so `decide` must only decide: side effects belong before
     (what the write records) or after it. Returns the order as stored (as read when `decide` said
     None). Another channel's order is NotFound; StaleVersion after `attempts` lost races.
@@ -53,7 +54,7 @@ def modify(
             return order
         new, entry = change
         try:
-            orders.update(new, order, [entry])
+            orders.update(new, order, [entry] if entry is not None else [])
         except StaleVersion:
             consistent = True
             continue

@@ -190,7 +190,7 @@ def test_a_ship_that_died_after_the_gateway_captured_is_refunded_by_the_cancel_o
     )  # fmt: skip
     history = api.get(f"/orders/{order['id']}/history").json()["items"]
     assert [h["type"] for h in history][-4:] == [
-        "capture_requested", "cancelled", "payment_capture_reversed", "payment_voided",
+        "allocated", "cancelled", "payment_capture_reversed", "payment_voided",
     ]  # fmt: skip
     reversed_ = history[-2]["detail"]
     assert reversed_["shipment_id"] == shipment["id"] and reversed_["amount"] == order["totals"]["grand_total"]
