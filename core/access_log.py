@@ -150,11 +150,13 @@ def _decode_cursor(cursor: str, order_id: str) -> Position:
             and isinstance(key, str)
             and 0 < len(key) <= _MAX_KEY
         )
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent.
+        at = at.astimezone(UTC) if valid else at
+    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         valid = False
     if not valid:
         raise InvalidCursor()
-    return at.astimezone(UTC), kind, key
+    return at, kind, key
 
 
 def _change_detail(entry: Any) -> dict[str, Any]:
