@@ -15,11 +15,13 @@ from core.errors import InvalidCursor
 from core.services import OrderQueries
 
 # The API's reads of an order, by (method, resource as API Gateway names it): the action each is
-# recorded as. Reading the access log is itself a read of the order.
+# recorded as. Reading the access log is itself a read of the order; so is reading one of its
+# returns by the return's id (its answer names the order).
 READS: dict[tuple[str, str], str] = {
     ("GET", "/orders/{order_id}"): "get",
     ("GET", "/orders/{order_id}/history"): "history",
     ("GET", "/orders/{order_id}/returns"): "returns",
+    ("GET", "/returns/{return_id}"): "returns",
     ("GET", "/orders/{order_id}/refunds"): "refunds",
     ("GET", "/orders/{order_id}/notifications"): "notifications",
     ("GET", "/orders/{order_id}/access-log"): "access_log",
@@ -148,11 +150,13 @@ def _decode_cursor(cursor: str, order_id: str) -> Position:
             and isinstance(key, str)
             and 0 < len(key) <= _MAX_KEY
         )
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent.
+        at = at.astimezone(UTC) if valid else at
+    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         valid = False
     if not valid:
         raise InvalidCursor()
-    return at.astimezone(UTC), kind, key
+    return at, kind, key
 
 
 def _change_detail(entry: Any) -> dict[str, Any]:

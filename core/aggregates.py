@@ -324,7 +324,8 @@ class AggregateStore(Protocol):
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         """The customer's rows by channel (one partition)."""
 
-    def customer_ids(self, email: str) -> list[str]: ...
+    def customer_ids(self, email: str, channel: str | None) -> list[str]:
+        """The customers who ordered under `email` (any case) in `channel` (None: in any)."""
 
     def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
         """The channels with report rows in `currency`, by day from `start` to `end` (inclusive)."""
@@ -352,7 +353,9 @@ class Aggregates:
         return view
 
     def customers_by_email(self, email: str, channel: str | None) -> list[CustomerView]:
-        views = (self._view(customer_id, channel) for customer_id in self._store.customer_ids(email))
+        # By the channels the email was used in: a channel key that searched another channel's
+        # email would learn which of its own customers that address belongs to.
+        views = (self._view(customer_id, channel) for customer_id in self._store.customer_ids(email, channel))
         return [view for view in views if view is not None]
 
     def _view(self, customer_id: str, channel: str | None) -> CustomerView | None:

@@ -131,6 +131,7 @@ class Return(BaseModel):
     # Where the units go back to: the location they shipped from (the label's address).
     return_to: str | None = None
     received_at_location: str | None = None
+    received_by: str | None = Field(default=None, description="The API key id that received the parcel")
     exchange: ExchangeInput | None = None
     exchange_order_id: str | None = None
     note: str | None = None
@@ -161,9 +162,10 @@ class Return(BaseModel):
     def with_label(self, carrier: str, tracking_number: str, label_key: str, *, at: datetime) -> Return:
         return self._next(None, at, carrier=carrier, tracking_number=tracking_number, label_url=label_key)
 
-    def receive(self, receipt: ReceiveReturn, *, at: datetime) -> Return:
-        """The units of `receipt` arrived at its location. Only an authorized return is received,
-        once; more units of a line than it authorized is InvalidRequest (422)."""
+    def receive(self, receipt: ReceiveReturn, *, at: datetime, by: str) -> Return:
+        """The units of `receipt` arrived at its location, received by the API key `by`. Only an
+        authorized return is received, once; more units of a line than it authorized is
+        InvalidRequest (422)."""
         if self.status is not ReturnStatus.AUTHORIZED:
             raise InvalidTransition(f"a return that is {self.status} cannot be received")
         by_line = {line.line_id: line for line in self.lines}
@@ -187,7 +189,9 @@ class Return(BaseModel):
                     update={"received_quantity": good + bad, "resellable_quantity": good, "condition": condition}
                 )
             )
-        return self._next(ReturnStatus.RECEIVED, at, lines=lines, received_at_location=receipt.location_id)
+        return self._next(
+            ReturnStatus.RECEIVED, at, lines=lines, received_at_location=receipt.location_id, received_by=by
+        )
 
     def with_exchange_order(self, order_id: str, *, at: datetime) -> Return:
         """The replacement order of this return's exchange was placed."""

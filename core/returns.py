@@ -312,7 +312,9 @@ class Returns:
                 details=[{"field": "location_id", "message": "unknown location"}],
             )
         at = self._clock()
-        return self._change(return_id, channel, lambda r: r if r.status is R.RECEIVED else r.receive(receipt, at=at))
+        return self._change(
+            return_id, channel, lambda r: r if r.status is R.RECEIVED else r.receive(receipt, at=at, by=actor)
+        )
 
     def restock(self, return_id: str) -> Return:
         """Resellable units back on hand at the receiving location, once per return and line."""
@@ -333,7 +335,8 @@ class Returns:
 
     def record_on_order(self, return_id: str, actor: str) -> Order:
         """The order counts the received units (`returned_quantity`) and becomes
-        `partially_returned` or `returned`; once per return."""
+        `partially_returned` or `returned`; once per return. The history names the key that
+        received the return (`actor` for one received before keys were kept on returns)."""
         item = self.get(return_id)
         if item.status not in (R.RECEIVED, R.REFUNDED):
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
@@ -345,7 +348,9 @@ class Returns:
         }  # fmt: skip
         return modify(
             self._orders, item.order_id,
-            lambda order: order.record_return(item.id, item.received(), at=at, actor=actor, detail=detail),
+            lambda order: order.record_return(
+                item.id, item.received(), at=at, actor=item.received_by or actor, detail=detail
+            ),
         )  # fmt: skip
 
     # --- Refund -----------------------------------------------------------------------------

@@ -97,7 +97,8 @@ class DynamoAggregates:
         in any order), kept by conditional SETs that are no-ops when the stored time already
         wins: one write when orders arrive in time order (the usual case: the later order moves
         `last_order_at`, `first_order_at` stays), a second only for an older order that arrives
-        late. The email index item is a plain put. All are idempotent on their own."""
+        late. The email index item gathers the channels the email was used in (a set's ADD). All
+        are idempotent on their own."""
         seen = change.seen
         assert seen is not None
         pk, sk = customer_key(seen.customer_id, seen.channel)
@@ -111,7 +112,12 @@ class DynamoAggregates:
         if not later:
             self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
         pk, sk = email_key(seen.email, seen.customer_id)
-        self._client.put_item(TableName=self._table, Item={"pk": {"S": pk}, "sk": {"S": sk}})
+        self._client.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": pk}, "sk": {"S": sk}},
+            UpdateExpression="ADD channels :c",
+            ExpressionAttributeValues={":c": {"SS": [seen.channel]}},
+        )
 
     def _set_if(self, key: dict[str, Any], expression: str, condition: str, at: str) -> bool:
         try:
@@ -138,9 +144,9 @@ class DynamoAggregates:
         rows = self._query(pk, ("BETWEEN :start AND :end", {":start": {"S": start}, ":end": {"S": end}}))
         return {row["sk"]: sorted(row.get("channels") or ()) for row in rows}
 
-    def customer_ids(self, email: str) -> list[str]:
+    def customer_ids(self, email: str, channel: str | None) -> list[str]:
         pk, _ = email_key(email, "")
-        return [row["sk"] for row in self._query(pk)]
+        return [row["sk"] for row in self._query(pk) if channel is None or channel in row.get("channels", ())]
 
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
         return [(row["sk"], row) for row in self._query(pk)]

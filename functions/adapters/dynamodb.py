@@ -889,7 +889,8 @@ class DynamoApiKeys(ApiKeyRepository):
     """Two items per key in the Catalog table: a lookup item keyed by the secret's hash (the
     authorizer's one GetItem) and a record keyed by id (listing and revocation). The secret itself
     is never stored. Writes go record first, lookup second, so a half-done create leaves a key
-    that cannot authenticate, and a revocation disables the lookup before anything else."""
+    that cannot authenticate; a rotation deletes the replaced secret's lookup and a revocation
+    disables the lookup before anything else."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
@@ -908,14 +909,17 @@ class DynamoApiKeys(ApiKeyRepository):
 
     def add(self, key: ApiKey, secret_hash: str) -> None:
         previous = self._record(key.id)
+        old_hash = from_item(previous).get("secret_hash") if previous else None
+        # The replaced secret's lookup goes first: the record names only the newest secret, so a
+        # rotation that stopped after writing it and was run again would leave that lookup (the
+        # secret being retired, perhaps leaked) working for good.
+        if old_hash and old_hash != secret_hash:
+            self._client.delete_item(TableName=self._table, Key=lookup_key(old_hash))
         values = to_item(key.model_dump(mode="python"))
         self._client.put_item(
             TableName=self._table, Item={**_record_key(key.id), **values, "secret_hash": {"S": secret_hash}}
         )
         self._client.put_item(TableName=self._table, Item={**lookup_key(secret_hash), **values})
-        old_hash = from_item(previous).get("secret_hash") if previous else None
-        if old_hash and old_hash != secret_hash:
-            self._client.delete_item(TableName=self._table, Key=lookup_key(old_hash))
 
     def by_hash(self, secret_hash: str) -> ApiKey | None:
         item = self._client.get_item(TableName=self._table, Key=lookup_key(secret_hash)).get("Item")

@@ -22,9 +22,17 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
     AccessLogReadsNotQueued, alarm AccessLogReadsNotQueuedAlarm): the read still answers, and
     the log line is the record (README runbook)."""
     action = READS.get((event.get("httpMethod", ""), event.get("resource", "")))
-    order_id = (event.get("pathParameters") or {}).get("order_id")
-    if action is None or order_id is None or not 200 <= response["statusCode"] < 300:
+    if action is None or not 200 <= response["statusCode"] < 300:
         return  # not a read of an order (every write, POST /orders too): no caller to build
+    parameters = event.get("pathParameters") or {}
+    order_id = parameters.get("order_id")
+    detail = None
+    if order_id is None:
+        # A return read by its own id: the return names its order.
+        order_id = _answer(response).get("order_id")
+        detail = {"return_id": parameters.get("return_id")}
+    if not isinstance(order_id, str):
+        return
     who = caller_from(event)
     if who is None:
         return
@@ -33,7 +41,7 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
     at = datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms else datetime.now(UTC)
     read = OrderRead(
         request_id=context.get("requestId") or "", order_id=order_id, at=at, actor=who.key_id, action=action,
-        detail=_labels_handed_out(response) if action == "get" else None,
+        detail=_labels_handed_out(response) if action == "get" else detail,
     )  # fmt: skip
     try:
         container().read_recorder.record(read)
@@ -42,11 +50,19 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
         metrics.add_metric(name="AccessLogReadsNotQueued", unit=MetricUnit.Count, value=1)
 
 
+def _answer(response: dict[str, Any]) -> dict[str, Any]:
+    """The read's JSON answer ({} if it is not an object)."""
+    try:
+        answer = json.loads(response.get("body") or "{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
 def _labels_handed_out(response: dict[str, Any]) -> dict[str, Any] | None:
     """A read of the order hands out a signed link to each shipment's label: which ones."""
-    try:
-        shipments = json.loads(response.get("body") or "{}").get("shipments") or []
-    except (ValueError, AttributeError):
+    shipments = _answer(response).get("shipments") or []
+    if not isinstance(shipments, list):
         return None
     labels = [shipment["id"] for shipment in shipments if isinstance(shipment, dict) and shipment.get("label_url")]
     return {"label_urls": labels} if labels else None

@@ -94,6 +94,32 @@ def test_each_read_of_an_order_is_logged_once_with_its_key_beside_the_changes(ap
     assert [(q["actor"], q["action"]) for q in consume_queued_reads()] == [(auditor_id, "access_log")]
 
 
+def test_reading_one_of_its_returns_by_the_return_id_is_a_read_of_the_order(api):
+    from core.return_models import Return, ReturnLine
+    from functions.bootstrap import Config, bootstrap
+    from tests.unit.conftest import usd
+
+    oid, rid = "ord_" + "u" * 24, "rma_" + "u" * 24
+    stored(oid)
+    created = a_stored_order(("TSHIRT", 1)).created_at
+    bootstrap(Config.from_env()).return_repository.add(
+        Return(
+            id=rid, order_id=oid, channel="web", ordinal=1, status="requested",
+            lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"), fee=usd("0.00"),
+            created_at=created, updated_at=created, version=1,
+        )
+    )  # fmt: skip
+    reader_id, reader = key(api, "orders:read")
+    consume_queued_reads()
+
+    assert api.get(f"/returns/{rid}", key=reader).status_code == 200
+    assert_error(api.get(f"/returns/{rid}", key=key(api, "orders:read", channel="shop")[1]), 404)  # not a read
+
+    assert [(q["order_id"], q["actor"], q["action"], q["detail"]) for q in consume_queued_reads()] == [
+        (oid, reader_id, "returns", {"return_id": rid})
+    ]
+
+
 def test_the_access_log_needs_audit_read_and_channel_keys_see_their_channel_only(api):
     oid = "ord_" + "s" * 24
     stored(oid, channel="web")

@@ -70,3 +70,37 @@ def test_a_chosen_admin_secret_the_authorizer_cannot_read_is_refused_and_the_pre
         _rotate(monkeypatch, capsys, "--table", table, "--key", chosen)
 
     assert _authorize(previous)["principalId"] == "key_admin"
+
+
+class _LookupWriteFails:
+    """The Catalog table's client, except that writing an API key's lookup item fails (a rotation
+    stopped half-way: a throttle, a timeout, the operator's Ctrl-C)."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def put_item(self, **request):
+        if request["Item"]["pk"]["S"].startswith("APIKEY#"):
+            raise ConnectionError("the rotation stopped here")
+        return self._client.put_item(**request)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_rotation_that_stopped_half_way_and_is_run_again_retires_the_previous_secret(aws):
+    from core.services import ApiKeyService
+    from functions.adapters.dynamodb import DynamoApiKeys
+
+    table = aws.tables["CatalogTable"]
+    ApiKeyService(DynamoApiKeys(aws.dynamodb, table)).ensure_admin("leaked_admin_secret_0123")
+    with pytest.raises(ConnectionError):
+        ApiKeyService(DynamoApiKeys(_LookupWriteFails(aws.dynamodb), table)).ensure_admin("stopped_admin_secret_0123")
+
+    # The operator runs the rotation again (with a new random secret, as infra.admin_key does).
+    ApiKeyService(DynamoApiKeys(aws.dynamodb, table)).ensure_admin("fresh_admin_secret_01234")
+
+    assert _authorize("fresh_admin_secret_01234")["principalId"] == "key_admin"
+    for retired in ("leaked_admin_secret_0123", "stopped_admin_secret_0123"):
+        with pytest.raises(Exception, match=r"^Unauthorized$"):
+            _authorize(retired)

@@ -99,4 +99,17 @@ def test_first_and_last_order_times_are_a_min_and_a_max_whatever_order_the_order
         "2026-11-30T10:00:00.000000Z",
         "2026-12-02T10:00:00.000000Z",
     )
-    assert store.customer_ids("BO@example.com") == ["cus_9"]
+    assert store.customer_ids("BO@example.com", None) == ["cus_9"]
+
+
+def test_the_email_index_keeps_the_channels_each_email_ordered_in(aws):
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    at = "2026-12-01T10:00:00.000000Z"
+    for order_id, channel, email in [("ord_a", "web", "ada@work.example"), ("ord_b", "pos", "ada@home.example"),
+                                     ("ord_c", "b2b", "ada@work.example")]:  # fmt: skip
+        store.apply(AggregateChange(order_id, 1, [], CustomerSeen("cus_1", channel, email, at)))
+
+    assert store.customer_ids("ada@work.example", "web") == ["cus_1"]
+    assert store.customer_ids("ada@work.example", "b2b") == ["cus_1"]
+    assert store.customer_ids("ada@work.example", "pos") == []
+    assert store.customer_ids("ADA@home.example", None) == ["cus_1"]

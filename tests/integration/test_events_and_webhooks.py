@@ -466,7 +466,7 @@ def test_a_new_return_and_its_receipt_go_to_the_bus_and_subscribers_from_the_ret
     returns.update(approved, requested)
     items.append(aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"])
     receipt = ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}])
-    returns.update(approved.receive(receipt, at=at), approved)
+    returns.update(approved.receive(receipt, at=at, by="key_wh"), approved)
     items.append(aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key=key)["Item"])
     stream = stream_event(("INSERT", None, items[0]), ("MODIFY", items[0], items[1]), ("MODIFY", items[1], items[2]))
     mapping = RESOURCES["EventsFunction"]["Properties"]["Events"]["ReturnsStream"]["Properties"]

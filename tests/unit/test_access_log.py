@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -127,3 +129,17 @@ def test_a_cursor_not_issued_for_this_orders_log_is_invalid(cursor: str):
     log = AccessLog(OrderQueries(Orders()), Reads(read("r1", 1)))
     with pytest.raises(InvalidCursor):
         log.page(ORDER.id, None, 10, cursor)
+
+
+def _forged(at: str) -> str:
+    raw = json.dumps({"o": ORDER.id, "at": at, "k": 1, "key": "r1"}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_cursor_whose_time_has_no_utc_equivalent_is_invalid_not_a_crash(at: str):
+    from core.errors import InvalidCursor
+
+    log = AccessLog(OrderQueries(Orders()), Reads(read("r1", 1)))
+    with pytest.raises(InvalidCursor):
+        log.page(ORDER.id, None, 10, _forged(at))

@@ -82,7 +82,8 @@ class MemoryStore:
             item = self.items[(f"customer#{change.seen.customer_id}", change.seen.channel)]
             item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
             item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
-            self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)] = {}
+            email = self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)]
+            email.setdefault("channels", set()).add(change.seen.channel)
         return True
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
@@ -92,8 +93,12 @@ class MemoryStore:
         pk = f"report-channels#{currency}"
         return {sk: sorted(item["channels"]) for (p, sk), item in self.items.items() if p == pk and start <= sk <= end}
 
-    def customer_ids(self, email: str) -> list[str]:
-        return [sk for (pk, sk) in self.items if pk == f"customer-email#{email.lower()}"]
+    def customer_ids(self, email: str, channel: str | None) -> list[str]:
+        return [
+            sk
+            for (pk, sk), item in self.items.items()
+            if pk == f"customer-email#{email.lower()}" and (channel is None or channel in item["channels"])
+        ]
 
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
         return [(sk, item) for (p, sk), item in self.items.items() if p == pk]
@@ -210,6 +215,18 @@ def test_a_customer_sums_orders_per_channel_and_overall_and_counts_payment_failu
         service(store).customer("cus_1", "b2b")
     assert [c.id for c in service(store).customers_by_email("ada@example.COM", "pos")] == ["cus_1"]
     assert service(store).customers_by_email("ada@example.com", "b2b") == []
+
+
+def test_a_channel_key_finds_no_customer_by_an_email_used_only_in_another_channel():
+    # cus_1 orders as ada@work.example on the web and as ada@home.example at the till: the till's
+    # key searching the web's email would learn which of its customers that address belongs to.
+    store = MemoryStore()
+    replay(store, order(customer={"id": "cus_1", "email": "ada@work.example"}))
+    replay(store, order(id="ord_2", channel="pos", customer={"id": "cus_1", "email": "ada@home.example"}))
+
+    assert service(store).customers_by_email("ada@work.example", "pos") == []
+    assert [c.email for c in service(store).customers_by_email("ADA@work.example", "web")] == ["ada@work.example"]
+    assert [c.id for c in service(store).customers_by_email("ada@home.example", None)] == ["cus_1"]
 
 
 def test_the_same_change_twice_adds_nothing_more():

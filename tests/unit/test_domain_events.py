@@ -381,7 +381,7 @@ def _return_steps() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dic
     )
     approved = requested.approve(None, at=at).with_label("flat", "1Z1", "labels/rma/label.pdf", at=at)
     receipt = ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}])
-    received = approved.receive(receipt, at=at)
+    received = approved.receive(receipt, at=at, by="key_wh")
     refunded = received.refunded(usd("10.00"), at=at)
     requested_doc, approved_doc, received_doc, refunded_doc = (
         json.loads(item.stored_json()) for item in (requested, approved, received, refunded)

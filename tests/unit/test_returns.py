@@ -290,6 +290,21 @@ def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_ret
     assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}]
 
 
+def test_the_order_names_the_key_that_received_the_return_not_the_workflow_that_counted_it(world, clock):
+    # The returns workflow counts the units on the order after the API recorded the receipt: the
+    # order's history (and its access log) names who received them, as it names who shipped them.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor="returns-workflow")
+
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor) == (OrderEvent.RETURN_RECEIVED, "key_wh")
+
+
 def test_the_order_is_returned_once_every_shipped_unit_is_back(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))

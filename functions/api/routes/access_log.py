@@ -29,7 +29,8 @@ class AccessLogPage(BaseModel):
     "/orders/<order_id>/access-log",
     summary="Who read and changed an order, oldest first",
     description="Each read of the order (`get`, with `detail.label_urls` naming the shipments whose label links it "
-    "handed out; `history`, `returns`, `refunds`, `notifications`, `access_log`) and each change (its history entry: "
+    "handed out; `history`, `returns` (also `GET /returns/{id}`, with `detail.return_id`), `refunds`, `notifications`, "
+    "`access_log`) and each change (its history entry: "
     "`action` the change, `detail` `{change: true, from_status, to_status}`), with `actor` the API key id (or "
     "`workflow` and the other system actors for changes). Reads are queued as they answer and stored within seconds; "
     "they are kept 400 days. Paginated as every list is: a much-read order's log is read a page at a time.",
