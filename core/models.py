@@ -659,6 +659,18 @@ RefundStatus = Literal["pending", "succeeded", "failed"]
 RefundKind = Literal["appeasement", "return", "cancellation"]
 
 
+class RefundedUnits(BaseModel, defer_build=True):
+    """Units of one line that a return's refund gave back, and what they were worth then: their
+    share of the line's total as the line was priced when the refund was decided. A later return
+    of the line gives back what its units add to that, so that a line priced again in between
+    (units of it cancelled) is refunded its new total, not its old units' shares and the new
+    ones'; what was given beyond a new total is settled by the cancel (core.unit_cancellation)."""
+
+    line_id: str
+    quantity: int
+    amount: Money
+
+
 class PaymentRefund(BaseModel, defer_build=True):
     """One refund of the order, under an id derived from its idempotency key. It is written
     `pending` before the gateway is asked (so two refunds cannot both take the last of what was
@@ -674,6 +686,10 @@ class PaymentRefund(BaseModel, defer_build=True):
     reference: str | None = None  # the gateway's, once it answered
     message: str | None = None  # why the gateway refused a failed one
     at: datetime  # created
+    lines: list[RefundedUnits] | None = Field(
+        default=None,
+        description="A return's refund: what it gave back for the units of each line (null for any other refund)",
+    )
 
 
 class Payment(BaseModel):
@@ -1678,15 +1694,16 @@ class Order(BaseModel, defer_build=True):
 
     def begin_refund(
         self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
-        return_id: str | None = None, at: datetime, actor: str,
+        return_id: str | None = None, lines: list[RefundedUnits] | None = None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """A refund about to be asked of the gateway, written first as `pending` so that what it
-        takes is held: never more than captured minus refunded and pending."""
+        takes is held: never more than captured minus refunded and pending. `lines`: what a
+        return's refund gives back for each line's units."""
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount)
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
-                               return_id=return_id, at=at)  # fmt: skip
+                               return_id=return_id, at=at, lines=lines)  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,
             detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reason": reason, "kind": kind,

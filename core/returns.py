@@ -25,7 +25,7 @@ from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
-from core.models import AddressInput, Order, PaymentInput, PlaceOrder, ShipmentLine, utc_now
+from core.models import AddressInput, Order, PaymentInput, PlaceOrder, RefundedUnits, ShipmentLine, utc_now
 from core.money import Money
 from core.order_changes import ATTEMPTS, modify, visible
 from core.ports import (
@@ -36,8 +36,8 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
 )
-from core.refund_service import RefundService
-from core.refunds import refund_due, refund_id_for
+from core.refund_service import Decision, RefundService
+from core.refunds import cumulative_share, refund_due, refund_id_for, units_refunded
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.services import CaptureService
 from core.status import ReturnStatus, ShipmentStatus
@@ -372,6 +372,7 @@ class Returns:
         return self._pay_back(
             item, order, lambda current: self._due(item, current), actor,
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
+            shares=lambda current: self._shares(item, current),
         )  # fmt: skip
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
@@ -393,18 +394,25 @@ class Returns:
         # coming back); units that never arrived do not earn it.
         asked = {line.line_id: line.quantity for line in item.lines}
         shipping = item.refund_shipping and item.received() == asked
+        units, worth = _refunded_before(self._returns.for_order(item.order_id), besides=item.id, order=order)
         return refund_due(
-            order, item.received(), shipping, item.fee,
-            returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id, order=order),
-            capped=capped,
-        )  # fmt: skip
+            order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped
+        )
+
+    def _shares(self, item: Return, order: Order) -> list[RefundedUnits]:
+        """What the return's refund gives back for each line's units (recorded with it, so that a
+        later return of the line counts what it gave)."""
+        units, worth = _refunded_before(self._returns.for_order(item.order_id), besides=item.id, order=order)
+        return units_refunded(order, item.received(), returned_before=units, refunded_before=worth)
 
     def _pay_back(
         self, item: Return, order: Order, due: Callable[[Order], Money], actor: str,
         *, beyond: Callable[[Money], Money] | None = None,
+        shares: Callable[[Order], list[RefundedUnits]] | None = None,
     ) -> Return:  # fmt: skip
-        """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept) and
-        mark it `refunded` with what was given back.
+        """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept),
+        recorded with `shares(order)`, what it gives back for each line's units, and mark it
+        `refunded` with what was given back.
 
         Other refunds of the order still pending at the gateway are finished first, under their
         own keys: each holds its amount, and a due capped beside them would keep short of what a
@@ -417,7 +425,7 @@ class Returns:
             order = visible(self._orders.get(order.id), order.id, None)
         if done is None:
 
-            def decide(current: Order) -> tuple[str, Money] | None:
+            def decide(current: Order) -> Decision | None:
                 # On the order as the refund is written: a refund of another return that landed
                 # since it was read counts its units (and holds its amount) here.
                 attempt = sum(1 for r in current.payment.refunds if r.return_id == item.id and r.status == "failed")
@@ -425,7 +433,9 @@ class Returns:
                 if current.payment.refund_by_id(refund_id_for(current.id, key)) is not None:
                     return key, Money.zero(current.currency)  # carried on with the amount it was written with
                 amount = due(current)
-                return (key, amount) if amount.amount > 0 else None
+                if amount.amount <= 0:
+                    return None
+                return (key, amount, shares(current)) if shares is not None else (key, amount)
 
             refund = self._refunds.issue_decided_refund(
                 item.order_id, decide, f"return {item.id}", actor, kind="return", return_id=item.id
@@ -589,6 +599,28 @@ def _units_refunded(returns: list[Return], besides: str, order: Order) -> dict[s
             for line_id, quantity in item.received().items():
                 units[line_id] = units.get(line_id, 0) + quantity
     return units
+
+
+def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
+    """Units of each line that earlier returns refunded (_units_refunded), and what they gave back
+    for them: what their refunds recorded for each line, and for units whose refund recorded
+    nothing (an exchange's, paid as its credit; a return whose fee took all of it; one stored
+    before refunds recorded it) their share of the line as it is now."""
+    units = _units_refunded(returns, besides, order)
+    recorded: dict[str, int] = {}
+    given: dict[str, Money] = {}
+    for refund in order.payment.refunds:
+        if refund.status == "failed" or refund.return_id == besides or not refund.lines:
+            continue
+        for share in refund.lines:
+            recorded[share.line_id] = recorded.get(share.line_id, 0) + share.quantity
+            given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
+    by_id = {line.line_id: line for line in order.lines}
+    worth = {}
+    for line_id, amount in given.items():
+        line, had = by_id[line_id], units.get(line_id, 0)
+        worth[line_id] = amount + cumulative_share(line, had) - cumulative_share(line, min(recorded[line_id], had))
+    return units, worth
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:

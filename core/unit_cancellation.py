@@ -18,6 +18,7 @@ from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
+from core.refunds import refunded_beyond_lines
 from core.services import CaptureService
 from core.status import OrderStatus, ShipmentStatus
 
@@ -250,8 +251,9 @@ class UnitCancellation:
 
 def _settled(order: Order) -> Money:
     """What the order's payment holds: captured, less its cancellations' refunds (a pending one
-    counts: it is on its way)."""
-    held = order.payment.captured
+    counts: it is on its way) and what its returns' refunds gave back for a line beyond the total
+    its cancelled units left it (core.refunds.refunded_beyond_lines)."""
+    held = order.payment.captured - refunded_beyond_lines(order)
     for refund in order.payment.refunds:
         if refund.kind == "cancellation" and refund.status != "failed":
             held = held - refund.amount
