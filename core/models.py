@@ -972,6 +972,10 @@ class Order(BaseModel, defer_build=True):
     exchange_credit: Money | None = None
     # The returns of this order whose replacement was placed (the history names each once).
     exchanges: list[str] = Field(default_factory=list)
+    # What each of those returns' units were worth when their value became the replacement's credit
+    # (by return id): what a refund records for returned units (PaymentRefund.lines), for units
+    # paid back as a credit. The system's own: stored, never shown.
+    exchange_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -990,6 +994,11 @@ class Order(BaseModel, defer_build=True):
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
             system["reversed_captures"] = list(self.reversed_captures)
+        if self.exchange_shares:
+            system["exchange_shares"] = {
+                return_id: [share.model_dump(mode="json") for share in shares]
+                for return_id, shares in self.exchange_shares.items()
+            }
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -1765,18 +1774,19 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def exchanged(
-        self, return_id: str, replacement_id: str, credit: Money, refund: Money, *, at: datetime, actor: str
+        self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,
+        at: datetime, actor: str,
     ) -> Change | None:  # fmt: skip
         """The replacement order of return `return_id` was placed, paid for in part by `credit`
-        (the returned units' refund, kept on this order); `refund` is what is given back beyond
-        it. None when this exchange is recorded already."""
+        (the returned units' refund, kept on this order, worth `shares` for each line's units);
+        `refund` is what is given back beyond it. None when this exchange is recorded already."""
         if return_id in self.exchanges:
             return None
         return self._next(
             at=at, actor=actor, type=OrderEvent.EXCHANGE_PLACED,
             detail={"return_id": return_id, "exchange_order_id": replacement_id,
                     "credit": credit.model_dump(mode="json"), "refund": refund.model_dump(mode="json")},
-            exchanges=[*self.exchanges, return_id],
+            exchanges=[*self.exchanges, return_id], exchange_shares={**self.exchange_shares, return_id: shares},
         )  # fmt: skip
 
 

@@ -15,8 +15,8 @@ from core.models import CleanText, Order, OrderLine, PaymentRefund, RefundedUnit
 from core.money import Money
 
 __all__ = [
-    "Refund", "RefundRequest", "cumulative_share", "refund_due", "refund_id_for", "refunded_beyond_lines",
-    "units_refunded", "units_share",
+    "Refund", "RefundRequest", "cumulative_share", "given_back_for_units", "refund_due", "refund_id_for",
+    "refunded_beyond_lines", "units_refunded", "units_share",
 ]  # fmt: skip
 
 
@@ -106,17 +106,28 @@ def refund_due(
     return min(due, max(order.payment.refundable(), zero, key=_amount), key=_amount) if capped else due
 
 
+def given_back_for_units(order: Order) -> dict[str, list[RefundedUnits]]:
+    """What each return (by id) gave back for the units of each line, as recorded on the order:
+    its refund's lines (one the gateway refused counts nothing, a pending one counts), or for an
+    exchange the credit its units became."""
+    given: dict[str, list[RefundedUnits]] = {}
+    for refund in order.payment.refunds:
+        if refund.status != "failed" and refund.lines and refund.return_id is not None:
+            given.setdefault(refund.return_id, []).extend(refund.lines)
+    for return_id, shares in order.exchange_shares.items():
+        given.setdefault(return_id, []).extend(shares)
+    return given
+
+
 def refunded_beyond_lines(order: Order) -> Money:
     """What the order's return refunds gave back for the units of a line beyond the line's total:
     units refunded their share of it, then units of it cancelled and the line priced again for less
     than that (a fixed discount spread over fewer units). No later return can give it back, as
     each gives back only what brings its line up to its total (units_refunded); the payment is
-    settled for it instead. A refund the gateway refused counts nothing, a pending one counts."""
+    settled for it instead. Counted as given_back_for_units records it."""
     given: dict[str, Money] = {}
-    for refund in order.payment.refunds:
-        if refund.status == "failed" or not refund.lines:
-            continue
-        for share in refund.lines:
+    for shares in given_back_for_units(order).values():
+        for share in shares:
             given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
     zero = Money.zero(order.currency)
     beyond = [given[line.line_id] - line.total for line in order.lines if line.line_id in given]

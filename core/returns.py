@@ -37,7 +37,7 @@ from core.ports import (
     ReturnRepository,
 )
 from core.refund_service import Decision, RefundService
-from core.refunds import cumulative_share, refund_due, refund_id_for, units_refunded
+from core.refunds import cumulative_share, given_back_for_units, refund_due, refund_id_for, units_refunded
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.services import CaptureService
 from core.status import ReturnStatus, ShipmentStatus
@@ -394,16 +394,19 @@ class Returns:
         # coming back); units that never arrived do not earn it.
         asked = {line.line_id: line.quantity for line in item.lines}
         shipping = item.refund_shipping and item.received() == asked
-        units, worth = _refunded_before(self._returns.for_order(item.order_id), besides=item.id, order=order)
+        units, worth = self._refunded_before(item, order)
         return refund_due(
             order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped
         )
 
     def _shares(self, item: Return, order: Order) -> list[RefundedUnits]:
-        """What the return's refund gives back for each line's units (recorded with it, so that a
-        later return of the line counts what it gave)."""
-        units, worth = _refunded_before(self._returns.for_order(item.order_id), besides=item.id, order=order)
+        """What the return gives back for each line's units (recorded with its refund, or its
+        exchange, so that a later return of the line counts what it gave)."""
+        units, worth = self._refunded_before(item, order)
         return units_refunded(order, item.received(), returned_before=units, refunded_before=worth)
+
+    def _refunded_before(self, item: Return, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
+        return _refunded_before(self._returns.for_order(item.order_id), besides=item.id, order=order)
 
     def _pay_back(
         self, item: Return, order: Order, due: Callable[[Order], Money], actor: str,
@@ -478,7 +481,9 @@ class Returns:
         at = self._clock()
         original = modify(
             self._orders, original.id,
-            lambda order: order.exchanged(item.id, replacement.id, credit, rest, at=at, actor=actor),
+            lambda order: order.exchanged(
+                item.id, replacement.id, credit, rest, self._shares(item, order), at=at, actor=actor
+            ),
         )  # fmt: skip
         item = self._change(
             return_id, None,
@@ -588,38 +593,36 @@ class Returns:
         modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
 
 
-def _units_refunded(returns: list[Return], besides: str, order: Order) -> dict[str, int]:
+def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
     """Units of each line that earlier returns refunded, or are refunding (a refund of theirs is on
-    the order, pending at the gateway or succeeded before the return was marked): a line's units
-    refunded over several returns add up to exactly its total."""
+    the order, pending at the gateway or succeeded before the return was marked; an exchange's
+    units became its credit), and what they gave back for them: what the order recorded for each
+    return (core.refunds.given_back_for_units), and for units of a return it recorded nothing for
+    (one whose fee took all of it, or stored before returns' shares were recorded) their share of
+    the line as it is now. A line's units refunded over several returns add up to exactly its
+    total, whatever its price did between them."""
+    recorded = {return_id: shares for return_id, shares in given_back_for_units(order).items() if return_id != besides}
     refunding = {refund.return_id for refund in order.payment.refunds if refund.status != "failed"}
     units: dict[str, int] = {}
+    recorded_units: dict[str, int] = {}
+    given: dict[str, Money] = {}
+    for shares in recorded.values():
+        for share in shares:
+            units[share.line_id] = units.get(share.line_id, 0) + share.quantity
+            recorded_units[share.line_id] = recorded_units.get(share.line_id, 0) + share.quantity
+            given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
     for item in returns:
-        if (item.status is R.REFUNDED or item.id in refunding) and item.id != besides:
+        if item.id == besides or item.id in recorded:
+            continue
+        if item.status is R.REFUNDED or item.id in refunding:
             for line_id, quantity in item.received().items():
                 units[line_id] = units.get(line_id, 0) + quantity
-    return units
-
-
-def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
-    """Units of each line that earlier returns refunded (_units_refunded), and what they gave back
-    for them: what their refunds recorded for each line, and for units whose refund recorded
-    nothing (an exchange's, paid as its credit; a return whose fee took all of it; one stored
-    before refunds recorded it) their share of the line as it is now."""
-    units = _units_refunded(returns, besides, order)
-    recorded: dict[str, int] = {}
-    given: dict[str, Money] = {}
-    for refund in order.payment.refunds:
-        if refund.status == "failed" or refund.return_id == besides or not refund.lines:
-            continue
-        for share in refund.lines:
-            recorded[share.line_id] = recorded.get(share.line_id, 0) + share.quantity
-            given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
     by_id = {line.line_id: line for line in order.lines}
     worth = {}
     for line_id, amount in given.items():
-        line, had = by_id[line_id], units.get(line_id, 0)
-        worth[line_id] = amount + cumulative_share(line, had) - cumulative_share(line, min(recorded[line_id], had))
+        line = by_id[line_id]
+        unrecorded = cumulative_share(line, units[line_id]) - cumulative_share(line, recorded_units[line_id])
+        worth[line_id] = amount + unrecorded
     return units, worth
 
 

@@ -1128,3 +1128,36 @@ def test_units_returned_before_a_cancel_repriced_their_line_are_refunded_what_th
         returned = [refund.amount for refund in after.payment.refunds if refund.kind == "return"]
         assert sum(returned, Money.zero("USD")) == line.total
         assert after.payment.captured == after.totals.grand_total
+
+
+@pytest.mark.parametrize(
+    ("price", "promo_codes"),
+    [
+        # The unit exchanged was worth 1.13 of 3.38, is worth 1.12 of 2.25 once the third is cancelled.
+        ("1.05", ()),
+        # Worth 20.37 of five units less 5.00, 18.76 of two: the credit paid 1.61 beyond it.
+        ("19.99", ("SAVE5",)),
+    ],
+)
+def test_a_unit_exchanged_before_a_cancel_repriced_its_line_counts_what_its_credit_was_worth(clock, price, promo_codes):
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 3), ("CAP", "wh-west", 5)])
+    world.catalog.put_product(product("MUG", price, weight_grams=350))
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 5), promo_codes=list(promo_codes))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = delivered(world, world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or ""))
+
+    world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+    rest = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(rest.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(rest.id, actor="key_wh")
+
+    # Both MUGs that shipped are back, one for the CAP: the customer pays the shipping and the CAP.
+    original, replacement = world.order(order.id), world.order(replacement.id)
+    paid = [o.payment.captured - o.payment.refunded for o in (original, replacement)]
+    assert paid[0] + paid[1] == original.totals.shipping + replacement.totals.grand_total
+    # What the exchanged unit was worth is stored with the order, and the system's own: never shown.
+    assert Order.model_validate_json(original.stored_json()).exchange_shares == original.exchange_shares != {}
+    assert "exchange_shares" not in original.model_dump(mode="json")
