@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -91,8 +91,14 @@ class Pricing:
     def __init__(self, plugins: pluggy.PluginManager):
         self._hook = plugins.hook
 
-    def price(self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address) -> PricedOrder:
+    def price(
+        self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
+        unit_prices: Mapping[str, Money] | None = None,
+    ) -> PricedOrder:  # fmt: skip
+        """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
+        order sold already: what the plugins would ask today does not change what they cost)."""
         currency = cmd.currency
+        kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
         # Lines of one sku are priced as one line (the first one's id, their quantities summed) and
         # its discount and tax are then shared out to the client's lines. Priced one by one, each
@@ -105,15 +111,17 @@ class Pricing:
         for sku, indexes in by_sku.items():
             product = products[sku]
             quantity = sum(cmd.lines[i].quantity for i in indexes)
-            unit = call_hook(
-                self._hook.oms_unit_price,
-                _money_in(currency),
-                product=product,
-                quantity=quantity,
-                currency=currency,
-                channel=cmd.channel,
-                customer=cmd.customer,
-            )
+            unit = kept.get(sku)
+            if unit is None:
+                unit = call_hook(
+                    self._hook.oms_unit_price,
+                    _money_in(currency),
+                    product=product,
+                    quantity=quantity,
+                    currency=currency,
+                    channel=cmd.channel,
+                    customer=cmd.customer,
+                )
             if unit is None:
                 raise InvalidRequest(
                     f"no price for {sku} in {currency}",
