@@ -659,6 +659,18 @@ RefundStatus = Literal["pending", "succeeded", "failed"]
 RefundKind = Literal["appeasement", "return", "cancellation"]
 
 
+class RefundedUnits(BaseModel, defer_build=True):
+    """Units of one line that a return's refund gave back, and what they were worth then: their
+    share of the line's total as the line was priced when the refund was decided. A later return
+    of the line gives back what its units add to that, so that a line priced again in between
+    (units of it cancelled) is refunded its new total, not its old units' shares and the new
+    ones'; what was given beyond a new total is settled by the cancel (core.unit_cancellation)."""
+
+    line_id: str
+    quantity: int
+    amount: Money
+
+
 class PaymentRefund(BaseModel, defer_build=True):
     """One refund of the order, under an id derived from its idempotency key. It is written
     `pending` before the gateway is asked (so two refunds cannot both take the last of what was
@@ -674,6 +686,10 @@ class PaymentRefund(BaseModel, defer_build=True):
     reference: str | None = None  # the gateway's, once it answered
     message: str | None = None  # why the gateway refused a failed one
     at: datetime  # created
+    lines: list[RefundedUnits] | None = Field(
+        default=None,
+        description="A return's refund: what it gave back for the units of each line (null for any other refund)",
+    )
 
 
 class Payment(BaseModel):
@@ -975,6 +991,10 @@ class Order(BaseModel, defer_build=True):
     exchange_credit: Money | None = None
     # The returns of this order whose replacement was placed (the history names each once).
     exchanges: list[str] = Field(default_factory=list)
+    # What each of those returns' units were worth when their value became the replacement's credit
+    # (by return id): what a refund records for returned units (PaymentRefund.lines), for units
+    # paid back as a credit. The system's own: stored, never shown.
+    exchange_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -995,6 +1015,11 @@ class Order(BaseModel, defer_build=True):
             system["reversed_captures"] = list(self.reversed_captures)
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
+        if self.exchange_shares:
+            system["exchange_shares"] = {
+                return_id: [share.model_dump(mode="json") for share in shares]
+                for return_id, shares in self.exchange_shares.items()
+            }
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -1757,15 +1782,16 @@ class Order(BaseModel, defer_build=True):
 
     def begin_refund(
         self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
-        return_id: str | None = None, at: datetime, actor: str,
+        return_id: str | None = None, lines: list[RefundedUnits] | None = None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """A refund about to be asked of the gateway, written first as `pending` so that what it
-        takes is held: never more than captured minus refunded and pending."""
+        takes is held: never more than captured minus refunded and pending. `lines`: what a
+        return's refund gives back for each line's units."""
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount)
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
-                               return_id=return_id, at=at)  # fmt: skip
+                               return_id=return_id, at=at, lines=lines)  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,
             detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reason": reason, "kind": kind,
@@ -1827,18 +1853,19 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def exchanged(
-        self, return_id: str, replacement_id: str, credit: Money, refund: Money, *, at: datetime, actor: str
+        self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,
+        at: datetime, actor: str,
     ) -> Change | None:  # fmt: skip
         """The replacement order of return `return_id` was placed, paid for in part by `credit`
-        (the returned units' refund, kept on this order); `refund` is what is given back beyond
-        it. None when this exchange is recorded already."""
+        (the returned units' refund, kept on this order, worth `shares` for each line's units);
+        `refund` is what is given back beyond it. None when this exchange is recorded already."""
         if return_id in self.exchanges:
             return None
         return self._next(
             at=at, actor=actor, type=OrderEvent.EXCHANGE_PLACED,
             detail={"return_id": return_id, "exchange_order_id": replacement_id,
                     "credit": credit.model_dump(mode="json"), "refund": refund.model_dump(mode="json")},
-            exchanges=[*self.exchanges, return_id],
+            exchanges=[*self.exchanges, return_id], exchange_shares={**self.exchange_shares, return_id: shares},
         )  # fmt: skip
 
 

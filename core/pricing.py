@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -62,9 +62,10 @@ def _quote_in(currency: str) -> Callable[[ShippingQuote], ShippingQuote]:
     return accept
 
 
-def spread(amount: Money, weights: list[Money]) -> list[Money]:
+def spread(amount: Money, weights: list[Money], names: list[str] | None = None) -> list[Money]:
     """Split a non-negative `amount` over lines in proportion to `weights` (largest-remainder
-    method, in minor units): the parts add up to `amount` exactly and none is negative."""
+    method, in minor units): the parts add up to `amount` exactly and none is negative. Of lines
+    with equal remainders and weights, the first by `names` (else by position) takes a unit more."""
     currency = amount.currency
     unit = quantum(currency)
     total_weight = sum((w.amount for w in weights), Decimal(0))
@@ -73,7 +74,8 @@ def spread(amount: Money, weights: list[Money]) -> list[Money]:
     units = int(amount.amount / unit)
     exact = [units * w.amount / total_weight for w in weights]
     parts = [int(e) for e in exact]  # floor: every share is non-negative
-    by_remainder = sorted(range(len(weights)), key=lambda i: (exact[i] - parts[i], weights[i].amount), reverse=True)
+    tie = names or [""] * len(weights)
+    by_remainder = sorted(range(len(weights)), key=lambda i: (parts[i] - exact[i], -weights[i].amount, tie[i], i))
     for i in by_remainder[: units - sum(parts)]:
         parts[i] += 1
     return [Money.of(p * unit, currency) for p in parts]
@@ -91,8 +93,14 @@ class Pricing:
     def __init__(self, plugins: pluggy.PluginManager):
         self._hook = plugins.hook
 
-    def price(self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address) -> PricedOrder:
+    def price(
+        self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
+        unit_prices: Mapping[str, Money] | None = None,
+    ) -> PricedOrder:  # fmt: skip
+        """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
+        order sold already: what the plugins would ask today does not change what they cost)."""
         currency = cmd.currency
+        kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
         # Lines of one sku are priced as one line (the first one's id, their quantities summed) and
         # its discount and tax are then shared out to the client's lines. Priced one by one, each
@@ -105,15 +113,17 @@ class Pricing:
         for sku, indexes in by_sku.items():
             product = products[sku]
             quantity = sum(cmd.lines[i].quantity for i in indexes)
-            unit = call_hook(
-                self._hook.oms_unit_price,
-                _money_in(currency),
-                product=product,
-                quantity=quantity,
-                currency=currency,
-                channel=cmd.channel,
-                customer=cmd.customer,
-            )
+            unit = kept.get(sku)
+            if unit is None:
+                unit = call_hook(
+                    self._hook.oms_unit_price,
+                    _money_in(currency),
+                    product=product,
+                    quantity=quantity,
+                    currency=currency,
+                    channel=cmd.channel,
+                    customer=cmd.customer,
+                )
             if unit is None:
                 raise InvalidRequest(
                     f"no price for {sku} in {currency}",
@@ -210,7 +220,10 @@ class Pricing:
             if d.line_id is not None:
                 per_line[d.line_id] = per_line[d.line_id] + d.amount
             else:
-                for line_id, part in zip(per_line, spread(d.amount, list(subtotals.values())), strict=True):
+                # Shared out by sku where rounding leaves a tie, not by the order the client sent
+                # the lines: the same basket costs the same in any order (lines are taxed apart).
+                parts = spread(d.amount, list(subtotals.values()), [line.product.sku for line in draft.lines])
+                for line_id, part in zip(per_line, parts, strict=True):
                     per_line[line_id] = per_line[line_id] + part
         # A discount never makes a line negative.
         capped = {line_id: min(per_line[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in per_line}

@@ -7,12 +7,16 @@ from datetime import datetime
 
 from core import payment_keys
 from core.errors import Conflict, PaymentRefused
-from core.models import Order, PaymentRefund, RefundKind
+from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import OrderRepository
 from core.refunds import Refund, refund_id_for
+
+# What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
+# and for a return's refund what it gives back for each line's units.
+Decision = tuple[str, Money] | tuple[str, Money, list[RefundedUnits]]
 
 
 class RefundService:
@@ -72,11 +76,12 @@ class RefundService:
         return Refund.of(order_id, self._ask_gateway(order, refund, actor))
 
     def issue_decided_refund(
-        self, order_id: str, decide: Callable[[Order], tuple[str, Money] | None], reason: str, actor: str,
+        self, order_id: str, decide: Callable[[Order], Decision | None], reason: str, actor: str,
         *, kind: RefundKind, return_id: str | None = None,
     ) -> Refund | None:  # fmt: skip
         """A refund whose key and amount follow from the order (a settlement of what was captured
-        beyond the total, a return's share of its lines): `decide` answers them, or None for
+        beyond the total, a return's share of its lines): `decide` answers them (a return's refund
+        also what it gives back for each line's units), or None for
         nothing to refund, on the order as the pending refund is written. Two callers that read
         the order at different times so cannot both price what one of them has already taken, nor
         claim one key for different amounts. A refund already under the decided key is carried on
@@ -91,7 +96,7 @@ class RefundService:
         return Refund.of(order_id, self._ask_gateway(order, refund, actor))
 
     def _begin(
-        self, order_id: str, decide: Callable[[Order], tuple[str, Money] | None], reason: str, actor: str,
+        self, order_id: str, decide: Callable[[Order], Decision | None], reason: str, actor: str,
         *, kind: RefundKind, return_id: str | None, channel: str | None = None,
     ) -> tuple[Order, PaymentRefund] | None:  # fmt: skip
         """The refund `decide` names, written `pending` on the order unless one is there under its
@@ -104,14 +109,15 @@ class RefundService:
             answer = decide(order)
             if answer is None:
                 return None
-            idempotency_key, amount = answer
+            idempotency_key, amount, *lines = answer
             refund_id = refund_id_for(order_id, idempotency_key)
             decided.append(refund_id)
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
             return order.begin_refund(
-                refund_id, amount, reason=reason, kind=kind, return_id=return_id, at=at, actor=actor
-            )
+                refund_id, amount, reason=reason, kind=kind, return_id=return_id,
+                lines=lines[0] if lines else None, at=at, actor=actor,
+            )  # fmt: skip
 
         order = modify(self._orders, order_id, begin, channel=channel)
         if not decided:

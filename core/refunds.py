@@ -11,10 +11,13 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from core.errors import InvalidRequest
 from core.ids import short_hash
-from core.models import CleanText, Order, OrderLine, PaymentRefund, Strict
+from core.models import CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict
 from core.money import Money
 
-__all__ = ["Refund", "RefundRequest", "cumulative_share", "refund_due", "refund_id_for", "units_share"]
+__all__ = [
+    "Refund", "RefundRequest", "cumulative_share", "given_back_for_units", "refund_due", "refund_id_for",
+    "refunded_beyond_lines", "units_refunded", "units_share",
+]  # fmt: skip
 
 
 def cumulative_share(line: OrderLine, units: int) -> Money:
@@ -37,28 +40,23 @@ def units_share(line: OrderLine, units: int, before: int = 0) -> Money:
     return cumulative_share(line, before + units) - cumulative_share(line, before)
 
 
-def refund_due(
+def units_refunded(
     order: Order,
     lines: Mapping[str, int],
-    include_shipping: bool,
-    fee: Money,
     *,
     returned_before: Mapping[str, int] | None = None,
-    capped: bool = True,
-) -> Money:
-    """What a return of `lines` ({line_id: units}) gives back: each unit's exact share of its
-    line's total, plus the order's shipping when `include_shipping`, minus `fee`; never below
-    zero and never more than captured minus refunded (and minus refunds still pending).
-    `returned_before` ({line_id: units}) counts the units of each line refunded by earlier
-    returns, so that the units of a line returned over several returns add up to its total.
-    Without `capped`, what the units are worth whatever this order's payment can still give back
-    (an exchange's replacement draws the rest on its credit)."""
+    refunded_before: Mapping[str, Money] | None = None,
+) -> list[RefundedUnits]:
+    """What a return of `lines` ({line_id: units}) gives back for each line's units: what they
+    bring the units of the line refunded so far (`returned_before`) up to, worth as the line is
+    priced now, beyond what those were refunded already (`refunded_before`; by default their
+    share of the line as it is now, as units_share); never below zero. Whatever the line's price
+    did in between (units of it cancelled), every unit of it refunded gives back its total."""
     before = returned_before or {}
+    worth = refunded_before or {}
     by_id = {line.line_id: line for line in order.lines}
     zero = Money.zero(order.currency)
-    if fee.currency != order.currency or fee.is_negative():
-        raise InvalidRequest(f"a fee is a non-negative amount in {order.currency}")
-    due = zero
+    shares = []
     for line_id, units in lines.items():
         line = by_id.get(line_id)
         if line is None:
@@ -68,11 +66,72 @@ def refund_due(
             )
         if units < 0:
             raise InvalidRequest(f"a negative quantity of {line_id} cannot be refunded")
-        due = due + units_share(line, units, before.get(line_id, 0))
+        had = before.get(line_id, 0)
+        given = worth.get(line_id)
+        share = (
+            units_share(line, units, had)
+            if given is None
+            else max(cumulative_share(line, had + units) - given, zero, key=_amount)
+        )
+        shares.append(RefundedUnits(line_id=line_id, quantity=units, amount=share))
+    return shares
+
+
+def refund_due(
+    order: Order,
+    lines: Mapping[str, int],
+    include_shipping: bool,
+    fee: Money,
+    *,
+    returned_before: Mapping[str, int] | None = None,
+    refunded_before: Mapping[str, Money] | None = None,
+    capped: bool = True,
+) -> Money:
+    """What a return of `lines` ({line_id: units}) gives back: each unit's exact share of its
+    line's total, plus the order's shipping when `include_shipping`, minus `fee`; never below
+    zero and never more than captured minus refunded (and minus refunds still pending).
+    `returned_before` ({line_id: units}) counts the units of each line refunded by earlier
+    returns, and `refunded_before` ({line_id: amount}) what they gave back for them, so that the
+    units of a line returned over several returns add up to its total (units_refunded).
+    Without `capped`, what the units are worth whatever this order's payment can still give back
+    (an exchange's replacement draws the rest on its credit)."""
+    zero = Money.zero(order.currency)
+    if fee.currency != order.currency or fee.is_negative():
+        raise InvalidRequest(f"a fee is a non-negative amount in {order.currency}")
+    shares = units_refunded(order, lines, returned_before=returned_before, refunded_before=refunded_before)
+    due = sum((share.amount for share in shares), zero)
     if include_shipping:
         due = due + order.totals.shipping
     due = max(due - fee, zero, key=_amount)
     return min(due, max(order.payment.refundable(), zero, key=_amount), key=_amount) if capped else due
+
+
+def given_back_for_units(order: Order) -> dict[str, list[RefundedUnits]]:
+    """What each return (by id) gave back for the units of each line, as recorded on the order:
+    its refund's lines (one the gateway refused counts nothing, a pending one counts), or for an
+    exchange the credit its units became."""
+    given: dict[str, list[RefundedUnits]] = {}
+    for refund in order.payment.refunds:
+        if refund.status != "failed" and refund.lines and refund.return_id is not None:
+            given.setdefault(refund.return_id, []).extend(refund.lines)
+    for return_id, shares in order.exchange_shares.items():
+        given.setdefault(return_id, []).extend(shares)
+    return given
+
+
+def refunded_beyond_lines(order: Order) -> Money:
+    """What the order's return refunds gave back for the units of a line beyond the line's total:
+    units refunded their share of it, then units of it cancelled and the line priced again for less
+    than that (a fixed discount spread over fewer units). No later return can give it back, as
+    each gives back only what brings its line up to its total (units_refunded); the payment is
+    settled for it instead. Counted as given_back_for_units records it."""
+    given: dict[str, Money] = {}
+    for shares in given_back_for_units(order).values():
+        for share in shares:
+            given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
+    zero = Money.zero(order.currency)
+    beyond = [given[line.line_id] - line.total for line in order.lines if line.line_id in given]
+    return sum((max(amount, zero, key=_amount) for amount in beyond), zero)
 
 
 def _amount(money: Money) -> Decimal:

@@ -25,7 +25,7 @@ from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
-from core.models import AddressInput, Order, PaymentInput, PlaceOrder, ShipmentLine, utc_now
+from core.models import AddressInput, Order, PaymentInput, PlaceOrder, RefundedUnits, ShipmentLine, utc_now
 from core.money import Money
 from core.order_changes import ATTEMPTS, modify, visible
 from core.ports import (
@@ -36,8 +36,8 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
 )
-from core.refund_service import RefundService
-from core.refunds import refund_due, refund_id_for
+from core.refund_service import Decision, RefundService
+from core.refunds import cumulative_share, given_back_for_units, refund_due, refund_id_for, units_refunded
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.services import CaptureService
 from core.status import ReturnStatus, ShipmentStatus
@@ -377,6 +377,7 @@ class Returns:
         return self._pay_back(
             item, order, lambda current: self._due(item, current), actor,
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
+            shares=lambda current: self._shares(item, current),
         )  # fmt: skip
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
@@ -398,18 +399,28 @@ class Returns:
         # coming back); units that never arrived do not earn it.
         asked = {line.line_id: line.quantity for line in item.lines}
         shipping = item.refund_shipping and item.received() == asked
+        units, worth = self._refunded_before(item, order)
         return refund_due(
-            order, item.received(), shipping, item.fee,
-            returned_before=_units_refunded(self._returns.for_order(item.order_id), besides=item.id, order=order),
-            capped=capped,
-        )  # fmt: skip
+            order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped
+        )
+
+    def _shares(self, item: Return, order: Order) -> list[RefundedUnits]:
+        """What the return gives back for each line's units (recorded with its refund, or its
+        exchange, so that a later return of the line counts what it gave)."""
+        units, worth = self._refunded_before(item, order)
+        return units_refunded(order, item.received(), returned_before=units, refunded_before=worth)
+
+    def _refunded_before(self, item: Return, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
+        return _refunded_before(self._returns.for_order(item.order_id), besides=item.id, order=order)
 
     def _pay_back(
         self, item: Return, order: Order, due: Callable[[Order], Money], actor: str,
         *, beyond: Callable[[Money], Money] | None = None,
+        shares: Callable[[Order], list[RefundedUnits]] | None = None,
     ) -> Return:  # fmt: skip
-        """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept) and
-        mark it `refunded` with what was given back.
+        """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept),
+        recorded with `shares(order)`, what it gives back for each line's units, and mark it
+        `refunded` with what was given back.
 
         Other refunds of the order still pending at the gateway are finished first, under their
         own keys: each holds its amount, and a due capped beside them would keep short of what a
@@ -422,7 +433,7 @@ class Returns:
             order = visible(self._orders.get(order.id), order.id, None)
         if done is None:
 
-            def decide(current: Order) -> tuple[str, Money] | None:
+            def decide(current: Order) -> Decision | None:
                 # On the order as the refund is written: a refund of another return that landed
                 # since it was read counts its units (and holds its amount) here.
                 attempt = sum(1 for r in current.payment.refunds if r.return_id == item.id and r.status == "failed")
@@ -430,7 +441,9 @@ class Returns:
                 if current.payment.refund_by_id(refund_id_for(current.id, key)) is not None:
                     return key, Money.zero(current.currency)  # carried on with the amount it was written with
                 amount = due(current)
-                return (key, amount) if amount.amount > 0 else None
+                if amount.amount <= 0:
+                    return None
+                return (key, amount, shares(current)) if shares is not None else (key, amount)
 
             refund = self._refunds.issue_decided_refund(
                 item.order_id, decide, f"return {item.id}", actor, kind="return", return_id=item.id
@@ -473,7 +486,9 @@ class Returns:
         at = self._clock()
         original = modify(
             self._orders, original.id,
-            lambda order: order.exchanged(item.id, replacement.id, credit, rest, at=at, actor=actor),
+            lambda order: order.exchanged(
+                item.id, replacement.id, credit, rest, self._shares(item, order), at=at, actor=actor
+            ),
         )  # fmt: skip
         item = self._change(
             return_id, None,
@@ -583,17 +598,37 @@ class Returns:
         modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
 
 
-def _units_refunded(returns: list[Return], besides: str, order: Order) -> dict[str, int]:
+def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
     """Units of each line that earlier returns refunded, or are refunding (a refund of theirs is on
-    the order, pending at the gateway or succeeded before the return was marked): a line's units
-    refunded over several returns add up to exactly its total."""
+    the order, pending at the gateway or succeeded before the return was marked; an exchange's
+    units became its credit), and what they gave back for them: what the order recorded for each
+    return (core.refunds.given_back_for_units), and for units of a return it recorded nothing for
+    (one whose fee took all of it, or stored before returns' shares were recorded) their share of
+    the line as it is now. A line's units refunded over several returns add up to exactly its
+    total, whatever its price did between them."""
+    recorded = {return_id: shares for return_id, shares in given_back_for_units(order).items() if return_id != besides}
     refunding = {refund.return_id for refund in order.payment.refunds if refund.status != "failed"}
     units: dict[str, int] = {}
+    recorded_units: dict[str, int] = {}
+    given: dict[str, Money] = {}
+    for shares in recorded.values():
+        for share in shares:
+            units[share.line_id] = units.get(share.line_id, 0) + share.quantity
+            recorded_units[share.line_id] = recorded_units.get(share.line_id, 0) + share.quantity
+            given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
     for item in returns:
-        if (item.status is R.REFUNDED or item.id in refunding) and item.id != besides:
+        if item.id == besides or item.id in recorded:
+            continue
+        if item.status is R.REFUNDED or item.id in refunding:
             for line_id, quantity in item.received().items():
                 units[line_id] = units.get(line_id, 0) + quantity
-    return units
+    by_id = {line.line_id: line for line in order.lines}
+    worth = {}
+    for line_id, amount in given.items():
+        line = by_id[line_id]
+        unrecorded = cumulative_share(line, units[line_id]) - cumulative_share(line, recorded_units[line_id])
+        worth[line_id] = amount + unrecorded
+    return units, worth
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:

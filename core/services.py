@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -177,15 +177,16 @@ class CaptureService:
         self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
 
-    def price(self, cmd: PlaceOrder) -> PricedOrder:
+    def price(self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None) -> PricedOrder:
         """Prices through the plugins exactly as capture does, without the stock check: for units
-        already reserved or shipped (what a cancel leaves on an order)."""
+        already reserved or shipped (what a cancel leaves on an order). A sku in `unit_prices`
+        keeps that unit price."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
             raise UnknownSku(f"no product {', '.join(missing)}")
         _, tax_address = self._sources(cmd)
-        return self._pricing.price(cmd, products, tax_address)
+        return self._pricing.price(cmd, products, tax_address, unit_prices)
 
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,

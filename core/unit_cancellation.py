@@ -18,6 +18,7 @@ from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
+from core.refunds import refunded_beyond_lines
 from core.services import CaptureService
 from core.status import OrderStatus, ShipmentStatus
 
@@ -119,18 +120,34 @@ class UnitCancellation:
         return all(lines.get(line.line_id, 0) >= line.quantity for line in order.lines)
 
     def _priced(self, order: Order, cancelled: dict[str, int]) -> tuple[dict[str, OrderLine], Totals]:
-        """The lines with units left, and the order's totals, priced again as an edit prices them."""
+        """The lines with units left, and the order's totals, priced again as an edit prices them,
+        but for the unit prices: a sku keeps the one it was sold at unless the plugins price its
+        new quantity differently from its old one (a volume price lost with the units). What the
+        catalog says today is no reason to charge more, or less, for units already sold."""
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
-        cmd = PlaceOrder(
+        cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
+        now = self._capture.price(cmd)
+        before = self._capture.price(self._command(order, [(line.sku, line.quantity) for line in order.lines
+                                                           if line.quantity]))  # fmt: skip
+        asked_before = {line.sku: line.unit_price for line in before.lines}
+        sold = {
+            line.sku: line.unit_price
+            for line, price in zip((line for line, _ in kept), now.lines, strict=True)
+            if price.unit_price == asked_before.get(line.sku)
+        }
+        priced = self._capture.price(cmd, sold) if sold else now
+        return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, priced.totals
+
+    @staticmethod
+    def _command(order: Order, lines: list[tuple[str, int]]) -> PlaceOrder:
+        return PlaceOrder(
             channel=order.channel, external_id=order.external_id, currency=order.currency, customer=order.customer,
-            lines=[LineInput(sku=line.sku, quantity=quantity) for line, quantity in kept],
+            lines=[LineInput(sku=sku, quantity=quantity) for sku, quantity in lines],
             shipping_address=order.shipping_address, fulfillment=order.fulfillment,
             shipping_method=order.shipping_method if order.fulfillment.type == "ship" else None,
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token="none"),
         )  # fmt: skip
-        priced = self._capture.price(cmd)
-        return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, priced.totals
 
     # --- After the write ------------------------------------------------------------------------
     def _settle(self, order: Order, actor: str) -> Order:
@@ -256,8 +273,9 @@ class UnitCancellation:
 
 def _settled(order: Order) -> Money:
     """What the order's payment holds: captured, less its cancellations' refunds (a pending one
-    counts: it is on its way)."""
-    held = order.payment.captured
+    counts: it is on its way) and what its returns' refunds gave back for a line beyond the total
+    its cancelled units left it (core.refunds.refunded_beyond_lines)."""
+    held = order.payment.captured - refunded_beyond_lines(order)
     for refund in order.payment.refunds:
         if refund.kind == "cancellation" and refund.status != "failed":
             held = held - refund.amount

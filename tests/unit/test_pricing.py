@@ -3,13 +3,14 @@ what the core does with plugins that fail or answer nonsense."""
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 
 import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, PluginError
-from core.models import Fulfillment, LineTaxRate
+from core.models import Fulfillment, LineTaxRate, Product
 from core.money import Money
 from core.pricing import PricedOrder, Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
@@ -141,6 +142,23 @@ def test_fixed_discount_rounding_remainder_goes_to_one_line_so_parts_add_up_exac
     assert sorted(amounts(priced, "discount")) == ["1.66", "1.67", "1.67"]
     assert priced.totals.discount == usd("5.00")
     assert_follows_the_contract(priced)
+
+
+def test_the_same_basket_costs_the_same_whatever_the_order_of_its_lines(pricing):
+    # 4.00 off three lines of 10.01 leaves a penny that one line takes. Given to the first line
+    # sent, it came off the 20% line when that was sent first (8.67 -> 1.73 tax) and off another
+    # one otherwise (8.68 -> 1.74): one basket, 32.19 or 32.20.
+    products = [a_product(sku, "10.01", "GBP", tax_code=code) for sku, code in
+                (("BOOK-1", "zero"), ("MUG-GB", "standard"), ("TEA-1", "reduced"))]  # fmt: skip
+    address = an_address("GB", None)
+
+    def grand_total(ordered: tuple[Product, ...]) -> Money:
+        order = an_order(*[(p.sku, 1) for p in ordered], currency="GBP", address=address, promo_codes=["SAVE5"])
+        return price(pricing, order, *products).totals.grand_total
+
+    assert {grand_total(ordered) for ordered in itertools.permutations(products)} == {
+        Money(amount="32.20", currency="GBP")
+    }
 
 
 def test_fixed_discount_never_takes_a_line_below_zero(pricing):

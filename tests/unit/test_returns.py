@@ -28,7 +28,7 @@ from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
-from tests.builders import NOW
+from tests.builders import NOW, product
 from tests.fakes import FakeReturns, ScriptedGateway
 from tests.unit.world import World, before_the_next_write, build_world
 
@@ -1093,3 +1093,86 @@ def test_cancelling_the_rest_once_every_shipped_unit_is_back_leaves_the_order_re
     assert [(line.quantity, line.returned_quantity) for line in cancelled.lines] == [(1, 1), (0, 0)]
     # Repeating the cancel of the rest finishes its clean-up, as on a shipped order: no 409.
     assert world.actions.cancel(order.id, "customer_request", "key_cs") == world.order(order.id)
+
+
+def a_line_split_over_two_parcels(clock: Clock, price: str, west: int, east: int, back: int, *promo_codes: str):
+    """An order of `west + east` MUGs at `price`, the `west` ones shipped and `back` of those
+    returned and refunded, the rest waiting in the east: with the world and its returns."""
+    world = build_world([("MUG", "wh-west", west), ("MUG", "wh-east", east)])
+    world.catalog.put_product(product("MUG", price, weight_grams=350))
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", west + east), promo_codes=list(promo_codes))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", back, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", back, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    return world, returns, order
+
+
+@pytest.mark.parametrize(
+    ("price", "west", "east", "back", "promo_codes"),
+    [
+        # 3 x 1.05 with 7.25% tax is 3.38, its first unit 1.13; 2 units are 2.25, the first 1.12:
+        # the second unit took 1.13 and the line 1 cent past its total.
+        ("1.05", 2, 1, 1, ()),
+        # 5.00 off five units is 1.00 a unit, off two 2.50: the unit refunded first was worth 20.37
+        # and is worth 18.76 now; refunded the new line's rest, the line came back 1.61 past its total.
+        ("19.99", 2, 3, 1, ("SAVE5",)),
+        # Both shipped units came back for 40.73 before the cancel made them worth 37.52: nothing
+        # was left to return, and the customer kept 3.21 beyond what was paid for.
+        ("19.99", 2, 3, 2, ("SAVE5",)),
+    ],
+)
+def test_units_returned_before_a_cancel_repriced_their_line_are_refunded_what_they_are_worth_after_it(
+    clock, price, west, east, back, promo_codes
+):
+    world, returns, order = a_line_split_over_two_parcels(clock, price, west, east, back, *promo_codes)
+
+    world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+    if back < west:
+        rest = returns.request(order.id, ask(("L1", west - back, None)), actor="key_cs")
+        returns.receive(rest.id, receipt("wh-west", ("L1", west - back, "resellable")), "key_wh")
+        returns.settle(rest.id, actor="key_wh")
+
+    # Every unit that shipped is back: the customer pays the shipping, which the policy keeps.
+    after = world.order(order.id)
+    line = after.lines[0]
+    assert (after.status, line.quantity, line.returned_quantity) == (S.RETURNED, west, west)
+    assert after.payment.captured - after.payment.refunded == after.totals.shipping
+    if back < west:  # the units returned after the cancel brought the line's refunds to its total
+        returned = [refund.amount for refund in after.payment.refunds if refund.kind == "return"]
+        assert sum(returned, Money.zero("USD")) == line.total
+        assert after.payment.captured == after.totals.grand_total
+
+
+@pytest.mark.parametrize(
+    ("price", "promo_codes"),
+    [
+        # The unit exchanged was worth 1.13 of 3.38, is worth 1.12 of 2.25 once the third is cancelled.
+        ("1.05", ()),
+        # Worth 20.37 of five units less 5.00, 18.76 of two: the credit paid 1.61 beyond it.
+        ("19.99", ("SAVE5",)),
+    ],
+)
+def test_a_unit_exchanged_before_a_cancel_repriced_its_line_counts_what_its_credit_was_worth(clock, price, promo_codes):
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 3), ("CAP", "wh-west", 5)])
+    world.catalog.put_product(product("MUG", price, weight_grams=350))
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 5), promo_codes=list(promo_codes))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = delivered(world, world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or ""))
+
+    world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+    rest = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(rest.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(rest.id, actor="key_wh")
+
+    # Both MUGs that shipped are back, one for the CAP: the customer pays the shipping and the CAP.
+    original, replacement = world.order(order.id), world.order(replacement.id)
+    paid = [o.payment.captured - o.payment.refunded for o in (original, replacement)]
+    assert paid[0] + paid[1] == original.totals.shipping + replacement.totals.grand_total
+    # What the exchanged unit was worth is stored with the order, and the system's own: never shown.
+    assert Order.model_validate_json(original.stored_json()).exchange_shares == original.exchange_shares != {}
+    assert "exchange_shares" not in original.model_dump(mode="json")

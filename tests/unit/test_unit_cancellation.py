@@ -399,3 +399,37 @@ def test_a_cancel_sent_right_after_the_order_was_placed_finds_it(world, monkeypa
                         else stale.pop())  # fmt: skip
 
     assert world.actions.cancel(order_id, "changed my mind", actor="key_web").status is S.CANCELLED
+
+
+def test_a_cancel_keeps_the_unit_price_the_kept_units_were_sold_at_when_the_catalog_price_changed(world):
+    # The mugs shipped at 12.50; the catalog says 15.00 by the time the cap is cancelled. Priced
+    # again at 15.00, the mugs' line grew and the customer's card was charged 5.37 more for them.
+    order = world.allocated(("MUG", 2), ("CAP", 1))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.catalog.put_product(product("MUG", "15.00", weight_grams=350))
+
+    done = world.actions.cancel(order.id, "no cap", actor="key_web")
+
+    mug = done.lines[0]
+    assert (mug.unit_price, mug.total) == (order.lines[0].unit_price, order.lines[0].total)
+    assert done.totals.grand_total == order.totals.grand_total - order.lines[1].total
+    assert done.payment.captured == done.totals.grand_total
+
+
+class VolumePrice:
+    """Mugs cost 10.00 each from three units on, their catalog price below that."""
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self, product, quantity: int, currency: str) -> Money | None:
+        return Money.of("10.00", currency) if product.sku == "MUG" and quantity >= 3 else None
+
+
+def test_a_cancel_that_takes_a_line_below_its_volume_price_prices_the_units_left_without_it():
+    world = build_world([("MUG", "wh-west", 5), ("CAP", "wh-east", 5)], VolumePrice())
+    order = world.allocated(("MUG", 3), ("CAP", 1))
+    assert order.lines[0].unit_price == Money.of("10.00", "USD")
+
+    done = world.actions.cancel(order.id, "two mugs are enough", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].unit_price == Money.of("12.50", "USD")
+    assert done.totals == priced_as_new(world, done, ("MUG", 2), ("CAP", 1)).totals
