@@ -383,14 +383,17 @@ class _Row:
     error: LineError | None = None
     lines: int = 1  # physical lines the record spans (a quoted cell may hold line breaks)
     lossy_cells: list[str] | None = None  # a row that is not UTF-8, read lossily: see PhysicalLine
+    # A broken record (cells None): the cells its first line shows whole, up to where it breaks.
+    leading_cells: list[str] | None = None
 
 
 def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
     or it spans lines and has not the header's number of cells: a quote never closed) becomes an
-    error on its first line, and the lines after that one are parsed again with a fresh parser, so
-    that one bad line costs only its own row."""
+    error on its first line (with the cells that line shows whole, which may say whose row it is),
+    and the lines after that one are parsed again with a fresh parser, so that one bad line costs
+    only its own row."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, strict=False)
@@ -408,7 +411,11 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
                 continue
             start = feed.record[0].number
             message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
-            yield _Row(start, error=LineError(start, None, "malformed_row", message))
+            yield _Row(
+                start,
+                error=LineError(start, None, "malformed_row", message),
+                leading_cells=_leading_cells(feed.record[0]),
+            )
             feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
@@ -418,7 +425,7 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
             if code == "field_too_large":
                 message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
-            yield _Row(start, error=LineError(start, None, code, message))
+            yield _Row(start, error=LineError(start, None, code, message), leading_cells=_leading_cells(feed.record[0]))
             feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
@@ -432,7 +439,11 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
                 f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
                 f"{spanned} lines where the header has {width}); the lines after it are read as rows"
             )
-            yield _Row(start, error=LineError(start, None, "unclosed_quote", message))
+            yield _Row(
+                start,
+                error=LineError(start, None, "unclosed_quote", message),
+                leading_cells=_leading_cells(feed.record[0]),
+            )
             feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
@@ -447,6 +458,22 @@ def _lossy_cells(line: PhysicalLine) -> list[str] | None:
         return next(csv.reader([line.lossy], strict=False), None)
     except csv.Error:
         return None
+
+
+# Enough of a broken row's first line to hold its channel and external_id, parsed on its own.
+_LEADING_CHARS = 4096
+
+
+def _leading_cells(line: PhysicalLine) -> list[str] | None:
+    """The cells a broken record's first line shows whole: every cell before its last, which is
+    the one the break may cut (a quote opened and never closed, a cell over the limit)."""
+    if line.text is None:
+        return None
+    try:
+        cells = next(csv.reader([line.text[:_LEADING_CHARS]], strict=False), None)
+    except csv.Error:
+        return None
+    return cells[:-1] if cells else None
 
 
 def _header(row: _Row) -> list[str]:
@@ -551,7 +578,8 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     for row in rows:
         identity = _identity(row, names)
         if identity is not None:
-            # A row not UTF-8 whose channel and external_id are: it fails the order it names.
+            # A row not UTF-8, or broken, whose channel and external_id can be read: it fails the
+            # order it names (imported without it, that order would ship short).
             assert row.error is not None
             error = LineError(row.line, identity[1], row.error.code, row.error.message)
             if current is not None and current.key == identity:
@@ -562,9 +590,8 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
             if current is not None:
                 yield current.closed()
                 closed.add(_fingerprint(current.key))
-            assert row.lossy_cells is not None
-            lossy = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
-            current = _OpenOrder(identity, row.line, {c: lossy.get(c, "") for c in ORDER_COLUMNS}, rows=1)
+            told = _told_cells(row, names)
+            current = _OpenOrder(identity, row.line, {c: told.get(c, "") for c in ORDER_COLUMNS}, rows=1)
             if _fingerprint(identity) in closed:
                 current.reject(_reopened(row.line, identity))
             current.reject(error)
@@ -661,11 +688,22 @@ def _reopened(line: int, key: tuple[str, str]) -> LineError:
     return LineError(line, external_id, "order_reopened", message)
 
 
+def _told_cells(row: _Row, names: list[str]) -> dict[str, str]:
+    """What can be told of an unreadable or broken row's cells, by column: all of a row read
+    lossily that has the header's cells, the leading cells of a broken one; else nothing."""
+    if row.lossy_cells is not None and len(row.lossy_cells) == len(names):
+        cells = row.lossy_cells
+    else:
+        cells = row.leading_cells or []
+    return {name: value.strip() for name, value in zip(names, cells, strict=False)}
+
+
 def _identity(row: _Row, names: list[str]) -> tuple[str, str] | None:
-    """The channel and external_id of a row read only lossily, when both came through intact."""
-    if row.lossy_cells is None or len(row.lossy_cells) != len(names):
+    """The channel and external_id of a row read only lossily, or broken, when both came through
+    intact."""
+    if row.cells is not None:
         return None
-    cells = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
+    cells = _told_cells(row, names)
     channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
     if not channel or not external_id or "\ufffd" in channel + external_id:
         return None
