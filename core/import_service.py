@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
@@ -85,6 +85,15 @@ class ImportSummary(BaseModel, defer_build=True):
 
     # An object key is the uploader's choice of name, card number included.
     _masked_source = field_validator("source")(mask_card_numbers)
+
+    @model_validator(mode="after")
+    def _found_at_least_what_is_recorded(self) -> ImportSummary:
+        # While the file is read, the stored total is written every PROGRESS_EVERY orders (and a
+        # resumed split counts again from its start) as the workers record outcomes: every order
+        # recorded was found, so the total shown is never below them.
+        if not self.total_final:
+            self.total = max(self.total, self.imported + self.duplicates + self.failed)
+        return self
 
 
 class ImportReport(ImportSummary):

@@ -286,6 +286,27 @@ def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_
     assert report("imp_early")["status"] == "completed"
 
 
+def test_a_running_import_never_shows_fewer_orders_found_than_it_has_recorded(stack: ImportAws):
+    # The splitter writes its running total every 1,000 orders while the workers record as they
+    # go: a client following a 500-order file saw "total": 0 beside "imported": 3.
+    from core.import_service import Outcome
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    ledger = container().import_ledger
+    ledger.begin("imp_followed", "s3://b/k", utc_now())
+    for line, outcome in ((2, Outcome.IMPORTED), (3, Outcome.DUPLICATE), (4, Outcome.FAILED)):
+        ledger.record("imp_followed", line, outcome, None, utc_now())
+
+    running = report("imp_followed")
+    assert (running["status"], running["total_final"], running["total"]) == ("running", False, 3)
+    listed = container().import_queries.list(10, None)[0]
+    assert next(item for item in listed if item.id == "imp_followed").total == 3
+
+    ledger.finish_reading("imp_followed", "csv", 5, utc_now())
+    assert (report("imp_followed")["status"], report("imp_followed")["total"]) == ("running", 5)
+
+
 def test_only_the_first_1000_errors_are_kept_and_failed_counts_them_all(stack: ImportAws, monkeypatch):
     from core.import_service import Outcome
     from core.imports import LineError
