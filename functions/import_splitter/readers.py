@@ -2,11 +2,12 @@
 with the physical line it starts on. Standard library only; nothing here holds a file.
 
 Memory stays flat: bytes arrive in chunks, one physical line is decoded at a time (a line over
-MAX_LINE_BYTES is skipped and reported, never buffered), and a CSV order holds at most
-MAX_LINES_PER_ORDER rows while it is open. What grows with the file is one 8-byte fingerprint per
-closed CSV order or JSON line, kept in a set (about 70 bytes each in CPython: a million orders
-take 67 MiB), so that a row reopening an order earlier in the file (or a JSON line repeating one)
-is reported on its line instead of silently becoming a second, partial order (or racing the first).
+MAX_LINE_BYTES is skipped and reported, never buffered: only its first LINE_START_BYTES are kept),
+and a CSV order holds at most MAX_LINES_PER_ORDER rows while it is open. What grows with the file
+is one 8-byte fingerprint per closed CSV order or JSON line, kept in a set (about 70 bytes each in
+CPython: a million orders take 67 MiB), so that a row reopening an order earlier in the file (or a
+JSON line repeating one) is reported on its line instead of silently becoming a second, partial
+order (or racing the first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from core import strict_json
 from core.imports import FileOrder, FileOrders, ImportFileError, LineError
 
 MAX_LINE_BYTES = 1024 * 1024  # one physical line; a longer one is reported and skipped
+LINE_START_BYTES = 4096  # what is kept of a line too long: enough to say whose row it is
 # One CSV cell (a quoted cell may span lines): the csv module's own limit, 128 KiB unless a
 # process changed it. Read, never set: the limit is global to the process.
 MAX_FIELD_CHARS = csv.field_size_limit()
@@ -95,8 +97,9 @@ class PhysicalLine:
     number: int
     text: str | None  # None when unreadable: see `problem`
     problem: str | None = None  # "line_too_long" | "invalid_encoding"
-    # An invalid_encoding line decoded with U+FFFD for what is not UTF-8: never imported, only
-    # read for whose row it is (its channel and external_id are most often plain ASCII).
+    # An invalid_encoding line decoded with U+FFFD for what is not UTF-8, or the first bytes of a
+    # line_too_long one: never imported, only read for whose row it is (its channel and
+    # external_id are most often plain ASCII, and near the start).
     lossy: str | None = None
 
 
@@ -124,6 +127,11 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
             first = False
         return PhysicalLine(number, text)
 
+    def too_long(start: bytes) -> PhysicalLine:
+        nonlocal first
+        first = False
+        return PhysicalLine(number, None, "line_too_long", lossy=start.decode("utf-8", errors="replace"))
+
     def line_end(start: int, last_chunk: bool) -> int:
         """The index just past the next line ending at or after `start`, or -1 for none yet."""
         match = _LINE_END.search(pending, start)
@@ -147,15 +155,14 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
                 yield (
                     decoded(bytes(pending[start:end]))
                     if end - start <= max_bytes
-                    else PhysicalLine(number, None, "line_too_long")
+                    else too_long(bytes(pending[start : start + LINE_START_BYTES]))
                 )
             start = end
         del pending[:start]
         if len(pending) > max_bytes:
             if not skipping:
                 number += 1
-                first = False
-                yield PhysicalLine(number, None, "line_too_long")
+                yield too_long(bytes(pending[:LINE_START_BYTES]))
                 skipping = True
             # A "\r" last may be half of the "\r\n" that ends the skipped line: it stays.
             del pending[: len(pending) - 1 if pending.endswith(b"\r") else len(pending)]
@@ -406,7 +413,12 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
         except _Unreadable as unreadable:
             if len(feed.record) == 1:
                 line = unreadable.line
-                yield _Row(line.number, error=_unreadable(line, None).error, lossy_cells=_lossy_cells(line))
+                yield _Row(
+                    line.number,
+                    error=_unreadable(line, None).error,
+                    lossy_cells=_lossy_cells(line),
+                    leading_cells=_leading_cells(line) if line.problem == "line_too_long" else None,
+                )
                 reader = csv.reader(feed, strict=False)
                 continue
             start = feed.record[0].number
@@ -452,7 +464,7 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
 
 def _lossy_cells(line: PhysicalLine) -> list[str] | None:
     """The cells of a one-line row that is not UTF-8, or None if they cannot be told."""
-    if line.lossy is None:
+    if line.lossy is None or line.problem != "invalid_encoding":
         return None
     try:
         return next(csv.reader([line.lossy], strict=False), None)
@@ -460,17 +472,15 @@ def _lossy_cells(line: PhysicalLine) -> list[str] | None:
         return None
 
 
-# Enough of a broken row's first line to hold its channel and external_id, parsed on its own.
-_LEADING_CHARS = 4096
-
-
 def _leading_cells(line: PhysicalLine) -> list[str] | None:
     """The cells a broken record's first line shows whole: every cell before its last, which is
-    the one the break may cut (a quote opened and never closed, a cell over the limit)."""
-    if line.text is None:
+    the one the break may cut (a quote opened and never closed, a cell over the limit, the end of
+    what is kept of a line too long)."""
+    text = line.text if line.text is not None else line.lossy
+    if text is None:
         return None
     try:
-        cells = next(csv.reader([line.text[:_LEADING_CHARS]], strict=False), None)
+        cells = next(csv.reader([text[:LINE_START_BYTES]], strict=False), None)
     except csv.Error:
         return None
     return cells[:-1] if cells else None

@@ -372,8 +372,12 @@ def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_f
 @pytest.mark.parametrize("where", ["first", "last"])
 @pytest.mark.parametrize(
     "broken",
-    [row("ext-1", "MUG", customer_name='"Ada'), row("ext-1", "MUG", customer_name="x" * (MAX_FIELD_CHARS + 10))],
-    ids=["unclosed-quote", "huge-cell"],
+    [
+        row("ext-1", "MUG", customer_name='"Ada'),
+        row("ext-1", "MUG", customer_name="x" * (MAX_FIELD_CHARS + 10)),
+        row("ext-1", "MUG", customer_name="x" * (MAX_LINE_BYTES + 10)),
+    ],
+    ids=["unclosed-quote", "huge-cell", "huge-line"],
 )
 def test_a_broken_row_fails_the_order_its_leading_cells_name_even_as_its_first_or_last_row(broken: str, where: str):
     # A typo'd quote in one row of a two-row order: reported on its own, the order was imported
