@@ -271,6 +271,43 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     assert len(imported["errors"]) == 10
 
 
+def test_a_count_dynamodb_refused_is_made_by_the_redelivery_so_the_import_still_completes(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Every line ADDs to its import's one item: a burst of workers can be throttled past botocore's
+    # retries. The line's marker was already written, so the redelivery found it "recorded" and
+    # counted nothing: the import stayed running, one short, for good.
+    from botocore.exceptions import ClientError
+
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    ledger = container().import_ledger
+    client = ledger._client
+    refused: list[str] = []
+
+    class ThrottledOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def update_item(self, **request: Any) -> Any:
+            if request["UpdateExpression"].startswith("ADD") and not refused:
+                refused.append(request["Key"]["pk"]["S"])
+                error = {"Code": "ProvisionedThroughputExceededException", "Message": "rate of requests exceeds"}
+                raise ClientError({"Error": error}, "UpdateItem")
+            return client.update_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", ThrottledOnce())
+
+    stack.drain(worker)
+
+    assert refused == [f"IMPORT#{import_id}"]
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["duplicates"], done["failed"]) == (
+        "completed", 2, 2, 0, 0,
+    )  # fmt: skip
+
+
 def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_read(stack: ImportAws):
     from core.import_service import Outcome
     from core.models import utc_now
