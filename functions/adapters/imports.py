@@ -299,6 +299,11 @@ class DynamoImportLedger(ImportLedger):
         self._complete_if_done(import_id, values, at)
         return True
 
+    def complete_if_done(self, import_id: str, at: datetime) -> None:
+        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
+        if item is not None:
+            self._complete_if_done(import_id, from_item(item), at)
+
     def _complete_if_done(self, import_id: str, values: dict[str, Any], at: datetime) -> None:
         """Whoever sees the final total reached ends the import; the condition lets one win."""
         if values.get("status") != ImportStatus.RUNNING.value or not values.get("total_final"):

@@ -308,6 +308,40 @@ def test_a_count_dynamodb_refused_is_made_by_the_redelivery_so_the_import_still_
     )  # fmt: skip
 
 
+def test_an_import_whose_completing_write_was_refused_is_completed_by_the_redelivery(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The last line counted, then the write that ends the import was throttled: the redelivered
+    # message found its line recorded and did nothing, and nothing else would ever end the import.
+    from botocore.exceptions import ClientError
+
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    ledger = container().import_ledger
+    client = ledger._client
+    refused: list[str] = []
+
+    class ThrottledOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def update_item(self, **request: Any) -> Any:
+            if "finished_at" in request["UpdateExpression"] and not refused:
+                refused.append(request["Key"]["pk"]["S"])
+                error = {"Code": "ThrottlingException", "Message": "rate of requests exceeds"}
+                raise ClientError({"Error": error}, "UpdateItem")
+            return client.update_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", ThrottledOnce())
+
+    stack.drain(worker)
+
+    assert refused == [f"IMPORT#{import_id}"]
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"]) == ("completed", 1, 1)
+
+
 def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_read(stack: ImportAws):
     from core.import_service import Outcome
     from core.models import utc_now
