@@ -601,7 +601,8 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
                 yield current.closed()
                 closed.add(_fingerprint(current.key))
             told = _told_cells(row, names)
-            current = _OpenOrder(identity, row.line, {c: told.get(c, "") for c in ORDER_COLUMNS}, rows=1)
+            # Only the columns the row told: the order's later rows are not checked against the rest.
+            current = _OpenOrder(identity, row.line, {c: told[c] for c in ORDER_COLUMNS if c in told}, rows=1)
             if _fingerprint(identity) in closed:
                 current.reject(_reopened(row.line, identity))
             current.reject(error)
@@ -662,7 +663,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
         if current.rows > 1:
             for column in ORDER_COLUMNS:
                 value = cells.get(column, "")
-                if value and value != current.order_cells[column]:
+                if value and value != current.order_cells.get(column, value):
                     current.reject(
                         LineError(
                             row.line,

@@ -388,6 +388,7 @@ def test_a_broken_row_fails_the_order_its_leading_cells_name_even_as_its_first_o
 
     bad_line = 2 if where == "first" else 3
     assert [(line, external_id) for line, external_id, _ in errors_of(orders)] == [(bad_line, "ext-1")]
+    assert "more problem" not in error_on(orders, bad_line).message  # the cells it could not tell differ from none
     assert [o.external_id for o in orders if not o.rejected] == ["ext-2", "ext-3"]
     assert [o.external_id for o in orders] == ["ext-1", "ext-2", "ext-3"]  # one order of two rows, rejected
 
