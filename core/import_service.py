@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
@@ -85,6 +85,15 @@ class ImportSummary(BaseModel, defer_build=True):
 
     # An object key is the uploader's choice of name, card number included.
     _masked_source = field_validator("source")(mask_card_numbers)
+
+    @model_validator(mode="after")
+    def _found_at_least_what_is_recorded(self) -> ImportSummary:
+        # While the file is read, the stored total is written every PROGRESS_EVERY orders (and a
+        # resumed split counts again from its start) as the workers record outcomes: every order
+        # recorded was found, so the total shown is never below them.
+        if not self.total_final:
+            self.total = max(self.total, self.imported + self.duplicates + self.failed)
+        return self
 
 
 class ImportReport(ImportSummary):
@@ -184,6 +193,11 @@ class ImportLedger(ABC):
         when that line was recorded before. A failure's error (listed under its own line) is kept
         while the import has fewer than MAX_REPORTED_ERRORS. The record that brings the counts to
         a final total completes the import."""
+
+    @abstractmethod
+    def complete_if_done(self, import_id: str, at: datetime) -> None:
+        """Complete the import if its file was read whole and every order is recorded: the record
+        that brought the counts there may have failed before its completing write."""
 
     @abstractmethod
     def get(self, import_id: str) -> ImportReport | None: ...
@@ -360,6 +374,9 @@ class OrderImporter:
             logger.warning("import attributes the splitter did not make", extra={"sender": sender})
             origin = None
         if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
+            # Counted by an earlier delivery, which may have failed on the write that ends the
+            # import after counting it: no later line would make that write.
+            self._ledger.complete_if_done(origin.import_id, self._clock())
             return ImportResult(None)
         # The order's history names who created it: the import and line, or the queue's sender.
         actor = f"{origin.import_id}:{origin.line}" if origin is not None else f"sqs:{sender}"

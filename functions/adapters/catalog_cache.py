@@ -3,7 +3,8 @@
 Capture reads every ordered product and the whole network for each order, while both change
 rarely. Caching them for a few seconds per container takes two of the four DynamoDB reads off
 each order. Stock is never cached: availability is always read fresh. Writes made through this
-container update the cache at once; other containers see a change within `ttl_seconds`.
+container update the cache at once; other containers see a change within `ttl_seconds`, and a
+product or location they have not got is read again every time it is asked for.
 """
 
 from __future__ import annotations
@@ -68,12 +69,23 @@ class CachedCatalog(CatalogRepository):
         return list(self._network[1])
 
     def get_location(self, location_id: str) -> Location | None:
-        return next((loc for loc in self.list_locations() if loc.location_id == location_id), None)
+        # Absence is not cached either: a location opened through another container a moment ago
+        # (PUT /locations, then stock put there) is read again, never "no location" for seconds.
+        read_now = self._network is None or not self._fresh(self._network[0])
+        found = _named(self.list_locations(), location_id)
+        if found is None and not read_now:
+            self._network = None
+            found = _named(self.list_locations(), location_id)
+        return found
 
     def put_location(self, location: Location) -> bool:
         created = self._inner.put_location(location)
         self._network = None
         return created
+
+
+def _named(locations: list[Location], location_id: str) -> Location | None:
+    return next((loc for loc in locations if loc.location_id == location_id), None)
 
 
 class CachedSourcingRules:

@@ -40,6 +40,9 @@ LIST_PK = "IMPORTS"
 # messages 4 days (its DLQ 14); a redrive from the DLQ must still find the marker.
 MARKER_DAYS = 15
 _COUNTERS = {Outcome.IMPORTED: "imported", Outcome.DUPLICATE: "duplicates", Outcome.FAILED: "failed"}
+# DynamoDB's answers that a request was refused, not applied: throttling that outlasted botocore's
+# retries. Every line adds to its import's one item, so a burst of workers can meet them.
+_REFUSED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 
 
 def _import_key(import_id: str) -> dict[str, Any]:
@@ -80,8 +83,10 @@ class DynamoImportLedger(ImportLedger):
     A line is recorded once: a marker item (import#<id>#<line>) is put in the Idempotency table on
     attribute_not_exists, and only when that put succeeds are the counters ADDed, in one atomic
     UpdateItem, so concurrent workers never lose a count and a redelivered message never adds one.
-    No transaction: a worker killed between the two writes leaves that line uncounted (the import
-    then stays running, one short); the order itself is stored or not, never twice."""
+    When DynamoDB refuses that UpdateItem (throttled), the marker is put again flagged `uncounted`:
+    a marker so flagged records nothing, so the redelivery counts the line. No transaction: a
+    worker killed between the two writes leaves that line uncounted (the import then stays
+    running, one short); the order itself is stored or not, never twice."""
 
     CACHED_REPORTS = 64
 
@@ -230,13 +235,14 @@ class DynamoImportLedger(ImportLedger):
         return item["signing_key"]["S"] if item and "signing_key" in item else None
 
     def is_recorded(self, import_id: str, line: int) -> bool:
-        response = self._client.get_item(
+        item = self._client.get_item(
             TableName=self._markers,
             Key={"id": {"S": _marker_id(import_id, line)}},
-            ProjectionExpression="id",
+            ProjectionExpression="id, #uncounted",
+            ExpressionAttributeNames={"#uncounted": "uncounted"},
             ConsistentRead=True,
-        )
-        return "Item" in response
+        ).get("Item")
+        return item is not None and not item.get("uncounted", {}).get("BOOL", False)
 
     def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
         marker = {
@@ -245,7 +251,13 @@ class DynamoImportLedger(ImportLedger):
             "expiration": {"N": str(int((at + timedelta(days=MARKER_DAYS)).timestamp()))},
         }
         try:
-            self._client.put_item(TableName=self._markers, Item=marker, ConditionExpression="attribute_not_exists(id)")
+            self._client.put_item(
+                TableName=self._markers,
+                Item=marker,
+                ConditionExpression="attribute_not_exists(id) OR #uncounted = :true",
+                ExpressionAttributeNames={"#uncounted": "uncounted"},
+                ExpressionAttributeValues={":true": {"BOOL": True}},
+            )
         except ClientError as failure:
             if _is_conditional_failure(failure):
                 return False
@@ -261,6 +273,11 @@ class DynamoImportLedger(ImportLedger):
                 ReturnValues="ALL_NEW",
             )
         except ClientError as failure:
+            if failure.response["Error"]["Code"] in _REFUSED:
+                # Nothing was counted: flagged so, the line is counted by the redelivery this raise
+                # brings, which would otherwise find it recorded and leave the import one short.
+                self._client.put_item(TableName=self._markers, Item={**marker, "uncounted": {"BOOL": True}})
+                raise
             if not _is_conditional_failure(failure):
                 raise
             # A message naming an import that does not exist: never a half-made import item.
@@ -281,6 +298,11 @@ class DynamoImportLedger(ImportLedger):
             self._client.put_item(TableName=self._table, Item=entry)
         self._complete_if_done(import_id, values, at)
         return True
+
+    def complete_if_done(self, import_id: str, at: datetime) -> None:
+        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
+        if item is not None:
+            self._complete_if_done(import_id, from_item(item), at)
 
     def _complete_if_done(self, import_id: str, values: dict[str, Any], at: datetime) -> None:
         """Whoever sees the final total reached ends the import; the condition lets one win."""

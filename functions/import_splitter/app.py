@@ -29,7 +29,10 @@ def split_object(record: S3EventRecord) -> None:
         # A folder (the S3 console's "Create folder" puts an empty object named so), not a file.
         logger.info("folder skipped: not a file to import")
         return
-    version_id = record.s3.get_object.version_id or None
+    # "null" is the version S3 gives an upload to a bucket whose versioning is suspended: every
+    # upload of a key has it, so it tells them apart no more than no version does (the ETag does).
+    version_id = record.s3.get_object.version_id
+    version_id = None if version_id in (None, "", "null") else version_id
     etag = record.s3.get_object.etag or None
     import_id = import_id_for(bucket, key, version_id or etag or "")
     logger.append_keys(import_id=import_id)

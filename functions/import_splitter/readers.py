@@ -2,11 +2,12 @@
 with the physical line it starts on. Standard library only; nothing here holds a file.
 
 Memory stays flat: bytes arrive in chunks, one physical line is decoded at a time (a line over
-MAX_LINE_BYTES is skipped and reported, never buffered), and a CSV order holds at most
-MAX_LINES_PER_ORDER rows while it is open. What grows with the file is one 8-byte fingerprint per
-closed CSV order or JSON line, kept in a set (about 70 bytes each in CPython: a million orders
-take 67 MiB), so that a row reopening an order earlier in the file (or a JSON line repeating one)
-is reported on its line instead of silently becoming a second, partial order (or racing the first).
+MAX_LINE_BYTES is skipped and reported, never buffered: only its first LINE_START_BYTES are kept),
+and a CSV order holds at most MAX_LINES_PER_ORDER rows while it is open. What grows with the file
+is one 8-byte fingerprint per closed CSV order or JSON line, kept in a set (about 70 bytes each in
+CPython: a million orders take 67 MiB), so that a row reopening an order earlier in the file (or a
+JSON line repeating one) is reported on its line instead of silently becoming a second, partial
+order (or racing the first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from core import strict_json
 from core.imports import FileOrder, FileOrders, ImportFileError, LineError
 
 MAX_LINE_BYTES = 1024 * 1024  # one physical line; a longer one is reported and skipped
+LINE_START_BYTES = 4096  # what is kept of a line too long: enough to say whose row it is
 # One CSV cell (a quoted cell may span lines): the csv module's own limit, 128 KiB unless a
 # process changed it. Read, never set: the limit is global to the process.
 MAX_FIELD_CHARS = csv.field_size_limit()
@@ -95,8 +97,9 @@ class PhysicalLine:
     number: int
     text: str | None  # None when unreadable: see `problem`
     problem: str | None = None  # "line_too_long" | "invalid_encoding"
-    # An invalid_encoding line decoded with U+FFFD for what is not UTF-8: never imported, only
-    # read for whose row it is (its channel and external_id are most often plain ASCII).
+    # An invalid_encoding line decoded with U+FFFD for what is not UTF-8, or the first bytes of a
+    # line_too_long one: never imported, only read for whose row it is (its channel and
+    # external_id are most often plain ASCII, and near the start).
     lossy: str | None = None
 
 
@@ -124,6 +127,11 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
             first = False
         return PhysicalLine(number, text)
 
+    def too_long(start: bytes) -> PhysicalLine:
+        nonlocal first
+        first = False
+        return PhysicalLine(number, None, "line_too_long", lossy=start.decode("utf-8", errors="replace"))
+
     def line_end(start: int, last_chunk: bool) -> int:
         """The index just past the next line ending at or after `start`, or -1 for none yet."""
         match = _LINE_END.search(pending, start)
@@ -147,15 +155,14 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
                 yield (
                     decoded(bytes(pending[start:end]))
                     if end - start <= max_bytes
-                    else PhysicalLine(number, None, "line_too_long")
+                    else too_long(bytes(pending[start : start + LINE_START_BYTES]))
                 )
             start = end
         del pending[:start]
         if len(pending) > max_bytes:
             if not skipping:
                 number += 1
-                first = False
-                yield PhysicalLine(number, None, "line_too_long")
+                yield too_long(bytes(pending[:LINE_START_BYTES]))
                 skipping = True
             # A "\r" last may be half of the "\r\n" that ends the skipped line: it stays.
             del pending[: len(pending) - 1 if pending.endswith(b"\r") else len(pending)]
@@ -383,14 +390,17 @@ class _Row:
     error: LineError | None = None
     lines: int = 1  # physical lines the record spans (a quoted cell may hold line breaks)
     lossy_cells: list[str] | None = None  # a row that is not UTF-8, read lossily: see PhysicalLine
+    # A broken record (cells None): the cells its first line shows whole, up to where it breaks.
+    leading_cells: list[str] | None = None
 
 
 def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
     or it spans lines and has not the header's number of cells: a quote never closed) becomes an
-    error on its first line, and the lines after that one are parsed again with a fresh parser, so
-    that one bad line costs only its own row."""
+    error on its first line (with the cells that line shows whole, which may say whose row it is),
+    and the lines after that one are parsed again with a fresh parser, so that one bad line costs
+    only its own row."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, strict=False)
@@ -403,12 +413,21 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
         except _Unreadable as unreadable:
             if len(feed.record) == 1:
                 line = unreadable.line
-                yield _Row(line.number, error=_unreadable(line, None).error, lossy_cells=_lossy_cells(line))
+                yield _Row(
+                    line.number,
+                    error=_unreadable(line, None).error,
+                    lossy_cells=_lossy_cells(line),
+                    leading_cells=_leading_cells(line) if line.problem == "line_too_long" else None,
+                )
                 reader = csv.reader(feed, strict=False)
                 continue
             start = feed.record[0].number
             message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
-            yield _Row(start, error=LineError(start, None, "malformed_row", message))
+            yield _Row(
+                start,
+                error=LineError(start, None, "malformed_row", message),
+                leading_cells=_leading_cells(feed.record[0]),
+            )
             feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
@@ -418,7 +437,7 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
             if code == "field_too_large":
                 message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
-            yield _Row(start, error=LineError(start, None, code, message))
+            yield _Row(start, error=LineError(start, None, code, message), leading_cells=_leading_cells(feed.record[0]))
             feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
@@ -432,7 +451,11 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
                 f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
                 f"{spanned} lines where the header has {width}); the lines after it are read as rows"
             )
-            yield _Row(start, error=LineError(start, None, "unclosed_quote", message))
+            yield _Row(
+                start,
+                error=LineError(start, None, "unclosed_quote", message),
+                leading_cells=_leading_cells(feed.record[0]),
+            )
             feed.reread_after_first()
             reader = csv.reader(feed, strict=False)
             continue
@@ -441,12 +464,26 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
 
 def _lossy_cells(line: PhysicalLine) -> list[str] | None:
     """The cells of a one-line row that is not UTF-8, or None if they cannot be told."""
-    if line.lossy is None:
+    if line.lossy is None or line.problem != "invalid_encoding":
         return None
     try:
         return next(csv.reader([line.lossy], strict=False), None)
     except csv.Error:
         return None
+
+
+def _leading_cells(line: PhysicalLine) -> list[str] | None:
+    """The cells a broken record's first line shows whole: every cell before its last, which is
+    the one the break may cut (a quote opened and never closed, a cell over the limit, the end of
+    what is kept of a line too long)."""
+    text = line.text if line.text is not None else line.lossy
+    if text is None:
+        return None
+    try:
+        cells = next(csv.reader([text[:LINE_START_BYTES]], strict=False), None)
+    except csv.Error:
+        return None
+    return cells[:-1] if cells else None
 
 
 def _header(row: _Row) -> list[str]:
@@ -551,7 +588,8 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     for row in rows:
         identity = _identity(row, names)
         if identity is not None:
-            # A row not UTF-8 whose channel and external_id are: it fails the order it names.
+            # A row not UTF-8, or broken, whose channel and external_id can be read: it fails the
+            # order it names (imported without it, that order would ship short).
             assert row.error is not None
             error = LineError(row.line, identity[1], row.error.code, row.error.message)
             if current is not None and current.key == identity:
@@ -562,9 +600,9 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
             if current is not None:
                 yield current.closed()
                 closed.add(_fingerprint(current.key))
-            assert row.lossy_cells is not None
-            lossy = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
-            current = _OpenOrder(identity, row.line, {c: lossy.get(c, "") for c in ORDER_COLUMNS}, rows=1)
+            told = _told_cells(row, names)
+            # Only the columns the row told: the order's later rows are not checked against the rest.
+            current = _OpenOrder(identity, row.line, {c: told[c] for c in ORDER_COLUMNS if c in told}, rows=1)
             if _fingerprint(identity) in closed:
                 current.reject(_reopened(row.line, identity))
             current.reject(error)
@@ -625,7 +663,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
         if current.rows > 1:
             for column in ORDER_COLUMNS:
                 value = cells.get(column, "")
-                if value and value != current.order_cells[column]:
+                if value and value != current.order_cells.get(column, value):
                     current.reject(
                         LineError(
                             row.line,
@@ -661,11 +699,22 @@ def _reopened(line: int, key: tuple[str, str]) -> LineError:
     return LineError(line, external_id, "order_reopened", message)
 
 
+def _told_cells(row: _Row, names: list[str]) -> dict[str, str]:
+    """What can be told of an unreadable or broken row's cells, by column: all of a row read
+    lossily that has the header's cells, the leading cells of a broken one; else nothing."""
+    if row.lossy_cells is not None and len(row.lossy_cells) == len(names):
+        cells = row.lossy_cells
+    else:
+        cells = row.leading_cells or []
+    return {name: value.strip() for name, value in zip(names, cells, strict=False)}
+
+
 def _identity(row: _Row, names: list[str]) -> tuple[str, str] | None:
-    """The channel and external_id of a row read only lossily, when both came through intact."""
-    if row.lossy_cells is None or len(row.lossy_cells) != len(names):
+    """The channel and external_id of a row read only lossily, or broken, when both came through
+    intact."""
+    if row.cells is not None:
         return None
-    cells = {name: value.strip() for name, value in zip(names, row.lossy_cells, strict=True)}
+    cells = _told_cells(row, names)
     channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
     if not channel or not external_id or "\ufffd" in channel + external_id:
         return None

@@ -138,6 +138,26 @@ def test_the_import_id_is_stable_for_bucket_key_and_version(stack: ImportAws):
     assert split_file(stack, "incoming/again.csv", csv_file(csv_row("ext-1"))) != import_id
 
 
+def test_a_null_version_in_the_event_is_no_version_so_each_upload_is_its_own_import(stack: ImportAws):
+    # A bucket whose versioning was suspended stores every upload as version "null", and its events
+    # say so: taken for a version, every upload of one key was "already read" (the second file was
+    # never imported), under an id other than the one `make import` follows (the ETag's).
+    from functions.import_splitter.app import lambda_handler
+
+    import_ids = []
+    for external_id in ("ext-1", "ext-2"):
+        stack.put_file("incoming/orders.csv", csv_file(csv_row(external_id)))
+        event = stack.s3_event("incoming/orders.csv")
+        event["Records"][0]["s3"]["object"]["versionId"] = "null"
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+        etag = stack.s3.head_object(Bucket=stack.bucket, Key="incoming/orders.csv")["ETag"]
+        import_ids.append(import_id_for(stack.bucket, "incoming/orders.csv", etag))
+
+    assert import_ids[0] != import_ids[1]
+    assert [report(import_id)["total"] for import_id in import_ids] == [1, 1]
+    assert len(queued(stack)) == 2
+
+
 def test_a_key_with_spaces_arrives_url_encoded_and_is_read(stack: ImportAws):
     import_id = split_file(stack, "incoming/march orders.csv", csv_file(csv_row("ext-1")))
 

@@ -271,6 +271,77 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     assert len(imported["errors"]) == 10
 
 
+def test_a_count_dynamodb_refused_is_made_by_the_redelivery_so_the_import_still_completes(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Every line ADDs to its import's one item: a burst of workers can be throttled past botocore's
+    # retries. The line's marker was already written, so the redelivery found it "recorded" and
+    # counted nothing: the import stayed running, one short, for good.
+    from botocore.exceptions import ClientError
+
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    ledger = container().import_ledger
+    client = ledger._client
+    refused: list[str] = []
+
+    class ThrottledOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def update_item(self, **request: Any) -> Any:
+            if request["UpdateExpression"].startswith("ADD") and not refused:
+                refused.append(request["Key"]["pk"]["S"])
+                error = {"Code": "ProvisionedThroughputExceededException", "Message": "rate of requests exceeds"}
+                raise ClientError({"Error": error}, "UpdateItem")
+            return client.update_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", ThrottledOnce())
+
+    stack.drain(worker)
+
+    assert refused == [f"IMPORT#{import_id}"]
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["duplicates"], done["failed"]) == (
+        "completed", 2, 2, 0, 0,
+    )  # fmt: skip
+
+
+def test_an_import_whose_completing_write_was_refused_is_completed_by_the_redelivery(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The last line counted, then the write that ends the import was throttled: the redelivered
+    # message found its line recorded and did nothing, and nothing else would ever end the import.
+    from botocore.exceptions import ClientError
+
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    ledger = container().import_ledger
+    client = ledger._client
+    refused: list[str] = []
+
+    class ThrottledOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def update_item(self, **request: Any) -> Any:
+            if "finished_at" in request["UpdateExpression"] and not refused:
+                refused.append(request["Key"]["pk"]["S"])
+                error = {"Code": "ThrottlingException", "Message": "rate of requests exceeds"}
+                raise ClientError({"Error": error}, "UpdateItem")
+            return client.update_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", ThrottledOnce())
+
+    stack.drain(worker)
+
+    assert refused == [f"IMPORT#{import_id}"]
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"]) == ("completed", 1, 1)
+
+
 def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_read(stack: ImportAws):
     from core.import_service import Outcome
     from core.models import utc_now
@@ -284,6 +355,27 @@ def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_
     ledger.finish_reading("imp_early", "csv", 1, utc_now())
 
     assert report("imp_early")["status"] == "completed"
+
+
+def test_a_running_import_never_shows_fewer_orders_found_than_it_has_recorded(stack: ImportAws):
+    # The splitter writes its running total every 1,000 orders while the workers record as they
+    # go: a client following a 500-order file saw "total": 0 beside "imported": 3.
+    from core.import_service import Outcome
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    ledger = container().import_ledger
+    ledger.begin("imp_followed", "s3://b/k", utc_now())
+    for line, outcome in ((2, Outcome.IMPORTED), (3, Outcome.DUPLICATE), (4, Outcome.FAILED)):
+        ledger.record("imp_followed", line, outcome, None, utc_now())
+
+    running = report("imp_followed")
+    assert (running["status"], running["total_final"], running["total"]) == ("running", False, 3)
+    listed = container().import_queries.list(10, None)[0]
+    assert next(item for item in listed if item.id == "imp_followed").total == 3
+
+    ledger.finish_reading("imp_followed", "csv", 5, utc_now())
+    assert (report("imp_followed")["status"], report("imp_followed")["total"]) == ("running", 5)
 
 
 def test_only_the_first_1000_errors_are_kept_and_failed_counts_them_all(stack: ImportAws, monkeypatch):

@@ -68,6 +68,20 @@ def test_the_network_is_cached_whole_and_dropped_on_write():
     assert inner.reads == 2
 
 
+def test_a_location_made_by_another_container_is_found_at_once_though_the_network_is_cached():
+    # PUT /locations then PUT /inventory for it, answered by two containers: the second one's
+    # cached network (read a moment before) must not make the new location a 404 for seconds.
+    cache, inner, _ = make()
+    inner.put_location(location("wh-east"))
+    assert [loc.location_id for loc in cache.list_locations()] == ["wh-east"]
+    inner.put_location(location("wh-west"))  # by another container
+
+    assert cache.get_location("wh-west") is not None
+    assert cache.get_location("wh-nowhere") is None
+    assert cache.get_location("wh-east") is not None
+    assert inner.reads == 3  # a hit is still served from the cache; each miss reads again
+
+
 class CheapensTheProduct:
     @hookimpl(tryfirst=True)
     def oms_unit_price(self, product):

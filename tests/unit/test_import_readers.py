@@ -191,7 +191,7 @@ def test_a_huge_field_is_an_error_on_its_line_and_the_rows_after_it_are_read():
 
     orders = read(csv_file(row("ext-1"), huge, row("ext-3")))
 
-    assert errors_of(orders) == [(3, None, "field_too_large")]
+    assert errors_of(orders) == [(3, "ext-2", "field_too_large")]
     assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
 
 
@@ -294,7 +294,7 @@ def test_an_unclosed_quote_is_an_error_on_its_line_and_every_other_row_is_read()
 
     orders = read(data)
 
-    assert errors_of(orders) == [(3, None, "unclosed_quote")]
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote")]
     assert [(o.line, o.external_id) for o in orders if not o.rejected] == [(2, "ext-1"), (4, "ext-3"), (5, "ext-4")]
     assert "header has" in error_on(orders, 3).message
 
@@ -304,7 +304,7 @@ def test_a_quote_closed_by_a_later_row_is_an_error_on_its_line_and_the_later_row
 
     orders = read(data)
 
-    assert errors_of(orders) == [(2, None, "unclosed_quote")]
+    assert errors_of(orders) == [(2, "ext-1", "unclosed_quote")]
     assert [o.external_id for o in orders if not o.rejected] == ["ext-2", "ext-3"]
     assert next(o.body["shipping_address"]["line1"] for o in orders if not o.rejected) == "1 Main St, Apt 2"
 
@@ -315,7 +315,7 @@ def test_an_unclosed_quote_running_past_the_cell_limit_costs_only_its_own_row():
 
     orders = read(csv_file(row("ext-1"), row("ext-2", customer_name='"Ada'), *after), chunk=4096)
 
-    assert errors_of(orders) == [(3, None, "field_too_large")]
+    assert errors_of(orders) == [(3, "ext-2", "field_too_large")]
     assert len([o for o in orders if not o.rejected]) == 1 + len(after)
 
 
@@ -325,14 +325,15 @@ def test_an_unreadable_line_inside_a_quoted_cell_fails_the_row_it_cuts_and_the_r
 
     orders = read(data)
 
-    assert errors_of(orders) == [(3, None, "malformed_row"), (4, None, "invalid_encoding")]
+    assert sorted(errors_of(orders)) == [(3, "ext-2", "malformed_row"), (4, None, "invalid_encoding")]
     assert "line 4" in error_on(orders, 3).message
     assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
 
 
 @pytest.mark.parametrize(
     "unreadable",
-    ["web,ext-1,\xff", "x" * (MAX_LINE_BYTES + 1), row("ext-1", "MUG", customer_name='"Ada')],
+    # None of them says whose row it is (the quote opens in the channel cell).
+    ["web,ext-1,\xff", "x" * (MAX_LINE_BYTES + 1), row("ext-1", "MUG", channel='"web')],
     ids=["not-utf8", "too-long", "unclosed-quote"],
 )
 def test_an_unreadable_row_among_the_rows_of_one_order_rejects_that_order_never_imports_it_without_the_row(
@@ -366,6 +367,39 @@ def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_f
     assert errors_of(orders) == [(bad_line, "ext-1", "invalid_encoding")]
     assert [o.external_id for o in orders] == ["ext-1", "ext-2"]  # one order of two rows, rejected
     assert not orders[1].rejected
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        row("ext-1", "MUG", customer_name='"Ada'),
+        row("ext-1", "MUG", customer_name="x" * (MAX_FIELD_CHARS + 10)),
+        row("ext-1", "MUG", customer_name="x" * (MAX_LINE_BYTES + 10)),
+    ],
+    ids=["unclosed-quote", "huge-cell", "huge-line"],
+)
+def test_a_broken_row_fails_the_order_its_leading_cells_name_even_as_its_first_or_last_row(broken: str, where: str):
+    # A typo'd quote in one row of a two-row order: reported on its own, the order was imported
+    # with one line of two, and a re-import of the mended file (a duplicate) never adds it.
+    rows = [broken, row("ext-1", "HOODIE")] if where == "first" else [row("ext-1", "HOODIE"), broken]
+
+    orders = read(csv_file(*rows, row("ext-2"), row("ext-3")), chunk=4096)
+
+    bad_line = 2 if where == "first" else 3
+    assert [(line, external_id) for line, external_id, _ in errors_of(orders)] == [(bad_line, "ext-1")]
+    assert "more problem" not in error_on(orders, bad_line).message  # the cells it could not tell differ from none
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2", "ext-3"]
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2", "ext-3"]  # one order of two rows, rejected
+
+
+def test_a_broken_row_whose_identity_the_break_cuts_is_reported_on_its_own():
+    broken = row("ext-2", customer_name="Ada").replace("web,ext-2", 'web,"ext-2', 1)
+
+    orders = read(csv_file(row("ext-1"), broken, row("ext-3")))
+
+    assert errors_of(orders) == [(3, None, "unclosed_quote")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-3"]
 
 
 def test_an_unreadable_row_between_two_different_orders_costs_only_its_own_row():
