@@ -174,10 +174,11 @@ def receive_purchase_order(
 @router.put(
     "/inventory/<sku>/<location_id>/reorder",
     summary="Set the reorder point of a sku at a location",
-    description="When `available` drops from at or above `reorder_point` to below it, `inventory.low` is emitted "
-    "and `reorder_quantity` is added to the draft purchase order for `vendor_id` and this location (one is made "
-    "when none is open), once per crossing. Extension: an optional `unit_cost` prices the draft's line. Setting "
-    "the point alone crosses nothing, even when stock is already below it.",
+    description="When `available` drops from at or above `reorder_point` to below it, `inventory.low` is emitted. "
+    "When `available` plus `incoming` (open purchase order units not yet received) does, `reorder_quantity` is "
+    "added to the draft purchase order for `vendor_id` and this location (one is made when none is open), once "
+    "per crossing: units already on order are not bought again. Extension: an optional `unit_cost` prices the "
+    "draft's line. Setting the point alone crosses nothing, even when stock is already below it.",
     responses={**ok(200, ReorderPoint, "The reorder point"), **errors(400, 403, 404, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
