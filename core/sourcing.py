@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from core.errors import InvalidRequest, PluginError
+from core.errors import InvalidRequest, PluginError, StaleVersion
 from core.hook_calls import call_hook
 from core.models import (
     Address,
@@ -64,11 +64,18 @@ class SourcingRulesService:
     def current(self) -> SourcingRules:
         return self._rules.current()
 
-    def replace(self, given: SourcingRulesInput, by: str) -> SourcingRules:
-        """A new version made of `given`. Raises StaleVersion (409) when another change was
+    def replace(self, given: SourcingRulesInput, by: str, expected_version: int | None = None) -> SourcingRules:
+        """A new version made of `given`. Raises StaleVersion (409) when the version in force is
+        not `expected_version` (when given: the one its author read), or when another change was
         written between the read and this write: the caller reads the rules again."""
         check_locations(given, self._catalog.list_locations())
-        new = next_version(self._rules.current(), given, at=self._clock(), by=by)
+        current = self._rules.current()
+        if expected_version is not None and current.version != expected_version:
+            raise StaleVersion(
+                f"the sourcing rules are at version {current.version}, not {expected_version}",
+                details=[{"field": "If-Match", "message": f"current version is {current.version}"}],
+            )
+        new = next_version(current, given, at=self._clock(), by=by)
         self._rules.add(new)
         return new
 
