@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -147,6 +147,37 @@ def ask_plugins(
         return plan
     allocations = [Allocation(line_id=line_id, location_id=loc, quantity=q) for (line_id, loc), q in merged.items()]
     return plan.model_copy(update={"allocations": allocations})
+
+
+def plan_within(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+) -> SourcingPlan | None:
+    """The sourcing plugins' plan for `order` under `rules`, or, when no plan fits in
+    `max_shipments` locations, the part of the plan made without that limit that the
+    `max_shipments` locations supplying the most of it hold: what a backordered order can hold
+    now and still ship from no more locations. None when no plugin can source it at all."""
+    plan = ask_plugins(hook, order, eligible, stock, destination, rules)
+    if plan is not None or rules.max_shipments is None:
+        return plan
+    widest = ask_plugins(hook, order, eligible, stock, destination, rules.model_copy(update={"max_shipments": None}))
+    if widest is None:
+        return None
+    units: Counter[str] = Counter()
+    for allocation in widest.allocations:
+        units[allocation.location_id] += allocation.quantity
+    kept = sorted(units, key=lambda location_id: -units[location_id])[: rules.max_shipments]  # ties: the plan's order
+    reason = (
+        f"no plan covers the units in stock from at most max_shipments ({rules.max_shipments}) locations: "
+        f"{', '.join(kept)} supply what they can and the rest waits"
+    )
+    return SourcingPlan(
+        allocations=[a for a in widest.allocations if a.location_id in kept], reasons=[*widest.reasons, reason]
+    )
 
 
 def available_of(order: Order, eligible: list[Location], stock: dict[str, list[StockLevel]]) -> dict[str, int]:
@@ -305,7 +336,8 @@ class Simulator:
         destination = destination_of(order, locations)
         available = available_of(order, eligible, stock)
         fillable = reduced(order, available)
-        plan = ask_plugins(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
+        # Within max_shipments as a backordered order's fill plans: what it can hold now.
+        plan = plan_within(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
         sku_of = {line.line_id: line.sku for line in order.lines}
         planned: dict[str, int] = defaultdict(int)
         by_location: dict[str, list[SimulatedLine]] = defaultdict(list)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -35,7 +35,7 @@ from core.errors import (
 )
 from core.hook_calls import call_hook
 from core.ids import reservation_key, shipment_id_for
-from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, StockLevel, utc_now
+from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
@@ -49,7 +49,15 @@ from core.ports import (
     TopUp,
     WaitingOrder,
 )
-from core.sourcing import ask_plugins, available_of, destination_of, eligible_locations, reduced, sourceable
+from core.sourcing import (
+    ask_plugins,
+    available_of,
+    destination_of,
+    eligible_locations,
+    plan_within,
+    reduced,
+    sourceable,
+)
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan, stored_label
@@ -457,42 +465,17 @@ class Workflow:
         rest = order.model_copy(update={"lines": [
             line.model_copy(update={"quantity": need[line.line_id]}) for line in order.lines if need[line.line_id] > 0
         ]})  # fmt: skip
-        for a in self._plan_new_places(rest, new, free, destination, rules, room)[: MAX_TOP_UPS - len(top_ups)]:
+        fillable = reduced(rest, available_of(rest, new, free))
+        plan = None
+        if fillable.lines and new:
+            plan = plan_within(
+                self._hook, fillable, new, free, destination, rules.model_copy(update={"max_shipments": room})
+            )
+        for a in (plan.allocations if plan else [])[: MAX_TOP_UPS - len(top_ups)]:
             sku = next(line.sku for line in order.lines if line.line_id == a.line_id)
             key = reservation_key(order.id, a.line_id)
             top_ups.append(TopUp(sku, a.location_id, key, 0, a.quantity, rules.kept_back(a.location_id)))
         return top_ups
-
-    def _plan_new_places(
-        self,
-        rest: Order,
-        new: list[Location],
-        free: dict[str, list[StockLevel]],
-        destination: Address,
-        rules: SourcingRules,
-        room: int | None,
-    ) -> list[Allocation]:
-        """Where the part of `rest` that `new` locations have comes from: the sourcing plugins'
-        plan with at most `room` locations (None: any number). When no plan fits in the room, the
-        `room` locations that supply the most units of the plan made without a limit."""
-        fillable = reduced(rest, available_of(rest, new, free))
-        if not fillable.lines or not new:
-            return []
-        plan = ask_plugins(
-            self._hook, fillable, new, free, destination, rules.model_copy(update={"max_shipments": room})
-        )
-        if plan is not None or room is None:
-            return plan.allocations if plan is not None else []
-        widest = ask_plugins(
-            self._hook, fillable, new, free, destination, rules.model_copy(update={"max_shipments": None})
-        )
-        if widest is None:
-            return []
-        units: Counter[str] = Counter()
-        for a in widest.allocations:
-            units[a.location_id] += a.quantity
-        kept = set(sorted(units, key=lambda location_id: -units[location_id])[:room])  # ties: the plan's own order
-        return [a for a in widest.allocations if a.location_id in kept]
 
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -505,15 +488,12 @@ class Workflow:
         self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
     ) -> SourcingPlan:
         """The plan for the part of a backorderable order in stock. Under `max_shipments` that part
-        may lie at more locations than one order ships from: then nothing is reserved here, and the
-        fill that follows takes what the rules allow, so the order waits instead of ending out of stock."""
-        if rules.max_shipments is None:
-            return self._source(order, eligible, stock, destination, rules)
-        plan = ask_plugins(self._hook, order, eligible, stock, destination, rules)
-        return plan or SourcingPlan(
-            allocations=[],
-            reasons=[f"the units in stock lie at more locations than max_shipments ({rules.max_shipments})"],
-        )
+        may lie at more locations than one order ships from: it then holds what the locations
+        supplying the most of it have, and waits for the rest instead of ending out of stock."""
+        plan = plan_within(self._hook, order, eligible, stock, destination, rules)
+        if plan is None:
+            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
+        return plan
 
     def _source(
         self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
