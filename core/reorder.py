@@ -69,8 +69,8 @@ class Crossing:
     settings: ReorderSettings
     change_id: str
     changed_at: datetime
-    low: bool = True
-    reorders: bool = True
+    low: bool
+    reorders: bool
 
     @property
     def key(self) -> str:
