@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
@@ -23,6 +23,16 @@ Units = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
 MAX_LINES = 99
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
+
+
+def _not_negative(cost: Money) -> Money:
+    # What the vendor is paid per unit: below zero would book the vendor paying for the goods.
+    if cost.is_negative():
+        raise ValueError("unit_cost must not be negative")
+    return cost
+
+
+UnitCost = Annotated[Money, AfterValidator(_not_negative)]
 
 
 class VendorRequest(Strict):
@@ -46,7 +56,7 @@ class VendorPage(BaseModel, defer_build=True):
 class NewPurchaseOrderLine(Strict):
     sku: Identifier
     quantity: Units
-    unit_cost: Money
+    unit_cost: UnitCost
 
 
 # A delivery date outside these is a typo, and would not survive conversion to UTC at the edges.
@@ -189,7 +199,7 @@ class PurchaseOrder(BaseModel, defer_build=True):
 
 class LinePrice(Strict):
     sku: Identifier
-    unit_cost: Money
+    unit_cost: UnitCost
 
 
 class Submission(Strict):

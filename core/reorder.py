@@ -14,9 +14,8 @@ from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Identifier, ReorderSettings, Strict
-from core.money import Money
 from core.ports import CatalogRepository
-from core.purchasing import PurchaseOrder, PurchaseOrderLine, PurchasingRepository, Units
+from core.purchasing import PurchaseOrder, PurchaseOrderLine, PurchasingRepository, UnitCost, Units
 from core.status import PurchaseOrderStatus
 
 
@@ -25,7 +24,7 @@ class ReorderRequest(Strict):
     reorder_point: Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
     reorder_quantity: Units
     vendor_id: Identifier
-    unit_cost: Money | None = Field(
+    unit_cost: UnitCost | None = Field(
         default=None,
         description="Extension: the cost each draft line for this sku gets; without it the draft's line has no "
         "cost and submitting it needs one",
