@@ -120,7 +120,8 @@ class ExpectedArrivals:
     """What a backordered order waits for and when more is expected, for reading it: per line
     short of units, the earliest expected date of an open purchase order for its sku at the
     locations that may supply the order now (its fulfilment's, less those the sourcing rules or a
-    rejected shipment exclude: where a fill takes units from). Computed at each read, never stored."""
+    rejected shipment exclude, and those `max_shipments` keeps it from: where a fill takes units
+    from). Computed at each read, never stored."""
 
     def __init__(self, inventory: InventoryRepository, catalog: CatalogRepository, rules: SourcingRulesRepository):
         self._inventory = inventory
@@ -140,7 +141,11 @@ class ExpectedArrivals:
         for order in orders:
             if order.id not in short:
                 continue
-            sources[order.id] = [loc.location_id for loc in sourceable(order, locations, rules)]
+            # Under max_shipments an order that ships from as many locations already is filled from those only.
+            used = {allocation.location_id for allocation in order.allocations}
+            sources[order.id] = [
+                loc.location_id for loc in sourceable(order, locations, rules) if rules.admits(loc.location_id, used)
+            ]
             skus = {line.sku for line in order.lines if line.line_id in short[order.id]}
             items |= {(sku, location_id) for sku in skus for location_id in sources[order.id]}
         expected = self._inventory.expected(items) if items else {}

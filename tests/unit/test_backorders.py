@@ -719,6 +719,20 @@ def test_each_waiting_line_shows_the_earliest_date_at_the_locations_that_may_sup
     assert [w.expected_at for w in shown.awaiting_stock.lines] == [soonest, book_at]
 
 
+def test_under_max_shipments_only_the_locations_the_order_may_still_ship_from_give_the_date(setup):
+    # One unit held at wh-west and at most one shipment: only wh-west can fill the rest, so a
+    # sooner purchase order at wh-east says nothing about when this order ships.
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+    incoming(world, "PREORDER", "wh-east", days=2)
+    west = incoming(world, "PREORDER", "wh-west", days=8)
+    view, _ = arrivals(world, SourcingRules(version=1, max_shipments=1))
+
+    [shown] = view.shown([world.order(order_id)])
+
+    assert [w.expected_at for w in shown.awaiting_stock.lines] == [west]
+
+
 def test_a_line_with_nothing_incoming_shows_null_and_other_orders_cost_no_read(setup):
     world, _, _ = setup
     waiting = backordered(world, ("PREORDER", 2))
