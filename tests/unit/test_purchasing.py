@@ -142,3 +142,20 @@ def test_a_unit_cost_below_zero_is_refused_wherever_a_cost_is_given():
         )
     free = {"sku": "MUG", "quantity": 1, "unit_cost": {"amount": "0.00", "currency": "USD"}}
     NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": "wh-east", "lines": [free]})  # a free sample
+
+
+def test_a_purchase_order_is_priced_in_one_currency():
+    # One order to one vendor: its lines in two currencies could be neither totalled nor invoiced.
+    from core.purchasing import Submission
+
+    usd = {"sku": "MUG", "quantity": 1, "unit_cost": {"amount": "4.00", "currency": "USD"}}
+    jpy = {"sku": "CUP", "quantity": 1, "unit_cost": {"amount": "400", "currency": "JPY"}}
+    with pytest.raises(ValidationError) as refused:
+        NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": "wh-east", "lines": [usd, jpy]})
+    assert refused.value.errors()[0]["loc"] == ("lines",)
+
+    draft = a_po(PO.DRAFT)  # both lines in USD
+    with pytest.raises(InvalidRequest) as mixed:
+        draft.submit(Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": jpy["unit_cost"]}]}).prices())
+    assert mixed.value.code == "mixed_currencies"
+    assert draft.submit({"CUP": Money.of("3.00", "USD")}).status is PO.OPEN

@@ -117,7 +117,8 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     summary="Submit a draft to its vendor (draft -> open): its units become incoming stock; anything else is 409",
     description="The body is optional: `{lines: [{sku, unit_cost}]}` prices the draft's lines (a draft made by a "
     "reorder point without a `unit_cost` has unpriced lines). A line left without a cost is 422 "
-    "`unpriced_lines` and nothing changes. The goods are then due the vendor's `lead_time_days` from now.",
+    "`unpriced_lines`, and costs in more than one currency are 422 `mixed_currencies`; either way nothing "
+    "changes. The goods are then due the vendor's `lead_time_days` from now.",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
