@@ -161,6 +161,25 @@ def test_a_change_made_from_a_version_someone_has_replaced_since_is_409_with_if_
     put_rules(api)  # without If-Match a PUT replaces whatever is current: back to the defaults
 
 
+def test_the_rules_in_force_are_read_consistently(api: InProcessApi):
+    # An eventually consistent read just after a PUT may still show the version before it: a PUT
+    # that follows with If-Match of the version it was just answered would be refused as stale,
+    # and an allocation would use the rules the operator has just replaced.
+    from functions.api.dependencies import container
+
+    queries: list[dict[str, Any]] = []
+    client = container().dynamodb
+    handler = client.meta.events.register(
+        "provide-client-params.dynamodb.Query", lambda params, **_: queries.append(dict(params))
+    )
+    try:
+        container().sourcing_rules.current()
+    finally:
+        client.meta.events.unregister("provide-client-params.dynamodb.Query", handler)
+
+    assert [q.get("ConsistentRead") for q in queries] == [True]
+
+
 def test_capture_counts_only_the_stock_the_rules_let_allocation_take(api: InProcessApi, network):
     from infra.local.stack import forget_warm_containers
 
