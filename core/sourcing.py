@@ -158,26 +158,30 @@ def plan_within(
     rules: SourcingRules,
 ) -> SourcingPlan | None:
     """The sourcing plugins' plan for `order` under `rules`, or, when no plan fits in
-    `max_shipments` locations, the part of the plan made without that limit that the
-    `max_shipments` locations supplying the most of it hold: what a backordered order can hold
-    now and still ship from no more locations. None when no plugin can source it at all."""
+    `max_shipments` locations, the plan for what the `max_shipments` locations that supply the
+    most of the plan made without that limit have: what a backordered order can hold now and
+    still ship from no more locations. None when no plugin can source it at all."""
     plan = ask_plugins(hook, order, eligible, stock, destination, rules)
     if plan is not None or rules.max_shipments is None:
         return plan
-    widest = ask_plugins(hook, order, eligible, stock, destination, rules.model_copy(update={"max_shipments": None}))
+    unlimited = rules.model_copy(update={"max_shipments": None})
+    widest = ask_plugins(hook, order, eligible, stock, destination, unlimited)
     if widest is None:
         return None
     units: Counter[str] = Counter()
     for allocation in widest.allocations:
         units[allocation.location_id] += allocation.quantity
     kept = sorted(units, key=lambda location_id: -units[location_id])[: rules.max_shipments]  # ties: the plan's order
+    chosen = [loc for loc in eligible if loc.location_id in kept]
+    part = reduced(order, available_of(order, chosen, stock))
+    plan = ask_plugins(hook, part, chosen, stock, destination, unlimited)
+    if plan is None:
+        return None
     reason = (
         f"no plan covers the units in stock from at most max_shipments ({rules.max_shipments}) locations: "
-        f"{', '.join(kept)} supply what they can and the rest waits"
+        f"{', '.join(kept)}, which supply the most of them, supply what they have and the rest waits"
     )
-    return SourcingPlan(
-        allocations=[a for a in widest.allocations if a.location_id in kept], reasons=[*widest.reasons, reason]
-    )
+    return plan.model_copy(update={"reasons": [*plan.reasons, reason]})
 
 
 def available_of(order: Order, eligible: list[Location], stock: dict[str, list[StockLevel]]) -> dict[str, int]:
