@@ -23,6 +23,7 @@ from core.ports import (
     WorkflowStarter,
 )
 from core.sourcing import sourceable
+from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
 
@@ -49,19 +50,24 @@ class BackorderAllocator:
         queue: Backorders,
         workflow: Workflow,
         starter: WorkflowStarter,
+        rules: SourcingRulesRepository | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
         self._queue = queue
         self._workflow = workflow
         self._starter = starter
+        # None: the default rules (version 0) always, as the workflow's fills then use.
+        self._rules = rules
 
     def arrived(self, sku: str, location_id: str) -> Arrival:
         """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first.
-        Stops at the first such order still short of `sku` after its fill: the location had no
-        more, so no younger order may get units an older one is waiting for."""
+        Stops at the first such order still short of `sku` after its fill that the sourcing rules
+        let take units there: the location had no more, so no younger order may get units an older
+        one is waiting for. One that `max_shipments` keeps from a new location does not stop them."""
         result = Arrival()
         locations = None
+        rules: SourcingRules | None = None
         after: WaitingOrder | None = None
         while page := self._queue.waiting(sku, after, PAGE):
             locations = locations or self._catalog.list_locations()  # read only when someone waits
@@ -93,7 +99,8 @@ class BackorderAllocator:
                     result.completed.append(order.id)
                     continue
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
-                if sku in skus_short:
+                rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+                if sku in skus_short and rules.admits(location_id, {a.location_id for a in order.allocations}):
                     return result
             after = page[-1]
         return result
@@ -113,7 +120,8 @@ class ExpectedArrivals:
     """What a backordered order waits for and when more is expected, for reading it: per line
     short of units, the earliest expected date of an open purchase order for its sku at the
     locations that may supply the order now (its fulfilment's, less those the sourcing rules or a
-    rejected shipment exclude: where a fill takes units from). Computed at each read, never stored."""
+    rejected shipment exclude, and those `max_shipments` keeps it from: where a fill takes units
+    from). Computed at each read, never stored."""
 
     def __init__(self, inventory: InventoryRepository, catalog: CatalogRepository, rules: SourcingRulesRepository):
         self._inventory = inventory
@@ -133,7 +141,11 @@ class ExpectedArrivals:
         for order in orders:
             if order.id not in short:
                 continue
-            sources[order.id] = [loc.location_id for loc in sourceable(order, locations, rules)]
+            # Under max_shipments an order that ships from as many locations already is filled from those only.
+            used = {allocation.location_id for allocation in order.allocations}
+            sources[order.id] = [
+                loc.location_id for loc in sourceable(order, locations, rules) if rules.admits(loc.location_id, used)
+            ]
             skus = {line.sku for line in order.lines if line.line_id in short[order.id]}
             items |= {(sku, location_id) for sku in skus for location_id in sources[order.id]}
         expected = self._inventory.expected(items) if items else {}

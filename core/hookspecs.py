@@ -180,6 +180,8 @@ def oms_source_order(
         "fewest_shipments", `max_shipments`: at most that many locations, or None). Exclusions
         and safety stock are applied already. A plugin written before this argument existed
         simply does not name it (pluggy passes only the arguments an implementation names).
+        For a backorder fill, `order` holds only the units still needed, `locations` only those
+        the order does not ship from yet, and `max_shipments` is the room left beside them.
     :return: a SourcingPlan covering every unit of every line, or None when this plugin cannot
         source the order (the order then ends cancelled, reason out_of_stock).
 

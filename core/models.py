@@ -511,9 +511,9 @@ class StockAdjustment(Strict):
 
 
 class ReorderSettings(BaseModel, defer_build=True):
-    """A (sku, location)'s reorder point (issue 15): when `available` drops below `reorder_point`,
-    a draft purchase order for `reorder_quantity` is made for `vendor_id`, its line priced at
-    `unit_cost` when given."""
+    """A (sku, location)'s reorder point (issue 15): when `available`, plus the units on open
+    purchase orders not yet received, drops below `reorder_point`, a draft purchase order for
+    `reorder_quantity` is made for `vendor_id`, its line priced at `unit_cost` when given."""
 
     reorder_point: int
     reorder_quantity: int

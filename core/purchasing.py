@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
@@ -23,6 +23,16 @@ Units = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
 MAX_LINES = 99
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
+
+
+def _not_negative(cost: Money) -> Money:
+    # What the vendor is paid per unit: below zero would book the vendor paying for the goods.
+    if cost.is_negative():
+        raise ValueError("unit_cost must not be negative")
+    return cost
+
+
+UnitCost = Annotated[Money, AfterValidator(_not_negative)]
 
 
 class VendorRequest(Strict):
@@ -46,7 +56,7 @@ class VendorPage(BaseModel, defer_build=True):
 class NewPurchaseOrderLine(Strict):
     sku: Identifier
     quantity: Units
-    unit_cost: Money
+    unit_cost: UnitCost
 
 
 # A delivery date outside these is a typo, and would not survive conversion to UTC at the edges.
@@ -69,6 +79,8 @@ class NewPurchaseOrder(Strict):
         skus = [line.sku for line in lines]
         if len(set(skus)) != len(skus):
             raise ValueError("each sku appears on one line (receipts name lines by sku)")
+        if len({line.unit_cost.currency for line in lines}) > 1:
+            raise ValueError("every unit_cost of a purchase order is in one currency")
         return lines
 
     @field_validator("expected_at")
@@ -117,7 +129,8 @@ class PurchaseOrder(BaseModel, defer_build=True):
     def submit(self, prices: dict[str, Money] | None = None, expected_at: datetime | None = None) -> PurchaseOrder:
         """The PO sent to its vendor, open. `prices` sets unit costs by sku (a draft's unpriced
         lines, or a draft's costs corrected); a line left without a cost is 422 `unpriced_lines`,
-        since an open PO is a commitment to pay. `expected_at` replaces the due date a draft got."""
+        since an open PO is a commitment to pay, and costs in more than one currency are 422
+        `mixed_currencies`. `expected_at` replaces the due date a draft got."""
         check_purchase_order_step(self.status, PO.OPEN)
         prices = prices or {}
         unknown = sorted(set(prices) - {line.sku for line in self.lines})
@@ -133,6 +146,18 @@ class PurchaseOrder(BaseModel, defer_build=True):
                 f"purchase order {self.id} has lines without a unit_cost",
                 code="unpriced_lines",
                 details=[{"field": "lines", "message": f"{sku} needs a unit_cost"} for sku in unpriced],
+            )
+        # A draft's lines take their costs from several reorder points: the PO sent is in one currency.
+        currencies = sorted({line.unit_cost.currency for line in lines if line.unit_cost is not None})
+        if len(currencies) > 1:
+            raise InvalidRequest(
+                f"purchase order {self.id} would be priced in {' and '.join(currencies)}",
+                code="mixed_currencies",
+                details=[
+                    {"field": "lines", "message": f"{line.sku} costs {line.unit_cost.currency}"}
+                    for line in lines
+                    if line.unit_cost is not None
+                ],
             )
         submitted = self._next(PO.OPEN, lines)
         return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
@@ -189,7 +214,7 @@ class PurchaseOrder(BaseModel, defer_build=True):
 
 class LinePrice(Strict):
     sku: Identifier
-    unit_cost: Money
+    unit_cost: UnitCost
 
 
 class Submission(Strict):

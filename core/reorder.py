@@ -1,4 +1,5 @@
-"""Reorder points: stock falling below one becomes `inventory.low` and one draft purchase order line."""
+"""Reorder points: stock falling below one becomes `inventory.low`, and one draft purchase order line
+unless units already on order cover it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Identifier, ReorderSettings, Strict
-from core.money import Money
 from core.ports import CatalogRepository
-from core.purchasing import PurchaseOrder, PurchaseOrderLine, PurchasingRepository, Units
+from core.purchasing import PurchaseOrder, PurchaseOrderLine, PurchasingRepository, UnitCost, Units
 from core.status import PurchaseOrderStatus
 
 
@@ -24,7 +24,7 @@ class ReorderRequest(Strict):
     reorder_point: Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
     reorder_quantity: Units
     vendor_id: Identifier
-    unit_cost: Money | None = Field(
+    unit_cost: UnitCost | None = Field(
         default=None,
         description="Extension: the cost each draft line for this sku gets; without it the draft's line has no "
         "cost and submitting it needs one",
@@ -41,8 +41,9 @@ class ReorderPoint(ReorderSettings):
 @dataclass(frozen=True)
 class StockChange:
     """One change of a stock item, read from the Inventory stream: `available` before (None for a
-    new item) and after, the reorder settings after it, and the change's id in the stream (the
-    same for a redelivered record, different for every other change)."""
+    new item) and after, the units on open purchase orders not yet received (`incoming`) before
+    and after, the reorder settings after it, and the change's id in the stream (the same for a
+    redelivered record, different for every other change)."""
 
     sku: str
     location_id: str
@@ -51,11 +52,15 @@ class StockChange:
     settings: ReorderSettings | None
     change_id: str
     changed_at: datetime
+    incoming_before: int = 0
+    incoming_after: int = 0
 
 
 @dataclass(frozen=True)
 class Crossing:
-    """A change that took `available` from at or above the reorder point to below it."""
+    """A change that took `available` (`low`), or `available` plus the units on order
+    (`reorders`), from at or above the reorder point to below it. Only the second buys: units
+    already on order that keep the stock position at the point need no second purchase order."""
 
     sku: str
     location_id: str
@@ -63,6 +68,8 @@ class Crossing:
     settings: ReorderSettings
     change_id: str
     changed_at: datetime
+    low: bool
+    reorders: bool
 
     @property
     def key(self) -> str:
@@ -72,13 +79,19 @@ class Crossing:
 
 def crossing(change: StockChange) -> Crossing | None:
     """The crossing `change` is, if any: available at or above the point before it and below the
-    point after it. Changing the settings alone crosses nothing (the point after the change is
-    the one compared, on both sides), and stock already below the point is not crossed again
-    until it has risen back to the point."""
+    point after it (`low`: inventory.low), or the stock position, available plus incoming, doing
+    so (`reorders`: a draft). A fall that open purchase orders cover is low but buys nothing; a
+    purchase order cancelled while stock is low buys without a new low. Changing the settings
+    alone crosses nothing (the point after the change is the one compared, on both sides), and
+    stock already below the point is not crossed again until it has risen back to the point."""
     settings = change.settings
     if settings is None or change.available_before is None:
         return None
-    if not change.available_before >= settings.reorder_point > change.available_after:
+    point = settings.reorder_point
+    low = change.available_before >= point > change.available_after
+    position_before = change.available_before + change.incoming_before
+    reorders = position_before >= point > change.available_after + change.incoming_after
+    if not low and not reorders:
         return None
     return Crossing(
         sku=change.sku,
@@ -87,6 +100,8 @@ def crossing(change: StockChange) -> Crossing | None:
         settings=settings,
         change_id=change.change_id,
         changed_at=change.changed_at,
+        low=low,
+        reorders=reorders,
     )
 
 

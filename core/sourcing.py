@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from core.errors import InvalidRequest, PluginError
+from core.errors import InvalidRequest, PluginError, StaleVersion
 from core.hook_calls import call_hook
 from core.models import (
     Address,
@@ -64,11 +64,18 @@ class SourcingRulesService:
     def current(self) -> SourcingRules:
         return self._rules.current()
 
-    def replace(self, given: SourcingRulesInput, by: str) -> SourcingRules:
-        """A new version made of `given`. Raises StaleVersion (409) when another change was
+    def replace(self, given: SourcingRulesInput, by: str, expected_version: int | None = None) -> SourcingRules:
+        """A new version made of `given`. Raises StaleVersion (409) when the version in force is
+        not `expected_version` (when given: the one its author read), or when another change was
         written between the read and this write: the caller reads the rules again."""
         check_locations(given, self._catalog.list_locations())
-        new = next_version(self._rules.current(), given, at=self._clock(), by=by)
+        current = self._rules.current()
+        if expected_version is not None and current.version != expected_version:
+            raise StaleVersion(
+                f"the sourcing rules are at version {current.version}, not {expected_version}",
+                details=[{"field": "If-Match", "message": f"current version is {current.version}"}],
+            )
+        new = next_version(current, given, at=self._clock(), by=by)
         self._rules.add(new)
         return new
 
@@ -140,6 +147,41 @@ def ask_plugins(
         return plan
     allocations = [Allocation(line_id=line_id, location_id=loc, quantity=q) for (line_id, loc), q in merged.items()]
     return plan.model_copy(update={"allocations": allocations})
+
+
+def plan_within(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+) -> SourcingPlan | None:
+    """The sourcing plugins' plan for `order` under `rules`, or, when no plan fits in
+    `max_shipments` locations, the plan for what the `max_shipments` locations that supply the
+    most of the plan made without that limit have: what a backordered order can hold now and
+    still ship from no more locations. None when no plugin can source it at all."""
+    plan = ask_plugins(hook, order, eligible, stock, destination, rules)
+    if plan is not None or rules.max_shipments is None:
+        return plan
+    unlimited = rules.model_copy(update={"max_shipments": None})
+    widest = ask_plugins(hook, order, eligible, stock, destination, unlimited)
+    if widest is None:
+        return None
+    units: Counter[str] = Counter()
+    for allocation in widest.allocations:
+        units[allocation.location_id] += allocation.quantity
+    kept = sorted(units, key=lambda location_id: -units[location_id])[: rules.max_shipments]  # ties: the plan's order
+    chosen = [loc for loc in eligible if loc.location_id in kept]
+    part = reduced(order, available_of(order, chosen, stock))
+    plan = ask_plugins(hook, part, chosen, stock, destination, unlimited)
+    if plan is None:
+        return None
+    reason = (
+        f"no plan covers the units in stock from at most max_shipments ({rules.max_shipments}) locations: "
+        f"{', '.join(kept)}, which supply the most of them, supply what they have and the rest waits"
+    )
+    return plan.model_copy(update={"reasons": [*plan.reasons, reason]})
 
 
 def available_of(order: Order, eligible: list[Location], stock: dict[str, list[StockLevel]]) -> dict[str, int]:
@@ -298,7 +340,8 @@ class Simulator:
         destination = destination_of(order, locations)
         available = available_of(order, eligible, stock)
         fillable = reduced(order, available)
-        plan = ask_plugins(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
+        # Within max_shipments as a backordered order's fill plans: what it can hold now.
+        plan = plan_within(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
         sku_of = {line.line_id: line.sku for line in order.lines}
         planned: dict[str, int] = defaultdict(int)
         by_location: dict[str, list[SimulatedLine]] = defaultdict(list)

@@ -70,6 +70,11 @@ class SourcingRules(BaseModel):
         excluded = set(self.excluded_locations)
         return [loc for loc in locations if loc.location_id not in excluded]
 
+    def admits(self, location_id: str, used: set[str]) -> bool:
+        """Whether an order that ships from the locations `used` may take units at `location_id`
+        without shipping from more than `max_shipments` locations."""
+        return self.max_shipments is None or location_id in used or len(used) < self.max_shipments
+
     def kept_back(self, location_id: str) -> int:
         return self.safety_stock.get(location_id, 0)
 

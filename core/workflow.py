@@ -49,7 +49,15 @@ from core.ports import (
     TopUp,
     WaitingOrder,
 )
-from core.sourcing import ask_plugins, destination_of, eligible_locations, reduced, sourceable
+from core.sourcing import (
+    ask_plugins,
+    available_of,
+    destination_of,
+    eligible_locations,
+    plan_within,
+    reduced,
+    sourceable,
+)
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan, stored_label
@@ -279,7 +287,9 @@ class Workflow:
         stock = rules.for_orders(stock)  # safety stock is held back from orders
         backorder = self._backorderable_shortage(order, eligible, stock)
         if backorder:
-            plan = self._source(reduced(order, backorder), eligible, stock, destination_of(order, locations), rules)
+            plan = self._source_in_stock(
+                reduced(order, backorder), eligible, stock, destination_of(order, locations), rules
+            )
         else:
             plan = self._source(order, eligible, stock, destination_of(order, locations), rules)
         line_sku = {line.line_id: line.sku for line in order.lines}
@@ -396,8 +406,8 @@ class Workflow:
             # excluded one since: its units stay the order's); new units come from the allowed ones.
             held = self._reservations_of(order, [loc.location_id for loc in eligible_locations(
                 order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
-            allowed = [loc.location_id for loc in sourceable(order, locations, rules)]
-            top_ups = self._top_ups(order, allowed, held, rules)
+            allowed = sourceable(order, locations, rules)
+            top_ups = self._top_ups(order, allowed, held, rules, destination_of(order, locations))
             if not top_ups:
                 return order
             for t in top_ups:
@@ -413,30 +423,58 @@ class Workflow:
         raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
 
     def _top_ups(
-        self, order: Order, eligible: list[str], held: dict[tuple[str, str, str], int], rules: SourcingRules
+        self,
+        order: Order,
+        eligible: list[Location],
+        held: dict[tuple[str, str, str], int],
+        rules: SourcingRules,
+        destination: Address,
     ) -> list[TopUp]:
-        """What to reserve from available stock (less the safety stock): each line's locations
-        that hold some of it first (fewer shipments), then the most stocked, then by id."""
+        """What to reserve from available stock (less the safety stock), under the rules: first at
+        the locations the order already ships from (no new shipment), each line's own first, then
+        the most stocked, then by id; what they lack at new locations the sourcing plugins choose
+        as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
         skus = {line.sku for line in order.lines}
-        stock = rules.for_orders(self._inventory.levels(skus, eligible))
+        stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in eligible]))
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
+        used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
         top_ups: list[TopUp] = []
+        need: dict[str, int] = {}
         for line in order.lines:
             key = reservation_key(order.id, line.line_id)
-            need = line.quantity - sum(q for (_, _, k), q in held.items() if k == key)
+            need[line.line_id] = line.quantity - sum(q for (_, _, k), q in held.items() if k == key)
             places = sorted(
-                (loc for (sku, loc), units in left.items() if sku == line.sku and units > 0),
+                (loc for (sku, loc), units in left.items() if sku == line.sku and units > 0 and loc in used),
                 key=lambda loc: (-held.get((line.sku, loc, key), 0), -left[(line.sku, loc)], loc),
             )
             for location_id in places:
-                if need <= 0 or len(top_ups) == MAX_TOP_UPS:
+                if need[line.line_id] <= 0 or len(top_ups) == MAX_TOP_UPS:
                     break
                 before = held.get((line.sku, location_id, key), 0)
-                more = min(need, left[(line.sku, location_id)])
+                more = min(need[line.line_id], left[(line.sku, location_id)])
                 top_ups.append(TopUp(line.sku, location_id, key, before, before + more, rules.kept_back(location_id)))
                 left[(line.sku, location_id)] -= more
-                need -= more
+                need[line.line_id] -= more
+        room = None if rules.max_shipments is None else rules.max_shipments - len(used)
+        if room is not None and room <= 0:
+            return top_ups
+        new = [loc for loc in eligible if loc.location_id not in used]
+        free = {sku: [lvl.model_copy(update={"available": left[(sku, lvl.location_id)]})
+                      for lvl in levels if lvl.location_id not in used] for sku, levels in stock.items()}  # fmt: skip
+        rest = order.model_copy(update={"lines": [
+            line.model_copy(update={"quantity": need[line.line_id]}) for line in order.lines if need[line.line_id] > 0
+        ]})  # fmt: skip
+        fillable = reduced(rest, available_of(rest, new, free))
+        plan = None
+        if fillable.lines and new:
+            plan = plan_within(
+                self._hook, fillable, new, free, destination, rules.model_copy(update={"max_shipments": room})
+            )
+        for a in (plan.allocations if plan else [])[: MAX_TOP_UPS - len(top_ups)]:
+            sku = next(line.sku for line in order.lines if line.line_id == a.line_id)
+            key = reservation_key(order.id, a.line_id)
+            top_ups.append(TopUp(sku, a.location_id, key, 0, a.quantity, rules.kept_back(a.location_id)))
         return top_ups
 
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
@@ -445,6 +483,17 @@ class Workflow:
             for location_id in location_ids:
                 keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         return self._inventory.reservations(dict(keys))
+
+    def _source_in_stock(
+        self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
+    ) -> SourcingPlan:
+        """The plan for the part of a backorderable order in stock. Under `max_shipments` that part
+        may lie at more locations than one order ships from: it then holds what the locations
+        supplying the most of it have, and waits for the rest instead of ending out of stock."""
+        plan = plan_within(self._hook, order, eligible, stock, destination, rules)
+        if plan is None:
+            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
+        return plan
 
     def _source(
         self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules

@@ -416,7 +416,12 @@ class Container:
     @cached_property
     def backorder_allocator(self) -> BackorderAllocator:
         return BackorderAllocator(
-            self.order_repository, self.catalog_repository, self.backorders, self.workflow, self.workflow_starter
+            self.order_repository,
+            self.catalog_repository,
+            self.backorders,
+            self.workflow,
+            self.workflow_starter,
+            self.sourcing_rules,
         )
 
     @cached_property

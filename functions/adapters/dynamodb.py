@@ -842,15 +842,17 @@ class DynamoSourcingRules(SourcingRulesRepository):
         self._client = client
         self._table = table
 
-    def _query(self, limit: int, start: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _query(self, limit: int, start: dict[str, Any] | None = None, consistent: bool = False) -> dict[str, Any]:
         return self._client.query(
             TableName=self._table, KeyConditionExpression="pk = :pk",
             ExpressionAttributeValues={":pk": {"S": SOURCING_RULES_PK}}, ScanIndexForward=False, Limit=limit,
-            **({"ExclusiveStartKey": start} if start else {}),
+            **({"ExclusiveStartKey": start} if start else {}), **({"ConsistentRead": True} if consistent else {}),
         )  # fmt: skip
 
     def current(self) -> SourcingRules:
-        items = self._query(1).get("Items", [])
+        # Consistent: a change is in force from its answer on (an allocation right after it uses
+        # it, and a PUT with If-Match of the version just answered is not refused as stale).
+        items = self._query(1, consistent=True).get("Items", [])
         return SourcingRules.model_validate_json(items[0]["doc"]["S"]) if items else SourcingRules()
 
     def add(self, rules: SourcingRules) -> None:

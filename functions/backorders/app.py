@@ -1,5 +1,6 @@
 """Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
-when it falls below a reorder point, emit `inventory.low` and grow the draft purchase order."""
+when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
+open purchase orders cover the point."""
 
 from __future__ import annotations
 
@@ -50,18 +51,23 @@ def arrival(record: DynamoDBRecord) -> None:
 
 
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
-    """A fall below a reorder point: the draft grows once per crossing (a marker in the same
-    transaction), and `inventory.low` is published with an id of the crossing's own, so a
-    redelivered record publishes the same event again (subscribers dedupe) and grows nothing."""
+    """A fall below a reorder point: `inventory.low` is published when `available` fell, with an
+    id of the crossing's own, so a redelivered record publishes the same event again (subscribers
+    dedupe); the draft grows once per crossing (a marker in the same transaction) when available
+    plus the units on open purchase orders fell, so units already on order are not bought again."""
     crossed = crossing_of(record)
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        draft = container().replenishment.reorder(crossed)
-        container().event_dispatcher.dispatch([low_stock_event(crossed)])
+        draft = container().replenishment.reorder(crossed) if crossed.reorders else None
+        if crossed.low:
+            container().event_dispatcher.dispatch([low_stock_event(crossed)])
         logger.info(
             "reorder point crossed",
-            extra={"available": crossed.available, "draft": draft.id if draft else "counted before"},
+            extra={
+                "available": crossed.available,
+                "draft": draft.id if draft else "counted before" if crossed.reorders else "covered by open orders",
+            },
         )
     if draft is not None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)

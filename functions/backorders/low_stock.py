@@ -16,6 +16,11 @@ def _available(image: dict[str, Any] | None) -> int | None:
     return int(value) if value is not None else None
 
 
+def _incoming(image: dict[str, Any]) -> int:
+    # Absent on an item no open purchase order has named yet.
+    return int(image.get("incoming") or 0)
+
+
 def stock_change(record: DynamoDBRecord) -> StockChange | None:
     """The change one record is, from its two images; None for what is not a stock item with
     both images (a new item, a removal, a backorder queue entry)."""
@@ -38,6 +43,8 @@ def stock_change(record: DynamoDBRecord) -> StockChange | None:
         # The record's place in the stream: the same for a redelivery, new for every other change.
         change_id=str(stream.sequence_number),
         changed_at=datetime.fromtimestamp(float(created), UTC) if created else datetime.now(UTC),
+        incoming_before=_incoming(old),
+        incoming_after=_incoming(new),
     )
 
 

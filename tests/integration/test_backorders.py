@@ -217,6 +217,23 @@ def test_a_redelivered_batch_reserves_nothing_twice(shop):
     assert [entry.type for entry in shop.container.order_repository.history(order_id)[1]].count("stock_reserved") == 1
 
 
+def test_an_arrival_follows_the_stored_sourcing_rules_max_shipments(shop):
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    older = shop.backordered(3)  # holds the unit at wh-west
+    younger = shop.backordered(2)
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+
+    assert consume(shop, record("wh-east", 0, 2)) == {"batchItemFailures": []}
+
+    # The older order may not add wh-east (a second shipment): the units go to the younger one.
+    assert [(a.location_id, a.quantity) for a in shop.order(older).allocations] == [("wh-west", 1)]
+    assert [(a.location_id, a.quantity) for a in shop.order(younger).allocations] == [("wh-east", 2)]
+    assert shop.executions() == [younger]
+
+
 # --- Concurrency ------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import pytest
 from core.ids import reservation_key
 from core.models import ReorderSettings
 from core.money import Money
-from core.purchasing import PurchaseOrderFilter, Receipt, Submission, VendorRequest
+from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, Submission, VendorRequest
 from core.status import PurchaseOrderStatus
 from core.webhooks import IssuedWebhook
 from functions.bootstrap import Config, Container, bootstrap
@@ -217,12 +217,62 @@ def test_a_second_fall_after_a_receipt_grows_the_draft_and_after_a_submit_makes_
         Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": {"amount": "2.00", "currency": "USD"}}]}),
     )
     assert submitted.status is PO.OPEN
-    buyer.container.inventory_repository.adjust("MUG", "wh-east", 10, reason="receipt")  # 3 -> 13
-    buyer.reserve(10, first=300)  # 13 -> 3
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 40}, {"sku": "CUP", "quantity": 20}]})
+    buyer.container.purchasing.receive(submitted.id, receipt, "all of it")  # MUG 3 -> 43, nothing on order
+    buyer.reserve(40, first=300)  # 43 -> 3
     buyer.consume(buyer.stream.records())
     [second] = buyer.drafts()
     assert second.id != grown.id and [(line.sku, line.quantity) for line in second.lines] == [("MUG", 20)]
     assert len({e["id"] for e in buyer.on_bus()}) == 4
+
+
+def open_po(buyer: Buyer, quantity: int) -> str:
+    line = {"sku": "MUG", "quantity": quantity, "unit_cost": {"amount": "4.00", "currency": "USD"}}
+    body = {"vendor_id": "acme", "location_id": "wh-east", "lines": [line]}
+    return buyer.container.purchasing.create(NewPurchaseOrder.model_validate(body)).id
+
+
+def test_a_fall_that_open_purchase_orders_cover_is_low_but_buys_nothing_again(buyer: Buyer):
+    buyer.stock()
+    buyer.point()
+    open_po(buyer, 30)  # 30 on order for wh-east
+    buyer.reserve(8)  # 10 -> 2 available: below the point, but 2 + 30 on order is not
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert buyer.drafts() == []
+    [event] = buyer.on_bus()  # the record of 5 -> 4 crossed
+    assert event["data"]["inventory"] == {"sku": "MUG", "location_id": "wh-east", "available": 4, "reorder_point": 5}
+
+
+def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
+    buyer.stock()
+    buyer.point()
+    open_po(buyer, 2)
+    buyer.reserve(9)  # 10 -> 1 available, 1 + 2 on order: below the point
+
+    buyer.consume(buyer.stream.records())
+
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]
+
+
+def test_cancelling_the_open_purchase_order_that_covered_low_stock_reorders(buyer: Buyer):
+    buyer.stock()
+    buyer.point()
+    po_id = open_po(buyer, 30)
+    buyer.reserve(8)  # 10 -> 2, covered by the PO
+    buyer.consume(buyer.stream.records())
+    assert buyer.drafts() == []
+
+    buyer.container.purchasing.cancel(po_id)
+    records = buyer.stream.records()
+    buyer.consume(records)
+    buyer.consume(records)  # redelivered: counted once
+
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]
+    assert len(buyer.on_bus()) == 1  # the low of the fall only: a cancel does not make available fall
 
 
 @pytest.mark.parametrize("orders", [10, 16])

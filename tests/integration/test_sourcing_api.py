@@ -141,6 +141,45 @@ def test_two_changes_racing_for_one_version_number_keep_the_first_and_the_other_
     put_rules(api)  # back to the defaults for the other tests
 
 
+def test_a_change_made_from_a_version_someone_has_replaced_since_is_409_with_if_match(api: InProcessApi, network):
+    # Two operators read the same version; one excludes a location, then the other, who has not
+    # seen it, caps shipments. A PUT replaces the rules whole, so without the version check the
+    # second would silently drop the first one's exclusion.
+    seen = api.get("/sourcing/rules").json()["version"]
+    excluded = api.put("/sourcing/rules", headers={"If-Match": f'"{seen}"'},
+                       json={"prefer": "nearest", "excluded_locations": [network["east"]]})  # fmt: skip
+    assert excluded.status_code == 200, excluded.text
+
+    blind = api.put("/sourcing/rules", headers={"If-Match": str(seen)}, json={"prefer": "nearest", "max_shipments": 1})
+
+    assert_error(blind, 409, "version_conflict")
+    assert blind.json()["error"]["details"] == [
+        {"field": "If-Match", "message": f"current version is {excluded.json()['version']}"}
+    ]
+    assert api.get("/sourcing/rules").json() == excluded.json()
+    assert_error(api.put("/sourcing/rules", headers={"If-Match": "v1"}, json={"prefer": "nearest"}), 400)
+    put_rules(api)  # without If-Match a PUT replaces whatever is current: back to the defaults
+
+
+def test_the_rules_in_force_are_read_consistently(api: InProcessApi):
+    # An eventually consistent read just after a PUT may still show the version before it: a PUT
+    # that follows with If-Match of the version it was just answered would be refused as stale,
+    # and an allocation would use the rules the operator has just replaced.
+    from functions.api.dependencies import container
+
+    queries: list[dict[str, Any]] = []
+    client = container().dynamodb
+    handler = client.meta.events.register(
+        "provide-client-params.dynamodb.Query", lambda params, **_: queries.append(dict(params))
+    )
+    try:
+        container().sourcing_rules.current()
+    finally:
+        client.meta.events.unregister("provide-client-params.dynamodb.Query", handler)
+
+    assert [q.get("ConsistentRead") for q in queries] == [True]
+
+
 def test_capture_counts_only_the_stock_the_rules_let_allocation_take(api: InProcessApi, network):
     from infra.local.stack import forget_warm_containers
 

@@ -509,6 +509,100 @@ def test_the_execution_a_fill_starts_allocates_the_order_though_its_reads_lag_be
     assert world.backorders.waiting("PREORDER", None, 10) == []
 
 
+# --- Fills under the sourcing rules ---------------------------------------------------------------------
+# Orders go to San Francisco: wh-west (Reno) is nearer than wh-east (Newark).
+
+
+def ruled_world(stock, **rules: object) -> tuple[World, BackorderAllocator]:
+    store = InMemorySourcingRules()
+    store.add(SourcingRules(version=1, **rules))
+    world = build_world(stock, clock=ticking(), sourcing_rules=store)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.catalog.put_product(product("BOOK", "12.00", allow_backorder=True))
+    starter = RecordingStarter()
+    starter.world = world
+    return world, BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, starter, store)
+
+
+def shipped_from(order: Order) -> list[str]:
+    return sorted(shipment.location_id for shipment in order.shipments)
+
+
+def test_a_fill_never_adds_a_location_beyond_max_shipments():
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+
+    arrive(world, allocator, "PREORDER", "wh-east", 2)
+
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED, "a second location would make a second shipment"
+    assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, "L1")): 1}
+    assert world.level("PREORDER", "wh-east") == (2, 0, 2)
+
+    arrive(world, allocator, "PREORDER", "wh-west", 2)
+
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-west"]
+
+
+def test_units_an_older_order_may_not_take_under_max_shipments_go_to_the_next_in_line():
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    younger = backordered(world, ("PREORDER", 2))  # nothing held
+
+    arrive(world, allocator, "PREORDER", "wh-east", 2)
+
+    assert world.order(older).status is S.BACKORDERED
+    assert shipped_from(world.order(younger)) == ["wh-east"]
+
+
+def test_a_fill_takes_from_the_nearest_location_under_prefer_nearest():
+    world, allocator = ruled_world([], prefer="nearest")
+    order_id = backordered(world, ("PREORDER", 2))
+    world.inventory.adjust("PREORDER", "wh-east", 6, reason="receipt")
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+
+    allocator.arrived("PREORDER", "wh-east")
+
+    assert shipped_from(world.order(order_id)) == ["wh-west"]
+
+
+def test_a_fill_takes_from_as_few_locations_as_it_can_under_prefer_fewest_shipments():
+    world, allocator = ruled_world([], prefer="fewest_shipments")
+    order_id = backordered(world, ("PREORDER", 2), ("BOOK", 2))
+    world.inventory.adjust("PREORDER", "wh-west", 3, reason="receipt")
+    world.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-east", 2, reason="receipt")
+
+    allocator.arrived("BOOK", "wh-east")
+
+    assert shipped_from(world.order(order_id)) == ["wh-east"]
+
+
+def test_a_fill_adds_to_the_locations_the_order_already_ships_from_first():
+    world, allocator = ruled_world([("PREORDER", "wh-east", 1)], prefer="nearest")
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-east, the only one with stock
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    world.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+
+    allocator.arrived("PREORDER", "wh-east")
+
+    assert shipped_from(world.order(order_id)) == ["wh-east"]
+
+
+def test_a_backorderable_order_whose_stock_is_spread_beyond_max_shipments_waits_for_more():
+    # 1 unit at each warehouse: reserving both would need two shipments. The order keeps what one
+    # location has and waits; it is not cancelled out of stock.
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 1)], max_shipments=1)
+    order_id = backordered(world, ("PREORDER", 3))
+
+    assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, "L1")): 1}
+
+    arrive(world, allocator, "PREORDER", "wh-west", 2)
+
+    assert shipped_from(world.order(order_id)) == ["wh-west"]
+
+
 # --- Cancelling units of a backordered order --------------------------------------------------------
 
 
@@ -623,6 +717,20 @@ def test_each_waiting_line_shows_the_earliest_date_at_the_locations_that_may_sup
     view, _ = arrivals(world, SourcingRules(version=1, excluded_locations=["wh-east"]))
     [shown] = view.shown([world.order(order_id)])
     assert [w.expected_at for w in shown.awaiting_stock.lines] == [soonest, book_at]
+
+
+def test_under_max_shipments_only_the_locations_the_order_may_still_ship_from_give_the_date(setup):
+    # One unit held at wh-west and at most one shipment: only wh-west can fill the rest, so a
+    # sooner purchase order at wh-east says nothing about when this order ships.
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+    incoming(world, "PREORDER", "wh-east", days=2)
+    west = incoming(world, "PREORDER", "wh-west", days=8)
+    view, _ = arrivals(world, SourcingRules(version=1, max_shipments=1))
+
+    [shown] = view.shown([world.order(order_id)])
+
+    assert [w.expected_at for w in shown.awaiting_stock.lines] == [west]
 
 
 def test_a_line_with_nothing_incoming_shows_null_and_other_orders_cost_no_read(setup):

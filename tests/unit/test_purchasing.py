@@ -120,3 +120,42 @@ def test_a_due_date_sent_with_an_offset_is_kept_and_shown_in_utc():
     request = NewPurchaseOrder.model_validate(body)
 
     assert request.model_dump(mode="json")["expected_at"] == "2027-01-01T00:00:00Z"
+
+
+NEGATIVE = {"amount": "-4.00", "currency": "USD"}
+
+
+def test_a_unit_cost_below_zero_is_refused_wherever_a_cost_is_given():
+    # A cost is what the vendor is paid per unit: below zero it would book the vendor paying us.
+    from core.purchasing import Submission
+    from core.reorder import ReorderRequest
+
+    line = {"sku": "MUG", "quantity": 1, "unit_cost": NEGATIVE}
+    with pytest.raises(ValidationError) as refused:
+        NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": "wh-east", "lines": [line]})
+    assert refused.value.errors()[0]["loc"] == ("lines", 0, "unit_cost")
+    with pytest.raises(ValidationError):
+        Submission.model_validate({"lines": [{"sku": "MUG", "unit_cost": NEGATIVE}]})
+    with pytest.raises(ValidationError):
+        ReorderRequest.model_validate(
+            {"reorder_point": 5, "reorder_quantity": 20, "vendor_id": "acme", "unit_cost": NEGATIVE}
+        )
+    free = {"sku": "MUG", "quantity": 1, "unit_cost": {"amount": "0.00", "currency": "USD"}}
+    NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": "wh-east", "lines": [free]})  # a free sample
+
+
+def test_a_purchase_order_is_priced_in_one_currency():
+    # One order to one vendor: its lines in two currencies could be neither totalled nor invoiced.
+    from core.purchasing import Submission
+
+    usd = {"sku": "MUG", "quantity": 1, "unit_cost": {"amount": "4.00", "currency": "USD"}}
+    jpy = {"sku": "CUP", "quantity": 1, "unit_cost": {"amount": "400", "currency": "JPY"}}
+    with pytest.raises(ValidationError) as refused:
+        NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": "wh-east", "lines": [usd, jpy]})
+    assert refused.value.errors()[0]["loc"] == ("lines",)
+
+    draft = a_po(PO.DRAFT)  # both lines in USD
+    with pytest.raises(InvalidRequest) as mixed:
+        draft.submit(Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": jpy["unit_cost"]}]}).prices())
+    assert mixed.value.code == "mixed_currencies"
+    assert draft.submit({"CUP": Money.of("3.00", "USD")}).status is PO.OPEN

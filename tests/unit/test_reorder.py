@@ -80,6 +80,55 @@ def test_each_fall_after_a_rise_is_a_crossing_of_its_own():
     assert crossings[0].key != crossings[2].key
 
 
+def on_order(before: int, after: int, incoming_before: int, incoming_after: int, change_id: str = "100"):
+    return StockChange(
+        sku="MUG",
+        location_id="wh-east",
+        available_before=before,
+        available_after=after,
+        settings=SETTINGS,
+        change_id=change_id,
+        changed_at=NOW,
+        incoming_before=incoming_before,
+        incoming_after=incoming_after,
+    )
+
+
+def test_a_fall_with_no_units_on_order_is_low_and_reorders():
+    crossed = crossing(on_order(6, 2, 0, 0))
+
+    assert (crossed.low, crossed.reorders) == (True, True)
+
+
+@pytest.mark.parametrize(("incoming", "reorders"), [(20, False), (3, False), (2, True)])
+def test_units_on_open_purchase_orders_count_against_the_point_when_deciding_to_reorder(incoming, reorders):
+    # 2 available and `incoming` on order: the point (5) is covered when 2 + incoming >= 5.
+    crossed = crossing(on_order(6, 2, incoming, incoming))
+
+    assert crossed.low, "inventory.low still says available fell below the point"
+    assert crossed.reorders is reorders
+
+
+def test_an_open_purchase_order_cancelled_while_stock_is_low_reorders_without_a_new_low():
+    crossed = crossing(on_order(2, 2, 20, 0))
+
+    assert crossed is not None
+    assert (crossed.low, crossed.reorders) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "incoming_before", "incoming_after", "why"),
+    [
+        (2, 22, 20, 0, "a receipt: the units on order became available"),
+        (2, 2, 0, 20, "a purchase order opened"),
+        (2, 1, 20, 20, "below, with enough on order before and after"),
+        (4, 3, 0, 0, "already below with nothing on order: counted when it first fell"),
+    ],
+)
+def test_changes_of_units_on_order_that_are_no_crossing(before, after, incoming_before, incoming_after, why):
+    assert crossing(on_order(before, after, incoming_before, incoming_after)) is None, why
+
+
 def test_inventory_low_has_the_contract_shape_and_an_id_of_the_crossing():
     crossed = crossing(change(6, 2))
 
@@ -206,3 +255,18 @@ def test_records_that_are_not_a_change_of_stock_read_as_none():
     assert stock_change(stream_record("REMOVE", stock, None)) is None
     queue_entry = {"order_id": {"S": "ord_x"}}  # a backorder queue entry has no stock of its own
     assert stock_change(stream_record("MODIFY", queue_entry, queue_entry, "#backorder#x")) is None
+
+
+def test_a_stream_record_carries_the_units_on_order_before_and_after():
+    from functions.backorders.low_stock import crossing_of, stock_change
+
+    record = stream_record(
+        "MODIFY",
+        {"available": {"N": "6"}, "incoming": {"N": "30"}},
+        {"available": {"N": "2"}, "incoming": {"N": "30"}, "reorder": REORDER_MAP},
+    )
+
+    change = stock_change(record)
+
+    assert (change.incoming_before, change.incoming_after) == (30, 30)
+    assert (crossing_of(record).low, crossing_of(record).reorders) == (True, False)

@@ -390,6 +390,27 @@ def test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves
     assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
 
 
+def test_a_simulation_plans_what_a_backorder_holds_when_its_stock_lies_beyond_max_shipments():
+    # One unit at each warehouse, at most one shipment: allocation holds what one location has and
+    # waits for the rest; the what-if shows that plan, not nothing.
+    world, store = a_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, _, _ = simulator(world, store)
+    [planned] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-west": 1}
+    assert [(s.location_id, [(x.line_id, x.quantity) for x in s.lines]) for s in planned.shipments] == [
+        ("wh-west", [("L1", 1)])
+    ]
+    assert [(x.line_id, x.quantity) for x in planned.unfillable] == [("L1", 2)]
+
+
 class EditsItsRules:
     @hookimpl(wrapper=True)
     def oms_source_order(self, rules):

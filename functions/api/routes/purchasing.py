@@ -117,7 +117,8 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     summary="Submit a draft to its vendor (draft -> open): its units become incoming stock; anything else is 409",
     description="The body is optional: `{lines: [{sku, unit_cost}]}` prices the draft's lines (a draft made by a "
     "reorder point without a `unit_cost` has unpriced lines). A line left without a cost is 422 "
-    "`unpriced_lines` and nothing changes. The goods are then due the vendor's `lead_time_days` from now.",
+    "`unpriced_lines`, and costs in more than one currency are 422 `mixed_currencies`; either way nothing "
+    "changes. The goods are then due the vendor's `lead_time_days` from now.",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
@@ -174,10 +175,11 @@ def receive_purchase_order(
 @router.put(
     "/inventory/<sku>/<location_id>/reorder",
     summary="Set the reorder point of a sku at a location",
-    description="When `available` drops from at or above `reorder_point` to below it, `inventory.low` is emitted "
-    "and `reorder_quantity` is added to the draft purchase order for `vendor_id` and this location (one is made "
-    "when none is open), once per crossing. Extension: an optional `unit_cost` prices the draft's line. Setting "
-    "the point alone crosses nothing, even when stock is already below it.",
+    description="When `available` drops from at or above `reorder_point` to below it, `inventory.low` is emitted. "
+    "When `available` plus `incoming` (open purchase order units not yet received) does, `reorder_quantity` is "
+    "added to the draft purchase order for `vendor_id` and this location (one is made when none is open), once "
+    "per crossing: units already on order are not bought again. Extension: an optional `unit_cost` prices the "
+    "draft's line. Setting the point alone crosses nothing, even when stock is already below it.",
     responses={**ok(200, ReorderPoint, "The reorder point"), **errors(400, 403, 404, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 
 from core.access import Scope
 from core.sourcing import SimulateSourcing, Simulation
@@ -27,14 +27,27 @@ def get_sourcing_rules() -> SourcingRules:
     return container().sourcing_rules_service.current()
 
 
+# Optional (the contract names none): with it a change made from a version replaced since is 409, so
+# a PUT, which replaces the rules whole, never silently undoes a change its author has not seen.
+RulesIfMatch = Annotated[
+    str | None,
+    Header(
+        alias="if-match",
+        pattern=r'^(W/)?"?[0-9]{1,10}"?$',
+        description="The rules' `version` you read: a newer one in force is 409 `version_conflict`.",
+    ),
+]
+
+
 @router.put(
     "/sourcing/rules",
     summary="Replace the sourcing rules (a new version; rules left out take their defaults)",
     responses={**ok(200, SourcingRules, "The new version"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.ADMIN)
-def put_sourcing_rules(rules: NewSourcingRules) -> SourcingRules:
-    return container().sourcing_rules_service.replace(rules, by=caller(router).key_id)
+def put_sourcing_rules(rules: NewSourcingRules, if_match: RulesIfMatch = None) -> SourcingRules:
+    expected = int(if_match.removeprefix("W/").strip('"')) if if_match is not None else None
+    return container().sourcing_rules_service.replace(rules, by=caller(router).key_id, expected_version=expected)
 
 
 @router.get(
