@@ -271,13 +271,16 @@ def test_a_capture_the_gateway_refuses_answers_502_and_the_shipment_stays_pendin
     error = assert_error(response, 502, "payment_gateway_error")
     assert "refused the capture" in error["message"] and "tok_capture_decline" in error["message"]
     after = get_order(api, order["id"])
-    assert unsigned(after) == unsigned(order)  # not shipped, nothing captured, the same version
+    # Not shipped, nothing captured: the capture's request and its refusal are two new versions.
+    changed = {"version": order["version"] + 2, "updated_at": after["updated_at"]}
+    assert unsigned(after) == unsigned({**order, **changed})
     assert after["shipments"][0]["status"] == "pending"
     assert after["payment"]["status"] == "authorized" and dec(after["payment"]["captured"]) == 0
     assert level(api, sku, network["west"]) == {"on_hand": 3, "reserved": 1, "available": 2}
-    failed = history(api, order["id"])[-1]
+    failed, not_made = history(api, order["id"])[-2:]
     assert (failed["type"], failed["to_status"]) == ("payment_capture_failed", None)
     assert (failed["detail"]["kind"], failed["detail"]["shipment_id"]) == ("refused", shipment["id"])
+    assert (not_made["type"], not_made["detail"]["shipment_id"]) == ("capture_not_made", shipment["id"])
     # The order can still be cancelled: the stock goes back and the authorization is voided.
     cancelled = cancel(api, order["id"])
     assert cancelled.status_code == 200, cancelled.text

@@ -30,7 +30,7 @@ def get_sourcing_rules() -> SourcingRules:
 # Optional (the contract names none): with it a change made from a version replaced since is 409, so
 # a PUT, which replaces the rules whole, never silently undoes a change its author has not seen.
 RulesIfMatch = Annotated[
-    str | None,
+    str,
     Header(
         alias="if-match",
         pattern=r'^(W/)?"?[0-9]{1,10}"?$',
