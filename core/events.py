@@ -53,6 +53,9 @@ class OrderEvent(StrEnum):
     RETURN_AUTHORIZED = "return_authorized"
     RETURN_REJECTED = "return_rejected"
     RETURN_RECEIVED = "return_received"
+    # Requested or authorized and never received within OMS_RETURN_EXPIRY_DAYS (the jeopardy scan):
+    # its units may be returned again.
+    RETURN_CANCELLED = "return_cancelled"
     # The returns workflow stopped after its retries (the return stays received; see its detail).
     RETURN_STUCK = "return_stuck"
     # A return's exchange: its replacement order was placed (on the original order's history).

@@ -1,11 +1,13 @@
-"""Jeopardy: a deadline per order status (OMS_SLA); the scheduled scan marks orders past theirs and
-cancels orders held longer than allowed (reason hold_expired).
+"""Jeopardy: a deadline per order status (OMS_SLA); the scheduled scan marks orders past theirs,
+cancels orders held longer than allowed (reason hold_expired) and returns never received within
+OMS_RETURN_EXPIRY_DAYS (reason return_expired, core/returns.py's Returns.expire).
 
 The scan never reads the Orders table whole: the LateOrders port answers, through an index, which
 unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the status
 index, judged on when the order entered its status). Each candidate is read and judged again
 before one conditional write, so an order that moved on meanwhile is left alone, and a repeated
-scan marks nothing twice.
+scan marks nothing twice. Expired returns are found the same way, through the Returns table's
+status index (UnreceivedReturns), and each is judged again on its own conditional write.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from datetime import datetime, timedelta
 from core.errors import StaleVersion
 from core.models import Order
 from core.order_changes import modify
-from core.ports import LateOrders, OrderRepository
-from core.status import OrderStatus
+from core.ports import LateOrders, OrderRepository, UnreceivedReturns
+from core.status import UNRECEIVED_RETURNS, OrderStatus
 
 S = OrderStatus
 SCAN_ACTOR = "jeopardy_scan"
@@ -95,6 +97,7 @@ def _pairs(text: str) -> list[tuple[OrderStatus, timedelta]]:
 class Scanned:
     marked: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    returns_expired: list[str] = field(default_factory=list)
     in_jeopardy: int = 0  # orders marked late now open, after this pass
 
 
@@ -108,6 +111,9 @@ class JeopardyScan:
         *,
         sla: dict[OrderStatus, timedelta],
         hold_expiry: timedelta | None = None,
+        unreceived: UnreceivedReturns | None = None,
+        expire_return: Callable[[str, datetime, str], bool] | None = None,
+        return_expiry: timedelta | None = None,
         limit: int = 100,
     ):
         self._late = late
@@ -116,17 +122,26 @@ class JeopardyScan:
         self._clock = clock
         self._sla = sla
         self._hold_expiry = hold_expiry
+        self._unreceived = unreceived
+        self._expire_return = expire_return  # Returns.expire: re-judges and cancels, conditionally
+        self._return_expiry = return_expiry
         self._limit = limit
 
     def run(self) -> Scanned:
-        """One pass: at most `limit` orders marked per status and `limit` holds expired, oldest
-        first; the rest are the next pass's."""
+        """One pass: at most `limit` orders marked per status, `limit` holds expired and `limit`
+        returns expired per status, oldest first; the rest are the next pass's."""
         now = self._clock()
         done = Scanned()
         if self._hold_expiry is not None:
             for order_id in self._late.held_since_before(now - self._hold_expiry, self._limit):
                 if self._expire(order_id, now - self._hold_expiry):
                     done.expired.append(order_id)
+        if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
+            created_before = now - self._return_expiry
+            for status in sorted(UNRECEIVED_RETURNS):
+                for return_id in self._unreceived.created_before(status, created_before, self._limit):
+                    if self._expire_return(return_id, created_before, SCAN_ACTOR):
+                        done.returns_expired.append(return_id)
         for status in sorted(self._sla):
             deadline = self._sla[status]
             for order_id in self._late.unmarked_since_before(status, now - deadline, self._limit):

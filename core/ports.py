@@ -96,6 +96,15 @@ class ReturnRepository(ABC):
         Raises InvalidCursor for a cursor not issued for the same filter."""
 
 
+class UnreceivedReturns(ABC):
+    """The return expiry's question, answered through the Returns table's status index (never a
+    scan of the table)."""
+
+    @abstractmethod
+    def created_before(self, status: ReturnStatus, before: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` returns in `status` created before `before`, oldest first."""
+
+
 class CatalogRepository(ABC):
     @abstractmethod
     def put_product(self, product: Product) -> bool:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from core.errors import InvalidRequest, InvalidTransition
 from core.models import Identifier, LineInput, Note, Strict, Text
 from core.money import Money
-from core.status import ReturnStatus, can_transition
+from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
 
 ReasonCode = Literal[
     "damaged", "defective", "wrong_item", "not_as_described", "size_or_fit", "no_longer_needed", "other"
@@ -158,6 +158,13 @@ class Return(BaseModel):
         if self.status is not ReturnStatus.REQUESTED:
             raise InvalidTransition(f"a return that is {self.status} is not waiting for approval")
         return self._next(ReturnStatus.REJECTED, at, note=note or self.note)
+
+    def cancel(self, *, at: datetime) -> Return:
+        """Given up before anything arrived: only a return still `requested` or `authorized` is
+        cancelled; one received (or rejected, or cancelled already) is InvalidTransition."""
+        if self.status not in UNRECEIVED_RETURNS:
+            raise InvalidTransition(f"a return that is {self.status} cannot be cancelled")
+        return self._next(ReturnStatus.CANCELLED, at)
 
     def with_label(self, carrier: str, tracking_number: str, label_key: str, *, at: datetime) -> Return:
         return self._next(None, at, carrier=carrier, tracking_number=tracking_number, label_url=label_key)

@@ -40,7 +40,7 @@ from core.refund_service import Decision, RefundService
 from core.refunds import cumulative_share, given_back_for_units, refund_due, refund_id_for, units_refunded
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.services import CaptureService
-from core.status import ReturnStatus, ShipmentStatus
+from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
 from core.workflow_types import stored_label
 
 R = ReturnStatus
@@ -48,6 +48,7 @@ Clock = Callable[[], datetime]
 
 # Returns that no longer hold units of the order: what they asked for may be asked for again.
 CLOSED = frozenset({R.REJECTED, R.CANCELLED})
+RETURN_EXPIRED = "return_expired"
 
 
 class RefundNotDone(DomainError):
@@ -272,6 +273,36 @@ class Returns:
                 continue
             return new
         raise StaleVersion(f"return {return_id} kept changing; retry")
+
+    # --- Expiry -----------------------------------------------------------------------------
+    def expire(self, return_id: str, created_before: datetime, actor: str) -> bool:
+        """Cancel a return still `requested` or `authorized` that was created before
+        `created_before` (the jeopardy scan's return expiry): one write conditional on its status
+        and version, then a `return_cancelled` entry (reason `return_expired`) on the order's
+        history. Its units may be returned again (CLOSED) and its exchange is never placed (only a
+        received return's is). True when this call cancelled it; a return received meanwhile, or
+        cancelled by a concurrent pass, is left as it is (False), so the entry is written once."""
+        at = self._clock()
+        was: R | None = None
+
+        def decide(item: Return) -> Return:
+            nonlocal was
+            was = item.status if item.status in UNRECEIVED_RETURNS and item.created_at < created_before else None
+            return item if was is None else item.cancel(at=at)
+
+        try:
+            item = self._change(return_id, None, decide)
+        except StaleVersion:
+            return False  # it kept changing: the next pass judges it again
+        if was is None:
+            return False
+        # Written after the return's own change, which is what frees its units: should this die in
+        # between, the return is cancelled without its entry (no pass finds it again).
+        self._note(item.order_id, OrderEvent.RETURN_CANCELLED, actor, {
+            "return_id": item.id, "reason": RETURN_EXPIRED, "status": was.value,
+            "created_at": item.created_at.isoformat(),
+        })  # fmt: skip
+        return True
 
     # --- Label ------------------------------------------------------------------------------
     def _with_label(self, item: Return, order: Order) -> Return:

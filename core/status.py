@@ -119,6 +119,9 @@ RETURN_TRANSITIONS: dict[ReturnStatus, frozenset[ReturnStatus]] = {
     R.CANCELLED: frozenset(),
 }
 
+# Returns nothing of which has arrived yet: what the return expiry cancels (OMS_RETURN_EXPIRY_DAYS).
+UNRECEIVED_RETURNS: frozenset[ReturnStatus] = frozenset({R.REQUESTED, R.AUTHORIZED})
+
 _TABLES: dict[type[StrEnum], dict] = {
     OrderStatus: TRANSITIONS,
     PaymentStatus: PAYMENT_TRANSITIONS,

@@ -40,6 +40,7 @@ from functions.adapters.dynamodb import (
     DynamoReturns,
     DynamoSourcingRules,
     DynamoStalledOrders,
+    DynamoUnreceivedReturns,
 )
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
@@ -102,6 +103,7 @@ class Config:
     reconcile_park_after_minutes: float = 60.0
     sla: str = ""  # OMS_SLA: per-status deadlines over the defaults (core/jeopardy.py)
     hold_expiry_days: float = 0.0  # OMS_HOLD_EXPIRY_DAYS: 0 never cancels a hold
+    return_expiry_days: float = 30.0  # OMS_RETURN_EXPIRY_DAYS: 0 never cancels an unreceived return
     # Events and webhooks (issue 14): the bus, the delivery queue and the retry schedule.
     event_bus_name: str = ""
     webhook_queue_url: str = ""
@@ -136,6 +138,7 @@ class Config:
             reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
             sla=os.environ.get("OMS_SLA", ""),
             hold_expiry_days=float(os.environ.get("OMS_HOLD_EXPIRY_DAYS") or 0),
+            return_expiry_days=float(os.environ.get("OMS_RETURN_EXPIRY_DAYS") or 30),
             event_bus_name=os.environ.get("EVENT_BUS_NAME", ""),
             webhook_queue_url=os.environ.get("WEBHOOK_QUEUE_URL", ""),
             webhook_retry_base_seconds=float(os.environ.get("WEBHOOK_RETRY_BASE_SECONDS") or 30),
@@ -451,6 +454,9 @@ class Container:
         config = self.config
         if config.hold_expiry_days < 0:
             raise ValueError("OMS_HOLD_EXPIRY_DAYS must be 0 (never) or a positive number of days")
+        if config.return_expiry_days < 0:
+            raise ValueError("OMS_RETURN_EXPIRY_DAYS must be 0 (never) or a positive number of days")
+        expires_returns = bool(config.return_expiry_days)
         return JeopardyScan(
             DynamoLateOrders(self.dynamodb, config.orders_table),
             self.order_repository,
@@ -458,6 +464,13 @@ class Container:
             self.clock,
             sla=parse_sla(config.sla),
             hold_expiry=timedelta(days=config.hold_expiry_days) if config.hold_expiry_days else None,
+            unreceived=(
+                DynamoUnreceivedReturns(self.dynamodb, _required(config.returns_table, "RETURNS_TABLE"))
+                if expires_returns
+                else None
+            ),
+            expire_return=self.returns.expire if expires_returns else None,
+            return_expiry=timedelta(days=config.return_expiry_days) if expires_returns else None,
         )
 
     @cached_property

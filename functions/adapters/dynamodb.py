@@ -34,11 +34,12 @@ from core.ports import (
     StalledOrder,
     StalledOrders,
     TopUp,
+    UnreceivedReturns,
     WaitingOrder,
 )
 from core.return_models import Return
 from core.sourcing_rules import SourcingRules
-from core.status import OrderStatus, check_successor
+from core.status import OrderStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
 
@@ -560,6 +561,37 @@ class DynamoReturns(ReturnRepository):
             items = [item for item in items if item.status.value == status]
         last = response.get("LastEvaluatedKey")
         return items, encode_cursor(scope, last) if last else None
+
+
+class DynamoUnreceivedReturns(UnreceivedReturns):
+    """The return expiry's query: the by_status index (keys only: id, status, created_at), one
+    status, oldest first, created before a moment, in pages of `page_size` until `limit` ids or
+    the range ends. Every entry in that key range is a candidate, so nothing is filtered out after
+    the read; a return that has left the status since (the index is eventually consistent) is
+    judged again on its own conditional write. A Query, never a Scan."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def created_before(self, status: ReturnStatus, before: datetime, limit: int) -> list[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_status",
+            "KeyConditionExpression": "#status = :status AND created_at < :before",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":status": {"S": status.value}, ":before": {"S": timestamp(before)}},
+            "ScanIndexForward": True,
+        }
+        ids: list[str] = []
+        while len(ids) < limit:
+            page = self._client.query(**query, Limit=min(self._page_size, limit - len(ids)))
+            ids.extend(item["id"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return ids
 
 
 # The by_pickup_deadline index is sparse: only an order with a pickup waiting at its store carries

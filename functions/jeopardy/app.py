@@ -1,5 +1,6 @@
-"""Scheduled jeopardy scan: marks orders past the deadline of their status (OMS_SLA) and cancels
-holds older than OMS_HOLD_EXPIRY_DAYS (core/jeopardy.py); counts the late orders for the alarm."""
+"""Scheduled jeopardy scan: marks orders past the deadline of their status (OMS_SLA), cancels
+holds older than OMS_HOLD_EXPIRY_DAYS and returns not received within OMS_RETURN_EXPIRY_DAYS
+(core/jeopardy.py); counts the late orders for the alarm."""
 
 from __future__ import annotations
 
@@ -27,10 +28,19 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.warning("order in jeopardy: past the deadline of its status", extra={"order_id": order_id})
     for order_id in done.expired:
         logger.warning("order cancelled: its hold expired", extra={"order_id": order_id})
+    for return_id in done.returns_expired:
+        logger.info("return cancelled: nothing received in time", extra={"return_id": return_id})
     # Every pass, zero included: OrdersInJeopardyAlarm fires while any late order is open.
     metrics.add_metric(name="OrdersInJeopardy", unit=MetricUnit.Count, value=done.in_jeopardy)
     if done.marked:
         metrics.add_metric(name="OrdersMarkedInJeopardy", unit=MetricUnit.Count, value=len(done.marked))
     if done.expired:
         metrics.add_metric(name="HoldsExpired", unit=MetricUnit.Count, value=len(done.expired))
-    return {"marked": done.marked, "expired": done.expired, "in_jeopardy": done.in_jeopardy}
+    if done.returns_expired:
+        metrics.add_metric(name="ReturnsExpired", unit=MetricUnit.Count, value=len(done.returns_expired))
+    return {
+        "marked": done.marked,
+        "expired": done.expired,
+        "returns_expired": done.returns_expired,
+        "in_jeopardy": done.in_jeopardy,
+    }

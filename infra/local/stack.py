@@ -85,6 +85,7 @@ PARAMETER_ENV = {
     "OMS_REVIEW_THRESHOLD": "ReviewThreshold",
     "OMS_SLA": "Sla",
     "OMS_HOLD_EXPIRY_DAYS": "HoldExpiryDays",
+    "OMS_RETURN_EXPIRY_DAYS": "ReturnExpiryDays",
     "OMS_PLUGIN_TAX_TABLE_RATES_FILE": "PluginTaxTableRatesFile",
     "OMS_PLUGIN_PROMOTIONS_FILE": "PluginPromotionsFile",
     "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE": "PluginNearestSourcingCentroidsFile",

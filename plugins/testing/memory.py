@@ -20,11 +20,12 @@ from core.ports import (
     ReturnRepository,
     SourcingRulesRepository,
     TopUp,
+    UnreceivedReturns,
     WaitingOrder,
 )
 from core.return_models import Return
 from core.sourcing_rules import SourcingRules
-from core.status import OrderStatus, check_successor
+from core.status import OrderStatus, ReturnStatus, check_successor
 
 
 class InMemoryOrders(OrderRepository):
@@ -143,6 +144,17 @@ class InMemoryLateOrders(LateOrders):
 
     def count_in_jeopardy(self) -> int:
         return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None)
+
+
+class InMemoryUnreceivedReturns(UnreceivedReturns):
+    """The return expiry's index question, answered from the in-memory returns."""
+
+    def __init__(self, returns: InMemoryReturns) -> None:
+        self._returns = returns
+
+    def created_before(self, status: ReturnStatus, before: datetime, limit: int) -> list[str]:
+        found = [r for r in self._returns.returns.values() if r.status is status and r.created_at < before]
+        return [r.id for r in sorted(found, key=lambda r: r.created_at)][:limit]
 
 
 class InMemoryCatalog(CatalogRepository):

@@ -5,14 +5,21 @@ from datetime import timedelta
 
 import pytest
 
+from core import hookimpl
 from core.errors import InvalidTransition
+from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, parse_duration, parse_sla
 from core.models import Order, OrderEdit
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
 from core.ports import OrderFilter
-from core.status import OrderStatus
+from core.refund_service import RefundService
+from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnPolicyDecision
+from core.returns import RETURN_EXPIRED, Returns
+from core.status import OrderStatus, ReturnStatus
 from core.workflow import CANCEL_RECORDED
-from plugins.testing.memory import InMemoryLateOrders
+from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
 from tests.builders import NOW
 from tests.unit.world import World, build_world
 
@@ -315,3 +322,95 @@ def test_a_release_that_lands_before_the_expiry_wins(world):
     ).run()
 
     assert done.expired == [] and world.order(order_id).status is S.PENDING
+
+
+# --- Expired returns (OMS_RETURN_EXPIRY_DAYS) ---------------------------------------------------
+
+
+class NeedsApproval:
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self) -> ReturnPolicyDecision:
+        return ReturnPolicyDecision(needs_approval=True)
+
+
+def returns_service(world: World, clock: Clock, *extra: object) -> Returns:
+    plugins = build_plugin_manager(*extra, enable_test_payments=True)
+    refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
+    return Returns(
+        world.orders, world.returns, world.catalog, world.inventory, world.labels, plugins.hook, refunds,
+        clock=clock, capture=world.capture,
+    )  # fmt: skip
+
+
+def one_mug_returned(world: World, returns: Returns) -> Return:
+    order = world.allocated(("MUG", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(order.id, shipment.id, actor="key_wh")
+    lines = [{"line_id": "L1", "quantity": 1, "reason": "changed my mind"}]
+    return returns.request(order.id, RequestReturn.model_validate({"lines": lines}), actor="key_cs")
+
+
+def return_scan(
+    world: World, clock: Clock, returns: Returns, return_expiry: timedelta | None = timedelta(days=30), limit: int = 100
+) -> JeopardyScan:
+    return JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        unreceived=InMemoryUnreceivedReturns(world.returns), expire_return=returns.expire,
+        return_expiry=return_expiry, limit=limit,
+    )  # fmt: skip
+
+
+def test_returns_nothing_of_which_arrived_within_the_expiry_are_cancelled_once_and_the_rest_left_alone(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    authorized = one_mug_returned(world, returns)
+    requested = one_mug_returned(world, returns_service(world, clock, NeedsApproval()))
+    received = one_mug_returned(world, returns)
+    returns.receive(received.id, ReceiveReturn.model_validate(
+        {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    ), "key_wh")  # fmt: skip
+    clock.advance(days=20)
+    young = one_mug_returned(world, returns)
+    clock.advance(days=10)
+    assert return_scan(world, clock, returns).run().returns_expired == []  # 30 days to the second: not yet
+
+    clock.advance(seconds=1)
+    done = return_scan(world, clock, returns).run()
+
+    assert done.returns_expired == [authorized.id, requested.id]
+    assert [world.returns.get(r.id).status for r in (authorized, requested, received, young)] == [
+        ReturnStatus.CANCELLED, ReturnStatus.CANCELLED, ReturnStatus.RECEIVED, ReturnStatus.AUTHORIZED
+    ]  # fmt: skip
+    for item, was in ((authorized, "authorized"), (requested, "requested")):
+        [entry] = [e for e in world.history(item.order_id) if e.type is OrderEvent.RETURN_CANCELLED]
+        assert (entry.actor, entry.detail["return_id"], entry.detail["reason"], entry.detail["status"]) == (
+            SCAN_ACTOR, item.id, RETURN_EXPIRED, was
+        )  # fmt: skip
+    stored = dict(world.returns.returns)
+    assert return_scan(world, clock, returns).run().returns_expired == []  # a second pass changes nothing
+    assert world.returns.returns == stored
+    assert [e.type for e in world.history(authorized.order_id)].count(OrderEvent.RETURN_CANCELLED) == 1
+
+
+def test_a_pass_expires_at_most_its_limit_of_returns_per_status_oldest_first(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    created = []
+    for _ in range(3):
+        created.append(one_mug_returned(world, returns).id)
+        clock.advance(minutes=1)
+    clock.advance(days=31)
+
+    assert return_scan(world, clock, returns, limit=2).run().returns_expired == created[:2]
+    assert return_scan(world, clock, returns, limit=2).run().returns_expired == created[2:]
+
+
+def test_returns_never_expire_when_the_expiry_is_off(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    item = one_mug_returned(world, returns)
+    clock.advance(days=400)
+
+    assert return_scan(world, clock, returns, return_expiry=None).run().returns_expired == []
+    assert world.returns.get(item.id) == item

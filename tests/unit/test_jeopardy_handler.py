@@ -1,5 +1,5 @@
 """The scheduled jeopardy handler reports how many orders are late on every pass, zero included,
-so OrdersInJeopardyAlarm (Maximum >= 1) holds exactly while any are."""
+so OrdersInJeopardyAlarm (Maximum >= 1) holds exactly while any are, and counts what it expired."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], don
     jeopardy.metrics.clear_metrics()
     capsys.readouterr()
     answer = jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
-    assert answer == {"marked": done.marked, "expired": done.expired, "in_jeopardy": done.in_jeopardy}
+    assert answer == {
+        "marked": done.marked,
+        "expired": done.expired,
+        "returns_expired": done.returns_expired,
+        "in_jeopardy": done.in_jeopardy,
+    }
     metrics: dict[str, list] = {}
     for line in capsys.readouterr().out.splitlines():
         record = json.loads(line)
@@ -38,3 +43,8 @@ def test_a_pass_that_marks_orders_counts_them_and_every_open_one(monkeypatch, ca
 
 def test_a_quiet_pass_still_reports_zero_late_orders(monkeypatch, capsys):
     assert run(monkeypatch, capsys, Scanned()) == {"OrdersInJeopardy": [0.0]}
+
+
+def test_a_pass_that_expires_returns_counts_them(monkeypatch, capsys):
+    metrics = run(monkeypatch, capsys, Scanned(returns_expired=["rma_a", "rma_b", "rma_c"]))
+    assert metrics == {"OrdersInJeopardy": [0.0], "ReturnsExpired": [3.0]}

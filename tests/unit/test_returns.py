@@ -26,7 +26,7 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
-from core.returns import ExchangeIdTaken, RefundNotDone, Returns, return_id_for
+from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW, product
 from tests.fakes import FakeReturns, ScriptedGateway
@@ -1176,3 +1176,119 @@ def test_a_unit_exchanged_before_a_cancel_repriced_its_line_counts_what_its_cred
     # What the exchanged unit was worth is stored with the order, and the system's own: never shown.
     assert Order.model_validate_json(original.stored_json()).exchange_shares == original.exchange_shares != {}
     assert "exchange_shares" not in original.model_dump(mode="json")
+
+
+# --- Expiry (the jeopardy scan's OMS_RETURN_EXPIRY_DAYS) ----------------------------------------------
+
+
+def expiry_entries(world: World, order_id: str) -> list[dict]:
+    return [{"actor": e.actor, **e.detail} for e in world.history(order_id) if e.type is OrderEvent.RETURN_CANCELLED]
+
+
+def test_an_authorized_return_never_received_expires_and_its_units_may_be_returned_again(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    with pytest.raises(InvalidRequest):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")  # the unit is on the open return
+    # An expiry shorter than the return window, so the window is still open after it.
+    clock.now += timedelta(days=3)
+
+    assert returns.expire(item.id, clock.now - timedelta(days=2), actor="jeopardy_scan") is True
+
+    cancelled = store.get(item.id)
+    assert (cancelled.status, cancelled.version, cancelled.updated_at) == (R.CANCELLED, item.version + 1, clock.now)
+    assert expiry_entries(world, order.id) == [{
+        "actor": "jeopardy_scan", "return_id": item.id, "reason": "return_expired", "status": "authorized",
+        "created_at": item.created_at.isoformat(),
+    }]  # fmt: skip
+    again = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert (again.ordinal, again.status) == (2, R.AUTHORIZED)
+    with pytest.raises(InvalidTransition):
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+
+def test_a_requested_return_nobody_approved_expires_and_can_no_longer_be_approved(world, clock):
+    returns, store = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    clock.now += timedelta(days=31)
+
+    assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is True
+
+    assert store.get(item.id).status is R.CANCELLED
+    assert [e["status"] for e in expiry_entries(world, order.id)] == ["requested"]
+    with pytest.raises(InvalidTransition):
+        returns.approve(item.id, "late", actor="key_lead")
+
+
+def test_a_return_younger_than_the_expiry_is_left_as_it_is(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert returns.expire(item.id, item.created_at, actor="jeopardy_scan") is False
+
+    assert store.get(item.id) == item and expiry_entries(world, order.id) == []
+
+
+def test_a_return_received_after_the_expiry_read_it_is_never_cancelled(world, clock, monkeypatch):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    received = returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    # The expiry read the return while it was still authorized; the receipt was written since.
+    stale_reads = iter([item])
+    read = store.get
+    monkeypatch.setattr(store, "get", lambda return_id: next(stale_reads, None) or read(return_id))
+    clock.now += timedelta(days=31)
+
+    assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is False
+
+    assert store.get(item.id) == received and expiry_entries(world, order.id) == []
+
+
+def test_expiring_a_return_twice_or_from_two_passes_at_once_cancels_it_and_records_it_once(world, clock, monkeypatch):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    clock.now += timedelta(days=31)
+    before = clock.now - timedelta(days=30)
+    assert returns.expire(item.id, before, actor="jeopardy_scan") is True
+    cancelled = store.get(item.id)
+
+    assert returns.expire(item.id, before, actor="jeopardy_scan") is False
+    # A concurrent pass that read the return before the first one's write.
+    stale_reads = iter([item])
+    read = store.get
+    monkeypatch.setattr(store, "get", lambda return_id: next(stale_reads, None) or read(return_id))
+    assert returns.expire(item.id, before, actor="jeopardy_scan") is False
+
+    assert read(item.id) == cancelled and len(expiry_entries(world, order.id)) == 1
+
+
+def test_an_expired_exchange_return_never_places_its_replacement(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 1)), actor="key_cs")
+    clock.now += timedelta(days=31)
+    placed = set(world.orders.orders)
+
+    assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is True
+
+    with pytest.raises(ReturnNotReceived):
+        returns.exchange(item.id, actor="key_wh")
+    with pytest.raises(ReturnNotReceived):
+        returns.settle(item.id, actor="key_wh")
+    assert set(world.orders.orders) == placed and store.get(item.id).exchange_order_id is None
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_PLACED]
+
+
+@pytest.mark.parametrize("status", [R.RECEIVED, R.REFUNDED, R.REJECTED, R.CANCELLED])
+def test_only_a_return_nothing_of_which_arrived_can_be_cancelled(world, clock, status):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").model_copy(update={"status": status})
+
+    with pytest.raises(InvalidTransition):
+        item.cancel(at=clock.now)

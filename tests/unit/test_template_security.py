@@ -26,6 +26,7 @@ from functions.adapters.dynamodb import (
     DynamoReturns,
     DynamoSourcingRules,
     DynamoStalledOrders,
+    DynamoUnreceivedReturns,
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
@@ -201,7 +202,10 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        # Expired returns: found through by_status, each cancelled by one conditional update.
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
+        (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
+        (RETURNS, "dynamodb:Query"): [DynamoUnreceivedReturns],
     },
     "CancelOrderFunction": {
         **_WORKFLOW_ORDERS,
