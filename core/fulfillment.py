@@ -218,7 +218,9 @@ class OrderActions:
         there are released: the workflow, started again by the status change, never reserves at
         that location for this order again, so the release cannot undo its work. What the order
         holds elsewhere stays reserved for the workflow to keep or release. A repeat of a reject
-        recorded already only finishes the release."""
+        recorded already only finishes the release. A shipment an earlier change withdrew (two
+        locations of a split order rejecting at once: the first sent the order back to be sourced)
+        is rejected all the same: its location is excluded (Order.reject_withdrawn)."""
         # A capture asked for the shipment (a ship in flight, or one that died) is refunded first.
         self._cancellation.settle_capture_requests(self._order(order_id, channel), actor)
         at = self._clock()
@@ -226,6 +228,10 @@ class OrderActions:
         def decide(order: Order):
             if self._rejected_at(order, shipment_id) is not None:
                 return None
+            if not any(s.id == shipment_id for s in order.shipments):
+                withdrawn_from = self._withdrawn_from(order_id, shipment_id)
+                if withdrawn_from is not None:
+                    return order.reject_withdrawn(shipment_id, withdrawn_from, reason, at=at, actor=actor)
             return order.reject_shipment(shipment_id, reason, at=at, actor=actor)
 
         order = modify(self._orders, order_id, decide, channel=channel)
@@ -233,6 +239,20 @@ class OrderActions:
         if location_id is not None:
             self._release_lines(order, order.lines, [location_id])
         return order
+
+    def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
+        """The location of `shipment_id` if the order had it and a change withdrew it: a reject's or
+        an edit's history entry names the allocations it released, and a shipment's id derives from
+        its order and location. None for a shipment the order never had."""
+        found = self._orders.history(order_id)
+        if found is None:
+            return None
+        for entry in found[1]:
+            for released in entry.detail.get("released") or []:
+                location_id = released.get("location_id") if isinstance(released, dict) else None
+                if location_id and shipment_id_for(order_id, location_id) == shipment_id:
+                    return location_id
+        return None
 
     @staticmethod
     def _rejected_at(order: Order, shipment_id: str) -> str | None:

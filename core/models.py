@@ -1455,6 +1455,21 @@ class Order(BaseModel, defer_build=True):
             excluded_locations=list(dict.fromkeys(excluded)), **self._sourced_again(),
         )  # fmt: skip
 
+    def reject_withdrawn(self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
+        """A location rejects a shipment of this order that an earlier change withdrew before the
+        location heard of it (another location's reject, an edit: the order went back to be
+        sourced): the location is excluded for this order all the same, so sourcing never sends
+        the shipment back to it. Only while the order may still be sourced."""
+        if any(s.id == shipment_id for s in self.shipments):
+            raise InvalidTransition(f"shipment {shipment_id} is on order {self.id}: it is rejected as it is")
+        if self.status not in EDITABLE | RESOURCEABLE:
+            raise InvalidTransition(f"an order that is {self.status} is not sourced again")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
+            detail={"shipment_id": shipment_id, "location_id": location_id, "reason": reason, "withdrawn": True},
+            excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])),
+        )  # fmt: skip
+
     def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime, at: datetime, actor: str) -> Change:
         """The store has picked a pickup order's shipment; it waits for the customer until `collect_by`."""
         shipment = self.shipment(shipment_id)

@@ -365,6 +365,26 @@ def test_a_rejected_split_order_keeps_what_it_holds_elsewhere_for_the_workflow(w
         resume(world, order.id)
 
 
+def test_both_locations_of_a_split_order_rejecting_at_once_are_both_excluded(world):
+    # The east's reject sent the order back to be sourced and withdrew the west's shipment before
+    # the west's own reject arrived: that reject was 404, and sourcing could pick the west again.
+    order = world.allocated(("MUG", 1), ("PEN", 2))  # west: MUG, east: PEN
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.reject(order.id, east, "no staff", actor="key_wh_east")
+
+    rejected = world.actions.reject(order.id, west, "no staff either", actor="key_wh_west")
+
+    assert (rejected.status, set(rejected.excluded_locations)) == (S.AUTHORIZED, {"wh-west", "wh-east"})
+    last = world.history(order.id)[-1]
+    assert (last.type, last.actor, last.detail["location_id"], last.detail["withdrawn"]) == (
+        "shipment_rejected", "key_wh_west", "wh-west", True,
+    )  # fmt: skip
+    assert world.held_for(order.id) == {}  # the west's units go back too
+    assert world.actions.reject(order.id, west, "no staff either", actor="key_wh_west") == rejected  # once
+    with pytest.raises(NotFound):  # a shipment the order never had is still unknown
+        world.actions.reject(order.id, "shp_" + "a" * 24, "unknown", actor="key_wh")
+
+
 def test_a_reject_with_no_other_location_ends_the_order_out_of_stock(world):
     order = world.allocated(("TSHIRT", 1), **PICKUP)
     (shipment,) = order.shipments

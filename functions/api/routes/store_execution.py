@@ -21,7 +21,8 @@ router = Router()
     "the rejecting location is excluded for this order, the units it held are released, and the order workflow "
     "sources the order again: from another location, else it waits `backordered` (products that allow it) or ends "
     "`cancelled` with reason `out_of_stock`. The reason is in the history (`shipment_rejected`). Rejecting the same "
-    "shipment again answers the order unchanged. 409 once the shipment is not pending or anything of the order left.",
+    "shipment again answers the order unchanged, and so does rejecting one that another location's reject withdrew "
+    "meanwhile (its location is excluded too). 409 once the shipment is not pending or anything of the order left.",
     responses={**changed("The order, authorized again"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.FULFILLMENT_WRITE)
