@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto.core.config import default_user_config
 
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
@@ -49,6 +50,13 @@ FUNCTION_ENV = {
 }
 
 
+# moto resets boto3's default session at each mock_aws() by default, so every test's first client of
+# each service loaded its model again (~0.1-0.3 s a test). The session holds no account state (moto's
+# backends are reset at each mock_aws() either way) and FUNCTION_ENV's credentials and region are
+# the same for every test: one session serves them all.
+KEEP_BOTO3_SESSION = {"core": {**default_user_config["core"], "reset_boto3_session": False}}
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     """A fresh moto account with every table of the template, and the env the functions read."""
@@ -56,7 +64,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("OMS_DISABLED_PLUGINS", raising=False)
-    with mock_aws():
+    with mock_aws(config=KEEP_BOTO3_SESSION):
         client = boto3.client("dynamodb", region_name="us-east-1")
         tables = {}
         for logical_id, props in _table_properties().items():

@@ -22,7 +22,7 @@ from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
 from infra.local.template import Template, create_table_request
 from tests.e2e.client import ADMIN
-from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, access_log_queue
+from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
 
 # Throttling is not what the matrices test (tests/e2e/test_throttling.py is).
 FAST = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
@@ -115,7 +115,7 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
     from functions.bootstrap import Config, bootstrap, forget_warm_containers
 
     template = Template.load(parameter_overrides={**FAST, **parameter_overrides})
-    with pytest.MonkeyPatch.context() as env, mock_aws():
+    with pytest.MonkeyPatch.context() as env, mock_aws(config=KEEP_BOTO3_SESSION):
         for name, value in FUNCTION_ENV.items():
             env.setenv(name, value)
         env.delenv("AWS_ENDPOINT_URL", raising=False)
