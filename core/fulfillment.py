@@ -81,7 +81,7 @@ class OrderActions:
 
         The capture comes first, so the order never says shipped and paid for money the gateway
         did not give, and the order records that it asks for it before it does
-        (`capture_requested`), so a capture the gateway makes is never lost: a ship that dies after
+        (Order.request_capture), so a capture the gateway makes is never lost: a ship that dies after
         the gateway answered is repeated under the same key and records it, a cancel, a reject or
         a cancel of units meanwhile refunds it first (Cancellation.settle_capture_requests), and
         an edit waits for it (409). A capture that
