@@ -593,6 +593,34 @@ def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
 
 
+def test_a_pickup_whose_collect_died_after_the_capture_expires_with_that_capture_refunded(world, monkeypatch):
+    # The store's collect died between the gateway's capture and the order's write, and the customer
+    # never came back for the parcel: the expiry refunds that capture before voiding.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    real = world.orders.update
+
+    def dies_recording_the_collect(new, expected, entries):
+        if entries and entries[0].type == "shipment_delivered":
+            raise TimeoutError("Task timed out")
+        real(new, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", dies_recording_the_collect)
+    with pytest.raises(TimeoutError):
+        world.actions.deliver_or_collect(order.id, shipment.id, actor="key_store")
+    monkeypatch.undo()
+    assert [r.shipment_id for r in world.order(order.id).captures_requested] == [shipment.id]
+    monkeypatch.setattr(world.actions, "_clock", lambda: NOW + timedelta(days=7, seconds=1))
+
+    expired = world.actions.expire_pickup(order.id, shipment.id, actor="scheduler")
+
+    assert (expired.status, expired.payment.status, expired.captures_requested) == (S.CANCELLED, "voided", [])
+    assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total]
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+
+
 def test_a_collect_interrupted_before_its_units_left_is_finished_by_collecting_again(world, monkeypatch):
     # The collect is recorded, then its request dies before the units leave on_hand (a Lambda
     # timeout): the store's retry of POST .../deliver takes them off, as a repeated ship does.
