@@ -221,11 +221,16 @@ class UnitCancellation:
         (or a total the captures fell short of is captured), and what the authorization holds
         beyond the captures is released; so is it for an order edited to a smaller total (an edit
         keeps the larger authorization). An exchange's replacement, once it can no longer grow,
-        gives back the credit its total does not use. Returns the order as it then is."""
+        gives back the credit its total does not use. A refund still pending (the gateway was down
+        when a cancel asked for it) is asked for again first, as a cancel repeated would. Returns
+        the order as it then is."""
         if any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            if any(refund.status == "pending" for refund in order.payment.refunds):
+                self._refunds.finish_pending(order.id, actor)
+                order = self._current(order.id)
             payment = order.payment
             if any(line.cancelled_quantity for line in order.lines) or payment.captured < payment.authorized:
                 self._settle_payment(order, actor)

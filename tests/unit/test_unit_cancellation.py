@@ -433,3 +433,19 @@ def test_a_cancel_that_takes_a_line_below_its_volume_price_prices_the_units_left
 
     assert done.lines[0].unit_price == Money.of("12.50", "USD")
     assert done.totals == priced_as_new(world, done, ("MUG", 2), ("CAP", 1)).totals
+
+
+def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
+    # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
+    # pending; nothing would ask for it again unless someone repeated the cancel.
+    world, order = _gum_order_with_its_shipping_captured()
+    world.gateway.script("refund", "transient")
+    world.actions.cancel(order.id, "one gum", actor="key_web", lines={"L1": 1})
+    assert [(r.kind, r.status) for r in world.order(order.id).payment.refunds] == [("cancellation", "pending")]
+    world.gateway.script("refund", "approve")
+
+    done = world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+
+    assert done.status is S.SHIPPED
+    assert [(r.kind, r.status) for r in done.payment.refunds] == [("cancellation", "succeeded")]
+    assert settled(done) == done.totals.grand_total
