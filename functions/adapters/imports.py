@@ -31,6 +31,7 @@ from core.import_service import (
 )
 from core.imports import ImportFileError, LineError
 from core.log_text import escape_for_log
+from functions.adapters.aws_errors import busy
 from functions.adapters.dynamodb import batch_get, decode_cursor, encode_cursor, from_item, timestamp
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,6 @@ LIST_PK = "IMPORTS"
 # messages 4 days (its DLQ 14); a redrive from the DLQ must still find the marker.
 MARKER_DAYS = 15
 _COUNTERS = {Outcome.IMPORTED: "imported", Outcome.DUPLICATE: "duplicates", Outcome.FAILED: "failed"}
-# DynamoDB's answers that a request was refused, not applied: throttling that outlasted botocore's
-# retries. Every line adds to its import's one item, so a burst of workers can meet them.
-_REFUSED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 
 
 def _import_key(import_id: str) -> dict[str, Any]:
@@ -273,9 +271,10 @@ class DynamoImportLedger(ImportLedger):
                 ReturnValues="ALL_NEW",
             )
         except ClientError as failure:
-            if failure.response["Error"]["Code"] in _REFUSED:
-                # Nothing was counted: flagged so, the line is counted by the redelivery this raise
-                # brings, which would otherwise find it recorded and leave the import one short.
+            if busy(failure):
+                # Refused, not applied (every line adds to its import's one item, so a burst of
+                # workers can be throttled): flagged so, the line is counted by the redelivery this
+                # raise brings, which would otherwise find it recorded and leave the import one short.
                 self._client.put_item(TableName=self._markers, Item={**marker, "uncounted": {"BOOL": True}})
                 raise
             if not _is_conditional_failure(failure):

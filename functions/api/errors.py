@@ -26,6 +26,7 @@ from core.errors import (
     TransientError,
     field_path,
 )
+from functions.adapters.aws_errors import busy
 from functions.api.paths import UNKNOWN_ID
 
 logger = Logger(child=True)
@@ -82,25 +83,6 @@ def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
         return 503, "temporarily_unavailable", error.message, []
     status = next((s for cls, s in _DOMAIN_STATUS if isinstance(error, cls)), 422)
     return status, error.code, error.message, error.details
-
-
-# AWS errors that say "not now" rather than "never": throttling that outlasted botocore's retries
-# (DynamoDB's, or another service's), and a DynamoDB write that met another transaction on one of
-# its items (TransactionConflict, which botocore does not retry). The call did nothing; the same
-# request later can succeed.
-_BUSY_CODES = frozenset(
-    {"TransactionConflictException", "ProvisionedThroughputExceededException", "ThrottlingException",
-     "RequestLimitExceeded", "TransactionInProgressException"}
-)  # fmt: skip
-_BUSY_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
-
-
-def busy(error: ClientError) -> bool:
-    code = error.response.get("Error", {}).get("Code")
-    if code == "TransactionCanceledException":
-        reasons = {reason.get("Code") for reason in error.response.get("CancellationReasons") or []}
-        return bool(reasons & _BUSY_REASONS)
-    return code in _BUSY_CODES
 
 
 def register(app: APIGatewayRestResolver) -> None:

@@ -1,0 +1,23 @@
+"""What an AWS error says about the request that met it."""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+
+# AWS errors that say "not now" rather than "never": throttling that outlasted botocore's retries
+# (DynamoDB's, or another service's), and a DynamoDB write that met another transaction on one of
+# its items (TransactionConflict, which botocore does not retry). The call did nothing; the same
+# request later can succeed.
+_BUSY_CODES = frozenset(
+    {"TransactionConflictException", "ProvisionedThroughputExceededException", "ThrottlingException",
+     "RequestLimitExceeded", "TransactionInProgressException"}
+)  # fmt: skip
+_BUSY_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+
+
+def busy(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code")
+    if code == "TransactionCanceledException":
+        reasons = {reason.get("Code") for reason in error.response.get("CancellationReasons") or []}
+        return bool(reasons & _BUSY_REASONS)
+    return code in _BUSY_CODES
