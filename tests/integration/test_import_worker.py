@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -271,33 +272,41 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     assert len(imported["errors"]) == 10
 
 
+def refuse_once(monkeypatch: pytest.MonkeyPatch, refused_when: Callable[[str], bool], code: str) -> list[str]:
+    """The workers' import ledger: DynamoDB refuses (`code`, throttled past botocore's retries) the
+    first UpdateItem whose expression `refused_when` picks. Returns the keys it refused."""
+    from botocore.exceptions import ClientError
+
+    from functions.import_worker.app import container
+
+    ledger = container().import_ledger
+    client = ledger._client
+    refused: list[str] = []
+
+    class RefusingOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def update_item(self, **request: Any) -> Any:
+            if refused_when(request["UpdateExpression"]) and not refused:
+                refused.append(request["Key"]["pk"]["S"])
+                raise ClientError({"Error": {"Code": code, "Message": "rate of requests exceeds"}}, "UpdateItem")
+            return client.update_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", RefusingOnce())
+    return refused
+
+
 def test_a_count_dynamodb_refused_is_made_by_the_redelivery_so_the_import_still_completes(
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch
 ):
     # Every line ADDs to its import's one item: a burst of workers can be throttled past botocore's
     # retries. The line's marker was already written, so the redelivery found it "recorded" and
     # counted nothing: the import stayed running, one short, for good.
-    from botocore.exceptions import ClientError
-
-    from functions.import_worker.app import container
-
     import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
-    ledger = container().import_ledger
-    client = ledger._client
-    refused: list[str] = []
-
-    class ThrottledOnce:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
-
-        def update_item(self, **request: Any) -> Any:
-            if request["UpdateExpression"].startswith("ADD") and not refused:
-                refused.append(request["Key"]["pk"]["S"])
-                error = {"Code": "ProvisionedThroughputExceededException", "Message": "rate of requests exceeds"}
-                raise ClientError({"Error": error}, "UpdateItem")
-            return client.update_item(**request)
-
-    monkeypatch.setattr(ledger, "_client", ThrottledOnce())
+    refused = refuse_once(
+        monkeypatch, lambda update: update.startswith("ADD"), "ProvisionedThroughputExceededException"
+    )
 
     stack.drain(worker)
 
@@ -313,27 +322,8 @@ def test_an_import_whose_completing_write_was_refused_is_completed_by_the_redeli
 ):
     # The last line counted, then the write that ends the import was throttled: the redelivered
     # message found its line recorded and did nothing, and nothing else would ever end the import.
-    from botocore.exceptions import ClientError
-
-    from functions.import_worker.app import container
-
     import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
-    ledger = container().import_ledger
-    client = ledger._client
-    refused: list[str] = []
-
-    class ThrottledOnce:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
-
-        def update_item(self, **request: Any) -> Any:
-            if "finished_at" in request["UpdateExpression"] and not refused:
-                refused.append(request["Key"]["pk"]["S"])
-                error = {"Code": "ThrottlingException", "Message": "rate of requests exceeds"}
-                raise ClientError({"Error": error}, "UpdateItem")
-            return client.update_item(**request)
-
-    monkeypatch.setattr(ledger, "_client", ThrottledOnce())
+    refused = refuse_once(monkeypatch, lambda update: "finished_at" in update, "ThrottlingException")
 
     stack.drain(worker)
 
