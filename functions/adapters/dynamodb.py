@@ -584,14 +584,7 @@ class DynamoUnreceivedReturns(UnreceivedReturns):
             "ExpressionAttributeValues": {":status": {"S": status.value}, ":before": {"S": timestamp(before)}},
             "ScanIndexForward": True,
         }
-        ids: list[str] = []
-        while len(ids) < limit:
-            page = self._client.query(**query, Limit=min(self._page_size, limit - len(ids)))
-            ids.extend(item["id"]["S"] for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return ids
+        return _query_ids(self._client, query, limit, self._page_size)
 
 
 # The by_pickup_deadline index is sparse: only an order with a pickup waiting at its store carries
@@ -693,16 +686,7 @@ class DynamoLateOrders(LateOrders):
             "ExpressionAttributeValues": values,
             "ScanIndexForward": True,
         }
-        ids: list[str] = []
-        read = 0
-        while len(ids) < limit and read < self._max_reads:
-            page = self._client.query(**query, Limit=min(self._page_size, self._max_reads - read))
-            read += page.get("ScannedCount", 0)
-            ids.extend(item["id"]["S"] for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return ids[:limit]
+        return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         return self._candidates(status, before, limit, unmarked=True)
@@ -722,6 +706,25 @@ class DynamoLateOrders(LateOrders):
             start = page.get("LastEvaluatedKey")
             if not start:
                 return count
+
+
+def _query_ids(
+    client: Any, query: dict[str, Any], limit: int, page_size: int, *, max_reads: int | None = None
+) -> list[str]:
+    """The `id`s a Query finds, page after page, until `limit` of them, the end of its range, or
+    (with `max_reads`) that many index entries read, a filter's rejects included."""
+    query = dict(query)
+    ids: list[str] = []
+    read = 0
+    while len(ids) < limit and (max_reads is None or read < max_reads):
+        room = limit - len(ids) if max_reads is None else max_reads - read
+        page = client.query(**query, Limit=min(page_size, room))
+        read += page.get("ScannedCount", 0)
+        ids.extend(item["id"]["S"] for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return ids[:limit]
 
 
 def backfill_index_attributes(client: Any, table: str, page_size: int = 500) -> tuple[int, int]:
