@@ -94,7 +94,6 @@ class OrderActions:
         order that lost units (after_shipping, which a gateway that was down could not make then);
         nothing else."""
         order = self._order(order_id, channel)
-        order.shipment(shipment_id)
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
