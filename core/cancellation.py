@@ -194,18 +194,27 @@ class Cancellation:
 
     def settle_capture_requests(self, order: Order, actor: str) -> Order:
         """Settle every capture the order asked for and never recorded (Order.captures_requested: a
-        ship or collect that died between the gateway's answer and its write, or one in flight),
-        before its authorization is voided or the shipment changes. Each is first taken back from
-        its ship (on an order that could still ship it), then asked for again under its key, which
-        the gateway answers with the capture it made (or makes now), and refunded at once; one the
-        gateway refuses was never made. Raises PaymentRefused or PaymentGatewayUnavailable while
-        one cannot be settled now (each attempt in the history): what was settled stays settled,
-        and the rest waits for the next attempt. Returns the order as it stands after."""
+        ship, collect or settlement that died between the gateway's answer and its write, or one in
+        flight), before its authorization is voided or the shipment changes. A shipment's is first
+        taken back from its ship (on an order that could still ship it), then asked for again
+        under its key, which the gateway answers with the capture it made (or makes now), and
+        refunded at once. The settlement's is asked for again the same way and recorded
+        (finish_settlement_capture): it was asked once nothing was left to ship, so it is owed
+        whatever changes now. One the gateway refuses was never made. Raises PaymentRefused or
+        PaymentGatewayUnavailable while one cannot be settled now (each attempt in the history):
+        what was settled stays settled, and the rest waits for the next attempt. Returns the order
+        as it stands after."""
         if not order.captures_requested:
             return order
         order = self._orders.get(order.id, consistent=True) or order
         for request in list(order.captures_requested):
-            order = self._settle(order, request.shipment_id, actor)
+            if request.shipment_id is not None:
+                order = self._settle(order, request.shipment_id, actor)
+                continue
+            try:
+                order = self.finish_settlement_capture(order, actor)
+            except PaymentRefused:
+                order = self._orders.get(order.id, consistent=True) or order  # recorded as never made
         return order
 
     def _settle(self, order: Order, shipment_id: str, actor: str) -> Order:
@@ -229,6 +238,56 @@ class Cancellation:
                 if current.capture_request(shipment_id) is not None else None,
             )  # fmt: skip
         return self.reverse_capture(order, shipment_id, request.amount, capture, actor)
+
+    # --- The settlement capture ---------------------------------------------------------------
+    def capture_settlement(self, order: Order, amount: Money, actor: str) -> Order:
+        """Capture `amount` more, the rest of a total that cancelled units left higher than the
+        captures once no parcel is pending, and record it. The capture is requested on the order
+        first (Order.request_settlement_capture), so one the gateway makes is never lost: a
+        settlement that died after the gateway answered leaves the request, and whatever settles
+        the order next asks again under the same key for the same amount and records it (a request
+        standing, one in flight included, is reused here whatever `amount` says). Raises
+        PaymentRefused (the request goes: none was made) or PaymentGatewayUnavailable (the request
+        stands: it may have been), each failed attempt in the history. Returns the order after."""
+        at = self._clock()
+        order = modify(
+            self._orders, order.id,
+            lambda current: None if current.capture_request(None) is not None
+            else current.request_settlement_capture(amount, at=at),
+        )  # fmt: skip
+        return self.finish_settlement_capture(order, actor)
+
+    def finish_settlement_capture(self, order: Order, actor: str) -> Order:
+        """Ask the gateway for the settlement capture `order` requested, under its key (what was
+        captured before it, which its request keeps as it is), and record it; nothing to do when
+        none is requested. Raises as capture_settlement."""
+        request = order.capture_request(None)
+        if request is None:
+            return order
+        payment = order.payment
+        authorization = payment.authorization or ""
+        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
+        try:
+            result = self._payments.retried(
+                "capture",
+                lambda attempt: self._payments.capture(payment.method, authorization, request.amount, order.id, key),
+                failure_recorder(self._orders, order.id, actor, self._clock,
+                                 amount=request.amount.model_dump(mode="json")),
+            )  # fmt: skip
+        except PaymentRefused as refused:
+            at, message = self._clock(), str(refused)
+            modify(
+                self._orders, order.id,
+                lambda current: current.record_capture_not_made(None, message, at=at, actor=actor)
+                if current.capture_request(None) == request else None,
+            )  # fmt: skip
+            raise
+        at = self._clock()
+        return modify(
+            self._orders, order.id,
+            lambda current: current.record_settlement_capture(request.amount, result.reference, at=at, actor=actor)
+            if current.capture_request(None) == request else None,
+        )  # fmt: skip
 
 
 def _waiting(order: Order, shipment_id: str) -> bool:

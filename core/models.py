@@ -806,11 +806,15 @@ class Shipment(BaseModel):
 
 
 class CaptureRequest(BaseModel, defer_build=True):
-    """A shipment's share asked of the gateway and not recorded yet (Order.request_capture): a ship
-    or collect that died between the gateway's answer and its own write leaves it on the order, so
-    that capture is never lost. Its gateway key derives from the shipment (core/payment_keys.py)."""
+    """A capture asked of the gateway and not recorded yet: a shipment's share
+    (Order.request_capture), or with no shipment the settlement of a total that cancelled units left
+    higher than the captures (Order.request_settlement_capture). A ship, collect or settlement that
+    died between the gateway's answer and its own write leaves it on the order, so that capture is
+    never lost. Its gateway key derives from the shipment, or for the settlement from what was
+    captured before it (core/payment_keys.py)."""
 
-    shipment_id: str
+    # None: the settlement.
+    shipment_id: str | None = None
     amount: Money
     # Taken back from the ship (Order.withdraw_capture_request): the order is about to change, so
     # the ship may no longer record it; the capture, if made, is refunded.
@@ -981,9 +985,9 @@ class Order(BaseModel, defer_build=True):
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
     reversed_captures: list[str] = Field(default_factory=list, exclude=True)
-    # Captures asked of the gateway for a shipment and not recorded yet (CaptureRequest): while one
-    # stands, its shipment keeps its lines and the authorization is not voided. The system's own:
-    # stored, never shown.
+    # Captures asked of the gateway for a shipment or the settlement and not recorded yet
+    # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
+    # voided. The system's own: stored, never shown.
     captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
@@ -1109,11 +1113,11 @@ class Order(BaseModel, defer_build=True):
         """How many captures for a shipment of this id were given back (core/payment_keys.py)."""
         return self.reversed_captures.count(shipment_id)
 
-    def capture_request(self, shipment_id: str) -> CaptureRequest | None:
-        """The capture asked for `shipment_id` and not recorded yet, if any."""
+    def capture_request(self, shipment_id: str | None) -> CaptureRequest | None:
+        """The capture asked for `shipment_id` (None: the settlement) and not recorded yet, if any."""
         return next((r for r in self.captures_requested if r.shipment_id == shipment_id), None)
 
-    def _requests_besides(self, shipment_id: str) -> list[CaptureRequest]:
+    def _requests_besides(self, shipment_id: str | None) -> list[CaptureRequest]:
         return [r for r in self.captures_requested if r.shipment_id != shipment_id]
 
     def request_capture(self, shipment_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
@@ -1131,7 +1135,24 @@ class Order(BaseModel, defer_build=True):
             self.ready_to_ship(shipment_id)
         if self.capture_request(shipment_id) is not None:
             raise InvalidTransition(f"a capture for shipment {shipment_id} is requested already")
-        request = CaptureRequest(shipment_id=shipment_id, amount=amount)
+        return self._requested(CaptureRequest(shipment_id=shipment_id, amount=amount), at=at)
+
+    def request_settlement_capture(self, amount: Money, *, at: datetime) -> Bookkeeping:
+        """Written before the settlement capture (`amount`, the rest of a total that cancelled units
+        left higher than the captures, once no parcel is pending) is asked of the gateway, as
+        request_capture is before a shipment's: whatever settles the payment next (the cancel or
+        the last ship repeated, or Cancellation.settle_capture_requests) asks again under its key
+        for its amount and records it. Nothing left to ship can change what it is owed, so it is
+        never given back. Bookkeeping, as request_capture."""
+        if not self.payment.authorization or any(s.status is ShipmentStatus.PENDING for s in self.shipments):
+            raise InvalidTransition(f"order {self.id} has parcels to ship or nothing authorized: nothing to settle")
+        if amount.currency != self.currency or amount.amount <= 0:
+            raise InvalidTransition(f"a settlement capture is a positive amount in {self.currency}")
+        if self.capture_request(None) is not None:
+            raise InvalidTransition(f"a settlement capture of order {self.id} is requested already")
+        return self._requested(CaptureRequest(amount=amount), at=at)
+
+    def _requested(self, request: CaptureRequest, *, at: datetime) -> Bookkeeping:
         new = _replaced(
             self, captures_requested=[*self.captures_requested, request], version=self.version + 1, updated_at=at
         )
@@ -1149,13 +1170,15 @@ class Order(BaseModel, defer_build=True):
             captures_requested=[*self._requests_besides(shipment_id), _replaced(request, withdrawn=True)],
         )  # fmt: skip
 
-    def record_capture_not_made(self, shipment_id: str, message: str, *, at: datetime, actor: str) -> Change:
-        """The gateway refused the requested capture when it was asked again: it was never made."""
-        if self.capture_request(shipment_id) is None:
+    def record_capture_not_made(self, shipment_id: str | None, message: str, *, at: datetime, actor: str) -> Change:
+        """The gateway refused the requested capture (`shipment_id` None: the settlement) when it
+        was asked: it was never made."""
+        request = self.capture_request(shipment_id)
+        if request is None:
             raise InvalidTransition(f"no capture for shipment {shipment_id} is requested")
+        detail = {"shipment_id": shipment_id} if shipment_id else {"amount": request.amount.model_dump(mode="json")}
         return self._next(
-            at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE,
-            detail={"shipment_id": shipment_id, "message": message[:500]},
+            at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE, detail={**detail, "message": message[:500]},
             captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 
@@ -1174,9 +1197,9 @@ class Order(BaseModel, defer_build=True):
         not: its workflow is about to allocate it, and a moment later it is editable again. Nor is
         one with a shipment's capture requested: that shipment is being shipped (or its ship died,
         and is repeated or the order cancelled)."""
-        if self.captures_requested:
-            shipment_id = self.captures_requested[0].shipment_id
-            raise InvalidTransition(f"shipment {shipment_id} of order {self.id} is being shipped; it cannot be edited")
+        shipping = next((r.shipment_id for r in self.captures_requested if r.shipment_id), None)
+        if shipping is not None:
+            raise InvalidTransition(f"shipment {shipping} of order {self.id} is being shipped; it cannot be edited")
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
@@ -1775,12 +1798,16 @@ class Order(BaseModel, defer_build=True):
 
     def record_settlement_capture(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway captured `amount` more, so that a total that cancelled units left higher
-        than what the shipments captured is paid in full."""
+        than what the shipments captured is paid in full: the settlement capture requested
+        (request_settlement_capture), recorded."""
+        request = self.capture_request(None)
+        if request is None or request.amount != amount:
+            raise InvalidTransition(f"no settlement capture of {amount.amount} is requested on order {self.id}")
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference,
                     "reason": "the order's total after cancelled units"},
-            payment=self.payment.with_capture(amount, self.payable()),
+            payment=self.payment.with_capture(amount, self.payable()), captures_requested=self._requests_besides(None),
         )  # fmt: skip
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:

@@ -204,6 +204,8 @@ class UnitCancellation:
         payment = order.payment
         if not payment.authorization:
             return
+        # A settlement capture asked for by one that died before recording it is recorded first.
+        order = self._cancellation.finish_settlement_capture(order, actor)
         due = order.payable() - _settled(order)
         nothing_to_ship = not any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
         if due.is_negative():
@@ -211,7 +213,7 @@ class UnitCancellation:
                 order.id, _over_capture, "units cancelled after their share was captured", actor, kind="cancellation"
             )
         elif due.amount > 0 and nothing_to_ship:
-            self._capture_rest(order, due, actor)
+            self._cancellation.capture_settlement(order, due, actor)
         if nothing_to_ship:
             self._release_authorization(self._current(order.id), actor)
 
@@ -238,22 +240,6 @@ class UnitCancellation:
             if self._credits is not None and order.exchange_credit is not None:
                 self._credits.give_back(order, actor)
         return order
-
-    def _capture_rest(self, order: Order, amount: Money, actor: str) -> None:
-        payment = order.payment
-        authorization = payment.authorization or ""
-        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
-        result = self._payments.retried(
-            "capture",
-            lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
-            failure_recorder(self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json")),
-        )
-        at = self._clock()
-        modify(
-            self._orders, order.id,
-            lambda current: current.record_settlement_capture(amount, result.reference, at=at, actor=actor)
-            if current.payment.captured == payment.captured else None,
-        )  # fmt: skip
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment

@@ -25,7 +25,7 @@ from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 S, P = OrderStatus, PaymentStatus
 
@@ -564,24 +564,6 @@ def test_a_reversal_the_gateway_refuses_is_left_in_the_history_for_an_operator(w
 
 
 # --- A ship that dies after the gateway captured ----------------------------------------------------
-
-
-class Died(Exception):
-    """The request's process ended (a Lambda timeout, a crash) before this write landed."""
-
-
-def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: str) -> None:
-    """The next write whose entry is `event` never lands: the process dies, once."""
-    real = world.orders.update
-    died: list[bool] = []
-
-    def update(order: Order, expected: Order, entries) -> None:
-        if not died and entries and entries[0].type == event:
-            died.append(True)
-            raise Died(event)
-        real(order, expected, entries)
-
-    monkeypatch.setattr(world.orders, "update", update)
 
 
 def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
