@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.errors import PaymentGatewayUnavailable, PaymentRefused, TransientError
+from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
 from core.ids import reservation_key
 from core.models import Location, Order
 from core.money import Money
@@ -126,10 +126,11 @@ class Cancellation:
 
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
-        and never recorded is settled (settle_capture_requests); nothing to do when the payment is
+        and never recorded is settled (settle_capture_requests) and an authorization an edit asked
+        for and never recorded is voided (void_requested_authorization); nothing to do when the payment is
         not `authorized`. Raises PaymentRefused or PaymentGatewayUnavailable with every failed
         attempt recorded."""
-        order = self.settle_capture_requests(order, actor)
+        order = self.void_requested_authorization(self.settle_capture_requests(order, actor), actor)
         payment = order.payment
         authorization = payment.authorization
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
@@ -141,6 +142,60 @@ class Cancellation:
             lambda current: current.record_void(authorization, result.reference, at=at, actor=actor)
             if current.payment.status is PaymentStatus.AUTHORIZED and current.payment.authorization == authorization
             else None,
+        )  # fmt: skip
+
+    def void_requested_authorization(self, order: Order, actor: str) -> Order:
+        """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
+        an edit that died between the gateway's answer and its write, one in flight, or one whose
+        write lost). It is first taken back from its edit (on an order an edit could still change),
+        then asked for again under its key for its amount, which the gateway answers with the
+        authorization it made (or makes now), and voided at once; one the gateway declines was
+        never made. Raises PaymentRefused or PaymentGatewayUnavailable while it cannot be voided now
+        (each attempt in the history; the request stands for the next attempt). Returns the order
+        as it stands after; nothing to do when none is requested."""
+        if order.authorization_requested is None:
+            return order
+        found = self._orders.get_with_token(order.id, consistent=True)
+        if found is None or found[0].authorization_requested is None:
+            return found[0] if found else order
+        order, token = found
+        request = order.authorization_requested
+        assert request is not None
+
+        def same(current: Order) -> bool:
+            standing = current.authorization_requested
+            return standing is not None and standing.edit_of == request.edit_of
+
+        if not request.withdrawn and order.status is not OrderStatus.CANCELLED:
+            at = self._clock()
+            order = modify(
+                self._orders, order.id,
+                lambda current: current.withdraw_reauthorization(at=at)
+                if same(current) and not current.authorization_requested.withdrawn else None,
+            )  # fmt: skip
+            if not same(order):
+                return order  # recorded by its edit meanwhile
+        key = payment_keys.authorize(order.id, request.authorizes_version)
+        try:
+            made = self._payments.retried(
+                "authorize",
+                lambda attempt: self._payments.authorize(
+                    order.payment.method, token, request.amount, order.id, attempt, key
+                ),
+                failure_recorder(self._orders, order.id, actor, self._clock,
+                                 amount=request.amount.model_dump(mode="json")),
+            )  # fmt: skip
+        except PaymentDeclined:
+            made = None
+        if made is not None and made.reference == order.payment.authorization:
+            made = None  # the order's own: never voided here
+        voided = self._void(order, made.reference, actor) if made is not None else None
+        at = self._clock()
+        return modify(
+            self._orders, order.id,
+            lambda current: current.record_reauthorization_voided(
+                made.reference if made else None, voided.reference if voided else None, at=at, actor=actor
+            ) if same(current) else None,
         )  # fmt: skip
 
     def void_unrecorded(self, order: Order, authorization: str, actor: str) -> PaymentResult | None:

@@ -821,6 +821,26 @@ class CaptureRequest(BaseModel, defer_build=True):
     withdrawn: bool = False
 
 
+class AuthorizationRequest(BaseModel, defer_build=True):
+    """An authorization of an edit's grown total asked of the gateway and not recorded yet
+    (Order.request_reauthorization): an edit that died between the gateway's answer and its own
+    write leaves it on the order, so that authorization (a hold on the customer's card) is never
+    left behind: the edit repeated with the same If-Match records it, and anything else that
+    finds it voids it first (core.cancellation.Cancellation.void_requested_authorization)."""
+
+    # The version the edit was asked to change (its If-Match); the request is the next version.
+    edit_of: int
+    amount: Money
+    # Taken back from its edit (Order.withdraw_reauthorization): the edit may no longer record it,
+    # and the authorization, if made, is voided.
+    withdrawn: bool = False
+
+    @property
+    def authorizes_version(self) -> int:
+        """The version its edit writes: what keys the authorization (core/payment_keys.py)."""
+        return self.edit_of + 2
+
+
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
 
 
@@ -989,6 +1009,9 @@ class Order(BaseModel, defer_build=True):
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided. The system's own: stored, never shown.
     captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
+    # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
+    # system's own: stored, never shown.
+    authorization_requested: AuthorizationRequest | None = Field(default=None, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -1019,6 +1042,8 @@ class Order(BaseModel, defer_build=True):
             system["reversed_captures"] = list(self.reversed_captures)
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
+        if self.authorization_requested is not None:
+            system["authorization_requested"] = self.authorization_requested.model_dump(mode="json")
         if self.exchange_shares:
             system["exchange_shares"] = {
                 return_id: [share.model_dump(mode="json") for share in shares]
@@ -1180,6 +1205,63 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE, detail={**detail, "message": message[:500]},
             captures_requested=self._requests_besides(shipment_id),
+        )  # fmt: skip
+
+    def edits_from(self, if_match: int) -> bool:
+        """Whether an edit asked to change version `if_match` may change this order: it is that
+        version, or the next only by that edit's own request for an authorization (the edit
+        repeated after it died, or while it is in flight, with the same If-Match)."""
+        request = self.authorization_requested
+        own = request is not None and not request.withdrawn and request.edit_of == if_match
+        return self.version == if_match or (own and self.version == if_match + 1)
+
+    def request_reauthorization(self, amount: Money, *, at: datetime) -> Bookkeeping:
+        """Written before an edit asks the gateway to authorize its grown total (`amount`), so an
+        authorization the gateway makes is on the order even when the edit dies before recording
+        it: the edit repeated records it (edits_from), and whatever finds it otherwise voids it.
+        Bookkeeping, as request_capture: the edit's entry (`edited`, with what was authorized) or
+        the void's tells the outcome."""
+        self.check_editable()
+        if self.payment.status is not PaymentStatus.AUTHORIZED:
+            raise InvalidTransition(f"a payment that is {self.payment.status} is not authorized again by an edit")
+        if self.authorization_requested is not None:
+            raise InvalidTransition(f"an authorization for an edit of order {self.id} is requested already")
+        request = AuthorizationRequest(edit_of=self.version, amount=amount)
+        new = _replaced(self, authorization_requested=request, version=self.version + 1, updated_at=at)
+        check_successor(self, new)
+        return new, None
+
+    def withdraw_reauthorization(self, *, at: datetime) -> Bookkeeping:
+        """Take the requested authorization back from its edit before it is voided: the edit may no
+        longer record it (its write expects the version this one replaces). Bookkeeping: the
+        void's entry tells it."""
+        request = self.authorization_requested
+        if request is None or request.withdrawn:
+            raise InvalidTransition(f"no authorization for an edit of order {self.id} is waiting to be recorded")
+        new = _replaced(self, authorization_requested=_replaced(request, withdrawn=True), version=self.version + 1,
+                        updated_at=at)  # fmt: skip
+        check_successor(self, new)
+        return new, None
+
+    def record_reauthorization_voided(
+        self, authorization: str | None, reference: str | None, *, at: datetime, actor: str
+    ) -> Change | Bookkeeping:
+        """The requested authorization, withdrawn from its edit (or asked by an edit that can no
+        longer record it), was voided (`payment_voided`), or with no `authorization` the gateway
+        declined it when asked again: none was made (bookkeeping: the decline is in the history)."""
+        request = self.authorization_requested
+        if request is None:
+            raise InvalidTransition(f"no authorization for an edit of order {self.id} is requested")
+        if authorization is None:
+            new = _replaced(self, authorization_requested=None, version=self.version + 1, updated_at=at)
+            check_successor(self, new)
+            return new, None
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
+            detail={"authorization": authorization, "reference": reference,
+                    "amount": request.amount.model_dump(mode="json"),
+                    "reason": "asked for by an edit that did not record it"},
+            authorization_requested=None,
         )  # fmt: skip
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
@@ -1624,7 +1706,9 @@ class Order(BaseModel, defer_build=True):
         changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
-        reference) of an authorization the gateway approved for a grown total. An allocated or
+        reference) of an authorization the gateway approved for a grown total, which the order
+        requested (request_reauthorization): a request standing is recorded by this edit or settled
+        before it (InvalidTransition otherwise). An allocated or
         backordered order goes back to `authorized` with nothing allocated, to be sourced again (a
         held one when it is released)."""
         self.check_editable()
@@ -1637,13 +1721,17 @@ class Order(BaseModel, defer_build=True):
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
+        request = self.authorization_requested
+        recorded = request is not None and not request.withdrawn and reauthorized is not None
+        if (request is not None or reauthorized is not None) and not (recorded and request.amount == reauthorized[0]):
+            raise InvalidTransition(f"order {self.id} has no authorization of this edit's total requested")
         again = self._sourced_again()
         if again:
             detail["released"] = [a.model_dump() for a in self.allocations]
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
-            priced_version=self.version + 1, **again,
+            priced_version=self.version + 1, authorization_requested=None, **again,
         )  # fmt: skip
 
     def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:

@@ -401,17 +401,28 @@ def test_reauthorization_at_edit(world, script, failed, ends):
         assert edited.payment.authorization != authorized.payment.authorization
         assert world.spy.voided == [authorized.payment.authorization]  # the replaced one
         assert [h.type for h in world.history(order_id)][-2:] == ["edited", "payment_voided"]
-        assert world.order(order_id).version == authorized.version + 1
+        # The authorization requested, then recorded: failed attempts are history, not versions.
+        assert world.order(order_id).version == authorized.version + 2
+        assert edited.authorization_requested is None
     else:
         expected = Conflict if ends == "refused" else PaymentGatewayUnavailable
         with pytest.raises(expected) as raised:
             grow(world, order_id)
         if ends == "refused":
             assert raised.value.code == "payment_declined"
-        assert world.order(order_id) == authorized
+        # Nothing a client sees changed but the version: the request stands (a gateway that never
+        # answered may have authorized), and the edit repeated with the same If-Match settles it.
+        after = world.order(order_id)
+        assert shown(after) == shown(authorized) and after.version == authorized.version + 1
+        assert after.authorization_requested.edit_of == authorized.version
         assert world.spy.voided == []
     assert failures(world, order_id) == [("payment_authorization_failed", "authorize", kind, n) for kind, n in failed]
-    assert set(world.gateway.keys("authorize")[1:]) == {payment_keys.authorize(order_id, authorized.version + 1)}
+    assert set(world.gateway.keys("authorize")[1:]) == {payment_keys.authorize(order_id, authorized.version + 2)}
+
+
+def shown(order: Order) -> dict:
+    """What a client sees of `order`, but for the version and the time of its last change."""
+    return order.model_dump(mode="json", exclude={"version", "updated_at"})
 
 
 def test_an_edit_repeated_while_the_first_is_being_written_never_voids_the_authorization_it_recorded(
@@ -695,3 +706,144 @@ def test_the_repositories_refuse_a_void_or_a_changed_shipment_under_a_capture_re
     fewer = current.model_copy(update={"shipments": [], "version": current.version + 1})
     with pytest.raises(InvalidTransition, match="cannot change"):
         world.orders.update(fewer, current, [])
+
+
+# --- An edit that dies after the gateway authorized its grown total --------------------------------
+
+
+def an_edit_that_died(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str]:
+    """An authorized order whose edit to a grown total died after the gateway authorized it and
+    before the order recorded it: the order as it was, and the authorization the gateway made."""
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    dies_before_recording(world, monkeypatch, "edited")
+    with pytest.raises(Died):
+        grow(world, order_id)
+    monkeypatch.undo()
+    (made,) = [a for a in world.spy.authorized if a != authorized.payment.authorization]
+    return authorized, made
+
+
+def test_an_authorization_whose_edit_died_stays_on_the_order_stored_and_never_shown(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+
+    after = world.order(authorized.id)
+    assert shown(after) == shown(authorized) and after.payment.authorization != made
+    stored = Order.model_validate_json(after.stored_json()).authorization_requested
+    assert (stored.edit_of, stored.withdrawn) == (authorized.version, False)
+    assert stored.amount > authorized.payment.authorized
+    assert "authorization_requested" not in after.model_dump(mode="json")
+    assert world.history(authorized.id)[-1].type == "payment_authorized"  # bookkeeping: no entry of its own
+    assert world.spy.voided == []
+
+
+def test_an_edit_repeated_with_the_same_if_match_after_it_died_records_the_authorization_it_made(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+    five = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)])
+
+    edited = world.actions.edit(authorized.id, authorized.version, five, "key_web")
+
+    assert (edited.payment.authorization, edited.payment.authorized) == (made, edited.totals.grand_total)
+    assert edited.authorization_requested is None and edited.version == authorized.version + 2
+    assert world.gateway.keys("authorize")[1:] == [payment_keys.authorize(authorized.id, authorized.version + 2)] * 2
+    assert world.spy.voided == [authorized.payment.authorization]  # the replaced one, not the one made
+
+
+def test_a_cancel_after_an_edit_died_voids_the_authorization_it_made_too(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+
+    cancelled = world.actions.cancel(authorized.id, "changed my mind", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status, cancelled.payment.authorization) == (
+        S.CANCELLED, P.VOIDED, authorized.payment.authorization,
+    )  # fmt: skip
+    assert world.spy.voided == [made, authorized.payment.authorization]
+    assert cancelled.authorization_requested is None
+    voided = [h for h in world.history(authorized.id) if h.type == "payment_voided"]
+    assert [h.detail["authorization"] for h in voided] == [made, authorized.payment.authorization]
+
+
+def test_another_edit_after_an_edit_died_voids_its_authorization_first(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+    current = world.order(authorized.id)  # the client read the order again
+
+    edited = world.actions.edit(authorized.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]),
+                                "key_web")  # fmt: skip
+
+    assert edited.lines[0].quantity == 1
+    assert edited.payment.authorization == authorized.payment.authorization  # the smaller total keeps it
+    assert world.spy.voided == [made]
+    assert edited.authorization_requested is None
+    assert [h.type for h in world.history(authorized.id)][-2:] == ["payment_voided", "edited"]
+
+
+def test_the_last_parcel_shipped_voids_an_authorization_an_edit_asked_for_and_never_recorded(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    dies_before_recording(world, monkeypatch, "edited")
+    with pytest.raises(Died):
+        grow(world, order.id)
+    monkeypatch.undo()
+    (made,) = [a for a in world.spy.authorized if a != order.payment.authorization]
+
+    shipped = world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED and shipped.payment.captured == order.totals.grand_total
+    assert world.spy.voided == [made] and shipped.authorization_requested is None
+
+
+def test_an_edit_whose_authorization_another_edit_voided_meanwhile_never_records_it(world, monkeypatch):
+    # The second edit (a smaller total, after reading the version the first's request wrote) takes the
+    # request back before voiding it, so the first, still waiting for the gateway, cannot record an
+    # authorization the gateway has voided: its write loses (409) and the order keeps a live one.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    one = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)])
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.edit(order_id, world.order(order_id).version, one, "key_web"), skip=1
+    )
+
+    with pytest.raises(StaleVersion):
+        grow(world, order_id)
+
+    after = world.order(order_id)
+    assert after.lines[0].quantity == 1 and after.authorization_requested is None
+    assert after.payment.authorization == authorized.payment.authorization
+    (made,) = {a for a in world.spy.authorized if a != authorized.payment.authorization}  # asked twice, one
+    assert world.spy.voided == [made]
+
+
+def test_an_edit_whose_authorization_a_cancel_voided_meanwhile_is_refused_and_nothing_is_held(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    first = world.order(order_id).payment.authorization
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed my mind", "key_web"),
+                          skip=1)  # fmt: skip
+
+    with pytest.raises(StaleVersion):
+        grow(world, order_id)
+
+    cancelled = world.order(order_id)
+    assert (cancelled.status, cancelled.payment.status, cancelled.payment.authorization) == (
+        S.CANCELLED, P.VOIDED, first,
+    )  # fmt: skip
+    (made,) = {a for a in world.spy.authorized if a != first}
+    assert world.spy.voided == [made, first] and cancelled.authorization_requested is None
+
+
+def test_a_declined_edit_then_a_smaller_one_with_the_same_if_match_goes_ahead(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(Conflict):
+        grow(world, order_id)
+
+    one = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)])
+    edited = world.actions.edit(order_id, authorized.version, one, "key_web")
+
+    assert edited.lines[0].quantity == 1 and edited.authorization_requested is None
+    assert edited.payment.authorization == authorized.payment.authorization
+    assert world.spy.voided == []  # asked again, declined again: none was made
+    assert world.gateway.keys("authorize")[1:] == [payment_keys.authorize(order_id, authorized.version + 2)] * 2
