@@ -126,11 +126,13 @@ class Cancellation:
 
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
-        and never recorded is settled (settle_capture_requests) and an authorization an edit asked
-        for and never recorded is voided (void_requested_authorization); nothing to do when the payment is
+        and never recorded is settled (settle_capture_requests), and every other authorization an
+        edit left (void_requested_authorization, void_replaced_authorizations) is voided; nothing
+        to do when the payment is
         not `authorized`. Raises PaymentRefused or PaymentGatewayUnavailable with every failed
         attempt recorded."""
-        order = self.void_requested_authorization(self.settle_capture_requests(order, actor), actor)
+        order = self.settle_capture_requests(order, actor)
+        order = self.void_replaced_authorizations(self.void_requested_authorization(order, actor), actor)
         payment = order.payment
         authorization = payment.authorization
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
@@ -198,10 +200,29 @@ class Cancellation:
             ) if same(current) else None,
         )  # fmt: skip
 
+    def void_replaced_authorizations(self, order: Order, actor: str) -> Order:
+        """Void each authorization an edit replaced and record it (Order.replaced_authorizations:
+        the edit voids it after its write, and one that died or found the gateway down leaves it).
+        Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
+        attempt in the history; it stays for the next attempt). Returns the order as it stands
+        after."""
+        for authorization in list(order.replaced_authorizations):
+            order = self._void_replaced(order, authorization, actor)
+        return order
+
+    def _void_replaced(self, order: Order, authorization: str, actor: str) -> Order:
+        result = self._void(order, authorization, actor)
+        at = self._clock()
+        return modify(
+            self._orders, order.id,
+            lambda current: current.record_replaced_voided(authorization, result.reference, at=at, actor=actor)
+            if authorization in current.replaced_authorizations else None,
+        )  # fmt: skip
+
     def void_unrecorded(self, order: Order, authorization: str, actor: str) -> PaymentResult | None:
-        """Release an authorization the order does not (or no longer) record: one an edit replaced,
-        or one obtained by a write that lost its race. None when it could not be voided; each
-        failed attempt is in the order's history, for an operator."""
+        """Release an authorization the order does not record: one obtained by a write that lost
+        its race. None when it could not be voided; each failed attempt is in the order's history,
+        for an operator."""
         try:
             return self._void(order, authorization, actor)
         except (PaymentRefused, PaymentGatewayUnavailable):

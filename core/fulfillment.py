@@ -18,7 +18,6 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
-from core.events import OrderEvent
 from core.ids import reservation_key, shipment_id_for
 from core.models import LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
@@ -318,7 +317,8 @@ class OrderActions:
              channel: str | None = None) -> Order:  # fmt: skip
         """Change lines, address or shipping method until the first shipment ships; totals are
         priced again exactly as at capture. An order whose total grows is authorized again for
-        the new total before the edit is stored (the old authorization voided after the write),
+        the new total before the edit is stored (the old authorization, which the edit's write
+        names as replaced, voided after it: Cancellation.void_replaced_authorizations),
         and the order records that it asks for it first (Order.request_reauthorization), so an
         authorization the gateway makes is never left behind: the edit repeated with the same
         If-Match after it died records it (under the same key, for the same total), and anything
@@ -390,19 +390,13 @@ class OrderActions:
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if resourced:
             self._release_replaced_lines(order, new)
-        old = order.payment.authorization
-        voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
-        if voided is not None:
-            at = self._clock()
-            modify(
-                self._orders, order_id,
-                lambda current: current.noted(
-                    OrderEvent.PAYMENT_VOIDED, at=at, actor=actor,
-                    detail={"authorization": old, "reference": voided.reference,
-                            "reason": "replaced by the authorization of the edited total"},
-                ),
-            )  # fmt: skip
-        return new
+        if not new.replaced_authorizations:
+            return new
+        # A void that cannot be made now leaves the replaced authorization on the order (each
+        # attempt in the history), for the next edit, a cancel or the last parcel's ship to void.
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            return self._cancellation.void_replaced_authorizations(new, actor)
+        return self._orders.get(order_id, consistent=True) or new
 
     def _held_by(self, order: Order) -> dict[tuple[str, str], int]:
         """The units `order` holds, by sku and location."""

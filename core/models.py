@@ -1012,6 +1012,10 @@ class Order(BaseModel, defer_build=True):
     # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
     # system's own: stored, never shown.
     authorization_requested: AuthorizationRequest | None = Field(default=None, exclude=True)
+    # Authorizations an edit replaced and that are not voided yet (the edit's write names them, so
+    # one whose void did not happen, the gateway down or the edit dead, is voided by the next edit,
+    # a cancel or the last parcel's ship). The system's own: stored, never shown.
+    replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -1044,6 +1048,8 @@ class Order(BaseModel, defer_build=True):
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.authorization_requested is not None:
             system["authorization_requested"] = self.authorization_requested.model_dump(mode="json")
+        if self.replaced_authorizations:
+            system["replaced_authorizations"] = list(self.replaced_authorizations)
         if self.exchange_shares:
             system["exchange_shares"] = {
                 return_id: [share.model_dump(mode="json") for share in shares]
@@ -1708,7 +1714,8 @@ class Order(BaseModel, defer_build=True):
         """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
         reference) of an authorization the gateway approved for a grown total, which the order
         requested (request_reauthorization): a request standing is recorded by this edit or settled
-        before it (InvalidTransition otherwise). An allocated or
+        before it (InvalidTransition otherwise), and the authorization it replaces is named in
+        `replaced_authorizations` until it is voided. An allocated or
         backordered order goes back to `authorized` with nothing allocated, to be sourced again (a
         held one when it is released)."""
         self.check_editable()
@@ -1718,9 +1725,12 @@ class Order(BaseModel, defer_build=True):
                             "to": totals.grand_total.model_dump(mode="json")},
         }  # fmt: skip
         payment = self.payment
+        replaced = list(self.replaced_authorizations)
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
+            if self.payment.authorization:
+                replaced.append(self.payment.authorization)
         request = self.authorization_requested
         recorded = request is not None and not request.withdrawn and reauthorized is not None
         if (request is not None or reauthorized is not None) and not (recorded and request.amount == reauthorized[0]):
@@ -1731,7 +1741,18 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
-            priced_version=self.version + 1, authorization_requested=None, **again,
+            priced_version=self.version + 1, authorization_requested=None, replaced_authorizations=replaced, **again,
+        )  # fmt: skip
+
+    def record_replaced_voided(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:
+        """The gateway voided `authorization`, which an edit replaced (`replaced_authorizations`)."""
+        if authorization not in self.replaced_authorizations:
+            raise InvalidTransition(f"order {self.id} has no replaced authorization {authorization} to void")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
+            detail={"authorization": authorization, "reference": reference,
+                    "reason": "replaced by the authorization of the edited total"},
+            replaced_authorizations=[a for a in self.replaced_authorizations if a != authorization],
         )  # fmt: skip
 
     def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:

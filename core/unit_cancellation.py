@@ -205,9 +205,10 @@ class UnitCancellation:
         if not payment.authorization:
             return
         # A settlement capture asked for by one that died before recording it is recorded first, and
-        # an authorization an edit asked for and never recorded is voided.
+        # the authorizations an edit left (asked for and never recorded, or replaced) are voided.
         order = self._cancellation.finish_settlement_capture(order, actor)
         order = self._cancellation.void_requested_authorization(order, actor)
+        order = self._cancellation.void_replaced_authorizations(order, actor)
         due = order.payable() - _settled(order)
         nothing_to_ship = not any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
         if due.is_negative():
@@ -224,10 +225,11 @@ class UnitCancellation:
         its total: a capture that paid for units cancelled while it was being made is refunded
         (or a total the captures fell short of is captured), and what the authorization holds
         beyond the captures is released; so is it for an order edited to a smaller total (an edit
-        keeps the larger authorization), and an authorization an edit asked for and never recorded
-        is voided. An exchange's replacement, once it can no longer grow, gives back the credit its
-        total does not use. A refund still pending (the gateway was down when a cancel asked for
-        it) is asked for again first, as a cancel repeated would. Returns the order as it then is."""
+        keeps the larger authorization), and an authorization an edit asked for and never recorded,
+        or replaced and could not void then, is voided. An exchange's replacement, once it can no
+        longer grow, gives back the credit its total does not use. A refund still pending (the
+        gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
+        would. Returns the order as it then is."""
         if any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
@@ -236,7 +238,7 @@ class UnitCancellation:
                 self._refunds.finish_pending(order.id, actor)
                 order = self._current(order.id)
             payment = order.payment
-            asked = order.authorization_requested is not None
+            asked = order.authorization_requested is not None or bool(order.replaced_authorizations)
             if any(line.cancelled_quantity for line in order.lines) or payment.captured < payment.authorized or asked:
                 self._settle_payment(order, actor)
                 order = self._current(order.id)

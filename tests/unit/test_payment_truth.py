@@ -5,6 +5,7 @@ fails transiently and then answers, keeps failing, and times out; then the races
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -401,8 +402,9 @@ def test_reauthorization_at_edit(world, script, failed, ends):
         assert edited.payment.authorization != authorized.payment.authorization
         assert world.spy.voided == [authorized.payment.authorization]  # the replaced one
         assert [h.type for h in world.history(order_id)][-2:] == ["edited", "payment_voided"]
-        # The authorization requested, then recorded: failed attempts are history, not versions.
-        assert world.order(order_id).version == authorized.version + 2
+        # The authorization requested, recorded, then the replaced one's void: failed attempts are
+        # history, not versions.
+        assert world.order(order_id).version == authorized.version + 3
         assert edited.authorization_requested is None
     else:
         expected = Conflict if ends == "refused" else PaymentGatewayUnavailable
@@ -745,7 +747,7 @@ def test_an_edit_repeated_with_the_same_if_match_after_it_died_records_the_autho
     edited = world.actions.edit(authorized.id, authorized.version, five, "key_web")
 
     assert (edited.payment.authorization, edited.payment.authorized) == (made, edited.totals.grand_total)
-    assert edited.authorization_requested is None and edited.version == authorized.version + 2
+    assert edited.authorization_requested is None and edited.version == authorized.version + 3
     assert world.gateway.keys("authorize")[1:] == [payment_keys.authorize(authorized.id, authorized.version + 2)] * 2
     assert world.spy.voided == [authorized.payment.authorization]  # the replaced one, not the one made
 
@@ -847,3 +849,51 @@ def test_a_declined_edit_then_a_smaller_one_with_the_same_if_match_goes_ahead(wo
     assert edited.payment.authorization == authorized.payment.authorization
     assert world.spy.voided == []  # asked again, declined again: none was made
     assert world.gateway.keys("authorize")[1:] == [payment_keys.authorize(order_id, authorized.version + 2)] * 2
+
+
+# --- The authorization an edit replaced, when its void cannot be made then -------------------------
+
+
+def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_by_the_cancel(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    old = world.order(order_id).payment.authorization
+    world.gateway.script("void", "transient", "transient", "transient", "approve")
+
+    edited = grow(world, order_id)  # 200: the edit stands, the old authorization still holds
+
+    assert edited.payment.authorization != old and world.spy.voided == []
+    stored = json.loads(edited.stored_json())
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    assert world.spy.voided == [old, edited.payment.authorization]
+    assert stored["replaced_authorizations"] == [old] and "replaced_authorizations" not in edited.model_dump()
+    assert (cancelled.payment.status, cancelled.replaced_authorizations) == (P.VOIDED, [])
+
+
+def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_once_the_last_parcel_ships(world):
+    order = world.allocated(("TSHIRT", 2))
+    world.gateway.script("void", "transient", "transient", "transient", "approve")
+    grow(world, order.id)
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    sourced = world.order(order.id)
+    assert world.spy.voided == []
+
+    shipped = world.actions.ship(order.id, sourced.shipments[0].id, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED and shipped.payment.captured == shipped.totals.grand_total
+    assert world.spy.voided == [order.payment.authorization] and shipped.replaced_authorizations == []
+    entry = [h for h in world.history(order.id) if h.type == "payment_voided"][-1]
+    assert entry.detail["reason"] == "replaced by the authorization of the edited total"
+
+
+def test_an_edit_returns_the_order_as_its_replaced_authorization_void_left_it(world):
+    # The edit's answer is the latest version (the void of the replaced authorization is a write of
+    # its own), so its version is what the next If-Match names.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    edited = grow(world, order_id)
+
+    assert edited == world.order(order_id) and edited.replaced_authorizations == []
+    assert world.actions.edit(order_id, edited.version, OrderEdit(shipping_method="express"), "key_web")
