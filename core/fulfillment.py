@@ -213,9 +213,10 @@ class OrderActions:
     # --- Store and warehouse execution ------------------------------------------------------------
     def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
         """The location cannot fulfil a pending shipment. Recorded first (the order goes back to
-        `authorized` to be sourced again, that location excluded for it), then the units reserved
-        there are released: the workflow, started again by the status change, never reserves at
-        that location for this order again, so the release cannot undo its work. What the order
+        `authorized` to be sourced again, a held one when it is released, that location excluded
+        for it), then the units reserved there are released: the workflow, started again by the
+        status change, never reserves at that location for this order again, so the release cannot
+        undo its work. What the order
         holds elsewhere stays reserved for the workflow to keep or release. A repeat of a reject
         recorded already only finishes the release. A shipment an earlier change withdrew (two
         locations of a split order rejecting at once: the first sent the order back to be sourced)

@@ -1445,11 +1445,15 @@ class Order(BaseModel, defer_build=True):
     # --- Store and warehouse execution ---------------------------------------------------------
     def reject_shipment(self, shipment_id: str, reason: str, *, at: datetime, actor: str) -> Change:
         """The location cannot fulfil this pending shipment: the order goes back to be sourced
-        again (authorized, nothing allocated, no pending shipment) and never from that location."""
+        again (authorized, nothing allocated, no pending shipment) and never from that location. A
+        held one (held allocated) stays on hold, and is sourced again when it is released."""
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
-        self._check_resourceable("sourced again")
+        if self._held_with_stock():
+            self._check_nothing_left("sourced again")
+        else:
+            self._check_resourceable("sourced again")
         excluded = [*self.excluded_locations, shipment.location_id]
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import Conflict, InsufficientStock, InvalidTransition, NotFound, OutOfStock
-from core.holds import HoldRequest, Holds
+from core.errors import Conflict, InsufficientStock, InvalidTransition, NotFound, OrderHeld, OutOfStock
+from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
@@ -319,6 +319,30 @@ def test_a_rejected_shipment_is_sourced_again_from_another_location(world):
     again = resume(world, order.id)
 
     assert again.status is S.ALLOCATED
+    assert [s.location_id for s in again.shipments] == ["wh-east"]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
+
+
+def test_a_held_orders_shipment_is_rejected_and_the_release_sources_it_again(world):
+    # A warehouse that finds the stock damaged while the order waits for a review reports it at
+    # once (it was 409 until the release): the order stays on hold, nothing is sourced meanwhile.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    Holds(world.orders, clock=lambda: NOW).hold(order.id, HoldRequest(reason="address_review"), actor="key_ops")
+
+    rejected = world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+
+    assert (rejected.status, rejected.allocations, rejected.shipments) == (S.ON_HOLD, [], [])
+    assert rejected.hold is not None and rejected.hold.reason == "address_review"
+    assert rejected.excluded_locations == ["wh-west"]
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+    assert world.history(order.id)[-1].type == "shipment_rejected"
+    with pytest.raises(OrderHeld):
+        world.workflow.reserve_stock(order.id)
+
+    released = Holds(world.orders, clock=lambda: NOW).release(order.id, ReleaseRequest(), actor="key_ops")
+    assert released.status is S.AUTHORIZED
+    again = resume(world, order.id)
     assert [s.location_id for s in again.shipments] == ["wh-east"]
     assert world.held_for(order.id) == {("TSHIRT", "wh-east", f"{order.id}#L1"): 2}
 
