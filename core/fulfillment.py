@@ -333,7 +333,6 @@ class OrderActions:
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
             )
         order.check_editable()
-        resourced = order.sourced_again_by_edit()
         # Without new lines the order's own are priced again; a line whose every unit was cancelled
         # has none to price and stays as it is.
         kept = [line for line in order.lines if line.quantity]
@@ -347,8 +346,10 @@ class OrderActions:
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
         # Checked against the stock sourcing may use again: the order's own units count, a
-        # location that rejected a shipment of it does not.
-        held = self._held_by(order) if resourced else None
+        # location that rejected a shipment of it does not. Read whatever its status: an order
+        # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
+        # runs again, which a hold puts off.
+        held = self._held_by(order)
         priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
         reauthorized = None
@@ -376,7 +377,7 @@ class OrderActions:
                 if current is None or current.payment.authorization != reauthorized.reference:
                     self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
-        if resourced:
+        if held:
             self._release_replaced_lines(order, new)
         old = order.payment.authorization
         voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
@@ -405,10 +406,11 @@ class OrderActions:
         return dict(held)
 
     def _release_replaced_lines(self, old: Order, new: Order) -> None:
-        """After an allocated or backordered order was edited: release what its old lines hold
-        where the new order has no line of that id and sku. The rest stays reserved for the
-        workflow, which sources the order again counting its own reservations as available and
-        releases what its new plan does not keep. Releasing those here instead could free a
+        """After an order holding stock was edited (allocated, backordered, or sent back to be
+        sourced and not sourced yet): release what its old lines hold where the new order has no
+        line of that id and sku. The rest stays reserved for the workflow, which sources the order
+        again counting its own reservations as available and releases what its new plan does not
+        keep. Releasing those here instead could free a
         reservation the restarted workflow has just made under the same key."""
         kept = {(line.line_id, line.sku) for line in new.lines}
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]

@@ -234,6 +234,32 @@ def test_an_address_change_of_an_order_holding_the_last_units_counts_them_as_its
     assert world.level("MUG", "wh-west") == (3, 3, 0)
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["sourcing", "on_hold"])
+def test_a_second_edit_before_the_order_is_sourced_again_releases_a_removed_line_and_counts_its_own_units(world, held):
+    # The first edit sends the order back to be sourced with its reservations kept for the
+    # workflow; a second one lands before that (at once, or while a person holds the order). The
+    # PENs of the line it removes stayed reserved for an order that no longer has them, forever
+    # (even its cancel releases only its lines' units); and its own three MUGs counted as taken.
+    order = world.allocated(("MUG", 3), ("PEN", 2))  # west: MUG, east: PEN
+    if held:
+        Holds(world.orders, clock=lambda: NOW).hold(order.id, HoldRequest(reason="address_review"), actor="key_ops")
+        order = world.order(order.id)
+    first = world.actions.edit(order.id, order.version, OrderEdit(shipping_method="express"), actor="key_web")
+    assert world.level("PEN", "wh-east") == (20, 2, 18)
+
+    second = world.actions.edit(
+        order.id, first.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=3)]), actor="key_web"
+    )
+
+    assert [(line.sku, line.quantity) for line in second.lines] == [("MUG", 3)]
+    assert world.level("PEN", "wh-east") == (20, 0, 20)
+    if held:
+        Holds(world.orders, clock=lambda: NOW).release(order.id, ReleaseRequest(), actor="key_ops")
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+
+
 def test_an_edit_asking_for_more_than_the_stock_and_its_own_reservation_is_still_refused(world):
     order = world.allocated(("MUG", 3))
 
