@@ -26,7 +26,7 @@ from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
-from core.services import CaptureService
+from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
@@ -321,7 +321,9 @@ class OrderActions:
         priced again exactly as at capture. An order whose total grows is authorized again for
         the new total before anything is stored (the old authorization voided after the write).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
-        outbox restarts its workflow on that change."""
+        outbox restarts its workflow on that change. An edited order the review rules ask to
+        review (what they did not ask for the order as it was) is stored on hold in the same
+        write, as a new order is."""
         # Read consistently: If-Match is judged on this read, and the caller may hold the version a
         # change has just answered, which an eventually consistent read may not show yet.
         found = self._orders.get_with_token(order_id, consistent=True)
@@ -366,8 +368,18 @@ class OrderActions:
             shipping_method=priced.shipping_method, changed=changes,
             reauthorized=(total, reauthorized.reference) if reauthorized else None, at=self._clock(), actor=actor,
         )  # fmt: skip
+        entries = [entry]
+        # Reviewed again as at capture, so an order edited up past a review threshold is not sourced
+        # and shipped unseen; asked only for what the order as it was did not need (a released
+        # order whose address changes is not held again, one whose total grows is).
+        asked = self._capture.reviews(new) if new.status is not S.ON_HOLD else []
+        if asked:
+            before = self._capture.reviews(order)
+            asked = [request for request in asked if request not in before]
+        if asked:
+            new, entries = order.held_for_review((new, entry), asked, at=self._clock(), actor=REVIEW_ACTOR)
         try:
-            self._orders.update(new, order, [entry])
+            self._orders.update(new, order, entries)
         except StaleVersion:
             # Voided only when no version records it: the same edit repeated at once reauthorizes
             # under the same key (the version it writes), so the gateway gave both one authorization.

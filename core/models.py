@@ -1630,6 +1630,22 @@ class Order(BaseModel, defer_build=True):
             priced_version=self.version + 1, **again,
         )  # fmt: skip
 
+    def held_for_review(
+        self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
+    ) -> tuple[Order, list[HistoryEntry]]:
+        """`edited` (this order's edit) on hold in the same version, as a new order is when a review
+        rule asks (the first request's reason and note; every request in the entry): one write, so
+        nothing is authorized or sourced for the edited order before a person has looked."""
+        new, entry = edited
+        first = requests[0]
+        held, hold_entry = new.hold_for(
+            first.reason, first.note, at=at, actor=actor,
+            detail={"requests": [request.model_dump(exclude_none=True) for request in requests]},
+        )  # fmt: skip
+        held = _replaced(held, version=self.version + 1)
+        check_successor(self, held)
+        return held, [entry, hold_entry]
+
     def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:
         """A capture for `shipment_id` that this order could not record was refunded: counted, so a
         shipment made again under that id is captured under a new key."""
