@@ -354,30 +354,37 @@ class OrderActions:
         held = self._held_by(order)
         priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
+        changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
+                         if getattr(edit, name) is not None)  # fmt: skip
+        at = self._clock()
+
+        def edited(reauthorized: PaymentResult | None):
+            return order.edit(
+                lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
+                totals=priced.totals, shipping_address=cmd.shipping_address,
+                shipping_method=priced.shipping_method, changed=changes,
+                reauthorized=(total, reauthorized.reference) if reauthorized else None, at=at, actor=actor,
+            )  # fmt: skip
+
+        # Reviewed again as at capture, so an order edited up past a review threshold is not sourced
+        # and shipped unseen; asked only for what the order as it was did not need (a released
+        # order whose address changes is not held again, one whose total grows is). Asked before
+        # the gateway, so a rule that fails leaves no authorization behind.
+        preview, _ = edited(None)
+        asked = self._capture.reviews(preview) if preview.status is not S.ON_HOLD else []
+        if asked:
+            before = self._capture.reviews(order)
+            asked = [request for request in asked if request not in before]
         reauthorized = None
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
         # an authorization that no longer covers the total is replaced before anything is stored.
         authorized = order.payment.status is PaymentStatus.AUTHORIZED
         if authorized and total.amount > order.payment.authorized.amount:
             reauthorized = self._reauthorize(order, token, total, actor)
-        changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
-                         if getattr(edit, name) is not None)  # fmt: skip
-        new, entry = order.edit(
-            lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
-            totals=priced.totals, shipping_address=cmd.shipping_address,
-            shipping_method=priced.shipping_method, changed=changes,
-            reauthorized=(total, reauthorized.reference) if reauthorized else None, at=self._clock(), actor=actor,
-        )  # fmt: skip
+        new, entry = edited(reauthorized)
         entries = [entry]
-        # Reviewed again as at capture, so an order edited up past a review threshold is not sourced
-        # and shipped unseen; asked only for what the order as it was did not need (a released
-        # order whose address changes is not held again, one whose total grows is).
-        asked = self._capture.reviews(new) if new.status is not S.ON_HOLD else []
         if asked:
-            before = self._capture.reviews(order)
-            asked = [request for request in asked if request not in before]
-        if asked:
-            new, entries = order.held_for_review((new, entry), asked, at=self._clock(), actor=REVIEW_ACTOR)
+            new, entries = order.held_for_review((new, entry), asked, at=at, actor=REVIEW_ACTOR)
         try:
             self._orders.update(new, order, entries)
         except StaleVersion:

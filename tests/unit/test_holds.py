@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidTransition, NotFound, OrderHeld
+from core.errors import InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order, OrderEdit, ReviewRequest
 from core.money import Money
@@ -162,6 +162,25 @@ def test_an_allocated_order_edited_past_the_review_threshold_is_held_in_the_same
     run_from(world, order.id)
     assert world.order(order.id).status is S.ALLOCATED
     assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 6}
+
+
+class BrokenReview:
+    @hookimpl
+    def oms_review_order(self, order: Order) -> list[ReviewRequest]:
+        if order.totals.grand_total.amount > 100:
+            raise RuntimeError("the fraud service is down")
+        return []
+
+
+def test_a_review_rule_that_fails_on_an_edit_leaves_no_new_authorization_behind():
+    world = build_world(STOCK, BrokenReview())
+    order = world.allocated(("TSHIRT", 1))
+
+    with pytest.raises(PluginError):
+        world.actions.edit(order.id, order.version, OrderEdit(lines=[{"sku": "TSHIRT", "quantity": 6}]), "key_web")
+
+    assert world.order(order.id) == order
+    assert len(world.spy.authorized) == 1 and world.spy.voided == []
 
 
 def test_a_pending_order_edited_past_the_threshold_is_held_before_its_authorization(world, monkeypatch):
