@@ -19,13 +19,13 @@ from core.errors import (
     StaleVersion,
 )
 from core.ids import reservation_key, shipment_id_for
-from core.models import LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
+from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
-from core.services import CaptureService
+from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
@@ -212,9 +212,10 @@ class OrderActions:
     # --- Store and warehouse execution ------------------------------------------------------------
     def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
         """The location cannot fulfil a pending shipment. Recorded first (the order goes back to
-        `authorized` to be sourced again, that location excluded for it), then the units reserved
-        there are released: the workflow, started again by the status change, never reserves at
-        that location for this order again, so the release cannot undo its work. What the order
+        `authorized` to be sourced again, a held one when it is released, that location excluded
+        for it), then the units reserved there are released: the workflow, started again by the
+        status change, never reserves at that location for this order again, so the release cannot
+        undo its work. What the order
         holds elsewhere stays reserved for the workflow to keep or release. A repeat of a reject
         recorded already only finishes the release. A shipment an earlier change withdrew (two
         locations of a split order rejecting at once: the first sent the order back to be sourced)
@@ -325,7 +326,9 @@ class OrderActions:
         else that finds it (another edit, a cancel, the last parcel's ship) voids it first
         (Cancellation.void_requested_authorization).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
-        outbox restarts its workflow on that change."""
+        outbox restarts its workflow on that change. An edited order the review rules ask to
+        review (what they did not ask for the order as it was) is stored on hold in the same
+        write, as a new order is."""
         # Read consistently: If-Match is judged on this read, and the caller may hold the version a
         # change has just answered, which an eventually consistent read may not show yet.
         found = self._orders.get_with_token(order_id, consistent=True)
@@ -337,7 +340,6 @@ class OrderActions:
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
             )
         order.check_editable()
-        resourced = order.sourced_again_by_edit()
         # Without new lines the order's own are priced again; a line whose every unit was cancelled
         # has none to price and stays as it is.
         kept = [line for line in order.lines if line.quantity]
@@ -351,8 +353,10 @@ class OrderActions:
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
         # Checked against the stock sourcing may use again: the order's own units count, a
-        # location that rejected a shipment of it does not.
-        held = self._held_by(order) if resourced else None
+        # location that rejected a shipment of it does not. Read whatever its status: an order
+        # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
+        # runs again, which a hold puts off.
+        held = self._held_by(order)
         priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
@@ -368,19 +372,38 @@ class OrderActions:
             if settled.version > order.version + (1 if request.withdrawn else 2):
                 raise StaleVersion(f"order {order_id} changed meanwhile; read it again")
             return self.edit(order_id, settled.version, edit, actor, channel)
+        changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
+                         if getattr(edit, name) is not None)  # fmt: skip
+        at = self._clock()
+
+        def edited(edited_order: Order, reauthorized: PaymentResult | None) -> Change:
+            return edited_order.edit(
+                lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
+                totals=priced.totals, shipping_address=cmd.shipping_address,
+                shipping_method=priced.shipping_method, changed=changes,
+                reauthorized=(total, reauthorized.reference) if reauthorized else None, at=at, actor=actor,
+            )  # fmt: skip
+
+        # Reviewed again as at capture, so an order edited up past a review threshold is not sourced
+        # and shipped unseen; asked only for what the order as it was did not need (a released
+        # order whose address changes is not held again, one whose total grows is). Asked before
+        # the gateway, so a rule that fails leaves no authorization behind. The preview leaves out
+        # this edit's own authorization request (standing when the edit is repeated): it is never
+        # stored.
+        preview, _ = edited(order.model_copy(update={"authorization_requested": None}), None)
+        asked = self._capture.reviews(preview) if preview.status is not S.ON_HOLD else []
+        if asked:
+            before = self._capture.reviews(order)
+            asked = [request for request in asked if request not in before]
         reauthorized = None
         if grows:
             order, reauthorized = self._reauthorize(order, token, total, actor)
-        changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
-                         if getattr(edit, name) is not None)  # fmt: skip
-        new, entry = order.edit(
-            lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
-            totals=priced.totals, shipping_address=cmd.shipping_address,
-            shipping_method=priced.shipping_method, changed=changes,
-            reauthorized=(total, reauthorized.reference) if reauthorized else None, at=self._clock(), actor=actor,
-        )  # fmt: skip
+        new, entry = edited(order, reauthorized)
+        entries = [entry]
+        if asked:
+            new, entries = order.held_for_review((new, entry), asked, at=at, actor=REVIEW_ACTOR)
         try:
-            self._orders.update(new, order, [entry])
+            self._orders.update(new, order, entries)
         except StaleVersion:
             # Voided only when no version records it: the same edit repeated at once reauthorizes
             # under the same key (the version it writes), so the gateway gave both one authorization.
@@ -388,7 +411,7 @@ class OrderActions:
             if reauthorized is not None:
                 self._give_back(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
-        if resourced:
+        if held:
             self._release_replaced_lines(order, new)
         if not new.replaced_authorizations:
             return new
@@ -411,10 +434,11 @@ class OrderActions:
         return dict(held)
 
     def _release_replaced_lines(self, old: Order, new: Order) -> None:
-        """After an allocated or backordered order was edited: release what its old lines hold
-        where the new order has no line of that id and sku. The rest stays reserved for the
-        workflow, which sources the order again counting its own reservations as available and
-        releases what its new plan does not keep. Releasing those here instead could free a
+        """After an order holding stock was edited (allocated, backordered, or sent back to be
+        sourced and not sourced yet): release what its old lines hold where the new order has no
+        line of that id and sku. The rest stays reserved for the workflow, which sources the order
+        again counting its own reservations as available and releases what its new plan does not
+        keep. Releasing those here instead could free a
         reservation the restarted workflow has just made under the same key."""
         kept = {(line.line_id, line.sku) for line in new.lines}
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]

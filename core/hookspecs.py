@@ -200,15 +200,17 @@ def oms_source_order(
 
 @hookspec
 def oms_review_order(order: Order) -> list[ReviewRequest] | None:
-    """Ask for a person to review a new order before its payment is authorized.
+    """Ask for a person to review a new (or edited) order before its payment is authorized or it is sourced.
 
     :param order: the order as it will be stored, priced (`totals`, `lines`), `pending`, not yet
-        authorized; a copy.
+        authorized; on an edit, the edited order and the order as it was; a copy.
     :return: the reviews this rule asks for (possibly empty: the order goes on), or None.
 
-    Every plugin is called, at capture (the API and bulk imports alike). When any asks, the order
-    is stored `on_hold` with the first request's `reason` and `note` (every request is in the
-    history entry) and waits for `POST /orders/{id}/release`. The built-in rule `review_threshold`
+    Every plugin is called, at capture (the API and bulk imports alike), and again with the
+    edited order (`pending` or `authorized`) when an order not on hold is edited. When any asks,
+    the order is stored `on_hold` with the first request's `reason` and `note` (every request is
+    in the history entry) and waits for `POST /orders/{id}/release`; on an edit, only what the
+    rules did not ask for the order as it was holds it. The built-in rule `review_threshold`
     holds orders whose grand total reaches `OMS_REVIEW_THRESHOLD` (reason `fraud_review`).
     """
 

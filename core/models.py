@@ -1271,10 +1271,13 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
-        """The pending shipment, if the order may ship it now; InvalidTransition otherwise."""
+        """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
+        pickup order's shipment is never shipped: readied, then collected at its store)."""
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
+        if self.fulfillment.type == "pickup":
+            raise InvalidTransition(f"shipment {shipment_id} is a pickup: it is made ready, then collected")
         if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
             raise InvalidTransition(f"an order that is {self.status} cannot ship")
         return shipment
@@ -1553,11 +1556,15 @@ class Order(BaseModel, defer_build=True):
     # --- Store and warehouse execution ---------------------------------------------------------
     def reject_shipment(self, shipment_id: str, reason: str, *, at: datetime, actor: str) -> Change:
         """The location cannot fulfil this pending shipment: the order goes back to be sourced
-        again (authorized, nothing allocated, no pending shipment) and never from that location."""
+        again (authorized, nothing allocated, no pending shipment) and never from that location. A
+        held one (held allocated) stays on hold, and is sourced again when it is released."""
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
-        self._check_resourceable("sourced again")
+        if self._held_with_stock():
+            self._check_nothing_left("sourced again")
+        else:
+            self._check_resourceable("sourced again")
         excluded = [*self.excluded_locations, shipment.location_id]
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
@@ -1754,6 +1761,22 @@ class Order(BaseModel, defer_build=True):
                     "reason": "replaced by the authorization of the edited total"},
             replaced_authorizations=[a for a in self.replaced_authorizations if a != authorization],
         )  # fmt: skip
+
+    def held_for_review(
+        self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
+    ) -> tuple[Order, list[HistoryEntry]]:
+        """`edited` (this order's edit) on hold in the same version, as a new order is when a review
+        rule asks (the first request's reason and note; every request in the entry): one write, so
+        nothing is authorized or sourced for the edited order before a person has looked."""
+        new, entry = edited
+        first = requests[0]
+        held, hold_entry = new.hold_for(
+            first.reason, first.note, at=at, actor=actor,
+            detail={"requests": [request.model_dump(exclude_none=True) for request in requests]},
+        )  # fmt: skip
+        held = _replaced(held, version=self.version + 1)
+        check_successor(self, held)
+        return held, [entry, hold_entry]
 
     def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:
         """A capture for `shipment_id` that this order could not record was refunded: counted, so a

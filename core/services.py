@@ -26,6 +26,7 @@ from core.models import (
     PlaceOrder,
     Product,
     ProductInput,
+    ReviewRequest,
     StockLevel,
     utc_now,
 )
@@ -231,12 +232,16 @@ class CaptureService:
         self._orders.add(order, created, payment_token=cmd.payment.token, later_entries=held)
         return order
 
+    def reviews(self, order: Order) -> list[ReviewRequest]:
+        """What the review rules ask for `order` (hook oms_review_order): nothing without rules."""
+        if self._review_rules is None:
+            return []
+        return call_hook(self._review_rules.hook.oms_review_order, order=order) or []
+
     def _reviewed(self, order: Order, now: datetime) -> tuple[Order, list[HistoryEntry]]:
         """The new order, on hold when a review rule asks for it (with the hold's entry): stored
         that way in the same write, so its workflow never sees it pending and authorizes nothing."""
-        if self._review_rules is None:
-            return order, []
-        requests = call_hook(self._review_rules.hook.oms_review_order, order=order)
+        requests = self.reviews(order)
         if not requests:
             return order, []
         first = requests[0]
