@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from core.errors import InvalidRequest, InvalidTransition
+from core.events import OrderEvent
 from core.models import Identifier, LineInput, Note, Strict, Text
 from core.money import Money
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
@@ -110,6 +112,18 @@ class ReturnPolicyDecision(BaseModel):
     refund_shipping: bool = False
 
 
+class OrderEntry(BaseModel):
+    """An entry a change of a return owes its order's history (its request, approval, rejection or
+    expiry), kept on the return with the change itself: Returns writes it on the order, which
+    records each once (Order.return_noted), and writes it again wherever the first writer died."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    type: OrderEvent
+    actor: str
+    detail: dict[str, Any]
+
+
 class Return(BaseModel):
     """One return (RMA) of an order. Its methods are the only way to a new version: each checks
     the transition table and bumps the version the repository's conditional write expects."""
@@ -135,12 +149,25 @@ class Return(BaseModel):
     exchange: ExchangeInput | None = None
     exchange_order_id: str | None = None
     note: str | None = None
+    # What the order's history owes this return's changes (OrderEntry). The system's own: stored
+    # (stored_json), never shown.
+    order_entries: list[OrderEntry] = Field(default_factory=list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
 
     def stored_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
+        api_json = self.model_dump_json(exclude_none=True)
+        if not self.order_entries:
+            return api_json
+        entries = [entry.model_dump(mode="json") for entry in self.order_entries]
+        return api_json[:-1] + "," + json.dumps({"order_entries": entries}, separators=(",", ":"))[1:]
+
+    def owing(self, type: OrderEvent, *, actor: str, detail: dict[str, Any]) -> Return:
+        """This version of the return, owing its order's history an entry `type` for it (the same
+        version: the entry belongs to the change that made it)."""
+        entry = OrderEntry(type=type, actor=actor, detail=detail)
+        return Return.model_validate({**dict(self), "order_entries": [*self.order_entries, entry]})
 
     def _next(self, to: ReturnStatus | None, at: datetime, **fields: Any) -> Return:
         if to is not None and to != self.status and not can_transition(self.status, to):

@@ -2,7 +2,11 @@
 
 Each step reads what is stored and skips what is done, so the returns workflow (and a repeated
 request) can run any of them again: a receipt is one conditional write on the return, a restock is
-keyed by return and line, and the order records a return's units once (Order.record_return)."""
+keyed by return and line, and the order records a return's units once (Order.record_return).
+A request, approval, rejection or expiry carries the order's history entry in the return's own
+write (Return.order_entries); the order records each once (Order.return_noted), right after, and
+again wherever that writer died first: a repeat of the step, the receipt's count on the order, or
+the next read of the order's history (owed_entries)."""
 
 from __future__ import annotations
 
@@ -25,7 +29,16 @@ from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
-from core.models import AddressInput, Order, PaymentInput, PlaceOrder, RefundedUnits, ShipmentLine, utc_now
+from core.models import (
+    AddressInput,
+    HistoryEntry,
+    Order,
+    PaymentInput,
+    PlaceOrder,
+    RefundedUnits,
+    ShipmentLine,
+    utc_now,
+)
 from core.money import Money
 from core.order_changes import ATTEMPTS, modify, visible
 from core.ports import (
@@ -38,7 +51,7 @@ from core.ports import (
 )
 from core.refund_service import Decision, RefundService
 from core.refunds import cumulative_share, given_back_for_units, refund_due, refund_id_for, units_refunded
-from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
+from core.return_models import OrderEntry, ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
 from core.workflow_types import stored_label
@@ -164,6 +177,11 @@ class Returns:
                 updated_at=now,
                 version=1,
             )
+            item = item.owing(OrderEvent.RETURN_REQUESTED, actor=actor, detail={
+                "return_id": item.id, "status": item.status.value,
+                "lines": [{"line_id": line.line_id, "quantity": line.quantity, "reason_code": line.reason_code}
+                          for line in item.lines],
+            })  # fmt: skip
             if item.status is R.AUTHORIZED:
                 # Booked before the return is stored, so an authorized return never lacks the label
                 # a failed booking would have left out; the booking is keyed by the return's id.
@@ -175,11 +193,7 @@ class Returns:
             break
         else:
             raise StaleVersion(f"returns of order {order_id} kept changing; retry")
-        self._note(order_id, OrderEvent.RETURN_REQUESTED, actor, {
-            "return_id": item.id, "status": item.status.value,
-            "lines": [{"line_id": line.line_id, "quantity": line.quantity, "reason_code": line.reason_code}
-                      for line in item.lines],
-        })  # fmt: skip
+        self._note(item)
         return item
 
     def _check_exchange(self, cmd: RequestReturn) -> None:
@@ -239,24 +253,40 @@ class Returns:
         """Authorize a requested return with its label in the same write. The label is booked
         first (keyed by the return's id), as at request: a booking that fails leaves the return
         `requested`, so approving again books it; written after, a failed booking left an
-        authorized return without a label for good (approving again is 409)."""
+        authorized return without a label for good (approving again is 409). A repeat (409)
+        first writes the order's entries a first run died before writing."""
         current = self.get(return_id, channel)
         booked = current
         order = self._orders.get(current.order_id)
         if current.status is R.REQUESTED and order is not None:
             booked = self._with_label(current, order)
+        else:
+            self._note(current)  # a repeat (409): the entries a first run died before writing
         label = {"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": booked.label_url}
         at = self._clock()
         item = self._change(
             return_id, channel,
-            lambda r: r.approve(note, at=at).model_copy(update=label if booked.label_url else {}),
+            lambda r: r.approve(note, at=at)
+            .model_copy(update=label if booked.label_url else {})
+            .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note}),
         )  # fmt: skip
-        self._note(item.order_id, OrderEvent.RETURN_AUTHORIZED, actor, {"return_id": item.id, "note": note})
+        self._note(item)
         return item
 
     def reject(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
-        item = self._change(return_id, channel, lambda r: r.reject(note, at=self._clock()))
-        self._note(item.order_id, OrderEvent.RETURN_REJECTED, actor, {"return_id": item.id, "note": note})
+        """Reject a requested return (its units may be asked for again). As with `approve`, a
+        repeat (409) first writes the order's entries a first run died before writing."""
+        current = self.get(return_id, channel)
+        if current.status is not R.REQUESTED:
+            self._note(current)
+        at = self._clock()
+        item = self._change(
+            return_id, channel,
+            lambda r: r.reject(note, at=at).owing(
+                OrderEvent.RETURN_REJECTED, actor=actor, detail={"return_id": r.id, "note": note}
+            ),
+        )  # fmt: skip
+        self._note(item)
         return item
 
     def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
@@ -288,7 +318,12 @@ class Returns:
         def decide(item: Return) -> Return:
             nonlocal was
             was = item.status if item.status in UNRECEIVED_RETURNS and item.created_at < created_before else None
-            return item if was is None else item.cancel(at=at)
+            if was is None:
+                return item
+            return item.cancel(at=at).owing(OrderEvent.RETURN_CANCELLED, actor=actor, detail={
+                "return_id": item.id, "reason": RETURN_EXPIRED, "status": was.value,
+                "created_at": item.created_at.isoformat(),
+            })  # fmt: skip
 
         try:
             item = self._change(return_id, None, decide)
@@ -296,12 +331,9 @@ class Returns:
             return False  # it kept changing: the next pass judges it again
         if was is None:
             return False
-        # Written after the return's own change, which is what frees its units: should this die in
-        # between, the return is cancelled without its entry (no pass finds it again).
-        self._note(item.order_id, OrderEvent.RETURN_CANCELLED, actor, {
-            "return_id": item.id, "reason": RETURN_EXPIRED, "status": was.value,
-            "created_at": item.created_at.isoformat(),
-        })  # fmt: skip
+        # Written after the return's own change, which is what frees its units and carries the
+        # entry: should this die in between, the next reader of the order's history writes it.
+        self._note(item)
         return True
 
     # --- Label ------------------------------------------------------------------------------
@@ -371,6 +403,7 @@ class Returns:
         item = self.get(return_id)
         if item.status not in (R.RECEIVED, R.REFUNDED):
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        self._note(item)  # its request and approval come before its receipt, whoever died before them
         at = self._clock()
         detail = {
             "location_id": item.received_at_location,
@@ -606,9 +639,12 @@ class Returns:
         order's history records where it stopped and why, for a person; receiving the return
         again resumes it."""
         item = self.get(return_id)
-        self._note(item.order_id, OrderEvent.RETURN_STUCK, actor, {
-            "return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500],
-        })  # fmt: skip
+        at = self._clock()
+        detail = {"return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500]}
+        modify(
+            self._orders, item.order_id,
+            lambda order: order.noted(OrderEvent.RETURN_STUCK, at=at, actor=actor, detail=detail),
+        )  # fmt: skip
 
     def settle(self, return_id: str, actor: str) -> Return:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund,
@@ -624,9 +660,31 @@ class Returns:
             return self.get(return_id)
 
     # --- History ----------------------------------------------------------------------------
-    def _note(self, order_id: str, event: OrderEvent, actor: str, detail: dict[str, Any]) -> None:
-        at = self._clock()
-        modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
+    def owed_entries(self, order: Order) -> list[HistoryEntry]:
+        """Write on `order`'s history the entries its returns' requests, approvals, rejections and
+        expiries owe it and it lacks (a writer died between the return's change and the order's
+        entry: nothing else would look again); the entries written. The history's reader calls it."""
+        written: list[HistoryEntry] = []
+        for item in self._returns.for_order(order.id):
+            if any(not order.has_return_entry(item.id, entry.type) for entry in item.order_entries):
+                written += self._note(item)
+        return written
+
+    def _note(self, item: Return) -> list[HistoryEntry]:
+        """Each entry `item` owes its order (Return.order_entries) on the order's history, once
+        (Order.return_noted); the entries written by this call."""
+        written: list[HistoryEntry] = []
+        for entry in item.order_entries:
+            at = self._clock()
+
+            def decide(order: Order, entry: OrderEntry = entry, at: datetime = at):
+                change = order.return_noted(item.id, entry.type, at=at, actor=entry.actor, detail=entry.detail)
+                if change is not None:
+                    written.append(change[1])
+                return change
+
+            modify(self._orders, item.order_id, decide)
+        return written
 
 
 def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:

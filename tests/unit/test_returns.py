@@ -27,6 +27,7 @@ from core.plugin_manager import build_plugin_manager
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
+from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW, product
 from tests.fakes import FakeReturns, ScriptedGateway
@@ -267,6 +268,91 @@ def test_a_rejected_return_gives_its_units_back_to_be_returned_again(world, cloc
     assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").ordinal == 2
     events = [e.type for e in world.history(order.id) if e.type.value.startswith("return_")]
     assert events == [OrderEvent.RETURN_REQUESTED, OrderEvent.RETURN_REJECTED, OrderEvent.RETURN_REQUESTED]
+
+
+class LambdaDied(Exception):
+    """The function running a step was stopped (a timeout, a crash) at that point."""
+
+
+def the_next_order_write_dies(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next FakeOrders.update never lands: the step's Lambda dies right before it."""
+    real = world.orders.update
+    died: list[bool] = []
+
+    def update(order: Order, expected: Order, entries: list) -> None:
+        if not died:
+            died.append(True)
+            raise LambdaDied()
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+
+
+def return_entries(world: World, order_id: str) -> list[tuple[OrderEvent, str, str]]:
+    return [(e.type, e.actor, e.detail["return_id"]) for e in world.history(order_id)
+            if e.type.value.startswith("return_")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("decision", "event"), [
+    ("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED),
+])  # fmt: skip
+def test_a_decision_that_died_before_the_orders_entry_has_it_written_once_by_deciding_again(
+    world, clock, monkeypatch, decision, event
+):
+    returns, store = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        getattr(returns, decision)(item.id, "ok by Sam", actor="key_lead")
+    assert store.get(item.id).status is not R.REQUESTED
+
+    for _ in range(2):  # the person sees the return decided (409), and the order's entry is there once
+        with pytest.raises(InvalidTransition):
+            getattr(returns, decision)(item.id, "ok by Sam", actor="key_lead")
+
+    assert return_entries(world, order.id) == [
+        (OrderEvent.RETURN_REQUESTED, "key_cs", item.id), (event, "key_lead", item.id)
+    ]  # fmt: skip
+    assert [e.detail.get("note") for e in world.history(order.id) if e.type is event] == ["ok by Sam"]
+
+
+def test_a_request_that_died_before_the_orders_entry_has_it_written_before_the_receipt(world, clock, monkeypatch):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    [item] = world.returns.for_order(order.id)
+    assert return_entries(world, order.id) == []
+
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor="returns-workflow")
+    returns.record_on_order(item.id, actor="returns-workflow")
+
+    assert return_entries(world, order.id) == [
+        (OrderEvent.RETURN_REQUESTED, "key_cs", item.id), (OrderEvent.RETURN_RECEIVED, "key_wh", item.id)
+    ]  # fmt: skip
+
+
+def test_the_history_read_writes_the_entries_a_dead_writer_owed_the_order_once(world, clock, monkeypatch):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    [item] = world.returns.for_order(order.id)
+    queries = OrderQueries(world.orders, owed_entries=returns.owed_entries)
+
+    read = queries.history(order.id)
+    again = queries.history(order.id)
+
+    assert [(e.type, e.detail["return_id"]) for e in read if e.type is OrderEvent.RETURN_REQUESTED] == [
+        (OrderEvent.RETURN_REQUESTED, item.id)
+    ]  # fmt: skip
+    assert again == read == world.history(order.id)
+    assert return_entries(world, order.id) == [(OrderEvent.RETURN_REQUESTED, "key_cs", item.id)]
 
 
 def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_returned(world, clock):
