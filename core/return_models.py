@@ -207,7 +207,7 @@ class Return(BaseModel):
         damaged: dict[str, int] = {}
         for item in receipt.lines:
             if item.line_id not in by_line:
-                raise _invalid_receipt(receipt, item.line_id, "is not on this return")
+                raise _invalid_receipt(receipt, item.line_id, "is not on this return", field="line_id")
             target = resellable if item.condition == "resellable" else damaged
             target[item.line_id] = target.get(item.line_id, 0) + item.quantity
         lines = []
@@ -240,8 +240,9 @@ class Return(BaseModel):
         return {line.line_id: line.received_quantity for line in self.lines if line.received_quantity}
 
 
-def _invalid_receipt(receipt: ReceiveReturn, line_id: str, problem: str) -> InvalidRequest:
+def _invalid_receipt(receipt: ReceiveReturn, line_id: str, problem: str, field: str = "quantity") -> InvalidRequest:
+    """The 422 of a receipt's line `line_id`, naming its first entry's `field` (the one at fault)."""
     index = next(i for i, item in enumerate(receipt.lines) if item.line_id == line_id)
     return InvalidRequest(
-        f"line {line_id} {problem}", details=[{"field": f"lines[{index}].quantity", "message": problem}]
+        f"line {line_id} {problem}", details=[{"field": f"lines[{index}].{field}", "message": problem}]
     )

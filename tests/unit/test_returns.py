@@ -449,6 +449,18 @@ def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world,
     assert store.get(item.id) == item
 
 
+def test_receiving_a_line_that_is_not_on_the_return_is_422_naming_its_line_id(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1), ("MUG", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "damaged")), "key_wh")
+
+    assert refused.value.details == [{"field": "lines[1].line_id", "message": "is not on this return"}]
+    assert store.get(item.id) == item
+
+
 def test_a_receipt_at_an_unknown_location_is_422(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1))
