@@ -193,7 +193,7 @@ class Returns:
             break
         else:
             raise StaleVersion(f"returns of order {order_id} kept changing; retry")
-        self._note(item)
+        self._note(item, order)
         return item
 
     def _check_exchange(self, cmd: RequestReturn) -> None:
@@ -261,7 +261,7 @@ class Returns:
         if current.status is R.REQUESTED and order is not None:
             booked = self._with_label(current, order)
         else:
-            self._note(current)  # a repeat (409): the entries a first run died before writing
+            self._note(current, order)  # a repeat (409): the entries a first run died before writing
         label = {"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": booked.label_url}
         at = self._clock()
         item = self._change(
@@ -270,7 +270,7 @@ class Returns:
             .model_copy(update=label if booked.label_url else {})
             .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note}),
         )  # fmt: skip
-        self._note(item)
+        self._note(item, order)
         return item
 
     def reject(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
@@ -666,15 +666,20 @@ class Returns:
         entry: nothing else would look again); the entries written. The history's reader calls it."""
         written: list[HistoryEntry] = []
         for item in self._returns.for_order(order.id):
-            if any(not order.has_return_entry(item.id, entry.type) for entry in item.order_entries):
-                written += self._note(item)
+            written += self._note(item, order)
         return written
 
-    def _note(self, item: Return) -> list[HistoryEntry]:
+    def _note(self, item: Return, order: Order | None = None) -> list[HistoryEntry]:
         """Each entry `item` owes its order (Return.order_entries) on the order's history, once
-        (Order.return_noted); the entries written by this call."""
+        (Order.return_noted); the entries written by this call. `order`: the order as read, which
+        spares a read when it has them all (one it lacks is decided on the order as written)."""
+        if not item.order_entries:
+            return []
+        order = order or self._orders.get(item.order_id)
         written: list[HistoryEntry] = []
         for entry in item.order_entries:
+            if order is not None and order.has_return_entry(item.id, entry.type):
+                continue
             at = self._clock()
 
             def decide(order: Order, entry: OrderEntry = entry, at: datetime = at):
