@@ -152,16 +152,32 @@ class Return(BaseModel):
     # What the order's history owes this return's changes (OrderEntry). The system's own: stored
     # (stored_json), never shown.
     order_entries: list[OrderEntry] = Field(default_factory=list, exclude=True)
+    # The key of the request that made it (a client's Idempotency-Key, scoped to its API key): a
+    # retry the first run's stored answer never reached finds this return (Returns.request).
+    # The system's own: stored, never shown.
+    request_key: str | None = Field(default=None, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
 
     def stored_json(self) -> str:
+        """The return as the repository stores it: the API's JSON plus what only the system reads."""
         api_json = self.model_dump_json(exclude_none=True)
-        if not self.order_entries:
+        system: dict[str, Any] = {}
+        if self.order_entries:
+            system["order_entries"] = [entry.model_dump(mode="json") for entry in self.order_entries]
+        if self.request_key is not None:
+            system["request_key"] = self.request_key
+        if not system:
             return api_json
-        entries = [entry.model_dump(mode="json") for entry in self.order_entries]
-        return api_json[:-1] + "," + json.dumps({"order_entries": entries}, separators=(",", ":"))[1:]
+        return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
+
+    def made_by(self, cmd: RequestReturn) -> bool:
+        """Whether this return is what `cmd` asks for (its lines and exchange)."""
+        asked = [(x.line_id, x.quantity, x.reason, x.reason_code) for x in cmd.lines]
+        return asked == [(x.line_id, x.quantity, x.reason, x.reason_code) for x in self.lines] and (
+            self.exchange == cmd.exchange
+        )
 
     def owing(self, type: OrderEvent, *, actor: str, detail: dict[str, Any]) -> Return:
         """This version of the return, owing its order's history an entry `type` for it (the same

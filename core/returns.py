@@ -139,10 +139,18 @@ class Returns:
         return self._returns.list(ReturnFilter(status=status, channel=channel), limit, cursor)
 
     # --- Request ----------------------------------------------------------------------------
-    def request(self, order_id: str, cmd: RequestReturn, actor: str, channel: str | None = None) -> Return:
+    def request(
+        self, order_id: str, cmd: RequestReturn, actor: str, channel: str | None = None,
+        request_key: str | None = None,
+    ) -> Return:  # fmt: skip
         """A new return of shipped units, decided by the return policy: `requested` (waiting for a
         person) or `authorized` with a return label. More than shipped minus earlier returns is
-        422; an order with nothing shipped is 409."""
+        422; an order with nothing shipped is 409.
+
+        `request_key` (a client's Idempotency-Key, scoped to its API key) is kept on the return: a
+        retry of a request that made it (whose answer was never stored: it failed after, or its
+        function died) answers that return, with the order's entry written if it was not, instead
+        of making a second one; another request under the key is 409 `idempotency_key_reused`."""
         order = visible(self._orders.get(order_id), order_id, channel)
         shipped = order.shipped_units()
         if not any(shipped.values()):
@@ -151,6 +159,9 @@ class Returns:
             self._check_exchange(cmd)
         for _ in range(ATTEMPTS):
             earlier = self._returns.for_order(order_id)
+            made = next((r for r in earlier if request_key is not None and r.request_key == request_key), None)
+            if made is not None:
+                return self._requested_again(made, cmd, order)
             returned_before = _units_on(earlier)
             self._check_quantities(order, cmd, shipped, returned_before)
             now = self._clock()
@@ -173,6 +184,7 @@ class Returns:
                 refund_shipping=decision.refund_shipping,
                 return_to=_origin(order, cmd.lines[0].line_id),
                 exchange=cmd.exchange,
+                request_key=request_key,
                 created_at=now,
                 updated_at=now,
                 version=1,
@@ -195,6 +207,16 @@ class Returns:
             raise StaleVersion(f"returns of order {order_id} kept changing; retry")
         self._note(item, order)
         return item
+
+    def _requested_again(self, made: Return, cmd: RequestReturn, order: Order) -> Return:
+        if not made.made_by(cmd):
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+            )
+        self._note(made, order)
+        return made
 
     def _check_exchange(self, cmd: RequestReturn) -> None:
         """The exchange's skus exist, as POST /orders checks them (stock is checked when the

@@ -336,6 +336,24 @@ def test_a_request_that_died_before_the_orders_entry_has_it_written_before_the_r
     ]  # fmt: skip
 
 
+def test_a_request_retried_under_its_key_after_it_failed_past_the_return_answers_that_return(world, clock, monkeypatch):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):  # the return is stored; the request's answer never was
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k1")
+
+    again = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k1")
+
+    assert [r.id for r in store.for_order(order.id)] == [again.id]
+    assert return_entries(world, order.id) == [(OrderEvent.RETURN_REQUESTED, "key_cs", again.id)]
+    with pytest.raises(Conflict) as reused:
+        returns.request(order.id, ask(("L1", 2, None)), actor="key_cs", request_key="api:key_cs:k1")
+    assert reused.value.code == "idempotency_key_reused"
+    other = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k2")
+    assert [r.id for r in store.for_order(order.id)] == [again.id, other.id]
+
+
 def test_the_history_read_writes_the_entries_a_dead_writer_owed_the_order_once(world, clock, monkeypatch):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))

@@ -50,11 +50,13 @@ def request_return(
     order_id: OrderIdPath, request: RequestReturn, idempotency_key: IdempotencyKey = None
 ) -> Response[Return]:
     who = caller(router)
+    # Kept on the return, so a retry finds it even when the first request stopped before its answer was stored.
+    request_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else None
 
     def create() -> dict:
         return (
             container()
-            .returns.request(order_id, request, actor=who.key_id, channel=who.channel)
+            .returns.request(order_id, request, actor=who.key_id, channel=who.channel, request_key=request_key)
             .model_dump(mode="json")
         )
 
