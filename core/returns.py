@@ -51,7 +51,15 @@ from core.ports import (
 )
 from core.refund_service import Decision, RefundService
 from core.refunds import cumulative_share, given_back_for_units, refund_due, refund_id_for, units_refunded
-from core.return_models import OrderEntry, ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
+from core.return_models import (
+    ExchangeInput,
+    OrderEntry,
+    ReceiveReturn,
+    RequestReturn,
+    Return,
+    ReturnLine,
+    ReturnPolicyDecision,
+)
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
 from core.workflow_types import stored_label
@@ -156,7 +164,7 @@ class Returns:
         if not any(shipped.values()):
             raise Conflict(f"order {order_id} has nothing shipped to return", code="nothing_shipped")
         if cmd.exchange is not None:
-            self._check_exchange(cmd)
+            self._check_exchange(cmd, order)
         for _ in range(ATTEMPTS):
             earlier = self._returns.for_order(order_id)
             made = next((r for r in earlier if request_key is not None and r.request_key == request_key), None)
@@ -218,9 +226,12 @@ class Returns:
         self._note(made, order)
         return made
 
-    def _check_exchange(self, cmd: RequestReturn) -> None:
-        """The exchange's skus exist, as POST /orders checks them (stock is checked when the
-        replacement is placed, at receipt: units come back before it ships)."""
+    def _check_exchange(self, cmd: RequestReturn, order: Order) -> None:
+        """The exchange's skus exist and the replacement, as it would be placed for `order`, is
+        priced, as POST /orders checks them (stock is checked when the replacement is placed, at
+        receipt: units come back before it ships). One that could never be placed (a product with
+        no price in the order's currency, a shipping method its lines cannot have) is 422 now,
+        before the customer sends anything back, with the error POST /orders would give."""
         assert cmd.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
@@ -233,6 +244,17 @@ class Returns:
         ]
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
+        found = self._orders.get_with_token(order.id)
+        assert found is not None  # read a moment ago; orders are never deleted
+        try:
+            self._capture.price(_replacement_command(order, cmd.exchange, found[1], external_id=None))
+        except InvalidRequest as refused:
+            details = [
+                {**detail, "field": "exchange." + detail["field"]}
+                if str(detail.get("field", "")).startswith("lines") else detail
+                for detail in refused.details
+            ]  # fmt: skip
+            raise InvalidRequest(refused.message, code=refused.code, details=details) from None
 
     def _check_quantities(
         self, order: Order, cmd: RequestReturn, shipped: dict[str, int], returned_before: dict[str, int]
@@ -624,14 +646,7 @@ class Returns:
             # of the units' value is still in its own credit, which carries over (not charged twice).
             carried = self._due(item, original, capped=False) - credit
             credit = credit + max(min(carried, earlier), Money.zero(original.currency))
-        cmd = PlaceOrder(
-            channel=original.channel, external_id=external_id, currency=original.currency,
-            customer=original.customer, lines=item.exchange.lines,
-            shipping_address=AddressInput.model_validate(original.shipping_address.model_dump()),
-            fulfillment=original.fulfillment,
-            shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
-            payment=PaymentInput(method=original.payment.method, token=token),
-        )  # fmt: skip
+        cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
         try:
             return self._capture.place_exchange(cmd, credit, original.id, item.id, actor)
         except DuplicateOrder as duplicate:
@@ -745,6 +760,19 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
         unrecorded = cumulative_share(line, units[line_id]) - cumulative_share(line, recorded_units[line_id])
         worth[line_id] = amount + unrecorded
     return units, worth
+
+
+def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:
+    """The capture command of an exchange's replacement: its lines, with the original's channel,
+    customer, address, fulfillment, shipping method and payment."""
+    return PlaceOrder(
+        channel=original.channel, external_id=external_id, currency=original.currency,
+        customer=original.customer, lines=exchange.lines,
+        shipping_address=AddressInput.model_validate(original.shipping_address.model_dump()),
+        fulfillment=original.fulfillment,
+        shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
+        payment=PaymentInput(method=original.payment.method, token=token),
+    )  # fmt: skip
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:

@@ -931,6 +931,23 @@ def test_an_exchange_of_an_unknown_sku_is_422_naming_the_field(world, clock):
     assert store.returns == {}
 
 
+def test_an_exchange_for_a_product_with_no_price_in_the_orders_currency_is_422_before_anything_is_sent_back(
+    world, clock
+):
+    # POST /orders refuses such a line (no_price); accepted on the return, the replacement could
+    # never be placed: the units came back, the Exchange step failed for good and nothing was refunded.
+    returns, store = returns_for(world, clock)
+    world.catalog.put_product(product("SCARF-EU", "15.00", currency="EUR"))
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("SCARF-EU", 1)), actor="key_cs")
+
+    assert refused.value.code == "no_price"
+    assert refused.value.details == [{"field": "exchange.lines[1].sku", "message": "no price in USD"}]
+    assert store.returns == {}
+
+
 def test_a_returns_service_without_the_capture_path_refuses_exchanges(world, clock):
     plugins = build_plugin_manager(enable_test_payments=True)
     refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
