@@ -41,7 +41,8 @@ def _shown(item: Return) -> dict:
     "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`. With "
     "an `Idempotency-Key`, a retry returns the first answer instead of a second return. With `exchange.lines` "
     "the replacement order is placed through the capture path once the return is received, paid for first by "
-    "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`.",
+    "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, and one with no price in "
+    "the order's currency 422 `no_price`, as POST /orders answers them.",
     responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
     middlewares=[plugins_loaded],
 )
