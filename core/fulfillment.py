@@ -18,7 +18,6 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
-from core.events import OrderEvent
 from core.ids import reservation_key, shipment_id_for
 from core.models import LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
@@ -318,7 +317,13 @@ class OrderActions:
              channel: str | None = None) -> Order:  # fmt: skip
         """Change lines, address or shipping method until the first shipment ships; totals are
         priced again exactly as at capture. An order whose total grows is authorized again for
-        the new total before anything is stored (the old authorization voided after the write).
+        the new total before the edit is stored (the old authorization, which the edit's write
+        names as replaced, voided after it: Cancellation.void_replaced_authorizations),
+        and the order records that it asks for it first (Order.request_reauthorization), so an
+        authorization the gateway makes is never left behind: the edit repeated with the same
+        If-Match after it died records it (under the same key, for the same total), and anything
+        else that finds it (another edit, a cancel, the last parcel's ship) voids it first
+        (Cancellation.void_requested_authorization).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
         outbox restarts its workflow on that change."""
         # Read consistently: If-Match is judged on this read, and the caller may hold the version a
@@ -326,7 +331,7 @@ class OrderActions:
         found = self._orders.get_with_token(order_id, consistent=True)
         visible(found[0] if found else None, order_id, channel)
         order, token = found
-        if order.version != expected_version:
+        if not order.edits_from(expected_version):
             raise StaleVersion(
                 f"order {order_id} is at version {order.version}, not {expected_version}",
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
@@ -350,12 +355,22 @@ class OrderActions:
         held = self._held_by(order) if resourced else None
         priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
-        reauthorized = None
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
-        # an authorization that no longer covers the total is replaced before anything is stored.
+        # an authorization that no longer covers the total is replaced before the edit is stored.
         authorized = order.payment.status is PaymentStatus.AUTHORIZED
-        if authorized and total.amount > order.payment.authorized.amount:
-            reauthorized = self._reauthorize(order, token, total, actor)
+        grows = authorized and total.amount > order.payment.authorized.amount
+        request = order.authorization_requested
+        own = request is not None and not request.withdrawn and order.version == request.edit_of + 1
+        if request is not None and not (own and grows and request.amount == total):
+            # Another edit's, or this one's for another total: voided, then this edit made on the
+            # order as that leaves it, unless anything else changed it meanwhile.
+            settled = self._cancellation.void_requested_authorization(order, actor)
+            if settled.version > order.version + (1 if request.withdrawn else 2):
+                raise StaleVersion(f"order {order_id} changed meanwhile; read it again")
+            return self.edit(order_id, settled.version, edit, actor, channel)
+        reauthorized = None
+        if grows:
+            order, reauthorized = self._reauthorize(order, token, total, actor)
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
         new, entry = order.edit(
@@ -371,25 +386,17 @@ class OrderActions:
             # under the same key (the version it writes), so the gateway gave both one authorization.
             # Read consistently: no write guards this decision.
             if reauthorized is not None:
-                current = self._orders.get(order_id, consistent=True)
-                if current is None or current.payment.authorization != reauthorized.reference:
-                    self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
+                self._give_back(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if resourced:
             self._release_replaced_lines(order, new)
-        old = order.payment.authorization
-        voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
-        if voided is not None:
-            at = self._clock()
-            modify(
-                self._orders, order_id,
-                lambda current: current.noted(
-                    OrderEvent.PAYMENT_VOIDED, at=at, actor=actor,
-                    detail={"authorization": old, "reference": voided.reference,
-                            "reason": "replaced by the authorization of the edited total"},
-                ),
-            )  # fmt: skip
-        return new
+        if not new.replaced_authorizations:
+            return new
+        # A void that cannot be made now leaves the replaced authorization on the order (each
+        # attempt in the history), for the next edit, a cancel or the last parcel's ship to void.
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            return self._cancellation.void_replaced_authorizations(new, actor)
+        return self._orders.get(order_id, consistent=True) or new
 
     def _held_by(self, order: Order) -> dict[tuple[str, str], int]:
         """The units `order` holds, by sku and location."""
@@ -422,12 +429,25 @@ class OrderActions:
             for item in self._inventory.reservations(dict(keys)):
                 self._inventory.release(*item)
 
-    def _reauthorize(self, order: Order, token: str, amount: Money, actor: str) -> PaymentResult:
-        """Within the request: transient failures are retried; still failing, 503 with Retry-After.
-        Keyed by the version the edit will write, so repeating the edit reuses the authorization."""
-        key = payment_keys.authorize(order.id, order.version + 1)
+    def _reauthorize(self, order: Order, token: str, amount: Money, actor: str) -> tuple[Order, PaymentResult]:
+        """The order with the authorization of `amount` requested (Order.request_reauthorization, or
+        this edit's own request, left standing by an earlier try), and the gateway's authorization.
+        Within the request: transient failures are retried; still failing, 503 with Retry-After
+        (the request stands: it may have been made). Keyed by the version the edit will write, so
+        repeating the edit reuses the authorization; a decline (409) leaves the request standing
+        too, for the next change to settle (asked again, it is declined again)."""
+        if order.authorization_requested is None:
+            new, _ = order.request_reauthorization(amount, at=self._clock())
+            try:
+                self._orders.update(new, order, [])
+            except StaleVersion:
+                raise StaleVersion(f"order {order.id} changed meanwhile; read it again") from None
+            order = new
+        request = order.authorization_requested
+        assert request is not None
+        key = payment_keys.authorize(order.id, request.authorizes_version)
         try:
-            return self._payments.retried(
+            return order, self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(order.payment.method, token, amount, order.id, attempt, key),
                 self._recorder(order.id, actor, amount=amount.model_dump(mode="json")),
@@ -436,6 +456,21 @@ class OrderActions:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
+
+    def _give_back(self, order: Order, reference: str, actor: str) -> None:
+        """The edit of `order` lost its write after the gateway authorized `reference`: voided
+        unless a version records it (the same edit repeated at once, under the same key), with its
+        request (Cancellation.void_requested_authorization) when that still stands."""
+        current = self._orders.get(order.id, consistent=True)
+        if current is not None and current.payment.authorization == reference:
+            return
+        standing = current.authorization_requested if current is not None else None
+        asked = order.authorization_requested
+        if standing is not None and asked is not None and standing.edit_of == asked.edit_of:
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                self._cancellation.void_requested_authorization(current, actor)
+        else:
+            self._cancellation.void_unrecorded(order, reference, actor)
 
 
 def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list[OrderLine]) -> list[OrderLine]:
