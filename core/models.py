@@ -998,6 +998,10 @@ class Order(BaseModel, defer_build=True):
     # The returns whose receipt this order has recorded (in `returned_quantity`), so recording
     # one again changes nothing.
     received_returns: list[str] = Field(default_factory=list)
+    # The entries of its returns' requests, approvals, rejections and expiries that the history
+    # has ("<return id>:<entry type>", Order.return_noted), so writing one again changes nothing.
+    # The system's own: stored, never shown.
+    return_entries: list[str] = Field(default_factory=list, exclude=True)
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=list, exclude=True)
@@ -1050,6 +1054,8 @@ class Order(BaseModel, defer_build=True):
             system["authorization_requested"] = self.authorization_requested.model_dump(mode="json")
         if self.replaced_authorizations:
             system["replaced_authorizations"] = list(self.replaced_authorizations)
+        if self.return_entries:
+            system["return_entries"] = list(self.return_entries)
         if self.exchange_shares:
             system["exchange_shares"] = {
                 return_id: [share.model_dump(mode="json") for share in shares]
@@ -2025,6 +2031,21 @@ class Order(BaseModel, defer_build=True):
                     "lines": [{"line_id": k, "quantity": v} for k, v in sorted(received.items())], **(detail or {})},
             lines=lines, received_returns=[*self.received_returns, return_id],
         )  # fmt: skip
+
+    def has_return_entry(self, return_id: str, type: OrderEvent) -> bool:
+        """Whether the history has the entry `type` of return `return_id` (Order.return_noted)."""
+        return f"{return_id}:{type.value}" in self.return_entries
+
+    def return_noted(
+        self, return_id: str, type: OrderEvent, *, at: datetime, actor: str, detail: dict[str, Any]
+    ) -> Change | None:
+        """The entry `type` of return `return_id` (its request, approval, rejection or expiry,
+        core.return_models.OrderEntry) on the history, in a version that remembers it; None when
+        the history has it already, so a writer that repeats one after another died writes it once."""
+        if self.has_return_entry(return_id, type):
+            return None
+        key = f"{return_id}:{type.value}"
+        return self._next(at=at, actor=actor, type=type, detail=detail, return_entries=[*self.return_entries, key])
 
     def exchanged(
         self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,

@@ -328,16 +328,23 @@ def _exchange_detail(exchange: dict[str, Any]) -> dict[str, Any]:
 
 
 class OrderQueries:
-    def __init__(self, orders: OrderRepository):
+    def __init__(self, orders: OrderRepository, owed_entries: Callable[[Order], list[HistoryEntry]] | None = None):
         self._orders = orders
+        # Returns.owed_entries: what the order's returns owe its history and a writer died before writing.
+        self._owed_entries = owed_entries
 
     def get(self, order_id: str, channel: str | None = None) -> Order:
         return visible(self._orders.get(order_id), order_id, channel)
 
     def history(self, order_id: str, channel: str | None = None) -> list[HistoryEntry]:
+        """The order's history, oldest first, with the entries its returns owed it written first."""
         found = self._orders.history(order_id)
-        visible(found[0] if found else None, order_id, channel)
-        return found[1]
+        order = visible(found[0] if found else None, order_id, channel)
+        assert found is not None
+        entries = list(found[1])
+        if self._owed_entries is not None:
+            entries += self._owed_entries(order)
+        return entries
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         return self._orders.list(where, limit, cursor)
