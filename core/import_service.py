@@ -195,9 +195,11 @@ class ImportLedger(ABC):
         a final total completes the import."""
 
     @abstractmethod
-    def complete_if_done(self, import_id: str, at: datetime) -> None:
+    def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
         """Complete the import if its file was read whole and every order is recorded: the record
-        that brought the counts there may have failed before its completing write."""
+        that brought the counts there may have failed before its completing write. Given the `line`
+        a redelivery found recorded, first keep that line's error if the record counted it and
+        failed to write it."""
 
     @abstractmethod
     def get(self, import_id: str) -> ImportReport | None: ...
@@ -374,9 +376,9 @@ class OrderImporter:
             logger.warning("import attributes the splitter did not make", extra={"sender": sender})
             origin = None
         if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
-            # Counted by an earlier delivery, which may have failed on the write that ends the
-            # import after counting it: no later line would make that write.
-            self._ledger.complete_if_done(origin.import_id, self._clock())
+            # Counted by an earlier delivery, which may have failed on the write of its error or
+            # on the write that ends the import after counting it: no later line would make them.
+            self._ledger.complete_if_done(origin.import_id, self._clock(), origin.line)
             return ImportResult(None)
         # The order's history names who created it: the import and line, or the queue's sender.
         actor = f"{origin.import_id}:{origin.line}" if origin is not None else f"sqs:{sender}"

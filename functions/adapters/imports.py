@@ -82,7 +82,9 @@ class DynamoImportLedger(ImportLedger):
     attribute_not_exists, and only when that put succeeds are the counters ADDed, in one atomic
     UpdateItem, so concurrent workers never lose a count and a redelivered message never adds one.
     When DynamoDB refuses that UpdateItem (throttled), the marker is put again flagged `uncounted`:
-    a marker so flagged records nothing, so the redelivery counts the line. No transaction: a
+    a marker so flagged records nothing, so the redelivery counts the line. When DynamoDB refuses
+    a counted failure's error item, the marker is put again holding that item (`unkept_error`), and
+    the redelivery, finding the line recorded, writes it (complete_if_done). No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
     running, one short); the order itself is stored or not, never twice."""
 
@@ -294,14 +296,33 @@ class DynamoImportLedger(ImportLedger):
             }
             if error.external_id:
                 entry["external_id"] = {"S": error.external_id}
-            self._client.put_item(TableName=self._table, Item=entry)
+            try:
+                self._client.put_item(TableName=self._table, Item=entry)
+            except Exception:
+                # Counted, not kept: the error goes on the line's marker, and the redelivery this
+                # raise brings (finding the line recorded) writes it (complete_if_done).
+                self._client.put_item(TableName=self._markers, Item={**marker, "unkept_error": {"M": entry}})
+                raise
         self._complete_if_done(import_id, values, at)
         return True
 
-    def complete_if_done(self, import_id: str, at: datetime) -> None:
+    def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
+        if line is not None:
+            self._keep_unkept_error(import_id, line)
         item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
         if item is not None:
             self._complete_if_done(import_id, from_item(item), at)
+
+    def _keep_unkept_error(self, import_id: str, line: int) -> None:
+        """Write the error record() counted for `line` and could not write, if it left one on the
+        line's marker; then the marker as it would have been."""
+        marker = self._client.get_item(
+            TableName=self._markers, Key={"id": {"S": _marker_id(import_id, line)}}, ConsistentRead=True
+        ).get("Item")
+        if marker is None or "unkept_error" not in marker:
+            return
+        self._client.put_item(TableName=self._table, Item=marker.pop("unkept_error")["M"])
+        self._client.put_item(TableName=self._markers, Item=marker)
 
     def _complete_if_done(self, import_id: str, values: dict[str, Any], at: datetime) -> None:
         """Whoever sees the final total reached ends the import; the condition lets one win."""
