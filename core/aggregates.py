@@ -61,7 +61,9 @@ class Contribution:
 
 @dataclass(frozen=True)
 class CounterUpdate:
-    """Atomic ADDs on one item (pk, sk), plus attributes it SETs (a customer's email and name)."""
+    """Atomic ADDs on one item (pk, sk), plus attributes it sets where the item has none yet (a
+    customer's email and name: a change of an older order must not replace the latest order's,
+    which CustomerSeen keeps)."""
 
     pk: str
     sk: str
@@ -72,12 +74,14 @@ class CounterUpdate:
 @dataclass(frozen=True)
 class CustomerSeen:
     """A new order of a customer: first/last order times are a min and a max, idempotent by
-    nature, so they are kept outside the counters (a max cannot be an ADD)."""
+    nature, so they are kept outside the counters (a max cannot be an ADD); the customer's email
+    and name are the latest order's, set with its `last_order_at`."""
 
     customer_id: str
     channel: str
     email: str
     at: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,9 @@ def aggregate_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> A
         report_days.append((pk, sk, str(new["channel"])))
     seen = None
     if old is None:
-        seen = CustomerSeen(customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]))
+        seen = CustomerSeen(
+            customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]), customer.get("name")
+        )
     return AggregateChange(str(new["id"]), int(new.get("version", 0)), updates, seen, report_days)
 
 

@@ -113,3 +113,36 @@ def test_the_email_index_keeps_the_channels_each_email_ordered_in(aws):
     assert store.customer_ids("ada@work.example", "b2b") == ["cus_1"]
     assert store.customer_ids("ada@work.example", "pos") == []
     assert store.customer_ids("ADA@home.example", None) == ["cus_1"]
+
+
+def test_a_customer_shows_the_email_and_name_of_their_latest_order_whatever_changes_an_older_one(aws):
+    # Ada moved to a new address for her second order; a refund on her first one then SET the
+    # first order's email and name on her row again: GET /customers showed the address she left.
+    from core.aggregates import Aggregates, aggregate_change
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+
+    def order(order_id: str, day: str, email: str, name: str, version: int, refunded: str = "0.00") -> dict:
+        return {
+            "id": order_id, "version": version, "status": "pending", "channel": "web", "currency": "USD",
+            "customer": {"id": "cus_7", "email": email, "name": name}, "lines": [],
+            "totals": {"grand_total": {"amount": "10.00", "currency": "USD"}},
+            "payment": {"refunded": {"amount": refunded, "currency": "USD"}},
+            "shipping_address": {"country": "US"}, "created_at": f"{day}T10:00:00Z",
+        }  # fmt: skip
+
+    first = order("ord_first", "2026-11-01", "ada@old.example", "Ada Byron", 1)
+    second = order("ord_second", "2026-11-20", "ada@new.example", "Ada Lovelace", 1)
+    for old, new in [(None, first), (None, second), (first, {**first, "version": 2, "payment": {
+        "refunded": {"amount": "4.00", "currency": "USD"}}})]:  # fmt: skip
+        assert store.apply(aggregate_change(old, new))
+
+    customer = Aggregates(store, utc_now).customer("cus_7", None)
+    assert (customer.email, customer.name, customer.orders_count) == ("ada@new.example", "Ada Lovelace", 2)
+    assert customer.totals[0].refunded.amount == Decimal("4.00")
+
+    # The older order arriving last (the stream orders each order's changes, not orders among them).
+    store.apply(aggregate_change(None, order("ord_oldest", "2026-10-01", "ada@oldest.example", "A. B.", 1)))
+    customer = Aggregates(store, utc_now).customer("cus_7", None)
+    assert (customer.email, customer.name, customer.orders_count) == ("ada@new.example", "Ada Lovelace", 3)

@@ -75,11 +75,14 @@ class MemoryStore:
             item = self.items[(update.pk, update.sk)]
             for attribute, delta in update.add.items():
                 item[attribute] = item.get(attribute, Decimal(0)) + delta
-            item.update(update.set)
+            for attribute, value in update.set.items():
+                item.setdefault(attribute, value)
         for pk, sk, channel in change.report_days:
             self.items[(pk, sk)].setdefault("channels", set()).add(channel)
         if change.seen is not None:
             item = self.items[(f"customer#{change.seen.customer_id}", change.seen.channel)]
+            if "last_order_at" not in item or item["last_order_at"] < change.seen.at:
+                item.update({"email": change.seen.email, **({"name": change.seen.name} if change.seen.name else {})})
             item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
             item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
             email = self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)]
