@@ -476,7 +476,8 @@ class OrderImporter:
 
     def _created_by(self, order_id: str, actor: str) -> bool:
         try:
-            history = self._orders.history(order_id)
+            # Consistent: the twin's put won a moment ago, and a lagging read would not show it.
+            history = self._orders.history(order_id, consistent=True)
         except NotFound:
             return False
         return bool(history) and history[0].actor == actor

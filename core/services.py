@@ -329,8 +329,8 @@ class OrderQueries:
     def get(self, order_id: str, channel: str | None = None) -> Order:
         return visible(self._orders.get(order_id), order_id, channel)
 
-    def history(self, order_id: str, channel: str | None = None) -> list[HistoryEntry]:
-        found = self._orders.history(order_id)
+    def history(self, order_id: str, channel: str | None = None, *, consistent: bool = False) -> list[HistoryEntry]:
+        found = self._orders.history(order_id, consistent=consistent)
         visible(found[0] if found else None, order_id, channel)
         return found[1]
 

@@ -363,6 +363,43 @@ def test_an_error_whose_write_was_refused_after_its_count_is_kept_by_the_redeliv
     assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(3, "ext-2", "unknown_sku")]
 
 
+def test_the_delivery_that_loses_the_put_to_its_twin_counts_the_order_imported_on_a_lagging_read(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Two deliveries of one line run at once: the twin's put won a moment ago and has not
+    # recorded yet. The loser read the order's history eventually consistently, found no order
+    # yet, and recorded the order its own import had just created as a duplicate.
+    from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
+
+    from core.models import PlaceOrder
+    from functions.adapters.imports import origin_from
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    (message,) = stack.peek()
+    container().capture.place(PlaceOrder.model_validate(json.loads(message["Body"])), f"{import_id}:2")
+    orders = container().order_repository._orders
+    client = orders._client
+
+    class Lagging:
+        """An eventually consistent GetItem that has not seen the twin's put yet."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def get_item(self, **request: Any) -> Any:
+            return client.get_item(**request) if request.get("ConsistentRead") else {}
+
+    monkeypatch.setattr(orders, "_client", Lagging())
+    result = container().importer.import_order(
+        message["Body"], origin_from(message["MessageAttributes"]), sender=f"{SQS_SENDER_ID}:oms-ImportSplitterFunction"
+    )
+
+    assert result.outcome == "imported"
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["duplicates"]) == ("completed", 1, 0)
+
+
 def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_read(stack: ImportAws):
     from core.import_service import Outcome
     from core.models import utc_now

@@ -25,7 +25,7 @@ class Orders:
     def __init__(self, *history: HistoryEntry):
         self._history = list(history)
 
-    def history(self, order_id: str):
+    def history(self, order_id: str, *, consistent: bool = False):
         return (ORDER, self._history) if order_id == ORDER.id else None
 
 
