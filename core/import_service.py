@@ -273,7 +273,7 @@ class ImportSplitter:
         total = 0
         for order in orders:
             total += 1
-            error = order.error or _card_data_error(order.body, order.line, order.external_id)
+            error = order.error or _card_data_error(order.body, order.line, order.external_id, order.line_numbers)
             if error is not None:
                 self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
             else:
@@ -430,7 +430,7 @@ class OrderImporter:
         except strict_json.StrictJsonError as error:
             return failed("malformed_json", f"the message {error}", None)
         external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None
-        card = _card_data_error(document, line, external_id)
+        card = _card_data_error(document, line, external_id, line_numbers)
         if card is not None:
             return ImportResult(Outcome.FAILED, error=card)
         try:
@@ -500,16 +500,18 @@ class ImportQueries:
 # --- Helpers -----------------------------------------------------------------------------------------
 
 
-def _card_data_error(body: dict[str, Any] | None, line: int, external_id: str | None) -> LineError | None:
+def _card_data_error(
+    body: dict[str, Any] | None, line: int, external_id: str | None, line_numbers: tuple[int, ...] = ()
+) -> LineError | None:
     """Card numbers never enter the OMS, not even its queue: such an order is refused, naming the
-    fields and never the values."""
+    fields and never the values, on the line of the first (an order line's own row)."""
     if body is None:
         return None
     fields = card_number_fields(body)
     if not fields:
         return None
     return LineError(
-        line,
+        line_of_field(fields[0], line, line_numbers),
         external_id,
         "card_data_rejected",
         "payment card numbers are never accepted (send a payment token): " + ", ".join(fields[:5]),

@@ -119,6 +119,20 @@ def test_rows_that_are_not_orders_are_recorded_on_the_import_and_never_queued(st
     assert "4111" not in json.dumps(imported)
 
 
+def test_a_card_number_on_a_later_row_of_an_order_is_reported_on_that_row(stack: ImportAws):
+    # The error named the order's first line: the author looked for a card number on a row that
+    # has none.
+    data = csv_file(csv_row("ext-1"), csv_row("ext-1", "MUG"), csv_row("ext-1", "4111 1111 1111 1111"))
+
+    import_id = split_file(stack, "incoming/orders.csv", data)
+
+    assert queued(stack) == []
+    imported = report(import_id)
+    (error,) = imported["errors"]
+    assert (error["line"], error["external_id"], error["code"]) == (4, "ext-1", "card_data_rejected")
+    assert "4111" not in json.dumps(imported)
+
+
 def test_a_redelivered_event_finds_the_same_import_and_queues_nothing_again(stack: ImportAws):
     from functions.import_splitter.app import lambda_handler
 
