@@ -330,8 +330,12 @@ class AggregateStore(Protocol):
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         """The customer's rows by channel (one partition)."""
 
-    def customer_ids(self, email: str, channel: str | None) -> list[str]:
-        """The customers who ordered under `email` (any case) in `channel` (None: in any)."""
+    def customer_ids(
+        self, email: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[str], str | None]:
+        """Up to `limit` of the customers who ordered under `email` (any case) in `channel` (None:
+        in any), after `cursor`, and the cursor of the next page (None: no more). The cursor names
+        only a customer the page showed; InvalidCursor for one not issued for this email."""
 
     def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
         """The channels with report rows in `currency`, by day from `start` to `end` (inclusive)."""
@@ -358,11 +362,15 @@ class Aggregates:
             raise NotFound(f"no customer {customer_id} with orders here")
         return view
 
-    def customers_by_email(self, email: str, channel: str | None) -> list[CustomerView]:
+    def customers_by_email(
+        self, email: str, channel: str | None, limit: int = 25, cursor: str | None = None
+    ) -> tuple[list[CustomerView], str | None]:
+        """A page of the customers who ordered under `email`, and the next page's cursor."""
         # By the channels the email was used in: a channel key that searched another channel's
         # email would learn which of its own customers that address belongs to.
-        views = (self._view(customer_id, channel) for customer_id in self._store.customer_ids(email, channel))
-        return [view for view in views if view is not None]
+        ids, next_cursor = self._store.customer_ids(email, channel, limit, cursor)
+        views = (self._view(customer_id, channel) for customer_id in ids)
+        return [view for view in views if view is not None], next_cursor
 
     def _view(self, customer_id: str, channel: str | None) -> CustomerView | None:
         rows = self._store.customer_items(customer_id)

@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from core.aggregates import AggregateChange, CounterUpdate, customer_key, email_key, report_channels_key
-from functions.adapters.dynamodb import from_item, to_item
+from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
 
 # A DynamoDB transaction holds at most 100 items: one is the change's marker.
 _PER_TRANSACTION = 99
@@ -155,9 +155,31 @@ class DynamoAggregates:
         rows = self._query(pk, ("BETWEEN :start AND :end", {":start": {"S": start}, ":end": {"S": end}}))
         return {row["sk"]: sorted(row.get("channels") or ()) for row in rows}
 
-    def customer_ids(self, email: str, channel: str | None) -> list[str]:
+    def customer_ids(
+        self, email: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[str], str | None]:
+        # Read past the customers of other channels, and page after the last one shown: a cursor
+        # made of LastEvaluatedKey could name another channel's customer to a channel key.
         pk, _ = email_key(email, "")
-        return [row["sk"] for row in self._query(pk) if channel is None or channel in row.get("channels", ())]
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "customers", {"pk", "sk"}, {"pk": pk})
+        found: list[str] = []
+        while True:
+            response = self._client.query(**query)
+            for row in map(from_item, response["Items"]):
+                if channel is not None and channel not in row.get("channels", ()):
+                    continue
+                if len(found) == limit:
+                    return found, encode_cursor("customers", {"pk": {"S": pk}, "sk": {"S": found[-1]}})
+                found.append(row["sk"])
+            if "LastEvaluatedKey" not in response:
+                return found, None
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
         return [(row["sk"], row) for row in self._query(pk)]
