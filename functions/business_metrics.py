@@ -166,6 +166,7 @@ def emits_business_metrics(handler: F) -> F:
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _changed().clear()  # this invocation's writes only, whatever ran on the thread before it
         try:
             return handler(*args, **kwargs)
         finally:

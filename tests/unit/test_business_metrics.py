@@ -248,6 +248,16 @@ def test_the_orders_an_invocation_gave_a_history_entry_are_known_until_it_ends(w
 
     assert orders_changed() == frozenset()
 
+    other = world.place(("TSHIRT", 1))  # written on this thread outside any invocation
+
+    @emits_business_metrics
+    def handler() -> frozenset[str]:
+        return orders_changed()
+
+    assert other in orders_changed()
+    assert handler() == frozenset()
+    emitted(capsys)
+
 
 def test_a_handler_prints_its_metrics_even_when_it_raises(world, capsys):
     @emits_business_metrics
