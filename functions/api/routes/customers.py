@@ -50,7 +50,8 @@ To = Annotated[
         json_schema_extra={"format": "date"},
     ),
 ]
-Channel = Annotated[str | None, Query(max_length=64, description="One channel's orders only")]
+# A channel as orders name it: one that no order can have ("Web") is refused, never an empty report.
+Channel = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="One channel's orders only")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
