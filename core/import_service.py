@@ -160,8 +160,10 @@ class ImportLedger(ABC):
         may have failed)."""
 
     @abstractmethod
-    def restart(self, import_id: str, at: datetime) -> None:
-        """An import whose split was interrupted runs again (status back to running)."""
+    def restart(self, import_id: str, at: datetime) -> bool:
+        """An import whose split was interrupted runs again (status back to running): True. False,
+        changing nothing, when it is no longer failed as interrupted (a duplicate delivery of its
+        event resumed it meanwhile, and reads the file)."""
 
     @abstractmethod
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
@@ -243,13 +245,14 @@ class ImportSplitter:
 
     def split(self, source: ImportSource, open_orders: Callable[[], FileOrders]) -> bool:
         """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
-        the import exists and its file was already read (a redelivered event). Safe to run again
-        after a failure: lines already recorded are not counted twice."""
+        the import exists and its file was already read (a redelivered event), or is being read by
+        another delivery of its event. Safe to run again after a failure: lines already recorded
+        are not counted twice."""
         state = self._ledger.begin(source.import_id, mask_card_numbers(source.uri), self._clock())
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
-        if state.status is ImportStatus.FAILED:
-            self._ledger.restart(source.import_id, self._clock())
+        if state.status is ImportStatus.FAILED and not self._ledger.restart(source.import_id, self._clock()):
+            return False
         try:
             self._split(source, open_orders, state.signing_key)
         except Exception as error:

@@ -137,14 +137,9 @@ class DynamoImportLedger(ImportLedger):
             signing_key=values.get("signing_key"),
         )
 
-    def restart(self, import_id: str, at: datetime) -> None:
-        self._client.update_item(
-            TableName=self._table,
-            Key=_import_key(import_id),
-            UpdateExpression="SET #status = :running, updated_at = :now REMOVE error_code, error_message",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":running": {"S": ImportStatus.RUNNING.value}, ":now": {"S": timestamp(at)}},
-        )
+    def restart(self, import_id: str, at: datetime) -> bool:
+        # Conditional: a duplicate delivery may have resumed (and even completed) it since it was read.
+        return self._resume(import_id, at) is not None
 
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
         # Never once the file was read whole (by this split before it raised, or by a duplicate

@@ -331,6 +331,47 @@ def test_a_delivery_interrupted_while_a_duplicate_delivery_reads_the_file_whole_
     assert "split_interrupted" not in [e["code"] for e in read_whole["errors"]]
 
 
+def test_a_retry_that_finds_its_import_resumed_by_a_duplicate_delivery_meanwhile_leaves_it_alone(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The retry read the import failed (interrupted), then a duplicate delivery of the event read
+    # the file whole; the retry's restart, unconditional, set the import running again whatever it
+    # was by then (a completed import went back to running) and queued every order a second time.
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.import_splitter.app import lambda_handler
+
+    data = csv_file(*(csv_row(f"ext-{i}") for i in range(4)))
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    send = SqsOrderQueue.flush
+    calls = {"flush": 0, "restart": 0}
+
+    def flush_failing_once(queue: SqsOrderQueue) -> None:
+        calls["flush"] += 1
+        if calls["flush"] == 1:
+            raise ConnectionError("network down")
+        send(queue)
+
+    restart = DynamoImportLedger.restart
+
+    def duplicate_delivery_first(ledger: DynamoImportLedger, *args: Any) -> Any:
+        calls["restart"] += 1
+        if calls["restart"] == 1:
+            lambda_handler(event, context("ImportSplitterFunction", 900))  # reads the file whole
+        return restart(ledger, *args)
+
+    monkeypatch.setattr(SqsOrderQueue, "flush", flush_failing_once)
+    with pytest.raises(ConnectionError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    monkeypatch.setattr(DynamoImportLedger, "restart", duplicate_delivery_first)
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    assert sorted(json.loads(m["Body"])["external_id"] for m in queued(stack)) == [f"ext-{i}" for i in range(4)]
+    read_whole = report(import_id)
+    assert (read_whole["status"], read_whole["total"], read_whole["total_final"]) == ("running", 4, True)
+
+
 def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):
     # The console's "Create folder" puts an empty object named "incoming/": S3 announces it like
     # any upload, and it was listed as a failed import ("cannot tell the format of incoming/").
