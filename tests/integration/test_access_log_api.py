@@ -122,6 +122,23 @@ def test_a_change_that_changes_nothing_answers_the_order_and_is_logged_as_a_read
     consume_queued_reads()
 
 
+def test_a_refund_replayed_under_its_idempotency_key_is_logged_as_a_read_of_the_order(api):
+    # The replay answers the refund made the first time and writes nothing.
+    from tests.integration.test_refunds_api import a_captured_order
+
+    oid = "ord_" + "w" * 24
+    a_captured_order(oid)
+    clerk_id, clerk = key(api, "refunds:write")
+    consume_queued_reads()
+    body = {"amount": {"amount": "5.00", "currency": "USD"}, "reason": "late"}
+
+    for _ in range(2):
+        answer = api.post(f"/orders/{oid}/refunds", json=body, key=clerk, headers={"Idempotency-Key": "late-1"})
+        assert answer.status_code == 201, answer.text
+
+    assert [(q["order_id"], q["actor"], q["action"]) for q in consume_queued_reads()] == [(oid, clerk_id, "refund")]
+
+
 def test_reading_one_of_its_returns_by_the_return_id_is_a_read_of_the_order(api):
     from core.return_models import Return, ReturnLine
     from functions.bootstrap import Config, bootstrap
