@@ -191,10 +191,11 @@ class ImportLedger(ABC):
 
     @abstractmethod
     def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
-        """Count the outcome of the order that starts on `line`, once: False (and nothing changes)
-        when that line was recorded before. A failure's error (listed under its own line) is kept
-        while the import has fewer than MAX_REPORTED_ERRORS. The record that brings the counts to
-        a final total completes the import."""
+        """Count the outcome of the order that starts on `line`, once: False (and nothing more is
+        counted) when that line was recorded before, by a record that may have failed to keep its
+        error after counting it: that error is kept now. A failure's error (listed under its own
+        line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that brings
+        the counts to a final total completes the import."""
 
     @abstractmethod
     def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:

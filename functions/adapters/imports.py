@@ -84,7 +84,8 @@ class DynamoImportLedger(ImportLedger):
     When DynamoDB refuses that UpdateItem (throttled), the marker is put again flagged `uncounted`:
     a marker so flagged records nothing, so the redelivery counts the line. When DynamoDB refuses
     a counted failure's error item, the marker is put again holding that item (`unkept_error`), and
-    the redelivery, finding the line recorded, writes it (complete_if_done). No transaction: a
+    whatever finds the line recorded next writes it (the redelivery's complete_if_done, the retried
+    split's record). No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
     running, one short); the order itself is stored or not, never twice."""
 
@@ -255,6 +256,9 @@ class DynamoImportLedger(ImportLedger):
             )
         except ClientError as failure:
             if _is_conditional_failure(failure):
+                # Recorded before; by a record that may have counted the line and not kept its
+                # error (the splitter's retried event comes here, not through complete_if_done).
+                self._keep_unkept_error(import_id, line)
                 return False
             raise
         try:
@@ -294,8 +298,8 @@ class DynamoImportLedger(ImportLedger):
             try:
                 self._client.put_item(TableName=self._table, Item=entry)
             except Exception:
-                # Counted, not kept: the error goes on the line's marker, and the redelivery this
-                # raise brings (finding the line recorded) writes it (complete_if_done).
+                # Counted, not kept: the error goes on the line's marker, and whatever finds the
+                # line recorded next (the redelivery this raise brings, a retried split) writes it.
                 self._client.put_item(TableName=self._markers, Item={**marker, "unkept_error": {"M": entry}})
                 raise
         self._complete_if_done(import_id, values, at)

@@ -372,6 +372,44 @@ def test_a_retry_that_finds_its_import_resumed_by_a_duplicate_delivery_meanwhile
     assert (read_whole["status"], read_whole["total"], read_whole["total_final"]) == ("running", 4, True)
 
 
+def test_a_bad_rows_error_refused_after_its_count_is_kept_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The splitter counted the bad row, then DynamoDB refused the write of its error: the retried
+    # event found the row recorded and went on, so the report said failed: 1 and listed nothing.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+
+    data = csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x"))
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    ledger = container().import_ledger
+    client = ledger._client
+    refused: list[str] = []
+
+    class RefusingOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def put_item(self, **request: Any) -> Any:
+            if request["Item"].get("pk", {}).get("S", "").endswith("#ERRORS") and not refused:
+                refused.append(request["Item"]["pk"]["S"])
+                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
+            return client.put_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", RefusingOnce())
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    assert refused == [f"IMPORT#{import_id}#ERRORS"]
+    resumed = report(import_id)
+    assert (resumed["status"], resumed["total"], resumed["failed"]) == ("running", 2, 1)
+    assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(3, "invalid_number")]
+
+
 def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):
     # The console's "Create folder" puts an empty object named "incoming/": S3 announces it like
     # any upload, and it was listed as a failed import ("cannot tell the format of incoming/").
