@@ -336,9 +336,9 @@ class OrderQueries:
     def get(self, order_id: str, channel: str | None = None) -> Order:
         return visible(self._orders.get(order_id), order_id, channel)
 
-    def history(self, order_id: str, channel: str | None = None) -> list[HistoryEntry]:
+    def history(self, order_id: str, channel: str | None = None, *, consistent: bool = False) -> list[HistoryEntry]:
         """The order's history, oldest first, with the entries its returns owed it written first."""
-        found = self._orders.history(order_id)
+        found = self._orders.history(order_id, consistent=consistent)
         order = visible(found[0] if found else None, order_id, channel)
         assert found is not None
         entries = list(found[1])
