@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from core.errors import InvalidRequest, PluginError, StaleVersion
+from core.errors import InvalidRequest, PluginError, StaleVersion, UnknownSku
 from core.hook_calls import call_hook
 from core.models import (
     Address,
@@ -287,9 +287,10 @@ class Simulation(BaseModel, defer_build=True):
 
 
 class Simulator:
-    """Plans each order as ReserveStock would, from one read of the locations and one batched
-    read of the stock, and stores, reserves and sends nothing. Each order is planned on the same
-    stock: one order's plan does not consume units another's could take."""
+    """Plans each order as ReserveStock would, from one read of the locations, one batched read
+    of the stock (and one of the products, for bodies), and stores, reserves and sends nothing.
+    Each order is planned on the same stock: one order's plan does not consume units another's
+    could take."""
 
     def __init__(
         self,
@@ -317,10 +318,27 @@ class Simulator:
             self._stored(each, channel) if isinstance(each, str) else (None, _unplaced(each, index))
             for index, each in enumerate(request.orders, 1)
         ]
+        self._check_skus(request)
         skus = {line.sku for _, order in orders for line in order.lines}
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in locations]))
         items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]
         return Simulation(rules=rules, items=items, summary=_summary(items))
+
+    def _check_skus(self, request: SimulateSourcing) -> None:
+        """Raise 422 `unknown_sku` naming each body's line whose sku the catalog lacks, as placing
+        that body would: a plan for it would answer a question no order can ask."""
+        bodies = [(index, each) for index, each in enumerate(request.orders) if isinstance(each, PlaceOrder)]
+        if not bodies:
+            return
+        products = self._catalog.get_products({line.sku for _, body in bodies for line in body.lines})
+        unknown = [
+            {"field": f"orders[{index}].lines[{n}].sku", "message": f"no product {line.sku}"}
+            for index, body in bodies
+            for n, line in enumerate(body.lines)
+            if line.sku not in products
+        ]
+        if unknown:
+            raise UnknownSku("unknown sku", details=unknown)
 
     def _stored(self, order_id: str, channel: str | None) -> tuple[str, Order]:
         order = self._orders.get(order_id)

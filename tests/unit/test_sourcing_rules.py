@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from core import hookimpl
 from core.backorders import BackorderAllocator
-from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion
+from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion, UnknownSku
 from core.models import StockLevel
 from core.sourcing import SimulateSourcing, Simulator, SourcingRulesService
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
@@ -274,14 +274,14 @@ def bodies(*lines_per_order: list[tuple[str, int]]) -> list[dict]:
     ]
 
 
-def test_a_simulation_of_100_bodies_reads_locations_once_and_stock_once_and_changes_nothing():
+def test_a_simulation_of_100_bodies_reads_locations_products_and_stock_once_each_and_changes_nothing():
     world, store = a_world([("MUG", "wh-west", 30), ("MUG", "wh-east", 500), ("TSHIRT", "wh-east", 50)])
     sim, catalog, inventory = simulator(world, store)
     before = (world.held(), dict(world.inventory.stock), len(world.orders.orders))
 
     result = sim.simulate(SimulateSourcing.model_validate({"orders": bodies(*[[("MUG", 2), ("TSHIRT", 1)]] * 100)}))
 
-    assert catalog.calls == {"list_locations": 1} and inventory.calls == {"levels": 1}
+    assert catalog.calls == {"list_locations": 1, "get_products": 1} and inventory.calls == {"levels": 1}
     assert (world.held(), dict(world.inventory.stock), len(world.orders.orders)) == before
     assert result.summary.orders == 100 and len(result.items) == 100
     first = result.items[0]
@@ -338,6 +338,19 @@ def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
     assert [(s.location_id, s.lines[0].quantity) for s in result.items[0].shipments] == [("wh-west", 2)]
     with pytest.raises(InvalidRequest):
         sim.simulate(SimulateSourcing.model_validate({"orders": ["ord_" + "a" * 24]}))
+
+
+def test_a_body_naming_an_unknown_sku_is_refused_as_placing_it_would_be():
+    """POST /orders answers 422 unknown_sku for such a body: the what-if planned it as merely
+    unfillable, an answer about an order no one can place."""
+    world, store = a_world([("MUG", "wh-west", 10)])
+    sim, _, _ = simulator(world, store)
+
+    with pytest.raises(UnknownSku) as refused:
+        sim.simulate(SimulateSourcing.model_validate({"orders": bodies([("MUG", 1)], [("MUG", 1), ("NOPE", 2)])}))
+
+    assert refused.value.code == "unknown_sku"
+    assert refused.value.details == [{"field": "orders[1].lines[1].sku", "message": "no product NOPE"}]
 
 
 def test_ids_and_bodies_are_not_mixed_and_at_most_100_orders_are_simulated():
