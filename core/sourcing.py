@@ -208,6 +208,51 @@ def reduced(order: Order, available: dict[str, int]) -> Order:
     return order.model_copy(update={"lines": lines})
 
 
+def allocation_plan(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+    may_wait: Callable[[set[str]], bool],
+) -> SourcingPlan | None:
+    """The plan ReserveStock makes for `order` on `stock`: the whole order when the plugins can
+    source it; otherwise, when every sku it leaves short may wait backordered (`may_wait`), what is
+    in stock of the skus the locations lack, from no more locations than `max_shipments` (those
+    that supply the most): the order holds that and waits for the rest. None when it cannot be
+    allocated (no location, or a sku that may not wait left short): it ends out of stock. Capture
+    asks the same, so an order it accepts is not then cancelled for a reason it could have seen."""
+    if not eligible:
+        return None
+    available = available_of(order, eligible, stock)
+    wanted: Counter[str] = Counter()
+    for line in order.lines:
+        wanted[line.sku] += line.quantity
+    lacking = {sku: available[sku] for sku, units in wanted.items() if available[sku] < units}
+    if lacking and not may_wait(set(lacking)):
+        return None
+    plan = plan_within(hook, reduced(order, lacking) if lacking else order, eligible, stock, destination, rules)
+    if plan is None:
+        return None
+    waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
+    if waits and not may_wait(waits):
+        return None
+    return plan
+
+
+def left_short(order: Order, plan: SourcingPlan) -> dict[str, int]:
+    """{line_id: units} of each line `plan` does not cover whole."""
+    planned: Counter[str] = Counter()
+    for allocation in plan.allocations:
+        planned[allocation.line_id] += allocation.quantity
+    return {
+        line.line_id: line.quantity - planned[line.line_id]
+        for line in order.lines
+        if planned[line.line_id] < line.quantity
+    }
+
+
 # --- What-if ------------------------------------------------------------------------------------
 
 
@@ -315,7 +360,7 @@ class Simulator:
             check_locations(request.rules, locations, prefix="rules.")
             rules = rules.with_changes(request.rules)
         orders = [
-            self._stored(each, channel) if isinstance(each, str) else (None, _unplaced(each, index))
+            self._stored(each, channel) if isinstance(each, str) else (None, unplaced(each, index))
             for index, each in enumerate(request.orders, 1)
         ]
         self._check_skus(request)
@@ -416,7 +461,7 @@ def _summary(items: list[SimulatedOrder]) -> SimulationSummary:
     )
 
 
-def _unplaced(body: PlaceOrder, index: int) -> Order:
+def unplaced(body: PlaceOrder, index: int = 1) -> Order:
     """A body as an order sourcing can read: its lines, address and fulfilment; prices are not
     sourcing's business, so they are zero."""
     if body.fulfillment.type == "pickup" and not body.fulfillment.location_id:

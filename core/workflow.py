@@ -50,10 +50,11 @@ from core.ports import (
     WaitingOrder,
 )
 from core.sourcing import (
-    ask_plugins,
+    allocation_plan,
     available_of,
     destination_of,
     eligible_locations,
+    left_short,
     plan_within,
     reduced,
     sourceable,
@@ -285,13 +286,13 @@ class Workflow:
                 for level in levels
             ]  # fmt: skip
         stock = rules.for_orders(stock)  # safety stock is held back from orders
-        backorder = self._backorderable_shortage(order, eligible, stock)
-        if backorder:
-            plan = self._source_in_stock(
-                reduced(order, backorder), eligible, stock, destination_of(order, locations), rules
-            )
-        else:
-            plan = self._source(order, eligible, stock, destination_of(order, locations), rules)
+        plan = allocation_plan(
+            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
+        )
+        if plan is None:
+            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
+        short = left_short(order, plan)
+        backorder = {line.sku for line in order.lines if line.line_id in short}
         line_sku = {line.line_id: line.sku for line in order.lines}
         wanted = {
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
@@ -313,7 +314,7 @@ class Workflow:
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         if backorder:
-            self._wait_for_stock(order, plan, done, set(backorder), rules)
+            self._wait_for_stock(order, plan, done, backorder, rules)
             return
         new, entry = order.reserve(
             plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
@@ -341,27 +342,13 @@ class Workflow:
                 self._inventory.release(*item)
 
     # --- Backorders ------------------------------------------------------------------------------
-    def _backorderable_shortage(self, order: Order, eligible: list[Location], stock: dict) -> dict[str, int]:
-        """{sku: units the eligible locations lack} when every sku they lack allows backorder
-        (and a queue can wake the order); {} when nothing is short or a short product does not
-        allow backorder (the order then ends out_of_stock as before)."""
-        if self._backorders is None or not eligible:
-            return {}
-        wanted: dict[str, int] = defaultdict(int)
-        for line in order.lines:
-            wanted[line.sku] += line.quantity
-        allowed = {loc.location_id for loc in eligible}
-        have = {
-            sku: sum(max(level.available, 0) for level in stock.get(sku, []) if level.location_id in allowed)
-            for sku in wanted
-        }
-        short = {sku: units - have[sku] for sku, units in wanted.items() if have[sku] < units}
-        if not short:
-            return {}
-        products = self._catalog.get_products(set(short))
-        if not all(sku in products and products[sku].allow_backorder for sku in short):
-            return {}
-        return {sku: have[sku] for sku in short}  # what can be reserved of each short sku now
+    def _may_wait(self, skus: set[str]) -> bool:
+        """Whether an order may wait backordered for `skus`: each allows backorder, and a queue
+        can wake the order (without one, a shortage ends out_of_stock as for any product)."""
+        if self._backorders is None:
+            return False
+        products = self._catalog.get_products(skus)
+        return all(sku in products and products[sku].allow_backorder for sku in skus)
 
     def _wait_for_stock(
         self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules
@@ -483,27 +470,6 @@ class Workflow:
             for location_id in location_ids:
                 keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         return self._inventory.reservations(dict(keys))
-
-    def _source_in_stock(
-        self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
-    ) -> SourcingPlan:
-        """The plan for the part of a backorderable order in stock. Under `max_shipments` that part
-        may lie at more locations than one order ships from: it then holds what the locations
-        supplying the most of it have, and waits for the rest instead of ending out of stock."""
-        plan = plan_within(self._hook, order, eligible, stock, destination, rules)
-        if plan is None:
-            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
-        return plan
-
-    def _source(
-        self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
-    ) -> SourcingPlan:
-        if not eligible:
-            raise OutOfStock(f"no location can supply order {order.id}")
-        plan = ask_plugins(self._hook, order, eligible, stock, destination, rules)
-        if plan is None:
-            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
-        return plan
 
     # --- CreateShipments --------------------------------------------------------------------
     def create_shipments(self, order_id: str) -> None:

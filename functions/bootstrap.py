@@ -298,6 +298,7 @@ class Container:
             payment_methods=self.payments.methods,
             review_rules=self.plugins,
             sourcing_rules=CachedSourcingRules(self.sourcing_rules, self.config.catalog_cache_seconds).current,
+            sourcing=self.plugins,
         )
 
     @cached_property

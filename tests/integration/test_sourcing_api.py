@@ -90,6 +90,20 @@ def test_an_allocation_names_the_rules_version_it_used_in_the_history(api: InPro
     put_rules(api)  # back to the defaults for the other tests
 
 
+def test_an_order_no_plan_ships_within_max_shipments_is_409_at_capture_not_cancelled_later(api: InProcessApi, network):
+    catalog = Catalog(api)
+    sku = catalog.product("9.00")
+    catalog.stock(sku, network["west"], 1)
+    catalog.stock(sku, network["east"], 1)
+    put_rules(api, max_shipments=1)
+    try:
+        refused = assert_error(api.post("/orders", json=order_body((sku, 2))), 409, "insufficient_stock")
+        assert [d["field"] for d in refused["details"]] == ["lines[0].quantity"]
+        assert api.post("/orders", json=order_body((sku, 1))).status_code == 201
+    finally:
+        put_rules(api)  # back to the defaults for the other tests
+
+
 def test_a_simulation_of_100_orders_reads_locations_and_stock_once_and_reserves_nothing(api: InProcessApi, network):
     from functions.api.dependencies import container
 
