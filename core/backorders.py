@@ -88,7 +88,7 @@ class BackorderAllocator:
                 if location_id not in {loc.location_id for loc in eligible} or location_id in order.excluded_locations:
                     continue
                 before = order.allocations
-                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR)
+                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
                 if order.allocations != before:
                     result.filled.append(order.id)
                 if order.status is not S.BACKORDERED:

@@ -35,7 +35,7 @@ from core.errors import (
 )
 from core.hook_calls import call_hook
 from core.ids import reservation_key, shipment_id_for
-from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
+from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, StockLevel, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
@@ -108,6 +108,7 @@ CANCEL_RECORDED = "CancelRecorded"
 # is retried by its caller (the stream, the workflow's Retry).
 MAX_TOP_UPS = 99
 FILL_ATTEMPTS = 10
+BACKORDER_PAGE = 25
 
 
 def after_failure(error: str) -> str:
@@ -286,6 +287,8 @@ class Workflow:
                 for level in levels
             ]  # fmt: skip
         stock = rules.for_orders(stock)  # safety stock is held back from orders
+        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet.
+        stock = self._behind_older(order, stock, locations, rules)
         plan = allocation_plan(
             self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
         )
@@ -373,12 +376,15 @@ class Workflow:
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 
-    def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
+    def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False) -> Order:
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
         nothing arrived). The reservations and the order's new allocations are one write
         (Backorders.fill), conditional on what was read: concurrent fills of the same order and
-        redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again."""
+        redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again.
+        Units older orders waiting in the same queues may take are not this order's to take
+        (`_behind_older`), unless the caller fills a queue oldest first itself (`in_queue_order`:
+        an arrival, which has dealt with every older order already)."""
         assert self._backorders is not None
         for _ in range(FILL_ATTEMPTS):
             # Read consistently: "not backordered, nothing to fill" is decided by no conditional
@@ -394,7 +400,9 @@ class Workflow:
             held = self._reservations_of(order, [loc.location_id for loc in eligible_locations(
                 order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
             allowed = sourceable(order, locations, rules)
-            top_ups = self._top_ups(order, allowed, held, rules, destination_of(order, locations))
+            top_ups = self._top_ups(
+                order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations
+            )
             if not top_ups:
                 return order
             for t in top_ups:
@@ -416,13 +424,17 @@ class Workflow:
         held: dict[tuple[str, str, str], int],
         rules: SourcingRules,
         destination: Address,
+        network: list[Location] | None,
     ) -> list[TopUp]:
-        """What to reserve from available stock (less the safety stock), under the rules: first at
+        """What to reserve from available stock (less the safety stock and, given the `network`,
+        what older waiting orders may take), under the rules: first at
         the locations the order already ships from (no new shipment), each line's own first, then
         the most stocked, then by id; what they lack at new locations the sourcing plugins choose
         as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
         skus = {line.sku for line in order.lines}
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in eligible]))
+        if network is not None:
+            stock = self._behind_older(order, stock, network, rules)
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
@@ -463,6 +475,50 @@ class Workflow:
             key = reservation_key(order.id, a.line_id)
             top_ups.append(TopUp(sku, a.location_id, key, 0, a.quantity, rules.kept_back(a.location_id)))
         return top_ups
+
+    def _behind_older(
+        self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules
+    ) -> dict[str, list[StockLevel]]:
+        """`stock` less, at each location, the units of each sku that orders older than `order`,
+        backordered in that sku's queue, still lack and may take there (as an arrival would fill
+        them: eligible for them, and within `max_shipments`). Units arrive on the stock item before
+        the Inventory stream hands them to the queue; an order sourced in between took them from
+        orders that had waited longer. A sku's queue is read only where it has units available,
+        and only until what is held back covers them. Held orders are passed over, as an arrival
+        passes them over."""
+        if self._backorders is None:
+            return stock
+        behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
+        held: dict[tuple[str, str], int] = defaultdict(int)
+        for sku, levels in stock.items():
+            free = {level.location_id: level.available for level in levels if level.available > 0}
+            after = None
+            while free and (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):
+                for entry in page:
+                    if entry >= behind or not free:
+                        free = {}
+                        break
+                    older = self._orders.get(entry.order_id, consistent=True)
+                    if older is None or older.status is not S.BACKORDERED:
+                        continue
+                    short = older.short_of()
+                    lacks = sum(short.get(line.line_id, 0) for line in older.lines if line.sku == sku)
+                    used = {allocation.location_id for allocation in older.allocations}
+                    for loc in sourceable(older, locations, rules):
+                        if lacks and loc.location_id in free and rules.admits(loc.location_id, used):
+                            held[(sku, loc.location_id)] += lacks
+                            if held[(sku, loc.location_id)] >= free[loc.location_id]:
+                                del free[loc.location_id]
+                after = page[-1]
+        if not held:
+            return stock
+        return {
+            sku: [
+                level.model_copy(update={"available": max(0, level.available - held[(sku, level.location_id)])})
+                for level in levels
+            ]
+            for sku, levels in stock.items()
+        }
 
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)

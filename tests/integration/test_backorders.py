@@ -193,6 +193,18 @@ def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_com
     assert shop.order(second).status is S.BACKORDERED
 
 
+def test_an_order_sourced_before_the_stream_hands_out_an_arrival_leaves_the_older_orders_their_units(shop):
+    first, second = shop.backordered(2), shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")  # its record not consumed yet
+
+    newer = shop.backordered(3)  # reads the queue of the sku: 3 of the 4 units are theirs
+    consume(shop, record("wh-east", 0, 4))
+
+    assert (shop.held(first), shop.held(second), shop.held(newer)) == (2, 1, 1)
+    assert shop.executions() == [first, second]
+    assert shop.level() == (4, 4, 0)
+
+
 def test_records_that_bring_no_units_do_nothing(shop):
     order_id = shop.backordered(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")

@@ -253,6 +253,68 @@ def test_an_arrival_that_reads_the_oldest_order_as_it_was_before_it_waited_still
     assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [younger]
 
 
+def test_a_new_order_does_not_take_units_that_arrived_for_older_backorders_before_the_stream_gave_them():
+    """Units land on the stock item first; the Inventory stream hands them to the queue moments
+    later. A new order sourced in between took them, and the orders that had waited longest got
+    what it left. It now takes only what the older orders waiting there do not lack."""
+    world, allocator, _ = make_world([])
+    first, second = backordered(world, ("PREORDER", 2)), backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 4, reason="receipt")  # not yet handed to the queue
+
+    newer = backordered(world, ("PREORDER", 3))
+    assert world.held_for(newer) == {("PREORDER", "wh-west", reservation_key(newer, "L1")): 1}  # 4 less 2 less 1
+    allocator.arrived("PREORDER", "wh-west")
+
+    assert world.order(first).status is S.ALLOCATED and world.order(second).status is S.ALLOCATED
+    assert world.order(newer).short_of() == {"L1": 2}
+    assert world.level("PREORDER", "wh-west") == (4, 4, 0)
+
+
+def test_a_new_order_may_still_take_what_older_backorders_may_not_take_there():
+    world, _, _ = make_world([])
+    pickup = backordered(world, ("PREORDER", 2), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+
+    shipped = world.run(world.place(("PREORDER", 2)))  # the pickup order never takes from wh-west
+
+    assert shipped.status is S.ALLOCATED
+    assert world.order(pickup).allocations == []
+
+
+def test_a_restarted_backordered_order_does_not_fill_ahead_of_older_ones():
+    """ReserveStock run again for a backordered order (a release from hold, a retry) fills it with
+    what has arrived: not with units an older order in the queue is due first."""
+    world, allocator, _ = make_world([])
+    older = backordered(world, ("PREORDER", 1))
+    younger = backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+
+    world.workflow.reserve_stock(younger)
+
+    assert world.order(younger).allocations == []
+    allocator.arrived("PREORDER", "wh-west")
+    assert world.order(older).status is S.ALLOCATED and world.order(younger).status is S.BACKORDERED
+
+
+def test_a_product_that_may_not_wait_is_not_sold_from_units_older_backorders_wait_for():
+    """Backorder switched off on a product while orders still wait for it: a new order no longer
+    waits, so it is cancelled out of stock rather than take the units the older ones are due."""
+    world, allocator, _ = make_world([])
+    older = backordered(world, ("PREORDER", 2))
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=False))
+    world.inventory.adjust("PREORDER", "wh-west", 3, reason="receipt")
+    fits, too_many = world.place(("PREORDER", 1)), world.place(("PREORDER", 2))
+    for order_id in (fits, too_many):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    world.workflow.reserve_stock(fits)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(too_many)
+
+    allocator.arrived("PREORDER", "wh-west")
+    assert world.order(older).status is S.ALLOCATED
+
+
 def test_an_order_waiting_at_another_location_does_not_block_younger_ones():
     world, allocator, _ = make_world([])
     pickup = backordered(world, ("PREORDER", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})

@@ -142,6 +142,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
+        (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
