@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from core.models import AwaitingLine, AwaitingStock, Order
 from core.ports import (
+    BackorderedOrders,
     Backorders,
     CatalogRepository,
     InventoryRepository,
@@ -51,6 +52,7 @@ class BackorderAllocator:
         workflow: Workflow,
         starter: WorkflowStarter,
         rules: SourcingRulesRepository | None = None,
+        backordered: BackorderedOrders | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -59,6 +61,8 @@ class BackorderAllocator:
         self._starter = starter
         # None: the default rules (version 0) always, as the workflow's fills then use.
         self._rules = rules
+        # None: a change of the rules wakes no one.
+        self._backordered = backordered
 
     def arrived(self, sku: str, location_id: str) -> Arrival:
         """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first.
@@ -103,6 +107,33 @@ class BackorderAllocator:
                 if sku in skus_short and rules.admits(location_id, {a.location_id for a in order.allocations}):
                     return result
             after = page[-1]
+        return result
+
+    def rules_changed(self, version: int, after: WaitingOrder | None = None) -> Arrival:
+        """A new version of the sourcing rules may give waiting orders units no arrival will bring
+        them (a location no longer excluded, less safety stock, a higher `max_shipments`): fill one
+        page of the backordered orders, oldest first whatever their skus, after `after` (from the
+        oldest when None), as an arrival fills them, and record where the next page starts on the
+        version (its change hands that page on). Bounded per call, so a long backlog is woken in
+        as many calls as it takes, none near a function's time limit."""
+        result = Arrival()
+        if self._backordered is None:
+            return result
+        page = self._backordered.oldest(after, PAGE)
+        for entry in page:
+            order = self._orders.get(entry.order_id, consistent=True)
+            if order is None or order.status is not S.BACKORDERED:
+                continue  # moved on since the index was read
+            before = order.allocations
+            # Oldest first across every sku: no older order is left to serve before this one.
+            order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
+            if order.allocations != before:
+                result.filled.append(order.id)
+            if order.status is S.BACKORDERED and not order.short_of():
+                self._complete(order.id, order.channel, order.version)
+                result.completed.append(order.id)
+        if len(page) == PAGE and self._rules is not None:
+            self._rules.wake_from(version, page[-1])
         return result
 
     def _complete(self, order_id: str, channel: str, version: int) -> None:

@@ -31,6 +31,7 @@ from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog, CachedSourcingRules
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
+    DynamoBackorderedOrders,
     DynamoBackorders,
     DynamoCatalog,
     DynamoDuePickups,
@@ -426,6 +427,7 @@ class Container:
             self.workflow,
             self.workflow_starter,
             self.sourcing_rules,
+            DynamoBackorderedOrders(self.dynamodb, self.config.orders_table),
         )
 
     @cached_property

@@ -22,7 +22,7 @@ from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
-from plugins.testing.memory import InMemorySourcingRules
+from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, place_order, product
 from tests.unit.world import World, before_the_next_write, build_world
 
@@ -616,6 +616,37 @@ def test_units_an_older_order_may_not_take_under_max_shipments_go_to_the_next_in
 
     assert world.order(older).status is S.BACKORDERED
     assert shipped_from(world.order(younger)) == ["wh-east"]
+
+
+def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
+    """Units at a location the rules excluded: no arrival is coming for them, so the orders waited
+    on after the location was allowed again, though the units were there. A new version now wakes
+    the backordered orders, oldest first, a page at a time."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 3)], excluded_locations=["wh-west"])
+    store = ruled._rules
+    first, second, third = (backordered(world, ("PREORDER", 2)) for _ in range(3))
+    starter = RecordingStarter()
+    starter.world = world
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, starter, store,
+                                   InMemoryBackorderedOrders(world.orders))  # fmt: skip
+    store.add(SourcingRules(version=2))  # wh-west may supply orders again
+    monkeypatch.setattr("core.backorders.PAGE", 2)
+
+    woken = allocator.rules_changed(2)
+
+    assert woken.filled == [first, second] and woken.completed == [first]
+    assert world.order(first).status is S.ALLOCATED and world.order(second).short_of() == {"L1": 1}
+    assert store.woken_from == {2: WaitingOrder(world.order(second).created_at, second)}
+    assert allocator.rules_changed(2, store.woken_from[2]).filled == []  # the next page: nothing left for it
+    assert world.order(third).allocations == []
+
+
+def test_a_new_version_of_the_rules_wakes_no_one_when_nothing_is_backordered():
+    world, ruled = ruled_world([("PREORDER", "wh-west", 3)])
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, RecordingStarter(),
+                                   ruled._rules, InMemoryBackorderedOrders(world.orders))  # fmt: skip
+
+    assert allocator.rules_changed(1).filled == [] and ruled._rules.woken_from == {}
 
 
 def test_a_fill_takes_from_the_nearest_location_under_prefer_nearest():

@@ -17,6 +17,7 @@ from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
+    DynamoBackorderedOrders,
     DynamoBackorders,
     DynamoCatalog,
     DynamoDuePickups,
@@ -149,6 +150,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     },
     "BackorderFunction": {
         **_WORKFLOW_ORDERS,
+        (ORDERS, "dynamodb:Query"): [DynamoBackorderedOrders],  # the orders a new version of the rules wakes
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
