@@ -23,7 +23,7 @@ from core.ports import (
     WaitingOrder,
     WorkflowStarter,
 )
-from core.sourcing import sourceable
+from core.sourcing import lacks_at, sourceable
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
@@ -135,6 +135,27 @@ class BackorderAllocator:
         if len(page) == PAGE and self._rules is not None:
             self._rules.wake_from(version, page[-1])
         return result
+
+    def waiting_for(self, sku: str, location_id: str) -> int:
+        """Units of `sku` the backordered orders in its queue still lack and may take at
+        `location_id` (as a fill takes them): the demand a reorder point there buys for. Held
+        orders count: they wait for the same units once released."""
+        locations = None
+        rules: SourcingRules | None = None
+        units = 0
+        after: WaitingOrder | None = None
+        while page := self._queue.waiting(sku, after, PAGE):
+            locations = locations or self._catalog.list_locations()
+            rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+            for entry in page:
+                order = self._orders.get(entry.order_id)
+                if order is None or order.status not in STILL_WAITING:
+                    continue  # allocated or cancelled since: its entry goes at the next arrival
+                lacks, where = lacks_at(order, sku, locations, rules)
+                if location_id in where:
+                    units += lacks
+            after = page[-1]
+        return units
 
     def _complete(self, order_id: str, channel: str, version: int) -> None:
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes

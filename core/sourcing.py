@@ -110,6 +110,19 @@ def sourceable(order: Order, locations: list[Location], rules: SourcingRules) ->
     return [loc for loc in rules.eligible(eligible) if loc.location_id not in order.excluded_locations]
 
 
+def lacks_at(order: Order, sku: str, locations: list[Location], rules: SourcingRules) -> tuple[int, set[str]]:
+    """Units of `sku` a backordered `order` still lacks, and the locations it may take them at as a
+    fill takes them: eligible for it, not excluded, within `max_shipments`."""
+    short = order.short_of()
+    lacks = sum(short.get(line.line_id, 0) for line in order.lines if line.sku == sku)
+    if not lacks:
+        return 0, set()
+    used = {allocation.location_id for allocation in order.allocations}
+    return lacks, {
+        loc.location_id for loc in sourceable(order, locations, rules) if rules.admits(loc.location_id, used)
+    }
+
+
 def ask_plugins(
     hook: pluggy.HookRelay,
     order: Order,

@@ -54,6 +54,7 @@ from core.sourcing import (
     available_of,
     destination_of,
     eligible_locations,
+    lacks_at,
     left_short,
     plan_within,
     reduced,
@@ -501,14 +502,11 @@ class Workflow:
                     older = self._orders.get(entry.order_id, consistent=True)
                     if older is None or older.status is not S.BACKORDERED:
                         continue
-                    short = older.short_of()
-                    lacks = sum(short.get(line.line_id, 0) for line in older.lines if line.sku == sku)
-                    used = {allocation.location_id for allocation in older.allocations}
-                    for loc in sourceable(older, locations, rules):
-                        if lacks and loc.location_id in free and rules.admits(loc.location_id, used):
-                            held[(sku, loc.location_id)] += lacks
-                            if held[(sku, loc.location_id)] >= free[loc.location_id]:
-                                del free[loc.location_id]
+                    lacks, where = lacks_at(older, sku, locations, rules)
+                    for location_id in where & set(free):
+                        held[(sku, location_id)] += lacks
+                        if held[(sku, location_id)] >= free[location_id]:
+                            del free[location_id]
                 after = page[-1]
         if not held:
             return stock

@@ -56,19 +56,23 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
     """A fall below a reorder point: `inventory.low` is published when `available` fell, with an
     id of the crossing's own, so a redelivered record publishes the same event again (subscribers
     dedupe); the draft grows once per crossing (a marker in the same transaction) when available
-    plus the units on open purchase orders fell, so units already on order are not bought again."""
+    plus the units on open purchase orders, less what backordered orders still lack there, is
+    below the point: units already on order are not bought again, and the backorders' need is."""
     crossed = crossing_of(record)
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        draft = container().replenishment.reorder(crossed) if crossed.reorders else None
+        waiting = container().backorder_allocator.waiting_for(crossed.sku, crossed.location_id)
+        buys = crossed.to_buy(waiting)
+        draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
         logger.info(
             "reorder point crossed",
             extra={
                 "available": crossed.available,
-                "draft": draft.id if draft else "counted before" if crossed.reorders else "covered by open orders",
+                "backordered": waiting,
+                "draft": draft.id if draft else "counted before" if buys else "covered by open orders",
             },
         )
     if draft is not None:
