@@ -372,6 +372,7 @@ class Simulator:
         if request.rules is not None:
             check_locations(request.rules, locations, prefix="rules.")
             rules = rules.with_changes(request.rules)
+        self._check_fulfilment(request, locations)
         orders = [
             self._stored(each, channel) if isinstance(each, str) else (None, unplaced(each, index))
             for index, each in enumerate(request.orders, 1)
@@ -381,6 +382,31 @@ class Simulator:
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in locations]))
         items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]
         return Simulation(rules=rules, items=items, summary=_summary(items))
+
+    def _check_fulfilment(self, request: SimulateSourcing, locations: list[Location]) -> None:
+        """Raise 422 for a body whose fulfilment placing it refuses (CaptureService._sources): a
+        pickup at a location that offers none, or a location named on a shipped order. Planned, the
+        one was all unfillable and the other planned as any shipped order."""
+        pickups = {loc.location_id for loc in locations if loc.pickup}
+        for index, each in enumerate(request.orders):
+            if not isinstance(each, PlaceOrder):
+                continue
+            field = f"orders[{index}].fulfillment.location_id"
+            if each.fulfillment.type == "ship" and each.fulfillment.location_id is not None:
+                raise InvalidRequest(
+                    "location_id is only for pickup orders",
+                    details=[{"field": field, "message": "only allowed with type pickup"}],
+                )
+            if each.fulfillment.type == "pickup" and each.fulfillment.location_id is None:
+                raise InvalidRequest(
+                    "a pickup order needs the store's location_id",
+                    details=[{"field": field, "message": "required for pickup"}],
+                )
+            if each.fulfillment.type == "pickup" and each.fulfillment.location_id not in pickups:
+                raise InvalidRequest(
+                    "that location does not offer pickup",
+                    details=[{"field": field, "message": "no pickup location with this id"}],
+                )
 
     def _check_skus(self, request: SimulateSourcing) -> None:
         """Raise 422 `unknown_sku` naming each body's line whose sku the catalog lacks, as placing

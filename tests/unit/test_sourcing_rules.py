@@ -444,6 +444,33 @@ def test_a_body_naming_an_unknown_sku_is_refused_as_placing_it_would_be():
     assert refused.value.details == [{"field": "orders[1].lines[1].sku", "message": "no product NOPE"}]
 
 
+@pytest.mark.parametrize(
+    ("fulfillment", "message"),
+    [
+        ({"type": "pickup", "location_id": "wh-east"}, "no pickup location with this id"),  # ships, no pickup
+        ({"type": "pickup", "location_id": "nowhere"}, "no pickup location with this id"),
+        ({"type": "pickup"}, "required for pickup"),
+        ({"type": "ship", "location_id": "store-sf"}, "only allowed with type pickup"),
+    ],
+)
+def test_a_body_whose_fulfilment_placing_refuses_is_refused(fulfillment, message):
+    """Placed, each is 422; planned, a pickup at a warehouse came back all unfillable and a shipped
+    order naming a store was planned as if it named nothing."""
+    world, store = a_world([("MUG", "wh-west", 10)])
+    sim, _, _ = simulator(world, store)
+    [body] = bodies([("MUG", 1)])
+
+    with pytest.raises(InvalidRequest) as refused:
+        world.capture.place(place_order(**{**body, "fulfillment": fulfillment}), actor="k")
+    with pytest.raises(InvalidRequest) as simulated:
+        sim.simulate(
+            SimulateSourcing.model_validate({"orders": [bodies([("MUG", 1)])[0], {**body, "fulfillment": fulfillment}]})
+        )
+
+    assert refused.value.details == [{"field": "fulfillment.location_id", "message": message}]
+    assert simulated.value.details == [{"field": "orders[1].fulfillment.location_id", "message": message}]
+
+
 def test_ids_and_bodies_are_not_mixed_and_at_most_100_orders_are_simulated():
     with pytest.raises(ValidationError):
         SimulateSourcing.model_validate({"orders": ["ord_" + "a" * 24, order_body()]})
