@@ -110,6 +110,7 @@ CANCEL_RECORDED = "CancelRecorded"
 MAX_TOP_UPS = 99
 FILL_ATTEMPTS = 10
 BACKORDER_PAGE = 25
+BEHIND_PAGES = 8  # at most 200 older orders read per sku by a step before it sources an order
 
 
 def after_failure(error: str) -> str:
@@ -485,8 +486,11 @@ class Workflow:
         them: eligible for them, and within `max_shipments`). Units arrive on the stock item before
         the Inventory stream hands them to the queue; an order sourced in between took them from
         orders that had waited longer. A sku's queue is read only where it has units available,
-        and only until what is held back covers them. Held orders are passed over, as an arrival
-        passes them over."""
+        and only until what is held back covers them, or for BEHIND_PAGES pages at most, so a step
+        never reads a long queue near its time limit: what older orders beyond those lack is not
+        held back (holding back every unit instead could leave an order waiting for units nobody
+        older may take, with no arrival coming to wake it). Held orders are passed over, as an
+        arrival passes them over."""
         if self._backorders is None:
             return stock
         behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
@@ -494,7 +498,9 @@ class Workflow:
         for sku, levels in stock.items():
             free = {level.location_id: level.available for level in levels if level.available > 0}
             after = None
-            while free and (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):
+            for _ in range(BEHIND_PAGES):
+                if not free or not (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):
+                    break
                 for entry in page:
                     if entry >= behind or not free:
                         free = {}

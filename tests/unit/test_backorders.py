@@ -270,6 +270,24 @@ def test_a_new_order_does_not_take_units_that_arrived_for_older_backorders_befor
     assert world.level("PREORDER", "wh-west") == (4, 4, 0)
 
 
+@pytest.mark.parametrize(("pages", "newer_holds"), [(1, 4), (2, 3), (3, 3)])
+def test_the_step_reads_a_bounded_part_of_the_queue_ahead(monkeypatch, pages, newer_holds):
+    """Two older orders lack a unit each; a step that may read one of them holds back one unit
+    only. Bounded so a step never reads a long queue near its time limit; what lies beyond is not
+    held back, since nothing may come to wake an order left waiting for units no one older takes."""
+    world, allocator, _ = make_world([])
+    older = [backordered(world, ("PREORDER", 1)) for _ in range(2)]
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    monkeypatch.setattr("core.workflow.BACKORDER_PAGE", 1)
+    monkeypatch.setattr("core.workflow.BEHIND_PAGES", pages)
+
+    newer = backordered(world, ("PREORDER", 5))
+
+    assert sum(world.held_for(newer).values()) == newer_holds
+    allocator.arrived("PREORDER", "wh-west")
+    assert world.order(older[0]).status is S.ALLOCATED
+
+
 def test_a_new_order_may_still_take_what_older_backorders_may_not_take_there():
     world, _, _ = make_world([])
     pickup = backordered(world, ("PREORDER", 2), fulfillment={"type": "pickup", "location_id": "store-sf"})
