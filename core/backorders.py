@@ -30,6 +30,7 @@ from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
 
 S = OrderStatus
 PAGE = 25
+DEMAND_PAGES = 8  # at most 200 waiting orders read for the demand behind a reorder point
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
 # AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
@@ -139,12 +140,15 @@ class BackorderAllocator:
     def waiting_for(self, sku: str, location_id: str) -> int:
         """Units of `sku` the backordered orders in its queue still lack and may take at
         `location_id` (as a fill takes them): the demand a reorder point there buys for. Held
-        orders count: they wait for the same units once released."""
+        orders count: they wait for the same units once released. The oldest DEMAND_PAGES pages
+        of the queue at most: a crossing is handled inside one stream batch's time limit."""
         locations = None
         rules: SourcingRules | None = None
         units = 0
         after: WaitingOrder | None = None
-        while page := self._queue.waiting(sku, after, PAGE):
+        for _ in range(DEMAND_PAGES):
+            if not (page := self._queue.waiting(sku, after, PAGE)):
+                break
             locations = locations or self._catalog.list_locations()
             rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
             for entry in page:
