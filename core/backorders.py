@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from core.models import AwaitingLine, AwaitingStock, Order
 from core.ports import (
+    BackorderedOrders,
     Backorders,
     CatalogRepository,
     InventoryRepository,
@@ -22,13 +23,14 @@ from core.ports import (
     WaitingOrder,
     WorkflowStarter,
 )
-from core.sourcing import sourceable
+from core.sourcing import lacks_at, sourceable
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
 
 S = OrderStatus
 PAGE = 25
+DEMAND_PAGES = 8  # at most 200 waiting orders read for the demand behind a reorder point
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
 # AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
@@ -51,6 +53,7 @@ class BackorderAllocator:
         workflow: Workflow,
         starter: WorkflowStarter,
         rules: SourcingRulesRepository | None = None,
+        backordered: BackorderedOrders | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -59,6 +62,8 @@ class BackorderAllocator:
         self._starter = starter
         # None: the default rules (version 0) always, as the workflow's fills then use.
         self._rules = rules
+        # None: a change of the rules wakes no one.
+        self._backordered = backordered
 
     def arrived(self, sku: str, location_id: str) -> Arrival:
         """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first.
@@ -88,7 +93,7 @@ class BackorderAllocator:
                 if location_id not in {loc.location_id for loc in eligible} or location_id in order.excluded_locations:
                     continue
                 before = order.allocations
-                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR)
+                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
                 if order.allocations != before:
                     result.filled.append(order.id)
                 if order.status is not S.BACKORDERED:
@@ -104,6 +109,57 @@ class BackorderAllocator:
                     return result
             after = page[-1]
         return result
+
+    def rules_changed(self, version: int, after: WaitingOrder | None = None) -> Arrival:
+        """A new version of the sourcing rules may give waiting orders units no arrival will bring
+        them (a location no longer excluded, less safety stock, a higher `max_shipments`): fill one
+        page of the backordered orders, oldest first whatever their skus, after `after` (from the
+        oldest when None), as an arrival fills them, and record where the next page starts on the
+        version (its change hands that page on). Bounded per call, so a long backlog is woken in
+        as many calls as it takes, none near a function's time limit."""
+        result = Arrival()
+        if self._backordered is None:
+            return result
+        page = self._backordered.oldest(after, PAGE)
+        for entry in page:
+            order = self._orders.get(entry.order_id, consistent=True)
+            if order is None or order.status is not S.BACKORDERED:
+                continue  # moved on since the index was read
+            before = order.allocations
+            # Oldest first across every sku: no older order is left to serve before this one.
+            order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
+            if order.allocations != before:
+                result.filled.append(order.id)
+            if order.status is S.BACKORDERED and not order.short_of():
+                self._complete(order.id, order.channel, order.version)
+                result.completed.append(order.id)
+        if len(page) == PAGE and self._rules is not None:
+            self._rules.wake_from(version, page[-1])
+        return result
+
+    def waiting_for(self, sku: str, location_id: str) -> int:
+        """Units of `sku` the backordered orders in its queue still lack and may take at
+        `location_id` (as a fill takes them): the demand a reorder point there buys for. Held
+        orders count: they wait for the same units once released. The oldest DEMAND_PAGES pages
+        of the queue at most: a crossing is handled inside one stream batch's time limit."""
+        locations = None
+        rules: SourcingRules | None = None
+        units = 0
+        after: WaitingOrder | None = None
+        for _ in range(DEMAND_PAGES):
+            if not (page := self._queue.waiting(sku, after, PAGE)):
+                break
+            locations = locations or self._catalog.list_locations()
+            rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+            for entry in page:
+                order = self._orders.get(entry.order_id)
+                if order is None or order.status not in STILL_WAITING:
+                    continue  # allocated or cancelled since: its entry goes at the next arrival
+                lacks, where = lacks_at(order, sku, locations, rules)
+                if location_id in where:
+                    units += lacks
+            after = page[-1]
+        return units
 
     def _complete(self, order_id: str, channel: str, version: int) -> None:
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes

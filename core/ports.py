@@ -319,6 +319,14 @@ class Backorders(ABC):
         when the order or any of those reservations or stock levels changed since they were read."""
 
 
+class BackorderedOrders(ABC):
+    """Every backordered order, oldest first, read through an index (never a scan of the table)."""
+
+    @abstractmethod
+    def oldest(self, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        """Up to `limit` backordered orders placed after `after` (from the oldest when None), oldest first."""
+
+
 class DuePickups(ABC):
     """Orders with a pickup waiting at its store past its `collect_by`, found through an index."""
 
@@ -365,3 +373,8 @@ class SourcingRulesRepository(ABC):
     def history(self, limit: int, cursor: str | None = None) -> tuple[list[SourcingRules], str | None]:
         """Versions newest first, and an opaque cursor for the next page (None: no more).
         Raises InvalidCursor for a cursor not issued here."""
+
+    @abstractmethod
+    def wake_from(self, version: int, after: WaitingOrder) -> None:
+        """Record on `version` the backordered order after which waking them for it goes on: the
+        change this makes hands the next page to the backorder filler (the Catalog stream)."""

@@ -59,8 +59,9 @@ class StockChange:
 @dataclass(frozen=True)
 class Crossing:
     """A change that took `available` (`low`), or `available` plus the units on order
-    (`reorders`), from at or above the reorder point to below it. Only the second buys: units
-    already on order that keep the stock position at the point need no second purchase order."""
+    (`reorders`), from at or above the reorder point to below it. The second buys: units already
+    on order that keep the stock position at the point need no second purchase order, unless
+    backordered orders wait for them too (`to_buy`)."""
 
     sku: str
     location_id: str
@@ -70,11 +71,23 @@ class Crossing:
     changed_at: datetime
     low: bool
     reorders: bool
+    incoming: int = 0  # units on open purchase orders after the change
 
     @property
     def key(self) -> str:
         """Names this crossing and no other: `#` appears in no sku or location id."""
         return f"{self.sku}#{self.location_id}#{self.change_id}"
+
+    def to_buy(self, waiting: int) -> int:
+        """Units the draft gets for this crossing when backordered orders still lack `waiting`
+        units they may take at its location (0: it buys nothing). Those orders take the first
+        units that come, so they are part of the need: the stock position counted against the
+        point is available plus incoming less `waiting`, and what it lacks for them beyond the
+        stock and the units on order is bought on top of `reorder_quantity`."""
+        position = self.available + self.incoming
+        if not self.reorders and position - waiting >= self.settings.reorder_point:
+            return 0
+        return self.settings.reorder_quantity + max(0, waiting - position)
 
 
 def crossing(change: StockChange) -> Crossing | None:
@@ -102,6 +115,7 @@ def crossing(change: StockChange) -> Crossing | None:
         changed_at=change.changed_at,
         low=low,
         reorders=reorders,
+        incoming=change.incoming_after,
     )
 
 
@@ -157,24 +171,24 @@ class Replenishment:
         self._require(sku, location_id)
         self._repository.set_reorder(sku, location_id, None)
 
-    def reorder(self, crossed: Crossing) -> PurchaseOrder | None:
-        """Add the crossing's `reorder_quantity` to the open draft for its vendor and location, or
-        make that draft; None when this crossing was counted already (a redelivered record). The
-        draft's write and the crossing's marker are one transaction, so concurrent crossings each
-        grow the draft once and a crossing seen twice grows it once."""
+    def reorder(self, crossed: Crossing, quantity: int | None = None) -> PurchaseOrder | None:
+        """Add `quantity` (by default the crossing's `reorder_quantity`; `Crossing.to_buy` adds the
+        backorders' need) to the open draft for its vendor and location, or make that draft; None
+        when this crossing was counted already (a redelivered record). The draft's write and the
+        crossing's marker are one transaction, so concurrent crossings each grow the draft once
+        and a crossing seen twice grows it once."""
         settings = crossed.settings
+        units = settings.reorder_quantity if quantity is None else quantity
         vendor = self._repository.get_vendor(settings.vendor_id)
         if vendor is None:
             raise NotFound(f"no vendor {settings.vendor_id} for the reorder point of {crossed.sku}")
         for _ in range(self.ATTEMPTS):
             draft, pointer = self._repository.open_draft(settings.vendor_id, crossed.location_id)
             if draft is not None and draft.takes(crossed.sku):
-                new, expected = draft.grow(crossed.sku, settings.reorder_quantity, settings.unit_cost), draft
+                new, expected = draft.grow(crossed.sku, units, settings.unit_cost), draft
             else:
                 now = self._clock()
-                line = PurchaseOrderLine(
-                    sku=crossed.sku, quantity=settings.reorder_quantity, unit_cost=settings.unit_cost
-                )
+                line = PurchaseOrderLine(sku=crossed.sku, quantity=units, unit_cost=settings.unit_cost)
                 new, expected = (
                     PurchaseOrder(
                         id=new_id("po"),

@@ -43,6 +43,7 @@ from core.ports import (
 )
 from core.pricing import PricedOrder, Pricing
 from core.secret_hashes import is_usable_secret
+from core.sourcing import allocation_plan, destination_of, unplaced
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 
@@ -125,6 +126,7 @@ class CaptureService:
         payment_methods: Callable[[], set[str]] | None = None,
         review_rules: pluggy.PluginManager | None = None,
         sourcing_rules: Callable[[], SourcingRules] | None = None,
+        sourcing: pluggy.PluginManager | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -136,6 +138,9 @@ class CaptureService:
         # The rules in force, so capture counts only the stock allocation may take: none at an
         # excluded location, none of a location's safety stock.
         self._sourcing_rules = sourcing_rules
+        # The sourcing plugins, so that under `max_shipments` capture refuses an order allocation
+        # could only cancel: no plan ships it from that few locations.
+        self._sourcing = sourcing
 
     def place(self, cmd: PlaceOrder, actor: str, request_id: str | None = None) -> Order:
         """Store a new pending order; the order workflow takes it from there. `request_id` (the
@@ -286,11 +291,14 @@ class CaptureService:
         for line in cmd.lines:
             wanted[line.sku] += line.quantity
         short_skus = {sku for sku in wanted if not products[sku].allow_backorder}
-        if not short_skus:
-            return
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
+        # Under max_shipments the units must also lie at few enough locations: that takes the plan.
+        planned = rules.max_shipments is not None and self._sourcing is not None
+        if not short_skus and not planned:
+            return
         sources = sources - set(rules.excluded_locations)
-        levels = self._inventory.levels(short_skus, sources) if sources else {}
+        skus = set(wanted) if planned else short_skus
+        levels = self._inventory.levels(skus, sources) if sources else {}
         if held:
             # As ReserveStock counts them: the order's own units are available to it again.
             own = held.get
@@ -316,6 +324,32 @@ class CaptureService:
         ]
         if short:
             raise InsufficientStock("not enough stock for this order", details=short)
+        if planned:
+            eligible = [loc for loc in self._catalog.list_locations() if loc.location_id in sources]
+            self._check_plan(cmd, products, eligible, levels, rules)
+
+    def _check_plan(
+        self, cmd: PlaceOrder, products: dict[str, Product], eligible: list[Location],
+        levels: dict[str, list[StockLevel]], rules: SourcingRules,
+    ) -> None:  # fmt: skip
+        """Refuse (409) an order ReserveStock would end out of stock on this stock: units enough in
+        all, but no plan ships the products that may not wait from at most `max_shipments` locations."""
+        assert self._sourcing is not None
+        order = unplaced(cmd)
+        plan = allocation_plan(
+            self._sourcing.hook, order, eligible, levels, destination_of(order, eligible), rules,
+            lambda skus: all(products[sku].allow_backorder for sku in skus),
+        )  # fmt: skip
+        if plan is not None:
+            return
+        message = f"no plan ships it from at most {rules.max_shipments} location(s) (sourcing rules v{rules.version})"
+        # What cannot wait is named; an order of products that may all wait fails only for want of
+        # any location that may supply it, which every line needs.
+        lines = [i for i, line in enumerate(cmd.lines) if not products[line.sku].allow_backorder]
+        raise InsufficientStock(
+            "not enough stock for this order within the sourcing rules",
+            details=[{"field": f"lines[{i}].quantity", "message": message} for i in lines or range(len(cmd.lines))],
+        )
 
 
 def _exchange_detail(exchange: dict[str, Any]) -> dict[str, Any]:

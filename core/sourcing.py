@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from core.errors import InvalidRequest, PluginError, StaleVersion
+from core.errors import InvalidRequest, PluginError, StaleVersion, UnknownSku
 from core.hook_calls import call_hook
 from core.models import (
     Address,
@@ -108,6 +108,19 @@ def sourceable(order: Order, locations: list[Location], rules: SourcingRules) ->
     rules, and not one that rejected a shipment of it."""
     eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
     return [loc for loc in rules.eligible(eligible) if loc.location_id not in order.excluded_locations]
+
+
+def lacks_at(order: Order, sku: str, locations: list[Location], rules: SourcingRules) -> tuple[int, set[str]]:
+    """Units of `sku` a backordered `order` still lacks, and the locations it may take them at as a
+    fill takes them: eligible for it, not excluded, within `max_shipments`."""
+    short = order.short_of()
+    lacks = sum(short.get(line.line_id, 0) for line in order.lines if line.sku == sku)
+    if not lacks:
+        return 0, set()
+    used = {allocation.location_id for allocation in order.allocations}
+    return lacks, {
+        loc.location_id for loc in sourceable(order, locations, rules) if rules.admits(loc.location_id, used)
+    }
 
 
 def ask_plugins(
@@ -208,6 +221,51 @@ def reduced(order: Order, available: dict[str, int]) -> Order:
     return order.model_copy(update={"lines": lines})
 
 
+def allocation_plan(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+    may_wait: Callable[[set[str]], bool],
+) -> SourcingPlan | None:
+    """The plan ReserveStock makes for `order` on `stock`: the whole order when the plugins can
+    source it; otherwise, when every sku it leaves short may wait backordered (`may_wait`), what is
+    in stock of the skus the locations lack, from no more locations than `max_shipments` (those
+    that supply the most): the order holds that and waits for the rest. None when it cannot be
+    allocated (no location, or a sku that may not wait left short): it ends out of stock. Capture
+    asks the same, so an order it accepts is not then cancelled for a reason it could have seen."""
+    if not eligible:
+        return None
+    available = available_of(order, eligible, stock)
+    wanted: Counter[str] = Counter()
+    for line in order.lines:
+        wanted[line.sku] += line.quantity
+    lacking = {sku: available[sku] for sku, units in wanted.items() if available[sku] < units}
+    if lacking and not may_wait(set(lacking)):
+        return None
+    plan = plan_within(hook, reduced(order, lacking) if lacking else order, eligible, stock, destination, rules)
+    if plan is None:
+        return None
+    waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
+    if waits and not may_wait(waits):
+        return None
+    return plan
+
+
+def left_short(order: Order, plan: SourcingPlan) -> dict[str, int]:
+    """{line_id: units} of each line `plan` does not cover whole."""
+    planned: Counter[str] = Counter()
+    for allocation in plan.allocations:
+        planned[allocation.line_id] += allocation.quantity
+    return {
+        line.line_id: line.quantity - planned[line.line_id]
+        for line in order.lines
+        if planned[line.line_id] < line.quantity
+    }
+
+
 # --- What-if ------------------------------------------------------------------------------------
 
 
@@ -287,9 +345,10 @@ class Simulation(BaseModel, defer_build=True):
 
 
 class Simulator:
-    """Plans each order as ReserveStock would, from one read of the locations and one batched
-    read of the stock, and stores, reserves and sends nothing. Each order is planned on the same
-    stock: one order's plan does not consume units another's could take."""
+    """Plans each order as ReserveStock would, from one read of the locations, one batched read
+    of the stock (and one of the products, for bodies), and stores, reserves and sends nothing.
+    Each order is planned on the same stock: one order's plan does not consume units another's
+    could take."""
 
     def __init__(
         self,
@@ -313,14 +372,57 @@ class Simulator:
         if request.rules is not None:
             check_locations(request.rules, locations, prefix="rules.")
             rules = rules.with_changes(request.rules)
+        self._check_fulfilment(request, locations)
         orders = [
-            self._stored(each, channel) if isinstance(each, str) else (None, _unplaced(each, index))
+            self._stored(each, channel) if isinstance(each, str) else (None, unplaced(each, index))
             for index, each in enumerate(request.orders, 1)
         ]
+        self._check_skus(request)
         skus = {line.sku for _, order in orders for line in order.lines}
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in locations]))
         items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]
         return Simulation(rules=rules, items=items, summary=_summary(items))
+
+    def _check_fulfilment(self, request: SimulateSourcing, locations: list[Location]) -> None:
+        """Raise 422 for a body whose fulfilment placing it refuses (CaptureService._sources): a
+        pickup at a location that offers none, or a location named on a shipped order. Planned, the
+        one was all unfillable and the other planned as any shipped order."""
+        pickups = {loc.location_id for loc in locations if loc.pickup}
+        for index, each in enumerate(request.orders):
+            if not isinstance(each, PlaceOrder):
+                continue
+            field = f"orders[{index}].fulfillment.location_id"
+            if each.fulfillment.type == "ship" and each.fulfillment.location_id is not None:
+                raise InvalidRequest(
+                    "location_id is only for pickup orders",
+                    details=[{"field": field, "message": "only allowed with type pickup"}],
+                )
+            if each.fulfillment.type == "pickup" and each.fulfillment.location_id is None:
+                raise InvalidRequest(
+                    "a pickup order needs the store's location_id",
+                    details=[{"field": field, "message": "required for pickup"}],
+                )
+            if each.fulfillment.type == "pickup" and each.fulfillment.location_id not in pickups:
+                raise InvalidRequest(
+                    "that location does not offer pickup",
+                    details=[{"field": field, "message": "no pickup location with this id"}],
+                )
+
+    def _check_skus(self, request: SimulateSourcing) -> None:
+        """Raise 422 `unknown_sku` naming each body's line whose sku the catalog lacks, as placing
+        that body would: a plan for it would answer a question no order can ask."""
+        bodies = [(index, each) for index, each in enumerate(request.orders) if isinstance(each, PlaceOrder)]
+        if not bodies:
+            return
+        products = self._catalog.get_products({line.sku for _, body in bodies for line in body.lines})
+        unknown = [
+            {"field": f"orders[{index}].lines[{n}].sku", "message": f"no product {line.sku}"}
+            for index, body in bodies
+            for n, line in enumerate(body.lines)
+            if line.sku not in products
+        ]
+        if unknown:
+            raise UnknownSku("unknown sku", details=unknown)
 
     def _stored(self, order_id: str, channel: str | None) -> tuple[str, Order]:
         order = self._orders.get(order_id)
@@ -398,7 +500,7 @@ def _summary(items: list[SimulatedOrder]) -> SimulationSummary:
     )
 
 
-def _unplaced(body: PlaceOrder, index: int) -> Order:
+def unplaced(body: PlaceOrder, index: int = 1) -> Order:
     """A body as an order sourcing can read: its lines, address and fulfilment; prices are not
     sourcing's business, so they are zero."""
     if body.fulfillment.type == "pickup" and not body.fulfillment.location_id:

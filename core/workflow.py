@@ -35,7 +35,7 @@ from core.errors import (
 )
 from core.hook_calls import call_hook
 from core.ids import reservation_key, shipment_id_for
-from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, utc_now
+from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, StockLevel, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
@@ -50,10 +50,12 @@ from core.ports import (
     WaitingOrder,
 )
 from core.sourcing import (
-    ask_plugins,
+    allocation_plan,
     available_of,
     destination_of,
     eligible_locations,
+    lacks_at,
+    left_short,
     plan_within,
     reduced,
     sourceable,
@@ -107,6 +109,8 @@ CANCEL_RECORDED = "CancelRecorded"
 # is retried by its caller (the stream, the workflow's Retry).
 MAX_TOP_UPS = 99
 FILL_ATTEMPTS = 10
+BACKORDER_PAGE = 25
+BEHIND_PAGES = 8  # at most 200 older orders read per sku by a step before it sources an order
 
 
 def after_failure(error: str) -> str:
@@ -285,13 +289,15 @@ class Workflow:
                 for level in levels
             ]  # fmt: skip
         stock = rules.for_orders(stock)  # safety stock is held back from orders
-        backorder = self._backorderable_shortage(order, eligible, stock)
-        if backorder:
-            plan = self._source_in_stock(
-                reduced(order, backorder), eligible, stock, destination_of(order, locations), rules
-            )
-        else:
-            plan = self._source(order, eligible, stock, destination_of(order, locations), rules)
+        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet.
+        stock = self._behind_older(order, stock, locations, rules)
+        plan = allocation_plan(
+            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
+        )
+        if plan is None:
+            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
+        short = left_short(order, plan)
+        backorder = {line.sku for line in order.lines if line.line_id in short}
         line_sku = {line.line_id: line.sku for line in order.lines}
         wanted = {
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
@@ -313,7 +319,7 @@ class Workflow:
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         if backorder:
-            self._wait_for_stock(order, plan, done, set(backorder), rules)
+            self._wait_for_stock(order, plan, done, backorder, rules)
             return
         new, entry = order.reserve(
             plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
@@ -341,27 +347,13 @@ class Workflow:
                 self._inventory.release(*item)
 
     # --- Backorders ------------------------------------------------------------------------------
-    def _backorderable_shortage(self, order: Order, eligible: list[Location], stock: dict) -> dict[str, int]:
-        """{sku: units the eligible locations lack} when every sku they lack allows backorder
-        (and a queue can wake the order); {} when nothing is short or a short product does not
-        allow backorder (the order then ends out_of_stock as before)."""
-        if self._backorders is None or not eligible:
-            return {}
-        wanted: dict[str, int] = defaultdict(int)
-        for line in order.lines:
-            wanted[line.sku] += line.quantity
-        allowed = {loc.location_id for loc in eligible}
-        have = {
-            sku: sum(max(level.available, 0) for level in stock.get(sku, []) if level.location_id in allowed)
-            for sku in wanted
-        }
-        short = {sku: units - have[sku] for sku, units in wanted.items() if have[sku] < units}
-        if not short:
-            return {}
-        products = self._catalog.get_products(set(short))
-        if not all(sku in products and products[sku].allow_backorder for sku in short):
-            return {}
-        return {sku: have[sku] for sku in short}  # what can be reserved of each short sku now
+    def _may_wait(self, skus: set[str]) -> bool:
+        """Whether an order may wait backordered for `skus`: each allows backorder, and a queue
+        can wake the order (without one, a shortage ends out_of_stock as for any product)."""
+        if self._backorders is None:
+            return False
+        products = self._catalog.get_products(skus)
+        return all(sku in products and products[sku].allow_backorder for sku in skus)
 
     def _wait_for_stock(
         self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules
@@ -386,12 +378,15 @@ class Workflow:
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 
-    def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
+    def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False) -> Order:
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
         nothing arrived). The reservations and the order's new allocations are one write
         (Backorders.fill), conditional on what was read: concurrent fills of the same order and
-        redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again."""
+        redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again.
+        Units older orders waiting in the same queues may take are not this order's to take
+        (`_behind_older`), unless the caller fills a queue oldest first itself (`in_queue_order`:
+        an arrival, which has dealt with every older order already)."""
         assert self._backorders is not None
         for _ in range(FILL_ATTEMPTS):
             # Read consistently: "not backordered, nothing to fill" is decided by no conditional
@@ -407,7 +402,9 @@ class Workflow:
             held = self._reservations_of(order, [loc.location_id for loc in eligible_locations(
                 order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
             allowed = sourceable(order, locations, rules)
-            top_ups = self._top_ups(order, allowed, held, rules, destination_of(order, locations))
+            top_ups = self._top_ups(
+                order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations
+            )
             if not top_ups:
                 return order
             for t in top_ups:
@@ -429,13 +426,17 @@ class Workflow:
         held: dict[tuple[str, str, str], int],
         rules: SourcingRules,
         destination: Address,
+        network: list[Location] | None,
     ) -> list[TopUp]:
-        """What to reserve from available stock (less the safety stock), under the rules: first at
+        """What to reserve from available stock (less the safety stock and, given the `network`,
+        what older waiting orders may take), under the rules: first at
         the locations the order already ships from (no new shipment), each line's own first, then
         the most stocked, then by id; what they lack at new locations the sourcing plugins choose
         as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
         skus = {line.sku for line in order.lines}
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in eligible]))
+        if network is not None:
+            stock = self._behind_older(order, stock, network, rules)
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
@@ -477,33 +478,58 @@ class Workflow:
             top_ups.append(TopUp(sku, a.location_id, key, 0, a.quantity, rules.kept_back(a.location_id)))
         return top_ups
 
+    def _behind_older(
+        self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules
+    ) -> dict[str, list[StockLevel]]:
+        """`stock` less, at each location, the units of each sku that orders older than `order`,
+        backordered in that sku's queue, still lack and may take there (as an arrival would fill
+        them: eligible for them, and within `max_shipments`). Units arrive on the stock item before
+        the Inventory stream hands them to the queue; an order sourced in between took them from
+        orders that had waited longer. A sku's queue is read only where it has units available,
+        and only until what is held back covers them, or for BEHIND_PAGES pages at most, so a step
+        never reads a long queue near its time limit: what older orders beyond those lack is not
+        held back (holding back every unit instead could leave an order waiting for units nobody
+        older may take, with no arrival coming to wake it). Held orders are passed over, as an
+        arrival passes them over."""
+        if self._backorders is None:
+            return stock
+        behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
+        held: dict[tuple[str, str], int] = defaultdict(int)
+        for sku, levels in stock.items():
+            free = {level.location_id: level.available for level in levels if level.available > 0}
+            after = None
+            for _ in range(BEHIND_PAGES):
+                if not free or not (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):
+                    break
+                for entry in page:
+                    if entry >= behind or not free:
+                        free = {}
+                        break
+                    older = self._orders.get(entry.order_id, consistent=True)
+                    if older is None or older.status is not S.BACKORDERED:
+                        continue
+                    lacks, where = lacks_at(older, sku, locations, rules)
+                    for location_id in where & set(free):
+                        held[(sku, location_id)] += lacks
+                        if held[(sku, location_id)] >= free[location_id]:
+                            del free[location_id]
+                after = page[-1]
+        if not held:
+            return stock
+        return {
+            sku: [
+                level.model_copy(update={"available": max(0, level.available - held[(sku, level.location_id)])})
+                for level in levels
+            ]
+            for sku, levels in stock.items()
+        }
+
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line in order.lines:
             for location_id in location_ids:
                 keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         return self._inventory.reservations(dict(keys))
-
-    def _source_in_stock(
-        self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
-    ) -> SourcingPlan:
-        """The plan for the part of a backorderable order in stock. Under `max_shipments` that part
-        may lie at more locations than one order ships from: it then holds what the locations
-        supplying the most of it have, and waits for the rest instead of ending out of stock."""
-        plan = plan_within(self._hook, order, eligible, stock, destination, rules)
-        if plan is None:
-            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
-        return plan
-
-    def _source(
-        self, order: Order, eligible: list[Location], stock: dict, destination: Address, rules: SourcingRules
-    ) -> SourcingPlan:
-        if not eligible:
-            raise OutOfStock(f"no location can supply order {order.id}")
-        plan = ask_plugins(self._hook, order, eligible, stock, destination, rules)
-        if plan is None:
-            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
-        return plan
 
     # --- CreateShipments --------------------------------------------------------------------
     def create_shipments(self, order_id: str) -> None:

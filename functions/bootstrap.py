@@ -31,6 +31,7 @@ from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog, CachedSourcingRules
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
+    DynamoBackorderedOrders,
     DynamoBackorders,
     DynamoCatalog,
     DynamoDuePickups,
@@ -298,6 +299,7 @@ class Container:
             payment_methods=self.payments.methods,
             review_rules=self.plugins,
             sourcing_rules=CachedSourcingRules(self.sourcing_rules, self.config.catalog_cache_seconds).current,
+            sourcing=self.plugins,
         )
 
     @cached_property
@@ -426,6 +428,7 @@ class Container:
             self.workflow,
             self.workflow_starter,
             self.sourcing_rules,
+            DynamoBackorderedOrders(self.dynamodb, self.config.orders_table),
         )
 
     @cached_property

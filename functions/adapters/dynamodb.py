@@ -21,6 +21,7 @@ from core.jeopardy import WATCHED
 from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
+    BackorderedOrders,
     Backorders,
     CatalogRepository,
     DuePickups,
@@ -654,6 +655,40 @@ class DynamoStalledOrders(StalledOrders):
         ]
 
 
+class DynamoBackorderedOrders(BackorderedOrders):
+    """Backordered orders oldest first: the by_status_key index's `backordered` partition, paged
+    from the entry after the one given (an index page starts after a key naming the order's id,
+    its status key and when it was placed)."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def oldest(self, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        status = {"S": OrderStatus.BACKORDERED.value}
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_status_key",
+            "KeyConditionExpression": "status_key = :status",
+            "ExpressionAttributeValues": {":status": status},
+            "ScanIndexForward": True,
+            "Limit": limit,
+        }
+        if after is not None:
+            query["ExclusiveStartKey"] = {
+                "id": {"S": after.order_id},
+                "status_key": status,
+                "created_at": {"S": timestamp(after.created_at)},
+            }
+        return [
+            WaitingOrder(
+                created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
+                order_id=item["id"]["S"],
+            )
+            for item in self._client.query(**query).get("Items", [])
+        ]
+
+
 class DynamoLateOrders(LateOrders):
     """The jeopardy scan's queries. Candidates come from the by_status_key index: an order entered
     its status after it was placed, so those placed before the moment are a superset of those in
@@ -866,6 +901,15 @@ class DynamoCatalog(CatalogRepository):
 # --- Sourcing rules ----------------------------------------------------------------------------
 
 SOURCING_RULES_PK = "SOURCING_RULES"
+# On a version's item: the backordered order after which waking them for that version goes on
+# (functions/backorders/app.py reads it from the Catalog stream).
+WAKE_AFTER = "wake_after"
+
+
+def wake_after(value: str) -> WaitingOrder:
+    """The order a `wake_after` attribute names."""
+    at, order_id = value.split("#", 1)
+    return WaitingOrder(created_at=datetime.strptime(at, TIME_FORMAT).replace(tzinfo=UTC), order_id=order_id)
 
 
 class DynamoSourcingRules(SourcingRulesRepository):
@@ -902,6 +946,18 @@ class DynamoSourcingRules(SourcingRulesRepository):
             if not _is_conditional_failure(error):
                 raise
             raise StaleVersion(f"sourcing rules version {rules.version} was written by another change") from None
+
+    def wake_from(self, version: int, after: WaitingOrder) -> None:
+        self._client.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": SOURCING_RULES_PK}, "sk": {"S": f"v{version:010d}"}},
+            # `waking`: a boolean the stream filter matches exactly (it has no test for presence).
+            UpdateExpression=f"SET {WAKE_AFTER} = :after, waking = :waking",
+            ExpressionAttributeValues={
+                ":after": {"S": f"{timestamp(after.created_at)}#{after.order_id}"},
+                ":waking": {"BOOL": True},
+            },
+        )
 
     def history(self, limit: int, cursor: str | None = None) -> tuple[list[SourcingRules], str | None]:
         start = (

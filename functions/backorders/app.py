@@ -1,6 +1,7 @@
 """Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
 when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
-open purchase orders cover the point."""
+open purchase orders cover the point. Catalog stream consumer for the sourcing rules: a new version wakes
+the backordered orders it may let take units, a page at a time."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.reorder import low_stock_event
-from functions.adapters.dynamodb import BACKORDER_PREFIX
+from core.sourcing_rules import SourcingRules
+from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
 from functions.backorders.low_stock import crossing_of
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -54,27 +56,59 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
     """A fall below a reorder point: `inventory.low` is published when `available` fell, with an
     id of the crossing's own, so a redelivered record publishes the same event again (subscribers
     dedupe); the draft grows once per crossing (a marker in the same transaction) when available
-    plus the units on open purchase orders fell, so units already on order are not bought again."""
+    plus the units on open purchase orders, less what backordered orders still lack there, is
+    below the point: units already on order are not bought again, and the backorders' need is."""
     crossed = crossing_of(record)
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        draft = container().replenishment.reorder(crossed) if crossed.reorders else None
+        waiting = container().backorder_allocator.waiting_for(crossed.sku, crossed.location_id)
+        buys = crossed.to_buy(waiting)
+        draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
         logger.info(
             "reorder point crossed",
             extra={
                 "available": crossed.available,
-                "draft": draft.id if draft else "counted before" if crossed.reorders else "covered by open orders",
+                "backordered": waiting,
+                "draft": draft.id if draft else "counted before" if buys else "covered by open orders",
             },
         )
     if draft is not None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
 
 
+def rules_changed(record: DynamoDBRecord) -> None:
+    """A new version of the sourcing rules (its item inserted) wakes the backordered orders from the
+    oldest; the page after is handed on by the `wake_after` that page wrote on the version's item."""
+    stream = record.dynamodb
+    if stream is None or (stream.keys or {}).get("pk") != SOURCING_RULES_PK:
+        return
+    new, old = stream.new_image or {}, stream.old_image or {}
+    if record.raw_event.get("eventName") == "INSERT":
+        after = None
+    elif new.get(WAKE_AFTER) and new.get(WAKE_AFTER) != old.get(WAKE_AFTER):
+        after = wake_after(str(new[WAKE_AFTER]))
+    else:
+        return  # not a page to wake: the wake of an older record, or another change of the item
+    version = SourcingRules.model_validate_json(str(new["doc"])).version
+    with logger.append_context_keys(sourcing_rules_version=version):
+        result = container().backorder_allocator.rules_changed(version, after)
+        if result.filled:
+            logger.info("backorders filled", extra={"filled": result.filled, "completed": result.completed})
+    if result.filled:
+        metrics.add_metric(name="BackordersFilled", unit=MetricUnit.Count, value=len(result.filled))
+    if result.completed:
+        metrics.add_metric(name="BackordersCompleted", unit=MetricUnit.Count, value=len(result.completed))
+
+
 def stock_changed(record: DynamoDBRecord) -> None:
-    # One consumer of the Inventory stream: a record is an arrival, a crossing, or neither.
+    # The Inventory stream: a record is an arrival, a crossing, or neither. The Catalog stream
+    # (keys pk and sk) brings sourcing rules only, through its filter.
+    if record.dynamodb is not None and "pk" in (record.dynamodb.keys or {}):
+        rules_changed(record)
+        return
     arrival(record)
     reorder_point_crossed(record)
 

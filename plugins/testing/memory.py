@@ -9,6 +9,7 @@ from datetime import datetime
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
 from core.ports import (
+    BackorderedOrders,
     Backorders,
     CatalogRepository,
     InventoryRepository,
@@ -294,6 +295,7 @@ class InMemorySourcingRules(SourcingRulesRepository):
 
     def __init__(self) -> None:
         self.versions: list[SourcingRules] = []
+        self.woken_from: dict[int, WaitingOrder] = {}
 
     def current(self) -> SourcingRules:
         return self.versions[-1] if self.versions else SourcingRules()
@@ -312,6 +314,24 @@ class InMemorySourcingRules(SourcingRulesRepository):
             raise InvalidCursor("not a sourcing rules cursor") from None
         page = newest_first[start : start + limit]
         return page, str(start + limit) if start + limit < len(newest_first) else None
+
+    def wake_from(self, version: int, after: WaitingOrder) -> None:
+        self.woken_from[version] = after
+
+
+class InMemoryBackorderedOrders(BackorderedOrders):
+    """The backordered orders among the in-memory ones, oldest first."""
+
+    def __init__(self, orders: InMemoryOrders) -> None:
+        self._orders = orders
+
+    def oldest(self, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
+        waiting = sorted(
+            WaitingOrder(order.created_at, order.id)
+            for order in self._orders.orders.values()
+            if order.status is OrderStatus.BACKORDERED
+        )
+        return [entry for entry in waiting if after is None or entry > after][:limit]
 
 
 class InMemoryBackorders(Backorders):

@@ -166,3 +166,20 @@ def test_a_reorder_point_drafts_a_po_that_once_submitted_and_received_allocates_
 
     assert units(settled(api, waiting, "allocated")) == 5
     assert drafts_of(api, vendor) == []  # the fall to 0 was below the point already: no second crossing
+
+
+def test_a_sourcing_rules_change_that_frees_units_allocates_the_orders_waiting_for_them(api: Api):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("30.00", allow_backorder=True)
+    assert api.put("/sourcing/rules", json={"prefer": "nearest", "excluded_locations": [network["west"]]}).ok
+    try:
+        catalog.stock(sku, network["west"], 2)
+        order_id = api.post("/orders", json=order_body((sku, 2))).json()["id"]
+        assert units(settled(api, order_id, "backordered")) == 0  # the units lie where it may not take them
+
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).ok  # nothing arrives: the change wakes it
+
+        assert [s["location_id"] for s in settled(api, order_id, "allocated")["shipments"]] == [network["west"]]
+    finally:
+        api.put("/sourcing/rules", json={"prefer": "nearest"})

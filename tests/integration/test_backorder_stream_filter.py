@@ -25,7 +25,7 @@ SKU, EAST, WEST = "PREORDER", "wh-east", "wh-west"
 
 def arrivals_filter() -> dict[str, Any]:
     """The backorder entry of BackorderFunction's Inventory-stream FilterCriteria (its first)."""
-    [event] = Template.load().functions()["BackorderFunction"]["Events"].values()
+    event = Template.load().functions()["BackorderFunction"]["Events"]["InventoryStream"]
     return compile_filters(event["Properties"]["FilterCriteria"], "BackorderFunction")[0]
 
 

@@ -22,6 +22,8 @@ from core.ports import TopUp, WaitingOrder
 from core.status import OrderStatus
 from functions.adapters.dynamodb import DynamoBackorders, DynamoInventory
 from functions.bootstrap import Config, Container, bootstrap
+from infra.local.event_sources import compile_filters, matches_filters
+from infra.local.template import Template
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
 
@@ -191,6 +193,60 @@ def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_com
     assert shop.order(first).status is S.ALLOCATED
     assert [e.order_id for e in shop.backorders.waiting("PREORDER", None, 10)] == [second]
     assert shop.order(second).status is S.BACKORDERED
+
+
+def test_an_order_sourced_before_the_stream_hands_out_an_arrival_leaves_the_older_orders_their_units(shop):
+    first, second = shop.backordered(2), shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")  # its record not consumed yet
+
+    newer = shop.backordered(3)  # reads the queue of the sku: 3 of the 4 units are theirs
+    consume(shop, record("wh-east", 0, 4))
+
+    assert (shop.held(first), shop.held(second), shop.held(newer)) == (2, 1, 1)
+    assert shop.executions() == [first, second]
+    assert shop.level() == (4, 4, 0)
+
+
+def rules_record(shop: Shop, version: int, old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Catalog stream's record of a sourcing rules version's item as stored now: its insert,
+    or with `old`, the change from that image."""
+    key = {"pk": {"S": "SOURCING_RULES"}, "sk": {"S": f"v{version:010d}"}}
+    item = shop.container.dynamodb.get_item(TableName=shop.container.config.catalog_table, Key=key)["Item"]
+    images = {"NewImage": item, **({"OldImage": old} if old is not None else {})}
+    return {
+        "eventID": f"rules-{version}-{len(item)}",
+        "eventName": "MODIFY" if old is not None else "INSERT",
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": key, "SequenceNumber": "2", **images},
+    }
+
+
+def test_a_new_version_of_the_sourcing_rules_wakes_backordered_orders_a_page_at_a_time(shop, monkeypatch):
+    from core.sourcing_rules import SourcingRules
+
+    rules = shop.container.sourcing_rules
+    rules.add(SourcingRules(version=1, excluded_locations=["wh-west"]))
+    first, second = shop.backordered(1), shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    consume(shop, record("wh-west", 0, 5))
+    assert (shop.held(first), shop.held(second)) == (0, 0)  # excluded: no arrival may fill them there
+    monkeypatch.setattr("core.backorders.PAGE", 1)
+
+    rules.add(SourcingRules(version=2))  # wh-west allowed again
+    inserted = rules_record(shop, 2)
+    assert consume(shop, inserted) == {"batchItemFailures": []}
+    assert (shop.held(first), shop.held(second)) == (1, 0)
+    handed_on = rules_record(shop, 2, old=inserted["dynamodb"]["NewImage"])
+    consume(shop, handed_on)  # the page handed on
+
+    assert (shop.held(first), shop.held(second)) == (1, 1)
+    assert shop.executions() == sorted([first, second])
+    assert shop.level("wh-west") == (5, 2, 3)
+    # Both records pass the template's own filter; a removal of the item does not.
+    events = Template.load().functions()["BackorderFunction"]["Events"]
+    patterns = compile_filters(events["SourcingRulesStream"]["Properties"]["FilterCriteria"], "test")
+    assert matches_filters(patterns, inserted) and matches_filters(patterns, handed_on)
+    assert not matches_filters(patterns, {**handed_on, "eventName": "REMOVE"})
 
 
 def test_records_that_bring_no_units_do_nothing(shop):

@@ -245,6 +245,47 @@ def test_a_fall_that_open_purchase_orders_cover_is_low_but_buys_nothing_again(bu
     assert event["data"]["inventory"] == {"sku": "MUG", "location_id": "wh-east", "available": 4, "reorder_point": 5}
 
 
+def backordered(buyer: Buyer, quantity: int, external_id: str) -> str:
+    """An order of `quantity` MUG (backorderable) that reserves what wh-east has and waits."""
+    from core.errors import Backordered
+    from tests.builders import place_order
+
+    body = {"external_id": external_id, "lines": [{"sku": "MUG", "quantity": quantity}]}
+    order_id = buyer.container.capture.place(place_order(**body), actor="key_web").id
+    buyer.container.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        buyer.container.workflow.reserve_stock(order_id)
+    return order_id
+
+
+def test_the_draft_buys_for_the_backordered_orders_too(buyer: Buyer):
+    """10 on hand, an order of 40 takes them and waits for 30: the crossing bought 20, leaving
+    10 of the waiting units unbought; an open PO that covered the point but not the waiting orders
+    bought nothing at all."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock()
+    buyer.point()
+    backordered(buyer, 40, "big")  # 10 -> 0 available: crossed, 30 units still lacking
+
+    buyer.consume(buyer.stream.records())
+
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20 + 30)]
+
+
+def test_an_open_order_that_covers_the_point_but_not_the_backorders_still_reorders(buyer: Buyer):
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock()
+    buyer.point()
+    open_po(buyer, 30)
+    backordered(buyer, 38, "big")  # 10 -> 0 available, 30 on order, 28 waiting: 30 - 28 < 5
+
+    buyer.consume(buyer.stream.records())
+
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]  # the 28 are on order
+
+
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
     buyer.stock()
     buyer.point()

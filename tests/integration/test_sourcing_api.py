@@ -90,6 +90,20 @@ def test_an_allocation_names_the_rules_version_it_used_in_the_history(api: InPro
     put_rules(api)  # back to the defaults for the other tests
 
 
+def test_an_order_no_plan_ships_within_max_shipments_is_409_at_capture_not_cancelled_later(api: InProcessApi, network):
+    catalog = Catalog(api)
+    sku = catalog.product("9.00")
+    catalog.stock(sku, network["west"], 1)
+    catalog.stock(sku, network["east"], 1)
+    put_rules(api, max_shipments=1)
+    try:
+        refused = assert_error(api.post("/orders", json=order_body((sku, 2))), 409, "insufficient_stock")
+        assert [d["field"] for d in refused["details"]] == ["lines[0].quantity"]
+        assert api.post("/orders", json=order_body((sku, 1))).status_code == 201
+    finally:
+        put_rules(api)  # back to the defaults for the other tests
+
+
 def test_a_simulation_of_100_orders_reads_locations_and_stock_once_and_reserves_nothing(api: InProcessApi, network):
     from functions.api.dependencies import container
 
@@ -112,15 +126,24 @@ def test_a_simulation_of_100_orders_reads_locations_and_stock_once_and_reserves_
     fewest = api.post("/sourcing/simulate", json={"orders": bodies, "rules": {"max_shipments": 1}})
 
     assert nearest.status_code == 200, nearest.text
-    # The rules (one Query), the network (one GetItem), the stock (BatchGetItem: 3 skus x 2
-    # locations is one batch); the API key's lookup is the authorizer's, with its own client.
-    assert counted == {"Query": 1, "GetItem": 1, "BatchGetItem": 1}
+    # The rules (one Query), the network (one GetItem), the products and the stock (a BatchGetItem
+    # each: 3 skus x 2 locations is one batch); the API key's lookup is the authorizer's, with its
+    # own client.
+    assert counted == {"Query": 1, "GetItem": 1, "BatchGetItem": 2}
     summary = nearest.json()["summary"]
     assert summary["orders"] == 100 and summary["unfillable_units"] == 0
     assert fewest.json()["summary"]["shipments"] == 100 and fewest.json()["rules"]["max_shipments"] == 1
     assert {sku: api.get(f"/inventory/{sku}").json() for sku in skus} == before
     assert api.get("/sourcing/rules").json()["max_shipments"] is None  # a what-if changes no rule
     assert_error(api.post("/sourcing/simulate", json={"orders": bodies}, key=issue(api, "inventory:write")), 403)
+
+
+def test_a_what_if_for_a_body_with_an_unknown_sku_is_422_as_placing_it_is(api: InProcessApi, network):
+    body = order_body((unique("NOSUCH"), 1))
+
+    assert_error(api.post("/orders", json=body), 422, "unknown_sku")
+    refused = assert_error(api.post("/sourcing/simulate", json={"orders": [body]}), 422, "unknown_sku")
+    assert refused["details"][0]["field"] == "orders[0].lines[0].sku"
 
 
 def test_two_changes_racing_for_one_version_number_keep_the_first_and_the_other_is_409(api: InProcessApi):

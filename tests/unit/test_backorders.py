@@ -22,7 +22,7 @@ from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
-from plugins.testing.memory import InMemorySourcingRules
+from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, place_order, product
 from tests.unit.world import World, before_the_next_write, build_world
 
@@ -251,6 +251,86 @@ def test_an_arrival_that_reads_the_oldest_order_as_it_was_before_it_waited_still
     assert world.order(oldest).status is S.ALLOCATED
     assert world.order(younger).status is S.BACKORDERED and world.order(younger).allocations == []
     assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [younger]
+
+
+def test_a_new_order_does_not_take_units_that_arrived_for_older_backorders_before_the_stream_gave_them():
+    """Units land on the stock item first; the Inventory stream hands them to the queue moments
+    later. A new order sourced in between took them, and the orders that had waited longest got
+    what it left. It now takes only what the older orders waiting there do not lack."""
+    world, allocator, _ = make_world([])
+    first, second = backordered(world, ("PREORDER", 2)), backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 4, reason="receipt")  # not yet handed to the queue
+
+    newer = backordered(world, ("PREORDER", 3))
+    assert world.held_for(newer) == {("PREORDER", "wh-west", reservation_key(newer, "L1")): 1}  # 4 less 2 less 1
+    allocator.arrived("PREORDER", "wh-west")
+
+    assert world.order(first).status is S.ALLOCATED and world.order(second).status is S.ALLOCATED
+    assert world.order(newer).short_of() == {"L1": 2}
+    assert world.level("PREORDER", "wh-west") == (4, 4, 0)
+
+
+@pytest.mark.parametrize(("pages", "newer_holds"), [(1, 4), (2, 3), (3, 3)])
+def test_the_step_reads_a_bounded_part_of_the_queue_ahead(monkeypatch, pages, newer_holds):
+    """Two older orders lack a unit each; a step that may read one of them holds back one unit
+    only. Bounded so a step never reads a long queue near its time limit; what lies beyond is not
+    held back, since nothing may come to wake an order left waiting for units no one older takes."""
+    world, allocator, _ = make_world([])
+    older = [backordered(world, ("PREORDER", 1)) for _ in range(2)]
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    monkeypatch.setattr("core.workflow.BACKORDER_PAGE", 1)
+    monkeypatch.setattr("core.workflow.BEHIND_PAGES", pages)
+
+    newer = backordered(world, ("PREORDER", 5))
+
+    assert sum(world.held_for(newer).values()) == newer_holds
+    allocator.arrived("PREORDER", "wh-west")
+    assert world.order(older[0]).status is S.ALLOCATED
+
+
+def test_a_new_order_may_still_take_what_older_backorders_may_not_take_there():
+    world, _, _ = make_world([])
+    pickup = backordered(world, ("PREORDER", 2), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+
+    shipped = world.run(world.place(("PREORDER", 2)))  # the pickup order never takes from wh-west
+
+    assert shipped.status is S.ALLOCATED
+    assert world.order(pickup).allocations == []
+
+
+def test_a_restarted_backordered_order_does_not_fill_ahead_of_older_ones():
+    """ReserveStock run again for a backordered order (a release from hold, a retry) fills it with
+    what has arrived: not with units an older order in the queue is due first."""
+    world, allocator, _ = make_world([])
+    older = backordered(world, ("PREORDER", 1))
+    younger = backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+
+    world.workflow.reserve_stock(younger)
+
+    assert world.order(younger).allocations == []
+    allocator.arrived("PREORDER", "wh-west")
+    assert world.order(older).status is S.ALLOCATED and world.order(younger).status is S.BACKORDERED
+
+
+def test_a_product_that_may_not_wait_is_not_sold_from_units_older_backorders_wait_for():
+    """Backorder switched off on a product while orders still wait for it: a new order no longer
+    waits, so it is cancelled out of stock rather than take the units the older ones are due."""
+    world, allocator, _ = make_world([])
+    older = backordered(world, ("PREORDER", 2))
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=False))
+    world.inventory.adjust("PREORDER", "wh-west", 3, reason="receipt")
+    fits, too_many = world.place(("PREORDER", 1)), world.place(("PREORDER", 2))
+    for order_id in (fits, too_many):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    world.workflow.reserve_stock(fits)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(too_many)
+
+    allocator.arrived("PREORDER", "wh-west")
+    assert world.order(older).status is S.ALLOCATED
 
 
 def test_an_order_waiting_at_another_location_does_not_block_younger_ones():
@@ -554,6 +634,37 @@ def test_units_an_older_order_may_not_take_under_max_shipments_go_to_the_next_in
 
     assert world.order(older).status is S.BACKORDERED
     assert shipped_from(world.order(younger)) == ["wh-east"]
+
+
+def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
+    """Units at a location the rules excluded: no arrival is coming for them, so the orders waited
+    on after the location was allowed again, though the units were there. A new version now wakes
+    the backordered orders, oldest first, a page at a time."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 3)], excluded_locations=["wh-west"])
+    store = ruled._rules
+    first, second, third = (backordered(world, ("PREORDER", 2)) for _ in range(3))
+    starter = RecordingStarter()
+    starter.world = world
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, starter, store,
+                                   InMemoryBackorderedOrders(world.orders))  # fmt: skip
+    store.add(SourcingRules(version=2))  # wh-west may supply orders again
+    monkeypatch.setattr("core.backorders.PAGE", 2)
+
+    woken = allocator.rules_changed(2)
+
+    assert woken.filled == [first, second] and woken.completed == [first]
+    assert world.order(first).status is S.ALLOCATED and world.order(second).short_of() == {"L1": 1}
+    assert store.woken_from == {2: WaitingOrder(world.order(second).created_at, second)}
+    assert allocator.rules_changed(2, store.woken_from[2]).filled == []  # the next page: nothing left for it
+    assert world.order(third).allocations == []
+
+
+def test_a_new_version_of_the_rules_wakes_no_one_when_nothing_is_backordered():
+    world, ruled = ruled_world([("PREORDER", "wh-west", 3)])
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, RecordingStarter(),
+                                   ruled._rules, InMemoryBackorderedOrders(world.orders))  # fmt: skip
+
+    assert allocator.rules_changed(1).filled == [] and ruled._rules.woken_from == {}
 
 
 def test_a_fill_takes_from_the_nearest_location_under_prefer_nearest():

@@ -109,6 +109,25 @@ def test_units_on_open_purchase_orders_count_against_the_point_when_deciding_to_
     assert crossed.reorders is reorders
 
 
+@pytest.mark.parametrize(
+    ("incoming", "waiting", "buys"),
+    [
+        (0, 0, 20),  # no backorders: reorder_quantity, as before
+        (0, 7, 25),  # 7 units backordered here, 2 available: the other 5 bought on top of the 20
+        (20, 0, 0),  # open orders cover the point
+        (20, 17, 0),  # ... and the backorders: 2 + 20 - 17 = 5, still at the point
+        (20, 18, 20),  # not any more: the point is short, the backorders are covered by what is on order
+        (20, 30, 28),  # nor the backorders: 30 - (2 + 20) more than the reorder quantity
+    ],
+)
+def test_backordered_demand_counts_against_the_point_and_is_bought_for(incoming, waiting, buys):
+    """Orders waiting for the sku take the first units that come: a crossing that ignored them
+    bought 20 for 30 waiting orders, or nothing when an open PO covered the point but not them."""
+    crossed = crossing(on_order(6, 2, incoming, incoming))
+
+    assert crossed.to_buy(waiting) == buys
+
+
 def test_an_open_purchase_order_cancelled_while_stock_is_low_reorders_without_a_new_low():
     crossed = crossing(on_order(2, 2, 20, 0))
 

@@ -9,13 +9,16 @@ from pydantic import ValidationError
 
 from core import hookimpl
 from core.backorders import BackorderAllocator
-from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion
+from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion, UnknownSku
 from core.models import StockLevel
+from core.plugin_manager import build_plugin_manager
+from core.pricing import Pricing
+from core.services import CaptureService
 from core.sourcing import SimulateSourcing, Simulator, SourcingRulesService
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
 from plugins.testing.memory import InMemorySourcingRules
-from tests.builders import NOW, order_body, product
+from tests.builders import NOW, order_body, place_order, product
 from tests.fakes import FakeCatalog
 from tests.unit.world import World, build_world
 
@@ -211,6 +214,94 @@ def test_max_shipments_and_prefer_reach_the_built_in_plugin():
     assert reserved_at(world, one.id) == {"wh-east": 2}
 
 
+def capture_under(world: World, store: InMemorySourcingRules) -> CaptureService:
+    """Capture as the API wires it: the rules in force and the sourcing plugins the workflow asks."""
+    plugins = _Relay(world.workflow._hook)
+    return CaptureService(
+        world.orders, world.catalog, world.inventory, Pricing(build_plugin_manager()), clock=lambda: NOW,
+        sourcing_rules=store.current, sourcing=plugins,
+    )  # fmt: skip
+
+
+def test_capture_refuses_an_order_no_plan_ships_from_at_most_max_shipments_locations():
+    """One TSHIRT at each warehouse and max_shipments 1: the order was 201, then its workflow
+    cancelled it out_of_stock. Capture now asks the plan allocation would make, and refuses."""
+    world, store = a_world(
+        [("TSHIRT", "wh-west", 1), ("TSHIRT", "wh-east", 1), ("MUG", "wh-east", 5), ("CAP", "wh-west", 5)]
+    )
+    put(store, max_shipments=1)
+    capture = capture_under(world, store)
+    stored = len(world.orders.orders)
+
+    with pytest.raises(InsufficientStock) as refused:
+        capture.place(place_order(external_id="spread", lines=[{"sku": "TSHIRT", "quantity": 2}]), actor="k")
+    with pytest.raises(InsufficientStock):
+        capture.place(
+            place_order(external_id="apart", lines=[{"sku": "CAP", "quantity": 1}, {"sku": "MUG", "quantity": 1}]),
+            actor="k",
+        )
+
+    assert refused.value.code == "insufficient_stock"
+    assert [d["field"] for d in refused.value.details] == ["lines[0].quantity"]
+    assert refused.value.details[0]["message"].startswith("no plan ships it from at most 1 location(s)")
+    assert len(world.orders.orders) == stored
+    together = capture.place(
+        place_order(external_id="together", lines=[{"sku": "TSHIRT", "quantity": 1}, {"sku": "MUG", "quantity": 1}]),
+        actor="k",
+    )
+    world.workflow.authorize_payment(together.id, attempt=0)
+    world.workflow.reserve_stock(together.id)
+    world.workflow.create_shipments(together.id)
+    assert world.order(together.id).status is S.ALLOCATED and reserved_at(world, together.id) == {"wh-east": 2}
+
+
+def test_a_backorderable_order_in_stock_only_beyond_max_shipments_waits_instead_of_being_cancelled():
+    """Two PREORDER in all, one at each warehouse, max_shipments 1: nothing was short in total, so
+    the order was sourced whole, no plan fitted one location, and it ended out_of_stock. It now
+    holds what one location has and waits for the rest, as a backorderable order short in total does."""
+    world, store = a_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = (
+        capture_under(world, store)
+        .place(place_order(external_id="pre", lines=[{"sku": "PREORDER", "quantity": 2}]), actor="k")
+        .id
+    )
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and len(reserved_at(world, order_id)) == 1
+    assert order.short_of() == {"L1": 1}
+    assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [order_id]
+
+
+def test_an_order_whose_plan_under_max_shipments_leaves_a_product_that_cannot_wait_short_is_refused():
+    """TSHIRT (no backorder) only at wh-east, PREORDER (backorder) short, more of it at wh-west:
+    the one location kept is wh-west, so TSHIRT was left unreserved while the order waited in
+    PREORDER's queue alone, where no TSHIRT arrival would ever find it. Capture refuses it, and
+    allocation ends it out of stock rather than leave it waiting for a unit nothing will bring."""
+    stock = [("TSHIRT", "wh-east", 1), ("PREORDER", "wh-west", 2)]
+    world, store = a_world(stock)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    body = place_order(
+        external_id="mixed", lines=[{"sku": "TSHIRT", "quantity": 1}, {"sku": "PREORDER", "quantity": 3}]
+    )
+
+    order_id = world.place(("TSHIRT", 1), ("PREORDER", 3))  # captured before the rules changed
+    put(store, max_shipments=1)
+    with pytest.raises(InsufficientStock) as refused:
+        capture_under(world, store).place(body, actor="k")
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+    assert [d["field"] for d in refused.value.details] == ["lines[0].quantity"]
+    assert world.held_for(order_id) == {} and world.backorders.waiting("PREORDER", None, 10) == []
+
+
 def test_a_backorder_fill_keeps_the_safety_stock_and_names_the_version():
     world, store = a_world([("PREORDER", "wh-west", 0)])
     world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
@@ -274,14 +365,14 @@ def bodies(*lines_per_order: list[tuple[str, int]]) -> list[dict]:
     ]
 
 
-def test_a_simulation_of_100_bodies_reads_locations_once_and_stock_once_and_changes_nothing():
+def test_a_simulation_of_100_bodies_reads_locations_products_and_stock_once_each_and_changes_nothing():
     world, store = a_world([("MUG", "wh-west", 30), ("MUG", "wh-east", 500), ("TSHIRT", "wh-east", 50)])
     sim, catalog, inventory = simulator(world, store)
     before = (world.held(), dict(world.inventory.stock), len(world.orders.orders))
 
     result = sim.simulate(SimulateSourcing.model_validate({"orders": bodies(*[[("MUG", 2), ("TSHIRT", 1)]] * 100)}))
 
-    assert catalog.calls == {"list_locations": 1} and inventory.calls == {"levels": 1}
+    assert catalog.calls == {"list_locations": 1, "get_products": 1} and inventory.calls == {"levels": 1}
     assert (world.held(), dict(world.inventory.stock), len(world.orders.orders)) == before
     assert result.summary.orders == 100 and len(result.items) == 100
     first = result.items[0]
@@ -338,6 +429,46 @@ def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
     assert [(s.location_id, s.lines[0].quantity) for s in result.items[0].shipments] == [("wh-west", 2)]
     with pytest.raises(InvalidRequest):
         sim.simulate(SimulateSourcing.model_validate({"orders": ["ord_" + "a" * 24]}))
+
+
+def test_a_body_naming_an_unknown_sku_is_refused_as_placing_it_would_be():
+    """POST /orders answers 422 unknown_sku for such a body: the what-if planned it as merely
+    unfillable, an answer about an order no one can place."""
+    world, store = a_world([("MUG", "wh-west", 10)])
+    sim, _, _ = simulator(world, store)
+
+    with pytest.raises(UnknownSku) as refused:
+        sim.simulate(SimulateSourcing.model_validate({"orders": bodies([("MUG", 1)], [("MUG", 1), ("NOPE", 2)])}))
+
+    assert refused.value.code == "unknown_sku"
+    assert refused.value.details == [{"field": "orders[1].lines[1].sku", "message": "no product NOPE"}]
+
+
+@pytest.mark.parametrize(
+    ("fulfillment", "message"),
+    [
+        ({"type": "pickup", "location_id": "wh-east"}, "no pickup location with this id"),  # ships, no pickup
+        ({"type": "pickup", "location_id": "nowhere"}, "no pickup location with this id"),
+        ({"type": "pickup"}, "required for pickup"),
+        ({"type": "ship", "location_id": "store-sf"}, "only allowed with type pickup"),
+    ],
+)
+def test_a_body_whose_fulfilment_placing_refuses_is_refused(fulfillment, message):
+    """Placed, each is 422; planned, a pickup at a warehouse came back all unfillable and a shipped
+    order naming a store was planned as if it named nothing."""
+    world, store = a_world([("MUG", "wh-west", 10)])
+    sim, _, _ = simulator(world, store)
+    [body] = bodies([("MUG", 1)])
+
+    with pytest.raises(InvalidRequest) as refused:
+        world.capture.place(place_order(**{**body, "fulfillment": fulfillment}), actor="k")
+    with pytest.raises(InvalidRequest) as simulated:
+        sim.simulate(
+            SimulateSourcing.model_validate({"orders": [bodies([("MUG", 1)])[0], {**body, "fulfillment": fulfillment}]})
+        )
+
+    assert refused.value.details == [{"field": "fulfillment.location_id", "message": message}]
+    assert simulated.value.details == [{"field": "orders[1].fulfillment.location_id", "message": message}]
 
 
 def test_ids_and_bodies_are_not_mixed_and_at_most_100_orders_are_simulated():

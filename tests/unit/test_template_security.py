@@ -17,6 +17,7 @@ from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
+    DynamoBackorderedOrders,
     DynamoBackorders,
     DynamoCatalog,
     DynamoDuePickups,
@@ -142,12 +143,14 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
+        (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
     },
     "BackorderFunction": {
         **_WORKFLOW_ORDERS,
+        (ORDERS, "dynamodb:Query"): [DynamoBackorderedOrders],  # the orders a new version of the rules wakes
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
