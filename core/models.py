@@ -1160,8 +1160,11 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
-        """The pending shipment, if the order may ship it now; InvalidTransition otherwise."""
+        """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
+        pickup order's shipment is never shipped: it is readied, then collected at its store)."""
         shipment = self.shipment(shipment_id)
+        if self.fulfillment.type == "pickup":
+            raise InvalidTransition(f"shipment {shipment_id} is a pickup: it is made ready and collected, not shipped")
         if shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
         if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):

@@ -540,6 +540,20 @@ def test_a_ready_pickup_is_not_shipped(world):
     assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
 
 
+def test_a_pickup_waiting_to_be_picked_is_not_shipped_either(world):
+    # A pickup is readied and collected at its store (which may not ship at all): shipped, it would
+    # be captured, tell the customer it left, and never expire.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+
+    with pytest.raises(InvalidTransition, match="pickup"):
+        world.actions.ship(order.id, shipment.id, None, actor="key_store")
+
+    assert world.order(order.id) == order
+    assert world.spy.captured == []
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
+
+
 def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_is_voided(world, monkeypatch):
     order = world.allocated(("TSHIRT", 2), **PICKUP)
     (shipment,) = order.shipments

@@ -238,7 +238,8 @@ def cancel_order(
     "refused capture is 502 `payment_gateway_error`, a gateway that keeps failing 503 `payment_gateway_unavailable` "
     "with Retry-After: the shipment stays `pending`, nothing is captured or moved, each failed attempt is in the "
     "history, and repeating the call tries again with the same idempotency key. A capture whose shipment was "
-    "cancelled meanwhile is refunded at once (409).",
+    "cancelled meanwhile is refunded at once (409). A pickup order's shipment is never shipped (409): its store "
+    "makes it ready (`.../ready`) and it is collected (`.../deliver`).",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
