@@ -333,6 +333,11 @@ class OrderActions:
             )
         order.check_editable()
         resourced = order.sourced_again_by_edit()
+        # Authorized (held or not), an order may hold units its allocations do not record: an
+        # earlier edit or reject left them for the workflow, which has not run again yet (or a
+        # ReserveStock died before recording). They count as its own, and what it no longer uses
+        # is released here: the workflow only looks for the skus of the lines it finds.
+        may_hold = resourced or order.status in (S.AUTHORIZED, S.ON_HOLD)
         # Without new lines the order's own are priced again; a line whose every unit was cancelled
         # has none to price and stays as it is.
         kept = [line for line in order.lines if line.quantity]
@@ -347,7 +352,7 @@ class OrderActions:
         )  # fmt: skip
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not.
-        held = self._held_by(order) if resourced else None
+        held = self._held_by(order) if may_hold else None
         priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
         reauthorized = None
@@ -375,7 +380,7 @@ class OrderActions:
                 if current is None or current.payment.authorization != reauthorized.reference:
                     self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
-        if resourced:
+        if may_hold:
             self._release_replaced_lines(order, new)
         old = order.payment.authorization
         voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
@@ -404,8 +409,8 @@ class OrderActions:
         return dict(held)
 
     def _release_replaced_lines(self, old: Order, new: Order) -> None:
-        """After an allocated or backordered order was edited: release what its old lines hold
-        where the new order has no line of that id and sku. The rest stays reserved for the
+        """After an order that may hold stock was edited: release what its old lines hold where
+        the new order has no line of that id and sku. The rest stays reserved for the
         workflow, which sources the order again counting its own reservations as available and
         releases what its new plan does not keep. Releasing those here instead could free a
         reservation the restarted workflow has just made under the same key."""

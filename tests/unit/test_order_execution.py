@@ -96,6 +96,51 @@ def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world)
     assert world.level("MUG", "wh-west") == (3, 0, 3)
 
 
+def test_a_second_edit_before_the_order_was_sourced_again_releases_what_its_replaced_line_held(world):
+    # The first edit keeps the line's sku: its units wait, unrecorded, for the workflow. The second
+    # replaces the sku before the workflow ran: nothing would ever count those units again.
+    order = world.allocated(("TSHIRT", 3))
+    first = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]),
+                               actor="key_web")  # fmt: skip
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 3}
+
+    world.actions.edit(order.id, first.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), actor="key_web")
+
+    assert world.held_for(order.id) == {}
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+
+
+def test_a_second_edit_before_the_order_was_sourced_again_counts_the_units_it_still_holds(world):
+    order = world.allocated(("MUG", 3))  # the last three
+    first = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]),
+                               actor="key_web")  # fmt: skip
+
+    world.actions.edit(order.id, first.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=3)]), actor="key_web")
+
+    again = resume(world, order.id)
+    assert [(a.location_id, a.quantity) for a in again.allocations] == [("wh-west", 3)]
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+
+
+def test_a_held_order_edited_twice_then_cancelled_holds_nothing(world):
+    order = world.allocated(("TSHIRT", 3))
+    held = Holds(world.orders, clock=lambda: NOW).hold(order.id, HoldRequest(reason="address_review"), "key_ops")
+    first = world.actions.edit(held.id, held.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]),
+                               actor="key_ops")  # fmt: skip
+    second = world.actions.edit(order.id, first.version, OrderEdit(lines=[LineInput(sku="PEN", quantity=2)]),
+                                actor="key_ops")  # fmt: skip
+
+    world.actions.cancel(order.id, "customer gave up", "key_ops")
+
+    assert world.order(second.id).status is S.CANCELLED
+    assert world.held_for(order.id) == {}
+    assert set(world.reserved().values()) == {0}
+
+
 def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
     # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
     actions = world.actions_behind_a_new_location("MUG", "wh-west")
