@@ -200,7 +200,9 @@ class OrderActions:
         return self.deliver(order_id, shipment_id, actor, channel)
 
     def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """A shipped parcel arrived."""
+        """A shipped parcel arrived. Then, as a ship repeated does, the payment of an order with
+        nothing left to ship is settled if a gateway that was down left it short of its total (a
+        cancel of the rest whose capture of it failed): a delivered order ends paid in full."""
         at = self._clock()
 
         def decide(order: Order):
@@ -208,7 +210,7 @@ class OrderActions:
                 return None
             return order.deliver(shipment_id, at=at, actor=actor)
 
-        return modify(self._orders, order_id, decide, channel=channel)
+        return self._units.after_shipping(modify(self._orders, order_id, decide, channel=channel), actor)
 
     # --- Store and warehouse execution ------------------------------------------------------------
     def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
