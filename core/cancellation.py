@@ -147,9 +147,11 @@ class Cancellation:
         )  # fmt: skip
 
     def release_lost_authorizations(self, order: Order, actor: str) -> Order:
-        """Release what the gateway may hold for a closed order that never recorded an
-        authorization: an attempt whose answer was lost (a timeout, `payment_authorization_failed`
-        of kind transient, naming its key) may have been approved. Each such key is asked again,
+        """Release what the gateway may hold for an order that never recorded an authorization
+        and no longer asks for it under an earlier key (closed, or edited since: an edit prices a
+        new version, whose key its next authorization uses): an attempt whose answer was lost (a
+        timeout, `payment_authorization_failed` of kind transient, naming its key) may have been
+        approved. Each such key is asked again,
         which the gateway answers with the authorization it made (or makes now), and that is voided
         at once (`payment_voided`, naming the key, the order itself unchanged); one the gateway
         declines was never made. A key settled either way is not asked again. Raises PaymentRefused
@@ -178,7 +180,7 @@ class Cancellation:
             voided = self._void(order, made.reference, actor)
             at = self._clock()
             detail = {"authorization": made.reference, "reference": voided.reference, "authorization_key": key,
-                      "reason": "an authorization whose answer was lost, released for the closed order"}  # fmt: skip
+                      "reason": "an authorization whose answer was lost, no longer asked for"}  # fmt: skip
             modify(self._orders, order.id, lambda current, detail=detail, at=at: current.noted(
                 OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
         return self._orders.get(order.id, consistent=True) or order

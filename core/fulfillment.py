@@ -384,6 +384,12 @@ class OrderActions:
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if may_hold:
             self._release_replaced_lines(order, new)
+        if new.payment.status is PaymentStatus.PENDING:
+            # Its next authorization is asked under the edited version's key: one an earlier attempt
+            # may have obtained (its answer lost) would never be used. A failure is in the history;
+            # a cancel of the order asks again.
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                self._cancellation.release_lost_authorizations(new, actor)
         old = order.payment.authorization
         voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
         if voided is not None:

@@ -13,7 +13,7 @@ import pytest
 
 from core import hookimpl, payment_keys
 from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
-from core.models import Address, Allocation, HistoryEntry, Order, OrderEdit
+from core.models import Address, Allocation, HistoryEntry, LineInput, Order, OrderEdit
 from core.money import Money
 from core.order_changes import modify
 from core.status import OrderStatus
@@ -598,6 +598,26 @@ def test_an_authorization_whose_answer_was_lost_to_a_cancel_meanwhile_is_voided_
     assert world.order(order_id).status is S.CANCELLED
     assert world.spy.voided == lost.made
     assert world.history(order_id)[-1].type == "payment_voided"
+
+
+def test_an_authorization_whose_answer_was_lost_is_voided_when_an_edit_makes_the_order_ask_anew():
+    # Parked after the gateway's outage, its address fixed before the release: the next authorization
+    # is asked under the edited version's key, so the one the gateway may hold would never be used.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorization not in lost.made
+    assert world.spy.voided == lost.made
 
 
 def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_made_and_is_not_voided():
