@@ -27,6 +27,22 @@ READS: dict[tuple[str, str], str] = {
     ("GET", "/orders/{order_id}/access-log"): "access_log",
 }
 
+# The API's changes of an order that answer with the order (or its new return or refund): the
+# action each is recorded as when it wrote no history entry (a cancel of a cancelled order, an
+# Idempotency-Key replayed), for it answered with what a read shows all the same: a read of it.
+CHANGES: dict[tuple[str, str], str] = {
+    ("PATCH", "/orders/{order_id}"): "edit",
+    ("POST", "/orders/{order_id}/cancel"): "cancel",
+    ("POST", "/orders/{order_id}/hold"): "hold",
+    ("POST", "/orders/{order_id}/release"): "release",
+    ("POST", "/orders/{order_id}/shipments/{shipment_id}/ship"): "ship",
+    ("POST", "/orders/{order_id}/shipments/{shipment_id}/deliver"): "deliver",
+    ("POST", "/orders/{order_id}/shipments/{shipment_id}/ready"): "ready",
+    ("POST", "/orders/{order_id}/shipments/{shipment_id}/reject"): "reject",
+    ("POST", "/orders/{order_id}/returns"): "return",
+    ("POST", "/orders/{order_id}/refunds"): "refund",
+}
+
 
 class AccessEntry(BaseModel, defer_build=True):
     """`{at, actor, action, detail}` of GET /orders/{id}/access-log: `actor` the API key id (or

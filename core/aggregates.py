@@ -61,7 +61,9 @@ class Contribution:
 
 @dataclass(frozen=True)
 class CounterUpdate:
-    """Atomic ADDs on one item (pk, sk), plus attributes it SETs (a customer's email and name)."""
+    """Atomic ADDs on one item (pk, sk), plus attributes it sets where the item has none yet (a
+    customer's email and name: a change of an older order must not replace the latest order's,
+    which CustomerSeen keeps)."""
 
     pk: str
     sk: str
@@ -72,12 +74,14 @@ class CounterUpdate:
 @dataclass(frozen=True)
 class CustomerSeen:
     """A new order of a customer: first/last order times are a min and a max, idempotent by
-    nature, so they are kept outside the counters (a max cannot be an ADD)."""
+    nature, so they are kept outside the counters (a max cannot be an ADD); the customer's email
+    and name are the latest order's, set with its `last_order_at`."""
 
     customer_id: str
     channel: str
     email: str
     at: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,9 @@ def aggregate_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> A
         report_days.append((pk, sk, str(new["channel"])))
     seen = None
     if old is None:
-        seen = CustomerSeen(customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]))
+        seen = CustomerSeen(
+            customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]), customer.get("name")
+        )
     return AggregateChange(str(new["id"]), int(new.get("version", 0)), updates, seen, report_days)
 
 
@@ -324,8 +330,12 @@ class AggregateStore(Protocol):
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         """The customer's rows by channel (one partition)."""
 
-    def customer_ids(self, email: str, channel: str | None) -> list[str]:
-        """The customers who ordered under `email` (any case) in `channel` (None: in any)."""
+    def customer_ids(
+        self, email: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[str], str | None]:
+        """Up to `limit` of the customers who ordered under `email` (any case) in `channel` (None:
+        in any), after `cursor`, and the cursor of the next page (None: no more). The cursor names
+        only a customer the page showed; InvalidCursor for one not issued for this email."""
 
     def report_channels(self, currency: str, start: str, end: str) -> dict[str, list[str]]:
         """The channels with report rows in `currency`, by day from `start` to `end` (inclusive)."""
@@ -352,11 +362,15 @@ class Aggregates:
             raise NotFound(f"no customer {customer_id} with orders here")
         return view
 
-    def customers_by_email(self, email: str, channel: str | None) -> list[CustomerView]:
+    def customers_by_email(
+        self, email: str, channel: str | None, limit: int = 25, cursor: str | None = None
+    ) -> tuple[list[CustomerView], str | None]:
+        """A page of the customers who ordered under `email`, and the next page's cursor."""
         # By the channels the email was used in: a channel key that searched another channel's
         # email would learn which of its own customers that address belongs to.
-        views = (self._view(customer_id, channel) for customer_id in self._store.customer_ids(email, channel))
-        return [view for view in views if view is not None]
+        ids, next_cursor = self._store.customer_ids(email, channel, limit, cursor)
+        views = (self._view(customer_id, channel) for customer_id in ids)
+        return [view for view in views if view is not None], next_cursor
 
     def _view(self, customer_id: str, channel: str | None) -> CustomerView | None:
         rows = self._store.customer_items(customer_id)

@@ -127,10 +127,13 @@ class Cancellation:
 
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
-        and never recorded is settled (settle_capture_requests); one it never recorded is released
+        and never recorded is settled (settle_capture_requests), and every other authorization an
+        edit left (void_requested_authorization, void_replaced_authorizations) is voided; one it
+        never recorded because the gateway's answer was lost is released
         (release_lost_authorizations); nothing else to do when the payment is not `authorized`.
         Raises PaymentRefused or PaymentGatewayUnavailable with every failed attempt recorded."""
         order = self.settle_capture_requests(order, actor)
+        order = self.void_replaced_authorizations(self.void_requested_authorization(order, actor), actor)
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
             return self.release_lost_authorizations(order, actor)
@@ -151,11 +154,11 @@ class Cancellation:
         and no longer asks for it under an earlier key (closed, or edited since: an edit prices a
         new version, whose key its next authorization uses): an attempt whose answer was lost (a
         timeout, `payment_authorization_failed` of kind transient, naming its key) may have been
-        approved. Each such key is asked again,
-        which the gateway answers with the authorization it made (or makes now), and that is voided
-        at once (`payment_voided`, naming the key, the order itself unchanged); one the gateway
-        declines was never made. A key settled either way is not asked again. Raises PaymentRefused
-        or PaymentGatewayUnavailable as `void` does, every failed attempt in the history."""
+        approved. Each such key is asked again, which the gateway answers with the authorization it
+        made (or makes now), and that is voided at once (`payment_voided`, naming the key, the order
+        itself unchanged); one the gateway declines was never made. A key settled either way is not
+        asked again. Raises PaymentRefused or PaymentGatewayUnavailable as `void` does, every failed
+        attempt in the history."""
         found = self._orders.history(order.id) if order.payment.status is PaymentStatus.PENDING else None
         lost = _lost_authorizations(found[1]) if found is not None else {}
         if not lost:
@@ -185,10 +188,83 @@ class Cancellation:
                 OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
         return self._orders.get(order.id, consistent=True) or order
 
+    def void_requested_authorization(self, order: Order, actor: str) -> Order:
+        """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
+        an edit that died between the gateway's answer and its write, one in flight, or one whose
+        write lost). It is first taken back from its edit (on an order an edit could still change),
+        then asked for again under its key for its amount, which the gateway answers with the
+        authorization it made (or makes now), and voided at once; one the gateway declines was
+        never made. Raises PaymentRefused or PaymentGatewayUnavailable while it cannot be voided now
+        (each attempt in the history; the request stands for the next attempt). Returns the order
+        as it stands after; nothing to do when none is requested."""
+        if order.authorization_requested is None:
+            return order
+        found = self._orders.get_with_token(order.id, consistent=True)
+        if found is None or found[0].authorization_requested is None:
+            return found[0] if found else order
+        order, token = found
+        request = order.authorization_requested
+        assert request is not None
+
+        def same(current: Order) -> bool:
+            standing = current.authorization_requested
+            return standing is not None and standing.edit_of == request.edit_of
+
+        if not request.withdrawn and order.status is not OrderStatus.CANCELLED:
+            at = self._clock()
+            order = modify(
+                self._orders, order.id,
+                lambda current: current.withdraw_reauthorization(at=at)
+                if same(current) and not current.authorization_requested.withdrawn else None,
+            )  # fmt: skip
+            if not same(order):
+                return order  # recorded by its edit meanwhile
+        key = payment_keys.authorize(order.id, request.authorizes_version)
+        try:
+            made = self._payments.retried(
+                "authorize",
+                lambda attempt: self._payments.authorize(
+                    order.payment.method, token, request.amount, order.id, attempt, key
+                ),
+                failure_recorder(self._orders, order.id, actor, self._clock,
+                                 amount=request.amount.model_dump(mode="json")),
+            )  # fmt: skip
+        except PaymentDeclined:
+            made = None
+        if made is not None and made.reference == order.payment.authorization:
+            made = None  # the order's own: never voided here
+        voided = self._void(order, made.reference, actor) if made is not None else None
+        at = self._clock()
+        return modify(
+            self._orders, order.id,
+            lambda current: current.record_reauthorization_voided(
+                made.reference if made else None, voided.reference if voided else None, at=at, actor=actor
+            ) if same(current) else None,
+        )  # fmt: skip
+
+    def void_replaced_authorizations(self, order: Order, actor: str) -> Order:
+        """Void each authorization an edit replaced and record it (Order.replaced_authorizations:
+        the edit voids it after its write, and one that died or found the gateway down leaves it).
+        Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
+        attempt in the history; it stays for the next attempt). Returns the order as it stands
+        after."""
+        for authorization in list(order.replaced_authorizations):
+            order = self._void_replaced(order, authorization, actor)
+        return order
+
+    def _void_replaced(self, order: Order, authorization: str, actor: str) -> Order:
+        result = self._void(order, authorization, actor)
+        at = self._clock()
+        return modify(
+            self._orders, order.id,
+            lambda current: current.record_replaced_voided(authorization, result.reference, at=at, actor=actor)
+            if authorization in current.replaced_authorizations else None,
+        )  # fmt: skip
+
     def void_unrecorded(self, order: Order, authorization: str, actor: str) -> PaymentResult | None:
-        """Release an authorization the order does not (or no longer) record: one an edit replaced,
-        or one obtained by a write that lost its race. None when it could not be voided; each
-        failed attempt is in the order's history, for an operator."""
+        """Release an authorization the order does not record: one obtained by a write that lost
+        its race. None when it could not be voided; each failed attempt is in the order's history,
+        for an operator."""
         try:
             return self._void(order, authorization, actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
@@ -236,18 +312,27 @@ class Cancellation:
 
     def settle_capture_requests(self, order: Order, actor: str) -> Order:
         """Settle every capture the order asked for and never recorded (Order.captures_requested: a
-        ship or collect that died between the gateway's answer and its write, or one in flight),
-        before its authorization is voided or the shipment changes. Each is first taken back from
-        its ship (on an order that could still ship it), then asked for again under its key, which
-        the gateway answers with the capture it made (or makes now), and refunded at once; one the
-        gateway refuses was never made. Raises PaymentRefused or PaymentGatewayUnavailable while
-        one cannot be settled now (each attempt in the history): what was settled stays settled,
-        and the rest waits for the next attempt. Returns the order as it stands after."""
+        ship, collect or settlement that died between the gateway's answer and its write, or one in
+        flight), before its authorization is voided or the shipment changes. A shipment's is first
+        taken back from its ship (on an order that could still ship it), then asked for again
+        under its key, which the gateway answers with the capture it made (or makes now), and
+        refunded at once. The settlement's is asked for again the same way and recorded
+        (finish_settlement_capture): it was asked once nothing was left to ship, so it is owed
+        whatever changes now. One the gateway refuses was never made. Raises PaymentRefused or
+        PaymentGatewayUnavailable while one cannot be settled now (each attempt in the history):
+        what was settled stays settled, and the rest waits for the next attempt. Returns the order
+        as it stands after."""
         if not order.captures_requested:
             return order
         order = self._orders.get(order.id, consistent=True) or order
         for request in list(order.captures_requested):
-            order = self._settle(order, request.shipment_id, actor)
+            if request.shipment_id is not None:
+                order = self._settle(order, request.shipment_id, actor)
+                continue
+            try:
+                order = self.finish_settlement_capture(order, actor)
+            except PaymentRefused:
+                order = self._orders.get(order.id, consistent=True) or order  # recorded as never made
         return order
 
     def _settle(self, order: Order, shipment_id: str, actor: str) -> Order:
@@ -271,6 +356,56 @@ class Cancellation:
                 if current.capture_request(shipment_id) is not None else None,
             )  # fmt: skip
         return self.reverse_capture(order, shipment_id, request.amount, capture, actor)
+
+    # --- The settlement capture ---------------------------------------------------------------
+    def capture_settlement(self, order: Order, amount: Money, actor: str) -> Order:
+        """Capture `amount` more, the rest of a total that cancelled units left higher than the
+        captures once no parcel is pending, and record it. The capture is requested on the order
+        first (Order.request_settlement_capture), so one the gateway makes is never lost: a
+        settlement that died after the gateway answered leaves the request, and whatever settles
+        the order next asks again under the same key for the same amount and records it (a request
+        standing, one in flight included, is reused here whatever `amount` says). Raises
+        PaymentRefused (the request goes: none was made) or PaymentGatewayUnavailable (the request
+        stands: it may have been), each failed attempt in the history. Returns the order after."""
+        at = self._clock()
+        order = modify(
+            self._orders, order.id,
+            lambda current: None if current.capture_request(None) is not None
+            else current.request_settlement_capture(amount, at=at),
+        )  # fmt: skip
+        return self.finish_settlement_capture(order, actor)
+
+    def finish_settlement_capture(self, order: Order, actor: str) -> Order:
+        """Ask the gateway for the settlement capture `order` requested, under its key (what was
+        captured before it, which its request keeps as it is), and record it; nothing to do when
+        none is requested. Raises as capture_settlement."""
+        request = order.capture_request(None)
+        if request is None:
+            return order
+        payment = order.payment
+        authorization = payment.authorization or ""
+        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
+        try:
+            result = self._payments.retried(
+                "capture",
+                lambda attempt: self._payments.capture(payment.method, authorization, request.amount, order.id, key),
+                failure_recorder(self._orders, order.id, actor, self._clock,
+                                 amount=request.amount.model_dump(mode="json")),
+            )  # fmt: skip
+        except PaymentRefused as refused:
+            at, message = self._clock(), str(refused)
+            modify(
+                self._orders, order.id,
+                lambda current: current.record_capture_not_made(None, message, at=at, actor=actor)
+                if current.capture_request(None) == request else None,
+            )  # fmt: skip
+            raise
+        at = self._clock()
+        return modify(
+            self._orders, order.id,
+            lambda current: current.record_settlement_capture(request.amount, result.reference, at=at, actor=actor)
+            if current.capture_request(None) == request else None,
+        )  # fmt: skip
 
 
 def _lost_authorizations(history: list[HistoryEntry]) -> dict[str, Money]:

@@ -18,15 +18,14 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
-from core.events import OrderEvent
 from core.ids import reservation_key, shipment_id_for
-from core.models import LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
+from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
-from core.services import CaptureService
+from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from core.workflow_types import PaymentResult
@@ -215,9 +214,10 @@ class OrderActions:
     # --- Store and warehouse execution ------------------------------------------------------------
     def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
         """The location cannot fulfil a pending shipment. Recorded first (the order goes back to
-        `authorized` to be sourced again, that location excluded for it), then the units reserved
-        there are released: the workflow, started again by the status change, never reserves at
-        that location for this order again, so the release cannot undo its work. What the order
+        `authorized` to be sourced again, a held one when it is released, that location excluded
+        for it), then the units reserved there are released: the workflow, started again by the
+        status change, never reserves at that location for this order again, so the release cannot
+        undo its work. What the order
         holds elsewhere stays reserved for the workflow to keep or release. A repeat of a reject
         recorded already only finishes the release. A shipment an earlier change withdrew (two
         locations of a split order rejecting at once: the first sent the order back to be sourced)
@@ -320,26 +320,28 @@ class OrderActions:
              channel: str | None = None) -> Order:  # fmt: skip
         """Change lines, address or shipping method until the first shipment ships; totals are
         priced again exactly as at capture. An order whose total grows is authorized again for
-        the new total before anything is stored (the old authorization voided after the write).
+        the new total before the edit is stored (the old authorization, which the edit's write
+        names as replaced, voided after it: Cancellation.void_replaced_authorizations),
+        and the order records that it asks for it first (Order.request_reauthorization), so an
+        authorization the gateway makes is never left behind: the edit repeated with the same
+        If-Match after it died records it (under the same key, for the same total), and anything
+        else that finds it (another edit, a cancel, the last parcel's ship) voids it first
+        (Cancellation.void_requested_authorization).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
-        outbox restarts its workflow on that change."""
+        outbox restarts its workflow on that change. An edited order the review rules ask to
+        review (what they did not ask for the order as it was) is stored on hold in the same
+        write, as a new order is."""
         # Read consistently: If-Match is judged on this read, and the caller may hold the version a
         # change has just answered, which an eventually consistent read may not show yet.
         found = self._orders.get_with_token(order_id, consistent=True)
         visible(found[0] if found else None, order_id, channel)
         order, token = found
-        if order.version != expected_version:
+        if not order.edits_from(expected_version):
             raise StaleVersion(
                 f"order {order_id} is at version {order.version}, not {expected_version}",
                 details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
             )
         order.check_editable()
-        resourced = order.sourced_again_by_edit()
-        # Authorized (held or not), an order may hold units its allocations do not record: an
-        # earlier edit or reject left them for the workflow, which has not run again yet (or a
-        # ReserveStock died before recording). They count as its own, and what it no longer uses
-        # is released here: the workflow only looks for the skus of the lines it finds.
-        may_hold = resourced or order.status in (S.AUTHORIZED, S.ON_HOLD)
         # Without new lines the order's own are priced again; a line whose every unit was cancelled
         # has none to price and stays as it is.
         kept = [line for line in order.lines if line.quantity]
@@ -353,36 +355,65 @@ class OrderActions:
             promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
         )  # fmt: skip
         # Checked against the stock sourcing may use again: the order's own units count, a
-        # location that rejected a shipment of it does not.
-        held = self._held_by(order) if may_hold else None
+        # location that rejected a shipment of it does not. Read whatever its status: an order
+        # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
+        # runs again, which a hold puts off.
+        held = self._held_by(order)
         priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
         total = order.payable(priced.totals)
-        reauthorized = None
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
-        # an authorization that no longer covers the total is replaced before anything is stored.
+        # an authorization that no longer covers the total is replaced before the edit is stored.
         authorized = order.payment.status is PaymentStatus.AUTHORIZED
-        if authorized and total.amount > order.payment.authorized.amount:
-            reauthorized = self._reauthorize(order, token, total, actor)
+        grows = authorized and total.amount > order.payment.authorized.amount
+        request = order.authorization_requested
+        own = request is not None and not request.withdrawn and order.version == request.edit_of + 1
+        if request is not None and not (own and grows and request.amount == total):
+            # Another edit's, or this one's for another total: voided, then this edit made on the
+            # order as that leaves it, unless anything else changed it meanwhile.
+            settled = self._cancellation.void_requested_authorization(order, actor)
+            if settled.version > order.version + (1 if request.withdrawn else 2):
+                raise StaleVersion(f"order {order_id} changed meanwhile; read it again")
+            return self.edit(order_id, settled.version, edit, actor, channel)
         changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
                          if getattr(edit, name) is not None)  # fmt: skip
-        new, entry = order.edit(
-            lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
-            totals=priced.totals, shipping_address=cmd.shipping_address,
-            shipping_method=priced.shipping_method, changed=changes,
-            reauthorized=(total, reauthorized.reference) if reauthorized else None, at=self._clock(), actor=actor,
-        )  # fmt: skip
+        at = self._clock()
+
+        def edited(edited_order: Order, reauthorized: PaymentResult | None) -> Change:
+            return edited_order.edit(
+                lines=priced.lines if edit.lines else _priced_in_place(order.lines, kept, priced.lines),
+                totals=priced.totals, shipping_address=cmd.shipping_address,
+                shipping_method=priced.shipping_method, changed=changes,
+                reauthorized=(total, reauthorized.reference) if reauthorized else None, at=at, actor=actor,
+            )  # fmt: skip
+
+        # Reviewed again as at capture, so an order edited up past a review threshold is not sourced
+        # and shipped unseen; asked only for what the order as it was did not need (a released
+        # order whose address changes is not held again, one whose total grows is). Asked before
+        # the gateway, so a rule that fails leaves no authorization behind. The preview leaves out
+        # this edit's own authorization request (standing when the edit is repeated): it is never
+        # stored.
+        preview, _ = edited(order.model_copy(update={"authorization_requested": None}), None)
+        asked = self._capture.reviews(preview) if preview.status is not S.ON_HOLD else []
+        if asked:
+            before = self._capture.reviews(order)
+            asked = [request for request in asked if request not in before]
+        reauthorized = None
+        if grows:
+            order, reauthorized = self._reauthorize(order, token, total, actor)
+        new, entry = edited(order, reauthorized)
+        entries = [entry]
+        if asked:
+            new, entries = order.held_for_review((new, entry), asked, at=at, actor=REVIEW_ACTOR)
         try:
-            self._orders.update(new, order, [entry])
+            self._orders.update(new, order, entries)
         except StaleVersion:
             # Voided only when no version records it: the same edit repeated at once reauthorizes
             # under the same key (the version it writes), so the gateway gave both one authorization.
             # Read consistently: no write guards this decision.
             if reauthorized is not None:
-                current = self._orders.get(order_id, consistent=True)
-                if current is None or current.payment.authorization != reauthorized.reference:
-                    self._cancellation.void_unrecorded(order, reauthorized.reference, actor)
+                self._give_back(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
-        if may_hold:
+        if held:
             self._release_replaced_lines(order, new)
         if new.payment.status is PaymentStatus.PENDING:
             # Its next authorization is asked under the edited version's key: one an earlier attempt
@@ -390,19 +421,13 @@ class OrderActions:
             # a cancel of the order asks again.
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
                 self._cancellation.release_lost_authorizations(new, actor)
-        old = order.payment.authorization
-        voided = self._cancellation.void_unrecorded(order, old, actor) if reauthorized is not None and old else None
-        if voided is not None:
-            at = self._clock()
-            modify(
-                self._orders, order_id,
-                lambda current: current.noted(
-                    OrderEvent.PAYMENT_VOIDED, at=at, actor=actor,
-                    detail={"authorization": old, "reference": voided.reference,
-                            "reason": "replaced by the authorization of the edited total"},
-                ),
-            )  # fmt: skip
-        return new
+        if not new.replaced_authorizations:
+            return new
+        # A void that cannot be made now leaves the replaced authorization on the order (each
+        # attempt in the history), for the next edit, a cancel or the last parcel's ship to void.
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            return self._cancellation.void_replaced_authorizations(new, actor)
+        return self._orders.get(order_id, consistent=True) or new
 
     def _held_by(self, order: Order) -> dict[tuple[str, str], int]:
         """The units `order` holds, by sku and location."""
@@ -417,10 +442,11 @@ class OrderActions:
         return dict(held)
 
     def _release_replaced_lines(self, old: Order, new: Order) -> None:
-        """After an order that may hold stock was edited: release what its old lines hold where
-        the new order has no line of that id and sku. The rest stays reserved for the
-        workflow, which sources the order again counting its own reservations as available and
-        releases what its new plan does not keep. Releasing those here instead could free a
+        """After an order holding stock was edited (allocated, backordered, or sent back to be
+        sourced and not sourced yet): release what its old lines hold where the new order has no
+        line of that id and sku. The rest stays reserved for the workflow, which sources the order
+        again counting its own reservations as available and releases what its new plan does not
+        keep. Releasing those here instead could free a
         reservation the restarted workflow has just made under the same key."""
         kept = {(line.line_id, line.sku) for line in new.lines}
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
@@ -435,12 +461,25 @@ class OrderActions:
             for item in self._inventory.reservations(dict(keys)):
                 self._inventory.release(*item)
 
-    def _reauthorize(self, order: Order, token: str, amount: Money, actor: str) -> PaymentResult:
-        """Within the request: transient failures are retried; still failing, 503 with Retry-After.
-        Keyed by the version the edit will write, so repeating the edit reuses the authorization."""
-        key = payment_keys.authorize(order.id, order.version + 1)
+    def _reauthorize(self, order: Order, token: str, amount: Money, actor: str) -> tuple[Order, PaymentResult]:
+        """The order with the authorization of `amount` requested (Order.request_reauthorization, or
+        this edit's own request, left standing by an earlier try), and the gateway's authorization.
+        Within the request: transient failures are retried; still failing, 503 with Retry-After
+        (the request stands: it may have been made). Keyed by the version the edit will write, so
+        repeating the edit reuses the authorization; a decline (409) leaves the request standing
+        too, for the next change to settle (asked again, it is declined again)."""
+        if order.authorization_requested is None:
+            new, _ = order.request_reauthorization(amount, at=self._clock())
+            try:
+                self._orders.update(new, order, [])
+            except StaleVersion:
+                raise StaleVersion(f"order {order.id} changed meanwhile; read it again") from None
+            order = new
+        request = order.authorization_requested
+        assert request is not None
+        key = payment_keys.authorize(order.id, request.authorizes_version)
         try:
-            return self._payments.retried(
+            return order, self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(order.payment.method, token, amount, order.id, attempt, key),
                 self._recorder(order.id, actor, amount=amount.model_dump(mode="json")),
@@ -449,6 +488,21 @@ class OrderActions:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
+
+    def _give_back(self, order: Order, reference: str, actor: str) -> None:
+        """The edit of `order` lost its write after the gateway authorized `reference`: voided
+        unless a version records it (the same edit repeated at once, under the same key), with its
+        request (Cancellation.void_requested_authorization) when that still stands."""
+        current = self._orders.get(order.id, consistent=True)
+        if current is not None and current.payment.authorization == reference:
+            return
+        standing = current.authorization_requested if current is not None else None
+        asked = order.authorization_requested
+        if standing is not None and asked is not None and standing.edit_of == asked.edit_of:
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                self._cancellation.void_requested_authorization(current, actor)
+        else:
+            self._cancellation.void_unrecorded(order, reference, actor)
 
 
 def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list[OrderLine]) -> list[OrderLine]:

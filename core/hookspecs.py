@@ -97,7 +97,11 @@ def oms_payment_authorize(
     :param amount: the order's grand total.
     :param order_id: the order being paid.
     :param idempotency_key: the same for every retry of this authorization; pass it to the
-        gateway so a retry never authorizes twice.
+        gateway so a retry never authorizes twice. An edit writes the authorization it asks for
+        on the order first, so one that died after the gateway answered is asked again under the
+        same key (by the edit repeated, or later by a cancel, another edit or the last ship,
+        which then void it). Answer a key you have seen with the authorization made under it
+        (or its decline), never a second one, however late.
     :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.
     :return: PaymentResult (approved, with the authorization's reference, or declined), or None.
 
@@ -196,15 +200,17 @@ def oms_source_order(
 
 @hookspec
 def oms_review_order(order: Order) -> list[ReviewRequest] | None:
-    """Ask for a person to review a new order before its payment is authorized.
+    """Ask for a person to review a new (or edited) order before its payment is authorized or it is sourced.
 
     :param order: the order as it will be stored, priced (`totals`, `lines`), `pending`, not yet
-        authorized; a copy.
+        authorized; on an edit, the edited order and the order as it was; a copy.
     :return: the reviews this rule asks for (possibly empty: the order goes on), or None.
 
-    Every plugin is called, at capture (the API and bulk imports alike). When any asks, the order
-    is stored `on_hold` with the first request's `reason` and `note` (every request is in the
-    history entry) and waits for `POST /orders/{id}/release`. The built-in rule `review_threshold`
+    Every plugin is called, at capture (the API and bulk imports alike), and again with the
+    edited order (`pending` or `authorized`) when an order not on hold is edited. When any asks,
+    the order is stored `on_hold` with the first request's `reason` and `note` (every request is
+    in the history entry) and waits for `POST /orders/{id}/release`; on an edit, only what the
+    rules did not ask for the order as it was holds it. The built-in rule `review_threshold`
     holds orders whose grand total reaches `OMS_REVIEW_THRESHOLD` (reason `fraud_review`).
     """
 

@@ -160,8 +160,10 @@ class ImportLedger(ABC):
         may have failed)."""
 
     @abstractmethod
-    def restart(self, import_id: str, at: datetime) -> None:
-        """An import whose split was interrupted runs again (status back to running)."""
+    def restart(self, import_id: str, at: datetime) -> bool:
+        """An import whose split was interrupted runs again (status back to running): True. False,
+        changing nothing, when it is no longer failed as interrupted (a duplicate delivery of its
+        event resumed it meanwhile, and reads the file)."""
 
     @abstractmethod
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
@@ -189,15 +191,18 @@ class ImportLedger(ABC):
 
     @abstractmethod
     def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
-        """Count the outcome of the order that starts on `line`, once: False (and nothing changes)
-        when that line was recorded before. A failure's error (listed under its own line) is kept
-        while the import has fewer than MAX_REPORTED_ERRORS. The record that brings the counts to
-        a final total completes the import."""
+        """Count the outcome of the order that starts on `line`, once: False (and nothing more is
+        counted) when that line was recorded before, by a record that may have failed to keep its
+        error after counting it: that error is kept now. A failure's error (listed under its own
+        line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that brings
+        the counts to a final total completes the import."""
 
     @abstractmethod
-    def complete_if_done(self, import_id: str, at: datetime) -> None:
+    def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
         """Complete the import if its file was read whole and every order is recorded: the record
-        that brought the counts there may have failed before its completing write."""
+        that brought the counts there may have failed before its completing write. Given the `line`
+        a redelivery found recorded, first keep that line's error if the record counted it and
+        failed to write it."""
 
     @abstractmethod
     def get(self, import_id: str) -> ImportReport | None: ...
@@ -241,13 +246,14 @@ class ImportSplitter:
 
     def split(self, source: ImportSource, open_orders: Callable[[], FileOrders]) -> bool:
         """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
-        the import exists and its file was already read (a redelivered event). Safe to run again
-        after a failure: lines already recorded are not counted twice."""
+        the import exists and its file was already read (a redelivered event), or is being read by
+        another delivery of its event. Safe to run again after a failure: lines already recorded
+        are not counted twice."""
         state = self._ledger.begin(source.import_id, mask_card_numbers(source.uri), self._clock())
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
-        if state.status is ImportStatus.FAILED:
-            self._ledger.restart(source.import_id, self._clock())
+        if state.status is ImportStatus.FAILED and not self._ledger.restart(source.import_id, self._clock()):
+            return False
         try:
             self._split(source, open_orders, state.signing_key)
         except Exception as error:
@@ -271,7 +277,7 @@ class ImportSplitter:
         total = 0
         for order in orders:
             total += 1
-            error = order.error or _card_data_error(order.body, order.line, order.external_id)
+            error = order.error or _card_data_error(order.body, order.line, order.external_id, order.line_numbers)
             if error is not None:
                 self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
             else:
@@ -374,9 +380,9 @@ class OrderImporter:
             logger.warning("import attributes the splitter did not make", extra={"sender": sender})
             origin = None
         if origin is not None and self._ledger.is_recorded(origin.import_id, origin.line):
-            # Counted by an earlier delivery, which may have failed on the write that ends the
-            # import after counting it: no later line would make that write.
-            self._ledger.complete_if_done(origin.import_id, self._clock())
+            # Counted by an earlier delivery, which may have failed on the write of its error or
+            # on the write that ends the import after counting it: no later line would make them.
+            self._ledger.complete_if_done(origin.import_id, self._clock(), origin.line)
             return ImportResult(None)
         # The order's history names who created it: the import and line, or the queue's sender.
         actor = f"{origin.import_id}:{origin.line}" if origin is not None else f"sqs:{sender}"
@@ -428,7 +434,7 @@ class OrderImporter:
         except strict_json.StrictJsonError as error:
             return failed("malformed_json", f"the message {error}", None)
         external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None
-        card = _card_data_error(document, line, external_id)
+        card = _card_data_error(document, line, external_id, line_numbers)
         if card is not None:
             return ImportResult(Outcome.FAILED, error=card)
         try:
@@ -474,7 +480,8 @@ class OrderImporter:
 
     def _created_by(self, order_id: str, actor: str) -> bool:
         try:
-            history = self._orders.history(order_id)
+            # Consistent: the twin's put won a moment ago, and a lagging read would not show it.
+            history = self._orders.history(order_id, consistent=True)
         except NotFound:
             return False
         return bool(history) and history[0].actor == actor
@@ -497,16 +504,18 @@ class ImportQueries:
 # --- Helpers -----------------------------------------------------------------------------------------
 
 
-def _card_data_error(body: dict[str, Any] | None, line: int, external_id: str | None) -> LineError | None:
+def _card_data_error(
+    body: dict[str, Any] | None, line: int, external_id: str | None, line_numbers: tuple[int, ...] = ()
+) -> LineError | None:
     """Card numbers never enter the OMS, not even its queue: such an order is refused, naming the
-    fields and never the values."""
+    fields and never the values, on the line of the first (an order line's own row)."""
     if body is None:
         return None
     fields = card_number_fields(body)
     if not fields:
         return None
     return LineError(
-        line,
+        line_of_field(fields[0], line, line_numbers),
         external_id,
         "card_data_rejected",
         "payment card numbers are never accepted (send a payment token): " + ", ".join(fields[:5]),

@@ -806,15 +806,39 @@ class Shipment(BaseModel):
 
 
 class CaptureRequest(BaseModel, defer_build=True):
-    """A shipment's share asked of the gateway and not recorded yet (Order.request_capture): a ship
-    or collect that died between the gateway's answer and its own write leaves it on the order, so
-    that capture is never lost. Its gateway key derives from the shipment (core/payment_keys.py)."""
+    """A capture asked of the gateway and not recorded yet: a shipment's share
+    (Order.request_capture), or with no shipment the settlement of a total that cancelled units left
+    higher than the captures (Order.request_settlement_capture). A ship, collect or settlement that
+    died between the gateway's answer and its own write leaves it on the order, so that capture is
+    never lost. Its gateway key derives from the shipment, or for the settlement from what was
+    captured before it (core/payment_keys.py)."""
 
-    shipment_id: str
+    # None: the settlement.
+    shipment_id: str | None = None
     amount: Money
     # Taken back from the ship (Order.withdraw_capture_request): the order is about to change, so
     # the ship may no longer record it; the capture, if made, is refunded.
     withdrawn: bool = False
+
+
+class AuthorizationRequest(BaseModel, defer_build=True):
+    """An authorization of an edit's grown total asked of the gateway and not recorded yet
+    (Order.request_reauthorization): an edit that died between the gateway's answer and its own
+    write leaves it on the order, so that authorization (a hold on the customer's card) is never
+    left behind: the edit repeated with the same If-Match records it, and anything else that
+    finds it voids it first (core.cancellation.Cancellation.void_requested_authorization)."""
+
+    # The version the edit was asked to change (its If-Match); the request is the next version.
+    edit_of: int
+    amount: Money
+    # Taken back from its edit (Order.withdraw_reauthorization): the edit may no longer record it,
+    # and the authorization, if made, is voided.
+    withdrawn: bool = False
+
+    @property
+    def authorizes_version(self) -> int:
+        """The version its edit writes: what keys the authorization (core/payment_keys.py)."""
+        return self.edit_of + 2
 
 
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
@@ -974,6 +998,10 @@ class Order(BaseModel, defer_build=True):
     # The returns whose receipt this order has recorded (in `returned_quantity`), so recording
     # one again changes nothing.
     received_returns: list[str] = Field(default_factory=list)
+    # The entries of its returns' requests, approvals, rejections and expiries that the history
+    # has ("<return id>:<entry type>", Order.return_noted), so writing one again changes nothing.
+    # The system's own: stored, never shown.
+    return_entries: list[str] = Field(default_factory=list, exclude=True)
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=list, exclude=True)
@@ -981,10 +1009,17 @@ class Order(BaseModel, defer_build=True):
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
     reversed_captures: list[str] = Field(default_factory=list, exclude=True)
-    # Captures asked of the gateway for a shipment and not recorded yet (CaptureRequest): while one
-    # stands, its shipment keeps its lines and the authorization is not voided. The system's own:
-    # stored, never shown.
+    # Captures asked of the gateway for a shipment or the settlement and not recorded yet
+    # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
+    # voided. The system's own: stored, never shown.
     captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
+    # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
+    # system's own: stored, never shown.
+    authorization_requested: AuthorizationRequest | None = Field(default=None, exclude=True)
+    # Authorizations an edit replaced and that are not voided yet (the edit's write names them, so
+    # one whose void did not happen, the gateway down or the edit dead, is voided by the next edit,
+    # a cancel or the last parcel's ship). The system's own: stored, never shown.
+    replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -1015,6 +1050,12 @@ class Order(BaseModel, defer_build=True):
             system["reversed_captures"] = list(self.reversed_captures)
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
+        if self.authorization_requested is not None:
+            system["authorization_requested"] = self.authorization_requested.model_dump(mode="json")
+        if self.replaced_authorizations:
+            system["replaced_authorizations"] = list(self.replaced_authorizations)
+        if self.return_entries:
+            system["return_entries"] = list(self.return_entries)
         if self.exchange_shares:
             system["exchange_shares"] = {
                 return_id: [share.model_dump(mode="json") for share in shares]
@@ -1109,11 +1150,11 @@ class Order(BaseModel, defer_build=True):
         """How many captures for a shipment of this id were given back (core/payment_keys.py)."""
         return self.reversed_captures.count(shipment_id)
 
-    def capture_request(self, shipment_id: str) -> CaptureRequest | None:
-        """The capture asked for `shipment_id` and not recorded yet, if any."""
+    def capture_request(self, shipment_id: str | None) -> CaptureRequest | None:
+        """The capture asked for `shipment_id` (None: the settlement) and not recorded yet, if any."""
         return next((r for r in self.captures_requested if r.shipment_id == shipment_id), None)
 
-    def _requests_besides(self, shipment_id: str) -> list[CaptureRequest]:
+    def _requests_besides(self, shipment_id: str | None) -> list[CaptureRequest]:
         return [r for r in self.captures_requested if r.shipment_id != shipment_id]
 
     def request_capture(self, shipment_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
@@ -1131,7 +1172,24 @@ class Order(BaseModel, defer_build=True):
             self.ready_to_ship(shipment_id)
         if self.capture_request(shipment_id) is not None:
             raise InvalidTransition(f"a capture for shipment {shipment_id} is requested already")
-        request = CaptureRequest(shipment_id=shipment_id, amount=amount)
+        return self._requested(CaptureRequest(shipment_id=shipment_id, amount=amount), at=at)
+
+    def request_settlement_capture(self, amount: Money, *, at: datetime) -> Bookkeeping:
+        """Written before the settlement capture (`amount`, the rest of a total that cancelled units
+        left higher than the captures, once no parcel is pending) is asked of the gateway, as
+        request_capture is before a shipment's: whatever settles the payment next (the cancel or
+        the last ship repeated, or Cancellation.settle_capture_requests) asks again under its key
+        for its amount and records it. Nothing left to ship can change what it is owed, so it is
+        never given back. Bookkeeping, as request_capture."""
+        if not self.payment.authorization or any(s.status is ShipmentStatus.PENDING for s in self.shipments):
+            raise InvalidTransition(f"order {self.id} has parcels to ship or nothing authorized: nothing to settle")
+        if amount.currency != self.currency or amount.amount <= 0:
+            raise InvalidTransition(f"a settlement capture is a positive amount in {self.currency}")
+        if self.capture_request(None) is not None:
+            raise InvalidTransition(f"a settlement capture of order {self.id} is requested already")
+        return self._requested(CaptureRequest(amount=amount), at=at)
+
+    def _requested(self, request: CaptureRequest, *, at: datetime) -> Bookkeeping:
         new = _replaced(
             self, captures_requested=[*self.captures_requested, request], version=self.version + 1, updated_at=at
         )
@@ -1149,24 +1207,83 @@ class Order(BaseModel, defer_build=True):
             captures_requested=[*self._requests_besides(shipment_id), _replaced(request, withdrawn=True)],
         )  # fmt: skip
 
-    def record_capture_not_made(self, shipment_id: str, message: str, *, at: datetime, actor: str) -> Change:
-        """The gateway refused the requested capture when it was asked again: it was never made."""
-        if self.capture_request(shipment_id) is None:
+    def record_capture_not_made(self, shipment_id: str | None, message: str, *, at: datetime, actor: str) -> Change:
+        """The gateway refused the requested capture (`shipment_id` None: the settlement) when it
+        was asked: it was never made."""
+        request = self.capture_request(shipment_id)
+        if request is None:
             raise InvalidTransition(f"no capture for shipment {shipment_id} is requested")
+        detail = {"shipment_id": shipment_id} if shipment_id else {"amount": request.amount.model_dump(mode="json")}
         return self._next(
-            at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE,
-            detail={"shipment_id": shipment_id, "message": message[:500]},
+            at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE, detail={**detail, "message": message[:500]},
             captures_requested=self._requests_besides(shipment_id),
+        )  # fmt: skip
+
+    def edits_from(self, if_match: int) -> bool:
+        """Whether an edit asked to change version `if_match` may change this order: it is that
+        version, or the next only by that edit's own request for an authorization (the edit
+        repeated after it died, or while it is in flight, with the same If-Match)."""
+        request = self.authorization_requested
+        own = request is not None and not request.withdrawn and request.edit_of == if_match
+        return self.version == if_match or (own and self.version == if_match + 1)
+
+    def request_reauthorization(self, amount: Money, *, at: datetime) -> Bookkeeping:
+        """Written before an edit asks the gateway to authorize its grown total (`amount`), so an
+        authorization the gateway makes is on the order even when the edit dies before recording
+        it: the edit repeated records it (edits_from), and whatever finds it otherwise voids it.
+        Bookkeeping, as request_capture: the edit's entry (`edited`, with what was authorized) or
+        the void's tells the outcome."""
+        self.check_editable()
+        if self.payment.status is not PaymentStatus.AUTHORIZED:
+            raise InvalidTransition(f"a payment that is {self.payment.status} is not authorized again by an edit")
+        if self.authorization_requested is not None:
+            raise InvalidTransition(f"an authorization for an edit of order {self.id} is requested already")
+        request = AuthorizationRequest(edit_of=self.version, amount=amount)
+        new = _replaced(self, authorization_requested=request, version=self.version + 1, updated_at=at)
+        check_successor(self, new)
+        return new, None
+
+    def withdraw_reauthorization(self, *, at: datetime) -> Bookkeeping:
+        """Take the requested authorization back from its edit before it is voided: the edit may no
+        longer record it (its write expects the version this one replaces). Bookkeeping: the
+        void's entry tells it."""
+        request = self.authorization_requested
+        if request is None or request.withdrawn:
+            raise InvalidTransition(f"no authorization for an edit of order {self.id} is waiting to be recorded")
+        new = _replaced(self, authorization_requested=_replaced(request, withdrawn=True), version=self.version + 1,
+                        updated_at=at)  # fmt: skip
+        check_successor(self, new)
+        return new, None
+
+    def record_reauthorization_voided(
+        self, authorization: str | None, reference: str | None, *, at: datetime, actor: str
+    ) -> Change | Bookkeeping:
+        """The requested authorization, withdrawn from its edit (or asked by an edit that can no
+        longer record it), was voided (`payment_voided`), or with no `authorization` the gateway
+        declined it when asked again: none was made (bookkeeping: the decline is in the history)."""
+        request = self.authorization_requested
+        if request is None:
+            raise InvalidTransition(f"no authorization for an edit of order {self.id} is requested")
+        if authorization is None:
+            new = _replaced(self, authorization_requested=None, version=self.version + 1, updated_at=at)
+            check_successor(self, new)
+            return new, None
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
+            detail={"authorization": authorization, "reference": reference,
+                    "amount": request.amount.model_dump(mode="json"),
+                    "reason": "asked for by an edit that did not record it"},
+            authorization_requested=None,
         )  # fmt: skip
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
-        pickup order's shipment is never shipped: it is readied, then collected at its store)."""
+        pickup order's shipment is never shipped: readied, then collected at its store)."""
         shipment = self.shipment(shipment_id)
-        if self.fulfillment.type == "pickup":
-            raise InvalidTransition(f"shipment {shipment_id} is a pickup: it is made ready and collected, not shipped")
         if shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
+        if self.fulfillment.type == "pickup":
+            raise InvalidTransition(f"shipment {shipment_id} is a pickup: it is made ready, then collected")
         if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
             raise InvalidTransition(f"an order that is {self.status} cannot ship")
         return shipment
@@ -1177,9 +1294,9 @@ class Order(BaseModel, defer_build=True):
         not: its workflow is about to allocate it, and a moment later it is editable again. Nor is
         one with a shipment's capture requested: that shipment is being shipped (or its ship died,
         and is repeated or the order cancelled)."""
-        if self.captures_requested:
-            shipment_id = self.captures_requested[0].shipment_id
-            raise InvalidTransition(f"shipment {shipment_id} of order {self.id} is being shipped; it cannot be edited")
+        shipping = next((r.shipment_id for r in self.captures_requested if r.shipment_id), None)
+        if shipping is not None:
+            raise InvalidTransition(f"shipment {shipping} of order {self.id} is being shipped; it cannot be edited")
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
@@ -1445,11 +1562,15 @@ class Order(BaseModel, defer_build=True):
     # --- Store and warehouse execution ---------------------------------------------------------
     def reject_shipment(self, shipment_id: str, reason: str, *, at: datetime, actor: str) -> Change:
         """The location cannot fulfil this pending shipment: the order goes back to be sourced
-        again (authorized, nothing allocated, no pending shipment) and never from that location."""
+        again (authorized, nothing allocated, no pending shipment) and never from that location. A
+        held one (held allocated) stays on hold, and is sourced again when it is released."""
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
-        self._check_resourceable("sourced again")
+        if self._held_with_stock():
+            self._check_nothing_left("sourced again")
+        else:
+            self._check_resourceable("sourced again")
         excluded = [*self.excluded_locations, shipment.location_id]
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
@@ -1604,7 +1725,10 @@ class Order(BaseModel, defer_build=True):
         changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
-        reference) of an authorization the gateway approved for a grown total. An allocated or
+        reference) of an authorization the gateway approved for a grown total, which the order
+        requested (request_reauthorization): a request standing is recorded by this edit or settled
+        before it (InvalidTransition otherwise), and the authorization it replaces is named in
+        `replaced_authorizations` until it is voided. An allocated or
         backordered order goes back to `authorized` with nothing allocated, to be sourced again (a
         held one when it is released)."""
         self.check_editable()
@@ -1614,17 +1738,51 @@ class Order(BaseModel, defer_build=True):
                             "to": totals.grand_total.model_dump(mode="json")},
         }  # fmt: skip
         payment = self.payment
+        replaced = list(self.replaced_authorizations)
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
+            if self.payment.authorization:
+                replaced.append(self.payment.authorization)
+        request = self.authorization_requested
+        recorded = request is not None and not request.withdrawn and reauthorized is not None
+        if (request is not None or reauthorized is not None) and not (recorded and request.amount == reauthorized[0]):
+            raise InvalidTransition(f"order {self.id} has no authorization of this edit's total requested")
         again = self._sourced_again()
         if again:
             detail["released"] = [a.model_dump() for a in self.allocations]
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
-            priced_version=self.version + 1, **again,
+            priced_version=self.version + 1, authorization_requested=None, replaced_authorizations=replaced, **again,
         )  # fmt: skip
+
+    def record_replaced_voided(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:
+        """The gateway voided `authorization`, which an edit replaced (`replaced_authorizations`)."""
+        if authorization not in self.replaced_authorizations:
+            raise InvalidTransition(f"order {self.id} has no replaced authorization {authorization} to void")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
+            detail={"authorization": authorization, "reference": reference,
+                    "reason": "replaced by the authorization of the edited total"},
+            replaced_authorizations=[a for a in self.replaced_authorizations if a != authorization],
+        )  # fmt: skip
+
+    def held_for_review(
+        self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
+    ) -> tuple[Order, list[HistoryEntry]]:
+        """`edited` (this order's edit) on hold in the same version, as a new order is when a review
+        rule asks (the first request's reason and note; every request in the entry): one write, so
+        nothing is authorized or sourced for the edited order before a person has looked."""
+        new, entry = edited
+        first = requests[0]
+        held, hold_entry = new.hold_for(
+            first.reason, first.note, at=at, actor=actor,
+            detail={"requests": [request.model_dump(exclude_none=True) for request in requests]},
+        )  # fmt: skip
+        held = _replaced(held, version=self.version + 1)
+        check_successor(self, held)
+        return held, [entry, hold_entry]
 
     def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:
         """A capture for `shipment_id` that this order could not record was refunded: counted, so a
@@ -1778,12 +1936,16 @@ class Order(BaseModel, defer_build=True):
 
     def record_settlement_capture(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway captured `amount` more, so that a total that cancelled units left higher
-        than what the shipments captured is paid in full."""
+        than what the shipments captured is paid in full: the settlement capture requested
+        (request_settlement_capture), recorded."""
+        request = self.capture_request(None)
+        if request is None or request.amount != amount:
+            raise InvalidTransition(f"no settlement capture of {amount.amount} is requested on order {self.id}")
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference,
                     "reason": "the order's total after cancelled units"},
-            payment=self.payment.with_capture(amount, self.payable()),
+            payment=self.payment.with_capture(amount, self.payable()), captures_requested=self._requests_besides(None),
         )  # fmt: skip
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:
@@ -1869,6 +2031,21 @@ class Order(BaseModel, defer_build=True):
                     "lines": [{"line_id": k, "quantity": v} for k, v in sorted(received.items())], **(detail or {})},
             lines=lines, received_returns=[*self.received_returns, return_id],
         )  # fmt: skip
+
+    def has_return_entry(self, return_id: str, type: OrderEvent) -> bool:
+        """Whether the history has the entry `type` of return `return_id` (Order.return_noted)."""
+        return f"{return_id}:{type.value}" in self.return_entries
+
+    def return_noted(
+        self, return_id: str, type: OrderEvent, *, at: datetime, actor: str, detail: dict[str, Any]
+    ) -> Change | None:
+        """The entry `type` of return `return_id` (its request, approval, rejection or expiry,
+        core.return_models.OrderEntry) on the history, in a version that remembers it; None when
+        the history has it already, so a writer that repeats one after another died writes it once."""
+        if self.has_return_entry(return_id, type):
+            return None
+        key = f"{return_id}:{type.value}"
+        return self._next(at=at, actor=actor, type=type, detail=detail, return_entries=[*self.return_entries, key])
 
     def exchanged(
         self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,

@@ -53,8 +53,9 @@ class OrderRepository(ABC):
         shown), in one read; `consistent`: a strongly consistent read."""
 
     @abstractmethod
-    def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
-        """The order and its history, oldest first, in one read; None when there is no such order."""
+    def history(self, order_id: str, *, consistent: bool = False) -> tuple[Order, list[HistoryEntry]] | None:
+        """The order and its history, oldest first, in one read; None when there is no such order.
+        `consistent`: a strongly consistent read (see get)."""
 
     @abstractmethod
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:

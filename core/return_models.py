@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from core.errors import InvalidRequest, InvalidTransition
+from core.events import OrderEvent
 from core.models import Identifier, LineInput, Note, Strict, Text
 from core.money import Money
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
@@ -110,6 +112,18 @@ class ReturnPolicyDecision(BaseModel):
     refund_shipping: bool = False
 
 
+class OrderEntry(BaseModel):
+    """An entry a change of a return owes its order's history (its request, approval, rejection or
+    expiry), kept on the return with the change itself: Returns writes it on the order, which
+    records each once (Order.return_noted), and writes it again wherever the first writer died."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    type: OrderEvent
+    actor: str
+    detail: dict[str, Any]
+
+
 class Return(BaseModel):
     """One return (RMA) of an order. Its methods are the only way to a new version: each checks
     the transition table and bumps the version the repository's conditional write expects."""
@@ -135,12 +149,41 @@ class Return(BaseModel):
     exchange: ExchangeInput | None = None
     exchange_order_id: str | None = None
     note: str | None = None
+    # What the order's history owes this return's changes (OrderEntry). The system's own: stored
+    # (stored_json), never shown.
+    order_entries: list[OrderEntry] = Field(default_factory=list, exclude=True)
+    # The key of the request that made it (a client's Idempotency-Key, scoped to its API key): a
+    # retry the first run's stored answer never reached finds this return (Returns.request).
+    # The system's own: stored, never shown.
+    request_key: str | None = Field(default=None, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
 
     def stored_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
+        """The return as the repository stores it: the API's JSON plus what only the system reads."""
+        api_json = self.model_dump_json(exclude_none=True)
+        system: dict[str, Any] = {}
+        if self.order_entries:
+            system["order_entries"] = [entry.model_dump(mode="json") for entry in self.order_entries]
+        if self.request_key is not None:
+            system["request_key"] = self.request_key
+        if not system:
+            return api_json
+        return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
+
+    def made_by(self, cmd: RequestReturn) -> bool:
+        """Whether this return is what `cmd` asks for (its lines and exchange)."""
+        asked = [(x.line_id, x.quantity, x.reason, x.reason_code) for x in cmd.lines]
+        return asked == [(x.line_id, x.quantity, x.reason, x.reason_code) for x in self.lines] and (
+            self.exchange == cmd.exchange
+        )
+
+    def owing(self, type: OrderEvent, *, actor: str, detail: dict[str, Any]) -> Return:
+        """This version of the return, owing its order's history an entry `type` for it (the same
+        version: the entry belongs to the change that made it)."""
+        entry = OrderEntry(type=type, actor=actor, detail=detail)
+        return Return.model_validate({**dict(self), "order_entries": [*self.order_entries, entry]})
 
     def _next(self, to: ReturnStatus | None, at: datetime, **fields: Any) -> Return:
         if to is not None and to != self.status and not can_transition(self.status, to):
@@ -180,7 +223,7 @@ class Return(BaseModel):
         damaged: dict[str, int] = {}
         for item in receipt.lines:
             if item.line_id not in by_line:
-                raise _invalid_receipt(receipt, item.line_id, "is not on this return")
+                raise _invalid_receipt(receipt, item.line_id, "is not on this return", field="line_id")
             target = resellable if item.condition == "resellable" else damaged
             target[item.line_id] = target.get(item.line_id, 0) + item.quantity
         lines = []
@@ -213,8 +256,9 @@ class Return(BaseModel):
         return {line.line_id: line.received_quantity for line in self.lines if line.received_quantity}
 
 
-def _invalid_receipt(receipt: ReceiveReturn, line_id: str, problem: str) -> InvalidRequest:
+def _invalid_receipt(receipt: ReceiveReturn, line_id: str, problem: str, field: str = "quantity") -> InvalidRequest:
+    """The 422 of a receipt's line `line_id`, naming its first entry's `field` (the one at fault)."""
     index = next(i for i, item in enumerate(receipt.lines) if item.line_id == line_id)
     return InvalidRequest(
-        f"line {line_id} {problem}", details=[{"field": f"lines[{index}].quantity", "message": problem}]
+        f"line {line_id} {problem}", details=[{"field": f"lines[{index}].{field}", "message": problem}]
     )

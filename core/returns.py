@@ -2,7 +2,11 @@
 
 Each step reads what is stored and skips what is done, so the returns workflow (and a repeated
 request) can run any of them again: a receipt is one conditional write on the return, a restock is
-keyed by return and line, and the order records a return's units once (Order.record_return)."""
+keyed by return and line, and the order records a return's units once (Order.record_return).
+A request, approval, rejection or expiry carries the order's history entry in the return's own
+write (Return.order_entries); the order records each once (Order.return_noted), right after, and
+again wherever that writer died first: a repeat of the step, the receipt's count on the order, or
+the next read of the order's history (owed_entries)."""
 
 from __future__ import annotations
 
@@ -25,7 +29,16 @@ from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
-from core.models import AddressInput, Order, PaymentInput, PlaceOrder, RefundedUnits, ShipmentLine, utc_now
+from core.models import (
+    AddressInput,
+    HistoryEntry,
+    Order,
+    PaymentInput,
+    PlaceOrder,
+    RefundedUnits,
+    ShipmentLine,
+    utc_now,
+)
 from core.money import Money
 from core.order_changes import ATTEMPTS, modify, visible
 from core.ports import (
@@ -38,7 +51,15 @@ from core.ports import (
 )
 from core.refund_service import Decision, RefundService
 from core.refunds import cumulative_share, given_back_for_units, refund_due, refund_id_for, units_refunded
-from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
+from core.return_models import (
+    ExchangeInput,
+    OrderEntry,
+    ReceiveReturn,
+    RequestReturn,
+    Return,
+    ReturnLine,
+    ReturnPolicyDecision,
+)
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
 from core.workflow_types import stored_label
@@ -126,18 +147,29 @@ class Returns:
         return self._returns.list(ReturnFilter(status=status, channel=channel), limit, cursor)
 
     # --- Request ----------------------------------------------------------------------------
-    def request(self, order_id: str, cmd: RequestReturn, actor: str, channel: str | None = None) -> Return:
+    def request(
+        self, order_id: str, cmd: RequestReturn, actor: str, channel: str | None = None,
+        request_key: str | None = None,
+    ) -> Return:  # fmt: skip
         """A new return of shipped units, decided by the return policy: `requested` (waiting for a
         person) or `authorized` with a return label. More than shipped minus earlier returns is
-        422; an order with nothing shipped is 409."""
+        422; an order with nothing shipped is 409.
+
+        `request_key` (a client's Idempotency-Key, scoped to its API key) is kept on the return: a
+        retry of a request that made it (whose answer was never stored: it failed after, or its
+        function died) answers that return, with the order's entry written if it was not, instead
+        of making a second one; another request under the key is 409 `idempotency_key_reused`."""
         order = visible(self._orders.get(order_id), order_id, channel)
         shipped = order.shipped_units()
         if not any(shipped.values()):
             raise Conflict(f"order {order_id} has nothing shipped to return", code="nothing_shipped")
         if cmd.exchange is not None:
-            self._check_exchange(cmd)
+            self._check_exchange(cmd, order)
         for _ in range(ATTEMPTS):
             earlier = self._returns.for_order(order_id)
+            made = next((r for r in earlier if request_key is not None and r.request_key == request_key), None)
+            if made is not None:
+                return self._requested_again(made, cmd, order)
             returned_before = _units_on(earlier)
             self._check_quantities(order, cmd, shipped, returned_before)
             now = self._clock()
@@ -160,10 +192,16 @@ class Returns:
                 refund_shipping=decision.refund_shipping,
                 return_to=_origin(order, cmd.lines[0].line_id),
                 exchange=cmd.exchange,
+                request_key=request_key,
                 created_at=now,
                 updated_at=now,
                 version=1,
             )
+            item = item.owing(OrderEvent.RETURN_REQUESTED, actor=actor, detail={
+                "return_id": item.id, "status": item.status.value,
+                "lines": [{"line_id": line.line_id, "quantity": line.quantity, "reason_code": line.reason_code}
+                          for line in item.lines],
+            })  # fmt: skip
             if item.status is R.AUTHORIZED:
                 # Booked before the return is stored, so an authorized return never lacks the label
                 # a failed booking would have left out; the booking is keyed by the return's id.
@@ -175,16 +213,25 @@ class Returns:
             break
         else:
             raise StaleVersion(f"returns of order {order_id} kept changing; retry")
-        self._note(order_id, OrderEvent.RETURN_REQUESTED, actor, {
-            "return_id": item.id, "status": item.status.value,
-            "lines": [{"line_id": line.line_id, "quantity": line.quantity, "reason_code": line.reason_code}
-                      for line in item.lines],
-        })  # fmt: skip
+        self._note(item, order)
         return item
 
-    def _check_exchange(self, cmd: RequestReturn) -> None:
-        """The exchange's skus exist, as POST /orders checks them (stock is checked when the
-        replacement is placed, at receipt: units come back before it ships)."""
+    def _requested_again(self, made: Return, cmd: RequestReturn, order: Order) -> Return:
+        if not made.made_by(cmd):
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+            )
+        self._note(made, order)
+        return made
+
+    def _check_exchange(self, cmd: RequestReturn, order: Order) -> None:
+        """The exchange's skus exist and the replacement, as it would be placed for `order`, is
+        priced, as POST /orders checks them (stock is checked when the replacement is placed, at
+        receipt: units come back before it ships). One that could never be placed (a product with
+        no price in the order's currency, a shipping method its lines cannot have) is 422 now,
+        before the customer sends anything back, with the error POST /orders would give."""
         assert cmd.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
@@ -197,6 +244,17 @@ class Returns:
         ]
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
+        found = self._orders.get_with_token(order.id)
+        assert found is not None  # read a moment ago; orders are never deleted
+        try:
+            self._capture.price(_replacement_command(order, cmd.exchange, found[1], external_id=None))
+        except InvalidRequest as refused:
+            details = [
+                {**detail, "field": "exchange." + detail["field"]}
+                if str(detail.get("field", "")).startswith("lines") else detail
+                for detail in refused.details
+            ]  # fmt: skip
+            raise InvalidRequest(refused.message, code=refused.code, details=details) from None
 
     def _check_quantities(
         self, order: Order, cmd: RequestReturn, shipped: dict[str, int], returned_before: dict[str, int]
@@ -239,24 +297,40 @@ class Returns:
         """Authorize a requested return with its label in the same write. The label is booked
         first (keyed by the return's id), as at request: a booking that fails leaves the return
         `requested`, so approving again books it; written after, a failed booking left an
-        authorized return without a label for good (approving again is 409)."""
+        authorized return without a label for good (approving again is 409). A repeat (409)
+        first writes the order's entries a first run died before writing."""
         current = self.get(return_id, channel)
         booked = current
         order = self._orders.get(current.order_id)
         if current.status is R.REQUESTED and order is not None:
             booked = self._with_label(current, order)
+        else:
+            self._note(current, order)  # a repeat (409): the entries a first run died before writing
         label = {"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": booked.label_url}
         at = self._clock()
         item = self._change(
             return_id, channel,
-            lambda r: r.approve(note, at=at).model_copy(update=label if booked.label_url else {}),
+            lambda r: r.approve(note, at=at)
+            .model_copy(update=label if booked.label_url else {})
+            .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note}),
         )  # fmt: skip
-        self._note(item.order_id, OrderEvent.RETURN_AUTHORIZED, actor, {"return_id": item.id, "note": note})
+        self._note(item, order)
         return item
 
     def reject(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
-        item = self._change(return_id, channel, lambda r: r.reject(note, at=self._clock()))
-        self._note(item.order_id, OrderEvent.RETURN_REJECTED, actor, {"return_id": item.id, "note": note})
+        """Reject a requested return (its units may be asked for again). As with `approve`, a
+        repeat (409) first writes the order's entries a first run died before writing."""
+        current = self.get(return_id, channel)
+        if current.status is not R.REQUESTED:
+            self._note(current)
+        at = self._clock()
+        item = self._change(
+            return_id, channel,
+            lambda r: r.reject(note, at=at).owing(
+                OrderEvent.RETURN_REJECTED, actor=actor, detail={"return_id": r.id, "note": note}
+            ),
+        )  # fmt: skip
+        self._note(item)
         return item
 
     def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
@@ -288,7 +362,12 @@ class Returns:
         def decide(item: Return) -> Return:
             nonlocal was
             was = item.status if item.status in UNRECEIVED_RETURNS and item.created_at < created_before else None
-            return item if was is None else item.cancel(at=at)
+            if was is None:
+                return item
+            return item.cancel(at=at).owing(OrderEvent.RETURN_CANCELLED, actor=actor, detail={
+                "return_id": item.id, "reason": RETURN_EXPIRED, "status": was.value,
+                "created_at": item.created_at.isoformat(),
+            })  # fmt: skip
 
         try:
             item = self._change(return_id, None, decide)
@@ -296,12 +375,9 @@ class Returns:
             return False  # it kept changing: the next pass judges it again
         if was is None:
             return False
-        # Written after the return's own change, which is what frees its units: should this die in
-        # between, the return is cancelled without its entry (no pass finds it again).
-        self._note(item.order_id, OrderEvent.RETURN_CANCELLED, actor, {
-            "return_id": item.id, "reason": RETURN_EXPIRED, "status": was.value,
-            "created_at": item.created_at.isoformat(),
-        })  # fmt: skip
+        # Written after the return's own change, which is what frees its units and carries the
+        # entry: should this die in between, the next reader of the order's history writes it.
+        self._note(item)
         return True
 
     # --- Label ------------------------------------------------------------------------------
@@ -371,6 +447,7 @@ class Returns:
         item = self.get(return_id)
         if item.status not in (R.RECEIVED, R.REFUNDED):
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        self._note(item)  # its request and approval come before its receipt, whoever died before them
         at = self._clock()
         detail = {
             "location_id": item.received_at_location,
@@ -569,14 +646,7 @@ class Returns:
             # of the units' value is still in its own credit, which carries over (not charged twice).
             carried = self._due(item, original, capped=False) - credit
             credit = credit + max(min(carried, earlier), Money.zero(original.currency))
-        cmd = PlaceOrder(
-            channel=original.channel, external_id=external_id, currency=original.currency,
-            customer=original.customer, lines=item.exchange.lines,
-            shipping_address=AddressInput.model_validate(original.shipping_address.model_dump()),
-            fulfillment=original.fulfillment,
-            shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
-            payment=PaymentInput(method=original.payment.method, token=token),
-        )  # fmt: skip
+        cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
         try:
             return self._capture.place_exchange(cmd, credit, original.id, item.id, actor)
         except DuplicateOrder as duplicate:
@@ -606,9 +676,12 @@ class Returns:
         order's history records where it stopped and why, for a person; receiving the return
         again resumes it."""
         item = self.get(return_id)
-        self._note(item.order_id, OrderEvent.RETURN_STUCK, actor, {
-            "return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500],
-        })  # fmt: skip
+        at = self._clock()
+        detail = {"return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500]}
+        modify(
+            self._orders, item.order_id,
+            lambda order: order.noted(OrderEvent.RETURN_STUCK, at=at, actor=actor, detail=detail),
+        )  # fmt: skip
 
     def settle(self, return_id: str, actor: str) -> Return:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund,
@@ -624,9 +697,36 @@ class Returns:
             return self.get(return_id)
 
     # --- History ----------------------------------------------------------------------------
-    def _note(self, order_id: str, event: OrderEvent, actor: str, detail: dict[str, Any]) -> None:
-        at = self._clock()
-        modify(self._orders, order_id, lambda order: order.noted(event, at=at, actor=actor, detail=detail))
+    def owed_entries(self, order: Order) -> list[HistoryEntry]:
+        """Write on `order`'s history the entries its returns' requests, approvals, rejections and
+        expiries owe it and it lacks (a writer died between the return's change and the order's
+        entry: nothing else would look again); the entries written. The history's reader calls it."""
+        written: list[HistoryEntry] = []
+        for item in self._returns.for_order(order.id):
+            written += self._note(item, order)
+        return written
+
+    def _note(self, item: Return, order: Order | None = None) -> list[HistoryEntry]:
+        """Each entry `item` owes its order (Return.order_entries) on the order's history, once
+        (Order.return_noted); the entries written by this call. `order`: the order as read, which
+        spares a read when it has them all (one it lacks is decided on the order as written)."""
+        if not item.order_entries:
+            return []
+        order = order or self._orders.get(item.order_id)
+        written: list[HistoryEntry] = []
+        for entry in item.order_entries:
+            if order is not None and order.has_return_entry(item.id, entry.type):
+                continue
+            at = self._clock()
+
+            def decide(order: Order, entry: OrderEntry = entry, at: datetime = at):
+                change = order.return_noted(item.id, entry.type, at=at, actor=entry.actor, detail=entry.detail)
+                if change is not None:
+                    written.append(change[1])
+                return change
+
+            modify(self._orders, item.order_id, decide)
+        return written
 
 
 def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
@@ -660,6 +760,19 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
         unrecorded = cumulative_share(line, units[line_id]) - cumulative_share(line, recorded_units[line_id])
         worth[line_id] = amount + unrecorded
     return units, worth
+
+
+def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:
+    """The capture command of an exchange's replacement: its lines, with the original's channel,
+    customer, address, fulfillment, shipping method and payment."""
+    return PlaceOrder(
+        channel=original.channel, external_id=external_id, currency=original.currency,
+        customer=original.customer, lines=exchange.lines,
+        shipping_address=AddressInput.model_validate(original.shipping_address.model_dump()),
+        fulfillment=original.fulfillment,
+        shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
+        payment=PaymentInput(method=original.payment.method, token=token),
+    )  # fmt: skip
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:

@@ -26,6 +26,7 @@ from core.models import (
     PlaceOrder,
     Product,
     ProductInput,
+    ReviewRequest,
     StockLevel,
     utc_now,
 )
@@ -231,12 +232,16 @@ class CaptureService:
         self._orders.add(order, created, payment_token=cmd.payment.token, later_entries=held)
         return order
 
+    def reviews(self, order: Order) -> list[ReviewRequest]:
+        """What the review rules ask for `order` (hook oms_review_order): nothing without rules."""
+        if self._review_rules is None:
+            return []
+        return call_hook(self._review_rules.hook.oms_review_order, order=order) or []
+
     def _reviewed(self, order: Order, now: datetime) -> tuple[Order, list[HistoryEntry]]:
         """The new order, on hold when a review rule asks for it (with the hold's entry): stored
         that way in the same write, so its workflow never sees it pending and authorizes nothing."""
-        if self._review_rules is None:
-            return order, []
-        requests = call_hook(self._review_rules.hook.oms_review_order, order=order)
+        requests = self.reviews(order)
         if not requests:
             return order, []
         first = requests[0]
@@ -323,16 +328,23 @@ def _exchange_detail(exchange: dict[str, Any]) -> dict[str, Any]:
 
 
 class OrderQueries:
-    def __init__(self, orders: OrderRepository):
+    def __init__(self, orders: OrderRepository, owed_entries: Callable[[Order], list[HistoryEntry]] | None = None):
         self._orders = orders
+        # Returns.owed_entries: what the order's returns owe its history and a writer died before writing.
+        self._owed_entries = owed_entries
 
     def get(self, order_id: str, channel: str | None = None) -> Order:
         return visible(self._orders.get(order_id), order_id, channel)
 
-    def history(self, order_id: str, channel: str | None = None) -> list[HistoryEntry]:
-        found = self._orders.history(order_id)
-        visible(found[0] if found else None, order_id, channel)
-        return found[1]
+    def history(self, order_id: str, channel: str | None = None, *, consistent: bool = False) -> list[HistoryEntry]:
+        """The order's history, oldest first, with the entries its returns owed it written first."""
+        found = self._orders.history(order_id, consistent=consistent)
+        order = visible(found[0] if found else None, order_id, channel)
+        assert found is not None
+        entries = list(found[1])
+        if self._owed_entries is not None:
+            entries += self._owed_entries(order)
+        return entries
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         return self._orders.list(where, limit, cursor)

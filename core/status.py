@@ -182,11 +182,15 @@ def check_successor(old: Order, new: Order) -> None:
 
 def _check_capture_requests(old: Order, new: Order) -> None:
     """A capture asked of the gateway and not recorded yet (Order.captures_requested) pins what it
-    was asked for: its shipment keeps its lines, and the authorization is not voided under it."""
+    was asked for: its shipment keeps its lines, and the authorization is not voided under it; the
+    settlement's keeps what was captured before it (its gateway key)."""
     if not new.captures_requested:
         return
     if new.payment.status is PaymentStatus.VOIDED and old.payment.status is not PaymentStatus.VOIDED:
         raise InvalidTransition(f"order {new.id} has a capture requested; its authorization cannot be voided")
+    settling = old.capture_request(None) is not None and new.capture_request(None) is not None
+    if settling and new.payment.captured != old.payment.captured:
+        raise InvalidTransition(f"order {new.id} has a settlement capture requested; what is captured cannot change")
     lines_before = {shipment.id: shipment.lines for shipment in old.shipments}
     lines_after = {shipment.id: shipment.lines for shipment in new.shipments}
     for request in new.captures_requested:

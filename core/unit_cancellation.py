@@ -204,6 +204,11 @@ class UnitCancellation:
         payment = order.payment
         if not payment.authorization:
             return
+        # A settlement capture asked for by one that died before recording it is recorded first, and
+        # the authorizations an edit left (asked for and never recorded, or replaced) are voided.
+        order = self._cancellation.finish_settlement_capture(order, actor)
+        order = self._cancellation.void_requested_authorization(order, actor)
+        order = self._cancellation.void_replaced_authorizations(order, actor)
         due = order.payable() - _settled(order)
         nothing_to_ship = not any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
         if due.is_negative():
@@ -211,7 +216,7 @@ class UnitCancellation:
                 order.id, _over_capture, "units cancelled after their share was captured", actor, kind="cancellation"
             )
         elif due.amount > 0 and nothing_to_ship:
-            self._capture_rest(order, due, actor)
+            self._cancellation.capture_settlement(order, due, actor)
         if nothing_to_ship:
             self._release_authorization(self._current(order.id), actor)
 
@@ -220,10 +225,11 @@ class UnitCancellation:
         its total: a capture that paid for units cancelled while it was being made is refunded
         (or a total the captures fell short of is captured), and what the authorization holds
         beyond the captures is released; so is it for an order edited to a smaller total (an edit
-        keeps the larger authorization). An exchange's replacement, once it can no longer grow,
-        gives back the credit its total does not use. A refund still pending (the gateway was down
-        when a cancel asked for it) is asked for again first, as a cancel repeated would. Returns
-        the order as it then is."""
+        keeps the larger authorization), and an authorization an edit asked for and never recorded,
+        or replaced and could not void then, is voided. An exchange's replacement, once it can no
+        longer grow, gives back the credit its total does not use. A refund still pending (the
+        gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
+        would. Returns the order as it then is."""
         if any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
@@ -232,28 +238,13 @@ class UnitCancellation:
                 self._refunds.finish_pending(order.id, actor)
                 order = self._current(order.id)
             payment = order.payment
-            if any(line.cancelled_quantity for line in order.lines) or payment.captured < payment.authorized:
+            asked = order.authorization_requested is not None or bool(order.replaced_authorizations)
+            if any(line.cancelled_quantity for line in order.lines) or payment.captured < payment.authorized or asked:
                 self._settle_payment(order, actor)
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._credits.give_back(order, actor)
         return order
-
-    def _capture_rest(self, order: Order, amount: Money, actor: str) -> None:
-        payment = order.payment
-        authorization = payment.authorization or ""
-        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
-        result = self._payments.retried(
-            "capture",
-            lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
-            failure_recorder(self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json")),
-        )
-        at = self._clock()
-        modify(
-            self._orders, order.id,
-            lambda current: current.record_settlement_capture(amount, result.reference, at=at, actor=actor)
-            if current.payment.captured == payment.captured else None,
-        )  # fmt: skip
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment

@@ -310,7 +310,8 @@ class Container:
 
     @cached_property
     def orders(self) -> OrderQueries:
-        return OrderQueries(self.order_repository)
+        # The returns service is built at the first history read, never for a read of the order.
+        return OrderQueries(self.order_repository, owed_entries=lambda order: self.returns.owed_entries(order))
 
     @cached_property
     def api_keys(self) -> ApiKeyService:

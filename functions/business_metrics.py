@@ -6,7 +6,8 @@ entry the write recorded becomes a metric point. A write that lost its race or a
 request records nothing, so nothing is counted twice; core stays free of metrics. Handlers wrap
 themselves in `emits_business_metrics`, which prints the points once per invocation, one EMF
 record per dimension set, even when the handler raises (a failed payment attempt is recorded
-before the step that made it fails).
+before the step that made it fails). It also notes which orders the invocation wrote a history
+entry on (`orders_changed`): the API's access log counts a change that wrote none as a read.
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ def _points() -> dict[Dimensions, list[Point]]:
     return _pending.points
 
 
+def _changed() -> set[str]:
+    if not hasattr(_pending, "changed"):
+        _pending.changed = set()
+    return _pending.changed
+
+
+def orders_changed() -> frozenset[str]:
+    """The ids of the orders this invocation has written a history entry on so far."""
+    return frozenset(_changed())
+
+
 def record(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count, **dimensions: str) -> None:
     _points()[tuple(sorted(dimensions.items()))].append((name, unit, value))
 
@@ -80,6 +92,7 @@ def flush() -> None:
                 emf.clear_metrics()
     finally:
         points.clear()  # never carried into the next invocation
+        _changed().clear()
 
 
 def order_placed(order: Order) -> None:
@@ -116,7 +129,8 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
 
 
 class MeteredOrders:
-    """The order repository, counting what each successful write recorded.
+    """The order repository, counting what each successful write recorded (and noting the orders
+    a write gave a history entry: orders_changed).
 
     Not a subclass of OrderRepository on purpose: every other method is the wrapped adapter's own
     (delegated), so the port can grow without this class changing."""
@@ -128,12 +142,15 @@ class MeteredOrders:
         self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
     ) -> None:
         self._orders.add(order, first_entry, payment_token, later_entries)
+        _changed().add(order.id)
         order_placed(order)
         for entry in later_entries:
             entry_recorded(order, entry)
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         self._orders.update(order, expected, entries)
+        if entries:
+            _changed().add(order.id)
         for entry in entries:
             entry_recorded(order, entry)
 
@@ -149,6 +166,7 @@ def emits_business_metrics(handler: F) -> F:
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _changed().clear()  # this invocation's writes only, whatever ran on the thread before it
         try:
             return handler(*args, **kwargs)
         finally:

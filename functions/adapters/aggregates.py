@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from core.aggregates import AggregateChange, CounterUpdate, customer_key, email_key, report_channels_key
-from functions.adapters.dynamodb import from_item, to_item
+from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
 
 # A DynamoDB transaction holds at most 100 items: one is the change's marker.
 _PER_TRANSACTION = 99
@@ -82,7 +82,7 @@ class DynamoAggregates:
         for i, (attribute, value) in enumerate(sorted(update.set.items())):
             names[f"#s{i}"] = attribute
             values[f":s{i}"] = value
-            sets.append(f"#s{i} = :s{i}")
+            sets.append(f"#s{i} = if_not_exists(#s{i}, :s{i})")
         expression = "ADD " + ", ".join(adds) + (" SET " + ", ".join(sets) if sets else "")
         return {
             "TableName": self._table,
@@ -96,18 +96,21 @@ class DynamoAggregates:
         """First and last order times are a min and a max (the stream delivers different orders
         in any order), kept by conditional SETs that are no-ops when the stored time already
         wins: one write when orders arrive in time order (the usual case: the later order moves
-        `last_order_at`, `first_order_at` stays), a second only for an older order that arrives
-        late. The email index item gathers the channels the email was used in (a set's ADD). All
-        are idempotent on their own."""
+        `last_order_at`, and the customer's email and name with it; `first_order_at` stays), a
+        second only for an older order that arrives late. The email index item gathers the
+        channels the email was used in (a set's ADD). All are idempotent on their own."""
         seen = change.seen
         assert seen is not None
         pk, sk = customer_key(seen.customer_id, seen.channel)
         key = {"pk": {"S": pk}, "sk": {"S": sk}}
+        latest = {"email": seen.email, **({"name": seen.name} if seen.name else {})}
         later = self._set_if(
             key,
-            "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t)",
+            "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t), "
+            + ", ".join(f"#{attribute} = :{attribute}" for attribute in latest),
             "attribute_not_exists(last_order_at) OR last_order_at < :t",
             seen.at,
+            latest,
         )
         if not later:
             self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
@@ -119,14 +122,22 @@ class DynamoAggregates:
             ExpressionAttributeValues={":c": {"SS": [seen.channel]}},
         )
 
-    def _set_if(self, key: dict[str, Any], expression: str, condition: str, at: str) -> bool:
+    def _set_if(
+        self, key: dict[str, Any], expression: str, condition: str, at: str, attributes: dict[str, str] | None = None
+    ) -> bool:
+        """`expression` if `condition` holds: `:t` is `at`, each of `attributes` is `#name`/`:name`."""
+        names = {f"#{attribute}": attribute for attribute in attributes or {}}
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=key,
                 UpdateExpression=expression,
                 ConditionExpression=condition,
-                ExpressionAttributeValues={":t": {"S": at}},
+                ExpressionAttributeValues={
+                    ":t": {"S": at},
+                    **{f":{attribute}": {"S": value} for attribute, value in (attributes or {}).items()},
+                },
+                **({"ExpressionAttributeNames": names} if names else {}),
             )
         except ClientError as error:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
@@ -144,9 +155,31 @@ class DynamoAggregates:
         rows = self._query(pk, ("BETWEEN :start AND :end", {":start": {"S": start}, ":end": {"S": end}}))
         return {row["sk"]: sorted(row.get("channels") or ()) for row in rows}
 
-    def customer_ids(self, email: str, channel: str | None) -> list[str]:
+    def customer_ids(
+        self, email: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[str], str | None]:
+        # Read past the customers of other channels, and page after the last one shown: a cursor
+        # made of LastEvaluatedKey could name another channel's customer to a channel key.
         pk, _ = email_key(email, "")
-        return [row["sk"] for row in self._query(pk) if channel is None or channel in row.get("channels", ())]
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, "customers", {"pk", "sk"}, {"pk": pk})
+        found: list[str] = []
+        while True:
+            response = self._client.query(**query)
+            for row in map(from_item, response["Items"]):
+                if channel is not None and channel not in row.get("channels", ()):
+                    continue
+                if len(found) == limit:
+                    return found, encode_cursor("customers", {"pk": {"S": pk}, "sk": {"S": found[-1]}})
+                found.append(row["sk"])
+            if "LastEvaluatedKey" not in response:
+                return found, None
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
         return [(row["sk"], row) for row in self._query(pk)]

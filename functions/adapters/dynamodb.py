@@ -355,8 +355,8 @@ class DynamoOrders(OrderRepository):
         item = self._get(order_id, "doc", consistent)
         return _order(item) if item else None
 
-    def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
-        item = self._get(order_id, "doc, history")
+    def history(self, order_id: str, *, consistent: bool = False) -> tuple[Order, list[HistoryEntry]] | None:
+        item = self._get(order_id, "doc, history", consistent)
         if item is None:
             return None
         return _order(item), _history(item)

@@ -82,7 +82,10 @@ class DynamoImportLedger(ImportLedger):
     attribute_not_exists, and only when that put succeeds are the counters ADDed, in one atomic
     UpdateItem, so concurrent workers never lose a count and a redelivered message never adds one.
     When DynamoDB refuses that UpdateItem (throttled), the marker is put again flagged `uncounted`:
-    a marker so flagged records nothing, so the redelivery counts the line. No transaction: a
+    a marker so flagged records nothing, so the redelivery counts the line. When DynamoDB refuses
+    a counted failure's error item, the marker is put again holding that item (`unkept_error`), and
+    whatever finds the line recorded next writes it (the redelivery's complete_if_done, the retried
+    split's record). No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
     running, one short); the order itself is stored or not, never twice."""
 
@@ -135,14 +138,9 @@ class DynamoImportLedger(ImportLedger):
             signing_key=values.get("signing_key"),
         )
 
-    def restart(self, import_id: str, at: datetime) -> None:
-        self._client.update_item(
-            TableName=self._table,
-            Key=_import_key(import_id),
-            UpdateExpression="SET #status = :running, updated_at = :now REMOVE error_code, error_message",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":running": {"S": ImportStatus.RUNNING.value}, ":now": {"S": timestamp(at)}},
-        )
+    def restart(self, import_id: str, at: datetime) -> bool:
+        # Conditional: a duplicate delivery may have resumed (and even completed) it since it was read.
+        return self._resume(import_id, at) is not None
 
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
         # Never once the file was read whole (by this split before it raised, or by a duplicate
@@ -258,6 +256,9 @@ class DynamoImportLedger(ImportLedger):
             )
         except ClientError as failure:
             if _is_conditional_failure(failure):
+                # Recorded before; by a record that may have counted the line and not kept its
+                # error (the splitter's retried event comes here, not through complete_if_done).
+                self._keep_unkept_error(import_id, line)
                 return False
             raise
         try:
@@ -294,14 +295,33 @@ class DynamoImportLedger(ImportLedger):
             }
             if error.external_id:
                 entry["external_id"] = {"S": error.external_id}
-            self._client.put_item(TableName=self._table, Item=entry)
+            try:
+                self._client.put_item(TableName=self._table, Item=entry)
+            except Exception:
+                # Counted, not kept: the error goes on the line's marker, and whatever finds the
+                # line recorded next (the redelivery this raise brings, a retried split) writes it.
+                self._client.put_item(TableName=self._markers, Item={**marker, "unkept_error": {"M": entry}})
+                raise
         self._complete_if_done(import_id, values, at)
         return True
 
-    def complete_if_done(self, import_id: str, at: datetime) -> None:
+    def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
+        if line is not None:
+            self._keep_unkept_error(import_id, line)
         item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
         if item is not None:
             self._complete_if_done(import_id, from_item(item), at)
+
+    def _keep_unkept_error(self, import_id: str, line: int) -> None:
+        """Write the error record() counted for `line` and could not write, if it left one on the
+        line's marker; then the marker as it would have been."""
+        marker = self._client.get_item(
+            TableName=self._markers, Key={"id": {"S": _marker_id(import_id, line)}}, ConsistentRead=True
+        ).get("Item")
+        if marker is None or "unkept_error" not in marker:
+            return
+        self._client.put_item(TableName=self._table, Item=marker.pop("unkept_error")["M"])
+        self._client.put_item(TableName=self._markers, Item=marker)
 
     def _complete_if_done(self, import_id: str, values: dict[str, Any], at: datetime) -> None:
         """Whoever sees the final total reached ends the import; the condition lets one win."""

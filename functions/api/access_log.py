@@ -1,4 +1,7 @@
-"""Queues each read of an order for its access log once the read has its answer; a failure to queue never fails it."""
+"""Queues each read of an order for its access log once the read has its answer; a failure to queue never fails it.
+
+A change of an order that wrote nothing on it (no history entry) but answered it is such a read.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +12,28 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from core.access_log import READS, OrderRead
+from core.access_log import CHANGES, READS, OrderRead
 from functions.api.access import caller_from
 from functions.api.dependencies import container
+from functions.business_metrics import orders_changed
 
 logger = Logger(child=True)
 
 
 def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metrics) -> None:
-    """Queue the read `event` made if it read an order (a 2xx of a route in READS). Should the
+    """Queue the read `event` made if it read an order (a 2xx of a route in READS, or of one in
+    CHANGES that wrote no history entry on the order: its entries are the change's record). Should the
     queue refuse it, the whole record goes to the log at ERROR (`read not queued`, metric
     AccessLogReadsNotQueued, alarm AccessLogReadsNotQueuedAlarm): the read still answers, and
     the log line is the record (README runbook)."""
-    action = READS.get((event.get("httpMethod", ""), event.get("resource", "")))
+    route = (event.get("httpMethod", ""), event.get("resource", ""))
+    action = READS.get(route) or CHANGES.get(route)
     if action is None or not 200 <= response["statusCode"] < 300:
-        return  # not a read of an order (every write, POST /orders too): no caller to build
+        return  # not a read of an order (every other write, POST /orders too): no caller to build
     parameters = event.get("pathParameters") or {}
     order_id = parameters.get("order_id")
+    if route in CHANGES and order_id in orders_changed():
+        return  # a change: the history entries it wrote name its key
     detail = None
     if order_id is None:
         # A return read by its own id: the return names its order.
@@ -41,7 +49,7 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
     at = datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms else datetime.now(UTC)
     read = OrderRead(
         request_id=context.get("requestId") or "", order_id=order_id, at=at, actor=who.key_id, action=action,
-        detail=_labels_handed_out(response) if action == "get" else detail,
+        detail=_labels_handed_out(response) if action == "get" or route in CHANGES else detail,
     )  # fmt: skip
     try:
         container().read_recorder.record(read)

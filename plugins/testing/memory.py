@@ -65,7 +65,7 @@ class InMemoryOrders(OrderRepository):
             return None
         return self.orders[order_id], self.tokens.get(order_id, "")
 
-    def history(self, order_id: str) -> tuple[Order, list[HistoryEntry]] | None:
+    def history(self, order_id: str, *, consistent: bool = False) -> tuple[Order, list[HistoryEntry]] | None:
         if order_id not in self.orders:
             return None
         return self.orders[order_id], self.histories[order_id]

@@ -65,7 +65,7 @@ def test_stream_records_become_customer_and_report_counters_once_even_when_redel
          "refunded": {"amount": "0.00", "currency": "USD"}}
     ]  # fmt: skip
     assert customer["first_order_at"] == customer["last_order_at"] == "2025-01-01T00:00:00.000000Z"
-    assert [c.id for c in aggregates.customers_by_email("ADA@example.com", None)] == ["cus_1"]
+    assert [c.id for c in aggregates.customers_by_email("ADA@example.com", None)[0]] == ["cus_1"]
     assert aggregates.report(ReportKind.PRODUCTS, "USD", start=date(2025, 1, 2), end=date(2025, 1, 2),
                              channel=None, limit=10) == []  # fmt: skip
 
@@ -99,7 +99,7 @@ def test_first_and_last_order_times_are_a_min_and_a_max_whatever_order_the_order
         "2026-11-30T10:00:00.000000Z",
         "2026-12-02T10:00:00.000000Z",
     )
-    assert store.customer_ids("BO@example.com", None) == ["cus_9"]
+    assert store.customer_ids("BO@example.com", None, 25, None) == (["cus_9"], None)
 
 
 def test_the_email_index_keeps_the_channels_each_email_ordered_in(aws):
@@ -109,7 +109,84 @@ def test_the_email_index_keeps_the_channels_each_email_ordered_in(aws):
                                      ("ord_c", "b2b", "ada@work.example")]:  # fmt: skip
         store.apply(AggregateChange(order_id, 1, [], CustomerSeen("cus_1", channel, email, at)))
 
-    assert store.customer_ids("ada@work.example", "web") == ["cus_1"]
-    assert store.customer_ids("ada@work.example", "b2b") == ["cus_1"]
-    assert store.customer_ids("ada@work.example", "pos") == []
-    assert store.customer_ids("ADA@home.example", None) == ["cus_1"]
+    assert store.customer_ids("ada@work.example", "web", 25, None) == (["cus_1"], None)
+    assert store.customer_ids("ada@work.example", "b2b", 25, None) == (["cus_1"], None)
+    assert store.customer_ids("ada@work.example", "pos", 25, None) == ([], None)
+    assert store.customer_ids("ADA@home.example", None, 25, None) == (["cus_1"], None)
+
+
+def test_a_customer_shows_the_email_and_name_of_their_latest_order_whatever_changes_an_older_one(aws):
+    # Ada moved to a new address for her second order; a refund on her first one then SET the
+    # first order's email and name on her row again: GET /customers showed the address she left.
+    from core.aggregates import Aggregates, aggregate_change
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+
+    def order(order_id: str, day: str, email: str, name: str, version: int, refunded: str = "0.00") -> dict:
+        return {
+            "id": order_id, "version": version, "status": "pending", "channel": "web", "currency": "USD",
+            "customer": {"id": "cus_7", "email": email, "name": name}, "lines": [],
+            "totals": {"grand_total": {"amount": "10.00", "currency": "USD"}},
+            "payment": {"refunded": {"amount": refunded, "currency": "USD"}},
+            "shipping_address": {"country": "US"}, "created_at": f"{day}T10:00:00Z",
+        }  # fmt: skip
+
+    first = order("ord_first", "2026-11-01", "ada@old.example", "Ada Byron", 1)
+    second = order("ord_second", "2026-11-20", "ada@new.example", "Ada Lovelace", 1)
+    for old, new in [(None, first), (None, second), (first, {**first, "version": 2, "payment": {
+        "refunded": {"amount": "4.00", "currency": "USD"}}})]:  # fmt: skip
+        assert store.apply(aggregate_change(old, new))
+
+    customer = Aggregates(store, utc_now).customer("cus_7", None)
+    assert (customer.email, customer.name, customer.orders_count) == ("ada@new.example", "Ada Lovelace", 2)
+    assert customer.totals[0].refunded.amount == Decimal("4.00")
+
+    # The older order arriving last (the stream orders each order's changes, not orders among them).
+    store.apply(aggregate_change(None, order("ord_oldest", "2026-10-01", "ada@oldest.example", "A. B.", 1)))
+    customer = Aggregates(store, utc_now).customer("cus_7", None)
+    assert (customer.email, customer.name, customer.orders_count) == ("ada@new.example", "Ada Lovelace", 3)
+
+
+def test_customers_found_by_email_come_a_page_at_a_time_and_a_cursor_names_no_hidden_customer(aws):
+    # GET /customers?email= answered every customer of an address in one page whatever `limit`
+    # said, with next_cursor always null: a shared address (a company's buyers) is many customers.
+    import base64
+    import json
+
+    import pytest
+
+    from core.aggregates import Aggregates
+    from core.errors import InvalidCursor
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    at = "2026-12-01T10:00:00.000000Z"
+    for n, channel in enumerate(["web", "pos", "web", "pos", "web"]):
+        store.apply(AggregateChange(f"ord_{n}", 1, [CounterUpdate(f"customer#cus_{n}", channel, {"orders_count": 1})],
+                                    CustomerSeen(f"cus_{n}", channel, "buyers@acme.example", at)))  # fmt: skip
+    aggregates = Aggregates(store, utc_now)
+
+    cursors: list[str] = []
+
+    def every_page(channel: str | None, limit: int) -> list[list[str]]:
+        pages, cursor = [], None
+        while True:
+            items, cursor = aggregates.customers_by_email("Buyers@acme.example", channel, limit, cursor)
+            pages.append([view.id for view in items])
+            if cursor is None:
+                return pages
+            cursors.append(cursor)
+
+    assert every_page(None, 2) == [["cus_0", "cus_1"], ["cus_2", "cus_3"], ["cus_4"]]
+    cursors.clear()
+    assert every_page("web", 1) == [["cus_0"], ["cus_2"], ["cus_4"]]
+    # A web key's cursors name only web customers (a cursor is base64, not a secret).
+    assert [json.loads(base64.urlsafe_b64decode(c + "=" * (-len(c) % 4)))["k"]["sk"]["S"] for c in cursors] == [
+        "cus_0",
+        "cus_2",
+    ]
+    assert every_page("web", 25) == [["cus_0", "cus_2", "cus_4"]]
+    cursor = aggregates.customers_by_email("buyers@acme.example", None, 2, None)[1]
+    with pytest.raises(InvalidCursor):  # a cursor of another address's search
+        aggregates.customers_by_email("other@acme.example", None, 2, cursor)

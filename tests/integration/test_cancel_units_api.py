@@ -4,7 +4,9 @@ its stock in DynamoDB and its payment; and the DynamoDB adapter's reservation sh
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -195,3 +197,80 @@ def test_a_ship_that_died_after_the_gateway_captured_is_refunded_by_the_cancel_o
     reversed_ = history[-2]["detail"]
     assert reversed_["shipment_id"] == shipment["id"] and reversed_["amount"] == order["totals"]["grand_total"]
     assert reversed_["capture_reference"] and reversed_["refund_reference"]
+
+
+def test_a_settlement_capture_whose_cancel_died_is_recorded_by_the_cancel_repeated_over_http(api, monkeypatch):
+    # The parcel that does not carry the shipping ships first; cancelling the other leaves a total
+    # (its share and the shipping) above what was captured, so the cancel captures the rest. Its
+    # process ends after the gateway captured and before the order recorded it: the request it
+    # wrote first keeps that capture on the order, and the repeated cancel records it.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.bootstrap import Config, bootstrap
+
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+    ship(api, order, order["shipments"][1]["location_id"])
+    real = DynamoOrders.update
+
+    def dies_recording_the_settlement(self, new, expected, entries):
+        if entries and entries[0].type == "payment_captured":
+            raise TimeoutError("Task timed out")
+        real(self, new, expected, entries)
+
+    monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_settlement)
+    died = cancel(api, order["id"])
+    monkeypatch.undo()
+    assert died.status_code == 500
+    shown = api.get(f"/orders/{order['id']}").json()
+    assert shown["status"] == "shipped" and "captures_requested" not in shown
+    due = Decimal(money(shown["totals"]["grand_total"])) - Decimal(money(shown["payment"]["captured"]))
+    assert due > 0
+    stored = bootstrap(Config.from_env()).order_repository.get(order["id"], consistent=True)
+    assert [(r.shipment_id, r.amount.amount) for r in stored.captures_requested] == [(None, due)]
+
+    answer = cancel(api, order["id"])
+
+    assert answer.status_code == 200, answer.text
+    payment = answer.json()["payment"]
+    assert (payment["status"], money(payment["captured"]), money(payment["authorized"])) == (
+        "captured", money(shown["totals"]["grand_total"]), money(shown["totals"]["grand_total"]),
+    )  # fmt: skip
+    history = [h["type"] for h in api.get(f"/orders/{order['id']}/history").json()["items"]]
+    assert history[-2:] == ["payment_captured", "payment_voided"] and history.count("payment_captured") == 1
+
+
+def test_an_authorization_whose_edit_died_is_voided_by_the_cancel_over_http(api, monkeypatch):
+    # The PATCH's process ends after the gateway authorized the grown total and before the order
+    # recorded it (a Lambda timeout): the request it wrote first keeps that authorization (a hold on
+    # the customer's card) on the order, and the cancel voids it with the order's own.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.bootstrap import Config, bootstrap
+
+    order = allocated(api, ("MUG", 1))
+    real = DynamoOrders.update
+
+    def dies_recording_the_edit(self, new, expected, entries):
+        if entries and entries[0].type == "edited":
+            raise TimeoutError("Task timed out")
+        real(self, new, expected, entries)
+
+    monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_edit)
+    died = api.request(
+        "PATCH", f"/orders/{order['id']}", json={"lines": [{"sku": "MUG", "quantity": 3}]},
+        headers={"If-Match": str(order["version"])},
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert died.status_code == 500
+    shown = api.get(f"/orders/{order['id']}").json()
+    assert shown["payment"] == order["payment"] and shown["lines"] == order["lines"]
+    stored = bootstrap(Config.from_env()).order_repository.get(order["id"], consistent=True).stored_json()
+
+    answer = cancel(api, order["id"])
+
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "voided")
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [h["type"] for h in history][-3:] == ["cancelled", "payment_voided", "payment_voided"]
+    edits, own = history[-2]["detail"], history[-1]["detail"]
+    assert edits["reason"] == "asked for by an edit that did not record it"
+    assert edits["authorization"] != own["authorization"] and edits["reference"] and own["reference"]
+    assert json.loads(stored)["authorization_requested"]["edit_of"] == order["version"]  # stored, never shown

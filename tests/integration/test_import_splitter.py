@@ -119,6 +119,20 @@ def test_rows_that_are_not_orders_are_recorded_on_the_import_and_never_queued(st
     assert "4111" not in json.dumps(imported)
 
 
+def test_a_card_number_on_a_later_row_of_an_order_is_reported_on_that_row(stack: ImportAws):
+    # The error named the order's first line: the author looked for a card number on a row that
+    # has none.
+    data = csv_file(csv_row("ext-1"), csv_row("ext-1", "MUG"), csv_row("ext-1", "4111 1111 1111 1111"))
+
+    import_id = split_file(stack, "incoming/orders.csv", data)
+
+    assert queued(stack) == []
+    imported = report(import_id)
+    (error,) = imported["errors"]
+    assert (error["line"], error["external_id"], error["code"]) == (4, "ext-1", "card_data_rejected")
+    assert "4111" not in json.dumps(imported)
+
+
 def test_a_redelivered_event_finds_the_same_import_and_queues_nothing_again(stack: ImportAws):
     from functions.import_splitter.app import lambda_handler
 
@@ -315,6 +329,85 @@ def test_a_delivery_interrupted_while_a_duplicate_delivery_reads_the_file_whole_
     read_whole = report(import_id)
     assert (read_whole["status"], read_whole["total"], read_whole["total_final"]) == ("running", 6, True)
     assert "split_interrupted" not in [e["code"] for e in read_whole["errors"]]
+
+
+def test_a_retry_that_finds_its_import_resumed_by_a_duplicate_delivery_meanwhile_leaves_it_alone(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The retry read the import failed (interrupted), then a duplicate delivery of the event read
+    # the file whole; the retry's restart, unconditional, set the import running again whatever it
+    # was by then (a completed import went back to running) and queued every order a second time.
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.import_splitter.app import lambda_handler
+
+    data = csv_file(*(csv_row(f"ext-{i}") for i in range(4)))
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    send = SqsOrderQueue.flush
+    calls = {"flush": 0, "restart": 0}
+
+    def flush_failing_once(queue: SqsOrderQueue) -> None:
+        calls["flush"] += 1
+        if calls["flush"] == 1:
+            raise ConnectionError("network down")
+        send(queue)
+
+    restart = DynamoImportLedger.restart
+
+    def duplicate_delivery_first(ledger: DynamoImportLedger, *args: Any) -> Any:
+        calls["restart"] += 1
+        if calls["restart"] == 1:
+            lambda_handler(event, context("ImportSplitterFunction", 900))  # reads the file whole
+        return restart(ledger, *args)
+
+    monkeypatch.setattr(SqsOrderQueue, "flush", flush_failing_once)
+    with pytest.raises(ConnectionError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    monkeypatch.setattr(DynamoImportLedger, "restart", duplicate_delivery_first)
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    assert sorted(json.loads(m["Body"])["external_id"] for m in queued(stack)) == [f"ext-{i}" for i in range(4)]
+    read_whole = report(import_id)
+    assert (read_whole["status"], read_whole["total"], read_whole["total_final"]) == ("running", 4, True)
+
+
+def test_a_bad_rows_error_refused_after_its_count_is_kept_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The splitter counted the bad row, then DynamoDB refused the write of its error: the retried
+    # event found the row recorded and went on, so the report said failed: 1 and listed nothing.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+
+    data = csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x"))
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    ledger = container().import_ledger
+    client = ledger._client
+    refused: list[str] = []
+
+    class RefusingOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def put_item(self, **request: Any) -> Any:
+            if request["Item"].get("pk", {}).get("S", "").endswith("#ERRORS") and not refused:
+                refused.append(request["Item"]["pk"]["S"])
+                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
+            return client.put_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", RefusingOnce())
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    assert refused == [f"IMPORT#{import_id}#ERRORS"]
+    resumed = report(import_id)
+    assert (resumed["status"], resumed["total"], resumed["failed"]) == ("running", 2, 1)
+    assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(3, "invalid_number")]
 
 
 def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):

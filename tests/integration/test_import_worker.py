@@ -272,9 +272,15 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
     assert len(imported["errors"]) == 10
 
 
-def refuse_once(monkeypatch: pytest.MonkeyPatch, refused_when: Callable[[str], bool], code: str) -> list[str]:
+def refuse_once(
+    monkeypatch: pytest.MonkeyPatch,
+    refused_when: Callable[[str], bool],
+    code: str,
+    operation: str = "update_item",
+) -> list[str]:
     """The workers' import ledger: DynamoDB refuses (`code`, throttled past botocore's retries) the
-    first UpdateItem whose expression `refused_when` picks. Returns the keys it refused."""
+    first `operation` that `refused_when` picks by its UpdateExpression (update_item) or by its
+    item's pk (put_item). Returns the keys it refused."""
     from botocore.exceptions import ClientError
 
     from functions.import_worker.app import container
@@ -288,10 +294,18 @@ def refuse_once(monkeypatch: pytest.MonkeyPatch, refused_when: Callable[[str], b
             return getattr(client, name)
 
         def update_item(self, **request: Any) -> Any:
-            if refused_when(request["UpdateExpression"]) and not refused:
-                refused.append(request["Key"]["pk"]["S"])
-                raise ClientError({"Error": {"Code": code, "Message": "rate of requests exceeds"}}, "UpdateItem")
-            return client.update_item(**request)
+            return self._refused_once("update_item", request)
+
+        def put_item(self, **request: Any) -> Any:
+            return self._refused_once("put_item", request)
+
+        def _refused_once(self, called: str, request: dict[str, Any]) -> Any:
+            pk = (request.get("Key") or request["Item"]).get("pk", {}).get("S", "")
+            picked_by = request["UpdateExpression"] if called == "update_item" else pk
+            if called == operation and refused_when(picked_by) and not refused:
+                refused.append(pk)
+                raise ClientError({"Error": {"Code": code, "Message": "rate of requests exceeds"}}, called)
+            return getattr(client, called)(**request)
 
     monkeypatch.setattr(ledger, "_client", RefusingOnce())
     return refused
@@ -330,6 +344,60 @@ def test_an_import_whose_completing_write_was_refused_is_completed_by_the_redeli
     assert refused == [f"IMPORT#{import_id}"]
     done = report(import_id)
     assert (done["status"], done["total"], done["imported"]) == ("completed", 1, 1)
+
+
+def test_an_error_whose_write_was_refused_after_its_count_is_kept_by_the_redelivery(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The line's failure was counted, then the write of its error was throttled: the redelivered
+    # message found its line recorded and did nothing, so the report said `failed: 1` and listed
+    # no error for it, for good.
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", "NOPE")))
+    refused = refuse_once(monkeypatch, lambda pk: pk.endswith("#ERRORS"), "ThrottlingException", "put_item")
+
+    stack.drain(worker)
+
+    assert refused == [f"IMPORT#{import_id}#ERRORS"]
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 1, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(3, "ext-2", "unknown_sku")]
+
+
+def test_the_delivery_that_loses_the_put_to_its_twin_counts_the_order_imported_on_a_lagging_read(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Two deliveries of one line run at once: the twin's put won a moment ago and has not
+    # recorded yet. The loser read the order's history eventually consistently, found no order
+    # yet, and recorded the order its own import had just created as a duplicate.
+    from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
+
+    from core.models import PlaceOrder
+    from functions.adapters.imports import origin_from
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    (message,) = stack.peek()
+    container().capture.place(PlaceOrder.model_validate(json.loads(message["Body"])), f"{import_id}:2")
+    orders = container().order_repository._orders
+    client = orders._client
+
+    class Lagging:
+        """An eventually consistent GetItem that has not seen the twin's put yet."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def get_item(self, **request: Any) -> Any:
+            return client.get_item(**request) if request.get("ConsistentRead") else {}
+
+    monkeypatch.setattr(orders, "_client", Lagging())
+    result = container().importer.import_order(
+        message["Body"], origin_from(message["MessageAttributes"]), sender=f"{SQS_SENDER_ID}:oms-ImportSplitterFunction"
+    )
+
+    assert result.outcome == "imported"
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["duplicates"]) == ("completed", 1, 0)
 
 
 def test_an_import_completes_when_its_last_order_is_recorded_before_the_file_is_read(stack: ImportAws):

@@ -114,3 +114,26 @@ def test_candidates_are_paged_oldest_first_up_to_the_limit(aws):
     assert unreceived.created_before(R.AUTHORIZED, utc_now(), 10) == ids
     assert unreceived.created_before(R.AUTHORIZED, utc_now(), 3) == ids[:3]
     assert unreceived.created_before(R.AUTHORIZED, start + timedelta(minutes=2, seconds=30), 10) == ids[:2]
+
+
+def test_an_entry_the_scan_died_before_writing_is_on_the_history_the_api_reads_once(aws, scan, monkeypatch):
+    delivered_order(aws, "ord_d")
+    item = stored_return(aws, "ord_d", 1, R.AUTHORIZED, utc_now() - timedelta(days=31))
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+
+    def dies(self: DynamoOrders, *args: Any) -> None:
+        raise TimeoutError("the scan's Lambda timed out here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", dies)
+        with pytest.raises(TimeoutError):
+            scan()
+    assert DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]).get(item.id).status is R.CANCELLED
+    assert [e.type for e in orders.history("ord_d")[1]] == [OrderEvent.CREATED]
+    from functions.bootstrap import Config, bootstrap
+
+    read = bootstrap(Config.from_env()).orders.history("ord_d")
+
+    assert [e.type for e in read] == [OrderEvent.CREATED, OrderEvent.RETURN_CANCELLED]
+    assert (read[1].actor, read[1].detail["return_id"]) == ("jeopardy_scan", item.id)
+    assert orders.history("ord_d")[1] == read == bootstrap(Config.from_env()).orders.history("ord_d")

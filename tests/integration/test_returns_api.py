@@ -203,3 +203,29 @@ def test_a_request_retried_with_its_idempotency_key_makes_one_return(api: InProc
     assert again.json()["id"] == first.json()["id"]
     assert_error(other, 409, "idempotency_key_reused")
     assert len(api.get(f"/orders/{order['id']}/returns").json()["items"]) == 1
+
+
+def test_a_request_retried_with_its_key_after_it_failed_past_the_return_makes_one_return(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    from core.errors import TransientError
+    from functions.adapters.dynamodb import DynamoOrders
+
+    order, _, _ = an_order(api, 3)
+    headers = {"Idempotency-Key": "return-after-a-failure"}
+    real = DynamoOrders.update
+
+    def busy_once(self: DynamoOrders, *args: Any) -> None:
+        monkeypatch.setattr(DynamoOrders, "update", real)
+        raise TransientError("the Orders table is busy")
+
+    monkeypatch.setattr(DynamoOrders, "update", busy_once)
+    first = api.post(f"/orders/{order['id']}/returns", json=return_body(1), headers=headers)
+    assert first.status_code == 503, first.text
+
+    again = api.post(f"/orders/{order['id']}/returns", json=return_body(1), headers=headers)
+
+    assert again.status_code == 201, again.text
+    assert [r["id"] for r in api.get(f"/orders/{order['id']}/returns").json()["items"]] == [again.json()["id"]]
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [e["detail"]["return_id"] for e in history if e["type"] == "return_requested"] == [again.json()["id"]]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.access_log import READS, AccessEntry, AccessLog, AccessLogStore, OrderRead
+from core.access_log import CHANGES, READS, AccessEntry, AccessLog, AccessLogStore, OrderRead
 from core.errors import NotFound
 from core.models import HistoryEntry
 from core.services import OrderQueries
@@ -25,7 +25,7 @@ class Orders:
     def __init__(self, *history: HistoryEntry):
         self._history = list(history)
 
-    def history(self, order_id: str):
+    def history(self, order_id: str, *, consistent: bool = False):
         return (ORDER, self._history) if order_id == ORDER.id else None
 
 
@@ -90,6 +90,16 @@ def test_every_read_of_an_order_the_contract_names_is_recorded():
     resources = {resource for _, resource in READS}
     for path in ("", "/history", "/returns", "/refunds"):
         assert f"/orders/{{order_id}}{path}" in resources
+
+
+def test_every_read_and_change_route_the_access_log_names_is_a_route_of_the_api():
+    # A misspelt resource would silently record nothing.
+    from infra.local.template import Template
+
+    declared = {(route.method, route.path) for route in Template.load().api_routes()}
+    assert set(READS) <= declared
+    assert set(CHANGES) <= declared
+    assert not set(READS) & set(CHANGES)
 
 
 def test_the_log_is_read_a_page_at_a_time_in_the_order_of_the_whole_log():

@@ -75,11 +75,14 @@ class MemoryStore:
             item = self.items[(update.pk, update.sk)]
             for attribute, delta in update.add.items():
                 item[attribute] = item.get(attribute, Decimal(0)) + delta
-            item.update(update.set)
+            for attribute, value in update.set.items():
+                item.setdefault(attribute, value)
         for pk, sk, channel in change.report_days:
             self.items[(pk, sk)].setdefault("channels", set()).add(channel)
         if change.seen is not None:
             item = self.items[(f"customer#{change.seen.customer_id}", change.seen.channel)]
+            if "last_order_at" not in item or item["last_order_at"] < change.seen.at:
+                item.update({"email": change.seen.email, **({"name": change.seen.name} if change.seen.name else {})})
             item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
             item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
             email = self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)]
@@ -93,12 +96,16 @@ class MemoryStore:
         pk = f"report-channels#{currency}"
         return {sk: sorted(item["channels"]) for (p, sk), item in self.items.items() if p == pk and start <= sk <= end}
 
-    def customer_ids(self, email: str, channel: str | None) -> list[str]:
-        return [
+    def customer_ids(
+        self, email: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[str], str | None]:
+        found = sorted(
             sk
             for (pk, sk), item in self.items.items()
             if pk == f"customer-email#{email.lower()}" and (channel is None or channel in item["channels"])
-        ]
+        )
+        after = [sk for sk in found if cursor is None or sk > cursor]
+        return after[:limit], after[limit - 1] if len(after) > limit else None
 
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
         return [(sk, item) for (p, sk), item in self.items.items() if p == pk]
@@ -213,8 +220,8 @@ def test_a_customer_sums_orders_per_channel_and_overall_and_counts_payment_failu
     assert (web.orders_count, web.payment_failures, [t.currency for t in web.totals]) == (1, 0, ["USD"])
     with pytest.raises(NotFound):
         service(store).customer("cus_1", "b2b")
-    assert [c.id for c in service(store).customers_by_email("ada@example.COM", "pos")] == ["cus_1"]
-    assert service(store).customers_by_email("ada@example.com", "b2b") == []
+    assert [c.id for c in service(store).customers_by_email("ada@example.COM", "pos")[0]] == ["cus_1"]
+    assert service(store).customers_by_email("ada@example.com", "b2b")[0] == []
 
 
 def test_a_channel_key_finds_no_customer_by_an_email_used_only_in_another_channel():
@@ -224,9 +231,9 @@ def test_a_channel_key_finds_no_customer_by_an_email_used_only_in_another_channe
     replay(store, order(customer={"id": "cus_1", "email": "ada@work.example"}))
     replay(store, order(id="ord_2", channel="pos", customer={"id": "cus_1", "email": "ada@home.example"}))
 
-    assert service(store).customers_by_email("ada@work.example", "pos") == []
-    assert [c.email for c in service(store).customers_by_email("ADA@work.example", "web")] == ["ada@work.example"]
-    assert [c.id for c in service(store).customers_by_email("ada@home.example", None)] == ["cus_1"]
+    assert service(store).customers_by_email("ada@work.example", "pos")[0] == []
+    assert [c.email for c in service(store).customers_by_email("ADA@work.example", "web")[0]] == ["ada@work.example"]
+    assert [c.id for c in service(store).customers_by_email("ada@home.example", None)[0]] == ["cus_1"]
 
 
 def test_the_same_change_twice_adds_nothing_more():

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from core.errors import DuplicateOrder, OutOfStock, PaymentDeclined, PaymentRefused, StaleVersion
-from functions.business_metrics import MeteredOrders, emits_business_metrics, flush
+from functions.business_metrics import MeteredOrders, emits_business_metrics, flush, orders_changed
 from tests.builders import NOW, place_order
 from tests.unit.conftest import usd
 from tests.unit.world import World, build_world
@@ -233,6 +233,30 @@ def test_a_write_that_loses_its_race_counts_nothing(world, capsys):
     with pytest.raises(StaleVersion):
         metered.update(new, order, [entry])  # `order` is no longer the stored version
     assert emitted(capsys) == {}
+
+
+def test_the_orders_an_invocation_gave_a_history_entry_are_known_until_it_ends(world, capsys):
+    # The API's access log counts a change that wrote no entry as a read of the order it answered.
+    order_id = world.place(("TSHIRT", 1))
+    emitted(capsys)
+    assert orders_changed() == frozenset()
+
+    world.actions.cancel(order_id, "asked", actor="key_cs")
+    assert orders_changed() == {order_id}
+    emitted(capsys)  # the invocation ends
+    world.actions.cancel(order_id, "asked again", actor="key_cs")  # a cancelled order: no entry
+
+    assert orders_changed() == frozenset()
+
+    other = world.place(("TSHIRT", 1))  # written on this thread outside any invocation
+
+    @emits_business_metrics
+    def handler() -> frozenset[str]:
+        return orders_changed()
+
+    assert other in orders_changed()
+    assert handler() == frozenset()
+    emitted(capsys)
 
 
 def test_a_handler_prints_its_metrics_even_when_it_raises(world, capsys):

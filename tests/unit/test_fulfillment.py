@@ -427,8 +427,14 @@ def test_a_declined_reauthorization_is_a_payment_declined_conflict_and_changes_n
         )
 
     assert raised.value.code == "payment_declined"
-    assert world.order(order_id) == authorized
-    # Only the refused attempt is added to the history; the order itself is unchanged.
+    # What a client sees is unchanged but the version: the edit's request for the authorization
+    # stands, for the edit repeated (same If-Match) or the next change to settle.
+    after = world.order(order_id)
+    assert after.model_dump(exclude={"version", "updated_at"}) == authorized.model_dump(
+        exclude={"version", "updated_at"}
+    )
+    assert after.edits_from(authorized.version)
+    # Only the refused attempt is added to the history.
     (refused,) = world.history(order_id)[len(history) :]
     assert (refused.type, refused.actor, refused.to_status) == ("payment_authorization_failed", "key_web", None)
     assert {k: refused.detail[k] for k in ("operation", "attempt", "kind")} == {

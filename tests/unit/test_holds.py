@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidTransition, NotFound, OrderHeld
+from core.errors import InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order, OrderEdit, ReviewRequest
 from core.money import Money
@@ -131,6 +131,86 @@ def test_a_review_rule_stores_the_new_order_on_hold_in_the_same_write_before_any
     with pytest.raises(OrderHeld):
         world.workflow.authorize_payment(order_id, attempt=0)
     assert world.gateway.calls == [] and world.spy.authorized == []
+
+
+def test_an_allocated_order_edited_past_the_review_threshold_is_held_in_the_same_write(world, monkeypatch):
+    # A $30 order, allocated, then edited to six T-shirts: without a review it was sourced again
+    # and shipped, past OMS_REVIEW_THRESHOLD, never seen by a person.
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:100.00")
+    order = world.allocated(("TSHIRT", 1))
+    six = OrderEdit(lines=[{"sku": "TSHIRT", "quantity": 6}])
+
+    edited = world.actions.edit(order.id, order.version, six, actor="key_web")
+
+    # Three versions: the request for the new total's authorization, the edit held, the old
+    # authorization's void.
+    assert (edited.status, edited.version, edited.allocations, edited.shipments) == (
+        S.ON_HOLD, order.version + 3, [], [],
+    )  # fmt: skip
+    assert (edited.hold.reason, edited.hold.resume_to) == ("fraud_review", S.AUTHORIZED)
+    assert edited.payment.authorized == edited.totals.grand_total  # authorized for it, nothing captured
+    assert world.order(order.id) == edited
+    # The old authorization is voided after the write (its entry follows).
+    edit_entry, on_hold = world.history(order.id)[-3:-1]
+    assert (edit_entry.type, edit_entry.from_status, edit_entry.to_status) == ("edited", S.ALLOCATED, S.AUTHORIZED)
+    assert (on_hold.type, on_hold.from_status, on_hold.to_status, on_hold.actor) == (
+        "on_hold", S.AUTHORIZED, S.ON_HOLD, "review_rules",
+    )  # fmt: skip
+    assert "review threshold 100.00" in on_hold.detail["note"]
+    with pytest.raises(OrderHeld):
+        world.workflow.reserve_stock(order.id)
+
+    assert release(world, order.id).status is S.AUTHORIZED
+    run_from(world, order.id)
+    assert world.order(order.id).status is S.ALLOCATED
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 6}
+
+
+class BrokenReview:
+    @hookimpl
+    def oms_review_order(self, order: Order) -> list[ReviewRequest]:
+        if order.totals.grand_total.amount > 100:
+            raise RuntimeError("the fraud service is down")
+        return []
+
+
+def test_a_review_rule_that_fails_on_an_edit_leaves_no_new_authorization_behind():
+    world = build_world(STOCK, BrokenReview())
+    order = world.allocated(("TSHIRT", 1))
+
+    with pytest.raises(PluginError):
+        world.actions.edit(order.id, order.version, OrderEdit(lines=[{"sku": "TSHIRT", "quantity": 6}]), "key_web")
+
+    assert world.order(order.id) == order
+    assert len(world.spy.authorized) == 1 and world.spy.voided == []
+
+
+def test_a_pending_order_edited_past_the_threshold_is_held_before_its_authorization(world, monkeypatch):
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:100.00")
+    order = world.order(world.place(("TSHIRT", 1)))
+
+    edited = world.actions.edit(order.id, order.version, OrderEdit(lines=[{"sku": "TSHIRT", "quantity": 6}]), "k")
+
+    assert (edited.status, edited.hold.resume_to, edited.payment.status) == (S.ON_HOLD, S.PENDING, "pending")
+    with pytest.raises(OrderHeld):
+        world.workflow.authorize_payment(order.id, attempt=0)
+    assert world.spy.authorized == []
+
+
+def test_an_edit_asks_again_only_for_a_review_the_order_did_not_need_as_it_was(world, monkeypatch):
+    # Held at capture and released by a person: a new street at the same total is not a new review,
+    # a bigger total is (the rule's note names the total it judged).
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:100.00")
+    order = world.order(world.place(("TSHIRT", 6)))
+    assert order.status is S.ON_HOLD
+    released = release(world, order.id)
+    next_door = address_body(line1="3 Market St")
+
+    moved = world.actions.edit(order.id, released.version, OrderEdit(shipping_address=next_door), actor="key_web")
+    assert (moved.status, moved.hold, moved.totals) == (S.PENDING, None, released.totals)
+
+    more = world.actions.edit(order.id, moved.version, OrderEdit(lines=[{"sku": "TSHIRT", "quantity": 7}]), "k")
+    assert (more.status, more.hold.reason) == (S.ON_HOLD, "fraud_review")
 
 
 def test_a_rule_that_asks_nothing_leaves_the_order_pending():

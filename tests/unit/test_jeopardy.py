@@ -17,6 +17,7 @@ from core.ports import OrderFilter
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnPolicyDecision
 from core.returns import RETURN_EXPIRED, Returns
+from core.services import OrderQueries
 from core.status import OrderStatus, ReturnStatus
 from core.workflow import CANCEL_RECORDED
 from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
@@ -391,6 +392,33 @@ def test_returns_nothing_of_which_arrived_within_the_expiry_are_cancelled_once_a
     assert return_scan(world, clock, returns).run().returns_expired == []  # a second pass changes nothing
     assert world.returns.returns == stored
     assert [e.type for e in world.history(authorized.order_id)].count(OrderEvent.RETURN_CANCELLED) == 1
+
+
+def test_an_expiry_that_died_before_the_orders_entry_has_it_written_once_by_the_historys_reader(world, monkeypatch):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    item = one_mug_returned(world, returns)
+    clock.advance(days=31)
+    real = world.orders.update
+
+    def dies(order: Order, expected: Order, entries: list) -> None:
+        raise RuntimeError("the scan's Lambda timed out here")
+
+    monkeypatch.setattr(world.orders, "update", dies)
+    with pytest.raises(RuntimeError):
+        return_scan(world, clock, returns).run()
+    monkeypatch.setattr(world.orders, "update", real)
+    assert world.returns.get(item.id).status is ReturnStatus.CANCELLED
+    assert return_scan(world, clock, returns).run().returns_expired == []  # no pass finds it again
+
+    queries = OrderQueries(world.orders, owed_entries=returns.owed_entries)
+    read = queries.history(item.order_id)
+
+    assert read == queries.history(item.order_id) == world.history(item.order_id)
+    [entry] = [e for e in read if e.type is OrderEvent.RETURN_CANCELLED]
+    assert (entry.actor, entry.detail["return_id"], entry.detail["reason"], entry.detail["status"]) == (
+        SCAN_ACTOR, item.id, RETURN_EXPIRED, "authorized"
+    )  # fmt: skip
 
 
 def test_a_pass_expires_at_most_its_limit_of_returns_per_status_oldest_first(world):

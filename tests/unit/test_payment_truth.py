@@ -5,6 +5,7 @@ fails transiently and then answers, keeps failing, and times out; then the races
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -25,7 +26,7 @@ from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 S, P = OrderStatus, PaymentStatus
 
@@ -401,17 +402,29 @@ def test_reauthorization_at_edit(world, script, failed, ends):
         assert edited.payment.authorization != authorized.payment.authorization
         assert world.spy.voided == [authorized.payment.authorization]  # the replaced one
         assert [h.type for h in world.history(order_id)][-2:] == ["edited", "payment_voided"]
-        assert world.order(order_id).version == authorized.version + 1
+        # The authorization requested, recorded, then the replaced one's void: failed attempts are
+        # history, not versions.
+        assert world.order(order_id).version == authorized.version + 3
+        assert edited.authorization_requested is None
     else:
         expected = Conflict if ends == "refused" else PaymentGatewayUnavailable
         with pytest.raises(expected) as raised:
             grow(world, order_id)
         if ends == "refused":
             assert raised.value.code == "payment_declined"
-        assert world.order(order_id) == authorized
+        # Nothing a client sees changed but the version: the request stands (a gateway that never
+        # answered may have authorized), and the edit repeated with the same If-Match settles it.
+        after = world.order(order_id)
+        assert shown(after) == shown(authorized) and after.version == authorized.version + 1
+        assert after.authorization_requested.edit_of == authorized.version
         assert world.spy.voided == []
     assert failures(world, order_id) == [("payment_authorization_failed", "authorize", kind, n) for kind, n in failed]
-    assert set(world.gateway.keys("authorize")[1:]) == {payment_keys.authorize(order_id, authorized.version + 1)}
+    assert set(world.gateway.keys("authorize")[1:]) == {payment_keys.authorize(order_id, authorized.version + 2)}
+
+
+def shown(order: Order) -> dict:
+    """What a client sees of `order`, but for the version and the time of its last change."""
+    return order.model_dump(mode="json", exclude={"version", "updated_at"})
 
 
 def test_an_edit_repeated_while_the_first_is_being_written_never_voids_the_authorization_it_recorded(
@@ -566,24 +579,6 @@ def test_a_reversal_the_gateway_refuses_is_left_in_the_history_for_an_operator(w
 # --- A ship that dies after the gateway captured ----------------------------------------------------
 
 
-class Died(Exception):
-    """The request's process ended (a Lambda timeout, a crash) before this write landed."""
-
-
-def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: str) -> None:
-    """The next write whose entry is `event` never lands: the process dies, once."""
-    real = world.orders.update
-    died: list[bool] = []
-
-    def update(order: Order, expected: Order, entries) -> None:
-        if not died and entries and entries[0].type == event:
-            died.append(True)
-            raise Died(event)
-        real(order, expected, entries)
-
-    monkeypatch.setattr(world.orders, "update", update)
-
-
 def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
     """An allocated order whose first shipment's ship died after the gateway captured its share."""
     order = world.allocated(*(lines or [("TSHIRT", 2)]))
@@ -713,3 +708,192 @@ def test_the_repositories_refuse_a_void_or_a_changed_shipment_under_a_capture_re
     fewer = current.model_copy(update={"shipments": [], "version": current.version + 1})
     with pytest.raises(InvalidTransition, match="cannot change"):
         world.orders.update(fewer, current, [])
+
+
+# --- An edit that dies after the gateway authorized its grown total --------------------------------
+
+
+def an_edit_that_died(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str]:
+    """An authorized order whose edit to a grown total died after the gateway authorized it and
+    before the order recorded it: the order as it was, and the authorization the gateway made."""
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    dies_before_recording(world, monkeypatch, "edited")
+    with pytest.raises(Died):
+        grow(world, order_id)
+    monkeypatch.undo()
+    (made,) = [a for a in world.spy.authorized if a != authorized.payment.authorization]
+    return authorized, made
+
+
+def test_an_authorization_whose_edit_died_stays_on_the_order_stored_and_never_shown(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+
+    after = world.order(authorized.id)
+    assert shown(after) == shown(authorized) and after.payment.authorization != made
+    stored = Order.model_validate_json(after.stored_json()).authorization_requested
+    assert (stored.edit_of, stored.withdrawn) == (authorized.version, False)
+    assert stored.amount > authorized.payment.authorized
+    assert "authorization_requested" not in after.model_dump(mode="json")
+    assert world.history(authorized.id)[-1].type == "payment_authorized"  # bookkeeping: no entry of its own
+    assert world.spy.voided == []
+
+
+def test_an_edit_repeated_with_the_same_if_match_after_it_died_records_the_authorization_it_made(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+    five = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)])
+
+    edited = world.actions.edit(authorized.id, authorized.version, five, "key_web")
+
+    assert (edited.payment.authorization, edited.payment.authorized) == (made, edited.totals.grand_total)
+    assert edited.authorization_requested is None and edited.version == authorized.version + 3
+    assert world.gateway.keys("authorize")[1:] == [payment_keys.authorize(authorized.id, authorized.version + 2)] * 2
+    assert world.spy.voided == [authorized.payment.authorization]  # the replaced one, not the one made
+
+
+def test_a_cancel_after_an_edit_died_voids_the_authorization_it_made_too(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+
+    cancelled = world.actions.cancel(authorized.id, "changed my mind", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status, cancelled.payment.authorization) == (
+        S.CANCELLED, P.VOIDED, authorized.payment.authorization,
+    )  # fmt: skip
+    assert world.spy.voided == [made, authorized.payment.authorization]
+    assert cancelled.authorization_requested is None
+    voided = [h for h in world.history(authorized.id) if h.type == "payment_voided"]
+    assert [h.detail["authorization"] for h in voided] == [made, authorized.payment.authorization]
+
+
+def test_another_edit_after_an_edit_died_voids_its_authorization_first(world, monkeypatch):
+    authorized, made = an_edit_that_died(world, monkeypatch)
+    current = world.order(authorized.id)  # the client read the order again
+
+    edited = world.actions.edit(authorized.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]),
+                                "key_web")  # fmt: skip
+
+    assert edited.lines[0].quantity == 1
+    assert edited.payment.authorization == authorized.payment.authorization  # the smaller total keeps it
+    assert world.spy.voided == [made]
+    assert edited.authorization_requested is None
+    assert [h.type for h in world.history(authorized.id)][-2:] == ["payment_voided", "edited"]
+
+
+def test_the_last_parcel_shipped_voids_an_authorization_an_edit_asked_for_and_never_recorded(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    dies_before_recording(world, monkeypatch, "edited")
+    with pytest.raises(Died):
+        grow(world, order.id)
+    monkeypatch.undo()
+    (made,) = [a for a in world.spy.authorized if a != order.payment.authorization]
+
+    shipped = world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED and shipped.payment.captured == order.totals.grand_total
+    assert world.spy.voided == [made] and shipped.authorization_requested is None
+
+
+def test_an_edit_whose_authorization_another_edit_voided_meanwhile_never_records_it(world, monkeypatch):
+    # The second edit (a smaller total, after reading the version the first's request wrote) takes the
+    # request back before voiding it, so the first, still waiting for the gateway, cannot record an
+    # authorization the gateway has voided: its write loses (409) and the order keeps a live one.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    one = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)])
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.edit(order_id, world.order(order_id).version, one, "key_web"), skip=1
+    )
+
+    with pytest.raises(StaleVersion):
+        grow(world, order_id)
+
+    after = world.order(order_id)
+    assert after.lines[0].quantity == 1 and after.authorization_requested is None
+    assert after.payment.authorization == authorized.payment.authorization
+    (made,) = {a for a in world.spy.authorized if a != authorized.payment.authorization}  # asked twice, one
+    assert world.spy.voided == [made]
+
+
+def test_an_edit_whose_authorization_a_cancel_voided_meanwhile_is_refused_and_nothing_is_held(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    first = world.order(order_id).payment.authorization
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed my mind", "key_web"),
+                          skip=1)  # fmt: skip
+
+    with pytest.raises(StaleVersion):
+        grow(world, order_id)
+
+    cancelled = world.order(order_id)
+    assert (cancelled.status, cancelled.payment.status, cancelled.payment.authorization) == (
+        S.CANCELLED, P.VOIDED, first,
+    )  # fmt: skip
+    (made,) = {a for a in world.spy.authorized if a != first}
+    assert world.spy.voided == [made, first] and cancelled.authorization_requested is None
+
+
+def test_a_declined_edit_then_a_smaller_one_with_the_same_if_match_goes_ahead(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(Conflict):
+        grow(world, order_id)
+
+    one = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)])
+    edited = world.actions.edit(order_id, authorized.version, one, "key_web")
+
+    assert edited.lines[0].quantity == 1 and edited.authorization_requested is None
+    assert edited.payment.authorization == authorized.payment.authorization
+    assert world.spy.voided == []  # asked again, declined again: none was made
+    assert world.gateway.keys("authorize")[1:] == [payment_keys.authorize(order_id, authorized.version + 2)] * 2
+
+
+# --- The authorization an edit replaced, when its void cannot be made then -------------------------
+
+
+def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_by_the_cancel(world):
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    old = world.order(order_id).payment.authorization
+    world.gateway.script("void", "transient", "transient", "transient", "approve")
+
+    edited = grow(world, order_id)  # 200: the edit stands, the old authorization still holds
+
+    assert edited.payment.authorization != old and world.spy.voided == []
+    stored = json.loads(edited.stored_json())
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    assert world.spy.voided == [old, edited.payment.authorization]
+    assert stored["replaced_authorizations"] == [old] and "replaced_authorizations" not in edited.model_dump()
+    assert (cancelled.payment.status, cancelled.replaced_authorizations) == (P.VOIDED, [])
+
+
+def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_once_the_last_parcel_ships(world):
+    order = world.allocated(("TSHIRT", 2))
+    world.gateway.script("void", "transient", "transient", "transient", "approve")
+    grow(world, order.id)
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    sourced = world.order(order.id)
+    assert world.spy.voided == []
+
+    shipped = world.actions.ship(order.id, sourced.shipments[0].id, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED and shipped.payment.captured == shipped.totals.grand_total
+    assert world.spy.voided == [order.payment.authorization] and shipped.replaced_authorizations == []
+    entry = [h for h in world.history(order.id) if h.type == "payment_voided"][-1]
+    assert entry.detail["reason"] == "replaced by the authorization of the edited total"
+
+
+def test_an_edit_returns_the_order_as_its_replaced_authorization_void_left_it(world):
+    # The edit's answer is the latest version (the void of the replaced authorization is a write of
+    # its own), so its version is what the next If-Match names.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    edited = grow(world, order_id)
+
+    assert edited == world.order(order_id) and edited.replaced_authorizations == []
+    assert world.actions.edit(order_id, edited.version, OrderEdit(shipping_method="express"), "key_web")

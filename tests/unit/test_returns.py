@@ -27,6 +27,7 @@ from core.plugin_manager import build_plugin_manager
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
+from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from tests.builders import NOW, product
 from tests.fakes import FakeReturns, ScriptedGateway
@@ -269,6 +270,109 @@ def test_a_rejected_return_gives_its_units_back_to_be_returned_again(world, cloc
     assert events == [OrderEvent.RETURN_REQUESTED, OrderEvent.RETURN_REJECTED, OrderEvent.RETURN_REQUESTED]
 
 
+class LambdaDied(Exception):
+    """The function running a step was stopped (a timeout, a crash) at that point."""
+
+
+def the_next_order_write_dies(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next FakeOrders.update never lands: the step's Lambda dies right before it."""
+    real = world.orders.update
+    died: list[bool] = []
+
+    def update(order: Order, expected: Order, entries: list) -> None:
+        if not died:
+            died.append(True)
+            raise LambdaDied()
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+
+
+def return_entries(world: World, order_id: str) -> list[tuple[OrderEvent, str, str]]:
+    return [(e.type, e.actor, e.detail["return_id"]) for e in world.history(order_id)
+            if e.type.value.startswith("return_")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("decision", "event"), [
+    ("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED),
+])  # fmt: skip
+def test_a_decision_that_died_before_the_orders_entry_has_it_written_once_by_deciding_again(
+    world, clock, monkeypatch, decision, event
+):
+    returns, store = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        getattr(returns, decision)(item.id, "ok by Sam", actor="key_lead")
+    assert store.get(item.id).status is not R.REQUESTED
+
+    for _ in range(2):  # the person sees the return decided (409), and the order's entry is there once
+        with pytest.raises(InvalidTransition):
+            getattr(returns, decision)(item.id, "ok by Sam", actor="key_lead")
+
+    assert return_entries(world, order.id) == [
+        (OrderEvent.RETURN_REQUESTED, "key_cs", item.id), (event, "key_lead", item.id)
+    ]  # fmt: skip
+    assert [e.detail.get("note") for e in world.history(order.id) if e.type is event] == ["ok by Sam"]
+
+
+def test_a_request_that_died_before_the_orders_entry_has_it_written_before_the_receipt(world, clock, monkeypatch):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    [item] = world.returns.for_order(order.id)
+    assert return_entries(world, order.id) == []
+
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor="returns-workflow")
+    returns.record_on_order(item.id, actor="returns-workflow")
+
+    assert return_entries(world, order.id) == [
+        (OrderEvent.RETURN_REQUESTED, "key_cs", item.id), (OrderEvent.RETURN_RECEIVED, "key_wh", item.id)
+    ]  # fmt: skip
+
+
+def test_a_request_retried_under_its_key_after_it_failed_past_the_return_answers_that_return(world, clock, monkeypatch):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):  # the return is stored; the request's answer never was
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k1")
+
+    again = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k1")
+
+    assert [r.id for r in store.for_order(order.id)] == [again.id]
+    assert return_entries(world, order.id) == [(OrderEvent.RETURN_REQUESTED, "key_cs", again.id)]
+    with pytest.raises(Conflict) as reused:
+        returns.request(order.id, ask(("L1", 2, None)), actor="key_cs", request_key="api:key_cs:k1")
+    assert reused.value.code == "idempotency_key_reused"
+    other = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k2")
+    assert [r.id for r in store.for_order(order.id)] == [again.id, other.id]
+
+
+def test_the_history_read_writes_the_entries_a_dead_writer_owed_the_order_once(world, clock, monkeypatch):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    [item] = world.returns.for_order(order.id)
+    queries = OrderQueries(world.orders, owed_entries=returns.owed_entries)
+
+    read = queries.history(order.id)
+    again = queries.history(order.id)
+
+    assert [(e.type, e.detail["return_id"]) for e in read if e.type is OrderEvent.RETURN_REQUESTED] == [
+        (OrderEvent.RETURN_REQUESTED, item.id)
+    ]  # fmt: skip
+    assert again == read == world.history(order.id)
+    assert return_entries(world, order.id) == [(OrderEvent.RETURN_REQUESTED, "key_cs", item.id)]
+
+
 def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_returned(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 3))
@@ -360,6 +464,18 @@ def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world,
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")), "key_wh")
 
     assert refused.value.details[0]["field"] == "lines[0].quantity"
+    assert store.get(item.id) == item
+
+
+def test_receiving_a_line_that_is_not_on_the_return_is_422_naming_its_line_id(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1), ("MUG", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "damaged")), "key_wh")
+
+    assert refused.value.details == [{"field": "lines[1].line_id", "message": "is not on this return"}]
     assert store.get(item.id) == item
 
 
@@ -812,6 +928,23 @@ def test_an_exchange_of_an_unknown_sku_is_422_naming_the_field(world, clock):
         returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("NOPE", 1)), actor="key_cs")
 
     assert refused.value.details == [{"field": "exchange.lines[1].sku", "message": "no product NOPE"}]
+    assert store.returns == {}
+
+
+def test_an_exchange_for_a_product_with_no_price_in_the_orders_currency_is_422_before_anything_is_sent_back(
+    world, clock
+):
+    # POST /orders refuses such a line (no_price); accepted on the return, the replacement could
+    # never be placed: the units came back, the Exchange step failed for good and nothing was refunded.
+    returns, store = returns_for(world, clock)
+    world.catalog.put_product(product("SCARF-EU", "15.00", currency="EUR"))
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("SCARF-EU", 1)), actor="key_cs")
+
+    assert refused.value.code == "no_price"
+    assert refused.value.details == [{"field": "exchange.lines[1].sku", "message": "no price in USD"}]
     assert store.returns == {}
 
 

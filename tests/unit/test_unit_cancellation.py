@@ -12,7 +12,7 @@ from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import place_order, product
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 S, P = OrderStatus, PaymentStatus
 
@@ -297,6 +297,100 @@ def test_a_total_left_higher_than_the_captures_is_captured_once_nothing_is_left_
     entry = next(h for h in world.history(order.id) if h.type == "payment_captured")
     assert entry.detail["amount"] == {"amount": "2.00", "currency": "USD"}
     assert done.payment.authorized == done.payment.captured
+
+
+# --- A settlement that dies after the gateway captured ------------------------------------------
+
+TWO = Money.of("2.00", "USD")
+
+
+def a_settlement_that_died(monkeypatch: pytest.MonkeyPatch) -> tuple[World, Order]:
+    """An order whose cancel of the rest died after the gateway captured the settlement (the 2.00
+    of shipping the mug's parcel did not carry) and before the order recorded it."""
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_captured")
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no caps", actor="key_web")
+    monkeypatch.undo()
+    return world, order
+
+
+def test_a_settlement_capture_whose_cancel_died_stays_on_the_order_stored_and_never_shown(monkeypatch):
+    world, order = a_settlement_that_died(monkeypatch)
+
+    after = world.order(order.id)
+    assert after.status is S.SHIPPED and after.payment.captured == after.totals.grand_total - TWO
+    assert [amount for _, amount, _ in world.spy.captured][-1] == TWO  # the gateway's truth
+    stored = Order.model_validate_json(after.stored_json())
+    assert [(r.shipment_id, r.amount) for r in stored.captures_requested] == [(None, TWO)]
+    assert "captures_requested" not in after.model_dump(mode="json")
+    assert world.history(order.id)[-1].type == "units_cancelled"  # bookkeeping: the outcome has the entry
+    assert world.spy.voided == []  # the rest of the authorization waits for the settlement
+
+
+def test_a_cancel_repeated_after_its_settlement_died_records_the_capture_it_made(monkeypatch):
+    world, order = a_settlement_that_died(monkeypatch)
+
+    done = world.actions.cancel(order.id, "no caps", actor="key_web")
+
+    assert done.payment.captured == done.totals.grand_total and done.payment.status is P.CAPTURED
+    assert done.captures_requested == [] and done.payment.authorized == done.payment.captured
+    settlement = [key for key in world.gateway.keys("capture") if ":settlement:" in key]
+    assert len(settlement) == 2 and len(set(settlement)) == 1  # asked again under its key
+    assert [amount for _, amount, _ in world.spy.captured][1:] == [TWO] and world.spy.refunded == []
+    assert [h.type for h in world.history(order.id)].count("payment_captured") == 1
+
+
+def test_the_last_parcel_shipped_again_records_a_settlement_that_died(monkeypatch):
+    world, order = a_settlement_that_died(monkeypatch)
+
+    again = world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+
+    assert again.payment.captured == again.totals.grand_total == again.payment.authorized
+    assert again.captures_requested == [] and world.spy.captured_total() == again.totals.grand_total.amount
+
+
+def test_a_cancel_of_units_after_a_settlement_died_records_it_and_refuses_the_shipped_units(monkeypatch):
+    # settle_capture_requests runs before any change to the units: a settlement is owed whatever
+    # happens next, so it is recorded, never given back like a shipment's capture.
+    world, order = a_settlement_that_died(monkeypatch)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order.id, "the mug too", actor="key_web", lines={"L1": 1})
+
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total and after.captures_requested == []
+    assert world.spy.refunded == []
+
+
+def test_a_settlement_the_gateway_refuses_when_asked_again_was_never_made(monkeypatch):
+    world, order = a_settlement_that_died(monkeypatch)
+    world.gateway.script("capture", "refuse")
+
+    refused = world.actions.cancel(order.id, "no caps", actor="key_web")
+
+    assert refused.captures_requested == [] and refused.payment.captured == refused.totals.grand_total - TWO
+    assert refused.payment.authorized > refused.payment.captured  # the rest is not released under it
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.detail["amount"]) == ("capture_not_made", TWO.model_dump(mode="json"))
+    world.gateway.script("capture", "approve")
+    done = world.actions.cancel(order.id, "no caps", actor="key_web")  # asked again: a new request
+    assert done.payment.captured == done.totals.grand_total == done.payment.authorized
+
+
+def test_the_repositories_refuse_another_capture_under_a_settlement_request(monkeypatch):
+    # The settlement's key is what was captured before it: changed under it, asking again would
+    # capture a second time.
+    world, order = a_settlement_that_died(monkeypatch)
+    current = world.order(order.id)
+    more = current.payment.model_copy(update={"captured": current.payment.captured + TWO})
+    moved = current.model_copy(update={"payment": more, "version": current.version + 1})
+    with pytest.raises(InvalidTransition, match="settlement capture requested"):
+        world.orders.update(moved, current, [])
+    with pytest.raises(InvalidTransition, match=r"no settlement capture of 1\.00"):
+        current.record_settlement_capture(Money.of("1.00", "USD"), "cap_1", at=current.updated_at, actor="k")
 
 
 def test_units_cancelled_before_their_parcel_asked_for_its_capture_are_never_captured(world, monkeypatch):

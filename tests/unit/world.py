@@ -209,3 +209,21 @@ def before_the_next_write(
 
     monkeypatch.setattr(world.orders, "update", update)
     return landed
+
+
+class Died(Exception):
+    """The request's process ended (a Lambda timeout, a crash) before this write landed."""
+
+
+def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: str) -> None:
+    """The next write whose entry is `event` never lands: the process dies, once."""
+    real = world.orders.update
+    died: list[bool] = []
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if not died and entries and entries[0].type == event:
+            died.append(True)
+            raise Died(event)
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)

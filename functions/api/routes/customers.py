@@ -50,7 +50,8 @@ To = Annotated[
         json_schema_extra={"format": "date"},
     ),
 ]
-Channel = Annotated[str | None, Query(max_length=64, description="One channel's orders only")]
+# A channel as orders name it: one that no order can have ("Web") is refused, never an empty report.
+Channel = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="One channel's orders only")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
@@ -84,11 +85,16 @@ def get_customer(customer_id: CustomerIdPath) -> CustomerView:
 @router.get(
     "/customers",
     summary="Find customers by email",
-    responses={**ok(200, CustomerPage, "The customers with orders under that email"), **errors(403)},
+    responses={**ok(200, CustomerPage, "A page of the customers with orders under that email"), **errors(403)},
 )
 @requires(Scope.ORDERS_READ)
-def find_customers(email: EmailQuery) -> CustomerPage:
-    return CustomerPage(items=container().aggregates.customers_by_email(email, caller(router).channel))
+def find_customers(
+    email: EmailQuery,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> CustomerPage:
+    items, next_cursor = container().aggregates.customers_by_email(email, caller(router).channel, limit, cursor)
+    return CustomerPage(items=items, next_cursor=next_cursor)
 
 
 def _report_channel(channel: str | None) -> str | None:

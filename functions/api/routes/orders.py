@@ -178,7 +178,10 @@ IfMatch = Annotated[
     "way the order is unchanged and the failed attempts are in its history. An allocated or backordered order goes "
     "back to `authorized` with nothing allocated and its pending shipments removed, and the order workflow sources "
     "it again. A held allocated order is edited the same way and stays on hold; released, it is sourced again (one "
-    "held while backordered is 409: release it first). Once a shipment has shipped (or a pickup is ready) 409.",
+    "held while backordered is 409: release it first). Review rules look at the edited order as at capture: one "
+    "they ask to review that they did not ask for as it was (`OMS_REVIEW_THRESHOLD` crossed) is answered `on_hold` "
+    "(reason in `hold`, actor `review_rules` in the history) and waits for its release. Once a shipment has "
+    "shipped (or a pickup is ready) 409.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
     middlewares=[plugins_loaded],
 )
@@ -238,8 +241,8 @@ def cancel_order(
     "refused capture is 502 `payment_gateway_error`, a gateway that keeps failing 503 `payment_gateway_unavailable` "
     "with Retry-After: the shipment stays `pending`, nothing is captured or moved, each failed attempt is in the "
     "history, and repeating the call tries again with the same idempotency key. A capture whose shipment was "
-    "cancelled meanwhile is refunded at once (409). A pickup order's shipment is never shipped (409): its store "
-    "makes it ready (`.../ready`) and it is collected (`.../deliver`).",
+    "cancelled meanwhile is refunded at once (409). A pickup order's shipment is never shipped (409): it is made "
+    "ready, then collected (`POST .../deliver`).",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )

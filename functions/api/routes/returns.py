@@ -41,7 +41,8 @@ def _shown(item: Return) -> dict:
     "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`. With "
     "an `Idempotency-Key`, a retry returns the first answer instead of a second return. With `exchange.lines` "
     "the replacement order is placed through the capture path once the return is received, paid for first by "
-    "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`.",
+    "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, and one with no price in "
+    "the order's currency 422 `no_price`, as POST /orders answers them.",
     responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
     middlewares=[plugins_loaded],
 )
@@ -50,11 +51,13 @@ def request_return(
     order_id: OrderIdPath, request: RequestReturn, idempotency_key: IdempotencyKey = None
 ) -> Response[Return]:
     who = caller(router)
+    # Kept on the return, so a retry finds it even when the first request stopped before its answer was stored.
+    request_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else None
 
     def create() -> dict:
         return (
             container()
-            .returns.request(order_id, request, actor=who.key_id, channel=who.channel)
+            .returns.request(order_id, request, actor=who.key_id, channel=who.channel, request_key=request_key)
             .model_dump(mode="json")
         )
 

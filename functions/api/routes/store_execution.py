@@ -22,7 +22,9 @@ router = Router()
     "sources the order again: from another location, else it waits `backordered` (products that allow it) or ends "
     "`cancelled` with reason `out_of_stock`. The reason is in the history (`shipment_rejected`). Rejecting the same "
     "shipment again answers the order unchanged, and so does rejecting one that another location's reject withdrew "
-    "meanwhile (its location is excluded too). 409 once the shipment is not pending or anything of the order left.",
+    "meanwhile (its location is excluded too). A held allocated order's shipment is rejected the same way, and the "
+    "order stays `on_hold` until its release sends it to be sourced again. 409 once the shipment is not pending or "
+    "anything of the order left.",
     responses={**changed("The order, authorized again"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.FULFILLMENT_WRITE)
