@@ -198,16 +198,18 @@ class OrderActions:
             return self.collect(order_id, shipment_id, actor, channel)
         return self.deliver(order_id, shipment_id, actor, channel)
 
-    def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """A shipped parcel arrived. Then, as a ship repeated does, the payment of an order with
-        nothing left to ship is settled if a gateway that was down left it short of its total (a
-        cancel of the rest whose capture of it failed): a delivered order ends paid in full."""
+    def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None,
+                delivered_at: datetime | None = None) -> Order:  # fmt: skip
+        """A shipped parcel arrived (at `delivered_at`, when a carrier's tracking says when). Then,
+        as a ship repeated does, the payment of an order with nothing left to ship is settled if a
+        gateway that was down left it short of its total (a cancel of the rest whose capture of it
+        failed): a delivered order ends paid in full."""
         at = self._clock()
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
                 return None
-            return order.deliver(shipment_id, at=at, actor=actor)
+            return order.deliver(shipment_id, at=at, actor=actor, delivered_at=delivered_at)
 
         return self._units.after_shipping(modify(self._orders, order_id, decide, channel=channel), actor)
 
