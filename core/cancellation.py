@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
+from core.events import OrderEvent
 from core.ids import reservation_key
-from core.models import Location, Order
+from core.models import HistoryEntry, Location, Order
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Payments
@@ -127,13 +128,15 @@ class Cancellation:
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
         and never recorded is settled (settle_capture_requests), and every other authorization an
-        edit left (void_requested_authorization, void_replaced_authorizations) is voided; nothing
-        to do when the payment is
-        not `authorized`. Raises PaymentRefused or PaymentGatewayUnavailable with every failed
-        attempt recorded."""
+        edit left (void_requested_authorization, void_replaced_authorizations) is voided; one it
+        never recorded because the gateway's answer was lost is released
+        (release_lost_authorizations); nothing else to do when the payment is not `authorized`.
+        Raises PaymentRefused or PaymentGatewayUnavailable with every failed attempt recorded."""
         order = self.settle_capture_requests(order, actor)
         order = self.void_replaced_authorizations(self.void_requested_authorization(order, actor), actor)
         payment = order.payment
+        if payment.status is PaymentStatus.PENDING:
+            return self.release_lost_authorizations(order, actor)
         authorization = payment.authorization
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
             return order
@@ -145,6 +148,45 @@ class Cancellation:
             if current.payment.status is PaymentStatus.AUTHORIZED and current.payment.authorization == authorization
             else None,
         )  # fmt: skip
+
+    def release_lost_authorizations(self, order: Order, actor: str) -> Order:
+        """Release what the gateway may hold for an order that never recorded an authorization
+        and no longer asks for it under an earlier key (closed, or edited since: an edit prices a
+        new version, whose key its next authorization uses): an attempt whose answer was lost (a
+        timeout, `payment_authorization_failed` of kind transient, naming its key) may have been
+        approved. Each such key is asked again, which the gateway answers with the authorization it
+        made (or makes now), and that is voided at once (`payment_voided`, naming the key, the order
+        itself unchanged); one the gateway declines was never made. A key settled either way is not
+        asked again. Raises PaymentRefused or PaymentGatewayUnavailable as `void` does, every failed
+        attempt in the history."""
+        found = self._orders.history(order.id) if order.payment.status is PaymentStatus.PENDING else None
+        lost = _lost_authorizations(found[1]) if found is not None else {}
+        if not lost:
+            return order
+        stored = self._orders.get_with_token(order.id, consistent=True)
+        token = stored[1] if stored is not None else ""
+        method = order.payment.method
+        for key, amount in lost.items():
+            recorder = failure_recorder(
+                self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"), authorization_key=key
+            )
+            try:
+                made = self._payments.retried(
+                    "authorize",
+                    lambda attempt, key=key, amount=amount: self._payments.authorize(
+                        method, token, amount, order.id, attempt, key
+                    ),
+                    recorder,
+                )
+            except PaymentDeclined:
+                continue  # never made: the refusal, in the history, settles the key
+            voided = self._void(order, made.reference, actor)
+            at = self._clock()
+            detail = {"authorization": made.reference, "reference": voided.reference, "authorization_key": key,
+                      "reason": "an authorization whose answer was lost, no longer asked for"}  # fmt: skip
+            modify(self._orders, order.id, lambda current, detail=detail, at=at: current.noted(
+                OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
+        return self._orders.get(order.id, consistent=True) or order
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
@@ -364,6 +406,24 @@ class Cancellation:
             lambda current: current.record_settlement_capture(request.amount, result.reference, at=at, actor=actor)
             if current.capture_request(None) == request else None,
         )  # fmt: skip
+
+
+def _lost_authorizations(history: list[HistoryEntry]) -> dict[str, Money]:
+    """{idempotency key: amount} of the authorization attempts whose answer was lost (transient
+    failures) and that nothing settled since: no void recorded for the key, no refusal of it."""
+    lost: dict[str, Money] = {}
+    settled: set[str] = set()
+    for entry in history:
+        detail = entry.detail or {}
+        key = detail.get("authorization_key")
+        if not isinstance(key, str):
+            continue
+        failed = entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED
+        if failed and detail.get("kind") == "transient" and isinstance(detail.get("amount"), dict):
+            lost.setdefault(key, Money.model_validate(detail["amount"]))
+        elif failed or entry.type is OrderEvent.PAYMENT_VOIDED:
+            settled.add(key)
+    return {key: amount for key, amount in lost.items() if key not in settled}
 
 
 def _waiting(order: Order, shipment_id: str) -> bool:

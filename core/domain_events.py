@@ -150,9 +150,17 @@ def _order_level(old: dict[str, Any] | None, new: dict[str, Any]) -> Iterator[Ev
         yield EventType.ORDER_RELEASED
     elif status != was and status in _STATUS_EVENTS:
         yield _STATUS_EVENTS[status]
+    elif was_held and held and _payment_status(before) == "pending" and _payment_status(new) == "authorized":
+        # A hold placed while the payment was being authorized: the authorization is recorded on
+        # the held order (Order.authorize), whose release resumes to `authorized`, never reached anew.
+        yield EventType.ORDER_AUTHORIZED
     jeopardy, was_in = new.get("jeopardy"), before.get("jeopardy")
     if jeopardy and (not was_in or was_in.get("since") != jeopardy.get("since")):
         yield EventType.ORDER_JEOPARDY
+
+
+def _payment_status(document: dict[str, Any]) -> str:
+    return str((document.get("payment") or {}).get("status") or "pending")
 
 
 def _held(document: dict[str, Any]) -> bool:

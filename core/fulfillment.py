@@ -198,16 +198,20 @@ class OrderActions:
             return self.collect(order_id, shipment_id, actor, channel)
         return self.deliver(order_id, shipment_id, actor, channel)
 
-    def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """A shipped parcel arrived."""
+    def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None,
+                delivered_at: datetime | None = None) -> Order:  # fmt: skip
+        """A shipped parcel arrived (at `delivered_at`, when a carrier's tracking says when). Then,
+        as a ship repeated does, the payment of an order with nothing left to ship is settled if a
+        gateway that was down left it short of its total (a cancel of the rest whose capture of it
+        failed): a delivered order ends paid in full."""
         at = self._clock()
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
                 return None
-            return order.deliver(shipment_id, at=at, actor=actor)
+            return order.deliver(shipment_id, at=at, actor=actor, delivered_at=delivered_at)
 
-        return modify(self._orders, order_id, decide, channel=channel)
+        return self._units.after_shipping(modify(self._orders, order_id, decide, channel=channel), actor)
 
     # --- Store and warehouse execution ------------------------------------------------------------
     def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
@@ -413,6 +417,12 @@ class OrderActions:
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if held:
             self._release_replaced_lines(order, new)
+        if new.payment.status is PaymentStatus.PENDING:
+            # Its next authorization is asked under the edited version's key: one an earlier attempt
+            # may have obtained (its answer lost) would never be used. A failure is in the history;
+            # a cancel of the order asks again.
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                self._cancellation.release_lost_authorizations(new, actor)
         if not new.replaced_authorizations:
             return new
         # A void that cannot be made now leaves the replaced authorization on the order (each

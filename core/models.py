@@ -1539,12 +1539,16 @@ class Order(BaseModel, defer_build=True):
             captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 
-    def deliver(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
+    def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
+        """The shipped parcel arrived, at `delivered_at` when its carrier says when (a webhook may
+        come late): a time before it shipped, or yet to come, is nobody's and `at` stands instead."""
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.SHIPPED:
             raise InvalidTransition("a shipment is delivered only after it has shipped")
+        shipped_at = shipment.shipped_at or at
+        arrived = delivered_at if delivered_at is not None and shipped_at <= delivered_at <= at else at
         shipments = [
-            _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at) if s.id == shipment_id else s
+            _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=arrived) if s.id == shipment_id else s
             for s in self.shipments
         ]
         # A shipped order with units already back stays partially_returned (or returned) when its

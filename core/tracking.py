@@ -11,6 +11,7 @@ reported back to the sender as `not_recorded` and kept nowhere.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal
 
 import pluggy
@@ -97,11 +98,12 @@ class CarrierTracking:
         payload: Any,
         headers: dict[str, str],
         body: str,
-        deliver: Callable[[str, str], object],
+        deliver: Callable[[str, str, datetime], object],
     ) -> TrackingReport:
         """Read the webhook, then mark each delivered shipment delivered with `deliver(order_id,
-        shipment_id)` (idempotent, so a carrier's retry changes nothing). A failure worth a retry
-        (a version conflict, a transient error) propagates, so the carrier sends the webhook again."""
+        shipment_id, at)`, `at` when the carrier says it was (idempotent, so a carrier's retry
+        changes nothing). A failure worth a retry (a version conflict, a transient error)
+        propagates, so the carrier sends the webhook again."""
         applied = [
             AppliedTrackingUpdate(**update.model_dump(), outcome=_apply(update, deliver))
             for update in self.read(carrier, payload, headers, body)
@@ -109,11 +111,11 @@ class CarrierTracking:
         return TrackingReport(carrier=carrier, updates=applied)
 
 
-def _apply(update: TrackingUpdate, deliver: Callable[[str, str], object]) -> Outcome:
+def _apply(update: TrackingUpdate, deliver: Callable[[str, str, datetime], object]) -> Outcome:
     if update.status != "delivered":
         return "not_recorded"
     try:
-        deliver(update.order_id, update.shipment_id)
+        deliver(update.order_id, update.shipment_id, update.at)
     except NotFound:
         return "unknown_shipment"
     except InvalidTransition:

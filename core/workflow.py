@@ -29,6 +29,7 @@ from core.errors import (
     OrderHeld,
     OutOfStock,
     PaymentGatewayUnavailable,
+    PaymentRefused,
     PluginError,
     StaleVersion,
     TransientError,
@@ -187,6 +188,9 @@ class Workflow:
             raise NotFound(f"no order {order_id}")
         order, token = found
         if order.status != S.PENDING:
+            if attempt and order.status is S.CANCELLED:
+                # A cancel that landed while an earlier attempt's call hung saw no failure to settle.
+                self._release_lost_authorizations(order)
             if order.status in STOPPED:
                 raise stopped(order)
             return  # authorized already: a repeated execution
@@ -201,8 +205,9 @@ class Workflow:
         except TransientError as error:
             # One attempt per task run: Step Functions retries the task (attempt 1, 2, ...), and
             # only a TransientError by that class name; a record that keeps losing races too.
+            # Its key is recorded: the gateway may have approved it, and a cancel releases it.
             with contextlib.suppress(StaleVersion):
-                self._recorder(order_id, amount=amount.model_dump(mode="json"))(
+                self._recorder(order_id, amount=amount.model_dump(mode="json"), authorization_key=key)(
                     Failure("authorize", attempt + 1, "transient", error.message)
                 )
             raise TransientError(error.message) from None
@@ -219,6 +224,14 @@ class Workflow:
                 raise OrderHeld(f"order {order_id} was put on hold while it was being authorized") from None
             if stored.status in STOPPED:
                 raise stopped(stored) from None  # its cancel voids what it recorded
+
+    def _release_lost_authorizations(self, order: Order) -> None:
+        try:
+            self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR)
+        except PaymentRefused:
+            pass  # in the history, for an operator, as any refused void
+        except PaymentGatewayUnavailable as unavailable:
+            raise TransientError(unavailable.message) from None
 
     def _kept(self, read: Order, amount: Money, reference: str) -> Order | None:
         """The authorization lost its write: the order as stored once it records `reference`, or

@@ -134,6 +134,21 @@ def test_a_hold_and_its_release_are_on_hold_and_released_not_the_status_resumed(
     assert types(held, cancelled) == ["order.cancelled"]
 
 
+def test_an_authorization_recorded_on_an_order_held_meanwhile_is_order_authorized():
+    # A hold placed while the payment was being authorized: the authorization is recorded on the held
+    # order (Order.authorize), whose release resumes to `authorized`, a status it never reaches anew.
+    since = "2026-12-01T10:01:00Z"
+    old = order_doc(status="on_hold", hold={"reason": "fraud_review", "since": since, "resume_to": "pending"})
+    payment = {**old["payment"], "status": "authorized", "authorized": money("10.00"), "authorization": "auth_1"}
+    authorized = next_version(
+        old, payment=payment, hold={"reason": "fraud_review", "since": since, "resume_to": "authorized"}
+    )
+
+    assert types(old, authorized) == ["order.authorized"]
+    assert types(authorized, next_version(authorized, status="authorized", hold=None)) == ["order.released"]
+    assert types(authorized, next_version(authorized, version=authorized["version"] + 1)) == []
+
+
 def test_jeopardy_is_an_event_when_it_is_marked_and_not_again_while_it_stays():
     old = order_doc(status="authorized")
     marked = next_version(old, jeopardy={"reason": "late", "status": "authorized", "since": "2026-12-01T10:20:00Z"})

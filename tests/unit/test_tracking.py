@@ -14,6 +14,7 @@ from core.status import OrderStatus
 from core.tracking import CarrierTracking, parse_shipment_reference, shipment_reference
 from core.workflow_types import TrackingUpdate
 from plugins.flat_rate_carrier import TRACKING_CARRIER, tracking_number
+from tests.builders import NOW
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -49,8 +50,8 @@ def post(tracking: CarrierTracking, world: World, *events: dict, carrier: str = 
         {"events": list(events)},
         {"content-type": "application/json"},
         "",
-        deliver=lambda order_id, shipment_id: world.actions.deliver(
-            order_id, shipment_id, actor="key_carrier", channel=channel
+        deliver=lambda order_id, shipment_id, at: world.actions.deliver(
+            order_id, shipment_id, actor="key_carrier", channel=channel, delivered_at=at
         ),
     )
 
@@ -76,6 +77,32 @@ def test_a_delivered_event_delivers_the_shipment_as_the_deliver_action_does(trac
     assert [s.status for s in delivered.shipments if s.id == west] == ["delivered"]
     entry = world.history(order.id)[-1]
     assert (entry.type, entry.actor, entry.detail) == ("shipment_delivered", "key_carrier", {"shipment_id": west})
+
+
+def test_a_delivery_is_recorded_when_the_carrier_says_it_happened_not_when_its_webhook_came(tracking):
+    # The webhook comes a day late (the carrier retried it): the parcel was delivered at 09:30.
+    clock = [NOW]
+    world = build_world(STOCK, clock=lambda: clock[0])
+    order, west, _ = shipped_order(world)
+    heard = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    clock[0] = heard
+
+    post(tracking, world, event(order.id, west))
+
+    assert world.order(order.id).shipment(west).delivered_at == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    assert world.history(order.id)[-1].at == heard  # the history says when the OMS heard it
+
+
+@pytest.mark.parametrize("scanned", ["2026-11-22T11:00:00Z", "2026-11-25T09:30:00Z"])
+def test_a_delivery_time_before_the_ship_or_yet_to_come_is_taken_as_when_the_webhook_came(tracking, scanned):
+    clock = [NOW]
+    world = build_world(STOCK, clock=lambda: clock[0])
+    order, west, _ = shipped_order(world)  # shipped at NOW, 2026-11-22T12:00
+    clock[0] = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+    post(tracking, world, event(order.id, west, at=scanned))
+
+    assert world.order(order.id).shipment(west).delivered_at == clock[0]
 
 
 def test_the_last_delivery_delivers_the_order(tracking, world):

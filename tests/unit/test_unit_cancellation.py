@@ -215,6 +215,25 @@ def test_a_settlement_the_gateway_could_not_do_is_finished_by_repeating_the_canc
     assert settled(again) == again.totals.grand_total
 
 
+def test_a_capture_of_the_rest_the_gateway_could_not_make_is_made_when_the_parcel_is_delivered(world):
+    # The shipping was the east parcel's share: cancelled with it, it is captured after all, as the
+    # total that is left says. The gateway is down then; the order must not end delivered unpaid.
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.gateway.script("capture", "transient", "transient", "transient", "approve")
+    shipped = world.actions.cancel(order.id, "rest", actor="key_web")
+    assert shipped.status is S.SHIPPED and settled(shipped) < shipped.totals.grand_total
+
+    delivered = world.actions.deliver(order.id, west, actor="key_carrier")
+
+    assert delivered.status is S.DELIVERED
+    assert delivered.payment.status is P.CAPTURED
+    assert settled(delivered) == delivered.totals.grand_total
+    assert delivered.payment.authorized == delivered.payment.captured
+    assert delivered == world.order(order.id)
+
+
 class PerUnitShipping:
     """Shipping that costs 2.00 a unit: cancelled units make it cheaper."""
 

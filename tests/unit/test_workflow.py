@@ -6,18 +6,20 @@ between a step's read and its write."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
-from core import hookimpl
+from core import hookimpl, payment_keys
 from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
-from core.models import Address, Allocation, HistoryEntry, Order, OrderEdit
+from core.models import Address, Allocation, HistoryEntry, LineInput, Order, OrderEdit
 from core.money import Money
 from core.order_changes import modify
 from core.status import OrderStatus
 from core.workflow import reservation_key
 from core.workflow_types import SourcingPlan
+from plugins import test_payments
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
 from tests.builders import NOW, address_body
 from tests.unit.world import World, before_the_next_write, build_world
@@ -537,6 +539,112 @@ def test_an_authorization_that_loses_its_write_to_a_jeopardy_mark_is_recorded_no
     assert order.payment.authorization in world.spy.authorized
     assert world.spy.voided == []
     assert [h.type for h in world.history(order_id)] == ["created", "jeopardy", "payment_authorized"]
+
+
+class AnswerLost:
+    """A gateway that authorizes the first time it is asked, but whose answer never arrives (the
+    plugin's HTTP call times out after the gateway approved): `made` keeps what it authorized, and
+    `meanwhile` runs while the call hangs. Asked again under the same key, the gateway answers with
+    that authorization, as a real one does."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+        self.meanwhile: Callable[[], object] = lambda: None
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self, method, token, amount, idempotency_key, attempt):
+        if self.made:
+            return None  # the `test` gateway: the same key, the same authorization
+        self.made.append(test_payments.oms_payment_authorize(
+            method=method, token=token, amount=amount, idempotency_key=idempotency_key, attempt=attempt
+        ).reference)  # fmt: skip
+        self.meanwhile()
+        raise TimeoutError("read timed out")
+
+
+def test_an_authorization_whose_answer_was_lost_is_voided_when_the_order_is_cancelled():
+    lost = AnswerLost()
+    world = build_world(STOCK, lost)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED
+    assert order.payment.status == "pending"  # never recorded as authorized
+    assert world.spy.voided == lost.made  # but what the gateway authorized is released
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.detail["authorization"]) == ("payment_voided", "key_web", lost.made[0])
+    once = world.snapshot(order_id)
+    world.workflow.cancel_after_failure(order_id, error="CancelRecorded", cause="")  # the cancel's own execution
+    assert world.snapshot(order_id) == once
+
+
+def test_an_authorization_whose_answer_was_lost_to_a_cancel_meanwhile_is_voided_by_the_steps_retry():
+    # The cancel lands while the gateway call hangs, before the failed attempt is in the history.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost)
+    order_id = world.place(("TSHIRT", 2))
+    lost.meanwhile = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert world.spy.voided == []
+
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=1)
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert world.spy.voided == lost.made
+    assert world.history(order_id)[-1].type == "payment_voided"
+
+
+def test_an_authorization_whose_answer_was_lost_is_voided_when_an_edit_makes_the_order_ask_anew():
+    # Parked after the gateway's outage, its address fixed before the release: the next authorization
+    # is asked under the edited version's key, so the one the gateway may hold would never be used.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorization not in lost.made
+    assert world.spy.voided == lost.made
+
+
+def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_made_and_is_not_voided():
+    world = build_world(STOCK)
+    world.gateway.script("authorize", "timeout", "refuse")
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert world.spy.voided == []
+    assert world.gateway.keys("authorize") == [payment_keys.authorize(order_id, 1)] * 2  # asked again, once
+    once = world.snapshot(order_id)
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+    assert world.snapshot(order_id) == once
+
+
+def test_an_order_cancelled_before_any_authorization_was_asked_for_asks_for_none():
+    world = build_world(STOCK)
+    order_id = world.place(("TSHIRT", 2))
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.gateway.keys("authorize") == []
+    assert world.spy.voided == []
 
 
 # --- Compensation -------------------------------------------------------------------------------

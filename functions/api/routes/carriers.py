@@ -43,7 +43,7 @@ def carrier_tracking(carrier: CarrierPath, webhook: Webhook) -> TrackingReport:
         webhook,
         {name: value for name, value in headers.items() if name not in WITHHELD_HEADERS},
         event.decoded_body or "",
-        deliver=lambda order_id, shipment_id: c.actions.deliver(
-            order_id, shipment_id, actor=who.key_id, channel=who.channel
+        deliver=lambda order_id, shipment_id, at: c.actions.deliver(
+            order_id, shipment_id, actor=who.key_id, channel=who.channel, delivered_at=at
         ),
     )
