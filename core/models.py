@@ -27,6 +27,7 @@ from core.events import OrderEvent
 from core.money import Currency, Money
 from core.status import (
     EDITABLE,
+    NOT_LEFT,
     RESOURCEABLE,
     OrderStatus,
     PaymentStatus,
@@ -1181,7 +1182,7 @@ class Order(BaseModel, defer_build=True):
         the last ship repeated, or Cancellation.settle_capture_requests) asks again under its key
         for its amount and records it. Nothing left to ship can change what it is owed, so it is
         never given back. Bookkeeping, as request_capture."""
-        if not self.payment.authorization or any(s.status is ShipmentStatus.PENDING for s in self.shipments):
+        if not self.payment.authorization or any(s.status in NOT_LEFT for s in self.shipments):
             raise InvalidTransition(f"order {self.id} has parcels to ship or nothing authorized: nothing to settle")
         if amount.currency != self.currency or amount.amount <= 0:
             raise InvalidTransition(f"a settlement capture is a positive amount in {self.currency}")
@@ -1807,10 +1808,10 @@ class Order(BaseModel, defer_build=True):
 
     # --- Cancelling units that have not shipped -----------------------------------------------
     def unshipped_units(self) -> dict[str, int]:
-        """Units of each line in shipments that have not left."""
+        """Units of each line in shipments that have not left (pending, or a pickup waiting at its store)."""
         units = {line.line_id: 0 for line in self.lines}
         for shipment in self.shipments:
-            if shipment.status is ShipmentStatus.PENDING:
+            if shipment.status in NOT_LEFT:
                 for item in shipment.lines:
                     units[item.line_id] = units.get(item.line_id, 0) + item.quantity
         return units
@@ -1860,9 +1861,9 @@ class Order(BaseModel, defer_build=True):
         """`cancelled` units ({line_id: units}, from units_to_cancel) leave the order before they
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
         take their `priced` values (the lines with units left, priced again) and the order
-        `totals`; the pending shipments lose those units (the last ones first) and an emptied one
-        goes, with its allocations. With nothing left to ship the order is `shipped`, or
-        `delivered` when every shipment is."""
+        `totals`; the shipments that have not left (pending, or a pickup waiting at its store) lose
+        those units (the last ones first) and an emptied one goes, with its allocations. With
+        nothing left to ship the order is `shipped`, or `delivered` when every shipment is."""
         zero = Money.zero(self.currency)
         lines = []
         for line in self.lines:
@@ -1895,7 +1896,7 @@ class Order(BaseModel, defer_build=True):
         shipments: list[Shipment | None] = list(self.shipments)
         for index in reversed(range(len(shipments))):
             shipment = self.shipments[index]
-            if shipment.status is not ShipmentStatus.PENDING:
+            if shipment.status not in NOT_LEFT:
                 continue
             kept = []
             for item in shipment.lines:
@@ -1916,7 +1917,7 @@ class Order(BaseModel, defer_build=True):
             quantity = allocation.quantity - removed.pop((allocation.line_id, allocation.location_id), 0)
             if quantity > 0:
                 allocations.append(_replaced(allocation, quantity=quantity))
-        gone_out = [shipment for shipment in left if shipment.status is not ShipmentStatus.PENDING]
+        gone_out = [shipment for shipment in left if shipment.status not in NOT_LEFT]
         to = None
         payment = self.payment
         if len(gone_out) == len(left):
