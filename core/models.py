@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -297,16 +298,31 @@ COUNTRIES = frozenset(
 # combining accents and one typed precomposed are the same name.
 _UNCLEAN = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
 _UNCLEAN_TEXT = re.compile(f"[{_UNCLEAN}]")
+# A person's note may run over lines: tabs and line breaks (LF, or CRLF) are kept; every other
+# control (a CR alone among them) and the bidi overrides are refused as in names.
+_UNCLEAN_IN_NOTES = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_UNCLEAN_NOTE = re.compile(f"[{_UNCLEAN_IN_NOTES}]|\r(?!\n)")
+# The same as a pattern, which also asks for something besides white space (no lookahead: the
+# schema's readers do not all have one).
+_NOTE_LINE = f"(?:[^{_UNCLEAN_IN_NOTES}\r]|\r\n)*"
+_NOTE_PATTERN = f"^{_NOTE_LINE}[^{_UNCLEAN_IN_NOTES}\\s]{_NOTE_LINE}$"
 
 
-def _clean_text(value: Any, handler: Any) -> str:
-    # Judged as sent, before surrounding whitespace is stripped: "Ada\n" is refused, not trimmed,
-    # exactly as the schema's pattern says.
-    found = _UNCLEAN_TEXT.search(value) if isinstance(value, str) else None
-    if found is not None:
-        kind = "a bidi override" if ord(found.group()) > 0x9F else "a control character"
-        raise ValueError(f"must not contain {kind} (U+{ord(found.group()):04X})")
-    return unicodedata.normalize("NFC", handler(value))
+def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
+    def clean(value: Any, handler: Any) -> str:
+        # Judged as sent, before surrounding whitespace is stripped: "Ada\n" is refused, not
+        # trimmed, exactly as the schema's pattern says.
+        found = unclean.search(value) if isinstance(value, str) else None
+        if found is not None:
+            char = ord(found.group()[0])
+            kind = "a bidi override" if char > 0x9F else "a control character"
+            raise ValueError(f"must not contain {kind} (U+{char:04X})")
+        return unicodedata.normalize("NFC", handler(value))
+
+    return clean
+
+
+_clean_text = _refusing(_UNCLEAN_TEXT)
 
 
 class _CleanTextRule(WrapValidator):
@@ -320,9 +336,26 @@ class _CleanTextRule(WrapValidator):
 
 CleanText = _CleanTextRule(_clean_text)
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
-# A person's note (a hold, a release, a return's approval): trimmed, so the schema says it must hold
-# something besides white space ("\t" alone is empty once trimmed, and refused).
-Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), Field(pattern=r"\S")]
+
+
+class _NoteRule(WrapValidator):
+    """The rule on a person's note, for validation and, as a pattern, for the OpenAPI schema."""
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        json_schema = handler(schema)
+        json_schema["pattern"] = _NOTE_PATTERN
+        return json_schema
+
+
+# A person's note (a hold, a release, a return's approval or rejection): trimmed, so the schema says
+# it must hold something besides white space ("\t" alone is empty once trimmed, and refused); its
+# lines and tabs are kept, any other control character or a bidi override is refused.
+Note = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+    Field(pattern=r"\S"),
+    _NoteRule(_refusing(_UNCLEAN_NOTE)),
+]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 # Controls and bidi overrides refused as in names (no address has one), through a plain WrapValidator
