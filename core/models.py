@@ -1025,6 +1025,11 @@ class Order(BaseModel, defer_build=True):
     # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).
     status_since: datetime | None = Field(default=None, exclude=True)
+    # When the order last changed before the jeopardy scan marked it late (mark_jeopardy), while the
+    # mark is its last change: a mark is the scan's observation, not a step of the order, so the
+    # reconciler judges a stalled order by this (`last_changed`). Any later change drops it. The
+    # system's own: stored, never shown.
+    changed_before_mark: datetime | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
@@ -1078,6 +1083,8 @@ class Order(BaseModel, defer_build=True):
             system["priced_version"] = self.priced_version
         if self.status_since is not None:
             system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
+        if self.changed_before_mark is not None:
+            system["changed_before_mark"] = _TIMES.dump_python(self.changed_before_mark, mode="json")
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
@@ -1128,6 +1135,11 @@ class Order(BaseModel, defer_build=True):
     def in_status_since(self) -> datetime:
         """When the order entered its current status (see `status_since`)."""
         return self.status_since if self.status_since is not None else self.updated_at
+
+    @property
+    def last_changed(self) -> datetime:
+        """When the order last changed, a jeopardy mark aside (see `changed_before_mark`)."""
+        return self.changed_before_mark if self.changed_before_mark is not None else self.updated_at
 
     @property
     def authorized_version(self) -> int:
@@ -1224,9 +1236,8 @@ class Order(BaseModel, defer_build=True):
         return self._requested(CaptureRequest(amount=amount), at=at)
 
     def _requested(self, request: CaptureRequest, *, at: datetime) -> Bookkeeping:
-        new = _replaced(
-            self, captures_requested=[*self.captures_requested, request], version=self.version + 1, updated_at=at
-        )
+        new = _replaced(self, captures_requested=[*self.captures_requested, request], version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -1273,7 +1284,9 @@ class Order(BaseModel, defer_build=True):
         if self.authorization_requested is not None:
             raise InvalidTransition(f"an authorization for an edit of order {self.id} is requested already")
         request = AuthorizationRequest(edit_of=self.version, amount=amount)
-        new = _replaced(self, authorization_requested=request, version=self.version + 1, updated_at=at)
+        new = _replaced(
+            self, authorization_requested=request, version=self.version + 1, updated_at=at, changed_before_mark=None
+        )
         check_successor(self, new)
         return new, None
 
@@ -1285,7 +1298,7 @@ class Order(BaseModel, defer_build=True):
         if request is None or request.withdrawn:
             raise InvalidTransition(f"no authorization for an edit of order {self.id} is waiting to be recorded")
         new = _replaced(self, authorization_requested=_replaced(request, withdrawn=True), version=self.version + 1,
-                        updated_at=at)  # fmt: skip
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -1299,7 +1312,9 @@ class Order(BaseModel, defer_build=True):
         if request is None:
             raise InvalidTransition(f"no authorization for an edit of order {self.id} is requested")
         if authorization is None:
-            new = _replaced(self, authorization_requested=None, version=self.version + 1, updated_at=at)
+            new = _replaced(
+                self, authorization_requested=None, version=self.version + 1, updated_at=at, changed_before_mark=None
+            )
             check_successor(self, new)
             return new, None
         return self._next(
@@ -1415,6 +1430,7 @@ class Order(BaseModel, defer_build=True):
         if to is not None and to != self.status:
             # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
             fields = {**fields, "status_since": at, "jeopardy": None}
+        fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         check_successor(self, new)
         entry = HistoryEntry(
@@ -1741,6 +1757,7 @@ class Order(BaseModel, defer_build=True):
         jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
         return self._next(
             at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
+            changed_before_mark=self.last_changed,
         )  # fmt: skip
 
     def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
