@@ -9,6 +9,7 @@ promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -80,7 +81,9 @@ class PickupExpiry:
         except (InvalidTransition, StaleVersion):
             return False  # still changing: the next pass looks again
         if expired:
-            # Should this Lambda die first, the execution the cancel's stream record starts finishes
-            # it (functions/outbox, CancelOrder), as for any cancel.
-            self._actions.expire_pickup(order_id, shipment_id, actor=EXPIRY_ACTOR)
+            # Should this Lambda die first, or the clean-up keep losing races, the execution the
+            # cancel's stream record starts finishes it (functions/outbox, CancelOrder), as for any
+            # cancel: the pass goes on to the next pickup.
+            with contextlib.suppress(StaleVersion):
+                self._actions.expire_pickup(order_id, shipment_id, actor=EXPIRY_ACTOR)
         return expired

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from core.errors import StaleVersion
 from core.pickups import PickupExpiry
 from core.ports import DuePickups
 from core.status import OrderStatus, ShipmentStatus
@@ -81,3 +82,24 @@ def test_a_pickup_cancelled_just_before_the_expiry_wrote_is_not_counted_as_expir
     assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, "voided")
     assert "pickup_expired" not in [e.type for e in world.history(order_id)]
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+
+
+def test_a_clean_up_that_keeps_losing_races_leaves_the_expiry_counted_and_the_pass_going(world, monkeypatch):
+    # The expiry is written; its clean-up (release, void) is the cancel's own execution's to finish.
+    orders = [world.allocated(("TSHIRT", 1), **PICKUP) for _ in range(2)]
+    for order in orders:
+        world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    monkeypatch.setattr(world.actions, "_clock", lambda: LATER)
+    first, second = (order.id for order in orders)
+    real = world.actions.expire_pickup
+
+    def loses_once(order_id: str, shipment_id: str, actor: str):
+        if order_id == first:
+            raise StaleVersion(f"order {order_id} kept changing; retry")
+        return real(order_id, shipment_id, actor)
+
+    monkeypatch.setattr(world.actions, "expire_pickup", loses_once)
+
+    assert expiry(world, first, second).run() == [first, second]
+    assert world.order(first).status is world.order(second).status is S.CANCELLED
+    assert world.order(second).payment.status == "voided"
