@@ -1430,6 +1430,11 @@ class Order(BaseModel, defer_build=True):
         if to is not None and to != self.status:
             # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
             fields = {**fields, "status_since": at, "jeopardy": None}
+        elif self.status_since is None:
+            # Stored before `status_since` existed, `updated_at` stood in for it: pinned before this
+            # write moves it, so only a status change restarts the status's clock (a late mark, say,
+            # would otherwise put off a hold's expiry by a day).
+            fields = {"status_since": self.updated_at, **fields}
         fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         check_successor(self, new)
