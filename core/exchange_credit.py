@@ -10,7 +10,7 @@ from core.money import Money, total
 from core.ports import OrderRepository, ReturnRepository
 from core.refund_service import RefundService
 from core.refunds import Refund, refund_id_for
-from core.status import OrderStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus
 
 # Statuses a replacement ends in without having shipped a unit: its credit paid for nothing.
 _NOT_GONE_AHEAD = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
@@ -93,7 +93,7 @@ class ExchangeCredits:
             return None
         if replacement.status in _NOT_GONE_AHEAD:
             used = Money.zero(credit.currency)
-        elif replacement.shipments and all(s.status is not ShipmentStatus.PENDING for s in replacement.shipments):
+        elif replacement.shipments and all(s.status not in NOT_LEFT for s in replacement.shipments):
             used = min(credit, replacement.totals.grand_total)
         else:
             return None  # an edit may still make it dearer, and its payment counts on the whole credit

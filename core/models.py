@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -27,6 +28,7 @@ from core.events import OrderEvent
 from core.money import Currency, Money
 from core.status import (
     EDITABLE,
+    NOT_LEFT,
     RESOURCEABLE,
     OrderStatus,
     PaymentStatus,
@@ -296,16 +298,31 @@ COUNTRIES = frozenset(
 # combining accents and one typed precomposed are the same name.
 _UNCLEAN = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
 _UNCLEAN_TEXT = re.compile(f"[{_UNCLEAN}]")
+# A person's note may run over lines: tabs and line breaks (LF, or CRLF) are kept; every other
+# control (a CR alone among them) and the bidi overrides are refused as in names.
+_UNCLEAN_IN_NOTES = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_UNCLEAN_NOTE = re.compile(f"[{_UNCLEAN_IN_NOTES}]|\r(?!\n)")
+# The same as a pattern, which also asks for something besides white space (no lookahead: the
+# schema's readers do not all have one).
+_NOTE_LINE = f"(?:[^{_UNCLEAN_IN_NOTES}\r]|\r\n)*"
+_NOTE_PATTERN = f"^{_NOTE_LINE}[^{_UNCLEAN_IN_NOTES}\\s]{_NOTE_LINE}$"
 
 
-def _clean_text(value: Any, handler: Any) -> str:
-    # Judged as sent, before surrounding whitespace is stripped: "Ada\n" is refused, not trimmed,
-    # exactly as the schema's pattern says.
-    found = _UNCLEAN_TEXT.search(value) if isinstance(value, str) else None
-    if found is not None:
-        kind = "a bidi override" if ord(found.group()) > 0x9F else "a control character"
-        raise ValueError(f"must not contain {kind} (U+{ord(found.group()):04X})")
-    return unicodedata.normalize("NFC", handler(value))
+def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
+    def clean(value: Any, handler: Any) -> str:
+        # Judged as sent, before surrounding whitespace is stripped: "Ada\n" is refused, not
+        # trimmed, exactly as the schema's pattern says.
+        found = unclean.search(value) if isinstance(value, str) else None
+        if found is not None:
+            char = ord(found.group()[0])
+            kind = "a bidi override" if char > 0x9F else "a control character"
+            raise ValueError(f"must not contain {kind} (U+{char:04X})")
+        return unicodedata.normalize("NFC", handler(value))
+
+    return clean
+
+
+_clean_text = _refusing(_UNCLEAN_TEXT)
 
 
 class _CleanTextRule(WrapValidator):
@@ -319,9 +336,26 @@ class _CleanTextRule(WrapValidator):
 
 CleanText = _CleanTextRule(_clean_text)
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
-# A person's note (a hold, a release, a return's approval): trimmed, so the schema says it must hold
-# something besides white space ("\t" alone is empty once trimmed, and refused).
-Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), Field(pattern=r"\S")]
+
+
+class _NoteRule(WrapValidator):
+    """The rule on a person's note, for validation and, as a pattern, for the OpenAPI schema."""
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        json_schema = handler(schema)
+        json_schema["pattern"] = _NOTE_PATTERN
+        return json_schema
+
+
+# A person's note (a hold, a release, a return's approval or rejection): trimmed, so the schema says
+# it must hold something besides white space ("\t" alone is empty once trimmed, and refused); its
+# lines and tabs are kept, any other control character or a bidi override is refused.
+Note = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+    Field(pattern=r"\S"),
+    _NoteRule(_refusing(_UNCLEAN_NOTE)),
+]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 # Controls and bidi overrides refused as in names (no address has one), through a plain WrapValidator
@@ -991,6 +1025,11 @@ class Order(BaseModel, defer_build=True):
     # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).
     status_since: datetime | None = Field(default=None, exclude=True)
+    # When the order last changed before the jeopardy scan marked it late (mark_jeopardy), while the
+    # mark is its last change: a mark is the scan's observation, not a step of the order, so the
+    # reconciler judges a stalled order by this (`last_changed`). Any later change drops it. The
+    # system's own: stored, never shown.
+    changed_before_mark: datetime | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=list)
@@ -1044,6 +1083,8 @@ class Order(BaseModel, defer_build=True):
             system["priced_version"] = self.priced_version
         if self.status_since is not None:
             system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
+        if self.changed_before_mark is not None:
+            system["changed_before_mark"] = _TIMES.dump_python(self.changed_before_mark, mode="json")
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
@@ -1094,6 +1135,11 @@ class Order(BaseModel, defer_build=True):
     def in_status_since(self) -> datetime:
         """When the order entered its current status (see `status_since`)."""
         return self.status_since if self.status_since is not None else self.updated_at
+
+    @property
+    def last_changed(self) -> datetime:
+        """When the order last changed, a jeopardy mark aside (see `changed_before_mark`)."""
+        return self.changed_before_mark if self.changed_before_mark is not None else self.updated_at
 
     @property
     def authorized_version(self) -> int:
@@ -1181,7 +1227,7 @@ class Order(BaseModel, defer_build=True):
         the last ship repeated, or Cancellation.settle_capture_requests) asks again under its key
         for its amount and records it. Nothing left to ship can change what it is owed, so it is
         never given back. Bookkeeping, as request_capture."""
-        if not self.payment.authorization or any(s.status is ShipmentStatus.PENDING for s in self.shipments):
+        if not self.payment.authorization or any(s.status in NOT_LEFT for s in self.shipments):
             raise InvalidTransition(f"order {self.id} has parcels to ship or nothing authorized: nothing to settle")
         if amount.currency != self.currency or amount.amount <= 0:
             raise InvalidTransition(f"a settlement capture is a positive amount in {self.currency}")
@@ -1190,9 +1236,8 @@ class Order(BaseModel, defer_build=True):
         return self._requested(CaptureRequest(amount=amount), at=at)
 
     def _requested(self, request: CaptureRequest, *, at: datetime) -> Bookkeeping:
-        new = _replaced(
-            self, captures_requested=[*self.captures_requested, request], version=self.version + 1, updated_at=at
-        )
+        new = _replaced(self, captures_requested=[*self.captures_requested, request], version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -1239,7 +1284,9 @@ class Order(BaseModel, defer_build=True):
         if self.authorization_requested is not None:
             raise InvalidTransition(f"an authorization for an edit of order {self.id} is requested already")
         request = AuthorizationRequest(edit_of=self.version, amount=amount)
-        new = _replaced(self, authorization_requested=request, version=self.version + 1, updated_at=at)
+        new = _replaced(
+            self, authorization_requested=request, version=self.version + 1, updated_at=at, changed_before_mark=None
+        )
         check_successor(self, new)
         return new, None
 
@@ -1251,7 +1298,7 @@ class Order(BaseModel, defer_build=True):
         if request is None or request.withdrawn:
             raise InvalidTransition(f"no authorization for an edit of order {self.id} is waiting to be recorded")
         new = _replaced(self, authorization_requested=_replaced(request, withdrawn=True), version=self.version + 1,
-                        updated_at=at)  # fmt: skip
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -1265,7 +1312,9 @@ class Order(BaseModel, defer_build=True):
         if request is None:
             raise InvalidTransition(f"no authorization for an edit of order {self.id} is requested")
         if authorization is None:
-            new = _replaced(self, authorization_requested=None, version=self.version + 1, updated_at=at)
+            new = _replaced(
+                self, authorization_requested=None, version=self.version + 1, updated_at=at, changed_before_mark=None
+            )
             check_successor(self, new)
             return new, None
         return self._next(
@@ -1381,6 +1430,12 @@ class Order(BaseModel, defer_build=True):
         if to is not None and to != self.status:
             # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
             fields = {**fields, "status_since": at, "jeopardy": None}
+        elif self.status_since is None:
+            # Stored before `status_since` existed, `updated_at` stood in for it: pinned before this
+            # write moves it, so only a status change restarts the status's clock (a late mark, say,
+            # would otherwise put off a hold's expiry by a day).
+            fields = {"status_since": self.updated_at, **fields}
+        fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         check_successor(self, new)
         entry = HistoryEntry(
@@ -1711,6 +1766,7 @@ class Order(BaseModel, defer_build=True):
         jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
         return self._next(
             at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
+            changed_before_mark=self.last_changed,
         )  # fmt: skip
 
     def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
@@ -1811,10 +1867,10 @@ class Order(BaseModel, defer_build=True):
 
     # --- Cancelling units that have not shipped -----------------------------------------------
     def unshipped_units(self) -> dict[str, int]:
-        """Units of each line in shipments that have not left."""
+        """Units of each line in shipments that have not left (pending, or a pickup waiting at its store)."""
         units = {line.line_id: 0 for line in self.lines}
         for shipment in self.shipments:
-            if shipment.status is ShipmentStatus.PENDING:
+            if shipment.status in NOT_LEFT:
                 for item in shipment.lines:
                     units[item.line_id] = units.get(item.line_id, 0) + item.quantity
         return units
@@ -1864,9 +1920,9 @@ class Order(BaseModel, defer_build=True):
         """`cancelled` units ({line_id: units}, from units_to_cancel) leave the order before they
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
         take their `priced` values (the lines with units left, priced again) and the order
-        `totals`; the pending shipments lose those units (the last ones first) and an emptied one
-        goes, with its allocations. With nothing left to ship the order is `shipped`, or
-        `delivered` when every shipment is."""
+        `totals`; the shipments that have not left (pending, or a pickup waiting at its store) lose
+        those units (the last ones first) and an emptied one goes, with its allocations. With
+        nothing left to ship the order is `shipped`, or `delivered` when every shipment is."""
         zero = Money.zero(self.currency)
         lines = []
         for line in self.lines:
@@ -1899,7 +1955,7 @@ class Order(BaseModel, defer_build=True):
         shipments: list[Shipment | None] = list(self.shipments)
         for index in reversed(range(len(shipments))):
             shipment = self.shipments[index]
-            if shipment.status is not ShipmentStatus.PENDING:
+            if shipment.status not in NOT_LEFT:
                 continue
             kept = []
             for item in shipment.lines:
@@ -1920,7 +1976,7 @@ class Order(BaseModel, defer_build=True):
             quantity = allocation.quantity - removed.pop((allocation.line_id, allocation.location_id), 0)
             if quantity > 0:
                 allocations.append(_replaced(allocation, quantity=quantity))
-        gone_out = [shipment for shipment in left if shipment.status is not ShipmentStatus.PENDING]
+        gone_out = [shipment for shipment in left if shipment.status not in NOT_LEFT]
         to = None
         payment = self.payment
         if len(gone_out) == len(left):

@@ -9,11 +9,14 @@ promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 
 from core.errors import InvalidTransition, StaleVersion
 from core.fulfillment import OrderActions
+from core.models import Order
+from core.order_changes import modify
 from core.ports import DuePickups, OrderRepository
 from core.status import ShipmentStatus
 
@@ -37,9 +40,9 @@ class PickupExpiry:
         self._limit = limit
 
     def run(self) -> list[str]:
-        """One pass: the orders whose waiting pickups were cancelled now. At most `limit`; the
+        """One pass: the orders whose waiting pickups this pass cancelled. At most `limit`; the
         rest are the next pass's, earliest deadline first. An order collected or changed since the
-        index was read is left as it is."""
+        index was read is left as it is, and not counted."""
         now = self._clock()
         expired = []
         for order_id in self._due.due(now, self._limit):
@@ -49,9 +52,38 @@ class PickupExpiry:
             for shipment in order.shipments:
                 if shipment.status is not ShipmentStatus.READY_FOR_PICKUP or (shipment.collect_by or now) > now:
                     continue
-                try:
-                    self._actions.expire_pickup(order_id, shipment.id, actor=EXPIRY_ACTOR)
-                except (InvalidTransition, StaleVersion):
-                    continue  # collected meanwhile, or still changing: the next pass looks again
-                expired.append(order_id)
+                if self._expire(order_id, shipment.id):
+                    expired.append(order_id)
+        return expired
+
+    def _expire(self, order_id: str, shipment_id: str) -> bool:
+        """Cancel the waiting pickup in one conditional write, judged again on the order as it is
+        written (Order.expire_pickup); then the clean-up every cancel does (release its units,
+        void the authorization: OrderActions.expire_pickup, which finds it expired and only
+        finishes it). True only when this write expired it: one collected or cancelled meanwhile
+        (the write lost its race and changed nothing) is not."""
+        at = self._clock()
+        expired = False
+
+        def decide(order: Order):
+            nonlocal expired
+            shipment = next((s for s in order.shipments if s.id == shipment_id), None)
+            expired = (
+                shipment is not None
+                and shipment.status is ShipmentStatus.READY_FOR_PICKUP
+                and shipment.collect_by is not None
+                and shipment.collect_by <= at
+            )
+            return order.expire_pickup(shipment_id, at=at, actor=EXPIRY_ACTOR) if expired else None
+
+        try:
+            modify(self._orders, order_id, decide)
+        except (InvalidTransition, StaleVersion):
+            return False  # still changing: the next pass looks again
+        if expired:
+            # Should this Lambda die first, or the clean-up keep losing races, the execution the
+            # cancel's stream record starts finishes it (functions/outbox, CancelOrder), as for any
+            # cancel: the pass goes on to the next pickup.
+            with contextlib.suppress(StaleVersion):
+                self._actions.expire_pickup(order_id, shipment_id, actor=EXPIRY_ACTOR)
         return expired

@@ -11,8 +11,9 @@ An order still stalled long after it was placed is not restarted forever: it is 
 as the workflow parks an order whose failure outlived its retries.
 
 The index finds candidates by when they were placed; each is then judged by its last change
-(`updated_at`), so an order that moved recently (edited, released from a hold and started again)
-is left to the execution that moved it.
+(`Order.last_changed`: `updated_at`, unless that is the jeopardy scan's mark, which is no step of
+the order), so an order that moved recently (edited, released from a hold and started again) is
+left to the execution that moved it, and one the scan marked late is not put off by the mark.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ class Reconciler:
         for status in WORKFLOW_STATUSES:
             for candidate in self._stalled.stalled(status, now - self._restart_after, self._limit):
                 order = self._orders.get(candidate.order_id)
-                if order is None or order.status is not status or order.updated_at > now - self._restart_after:
+                if order is None or order.status is not status or order.last_changed > now - self._restart_after:
                     continue  # moved on since the index was read, or recently enough to be running
-                if order.updated_at <= now - self._park_after:
+                if order.last_changed <= now - self._park_after:
                     minutes = int(self._park_after.total_seconds() // 60)
                     cause = f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
                     if self._workflow.park_after_failure(order.id, STALLED, cause):

@@ -106,6 +106,11 @@ SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
     H.CANCELLED: frozenset(),
 }
 
+# Shipments whose units have not left: a parcel still to ship, or a pickup waiting at its store.
+# Their units can still be cancelled and stay reserved, and the payment is settled to the order's
+# total only once none is left.
+NOT_LEFT: frozenset[ShipmentStatus] = frozenset({H.PENDING, H.READY_FOR_PICKUP})
+
 R = ReturnStatus
 
 # A return waits for approval only when the policy asks for it; it is refunded once the gateway

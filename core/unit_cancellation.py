@@ -20,7 +20,7 @@ from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.refund_service import RefundService
 from core.refunds import refunded_beyond_lines
 from core.services import CaptureService
-from core.status import OrderStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus
 
 if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
@@ -35,9 +35,10 @@ _FINISHED = frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED}
 class UnitCancellation:
     """`POST /orders/{id}/cancel`: the whole order before anything shipped (Cancellation), or units.
 
-    Units are cancelled in one conditional write (lines, totals priced again as for an edit,
-    pending shipments and allocations shrunk, the status moved on when nothing is left to ship);
-    only then are the reservations brought down to what the pending shipments still need, and
+    Units are cancelled in one conditional write (lines, totals priced again as for an edit, the
+    shipments that have not left (pending, or a pickup waiting at its store) and allocations
+    shrunk, the status moved on when nothing is left to ship); only then are the reservations
+    brought down to what those shipments still need, and
     the payment settled: what was captured beyond the new total is refunded (a refund of kind
     `cancellation`); once nothing is left to ship, a total left higher than the captures (a volume
     discount lost with the units) is captured and the rest of the authorization released. Each
@@ -165,8 +166,9 @@ class UnitCancellation:
         return visible(self._orders.get(order_id), order_id, None)
 
     def _release_stock(self, order: Order) -> None:
-        """Bring every reservation of the order down to what its pending shipments still need. A
-        shipment that left is not touched: its units leave on_hand with its ship (idempotent)."""
+        """Bring every reservation of the order down to what its shipments that have not left
+        (pending, or a pickup waiting at its store) still need. A shipment that left is not
+        touched: its units leave on_hand with its ship (idempotent)."""
         sku_of = {line.line_id: line.sku for line in order.lines}
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -178,7 +180,7 @@ class UnitCancellation:
         for shipment in order.shipments:
             for item in shipment.lines:
                 held = (sku_of[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
-                if shipment.status is ShipmentStatus.PENDING:
+                if shipment.status in NOT_LEFT:
                     needed[held] += item.quantity
                 else:
                     left.add(held)
@@ -210,7 +212,8 @@ class UnitCancellation:
         order = self._cancellation.void_requested_authorization(order, actor)
         order = self._cancellation.void_replaced_authorizations(order, actor)
         due = order.payable() - _settled(order)
-        nothing_to_ship = not any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments)
+        # A pickup waiting at its store is still to be collected, and paid for then.
+        nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
         if due.is_negative():
             self._refunds.issue_decided_refund(
                 order.id, _over_capture, "units cancelled after their share was captured", actor, kind="cancellation"
@@ -230,7 +233,7 @@ class UnitCancellation:
         longer grow, gives back the credit its total does not use. A refund still pending (the
         gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
         would. Returns the order as it then is."""
-        if any(shipment.status is ShipmentStatus.PENDING for shipment in order.shipments):
+        if any(shipment.status in NOT_LEFT for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):

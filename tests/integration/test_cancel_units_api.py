@@ -35,14 +35,20 @@ def api() -> Iterator[InProcessApi]:
         # MUG only in the west, CAP only in the east: an order of both ships in two parcels.
         assert started.put("/inventory/MUG/wh-west", json={"on_hand": 100}).status_code == 200
         assert started.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+        # A store that offers pickup only: ship orders never source from it.
+        store = location_body(name="SF store", type="store", ships=False, pickup=True)
+        assert started.put("/locations/store-sf", json=store).status_code == 201
+        assert started.put("/inventory/MUG/store-sf", json={"on_hand": 10}).status_code == 200
         yield started
 
 
-def allocated(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
+def allocated(api: InProcessApi, *lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:
     """Placed over HTTP and taken to `allocated` by the workflow's own steps."""
     from functions.bootstrap import Config, bootstrap
 
-    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": s, "quantity": q} for s, q in lines])
+    body = order_body(
+        external_id=f"web-c{next(_orders)}", lines=[{"sku": s, "quantity": q} for s, q in lines], **overrides
+    )
     placed = api.post("/orders", json=body)
     assert placed.status_code == 201, placed.text
     workflow = bootstrap(Config.from_env()).workflow
@@ -93,6 +99,26 @@ def test_a_line_cancel_shrinks_the_order_and_its_reservation(api):
     assert west["lines"] == [{"line_id": "L1", "quantity": 1}]
     assert stock(api, "MUG", "wh-west") == (before[0], before[1] - 3, before[2] + 3)
     assert done["status"] == "allocated" and done["version"] == order["version"] + 1
+
+
+def test_a_pickup_ready_at_its_store_loses_units_over_http(api):
+    # Waiting ready_for_pickup is not shipped: its units are cancelled (it was 409 "have shipped").
+    order = allocated(api, ("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    (shipment,) = order["shipments"]
+    ready = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ready")
+    assert ready.status_code == 200, ready.text
+    before = stock(api, "MUG", "store-sf")
+
+    answer = cancel(api, order["id"], [("L1", 1)])
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    (waiting,) = done["shipments"]
+    assert (waiting["status"], waiting["lines"]) == ("ready_for_pickup", [{"line_id": "L1", "quantity": 2}])
+    assert (done["status"], done["lines"][0]["quantity"], done["lines"][0]["cancelled_quantity"]) == ("allocated", 2, 1)
+    assert stock(api, "MUG", "store-sf") == (before[0], before[1] - 1, before[2] + 1)
+    assert money(done["payment"]["captured"]) == "0.00"
+    assert done["payment"]["authorized"] == order["payment"]["authorized"]
 
 
 def test_cancelling_the_rest_of_a_split_order_over_http(api):

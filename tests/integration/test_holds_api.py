@@ -106,12 +106,21 @@ def test_holding_and_releasing_need_orders_approve(api: InProcessApi, sku: str, 
 @pytest.mark.parametrize(
     ("body", "field"),
     [({}, "reason"), ({"reason": "because"}, "reason"), ({"reason": "other", "extra": 1}, "extra"),
-     ({"reason": "other", "note": "x" * 501}, "note")],
+     ({"reason": "other", "note": "x" * 501}, "note"), ({"reason": "other", "note": "odd\u0000card"}, "note"),
+     ({"reason": "other", "note": "card \u202eedo"}, "note"), ({"reason": "other", "note": "\u001b[2Jodd"}, "note")],
 )  # fmt: skip
 def test_a_malformed_hold_is_422(api: InProcessApi, sku: str, body: dict[str, Any], field: str):
     order = place(api, sku)
     assert_error(api.post(f"/orders/{order['id']}/hold", json=body), 422, None, field)
     assert api.get(f"/orders/{order['id']}").json()["status"] == "pending"
+
+
+def test_a_note_keeps_its_lines_and_tabs(api: InProcessApi, sku: str):
+    order = place(api, sku)
+    note = "called twice:\n\tno answer\r\ncheck again tomorrow"
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "other", "note": note})
+    assert held.status_code == 200, held.text
+    assert held.json()["hold"]["note"] == note
 
 
 def test_holding_twice_or_releasing_an_order_not_held_is_409(api: InProcessApi, sku: str):

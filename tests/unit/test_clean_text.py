@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import unicodedata
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from core.holds import HoldRequest
 from core.models import Address, Customer, PlaceOrder
 from core.purchasing import VendorRequest
 from tests.builders import order_body
@@ -135,3 +137,41 @@ def test_an_email_with_a_control_or_a_bidi_override_is_refused(bad: str):
     assert field_errors(caught.value).keys() == {"email"}
     with pytest.raises(ValidationError):
         VendorRequest.model_validate({"name": "Acme", "email": f"orders{bad}@acme.example", "lead_time_days": 3})
+
+
+# A person's note (a hold, a release, a return's approval or rejection) may run over lines: tabs
+# and line breaks are kept, every other control and the bidi overrides are refused as in names.
+NOTES = [
+    pytest.param("core.holds:HoldRequest", {"reason": "other"}, id="a hold's note"),
+    pytest.param("core.holds:ReleaseRequest", {}, id="a release's note"),
+    pytest.param("core.return_models:ReturnNote", {}, id="a return's approval or rejection note"),
+]
+
+
+@pytest.mark.parametrize(("model", "rest"), NOTES)
+@pytest.mark.parametrize("bad", ["\x00", "\x1b[31m", "\x07", "\x7f", "\x85", "\u202e", "\u2066", "\r", "a\rb"])
+def test_a_note_with_a_control_or_a_bidi_override_is_refused(model: str, rest: dict, bad: str):
+    with pytest.raises(ValidationError) as caught:
+        _model(model).model_validate({**rest, "note": f"called{bad} the customer"})
+    assert field_errors(caught.value).keys() == {"note"}
+    assert "control character" in field_errors(caught.value)["note"] or "bidi" in field_errors(caught.value)["note"]
+
+
+@pytest.mark.parametrize(("model", "rest"), NOTES)
+@pytest.mark.parametrize("text", ["called twice\nno answer", "called twice\r\nno answer", "item\tqty\n1\t2"])
+def test_a_note_keeps_its_tabs_and_line_breaks(model: str, rest: dict, text: str):
+    assert _model(model).model_validate({**rest, "note": f"  {text}\n"}).note == text
+
+
+@pytest.mark.parametrize(("model", "rest"), NOTES)
+def test_a_note_of_white_space_only_is_still_refused(model: str, rest: dict):
+    with pytest.raises(ValidationError):
+        _model(model).model_validate({**rest, "note": " \t\r\n "})
+
+
+def test_the_schema_of_a_note_states_the_rule():
+    pattern = re.compile(HoldRequest.model_json_schema()["properties"]["note"]["anyOf"][0]["pattern"])
+    for kept in ["ok", "called\nback", "a\r\nb", "\ttabbed", "東京 ✓"]:
+        assert pattern.search(kept), kept
+    for refused in ["", " \n\t", "nul\x00", "esc\x1b", "cr\ronly", "\u202eevil", "c1\x85"]:
+        assert not pattern.search(refused), refused

@@ -325,6 +325,23 @@ def test_a_release_that_lands_before_the_expiry_wins(world):
     assert done.expired == [] and world.order(order_id).status is S.PENDING
 
 
+def test_marking_an_order_stored_before_status_since_late_does_not_restart_its_status_clock(world):
+    """An order stored before `status_since` existed is judged by `updated_at`, which the late mark
+    moves: its hold would then expire a day late, and a mark for the status it is still in could
+    come again. The first write pins the clock where it was."""
+    clock = Clock()
+    order_id = held_holding_stock(world, clock)
+    world.orders.orders[order_id] = world.order(order_id).model_copy(update={"status_since": None})
+    clock.advance(hours=25)
+    assert scan(world, clock, hold_expiry=timedelta(days=2)).run().marked == [order_id]
+    assert world.order(order_id).in_status_since == NOW
+
+    clock.advance(hours=24)
+    done = scan(world, clock, hold_expiry=timedelta(days=2)).run()
+
+    assert done.expired == [order_id] and world.order(order_id).status is S.CANCELLED
+
+
 # --- Expired returns (OMS_RETURN_EXPIRY_DAYS) ---------------------------------------------------
 
 

@@ -656,6 +656,51 @@ def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases
     (gone,) = cancelled.shipments
     assert (cancelled.status, gone.status, cancelled.pickup_deadline()) == (S.CANCELLED, H.CANCELLED, None)
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+    assert cancelled.payment.status == "voided" and world.spy.voided == [order.payment.authorization]
+    assert world.spy.captured == []
+
+
+def test_a_ready_pickup_loses_units_its_shipment_shrinks_and_the_rest_is_paid_when_collected(world):
+    # Waiting at the store is not shipped: its units can be cancelled, and nothing is captured or
+    # released early for the units left, which the customer still collects and pays for then.
+    order = world.allocated(("TSHIRT", 3), **PICKUP)
+    (shipment,) = order.shipments
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    smaller = world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+
+    (waiting,) = smaller.shipments
+    assert (smaller.status, waiting.status, waiting.collect_by) == (
+        S.ALLOCATED, H.READY_FOR_PICKUP, NOW + timedelta(days=7),
+    )  # fmt: skip
+    assert [(item.line_id, item.quantity) for item in waiting.lines] == [("L1", 2)]
+    assert [(line.quantity, line.cancelled_quantity) for line in smaller.lines] == [(2, 1)]
+    assert [(a.location_id, a.quantity) for a in smaller.allocations] == [("store-sf", 2)]
+    assert smaller.pickup_deadline() == ready.pickup_deadline()
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
+    assert (world.spy.captured, world.spy.voided, world.spy.refunded) == ([], [], [])
+    assert smaller.payment.authorized == order.payment.authorized
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert collected.status is S.DELIVERED
+    assert collected.payment.captured == collected.payment.authorized == collected.totals.grand_total
+    assert [amount for _, amount, _ in world.spy.captured] == [smaller.totals.grand_total]
+    assert world.spy.voided == [order.payment.authorization]
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+
+
+def test_every_unit_of_a_ready_pickup_cancelled_cancels_the_order_and_its_pickup(world):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    cancelled = world.actions.cancel(order.id, "not needed", actor="key_web", lines={"L1": 2})
+
+    (gone,) = cancelled.shipments
+    assert (cancelled.status, gone.status, cancelled.payment.status) == (S.CANCELLED, H.CANCELLED, "voided")
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+    assert world.spy.captured == []
 
 
 def test_a_pickup_whose_collect_died_after_the_capture_expires_with_that_capture_refunded(world, monkeypatch):

@@ -10,11 +10,13 @@ from datetime import timedelta
 import pytest
 
 from core.errors import InvalidTransition, OrderClosed
+from core.jeopardy import JeopardyScan, parse_sla
 from core.models import Order
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
 from core.reconciliation import Reconciled, Reconciler
 from core.status import OrderStatus, can_transition
 from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
+from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
 from tests.unit.world import World, build_world
 
@@ -272,3 +274,43 @@ def test_the_reconciler_judges_an_order_by_its_last_change_not_when_it_was_place
     run, _, starter = reconciler(world, minutes_later=70)
     assert run.run() == Reconciled(restarted=[order_id])
     assert world.order(order_id).status is S.PENDING
+
+
+@pytest.mark.parametrize(("minutes_later", "expected"), [(16, "restarted"), (61, "parked")])
+def test_a_jeopardy_mark_is_no_change_that_puts_off_the_restart_or_the_park(world, minutes_later, expected):
+    """The scan marks a pending order late at +7 minutes (pending=5m): the mark changes the order's
+    `updated_at`, but it is the scan's observation, not a sign of an execution moving the order, so
+    the reconciler still restarts it 15 minutes after its last change and parks it after 60."""
+    order_id = world.place(("TSHIRT", 1))
+    at = NOW + timedelta(minutes=7)
+    marked = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, lambda: at, sla=parse_sla("")
+    ).run()
+    assert marked.marked == [order_id] and world.order(order_id).updated_at == at
+
+    stored = Order.model_validate_json(world.order(order_id).stored_json())
+    assert (stored.last_changed, stored.updated_at) == (NOW, at)
+
+    run, _, _ = reconciler(world, minutes_later=minutes_later)
+    done = run.run()
+
+    assert getattr(done, expected) == [order_id]
+
+
+def test_any_change_after_a_jeopardy_mark_is_the_orders_last_change_again(world):
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    at = NOW + timedelta(minutes=20)
+    marked, _ = authorized.mark_jeopardy("late", NOW + timedelta(minutes=15), at=at, actor="jeopardy_scan")
+    assert (marked.last_changed, marked.updated_at) == (authorized.updated_at, at)
+
+    later = at + timedelta(minutes=1)
+    requested, _ = marked.request_reauthorization(marked.totals.grand_total, at=later)  # bookkeeping
+    edited, _ = marked.edit(
+        lines=marked.lines, totals=marked.totals, shipping_address=marked.shipping_address,
+        shipping_method=marked.shipping_method, changed=["shipping_address"], reauthorized=None, at=later,
+        actor="key_cs",
+    )  # fmt: skip
+
+    assert requested.last_changed == edited.last_changed == later

@@ -711,6 +711,35 @@ def test_a_replacement_whose_units_are_cancelled_below_its_credit_gives_back_wha
     assert paid.captured == Money.zero("USD") and paid.authorized == paid.captured
 
 
+def test_a_replacement_pickup_that_loses_units_while_ready_gives_back_its_unused_credit_once_collected(clock):
+    # A pickup waiting at its store can still lose units, so its total is not final: the credit it
+    # does not use is given back when it is collected, whole, not in part after the first cancel
+    # (the give-back is made once, under one key, and would miss what later cancels freed).
+    world = build_world([*STOCK, ("TSHIRT", "store-sf", 10)])
+    returns, _ = returns_for(world, clock)
+    pickup = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+    original = world.allocated(("TSHIRT", 3), **pickup)
+    world.actions.ready(original.id, original.shipments[0].id, actor="key_store")
+    world.actions.collect(original.id, original.shipments[0].id, actor="key_store")
+    item = returns.request(original.id, exchange_of("L1", 3, ("TSHIRT", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("store-sf", ("L1", 3, "resellable")), "key_store")
+    settled = returns.settle(item.id, actor="key_store")
+    replacement = world.run(settled.exchange_order_id or "")
+    (shipment,) = replacement.shipments
+    world.actions.ready(replacement.id, shipment.id, actor="key_store")
+
+    world.actions.cancel(replacement.id, "two fewer", actor="key_cs", lines={"L1": 1})
+    left = world.actions.cancel(replacement.id, "two fewer", actor="key_cs", lines={"L1": 1})
+    assert world.order(original.id).payment.refunds == []
+    world.actions.collect(replacement.id, shipment.id, actor="key_store")
+
+    credit = replacement.exchange_credit
+    assert credit is not None and left.totals.grand_total < credit
+    refunds = world.order(original.id).payment.refunds
+    assert [(r.amount, r.status) for r in refunds] == [(credit - left.totals.grand_total, "succeeded")]
+    assert world.order(replacement.id).payment.captured == Money.zero("USD")
+
+
 def test_a_replacement_edited_below_its_credit_gives_back_what_it_does_not_use_once_shipped(world, clock):
     _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
     credit = order.lines[0].total

@@ -201,9 +201,10 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "attempt. Cancelling again retries the void.\n\nOn a `partially_shipped` order it cancels every unit not "
     "shipped, and with `lines` the chosen units of an allocated (held or not), partly shipped or backordered order (a "
     "backordered one goes back to `authorized` to be sourced again, as after an edit): each line's `quantity` "
-    "drops and its `cancelled_quantity` grows, totals are priced again as for an edit, the pending shipments and "
-    "their reservations shrink, and the payment is settled (a capture beyond the new total is refunded; once "
-    "nothing is left to ship the rest is captured or the authorization released). Units that shipped are 409. "
+    "drops and its `cancelled_quantity` grows, totals are priced again as for an edit, the shipments not yet left "
+    "(pending, or a pickup `ready_for_pickup` at its store) and their reservations shrink, and the payment is "
+    "settled (a capture beyond the new total is refunded; once nothing is left to ship or collect the rest is "
+    "captured or the authorization released). Units that shipped are 409. "
     "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
     responses={
         **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),

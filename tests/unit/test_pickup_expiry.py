@@ -1,0 +1,105 @@
+"""The reconciler's pickup expiry (core.pickups.PickupExpiry): what one pass cancels, and what it
+counts as expired, on the in-memory fakes with a clock past the pickups' deadline."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from core.errors import StaleVersion
+from core.pickups import PickupExpiry
+from core.ports import DuePickups
+from core.status import OrderStatus, ShipmentStatus
+from tests.builders import NOW
+from tests.unit.world import World, before_the_next_write, build_world
+
+S, H = OrderStatus, ShipmentStatus
+PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+LATER = NOW + timedelta(days=7, seconds=1)  # past the default 7 days' wait
+
+
+class ListedDue(DuePickups):
+    """The index as one pass read it: these orders' pickups were due then."""
+
+    def __init__(self, *order_ids: str):
+        self.order_ids = list(order_ids)
+
+    def due(self, before: datetime, limit: int) -> list[str]:
+        return self.order_ids[:limit]
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world([("TSHIRT", "store-sf", 5)])
+
+
+def ready_pickup(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A pickup readied at NOW, and the clock moved past its deadline."""
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    monkeypatch.setattr(world.actions, "_clock", lambda: LATER)
+    return order.id, shipment.id
+
+
+def expiry(world: World, *order_ids: str) -> PickupExpiry:
+    return PickupExpiry(ListedDue(*order_ids), world.orders, world.actions, lambda: LATER)
+
+
+def test_a_pass_cancels_the_pickups_past_their_deadline_and_counts_them(world, monkeypatch):
+    order_id, _ = ready_pickup(world, monkeypatch)
+
+    assert expiry(world, order_id).run() == [order_id]
+
+    expired = world.order(order_id)
+    assert (expired.status, expired.shipments[0].status, expired.payment.status) == (S.CANCELLED, H.CANCELLED, "voided")
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+    assert [e.type for e in world.history(order_id)].count("pickup_expired") == 1
+
+
+def test_a_pickup_collected_just_before_the_expiry_wrote_is_not_counted_as_expired(world, monkeypatch):
+    # The pass read the pickup waiting; the customer collected it before the expiry's write, which
+    # lost and changed nothing: nothing was expired, so nothing is counted (or logged) as expired.
+    order_id, shipment_id = ready_pickup(world, monkeypatch)
+    before_the_next_write(world, monkeypatch, lambda: world.actions.collect(order_id, shipment_id, actor="key_store"))
+
+    assert expiry(world, order_id).run() == []
+
+    collected = world.order(order_id)
+    assert (collected.status, collected.shipments[0].status) == (S.DELIVERED, H.DELIVERED)
+    assert collected.payment.captured == collected.totals.grand_total
+    assert "pickup_expired" not in [e.type for e in world.history(order_id)]
+
+
+def test_a_pickup_cancelled_just_before_the_expiry_wrote_is_not_counted_as_expired(world, monkeypatch):
+    order_id, _ = ready_pickup(world, monkeypatch)
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed mind", actor="key_web"))
+
+    assert expiry(world, order_id).run() == []
+
+    cancelled = world.order(order_id)
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, "voided")
+    assert "pickup_expired" not in [e.type for e in world.history(order_id)]
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+
+
+def test_a_clean_up_that_keeps_losing_races_leaves_the_expiry_counted_and_the_pass_going(world, monkeypatch):
+    # The expiry is written; its clean-up (release, void) is the cancel's own execution's to finish.
+    orders = [world.allocated(("TSHIRT", 1), **PICKUP) for _ in range(2)]
+    for order in orders:
+        world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    monkeypatch.setattr(world.actions, "_clock", lambda: LATER)
+    first, second = (order.id for order in orders)
+    real = world.actions.expire_pickup
+
+    def loses_once(order_id: str, shipment_id: str, actor: str):
+        if order_id == first:
+            raise StaleVersion(f"order {order_id} kept changing; retry")
+        return real(order_id, shipment_id, actor)
+
+    monkeypatch.setattr(world.actions, "expire_pickup", loses_once)
+
+    assert expiry(world, first, second).run() == [first, second]
+    assert world.order(first).status is world.order(second).status is S.CANCELLED
+    assert world.order(second).payment.status == "voided"
