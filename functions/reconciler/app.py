@@ -1,6 +1,7 @@
 """Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, and parks
 those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
-(core/pickups.py)."""
+(core/pickups.py); starts the returns workflow of received returns that have none
+(core/return_reconciliation.py)."""
 
 from __future__ import annotations
 
@@ -38,4 +39,15 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
     if expired:
         metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
-    return {"restarted": done.restarted, "parked": done.parked, "expired": expired}
+    returns_restarted = container().return_reconciler.run()
+    for return_id in returns_restarted:
+        logger.warning("returns workflow restarted: the return was received and never settled",
+                       extra={"return_id": return_id})  # fmt: skip
+    if returns_restarted:
+        metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
+    return {
+        "restarted": done.restarted,
+        "parked": done.parked,
+        "expired": expired,
+        "returns_restarted": returns_restarted,
+    }

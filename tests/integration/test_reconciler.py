@@ -41,12 +41,17 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         roleArn="arn:aws:iam::123456789012:role/workflow",
     )["stateMachineArn"]  # fmt: skip
     monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    return_arn = sfn.create_state_machine(
+        name="ReturnWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
+        roleArn="arn:aws:iam::123456789012:role/workflow",
+    )["stateMachineArn"]  # fmt: skip
+    monkeypatch.setenv("RETURN_WORKFLOW_ARN", return_arn)
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "15")
     monkeypatch.setenv("RECONCILE_PARK_AFTER_MINUTES", "60")
     from functions.reconciler import app
 
     app.container.forget()
-    yield {"sfn": sfn, "arn": arn, "aws": aws}
+    yield {"sfn": sfn, "arn": arn, "return_arn": return_arn, "aws": aws}
     app.container.forget()
 
 
@@ -88,7 +93,7 @@ def test_a_stuck_pending_order_is_restarted_once_and_a_fresh_one_is_not(stack):
 
     answer = reconcile()
 
-    assert answer == {"restarted": [stuck], "parked": [], "expired": []}
+    assert answer == {"restarted": [stuck], "parked": [], "expired": [], "returns_restarted": []}
     assert started(stack) == {stuck: 1}
     [execution] = stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]
     assert execution["name"].startswith(f"{stuck}-restart-")
@@ -101,7 +106,7 @@ def test_a_stuck_authorized_order_is_restarted_and_finished_or_held_ones_are_lef
     for letter, status in (("d", OrderStatus.ALLOCATED), ("e", OrderStatus.ON_HOLD), ("f", OrderStatus.CANCELLED)):
         store(aws, order_id(letter), status, minutes_ago=30)
 
-    assert reconcile() == {"restarted": [authorized], "parked": [], "expired": []}
+    assert reconcile() == {"restarted": [authorized], "parked": [], "expired": [], "returns_restarted": []}
     assert started(stack) == {authorized: 1}
 
 
@@ -130,7 +135,7 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     old = order_id("h")
     store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90)
 
-    assert reconcile() == {"restarted": [], "parked": [old], "expired": []}
+    assert reconcile() == {"restarted": [], "parked": [old], "expired": [], "returns_restarted": []}
 
     from functions.adapters.dynamodb import DynamoOrders
 
@@ -142,7 +147,7 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     assert history[-1].type == "on_hold"
     assert started(stack) == {}
     # On hold: out of the index's pending/authorized.
-    assert reconcile() == {"restarted": [], "parked": [], "expired": []}
+    assert reconcile() == {"restarted": [], "parked": [], "expired": [], "returns_restarted": []}
 
 
 def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypatch):
@@ -162,9 +167,11 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     reconcile()
 
-    # Pending, then authorized; then the pickups past their deadline.
-    assert [operation for operation, _ in calls] == ["query", "query", "query"]
-    assert [kwargs["IndexName"] for _, kwargs in calls] == ["by_status_key", "by_status_key", "by_pickup_deadline"]
+    # Pending, then authorized; then the pickups past their deadline; then the received returns.
+    assert [operation for operation, _ in calls] == ["query", "query", "query", "query"]
+    assert [kwargs["IndexName"] for _, kwargs in calls] == [
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status"
+    ]  # fmt: skip
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
@@ -265,7 +272,7 @@ def test_a_pickup_past_its_deadline_is_found_through_its_index_cancelled_and_its
     inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
     assert (inventory.levels({"TSHIRT"})["TSHIRT"][0].reserved) == 4
 
-    assert reconcile() == {"restarted": [], "parked": [], "expired": [due.id]}
+    assert reconcile() == {"restarted": [], "parked": [], "expired": [due.id], "returns_restarted": []}
 
     orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
     expired = orders.get(due.id)
@@ -303,3 +310,41 @@ def test_the_reconciler_counts_the_pickups_it_expired(stack, metrics_on, capsys)
     assert emitted(printed) == {"PickupsExpired": 1}
     # The cancel its write recorded, printed by the reconciler's own invocation.
     assert emitted(printed, dimensions=("reason",)) == {"OrdersCancelled": 1}
+
+
+# --- Received returns whose workflow never started ------------------------------------------------
+
+
+def received_return(aws, order_letter: str, minutes_ago: float) -> str:
+    """A delivered order with one return received `minutes_ago` and no returns workflow since (the
+    receipt's function died before starting it)."""
+    from core.money import Money
+    from core.return_models import Return, ReturnLine
+    from core.returns import return_id_for
+    from core.status import ReturnStatus
+    from functions.adapters.dynamodb import DynamoReturns
+
+    order = store(aws, order_id(order_letter), OrderStatus.DELIVERED, minutes_ago=minutes_ago + 60)
+    at = utc_now() - timedelta(minutes=minutes_ago)
+    line = ReturnLine(line_id="L1", quantity=1, reason="too small", received_quantity=1, resellable_quantity=1,
+                      condition="resellable")  # fmt: skip
+    item = Return(
+        id=return_id_for(order.id, 1), order_id=order.id, channel=order.channel, ordinal=1,
+        status=ReturnStatus.RECEIVED, lines=[line], refund=Money.zero("USD"), fee=Money.zero("USD"),
+        received_at_location="wh-west", created_at=at - timedelta(hours=1), updated_at=at, version=2,
+    )  # fmt: skip
+    DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]).add(item)
+    return item.id
+
+
+def test_a_received_return_whose_workflow_never_started_is_started_once_the_receipts_own_would_have_ended(stack):
+    lost = received_return(stack["aws"], "r", minutes_ago=20)
+    fresh = received_return(stack["aws"], "s", minutes_ago=3)
+
+    answer = reconcile()
+
+    assert answer["returns_restarted"] == [lost]
+    executions = stack["sfn"].list_executions(stateMachineArn=stack["return_arn"])["executions"]
+    inputs = [json.loads(stack["sfn"].describe_execution(executionArn=e["executionArn"])["input"]) for e in executions]
+    assert [(i["return_id"], i["channel"]) for i in inputs] == [(lost, "web")]
+    assert fresh not in answer["returns_restarted"]

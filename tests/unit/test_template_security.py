@@ -195,6 +195,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
+        # Received returns with no workflow: found through by_status, their workflow started again.
+        (RETURNS, "dynamodb:Query"): [DynamoUnreceivedReturns],
+        ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
     },
     "JeopardyScanFunction": {
         **_WORKFLOW_ORDERS,
