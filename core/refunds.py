@@ -152,7 +152,8 @@ def refund_id_for(order_id: str, idempotency_key: str) -> str:
 class Refund(BaseModel, defer_build=True):
     """A refund as the contract shows it. `pending` only while the gateway has not answered (a
     request interrupted there, or a gateway that stayed unavailable): repeating the request with
-    the same Idempotency-Key, or the returns workflow's retry, finishes it."""
+    the same Idempotency-Key, the returns workflow's retry, or else the reconciler's pass
+    (core.refund_service.PendingRefundSweep) finishes it."""
 
     id: str
     order_id: str

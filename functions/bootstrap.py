@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from core.pickups import PickupExpiry
     from core.purchasing import Purchasing, PurchasingRepository
     from core.reconciliation import Reconciler
-    from core.refund_service import RefundService
+    from core.refund_service import PendingRefundSweep, RefundService
     from core.reorder import Replenishment
     from core.return_reconciliation import ReturnReconciler
     from core.returns import Returns
@@ -447,6 +447,19 @@ class Container:
             self.clock,
             restart_after=timedelta(minutes=config.reconcile_after_minutes),
             park_after=timedelta(minutes=config.reconcile_park_after_minutes),
+        )
+
+    @cached_property
+    def pending_refund_sweep(self) -> PendingRefundSweep:
+        """The reconciler's fourth job: finish refunds a request left pending at the gateway."""
+        from core.refund_service import PendingRefundSweep
+        from functions.adapters.dynamodb import DynamoPendingRefunds
+
+        return PendingRefundSweep(
+            DynamoPendingRefunds(self.dynamodb, self.config.orders_table),
+            self.refunds,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
         )
 
     @cached_property

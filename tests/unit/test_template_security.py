@@ -23,6 +23,7 @@ from functions.adapters.dynamodb import (
     DynamoInventory,
     DynamoLateOrders,
     DynamoOrders,
+    DynamoPendingRefunds,
     DynamoReturns,
     DynamoSourcingRules,
     DynamoStalledOrders,
@@ -188,7 +189,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ParkOrderFunction": _WORKFLOW_ORDERS,
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
-        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders, DynamoDuePickups],
+        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders, DynamoDuePickups, DynamoPendingRefunds],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         # An expired pickup's units are released as a cancel releases them.
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],

@@ -26,7 +26,8 @@ router = Router()
     "`status: failed`: it is kept on the order, never counted in `payment.refunded`, and what it held can be "
     "refunded again by a new request (a new Idempotency-Key). More than captured minus refunded is 422 "
     "`refund_exceeds_captured`; nothing captured yet is 409. A gateway that keeps failing answers 503 with the "
-    "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it.",
+    "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it; "
+    "one nobody repeats is finished by the scheduled reconciler about 15 minutes later.",
     responses={**ok(201, Refund, "The refund, succeeded or failed"), **errors(400, 403, 404, 409, 413, 503)},
     middlewares=[plugins_loaded],
 )
