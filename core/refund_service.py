@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from core import payment_keys
+from core import order_lists, payment_keys
 from core.errors import Conflict, PaymentGatewayUnavailable, PaymentRefused
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
 from core.money import Money
@@ -190,6 +190,14 @@ class RefundService:
         """Every refund of the order, oldest first: appeasements, returns' and cancellations'."""
         order = visible(self._orders.get(order_id), order_id, channel)
         return [Refund.of(order.id, refund) for refund in order.payment.refunds]
+
+    def page(
+        self, order_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Refund], str | None]:
+        """Up to `limit` of the order's refunds, oldest first, after the position `cursor` names,
+        and the next page's cursor (None: no more). The order holds them whole, append-only, so a
+        position stays where it was; InvalidCursor for one another order's list issued."""
+        return order_lists.page(self.refunds(order_id, channel), order_id, "refunds", limit, cursor)
 
 
 class PendingRefundSweep:

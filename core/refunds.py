@@ -178,8 +178,6 @@ class Refund(BaseModel, defer_build=True):
 
 class RefundPage(BaseModel, defer_build=True):
     items: list[Refund]
-    # An order's refunds are read whole (one item), so there is never a next page; the field is
-    # the contract's list shape all the same.
     next_cursor: str | None = None
 
 

@@ -10,18 +10,15 @@ the next read of the order's history (owed_entries)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from core import order_lists
 from core.errors import (
     Conflict,
     DomainError,
     DuplicateOrder,
-    InvalidCursor,
     InvalidRequest,
     NotFound,
     PaymentGatewayUnavailable,
@@ -150,14 +147,9 @@ class Returns:
     ) -> tuple[list[Return], str | None]:
         """Up to `limit` of the order's returns, oldest first, after the one `cursor` names, and
         the cursor of the next page (None: no more). An order has few returns (each holds shipped
-        units), so they are read whole and paged by ordinal; InvalidCursor for a cursor another
-        order's list issued, or none issued."""
-        items = self.for_order(order_id, channel)
-        after = _decode_order_cursor(cursor, order_id) if cursor is not None else 0
-        rest = [item for item in items if item.ordinal > after]
-        page = rest[:limit]
-        more = len(rest) > limit
-        return page, _encode_order_cursor(order_id, page[-1].ordinal) if more else None
+        units), so they are read whole and paged by position (returns are never removed);
+        InvalidCursor for a cursor another order's list issued, or none issued."""
+        return order_lists.page(self.for_order(order_id, channel), order_id, "returns", limit, cursor)
 
     def list(
         self, status: ReturnStatus | None, channel: str | None, limit: int, cursor: str | None
@@ -797,24 +789,6 @@ def _replacement_command(original: Order, exchange: ExchangeInput, token: str, e
         shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
         payment=PaymentInput(method=original.payment.method, token=token),
     )  # fmt: skip
-
-
-def _encode_order_cursor(order_id: str, ordinal: int) -> str:
-    raw = json.dumps({"o": order_id, "n": ordinal}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_order_cursor(cursor: str, order_id: str) -> int:
-    """The ordinal `cursor` names, or InvalidCursor unless this order's list issued it."""
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        ordinal = decoded["n"]
-        valid = decoded["o"] == order_id and type(ordinal) is int and ordinal >= 1
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        valid = False
-    if not valid:
-        raise InvalidCursor()
-    return ordinal
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:
