@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from core.errors import TransientError
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, UnreceivedReturns
 from core.return_models import Return
@@ -53,7 +54,8 @@ class ReturnReconciler:
 
     def run(self) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
-        `limit` candidates read, oldest first; the rest are the next pass's."""
+        `limit` candidates read, oldest first; the rest, and any whose start failed, are the next
+        pass's (a failed start does not stop the reconciler's other work)."""
         received_before = self._clock() - self._restart_after
         restarted = []
         for return_id in self._candidates.created_before(ReturnStatus.RECEIVED, received_before, self._limit):
@@ -62,7 +64,10 @@ class ReturnReconciler:
                 continue  # moved on since the index was read, or received recently enough to be running
             if self._stuck(item):
                 continue
-            self._starter.start(item.id, channel=item.channel)
+            try:
+                self._starter.start(item.id, channel=item.channel)
+            except TransientError:
+                continue  # Step Functions refused it now: the next pass finds it again
             restarted.append(item.id)
         return restarted
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from core.errors import TransientError
 from core.return_models import ReceiveReturn
 from core.return_reconciliation import ReturnReconciler
 from core.status import ReturnStatus
@@ -78,3 +79,26 @@ def test_the_threshold_leaves_the_receipts_own_execution_its_five_minutes(world)
             InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, InlineReturnWorkflow(), Clock(),
             restart_after=timedelta(minutes=5),
         )  # fmt: skip
+
+
+def test_a_start_step_functions_refuses_is_left_for_the_next_pass_and_the_rest_are_started(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    first, second = one_mug_returned(world, returns), one_mug_returned(world, returns)
+    for item in (first, second):
+        returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=16)
+
+    class RefusesFirst(InlineReturnWorkflow):
+        def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+            if return_id == first.id and not self.started:
+                self.started.append("refused")
+                raise TransientError("the returns workflow could not be started: ThrottlingException")
+            super().start(return_id, channel, correlation_id)
+
+    workflow = RefusesFirst()
+    workflow.returns = returns
+
+    assert reconciler(world, clock, workflow).run() == [second.id]
+    assert reconciler(world, clock, workflow).run() == [first.id]
+    assert {world.returns.get(item.id).status for item in (first, second)} == {R.REFUNDED}
