@@ -1,13 +1,15 @@
 """Jeopardy: a deadline per order status (OMS_SLA); the scheduled scan marks orders past theirs,
 cancels orders held longer than allowed (reason hold_expired) and returns never received within
-OMS_RETURN_EXPIRY_DAYS (reason return_expired, core/returns.py's Returns.expire).
+OMS_RETURN_EXPIRY_DAYS of their approval, or of their request while not approved (reason
+return_expired, core/returns.py's Returns.expire).
 
 The scan never reads the Orders table whole: the LateOrders port answers, through an index, which
 unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the status
 index, judged on when the order entered its status). Each candidate is read and judged again
 before one conditional write, so an order that moved on meanwhile is left alone, and a repeated
 scan marks nothing twice. Expired returns are found the same way, through the Returns table's
-status index (UnreceivedReturns), and each is judged again on its own conditional write.
+status index (UnreceivedReturns): those created before the moment are a superset of those approved
+before it, and each is judged again (on its approval) on its own conditional write.
 """
 
 from __future__ import annotations
@@ -137,10 +139,10 @@ class JeopardyScan:
                 if self._expire(order_id, now - self._hold_expiry):
                     done.expired.append(order_id)
         if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
-            created_before = now - self._return_expiry
+            started_before = now - self._return_expiry
             for status in sorted(UNRECEIVED_RETURNS):
-                for return_id in self._unreceived.created_before(status, created_before, self._limit):
-                    if self._expire_return(return_id, created_before, SCAN_ACTOR):
+                for return_id in self._unreceived.created_before(status, started_before, self._limit):
+                    if self._expire_return(return_id, started_before, SCAN_ACTOR):
                         done.returns_expired.append(return_id)
         for status in sorted(self._sla):
             deadline = self._sla[status]

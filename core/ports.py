@@ -336,6 +336,15 @@ class DuePickups(ABC):
         `before`, earliest first."""
 
 
+class PendingRefunds(ABC):
+    """Orders with a refund still `pending` at the gateway, found through an index."""
+
+    @abstractmethod
+    def pending_since_before(self, before: datetime, limit: int) -> list[str]:
+        """Up to `limit` ids of orders whose oldest pending refund was begun before `before`,
+        oldest first."""
+
+
 class WorkflowStarter(ABC):
     @abstractmethod
     def start(

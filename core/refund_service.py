@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from core import payment_keys
-from core.errors import Conflict, PaymentRefused
+from core import order_lists, payment_keys
+from core.errors import Conflict, PaymentGatewayUnavailable, PaymentRefused
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
-from core.ports import OrderRepository
+from core.ports import OrderRepository, PendingRefunds
 from core.refunds import Refund, refund_id_for
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
@@ -126,14 +126,18 @@ class RefundService:
         assert refund is not None
         return order, refund
 
-    def finish_pending(self, order_id: str, actor: str, *, besides_return: str | None = None) -> list[Refund]:
+    def finish_pending(
+        self, order_id: str, actor: str, *, besides_return: str | None = None, begun_before: datetime | None = None
+    ) -> list[Refund]:
         """Ask the gateway again for every refund of the order still `pending` (under its own
         key), whatever key it was issued with, but those of return `besides_return` (its own step
-        finishes them); PaymentGatewayUnavailable while it stays down."""
+        finishes them) and, with `begun_before`, those begun since (still in their request's
+        hands); PaymentGatewayUnavailable while it stays down."""
         order = visible(self._orders.get(order_id), order_id, None)
         pending = [
             refund for refund in order.payment.refunds
             if refund.status == "pending" and (besides_return is None or refund.return_id != besides_return)
+            and (begun_before is None or refund.at < begun_before)
         ]  # fmt: skip
         return [Refund.of(order_id, self._ask_gateway(order, refund, actor)) for refund in pending]
 
@@ -186,3 +190,44 @@ class RefundService:
         """Every refund of the order, oldest first: appeasements, returns' and cancellations'."""
         order = visible(self._orders.get(order_id), order_id, channel)
         return [Refund.of(order.id, refund) for refund in order.payment.refunds]
+
+    def page(
+        self, order_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Refund], str | None]:
+        """Up to `limit` of the order's refunds, oldest first, after the position `cursor` names,
+        and the next page's cursor (None: no more). The order holds them whole, append-only, so a
+        position stays where it was; InvalidCursor for one another order's list issued."""
+        return order_lists.page(self.refunds(order_id, channel), order_id, "refunds", limit, cursor)
+
+
+class PendingRefundSweep:
+    """Refunds a request left `pending` (its function died after writing it, before or after the
+    gateway answered, or the gateway stayed unavailable): found through an index of the orders
+    that have one, and asked of the gateway again under their own key, which it answers without
+    refunding twice; recorded `succeeded` or `failed` as it answers. Without this, an appeasement
+    made without an Idempotency-Key could never be finished: nobody would repeat its key, and it
+    would hold its amount (and hide money the gateway gave) for good. Only refunds begun more than
+    `after` ago are taken: a younger one is still in its request's hands."""
+
+    def __init__(
+        self, pending: PendingRefunds, refunds: RefundService, clock: Callable[[], datetime], *,
+        after: timedelta, limit: int = 100,
+    ):  # fmt: skip
+        self._pending = pending
+        self._refunds = refunds
+        self._clock = clock
+        self._after = after
+        self._limit = limit
+
+    def run(self, actor: str) -> list[str]:
+        """One pass: the ids of the refunds it finished (at most `limit` orders, oldest first). An
+        order whose gateway is still unavailable keeps its refund pending for the next pass."""
+        begun_before = self._clock() - self._after
+        finished: list[str] = []
+        for order_id in self._pending.pending_since_before(begun_before, self._limit):
+            try:
+                done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before)
+            except PaymentGatewayUnavailable:
+                continue
+            finished += [refund.id for refund in done if refund.status != "pending"]
+        return finished

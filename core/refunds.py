@@ -152,7 +152,8 @@ def refund_id_for(order_id: str, idempotency_key: str) -> str:
 class Refund(BaseModel, defer_build=True):
     """A refund as the contract shows it. `pending` only while the gateway has not answered (a
     request interrupted there, or a gateway that stayed unavailable): repeating the request with
-    the same Idempotency-Key, or the returns workflow's retry, finishes it."""
+    the same Idempotency-Key, the returns workflow's retry, or else the reconciler's pass
+    (core.refund_service.PendingRefundSweep) finishes it."""
 
     id: str
     order_id: str
@@ -177,8 +178,6 @@ class Refund(BaseModel, defer_build=True):
 
 class RefundPage(BaseModel, defer_build=True):
     items: list[Refund]
-    # An order's refunds are read whole (one item), so there is never a next page; the field is
-    # the contract's list shape all the same.
     next_cursor: str | None = None
 
 

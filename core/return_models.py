@@ -156,6 +156,9 @@ class Return(BaseModel):
     # retry the first run's stored answer never reached finds this return (Returns.request).
     # The system's own: stored, never shown.
     request_key: str | None = Field(default=None, exclude=True)
+    # When it became `authorized` (at its request, or when a person approved it): its expiry counts
+    # from then (expiry_start). The system's own: stored, never shown.
+    authorized_at: datetime | None = Field(default=None, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -168,6 +171,8 @@ class Return(BaseModel):
             system["order_entries"] = [entry.model_dump(mode="json") for entry in self.order_entries]
         if self.request_key is not None:
             system["request_key"] = self.request_key
+        if self.authorized_at is not None:
+            system["authorized_at"] = self.authorized_at.isoformat()
         if not system:
             return api_json
         return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
@@ -192,10 +197,18 @@ class Return(BaseModel):
             {**dict(self), **fields, "status": to or self.status, "version": self.version + 1, "updated_at": at}
         )
 
+    def expiry_start(self) -> datetime:
+        """Where the time a return may wait unreceived starts: an authorized return's approval (the
+        customer could send nothing before it), a requested one's creation. An authorized return
+        stored before approvals were kept was last changed by its approval (or made authorized)."""
+        if self.status is ReturnStatus.AUTHORIZED:
+            return self.authorized_at or self.updated_at
+        return self.created_at
+
     def approve(self, note: str | None, *, at: datetime) -> Return:
         if self.status is not ReturnStatus.REQUESTED:
             raise InvalidTransition(f"a return that is {self.status} is not waiting for approval")
-        return self._next(ReturnStatus.AUTHORIZED, at, note=note or self.note)
+        return self._next(ReturnStatus.AUTHORIZED, at, note=note or self.note, authorized_at=at)
 
     def reject(self, note: str | None, *, at: datetime) -> Return:
         if self.status is not ReturnStatus.REQUESTED:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from core import order_lists
 from core.errors import (
     Conflict,
     DomainError,
@@ -141,6 +142,15 @@ class Returns:
         visible(self._orders.get(order_id), order_id, channel)
         return self._returns.for_order(order_id)
 
+    def page_for_order(
+        self, order_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Return], str | None]:
+        """Up to `limit` of the order's returns, oldest first, after the one `cursor` names, and
+        the cursor of the next page (None: no more). An order has few returns (each holds shipped
+        units), so they are read whole and paged by position (returns are never removed);
+        InvalidCursor for a cursor another order's list issued, or none issued."""
+        return order_lists.page(self.for_order(order_id, channel), order_id, "returns", limit, cursor)
+
     def list(
         self, status: ReturnStatus | None, channel: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Return], str | None]:
@@ -193,6 +203,7 @@ class Returns:
                 return_to=_origin(order, cmd.lines[0].line_id),
                 exchange=cmd.exchange,
                 request_key=request_key,
+                authorized_at=None if decision.needs_approval else now,
                 created_at=now,
                 updated_at=now,
                 version=1,
@@ -349,10 +360,11 @@ class Returns:
         raise StaleVersion(f"return {return_id} kept changing; retry")
 
     # --- Expiry -----------------------------------------------------------------------------
-    def expire(self, return_id: str, created_before: datetime, actor: str) -> bool:
-        """Cancel a return still `requested` or `authorized` that was created before
-        `created_before` (the jeopardy scan's return expiry): one write conditional on its status
-        and version, then a `return_cancelled` entry (reason `return_expired`) on the order's
+    def expire(self, return_id: str, started_before: datetime, actor: str) -> bool:
+        """Cancel a return still `requested` or `authorized` whose wait started before
+        `started_before` (the jeopardy scan's return expiry; Return.expiry_start: an authorized
+        return's approval, a requested one's creation): one write conditional on its status and
+        version, then a `return_cancelled` entry (reason `return_expired`) on the order's
         history. Its units may be returned again (CLOSED) and its exchange is never placed (only a
         received return's is). True when this call cancelled it; a return received meanwhile, or
         cancelled by a concurrent pass, is left as it is (False), so the entry is written once."""
@@ -361,13 +373,17 @@ class Returns:
 
         def decide(item: Return) -> Return:
             nonlocal was
-            was = item.status if item.status in UNRECEIVED_RETURNS and item.created_at < created_before else None
+            expired = item.status in UNRECEIVED_RETURNS and item.expiry_start() < started_before
+            was = item.status if expired else None
             if was is None:
                 return item
-            return item.cancel(at=at).owing(OrderEvent.RETURN_CANCELLED, actor=actor, detail={
+            detail = {
                 "return_id": item.id, "reason": RETURN_EXPIRED, "status": was.value,
                 "created_at": item.created_at.isoformat(),
-            })  # fmt: skip
+            }  # fmt: skip
+            if was is R.AUTHORIZED:
+                detail["authorized_at"] = item.expiry_start().isoformat()
+            return item.cancel(at=at).owing(OrderEvent.RETURN_CANCELLED, actor=actor, detail=detail)
 
         try:
             item = self._change(return_id, None, decide)

@@ -60,8 +60,9 @@ if TYPE_CHECKING:
     from core.pickups import PickupExpiry
     from core.purchasing import Purchasing, PurchasingRepository
     from core.reconciliation import Reconciler
-    from core.refund_service import RefundService
+    from core.refund_service import PendingRefundSweep, RefundService
     from core.reorder import Replenishment
+    from core.return_reconciliation import ReturnReconciler
     from core.returns import Returns
     from core.sourcing import Simulator, SourcingRulesService
     from core.webhooks import (
@@ -449,6 +450,33 @@ class Container:
             self.clock,
             restart_after=timedelta(minutes=config.reconcile_after_minutes),
             park_after=timedelta(minutes=config.reconcile_park_after_minutes),
+        )
+
+    @cached_property
+    def pending_refund_sweep(self) -> PendingRefundSweep:
+        """The reconciler's fourth job: finish refunds a request left pending at the gateway."""
+        from core.refund_service import PendingRefundSweep
+        from functions.adapters.dynamodb import DynamoPendingRefunds
+
+        return PendingRefundSweep(
+            DynamoPendingRefunds(self.dynamodb, self.config.orders_table),
+            self.refunds,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )
+
+    @cached_property
+    def return_reconciler(self) -> ReturnReconciler:
+        """The reconciler's third job: start the workflow of received returns that have none."""
+        from core.return_reconciliation import ReturnReconciler
+
+        return ReturnReconciler(
+            DynamoUnreceivedReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE")),
+            self.return_repository,
+            self.order_repository,
+            self.return_workflow,
+            self.clock,
+            restart_after=timedelta(minutes=self.config.reconcile_after_minutes),
         )
 
     @cached_property

@@ -29,6 +29,7 @@ from core.ports import (
     LateOrders,
     OrderFilter,
     OrderRepository,
+    PendingRefunds,
     ReturnFilter,
     ReturnRepository,
     SourcingRulesRepository,
@@ -201,7 +202,12 @@ INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
 # entered its status: stored on watched orders only, as every write pays for its bytes) and
 # `sla_key` (whether it is marked).
 JEOPARDY_KEY = "jeopardy"
-INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at")
+# The sparse `by_pending_refund` index keeps an entry only for an order with a refund still pending
+# at the gateway, under PENDING_REFUND_KEY by when its oldest one was begun: the reconciler finishes
+# those a request left behind (core.refund_service.PendingRefundSweep). A refund is pending for the
+# moment its request asks the gateway, so the entry comes and goes once per refund.
+PENDING_REFUND_KEY = "pending"
+INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
 
 
 def index_attributes(order: Order) -> dict[str, dict[str, str]]:
@@ -215,6 +221,10 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     if order.jeopardy is not None:
         attributes["sla_key"] = {"S": JEOPARDY_KEY}
         attributes["sla_at"] = {"S": timestamp(order.created_at)}
+    pending = [refund.at for refund in order.payment.refunds if refund.status == "pending"]
+    if pending:
+        attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
+        attributes["refund_since"] = {"S": timestamp(min(pending))}
     return attributes
 
 
@@ -687,6 +697,26 @@ class DynamoBackorderedOrders(BackorderedOrders):
             )
             for item in self._client.query(**query).get("Items", [])
         ]
+
+
+class DynamoPendingRefunds(PendingRefunds):
+    """The pending refund sweep's query: the sparse by_pending_refund index (keys only), one Query
+    on its one partition, oldest first; never a Scan. One page: the next pass takes the rest."""
+
+    def __init__(self, client: Any, table: str):
+        self._client = client
+        self._table = table
+
+    def pending_since_before(self, before: datetime, limit: int) -> list[str]:
+        response = self._client.query(
+            TableName=self._table,
+            IndexName="by_pending_refund",
+            KeyConditionExpression="refund_key = :key AND refund_since < :before",
+            ExpressionAttributeValues={":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
+            ScanIndexForward=True,
+            Limit=limit,
+        )
+        return [item["id"]["S"] for item in response.get("Items", [])]
 
 
 class DynamoLateOrders(LateOrders):

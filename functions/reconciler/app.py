@@ -1,6 +1,8 @@
 """Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, and parks
 those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
-(core/pickups.py)."""
+(core/pickups.py); starts the returns workflow of received returns that have none
+(core/return_reconciliation.py); finishes refunds a request left pending at the gateway
+(core/refund_service.py's PendingRefundSweep)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()
+ACTOR = "reconciler"
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -38,4 +41,21 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
     if expired:
         metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
-    return {"restarted": done.restarted, "parked": done.parked, "expired": expired}
+    returns_restarted = container().return_reconciler.run()
+    for return_id in returns_restarted:
+        logger.warning("returns workflow restarted: the return was received and never settled",
+                       extra={"return_id": return_id})  # fmt: skip
+    if returns_restarted:
+        metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
+    refunds_finished = container().pending_refund_sweep.run(ACTOR)
+    for refund_id in refunds_finished:
+        logger.warning("refund left pending by its request finished", extra={"refund_id": refund_id})
+    if refunds_finished:
+        metrics.add_metric(name="PendingRefundsFinished", unit=MetricUnit.Count, value=len(refunds_finished))
+    return {
+        "restarted": done.restarted,
+        "parked": done.parked,
+        "expired": expired,
+        "returns_restarted": returns_restarted,
+        "refunds_finished": refunds_finished,
+    }

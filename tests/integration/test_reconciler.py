@@ -41,12 +41,17 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         roleArn="arn:aws:iam::123456789012:role/workflow",
     )["stateMachineArn"]  # fmt: skip
     monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    return_arn = sfn.create_state_machine(
+        name="ReturnWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
+        roleArn="arn:aws:iam::123456789012:role/workflow",
+    )["stateMachineArn"]  # fmt: skip
+    monkeypatch.setenv("RETURN_WORKFLOW_ARN", return_arn)
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "15")
     monkeypatch.setenv("RECONCILE_PARK_AFTER_MINUTES", "60")
     from functions.reconciler import app
 
     app.container.forget()
-    yield {"sfn": sfn, "arn": arn, "aws": aws}
+    yield {"sfn": sfn, "arn": arn, "return_arn": return_arn, "aws": aws}
     app.container.forget()
 
 
@@ -76,6 +81,11 @@ def reconcile() -> dict[str, Any]:
     return lambda_handler({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}, Context())
 
 
+def did(**done: list[str]) -> dict[str, list[str]]:
+    """A pass's answer: what it did, nothing else."""
+    return {"restarted": [], "parked": [], "expired": [], "returns_restarted": [], "refunds_finished": [], **done}
+
+
 def order_id(letter: str) -> str:
     return "ord_" + letter * 24
 
@@ -88,7 +98,7 @@ def test_a_stuck_pending_order_is_restarted_once_and_a_fresh_one_is_not(stack):
 
     answer = reconcile()
 
-    assert answer == {"restarted": [stuck], "parked": [], "expired": []}
+    assert answer == did(restarted=[stuck])
     assert started(stack) == {stuck: 1}
     [execution] = stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]
     assert execution["name"].startswith(f"{stuck}-restart-")
@@ -101,7 +111,7 @@ def test_a_stuck_authorized_order_is_restarted_and_finished_or_held_ones_are_lef
     for letter, status in (("d", OrderStatus.ALLOCATED), ("e", OrderStatus.ON_HOLD), ("f", OrderStatus.CANCELLED)):
         store(aws, order_id(letter), status, minutes_ago=30)
 
-    assert reconcile() == {"restarted": [authorized], "parked": [], "expired": []}
+    assert reconcile() == did(restarted=[authorized])
     assert started(stack) == {authorized: 1}
 
 
@@ -130,7 +140,7 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     old = order_id("h")
     store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90)
 
-    assert reconcile() == {"restarted": [], "parked": [old], "expired": []}
+    assert reconcile() == did(parked=[old])
 
     from functions.adapters.dynamodb import DynamoOrders
 
@@ -142,7 +152,7 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     assert history[-1].type == "on_hold"
     assert started(stack) == {}
     # On hold: out of the index's pending/authorized.
-    assert reconcile() == {"restarted": [], "parked": [], "expired": []}
+    assert reconcile() == did()
 
 
 def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypatch):
@@ -162,9 +172,12 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     reconcile()
 
-    # Pending, then authorized; then the pickups past their deadline.
-    assert [operation for operation, _ in calls] == ["query", "query", "query"]
-    assert [kwargs["IndexName"] for _, kwargs in calls] == ["by_status_key", "by_status_key", "by_pickup_deadline"]
+    # Pending, then authorized; then the pickups past their deadline; then the received returns;
+    # then the refunds left pending.
+    assert [operation for operation, _ in calls] == ["query"] * 5
+    assert [kwargs["IndexName"] for _, kwargs in calls] == [
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", "by_pending_refund"
+    ]  # fmt: skip
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
@@ -265,7 +278,7 @@ def test_a_pickup_past_its_deadline_is_found_through_its_index_cancelled_and_its
     inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
     assert (inventory.levels({"TSHIRT"})["TSHIRT"][0].reserved) == 4
 
-    assert reconcile() == {"restarted": [], "parked": [], "expired": [due.id]}
+    assert reconcile() == did(expired=[due.id])
 
     orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
     expired = orders.get(due.id)
@@ -303,3 +316,98 @@ def test_the_reconciler_counts_the_pickups_it_expired(stack, metrics_on, capsys)
     assert emitted(printed) == {"PickupsExpired": 1}
     # The cancel its write recorded, printed by the reconciler's own invocation.
     assert emitted(printed, dimensions=("reason",)) == {"OrdersCancelled": 1}
+
+
+# --- Received returns whose workflow never started ------------------------------------------------
+
+
+def received_return(aws, order_letter: str, minutes_ago: float) -> str:
+    """A delivered order with one return received `minutes_ago` and no returns workflow since (the
+    receipt's function died before starting it)."""
+    from core.money import Money
+    from core.return_models import Return, ReturnLine
+    from core.returns import return_id_for
+    from core.status import ReturnStatus
+    from functions.adapters.dynamodb import DynamoReturns
+
+    order = store(aws, order_id(order_letter), OrderStatus.DELIVERED, minutes_ago=minutes_ago + 60)
+    at = utc_now() - timedelta(minutes=minutes_ago)
+    line = ReturnLine(line_id="L1", quantity=1, reason="too small", received_quantity=1, resellable_quantity=1,
+                      condition="resellable")  # fmt: skip
+    item = Return(
+        id=return_id_for(order.id, 1), order_id=order.id, channel=order.channel, ordinal=1,
+        status=ReturnStatus.RECEIVED, lines=[line], refund=Money.zero("USD"), fee=Money.zero("USD"),
+        received_at_location="wh-west", created_at=at - timedelta(hours=1), updated_at=at, version=2,
+    )  # fmt: skip
+    DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]).add(item)
+    return item.id
+
+
+def test_a_received_return_whose_workflow_never_started_is_started_once_the_receipts_own_would_have_ended(stack):
+    lost = received_return(stack["aws"], "r", minutes_ago=20)
+    fresh = received_return(stack["aws"], "s", minutes_ago=3)
+
+    answer = reconcile()
+
+    assert answer["returns_restarted"] == [lost]
+    executions = stack["sfn"].list_executions(stateMachineArn=stack["return_arn"])["executions"]
+    inputs = [json.loads(stack["sfn"].describe_execution(executionArn=e["executionArn"])["input"]) for e in executions]
+    assert [(i["return_id"], i["channel"]) for i in inputs] == [(lost, "web")]
+    assert fresh not in answer["returns_restarted"]
+
+
+# --- Refunds left pending by a function that died -------------------------------------------------
+
+
+def shipped_order(aws, external_id: str) -> Order:
+    """An order placed, allocated and shipped (its payment captured) with services on this moto account."""
+    from functions.bootstrap import Config, bootstrap
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 5)
+    order = services.capture.place(place_order(external_id=external_id), actor="key_web")
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+    (shipment,) = services.order_repository.get(order.id).shipments
+    return services.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+
+def test_an_appeasement_left_pending_by_a_function_that_died_is_finished_through_its_index(stack, monkeypatch):
+    from core.money import Money
+    from core.refund_service import RefundService
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    order = shipped_order(aws, "web-appeased")
+    assert order.payment.captured.amount > 0
+
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise TimeoutError("the API function timed out here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RefundService, "_ask_gateway", dies)
+        with pytest.raises(TimeoutError):
+            bootstrap(Config.from_env()).refunds.issue_refund(
+                order.id, Money.of("5.00", "USD"), "late delivery", "rfk_lost", "key_cs"
+            )
+    services = bootstrap(Config.from_env())
+    [pending] = services.order_repository.get(order.id).payment.refunds
+    assert pending.status == "pending"
+    assert reconcile()["refunds_finished"] == []  # it may still be in flight: left to its request
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        answer = reconcile()
+
+    assert answer["refunds_finished"] == [pending.id]
+    finished = services.order_repository.get(order.id)
+    assert [r.status for r in finished.payment.refunds] == ["succeeded"]
+    assert finished.payment.refunded == Money.of("5.00", "USD")
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        assert reconcile()["refunds_finished"] == []  # out of the index once nothing is pending
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"]
+    assert "refund_key" not in item and "refund_since" not in item

@@ -181,8 +181,7 @@ def test_refunds_need_their_scope_and_another_channels_order_is_404(api):
 
 
 def test_the_refunds_of_an_order_are_a_list_in_the_contracts_shape(api):
-    # API.md: a list answers {"items": [...], "next_cursor": "..." | null}; an order's refunds fit
-    # one page, so its cursor is always null, but a client paging by next_cursor finds it.
+    # API.md: a list answers {"items": [...], "next_cursor": "..." | null}; one page holds them all here.
     oid = order_id(72)
     a_captured_order(oid)
     assert refund(api, oid, "2.00").status_code == 201
@@ -193,3 +192,21 @@ def test_the_refunds_of_an_order_are_a_list_in_the_contracts_shape(api):
     assert set(listed.json()) == {"items", "next_cursor"}
     assert listed.json()["next_cursor"] is None
     assert [item["amount"]["amount"] for item in listed.json()["items"]] == ["2.00"]
+
+
+def test_the_refunds_of_an_order_are_paged_by_limit_and_cursor_oldest_first(api):
+    oid = order_id(75)
+    a_captured_order(oid)
+    made = [refund(api, oid, amount).json()["id"] for amount in ("1.00", "2.00", "3.00")]
+
+    first = api.get(f"/orders/{oid}/refunds", params={"limit": 2}).json()
+    second = api.get(f"/orders/{oid}/refunds", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+
+    assert [r["id"] for r in first["items"]] == made[:2] and first["next_cursor"]
+    assert ([r["id"] for r in second["items"]], second["next_cursor"]) == (made[2:], None)
+    assert_error(api.get(f"/orders/{oid}/refunds", params={"limit": 0}), 422, None, "limit")
+    assert_error(api.get(f"/orders/{oid}/refunds", params={"limit": 101}), 422, None, "limit")
+    other = order_id(76)
+    a_captured_order(other)
+    foreign = api.get(f"/orders/{other}/refunds", params={"cursor": first["next_cursor"]})
+    assert_error(foreign, 422, "invalid_cursor", "cursor")

@@ -229,3 +229,22 @@ def test_a_request_retried_with_its_key_after_it_failed_past_the_return_makes_on
     assert [r["id"] for r in api.get(f"/orders/{order['id']}/returns").json()["items"]] == [again.json()["id"]]
     history = api.get(f"/orders/{order['id']}/history").json()["items"]
     assert [e["detail"]["return_id"] for e in history if e["type"] == "return_requested"] == [again.json()["id"]]
+
+
+def test_an_orders_returns_are_paged_by_limit_and_cursor_oldest_first(api: InProcessApi):
+    order, _, _ = an_order(api, 3)
+    made = [api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()["id"] for _ in range(3)]
+
+    first = api.get(f"/orders/{order['id']}/returns", params={"limit": 2}).json()
+    second = api.get(f"/orders/{order['id']}/returns", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+
+    assert [r["id"] for r in first["items"]] == made[:2] and first["next_cursor"]
+    assert ([r["id"] for r in second["items"]], second["next_cursor"]) == (made[2:], None)
+    assert api.get(f"/orders/{order['id']}/returns").json()["next_cursor"] is None
+    assert_error(api.get(f"/orders/{order['id']}/returns", params={"limit": 0}), 422, None, "limit")
+    assert_error(api.get(f"/orders/{order['id']}/returns", params={"limit": 101}), 422, None, "limit")
+    other, _, _ = an_order(api, 1)
+    foreign = api.get(f"/orders/{other['id']}/returns", params={"cursor": first["next_cursor"]})
+    assert_error(foreign, 422, "invalid_cursor", "cursor")
+    forged = api.get(f"/orders/{order['id']}/returns", params={"cursor": "bm90LWEtY3Vyc29y"})
+    assert_error(forged, 422, "invalid_cursor")

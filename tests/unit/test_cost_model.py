@@ -16,7 +16,9 @@ def test_an_item_weighs_its_attribute_names_and_values():
 
 
 def test_index_writes_follow_the_template():
-    names = ("by_customer", "by_channel", "by_status_key", "by_created", "by_sla", "by_pickup_deadline")
+    names = (
+        "by_customer", "by_channel", "by_status_key", "by_created", "by_sla", "by_pickup_deadline", "by_pending_refund"
+    )  # fmt: skip
     by_index = dict(zip(names, orders_indexes(), strict=True))
     assert by_index["by_status_key"].writes_on_change("status_key") == 2  # its key moves: delete + put
     assert by_index["by_status_key"].writes_on_change("sla_key") == 1  # a mark rewrites the entry
@@ -31,6 +33,9 @@ def test_index_writes_follow_the_template():
     # Only an order with a pickup waiting at its store is in the pickup index, never a new order.
     assert by_index["by_pickup_deadline"].writes_on_put({"customer_id": {}, "created_at": {}, "list_pk": {}}) == 0
     assert by_index["by_pickup_deadline"].writes_on_change("status") == 0
+    # Only an order with a refund pending at the gateway is in the refund index, never a new order.
+    assert by_index["by_pending_refund"].writes_on_put({"customer_id": {}, "created_at": {}, "list_pk": {}}) == 0
+    assert by_index["by_pending_refund"].writes_on_change("status") == 0
 
 
 def test_log_lines_are_counted_by_level_and_info_is_optional():

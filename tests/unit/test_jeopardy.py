@@ -459,3 +459,25 @@ def test_returns_never_expire_when_the_expiry_is_off(world):
 
     assert return_scan(world, clock, returns, return_expiry=None).run().returns_expired == []
     assert world.returns.get(item.id) == item
+
+
+def test_an_approved_return_counts_its_expiry_from_its_approval_and_a_requested_one_from_its_creation(world):
+    clock = Clock()
+    approving = returns_service(world, clock, NeedsApproval())
+    approved_late = one_mug_returned(world, approving)
+    never_approved = one_mug_returned(world, approving)
+    clock.advance(days=29)
+    approving.approve(approved_late.id, "ok after a long look", actor="key_lead")
+    approved_at = clock.now
+    clock.advance(days=1, seconds=1)
+
+    done = return_scan(world, clock, approving).run()
+
+    assert done.returns_expired == [never_approved.id]  # approved a day ago: 29 days left to send it
+    assert world.returns.get(approved_late.id).status is ReturnStatus.AUTHORIZED
+    clock.now = approved_at + timedelta(days=30)
+    assert return_scan(world, clock, approving).run().returns_expired == []  # 30 days to the second: not yet
+    clock.advance(seconds=1)
+    assert return_scan(world, clock, approving).run().returns_expired == [approved_late.id]
+    [entry] = [e for e in world.history(approved_late.order_id) if e.type is OrderEvent.RETURN_CANCELLED]
+    assert (entry.detail["status"], entry.detail["authorized_at"]) == ("authorized", approved_at.isoformat())

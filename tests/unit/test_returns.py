@@ -1362,7 +1362,7 @@ def test_an_authorized_return_never_received_expires_and_its_units_may_be_return
     assert (cancelled.status, cancelled.version, cancelled.updated_at) == (R.CANCELLED, item.version + 1, clock.now)
     assert expiry_entries(world, order.id) == [{
         "actor": "jeopardy_scan", "return_id": item.id, "reason": "return_expired", "status": "authorized",
-        "created_at": item.created_at.isoformat(),
+        "created_at": item.created_at.isoformat(), "authorized_at": item.created_at.isoformat(),
     }]  # fmt: skip
     again = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     assert (again.ordinal, again.status) == (2, R.AUTHORIZED)

@@ -24,6 +24,7 @@ from functions.adapters.dynamodb import (
     DynamoInventory,
     DynamoLateOrders,
     DynamoOrders,
+    DynamoPendingRefunds,
     DynamoReturns,
     DynamoSourcingRules,
     DynamoStalledOrders,
@@ -191,13 +192,16 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ParkOrderFunction": _WORKFLOW_ORDERS,
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
-        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders, DynamoDuePickups],
+        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders, DynamoDuePickups, DynamoPendingRefunds],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         # An expired pickup's units are released as a cancel releases them.
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
+        # Received returns with no workflow: found through by_status, their workflow started again.
+        (RETURNS, "dynamodb:Query"): [DynamoUnreceivedReturns],
+        ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
     },
     "JeopardyScanFunction": {
         **_WORKFLOW_ORDERS,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.ids import new_id
@@ -26,7 +27,8 @@ router = Router()
     "`status: failed`: it is kept on the order, never counted in `payment.refunded`, and what it held can be "
     "refunded again by a new request (a new Idempotency-Key). More than captured minus refunded is 422 "
     "`refund_exceeds_captured`; nothing captured yet is 409. A gateway that keeps failing answers 503 with the "
-    "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it.",
+    "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it; "
+    "one nobody repeats is finished by the scheduled reconciler about 15 minutes later.",
     responses={**ok(201, Refund, "The refund, succeeded or failed"), **errors(400, 403, 404, 409, 413, 503)},
     middlewares=[plugins_loaded],
 )
@@ -70,8 +72,13 @@ def refund_order(
 @router.get(
     "/orders/<order_id>/refunds",
     summary="Every refund of an order, oldest first: appeasements, returns' and cancellations'",
-    responses={**ok(200, RefundPage, "The refunds"), **errors(403, 404)},
+    responses={**ok(200, RefundPage, "A page of the order's refunds"), **errors(403, 404)},
 )
 @requires(Scope.ORDERS_READ)
-def list_refunds(order_id: OrderIdPath) -> RefundPage:
-    return RefundPage(items=container().refunds.refunds(order_id, caller(router).channel))
+def list_refunds(
+    order_id: OrderIdPath,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> RefundPage:
+    items, next_cursor = container().refunds.page(order_id, caller(router).channel, limit, cursor)
+    return RefundPage(items=items, next_cursor=next_cursor)

@@ -76,13 +76,17 @@ def request_return(
 @router.get(
     "/orders/<order_id>/returns",
     summary="An order's returns, oldest first",
-    responses={**ok(200, ReturnPage, "Every return of the order"), **errors(403, 404)},
+    responses={**ok(200, ReturnPage, "A page of the order's returns"), **errors(403, 404)},
 )
 @requires(Scope.ORDERS_READ)
-def list_order_returns(order_id: OrderIdPath) -> ReturnPage:
+def list_order_returns(
+    order_id: OrderIdPath,
+    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> ReturnPage:
     who = caller(router)
-    items = container().returns.for_order(order_id, who.channel)
-    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=None)
+    items, next_cursor = container().returns.page_for_order(order_id, who.channel, limit, cursor)
+    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=next_cursor)
 
 
 @router.get(

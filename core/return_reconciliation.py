@@ -1,0 +1,85 @@
+"""Received returns whose workflow never ran to its end: started again, until it ends or a person has it.
+
+POST /returns/{id}/receive records the receipt, then starts the returns workflow. A function that
+dies between the two (or a start Step Functions refused) leaves the return `received` with no
+execution: its units are back, but nothing restocks, counts or refunds them unless the client
+repeats the receipt. Every few minutes the reconciler looks (through the Returns table's by_status
+index, never a scan) for returns still `received` well after their receipt (an Express execution
+ends within five minutes: one that finished refunded the return, one that failed recorded
+`return_stuck` on the order's history for a person) and starts their workflow again. That is safe
+however often it happens: every step reads what is stored and skips what is done (a restock is
+keyed by return and line, a refund by return and attempt), so an execution that finds its work
+done does nothing. A return whose workflow recorded it stuck after its receipt is left to the
+person the alarm called (receiving it again resumes it): restarting it every pass would ask a
+refused refund again and again.
+
+The index finds candidates by when they were requested (a superset of those received before the
+moment); each is then judged on its last change (`updated_at`: the receipt) and its order's history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from core.errors import TransientError
+from core.events import OrderEvent
+from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, UnreceivedReturns
+from core.return_models import Return
+from core.status import ReturnStatus
+
+
+class ReturnReconciler:
+    def __init__(
+        self,
+        candidates: UnreceivedReturns,
+        returns: ReturnRepository,
+        orders: OrderRepository,
+        starter: ReturnWorkflowStarter,
+        clock: Callable[[], datetime],
+        *,
+        restart_after: timedelta,
+        limit: int = 100,
+    ):
+        if restart_after <= timedelta(minutes=5):
+            # Younger than five minutes, the receipt's own execution may still be running.
+            raise ValueError("restart_after must be over 5 minutes")
+        self._candidates = candidates
+        self._returns = returns
+        self._orders = orders
+        self._starter = starter
+        self._clock = clock
+        self._restart_after = restart_after
+        self._limit = limit
+
+    def run(self) -> list[str]:
+        """One pass: the ids of the received returns whose workflow was started again, at most
+        `limit` candidates read, oldest first; the rest, and any whose start failed, are the next
+        pass's (a failed start does not stop the reconciler's other work)."""
+        received_before = self._clock() - self._restart_after
+        restarted = []
+        for return_id in self._candidates.created_before(ReturnStatus.RECEIVED, received_before, self._limit):
+            item = self._returns.get(return_id)
+            if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
+                continue  # moved on since the index was read, or received recently enough to be running
+            if self._stuck(item):
+                continue
+            try:
+                self._starter.start(item.id, channel=item.channel)
+            except TransientError:
+                continue  # Step Functions refused it now: the next pass finds it again
+            restarted.append(item.id)
+        return restarted
+
+    def _stuck(self, item: Return) -> bool:
+        """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's history."""
+        found = self._orders.history(item.order_id)
+        if found is None:
+            return False
+        _, history = found
+        return any(
+            entry.type is OrderEvent.RETURN_STUCK
+            and (entry.detail or {}).get("return_id") == item.id
+            and entry.at >= item.updated_at
+            for entry in history
+        )

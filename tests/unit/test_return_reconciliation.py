@@ -1,0 +1,104 @@
+"""The return reconciler: a receipt whose returns workflow never started (the function died between
+the receipt's write and the start) is found and its workflow started again, once the receipt's own
+execution would have ended; one received recently, one refunded, and one its workflow recorded stuck
+for a person are left alone."""
+
+from datetime import timedelta
+
+import pytest
+
+from core.errors import TransientError
+from core.return_models import ReceiveReturn
+from core.return_reconciliation import ReturnReconciler
+from core.status import ReturnStatus
+from plugins.testing.memory import InMemoryUnreceivedReturns
+from tests.fakes import InlineReturnWorkflow
+from tests.unit.test_jeopardy import STOCK, Clock, one_mug_returned, returns_service
+from tests.unit.world import World, build_world
+
+R = ReturnStatus
+RECEIPT = ReceiveReturn.model_validate(
+    {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+)
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def reconciler(world: World, clock: Clock, workflow: InlineReturnWorkflow) -> ReturnReconciler:
+    return ReturnReconciler(
+        InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+        restart_after=timedelta(minutes=15),
+    )  # fmt: skip
+
+
+def test_a_receipt_whose_workflow_never_started_is_restarted_and_finished_once(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    lost = one_mug_returned(world, returns)
+    returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    clock.advance(minutes=10)
+    fresh = one_mug_returned(world, returns)
+    returns.receive(fresh.id, RECEIPT, "key_wh")
+    assert reconciler(world, clock, workflow).run() == []  # ten minutes: its execution may be running
+
+    clock.advance(minutes=6)
+    assert reconciler(world, clock, workflow).run() == [lost.id]
+
+    assert workflow.started == [lost.id]
+    assert world.returns.get(lost.id).status is R.REFUNDED
+    assert world.order(lost.order_id).payment.refunded == world.returns.get(lost.id).refund
+    clock.advance(minutes=30)
+    assert reconciler(world, clock, workflow).run() == [fresh.id]
+    assert reconciler(world, clock, workflow).run() == []  # both refunded: nothing to start
+
+
+def test_a_return_its_workflow_recorded_stuck_is_left_to_a_person(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=3)
+    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    clock.advance(hours=1)
+
+    assert reconciler(world, clock, workflow).run() == []
+
+    assert workflow.started == [] and world.returns.get(item.id).status is R.RECEIVED
+
+
+def test_the_threshold_leaves_the_receipts_own_execution_its_five_minutes(world):
+    with pytest.raises(ValueError):
+        ReturnReconciler(
+            InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, InlineReturnWorkflow(), Clock(),
+            restart_after=timedelta(minutes=5),
+        )  # fmt: skip
+
+
+def test_a_start_step_functions_refuses_is_left_for_the_next_pass_and_the_rest_are_started(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    first, second = one_mug_returned(world, returns), one_mug_returned(world, returns)
+    for item in (first, second):
+        returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=16)
+
+    class RefusesFirst(InlineReturnWorkflow):
+        def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+            if return_id == first.id and not self.started:
+                self.started.append("refused")
+                raise TransientError("the returns workflow could not be started: ThrottlingException")
+            super().start(return_id, channel, correlation_id)
+
+    workflow = RefusesFirst()
+    workflow.returns = returns
+
+    assert reconciler(world, clock, workflow).run() == [second.id]
+    assert reconciler(world, clock, workflow).run() == [first.id]
+    assert {world.returns.get(item.id).status for item in (first, second)} == {R.REFUNDED}
