@@ -220,14 +220,19 @@ def oms_review_order(order: Order) -> list[ReviewRequest] | None:
 
 @hookspec(firstresult=True)
 def oms_carrier_create_shipment(
-    order: Order, shipment_id: str, origin: Location, lines: list[ShipmentLine], weight_grams: int
+    order: Order, shipment_id: str, booking_key: str, origin: Location, lines: list[ShipmentLine], weight_grams: int
 ) -> CarrierShipment | None:
     """Book one shipment with a carrier and return its tracking number and label.
 
     :param order: the order (its `shipping_address` is the destination, `shipping_method` the
         service the customer chose).
-    :param shipment_id: the OMS's id for this shipment; the same on every retry, so a carrier
-        can be asked idempotently.
+    :param shipment_id: the OMS's id for this shipment (from the order and the location): an
+        order edited, or sourced again after a location's reject, books its parcel from the same
+        location under the same id, with other contents.
+    :param booking_key: the key to ask the carrier idempotently under: the same on every retry,
+        and a new one for a parcel booked again after such a change (the first booking's is the
+        shipment id). Key idempotency on this, never on `shipment_id`, or the carrier answers the
+        earlier booking's label, contents and weight.
     :param origin: the location the parcel leaves from.
     :param lines: the order lines (and quantities) in this parcel.
     :param weight_grams: the parcel's weight from the products' `weight_grams`.

@@ -41,6 +41,13 @@ def shipment_id_for(order_id: str, location_id: str) -> str:
     return "shp_" + short_hash(f"{order_id}#{location_id}")
 
 
+def booking_key(shipment_id: str, rebookings: int) -> str:
+    """The key a carrier is asked to book a shipment under: the same on every retry of the step,
+    and a new one once a change may have altered the parcel (`Order.rebookings`), whose shipment
+    keeps its id. The first booking's is the shipment id, as before there were others."""
+    return shipment_id if not rebookings else f"{shipment_id}-{rebookings}"
+
+
 def reservation_key(order_id: str, line_id: str) -> str:
     """The key an order line's units are reserved under, at whatever location holds them."""
     return f"{order_id}#{line_id}"

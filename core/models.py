@@ -1048,6 +1048,12 @@ class Order(BaseModel, defer_build=True):
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
     reversed_captures: list[str] = Field(default_factory=list, exclude=True)
+    # How many changes (an edit, a location's reject, units cancelled while backordered) may have
+    # altered what the order's parcels hold, whose shipments keep their ids: a parcel booked after
+    # one is asked of the carrier under a new key (core.ids.booking_key), so a carrier idempotent by
+    # key books the parcel as it now is instead of answering an earlier booking again. A retried
+    # step, a hold or a release does not change it. The system's own: stored, never shown.
+    rebookings: int = Field(default=0, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided. The system's own: stored, never shown.
@@ -1089,6 +1095,8 @@ class Order(BaseModel, defer_build=True):
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
             system["reversed_captures"] = list(self.reversed_captures)
+        if self.rebookings:
+            system["rebookings"] = self.rebookings
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.authorization_requested is not None:
@@ -1635,7 +1643,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id, "reason": reason,
                     "released": [a.model_dump() for a in self.allocations]},
-            excluded_locations=list(dict.fromkeys(excluded)), **self._sourced_again(),
+            excluded_locations=list(dict.fromkeys(excluded)), rebookings=self.rebookings + 1, **self._sourced_again(),
         )  # fmt: skip
 
     def reject_withdrawn(self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
@@ -1814,7 +1822,8 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
-            priced_version=self.version + 1, authorization_requested=None, replaced_authorizations=replaced, **again,
+            priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
+            replaced_authorizations=replaced, **again,
         )  # fmt: skip
 
     def record_replaced_voided(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:
@@ -1948,7 +1957,7 @@ class Order(BaseModel, defer_build=True):
                         "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
                                         "to": totals.grand_total.model_dump(mode="json")},
                         "released": [a.model_dump() for a in self.allocations]},
-                lines=lines, totals=totals, **self._sourced_again(),
+                lines=lines, totals=totals, rebookings=self.rebookings + 1, **self._sourced_again(),
             )  # fmt: skip
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}

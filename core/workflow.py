@@ -35,7 +35,7 @@ from core.errors import (
     TransientError,
 )
 from core.hook_calls import call_hook
-from core.ids import reservation_key, shipment_id_for
+from core.ids import booking_key, reservation_key, shipment_id_for
 from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, StockLevel, utc_now
 from core.money import Money
 from core.order_changes import failure_recorder, modify
@@ -574,8 +574,11 @@ class Workflow:
             lines = by_location[location_id]
             shipment_id = shipment_id_for(order.id, location_id)
             weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
-            booked = self._book(order, shipment_id, locations[location_id], lines, weight)
-            label_key = stored_label(self._labels, booked, order.id, shipment_id)
+            key = booking_key(shipment_id, order.rebookings)
+            booked = self._book(order, shipment_id, key, locations[location_id], lines, weight)
+            # Stored under the booking's key: a booking made for the order as it was, by a step that
+            # lost its write to the change, never overwrites the label of the booking made after it.
+            label_key = stored_label(self._labels, booked, order.id, key)
             shipments.append(
                 Shipment(
                     id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,
@@ -595,11 +598,11 @@ class Workflow:
                 self._backorders.remove(sku, waiting)
 
     def _book(
-        self, order: Order, shipment_id: str, origin: Location, lines: list[ShipmentLine], weight: int
+        self, order: Order, shipment_id: str, key: str, origin: Location, lines: list[ShipmentLine], weight: int
     ) -> CarrierShipment:
         booked = call_hook(
             self._hook.oms_carrier_create_shipment,
-            order=order, shipment_id=shipment_id, origin=origin, lines=lines, weight_grams=weight,
+            order=order, shipment_id=shipment_id, booking_key=key, origin=origin, lines=lines, weight_grams=weight,
         )  # fmt: skip
         if not isinstance(booked, CarrierShipment):
             raise PluginError(f"oms_carrier_create_shipment returned {type(booked).__name__}, expected CarrierShipment")

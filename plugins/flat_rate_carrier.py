@@ -6,7 +6,10 @@ without a carrier account.
 
 Tracking numbers: "OMS" + 12 digits + 1 check digit, e.g. "OMS4839201746385".
 - The 12 digits are SHA-256("oms-flat-rate:" + shipment id) read as a number, modulo 10**12: the
-  same shipment id (which is the same on every retry) always gets the same tracking number.
+  same shipment id (which is the same on every retry) always gets the same tracking number. It
+  keeps no bookings, so it needs no `booking_key`: every call renders the label from the lines and
+  weight it is given (an edited order's parcel, booked again under the same shipment id, shows
+  what it now holds), and the number stays the shipment's, which its webhook checks.
 - The check digit is the GS1 mod-10 digit that USPS and GS1 labels use: weights 3, 1, 3, ...
   from the rightmost digit of the 12, and the digit that brings the weighted sum to a multiple
   of 10. It catches any single mistyped digit and most swaps of neighbours.

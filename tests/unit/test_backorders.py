@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
-from core.errors import Backordered, InvalidTransition, OrderHeld, OutOfStock
+from core.errors import Backordered, InvalidTransition, OrderHeld, OutOfStock, TransientError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key
 from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
@@ -24,7 +24,7 @@ from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, place_order, product
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import RecordsBookings, World, before_the_next_write, build_world
 
 S = OrderStatus
 
@@ -744,6 +744,37 @@ def test_cancelling_the_units_a_backordered_order_waits_for_sends_it_to_be_alloc
     assert sorted((a.line_id, a.quantity) for a in again.allocations) == [("L1", 2), ("L2", 1)]
     assert world.level("PREORDER", "wh-west") == (1, 1, 0)
     assert world.spy.captured == [] and world.spy.voided == []
+
+
+class StartsNothing(WorkflowStarter):
+    """The execution a fill starts, not run yet: the test runs its step itself."""
+
+    def start(self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None) -> bool:
+        return True
+
+
+def test_units_cancelled_while_the_filled_order_is_booked_get_its_parcel_booked_again_under_a_new_key(monkeypatch):
+    carrier = RecordsBookings()
+    world = build_world([("PREORDER", "wh-west", 1)], carrier)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = backordered(world, ("PREORDER", 3))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, StartsNothing()).arrived(
+        "PREORDER", "wh-west"
+    )  # every unit reserved: the started execution books its parcel
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order_id, "only two", actor="key_web", lines={"L1": 1})
+    )
+
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)  # booked 3 units, then lost its write to the cancel
+    again = world.run(order_id)  # the execution the outbox starts for the order sent back
+
+    (shipment,) = again.shipments
+    booked, rebooked = carrier.asked
+    assert booked[:3] == (shipment.id, shipment.id, [("L1", 3)])
+    assert rebooked[0] == shipment.id and rebooked[1] != shipment.id and rebooked[2] == [("L1", 2)]
+    assert shipment.label_url == f"labels/{order_id}/{rebooked[1]}"
 
 
 def test_a_backordered_line_cancelled_whole_gives_back_what_it_held(setup):

@@ -31,7 +31,7 @@ HOOK_ARGUMENTS = {
     "oms_source_order": {"order": a_stored_order(("MUG-1", 1)), "locations": [], "stock": {},
                          "destination": an_address(), "rules": SourcingRules()},
     "oms_carrier_create_shipment": {"order": a_stored_order(("MUG-1", 1)), "shipment_id": "shp_1",
-                                    "origin": None, "lines": [], "weight_grams": 0},
+                                    "booking_key": "shp_1", "origin": None, "lines": [], "weight_grams": 0},
 }  # fmt: skip
 
 

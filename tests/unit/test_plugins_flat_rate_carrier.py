@@ -120,6 +120,7 @@ def test_books_a_shipment_through_the_plugin_manager():
     shipment = pm.hook.oms_carrier_create_shipment(
         order=order,
         shipment_id="shp_1",
+        booking_key="shp_1",
         origin=an_origin(),
         lines=[ShipmentLine(line_id="L1", quantity=2)],
         weight_grams=900,
@@ -142,7 +143,7 @@ def test_runs_last_so_a_real_carrier_plugin_answers_first():
     pm = build_plugin_manager(Acme(), flat_rate_carrier, load_entry_points=False)
 
     shipment = pm.hook.oms_carrier_create_shipment(
-        order=an_order(), shipment_id="shp_1", origin=an_origin(), lines=[], weight_grams=0
+        order=an_order(), shipment_id="shp_1", booking_key="shp_1", origin=an_origin(), lines=[], weight_grams=0
     )
 
     assert shipment is booked

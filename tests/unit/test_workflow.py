@@ -21,8 +21,8 @@ from core.workflow import reservation_key
 from core.workflow_types import SourcingPlan
 from plugins import test_payments
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
-from tests.builders import NOW, address_body
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.builders import NOW, address_body, location
+from tests.unit.world import RecordsBookings, World, before_the_next_write, build_world
 
 S = OrderStatus
 
@@ -843,3 +843,54 @@ def test_a_plan_that_names_one_place_twice_reserves_and_ships_every_unit_it_reco
     shipped = world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
     assert [(x.line_id, x.quantity) for x in shipped.shipments[0].lines] == [("L1", 3)]
     assert world.level("TSHIRT", "wh-west") == (7, 0, 7)
+
+
+# --- Booking a parcel again ---------------------------------------------------------------------
+
+
+def test_an_edited_order_booked_again_from_the_same_location_is_booked_under_a_new_key(monkeypatch):
+    carrier = RecordsBookings()
+    world = build_world(STOCK, carrier)
+    order_id = world.place(("TSHIRT", 2))
+    first = world.run(order_id)
+    (before,) = first.shipments
+
+    world.actions.edit(order_id, first.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_web")  # fmt: skip
+    edited = world.order(order_id)
+    assert Order.model_validate_json(edited.stored_json()) == edited  # the repository keeps what keys it
+    world.workflow.reserve_stock(order_id)
+    crash_once(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.create_shipments(order_id)
+    world.workflow.create_shipments(order_id)  # the step run again
+
+    (shipment,) = world.order(order_id).shipments
+    assert (shipment.id, shipment.location_id) == (before.id, before.location_id)  # the same shipment id
+    booked, rebooked, retried = carrier.asked
+    assert booked == (before.id, before.id, [("L1", 2)], 400)  # a first booking's key is its shipment id
+    assert rebooked[0] == before.id and rebooked[1] != before.id
+    assert rebooked[2:] == ([("L1", 3)], 600)  # the parcel as it is now
+    assert retried == rebooked  # a retried step asks under the same key
+    # The new booking's label is the one the order keeps; the first one is not served.
+    assert shipment.label_url == f"labels/{order_id}/{rebooked[1]}" != before.label_url
+    assert world.labels.labels[rebooked[1]] != world.labels.labels[before.id]
+
+
+def test_a_parcel_booked_again_after_another_location_rejects_is_booked_under_a_new_key():
+    carrier = RecordsBookings()
+    world = build_world(STOCK, carrier)
+    world.catalog.put_location(location("wh-north", name="North warehouse"))
+    world.inventory.set_on_hand("TSHIRT", "wh-north", 10, reason="count")
+    first = world.allocated(("TSHIRT", 12))  # more than any one warehouse holds
+    rejected = world.shipment_at(first, "wh-west")
+    kept = next(s for s in first.shipments if s.id != rejected)
+
+    world.actions.reject(first.id, rejected, "damaged stock", actor="key_wms")
+    world.workflow.reserve_stock(first.id)
+    world.workflow.create_shipments(first.id)
+
+    again = world.order(first.id).shipment(kept.id)  # the same location ships again, more of the order
+    assert again.lines != kept.lines
+    (key,) = {asked[1] for asked in carrier.asked if asked[0] == kept.id and asked[1] != kept.id}
+    assert again.label_url == f"labels/{first.id}/{key}"

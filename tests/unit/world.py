@@ -14,6 +14,7 @@ from datetime import datetime
 
 import pytest
 
+from core import hookimpl
 from core.exchange_credit import ExchangeCredits
 from core.fulfillment import OrderActions
 from core.models import HistoryEntry, Order
@@ -209,6 +210,18 @@ def before_the_next_write(
 
     monkeypatch.setattr(world.orders, "update", update)
     return landed
+
+
+class RecordsBookings:
+    """A carrier plugin that answers nothing (the built-in carrier books) and records each booking
+    it was asked for: (shipment id, booking key, [(line id, units)], weight in grams)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, list[tuple[str, int]], int]] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_create_shipment(self, shipment_id, booking_key, lines, weight_grams):
+        self.asked.append((shipment_id, booking_key, [(line.line_id, line.quantity) for line in lines], weight_grams))
 
 
 class Died(Exception):

@@ -8,6 +8,7 @@ import pytest
 from oms_acme import courier
 
 from core.errors import InvalidRequest
+from core.ids import booking_key
 from core.tracking import shipment_reference
 from plugins.testing import (
     a_location,
@@ -69,6 +70,20 @@ def test_acme_books_its_own_method_from_the_origin_sourcing_chose(oms_host):
     label = oms_host.labels.labels[shipment.id]
     assert b"From: Warehouse wh-leeds, Leeds" in label
     assert f"Ref: {shipment_reference(booked.id, shipment.id)}".encode() in label
+    assert f"Booking: {shipment.id}".encode() in label
+
+
+def test_an_edited_orders_parcel_is_booked_under_its_new_booking_key(oms_host):
+    edited = gb_stored_order("acme_next_day").model_copy(update={"rebookings": 1})
+    sourced = oms_host.source(edited, [LEEDS], [a_stock_level("KETTLE", "wh-leeds", 4)])
+
+    booked = oms_host.book_shipments(sourced, [LEEDS], [KETTLE])
+
+    (shipment,) = booked.shipments
+    key = booking_key(shipment.id, 1)
+    assert key != shipment.id
+    assert f"Booking: {key}".encode() in oms_host.labels.labels[key]
+    assert shipment.tracking_number == courier.tracking_number(shipment.id)  # what its webhooks are checked by
 
 
 def test_any_other_method_is_booked_by_the_next_carrier(oms_host):

@@ -4,7 +4,10 @@
   started kilogram above. Nothing for any other order, so their default method stays `standard`.
 - Book: only orders whose shipping method is `acme_next_day` (any other is left to the next
   carrier plugin). The booking's reference is core.tracking.shipment_reference(order, shipment),
-  which Acme echoes in its webhooks; a real integration would send it with the booking request.
+  which Acme echoes in its webhooks; a real integration would send it with the booking request,
+  and `booking_key` as that request's idempotency key (never the shipment id: an edited order's
+  parcel is booked again under the same shipment id, and must not get the old booking back). The
+  label prints the booking it belongs to.
 - Track: Acme posts one event per webhook to POST /carriers/acme-courier/tracking:
 
       {"parcel": {"tracking_number": "ACME0123456789", "customer_reference": "ord_…/shp_…"},
@@ -66,19 +69,24 @@ def tracking_number(shipment_id: str) -> str:
     return f"ACME{int.from_bytes(digest, 'big') % 10**10:010d}"
 
 
-def _label(order: Order, shipment_id: str, origin: Location, weight_grams: int, tracking: str) -> bytes:
+def _label(
+    order: Order, shipment_id: str, booking_key: str, origin: Location, weight_grams: int, tracking: str
+) -> bytes:
     to = order.shipping_address
     rows = [CARRIER, f"{SERVICE} - {tracking}", f"From: {origin.name}, {origin.address.city}",
             f"To: {to.name}, {to.line1}, {to.city} {to.postal_code}",
-            f"Ref: {shipment_reference(order.id, shipment_id)}", f"Weight: {weight_grams} g"]  # fmt: skip
+            f"Ref: {shipment_reference(order.id, shipment_id)}", f"Booking: {booking_key}",
+            f"Weight: {weight_grams} g"]  # fmt: skip
     lines = [f"BT /F1 9 Tf 18 {400 - 16 * i} Td ({pdf_text(row)}) Tj ET" for i, row in enumerate(rows)]
     return pdf_document("\n".join(lines).encode("ascii"), title=f"{CARRIER} {tracking}")
 
 
 @hookimpl
 def oms_carrier_create_shipment(
-    order: Order, shipment_id: str, origin: Location, lines: list[ShipmentLine], weight_grams: int
+    order: Order, shipment_id: str, booking_key: str, origin: Location, lines: list[ShipmentLine], weight_grams: int
 ) -> CarrierShipment | None:
+    """The tracking number stays the shipment's (the webhook checks it against the reference's
+    shipment); the label is the booking's."""
     if order.shipping_method != SHIPPING_METHOD:
         return None
     tracking = tracking_number(shipment_id)
@@ -86,7 +94,7 @@ def oms_carrier_create_shipment(
         carrier=CARRIER,
         service=SERVICE,
         tracking_number=tracking,
-        label=_label(order, shipment_id, origin, weight_grams, tracking),
+        label=_label(order, shipment_id, booking_key, origin, weight_grams, tracking),
     )
 
 
