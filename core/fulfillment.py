@@ -6,7 +6,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
@@ -23,7 +23,7 @@ from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentI
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
-from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
 from core.refund_service import RefundService
 from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
@@ -51,6 +51,8 @@ class OrderActions:
         *,
         pickup_expiry: timedelta = PICKUP_EXPIRY,
         credits: ExchangeCredits | None = None,
+        hook: Any | None = None,
+        labels: LabelStore | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -62,7 +64,7 @@ class OrderActions:
         self._cancellation = Cancellation(orders, catalog, inventory, payments, clock, credits)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
-            self._cancellation, clock, credits,
+            self._cancellation, clock, credits, hook=hook, labels=labels,
         )  # fmt: skip
 
     def _order(self, order_id: str, channel: str | None) -> Order:

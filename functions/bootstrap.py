@@ -340,6 +340,8 @@ class Container:
             refunds=self.refunds,
             pickup_expiry=timedelta(days=self.config.pickup_expiry_days),
             credits=self.exchange_credits,
+            hook=self.plugins.hook,
+            labels=self.label_store,
         )
 
     @cached_property
