@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 S = OrderStatus
 Clock = Callable[[], datetime]
-PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS
+PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS (0: None, a pickup waits until collected)
 
 
 class OrderActions:
@@ -49,7 +49,7 @@ class OrderActions:
         clock: Clock = utc_now,
         refunds: RefundService | None = None,
         *,
-        pickup_expiry: timedelta = PICKUP_EXPIRY,
+        pickup_expiry: timedelta | None = PICKUP_EXPIRY,
         credits: ExchangeCredits | None = None,
         hook: Any | None = None,
         labels: LabelStore | None = None,
@@ -268,13 +268,15 @@ class OrderActions:
         return next((loc for loc in order.excluded_locations if shipment_id_for(order.id, loc) == shipment_id), None)
 
     def ready(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired."""
+        """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired
+        (its `collect_by`; none without a pickup expiry, and then nothing expires it)."""
         at = self._clock()
+        collect_by = at + self._pickup_expiry if self._pickup_expiry is not None else None
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
                 return None
-            return order.ready_for_pickup(shipment_id, collect_by=at + self._pickup_expiry, at=at, actor=actor)
+            return order.ready_for_pickup(shipment_id, collect_by=collect_by, at=at, actor=actor)
 
         return modify(self._orders, order_id, decide, channel=channel)
 

@@ -1669,8 +1669,9 @@ class Order(BaseModel, defer_build=True):
             excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])),
         )  # fmt: skip
 
-    def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime, at: datetime, actor: str) -> Change:
-        """The store has picked a pickup order's shipment; it waits for the customer until `collect_by`."""
+    def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime | None, at: datetime, actor: str) -> Change:
+        """The store has picked a pickup order's shipment; it waits for the customer until `collect_by`
+        (None: until collected, nothing expires it)."""
         shipment = self.shipment(shipment_id)
         if self.fulfillment.type != "pickup":
             raise InvalidTransition("only a pickup order's shipment is made ready for pickup")
@@ -1684,7 +1685,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
-                    "collect_by": collect_by.isoformat()},
+                    "collect_by": collect_by.isoformat() if collect_by is not None else None},
             shipments=shipments,
         )  # fmt: skip
 
