@@ -6,7 +6,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
@@ -23,7 +23,7 @@ from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentI
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
-from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
 from core.refund_service import RefundService
 from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 S = OrderStatus
 Clock = Callable[[], datetime]
-PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS
+PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS (0: None, a pickup waits until collected)
 
 
 class OrderActions:
@@ -49,8 +49,10 @@ class OrderActions:
         clock: Clock = utc_now,
         refunds: RefundService | None = None,
         *,
-        pickup_expiry: timedelta = PICKUP_EXPIRY,
+        pickup_expiry: timedelta | None = PICKUP_EXPIRY,
         credits: ExchangeCredits | None = None,
+        hook: Any | None = None,
+        labels: LabelStore | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -62,7 +64,7 @@ class OrderActions:
         self._cancellation = Cancellation(orders, catalog, inventory, payments, clock, credits)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
-            self._cancellation, clock, credits,
+            self._cancellation, clock, credits, hook=hook, labels=labels,
         )  # fmt: skip
 
     def _order(self, order_id: str, channel: str | None) -> Order:
@@ -266,13 +268,15 @@ class OrderActions:
         return next((loc for loc in order.excluded_locations if shipment_id_for(order.id, loc) == shipment_id), None)
 
     def ready(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired."""
+        """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired
+        (its `collect_by`; none without a pickup expiry, and then nothing expires it)."""
         at = self._clock()
+        collect_by = at + self._pickup_expiry if self._pickup_expiry is not None else None
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
                 return None
-            return order.ready_for_pickup(shipment_id, collect_by=at + self._pickup_expiry, at=at, actor=actor)
+            return order.ready_for_pickup(shipment_id, collect_by=collect_by, at=at, actor=actor)
 
         return modify(self._orders, order_id, decide, channel=channel)
 

@@ -25,6 +25,7 @@ from pydantic import (
 
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
+from core.ids import booking_key
 from core.money import Currency, Money
 from core.status import (
     EDITABLE,
@@ -1048,12 +1049,16 @@ class Order(BaseModel, defer_build=True):
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
     reversed_captures: list[str] = Field(default_factory=list, exclude=True)
-    # How many changes (an edit, a location's reject, units cancelled while backordered) may have
-    # altered what the order's parcels hold, whose shipments keep their ids: a parcel booked after
-    # one is asked of the carrier under a new key (core.ids.booking_key), so a carrier idempotent by
-    # key books the parcel as it now is instead of answering an earlier booking again. A retried
-    # step, a hold or a release does not change it. The system's own: stored, never shown.
+    # How many changes (an edit, a location's reject, units cancelled while backordered or from a
+    # pending parcel) may have altered what the order's parcels hold, whose shipments keep their
+    # ids: a parcel booked after one is asked of the carrier under a new key (core.ids.booking_key),
+    # so a carrier idempotent by key books the parcel as it now is instead of answering an earlier
+    # booking again. A retried step, a hold or a release does not change it. The system's own: stored, never shown.
     rebookings: int = Field(default=0, exclude=True)
+    # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
+    # label still show the old contents and weight until they are booked again under the order's
+    # current booking key (Order.relabel). The system's own: stored, never shown.
+    labels_due: list[str] = Field(default_factory=list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided. The system's own: stored, never shown.
@@ -1097,6 +1102,8 @@ class Order(BaseModel, defer_build=True):
             system["reversed_captures"] = list(self.reversed_captures)
         if self.rebookings:
             system["rebookings"] = self.rebookings
+        if self.labels_due:
+            system["labels_due"] = list(self.labels_due)
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.authorization_requested is not None:
@@ -1401,10 +1408,11 @@ class Order(BaseModel, defer_build=True):
         stays on hold and is released to `authorized`, which starts its workflow again."""
         if self._held_with_stock():
             assert self.hold is not None
-            return {"allocations": [], "shipments": [], "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED)}
+            return {"allocations": [], "shipments": [], "labels_due": [],
+                    "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED)}  # fmt: skip
         if self.status not in RESOURCEABLE:
             return {}
-        return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": []}
+        return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": [], "labels_due": []}
 
     def check_refund(self, amount: Money) -> None:
         if amount.currency != self.currency or amount.amount <= 0:
@@ -1661,8 +1669,9 @@ class Order(BaseModel, defer_build=True):
             excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])),
         )  # fmt: skip
 
-    def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime, at: datetime, actor: str) -> Change:
-        """The store has picked a pickup order's shipment; it waits for the customer until `collect_by`."""
+    def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime | None, at: datetime, actor: str) -> Change:
+        """The store has picked a pickup order's shipment; it waits for the customer until `collect_by`
+        (None: until collected, nothing expires it)."""
         shipment = self.shipment(shipment_id)
         if self.fulfillment.type != "pickup":
             raise InvalidTransition("only a pickup order's shipment is made ready for pickup")
@@ -1676,7 +1685,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
-                    "collect_by": collect_by.isoformat()},
+                    "collect_by": collect_by.isoformat() if collect_by is not None else None},
             shipments=shipments,
         )  # fmt: skip
 
@@ -1930,8 +1939,10 @@ class Order(BaseModel, defer_build=True):
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
         take their `priced` values (the lines with units left, priced again) and the order
         `totals`; the shipments that have not left (pending, or a pickup waiting at its store) lose
-        those units (the last ones first) and an emptied one goes, with its allocations. With
-        nothing left to ship the order is `shipped`, or `delivered` when every shipment is."""
+        those units (the last ones first) and an emptied one goes, with its allocations; a pending
+        one left with fewer units is due a label for what it now holds (`labels_due`, booked under
+        a new booking key: `rebookings` grows). With nothing left to ship the order is `shipped`,
+        or `delivered` when every shipment is."""
         zero = Money.zero(self.currency)
         lines = []
         for line in self.lines:
@@ -1961,6 +1972,7 @@ class Order(BaseModel, defer_build=True):
             )  # fmt: skip
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
+        shrunk: list[str] = []
         shipments: list[Shipment | None] = list(self.shipments)
         for index in reversed(range(len(shipments))):
             shipment = self.shipments[index]
@@ -1977,9 +1989,14 @@ class Order(BaseModel, defer_build=True):
                 if item.quantity - take:
                     kept.append(ShipmentLine(line_id=item.line_id, quantity=item.quantity - take))
             shipments[index] = _replaced(shipment, lines=kept) if kept else None
+            if kept and kept != shipment.lines and shipment.status is ShipmentStatus.PENDING:
+                shrunk.append(shipment.id)
         if any(taking.values()):
             raise InvalidTransition("those units have shipped: return them instead")
         left = [shipment for shipment in shipments if shipment is not None]
+        pending = {shipment.id for shipment in left if shipment.status is ShipmentStatus.PENDING}
+        labels_due = [shipment_id for shipment_id in dict.fromkeys([*self.labels_due, *shrunk])
+                      if shipment_id in pending]  # fmt: skip
         allocations = []
         for allocation in self.allocations:
             quantity = allocation.quantity - removed.pop((allocation.line_id, allocation.location_id), 0)
@@ -2001,6 +2018,29 @@ class Order(BaseModel, defer_build=True):
                     "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
                                     "to": totals.grand_total.model_dump(mode="json")}},
             lines=lines, totals=totals, shipments=left, allocations=allocations, payment=payment,
+            labels_due=labels_due, rebookings=self.rebookings + 1 if shrunk else self.rebookings,
+        )  # fmt: skip
+
+    def relabel(
+        self, shipment_id: str, key: str, *, carrier: str, service: str, tracking_number: str | None,
+        label_url: str, at: datetime, actor: str,
+    ) -> Change:  # fmt: skip
+        """A pending shipment a cancel of units shrank (`labels_due`) was booked again with the
+        carrier under `key`, the order's current booking key for it: it takes that booking's carrier,
+        service, tracking number and label, and is no longer due one."""
+        shipment = self.shipment(shipment_id)
+        if shipment_id not in self.labels_due or shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is not waiting for a new label")
+        if key != booking_key(shipment_id, self.rebookings):
+            raise InvalidTransition(f"shipment {shipment_id} was booked under {key}, not its current key")
+        relabelled = _replaced(shipment, carrier=carrier, service=service, tracking_number=tracking_number,
+                               label_url=label_url)  # fmt: skip
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_RELABELLED,
+            detail={"shipment_id": shipment_id, "lines": [item.model_dump() for item in shipment.lines],
+                    "tracking_number": tracking_number},
+            shipments=[relabelled if s.id == shipment_id else s for s in self.shipments],
+            labels_due=[due for due in self.labels_due if due != shipment_id],
         )  # fmt: skip
 
     def record_settlement_capture(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:

@@ -186,20 +186,31 @@ class PurchaseOrder(BaseModel, defer_build=True):
     def cancel(self) -> PurchaseOrder:
         return self._next(PO.CANCELLED)
 
-    def receive(self, units: dict[str, int]) -> PurchaseOrder:
-        """The PO after a receipt of `units` per sku. More than ordered minus received is refused (422)."""
+    def receive(self, receipt: Receipt) -> PurchaseOrder:
+        """The PO after `receipt` (its lines of one sku add up). More than ordered minus received is
+        refused (422 `over_receipt`), each problem naming the receipt's line as the contract's error
+        shape does: `lines[i].sku` for a sku the PO lacks, `lines[i].quantity` for the line at which
+        a sku's units pass what is outstanding."""
         if self.status not in INCOMING:
             check_purchase_order_step(self.status, PO.RECEIVED)  # raises: only an open PO is received
         by_sku = {line.sku: line for line in self.lines}
+        units = receipt.units()
         problems = []
-        for sku, quantity in units.items():
-            line = by_sku.get(sku)
+        counted: dict[str, int] = {}
+        for index, item in enumerate(receipt.lines):
+            line = by_sku.get(item.sku)
             if line is None:
-                problems.append({"field": "lines", "sku": sku, "message": f"{sku} is not on purchase order {self.id}"})
-            elif quantity > line.outstanding:
                 problems.append(
-                    {"field": "lines", "sku": sku, "message": f"{quantity} received, {line.outstanding} outstanding"}
+                    {"field": f"lines[{index}].sku", "message": f"{item.sku} is not on purchase order {self.id}"}
                 )
+                continue
+            before = counted.get(item.sku, 0)
+            counted[item.sku] = before + item.quantity
+            if before <= line.outstanding < counted[item.sku]:
+                problems.append(
+                    {"field": f"lines[{index}].quantity",
+                     "message": f"{units[item.sku]} {item.sku} received, {line.outstanding} outstanding"}
+                )  # fmt: skip
         if problems:
             raise InvalidRequest(
                 f"the receipt does not fit purchase order {self.id}", code="over_receipt", details=problems
@@ -425,7 +436,7 @@ class Purchasing:
             po, receipts = self._read(po_id)
             if key in receipts:
                 return po
-            new = po.receive(units)
+            new = po.receive(receipt)
             try:
                 self._repository.update(new, po, (key, units))
             except StaleVersion:

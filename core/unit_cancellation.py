@@ -6,21 +6,31 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
-from core.errors import Conflict, InvalidRequest, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
-from core.ids import reservation_key
+from core.errors import (
+    Conflict,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    StaleVersion,
+)
+from core.events import OrderEvent
+from core.ids import booking_key, reservation_key
 from core.models import LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
 from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
-from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
 from core.refund_service import RefundService
 from core.refunds import refunded_beyond_lines
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus
+from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
+from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
@@ -37,13 +47,13 @@ class UnitCancellation:
 
     Units are cancelled in one conditional write (lines, totals priced again as for an edit, the
     shipments that have not left (pending, or a pickup waiting at its store) and allocations
-    shrunk, the status moved on when nothing is left to ship); only then are the reservations
-    brought down to what those shipments still need, and
-    the payment settled: what was captured beyond the new total is refunded (a refund of kind
-    `cancellation`); once nothing is left to ship, a total left higher than the captures (a volume
-    discount lost with the units) is captured and the rest of the authorization released. Each
-    part is idempotent, and repeating a cancel of the rest finishes whatever an interrupted one
-    left (a pending refund, a failed settlement)."""
+    shrunk, the status moved on when nothing is left to ship); only then is a pending parcel left
+    with fewer units booked again with the carrier (book_labels_due), the reservations brought
+    down to what those shipments still need, and the payment settled: what was captured beyond
+    the new total is refunded (a refund of kind `cancellation`); once nothing is left to ship, a
+    total left higher than the captures (a volume discount lost with the units) is captured and
+    the rest of the authorization released. Each part is idempotent, and repeating a cancel of
+    the rest finishes whatever an interrupted one left (a pending refund, a failed settlement)."""
 
     def __init__(
         self,
@@ -56,8 +66,13 @@ class UnitCancellation:
         cancellation: Cancellation,
         clock: Callable[[], datetime],
         credits: ExchangeCredits | None = None,
+        *,
+        hook: Any | None = None,
+        labels: LabelStore | None = None,
     ):
         self._orders = orders
+        self._hook = hook
+        self._labels = labels
         self._credits = credits
         self._catalog = catalog
         self._inventory = inventory
@@ -108,6 +123,7 @@ class UnitCancellation:
                 # Sent back to be sourced: its restarted workflow reconciles the reservations, and
                 # nothing was captured to settle.
                 return new
+            self.book_labels_due(new, actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
 
@@ -202,6 +218,58 @@ class UnitCancellation:
                 else:
                     self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
 
+    def book_labels_due(self, order: Order, actor: str) -> Order:
+        """Book again each pending parcel a cancel of units shrank (Order.labels_due), under the
+        order's current booking key, and keep that booking's label, tracking number and service:
+        the first booking shows the old contents and weight. The cancel is written first and stands
+        whatever the carrier or the label store answers: a booking that fails leaves the shipment
+        due, with the failure in the history (`label_booking_failed`), and the next cancel of units
+        or ship of the order books it again (under the same key: a carrier idempotent by it answers
+        the same booking). Returns the order as it then is."""
+        if self._hook is None or self._labels is None:
+            return order
+        due = [s for s in order.shipments if s.id in order.labels_due and s.status is ShipmentStatus.PENDING]
+        if not due:
+            return order
+        locations = {location.location_id: location for location in self._catalog.list_locations()}
+        products = self._catalog.get_products({line.sku for line in order.lines})
+        sku_of = {line.line_id: line.sku for line in order.lines}
+        for shipment in due:
+            key = booking_key(shipment.id, order.rebookings)
+            weight = sum((products[sku_of[item.line_id]].weight_grams or 0) * item.quantity for item in shipment.lines)
+            try:
+                booked = book_parcel(self._hook, order, shipment.id, key, locations[shipment.location_id],
+                                     [item.model_copy() for item in shipment.lines], weight)  # fmt: skip
+                label = stored_label(self._labels, booked, order.id, key)
+            except Exception as failure:  # any: the cancel must stand, and the parcel stays due
+                self._note_booking_failed(order.id, shipment.id, f"{type(failure).__name__}: {failure}", actor)
+                continue
+            self._relabel(order.id, shipment.id, key, booked, label, actor)
+        return self._current(order.id)
+
+    def _relabel(
+        self, order_id: str, shipment_id: str, key: str, booked: CarrierShipment, label: str, actor: str
+    ) -> None:
+        at = self._clock()
+        # Refused (decided again on a consistent read) when a change since made another booking,
+        # or none, the parcel's: another cancel of units, an edit, its ship.
+        with contextlib.suppress(InvalidTransition, NotFound, StaleVersion):  # the parcel stays due
+            modify(
+                self._orders, order_id,
+                lambda current: current.relabel(
+                    shipment_id, key, carrier=booked.carrier, service=booked.service,
+                    tracking_number=booked.tracking_number, label_url=label, at=at, actor=actor,
+                ),
+            )  # fmt: skip
+
+    def _note_booking_failed(self, order_id: str, shipment_id: str, message: str, actor: str) -> None:
+        at = self._clock()
+        modify(
+            self._orders, order_id,
+            lambda current: current.noted(OrderEvent.LABEL_BOOKING_FAILED, at=at, actor=actor,
+                                          detail={"shipment_id": shipment_id, "message": message[:500]}),
+        )  # fmt: skip
+
     def _settle_payment(self, order: Order, actor: str) -> None:
         payment = order.payment
         if not payment.authorization:
@@ -232,7 +300,9 @@ class UnitCancellation:
         or replaced and could not void then, is voided. An exchange's replacement, once it can no
         longer grow, gives back the credit its total does not use. A refund still pending (the
         gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
-        would. Returns the order as it then is."""
+        would. A parcel still pending that a cancel of units left due a label is booked first
+        (book_labels_due). Returns the order as it then is."""
+        order = self.book_labels_due(order, actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.

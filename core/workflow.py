@@ -30,11 +30,9 @@ from core.errors import (
     OutOfStock,
     PaymentGatewayUnavailable,
     PaymentRefused,
-    PluginError,
     StaleVersion,
     TransientError,
 )
-from core.hook_calls import call_hook
 from core.ids import booking_key, reservation_key, shipment_id_for
 from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, StockLevel, utc_now
 from core.money import Money
@@ -63,7 +61,7 @@ from core.sourcing import (
 )
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
-from core.workflow_types import CarrierShipment, SourcingPlan, stored_label
+from core.workflow_types import CarrierShipment, SourcingPlan, book_parcel, stored_label
 
 if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
@@ -600,13 +598,7 @@ class Workflow:
     def _book(
         self, order: Order, shipment_id: str, key: str, origin: Location, lines: list[ShipmentLine], weight: int
     ) -> CarrierShipment:
-        booked = call_hook(
-            self._hook.oms_carrier_create_shipment,
-            order=order, shipment_id=shipment_id, booking_key=key, origin=origin, lines=lines, weight_grams=weight,
-        )  # fmt: skip
-        if not isinstance(booked, CarrierShipment):
-            raise PluginError(f"oms_carrier_create_shipment returned {type(booked).__name__}, expected CarrierShipment")
-        return booked
+        return book_parcel(self._hook, order, shipment_id, key, origin, lines, weight)
 
     # --- Compensation -------------------------------------------------------------------------
     def fail_payment(self, order_id: str, error: str, cause: str) -> None:

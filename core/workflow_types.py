@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from core.models import Allocation
+from core.errors import PluginError
+from core.hook_calls import call_hook
+from core.models import Allocation, Location, Order, ShipmentLine
 from core.ports import LabelStore
 
 
@@ -50,6 +52,20 @@ class CarrierShipment(BaseModel):
         if (self.label is None) == (self.label_url is None):
             raise ValueError("give the label document (label) or the carrier's link to it (label_url), one of them")
         return self
+
+
+def book_parcel(
+    hook: Any, order: Order, shipment_id: str, key: str, origin: Location, lines: list[ShipmentLine], weight: int
+) -> CarrierShipment:
+    """The carrier plugins' booking of one parcel (oms_carrier_create_shipment), asked under its
+    booking `key` (core.ids.booking_key)."""
+    booked = call_hook(
+        hook.oms_carrier_create_shipment,
+        order=order, shipment_id=shipment_id, booking_key=key, origin=origin, lines=lines, weight_grams=weight,
+    )  # fmt: skip
+    if not isinstance(booked, CarrierShipment):
+        raise PluginError(f"oms_carrier_create_shipment returned {type(booked).__name__}, expected CarrierShipment")
+    return booked
 
 
 def stored_label(labels: LabelStore, booked: CarrierShipment, order_id: str, item_id: str) -> str:

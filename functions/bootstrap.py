@@ -113,7 +113,7 @@ class Config:
     webhook_retry_max_delay_seconds: float = 3600.0
     webhook_retry_window_seconds: float = 86400.0
     webhook_allow_local_http: bool = False  # the local stack's http://127.0.0.1 receivers
-    pickup_expiry_days: float = 7.0  # how long a pickup ready at its store waits to be collected
+    pickup_expiry_days: float = 7.0  # OMS_PICKUP_EXPIRY_DAYS: 0 never cancels an uncollected pickup
     access_log_queue_url: str = ""  # the API queues each read of an order there (issue 14)
 
     @classmethod
@@ -330,6 +330,9 @@ class Container:
     def actions(self) -> OrderActions:
         from core.fulfillment import OrderActions
 
+        if self.config.pickup_expiry_days < 0:
+            raise ValueError("OMS_PICKUP_EXPIRY_DAYS must be 0 (never) or a positive number of days")
+
         return OrderActions(
             self.order_repository,
             self.cached_catalog,
@@ -338,8 +341,10 @@ class Container:
             self.capture,
             clock=self.clock,
             refunds=self.refunds,
-            pickup_expiry=timedelta(days=self.config.pickup_expiry_days),
+            pickup_expiry=timedelta(days=self.config.pickup_expiry_days) if self.config.pickup_expiry_days else None,
             credits=self.exchange_credits,
+            hook=self.plugins.hook,
+            labels=self.label_store,
         )
 
     @cached_property

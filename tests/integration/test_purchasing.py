@@ -141,7 +141,7 @@ def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
     old = po.model_copy(update={"version": po.version - 1})
 
     with pytest.raises(StaleVersion):
-        repository.update(po.receive({"PREORDER": 5}), old, ("k", {"PREORDER": 5}))
+        repository.update(po.receive(receipt(5)), old, ("k", {"PREORDER": 5}))
     assert purchasing.get(po.id) == po and (at(buyer)["on_hand"], at(buyer)["incoming"]) == (0, 5)
 
 
@@ -241,6 +241,9 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
 
     over = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 4}]})
     assert_error(over, 422, "over_receipt")
+    assert over.json()["error"]["details"] == [
+        {"field": "lines[0].quantity", "message": f"4 {sku} received, 3 outstanding"}
+    ]
     listed = api.get("/purchase-orders", params={"status": "partially_received", "vendor_id": vendor}).json()
     assert [p["id"] for p in listed["items"]] == [po["id"]]
     assert_error(api.get("/purchase-orders/po_" + "a" * 24), 404, "not_found")

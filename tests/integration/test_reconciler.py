@@ -243,6 +243,10 @@ def test_the_reconciler_emits_what_it_restarted_and_parked(stack, metrics_on, ca
 # --- Pickups nobody collected -----------------------------------------------------------------------
 
 
+# A pickup readied with this wait is past its collect_by by the next reconciler pass (0 never expires).
+DUE_AT_ONCE = 1e-9  # 86 microseconds
+
+
 def ready_pickup(aws, days: float, external_id: str) -> Order:
     """A pickup order placed, allocated and readied at its store with services on this moto
     account, whose pickups wait `days` (OMS_PICKUP_EXPIRY_DAYS)."""
@@ -271,7 +275,7 @@ def test_a_pickup_past_its_deadline_is_found_through_its_index_cancelled_and_its
     from functions.adapters.dynamodb import DynamoInventory, DynamoOrders
 
     aws = stack["aws"]
-    due = ready_pickup(aws, days=0, external_id="web-due")
+    due = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-due")
     waiting = ready_pickup(aws, days=7, external_id="web-waiting")
     assert index_keys(aws, due.id)["pickup_pk"] == "ready_for_pickup"
     assert index_keys(aws, waiting.id)["collect_by"] > index_keys(aws, due.id)["collect_by"]
@@ -292,6 +296,19 @@ def test_a_pickup_past_its_deadline_is_found_through_its_index_cancelled_and_its
     assert reconcile()["expired"] == []  # nothing more is due
 
 
+def test_a_pickup_expiry_of_0_never_cancels_a_pickup_as_0_never_expires_a_hold_or_a_return(stack):
+    from functions.adapters.dynamodb import DynamoOrders
+
+    aws = stack["aws"]
+    waiting = ready_pickup(aws, days=0, external_id="web-never")
+
+    (shipment,) = waiting.shipments
+    assert (shipment.status, shipment.collect_by) == (ShipmentStatus.READY_FOR_PICKUP, None)
+    assert index_keys(aws, waiting.id) == {}  # nothing for the expiry query to find
+    assert reconcile()["expired"] == []
+    assert DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).get(waiting.id) == waiting
+
+
 def test_a_collected_pickup_leaves_the_index(stack):
     from functions.bootstrap import Config, bootstrap
 
@@ -305,7 +322,7 @@ def test_a_collected_pickup_leaves_the_index(stack):
 
 
 def test_the_reconciler_counts_the_pickups_it_expired(stack, metrics_on, capsys):
-    ready_pickup(stack["aws"], days=0, external_id="web-expiring")
+    ready_pickup(stack["aws"], days=DUE_AT_ONCE, external_id="web-expiring")
     forget_business_metrics()  # the placing and readying, done here without a handler
     capsys.readouterr()
 

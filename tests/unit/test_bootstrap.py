@@ -4,6 +4,7 @@ first use; a handler module's WarmContainer keeps one container while warm, and 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -77,6 +78,17 @@ def test_a_function_that_needs_a_setting_it_lacks_says_which():
         container.import_splitter()
     with pytest.raises(RuntimeError, match="ORDER_WORKFLOW_ARN"):
         _ = container.workflow_starter
+
+
+@pytest.mark.parametrize(
+    ("setting", "part"),
+    [("pickup_expiry_days", "actions"), ("hold_expiry_days", "jeopardy_scan"), ("return_expiry_days", "jeopardy_scan")],
+)
+def test_a_negative_expiry_is_refused_as_0_means_never(setting: str, part: str):
+    container = bootstrap(replace(CONFIG, **{setting: -1.0}), order_repository=FakeOrders())
+
+    with pytest.raises(ValueError, match="must be 0 \\(never\\) or a positive number of days"):
+        getattr(container, part)
 
 
 def test_a_warm_container_is_built_once_overridden_for_a_block_and_forgotten_on_request():

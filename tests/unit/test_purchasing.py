@@ -56,25 +56,44 @@ def test_submit_opens_a_draft_once_and_each_change_is_the_next_version():
         opened.submit()
 
 
+def receipt(*lines: tuple[str, int]) -> Receipt:
+    return Receipt.model_validate({"lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines]})
+
+
 def test_receipts_move_the_po_to_partially_received_then_received():
-    partly = a_po().receive({"MUG": 3})
+    partly = a_po().receive(receipt(("MUG", 3)))
     assert partly.status is PO.PARTIALLY_RECEIVED and partly.outstanding() == {"MUG": 2, "CUP": 2}
-    done = partly.receive({"MUG": 2, "CUP": 2})
+    done = partly.receive(receipt(("MUG", 2), ("CUP", 2)))
     assert done.status is PO.RECEIVED and done.outstanding() == {"MUG": 0, "CUP": 0} and done.version == 5
 
 
-@pytest.mark.parametrize("units", [{"MUG": 6}, {"CUP": 1, "MUG": 5, "PLATE": 1}])
-def test_more_than_outstanding_or_a_sku_not_ordered_is_refused_whole(units):
+@pytest.mark.parametrize(
+    ("lines", "details"),
+    [
+        ([("MUG", 6)], [{"field": "lines[0].quantity", "message": "6 MUG received, 4 outstanding"}]),
+        (
+            [("CUP", 1), ("MUG", 5), ("PLATE", 1)],
+            [{"field": "lines[1].quantity", "message": "5 MUG received, 4 outstanding"},
+             {"field": "lines[2].sku", "message": "PLATE is not on purchase order po_" + "a" * 24}],
+        ),
+        # Lines of one sku add up: the line whose units pass what is outstanding is named.
+        (
+            [("MUG", 3), ("MUG", 1), ("MUG", 1)],
+            [{"field": "lines[2].quantity", "message": "5 MUG received, 4 outstanding"}],
+        ),
+    ],
+)  # fmt: skip
+def test_more_than_outstanding_or_a_sku_not_ordered_is_refused_whole_naming_the_receipt_line(lines, details):
     po = a_po(MUG=1)
     with pytest.raises(InvalidRequest) as refused:
-        po.receive(units)
-    assert refused.value.code == "over_receipt" and refused.value.details
+        po.receive(receipt(*lines))
+    assert refused.value.code == "over_receipt" and refused.value.details == details
 
 
 @pytest.mark.parametrize("status", [PO.DRAFT, PO.RECEIVED, PO.CANCELLED])
 def test_only_an_open_po_is_received(status):
     with pytest.raises(InvalidTransition):
-        a_po(status).receive({"MUG": 1})
+        a_po(status).receive(receipt(("MUG", 1)))
 
 
 def test_a_partly_received_po_may_be_cancelled_but_a_received_one_not():

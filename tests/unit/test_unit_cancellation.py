@@ -7,12 +7,20 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable
+from core.ids import booking_key
 from core.models import CancelRequest, Order
 from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import place_order, product
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import (
+    Died,
+    RecordsBookings,
+    World,
+    before_the_next_write,
+    build_world,
+    dies_before_recording,
+)
 
 S, P = OrderStatus, PaymentStatus
 
@@ -562,3 +570,88 @@ def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_shi
     assert done.status is S.SHIPPED
     assert [(r.kind, r.status) for r in done.payment.refunds] == [("cancellation", "succeeded")]
     assert settled(done) == done.totals.grand_total
+
+
+# --- The label of a parcel that lost units --------------------------------------------------------
+
+
+class FailsBookings:
+    """A carrier plugin whose API goes down: while it is, every booking it is asked for fails."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_create_shipment(self, shipment_id):
+        if self.down:
+            raise ConnectionError("carrier API unreachable")
+
+
+def test_a_pending_parcel_that_lost_units_is_booked_again_and_shows_a_label_for_what_it_holds():
+    carrier = RecordsBookings()
+    world = build_world(STOCK, carrier)
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    west = world.shipment_at(order, "wh-west")
+    first_label = order.shipment(west).label_url
+
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 3})
+
+    shipment = done.shipment(west)
+    rebooked = carrier.asked[-1]
+    assert rebooked[:2] == (west, booking_key(west, done.rebookings)) and rebooked[1] != west
+    assert rebooked[2:] == ([("L1", 1)], 350)  # one mug left, and its weight
+    assert shipment.label_url == f"labels/{order.id}/{rebooked[1]}" != first_label
+    assert world.labels.labels[rebooked[1]] != world.labels.labels[west]  # the first booking's label, 4 mugs
+    assert done.labels_due == []
+    assert [s.label_url for s in done.shipments if s.id != west] == [
+        s.label_url for s in order.shipments if s.id != west
+    ]  # the parcel that kept its units keeps its label
+    (entry,) = [h for h in world.history(order.id) if h.type == "shipment_relabelled"]
+    assert entry.detail["shipment_id"] == west
+
+
+def test_a_carrier_that_fails_the_new_booking_keeps_the_cancel_and_the_next_ship_books_it():
+    carrier = FailsBookings()
+    world = build_world(STOCK, carrier)
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    carrier.down = True
+
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 3})
+
+    assert [(line.quantity, line.cancelled_quantity) for line in done.lines] == [(1, 3), (2, 0)]  # the cancel stands
+    assert done.labels_due == [west]
+    assert Order.model_validate_json(done.stored_json()) == done and "labels_due" not in done.model_dump(mode="json")
+    assert done.shipment(west).label_url == order.shipment(west).label_url  # still the old one, marked due
+    (failed,) = [h for h in world.history(order.id) if h.type == "label_booking_failed"]
+    assert failed.detail["shipment_id"] == west
+    assert "carrier API unreachable" in failed.detail["message"]
+
+    carrier.down = False
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+
+    key = booking_key(west, shipped.rebookings)
+    assert shipped.labels_due == [] and shipped.shipment(west).label_url == f"labels/{order.id}/{key}"
+    assert world.labels.labels[key] != world.labels.labels[west]
+
+
+def test_a_new_label_that_loses_to_another_cancel_of_the_parcel_leaves_it_that_cancels_label(monkeypatch):
+    carrier = RecordsBookings()
+    world = build_world(STOCK, carrier)
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    west = world.shipment_at(order, "wh-west")
+    before_the_next_write(  # after the first cancel's write, before its new label's
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one more", actor="key_web", lines={"L1": 1}),
+        skip=1,
+    )  # fmt: skip
+
+    world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
+
+    shipment = world.order(order.id).shipment(west)
+    first, second = [asked for asked in carrier.asked if asked[0] == west][1:]
+    assert (first[1], first[2]) == (booking_key(west, 1), [("L1", 2)])
+    assert (second[1], second[2]) == (booking_key(west, 2), [("L1", 1)])
+    # The first cancel's label (two mugs) came too late: the parcel keeps the one for what it holds.
+    assert shipment.lines[0].quantity == 1 and shipment.label_url == f"labels/{order.id}/{second[1]}"
+    assert world.order(order.id).labels_due == []
+    assert [h.type for h in world.history(order.id)].count("shipment_relabelled") == 1

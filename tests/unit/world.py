@@ -183,7 +183,8 @@ def build_world(
         orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders,
         sourcing_rules=sourcing_rules, credits=credits,
     )  # fmt: skip
-    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds, credits=credits)
+    actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds, credits=credits,
+                           hook=plugins.hook, labels=labels)  # fmt: skip
     return World(
         fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds, backorders=backorders,
         returns=returns,
