@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from itertools import islice
 
 from core.errors import TransientError
 from core.events import OrderEvent
@@ -58,7 +59,7 @@ class ReturnReconciler:
         pass's (a failed start does not stop the reconciler's other work)."""
         received_before = self._clock() - self._restart_after
         restarted = []
-        for return_id in self._candidates.created_before(ReturnStatus.RECEIVED, received_before, self._limit):
+        for return_id in islice(self._candidates.created_before(ReturnStatus.RECEIVED, received_before), self._limit):
             item = self._returns.get(return_id)
             if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
                 continue  # moved on since the index was read, or received recently enough to be running
