@@ -7,10 +7,11 @@ from datetime import datetime, timedelta
 
 from core import order_lists, payment_keys
 from core.errors import Conflict, PaymentGatewayUnavailable, PaymentRefused
+from core.events import OrderEvent
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
-from core.payments import Payments
+from core.payments import Failure, OnFailure, Payments
 from core.ports import OrderRepository, PendingRefunds
 from core.refunds import Refund, refund_id_for
 
@@ -132,16 +133,18 @@ class RefundService:
         """Ask the gateway again for every refund of the order still `pending` (under its own
         key), whatever key it was issued with, but those of return `besides_return` (its own step
         finishes them) and, with `begun_before`, those begun since (still in their request's
-        hands); PaymentGatewayUnavailable while it stays down."""
+        hands); PaymentGatewayUnavailable while it stays down. Asked again through an outage (the
+        sweep asks every few minutes), a refund's history says the gateway is unavailable once,
+        not once per failed attempt of every pass (_outage_noted_once)."""
         order = visible(self._orders.get(order_id), order_id, None)
         pending = [
             refund for refund in order.payment.refunds
             if refund.status == "pending" and (besides_return is None or refund.return_id != besides_return)
             and (begun_before is None or refund.at < begun_before)
         ]  # fmt: skip
-        return [Refund.of(order_id, self._ask_gateway(order, refund, actor)) for refund in pending]
+        return [Refund.of(order_id, self._ask_gateway(order, refund, actor, again=True)) for refund in pending]
 
-    def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str) -> PaymentRefund:
+    def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str, *, again: bool = False) -> PaymentRefund:
         payment = order.payment
         authorization = payment.authorization or ""
         key = payment_keys.refund(order.id, refund.id)
@@ -153,6 +156,8 @@ class RefundService:
             refund_id=refund.id,
             amount=refund.amount.model_dump(mode="json"),
         )
+        if again:
+            recorder = self._outage_noted_once(order.id, refund.id, recorder)
         try:
             result = self._payments.retried(
                 "refund",
@@ -174,6 +179,37 @@ class RefundService:
             if self._still_pending(current, refund.id) else None,
         )  # fmt: skip
         return self._final(done, refund.id)
+
+    def _outage_noted_once(self, order_id: str, refund_id: str, record: OnFailure) -> OnFailure:
+        """`record`, but a transient failure is recorded only when the refund's last entry on the
+        order's history does not already say the gateway was unavailable, and once a call: the
+        entry that does keeps when the outage began and what the gateway said; the refund stays
+        `pending` (GET /orders/{id}/refunds) until an answer, which is recorded as ever. A refusal
+        is always recorded."""
+        noted = False
+
+        def on_failure(failure: Failure) -> None:
+            nonlocal noted
+            if failure.kind == "transient":
+                if noted:
+                    return
+                noted = True
+                if self._says_unavailable(order_id, refund_id):
+                    return
+            record(failure)
+
+        return on_failure
+
+    def _says_unavailable(self, order_id: str, refund_id: str) -> bool:
+        found = self._orders.history(order_id)
+        if found is None:
+            return False
+        about = [entry for entry in found[1] if (entry.detail or {}).get("refund_id") == refund_id]
+        return (
+            bool(about)
+            and about[-1].type is OrderEvent.PAYMENT_REFUND_FAILED
+            and about[-1].detail["kind"] == "transient"
+        )
 
     @staticmethod
     def _still_pending(order: Order, refund_id: str) -> bool:
