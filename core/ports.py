@@ -342,9 +342,10 @@ class PendingRefunds(ABC):
     """Orders with a refund still `pending` at the gateway, found through an index."""
 
     @abstractmethod
-    def pending_since_before(self, before: datetime, limit: int) -> list[str]:
-        """Up to `limit` ids of orders whose oldest pending refund was begun before `before`,
-        oldest first."""
+    def pending_since_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders whose oldest pending refund was begun before `before`, oldest first,
+        read a page at a time as the caller takes them: a caller that stops early reads no
+        further page."""
 
 
 class WorkflowStarter(ABC):

@@ -709,22 +709,29 @@ class DynamoBackorderedOrders(BackorderedOrders):
 
 class DynamoPendingRefunds(PendingRefunds):
     """The pending refund sweep's query: the sparse by_pending_refund index (keys only), one Query
-    on its one partition, oldest first; never a Scan. One page: the next pass takes the rest."""
+    on its one partition, oldest first, a page of `page_size` at a time as the sweep takes the
+    ids; never a Scan."""
 
-    def __init__(self, client: Any, table: str):
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
         self._table = table
+        self._page_size = page_size
 
-    def pending_since_before(self, before: datetime, limit: int) -> list[str]:
-        response = self._client.query(
-            TableName=self._table,
-            IndexName="by_pending_refund",
-            KeyConditionExpression="refund_key = :key AND refund_since < :before",
-            ExpressionAttributeValues={":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
-            ScanIndexForward=True,
-            Limit=limit,
-        )
-        return [item["id"]["S"] for item in response.get("Items", [])]
+    def pending_since_before(self, before: datetime) -> Iterator[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_pending_refund",
+            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
+            "ExpressionAttributeValues": {":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        while True:
+            page = self._client.query(**query)
+            yield from (item["id"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 class DynamoLateOrders(LateOrders):

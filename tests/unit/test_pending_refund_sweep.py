@@ -4,15 +4,18 @@ it once, then the answer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
 
-from core.errors import PaymentGatewayUnavailable
+from core import hookimpl
+from core.errors import PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
 from core.money import Money
 from core.ports import PendingRefunds
 from core.refund_service import PendingRefundSweep
+from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_jeopardy import Clock
 from tests.unit.world import World, build_world
 
@@ -24,13 +27,13 @@ class InMemoryPendingRefunds(PendingRefunds):
     def __init__(self, world: World) -> None:
         self._world = world
 
-    def pending_since_before(self, before: datetime, limit: int) -> list[str]:
+    def pending_since_before(self, before: datetime) -> Iterator[str]:
         oldest = {}
         for order in self._world.orders.orders.values():
             begun = [refund.at for refund in order.payment.refunds if refund.status == "pending"]
             if begun and min(begun) < before:
                 oldest[order.id] = min(begun)
-        return sorted(oldest, key=oldest.__getitem__)[:limit]
+        return iter(sorted(oldest, key=oldest.__getitem__))
 
 
 @pytest.fixture
@@ -86,12 +89,12 @@ def test_passes_through_a_long_outage_add_nothing_the_history_already_says_then_
     assert refund_failures(world, order_id) == asked
 
 
+def dies(*args: object, **kwargs: object) -> None:
+    raise TimeoutError("the API function timed out before asking the gateway")
+
+
 def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, monkeypatch):
     order_id = shipped(world)
-
-    def dies(*args: object, **kwargs: object) -> None:
-        raise TimeoutError("the API function timed out before asking the gateway")
-
     with monkeypatch.context() as patched:
         patched.setattr(world.refunds, "_ask_gateway", dies)
         with pytest.raises(TimeoutError):
@@ -121,3 +124,48 @@ def test_a_refusal_after_an_outage_is_recorded(world, clock):
 
     assert refund_failures(world, order_id)[3:] == [(ACTOR, "refused", 1)]
     assert [(r.id, r.status) for r in world.order(order_id).payment.refunds] == [(refund_id, "failed")]
+
+
+class RefundsDownForTest:
+    """The `test` method's gateway unavailable for refunds while `down`; other methods unaffected."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.asked: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_refund(self, method: str, order_id: str) -> None:
+        if method == "test":
+            self.asked.append(order_id)
+            if self.down:
+                raise TransientError("the test gateway is down")
+
+
+def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_another_behind_them(clock, monkeypatch):
+    outage = RefundsDownForTest()
+    world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
+    down = [shipped(world) for _ in range(3)]
+    for order_id in down:
+        with pytest.raises(PaymentGatewayUnavailable):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    other = world.allocated(("TSHIRT", 1), payment={"method": "fake", "token": "tok_fake"})
+    for shipment in other.shipments:
+        world.actions.ship(other.id, shipment.id, None, actor="key_wh")
+    with monkeypatch.context() as patched:
+        patched.setattr(world.refunds, "_ask_gateway", dies)
+        with pytest.raises(TimeoutError):
+            world.refunds.issue_refund(other.id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    clock.advance(minutes=20)
+    outage.asked.clear()
+    [waiting] = world.order(other.id).payment.refunds
+
+    pass_ = PendingRefundSweep(
+        InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15), limit=2
+    )
+    assert pass_.run(ACTOR) == [waiting.id]
+
+    assert outage.asked == [down[0]] * 3  # one order's attempts, not every order's
+    assert world.order(other.id).payment.refunded == Money.of("5.00", "USD")
+    outage.down = False
+    assert len(pass_.run(ACTOR)) == 2 and len(pass_.run(ACTOR)) == 1
+    assert {refund.status for order_id in down for refund in world.order(order_id).payment.refunds} == {"succeeded"}
