@@ -9,7 +9,9 @@ index, judged on when the order entered its status). Each candidate is read and 
 before one conditional write, so an order that moved on meanwhile is left alone, and a repeated
 scan marks nothing twice. Expired returns are found the same way, through the Returns table's
 status index (UnreceivedReturns): those created before the moment are a superset of those approved
-before it, and each is judged again (on its approval) on its own conditional write.
+before it, and each is judged again (on its approval) on its own conditional write. Returns
+requested long ago but approved recently stay at the oldest end of that range, so a pass reads on
+past them (up to `max_reads` per status, its read budget) to reach the expired ones behind them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 
 from core.errors import StaleVersion
 from core.models import Order
@@ -117,6 +120,7 @@ class JeopardyScan:
         expire_return: Callable[[str, datetime, str], bool] | None = None,
         return_expiry: timedelta | None = None,
         limit: int = 100,
+        max_reads: int = 1000,
     ):
         self._late = late
         self._orders = orders
@@ -128,10 +132,12 @@ class JeopardyScan:
         self._expire_return = expire_return  # Returns.expire: re-judges and cancels, conditionally
         self._return_expiry = return_expiry
         self._limit = limit
+        self._max_reads = max_reads  # returns judged per status and pass, each one read
 
     def run(self) -> Scanned:
         """One pass: at most `limit` orders marked per status, `limit` holds expired and `limit`
-        returns expired per status, oldest first; the rest are the next pass's."""
+        returns expired per status (of at most `max_reads` judged), oldest first; the rest are the
+        next pass's."""
         now = self._clock()
         done = Scanned()
         if self._hold_expiry is not None:
@@ -141,9 +147,14 @@ class JeopardyScan:
         if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
             started_before = now - self._return_expiry
             for status in sorted(UNRECEIVED_RETURNS):
-                for return_id in self._unreceived.created_before(status, started_before, self._limit):
+                expired: list[str] = []
+                candidates = self._unreceived.created_before(status, started_before)
+                for return_id in islice(candidates, self._max_reads):
                     if self._expire_return(return_id, started_before, SCAN_ACTOR):
-                        done.returns_expired.append(return_id)
+                        expired.append(return_id)
+                        if len(expired) == self._limit:
+                            break
+                done.returns_expired += expired
         for status in sorted(self._sla):
             deadline = self._sla[status]
             for order_id in self._late.unmarked_since_before(status, now - deadline, self._limit):

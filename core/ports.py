@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -98,12 +98,13 @@ class ReturnRepository(ABC):
 
 
 class UnreceivedReturns(ABC):
-    """The return expiry's question, answered through the Returns table's status index (never a
-    scan of the table)."""
+    """The return expiry's and the returns reconciler's question, answered through the Returns
+    table's status index (never a scan of the table)."""
 
     @abstractmethod
-    def created_before(self, status: ReturnStatus, before: datetime, limit: int) -> list[str]:
-        """Ids of up to `limit` returns in `status` created before `before`, oldest first."""
+    def created_before(self, status: ReturnStatus, before: datetime) -> Iterator[str]:
+        """Ids of the returns in `status` created before `before`, oldest first, read a page at a
+        time as the caller takes them: a caller that stops early reads no further page."""
 
 
 class CatalogRepository(ABC):
@@ -341,9 +342,10 @@ class PendingRefunds(ABC):
     """Orders with a refund still `pending` at the gateway, found through an index."""
 
     @abstractmethod
-    def pending_since_before(self, before: datetime, limit: int) -> list[str]:
-        """Up to `limit` ids of orders whose oldest pending refund was begun before `before`,
-        oldest first."""
+    def pending_since_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders whose oldest pending refund was begun before `before`, oldest first,
+        read a page at a time as the caller takes them: a caller that stops early reads no
+        further page."""
 
 
 class WorkflowStarter(ABC):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from core.errors import TransientError
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
 from core.workflow import Workflow
@@ -64,7 +65,9 @@ class Reconciler:
 
     def run(self) -> Reconciled:
         """One pass: each stalled order is restarted once, or parked when it is too old for that.
-        At most `limit` orders per status; the rest are the next pass's, oldest first."""
+        At most `limit` orders per status; the rest are the next pass's, oldest first, and so is
+        an order whose start Step Functions refused or whose park kept losing races (TransientError):
+        one such order does not stop the pass, nor the reconciler's other work."""
         now = self._clock()
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = Reconciled()
@@ -73,12 +76,17 @@ class Reconciler:
                 order = self._orders.get(candidate.order_id)
                 if order is None or order.status is not status or order.last_changed > now - self._restart_after:
                     continue  # moved on since the index was read, or recently enough to be running
-                if order.last_changed <= now - self._park_after:
-                    minutes = int(self._park_after.total_seconds() // 60)
-                    cause = f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
-                    if self._workflow.park_after_failure(order.id, STALLED, cause):
-                        done.parked.append(order.id)
-                else:
-                    self._starter.start(order.id, channel=order.channel, rerun=rerun)
-                    done.restarted.append(order.id)
+                try:
+                    if order.last_changed <= now - self._park_after:
+                        minutes = int(self._park_after.total_seconds() // 60)
+                        cause = (
+                            f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
+                        )
+                        if self._workflow.park_after_failure(order.id, STALLED, cause):
+                            done.parked.append(order.id)
+                    else:
+                        self._starter.start(order.id, channel=order.channel, rerun=rerun)
+                        done.restarted.append(order.id)
+                except TransientError:
+                    continue  # the next pass finds it again
         return done

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from itertools import islice
 
 from core import order_lists, payment_keys
 from core.errors import Conflict, PaymentGatewayUnavailable, PaymentRefused
+from core.events import OrderEvent
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
-from core.payments import Payments
+from core.payments import Failure, OnFailure, Payments
 from core.ports import OrderRepository, PendingRefunds
 from core.refunds import Refund, refund_id_for
 
@@ -127,21 +129,33 @@ class RefundService:
         return order, refund
 
     def finish_pending(
-        self, order_id: str, actor: str, *, besides_return: str | None = None, begun_before: datetime | None = None
-    ) -> list[Refund]:
+        self, order_id: str, actor: str, *, besides_return: str | None = None, begun_before: datetime | None = None,
+        down: set[str] | None = None,
+    ) -> list[Refund]:  # fmt: skip
         """Ask the gateway again for every refund of the order still `pending` (under its own
         key), whatever key it was issued with, but those of return `besides_return` (its own step
         finishes them) and, with `begun_before`, those begun since (still in their request's
-        hands); PaymentGatewayUnavailable while it stays down."""
+        hands); PaymentGatewayUnavailable while it stays down. Asked again through an outage (the
+        sweep asks every few minutes), a refund's history says the gateway is unavailable once,
+        not once per failed attempt of every pass (_outage_noted_once). `down`: the payment
+        methods whose gateway the caller found unavailable; an order paid by one is not asked
+        (nothing is done: []), and a method found unavailable here is added to it."""
         order = visible(self._orders.get(order_id), order_id, None)
+        if down is not None and order.payment.method in down:
+            return []
         pending = [
             refund for refund in order.payment.refunds
             if refund.status == "pending" and (besides_return is None or refund.return_id != besides_return)
             and (begun_before is None or refund.at < begun_before)
         ]  # fmt: skip
-        return [Refund.of(order_id, self._ask_gateway(order, refund, actor)) for refund in pending]
+        try:
+            return [Refund.of(order_id, self._ask_gateway(order, refund, actor, again=True)) for refund in pending]
+        except PaymentGatewayUnavailable:
+            if down is not None:
+                down.add(order.payment.method)
+            raise
 
-    def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str) -> PaymentRefund:
+    def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str, *, again: bool = False) -> PaymentRefund:
         payment = order.payment
         authorization = payment.authorization or ""
         key = payment_keys.refund(order.id, refund.id)
@@ -153,6 +167,8 @@ class RefundService:
             refund_id=refund.id,
             amount=refund.amount.model_dump(mode="json"),
         )
+        if again:
+            recorder = self._outage_noted_once(order.id, refund.id, recorder)
         try:
             result = self._payments.retried(
                 "refund",
@@ -174,6 +190,37 @@ class RefundService:
             if self._still_pending(current, refund.id) else None,
         )  # fmt: skip
         return self._final(done, refund.id)
+
+    def _outage_noted_once(self, order_id: str, refund_id: str, record: OnFailure) -> OnFailure:
+        """`record`, but a transient failure is recorded only when the refund's last entry on the
+        order's history does not already say the gateway was unavailable, and once a call: the
+        entry that does keeps when the outage began and what the gateway said; the refund stays
+        `pending` (GET /orders/{id}/refunds) until an answer, which is recorded as ever. A refusal
+        is always recorded."""
+        noted = False
+
+        def on_failure(failure: Failure) -> None:
+            nonlocal noted
+            if failure.kind == "transient":
+                if noted:
+                    return
+                noted = True
+                if self._says_unavailable(order_id, refund_id):
+                    return
+            record(failure)
+
+        return on_failure
+
+    def _says_unavailable(self, order_id: str, refund_id: str) -> bool:
+        found = self._orders.history(order_id)
+        if found is None:
+            return False
+        about = [entry for entry in found[1] if (entry.detail or {}).get("refund_id") == refund_id]
+        return (
+            bool(about)
+            and about[-1].type is OrderEvent.PAYMENT_REFUND_FAILED
+            and about[-1].detail["kind"] == "transient"
+        )
 
     @staticmethod
     def _still_pending(order: Order, refund_id: str) -> bool:
@@ -207,27 +254,40 @@ class PendingRefundSweep:
     refunding twice; recorded `succeeded` or `failed` as it answers. Without this, an appeasement
     made without an Idempotency-Key could never be finished: nobody would repeat its key, and it
     would hold its amount (and hide money the gateway gave) for good. Only refunds begun more than
-    `after` ago are taken: a younger one is still in its request's hands."""
+    `after` ago are taken: a younger one is still in its request's hands.
+
+    A gateway found unavailable is not asked again in the same pass: the orders paid through it
+    stay pending for the next pass and are read past, up to `max_reads` orders a pass, so orders
+    left pending through another gateway are not stuck behind them, and a pass through an outage
+    does not spend the function's time on retries the outage refuses."""
 
     def __init__(
         self, pending: PendingRefunds, refunds: RefundService, clock: Callable[[], datetime], *,
-        after: timedelta, limit: int = 100,
+        after: timedelta, limit: int = 100, max_reads: int = 1000,
     ):  # fmt: skip
         self._pending = pending
         self._refunds = refunds
         self._clock = clock
         self._after = after
         self._limit = limit
+        self._max_reads = max_reads
 
     def run(self, actor: str) -> list[str]:
-        """One pass: the ids of the refunds it finished (at most `limit` orders, oldest first). An
-        order whose gateway is still unavailable keeps its refund pending for the next pass."""
+        """One pass: the ids of the refunds it finished (of at most `limit` orders asked, oldest
+        first, among at most `max_reads` read). An order whose gateway is unavailable keeps its
+        refund pending for the next pass."""
         begun_before = self._clock() - self._after
         finished: list[str] = []
-        for order_id in self._pending.pending_since_before(begun_before, self._limit):
+        down: set[str] = set()
+        asked = 0
+        for order_id in islice(self._pending.pending_since_before(begun_before), self._max_reads):
             try:
-                done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before)
+                done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before, down=down)
             except PaymentGatewayUnavailable:
-                continue
-            finished += [refund.id for refund in done if refund.status != "pending"]
+                asked += 1  # its gateway is down: its refunds, and its method's, wait for the next pass
+            else:
+                asked += bool(done)  # nothing done: its method was down, or nothing of it was due
+                finished += [refund.id for refund in done if refund.status != "pending"]
+            if asked == self._limit:
+                break
         return finished

@@ -15,12 +15,15 @@ refused refund again and again.
 
 The index finds candidates by when they were requested (a superset of those received before the
 moment); each is then judged on its last change (`updated_at`: the receipt) and its order's history.
+Returns left to a person stay at the oldest end of that range, so a pass reads on past them (up to
+`max_reads`, its read budget) to reach a receipt lost after them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from itertools import islice
 
 from core.errors import TransientError
 from core.events import OrderEvent
@@ -40,6 +43,7 @@ class ReturnReconciler:
         *,
         restart_after: timedelta,
         limit: int = 100,
+        max_reads: int = 1000,
     ):
         if restart_after <= timedelta(minutes=5):
             # Younger than five minutes, the receipt's own execution may still be running.
@@ -51,14 +55,17 @@ class ReturnReconciler:
         self._clock = clock
         self._restart_after = restart_after
         self._limit = limit
+        self._max_reads = max_reads  # candidates judged per pass, each one read
 
     def run(self) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
-        `limit` candidates read, oldest first; the rest, and any whose start failed, are the next
-        pass's (a failed start does not stop the reconciler's other work)."""
+        `limit` of at most `max_reads` candidates judged, oldest first; the rest, and any whose
+        start failed, are the next pass's (a failed start does not stop the reconciler's other
+        work)."""
         received_before = self._clock() - self._restart_after
-        restarted = []
-        for return_id in self._candidates.created_before(ReturnStatus.RECEIVED, received_before, self._limit):
+        restarted: list[str] = []
+        candidates = self._candidates.created_before(ReturnStatus.RECEIVED, received_before)
+        for return_id in islice(candidates, self._max_reads):
             item = self._returns.get(return_id)
             if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
                 continue  # moved on since the index was read, or received recently enough to be running
@@ -69,6 +76,8 @@ class ReturnReconciler:
             except TransientError:
                 continue  # Step Functions refused it now: the next pass finds it again
             restarted.append(item.id)
+            if len(restarted) == self._limit:
+                break
         return restarted
 
     def _stuck(self, item: Return) -> bool:

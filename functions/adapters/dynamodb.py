@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -575,18 +575,18 @@ class DynamoReturns(ReturnRepository):
 
 
 class DynamoUnreceivedReturns(UnreceivedReturns):
-    """The return expiry's query: the by_status index (keys only: id, status, created_at), one
-    status, oldest first, created before a moment, in pages of `page_size` until `limit` ids or
-    the range ends. Every entry in that key range is a candidate, so nothing is filtered out after
-    the read; a return that has left the status since (the index is eventually consistent) is
-    judged again on its own conditional write. A Query, never a Scan."""
+    """The return expiry's and the returns reconciler's query: the by_status index (keys only: id,
+    status, created_at), one status, oldest first, created before a moment, a page of `page_size`
+    at a time as the caller takes the ids. Keys only, so the callers judge each return on its own
+    read (a return that has left the status since, the index being eventually consistent, is left
+    alone) and stop when their read budget is spent. A Query, never a Scan."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
         self._table = table
         self._page_size = page_size
 
-    def created_before(self, status: ReturnStatus, before: datetime, limit: int) -> list[str]:
+    def created_before(self, status: ReturnStatus, before: datetime) -> Iterator[str]:
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": "by_status",
@@ -594,8 +594,16 @@ class DynamoUnreceivedReturns(UnreceivedReturns):
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {":status": {"S": status.value}, ":before": {"S": timestamp(before)}},
             "ScanIndexForward": True,
+            "Limit": self._page_size,
         }
-        return _query_ids(self._client, query, limit, self._page_size)
+        while True:
+            page = self._client.query(**query)
+            yield from (item["id"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return
+            # A return the caller expired meanwhile has left the range: DynamoDB starts after its
+            # key all the same.
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 # The by_pickup_deadline index is sparse: only an order with a pickup waiting at its store carries
@@ -701,22 +709,29 @@ class DynamoBackorderedOrders(BackorderedOrders):
 
 class DynamoPendingRefunds(PendingRefunds):
     """The pending refund sweep's query: the sparse by_pending_refund index (keys only), one Query
-    on its one partition, oldest first; never a Scan. One page: the next pass takes the rest."""
+    on its one partition, oldest first, a page of `page_size` at a time as the sweep takes the
+    ids; never a Scan."""
 
-    def __init__(self, client: Any, table: str):
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
         self._table = table
+        self._page_size = page_size
 
-    def pending_since_before(self, before: datetime, limit: int) -> list[str]:
-        response = self._client.query(
-            TableName=self._table,
-            IndexName="by_pending_refund",
-            KeyConditionExpression="refund_key = :key AND refund_since < :before",
-            ExpressionAttributeValues={":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
-            ScanIndexForward=True,
-            Limit=limit,
-        )
-        return [item["id"]["S"] for item in response.get("Items", [])]
+    def pending_since_before(self, before: datetime) -> Iterator[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_pending_refund",
+            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
+            "ExpressionAttributeValues": {":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        while True:
+            page = self._client.query(**query)
+            yield from (item["id"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 class DynamoLateOrders(LateOrders):

@@ -10,6 +10,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from core.errors import TransientError
 from core.ports import ReturnWorkflowStarter, WorkflowStarter
+from functions.adapters.aws_errors import busy
 
 
 class StepFunctionsStarter(WorkflowStarter):
@@ -27,7 +28,9 @@ class StepFunctionsStarter(WorkflowStarter):
         or the reconciler starts another. That is harmless because every step is idempotent.
         A `rerun` (the reconciler's) is named `{order_id}-{rerun}`: a new execution on any type.
         `channel` and `correlation_id` ride in the input for the steps' log lines; `finish_cancel`
-        sends the execution to finish a recorded cancel's clean-up instead of the main path."""
+        sends the execution to finish a recorded cancel's clean-up instead of the main path.
+        TransientError when Step Functions refuses for now or cannot be reached (throttled, a
+        server or network error): the caller's retry or its next pass starts it."""
         name = f"{order_id}-{rerun}" if rerun else order_id
         execution_input: dict[str, object] = {
             "order_id": order_id,
@@ -41,7 +44,13 @@ class StepFunctionsStarter(WorkflowStarter):
         except ClientError as error:
             if error.response["Error"]["Code"] == "ExecutionAlreadyExists":
                 return False
-            raise
+            if busy(error) or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+                raise TransientError(
+                    f"the order workflow could not be started: {error.response['Error']['Code']}"
+                ) from error
+            raise  # refused for good (a missing state machine, a denied role): an error to alarm on
+        except BotoCoreError as error:
+            raise TransientError(f"the order workflow could not be started: {type(error).__name__}") from error
         return True
 
 

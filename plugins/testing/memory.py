@@ -3,7 +3,7 @@ DynamoDB and S3. Each class subclasses the port it implements, so it cannot drif
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
@@ -153,9 +153,9 @@ class InMemoryUnreceivedReturns(UnreceivedReturns):
     def __init__(self, returns: InMemoryReturns) -> None:
         self._returns = returns
 
-    def created_before(self, status: ReturnStatus, before: datetime, limit: int) -> list[str]:
+    def created_before(self, status: ReturnStatus, before: datetime) -> Iterator[str]:
         found = [r for r in self._returns.returns.values() if r.status is status and r.created_at < before]
-        return [r.id for r in sorted(found, key=lambda r: r.created_at)][:limit]
+        return iter([r.id for r in sorted(found, key=lambda r: r.created_at)])
 
 
 class InMemoryCatalog(CatalogRepository):

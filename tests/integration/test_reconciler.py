@@ -428,3 +428,33 @@ def test_an_appeasement_left_pending_by_a_function_that_died_is_finished_through
         assert reconcile()["refunds_finished"] == []  # out of the index once nothing is pending
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"]
     assert "refund_key" not in item and "refund_since" not in item
+
+
+def test_orders_with_a_pending_refund_are_read_a_page_at_a_time_oldest_first_as_the_sweep_takes_them(aws, monkeypatch):
+    from itertools import islice
+
+    from functions.adapters.dynamodb import PENDING_REFUND_KEY, DynamoPendingRefunds, timestamp
+
+    start = utc_now() - timedelta(hours=2)
+    ids = [order_id(letter) for letter in "abcde"]
+    for n, each in enumerate(ids):
+        aws.dynamodb.put_item(
+            TableName=aws.tables["OrdersTable"],
+            Item={"id": {"S": each}, "refund_key": {"S": PENDING_REFUND_KEY},
+                  "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
+        )  # fmt: skip
+    pending = DynamoPendingRefunds(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
+    queries: list[dict[str, Any]] = []
+    real = aws.dynamodb.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        queries.append(request)
+        return real(**request)
+
+    monkeypatch.setattr(aws.dynamodb, "query", query)
+
+    assert list(pending.pending_since_before(utc_now())) == ids
+    assert list(pending.pending_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
+    queries.clear()
+    assert list(islice(pending.pending_since_before(utc_now()), 3)) == ids[:3]
+    assert len(queries) == 2 and {q["IndexName"] for q in queries} == {"by_pending_refund"}  # no third page

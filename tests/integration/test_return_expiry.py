@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 import pytest
@@ -58,12 +59,15 @@ def delivered_order(aws, order_id: str) -> None:
     DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(order, created, payment_token="tok_approve")
 
 
-def stored_return(aws, order_id: str, ordinal: int, status: ReturnStatus, created_at: datetime) -> Return:
+def stored_return(
+    aws, order_id: str, ordinal: int, status: ReturnStatus, created_at: datetime, authorized_at: datetime | None = None
+) -> Return:
     received = status is R.RECEIVED
     item = Return(
         id=return_id_for(order_id, ordinal), order_id=order_id, channel="web", ordinal=ordinal, status=status,
         lines=[ReturnLine(line_id="L1", quantity=1, reason="changed my mind", received_quantity=int(received))],
-        refund=Money.zero("USD"), fee=Money.zero("USD"), created_at=created_at, updated_at=created_at, version=1,
+        refund=Money.zero("USD"), fee=Money.zero("USD"), created_at=created_at,
+        updated_at=authorized_at or created_at, authorized_at=authorized_at, version=1,
     )  # fmt: skip
     DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]).add(item)
     return item
@@ -104,16 +108,34 @@ def test_the_scan_cancels_returns_never_received_past_the_expiry_once_through_th
     assert [e.type for e in history].count(OrderEvent.RETURN_CANCELLED) == 1
 
 
-def test_candidates_are_paged_oldest_first_up_to_the_limit(aws):
+def test_candidates_are_read_a_page_at_a_time_oldest_first_as_the_caller_takes_them(aws, calls):
     delivered_order(aws, "ord_p")
     start = utc_now() - timedelta(days=40)
     ids = [stored_return(aws, "ord_p", n, R.AUTHORIZED, start + timedelta(minutes=n)).id for n in range(1, 6)]
     stored_return(aws, "ord_p", 6, R.REQUESTED, start)
     unreceived = DynamoUnreceivedReturns(aws.dynamodb, aws.tables["ReturnsTable"], page_size=2)
 
-    assert unreceived.created_before(R.AUTHORIZED, utc_now(), 10) == ids
-    assert unreceived.created_before(R.AUTHORIZED, utc_now(), 3) == ids[:3]
-    assert unreceived.created_before(R.AUTHORIZED, start + timedelta(minutes=2, seconds=30), 10) == ids[:2]
+    assert list(unreceived.created_before(R.AUTHORIZED, utc_now())) == ids
+    assert list(unreceived.created_before(R.AUTHORIZED, start + timedelta(minutes=2, seconds=30))) == ids[:2]
+    calls.clear()
+    assert list(islice(unreceived.created_before(R.AUTHORIZED, utc_now()), 3)) == ids[:3]
+    assert [operation for operation, _ in calls] == ["Query", "Query"]  # no page beyond the third id
+
+
+def test_the_scan_reads_past_returns_approved_recently_to_the_expired_one_behind_them(aws, scan):
+    delivered_order(aws, "ord_w")
+    requested, approved = utc_now() - timedelta(days=35), utc_now() - timedelta(days=3)
+    waiting = [
+        stored_return(aws, "ord_w", n, R.AUTHORIZED, requested + timedelta(seconds=n), authorized_at=approved)
+        for n in range(1, 102)
+    ]  # more than a pass expires: they used to fill its one read
+    expired = stored_return(aws, "ord_w", 102, R.AUTHORIZED, utc_now() - timedelta(days=31))
+
+    assert scan()["returns_expired"] == [expired.id]
+
+    returns = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    assert returns.get(expired.id).status is R.CANCELLED
+    assert {returns.get(item.id).status for item in waiting} == {R.AUTHORIZED}
 
 
 def test_an_entry_the_scan_died_before_writing_is_on_the_history_the_api_reads_once(aws, scan, monkeypatch):

@@ -451,6 +451,52 @@ def test_a_pass_expires_at_most_its_limit_of_returns_per_status_oldest_first(wor
     assert return_scan(world, clock, returns, limit=2).run().returns_expired == created[2:]
 
 
+def test_returns_approved_recently_cannot_hide_an_expired_return_created_after_them(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    asked = returns_service(world, clock, NeedsApproval())
+    waiting = [one_mug_returned(world, asked) for _ in range(3)]
+    clock.advance(hours=1)
+    expired = one_mug_returned(world, returns)  # created after them: the index lists it last
+    clock.advance(days=25)
+    for item in waiting:
+        returns.approve(item.id, None, actor="key_cs")  # requested long ago, approved six days before the scan
+    clock.advance(days=6)
+
+    done = return_scan(world, clock, returns, limit=2).run()
+
+    assert done.returns_expired == [expired.id]
+    assert world.returns.get(expired.id).status is ReturnStatus.CANCELLED
+    assert {world.returns.get(item.id).status for item in waiting} == {ReturnStatus.AUTHORIZED}
+
+
+def test_a_pass_judges_at_most_its_read_budget_of_returns_per_status(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    asked = returns_service(world, clock, NeedsApproval())
+    waiting = [one_mug_returned(world, asked) for _ in range(3)]
+    expired = one_mug_returned(world, returns)
+    clock.advance(days=25)
+    for item in waiting:
+        returns.approve(item.id, None, actor="key_cs")
+    clock.advance(days=6)
+    judged: list[str] = []
+
+    def expire(return_id, started_before, actor):
+        judged.append(return_id)
+        return returns.expire(return_id, started_before, actor)
+
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        unreceived=InMemoryUnreceivedReturns(world.returns), expire_return=expire,
+        return_expiry=timedelta(days=30), max_reads=3,
+    )  # fmt: skip
+
+    assert scan.run().returns_expired == []  # the budget ran out on returns approved recently
+    assert judged == [item.id for item in waiting]
+    assert world.returns.get(expired.id).status is ReturnStatus.AUTHORIZED
+
+
 def test_returns_never_expire_when_the_expiry_is_off(world):
     clock = Clock()
     returns = returns_service(world, clock)

@@ -8,14 +8,16 @@ import json
 from datetime import timedelta
 
 import pytest
+from botocore.exceptions import ClientError
 
-from core.errors import InvalidTransition, OrderClosed
+from core.errors import InvalidTransition, OrderClosed, TransientError
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import Order
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
 from core.reconciliation import Reconciled, Reconciler
 from core.status import OrderStatus, can_transition
 from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
+from functions.adapters.workflow_starter import StepFunctionsStarter
 from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
 from tests.unit.world import World, build_world
@@ -259,6 +261,49 @@ def test_the_reconciler_refuses_thresholds_that_would_restart_a_running_executio
 ):
     with pytest.raises(ValueError):
         reconciler(world, 0, restart_after=timedelta(minutes=restart), park_after=timedelta(minutes=park))
+
+
+def test_a_start_step_functions_refuses_or_a_park_that_keeps_losing_races_waits_for_the_next_pass(world, monkeypatch):
+    throttled, restarted = world.place(("TSHIRT", 1)), world.place(("MUG", 1))
+    run, _, starter = reconciler(world, minutes_later=20)
+
+    def refuses_first(order_id, channel="", correlation_id="", rerun=None):
+        if order_id == throttled:
+            raise TransientError("the order workflow could not be started: ThrottlingException")
+        starter.started.append((order_id, rerun))
+        return True
+
+    monkeypatch.setattr(starter, "start", refuses_first)
+    assert run.run() == Reconciled(restarted=[restarted])
+
+    raced, parked = world.place(("TSHIRT", 1)), world.place(("MUG", 1))
+    real = world.workflow.park_after_failure
+
+    def keeps_changing(order_id, error, cause):
+        if order_id == raced:
+            raise TransientError(f"order {order_id} kept changing while it was being put on hold")
+        return real(order_id, error, cause)
+
+    monkeypatch.setattr(world.workflow, "park_after_failure", keeps_changing)
+    done = reconciler(world, minutes_later=61)[0].run()
+
+    assert raced not in done.parked and parked in done.parked
+    assert world.order(raced).status is S.PENDING and world.order(parked).status is S.ON_HOLD
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "raised"),
+    [("ThrottlingException", 400, TransientError), ("ServiceUnavailable", 503, TransientError),
+     ("StateMachineDoesNotExist", 400, ClientError)],
+)  # fmt: skip
+def test_a_start_step_functions_refuses_for_now_is_transient_and_one_refused_for_good_is_not(code, status, raised):
+    class Refusing:
+        def start_execution(self, **request):
+            response = {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+            raise ClientError(response, "StartExecution")
+
+    with pytest.raises(raised):
+        StepFunctionsStarter(Refusing(), "arn:aws:states:us-east-1:1:stateMachine:o").start("ord_x", rerun="r")
 
 
 def test_the_reconciler_judges_an_order_by_its_last_change_not_when_it_was_placed(world):

@@ -27,10 +27,12 @@ def world() -> World:
     return build_world(STOCK)
 
 
-def reconciler(world: World, clock: Clock, workflow: InlineReturnWorkflow) -> ReturnReconciler:
+def reconciler(
+    world: World, clock: Clock, workflow: InlineReturnWorkflow, limit: int = 100, max_reads: int = 1000
+) -> ReturnReconciler:
     return ReturnReconciler(
         InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15),
+        restart_after=timedelta(minutes=15), limit=limit, max_reads=max_reads,
     )  # fmt: skip
 
 
@@ -102,3 +104,40 @@ def test_a_start_step_functions_refuses_is_left_for_the_next_pass_and_the_rest_a
     assert reconciler(world, clock, workflow).run() == [second.id]
     assert reconciler(world, clock, workflow).run() == [first.id]
     assert {world.returns.get(item.id).status for item in (first, second)} == {R.REFUNDED}
+
+
+def test_returns_left_to_a_person_cannot_hide_a_lost_receipt_received_after_them(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    stuck = [one_mug_returned(world, returns) for _ in range(3)]
+    lost = one_mug_returned(world, returns)  # requested after them: the index lists it last
+    for item in stuck:
+        returns.receive(item.id, RECEIPT, "key_wh")
+        returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    clock.advance(hours=1)
+    returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    clock.advance(minutes=16)
+
+    assert reconciler(world, clock, workflow, limit=2).run() == [lost.id]
+
+    assert workflow.started == [lost.id] and world.returns.get(lost.id).status is R.REFUNDED
+    assert {world.returns.get(item.id).status for item in stuck} == {R.RECEIVED}
+
+
+def test_a_pass_judges_at_most_its_read_budget_of_received_returns(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    stuck = [one_mug_returned(world, returns) for _ in range(3)]
+    lost = one_mug_returned(world, returns)
+    for item in stuck:
+        returns.receive(item.id, RECEIPT, "key_wh")
+        returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    returns.receive(lost.id, RECEIPT, "key_wh")
+    clock.advance(minutes=16)
+
+    assert reconciler(world, clock, workflow, max_reads=3).run() == []  # spent on the returns left to a person
+    assert reconciler(world, clock, workflow, max_reads=4).run() == [lost.id]

@@ -1,0 +1,171 @@
+"""The pending refund sweep: a refund left pending is asked again every pass until the gateway
+answers, and a long outage does not grow the order's history a pass at a time: the outage is on
+it once, then the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from core import hookimpl
+from core.errors import PaymentGatewayUnavailable, TransientError
+from core.events import OrderEvent
+from core.money import Money
+from core.ports import PendingRefunds
+from core.refund_service import PendingRefundSweep
+from plugins.testing.gateway import RecordingGateway
+from tests.unit.test_jeopardy import Clock
+from tests.unit.world import World, build_world
+
+STOCK = [("TSHIRT", "wh-west", 10)]
+ACTOR = "reconciler"
+
+
+class InMemoryPendingRefunds(PendingRefunds):
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def pending_since_before(self, before: datetime) -> Iterator[str]:
+        oldest = {}
+        for order in self._world.orders.orders.values():
+            begun = [refund.at for refund in order.payment.refunds if refund.status == "pending"]
+            if begun and min(begun) < before:
+                oldest[order.id] = min(begun)
+        return iter(sorted(oldest, key=oldest.__getitem__))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock: Clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def sweep(world: World, clock: Clock) -> PendingRefundSweep:
+    return PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15))
+
+
+def shipped(world: World) -> str:
+    order = world.allocated(("TSHIRT", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    return order.id
+
+
+def refund_failures(world: World, order_id: str) -> list[tuple[str, str, int]]:
+    return [
+        (entry.actor, entry.detail["kind"], entry.detail["attempt"])
+        for entry in world.history(order_id)
+        if entry.type is OrderEvent.PAYMENT_REFUND_FAILED
+    ]
+
+
+def test_passes_through_a_long_outage_add_nothing_the_history_already_says_then_record_the_refund(world, clock):
+    order_id = shipped(world)
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    asked = refund_failures(world, order_id)
+    assert asked == [("key_cs", "transient", 1), ("key_cs", "transient", 2), ("key_cs", "transient", 3)]
+
+    for _ in range(12):  # an hour of passes, every five minutes, the gateway still down
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    assert refund_failures(world, order_id) == asked
+    assert [refund.status for refund in world.order(order_id).payment.refunds] == ["pending"]
+    world.gateway.script("refund", "approve")
+    [refund] = world.order(order_id).payment.refunds
+
+    assert sweep(world, clock).run(ACTOR) == [refund.id]
+
+    last = world.history(order_id)[-1]
+    assert (last.type, last.actor, last.detail["refund_id"]) == (OrderEvent.PAYMENT_REFUNDED, ACTOR, refund.id)
+    assert refund_failures(world, order_id) == asked
+
+
+def dies(*args: object, **kwargs: object) -> None:
+    raise TimeoutError("the API function timed out before asking the gateway")
+
+
+def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, monkeypatch):
+    order_id = shipped(world)
+    with monkeypatch.context() as patched:
+        patched.setattr(world.refunds, "_ask_gateway", dies)
+        with pytest.raises(TimeoutError):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    world.gateway.script("refund", "transient")
+
+    for _ in range(6):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    assert refund_failures(world, order_id) == [(ACTOR, "transient", 1)]
+    world.gateway.script("refund", "approve")
+    assert len(sweep(world, clock).run(ACTOR)) == 1
+    assert world.order(order_id).payment.refunded == Money.of("5.00", "USD")
+
+
+def test_a_refusal_after_an_outage_is_recorded(world, clock):
+    order_id = shipped(world)
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    clock.advance(minutes=20)
+    assert sweep(world, clock).run(ACTOR) == []
+    world.gateway.script("refund", "refuse")
+
+    [refund_id] = sweep(world, clock).run(ACTOR)
+
+    assert refund_failures(world, order_id)[3:] == [(ACTOR, "refused", 1)]
+    assert [(r.id, r.status) for r in world.order(order_id).payment.refunds] == [(refund_id, "failed")]
+
+
+class RefundsDownForTest:
+    """The `test` method's gateway unavailable for refunds while `down`; other methods unaffected."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.asked: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_refund(self, method: str, order_id: str) -> None:
+        if method == "test":
+            self.asked.append(order_id)
+            if self.down:
+                raise TransientError("the test gateway is down")
+
+
+def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_another_behind_them(clock, monkeypatch):
+    outage = RefundsDownForTest()
+    world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
+    down = [shipped(world) for _ in range(3)]
+    for order_id in down:
+        with pytest.raises(PaymentGatewayUnavailable):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    other = world.allocated(("TSHIRT", 1), payment={"method": "fake", "token": "tok_fake"})
+    for shipment in other.shipments:
+        world.actions.ship(other.id, shipment.id, None, actor="key_wh")
+    with monkeypatch.context() as patched:
+        patched.setattr(world.refunds, "_ask_gateway", dies)
+        with pytest.raises(TimeoutError):
+            world.refunds.issue_refund(other.id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    clock.advance(minutes=20)
+    outage.asked.clear()
+    [waiting] = world.order(other.id).payment.refunds
+
+    pass_ = PendingRefundSweep(
+        InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15), limit=2
+    )
+    assert pass_.run(ACTOR) == [waiting.id]
+
+    assert outage.asked == [down[0]] * 3  # one order's attempts, not every order's
+    assert world.order(other.id).payment.refunded == Money.of("5.00", "USD")
+    outage.down = False
+    assert len(pass_.run(ACTOR)) == 2 and len(pass_.run(ACTOR)) == 1
+    assert {refund.status for order_id in down for refund in world.order(order_id).payment.refunds} == {"succeeded"}
