@@ -247,6 +247,18 @@ class RefundService:
         return order_lists.page(self.refunds(order_id, channel), order_id, "refunds", limit, cursor)
 
 
+class SweepIncomplete(Exception):
+    """A pending-refund pass went on past orders whose refunds it could not finish for a reason
+    other than an unavailable gateway (a plugin's error, no plugin for the order's method): those
+    orders' errors (`failed`, by order id), and what the pass finished all the same (`finished`).
+    The caller reports both, then fails, so the errors alarm calls a person."""
+
+    def __init__(self, finished: list[str], failed: dict[str, Exception]):
+        super().__init__(f"the pending refunds of {len(failed)} order(s) could not be finished: {sorted(failed)}")
+        self.finished = finished
+        self.failed = failed
+
+
 class PendingRefundSweep:
     """Refunds a request left `pending` (its function died after writing it, before or after the
     gateway answered, or the gateway stayed unavailable): found through an index of the orders
@@ -275,19 +287,27 @@ class PendingRefundSweep:
     def run(self, actor: str) -> list[str]:
         """One pass: the ids of the refunds it finished (of at most `limit` orders asked, oldest
         first, among at most `max_reads` read). An order whose gateway is unavailable keeps its
-        refund pending for the next pass."""
+        refund pending for the next pass. One that fails otherwise does not stop the pass, so the
+        orders behind it are not kept pending by it every pass: the pass raises SweepIncomplete
+        once it is done."""
         begun_before = self._clock() - self._after
         finished: list[str] = []
         down: set[str] = set()
+        failed: dict[str, Exception] = {}
         asked = 0
         for order_id in islice(self._pending.pending_since_before(begun_before), self._max_reads):
             try:
                 done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before, down=down)
             except PaymentGatewayUnavailable:
                 asked += 1  # its gateway is down: its refunds, and its method's, wait for the next pass
+            except Exception as error:  # reported once the pass is done (SweepIncomplete)
+                failed[order_id] = error
+                asked += 1
             else:
                 asked += bool(done)  # nothing done: its method was down, or nothing of it was due
                 finished += [refund.id for refund in done if refund.status != "pending"]
             if asked == self._limit:
                 break
+        if failed:
+            raise SweepIncomplete(finished, failed)
         return finished

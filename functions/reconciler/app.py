@@ -12,6 +12,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core.refund_service import SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 
@@ -47,11 +48,19 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                        extra={"return_id": return_id})  # fmt: skip
     if returns_restarted:
         metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
-    refunds_finished = container().pending_refund_sweep.run(ACTOR)
+    incomplete = None
+    try:
+        refunds_finished = container().pending_refund_sweep.run(ACTOR)
+    except SweepIncomplete as error:
+        refunds_finished, incomplete = error.finished, error
     for refund_id in refunds_finished:
         logger.warning("refund left pending by its request finished", extra={"refund_id": refund_id})
     if refunds_finished:
         metrics.add_metric(name="PendingRefundsFinished", unit=MetricUnit.Count, value=len(refunds_finished))
+    if incomplete is not None:
+        for order_id, failure in incomplete.failed.items():
+            logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
+        raise incomplete  # the pass did the rest; the errors alarm calls a person for these
     return {
         "restarted": done.restarted,
         "parked": done.parked,

@@ -458,3 +458,25 @@ def test_orders_with_a_pending_refund_are_read_a_page_at_a_time_oldest_first_as_
     queries.clear()
     assert list(islice(pending.pending_since_before(utc_now()), 3)) == ids[:3]
     assert len(queries) == 2 and {q["IndexName"] for q in queries} == {"by_pending_refund"}  # no third page
+
+
+def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
+    stack, metrics_on, capsys, caplog, monkeypatch
+):
+    # One order whose refund fails for a reason other than an outage: the pass finishes the rest,
+    # counts them, logs the order at ERROR and fails (the function's errors alarm calls a person).
+    from core.refund_service import PendingRefundSweep, SweepIncomplete
+
+    def incomplete(self: PendingRefundSweep, actor: str) -> list[str]:
+        raise SweepIncomplete(["ref_finished"], {order_id("z"): KeyError("no merchant account")})
+
+    monkeypatch.setattr(PendingRefundSweep, "run", incomplete)
+    capsys.readouterr()
+
+    with pytest.raises(SweepIncomplete):
+        reconcile()
+
+    assert emitted(capsys.readouterr().out) == {"PendingRefundsFinished": 1}
+    [logged] = [record for record in caplog.records if record.getMessage() == "pending refund not finished"]
+    assert (logged.levelname, logged.order_id) == ("ERROR", order_id("z"))
+    assert isinstance(logged.exc_info[1], KeyError)

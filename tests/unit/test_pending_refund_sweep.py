@@ -14,7 +14,7 @@ from core.errors import PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
 from core.money import Money
 from core.ports import PendingRefunds
-from core.refund_service import PendingRefundSweep
+from core.refund_service import PendingRefundSweep, SweepIncomplete
 from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_jeopardy import Clock
 from tests.unit.world import World, build_world
@@ -169,3 +169,40 @@ def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_an
     outage.down = False
     assert len(pass_.run(ACTOR)) == 2 and len(pass_.run(ACTOR)) == 1
     assert {refund.status for order_id in down for refund in world.order(order_id).payment.refunds} == {"succeeded"}
+
+
+class RefundsBrokenForOneOrder:
+    """The `test` method's refund hook raising a plugin's own error for one order: not an outage."""
+
+    def __init__(self) -> None:
+        self.broken: str | None = None
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_refund(self, method: str, order_id: str) -> None:
+        if order_id == self.broken:
+            raise KeyError("the plugin lost its merchant account for this order")
+
+
+def test_an_order_whose_refund_fails_otherwise_does_not_keep_the_refunds_behind_it_pending(clock, monkeypatch):
+    # The oldest pending refund fails with a plugin's error every pass: before, the pass stopped
+    # there, and the refunds behind it stayed pending for as long as it failed.
+    broken = RefundsBrokenForOneOrder()
+    world = build_world(STOCK, broken, clock=clock)
+    orders = [shipped(world) for _ in range(2)]
+    with monkeypatch.context() as patched:
+        patched.setattr(world.refunds, "_ask_gateway", dies)
+        for order_id in orders:
+            with pytest.raises(TimeoutError):
+                world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+            clock.advance(minutes=1)
+    broken.broken = orders[0]
+    clock.advance(minutes=20)
+    [behind] = world.order(orders[1]).payment.refunds
+
+    with pytest.raises(SweepIncomplete) as incomplete:
+        sweep(world, clock).run(ACTOR)
+
+    assert incomplete.value.finished == [behind.id]
+    assert list(incomplete.value.failed) == [orders[0]]
+    assert world.order(orders[1]).payment.refunded == Money.of("5.00", "USD")
+    assert [refund.status for refund in world.order(orders[0]).payment.refunds] == ["pending"]
