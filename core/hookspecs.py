@@ -323,7 +323,10 @@ def oms_return_policy(
     decision's `code` and `message`; `needs_approval` makes it `requested` (a person approves or
     rejects it) instead of `authorized`; `fee` (in the order's currency, not negative) is kept
     back from the refund; `refund_shipping` adds the order's shipping to it (once every unit the
-    return asked for has arrived). When no plugin answers, the return is refused (422
+    return asked for has arrived); `refund_shipping_with_whole_order` adds it only to the refund
+    of the return whose receipt brings the order's last unit back, when every unit of the order
+    arrived on returns decided so (the returns in `returned_before` may never arrive). Either way
+    the order's shipping is given back once. When no plugin answers, the return is refused (422
     `return_not_allowed`).
     """
 

@@ -725,6 +725,10 @@ class PaymentRefund(BaseModel, defer_build=True):
         default=None,
         description="A return's refund: what it gave back for the units of each line (null for any other refund)",
     )
+    shipping: Money | None = Field(
+        default=None,
+        description="A return's refund: what of it is the order's shipping given back (null when none is)",
+    )
 
 
 class Payment(BaseModel):
@@ -1080,6 +1084,10 @@ class Order(BaseModel, defer_build=True):
     # (by return id): what a refund records for returned units (PaymentRefund.lines), for units
     # paid back as a credit. The system's own: stored, never shown.
     exchange_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
+    # The order's shipping an exchange's credit gives back (by return id), claimed before the
+    # replacement is placed, so a refund deciding the shipping meanwhile counts it (as it counts
+    # PaymentRefund.shipping). The system's own: stored, never shown.
+    shipping_claims: dict[str, Money] = Field(default_factory=dict, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1116,6 +1124,10 @@ class Order(BaseModel, defer_build=True):
             system["exchange_shares"] = {
                 return_id: [share.model_dump(mode="json") for share in shares]
                 for return_id, shares in self.exchange_shares.items()
+            }
+        if self.shipping_claims:
+            system["shipping_claims"] = {
+                return_id: amount.model_dump(mode="json") for return_id, amount in self.shipping_claims.items()
             }
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
@@ -2071,16 +2083,18 @@ class Order(BaseModel, defer_build=True):
 
     def begin_refund(
         self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
-        return_id: str | None = None, lines: list[RefundedUnits] | None = None, at: datetime, actor: str,
+        return_id: str | None = None, lines: list[RefundedUnits] | None = None, shipping: Money | None = None,
+        at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """A refund about to be asked of the gateway, written first as `pending` so that what it
         takes is held: never more than captured minus refunded and pending. `lines`: what a
-        return's refund gives back for each line's units."""
+        return's refund gives back for each line's units; `shipping`: what of it is the order's
+        shipping (core.refunds.shipping_refunded counts it, so shipping goes back once)."""
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount)
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
-                               return_id=return_id, at=at, lines=lines)  # fmt: skip
+                               return_id=return_id, at=at, lines=lines, shipping=shipping)  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,
             detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reason": reason, "kind": kind,
@@ -2155,6 +2169,19 @@ class Order(BaseModel, defer_build=True):
             return None
         key = f"{return_id}:{type.value}"
         return self._next(at=at, actor=actor, type=type, detail=detail, return_entries=[*self.return_entries, key])
+
+    def claim_shipping(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
+        """`amount` of the order's shipping is given back by return `return_id`'s exchange credit,
+        written before the replacement is placed with it (core.refunds.shipping_refunded counts it).
+        Bookkeeping: the history's `exchange_placed` entry names the credit."""
+        if return_id in self.shipping_claims:
+            raise InvalidTransition(f"return {return_id} has claimed the shipping already")
+        if amount.currency != self.currency or amount.amount <= 0:
+            raise InvalidTransition(f"a shipping claim is a positive amount in {self.currency}")
+        new = _replaced(self, shipping_claims={**self.shipping_claims, return_id: amount}, version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        check_successor(self, new)
+        return new, None
 
     def exchanged(
         self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,

@@ -17,8 +17,8 @@ from core.ports import OrderRepository, PendingRefunds
 from core.refunds import Refund, refund_id_for
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
-# and for a return's refund what it gives back for each line's units.
-Decision = tuple[str, Money] | tuple[str, Money, list[RefundedUnits]]
+# and for a return's refund what it gives back for each line's units and what of it is shipping.
+Decision = tuple[str, Money] | tuple[str, Money, list[RefundedUnits]] | tuple[str, Money, list[RefundedUnits], Money]
 
 
 class RefundService:
@@ -83,7 +83,7 @@ class RefundService:
     ) -> Refund | None:  # fmt: skip
         """A refund whose key and amount follow from the order (a settlement of what was captured
         beyond the total, a return's share of its lines): `decide` answers them (a return's refund
-        also what it gives back for each line's units), or None for
+        also what it gives back for each line's units and what of it is shipping), or None for
         nothing to refund, on the order as the pending refund is written. Two callers that read
         the order at different times so cannot both price what one of them has already taken, nor
         claim one key for different amounts. A refund already under the decided key is carried on
@@ -111,14 +111,15 @@ class RefundService:
             answer = decide(order)
             if answer is None:
                 return None
-            idempotency_key, amount, *lines = answer
+            idempotency_key, amount, *returned = answer
             refund_id = refund_id_for(order_id, idempotency_key)
             decided.append(refund_id)
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
             return order.begin_refund(
                 refund_id, amount, reason=reason, kind=kind, return_id=return_id,
-                lines=lines[0] if lines else None, at=at, actor=actor,
+                lines=returned[0] if returned else None, shipping=returned[1] if len(returned) > 1 else None,
+                at=at, actor=actor,
             )  # fmt: skip
 
         order = modify(self._orders, order_id, begin, channel=channel)

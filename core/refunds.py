@@ -16,7 +16,7 @@ from core.money import Money
 
 __all__ = [
     "Refund", "RefundRequest", "cumulative_share", "given_back_for_units", "refund_due", "refund_id_for",
-    "refunded_beyond_lines", "units_refunded", "units_share",
+    "refunded_beyond_lines", "shipping_refunded", "units_refunded", "units_share",
 ]  # fmt: skip
 
 
@@ -80,7 +80,7 @@ def units_refunded(
 def refund_due(
     order: Order,
     lines: Mapping[str, int],
-    include_shipping: bool,
+    shipping: Money,
     fee: Money,
     *,
     returned_before: Mapping[str, int] | None = None,
@@ -88,7 +88,7 @@ def refund_due(
     capped: bool = True,
 ) -> Money:
     """What a return of `lines` ({line_id: units}) gives back: each unit's exact share of its
-    line's total, plus the order's shipping when `include_shipping`, minus `fee`; never below
+    line's total, plus `shipping` (what of the order's shipping it gives back), minus `fee`; never below
     zero and never more than captured minus refunded (and minus refunds still pending).
     `returned_before` ({line_id: units}) counts the units of each line refunded by earlier
     returns, and `refunded_before` ({line_id: amount}) what they gave back for them, so that the
@@ -100,9 +100,7 @@ def refund_due(
         raise InvalidRequest(f"a fee is a non-negative amount in {order.currency}")
     shares = units_refunded(order, lines, returned_before=returned_before, refunded_before=refunded_before)
     due = sum((share.amount for share in shares), zero)
-    if include_shipping:
-        due = due + order.totals.shipping
-    due = max(due - fee, zero, key=_amount)
+    due = max(due + shipping - fee, zero, key=_amount)
     return min(due, max(order.payment.refundable(), zero, key=_amount), key=_amount) if capped else due
 
 
@@ -117,6 +115,20 @@ def given_back_for_units(order: Order) -> dict[str, list[RefundedUnits]]:
     for return_id, shares in order.exchange_shares.items():
         given.setdefault(return_id, []).extend(shares)
     return given
+
+
+def shipping_refunded(order: Order, *, besides_return: str | None = None) -> Money:
+    """What of the order's shipping its refunds gave back or are giving back (PaymentRefund.shipping;
+    one the gateway refused counts nothing, a pending one counts) and its exchanges' credits claimed
+    (Order.shipping_claims), but those of return `besides_return`."""
+    zero = Money.zero(order.currency)
+    refunded = sum(
+        (refund.shipping for refund in order.payment.refunds
+         if refund.status != "failed" and refund.shipping is not None and refund.return_id != besides_return),
+        zero,
+    )  # fmt: skip
+    claimed = (amount for return_id, amount in order.shipping_claims.items() if return_id != besides_return)
+    return sum(claimed, refunded)
 
 
 def refunded_beyond_lines(order: Order) -> Money:

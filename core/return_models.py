@@ -110,6 +110,9 @@ class ReturnPolicyDecision(BaseModel):
     needs_approval: bool = False
     fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
     refund_shipping: bool = False
+    # Shipping back with the refund of the return that brings the order's last unit back, when every
+    # unit came back on returns decided so: known only as each arrives (one asked for may never).
+    refund_shipping_with_whole_order: bool = False
 
 
 class OrderEntry(BaseModel):
@@ -139,6 +142,11 @@ class Return(BaseModel):
     refund: Money = Field(description="What was refunded for this return (zero until it is refunded)")
     fee: Money
     refund_shipping: bool = False
+    refund_shipping_with_whole_order: bool = Field(
+        default=False,
+        description="The order's shipping comes back with this return's refund if it brings the order's last unit "
+        "back and every unit came back on returns that say so (refund_shipping: with this return's refund anyway)",
+    )
     label_url: str | None = None
     carrier: str | None = None
     tracking_number: str | None = None

@@ -32,6 +32,7 @@ from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
 from core.models import (
     AddressInput,
+    Bookkeeping,
     HistoryEntry,
     Order,
     PaymentInput,
@@ -51,7 +52,14 @@ from core.ports import (
     ReturnRepository,
 )
 from core.refund_service import Decision, RefundService
-from core.refunds import cumulative_share, given_back_for_units, refund_due, refund_id_for, units_refunded
+from core.refunds import (
+    cumulative_share,
+    given_back_for_units,
+    refund_due,
+    refund_id_for,
+    shipping_refunded,
+    units_refunded,
+)
 from core.return_models import (
     ExchangeInput,
     OrderEntry,
@@ -200,6 +208,7 @@ class Returns:
                 refund=Money.zero(order.currency),
                 fee=decision.fee or Money.zero(order.currency),
                 refund_shipping=decision.refund_shipping,
+                refund_shipping_with_whole_order=decision.refund_shipping_with_whole_order,
                 return_to=_origin(order, cmd.lines[0].line_id),
                 exchange=cmd.exchange,
                 request_key=request_key,
@@ -480,8 +489,9 @@ class Returns:
     # --- Refund -----------------------------------------------------------------------------
     def refund(self, return_id: str, actor: str) -> Return:
         """Refund the received units through the payment plugin (core.refunds.refund_due: each
-        unit's exact share of its line total, the shipping when the policy said so, minus the fee,
-        never more than captured minus refunded) and mark the return `refunded` with the amount.
+        unit's exact share of its line total, the shipping when the policy said so and it is still
+        owed (_shipping_due, decided on the order as the refund is written), minus the fee, never
+        more than captured minus refunded) and mark the return `refunded` with the amount.
 
         Idempotent: the refund's key is the return's id and attempt (the number of its refunds the
         gateway refused), so a retried step asks the gateway under the same key and the order
@@ -502,6 +512,7 @@ class Returns:
             item, order, lambda current: self._due(item, current), actor,
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
             shares=lambda current: self._shares(item, current),
+            shipping=lambda current: _shipping_due(item, current, self._returns.for_order(item.order_id)),
         )  # fmt: skip
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
@@ -519,11 +530,14 @@ class Returns:
         return refund.amount
 
     def _due(self, item: Return, order: Order, *, capped: bool = True) -> Money:
-        # The policy refunded shipping for the return as asked (the built-in one: the whole order
-        # coming back); units that never arrived do not earn it.
-        asked = {line.line_id: line.quantity for line in item.lines}
-        shipping = item.refund_shipping and item.received() == asked
-        units, worth = self._refunded_before(item, order)
+        returns = self._returns.for_order(item.order_id)
+        units, worth = _refunded_before(returns, besides=item.id, order=order)
+        # An exchange's credit gives back the shipping it claimed (_claim_shipping), no more.
+        shipping = (
+            _shipping_due(item, order, returns)
+            if item.exchange is None
+            else order.shipping_claims.get(item.id, Money.zero(order.currency))
+        )
         return refund_due(
             order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped
         )
@@ -541,10 +555,11 @@ class Returns:
         self, item: Return, order: Order, due: Callable[[Order], Money], actor: str,
         *, beyond: Callable[[Money], Money] | None = None,
         shares: Callable[[Order], list[RefundedUnits]] | None = None,
+        shipping: Callable[[Order], Money] | None = None,
     ) -> Return:  # fmt: skip
         """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept),
-        recorded with `shares(order)`, what it gives back for each line's units, and mark it
-        `refunded` with what was given back.
+        recorded with `shares(order)`, what it gives back for each line's units, and `shipping(order)`,
+        what of it is the order's shipping, and mark it `refunded` with what was given back.
 
         Other refunds of the order still pending at the gateway are finished first, under their
         own keys: each holds its amount, and a due capped beside them would keep short of what a
@@ -567,7 +582,12 @@ class Returns:
                 amount = due(current)
                 if amount.amount <= 0:
                     return None
-                return (key, amount, shares(current)) if shares is not None else (key, amount)
+                if shares is None:
+                    return key, amount
+                back = min(shipping(current), amount, key=lambda money: money.amount) if shipping else None
+                if back is None or back.amount <= 0:
+                    return key, amount, shares(current)
+                return key, amount, shares(current), back
 
             refund = self._refunds.issue_decided_refund(
                 item.order_id, decide, f"return {item.id}", actor, kind="return", return_id=item.id
@@ -655,6 +675,7 @@ class Returns:
             # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
             self._refunds.finish_pending(original.id, actor, besides_return=item.id)
             original = visible(self._orders.get(original.id), original.id, None)
+        original = self._claim_shipping(item, original)
         credit = self._due(item, original)
         earlier = self._credits.left(original)
         if earlier is not None:
@@ -671,6 +692,21 @@ class Returns:
             if placed is None:
                 raise
             return self._mine(placed, item)
+
+    def _claim_shipping(self, item: Return, original: Order) -> Order:
+        """The original with the shipping the exchange's credit gives back claimed (_shipping_due,
+        decided in the claim's conditional write, as a refund's is in its own), once: a refund of
+        another return deciding meanwhile counts it, and a retried step finds the claim."""
+        returns = self._returns.for_order(item.order_id)
+        at = self._clock()
+
+        def claim(current: Order) -> Bookkeeping | None:
+            if item.id in current.shipping_claims:
+                return None
+            shipping = _shipping_due(item, current, returns)
+            return current.claim_shipping(item.id, shipping, at=at) if shipping.amount > 0 else None
+
+        return modify(self._orders, original.id, claim)
 
     @staticmethod
     def _mine(placed: Order, item: Return) -> Order:
@@ -776,6 +812,33 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
         unrecorded = cumulative_share(line, units[line_id]) - cumulative_share(line, recorded_units[line_id])
         worth[line_id] = amount + unrecorded
     return units, worth
+
+
+def _shipping_due(item: Return, order: Order, returns: list[Return]) -> Money:
+    """What of the order's shipping the refund of `item` gives back, decided on the order as the
+    refund is written: nothing unless every unit the return asked for arrived, and never what the
+    order's other refunds gave back of it already (core.refunds.shipping_refunded), so it goes
+    back once (a return's own refunds are what it is priced for: a replacement's return draws on
+    its credit what its own refund did not give).
+    The policy granted it for the return itself (`refund_shipping`), or for the receipt that
+    brings the order's last unit back (`refund_shipping_with_whole_order`), counting only units
+    that arrived on returns decided so: a return that counted on one that never arrives, or on
+    units sent back for another reason, earns nothing."""
+    zero = Money.zero(order.currency)
+    asked = {line.line_id: line.quantity for line in item.lines}
+    if item.received() != asked or not (item.refund_shipping or item.refund_shipping_with_whole_order):
+        return zero
+    if not item.refund_shipping:
+        back = dict(item.received())
+        arrived = (R.RECEIVED, R.REFUNDED)
+        for other in returns:
+            if other.id != item.id and other.refund_shipping_with_whole_order and other.status in arrived:
+                for line_id, quantity in other.received().items():
+                    back[line_id] = back.get(line_id, 0) + quantity
+        if any(back.get(line.line_id, 0) < line.quantity for line in order.lines):
+            return zero
+    owed = order.totals.shipping - shipping_refunded(order, besides_return=item.id)
+    return owed if owed.amount > 0 else zero
 
 
 def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:

@@ -6,8 +6,12 @@ only when the whole order comes back for a fault of the shop.
   time: a line split over two parcels is returnable until the later one's window closes). A line
   outside it refuses the whole return with 422 `return_window_closed`.
 - No approval: the return is `authorized` at once. No restocking fee.
-- Shipping is refunded only when this return, with the order's earlier ones, brings back every
-  unit of the order and every line of it gives `damaged`, `defective` or `wrong_item`.
+- Shipping is refunded only when the whole order comes back for a fault of the shop: a return
+  every line of which gives `damaged`, `defective` or `wrong_item` is decided
+  `refund_shipping_with_whole_order`, so the core refunds the shipping with the return whose
+  receipt brings the order's last unit back, once every unit arrived on such returns. (Not
+  decided here by counting the returns still open: one that never arrives would leave the
+  customer a unit and the shipping.)
 
 A shop's own policy is a plugin answering `oms_return_policy` first (this one is `trylast`).
 """
@@ -48,9 +52,7 @@ def since(order: Order, line_id: str) -> datetime | None:
 
 
 @hookimpl(trylast=True)
-def oms_return_policy(
-    order: Order, lines: list[ReturnLineInput], returned_before: dict[str, int], now: datetime
-) -> ReturnPolicyDecision:
+def oms_return_policy(order: Order, lines: list[ReturnLineInput], now: datetime) -> ReturnPolicyDecision:
     allowed_for = window()
     for line in lines:
         started = since(order, line.line_id)
@@ -61,9 +63,5 @@ def oms_return_policy(
                 message=f"line {line.line_id} left more than {allowed_for.days} days ago "
                 f"({started.date().isoformat()}); the return window is closed",
             )
-    asked = {line.line_id: line.quantity for line in lines}
-    whole_order = all(
-        returned_before.get(line.line_id, 0) + asked.get(line.line_id, 0) >= line.quantity for line in order.lines
-    )
     shop_fault = all(line.reason_code in SHOP_FAULTS for line in lines)
-    return ReturnPolicyDecision(refund_shipping=whole_order and shop_fault)
+    return ReturnPolicyDecision(refund_shipping_with_whole_order=shop_fault)

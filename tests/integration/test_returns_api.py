@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import boto3
@@ -131,8 +132,32 @@ def test_the_last_units_back_make_the_order_returned(api: InProcessApi):
     receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}]}
     assert api.post(f"/returns/{rma['id']}/receive", json=receipt).status_code == 200
 
-    assert api.get(f"/orders/{order['id']}").json()["status"] == "returned"
-    assert rma["refund_shipping"] is True  # the whole order, defective
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "returned"
+    # The whole order, defective: its shipping comes back too.
+    assert after["payment"]["refunded"] == after["totals"]["grand_total"]
+    assert rma["refund_shipping_with_whole_order"] is True
+
+
+def test_shipping_comes_back_with_the_last_unit_of_the_order_not_with_a_return_that_counted_on_another(
+    api: InProcessApi,
+):
+    # Two returns of one unit each, both damaged: the first to arrive does not bring the whole order
+    # back (the other may never come), so only the second's refund gives the shipping back.
+    order, _, warehouse = an_order(api, 2)
+    first, second = (api.post(f"/orders/{order['id']}/returns", json=return_body(1, "damaged")).json() for _ in "ab")
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}]}
+    unit = order["lines"][0]["total"]["amount"]
+    shipping = order["totals"]["shipping"]["amount"]
+
+    early = api.post(f"/returns/{second['id']}/receive", json=receipt).json()
+    late = api.post(f"/returns/{first['id']}/receive", json=receipt).json()
+
+    half = (Decimal(unit) / 2).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+    assert early["refund"]["amount"] == str(half)
+    assert late["refund"]["amount"] == str(Decimal(unit) - half + Decimal(shipping))
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["payment"]["refunded"] == after["totals"]["grand_total"]
 
 
 def test_returning_more_than_shipped_is_422_and_nothing_shipped_is_409(api: InProcessApi):

@@ -121,7 +121,8 @@ class OrderMoney(RuleBasedStateMachine):
             return
         line_id = data.draw(st.sampled_from(sorted(left)))
         units = data.draw(st.integers(min_value=1, max_value=left[line_id]))
-        due = refund_due(order, {line_id: units}, False, Money.zero(order.currency), returned_before=self.returned)
+        zero = Money.zero(order.currency)
+        due = refund_due(order, {line_id: units}, zero, zero, returned_before=self.returned)
         self.returned[line_id] = self.returned.get(line_id, 0) + units
         if due.amount > 0:
             self.world.gateway.script("refund", "approve")

@@ -102,24 +102,24 @@ def test_more_units_than_the_line_has_are_refused():
 
 def test_refund_due_is_the_units_share_plus_shipping_minus_the_fee():
     order = an_order([a_line(money("30.00"), 3), a_line(money("7.01"), 2, "L2")], money("5.00"), money("42.01"))
-    assert refund_due(order, {"L1": 1}, False, money("0.00")) == money("10.00")
-    assert refund_due(order, {"L1": 1, "L2": 1}, False, money("0.00")) == money("13.50")
-    assert refund_due(order, {"L2": 1}, False, money("0.00"), returned_before={"L2": 1}) == money("3.51")
-    assert refund_due(order, {"L1": 3, "L2": 2}, True, money("2.00")) == money("40.01")
+    assert refund_due(order, {"L1": 1}, money("0.00"), money("0.00")) == money("10.00")
+    assert refund_due(order, {"L1": 1, "L2": 1}, money("0.00"), money("0.00")) == money("13.50")
+    assert refund_due(order, {"L2": 1}, money("0.00"), money("0.00"), returned_before={"L2": 1}) == money("3.51")
+    assert refund_due(order, {"L1": 3, "L2": 2}, money("5.00"), money("2.00")) == money("40.01")
 
 
 def test_refund_due_is_never_below_zero_nor_above_captured_minus_refunded():
     order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"), refunded=money("30.00"))
-    assert refund_due(order, {"L1": 1}, False, money("20.00")) == money("0.00")
-    assert refund_due(order, {"L1": 3}, True, money("0.00")) == money("5.00")
+    assert refund_due(order, {"L1": 1}, money("0.00"), money("20.00")) == money("0.00")
+    assert refund_due(order, {"L1": 3}, money("5.00"), money("0.00")) == money("5.00")
 
 
 def test_refund_due_refuses_an_unknown_line_and_a_fee_in_another_currency():
     order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"))
     with pytest.raises(InvalidRequest):
-        refund_due(order, {"L9": 1}, False, money("0.00"))
+        refund_due(order, {"L9": 1}, money("0.00"), money("0.00"))
     with pytest.raises(InvalidRequest):
-        refund_due(order, {"L1": 1}, False, money(1, "JPY"))
+        refund_due(order, {"L1": 1}, money("0.00"), money(1, "JPY"))
 
 
 def test_a_refund_id_is_derived_from_its_order_and_key():

@@ -207,8 +207,15 @@ def test_the_built_in_policy_refunds_shipping_only_when_the_whole_order_comes_ba
 ):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
+    item = returns.request(order.id, ask(*lines), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", *[(line_id, q, "resellable") for line_id, q, _ in lines]), "key_wh")
 
-    assert returns.request(order.id, ask(*lines), actor="key_cs").refund_shipping is refund_shipping
+    settled = returns.settle(item.id, actor="key_wh")
+
+    tshirts, mug = order.lines
+    units = tshirts.total + mug.total if len(lines) == 2 else Money.of(tshirts.total.amount / 2, "USD")
+    assert settled.refund == (units + order.totals.shipping if refund_shipping else units)
+    assert world.order(order.id).payment.refunds[0].shipping == (order.totals.shipping if refund_shipping else None)
 
 
 def test_a_policy_asking_for_approval_makes_a_requested_return_without_a_label_until_approved(world, clock):
@@ -1046,7 +1053,7 @@ def test_shipping_is_not_refunded_when_fewer_units_arrive_than_the_return_asked_
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 3))
     item = returns.request(order.id, ask(("L1", 3, "damaged")), actor="key_cs")
-    assert item.refund_shipping
+    assert item.refund_shipping_with_whole_order
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
 
     settled = returns.settle(item.id, actor="key_wh")
@@ -1454,3 +1461,121 @@ def test_only_a_return_nothing_of_which_arrived_can_be_cancelled(world, clock, s
 
     with pytest.raises(InvalidTransition):
         item.cancel(at=clock.now)
+
+
+# --- Shipping back: decided when the refund is written, on the units that came back -----------
+
+
+class ShippingAlwaysPolicy:
+    """A shop's policy answering first: every return gets the shipping back, whatever it holds."""
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self) -> ReturnPolicyDecision:
+        return ReturnPolicyDecision(refund_shipping=True)
+
+
+def refunded_units(order: Order, units: int) -> Money:
+    """What the first `units` units of the order's first line are worth (its total in proportion)."""
+    line = order.lines[0]
+    return Money.of(line.total.amount * units / line.quantity, order.currency)
+
+
+def test_shipping_is_not_refunded_when_the_return_it_counted_on_never_arrives(world, clock):
+    # Two returns of one shirt each, both damaged: the second was told shipping comes back because
+    # the first would bring the other shirt; the first expires and the customer keeps that shirt.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    assert order.totals.shipping.amount > 0
+    first = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    second = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    returns.receive(second.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+
+    settled = returns.settle(second.id, actor="key_wh")
+    clock.now += timedelta(days=3)
+    assert returns.expire(first.id, clock.now - timedelta(days=2), actor="jeopardy_scan") is True
+
+    assert settled.refund == refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == refunded_units(order, 1)
+
+
+@pytest.mark.parametrize("last", [0, 1], ids=["first-return-arrives-last", "second-return-arrives-last"])
+def test_shipping_is_refunded_by_whichever_return_brings_the_whole_order_back(world, clock, last):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    items = [returns.request(order.id, ask(("L1", 1, "defective")), actor="key_cs") for _ in range(2)]
+    early, late = items[1 - last], items[last]
+
+    returns.receive(early.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    before = returns.settle(early.id, actor="key_wh")
+    returns.receive(late.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    after = returns.settle(late.id, actor="key_wh")
+
+    assert before.refund == refunded_units(order, 1)
+    assert after.refund == order.lines[0].total - refunded_units(order, 1) + order.totals.shipping
+    refunded = world.order(order.id).payment
+    assert refunded.refunded == order.totals.grand_total
+    assert [r.shipping for r in refunded.refunds] == [None, order.totals.shipping]
+
+
+def test_shipping_is_not_refunded_when_part_of_the_order_came_back_for_no_fault_of_the_shop(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    first = returns.request(order.id, ask(("L1", 1, "no_longer_needed")), actor="key_cs")
+    returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(first.id, actor="key_wh")
+    second = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    returns.receive(second.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+
+    settled = returns.settle(second.id, actor="key_wh")
+
+    assert settled.refund == order.lines[0].total - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == order.lines[0].total
+
+
+def test_a_policy_granting_shipping_on_every_return_has_it_refunded_once(world, clock):
+    returns, _ = returns_for(world, clock, ShippingAlwaysPolicy())
+    order = shipped(world, ("TSHIRT", 3))
+    settled = []
+    for _ in range(2):
+        item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        settled.append(returns.settle(item.id, actor="key_wh"))
+
+    assert settled[0].refund == refunded_units(order, 1) + order.totals.shipping
+    assert settled[1].refund == refunded_units(order, 2) - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
+
+
+def damaged_exchange_of(line_id: str, quantity: int, *wanted: tuple[str, int]) -> RequestReturn:
+    return RequestReturn.model_validate(
+        {"lines": [{"line_id": line_id, "quantity": quantity, "reason": "torn", "reason_code": "damaged"}],
+         "exchange": {"lines": [{"sku": sku, "quantity": q} for sku, q in wanted]}}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("exchange_first", [True, False], ids=["exchange-settled-first", "refund-settled-first"])
+def test_shipping_goes_back_once_between_an_exchange_and_a_refund_that_bring_the_order_back(
+    world, clock, exchange_first
+):
+    # Both arrived before either was settled: each sees the whole order back, but only one of them
+    # (the exchange's credit, or the refund) may give the shipping back.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    swap = returns.request(order.id, damaged_exchange_of("L1", 1, ("MUG", 1)), actor="key_cs")
+    plain = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    for item in (swap, plain):
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+
+    first, second = (swap, plain) if exchange_first else (plain, swap)
+    returns.settle(first.id, actor="key_wh")
+    returns.settle(second.id, actor="key_wh")
+
+    replacement = world.order(returns.get(swap.id).exchange_order_id or "")
+    credit = replacement.exchange_credit or Money.zero("USD")
+    rest = max(credit - replacement.totals.grand_total, Money.zero("USD"), key=lambda money: money.amount)
+    # The credit paid for the replacement and what it left over was refunded on the original.
+    original = world.order(order.id)
+    assert original.payment.refunded + credit - rest == order.totals.grand_total
+    claimed = {swap.id: order.totals.shipping} if exchange_first else {}
+    assert Order.model_validate_json(original.stored_json()).shipping_claims == claimed == original.shipping_claims
+    assert "shipping_claims" not in original.model_dump(mode="json")
