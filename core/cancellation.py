@@ -11,7 +11,7 @@ from core import payment_keys
 from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
 from core.events import OrderEvent
 from core.ids import reservation_key
-from core.models import HistoryEntry, Location, Order
+from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Payments
@@ -375,6 +375,19 @@ class Cancellation:
         )  # fmt: skip
         return self.finish_settlement_capture(order, actor)
 
+    def capture_refused(
+        self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str
+    ) -> None:
+        """The gateway refused the capture `request` (of `shipment_id`, None: the settlement): none
+        was made, and the request goes, unless the order has another one for it by now (a timeout
+        leaves a request: the capture may have been made)."""
+        at, message = self._clock(), str(refused)
+        modify(
+            self._orders, order_id,
+            lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor)
+            if current.capture_request(shipment_id) == request else None,
+        )  # fmt: skip
+
     def finish_settlement_capture(self, order: Order, actor: str) -> Order:
         """Ask the gateway for the settlement capture `order` requested, under its key (what was
         captured before it, which its request keeps as it is), and record it; nothing to do when
@@ -393,12 +406,7 @@ class Cancellation:
                                  amount=request.amount.model_dump(mode="json")),
             )  # fmt: skip
         except PaymentRefused as refused:
-            at, message = self._clock(), str(refused)
-            modify(
-                self._orders, order.id,
-                lambda current: current.record_capture_not_made(None, message, at=at, actor=actor)
-                if current.capture_request(None) == request else None,
-            )  # fmt: skip
+            self.capture_refused(order.id, None, request, refused, actor)
             raise
         at = self._clock()
         return modify(

@@ -124,13 +124,8 @@ class OrderActions:
         try:
             capture = self._cancellation.capture_share(order, shipment_id, amount, actor) if request else None
         except PaymentRefused as refused:
-            # Refused: none was made, and the request goes (a timeout leaves it: it may have been).
-            at, message = self._clock(), str(refused)
-            modify(
-                self._orders, order.id,
-                lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor)
-                if current.capture_request(shipment_id) == request else None,
-            )  # fmt: skip
+            assert request is not None  # nothing is asked of the gateway without one
+            self._cancellation.capture_refused(order.id, shipment_id, request, refused, actor)
             raise
         at = self._clock()
 

@@ -596,14 +596,9 @@ class DynamoUnreceivedReturns(UnreceivedReturns):
             "ScanIndexForward": True,
             "Limit": self._page_size,
         }
-        while True:
-            page = self._client.query(**query)
-            yield from (item["id"]["S"] for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return
-            # A return the caller expired meanwhile has left the range: DynamoDB starts after its
-            # key all the same.
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        # A return the caller expired meanwhile has left the range: DynamoDB starts the next page
+        # after its key all the same.
+        return _paged_ids(self._client, query)
 
 
 # The by_pickup_deadline index is sparse: only an order with a pickup waiting at its store carries
@@ -726,12 +721,7 @@ class DynamoPendingRefunds(PendingRefunds):
             "ScanIndexForward": True,
             "Limit": self._page_size,
         }
-        while True:
-            page = self._client.query(**query)
-            yield from (item["id"]["S"] for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return _paged_ids(self._client, query)
 
 
 class DynamoLateOrders(LateOrders):
@@ -786,6 +776,18 @@ class DynamoLateOrders(LateOrders):
             start = page.get("LastEvaluatedKey")
             if not start:
                 return count
+
+
+def _paged_ids(client: Any, query: dict[str, Any]) -> Iterator[str]:
+    """The `id`s a Query finds, a page at a time as the caller takes them: a page is read only
+    when the ids before it are taken."""
+    query = dict(query)
+    while True:
+        page = client.query(**query)
+        yield from (item["id"]["S"] for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def _query_ids(

@@ -13,6 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from core.backorders import Arrival
 from core.reorder import low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
@@ -33,6 +34,15 @@ def _available(image: dict[str, Any] | None) -> int:
     return int(value) if value is not None else 0
 
 
+def _report(result: Arrival) -> None:
+    """What a fill did: its log line (with the caller's context keys) and its metrics."""
+    if result.filled:
+        logger.info("backorders filled", extra={"filled": result.filled, "completed": result.completed})
+        metrics.add_metric(name="BackordersFilled", unit=MetricUnit.Count, value=len(result.filled))
+    if result.completed:
+        metrics.add_metric(name="BackordersCompleted", unit=MetricUnit.Count, value=len(result.completed))
+
+
 def arrival(record: DynamoDBRecord) -> None:
     keys = record.dynamodb.keys if record.dynamodb else {}
     sku, location_id = str(keys.get("sku", "")), str(keys.get("location_id", ""))
@@ -43,13 +53,7 @@ def arrival(record: DynamoDBRecord) -> None:
     if not container().backorders.waiting(sku, None, 1):
         return  # nobody waits for this sku: one Query, and no plugin is loaded for it
     with logger.append_context_keys(sku=sku, location_id=location_id):
-        result = container().backorder_allocator.arrived(sku, location_id)
-        if result.filled:
-            logger.info("backorders filled", extra={"filled": result.filled, "completed": result.completed})
-    if result.filled:
-        metrics.add_metric(name="BackordersFilled", unit=MetricUnit.Count, value=len(result.filled))
-    if result.completed:
-        metrics.add_metric(name="BackordersCompleted", unit=MetricUnit.Count, value=len(result.completed))
+        _report(container().backorder_allocator.arrived(sku, location_id))
 
 
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
@@ -94,13 +98,7 @@ def rules_changed(record: DynamoDBRecord) -> None:
         return  # not a page to wake: the wake of an older record, or another change of the item
     version = SourcingRules.model_validate_json(str(new["doc"])).version
     with logger.append_context_keys(sourcing_rules_version=version):
-        result = container().backorder_allocator.rules_changed(version, after)
-        if result.filled:
-            logger.info("backorders filled", extra={"filled": result.filled, "completed": result.completed})
-    if result.filled:
-        metrics.add_metric(name="BackordersFilled", unit=MetricUnit.Count, value=len(result.filled))
-    if result.completed:
-        metrics.add_metric(name="BackordersCompleted", unit=MetricUnit.Count, value=len(result.completed))
+        _report(container().backorder_allocator.rules_changed(version, after))
 
 
 def stock_changed(record: DynamoDBRecord) -> None:
