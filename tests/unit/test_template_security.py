@@ -260,7 +260,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
 _ALSO_CALLED_AS = {
     "batch_get_item": ["batch_get("],  # functions.adapters.dynamodb.batch_get
     "put_item": ['"Put": {'],  # an item put in a transaction (DynamoInventory.restock's ledger item)
-    "query": ['get_paginator("query")', "_query_ids("],  # functions.adapters.dynamodb._query_ids
+    "query": ['get_paginator("query")', "_query_ids(", "_paged_ids("],  # functions.adapters.dynamodb helpers
     "send_message": [".send_message_batch("],  # authorized as SendMessage
     "get_object": ['"get_object"'],  # a presigned GetObject
     "get_object_version": ['request["VersionId"]'],  # GetObject with a VersionId
