@@ -3,6 +3,7 @@ how a draft purchase order grows and is priced when it is submitted."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -81,17 +82,8 @@ def test_each_fall_after_a_rise_is_a_crossing_of_its_own():
 
 
 def on_order(before: int, after: int, incoming_before: int, incoming_after: int, change_id: str = "100"):
-    return StockChange(
-        sku="MUG",
-        location_id="wh-east",
-        available_before=before,
-        available_after=after,
-        settings=SETTINGS,
-        change_id=change_id,
-        changed_at=NOW,
-        incoming_before=incoming_before,
-        incoming_after=incoming_after,
-    )
+    return replace(change(before, after, change_id=change_id), incoming_before=incoming_before,
+                   incoming_after=incoming_after)  # fmt: skip
 
 
 def test_a_fall_with_no_units_on_order_is_low_and_reorders():
