@@ -1,7 +1,10 @@
 """Settings shared by the whole suite."""
 
 import copy
+import functools
 import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -10,6 +13,7 @@ import pytest
 from hypothesis import settings
 
 import infra.local.template as template_module
+from core import plugin_manager
 
 # No per-example deadline: on a loaded 2-core machine a 200 ms example is a scheduling accident, not
 # a bug. Properties still fail on what they assert; `make bench` is where time is measured.
@@ -54,3 +58,50 @@ def forget_business_metrics() -> None:
 @pytest.fixture(autouse=True)
 def no_business_metrics_from_an_earlier_test() -> None:
     forget_business_metrics()
+
+
+# The plugin manager hands built-in plugins the arguments themselves, uncopied, on the promise that
+# none changes what it is given (core/plugin_manager.py). Every hook call in the suite that only
+# built-ins answer is checked against that promise: its arguments as they were before the call
+# must equal them after it. A broken promise fails the test that made the call.
+_broken_promises: list[str] = []
+_calls = threading.local()
+
+
+def _before_hook(
+    manager: plugin_manager.OmsPluginManager, hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, object]
+) -> None:
+    stack = _calls.__dict__.setdefault("stack", [])
+    if not manager.only_built_ins(impls):
+        stack.append(None)
+        return
+    # Values that cannot say whether they equal their copy (no __eq__ of their own) are left out.
+    comparable = {name: value for name, value in kwargs.items() if type(value).__eq__ is not object.__eq__}
+    stack.append(copy.deepcopy(comparable))
+
+
+def _after_hook(outcome: Any, hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, object]) -> None:
+    before = _calls.stack.pop()
+    for name, value in (before or {}).items():
+        if kwargs[name] != value:
+            plugins = ", ".join(impl.plugin_name for impl in impls)
+            _broken_promises.append(f"{hook_name}({name}=...) was changed by a built-in plugin: {plugins}")
+
+
+_manager_init = plugin_manager.OmsPluginManager.__init__
+
+
+def _checked_manager_init(self: plugin_manager.OmsPluginManager) -> None:
+    _manager_init(self)
+    # Around the manager's own monitoring: it sees the arguments before any copy is made.
+    self.add_hookcall_monitoring(functools.partial(_before_hook, self), _after_hook)
+
+
+plugin_manager.OmsPluginManager.__init__ = _checked_manager_init  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def built_in_plugins_leave_their_arguments_unchanged() -> Iterator[None]:
+    _broken_promises.clear()
+    yield
+    assert not _broken_promises, _broken_promises

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from core import hookimpl
+import types
+
+import tests.conftest as suite_checks
+from core import hookimpl, plugin_manager
 from core.models import Fulfillment
 from core.money import Money
+from core.plugin_manager import build_plugin_manager
 from core.status import OrderStatus
 from tests.builders import place_order
+from tests.unit.test_plugin_argument_copies import _draft
 from tests.unit.world import build_world
 
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 10), ("TSHIRT", "store-sf", 5)]
@@ -113,3 +118,63 @@ def test_a_plugin_that_edits_its_arguments_leaves_the_command_it_was_given_alone
 
     assert command == before
     assert placed.status is OrderStatus.PENDING
+
+
+def _built_in_module(hook: object) -> types.ModuleType:
+    """A plugin module the manager takes for one of this project's own (it lives in `plugins/`)."""
+    module = types.ModuleType("plugins.under_test")
+    module.__file__ = str(plugin_manager._BUILT_IN_DIRECTORY / "under_test.py")
+    module.oms_tax_rate = hook  # type: ignore[attr-defined]
+    return module
+
+
+def _tax_call() -> dict:
+    draft, _ = _draft()
+    return {"line": draft.lines[0], "address": draft.shipping_address, "draft": draft}
+
+
+def test_a_call_only_built_in_plugins_answer_gets_the_arguments_themselves():
+    seen = []
+
+    @hookimpl
+    def oms_tax_rate(line, address, draft):
+        seen.append((line, address, draft))
+
+    plugins = build_plugin_manager(_built_in_module(oms_tax_rate), load_entry_points=False)
+    given = _tax_call()
+
+    plugins.hook.oms_tax_rate(**given)
+
+    assert [tuple(map(id, call)) for call in seen] == [(id(given["line"]), id(given["address"]), id(given["draft"]))]
+
+
+def test_a_plugin_of_anyone_else_beside_a_built_in_makes_the_call_copy_for_both():
+    seen = []
+
+    @hookimpl
+    def oms_tax_rate(line, address, draft):
+        seen.append(address)
+
+    plugins = build_plugin_manager(_built_in_module(oms_tax_rate), MovesTheAddress(), load_entry_points=False)
+    given = _tax_call()
+
+    plugins.hook.oms_tax_rate(**given)
+
+    assert (given["address"].country, given["address"].city) == ("US", "San Francisco")
+    assert seen and seen[0] is not given["address"]
+
+
+def test_the_suite_fails_a_test_whose_built_in_plugin_changes_its_arguments():
+    @hookimpl
+    def oms_tax_rate(line, address, draft):
+        address.city = "Berlin"
+
+    plugins = build_plugin_manager(_built_in_module(oms_tax_rate), load_entry_points=False)
+
+    plugins.hook.oms_tax_rate(**_tax_call())
+
+    assert suite_checks._broken_promises == [
+        f"oms_tax_rate({name}=...) was changed by a built-in plugin: plugins.under_test"
+        for name in ("address", "draft")
+    ]
+    suite_checks._broken_promises.clear()  # this test's own, on purpose
