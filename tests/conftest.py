@@ -54,3 +54,12 @@ def forget_business_metrics() -> None:
 @pytest.fixture(autouse=True)
 def no_business_metrics_from_an_earlier_test() -> None:
     forget_business_metrics()
+
+
+@pytest.fixture(autouse=True)
+def no_authorizations_from_an_earlier_test() -> None:
+    """The `test` gateway remembers the keys it approved in this process (for
+    oms_payment_find_authorization); tests place orders with the same ids again."""
+    from plugins import test_payments
+
+    test_payments.forget()
