@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +22,8 @@ from core.workflow_types import PaymentResult
 
 if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
+
+logger = logging.getLogger(__name__)
 
 
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
@@ -116,27 +119,29 @@ class Cancellation:
         for item in self._inventory.reservations(dict(keys)):
             self._inventory.release(*item)
 
-    def _void(self, order: Order, authorization: str, actor: str) -> PaymentResult:
+    def _void(self, order: Order, authorization: str, actor: str, **detail: object) -> PaymentResult:
         return self._payments.retried(
             "void",
             lambda attempt: self._payments.void(
                 order.payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            failure_recorder(self._orders, order.id, actor, self._clock, authorization=authorization),
+            failure_recorder(self._orders, order.id, actor, self._clock, authorization=authorization, **detail),
         )
 
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
         and never recorded is settled (settle_capture_requests), and every other authorization an
         edit left (void_requested_authorization, void_replaced_authorizations) is voided; one it
-        never recorded because the gateway's answer was lost is released
-        (release_lost_authorizations); nothing else to do when the payment is not `authorized`.
+        never recorded because the gateway's answer was lost, or the step died before its write, is
+        released (release_lost_authorizations, under the order's own key too); nothing else to do
+        when the payment is not `authorized`.
         Raises PaymentRefused or PaymentGatewayUnavailable with every failed attempt recorded."""
         order = self.settle_capture_requests(order, actor)
         order = self.void_replaced_authorizations(self.void_requested_authorization(order, actor), actor)
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
-            return self.release_lost_authorizations(order, actor)
+            own = payment_keys.authorize(order.id, order.authorized_version)
+            return self.release_lost_authorizations(order, actor, unrecorded=own)
         authorization = payment.authorization
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
             return order
@@ -149,7 +154,7 @@ class Cancellation:
             else None,
         )  # fmt: skip
 
-    def release_lost_authorizations(self, order: Order, actor: str) -> Order:
+    def release_lost_authorizations(self, order: Order, actor: str, unrecorded: str | None = None) -> Order:
         """Release what the gateway may hold for an order that never recorded an authorization
         and no longer asks for it under an earlier key (closed, or edited since: an edit prices a
         new version, whose key its next authorization uses): an attempt whose answer was lost (a
@@ -158,12 +163,23 @@ class Cancellation:
         made (or makes now), and that is voided at once (`payment_voided`, naming the key, the order
         itself unchanged); one the gateway declines was never made. A key settled either way is not
         asked again. Raises PaymentRefused or PaymentGatewayUnavailable as `void` does, every failed
-        attempt in the history."""
+        attempt in the history.
+
+        `unrecorded` is the key of an attempt that may have reached the gateway with nothing in the
+        history (the authorize step died after the gateway approved and before the order recorded
+        it): the cancelled order's own key, or the one an edit leaves behind. Unless the history
+        names or settles it, the gateway is asked what it authorized under it (_release_unrecorded),
+        and so is every key such a question failed for before (`payment_void_failed` naming it)."""
         found = self._orders.history(order.id) if order.payment.status is PaymentStatus.PENDING else None
-        lost = _lost_authorizations(found[1]) if found is not None else {}
-        if not lost:
+        if found is None:
             return order
-        stored = self._orders.get_with_token(order.id, consistent=True)
+        lost, settled, unfound = _authorization_keys(found[1])
+        ask = sorted((unfound | {unrecorded} if unrecorded else unfound) - settled - set(lost))
+        if not lost and not ask:
+            return order
+        for key in ask:
+            self._release_unrecorded(order, key, actor)
+        stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
         token = stored[1] if stored is not None else ""
         method = order.payment.method
         for key, amount in lost.items():
@@ -187,6 +203,36 @@ class Cancellation:
             modify(self._orders, order.id, lambda current, detail=detail, at=at: current.noted(
                 OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
         return self._orders.get(order.id, consistent=True) or order
+
+    def _release_unrecorded(self, order: Order, key: str, actor: str) -> None:
+        """Void what the gateway authorized under `key` for `order`, which records none: asked with
+        oms_payment_find_authorization, which never authorizes (a key never asked finds nothing),
+        and voided at once (`payment_voided`, naming the key). A payment plugin without that hook
+        leaves it as it is, with a warning naming the order and the key for an operator. Raises
+        PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
+        PaymentGatewayUnavailable as `void` does: each failed attempt is in the history as a failed
+        void naming the key, which the next release asks about again."""
+        method = order.payment.method
+        found = self._payments.retried(
+            "void",
+            lambda attempt: self._payments.find_authorization(method, order.id, key),
+            failure_recorder(self._orders, order.id, actor, self._clock, authorization_key=key),
+        )
+        if found is None:
+            logger.warning(
+                "no payment plugin looks authorizations up by key: one an attempt that died may have made "
+                "is not released",
+                extra={"order_id": order.id, "payment_method": method, "authorization_key": key},
+            )
+            return
+        if found.outcome != "approved":
+            return  # never made
+        voided = self._void(order, found.reference, actor, authorization_key=key)
+        at = self._clock()
+        detail = {"authorization": found.reference, "reference": voided.reference, "authorization_key": key,
+                  "reason": "an authorization whose answer was never recorded, no longer asked for"}  # fmt: skip
+        modify(self._orders, order.id, lambda current: current.noted(
+            OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
@@ -416,11 +462,14 @@ class Cancellation:
         )  # fmt: skip
 
 
-def _lost_authorizations(history: list[HistoryEntry]) -> dict[str, Money]:
+def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], set[str], set[str]]:
     """{idempotency key: amount} of the authorization attempts whose answer was lost (transient
-    failures) and that nothing settled since: no void recorded for the key, no refusal of it."""
+    failures) and that nothing settled since; the keys settled (a void recorded for the key, a
+    refusal of it); and the keys a question about, or the void of what it found, failed for
+    (_release_unrecorded)."""
     lost: dict[str, Money] = {}
     settled: set[str] = set()
+    unfound: set[str] = set()
     for entry in history:
         detail = entry.detail or {}
         key = detail.get("authorization_key")
@@ -431,7 +480,9 @@ def _lost_authorizations(history: list[HistoryEntry]) -> dict[str, Money]:
             lost.setdefault(key, Money.model_validate(detail["amount"]))
         elif failed or entry.type is OrderEvent.PAYMENT_VOIDED:
             settled.add(key)
-    return {key: amount for key, amount in lost.items() if key not in settled}
+        elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
+            unfound.add(key)
+    return {key: amount for key, amount in lost.items() if key not in settled}, settled, unfound
 
 
 def _waiting(order: Order, shipment_id: str) -> bool:

@@ -421,7 +421,8 @@ class OrderActions:
             # may have obtained (its answer lost) would never be used. A failure is in the history;
             # a cancel of the order asks again.
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-                self._cancellation.release_lost_authorizations(new, actor)
+                left = payment_keys.authorize(order.id, order.authorized_version)
+                self._cancellation.release_lost_authorizations(new, actor, unrecorded=left)
         if not new.replaced_authorizations:
             return new
         # A void that cannot be made now leaves the replaced authorization on the order (each

@@ -145,6 +145,27 @@ def oms_payment_void(method: str, authorization: str, order_id: str, idempotency
 
 
 @hookspec(firstresult=True)
+def oms_payment_find_authorization(method: str, order_id: str, idempotency_key: str) -> PaymentResult | None:
+    """Tell whether the gateway authorized anything under `idempotency_key`, without authorizing.
+
+    :param method: the order's payment method; answer only for your own.
+    :param order_id: the order.
+    :param idempotency_key: the key of an oms_payment_authorize call the order never recorded an
+        answer to: the authorize step can die after the gateway approved and before the order
+        records it, and the OMS writes nothing before that call (it costs a write per order).
+    :return: PaymentResult approved, with the reference of the authorization made under the key
+        (the OMS then voids it through oms_payment_void); declined when none was made (never
+        asked, or declined); or None. Never make one here: raise TransientError when the gateway
+        cannot say now (the OMS asks again later).
+
+    Stops at first non-None result. Optional: asked when an order that never recorded an
+    authorization is cancelled (or edited, which keys the next one anew), for the key the order's
+    last attempt used. Without an answer the OMS cannot release what such an attempt may have
+    authorized and logs a warning naming the order and the key.
+    """
+
+
+@hookspec(firstresult=True)
 def oms_payment_refund(
     method: str, authorization: str, amount: Money, order_id: str, idempotency_key: str
 ) -> PaymentResult | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -26,6 +26,7 @@ class Failure:
 
 
 OnFailure = Callable[[Failure], None]
+R = TypeVar("R")
 
 
 class Payments:
@@ -45,7 +46,7 @@ class Payments:
     def methods(self) -> set[str]:
         return set(call_hook(self._hook.oms_payment_methods))
 
-    def retried(self, operation: str, call: Callable[[int], PaymentResult], on_failure: OnFailure) -> PaymentResult:
+    def retried(self, operation: str, call: Callable[[int], R], on_failure: OnFailure) -> R:
         """`call(attempt)` (attempt 0, 1, ...) until the gateway answers, at most `attempts` times
         with a short backoff, telling `on_failure` of every failed attempt. Raises
         PaymentGatewayUnavailable when every attempt failed transiently, and the gateway's refusal
@@ -91,6 +92,15 @@ class Payments:
         if result.outcome == "declined":
             raise PaymentDeclined(result.message or "the payment was declined")
         return result
+
+    def find_authorization(self, method: str, order_id: str, key: str) -> PaymentResult | None:
+        """What the gateway authorized under `key`: approved with its reference, declined when
+        nothing was; None when no payment plugin answers oms_payment_find_authorization (it is
+        optional). TransientError passes through for a retry."""
+        result = call_hook(
+            self._hook.oms_payment_find_authorization, method=method, order_id=order_id, idempotency_key=key
+        )
+        return None if result is None else self._checked(result, "oms_payment_find_authorization", method)
 
     def capture(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         return self._approved(

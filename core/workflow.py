@@ -187,7 +187,8 @@ class Workflow:
         order, token = found
         if order.status != S.PENDING:
             if attempt and order.status is S.CANCELLED:
-                # A cancel that landed while an earlier attempt's call hung saw no failure to settle.
+                # A cancel that landed while an earlier attempt's call hung saw no failure to settle,
+                # nor anything authorized yet under the order's key.
                 self._release_lost_authorizations(order)
             if order.status in STOPPED:
                 raise stopped(order)
@@ -224,8 +225,10 @@ class Workflow:
                 raise stopped(stored) from None  # its cancel voids what it recorded
 
     def _release_lost_authorizations(self, order: Order) -> None:
+        # An earlier attempt may have died after the gateway approved, leaving nothing in the history.
+        own = payment_keys.authorize(order.id, order.authorized_version)
         try:
-            self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR)
+            self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=own)
         except PaymentRefused:
             pass  # in the history, for an operator, as any refused void
         except PaymentGatewayUnavailable as unavailable:

@@ -10,9 +10,11 @@ Tokens (opaque strings; a card number is never accepted, and no token is ever ec
   but every capture (void, refund) of it is declined, as a gateway that refuses the operation would.
 - anything else: declined as an unknown test token.
 
-The gateway keeps no state: every reference is derived from the operation's idempotency key
-(`auth_`, `cap_`, `void_` or `refund_` + the first 20 hex digits of its SHA-256), so a retry gets
-the same reference a real gateway would return for a replayed idempotency key. Captures, voids and
+Every reference is derived from the operation's idempotency key (`auth_`, `cap_`, `void_` or
+`refund_` + the first 20 hex digits of its SHA-256), so a retry gets the same reference a real
+gateway would return for a replayed idempotency key. The only state is which keys this process
+approved an authorization under (the last MEMORY of them), for oms_payment_find_authorization: a
+lookup in another process (another Lambda container) finds none, as for a key never asked. Captures, voids and
 refunds only check that the authorization looks like one this gateway approved; the tokens that
 make one of them refuse mark the authorization's reference (`auth_<digest>_declines_capture`).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 
 from core import hookimpl
 from core.card_numbers import looks_like_card_number
@@ -47,6 +50,14 @@ REFUND = "refund"
 # suffix names the one operation the authorization's token makes the gateway refuse.
 _AUTHORIZATION_REFERENCE = re.compile(r"^auth_[0-9a-f]{20}(?:_declines_(capture|void|refund))?$")
 _DECLINES = {CAPTURE_DECLINE: "capture", VOID_DECLINE: "void", REFUND_DECLINE: "refund"}
+
+MEMORY = 10_000
+_authorized: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the authorization approved under it
+
+
+def forget() -> None:
+    """Forget every authorization this process approved (tests that reuse order ids start clean)."""
+    _authorized.clear()
 
 
 def reference(kind: str, idempotency_key: str) -> str:
@@ -86,6 +97,26 @@ def oms_payment_authorize(
 ) -> PaymentResult | None:
     if method != METHOD:
         return None
+    result = _authorize(token, amount, idempotency_key, attempt)
+    if result.outcome == "approved":
+        _authorized[idempotency_key] = result.reference
+        _authorized.move_to_end(idempotency_key)
+        while len(_authorized) > MEMORY:
+            _authorized.popitem(last=False)
+    return result
+
+
+@hookimpl
+def oms_payment_find_authorization(method: str, idempotency_key: str) -> PaymentResult | None:
+    if method != METHOD:
+        return None
+    made = _authorized.get(idempotency_key)
+    if made is None:
+        return _declined(DECLINED_AUTHORIZATION, idempotency_key, "test gateway: nothing authorized under this key")
+    return PaymentResult(outcome="approved", reference=made, message="test gateway: authorized under this key")
+
+
+def _authorize(token: str, amount: Money, idempotency_key: str, attempt: int) -> PaymentResult:
     decline = DECLINED_AUTHORIZATION
     if amount.is_negative():
         return _declined(decline, idempotency_key, "the amount to authorize must not be negative")

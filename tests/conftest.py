@@ -105,3 +105,12 @@ def built_in_plugins_leave_their_arguments_unchanged() -> Iterator[None]:
     _broken_promises.clear()
     yield
     assert not _broken_promises, _broken_promises
+
+
+@pytest.fixture(autouse=True)
+def no_authorizations_from_an_earlier_test() -> None:
+    """The `test` gateway remembers the keys it approved in this process (for
+    oms_payment_find_authorization); tests place orders with the same ids again."""
+    from plugins import test_payments
+
+    test_payments.forget()

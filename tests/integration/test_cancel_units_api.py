@@ -304,3 +304,47 @@ def test_an_authorization_whose_edit_died_is_voided_by_the_cancel_over_http(api,
     assert edits["reason"] == "asked for by an edit that did not record it"
     assert edits["authorization"] != own["authorization"] and edits["reference"] and own["reference"]
     assert json.loads(stored)["authorization_requested"]["edit_of"] == order["version"]  # stored, never shown
+
+
+def test_an_authorization_whose_step_died_before_recording_it_is_voided_by_the_cancel_over_http(api, monkeypatch):
+    # The AuthorizePayment Lambda ends after the gateway approved and before the order recorded it
+    # (a timeout): nothing on the order says an attempt was made. The cancel asks the payment plugin
+    # what it authorized under the order's key and voids it.
+    from core import payment_keys
+    from core.errors import OrderClosed
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.workflow.authorize_payment import lambda_handler
+    from tests.integration.test_handlers import Context
+
+    placed = api.post(
+        "/orders", json=order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": "MUG", "quantity": 1}])
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    real = DynamoOrders.update
+
+    def dies_recording_the_authorization(self, new, expected, entries):
+        if entries and entries[0].type == "payment_authorized":
+            raise TimeoutError("Task timed out")
+        real(self, new, expected, entries)
+
+    monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_authorization)
+    with pytest.raises(TimeoutError):
+        lambda_handler({"order_id": order_id, "attempt": 0}, Context())
+    monkeypatch.undo()
+    assert [h["type"] for h in api.get(f"/orders/{order_id}/history").json()["items"]] == ["created"]
+
+    answer = cancel(api, order_id)
+
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "pending")
+    history = api.get(f"/orders/{order_id}/history").json()["items"]
+    assert [h["type"] for h in history] == ["created", "cancelled", "payment_voided"]
+    voided = history[-1]["detail"]
+    assert voided["authorization_key"] == payment_keys.authorize(order_id, 1)
+    assert voided["authorization"].startswith("auth_") and voided["reference"].startswith("void_")
+    # Its retry, which finds the order cancelled, and a cancel repeated change nothing more.
+    with pytest.raises(OrderClosed):
+        lambda_handler({"order_id": order_id, "attempt": 1}, Context())
+    assert cancel(api, order_id).status_code == 200
+    assert api.get(f"/orders/{order_id}/history").json()["items"] == history

@@ -252,3 +252,35 @@ def test_the_decline_tokens_authorize_but_refuse_their_one_operation(token, refu
         op: "declined" if op == refused else "approved" for op in results
     }
     assert token in results[refused].message
+
+
+# --- Looking an authorization up by its key -----------------------------------------------------
+
+
+def find(key: str, method: str = "test") -> PaymentResult | None:
+    return test_payments.oms_payment_find_authorization(method=method, idempotency_key=key)
+
+
+def test_finds_the_authorization_it_approved_under_a_key_and_nothing_under_any_other():
+    made = authorize("tok_void_decline", key="ord_1:authorize:v1").reference
+    authorize("tok_decline", key="ord_2:authorize:v1")
+    with pytest.raises(TransientError):
+        authorize("tok_flaky", key="ord_3:authorize:v1")
+
+    assert find("ord_1:authorize:v1") == PaymentResult(
+        outcome="approved", reference=made, message="test gateway: authorized under this key"
+    )
+    assert [find(key).outcome for key in ("ord_2:authorize:v1", "ord_3:authorize:v1", "never-asked")] == [
+        "declined"
+    ] * 3
+    assert find("ord_1:authorize:v1", method="other") is None
+
+
+def test_remembers_only_the_latest_authorizations(monkeypatch):
+    monkeypatch.setattr(test_payments, "MEMORY", 2)
+    for order in ("ord_1", "ord_2", "ord_3"):
+        authorize(key=f"{order}:authorize:v1")
+
+    assert [find(f"{order}:authorize:v1").outcome for order in ("ord_1", "ord_2", "ord_3")] == [
+        "declined", "approved", "approved",
+    ]  # fmt: skip

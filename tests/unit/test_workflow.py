@@ -444,7 +444,8 @@ def test_a_cancel_during_authorization_voids_the_authorization_the_step_obtained
     assert order.payment.authorization is None
     assert world.spy.authorized != []
     assert world.spy.voided == world.spy.authorized  # what the step obtained, it gave back
-    assert [h.type for h in world.history(order_id)] == ["created", "cancelled"]
+    # The cancel found it already (oms_payment_find_authorization) and voided it: one void, one key.
+    assert [h.type for h in world.history(order_id)] == ["created", "cancelled", "payment_voided"]
     assert world.history(order_id)[-1].actor == "key_web"
 
 
@@ -583,9 +584,10 @@ def test_an_authorization_whose_answer_was_lost_is_voided_when_the_order_is_canc
 
 
 def test_an_authorization_whose_answer_was_lost_to_a_cancel_meanwhile_is_voided_by_the_steps_retry():
-    # The cancel lands while the gateway call hangs, before the failed attempt is in the history.
+    # The cancel lands while the gateway call hangs, before the failed attempt is in the history,
+    # and its gateway cannot look authorizations up (oms_payment_find_authorization).
     lost = AnswerLost()
-    world = build_world(STOCK, lost)
+    world = build_world(STOCK, lost, NoLookup())
     order_id = world.place(("TSHIRT", 2))
     lost.meanwhile = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
     with pytest.raises(TransientError):
@@ -635,6 +637,157 @@ def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_ma
     once = world.snapshot(order_id)
     world.actions.cancel(order_id, "changed my mind", "key_web")
     assert world.snapshot(order_id) == once
+
+
+def dies_recording_the_authorization(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AuthorizePayment Lambda dies after the gateway approved and before its write (a timeout):
+    nothing in the order's history says an attempt was made."""
+    real = world.orders.update
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if entries and entries[0].type == "payment_authorized":
+            raise RuntimeError("the Lambda timed out before it wrote")
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", update)
+
+
+def test_an_authorization_whose_step_died_before_recording_it_is_voided_when_the_order_is_cancelled(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2))
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    assert [h.type for h in world.history(order_id)] == ["created"]
+    made = world.spy.authorized
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.CANCELLED, "pending")  # never recorded as authorized
+    assert len(made) == 1 and world.spy.voided == made  # but what the gateway authorized is released
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.detail["authorization"], entry.detail["authorization_key"]) == (
+        "payment_voided", "key_web", made[0], payment_keys.authorize(order_id, 1),
+    )  # fmt: skip
+    once = world.snapshot(order_id)
+    world.workflow.cancel_after_failure(order_id, error="CancelRecorded", cause="")  # the cancel's own execution
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+    assert world.snapshot(order_id) == once
+
+
+class CancelledMeanwhile:
+    """Runs `meanwhile` once, while the gateway is asked to authorize (before it answers)."""
+
+    def __init__(self) -> None:
+        self.meanwhile: Callable[[], object] = lambda: None
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self) -> None:
+        meanwhile, self.meanwhile = self.meanwhile, lambda: None
+        meanwhile()
+
+
+def test_an_authorization_whose_step_died_after_a_cancel_meanwhile_is_voided_by_the_steps_retry(monkeypatch):
+    # The cancel lands while the gateway call is on its way (it finds nothing authorized yet), then
+    # the gateway approves and the Lambda dies before its write: the retry finds the order cancelled.
+    meanwhile = CancelledMeanwhile()
+    world = build_world(STOCK, meanwhile)
+    order_id = world.place(("TSHIRT", 2))
+    meanwhile.meanwhile = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    assert world.order(order_id).status is S.CANCELLED
+    assert len(world.spy.authorized) == 1 and world.spy.voided == []
+
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=1)
+
+    assert world.order(order_id).payment.status == "pending"
+    assert world.spy.voided == world.spy.authorized
+    assert world.history(order_id)[-1].type == "payment_voided"
+
+
+def test_an_authorization_whose_step_died_is_voided_when_an_edit_makes_the_order_ask_anew(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 2))
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    placed = world.order(order_id)
+    (first,) = world.spy.authorized
+
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorization != first
+    assert world.spy.voided == [first]
+
+
+class NoLookup:
+    """Hides every answer to oms_payment_find_authorization: a payment plugin without that hook."""
+
+    @hookimpl(wrapper=True)
+    def oms_payment_find_authorization(self):
+        yield
+        return None
+
+
+def test_without_a_lookup_hook_a_cancel_leaves_an_unrecorded_authorization_and_logs_it(monkeypatch, caplog):
+    world = build_world(STOCK, NoLookup())
+    order_id = world.place(("TSHIRT", 2))
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+
+    with caplog.at_level("WARNING", logger="core.cancellation"):
+        world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert world.spy.voided == []  # today's behaviour: nothing to void it by
+    (warning,) = [r for r in caplog.records if r.name == "core.cancellation"]
+    assert (warning.levelname, warning.order_id, warning.authorization_key) == (
+        "WARNING", order_id, payment_keys.authorize(order_id, 1),
+    )  # fmt: skip
+
+
+class LookupDown:
+    """The gateway cannot answer a lookup `times` times (each a TransientError), then can."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_find_authorization(self) -> None:
+        if self.times:
+            self.times -= 1
+            raise TransientError("the gateway is briefly unavailable")
+
+
+def test_a_lookup_the_gateway_cannot_answer_is_asked_again_by_the_cancels_execution(monkeypatch):
+    world = build_world(STOCK, LookupDown(times=3))
+    order_id = world.place(("TSHIRT", 2))
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.order(order_id).status is S.CANCELLED and world.spy.voided == []
+    failed = [h for h in world.history(order_id) if h.type == "payment_void_failed"]
+    assert [(h.detail["kind"], h.detail["authorization_key"]) for h in failed] == [
+        ("transient", payment_keys.authorize(order_id, 1))
+    ] * 3
+    world.workflow.cancel_after_failure(order_id, error="CancelRecorded", cause="")
+    assert world.spy.voided == world.spy.authorized
+    assert world.history(order_id)[-1].type == "payment_voided"
 
 
 def test_an_order_cancelled_before_any_authorization_was_asked_for_asks_for_none():
