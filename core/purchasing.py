@@ -368,10 +368,11 @@ class Purchasing:
                 details=[{"field": "location_id", "message": "not a location of the network"}],
             )
         known = self._catalog.get_products({line.sku for line in request.lines})
-        missing = sorted({line.sku for line in request.lines} - set(known))
+        missing = [(index, line.sku) for index, line in enumerate(request.lines) if line.sku not in known]
         if missing:
             raise UnknownSku(
-                f"unknown sku {missing[0]}", details=[{"field": "lines", "message": f"no product {s}"} for s in missing]
+                f"unknown sku {missing[0][1]}",
+                details=[{"field": f"lines[{index}].sku", "message": f"no product {sku}"} for index, sku in missing],
             )
         now = self._clock()
         po = PurchaseOrder(
