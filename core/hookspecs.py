@@ -225,7 +225,9 @@ def oms_review_order(order: Order) -> list[ReviewRequest] | None:
 
     :param order: the order as it will be stored, priced (`totals`, `lines`), `pending`, not yet
         authorized; on an edit, the edited order and the order as it was; a copy.
-    :return: the reviews this rule asks for (possibly empty: the order goes on), or None.
+    :return: the reviews this rule asks for (possibly empty: the order goes on), or None. In a
+        `note`, a control character other than a tab or a line break, or a bidi override, is
+        replaced by U+FFFD (a person's hold note with one is refused).
 
     Every plugin is called, at capture (the API and bulk imports alike), and again with the
     edited order (`pending` or `authorized`) when an order not on hold is edited. When any asks,

@@ -239,10 +239,17 @@ class ImportSource:
 class ImportSplitter:
     """Reads one file and queues its orders; records the rows that are not orders at once."""
 
-    def __init__(self, ledger: ImportLedger, queue: OrderQueue, clock: Clock = utc_now):
+    def __init__(
+        self,
+        ledger: ImportLedger,
+        queue: OrderQueue,
+        clock: Clock = utc_now,
+        field_names: FieldNames = lambda field, file_format: field,
+    ):
         self._ledger = ledger
         self._queue = queue
         self._clock = clock
+        self._field_names = field_names
 
     def split(self, source: ImportSource, open_orders: Callable[[], FileOrders]) -> bool:
         """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
@@ -277,7 +284,9 @@ class ImportSplitter:
         total = 0
         for order in orders:
             total += 1
-            error = order.error or _card_data_error(order.body, order.line, order.external_id, order.line_numbers)
+            error = order.error or _card_data_error(
+                order.body, order.line, order.external_id, order.line_numbers, self._named(orders.format)
+            )
             if error is not None:
                 self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
             else:
@@ -294,6 +303,9 @@ class ImportSplitter:
                 self._ledger.progress(source.import_id, orders.format, total, self._clock())
         self._queue.flush()
         self._ledger.finish_reading(source.import_id, orders.format, total, self._clock())
+
+    def _named(self, file_format: str) -> Callable[[str], str]:
+        return lambda field: self._field_names(field, file_format)
 
 
 @dataclass(frozen=True)
@@ -434,7 +446,9 @@ class OrderImporter:
         except strict_json.StrictJsonError as error:
             return failed("malformed_json", f"the message {error}", None)
         external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None
-        card = _card_data_error(document, line, external_id, line_numbers)
+        card = _card_data_error(
+            document, line, external_id, line_numbers, lambda field: self._field_names(field, file_format)
+        )
         if card is not None:
             return ImportResult(Outcome.FAILED, error=card)
         try:
@@ -505,18 +519,24 @@ class ImportQueries:
 
 
 def _card_data_error(
-    body: dict[str, Any] | None, line: int, external_id: str | None, line_numbers: tuple[int, ...] = ()
+    body: dict[str, Any] | None,
+    line: int,
+    external_id: str | None,
+    line_numbers: tuple[int, ...],
+    name: Callable[[str], str],
 ) -> LineError | None:
     """Card numbers never enter the OMS, not even its queue: such an order is refused, naming the
-    fields and never the values, on the line of the first (an order line's own row)."""
+    fields and never the values, on the line of the first (an order line's own row). `name` says
+    a field as the file's author wrote it (a CSV column), as every other error of a line does."""
     if body is None:
         return None
     fields = card_number_fields(body)
     if not fields:
         return None
+    named = list(dict.fromkeys(name(field) for field in fields))  # two rows' `sku` are one column
     return LineError(
         line_of_field(fields[0], line, line_numbers),
         external_id,
         "card_data_rejected",
-        "payment card numbers are never accepted (send a payment token): " + ", ".join(fields[:5]),
+        "payment card numbers are never accepted (send a payment token): " + ", ".join(named[:5]),
     )

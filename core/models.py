@@ -326,6 +326,12 @@ def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
 _clean_text = _refusing(_UNCLEAN_TEXT)
 
 
+def _made_visible(note: str | None) -> str | None:
+    """A note the system is given (a review rule's): what a person's note refuses (a control other
+    than a tab or a line break, a bidi override) replaced by U+FFFD; lines and tabs kept."""
+    return None if note is None else _UNCLEAN_NOTE.sub("\ufffd", note)
+
+
 class _CleanTextRule(WrapValidator):
     """The rule on names and addresses, for validation and, as a pattern, for the OpenAPI schema."""
 
@@ -932,6 +938,10 @@ class ReviewRequest(BaseModel):
 
     reason: HoldReason
     note: str | None = Field(default=None, max_length=500)
+
+    # A person's note is refused (422: they can send it again); a rule's is made safe instead, since
+    # refusing it would fail the capture, or the edit, of the very order the rule asked to hold.
+    _safe_note = field_validator("note")(_made_visible)
 
 
 class HistoryEntry(BaseModel, defer_build=True):

@@ -128,16 +128,21 @@ class PurchaseOrder(BaseModel, defer_build=True):
 
     def submit(self, prices: dict[str, Money] | None = None, expected_at: datetime | None = None) -> PurchaseOrder:
         """The PO sent to its vendor, open. `prices` sets unit costs by sku (a draft's unpriced
-        lines, or a draft's costs corrected); a line left without a cost is 422 `unpriced_lines`,
-        since an open PO is a commitment to pay, and costs in more than one currency are 422
-        `mixed_currencies`. `expected_at` replaces the due date a draft got."""
+        lines, or a draft's costs corrected), in the order of the submission's lines: a sku the PO
+        lacks is 422 naming its line (`lines[i].sku`). A line left without a cost is 422
+        `unpriced_lines`, since an open PO is a commitment to pay, and costs in more than one
+        currency are 422 `mixed_currencies`. `expected_at` replaces the due date a draft got."""
         check_purchase_order_step(self.status, PO.OPEN)
         prices = prices or {}
-        unknown = sorted(set(prices) - {line.sku for line in self.lines})
+        skus = {line.sku for line in self.lines}
+        unknown = [(index, sku) for index, sku in enumerate(prices) if sku not in skus]
         if unknown:
             raise InvalidRequest(
-                f"{unknown[0]} is not on purchase order {self.id}",
-                details=[{"field": "lines", "message": f"{sku} is not on purchase order {self.id}"} for sku in unknown],
+                f"{unknown[0][1]} is not on purchase order {self.id}",
+                details=[
+                    {"field": f"lines[{index}].sku", "message": f"{sku} is not on purchase order {self.id}"}
+                    for index, sku in unknown
+                ],
             )
         lines = [line.model_copy(update={"unit_cost": prices.get(line.sku, line.unit_cost)}) for line in self.lines]
         unpriced = [line.sku for line in lines if line.unit_cost is None]
@@ -242,6 +247,7 @@ class Submission(Strict):
         return lines
 
     def prices(self) -> dict[str, Money]:
+        """Unit costs by sku, in the order of `lines` (an error names a line by its index)."""
         return {line.sku: line.unit_cost for line in self.lines}
 
 
@@ -362,10 +368,11 @@ class Purchasing:
                 details=[{"field": "location_id", "message": "not a location of the network"}],
             )
         known = self._catalog.get_products({line.sku for line in request.lines})
-        missing = sorted({line.sku for line in request.lines} - set(known))
+        missing = [(index, line.sku) for index, line in enumerate(request.lines) if line.sku not in known]
         if missing:
             raise UnknownSku(
-                f"unknown sku {missing[0]}", details=[{"field": "lines", "message": f"no product {s}"} for s in missing]
+                f"unknown sku {missing[0][1]}",
+                details=[{"field": f"lines[{index}].sku", "message": f"no product {sku}"} for index, sku in missing],
             )
         now = self._clock()
         po = PurchaseOrder(

@@ -374,8 +374,8 @@ class Simulator:
             rules = rules.with_changes(request.rules)
         self._check_fulfilment(request, locations)
         orders = [
-            self._stored(each, channel) if isinstance(each, str) else (None, unplaced(each, index))
-            for index, each in enumerate(request.orders, 1)
+            self._stored(each, index, channel) if isinstance(each, str) else (None, unplaced(each, index + 1))
+            for index, each in enumerate(request.orders)
         ]
         self._check_skus(request)
         skus = {line.sku for _, order in orders for line in order.lines}
@@ -424,10 +424,15 @@ class Simulator:
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
 
-    def _stored(self, order_id: str, channel: str | None) -> tuple[str, Order]:
+    def _stored(self, order_id: str, index: int, channel: str | None) -> tuple[str, Order]:
+        """The stored order `orders[index]` names; 422 naming that field when it names none the
+        caller may see."""
         order = self._orders.get(order_id)
         if order is None or (channel is not None and order.channel != channel):
-            raise InvalidRequest(f"no order {order_id} to simulate")
+            raise InvalidRequest(
+                f"no order {order_id} to simulate",
+                details=[{"field": f"orders[{index}]", "message": "no order with this id"}],
+            )
         return order_id, order
 
     def _plan(

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
@@ -29,15 +29,24 @@ _MAX_ERROR_CHARS = 300
 
 
 # --- Subscriptions --------------------------------------------------------------------------------
+def _known_type(name: str) -> str:
+    # Judged item by item, so an error names the type's place in `events` (`events[1]`).
+    if name != ALL_EVENTS and name not in EventType._value2member_map_:
+        raise ValueError(f'unknown event type {name[:60]!r}: use the contract\'s types or ["*"]')
+    return name
+
+
 class NewWebhook(BaseModel):
     """The body of POST /webhooks."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
-    events: Annotated[list[str], Field(min_length=1, max_length=len(EventType))] = Field(
+    events: Annotated[
+        list[Annotated[str, AfterValidator(_known_type)]], Field(min_length=1, max_length=len(EventType))
+    ] = Field(
         description='Event types, or ["*"] for every type.',
-        # What _known_types accepts, stated in the API description: ["*"] alone, or distinct types.
+        # What _known_type and the validator below accept, in the API description: ["*"] alone, or distinct types.
         json_schema_extra={
             "anyOf": [
                 {"type": "array", "items": {"const": ALL_EVENTS}, "minItems": 1, "maxItems": 1},
@@ -54,12 +63,9 @@ class NewWebhook(BaseModel):
 
     @field_validator("events")
     @classmethod
-    def _known_types(cls, events: list[str]) -> list[str]:
-        if events == [ALL_EVENTS]:
-            return events
-        unknown = [name for name in events if name not in EventType._value2member_map_]
-        if unknown:
-            raise ValueError(f'unknown event type {unknown[0][:60]!r}: use the contract\'s types or ["*"]')
+    def _star_alone_and_distinct(cls, events: list[str]) -> list[str]:
+        if ALL_EVENTS in events and events != [ALL_EVENTS]:
+            raise ValueError('"*" stands alone: it means every type')
         if len(set(events)) != len(events):
             raise ValueError("event types must not repeat")
         return events

@@ -681,9 +681,10 @@ class Container:
         """One per file: the queue batches that file's messages and counts what it sent."""
         from core.import_service import ImportSplitter
         from functions.adapters.imports import SqsOrderQueue
+        from functions.import_splitter.readers import field_in_file
 
         queue = SqsOrderQueue(self.sqs, _required(self.config.import_queue_url, "IMPORT_QUEUE_URL"))
-        return ImportSplitter(self.import_ledger, queue, clock=self.clock), queue
+        return ImportSplitter(self.import_ledger, queue, clock=self.clock, field_names=field_in_file), queue
 
 
 _PARTS = frozenset(name for name, value in vars(Container).items() if isinstance(value, cached_property))

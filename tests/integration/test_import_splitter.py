@@ -133,6 +133,25 @@ def test_a_card_number_on_a_later_row_of_an_order_is_reported_on_that_row(stack:
     assert "4111" not in json.dumps(imported)
 
 
+def test_a_card_number_error_in_a_csv_file_names_the_columns_not_body_paths(stack: ImportAws):
+    # Every other row error of a CSV names its columns; this one said `lines[2].sku`, a path of a
+    # POST /orders body the file's author never wrote.
+    data = csv_file(
+        csv_row("ext-1"),
+        csv_row("ext-1", "MUG"),
+        csv_row("ext-1", "4111 1111 1111 1111"),
+        csv_row("ext-2", payment_token="4111-1111-1111-1111", customer_email="4111111111111111@example.com"),
+    )
+
+    import_id = split_file(stack, "incoming/orders.csv", data)
+
+    first, second = report(import_id)["errors"]
+    assert (first["line"], first["code"]) == (4, "card_data_rejected")
+    assert first["message"].endswith("(send a payment token): sku")
+    assert (second["line"], second["code"]) == (5, "card_data_rejected")
+    assert second["message"].endswith("(send a payment token): customer_email, payment_token")
+
+
 def test_a_redelivered_event_finds_the_same_import_and_queues_nothing_again(stack: ImportAws):
     from functions.import_splitter.app import lambda_handler
 

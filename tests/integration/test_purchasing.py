@@ -322,3 +322,21 @@ def test_a_purchase_order_created_again_with_the_same_idempotency_key_is_the_fir
     listed = api.get("/purchase-orders", params={"vendor_id": vendor}).json()["items"]
     assert [po["id"] for po in listed] == [first.json()["id"]]
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["incoming"] == 4
+
+
+def test_a_purchase_order_naming_unknown_skus_names_each_ones_line(api: InProcessApi):
+    # API.md's error shape names the offending field: every detail said `lines`, sorted by sku,
+    # so a buyer with a long PO could not tell which of its lines to fix.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    lines = [{"sku": each, "quantity": 1, "unit_cost": COST} for each in ("ZZ-GONE", sku, "AA-GONE")]
+
+    refused = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
+
+    error = assert_error(refused, 422, "unknown_sku")
+    assert error["details"] == [
+        {"field": "lines[0].sku", "message": "no product ZZ-GONE"},
+        {"field": "lines[2].sku", "message": "no product AA-GONE"},
+    ]

@@ -146,6 +146,22 @@ def test_a_what_if_for_a_body_with_an_unknown_sku_is_422_as_placing_it_is(api: I
     assert refused["details"][0]["field"] == "orders[0].lines[0].sku"
 
 
+def test_a_what_if_for_an_unknown_order_id_names_it_in_the_details(api: InProcessApi, network):
+    # The 422 had no details at all, where API.md's error shape names the offending field: a
+    # client simulating many orders had to read the message to find which id was wrong.
+    catalog = Catalog(api)
+    sku = catalog.product("4.00")
+    catalog.stock(sku, network["east"], 10)
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    unknown = "ord_" + "y" * 24
+
+    refused = api.post("/sourcing/simulate", json={"orders": [placed.json()["id"], unknown]})
+
+    error = assert_error(refused, 422, "validation_error")
+    assert error["details"] == [{"field": "orders[1]", "message": "no order with this id"}]
+
+
 def test_two_changes_racing_for_one_version_number_keep_the_first_and_the_other_is_409(api: InProcessApi):
     from core.errors import StaleVersion
     from core.models import utc_now

@@ -133,6 +133,36 @@ def test_a_review_rule_stores_the_new_order_on_hold_in_the_same_write_before_any
     assert world.gateway.calls == [] and world.spy.authorized == []
 
 
+class EscapingReview:
+    """A rule whose note quotes what its fraud service said, terminal escapes and bidi overrides included."""
+
+    NOTE = "score 97\x1b[2J\r\u202egnp.exe\x00\nsee\tcase 12\r\n"
+
+    @hookimpl
+    def oms_review_order(self, order: Order) -> list[ReviewRequest]:
+        # Built without validation, as a plugin may: the host's check of the answer is what counts.
+        return [ReviewRequest.model_construct(reason="fraud_review", note=self.NOTE)]
+
+
+def test_a_review_rules_note_is_held_with_controls_and_bidi_overrides_made_visible():
+    # A person's hold note refuses these (core.models.Note); a rule's note was stored as given and
+    # reached the order's hold, its history and its events. Refusing it would fail the capture of
+    # the very order the rule asked a person to review, so the host replaces each with U+FFFD and
+    # keeps tabs and line breaks, as a person's note does.
+    world = build_world(STOCK, EscapingReview())
+
+    order = world.order(world.place(("TSHIRT", 1)))
+
+    safe = "score 97\ufffd[2J\ufffd\ufffdgnp.exe\ufffd\nsee\tcase 12\r\n"
+    assert (order.status, order.hold.reason, order.hold.note) == (S.ON_HOLD, "fraud_review", safe)
+    held = world.history(order.id)[1]
+    assert held.detail == {
+        "reason": "fraud_review",
+        "note": safe,
+        "requests": [{"reason": "fraud_review", "note": safe}],
+    }
+
+
 def test_an_allocated_order_edited_past_the_review_threshold_is_held_in_the_same_write(world, monkeypatch):
     # A $30 order, allocated, then edited to six T-shirts: without a review it was sourced again
     # and shipped, past OMS_REVIEW_THRESHOLD, never seen by a person.

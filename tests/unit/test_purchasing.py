@@ -178,3 +178,21 @@ def test_a_purchase_order_is_priced_in_one_currency():
         draft.submit(Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": jpy["unit_cost"]}]}).prices())
     assert mixed.value.code == "mixed_currencies"
     assert draft.submit({"CUP": Money.of("3.00", "USD")}).status is PO.OPEN
+
+
+def test_a_price_for_a_sku_not_on_the_draft_names_its_line_of_the_submission():
+    # API.md's error shape names the offending field: the details said `lines` for every unknown
+    # sku, so a client with many priced lines could not tell which one to fix.
+    from core.purchasing import Submission
+
+    cost = {"amount": "1.00", "currency": "USD"}
+    skus = ["MUG", "PLATE", "CUP", "BOWL"]
+    submission = Submission.model_validate({"lines": [{"sku": sku, "unit_cost": cost} for sku in skus]})
+
+    with pytest.raises(InvalidRequest) as refused:
+        a_po(PO.DRAFT).submit(submission.prices())
+
+    assert refused.value.details == [
+        {"field": "lines[1].sku", "message": "PLATE is not on purchase order po_" + "a" * 24},
+        {"field": "lines[3].sku", "message": "BOWL is not on purchase order po_" + "a" * 24},
+    ]

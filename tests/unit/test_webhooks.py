@@ -275,6 +275,23 @@ def test_new_webhook_events_are_contract_types_or_star():
             NewWebhook(url="https://a.example/h", events=events)
 
 
+def test_an_unknown_event_type_is_named_by_its_place_in_events():
+    # The 422 named `events` for one misspelt type among many, where the error shape names the
+    # offending field (as an unknown scope of a new API key is `scopes[i]`).
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        NewWebhook.model_validate(
+            {"url": "https://a.example/h", "events": ["order.created", "order.shiped", "refund.failed"]}
+        )
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("events", 1)
+    assert "unknown event type 'order.shiped'" in error["msg"]
+    with pytest.raises(ValidationError) as mixed:
+        NewWebhook.model_validate({"url": "https://a.example/h", "events": ["*", "order.created"]})
+    assert "stands alone" in mixed.value.errors()[0]["msg"]
+
+
 def test_subscribing_checks_the_url_and_shows_the_secret_once():
     store, queue = FakeStore(), FakeQueue()
     webhooks = Webhooks(store, queue, public, Clock())
