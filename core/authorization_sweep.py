@@ -44,7 +44,9 @@ class UnsettledAuthorizationSweep:
     gateway answers the same, and each pass would only add the refusal to the history. The pass
     that met the refusal reports it (SettleIncomplete); the order's next change asks again. A
     gateway found unavailable is not asked again in the same pass: the orders paid through it wait
-    for the next pass and are read past, up to `max_reads` orders a pass, `limit` of them asked."""
+    for the next pass and are read past, up to `max_reads` orders a pass, `limit` of them asked.
+    Given a Cancellation that records failures with core.order_changes.outage_noted_once (as the
+    reconciler's is), an outage is in an order's history once, not once per attempt of every pass."""
 
     def __init__(
         self, unsettled: UnsettledAuthorizations, orders: OrderRepository, cancellation: Cancellation,

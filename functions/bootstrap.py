@@ -479,11 +479,12 @@ class Container:
         has ended it long before."""
         from core.authorization_sweep import UnsettledAuthorizationSweep
         from core.cancellation import Cancellation
+        from core.order_changes import outage_noted_once
         from functions.adapters.dynamodb import DynamoUnsettledAuthorizations
 
         cancellation = Cancellation(
             self.order_repository, self.catalog_repository, self.inventory_repository, self.payments, self.clock,
-            self.exchange_credits,
+            self.exchange_credits, void_failures=outage_noted_once,
         )  # fmt: skip
         return UnsettledAuthorizationSweep(
             DynamoUnsettledAuthorizations(self.dynamodb, self.config.orders_table),

@@ -15,6 +15,7 @@ from core.cancellation import Cancellation
 from core.errors import Conflict
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
+from core.order_changes import outage_noted_once
 from core.ports import UnsettledAuthorizations
 from core.status import PaymentStatus
 from tests.unit.test_jeopardy import Clock
@@ -46,7 +47,9 @@ def world(clock: Clock) -> World:
 
 def sweep(world: World, clock: Clock) -> UnsettledAuthorizationSweep:
     payments = world.actions._payments
-    cancellation = Cancellation(world.orders, world.catalog, world.inventory, payments, clock)
+    cancellation = Cancellation(
+        world.orders, world.catalog, world.inventory, payments, clock, void_failures=outage_noted_once
+    )
     return UnsettledAuthorizationSweep(
         InMemoryUnsettledAuthorizations(world), world.orders, cancellation, clock, after=timedelta(minutes=15)
     )
@@ -181,3 +184,35 @@ def test_a_refused_void_is_reported_once_then_left_for_the_orders_next_change(wo
     world.gateway.script("void", "approve")
     cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")  # the next change asks again
     assert cancelled.replaced_authorizations == [] and cancelled.payment.status is PaymentStatus.VOIDED
+
+
+def test_passes_through_a_long_outage_add_nothing_the_history_already_says_then_void(world, clock):
+    order = authorized(world)
+    world.gateway.script("void", "transient")
+    world.actions.edit(order.id, order.version, FIVE, "key_web")
+    said = void_failures(world, order.id)
+    assert said == [("key_web", "transient")] * 3
+
+    for _ in range(12):  # an hour of passes, every five minutes, the gateway still down
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    assert void_failures(world, order.id) == said
+    world.gateway.script("void", "approve")
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert world.spy.voided == [order.payment.authorization]
+
+
+def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, monkeypatch):
+    order, made = edit_died(world, monkeypatch)
+    world.gateway.script("void", "transient")
+
+    for _ in range(12):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    assert void_failures(world, order.id) == [(ACTOR, "transient")]
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert world.spy.voided == [made] and world.order(order.id).authorization_requested is None
