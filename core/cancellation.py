@@ -14,7 +14,7 @@ from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
-from core.order_changes import failure_recorder, modify
+from core.order_changes import Recorder, failure_recorder, modify
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
@@ -45,8 +45,13 @@ class Cancellation:
         payments: Payments,
         clock: Callable[[], datetime],
         credits: ExchangeCredits | None = None,
+        *,
+        void_failures: Recorder = failure_recorder,
     ):
         self._orders = orders
+        # How a failed attempt at a void, or at asking for an edit's authorization again, is
+        # recorded: a pass that asks every few minutes notes an outage once (outage_noted_once).
+        self._void_failures = void_failures
         # None: an OMS without returns, whose orders are never an exchange's replacement.
         self._credits = credits
         self._catalog = catalog
@@ -125,7 +130,7 @@ class Cancellation:
             lambda attempt: self._payments.void(
                 order.payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            failure_recorder(self._orders, order.id, actor, self._clock, authorization=authorization, **detail),
+            self._void_failures(self._orders, order.id, actor, self._clock, authorization=authorization, **detail),
         )
 
     def void(self, order: Order, actor: str) -> Order:
@@ -272,8 +277,8 @@ class Cancellation:
                 lambda attempt: self._payments.authorize(
                     order.payment.method, token, request.amount, order.id, attempt, key
                 ),
-                failure_recorder(self._orders, order.id, actor, self._clock,
-                                 amount=request.amount.model_dump(mode="json")),
+                self._void_failures(self._orders, order.id, actor, self._clock,
+                                    amount=request.amount.model_dump(mode="json")),
             )  # fmt: skip
         except PaymentDeclined:
             made = None

@@ -426,7 +426,8 @@ class OrderActions:
         if not new.replaced_authorizations:
             return new
         # A void that cannot be made now leaves the replaced authorization on the order (each
-        # attempt in the history), for the next edit, a cancel or the last parcel's ship to void.
+        # attempt in the history), for the next edit, a cancel or the last parcel's ship to void,
+        # or the reconciler once nothing changes the order (core.authorization_sweep).
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
             return self._cancellation.void_replaced_authorizations(new, actor)
         return self._orders.get(order_id, consistent=True) or new

@@ -1082,7 +1082,8 @@ class Order(BaseModel, defer_build=True):
     authorization_requested: AuthorizationRequest | None = Field(default=None, exclude=True)
     # Authorizations an edit replaced and that are not voided yet (the edit's write names them, so
     # one whose void did not happen, the gateway down or the edit dead, is voided by the next edit,
-    # a cancel or the last parcel's ship). The system's own: stored, never shown.
+    # a cancel or the last parcel's ship, or on an order nobody changes again by the reconciler:
+    # core.authorization_sweep). The system's own: stored, never shown.
     replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
@@ -1177,6 +1178,13 @@ class Order(BaseModel, defer_build=True):
     def last_changed(self) -> datetime:
         """When the order last changed, a jeopardy mark aside (see `changed_before_mark`)."""
         return self.changed_before_mark if self.changed_before_mark is not None else self.updated_at
+
+    @property
+    def edit_authorizations_left(self) -> bool:
+        """Whether an edit left an authorization to settle: one it asked for and did not record
+        (`authorization_requested`), or one it replaced and that is not voided yet
+        (`replaced_authorizations`): core.authorization_sweep.UnsettledAuthorizationSweep finds them."""
+        return self.authorization_requested is not None or bool(self.replaced_authorizations)
 
     @property
     def authorized_version(self) -> int:

@@ -8,13 +8,15 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
-from core.models import Bookkeeping, Change, Order
+from core.models import PAYMENT_FAILURE_EVENTS, Bookkeeping, Change, Order
 from core.payments import Failure, OnFailure
 from core.ports import OrderRepository
 
 ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another request
 
 Decide = Callable[[Order], Change | Bookkeeping | None]
+# failure_recorder's signature: (orders, order_id, actor, clock, **detail) -> OnFailure.
+Recorder = Callable[..., OnFailure]
 
 
 def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
@@ -78,3 +80,39 @@ def failure_recorder(
         )  # fmt: skip
 
     return record
+
+
+def outage_noted_once(
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
+) -> OnFailure:
+    """failure_recorder for a pass that asks the gateway again every few minutes: a transient
+    failure is recorded once a call, and only when the order's last failed attempt at the same
+    operation with the same `detail` was not transient already (that entry keeps when the outage
+    began and what the gateway said), so an outage does not grow the history a pass at a time. A
+    refusal is always recorded."""
+    record = failure_recorder(orders, order_id, actor, clock, **detail)
+    noted = False
+
+    def on_failure(failure: Failure) -> None:
+        nonlocal noted
+        if failure.kind == "transient":
+            if noted:
+                return
+            noted = True
+            if _says_unavailable(orders, order_id, failure.operation, detail):
+                return
+        record(failure)
+
+    return on_failure
+
+
+def _says_unavailable(orders: OrderRepository, order_id: str, operation: str, detail: dict[str, Any]) -> bool:
+    found = orders.history(order_id)
+    if found is None:
+        return False
+    failed = PAYMENT_FAILURE_EVENTS[operation]
+    about = [
+        entry for entry in found[1]
+        if entry.type is failed and all((entry.detail or {}).get(name) == value for name, value in detail.items())
+    ]  # fmt: skip
+    return bool(about) and about[-1].detail.get("kind") == "transient"

@@ -348,6 +348,16 @@ class PendingRefunds(ABC):
         further page."""
 
 
+class UnsettledAuthorizations(ABC):
+    """Orders holding an authorization an edit left (Order.edit_authorizations_left), found
+    through an index."""
+
+    @abstractmethod
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders that hold one and last changed before `before`, oldest first, read a
+        page at a time as the caller takes them: a caller that stops early reads no further page."""
+
+
 class WorkflowStarter(ABC):
     @abstractmethod
     def start(

@@ -51,6 +51,7 @@ from functions.warm import Warm, forget_warm_containers
 # container placing an order would otherwise import purchasing, webhooks, imports, reports...
 if TYPE_CHECKING:
     from core.aggregates import Aggregates, AggregateStore
+    from core.authorization_sweep import UnsettledAuthorizationSweep
     from core.exchange_credit import ExchangeCredits
     from core.fulfillment import OrderActions
     from core.holds import Holds
@@ -466,6 +467,29 @@ class Container:
         return PendingRefundSweep(
             DynamoPendingRefunds(self.dynamodb, self.config.orders_table),
             self.refunds,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )
+
+    @cached_property
+    def authorization_sweep(self) -> UnsettledAuthorizationSweep:
+        """The reconciler's fifth job: settle the authorizations edits left on orders nobody
+        changes again. Taken once `ReconcileAfterMinutes` (at least 6) have passed since the order
+        last changed: the PATCH that wrote a request runs in the API function, whose timeout (10 s)
+        has ended it long before."""
+        from core.authorization_sweep import UnsettledAuthorizationSweep
+        from core.cancellation import Cancellation
+        from core.order_changes import outage_noted_once
+        from functions.adapters.dynamodb import DynamoUnsettledAuthorizations
+
+        cancellation = Cancellation(
+            self.order_repository, self.catalog_repository, self.inventory_repository, self.payments, self.clock,
+            self.exchange_credits, void_failures=outage_noted_once,
+        )  # fmt: skip
+        return UnsettledAuthorizationSweep(
+            DynamoUnsettledAuthorizations(self.dynamodb, self.config.orders_table),
+            self.order_repository,
+            cancellation,
             self.clock,
             after=timedelta(minutes=self.config.reconcile_after_minutes),
         )

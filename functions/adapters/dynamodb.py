@@ -37,6 +37,7 @@ from core.ports import (
     StalledOrders,
     TopUp,
     UnreceivedReturns,
+    UnsettledAuthorizations,
     WaitingOrder,
 )
 from core.return_models import Return
@@ -207,6 +208,13 @@ JEOPARDY_KEY = "jeopardy"
 # those a request left behind (core.refund_service.PendingRefundSweep). A refund is pending for the
 # moment its request asks the gateway, so the entry comes and goes once per refund.
 PENDING_REFUND_KEY = "pending"
+# The same index's second partition: an order holding an authorization an edit left (asked for and
+# not recorded, or replaced and not voided: Order.edit_authorizations_left), by when it last
+# changed, so the reconciler voids what an order nobody touches again would keep holding on the
+# customer's card (core.authorization_sweep.UnsettledAuthorizationSweep). Only an edit whose total grew
+# leaves one, for the moment between its request and its write or void; an order with a refund
+# pending as well stays in PENDING_REFUND_KEY's partition until that refund is finished.
+UNSETTLED_AUTHORIZATION_KEY = "void"
 INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
 
 
@@ -225,6 +233,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     if pending:
         attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
         attributes["refund_since"] = {"S": timestamp(min(pending))}
+    elif order.edit_authorizations_left:
+        attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     return attributes
 
 
@@ -718,6 +729,31 @@ class DynamoPendingRefunds(PendingRefunds):
             "IndexName": "by_pending_refund",
             "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
             "ExpressionAttributeValues": {":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        return _paged_ids(self._client, query)
+
+
+class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
+    """The unsettled authorization sweep's query: by_pending_refund's UNSETTLED_AUTHORIZATION_KEY
+    partition (keys only), oldest first, a page of `page_size` at a time as the sweep takes the
+    ids; never a Scan."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_pending_refund",
+            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
+            "ExpressionAttributeValues": {
+                ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
+                ":before": {"S": timestamp(before)},
+            },
             "ScanIndexForward": True,
             "Limit": self._page_size,
         }

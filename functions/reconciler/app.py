@@ -2,7 +2,8 @@
 those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
 (core/pickups.py); starts the returns workflow of received returns that have none
 (core/return_reconciliation.py); finishes refunds a request left pending at the gateway
-(core/refund_service.py's PendingRefundSweep)."""
+(core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on orders
+nobody changes again (core/authorization_sweep.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core.authorization_sweep import SettleIncomplete
 from core.refund_service import SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -60,11 +62,25 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if incomplete is not None:
         for order_id, failure in incomplete.failed.items():
             logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
-        raise incomplete  # the pass did the rest; the errors alarm calls a person for these
+    unsettled = None
+    try:
+        settled = container().authorization_sweep.run(ACTOR)
+    except SettleIncomplete as error:
+        settled, unsettled = error.settled, error
+    for order_id in settled:
+        logger.warning("authorization left by an edit settled", extra={"order_id": order_id})
+    if settled:
+        metrics.add_metric(name="EditAuthorizationsSettled", unit=MetricUnit.Count, value=len(settled))
+    if unsettled is not None:
+        for order_id, failure in unsettled.failed.items():
+            logger.error("authorization left by an edit not settled", extra={"order_id": order_id}, exc_info=failure)
+    if incomplete is not None or unsettled is not None:
+        raise incomplete or unsettled  # the passes did the rest; the errors alarm calls a person for these
     return {
         "restarted": done.restarted,
         "parked": done.parked,
         "expired": expired,
         "returns_restarted": returns_restarted,
         "refunds_finished": refunds_finished,
+        "authorizations_settled": settled,
     }

@@ -83,7 +83,10 @@ def reconcile() -> dict[str, Any]:
 
 def did(**done: list[str]) -> dict[str, list[str]]:
     """A pass's answer: what it did, nothing else."""
-    return {"restarted": [], "parked": [], "expired": [], "returns_restarted": [], "refunds_finished": [], **done}
+    return {
+        "restarted": [], "parked": [], "expired": [], "returns_restarted": [], "refunds_finished": [],
+        "authorizations_settled": [], **done,
+    }  # fmt: skip
 
 
 def order_id(letter: str) -> str:
@@ -173,11 +176,12 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     reconcile()
 
     # Pending, then authorized; then the pickups past their deadline; then the received returns;
-    # then the refunds left pending.
-    assert [operation for operation, _ in calls] == ["query"] * 5
+    # then the refunds left pending; then the authorizations edits left (the same index's other key).
+    assert [operation for operation, _ in calls] == ["query"] * 6
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", "by_pending_refund"
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", "by_pending_refund", "by_pending_refund"
     ]  # fmt: skip
+    assert [calls[n][1]["ExpressionAttributeValues"][":key"] for n in (4, 5)] == [{"S": "pending"}, {"S": "void"}]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
@@ -480,3 +484,146 @@ def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
     [logged] = [record for record in caplog.records if record.getMessage() == "pending refund not finished"]
     assert (logged.levelname, logged.order_id) == ("ERROR", order_id("z"))
     assert isinstance(logged.exc_info[1], KeyError)
+
+
+# --- Authorizations an edit left on an order nobody changes again ----------------------------------
+
+
+def an_edit_that_died(aws, monkeypatch: pytest.MonkeyPatch) -> Order:
+    """An allocated order on this moto account whose PATCH to a grown total died after the gateway
+    authorized it, before its write: the order as it was."""
+    from core.models import LineInput, OrderEdit
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.bootstrap import Config, bootstrap
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 10)
+    placed = services.capture.place(place_order(external_id="web-edited"), actor="key_web")
+    services.workflow.authorize_payment(placed.id, attempt=0)
+    services.workflow.reserve_stock(placed.id)
+    services.workflow.create_shipments(placed.id)
+    order = services.order_repository.get(placed.id)
+    real = DynamoOrders.update
+
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if entries and entries[0].type == "edited":
+            raise TimeoutError("the API function timed out before writing the edit")
+        real(self, new, expected, entries)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", dies)
+        with pytest.raises(TimeoutError):
+            services.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)]),
+                                  "key_web")  # fmt: skip
+    assert services.order_repository.get(order.id).authorization_requested is not None  # asked, never recorded
+    return order
+
+
+def refund_index(aws, order_id: str) -> dict[str, str]:
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order_id}})["Item"]
+    return {name: item[name]["S"] for name in ("refund_key", "refund_since") if name in item}
+
+
+def test_the_authorization_of_an_edit_that_died_is_voided_through_the_index_once_its_patch_is_over(
+    stack, monkeypatch, metrics_on, capsys, caplog
+):
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    order = an_edit_that_died(aws, monkeypatch)
+    asked = bootstrap(Config.from_env()).order_repository.get(order.id).authorization_requested
+    assert refund_index(aws, order.id)["refund_key"] == "void"
+    assert reconcile()["authorizations_settled"] == []  # its PATCH may still record it
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        answer = reconcile()
+
+    assert answer == did(authorizations_settled=[order.id])
+    services = bootstrap(Config.from_env())
+    settled, history = services.order_repository.history(order.id)
+    assert settled.authorization_requested is None and settled.payment == order.payment
+    [voided] = [h for h in history if h.type == "payment_voided"]
+    assert (voided.actor, voided.detail["amount"]) == ("reconciler", asked.amount.model_dump(mode="json"))
+    assert voided.detail["authorization"] != order.payment.authorization and voided.detail["reference"]
+    assert refund_index(aws, order.id) == {}  # out of the index once nothing is left
+    assert emitted(capsys.readouterr().out) == {"EditAuthorizationsSettled": 1}
+    [logged] = [r for r in caplog.records if r.getMessage() == "authorization left by an edit settled"]
+    assert (logged.levelname, logged.order_id) == ("WARNING", order.id)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        assert reconcile()["authorizations_settled"] == []
+
+
+def test_an_order_with_a_refund_pending_is_swept_for_the_refund_first():
+    from core.models import PaymentRefund
+    from functions.adapters.dynamodb import index_attributes, timestamp
+    from tests.builders import NOW
+
+    order = a_stored_order(("TSHIRT", 1), status=OrderStatus.AUTHORIZED, replaced_authorizations=["auth_old"])
+    assert index_attributes(order)["refund_key"] == {"S": "void"}
+    assert index_attributes(order)["refund_since"] == {"S": timestamp(order.updated_at)}
+    refund = PaymentRefund(id="ref_1", amount=order.totals.grand_total, reason="late", status="pending", at=NOW)
+    pending = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [refund]})})
+    assert index_attributes(pending)["refund_key"] == {"S": "pending"}
+    assert "refund_key" not in index_attributes(order.model_copy(update={"replaced_authorizations": []}))
+
+
+def test_orders_left_holding_an_authorization_are_read_oldest_first_a_page_at_a_time(aws, monkeypatch):
+    from itertools import islice
+
+    from functions.adapters.dynamodb import (
+        PENDING_REFUND_KEY,
+        UNSETTLED_AUTHORIZATION_KEY,
+        DynamoUnsettledAuthorizations,
+        timestamp,
+    )
+
+    start = utc_now() - timedelta(hours=2)
+    ids = [order_id(letter) for letter in "abcde"]
+    keys = [UNSETTLED_AUTHORIZATION_KEY] * 5 + [PENDING_REFUND_KEY]
+    for n, (each, key) in enumerate(zip([*ids, order_id("f")], keys, strict=True)):
+        aws.dynamodb.put_item(
+            TableName=aws.tables["OrdersTable"],
+            Item={"id": {"S": each}, "refund_key": {"S": key},
+                  "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
+        )  # fmt: skip
+    unsettled = DynamoUnsettledAuthorizations(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
+    queries: list[dict[str, Any]] = []
+    real = aws.dynamodb.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        queries.append(request)
+        return real(**request)
+
+    monkeypatch.setattr(aws.dynamodb, "query", query)
+
+    assert list(unsettled.left_since_before(utc_now())) == ids  # never the pending refund's order
+    assert list(unsettled.left_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
+    queries.clear()
+    assert list(islice(unsettled.left_since_before(utc_now()), 3)) == ids[:3]
+    assert len(queries) == 2 and {q["IndexName"] for q in queries} == {"by_pending_refund"}
+
+
+def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
+    stack, metrics_on, capsys, caplog, monkeypatch
+):
+    from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
+    from core.errors import PaymentRefused
+
+    def incomplete(self: UnsettledAuthorizationSweep, actor: str) -> list[str]:
+        raise SettleIncomplete([order_id("y")], {order_id("z"): PaymentRefused("void", "expired")})
+
+    monkeypatch.setattr(UnsettledAuthorizationSweep, "run", incomplete)
+    capsys.readouterr()
+
+    with pytest.raises(SettleIncomplete):
+        reconcile()
+
+    assert emitted(capsys.readouterr().out) == {"EditAuthorizationsSettled": 1}
+    [logged] = [r for r in caplog.records if r.getMessage() == "authorization left by an edit not settled"]
+    assert (logged.levelname, logged.order_id) == ("ERROR", order_id("z"))
+    assert isinstance(logged.exc_info[1], PaymentRefused)

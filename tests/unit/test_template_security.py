@@ -29,6 +29,7 @@ from functions.adapters.dynamodb import (
     DynamoSourcingRules,
     DynamoStalledOrders,
     DynamoUnreceivedReturns,
+    DynamoUnsettledAuthorizations,
 )
 from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
@@ -192,7 +193,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ParkOrderFunction": _WORKFLOW_ORDERS,
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
-        (ORDERS, "dynamodb:Query"): [DynamoStalledOrders, DynamoDuePickups, DynamoPendingRefunds],
+        (ORDERS, "dynamodb:Query"): [
+            DynamoStalledOrders,
+            DynamoDuePickups,
+            DynamoPendingRefunds,
+            DynamoUnsettledAuthorizations,
+        ],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         # An expired pickup's units are released as a cancel releases them.
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],

@@ -1,0 +1,122 @@
+"""Settle the authorizations edits left on orders nobody changes again (the reconciler's pass)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from itertools import islice
+
+from core.cancellation import Cancellation
+from core.errors import PaymentGatewayUnavailable
+from core.events import OrderEvent
+from core.models import HistoryEntry
+from core.ports import OrderRepository, UnsettledAuthorizations
+
+
+class SettleIncomplete(Exception):
+    """An unsettled-authorization pass went on past orders it could not settle for a reason other
+    than an unavailable gateway (the gateway refused a void, a plugin's error): those orders'
+    errors (`failed`, by order id), and the orders it settled all the same (`settled`). The caller
+    reports both, then fails, so the errors alarm calls a person."""
+
+    def __init__(self, settled: list[str], failed: dict[str, Exception]):
+        super().__init__(f"the authorizations of {len(failed)} order(s) could not be settled: {sorted(failed)}")
+        self.settled = settled
+        self.failed = failed
+
+
+class UnsettledAuthorizationSweep:
+    """Settles what an edit left holding the customer's card on an order nobody changes again:
+    the authorization an edit asked for and never recorded (Order.authorization_requested: its
+    PATCH died, or the gateway declined or stayed down) and one an edit replaced whose void did not
+    happen (Order.replaced_authorizations). The order's next edit, a cancel or its last parcel's
+    ship settles them; an order that stalls before any of those would otherwise keep the hold until
+    the gateway lets it lapse. Each is settled as a cancel settles it
+    (Cancellation.void_requested_authorization, void_replaced_authorizations): voided at the
+    gateway, recorded only as the gateway answered, each write conditional on the order's version.
+
+    Found through an index of the orders that hold one, by when they last changed; only an order
+    last changed more than `after` ago is taken: the request is written by its PATCH, which the API
+    function's timeout ends within seconds, so an older one belongs to a PATCH that is over, and a
+    younger one may still be recorded by its own (settled under it, that PATCH would answer 409).
+
+    A void the gateway refused since the order last changed is not asked again: under its key the
+    gateway answers the same, and each pass would only add the refusal to the history. The pass
+    that met the refusal reports it (SettleIncomplete); the order's next change asks again. A
+    gateway found unavailable is not asked again in the same pass: the orders paid through it wait
+    for the next pass and are read past, up to `max_reads` orders a pass, `limit` of them asked.
+    Given a Cancellation that records failures with core.order_changes.outage_noted_once (as the
+    reconciler's is), an outage is in an order's history once, not once per attempt of every pass."""
+
+    def __init__(
+        self, unsettled: UnsettledAuthorizations, orders: OrderRepository, cancellation: Cancellation,
+        clock: Callable[[], datetime], *, after: timedelta, limit: int = 100, max_reads: int = 1000,
+    ):  # fmt: skip
+        self._unsettled = unsettled
+        self._orders = orders
+        self._cancellation = cancellation
+        self._clock = clock
+        self._after = after
+        self._limit = limit
+        self._max_reads = max_reads
+
+    def run(self, actor: str) -> list[str]:
+        """One pass: the ids of the orders it left with nothing to settle (of at most `limit`
+        asked, oldest first, among at most `max_reads` read). An order whose gateway is unavailable
+        waits for the next pass. One that fails otherwise does not stop the pass: it raises
+        SettleIncomplete once it is done."""
+        left_before = self._clock() - self._after
+        settled: list[str] = []
+        down: set[str] = set()
+        failed: dict[str, Exception] = {}
+        asked = 0
+        for order_id in islice(self._unsettled.left_since_before(left_before), self._max_reads):
+            try:
+                done = self._settle(order_id, actor, left_before, down)
+            except PaymentGatewayUnavailable:
+                asked += 1  # its gateway is down: it, and its method's orders, wait for the next pass
+            except Exception as error:  # reported once the pass is done (SettleIncomplete)
+                failed[order_id] = error
+                asked += 1
+            else:
+                if done is not None:
+                    asked += 1
+                    if done:
+                        settled.append(order_id)
+            if asked == self._limit:
+                break
+        if failed:
+            raise SettleIncomplete(settled, failed)
+        return settled
+
+    def _settle(self, order_id: str, actor: str, left_before: datetime, down: set[str]) -> bool | None:
+        """Whether the order was left with nothing to settle; None when it was not asked: nothing
+        to settle, changed since `left_before` (the index lags the order), its gateway found down,
+        or a void of it refused since it last changed."""
+        found = self._orders.history(order_id, consistent=True)
+        if found is None:
+            return None
+        order, history = found
+        if (
+            not order.edit_authorizations_left
+            or order.last_changed >= left_before
+            or order.payment.method in down
+            or _void_refused_since(history, order.last_changed)
+        ):
+            return None
+        try:
+            order = self._cancellation.void_requested_authorization(order, actor)
+            order = self._cancellation.void_replaced_authorizations(order, actor)
+        except PaymentGatewayUnavailable:
+            down.add(order.payment.method)
+            raise
+        return not order.edit_authorizations_left
+
+
+def _void_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
+    """Whether the gateway refused a void of the order at or after `since`."""
+    return any(
+        entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") == "refused"
+        and entry.at >= since
+        for entry in history
+    )  # fmt: skip

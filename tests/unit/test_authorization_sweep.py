@@ -1,0 +1,218 @@
+"""The unsettled authorization sweep: an authorization an edit left on an order nobody changes again
+(asked for and never recorded, or replaced and never voided) is voided by the reconciler once the
+PATCH that left it is surely over, recorded only as the gateway answered; a young one is left to its
+PATCH, and a refused void is not asked again every pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
+from core.cancellation import Cancellation
+from core.errors import Conflict
+from core.events import OrderEvent
+from core.models import LineInput, Order, OrderEdit
+from core.order_changes import outage_noted_once
+from core.ports import UnsettledAuthorizations
+from core.status import PaymentStatus
+from tests.unit.test_jeopardy import Clock
+from tests.unit.world import Died, World, build_world, dies_before_recording
+
+STOCK = [("TSHIRT", "wh-west", 20)]
+ACTOR = "reconciler"
+FIVE = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)])
+
+
+class InMemoryUnsettledAuthorizations(UnsettledAuthorizations):
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        left = [o for o in self._world.orders.orders.values() if o.edit_authorizations_left and o.last_changed < before]
+        return iter(o.id for o in sorted(left, key=lambda o: o.last_changed))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock: Clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def sweep(world: World, clock: Clock) -> UnsettledAuthorizationSweep:
+    payments = world.actions._payments
+    cancellation = Cancellation(
+        world.orders, world.catalog, world.inventory, payments, clock, void_failures=outage_noted_once
+    )
+    return UnsettledAuthorizationSweep(
+        InMemoryUnsettledAuthorizations(world), world.orders, cancellation, clock, after=timedelta(minutes=15)
+    )
+
+
+def authorized(world: World) -> Order:
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    return world.order(order_id)
+
+
+def edit_died(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str]:
+    """An authorized order whose PATCH to a grown total died after the gateway authorized it: the
+    order as it was, and the authorization the gateway made."""
+    order = authorized(world)
+    dies_before_recording(world, monkeypatch, "edited")
+    with pytest.raises(Died):
+        world.actions.edit(order.id, order.version, FIVE, "key_web")
+    monkeypatch.undo()
+    (made,) = [a for a in world.spy.authorized if a != order.payment.authorization]
+    return order, made
+
+
+def voids(world: World, order_id: str) -> list[tuple[str, str, str]]:
+    return [
+        (entry.actor, entry.detail["authorization"], entry.detail["reason"])
+        for entry in world.history(order_id)
+        if entry.type is OrderEvent.PAYMENT_VOIDED
+    ]
+
+
+def void_failures(world: World, order_id: str) -> list[tuple[str, str]]:
+    return [
+        (entry.actor, entry.detail["kind"])
+        for entry in world.history(order_id)
+        if entry.type is OrderEvent.PAYMENT_VOID_FAILED
+    ]
+
+
+def test_the_authorization_of_an_edit_that_died_is_voided_once_its_patch_is_surely_over(world, clock, monkeypatch):
+    order, made = edit_died(world, monkeypatch)
+    clock.advance(minutes=14)
+    assert sweep(world, clock).run(ACTOR) == []  # its PATCH may still record it
+    assert world.spy.voided == [] and world.order(order.id).authorization_requested is not None
+
+    clock.advance(minutes=2)
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+
+    after = world.order(order.id)
+    assert world.spy.voided == [made]
+    assert voids(world, order.id) == [(ACTOR, made, "asked for by an edit that did not record it")]
+    assert after.authorization_requested is None and not after.edit_authorizations_left
+    assert (after.lines, after.totals, after.payment) == (order.lines, order.totals, order.payment)
+    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == [made]
+
+
+def test_a_patch_repeated_before_the_threshold_still_records_its_authorization(world, clock, monkeypatch):
+    order, made = edit_died(world, monkeypatch)
+    clock.advance(minutes=5)
+    sweep(world, clock).run(ACTOR)
+
+    edited = world.actions.edit(order.id, order.version, FIVE, "key_web")
+
+    assert edited.payment.authorization == made and world.spy.voided == [order.payment.authorization]
+
+
+def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_by_the_pass(world, clock):
+    order = authorized(world)
+    world.gateway.script("void", "transient", "transient", "transient", "approve")
+    edited = world.actions.edit(order.id, order.version, FIVE, "key_web")  # 200: the old one still holds
+    assert edited.replaced_authorizations == [order.payment.authorization] and world.spy.voided == []
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+
+    after = world.order(order.id)
+    assert world.spy.voided == [order.payment.authorization]
+    assert after.replaced_authorizations == [] and after.payment == edited.payment
+    assert voids(world, order.id) == [
+        (ACTOR, order.payment.authorization, "replaced by the authorization of the edited total")
+    ]
+
+
+def test_a_declined_edits_request_is_settled_without_a_void(world, clock):
+    order = authorized(world)
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(Conflict):
+        world.actions.edit(order.id, order.version, FIVE, "key_web")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order.id]  # asked again, declined again: none was made
+
+    after = world.order(order.id)
+    assert after.authorization_requested is None and world.spy.voided == []
+    assert after.payment == order.payment and voids(world, order.id) == []
+
+
+def test_a_gateway_found_down_is_not_asked_again_in_the_pass_and_the_next_pass_settles(world, clock):
+    orders = [authorized(world) for _ in range(2)]
+    world.gateway.script("void", "transient")
+    for order in orders:
+        world.actions.edit(order.id, order.version, FIVE, "key_web")
+    clock.advance(minutes=16)
+    asked = len(world.gateway.keys("void"))
+
+    assert sweep(world, clock).run(ACTOR) == []
+
+    assert len(world.gateway.keys("void")) == asked + 3  # one order's attempts, not every order's
+    assert [world.order(o.id).replaced_authorizations for o in orders] == [[o.payment.authorization] for o in orders]
+    world.gateway.script("void", "approve")
+    assert sweep(world, clock).run(ACTOR) == [o.id for o in orders]
+    assert world.spy.voided == [o.payment.authorization for o in orders]
+
+
+def test_a_refused_void_is_reported_once_then_left_for_the_orders_next_change(world, clock):
+    order = authorized(world)
+    world.gateway.script("void", "transient", "transient", "transient", "refuse")
+    world.actions.edit(order.id, order.version, FIVE, "key_web")
+    clock.advance(minutes=16)
+
+    with pytest.raises(SettleIncomplete) as incomplete:
+        sweep(world, clock).run(ACTOR)
+
+    assert list(incomplete.value.failed) == [order.id] and incomplete.value.settled == []
+    refused = void_failures(world, order.id)
+    assert refused[-1] == (ACTOR, "refused")
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+    assert void_failures(world, order.id) == refused
+    assert world.order(order.id).replaced_authorizations == [order.payment.authorization]
+    world.gateway.script("void", "approve")
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")  # the next change asks again
+    assert cancelled.replaced_authorizations == [] and cancelled.payment.status is PaymentStatus.VOIDED
+
+
+def test_passes_through_a_long_outage_add_nothing_the_history_already_says_then_void(world, clock):
+    order = authorized(world)
+    world.gateway.script("void", "transient")
+    world.actions.edit(order.id, order.version, FIVE, "key_web")
+    said = void_failures(world, order.id)
+    assert said == [("key_web", "transient")] * 3
+
+    for _ in range(12):  # an hour of passes, every five minutes, the gateway still down
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    assert void_failures(world, order.id) == said
+    world.gateway.script("void", "approve")
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert world.spy.voided == [order.payment.authorization]
+
+
+def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, monkeypatch):
+    order, made = edit_died(world, monkeypatch)
+    world.gateway.script("void", "transient")
+
+    for _ in range(12):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    assert void_failures(world, order.id) == [(ACTOR, "transient")]
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert world.spy.voided == [made] and world.order(order.id).authorization_requested is None
