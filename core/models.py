@@ -1164,6 +1164,21 @@ class Order(BaseModel, defer_build=True):
         return self.status_since if self.status_since is not None else self.updated_at
 
     @property
+    def deadline_counts_from(self) -> datetime:
+        """When the deadline of its current status (OMS_SLA) starts counting: when it entered the
+        status, save for an allocated pickup whose every parcel waits at its store for the customer,
+        who has until `collect_by`: nobody is late before then (the pickup expiry cancels it at
+        that moment; a mark after the deadline says it did not)."""
+        waiting = self.pickup_deadline()
+        if (
+            self.status is not OrderStatus.ALLOCATED
+            or waiting is None
+            or any(s.status is ShipmentStatus.PENDING for s in self.shipments)
+        ):
+            return self.in_status_since
+        return max(waiting, self.in_status_since)
+
+    @property
     def last_changed(self) -> datetime:
         """When the order last changed, a jeopardy mark aside (see `changed_before_mark`)."""
         return self.changed_before_mark if self.changed_before_mark is not None else self.updated_at

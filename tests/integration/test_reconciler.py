@@ -309,6 +309,22 @@ def test_a_pickup_expiry_of_0_never_cancels_a_pickup_as_0_never_expires_a_hold_o
     assert DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).get(waiting.id) == waiting
 
 
+def test_a_ready_pickup_is_a_jeopardy_candidate_only_once_its_collect_by_passed(stack):
+    # allocated's deadline counts from collect_by once the store has picked it: the status index's
+    # status_since says so, so waiting pickups never fill the scan's candidates.
+    from functions.adapters.dynamodb import DynamoLateOrders
+
+    aws = stack["aws"]
+    waiting = ready_pickup(aws, days=7, external_id="web-waiting")
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    (shipment,) = waiting.shipments
+
+    assert late.unmarked_since_before(OrderStatus.ALLOCATED, shipment.collect_by - timedelta(seconds=1), 10) == []
+    assert late.unmarked_since_before(OrderStatus.ALLOCATED, shipment.collect_by + timedelta(seconds=1), 10) == [
+        waiting.id
+    ]
+
+
 def test_a_collected_pickup_leaves_the_index(stack):
     from functions.bootstrap import Config, bootstrap
 
