@@ -1195,7 +1195,10 @@ class Order(BaseModel, defer_build=True):
         return found
 
     def pickup_deadline(self) -> datetime | None:
-        """The earliest `collect_by` of a pickup waiting at its store; None while none waits."""
+        """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or
+        while the order is on hold (nothing expires a held order's pickup: core/pickups.py)."""
+        if self.status is OrderStatus.ON_HOLD:
+            return None
         waiting = [s.collect_by for s in self.shipments if s.status is ShipmentStatus.READY_FOR_PICKUP and s.collect_by]
         return min(waiting, default=None)
 
@@ -1756,7 +1759,10 @@ class Order(BaseModel, defer_build=True):
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Nobody collected the pickup by its deadline: the shipment and the order are cancelled
-        (reason `pickup_expired`); the caller then releases its units and voids the authorization."""
+        (reason `pickup_expired`); the caller then releases its units and voids the authorization.
+        Never while the order is on hold: a person stopped it, and its release hands it back."""
+        if self.status is OrderStatus.ON_HOLD:
+            raise InvalidTransition(f"order {self.id} is on hold: its pickup does not expire until it is released")
         shipment = self._waiting_pickup(shipment_id)
         if shipment.collect_by is None or shipment.collect_by > at:
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")

@@ -37,9 +37,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if done.parked:
         # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
         metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
-    expired = container().pickup_expiry.run()
+    pickups = container().pickup_expiry.run()
+    expired = pickups.expired
     for order_id in expired:
         logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
+    for order_id in pickups.held:
+        logger.info("pickup past its deadline left alone: the order is on hold", extra={"order_id": order_id})
     if expired:
         metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
     returns_restarted = container().return_reconciler.run()
@@ -65,6 +68,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "restarted": done.restarted,
         "parked": done.parked,
         "expired": expired,
+        "pickups_held": pickups.held,
         "returns_restarted": returns_restarted,
         "refunds_finished": refunds_finished,
     }

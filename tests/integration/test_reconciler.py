@@ -83,7 +83,10 @@ def reconcile() -> dict[str, Any]:
 
 def did(**done: list[str]) -> dict[str, list[str]]:
     """A pass's answer: what it did, nothing else."""
-    return {"restarted": [], "parked": [], "expired": [], "returns_restarted": [], "refunds_finished": [], **done}
+    return {
+        "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
+        "refunds_finished": [], **done,
+    }  # fmt: skip
 
 
 def order_id(letter: str) -> str:
@@ -323,6 +326,26 @@ def test_a_ready_pickup_is_a_jeopardy_candidate_only_once_its_collect_by_passed(
     assert late.unmarked_since_before(OrderStatus.ALLOCATED, shipment.collect_by + timedelta(seconds=1), 10) == [
         waiting.id
     ]
+
+
+def test_a_held_pickup_past_its_deadline_leaves_the_index_and_expires_once_released(stack):
+    from core.holds import HoldRequest, ReleaseRequest
+    from functions.bootstrap import Config, bootstrap
+
+    aws = stack["aws"]
+    due = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-held")
+    before = index_keys(aws, due.id)
+    holds = bootstrap(Config.from_env()).holds
+    holds.hold(due.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    assert index_keys(aws, due.id) == {}  # a person stopped it: nothing for the expiry to find
+    assert reconcile() == did()
+    assert bootstrap(Config.from_env()).order_repository.get(due.id).status is OrderStatus.ON_HOLD
+
+    holds.release(due.id, ReleaseRequest(), actor="key_ops")
+
+    assert index_keys(aws, due.id) == before  # back in the index, its deadline as it was
+    assert reconcile() == did(expired=[due.id])
 
 
 def test_a_collected_pickup_leaves_the_index(stack):
