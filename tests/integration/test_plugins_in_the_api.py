@@ -180,6 +180,28 @@ def test_the_workflow_runs_no_step_while_a_plugin_is_broken(broken):
         lambda_handler({"order_id": ORDER, "attempt": 0}, Context())
 
 
+def test_the_park_step_still_parks_an_order_while_a_plugin_is_broken(broken, aws):
+    # Parking calls no plugin: the order the workflow gave up on goes on hold for a person now,
+    # not when the reconciler finds it an hour later.
+    from core.models import HistoryEntry
+    from core.status import OrderStatus
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.workflow.park_order import lambda_handler
+    from tests.unit.conftest import a_stored_order
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    stuck = a_stored_order(("TSHIRT-BLK-M", 1), id=ORDER, status=OrderStatus.AUTHORIZED)
+    created = HistoryEntry(at=stuck.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_web")
+    orders.add(stuck, created, payment_token="tok_approve")
+
+    lambda_handler({"order_id": ORDER, "error": "PluginUnavailable", "cause": ""}, Context())
+
+    parked = orders.get(ORDER)
+    assert (parked.status, parked.hold.reason, parked.hold.resume_to) == (
+        OrderStatus.ON_HOLD, "other", OrderStatus.AUTHORIZED,
+    )  # fmt: skip
+
+
 def test_the_import_worker_leaves_messages_queued_while_a_plugin_is_broken(aws, monkeypatch, installer):
     from functions.import_worker.app import lambda_handler
 
