@@ -1712,11 +1712,14 @@ class Order(BaseModel, defer_build=True):
             if s.id == shipment_id else s
             for s in self.shipments
         ]  # fmt: skip
+        # Every parcel picked: the deadline counts from collect_by now (deadline_counts_from), so a
+        # mark for being late to pick it no longer holds.
+        picked = collect_by is not None and not any(s.status is ShipmentStatus.PENDING for s in shipments)
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
                     "collect_by": collect_by.isoformat() if collect_by is not None else None},
-            shipments=shipments,
+            shipments=shipments, **({"jeopardy": None} if picked else {}),
         )  # fmt: skip
 
     def ready_to_collect(self, shipment_id: str) -> Shipment:
