@@ -1,8 +1,8 @@
 """Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, and parks
 those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
-(core/pickups.py); starts the returns workflow of received returns that have none
-(core/return_reconciliation.py); finishes refunds a request left pending at the gateway
-(core/refund_service.py's PendingRefundSweep)."""
+(core/pickups.py; not while a plugin failed to load); starts the returns workflow of received
+returns that have none (core/return_reconciliation.py); finishes refunds a request left pending at
+the gateway (core/refund_service.py's PendingRefundSweep)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core.pickups import PickupsExpired
 from core.refund_service import SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -37,7 +38,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if done.parked:
         # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
         metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
-    pickups = container().pickup_expiry.run()
+    broken = container().plugins.broken
+    if broken:
+        # An expiry cancels and voids: while a plugin failed to load no hook runs, so it would cancel
+        # an order whose authorization it cannot void. The pickups wait, ready, for a pass after it loads.
+        logger.error("pickup expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
+        pickups = PickupsExpired()
+    else:
+        pickups = container().pickup_expiry.run()
     expired = pickups.expired
     for order_id in expired:
         logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})

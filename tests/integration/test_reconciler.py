@@ -18,6 +18,7 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
+from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.unit.conftest import a_stored_order
 
 PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
@@ -346,6 +347,33 @@ def test_a_held_pickup_past_its_deadline_leaves_the_index_and_expires_once_relea
 
     assert index_keys(aws, due.id) == before  # back in the index, its deadline as it was
     assert reconcile() == did(expired=[due.id])
+
+
+@pytest.fixture
+def installer(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Installer]:
+    yield from installing(tmp_path, monkeypatch)
+
+
+def test_pickups_wait_while_a_plugin_failed_to_load_and_expire_once_it_loads(stack, installer, monkeypatch):
+    # An expiry cancels and voids: with the payment plugin's hooks unavailable it would cancel an
+    # order whose authorization it cannot void, then stop the whole pass at the first pickup.
+    from functions.adapters.dynamodb import DynamoOrders
+    from infra.local.stack import forget_warm_containers
+
+    aws = stack["aws"]
+    due = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-broken")
+    installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
+    forget_warm_containers()
+
+    assert reconcile() == did()
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    assert orders.get(due.id) == due  # still ready, its units reserved, its payment authorized
+
+    monkeypatch.setenv("OMS_DISABLED_PLUGINS", "acme_tax")
+    forget_warm_containers()
+    assert reconcile() == did(expired=[due.id])
+    expired = orders.get(due.id)
+    assert (expired.status, expired.payment.status) == (OrderStatus.CANCELLED, PaymentStatus.VOIDED)
 
 
 def test_a_collected_pickup_leaves_the_index(stack):
