@@ -136,13 +136,14 @@ class JeopardyScan:
         self._limit = limit
         self._max_reads = max_reads  # returns judged per status and pass, each one read
 
-    def run(self) -> Scanned:
+    def run(self, *, expire_holds: bool = True) -> Scanned:
         """One pass: at most `limit` orders marked per status, `limit` holds expired and `limit`
         returns expired per status (of at most `max_reads` judged), oldest first; the rest are the
-        next pass's."""
+        next pass's. Without `expire_holds` (a plugin failed to load: an expiry's cancel could not
+        void the authorization) the holds wait for a later pass."""
         now = self._clock()
         done = Scanned()
-        if self._hold_expiry is not None:
+        if self._hold_expiry is not None and expire_holds:
             for order_id in self._late.held_since_before(now - self._hold_expiry, self._limit):
                 if self._expire(order_id, now - self._hold_expiry):
                     done.expired.append(order_id)
