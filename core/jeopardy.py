@@ -5,13 +5,15 @@ return_expired, core/returns.py's Returns.expire).
 
 The scan never reads the Orders table whole: the LateOrders port answers, through an index, which
 unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the status
-index, judged on when the order entered its status). Each candidate is read and judged again
-before one conditional write, so an order that moved on meanwhile is left alone, and a repeated
-scan marks nothing twice. Expired returns are found the same way, through the Returns table's
-status index (UnreceivedReturns): those created before the moment are a superset of those approved
-before it, and each is judged again (on its approval) on its own conditional write. Returns
-requested long ago but approved recently stay at the oldest end of that range, so a pass reads on
-past them (up to `max_reads` per status, its read budget) to reach the expired ones behind them.
+index, judged on when the deadline of the order's status starts counting: when it entered the
+status, or, for a pickup waiting for its customer, its `collect_by`: Order.deadline_counts_from).
+Each candidate is read and judged again before one conditional write, so an order that moved on
+meanwhile is left alone, and a repeated scan marks nothing twice. Expired returns are found the
+same way, through the Returns table's status index (UnreceivedReturns): those created before the
+moment are a superset of those approved before it, and each is judged again (on its approval) on
+its own conditional write. Returns requested long ago but approved recently stay at the oldest end
+of that range, so a pass reads on past them (up to `max_reads` per status, its read budget) to
+reach the expired ones behind them.
 """
 
 from __future__ import annotations
@@ -134,13 +136,14 @@ class JeopardyScan:
         self._limit = limit
         self._max_reads = max_reads  # returns judged per status and pass, each one read
 
-    def run(self) -> Scanned:
+    def run(self, *, expire_holds: bool = True) -> Scanned:
         """One pass: at most `limit` orders marked per status, `limit` holds expired and `limit`
         returns expired per status (of at most `max_reads` judged), oldest first; the rest are the
-        next pass's."""
+        next pass's. Without `expire_holds` (a plugin failed to load: an expiry's cancel could not
+        void the authorization) the holds wait for a later pass."""
         now = self._clock()
         done = Scanned()
-        if self._hold_expiry is not None:
+        if self._hold_expiry is not None and expire_holds:
             for order_id in self._late.held_since_before(now - self._hold_expiry, self._limit):
                 if self._expire(order_id, now - self._hold_expiry):
                     done.expired.append(order_id)
@@ -171,11 +174,14 @@ class JeopardyScan:
             nonlocal marked
             # Judged again on the order itself: it may have moved on, or been marked by a
             # concurrent scan, since the index was read.
-            marked = order.status is status and order.jeopardy is None and order.in_status_since + deadline <= at
+            since = order.deadline_counts_from
+            marked = order.status is status and order.jeopardy is None and since + deadline <= at
             if not marked:
                 return None
             reason = f"{status} for longer than {format_duration(deadline)}"
-            return order.mark_jeopardy(reason, order.in_status_since + deadline, at=at, actor=SCAN_ACTOR)
+            if since != order.in_status_since:
+                reason += " past its pickup's collect_by"
+            return order.mark_jeopardy(reason, since + deadline, at=at, actor=SCAN_ACTOR)
 
         try:
             modify(self._orders, order_id, decide)

@@ -1175,6 +1175,21 @@ class Order(BaseModel, defer_build=True):
         return self.status_since if self.status_since is not None else self.updated_at
 
     @property
+    def deadline_counts_from(self) -> datetime:
+        """When the deadline of its current status (OMS_SLA) starts counting: when it entered the
+        status, save for an allocated pickup whose every parcel waits at its store for the customer,
+        who has until `collect_by`: nobody is late before then (the pickup expiry cancels it at
+        that moment; a mark after the deadline says it did not)."""
+        waiting = self.pickup_deadline()
+        if (
+            self.status is not OrderStatus.ALLOCATED
+            or waiting is None
+            or any(s.status is ShipmentStatus.PENDING for s in self.shipments)
+        ):
+            return self.in_status_since
+        return max(waiting, self.in_status_since)
+
+    @property
     def last_changed(self) -> datetime:
         """When the order last changed, a jeopardy mark aside (see `changed_before_mark`)."""
         return self.changed_before_mark if self.changed_before_mark is not None else self.updated_at
@@ -1198,7 +1213,10 @@ class Order(BaseModel, defer_build=True):
         return found
 
     def pickup_deadline(self) -> datetime | None:
-        """The earliest `collect_by` of a pickup waiting at its store; None while none waits."""
+        """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or
+        while the order is on hold (nothing expires a held order's pickup: core/pickups.py)."""
+        if self.status is OrderStatus.ON_HOLD:
+            return None
         waiting = [s.collect_by for s in self.shipments if s.status is ShipmentStatus.READY_FOR_PICKUP and s.collect_by]
         return min(waiting, default=None)
 
@@ -1712,11 +1730,14 @@ class Order(BaseModel, defer_build=True):
             if s.id == shipment_id else s
             for s in self.shipments
         ]  # fmt: skip
+        # Every parcel picked: the deadline counts from collect_by now (deadline_counts_from), so a
+        # mark for being late to pick it no longer holds.
+        picked = collect_by is not None and not any(s.status is ShipmentStatus.PENDING for s in shipments)
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
                     "collect_by": collect_by.isoformat() if collect_by is not None else None},
-            shipments=shipments,
+            shipments=shipments, **({"jeopardy": None} if picked else {}),
         )  # fmt: skip
 
     def ready_to_collect(self, shipment_id: str) -> Shipment:
@@ -1759,7 +1780,10 @@ class Order(BaseModel, defer_build=True):
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Nobody collected the pickup by its deadline: the shipment and the order are cancelled
-        (reason `pickup_expired`); the caller then releases its units and voids the authorization."""
+        (reason `pickup_expired`); the caller then releases its units and voids the authorization.
+        Never while the order is on hold: a person stopped it, and its release hands it back."""
+        if self.status is OrderStatus.ON_HOLD:
+            raise InvalidTransition(f"order {self.id} is on hold: its pickup does not expire until it is released")
         shipment = self._waiting_pickup(shipment_id)
         if shipment.collect_by is None or shipment.collect_by > at:
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")

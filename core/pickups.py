@@ -1,8 +1,11 @@
 """Uncollected pickups: each ready longer than its store waits is cancelled and its units go back.
 
 Found without a table scan: an order carries index keys (a sparse index, by_pickup_deadline)
-only while a pickup of it waits at its store, keyed by the earliest `collect_by`; the scheduled
-reconciler asks that index for the deadlines already past. Storing the deadline on the shipment
+only while a pickup of it waits at its store and it is not on hold, keyed by the earliest
+`collect_by`; the scheduled reconciler asks that index for the deadlines already past. A hold is a
+person stopping the automation, so nothing expires a held order's pickup: released, the order is
+back in the index with its deadline as it was, and a pickup overdue by then expires on the next
+pass (the person who releases it may still hand it over first). Storing the deadline on the shipment
 when it is readied (rather than computing ready_at + days at expiry) fixes the customer's
 promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline already given.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from core.errors import InvalidTransition, StaleVersion
@@ -18,9 +22,15 @@ from core.fulfillment import OrderActions
 from core.models import Order
 from core.order_changes import modify
 from core.ports import DuePickups, OrderRepository
-from core.status import ShipmentStatus
+from core.status import OrderStatus, ShipmentStatus
 
 EXPIRY_ACTOR = "pickup_expiry"
+
+
+@dataclass
+class PickupsExpired:
+    expired: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # due, but on hold: left to the person holding them
 
 
 class PickupExpiry:
@@ -39,22 +49,27 @@ class PickupExpiry:
         self._clock = clock
         self._limit = limit
 
-    def run(self) -> list[str]:
-        """One pass: the orders whose waiting pickups this pass cancelled. At most `limit`; the
-        rest are the next pass's, earliest deadline first. An order collected or changed since the
-        index was read is left as it is, and not counted."""
+    def run(self) -> PickupsExpired:
+        """One pass: the orders whose waiting pickups this pass cancelled, and apart those due but
+        found on hold (held after the index was read, or stored before a hold took an order out of
+        it), left as they are. At most `limit`; the rest are the next pass's, earliest deadline
+        first. An order collected or changed since the index was read is left as it is, and not
+        counted."""
         now = self._clock()
-        expired = []
+        done = PickupsExpired()
         for order_id in self._due.due(now, self._limit):
             order = self._orders.get(order_id)
             if order is None:
+                continue
+            if order.status is OrderStatus.ON_HOLD:
+                done.held.append(order_id)
                 continue
             for shipment in order.shipments:
                 if shipment.status is not ShipmentStatus.READY_FOR_PICKUP or (shipment.collect_by or now) > now:
                     continue
                 if self._expire(order_id, shipment.id):
-                    expired.append(order_id)
-        return expired
+                    done.expired.append(order_id)
+        return done
 
     def _expire(self, order_id: str, shipment_id: str) -> bool:
         """Cancel the waiting pickup in one conditional write, judged again on the order as it is
@@ -70,6 +85,7 @@ class PickupExpiry:
             shipment = next((s for s in order.shipments if s.id == shipment_id), None)
             expired = (
                 shipment is not None
+                and order.status is not OrderStatus.ON_HOLD
                 and shipment.status is ShipmentStatus.READY_FOR_PICKUP
                 and shipment.collect_by is not None
                 and shipment.collect_by <= at

@@ -1,6 +1,6 @@
 """Scheduled jeopardy scan: marks orders past the deadline of their status (OMS_SLA), cancels
-holds older than OMS_HOLD_EXPIRY_DAYS and returns not received within OMS_RETURN_EXPIRY_DAYS
-(core/jeopardy.py); counts the late orders for the alarm."""
+holds older than OMS_HOLD_EXPIRY_DAYS (not while a plugin failed to load) and returns not received
+within OMS_RETURN_EXPIRY_DAYS (core/jeopardy.py); counts the late orders for the alarm."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ container = WarmContainer()
 @metrics.log_metrics
 @emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    done = container().jeopardy_scan.run()
+    broken = container().plugins.broken
+    if broken:
+        logger.error("hold expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
+    done = container().jeopardy_scan.run(expire_holds=not broken)
     for order_id in done.marked:
         logger.warning("order in jeopardy: past the deadline of its status", extra={"order_id": order_id})
     for order_id in done.expired:

@@ -1,9 +1,9 @@
 """Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, and parks
 those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
-(core/pickups.py); starts the returns workflow of received returns that have none
-(core/return_reconciliation.py); finishes refunds a request left pending at the gateway
-(core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on orders
-nobody changes again (core/authorization_sweep.py)."""
+(core/pickups.py; not while a plugin failed to load); starts the returns workflow of received
+returns that have none (core/return_reconciliation.py); finishes refunds a request left pending at
+the gateway (core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on
+orders nobody changes again (core/authorization_sweep.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.authorization_sweep import SettleIncomplete
+from core.pickups import PickupsExpired
 from core.refund_service import SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -39,9 +40,19 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if done.parked:
         # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
         metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
-    expired = container().pickup_expiry.run()
+    broken = container().plugins.broken
+    if broken:
+        # An expiry cancels and voids: while a plugin failed to load no hook runs, so it would cancel
+        # an order whose authorization it cannot void. The pickups wait, ready, for a pass after it loads.
+        logger.error("pickup expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
+        pickups = PickupsExpired()
+    else:
+        pickups = container().pickup_expiry.run()
+    expired = pickups.expired
     for order_id in expired:
         logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
+    for order_id in pickups.held:
+        logger.info("pickup past its deadline left alone: the order is on hold", extra={"order_id": order_id})
     if expired:
         metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
     returns_restarted = container().return_reconciler.run()
@@ -80,6 +91,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "restarted": done.restarted,
         "parked": done.parked,
         "expired": expired,
+        "pickups_held": pickups.held,
         "returns_restarted": returns_restarted,
         "refunds_finished": refunds_finished,
         "authorizations_settled": settled,

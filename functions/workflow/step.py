@@ -40,13 +40,16 @@ class StepInput(BaseModel):
     cause: str = ""
 
 
-def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict[str, Any], Any], None]:
+def step_handler(
+    run: Callable[[Workflow, StepInput], object], *, calls_plugins: bool = True
+) -> Callable[[dict[str, Any], Any], None]:
     """A task's Lambda handler: validate the Parameters, log with the order id, `run` the step.
 
     Exceptions propagate on purpose: their class name is the errorType the state machine's Retry
     and Catch match (TransientError, PaymentDeclined, OutOfStock, OrderClosed). While a plugin
-    failed to load no step runs (PluginUnavailable): every step calls hooks, and the cancel step
-    would otherwise record a void it could not make."""
+    failed to load no step that `calls_plugins` runs (PluginUnavailable): those steps call hooks,
+    and the cancel step would otherwise record a void it could not make. ParkOrder calls none, so
+    it puts the order on hold for a person at once rather than leave it to the reconciler."""
 
     @logger.inject_lambda_context(clear_state=True)
     @emits_business_metrics
@@ -55,7 +58,8 @@ def step_handler(run: Callable[[Workflow, StepInput], object]) -> Callable[[dict
         logger.append_keys(order_id=step.order_id, channel=step.trace.channel or None)
         logger.set_correlation_id(step.trace.correlation_id or None)
         try:
-            container().plugins.require_loaded()
+            if calls_plugins:
+                container().plugins.require_loaded()
             run(container().workflow, step)
         except Exception as error:
             # Most are the state machine's ordinary branches (retry, decline, out of stock); this

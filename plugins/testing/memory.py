@@ -137,7 +137,7 @@ class InMemoryLateOrders(LateOrders):
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         found = [o for o in self._orders.orders.values() if o.status is status and o.jeopardy is None]
-        return [o.id for o in sorted(found, key=lambda o: o.created_at) if o.in_status_since < before][:limit]
+        return [o.id for o in sorted(found, key=lambda o: o.created_at) if o.deadline_counts_from < before][:limit]
 
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
         found = [o for o in self._orders.orders.values() if o.status is OrderStatus.ON_HOLD]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -178,6 +179,65 @@ def test_the_workflow_runs_no_step_while_a_plugin_is_broken(broken):
 
     with pytest.raises(PluginUnavailable, match="acme_tax"):
         lambda_handler({"order_id": ORDER, "attempt": 0}, Context())
+
+
+def test_the_park_step_still_parks_an_order_while_a_plugin_is_broken(broken, aws):
+    # Parking calls no plugin: the order the workflow gave up on goes on hold for a person now,
+    # not when the reconciler finds it an hour later.
+    from core.models import HistoryEntry
+    from core.status import OrderStatus
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.workflow.park_order import lambda_handler
+    from tests.unit.conftest import a_stored_order
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    stuck = a_stored_order(("TSHIRT-BLK-M", 1), id=ORDER, status=OrderStatus.AUTHORIZED)
+    created = HistoryEntry(at=stuck.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_web")
+    orders.add(stuck, created, payment_token="tok_approve")
+
+    lambda_handler({"order_id": ORDER, "error": "PluginUnavailable", "cause": ""}, Context())
+
+    parked = orders.get(ORDER)
+    assert (parked.status, parked.hold.reason, parked.hold.resume_to) == (
+        OrderStatus.ON_HOLD, "other", OrderStatus.AUTHORIZED,
+    )  # fmt: skip
+
+
+def test_the_jeopardy_scan_expires_no_hold_while_a_plugin_is_broken_and_marks_the_late_orders(broken, aws, monkeypatch):
+    # A hold's expiry cancels and voids: with no hook able to run it would cancel an order whose
+    # authorization it cannot void, then stop the pass before any late order is marked or counted.
+    from core.models import HistoryEntry, Hold, Payment, utc_now
+    from core.money import Money
+    from core.status import OrderStatus, PaymentStatus
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.jeopardy import app
+    from tests.integration.import_support import context
+    from tests.unit.conftest import a_stored_order
+
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "1")
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    long_ago, hour_ago = utc_now() - timedelta(days=3), utc_now() - timedelta(hours=1)
+    ten, zero = Money.of("10.00", "USD"), Money.zero("USD")
+    held = a_stored_order(
+        ("TSHIRT-BLK-M", 1), id=ORDER, status=OrderStatus.ON_HOLD, created_at=long_ago, updated_at=long_ago,
+        hold=Hold(reason="fraud_review", since=long_ago, resume_to=OrderStatus.AUTHORIZED),
+        payment=Payment(method="test", status=PaymentStatus.AUTHORIZED, authorized=ten, captured=zero,
+                        refunded=zero, authorization="auth_held"),
+    )  # fmt: skip
+    late = a_stored_order(
+        ("TSHIRT-BLK-M", 1), id="ord_" + "p" * 24, status=OrderStatus.PENDING, created_at=hour_ago, updated_at=hour_ago
+    )
+    for order in (held, late):
+        created = HistoryEntry(at=order.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_web")
+        orders.add(order, created, payment_token="tok_approve")
+    app.container.forget()
+
+    answer = app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+
+    assert (answer["marked"], answer["expired"], answer["in_jeopardy"]) == ([ORDER, late.id], [], 2)
+    still = orders.get(ORDER)
+    assert (still.status, still.payment.status) == (OrderStatus.ON_HOLD, PaymentStatus.AUTHORIZED)
+    app.container.forget()
 
 
 def test_the_import_worker_leaves_messages_queued_while_a_plugin_is_broken(aws, monkeypatch, installer):

@@ -18,6 +18,7 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
+from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.unit.conftest import a_stored_order
 
 PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
@@ -84,8 +85,8 @@ def reconcile() -> dict[str, Any]:
 def did(**done: list[str]) -> dict[str, list[str]]:
     """A pass's answer: what it did, nothing else."""
     return {
-        "restarted": [], "parked": [], "expired": [], "returns_restarted": [], "refunds_finished": [],
-        "authorizations_settled": [], **done,
+        "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
+        "refunds_finished": [], "authorizations_settled": [], **done,
     }  # fmt: skip
 
 
@@ -311,6 +312,69 @@ def test_a_pickup_expiry_of_0_never_cancels_a_pickup_as_0_never_expires_a_hold_o
     assert index_keys(aws, waiting.id) == {}  # nothing for the expiry query to find
     assert reconcile()["expired"] == []
     assert DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).get(waiting.id) == waiting
+
+
+def test_a_ready_pickup_is_a_jeopardy_candidate_only_once_its_collect_by_passed(stack):
+    # allocated's deadline counts from collect_by once the store has picked it: the status index's
+    # status_since says so, so waiting pickups never fill the scan's candidates.
+    from functions.adapters.dynamodb import DynamoLateOrders
+
+    aws = stack["aws"]
+    waiting = ready_pickup(aws, days=7, external_id="web-waiting")
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    (shipment,) = waiting.shipments
+
+    assert late.unmarked_since_before(OrderStatus.ALLOCATED, shipment.collect_by - timedelta(seconds=1), 10) == []
+    assert late.unmarked_since_before(OrderStatus.ALLOCATED, shipment.collect_by + timedelta(seconds=1), 10) == [
+        waiting.id
+    ]
+
+
+def test_a_held_pickup_past_its_deadline_leaves_the_index_and_expires_once_released(stack):
+    from core.holds import HoldRequest, ReleaseRequest
+    from functions.bootstrap import Config, bootstrap
+
+    aws = stack["aws"]
+    due = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-held")
+    before = index_keys(aws, due.id)
+    holds = bootstrap(Config.from_env()).holds
+    holds.hold(due.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    assert index_keys(aws, due.id) == {}  # a person stopped it: nothing for the expiry to find
+    assert reconcile() == did()
+    assert bootstrap(Config.from_env()).order_repository.get(due.id).status is OrderStatus.ON_HOLD
+
+    holds.release(due.id, ReleaseRequest(), actor="key_ops")
+
+    assert index_keys(aws, due.id) == before  # back in the index, its deadline as it was
+    assert reconcile() == did(expired=[due.id])
+
+
+@pytest.fixture
+def installer(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Installer]:
+    yield from installing(tmp_path, monkeypatch)
+
+
+def test_pickups_wait_while_a_plugin_failed_to_load_and_expire_once_it_loads(stack, installer, monkeypatch):
+    # An expiry cancels and voids: with the payment plugin's hooks unavailable it would cancel an
+    # order whose authorization it cannot void, then stop the whole pass at the first pickup.
+    from functions.adapters.dynamodb import DynamoOrders
+    from infra.local.stack import forget_warm_containers
+
+    aws = stack["aws"]
+    due = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-broken")
+    installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
+    forget_warm_containers()
+
+    assert reconcile() == did()
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    assert orders.get(due.id) == due  # still ready, its units reserved, its payment authorized
+
+    monkeypatch.setenv("OMS_DISABLED_PLUGINS", "acme_tax")
+    forget_warm_containers()
+    assert reconcile() == did(expired=[due.id])
+    expired = orders.get(due.id)
+    assert (expired.status, expired.payment.status) == (OrderStatus.CANCELLED, PaymentStatus.VOIDED)
 
 
 def test_a_collected_pickup_leaves_the_index(stack):

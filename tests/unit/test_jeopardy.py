@@ -175,6 +175,45 @@ def test_a_status_without_a_deadline_is_never_late(world):
     assert scan(world, clock).run().marked == []
 
 
+def test_a_pickup_waiting_for_its_customer_is_late_only_past_its_collect_by():
+    # allocated has 48 hours, the store's time to pick; once picked, the customer has until
+    # collect_by (7 days) and the pickup expiry cancels it then: late only if that did not happen.
+    world = build_world([("MUG", "store-sf", 5)])
+    clock = Clock()
+    waiting = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.ready(waiting.id, waiting.shipments[0].id, actor="key_store")  # collect_by NOW + 7 days
+    unpicked = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+
+    clock.advance(days=6)
+    assert scan(world, clock).run().marked == [unpicked.id]
+    clock.advance(days=2, hours=23)  # collect_by + 47 hours: the expiry's to cancel, not late yet
+    assert scan(world, clock).run().marked == []
+    clock.advance(hours=2)
+    assert scan(world, clock).run().marked == [waiting.id]
+
+    late = world.order(waiting.id).jeopardy
+    assert (late.status, late.since) == (S.ALLOCATED, NOW + timedelta(days=9))
+    assert late.reason == "allocated for longer than 2d past its pickup's collect_by"
+
+
+def test_a_pickup_marked_late_for_its_store_is_unmarked_once_the_store_readies_it():
+    # Late to be picked, then picked: what is left is the customer's time, and the alarm stops.
+    world = build_world([("MUG", "store-sf", 5)])
+    clock = Clock()
+    order = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    clock.advance(hours=49)
+    assert scan(world, clock).run().marked == [order.id]
+    world.actions._clock = clock
+
+    readied = world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+
+    assert readied.jeopardy is None
+    done = scan(world, clock).run()
+    assert (done.marked, done.in_jeopardy) == ([], 0)
+    clock.advance(days=9, seconds=1)  # collect_by (ready + 7 days) + 48 hours, not expired
+    assert scan(world, clock).run().marked == [order.id]
+
+
 def test_an_order_marked_for_its_status_already_cannot_be_marked_again(world):
     order = world.order(world.place(("MUG", 1)))
     marked, _ = order.mark_jeopardy("late", NOW, at=NOW, actor="x")

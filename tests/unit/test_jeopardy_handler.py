@@ -15,7 +15,8 @@ from tests.integration.import_support import context
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], done: Scanned) -> dict[str, list]:
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
-    monkeypatch.setattr(jeopardy, "container", lambda: SimpleNamespace(jeopardy_scan=SimpleNamespace(run=lambda: done)))
+    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=lambda **_: done))
+    monkeypatch.setattr(jeopardy, "container", lambda: services)
     # Powertools' metric set is shared by every Metrics of a namespace: what another test's
     # handler added and never flushed on this worker would otherwise be flushed here.
     jeopardy.metrics.clear_metrics()

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from core.errors import StaleVersion
+from core.errors import InvalidTransition, StaleVersion
+from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.pickups import PickupExpiry
 from core.ports import DuePickups
 from core.status import OrderStatus, ShipmentStatus
@@ -50,7 +51,7 @@ def expiry(world: World, *order_ids: str) -> PickupExpiry:
 def test_a_pass_cancels_the_pickups_past_their_deadline_and_counts_them(world, monkeypatch):
     order_id, _ = ready_pickup(world, monkeypatch)
 
-    assert expiry(world, order_id).run() == [order_id]
+    assert expiry(world, order_id).run().expired == [order_id]
 
     expired = world.order(order_id)
     assert (expired.status, expired.shipments[0].status, expired.payment.status) == (S.CANCELLED, H.CANCELLED, "voided")
@@ -64,7 +65,7 @@ def test_a_pickup_collected_just_before_the_expiry_wrote_is_not_counted_as_expir
     order_id, shipment_id = ready_pickup(world, monkeypatch)
     before_the_next_write(world, monkeypatch, lambda: world.actions.collect(order_id, shipment_id, actor="key_store"))
 
-    assert expiry(world, order_id).run() == []
+    assert expiry(world, order_id).run().expired == []
 
     collected = world.order(order_id)
     assert (collected.status, collected.shipments[0].status) == (S.DELIVERED, H.DELIVERED)
@@ -76,7 +77,7 @@ def test_a_pickup_cancelled_just_before_the_expiry_wrote_is_not_counted_as_expir
     order_id, _ = ready_pickup(world, monkeypatch)
     before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed mind", actor="key_web"))
 
-    assert expiry(world, order_id).run() == []
+    assert expiry(world, order_id).run().expired == []
 
     cancelled = world.order(order_id)
     assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, "voided")
@@ -100,6 +101,37 @@ def test_a_clean_up_that_keeps_losing_races_leaves_the_expiry_counted_and_the_pa
 
     monkeypatch.setattr(world.actions, "expire_pickup", loses_once)
 
-    assert expiry(world, first, second).run() == [first, second]
+    assert expiry(world, first, second).run().expired == [first, second]
     assert world.order(first).status is world.order(second).status is S.CANCELLED
     assert world.order(second).payment.status == "voided"
+
+
+def test_a_held_pickup_past_its_deadline_is_left_to_the_person_holding_it_and_counted_apart(world, monkeypatch):
+    # A hold is a person stopping the automation: the pickup stays ready, its units reserved.
+    order_id, shipment_id = ready_pickup(world, monkeypatch)
+    Holds(world.orders, clock=lambda: NOW).hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    done = expiry(world, order_id).run()
+
+    assert (done.expired, done.held) == ([], [order_id])
+    held = world.order(order_id)
+    assert (held.status, held.shipments[0].status) == (S.ON_HOLD, H.READY_FOR_PICKUP)
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
+    assert "pickup_expired" not in [e.type for e in world.history(order_id)]
+    with pytest.raises(InvalidTransition, match="on hold"):
+        held.expire_pickup(shipment_id, at=LATER, actor="pickup_expiry")
+
+
+def test_a_held_pickup_is_out_of_the_expirys_index_and_back_in_it_once_released(world, monkeypatch):
+    order_id, _ = ready_pickup(world, monkeypatch)
+    due = world.order(order_id).pickup_deadline()
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order_id, HoldRequest(reason="customer_request"), actor="key_ops")
+    assert world.order(order_id).pickup_deadline() is None  # nothing for the expiry to find
+
+    holds.release(order_id, ReleaseRequest(), actor="key_ops")
+
+    assert world.order(order_id).pickup_deadline() == due  # the customer's promise, unchanged
+    done = expiry(world, order_id).run()  # released past its deadline: the next pass expires it
+    assert (done.expired, done.held) == ([order_id], [])
+    assert (world.order(order_id).status, world.level("TSHIRT", "store-sf")) == (S.CANCELLED, (5, 0, 5))
