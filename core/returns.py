@@ -10,6 +10,7 @@ the next read of the order's history (owed_entries)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -374,8 +375,9 @@ class Returns:
         `started_before` (the jeopardy scan's return expiry; Return.expiry_start: an authorized
         return's approval, a requested one's creation): one write conditional on its status and
         version, then a `return_cancelled` entry (reason `return_expired`) on the order's
-        history. Its units may be returned again (CLOSED) and its exchange is never placed (only a
-        received return's is). True when this call cancelled it; a return received meanwhile, or
+        history (written by the history's next reader when that write keeps losing races). Its
+        units may be returned again (CLOSED) and its exchange is never placed (only a received
+        return's is). True when this call cancelled it; a return received meanwhile, or
         cancelled by a concurrent pass, is left as it is (False), so the entry is written once."""
         at = self._clock()
         was: R | None = None
@@ -401,8 +403,11 @@ class Returns:
         if was is None:
             return False
         # Written after the return's own change, which is what frees its units and carries the
-        # entry: should this die in between, the next reader of the order's history writes it.
-        self._note(item)
+        # entry: should this die in between, or keep losing its write to another change of the
+        # order, the next reader of the order's history writes it. The return is cancelled either
+        # way, and the scan goes on to the next one.
+        with contextlib.suppress(StaleVersion):
+            self._note(item)
         return True
 
     # --- Label ------------------------------------------------------------------------------
