@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from core.models import (
     PlaceOrder,
     Product,
     ProductInput,
+    PromotionGrant,
     ReviewRequest,
     StockLevel,
     utc_now,
@@ -157,13 +158,15 @@ class CaptureService:
         return self._placed(cmd, self.quote(cmd), self._clock(), actor, exchange=exchange)
 
     def quote(
-        self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = ()
-    ) -> PricedOrder:
+        self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = (),
+        placed_with: Sequence[PromotionGrant] = (),
+    ) -> PricedOrder:  # fmt: skip
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
         through the plugins, stock. Editing an order runs the same checks, on the stock the order
         may be sourced from again: what it holds itself counts as available (`held`, units by sku
-        and location: the workflow reuses them), and the locations that rejected a shipment of it
-        (`excluded`) count for nothing."""
+        and location: the workflow reuses them), the locations that rejected a shipment of it
+        (`excluded`) count for nothing, and its promo codes keep what they granted it when it was
+        placed (`placed_with`, Order.promotion_grants) should their promotions have ended."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -179,20 +182,23 @@ class CaptureService:
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
         sources, tax_address = self._sources(cmd)
-        priced = self._pricing.price(cmd, products, tax_address)
+        priced = self._pricing.price(cmd, products, tax_address, placed_with=placed_with)
         self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
 
-    def price(self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None) -> PricedOrder:
+    def price(
+        self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None,
+        placed_with: Sequence[PromotionGrant] = (),
+    ) -> PricedOrder:  # fmt: skip
         """Prices through the plugins exactly as capture does, without the stock check: for units
         already reserved or shipped (what a cancel leaves on an order). A sku in `unit_prices`
-        keeps that unit price."""
+        keeps that unit price; `placed_with` as for `quote`."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
             raise UnknownSku(f"no product {', '.join(missing)}")
         _, tax_address = self._sources(cmd)
-        return self._pricing.price(cmd, products, tax_address, unit_prices)
+        return self._pricing.price(cmd, products, tax_address, unit_prices, placed_with)
 
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,
@@ -211,6 +217,7 @@ class CaptureService:
             fulfillment=cmd.fulfillment,
             shipping_method=priced.shipping_method,
             promo_codes=priced.promo_codes,
+            promotion_grants=priced.grants,
             totals=priced.totals,
             payment=Payment(method=cmd.payment.method, authorized=zero, captured=zero, refunded=zero),
             created_at=now,
