@@ -187,17 +187,19 @@ class CaptureService:
         return priced
 
     def price(
-        self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None,
-        placed_with: Sequence[PromotionGrant] = (),
-    ) -> PricedOrder:  # fmt: skip
+        self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None, *, of: Order | None = None
+    ) -> PricedOrder:
         """Prices through the plugins exactly as capture does, without the stock check: for units
         already reserved or shipped (what a cancel leaves on an order). A sku in `unit_prices`
-        keeps that unit price; `placed_with` as for `quote`."""
+        keeps that unit price. `of`: the order priced again, whose promo codes keep what they
+        granted it (as for `quote`) and whose pickup store stays its tax address after the store
+        stopped taking new pickup orders: its units are there already."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
             raise UnknownSku(f"no product {', '.join(missing)}")
-        _, tax_address = self._sources(cmd)
+        _, tax_address = self._sources(cmd, placed=of is not None)
+        placed_with = of.promotion_grants if of is not None else ()
         return self._pricing.price(cmd, products, tax_address, unit_prices, placed_with)
 
     def _placed(
@@ -263,9 +265,10 @@ class CaptureService:
         )  # fmt: skip
         return held, [entry]
 
-    def _sources(self, cmd: PlaceOrder) -> tuple[set[str] | None, Address]:
+    def _sources(self, cmd: PlaceOrder, *, placed: bool = False) -> tuple[set[str] | None, Address]:
         """Locations whose stock may serve the order (None: every shipping location), and the
-        address tax is computed for."""
+        address tax is computed for. `placed`: the order exists, and its pickup store need not
+        take pickup orders any more."""
         fulfillment = cmd.fulfillment
         if fulfillment.type == "ship":
             if fulfillment.location_id is not None:
@@ -280,7 +283,7 @@ class CaptureService:
                 details=[{"field": "fulfillment.location_id", "message": "required for pickup"}],
             )
         location = self._catalog.get_location(fulfillment.location_id)
-        if location is None or not location.pickup:
+        if location is None or not (location.pickup or placed):
             raise InvalidRequest(
                 "that location does not offer pickup",
                 details=[{"field": "fulfillment.location_id", "message": "no pickup location with this id"}],

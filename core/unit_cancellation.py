@@ -145,17 +145,16 @@ class UnitCancellation:
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
         cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
-        grants = order.promotion_grants
-        now = self._capture.price(cmd, placed_with=grants)
+        now = self._capture.price(cmd, of=order)
         before = self._capture.price(self._command(order, [(line.sku, line.quantity) for line in order.lines
-                                                           if line.quantity]), placed_with=grants)  # fmt: skip
+                                                           if line.quantity]), of=order)  # fmt: skip
         asked_before = {line.sku: line.unit_price for line in before.lines}
         sold = {
             line.sku: line.unit_price
             for line, price in zip((line for line, _ in kept), now.lines, strict=True)
             if price.unit_price == asked_before.get(line.sku)
         }
-        priced = self._capture.price(cmd, sold, grants) if sold else now
+        priced = self._capture.price(cmd, sold, of=order) if sold else now
         return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, priced.totals
 
     @staticmethod

@@ -655,3 +655,20 @@ def test_a_new_label_that_loses_to_another_cancel_of_the_parcel_leaves_it_that_c
     assert shipment.lines[0].quantity == 1 and shipment.label_url == f"labels/{order.id}/{second[1]}"
     assert world.order(order.id).labels_due == []
     assert [h.type for h in world.history(order.id)].count("shipment_relabelled") == 1
+
+
+def test_a_pickup_orders_units_cancel_after_its_store_stopped_taking_pickup_orders(world):
+    """A store that stops offering pickup refuses new pickup orders; the ones it holds units for
+    still cancel units, taxed at the store as they were."""
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    store = world.catalog.get_location("store-sf")
+    world.catalog.put_location(store.model_copy(update={"pickup": False}))
+
+    done = world.actions.cancel(order.id, "two are enough", actor="key_web", lines={"L1": 1})
+
+    assert (done.status, done.lines[0].quantity, done.lines[0].cancelled_quantity) == (S.ALLOCATED, 2, 1)
+    assert done.lines[0].tax_rate == order.lines[0].tax_rate
+    assert world.held_for(order.id) == {("MUG", "store-sf", f"{order.id}#L1"): 2}
+    with pytest.raises(InvalidRequest):
+        world.place(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
