@@ -98,12 +98,15 @@ class Pricing:
     def price(
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
+        shipped_for: Money | None = None,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
         `placed_with`: what the codes of an order being priced again granted it when it was placed;
         a code no plugin answers for any more (its promotion ended) grants that again instead of
-        being refused (_kept_terms)."""
+        being refused (_kept_terms). `shipped_for`: what an order priced again was charged for its
+        shipping method, charged again should no plugin quote that method any more (its parcels are
+        booked with it already)."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -157,7 +160,7 @@ class Pricing:
 
         line_discounts, free_shipping, granted = self._discounts(draft, placed_with)
         taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft) for line in draft_lines]
-        shipping_method, shipping = self._shipping(draft, free_shipping)
+        shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
         lines: list[OrderLine | None] = [None] * len(cmd.lines)
         for d, indexes, (tax, tax_rate) in zip(draft_lines, by_sku.values(), taxes, strict=True):
@@ -249,7 +252,7 @@ class Pricing:
             return Money.zero(draft.currency), None
         return (line.subtotal - discount).times(rate.rate), LineTaxRate(rate=rate.rate, name=rate.name)
 
-    def _shipping(self, draft: PricingDraft, free_shipping: bool) -> tuple[str, Money]:
+    def _shipping(self, draft: PricingDraft, free_shipping: bool, shipped_for: Money | None) -> tuple[str, Money]:
         zero = Money.zero(draft.currency)
         if draft.fulfillment.type == "pickup":
             if draft.shipping_method not in (None, PICKUP_METHOD):
@@ -269,6 +272,8 @@ class Pricing:
             # Two plugins quoting the same method: the customer gets the cheaper one.
             if quote.method not in by_method or quote.amount < by_method[quote.method]:
                 by_method[quote.method] = quote.amount
+        if shipped_for is not None and draft.shipping_method is not None and draft.shipping_method not in by_method:
+            return draft.shipping_method, zero if free_shipping else shipped_for
         if not by_method:
             raise InvalidRequest(
                 "no shipping method serves this address",

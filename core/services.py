@@ -192,15 +192,19 @@ class CaptureService:
         """Prices through the plugins exactly as capture does, without the stock check: for units
         already reserved or shipped (what a cancel leaves on an order). A sku in `unit_prices`
         keeps that unit price. `of`: the order priced again, whose promo codes keep what they
-        granted it (as for `quote`) and whose pickup store stays its tax address after the store
-        stopped taking new pickup orders: its units are there already."""
+        granted it (as for `quote`), whose pickup store stays its tax address after the store
+        stopped taking new pickup orders (its units are there already), and whose shipping method
+        costs what it was charged should no plugin quote it any more (its parcels are booked)."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
             raise UnknownSku(f"no product {', '.join(missing)}")
         _, tax_address = self._sources(cmd, placed=of is not None)
-        placed_with = of.promotion_grants if of is not None else ()
-        return self._pricing.price(cmd, products, tax_address, unit_prices, placed_with)
+        if of is None:
+            return self._pricing.price(cmd, products, tax_address, unit_prices)
+        return self._pricing.price(
+            cmd, products, tax_address, unit_prices, of.promotion_grants, shipped_for=of.totals.shipping
+        )
 
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,

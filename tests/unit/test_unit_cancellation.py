@@ -672,3 +672,32 @@ def test_a_pickup_orders_units_cancel_after_its_store_stopped_taking_pickup_orde
     assert world.held_for(order.id) == {("MUG", "store-sf", f"{order.id}#L1"): 2}
     with pytest.raises(InvalidRequest):
         world.place(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+
+
+class RetiringShipping(PerUnitShipping):
+    """Per-unit shipping until the shop stops offering it."""
+
+    offered = True
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        return super().oms_shipping_quotes(draft, address) if self.offered else []
+
+
+def test_units_cancel_after_the_orders_shipping_method_is_no_longer_offered_and_it_costs_what_it_did():
+    """The shop stops offering per-unit shipping (a plugin dropped or reconfigured): new orders
+    cannot choose it, but an order sold with it, whose parcels are booked with it, still cancels
+    units, and its shipping costs what the customer was charged."""
+    shipping = RetiringShipping()
+    world = build_world(STOCK, shipping)
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="per_unit")
+    assert order.totals.shipping == Money.of("10.00", "USD")
+    shipping.offered = False
+
+    done = world.actions.cancel(order.id, "one cap less", actor="key_web", lines={"L2": 1})
+
+    assert (done.lines[1].quantity, done.shipping_method) == (2, "per_unit")
+    assert done.totals.shipping == order.totals.shipping
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1), shipping_method="per_unit")
+    assert refused.value.code == "unknown_shipping_method"
