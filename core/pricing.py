@@ -98,7 +98,7 @@ class Pricing:
     def price(
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
-        shipped_for: Money | None = None,
+        shipped_for: Money | None = None, sold_at: Mapping[str, Money] | None = None,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
@@ -106,7 +106,8 @@ class Pricing:
         a code no plugin answers for any more (its promotion ended) grants that again instead of
         being refused (_kept_terms). `shipped_for`: what an order priced again was charged for its
         shipping method, charged again should no plugin quote that method any more (its parcels are
-        booked with it already)."""
+        booked with it already). `sold_at`: the unit prices an order priced again was sold at, by
+        sku, for a sku no plugin prices any more (in the order's currency)."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -132,6 +133,8 @@ class Pricing:
                     channel=cmd.channel,
                     customer=cmd.customer,
                 )
+            if unit is None and sold_at is not None:
+                unit = sold_at.get(sku)
             if unit is None:
                 raise InvalidRequest(
                     f"no price for {sku} in {currency}",

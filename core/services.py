@@ -194,7 +194,8 @@ class CaptureService:
         keeps that unit price. `of`: the order priced again, whose promo codes keep what they
         granted it (as for `quote`), whose pickup store stays its tax address after the store
         stopped taking new pickup orders (its units are there already), and whose shipping method
-        costs what it was charged should no plugin quote it any more (its parcels are booked)."""
+        and units cost what they were charged should no plugin quote or price them any more (its
+        parcels are booked, its units sold)."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
@@ -203,8 +204,9 @@ class CaptureService:
         if of is None:
             return self._pricing.price(cmd, products, tax_address, unit_prices)
         return self._pricing.price(
-            cmd, products, tax_address, unit_prices, of.promotion_grants, shipped_for=of.totals.shipping
-        )
+            cmd, products, tax_address, unit_prices, of.promotion_grants, shipped_for=of.totals.shipping,
+            sold_at={line.sku: line.unit_price for line in of.lines},
+        )  # fmt: skip
 
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,

@@ -701,3 +701,19 @@ def test_units_cancel_after_the_orders_shipping_method_is_no_longer_offered_and_
     with pytest.raises(InvalidRequest) as refused:
         world.place(("MUG", 1), shipping_method="per_unit")
     assert refused.value.code == "unknown_shipping_method"
+
+
+def test_units_cancel_after_no_plugin_prices_a_sold_sku_in_the_orders_currency(world):
+    """The mug is priced in euros from now on: a new dollar order of it has no price, but a dollar
+    order that sold mugs still cancels units, each kept at the price it was sold at."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    done = world.actions.cancel(order.id, "one mug less", actor="key_web", lines={"L1": 1})
+
+    mug = done.lines[0]
+    assert (mug.quantity, mug.unit_price) == (2, order.lines[0].unit_price)
+    assert mug.total == mug.unit_price.times(2) - mug.discount + mug.tax
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1))
+    assert refused.value.code == "no_price"
