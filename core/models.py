@@ -1165,6 +1165,27 @@ class Order(BaseModel, defer_build=True):
         # the time of dumping the order to a dict and that to JSON (every new order has two).
         return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
 
+    def placed_promotions(self) -> list[PromotionGrant]:
+        """What its promo codes granted it when it was placed (`promotion_grants`). An order stored
+        before those were kept, placed with one code, shows it on its lines: each sku's discount
+        for the units it has, and free shipping when it ships and paid none (what it was sold at,
+        either way). Placed with several, the lines do not say which code gave what: none."""
+        if self.promotion_grants or len(self.promo_codes) != 1:
+            return list(self.promotion_grants)
+        code = self.promo_codes[0]
+        by_sku: dict[str, tuple[int, Money]] = {}
+        for line in self.lines:
+            if line.quantity:
+                units, discount = by_sku.get(line.sku, (0, Money.zero(self.currency)))
+                by_sku[line.sku] = (units + line.quantity, discount + line.discount)
+        grants = [
+            PromotionGrant(code=code, sku=sku, quantity=units, amount=discount)
+            for sku, (units, discount) in by_sku.items()
+        ]
+        if self.fulfillment.type == "ship" and self.totals.shipping.amount == 0:
+            grants.append(PromotionGrant(code=code, free_shipping=True))
+        return grants
+
     def shipped_units(self) -> dict[str, int]:
         """Units of each line that left in shipped or delivered shipments (read from the shipments,
         so orders stored before `shipped_quantity` existed answer the same)."""

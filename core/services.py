@@ -166,7 +166,7 @@ class CaptureService:
         may be sourced from again: what it holds itself counts as available (`held`, units by sku
         and location: the workflow reuses them), the locations that rejected a shipment of it
         (`excluded`) count for nothing, and its promo codes keep what they granted it when it was
-        placed (`placed_with`, Order.promotion_grants) should their promotions have ended."""
+        placed (`placed_with`, Order.placed_promotions) should their promotions have ended."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -204,7 +204,7 @@ class CaptureService:
         if of is None:
             return self._pricing.price(cmd, products, tax_address, unit_prices)
         return self._pricing.price(
-            cmd, products, tax_address, unit_prices, of.promotion_grants, shipped_for=of.totals.shipping,
+            cmd, products, tax_address, unit_prices, of.placed_promotions(), shipped_for=of.totals.shipping,
             sold_at={line.sku: line.unit_price for line in of.lines},
         )  # fmt: skip
 

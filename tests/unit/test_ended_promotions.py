@@ -102,3 +102,17 @@ def test_an_order_keeps_what_its_codes_granted_it_where_it_is_stored(world):
     assert {grant.code for grant in order.promotion_grants} == set(CODES)
     assert Order.model_validate_json(order.stored_json()).promotion_grants == order.promotion_grants
     assert "promotion_grants" not in order.model_dump_json()  # never shown
+
+
+def test_an_order_stored_before_grants_were_kept_keeps_what_its_one_codes_lines_show(world, end_promotions):
+    placed = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=["WELCOME10"])
+    old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
+    world.orders.put(old)
+    end_promotions()
+
+    done = world.actions.cancel(old.id, "two are enough", actor="key_web", lines={"L1": 2})
+
+    mug, cap = done.lines
+    assert mug.discount == Money.of("2.50", "USD")  # 10% of 2 x 12.50, per unit of the 5.00 it had
+    assert cap.discount == placed.lines[1].discount
+    assert done.totals.shipping == placed.totals.shipping
