@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pluggy
 
-from core.errors import InvalidRequest, PluginError
+from core.errors import InvalidRequest, PluginError, UnknownShippingMethod
 from core.hook_calls import call_hook
 from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, PromotionGrant, Totals
 from core.money import Money, quantum
@@ -291,9 +291,8 @@ class Pricing:
                 else min(by_method, key=lambda m: by_method[m].amount)
             )
         if method not in by_method:
-            raise InvalidRequest(
+            raise UnknownShippingMethod(
                 f"shipping method {method} is not offered for this order",
-                code="unknown_shipping_method",
                 details=[{"field": "shipping_method", "message": f"choose one of: {', '.join(sorted(by_method))}"}],
             )
         return method, zero if free_shipping else by_method[method]

@@ -25,6 +25,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PluginError,
     StaleVersion,
+    UnknownShippingMethod,
     UnknownSku,
 )
 from core.events import OrderEvent
@@ -667,7 +668,8 @@ class Returns:
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed
-        with the original's channel, customer, address, fulfillment, shipping method and payment."""
+        with the original's channel, customer, address, fulfillment, shipping method (the shop's
+        default when that is no longer offered) and payment."""
         assert item.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
@@ -689,6 +691,13 @@ class Returns:
             carried = self._due(item, original, capped=False) - credit
             credit = credit + max(min(carried, earlier), Money.zero(original.currency))
         cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
+        try:
+            self._capture.price(cmd)
+        except UnknownShippingMethod:
+            # The shop stopped offering the original's method after the return was accepted (the
+            # request checked it): the units are back, so the replacement ships the way a new
+            # order without a method would, rather than the return waiting for an operator.
+            cmd = cmd.model_copy(update={"shipping_method": None})
         try:
             return self._capture.place_exchange(cmd, credit, original.id, item.id, actor)
         except DuplicateOrder as duplicate:
