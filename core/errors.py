@@ -40,6 +40,12 @@ class UnknownSku(InvalidRequest):
     code = "unknown_sku"
 
 
+class UnknownShippingMethod(InvalidRequest):
+    """No shipping plugin quotes the order's shipping method for it."""
+
+    code = "unknown_shipping_method"
+
+
 class NotFound(DomainError):
     code = "not_found"
 

@@ -360,7 +360,9 @@ class OrderActions:
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
         # runs again, which a hold puts off.
         held = self._held_by(order)
-        priced = self._capture.quote(cmd, held=held, excluded=order.excluded_locations)
+        priced = self._capture.quote(
+            cmd, held=held, excluded=order.excluded_locations, placed_with=order.placed_promotions()
+        )
         total = order.payable(priced.totals)
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
         # an authorization that no longer covers the total is replaced before the edit is stored.

@@ -41,8 +41,9 @@ def oms_discounts(draft: PricingDraft) -> list[Discount] | None:
     :return: the discounts this plugin grants (possibly empty), or None.
 
     Every plugin is called and all discounts apply. A promo code that no returned discount names
-    in its `code` is rejected (422 `unknown_promo_code`). The core caps a line's discount at the
-    line's subtotal and rejects negative amounts or another currency.
+    in its `code` is rejected (422 `unknown_promo_code`), unless the order being priced was placed
+    with it (an edit, a cancel of units): that keeps what the code granted it at capture. The core
+    caps a line's discount at the line's subtotal and rejects negative amounts or another currency.
     """
 
 

@@ -18,6 +18,7 @@ reach the expired ones behind them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,7 +212,10 @@ class JeopardyScan:
         if expired:
             # Recorded; now the clean-up every cancel does (release the stock, void the
             # authorization), which finds the order cancelled already and only finishes it. Should
-            # this Lambda die first, no pass finds the order again: the execution the cancel's
-            # stream record starts finishes it (functions/outbox, CancelOrder).
-            self._cancel(order_id, HOLD_EXPIRED, SCAN_ACTOR)
+            # this Lambda die first, or the clean-up keep losing its writes to another change of
+            # the order, no pass finds the order again: the execution the cancel's stream record
+            # starts finishes it (functions/outbox, CancelOrder). A lost race is no reason to stop
+            # the pass: the holds and marks after this one are as due.
+            with contextlib.suppress(StaleVersion):
+                self._cancel(order_id, HOLD_EXPIRED, SCAN_ACTOR)
         return expired

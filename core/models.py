@@ -668,6 +668,22 @@ class LineTaxRate(BaseModel, defer_build=True):
     name: str = Field(min_length=1, max_length=100, description='What an invoice prints, e.g. "US-CA standard"')
 
 
+class PromotionGrant(BaseModel, defer_build=True):
+    """What one of an order's promo codes granted it when it was placed (a plugin's Discount,
+    named by sku instead of the draft's line id): kept so that the order keeps the promotion's
+    terms should the code later leave every plugin (a promotion ended while the order was open).
+    `sku` set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
+    (None with `free_shipping`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    sku: str | None = None
+    quantity: int | None = None
+    amount: Money | None = None
+    free_shipping: bool = False
+
+
 class OrderLine(BaseModel, defer_build=True):
     line_id: str
     sku: str
@@ -1037,6 +1053,10 @@ class Order(BaseModel, defer_build=True):
     # authorization. The system's own, like Hold.resume_to: stored, never shown. None: stored
     # before it existed (the order's version then).
     priced_version: int | None = Field(default=None, exclude=True)
+    # What its promo codes granted it when it was placed (PromotionGrant): a change priced again
+    # after a code has left every plugin prices it as these say. The system's own: stored, never
+    # shown. Empty: no code granted anything, or stored before it existed.
+    promotion_grants: list[PromotionGrant] = Field(default_factory=list, exclude=True)
     # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).
     status_since: datetime | None = Field(default=None, exclude=True)
@@ -1111,6 +1131,10 @@ class Order(BaseModel, defer_build=True):
         system: dict[str, Any] = {}
         if self.priced_version is not None:
             system["priced_version"] = self.priced_version
+        if self.promotion_grants:
+            system["promotion_grants"] = [
+                g.model_dump(mode="json", exclude_defaults=True) for g in self.promotion_grants
+            ]
         if self.status_since is not None:
             system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         if self.changed_before_mark is not None:
@@ -1151,6 +1175,27 @@ class Order(BaseModel, defer_build=True):
         # After the API's fields, where a dict would put them: appended to pydantic's JSON, in half
         # the time of dumping the order to a dict and that to JSON (every new order has two).
         return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
+
+    def placed_promotions(self) -> list[PromotionGrant]:
+        """What its promo codes granted it when it was placed (`promotion_grants`). An order stored
+        before those were kept, placed with one code, shows it on its lines: each sku's discount
+        for the units it has, and free shipping when it ships and paid none (what it was sold at,
+        either way). Placed with several, the lines do not say which code gave what: none."""
+        if self.promotion_grants or len(self.promo_codes) != 1:
+            return list(self.promotion_grants)
+        code = self.promo_codes[0]
+        by_sku: dict[str, tuple[int, Money]] = {}
+        for line in self.lines:
+            if line.quantity:
+                units, discount = by_sku.get(line.sku, (0, Money.zero(self.currency)))
+                by_sku[line.sku] = (units + line.quantity, discount + line.discount)
+        grants = [
+            PromotionGrant(code=code, sku=sku, quantity=units, amount=discount)
+            for sku, (units, discount) in by_sku.items()
+        ]
+        if self.fulfillment.type == "ship" and self.totals.shipping.amount == 0:
+            grants.append(PromotionGrant(code=code, free_shipping=True))
+        return grants
 
     def shipped_units(self) -> dict[str, int]:
         """Units of each line that left in shipped or delivered shipments (read from the shipments,

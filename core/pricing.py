@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 import pluggy
 
-from core.errors import InvalidRequest, PluginError
+from core.errors import InvalidRequest, PluginError, UnknownShippingMethod
 from core.hook_calls import call_hook
-from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, Totals
+from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, PromotionGrant, Totals
 from core.money import Money, quantum
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 
@@ -24,6 +24,8 @@ class PricedOrder:
     totals: Totals
     shipping_method: str
     promo_codes: list[str]
+    # What the promo codes granted (Order.promotion_grants, kept from the order's capture).
+    grants: list[PromotionGrant]
 
 
 def _money_in(currency: str) -> Callable[[Money], Money]:
@@ -95,10 +97,17 @@ class Pricing:
 
     def price(
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
-        unit_prices: Mapping[str, Money] | None = None,
+        unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
+        shipped_for: Money | None = None, sold_at: Mapping[str, Money] | None = None,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
-        order sold already: what the plugins would ask today does not change what they cost)."""
+        order sold already: what the plugins would ask today does not change what they cost).
+        `placed_with`: what the codes of an order being priced again granted it when it was placed;
+        a code no plugin answers for any more (its promotion ended) grants that again instead of
+        being refused (_kept_terms). `shipped_for`: what an order priced again was charged for its
+        shipping method, charged again should no plugin quote that method any more (its parcels are
+        booked with it already). `sold_at`: the unit prices an order priced again was sold at, by
+        sku, for a sku no plugin prices any more (in the order's currency)."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -124,6 +133,8 @@ class Pricing:
                     channel=cmd.channel,
                     customer=cmd.customer,
                 )
+            if unit is None and sold_at is not None:
+                unit = sold_at.get(sku)
             if unit is None:
                 raise InvalidRequest(
                     f"no price for {sku} in {currency}",
@@ -150,9 +161,9 @@ class Pricing:
             promo_codes=promo_codes,
         )
 
-        line_discounts, free_shipping = self._discounts(draft)
+        line_discounts, free_shipping, granted = self._discounts(draft, placed_with)
         taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft) for line in draft_lines]
-        shipping_method, shipping = self._shipping(draft, free_shipping)
+        shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
         lines: list[OrderLine | None] = [None] * len(cmd.lines)
         for d, indexes, (tax, tax_rate) in zip(draft_lines, by_sku.values(), taxes, strict=True):
@@ -182,13 +193,18 @@ class Pricing:
             totals=Totals(subtotal=subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total),
             shipping_method=shipping_method,
             promo_codes=promo_codes,
+            grants=_grants(granted, draft),
         )
 
-    def _discounts(self, draft: PricingDraft) -> tuple[dict[str, Money], bool]:
+    def _discounts(
+        self, draft: PricingDraft, placed_with: Sequence[PromotionGrant]
+    ) -> tuple[dict[str, Money], bool, list[Discount]]:
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
         claimed = {d.code.upper() for d in granted}
+        granted += _kept_terms(placed_with, claimed, draft)
+        claimed |= {grant.code for grant in placed_with}
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
             for i, code in enumerate(draft.promo_codes)
@@ -227,7 +243,7 @@ class Pricing:
                     per_line[line_id] = per_line[line_id] + part
         # A discount never makes a line negative.
         capped = {line_id: min(per_line[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in per_line}
-        return capped, free_shipping
+        return capped, free_shipping, granted
 
     def _tax(
         self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft
@@ -239,7 +255,7 @@ class Pricing:
             return Money.zero(draft.currency), None
         return (line.subtotal - discount).times(rate.rate), LineTaxRate(rate=rate.rate, name=rate.name)
 
-    def _shipping(self, draft: PricingDraft, free_shipping: bool) -> tuple[str, Money]:
+    def _shipping(self, draft: PricingDraft, free_shipping: bool, shipped_for: Money | None) -> tuple[str, Money]:
         zero = Money.zero(draft.currency)
         if draft.fulfillment.type == "pickup":
             if draft.shipping_method not in (None, PICKUP_METHOD):
@@ -259,6 +275,8 @@ class Pricing:
             # Two plugins quoting the same method: the customer gets the cheaper one.
             if quote.method not in by_method or quote.amount < by_method[quote.method]:
                 by_method[quote.method] = quote.amount
+        if shipped_for is not None and draft.shipping_method is not None and draft.shipping_method not in by_method:
+            return draft.shipping_method, zero if free_shipping else shipped_for
         if not by_method:
             raise InvalidRequest(
                 "no shipping method serves this address",
@@ -273,9 +291,49 @@ class Pricing:
                 else min(by_method, key=lambda m: by_method[m].amount)
             )
         if method not in by_method:
-            raise InvalidRequest(
+            raise UnknownShippingMethod(
                 f"shipping method {method} is not offered for this order",
-                code="unknown_shipping_method",
                 details=[{"field": "shipping_method", "message": f"choose one of: {', '.join(sorted(by_method))}"}],
             )
         return method, zero if free_shipping else by_method[method]
+
+
+def _kept_terms(placed_with: Sequence[PromotionGrant], claimed: set[str], draft: PricingDraft) -> list[Discount]:
+    """The discounts that the order's codes no plugin answered for (`claimed` names those they did)
+    granted it when it was placed, as its lines now are: a line's discount comes with the units it
+    was granted for (per unit, never for units added since), an order-level amount and free
+    shipping stay as they were. A code the order was placed with is not refused because its
+    promotion ended meanwhile, and the units bought under it keep what they cost. Never exclusive:
+    the order passed the stacking check when it was placed, and a change adds no code."""
+    by_sku = {line.product.sku: line for line in draft.lines}
+    kept: list[Discount] = []
+    for grant in placed_with:
+        if grant.code in claimed or grant.code not in draft.promo_codes:
+            continue
+        amount = grant.amount
+        line_id = None
+        if grant.sku is not None and amount is not None:
+            line = by_sku.get(grant.sku)
+            granted_for = grant.quantity or 0
+            if line is None or granted_for <= 0:
+                amount = Money.zero(draft.currency)
+            else:
+                line_id = line.line_id
+                amount = amount.times(Decimal(min(line.quantity, granted_for)) / Decimal(granted_for))
+        kept.append(Discount(code=grant.code, amount=amount, line_id=line_id, free_shipping=grant.free_shipping))
+    return kept
+
+
+def _grants(granted: list[Discount], draft: PricingDraft) -> list[PromotionGrant]:
+    """What `granted` gives the draft's promo codes, by sku (the order keeps it: PromotionGrant)."""
+    lines = {line.line_id: line for line in draft.lines}
+    grants = []
+    for discount in granted:
+        code = discount.code.upper()
+        if code not in draft.promo_codes:
+            continue  # a plugin's own rule, asked again at every pricing
+        line = lines.get(discount.line_id or "")
+        sku, quantity = (line.product.sku, line.quantity) if line else (None, None)
+        grants.append(PromotionGrant(code=code, sku=sku, quantity=quantity, amount=discount.amount,
+                                     free_shipping=discount.free_shipping))  # fmt: skip
+    return grants

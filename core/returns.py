@@ -10,6 +10,7 @@ the next read of the order's history (owed_entries)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PluginError,
     StaleVersion,
+    UnknownShippingMethod,
     UnknownSku,
 )
 from core.events import OrderEvent
@@ -374,8 +376,9 @@ class Returns:
         `started_before` (the jeopardy scan's return expiry; Return.expiry_start: an authorized
         return's approval, a requested one's creation): one write conditional on its status and
         version, then a `return_cancelled` entry (reason `return_expired`) on the order's
-        history. Its units may be returned again (CLOSED) and its exchange is never placed (only a
-        received return's is). True when this call cancelled it; a return received meanwhile, or
+        history (written by the history's next reader when that write keeps losing races). Its
+        units may be returned again (CLOSED) and its exchange is never placed (only a received
+        return's is). True when this call cancelled it; a return received meanwhile, or
         cancelled by a concurrent pass, is left as it is (False), so the entry is written once."""
         at = self._clock()
         was: R | None = None
@@ -401,8 +404,11 @@ class Returns:
         if was is None:
             return False
         # Written after the return's own change, which is what frees its units and carries the
-        # entry: should this die in between, the next reader of the order's history writes it.
-        self._note(item)
+        # entry: should this die in between, or keep losing its write to another change of the
+        # order, the next reader of the order's history writes it. The return is cancelled either
+        # way, and the scan goes on to the next one.
+        with contextlib.suppress(StaleVersion):
+            self._note(item)
         return True
 
     # --- Label ------------------------------------------------------------------------------
@@ -662,7 +668,8 @@ class Returns:
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed
-        with the original's channel, customer, address, fulfillment, shipping method and payment."""
+        with the original's channel, customer, address, fulfillment, shipping method (the shop's
+        default when that is no longer offered) and payment."""
         assert item.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
@@ -684,6 +691,13 @@ class Returns:
             carried = self._due(item, original, capped=False) - credit
             credit = credit + max(min(carried, earlier), Money.zero(original.currency))
         cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
+        try:
+            self._capture.price(cmd)
+        except UnknownShippingMethod:
+            # The shop stopped offering the original's method after the return was accepted (the
+            # request checked it): the units are back, so the replacement ships the way a new
+            # order without a method would, rather than the return waiting for an operator.
+            cmd = cmd.model_copy(update={"shipping_method": None})
         try:
             return self._capture.place_exchange(cmd, credit, original.id, item.id, actor)
         except DuplicateOrder as duplicate:

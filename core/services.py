@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from core.models import (
     PlaceOrder,
     Product,
     ProductInput,
+    PromotionGrant,
     ReviewRequest,
     StockLevel,
     utc_now,
@@ -157,13 +158,15 @@ class CaptureService:
         return self._placed(cmd, self.quote(cmd), self._clock(), actor, exchange=exchange)
 
     def quote(
-        self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = ()
-    ) -> PricedOrder:
+        self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = (),
+        placed_with: Sequence[PromotionGrant] = (),
+    ) -> PricedOrder:  # fmt: skip
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
         through the plugins, stock. Editing an order runs the same checks, on the stock the order
         may be sourced from again: what it holds itself counts as available (`held`, units by sku
-        and location: the workflow reuses them), and the locations that rejected a shipment of it
-        (`excluded`) count for nothing."""
+        and location: the workflow reuses them), the locations that rejected a shipment of it
+        (`excluded`) count for nothing, and its promo codes keep what they granted it when it was
+        placed (`placed_with`, Order.placed_promotions) should their promotions have ended."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -179,20 +182,31 @@ class CaptureService:
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
         sources, tax_address = self._sources(cmd)
-        priced = self._pricing.price(cmd, products, tax_address)
+        priced = self._pricing.price(cmd, products, tax_address, placed_with=placed_with)
         self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
 
-    def price(self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None) -> PricedOrder:
+    def price(
+        self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None, *, of: Order | None = None
+    ) -> PricedOrder:
         """Prices through the plugins exactly as capture does, without the stock check: for units
         already reserved or shipped (what a cancel leaves on an order). A sku in `unit_prices`
-        keeps that unit price."""
+        keeps that unit price. `of`: the order priced again, whose promo codes keep what they
+        granted it (as for `quote`), whose pickup store stays its tax address after the store
+        stopped taking new pickup orders (its units are there already), and whose shipping method
+        and units cost what they were charged should no plugin quote or price them any more (its
+        parcels are booked, its units sold)."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
             raise UnknownSku(f"no product {', '.join(missing)}")
-        _, tax_address = self._sources(cmd)
-        return self._pricing.price(cmd, products, tax_address, unit_prices)
+        _, tax_address = self._sources(cmd, placed=of is not None)
+        if of is None:
+            return self._pricing.price(cmd, products, tax_address, unit_prices)
+        return self._pricing.price(
+            cmd, products, tax_address, unit_prices, of.placed_promotions(), shipped_for=of.totals.shipping,
+            sold_at={line.sku: line.unit_price for line in of.lines},
+        )  # fmt: skip
 
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,
@@ -211,6 +225,7 @@ class CaptureService:
             fulfillment=cmd.fulfillment,
             shipping_method=priced.shipping_method,
             promo_codes=priced.promo_codes,
+            promotion_grants=priced.grants,
             totals=priced.totals,
             payment=Payment(method=cmd.payment.method, authorized=zero, captured=zero, refunded=zero),
             created_at=now,
@@ -256,9 +271,10 @@ class CaptureService:
         )  # fmt: skip
         return held, [entry]
 
-    def _sources(self, cmd: PlaceOrder) -> tuple[set[str] | None, Address]:
+    def _sources(self, cmd: PlaceOrder, *, placed: bool = False) -> tuple[set[str] | None, Address]:
         """Locations whose stock may serve the order (None: every shipping location), and the
-        address tax is computed for."""
+        address tax is computed for. `placed`: the order exists, and its pickup store need not
+        take pickup orders any more."""
         fulfillment = cmd.fulfillment
         if fulfillment.type == "ship":
             if fulfillment.location_id is not None:
@@ -273,7 +289,7 @@ class CaptureService:
                 details=[{"field": "fulfillment.location_id", "message": "required for pickup"}],
             )
         location = self._catalog.get_location(fulfillment.location_id)
-        if location is None or not location.pickup:
+        if location is None or not (location.pickup or placed):
             raise InvalidRequest(
                 "that location does not offer pickup",
                 details=[{"field": "fulfillment.location_id", "message": "no pickup location with this id"}],

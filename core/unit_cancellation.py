@@ -140,20 +140,21 @@ class UnitCancellation:
         """The lines with units left, and the order's totals, priced again as an edit prices them,
         but for the unit prices: a sku keeps the one it was sold at unless the plugins price its
         new quantity differently from its old one (a volume price lost with the units). What the
-        catalog says today is no reason to charge more, or less, for units already sold."""
+        catalog says today is no reason to charge more, or less, for units already sold (nor is a
+        promotion ended since: its code keeps what it granted the order, Pricing.price)."""
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
         cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
-        now = self._capture.price(cmd)
+        now = self._capture.price(cmd, of=order)
         before = self._capture.price(self._command(order, [(line.sku, line.quantity) for line in order.lines
-                                                           if line.quantity]))  # fmt: skip
+                                                           if line.quantity]), of=order)  # fmt: skip
         asked_before = {line.sku: line.unit_price for line in before.lines}
         sold = {
             line.sku: line.unit_price
             for line, price in zip((line for line, _ in kept), now.lines, strict=True)
             if price.unit_price == asked_before.get(line.sku)
         }
-        priced = self._capture.price(cmd, sold) if sold else now
+        priced = self._capture.price(cmd, sold, of=order) if sold else now
         return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, priced.totals
 
     @staticmethod

@@ -348,3 +348,24 @@ def test_an_authorization_whose_step_died_before_recording_it_is_voided_by_the_c
         lambda_handler({"order_id": order_id, "attempt": 1}, Context())
     assert cancel(api, order_id).status_code == 200
     assert api.get(f"/orders/{order_id}/history").json()["items"] == history
+
+
+def test_a_cancel_of_units_after_the_orders_promotion_ended_keeps_its_discount(api, tmp_path, monkeypatch):
+    """The operator takes WELCOME10 out of the promotions file: the order placed with it (stored in
+    DynamoDB with what the code granted) still cancels units at its terms; a new order is refused."""
+    order = allocated(api, ("MUG", 4), promo_codes=["WELCOME10"])
+    assert order["lines"][0]["discount"]["amount"] == "5.00"
+    ended = tmp_path / "promotions.json"
+    ended.write_text(json.dumps({"promotions": [{"code": "SAVE5", "kind": "fixed", "amounts": {"USD": "5.00"}}]}))
+    monkeypatch.setenv("OMS_PLUGIN_PROMOTIONS_FILE", str(ended))
+
+    answer = cancel(api, order["id"], [("L1", 2)])
+
+    assert answer.status_code == 200, answer.text
+    line = answer.json()["lines"][0]
+    assert (line["quantity"], line["discount"]["amount"]) == (2, "2.50")  # 10% of 2 x 12.50
+    body = order_body(
+        external_id=f"web-c{next(_orders)}", lines=[{"sku": "MUG", "quantity": 1}], promo_codes=["WELCOME10"]
+    )
+    refused = api.post("/orders", json=body)
+    assert_error(refused, 422, "unknown_promo_code", "promo_codes[0]")

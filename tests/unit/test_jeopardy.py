@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidTransition
+from core.errors import InvalidTransition, StaleVersion
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, parse_duration, parse_sla
@@ -315,6 +315,37 @@ def test_a_scan_that_dies_after_writing_the_expiry_leaves_a_cancel_the_workflow_
     assert [e.type for e in world.history(order_id)][-2:] == ["cancelled", "payment_voided"]
 
 
+def test_a_clean_up_that_keeps_losing_races_does_not_stop_the_pass_and_the_workflow_finishes_it(world):
+    """OrderActions.cancel raises StaleVersion when the order keeps changing under its writes: the
+    expiry is recorded by then, so the pass goes on to the other holds and to the marks, and the
+    cancel's own execution finishes the clean-up."""
+    clock = Clock()
+    raced = held_holding_stock(world, clock)
+    other = held_holding_stock(world, clock)
+    late = world.place(("MUG", 1))
+    clock.advance(days=2)
+
+    def cancel(order_id: str, reason: str, actor: str) -> Order:
+        if order_id == raced:
+            raise StaleVersion(f"order {order_id} kept changing; retry")
+        return world.actions.cancel(order_id, reason, actor)
+
+    done = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, cancel, clock, sla=parse_sla(""), hold_expiry=timedelta(days=1)
+    ).run()
+
+    assert sorted(done.expired) == sorted([raced, other])
+    assert done.marked == [late]
+    assert (world.order(other).status, world.order(other).payment.status) == (S.CANCELLED, "voided")
+    assert world.held_for(other) == {}
+    assert (world.order(raced).status, world.order(raced).payment.status) == (S.CANCELLED, "authorized")
+
+    world.workflow.cancel_after_failure(raced, CANCEL_RECORDED, "a cancel recorded outside the workflow")
+
+    assert (world.order(raced).status, world.order(raced).payment.status) == (S.CANCELLED, "voided")
+    assert world.held_for(raced) == {}
+
+
 def test_finishing_a_recorded_cancel_leaves_an_order_that_is_not_cancelled_alone(world):
     order_id = world.place(("MUG", 2))
     world.workflow.authorize_payment(order_id, attempt=0)
@@ -475,6 +506,36 @@ def test_an_expiry_that_died_before_the_orders_entry_has_it_written_once_by_the_
     assert (entry.actor, entry.detail["return_id"], entry.detail["reason"], entry.detail["status"]) == (
         SCAN_ACTOR, item.id, RETURN_EXPIRED, "authorized"
     )  # fmt: skip
+
+
+def test_a_return_whose_orders_entry_keeps_losing_races_does_not_stop_the_pass(world, monkeypatch):
+    """The order entry of an expired return that loses every race to other changes of its order is
+    left to the history's next reader; the pass expires the other returns and marks late orders."""
+    clock = Clock()
+    returns = returns_service(world, clock)
+    raced = one_mug_returned(world, returns)
+    other = one_mug_returned(world, returns)
+    clock.advance(days=31)
+    late = world.place(("MUG", 1))
+    clock.advance(minutes=6)
+    real = world.orders.update
+
+    def races(order: Order, expected: Order, entries: list) -> None:
+        if order.id == raced.order_id:
+            raise StaleVersion(f"order {order.id} changed")
+        real(order, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", races)
+    done = return_scan(world, clock, returns).run()
+    monkeypatch.setattr(world.orders, "update", real)
+
+    assert sorted(done.returns_expired) == sorted([raced.id, other.id])
+    assert done.marked == [late]
+    assert [world.returns.get(r.id).status for r in (raced, other)] == [ReturnStatus.CANCELLED] * 2
+    assert [e.type for e in world.history(other.order_id)].count(OrderEvent.RETURN_CANCELLED) == 1
+    assert OrderEvent.RETURN_CANCELLED not in [e.type for e in world.history(raced.order_id)]
+    queries = OrderQueries(world.orders, owed_entries=returns.owed_entries)
+    assert [e.type for e in queries.history(raced.order_id)].count(OrderEvent.RETURN_CANCELLED) == 1
 
 
 def test_a_pass_expires_at_most_its_limit_of_returns_per_status_oldest_first(world):

@@ -24,6 +24,7 @@ from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
+from core.pricing_types import PricingDraft, ShippingQuote
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
@@ -578,6 +579,34 @@ def test_an_exchanges_credit_is_what_the_units_are_worth_once_a_pending_appeasem
     replacement = world.order(settled.exchange_order_id or "")
     assert replacement.exchange_credit == order.lines[0].total
     assert [r.status for r in world.order(order.id).payment.refunds] == ["failed"]
+
+
+class ExpressWhileOffered:
+    """An express service the shop offers until it stops."""
+
+    offered = True
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft) -> list[ShippingQuote]:
+        return [ShippingQuote(method="courier", amount=Money.of("9.00", draft.currency))] if self.offered else []
+
+
+def test_an_exchange_whose_shipping_method_ended_after_the_request_ships_the_shops_default_way(clock):
+    courier = ExpressWhileOffered()
+    world = build_world(STOCK, courier)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), shipping_method="courier")
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    courier.offered = False  # the shop stops offering it; the units come back anyway
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    replacement = world.order(settled.exchange_order_id or "")
+    assert (replacement.shipping_method, replacement.exchange_of) == ("standard", item.id)
+    assert settled.status is ReturnStatus.REFUNDED
 
 
 def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothing(world, clock):

@@ -655,3 +655,65 @@ def test_a_new_label_that_loses_to_another_cancel_of_the_parcel_leaves_it_that_c
     assert shipment.lines[0].quantity == 1 and shipment.label_url == f"labels/{order.id}/{second[1]}"
     assert world.order(order.id).labels_due == []
     assert [h.type for h in world.history(order.id)].count("shipment_relabelled") == 1
+
+
+def test_a_pickup_orders_units_cancel_after_its_store_stopped_taking_pickup_orders(world):
+    """A store that stops offering pickup refuses new pickup orders; the ones it holds units for
+    still cancel units, taxed at the store as they were."""
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    store = world.catalog.get_location("store-sf")
+    world.catalog.put_location(store.model_copy(update={"pickup": False}))
+
+    done = world.actions.cancel(order.id, "two are enough", actor="key_web", lines={"L1": 1})
+
+    assert (done.status, done.lines[0].quantity, done.lines[0].cancelled_quantity) == (S.ALLOCATED, 2, 1)
+    assert done.lines[0].tax_rate == order.lines[0].tax_rate
+    assert world.held_for(order.id) == {("MUG", "store-sf", f"{order.id}#L1"): 2}
+    with pytest.raises(InvalidRequest):
+        world.place(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+
+
+class RetiringShipping(PerUnitShipping):
+    """Per-unit shipping until the shop stops offering it."""
+
+    offered = True
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        return super().oms_shipping_quotes(draft, address) if self.offered else []
+
+
+def test_units_cancel_after_the_orders_shipping_method_is_no_longer_offered_and_it_costs_what_it_did():
+    """The shop stops offering per-unit shipping (a plugin dropped or reconfigured): new orders
+    cannot choose it, but an order sold with it, whose parcels are booked with it, still cancels
+    units, and its shipping costs what the customer was charged."""
+    shipping = RetiringShipping()
+    world = build_world(STOCK, shipping)
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="per_unit")
+    assert order.totals.shipping == Money.of("10.00", "USD")
+    shipping.offered = False
+
+    done = world.actions.cancel(order.id, "one cap less", actor="key_web", lines={"L2": 1})
+
+    assert (done.lines[1].quantity, done.shipping_method) == (2, "per_unit")
+    assert done.totals.shipping == order.totals.shipping
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1), shipping_method="per_unit")
+    assert refused.value.code == "unknown_shipping_method"
+
+
+def test_units_cancel_after_no_plugin_prices_a_sold_sku_in_the_orders_currency(world):
+    """The mug is priced in euros from now on: a new dollar order of it has no price, but a dollar
+    order that sold mugs still cancels units, each kept at the price it was sold at."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    done = world.actions.cancel(order.id, "one mug less", actor="key_web", lines={"L1": 1})
+
+    mug = done.lines[0]
+    assert (mug.quantity, mug.unit_price) == (2, order.lines[0].unit_price)
+    assert mug.total == mug.unit_price.times(2) - mug.discount + mug.tax
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1))
+    assert refused.value.code == "no_price"

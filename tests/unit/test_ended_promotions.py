@@ -1,0 +1,118 @@
+"""An order placed under a promotion keeps its terms when the promotion ends: a cancel of units or
+an edit prices it with what its codes granted it at capture, while a new order is refused the code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.errors import InvalidRequest
+from core.models import Order, OrderEdit
+from core.money import Money
+from core.status import OrderStatus
+from plugins.promotions import PROMOTIONS_FILE_ENV
+from tests.builders import place_order
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+STOCK = [("MUG", "wh-west", 10), ("CAP", "wh-west", 8)]
+CODES = ["WELCOME10", "SAVE5", "FREESHIP"]  # percent off, fixed off, free shipping (the packaged file)
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+@pytest.fixture
+def end_promotions(tmp_path, monkeypatch):
+    """Point the promotions plugin at a file without the order's codes: the operator ended them."""
+
+    def end() -> None:
+        path = tmp_path / "promotions.json"
+        path.write_text(json.dumps({"promotions": [{"code": "LATER", "kind": "percent", "percent": "50"}]}))
+        monkeypatch.setenv(PROMOTIONS_FILE_ENV, str(path))
+
+    return end
+
+
+def priced_today(world: World, *lines: tuple[str, int]):
+    """What capture prices an order of `lines` under the order's codes (the promotions still on)."""
+    return world.capture.quote(
+        place_order(lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines], promo_codes=CODES,
+                    payment={"method": "test", "token": "tok_approve"})
+    )  # fmt: skip
+
+
+def discounted(world: World) -> Order:
+    order = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=CODES)
+    assert order.totals.discount.amount > 0 and order.totals.shipping == Money.zero("USD")
+    return order
+
+
+def test_a_cancel_of_units_after_the_promotion_ended_keeps_the_orders_discounts(world, end_promotions):
+    order = discounted(world)
+    expected = priced_today(world, ("MUG", 2), ("CAP", 2))
+    end_promotions()
+
+    done = world.actions.cancel(order.id, "two are enough", actor="key_web", lines={"L1": 2})
+
+    assert [line.quantity for line in done.lines] == [2, 2]
+    assert done.totals == expected.totals
+    assert [line.discount for line in done.lines] == [line.discount for line in expected.lines]
+    assert done.promo_codes == CODES
+
+
+def test_an_edit_after_the_promotion_ended_keeps_the_orders_discounts(world, end_promotions):
+    order = discounted(world)
+    end_promotions()
+
+    edit = OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert done.totals == order.totals
+    assert [line.discount for line in done.lines] == [line.discount for line in order.lines]
+
+
+def test_units_an_edit_adds_after_the_promotion_ended_are_not_discounted_by_it(world, end_promotions):
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    assert order.lines[0].discount == Money.of("5.00", "USD")  # 10% of 4 x 12.50
+    end_promotions()
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert done.lines[0].discount == Money.of("5.00", "USD")  # the four bought under it, not the two added
+
+
+def test_a_new_order_with_an_ended_code_is_refused(world, end_promotions):
+    discounted(world)
+    end_promotions()
+
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1), promo_codes=["WELCOME10"])
+
+    assert refused.value.code == "unknown_promo_code"
+
+
+def test_an_order_keeps_what_its_codes_granted_it_where_it_is_stored(world):
+    order = discounted(world)
+
+    assert {grant.code for grant in order.promotion_grants} == set(CODES)
+    assert Order.model_validate_json(order.stored_json()).promotion_grants == order.promotion_grants
+    assert "promotion_grants" not in order.model_dump_json()  # never shown
+
+
+def test_an_order_stored_before_grants_were_kept_keeps_what_its_one_codes_lines_show(world, end_promotions):
+    placed = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=["WELCOME10"])
+    old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
+    world.orders.put(old)
+    end_promotions()
+
+    done = world.actions.cancel(old.id, "two are enough", actor="key_web", lines={"L1": 2})
+
+    mug, cap = done.lines
+    assert mug.discount == Money.of("2.50", "USD")  # 10% of 2 x 12.50, per unit of the 5.00 it had
+    assert cap.discount == placed.lines[1].discount
+    assert done.totals.shipping == placed.totals.shipping
