@@ -19,6 +19,7 @@ from core.errors import (
     Conflict,
     DomainError,
     DuplicateOrder,
+    InsufficientStock,
     InvalidRequest,
     NotFound,
     PaymentGatewayUnavailable,
@@ -269,12 +270,7 @@ class Returns:
         try:
             self._capture.price(_replacement_command(order, cmd.exchange, found[1], external_id=None))
         except InvalidRequest as refused:
-            details = [
-                {**detail, "field": "exchange." + detail["field"]}
-                if str(detail.get("field", "")).startswith("lines") else detail
-                for detail in refused.details
-            ]  # fmt: skip
-            raise InvalidRequest(refused.message, code=refused.code, details=details) from None
+            raise InvalidRequest(refused.message, code=refused.code, details=_of_exchange(refused)) from None
 
     def _check_quantities(
         self, order: Order, cmd: RequestReturn, shipped: dict[str, int], returned_before: dict[str, int]
@@ -505,6 +501,11 @@ class Returns:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         if item.exchange is not None:
             return item  # the Exchange step settles it: the refund pays for the replacement first
+        return self._refund_units(item, actor)
+
+    def _refund_units(self, item: Return, actor: str, reason: str | None = None) -> Return:
+        """The refund step's refund of a received return's units (`reason`: the refund's, when not
+        the return's own)."""
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
@@ -513,6 +514,7 @@ class Returns:
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
             shares=lambda current: self._shares(item, current),
             shipping=lambda current: _shipping_due(item, current, self._returns.for_order(item.order_id)),
+            reason=reason,
         )  # fmt: skip
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
@@ -532,10 +534,11 @@ class Returns:
     def _due(self, item: Return, order: Order, *, capped: bool = True) -> Money:
         returns = self._returns.for_order(item.order_id)
         units, worth = _refunded_before(returns, besides=item.id, order=order)
-        # An exchange's credit gives back the shipping it claimed (_claim_shipping), no more.
+        # An exchange's credit gives back the shipping it claimed (_claim_shipping), no more; one
+        # given up is refunded as any return is.
         shipping = (
             _shipping_due(item, order, returns)
-            if item.exchange is None
+            if item.exchange is None or item.exchange_not_placed is not None
             else order.shipping_claims.get(item.id, Money.zero(order.currency))
         )
         return refund_due(
@@ -555,7 +558,7 @@ class Returns:
         self, item: Return, order: Order, due: Callable[[Order], Money], actor: str,
         *, beyond: Callable[[Money], Money] | None = None,
         shares: Callable[[Order], list[RefundedUnits]] | None = None,
-        shipping: Callable[[Order], Money] | None = None,
+        shipping: Callable[[Order], Money] | None = None, reason: str | None = None,
     ) -> Return:  # fmt: skip
         """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept),
         recorded with `shares(order)`, what it gives back for each line's units, and `shipping(order)`,
@@ -590,7 +593,7 @@ class Returns:
                 return key, amount, shares(current), back
 
             refund = self._refunds.issue_decided_refund(
-                item.order_id, decide, f"return {item.id}", actor, kind="return", return_id=item.id
+                item.order_id, decide, reason or f"return {item.id}", actor, kind="return", return_id=item.id
             )
             if refund is not None and refund.status != "succeeded":
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
@@ -608,6 +611,8 @@ class Returns:
         exchange through the capture path, with the returned units' refund (core.refunds.refund_due)
         as its `exchange_credit`, so its workflow authorizes only what the credit does not cover;
         refund what the credit leaves over once; mark the return `refunded` with what was given back.
+        A replacement that cannot be placed for want of stock (a product that may not wait for it)
+        is given up for good: the units are refunded instead (_refund_instead).
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
@@ -618,11 +623,16 @@ class Returns:
             return item
         if item.status is not R.RECEIVED:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        if item.exchange_not_placed is not None:
+            return self._refund_instead(item, actor)
         found = self._orders.get_with_token(item.order_id)
         if found is None:
             raise NotFound(f"no order {item.order_id}")
         original, token = found
-        replacement = self._replacement(item, original, token, actor)
+        try:
+            replacement = self._replacement(item, original, token, actor)
+        except InsufficientStock as short:
+            return self._refund_instead(self._without_exchange(item, short, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
         rest = credit - replacement.totals.grand_total
@@ -659,6 +669,31 @@ class Returns:
             return drawn.amount
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
+
+    def _without_exchange(self, item: Return, short: InsufficientStock, actor: str) -> Return:
+        """`item` with its exchange given up for `short` (Return.without_exchange), owing the
+        original's history an `exchange_not_placed` entry that says why; a concurrent run's
+        decision (or replacement) stands."""
+        at = self._clock()
+        detail = {"return_id": item.id, "code": short.code, "message": short.message, "details": _of_exchange(short)}
+
+        def decide(current: Return) -> Return:
+            if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
+                return current
+            return current.without_exchange(short.code, at=at).owing(
+                OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
+            )
+
+        return self._change(item.id, None, decide)
+
+    def _refund_instead(self, item: Return, actor: str) -> Return:
+        """A return whose exchange was given up (Return.exchange_not_placed), refunded as a return
+        without one is (_refund_units, under the refund step's keys), once its order's history says
+        why. One a concurrent run placed the replacement of (or settled) meanwhile is its exchange."""
+        if item.exchange_not_placed is None or item.status is not R.RECEIVED:
+            return self.exchange(item.id, actor)
+        self._note(item)
+        return self._refund_units(item, actor, f"return {item.id}, exchange not placed ({item.exchange_not_placed})")
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed
@@ -839,6 +874,17 @@ def _shipping_due(item: Return, order: Order, returns: list[Return]) -> Money:
             return zero
     owed = order.totals.shipping - shipping_refunded(order, besides_return=item.id)
     return owed if owed.amount > 0 else zero
+
+
+def _of_exchange(refused: DomainError) -> list[dict[str, Any]]:
+    """`refused`'s details as they name the return request's fields: a replacement's `lines[i]`
+    are its exchange's `exchange.lines[i]`."""
+    return [
+        {**detail, "field": "exchange." + detail["field"]}
+        if str(detail.get("field", "")).startswith("lines")
+        else detail
+        for detail in refused.details
+    ]
 
 
 def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:

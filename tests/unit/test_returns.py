@@ -945,6 +945,69 @@ def test_an_order_the_channel_placed_under_the_replacements_external_id_is_not_t
     assert world.order(order.id).payment.refunds == []
 
 
+def out_of(world: World, sku: str, location_id: str) -> None:
+    """Every unit of `sku` at `location_id` gone (sold elsewhere, found damaged) before the receipt."""
+    on_hand = world.level(sku, location_id)[0]
+    world.inventory.adjust(sku, location_id, -on_hand, reason="sold elsewhere")
+
+
+def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(world, clock):
+    # The customer sent the T-shirt back for a cap; by the time it arrived no cap was left (and caps
+    # may not wait for stock): the replacement cannot be placed, so the T-shirt is refunded.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    out_of(world, "CAP", "wh-east")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    placed = set(world.orders.orders)
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.refund, settled.exchange_order_id) == (R.REFUNDED, order.lines[0].total, None)
+    assert settled.exchange_not_placed == "insufficient_stock" and store.get(item.id) == settled
+    assert set(world.orders.orders) == placed  # no replacement
+    payment = world.order(order.id).payment
+    assert [(r.return_id, r.status, r.amount) for r in payment.refunds] == [
+        (item.id, "succeeded", order.lines[0].total)
+    ]
+    assert "exchange not placed" in payment.refunds[0].reason
+    (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+    assert (entry.actor, entry.detail["return_id"], entry.detail["code"]) == ("key_wh", item.id, "insufficient_stock")
+    assert entry.detail["details"] == [
+        {"field": "exchange.lines[0].quantity", "message": "0 of CAP available, 1 ordered"}
+    ]
+    # Settled again (a retried step, a second receipt): nothing more is placed, refunded or written.
+    assert returns.settle(item.id, actor="key_wh") == settled
+    assert returns.exchange(item.id, actor="key_wh") == settled
+    assert world.order(order.id).payment.refunds == payment.refunds
+    assert len([e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]) == 1
+
+
+def test_an_exchange_refunded_instead_is_decided_once_though_its_refund_is_refused_and_stock_arrives(world, clock):
+    # The refund the gateway refused is asked again; the cap that arrived meanwhile does not turn
+    # the return back into an exchange (the customer was told it is refunded).
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    out_of(world, "CAP", "wh-east")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse")
+
+    with pytest.raises(RefundNotDone):
+        returns.exchange(item.id, actor="key_wh")
+    assert returns.get(item.id).status is R.RECEIVED
+    world.inventory.adjust("CAP", "wh-east", 5, reason="delivery")
+    gateway.script("refund", "approve")
+    placed = set(world.orders.orders)
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert (settled.status, settled.refund, settled.exchange_order_id) == (R.REFUNDED, order.lines[0].total, None)
+    assert set(world.orders.orders) == placed
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["failed", "succeeded"]
+
+
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1))
