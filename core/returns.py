@@ -689,10 +689,14 @@ class Returns:
     def _refund_instead(self, item: Return, actor: str) -> Return:
         """A return whose exchange was given up (Return.exchange_not_placed), refunded as a return
         without one is (_refund_units, under the refund step's keys), once its order's history says
-        why. One a concurrent run placed the replacement of (or settled) meanwhile is its exchange."""
+        why and the shipping its credit claimed is released (Order.release_shipping_claim: the
+        refund that brings the order back decides it, this one's or another's). One a concurrent
+        run placed the replacement of (or settled) meanwhile is its exchange."""
         if item.exchange_not_placed is None or item.status is not R.RECEIVED:
             return self.exchange(item.id, actor)
         self._note(item)
+        at = self._clock()
+        modify(self._orders, item.order_id, lambda order: order.release_shipping_claim(item.id, at=at))
         return self._refund_units(item, actor, f"return {item.id}, exchange not placed ({item.exchange_not_placed})")
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:

@@ -1008,6 +1008,32 @@ def test_an_exchange_refunded_instead_is_decided_once_though_its_refund_is_refus
     assert [r.status for r in world.order(order.id).payment.refunds] == ["failed", "succeeded"]
 
 
+def test_an_exchange_refunded_instead_releases_the_shipping_its_credit_claimed(world, clock):
+    # Both shirts came back damaged, one for a cap and one for money: the exchange's credit claimed
+    # the shipping, then no cap was left. Its refund was refused (asked again later): the other
+    # return, which brings the order's last unit back too, gets the shipping meanwhile, and the
+    # exchange's refund, once it goes through, does not give it again.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 2))
+    swap = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    plain = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    for each in (swap, plain):
+        returns.receive(each.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    out_of(world, "CAP", "wh-east")
+    gateway.script("refund", "refuse")
+    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert world.order(order.id).shipping_claims == {}
+    gateway.script("refund", "approve")
+
+    paid = returns.settle(plain.id, actor="key_wh")
+    swapped = returns.settle(swap.id, actor="key_wh")
+
+    assert paid.refund == refunded_units(order, 1) + order.totals.shipping
+    assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == order.totals.grand_total
+
+
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1))
