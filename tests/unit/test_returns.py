@@ -1635,6 +1635,35 @@ def test_a_policy_granting_shipping_on_every_return_has_it_refunded_once(world, 
     assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
 
 
+def as_stored_before_shipping_was_recorded(world: World, order_id: str) -> None:
+    """The order as the version before PaymentRefund.shipping stored it: its return refunds gave
+    the shipping back (whole, in their amount) without saying so."""
+    order = world.order(order_id)
+    refunds = [refund.model_copy(update={"shipping": None}) for refund in order.payment.refunds]
+    world.orders.orders[order_id] = order.model_copy(
+        update={"payment": order.payment.model_copy(update={"refunds": refunds})}
+    )
+
+
+def test_shipping_a_refund_gave_back_before_it_was_recorded_is_not_given_back_again(world, clock):
+    # A policy granting shipping on every return: the first return was refunded its unit and the
+    # shipping by the earlier version (which recorded no `shipping` on the refund); the second,
+    # refunded now, must not give the shipping back a second time.
+    returns, _ = returns_for(world, clock, ShippingAlwaysPolicy())
+    order = shipped(world, ("TSHIRT", 3))
+    settled = []
+    for index in range(2):
+        item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        settled.append(returns.settle(item.id, actor="key_wh"))
+        if index == 0:
+            as_stored_before_shipping_was_recorded(world, order.id)
+
+    assert settled[0].refund == refunded_units(order, 1) + order.totals.shipping
+    assert settled[1].refund == refunded_units(order, 2) - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
+
+
 def damaged_exchange_of(line_id: str, quantity: int, *wanted: tuple[str, int]) -> RequestReturn:
     return RequestReturn.model_validate(
         {"lines": [{"line_id": line_id, "quantity": quantity, "reason": "torn", "reason_code": "damaged"}],
