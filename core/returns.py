@@ -611,7 +611,8 @@ class Returns:
         exchange through the capture path, with the returned units' refund (core.refunds.refund_due)
         as its `exchange_credit`, so its workflow authorizes only what the credit does not cover;
         refund what the credit leaves over once; mark the return `refunded` with what was given back.
-        A replacement that cannot be placed for want of stock (a product that may not wait for it)
+        A replacement that can never be placed, for want of stock (a product that may not wait for
+        it) or because an order the channel placed itself has its external_id (ExchangeIdTaken),
         is given up for good: the units are refunded instead (_refund_instead).
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
@@ -631,8 +632,8 @@ class Returns:
         original, token = found
         try:
             replacement = self._replacement(item, original, token, actor)
-        except InsufficientStock as short:
-            return self._refund_instead(self._without_exchange(item, short, actor), actor)
+        except (InsufficientStock, ExchangeIdTaken) as refused:
+            return self._refund_instead(self._without_exchange(item, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
         rest = credit - replacement.totals.grand_total
@@ -670,17 +671,22 @@ class Returns:
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
 
-    def _without_exchange(self, item: Return, short: InsufficientStock, actor: str) -> Return:
-        """`item` with its exchange given up for `short` (Return.without_exchange), owing the
+    def _without_exchange(self, item: Return, refused: Conflict, actor: str) -> Return:
+        """`item` with its exchange given up for `refused` (Return.without_exchange), owing the
         original's history an `exchange_not_placed` entry that says why; a concurrent run's
         decision (or replacement) stands."""
         at = self._clock()
-        detail = {"return_id": item.id, "code": short.code, "message": short.message, "details": _of_exchange(short)}
+        detail = {
+            "return_id": item.id,
+            "code": refused.code,
+            "message": refused.message,
+            "details": _of_exchange(refused),
+        }
 
         def decide(current: Return) -> Return:
             if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
                 return current
-            return current.without_exchange(short.code, at=at).owing(
+            return current.without_exchange(refused.code, at=at).owing(
                 OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
             )
 
