@@ -513,7 +513,7 @@ class Returns:
             item, order, lambda current: self._due(item, current), actor,
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
             shares=lambda current: self._shares(item, current),
-            shipping=lambda current: _shipping_due(item, current, self._returns.for_order(item.order_id)),
+            shipping=lambda current: self._shipping_back(item, current, self._returns.for_order(item.order_id)),
             reason=reason,
         )  # fmt: skip
 
@@ -537,13 +537,40 @@ class Returns:
         # An exchange's credit gives back the shipping it claimed (_claim_shipping), no more; one
         # given up is refunded as any return is.
         shipping = (
-            _shipping_due(item, order, returns)
+            self._shipping_back(item, order, returns)
             if item.exchange is None or item.exchange_not_placed is not None
             else order.shipping_claims.get(item.id, Money.zero(order.currency))
         )
         return refund_due(
             order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped
         )
+
+    def _shipping_back(self, item: Return, order: Order, returns: list[Return]) -> Money:
+        """_shipping_due, counting what exchanges settled before credits claimed the shipping gave
+        back of it in their credit (_credited_shipping)."""
+        if not (item.refund_shipping or item.refund_shipping_with_whole_order):
+            return Money.zero(order.currency)
+        return _shipping_due(item, order, returns, self._credited_shipping(item, order, returns))
+
+    def _credited_shipping(self, item: Return, order: Order, returns: list[Return]) -> Money:
+        """What of `order`'s shipping the credits of its other returns' exchanges gave back without
+        claiming it (Order.shipping_claims): those settled before claims were kept, whose credit
+        is what the units were worth (Order.exchange_shares) plus the shipping their policy
+        granted. Only a return granted `refund_shipping` had it added then (an exchange settled
+        since claims it, or was owed none), so only those replacements are read."""
+        zero = Money.zero(order.currency)
+        given = zero
+        for other in returns:
+            if other.id == item.id or not other.refund_shipping or other.exchange_order_id is None:
+                continue
+            if other.id in order.shipping_claims:
+                continue
+            replacement = self._orders.get(other.exchange_order_id)
+            if replacement is None or replacement.exchange_credit is None:
+                continue
+            worth = sum((share.amount for share in order.exchange_shares.get(other.id, [])), zero)
+            given = given + max(replacement.exchange_credit - worth, zero, key=lambda money: money.amount)
+        return given
 
     def _shares(self, item: Return, order: Order) -> list[RefundedUnits]:
         """What the return gives back for each line's units (recorded with its refund, or its
@@ -748,7 +775,7 @@ class Returns:
         def claim(current: Order) -> Bookkeeping | None:
             if item.id in current.shipping_claims:
                 return None
-            shipping = _shipping_due(item, current, returns)
+            shipping = self._shipping_back(item, current, returns)
             return current.claim_shipping(item.id, shipping, at=at) if shipping.amount > 0 else None
 
         return modify(self._orders, original.id, claim)
@@ -859,10 +886,11 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     return units, worth
 
 
-def _shipping_due(item: Return, order: Order, returns: list[Return]) -> Money:
+def _shipping_due(item: Return, order: Order, returns: list[Return], credited: Money | None = None) -> Money:
     """What of the order's shipping the refund of `item` gives back, decided on the order as the
     refund is written: nothing unless every unit the return asked for arrived, and never what the
-    order's other refunds gave back of it already (core.refunds.shipping_refunded), so it goes
+    order's other refunds gave back of it already (core.refunds.shipping_refunded), nor what
+    exchange credits that did not claim it gave (`credited`, Returns._credited_shipping), so it goes
     back once (a return's own refunds are what it is priced for: a replacement's return draws on
     its credit what its own refund did not give).
     The policy granted it for the return itself (`refund_shipping`), or for the receipt that
@@ -882,7 +910,7 @@ def _shipping_due(item: Return, order: Order, returns: list[Return]) -> Money:
                     back[line_id] = back.get(line_id, 0) + quantity
         if any(back.get(line.line_id, 0) < line.quantity for line in order.lines):
             return zero
-    owed = order.totals.shipping - shipping_refunded(order, besides_return=item.id)
+    owed = order.totals.shipping - shipping_refunded(order, besides_return=item.id) - (credited or zero)
     return owed if owed.amount > 0 else zero
 
 

@@ -1667,6 +1667,26 @@ def test_shipping_a_refund_gave_back_before_it_was_recorded_is_not_given_back_ag
     assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
 
 
+def test_shipping_an_exchange_credit_gave_back_before_credits_claimed_it_is_not_given_back_again(world, clock):
+    # A policy granting shipping on every return: the first return's exchange was settled by the
+    # version before shipping claims, its credit holding the shirt and the shipping; the second
+    # return, a plain one refunded now, must not give the shipping back a second time.
+    returns, _ = returns_for(world, clock, ShippingAlwaysPolicy())
+    order = shipped(world, ("TSHIRT", 3))
+    swap = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(swap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    swapped = returns.settle(swap.id, actor="key_wh")
+    credit = world.order(swapped.exchange_order_id or "").exchange_credit
+    assert credit == refunded_units(order, 1) + order.totals.shipping
+    world.orders.orders[order.id] = world.order(order.id).model_copy(update={"shipping_claims": {}})
+    item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == refunded_units(order, 2) - refunded_units(order, 1)
+
+
 def damaged_exchange_of(line_id: str, quantity: int, *wanted: tuple[str, int]) -> RequestReturn:
     return RequestReturn.model_validate(
         {"lines": [{"line_id": line_id, "quantity": quantity, "reason": "torn", "reason_code": "damaged"}],
