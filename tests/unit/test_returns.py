@@ -986,6 +986,25 @@ def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(world
     assert len([e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]) == 1
 
 
+def test_an_exchange_given_up_never_takes_a_replacement_nor_one_placed_is_given_up(world, clock):
+    # A concurrent run that placed a replacement after the exchange was given up fails (for a
+    # person) rather than settle the return both ways; and a placed exchange is never given up.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    received = returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up = received.without_exchange("insufficient_stock", at=clock.now)
+    placed = received.with_exchange_order("ord_x", at=clock.now)
+
+    with pytest.raises(InvalidTransition):
+        given_up.with_exchange_order("ord_x", at=clock.now)
+    with pytest.raises(InvalidTransition):
+        placed.without_exchange("insufficient_stock", at=clock.now)
+    with pytest.raises(InvalidTransition):
+        item.without_exchange("insufficient_stock", at=clock.now)  # not received
+
+
 def test_an_exchange_refunded_instead_is_decided_once_though_its_refund_is_refused_and_stock_arrives(world, clock):
     # The refund the gateway refused is asked again; the cap that arrived meanwhile does not turn
     # the return back into an exchange (the customer was told it is refunded).
