@@ -803,6 +803,35 @@ def test_a_return_of_the_replacement_refunds_what_it_paid_and_the_credit_that_pa
     assert [(r.return_id, r.amount, r.status) for r in original.payment.refunds] == [(settled.id, credit, "succeeded")]
 
 
+def test_a_replacements_units_exchanged_for_what_is_sold_out_are_refunded_as_a_return_of_them(world, clock):
+    # As the test above, but the customer asked for a cap instead and none was left: refunded
+    # exactly as a plain return of the replacement's units (its captures, then the credit).
+    returns, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = delivered(world, world.run(settled.exchange_order_id or ""))
+    paid = replacement.payment.captured
+    out_of(world, "CAP", "wh-east")
+    back = returns.request(
+        replacement.id,
+        RequestReturn.model_validate({
+            "lines": [{"line_id": lid, "quantity": 1, "reason": "not mine", "reason_code": "wrong_item"}
+                      for lid in ("L1", "L2")],
+            "exchange": {"lines": [{"sku": "CAP", "quantity": 1}]},
+        }),
+        actor="key_cs",
+    )  # fmt: skip
+    # The cap that comes back is torn: nothing to exchange it for.
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "damaged")), "key_wh")
+
+    done = returns.settle(back.id, actor="key_wh")
+
+    assert (done.status, done.exchange_not_placed, done.exchange_order_id) == (R.REFUNDED, "insufficient_stock", None)
+    assert done.refund == replacement.totals.grand_total == paid + credit
+    assert world.order(replacement.id).payment.refunded == paid
+    original = world.order(order.id)
+    assert [(r.return_id, r.amount, r.status) for r in original.payment.refunds] == [(settled.id, credit, "succeeded")]
+
+
 def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is_spent(world, clock):
     returns, order, settled = exchanged(world, clock, ("MUG", 1), ("TSHIRT", 2))
     credit = order.lines[0].total
