@@ -10,6 +10,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import (
+    Backordered,
     Conflict,
     InvalidRequest,
     InvalidTransition,
@@ -1032,6 +1033,25 @@ def test_an_exchange_given_up_never_takes_a_replacement_nor_one_placed_is_given_
         placed.without_exchange("insufficient_stock", at=clock.now)
     with pytest.raises(InvalidTransition):
         item.without_exchange("insufficient_stock", at=clock.now)  # not received
+
+
+def test_an_exchange_for_a_product_that_may_wait_for_stock_is_placed_and_waits_backordered(world, clock):
+    returns, _ = returns_for(world, clock)
+    world.catalog.put_product(product("HOODIE", "29.00", allow_backorder=True))
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("HOODIE", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_not_placed) == (R.REFUNDED, None)
+    replacement_id = settled.exchange_order_id or ""
+    world.workflow.authorize_payment(replacement_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(replacement_id)
+    replacement = world.order(replacement_id)
+    assert replacement.status is S.BACKORDERED and replacement.exchange_credit == order.lines[0].total
+    assert world.order(order.id).payment.refunds == []  # the credit stays, paying for the hoodie
 
 
 def test_an_exchange_refunded_instead_is_decided_once_though_its_refund_is_refused_and_stock_arrives(world, clock):
