@@ -2270,6 +2270,17 @@ class Order(BaseModel, defer_build=True):
         check_successor(self, new)
         return new, None
 
+    def release_shipping_claim(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
+        """Return `return_id`'s exchange was given up before its replacement was placed: the shipping
+        its credit claimed (claim_shipping) is no longer given back by it, so a refund decides it
+        again (its own, or another return's that brings the order back). None without a claim."""
+        if return_id not in self.shipping_claims:
+            return None
+        claims = {key: amount for key, amount in self.shipping_claims.items() if key != return_id}
+        new = _replaced(self, shipping_claims=claims, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, None
+
     def exchanged(
         self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,
         at: datetime, actor: str,

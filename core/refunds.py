@@ -120,15 +120,28 @@ def given_back_for_units(order: Order) -> dict[str, list[RefundedUnits]]:
 def shipping_refunded(order: Order, *, besides_return: str | None = None) -> Money:
     """What of the order's shipping its refunds gave back or are giving back (PaymentRefund.shipping;
     one the gateway refused counts nothing, a pending one counts) and its exchanges' credits claimed
-    (Order.shipping_claims), but those of return `besides_return`."""
+    (Order.shipping_claims), but those of return `besides_return`. A return's refund stored before
+    `shipping` was recorded gave back, beyond its units' shares (`lines`), the shipping its policy
+    granted (the fee, if any, taken off it): that excess counts (one stored since gives none
+    beyond its lines without recording it)."""
     zero = Money.zero(order.currency)
     refunded = sum(
-        (refund.shipping for refund in order.payment.refunds
-         if refund.status != "failed" and refund.shipping is not None and refund.return_id != besides_return),
+        (_shipping_of(refund, zero) for refund in order.payment.refunds
+         if refund.status != "failed" and refund.return_id != besides_return),
         zero,
     )  # fmt: skip
     claimed = (amount for return_id, amount in order.shipping_claims.items() if return_id != besides_return)
     return sum(claimed, refunded)
+
+
+def _shipping_of(refund: PaymentRefund, zero: Money) -> Money:
+    """What of `refund` is the order's shipping (shipping_refunded)."""
+    if refund.shipping is not None:
+        return refund.shipping
+    if refund.lines is None or refund.return_id is None:
+        return zero
+    beyond = refund.amount - sum((share.amount for share in refund.lines), zero)
+    return max(beyond, zero, key=_amount)
 
 
 def refunded_beyond_lines(order: Order) -> Money:

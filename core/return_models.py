@@ -156,6 +156,13 @@ class Return(BaseModel):
     received_by: str | None = Field(default=None, description="The API key id that received the parcel")
     exchange: ExchangeInput | None = None
     exchange_order_id: str | None = None
+    exchange_not_placed: str | None = Field(
+        default=None,
+        description="Why the exchange's replacement could not be placed when the return was received "
+        "(`insufficient_stock`: not enough of a product that may not wait for stock; `exchange_external_id_taken`: "
+        "an order the channel placed itself has the replacement's external_id); the returned units are refunded "
+        "instead",
+    )
     note: str | None = None
     # What the order's history owes this return's changes (OrderEntry). The system's own: stored
     # (stored_json), never shown.
@@ -268,7 +275,16 @@ class Return(BaseModel):
         """The replacement order of this return's exchange was placed."""
         if self.exchange is None or self.status is not ReturnStatus.RECEIVED:
             raise InvalidTransition(f"a return that is {self.status} cannot place an exchange")
+        if self.exchange_not_placed is not None:
+            raise InvalidTransition(f"the exchange of return {self.id} was given up ({self.exchange_not_placed})")
         return self._next(None, at, exchange_order_id=order_id)
+
+    def without_exchange(self, code: str, *, at: datetime) -> Return:
+        """The replacement of this return's exchange cannot be placed (`code` says why): its units
+        are refunded instead. Decided once: a later run refunds it, whatever stock arrived since."""
+        if self.exchange is None or self.exchange_order_id is not None or self.status is not ReturnStatus.RECEIVED:
+            raise InvalidTransition(f"a return that is {self.status} cannot give up its exchange")
+        return self._next(None, at, exchange_not_placed=code)
 
     def refunded(self, amount: Money, *, at: datetime) -> Return:
         return self._next(ReturnStatus.REFUNDED, at, refund=amount)

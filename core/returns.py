@@ -20,6 +20,7 @@ from core.errors import (
     Conflict,
     DomainError,
     DuplicateOrder,
+    InsufficientStock,
     InvalidRequest,
     NotFound,
     PaymentGatewayUnavailable,
@@ -271,12 +272,7 @@ class Returns:
         try:
             self._capture.price(_replacement_command(order, cmd.exchange, found[1], external_id=None))
         except InvalidRequest as refused:
-            details = [
-                {**detail, "field": "exchange." + detail["field"]}
-                if str(detail.get("field", "")).startswith("lines") else detail
-                for detail in refused.details
-            ]  # fmt: skip
-            raise InvalidRequest(refused.message, code=refused.code, details=details) from None
+            raise InvalidRequest(refused.message, code=refused.code, details=_of_exchange(refused)) from None
 
     def _check_quantities(
         self, order: Order, cmd: RequestReturn, shipped: dict[str, int], returned_before: dict[str, int]
@@ -511,6 +507,11 @@ class Returns:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         if item.exchange is not None:
             return item  # the Exchange step settles it: the refund pays for the replacement first
+        return self._refund_units(item, actor)
+
+    def _refund_units(self, item: Return, actor: str, reason: str | None = None) -> Return:
+        """The refund step's refund of a received return's units (`reason`: the refund's, when not
+        the return's own)."""
         order = self._orders.get(item.order_id)
         if order is None:
             raise NotFound(f"no order {item.order_id}")
@@ -518,7 +519,8 @@ class Returns:
             item, order, lambda current: self._due(item, current), actor,
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
             shares=lambda current: self._shares(item, current),
-            shipping=lambda current: _shipping_due(item, current, self._returns.for_order(item.order_id)),
+            shipping=lambda current: self._shipping_back(item, current, self._returns.for_order(item.order_id)),
+            reason=reason,
         )  # fmt: skip
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
@@ -538,15 +540,43 @@ class Returns:
     def _due(self, item: Return, order: Order, *, capped: bool = True) -> Money:
         returns = self._returns.for_order(item.order_id)
         units, worth = _refunded_before(returns, besides=item.id, order=order)
-        # An exchange's credit gives back the shipping it claimed (_claim_shipping), no more.
+        # An exchange's credit gives back the shipping it claimed (_claim_shipping), no more; one
+        # given up is refunded as any return is.
         shipping = (
-            _shipping_due(item, order, returns)
-            if item.exchange is None
+            self._shipping_back(item, order, returns)
+            if item.exchange is None or item.exchange_not_placed is not None
             else order.shipping_claims.get(item.id, Money.zero(order.currency))
         )
         return refund_due(
             order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped
         )
+
+    def _shipping_back(self, item: Return, order: Order, returns: list[Return]) -> Money:
+        """_shipping_due, counting what exchanges settled before credits claimed the shipping gave
+        back of it in their credit (_credited_shipping)."""
+        if not (item.refund_shipping or item.refund_shipping_with_whole_order):
+            return Money.zero(order.currency)
+        return _shipping_due(item, order, returns, self._credited_shipping(item, order, returns))
+
+    def _credited_shipping(self, item: Return, order: Order, returns: list[Return]) -> Money:
+        """What of `order`'s shipping the credits of its other returns' exchanges gave back without
+        claiming it (Order.shipping_claims): those settled before claims were kept, whose credit
+        is what the units were worth (Order.exchange_shares) plus the shipping their policy
+        granted. Only a return granted `refund_shipping` had it added then (an exchange settled
+        since claims it, or was owed none), so only those replacements are read."""
+        zero = Money.zero(order.currency)
+        given = zero
+        for other in returns:
+            if other.id == item.id or not other.refund_shipping or other.exchange_order_id is None:
+                continue
+            if other.id in order.shipping_claims:
+                continue
+            replacement = self._orders.get(other.exchange_order_id)
+            if replacement is None or replacement.exchange_credit is None:
+                continue
+            worth = sum((share.amount for share in order.exchange_shares.get(other.id, [])), zero)
+            given = given + max(replacement.exchange_credit - worth, zero, key=lambda money: money.amount)
+        return given
 
     def _shares(self, item: Return, order: Order) -> list[RefundedUnits]:
         """What the return gives back for each line's units (recorded with its refund, or its
@@ -561,7 +591,7 @@ class Returns:
         self, item: Return, order: Order, due: Callable[[Order], Money], actor: str,
         *, beyond: Callable[[Money], Money] | None = None,
         shares: Callable[[Order], list[RefundedUnits]] | None = None,
-        shipping: Callable[[Order], Money] | None = None,
+        shipping: Callable[[Order], Money] | None = None, reason: str | None = None,
     ) -> Return:  # fmt: skip
         """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept),
         recorded with `shares(order)`, what it gives back for each line's units, and `shipping(order)`,
@@ -596,7 +626,7 @@ class Returns:
                 return key, amount, shares(current), back
 
             refund = self._refunds.issue_decided_refund(
-                item.order_id, decide, f"return {item.id}", actor, kind="return", return_id=item.id
+                item.order_id, decide, reason or f"return {item.id}", actor, kind="return", return_id=item.id
             )
             if refund is not None and refund.status != "succeeded":
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
@@ -614,6 +644,9 @@ class Returns:
         exchange through the capture path, with the returned units' refund (core.refunds.refund_due)
         as its `exchange_credit`, so its workflow authorizes only what the credit does not cover;
         refund what the credit leaves over once; mark the return `refunded` with what was given back.
+        A replacement that can never be placed, for want of stock (a product that may not wait for
+        it) or because an order the channel placed itself has its external_id (ExchangeIdTaken),
+        is given up for good: the units are refunded instead (_refund_instead).
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
@@ -624,11 +657,16 @@ class Returns:
             return item
         if item.status is not R.RECEIVED:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        if item.exchange_not_placed is not None:
+            return self._refund_instead(item, actor)
         found = self._orders.get_with_token(item.order_id)
         if found is None:
             raise NotFound(f"no order {item.order_id}")
         original, token = found
-        replacement = self._replacement(item, original, token, actor)
+        try:
+            replacement = self._replacement(item, original, token, actor)
+        except (InsufficientStock, ExchangeIdTaken) as refused:
+            return self._refund_instead(self._without_exchange(item, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
         rest = credit - replacement.totals.grand_total
@@ -665,6 +703,40 @@ class Returns:
             return drawn.amount
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
+
+    def _without_exchange(self, item: Return, refused: Conflict, actor: str) -> Return:
+        """`item` with its exchange given up for `refused` (Return.without_exchange), owing the
+        original's history an `exchange_not_placed` entry that says why; a concurrent run's
+        decision (or replacement) stands."""
+        at = self._clock()
+        detail = {
+            "return_id": item.id,
+            "code": refused.code,
+            "message": refused.message,
+            "details": _of_exchange(refused),
+        }
+
+        def decide(current: Return) -> Return:
+            if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
+                return current
+            return current.without_exchange(refused.code, at=at).owing(
+                OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
+            )
+
+        return self._change(item.id, None, decide)
+
+    def _refund_instead(self, item: Return, actor: str) -> Return:
+        """A return whose exchange was given up (Return.exchange_not_placed), refunded as a return
+        without one is (_refund_units, under the refund step's keys), once its order's history says
+        why and the shipping its credit claimed is released (Order.release_shipping_claim: the
+        refund that brings the order back decides it, this one's or another's). One a concurrent
+        run placed the replacement of (or settled) meanwhile is its exchange."""
+        if item.exchange_not_placed is None or item.status is not R.RECEIVED:
+            return self.exchange(item.id, actor)
+        self._note(item)
+        at = self._clock()
+        modify(self._orders, item.order_id, lambda order: order.release_shipping_claim(item.id, at=at))
+        return self._refund_units(item, actor, f"return {item.id}, exchange not placed ({item.exchange_not_placed})")
 
     def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
         """The exchange's replacement order: the one a previous run placed, or a new one placed
@@ -717,7 +789,7 @@ class Returns:
         def claim(current: Order) -> Bookkeeping | None:
             if item.id in current.shipping_claims:
                 return None
-            shipping = _shipping_due(item, current, returns)
+            shipping = self._shipping_back(item, current, returns)
             return current.claim_shipping(item.id, shipping, at=at) if shipping.amount > 0 else None
 
         return modify(self._orders, original.id, claim)
@@ -828,10 +900,11 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     return units, worth
 
 
-def _shipping_due(item: Return, order: Order, returns: list[Return]) -> Money:
+def _shipping_due(item: Return, order: Order, returns: list[Return], credited: Money | None = None) -> Money:
     """What of the order's shipping the refund of `item` gives back, decided on the order as the
     refund is written: nothing unless every unit the return asked for arrived, and never what the
-    order's other refunds gave back of it already (core.refunds.shipping_refunded), so it goes
+    order's other refunds gave back of it already (core.refunds.shipping_refunded), nor what
+    exchange credits that did not claim it gave (`credited`, Returns._credited_shipping), so it goes
     back once (a return's own refunds are what it is priced for: a replacement's return draws on
     its credit what its own refund did not give).
     The policy granted it for the return itself (`refund_shipping`), or for the receipt that
@@ -851,8 +924,19 @@ def _shipping_due(item: Return, order: Order, returns: list[Return]) -> Money:
                     back[line_id] = back.get(line_id, 0) + quantity
         if any(back.get(line.line_id, 0) < line.quantity for line in order.lines):
             return zero
-    owed = order.totals.shipping - shipping_refunded(order, besides_return=item.id)
+    owed = order.totals.shipping - shipping_refunded(order, besides_return=item.id) - (credited or zero)
     return owed if owed.amount > 0 else zero
+
+
+def _of_exchange(refused: DomainError) -> list[dict[str, Any]]:
+    """`refused`'s details as they name the return request's fields: a replacement's `lines[i]`
+    are its exchange's `exchange.lines[i]`."""
+    return [
+        {**detail, "field": "exchange." + detail["field"]}
+        if str(detail.get("field", "")).startswith("lines")
+        else detail
+        for detail in refused.details
+    ]
 
 
 def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:

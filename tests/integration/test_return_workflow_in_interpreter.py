@@ -347,3 +347,33 @@ def test_an_exchange_that_keeps_failing_is_stuck_and_receiving_again_resumes_it(
 
     assert wait(stack, "ReturnWorkflow", rma)[-1]["status"] == "SUCCEEDED"
     exchange_placed_once(api, order_id, rma)
+
+
+def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(stack: EmbeddedStack, api: Api, network):
+    # The replacement's product may not wait for stock and none is left when the parcel arrives:
+    # the workflow ends refunded (not return_stuck, with neither the item nor the money given).
+    order_id, _ = delivered_order(stack, api, network)
+    sold_out = Catalog(api).product("4.00")
+    rma = an_exchange(api, order_id, sold_out)
+    orders_before = {o["id"] for o in api.get("/orders?limit=100").json()["items"]}
+
+    receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert run["status"] == "SUCCEEDED" and run["states"] == HAPPY_PATH
+    item = api.get(f"/returns/{rma}").json()
+    assert (item["status"], item["exchange_order_id"], item["exchange_not_placed"]) == (
+        "refunded", None, "insufficient_stock"
+    )  # fmt: skip
+    original = api.get(f"/orders/{order_id}").json()
+    line_total = Decimal(original["lines"][0]["total"]["amount"])
+    due = (line_total * 2 / 3).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)  # 2 of the line's 3 units
+    assert Decimal(item["refund"]["amount"]) == due
+    refunds = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    assert [(r["return_id"], r["status"], Decimal(r["amount"]["amount"])) for r in refunds] == [(rma, "succeeded", due)]
+    assert "exchange not placed" in refunds[0]["reason"]
+    history = api.get(f"/orders/{order_id}/history").json()["items"]
+    (entry,) = [e for e in history if e["type"] == "exchange_not_placed"]
+    assert (entry["detail"]["return_id"], entry["detail"]["code"]) == (rma, "insufficient_stock")
+    assert not [e for e in history if e["type"] in ("return_stuck", "exchange_placed")]
+    assert {o["id"] for o in api.get("/orders?limit=100").json()["items"]} == orders_before

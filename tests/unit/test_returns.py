@@ -10,6 +10,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import (
+    Backordered,
     Conflict,
     InvalidRequest,
     InvalidTransition,
@@ -832,6 +833,35 @@ def test_a_return_of_the_replacement_refunds_what_it_paid_and_the_credit_that_pa
     assert [(r.return_id, r.amount, r.status) for r in original.payment.refunds] == [(settled.id, credit, "succeeded")]
 
 
+def test_a_replacements_units_exchanged_for_what_is_sold_out_are_refunded_as_a_return_of_them(world, clock):
+    # As the test above, but the customer asked for a cap instead and none was left: refunded
+    # exactly as a plain return of the replacement's units (its captures, then the credit).
+    returns, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = delivered(world, world.run(settled.exchange_order_id or ""))
+    paid = replacement.payment.captured
+    out_of(world, "CAP", "wh-east")
+    back = returns.request(
+        replacement.id,
+        RequestReturn.model_validate({
+            "lines": [{"line_id": lid, "quantity": 1, "reason": "not mine", "reason_code": "wrong_item"}
+                      for lid in ("L1", "L2")],
+            "exchange": {"lines": [{"sku": "CAP", "quantity": 1}]},
+        }),
+        actor="key_cs",
+    )  # fmt: skip
+    # The cap that comes back is torn: nothing to exchange it for.
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "damaged")), "key_wh")
+
+    done = returns.settle(back.id, actor="key_wh")
+
+    assert (done.status, done.exchange_not_placed, done.exchange_order_id) == (R.REFUNDED, "insufficient_stock", None)
+    assert done.refund == replacement.totals.grand_total == paid + credit
+    assert world.order(replacement.id).payment.refunded == paid
+    original = world.order(order.id)
+    assert [(r.return_id, r.amount, r.status) for r in original.payment.refunds] == [(settled.id, credit, "succeeded")]
+
+
 def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is_spent(world, clock):
     returns, order, settled = exchanged(world, clock, ("MUG", 1), ("TSHIRT", 2))
     credit = order.lines[0].total
@@ -961,17 +991,147 @@ def test_an_order_that_is_no_replacement_is_cancelled_without_a_refund(world):
 
 
 def test_an_order_the_channel_placed_under_the_replacements_external_id_is_not_taken_for_it(world, clock):
+    # No replacement can ever be placed under that id (nor found again under another): the
+    # exchange is given up and the mugs refunded, rather than the return stuck for good.
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("MUG", 2))
     item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    world.place(("CAP", 1), external_id=f"{order.external_id}-x1")
+    own = world.order(world.place(("CAP", 1), external_id=f"{order.external_id}-x1"))
 
-    with pytest.raises(ExchangeIdTaken):
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_order_id) == (R.REFUNDED, None)
+    assert settled.exchange_not_placed == ExchangeIdTaken.code
+    assert [(r.return_id, r.amount) for r in world.order(order.id).payment.refunds] == [(item.id, order.lines[0].total)]
+    assert world.order(own.id) == own  # the channel's own order is not touched
+
+
+def out_of(world: World, sku: str, location_id: str) -> None:
+    """Every unit of `sku` at `location_id` gone (sold elsewhere, found damaged) before the receipt."""
+    on_hand = world.level(sku, location_id)[0]
+    world.inventory.adjust(sku, location_id, -on_hand, reason="sold elsewhere")
+
+
+def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(world, clock):
+    # The customer sent the T-shirt back for a cap; by the time it arrived no cap was left (and caps
+    # may not wait for stock): the replacement cannot be placed, so the T-shirt is refunded.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    out_of(world, "CAP", "wh-east")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    placed = set(world.orders.orders)
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.refund, settled.exchange_order_id) == (R.REFUNDED, order.lines[0].total, None)
+    assert settled.exchange_not_placed == "insufficient_stock" and store.get(item.id) == settled
+    assert set(world.orders.orders) == placed  # no replacement
+    payment = world.order(order.id).payment
+    assert [(r.return_id, r.status, r.amount) for r in payment.refunds] == [
+        (item.id, "succeeded", order.lines[0].total)
+    ]
+    assert "exchange not placed" in payment.refunds[0].reason
+    (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+    assert (entry.actor, entry.detail["return_id"], entry.detail["code"]) == ("key_wh", item.id, "insufficient_stock")
+    assert entry.detail["details"] == [
+        {"field": "exchange.lines[0].quantity", "message": "0 of CAP available, 1 ordered"}
+    ]
+    # Settled again (a retried step, a second receipt): nothing more is placed, refunded or written.
+    assert returns.settle(item.id, actor="key_wh") == settled
+    assert returns.exchange(item.id, actor="key_wh") == settled
+    assert world.order(order.id).payment.refunds == payment.refunds
+    assert len([e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]) == 1
+
+
+def test_an_exchange_given_up_never_takes_a_replacement_nor_one_placed_is_given_up(world, clock):
+    # A concurrent run that placed a replacement after the exchange was given up fails (for a
+    # person) rather than settle the return both ways; and a placed exchange is never given up.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    received = returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up = received.without_exchange("insufficient_stock", at=clock.now)
+    placed = received.with_exchange_order("ord_x", at=clock.now)
+
+    with pytest.raises(InvalidTransition):
+        given_up.with_exchange_order("ord_x", at=clock.now)
+    with pytest.raises(InvalidTransition):
+        placed.without_exchange("insufficient_stock", at=clock.now)
+    with pytest.raises(InvalidTransition):
+        item.without_exchange("insufficient_stock", at=clock.now)  # not received
+
+
+def test_an_exchange_for_a_product_that_may_wait_for_stock_is_placed_and_waits_backordered(world, clock):
+    returns, _ = returns_for(world, clock)
+    world.catalog.put_product(product("HOODIE", "29.00", allow_backorder=True))
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("HOODIE", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_not_placed) == (R.REFUNDED, None)
+    replacement_id = settled.exchange_order_id or ""
+    world.workflow.authorize_payment(replacement_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(replacement_id)
+    replacement = world.order(replacement_id)
+    assert replacement.status is S.BACKORDERED and replacement.exchange_credit == order.lines[0].total
+    assert world.order(order.id).payment.refunds == []  # the credit stays, paying for the hoodie
+
+
+def test_an_exchange_refunded_instead_is_decided_once_though_its_refund_is_refused_and_stock_arrives(world, clock):
+    # The refund the gateway refused is asked again; the cap that arrived meanwhile does not turn
+    # the return back into an exchange (the customer was told it is refunded).
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    out_of(world, "CAP", "wh-east")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse")
+
+    with pytest.raises(RefundNotDone):
         returns.exchange(item.id, actor="key_wh")
-
     assert returns.get(item.id).status is R.RECEIVED
-    assert world.order(order.id).payment.refunds == []
+    world.inventory.adjust("CAP", "wh-east", 5, reason="delivery")
+    gateway.script("refund", "approve")
+    placed = set(world.orders.orders)
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert (settled.status, settled.refund, settled.exchange_order_id) == (R.REFUNDED, order.lines[0].total, None)
+    assert set(world.orders.orders) == placed
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["failed", "succeeded"]
+
+
+def test_an_exchange_refunded_instead_releases_the_shipping_its_credit_claimed(world, clock):
+    # Both shirts came back damaged, one for a cap and one for money: the exchange's credit claimed
+    # the shipping, then no cap was left. Its refund was refused (asked again later): the other
+    # return, which brings the order's last unit back too, gets the shipping meanwhile, and the
+    # exchange's refund, once it goes through, does not give it again.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 2))
+    swap = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    plain = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    for each in (swap, plain):
+        returns.receive(each.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    out_of(world, "CAP", "wh-east")
+    gateway.script("refund", "refuse")
+    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert world.order(order.id).shipping_claims == {}
+    gateway.script("refund", "approve")
+
+    paid = returns.settle(plain.id, actor="key_wh")
+    swapped = returns.settle(swap.id, actor="key_wh")
+
+    assert paid.refund == refunded_units(order, 1) + order.totals.shipping
+    assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == order.totals.grand_total
 
 
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
@@ -1573,6 +1733,55 @@ def test_a_policy_granting_shipping_on_every_return_has_it_refunded_once(world, 
     assert settled[0].refund == refunded_units(order, 1) + order.totals.shipping
     assert settled[1].refund == refunded_units(order, 2) - refunded_units(order, 1)
     assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
+
+
+def as_stored_before_shipping_was_recorded(world: World, order_id: str) -> None:
+    """The order as the version before PaymentRefund.shipping stored it: its return refunds gave
+    the shipping back (whole, in their amount) without saying so."""
+    order = world.order(order_id)
+    refunds = [refund.model_copy(update={"shipping": None}) for refund in order.payment.refunds]
+    world.orders.orders[order_id] = order.model_copy(
+        update={"payment": order.payment.model_copy(update={"refunds": refunds})}
+    )
+
+
+def test_shipping_a_refund_gave_back_before_it_was_recorded_is_not_given_back_again(world, clock):
+    # A policy granting shipping on every return: the first return was refunded its unit and the
+    # shipping by the earlier version (which recorded no `shipping` on the refund); the second,
+    # refunded now, must not give the shipping back a second time.
+    returns, _ = returns_for(world, clock, ShippingAlwaysPolicy())
+    order = shipped(world, ("TSHIRT", 3))
+    settled = []
+    for index in range(2):
+        item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        settled.append(returns.settle(item.id, actor="key_wh"))
+        if index == 0:
+            as_stored_before_shipping_was_recorded(world, order.id)
+
+    assert settled[0].refund == refunded_units(order, 1) + order.totals.shipping
+    assert settled[1].refund == refunded_units(order, 2) - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
+
+
+def test_shipping_an_exchange_credit_gave_back_before_credits_claimed_it_is_not_given_back_again(world, clock):
+    # A policy granting shipping on every return: the first return's exchange was settled by the
+    # version before shipping claims, its credit holding the shirt and the shipping; the second
+    # return, a plain one refunded now, must not give the shipping back a second time.
+    returns, _ = returns_for(world, clock, ShippingAlwaysPolicy())
+    order = shipped(world, ("TSHIRT", 3))
+    swap = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(swap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    swapped = returns.settle(swap.id, actor="key_wh")
+    credit = world.order(swapped.exchange_order_id or "").exchange_credit
+    assert credit == refunded_units(order, 1) + order.totals.shipping
+    world.orders.orders[order.id] = world.order(order.id).model_copy(update={"shipping_claims": {}})
+    item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == refunded_units(order, 2) - refunded_units(order, 1)
 
 
 def damaged_exchange_of(line_id: str, quantity: int, *wanted: tuple[str, int]) -> RequestReturn:
