@@ -52,6 +52,7 @@ from functions.warm import Warm, forget_warm_containers
 if TYPE_CHECKING:
     from core.aggregates import Aggregates, AggregateStore
     from core.authorization_sweep import UnsettledAuthorizationSweep
+    from core.capture_sweep import UnrecordedCaptureSweep
     from core.exchange_credit import ExchangeCredits
     from core.fulfillment import OrderActions
     from core.holds import Holds
@@ -488,6 +489,29 @@ class Container:
         )  # fmt: skip
         return UnsettledAuthorizationSweep(
             DynamoUnsettledAuthorizations(self.dynamodb, self.config.orders_table),
+            self.order_repository,
+            cancellation,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )
+
+    @cached_property
+    def capture_sweep(self) -> UnrecordedCaptureSweep:
+        """The reconciler's sixth job: settle the captures ships (or settlements) asked for and never
+        recorded on orders nobody ships again. Taken once `ReconcileAfterMinutes` (at least 6) have
+        passed since the order last changed: the ship that wrote a request runs in the API function,
+        whose timeout (10 s) has ended it long before."""
+        from core.cancellation import Cancellation
+        from core.capture_sweep import UnrecordedCaptureSweep
+        from core.order_changes import outage_noted_once
+        from functions.adapters.dynamodb import DynamoUnrecordedCaptures
+
+        cancellation = Cancellation(
+            self.order_repository, self.catalog_repository, self.inventory_repository, self.payments, self.clock,
+            self.exchange_credits, void_failures=outage_noted_once,
+        )  # fmt: skip
+        return UnrecordedCaptureSweep(
+            DynamoUnrecordedCaptures(self.dynamodb, self.config.orders_table),
             self.order_repository,
             cancellation,
             self.clock,

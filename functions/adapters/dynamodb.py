@@ -37,6 +37,7 @@ from core.ports import (
     StalledOrders,
     TopUp,
     UnreceivedReturns,
+    UnrecordedCaptures,
     UnsettledAuthorizations,
     WaitingOrder,
 )
@@ -216,6 +217,14 @@ PENDING_REFUND_KEY = "pending"
 # leaves one, for the moment between its request and its write or void; an order with a refund
 # pending as well stays in PENDING_REFUND_KEY's partition until that refund is finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
+# Its third partition: an order with a capture asked of the gateway and not recorded (a ship, a
+# collect or a settlement between its request and its write, or one that died there:
+# Order.captures_requested), by when it last changed, so the reconciler settles what a request
+# nobody repeats left (core.capture_sweep.UnrecordedCaptureSweep). The request's own write sets
+# the keys and the write that records or settles it removes them, so no write is added. An order
+# with a refund pending as well stays under PENDING_REFUND_KEY until it is finished; one that also
+# holds an edit's authorization goes under UNSETTLED_AUTHORIZATION_KEY once its capture is settled.
+CAPTURE_REQUESTED_KEY = "capture"
 INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
 
 
@@ -234,6 +243,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     if pending:
         attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
         attributes["refund_since"] = {"S": timestamp(min(pending))}
+    elif order.captures_requested:
+        attributes["refund_key"] = {"S": CAPTURE_REQUESTED_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.edit_authorizations_left:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
@@ -753,6 +765,31 @@ class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
             "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
             "ExpressionAttributeValues": {
                 ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
+                ":before": {"S": timestamp(before)},
+            },
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        return _paged_ids(self._client, query)
+
+
+class DynamoUnrecordedCaptures(UnrecordedCaptures):
+    """The unrecorded capture sweep's query: by_pending_refund's CAPTURE_REQUESTED_KEY partition
+    (keys only), oldest first, a page of `page_size` at a time as the sweep takes the ids; never a
+    Scan."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def requested_since_before(self, before: datetime) -> Iterator[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_pending_refund",
+            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
+            "ExpressionAttributeValues": {
+                ":key": {"S": CAPTURE_REQUESTED_KEY},
                 ":before": {"S": timestamp(before)},
             },
             "ScanIndexForward": True,
