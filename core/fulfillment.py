@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
+from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
     InvalidTransition,
@@ -315,6 +316,11 @@ class OrderActions:
         says why; cancelling again retries the void). On a partly shipped order, or with `lines`
         ({line_id: units}): those units, or every unit not shipped, cancelled (UnitCancellation)."""
         return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel)
+
+    def finish_carrier_work(self, order: Order, actor: str) -> CarrierWork:
+        """What the carrier is still owed for the order: its parcels due a label booked again (the
+        reconciler's pass, core.carrier_bookings)."""
+        return self._units.finish_carrier_work(order, actor)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,

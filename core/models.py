@@ -1061,7 +1061,8 @@ class Order(BaseModel, defer_build=True):
     rebookings: int = Field(default=0, exclude=True)
     # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
     # label still show the old contents and weight until they are booked again under the order's
-    # current booking key (Order.relabel). The system's own: stored, never shown.
+    # current booking key (Order.relabel); none once the order is cancelled. The system's own: stored,
+    # never shown.
     labels_due: list[str] = Field(default_factory=list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
@@ -1178,6 +1179,11 @@ class Order(BaseModel, defer_build=True):
         if found is None:
             raise NotFound(f"no shipment {shipment_id} on order {self.id}")
         return found
+
+    def owes_carrier_work(self) -> bool:
+        """Whether the carrier is still to be asked something for this order: a pending parcel
+        to book again (`labels_due`)."""
+        return bool(self.labels_due)
 
     def pickup_deadline(self) -> datetime | None:
         """The earliest `collect_by` of a pickup waiting at its store; None while none waits."""
@@ -1463,6 +1469,8 @@ class Order(BaseModel, defer_build=True):
             # write moves it, so only a status change restarts the status's clock (a late mark, say,
             # would otherwise put off a hold's expiry by a day).
             fields = {"status_since": self.updated_at, **fields}
+        if to is OrderStatus.CANCELLED:
+            fields = {**fields, "labels_due": []}  # no parcel of a cancelled order is booked again
         fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         check_successor(self, new)

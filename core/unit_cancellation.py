@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
+from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
     InvalidRequest,
@@ -218,19 +219,40 @@ class UnitCancellation:
                 else:
                     self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
 
+    def finish_carrier_work(self, order: Order, actor: str) -> CarrierWork:
+        """What the carrier is still owed for the order (the reconciler's CarrierWorkSweep): each
+        parcel due a label booked again (book_labels_due). A failure is returned, not noted in the
+        history."""
+        failed = self._book_due(order, actor)
+        due = order.labels_due
+        order = self._current(order.id)
+        return CarrierWork(
+            relabelled=[shipment_id for shipment_id in due if shipment_id not in order.labels_due],
+            failed=[f"booking of {shipment_id}: {message}" for shipment_id, message in failed.items()],
+        )
+
     def book_labels_due(self, order: Order, actor: str) -> Order:
         """Book again each pending parcel a cancel of units shrank (Order.labels_due), under the
         order's current booking key, and keep that booking's label, tracking number and service:
         the first booking shows the old contents and weight. The cancel is written first and stands
         whatever the carrier or the label store answers: a booking that fails leaves the shipment
         due, with the failure in the history (`label_booking_failed`), and the next cancel of units
-        or ship of the order books it again (under the same key: a carrier idempotent by it answers
-        the same booking). Returns the order as it then is."""
+        or ship of the order, or the reconciler's next pass (core.carrier_bookings), books it again
+        (under the same key: a carrier idempotent by it answers the same booking). Returns the order
+        as it then is."""
+        failed = self._book_due(order, actor)
+        for shipment_id, message in failed.items():
+            self._note_booking_failed(order.id, shipment_id, message, actor)
+        return self._current(order.id) if order.labels_due and self._hook is not None else order
+
+    def _book_due(self, order: Order, actor: str) -> dict[str, str]:
+        """Book again each pending parcel due a label (book_labels_due); the failures, by shipment."""
         if self._hook is None or self._labels is None:
-            return order
+            return {}
         due = [s for s in order.shipments if s.id in order.labels_due and s.status is ShipmentStatus.PENDING]
         if not due:
-            return order
+            return {}
+        failed: dict[str, str] = {}
         locations = {location.location_id: location for location in self._catalog.list_locations()}
         products = self._catalog.get_products({line.sku for line in order.lines})
         sku_of = {line.line_id: line.sku for line in order.lines}
@@ -242,10 +264,10 @@ class UnitCancellation:
                                      [item.model_copy() for item in shipment.lines], weight)  # fmt: skip
                 label = stored_label(self._labels, booked, order.id, key)
             except Exception as failure:  # any: the cancel must stand, and the parcel stays due
-                self._note_booking_failed(order.id, shipment.id, f"{type(failure).__name__}: {failure}", actor)
+                failed[shipment.id] = f"{type(failure).__name__}: {failure}"
                 continue
             self._relabel(order.id, shipment.id, key, booked, label, actor)
-        return self._current(order.id)
+        return failed
 
     def _relabel(
         self, order_id: str, shipment_id: str, key: str, booked: CarrierShipment, label: str, actor: str

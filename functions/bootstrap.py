@@ -51,6 +51,7 @@ from functions.warm import Warm, forget_warm_containers
 # container placing an order would otherwise import purchasing, webhooks, imports, reports...
 if TYPE_CHECKING:
     from core.aggregates import Aggregates, AggregateStore
+    from core.carrier_bookings import CarrierWorkSweep
     from core.exchange_credit import ExchangeCredits
     from core.fulfillment import OrderActions
     from core.holds import Holds
@@ -466,6 +467,20 @@ class Container:
         return PendingRefundSweep(
             DynamoPendingRefunds(self.dynamodb, self.config.orders_table),
             self.refunds,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )
+
+    @cached_property
+    def carrier_work_sweep(self) -> CarrierWorkSweep:
+        """The reconciler's fifth job: what carriers are still owed (a parcel due a new label)."""
+        from core.carrier_bookings import CarrierWorkSweep
+        from functions.adapters.dynamodb import DynamoOrdersOwingCarrier
+
+        return CarrierWorkSweep(
+            DynamoOrdersOwingCarrier(self.dynamodb, self.config.orders_table),
+            self.order_repository,
+            self.actions,
             self.clock,
             after=timedelta(minutes=self.config.reconcile_after_minutes),
         )

@@ -29,6 +29,7 @@ from core.ports import (
     LateOrders,
     OrderFilter,
     OrderRepository,
+    OrdersOwingCarrier,
     PendingRefunds,
     ReturnFilter,
     ReturnRepository,
@@ -207,6 +208,12 @@ JEOPARDY_KEY = "jeopardy"
 # those a request left behind (core.refund_service.PendingRefundSweep). A refund is pending for the
 # moment its request asks the gateway, so the entry comes and goes once per refund.
 PENDING_REFUND_KEY = "pending"
+# Its other partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
+# a new label: Order.owes_carrier_work) by when they last changed: the reconciler finishes that
+# work (core.carrier_bookings.CarrierWorkSweep). Rare, and never on an order no cancel of units
+# shrank a booked parcel of: the typical order writes no entry. An order with a
+# refund pending too stays in the refunds' partition until its refund is done, then moves here.
+CARRIER_WORK_KEY = "carrier"
 INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
 
 
@@ -225,6 +232,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     if pending:
         attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
         attributes["refund_since"] = {"S": timestamp(min(pending))}
+    elif order.owes_carrier_work():
+        attributes["refund_key"] = {"S": CARRIER_WORK_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.updated_at)}
     return attributes
 
 
@@ -718,6 +728,28 @@ class DynamoPendingRefunds(PendingRefunds):
             "IndexName": "by_pending_refund",
             "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
             "ExpressionAttributeValues": {":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        return _paged_ids(self._client, query)
+
+
+class DynamoOrdersOwingCarrier(OrdersOwingCarrier):
+    """The carrier work sweep's query: the by_pending_refund index's CARRIER_WORK_KEY partition
+    (keys only), oldest change first, a page of `page_size` at a time as the sweep takes the ids;
+    never a Scan."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def owing_since_before(self, before: datetime) -> Iterator[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_pending_refund",
+            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
+            "ExpressionAttributeValues": {":key": {"S": CARRIER_WORK_KEY}, ":before": {"S": timestamp(before)}},
             "ScanIndexForward": True,
             "Limit": self._page_size,
         }

@@ -2,7 +2,8 @@
 those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
 (core/pickups.py); starts the returns workflow of received returns that have none
 (core/return_reconciliation.py); finishes refunds a request left pending at the gateway
-(core/refund_service.py's PendingRefundSweep)."""
+(core/refund_service.py's PendingRefundSweep); books again the parcels a cancel of units left due a
+label (core/carrier_bookings.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core.log_text import escape_for_log
 from core.refund_service import SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -48,6 +50,20 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                        extra={"return_id": return_id})  # fmt: skip
     if returns_restarted:
         metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
+    carriers = container().carrier_work_sweep.run(ACTOR)
+    for order_id, work in carriers.items():
+        for shipment_id in work.relabelled:
+            logger.warning("parcel booked again for what it now holds: a cancel of units left it due a label",
+                           extra={"order_id": order_id, "shipment_id": shipment_id})  # fmt: skip
+        for failure in work.failed:
+            logger.warning("carrier work still owed: the carrier failed again, the next pass retries",
+                           extra={"order_id": order_id, "failure": escape_for_log(failure)})  # fmt: skip
+    for name, count in (
+        ("ParcelsRelabelled", sum(len(work.relabelled) for work in carriers.values())),
+        ("CarrierWorkFailed", sum(len(work.failed) for work in carriers.values())),
+    ):
+        if count:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     incomplete = None
     try:
         refunds_finished = container().pending_refund_sweep.run(ACTOR)

@@ -173,11 +173,13 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     reconcile()
 
     # Pending, then authorized; then the pickups past their deadline; then the received returns;
-    # then the refunds left pending.
-    assert [operation for operation, _ in calls] == ["query"] * 5
+    # then the orders owing a carrier work (the refund index's other partition); then the refunds
+    # left pending.
+    assert [operation for operation, _ in calls] == ["query"] * 6
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", "by_pending_refund"
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", "by_pending_refund", "by_pending_refund"
     ]  # fmt: skip
+    assert [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]] == ["carrier", "pending"]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
