@@ -1,19 +1,25 @@
-"""The reconciler's pass over what carriers are still owed: a parcel due a new label, booked again.
+"""Bookings no parcel will use, cancelled with their carrier; the reconciler's pass over what carriers are owed.
 
-A cancel of units that shrinks a pending parcel records it due a new label in its own write
-(Order.labels_due), so the debt outlives a crash or a carrier down. The request that made the change
-books it at once; the reconciler's pass books again whatever is still due, so an order nobody
-touches again does not keep a label for contents it no longer has.
+A change that gives a booking up (a cancel, a parcel gone or booked again) records it on the
+order in its own write (Order.bookings_to_cancel), so the debt outlives a crash or a carrier down.
+The request that made the change asks the carrier at once; the reconciler's pass asks again for
+whatever is still owed, and books again any parcel still due a label (Order.labels_due), so an
+order nobody touches again does not keep a label for contents it no longer has.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from core.errors import InvalidTransition, NotFound, StaleVersion
+from core.hook_calls import call_hook
+from core.models import GivenUpBooking, Order
+from core.order_changes import modify
 from core.ports import OrderRepository, OrdersOwingCarrier
 
 if TYPE_CHECKING:
@@ -22,20 +28,69 @@ if TYPE_CHECKING:
 
 @dataclass
 class CarrierWork:
-    """What asking the carrier did for one order: the shipments booked again, and what failed
-    (left for the next pass)."""
+    """What asking the carrier did for one order: the shipments booked again, the
+    given-up bookings settled (cancelled, or never to be), and what failed (left for the next pass)."""
 
     relabelled: list[str] = field(default_factory=list)
+    settled: list[GivenUpBooking] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+
+    def add(self, other: CarrierWork) -> None:
+        self.relabelled += other.relabelled
+        self.settled += other.settled
+        self.failed += other.failed
+
+
+class CarrierBookings:
+    """Asks the carrier plugins to cancel the bookings an order gave up, and records their answers."""
+
+    def __init__(self, orders: OrderRepository, hook: Any, clock: Callable[[], datetime]):
+        self._orders = orders
+        self._hook = hook
+        self._clock = clock
+
+    def cancel_given_up(self, order: Order, actor: str) -> CarrierWork:
+        """Ask the carrier plugins (oms_carrier_cancel_shipment) to cancel each booking `order`
+        gave up, and record each answer (Order.booking_settled): cancelled, refused for good, or
+        nobody's (no plugin answers for its carrier). One whose plugin raises (the carrier down)
+        stays owed for the reconciler's next pass: whatever the carrier does, the change that gave
+        the booking up stands."""
+        done = CarrierWork()
+        for booking in order.bookings_to_cancel:
+            try:
+                answer = call_hook(
+                    self._hook.oms_carrier_cancel_shipment, carrier=booking.carrier,
+                    tracking_number=booking.tracking_number, booking_key=booking.booking_key, order_id=order.id,
+                )  # fmt: skip
+            except Exception as failure:  # any: the booking stays owed, the change stands
+                done.failed.append(f"cancel of {booking.tracking_number}: {type(failure).__name__}: {failure}")
+                continue
+            reason = (
+                "the carrier will not cancel it" if answer is False
+                else f"no carrier plugin cancels bookings of {booking.carrier}"
+            )  # fmt: skip
+            self._settle(order.id, booking, answer is True, reason, actor)
+            done.settled.append(booking)
+        return done
+
+    def _settle(self, order_id: str, booking: GivenUpBooking, cancelled: bool, reason: str, actor: str) -> None:
+        at = self._clock()
+        # Nothing to write once another request (or pass) settled it meanwhile.
+        with contextlib.suppress(InvalidTransition, NotFound, StaleVersion):
+            modify(
+                self._orders, order_id,
+                lambda current: current.booking_settled(booking, cancelled, reason, at=at, actor=actor)
+                if booking in current.bookings_to_cancel else None,
+            )  # fmt: skip
 
 
 class CarrierWorkSweep:
     """The reconciler's pass over orders that still owe the carrier something (a parcel due a new
-    label), found through an index of those orders only (OrdersOwingCarrier), oldest first. Only
-    orders unchanged for `after` are taken: a younger one is still in its request's hands. At most
-    `limit` orders a pass; the rest are the next pass's. A failure is not noted in the order's
-    history (a carrier down for hours would add an entry each pass): the pass returns it for its
-    log line and metric, and the order stays owing."""
+    label, a booking to cancel), found through an index of those orders only (OrdersOwingCarrier),
+    oldest first. Only orders unchanged for `after` are taken: a younger one is still in its
+    request's hands. At most `limit` orders a pass; the rest are the next pass's. A failure is not
+    noted in the order's history (a carrier down for hours would add an entry each pass): the
+    pass returns it for its log line and metric, and the order stays owing."""
 
     def __init__(
         self, owing: OrdersOwingCarrier, orders: OrderRepository, actions: OrderActions,

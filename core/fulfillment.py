@@ -239,7 +239,7 @@ class OrderActions:
         location_id = self._rejected_at(order, shipment_id)
         if location_id is not None:
             self._release_lines(order, order.lines, [location_id])
-        return order
+        return self._units.cancel_given_up(order, actor)  # the bookings of the parcels it withdrew
 
     def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
         """The location of `shipment_id` if the order had it and a change withdrew it: a reject's or
@@ -306,7 +306,9 @@ class OrderActions:
         order = modify(self._orders, order_id, decide)
         if order.status is not S.CANCELLED:
             return order
-        return self._cancellation.cancel(order_id, "pickup_expired", actor, closed_ok=True)
+        return self._units.cancel_given_up(
+            self._cancellation.cancel(order_id, "pickup_expired", actor, closed_ok=True), actor
+        )
 
     # --- Cancel -------------------------------------------------------------------------------
     def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None,
@@ -318,8 +320,8 @@ class OrderActions:
         return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel)
 
     def finish_carrier_work(self, order: Order, actor: str) -> CarrierWork:
-        """What the carrier is still owed for the order: its parcels due a label booked again (the
-        reconciler's pass, core.carrier_bookings)."""
+        """What the carrier is still owed for the order: its parcels due a label booked again, its
+        given-up bookings cancelled (the reconciler's pass, core.carrier_bookings)."""
         return self._units.finish_carrier_work(order, actor)
 
     # --- Edit ---------------------------------------------------------------------------------
@@ -428,6 +430,7 @@ class OrderActions:
             # a cancel of the order asks again.
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
                 self._cancellation.release_lost_authorizations(new, actor)
+        new = self._units.cancel_given_up(new, actor)  # the bookings of the parcels it withdrew
         if not new.replaced_authorizations:
             return new
         # A void that cannot be made now leaves the replaced authorization on the order (each

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
-from core.carrier_bookings import CarrierWork
+from core.carrier_bookings import CarrierBookings, CarrierWork
 from core.errors import (
     Conflict,
     InvalidRequest,
@@ -74,6 +74,7 @@ class UnitCancellation:
         self._orders = orders
         self._hook = hook
         self._labels = labels
+        self._bookings = CarrierBookings(orders, hook, clock) if hook is not None else None
         self._credits = credits
         self._catalog = catalog
         self._inventory = inventory
@@ -99,7 +100,7 @@ class UnitCancellation:
             if lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines):
                 return self._settle(order, actor)
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or self._takes_everything(order, lines):
-                return self._cancellation.cancel(order_id, reason, actor, channel=channel)
+                return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
             if order.captures_requested:
                 # A shipment being shipped (or whose ship died) keeps its lines: its capture is
                 # refunded first, and the units are cancelled on the order as it is then.
@@ -124,7 +125,7 @@ class UnitCancellation:
                 # Sent back to be sourced: its restarted workflow reconciles the reservations, and
                 # nothing was captured to settle.
                 return new
-            self.book_labels_due(new, actor)
+            self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
 
@@ -219,27 +220,39 @@ class UnitCancellation:
                 else:
                     self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
 
+    def cancel_given_up(self, order: Order, actor: str) -> Order:
+        """Cancel with their carrier the bookings the order gave up (CarrierBookings). Returns the
+        order as it then is."""
+        if self._bookings is None or not order.bookings_to_cancel:
+            return order
+        if self._bookings.cancel_given_up(order, actor).settled:
+            return self._current(order.id)
+        return order
+
     def finish_carrier_work(self, order: Order, actor: str) -> CarrierWork:
         """What the carrier is still owed for the order (the reconciler's CarrierWorkSweep): each
-        parcel due a label booked again (book_labels_due). A failure is returned, not noted in the
-        history."""
+        parcel due a label booked again (book_labels_due), then each booking given up (those new
+        labels' first ones too) cancelled. A failure is returned, not noted in the history."""
         failed = self._book_due(order, actor)
         due = order.labels_due
         order = self._current(order.id)
-        return CarrierWork(
+        done = CarrierWork(
             relabelled=[shipment_id for shipment_id in due if shipment_id not in order.labels_due],
             failed=[f"booking of {shipment_id}: {message}" for shipment_id, message in failed.items()],
         )
+        if self._bookings is not None:
+            done.add(self._bookings.cancel_given_up(order, actor))
+        return done
 
     def book_labels_due(self, order: Order, actor: str) -> Order:
         """Book again each pending parcel a cancel of units shrank (Order.labels_due), under the
         order's current booking key, and keep that booking's label, tracking number and service:
-        the first booking shows the old contents and weight. The cancel is written first and stands
-        whatever the carrier or the label store answers: a booking that fails leaves the shipment
-        due, with the failure in the history (`label_booking_failed`), and the next cancel of units
-        or ship of the order, or the reconciler's next pass (core.carrier_bookings), books it again
-        (under the same key: a carrier idempotent by it answers the same booking). Returns the order
-        as it then is."""
+        the first booking shows the old contents and weight (and is given up: Order.bookings_to_cancel).
+        The cancel is written first and stands whatever the carrier or the label store answers: a
+        booking that fails leaves the shipment due, with the failure in the history
+        (`label_booking_failed`), and the next cancel of units or ship of the order, or the
+        reconciler's next pass (core.carrier_bookings), books it again (under the same key: a
+        carrier idempotent by it answers the same booking). Returns the order as it then is."""
         failed = self._book_due(order, actor)
         for shipment_id, message in failed.items():
             self._note_booking_failed(order.id, shipment_id, message, actor)
@@ -323,8 +336,9 @@ class UnitCancellation:
         longer grow, gives back the credit its total does not use. A refund still pending (the
         gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
         would. A parcel still pending that a cancel of units left due a label is booked first
-        (book_labels_due). Returns the order as it then is."""
-        order = self.book_labels_due(order, actor)
+        (book_labels_due), and the bookings the order gave up are cancelled (cancel_given_up).
+        Returns the order as it then is."""
+        order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.

@@ -473,7 +473,8 @@ class Container:
 
     @cached_property
     def carrier_work_sweep(self) -> CarrierWorkSweep:
-        """The reconciler's fifth job: what carriers are still owed (a parcel due a new label)."""
+        """The reconciler's fifth job: what carriers are still owed (a parcel due a new label, a
+        given-up booking to cancel)."""
         from core.carrier_bookings import CarrierWorkSweep
         from functions.adapters.dynamodb import DynamoOrdersOwingCarrier
 

@@ -209,9 +209,9 @@ JEOPARDY_KEY = "jeopardy"
 # moment its request asks the gateway, so the entry comes and goes once per refund.
 PENDING_REFUND_KEY = "pending"
 # Its other partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
-# a new label: Order.owes_carrier_work) by when they last changed: the reconciler finishes that
-# work (core.carrier_bookings.CarrierWorkSweep). Rare, and never on an order no cancel of units
-# shrank a booked parcel of: the typical order writes no entry. An order with a
+# a new label, a given-up booking to cancel: Order.owes_carrier_work) by when they last changed: the
+# reconciler finishes that work (core.carrier_bookings.CarrierWorkSweep). Rare, and never on an
+# order nothing cancelled or booked again: the typical order writes no entry. An order with a
 # refund pending too stays in the refunds' partition until its refund is done, then moves here.
 CARRIER_WORK_KEY = "carrier"
 INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")

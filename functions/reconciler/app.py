@@ -3,7 +3,7 @@ those stuck too long for that (core/reconciliation.py); cancels pickups nobody c
 (core/pickups.py); starts the returns workflow of received returns that have none
 (core/return_reconciliation.py); finishes refunds a request left pending at the gateway
 (core/refund_service.py's PendingRefundSweep); books again the parcels a cancel of units left due a
-label (core/carrier_bookings.py)."""
+label, and cancels with their carrier the bookings no parcel will use (core/carrier_bookings.py)."""
 
 from __future__ import annotations
 
@@ -55,11 +55,15 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         for shipment_id in work.relabelled:
             logger.warning("parcel booked again for what it now holds: a cancel of units left it due a label",
                            extra={"order_id": order_id, "shipment_id": shipment_id})  # fmt: skip
+        for booking in work.settled:
+            logger.info("given-up carrier booking settled with its carrier",
+                        extra={"order_id": order_id, "shipment_id": booking.shipment_id})  # fmt: skip
         for failure in work.failed:
             logger.warning("carrier work still owed: the carrier failed again, the next pass retries",
                            extra={"order_id": order_id, "failure": escape_for_log(failure)})  # fmt: skip
     for name, count in (
         ("ParcelsRelabelled", sum(len(work.relabelled) for work in carriers.values())),
+        ("CarrierBookingsSettled", sum(len(work.settled) for work in carriers.values())),
         ("CarrierWorkFailed", sum(len(work.failed) for work in carriers.values())),
     ):
         if count:

@@ -1,5 +1,5 @@
-"""What a carrier is still owed (a parcel due a new label) is finished by the reconciler's pass when
-nobody touches the order again."""
+"""Carrier bookings no parcel will use are cancelled with their carrier, and what a carrier is still
+owed (a new label, a cancel) is finished by the reconciler's pass when nobody touches the order."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from core import hookimpl
 from core.carrier_bookings import CarrierWorkSweep
 from core.ids import booking_key
+from core.models import LineInput, Order, OrderEdit
 from core.ports import OrdersOwingCarrier
 from core.status import OrderStatus
 from plugins import flat_rate_carrier
@@ -24,12 +25,15 @@ ACTOR = "reconciler"
 
 
 class Carrier:
-    """A carrier plugin that books under the booking key; while `down`, it fails."""
+    """A carrier plugin whose bookings cost money: it books (under the booking key) and cancels,
+    recording each cancel it is asked for; while `down`, both fail."""
 
     NAME = "Acme Parcels"
 
     def __init__(self) -> None:
         self.down = False
+        self.refuses = False
+        self.cancelled: list[tuple[str, str, str]] = []  # (tracking number, booking key, order id)
 
     @hookimpl(tryfirst=True)
     def oms_carrier_create_shipment(self, booking_key):
@@ -38,6 +42,17 @@ class Carrier:
         return flat_rate_carrier.CarrierShipment(
             carrier=self.NAME, service="Ground", tracking_number=f"ACME-{booking_key}", label=b"%PDF-1.4 label"
         )
+
+    @hookimpl
+    def oms_carrier_cancel_shipment(self, carrier, tracking_number, booking_key, order_id):
+        if carrier != self.NAME:
+            return None
+        if self.down:
+            raise ConnectionError("carrier API unreachable")
+        if self.refuses:
+            return False
+        self.cancelled.append((tracking_number, booking_key, order_id))
+        return True
 
 
 class InMemoryOrdersOwingCarrier(OrdersOwingCarrier):
@@ -74,6 +89,99 @@ def history_types(world: World, order_id: str) -> list[str]:
     return [entry.type for entry in world.history(order_id)]
 
 
+def test_cancelling_an_allocated_order_cancels_its_parcels_bookings_with_the_carrier(world, carrier):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+
+    done = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert done.status is S.CANCELLED
+    assert sorted(carrier.cancelled) == sorted((s.tracking_number, s.id, order.id) for s in order.shipments)
+    assert done.bookings_to_cancel == [] and world.order(order.id) == done
+    assert history_types(world, order.id).count("carrier_booking_cancelled") == 2
+
+
+def test_a_parcel_booked_again_after_a_cancel_of_units_has_its_first_booking_cancelled(world, carrier):
+    order = world.allocated(("MUG", 3), ("CAP", 1))
+    west = world.shipment_at(order, "wh-west")
+
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
+
+    new_key = booking_key(west, done.rebookings)
+    assert done.shipment(west).tracking_number == f"ACME-{new_key}"
+    assert carrier.cancelled == [(f"ACME-{west}", west, order.id)]  # the first booking, not the new one
+    assert done.booking_keys == {west: new_key}
+
+    world.actions.cancel(order.id, "no more", actor="key_web")
+
+    east = world.shipment_at(order, "wh-east")
+    assert sorted(carrier.cancelled[1:]) == sorted(
+        [(f"ACME-{new_key}", new_key, order.id), (f"ACME-{east}", east, order.id)]
+    )  # the new booking cancelled under its own key
+
+
+def test_a_parcel_a_cancel_of_units_empties_has_its_booking_cancelled(world, carrier):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+
+    done = world.actions.cancel(order.id, "no cap", actor="key_web", lines={"L2": 1})
+
+    assert [s.location_id for s in done.shipments] == ["wh-west"]
+    assert carrier.cancelled == [(f"ACME-{east}", east, order.id)]
+
+
+def test_an_edit_that_sends_the_order_to_be_sourced_again_cancels_its_bookings_and_keeps_the_new_keys(world, carrier):
+    order = world.allocated(("MUG", 1))
+    west = world.shipment_at(order, "wh-west")
+
+    edited = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]),
+                                actor="key_web")  # fmt: skip
+
+    assert edited.status is S.AUTHORIZED
+    assert carrier.cancelled == [(f"ACME-{west}", west, order.id)]
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    again = booking_key(west, world.order(order.id).rebookings)
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert carrier.cancelled[1:] == [(f"ACME-{again}", again, order.id)]
+
+
+def test_a_carrier_down_keeps_the_cancel_and_the_reconcilers_pass_cancels_the_bookings_later(world, carrier, clock):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    carrier.down = True
+
+    done = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert done.status is S.CANCELLED and carrier.cancelled == []
+    stored = Order.model_validate_json(done.stored_json())
+    assert sorted(b.tracking_number for b in stored.bookings_to_cancel) == sorted(
+        s.tracking_number for s in order.shipments
+    )
+    assert "bookings_to_cancel" not in done.model_dump(mode="json")
+    assert sweep(world, clock).run(ACTOR) == {}  # still in its request's hands
+
+    clock.advance(minutes=20)
+    assert list(sweep(world, clock).run(ACTOR)[order.id].failed)  # still down: still owed
+    assert world.order(order.id).owes_carrier_work()
+    carrier.down = False
+    clock.advance(minutes=5)
+    work = sweep(world, clock).run(ACTOR)[order.id]
+
+    assert len(work.settled) == 2 and work.failed == []
+    assert len(carrier.cancelled) == 2 and not world.order(order.id).owes_carrier_work()
+    assert sweep(world, clock).run(ACTOR) == {}
+
+
+def test_a_booking_the_carrier_will_not_cancel_is_recorded_and_not_asked_again(world, carrier, clock):
+    order = world.allocated(("MUG", 1))
+    carrier.refuses = True
+
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    (entry,) = [h for h in world.history(order.id) if h.type == "carrier_booking_not_cancelled"]
+    assert entry.detail["reason"] == "the carrier will not cancel it"
+    assert not world.order(order.id).owes_carrier_work()
+
+
 def test_a_parcel_whose_new_label_failed_is_booked_again_by_the_reconcilers_pass_untouched(world, carrier, clock):
     # Nobody cancels or ships anything else: the parcel would keep its three-mug label.
     order = world.allocated(("MUG", 3), ("CAP", 1))
@@ -81,23 +189,19 @@ def test_a_parcel_whose_new_label_failed_is_booked_again_by_the_reconcilers_pass
     carrier.down = True
     done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
     assert done.labels_due == [west]
-    assert sweep(world, clock).run(ACTOR) == {}  # still in its request's hands
+    carrier.down = False
     clock.advance(minutes=20)
 
-    assert sweep(world, clock).run(ACTOR)[order.id].failed  # still down: still due
-    assert world.order(order.id).labels_due == [west]
-    carrier.down = False
-    clock.advance(minutes=5)
     work = sweep(world, clock).run(ACTOR)[order.id]
 
     after = world.order(order.id)
     key = booking_key(west, after.rebookings)
-    assert work.relabelled == [west] and work.failed == [] and after.labels_due == []
+    assert work.relabelled == [west] and after.labels_due == []
     assert after.shipment(west).tracking_number == f"ACME-{key}"
     assert after.shipment(west).label_url == f"labels/{order.id}/{key}"
+    assert carrier.cancelled == [(f"ACME-{west}", west, order.id)]  # and the first booking cancelled
     assert not after.owes_carrier_work()
-    assert history_types(world, order.id).count("label_booking_failed") == 1  # the passes add none
-    assert sweep(world, clock).run(ACTOR) == {}
+    assert history_types(world, order.id).count("label_booking_failed") == 1  # the pass adds none
 
 
 def test_a_cancelled_order_is_no_longer_due_a_label(world, carrier, clock):
@@ -111,3 +215,22 @@ def test_a_cancelled_order_is_no_longer_due_a_label(world, carrier, clock):
     assert done.status is S.CANCELLED and done.labels_due == []
     clock.advance(minutes=20)
     assert sweep(world, clock).run(ACTOR) == {}
+    assert [key for _, key, _ in carrier.cancelled] == [world.shipment_at(order, "wh-west")]
+
+
+def test_a_booking_no_plugin_cancels_is_recorded_once_and_not_asked_again(clock):
+    world = build_world(STOCK, clock=clock)  # the built-in carrier books: it answers for its own
+    order = world.allocated(("MUG", 1))
+    stray = order.shipments[0].model_copy(update={"carrier": "Gone Parcels"})
+    world.orders.orders[order.id] = order.model_copy(update={"shipments": [stray]})
+
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    (entry,) = [h for h in world.history(order.id) if h.type == "carrier_booking_not_cancelled"]
+    assert entry.detail["reason"] == "no carrier plugin cancels bookings of Gone Parcels"
+    assert not world.order(order.id).owes_carrier_work()
+
+
+def test_the_built_in_carrier_cancels_its_own_bookings_and_answers_for_no_other():
+    assert flat_rate_carrier.oms_carrier_cancel_shipment(carrier=flat_rate_carrier.CARRIER) is True
+    assert flat_rate_carrier.oms_carrier_cancel_shipment(carrier="Acme Parcels") is None
