@@ -84,6 +84,18 @@ class CarrierBookings:
             )  # fmt: skip
 
 
+def give_up_unrecorded(
+    orders: OrderRepository, order_id: str, bookings: list[GivenUpBooking], clock: Callable[[], datetime]
+) -> None:
+    """Bookings made for the order that its version never recorded (the write that would have
+    lost to a change), owed a cancel once nothing will ask for them again under their key
+    (Order.unrecorded_bookings_given_up): the next request that changes the order, or the
+    reconciler's next pass, cancels them."""
+    at = clock()
+    with contextlib.suppress(NotFound, StaleVersion):
+        modify(orders, order_id, lambda current: current.unrecorded_bookings_given_up(bookings, at=at))
+
+
 class CarrierWorkSweep:
     """The reconciler's pass over orders that still owe the carrier something (a parcel due a new
     label, a booking to cancel), found through an index of those orders only (OrdersOwingCarrier),

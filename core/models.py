@@ -31,6 +31,7 @@ from core.status import (
     EDITABLE,
     NOT_LEFT,
     RESOURCEABLE,
+    TERMINAL,
     OrderStatus,
     PaymentStatus,
     ShipmentStatus,
@@ -2131,6 +2132,34 @@ class Order(BaseModel, defer_build=True):
             labels_due=[due for due in self.labels_due if due != shipment_id],
             booking_keys={**self.booking_keys, shipment_id: key},
         )  # fmt: skip
+
+    def unrecorded_bookings_given_up(self, bookings: list[GivenUpBooking], *, at: datetime) -> Bookkeeping | None:
+        """Bookings made for this order that no version recorded (a CreateShipments or a re-booking
+        whose write lost to a change), owed a cancel (`bookings_to_cancel`) once nothing will ask
+        for them again under their key: the order closed, or changed so its parcels are booked
+        under another key, or the parcel no longer waiting for one. A booking the order uses, or
+        one a retried step (a release, the next pass) will ask for again and so be answered, is
+        left alone. Bookkeeping: the cancel's own entry tells. None when none is given up."""
+        in_use = {(s.id, s.tracking_number, self.booking_key_of(s.id)) for s in self.shipments}
+        current = {s.id for s in self.shipments}
+        sourcing = self.status in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED, OrderStatus.ON_HOLD)
+
+        def asked_again(booking: GivenUpBooking) -> bool:
+            if self.status in TERMINAL or booking.booking_key != booking_key(booking.shipment_id, self.rebookings):
+                return False
+            return booking.shipment_id in self.labels_due or (sourcing and booking.shipment_id not in current)
+
+        given_up = [
+            booking for booking in bookings
+            if (booking.shipment_id, booking.tracking_number, booking.booking_key) not in in_use
+            and booking not in self.bookings_to_cancel and not asked_again(booking)
+        ]  # fmt: skip
+        if not given_up:
+            return None
+        new = _replaced(self, bookings_to_cancel=[*self.bookings_to_cancel, *given_up], version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        check_successor(self, new)
+        return new, None
 
     def booking_settled(self, booking: GivenUpBooking, cancelled: bool, reason: str, *, at: datetime,
                         actor: str) -> Change:  # fmt: skip

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
-from core.carrier_bookings import CarrierBookings, CarrierWork
+from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
     InvalidRequest,
@@ -22,7 +22,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.ids import booking_key, reservation_key
-from core.models import LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
+from core.models import GivenUpBooking, LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
 from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
@@ -288,7 +288,7 @@ class UnitCancellation:
         at = self._clock()
         # Refused (decided again on a consistent read) when a change since made another booking,
         # or none, the parcel's: another cancel of units, an edit, its ship.
-        with contextlib.suppress(InvalidTransition, NotFound, StaleVersion):  # the parcel stays due
+        try:
             modify(
                 self._orders, order_id,
                 lambda current: current.relabel(
@@ -296,6 +296,12 @@ class UnitCancellation:
                     tracking_number=booked.tracking_number, label_url=label, at=at, actor=actor,
                 ),
             )  # fmt: skip
+        except (InvalidTransition, NotFound, StaleVersion):
+            # The parcel stays due, or is no longer: this booking is owed a cancel unless a retry
+            # will ask for it again.
+            made = GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
+                                  tracking_number=booked.tracking_number, booking_key=key)  # fmt: skip
+            give_up_unrecorded(self._orders, order_id, [made], self._clock)
 
     def _note_booking_failed(self, order_id: str, shipment_id: str, message: str, actor: str) -> None:
         at = self._clock()

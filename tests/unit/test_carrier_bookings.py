@@ -10,13 +10,15 @@ import pytest
 
 from core import hookimpl
 from core.carrier_bookings import CarrierWorkSweep
-from core.ids import booking_key
+from core.errors import OrderClosed, OrderHeld
+from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.ids import booking_key, shipment_id_for
 from core.models import LineInput, Order, OrderEdit
 from core.ports import OrdersOwingCarrier
 from core.status import OrderStatus
 from plugins import flat_rate_carrier
 from tests.unit.test_jeopardy import Clock
-from tests.unit.world import World, build_world
+from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
 # MUG is only in the west and CAP only in the east, so an order with both ships in two parcels.
@@ -234,3 +236,63 @@ def test_a_booking_no_plugin_cancels_is_recorded_once_and_not_asked_again(clock)
 def test_the_built_in_carrier_cancels_its_own_bookings_and_answers_for_no_other():
     assert flat_rate_carrier.oms_carrier_cancel_shipment(carrier=flat_rate_carrier.CARRIER) is True
     assert flat_rate_carrier.oms_carrier_cancel_shipment(carrier="Acme Parcels") is None
+
+
+# --- Bookings no version recorded -------------------------------------------------------------------
+
+
+def test_shipments_booked_by_a_step_that_lost_its_write_to_a_cancel_have_their_bookings_cancelled(
+    world, carrier, clock, monkeypatch
+):
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "too late", actor="key_web"))
+
+    with pytest.raises(OrderClosed):
+        world.workflow.create_shipments(order_id)
+
+    monkeypatch.undo()
+    west = shipment_id_for(order_id, "wh-west")
+    assert [b.booking_key for b in world.order(order_id).bookings_to_cancel] == [west]
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert carrier.cancelled == [(f"ACME-{west}", west, order_id)]
+
+
+def test_shipments_booked_by_a_step_that_lost_its_write_to_a_hold_keep_their_bookings_for_the_release(
+    world, carrier, monkeypatch
+):
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    holds = Holds(world.orders, clock=lambda: world.order(order_id).updated_at)
+    before_the_next_write(
+        world, monkeypatch, lambda: holds.hold(order_id, HoldRequest(reason="customer_request"), actor="key_ops")
+    )
+
+    with pytest.raises(OrderHeld):
+        world.workflow.create_shipments(order_id)
+
+    monkeypatch.undo()
+    assert world.order(order_id).bookings_to_cancel == []  # the release books it again under its key
+    holds.release(order_id, ReleaseRequest(), actor="key_ops")
+    assert world.run(order_id).status is S.ALLOCATED
+    assert carrier.cancelled == []
+
+
+def test_a_new_label_that_loses_to_another_cancel_of_the_parcel_has_its_booking_cancelled(world, carrier, monkeypatch):
+    order = world.allocated(("MUG", 4), ("CAP", 1))
+    west = world.shipment_at(order, "wh-west")
+    before_the_next_write(  # after the first cancel's write, before its new label's
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one more", actor="key_web", lines={"L1": 1}),
+        skip=1,
+    )  # fmt: skip
+
+    world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
+
+    first, second = booking_key(west, 1), booking_key(west, 2)
+    after = world.order(order.id)
+    assert after.shipment(west).tracking_number == f"ACME-{second}" and after.bookings_to_cancel == []
+    # The parcel's first booking, and the first cancel's label that came too late, both cancelled.
+    assert sorted(key for _, key, _ in carrier.cancelled) == sorted([west, first])
