@@ -49,8 +49,9 @@ class UnitCancellation:
     Units are cancelled in one conditional write (lines, totals priced again as for an edit, the
     shipments that have not left (pending, or a pickup waiting at its store) and allocations
     shrunk, the status moved on when nothing is left to ship); only then is a pending parcel left
-    with fewer units booked again with the carrier (book_labels_due), the reservations brought
-    down to what those shipments still need, and the payment settled: what was captured beyond
+    with fewer units booked again with the carrier (book_labels_due), the bookings the cancel gave
+    up (an emptied parcel's, a shrunk one's first) cancelled with it (cancel_given_up), the
+    reservations brought down to what those shipments still need, and the payment settled: what was captured beyond
     the new total is refunded (a refund of kind `cancellation`); once nothing is left to ship, a
     total left higher than the captures (a volume discount lost with the units) is captured and
     the rest of the authorization released. Each part is idempotent, and repeating a cancel of

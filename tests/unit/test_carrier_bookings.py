@@ -296,3 +296,22 @@ def test_a_new_label_that_loses_to_another_cancel_of_the_parcel_has_its_booking_
     assert after.shipment(west).tracking_number == f"ACME-{second}" and after.bookings_to_cancel == []
     # The parcel's first booking, and the first cancel's label that came too late, both cancelled.
     assert sorted(key for _, key, _ in carrier.cancelled) == sorted([west, first])
+
+
+def test_only_an_order_owing_a_carrier_work_has_an_entry_in_the_indexs_carrier_partition(world, carrier):
+    from functions.adapters.dynamodb import index_attributes
+
+    # The typical order (allocated, shipped, delivered) writes no entry at any step.
+    order = world.allocated(("MUG", 1))
+    (shipment,) = order.shipments
+    shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    delivered = world.actions.deliver(order.id, shipment.id, actor="key_wh")
+    for each in (order, shipped, delivered):
+        assert not {"refund_key", "refund_since"} & set(index_attributes(each))
+
+    owing = world.allocated(("MUG", 1))
+    carrier.down = True
+    cancelled = world.actions.cancel(owing.id, "changed my mind", actor="key_web")
+    assert index_attributes(cancelled)["refund_key"] == {"S": "carrier"}
+    carrier.down = False
+    assert "refund_key" not in index_attributes(world.actions.cancel(owing.id, "again", actor="key_web"))
