@@ -1102,8 +1102,8 @@ class Order(BaseModel, defer_build=True):
     rebookings: int = Field(default=0, exclude=True)
     # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
     # label still show the old contents and weight until they are booked again under the order's
-    # current booking key (Order.relabel); none once the order is cancelled. The system's own: stored,
-    # never shown.
+    # current booking key (Order.relabel); a parcel that leaves or is readied for pickup, or an order
+    # cancelled, is no longer due one (`_next`). The system's own: stored, never shown.
     labels_due: list[str] = Field(default_factory=list, exclude=True)
     # The booking key of each shipment booked under another key than its id (one booked after a
     # change, core.ids.booking_key): what a cancel of that booking names (`booking_key_of`). Empty
@@ -1525,17 +1525,20 @@ class Order(BaseModel, defer_build=True):
             # write moves it, so only a status change restarts the status's clock (a late mark, say,
             # would otherwise put off a hold's expiry by a day).
             fields = {"status_since": self.updated_at, **fields}
-        if to is OrderStatus.CANCELLED:
-            fields = {**fields, "labels_due": []}  # no parcel of a cancelled order is booked again
         fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         given_up = _bookings_given_up(self, new)
         keys = {shipment_id: key for shipment_id, key in new.booking_keys.items()
                 if any(s.id == shipment_id for s in new.shipments)}  # fmt: skip
-        if given_up or keys != new.booking_keys:
+        # Only a pending parcel of an order not cancelled is booked again: one that shipped, was
+        # readied for pickup or went keeps the label it has.
+        pending = {s.id for s in new.shipments if s.status is ShipmentStatus.PENDING}
+        due = [d for d in new.labels_due if d in pending] if new.status is not OrderStatus.CANCELLED else []
+        if given_up or keys != new.booking_keys or due != new.labels_due:
             # Owed a cancel from the write that gives them up, so neither a crash after it nor a
             # carrier down loses the debt (core.carrier_bookings asks, then records the answer).
-            new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *given_up], booking_keys=keys)
+            new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *given_up], booking_keys=keys,
+                            labels_due=due)  # fmt: skip
         check_successor(self, new)
         entry = HistoryEntry(
             at=at,

@@ -315,3 +315,18 @@ def test_only_an_order_owing_a_carrier_work_has_an_entry_in_the_indexs_carrier_p
     assert index_attributes(cancelled)["refund_key"] == {"S": "carrier"}
     carrier.down = False
     assert "refund_key" not in index_attributes(world.actions.cancel(owing.id, "again", actor="key_web"))
+
+
+def test_a_parcel_that_ships_with_its_old_label_is_no_longer_due_one_nor_read_by_every_pass(world, carrier, clock):
+    # The warehouse shipped it while the carrier was still down: nothing is left to book, and an
+    # order left due would be read by every pass for good, crowding out the ones that owe something.
+    order = world.allocated(("MUG", 3))
+    west = world.shipment_at(order, "wh-west")
+    carrier.down = True
+    world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
+
+    shipped = world.actions.ship(order.id, west, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED and shipped.labels_due == [] and not shipped.owes_carrier_work()
+    clock.advance(minutes=20)
+    assert sweep(world, clock).run(ACTOR) == {}
