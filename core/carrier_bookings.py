@@ -49,20 +49,25 @@ class CarrierBookings:
         self._hook = hook
         self._clock = clock
 
-    def cancel_given_up(self, order: Order, actor: str) -> CarrierWork:
+    def cancel_given_up(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
         """Ask the carrier plugins (oms_carrier_cancel_shipment) to cancel each booking `order`
         gave up, and record each answer (Order.booking_settled): cancelled, refused for good, or
         nobody's (no plugin answers for its carrier). One whose plugin raises (the carrier down)
         stays owed for the reconciler's next pass: whatever the carrier does, the change that gave
-        the booking up stands."""
+        the booking up stands. A carrier in `down` (one that failed earlier in the same pass, which
+        this adds to) is not asked."""
         done = CarrierWork()
+        down = set() if down is None else down
         for booking in order.bookings_to_cancel:
+            if booking.carrier in down:
+                continue
             try:
                 answer = call_hook(
                     self._hook.oms_carrier_cancel_shipment, carrier=booking.carrier,
                     tracking_number=booking.tracking_number, booking_key=booking.booking_key, order_id=order.id,
                 )  # fmt: skip
             except Exception as failure:  # any: the booking stays owed, the change stands
+                down.add(booking.carrier)
                 done.failed.append(f"cancel of {booking.tracking_number}: {type(failure).__name__}: {failure}")
                 continue
             reason = (
@@ -100,13 +105,15 @@ class CarrierWorkSweep:
     """The reconciler's pass over orders that still owe the carrier something (a parcel due a new
     label, a booking to cancel), found through an index of those orders only (OrdersOwingCarrier),
     oldest first. Only orders unchanged for `after` are taken: a younger one is still in its
-    request's hands. At most `limit` orders a pass; the rest are the next pass's. A failure is not
-    noted in the order's history (a carrier down for hours would add an entry each pass): the
-    pass returns it for its log line and metric, and the order stays owing."""
+    request's hands. A carrier that fails is not asked again in the same pass: the orders that owe
+    only it are read past (they stay owing, and oldest, for the next pass), up to `max_reads`
+    orders a pass, so orders owing other carriers are not stuck behind them; at most `limit`
+    orders are asked. A failure is not noted in the order's history (a carrier down for hours
+    would add an entry each pass): the pass returns it for its log line and metric."""
 
     def __init__(
         self, owing: OrdersOwingCarrier, orders: OrderRepository, actions: OrderActions,
-        clock: Callable[[], datetime], *, after: timedelta, limit: int = 100,
+        clock: Callable[[], datetime], *, after: timedelta, limit: int = 100, max_reads: int = 1000,
     ):  # fmt: skip
         self._owing = owing
         self._orders = orders
@@ -114,17 +121,23 @@ class CarrierWorkSweep:
         self._clock = clock
         self._after = after
         self._limit = limit
+        self._max_reads = max_reads
 
     def run(self, actor: str) -> dict[str, CarrierWork]:
         """One pass: what it did, by order id (an order it found owing nothing is left out)."""
         unchanged_since = self._clock() - self._after
         done: dict[str, CarrierWork] = {}
-        for order_id in islice(self._owing.owing_since_before(unchanged_since), self._limit):
+        down: set[str] = set()
+        for order_id in islice(self._owing.owing_since_before(unchanged_since), self._max_reads):
             order = self._orders.get(order_id, consistent=True)
             if order is None or not order.owes_carrier_work():
                 continue
+            if not order.labels_due and all(booking.carrier in down for booking in order.bookings_to_cancel):
+                continue  # its carriers failed in this pass already
             try:
-                done[order_id] = self._actions.finish_carrier_work(order, actor)
+                done[order_id] = self._actions.finish_carrier_work(order, actor, down)
             except Exception as failure:  # one order's error does not stop the pass
                 done[order_id] = CarrierWork(failed=[f"{type(failure).__name__}: {failure}"])
+            if len(done) == self._limit:
+                break
         return done

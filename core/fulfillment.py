@@ -319,10 +319,11 @@ class OrderActions:
         ({line_id: units}): those units, or every unit not shipped, cancelled (UnitCancellation)."""
         return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel)
 
-    def finish_carrier_work(self, order: Order, actor: str) -> CarrierWork:
+    def finish_carrier_work(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
         """What the carrier is still owed for the order: its parcels due a label booked again, its
-        given-up bookings cancelled (the reconciler's pass, core.carrier_bookings)."""
-        return self._units.finish_carrier_work(order, actor)
+        given-up bookings cancelled but for carriers `down` (the reconciler's pass,
+        core.carrier_bookings)."""
+        return self._units.finish_carrier_work(order, actor, down)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,

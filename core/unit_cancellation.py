@@ -230,10 +230,11 @@ class UnitCancellation:
             return self._current(order.id)
         return order
 
-    def finish_carrier_work(self, order: Order, actor: str) -> CarrierWork:
+    def finish_carrier_work(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
         """What the carrier is still owed for the order (the reconciler's CarrierWorkSweep): each
         parcel due a label booked again (book_labels_due), then each booking given up (those new
-        labels' first ones too) cancelled. A failure is returned, not noted in the history."""
+        labels' first ones too) cancelled, but for carriers `down` (CarrierBookings.cancel_given_up).
+        A failure is returned, not noted in the history."""
         failed = self._book_due(order, actor)
         due = order.labels_due
         order = self._current(order.id)
@@ -242,7 +243,7 @@ class UnitCancellation:
             failed=[f"booking of {shipment_id}: {message}" for shipment_id, message in failed.items()],
         )
         if self._bookings is not None:
-            done.add(self._bookings.cancel_given_up(order, actor))
+            done.add(self._bookings.cancel_given_up(order, actor, down))
         return done
 
     def book_labels_due(self, order: Order, actor: str) -> Order:

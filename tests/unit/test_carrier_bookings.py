@@ -36,6 +36,7 @@ class Carrier:
         self.down = False
         self.refuses = False
         self.cancelled: list[tuple[str, str, str]] = []  # (tracking number, booking key, order id)
+        self.cancels_asked = 0
 
     @hookimpl(tryfirst=True)
     def oms_carrier_create_shipment(self, booking_key):
@@ -49,6 +50,7 @@ class Carrier:
     def oms_carrier_cancel_shipment(self, carrier, tracking_number, booking_key, order_id):
         if carrier != self.NAME:
             return None
+        self.cancels_asked += 1
         if self.down:
             raise ConnectionError("carrier API unreachable")
         if self.refuses:
@@ -330,3 +332,24 @@ def test_a_parcel_that_ships_with_its_old_label_is_no_longer_due_one_nor_read_by
     assert shipped.status is S.SHIPPED and shipped.labels_due == [] and not shipped.owes_carrier_work()
     clock.advance(minutes=20)
     assert sweep(world, clock).run(ACTOR) == {}
+
+
+def test_a_carrier_down_is_asked_once_a_pass_and_orders_owing_another_are_not_stuck_behind_it(world, carrier, clock):
+    orders = [world.allocated(("MUG", 1)).id for _ in range(4)]
+    carrier.down = True
+    for order_id in orders:
+        world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    other = world.order(orders[-1])
+    # Its booking was the built-in carrier's, which answers.
+    elsewhere = [b.model_copy(update={"carrier": flat_rate_carrier.CARRIER}) for b in other.bookings_to_cancel]
+    world.orders.orders[other.id] = other.model_copy(update={"bookings_to_cancel": elsewhere})
+    asked_before = carrier.cancels_asked
+    clock.advance(minutes=20)
+
+    done = CarrierWorkSweep(
+        InMemoryOrdersOwingCarrier(world), world.orders, world.actions, clock, after=timedelta(minutes=15), limit=2
+    ).run(ACTOR)
+
+    assert carrier.cancels_asked == asked_before + 1  # once this pass, not once per order
+    assert len(done[other.id].settled) == 1 and not world.order(other.id).owes_carrier_work()
+    assert len(done) == 2
