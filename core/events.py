@@ -51,8 +51,14 @@ class OrderEvent(StrEnum):
     # A pending parcel those units left was booked again: its new label shows what it now holds.
     SHIPMENT_RELABELLED = "shipment_relabelled"
     # Booking it again failed (the carrier or the label store): the cancel stands, the parcel keeps
-    # its old label until the next cancel of units or ship of the order books it.
+    # its old label until the next cancel of units or ship of the order, or the reconciler's next
+    # pass, books it.
     LABEL_BOOKING_FAILED = "label_booking_failed"
+    # A carrier booking no parcel will use (the order cancelled, its parcel gone or booked again)
+    # was cancelled with its carrier; or never will be (the carrier refused, or no plugin cancels
+    # its bookings): the detail says why.
+    CARRIER_BOOKING_CANCELLED = "carrier_booking_cancelled"
+    CARRIER_BOOKING_NOT_CANCELLED = "carrier_booking_not_cancelled"
     # Returns (the return's own record is in the Returns table; the order's history tells its story).
     RETURN_REQUESTED = "return_requested"
     RETURN_AUTHORIZED = "return_authorized"

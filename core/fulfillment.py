@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
+from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
     InvalidTransition,
@@ -238,7 +239,7 @@ class OrderActions:
         location_id = self._rejected_at(order, shipment_id)
         if location_id is not None:
             self._release_lines(order, order.lines, [location_id])
-        return order
+        return self._units.cancel_given_up(order, actor)  # the bookings of the parcels it withdrew
 
     def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
         """The location of `shipment_id` if the order had it and a change withdrew it: a reject's or
@@ -305,7 +306,9 @@ class OrderActions:
         order = modify(self._orders, order_id, decide)
         if order.status is not S.CANCELLED:
             return order
-        return self._cancellation.cancel(order_id, "pickup_expired", actor, closed_ok=True)
+        return self._units.cancel_given_up(
+            self._cancellation.cancel(order_id, "pickup_expired", actor, closed_ok=True), actor
+        )
 
     # --- Cancel -------------------------------------------------------------------------------
     def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None,
@@ -315,6 +318,12 @@ class OrderActions:
         says why; cancelling again retries the void). On a partly shipped order, or with `lines`
         ({line_id: units}): those units, or every unit not shipped, cancelled (UnitCancellation)."""
         return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel)
+
+    def finish_carrier_work(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
+        """What the carrier is still owed for the order: its parcels due a label booked again, its
+        given-up bookings cancelled but for carriers `down` (the reconciler's pass,
+        core.carrier_bookings)."""
+        return self._units.finish_carrier_work(order, actor, down)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,
@@ -425,6 +434,7 @@ class OrderActions:
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
                 left = payment_keys.authorize(order.id, order.authorized_version)
                 self._cancellation.release_lost_authorizations(new, actor, unrecorded=left)
+        new = self._units.cancel_given_up(new, actor)  # the bookings of the parcels it withdrew
         if not new.replaced_authorizations:
             return new
         # A void that cannot be made now leaves the replaced authorization on the order (each

@@ -358,6 +358,15 @@ class UnsettledAuthorizations(ABC):
         page at a time as the caller takes them: a caller that stops early reads no further page."""
 
 
+class OrdersOwingCarrier(ABC):
+    """Orders that still owe the carrier something (Order.owes_carrier_work), found through an index."""
+
+    @abstractmethod
+    def owing_since_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders owing the carrier work that last changed before `before`, oldest
+        first, read a page at a time as the caller takes them."""
+
+
 class WorkflowStarter(ABC):
     @abstractmethod
     def start(

@@ -10,6 +10,7 @@ twice changes nothing: Express workflows and stream retries run things at least 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections import defaultdict
@@ -21,6 +22,7 @@ import pluggy
 
 from core import payment_keys
 from core.cancellation import Cancellation
+from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
     InsufficientStock,
@@ -34,7 +36,17 @@ from core.errors import (
     TransientError,
 )
 from core.ids import booking_key, reservation_key, shipment_id_for
-from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, StockLevel, utc_now
+from core.models import (
+    Address,
+    Allocation,
+    GivenUpBooking,
+    Location,
+    Order,
+    Shipment,
+    ShipmentLine,
+    StockLevel,
+    utc_now,
+)
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
@@ -590,7 +602,13 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            raise self._closed_or_retry(order_id, lambda: None) from None
+            # The bookings just made are owed a cancel once no retry will ask for them again (the
+            # order cancelled, or edited: its parcels are booked under another key).
+            made = [GivenUpBooking(shipment_id=s.id, carrier=s.carrier, tracking_number=s.tracking_number,
+                                   booking_key=booking_key(s.id, order.rebookings))
+                    for s in shipments if s.tracking_number]  # fmt: skip
+            undo = functools.partial(give_up_unrecorded, self._orders, order_id, made, self._clock)
+            raise self._closed_or_retry(order_id, undo) from None
         if order.status is S.BACKORDERED and self._backorders is not None:
             # Out of its skus' queues (an arrival that meets an entry left by a crash here
             # removes it too).

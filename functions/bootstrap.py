@@ -52,6 +52,7 @@ from functions.warm import Warm, forget_warm_containers
 if TYPE_CHECKING:
     from core.aggregates import Aggregates, AggregateStore
     from core.authorization_sweep import UnsettledAuthorizationSweep
+    from core.carrier_bookings import CarrierWorkSweep
     from core.exchange_credit import ExchangeCredits
     from core.fulfillment import OrderActions
     from core.holds import Holds
@@ -490,6 +491,21 @@ class Container:
             DynamoUnsettledAuthorizations(self.dynamodb, self.config.orders_table),
             self.order_repository,
             cancellation,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )
+
+    @cached_property
+    def carrier_work_sweep(self) -> CarrierWorkSweep:
+        """The reconciler's sixth job: what carriers are still owed (a parcel due a new label, a
+        given-up booking to cancel)."""
+        from core.carrier_bookings import CarrierWorkSweep
+        from functions.adapters.dynamodb import DynamoOrdersOwingCarrier
+
+        return CarrierWorkSweep(
+            DynamoOrdersOwingCarrier(self.dynamodb, self.config.orders_table),
+            self.order_repository,
+            self.actions,
             self.clock,
             after=timedelta(minutes=self.config.reconcile_after_minutes),
         )

@@ -230,6 +230,12 @@ def oms_carrier_create_shipment(
     )
 
 
+@hookimpl(trylast=True)
+def oms_carrier_cancel_shipment(carrier: str) -> bool | None:
+    """Its bookings cost nothing and it keeps none: one given up is cancelled by forgetting it."""
+    return True if carrier == CARRIER else None
+
+
 # --- Return labels ----------------------------------------------------------------------------
 
 RETURN_SERVICE = "Returns"

@@ -29,6 +29,7 @@ from core.ports import (
     LateOrders,
     OrderFilter,
     OrderRepository,
+    OrdersOwingCarrier,
     PendingRefunds,
     ReturnFilter,
     ReturnRepository,
@@ -216,6 +217,12 @@ PENDING_REFUND_KEY = "pending"
 # leaves one, for the moment between its request and its write or void; an order with a refund
 # pending as well stays in PENDING_REFUND_KEY's partition until that refund is finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
+# Its third partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
+# a new label, a given-up booking to cancel: Order.owes_carrier_work) by when they last changed: the
+# reconciler finishes that work (core.carrier_bookings.CarrierWorkSweep). Rare, and never on an
+# order nothing cancelled or booked again: the typical order writes no entry. An order with a
+# refund pending too stays in the refunds' partition until its refund is done, then moves here.
+CARRIER_WORK_KEY = "carrier"
 INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
 
 
@@ -237,6 +244,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     elif order.edit_authorizations_left:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
+    elif order.owes_carrier_work():
+        attributes["refund_key"] = {"S": CARRIER_WORK_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.updated_at)}
     return attributes
 
 
@@ -714,10 +724,23 @@ class DynamoBackorderedOrders(BackorderedOrders):
         ]
 
 
+def _partition_query(table: str, key: str, before: datetime, page_size: int) -> dict[str, Any]:
+    """The Query of one partition of the sparse by_pending_refund index (keys only): the orders
+    under `key` whose time there is before `before`, oldest first, `page_size` a page."""
+    return {
+        "TableName": table,
+        "IndexName": "by_pending_refund",
+        "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
+        "ExpressionAttributeValues": {":key": {"S": key}, ":before": {"S": timestamp(before)}},
+        "ScanIndexForward": True,
+        "Limit": page_size,
+    }
+
+
 class DynamoPendingRefunds(PendingRefunds):
-    """The pending refund sweep's query: the sparse by_pending_refund index (keys only), one Query
-    on its one partition, oldest first, a page of `page_size` at a time as the sweep takes the
-    ids; never a Scan."""
+    """The pending refund sweep's query: the sparse by_pending_refund index's PENDING_REFUND_KEY
+    partition, oldest first, a page of `page_size` at a time as the sweep takes the ids; never a
+    Scan."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
@@ -725,21 +748,12 @@ class DynamoPendingRefunds(PendingRefunds):
         self._page_size = page_size
 
     def pending_since_before(self, before: datetime) -> Iterator[str]:
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "by_pending_refund",
-            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
-            "ExpressionAttributeValues": {":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
-            "ScanIndexForward": True,
-            "Limit": self._page_size,
-        }
-        return _paged_ids(self._client, query)
+        return _paged_ids(self._client, _partition_query(self._table, PENDING_REFUND_KEY, before, self._page_size))
 
 
 class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
     """The unsettled authorization sweep's query: by_pending_refund's UNSETTLED_AUTHORIZATION_KEY
-    partition (keys only), oldest first, a page of `page_size` at a time as the sweep takes the
-    ids; never a Scan."""
+    partition, as DynamoPendingRefunds reads its own."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
@@ -747,18 +761,21 @@ class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
         self._page_size = page_size
 
     def left_since_before(self, before: datetime) -> Iterator[str]:
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "by_pending_refund",
-            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
-            "ExpressionAttributeValues": {
-                ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
-                ":before": {"S": timestamp(before)},
-            },
-            "ScanIndexForward": True,
-            "Limit": self._page_size,
-        }
+        query = _partition_query(self._table, UNSETTLED_AUTHORIZATION_KEY, before, self._page_size)
         return _paged_ids(self._client, query)
+
+
+class DynamoOrdersOwingCarrier(OrdersOwingCarrier):
+    """The carrier work sweep's query: by_pending_refund's CARRIER_WORK_KEY partition, as
+    DynamoPendingRefunds reads its own."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def owing_since_before(self, before: datetime) -> Iterator[str]:
+        return _paged_ids(self._client, _partition_query(self._table, CARRIER_WORK_KEY, before, self._page_size))
 
 
 class DynamoLateOrders(LateOrders):

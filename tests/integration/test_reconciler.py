@@ -177,12 +177,14 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     reconcile()
 
     # Pending, then authorized; then the pickups past their deadline; then the received returns;
-    # then the refunds left pending; then the authorizations edits left (the same index's other key).
-    assert [operation for operation, _ in calls] == ["query"] * 6
+    # then the orders owing a carrier work, the refunds left pending and the authorizations edits
+    # left (the by_pending_refund index's three partitions).
+    assert [operation for operation, _ in calls] == ["query"] * 7
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", "by_pending_refund", "by_pending_refund"
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 3
     ]  # fmt: skip
-    assert [calls[n][1]["ExpressionAttributeValues"][":key"] for n in (4, 5)] == [{"S": "pending"}, {"S": "void"}]
+    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]]
+    assert keys == ["carrier", "pending", "void"]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
@@ -691,3 +693,52 @@ def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
     [logged] = [r for r in caplog.records if r.getMessage() == "authorization left by an edit not settled"]
     assert (logged.levelname, logged.order_id) == ("ERROR", order_id("z"))
     assert isinstance(logged.exc_info[1], PaymentRefused)
+
+
+# --- What carriers are still owed ---------------------------------------------------------------------
+
+
+def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a_later_pass(
+    stack, metrics_on, capsys, monkeypatch
+):
+    # The carrier was down when the order was cancelled: nobody would ask it again, and the merchant
+    # would pay for a label never used.
+    from core import carrier_bookings
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 5)
+    order = services.capture.place(place_order(external_id="web-booked"), actor="key_web")
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("carrier API unreachable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(carrier_bookings, "call_hook", down)
+        cancelled = services.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert cancelled.status is OrderStatus.CANCELLED and len(cancelled.bookings_to_cancel) == 1
+    key = {"id": {"S": order.id}}
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert item["refund_key"] == {"S": "carrier"}  # in the index's carrier partition while it owes
+    reconcile()
+    assert services.order_repository.get(order.id).owes_carrier_work()  # still in its request's hands
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+
+    assert emitted(capsys.readouterr().out) == {"CarrierBookingsSettled": 1}
+    after = services.order_repository.get(order.id)
+    assert not after.owes_carrier_work() and after.status is OrderStatus.CANCELLED
+    _, history = services.order_repository.history(order.id)
+    assert [entry.type for entry in history][-1] == "carrier_booking_cancelled"
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert "refund_key" not in item and "refund_since" not in item

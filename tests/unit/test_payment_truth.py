@@ -165,11 +165,11 @@ def test_void_at_cancel(world, script, failed, ends):
     if ends == "done":
         assert cancelled.payment.status is P.VOIDED
         assert world.spy.voided == [authorization]
-        assert [h.type for h in world.history(order.id)][-1] == "payment_voided"
+        assert [h.type for h in world.history(order.id)][-2:] == ["payment_voided", "carrier_booking_cancelled"]
     else:
         assert cancelled.payment.status is P.AUTHORIZED  # honestly not released
         assert world.spy.voided == []
-        assert [h.type for h in world.history(order.id)][-1] == "payment_void_failed"
+        assert [h.type for h in world.history(order.id)][-2:] == ["payment_void_failed", "carrier_booking_cancelled"]
     assert failures(world, order.id) == [("payment_void_failed", "void", kind, n) for kind, n in failed]
     assert set(world.gateway.keys("void")) == {payment_keys.void(authorization)}
 
@@ -482,10 +482,10 @@ def test_a_capture_whose_record_loses_to_a_cancel_is_refunded_and_the_ship_refus
     assert [(amount, key) for _, amount, key in world.spy.refunded] == [
         (order.totals.grand_total, payment_keys.refund(order.id, shipment.id))
     ]
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "cancelled", "payment_capture_reversed", "payment_voided",
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "allocated", "cancelled", "payment_capture_reversed", "payment_voided", "carrier_booking_cancelled",
     ]  # fmt: skip
-    reversed_ = world.history(order.id)[-2]
+    reversed_ = world.history(order.id)[-3]
     assert reversed_.detail["shipment_id"] == shipment.id
     assert reversed_.detail["capture_reference"] and reversed_.detail["refund_reference"]
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)  # released by the cancel, never shipped
@@ -617,8 +617,8 @@ def test_a_cancel_after_a_ship_died_refunds_the_capture_before_voiding(world, mo
         (order.totals.grand_total, payment_keys.capture_reversal(order.id, shipment_id))
     ]
     assert world.spy.voided == [order.payment.authorization]
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "cancelled", "payment_capture_reversed", "payment_voided",
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "allocated", "cancelled", "payment_capture_reversed", "payment_voided", "carrier_booking_cancelled",
     ]  # fmt: skip
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
 
@@ -644,8 +644,8 @@ def test_an_order_whose_ship_died_cannot_be_edited_and_a_reject_refunds_the_capt
 
     assert (rejected.status, rejected.captures_requested, rejected.payment.captured.amount) == (S.AUTHORIZED, [], 0)
     assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "capture_withdrawn", "payment_capture_reversed", "shipment_rejected",
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "allocated", "capture_withdrawn", "payment_capture_reversed", "shipment_rejected", "carrier_booking_cancelled",
     ]  # fmt: skip
 
 
@@ -679,7 +679,9 @@ def test_a_capture_the_gateway_refuses_when_asked_again_was_never_made_and_the_v
     assert (cancelled.payment.status, cancelled.captures_requested) == (P.VOIDED, [])
     assert world.spy.refunded == []
     types = [h.type for h in world.history(order.id)]
-    assert types[-4:] == ["cancelled", "payment_capture_failed", "capture_not_made", "payment_voided"]
+    assert types[-5:] == [
+        "cancelled", "payment_capture_failed", "capture_not_made", "payment_voided", "carrier_booking_cancelled",
+    ]  # fmt: skip
 
 
 def test_a_cancel_whose_refund_cannot_be_made_now_leaves_the_authorization_until_it_is_repeated(world, monkeypatch):
