@@ -164,11 +164,15 @@ class Cancellation:
         and no longer asks for it under an earlier key (closed, or edited since: an edit prices a
         new version, whose key its next authorization uses): an attempt whose answer was lost (a
         timeout, `payment_authorization_failed` of kind transient, naming its key) may have been
-        approved. Each such key is asked again, which the gateway answers with the authorization it
-        made (or makes now), and that is voided at once (`payment_voided`, naming the key, the order
-        itself unchanged); one the gateway declines was never made. A key settled either way is not
-        asked again. Raises PaymentRefused or PaymentGatewayUnavailable as `void` does, every failed
-        attempt in the history.
+        approved. The payment plugin is asked what the gateway authorized under each such key
+        (oms_payment_find_authorization, as for `unrecorded` below), so an attempt that never
+        reached the gateway leaves no new hold: only what it holds is voided, and the key is looked
+        up again by the next release. A plugin without that hook is asked to authorize again under
+        the key, which the gateway answers with the authorization it made (or makes now), and that
+        is voided at once; one the gateway declines was never made. Either way a void is recorded
+        (`payment_voided`, naming the key, the order itself unchanged), and a key settled (voided,
+        or declined when asked again) is not asked again. Raises PaymentRefused or
+        PaymentGatewayUnavailable as `void` does, every failed attempt in the history.
 
         `unrecorded` is the key of an attempt that may have reached the gateway with nothing in the
         history (the authorize step died after the gateway approved and before the order recorded
@@ -188,6 +192,8 @@ class Cancellation:
         token = stored[1] if stored is not None else ""
         method = order.payment.method
         for key, amount in lost.items():
+            if self._release_unrecorded(order, key, actor, looked_up_only=True):
+                continue  # the plugin said what the gateway holds under the key: nothing was asked for
             recorder = failure_recorder(
                 self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"), authorization_key=key
             )
@@ -209,11 +215,12 @@ class Cancellation:
                 OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
         return self._orders.get(order.id, consistent=True) or order
 
-    def _release_unrecorded(self, order: Order, key: str, actor: str) -> None:
+    def _release_unrecorded(self, order: Order, key: str, actor: str, *, looked_up_only: bool = False) -> bool:
         """Void what the gateway authorized under `key` for `order`, which records none: asked with
         oms_payment_find_authorization, which never authorizes (a key never asked finds nothing),
-        and voided at once (`payment_voided`, naming the key). A payment plugin without that hook
-        leaves it as it is, with a warning naming the order and the key for an operator. Raises
+        and voided at once (`payment_voided`, naming the key). False when no payment plugin answers
+        that hook (it is optional): the authorization is left as it is, with a warning naming the
+        order and the key for an operator, unless `looked_up_only` (the caller asks again). Raises
         PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
         PaymentGatewayUnavailable as `void` does: each failed attempt is in the history as a failed
         void naming the key, which the next release asks about again."""
@@ -224,20 +231,22 @@ class Cancellation:
             failure_recorder(self._orders, order.id, actor, self._clock, authorization_key=key),
         )
         if found is None:
-            logger.warning(
-                "no payment plugin looks authorizations up by key: one an attempt that died may have made "
-                "is not released",
-                extra={"order_id": order.id, "payment_method": method, "authorization_key": key},
-            )
-            return
+            if not looked_up_only:
+                logger.warning(
+                    "no payment plugin looks authorizations up by key: one an attempt that died may have made "
+                    "is not released",
+                    extra={"order_id": order.id, "payment_method": method, "authorization_key": key},
+                )
+            return False
         if found.outcome != "approved":
-            return  # never made
+            return True  # never made
         voided = self._void(order, found.reference, actor, authorization_key=key)
         at = self._clock()
         detail = {"authorization": found.reference, "reference": voided.reference, "authorization_key": key,
                   "reason": "an authorization whose answer was never recorded, no longer asked for"}  # fmt: skip
         modify(self._orders, order.id, lambda current: current.noted(
             OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
+        return True
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:

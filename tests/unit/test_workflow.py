@@ -622,8 +622,29 @@ def test_an_authorization_whose_answer_was_lost_is_voided_when_an_edit_makes_the
     assert world.spy.voided == lost.made
 
 
-def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_made_and_is_not_voided():
+def test_a_lost_authorization_the_gateway_never_saw_is_looked_up_at_cancel_not_asked_for_again():
+    # The attempt timed out before it reached the gateway: nothing is held. Asked to authorize again
+    # under its key, the gateway would make a hold now, which the cancel then voids: the customer
+    # would see a fresh temporary hold after cancelling. The payment plugin is asked what it holds.
     world = build_world(STOCK)
+    world.gateway.script("authorize", "timeout", "approve")
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert world.gateway.keys("authorize") == [payment_keys.authorize(order_id, 1)]  # never asked again
+    assert world.spy.authorized == [] and world.spy.voided == []
+    once = world.snapshot(order_id)
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+    assert world.snapshot(order_id) == once
+
+
+def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_made_and_is_not_voided():
+    # A payment plugin that cannot look authorizations up is asked to authorize again under the key.
+    world = build_world(STOCK, NoLookup())
     world.gateway.script("authorize", "timeout", "refuse")
     order_id = world.place(("TSHIRT", 2))
     with pytest.raises(TransientError):
