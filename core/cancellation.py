@@ -161,8 +161,9 @@ class Cancellation:
 
     def release_lost_authorizations(self, order: Order, actor: str, unrecorded: str | None = None) -> Order:
         """Release what the gateway may hold for an order that never recorded an authorization
-        and no longer asks for it under an earlier key (closed, or edited since: an edit prices a
-        new version, whose key its next authorization uses): an attempt whose answer was lost (a
+        (its payment `pending`, or `declined`) and no longer asks for it under an earlier key
+        (closed, or edited since: an edit prices a new version, whose key its next authorization
+        uses): an attempt whose answer was lost (a
         timeout, `payment_authorization_failed` of kind transient, naming its key) may have been
         approved. The payment plugin is asked what the gateway authorized under each such key
         (oms_payment_find_authorization, as for `unrecorded` below), so an attempt that never
@@ -179,7 +180,8 @@ class Cancellation:
         it): the cancelled order's own key, or the one an edit leaves behind. Unless the history
         names or settles it, the gateway is asked what it authorized under it (_release_unrecorded),
         and so is every key such a question failed for before (`payment_void_failed` naming it)."""
-        found = self._orders.history(order.id) if order.payment.status is PaymentStatus.PENDING else None
+        unpaid = order.payment.status in (PaymentStatus.PENDING, PaymentStatus.DECLINED)
+        found = self._orders.history(order.id) if unpaid else None
         if found is None:
             return order
         lost, settled, unfound = _authorization_keys(found[1])

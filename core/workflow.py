@@ -224,11 +224,11 @@ class Workflow:
             if stored.status in STOPPED:
                 raise stopped(stored) from None  # its cancel voids what it recorded
 
-    def _release_lost_authorizations(self, order: Order) -> None:
+    def _release_lost_authorizations(self, order: Order, *, own: bool = True) -> None:
         # An earlier attempt may have died after the gateway approved, leaving nothing in the history.
-        own = payment_keys.authorize(order.id, order.authorized_version)
+        unrecorded = payment_keys.authorize(order.id, order.authorized_version) if own else None
         try:
-            self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=own)
+            self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=unrecorded)
         except PaymentRefused:
             pass  # in the history, for an operator, as any refused void
         except PaymentGatewayUnavailable as unavailable:
@@ -605,8 +605,11 @@ class Workflow:
 
     # --- Compensation -------------------------------------------------------------------------
     def fail_payment(self, order_id: str, error: str, cause: str) -> None:
-        """End the order `payment_failed`; an exchange's replacement gives its credit back on the
-        original order (a gateway that cannot refund right now: TransientError, run again)."""
+        """End the order `payment_failed`, and release what an earlier key of it may have left at
+        the gateway (Cancellation.release_lost_authorizations: an attempt whose answer was lost
+        before an edit keyed the next one anew); an exchange's replacement gives its credit back on
+        the original order (a gateway that cannot look up, void or refund right now: TransientError,
+        run again)."""
         at = self._clock()
         try:
             order = modify(
@@ -616,6 +619,7 @@ class Workflow:
             )  # fmt: skip
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being marked payment_failed") from None
+        self._release_lost_authorizations(order, own=False)  # its own key was just declined
         if self._credits is not None:
             try:
                 self._credits.give_back(order, WORKFLOW_ACTOR)

@@ -811,6 +811,37 @@ def test_a_lookup_the_gateway_cannot_answer_is_asked_again_by_the_cancels_execut
     assert world.history(order_id)[-1].type == "payment_voided"
 
 
+def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gateway():
+    # The first attempt's answer was lost (the gateway authorized), the order was edited while
+    # pending (its next authorization keyed anew) and the edit could not look the old key up; the
+    # edited total is then declined. Nothing else will ever settle the payment_failed order.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=3))
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    assert world.spy.voided == []
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=1)
+
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.PAYMENT_FAILED, "declined")
+    assert world.spy.voided == lost.made
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.detail["authorization_key"]) == (
+        "payment_voided", "workflow", payment_keys.authorize(order_id, 1),
+    )  # fmt: skip
+    once = world.snapshot(order_id)
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
+    assert world.snapshot(order_id) == once
+
+
 def test_an_order_cancelled_before_any_authorization_was_asked_for_asks_for_none():
     world = build_world(STOCK)
     order_id = world.place(("TSHIRT", 2))
