@@ -101,10 +101,13 @@ class Cancellation:
         try:
             order = self.void(order, actor)
         except PaymentRefused:
-            pass  # recorded in the history; the payment honestly stays authorized
+            # Recorded in the history; the payment honestly stays authorized. What was voided is
+            # in the answer: the order as stored now.
+            order = self._orders.get(order.id, consistent=True) or order
         except PaymentGatewayUnavailable as unavailable:
             if retry_void_later:
                 raise TransientError(unavailable.message) from None
+            order = self._orders.get(order.id, consistent=True) or order
         if self._credits is not None:
             try:
                 self._credits.give_back(order, actor)  # a replacement's credit, on the original order
@@ -139,10 +142,22 @@ class Cancellation:
         edit left (void_requested_authorization, void_replaced_authorizations) is voided; one it
         never recorded because the gateway's answer was lost, or the step died before its write, is
         released (release_lost_authorizations, under the order's own key too); nothing else to do
-        when the payment is not `authorized`.
-        Raises PaymentRefused or PaymentGatewayUnavailable with every failed attempt recorded."""
+        when the payment is not `authorized`. One that cannot be voided stops none of the others.
+        Raises PaymentRefused or PaymentGatewayUnavailable (_first_to_retry) with every failed
+        attempt recorded."""
         order = self.settle_capture_requests(order, actor)
-        order = self.void_replaced_authorizations(self.void_requested_authorization(order, actor), actor)
+        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
+        for release in (self.void_requested_authorization, self.void_replaced_authorizations, self._void_own):
+            try:
+                order = release(order, actor)
+            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+                failed.append(failure)
+                order = self._orders.get(order.id, consistent=True) or order
+        if failed:
+            raise _first_to_retry(failed)
+        return order
+
+    def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
             own = payment_keys.authorize(order.id, order.authorized_version)
@@ -309,9 +324,15 @@ class Cancellation:
         the edit voids it after its write, and one that died or found the gateway down leaves it).
         Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
         attempt in the history; it stays for the next attempt). Returns the order as it stands
-        after."""
+        after. Each is tried, whatever the gateway answers for another."""
+        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
         for authorization in list(order.replaced_authorizations):
-            order = self._void_replaced(order, authorization, actor)
+            try:
+                order = self._void_replaced(order, authorization, actor)
+            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+                failed.append(failure)
+        if failed:
+            raise _first_to_retry(failed)
         return order
 
     def _void_replaced(self, order: Order, authorization: str, actor: str) -> Order:
@@ -499,6 +520,12 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
             unfound.add(key)
     return {key: amount for key, amount in lost.items() if key not in settled}, settled, unfound
+
+
+def _first_to_retry(failed: list[PaymentRefused | PaymentGatewayUnavailable]) -> Exception:
+    """What a release that failed more than once raises: the gateway unavailable first, so a caller
+    that retries later (a workflow step) does; otherwise the first refusal."""
+    return next((f for f in failed if isinstance(f, PaymentGatewayUnavailable)), failed[0])
 
 
 def _waiting(order: Order, shipment_id: str) -> bool:

@@ -888,6 +888,29 @@ def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_once_the
     assert entry.detail["reason"] == "replaced by the authorization of the edited total"
 
 
+def test_a_replaced_authorization_whose_void_is_refused_stops_no_other_void(world):
+    # Two edits grew the order while the gateway refused every void: two replaced authorizations.
+    # The first one's void stays refused; the second and the order's own are still released.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    first = world.order(order_id).payment.authorization
+    world.gateway.script("void", "refuse")
+    second = grow(world, order_id).payment.authorization
+    seven = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=7)])
+    edited = world.actions.edit(order_id, world.order(order_id).version, seven, "key_web")
+    assert json.loads(edited.stored_json())["replaced_authorizations"] == [first, second]
+    tried = [h.detail["authorization"] for h in world.history(order_id)[-2:] if h.type == "payment_void_failed"]
+    assert tried == [first, second]  # each tried
+    world.gateway.script("void", "refuse", "approve")
+
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    assert world.spy.voided == [second, edited.payment.authorization]
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.VOIDED)
+    assert json.loads(world.order(order_id).stored_json())["replaced_authorizations"] == [first]
+    assert failures(world, order_id)[-1] == ("payment_void_failed", "void", "refused", 1)
+
+
 def test_an_edit_returns_the_order_as_its_replaced_authorization_void_left_it(world):
     # The edit's answer is the latest version (the void of the replaced authorization is a write of
     # its own), so its version is what the next If-Match names.
