@@ -194,12 +194,19 @@ class Cancellation:
         history (the authorize step died after the gateway approved and before the order recorded
         it): the cancelled order's own key, or the one an edit leaves behind. Unless the history
         names or settles it, the gateway is asked what it authorized under it (_release_unrecorded),
-        and so is every key such a question failed for before (`payment_void_failed` naming it)."""
+        and so is every key such a question failed for before (`payment_void_failed` naming it).
+        An order still open keeps the key of its current version: that one is its own."""
         unpaid = order.payment.status in (PaymentStatus.PENDING, PaymentStatus.DECLINED)
         found = self._orders.history(order.id) if unpaid else None
         if found is None:
             return order
         lost, settled, unfound = _authorization_keys(found[1])
+        if order.status not in TERMINAL:
+            # Still open (an edit's release): the key of its current version is the one its next
+            # authorization is asked under, and an attempt under it may be recorded by now.
+            in_use = payment_keys.authorize(order.id, order.authorized_version)
+            lost.pop(in_use, None)
+            unfound.discard(in_use)
         ask = sorted((unfound | {unrecorded} if unrecorded else unfound) - settled - set(lost))
         if not lost and not ask:
             return order

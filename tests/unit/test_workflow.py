@@ -642,6 +642,34 @@ def test_a_lost_authorization_the_gateway_never_saw_is_looked_up_at_cancel_not_a
     assert world.snapshot(order_id) == once
 
 
+def test_an_edit_never_releases_the_key_its_own_version_is_authorized_under(monkeypatch):
+    # The workflow's attempt under the edited version's key times out after the gateway approved,
+    # and is recorded, before the edit (its Lambda slow) releases the keys it left behind: that key
+    # is the order's own, still asked for. Voided, the step's retry would get the same
+    # authorization back under it and record one the gateway had voided.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost)
+    order_id = world.place(("TSHIRT", 2))
+    placed = world.order(order_id)
+    real = world.orders.update
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        real(order, expected, entries)
+        if entries and entries[0].type == "edited":
+            with pytest.raises(TransientError):
+                world.workflow.authorize_payment(order_id, attempt=0)
+
+    monkeypatch.setattr(world.orders, "update", update)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    monkeypatch.undo()
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.authorization) == (S.AUTHORIZED, lost.made[0])
+    assert world.spy.voided == []
+
+
 def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_made_and_is_not_voided():
     # A payment plugin that cannot look authorizations up is asked to authorize again under the key.
     world = build_world(STOCK, NoLookup())
