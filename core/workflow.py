@@ -193,6 +193,12 @@ class Workflow:
             if order.status in STOPPED:
                 raise stopped(order)
             return  # authorized already: a repeated execution
+        if order.authorized_version > 1:
+            # Edited since it was placed: what an earlier version's key may hold at the gateway and
+            # the edit could not release (the gateway down then) is released now, or never once it
+            # is authorized. A failure is in the history; the authorization goes ahead all the same.
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR)
         amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
         # authorization, and so does the execution a release starts after a hold placed while

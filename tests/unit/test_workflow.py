@@ -839,12 +839,36 @@ def test_a_lookup_the_gateway_cannot_answer_is_asked_again_by_the_cancels_execut
     assert world.history(order_id)[-1].type == "payment_voided"
 
 
-def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gateway():
-    # The first attempt's answer was lost (the gateway authorized), the order was edited while
-    # pending (its next authorization keyed anew) and the edit could not look the old key up; the
-    # edited total is then declined. Nothing else will ever settle the payment_failed order.
+def test_an_authorization_after_an_edit_releases_what_the_edit_could_not():
+    # The first attempt's answer was lost (the gateway authorized), and the edit that keyed the next
+    # authorization anew could not look the old key up. Once authorized, nothing would ask again.
     lost = AnswerLost()
     world = build_world(STOCK, lost, LookupDown(times=3))
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    assert world.spy.voided == []
+
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorization not in lost.made
+    assert world.spy.voided == lost.made
+    voided = [h for h in world.history(order_id) if h.type == "payment_voided"]
+    assert [h.detail["authorization_key"] for h in voided] == [payment_keys.authorize(order_id, 1)]
+
+
+def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gateway():
+    # The first attempt's answer was lost (the gateway authorized), the order was edited while
+    # pending (its next authorization keyed anew) and neither the edit nor the next attempt could
+    # look the old key up; the edited total is then declined. Nothing else will ever settle the
+    # payment_failed order.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=6))
     order_id = world.place(("TSHIRT", 2))
     with pytest.raises(TransientError):
         world.workflow.authorize_payment(order_id, attempt=0)
