@@ -51,6 +51,9 @@ def call(hook: str, plugin: object, name: str = "sloppy"):
     return call_hook(getattr(plugins.hook, hook), **HOOK_ARGUMENTS[hook])
 
 
+HOSTED = "https://carrier.example/labels/1"
+
+
 def float_money() -> Money:
     return Money.model_construct(amount=0.1, currency="USD")
 
@@ -84,6 +87,24 @@ MALFORMED = [
         "oms_carrier_create_shipment",
         CarrierShipment.model_construct(carrier="c", service="s", tracking_number="T1234", label="%PDF"),
         "is str, expected bytes",
+    ),
+    # What reaches the customer's shipped notification: a replaced character would be a wrong number.
+    (
+        "oms_carrier_create_shipment",
+        CarrierShipment.model_construct(carrier="c", service="s", tracking_number="1Z99\u202e0421", label_url=HOSTED),
+        "tracking_number: .*bidi override",
+    ),
+    (
+        "oms_carrier_create_shipment",
+        CarrierShipment.model_construct(carrier="UPS\x1b[2J", service="s", tracking_number="T1234", label_url=HOSTED),
+        "carrier: .*control character",
+    ),
+    (
+        "oms_carrier_create_shipment",
+        CarrierShipment.model_construct(
+            carrier="c", service="Ground\r\nBcc: x", tracking_number="T1234", label_url=HOSTED
+        ),
+        "service: .*control character",
     ),
 ]
 
