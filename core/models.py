@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -330,6 +331,11 @@ def _made_visible(note: str | None) -> str | None:
     """A note the system is given (a review rule's): what a person's note refuses (a control other
     than a tab or a line break, a bidi override) replaced by U+FFFD; lines and tabs kept."""
     return None if note is None else _UNCLEAN_NOTE.sub("\ufffd", note)
+
+
+# Text a plugin writes for people to read (a return policy's refusal, a shipping quote's description):
+# made safe as a review rule's note is, since refusing it would fail the customer's own request.
+VisibleText = AfterValidator(_made_visible)
 
 
 class _CleanTextRule(WrapValidator):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
-from core.models import Identifier, LineInput, Note, Strict, Text
+from core.models import Identifier, LineInput, Note, Strict, Text, VisibleText
 from core.money import Money
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
 
@@ -106,7 +106,7 @@ class ReturnPolicyDecision(BaseModel):
     allowed: bool = True
     # When not allowed: the 422's error code and message.
     code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "return_not_allowed"
-    message: Annotated[str, StringConstraints(max_length=500)] = ""
+    message: Annotated[str, StringConstraints(max_length=500), VisibleText] = ""
     needs_approval: bool = False
     fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
     refund_shipping: bool = False

@@ -127,6 +127,14 @@ def test_a_well_formed_answer_comes_back_validated_and_quantized():
     assert str(answer.amount) == "2.50"
 
 
+def test_a_quotes_description_is_kept_with_controls_and_bidi_overrides_made_visible():
+    quote = ShippingQuote.model_construct(method="express", amount=usd("5.00"), description="Next day\x1b[31m\u202e\n2")
+
+    (answer,) = call("oms_shipping_quotes", answering("oms_shipping_quotes", [quote]))
+
+    assert answer.description == "Next day\ufffd[31m\ufffd\n2"
+
+
 def test_the_plugin_that_answered_is_named_among_several():
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(answering("oms_discounts", [Discount(code="GOOD", amount=usd("1.00"))]), name="good")
