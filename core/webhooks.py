@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
@@ -64,11 +64,19 @@ class NewWebhook(BaseModel):
     @field_validator("events")
     @classmethod
     def _star_alone_and_distinct(cls, events: list[str]) -> list[str]:
+        # Each refusal names the entry at fault (`events[2]`), as _known_type's do.
         if ALL_EVENTS in events and events != [ALL_EVENTS]:
-            raise ValueError('"*" stands alone: it means every type')
-        if len(set(events)) != len(events):
-            raise ValueError("event types must not repeat")
+            raise _entry_error(events, events.index(ALL_EVENTS), '"*" stands alone: it means every type')
+        for index, name in enumerate(events):
+            if name in events[:index]:
+                raise _entry_error(events, index, f"repeats events[{events.index(name)}]")
         return events
+
+
+def _entry_error(events: list[str], index: int, message: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "events", [{"type": "value_error", "loc": (index,), "input": events[index], "ctx": {"error": message}}]
+    )
 
 
 class Webhook(BaseModel, defer_build=True):

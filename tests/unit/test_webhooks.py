@@ -292,6 +292,20 @@ def test_an_unknown_event_type_is_named_by_its_place_in_events():
     assert "stands alone" in mixed.value.errors()[0]["msg"]
 
 
+def test_a_repeated_or_a_star_among_types_is_named_by_its_place_in_events():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as repeated:
+        NewWebhook.model_validate({"url": "https://a.example/h", "events": ["order.created", "refund.failed",
+                                                                            "order.created"]})  # fmt: skip
+    with pytest.raises(ValidationError) as mixed:
+        NewWebhook.model_validate({"url": "https://a.example/h", "events": ["order.created", "*"]})
+
+    ((loc, msg),) = [(e["loc"], e["msg"]) for e in repeated.value.errors()]
+    assert loc == ("events", 2) and "repeats events[0]" in msg
+    assert [e["loc"] for e in mixed.value.errors()] == [("events", 1)]
+
+
 def test_subscribing_checks_the_url_and_shows_the_secret_once():
     store, queue = FakeStore(), FakeQueue()
     webhooks = Webhooks(store, queue, public, Clock())
