@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
-from core.models import Channel
+from core.models import Channel, VisibleText
 from core.status import DeliveryStatus, check_delivery_step
 
 ALL_EVENTS = "*"
@@ -110,7 +110,9 @@ class Delivery(BaseModel, defer_build=True):
     status: DeliveryStatus
     attempts: int
     last_status_code: int | None = None
-    last_error: str | None = None
+    # What the subscriber's server answered is its own text (a malformed status line comes back as
+    # sent): shown to operators with controls and bidi overrides made visible.
+    last_error: Annotated[str, VisibleText] | None = None
     next_attempt_at: datetime | None = None
 
 

@@ -374,6 +374,18 @@ def test_an_attempt_posts_the_stored_body_signed_with_the_contracts_headers():
     assert queue.sent == []
 
 
+def test_a_subscribers_malformed_answer_is_shown_with_controls_and_bidi_overrides_made_visible():
+    # A status line comes back in the error as the subscriber sent it (http.client's BadStatusLine),
+    # and operators read last_error in GET /webhooks/{id}/deliveries.
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    worker, _ = worker_for(store, FakeSender(SendResult(None, "\x1b[2J\x9b31m ok \u202egnp.exe\r\n")), clock)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+
+    assert store.get_delivery("whk_1", delivery.id).last_error == "\ufffd[2J\ufffd31m ok \ufffdgnp.exe\r\n"
+
+
 def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_the_next_attempt():
     store, clock = FakeStore(), Clock()
     sender = FakeSender(SendResult(503, "HTTP 503"), SendResult(None, "timed out"), SendResult(200))
