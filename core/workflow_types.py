@@ -8,19 +8,21 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from core.errors import PluginError
 from core.hook_calls import call_hook
-from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber
+from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
 from core.ports import LabelStore
 
 
 class PaymentResult(BaseModel):
     """A payment plugin's answer. `reference` is the gateway's id for the operation (for an
-    authorization: the id later captures, voids and refunds name)."""
+    authorization: the id later captures, voids and refunds name). `message`, the gateway's words
+    on a refusal, reaches the order's history, its events and the client's 502: controls and bidi
+    overrides in it are made visible (refusing it would lose what the gateway answered)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     outcome: Literal["approved", "declined"]
     reference: str = Field(min_length=1, max_length=200)
-    message: str = ""
+    message: Annotated[str, VisibleText] = ""
 
 
 class SourcingPlan(BaseModel):

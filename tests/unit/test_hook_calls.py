@@ -8,7 +8,7 @@ import pytest
 from pydantic import model_validator
 
 from core import hookimpl
-from core.errors import PluginError, TransientError
+from core.errors import PaymentRefused, PluginError, TransientError
 from core.hook_calls import call_hook
 from core.models import Allocation
 from core.money import Money
@@ -232,6 +232,17 @@ def test_payments_refuse_a_malformed_gateway_answer_naming_the_gateway():
 
     with pytest.raises(PluginError, match="plugin gateway returned a malformed PaymentResult: reference"):
         Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+
+
+def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_bidi_overrides_made_visible():
+    plugins = build_plugin_manager(load_entry_points=False)
+    refusal = PaymentResult.model_construct(outcome="declined", reference="r1", message="Do not honor\x1b[2J\u202e\x00")
+    plugins.register(answering("oms_payment_capture", refusal), name="gateway")
+
+    with pytest.raises(PaymentRefused) as refused:
+        Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+
+    assert refused.value.message.endswith("Do not honor\ufffd[2J\ufffd\ufffd")
 
 
 def test_an_answer_whose_own_validation_breaks_is_a_plugin_error():
