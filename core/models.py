@@ -2021,8 +2021,8 @@ class Order(BaseModel, defer_build=True):
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
         invalid = [
-            {"field": f"lines[{i}]", "message": f"no line {line_id}" if line_id not in by_id
-             else f"{line_id} has {by_id[line_id].quantity} units"}
+            {"field": f"lines[{i}].line_id", "message": f"no line {line_id}"} if line_id not in by_id
+            else {"field": f"lines[{i}].quantity", "message": f"{line_id} has {by_id[line_id].quantity} units"}
             for i, (line_id, units) in enumerate(lines.items())
             if line_id not in by_id or units > by_id[line_id].quantity
         ]  # fmt: skip
@@ -2362,8 +2362,15 @@ class CancelRequest(Strict):
     @field_validator("lines")
     @classmethod
     def _each_line_once(cls, lines: list[CancelLine] | None) -> list[CancelLine] | None:
-        if lines is not None and len({line.line_id for line in lines}) != len(lines):
-            raise ValueError("name each line_id once")
+        named = [line.line_id for line in lines or []]
+        for index, line_id in enumerate(named):
+            if line_id in named[:index]:
+                # Raised as a ValidationError so that it names the repeating entry, not the whole list.
+                raise ValidationError.from_exception_data(
+                    "lines",
+                    [{"type": "value_error", "loc": (index, "line_id"), "input": line_id,
+                      "ctx": {"error": f"name each line_id once: lines[{named.index(line_id)}] names it"}}],
+                )  # fmt: skip
         return lines
 
 
