@@ -260,6 +260,11 @@ def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Ta
         raise WebhookUrlRefused("a fragment is never sent: remove it")
     port = port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not url.isprintable() or not path.isascii() or " " in path:
+        # An HTTP request line carries neither a control, a space nor a non-ASCII character (and
+        # urlsplit silently drops tabs and line breaks): such a URL was subscribed, then every attempt
+        # failed, and a non-ASCII path stopped the delivery worker itself, attempt after attempt.
+        raise WebhookUrlRefused("the path and query must be printable ASCII without spaces: percent-encode the rest")
     if local:
         return Target(parts.scheme, host, port, path, (LOCAL_HTTP_HOST,))
     try:

@@ -75,6 +75,17 @@ def test_a_host_resolving_to_a_private_loopback_or_link_local_address_is_refused
     assert refused.value.details == [{"field": "url", "message": refused.value.details[0]["message"]}]
 
 
+@pytest.mark.parametrize("path", ["/caf\u00e9", "/a b", "/hook?to=a\x1b[2J", "/\u202ehook", "/h\x7f", "/a\r\nb"])
+def test_a_path_an_http_request_line_cannot_carry_is_refused_naming_the_url(path: str):
+    with pytest.raises(WebhookUrlRefused) as refused:
+        check_url(f"https://hooks.example.com{path}", resolver("93.184.216.34"))
+
+    assert refused.value.details[0]["field"] == "url"
+    assert "percent-encode" in refused.value.message
+    encoded = check_url("https://hooks.example.com/caf%C3%A9?a=b%20c", resolver("93.184.216.34"))
+    assert encoded.path == "/caf%C3%A9?a=b%20c"
+
+
 def test_a_host_that_does_not_resolve_is_refused():
     def fails(host: str, port: int) -> list[str]:
         raise OSError("no such host")
