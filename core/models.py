@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -331,6 +332,11 @@ def _made_visible(note: str | None) -> str | None:
     """A note the system is given (a review rule's): what a person's note refuses (a control other
     than a tab or a line break, a bidi override) replaced by U+FFFD; lines and tabs kept."""
     return None if note is None else _UNCLEAN_NOTE.sub("\ufffd", note)
+
+
+# Text a plugin writes for people to read (a return policy's refusal, a shipping quote's description):
+# made safe as a review rule's note is, since refusing it would fail the customer's own request.
+VisibleText = AfterValidator(_made_visible)
 
 
 class _CleanTextRule(WrapValidator):
@@ -2095,8 +2101,8 @@ class Order(BaseModel, defer_build=True):
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
         invalid = [
-            {"field": f"lines[{i}]", "message": f"no line {line_id}" if line_id not in by_id
-             else f"{line_id} has {by_id[line_id].quantity} units"}
+            {"field": f"lines[{i}].line_id", "message": f"no line {line_id}"} if line_id not in by_id
+            else {"field": f"lines[{i}].quantity", "message": f"{line_id} has {by_id[line_id].quantity} units"}
             for i, (line_id, units) in enumerate(lines.items())
             if line_id not in by_id or units > by_id[line_id].quantity
         ]  # fmt: skip
@@ -2479,8 +2485,15 @@ class CancelRequest(Strict):
     @field_validator("lines")
     @classmethod
     def _each_line_once(cls, lines: list[CancelLine] | None) -> list[CancelLine] | None:
-        if lines is not None and len({line.line_id for line in lines}) != len(lines):
-            raise ValueError("name each line_id once")
+        named = [line.line_id for line in lines or []]
+        for index, line_id in enumerate(named):
+            if line_id in named[:index]:
+                # Raised as a ValidationError so that it names the repeating entry, not the whole list.
+                raise ValidationError.from_exception_data(
+                    "lines",
+                    [{"type": "value_error", "loc": (index, "line_id"), "input": line_id,
+                      "ctx": {"error": f"name each line_id once: lines[{named.index(line_id)}] names it"}}],
+                )  # fmt: skip
         return lines
 
 

@@ -6,11 +6,11 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
-from core.models import Identifier, LineInput, Note, Strict, Text
+from core.models import Identifier, LineInput, Note, Strict, Text, VisibleText
 from core.money import Money
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
 
@@ -33,12 +33,19 @@ class ExchangeInput(Strict):
     lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)]
 
 
-def _unique(values: list[Any], what: str) -> None:
-    seen = set()
+def _unique(values: list[Any], field: str, what: str) -> None:
+    """Each line's `values` once. A repeat names its own entry (`lines[1].line_id`), as the
+    contract's 422 does, and the entry it repeats in its message."""
+    seen: dict[Any, int] = {}
     for index, value in enumerate(values):
         if value in seen:
-            raise ValueError(f"lines[{index}] repeats {what} {value}")
-        seen.add(value)
+            # Raised as a ValidationError so that its place is the entry's, not the whole list's.
+            raise ValidationError.from_exception_data(
+                "lines",
+                [{"type": "value_error", "loc": (index, field), "input": value,
+                  "ctx": {"error": f"repeats the {what} of lines[{seen[value]}]"}}],
+            )  # fmt: skip
+        seen[value] = index
 
 
 class RequestReturn(Strict):
@@ -50,7 +57,7 @@ class RequestReturn(Strict):
     @field_validator("lines")
     @classmethod
     def _one_entry_per_line(cls, lines: list[ReturnLineInput]) -> list[ReturnLineInput]:
-        _unique([line.line_id for line in lines], "line_id")
+        _unique([line.line_id for line in lines], "line_id", "line_id")
         return lines
 
 
@@ -75,7 +82,7 @@ class ReceiveReturn(Strict):
     @field_validator("lines")
     @classmethod
     def _once_per_condition(cls, lines: list[ReceiptLine]) -> list[ReceiptLine]:
-        _unique([(line.line_id, line.condition) for line in lines], "line and condition")
+        _unique([(line.line_id, line.condition) for line in lines], "condition", "line_id and condition")
         return lines
 
     def received(self) -> dict[str, int]:
@@ -106,7 +113,7 @@ class ReturnPolicyDecision(BaseModel):
     allowed: bool = True
     # When not allowed: the 422's error code and message.
     code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "return_not_allowed"
-    message: Annotated[str, StringConstraints(max_length=500)] = ""
+    message: Annotated[str, StringConstraints(max_length=500), VisibleText] = ""
     needs_approval: bool = False
     fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
     refund_shipping: bool = False

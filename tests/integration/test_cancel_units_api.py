@@ -150,6 +150,14 @@ def test_shipped_units_are_409_bad_lines_422_and_a_key_replays_the_cancel(api):
     assert_error(cancel(api, order["id"], [("L1", 1)]), 409, "invalid_transition")
     assert_error(cancel(api, order["id"], [("L7", 1)]), 422)
     assert_error(cancel(api, order["id"], [("L2", 1), ("L2", 1)]), 422)
+    # Each refusal names the entry at fault, as the contract's error shape does.
+    for lines, field in (
+        ([("L2", 1), ("L7", 1)], "lines[1].line_id"),
+        ([("L2", 3)], "lines[0].quantity"),
+        ([("L2", 1), ("L2", 1)], "lines[1].line_id"),
+    ):
+        refused = assert_error(cancel(api, order["id"], lines), 422)
+        assert [detail["field"] for detail in refused["details"]] == [field], lines
     assert_error(cancel(api, order["id"], [("L2", 0)]), 422)
     key = {"Idempotency-Key": f"cancel-{order['id']}"}
     first = cancel(api, order["id"], [("L2", 1)], headers=key)

@@ -185,6 +185,26 @@ def test_after_the_window_the_built_in_policy_refuses_with_return_window_closed(
     assert store.returns == {}
 
 
+class EscapingRefusal:
+    """A policy whose refusal quotes what the shop's service said, terminal escapes and a bidi override included."""
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self, order: Order) -> ReturnPolicyDecision:
+        return ReturnPolicyDecision.model_construct(allowed=False, code="final_sale", message="Final sale\x1b[2J\u202e")
+
+
+def test_a_policys_refusal_reaches_the_client_with_controls_and_bidi_overrides_made_visible(world, clock):
+    # Refusing the message would turn the policy's 422 into a 500; it is made safe as a rule's note is.
+    returns, store = returns_for(world, clock, EscapingRefusal())
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert (refused.value.code, refused.value.message) == ("final_sale", "Final sale\ufffd[2J\ufffd")
+    assert store.returns == {}
+
+
 def test_the_window_runs_from_shipment_when_not_yet_delivered(world, clock, monkeypatch):
     monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "3")
     returns, _ = returns_for(world, clock)
