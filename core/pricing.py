@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pluggy
 
-from core.errors import InvalidRequest, PluginError, UnknownShippingMethod
+from core.errors import InvalidRequest, NoPrice, PluginError, UnknownShippingMethod
 from core.hook_calls import call_hook
 from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, PromotionGrant, Totals
 from core.money import Money, quantum
@@ -136,9 +136,8 @@ class Pricing:
             if unit is None and sold_at is not None:
                 unit = sold_at.get(sku)
             if unit is None:
-                raise InvalidRequest(
+                raise NoPrice(
                     f"no price for {sku} in {currency}",
-                    code="no_price",
                     details=[{"field": f"lines[{i}].sku", "message": f"no price in {currency}"} for i in indexes],
                 )
             draft_lines.append(

@@ -22,10 +22,13 @@ from core.errors import (
     DuplicateOrder,
     InsufficientStock,
     InvalidRequest,
+    NoPrice,
     NotFound,
     PaymentGatewayUnavailable,
+    PickupNotOffered,
     PluginError,
     StaleVersion,
+    UnknownPaymentMethod,
     UnknownShippingMethod,
     UnknownSku,
 )
@@ -102,6 +105,13 @@ class ExchangeIdTaken(Conflict):
     itself: it is not the replacement, and no other id would be found again by a retried step."""
 
     code = "exchange_external_id_taken"
+
+
+# Why a replacement can never be placed, whatever is retried: the shop's stock, prices, payment
+# methods or stores changed since the return was accepted, or the channel took its external_id.
+# A business outcome, not an outage: the exchange is given up and its units refunded instead.
+NOT_PLACEABLE = (InsufficientStock, ExchangeIdTaken, NoPrice, UnknownPaymentMethod, PickupNotOffered)
+PICKUP_NOT_OFFERED = "pickup_not_offered"
 
 
 def return_id_for(order_id: str, ordinal: int) -> str:
@@ -644,9 +654,10 @@ class Returns:
         exchange through the capture path, with the returned units' refund (core.refunds.refund_due)
         as its `exchange_credit`, so its workflow authorizes only what the credit does not cover;
         refund what the credit leaves over once; mark the return `refunded` with what was given back.
-        A replacement that can never be placed, for want of stock (a product that may not wait for
-        it) or because an order the channel placed itself has its external_id (ExchangeIdTaken),
-        is given up for good: the units are refunded instead (_refund_instead).
+        A replacement that can never be placed (NOT_PLACEABLE: for want of stock of a product that
+        may not wait for it, of a price in the order's currency, of a payment plugin taking its
+        method or of its pickup store; or because an order the channel placed itself has its
+        external_id) is given up for good: the units are refunded instead (_refund_instead).
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
@@ -665,7 +676,7 @@ class Returns:
         original, token = found
         try:
             replacement = self._replacement(item, original, token, actor)
-        except (InsufficientStock, ExchangeIdTaken) as refused:
+        except NOT_PLACEABLE as refused:
             return self._refund_instead(self._without_exchange(item, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
@@ -704,14 +715,16 @@ class Returns:
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
 
-    def _without_exchange(self, item: Return, refused: Conflict, actor: str) -> Return:
+    def _without_exchange(self, item: Return, refused: DomainError, actor: str) -> Return:
         """`item` with its exchange given up for `refused` (Return.without_exchange), owing the
         original's history an `exchange_not_placed` entry that says why; a concurrent run's
         decision (or replacement) stands."""
         at = self._clock()
+        # A pickup store's refusal is a plain validation_error at POST /orders: named here.
+        code = PICKUP_NOT_OFFERED if isinstance(refused, PickupNotOffered) else refused.code
         detail = {
             "return_id": item.id,
-            "code": refused.code,
+            "code": code,
             "message": refused.message,
             "details": _of_exchange(refused),
         }
@@ -719,7 +732,7 @@ class Returns:
         def decide(current: Return) -> Return:
             if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
                 return current
-            return current.without_exchange(refused.code, at=at).owing(
+            return current.without_exchange(code, at=at).owing(
                 OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
             )
 

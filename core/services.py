@@ -10,7 +10,15 @@ from typing import Any
 import pluggy
 
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
-from core.errors import Conflict, InsufficientStock, InvalidRequest, NotFound, UnknownSku
+from core.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidRequest,
+    NotFound,
+    PickupNotOffered,
+    UnknownPaymentMethod,
+    UnknownSku,
+)
 from core.events import OrderEvent
 from core.hook_calls import call_hook
 from core.ids import new_id, order_id_for
@@ -176,9 +184,8 @@ class CaptureService:
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
         if self._payment_methods is not None and cmd.payment.method not in self._payment_methods():
-            raise InvalidRequest(
+            raise UnknownPaymentMethod(
                 f"no payment plugin takes method {cmd.payment.method}",
-                code="unknown_payment_method",
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
         sources, tax_address = self._sources(cmd)
@@ -290,7 +297,7 @@ class CaptureService:
             )
         location = self._catalog.get_location(fulfillment.location_id)
         if location is None or not (location.pickup or placed):
-            raise InvalidRequest(
+            raise PickupNotOffered(
                 "that location does not offer pickup",
                 details=[{"field": "fulfillment.location_id", "message": "no pickup location with this id"}],
             )

@@ -31,6 +31,7 @@ from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecisio
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
+from plugins import test_payments
 from tests.builders import NOW, product
 from tests.fakes import FakeReturns, ScriptedGateway
 from tests.unit.world import World, before_the_next_write, build_world
@@ -1132,6 +1133,110 @@ def test_an_exchange_refunded_instead_releases_the_shipping_its_credit_claimed(w
     assert paid.refund == refunded_units(order, 1) + order.totals.shipping
     assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
     assert world.order(order.id).payment.refunded == order.totals.grand_total
+
+
+def given_up_and_refunded(world: World, returns: Returns, item_id: str, order: Order, code: str) -> None:
+    """The return settled as a plain return of its units: refunded, its exchange given up for
+    `code` with one `exchange_not_placed` entry on the order, no replacement placed."""
+    placed = set(world.orders.orders)
+
+    settled = returns.settle(item_id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (R.REFUNDED, None, code)
+    assert settled.refund == order.lines[0].total
+    assert set(world.orders.orders) == placed
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.return_id, r.status, r.amount) for r in refunds] == [(item_id, "succeeded", order.lines[0].total)]
+    (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+    assert (entry.detail["return_id"], entry.detail["code"]) == (item_id, code)
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_STUCK]
+    assert returns.exchange(item_id, actor="key_wh") == settled  # a retried step changes nothing
+
+
+def test_an_exchange_whose_product_lost_its_price_in_the_orders_currency_is_refunded_instead(world, clock):
+    # The cap was priced in dollars when the return was accepted; by the time the T-shirt came back
+    # the shop sold it in euros only: no replacement can be priced, so the T-shirt is refunded.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "no_price")
+    (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+    assert entry.detail["details"] == [{"field": "exchange.lines[0].sku", "message": "no price in USD"}]
+
+
+class RetiredWallet:
+    """The `wallet` payment method (the test gateway behind it), which the shop stops offering for
+    new orders (`offered`): the orders paid with it are still captured and refunded."""
+
+    def __init__(self) -> None:
+        self.offered = True
+
+    @hookimpl
+    def oms_payment_methods(self) -> list[str] | None:
+        return ["wallet"] if self.offered else None
+
+    @hookimpl
+    def oms_payment_authorize(self, method: str, token: str, amount: Money, idempotency_key: str, attempt: int):
+        if method == "wallet":
+            return test_payments.oms_payment_authorize("test", token, amount, idempotency_key, attempt)
+        return None
+
+    @hookimpl
+    def oms_payment_find_authorization(self, method: str, idempotency_key: str):
+        return test_payments.oms_payment_find_authorization("test", idempotency_key) if method == "wallet" else None
+
+    @hookimpl
+    def oms_payment_capture(self, method: str, authorization: str, amount: Money, idempotency_key: str):
+        if method == "wallet":
+            return test_payments.oms_payment_capture("test", authorization, amount, idempotency_key)
+        return None
+
+    @hookimpl
+    def oms_payment_refund(self, method: str, authorization: str, amount: Money, idempotency_key: str):
+        if method == "wallet":
+            return test_payments.oms_payment_refund("test", authorization, amount, idempotency_key)
+        return None
+
+
+def test_an_exchange_whose_payment_method_is_no_longer_taken_is_refunded_instead(clock):
+    # The replacement would be paid like the original, with a method the shop no longer takes for
+    # new orders: capture refuses it (unknown_payment_method) however often it is asked.
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    returns, _ = returns_for(world, clock, wallet)
+    order = world.allocated(("TSHIRT", 1), payment={"method": "wallet", "token": "tok_approve"})
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    order = world.order(order.id)
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    wallet.offered = False
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "unknown_payment_method")
+
+
+@pytest.mark.parametrize("closed", ["no pickups", "removed"])
+def test_an_exchange_picked_up_at_a_store_that_no_longer_takes_pickups_is_refunded_instead(clock, closed):
+    # The replacement would wait at the original's pickup store, which stopped taking pickup orders
+    # (or is gone) since the return was accepted: no replacement can be placed there.
+    world = build_world([*STOCK, ("TSHIRT", "store-sf", 5), ("CAP", "store-sf", 5)])
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    order = world.actions.collect(order.id, order.shipments[0].id, actor="key_store")
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+    if closed == "removed":
+        del world.catalog.locations["store-sf"]
+    else:
+        world.catalog.put_location(store.model_copy(update={"pickup": False}))
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "pickup_not_offered")
 
 
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):

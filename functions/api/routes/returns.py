@@ -43,8 +43,9 @@ def _shown(item: Return) -> dict:
     "the replacement order is placed through the capture path once the return is received, paid for first by "
     "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, and one with no price in "
     "the order's currency 422 `no_price`, as POST /orders answers them. A replacement that cannot be placed at "
-    "receipt for want of stock (or whose external_id an order of the channel took) is given up: the received "
-    "units are refunded instead and the return shows `exchange_not_placed`.",
+    "receipt (no stock, no price, its payment method or pickup store no longer taken, or its external_id taken "
+    "by an order of the channel) is given up: the received units are refunded instead and the return shows "
+    "`exchange_not_placed`.",
     responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
     middlewares=[plugins_loaded],
 )
