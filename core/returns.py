@@ -658,6 +658,9 @@ class Returns:
         may not wait for it, of a price in the order's currency, of a payment plugin taking its
         method or of its pickup store; or because an order the channel placed itself has its
         external_id) is given up for good: the units are refunded instead (_refund_instead).
+        Placing or giving up is decided once, by one conditional write on the return (_decided,
+        _without_exchange): of two concurrent runs whose stock checks disagree, the first to write
+        decides for both, so a replacement is never placed beside the refund of its units.
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
@@ -674,9 +677,17 @@ class Returns:
         if found is None:
             raise NotFound(f"no order {item.order_id}")
         original, token = found
+        checked: PlaceOrder | None = None
         try:
-            replacement = self._replacement(item, original, token, actor)
+            item, checked = self._decided(item, original, token)
         except NOT_PLACEABLE as refused:
+            item = self._without_exchange(item, refused, actor)
+        if item.exchange_not_placed is not None or item.status is not R.RECEIVED:
+            return self._refund_instead(item, actor)
+        try:
+            replacement = self._replacement(item, original, token, actor, checked)
+        except ExchangeIdTaken as refused:
+            # The channel took the id after this exchange was decided: none of its can be placed.
             return self._refund_instead(self._without_exchange(item, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
@@ -732,6 +743,8 @@ class Returns:
         def decide(current: Return) -> Return:
             if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
                 return current
+            if current.exchange_placing and not isinstance(refused, ExchangeIdTaken):
+                return current  # decided to place: a stock check that disagrees since changes nothing
             return current.without_exchange(code, at=at).owing(
                 OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
             )
@@ -751,18 +764,60 @@ class Returns:
         modify(self._orders, item.order_id, lambda order: order.release_shipping_claim(item.id, at=at))
         return self._refund_units(item, actor, f"return {item.id}, exchange not placed ({item.exchange_not_placed})")
 
-    def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
-        """The exchange's replacement order: the one a previous run placed, or a new one placed
-        with the original's channel, customer, address, fulfillment, shipping method (the shop's
-        default when that is no longer offered) and payment."""
+    def _decided(self, item: Return, original: Order, token: str) -> tuple[Return, PlaceOrder | None]:
+        """`item` once its replacement is to be placed, and the command this run checked for it
+        (None: decided before). One a run placed is found under its id; one that passes every check
+        of the capture path, stock included, is decided in one conditional write on the return
+        (Return.placing_exchange). A concurrent run's give-up written first stands (that return is
+        answered: it is refunded instead); once decided, no run's stock check gives it up (its
+        workflow reserves what is there, or gives the credit back). NOT_PLACEABLE when the
+        replacement can never be placed."""
+        if item.exchange_placing or item.exchange_order_id:
+            return item, None
+        placed = self._orders.get(order_id_for(original.channel, _replacement_external_id(item, original)))
+        if placed is not None:
+            self._mine(placed, item)
+            return item, None
+        cmd = self._replacement_command(item, original, token)
+        assert self._capture is not None  # _replacement_command refused an OMS without it
+        self._capture.quote(cmd)
+        at = self._clock()
+
+        def decide(current: Return) -> Return:
+            decided = current.exchange_not_placed or current.exchange_placing or current.exchange_order_id
+            return current if decided or current.status is not R.RECEIVED else current.placing_exchange(at=at)
+
+        return self._change(item.id, None, decide), cmd
+
+    def _replacement_command(self, item: Return, original: Order, token: str) -> PlaceOrder:
+        """The capture command of the exchange's replacement: its lines, with the original's
+        channel, customer, address, fulfillment, shipping method (the shop's default when that is
+        no longer offered) and payment."""
         assert item.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
-        suffix = f"-x{item.ordinal}"
-        external_id = (original.external_id or original.id)[: 128 - len(suffix)] + suffix
-        placed = self._orders.get(order_id_for(original.channel, external_id))
+        external_id = _replacement_external_id(item, original)
+        cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
+        try:
+            self._capture.price(cmd)
+        except UnknownShippingMethod:
+            # The shop stopped offering the original's method after the return was accepted (the
+            # request checked it): the units are back, so the replacement ships the way a new
+            # order without a method would, rather than the return waiting for an operator.
+            cmd = cmd.model_copy(update={"shipping_method": None})
+        return cmd
+
+    def _replacement(
+        self, item: Return, original: Order, token: str, actor: str, checked: PlaceOrder | None = None
+    ) -> Order:  # fmt: skip
+        """The replacement of an exchange decided to be placed (_decided): the one a run placed, or
+        a new one (_replacement_command, or `checked`: the command this run decided on) with the
+        returned units' refund as its credit."""
+        placed = self._orders.get(order_id_for(original.channel, _replacement_external_id(item, original)))
         if placed is not None:
             return self._mine(placed, item)
+        cmd = checked or self._replacement_command(item, original, token)
+        assert self._capture is not None  # _replacement_command refused an OMS without it
         if any(r.status == "pending" and r.return_id != item.id for r in original.payment.refunds):
             # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
             self._refunds.finish_pending(original.id, actor, besides_return=item.id)
@@ -775,14 +830,6 @@ class Returns:
             # of the units' value is still in its own credit, which carries over (not charged twice).
             carried = self._due(item, original, capped=False) - credit
             credit = credit + max(min(carried, earlier), Money.zero(original.currency))
-        cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
-        try:
-            self._capture.price(cmd)
-        except UnknownShippingMethod:
-            # The shop stopped offering the original's method after the return was accepted (the
-            # request checked it): the units are back, so the replacement ships the way a new
-            # order without a method would, rather than the return waiting for an operator.
-            cmd = cmd.model_copy(update={"shipping_method": None})
         try:
             return self._capture.place_exchange(cmd, credit, original.id, item.id, actor)
         except DuplicateOrder as duplicate:
@@ -950,6 +997,13 @@ def _of_exchange(refused: DomainError) -> list[dict[str, Any]]:
         else detail
         for detail in refused.details
     ]
+
+
+def _replacement_external_id(item: Return, original: Order) -> str:
+    """The external_id of a return's replacement: the original's (or its id) plus `-x` and the
+    return's ordinal, so a retried step finds the order it placed."""
+    suffix = f"-x{item.ordinal}"
+    return (original.external_id or original.id)[: 128 - len(suffix)] + suffix
 
 
 def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:

@@ -27,7 +27,7 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.refund_service import RefundService
-from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
+from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
@@ -1060,6 +1060,8 @@ def test_an_exchange_given_up_never_takes_a_replacement_nor_one_placed_is_given_
     with pytest.raises(InvalidTransition):
         given_up.with_exchange_order("ord_x", at=clock.now)
     with pytest.raises(InvalidTransition):
+        given_up.placing_exchange(at=clock.now)  # a run that checked after the give-up places nothing
+    with pytest.raises(InvalidTransition):
         placed.without_exchange("insufficient_stock", at=clock.now)
     with pytest.raises(InvalidTransition):
         item.without_exchange("insufficient_stock", at=clock.now)  # not received
@@ -1237,6 +1239,73 @@ def test_an_exchange_picked_up_at_a_store_that_no_longer_takes_pickups_is_refund
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
     given_up_and_refunded(world, returns, item.id, order, "pickup_not_offered")
+
+
+def test_two_exchange_runs_whose_stock_checks_disagree_give_up_without_placing(world, clock, monkeypatch):
+    # Two runs of the Exchange step (a second receipt's execution beside the first): one finds no
+    # cap and gives the exchange up; a cap arrives; the other finds it. The one decision stands:
+    # the T-shirt is refunded and no replacement is placed beside the refund.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    out_of(world, "CAP", "wh-east")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    placed = set(world.orders.orders)
+    real_levels = world.inventory.levels
+    first: list[Return] = []
+    checks: list[bool] = []
+
+    def levels(skus, locations):
+        checks.append(True)
+        if len(checks) == 1:  # the outer run's stock check: the other run checks, and gives up, first
+            first.append(returns.exchange(item.id, actor="key_wh"))
+            world.inventory.adjust("CAP", "wh-east", 5, reason="delivery")
+        return real_levels(skus, locations)
+
+    monkeypatch.setattr(world.inventory, "levels", levels)
+
+    second = returns.exchange(item.id, actor="key_wh")
+
+    assert first[0].exchange_not_placed == "insufficient_stock"
+    assert second == first[0] == returns.get(item.id)
+    assert (second.status, second.exchange_order_id, second.refund) == (R.REFUNDED, None, order.lines[0].total)
+    assert set(world.orders.orders) == placed
+    assert [(r.return_id, r.status) for r in world.order(order.id).payment.refunds] == [(item.id, "succeeded")]
+
+
+def test_an_exchange_run_that_finds_no_stock_after_another_decided_to_place_places_the_same_one(
+    world, clock, monkeypatch
+):
+    # One run found a cap and is placing the replacement when the last cap sells elsewhere and a
+    # second run checks: the first decision stands (one replacement, whose workflow finds the stock
+    # or gives the credit back), rather than the second refunding the units beside it.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    inner: list[Return] = []
+    puts: list[str] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        puts.append(placed.id)
+        if placed.exchange_of == item.id and len(puts) == 1:  # the outer run's put of the replacement
+            out_of(world, "CAP", "wh-east")
+            inner.append(returns.exchange(item.id, actor="key_wh"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+
+    outer = returns.exchange(item.id, actor="key_wh")
+
+    replacements = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+    assert [o.id for o in replacements] == [outer.exchange_order_id] == [inner[0].exchange_order_id]
+    assert outer == returns.get(item.id) and (outer.status, outer.exchange_not_placed) == (R.REFUNDED, None)
+    credit = replacements[0].exchange_credit
+    assert credit == order.lines[0].total
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.return_id, r.amount) for r in refunds] == [(item.id, credit - replacements[0].totals.grand_total)]
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
 
 
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
