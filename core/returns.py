@@ -260,11 +260,12 @@ class Returns:
         return made
 
     def _check_exchange(self, cmd: RequestReturn, order: Order) -> None:
-        """The exchange's skus exist and the replacement, as it would be placed for `order`, is
-        priced, as POST /orders checks them (stock is checked when the replacement is placed, at
+        """The exchange's skus exist and the replacement, as it would be placed for `order`, passes
+        the checks of POST /orders but stock's (checked when the replacement is placed, at
         receipt: units come back before it ships). One that could never be placed (a product with
-        no price in the order's currency, a shipping method its lines cannot have) is 422 now,
-        before the customer sends anything back, with the error POST /orders would give."""
+        no price in the order's currency, a shipping method its lines cannot have, a payment method
+        or pickup store the shop no longer takes) is 422 now, before the customer sends anything
+        back, with the error POST /orders would give."""
         assert cmd.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
@@ -280,7 +281,9 @@ class Returns:
         found = self._orders.get_with_token(order.id)
         assert found is not None  # read a moment ago; orders are never deleted
         try:
-            self._capture.price(_replacement_command(order, cmd.exchange, found[1], external_id=None))
+            self._capture.quote(
+                _replacement_command(order, cmd.exchange, found[1], external_id=None), check_stock=False
+            )
         except InvalidRequest as refused:
             raise InvalidRequest(refused.message, code=refused.code, details=_of_exchange(refused)) from None
 

@@ -1203,21 +1203,41 @@ class RetiredWallet:
         return None
 
 
+def shipped_with_wallet(world: World) -> Order:
+    order = world.allocated(("TSHIRT", 1), payment={"method": "wallet", "token": "tok_approve"})
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    return world.order(order.id)
+
+
 def test_an_exchange_whose_payment_method_is_no_longer_taken_is_refunded_instead(clock):
     # The replacement would be paid like the original, with a method the shop no longer takes for
     # new orders: capture refuses it (unknown_payment_method) however often it is asked.
     wallet = RetiredWallet()
     world = build_world(STOCK, wallet)
     returns, _ = returns_for(world, clock, wallet)
-    order = world.allocated(("TSHIRT", 1), payment={"method": "wallet", "token": "tok_approve"})
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    order = world.order(order.id)
+    order = shipped_with_wallet(world)
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     wallet.offered = False
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
     given_up_and_refunded(world, returns, item.id, order, "unknown_payment_method")
+
+
+def test_an_exchange_of_an_order_paid_with_a_method_no_longer_taken_is_422_before_anything_is_sent_back(clock):
+    # As for a replacement with no price: accepted, the customer would send the T-shirt back for a
+    # cap that can never be placed. The units may still come back for the money.
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    returns, store = returns_for(world, clock, wallet)
+    order = shipped_with_wallet(world)
+    wallet.offered = False
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+
+    assert refused.value.code == "unknown_payment_method" and store.returns == {}
+    assert returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs").status is R.AUTHORIZED
 
 
 @pytest.mark.parametrize("closed", ["no pickups", "removed"])
