@@ -1328,6 +1328,34 @@ def test_an_exchange_run_that_finds_no_stock_after_another_decided_to_place_plac
     assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
 
 
+def test_an_exchange_decided_on_whose_external_id_the_channel_takes_before_it_is_placed_is_refunded(
+    world, clock, monkeypatch
+):
+    # Decided on, but the channel placed an order of its own under the replacement's external_id
+    # before the put: none of this return's can ever be placed, so the decision gives way.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    own: list[str] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        if placed.exchange_of == item.id and not own:
+            assert returns.get(item.id).exchange_placing
+            own.append(world.place(("CAP", 1), external_id=f"{order.external_id}-x1"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_order_id) == (R.REFUNDED, None)
+    assert settled.exchange_not_placed == ExchangeIdTaken.code
+    assert [(r.return_id, r.amount) for r in world.order(order.id).payment.refunds] == [(item.id, order.lines[0].total)]
+    assert world.order(own[0]).exchange_of is None
+
+
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1))
