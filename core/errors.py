@@ -46,6 +46,12 @@ class UnknownShippingMethod(InvalidRequest):
     code = "unknown_shipping_method"
 
 
+class NoShippingMethod(InvalidRequest):
+    """No shipping plugin quotes any method for the order."""
+
+    code = "no_shipping_method"
+
+
 class NoPrice(InvalidRequest):
     """No pricing plugin prices a product of the order in its currency."""
 

@@ -23,6 +23,7 @@ from core.errors import (
     InsufficientStock,
     InvalidRequest,
     NoPrice,
+    NoShippingMethod,
     NotFound,
     PaymentGatewayUnavailable,
     PickupNotOffered,
@@ -107,10 +108,13 @@ class ExchangeIdTaken(Conflict):
     code = "exchange_external_id_taken"
 
 
-# Why a replacement can never be placed, whatever is retried: the shop's stock, prices, payment
-# methods or stores changed since the return was accepted, or the channel took its external_id.
-# A business outcome, not an outage: the exchange is given up and its units refunded instead.
-NOT_PLACEABLE = (InsufficientStock, ExchangeIdTaken, NoPrice, UnknownPaymentMethod, PickupNotOffered)
+# Why a replacement can never be placed, whatever is retried: the shop's stock, prices, shipping,
+# payment methods or stores changed since the return was accepted, or the channel took its
+# external_id. A business outcome, not an outage: the exchange is given up and its units refunded
+# instead.
+NOT_PLACEABLE = (
+    InsufficientStock, ExchangeIdTaken, NoPrice, NoShippingMethod, UnknownPaymentMethod, PickupNotOffered
+)  # fmt: skip
 PICKUP_NOT_OFFERED = "pickup_not_offered"
 
 
@@ -658,9 +662,9 @@ class Returns:
         as its `exchange_credit`, so its workflow authorizes only what the credit does not cover;
         refund what the credit leaves over once; mark the return `refunded` with what was given back.
         A replacement that can never be placed (NOT_PLACEABLE: for want of stock of a product that
-        may not wait for it, of a price in the order's currency, of a payment plugin taking its
-        method or of its pickup store; or because an order the channel placed itself has its
-        external_id) is given up for good: the units are refunded instead (_refund_instead).
+        may not wait for it, of a price in the order's currency, of any shipping for it, of a
+        payment plugin taking its method or of its pickup store; or because an order the channel
+        placed itself has its external_id) is given up for good: the units are refunded instead (_refund_instead).
         Placing or giving up is decided once, by one conditional write on the return (_decided,
         _without_exchange): of two concurrent runs whose stock checks disagree, the first to write
         decides for both, so a replacement is never placed beside the refund of its units.

@@ -1224,6 +1224,35 @@ def test_an_exchange_whose_payment_method_is_no_longer_taken_is_refunded_instead
     given_up_and_refunded(world, returns, item.id, order, "unknown_payment_method")
 
 
+class SwissPost:
+    """The one shipping service quoting orders in francs, until the shop stops shipping them."""
+
+    offered = True
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft) -> list[ShippingQuote] | None:
+        if not self.offered or draft.currency != "CHF":
+            return None
+        return [ShippingQuote(method="post", amount=Money.of("9.00", draft.currency))]
+
+
+def test_an_exchange_no_shipping_service_quotes_any_more_is_refunded_instead(clock):
+    post = SwissPost()
+    world = build_world([*STOCK, ("SCARF", "wh-west", 5), ("GLOVES", "wh-west", 5)], post)
+    world.catalog.put_product(product("SCARF", "30.00", currency="CHF"))
+    world.catalog.put_product(product("GLOVES", "25.00", currency="CHF"))
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("SCARF", 1), currency="CHF", shipping_method="post")
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    order = world.order(order.id)
+    item = returns.request(order.id, exchange_of("L1", 1, ("GLOVES", 1)), actor="key_cs")
+    post.offered = False  # the shop no longer ships orders in francs
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "no_shipping_method")
+
+
 def test_an_exchange_of_an_order_paid_with_a_method_no_longer_taken_is_422_before_anything_is_sent_back(clock):
     # As for a replacement with no price: accepted, the customer would send the T-shirt back for a
     # cap that can never be placed. The units may still come back for the money.

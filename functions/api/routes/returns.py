@@ -44,9 +44,9 @@ def _shown(item: Return) -> dict:
     "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, one with no price in the "
     "order's currency 422 `no_price`, and one for an order paid with a method the shop no longer takes 422 "
     "`unknown_payment_method`, as POST /orders answers them. A replacement that cannot be placed at "
-    "receipt (no stock, no price, its payment method or pickup store no longer taken, or its external_id taken "
-    "by an order of the channel) is given up: the received units are refunded instead and the return shows "
-    "`exchange_not_placed`.",
+    "receipt (no stock, no price, no shipping, its payment method or pickup store no longer taken, or its "
+    "external_id taken by an order of the channel) is given up: the received units are refunded instead and the "
+    "return shows `exchange_not_placed`.",
     responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
     middlewares=[plugins_loaded],
 )
