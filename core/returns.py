@@ -264,12 +264,13 @@ class Returns:
         return made
 
     def _check_exchange(self, cmd: RequestReturn, order: Order) -> None:
-        """The exchange's skus exist and the replacement, as it would be placed for `order`, passes
-        the checks of POST /orders but stock's (checked when the replacement is placed, at
-        receipt: units come back before it ships). One that could never be placed (a product with
-        no price in the order's currency, a shipping method its lines cannot have, a payment method
-        or pickup store the shop no longer takes) is 422 now, before the customer sends anything
-        back, with the error POST /orders would give."""
+        """The exchange's skus exist and the replacement, as it would be placed for `order` (the
+        shop's default shipping when the original's method is no longer offered), passes the checks
+        of POST /orders but stock's (checked when the replacement is placed, at receipt: units come
+        back before it ships). One that could never be placed (a product with no price in the
+        order's currency, no shipping service for it, a payment method or pickup store the shop no
+        longer takes) is 422 now, before the customer sends anything back, with the error POST
+        /orders would give."""
         assert cmd.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
@@ -285,9 +286,8 @@ class Returns:
         found = self._orders.get_with_token(order.id)
         assert found is not None  # read a moment ago; orders are never deleted
         try:
-            self._capture.quote(
-                _replacement_command(order, cmd.exchange, found[1], external_id=None), check_stock=False
-            )
+            replacement = self._shipped_anyway(_replacement_command(order, cmd.exchange, found[1], external_id=None))
+            self._capture.quote(replacement, check_stock=False)
         except InvalidRequest as refused:
             raise InvalidRequest(refused.message, code=refused.code, details=_of_exchange(refused)) from None
 
@@ -804,14 +804,17 @@ class Returns:
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
         external_id = _replacement_external_id(item, original)
-        cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
+        return self._shipped_anyway(_replacement_command(original, item.exchange, token, external_id=external_id))
+
+    def _shipped_anyway(self, cmd: PlaceOrder) -> PlaceOrder:
+        """A replacement's `cmd`, shipped the way a new order without a method would be when the
+        shop stopped offering the original's method: the customer has no method to choose on a
+        return, so the exchange neither is refused for it nor waits for an operator."""
+        assert self._capture is not None
         try:
             self._capture.price(cmd)
         except UnknownShippingMethod:
-            # The shop stopped offering the original's method after the return was accepted (the
-            # request checked it): the units are back, so the replacement ships the way a new
-            # order without a method would, rather than the return waiting for an operator.
-            cmd = cmd.model_copy(update={"shipping_method": None})
+            return cmd.model_copy(update={"shipping_method": None})
         return cmd
 
     def _replacement(

@@ -611,6 +611,24 @@ def test_an_exchange_whose_shipping_method_ended_after_the_request_ships_the_sho
     assert settled.status is ReturnStatus.REFUNDED
 
 
+def test_an_exchange_of_an_order_whose_shipping_method_ended_is_taken_and_ships_the_shops_default_way(clock):
+    # The return request has no shipping method to change: refusing it (unknown_shipping_method)
+    # left the customer no exchange at all, where the receipt would ship the replacement anyway.
+    courier = ExpressWhileOffered()
+    world = build_world(STOCK, courier)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), shipping_method="courier")
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    courier.offered = False
+
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert world.order(settled.exchange_order_id or "").shipping_method == "standard"
+
+
 def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothing(world, clock):
     _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
     credit = order.lines[0].total
