@@ -71,8 +71,9 @@ class OrderEvent(StrEnum):
     RETURN_STUCK = "return_stuck"
     # A return's exchange: its replacement order was placed (on the original order's history).
     EXCHANGE_PLACED = "exchange_placed"
-    # Its replacement can never be placed (no stock for a product that may not wait, its external_id
-    # taken): the return is refunded instead (on the original order's history, with the reason).
+    # Its replacement can never be placed (no stock for a product that may not wait, no price, no
+    # shipping, its payment method or pickup store gone, its external_id taken): the return is refunded instead
+    # (on the original order's history, with the reason).
     EXCHANGE_NOT_PLACED = "exchange_not_placed"
     # A capture with no shipment: the rest of a total that cancelled units left higher than what
     # the shipments captured (a volume discount lost, say).
