@@ -87,6 +87,11 @@ OTHER_MODELS = [
     "core.workflow_types.TrackingUpdate",
     "functions.api.schemas.ErrorBody",
     "functions.api.schemas.OrderPage",
+    # The built-in plugins' data files and webhooks that an order without promo codes never reads.
+    "plugins.flat_rate_carrier.TrackingWebhook",
+    "plugins.nearest_sourcing.GeoCentroids",
+    "plugins.promotions.PercentOff",
+    "plugins.promotions.PromotionsFile",
 ]
 
 
