@@ -288,7 +288,7 @@ def oms_carrier_return_label(
 
 
 class TrackingEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     reference: Annotated[str, StringConstraints(min_length=3, max_length=130)]
     tracking_number: Annotated[str, StringConstraints(min_length=4, max_length=60)]
@@ -298,7 +298,7 @@ class TrackingEvent(BaseModel):
 
 
 class TrackingWebhook(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     events: Annotated[list[TrackingEvent], Field(max_length=100)]
 
