@@ -324,16 +324,8 @@ class DynamoDBStreamMapping(EventSourceMapping):
         dynamodb = dict(record["dynamodb"])
         if isinstance(created := dynamodb.get("ApproximateCreationDateTime"), datetime):
             dynamodb["ApproximateCreationDateTime"] = float(int(created.timestamp()))
-        shaped = {
-            "eventID": record.get("eventID") or uuid.uuid4().hex,
-            "eventName": record["eventName"],
-            "eventVersion": record.get("eventVersion", "1.1"),
-            "eventSource": "aws:dynamodb",
-            "awsRegion": record.get("awsRegion", REGION),
-            "dynamodb": {key: dynamodb[key] for key in sorted(dynamodb)},
-            "eventSourceARN": self.source_arn,
-        }
-        return shaped | ({"userIdentity": record["userIdentity"]} if "userIdentity" in record else {})
+        # moto's record has every other field a stream record has (eventID, eventVersion, awsRegion, ...).
+        return {**record, "dynamodb": dict(sorted(dynamodb.items())), "eventSourceARN": self.source_arn}
 
     def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
         if not self.report_batch_item_failures:
