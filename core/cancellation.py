@@ -102,10 +102,13 @@ class Cancellation:
         try:
             order = self.void(order, actor)
         except PaymentRefused:
-            pass  # recorded in the history; the payment honestly stays authorized
+            # Recorded in the history; the payment honestly stays authorized. What was voided is
+            # in the answer: the order as stored now.
+            order = self._orders.get(order.id, consistent=True) or order
         except PaymentGatewayUnavailable as unavailable:
             if retry_void_later:
                 raise TransientError(unavailable.message) from None
+            order = self._orders.get(order.id, consistent=True) or order
         if self._credits is not None:
             try:
                 self._credits.give_back(order, actor)  # a replacement's credit, on the original order
@@ -140,10 +143,22 @@ class Cancellation:
         edit left (void_requested_authorization, void_replaced_authorizations) is voided; one it
         never recorded because the gateway's answer was lost, or the step died before its write, is
         released (release_lost_authorizations, under the order's own key too); nothing else to do
-        when the payment is not `authorized`.
-        Raises PaymentRefused or PaymentGatewayUnavailable with every failed attempt recorded."""
+        when the payment is not `authorized`. One that cannot be voided stops none of the others.
+        Raises PaymentRefused or PaymentGatewayUnavailable (_first_to_retry) with every failed
+        attempt recorded."""
         order = self.settle_capture_requests(order, actor)
-        order = self.void_replaced_authorizations(self.void_requested_authorization(order, actor), actor)
+        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
+        for release in (self.void_requested_authorization, self.void_replaced_authorizations, self._void_own):
+            try:
+                order = release(order, actor)
+            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+                failed.append(failure)
+                order = self._orders.get(order.id, consistent=True) or order
+        if failed:
+            raise _first_to_retry(failed)
+        return order
+
+    def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
             own = payment_keys.authorize(order.id, order.authorized_version)
@@ -162,24 +177,37 @@ class Cancellation:
 
     def release_lost_authorizations(self, order: Order, actor: str, unrecorded: str | None = None) -> Order:
         """Release what the gateway may hold for an order that never recorded an authorization
-        and no longer asks for it under an earlier key (closed, or edited since: an edit prices a
-        new version, whose key its next authorization uses): an attempt whose answer was lost (a
+        (its payment `pending`, or `declined`) and no longer asks for it under an earlier key
+        (closed, or edited since: an edit prices a new version, whose key its next authorization
+        uses): an attempt whose answer was lost (a
         timeout, `payment_authorization_failed` of kind transient, naming its key) may have been
-        approved. Each such key is asked again, which the gateway answers with the authorization it
-        made (or makes now), and that is voided at once (`payment_voided`, naming the key, the order
-        itself unchanged); one the gateway declines was never made. A key settled either way is not
-        asked again. Raises PaymentRefused or PaymentGatewayUnavailable as `void` does, every failed
-        attempt in the history.
+        approved. The payment plugin is asked what the gateway authorized under each such key
+        (oms_payment_find_authorization, as for `unrecorded` below), so an attempt that never
+        reached the gateway leaves no new hold: only what it holds is voided, and the key is looked
+        up again by the next release. A plugin without that hook is asked to authorize again under
+        the key, which the gateway answers with the authorization it made (or makes now), and that
+        is voided at once; one the gateway declines was never made. Either way a void is recorded
+        (`payment_voided`, naming the key, the order itself unchanged), and a key settled (voided,
+        or declined when asked again) is not asked again. Raises PaymentRefused or
+        PaymentGatewayUnavailable as `void` does, every failed attempt in the history.
 
         `unrecorded` is the key of an attempt that may have reached the gateway with nothing in the
         history (the authorize step died after the gateway approved and before the order recorded
         it): the cancelled order's own key, or the one an edit leaves behind. Unless the history
         names or settles it, the gateway is asked what it authorized under it (_release_unrecorded),
-        and so is every key such a question failed for before (`payment_void_failed` naming it)."""
-        found = self._orders.history(order.id) if order.payment.status is PaymentStatus.PENDING else None
+        and so is every key such a question failed for before (`payment_void_failed` naming it).
+        An order still open keeps the key of its current version: that one is its own."""
+        unpaid = order.payment.status in (PaymentStatus.PENDING, PaymentStatus.DECLINED)
+        found = self._orders.history(order.id) if unpaid else None
         if found is None:
             return order
         lost, settled, unfound = _authorization_keys(found[1])
+        if order.status not in TERMINAL:
+            # Still open (an edit's release): the key of its current version is the one its next
+            # authorization is asked under, and an attempt under it may be recorded by now.
+            in_use = payment_keys.authorize(order.id, order.authorized_version)
+            lost.pop(in_use, None)
+            unfound.discard(in_use)
         ask = sorted((unfound | {unrecorded} if unrecorded else unfound) - settled - set(lost))
         if not lost and not ask:
             return order
@@ -189,6 +217,8 @@ class Cancellation:
         token = stored[1] if stored is not None else ""
         method = order.payment.method
         for key, amount in lost.items():
+            if self._release_unrecorded(order, key, actor, looked_up_only=True):
+                continue  # the plugin said what the gateway holds under the key: nothing was asked for
             recorder = failure_recorder(
                 self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"), authorization_key=key
             )
@@ -210,11 +240,12 @@ class Cancellation:
                 OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
         return self._orders.get(order.id, consistent=True) or order
 
-    def _release_unrecorded(self, order: Order, key: str, actor: str) -> None:
+    def _release_unrecorded(self, order: Order, key: str, actor: str, *, looked_up_only: bool = False) -> bool:
         """Void what the gateway authorized under `key` for `order`, which records none: asked with
         oms_payment_find_authorization, which never authorizes (a key never asked finds nothing),
-        and voided at once (`payment_voided`, naming the key). A payment plugin without that hook
-        leaves it as it is, with a warning naming the order and the key for an operator. Raises
+        and voided at once (`payment_voided`, naming the key). False when no payment plugin answers
+        that hook (it is optional): the authorization is left as it is, with a warning naming the
+        order and the key for an operator, unless `looked_up_only` (the caller asks again). Raises
         PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
         PaymentGatewayUnavailable as `void` does: each failed attempt is in the history as a failed
         void naming the key, which the next release asks about again."""
@@ -225,20 +256,22 @@ class Cancellation:
             failure_recorder(self._orders, order.id, actor, self._clock, authorization_key=key),
         )
         if found is None:
-            logger.warning(
-                "no payment plugin looks authorizations up by key: one an attempt that died may have made "
-                "is not released",
-                extra={"order_id": order.id, "payment_method": method, "authorization_key": key},
-            )
-            return
+            if not looked_up_only:
+                logger.warning(
+                    "no payment plugin looks authorizations up by key: one an attempt that died may have made "
+                    "is not released",
+                    extra={"order_id": order.id, "payment_method": method, "authorization_key": key},
+                )
+            return False
         if found.outcome != "approved":
-            return  # never made
+            return True  # never made
         voided = self._void(order, found.reference, actor, authorization_key=key)
         at = self._clock()
         detail = {"authorization": found.reference, "reference": voided.reference, "authorization_key": key,
                   "reason": "an authorization whose answer was never recorded, no longer asked for"}  # fmt: skip
         modify(self._orders, order.id, lambda current: current.noted(
             OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
+        return True
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
@@ -299,9 +332,15 @@ class Cancellation:
         the edit voids it after its write, and one that died or found the gateway down leaves it).
         Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
         attempt in the history; it stays for the next attempt). Returns the order as it stands
-        after."""
+        after. Each is tried, whatever the gateway answers for another."""
+        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
         for authorization in list(order.replaced_authorizations):
-            order = self._void_replaced(order, authorization, actor)
+            try:
+                order = self._void_replaced(order, authorization, actor)
+            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+                failed.append(failure)
+        if failed:
+            raise _first_to_retry(failed)
         return order
 
     def _void_replaced(self, order: Order, authorization: str, actor: str) -> Order:
@@ -489,6 +528,12 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
             unfound.add(key)
     return {key: amount for key, amount in lost.items() if key not in settled}, settled, unfound
+
+
+def _first_to_retry(failed: list[PaymentRefused | PaymentGatewayUnavailable]) -> Exception:
+    """What a release that failed more than once raises: the gateway unavailable first, so a caller
+    that retries later (a workflow step) does; otherwise the first refusal."""
+    return next((f for f in failed if isinstance(f, PaymentGatewayUnavailable)), failed[0])
 
 
 def _waiting(order: Order, shipment_id: str) -> bool:

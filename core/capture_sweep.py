@@ -1,18 +1,18 @@
-"""Settle the captures ships asked for and never recorded on orders nobody ships again (the reconciler's pass)."""
+"""Settle the captures ships asked for and never recorded on orders nobody ships again (the jeopardy
+scan finds them: core/jeopardy.py's Scanned.captures_left)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import islice
 
 from core.cancellation import Cancellation
 from core.errors import PaymentGatewayUnavailable
 from core.events import OrderEvent
 from core.models import HistoryEntry, Order
 from core.order_changes import modify
-from core.ports import OrderRepository, UnrecordedCaptures
+from core.ports import OrderRepository
 from core.status import OrderStatus, can_transition
 
 
@@ -60,88 +60,80 @@ class UnrecordedCaptureSweep:
     shipment shipped would take its units out of stock and close the order on a guess, while
     recording the money alone would leave a capture that no shipment carries for every later ship,
     cancel, reject and refund to count. So the order and the gateway agree again (nothing kept),
-    and the order is first put on hold (Order.hold_unfinished_ships, actor `reconciler`) for a
+    and the order is first put on hold (Order.hold_unfinished_ships, by the pass's actor) for a
     person to confirm whether the parcel left: released, a parcel that left is shipped again, under
     a new capture key. An order that cannot be held (partly shipped already) is only settled and
     reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided).
 
-    Found through an index of the orders that have one, by when they last changed; only an order
-    last changed more than `after` ago is taken: the request is written by its ship, which the API
-    function's timeout ends within seconds, so an older one belongs to a ship that is over (a ship
-    repeated meanwhile that loses to the pass answers 409, its capture refunded once, by key).
+    Given the orders to look at: those the jeopardy scan marked late with such a request standing
+    (Scanned.captures_left), so finding them costs the typical order nothing. Only a request whose
+    order last changed (a jeopardy mark aside) more than `after` ago is settled: the request is
+    written by its ship, which the API function's timeout ends within seconds, so an older one
+    belongs to a ship that is over (a ship repeated meanwhile that loses to the pass answers 409,
+    its capture refunded once, by key).
 
     A refund the gateway refused since the order last changed is not asked again: under its key the
     gateway answers the same. The pass that met the refusal reports it (CapturesNotSettled); the
     person holding the order settles it. A gateway found unavailable is not asked again in the same
-    pass: the orders paid through it wait for the next pass and are read past, up to `max_reads`
-    orders a pass, `limit` of them asked. Given a Cancellation that records failures with
-    core.order_changes.outage_noted_once (as the reconciler's is), an outage is in an order's
-    history once, not once per attempt of every pass."""
+    pass. Either way the order is held first (when it can be), so the scan finds it again, late for
+    its hold, and hands it on again; the hold's expiry cancels it, which settles it too. Given a
+    Cancellation that records failures with core.order_changes.outage_noted_once (as the handler's
+    is), an outage is in an order's history once, not once per attempt."""
 
     def __init__(
-        self, unrecorded: UnrecordedCaptures, orders: OrderRepository, cancellation: Cancellation,
-        clock: Callable[[], datetime], *, after: timedelta, limit: int = 100, max_reads: int = 1000,
-    ):  # fmt: skip
-        self._unrecorded = unrecorded
+        self, orders: OrderRepository, cancellation: Cancellation, clock: Callable[[], datetime], *, after: timedelta
+    ):
         self._orders = orders
         self._cancellation = cancellation
         self._clock = clock
         self._after = after
-        self._limit = limit
-        self._max_reads = max_reads
 
-    def run(self, actor: str) -> CapturesSettled:
-        """One pass over at most `limit` orders asked, oldest first, among at most `max_reads`
-        read. An order whose gateway is unavailable waits for the next pass. One that fails
-        otherwise does not stop the pass: it raises CapturesNotSettled once it is done."""
+    def run(self, order_ids: Iterable[str], actor: str) -> CapturesSettled:
+        """One pass over `order_ids`. An order whose gateway is unavailable waits, held. One that
+        fails otherwise does not stop the pass: it raises CapturesNotSettled once it is done."""
         requested_before = self._clock() - self._after
         done = CapturesSettled(settled=[], held=[], unconfirmed=[])
         down: set[str] = set()
         failed: dict[str, Exception] = {}
-        asked = 0
-        for order_id in islice(self._unrecorded.requested_since_before(requested_before), self._max_reads):
+        for order_id in order_ids:
             try:
-                settled = self._settle(order_id, actor, requested_before, down, done)
+                if self._settle(order_id, actor, requested_before, down, done):
+                    done.settled.append(order_id)
             except PaymentGatewayUnavailable:
-                asked += 1  # its gateway is down: it, and its method's orders, wait for the next pass
+                pass  # its gateway is down: it waits, held, for the scan to hand it on again
             except Exception as error:  # reported once the pass is done (CapturesNotSettled)
                 failed[order_id] = error
-                asked += 1
-            else:
-                if settled is not None:
-                    asked += 1
-                    if settled:
-                        done.settled.append(order_id)
-            if asked == self._limit:
-                break
         if failed:
             raise CapturesNotSettled(done, failed)
         return done
 
     def _settle(
         self, order_id: str, actor: str, requested_before: datetime, down: set[str], done: CapturesSettled
-    ) -> bool | None:
-        """Whether the order was left with no capture request; None when it was not asked: none
-        stands, changed since `requested_before` (the index lags the order), its gateway found
-        down, or a refund of it refused since it last changed."""
+    ) -> bool:
+        """Whether the order was left with no capture request. Not asked when none stands, it
+        changed since `requested_before`, its gateway was found down (it is held all the same), or
+        a refund of it was refused since it last changed."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
-            return None
+            return False
         order, history = found
         if (
             not order.captures_requested
             or order.last_changed >= requested_before
-            or order.payment.method in down
             or _refund_refused_since(history, order.last_changed)
         ):
-            return None
+            return False
         try:
             if order.status is OrderStatus.CANCELLED:
+                if order.payment.method in down:
+                    return False
                 order = self._cancellation.void(order, actor)  # the cancel, finished: refunded, then voided
             else:
                 unfinished = _unfinished_ships(order)
                 if unfinished:
                     order = self._hold(order, unfinished, actor, done)
+                if order.payment.method in down:
+                    return False
                 order = self._cancellation.settle_capture_requests(order, actor)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)

@@ -46,6 +46,29 @@ class UnknownShippingMethod(InvalidRequest):
     code = "unknown_shipping_method"
 
 
+class NoShippingMethod(InvalidRequest):
+    """No shipping plugin quotes any method for the order."""
+
+    code = "no_shipping_method"
+
+
+class NoPrice(InvalidRequest):
+    """No pricing plugin prices a product of the order in its currency."""
+
+    code = "no_price"
+
+
+class UnknownPaymentMethod(InvalidRequest):
+    """No payment plugin takes the order's payment method."""
+
+    code = "unknown_payment_method"
+
+
+class PickupNotOffered(InvalidRequest):
+    """The order's pickup location is unknown or takes no pickup orders (a 422 validation_error on
+    `fulfillment.location_id`)."""
+
+
 class NotFound(DomainError):
     code = "not_found"
 

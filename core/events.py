@@ -51,8 +51,14 @@ class OrderEvent(StrEnum):
     # A pending parcel those units left was booked again: its new label shows what it now holds.
     SHIPMENT_RELABELLED = "shipment_relabelled"
     # Booking it again failed (the carrier or the label store): the cancel stands, the parcel keeps
-    # its old label until the next cancel of units or ship of the order books it.
+    # its old label until the next cancel of units or ship of the order, or the reconciler's next
+    # pass, books it.
     LABEL_BOOKING_FAILED = "label_booking_failed"
+    # A carrier booking no parcel will use (the order cancelled, its parcel gone or booked again)
+    # was cancelled with its carrier; or never will be (the carrier refused, or no plugin cancels
+    # its bookings): the detail says why.
+    CARRIER_BOOKING_CANCELLED = "carrier_booking_cancelled"
+    CARRIER_BOOKING_NOT_CANCELLED = "carrier_booking_not_cancelled"
     # Returns (the return's own record is in the Returns table; the order's history tells its story).
     RETURN_REQUESTED = "return_requested"
     RETURN_AUTHORIZED = "return_authorized"
@@ -65,8 +71,9 @@ class OrderEvent(StrEnum):
     RETURN_STUCK = "return_stuck"
     # A return's exchange: its replacement order was placed (on the original order's history).
     EXCHANGE_PLACED = "exchange_placed"
-    # Its replacement can never be placed (no stock for a product that may not wait, its external_id
-    # taken): the return is refunded instead (on the original order's history, with the reason).
+    # Its replacement can never be placed (no stock for a product that may not wait, no price, no
+    # shipping, its payment method or pickup store gone, its external_id taken): the return is refunded instead
+    # (on the original order's history, with the reason).
     EXCHANGE_NOT_PLACED = "exchange_not_placed"
     # A capture with no shipment: the rest of a total that cancelled units left higher than what
     # the shipments captured (a volume discount lost, say).

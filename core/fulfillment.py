@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
+from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
     InvalidTransition,
@@ -85,8 +86,9 @@ class OrderActions:
         (Order.request_capture), so a capture the gateway makes is never lost: a ship that dies after
         the gateway answered is repeated under the same key and records it, a cancel, a reject or
         a cancel of units meanwhile refunds it first (Cancellation.settle_capture_requests), an
-        edit waits for it (409), and on an order nobody ships again the reconciler refunds it and
-        holds the order for a person to confirm whether the parcel left (core.capture_sweep). A
+        edit waits for it (409), and on an order nobody ships again the jeopardy scan's handler
+        refunds it once the order is late and holds the order for a person to confirm whether the
+        parcel left (core.capture_sweep). A
         capture that keeps failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused,
         502) leaves the shipment pending with every failed attempt in the history, and the ship may
         simply be repeated. A capture whose record then loses to a cancel, a hold or a reject is
@@ -239,7 +241,7 @@ class OrderActions:
         location_id = self._rejected_at(order, shipment_id)
         if location_id is not None:
             self._release_lines(order, order.lines, [location_id])
-        return order
+        return self._units.cancel_given_up(order, actor)  # the bookings of the parcels it withdrew
 
     def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
         """The location of `shipment_id` if the order had it and a change withdrew it: a reject's or
@@ -306,7 +308,9 @@ class OrderActions:
         order = modify(self._orders, order_id, decide)
         if order.status is not S.CANCELLED:
             return order
-        return self._cancellation.cancel(order_id, "pickup_expired", actor, closed_ok=True)
+        return self._units.cancel_given_up(
+            self._cancellation.cancel(order_id, "pickup_expired", actor, closed_ok=True), actor
+        )
 
     # --- Cancel -------------------------------------------------------------------------------
     def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None,
@@ -316,6 +320,12 @@ class OrderActions:
         says why; cancelling again retries the void). On a partly shipped order, or with `lines`
         ({line_id: units}): those units, or every unit not shipped, cancelled (UnitCancellation)."""
         return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel)
+
+    def finish_carrier_work(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
+        """What the carrier is still owed for the order: its parcels due a label booked again, its
+        given-up bookings cancelled but for carriers `down` (the reconciler's pass,
+        core.carrier_bookings)."""
+        return self._units.finish_carrier_work(order, actor, down)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,
@@ -426,6 +436,7 @@ class OrderActions:
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
                 left = payment_keys.authorize(order.id, order.authorized_version)
                 self._cancellation.release_lost_authorizations(new, actor, unrecorded=left)
+        new = self._units.cancel_given_up(new, actor)  # the bookings of the parcels it withdrew
         if not new.replaced_authorizations:
             return new
         # A void that cannot be made now leaves the replaced authorization on the order (each

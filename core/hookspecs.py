@@ -274,6 +274,31 @@ def oms_carrier_create_shipment(
 
 
 @hookspec(firstresult=True)
+def oms_carrier_cancel_shipment(carrier: str, tracking_number: str, booking_key: str, order_id: str) -> bool | None:
+    """Cancel a booking no parcel will use, so the carrier does not charge for its label.
+
+    :param carrier: the `carrier` your oms_carrier_create_shipment answered for the booking;
+        return None for any other.
+    :param tracking_number: the booking's tracking number.
+    :param booking_key: the key the booking was asked under (oms_carrier_create_shipment's
+        `booking_key`): a parcel booked again has the same shipment id, often the same reference,
+        and a new key, so cancel the booking made under this key, never the parcel's newer one.
+    :param order_id: the order the booking was for.
+    :return: True once the booking is cancelled (or was already, or never cost anything), False
+        when the carrier will not cancel it (scanned already, its void window past), or None when
+        `carrier` is not yours.
+
+    Stops at first non-None result. The OMS asks when a booking is given up: the order cancelled,
+    a pending parcel gone (all its units cancelled, or the order sent back to be sourced by an edit
+    or a reject) or booked again after a cancel of some of its units. The give-up is written first
+    and stands whatever the carrier answers: a plugin that raises is asked again by the reconciler's
+    next pass (every five minutes) until it answers, so make the call idempotent. True or False
+    settles it (history `carrier_booking_cancelled` or `carrier_booking_not_cancelled`); so does no
+    plugin answering (`carrier_booking_not_cancelled`: nobody cancels that carrier's bookings).
+    """
+
+
+@hookspec(firstresult=True)
 def oms_carrier_tracking_update(
     carrier: str, payload: Any, headers: dict[str, str], body: str
 ) -> list[TrackingUpdate] | None:

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,6 +32,7 @@ from core.status import (
     EDITABLE,
     NOT_LEFT,
     RESOURCEABLE,
+    TERMINAL,
     OrderStatus,
     PaymentStatus,
     ShipmentStatus,
@@ -330,6 +332,11 @@ def _made_visible(note: str | None) -> str | None:
     """A note the system is given (a review rule's): what a person's note refuses (a control other
     than a tab or a line break, a bidi override) replaced by U+FFFD; lines and tabs kept."""
     return None if note is None else _UNCLEAN_NOTE.sub("\ufffd", note)
+
+
+# Text a plugin writes for people to read (a return policy's refusal, a shipping quote's description):
+# made safe as a review rule's note is, since refusing it would fail the customer's own request.
+VisibleText = AfterValidator(_made_visible)
 
 
 class _CleanTextRule(WrapValidator):
@@ -902,6 +909,18 @@ class AuthorizationRequest(BaseModel, defer_build=True):
         return self.edit_of + 2
 
 
+class GivenUpBooking(BaseModel, defer_build=True):
+    """A carrier booking no parcel will use: a pending shipment's, given up when its order was
+    cancelled, when the shipment went (all its units cancelled, or the order sent back to be
+    sourced by an edit or a reject) or when it was booked again (Order.relabel). It is owed a
+    cancel with its carrier (core.carrier_bookings), or the merchant pays for a label never used."""
+
+    shipment_id: str
+    carrier: str
+    tracking_number: str
+    booking_key: str
+
+
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
 
 
@@ -980,6 +999,34 @@ def _rules_named(version: int | None) -> dict[str, int]:
 def _replaced(model: M, **changes: Any) -> M:
     """`model` with `changes`, validated like a new one (model_copy would skip validation)."""
     return type(model).model_validate({**dict(model), **changes})
+
+
+def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
+    """The carrier bookings of `old`'s pending parcels that `new` no longer uses: the order
+    cancelled, the shipment gone or cancelled, or booked again (another tracking number or booking
+    key). A parcel that left (or was readied for pickup) used its booking."""
+    if old.status is OrderStatus.CANCELLED:
+        return []  # given up when it was cancelled
+    after = {shipment.id: shipment for shipment in new.shipments}
+    given_up = []
+    for shipment in old.shipments:
+        if shipment.status is not ShipmentStatus.PENDING or not shipment.tracking_number:
+            continue
+        key = old.booking_key_of(shipment.id)
+        kept = after.get(shipment.id)
+        if kept is not None and kept.status not in (ShipmentStatus.PENDING, ShipmentStatus.CANCELLED):
+            continue
+        if (
+            kept is not None
+            and kept.status is ShipmentStatus.PENDING
+            and new.status is not OrderStatus.CANCELLED
+            and (kept.carrier, kept.tracking_number, new.booking_key_of(shipment.id))
+            == (shipment.carrier, shipment.tracking_number, key)
+        ):
+            continue
+        given_up.append(GivenUpBooking(shipment_id=shipment.id, carrier=shipment.carrier,
+                                       tracking_number=shipment.tracking_number, booking_key=key))  # fmt: skip
+    return given_up
 
 
 def _shipped_counted(lines: list[OrderLine], shipments: list[Shipment]) -> list[OrderLine]:
@@ -1091,12 +1138,20 @@ class Order(BaseModel, defer_build=True):
     rebookings: int = Field(default=0, exclude=True)
     # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
     # label still show the old contents and weight until they are booked again under the order's
-    # current booking key (Order.relabel). The system's own: stored, never shown.
+    # current booking key (Order.relabel); a parcel that leaves or is readied for pickup, or an order
+    # cancelled, is no longer due one (`_next`). The system's own: stored, never shown.
     labels_due: list[str] = Field(default_factory=list, exclude=True)
+    # The booking key of each shipment booked under another key than its id (one booked after a
+    # change, core.ids.booking_key): what a cancel of that booking names (`booking_key_of`). Empty
+    # on an order nothing changed. The system's own: stored, never shown.
+    booking_keys: dict[str, str] = Field(default_factory=dict, exclude=True)
+    # Carrier bookings no parcel will use, owed a cancel with their carrier (GivenUpBooking; each
+    # new version adds those it gives up, `_next`). The system's own: stored, never shown.
+    bookings_to_cancel: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
-    # voided; on an order nobody ships or cancels again the reconciler settles it
-    # (core.capture_sweep). The system's own: stored, never shown.
+    # voided; on an order nobody ships or cancels again the jeopardy scan finds it once the order is
+    # late, and it is settled (core.capture_sweep). The system's own: stored, never shown.
     captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
     # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
     # system's own: stored, never shown.
@@ -1148,6 +1203,10 @@ class Order(BaseModel, defer_build=True):
             system["rebookings"] = self.rebookings
         if self.labels_due:
             system["labels_due"] = list(self.labels_due)
+        if self.booking_keys:
+            system["booking_keys"] = dict(self.booking_keys)
+        if self.bookings_to_cancel:
+            system["bookings_to_cancel"] = [b.model_dump(mode="json") for b in self.bookings_to_cancel]
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.authorization_requested is not None:
@@ -1257,6 +1316,15 @@ class Order(BaseModel, defer_build=True):
         if found is None:
             raise NotFound(f"no shipment {shipment_id} on order {self.id}")
         return found
+
+    def booking_key_of(self, shipment_id: str) -> str:
+        """The key the shipment's current carrier booking was made under (see `booking_keys`)."""
+        return self.booking_keys.get(shipment_id, shipment_id)
+
+    def owes_carrier_work(self) -> bool:
+        """Whether the carrier is still to be asked something for this order: a pending parcel
+        booked again (`labels_due`) or a booking cancelled (`bookings_to_cancel`)."""
+        return bool(self.labels_due or self.bookings_to_cancel)
 
     def pickup_deadline(self) -> datetime | None:
         """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or
@@ -1547,6 +1615,18 @@ class Order(BaseModel, defer_build=True):
             fields = {"status_since": self.updated_at, **fields}
         fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
+        given_up = _bookings_given_up(self, new)
+        keys = {shipment_id: key for shipment_id, key in new.booking_keys.items()
+                if any(s.id == shipment_id for s in new.shipments)}  # fmt: skip
+        # Only a pending parcel of an order not cancelled is booked again: one that shipped, was
+        # readied for pickup or went keeps the label it has.
+        pending = {s.id for s in new.shipments if s.status is ShipmentStatus.PENDING}
+        due = [d for d in new.labels_due if d in pending] if new.status is not OrderStatus.CANCELLED else []
+        if given_up or keys != new.booking_keys or due != new.labels_due:
+            # Owed a cancel from the write that gives them up, so neither a crash after it nor a
+            # carrier down loses the debt (core.carrier_bookings asks, then records the answer).
+            new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *given_up], booking_keys=keys,
+                            labels_due=due)  # fmt: skip
         check_successor(self, new)
         entry = HistoryEntry(
             at=at,
@@ -1671,8 +1751,14 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.ALLOCATED, to=OrderStatus.ALLOCATED,
             detail={"shipments": [{"id": s.id, "location_id": s.location_id, "tracking_number": s.tracking_number}
                                   for s in shipments]},
-            shipments=shipments,
+            shipments=shipments, booking_keys=self._keys_booked_under(shipments),
         )  # fmt: skip
+
+    def _keys_booked_under(self, shipments: list[Shipment]) -> dict[str, str]:
+        """The booking keys of `shipments`, booked under this version's (core.ids.booking_key), that
+        are not their ids."""
+        keys = {shipment.id: booking_key(shipment.id, self.rebookings) for shipment in shipments}
+        return {shipment_id: key for shipment_id, key in keys.items() if key != shipment_id}
 
     def ship(
         self, shipment_id: str, *, tracking_number: str | None, captured: Money, capture_reference: str | None,
@@ -1879,7 +1965,7 @@ class Order(BaseModel, defer_build=True):
     def hold_unfinished_ships(self, shipment_ids: list[str], *, at: datetime, actor: str) -> Change:
         """The ships of `shipment_ids` asked for their captures and never finished (their requests
         died, and nobody shipped again): on hold for a person to confirm whether each parcel left,
-        which nothing the order holds can say. The reconciler gives those captures back
+        which nothing the order holds can say. The jeopardy scan's handler gives those captures back
         (core/capture_sweep.py), so a parcel that left is shipped again after the release."""
         shipments = ", ".join(shipment_ids)
         note = (
@@ -2028,8 +2114,8 @@ class Order(BaseModel, defer_build=True):
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
         invalid = [
-            {"field": f"lines[{i}]", "message": f"no line {line_id}" if line_id not in by_id
-             else f"{line_id} has {by_id[line_id].quantity} units"}
+            {"field": f"lines[{i}].line_id", "message": f"no line {line_id}"} if line_id not in by_id
+            else {"field": f"lines[{i}].quantity", "message": f"{line_id} has {by_id[line_id].quantity} units"}
             for i, (line_id, units) in enumerate(lines.items())
             if line_id not in by_id or units > by_id[line_id].quantity
         ]  # fmt: skip
@@ -2153,6 +2239,49 @@ class Order(BaseModel, defer_build=True):
                     "tracking_number": tracking_number},
             shipments=[relabelled if s.id == shipment_id else s for s in self.shipments],
             labels_due=[due for due in self.labels_due if due != shipment_id],
+            booking_keys={**self.booking_keys, shipment_id: key},
+        )  # fmt: skip
+
+    def unrecorded_bookings_given_up(self, bookings: list[GivenUpBooking], *, at: datetime) -> Bookkeeping | None:
+        """Bookings made for this order that no version recorded (a CreateShipments or a re-booking
+        whose write lost to a change), owed a cancel (`bookings_to_cancel`) once nothing will ask
+        for them again under their key: the order closed, or changed so its parcels are booked
+        under another key, or the parcel no longer waiting for one. A booking the order uses, or
+        one a retried step (a release, the next pass) will ask for again and so be answered, is
+        left alone. Bookkeeping: the cancel's own entry tells. None when none is given up."""
+        in_use = {(s.id, s.tracking_number, self.booking_key_of(s.id)) for s in self.shipments}
+        current = {s.id for s in self.shipments}
+        sourcing = self.status in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED, OrderStatus.ON_HOLD)
+
+        def asked_again(booking: GivenUpBooking) -> bool:
+            if self.status in TERMINAL or booking.booking_key != booking_key(booking.shipment_id, self.rebookings):
+                return False
+            return booking.shipment_id in self.labels_due or (sourcing and booking.shipment_id not in current)
+
+        given_up = [
+            booking for booking in bookings
+            if (booking.shipment_id, booking.tracking_number, booking.booking_key) not in in_use
+            and booking not in self.bookings_to_cancel and not asked_again(booking)
+        ]  # fmt: skip
+        if not given_up:
+            return None
+        new = _replaced(self, bookings_to_cancel=[*self.bookings_to_cancel, *given_up], version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        check_successor(self, new)
+        return new, None
+
+    def booking_settled(self, booking: GivenUpBooking, cancelled: bool, reason: str, *, at: datetime,
+                        actor: str) -> Change:  # fmt: skip
+        """The carrier answered for a booking this order gave up (`bookings_to_cancel`): it is
+        `cancelled`, or it will never be (`reason`: the carrier refused, no plugin cancels its
+        bookings); either way it is no longer owed."""
+        if booking not in self.bookings_to_cancel:
+            raise InvalidTransition(f"order {self.id} owes no cancel of booking {booking.booking_key}")
+        return self._next(
+            at=at, actor=actor,
+            type=OrderEvent.CARRIER_BOOKING_CANCELLED if cancelled else OrderEvent.CARRIER_BOOKING_NOT_CANCELLED,
+            detail={**booking.model_dump(), **({} if cancelled else {"reason": reason[:500]})},
+            bookings_to_cancel=[owed for owed in self.bookings_to_cancel if owed != booking],
         )  # fmt: skip
 
     def record_settlement_capture(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
@@ -2369,8 +2498,15 @@ class CancelRequest(Strict):
     @field_validator("lines")
     @classmethod
     def _each_line_once(cls, lines: list[CancelLine] | None) -> list[CancelLine] | None:
-        if lines is not None and len({line.line_id for line in lines}) != len(lines):
-            raise ValueError("name each line_id once")
+        named = [line.line_id for line in lines or []]
+        for index, line_id in enumerate(named):
+            if line_id in named[:index]:
+                # Raised as a ValidationError so that it names the repeating entry, not the whole list.
+                raise ValidationError.from_exception_data(
+                    "lines",
+                    [{"type": "value_error", "loc": (index, "line_id"), "input": line_id,
+                      "ctx": {"error": f"name each line_id once: lines[{named.index(line_id)}] names it"}}],
+                )  # fmt: skip
         return lines
 
 

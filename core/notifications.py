@@ -6,13 +6,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from core.domain_events import EventType, order_events
 from core.hook_calls import call_hook
 from core.ids import short_hash
+from core.models import VisibleText
 from core.services import OrderQueries
 
 
@@ -158,10 +159,21 @@ class Notifier:
             recorded = self._store.add(notification)
             if recorded.sent_at is not None:
                 continue
-            via = call_hook(self._hook.oms_notify, notification=recorded.model_copy(deep=True))
+            via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
             self._store.mark_sent(recorded, via, self._clock())
             sent.append(recorded)
         return sent
+
+
+# A way a plugin says it sent a notification ("email"), as GET /orders/{id}/notifications shows it:
+# its controls and bidi overrides made visible, cut to a name's length. Mended, not refused: the
+# message went out, and a refusal would have the stream redeliver the change and send it again.
+_WAY = TypeAdapter(Annotated[str, VisibleText])
+_MAX_WAY_CHARS = 60
+
+
+def _way_shown(way: str) -> str:
+    return _WAY.validate_python(way[:_MAX_WAY_CHARS])
 
 
 class OrderNotifications:

@@ -90,7 +90,15 @@ def outage_noted_once(
     operation with the same `detail` was not transient already (that entry keeps when the outage
     began and what the gateway said), so an outage does not grow the history a pass at a time. A
     refusal is always recorded."""
-    record = failure_recorder(orders, order_id, actor, clock, **detail)
+    return noted_once(
+        failure_recorder(orders, order_id, actor, clock, **detail),
+        lambda failure: _says_unavailable(orders, order_id, failure.operation, detail),
+    )
+
+
+def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> OnFailure:
+    """`record`, but of a call's transient failures only the first, and that one only when
+    `already_noted` says the history does not hold it yet. A refusal is always recorded."""
     noted = False
 
     def on_failure(failure: Failure) -> None:
@@ -99,7 +107,7 @@ def outage_noted_once(
             if noted:
                 return
             noted = True
-            if _says_unavailable(orders, order_id, failure.operation, detail):
+            if already_noted(failure):
                 return
         record(failure)
 

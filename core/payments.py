@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ class Failure:
 
 OnFailure = Callable[[Failure], None]
 R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
 
 
 class Payments:
@@ -80,12 +83,16 @@ class Payments:
 
     def authorize(self, method: str, token: str, amount: Money, order_id: str, attempt: int, key: str) -> PaymentResult:
         """Approved or raises PaymentDeclined; TransientError passes through for a retry. `key`
-        is the gateway's idempotency key: the same for retries of one authorization."""
+        is the gateway's idempotency key: the same for retries of one authorization. Raises
+        PaymentRefused when no payment plugin takes `method` (_answered)."""
         result = self._checked(
-            call_hook(
-                self._hook.oms_payment_authorize,
-                method=method, token=token, amount=amount, order_id=order_id,
-                idempotency_key=key, attempt=attempt,
+            self._answered(
+                call_hook(
+                    self._hook.oms_payment_authorize,
+                    method=method, token=token, amount=amount, order_id=order_id,
+                    idempotency_key=key, attempt=attempt,
+                ),
+                "authorize", method, order_id,
             ),
             "oms_payment_authorize", method,
         )  # fmt: skip
@@ -108,7 +115,7 @@ class Payments:
                 self._hook.oms_payment_capture,
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
-            "capture", method,
+            "capture", method, order_id,
         )  # fmt: skip
 
     def void(self, method: str, authorization: str, order_id: str, key: str) -> PaymentResult:
@@ -117,7 +124,7 @@ class Payments:
                 self._hook.oms_payment_void,
                 method=method, authorization=authorization, order_id=order_id, idempotency_key=key,
             ),
-            "void", method,
+            "void", method, order_id,
         )  # fmt: skip
 
     def refund(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
@@ -126,11 +133,27 @@ class Payments:
                 self._hook.oms_payment_refund,
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
-            "refund", method,
+            "refund", method, order_id,
         )  # fmt: skip
 
-    def _approved(self, result: Any, operation: str, method: str) -> PaymentResult:
-        checked = self._checked(result, f"oms_payment_{operation}", method)
+    def _approved(self, result: Any, operation: str, method: str, order_id: str) -> PaymentResult:
+        """Approved, or PaymentRefused: the gateway refused, or no payment plugin takes `method`."""
+        checked = self._checked(self._answered(result, operation, method, order_id), f"oms_payment_{operation}", method)
         if checked.outcome != "approved":
             raise PaymentRefused(operation, checked.message or "no reason given")
         return checked
+
+    @staticmethod
+    def _answered(result: Any, operation: str, method: str, order_id: str) -> Any:
+        """`result`, unless no payment plugin answered: the plugin of a method orders still use was
+        removed (or lost its configuration). Nothing moved at the gateway, as when it refuses:
+        PaymentRefused, which each caller records as a refused attempt (a cancel still answers
+        200, the payment honestly unchanged), and an ERROR log, so that a person settles the
+        payment by hand."""
+        if result is not None:
+            return result
+        logger.error(
+            "no payment plugin takes the payment method of an order: its %s was not made", operation,
+            extra={"order_id": order_id, "payment_method": method, "operation": operation},
+        )  # fmt: skip
+        raise PaymentRefused(operation, f"no payment plugin takes method {method!r}")

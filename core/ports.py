@@ -358,14 +358,13 @@ class UnsettledAuthorizations(ABC):
         page at a time as the caller takes them: a caller that stops early reads no further page."""
 
 
-class UnrecordedCaptures(ABC):
-    """Orders with a capture asked of the gateway and not recorded (Order.captures_requested),
-    found through an index."""
+class OrdersOwingCarrier(ABC):
+    """Orders that still owe the carrier something (Order.owes_carrier_work), found through an index."""
 
     @abstractmethod
-    def requested_since_before(self, before: datetime) -> Iterator[str]:
-        """Ids of the orders that have one and last changed before `before`, oldest first, read a
-        page at a time as the caller takes them: a caller that stops early reads no further page."""
+    def owing_since_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders owing the carrier work that last changed before `before`, oldest
+        first, read a page at a time as the caller takes them."""
 
 
 class WorkflowStarter(ABC):

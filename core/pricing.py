@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pluggy
 
-from core.errors import InvalidRequest, PluginError, UnknownShippingMethod
+from core.errors import InvalidRequest, NoPrice, NoShippingMethod, PluginError, UnknownShippingMethod
 from core.hook_calls import call_hook
 from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, PromotionGrant, Totals
 from core.money import Money, quantum
@@ -136,9 +136,8 @@ class Pricing:
             if unit is None and sold_at is not None:
                 unit = sold_at.get(sku)
             if unit is None:
-                raise InvalidRequest(
+                raise NoPrice(
                     f"no price for {sku} in {currency}",
-                    code="no_price",
                     details=[{"field": f"lines[{i}].sku", "message": f"no price in {currency}"} for i in indexes],
                 )
             draft_lines.append(
@@ -278,9 +277,8 @@ class Pricing:
         if shipped_for is not None and draft.shipping_method is not None and draft.shipping_method not in by_method:
             return draft.shipping_method, zero if free_shipping else shipped_for
         if not by_method:
-            raise InvalidRequest(
+            raise NoShippingMethod(
                 "no shipping method serves this address",
-                code="no_shipping_method",
                 details=[{"field": "shipping_address", "message": "no shipping quote for this destination"}],
             )
         method = draft.shipping_method

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import Address, Customer, Fulfillment, Product, ShippingMethod
+from core.models import Address, Customer, Fulfillment, Product, ShippingMethod, VisibleText
 from core.money import Money
 
 
@@ -88,4 +89,4 @@ class ShippingQuote(BaseModel):
 
     method: ShippingMethod
     amount: Money
-    description: str = ""
+    description: Annotated[str, VisibleText] = ""

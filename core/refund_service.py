@@ -11,8 +11,8 @@ from core.errors import Conflict, PaymentGatewayUnavailable, PaymentRefused
 from core.events import OrderEvent
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
 from core.money import Money
-from core.order_changes import failure_recorder, modify, visible
-from core.payments import Failure, OnFailure, Payments
+from core.order_changes import failure_recorder, modify, noted_once, visible
+from core.payments import OnFailure, Payments
 from core.ports import OrderRepository, PendingRefunds
 from core.refunds import Refund, refund_id_for
 
@@ -198,19 +198,7 @@ class RefundService:
         entry that does keeps when the outage began and what the gateway said; the refund stays
         `pending` (GET /orders/{id}/refunds) until an answer, which is recorded as ever. A refusal
         is always recorded."""
-        noted = False
-
-        def on_failure(failure: Failure) -> None:
-            nonlocal noted
-            if failure.kind == "transient":
-                if noted:
-                    return
-                noted = True
-                if self._says_unavailable(order_id, refund_id):
-                    return
-            record(failure)
-
-        return on_failure
+        return noted_once(record, lambda _failure: self._says_unavailable(order_id, refund_id))
 
     def _says_unavailable(self, order_id: str, refund_id: str) -> bool:
         found = self._orders.history(order_id)

@@ -6,11 +6,11 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
-from core.models import Identifier, LineInput, Note, Strict, Text
+from core.models import Identifier, LineInput, Note, Strict, Text, VisibleText
 from core.money import Money
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
 
@@ -33,12 +33,19 @@ class ExchangeInput(Strict):
     lines: Annotated[list[LineInput], Field(min_length=1, max_length=100)]
 
 
-def _unique(values: list[Any], what: str) -> None:
-    seen = set()
+def _unique(values: list[Any], field: str, what: str) -> None:
+    """Each line's `values` once. A repeat names its own entry (`lines[1].line_id`), as the
+    contract's 422 does, and the entry it repeats in its message."""
+    seen: dict[Any, int] = {}
     for index, value in enumerate(values):
         if value in seen:
-            raise ValueError(f"lines[{index}] repeats {what} {value}")
-        seen.add(value)
+            # Raised as a ValidationError so that its place is the entry's, not the whole list's.
+            raise ValidationError.from_exception_data(
+                "lines",
+                [{"type": "value_error", "loc": (index, field), "input": value,
+                  "ctx": {"error": f"repeats the {what} of lines[{seen[value]}]"}}],
+            )  # fmt: skip
+        seen[value] = index
 
 
 class RequestReturn(Strict):
@@ -50,7 +57,7 @@ class RequestReturn(Strict):
     @field_validator("lines")
     @classmethod
     def _one_entry_per_line(cls, lines: list[ReturnLineInput]) -> list[ReturnLineInput]:
-        _unique([line.line_id for line in lines], "line_id")
+        _unique([line.line_id for line in lines], "line_id", "line_id")
         return lines
 
 
@@ -75,7 +82,7 @@ class ReceiveReturn(Strict):
     @field_validator("lines")
     @classmethod
     def _once_per_condition(cls, lines: list[ReceiptLine]) -> list[ReceiptLine]:
-        _unique([(line.line_id, line.condition) for line in lines], "line and condition")
+        _unique([(line.line_id, line.condition) for line in lines], "condition", "line_id and condition")
         return lines
 
     def received(self) -> dict[str, int]:
@@ -106,7 +113,7 @@ class ReturnPolicyDecision(BaseModel):
     allowed: bool = True
     # When not allowed: the 422's error code and message.
     code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "return_not_allowed"
-    message: Annotated[str, StringConstraints(max_length=500)] = ""
+    message: Annotated[str, StringConstraints(max_length=500), VisibleText] = ""
     needs_approval: bool = False
     fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
     refund_shipping: bool = False
@@ -159,10 +166,16 @@ class Return(BaseModel):
     exchange_not_placed: str | None = Field(
         default=None,
         description="Why the exchange's replacement could not be placed when the return was received "
-        "(`insufficient_stock`: not enough of a product that may not wait for stock; `exchange_external_id_taken`: "
-        "an order the channel placed itself has the replacement's external_id); the returned units are refunded "
-        "instead",
+        "(`insufficient_stock`: not enough of a product that may not wait for stock; `no_price`: a product no longer "
+        "priced in the order's currency; `no_shipping_method`: no shipping service quotes it any more; "
+        "`unknown_payment_method`: no payment plugin takes the original's method any "
+        "more; `pickup_not_offered`: the original's pickup store no longer takes pickup orders; "
+        "`exchange_external_id_taken`: an order the channel placed itself has the replacement's external_id); the "
+        "returned units are refunded instead",
     )
+    # Its replacement is to be placed (Return.placing_exchange): decided before it is, so a
+    # concurrent run's stock check that disagrees gives nothing up. The system's own: stored, never shown.
+    exchange_placing: bool = Field(default=False, exclude=True)
     note: str | None = None
     # What the order's history owes this return's changes (OrderEntry). The system's own: stored
     # (stored_json), never shown.
@@ -188,6 +201,8 @@ class Return(BaseModel):
             system["request_key"] = self.request_key
         if self.authorized_at is not None:
             system["authorized_at"] = self.authorized_at.isoformat()
+        if self.exchange_placing:
+            system["exchange_placing"] = True
         if not system:
             return api_json
         return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
@@ -279,9 +294,20 @@ class Return(BaseModel):
             raise InvalidTransition(f"the exchange of return {self.id} was given up ({self.exchange_not_placed})")
         return self._next(None, at, exchange_order_id=order_id)
 
+    def placing_exchange(self, *, at: datetime) -> Return:
+        """The replacement of this return's exchange is to be placed (it passed capture's checks):
+        decided before it is, once, so that a run whose check disagrees follows this decision."""
+        if self.exchange is None or self.status is not ReturnStatus.RECEIVED:
+            raise InvalidTransition(f"a return that is {self.status} cannot place an exchange")
+        if self.exchange_not_placed is not None:
+            raise InvalidTransition(f"the exchange of return {self.id} was given up ({self.exchange_not_placed})")
+        return self._next(None, at, exchange_placing=True)
+
     def without_exchange(self, code: str, *, at: datetime) -> Return:
         """The replacement of this return's exchange cannot be placed (`code` says why): its units
-        are refunded instead. Decided once: a later run refunds it, whatever stock arrived since."""
+        are refunded instead. Decided once: a later run refunds it, whatever stock arrived since.
+        One decided to be placed (placing_exchange) is given up only when none of its can exist
+        (Returns._without_exchange: its external_id taken by another order)."""
         if self.exchange is None or self.exchange_order_id is not None or self.status is not ReturnStatus.RECEIVED:
             raise InvalidTransition(f"a return that is {self.status} cannot give up its exchange")
         return self._next(None, at, exchange_not_placed=code)

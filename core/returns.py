@@ -22,10 +22,14 @@ from core.errors import (
     DuplicateOrder,
     InsufficientStock,
     InvalidRequest,
+    NoPrice,
+    NoShippingMethod,
     NotFound,
     PaymentGatewayUnavailable,
+    PickupNotOffered,
     PluginError,
     StaleVersion,
+    UnknownPaymentMethod,
     UnknownShippingMethod,
     UnknownSku,
 )
@@ -102,6 +106,16 @@ class ExchangeIdTaken(Conflict):
     itself: it is not the replacement, and no other id would be found again by a retried step."""
 
     code = "exchange_external_id_taken"
+
+
+# Why a replacement can never be placed, whatever is retried: the shop's stock, prices, shipping,
+# payment methods or stores changed since the return was accepted, or the channel took its
+# external_id. A business outcome, not an outage: the exchange is given up and its units refunded
+# instead.
+NOT_PLACEABLE = (
+    InsufficientStock, ExchangeIdTaken, NoPrice, NoShippingMethod, UnknownPaymentMethod, PickupNotOffered
+)  # fmt: skip
+PICKUP_NOT_OFFERED = "pickup_not_offered"
 
 
 def return_id_for(order_id: str, ordinal: int) -> str:
@@ -250,11 +264,13 @@ class Returns:
         return made
 
     def _check_exchange(self, cmd: RequestReturn, order: Order) -> None:
-        """The exchange's skus exist and the replacement, as it would be placed for `order`, is
-        priced, as POST /orders checks them (stock is checked when the replacement is placed, at
-        receipt: units come back before it ships). One that could never be placed (a product with
-        no price in the order's currency, a shipping method its lines cannot have) is 422 now,
-        before the customer sends anything back, with the error POST /orders would give."""
+        """The exchange's skus exist and the replacement, as it would be placed for `order` (the
+        shop's default shipping when the original's method is no longer offered), passes the checks
+        of POST /orders but stock's (checked when the replacement is placed, at receipt: units come
+        back before it ships). One that could never be placed (a product with no price in the
+        order's currency, no shipping service for it, a payment method or pickup store the shop no
+        longer takes) is 422 now, before the customer sends anything back, with the error POST
+        /orders would give."""
         assert cmd.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
@@ -270,7 +286,8 @@ class Returns:
         found = self._orders.get_with_token(order.id)
         assert found is not None  # read a moment ago; orders are never deleted
         try:
-            self._capture.price(_replacement_command(order, cmd.exchange, found[1], external_id=None))
+            replacement = self._shipped_anyway(_replacement_command(order, cmd.exchange, found[1], external_id=None))
+            self._capture.quote(replacement, check_stock=False)
         except InvalidRequest as refused:
             raise InvalidRequest(refused.message, code=refused.code, details=_of_exchange(refused)) from None
 
@@ -644,9 +661,13 @@ class Returns:
         exchange through the capture path, with the returned units' refund (core.refunds.refund_due)
         as its `exchange_credit`, so its workflow authorizes only what the credit does not cover;
         refund what the credit leaves over once; mark the return `refunded` with what was given back.
-        A replacement that can never be placed, for want of stock (a product that may not wait for
-        it) or because an order the channel placed itself has its external_id (ExchangeIdTaken),
-        is given up for good: the units are refunded instead (_refund_instead).
+        A replacement that can never be placed (NOT_PLACEABLE: for want of stock of a product that
+        may not wait for it, of a price in the order's currency, of any shipping for it, of a
+        payment plugin taking its method or of its pickup store; or because an order the channel
+        placed itself has its external_id) is given up for good: the units are refunded instead (_refund_instead).
+        Placing or giving up is decided once, by one conditional write on the return (_decided,
+        _without_exchange): of two concurrent runs whose stock checks disagree, the first to write
+        decides for both, so a replacement is never placed beside the refund of its units.
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
@@ -663,9 +684,17 @@ class Returns:
         if found is None:
             raise NotFound(f"no order {item.order_id}")
         original, token = found
+        checked: PlaceOrder | None = None
         try:
-            replacement = self._replacement(item, original, token, actor)
-        except (InsufficientStock, ExchangeIdTaken) as refused:
+            item, checked = self._decided(item, original, token)
+        except NOT_PLACEABLE as refused:
+            item = self._without_exchange(item, refused, actor)
+        if item.exchange_not_placed is not None or item.status is not R.RECEIVED:
+            return self._refund_instead(item, actor)
+        try:
+            replacement = self._replacement(item, original, token, actor, checked)
+        except ExchangeIdTaken as refused:
+            # The channel took the id after this exchange was decided: none of its can be placed.
             return self._refund_instead(self._without_exchange(item, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
@@ -704,14 +733,16 @@ class Returns:
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
 
-    def _without_exchange(self, item: Return, refused: Conflict, actor: str) -> Return:
+    def _without_exchange(self, item: Return, refused: DomainError, actor: str) -> Return:
         """`item` with its exchange given up for `refused` (Return.without_exchange), owing the
         original's history an `exchange_not_placed` entry that says why; a concurrent run's
         decision (or replacement) stands."""
         at = self._clock()
+        # A pickup store's refusal is a plain validation_error at POST /orders: named here.
+        code = PICKUP_NOT_OFFERED if isinstance(refused, PickupNotOffered) else refused.code
         detail = {
             "return_id": item.id,
-            "code": refused.code,
+            "code": code,
             "message": refused.message,
             "details": _of_exchange(refused),
         }
@@ -719,7 +750,9 @@ class Returns:
         def decide(current: Return) -> Return:
             if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
                 return current
-            return current.without_exchange(refused.code, at=at).owing(
+            if current.exchange_placing and not isinstance(refused, ExchangeIdTaken):
+                return current  # decided to place: a stock check that disagrees since changes nothing
+            return current.without_exchange(code, at=at).owing(
                 OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
             )
 
@@ -738,18 +771,63 @@ class Returns:
         modify(self._orders, item.order_id, lambda order: order.release_shipping_claim(item.id, at=at))
         return self._refund_units(item, actor, f"return {item.id}, exchange not placed ({item.exchange_not_placed})")
 
-    def _replacement(self, item: Return, original: Order, token: str, actor: str) -> Order:
-        """The exchange's replacement order: the one a previous run placed, or a new one placed
-        with the original's channel, customer, address, fulfillment, shipping method (the shop's
-        default when that is no longer offered) and payment."""
+    def _decided(self, item: Return, original: Order, token: str) -> tuple[Return, PlaceOrder | None]:
+        """`item` once its replacement is to be placed, and the command this run checked for it
+        (None: decided before). One a run placed is found under its id; one that passes every check
+        of the capture path, stock included, is decided in one conditional write on the return
+        (Return.placing_exchange). A concurrent run's give-up written first stands (that return is
+        answered: it is refunded instead); once decided, no run's stock check gives it up (its
+        workflow reserves what is there, or gives the credit back). NOT_PLACEABLE when the
+        replacement can never be placed."""
+        if item.exchange_placing or item.exchange_order_id:
+            return item, None
+        placed = self._orders.get(order_id_for(original.channel, _replacement_external_id(item, original)))
+        if placed is not None:
+            self._mine(placed, item)
+            return item, None
+        cmd = self._replacement_command(item, original, token)
+        assert self._capture is not None  # _replacement_command refused an OMS without it
+        self._capture.quote(cmd)
+        at = self._clock()
+
+        def decide(current: Return) -> Return:
+            decided = current.exchange_not_placed or current.exchange_placing or current.exchange_order_id
+            return current if decided or current.status is not R.RECEIVED else current.placing_exchange(at=at)
+
+        return self._change(item.id, None, decide), cmd
+
+    def _replacement_command(self, item: Return, original: Order, token: str) -> PlaceOrder:
+        """The capture command of the exchange's replacement: its lines, with the original's
+        channel, customer, address, fulfillment, shipping method (the shop's default when that is
+        no longer offered) and payment."""
         assert item.exchange is not None
         if self._capture is None:
             raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
-        suffix = f"-x{item.ordinal}"
-        external_id = (original.external_id or original.id)[: 128 - len(suffix)] + suffix
-        placed = self._orders.get(order_id_for(original.channel, external_id))
+        external_id = _replacement_external_id(item, original)
+        return self._shipped_anyway(_replacement_command(original, item.exchange, token, external_id=external_id))
+
+    def _shipped_anyway(self, cmd: PlaceOrder) -> PlaceOrder:
+        """A replacement's `cmd`, shipped the way a new order without a method would be when the
+        shop stopped offering the original's method: the customer has no method to choose on a
+        return, so the exchange neither is refused for it nor waits for an operator."""
+        assert self._capture is not None
+        try:
+            self._capture.price(cmd)
+        except UnknownShippingMethod:
+            return cmd.model_copy(update={"shipping_method": None})
+        return cmd
+
+    def _replacement(
+        self, item: Return, original: Order, token: str, actor: str, checked: PlaceOrder | None = None
+    ) -> Order:  # fmt: skip
+        """The replacement of an exchange decided to be placed (_decided): the one a run placed, or
+        a new one (_replacement_command, or `checked`: the command this run decided on) with the
+        returned units' refund as its credit."""
+        placed = self._orders.get(order_id_for(original.channel, _replacement_external_id(item, original)))
         if placed is not None:
             return self._mine(placed, item)
+        cmd = checked or self._replacement_command(item, original, token)
+        assert self._capture is not None  # _replacement_command refused an OMS without it
         if any(r.status == "pending" and r.return_id != item.id for r in original.payment.refunds):
             # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
             self._refunds.finish_pending(original.id, actor, besides_return=item.id)
@@ -762,14 +840,6 @@ class Returns:
             # of the units' value is still in its own credit, which carries over (not charged twice).
             carried = self._due(item, original, capped=False) - credit
             credit = credit + max(min(carried, earlier), Money.zero(original.currency))
-        cmd = _replacement_command(original, item.exchange, token, external_id=external_id)
-        try:
-            self._capture.price(cmd)
-        except UnknownShippingMethod:
-            # The shop stopped offering the original's method after the return was accepted (the
-            # request checked it): the units are back, so the replacement ships the way a new
-            # order without a method would, rather than the return waiting for an operator.
-            cmd = cmd.model_copy(update={"shipping_method": None})
         try:
             return self._capture.place_exchange(cmd, credit, original.id, item.id, actor)
         except DuplicateOrder as duplicate:
@@ -937,6 +1007,13 @@ def _of_exchange(refused: DomainError) -> list[dict[str, Any]]:
         else detail
         for detail in refused.details
     ]
+
+
+def _replacement_external_id(item: Return, original: Order) -> str:
+    """The external_id of a return's replacement: the original's (or its id) plus `-x` and the
+    return's ordinal, so a retried step finds the order it placed."""
+    suffix = f"-x{item.ordinal}"
+    return (original.external_id or original.id)[: 128 - len(suffix)] + suffix
 
 
 def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:

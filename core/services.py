@@ -10,7 +10,15 @@ from typing import Any
 import pluggy
 
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
-from core.errors import Conflict, InsufficientStock, InvalidRequest, NotFound, UnknownSku
+from core.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidRequest,
+    NotFound,
+    PickupNotOffered,
+    UnknownPaymentMethod,
+    UnknownSku,
+)
 from core.events import OrderEvent
 from core.hook_calls import call_hook
 from core.ids import new_id, order_id_for
@@ -152,21 +160,25 @@ class CaptureService:
     def place_exchange(
         self, cmd: PlaceOrder, credit: Money, original_id: str, return_id: str, actor: str
     ) -> Order:  # fmt: skip
-        """Store a return's replacement order, exactly as `place` would, with the return's refund
-        as its `exchange_credit`: its workflow authorizes only what the credit does not cover."""
+        """Store a return's replacement order, as `place` would, with the return's refund as its
+        `exchange_credit`: its workflow authorizes only what the credit does not cover. Its stock
+        is not checked again: the exchange was decided on `quote`'s check (Returns.exchange), and,
+        as for any order whose stock goes between capture and ReserveStock, its workflow backorders
+        or cancels it (which gives the credit back)."""
         exchange = {"order_id": original_id, "return_id": return_id, "credit": credit}
-        return self._placed(cmd, self.quote(cmd), self._clock(), actor, exchange=exchange)
+        return self._placed(cmd, self.quote(cmd, check_stock=False), self._clock(), actor, exchange=exchange)
 
     def quote(
         self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = (),
-        placed_with: Sequence[PromotionGrant] = (),
+        placed_with: Sequence[PromotionGrant] = (), check_stock: bool = True,
     ) -> PricedOrder:  # fmt: skip
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
-        through the plugins, stock. Editing an order runs the same checks, on the stock the order
-        may be sourced from again: what it holds itself counts as available (`held`, units by sku
-        and location: the workflow reuses them), the locations that rejected a shipment of it
-        (`excluded`) count for nothing, and its promo codes keep what they granted it when it was
-        placed (`placed_with`, Order.placed_promotions) should their promotions have ended."""
+        through the plugins, stock (unless not `check_stock`). Editing an order runs the same
+        checks, on the stock the order may be sourced from again: what it holds itself counts as
+        available (`held`, units by sku and location: the workflow reuses them), the locations that
+        rejected a shipment of it (`excluded`) count for nothing, and its promo codes keep what they
+        granted it when it was placed (`placed_with`, Order.placed_promotions) should their
+        promotions have ended."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -176,14 +188,14 @@ class CaptureService:
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
         if self._payment_methods is not None and cmd.payment.method not in self._payment_methods():
-            raise InvalidRequest(
+            raise UnknownPaymentMethod(
                 f"no payment plugin takes method {cmd.payment.method}",
-                code="unknown_payment_method",
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
         sources, tax_address = self._sources(cmd)
         priced = self._pricing.price(cmd, products, tax_address, placed_with=placed_with)
-        self._check_stock(cmd, products, sources, held or {}, set(excluded))
+        if check_stock:
+            self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
 
     def price(
@@ -290,7 +302,7 @@ class CaptureService:
             )
         location = self._catalog.get_location(fulfillment.location_id)
         if location is None or not (location.pickup or placed):
-            raise InvalidRequest(
+            raise PickupNotOffered(
                 "that location does not offer pickup",
                 details=[{"field": "fulfillment.location_id", "message": "no pickup location with this id"}],
             )

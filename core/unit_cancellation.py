@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations
+from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
     InvalidRequest,
@@ -21,7 +22,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.ids import booking_key, reservation_key
-from core.models import LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
+from core.models import GivenUpBooking, LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
 from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
@@ -48,8 +49,9 @@ class UnitCancellation:
     Units are cancelled in one conditional write (lines, totals priced again as for an edit, the
     shipments that have not left (pending, or a pickup waiting at its store) and allocations
     shrunk, the status moved on when nothing is left to ship); only then is a pending parcel left
-    with fewer units booked again with the carrier (book_labels_due), the reservations brought
-    down to what those shipments still need, and the payment settled: what was captured beyond
+    with fewer units booked again with the carrier (book_labels_due), the bookings the cancel gave
+    up (an emptied parcel's, a shrunk one's first) cancelled with it (cancel_given_up), the
+    reservations brought down to what those shipments still need, and the payment settled: what was captured beyond
     the new total is refunded (a refund of kind `cancellation`); once nothing is left to ship, a
     total left higher than the captures (a volume discount lost with the units) is captured and
     the rest of the authorization released. Each part is idempotent, and repeating a cancel of
@@ -73,6 +75,7 @@ class UnitCancellation:
         self._orders = orders
         self._hook = hook
         self._labels = labels
+        self._bookings = CarrierBookings(orders, hook, clock) if hook is not None else None
         self._credits = credits
         self._catalog = catalog
         self._inventory = inventory
@@ -98,7 +101,7 @@ class UnitCancellation:
             if lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines):
                 return self._settle(order, actor)
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or self._takes_everything(order, lines):
-                return self._cancellation.cancel(order_id, reason, actor, channel=channel)
+                return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
             if order.captures_requested:
                 # A shipment being shipped (or whose ship died) keeps its lines: its capture is
                 # refunded first, and the units are cancelled on the order as it is then.
@@ -123,7 +126,7 @@ class UnitCancellation:
                 # Sent back to be sourced: its restarted workflow reconciles the reservations, and
                 # nothing was captured to settle.
                 return new
-            self.book_labels_due(new, actor)
+            self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
 
@@ -219,19 +222,53 @@ class UnitCancellation:
                 else:
                     self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
 
+    def cancel_given_up(self, order: Order, actor: str) -> Order:
+        """Cancel with their carrier the bookings the order gave up (CarrierBookings). Returns the
+        order as it then is."""
+        if self._bookings is None or not order.bookings_to_cancel:
+            return order
+        if self._bookings.cancel_given_up(order, actor).settled:
+            return self._current(order.id)
+        return order
+
+    def finish_carrier_work(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
+        """What the carrier is still owed for the order (the reconciler's CarrierWorkSweep): each
+        parcel due a label booked again (book_labels_due), then each booking given up (those new
+        labels' first ones too) cancelled, but for carriers `down` (CarrierBookings.cancel_given_up).
+        A failure is returned, not noted in the history."""
+        failed = self._book_due(order, actor)
+        due = order.labels_due
+        order = self._current(order.id)
+        done = CarrierWork(
+            relabelled=[shipment_id for shipment_id in due if shipment_id not in order.labels_due],
+            failed=[f"booking of {shipment_id}: {message}" for shipment_id, message in failed.items()],
+        )
+        if self._bookings is not None:
+            done.add(self._bookings.cancel_given_up(order, actor, down))
+        return done
+
     def book_labels_due(self, order: Order, actor: str) -> Order:
         """Book again each pending parcel a cancel of units shrank (Order.labels_due), under the
         order's current booking key, and keep that booking's label, tracking number and service:
-        the first booking shows the old contents and weight. The cancel is written first and stands
-        whatever the carrier or the label store answers: a booking that fails leaves the shipment
-        due, with the failure in the history (`label_booking_failed`), and the next cancel of units
-        or ship of the order books it again (under the same key: a carrier idempotent by it answers
-        the same booking). Returns the order as it then is."""
+        the first booking shows the old contents and weight (and is given up: Order.bookings_to_cancel).
+        The cancel is written first and stands whatever the carrier or the label store answers: a
+        booking that fails leaves the shipment due, with the failure in the history
+        (`label_booking_failed`), and the next cancel of units or ship of the order, or the
+        reconciler's next pass (core.carrier_bookings), books it again (under the same key: a
+        carrier idempotent by it answers the same booking). Returns the order as it then is."""
+        failed = self._book_due(order, actor)
+        for shipment_id, message in failed.items():
+            self._note_booking_failed(order.id, shipment_id, message, actor)
+        return self._current(order.id) if order.labels_due and self._hook is not None else order
+
+    def _book_due(self, order: Order, actor: str) -> dict[str, str]:
+        """Book again each pending parcel due a label (book_labels_due); the failures, by shipment."""
         if self._hook is None or self._labels is None:
-            return order
+            return {}
         due = [s for s in order.shipments if s.id in order.labels_due and s.status is ShipmentStatus.PENDING]
         if not due:
-            return order
+            return {}
+        failed: dict[str, str] = {}
         locations = {location.location_id: location for location in self._catalog.list_locations()}
         products = self._catalog.get_products({line.sku for line in order.lines})
         sku_of = {line.line_id: line.sku for line in order.lines}
@@ -243,10 +280,10 @@ class UnitCancellation:
                                      [item.model_copy() for item in shipment.lines], weight)  # fmt: skip
                 label = stored_label(self._labels, booked, order.id, key)
             except Exception as failure:  # any: the cancel must stand, and the parcel stays due
-                self._note_booking_failed(order.id, shipment.id, f"{type(failure).__name__}: {failure}", actor)
+                failed[shipment.id] = f"{type(failure).__name__}: {failure}"
                 continue
             self._relabel(order.id, shipment.id, key, booked, label, actor)
-        return self._current(order.id)
+        return failed
 
     def _relabel(
         self, order_id: str, shipment_id: str, key: str, booked: CarrierShipment, label: str, actor: str
@@ -254,7 +291,7 @@ class UnitCancellation:
         at = self._clock()
         # Refused (decided again on a consistent read) when a change since made another booking,
         # or none, the parcel's: another cancel of units, an edit, its ship.
-        with contextlib.suppress(InvalidTransition, NotFound, StaleVersion):  # the parcel stays due
+        try:
             modify(
                 self._orders, order_id,
                 lambda current: current.relabel(
@@ -262,6 +299,12 @@ class UnitCancellation:
                     tracking_number=booked.tracking_number, label_url=label, at=at, actor=actor,
                 ),
             )  # fmt: skip
+        except (InvalidTransition, NotFound, StaleVersion):
+            # The parcel stays due, or is no longer: this booking is owed a cancel unless a retry
+            # will ask for it again.
+            made = GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
+                                  tracking_number=booked.tracking_number, booking_key=key)  # fmt: skip
+            give_up_unrecorded(self._orders, order_id, [made], self._clock)
 
     def _note_booking_failed(self, order_id: str, shipment_id: str, message: str, actor: str) -> None:
         at = self._clock()
@@ -302,8 +345,9 @@ class UnitCancellation:
         longer grow, gives back the credit its total does not use. A refund still pending (the
         gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
         would. A parcel still pending that a cancel of units left due a label is booked first
-        (book_labels_due). Returns the order as it then is."""
-        order = self.book_labels_due(order, actor)
+        (book_labels_due), and the bookings the order gave up are cancelled (cancel_given_up).
+        Returns the order as it then is."""
+        order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
             return order
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.

@@ -14,12 +14,12 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
-from core.models import Channel
+from core.models import Channel, VisibleText
 from core.status import DeliveryStatus, check_delivery_step
 
 ALL_EVENTS = "*"
@@ -64,11 +64,19 @@ class NewWebhook(BaseModel):
     @field_validator("events")
     @classmethod
     def _star_alone_and_distinct(cls, events: list[str]) -> list[str]:
+        # Each refusal names the entry at fault (`events[2]`), as _known_type's do.
         if ALL_EVENTS in events and events != [ALL_EVENTS]:
-            raise ValueError('"*" stands alone: it means every type')
-        if len(set(events)) != len(events):
-            raise ValueError("event types must not repeat")
+            raise _entry_error(events, events.index(ALL_EVENTS), '"*" stands alone: it means every type')
+        for index, name in enumerate(events):
+            if name in events[:index]:
+                raise _entry_error(events, index, f"repeats events[{events.index(name)}]")
         return events
+
+
+def _entry_error(events: list[str], index: int, message: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "events", [{"type": "value_error", "loc": (index,), "input": events[index], "ctx": {"error": message}}]
+    )
 
 
 class Webhook(BaseModel, defer_build=True):
@@ -102,7 +110,9 @@ class Delivery(BaseModel, defer_build=True):
     status: DeliveryStatus
     attempts: int
     last_status_code: int | None = None
-    last_error: str | None = None
+    # What the subscriber's server answered is its own text (a malformed status line comes back as
+    # sent): shown to operators with controls and bidi overrides made visible.
+    last_error: Annotated[str, VisibleText] | None = None
     next_attempt_at: datetime | None = None
 
 
@@ -250,6 +260,11 @@ def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Ta
         raise WebhookUrlRefused("a fragment is never sent: remove it")
     port = port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not url.isprintable() or not path.isascii() or " " in path:
+        # An HTTP request line carries neither a control, a space nor a non-ASCII character (and
+        # urlsplit silently drops tabs and line breaks): such a URL was subscribed, then every attempt
+        # failed, and a non-ASCII path stopped the delivery worker itself, attempt after attempt.
+        raise WebhookUrlRefused("the path and query must be printable ASCII without spaces: percent-encode the rest")
     if local:
         return Target(parts.scheme, host, port, path, (LOCAL_HTTP_HOST,))
     try:

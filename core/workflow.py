@@ -10,6 +10,7 @@ twice changes nothing: Express workflows and stream retries run things at least 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections import defaultdict
@@ -21,6 +22,7 @@ import pluggy
 
 from core import payment_keys
 from core.cancellation import Cancellation
+from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
     InsufficientStock,
@@ -34,7 +36,17 @@ from core.errors import (
     TransientError,
 )
 from core.ids import booking_key, reservation_key, shipment_id_for
-from core.models import Address, Allocation, Location, Order, Shipment, ShipmentLine, StockLevel, utc_now
+from core.models import (
+    Address,
+    Allocation,
+    GivenUpBooking,
+    Location,
+    Order,
+    Shipment,
+    ShipmentLine,
+    StockLevel,
+    utc_now,
+)
 from core.money import Money
 from core.order_changes import failure_recorder, modify
 from core.payments import Failure, Payments
@@ -193,6 +205,12 @@ class Workflow:
             if order.status in STOPPED:
                 raise stopped(order)
             return  # authorized already: a repeated execution
+        if order.authorized_version > 1:
+            # Edited since it was placed: what an earlier version's key may hold at the gateway and
+            # the edit could not release (the gateway down then) is released now, or never once it
+            # is authorized. A failure is in the history; the authorization goes ahead all the same.
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR)
         amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
         # authorization, and so does the execution a release starts after a hold placed while
@@ -224,11 +242,11 @@ class Workflow:
             if stored.status in STOPPED:
                 raise stopped(stored) from None  # its cancel voids what it recorded
 
-    def _release_lost_authorizations(self, order: Order) -> None:
+    def _release_lost_authorizations(self, order: Order, *, own: bool = True) -> None:
         # An earlier attempt may have died after the gateway approved, leaving nothing in the history.
-        own = payment_keys.authorize(order.id, order.authorized_version)
+        unrecorded = payment_keys.authorize(order.id, order.authorized_version) if own else None
         try:
-            self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=own)
+            self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=unrecorded)
         except PaymentRefused:
             pass  # in the history, for an operator, as any refused void
         except PaymentGatewayUnavailable as unavailable:
@@ -590,7 +608,13 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            raise self._closed_or_retry(order_id, lambda: None) from None
+            # The bookings just made are owed a cancel once no retry will ask for them again (the
+            # order cancelled, or edited: its parcels are booked under another key).
+            made = [GivenUpBooking(shipment_id=s.id, carrier=s.carrier, tracking_number=s.tracking_number,
+                                   booking_key=booking_key(s.id, order.rebookings))
+                    for s in shipments if s.tracking_number]  # fmt: skip
+            undo = functools.partial(give_up_unrecorded, self._orders, order_id, made, self._clock)
+            raise self._closed_or_retry(order_id, undo) from None
         if order.status is S.BACKORDERED and self._backorders is not None:
             # Out of its skus' queues (an arrival that meets an entry left by a crash here
             # removes it too).
@@ -605,8 +629,11 @@ class Workflow:
 
     # --- Compensation -------------------------------------------------------------------------
     def fail_payment(self, order_id: str, error: str, cause: str) -> None:
-        """End the order `payment_failed`; an exchange's replacement gives its credit back on the
-        original order (a gateway that cannot refund right now: TransientError, run again)."""
+        """End the order `payment_failed`, and release what an earlier key of it may have left at
+        the gateway (Cancellation.release_lost_authorizations: an attempt whose answer was lost
+        before an edit keyed the next one anew); an exchange's replacement gives its credit back on
+        the original order (a gateway that cannot look up, void or refund right now: TransientError,
+        run again)."""
         at = self._clock()
         try:
             order = modify(
@@ -616,6 +643,7 @@ class Workflow:
             )  # fmt: skip
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being marked payment_failed") from None
+        self._release_lost_authorizations(order, own=False)  # its own key was just declined
         if self._credits is not None:
             try:
                 self._credits.give_back(order, WORKFLOW_ACTOR)

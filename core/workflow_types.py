@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import PluginError
 from core.hook_calls import call_hook
-from core.models import Allocation, Location, Order, ShipmentLine
+from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
 from core.ports import LabelStore
 
 
 class PaymentResult(BaseModel):
     """A payment plugin's answer. `reference` is the gateway's id for the operation (for an
-    authorization: the id later captures, voids and refunds name)."""
+    authorization: the id later captures, voids and refunds name). `message`, the gateway's words
+    on a refusal, reaches the order's history, its events and the client's 502: controls and bidi
+    overrides in it are made visible (refusing it would lose what the gateway answered)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     outcome: Literal["approved", "declined"]
     reference: str = Field(min_length=1, max_length=200)
-    message: str = ""
+    message: Annotated[str, VisibleText] = ""
 
 
 class SourcingPlan(BaseModel):
@@ -36,13 +38,17 @@ class CarrierShipment(BaseModel):
     """A carrier plugin's answer for one shipment: its service, tracking number and label: the
     document itself (`label`, which the OMS stores and links to, signed at each read), or the
     address where the carrier hosts it (`label_url`, https; EasyPost's `postage_label.label_url`,
-    Shippo's `label_url`), which the OMS shows as it is and stores no bytes for."""
+    Shippo's `label_url`), which the OMS shows as it is and stores no bytes for.
+
+    `carrier`, `service` and `tracking_number` reach the order and the customer's shipped
+    notification: one with a control character or a bidi override is refused, as a location's
+    tracking number is, not mended (a replaced character would send the customer a wrong number)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
-    carrier: str = Field(min_length=1, max_length=60)
-    service: str = Field(min_length=1, max_length=60)
-    tracking_number: str = Field(min_length=4, max_length=60)
+    carrier: Annotated[str, Field(min_length=1, max_length=60), CleanText]
+    service: Annotated[str, Field(min_length=1, max_length=60), CleanText]
+    tracking_number: TrackingNumber
     label: bytes | None = Field(default=None, min_length=1, max_length=5_000_000)
     label_content_type: Literal["application/pdf", "image/png"] = "application/pdf"
     label_url: str | None = Field(default=None, max_length=2048, pattern=r"^https://[^\s/?#]+[^\s]*$")

@@ -230,6 +230,12 @@ def oms_carrier_create_shipment(
     )
 
 
+@hookimpl(trylast=True)
+def oms_carrier_cancel_shipment(carrier: str) -> bool | None:
+    """Its bookings cost nothing and it keeps none: one given up is cancelled by forgetting it."""
+    return True if carrier == CARRIER else None
+
+
 # --- Return labels ----------------------------------------------------------------------------
 
 RETURN_SERVICE = "Returns"
@@ -282,7 +288,7 @@ def oms_carrier_return_label(
 
 
 class TrackingEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     reference: Annotated[str, StringConstraints(min_length=3, max_length=130)]
     tracking_number: Annotated[str, StringConstraints(min_length=4, max_length=60)]
@@ -292,7 +298,7 @@ class TrackingEvent(BaseModel):
 
 
 class TrackingWebhook(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     events: Annotated[list[TrackingEvent], Field(max_length=100)]
 

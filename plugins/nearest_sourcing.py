@@ -64,7 +64,7 @@ Point = tuple[Latitude, Longitude]
 class GeoCentroids(BaseModel):
     """The centroid data file: approximate centres of countries and of regions within them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     note: str = Field(default="", alias="_note")
     countries: dict[CountryCode, Point]

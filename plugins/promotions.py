@@ -72,7 +72,7 @@ MoneyByCurrency = Annotated[dict[str, Money], BeforeValidator(_as_money_objects)
 
 
 class _Promotion(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     code: Code
     description: str = ""
@@ -154,7 +154,7 @@ Promotion = Annotated[PercentOff | FixedOff | FreeShipping, Field(discriminator=
 class PromotionsFile(BaseModel):
     """The promotions data file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     note: str = Field(default="", alias="_note")
     promotions: list[Promotion]

@@ -40,7 +40,7 @@ def _require_standard(rates: dict[str, Decimal]) -> dict[str, Decimal]:
 
 
 class RegionRates(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     rates: dict[TaxCode, Rate]
 
@@ -56,7 +56,7 @@ class RegionRates(BaseModel):
 
 
 class CountryRates(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     rates: dict[TaxCode, Rate] = Field(default_factory=dict)
     regions: dict[RegionCode, RegionRates] = Field(default_factory=dict)
@@ -82,7 +82,7 @@ class CountryRates(BaseModel):
 class TaxTable(BaseModel):
     """The tax rates data file: country code -> CountryRates, plus `_source` and `_note` keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     source: str = Field(default="", alias="_source")
     note: str = Field(default="", alias="_note")

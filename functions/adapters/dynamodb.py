@@ -29,6 +29,7 @@ from core.ports import (
     LateOrders,
     OrderFilter,
     OrderRepository,
+    OrdersOwingCarrier,
     PendingRefunds,
     ReturnFilter,
     ReturnRepository,
@@ -37,7 +38,6 @@ from core.ports import (
     StalledOrders,
     TopUp,
     UnreceivedReturns,
-    UnrecordedCaptures,
     UnsettledAuthorizations,
     WaitingOrder,
 )
@@ -217,14 +217,12 @@ PENDING_REFUND_KEY = "pending"
 # leaves one, for the moment between its request and its write or void; an order with a refund
 # pending as well stays in PENDING_REFUND_KEY's partition until that refund is finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
-# Its third partition: an order with a capture asked of the gateway and not recorded (a ship, a
-# collect or a settlement between its request and its write, or one that died there:
-# Order.captures_requested), by when it last changed, so the reconciler settles what a request
-# nobody repeats left (core.capture_sweep.UnrecordedCaptureSweep). The request's own write sets
-# the keys and the write that records or settles it removes them, so no write is added. An order
-# with a refund pending as well stays under PENDING_REFUND_KEY until it is finished; one that also
-# holds an edit's authorization goes under UNSETTLED_AUTHORIZATION_KEY once its capture is settled.
-CAPTURE_REQUESTED_KEY = "capture"
+# Its third partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
+# a new label, a given-up booking to cancel: Order.owes_carrier_work) by when they last changed: the
+# reconciler finishes that work (core.carrier_bookings.CarrierWorkSweep). Rare, and never on an
+# order nothing cancelled or booked again: the typical order writes no entry. An order with a
+# refund pending too stays in the refunds' partition until its refund is done, then moves here.
+CARRIER_WORK_KEY = "carrier"
 INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
 
 
@@ -243,12 +241,12 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     if pending:
         attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
         attributes["refund_since"] = {"S": timestamp(min(pending))}
-    elif order.captures_requested:
-        attributes["refund_key"] = {"S": CAPTURE_REQUESTED_KEY}
-        attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.edit_authorizations_left:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
+    elif order.owes_carrier_work():
+        attributes["refund_key"] = {"S": CARRIER_WORK_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.updated_at)}
     return attributes
 
 
@@ -726,56 +724,22 @@ class DynamoBackorderedOrders(BackorderedOrders):
         ]
 
 
+def _partition_query(table: str, key: str, before: datetime, page_size: int) -> dict[str, Any]:
+    """The Query of one partition of the sparse by_pending_refund index (keys only): the orders
+    under `key` whose time there is before `before`, oldest first, `page_size` a page."""
+    return {
+        "TableName": table,
+        "IndexName": "by_pending_refund",
+        "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
+        "ExpressionAttributeValues": {":key": {"S": key}, ":before": {"S": timestamp(before)}},
+        "ScanIndexForward": True,
+        "Limit": page_size,
+    }
+
+
 class DynamoPendingRefunds(PendingRefunds):
-    """The pending refund sweep's query: the sparse by_pending_refund index (keys only), one Query
-    on its one partition, oldest first, a page of `page_size` at a time as the sweep takes the
-    ids; never a Scan."""
-
-    def __init__(self, client: Any, table: str, *, page_size: int = 100):
-        self._client = client
-        self._table = table
-        self._page_size = page_size
-
-    def pending_since_before(self, before: datetime) -> Iterator[str]:
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "by_pending_refund",
-            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
-            "ExpressionAttributeValues": {":key": {"S": PENDING_REFUND_KEY}, ":before": {"S": timestamp(before)}},
-            "ScanIndexForward": True,
-            "Limit": self._page_size,
-        }
-        return _paged_ids(self._client, query)
-
-
-class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
-    """The unsettled authorization sweep's query: by_pending_refund's UNSETTLED_AUTHORIZATION_KEY
-    partition (keys only), oldest first, a page of `page_size` at a time as the sweep takes the
-    ids; never a Scan."""
-
-    def __init__(self, client: Any, table: str, *, page_size: int = 100):
-        self._client = client
-        self._table = table
-        self._page_size = page_size
-
-    def left_since_before(self, before: datetime) -> Iterator[str]:
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "by_pending_refund",
-            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
-            "ExpressionAttributeValues": {
-                ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
-                ":before": {"S": timestamp(before)},
-            },
-            "ScanIndexForward": True,
-            "Limit": self._page_size,
-        }
-        return _paged_ids(self._client, query)
-
-
-class DynamoUnrecordedCaptures(UnrecordedCaptures):
-    """The unrecorded capture sweep's query: by_pending_refund's CAPTURE_REQUESTED_KEY partition
-    (keys only), oldest first, a page of `page_size` at a time as the sweep takes the ids; never a
+    """The pending refund sweep's query: the sparse by_pending_refund index's PENDING_REFUND_KEY
+    partition, oldest first, a page of `page_size` at a time as the sweep takes the ids; never a
     Scan."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
@@ -783,19 +747,35 @@ class DynamoUnrecordedCaptures(UnrecordedCaptures):
         self._table = table
         self._page_size = page_size
 
-    def requested_since_before(self, before: datetime) -> Iterator[str]:
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "by_pending_refund",
-            "KeyConditionExpression": "refund_key = :key AND refund_since < :before",
-            "ExpressionAttributeValues": {
-                ":key": {"S": CAPTURE_REQUESTED_KEY},
-                ":before": {"S": timestamp(before)},
-            },
-            "ScanIndexForward": True,
-            "Limit": self._page_size,
-        }
+    def pending_since_before(self, before: datetime) -> Iterator[str]:
+        return _paged_ids(self._client, _partition_query(self._table, PENDING_REFUND_KEY, before, self._page_size))
+
+
+class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
+    """The unsettled authorization sweep's query: by_pending_refund's UNSETTLED_AUTHORIZATION_KEY
+    partition, as DynamoPendingRefunds reads its own."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        query = _partition_query(self._table, UNSETTLED_AUTHORIZATION_KEY, before, self._page_size)
         return _paged_ids(self._client, query)
+
+
+class DynamoOrdersOwingCarrier(OrdersOwingCarrier):
+    """The carrier work sweep's query: by_pending_refund's CARRIER_WORK_KEY partition, as
+    DynamoPendingRefunds reads its own."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def owing_since_before(self, before: datetime) -> Iterator[str]:
+        return _paged_ids(self._client, _partition_query(self._table, CARRIER_WORK_KEY, before, self._page_size))
 
 
 class DynamoLateOrders(LateOrders):

@@ -65,6 +65,11 @@ def _field(loc: tuple[Any, ...]) -> str:
     return field_path(parts) or (str(loc[0]) if loc else "body")
 
 
+def _header(name: Any) -> str:
+    """A header as the resolver names it ("if-match") named as the contract, the 409s and the 428 do ("If-Match")."""
+    return "-".join(part.capitalize() for part in str(name).split("-"))
+
+
 _DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
@@ -105,7 +110,7 @@ def register(app: APIGatewayRestResolver) -> None:
             )
         headers = [e for e in errors if e.get("loc", ("",))[0] == "header"]
         if headers:
-            details = [{"field": str(e["loc"][-1]), "message": e.get("msg", "invalid")} for e in headers]
+            details = [{"field": _header(e["loc"][-1]), "message": e.get("msg", "invalid")} for e in headers]
             return error_response(400, "malformed_header", "a request header is malformed", details)
         details = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in errors]
         return error_response(422, "validation_error", "the request is not valid", details)

@@ -1,11 +1,11 @@
 """Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, and parks
 those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
 (core/pickups.py; not while a plugin failed to load); starts the returns workflow of received
-returns that have none (core/return_reconciliation.py); finishes refunds a request left pending at
-the gateway (core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on
-orders nobody changes again (core/authorization_sweep.py); settles the captures ships asked for and
-never recorded on orders nobody ships again, holding those orders for a person to confirm whether
-the parcel left (core/capture_sweep.py)."""
+returns that have none (core/return_reconciliation.py); books again the parcels a cancel of units
+left due a label, and cancels with their carrier the bookings no parcel will use
+(core/carrier_bookings.py); finishes refunds a request left pending at the gateway
+(core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on orders nobody
+changes again (core/authorization_sweep.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.authorization_sweep import SettleIncomplete
-from core.capture_sweep import CapturesNotSettled
+from core.log_text import escape_for_log
 from core.pickups import PickupsExpired
 from core.refund_service import SweepIncomplete
 from functions.bootstrap import WarmContainer
@@ -64,6 +64,24 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                        extra={"return_id": return_id})  # fmt: skip
     if returns_restarted:
         metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
+    carriers = container().carrier_work_sweep.run(ACTOR)
+    for order_id, work in carriers.items():
+        for shipment_id in work.relabelled:
+            logger.warning("parcel booked again for what it now holds: a cancel of units left it due a label",
+                           extra={"order_id": order_id, "shipment_id": shipment_id})  # fmt: skip
+        for booking in work.settled:
+            logger.info("given-up carrier booking settled with its carrier",
+                        extra={"order_id": order_id, "shipment_id": booking.shipment_id})  # fmt: skip
+        for failure in work.failed:
+            logger.warning("carrier work still owed: the carrier failed again, the next pass retries",
+                           extra={"order_id": order_id, "failure": escape_for_log(failure)})  # fmt: skip
+    for name, count in (
+        ("ParcelsRelabelled", sum(len(work.relabelled) for work in carriers.values())),
+        ("CarrierBookingsSettled", sum(len(work.settled) for work in carriers.values())),
+        ("CarrierWorkFailed", sum(len(work.failed) for work in carriers.values())),
+    ):
+        if count:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     incomplete = None
     try:
         refunds_finished = container().pending_refund_sweep.run(ACTOR)
@@ -88,32 +106,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if unsettled is not None:
         for order_id, failure in unsettled.failed.items():
             logger.error("authorization left by an edit not settled", extra={"order_id": order_id}, exc_info=failure)
-    captures_failed = None
-    try:
-        captures = container().capture_sweep.run(ACTOR)
-    except CapturesNotSettled as error:
-        captures, captures_failed = error.done, error
-    for order_id in captures.settled:
-        logger.warning("capture left by a ship or a settlement settled", extra={"order_id": order_id})
-    for order_id in captures.held:
-        logger.warning("order held: a ship died after asking for its capture; confirm whether the parcel left",
-                       extra={"order_id": order_id})  # fmt: skip
-    for order_id in captures.unconfirmed:
-        # Partly shipped, so it cannot be held: only this line (and the metric) calls a person.
-        logger.error("a ship died after asking for its capture on an order that cannot be held; "
-                     "confirm whether the parcel left", extra={"order_id": order_id})  # fmt: skip
-    if captures.settled:
-        metrics.add_metric(name="UnrecordedCapturesSettled", unit=MetricUnit.Count, value=len(captures.settled))
-    if captures.held or captures.unconfirmed:
-        metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count,
-                           value=len(captures.held) + len(captures.unconfirmed))  # fmt: skip
-    if captures_failed is not None:
-        for order_id, failure in captures_failed.failed.items():
-            logger.error("capture left by a ship or a settlement not settled", extra={"order_id": order_id},
-                         exc_info=failure)  # fmt: skip
-    if incomplete is not None or unsettled is not None or captures_failed is not None:
-        # The passes did the rest; the errors alarm calls a person for these.
-        raise incomplete or unsettled or captures_failed
+    if incomplete is not None or unsettled is not None:
+        raise incomplete or unsettled  # the passes did the rest; the errors alarm calls a person for these
     return {
         "restarted": done.restarted,
         "parked": done.parked,
@@ -122,7 +116,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "returns_restarted": returns_restarted,
         "refunds_finished": refunds_finished,
         "authorizations_settled": settled,
-        "captures_settled": captures.settled,
-        "ships_held": captures.held,
-        "ships_unconfirmed": captures.unconfirmed,
     }

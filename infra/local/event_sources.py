@@ -324,16 +324,8 @@ class DynamoDBStreamMapping(EventSourceMapping):
         dynamodb = dict(record["dynamodb"])
         if isinstance(created := dynamodb.get("ApproximateCreationDateTime"), datetime):
             dynamodb["ApproximateCreationDateTime"] = float(int(created.timestamp()))
-        shaped = {
-            "eventID": record.get("eventID") or uuid.uuid4().hex,
-            "eventName": record["eventName"],
-            "eventVersion": record.get("eventVersion", "1.1"),
-            "eventSource": "aws:dynamodb",
-            "awsRegion": record.get("awsRegion", REGION),
-            "dynamodb": {key: dynamodb[key] for key in sorted(dynamodb)},
-            "eventSourceARN": self.source_arn,
-        }
-        return shaped | ({"userIdentity": record["userIdentity"]} if "userIdentity" in record else {})
+        # moto's record has every other field a stream record has (eventID, eventVersion, awsRegion, ...).
+        return {**record, "dynamodb": dict(sorted(dynamodb.items())), "eventSourceARN": self.source_arn}
 
     def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
         if not self.report_batch_item_failures:
@@ -544,10 +536,11 @@ def build_mapping(
     kind, where = event["Type"], f"{function_logical_id}.Events.{name} ({event['Type']})"
     props = {key: resolve(value) for key, value in (event.get("Properties") or {}).items()}
 
-    def on_failure(config: Mapping[str, Any]) -> OnFailure | None:
-        destination = ((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
-        return None if destination is None else OnFailure(str(destination), queue_url_for_arn(str(destination)))
-
+    # S3 and EventBridge invoke asynchronously: retried and failed over per the function's
+    # EventInvokeConfig; a stream per its own properties (SQS: by the queue's redrive policy).
+    asynchronous = kind in ("S3", "Schedule")
+    config = {key: resolve(value) for key, value in (invoke_config or {}).items()} if asynchronous else props
+    destination = str(((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination") or "")
     common: dict[str, Any] = {
         "name": f"{function_logical_id}.{name}",
         "function_logical_id": function_logical_id,
@@ -555,8 +548,9 @@ def build_mapping(
         "client": client,
         "retry_delay": retry_delay,
         "report_batch_item_failures": "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+        "maximum_retry_attempts": int(config.get("MaximumRetryAttempts", ASYNC_RETRIES if asynchronous else -1)),
+        "on_failure": OnFailure(destination, queue_url_for_arn(destination)) if destination else None,
     }
-    invoke_config = {key: resolve(value) for key, value in (invoke_config or {}).items()}
     if kind == "S3":
         rules = [
             {"Name": str(rule["Name"]).lower(), "Value": str(rule["Value"])}
@@ -570,8 +564,6 @@ def build_mapping(
             bucket=props["Bucket"],
             events=events,
             key_filters=rules,
-            maximum_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)),
-            on_failure=on_failure(invoke_config),
             **common,
         )
     if kind == "Schedule":
@@ -581,8 +573,6 @@ def build_mapping(
             source_label=f"{props['Schedule']} (every {period:g} s)",
             expression=props["Schedule"],
             period=period,
-            maximum_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", ASYNC_RETRIES)),
-            on_failure=on_failure(invoke_config),
             **common,
         )
     if kind == "SQS":
@@ -607,8 +597,6 @@ def build_mapping(
         filters=filters,
         starting_position=str(props["StartingPosition"]),
         bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
-        maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
-        on_failure=on_failure(props),
         **common,
     )
 

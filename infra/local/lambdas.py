@@ -124,14 +124,8 @@ class LambdaService:
 
     def lookup(self, name_or_arn: str) -> LocalFunction | None:
         """A name, a partial ARN (123:function:name) or a full ARN; versions and aliases are not emulated."""
-        parts = name_or_arn.split(":")
-        if name_or_arn.startswith("arn:") and len(parts) >= 7:
-            parts = parts[6:]
-        elif len(parts) >= 3 and parts[1] == "function":
-            parts = parts[2:]
-        if len(parts) > 1 and parts[1] != "$LATEST":
-            return None
-        return self.functions.get(parts[0])
+        name, _, qualifier = name_or_arn.rpartition(":function:")[2].partition(":")
+        return self.functions.get(name) if qualifier in ("", "$LATEST") else None
 
     def close(self, timeout: float = 5.0) -> None:
         """Refuses new invocations and waits up to `timeout` for running ones, so no handler outlives

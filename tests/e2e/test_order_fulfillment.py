@@ -406,12 +406,14 @@ def test_cancelling_before_shipping_releases_the_stock_and_voids_the_payment(
     assert cancelled["status"] == "cancelled"
     assert cancelled["payment"]["status"] == "voided"
     assert dec(cancelled["payment"]["captured"]) == 0
-    assert cancelled["version"] == order["version"] + 2  # the cancel, then the void the gateway approved
+    # The cancel, the void the gateway approved, then each parcel's booking cancelled with the carrier.
+    assert cancelled["version"] == order["version"] + 4
     assert level(api, west_sku, network["west"]) == {"on_hand": 10, "reserved": 0, "available": 10}
     assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 0, "available": 10}
-    entry, voided = history(api, order["id"])[-2:]
+    entry, voided, *bookings = history(api, order["id"])[-4:]
     assert (entry["type"], entry["from_status"], entry["to_status"]) == ("cancelled", "allocated", "cancelled")
     assert voided["type"] == "payment_voided"
+    assert [booking["type"] for booking in bookings] == ["carrier_booking_cancelled"] * 2
     assert entry["actor"] == "key_admin"
     assert entry["detail"]["reason"] == "customer asked"
     # A cancelled order cannot ship.

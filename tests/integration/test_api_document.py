@@ -105,6 +105,15 @@ def test_a_malformed_if_match_is_still_400_and_an_unknown_order_still_404(api: I
     assert_error(api.request("PATCH", "/orders/nope", json=body), 404, "not_found")
 
 
+def test_a_malformed_header_is_named_as_the_409s_and_the_428_name_it(api: InProcessApi):
+    patch = api.request("PATCH", "/orders/ord_" + "a" * 24, json={"shipping_method": "express"},
+                        headers={"If-Match": "soon"})  # fmt: skip
+    post = api.request("POST", "/orders", json={}, headers={"Idempotency-Key": "has space"})
+
+    assert [d["field"] for d in assert_error(patch, 400, "malformed_header")["details"]] == ["If-Match"]
+    assert [d["field"] for d in assert_error(post, 400, "malformed_header")["details"]] == ["Idempotency-Key"]
+
+
 def test_a_change_to_an_order_documents_the_receipt_a_write_only_key_gets(document: dict[str, Any]):
     cancel = document["paths"]["/orders/{order_id}/cancel"]["post"]["responses"]["200"]
     shapes = cancel["content"]["application/json"]["schema"]["anyOf"]

@@ -98,10 +98,11 @@ def test_a_line_cancel_shrinks_the_order_and_its_reservation(api):
     west = next(s for s in done["shipments"] if s["location_id"] == "wh-west")
     assert west["lines"] == [{"line_id": "L1", "quantity": 1}]
     assert stock(api, "MUG", "wh-west") == (before[0], before[1] - 3, before[2] + 3)
-    # Two writes: the cancel, then the new label of the parcel it shrank (the old one showed 4 mugs).
-    assert done["status"] == "allocated" and done["version"] == order["version"] + 2
-    assert [entry["type"] for entry in api.get(f"/orders/{order['id']}/history").json()["items"][-2:]] == [
-        "units_cancelled", "shipment_relabelled",
+    # Three writes: the cancel, the new label of the parcel it shrank (the old one showed 4 mugs),
+    # and the old label's booking cancelled with the carrier.
+    assert done["status"] == "allocated" and done["version"] == order["version"] + 3
+    assert [entry["type"] for entry in api.get(f"/orders/{order['id']}/history").json()["items"][-3:]] == [
+        "units_cancelled", "shipment_relabelled", "carrier_booking_cancelled",
     ]  # fmt: skip
 
 
@@ -149,6 +150,14 @@ def test_shipped_units_are_409_bad_lines_422_and_a_key_replays_the_cancel(api):
     assert_error(cancel(api, order["id"], [("L1", 1)]), 409, "invalid_transition")
     assert_error(cancel(api, order["id"], [("L7", 1)]), 422)
     assert_error(cancel(api, order["id"], [("L2", 1), ("L2", 1)]), 422)
+    # Each refusal names the entry at fault, as the contract's error shape does.
+    for lines, field in (
+        ([("L2", 1), ("L7", 1)], "lines[1].line_id"),
+        ([("L2", 3)], "lines[0].quantity"),
+        ([("L2", 1), ("L2", 1)], "lines[1].line_id"),
+    ):
+        refused = assert_error(cancel(api, order["id"], lines), 422)
+        assert [detail["field"] for detail in refused["details"]] == [field], lines
     assert_error(cancel(api, order["id"], [("L2", 0)]), 422)
     key = {"Idempotency-Key": f"cancel-{order['id']}"}
     first = cancel(api, order["id"], [("L2", 1)], headers=key)
@@ -221,10 +230,10 @@ def test_a_ship_that_died_after_the_gateway_captured_is_refunded_by_the_cancel_o
         "cancelled", "voided", "0.00",
     )  # fmt: skip
     history = api.get(f"/orders/{order['id']}/history").json()["items"]
-    assert [h["type"] for h in history][-4:] == [
-        "allocated", "cancelled", "payment_capture_reversed", "payment_voided",
+    assert [h["type"] for h in history][-5:] == [
+        "allocated", "cancelled", "payment_capture_reversed", "payment_voided", "carrier_booking_cancelled",
     ]  # fmt: skip
-    reversed_ = history[-2]["detail"]
+    reversed_ = history[-3]["detail"]
     assert reversed_["shipment_id"] == shipment["id"] and reversed_["amount"] == order["totals"]["grand_total"]
     assert reversed_["capture_reference"] and reversed_["refund_reference"]
 
@@ -299,8 +308,10 @@ def test_an_authorization_whose_edit_died_is_voided_by_the_cancel_over_http(api,
     assert answer.status_code == 200, answer.text
     assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "voided")
     history = api.get(f"/orders/{order['id']}/history").json()["items"]
-    assert [h["type"] for h in history][-3:] == ["cancelled", "payment_voided", "payment_voided"]
-    edits, own = history[-2]["detail"], history[-1]["detail"]
+    assert [h["type"] for h in history][-4:] == [
+        "cancelled", "payment_voided", "payment_voided", "carrier_booking_cancelled",
+    ]  # fmt: skip
+    edits, own = history[-3]["detail"], history[-2]["detail"]
     assert edits["reason"] == "asked for by an edit that did not record it"
     assert edits["authorization"] != own["authorization"] and edits["reference"] and own["reference"]
     assert json.loads(stored)["authorization_requested"]["edit_of"] == order["version"]  # stored, never shown

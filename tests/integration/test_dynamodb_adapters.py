@@ -14,7 +14,7 @@ from core.access import ApiKey, Scope
 from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
 from core.ports import OrderFilter, ReturnFilter
-from core.return_models import Return, ReturnLine
+from core.return_models import ExchangeInput, Return, ReturnLine
 from core.status import OrderStatus, ReturnStatus
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
@@ -480,6 +480,22 @@ def test_a_return_status_list_shows_only_returns_in_that_status_while_the_index_
     listed, _ = returns.list(ReturnFilter(status=ReturnStatus.REQUESTED), 10, None)
 
     assert [r.id for r in listed] == [made[0].id]
+
+
+def test_a_returns_decision_to_place_its_exchange_is_stored_and_never_shown(aws):
+    # The decision a concurrent Exchange run reads before giving the exchange up: lost on the way
+    # through the table, a run whose stock check disagrees would give up a replacement being placed.
+    returns = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    (requested,) = requested_returns(1)
+    exchange = ExchangeInput.model_validate({"lines": [{"sku": "CAP", "quantity": 1}]})
+    received = requested.model_copy(update={"status": ReturnStatus.RECEIVED, "exchange": exchange})
+    returns.add(received)
+
+    returns.update(received.placing_exchange(at=NOW), received)
+
+    stored = returns.get(received.id)
+    assert stored is not None and stored.exchange_placing and stored.version == 2
+    assert "exchange_placing" not in stored.model_dump(mode="json")
 
 
 def test_a_location_written_through_a_container_is_seen_by_it_at_once_where_a_replica_lags(aws):

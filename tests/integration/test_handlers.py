@@ -204,6 +204,42 @@ def test_a_capture_the_gateway_will_not_do_answers_a_gateway_error_and_ships_not
     )  # fmt: skip
 
 
+class VoidPluginRemoved:
+    """No payment plugin answers a void any more: the plugin of the order's method was removed."""
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self):
+        yield
+        return None
+
+
+def test_a_cancel_whose_payment_plugin_was_removed_answers_200_with_the_refused_void_recorded(aws):
+    from functions.api.app import lambda_handler
+    from functions.api.dependencies import container
+
+    an_allocated_order(aws)
+    evt = ship_event(ORDER_ID, SHIPMENT_ID)
+    path = f"/orders/{ORDER_ID}/cancel"
+    evt.update(resource="/orders/{order_id}/cancel", path=path, body=json.dumps({"reason": "changed my mind"}),
+               pathParameters={"order_id": ORDER_ID})  # fmt: skip
+    evt["requestContext"].update(resourcePath="/orders/{order_id}/cancel", path=f"/v1{path}")
+    plugins = container().plugins
+    removed = VoidPluginRemoved()
+    plugins.register(removed)
+    try:
+        response = lambda_handler(evt, Context())
+    finally:
+        plugins.unregister(removed)
+
+    body = json.loads(response["body"])
+    assert response["statusCode"] == 200, body
+    assert (body["status"], body["payment"]["status"]) == ("cancelled", "authorized")
+    history = container().orders.history(ORDER_ID)
+    failed = history[-1]
+    assert (failed.type, failed.detail["kind"]) == ("payment_void_failed", "refused")
+    assert "no payment plugin takes method 'test'" in failed.detail["message"]
+
+
 def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
     from functions.authorizer.app import lambda_handler
 

@@ -86,8 +86,7 @@ def did(**done: list[str]) -> dict[str, list[str]]:
     """A pass's answer: what it did, nothing else."""
     return {
         "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
-        "refunds_finished": [], "authorizations_settled": [], "captures_settled": [], "ships_held": [],
-        "ships_unconfirmed": [], **done,
+        "refunds_finished": [], "authorizations_settled": [], **done,
     }  # fmt: skip
 
 
@@ -178,15 +177,14 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     reconcile()
 
     # Pending, then authorized; then the pickups past their deadline; then the received returns;
-    # then the refunds left pending; then the authorizations edits left and the captures ships left
-    # (the same index's other keys).
+    # then the orders owing a carrier work, the refunds left pending and the authorizations edits
+    # left (the by_pending_refund index's three partitions).
     assert [operation for operation, _ in calls] == ["query"] * 7
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
         "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 3
     ]  # fmt: skip
-    assert [calls[n][1]["ExpressionAttributeValues"][":key"] for n in (4, 5, 6)] == [
-        {"S": "pending"}, {"S": "void"}, {"S": "capture"},
-    ]  # fmt: skip
+    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]]
+    assert keys == ["carrier", "pending", "void"]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
@@ -697,151 +695,50 @@ def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
     assert isinstance(logged.exc_info[1], PaymentRefused)
 
 
-# --- Captures a ship asked for and never recorded, on an order nobody ships again -----------------
+# --- What carriers are still owed ---------------------------------------------------------------------
 
 
-def a_ship_that_died(aws, monkeypatch: pytest.MonkeyPatch) -> Order:
-    """An allocated order on this moto account whose ship died after the gateway captured its
-    share, before its write (the API function timed out): the order as it was."""
-    from functions.adapters.dynamodb import DynamoOrders
-    from functions.bootstrap import Config, bootstrap
-
-    services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
-    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
-    services.inventory.count("TSHIRT", "wh-east", 10)
-    placed = services.capture.place(place_order(external_id="web-shipped"), actor="key_web")
-    services.workflow.authorize_payment(placed.id, attempt=0)
-    services.workflow.reserve_stock(placed.id)
-    services.workflow.create_shipments(placed.id)
-    order = services.order_repository.get(placed.id)
-    real = DynamoOrders.update
-
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if entries and entries[0].type == "shipment_shipped":
-            raise TimeoutError("the API function timed out before recording the ship")
-        real(self, new, expected, entries)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(DynamoOrders, "update", dies)
-        with pytest.raises(TimeoutError):
-            services.actions.ship(order.id, order.shipments[0].id, "1Z999", "key_wh")
-    assert services.order_repository.get(order.id).captures_requested  # captured, never recorded
-    return order
-
-
-def test_a_capture_whose_ship_died_is_refunded_through_the_index_and_the_order_held_for_a_person(
-    stack, monkeypatch, metrics_on, capsys, caplog
+def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a_later_pass(
+    stack, metrics_on, capsys, monkeypatch
 ):
+    # The carrier was down when the order was cancelled: nobody would ask it again, and the merchant
+    # would pay for a label never used.
+    from core import carrier_bookings
     from functions.bootstrap import Config, bootstrap
     from functions.reconciler import app
 
     aws = stack["aws"]
-    order = a_ship_that_died(aws, monkeypatch)
-    (shipment,) = order.shipments
-    assert refund_index(aws, order.id)["refund_key"] == "capture"
-    assert reconcile()["captures_settled"] == []  # its ship may still record it
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 5)
+    order = services.capture.place(place_order(external_id="web-booked"), actor="key_web")
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("carrier API unreachable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(carrier_bookings, "call_hook", down)
+        cancelled = services.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert cancelled.status is OrderStatus.CANCELLED and len(cancelled.bookings_to_cancel) == 1
+    key = {"id": {"S": order.id}}
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert item["refund_key"] == {"S": "carrier"}  # in the index's carrier partition while it owes
+    reconcile()
+    assert services.order_repository.get(order.id).owes_carrier_work()  # still in its request's hands
     capsys.readouterr()
 
     later = utc_now() + timedelta(minutes=16)
     with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
-        answer = reconcile()
-
-    assert answer == did(captures_settled=[order.id], ships_held=[order.id])
-    settled, history = bootstrap(Config.from_env()).order_repository.history(order.id)
-    assert settled.captures_requested == [] and settled.payment == order.payment  # nothing kept, nothing owed
-    assert (settled.status, settled.hold.reason, settled.shipments[0].status) == (
-        OrderStatus.ON_HOLD, "other", ShipmentStatus.PENDING,
-    )  # fmt: skip
-    held, withdrawn, reversed_ = history[-3:]
-    assert (held.type, held.actor, held.detail["shipment_ids"]) == ("on_hold", "reconciler", [shipment.id])
-    assert (withdrawn.type, reversed_.type, reversed_.actor) == (
-        "capture_withdrawn", "payment_capture_reversed", "reconciler",
-    )  # fmt: skip
-    assert reversed_.detail["amount"] == order.totals.grand_total.model_dump(mode="json")
-    assert reversed_.detail["capture_reference"] and reversed_.detail["refund_reference"]
-    assert refund_index(aws, order.id) == {}  # out of the index once nothing is left
-    assert emitted(capsys.readouterr().out) == {"UnrecordedCapturesSettled": 1, "ShipsToConfirm": 1}
-    logged = {r.getMessage(): (r.levelname, r.order_id) for r in caplog.records if getattr(r, "order_id", None)}
-    assert logged["capture left by a ship or a settlement settled"] == ("WARNING", order.id)
-    assert logged["order held: a ship died after asking for its capture; confirm whether the parcel left"] == (
-        "WARNING", order.id,
-    )  # fmt: skip
-    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
-        assert reconcile()["captures_settled"] == []
-
-
-def test_the_capture_partition_comes_after_a_pending_refund_and_before_an_edits_authorization():
-    from core.models import CaptureRequest, PaymentRefund
-    from functions.adapters.dynamodb import index_attributes, timestamp
-    from tests.builders import NOW
-
-    order = a_stored_order(("TSHIRT", 1), status=OrderStatus.ALLOCATED, replaced_authorizations=["auth_old"])
-    requested = order.model_copy(
-        update={"captures_requested": [CaptureRequest(shipment_id="shp_1", amount=order.totals.grand_total)]}
-    )
-    assert index_attributes(requested)["refund_key"] == {"S": "capture"}
-    assert index_attributes(requested)["refund_since"] == {"S": timestamp(order.updated_at)}
-    refund = PaymentRefund(id="ref_1", amount=order.totals.grand_total, reason="late", status="pending", at=NOW)
-    pending = requested.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [refund]})})
-    assert index_attributes(pending)["refund_key"] == {"S": "pending"}
-    assert index_attributes(order)["refund_key"] == {"S": "void"}  # once the capture is settled
-
-
-def test_orders_with_an_unrecorded_capture_are_read_oldest_first_a_page_at_a_time(aws, monkeypatch):
-    from itertools import islice
-
-    from functions.adapters.dynamodb import (
-        CAPTURE_REQUESTED_KEY,
-        UNSETTLED_AUTHORIZATION_KEY,
-        DynamoUnrecordedCaptures,
-        timestamp,
-    )
-
-    start = utc_now() - timedelta(hours=2)
-    ids = [order_id(letter) for letter in "abcde"]
-    keys = [CAPTURE_REQUESTED_KEY] * 5 + [UNSETTLED_AUTHORIZATION_KEY]
-    for n, (each, key) in enumerate(zip([*ids, order_id("f")], keys, strict=True)):
-        aws.dynamodb.put_item(
-            TableName=aws.tables["OrdersTable"],
-            Item={"id": {"S": each}, "refund_key": {"S": key},
-                  "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
-        )  # fmt: skip
-    unrecorded = DynamoUnrecordedCaptures(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
-    queries: list[dict[str, Any]] = []
-    real = aws.dynamodb.query
-
-    def query(**request: Any) -> dict[str, Any]:
-        queries.append(request)
-        return real(**request)
-
-    monkeypatch.setattr(aws.dynamodb, "query", query)
-
-    assert list(unrecorded.requested_since_before(utc_now())) == ids  # never the edit's order
-    assert list(unrecorded.requested_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
-    queries.clear()
-    assert list(islice(unrecorded.requested_since_before(utc_now()), 3)) == ids[:3]
-    assert len(queries) == 2 and {q["IndexName"] for q in queries} == {"by_pending_refund"}
-
-
-def test_a_capture_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
-    stack, metrics_on, capsys, caplog, monkeypatch
-):
-    from core.capture_sweep import CapturesNotSettled, CapturesSettled, UnrecordedCaptureSweep
-    from core.errors import PaymentRefused
-
-    def incomplete(self: UnrecordedCaptureSweep, actor: str) -> CapturesSettled:
-        done = CapturesSettled(settled=[order_id("y")], held=[], unconfirmed=[order_id("x")])
-        raise CapturesNotSettled(done, {order_id("z"): PaymentRefused("refund", "closed account")})
-
-    monkeypatch.setattr(UnrecordedCaptureSweep, "run", incomplete)
-    capsys.readouterr()
-
-    with pytest.raises(CapturesNotSettled):
         reconcile()
 
-    assert emitted(capsys.readouterr().out) == {"UnrecordedCapturesSettled": 1, "ShipsToConfirm": 1}
-    errors = {r.order_id: r for r in caplog.records if r.levelname == "ERROR" and getattr(r, "order_id", None)}
-    assert errors[order_id("z")].getMessage() == "capture left by a ship or a settlement not settled"
-    assert isinstance(errors[order_id("z")].exc_info[1], PaymentRefused)
-    assert "confirm whether the parcel left" in errors[order_id("x")].getMessage()
+    assert emitted(capsys.readouterr().out) == {"CarrierBookingsSettled": 1}
+    after = services.order_repository.get(order.id)
+    assert not after.owes_carrier_work() and after.status is OrderStatus.CANCELLED
+    _, history = services.order_repository.history(order.id)
+    assert [entry.type for entry in history][-1] == "carrier_booking_cancelled"
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert "refund_key" not in item and "refund_since" not in item

@@ -377,3 +377,25 @@ def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(stack
     assert (entry["detail"]["return_id"], entry["detail"]["code"]) == (rma, "insufficient_stock")
     assert not [e for e in history if e["type"] in ("return_stuck", "exchange_placed")]
     assert {o["id"] for o in api.get("/orders?limit=100").json()["items"]} == orders_before
+
+
+def test_an_exchange_whose_product_lost_its_price_is_refunded_instead(stack: EmbeddedStack, api: Api, network):
+    # Repriced in euros only after the return was accepted: no replacement can ever be priced in
+    # dollars, so the workflow ends refunded (not return_stuck, with neither the item nor the money).
+    order_id, _ = delivered_order(stack, api, network)
+    cap = Catalog(api).product("4.00")
+    Catalog(api).stock(cap, network["west"], 5)
+    rma = an_exchange(api, order_id, cap)
+    repriced = api.put(f"/products/{cap}", json={"name": "Cap", "price": {"amount": "4.00", "currency": "EUR"}})
+    assert repriced.status_code == 200, repriced.text
+
+    receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert run["status"] == "SUCCEEDED" and run["states"] == HAPPY_PATH
+    item = api.get(f"/returns/{rma}").json()
+    assert (item["status"], item["exchange_order_id"], item["exchange_not_placed"]) == ("refunded", None, "no_price")
+    history = api.get(f"/orders/{order_id}/history").json()["items"]
+    (entry,) = [e for e in history if e["type"] == "exchange_not_placed"]
+    assert (entry["detail"]["return_id"], entry["detail"]["code"]) == (rma, "no_price")
+    assert not [e for e in history if e["type"] in ("return_stuck", "exchange_placed")]

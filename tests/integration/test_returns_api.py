@@ -177,6 +177,20 @@ def test_receiving_more_than_authorized_is_422(api: InProcessApi):
     assert api.get(f"/returns/{rma['id']}").json()["status"] == "authorized"
 
 
+def test_a_line_repeated_in_a_request_or_a_receipt_is_422_naming_the_repeating_entry(api: InProcessApi):
+    order, _, warehouse = an_order(api, 3)
+    twice = {"lines": [*return_body(1)["lines"], *return_body(1)["lines"]]}
+
+    refused = assert_error(api.post(f"/orders/{order['id']}/returns", json=twice), 422, "validation_error")
+
+    assert [d["field"] for d in refused["details"]] == ["lines[1].line_id"]
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(2)).json()
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}] * 2}
+    refused = assert_error(api.post(f"/returns/{rma['id']}/receive", json=receipt), 422, "validation_error")
+    assert [d["field"] for d in refused["details"]] == ["lines[1].condition"]
+    assert "lines[0]" in refused["details"][0]["message"]
+
+
 def test_returns_are_listed_by_order_and_status_and_hidden_from_other_channels(api: InProcessApi):
     order, _, _ = an_order(api, 2)
     rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()

@@ -224,7 +224,9 @@ def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_auth
     for sku, location_id, on_hand in STOCK:
         assert world.level(sku, location_id) == (on_hand, 0, on_hand)
     # The cancel is recorded first; the payment says voided only in the write after the gateway's yes.
-    cancel, void = world.history(order.id)[-2:]
+    # Then its two parcels' carrier bookings, which no parcel will use, are cancelled.
+    cancel, void, *bookings = world.history(order.id)[-4:]
+    assert [booking.type for booking in bookings] == ["carrier_booking_cancelled"] * 2
     assert (cancel.type, cancel.from_status, cancel.to_status, cancel.actor, cancel.detail) == (
         "cancelled", S.ALLOCATED, S.CANCELLED, "key_web", {"reason": "changed my mind"},
     )  # fmt: skip
@@ -233,14 +235,14 @@ def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_auth
         "authorization": order.payment.authorization,
         "reference": reference(VOID, f"{order.payment.authorization}:void"),
     }
-    assert cancelled.version == order.version + 2
+    assert cancelled.version == order.version + 4
 
     again = world.actions.cancel(order.id, "really", actor="key_web")
 
     assert again == cancelled
     assert again.version == cancelled.version
     assert world.spy.voided == [order.payment.authorization]
-    assert world.history(order.id)[-1] == void
+    assert world.history(order.id)[-1] == bookings[-1]  # nothing more written, nor asked of the carrier
 
 
 def test_a_cancel_whose_view_of_the_network_predates_a_new_location_releases_what_the_order_holds_there(world):

@@ -172,16 +172,17 @@ def test_an_allocated_order_edited_past_the_review_threshold_is_held_in_the_same
 
     edited = world.actions.edit(order.id, order.version, six, actor="key_web")
 
-    # Three versions: the request for the new total's authorization, the edit held, the old
-    # authorization's void.
+    # Four versions: the request for the new total's authorization, the edit held, the withdrawn
+    # parcel's booking cancelled with the carrier, the old authorization's void.
     assert (edited.status, edited.version, edited.allocations, edited.shipments) == (
-        S.ON_HOLD, order.version + 3, [], [],
+        S.ON_HOLD, order.version + 4, [], [],
     )  # fmt: skip
     assert (edited.hold.reason, edited.hold.resume_to) == ("fraud_review", S.AUTHORIZED)
     assert edited.payment.authorized == edited.totals.grand_total  # authorized for it, nothing captured
     assert world.order(order.id) == edited
-    # The old authorization is voided after the write (its entry follows).
-    edit_entry, on_hold = world.history(order.id)[-3:-1]
+    # The withdrawn parcel's booking is cancelled, then the old authorization voided, after the write.
+    edit_entry, on_hold, booking = world.history(order.id)[-4:-1]
+    assert booking.type == "carrier_booking_cancelled"
     assert (edit_entry.type, edit_entry.from_status, edit_entry.to_status) == ("edited", S.ALLOCATED, S.AUTHORIZED)
     assert (on_hold.type, on_hold.from_status, on_hold.to_status, on_hold.actor) == (
         "on_hold", S.AUTHORIZED, S.ON_HOLD, "review_rules",
@@ -566,10 +567,11 @@ def test_a_held_allocated_order_gets_its_address_fixed_and_is_sourced_again_once
     assert edited.shipping_address.city == "Portland"
     with pytest.raises(OrderHeld):
         world.workflow.reserve_stock(order.id)  # nothing is sourced while it is held
-    entry = world.history(order.id)[-1]
+    entry, booking = world.history(order.id)[-2:]  # the edit, then its withdrawn parcel's booking cancelled
     assert (entry.type, entry.actor, entry.detail["released"]) == (
         "edited", "key_ops", [a.model_dump() for a in order.allocations],
     )  # fmt: skip
+    assert booking.type == "carrier_booking_cancelled"
 
     released = release(world, order.id)
 
@@ -606,11 +608,12 @@ def test_units_of_a_held_allocated_order_are_cancelled_on_hold_and_their_stock_r
     assert [(line.quantity, line.cancelled_quantity) for line in done.lines] == [(2, 1), (1, 0)]
     assert sum(a.quantity for a in done.allocations if a.line_id == "L1") == 2
     assert sum(world.held_for(order.id).values()) == 3  # two mugs and the T-shirt
-    # Two versions: the cancel, then the shrunk parcel's new label (shipment_relabelled).
-    assert done.version == held.version + 2
-    entry, relabelled = world.history(order.id)[-2:]
+    # Three versions: the cancel, the shrunk parcel's new label (shipment_relabelled), then its
+    # first booking cancelled with the carrier.
+    assert done.version == held.version + 3
+    entry, relabelled, booking = world.history(order.id)[-3:]
     assert (entry.type, entry.actor, entry.detail["lines"]) == ("units_cancelled", "key_ops", {"L1": 1})
-    assert relabelled.type == "shipment_relabelled"
+    assert (relabelled.type, booking.type) == ("shipment_relabelled", "carrier_booking_cancelled")
     assert world.spy.captured == []
 
     released = release(world, order.id)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import model_validator
 
 from core import hookimpl
-from core.errors import PluginError, TransientError
+from core.errors import PaymentRefused, PluginError, TransientError
 from core.hook_calls import call_hook
 from core.models import Allocation
 from core.money import Money
@@ -51,6 +51,9 @@ def call(hook: str, plugin: object, name: str = "sloppy"):
     return call_hook(getattr(plugins.hook, hook), **HOOK_ARGUMENTS[hook])
 
 
+HOSTED = "https://carrier.example/labels/1"
+
+
 def float_money() -> Money:
     return Money.model_construct(amount=0.1, currency="USD")
 
@@ -85,6 +88,24 @@ MALFORMED = [
         CarrierShipment.model_construct(carrier="c", service="s", tracking_number="T1234", label="%PDF"),
         "is str, expected bytes",
     ),
+    # What reaches the customer's shipped notification: a replaced character would be a wrong number.
+    (
+        "oms_carrier_create_shipment",
+        CarrierShipment.model_construct(carrier="c", service="s", tracking_number="1Z99\u202e0421", label_url=HOSTED),
+        "tracking_number: .*bidi override",
+    ),
+    (
+        "oms_carrier_create_shipment",
+        CarrierShipment.model_construct(carrier="UPS\x1b[2J", service="s", tracking_number="T1234", label_url=HOSTED),
+        "carrier: .*control character",
+    ),
+    (
+        "oms_carrier_create_shipment",
+        CarrierShipment.model_construct(
+            carrier="c", service="Ground\r\nBcc: x", tracking_number="T1234", label_url=HOSTED
+        ),
+        "service: .*control character",
+    ),
 ]
 
 
@@ -104,6 +125,14 @@ def test_a_well_formed_answer_comes_back_validated_and_quantized():
     answer = call("oms_unit_price", answering("oms_unit_price", unrounded))
 
     assert str(answer.amount) == "2.50"
+
+
+def test_a_quotes_description_is_kept_with_controls_and_bidi_overrides_made_visible():
+    quote = ShippingQuote.model_construct(method="express", amount=usd("5.00"), description="Next day\x1b[31m\u202e\n2")
+
+    (answer,) = call("oms_shipping_quotes", answering("oms_shipping_quotes", [quote]))
+
+    assert answer.description == "Next day\ufffd[31m\ufffd\n2"
 
 
 def test_the_plugin_that_answered_is_named_among_several():
@@ -203,6 +232,17 @@ def test_payments_refuse_a_malformed_gateway_answer_naming_the_gateway():
 
     with pytest.raises(PluginError, match="plugin gateway returned a malformed PaymentResult: reference"):
         Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+
+
+def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_bidi_overrides_made_visible():
+    plugins = build_plugin_manager(load_entry_points=False)
+    refusal = PaymentResult.model_construct(outcome="declined", reference="r1", message="Do not honor\x1b[2J\u202e\x00")
+    plugins.register(answering("oms_payment_capture", refusal), name="gateway")
+
+    with pytest.raises(PaymentRefused) as refused:
+        Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+
+    assert refused.value.message.endswith("Do not honor\ufffd[2J\ufffd\ufffd")
 
 
 def test_an_answer_whose_own_validation_breaks_is_a_plugin_error():

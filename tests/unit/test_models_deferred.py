@@ -1,5 +1,5 @@
-"""Every model of core/ and of the API's schemas is built on first use (defer_build): a function pays only for the
-models it uses."""
+"""Every model of core/, of the API's schemas and of the built-in plugins is built on first use (defer_build): a
+function pays only for the models it uses."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import core
+import plugins
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 CORE = [info.name for info in pkgutil.iter_modules(core.__path__, "core.")]
+BUILT_IN_PLUGINS = [info.name for info in pkgutil.iter_modules(plugins.__path__, "plugins.") if not info.ispkg]
 
 
 def _models(modules: list[str]) -> list[type[BaseModel]]:
@@ -40,6 +42,15 @@ def test_every_model_of_core_and_of_the_api_schemas_defers_its_build():
     models = _models([*CORE, "functions.api.schemas"])
 
     assert len(models) > 100  # the walk found them: core/ holds well over a hundred models
+    assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
+
+
+def test_every_model_of_the_built_in_plugins_defers_its_build():
+    # Every function loads every plugin: a model built at import (a data file's schema, a carrier's
+    # webhook) would cost each new container of every function, used or not.
+    models = _models(BUILT_IN_PLUGINS)
+
+    assert {"PromotionsFile", "GeoCentroids", "TaxTable", "TrackingWebhook"} <= {model.__qualname__ for model in models}
     assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
 
 

@@ -176,6 +176,24 @@ def test_without_a_sending_plugin_the_notification_is_recorded_as_sent_nowhere()
     assert recorded.sent_via == [] and recorded.sent_at == NOW
 
 
+class Terminal:
+    """A sender whose answer names its way with escape sequences, a bidi override, and at length."""
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str]:
+        return ["sms\x1b[2J\u202e", "x" * 100_000]
+
+
+def test_the_ways_a_plugin_names_are_recorded_with_controls_made_visible_and_at_most_60_characters():
+    # Shown to operators by GET /orders/{id}/notifications, and a whole answer was one stored item.
+    store = MemoryStore()
+
+    Notifier(store, hook_with(Terminal()), lambda: NOW).notify(*a_shipped_change())
+
+    (recorded,) = store.items.values()
+    assert recorded.sent_via == ["sms\ufffd[2J\ufffd", "x" * 60]
+
+
 def test_a_failing_plugin_leaves_it_recorded_unsent_and_a_redelivery_sends_it():
     store, mailer = MemoryStore(), Mailer(fail=True)
     notifier = Notifier(store, hook_with(mailer), lambda: NOW)

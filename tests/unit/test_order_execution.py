@@ -335,10 +335,11 @@ def test_a_rejected_shipment_is_sourced_again_from_another_location(world):
     assert rejected.excluded_locations == ["wh-west"]
     assert "excluded_locations" not in rejected.model_dump()  # the system's own, never shown
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
-    entry = world.history(order.id)[-1]
+    entry, booking = world.history(order.id)[-2:]  # then the rejected parcel's booking is cancelled
     assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
         "shipment_rejected", S.ALLOCATED, S.AUTHORIZED, "key_store",
     )  # fmt: skip
+    assert (booking.type, booking.detail["shipment_id"]) == ("carrier_booking_cancelled", shipment.id)
     assert {k: entry.detail[k] for k in ("shipment_id", "location_id", "reason")} == {
         "shipment_id": shipment.id, "location_id": "wh-west", "reason": "damaged stock",
     }  # fmt: skip
@@ -363,7 +364,7 @@ def test_a_held_orders_shipment_is_rejected_and_the_release_sources_it_again(wor
     assert rejected.hold is not None and rejected.hold.reason == "address_review"
     assert rejected.excluded_locations == ["wh-west"]
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
-    assert world.history(order.id)[-1].type == "shipment_rejected"
+    assert [h.type for h in world.history(order.id)][-2:] == ["shipment_rejected", "carrier_booking_cancelled"]
     with pytest.raises(OrderHeld):
         world.workflow.reserve_stock(order.id)
 
@@ -639,8 +640,8 @@ def test_a_ship_that_loses_to_a_reject_refunds_its_capture(world, monkeypatch):
     current = world.order(order.id)
     assert (current.status, current.payment.captured.amount) == (S.AUTHORIZED, 0)
     assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "capture_withdrawn", "payment_capture_reversed", "shipment_rejected",
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "allocated", "capture_withdrawn", "payment_capture_reversed", "shipment_rejected", "carrier_booking_cancelled",
     ]  # fmt: skip
     assert current.captures_requested == []
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)

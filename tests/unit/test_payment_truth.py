@@ -6,11 +6,12 @@ fails transiently and then answers, keeps failing, and times out; then the races
 from __future__ import annotations
 
 import json
+import logging
 from decimal import Decimal
 
 import pytest
 
-from core import payment_keys
+from core import hookimpl, payment_keys
 from core.errors import (
     Conflict,
     InvalidTransition,
@@ -165,11 +166,11 @@ def test_void_at_cancel(world, script, failed, ends):
     if ends == "done":
         assert cancelled.payment.status is P.VOIDED
         assert world.spy.voided == [authorization]
-        assert [h.type for h in world.history(order.id)][-1] == "payment_voided"
+        assert [h.type for h in world.history(order.id)][-2:] == ["payment_voided", "carrier_booking_cancelled"]
     else:
         assert cancelled.payment.status is P.AUTHORIZED  # honestly not released
         assert world.spy.voided == []
-        assert [h.type for h in world.history(order.id)][-1] == "payment_void_failed"
+        assert [h.type for h in world.history(order.id)][-2:] == ["payment_void_failed", "carrier_booking_cancelled"]
     assert failures(world, order.id) == [("payment_void_failed", "void", kind, n) for kind, n in failed]
     assert set(world.gateway.keys("void")) == {payment_keys.void(authorization)}
 
@@ -482,10 +483,10 @@ def test_a_capture_whose_record_loses_to_a_cancel_is_refunded_and_the_ship_refus
     assert [(amount, key) for _, amount, key in world.spy.refunded] == [
         (order.totals.grand_total, payment_keys.refund(order.id, shipment.id))
     ]
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "cancelled", "payment_capture_reversed", "payment_voided",
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "allocated", "cancelled", "payment_capture_reversed", "payment_voided", "carrier_booking_cancelled",
     ]  # fmt: skip
-    reversed_ = world.history(order.id)[-2]
+    reversed_ = world.history(order.id)[-3]
     assert reversed_.detail["shipment_id"] == shipment.id
     assert reversed_.detail["capture_reference"] and reversed_.detail["refund_reference"]
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)  # released by the cancel, never shipped
@@ -617,8 +618,8 @@ def test_a_cancel_after_a_ship_died_refunds_the_capture_before_voiding(world, mo
         (order.totals.grand_total, payment_keys.capture_reversal(order.id, shipment_id))
     ]
     assert world.spy.voided == [order.payment.authorization]
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "cancelled", "payment_capture_reversed", "payment_voided",
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "allocated", "cancelled", "payment_capture_reversed", "payment_voided", "carrier_booking_cancelled",
     ]  # fmt: skip
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
 
@@ -644,8 +645,8 @@ def test_an_order_whose_ship_died_cannot_be_edited_and_a_reject_refunds_the_capt
 
     assert (rejected.status, rejected.captures_requested, rejected.payment.captured.amount) == (S.AUTHORIZED, [], 0)
     assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "capture_withdrawn", "payment_capture_reversed", "shipment_rejected",
+    assert [h.type for h in world.history(order.id)][-5:] == [
+        "allocated", "capture_withdrawn", "payment_capture_reversed", "shipment_rejected", "carrier_booking_cancelled",
     ]  # fmt: skip
 
 
@@ -679,7 +680,9 @@ def test_a_capture_the_gateway_refuses_when_asked_again_was_never_made_and_the_v
     assert (cancelled.payment.status, cancelled.captures_requested) == (P.VOIDED, [])
     assert world.spy.refunded == []
     types = [h.type for h in world.history(order.id)]
-    assert types[-4:] == ["cancelled", "payment_capture_failed", "capture_not_made", "payment_voided"]
+    assert types[-5:] == [
+        "cancelled", "payment_capture_failed", "capture_not_made", "payment_voided", "carrier_booking_cancelled",
+    ]  # fmt: skip
 
 
 def test_a_cancel_whose_refund_cannot_be_made_now_leaves_the_authorization_until_it_is_repeated(world, monkeypatch):
@@ -887,6 +890,29 @@ def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_once_the
     assert entry.detail["reason"] == "replaced by the authorization of the edited total"
 
 
+def test_a_replaced_authorization_whose_void_is_refused_stops_no_other_void(world):
+    # Two edits grew the order while the gateway refused every void: two replaced authorizations.
+    # The first one's void stays refused; the second and the order's own are still released.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    first = world.order(order_id).payment.authorization
+    world.gateway.script("void", "refuse")
+    second = grow(world, order_id).payment.authorization
+    seven = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=7)])
+    edited = world.actions.edit(order_id, world.order(order_id).version, seven, "key_web")
+    assert json.loads(edited.stored_json())["replaced_authorizations"] == [first, second]
+    tried = [h.detail["authorization"] for h in world.history(order_id)[-2:] if h.type == "payment_void_failed"]
+    assert tried == [first, second]  # each tried
+    world.gateway.script("void", "refuse", "approve")
+
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    assert world.spy.voided == [second, edited.payment.authorization]
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.VOIDED)
+    assert json.loads(world.order(order_id).stored_json())["replaced_authorizations"] == [first]
+    assert failures(world, order_id)[-1] == ("payment_void_failed", "void", "refused", 1)
+
+
 def test_an_edit_returns_the_order_as_its_replaced_authorization_void_left_it(world):
     # The edit's answer is the latest version (the void of the replaced authorization is a write of
     # its own), so its version is what the next If-Match names.
@@ -897,3 +923,108 @@ def test_an_edit_returns_the_order_as_its_replaced_authorization_void_left_it(wo
 
     assert edited == world.order(order_id) and edited.replaced_authorizations == []
     assert world.actions.edit(order_id, edited.version, OrderEdit(shipping_method="express"), "key_web")
+
+
+# --- The payment plugin of a method in use, removed -----------------------------------------------
+
+
+class Removed:
+    """Once `gone`, no payment plugin answers for any method: the plugin of the orders' method was
+    taken out of the deployment while they still use it."""
+
+    gone = False
+
+    def _answer(self, result):
+        return None if self.gone else result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self):
+        return self._answer((yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self):
+        return self._answer((yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self):
+        return self._answer((yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self):
+        return self._answer((yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_find_authorization(self):
+        return self._answer((yield))
+
+
+def removed_errors(caplog: pytest.LogCaptureFixture, order_id: str, operation: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "core.payments" and r.levelname == "ERROR"
+            and (r.order_id, r.payment_method, r.operation) == (order_id, "test", operation)]  # fmt: skip
+
+
+def test_a_cancel_whose_payment_plugin_was_removed_is_a_refused_void_recorded_and_logged(caplog):
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = world.allocated(("TSHIRT", 2))
+    removed.gone = True
+
+    with caplog.at_level("ERROR", logger="core.payments"):
+        cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert cancelled == world.order(order.id)
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.AUTHORIZED)  # honestly not released
+    assert world.held() == {}
+    assert failures(world, order.id) == [("payment_void_failed", "void", "refused", 1)]
+    assert "no payment plugin takes method 'test'" in world.history(order.id)[-1].detail["message"]
+    assert removed_errors(caplog, order.id, "void")
+
+
+def test_a_pending_cancel_whose_payment_plugin_was_removed_still_cancels(caplog):
+    # Its authorization's answer was lost: the cancel would ask the gateway again under its key.
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    world.gateway.script("authorize", "timeout", "approve")
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    removed.gone = True
+
+    with caplog.at_level("ERROR", logger="core.payments"):
+        cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.PENDING)
+    assert failures(world, order_id)[-1] == ("payment_authorization_failed", "authorize", "refused", 1)
+    assert removed_errors(caplog, order_id, "authorize")
+
+
+def test_a_ship_whose_payment_plugin_was_removed_is_a_refused_capture(caplog):
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    removed.gone = True
+
+    with caplog.at_level("ERROR", logger="core.payments"), pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    stored = world.order(order.id)
+    assert stored.shipments[0].status is ShipmentStatus.PENDING
+    assert stored.payment.captured == usd("0.00")
+    assert failures(world, order.id) == [("payment_capture_failed", "capture", "refused", 1)]
+    assert removed_errors(caplog, order.id, "capture")
+
+
+def test_a_refund_whose_payment_plugin_was_removed_is_recorded_failed(caplog):
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = shipped_order(world)
+    removed.gone = True
+
+    with caplog.at_level("ERROR", logger="core.payments"):
+        failed = refund(world, order.id, "k1", usd("5.00"))
+
+    assert failed.status == "failed"
+    assert world.order(order.id).payment.refunded == usd("0.00")
+    assert failures(world, order.id) == [("payment_refund_failed", "refund", "refused", 1)]
+    assert removed_errors(caplog, order.id, "refund")

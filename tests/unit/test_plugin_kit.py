@@ -171,8 +171,9 @@ def test_a_retry_with_the_same_key_gets_the_same_reference():
     assert first.reference == again.reference != other.reference
 
 
-def test_a_method_no_plugin_takes_is_a_plugin_error():
-    with pytest.raises(PluginError, match="no payment plugin answered"):
+def test_a_method_no_plugin_takes_is_refused():
+    # As for an order whose payment plugin was removed: nothing is made (core.payments._answered).
+    with pytest.raises(PaymentRefused, match="no payment plugin takes method 'acme_pay'"):
         plugin_host(RecordingGateway()).authorize("acme_pay", "tok", money("1.00"))
 
 

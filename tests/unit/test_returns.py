@@ -27,10 +27,11 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.refund_service import RefundService
-from core.return_models import ReceiveReturn, RequestReturn, ReturnPolicyDecision
+from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
+from plugins import test_payments
 from tests.builders import NOW, product
 from tests.fakes import FakeReturns, ScriptedGateway
 from tests.unit.world import World, before_the_next_write, build_world
@@ -182,6 +183,26 @@ def test_after_the_window_the_built_in_policy_refuses_with_return_window_closed(
         returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
 
     assert refused.value.code == "return_window_closed"
+    assert store.returns == {}
+
+
+class EscapingRefusal:
+    """A policy whose refusal quotes what the shop's service said, terminal escapes and a bidi override included."""
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self, order: Order) -> ReturnPolicyDecision:
+        return ReturnPolicyDecision.model_construct(allowed=False, code="final_sale", message="Final sale\x1b[2J\u202e")
+
+
+def test_a_policys_refusal_reaches_the_client_with_controls_and_bidi_overrides_made_visible(world, clock):
+    # Refusing the message would turn the policy's 422 into a 500; it is made safe as a rule's note is.
+    returns, store = returns_for(world, clock, EscapingRefusal())
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert (refused.value.code, refused.value.message) == ("final_sale", "Final sale\ufffd[2J\ufffd")
     assert store.returns == {}
 
 
@@ -608,6 +629,24 @@ def test_an_exchange_whose_shipping_method_ended_after_the_request_ships_the_sho
     replacement = world.order(settled.exchange_order_id or "")
     assert (replacement.shipping_method, replacement.exchange_of) == ("standard", item.id)
     assert settled.status is ReturnStatus.REFUNDED
+
+
+def test_an_exchange_of_an_order_whose_shipping_method_ended_is_taken_and_ships_the_shops_default_way(clock):
+    # The return request has no shipping method to change: refusing it (unknown_shipping_method)
+    # left the customer no exchange at all, where the receipt would ship the replacement anyway.
+    courier = ExpressWhileOffered()
+    world = build_world(STOCK, courier)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), shipping_method="courier")
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    courier.offered = False
+
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert world.order(settled.exchange_order_id or "").shipping_method == "standard"
 
 
 def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothing(world, clock):
@@ -1059,6 +1098,8 @@ def test_an_exchange_given_up_never_takes_a_replacement_nor_one_placed_is_given_
     with pytest.raises(InvalidTransition):
         given_up.with_exchange_order("ord_x", at=clock.now)
     with pytest.raises(InvalidTransition):
+        given_up.placing_exchange(at=clock.now)  # a run that checked after the give-up places nothing
+    with pytest.raises(InvalidTransition):
         placed.without_exchange("insufficient_stock", at=clock.now)
     with pytest.raises(InvalidTransition):
         item.without_exchange("insufficient_stock", at=clock.now)  # not received
@@ -1132,6 +1173,254 @@ def test_an_exchange_refunded_instead_releases_the_shipping_its_credit_claimed(w
     assert paid.refund == refunded_units(order, 1) + order.totals.shipping
     assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
     assert world.order(order.id).payment.refunded == order.totals.grand_total
+
+
+def given_up_and_refunded(world: World, returns: Returns, item_id: str, order: Order, code: str) -> None:
+    """The return settled as a plain return of its units: refunded, its exchange given up for
+    `code` with one `exchange_not_placed` entry on the order, no replacement placed."""
+    placed = set(world.orders.orders)
+
+    settled = returns.settle(item_id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (R.REFUNDED, None, code)
+    assert settled.refund == order.lines[0].total
+    assert set(world.orders.orders) == placed
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.return_id, r.status, r.amount) for r in refunds] == [(item_id, "succeeded", order.lines[0].total)]
+    (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+    assert (entry.detail["return_id"], entry.detail["code"]) == (item_id, code)
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_STUCK]
+    assert returns.exchange(item_id, actor="key_wh") == settled  # a retried step changes nothing
+
+
+def test_an_exchange_whose_product_lost_its_price_in_the_orders_currency_is_refunded_instead(world, clock):
+    # The cap was priced in dollars when the return was accepted; by the time the T-shirt came back
+    # the shop sold it in euros only: no replacement can be priced, so the T-shirt is refunded.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "no_price")
+    (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+    assert entry.detail["details"] == [{"field": "exchange.lines[0].sku", "message": "no price in USD"}]
+
+
+class RetiredWallet:
+    """The `wallet` payment method (the test gateway behind it), which the shop stops offering for
+    new orders (`offered`): the orders paid with it are still captured and refunded."""
+
+    def __init__(self) -> None:
+        self.offered = True
+
+    @hookimpl
+    def oms_payment_methods(self) -> list[str] | None:
+        return ["wallet"] if self.offered else None
+
+    @hookimpl
+    def oms_payment_authorize(self, method: str, token: str, amount: Money, idempotency_key: str, attempt: int):
+        if method == "wallet":
+            return test_payments.oms_payment_authorize("test", token, amount, idempotency_key, attempt)
+        return None
+
+    @hookimpl
+    def oms_payment_find_authorization(self, method: str, idempotency_key: str):
+        return test_payments.oms_payment_find_authorization("test", idempotency_key) if method == "wallet" else None
+
+    @hookimpl
+    def oms_payment_capture(self, method: str, authorization: str, amount: Money, idempotency_key: str):
+        if method == "wallet":
+            return test_payments.oms_payment_capture("test", authorization, amount, idempotency_key)
+        return None
+
+    @hookimpl
+    def oms_payment_refund(self, method: str, authorization: str, amount: Money, idempotency_key: str):
+        if method == "wallet":
+            return test_payments.oms_payment_refund("test", authorization, amount, idempotency_key)
+        return None
+
+
+def shipped_with_wallet(world: World) -> Order:
+    order = world.allocated(("TSHIRT", 1), payment={"method": "wallet", "token": "tok_approve"})
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    return world.order(order.id)
+
+
+def test_an_exchange_whose_payment_method_is_no_longer_taken_is_refunded_instead(clock):
+    # The replacement would be paid like the original, with a method the shop no longer takes for
+    # new orders: capture refuses it (unknown_payment_method) however often it is asked.
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    returns, _ = returns_for(world, clock, wallet)
+    order = shipped_with_wallet(world)
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    wallet.offered = False
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "unknown_payment_method")
+
+
+class SwissPost:
+    """The one shipping service quoting orders in francs, until the shop stops shipping them."""
+
+    offered = True
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft) -> list[ShippingQuote] | None:
+        if not self.offered or draft.currency != "CHF":
+            return None
+        return [ShippingQuote(method="post", amount=Money.of("9.00", draft.currency))]
+
+
+def test_an_exchange_no_shipping_service_quotes_any_more_is_refunded_instead(clock):
+    post = SwissPost()
+    world = build_world([*STOCK, ("SCARF", "wh-west", 5), ("GLOVES", "wh-west", 5)], post)
+    world.catalog.put_product(product("SCARF", "30.00", currency="CHF"))
+    world.catalog.put_product(product("GLOVES", "25.00", currency="CHF"))
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("SCARF", 1), currency="CHF", shipping_method="post")
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    order = world.order(order.id)
+    item = returns.request(order.id, exchange_of("L1", 1, ("GLOVES", 1)), actor="key_cs")
+    post.offered = False  # the shop no longer ships orders in francs
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "no_shipping_method")
+
+
+def test_an_exchange_of_an_order_paid_with_a_method_no_longer_taken_is_422_before_anything_is_sent_back(clock):
+    # As for a replacement with no price: accepted, the customer would send the T-shirt back for a
+    # cap that can never be placed. The units may still come back for the money.
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    returns, store = returns_for(world, clock, wallet)
+    order = shipped_with_wallet(world)
+    wallet.offered = False
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+
+    assert refused.value.code == "unknown_payment_method" and store.returns == {}
+    assert returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs").status is R.AUTHORIZED
+
+
+@pytest.mark.parametrize("closed", ["no pickups", "removed"])
+def test_an_exchange_picked_up_at_a_store_that_no_longer_takes_pickups_is_refunded_instead(clock, closed):
+    # The replacement would wait at the original's pickup store, which stopped taking pickup orders
+    # (or is gone) since the return was accepted: no replacement can be placed there.
+    world = build_world([*STOCK, ("TSHIRT", "store-sf", 5), ("CAP", "store-sf", 5)])
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    order = world.actions.collect(order.id, order.shipments[0].id, actor="key_store")
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+    if closed == "removed":
+        del world.catalog.locations["store-sf"]
+    else:
+        world.catalog.put_location(store.model_copy(update={"pickup": False}))
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "pickup_not_offered")
+
+
+def test_two_exchange_runs_whose_stock_checks_disagree_give_up_without_placing(world, clock, monkeypatch):
+    # Two runs of the Exchange step (a second receipt's execution beside the first): one finds no
+    # cap and gives the exchange up; a cap arrives; the other finds it. The one decision stands:
+    # the T-shirt is refunded and no replacement is placed beside the refund.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    out_of(world, "CAP", "wh-east")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    placed = set(world.orders.orders)
+    real_levels = world.inventory.levels
+    first: list[Return] = []
+    checks: list[bool] = []
+
+    def levels(skus, locations):
+        checks.append(True)
+        if len(checks) == 1:  # the outer run's stock check: the other run checks, and gives up, first
+            first.append(returns.exchange(item.id, actor="key_wh"))
+            world.inventory.adjust("CAP", "wh-east", 5, reason="delivery")
+        return real_levels(skus, locations)
+
+    monkeypatch.setattr(world.inventory, "levels", levels)
+
+    second = returns.exchange(item.id, actor="key_wh")
+
+    assert first[0].exchange_not_placed == "insufficient_stock"
+    assert second == first[0] == returns.get(item.id)
+    assert (second.status, second.exchange_order_id, second.refund) == (R.REFUNDED, None, order.lines[0].total)
+    assert set(world.orders.orders) == placed
+    assert [(r.return_id, r.status) for r in world.order(order.id).payment.refunds] == [(item.id, "succeeded")]
+
+
+def test_an_exchange_run_that_finds_no_stock_after_another_decided_to_place_places_the_same_one(
+    world, clock, monkeypatch
+):
+    # One run found a cap and is placing the replacement when the last cap sells elsewhere and a
+    # second run checks: the first decision stands (one replacement, whose workflow finds the stock
+    # or gives the credit back), rather than the second refunding the units beside it.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    inner: list[Return] = []
+    puts: list[str] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        puts.append(placed.id)
+        if placed.exchange_of == item.id and len(puts) == 1:  # the outer run's put of the replacement
+            out_of(world, "CAP", "wh-east")
+            inner.append(returns.exchange(item.id, actor="key_wh"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+
+    outer = returns.exchange(item.id, actor="key_wh")
+
+    replacements = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+    assert [o.id for o in replacements] == [outer.exchange_order_id] == [inner[0].exchange_order_id]
+    assert outer == returns.get(item.id) and (outer.status, outer.exchange_not_placed) == (R.REFUNDED, None)
+    credit = replacements[0].exchange_credit
+    assert credit == order.lines[0].total
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.return_id, r.amount) for r in refunds] == [(item.id, credit - replacements[0].totals.grand_total)]
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+
+
+def test_an_exchange_decided_on_whose_external_id_the_channel_takes_before_it_is_placed_is_refunded(
+    world, clock, monkeypatch
+):
+    # Decided on, but the channel placed an order of its own under the replacement's external_id
+    # before the put: none of this return's can ever be placed, so the decision gives way.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    own: list[str] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        if placed.exchange_of == item.id and not own:
+            assert returns.get(item.id).exchange_placing
+            own.append(world.place(("CAP", 1), external_id=f"{order.external_id}-x1"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_order_id) == (R.REFUNDED, None)
+    assert settled.exchange_not_placed == ExchangeIdTaken.code
+    assert [(r.return_id, r.amount) for r in world.order(order.id).payment.refunds] == [(item.id, order.lines[0].total)]
+    assert world.order(own[0]).exchange_of is None
 
 
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):

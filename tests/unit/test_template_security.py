@@ -24,6 +24,7 @@ from functions.adapters.dynamodb import (
     DynamoInventory,
     DynamoLateOrders,
     DynamoOrders,
+    DynamoOrdersOwingCarrier,
     DynamoPendingRefunds,
     DynamoReturns,
     DynamoSourcingRules,
@@ -198,8 +199,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             DynamoDuePickups,
             DynamoPendingRefunds,
             DynamoUnsettledAuthorizations,
+            DynamoOrdersOwingCarrier,
         ],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
+        # A parcel due a new label, booked again by the pass (core/carrier_bookings.py).
+        ("LabelsBucket", "s3:PutObject"): [S3Labels],
         # An expired pickup's units are released as a cancel releases them.
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
@@ -353,6 +357,7 @@ def test_object_grants_are_scoped_to_the_prefix_the_code_uses():
     assert scoped == {
         ("ApiFunction", "LabelsBucket"): "labels/*",
         ("CreateShipmentsFunction", "LabelsBucket"): "labels/*",
+        ("ReconcilerFunction", "LabelsBucket"): "labels/*",
         ("ImportSplitterFunction", "ImportsBucket"): "incoming/*",
     }
 

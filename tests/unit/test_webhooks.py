@@ -75,6 +75,17 @@ def test_a_host_resolving_to_a_private_loopback_or_link_local_address_is_refused
     assert refused.value.details == [{"field": "url", "message": refused.value.details[0]["message"]}]
 
 
+@pytest.mark.parametrize("path", ["/caf\u00e9", "/a b", "/hook?to=a\x1b[2J", "/\u202ehook", "/h\x7f", "/a\r\nb"])
+def test_a_path_an_http_request_line_cannot_carry_is_refused_naming_the_url(path: str):
+    with pytest.raises(WebhookUrlRefused) as refused:
+        check_url(f"https://hooks.example.com{path}", resolver("93.184.216.34"))
+
+    assert refused.value.details[0]["field"] == "url"
+    assert "percent-encode" in refused.value.message
+    encoded = check_url("https://hooks.example.com/caf%C3%A9?a=b%20c", resolver("93.184.216.34"))
+    assert encoded.path == "/caf%C3%A9?a=b%20c"
+
+
 def test_a_host_that_does_not_resolve_is_refused():
     def fails(host: str, port: int) -> list[str]:
         raise OSError("no such host")
@@ -292,6 +303,20 @@ def test_an_unknown_event_type_is_named_by_its_place_in_events():
     assert "stands alone" in mixed.value.errors()[0]["msg"]
 
 
+def test_a_repeated_or_a_star_among_types_is_named_by_its_place_in_events():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as repeated:
+        NewWebhook.model_validate({"url": "https://a.example/h", "events": ["order.created", "refund.failed",
+                                                                            "order.created"]})  # fmt: skip
+    with pytest.raises(ValidationError) as mixed:
+        NewWebhook.model_validate({"url": "https://a.example/h", "events": ["order.created", "*"]})
+
+    ((loc, msg),) = [(e["loc"], e["msg"]) for e in repeated.value.errors()]
+    assert loc == ("events", 2) and "repeats events[0]" in msg
+    assert [e["loc"] for e in mixed.value.errors()] == [("events", 1)]
+
+
 def test_subscribing_checks_the_url_and_shows_the_secret_once():
     store, queue = FakeStore(), FakeQueue()
     webhooks = Webhooks(store, queue, public, Clock())
@@ -358,6 +383,18 @@ def test_an_attempt_posts_the_stored_body_signed_with_the_contracts_headers():
     shown = store.get_delivery("whk_1", delivery.id)
     assert (shown.status, shown.attempts, shown.last_status_code, shown.next_attempt_at) == ("delivered", 1, 204, None)
     assert queue.sent == []
+
+
+def test_a_subscribers_malformed_answer_is_shown_with_controls_and_bidi_overrides_made_visible():
+    # A status line comes back in the error as the subscriber sent it (http.client's BadStatusLine),
+    # and operators read last_error in GET /webhooks/{id}/deliveries.
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    worker, _ = worker_for(store, FakeSender(SendResult(None, "\x1b[2J\x9b31m ok \u202egnp.exe\r\n")), clock)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+
+    assert store.get_delivery("whk_1", delivery.id).last_error == "\ufffd[2J\ufffd31m ok \ufffdgnp.exe\r\n"
 
 
 def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_the_next_attempt():

@@ -622,8 +622,57 @@ def test_an_authorization_whose_answer_was_lost_is_voided_when_an_edit_makes_the
     assert world.spy.voided == lost.made
 
 
-def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_made_and_is_not_voided():
+def test_a_lost_authorization_the_gateway_never_saw_is_looked_up_at_cancel_not_asked_for_again():
+    # The attempt timed out before it reached the gateway: nothing is held. Asked to authorize again
+    # under its key, the gateway would make a hold now, which the cancel then voids: the customer
+    # would see a fresh temporary hold after cancelling. The payment plugin is asked what it holds.
     world = build_world(STOCK)
+    world.gateway.script("authorize", "timeout", "approve")
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert world.gateway.keys("authorize") == [payment_keys.authorize(order_id, 1)]  # never asked again
+    assert world.spy.authorized == [] and world.spy.voided == []
+    once = world.snapshot(order_id)
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+    assert world.snapshot(order_id) == once
+
+
+def test_an_edit_never_releases_the_key_its_own_version_is_authorized_under(monkeypatch):
+    # The workflow's attempt under the edited version's key times out after the gateway approved,
+    # and is recorded, before the edit (its Lambda slow) releases the keys it left behind: that key
+    # is the order's own, still asked for. Voided, the step's retry would get the same
+    # authorization back under it and record one the gateway had voided.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost)
+    order_id = world.place(("TSHIRT", 2))
+    placed = world.order(order_id)
+    real = world.orders.update
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        real(order, expected, entries)
+        if entries and entries[0].type == "edited":
+            with pytest.raises(TransientError):
+                world.workflow.authorize_payment(order_id, attempt=0)
+
+    monkeypatch.setattr(world.orders, "update", update)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    monkeypatch.undo()
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.authorization) == (S.AUTHORIZED, lost.made[0])
+    assert world.spy.voided == []
+
+
+def test_a_lost_authorization_the_gateway_declines_when_asked_again_was_never_made_and_is_not_voided():
+    # A payment plugin that cannot look authorizations up is asked to authorize again under the key.
+    world = build_world(STOCK, NoLookup())
     world.gateway.script("authorize", "timeout", "refuse")
     order_id = world.place(("TSHIRT", 2))
     with pytest.raises(TransientError):
@@ -788,6 +837,61 @@ def test_a_lookup_the_gateway_cannot_answer_is_asked_again_by_the_cancels_execut
     world.workflow.cancel_after_failure(order_id, error="CancelRecorded", cause="")
     assert world.spy.voided == world.spy.authorized
     assert world.history(order_id)[-1].type == "payment_voided"
+
+
+def test_an_authorization_after_an_edit_releases_what_the_edit_could_not():
+    # The first attempt's answer was lost (the gateway authorized), and the edit that keyed the next
+    # authorization anew could not look the old key up. Once authorized, nothing would ask again.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=3))
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    assert world.spy.voided == []
+
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED
+    assert order.payment.authorization not in lost.made
+    assert world.spy.voided == lost.made
+    voided = [h for h in world.history(order_id) if h.type == "payment_voided"]
+    assert [h.detail["authorization_key"] for h in voided] == [payment_keys.authorize(order_id, 1)]
+
+
+def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gateway():
+    # The first attempt's answer was lost (the gateway authorized), the order was edited while
+    # pending (its next authorization keyed anew) and neither the edit nor the next attempt could
+    # look the old key up; the edited total is then declined. Nothing else will ever settle the
+    # payment_failed order.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=6))
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    assert world.spy.voided == []
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=1)
+
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.PAYMENT_FAILED, "declined")
+    assert world.spy.voided == lost.made
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.detail["authorization_key"]) == (
+        "payment_voided", "workflow", payment_keys.authorize(order_id, 1),
+    )  # fmt: skip
+    once = world.snapshot(order_id)
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
+    assert world.snapshot(order_id) == once
 
 
 def test_an_order_cancelled_before_any_authorization_was_asked_for_asks_for_none():

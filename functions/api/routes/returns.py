@@ -41,10 +41,12 @@ def _shown(item: Return) -> dict:
     "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`. With "
     "an `Idempotency-Key`, a retry returns the first answer instead of a second return. With `exchange.lines` "
     "the replacement order is placed through the capture path once the return is received, paid for first by "
-    "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, and one with no price in "
-    "the order's currency 422 `no_price`, as POST /orders answers them. A replacement that cannot be placed at "
-    "receipt for want of stock (or whose external_id an order of the channel took) is given up: the received "
-    "units are refunded instead and the return shows `exchange_not_placed`.",
+    "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, one with no price in the "
+    "order's currency 422 `no_price`, and one for an order paid with a method the shop no longer takes 422 "
+    "`unknown_payment_method`, as POST /orders answers them. A replacement that cannot be placed at "
+    "receipt (no stock, no price, no shipping, its payment method or pickup store no longer taken, or its "
+    "external_id taken by an order of the channel) is given up: the received units are refunded instead and the "
+    "return shows `exchange_not_placed`.",
     responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
     middlewares=[plugins_loaded],
 )
