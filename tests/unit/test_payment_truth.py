@@ -976,7 +976,8 @@ def test_a_cancel_whose_payment_plugin_was_removed_is_a_refused_void_recorded_an
     assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.AUTHORIZED)  # honestly not released
     assert world.held() == {}
     assert failures(world, order.id) == [("payment_void_failed", "void", "refused", 1)]
-    assert "no payment plugin takes method 'test'" in world.history(order.id)[-1].detail["message"]
+    [failed] = [entry for entry in world.history(order.id) if entry.type == "payment_void_failed"]
+    assert "no payment plugin takes method 'test'" in failed.detail["message"]
     assert removed_errors(caplog, order.id, "void")
 
 
