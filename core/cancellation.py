@@ -49,8 +49,9 @@ class Cancellation:
         void_failures: Recorder = failure_recorder,
     ):
         self._orders = orders
-        # How a failed attempt at a void, or at asking for an edit's authorization again, is
-        # recorded: a pass that asks every few minutes notes an outage once (outage_noted_once).
+        # How a failed attempt at a void, at asking for an edit's authorization again, or at
+        # settling a capture a request left is recorded: a pass that asks every few minutes notes an
+        # outage once (outage_noted_once).
         self._void_failures = void_failures
         # None: an OMS without returns, whose orders are never an exchange's replacement.
         self._credits = credits
@@ -370,8 +371,8 @@ class Cancellation:
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
-            failure_recorder(self._orders, order.id, actor, self._clock, shipment_id=shipment_id,
-                             amount=amount.model_dump(mode="json")),
+            self._void_failures(self._orders, order.id, actor, self._clock, shipment_id=shipment_id,
+                                amount=amount.model_dump(mode="json")),
         )  # fmt: skip
 
     def reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
@@ -390,7 +391,7 @@ class Cancellation:
         refund = self._payments.retried(
             "refund",
             lambda attempt: self._payments.refund(payment.method, authorization, amount, order.id, key),
-            failure_recorder(self._orders, order.id, actor, self._clock, **detail),
+            self._void_failures(self._orders, order.id, actor, self._clock, **detail),
         )
         at = self._clock()
         return modify(
@@ -492,8 +493,8 @@ class Cancellation:
             result = self._payments.retried(
                 "capture",
                 lambda attempt: self._payments.capture(payment.method, authorization, request.amount, order.id, key),
-                failure_recorder(self._orders, order.id, actor, self._clock,
-                                 amount=request.amount.model_dump(mode="json")),
+                self._void_failures(self._orders, order.id, actor, self._clock,
+                                    amount=request.amount.model_dump(mode="json")),
             )  # fmt: skip
         except PaymentRefused as refused:
             self.capture_refused(order.id, None, request, refused, actor)

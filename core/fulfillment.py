@@ -85,9 +85,11 @@ class OrderActions:
         did not give, and the order records that it asks for it before it does
         (Order.request_capture), so a capture the gateway makes is never lost: a ship that dies after
         the gateway answered is repeated under the same key and records it, a cancel, a reject or
-        a cancel of units meanwhile refunds it first (Cancellation.settle_capture_requests), and
-        an edit waits for it (409). A capture that
-        keeps failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused,
+        a cancel of units meanwhile refunds it first (Cancellation.settle_capture_requests), an
+        edit waits for it (409), and on an order nobody ships again the jeopardy scan's handler
+        refunds it once the order is late and holds the order for a person to confirm whether the
+        parcel left (core.capture_sweep). A
+        capture that keeps failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused,
         502) leaves the shipment pending with every failed attempt in the history, and the ship may
         simply be repeated. A capture whose record then loses to a cancel, a hold or a reject is
         refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes

@@ -14,6 +14,13 @@ moment are a superset of those approved before it, and each is judged again (on 
 its own conditional write. Returns requested long ago but approved recently stay at the oldest end
 of that range, so a pass reads on past them (up to `max_reads` per status, its read budget) to
 reach the expired ones behind them.
+
+An order the scan marks late while a capture its ship (or a cancel's settlement) asked the gateway
+for stands unrecorded (Order.captures_requested) is handed on (Scanned.captures_left): that request
+died and nobody repeated it, since the order sat past its deadline, and the scheduled handler
+settles it (core/capture_sweep.py). The scan reads those orders to mark them anyway, so finding
+them costs the typical order nothing: no index entry per shipment. A request younger than
+`captures_after` may belong to a ship under way, so such an order is not marked in that pass.
 """
 
 from __future__ import annotations
@@ -106,6 +113,8 @@ class Scanned:
     marked: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     returns_expired: list[str] = field(default_factory=list)
+    # Of `marked`, those with a capture asked of the gateway and never recorded, by a request over.
+    captures_left: list[str] = field(default_factory=list)
     in_jeopardy: int = 0  # orders marked late now open, after this pass
 
 
@@ -122,6 +131,7 @@ class JeopardyScan:
         unreceived: UnreceivedReturns | None = None,
         expire_return: Callable[[str, datetime, str], bool] | None = None,
         return_expiry: timedelta | None = None,
+        captures_after: timedelta = timedelta(minutes=15),
         limit: int = 100,
         max_reads: int = 1000,
     ):
@@ -134,6 +144,8 @@ class JeopardyScan:
         self._unreceived = unreceived
         self._expire_return = expire_return  # Returns.expire: re-judges and cancels, conditionally
         self._return_expiry = return_expiry
+        # How long an unrecorded capture request stands before its request is surely over.
+        self._captures_after = captures_after
         self._limit = limit
         self._max_reads = max_reads  # returns judged per status and pass, each one read
 
@@ -162,21 +174,29 @@ class JeopardyScan:
         for status in sorted(self._sla):
             deadline = self._sla[status]
             for order_id in self._late.unmarked_since_before(status, now - deadline, self._limit):
-                if self._mark(order_id, status, deadline):
+                marked = self._mark(order_id, status, deadline)
+                if marked is not None:
                     done.marked.append(order_id)
+                    if marked.captures_requested:
+                        done.captures_left.append(order_id)
         done.in_jeopardy = self._late.count_in_jeopardy()
         return done
 
-    def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> bool:
+    def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
+        """The order as marked; None when it is not (not late, or it kept changing)."""
         at = self._clock()
         marked = False
 
         def decide(order: Order):
             nonlocal marked
             # Judged again on the order itself: it may have moved on, or been marked by a
-            # concurrent scan, since the index was read.
+            # concurrent scan, since the index was read. One whose capture request is young may
+            # have its ship under way: the next pass judges it, that request recorded or over.
             since = order.deadline_counts_from
-            marked = order.status is status and order.jeopardy is None and since + deadline <= at
+            marked = (
+                order.status is status and order.jeopardy is None and since + deadline <= at
+                and not (order.captures_requested and order.last_changed > at - self._captures_after)
+            )  # fmt: skip
             if not marked:
                 return None
             reason = f"{status} for longer than {format_duration(deadline)}"
@@ -185,10 +205,10 @@ class JeopardyScan:
             return order.mark_jeopardy(reason, since + deadline, at=at, actor=SCAN_ACTOR)
 
         try:
-            modify(self._orders, order_id, decide)
+            order = modify(self._orders, order_id, decide)
         except StaleVersion:
-            return False  # it kept changing: the next pass judges it again
-        return marked
+            return None  # it kept changing: the next pass judges it again
+        return order if marked else None
 
     def _expire(self, order_id: str, held_before: datetime) -> bool:
         at = self._clock()

@@ -1150,7 +1150,8 @@ class Order(BaseModel, defer_build=True):
     bookings_to_cancel: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
-    # voided. The system's own: stored, never shown.
+    # voided; on an order nobody ships or cancels again the jeopardy scan finds it once the order is
+    # late, and it is settled (core.capture_sweep). The system's own: stored, never shown.
     captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
     # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
     # system's own: stored, never shown.
@@ -1960,6 +1961,18 @@ class Order(BaseModel, defer_build=True):
         return self.hold_for(
             "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True}
         )
+
+    def hold_unfinished_ships(self, shipment_ids: list[str], *, at: datetime, actor: str) -> Change:
+        """The ships of `shipment_ids` asked for their captures and never finished (their requests
+        died, and nobody shipped again): on hold for a person to confirm whether each parcel left,
+        which nothing the order holds can say. The jeopardy scan's handler gives those captures back
+        (core/capture_sweep.py), so a parcel that left is shipped again after the release."""
+        shipments = ", ".join(shipment_ids)
+        note = (
+            f"a ship (or collect) of {shipments} died after asking for its capture, which is refunded: confirm "
+            "whether the parcel left; if it did, release the order and ship (or collect) it again"
+        )
+        return self.hold_for("other", note[:500], at=at, actor=actor, detail={"shipment_ids": list(shipment_ids)})
 
     def mark_jeopardy(self, reason: str, since: datetime, *, at: datetime, actor: str) -> Change:
         """Late for its current status (the scan found it past its deadline `since`)."""

@@ -52,6 +52,7 @@ from functions.warm import Warm, forget_warm_containers
 if TYPE_CHECKING:
     from core.aggregates import Aggregates, AggregateStore
     from core.authorization_sweep import UnsettledAuthorizationSweep
+    from core.capture_sweep import UnrecordedCaptureSweep
     from core.carrier_bookings import CarrierWorkSweep
     from core.exchange_credit import ExchangeCredits
     from core.fulfillment import OrderActions
@@ -496,6 +497,27 @@ class Container:
         )
 
     @cached_property
+    def capture_sweep(self) -> UnrecordedCaptureSweep:
+        """The jeopardy scan's hand-on: settle the captures ships (or settlements) asked for and never
+        recorded on orders nobody ships again, found late by the scan (Scanned.captures_left). Taken
+        once `ReconcileAfterMinutes` (at least 6) have passed since the order last changed: the ship
+        that wrote a request runs in the API function, whose timeout (10 s) has ended it long before."""
+        from core.cancellation import Cancellation
+        from core.capture_sweep import UnrecordedCaptureSweep
+        from core.order_changes import outage_noted_once
+
+        cancellation = Cancellation(
+            self.order_repository, self.catalog_repository, self.inventory_repository, self.payments, self.clock,
+            self.exchange_credits, void_failures=outage_noted_once,
+        )  # fmt: skip
+        return UnrecordedCaptureSweep(
+            self.order_repository,
+            cancellation,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )
+
+    @cached_property
     def carrier_work_sweep(self) -> CarrierWorkSweep:
         """The reconciler's sixth job: what carriers are still owed (a parcel due a new label, a
         given-up booking to cancel)."""
@@ -548,6 +570,7 @@ class Container:
             ),
             expire_return=self.returns.expire if expires_returns else None,
             return_expiry=timedelta(days=config.return_expiry_days) if expires_returns else None,
+            captures_after=timedelta(minutes=config.reconcile_after_minutes),
         )
 
     @cached_property

@@ -1,6 +1,8 @@
 """Scheduled jeopardy scan: marks orders past the deadline of their status (OMS_SLA), cancels
 holds older than OMS_HOLD_EXPIRY_DAYS (not while a plugin failed to load) and returns not received
-within OMS_RETURN_EXPIRY_DAYS (core/jeopardy.py); counts the late orders for the alarm."""
+within OMS_RETURN_EXPIRY_DAYS (core/jeopardy.py); counts the late orders for the alarm. Of the
+orders it marks, it settles the captures their ships asked for and never recorded, holding those
+orders for a person to confirm whether the parcel left (core/capture_sweep.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core.capture_sweep import CapturesNotSettled, CapturesSettled
+from core.jeopardy import SCAN_ACTOR
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 
@@ -41,9 +45,37 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="HoldsExpired", unit=MetricUnit.Count, value=len(done.expired))
     if done.returns_expired:
         metrics.add_metric(name="ReturnsExpired", unit=MetricUnit.Count, value=len(done.returns_expired))
+    captures, failed = CapturesSettled(settled=[], held=[], unconfirmed=[]), None
+    if done.captures_left:
+        try:
+            captures = container().capture_sweep.run(done.captures_left, SCAN_ACTOR)
+        except CapturesNotSettled as error:
+            captures, failed = error.done, error
+    for order_id in captures.settled:
+        logger.warning("capture left by a ship or a settlement settled", extra={"order_id": order_id})
+    for order_id in captures.held:
+        logger.warning("order held: a ship died after asking for its capture; confirm whether the parcel left",
+                       extra={"order_id": order_id})  # fmt: skip
+    for order_id in captures.unconfirmed:
+        # Partly shipped, so it cannot be held: only this line (and the metric) calls a person.
+        logger.error("a ship died after asking for its capture on an order that cannot be held; "
+                     "confirm whether the parcel left", extra={"order_id": order_id})  # fmt: skip
+    if captures.settled:
+        metrics.add_metric(name="UnrecordedCapturesSettled", unit=MetricUnit.Count, value=len(captures.settled))
+    if captures.held or captures.unconfirmed:
+        metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count,
+                           value=len(captures.held) + len(captures.unconfirmed))  # fmt: skip
+    if failed is not None:
+        for order_id, failure in failed.failed.items():
+            logger.error("capture left by a ship or a settlement not settled", extra={"order_id": order_id},
+                         exc_info=failure)  # fmt: skip
+        raise failed  # the pass did the rest; the errors alarm calls a person for these
     return {
         "marked": done.marked,
         "expired": done.expired,
         "returns_expired": done.returns_expired,
         "in_jeopardy": done.in_jeopardy,
+        "captures_settled": captures.settled,
+        "ships_held": captures.held,
+        "ships_unconfirmed": captures.unconfirmed,
     }

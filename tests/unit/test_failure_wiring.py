@@ -29,6 +29,16 @@ def test_the_parked_alarm_watches_the_metric_as_powertools_emits_it():
     assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
 
 
+def test_an_alarm_calls_a_person_for_each_ship_the_reconciler_found_dead_after_its_capture():
+    # A partly shipped order cannot be held: without the alarm only a log line would say a person
+    # must confirm whether its parcel left.
+    alarm = _properties("ShipsToConfirmAlarm")
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (variables["POWERTOOLS_METRICS_NAMESPACE"], "ShipsToConfirm")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
+
+
 def test_the_reconciler_runs_every_five_minutes_with_the_thresholds_as_parameters():
     reconciler = _properties("ReconcilerFunction")
     assert reconciler["Handler"] == "functions.reconciler.app.lambda_handler"

@@ -27,6 +27,9 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], don
         "expired": done.expired,
         "returns_expired": done.returns_expired,
         "in_jeopardy": done.in_jeopardy,
+        "captures_settled": [],
+        "ships_held": [],
+        "ships_unconfirmed": [],
     }
     metrics: dict[str, list] = {}
     for line in capsys.readouterr().out.splitlines():

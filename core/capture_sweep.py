@@ -1,0 +1,173 @@
+"""Settle the captures ships asked for and never recorded on orders nobody ships again (the jeopardy
+scan finds them: core/jeopardy.py's Scanned.captures_left)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core.cancellation import Cancellation
+from core.errors import PaymentGatewayUnavailable
+from core.events import OrderEvent
+from core.models import HistoryEntry, Order
+from core.order_changes import modify
+from core.ports import OrderRepository
+from core.status import OrderStatus, can_transition
+
+
+@dataclass(frozen=True)
+class CapturesSettled:
+    """What one pass did, by order id: the orders it left with no capture request (`settled`);
+    those it put on hold because a ship of theirs died after asking for its capture (`held`: a
+    person confirms whether the parcel left); and those where such a ship died on an order that
+    cannot be held (`unconfirmed`: a parcel shipped already, so it is partly shipped), which the
+    caller reports for a person."""
+
+    settled: list[str]
+    held: list[str]
+    unconfirmed: list[str]
+
+
+class CapturesNotSettled(Exception):
+    """An unrecorded capture pass went on past orders it could not settle for a reason other than
+    an unavailable gateway (the gateway refused a refund, a plugin's error): those orders' errors
+    (`failed`, by order id), and what it did all the same (`done`). The caller reports both, then
+    fails, so the errors alarm calls a person."""
+
+    def __init__(self, done: CapturesSettled, failed: dict[str, Exception]):
+        super().__init__(f"the captures of {len(failed)} order(s) could not be settled: {sorted(failed)}")
+        self.done = done
+        self.failed = failed
+
+    @property
+    def held(self) -> list[str]:
+        return self.done.held
+
+
+class UnrecordedCaptureSweep:
+    """Settles a capture a ship, a collect or a settlement asked the gateway for and never recorded
+    (Order.captures_requested), on an order nobody ships, cancels or rejects again: the request
+    died between the gateway's answer and the order's write, and its caller never repeated it. The
+    gateway may have taken the money (the capture request says so) while the order shows it
+    neither captured nor shipped, and nothing else would ever look.
+
+    Each is settled as a cancel or a reject settles it (Cancellation.settle_capture_requests):
+    asked again under its own key, which the gateway answers with the capture it made (or refuses:
+    none was made). A settlement's capture is recorded: it is owed whatever happens next. A
+    shipment's is refunded at once (`capture_withdrawn`, then `payment_capture_reversed`), because
+    nothing says the parcel left: the ship that died may have been told nothing, and recording the
+    shipment shipped would take its units out of stock and close the order on a guess, while
+    recording the money alone would leave a capture that no shipment carries for every later ship,
+    cancel, reject and refund to count. So the order and the gateway agree again (nothing kept),
+    and the order is first put on hold (Order.hold_unfinished_ships, by the pass's actor) for a
+    person to confirm whether the parcel left: released, a parcel that left is shipped again, under
+    a new capture key. An order that cannot be held (partly shipped already) is only settled and
+    reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided).
+
+    Given the orders to look at: those the jeopardy scan marked late with such a request standing
+    (Scanned.captures_left), so finding them costs the typical order nothing. Only a request whose
+    order last changed (a jeopardy mark aside) more than `after` ago is settled: the request is
+    written by its ship, which the API function's timeout ends within seconds, so an older one
+    belongs to a ship that is over (a ship repeated meanwhile that loses to the pass answers 409,
+    its capture refunded once, by key).
+
+    A refund the gateway refused since the order last changed is not asked again: under its key the
+    gateway answers the same. The pass that met the refusal reports it (CapturesNotSettled); the
+    person holding the order settles it. A gateway found unavailable is not asked again in the same
+    pass. Either way the order is held first (when it can be), so the scan finds it again, late for
+    its hold, and hands it on again; the hold's expiry cancels it, which settles it too. Given a
+    Cancellation that records failures with core.order_changes.outage_noted_once (as the handler's
+    is), an outage is in an order's history once, not once per attempt."""
+
+    def __init__(
+        self, orders: OrderRepository, cancellation: Cancellation, clock: Callable[[], datetime], *, after: timedelta
+    ):
+        self._orders = orders
+        self._cancellation = cancellation
+        self._clock = clock
+        self._after = after
+
+    def run(self, order_ids: Iterable[str], actor: str) -> CapturesSettled:
+        """One pass over `order_ids`. An order whose gateway is unavailable waits, held. One that
+        fails otherwise does not stop the pass: it raises CapturesNotSettled once it is done."""
+        requested_before = self._clock() - self._after
+        done = CapturesSettled(settled=[], held=[], unconfirmed=[])
+        down: set[str] = set()
+        failed: dict[str, Exception] = {}
+        for order_id in order_ids:
+            try:
+                if self._settle(order_id, actor, requested_before, down, done):
+                    done.settled.append(order_id)
+            except PaymentGatewayUnavailable:
+                pass  # its gateway is down: it waits, held, for the scan to hand it on again
+            except Exception as error:  # reported once the pass is done (CapturesNotSettled)
+                failed[order_id] = error
+        if failed:
+            raise CapturesNotSettled(done, failed)
+        return done
+
+    def _settle(
+        self, order_id: str, actor: str, requested_before: datetime, down: set[str], done: CapturesSettled
+    ) -> bool:
+        """Whether the order was left with no capture request. Not asked when none stands, it
+        changed since `requested_before`, its gateway was found down (it is held all the same), or
+        a refund of it was refused since it last changed."""
+        found = self._orders.history(order_id, consistent=True)
+        if found is None:
+            return False
+        order, history = found
+        if (
+            not order.captures_requested
+            or order.last_changed >= requested_before
+            or _refund_refused_since(history, order.last_changed)
+        ):
+            return False
+        try:
+            if order.status is OrderStatus.CANCELLED:
+                if order.payment.method in down:
+                    return False
+                order = self._cancellation.void(order, actor)  # the cancel, finished: refunded, then voided
+            else:
+                unfinished = _unfinished_ships(order)
+                if unfinished:
+                    order = self._hold(order, unfinished, actor, done)
+                if order.payment.method in down:
+                    return False
+                order = self._cancellation.settle_capture_requests(order, actor)
+        except PaymentGatewayUnavailable:
+            down.add(order.payment.method)
+            raise
+        return not order.captures_requested
+
+    def _hold(self, order: Order, shipment_ids: list[str], actor: str, done: CapturesSettled) -> Order:
+        """The order on hold for a person to confirm whether the parcels of `shipment_ids` left,
+        when it can be held; reported `unconfirmed` when it cannot (partly shipped)."""
+        if not can_transition(order.status, OrderStatus.ON_HOLD):
+            if order.status is not OrderStatus.ON_HOLD and order.id not in done.unconfirmed:
+                done.unconfirmed.append(order.id)
+            return order
+        at = self._clock()
+        held = modify(
+            self._orders, order.id,
+            lambda current: current.hold_unfinished_ships(shipment_ids, at=at, actor=actor)
+            if can_transition(current.status, OrderStatus.ON_HOLD) and _unfinished_ships(current) else None,
+        )  # fmt: skip
+        if held.status is OrderStatus.ON_HOLD and held.version != order.version:
+            done.held.append(order.id)
+        return held
+
+
+def _unfinished_ships(order: Order) -> list[str]:
+    """The shipments whose ship (or collect) asked for a capture that still waits for it: not
+    recorded, and not taken back by a change the ship would have lost to (that ship answered 409)."""
+    return [r.shipment_id for r in order.captures_requested if r.shipment_id is not None and not r.withdrawn]
+
+
+def _refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
+    """Whether the gateway refused to refund a capture of the order at or after `since`."""
+    return any(
+        entry.type is OrderEvent.PAYMENT_REFUND_FAILED and (entry.detail or {}).get("kind") == "refused"
+        and "capture_reference" in (entry.detail or {}) and entry.at >= since
+        for entry in history
+    )  # fmt: skip

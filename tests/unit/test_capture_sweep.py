@@ -1,0 +1,273 @@
+"""The unrecorded capture sweep: a capture a ship (or a settlement) asked the gateway for and never
+recorded, on an order nobody ships or cancels again, is found by the jeopardy scan once the order is
+past its status's deadline, and settled as the jeopardy handler settles it: asked again under its
+key, a shipment's is refunded and its order held for a person to confirm whether the parcel left, a
+settlement's is recorded; a young one is left to its request, and a refund the gateway refused is
+not asked again every pass."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core import payment_keys
+from core.cancellation import Cancellation
+from core.capture_sweep import CapturesNotSettled, CapturesSettled, UnrecordedCaptureSweep
+from core.events import OrderEvent
+from core.holds import Holds, ReleaseRequest
+from core.jeopardy import SCAN_ACTOR, JeopardyScan, parse_sla
+from core.models import Order
+from core.money import Money
+from core.order_changes import outage_noted_once
+from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from plugins.testing.memory import InMemoryLateOrders
+from tests.unit.test_jeopardy import Clock
+from tests.unit.test_unit_cancellation import PerUnitShipping
+from tests.unit.world import Died, World, build_world, dies_before_recording
+
+STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
+ACTOR = SCAN_ACTOR
+NOTHING = CapturesSettled(settled=[], held=[], unconfirmed=[])
+# Past an allocated order's deadline (48 h by default), by a minute.
+LATE = {"hours": 48, "minutes": 1}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock: Clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def sweep(world: World, clock: Clock) -> UnrecordedCaptureSweep:
+    cancellation = Cancellation(
+        world.orders, world.catalog, world.inventory, world.actions._payments, clock, void_failures=outage_noted_once
+    )
+    return UnrecordedCaptureSweep(world.orders, cancellation, clock, after=timedelta(minutes=15))
+
+
+def a_pass(world: World, clock: Clock, sla: str = "") -> CapturesSettled:
+    """What the jeopardy handler does every five minutes: the scan, then the sweep over the late
+    orders it handed on."""
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(sla), captures_after=timedelta(minutes=15),
+    )  # fmt: skip
+    return sweep(world, clock).run(scan.run().captures_left, ACTOR)
+
+
+def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
+    """An allocated order whose first shipment's ship died after the gateway captured its share,
+    before the order recorded it: the order as it was, and the shipment."""
+    order = world.allocated(*(lines or [("TSHIRT", 2)]))
+    shipment_id = order.shipments[0].id
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    monkeypatch.undo()
+    return order, shipment_id
+
+
+def test_a_capture_whose_ship_died_is_refunded_and_the_order_held_once_the_order_is_past_its_deadline(
+    world, clock, monkeypatch
+):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    total = order.totals.grand_total
+    clock.advance(hours=47)
+    assert a_pass(world, clock) == NOTHING  # not late yet: its ship may still be repeated
+    assert world.spy.refunded == [] and world.order(order.id).capture_request(shipment_id) is not None
+
+    clock.advance(hours=1, minutes=1)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])
+
+    after = world.order(order.id)
+    assert world.gateway.keys("capture") == [payment_keys.capture(order.id, shipment_id)] * 2  # asked again
+    assert [(amount, key) for _, amount, key in world.spy.refunded] == [
+        (total, payment_keys.capture_reversal(order.id, shipment_id))
+    ]
+    assert after.captures_requested == [] and after.payment.captured.amount == 0
+    assert after.payment.status is PaymentStatus.AUTHORIZED
+    assert after.shipments[0].status is ShipmentStatus.PENDING
+    assert (after.status, after.hold.reason, after.hold.resume_to) == (
+        OrderStatus.ON_HOLD, "other", OrderStatus.ALLOCATED,
+    )  # fmt: skip
+    assert "confirm whether the parcel left" in after.hold.note
+    held, withdrawn, reversed_ = world.history(order.id)[-3:]
+    assert (held.type, held.actor, held.detail["shipment_ids"]) == (OrderEvent.ON_HOLD, ACTOR, [shipment_id])
+    assert (withdrawn.type, reversed_.type) == (OrderEvent.CAPTURE_WITHDRAWN, OrderEvent.PAYMENT_CAPTURE_REVERSED)
+    assert reversed_.detail["capture_reference"] and reversed_.detail["refund_reference"]
+    assert world.level("TSHIRT", "wh-west") == (10, 2, 8)  # nothing left on_hand: it is not recorded shipped
+    clock.advance(minutes=5)
+    assert a_pass(world, clock) == NOTHING and len(world.spy.refunded) == 1
+
+
+def test_a_late_order_with_no_capture_request_is_only_marked(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(**LATE)
+    scan = JeopardyScan(InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""))
+
+    done = scan.run()
+
+    assert (done.marked, done.captures_left) == ([order.id], [])
+
+
+def test_a_late_order_whose_ship_is_under_way_is_judged_again_once_the_request_is_over(world, clock, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=47, minutes=55)
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):  # asked for its capture five minutes before the deadline
+        world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    monkeypatch.undo()
+
+    clock.advance(minutes=10)  # past the deadline, the request ten minutes old
+    assert a_pass(world, clock) == NOTHING
+    assert world.order(order.id).jeopardy is None and world.spy.refunded == []
+
+    clock.advance(minutes=6)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])
+
+
+def test_a_held_order_released_ships_again_under_a_new_capture_key(world, clock, monkeypatch):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    a_pass(world, clock)
+
+    Holds(world.orders, clock).release(order.id, ReleaseRequest(note="the parcel left"), "key_ops")
+    shipped = world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.captured == order.totals.grand_total
+    assert world.gateway.keys("capture")[-1] == payment_keys.capture(order.id, shipment_id, 1)
+    net = world.spy.captured_total() - sum(amount.amount for _, amount, _ in world.spy.refunded)
+    assert net == shipped.payment.captured.amount
+
+
+def test_a_ship_repeated_before_the_deadline_still_records_its_capture(world, clock, monkeypatch):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    clock.advance(hours=5)
+    assert a_pass(world, clock) == NOTHING
+
+    shipped = world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.captured == order.totals.grand_total
+    clock.advance(**LATE)
+    assert a_pass(world, clock) == NOTHING and world.spy.refunded == []
+
+
+def test_a_capture_the_gateway_refuses_when_asked_again_was_never_made_and_the_order_is_held(world, clock, monkeypatch):
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("capture", "refuse")
+    clock.advance(**LATE)
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])
+
+    after = world.order(order.id)
+    assert after.captures_requested == [] and world.spy.refunded == []
+    assert after.status is OrderStatus.ON_HOLD and after.payment.captured.amount == 0
+    assert world.history(order.id)[-1].type is OrderEvent.CAPTURE_NOT_MADE
+
+
+def test_a_gateway_found_down_leaves_the_order_held_until_its_hold_is_late_and_the_outage_is_noted_once(
+    world, clock, monkeypatch
+):
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("capture", "transient")
+    clock.advance(**LATE)
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[], held=[order.id], unconfirmed=[])
+    for _ in range(5):  # the passes of the next half hour find nothing: the order is not late on hold yet
+        clock.advance(minutes=5)
+        assert a_pass(world, clock) == NOTHING
+
+    waiting = world.order(order.id)
+    assert waiting.status is OrderStatus.ON_HOLD and waiting.capture_request(shipment_id) is not None
+    failures = [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_CAPTURE_FAILED and h.actor == ACTOR]
+    assert len(failures) == 1
+    world.gateway.script("capture", "approve")
+    clock.advance(hours=24)  # the hold's deadline (on_hold=24h): late again, handed on again
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[])
+    assert world.order(order.id).captures_requested == [] and len(world.spy.refunded) == 1
+
+
+def test_a_refused_refund_is_reported_once_then_left_for_a_person(world, clock, monkeypatch):
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+
+    with pytest.raises(CapturesNotSettled) as incomplete:
+        a_pass(world, clock)
+
+    assert list(incomplete.value.failed) == [order.id] and incomplete.value.held == [order.id]
+    refused = [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED]
+    assert refused[-1].detail["kind"] == "refused" and refused[-1].detail["capture_reference"]
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert a_pass(world, clock) == NOTHING
+    assert [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED] == refused
+    assert sweep(world, clock).run([order.id], ACTOR) == NOTHING  # handed on again: not asked again
+
+
+def test_a_second_parcels_capture_is_refunded_on_an_order_that_cannot_be_held(world, clock, monkeypatch):
+    # A partly shipped order is found once partially_shipped has a deadline (OMS_SLA).
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, first, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, second, None, actor="key_wh")
+    monkeypatch.undo()
+    before = world.order(order.id)
+    clock.advance(hours=72, minutes=1)
+
+    assert a_pass(world, clock, "partially_shipped=72h") == CapturesSettled(
+        settled=[order.id], held=[], unconfirmed=[order.id]
+    )
+
+    after = world.order(order.id)
+    assert after.status is OrderStatus.PARTIALLY_SHIPPED and after.captures_requested == []
+    assert after.payment.captured == before.payment.captured
+    assert [amount for _, amount, _ in world.spy.refunded] == [before.capture_request(second).amount]
+
+
+def test_a_cancel_whose_refund_could_not_be_made_is_finished_refund_then_void(world, clock, monkeypatch):
+    # A cancelled order is never late; one handed on, then cancelled before the sweep read it.
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "transient")
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED and world.spy.voided == []
+    world.gateway.script("refund", "approve")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run([order.id], ACTOR) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[])
+
+    after = world.order(order.id)
+    assert (after.status, after.payment.status, after.captures_requested) == (
+        OrderStatus.CANCELLED, PaymentStatus.VOIDED, [],
+    )  # fmt: skip
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+    assert world.spy.voided == [order.payment.authorization]
+
+
+def test_a_settlement_capture_whose_cancel_died_is_recorded_not_given_back(clock, monkeypatch):
+    # Its order is shipped: never late, so the scan does not hand it on (a gap the README names);
+    # handed on, the sweep records it.
+    world = build_world(STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_captured")
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no caps", actor="key_web")
+    monkeypatch.undo()
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run([order.id], ACTOR) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[])
+
+    after = world.order(order.id)
+    assert after.status is OrderStatus.SHIPPED and after.captures_requested == []
+    assert after.payment.captured == after.totals.grand_total and after.payment.status is PaymentStatus.CAPTURED
+    assert [amount for _, amount, _ in world.spy.captured][-1] == Money.of("2.00", "USD")
+    assert world.spy.refunded == []
