@@ -1,18 +1,20 @@
 """Settle the captures ships asked for and never recorded on orders nobody ships again (the jeopardy
-scan finds them: core/jeopardy.py's Scanned.captures_left)."""
+scan finds them: core/jeopardy.py's Scanned.captures_left), and the settlement captures cancels of
+units asked for and never recorded (the reconciler finds them through their index)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 
 from core.cancellation import Cancellation
 from core.errors import PaymentGatewayUnavailable
 from core.events import OrderEvent
 from core.models import HistoryEntry, Order
 from core.order_changes import modify
-from core.ports import OrderRepository
+from core.ports import OrderRepository, SettlementCaptures
 from core.status import OrderStatus, can_transition
 
 
@@ -66,7 +68,9 @@ class UnrecordedCaptureSweep:
     reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided).
 
     Given the orders to look at: those the jeopardy scan marked late with such a request standing
-    (Scanned.captures_left), so finding them costs the typical order nothing. Only a request whose
+    (Scanned.captures_left), so finding them costs the typical order nothing; or, by the reconciler
+    (run_settlements), those a settlement's request stands on, found through their index, since an
+    order shipped since is never late and the scan never hands it on. Only a request whose
     order last changed (a jeopardy mark aside) more than `after` ago is settled: the request is
     written by its ship, which the API function's timeout ends within seconds, so an older one
     belongs to a ship that is over (a ship repeated meanwhile that loses to the pass answers 409,
@@ -106,6 +110,14 @@ class UnrecordedCaptureSweep:
         if failed:
             raise CapturesNotSettled(done, failed)
         return done
+
+    def run_settlements(self, requested: SettlementCaptures, actor: str, *, limit: int = 100) -> CapturesSettled:
+        """One pass, as `run`, over the orders a settlement capture request (no shipment) stands on
+        that last changed more than `after` ago: at most `limit` of them, oldest first, found
+        through their index (`requested`). An order whose gateway is unavailable keeps its request,
+        and so its index entry, for the next pass."""
+        before = self._clock() - self._after
+        return self.run(islice(requested.requested_since_before(before), limit), actor)
 
     def _settle(
         self, order_id: str, actor: str, requested_before: datetime, down: set[str], done: CapturesSettled

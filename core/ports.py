@@ -358,6 +358,16 @@ class UnsettledAuthorizations(ABC):
         page at a time as the caller takes them: a caller that stops early reads no further page."""
 
 
+class SettlementCaptures(ABC):
+    """Orders with a settlement capture asked of the gateway and not recorded (a CaptureRequest with
+    no shipment: Order.capture_request(None)), found through an index."""
+
+    @abstractmethod
+    def requested_since_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders with one standing that last changed before `before`, oldest first,
+        read a page at a time as the caller takes them."""
+
+
 class OrdersOwingCarrier(ABC):
     """Orders that still owe the carrier something (Order.owes_carrier_work), found through an index."""
 

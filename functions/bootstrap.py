@@ -23,7 +23,7 @@ from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
-from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter
+from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, SettlementCaptures
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
 from core.workflow import Workflow
@@ -499,7 +499,8 @@ class Container:
     @cached_property
     def capture_sweep(self) -> UnrecordedCaptureSweep:
         """The jeopardy scan's hand-on: settle the captures ships (or settlements) asked for and never
-        recorded on orders nobody ships again, found late by the scan (Scanned.captures_left). Taken
+        recorded on orders nobody ships again, found late by the scan (Scanned.captures_left); and
+        the reconciler's seventh job, the settlement captures found through settlement_captures. Taken
         once `ReconcileAfterMinutes` (at least 6) have passed since the order last changed: the ship
         that wrote a request runs in the API function, whose timeout (10 s) has ended it long before."""
         from core.cancellation import Cancellation
@@ -516,6 +517,13 @@ class Container:
             self.clock,
             after=timedelta(minutes=self.config.reconcile_after_minutes),
         )
+
+    @cached_property
+    def settlement_captures(self) -> SettlementCaptures:
+        """The orders a settlement capture request stands on (the reconciler's capture_sweep pass)."""
+        from functions.adapters.dynamodb import DynamoSettlementCaptures
+
+        return DynamoSettlementCaptures(self.dynamodb, self.config.orders_table)
 
     @cached_property
     def carrier_work_sweep(self) -> CarrierWorkSweep:

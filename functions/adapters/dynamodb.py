@@ -33,6 +33,7 @@ from core.ports import (
     PendingRefunds,
     ReturnFilter,
     ReturnRepository,
+    SettlementCaptures,
     SourcingRulesRepository,
     StalledOrder,
     StalledOrders,
@@ -217,7 +218,17 @@ PENDING_REFUND_KEY = "pending"
 # leaves one, for the moment between its request and its write or void; an order with a refund
 # pending as well stays in PENDING_REFUND_KEY's partition until that refund is finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
-# Its third partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
+# Ahead of it (a refund pending comes first still), SETTLEMENT_CAPTURE_KEY: an order with a
+# settlement capture asked of the gateway and not recorded (a CaptureRequest with no shipment: the
+# cancel of units, or the last parcel's ship, that asked died between the gateway's answer and its
+# write), by when it last changed, so the reconciler records what the gateway may have taken
+# (core.capture_sweep.UnrecordedCaptureSweep.run_settlements) on an order the jeopardy scan never
+# finds (one shipped since is never late). Only an order a cancel of units left with a total above
+# its captures asks for one, for the moment between its request and its write: the typical order,
+# and every shipment's capture, writes no entry. An order that also holds an edit's authorization or
+# owes a carrier is here until the capture is recorded (or refused), then moves to their partition.
+SETTLEMENT_CAPTURE_KEY = "settlement"
+# Its last partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
 # a new label, a given-up booking to cancel: Order.owes_carrier_work) by when they last changed: the
 # reconciler finishes that work (core.carrier_bookings.CarrierWorkSweep). Rare, and never on an
 # order nothing cancelled or booked again: the typical order writes no entry. An order with a
@@ -241,6 +252,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     if pending:
         attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
         attributes["refund_since"] = {"S": timestamp(min(pending))}
+    elif order.capture_request(None) is not None:
+        attributes["refund_key"] = {"S": SETTLEMENT_CAPTURE_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.edit_authorizations_left:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
@@ -762,6 +776,20 @@ class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
 
     def left_since_before(self, before: datetime) -> Iterator[str]:
         query = _partition_query(self._table, UNSETTLED_AUTHORIZATION_KEY, before, self._page_size)
+        return _paged_ids(self._client, query)
+
+
+class DynamoSettlementCaptures(SettlementCaptures):
+    """The reconciler's query for settlement captures never recorded: by_pending_refund's
+    SETTLEMENT_CAPTURE_KEY partition, as DynamoPendingRefunds reads its own."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def requested_since_before(self, before: datetime) -> Iterator[str]:
+        query = _partition_query(self._table, SETTLEMENT_CAPTURE_KEY, before, self._page_size)
         return _paged_ids(self._client, query)
 
 

@@ -5,7 +5,9 @@ returns that have none (core/return_reconciliation.py); books again the parcels 
 left due a label, and cancels with their carrier the bookings no parcel will use
 (core/carrier_bookings.py); finishes refunds a request left pending at the gateway
 (core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on orders nobody
-changes again (core/authorization_sweep.py)."""
+changes again (core/authorization_sweep.py); records the settlement captures cancels of units asked
+for and never recorded, which the jeopardy scan never finds on an order shipped since
+(core/capture_sweep.py's run_settlements)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.authorization_sweep import SettleIncomplete
+from core.capture_sweep import CapturesNotSettled
 from core.log_text import escape_for_log
 from core.pickups import PickupsExpired
 from core.refund_service import SweepIncomplete
@@ -106,8 +109,30 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if unsettled is not None:
         for order_id, failure in unsettled.failed.items():
             logger.error("authorization left by an edit not settled", extra={"order_id": order_id}, exc_info=failure)
-    if incomplete is not None or unsettled is not None:
-        raise incomplete or unsettled  # the passes did the rest; the errors alarm calls a person for these
+    failed = None
+    try:
+        captures = container().capture_sweep.run_settlements(container().settlement_captures, ACTOR)
+    except CapturesNotSettled as error:
+        captures, failed = error.done, error
+    for order_id in captures.settled:
+        logger.warning("capture left by a ship or a settlement settled", extra={"order_id": order_id})
+    for order_id in captures.held:
+        logger.warning("order held: a ship died after asking for its capture; confirm whether the parcel left",
+                       extra={"order_id": order_id})  # fmt: skip
+    for order_id in captures.unconfirmed:
+        logger.error("a ship died after asking for its capture on an order that cannot be held; "
+                     "confirm whether the parcel left", extra={"order_id": order_id})  # fmt: skip
+    if captures.settled:
+        metrics.add_metric(name="UnrecordedCapturesSettled", unit=MetricUnit.Count, value=len(captures.settled))
+    if captures.held or captures.unconfirmed:
+        metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count,
+                           value=len(captures.held) + len(captures.unconfirmed))  # fmt: skip
+    if failed is not None:
+        for order_id, failure in failed.failed.items():
+            logger.error("capture left by a ship or a settlement not settled", extra={"order_id": order_id},
+                         exc_info=failure)  # fmt: skip
+    if incomplete is not None or unsettled is not None or failed is not None:
+        raise incomplete or unsettled or failed  # the passes did the rest; the errors alarm calls a person
     return {
         "restarted": done.restarted,
         "parked": done.parked,
@@ -116,4 +141,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "returns_restarted": returns_restarted,
         "refunds_finished": refunds_finished,
         "authorizations_settled": settled,
+        "captures_settled": captures.settled,
+        "ships_held": captures.held,
+        "ships_unconfirmed": captures.unconfirmed,
     }

@@ -86,7 +86,8 @@ def did(**done: list[str]) -> dict[str, list[str]]:
     """A pass's answer: what it did, nothing else."""
     return {
         "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
-        "refunds_finished": [], "authorizations_settled": [], **done,
+        "refunds_finished": [], "authorizations_settled": [], "captures_settled": [], "ships_held": [],
+        "ships_unconfirmed": [], **done,
     }  # fmt: skip
 
 
@@ -177,14 +178,14 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     reconcile()
 
     # Pending, then authorized; then the pickups past their deadline; then the received returns;
-    # then the orders owing a carrier work, the refunds left pending and the authorizations edits
-    # left (the by_pending_refund index's three partitions).
-    assert [operation for operation, _ in calls] == ["query"] * 7
+    # then the orders owing a carrier work, the refunds left pending, the authorizations edits
+    # left and the settlement captures cancels left (the by_pending_refund index's four partitions).
+    assert [operation for operation, _ in calls] == ["query"] * 8
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 3
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 4
     ]  # fmt: skip
     keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]]
-    assert keys == ["carrier", "pending", "void"]
+    assert keys == ["carrier", "pending", "void", "settlement"]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """A capture a ship asked the gateway for and never recorded, under moto: a typical ship writes no
 index entry for it (nothing finds it through an index), and the scheduled jeopardy handler, which
 reads the order anyway once it is past its status's deadline, refunds that capture and holds the
-order for a person to confirm whether the parcel left."""
+order for a person to confirm whether the parcel left. A settlement capture a cancel of units asked
+for and never recorded, on an order shipped since (never late), is found by the scheduled reconciler
+through its own partition of the by_pending_refund index, which the typical order never writes."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from core.status import OrderStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body
 from tests.fakes import FakeLabels
 from tests.integration.import_support import context
-from tests.integration.test_reconciler import refund_index
+from tests.integration.test_reconciler import refund_index, stack  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -194,3 +196,221 @@ def test_a_pass_that_could_not_settle_a_capture_reports_what_it_did_then_fails(a
     assert errors[order.id].getMessage() == "capture left by a ship or a settlement not settled"
     assert isinstance(errors[order.id].exc_info[1], PaymentRefused)
     assert "confirm whether the parcel left" in errors["ord_x"].getMessage()
+
+
+# --- A settlement capture whose cancel of units died, on an order shipped since ---------------------
+
+
+def a_partly_shipped_order(aws, external_id: str) -> tuple[Any, Order]:
+    """The services of this moto account and an order of two parcels (MUG from the west, CAP from the
+    east), the one that does not carry the shipping shipped: cancelling the other leaves a total
+    (its share and the shipping) above what was captured, so that cancel captures the rest."""
+    from functions.bootstrap import Config, bootstrap
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
+        services.catalog.put_product(sku, ProductInput.model_validate(product_body(price)))
+    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(west))
+    services.inventory.count("MUG", "wh-west", 10)
+    services.inventory.count("CAP", "wh-east", 10)
+    lines = [{"sku": "MUG", "quantity": 1}, {"sku": "CAP", "quantity": 2}]
+    placed = services.capture.place(place_order(external_id=external_id, lines=lines), actor="key_web")
+    services.workflow.authorize_payment(placed.id, attempt=0)
+    services.workflow.reserve_stock(placed.id)
+    services.workflow.create_shipments(placed.id)
+    order = services.order_repository.get(placed.id)
+    shipped = services.actions.ship(order.id, order.shipments[1].id, None, actor="key_wh")
+    assert shipped.status is OrderStatus.PARTIALLY_SHIPPED
+    return services, shipped
+
+
+def a_settlement_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: str = "web-settled") -> Order:
+    """A partly shipped order whose cancel of what was left died after the gateway captured the
+    rest of its total, before its write (the API function timed out): the order as it then is,
+    shipped, with that settlement's capture request standing."""
+    from functions.adapters.dynamodb import DynamoOrders
+
+    services, order = a_partly_shipped_order(aws, external_id)
+    real = DynamoOrders.update
+
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if entries and entries[0].type == "payment_captured":
+            raise TimeoutError("the API function timed out before recording the settlement")
+        real(self, new, expected, entries)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", dies)
+        with pytest.raises(TimeoutError):
+            services.actions.cancel(order.id, "customer asked", "key_web")
+    died = services.order_repository.get(order.id, consistent=True)
+    assert died.status is OrderStatus.SHIPPED
+    [request] = died.captures_requested
+    assert request.shipment_id is None and died.payment.captured + request.amount == died.totals.grand_total
+    return died
+
+
+@pytest.fixture
+def reconciler(stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:  # noqa: F811
+    """The reconciler handler (its workflows on the stack's state machines), its metrics on stdout
+    (starting empty), at `now` (a datetime) or now."""
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "15")
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    app.metrics.clear_metrics()
+    app.container.forget()
+
+    def run(now=None) -> dict[str, Any]:
+        event = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
+        if now is None:
+            return app.lambda_handler(event, context("ReconcilerFunction"))
+        with app.container.override(bootstrap(Config.from_env(), label_store=FakeLabels(), clock=lambda: now)):
+            return app.lambda_handler(event, context("ReconcilerFunction"))
+
+    yield run
+    app.container.forget()
+    app.metrics.clear_metrics()
+
+
+def test_a_typical_order_writes_no_settlement_index_entry(aws, monkeypatch):
+    # Placed, allocated and shipped: none of its writes gives it a by_pending_refund key. A cancel of
+    # units that settles a total at once writes the entry only for its request's moment.
+    values: list[Any] = []
+    real = BaseClient._make_api_call
+
+    def recorded(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation in ("PutItem", "UpdateItem", "TransactWriteItems", "BatchWriteItem"):
+            values.append(params)
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recorded)
+    services, order = an_allocated_order(aws, "web-typical")
+    shipped = services.actions.ship(order.id, order.shipments[0].id, "1Z999", "key_wh")
+
+    assert shipped.status is OrderStatus.SHIPPED
+    orders_writes = [p for p in values if aws.tables["OrdersTable"] in str(p)]
+    assert len(orders_writes) >= 5  # placed, authorized, reserved, allocated, the ship's request and record
+    assert not any(_sets_refund_key(p) for p in orders_writes)
+    assert refund_index(aws, order.id) == {}
+
+    _, partly = a_partly_shipped_order(aws, "web-typical-settled")
+    settled = services.actions.cancel(partly.id, "customer asked", "key_web")
+
+    assert settled.status is OrderStatus.SHIPPED and settled.captures_requested == []
+    assert settled.payment.captured == settled.totals.grand_total
+    assert refund_index(aws, partly.id) == {}  # the request's entry went with its record
+
+
+def test_a_settlement_capture_whose_cancel_died_on_an_order_shipped_since_is_recorded_by_the_reconciler(
+    aws, reconciler, scan, monkeypatch, capsys, caplog
+):
+    from functions.bootstrap import Config, bootstrap
+
+    died = a_settlement_that_died(aws, monkeypatch)
+    [request] = died.captures_requested
+    assert refund_index(aws, died.id)["refund_key"] == "settlement"
+    assert reconciler()["captures_settled"] == []  # its cancel may still record it
+    week = utc_now() + timedelta(days=7)
+    assert scan(week)["captures_settled"] == []  # shipped: never late, so the scan never finds it
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    answer = reconciler(later)
+
+    assert (answer["captures_settled"], answer["ships_held"], answer["ships_unconfirmed"]) == ([died.id], [], [])
+    settled, history = bootstrap(Config.from_env()).order_repository.history(died.id)
+    assert settled.status is OrderStatus.SHIPPED and settled.captures_requested == []
+    assert settled.payment.captured == settled.totals.grand_total == died.payment.captured + request.amount
+    captured = [h for h in history if h.type == "payment_captured" and h.actor == "reconciler"]
+    assert [h.detail["amount"] for h in captured] == [request.amount.model_dump(mode="json")]
+    assert refund_index(aws, died.id) == {}  # out of the index once recorded
+    assert emitted(capsys.readouterr().out)["UnrecordedCapturesSettled"] == 1
+    logged = {r.getMessage(): (r.levelname, r.order_id) for r in caplog.records if getattr(r, "order_id", None)}
+    assert logged["capture left by a ship or a settlement settled"] == ("WARNING", died.id)
+    assert reconciler(later + timedelta(minutes=5))["captures_settled"] == []  # recorded once
+
+
+def test_a_reconciler_pass_that_could_not_settle_a_capture_reports_what_it_did_then_fails(
+    aws, reconciler, monkeypatch, capsys, caplog
+):
+    from core.capture_sweep import CapturesNotSettled, CapturesSettled, UnrecordedCaptureSweep
+    from core.errors import PaymentRefused
+
+    def incomplete(self: UnrecordedCaptureSweep, requested: Any, actor: str, **kwargs: Any) -> CapturesSettled:
+        assert actor == "reconciler"
+        done = CapturesSettled(settled=["ord_y"], held=[], unconfirmed=[])
+        raise CapturesNotSettled(done, {"ord_z": PaymentRefused("capture", "closed account")})
+
+    monkeypatch.setattr(UnrecordedCaptureSweep, "run_settlements", incomplete)
+    capsys.readouterr()
+
+    with pytest.raises(CapturesNotSettled):
+        reconciler()
+
+    assert emitted(capsys.readouterr().out)["UnrecordedCapturesSettled"] == 1
+    errors = {r.order_id: r for r in caplog.records if r.levelname == "ERROR" and getattr(r, "order_id", None)}
+    assert errors["ord_z"].getMessage() == "capture left by a ship or a settlement not settled"
+    assert isinstance(errors["ord_z"].exc_info[1], PaymentRefused)
+
+
+def test_a_settlement_request_is_indexed_after_a_pending_refund_and_before_the_other_partitions():
+    from core.models import CaptureRequest, PaymentRefund
+    from core.money import Money
+    from functions.adapters.dynamodb import index_attributes, timestamp
+    from tests.builders import NOW
+    from tests.unit.conftest import a_stored_order
+
+    order = a_stored_order(("TSHIRT", 1), status=OrderStatus.SHIPPED, replaced_authorizations=["auth_old"])
+    assert index_attributes(order)["refund_key"] == {"S": "void"}
+    ship_only = order.model_copy(
+        update={"captures_requested": [CaptureRequest(shipment_id="shp_1", amount=Money.of("1.00", "USD"))]}
+    )
+    assert index_attributes(ship_only)["refund_key"] == {"S": "void"}  # a shipment's request: no entry of its own
+    settling = order.model_copy(update={"captures_requested": [CaptureRequest(amount=Money.of("2.00", "USD"))]})
+    assert index_attributes(settling)["refund_key"] == {"S": "settlement"}
+    assert index_attributes(settling)["refund_since"] == {"S": timestamp(settling.last_changed)}
+    refund = PaymentRefund(id="ref_1", amount=Money.of("1.00", "USD"), reason="late", status="pending", at=NOW)
+    pending = settling.model_copy(update={"payment": settling.payment.model_copy(update={"refunds": [refund]})})
+    assert index_attributes(pending)["refund_key"] == {"S": "pending"}
+    alone = settling.model_copy(update={"replaced_authorizations": []})
+    assert index_attributes(alone)["refund_key"] == {"S": "settlement"}
+    assert "refund_key" not in index_attributes(ship_only.model_copy(update={"replaced_authorizations": []}))
+
+
+def test_orders_with_a_settlement_request_are_read_oldest_first_a_page_at_a_time(aws, monkeypatch):
+    from itertools import islice
+
+    from functions.adapters.dynamodb import (
+        SETTLEMENT_CAPTURE_KEY,
+        UNSETTLED_AUTHORIZATION_KEY,
+        DynamoSettlementCaptures,
+        timestamp,
+    )
+
+    start = utc_now() - timedelta(hours=2)
+    ids = [f"ord_{letter * 24}" for letter in "abcd"]
+    keys = [SETTLEMENT_CAPTURE_KEY] * 4 + [UNSETTLED_AUTHORIZATION_KEY]
+    for n, (each, key) in enumerate(zip([*ids, "ord_" + "e" * 24], keys, strict=True)):
+        aws.dynamodb.put_item(
+            TableName=aws.tables["OrdersTable"],
+            Item={"id": {"S": each}, "refund_key": {"S": key},
+                  "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
+        )  # fmt: skip
+    requested = DynamoSettlementCaptures(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
+    queries: list[dict[str, Any]] = []
+    real = aws.dynamodb.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        queries.append(request)
+        return real(**request)
+
+    monkeypatch.setattr(aws.dynamodb, "query", query)
+
+    assert list(requested.requested_since_before(utc_now())) == ids  # never the other partitions' orders
+    assert list(requested.requested_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
+    queries.clear()
+    assert list(islice(requested.requested_since_before(utc_now()), 2)) == ids[:2]
+    assert len(queries) == 1 and {q["IndexName"] for q in queries} == {"by_pending_refund"}

@@ -7,7 +7,8 @@ not asked again every pass."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -20,6 +21,7 @@ from core.jeopardy import SCAN_ACTOR, JeopardyScan, parse_sla
 from core.models import Order
 from core.money import Money
 from core.order_changes import outage_noted_once
+from core.ports import SettlementCaptures
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.testing.memory import InMemoryLateOrders
 from tests.unit.test_jeopardy import Clock
@@ -253,8 +255,8 @@ def test_a_cancel_whose_refund_could_not_be_made_is_finished_refund_then_void(wo
 
 
 def test_a_settlement_capture_whose_cancel_died_is_recorded_not_given_back(clock, monkeypatch):
-    # Its order is shipped: never late, so the scan does not hand it on (a gap the README names);
-    # handed on, the sweep records it.
+    # Its order is shipped: never late, so the scan does not hand it on (the reconciler finds it
+    # through its index: run_settlements, below); handed on, the sweep records it.
     world = build_world(STOCK, PerUnitShipping(), clock=clock)
     order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
@@ -271,3 +273,74 @@ def test_a_settlement_capture_whose_cancel_died_is_recorded_not_given_back(clock
     assert after.payment.captured == after.totals.grand_total and after.payment.status is PaymentStatus.CAPTURED
     assert [amount for _, amount, _ in world.spy.captured][-1] == Money.of("2.00", "USD")
     assert world.spy.refunded == []
+
+
+class InMemorySettlementCaptures(SettlementCaptures):
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def requested_since_before(self, before: datetime) -> Iterator[str]:
+        standing = [
+            o for o in self._world.orders.orders.values()
+            if o.capture_request(None) is not None and o.last_changed < before
+        ]  # fmt: skip
+        return iter(o.id for o in sorted(standing, key=lambda o: o.last_changed))
+
+
+def a_settlement_that_died(world: World, monkeypatch: pytest.MonkeyPatch) -> Order:
+    """A partly shipped order whose cancel of what was left died after the gateway captured the
+    rest of its total (its shipping), before its write: the order as it then is, shipped."""
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_captured")
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no caps", actor="key_web")
+    monkeypatch.undo()
+    return world.order(order.id)
+
+
+def test_the_reconciler_records_a_settlement_capture_the_scan_never_hands_on(clock, monkeypatch):
+    world = build_world(STOCK, PerUnitShipping(), clock=clock)
+    died = a_settlement_that_died(world, monkeypatch)
+    [request] = died.captures_requested
+    assert died.status is OrderStatus.SHIPPED and request.shipment_id is None
+    requested = InMemorySettlementCaptures(world)
+    assert sweep(world, clock).run_settlements(requested, "reconciler") == NOTHING  # its cancel may record it
+    clock.advance(days=30)
+    assert a_pass(world, clock) == NOTHING  # shipped: never late, never handed on
+
+    assert sweep(world, clock).run_settlements(requested, "reconciler") == CapturesSettled(
+        settled=[died.id], held=[], unconfirmed=[]
+    )
+
+    after = world.order(died.id)
+    assert (after.status, after.captures_requested, after.payment.status) == (
+        OrderStatus.SHIPPED, [], PaymentStatus.CAPTURED,
+    )  # fmt: skip
+    assert after.payment.captured == after.totals.grand_total == died.payment.captured + request.amount
+    recorded = world.history(died.id)[-1]
+    assert (recorded.type, recorded.actor) == (OrderEvent.PAYMENT_CAPTURED, "reconciler")
+    assert (
+        world.gateway.keys("capture")[-2:]
+        == [payment_keys.settlement_capture(died.id, str(died.payment.captured.amount))] * 2
+    )
+    assert world.spy.refunded == []
+    assert list(requested.requested_since_before(clock() + timedelta(days=1))) == []
+    assert sweep(world, clock).run_settlements(requested, "reconciler") == NOTHING
+
+
+def test_a_settlement_pass_reads_at_most_its_limit_and_leaves_a_request_the_gateway_is_down_for(clock, monkeypatch):
+    world = build_world(STOCK, PerUnitShipping(), clock=clock)
+    died = a_settlement_that_died(world, monkeypatch)
+    requested = InMemorySettlementCaptures(world)
+    clock.advance(minutes=16)
+    assert sweep(world, clock).run_settlements(requested, "reconciler", limit=0) == NOTHING
+    world.gateway.script("capture", "transient")
+
+    assert sweep(world, clock).run_settlements(requested, "reconciler") == NOTHING
+
+    assert world.order(died.id).capture_request(None) == died.capture_request(None)  # the next pass asks again
+    world.gateway.script("capture", "approve")
+    clock.advance(minutes=16)
+    assert sweep(world, clock).run_settlements(requested, "reconciler").settled == [died.id]
+    assert world.order(died.id).payment.captured == died.totals.grand_total

@@ -27,6 +27,7 @@ from functions.adapters.dynamodb import (
     DynamoOrdersOwingCarrier,
     DynamoPendingRefunds,
     DynamoReturns,
+    DynamoSettlementCaptures,
     DynamoSourcingRules,
     DynamoStalledOrders,
     DynamoUnreceivedReturns,
@@ -200,6 +201,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             DynamoPendingRefunds,
             DynamoUnsettledAuthorizations,
             DynamoOrdersOwingCarrier,
+            DynamoSettlementCaptures,
         ],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         # A parcel due a new label, booked again by the pass (core/carrier_bookings.py).
