@@ -135,6 +135,25 @@ def test_a_quotes_description_is_kept_with_controls_and_bidi_overrides_made_visi
     assert answer.description == "Next day\ufffd[31m\ufffd\n2"
 
 
+def test_a_tax_rates_name_is_kept_on_one_line_with_controls_and_bidi_overrides_made_visible():
+    # The name an invoice prints on the order line: refusing it would refuse every order taxed by
+    # that rate, so it is mended, and on one line (a tab or a line break is replaced too).
+    rate = TaxRate.model_construct(rate=Decimal("0.20"), name="VAT\x1b[31m\u202e\n\t20%")
+
+    answer = call("oms_tax_rate", answering("oms_tax_rate", rate))
+
+    assert (answer.rate, answer.name) == (Decimal("0.20"), "VAT\ufffd[31m\ufffd\ufffd\ufffd20%")
+
+
+def test_a_tax_rates_name_reaches_the_order_line_made_visible():
+    plugins = build_plugin_manager()
+    plugins.register(answering("oms_tax_rate", TaxRate.model_construct(rate=Decimal("0.1"), name="GB\u202e std")))
+
+    priced = Pricing(plugins).price(an_order(("MUG-1", 1)), {"MUG-1": a_product()}, an_address())
+
+    assert priced.lines[0].tax_rate.name == "GB\ufffd std"
+
+
 def test_the_plugin_that_answered_is_named_among_several():
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(answering("oms_discounts", [Discount(code="GOOD", amount=usd("1.00"))]), name="good")
