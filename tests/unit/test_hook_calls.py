@@ -154,6 +154,17 @@ def test_a_tax_rates_name_reaches_the_order_line_made_visible():
     assert priced.lines[0].tax_rate.name == "GB\ufffd std"
 
 
+def test_a_sourcing_plans_reasons_are_kept_with_controls_and_bidi_overrides_made_visible():
+    # One sentence per choice for the order's history and events: refusing them would fail the
+    # sourcing of a paid order, so they are mended as a gateway's refusal is (line breaks kept).
+    allocation = Allocation(line_id="L1", location_id="wh", quantity=1)
+    plan = SourcingPlan.model_construct(allocations=[allocation], reasons=["nearest\x1b[2J\u2066 wh\nok", "fine"])
+
+    answer = call("oms_source_order", answering("oms_source_order", plan))
+
+    assert answer.reasons == ["nearest\ufffd[2J\ufffd wh\nok", "fine"]
+
+
 def test_the_plugin_that_answered_is_named_among_several():
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(answering("oms_discounts", [Discount(code="GOOD", amount=usd("1.00"))]), name="good")
