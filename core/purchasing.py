@@ -131,7 +131,8 @@ class PurchaseOrder(BaseModel, defer_build=True):
         lines, or a draft's costs corrected), in the order of the submission's lines: a sku the PO
         lacks is 422 naming its line (`lines[i].sku`). A line left without a cost is 422
         `unpriced_lines`, since an open PO is a commitment to pay, and costs in more than one
-        currency are 422 `mixed_currencies`. `expected_at` replaces the due date a draft got."""
+        currency are 422 `mixed_currencies`, each cost named by the submission's line that gave it
+        (`lines[i].unit_cost`), or as the draft's. `expected_at` replaces the due date a draft got."""
         check_purchase_order_step(self.status, PO.OPEN)
         prices = prices or {}
         skus = {line.sku for line in self.lines}
@@ -155,14 +156,11 @@ class PurchaseOrder(BaseModel, defer_build=True):
         # A draft's lines take their costs from several reorder points: the PO sent is in one currency.
         currencies = sorted({line.unit_cost.currency for line in lines if line.unit_cost is not None})
         if len(currencies) > 1:
+            priced_by = {sku: index for index, sku in enumerate(prices)}
             raise InvalidRequest(
                 f"purchase order {self.id} would be priced in {' and '.join(currencies)}",
                 code="mixed_currencies",
-                details=[
-                    {"field": "lines", "message": f"{line.sku} costs {line.unit_cost.currency}"}
-                    for line in lines
-                    if line.unit_cost is not None
-                ],
+                details=[_cost_in(line, priced_by.get(line.sku)) for line in lines if line.unit_cost is not None],
             )
         submitted = self._next(PO.OPEN, lines)
         return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
@@ -226,6 +224,13 @@ class PurchaseOrder(BaseModel, defer_build=True):
         ]
         done = all(line.received_quantity == line.quantity for line in lines)
         return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
+
+
+def _cost_in(line: PurchaseOrderLine, index: int | None) -> dict[str, str]:
+    """A line's currency, naming the submission's line that priced it (`index`), else the draft's."""
+    if index is None:
+        return {"field": "lines", "message": f"{line.sku} costs {line.unit_cost.currency} on the draft"}
+    return {"field": f"lines[{index}].unit_cost", "message": f"{line.sku} costs {line.unit_cost.currency}"}
 
 
 class LinePrice(Strict):
