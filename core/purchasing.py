@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
@@ -246,9 +246,17 @@ class Submission(Strict):
     @field_validator("lines")
     @classmethod
     def _one_price_per_sku(cls, lines: list[LinePrice]) -> list[LinePrice]:
-        skus = [line.sku for line in lines]
-        if len(set(skus)) != len(skus):
-            raise ValueError("each sku is priced once")
+        first: dict[str, int] = {}
+        repeats = []
+        for index, line in enumerate(lines):
+            if line.sku in first:
+                error = f"lines[{first[line.sku]}] prices {line.sku} already: price each sku once"
+                repeats.append({"type": "value_error", "loc": (index, "sku"), "input": line.sku,
+                                "ctx": {"error": error}})  # fmt: skip
+            first.setdefault(line.sku, index)
+        if repeats:
+            # Raised as a ValidationError so that each error names its repeating entry, not the whole list.
+            raise ValidationError.from_exception_data("lines", repeats)
         return lines
 
     def prices(self) -> dict[str, Money]:

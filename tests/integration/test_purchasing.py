@@ -388,3 +388,16 @@ def test_a_submission_in_another_currency_names_the_lines_of_the_body_that_price
         {"field": "lines[0].unit_cost", "message": "PLATE costs USD"},
     ]
     assert api.get(f"/purchase-orders/{draft}").json()["status"] == "draft"
+
+
+def test_a_submission_pricing_a_sku_twice_names_each_repeating_line(api: InProcessApi):
+    draft = a_draft(api, ("MUG", None), ("CUP", None))
+    prices = [{"sku": sku, "unit_cost": COST} for sku in ("MUG", "CUP", "MUG", "MUG")]
+
+    refused = api.post(f"/purchase-orders/{draft}/submit", json={"lines": prices})
+
+    error = assert_error(refused, 422, "validation_error")
+    assert error["details"] == [
+        {"field": "lines[2].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
+        {"field": "lines[3].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
+    ]
