@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
@@ -59,6 +59,23 @@ class NewPurchaseOrderLine(Strict):
     unit_cost: UnitCost
 
 
+def _line_error(index: int, field: str, value: object, message: str) -> Any:
+    """A value error at `lines[index].field`, for ValidationError.from_exception_data."""
+    return {"type": "value_error", "loc": (index, field), "input": value, "ctx": {"error": message}}
+
+
+def _repeats(skus: list[str], message: str) -> list[Any]:
+    """An error at `lines[i].sku` for each entry repeating an earlier one's sku; `message` is
+    formatted with that earlier entry's index (`first`) and the `sku`."""
+    first: dict[str, int] = {}
+    errors = []
+    for index, sku in enumerate(skus):
+        if sku in first:
+            errors.append(_line_error(index, "sku", sku, message.format(first=first[sku], sku=sku)))
+        first.setdefault(sku, index)
+    return errors
+
+
 # A delivery date outside these is a typo, and would not survive conversion to UTC at the edges.
 EARLIEST_EXPECTED = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_EXPECTED = datetime(2999, 12, 31, tzinfo=UTC)
@@ -72,15 +89,23 @@ class NewPurchaseOrder(Strict):
         default=None, description="When the goods are due; without it, now plus the vendor's lead_time_days"
     )
 
-    # Field validators, not one on the model: each error names its field (`lines`, `expected_at`).
+    # Field validators, not one on the model: each error names its field (`expected_at`), or the
+    # entry of `lines` at fault (`lines[3].sku`).
     @field_validator("lines")
     @classmethod
     def _one_line_per_sku(cls, lines: list[NewPurchaseOrderLine]) -> list[NewPurchaseOrderLine]:
-        skus = [line.sku for line in lines]
-        if len(set(skus)) != len(skus):
-            raise ValueError("each sku appears on one line (receipts name lines by sku)")
-        if len({line.unit_cost.currency for line in lines}) > 1:
-            raise ValueError("every unit_cost of a purchase order is in one currency")
+        # One line per sku, as receipts name lines by sku; one currency, as the PO is one bill.
+        repeated = "lines[{first}] orders {sku} already: each sku appears on one line"
+        errors = _repeats([line.sku for line in lines], repeated)
+        currency = lines[0].unit_cost.currency
+        for index, line in enumerate(lines):
+            other = line.unit_cost.currency
+            if other != currency:
+                said = f"in {other}, where lines[0] is in {currency}: a purchase order is in one currency"
+                errors.append(_line_error(index, "unit_cost", other, said))
+        if errors:
+            # Raised as a ValidationError so that each error names its entry, not the whole list.
+            raise ValidationError.from_exception_data("lines", sorted(errors, key=lambda error: error["loc"]))
         return lines
 
     @field_validator("expected_at")
@@ -246,14 +271,7 @@ class Submission(Strict):
     @field_validator("lines")
     @classmethod
     def _one_price_per_sku(cls, lines: list[LinePrice]) -> list[LinePrice]:
-        first: dict[str, int] = {}
-        repeats = []
-        for index, line in enumerate(lines):
-            if line.sku in first:
-                error = f"lines[{first[line.sku]}] prices {line.sku} already: price each sku once"
-                repeats.append({"type": "value_error", "loc": (index, "sku"), "input": line.sku,
-                                "ctx": {"error": error}})  # fmt: skip
-            first.setdefault(line.sku, index)
+        repeats = _repeats([line.sku for line in lines], "lines[{first}] prices {sku} already: price each sku once")
         if repeats:
             # Raised as a ValidationError so that each error names its repeating entry, not the whole list.
             raise ValidationError.from_exception_data("lines", repeats)

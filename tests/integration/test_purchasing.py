@@ -401,3 +401,22 @@ def test_a_submission_pricing_a_sku_twice_names_each_repeating_line(api: InProce
         {"field": "lines[2].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
         {"field": "lines[3].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
     ]
+
+
+def test_a_purchase_order_with_a_repeated_sku_or_another_currency_names_each_line_at_fault(api: InProcessApi):
+    # Both said `lines` alone: on a PO of many lines a buyer could not tell which one to fix.
+    network = put_network(api)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    lines = [{"sku": sku, "quantity": 1, "unit_cost": cost} for sku, cost in
+             [("MUG", COST), ("CUP", JPY), ("PLATE", COST), ("MUG", COST)]]  # fmt: skip
+
+    refused = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
+
+    error = assert_error(refused, 422, "validation_error")
+    assert error["details"] == [
+        {"field": "lines[1].unit_cost",
+         "message": "Value error, in JPY, where lines[0] is in USD: a purchase order is in one currency"},
+        {"field": "lines[3].sku",
+         "message": "Value error, lines[0] orders MUG already: each sku appears on one line"},
+    ]  # fmt: skip
