@@ -339,6 +339,15 @@ def _made_visible(note: str | None) -> str | None:
 VisibleText = AfterValidator(_made_visible)
 
 
+def _made_visible_on_one_line(name: str) -> str:
+    return _UNCLEAN_TEXT.sub("\ufffd", name)
+
+
+# A name a plugin gives for people to read (a tax rate's, printed on an invoice line): made safe as
+# VisibleText is, and kept on one line, so a tab or a line break is replaced as well.
+VisibleName = AfterValidator(_made_visible_on_one_line)
+
+
 class _CleanTextRule(WrapValidator):
     """The rule on names and addresses, for validation and, as a pattern, for the OpenAPI schema."""
 

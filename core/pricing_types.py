@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import Address, Customer, Fulfillment, Product, ShippingMethod, VisibleText
+from core.models import Address, Customer, Fulfillment, Product, ShippingMethod, VisibleName, VisibleText
 from core.money import Money
 
 
@@ -72,12 +72,14 @@ class Discount(BaseModel):
 
 
 class TaxRate(BaseModel):
-    """A tax rate for one line: tax = round_half_even((subtotal - discount) x rate)."""
+    """A tax rate for one line: tax = round_half_even((subtotal - discount) x rate). `name` is kept
+    on the order line for invoices: a control character or a bidi override in it is replaced by
+    U+FFFD (refusing it would refuse every order the rate taxes)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     rate: Decimal = Field(ge=0, le=1)
-    name: str
+    name: Annotated[str, VisibleName]
 
 
 class ShippingQuote(BaseModel):

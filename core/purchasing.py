@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
@@ -59,6 +59,23 @@ class NewPurchaseOrderLine(Strict):
     unit_cost: UnitCost
 
 
+def _line_error(index: int, field: str, value: object, message: str) -> Any:
+    """A value error at `lines[index].field`, for ValidationError.from_exception_data."""
+    return {"type": "value_error", "loc": (index, field), "input": value, "ctx": {"error": message}}
+
+
+def _repeats(skus: list[str], message: str) -> list[Any]:
+    """An error at `lines[i].sku` for each entry repeating an earlier one's sku; `message` is
+    formatted with that earlier entry's index (`first`) and the `sku`."""
+    first: dict[str, int] = {}
+    errors = []
+    for index, sku in enumerate(skus):
+        if sku in first:
+            errors.append(_line_error(index, "sku", sku, message.format(first=first[sku], sku=sku)))
+        first.setdefault(sku, index)
+    return errors
+
+
 # A delivery date outside these is a typo, and would not survive conversion to UTC at the edges.
 EARLIEST_EXPECTED = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_EXPECTED = datetime(2999, 12, 31, tzinfo=UTC)
@@ -72,15 +89,23 @@ class NewPurchaseOrder(Strict):
         default=None, description="When the goods are due; without it, now plus the vendor's lead_time_days"
     )
 
-    # Field validators, not one on the model: each error names its field (`lines`, `expected_at`).
+    # Field validators, not one on the model: each error names its field (`expected_at`), or the
+    # entry of `lines` at fault (`lines[3].sku`).
     @field_validator("lines")
     @classmethod
     def _one_line_per_sku(cls, lines: list[NewPurchaseOrderLine]) -> list[NewPurchaseOrderLine]:
-        skus = [line.sku for line in lines]
-        if len(set(skus)) != len(skus):
-            raise ValueError("each sku appears on one line (receipts name lines by sku)")
-        if len({line.unit_cost.currency for line in lines}) > 1:
-            raise ValueError("every unit_cost of a purchase order is in one currency")
+        # One line per sku, as receipts name lines by sku; one currency, as the PO is one bill.
+        repeated = "lines[{first}] orders {sku} already: each sku appears on one line"
+        errors = _repeats([line.sku for line in lines], repeated)
+        currency = lines[0].unit_cost.currency
+        for index, line in enumerate(lines):
+            other = line.unit_cost.currency
+            if other != currency:
+                said = f"in {other}, where lines[0] is in {currency}: a purchase order is in one currency"
+                errors.append(_line_error(index, "unit_cost", other, said))
+        if errors:
+            # Raised as a ValidationError so that each error names its entry, not the whole list.
+            raise ValidationError.from_exception_data("lines", sorted(errors, key=lambda error: error["loc"]))
         return lines
 
     @field_validator("expected_at")
@@ -131,7 +156,8 @@ class PurchaseOrder(BaseModel, defer_build=True):
         lines, or a draft's costs corrected), in the order of the submission's lines: a sku the PO
         lacks is 422 naming its line (`lines[i].sku`). A line left without a cost is 422
         `unpriced_lines`, since an open PO is a commitment to pay, and costs in more than one
-        currency are 422 `mixed_currencies`. `expected_at` replaces the due date a draft got."""
+        currency are 422 `mixed_currencies`, each cost named by the submission's line that gave it
+        (`lines[i].unit_cost`), or as the draft's. `expected_at` replaces the due date a draft got."""
         check_purchase_order_step(self.status, PO.OPEN)
         prices = prices or {}
         skus = {line.sku for line in self.lines}
@@ -155,14 +181,11 @@ class PurchaseOrder(BaseModel, defer_build=True):
         # A draft's lines take their costs from several reorder points: the PO sent is in one currency.
         currencies = sorted({line.unit_cost.currency for line in lines if line.unit_cost is not None})
         if len(currencies) > 1:
+            priced_by = {sku: index for index, sku in enumerate(prices)}
             raise InvalidRequest(
                 f"purchase order {self.id} would be priced in {' and '.join(currencies)}",
                 code="mixed_currencies",
-                details=[
-                    {"field": "lines", "message": f"{line.sku} costs {line.unit_cost.currency}"}
-                    for line in lines
-                    if line.unit_cost is not None
-                ],
+                details=[_cost_in(line, priced_by.get(line.sku)) for line in lines if line.unit_cost is not None],
             )
         submitted = self._next(PO.OPEN, lines)
         return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
@@ -228,6 +251,13 @@ class PurchaseOrder(BaseModel, defer_build=True):
         return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
 
 
+def _cost_in(line: PurchaseOrderLine, index: int | None) -> dict[str, str]:
+    """A line's currency, naming the submission's line that priced it (`index`), else the draft's."""
+    if index is None:
+        return {"field": "lines", "message": f"{line.sku} costs {line.unit_cost.currency} on the draft"}
+    return {"field": f"lines[{index}].unit_cost", "message": f"{line.sku} costs {line.unit_cost.currency}"}
+
+
 class LinePrice(Strict):
     sku: Identifier
     unit_cost: UnitCost
@@ -241,9 +271,10 @@ class Submission(Strict):
     @field_validator("lines")
     @classmethod
     def _one_price_per_sku(cls, lines: list[LinePrice]) -> list[LinePrice]:
-        skus = [line.sku for line in lines]
-        if len(set(skus)) != len(skus):
-            raise ValueError("each sku is priced once")
+        repeats = _repeats([line.sku for line in lines], "lines[{first}] prices {sku} already: price each sku once")
+        if repeats:
+            # Raised as a ValidationError so that each error names its repeating entry, not the whole list.
+            raise ValidationError.from_exception_data("lines", repeats)
         return lines
 
     def prices(self) -> dict[str, Money]:

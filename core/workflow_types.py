@@ -26,12 +26,14 @@ class PaymentResult(BaseModel):
 
 
 class SourcingPlan(BaseModel):
-    """Where each line's units come from, and why (one sentence per choice, for the history)."""
+    """Where each line's units come from, and why (one sentence per choice, for the history).
+    `reasons` reach the order's history, its events and a simulation's answer: controls and bidi
+    overrides in them are made visible (refusing them would fail the sourcing of a paid order)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     allocations: list[Allocation]
-    reasons: list[str] = Field(default_factory=list)
+    reasons: list[Annotated[str, VisibleText]] = Field(default_factory=list)
 
 
 class CarrierShipment(BaseModel):

@@ -15,7 +15,15 @@ import boto3
 import pytest
 
 from core.errors import InvalidRequest, InvalidTransition, StaleVersion
-from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, VendorRequest
+from core.ids import new_id
+from core.purchasing import (
+    NewPurchaseOrder,
+    PurchaseOrder,
+    PurchaseOrderFilter,
+    PurchaseOrderLine,
+    Receipt,
+    VendorRequest,
+)
 from core.status import OrderStatus, PurchaseOrderStatus
 from functions.adapters import order_codec
 from tests.builders import NOW
@@ -340,3 +348,75 @@ def test_a_purchase_order_naming_unknown_skus_names_each_ones_line(api: InProces
         {"field": "lines[0].sku", "message": "no product ZZ-GONE"},
         {"field": "lines[2].sku", "message": "no product AA-GONE"},
     ]
+
+
+def a_draft(api: InProcessApi, *costs: tuple[str, dict[str, str] | None]) -> str:
+    """A draft PO, as a reorder point makes one, with a line per (sku, unit_cost or None)."""
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    draft = PurchaseOrder(
+        id=new_id("po"),
+        vendor_id=vendor,
+        location_id=network["east"],
+        status=PO.DRAFT,
+        lines=[PurchaseOrderLine.model_validate({"sku": sku, "quantity": 2, "unit_cost": cost}) for sku, cost in costs],
+        expected_at=NOW,
+        created_at=NOW,
+    )
+    bootstrap(Config.from_env()).purchasing_repository.add(draft)
+    return draft.id
+
+
+JPY = {"amount": "400", "currency": "JPY"}
+
+
+def test_a_submission_in_another_currency_names_the_lines_of_the_body_that_priced_it(api: InProcessApi):
+    # API.md's error shape names the offending entry: every detail said `lines`, so a buyer pricing
+    # many lines of a draft could not tell which of the body's costs to change.
+    draft = a_draft(api, ("MUG", COST), ("CUP", None), ("PLATE", None))
+    prices = [{"sku": "PLATE", "unit_cost": COST}, {"sku": "CUP", "unit_cost": JPY}]
+
+    refused = api.post(f"/purchase-orders/{draft}/submit", json={"lines": prices})
+
+    error = assert_error(refused, 422, "mixed_currencies")
+    assert error["details"] == [
+        {"field": "lines", "message": "MUG costs USD on the draft"},
+        {"field": "lines[1].unit_cost", "message": "CUP costs JPY"},
+        {"field": "lines[0].unit_cost", "message": "PLATE costs USD"},
+    ]
+    assert api.get(f"/purchase-orders/{draft}").json()["status"] == "draft"
+
+
+def test_a_submission_pricing_a_sku_twice_names_each_repeating_line(api: InProcessApi):
+    draft = a_draft(api, ("MUG", None), ("CUP", None))
+    prices = [{"sku": sku, "unit_cost": COST} for sku in ("MUG", "CUP", "MUG", "MUG")]
+
+    refused = api.post(f"/purchase-orders/{draft}/submit", json={"lines": prices})
+
+    error = assert_error(refused, 422, "validation_error")
+    assert error["details"] == [
+        {"field": "lines[2].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
+        {"field": "lines[3].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
+    ]
+
+
+def test_a_purchase_order_with_a_repeated_sku_or_another_currency_names_each_line_at_fault(api: InProcessApi):
+    # Both said `lines` alone: on a PO of many lines a buyer could not tell which one to fix.
+    network = put_network(api)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    lines = [{"sku": sku, "quantity": 1, "unit_cost": cost} for sku, cost in
+             [("MUG", COST), ("CUP", JPY), ("PLATE", COST), ("MUG", COST)]]  # fmt: skip
+
+    refused = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
+
+    error = assert_error(refused, 422, "validation_error")
+    assert error["details"] == [
+        {"field": "lines[1].unit_cost",
+         "message": "Value error, in JPY, where lines[0] is in USD: a purchase order is in one currency"},
+        {"field": "lines[3].sku",
+         "message": "Value error, lines[0] orders MUG already: each sku appears on one line"},
+    ]  # fmt: skip

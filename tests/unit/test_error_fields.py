@@ -23,11 +23,13 @@ RETURN_LINE = {"line_id": "L1", "quantity": 1, "reason": "too small"}
 RECEIPT_LINE = {"line_id": "L1", "quantity": 1, "condition": "resellable"}
 
 CASES = [
-    pytest.param(NewPurchaseOrder, {**PO, "lines": [PO_LINE, PO_LINE]}, "lines", id="a PO's repeated sku"),
+    pytest.param(NewPurchaseOrder, {**PO, "lines": [PO_LINE, PO_LINE]}, ("lines", 1, "sku"), id="a PO's repeated sku"),
     pytest.param(NewPurchaseOrder, {**PO, "expected_at": "2027-01-01T00:00:00"}, "expected_at", id="no time zone"),
     pytest.param(NewPurchaseOrder, {**PO, "expected_at": "3000-01-01T00:00:00Z"}, "expected_at", id="year 3000"),
-    pytest.param(Submission, {"lines": [{"sku": "MUG", "unit_cost": COST}] * 2}, "lines", id="a price given twice"),
     # The repeating entry itself (lines[1].line_id), as API.md's error shape names a field.
+    pytest.param(
+        Submission, {"lines": [{"sku": "MUG", "unit_cost": COST}] * 2}, ("lines", 1, "sku"), id="a price given twice"
+    ),
     pytest.param(
         RequestReturn, {"lines": [RETURN_LINE, RETURN_LINE]}, ("lines", 1, "line_id"), id="a return's repeated line"
     ),

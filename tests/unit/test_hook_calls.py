@@ -135,6 +135,36 @@ def test_a_quotes_description_is_kept_with_controls_and_bidi_overrides_made_visi
     assert answer.description == "Next day\ufffd[31m\ufffd\n2"
 
 
+def test_a_tax_rates_name_is_kept_on_one_line_with_controls_and_bidi_overrides_made_visible():
+    # The name an invoice prints on the order line: refusing it would refuse every order taxed by
+    # that rate, so it is mended, and on one line (a tab or a line break is replaced too).
+    rate = TaxRate.model_construct(rate=Decimal("0.20"), name="VAT\x1b[31m\u202e\n\t20%")
+
+    answer = call("oms_tax_rate", answering("oms_tax_rate", rate))
+
+    assert (answer.rate, answer.name) == (Decimal("0.20"), "VAT\ufffd[31m\ufffd\ufffd\ufffd20%")
+
+
+def test_a_tax_rates_name_reaches_the_order_line_made_visible():
+    plugins = build_plugin_manager()
+    plugins.register(answering("oms_tax_rate", TaxRate.model_construct(rate=Decimal("0.1"), name="GB\u202e std")))
+
+    priced = Pricing(plugins).price(an_order(("MUG-1", 1)), {"MUG-1": a_product()}, an_address())
+
+    assert priced.lines[0].tax_rate.name == "GB\ufffd std"
+
+
+def test_a_sourcing_plans_reasons_are_kept_with_controls_and_bidi_overrides_made_visible():
+    # One sentence per choice for the order's history and events: refusing them would fail the
+    # sourcing of a paid order, so they are mended as a gateway's refusal is (line breaks kept).
+    allocation = Allocation(line_id="L1", location_id="wh", quantity=1)
+    plan = SourcingPlan.model_construct(allocations=[allocation], reasons=["nearest\x1b[2J\u2066 wh\nok", "fine"])
+
+    answer = call("oms_source_order", answering("oms_source_order", plan))
+
+    assert answer.reasons == ["nearest\ufffd[2J\ufffd wh\nok", "fine"]
+
+
 def test_the_plugin_that_answered_is_named_among_several():
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(answering("oms_discounts", [Discount(code="GOOD", amount=usd("1.00"))]), name="good")

@@ -171,7 +171,7 @@ def test_a_purchase_order_is_priced_in_one_currency():
     jpy = {"sku": "CUP", "quantity": 1, "unit_cost": {"amount": "400", "currency": "JPY"}}
     with pytest.raises(ValidationError) as refused:
         NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": "wh-east", "lines": [usd, jpy]})
-    assert refused.value.errors()[0]["loc"] == ("lines",)
+    assert refused.value.errors()[0]["loc"] == ("lines", 1, "unit_cost")
 
     draft = a_po(PO.DRAFT)  # both lines in USD
     with pytest.raises(InvalidRequest) as mixed:
