@@ -1280,19 +1280,17 @@ class Order(BaseModel, defer_build=True):
         return self.status_since if self.status_since is not None else self.updated_at
 
     @property
-    def deadline_counts_from(self) -> datetime:
+    def deadline_counts_from(self) -> datetime | None:
         """When the deadline of its current status (OMS_SLA) starts counting: when it entered the
         status, save for an allocated pickup whose every parcel waits at its store for the customer,
         who has until `collect_by`: nobody is late before then (the pickup expiry cancels it at
-        that moment; a mark after the deadline says it did not)."""
-        waiting = self.pickup_deadline()
-        if (
-            self.status is not OrderStatus.ALLOCATED
-            or waiting is None
-            or any(s.status is ShipmentStatus.PENDING for s in self.shipments)
-        ):
+        that moment; a mark after the deadline says it did not). None when none of its waiting
+        parcels has a `collect_by` (OMS_PICKUP_EXPIRY_DAYS 0): the customer may come whenever,
+        so the order is never late."""
+        if self.status is not OrderStatus.ALLOCATED or not self._picked():
             return self.in_status_since
-        return max(waiting, self.in_status_since)
+        waiting = self.pickup_deadline()
+        return None if waiting is None else max(waiting, self.in_status_since)
 
     @property
     def last_changed(self) -> datetime:
@@ -1333,6 +1331,12 @@ class Order(BaseModel, defer_build=True):
             return None
         waiting = [s.collect_by for s in self.shipments if s.status is ShipmentStatus.READY_FOR_PICKUP and s.collect_by]
         return min(waiting, default=None)
+
+    def _picked(self) -> bool:
+        """Whether every parcel is past the store's picking and one waits for the customer."""
+        return not any(s.status is ShipmentStatus.PENDING for s in self.shipments) and any(
+            s.status is ShipmentStatus.READY_FOR_PICKUP for s in self.shipments
+        )
 
     def _pending_besides(self, shipment_id: str) -> bool:
         return any(s.status is ShipmentStatus.PENDING and s.id != shipment_id for s in self.shipments)
@@ -1862,9 +1866,9 @@ class Order(BaseModel, defer_build=True):
             if s.id == shipment_id else s
             for s in self.shipments
         ]  # fmt: skip
-        # Every parcel picked: the deadline counts from collect_by now (deadline_counts_from), so a
-        # mark for being late to pick it no longer holds.
-        picked = collect_by is not None and not any(s.status is ShipmentStatus.PENDING for s in shipments)
+        # Every parcel picked: the deadline counts from collect_by now, or never counts without one
+        # (deadline_counts_from), so a mark for being late to pick it no longer holds.
+        picked = not any(s.status is ShipmentStatus.PENDING for s in shipments)
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
