@@ -346,6 +346,31 @@ def test_a_booking_made_before_createshipments_failed_is_cancelled_when_an_edit_
     assert (edited.unrecorded_bookings, edited.bookings_to_cancel) == ([], [])
 
 
+def test_a_booking_made_before_createshipments_failed_is_owed_a_cancel_at_once_if_the_order_was_cancelled_meanwhile(
+    world, carrier, clock, monkeypatch
+):
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    east, west = shipment_id_for(order_id, "wh-east"), shipment_id_for(order_id, "wh-west")
+    carrier.fails.add(west)
+    real_book = world.workflow._book
+
+    def book(order, shipment_id, *args):
+        if shipment_id == west:  # the customer cancels while the second parcel is being booked
+            world.actions.cancel(order_id, "too slow", actor="key_web")
+        return real_book(order, shipment_id, *args)
+
+    monkeypatch.setattr(world.workflow, "_book", book)
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)
+
+    assert [b.booking_key for b in world.order(order_id).bookings_to_cancel] == [east]
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]
+
+
 def test_a_booking_made_before_createshipments_failed_is_used_once_the_parked_order_is_released(world, carrier):
     order_id, east = booked_one_of_two(world, carrier)
     Holds(world.orders).release(order_id, ReleaseRequest(), actor="key_ops")
