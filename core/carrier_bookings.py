@@ -92,10 +92,10 @@ class CarrierBookings:
 def give_up_unrecorded(
     orders: OrderRepository, order_id: str, bookings: list[GivenUpBooking], clock: Callable[[], datetime]
 ) -> None:
-    """Bookings made for the order that its version never recorded (the write that would have
-    lost to a change), owed a cancel once nothing will ask for them again under their key
-    (Order.unrecorded_bookings_given_up): the next request that changes the order, or the
-    reconciler's next pass, cancels them."""
+    """Bookings made for the order that its version never recorded (a step that failed after the
+    carrier booked, or whose write lost to a change), owed a cancel once nothing will ask for them
+    again under their key, at once or from the change that means it (Order.unrecorded_bookings_given_up):
+    the next request that changes the order, or the reconciler's next pass, cancels them."""
     at = clock()
     with contextlib.suppress(NotFound, StaleVersion):
         modify(orders, order_id, lambda current: current.unrecorded_bookings_given_up(bookings, at=at))

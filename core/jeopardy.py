@@ -6,7 +6,8 @@ return_expired, core/returns.py's Returns.expire).
 The scan never reads the Orders table whole: the LateOrders port answers, through an index, which
 unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the status
 index, judged on when the deadline of the order's status starts counting: when it entered the
-status, or, for a pickup waiting for its customer, its `collect_by`: Order.deadline_counts_from).
+status, or, for a pickup waiting for its customer, its `collect_by`, or never when it has none:
+Order.deadline_counts_from).
 Each candidate is read and judged again before one conditional write, so an order that moved on
 meanwhile is left alone, and a repeated scan marks nothing twice. Expired returns are found the
 same way, through the Returns table's status index (UnreceivedReturns): those created before the
@@ -194,7 +195,7 @@ class JeopardyScan:
             # have its ship under way: the next pass judges it, that request recorded or over.
             since = order.deadline_counts_from
             marked = (
-                order.status is status and order.jeopardy is None and since + deadline <= at
+                order.status is status and order.jeopardy is None and since is not None and since + deadline <= at
                 and not (order.captures_requested and order.last_changed > at - self._captures_after)
             )  # fmt: skip
             if not marked:

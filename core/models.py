@@ -1157,6 +1157,12 @@ class Order(BaseModel, defer_build=True):
     # Carrier bookings no parcel will use, owed a cancel with their carrier (GivenUpBooking; each
     # new version adds those it gives up, `_next`). The system's own: stored, never shown.
     bookings_to_cancel: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
+    # Carrier bookings made for its parcels that no shipment records, which a retry will ask for
+    # again under the same key and use (a CreateShipments that failed after booking some parcels,
+    # then parked, say): owed a cancel from the change after which nothing will (the order closed,
+    # booked under new keys, the parcel no longer waiting for one: `_next`), else that booking is
+    # recorded nowhere. The system's own: stored, never shown.
+    unrecorded_bookings: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided; on an order nobody ships or cancels again the jeopardy scan finds it once the order is
@@ -1216,6 +1222,8 @@ class Order(BaseModel, defer_build=True):
             system["booking_keys"] = dict(self.booking_keys)
         if self.bookings_to_cancel:
             system["bookings_to_cancel"] = [b.model_dump(mode="json") for b in self.bookings_to_cancel]
+        if self.unrecorded_bookings:
+            system["unrecorded_bookings"] = [b.model_dump(mode="json") for b in self.unrecorded_bookings]
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.authorization_requested is not None:
@@ -1289,19 +1297,17 @@ class Order(BaseModel, defer_build=True):
         return self.status_since if self.status_since is not None else self.updated_at
 
     @property
-    def deadline_counts_from(self) -> datetime:
+    def deadline_counts_from(self) -> datetime | None:
         """When the deadline of its current status (OMS_SLA) starts counting: when it entered the
         status, save for an allocated pickup whose every parcel waits at its store for the customer,
         who has until `collect_by`: nobody is late before then (the pickup expiry cancels it at
-        that moment; a mark after the deadline says it did not)."""
-        waiting = self.pickup_deadline()
-        if (
-            self.status is not OrderStatus.ALLOCATED
-            or waiting is None
-            or any(s.status is ShipmentStatus.PENDING for s in self.shipments)
-        ):
+        that moment; a mark after the deadline says it did not). None when none of its waiting
+        parcels has a `collect_by` (OMS_PICKUP_EXPIRY_DAYS 0): the customer may come whenever,
+        so the order is never late."""
+        if self.status is not OrderStatus.ALLOCATED or not self._picked():
             return self.in_status_since
-        return max(waiting, self.in_status_since)
+        waiting = self.pickup_deadline()
+        return None if waiting is None else max(waiting, self.in_status_since)
 
     @property
     def last_changed(self) -> datetime:
@@ -1342,6 +1348,12 @@ class Order(BaseModel, defer_build=True):
             return None
         waiting = [s.collect_by for s in self.shipments if s.status is ShipmentStatus.READY_FOR_PICKUP and s.collect_by]
         return min(waiting, default=None)
+
+    def _picked(self) -> bool:
+        """Whether every parcel is past the store's picking and one waits for the customer."""
+        return not any(s.status is ShipmentStatus.PENDING for s in self.shipments) and any(
+            s.status is ShipmentStatus.READY_FOR_PICKUP for s in self.shipments
+        )
 
     def _pending_besides(self, shipment_id: str) -> bool:
         return any(s.status is ShipmentStatus.PENDING and s.id != shipment_id for s in self.shipments)
@@ -1636,6 +1648,13 @@ class Order(BaseModel, defer_build=True):
             # carrier down loses the debt (core.carrier_bookings asks, then records the answer).
             new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *given_up], booking_keys=keys,
                             labels_due=due)  # fmt: skip
+        if new.unrecorded_bookings:
+            # Judged on this version: kept while a retried step will still ask for them, owed a
+            # cancel from the change after which nothing will, dropped once a shipment uses them.
+            waiting, unused = new._unrecorded_judged(new.unrecorded_bookings)
+            if waiting != new.unrecorded_bookings:
+                owed = [booking for booking in unused if booking not in new.bookings_to_cancel]
+                new = _replaced(new, unrecorded_bookings=waiting, bookings_to_cancel=[*new.bookings_to_cancel, *owed])
         check_successor(self, new)
         entry = HistoryEntry(
             at=at,
@@ -1871,9 +1890,9 @@ class Order(BaseModel, defer_build=True):
             if s.id == shipment_id else s
             for s in self.shipments
         ]  # fmt: skip
-        # Every parcel picked: the deadline counts from collect_by now (deadline_counts_from), so a
-        # mark for being late to pick it no longer holds.
-        picked = collect_by is not None and not any(s.status is ShipmentStatus.PENDING for s in shipments)
+        # Every parcel picked: the deadline counts from collect_by now, or never counts without one
+        # (deadline_counts_from), so a mark for being late to pick it no longer holds.
+        picked = not any(s.status is ShipmentStatus.PENDING for s in shipments)
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
@@ -2253,11 +2272,27 @@ class Order(BaseModel, defer_build=True):
 
     def unrecorded_bookings_given_up(self, bookings: list[GivenUpBooking], *, at: datetime) -> Bookkeeping | None:
         """Bookings made for this order that no version recorded (a CreateShipments or a re-booking
-        whose write lost to a change), owed a cancel (`bookings_to_cancel`) once nothing will ask
-        for them again under their key: the order closed, or changed so its parcels are booked
-        under another key, or the parcel no longer waiting for one. A booking the order uses, or
-        one a retried step (a release, the next pass) will ask for again and so be answered, is
-        left alone. Bookkeeping: the cancel's own entry tells. None when none is given up."""
+        that failed after the carrier booked, or whose write lost to a change), owed a cancel
+        (`bookings_to_cancel`) once nothing will ask for them again under their key: the order
+        closed, or changed so its parcels are booked under another key, or the parcel no longer
+        waiting for one. One a retried step (a retry, a release, the next pass) will ask for again
+        and so be answered is kept (`unrecorded_bookings`) until the change after which nothing
+        will (`_next`); one the order uses is left alone. Bookkeeping: the cancel's own entry tells.
+        None when there is nothing new to keep or give up."""
+        waiting, unused = self._unrecorded_judged(bookings)
+        given_up = [booking for booking in unused if booking not in self.bookings_to_cancel]
+        kept = [booking for booking in waiting if booking not in self.unrecorded_bookings]
+        if not given_up and not kept:
+            return None
+        new = _replaced(self, bookings_to_cancel=[*self.bookings_to_cancel, *given_up],
+                        unrecorded_bookings=[*self.unrecorded_bookings, *kept], version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        check_successor(self, new)
+        return new, None
+
+    def _unrecorded_judged(self, bookings: list[GivenUpBooking]) -> tuple[list[GivenUpBooking], list[GivenUpBooking]]:
+        """Of bookings no version recorded, those a retried step will ask for again under their key
+        (and use), and those nothing will; one a shipment of this order uses is neither."""
         in_use = {(s.id, s.tracking_number, self.booking_key_of(s.id)) for s in self.shipments}
         current = {s.id for s in self.shipments}
         sourcing = self.status in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED, OrderStatus.ON_HOLD)
@@ -2267,17 +2302,9 @@ class Order(BaseModel, defer_build=True):
                 return False
             return booking.shipment_id in self.labels_due or (sourcing and booking.shipment_id not in current)
 
-        given_up = [
-            booking for booking in bookings
-            if (booking.shipment_id, booking.tracking_number, booking.booking_key) not in in_use
-            and booking not in self.bookings_to_cancel and not asked_again(booking)
-        ]  # fmt: skip
-        if not given_up:
-            return None
-        new = _replaced(self, bookings_to_cancel=[*self.bookings_to_cancel, *given_up], version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        unrecorded = [b for b in bookings if (b.shipment_id, b.tracking_number, b.booking_key) not in in_use]
+        waiting = [booking for booking in unrecorded if asked_again(booking)]
+        return waiting, [booking for booking in unrecorded if booking not in waiting]
 
     def booking_settled(self, booking: GivenUpBooking, cancelled: bool, reason: str, *, at: datetime,
                         actor: str) -> Change:  # fmt: skip

@@ -589,30 +589,40 @@ class Workflow:
                 ShipmentLine(line_id=allocation.line_id, quantity=allocation.quantity)
             )
         shipments = []
-        for location_id in sorted(by_location):
-            lines = by_location[location_id]
-            shipment_id = shipment_id_for(order.id, location_id)
-            weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
-            key = booking_key(shipment_id, order.rebookings)
-            booked = self._book(order, shipment_id, key, locations[location_id], lines, weight)
-            # Stored under the booking's key: a booking made for the order as it was, by a step that
-            # lost its write to the change, never overwrites the label of the booking made after it.
-            label_key = stored_label(self._labels, booked, order.id, key)
-            shipments.append(
-                Shipment(
-                    id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,
-                    service=booked.service, tracking_number=booked.tracking_number, label_url=label_key,
-                )
-            )  # fmt: skip
+        # The bookings made, owed a cancel once no retry will ask for them again (the order
+        # cancelled, or edited: its parcels are booked under another key) should this step not
+        # record them: kept on the order (Order.unrecorded_bookings_given_up) by a failure after
+        # one (the next parcel's booking raising), as by a lost write, so a park then a cancel
+        # gives them up too.
+        made: list[GivenUpBooking] = []
+        try:
+            for location_id in sorted(by_location):
+                lines = by_location[location_id]
+                shipment_id = shipment_id_for(order.id, location_id)
+                weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
+                key = booking_key(shipment_id, order.rebookings)
+                booked = self._book(order, shipment_id, key, locations[location_id], lines, weight)
+                if booked.tracking_number:
+                    made.append(GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
+                                               tracking_number=booked.tracking_number, booking_key=key))  # fmt: skip
+                # Stored under the booking's key: a booking made for the order as it was, by a step
+                # that lost its write to the change, never overwrites the label of the booking made
+                # after it.
+                label_key = stored_label(self._labels, booked, order.id, key)
+                shipments.append(
+                    Shipment(
+                        id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,
+                        service=booked.service, tracking_number=booked.tracking_number, label_url=label_key,
+                    )
+                )  # fmt: skip
+        except Exception:  # any: what was booked before it is kept, the failure goes on to Step Functions
+            if made:
+                give_up_unrecorded(self._orders, order_id, made, self._clock)
+            raise
         new, entry = order.allocate(shipments, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            # The bookings just made are owed a cancel once no retry will ask for them again (the
-            # order cancelled, or edited: its parcels are booked under another key).
-            made = [GivenUpBooking(shipment_id=s.id, carrier=s.carrier, tracking_number=s.tracking_number,
-                                   booking_key=booking_key(s.id, order.rebookings))
-                    for s in shipments if s.tracking_number]  # fmt: skip
             undo = functools.partial(give_up_unrecorded, self._orders, order_id, made, self._clock)
             raise self._closed_or_retry(order_id, undo) from None
         if order.status is S.BACKORDERED and self._backorders is not None:

@@ -203,8 +203,8 @@ INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
 # written when an order is marked or unmarked, never at an ordinary status change. The jeopardy
 # scan finds its candidates through by_status_key, which projects `status_since` (when the deadline
 # of its status starts counting, Order.deadline_counts_from: when it entered the status, or a ready
-# pickup's collect_by; stored on watched orders only, as every write pays for its bytes) and
-# `sla_key` (whether it is marked).
+# pickup's collect_by; stored on watched orders only, as every write pays for its bytes, and not on
+# a pickup waiting with no collect_by, which is never late) and `sla_key` (whether it is marked).
 JEOPARDY_KEY = "jeopardy"
 # The sparse `by_pending_refund` index keeps an entry only for an order with a refund still pending
 # at the gateway, under PENDING_REFUND_KEY by when its oldest one was begun: the reconciler finishes
@@ -243,8 +243,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     attributes: dict[str, dict[str, str]] = {}
     if order.status in INDEXED_STATUSES:
         attributes["status_key"] = {"S": order.status.value}
-    if order.status in WATCHED or order.jeopardy is not None:
-        attributes["status_since"] = {"S": timestamp(order.deadline_counts_from)}
+    since = order.deadline_counts_from
+    if (order.status in WATCHED or order.jeopardy is not None) and since is not None:
+        attributes["status_since"] = {"S": timestamp(since)}
     if order.jeopardy is not None:
         attributes["sla_key"] = {"S": JEOPARDY_KEY}
         attributes["sla_at"] = {"S": timestamp(order.created_at)}

@@ -137,7 +137,8 @@ class InMemoryLateOrders(LateOrders):
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         found = [o for o in self._orders.orders.values() if o.status is status and o.jeopardy is None]
-        return [o.id for o in sorted(found, key=lambda o: o.created_at) if o.deadline_counts_from < before][:limit]
+        due = [o for o in found if o.deadline_counts_from is not None and o.deadline_counts_from < before]
+        return [o.id for o in sorted(due, key=lambda o: o.created_at)][:limit]
 
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
         found = [o for o in self._orders.orders.values() if o.status is OrderStatus.ON_HOLD]

@@ -333,6 +333,17 @@ def test_a_ready_pickup_is_a_jeopardy_candidate_only_once_its_collect_by_passed(
     ]
 
 
+def test_a_ready_pickup_that_never_expires_is_never_a_jeopardy_candidate(stack):
+    # No collect_by (OMS_PICKUP_EXPIRY_DAYS 0): it waits for the customer, which is nobody's lateness.
+    from functions.adapters.dynamodb import DynamoLateOrders
+
+    aws = stack["aws"]
+    waiting = ready_pickup(aws, days=0, external_id="web-never")
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"])
+
+    assert late.unmarked_since_before(OrderStatus.ALLOCATED, waiting.created_at + timedelta(days=3650), 10) == []
+
+
 def test_a_held_pickup_past_its_deadline_leaves_the_index_and_expires_once_released(stack):
     from core.holds import HoldRequest, ReleaseRequest
     from functions.bootstrap import Config, bootstrap

@@ -10,7 +10,7 @@ import pytest
 
 from core import hookimpl
 from core.carrier_bookings import CarrierWorkSweep
-from core.errors import OrderClosed, OrderHeld
+from core.errors import OrderClosed, OrderHeld, TransientError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import booking_key, shipment_id_for
 from core.models import LineInput, Order, OrderEdit
@@ -34,13 +34,14 @@ class Carrier:
 
     def __init__(self) -> None:
         self.down = False
+        self.fails: set[str] = set()  # booking keys it cannot book (the carrier down for them)
         self.refuses = False
         self.cancelled: list[tuple[str, str, str]] = []  # (tracking number, booking key, order id)
         self.cancels_asked = 0
 
     @hookimpl(tryfirst=True)
     def oms_carrier_create_shipment(self, booking_key):
-        if self.down:
+        if self.down or booking_key in self.fails:
             raise ConnectionError("carrier API unreachable")
         return flat_rate_carrier.CarrierShipment(
             carrier=self.NAME, service="Ground", tracking_number=f"ACME-{booking_key}", label=b"%PDF-1.4 label"
@@ -281,6 +282,104 @@ def test_shipments_booked_by_a_step_that_lost_its_write_to_a_hold_keep_their_boo
     holds.release(order_id, ReleaseRequest(), actor="key_ops")
     assert world.run(order_id).status is S.ALLOCATED
     assert carrier.cancelled == []
+
+
+def test_shipments_booked_by_a_step_that_lost_its_write_to_a_hold_are_cancelled_if_the_held_order_is(
+    world, carrier, clock, monkeypatch
+):
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    holds = Holds(world.orders, clock=lambda: world.order(order_id).updated_at)
+    before_the_next_write(
+        world, monkeypatch, lambda: holds.hold(order_id, HoldRequest(reason="customer_request"), actor="key_ops")
+    )
+    with pytest.raises(OrderHeld):
+        world.workflow.create_shipments(order_id)
+    monkeypatch.undo()
+
+    world.actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    west = shipment_id_for(order_id, "wh-west")
+    assert carrier.cancelled == [(f"ACME-{west}", west, order_id)]
+
+
+def booked_one_of_two(world: World, carrier: Carrier) -> tuple[str, str]:
+    """An order in two parcels whose CreateShipments booked the first (wh-east) and failed on the
+    second, as often as Step Functions retried it, then parked: (order id, the first's key)."""
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    carrier.fails.add(shipment_id_for(order_id, "wh-west"))
+    for _ in range(2):
+        with pytest.raises(TransientError):
+            world.workflow.create_shipments(order_id)
+    assert world.workflow.park_after_failure(order_id, "States.TaskFailed", "carrier API unreachable")
+    carrier.fails.clear()
+    return order_id, shipment_id_for(order_id, "wh-east")
+
+
+def test_a_booking_made_before_createshipments_failed_is_cancelled_when_the_parked_order_is(world, carrier, clock):
+    order_id, east = booked_one_of_two(world, carrier)
+    parked = world.order(order_id)
+    assert (parked.status, parked.bookings_to_cancel) == (S.ON_HOLD, [])  # a release would book it again
+
+    world.actions.cancel(order_id, "gave up waiting", actor="key_web")
+
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]
+    assert world.order(order_id).owes_carrier_work() is False
+
+
+def test_a_booking_made_before_createshipments_failed_is_cancelled_when_an_edit_of_the_parked_order_books_anew(
+    world, carrier, clock
+):
+    order_id, east = booked_one_of_two(world, carrier)
+    edit = OrderEdit(lines=[LineInput(sku="MUG", quantity=1)])
+    world.actions.edit(order_id, world.order(order_id).version, edit, actor="key_web")
+
+    assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]  # by the edit's own request
+    edited = world.order(order_id)
+    assert (edited.unrecorded_bookings, edited.bookings_to_cancel) == ([], [])
+
+
+def test_a_booking_made_before_createshipments_failed_is_owed_a_cancel_at_once_if_the_order_was_cancelled_meanwhile(
+    world, carrier, clock, monkeypatch
+):
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    east, west = shipment_id_for(order_id, "wh-east"), shipment_id_for(order_id, "wh-west")
+    carrier.fails.add(west)
+    real_book = world.workflow._book
+
+    def book(order, shipment_id, *args):
+        if shipment_id == west:  # the customer cancels while the second parcel is being booked
+            world.actions.cancel(order_id, "too slow", actor="key_web")
+        return real_book(order, shipment_id, *args)
+
+    monkeypatch.setattr(world.workflow, "_book", book)
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)
+
+    assert [b.booking_key for b in world.order(order_id).bookings_to_cancel] == [east]
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]
+
+
+def test_a_booking_made_before_createshipments_failed_is_used_once_the_parked_order_is_released(world, carrier):
+    order_id, east = booked_one_of_two(world, carrier)
+    Holds(world.orders).release(order_id, ReleaseRequest(), actor="key_ops")
+
+    world.workflow.create_shipments(order_id)
+
+    allocated = world.order(order_id)
+    assert allocated.status is S.ALLOCATED and allocated.shipment(east).tracking_number == f"ACME-{east}"
+    assert (allocated.unrecorded_bookings, allocated.bookings_to_cancel, carrier.cancelled) == ([], [], [])
 
 
 def test_a_new_label_that_loses_to_another_cancel_of_the_parcel_has_its_booking_cancelled(world, carrier, monkeypatch):

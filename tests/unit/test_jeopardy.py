@@ -214,6 +214,28 @@ def test_a_pickup_marked_late_for_its_store_is_unmarked_once_the_store_readies_i
     assert scan(world, clock).run().marked == [order.id]
 
 
+def test_a_pickup_that_never_expires_is_never_late_once_picked_and_a_late_mark_for_its_store_goes():
+    # OMS_PICKUP_EXPIRY_DAYS 0: no collect_by, the customer may come whenever. Only the store's
+    # picking has a deadline (allocated, 48 hours); waiting for the customer is nobody's lateness.
+    world = build_world([("MUG", "store-sf", 5)])
+    clock = Clock()
+    world.actions._clock = clock
+    world.actions._pickup_expiry = None
+    waiting = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.ready(waiting.id, waiting.shipments[0].id, actor="key_store")
+    late_to_pick = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+
+    clock.advance(hours=49)
+    assert scan(world, clock).run().marked == [late_to_pick.id]
+    readied = world.actions.ready(late_to_pick.id, late_to_pick.shipments[0].id, actor="key_store")
+    assert (readied.shipments[0].collect_by, readied.jeopardy) == (None, None)
+
+    clock.advance(days=365)
+    done = scan(world, clock).run()
+    assert (done.marked, done.in_jeopardy) == ([], 0)
+    assert InMemoryLateOrders(world.orders).unmarked_since_before(S.ALLOCATED, clock.now, 10) == []
+
+
 def test_an_order_marked_for_its_status_already_cannot_be_marked_again(world):
     order = world.order(world.place(("MUG", 1)))
     marked, _ = order.mark_jeopardy("late", NOW, at=NOW, actor="x")
