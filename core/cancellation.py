@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
+from core.errors import NoPaymentPlugin, PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
 from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
@@ -409,7 +409,8 @@ class Cancellation:
         under its key, which the gateway answers with the capture it made (or makes now), and
         refunded at once. The settlement's is asked for again the same way and recorded
         (finish_settlement_capture): it was asked once nothing was left to ship, so it is owed
-        whatever changes now. One the gateway refuses was never made. Raises PaymentRefused or
+        whatever changes now. One the gateway refuses was never made; one no payment plugin takes
+        (NoPaymentPlugin) is not settled: raised, its request standing. Raises PaymentRefused or
         PaymentGatewayUnavailable while one cannot be settled now (each attempt in the history):
         what was settled stays settled, and the rest waits for the next attempt. Returns the order
         as it stands after."""
@@ -422,6 +423,8 @@ class Cancellation:
                 continue
             try:
                 order = self.finish_settlement_capture(order, actor)
+            except NoPaymentPlugin:
+                raise  # its request stands (capture_refused)
             except PaymentRefused:
                 order = self._orders.get(order.id, consistent=True) or order  # recorded as never made
         return order
@@ -439,6 +442,8 @@ class Cancellation:
             return order  # recorded by its ship, or settled, meanwhile
         try:
             capture = self.capture_share(order, shipment_id, request.amount, actor)
+        except NoPaymentPlugin:
+            raise  # nobody asked the gateway: the request stands for when the plugin is back
         except PaymentRefused as refused:
             at, message = self._clock(), str(refused)
             return modify(
@@ -471,7 +476,11 @@ class Cancellation:
     ) -> None:
         """The gateway refused the capture `request` (of `shipment_id`, None: the settlement): none
         was made, and the request goes, unless the order has another one for it by now (a timeout
-        leaves a request: the capture may have been made)."""
+        leaves a request: the capture may have been made). A NoPaymentPlugin is no gateway's
+        answer, and an earlier ask under the request's key may have been captured through the
+        removed plugin: the request stands for when it is back."""
+        if isinstance(refused, NoPaymentPlugin):
+            return
         at, message = self._clock(), str(refused)
         modify(
             self._orders, order_id,
@@ -510,8 +519,8 @@ class Cancellation:
 def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], set[str], set[str]]:
     """{idempotency key: amount} of the authorization attempts whose answer was lost (transient
     failures) and that nothing settled since; the keys settled (a void recorded for the key, a
-    refusal of it); and the keys a question about, or the void of what it found, failed for
-    (_release_unrecorded)."""
+    refusal of it: not an attempt no payment plugin took, kind `no_plugin`); and the keys a
+    question about, or the void of what it found, failed for (_release_unrecorded)."""
     lost: dict[str, Money] = {}
     settled: set[str] = set()
     unfound: set[str] = set()
@@ -523,6 +532,8 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         failed = entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED
         if failed and detail.get("kind") == "transient" and isinstance(detail.get("amount"), dict):
             lost.setdefault(key, Money.model_validate(detail["amount"]))
+        elif failed and detail.get("kind") == "no_plugin":
+            continue  # nobody asked the gateway (NoPaymentPlugin): the key waits for the plugin
         elif failed or entry.type is OrderEvent.PAYMENT_VOIDED:
             settled.add(key)
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
