@@ -464,22 +464,29 @@ class Cancellation:
         PaymentRefused (the request goes: none was made) or PaymentGatewayUnavailable (the request
         stands: it may have been), each failed attempt in the history. Returns the order after."""
         at = self._clock()
-        order = modify(
-            self._orders, order.id,
-            lambda current: None if current.capture_request(None) is not None
-            else current.request_settlement_capture(amount, at=at),
-        )  # fmt: skip
-        return self.finish_settlement_capture(order, actor)
+        requested: list[bool] = []  # whether this call's write made the request (the last decide's)
+
+        def decide(current: Order):
+            requested.clear()
+            if current.capture_request(None) is not None:
+                return None
+            requested.append(True)
+            return current.request_settlement_capture(amount, at=at)
+
+        order = modify(self._orders, order.id, decide)
+        return self.finish_settlement_capture(order, actor, fresh=bool(requested))
 
     def capture_refused(
-        self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str
-    ) -> None:
+        self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str,
+        *, fresh: bool = False,
+    ) -> None:  # fmt: skip
         """The gateway refused the capture `request` (of `shipment_id`, None: the settlement): none
         was made, and the request goes, unless the order has another one for it by now (a timeout
         leaves a request: the capture may have been made). A NoPaymentPlugin is no gateway's
         answer, and an earlier ask under the request's key may have been captured through the
-        removed plugin: the request stands for when it is back."""
-        if isinstance(refused, NoPaymentPlugin):
+        removed plugin: the request stands for when it is back, unless it is `fresh` (the caller's
+        own write made it, so nothing was asked under it before)."""
+        if isinstance(refused, NoPaymentPlugin) and not fresh:
             return
         at, message = self._clock(), str(refused)
         modify(
@@ -488,10 +495,11 @@ class Cancellation:
             if current.capture_request(shipment_id) == request else None,
         )  # fmt: skip
 
-    def finish_settlement_capture(self, order: Order, actor: str) -> Order:
+    def finish_settlement_capture(self, order: Order, actor: str, *, fresh: bool = False) -> Order:
         """Ask the gateway for the settlement capture `order` requested, under its key (what was
         captured before it, which its request keeps as it is), and record it; nothing to do when
-        none is requested. Raises as capture_settlement."""
+        none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
+        request (capture_refused)."""
         request = order.capture_request(None)
         if request is None:
             return order
@@ -506,7 +514,7 @@ class Cancellation:
                                     amount=request.amount.model_dump(mode="json")),
             )  # fmt: skip
         except PaymentRefused as refused:
-            self.capture_refused(order.id, None, request, refused, actor)
+            self.capture_refused(order.id, None, request, refused, actor, fresh=fresh)
             raise
         at = self._clock()
         return modify(

@@ -1091,3 +1091,23 @@ def test_a_lost_authorization_key_a_removed_plugin_could_not_release_is_released
     (voided,) = [h for h in world.history(order_id) if h.type == "payment_voided"]
     assert voided.detail["authorization_key"] == key
     assert len(world.spy.voided) == 1
+
+
+def test_a_ship_whose_plugin_was_removed_takes_back_the_capture_request_it_made_itself():
+    # Nothing was ever asked under its key: kept, a cancel once the plugin is back would capture
+    # money the customer never paid, only to refund it.
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    removed.gone = True
+
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert world.order(order.id).captures_requested == []
+    assert world.history(order.id)[-1].type == "capture_not_made"
+    removed.gone = False
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+    assert cancelled.payment.status is P.VOIDED
+    assert world.spy.refunded == [] and "payment_capture_reversed" not in [h.type for h in world.history(order.id)]
