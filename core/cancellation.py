@@ -188,7 +188,8 @@ class Cancellation:
         the key, which the gateway answers with the authorization it made (or makes now), and that
         is voided at once; one the gateway declines was never made. Either way a void is recorded
         (`payment_voided`, naming the key, the order itself unchanged), and a key settled (voided,
-        or declined when asked again) is not asked again. Raises PaymentRefused or
+        or declined when asked again) is not asked again; one no payment plugin took
+        (NoPaymentPlugin, kind `no_plugin`) is, once the plugin is back. Raises PaymentRefused or
         PaymentGatewayUnavailable as `void` does, every failed attempt in the history.
 
         `unrecorded` is the key of an attempt that may have reached the gateway with nothing in the
