@@ -114,9 +114,11 @@ class UnsettledAuthorizationSweep:
 
 
 def _void_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
-    """Whether the gateway refused a void of the order at or after `since`."""
+    """Whether the gateway refused a void of the order at or after `since`, or no payment plugin
+    took it (`no_plugin`: asked every pass, it would only grow the history until the plugin is
+    back; the order's next change asks again)."""
     return any(
-        entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") == "refused"
+        entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") in ("refused", "no_plugin")
         and entry.at >= since
         for entry in history
     )  # fmt: skip

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
+from core.errors import NoPaymentPlugin, PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
 from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
@@ -188,7 +188,8 @@ class Cancellation:
         the key, which the gateway answers with the authorization it made (or makes now), and that
         is voided at once; one the gateway declines was never made. Either way a void is recorded
         (`payment_voided`, naming the key, the order itself unchanged), and a key settled (voided,
-        or declined when asked again) is not asked again. Raises PaymentRefused or
+        or declined when asked again) is not asked again; one no payment plugin took
+        (NoPaymentPlugin, kind `no_plugin`) is, once the plugin is back. Raises PaymentRefused or
         PaymentGatewayUnavailable as `void` does, every failed attempt in the history.
 
         `unrecorded` is the key of an attempt that may have reached the gateway with nothing in the
@@ -409,7 +410,8 @@ class Cancellation:
         under its key, which the gateway answers with the capture it made (or makes now), and
         refunded at once. The settlement's is asked for again the same way and recorded
         (finish_settlement_capture): it was asked once nothing was left to ship, so it is owed
-        whatever changes now. One the gateway refuses was never made. Raises PaymentRefused or
+        whatever changes now. One the gateway refuses was never made; one no payment plugin takes
+        (NoPaymentPlugin) is not settled: raised, its request standing. Raises PaymentRefused or
         PaymentGatewayUnavailable while one cannot be settled now (each attempt in the history):
         what was settled stays settled, and the rest waits for the next attempt. Returns the order
         as it stands after."""
@@ -422,6 +424,8 @@ class Cancellation:
                 continue
             try:
                 order = self.finish_settlement_capture(order, actor)
+            except NoPaymentPlugin:
+                raise  # its request stands (capture_refused)
             except PaymentRefused:
                 order = self._orders.get(order.id, consistent=True) or order  # recorded as never made
         return order
@@ -439,6 +443,8 @@ class Cancellation:
             return order  # recorded by its ship, or settled, meanwhile
         try:
             capture = self.capture_share(order, shipment_id, request.amount, actor)
+        except NoPaymentPlugin:
+            raise  # nobody asked the gateway: the request stands for when the plugin is back
         except PaymentRefused as refused:
             at, message = self._clock(), str(refused)
             return modify(
@@ -459,19 +465,30 @@ class Cancellation:
         PaymentRefused (the request goes: none was made) or PaymentGatewayUnavailable (the request
         stands: it may have been), each failed attempt in the history. Returns the order after."""
         at = self._clock()
-        order = modify(
-            self._orders, order.id,
-            lambda current: None if current.capture_request(None) is not None
-            else current.request_settlement_capture(amount, at=at),
-        )  # fmt: skip
-        return self.finish_settlement_capture(order, actor)
+        requested: list[bool] = []  # whether this call's write made the request (the last decide's)
+
+        def decide(current: Order):
+            requested.clear()
+            if current.capture_request(None) is not None:
+                return None
+            requested.append(True)
+            return current.request_settlement_capture(amount, at=at)
+
+        order = modify(self._orders, order.id, decide)
+        return self.finish_settlement_capture(order, actor, fresh=bool(requested))
 
     def capture_refused(
-        self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str
-    ) -> None:
+        self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str,
+        *, fresh: bool = False,
+    ) -> None:  # fmt: skip
         """The gateway refused the capture `request` (of `shipment_id`, None: the settlement): none
         was made, and the request goes, unless the order has another one for it by now (a timeout
-        leaves a request: the capture may have been made)."""
+        leaves a request: the capture may have been made). A NoPaymentPlugin is no gateway's
+        answer, and an earlier ask under the request's key may have been captured through the
+        removed plugin: the request stands for when it is back, unless it is `fresh` (the caller's
+        own write made it, so nothing was asked under it before)."""
+        if isinstance(refused, NoPaymentPlugin) and not fresh:
+            return
         at, message = self._clock(), str(refused)
         modify(
             self._orders, order_id,
@@ -479,10 +496,11 @@ class Cancellation:
             if current.capture_request(shipment_id) == request else None,
         )  # fmt: skip
 
-    def finish_settlement_capture(self, order: Order, actor: str) -> Order:
+    def finish_settlement_capture(self, order: Order, actor: str, *, fresh: bool = False) -> Order:
         """Ask the gateway for the settlement capture `order` requested, under its key (what was
         captured before it, which its request keeps as it is), and record it; nothing to do when
-        none is requested. Raises as capture_settlement."""
+        none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
+        request (capture_refused)."""
         request = order.capture_request(None)
         if request is None:
             return order
@@ -497,7 +515,7 @@ class Cancellation:
                                     amount=request.amount.model_dump(mode="json")),
             )  # fmt: skip
         except PaymentRefused as refused:
-            self.capture_refused(order.id, None, request, refused, actor)
+            self.capture_refused(order.id, None, request, refused, actor, fresh=fresh)
             raise
         at = self._clock()
         return modify(
@@ -510,8 +528,8 @@ class Cancellation:
 def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], set[str], set[str]]:
     """{idempotency key: amount} of the authorization attempts whose answer was lost (transient
     failures) and that nothing settled since; the keys settled (a void recorded for the key, a
-    refusal of it); and the keys a question about, or the void of what it found, failed for
-    (_release_unrecorded)."""
+    refusal of it: not an attempt no payment plugin took, kind `no_plugin`); and the keys a
+    question about, or the void of what it found, failed for (_release_unrecorded)."""
     lost: dict[str, Money] = {}
     settled: set[str] = set()
     unfound: set[str] = set()
@@ -523,6 +541,8 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         failed = entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED
         if failed and detail.get("kind") == "transient" and isinstance(detail.get("amount"), dict):
             lost.setdefault(key, Money.model_validate(detail["amount"]))
+        elif failed and detail.get("kind") == "no_plugin":
+            continue  # nobody asked the gateway (NoPaymentPlugin): the key waits for the plugin
         elif failed or entry.type is OrderEvent.PAYMENT_VOIDED:
             settled.add(key)
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:

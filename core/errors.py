@@ -124,6 +124,18 @@ class PaymentRefused(DomainError):
         self.gateway_message = message
 
 
+class NoPaymentPlugin(PaymentRefused):
+    """No payment plugin takes the order's payment method (its plugin was removed, or lost its
+    configuration): nothing was asked of the gateway now, and nothing is known of what an earlier
+    request under the same key did. A path settling such a request (a capture asked for and never
+    recorded, an authorization whose answer was lost) does not take it for the gateway's refusal:
+    the request stands for when the plugin is back."""
+
+    def __init__(self, operation: str, method: str):
+        super().__init__(operation, f"no payment plugin takes method {method!r}")
+        self.method = method
+
+
 class PluginUnavailable(PluginError):
     """A plugin failed to load, so no hook may run: any of them could have been the one it
     implements. `details` names each broken plugin and why it failed."""

@@ -37,7 +37,7 @@ class OrderEvent(StrEnum):
     # payment_capture_reversed); and one the gateway refused when asked again, so never made.
     CAPTURE_WITHDRAWN = "capture_withdrawn"
     CAPTURE_NOT_MADE = "capture_not_made"
-    # One failed attempt at the gateway each (transient or refused); the order is unchanged.
+    # One failed attempt at the gateway each (transient, refused or no_plugin); the order is unchanged.
     PAYMENT_AUTHORIZATION_FAILED = "payment_authorization_failed"
     PAYMENT_CAPTURE_FAILED = "payment_capture_failed"
     PAYMENT_VOID_FAILED = "payment_void_failed"

@@ -117,8 +117,9 @@ class OrderActions:
         """Ship or collect `shipment_id`: request its capture, capture it, `record` it, then its
         units leave and the payment is settled (after_shipping). A shipment `done` already only
         gets those last two."""
+        fresh = False
         if order.shipment(shipment_id).status not in done:
-            order = self._capture_requested(order, shipment_id, actor, done)
+            order, fresh = self._capture_requested(order, shipment_id, actor, done)
         if order.shipment(shipment_id).status in done:
             self._units_leave(order, shipment_id)
             return self._units.after_shipping(order, actor)
@@ -128,7 +129,7 @@ class OrderActions:
             capture = self._cancellation.capture_share(order, shipment_id, amount, actor) if request else None
         except PaymentRefused as refused:
             assert request is not None  # nothing is asked of the gateway without one
-            self._cancellation.capture_refused(order.id, shipment_id, request, refused, actor)
+            self._cancellation.capture_refused(order.id, shipment_id, request, refused, actor, fresh=fresh)
             raise
         at = self._clock()
 
@@ -157,19 +158,23 @@ class OrderActions:
         return self._units.after_shipping(handed, actor)
 
     def _capture_requested(self, order: Order, shipment_id: str, actor: str,
-                           done: tuple[ShipmentStatus, ...]) -> Order:  # fmt: skip
-        """The order with the shipment's capture requested (Order.request_capture): a request left
-        standing by a ship that died (or one in flight) is reused, so its capture is asked again
-        under the same key for the same amount, which the gateway answers with the capture it
-        made. Nothing is requested when nothing is due, or once the shipment is `done`."""
+                           done: tuple[ShipmentStatus, ...]) -> tuple[Order, bool]:  # fmt: skip
+        """The order with the shipment's capture requested (Order.request_capture), and whether
+        this call made the request: a request left standing by a ship that died (or one in flight)
+        is reused, so its capture is asked again under the same key for the same amount, which the
+        gateway answers with the capture it made. Nothing is requested when nothing is due, or once
+        the shipment is `done`."""
         at = self._clock()
+        requested: list[bool] = []  # whether the write that landed made the request (the last decide's)
 
         def decide(current: Order):
+            requested.clear()
             if current.shipment(shipment_id).status in done or current.capture_request(shipment_id) is not None:
                 return None
             amount = current.capture_due(shipment_id)
             if amount.amount <= 0:
                 return None
+            requested.append(True)
             return current.request_capture(shipment_id, amount, at=at)
 
         current = modify(self._orders, order.id, decide)
@@ -178,7 +183,7 @@ class OrderActions:
             raise InvalidTransition(
                 f"the capture for shipment {shipment_id} is being given back while the order changes; ship again after"
             )
-        return current
+        return current, bool(requested)
 
     def _units_leave(self, order: Order, shipment_id: str) -> None:
         shipment = order.shipment(shipment_id)

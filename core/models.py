@@ -1676,7 +1676,7 @@ class Order(BaseModel, defer_build=True):
         self, operation: str, *, attempt: int, kind: str, message: str, at: datetime, actor: str,
         detail: dict[str, Any] | None = None,
     ) -> Change:  # fmt: skip
-        """One failed attempt at the gateway (`kind` transient or refused), for the audit trail."""
+        """One failed attempt at the gateway (`kind` transient, refused or no_plugin), for the audit trail."""
         return self.noted(
             PAYMENT_FAILURE_EVENTS[operation], at=at, actor=actor,
             detail={"operation": operation, "attempt": attempt, "kind": kind, "message": message[:500],

@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
+from core.errors import (
+    NoPaymentPlugin,
+    PaymentDeclined,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    PluginError,
+    TransientError,
+)
 from core.hook_calls import call_hook
 from core.money import Money
 from core.workflow_types import PaymentResult
@@ -22,7 +29,7 @@ class Failure:
 
     operation: str  # authorize, capture, void or refund
     attempt: int  # 1 for the first
-    kind: str  # transient or refused
+    kind: str  # transient, refused, or no_plugin (NoPaymentPlugin: nobody asked the gateway)
     message: str
 
 
@@ -53,7 +60,8 @@ class Payments:
         """`call(attempt)` (attempt 0, 1, ...) until the gateway answers, at most `attempts` times
         with a short backoff, telling `on_failure` of every failed attempt. Raises
         PaymentGatewayUnavailable when every attempt failed transiently, and the gateway's refusal
-        (PaymentRefused, PaymentDeclined) at once: asking again would be refused again."""
+        (PaymentRefused, PaymentDeclined) at once: asking again would be refused again; so is
+        NoPaymentPlugin, a failure of its own kind (`no_plugin`), since the gateway said nothing."""
         for attempt in range(self._attempts):
             try:
                 return call(attempt)
@@ -66,6 +74,9 @@ class Payments:
                         details=[{"operation": operation, "attempts": self._attempts, "message": error.message}],
                     ) from error
                 self._sleep(self._backoff * 2**attempt)
+            except NoPaymentPlugin as unanswered:
+                on_failure(Failure(operation, attempt + 1, "no_plugin", unanswered.gateway_message))
+                raise
             except PaymentRefused as refused:
                 on_failure(Failure(operation, attempt + 1, "refused", refused.gateway_message))
                 raise
@@ -84,7 +95,7 @@ class Payments:
     def authorize(self, method: str, token: str, amount: Money, order_id: str, attempt: int, key: str) -> PaymentResult:
         """Approved or raises PaymentDeclined; TransientError passes through for a retry. `key`
         is the gateway's idempotency key: the same for retries of one authorization. Raises
-        PaymentRefused when no payment plugin takes `method` (_answered)."""
+        NoPaymentPlugin when no payment plugin takes `method` (_answered)."""
         result = self._checked(
             self._answered(
                 call_hook(
@@ -137,7 +148,8 @@ class Payments:
         )  # fmt: skip
 
     def _approved(self, result: Any, operation: str, method: str, order_id: str) -> PaymentResult:
-        """Approved, or PaymentRefused: the gateway refused, or no payment plugin takes `method`."""
+        """Approved, or PaymentRefused: the gateway refused, or no payment plugin takes `method`
+        (NoPaymentPlugin)."""
         checked = self._checked(self._answered(result, operation, method, order_id), f"oms_payment_{operation}", method)
         if checked.outcome != "approved":
             raise PaymentRefused(operation, checked.message or "no reason given")
@@ -146,14 +158,16 @@ class Payments:
     @staticmethod
     def _answered(result: Any, operation: str, method: str, order_id: str) -> Any:
         """`result`, unless no payment plugin answered: the plugin of a method orders still use was
-        removed (or lost its configuration). Nothing moved at the gateway, as when it refuses:
-        PaymentRefused, which each caller records as a refused attempt (a cancel still answers
-        200, the payment honestly unchanged), and an ERROR log, so that a person settles the
-        payment by hand."""
+        removed (or lost its configuration). Nothing moved at the gateway now, as when it refuses:
+        NoPaymentPlugin, a PaymentRefused each caller records as a failed attempt (kind
+        `no_plugin`; a cancel still answers 200, the payment honestly unchanged), which settles no
+        request an earlier call left standing (that one may have reached the gateway through the
+        plugin), and an ERROR log, so that a person settles the payment by hand or brings the
+        plugin back."""
         if result is not None:
             return result
         logger.error(
             "no payment plugin takes the payment method of an order: its %s was not made", operation,
             extra={"order_id": order_id, "payment_method": method, "operation": operation},
         )  # fmt: skip
-        raise PaymentRefused(operation, f"no payment plugin takes method {method!r}")
+        raise NoPaymentPlugin(operation, method)

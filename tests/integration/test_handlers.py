@@ -236,7 +236,7 @@ def test_a_cancel_whose_payment_plugin_was_removed_answers_200_with_the_refused_
     assert (body["status"], body["payment"]["status"]) == ("cancelled", "authorized")
     history = container().orders.history(ORDER_ID)
     failed = history[-1]
-    assert (failed.type, failed.detail["kind"]) == ("payment_void_failed", "refused")
+    assert (failed.type, failed.detail["kind"]) == ("payment_void_failed", "no_plugin")
     assert "no payment plugin takes method 'test'" in failed.detail["message"]
 
 

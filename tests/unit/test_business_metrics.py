@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from core.errors import DuplicateOrder, OutOfStock, PaymentDeclined, PaymentRefused, StaleVersion
+from core.models import LineInput, OrderEdit
 from functions.business_metrics import MeteredOrders, emits_business_metrics, flush, orders_changed
 from tests.builders import NOW, place_order
 from tests.unit.conftest import usd
@@ -104,6 +105,22 @@ def test_each_failed_capture_attempt_is_a_payment_failure_by_kind(world, capsys,
 
     counted = {dims: values for (name, dims), values in emitted(capsys).items() if name == "PaymentFailures"}
     assert counted == failures
+
+
+def test_an_edit_whose_void_of_the_replaced_authorization_is_refused_counts_a_refused_void(world, capsys):
+    # The PATCH answers 200 and the sweep never asks a refused void again: this point is what pages
+    # a person (VoidsNotMadeAlarm).
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.gateway.script("void", "refuse")
+    emitted(capsys)
+
+    five = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)])
+    edited = world.actions.edit(order_id, world.order(order_id).version, five, "key_web")
+
+    assert edited.replaced_authorizations
+    counted = {dims: values for (name, dims), values in emitted(capsys).items() if name == "PaymentFailures"}
+    assert counted == {(("kind", "refused"), ("operation", "void")): [1.0]}
 
 
 def test_a_cancel_by_a_caller_counts_as_requested_whatever_its_free_text(world, capsys):

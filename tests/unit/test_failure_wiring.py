@@ -39,6 +39,29 @@ def test_an_alarm_calls_a_person_for_each_ship_the_reconciler_found_dead_after_i
     assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
 
 
+def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_took():
+    # A refused void answers 200 (a cancel, an edit) and is never asked again by a sweep: the hold
+    # stays on the customer's card unless a person is told. The business metric has exactly the
+    # dimensions functions/business_metrics.py gives it (no service).
+    alarm = _properties("VoidsNotMadeAlarm")
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    read = {query["Id"]: query["MetricStat"] for query in alarm["Metrics"] if "MetricStat" in query}
+    assert {
+        (stat["Metric"]["Namespace"], stat["Metric"]["MetricName"],
+         tuple((d["Name"], d["Value"]) for d in stat["Metric"]["Dimensions"]), stat["Stat"])
+        for stat in read.values()
+    } == {
+        (variables["POWERTOOLS_METRICS_NAMESPACE"], "PaymentFailures", (("operation", "void"), ("kind", kind)), "Sum")
+        for kind in ("refused", "no_plugin")
+    }  # fmt: skip
+    (expression,) = [query for query in alarm["Metrics"] if "Expression" in query]
+    # A point of only one kind in a period still counts (the other series is missing, not 0).
+    assert expression["Expression"] == " + ".join(f"FILL({query_id}, 0)" for query_id in read)
+    assert (alarm["Threshold"], alarm["ComparisonOperator"], alarm["TreatMissingData"]) == (
+        1, "GreaterThanOrEqualToThreshold", "notBreaching",
+    )  # fmt: skip
+
+
 def test_the_reconciler_runs_every_five_minutes_with_the_thresholds_as_parameters():
     reconciler = _properties("ReconcilerFunction")
     assert reconciler["Handler"] == "functions.reconciler.app.lambda_handler"

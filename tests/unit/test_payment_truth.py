@@ -975,7 +975,7 @@ def test_a_cancel_whose_payment_plugin_was_removed_is_a_refused_void_recorded_an
     assert cancelled == world.order(order.id)
     assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.AUTHORIZED)  # honestly not released
     assert world.held() == {}
-    assert failures(world, order.id) == [("payment_void_failed", "void", "refused", 1)]
+    assert failures(world, order.id) == [("payment_void_failed", "void", "no_plugin", 1)]
     [failed] = [entry for entry in world.history(order.id) if entry.type == "payment_void_failed"]
     assert "no payment plugin takes method 'test'" in failed.detail["message"]
     assert removed_errors(caplog, order.id, "void")
@@ -995,7 +995,7 @@ def test_a_pending_cancel_whose_payment_plugin_was_removed_still_cancels(caplog)
         cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
 
     assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.PENDING)
-    assert failures(world, order_id)[-1] == ("payment_authorization_failed", "authorize", "refused", 1)
+    assert failures(world, order_id)[-1] == ("payment_authorization_failed", "authorize", "no_plugin", 1)
     assert removed_errors(caplog, order_id, "authorize")
 
 
@@ -1012,7 +1012,7 @@ def test_a_ship_whose_payment_plugin_was_removed_is_a_refused_capture(caplog):
     stored = world.order(order.id)
     assert stored.shipments[0].status is ShipmentStatus.PENDING
     assert stored.payment.captured == usd("0.00")
-    assert failures(world, order.id) == [("payment_capture_failed", "capture", "refused", 1)]
+    assert failures(world, order.id) == [("payment_capture_failed", "capture", "no_plugin", 1)]
     assert removed_errors(caplog, order.id, "capture")
 
 
@@ -1027,5 +1027,87 @@ def test_a_refund_whose_payment_plugin_was_removed_is_recorded_failed(caplog):
 
     assert failed.status == "failed"
     assert world.order(order.id).payment.refunded == usd("0.00")
-    assert failures(world, order.id) == [("payment_refund_failed", "refund", "refused", 1)]
+    assert failures(world, order.id) == [("payment_refund_failed", "refund", "no_plugin", 1)]
     assert removed_errors(caplog, order.id, "refund")
+
+
+def test_a_ship_whose_plugin_was_removed_after_a_ship_died_keeps_the_capture_request():
+    # The dead ship's capture went through the plugin now gone: the gateway holds the money.
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        order, shipment_id = a_ship_that_died(world, monkeypatch)
+    removed.gone = True
+
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+
+    stored = world.order(order.id)
+    assert [(r.shipment_id, r.amount) for r in stored.captures_requested] == [(shipment_id, order.totals.grand_total)]
+    assert "capture_not_made" not in [h.type for h in world.history(order.id)]
+    assert failures(world, order.id) == [("payment_capture_failed", "capture", "no_plugin", 1)]
+
+    removed.gone = False  # the plugin is back: the ship asked again records the capture it made
+    shipped = world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    assert shipped.payment.captured == order.totals.grand_total and shipped.captures_requested == []
+    assert len(world.spy.captured) == 1
+
+
+def test_a_cancel_whose_plugin_was_removed_after_a_ship_died_answers_and_keeps_the_capture_request():
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        order, shipment_id = a_ship_that_died(world, monkeypatch)
+    removed.gone = True
+
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.AUTHORIZED)
+    assert [r.shipment_id for r in world.order(order.id).captures_requested] == [shipment_id]
+    assert "capture_not_made" not in [h.type for h in world.history(order.id)]
+
+    removed.gone = False  # the plugin is back: cancelling again refunds the capture, then voids
+    again = world.actions.cancel(order.id, "customer asked", actor="key_web")
+    assert (again.payment.status, again.captures_requested) == (P.VOIDED, [])
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+
+
+def test_a_lost_authorization_key_a_removed_plugin_could_not_release_is_released_once_it_is_back():
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    world.gateway.script("authorize", "timeout", "approve")
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    removed.gone = True
+    world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    assert world.spy.voided == []
+
+    removed.gone = False
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    assert cancelled.payment.status is P.PENDING
+    key = payment_keys.authorize(order_id, 1)
+    (voided,) = [h for h in world.history(order_id) if h.type == "payment_voided"]
+    assert voided.detail["authorization_key"] == key
+    assert len(world.spy.voided) == 1
+
+
+def test_a_ship_whose_plugin_was_removed_takes_back_the_capture_request_it_made_itself():
+    # Nothing was ever asked under its key: kept, a cancel once the plugin is back would capture
+    # money the customer never paid, only to refund it.
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    removed.gone = True
+
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    assert world.order(order.id).captures_requested == []
+    assert world.history(order.id)[-1].type == "capture_not_made"
+    removed.gone = False
+    cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
+    assert cancelled.payment.status is P.VOIDED
+    assert world.spy.refunded == [] and "payment_capture_reversed" not in [h.type for h in world.history(order.id)]

@@ -13,6 +13,7 @@ from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import place_order, product
+from tests.unit.test_payment_truth import Removed
 from tests.unit.world import (
     Died,
     RecordsBookings,
@@ -387,6 +388,41 @@ def test_a_settlement_the_gateway_refuses_when_asked_again_was_never_made(monkey
     world.gateway.script("capture", "approve")
     done = world.actions.cancel(order.id, "no caps", actor="key_web")  # asked again: a new request
     assert done.payment.captured == done.totals.grand_total == done.payment.authorized
+
+
+def test_a_settlement_that_died_is_kept_when_its_payment_plugin_was_removed(monkeypatch):
+    # The dead cancel's settlement went through the plugin now gone: the gateway holds the 2.00.
+    removed = Removed()
+    world = build_world(STOCK, PerUnitShipping(), removed)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_captured")
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no caps", actor="key_web")
+    monkeypatch.undo()
+    removed.gone = True
+
+    world.actions.cancel(order.id, "no caps", actor="key_web")
+
+    after = world.order(order.id)
+    assert [(r.shipment_id, r.amount) for r in after.captures_requested] == [(None, TWO)]
+    assert "capture_not_made" not in [h.type for h in world.history(order.id)]
+    removed.gone = False
+    done = world.actions.cancel(order.id, "no caps", actor="key_web")
+    assert done.payment.captured == done.totals.grand_total and done.captures_requested == []
+
+
+def test_a_settlement_no_payment_plugin_took_is_taken_back_when_the_cancel_made_it(monkeypatch):
+    removed = Removed()
+    world = build_world(STOCK, PerUnitShipping(), removed)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    removed.gone = True
+
+    world.actions.cancel(order.id, "no caps", actor="key_web")
+
+    assert world.order(order.id).captures_requested == []  # nothing was ever asked under its key
+    assert "capture_not_made" in [h.type for h in world.history(order.id)]
 
 
 def test_the_repositories_refuse_another_capture_under_a_settlement_request(monkeypatch):
