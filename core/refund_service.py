@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 from itertools import islice
 
 from core import order_lists, payment_keys
-from core.errors import Conflict, PaymentGatewayUnavailable, PaymentRefused
+from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused
 from core.events import OrderEvent
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
 from core.money import Money
 from core.order_changes import failure_recorder, modify, noted_once, visible
-from core.payments import OnFailure, Payments
+from core.payments import Failure, OnFailure, Payments
 from core.ports import OrderRepository, PendingRefunds
 from core.refunds import Refund, refund_id_for
 
@@ -35,7 +35,13 @@ class RefundService:
     A refused refund is final under its key (a gateway replays its answer to a key): it is
     recorded `failed`, never counted, and what it held is free again; retrying means a new
     refund, under a new key. A gateway that stays unavailable raises PaymentGatewayUnavailable
-    (503 in the API, a Retry in the returns workflow) with the refund still pending."""
+    (503 in the API, a Retry in the returns workflow) with the refund still pending.
+
+    No payment plugin taking the order's method (NoPaymentPlugin) is no gateway's answer: a
+    refund the call began itself was never asked, so it is recorded `failed` as if refused, but
+    one found pending may have been refunded through the removed plugin by the call that left it,
+    so it stays pending (its `no_plugin` attempt in the history once) and NoPaymentPlugin is
+    raised (502 in the API), for it to be asked again under its key once the plugin is back."""
 
     def __init__(self, orders: OrderRepository, payments: Payments, clock: Callable[[], datetime]):
         self._orders = orders
@@ -57,7 +63,8 @@ class RefundService:
     ) -> Refund:
         """Refund `amount` of what was captured, once per `idempotency_key` on this order.
         RefundExceedsCaptured (422) beyond captured minus refunded; InvalidTransition (409) when
-        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered.
+        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered;
+        NoPaymentPlugin for a refund found pending that no plugin can ask again (_ask_gateway).
         With `same_request` (a client's key), a refund found under the key for another amount or
         reason is Conflict (409 `idempotency_key_reused`), before the gateway is asked: the
         client's request is not the one that key stands for."""
@@ -66,7 +73,7 @@ class RefundService:
             kind=kind or ("return" if return_id else "appeasement"), return_id=return_id, channel=channel,
         )  # fmt: skip
         assert begun is not None  # the amount is given: there is always a refund
-        order, refund = begun
+        order, refund, fresh = begun
         if same_request and (refund.amount != amount or refund.reason != reason):
             raise Conflict(
                 "this Idempotency-Key was used with a different request body",
@@ -75,7 +82,7 @@ class RefundService:
             )
         if refund.status != "pending":
             return Refund.of(order_id, refund)
-        return Refund.of(order_id, self._ask_gateway(order, refund, actor))
+        return Refund.of(order_id, self._ask_gateway(order, refund, actor, fresh=fresh))
 
     def issue_decided_refund(
         self, order_id: str, decide: Callable[[Order], Decision | None], reason: str, actor: str,
@@ -88,26 +95,29 @@ class RefundService:
         the order at different times so cannot both price what one of them has already taken, nor
         claim one key for different amounts. A refund already under the decided key is carried on
         as `issue_refund` does (its amount is the one it was written with). The Refund once the
-        gateway answered; None when there was nothing to refund."""
+        gateway answered; None when there was nothing to refund; NoPaymentPlugin as `issue_refund`."""
         begun = self._begin(order_id, decide, reason, actor, kind=kind, return_id=return_id)
         if begun is None:
             return None
-        order, refund = begun
+        order, refund, fresh = begun
         if refund.status != "pending":
             return Refund.of(order_id, refund)
-        return Refund.of(order_id, self._ask_gateway(order, refund, actor))
+        return Refund.of(order_id, self._ask_gateway(order, refund, actor, fresh=fresh))
 
     def _begin(
         self, order_id: str, decide: Callable[[Order], Decision | None], reason: str, actor: str,
         *, kind: RefundKind, return_id: str | None, channel: str | None = None,
-    ) -> tuple[Order, PaymentRefund] | None:  # fmt: skip
+    ) -> tuple[Order, PaymentRefund, bool] | None:  # fmt: skip
         """The refund `decide` names, written `pending` on the order unless one is there under its
-        key already; with the order as then stored. None when `decide` found nothing to refund."""
+        key already; with the order as then stored, and whether this call wrote it (nobody can
+        have asked the gateway for it yet). None when `decide` found nothing to refund."""
         at = self._clock()
         decided: list[str] = []
+        written: list[bool] = []  # whether the last decide wrote the refund (the write that landed)
 
         def begin(order: Order):
             decided.clear()
+            written.clear()
             answer = decide(order)
             if answer is None:
                 return None
@@ -116,6 +126,7 @@ class RefundService:
             decided.append(refund_id)
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
+            written.append(True)
             return order.begin_refund(
                 refund_id, amount, reason=reason, kind=kind, return_id=return_id,
                 lines=returned[0] if returned else None, shipping=returned[1] if len(returned) > 1 else None,
@@ -127,7 +138,7 @@ class RefundService:
             return None
         refund = order.payment.refund_by_id(decided[0])
         assert refund is not None
-        return order, refund
+        return order, refund, bool(written)
 
     def finish_pending(
         self, order_id: str, actor: str, *, besides_return: str | None = None, begun_before: datetime | None = None,
@@ -140,7 +151,8 @@ class RefundService:
         sweep asks every few minutes), a refund's history says the gateway is unavailable once,
         not once per failed attempt of every pass (_outage_noted_once). `down`: the payment
         methods whose gateway the caller found unavailable; an order paid by one is not asked
-        (nothing is done: []), and a method found unavailable here is added to it."""
+        (nothing is done: []), and a method found unavailable here is added to it. NoPaymentPlugin
+        when no payment plugin takes the order's method: the refunds stay pending (_ask_gateway)."""
         order = visible(self._orders.get(order_id), order_id, None)
         if down is not None and order.payment.method in down:
             return []
@@ -156,7 +168,17 @@ class RefundService:
                 down.add(order.payment.method)
             raise
 
-    def _ask_gateway(self, order: Order, refund: PaymentRefund, actor: str, *, again: bool = False) -> PaymentRefund:
+    def _ask_gateway(
+        self, order: Order, refund: PaymentRefund, actor: str, *, again: bool = False, fresh: bool = False
+    ) -> PaymentRefund:
+        """Ask the gateway for the pending `refund` under its key and record its answer: the refund
+        `succeeded`, or `failed` when refused. `again`: asked by a pass that asks every few minutes
+        (_outage_noted_once). `fresh`: the caller has just written the refund, so nothing asked the
+        gateway for it before; a refund no payment plugin takes is then `failed` (nothing moved),
+        and otherwise stays pending, NoPaymentPlugin raised, its `no_plugin` attempt in the history
+        once however often it is asked: the call that left it may have refunded through the
+        removed plugin, and recorded `failed` it would free its amount to be refunded again.
+        PaymentGatewayUnavailable (the refund pending) while the gateway stays down."""
         payment = order.payment
         authorization = payment.authorization or ""
         key = payment_keys.refund(order.id, refund.id)
@@ -170,6 +192,8 @@ class RefundService:
         )
         if again:
             recorder = self._outage_noted_once(order.id, refund.id, recorder)
+        if not fresh:
+            recorder = self._unanswered_noted_once(order.id, refund.id, recorder)
         try:
             result = self._payments.retried(
                 "refund",
@@ -177,6 +201,8 @@ class RefundService:
                 recorder,
             )
         except PaymentRefused as refused:
+            if isinstance(refused, NoPaymentPlugin) and not fresh:
+                raise  # the call that left it pending may have refunded through the removed plugin
             message, at = refused.gateway_message, self._clock()
             done = modify(
                 self._orders, order.id,
@@ -198,18 +224,30 @@ class RefundService:
         entry that does keeps when the outage began and what the gateway said; the refund stays
         `pending` (GET /orders/{id}/refunds) until an answer, which is recorded as ever. A refusal
         is always recorded."""
-        return noted_once(record, lambda _failure: self._says_unavailable(order_id, refund_id))
+        return noted_once(record, lambda _failure: self._last_failure_kind(order_id, refund_id) == "transient")
 
-    def _says_unavailable(self, order_id: str, refund_id: str) -> bool:
+    def _unanswered_noted_once(self, order_id: str, refund_id: str, record: OnFailure) -> OnFailure:
+        """`record`, but a `no_plugin` failure only when the refund's last entry on the order's
+        history is not one already: a refund waiting for its payment plugin is asked again by every
+        sweep pass (and repeat, cancel or return step) until the plugin is back."""
+
+        def on_failure(failure: Failure) -> None:
+            if failure.kind == "no_plugin" and self._last_failure_kind(order_id, refund_id) == "no_plugin":
+                return
+            record(failure)
+
+        return on_failure
+
+    def _last_failure_kind(self, order_id: str, refund_id: str) -> str | None:
+        """The kind of the refund's last entry on the order's history, when that is a failed
+        attempt (transient, refused or no_plugin); None otherwise."""
         found = self._orders.history(order_id)
         if found is None:
-            return False
+            return None
         about = [entry for entry in found[1] if (entry.detail or {}).get("refund_id") == refund_id]
-        return (
-            bool(about)
-            and about[-1].type is OrderEvent.PAYMENT_REFUND_FAILED
-            and about[-1].detail["kind"] == "transient"
-        )
+        if not about or about[-1].type is not OrderEvent.PAYMENT_REFUND_FAILED:
+            return None
+        return about[-1].detail["kind"]
 
     @staticmethod
     def _still_pending(order: Order, refund_id: str) -> bool:

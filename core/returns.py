@@ -22,6 +22,7 @@ from core.errors import (
     DuplicateOrder,
     InsufficientStock,
     InvalidRequest,
+    NoPaymentPlugin,
     NoPrice,
     NoShippingMethod,
     NotFound,
@@ -516,7 +517,9 @@ class Returns:
         gateway refused), so a retried step asks the gateway under the same key and the order
         records it once; a refused refund stays on the order as `failed`, the return stays
         `received`, and the next run tries again under a new key (RefundNotDone, for the workflow's
-        Retry). A gateway still unavailable raises PaymentGatewayUnavailable (retried the same way)."""
+        Retry). A gateway still unavailable raises PaymentGatewayUnavailable (retried the same way),
+        and a refund a run left pending that no payment plugin takes now raises NoPaymentPlugin,
+        still pending (that run may have refunded it through the removed plugin)."""
         item = self.get(return_id)
         if item.status is R.REFUNDED:
             return item
@@ -894,14 +897,15 @@ class Returns:
     def settle(self, return_id: str, actor: str) -> Return:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund,
         exchange),
-        each skipping what is done. A refund not done yet (refused, or the gateway still
-        unavailable) leaves the return `received`: running this again finishes it."""
+        each skipping what is done. A refund not done yet (refused, the gateway still
+        unavailable, or a pending one no payment plugin takes) leaves the return `received`:
+        running this again finishes it."""
         self.restock(return_id)
         self.record_on_order(return_id, actor)
         try:
             self.refund(return_id, actor)
             return self.exchange(return_id, actor)
-        except (RefundNotDone, PaymentGatewayUnavailable):
+        except (RefundNotDone, PaymentGatewayUnavailable, NoPaymentPlugin):
             return self.get(return_id)
 
     # --- History ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from core import hookimpl
 from core.models import HistoryEntry, Order, Payment, PaymentRefund, Totals
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus
@@ -210,3 +211,49 @@ def test_the_refunds_of_an_order_are_paged_by_limit_and_cursor_oldest_first(api)
     a_captured_order(other)
     foreign = api.get(f"/orders/{other}/refunds", params={"cursor": first["next_cursor"]})
     assert_error(foreign, 422, "invalid_cursor", "cursor")
+
+
+class RefundPluginRemoved:
+    """No payment plugin answers a refund any more: the plugin of the order's method was removed."""
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self):
+        yield
+        return None
+
+
+def test_a_refund_left_pending_whose_payment_plugin_was_removed_is_502_and_stays_pending_until_it_is_back(api):
+    # Before: the repeat answered 201 `failed` and freed the 5.00, though the first request may have
+    # refunded it through the plugin: refunded again later, the customer got it twice.
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+
+    oid = order_id(37)
+    order = a_captured_order(oid)
+    held = PaymentRefund(id=refund_id_for(oid, "api:key_admin:appease-37"), amount=usd("5.00"),
+                         reason="late delivery", status="pending", at=order.created_at)  # fmt: skip
+    payment = order.payment.model_copy(update={"refunds": [held]})
+    stored = order.model_copy(update={"payment": payment, "version": order.version + 1})
+    bootstrap(Config.from_env()).order_repository.update(stored, order, [])
+    plugins, removed = container().plugins, RefundPluginRemoved()
+    plugins.register(removed)
+    try:
+        repeats = [refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-37"}) for _ in range(2)]
+        fresh = refund(api, oid, "5.00")  # nothing ever asked a gateway for it: it fails at once
+    finally:
+        plugins.unregister(removed)
+
+    for repeat in repeats:
+        assert_error(repeat, 502, "payment_gateway_error")
+        assert "no payment plugin takes method 'test'" in repeat.json()["error"]["message"]
+    assert fresh.status_code == 201 and fresh.json()["status"] == "failed"
+    listed = api.get(f"/orders/{oid}/refunds").json()["items"]
+    assert [(r["id"], r["status"]) for r in listed] == [(held.id, "pending"), (fresh.json()["id"], "failed")]
+    history = api.get(f"/orders/{oid}/history").json()["items"]
+    unanswered = [h for h in history if h["type"] == "payment_refund_failed" and h["detail"]["refund_id"] == held.id]
+    assert [h["detail"]["kind"] for h in unanswered] == ["no_plugin"]
+
+    done = refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-37"})  # the plugin is back
+    assert done.status_code == 201, done.text
+    assert (done.json()["id"], done.json()["status"]) == (held.id, "succeeded")
+    assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "5.00"

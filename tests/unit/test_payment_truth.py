@@ -15,6 +15,7 @@ from core import hookimpl, payment_keys
 from core.errors import (
     Conflict,
     InvalidTransition,
+    NoPaymentPlugin,
     PaymentDeclined,
     PaymentGatewayUnavailable,
     PaymentRefused,
@@ -1111,3 +1112,54 @@ def test_a_ship_whose_plugin_was_removed_takes_back_the_capture_request_it_made_
     cancelled = world.actions.cancel(order.id, "customer asked", actor="key_web")
     assert cancelled.payment.status is P.VOIDED
     assert world.spy.refunded == [] and "payment_capture_reversed" not in [h.type for h in world.history(order.id)]
+
+
+def a_refund_that_died(world: World, order: Order, key: str = "k1") -> str:
+    """A refund of 5.00 the gateway made whose request died before recording it: pending, by id."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        dies_before_recording(world, monkeypatch, "payment_refunded")
+        with pytest.raises(Died):
+            refund(world, order.id, key, usd("5.00"))
+    assert [amount for _, amount, _ in world.spy.refunded] == [usd("5.00")]  # the gateway's truth
+    return refund_id_for(order.id, key)
+
+
+def test_a_refund_left_pending_is_not_failed_when_its_payment_plugin_was_removed_and_refunds_once_it_is_back():
+    # Recorded failed, it freed its 5.00: a new refund once the plugin was back refunded it twice.
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = shipped_order(world)
+    refund_id = a_refund_that_died(world, order)
+    removed.gone = True
+
+    for _ in range(3):  # the client repeats the request
+        with pytest.raises(NoPaymentPlugin):
+            refund(world, order.id, "k1", usd("5.00"))
+
+    held = world.order(order.id)
+    assert [(r.id, r.status) for r in held.payment.refunds] == [(refund_id, "pending")]
+    assert held.payment.refundable() == order.payment.captured - usd("5.00")
+    assert failures(world, order.id) == [("payment_refund_failed", "refund", "no_plugin", 1)]  # once
+    assert "refund_failed" not in [h.type for h in world.history(order.id)]
+
+    removed.gone = False
+    done = refund(world, order.id, "k1", usd("5.00"))
+    assert (done.id, done.status) == (refund_id, "succeeded")
+    assert world.order(order.id).payment.refunded == usd("5.00")
+    assert len(world.spy.refunded) == 1
+
+
+def test_a_cancel_of_the_rest_leaves_a_pending_refund_its_removed_payment_plugin_cannot_ask_pending():
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    refund_id = a_refund_that_died(world, order)
+    removed.gone = True
+
+    done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    assert done.status is S.SHIPPED
+    assert [(r.id, r.status) for r in done.payment.refunds] == [(refund_id, "pending")]
+    assert failures(world, order.id)[0] == ("payment_refund_failed", "refund", "no_plugin", 1)
+    assert "refund_failed" not in [h.type for h in world.history(order.id)]

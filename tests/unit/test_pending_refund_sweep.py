@@ -10,14 +10,15 @@ from datetime import datetime, timedelta
 import pytest
 
 from core import hookimpl
-from core.errors import PaymentGatewayUnavailable, TransientError
+from core.errors import NoPaymentPlugin, PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
 from core.money import Money
 from core.ports import PendingRefunds
 from core.refund_service import PendingRefundSweep, SweepIncomplete
 from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_jeopardy import Clock
-from tests.unit.world import World, build_world
+from tests.unit.test_payment_truth import Removed
+from tests.unit.world import Died, World, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10)]
 ACTOR = "reconciler"
@@ -206,3 +207,32 @@ def test_an_order_whose_refund_fails_otherwise_does_not_keep_the_refunds_behind_
     assert list(incomplete.value.failed) == [orders[0]]
     assert world.order(orders[1]).payment.refunded == Money.of("5.00", "USD")
     assert [refund.status for refund in world.order(orders[0]).payment.refunds] == ["pending"]
+
+
+def test_a_refund_whose_payment_plugin_was_removed_stays_pending_noted_once_and_is_finished_once_it_is_back(clock):
+    # Recorded failed by the first pass, it freed its 5.00, though the request that died may have
+    # refunded it through the plugin: a new refund once the plugin was back refunded it twice.
+    removed = Removed()
+    world = build_world(STOCK, removed, clock=clock)
+    order_id = shipped(world)
+    with pytest.MonkeyPatch.context() as patched:
+        dies_before_recording(world, patched, "payment_refunded")
+        with pytest.raises(Died):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    [refund] = world.order(order_id).payment.refunds
+    removed.gone = True
+    clock.advance(minutes=15)
+
+    for _ in range(6):  # half an hour of passes: each reports the order for a person
+        clock.advance(minutes=5)
+        with pytest.raises(SweepIncomplete) as incomplete:
+            sweep(world, clock).run(ACTOR)
+        assert isinstance(incomplete.value.failed[order_id], NoPaymentPlugin)
+
+    assert [(r.id, r.status) for r in world.order(order_id).payment.refunds] == [(refund.id, "pending")]
+    assert refund_failures(world, order_id) == [(ACTOR, "no_plugin", 1)]
+    removed.gone = False
+
+    assert sweep(world, clock).run(ACTOR) == [refund.id]
+    assert world.order(order_id).payment.refunded == Money.of("5.00", "USD")
+    assert len(world.spy.refunded) == 1

@@ -14,6 +14,7 @@ from core.errors import (
     Conflict,
     InvalidRequest,
     InvalidTransition,
+    NoPaymentPlugin,
     NotFound,
     PaymentGatewayUnavailable,
     PluginError,
@@ -33,8 +34,9 @@ from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from plugins import test_payments
 from tests.builders import NOW, product
-from tests.fakes import FakeReturns, ScriptedGateway
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
+from tests.unit.test_payment_truth import Removed
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 S = OrderStatus
 R = ReturnStatus
@@ -2106,3 +2108,35 @@ def test_shipping_goes_back_once_between_an_exchange_and_a_refund_that_bring_the
     claimed = {swap.id: order.totals.shipping} if exchange_first else {}
     assert Order.model_validate_json(original.stored_json()).shipping_claims == claimed == original.shipping_claims
     assert "shipping_claims" not in original.model_dump(mode="json")
+
+
+def test_a_returns_refund_left_pending_waits_for_its_removed_payment_plugin_and_is_made_once(world, clock):
+    # The step that died after the gateway refunded left its refund pending. Asked again with the
+    # plugin removed, it was recorded failed and the next run refunded the units under a new key:
+    # the customer was refunded twice once the plugin was back.
+    removed, spy = Removed(), PaymentSpy()
+    returns, _ = returns_for(world, clock, removed, spy)
+    order = shipped(world, ("MUG", 1))
+    item = one_unit_back(returns, order)
+    returns.restock(item)
+    returns.record_on_order(item, "key_wh")
+    with pytest.MonkeyPatch.context() as patched:
+        dies_before_recording(world, patched, "payment_refunded")
+        with pytest.raises(Died):
+            returns.refund(item, "returns-workflow")
+    removed.gone = True
+
+    for _ in range(3):  # the workflow's retries
+        with pytest.raises(NoPaymentPlugin):
+            returns.refund(item, "returns-workflow")
+
+    assert returns.get(item).status is R.RECEIVED
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["pending"]
+    failed = [h.detail["kind"] for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED]
+    assert failed == ["no_plugin"]
+    removed.gone = False
+
+    done = returns.refund(item, "returns-workflow")
+    assert (done.status, done.refund) == (R.REFUNDED, order.lines[0].total)
+    assert world.order(order.id).payment.refunded == order.lines[0].total
+    assert [amount for _, amount, _ in spy.refunded] == [order.lines[0].total]

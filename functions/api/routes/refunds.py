@@ -28,8 +28,11 @@ router = Router()
     "refunded again by a new request (a new Idempotency-Key). More than captured minus refunded is 422 "
     "`refund_exceeds_captured`; nothing captured yet is 409. A gateway that keeps failing answers 503 with the "
     "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it; "
-    "one nobody repeats is finished by the scheduled reconciler about 15 minutes later.",
-    responses={**ok(201, Refund, "The refund, succeeded or failed"), **errors(400, 403, 404, 409, 413, 503)},
+    "one nobody repeats is finished by the scheduled reconciler about 15 minutes later. No payment plugin for the "
+    "order's method: a new refund is 201 `failed` (nothing was asked), but a repeat of one left `pending` is 502 "
+    "`payment_gateway_error` with the refund still `pending`, as the first request may have refunded it through "
+    "the removed plugin: repeat it once the plugin is back.",
+    responses={**ok(201, Refund, "The refund, succeeded or failed"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.REFUNDS_WRITE)
