@@ -28,7 +28,8 @@ class PaymentResult(BaseModel):
 class SourcingPlan(BaseModel):
     """Where each line's units come from, and why (one sentence per choice, for the history).
     `reasons` reach the order's history, its events and a simulation's answer: controls and bidi
-    overrides in them are made visible (refusing them would fail the sourcing of a paid order)."""
+    overrides in them are made visible, and the core keeps at most 20 of at most 500 characters
+    (core.sourcing.MAX_REASONS): refusing them would fail the sourcing of a paid order."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
