@@ -4,34 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import PluginError
 from core.hook_calls import call_hook
 from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
 from core.ports import LabelStore
 
-# The most of a gateway's words an order keeps: a refusal is written into the order's history (in
-# its one DynamoDB item, 400 KB at most) each time it is given.
-MAX_GATEWAY_MESSAGE_CHARS = 500
-
-
-def _gateway_words(message: str) -> str:
-    return message if len(message) <= MAX_GATEWAY_MESSAGE_CHARS else message[: MAX_GATEWAY_MESSAGE_CHARS - 1] + "…"
-
 
 class PaymentResult(BaseModel):
     """A payment plugin's answer. `reference` is the gateway's id for the operation (for an
     authorization: the id later captures, voids and refunds name). `message`, the gateway's words
-    on a refusal, reaches the order's history, its events and the client's 502: cut to
-    MAX_GATEWAY_MESSAGE_CHARS (ending in "…") and its controls and bidi overrides made visible
-    (refusing it would lose what the gateway answered, and an approval's money moved)."""
+    on a refusal, reaches the order's history, its events and the client's 502: controls and bidi
+    overrides in it are made visible (refusing it would lose what the gateway answered)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     outcome: Literal["approved", "declined"]
     reference: str = Field(min_length=1, max_length=200)
-    message: Annotated[str, AfterValidator(_gateway_words), VisibleText] = ""
+    message: Annotated[str, VisibleText] = ""
 
 
 class SourcingPlan(BaseModel):

@@ -17,7 +17,7 @@ from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
 from core.sourcing_rules import SourcingRules
-from core.workflow_types import MAX_GATEWAY_MESSAGE_CHARS, CarrierShipment, PaymentResult, SourcingPlan
+from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan
 from tests.unit.conftest import a_customer, a_draft, a_product, a_stored_order, an_address, an_order, usd
 
 HOOK_ARGUMENTS = {
@@ -273,28 +273,6 @@ def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_b
         Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
 
     assert refused.value.message.endswith("Do not honor\ufffd[2J\ufffd\ufffd")
-
-
-def test_a_gateways_long_refusal_reaches_the_order_and_the_client_cut_short():
-    # A gateway's error page passed on as the message: every refusal writes it into the order's
-    # history, whose one DynamoDB item (400 KB) a few such entries could fill, and no later change
-    # of the order (a ship, a cancel) could then be written.
-    plugins = build_plugin_manager(load_entry_points=False)
-    page = "<html>" + "x" * 200_000 + "\r\n</html>"
-    plugins.register(answering("oms_payment_capture", PaymentResult(outcome="declined", reference="r1", message=page)))
-
-    with pytest.raises(PaymentRefused) as refused:
-        Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
-
-    assert refused.value.gateway_message == "<html>" + "x" * (MAX_GATEWAY_MESSAGE_CHARS - 7) + "…"
-
-
-def test_a_gateways_refusal_cut_between_a_carriage_return_and_its_line_feed_keeps_no_lone_carriage_return():
-    message = "x" * (MAX_GATEWAY_MESSAGE_CHARS - 2) + "\r\nmore"
-
-    assert PaymentResult(outcome="declined", reference="r1", message=message).message == (
-        "x" * (MAX_GATEWAY_MESSAGE_CHARS - 2) + "\ufffd…"
-    )
 
 
 def test_an_answer_whose_own_validation_breaks_is_a_plugin_error():
