@@ -59,7 +59,7 @@ def recording(function: Callable[..., Any], hook: str, plugin: str) -> Callable[
 
 
 class _Shape(NamedTuple):
-    many: bool  # a collect-all hook: each plugin answers a list of `item`
+    many: bool  # each plugin answers a list of `item`
     item: type
 
 
@@ -75,9 +75,10 @@ def _shape(spec_function: Callable[..., Any]) -> _Shape:
 
 def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     """Call `hook` (a `plugins.hook.oms_...` caller) with `kwargs` and return its checked answer:
-    for a firstresult hook the answer or None, for a collect-all hook the items of every plugin's
-    list, in call order. `accept(item)` runs the caller's own checks on each item (and may return
-    a replacement); a PluginError it raises is reported against the plugin that gave the item.
+    for a firstresult hook the answer (a list answer's items, each checked) or None, for a
+    collect-all hook the items of every plugin's list, in call order. `accept(item)` runs the
+    caller's own checks on each item (and may return a replacement); a PluginError it raises is
+    reported against the plugin that gave the item.
 
     A plugin that raises becomes PluginError naming it; TransientError (a gateway briefly down)
     and PluginUnavailable pass through unchanged, and a TimeoutError or ConnectionError becomes
@@ -104,12 +105,14 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
         _answers.reset(token)
 
     shape = _shape(hook.spec.function)
+    if result is None:
+        return None
     if not shape.many:
-        if result is None:
-            return None
         return _checked(result, shape.item, name, _given_by(hook, answers, result), accept)
+    # pluggy returns a firstresult hook's one answer as it is, a collect-all hook's in a list.
+    lists = [result] if hook.spec.opts.get("firstresult") else result
     items = []
-    for answer in result:
+    for answer in lists:
         plugin = _given_by(hook, answers, answer)
         if not isinstance(answer, list | tuple):
             raise _refused(plugin, name, f"returned {type(answer).__name__}, expected a list")

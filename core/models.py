@@ -988,6 +988,22 @@ class ReviewRequest(BaseModel):
     _safe_note = field_validator("note")(_made_visible)
 
 
+# The most review requests a hold's history entry keeps: it is in the order's one DynamoDB item (at
+# most 400 KB), and a rule asking thousands of times would otherwise fail every capture.
+MAX_REVIEW_REQUESTS = 10
+
+
+def review_detail(requests: list[ReviewRequest]) -> dict[str, Any]:
+    """What a hold's history entry keeps of the review rules' `requests`: the first
+    MAX_REVIEW_REQUESTS, and how many more there were (`requests_not_kept`) when there were."""
+    detail: dict[str, Any] = {
+        "requests": [request.model_dump(exclude_none=True) for request in requests[:MAX_REVIEW_REQUESTS]]
+    }
+    if len(requests) > MAX_REVIEW_REQUESTS:
+        detail["requests_not_kept"] = len(requests) - MAX_REVIEW_REQUESTS
+    return detail
+
+
 class HistoryEntry(BaseModel, defer_build=True):
     at: datetime
     type: OrderEvent
@@ -2076,14 +2092,11 @@ class Order(BaseModel, defer_build=True):
         self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
     ) -> tuple[Order, list[HistoryEntry]]:
         """`edited` (this order's edit) on hold in the same version, as a new order is when a review
-        rule asks (the first request's reason and note; every request in the entry): one write, so
-        nothing is authorized or sourced for the edited order before a person has looked."""
+        rule asks (the first request's reason and note; the requests in the entry, review_detail):
+        one write, so nothing is authorized or sourced for the edited order before a person has looked."""
         new, entry = edited
         first = requests[0]
-        held, hold_entry = new.hold_for(
-            first.reason, first.note, at=at, actor=actor,
-            detail={"requests": [request.model_dump(exclude_none=True) for request in requests]},
-        )  # fmt: skip
+        held, hold_entry = new.hold_for(first.reason, first.note, at=at, actor=actor, detail=review_detail(requests))
         held = _replaced(held, version=self.version + 1)
         check_successor(self, held)
         return held, [entry, hold_entry]

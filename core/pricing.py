@@ -84,8 +84,9 @@ def spread(amount: Money, weights: list[Money], names: list[str] | None = None) 
 
 
 def _named_rate(rate: TaxRate) -> TaxRate:
-    if not 1 <= len(rate.name) <= 100:
-        raise PluginError("returned a TaxRate without a name of 1 to 100 characters")
+    # Printed on the invoice line it taxes: a blank (only white space) names no tax.
+    if not 1 <= len(rate.name) <= 100 or rate.name.isspace():
+        raise PluginError("returned a TaxRate without a name of 1 to 100 characters, not all white space")
     return rate
 
 

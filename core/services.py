@@ -37,6 +37,7 @@ from core.models import (
     PromotionGrant,
     ReviewRequest,
     StockLevel,
+    review_detail,
     utc_now,
 )
 from core.money import Money
@@ -278,9 +279,8 @@ class CaptureService:
             return order, []
         first = requests[0]
         held, entry = order.hold_for(
-            first.reason, first.note, at=now, actor=REVIEW_ACTOR,
-            detail={"requests": [request.model_dump(exclude_none=True) for request in requests]},
-        )  # fmt: skip
+            first.reason, first.note, at=now, actor=REVIEW_ACTOR, detail=review_detail(requests)
+        )
         return held, [entry]
 
     def _sources(self, cmd: PlaceOrder, *, placed: bool = False) -> tuple[set[str] | None, Address]:

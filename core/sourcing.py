@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import pluggy
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
 from core.errors import InvalidRequest, PluginError, StaleVersion, UnknownSku
 from core.hook_calls import call_hook
@@ -24,6 +24,7 @@ from core.models import (
     PlaceOrder,
     StockLevel,
     Totals,
+    VisibleText,
     utc_now,
 )
 from core.money import Money
@@ -123,6 +124,29 @@ def lacks_at(order: Order, sku: str, locations: list[Location], rules: SourcingR
     }
 
 
+# A plan's reasons are kept in the order's history, which is in the order's one DynamoDB item (at
+# most 400 KB) and gets them again at every sourcing: so many, or so long, that the item outgrows
+# that would fail the reservation on every retry and park a paid order. They are cut, not refused,
+# for the same reason. 20 sentences of 500 characters explain the built-in plugin's choices (one
+# per location an order ships from) with ids of a usual length.
+MAX_REASONS = 20
+MAX_REASON_CHARS = 500
+_REASON = TypeAdapter(Annotated[str, VisibleText])
+
+
+def _reasons_kept(plan: SourcingPlan) -> SourcingPlan:
+    """`plan` with its first reasons, each of at most MAX_REASON_CHARS characters (a cut one ends
+    with "…"); when there are more than MAX_REASONS, the last kept says how many more there were."""
+    reasons = [
+        reason if len(reason) <= MAX_REASON_CHARS else _REASON.validate_python(reason[: MAX_REASON_CHARS - 1] + "…")
+        for reason in plan.reasons[:MAX_REASONS]
+    ]
+    if len(plan.reasons) > MAX_REASONS:
+        left_out = len(plan.reasons) - MAX_REASONS + 1
+        reasons[-1] = f"and {left_out} more reasons the sourcing plugin gave, not kept"
+    return plan if reasons == plan.reasons else plan.model_copy(update={"reasons": reasons})
+
+
 def ask_plugins(
     hook: pluggy.HookRelay,
     order: Order,
@@ -132,10 +156,12 @@ def ask_plugins(
     rules: SourcingRules,
 ) -> SourcingPlan | None:
     """The sourcing plugins' plan, checked: every unit of every line exactly once, eligible
-    locations only. None when no plugin can source it."""
+    locations only, its reasons bounded (MAX_REASONS, MAX_REASON_CHARS). None when no plugin can
+    source it."""
     plan = call_hook(
-        hook.oms_source_order, order=order, locations=eligible, stock=stock, destination=destination, rules=rules
-    )
+        hook.oms_source_order, _reasons_kept,
+        order=order, locations=eligible, stock=stock, destination=destination, rules=rules,
+    )  # fmt: skip
     if plan is None:
         return None
     if not isinstance(plan, SourcingPlan):

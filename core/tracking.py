@@ -15,9 +15,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pluggy
-from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel
 
-from core.errors import InvalidRequest, InvalidTransition, NotFound, PluginError, TransientError
+from core.errors import InvalidRequest, InvalidTransition, NotFound, PluginError
+from core.hook_calls import call_hook
 from core.workflow_types import TrackingUpdate
 
 REFERENCE_SEPARATOR = "/"
@@ -65,31 +66,21 @@ class CarrierTracking:
         self._hook = plugins.hook
 
     def read(self, carrier: str, payload: Any, headers: dict[str, str], body: str) -> list[TrackingUpdate]:
-        """The updates the carrier's plugin found in the webhook. NotFound when no plugin answers
-        for `carrier`; PluginError when one fails or answers something else than documented."""
+        """The updates the carrier's plugin found in the webhook, each re-validated (call_hook).
+        NotFound when no plugin answers for `carrier`; PluginError naming the plugin when it fails
+        or answers something else than documented; the plugin's InvalidRequest (the sender's
+        malformed body, 422) and TransientError (the carrier briefly down, 503) as it raised them."""
         try:
-            answer = self._hook.oms_carrier_tracking_update(
-                carrier=carrier, payload=payload, headers=headers, body=body
+            updates = call_hook(
+                self._hook.oms_carrier_tracking_update, carrier=carrier, payload=payload, headers=headers, body=body
             )
-        except (InvalidRequest, TransientError):
-            raise  # the sender's malformed body (422), or a carrier briefly down (503): as the plugin said
-        except Exception as exc:
-            raise PluginError(f"a carrier plugin failed in oms_carrier_tracking_update: {type(exc).__name__}") from exc
-        if answer is None:
+        except PluginError as exc:
+            # The hook's documented refusal of a body: the sender's fault, not the plugin's.
+            if isinstance(exc.__cause__, InvalidRequest):
+                raise exc.__cause__ from None
+            raise
+        if updates is None:
             raise NotFound(f"no carrier plugin reads tracking updates for {carrier!r}")
-        if not isinstance(answer, list | tuple):
-            raise PluginError(f"oms_carrier_tracking_update returned {type(answer).__name__}, expected a list")
-        updates = []
-        for update in answer:
-            if not isinstance(update, TrackingUpdate):
-                raise PluginError(
-                    f"oms_carrier_tracking_update returned {type(update).__name__}, expected TrackingUpdate"
-                )
-            try:
-                # Validated again: a plugin may build its answer without validation (model_construct).
-                updates.append(TrackingUpdate.model_validate(update.model_dump()))
-            except ValidationError as exc:
-                raise PluginError(f"oms_carrier_tracking_update returned an invalid TrackingUpdate: {exc}") from exc
         return updates
 
     def apply(

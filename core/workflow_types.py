@@ -28,7 +28,8 @@ class PaymentResult(BaseModel):
 class SourcingPlan(BaseModel):
     """Where each line's units come from, and why (one sentence per choice, for the history).
     `reasons` reach the order's history, its events and a simulation's answer: controls and bidi
-    overrides in them are made visible (refusing them would fail the sourcing of a paid order)."""
+    overrides in them are made visible, and the core keeps at most 20 of at most 500 characters
+    (core.sourcing.MAX_REASONS): refusing them would fail the sourcing of a paid order."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
@@ -88,7 +89,9 @@ def stored_label(labels: LabelStore, booked: CarrierShipment, order_id: str, ite
 class TrackingUpdate(BaseModel):
     """One tracking event a carrier plugin read from its webhook: which shipment, what happened
     and when. `order_id` and `shipment_id` come from the booking's reference, which the carrier
-    echoes (see core.tracking.shipment_reference)."""
+    echoes (see core.tracking.shipment_reference). `description`, the carrier's words, reaches the
+    webhook's answer: controls and bidi overrides in it are made visible (refusing it would have
+    the carrier send the webhook again and again)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
@@ -96,4 +99,4 @@ class TrackingUpdate(BaseModel):
     shipment_id: str = Field(min_length=1, max_length=64)
     status: Literal["in_transit", "delivered"]
     at: AwareDatetime
-    description: str = Field(default="", max_length=500)
+    description: Annotated[str, Field(max_length=500), VisibleText] = ""

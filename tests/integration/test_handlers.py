@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import string
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from core import hookimpl
 from core.access import hash_secret
-from core.models import HistoryEntry, Order, Payment, Shipment, ShipmentLine, Totals
+from core.models import HistoryEntry, Order, Payment, ReviewRequest, Shipment, ShipmentLine, Totals
 from core.pricing_types import TaxRate
 from core.status import OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
@@ -330,3 +332,32 @@ def test_a_revoked_key_is_refused_and_remembered_without_a_second_read(aws):
             with pytest.raises(Exception, match=r"^Unauthorized$"):
                 lambda_handler(evt, Context())
     assert len(reads) == 1
+
+
+class InsistentReview:
+    """A review rule that asks 2,000 times, with notes of 500 characters that do not compress."""
+
+    @hookimpl
+    def oms_review_order(self, order):
+        words = random.Random(3)
+        return [
+            ReviewRequest(reason="fraud_review", note="".join(words.choices(string.ascii_letters, k=500)))
+            for _ in range(2_000)
+        ]
+
+
+def test_a_rule_asking_for_review_thousands_of_times_still_lets_the_order_be_placed_on_hold(seeded, aws):
+    # Every request went into the hold's history entry: past the item's 400 KB, DynamoDB refused
+    # the order and every POST /orders was a 500.
+    from functions.api.dependencies import container
+
+    plugins = container().plugins
+    plugin = InsistentReview()
+    plugins.register(plugin)
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(plugin)
+
+    assert status == 201, body
+    assert (body["status"], body["hold"]["reason"]) == ("on_hold", "fraud_review")

@@ -5,6 +5,8 @@ orders that makes one read of the locations and one batched read of the stock.""
 from __future__ import annotations
 
 import os
+import random
+import string
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,10 @@ from typing import Any
 import boto3
 import pytest
 
+from core import hookimpl
+from core.models import Allocation
+from core.sourcing import MAX_REASON_CHARS, MAX_REASONS
+from core.workflow_types import SourcingPlan
 from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api
 
@@ -283,3 +289,48 @@ def test_rules_naming_a_location_the_network_lacks_are_refused_and_change_nothin
     assert_error(kept, 422, "unknown_location", f"safety_stock.{typo}")
     assert_error(what_if, 422, "unknown_location", "rules.excluded_locations[0]")
     assert api.get("/sourcing/rules").json() == before
+
+
+class Talkative:
+    """A sourcing plugin that takes every unit from one location and explains it at great length:
+    2,000 reasons of 2,000 characters that do not compress (8 MB, twenty times an item's 400 KB)."""
+
+    def __init__(self, location_id: str):
+        self.location_id = location_id
+
+    @hookimpl(tryfirst=True)
+    def oms_source_order(self, order):
+        words = random.Random(7)
+        return SourcingPlan(
+            allocations=[Allocation(line_id=line.line_id, location_id=self.location_id, quantity=line.quantity)
+                         for line in order.lines],
+            reasons=["".join(words.choices(string.ascii_letters, k=2_000)) for _ in range(2_000)],
+        )  # fmt: skip
+
+
+def test_a_plugin_that_gives_too_many_or_too_long_reasons_still_sources_the_order(api: InProcessApi, network):
+    # The reasons go into the order's history, in its one DynamoDB item: unbounded, they took it
+    # past 400 KB and the reservation failed on every retry, parking a paid order.
+    from functions.api.dependencies import container
+
+    catalog = Catalog(api)
+    sku = catalog.product("9.00")
+    catalog.stock(sku, network["east"], 10)
+    order = api.post("/orders", json=order_body((sku, 2))).json()
+    plugin = Talkative(network["east"])
+    container().plugins.register(plugin, name="talkative")
+    try:
+        workflow = container().workflow
+        workflow.authorize_payment(order["id"], attempt=0)
+        workflow.reserve_stock(order["id"])
+    finally:
+        container().plugins.unregister(plugin)
+
+    stored = api.get(f"/orders/{order['id']}").json()
+    assert [(a["location_id"], a["quantity"]) for a in stored["allocations"]] == [(network["east"], 2)]
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    [reserved] = [e for e in history if e["type"] == "stock_reserved"]
+    *kept, last = reserved["detail"]["reasons"]
+    assert len(kept) == MAX_REASONS - 1
+    assert all(len(reason) == MAX_REASON_CHARS and reason.endswith("…") for reason in kept)
+    assert last == f"and {2_000 - MAX_REASONS + 1} more reasons the sourcing plugin gave, not kept"

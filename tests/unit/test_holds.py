@@ -8,7 +8,7 @@ import pytest
 from core import hookimpl
 from core.errors import InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.models import Order, OrderEdit, ReviewRequest
+from core.models import MAX_REVIEW_REQUESTS, Order, OrderEdit, ReviewRequest
 from core.money import Money
 from core.status import OrderStatus
 from plugins import review_threshold
@@ -161,6 +161,27 @@ def test_a_review_rules_note_is_held_with_controls_and_bidi_overrides_made_visib
         "note": safe,
         "requests": [{"reason": "fraud_review", "note": safe}],
     }
+
+
+class InsistentReview:
+    """A rule that asks 2,000 times, each with a note of 500 characters."""
+
+    @hookimpl
+    def oms_review_order(self, order: Order) -> list[ReviewRequest]:
+        return [ReviewRequest(reason="fraud_review", note=f"{i:>500}") for i in range(2_000)]
+
+
+def test_a_rule_asking_for_review_many_times_holds_the_order_with_the_first_requests_kept():
+    # Every request went into the hold's history entry, in the order's one DynamoDB item: past its
+    # 400 KB every capture failed with a 500 and no order was placed.
+    world = build_world(STOCK, InsistentReview())
+
+    order = world.order(world.place(("TSHIRT", 1)))
+
+    assert (order.status, order.hold.reason, order.hold.note) == (S.ON_HOLD, "fraud_review", f"{0:>500}")
+    held = world.history(order.id)[1]
+    kept = [{"reason": "fraud_review", "note": f"{i:>500}"} for i in range(MAX_REVIEW_REQUESTS)]
+    assert (held.detail["requests"], held.detail["requests_not_kept"]) == (kept, 2_000 - MAX_REVIEW_REQUESTS)
 
 
 def test_an_allocated_order_edited_past_the_review_threshold_is_held_in_the_same_write(world, monkeypatch):

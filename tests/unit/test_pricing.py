@@ -500,6 +500,9 @@ def test_nonsense_discounts_are_a_plugin_error(plugins, answer, problem):
         (TaxRate.model_construct(rate=Decimal("0.1"), name=""), "name"),
         (TaxRate.model_construct(rate=Decimal("0.1"), name=None), "name"),
         (TaxRate.model_construct(rate=Decimal("0.1"), name="x" * 101), "name"),
+        # An invoice line would print a blank where the tax is named.
+        (TaxRate.model_construct(rate=Decimal("0.1"), name="   "), "name"),
+        (TaxRate.model_construct(rate=Decimal("0.1"), name="\u00a0\u3000"), "name"),
     ],
 )
 def test_nonsense_tax_rate_is_a_plugin_error(plugins, answer, problem):

@@ -214,7 +214,7 @@ class Answers:
 
 
 def read(plugins, plugin: Answers) -> list[TrackingUpdate]:
-    plugins.register(plugin)
+    plugins.register(plugin, name="oms-acme")
     return CarrierTracking(plugins).read("acme", {"parcels": []}, {"acme-signature": "s1"}, '{"parcels": []}')
 
 
@@ -245,15 +245,35 @@ def test_updates_are_returned_as_the_plugin_read_them(plugins):
         (an_update(), "expected a list"),
         ([{"order_id": "ord_1", "shipment_id": "shp_1", "status": "delivered"}], "expected TrackingUpdate"),
         ([TrackingUpdate.model_construct(order_id="ord_1", shipment_id="shp_1", status="lost", at=datetime.now(UTC))],
-         "invalid TrackingUpdate"),
+         "malformed TrackingUpdate: status"),
         ([TrackingUpdate.model_construct(order_id="ord_1", shipment_id="shp_1", status="delivered",
-                                         at=datetime(2026, 1, 1))], "invalid TrackingUpdate"),
+                                         at=datetime(2026, 1, 1))], "malformed TrackingUpdate: at"),
+        ([TrackingUpdate.model_construct(order_id="ord_1", shipment_id="shp_1", status="delivered",
+                                         at=SCANNED_AT)], "at is str, expected datetime"),
+        ([TrackingUpdate.model_construct(order_id="ord_1", shipment_id="shp_1", status="delivered",
+                                         at=datetime.now(UTC), description=0.5)], "description is a float"),
     ],
-    ids=["raises", "not-a-list", "dicts", "unknown-status", "naive-time"],
+    ids=["raises", "not-a-list", "dicts", "unknown-status", "naive-time", "time-as-text", "float"],
 )  # fmt: skip
-def test_a_plugin_that_fails_or_answers_nonsense_is_a_plugin_error(plugins, answer, problem):
-    with pytest.raises(PluginError, match=problem):
+def test_a_plugin_that_fails_or_answers_nonsense_is_a_plugin_error_naming_it(plugins, answer, problem):
+    with pytest.raises(PluginError, match=problem) as failed:
         read(plugins, Answers(answer))
+
+    assert "plugin oms-acme" in failed.value.message
+    assert failed.value.details == [{"plugin": "oms-acme", "hook": "oms_carrier_tracking_update"}]
+
+
+def test_a_description_is_kept_with_controls_and_bidi_overrides_made_visible(plugins):
+    # It reaches the carrier's 200 answer and the operator reading it: refusing it would have the
+    # carrier send the webhook again and again, so it is mended as a quote's description is.
+    update = TrackingUpdate.model_construct(
+        order_id="ord_1", shipment_id="shp_1", status="delivered", at=datetime.now(UTC),
+        description="Front door\x1b[2J\u202e\nleft with neighbour",
+    )  # fmt: skip
+
+    (read_back,) = read(plugins, Answers([update]))
+
+    assert read_back.description == "Front door\ufffd[2J\ufffd\nleft with neighbour"
 
 
 @pytest.mark.parametrize("error", [InvalidRequest("bad signature"), TransientError("carrier API busy")])

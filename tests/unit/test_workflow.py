@@ -16,6 +16,7 @@ from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, Stal
 from core.models import Address, Allocation, HistoryEntry, LineInput, Order, OrderEdit
 from core.money import Money
 from core.order_changes import modify
+from core.sourcing import MAX_REASON_CHARS, MAX_REASONS
 from core.status import OrderStatus
 from core.workflow import reservation_key
 from core.workflow_types import SourcingPlan
@@ -1100,6 +1101,44 @@ def test_a_plan_that_names_one_place_twice_reserves_and_ships_every_unit_it_reco
     shipped = world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
     assert [(x.line_id, x.quantity) for x in shipped.shipments[0].lines] == [("L1", 3)]
     assert world.level("TSHIRT", "wh-west") == (7, 0, 7)
+
+
+class Explains:
+    """A sourcing plugin that takes every unit at wh-west and gives `reasons`."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = reasons
+
+    @hookimpl(tryfirst=True)
+    def oms_source_order(self, order):
+        return SourcingPlan(
+            allocations=[Allocation(line_id=line.line_id, location_id="wh-west", quantity=line.quantity)
+                         for line in order.lines],
+            reasons=self.reasons,
+        )  # fmt: skip
+
+
+def reserved_reasons(world: World, order_id: str) -> list[str]:
+    return next(h.detail["reasons"] for h in world.history(order_id) if h.type == "stock_reserved")
+
+
+def test_reasons_within_the_bounds_are_kept_as_the_plugin_gave_them():
+    reasons = ["x" * (MAX_REASON_CHARS - 1) + "."] * MAX_REASONS
+    world = build_world([("TSHIRT", "wh-west", 10)], Explains(reasons))
+
+    order = world.allocated(("TSHIRT", 1))
+
+    assert reserved_reasons(world, order.id) == reasons
+
+
+def test_a_reason_past_the_bound_is_cut_and_stays_free_of_a_lone_carriage_return():
+    # Cut between the CR and the LF of a line break, it would keep a CR alone, which reasons never hold.
+    long = "x" * (MAX_REASON_CHARS - 2) + "\r\n" + "y" * 10
+    world = build_world([("TSHIRT", "wh-west", 10)], Explains([long, "short"]))
+
+    order = world.allocated(("TSHIRT", 1))
+
+    assert reserved_reasons(world, order.id) == ["x" * (MAX_REASON_CHARS - 2) + "\ufffd…", "short"]
 
 
 # --- Booking a parcel again ---------------------------------------------------------------------
