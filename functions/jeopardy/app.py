@@ -16,6 +16,7 @@ from core.capture_sweep import CapturesNotSettled, CapturesSettled
 from core.jeopardy import SCAN_ACTOR
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.captures_report import report as report_captures
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -51,24 +52,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             captures = container().capture_sweep.run(done.captures_left, SCAN_ACTOR)
         except CapturesNotSettled as error:
             captures, failed = error.done, error
-    for order_id in captures.settled:
-        logger.warning("capture left by a ship or a settlement settled", extra={"order_id": order_id})
-    for order_id in captures.held:
-        logger.warning("order held: a ship died after asking for its capture; confirm whether the parcel left",
-                       extra={"order_id": order_id})  # fmt: skip
-    for order_id in captures.unconfirmed:
-        # Partly shipped, so it cannot be held: only this line (and the metric) calls a person.
-        logger.error("a ship died after asking for its capture on an order that cannot be held; "
-                     "confirm whether the parcel left", extra={"order_id": order_id})  # fmt: skip
-    if captures.settled:
-        metrics.add_metric(name="UnrecordedCapturesSettled", unit=MetricUnit.Count, value=len(captures.settled))
-    if captures.held or captures.unconfirmed:
-        metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count,
-                           value=len(captures.held) + len(captures.unconfirmed))  # fmt: skip
+    report_captures(captures, failed, logger, metrics)
     if failed is not None:
-        for order_id, failure in failed.failed.items():
-            logger.error("capture left by a ship or a settlement not settled", extra={"order_id": order_id},
-                         exc_info=failure)  # fmt: skip
         raise failed  # the pass did the rest; the errors alarm calls a person for these
     return {
         "marked": done.marked,

@@ -24,6 +24,7 @@ from core.pickups import PickupsExpired
 from core.refund_service import SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.captures_report import report as report_captures
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -114,23 +115,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         captures = container().capture_sweep.run_settlements(container().settlement_captures, ACTOR)
     except CapturesNotSettled as error:
         captures, failed = error.done, error
-    for order_id in captures.settled:
-        logger.warning("capture left by a ship or a settlement settled", extra={"order_id": order_id})
-    for order_id in captures.held:
-        logger.warning("order held: a ship died after asking for its capture; confirm whether the parcel left",
-                       extra={"order_id": order_id})  # fmt: skip
-    for order_id in captures.unconfirmed:
-        logger.error("a ship died after asking for its capture on an order that cannot be held; "
-                     "confirm whether the parcel left", extra={"order_id": order_id})  # fmt: skip
-    if captures.settled:
-        metrics.add_metric(name="UnrecordedCapturesSettled", unit=MetricUnit.Count, value=len(captures.settled))
-    if captures.held or captures.unconfirmed:
-        metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count,
-                           value=len(captures.held) + len(captures.unconfirmed))  # fmt: skip
-    if failed is not None:
-        for order_id, failure in failed.failed.items():
-            logger.error("capture left by a ship or a settlement not settled", extra={"order_id": order_id},
-                         exc_info=failure)  # fmt: skip
+    report_captures(captures, failed, logger, metrics)
     if incomplete is not None or unsettled is not None or failed is not None:
         raise incomplete or unsettled or failed  # the passes did the rest; the errors alarm calls a person
     return {
