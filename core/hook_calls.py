@@ -83,7 +83,7 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
 
     A plugin that raises becomes PluginError naming it; PluginUnavailable passes through
     unchanged, and TransientError (a gateway briefly down) with its message made visible and cut
-    to 500 characters (_transient_words), as is the TransientError a TimeoutError or
+    to 500 characters (plugin_words), as is the TransientError a TimeoutError or
     ConnectionError becomes."""
     name: str = hook.name
     answers: list[_Answer] = []
@@ -94,7 +94,7 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
         raise
     except TransientError as exc:
         # The plugin's own error goes on, mended: its class may be what a caller or a retry matches.
-        exc.message = _transient_words(str(exc.message))
+        exc.message = plugin_words(str(exc.message))
         exc.args = (exc.message,)
         raise
     except (TimeoutError, ConnectionError) as exc:
@@ -102,7 +102,7 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
         # to, because every hook that changes something remotely is given an idempotency key.
         plugin = _raised_by(hook, exc)
         raise TransientError(
-            _transient_words(f"plugin {plugin} got no answer in {name}: {type(exc).__name__} {exc}")
+            plugin_words(f"plugin {plugin} got no answer in {name}: {type(exc).__name__} {exc}")
         ) from exc
     except Exception as exc:
         plugin = _raised_by(hook, exc)
@@ -129,18 +129,18 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     return items
 
 
-# A plugin's words on a transient failure reach the client's 503 (and a payment's history, a
-# workflow step's error): its controls and bidi overrides made visible, cut as history entries cut
-# such words.
-MAX_TRANSIENT_MESSAGE_CHARS = 500
+# A plugin's words on its failure (a TransientError's, why it failed to load) reach the client's 503
+# (and a payment's history, a workflow step's error, GET /plugins): its controls and bidi overrides
+# made visible, cut as history entries cut such words.
+MAX_PLUGIN_WORDS_CHARS = 500
 _WORDS = TypeAdapter(Annotated[str, VisibleText])
 
 
-def _transient_words(message: str) -> str:
+def plugin_words(message: str) -> str:
     """`message` with its controls and bidi overrides replaced by U+FFFD, at most
-    MAX_TRANSIENT_MESSAGE_CHARS characters (a cut one ends with "…")."""
-    if len(message) > MAX_TRANSIENT_MESSAGE_CHARS:
-        message = message[: MAX_TRANSIENT_MESSAGE_CHARS - 1] + "…"
+    MAX_PLUGIN_WORDS_CHARS characters (a cut one ends with "…")."""
+    if len(message) > MAX_PLUGIN_WORDS_CHARS:
+        message = message[: MAX_PLUGIN_WORDS_CHARS - 1] + "…"
     return _WORDS.validate_python(message)
 
 
