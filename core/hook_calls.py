@@ -25,11 +25,12 @@ import typing
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from core.errors import PluginError, PluginUnavailable, TransientError
+from core.models import VisibleText
 
 Accept = Callable[[Any], Any]
 
@@ -80,21 +81,29 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     caller's own checks on each item (and may return a replacement); a PluginError it raises is
     reported against the plugin that gave the item.
 
-    A plugin that raises becomes PluginError naming it; TransientError (a gateway briefly down)
-    and PluginUnavailable pass through unchanged, and a TimeoutError or ConnectionError becomes
-    TransientError."""
+    A plugin that raises becomes PluginError naming it; PluginUnavailable passes through
+    unchanged, and TransientError (a gateway briefly down) with its message made visible and cut
+    to 500 characters (plugin_words), as is the TransientError a TimeoutError or
+    ConnectionError becomes."""
     name: str = hook.name
     answers: list[_Answer] = []
     token = _answers.set(answers)
     try:
         result = hook(**kwargs)
-    except (TransientError, PluginUnavailable):
+    except PluginUnavailable:
+        raise
+    except TransientError as exc:
+        # The plugin's own error goes on, mended: its class may be what a caller or a retry matches.
+        exc.message = plugin_words(str(exc.message))
+        exc.args = (exc.message,)
         raise
     except (TimeoutError, ConnectionError) as exc:
         # A remote service (gateway, carrier, tax service) did not answer: worth retrying, and safe
         # to, because every hook that changes something remotely is given an idempotency key.
         plugin = _raised_by(hook, exc)
-        raise TransientError(f"plugin {plugin} got no answer in {name}: {type(exc).__name__} {exc}") from exc
+        raise TransientError(
+            plugin_words(f"plugin {plugin} got no answer in {name}: {type(exc).__name__} {exc}")
+        ) from exc
     except Exception as exc:
         plugin = _raised_by(hook, exc)
         raise PluginError(
@@ -118,6 +127,21 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
             raise _refused(plugin, name, f"returned {type(answer).__name__}, expected a list")
         items.extend(_checked(item, shape.item, name, plugin, accept) for item in answer)
     return items
+
+
+# A plugin's words on its failure (a TransientError's, why it failed to load) reach the client's 503
+# (and a payment's history, a workflow step's error, GET /plugins): its controls and bidi overrides
+# made visible, cut as history entries cut such words.
+MAX_PLUGIN_WORDS_CHARS = 500
+_WORDS = TypeAdapter(Annotated[str, VisibleText])
+
+
+def plugin_words(message: str) -> str:
+    """`message` with its controls and bidi overrides replaced by U+FFFD, at most
+    MAX_PLUGIN_WORDS_CHARS characters (a cut one ends with "…")."""
+    if len(message) > MAX_PLUGIN_WORDS_CHARS:
+        message = message[: MAX_PLUGIN_WORDS_CHARS - 1] + "…"
+    return _WORDS.validate_python(message)
 
 
 def _checked(value: Any, expected: type, hook: str, plugin: str, accept: Accept | None) -> Any:

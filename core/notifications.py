@@ -43,7 +43,8 @@ class Notification(BaseModel, defer_build=True):
     body: str
     details: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
-    # What the plugins (hook oms_notify) sent it through ("email", "sms"); empty: only recorded.
+    # What the plugins (hook oms_notify) sent it through ("email", "sms"), the first MAX_WAYS they
+    # named; empty: only recorded.
     sent_via: list[str] = Field(default_factory=list)
     sent_at: datetime | None = None
 
@@ -160,7 +161,7 @@ class Notifier:
             if recorded.sent_at is not None:
                 continue
             via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
-            self._store.mark_sent(recorded, via, self._clock())
+            self._store.mark_sent(recorded, via[:MAX_WAYS], self._clock())
             sent.append(recorded)
         return sent
 
@@ -170,6 +171,11 @@ class Notifier:
 # message went out, and a refusal would have the stream redeliver the change and send it again.
 _WAY = TypeAdapter(Annotated[str, VisibleText])
 _MAX_WAY_CHARS = 60
+# The first ways the plugins name, in call order, are recorded; the rest are left out, for the same
+# reason: thousands outgrew the notification's one item (400 KB), so recording it as sent failed
+# and the customer was sent it again. Every plugin's handful of ways (email, SMS, push) fits in 20,
+# and 20 of at most 60 characters (240 bytes of UTF-8) keep a page of 100 notifications small.
+MAX_WAYS = 20
 
 
 def _way_shown(way: str) -> str:

@@ -18,14 +18,13 @@ from pydantic import BaseModel, Field
 
 from core import PROJECT, hookspecs
 from core.errors import PluginUnavailable
-from core.hook_calls import recording
+from core.hook_calls import plugin_words, recording
 from core.money import Money
 
 # The built-in gateway that approves any `tok_approve`: a deployment that loaded it by accident
 # would ship goods it was never paid for, so it loads only when asked for.
 TEST_PAYMENTS = "test_payments"
 TEST_PAYMENTS_OFF = "the test gateway approves anything: it loads only with OMS_ENABLE_TEST_PAYMENTS=true"
-MAX_REASON = 500
 
 
 class PluginInfo(BaseModel, defer_build=True):
@@ -106,7 +105,7 @@ class OmsPluginManager(pluggy.PluginManager):
             try:
                 self.register(entry_point.load(), name=entry_point.name)
             except Exception as exc:  # a plugin's import can raise anything; none may stop the others
-                reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+                reason = plugin_words(f"{type(exc).__name__}: {exc}")
                 distribution, version = _origin(entry_point)
                 self.broken.append(
                     PluginInfo(

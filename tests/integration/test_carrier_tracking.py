@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from core import hookimpl
+from core.errors import TransientError
 from tests.integration.test_handlers import api, event
 
 FLAT_RATE_EVENT = {
@@ -114,3 +115,33 @@ def test_an_update_for_an_order_that_does_not_exist_is_reported_not_applied(aws)
 
     assert status == 200
     assert [(u["order_id"], u["outcome"]) for u in report["updates"]] == [("ord_" + "a" * 24, "unknown_shipment")]
+
+
+class Garbling:
+    """A carrier plugin whose service is briefly down, and says so with escape sequences, a bidi
+    override and at length (or whose client library does, in a ConnectionError)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_tracking_update(self, carrier, payload, headers, body):
+        raise self.error
+
+
+@pytest.mark.parametrize("raised", [TransientError, ConnectionError])
+def test_a_plugins_words_on_a_transient_failure_reach_the_503_visible_and_cut_to_500_characters(aws, raised):
+    from functions.api.dependencies import container
+
+    words = "carrier API down\x1b[2J\r\u202egnorw" + "x" * 100_000
+    plugin = Garbling(raised(words))
+    container().plugins.register(plugin)
+    try:
+        status, body = api(webhook("acme-courier", {"events": []}))
+    finally:
+        container().plugins.unregister(plugin)
+
+    assert (status, body["error"]["code"], body["error"]["details"]) == (503, "temporarily_unavailable", [])
+    message = body["error"]["message"]
+    assert "carrier API down\ufffd[2J\ufffd\ufffdgnorw" in message
+    assert len(message) == 500 and message.endswith("x…")

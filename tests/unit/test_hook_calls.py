@@ -8,7 +8,7 @@ import pytest
 from pydantic import model_validator
 
 from core import hookimpl
-from core.errors import PaymentRefused, PluginError, TransientError
+from core.errors import PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
 from core.hook_calls import call_hook
 from core.models import Allocation
 from core.money import Money
@@ -245,6 +245,28 @@ def test_transient_errors_pass_through_for_a_retry():
 
     with pytest.raises(TransientError, match="gateway busy"):
         call("oms_payment_capture", Unavailable())
+
+
+def test_a_gateways_words_on_a_transient_failure_are_kept_visible_and_cut_to_500_characters():
+    # They reach the client's 503 (PaymentGatewayUnavailable's details) and the order's history.
+    class Garbling:
+        @hookimpl
+        def oms_payment_capture(self):
+            raise TransientError("gateway busy\x1b[2J\u202e" + "x" * 100_000)
+
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(Garbling(), name="garbling")
+    failures = []
+    payments = Payments(plugins, sleep=lambda _: None)
+
+    with pytest.raises(PaymentGatewayUnavailable) as raised:
+        payments.retried(
+            "capture", lambda _: payments.capture("test", "a1", usd("1.00"), "ord_1", "k"), failures.append
+        )
+
+    (detail,) = raised.value.details
+    assert detail["message"] == "gateway busy\ufffd[2J\ufffd" + "x" * 482 + "…"
+    assert [failure.message for failure in failures] == [detail["message"]] * 3
 
 
 def test_pricing_names_the_plugin_whose_money_is_in_another_currency():

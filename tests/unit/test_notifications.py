@@ -194,6 +194,26 @@ def test_the_ways_a_plugin_names_are_recorded_with_controls_made_visible_and_at_
     assert recorded.sent_via == ["sms\ufffd[2J\ufffd", "x" * 60]
 
 
+class Broadcaster:
+    """A sender that names a way for every one of thousands of subscribers it reached."""
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str]:
+        return [f"push:device-{n:06d}" for n in range(10_000)]
+
+
+def test_a_notification_records_at_most_20_ways_however_many_a_plugin_names():
+    # Thousands of ways outgrew the stored item: recording it as sent failed, the stream redelivered
+    # the change and the customer was sent the message again.
+    store = MemoryStore()
+
+    Notifier(store, hook_with(Broadcaster()), lambda: NOW).notify(*a_shipped_change())
+
+    (recorded,) = store.items.values()
+    assert recorded.sent_via == [f"push:device-{n:06d}" for n in range(20)]
+    assert recorded.sent_at == NOW
+
+
 def test_a_failing_plugin_leaves_it_recorded_unsent_and_a_redelivery_sends_it():
     store, mailer = MemoryStore(), Mailer(fail=True)
     notifier = Notifier(store, hook_with(mailer), lambda: NOW)

@@ -83,6 +83,20 @@ def test_a_plugin_that_fails_to_import_is_recorded_broken_and_the_others_load(in
     assert (acme.distribution, acme.version, acme.hooks) == ("oms-acme", "2.1.0", ["oms_unit_price"])
 
 
+GARBLED_IMPORT = """
+    raise RuntimeError("missing key\\x1b[2J\\u202e" + "x" * 100_000)
+"""
+
+
+def test_why_a_plugin_failed_to_import_is_kept_visible_and_cut_to_500_characters(installer):
+    # Shown by GET /plugins and in every 503 plugin_unavailable while it stays broken.
+    installer.install("oms-acme", "2.1.0", {"acme_tax": GARBLED_IMPORT})
+
+    (broken,) = build_plugin_manager().broken
+
+    assert broken.reason == "RuntimeError: missing key\ufffd[2J\ufffd" + "x" * 469 + "…"
+
+
 def test_no_hook_runs_while_a_plugin_is_broken_and_the_error_names_it(installer):
     installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
     plugins = build_plugin_manager()
