@@ -52,6 +52,7 @@ from functions.warm import Warm, forget_warm_containers
 if TYPE_CHECKING:
     from core.aggregates import Aggregates, AggregateStore
     from core.authorization_sweep import UnsettledAuthorizationSweep
+    from core.cancellation import Cancellation
     from core.capture_sweep import UnrecordedCaptureSweep
     from core.carrier_bookings import CarrierWorkSweep
     from core.exchange_credit import ExchangeCredits
@@ -474,24 +475,31 @@ class Container:
         )
 
     @cached_property
+    def _sweep_cancellation(self) -> Cancellation:
+        """The cancellation the scheduled sweeps settle payments through: as a request's, but a
+        gateway outage is written in an order's history once, not once per pass
+        (outage_noted_once)."""
+        from core.cancellation import Cancellation
+        from core.order_changes import outage_noted_once
+
+        return Cancellation(
+            self.order_repository, self.catalog_repository, self.inventory_repository, self.payments, self.clock,
+            self.exchange_credits, void_failures=outage_noted_once,
+        )  # fmt: skip
+
+    @cached_property
     def authorization_sweep(self) -> UnsettledAuthorizationSweep:
         """The reconciler's fifth job: settle the authorizations edits left on orders nobody
         changes again. Taken once `ReconcileAfterMinutes` (at least 6) have passed since the order
         last changed: the PATCH that wrote a request runs in the API function, whose timeout (10 s)
         has ended it long before."""
         from core.authorization_sweep import UnsettledAuthorizationSweep
-        from core.cancellation import Cancellation
-        from core.order_changes import outage_noted_once
         from functions.adapters.dynamodb import DynamoUnsettledAuthorizations
 
-        cancellation = Cancellation(
-            self.order_repository, self.catalog_repository, self.inventory_repository, self.payments, self.clock,
-            self.exchange_credits, void_failures=outage_noted_once,
-        )  # fmt: skip
         return UnsettledAuthorizationSweep(
             DynamoUnsettledAuthorizations(self.dynamodb, self.config.orders_table),
             self.order_repository,
-            cancellation,
+            self._sweep_cancellation,
             self.clock,
             after=timedelta(minutes=self.config.reconcile_after_minutes),
         )
@@ -503,17 +511,11 @@ class Container:
         the reconciler's seventh job, the settlement captures found through settlement_captures. Taken
         once `ReconcileAfterMinutes` (at least 6) have passed since the order last changed: the ship
         that wrote a request runs in the API function, whose timeout (10 s) has ended it long before."""
-        from core.cancellation import Cancellation
         from core.capture_sweep import UnrecordedCaptureSweep
-        from core.order_changes import outage_noted_once
 
-        cancellation = Cancellation(
-            self.order_repository, self.catalog_repository, self.inventory_repository, self.payments, self.clock,
-            self.exchange_credits, void_failures=outage_noted_once,
-        )  # fmt: skip
         return UnrecordedCaptureSweep(
             self.order_repository,
-            cancellation,
+            self._sweep_cancellation,
             self.clock,
             after=timedelta(minutes=self.config.reconcile_after_minutes),
         )
