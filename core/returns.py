@@ -881,18 +881,32 @@ class Returns:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         return item
 
-    def stuck(self, return_id: str, error: str, cause: str, actor: str) -> None:
+    def stuck(self, return_id: str, error: str, cause: str, actor: str, execution: str = "") -> None:
         """The workflow's compensation: a step failed after its retries. What the earlier steps
         did stays (the units are physically back; a refund is money the gateway gave), so the
         order's history records where it stopped and why, for a person; receiving the return
-        again resumes it."""
+        again resumes it. Once per `execution` (its name): Step Functions runs this step again
+        when its answer is lost after the entry was written."""
         item = self.get(return_id)
+        if execution and self._stuck_recorded(item, execution):
+            return
         at = self._clock()
         detail = {"return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500]}
+        if execution:
+            detail["execution"] = execution
         modify(
             self._orders, item.order_id,
             lambda order: order.noted(OrderEvent.RETURN_STUCK, at=at, actor=actor, detail=detail),
         )  # fmt: skip
+
+    def _stuck_recorded(self, item: Return, execution: str) -> bool:
+        found = self._orders.history(item.order_id, consistent=True)
+        return found is not None and any(
+            entry.type is OrderEvent.RETURN_STUCK
+            and (entry.detail or {}).get("return_id") == item.id
+            and (entry.detail or {}).get("execution") == execution
+            for entry in found[1]
+        )
 
     def settle(self, return_id: str, actor: str) -> Return:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund,

@@ -472,6 +472,26 @@ def test_every_step_of_a_receipt_run_twice_changes_nothing(world, clock):
     )
 
 
+def test_the_stuck_step_retried_after_its_write_records_the_return_stuck_once(world, clock):
+    # Step Functions retries ReturnStuck when its answer is lost (a timeout after the write): the
+    # order's history tells a person once that this execution stopped. Another execution that stops
+    # (receiving the return again resumes it) is recorded too.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    for _ in range(2):
+        returns.stuck(item.id, "RuntimeError", "boom", actor="returns-workflow", execution=f"{item.id}-aaaa")
+    returns.stuck(item.id, "RuntimeError", "boom", actor="returns-workflow", execution=f"{item.id}-bbbb")
+
+    stuck = [e.detail for e in world.history(order.id) if e.type is OrderEvent.RETURN_STUCK]
+    assert [(d["return_id"], d["error"], d["execution"]) for d in stuck] == [
+        (item.id, "RuntimeError", f"{item.id}-aaaa"),
+        (item.id, "RuntimeError", f"{item.id}-bbbb"),
+    ]
+
+
 def test_a_receipt_repeated_while_the_first_was_written_answers_the_received_return(world, clock, monkeypatch):
     returns, store = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))
