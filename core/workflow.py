@@ -205,12 +205,16 @@ class Workflow:
             if order.status in STOPPED:
                 raise stopped(order)
             return  # authorized already: a repeated execution
+        given_up: list[str] = []
         if order.authorized_version > 1:
             # Edited since it was placed: what an earlier version's key may hold at the gateway and
-            # the edit could not release (the gateway down then) is released now, or never once it
-            # is authorized. A failure is in the history; the authorization goes ahead all the same.
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            # the edit could not release (the gateway down then) is released now. A failure is in
+            # the history; the authorization goes ahead all the same, and its write names the keys
+            # still to release, for a cancel or the reconciler (Order.authorization_keys_given_up).
+            try:
                 self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR)
+            except (PaymentRefused, PaymentGatewayUnavailable):
+                given_up = self._cancellation.unreleased_authorization_keys(order)
         amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
         # authorization, and so does the execution a release starts after a hold placed while
@@ -228,11 +232,13 @@ class Workflow:
                     Failure("authorize", attempt + 1, "transient", error.message)
                 )
             raise TransientError(error.message) from None
-        new, entry = order.authorize(amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR)
+        new, entry = order.authorize(
+            amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR, keys_given_up=given_up
+        )
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            stored = self._kept(order, amount, result.reference)
+            stored = self._kept(order, amount, result.reference, given_up)
             if stored is None:
                 raise self._closed_or_retry(
                     order_id, lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR)
@@ -252,7 +258,7 @@ class Workflow:
         except PaymentGatewayUnavailable as unavailable:
             raise TransientError(unavailable.message) from None
 
-    def _kept(self, read: Order, amount: Money, reference: str) -> Order | None:
+    def _kept(self, read: Order, amount: Money, reference: str, given_up: list[str]) -> Order | None:
         """The authorization lost its write: the order as stored once it records `reference`, or
         None when the order no longer wants it (edited, cancelled) and the caller voids it.
 
@@ -271,7 +277,7 @@ class Workflow:
             )
             if not (waits and order.authorized_version == read.authorized_version and order.payable() == amount):
                 return None
-            return order.authorize(amount, reference, at=at, actor=WORKFLOW_ACTOR)
+            return order.authorize(amount, reference, at=at, actor=WORKFLOW_ACTOR, keys_given_up=given_up)
 
         try:
             stored = modify(self._orders, read.id, decide)
