@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -164,8 +164,7 @@ class Cancellation:
     def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
-            own = payment_keys.authorize(order.id, order.authorized_version)
-            return self.release_lost_authorizations(order, actor, unrecorded=own)
+            return self.release_lost_authorizations(order, actor, unrecorded=own_authorization_keys(order))
         authorization = payment.authorization
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
             return order
@@ -178,7 +177,7 @@ class Cancellation:
             else None,
         )  # fmt: skip
 
-    def release_lost_authorizations(self, order: Order, actor: str, unrecorded: str | None = None) -> Order:
+    def release_lost_authorizations(self, order: Order, actor: str, unrecorded: Collection[str] = ()) -> Order:
         """Release what the gateway may hold for an order that never recorded an authorization
         (its payment `pending`, or `declined`) and no longer asks for it under an earlier key
         (closed, or edited since: an edit prices a new version, whose key its next authorization
@@ -195,11 +194,13 @@ class Cancellation:
         (NoPaymentPlugin, kind `no_plugin`) is, once the plugin is back. Raises PaymentRefused or
         PaymentGatewayUnavailable as `void` does, every failed attempt in the history.
 
-        `unrecorded` is the key of an attempt that may have reached the gateway with nothing in the
+        `unrecorded` are the keys an attempt that may have reached the gateway with nothing in the
         history (the authorize step died after the gateway approved and before the order recorded
-        it): the cancelled order's own key, or the one an edit leaves behind. Unless the history
-        names or settles it, the gateway is asked what it authorized under it (_release_unrecorded),
-        and so is every key such a question failed for before (`payment_void_failed` naming it).
+        it) was asked under: the cancelled order's own key, or the one an edit leaves behind (each
+        candidate of an order stored before its key was kept: own_authorization_keys). Unless the
+        history names or settles one, the gateway is asked what it authorized under it
+        (_release_unrecorded, which never authorizes), and so is every key such a question failed
+        for before (`payment_void_failed` naming it).
         An order still open keeps the key of its current version: that one is its own."""
         unpaid = order.payment.status in (PaymentStatus.PENDING, PaymentStatus.DECLINED)
         found = self._orders.history(order.id) if unpaid else None
@@ -212,7 +213,7 @@ class Cancellation:
             in_use = payment_keys.authorize(order.id, order.authorized_version)
             lost.pop(in_use, None)
             unfound.discard(in_use)
-        ask = sorted((unfound | {unrecorded} if unrecorded else unfound) - settled - set(lost))
+        ask = sorted((unfound | set(unrecorded)) - settled - set(lost))
         if not lost and not ask:
             return order
         for key in ask:
@@ -572,6 +573,11 @@ class Cancellation:
             lambda current: current.record_settlement_capture(request.amount, result.reference, at=at, actor=actor)
             if current.capture_request(None) == request else None,
         )  # fmt: skip
+
+
+def own_authorization_keys(order: Order) -> list[str]:
+    """The keys the order's own authorization may have been asked under (Order.authorization_versions)."""
+    return [payment_keys.authorize(order.id, version) for version in order.authorization_versions()]
 
 
 def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], set[str], set[str]]:

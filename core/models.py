@@ -1358,6 +1358,15 @@ class Order(BaseModel, defer_build=True):
         """The version an authorization of this order is keyed by (see `priced_version`)."""
         return self.priced_version if self.priced_version is not None else self.version
 
+    def authorization_versions(self) -> list[int]:
+        """The versions an authorization of this order may have been asked under: its
+        `authorized_version`; for one stored before `priced_version` existed, AuthorizePayment keyed
+        each attempt by the version it read, which nothing recorded: every version the order had
+        before it was closed (the write that closed it was never authorized)."""
+        if self.priced_version is not None:
+            return [self.priced_version]
+        return list(range(1, self.version if self.status in TERMINAL else self.version + 1))
+
     def shipment(self, shipment_id: str) -> Shipment:
         found = next((s for s in self.shipments if s.id == shipment_id), None)
         if found is None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from core import payment_keys
-from core.cancellation import Cancellation
+from core.cancellation import Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
@@ -250,7 +250,7 @@ class Workflow:
 
     def _release_lost_authorizations(self, order: Order, *, own: bool = True) -> None:
         # An earlier attempt may have died after the gateway approved, leaving nothing in the history.
-        unrecorded = payment_keys.authorize(order.id, order.authorized_version) if own else None
+        unrecorded = own_authorization_keys(order) if own else ()
         try:
             self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=unrecorded)
         except PaymentRefused:
