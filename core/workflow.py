@@ -208,11 +208,15 @@ class Workflow:
         given_up: list[str] = []
         if order.authorized_version > 1:
             # Edited since it was placed: what an earlier version's key may hold at the gateway and
-            # the edit could not release (the gateway down then) is released now. A failure is in
-            # the history; the authorization goes ahead all the same, and its write names the keys
-            # still to release, for a cancel or the reconciler (Order.authorization_keys_given_up).
+            # the edit could not release (the gateway down then) is released now; so is what an
+            # attempt that died may hold under an earlier version of an order stored before
+            # `priced_version` existed (each attempt was keyed by the version it read). A failure is
+            # in the history; the authorization goes ahead all the same, and its write names the
+            # keys still to release, for a cancel or the reconciler (Order.authorization_keys_given_up).
+            in_use = payment_keys.authorize(order_id, order.authorized_version)
+            earlier = [key for key in own_authorization_keys(order) if key != in_use]
             try:
-                self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR)
+                self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=earlier)
             except (PaymentRefused, PaymentGatewayUnavailable):
                 given_up = self._cancellation.unreleased_authorization_keys(order)
         amount = order.payable()  # an exchange's credit paid the rest

@@ -776,6 +776,33 @@ def test_an_order_stored_before_priced_version_and_changed_since_has_each_versio
     assert world.spy.authorized == made
 
 
+def test_the_next_authorization_of_an_order_stored_before_priced_version_looks_up_each_earlier_version(
+    world, monkeypatch
+):
+    # Held and released after its attempt died: the retry is keyed by the version it reads now, so
+    # what the attempt that died holds would never be used.
+    order_id = world.place(("TSHIRT", 2))
+    stored_before_priced_version(world, order_id)
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    (first,) = world.spy.authorized
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order_id, HoldRequest(reason="fraud_review"), "key_ops")
+    released = holds.release(order_id, ReleaseRequest(), "key_ops")
+
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED and order.payment.authorization != first
+    assert world.spy.voided == [first]
+    assert world.gateway.keys("authorize") == [
+        payment_keys.authorize(order_id, 1),
+        payment_keys.authorize(order_id, released.version),
+    ]
+
+
 def test_an_edit_of_an_order_stored_before_priced_version_looks_up_each_version_it_had(world, monkeypatch):
     # The edit keys the next authorization anew: what the attempt that died holds would never be used.
     order_id = world.place(("TSHIRT", 2))
