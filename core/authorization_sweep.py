@@ -118,10 +118,11 @@ class UnsettledAuthorizationSweep:
 
 def _void_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
     """Whether the gateway refused a void of the order at or after `since`, or no payment plugin
-    took it (`no_plugin`: asked every pass, it would only grow the history until the plugin is
-    back; the order's next change asks again)."""
+    took it, or took the authorization a release asks for again to void it (`no_plugin`: asked
+    every pass, it would only grow the history until the plugin is back; the order's next change
+    asks again)."""
+    stopping = {OrderEvent.PAYMENT_VOID_FAILED: ("refused", "no_plugin"),
+                OrderEvent.PAYMENT_AUTHORIZATION_FAILED: ("no_plugin",)}  # fmt: skip
     return any(
-        entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") in ("refused", "no_plugin")
-        and entry.at >= since
-        for entry in history
-    )  # fmt: skip
+        entry.at >= since and (entry.detail or {}).get("kind") in stopping.get(entry.type, ()) for entry in history
+    )

@@ -20,6 +20,7 @@ from core.order_changes import outage_noted_once
 from core.ports import UnsettledAuthorizations
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.test_jeopardy import Clock
+from tests.unit.test_payment_truth import Removed
 from tests.unit.test_workflow import AnswerLost, LookupDown
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
@@ -220,13 +221,13 @@ def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, 
     assert world.spy.voided == [made] and world.order(order.id).authorization_requested is None
 
 
-def given_up_while_down(clock: Clock) -> tuple[World, str, list[str]]:
+def given_up_while_down(clock: Clock, *plugins: object) -> tuple[World, str, list[str]]:
     """An order whose first authorization's answer was lost (the gateway authorized), edited while
     pending (its next authorization keyed anew), the gateway unable to look the old key up through
     the edit and the next authorization, which is approved: the world, the order, and what the
     gateway holds under the key the order gave up."""
     lost = AnswerLost()
-    world = build_world(STOCK, lost, LookupDown(times=6), clock=clock)
+    world = build_world(STOCK, lost, LookupDown(times=6), *plugins, clock=clock)
     order_id = world.place(("TSHIRT", 2))
     with pytest.raises(TransientError):
         world.workflow.authorize_payment(order_id, attempt=0)
@@ -285,3 +286,23 @@ def test_an_order_that_released_what_it_gave_up_before_its_authorization_is_left
     assert world.spy.voided == lost.made and not authorized.edit_authorizations_left
     assert "refund_key" not in index_attributes(authorized)
     assert "authorization_keys_given_up" not in authorized.stored_json()
+
+
+def test_a_given_up_key_no_payment_plugin_takes_is_reported_once_then_left_for_the_orders_next_change(clock):
+    removed = Removed()
+    world, order_id, made = given_up_while_down(clock, removed)
+    removed.gone = True
+    clock.advance(minutes=16)
+
+    with pytest.raises(SettleIncomplete) as incomplete:
+        sweep(world, clock).run(ACTOR)
+
+    assert list(incomplete.value.failed) == [order_id]
+    said = world.history(order_id)
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+    assert world.history(order_id) == said  # asked every pass, it would only grow the history
+    removed.gone = False
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")  # the next change asks again
+    assert not cancelled.edit_authorizations_left and made[0] in world.spy.voided
