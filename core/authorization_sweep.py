@@ -31,9 +31,11 @@ class UnsettledAuthorizationSweep:
     PATCH died, or the gateway declined or stayed down) and one an edit replaced whose void did not
     happen (Order.replaced_authorizations). The order's next edit, a cancel or its last parcel's
     ship settles them; an order that stalls before any of those would otherwise keep the hold until
-    the gateway lets it lapse. Each is settled as a cancel settles it
-    (Cancellation.void_requested_authorization, void_replaced_authorizations): voided at the
-    gateway, recorded only as the gateway answered, each write conditional on the order's version.
+    the gateway lets it lapse. So does a key the order gave up whose release failed before it was
+    authorized (Order.authorization_keys_given_up), which only a cancel asks about again. Each is
+    settled as a cancel settles it (Cancellation.void_requested_authorization,
+    void_replaced_authorizations, release_given_up_keys): voided at the gateway, recorded only as
+    the gateway answered, each write conditional on the order's version.
 
     Found through an index of the orders that hold one, by when they last changed; only an order
     last changed more than `after` ago is taken: the request is written by its PATCH, which the API
@@ -107,6 +109,7 @@ class UnsettledAuthorizationSweep:
         try:
             order = self._cancellation.void_requested_authorization(order, actor)
             order = self._cancellation.void_replaced_authorizations(order, actor)
+            order = self._cancellation.release_given_up_keys(order, actor)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
             raise
@@ -115,10 +118,11 @@ class UnsettledAuthorizationSweep:
 
 def _void_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
     """Whether the gateway refused a void of the order at or after `since`, or no payment plugin
-    took it (`no_plugin`: asked every pass, it would only grow the history until the plugin is
-    back; the order's next change asks again)."""
+    took it, or took the authorization a release asks for again to void it (`no_plugin`: asked
+    every pass, it would only grow the history until the plugin is back; the order's next change
+    asks again)."""
+    stopping = {OrderEvent.PAYMENT_VOID_FAILED: ("refused", "no_plugin"),
+                OrderEvent.PAYMENT_AUTHORIZATION_FAILED: ("no_plugin",)}  # fmt: skip
     return any(
-        entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") in ("refused", "no_plugin")
-        and entry.at >= since
-        for entry in history
-    )  # fmt: skip
+        entry.at >= since and (entry.detail or {}).get("kind") in stopping.get(entry.type, ()) for entry in history
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,8 @@ class Cancellation:
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
         and never recorded is settled (settle_capture_requests), and every other authorization an
-        edit left (void_requested_authorization, void_replaced_authorizations) is voided; one it
+        edit left (void_requested_authorization, void_replaced_authorizations, and the keys it gave
+        up and could not release before it was authorized: release_given_up_keys) is voided; one it
         never recorded because the gateway's answer was lost, or the step died before its write, is
         released (release_lost_authorizations, under the order's own key too); nothing else to do
         when the payment is not `authorized`. One that cannot be voided stops none of the others.
@@ -148,7 +149,9 @@ class Cancellation:
         attempt recorded."""
         order = self.settle_capture_requests(order, actor)
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
-        for release in (self.void_requested_authorization, self.void_replaced_authorizations, self._void_own):
+        releases = (self.void_requested_authorization, self.void_replaced_authorizations, self.release_given_up_keys,
+                    self._void_own)  # fmt: skip
+        for release in releases:
             try:
                 order = release(order, actor)
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
@@ -161,8 +164,7 @@ class Cancellation:
     def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
-            own = payment_keys.authorize(order.id, order.authorized_version)
-            return self.release_lost_authorizations(order, actor, unrecorded=own)
+            return self.release_lost_authorizations(order, actor, unrecorded=own_authorization_keys(order))
         authorization = payment.authorization
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
             return order
@@ -175,7 +177,7 @@ class Cancellation:
             else None,
         )  # fmt: skip
 
-    def release_lost_authorizations(self, order: Order, actor: str, unrecorded: str | None = None) -> Order:
+    def release_lost_authorizations(self, order: Order, actor: str, unrecorded: Collection[str] = ()) -> Order:
         """Release what the gateway may hold for an order that never recorded an authorization
         (its payment `pending`, or `declined`) and no longer asks for it under an earlier key
         (closed, or edited since: an edit prices a new version, whose key its next authorization
@@ -192,11 +194,13 @@ class Cancellation:
         (NoPaymentPlugin, kind `no_plugin`) is, once the plugin is back. Raises PaymentRefused or
         PaymentGatewayUnavailable as `void` does, every failed attempt in the history.
 
-        `unrecorded` is the key of an attempt that may have reached the gateway with nothing in the
+        `unrecorded` are the keys an attempt that may have reached the gateway with nothing in the
         history (the authorize step died after the gateway approved and before the order recorded
-        it): the cancelled order's own key, or the one an edit leaves behind. Unless the history
-        names or settles it, the gateway is asked what it authorized under it (_release_unrecorded),
-        and so is every key such a question failed for before (`payment_void_failed` naming it).
+        it) was asked under: the cancelled order's own key, or the one an edit leaves behind (each
+        candidate of an order stored before its key was kept: own_authorization_keys). Unless the
+        history names or settles one, the gateway is asked what it authorized under it
+        (_release_unrecorded, which never authorizes), and so is every key such a question failed
+        for before (`payment_void_failed` naming it).
         An order still open keeps the key of its current version: that one is its own."""
         unpaid = order.payment.status in (PaymentStatus.PENDING, PaymentStatus.DECLINED)
         found = self._orders.history(order.id) if unpaid else None
@@ -209,37 +213,83 @@ class Cancellation:
             in_use = payment_keys.authorize(order.id, order.authorized_version)
             lost.pop(in_use, None)
             unfound.discard(in_use)
-        ask = sorted((unfound | {unrecorded} if unrecorded else unfound) - settled - set(lost))
+        ask = sorted((unfound | set(unrecorded)) - settled - set(lost))
         if not lost and not ask:
             return order
         for key in ask:
             self._release_unrecorded(order, key, actor)
         stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
         token = stored[1] if stored is not None else ""
-        method = order.payment.method
         for key, amount in lost.items():
-            if self._release_unrecorded(order, key, actor, looked_up_only=True):
-                continue  # the plugin said what the gateway holds under the key: nothing was asked for
-            recorder = failure_recorder(
-                self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"), authorization_key=key
-            )
-            try:
-                made = self._payments.retried(
-                    "authorize",
-                    lambda attempt, key=key, amount=amount: self._payments.authorize(
-                        method, token, amount, order.id, attempt, key
-                    ),
-                    recorder,
-                )
-            except PaymentDeclined:
-                continue  # never made: the refusal, in the history, settles the key
-            voided = self._void(order, made.reference, actor)
-            at = self._clock()
-            detail = {"authorization": made.reference, "reference": voided.reference, "authorization_key": key,
-                      "reason": "an authorization whose answer was lost, no longer asked for"}  # fmt: skip
-            modify(self._orders, order.id, lambda current, detail=detail, at=at: current.noted(
-                OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
+            self._release_lost(order, key, amount, token, actor)
         return self._orders.get(order.id, consistent=True) or order
+
+    def unreleased_authorization_keys(self, order: Order) -> list[str]:
+        """The keys release_lost_authorizations would still ask about for `order` (an attempt whose
+        answer was lost, a question about one that failed), as its history says now; the key of an
+        open order's current version is its own."""
+        found = self._orders.history(order.id, consistent=True)
+        if found is None:
+            return []
+        lost, settled, unfound = _authorization_keys(found[1])
+        in_use = payment_keys.authorize(order.id, order.authorized_version) if order.status not in TERMINAL else None
+        return sorted((set(lost) | unfound) - settled - {in_use})
+
+    def release_given_up_keys(self, order: Order, actor: str) -> Order:
+        """Release what the gateway may hold under each key the order gave up and could not release
+        before it was authorized (Order.authorization_keys_given_up), as release_lost_authorizations
+        does, and record each key settled. Each is tried, whatever the gateway answers for another;
+        raises PaymentRefused or PaymentGatewayUnavailable while one cannot be settled now (each
+        attempt in the history; the key stays for the next attempt). Returns the order after."""
+        if not order.authorization_keys_given_up:
+            return order
+        found = self._orders.history(order.id, consistent=True)
+        if found is None:
+            return order
+        lost, settled, _ = _authorization_keys(found[1])
+        stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
+        token = stored[1] if stored is not None else ""
+        done: list[str] = []
+        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
+        for key in found[0].authorization_keys_given_up:
+            try:
+                if key in lost:
+                    self._release_lost(order, key, lost[key], token, actor)
+                elif key not in settled:
+                    self._release_unrecorded(order, key, actor)  # a plugin that cannot look it up: warned
+            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+                failed.append(failure)
+            else:
+                done.append(key)
+        at = self._clock()
+        order = modify(self._orders, order.id, lambda current: current.record_given_up_keys_released(done, at=at))
+        if failed:
+            raise _first_to_retry(failed)
+        return order
+
+    def _release_lost(self, order: Order, key: str, amount: Money, token: str, actor: str) -> None:
+        """Release what the gateway may hold under `key`, an attempt to authorize `amount` whose
+        answer was lost: looked up (_release_unrecorded), or, by a plugin that cannot look it up,
+        asked for again under the key and voided at once; one the gateway declines was never made."""
+        if self._release_unrecorded(order, key, actor, looked_up_only=True):
+            return  # the plugin said what the gateway holds under the key: nothing was asked for
+        recorder = self._void_failures(
+            self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"), authorization_key=key
+        )
+        try:
+            made = self._payments.retried(
+                "authorize",
+                lambda attempt: self._payments.authorize(order.payment.method, token, amount, order.id, attempt, key),
+                recorder,
+            )
+        except PaymentDeclined:
+            return  # never made: the refusal, in the history, settles the key
+        voided = self._void(order, made.reference, actor)
+        at = self._clock()
+        detail = {"authorization": made.reference, "reference": voided.reference, "authorization_key": key,
+                  "reason": "an authorization whose answer was lost, no longer asked for"}  # fmt: skip
+        modify(self._orders, order.id, lambda current: current.noted(
+            OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
 
     def _release_unrecorded(self, order: Order, key: str, actor: str, *, looked_up_only: bool = False) -> bool:
         """Void what the gateway authorized under `key` for `order`, which records none: asked with
@@ -254,7 +304,7 @@ class Cancellation:
         found = self._payments.retried(
             "void",
             lambda attempt: self._payments.find_authorization(method, order.id, key),
-            failure_recorder(self._orders, order.id, actor, self._clock, authorization_key=key),
+            self._void_failures(self._orders, order.id, actor, self._clock, authorization_key=key),
         )
         if found is None:
             if not looked_up_only:
@@ -523,6 +573,11 @@ class Cancellation:
             lambda current: current.record_settlement_capture(request.amount, result.reference, at=at, actor=actor)
             if current.capture_request(None) == request else None,
         )  # fmt: skip
+
+
+def own_authorization_keys(order: Order) -> list[str]:
+    """The keys the order's own authorization may have been asked under (Order.authorization_versions)."""
+    return [payment_keys.authorize(order.id, version) for version in order.authorization_versions()]
 
 
 def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], set[str], set[str]]:

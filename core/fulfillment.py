@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.cancellation import Cancellation, holding_locations
+from core.cancellation import Cancellation, holding_locations, own_authorization_keys
 from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
@@ -439,7 +439,7 @@ class OrderActions:
             # may have obtained (its answer lost) would never be used. A failure is in the history;
             # a cancel of the order asks again.
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-                left = payment_keys.authorize(order.id, order.authorized_version)
+                left = own_authorization_keys(order)
                 self._cancellation.release_lost_authorizations(new, actor, unrecorded=left)
         new = self._units.cancel_given_up(new, actor)  # the bookings of the parcels it withdrew
         if not new.replaced_authorizations:

@@ -1192,6 +1192,14 @@ class Order(BaseModel, defer_build=True):
     # a cancel or the last parcel's ship, or on an order nobody changes again by the reconciler:
     # core.authorization_sweep). The system's own: stored, never shown.
     replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
+    # keyed its next authorization anew) that could not be released before it was authorized: the
+    # gateway down through the edit and the authorization. The authorization's write names them, as
+    # an edit's write names what it replaced, so a cancel or, on an order nobody changes again, the
+    # reconciler releases them (Cancellation.release_given_up_keys); nothing else asks about an
+    # earlier key of an authorized order. Empty on the typical order. The system's own: stored,
+    # never shown.
+    authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -1251,6 +1259,8 @@ class Order(BaseModel, defer_build=True):
             system["authorization_requested"] = self.authorization_requested.model_dump(mode="json")
         if self.replaced_authorizations:
             system["replaced_authorizations"] = list(self.replaced_authorizations)
+        if self.authorization_keys_given_up:
+            system["authorization_keys_given_up"] = list(self.authorization_keys_given_up)
         if self.return_entries:
             system["return_entries"] = list(self.return_entries)
         if self.exchange_shares:
@@ -1342,14 +1352,29 @@ class Order(BaseModel, defer_build=True):
     @property
     def edit_authorizations_left(self) -> bool:
         """Whether an edit left an authorization to settle: one it asked for and did not record
-        (`authorization_requested`), or one it replaced and that is not voided yet
-        (`replaced_authorizations`): core.authorization_sweep.UnsettledAuthorizationSweep finds them."""
-        return self.authorization_requested is not None or bool(self.replaced_authorizations)
+        (`authorization_requested`), one it replaced and that is not voided yet
+        (`replaced_authorizations`), or a key it gave up that was not released before the order was
+        authorized (`authorization_keys_given_up`): core.authorization_sweep.UnsettledAuthorizationSweep
+        finds them."""
+        return (
+            self.authorization_requested is not None
+            or bool(self.replaced_authorizations)
+            or bool(self.authorization_keys_given_up)
+        )
 
     @property
     def authorized_version(self) -> int:
         """The version an authorization of this order is keyed by (see `priced_version`)."""
         return self.priced_version if self.priced_version is not None else self.version
+
+    def authorization_versions(self) -> list[int]:
+        """The versions an authorization of this order may have been asked under: its
+        `authorized_version`; for one stored before `priced_version` existed, AuthorizePayment keyed
+        each attempt by the version it read, which nothing recorded: every version the order had
+        before it was closed (the write that closed it was never authorized)."""
+        if self.priced_version is not None:
+            return [self.priced_version]
+        return list(range(1, self.version if self.status in TERMINAL else self.version + 1))
 
     def shipment(self, shipment_id: str) -> Shipment:
         found = next((s for s in self.shipments if s.id == shipment_id), None)
@@ -1724,7 +1749,12 @@ class Order(BaseModel, defer_build=True):
                     **(detail or {})},
         )  # fmt: skip
 
-    def authorize(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
+    def authorize(
+        self, amount: Money, reference: str, *, at: datetime, actor: str, keys_given_up: list[str] | None = None
+    ) -> Change:
+        """The gateway authorized `amount` as `reference`. `keys_given_up`: earlier keys of the order
+        whose release failed before it (`authorization_keys_given_up`), named by this write."""
+        given_up = {"authorization_keys_given_up": list(keys_given_up)} if keys_given_up else {}
         if self.waits_for_authorization_on_hold():
             # The authorization raced a hold placed while pending and lost the write: recorded on
             # the held order, so neither is lost (a cancel voids it; a release resumes after it).
@@ -1732,15 +1762,28 @@ class Order(BaseModel, defer_build=True):
                 at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
                 detail={"amount": amount.model_dump(mode="json"), "reference": reference},
                 payment=self.payment.authorized_for(amount, reference),
-                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED),
+                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **given_up,
             )  # fmt: skip
         if self.status is not OrderStatus.PENDING:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for its authorization")
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED, to=OrderStatus.AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference},
-            payment=self.payment.authorized_for(amount, reference),
+            payment=self.payment.authorized_for(amount, reference), **given_up,
         )  # fmt: skip
+
+    def record_given_up_keys_released(self, keys: list[str], *, at: datetime) -> Bookkeeping | None:
+        """The keys of `authorization_keys_given_up` in `keys` are settled (each release is in the
+        history: voided, never made, or unknown to a plugin that cannot look keys up). Bookkeeping;
+        None when none of them is still named."""
+        left = [key for key in self.authorization_keys_given_up if key not in keys]
+        if left == self.authorization_keys_given_up:
+            return None
+        new = _replaced(
+            self, authorization_keys_given_up=left, version=self.version + 1, updated_at=at, changed_before_mark=None
+        )
+        check_successor(self, new)
+        return new, None
 
     def waits_for_authorization_on_hold(self) -> bool:
         """Held while pending, nothing authorized yet."""

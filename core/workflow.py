@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from core import payment_keys
-from core.cancellation import Cancellation
+from core.cancellation import Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
@@ -205,12 +205,20 @@ class Workflow:
             if order.status in STOPPED:
                 raise stopped(order)
             return  # authorized already: a repeated execution
+        given_up: list[str] = []
         if order.authorized_version > 1:
             # Edited since it was placed: what an earlier version's key may hold at the gateway and
-            # the edit could not release (the gateway down then) is released now, or never once it
-            # is authorized. A failure is in the history; the authorization goes ahead all the same.
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-                self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR)
+            # the edit could not release (the gateway down then) is released now; so is what an
+            # attempt that died may hold under an earlier version of an order stored before
+            # `priced_version` existed (each attempt was keyed by the version it read). A failure is
+            # in the history; the authorization goes ahead all the same, and its write names the
+            # keys still to release, for a cancel or the reconciler (Order.authorization_keys_given_up).
+            in_use = payment_keys.authorize(order_id, order.authorized_version)
+            earlier = [key for key in own_authorization_keys(order) if key != in_use]
+            try:
+                self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=earlier)
+            except (PaymentRefused, PaymentGatewayUnavailable):
+                given_up = self._cancellation.unreleased_authorization_keys(order)
         amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
         # authorization, and so does the execution a release starts after a hold placed while
@@ -228,11 +236,13 @@ class Workflow:
                     Failure("authorize", attempt + 1, "transient", error.message)
                 )
             raise TransientError(error.message) from None
-        new, entry = order.authorize(amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR)
+        new, entry = order.authorize(
+            amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR, keys_given_up=given_up
+        )
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            stored = self._kept(order, amount, result.reference)
+            stored = self._kept(order, amount, result.reference, given_up)
             if stored is None:
                 raise self._closed_or_retry(
                     order_id, lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR)
@@ -244,7 +254,7 @@ class Workflow:
 
     def _release_lost_authorizations(self, order: Order, *, own: bool = True) -> None:
         # An earlier attempt may have died after the gateway approved, leaving nothing in the history.
-        unrecorded = payment_keys.authorize(order.id, order.authorized_version) if own else None
+        unrecorded = own_authorization_keys(order) if own else ()
         try:
             self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=unrecorded)
         except PaymentRefused:
@@ -252,7 +262,7 @@ class Workflow:
         except PaymentGatewayUnavailable as unavailable:
             raise TransientError(unavailable.message) from None
 
-    def _kept(self, read: Order, amount: Money, reference: str) -> Order | None:
+    def _kept(self, read: Order, amount: Money, reference: str, given_up: list[str]) -> Order | None:
         """The authorization lost its write: the order as stored once it records `reference`, or
         None when the order no longer wants it (edited, cancelled) and the caller voids it.
 
@@ -271,7 +281,7 @@ class Workflow:
             )
             if not (waits and order.authorized_version == read.authorized_version and order.payable() == amount):
                 return None
-            return order.authorize(amount, reference, at=at, actor=WORKFLOW_ACTOR)
+            return order.authorize(amount, reference, at=at, actor=WORKFLOW_ACTOR, keys_given_up=given_up)
 
         try:
             stored = modify(self._orders, read.id, decide)

@@ -215,8 +215,10 @@ PENDING_REFUND_KEY = "pending"
 # not recorded, or replaced and not voided: Order.edit_authorizations_left), by when it last
 # changed, so the reconciler voids what an order nobody touches again would keep holding on the
 # customer's card (core.authorization_sweep.UnsettledAuthorizationSweep). Only an edit whose total grew
-# leaves one, for the moment between its request and its write or void; an order with a refund
-# pending as well stays in PENDING_REFUND_KEY's partition until that refund is finished.
+# leaves one, for the moment between its request and its write or void, or an edit of a pending
+# order whose given-up key the gateway could not be asked about before the order was authorized; an
+# order with a refund pending as well stays in PENDING_REFUND_KEY's partition until that refund is
+# finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
 # Ahead of it (a refund pending comes first still), SETTLEMENT_CAPTURE_KEY: an order with a
 # settlement capture asked of the gateway and not recorded (a CaptureRequest with no shipment: the

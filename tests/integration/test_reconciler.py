@@ -636,6 +636,60 @@ def test_the_authorization_of_an_edit_that_died_is_voided_through_the_index_once
         assert reconcile()["authorizations_settled"] == []
 
 
+def test_a_key_an_order_gave_up_before_it_was_authorized_is_voided_through_the_index(stack, monkeypatch):
+    # The first authorization's answer was lost (the gateway approved), the pending order was edited
+    # (its next authorization keyed anew), and the gateway could not look the old key up through the
+    # edit and the next authorization, which it approved.
+    from core import payment_keys
+    from core.errors import TransientError
+    from core.models import LineInput, OrderEdit
+    from core.payments import Payments
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 10)
+    placed = services.capture.place(place_order(external_id="web-gave-up"), actor="key_web")
+    real = Payments.authorize
+
+    def answer_lost(self: Payments, *args: Any, **kwargs: Any) -> Any:
+        real(self, *args, **kwargs)
+        raise TransientError("read timed out")
+
+    def lookup_down(self: Payments, *args: Any, **kwargs: Any) -> Any:
+        raise TransientError("the gateway is briefly unavailable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Payments, "authorize", answer_lost)
+        with pytest.raises(TransientError):
+            services.workflow.authorize_payment(placed.id, attempt=0)
+    with monkeypatch.context() as patched:
+        patched.setattr(Payments, "find_authorization", lookup_down)
+        edited = services.actions.edit(
+            placed.id, services.order_repository.get(placed.id).version,
+            OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_web",
+        )  # fmt: skip
+        services.workflow.authorize_payment(placed.id, attempt=1)
+    authorized = services.order_repository.get(placed.id)
+    assert authorized.status is OrderStatus.AUTHORIZED and edited.version < authorized.version
+    assert refund_index(aws, placed.id)["refund_key"] == "void"
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        # (stuck authorized as well: nothing runs its workflow here)
+        assert reconcile() == did(restarted=[placed.id], authorizations_settled=[placed.id])
+
+    settled, history = bootstrap(Config.from_env()).order_repository.history(placed.id)
+    [voided] = [h for h in history if h.type == "payment_voided"]
+    assert (voided.actor, voided.detail["authorization_key"]) == ("reconciler", payment_keys.authorize(placed.id, 1))
+    assert voided.detail["authorization"] != settled.payment.authorization
+    assert settled.payment == authorized.payment and not settled.edit_authorizations_left
+    assert refund_index(aws, placed.id) == {}
+
+
 def test_an_order_with_a_refund_pending_is_swept_for_the_refund_first():
     from core.models import PaymentRefund
     from functions.adapters.dynamodb import index_attributes, timestamp

@@ -10,15 +10,18 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from core import payment_keys
 from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
 from core.cancellation import Cancellation
-from core.errors import Conflict
+from core.errors import Conflict, TransientError
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
 from core.order_changes import outage_noted_once
 from core.ports import UnsettledAuthorizations
-from core.status import PaymentStatus
+from core.status import OrderStatus, PaymentStatus
 from tests.unit.test_jeopardy import Clock
+from tests.unit.test_payment_truth import Removed
+from tests.unit.test_workflow import AnswerLost, LookupDown
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 20)]
@@ -216,3 +219,90 @@ def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, 
     clock.advance(minutes=16)
     assert sweep(world, clock).run(ACTOR) == [order.id]
     assert world.spy.voided == [made] and world.order(order.id).authorization_requested is None
+
+
+def given_up_while_down(clock: Clock, *plugins: object) -> tuple[World, str, list[str]]:
+    """An order whose first authorization's answer was lost (the gateway authorized), edited while
+    pending (its next authorization keyed anew), the gateway unable to look the old key up through
+    the edit and the next authorization, which is approved: the world, the order, and what the
+    gateway holds under the key the order gave up."""
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=6), *plugins, clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_ops")
+    world.workflow.authorize_payment(order_id, attempt=1)
+    return world, order_id, lost.made
+
+
+def test_a_key_the_order_gave_up_and_could_not_release_before_it_was_authorized_is_voided_by_the_pass(clock):
+    from functions.adapters.dynamodb import index_attributes
+
+    world, order_id, made = given_up_while_down(clock)
+    authorized = world.order(order_id)
+    assert authorized.status is OrderStatus.AUTHORIZED and authorized.payment.authorization not in made
+    assert world.spy.voided == [] and authorized.authorization_keys_given_up == [payment_keys.authorize(order_id, 1)]
+    assert index_attributes(authorized)["refund_key"] == {"S": "void"}  # in the sweep's partition
+    assert Order.model_validate_json(authorized.stored_json()) == authorized
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order_id]
+
+    after = world.order(order_id)
+    assert world.spy.voided == made
+    assert not after.edit_authorizations_left and after.payment == authorized.payment
+    voided = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
+    assert [(h.actor, h.detail["authorization_key"]) for h in voided] == [(ACTOR, payment_keys.authorize(order_id, 1))]
+    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == made
+
+
+def test_a_cancel_of_the_authorized_order_releases_the_keys_it_gave_up_too(clock):
+    world, order_id, made = given_up_while_down(clock)
+    own = world.order(order_id).payment.authorization
+
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    assert cancelled.payment.status is PaymentStatus.VOIDED and not cancelled.edit_authorizations_left
+    assert sorted(world.spy.voided) == sorted([*made, own])
+
+
+def test_an_order_that_released_what_it_gave_up_before_its_authorization_is_left_out_of_the_partition(clock):
+    # The typical edited order: the gateway answered, nothing is left to the sweep, and the
+    # authorization's write carries nothing more (no entry in the index).
+    from functions.adapters.dynamodb import index_attributes
+
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_ops")
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    authorized = world.order(order_id)
+    assert world.spy.voided == lost.made and not authorized.edit_authorizations_left
+    assert "refund_key" not in index_attributes(authorized)
+    assert "authorization_keys_given_up" not in authorized.stored_json()
+
+
+def test_a_given_up_key_no_payment_plugin_takes_is_reported_once_then_left_for_the_orders_next_change(clock):
+    removed = Removed()
+    world, order_id, made = given_up_while_down(clock, removed)
+    removed.gone = True
+    clock.advance(minutes=16)
+
+    with pytest.raises(SettleIncomplete) as incomplete:
+        sweep(world, clock).run(ACTOR)
+
+    assert list(incomplete.value.failed) == [order_id]
+    said = world.history(order_id)
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+    assert world.history(order_id) == said  # asked every pass, it would only grow the history
+    removed.gone = False
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")  # the next change asks again
+    assert not cancelled.edit_authorizations_left and made[0] in world.spy.voided

@@ -13,6 +13,7 @@ import pytest
 
 from core import hookimpl, payment_keys
 from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
+from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, HistoryEntry, LineInput, Order, OrderEdit
 from core.money import Money
 from core.order_changes import modify
@@ -724,6 +725,107 @@ def test_an_authorization_whose_step_died_before_recording_it_is_voided_when_the
     world.workflow.cancel_after_failure(order_id, error="CancelRecorded", cause="")  # the cancel's own execution
     world.actions.cancel(order_id, "changed my mind", "key_web")
     assert world.snapshot(order_id) == once
+
+
+def stored_before_priced_version(world: World, order_id: str) -> None:
+    """The order's item as written before `priced_version` existed: an authorization of it was
+    keyed by the version AuthorizePayment read."""
+    stored = json.loads(world.order(order_id).stored_json())
+    del stored["priced_version"]
+    world.orders.orders[order_id] = Order.model_validate(stored)
+
+
+def test_an_order_stored_before_priced_version_has_the_key_its_authorization_used_looked_up_at_cancel(
+    world, monkeypatch
+):
+    order_id = world.place(("TSHIRT", 2))
+    stored_before_priced_version(world, order_id)
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    made = world.spy.authorized
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.order(order_id).payment.status == "pending"
+    assert len(made) == 1 and world.spy.voided == made
+    assert world.gateway.keys("authorize") == [payment_keys.authorize(order_id, 1)]  # never asked to authorize
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.detail["authorization_key"]) == ("payment_voided", payment_keys.authorize(order_id, 1))
+
+
+def test_an_order_stored_before_priced_version_and_changed_since_has_each_version_it_had_looked_up(world, monkeypatch):
+    # Held and released after the attempt that died: the cancel cannot know which version the
+    # attempt read, so it looks up each one the order had before it was closed, authorizing none.
+    order_id = world.place(("TSHIRT", 2))
+    stored_before_priced_version(world, order_id)
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    made = world.spy.authorized
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order_id, HoldRequest(reason="fraud_review"), "key_ops")
+    holds.release(order_id, ReleaseRequest(), "key_ops")
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert world.spy.voided == made
+    assert world.gateway.keys("authorize") == [payment_keys.authorize(order_id, 1)]
+    assert world.spy.authorized == made
+
+
+def test_the_next_authorization_of_an_order_stored_before_priced_version_looks_up_each_earlier_version(
+    world, monkeypatch
+):
+    # Held and released after its attempt died: the retry is keyed by the version it reads now, so
+    # what the attempt that died holds would never be used.
+    order_id = world.place(("TSHIRT", 2))
+    stored_before_priced_version(world, order_id)
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    (first,) = world.spy.authorized
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order_id, HoldRequest(reason="fraud_review"), "key_ops")
+    released = holds.release(order_id, ReleaseRequest(), "key_ops")
+
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED and order.payment.authorization != first
+    assert world.spy.voided == [first]
+    assert world.gateway.keys("authorize") == [
+        payment_keys.authorize(order_id, 1),
+        payment_keys.authorize(order_id, released.version),
+    ]
+
+
+def test_an_edit_of_an_order_stored_before_priced_version_looks_up_each_version_it_had(world, monkeypatch):
+    # The edit keys the next authorization anew: what the attempt that died holds would never be used.
+    order_id = world.place(("TSHIRT", 2))
+    stored_before_priced_version(world, order_id)
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    (first,) = world.spy.authorized
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order_id, HoldRequest(reason="fraud_review"), "key_ops")
+    released = holds.release(order_id, ReleaseRequest(), "key_ops")
+
+    world.actions.edit(order_id, released.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_ops")
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED and order.payment.authorization != first
+    assert world.spy.voided == [first]
+    assert world.gateway.keys("authorize") == [
+        payment_keys.authorize(order_id, 1),
+        payment_keys.authorize(order_id, released.version + 1),
+    ]
 
 
 class CancelledMeanwhile:
