@@ -26,7 +26,7 @@ from pydantic import (
 
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
-from core.ids import booking_key
+from core.ids import booking_key, shipment_id_for
 from core.money import Currency, Money
 from core.status import (
     EDITABLE,
@@ -922,11 +922,13 @@ class GivenUpBooking(BaseModel, defer_build=True):
     """A carrier booking no parcel will use: a pending shipment's, given up when its order was
     cancelled, when the shipment went (all its units cancelled, or the order sent back to be
     sourced by an edit or a reject) or when it was booked again (Order.relabel). It is owed a
-    cancel with its carrier (core.carrier_bookings), or the merchant pays for a label never used."""
+    cancel with its carrier (core.carrier_bookings), or the merchant pays for a label never used.
+    `carrier` and `tracking_number` are None for a booking only maybe made: asked for under its key
+    by a CreateShipments that died before it heard the answer (Order.park)."""
 
     shipment_id: str
-    carrier: str
-    tracking_number: str
+    carrier: str | None = None
+    tracking_number: str | None = None
     booking_key: str
 
 
@@ -1988,23 +1990,45 @@ class Order(BaseModel, defer_build=True):
         return [_replaced(s, status=cancelled) if s.status is ready else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
-                 detail: dict[str, Any] | None = None) -> Change:  # fmt: skip
+                 detail: dict[str, Any] | None = None, **fields: Any) -> Change:  # fmt: skip
         """On hold from where it is now, remembering that status for the release."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
-            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status),
+            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status), **fields,
         )  # fmt: skip
 
     def park(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
         """The workflow could not finish for an infrastructure reason (retries ran out): on hold
-        for a person, with what was reserved and authorized kept as it is, nothing captured."""
+        for a person, with what was reserved and authorized kept as it is, nothing captured.
+        Parked with every unit reserved and no shipment, its CreateShipments is what failed, and
+        may have been killed (timed out) after the carrier booked a parcel, running no failure
+        path: the keys it asked under are kept as bookings maybe made (`unrecorded_bookings`),
+        used by the release's bookings or owed a cancel from the change that gives them up."""
         note = f"order workflow failed after retries: {error}" + (f": {message}" if message else "")
         return self.hold_for(
-            "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True}
-        )
+            "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True},
+            unrecorded_bookings=[*self.unrecorded_bookings, *self._bookings_maybe_made()],
+        )  # fmt: skip
+
+    def _bookings_maybe_made(self) -> list[GivenUpBooking]:
+        """The bookings CreateShipments asks the carrier for (one per location of the allocations,
+        under the order's current booking key) when it is this order's step to run, save those
+        already kept: the carrier and tracking number of each unknown."""
+        if self.status not in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED) or self.shipments:
+            return []
+        if not self.allocations or self.short_of():
+            return []
+        kept = {(booking.shipment_id, booking.booking_key) for booking in self.unrecorded_bookings}
+        maybe = []
+        for location_id in sorted({allocation.location_id for allocation in self.allocations}):
+            shipment_id = shipment_id_for(self.id, location_id)
+            key = booking_key(shipment_id, self.rebookings)
+            if (shipment_id, key) not in kept:
+                maybe.append(GivenUpBooking(shipment_id=shipment_id, booking_key=key))
+        return maybe
 
     def hold_unfinished_ships(self, shipment_ids: list[str], *, at: datetime, actor: str) -> Change:
         """The ships of `shipment_ids` asked for their captures and never finished (their requests
@@ -2297,8 +2321,14 @@ class Order(BaseModel, defer_build=True):
         kept = [booking for booking in waiting if booking not in self.unrecorded_bookings]
         if not given_up and not kept:
             return None
+        # A booking known now replaces the one kept as maybe made under its key (Order.park).
+        known = {(booking.shipment_id, booking.booking_key) for booking in [*kept, *given_up]}
+        unrecorded = [
+            booking for booking in self.unrecorded_bookings
+            if booking.carrier is not None or (booking.shipment_id, booking.booking_key) not in known
+        ]  # fmt: skip
         new = _replaced(self, bookings_to_cancel=[*self.bookings_to_cancel, *given_up],
-                        unrecorded_bookings=[*self.unrecorded_bookings, *kept], version=self.version + 1,
+                        unrecorded_bookings=[*unrecorded, *kept], version=self.version + 1,
                         updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
@@ -2307,6 +2337,8 @@ class Order(BaseModel, defer_build=True):
         """Of bookings no version recorded, those a retried step will ask for again under their key
         (and use), and those nothing will; one a shipment of this order uses is neither."""
         in_use = {(s.id, s.tracking_number, self.booking_key_of(s.id)) for s in self.shipments}
+        # A booking maybe made (its tracking number unknown) is the one a shipment booked under its key.
+        in_use |= {(s.id, None, self.booking_key_of(s.id)) for s in self.shipments}
         current = {s.id for s in self.shipments}
         sourcing = self.status in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED, OrderStatus.ON_HOLD)
 
