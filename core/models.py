@@ -1056,6 +1056,24 @@ def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
     return given_up
 
 
+def _labels_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
+    """The new labels of `old`'s parcels due one (`labels_due`) that may have been booked and that
+    `new` will never ask for again under their key: the request that made a parcel due books it at
+    once, and may never have heard the carrier's answer (lost, or the request killed), so a
+    booking may exist under that key that nothing records. Once the parcel no longer waits for it
+    (it left or was readied, it went, or a change moved the order's key on) it is owed a cancel,
+    carrier and tracking number unknown. One `new` uses (relabelled under it) is not."""
+    given_up = []
+    for shipment_id in old.labels_due:
+        key = booking_key(shipment_id, old.rebookings)
+        if shipment_id in new.labels_due and new.rebookings == old.rebookings:
+            continue  # asked for again under the same key
+        if any(s.id == shipment_id for s in new.shipments) and new.booking_key_of(shipment_id) == key:
+            continue
+        given_up.append(GivenUpBooking(shipment_id=shipment_id, booking_key=key))
+    return given_up
+
+
 def _shipped_counted(lines: list[OrderLine], shipments: list[Shipment]) -> list[OrderLine]:
     """`lines` with `shipped_quantity` as the shipments that left say (shipped or delivered: a
     pickup waiting at its store has not left, a collected one has)."""
@@ -1666,6 +1684,11 @@ class Order(BaseModel, defer_build=True):
             # carrier down loses the debt (core.carrier_bookings asks, then records the answer).
             new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *given_up], booking_keys=keys,
                             labels_due=due)  # fmt: skip
+        if self.labels_due:
+            known = {(b.shipment_id, b.booking_key) for b in [*new.bookings_to_cancel, *new.unrecorded_bookings]}
+            maybe = [b for b in _labels_given_up(self, new) if (b.shipment_id, b.booking_key) not in known]
+            if maybe:
+                new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *maybe])
         if new.unrecorded_bookings:
             # Judged on this version: kept while a retried step will still ask for them, owed a
             # cancel from the change after which nothing will, dropped once a shipment uses them.
@@ -2321,13 +2344,15 @@ class Order(BaseModel, defer_build=True):
         kept = [booking for booking in waiting if booking not in self.unrecorded_bookings]
         if not given_up and not kept:
             return None
-        # A booking known now replaces the one kept as maybe made under its key (Order.park).
+        # A booking known now replaces one kept, or owed a cancel, as maybe made under its key.
         known = {(booking.shipment_id, booking.booking_key) for booking in [*kept, *given_up]}
-        unrecorded = [
-            booking for booking in self.unrecorded_bookings
-            if booking.carrier is not None or (booking.shipment_id, booking.booking_key) not in known
-        ]  # fmt: skip
-        new = _replaced(self, bookings_to_cancel=[*self.bookings_to_cancel, *given_up],
+
+        def not_replaced(booking: GivenUpBooking) -> bool:
+            return booking.carrier is not None or (booking.shipment_id, booking.booking_key) not in known
+
+        unrecorded = [booking for booking in self.unrecorded_bookings if not_replaced(booking)]
+        owed = [booking for booking in self.bookings_to_cancel if not_replaced(booking)]
+        new = _replaced(self, bookings_to_cancel=[*owed, *given_up],
                         unrecorded_bookings=[*unrecorded, *kept], version=self.version + 1,
                         updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
