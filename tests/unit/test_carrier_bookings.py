@@ -40,13 +40,14 @@ class Carrier:
         self.cancels_asked = 0
         self.booked: dict[str, str] = {}  # tracking number by booking key
         self.times_out = False  # books, then its answer is lost (a read timeout)
+        self.times_out_for: set[str] = set()  # booking keys it does that for
 
     @hookimpl(tryfirst=True)
     def oms_carrier_create_shipment(self, booking_key):
         if self.down or booking_key in self.fails:
             raise ConnectionError("carrier API unreachable")
         self.booked[booking_key] = f"ACME-{booking_key}"
-        if self.times_out:
+        if self.times_out or booking_key in self.times_out_for:
             raise TimeoutError("the carrier's answer never came")
         return flat_rate_carrier.CarrierShipment(
             carrier=self.NAME, service="Ground", tracking_number=f"ACME-{booking_key}", label=b"%PDF-1.4 label"
@@ -410,10 +411,14 @@ def test_a_booking_made_before_createshipments_failed_is_owed_a_cancel_at_once_i
     with pytest.raises(TransientError):
         world.workflow.create_shipments(order_id)
 
-    assert [b.booking_key for b in world.order(order_id).bookings_to_cancel] == [east]
+    # West's booking raised: maybe made (the answer lost), owed a cancel too, which the carrier
+    # (that never made it) leaves to the built-in one.
+    owed = world.order(order_id).bookings_to_cancel
+    assert [(b.booking_key, b.carrier) for b in owed] == [(east, Carrier.NAME), (west, None)]
     clock.advance(minutes=20)
     sweep(world, clock).run(ACTOR)
     assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]
+    assert world.order(order_id).owes_carrier_work() is False
 
 
 def test_a_booking_made_before_createshipments_failed_is_used_once_the_parked_order_is_released(world, carrier):
@@ -571,6 +576,27 @@ def test_the_keys_a_killed_createshipments_may_have_booked_under_are_used_by_the
     allocated = world.order(order_id)
     assert allocated.status is S.ALLOCATED
     assert (allocated.unrecorded_bookings, allocated.bookings_to_cancel, carrier.cancelled) == ([], [], [])
+
+
+def test_a_booking_whose_answer_createshipments_never_heard_is_cancelled_if_the_order_is_cancelled_before_the_park(
+    world, carrier, clock
+):
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    east, west = shipment_id_for(order_id, "wh-east"), shipment_id_for(order_id, "wh-west")
+    carrier.times_out_for.add(west)  # the carrier books, and the step hears nothing back
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)
+
+    world.actions.cancel(order_id, "too slow", actor="key_web")  # between two attempts
+    with pytest.raises(OrderClosed):
+        world.workflow.create_shipments(order_id)
+
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert sorted(key for _, key, _ in carrier.cancelled) == sorted([east, west])
+    assert world.order(order_id).owes_carrier_work() is False
 
 
 def test_an_order_parked_before_its_stock_was_reserved_keeps_no_booking_maybe_made(world):
