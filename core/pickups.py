@@ -5,9 +5,7 @@ only while a pickup of it waits at its store and it is not on hold, keyed by the
 `collect_by`; the scheduled reconciler asks that index for the deadlines already past. A hold is a
 person stopping the automation, so nothing expires a held order's pickup: released, the order is
 back in the index with its deadline as it was, and a pickup overdue by then expires on the next
-pass (the person who releases it may still hand it over first). Nor one a collect asked a capture
-for and never recorded (the customer was at the counter): the collect repeated records it, or the
-jeopardy scan holds the order for a person (core/capture_sweep.py). Storing the deadline on the shipment
+pass (the person who releases it may still hand it over first). Storing the deadline on the shipment
 when it is readied (rather than computing ready_at + days at expiry) fixes the customer's
 promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline already given.
 """
@@ -91,7 +89,6 @@ class PickupExpiry:
                 and shipment.status is ShipmentStatus.READY_FOR_PICKUP
                 and shipment.collect_by is not None
                 and shipment.collect_by <= at
-                and order.capture_request(shipment_id) is None  # being collected (Order.expire_pickup)
             )
             return order.expire_pickup(shipment_id, at=at, actor=EXPIRY_ACTOR) if expired else None
 
