@@ -67,7 +67,7 @@ class UnrecordedCaptureSweep:
     a new capture key. An order that cannot be held (partly shipped already) is only settled and
     reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided).
 
-    Given the orders to look at: those the jeopardy scan marked late with such a request standing
+    Given the orders to look at: those the jeopardy scan found late with such a request standing
     (Scanned.captures_left), so finding them costs the typical order nothing; or, by the reconciler
     (run_settlements), those a settlement's request stands on, found through their index, since an
     order shipped since is never late and the scan never hands it on. Only a request whose

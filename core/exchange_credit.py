@@ -151,7 +151,7 @@ class ExchangeCredits:
             idempotency_key = f"{key}#{attempt}"
             if original.payment.refund_by_id(refund_id_for(original.id, idempotency_key)) is not None:
                 return idempotency_key, credit  # carried on with the amount it was written with
-            amount = min(wanted(self.unused(original, item.id, credit)), original.payment.refundable())
+            amount = min(wanted(self.unused(original, item.id, credit)), original.refundable(besides_return=item.id))
             return (idempotency_key, amount) if amount.amount > 0 else None
 
         refund = self._refunds.issue_decided_refund(

@@ -16,11 +16,13 @@ its own conditional write. Returns requested long ago but approved recently stay
 of that range, so a pass reads on past them (up to `max_reads` per status, its read budget) to
 reach the expired ones behind them.
 
-An order the scan marks late while a capture its ship (or a cancel's settlement) asked the gateway
-for stands unrecorded (Order.captures_requested) is handed on (Scanned.captures_left): that request
+A late order on which a capture its ship (or a cancel's settlement) asked the gateway for stands
+unrecorded (Order.captures_requested) is handed on unmarked (Scanned.captures_left): that request
 died and nobody repeated it, since the order sat past its deadline, and the scheduled handler
-settles it (core/capture_sweep.py). The scan reads those orders to mark them anyway, so finding
-them costs the typical order nothing: no index entry per shipment. A request younger than
+settles it (core/capture_sweep.py). Left unmarked, the order is found again by the next pass until
+it is settled (a pass that died before settling it, a gateway down for an order that cannot be
+held), then marked like any late order. The scan reads those orders to mark them anyway, so
+finding them costs the typical order nothing: no index entry per shipment. A request younger than
 `captures_after` may belong to a ship under way, so such an order is not marked in that pass.
 A partly shipped order is found that way only when OMS_SLA gives `partially_shipped` a deadline
 (the default has none): otherwise the scan reads those partly shipped for longer than the
@@ -119,8 +121,8 @@ class Scanned:
     marked: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     returns_expired: list[str] = field(default_factory=list)
-    # Of `marked`, and of the partly shipped orders read unmarked (a status with no deadline),
-    # those with a capture asked of the gateway and never recorded, by a request over.
+    # Late orders left unmarked, and partly shipped orders read unmarked (a status with no
+    # deadline): a capture asked of the gateway and never recorded, by a request over.
     captures_left: list[str] = field(default_factory=list)
     in_jeopardy: int = 0  # orders marked late now open, after this pass
 
@@ -182,10 +184,12 @@ class JeopardyScan:
             deadline = self._sla[status]
             for order_id in self._late.unmarked_since_before(status, now - deadline, self._limit):
                 marked = self._mark(order_id, status, deadline)
-                if marked is not None:
+                if marked is None:
+                    continue
+                if marked.captures_requested:
+                    done.captures_left.append(order_id)
+                else:
                     done.marked.append(order_id)
-                    if marked.captures_requested:
-                        done.captures_left.append(order_id)
         if S.PARTIALLY_SHIPPED not in self._sla and S.ALLOCATED in self._sla:
             done.captures_left += self._partly_shipped_with_captures_left(now - self._sla[S.ALLOCATED], now)
         done.in_jeopardy = self._late.count_in_jeopardy()
@@ -208,7 +212,11 @@ class JeopardyScan:
         return found
 
     def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
-        """The order as marked; None when it is not (not late, or it kept changing)."""
+        """The order as marked; None when it is not (not late, or it kept changing). A late order
+        with a capture request standing is returned unmarked: it is handed on (captures_left),
+        and marked by a later pass once the sweep has settled it. Marked now, no pass would find
+        it again, so a sweep that never ran (the function died first) or could not ask the
+        gateway for an order it cannot hold would leave that capture unrecorded for good."""
         at = self._clock()
         marked = False
 
@@ -222,7 +230,7 @@ class JeopardyScan:
                 order.status is status and order.jeopardy is None and since is not None and since + deadline <= at
                 and not (order.captures_requested and order.last_changed > at - self._captures_after)
             )  # fmt: skip
-            if not marked:
+            if not marked or order.captures_requested:
                 return None
             reason = f"{status} for longer than {format_duration(deadline)}"
             if since != order.in_status_since:

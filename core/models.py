@@ -1226,6 +1226,11 @@ class Order(BaseModel, defer_build=True):
     # replacement is placed, so a refund deciding the shipping meanwhile counts it (as it counts
     # PaymentRefund.shipping). The system's own: stored, never shown.
     shipping_claims: dict[str, Money] = Field(default_factory=dict, exclude=True)
+    # What each exchange's credit (by return id) takes of this order's captured money to pay for its
+    # replacement, held before the replacement is placed, so a refund deciding meanwhile cannot
+    # refund it too (Order.refundable); what the credit gives back (refunds of that return) frees
+    # it again. The system's own: stored, never shown.
+    credit_holds: dict[str, Money] = Field(default_factory=dict, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1276,6 +1281,10 @@ class Order(BaseModel, defer_build=True):
         if self.shipping_claims:
             system["shipping_claims"] = {
                 return_id: amount.model_dump(mode="json") for return_id, amount in self.shipping_claims.items()
+            }
+        if self.credit_holds:
+            system["credit_holds"] = {
+                return_id: amount.model_dump(mode="json") for return_id, amount in self.credit_holds.items()
             }
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
@@ -1633,7 +1642,22 @@ class Order(BaseModel, defer_build=True):
             return {}
         return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": [], "labels_due": []}
 
-    def check_refund(self, amount: Money) -> None:
+    def refundable(self, *, besides_return: str | None = None) -> Money:
+        """What a refund may still give back: captured, less what is refunded or being refunded
+        (Payment.refundable), less what the exchanges' credits still hold of it to pay for their
+        replacements (credit_holds, less what each gave back: the refunds of its return), but the
+        credit of return `besides_return`, whose own refunds are drawn on it."""
+        left = self.payment.refundable()
+        for return_id, credit in self.credit_holds.items():
+            if return_id == besides_return:
+                continue
+            given = [r.amount for r in self.payment.refunds if r.return_id == return_id and r.status != "failed"]
+            held = credit - sum(given, Money.zero(self.currency))
+            if held.amount > 0:
+                left = left - held
+        return left
+
+    def check_refund(self, amount: Money, return_id: str | None = None) -> None:
         if amount.currency != self.currency or amount.amount <= 0:
             raise InvalidRequest(
                 f"a refund is a positive amount in {self.currency}",
@@ -1643,9 +1667,10 @@ class Order(BaseModel, defer_build=True):
         # than captured minus refunded (422), not a payment with nothing captured (409).
         if self.payment.status not in REFUNDABLE and self.payment.status is not PaymentStatus.REFUNDED:
             raise InvalidTransition(f"a payment that is {self.payment.status} has nothing captured to refund")
-        if self.payment.refundable() < amount:
+        refundable = self.refundable(besides_return=return_id)
+        if refundable < amount:
             raise RefundExceedsCaptured(
-                f"{amount.amount} is more than the {self.payment.refundable().amount} captured and not yet refunded",
+                f"{amount.amount} is more than the {refundable.amount} captured and not yet refunded",
                 details=[{"field": "amount", "message": "more than captured minus refunded"}],
             )
 
@@ -2422,12 +2447,13 @@ class Order(BaseModel, defer_build=True):
         at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """A refund about to be asked of the gateway, written first as `pending` so that what it
-        takes is held: never more than captured minus refunded and pending. `lines`: what a
+        takes is held: never more than captured minus refunded and pending, nor what an exchange's
+        credit holds but the refunds of its own return (refundable). `lines`: what a
         return's refund gives back for each line's units; `shipping`: what of it is the order's
         shipping (core.refunds.shipping_refunded counts it, so shipping goes back once)."""
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
-        self.check_refund(amount)
+        self.check_refund(amount, return_id)
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
                                return_id=return_id, at=at, lines=lines, shipping=shipping)  # fmt: skip
         return self._next(
@@ -2526,6 +2552,29 @@ class Order(BaseModel, defer_build=True):
             return None
         claims = {key: amount for key, amount in self.shipping_claims.items() if key != return_id}
         new = _replaced(self, shipping_claims=claims, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, None
+
+    def hold_credit(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
+        """`amount` of the captured money is return `return_id`'s exchange credit, written before the
+        replacement is placed with it: no other refund can take it from now on (refundable).
+        Bookkeeping: the history's `exchange_placed` entry names the credit."""
+        if return_id in self.credit_holds:
+            raise InvalidTransition(f"return {return_id} holds its credit already")
+        if amount.currency != self.currency or amount.is_negative():
+            raise InvalidTransition(f"a credit is a non-negative amount in {self.currency}")
+        new = _replaced(self, credit_holds={**self.credit_holds, return_id: amount}, version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        check_successor(self, new)
+        return new, None
+
+    def release_credit(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
+        """Return `return_id`'s exchange was given up: what its credit held (hold_credit) may be
+        refunded again. None without a hold."""
+        if return_id not in self.credit_holds:
+            return None
+        holds = {key: amount for key, amount in self.credit_holds.items() if key != return_id}
+        new = _replaced(self, credit_holds=holds, version=self.version + 1, updated_at=at, changed_before_mark=None)
         check_successor(self, new)
         return new, None
 

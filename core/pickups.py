@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from core.errors import InvalidTransition, StaleVersion
 from core.fulfillment import OrderActions
@@ -42,12 +42,15 @@ class PickupExpiry:
         clock: Callable[[], datetime],
         *,
         limit: int = 100,
+        after: timedelta = timedelta(minutes=15),
     ):
         self._due = due
         self._orders = orders
         self._actions = actions
         self._clock = clock
         self._limit = limit
+        # A collect's capture request younger than this is its request's, still under way.
+        self._after = after
 
     def run(self) -> PickupsExpired:
         """One pass: the orders whose waiting pickups this pass cancelled, and apart those due but
@@ -76,7 +79,8 @@ class PickupExpiry:
         written (Order.expire_pickup); then the clean-up every cancel does (release its units,
         void the authorization: OrderActions.expire_pickup, which finds it expired and only
         finishes it). True only when this write expired it: one collected or cancelled meanwhile
-        (the write lost its race and changed nothing) is not."""
+        (the write lost its race and changed nothing) is not, nor one being collected now
+        (_being_collected), which its collect finishes."""
         at = self._clock()
         expired = False
 
@@ -89,6 +93,7 @@ class PickupExpiry:
                 and shipment.status is ShipmentStatus.READY_FOR_PICKUP
                 and shipment.collect_by is not None
                 and shipment.collect_by <= at
+                and not self._being_collected(order, shipment_id, at)
             )
             return order.expire_pickup(shipment_id, at=at, actor=EXPIRY_ACTOR) if expired else None
 
@@ -103,3 +108,11 @@ class PickupExpiry:
             with contextlib.suppress(StaleVersion):
                 self._actions.expire_pickup(order_id, shipment_id, actor=EXPIRY_ACTOR)
         return expired
+
+    def _being_collected(self, order: Order, shipment_id: str, at: datetime) -> bool:
+        """Whether a collect of the shipment has asked for its capture, less than `after` ago: the
+        store is handing the parcel over, and its collect records it (the expiry would cancel the
+        order under it, refund the capture and answer the store 409). An older request is one a
+        collect that died left: the expiry refunds it, as a cancel does."""
+        request = order.capture_request(shipment_id)
+        return request is not None and not request.withdrawn and order.last_changed > at - self._after

@@ -86,10 +86,12 @@ def refund_due(
     returned_before: Mapping[str, int] | None = None,
     refunded_before: Mapping[str, Money] | None = None,
     capped: bool = True,
+    besides_return: str | None = None,
 ) -> Money:
     """What a return of `lines` ({line_id: units}) gives back: each unit's exact share of its
     line's total, plus `shipping` (what of the order's shipping it gives back), minus `fee`; never below
-    zero and never more than captured minus refunded (and minus refunds still pending).
+    zero and never more than captured minus refunded (and minus refunds still pending, and what the
+    exchanges' credits hold but return `besides_return`'s own: Order.refundable).
     `returned_before` ({line_id: units}) counts the units of each line refunded by earlier
     returns, and `refunded_before` ({line_id: amount}) what they gave back for them, so that the
     units of a line returned over several returns add up to its total (units_refunded).
@@ -101,7 +103,8 @@ def refund_due(
     shares = units_refunded(order, lines, returned_before=returned_before, refunded_before=refunded_before)
     due = sum((share.amount for share in shares), zero)
     due = max(due + shipping - fee, zero, key=_amount)
-    return min(due, max(order.payment.refundable(), zero, key=_amount), key=_amount) if capped else due
+    refundable = order.refundable(besides_return=besides_return)
+    return min(due, max(refundable, zero, key=_amount), key=_amount) if capped else due
 
 
 def given_back_for_units(order: Order) -> dict[str, list[RefundedUnits]]:

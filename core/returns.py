@@ -568,8 +568,9 @@ class Returns:
             else order.shipping_claims.get(item.id, Money.zero(order.currency))
         )
         return refund_due(
-            order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped
-        )
+            order, item.received(), shipping, item.fee, returned_before=units, refunded_before=worth, capped=capped,
+            besides_return=item.id,
+        )  # fmt: skip
 
     def _shipping_back(self, item: Return, order: Order, returns: list[Return]) -> Money:
         """_shipping_due, counting what exchanges settled before credits claimed the shipping gave
@@ -720,7 +721,7 @@ class Returns:
             # An original that is itself a replacement refunds only what it can, and the earlier
             # credit the rest (carried_rest); any other refunds it all, or the step fails for an
             # operator rather than settle short.
-            own = current.payment.refundable() if current.exchange_of else rest
+            own = current.refundable(besides_return=item.id) if current.exchange_of else rest
             return max(min(rest, self._credits.unused(current, item.id, credit), own), zero)
 
         def carried_rest(got: Money) -> Money:
@@ -765,13 +766,15 @@ class Returns:
         """A return whose exchange was given up (Return.exchange_not_placed), refunded as a return
         without one is (_refund_units, under the refund step's keys), once its order's history says
         why and the shipping its credit claimed is released (Order.release_shipping_claim: the
-        refund that brings the order back decides it, this one's or another's). One a concurrent
+        refund that brings the order back decides it, this one's or another's), and so is what its
+        credit held (Order.release_credit). One a concurrent
         run placed the replacement of (or settled) meanwhile is its exchange."""
         if item.exchange_not_placed is None or item.status is not R.RECEIVED:
             return self.exchange(item.id, actor)
         self._note(item)
         at = self._clock()
         modify(self._orders, item.order_id, lambda order: order.release_shipping_claim(item.id, at=at))
+        modify(self._orders, item.order_id, lambda order: order.release_credit(item.id, at=at))
         return self._refund_units(item, actor, f"return {item.id}, exchange not placed ({item.exchange_not_placed})")
 
     def _decided(self, item: Return, original: Order, token: str) -> tuple[Return, PlaceOrder | None]:
@@ -836,7 +839,8 @@ class Returns:
             self._refunds.finish_pending(original.id, actor, besides_return=item.id)
             original = visible(self._orders.get(original.id), original.id, None)
         original = self._claim_shipping(item, original)
-        credit = self._due(item, original)
+        original = self._hold_credit(item, original)
+        credit = original.credit_holds[item.id]
         earlier = self._credits.left(original)
         if earlier is not None:
             # `original` is itself a replacement: its captures paid only the difference, and the rest
@@ -867,6 +871,20 @@ class Returns:
 
         return modify(self._orders, original.id, claim)
 
+    def _hold_credit(self, item: Return, original: Order) -> Order:
+        """The original holding what the exchange's credit takes of its captured money (the
+        returned units' refund, _due), decided in the hold's conditional write (Order.hold_credit),
+        once: a refund deciding meanwhile leaves the credit what is left, an appeasement after it
+        cannot refund it too, and a retried step finds the credit it decided."""
+        at = self._clock()
+
+        def hold(current: Order) -> Bookkeeping | None:
+            if item.id in current.credit_holds:
+                return None
+            return current.hold_credit(item.id, self._due(item, current), at=at)
+
+        return modify(self._orders, original.id, hold)
+
     @staticmethod
     def _mine(placed: Order, item: Return) -> Order:
         if placed.exchange_of != item.id:
@@ -881,18 +899,32 @@ class Returns:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         return item
 
-    def stuck(self, return_id: str, error: str, cause: str, actor: str) -> None:
+    def stuck(self, return_id: str, error: str, cause: str, actor: str, execution: str = "") -> None:
         """The workflow's compensation: a step failed after its retries. What the earlier steps
         did stays (the units are physically back; a refund is money the gateway gave), so the
         order's history records where it stopped and why, for a person; receiving the return
-        again resumes it."""
+        again resumes it. Once per `execution` (its name): Step Functions runs this step again
+        when its answer is lost after the entry was written."""
         item = self.get(return_id)
+        if execution and self._stuck_recorded(item, execution):
+            return
         at = self._clock()
         detail = {"return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500]}
+        if execution:
+            detail["execution"] = execution
         modify(
             self._orders, item.order_id,
             lambda order: order.noted(OrderEvent.RETURN_STUCK, at=at, actor=actor, detail=detail),
         )  # fmt: skip
+
+    def _stuck_recorded(self, item: Return, execution: str) -> bool:
+        found = self._orders.history(item.order_id, consistent=True)
+        return found is not None and any(
+            entry.type is OrderEvent.RETURN_STUCK
+            and (entry.detail or {}).get("return_id") == item.id
+            and (entry.detail or {}).get("execution") == execution
+            for entry in found[1]
+        )
 
     def settle(self, return_id: str, actor: str) -> Return:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund,

@@ -400,7 +400,7 @@ def _over_capture(order: Order) -> tuple[str, Money] | None:
     """The next cancellation refund's key and amount: what the payment holds beyond what the order
     now costs, as far as it can still be refunded; None when nothing is over."""
     over = _settled(order) - order.payable()
-    over = min(over, max(order.payment.refundable(), Money.zero(order.currency)))
+    over = min(over, max(order.refundable(), Money.zero(order.currency)))
     if over.amount <= 0:
         return None
     settlements = sum(1 for refund in order.payment.refunds if refund.kind == "cancellation")

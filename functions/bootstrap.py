@@ -357,8 +357,9 @@ class Container:
         from core.pickups import PickupExpiry
 
         return PickupExpiry(
-            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock
-        )
+            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )  # fmt: skip
 
     @cached_property
     def refunds(self) -> RefundService:

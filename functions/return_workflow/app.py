@@ -28,6 +28,7 @@ class ReturnStepInput(BaseModel):
     trace: ExecutionTrace = ExecutionTrace()
     error: str = ""
     cause: str = ""
+    execution: str = ""  # the execution's name (the stuck step records it once per execution)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -53,7 +54,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> None:
             container().plugins.require_loaded()
             returns.exchange(task.return_id, ACTOR)
         else:
-            returns.stuck(task.return_id, task.error, task.cause, ACTOR)
+            returns.stuck(task.return_id, task.error, task.cause, ACTOR, task.execution)
     except Exception as error:
         logger.warning(
             "returns workflow step raised",

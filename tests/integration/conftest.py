@@ -20,6 +20,7 @@ from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOr
 from infra.local.stack import forget_warm_containers
 from infra.local.template import Template, create_table_request
 from tests.builders import NOW, location, product
+from tests.e2e.client import Catalog
 
 ENV_BY_TABLE = {
     "OrdersTable": "ORDERS_TABLE",
@@ -114,3 +115,19 @@ def capture(aws, orders):
     return CaptureService(
         orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
     )
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[Any]:
+    """The HTTP API in-process (tests/integration/in_process.py), one account per module, for the
+    contract's request matrices; modules that need another set-up define their own `api`."""
+    from tests.integration.in_process import in_process_api
+
+    with in_process_api(EnableTestPayments="true") as started:
+        yield started
+
+
+@pytest.fixture
+def catalog(api: Any) -> Catalog:
+    """Products, locations and stock of this test only."""
+    return Catalog(api)

@@ -251,6 +251,7 @@ def test_a_step_that_keeps_failing_is_recorded_stuck_and_receiving_again_resumes
     assert [(e["actor"], e["detail"]["return_id"], e["detail"]["error"]) for e in stuck] == [
         ("returns-workflow", rma, "RuntimeError")
     ]
+    assert stuck[0]["detail"]["execution"].startswith(f"{rma}-")  # its execution's name: once per execution
 
     faults.clear(rma)
     receive(api, rma, network["west"])

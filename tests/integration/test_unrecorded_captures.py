@@ -145,8 +145,9 @@ def test_a_capture_whose_ship_died_is_refunded_once_its_order_is_past_its_deadli
     late = utc_now() + timedelta(hours=48, minutes=5)  # past allocated=48h
     answer = scan(late)
 
+    # Handed on unmarked (a pass that died before settling it leaves it to the next), then held.
     assert (answer["marked"], answer["captures_settled"], answer["ships_held"], answer["ships_unconfirmed"]) == (
-        [order.id], [order.id], [order.id], [],
+        [], [order.id], [order.id], [],
     )  # fmt: skip
     settled, history = bootstrap(Config.from_env()).order_repository.history(order.id)
     assert settled.captures_requested == [] and settled.payment == order.payment  # nothing kept, nothing owed
@@ -189,9 +190,8 @@ def test_a_pass_that_could_not_settle_a_capture_reports_what_it_did_then_fails(a
         scan(utc_now() + timedelta(hours=48, minutes=5))
 
     metrics = emitted(capsys.readouterr().out)
-    assert (metrics["UnrecordedCapturesSettled"], metrics["ShipsToConfirm"], metrics["OrdersMarkedInJeopardy"]) == (
-        1, 1, 1,
-    )  # fmt: skip
+    assert (metrics["UnrecordedCapturesSettled"], metrics["ShipsToConfirm"]) == (1, 1)
+    assert "OrdersMarkedInJeopardy" not in metrics  # handed on unmarked: the next pass finds it again
     errors = {r.order_id: r for r in caplog.records if r.levelname == "ERROR" and getattr(r, "order_id", None)}
     assert errors[order.id].getMessage() == "capture left by a ship or a settlement not settled"
     assert isinstance(errors[order.id].exc_info[1], PaymentRefused)

@@ -235,6 +235,48 @@ def test_a_second_parcels_capture_is_refunded_on_an_order_that_cannot_be_held(wo
     assert [amount for _, amount, _ in world.spy.refunded] == [before.capture_request(second).amount]
 
 
+def test_a_pass_that_died_before_its_sweep_leaves_the_late_order_to_the_next_pass(world, clock, monkeypatch):
+    # The scan found the order late with a capture standing, then the jeopardy function died (its
+    # timeout, a crash) before the sweep; the schedule's next pass must still settle it.
+    order, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    )  # fmt: skip
+    assert scan.run().captures_left == [order.id]  # ...and nothing settled it
+
+    clock.advance(minutes=5)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])
+    assert world.order(order.id).captures_requested == [] and len(world.spy.refunded) == 1
+
+
+def test_a_gateway_down_for_an_order_that_cannot_be_held_is_asked_again_by_the_next_pass(world, clock, monkeypatch):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, first, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, second, None, actor="key_wh")
+    monkeypatch.undo()
+    before = world.order(order.id)
+    world.gateway.script("capture", "transient")
+    clock.advance(hours=72, minutes=1)
+
+    assert a_pass(world, clock, "partially_shipped=72h") == CapturesSettled(settled=[], held=[], unconfirmed=[order.id])
+    assert world.order(order.id).capture_request(second) is not None
+    world.gateway.script("capture", "approve")
+    clock.advance(minutes=16)  # the first pass's withdrawal is a change: its request waits `after` again
+
+    assert a_pass(world, clock, "partially_shipped=72h") == CapturesSettled(settled=[order.id], held=[], unconfirmed=[])
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured == before.payment.captured
+    assert [amount for _, amount, _ in world.spy.refunded] == [before.capture_request(second).amount]
+    clock.advance(minutes=5)
+    a_pass(world, clock, "partially_shipped=72h")
+    assert world.order(order.id).jeopardy is not None  # settled, it is marked late like any other
+
+
 def partly_shipped_with_a_second_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str]:
     """An order in two parcels whose first shipped and whose second's ship died after the gateway
     captured its share: the order as the died ship left it, and the second shipment."""

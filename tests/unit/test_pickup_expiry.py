@@ -73,6 +73,47 @@ def test_a_pickup_collected_just_before_the_expiry_wrote_is_not_counted_as_expir
     assert "pickup_expired" not in [e.type for e in world.history(order_id)]
 
 
+def test_a_pickup_being_collected_when_the_pass_runs_is_left_to_its_collect(world, monkeypatch):
+    # The store handed the parcel over and its collect had asked for the capture when the pass ran:
+    # the expiry cancelled the order under it, the capture was refunded and the store answered 409
+    # for goods the customer took home, their units back on hand.
+    order_id, shipment_id = ready_pickup(world, monkeypatch)
+    passes = []
+    before_the_next_write(world, monkeypatch, lambda: passes.append(expiry(world, order_id).run()), skip=1)
+
+    collected = world.actions.collect(order_id, shipment_id, actor="key_store")
+
+    assert [done.expired for done in passes] == [[]]
+    assert (collected.status, collected.shipments[0].status) == (S.DELIVERED, H.DELIVERED)
+    assert collected.payment.captured == collected.totals.grand_total and world.spy.refunded == []
+    assert "pickup_expired" not in [e.type for e in world.history(order_id)]
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+
+
+def test_a_pickup_whose_collect_died_after_asking_for_the_capture_expires_once_that_request_is_old(world, monkeypatch):
+    order_id, shipment_id = ready_pickup(world, monkeypatch)
+    real = world.orders.update
+
+    def dies_recording_the_collect(new, expected, entries):
+        if entries and entries[0].type == "shipment_delivered":
+            raise TimeoutError("Task timed out")
+        real(new, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", dies_recording_the_collect)
+    with pytest.raises(TimeoutError):
+        world.actions.collect(order_id, shipment_id, actor="key_store")
+    monkeypatch.setattr(world.orders, "update", real)
+
+    assert expiry(world, order_id).run().expired == []  # a moment later: as if still under way
+    later = PickupExpiry(ListedDue(order_id), world.orders, world.actions, lambda: LATER + timedelta(minutes=16))
+    assert later.run().expired == [order_id]
+
+    expired = world.order(order_id)
+    assert (expired.status, expired.payment.status, expired.captures_requested) == (S.CANCELLED, "voided", [])
+    assert world.spy.captured_total() == sum(amount.amount for _, amount, _ in world.spy.refunded) > 0
+    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+
+
 def test_a_pickup_cancelled_just_before_the_expiry_wrote_is_not_counted_as_expired(world, monkeypatch):
     order_id, _ = ready_pickup(world, monkeypatch)
     before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed mind", actor="key_web"))

@@ -18,6 +18,7 @@ from core.errors import (
     NotFound,
     PaymentGatewayUnavailable,
     PluginError,
+    RefundExceedsCaptured,
     TransientError,
     UnknownSku,
 )
@@ -472,6 +473,26 @@ def test_every_step_of_a_receipt_run_twice_changes_nothing(world, clock):
     )
 
 
+def test_the_stuck_step_retried_after_its_write_records_the_return_stuck_once(world, clock):
+    # Step Functions retries ReturnStuck when its answer is lost (a timeout after the write): the
+    # order's history tells a person once that this execution stopped. Another execution that stops
+    # (receiving the return again resumes it) is recorded too.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    for _ in range(2):
+        returns.stuck(item.id, "RuntimeError", "boom", actor="returns-workflow", execution=f"{item.id}-aaaa")
+    returns.stuck(item.id, "RuntimeError", "boom", actor="returns-workflow", execution=f"{item.id}-bbbb")
+
+    stuck = [e.detail for e in world.history(order.id) if e.type is OrderEvent.RETURN_STUCK]
+    assert [(d["return_id"], d["error"], d["execution"]) for d in stuck] == [
+        (item.id, "RuntimeError", f"{item.id}-aaaa"),
+        (item.id, "RuntimeError", f"{item.id}-bbbb"),
+    ]
+
+
 def test_a_receipt_repeated_while_the_first_was_written_answers_the_received_return(world, clock, monkeypatch):
     returns, store = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))
@@ -603,6 +624,50 @@ def test_an_exchanges_credit_is_what_the_units_are_worth_once_a_pending_appeasem
     replacement = world.order(settled.exchange_order_id or "")
     assert replacement.exchange_credit == order.lines[0].total
     assert [r.status for r in world.order(order.id).payment.refunds] == ["failed"]
+
+
+def test_an_appeasement_after_an_exchange_cannot_take_what_its_credit_paid_the_replacement_with(world, clock):
+    # The credit is the returned units' refund kept as captured on the original: refunding it by an
+    # appeasement as well gave the customer that money back twice, once in the replacement's goods.
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = world.order(settled.exchange_order_id or "").exchange_credit
+    assert credit == order.lines[0].total
+    held = world.order(order.id)
+    assert Order.model_validate_json(held.stored_json()).credit_holds == held.credit_holds == {settled.id: credit}
+    assert "credit_holds" not in held.model_dump(mode="json")
+
+    with pytest.raises(RefundExceedsCaptured):
+        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+    assert world.order(order.id).payment.refunds == []
+    rest = world.refunds.issue_refund(order.id, order.payment.captured - credit, "goodwill", "appease-2", "key_cs")
+    assert (rest.status, world.order(order.id).payment.refunded) == ("succeeded", order.payment.captured - credit)
+
+
+def test_an_appeasement_landing_while_an_exchange_is_placed_leaves_its_credit_what_is_left(world, clock, monkeypatch):
+    # The credit was priced on the original as read before the replacement was placed: an
+    # appeasement that landed meanwhile was refunded beside a credit that no longer had the money.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+    goodwill = order.payment.captured - Money(amount="1.00", currency="USD")
+    appeased = []
+    before_the_next_write(
+        world, monkeypatch,
+        lambda: appeased.append(world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", "key_cs")),
+    )  # fmt: skip
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert [refund.status for refund in appeased] == ["succeeded"]
+    replacement = world.order(settled.exchange_order_id or "")
+    original = world.order(order.id)
+    assert replacement.exchange_credit == Money(amount="1.00", currency="USD")
+    assert original.payment.refunded + replacement.exchange_credit == original.payment.captured
+    assert world.run(replacement.id).payment.authorized == replacement.totals.grand_total - replacement.exchange_credit
 
 
 class ExpressWhileOffered:
@@ -757,7 +822,8 @@ def test_a_replacement_cancelled_before_the_exchange_refunded_the_rest_is_refund
         (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
         world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
 
-    before_the_next_write(world, monkeypatch, cancel_the_replacement)
+    # After the write holding the credit, the one before the replacement is placed.
+    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
     settled = returns.exchange(item.id, actor="key_wh")
     world.gateway.script("refund", "approve")
     world.refunds.finish_pending(order.id, "key_cs")

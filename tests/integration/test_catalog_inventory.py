@@ -1,12 +1,11 @@
-"""Catalog, network and stock endpoints over HTTP."""
+"""Catalog, network and stock endpoints through the in-process gateway (tests/integration/in_process.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.e2e.client import Api, Catalog, assert_error, location_body, money, unique
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.client import Catalog, assert_error, location_body, money, unique
+from tests.integration.in_process import InProcessApi
 
 
 def product_body(amount: str = "19.99", currency: str = "USD", **fields) -> dict:
@@ -16,7 +15,7 @@ def product_body(amount: str = "19.99", currency: str = "USD", **fields) -> dict
 # --- Products ----------------------------------------------------------------------------------
 
 
-def test_put_product_creates_with_201_then_replaces_with_200_and_get_returns_the_latest(api: Api):
+def test_put_product_creates_with_201_then_replaces_with_200_and_get_returns_the_latest(api: InProcessApi):
     sku = unique("SKU").upper()
 
     created = api.put(f"/products/{sku}", json=product_body("19.99"))
@@ -40,7 +39,7 @@ def test_put_product_creates_with_201_then_replaces_with_200_and_get_returns_the
     assert product == replaced.json()
 
 
-def test_a_products_attributes_are_stored_and_returned_for_plugins_to_read(api: Api):
+def test_a_products_attributes_are_stored_and_returned_for_plugins_to_read(api: InProcessApi):
     sku = unique("SKU").upper()
     attributes = {"acme.tax_class": "books", "colour": "black"}
 
@@ -54,7 +53,7 @@ def test_a_products_attributes_are_stored_and_returned_for_plugins_to_read(api: 
     assert api.get(f"/products/{sku}").json()["attributes"] == attributes
 
 
-def test_a_product_price_is_normalised_to_the_currencys_minor_units(api: Api):
+def test_a_product_price_is_normalised_to_the_currencys_minor_units(api: InProcessApi):
     sku = unique("SKU").upper()
 
     response = api.put(f"/products/{sku}", json=product_body("7"))
@@ -63,7 +62,7 @@ def test_a_product_price_is_normalised_to_the_currencys_minor_units(api: Api):
     assert api.get(f"/products/{sku}").json()["price"] == money("7.00")
 
 
-def test_get_an_unknown_product_is_404_not_found(api: Api):
+def test_get_an_unknown_product_is_404_not_found(api: InProcessApi):
     assert_error(api.get(f"/products/{unique('NOPE').upper()}"), 404, "not_found")
 
 
@@ -79,7 +78,9 @@ def test_get_an_unknown_product_is_404_not_found(api: Api):
     ],
     ids=["float-weight", "negative-weight", "string-bool", "unknown-field", "empty-name", "number-attribute"],
 )
-def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(api: Api, change: dict, field: str):
+def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(
+    api: InProcessApi, change: dict, field: str
+):
     sku = unique("SKU").upper()
 
     response = api.put(f"/products/{sku}", json=product_body(**change))
@@ -91,7 +92,7 @@ def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(a
 # --- Locations ---------------------------------------------------------------------------------
 
 
-def test_put_location_creates_with_201_replaces_with_200_and_get_locations_lists_it(api: Api):
+def test_put_location_creates_with_201_replaces_with_200_and_get_locations_lists_it(api: InProcessApi):
     location_id = unique("loc")
 
     created = api.put(f"/locations/{location_id}", json=location_body(name="North"))
@@ -125,7 +126,7 @@ def test_put_location_creates_with_201_replaces_with_200_and_get_locations_lists
     ],
     ids=["bad-type", "latitude-out-of-range", "string-bool", "bad-country"],
 )
-def test_put_location_with_an_invalid_field_is_422_and_lists_nothing(api: Api, change: dict, field: str):
+def test_put_location_with_an_invalid_field_is_422_and_lists_nothing(api: InProcessApi, change: dict, field: str):
     location_id = unique("loc")
 
     response = api.put(f"/locations/{location_id}", json=location_body(**change))
@@ -139,7 +140,7 @@ def test_put_location_with_an_invalid_field_is_422_and_lists_nothing(api: Api, c
 # --- Inventory ---------------------------------------------------------------------------------
 
 
-def test_put_inventory_sets_a_count_and_answers_the_record_with_available(api: Api, catalog: Catalog):
+def test_put_inventory_sets_a_count_and_answers_the_record_with_available(api: InProcessApi, catalog: Catalog):
     sku, warehouse = catalog.product("9.99"), catalog.location()
 
     response = api.put(f"/inventory/{sku}/{warehouse}", json={"on_hand": 12})
@@ -155,7 +156,7 @@ def test_put_inventory_sets_a_count_and_answers_the_record_with_available(api: A
     )
 
 
-def test_a_stock_take_replaces_the_previous_count(api: Api, catalog: Catalog):
+def test_a_stock_take_replaces_the_previous_count(api: InProcessApi, catalog: Catalog):
     sku, warehouse = catalog.product("9.99"), catalog.location()
     catalog.stock(sku, warehouse, 12)
 
@@ -166,7 +167,7 @@ def test_a_stock_take_replaces_the_previous_count(api: Api, catalog: Catalog):
     assert api.get(f"/inventory/{sku}").json()["available"] == 3
 
 
-def test_an_adjustment_of_plus_5_adds_to_on_hand(api: Api, catalog: Catalog):
+def test_an_adjustment_of_plus_5_adds_to_on_hand(api: InProcessApi, catalog: Catalog):
     sku, warehouse = catalog.product("9.99"), catalog.location()
     catalog.stock(sku, warehouse, 10)
 
@@ -176,7 +177,7 @@ def test_an_adjustment_of_plus_5_adds_to_on_hand(api: Api, catalog: Catalog):
     assert (response.json()["on_hand"], response.json()["reserved"], response.json()["available"]) == (15, 0, 15)
 
 
-def test_an_adjustment_below_zero_is_409_and_changes_nothing(api: Api, catalog: Catalog):
+def test_an_adjustment_below_zero_is_409_and_changes_nothing(api: InProcessApi, catalog: Catalog):
     sku, warehouse = catalog.product("9.99"), catalog.location()
     catalog.stock(sku, warehouse, 10)
     added = api.post(f"/inventory/{sku}/{warehouse}/adjustments", json={"delta": 5, "reason": "receipt"})
@@ -192,7 +193,7 @@ def test_an_adjustment_below_zero_is_409_and_changes_nothing(api: Api, catalog: 
     assert after.json()["available"] == 15
 
 
-def test_an_adjustment_down_to_exactly_zero_is_allowed(api: Api, catalog: Catalog):
+def test_an_adjustment_down_to_exactly_zero_is_allowed(api: InProcessApi, catalog: Catalog):
     sku, warehouse = catalog.product("9.99"), catalog.location()
     catalog.stock(sku, warehouse, 4)
 
@@ -214,7 +215,7 @@ def test_an_adjustment_down_to_exactly_zero_is_allowed(api: Api, catalog: Catalo
     ids=["negative", "string", "float", "reserved-is-server-side", "missing"],
 )
 def test_put_inventory_with_an_invalid_count_is_422_and_changes_nothing(
-    api: Api, catalog: Catalog, body: dict, field: str
+    api: InProcessApi, catalog: Catalog, body: dict, field: str
 ):
     sku, warehouse = catalog.product("9.99"), catalog.location()
     catalog.stock(sku, warehouse, 7)
@@ -230,7 +231,7 @@ def test_put_inventory_with_an_invalid_count_is_422_and_changes_nothing(
     [({"delta": 0, "reason": "noop"}, "delta"), ({"delta": 1}, "reason"), ({"delta": "1", "reason": "x"}, "delta")],
     ids=["zero", "no-reason", "string-delta"],
 )
-def test_an_invalid_adjustment_is_422_and_changes_nothing(api: Api, catalog: Catalog, body: dict, field: str):
+def test_an_invalid_adjustment_is_422_and_changes_nothing(api: InProcessApi, catalog: Catalog, body: dict, field: str):
     sku, warehouse = catalog.product("9.99"), catalog.location()
     catalog.stock(sku, warehouse, 7)
 
@@ -247,7 +248,7 @@ def test_an_invalid_adjustment_is_422_and_changes_nothing(api: Api, catalog: Cat
     ids=["count", "adjustment"],
 )
 def test_stock_for_an_unknown_sku_or_location_is_404_and_creates_nothing(
-    api: Api, catalog: Catalog, unknown: str, method: str, suffix: str, body: dict
+    api: InProcessApi, catalog: Catalog, unknown: str, method: str, suffix: str, body: dict
 ):
     sku, warehouse = catalog.product("9.99"), catalog.location()
     if unknown == "sku":
@@ -265,7 +266,7 @@ def test_stock_for_an_unknown_sku_or_location_is_404_and_creates_nothing(
         assert summary.json()["locations"] == []
 
 
-def test_get_inventory_sums_available_over_locations(api: Api, catalog: Catalog):
+def test_get_inventory_sums_available_over_locations(api: InProcessApi, catalog: Catalog):
     sku = catalog.product("9.99")
     east, west = catalog.location(name="East"), catalog.location(name="West")
     catalog.stock(sku, east, 7)
@@ -283,7 +284,7 @@ def test_get_inventory_sums_available_over_locations(api: Api, catalog: Catalog)
     ) == sorted([(east, 7, 0, 7), (west, 5, 0, 5)])
 
 
-def test_get_inventory_of_a_product_without_stock_is_zero_with_no_locations(api: Api, catalog: Catalog):
+def test_get_inventory_of_a_product_without_stock_is_zero_with_no_locations(api: InProcessApi, catalog: Catalog):
     sku = catalog.product("9.99")
 
     response = api.get(f"/inventory/{sku}")
@@ -292,5 +293,5 @@ def test_get_inventory_of_a_product_without_stock_is_zero_with_no_locations(api:
     assert response.json() == {"sku": sku, "available": 0, "locations": []}
 
 
-def test_get_inventory_of_an_unknown_sku_is_404(api: Api):
+def test_get_inventory_of_an_unknown_sku_is_404(api: InProcessApi):
     assert_error(api.get(f"/inventory/{unique('NOPE').upper()}"), 404, "not_found")

@@ -1,4 +1,5 @@
-"""Bad input gets the contract's status and error shape, and nothing is written."""
+"""Bad input gets the contract's status and error shape, and nothing is written (through the
+in-process gateway, tests/integration/in_process.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import Api, Catalog, address, assert_error, money, order_body, unique
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.client import Catalog, address, assert_error, money, order_body, unique
+from tests.integration.in_process import InProcessApi
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def set_path(body: dict, path: str, value: Any) -> dict:
     return body
 
 
-def assert_no_orders(api: Api, body: dict) -> None:
+def assert_no_orders(api: InProcessApi, body: dict) -> None:
     assert api.orders_of(body["customer"]["id"]) == [], "a refused request stored an order"
 
 
@@ -41,7 +41,7 @@ def assert_no_orders(api: Api, body: dict) -> None:
     [lambda text: text[:-1], lambda text: text[:-1] + ",}", lambda text: text.replace('"', "'")],
     ids=["truncated", "trailing-comma", "single-quotes"],
 )
-def test_malformed_json_is_400_malformed_json(api: Api, sku: str, mangle):
+def test_malformed_json_is_400_malformed_json(api: InProcessApi, sku: str, mangle):
     body = order_body((sku, 1))
 
     response = api.post("/orders", data=mangle(json.dumps(body)), headers={"Content-Type": "application/json"})
@@ -50,7 +50,7 @@ def test_malformed_json_is_400_malformed_json(api: Api, sku: str, mangle):
     assert_no_orders(api, body)
 
 
-def test_a_body_over_256_kib_is_413_payload_too_large(api: Api, sku: str):
+def test_a_body_over_256_kib_is_413_payload_too_large(api: InProcessApi, sku: str):
     body = order_body((sku, 1))
     text = json.dumps(body)
     padded = text[:-1] + " " * (256 * 1024) + "}"  # still a valid order, just too big
@@ -61,7 +61,7 @@ def test_a_body_over_256_kib_is_413_payload_too_large(api: Api, sku: str):
     assert_no_orders(api, body)
 
 
-def test_a_body_over_256_kib_is_413_even_when_it_would_also_fail_validation(api: Api, sku: str):
+def test_a_body_over_256_kib_is_413_even_when_it_would_also_fail_validation(api: InProcessApi, sku: str):
     body = order_body((sku, 1))
     body["customer"]["name"] = "x" * (300 * 1024)
 
@@ -71,7 +71,7 @@ def test_a_body_over_256_kib_is_413_even_when_it_would_also_fail_validation(api:
     assert_no_orders(api, body)
 
 
-def test_a_body_just_under_256_kib_is_not_refused_for_its_size(api: Api, sku: str):
+def test_a_body_just_under_256_kib_is_not_refused_for_its_size(api: InProcessApi, sku: str):
     body = order_body((sku, 1))
     text = json.dumps(body)
     padded = text[:-1] + " " * (256 * 1024 - len(text.encode()) - 64) + "}"
@@ -81,7 +81,7 @@ def test_a_body_just_under_256_kib_is_not_refused_for_its_size(api: Api, sku: st
     assert response.status_code == 201, response.text
 
 
-def test_a_card_number_anywhere_in_a_body_is_422_and_never_stored(api: Api, sku: str):
+def test_a_card_number_anywhere_in_a_body_is_422_and_never_stored(api: InProcessApi, sku: str):
     body = order_body((sku, 1), payment={"method": "test", "token": "4111 1111 1111 1111"})
 
     response = api.post("/orders", json=body)
@@ -91,7 +91,7 @@ def test_a_card_number_anywhere_in_a_body_is_422_and_never_stored(api: Api, sku:
     assert_no_orders(api, body)
 
 
-def test_a_body_sent_as_text_plain_is_refused_with_a_4xx_not_a_500(api: Api, sku: str):
+def test_a_body_sent_as_text_plain_is_refused_with_a_4xx_not_a_500(api: InProcessApi, sku: str):
     body = order_body((sku, 1))
 
     response = api.post("/orders", data=json.dumps(body), headers={"Content-Type": "text/plain"})
@@ -101,7 +101,7 @@ def test_a_body_sent_as_text_plain_is_refused_with_a_4xx_not_a_500(api: Api, sku
     assert_no_orders(api, body)
 
 
-def test_a_body_that_is_not_utf8_is_400_malformed_json(api: Api):
+def test_a_body_that_is_not_utf8_is_400_malformed_json(api: InProcessApi):
     response = api.post("/orders", data=b'{"channel": "\xff\xfe"}', headers={"Content-Type": "application/json"})
 
     assert_error(response, 400, "malformed_json")
@@ -129,7 +129,7 @@ def test_a_body_that_is_not_utf8_is_400_malformed_json(api: Api):
         ("shipping_address.phone", "+1 555 0100"),
     ],
 )
-def test_an_unknown_or_server_computed_field_is_422_naming_it(api: Api, sku: str, field: str, value: Any):
+def test_an_unknown_or_server_computed_field_is_422_naming_it(api: InProcessApi, sku: str, field: str, value: Any):
     body = set_path(order_body((sku, 1)), field, value)
 
     response = api.post("/orders", json=body)
@@ -154,7 +154,7 @@ def test_an_unknown_or_server_computed_field_is_422_naming_it(api: Api, sku: str
     ids=["float", "three-decimals", "exponent", "unknown-currency", "lower-case-currency", "jpy-with-decimals"],
 )
 def test_put_product_refuses_a_price_that_is_not_an_exact_decimal_string_in_a_known_currency(
-    api: Api, price: dict, field: str
+    api: InProcessApi, price: dict, field: str
 ):
     sku = unique("SKU").upper()
 
@@ -165,7 +165,7 @@ def test_put_product_refuses_a_price_that_is_not_an_exact_decimal_string_in_a_kn
     assert_error(api.get(f"/products/{sku}"), 404, "not_found")
 
 
-def test_put_product_refuses_an_integer_json_number_as_the_amount(api: Api):
+def test_put_product_refuses_an_integer_json_number_as_the_amount(api: InProcessApi):
     sku = unique("SKU").upper()
 
     response = api.put(f"/products/{sku}", json={"name": "Mug", "price": {"amount": 20, "currency": "USD"}})
@@ -173,7 +173,7 @@ def test_put_product_refuses_an_integer_json_number_as_the_amount(api: Api):
     assert_error(response, 422, "validation_error", "price.amount")
 
 
-def test_put_product_refuses_a_negative_price(api: Api):
+def test_put_product_refuses_a_negative_price(api: InProcessApi):
     sku = unique("SKU").upper()
 
     response = api.put(f"/products/{sku}", json={"name": "Mug", "price": money("-1.00")})
@@ -183,7 +183,7 @@ def test_put_product_refuses_a_negative_price(api: Api):
 
 
 @pytest.mark.parametrize("currency", ["XXX", "usd", "US"])
-def test_an_order_in_an_unknown_currency_is_422_naming_currency(api: Api, sku: str, currency: str):
+def test_an_order_in_an_unknown_currency_is_422_naming_currency(api: InProcessApi, sku: str, currency: str):
     body = order_body((sku, 1), currency=currency)
 
     response = api.post("/orders", json=body)
@@ -196,7 +196,7 @@ def test_an_order_in_an_unknown_currency_is_422_naming_currency(api: Api, sku: s
 
 
 @pytest.mark.parametrize("quantity", [0, -1, "2", 1.5, True, None, 10_001], ids=repr)
-def test_a_quantity_that_is_not_a_positive_integer_is_422_naming_the_line(api: Api, sku: str, quantity: Any):
+def test_a_quantity_that_is_not_a_positive_integer_is_422_naming_the_line(api: InProcessApi, sku: str, quantity: Any):
     body = order_body((sku, 1))
     body["lines"][0]["quantity"] = quantity
 
@@ -206,7 +206,7 @@ def test_a_quantity_that_is_not_a_positive_integer_is_422_naming_the_line(api: A
     assert_no_orders(api, body)
 
 
-def test_an_order_without_lines_is_422_naming_lines(api: Api):
+def test_an_order_without_lines_is_422_naming_lines(api: InProcessApi):
     body = order_body()
 
     response = api.post("/orders", json=body)
@@ -215,7 +215,7 @@ def test_an_order_without_lines_is_422_naming_lines(api: Api):
     assert_no_orders(api, body)
 
 
-def test_an_unknown_sku_is_422_unknown_sku_naming_that_line(api: Api, sku: str):
+def test_an_unknown_sku_is_422_unknown_sku_naming_that_line(api: InProcessApi, sku: str):
     body = order_body((sku, 1), (unique("NOPE").upper(), 1))
 
     response = api.post("/orders", json=body)
@@ -225,7 +225,7 @@ def test_an_unknown_sku_is_422_unknown_sku_naming_that_line(api: Api, sku: str):
     assert_no_orders(api, body)
 
 
-def test_an_unknown_promo_code_is_422_unknown_promo_code(api: Api, sku: str):
+def test_an_unknown_promo_code_is_422_unknown_promo_code(api: InProcessApi, sku: str):
     body = order_body((sku, 1), promo_codes=["WELCOME10", "NOT-A-PROMO"])
 
     response = api.post("/orders", json=body)
@@ -235,7 +235,7 @@ def test_an_unknown_promo_code_is_422_unknown_promo_code(api: Api, sku: str):
 
 
 @pytest.mark.parametrize("country", ["USA", "us", "XX", ""])
-def test_a_country_that_is_not_iso_alpha2_upper_case_is_422(api: Api, sku: str, country: str):
+def test_a_country_that_is_not_iso_alpha2_upper_case_is_422(api: InProcessApi, sku: str, country: str):
     body = order_body((sku, 1), shipping_address=address(country=country))
 
     response = api.post("/orders", json=body)
@@ -244,7 +244,7 @@ def test_a_country_that_is_not_iso_alpha2_upper_case_is_422(api: Api, sku: str, 
     assert_no_orders(api, body)
 
 
-def test_an_unknown_shipping_method_is_422_unknown_shipping_method(api: Api, sku: str):
+def test_an_unknown_shipping_method_is_422_unknown_shipping_method(api: InProcessApi, sku: str):
     body = order_body((sku, 1), shipping_method="teleport")
 
     response = api.post("/orders", json=body)
@@ -256,7 +256,7 @@ def test_an_unknown_shipping_method_is_422_unknown_shipping_method(api: Api, sku
 # --- Stock and fulfilment ----------------------------------------------------------------------
 
 
-def test_more_units_than_in_stock_is_409_insufficient_stock_and_reserves_nothing(api: Api, sku: str):
+def test_more_units_than_in_stock_is_409_insufficient_stock_and_reserves_nothing(api: InProcessApi, sku: str):
     before = api.get(f"/inventory/{sku}").json()
     body = order_body((sku, 11))
 
@@ -267,7 +267,7 @@ def test_more_units_than_in_stock_is_409_insufficient_stock_and_reserves_nothing
     assert api.get(f"/inventory/{sku}").json() == before
 
 
-def test_pickup_at_a_location_that_does_not_offer_pickup_is_422(api: Api, catalog: Catalog, sku: str):
+def test_pickup_at_a_location_that_does_not_offer_pickup_is_422(api: InProcessApi, catalog: Catalog, sku: str):
     warehouse = catalog.location(pickup=False)
     catalog.stock(sku, warehouse, 5)
     body = order_body((sku, 1), fulfillment={"type": "pickup", "location_id": warehouse})
@@ -278,7 +278,7 @@ def test_pickup_at_a_location_that_does_not_offer_pickup_is_422(api: Api, catalo
     assert_no_orders(api, body)
 
 
-def test_pickup_at_an_unknown_location_is_422(api: Api, sku: str):
+def test_pickup_at_an_unknown_location_is_422(api: InProcessApi, sku: str):
     body = order_body((sku, 1), fulfillment={"type": "pickup", "location_id": unique("loc")})
 
     response = api.post("/orders", json=body)
@@ -287,7 +287,7 @@ def test_pickup_at_an_unknown_location_is_422(api: Api, sku: str):
     assert_no_orders(api, body)
 
 
-def test_pickup_at_a_pickup_store_with_stock_is_accepted_without_shipping_charge(api: Api, catalog: Catalog):
+def test_pickup_at_a_pickup_store_with_stock_is_accepted_without_shipping_charge(api: InProcessApi, catalog: Catalog):
     store = catalog.location(type="store", ships=False, pickup=True)
     sku = catalog.product("19.99")
     catalog.stock(sku, store, 2)
@@ -302,7 +302,7 @@ def test_pickup_at_a_pickup_store_with_stock_is_accepted_without_shipping_charge
 
 
 @pytest.mark.parametrize("suffix", ["", "/history"])
-def test_an_unknown_order_id_of_valid_format_is_404_not_found(api: Api, suffix: str):
+def test_an_unknown_order_id_of_valid_format_is_404_not_found(api: InProcessApi, suffix: str):
     response = api.get(f"/orders/ord_{'a' * 24}{suffix}")
 
     assert_error(response, 404, "not_found")

@@ -1,4 +1,5 @@
-"""Who may call what (401 before anything else), unknown routes and methods, and the public docs."""
+"""Who may call what (401 before anything else), unknown routes and methods, and the public docs,
+through the in-process gateway (tests/integration/in_process.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.client import Api, Catalog, assert_error, order_body, unique
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.client import Catalog, assert_error, order_body, unique
+from tests.integration.in_process import InProcessApi
 
 NO_KEY = None
 
@@ -21,7 +21,7 @@ NO_KEY = None
     [NO_KEY, "Bearer oms_wrong_key_0123456789abcdef", "Bearer short", "Basic YWRtaW46YWRtaW4=", "Bearer "],
     ids=["none", "unknown-key", "malformed-key", "basic-scheme", "empty-bearer"],
 )
-def test_a_request_without_a_valid_key_is_401_unauthorized(api: Api, authorization: str | None):
+def test_a_request_without_a_valid_key_is_401_unauthorized(api: InProcessApi, authorization: str | None):
     headers = {} if authorization is None else {"Authorization": authorization}
 
     response = api.get("/orders", key=None, headers=headers)
@@ -29,13 +29,13 @@ def test_a_request_without_a_valid_key_is_401_unauthorized(api: Api, authorizati
     assert_error(response, 401, "unauthorized")
 
 
-def test_a_wrong_key_appended_to_the_admin_key_is_401(api: Api):
+def test_a_wrong_key_appended_to_the_admin_key_is_401(api: InProcessApi):
     response = api.get("/orders", key=api.admin_key + "x")
 
     assert_error(response, 401, "unauthorized")
 
 
-def test_post_orders_without_a_key_is_401_and_places_nothing(api: Api, catalog: Catalog):
+def test_post_orders_without_a_key_is_401_and_places_nothing(api: InProcessApi, catalog: Catalog):
     (sku,) = catalog.stocked("19.99")
     body = order_body((sku, 1))
 
@@ -45,7 +45,7 @@ def test_post_orders_without_a_key_is_401_and_places_nothing(api: Api, catalog: 
     assert api.orders_of(body["customer"]["id"]) == []
 
 
-def test_put_product_with_a_wrong_key_is_401_and_creates_nothing(api: Api):
+def test_put_product_with_a_wrong_key_is_401_and_creates_nothing(api: InProcessApi):
     sku = unique("SKU").upper()
 
     response = api.put(
@@ -58,7 +58,7 @@ def test_put_product_with_a_wrong_key_is_401_and_creates_nothing(api: Api):
     assert_error(api.get(f"/products/{sku}"), 404, "not_found")
 
 
-def test_an_invalid_body_without_a_key_is_401_not_a_validation_error(api: Api):
+def test_an_invalid_body_without_a_key_is_401_not_a_validation_error(api: InProcessApi):
     response = api.post("/orders", data="{not json", key=None, headers={"Content-Type": "application/json"})
 
     assert_error(response, 401, "unauthorized")
@@ -66,7 +66,7 @@ def test_an_invalid_body_without_a_key_is_401_not_a_validation_error(api: Api):
 
 @pytest.mark.parametrize("path", ["/nope", "/orders/ord_aaaaaaaaaaaaaaaaaaaaaaaa/nope", "/products", "/v2/orders"])
 @pytest.mark.parametrize("with_key", [True, False], ids=["admin-key", "no-key"])
-def test_an_unknown_route_is_404_not_found(api: Api, path: str, with_key: bool):
+def test_an_unknown_route_is_404_not_found(api: InProcessApi, path: str, with_key: bool):
     response = api.get(path, **({} if with_key else {"key": None}))
 
     assert_error(response, 404, "not_found")
@@ -82,7 +82,7 @@ def test_an_unknown_route_is_404_not_found(api: Api, path: str, with_key: bool):
     ],
 )
 def test_a_known_path_with_a_method_it_lacks_is_405_method_not_allowed(
-    api: Api, method: str, path: str, allowed: set[str] | None
+    api: InProcessApi, method: str, path: str, allowed: set[str] | None
 ):
     response = api.request(method, path)
 
@@ -102,20 +102,20 @@ def test_a_known_path_with_a_method_it_lacks_is_405_method_not_allowed(
     [NO_KEY, "Bearer oms_wrong_key_0123456789abcdef"],
     ids=["no-key", "wrong-key"],
 )
-def test_health_openapi_and_docs_need_no_key(api: Api, path: str, authorization: str | None):
+def test_health_openapi_and_docs_need_no_key(api: InProcessApi, path: str, authorization: str | None):
     response = api.get(path, key=None, headers={} if authorization is None else {"Authorization": authorization})
 
     assert response.status_code == 200, response.text[:500]
 
 
-def test_health_says_ok(api: Api):
+def test_health_says_ok(api: InProcessApi):
     response = api.get("/health", key=None)
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
 
-def test_openapi_json_is_an_openapi_3_document_with_the_contracts_paths(api: Api):
+def test_openapi_json_is_an_openapi_3_document_with_the_contracts_paths(api: InProcessApi):
     response = api.get("/openapi.json", key=None)
 
     assert response.status_code == 200, response.text[:500]
@@ -137,7 +137,7 @@ def test_openapi_json_is_an_openapi_3_document_with_the_contracts_paths(api: Api
     assert {"get", "post"} <= set(document["paths"]["/orders"])
 
 
-def test_docs_is_swagger_ui_that_loads_nothing_from_outside_hosts(api: Api):
+def test_docs_is_swagger_ui_that_loads_nothing_from_outside_hosts(api: InProcessApi):
     response = api.get("/docs", key=None)
 
     assert response.status_code == 200, response.text[:500]
@@ -157,7 +157,7 @@ def test_docs_is_swagger_ui_that_loads_nothing_from_outside_hosts(api: Api):
     assert 'layout: "BaseLayout"' in html or re.search(r"validatorUrl\s*:\s*null", html)
 
 
-def test_openapi_json_is_the_document_docs_renders(api: Api):
+def test_openapi_json_is_the_document_docs_renders(api: InProcessApi):
     served = api.get("/openapi.json", key=None)
     rendered = api.get("/docs", key=None, params={"format": "json"})
 
@@ -166,7 +166,7 @@ def test_openapi_json_is_the_document_docs_renders(api: Api):
     assert served.json().get("servers") == rendered.json().get("servers")
 
 
-def test_the_server_url_docs_renders_reaches_this_api(api: Api):
+def test_the_server_url_docs_renders_reaches_this_api(api: InProcessApi):
     response = api.get("/docs", key=None, params={"format": "json"})
     assert response.status_code == 200, response.text[:500]
     base = response.json().get("servers", [{"url": "/"}])[0]["url"].rstrip("/")

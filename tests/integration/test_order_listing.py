@@ -1,4 +1,5 @@
-"""GET /orders: newest first, paginated with opaque cursors bound to their filter."""
+"""GET /orders: newest first, paginated with opaque cursors bound to their filter (through the
+in-process gateway, tests/integration/in_process.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.client import Api, Catalog, assert_error, order_body, unique
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.client import Catalog, assert_error, order_body, unique
+from tests.integration.in_process import InProcessApi
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Orders:
 
 
 @pytest.fixture(scope="module")
-def orders(api: Api) -> Orders:
+def orders(api: InProcessApi) -> Orders:
     """Read-only for every test here: built once per module, since listing tests only read."""
     (sku,) = Catalog(api).stocked("5.00")
     customer = {"id": unique("cus"), "email": "grace@example.com"}
@@ -52,7 +52,7 @@ def orders(api: Api) -> Orders:
     )
 
 
-def pages(api: Api, params: dict, limit: int) -> list[dict]:
+def pages(api: InProcessApi, params: dict, limit: int) -> list[dict]:
     """Every page of a list, following next_cursor until it is null."""
     found = []
     cursor = None
@@ -73,7 +73,9 @@ def ids(found: list[dict]) -> list[str]:
     return [order["id"] for page in found for order in page["items"]]
 
 
-def test_a_customers_seven_orders_come_in_pages_of_3_3_1_newest_first_without_duplicates(api: Api, orders: Orders):
+def test_a_customers_seven_orders_come_in_pages_of_3_3_1_newest_first_without_duplicates(
+    api: InProcessApi, orders: Orders
+):
     found = pages(api, {"customer_id": orders.customer}, limit=3)
 
     assert [len(page["items"]) for page in found] == [3, 3, 1]
@@ -84,20 +86,22 @@ def test_a_customers_seven_orders_come_in_pages_of_3_3_1_newest_first_without_du
     assert created == sorted(created, reverse=True)
 
 
-def test_listing_by_channel_returns_that_channels_orders_of_every_customer_newest_first(api: Api, orders: Orders):
+def test_listing_by_channel_returns_that_channels_orders_of_every_customer_newest_first(
+    api: InProcessApi, orders: Orders
+):
     found = ids(pages(api, {"channel": orders.main}, limit=2))
 
     assert found == orders.main_ids[::-1]
 
 
-def test_listing_by_channel_and_status_returns_the_pending_orders_of_that_channel(api: Api, orders: Orders):
+def test_listing_by_channel_and_status_returns_the_pending_orders_of_that_channel(api: InProcessApi, orders: Orders):
     found = pages(api, {"channel": orders.side, "status": "pending"}, limit=3)
 
     assert ids(found) == [order_id for order_id in orders.customer_ids[::-1] if order_id not in orders.main_ids]
     assert {order["status"] for page in found for order in page["items"]} == {"pending"}
 
 
-def test_listing_by_status_pending_includes_every_new_order_in_newest_first_order(api: Api, orders: Orders):
+def test_listing_by_status_pending_includes_every_new_order_in_newest_first_order(api: InProcessApi, orders: Orders):
     # Other tests' orders share this list; ours must appear in it, in order, and all be pending.
     found = pages(api, {"status": "pending"}, limit=100)
     listed = ids(found)
@@ -108,20 +112,22 @@ def test_listing_by_status_pending_includes_every_new_order_in_newest_first_orde
     assert len(listed) == len(set(listed))
 
 
-def test_listing_by_customer_and_channel_returns_only_that_customers_orders_in_that_channel(api: Api, orders: Orders):
+def test_listing_by_customer_and_channel_returns_only_that_customers_orders_in_that_channel(
+    api: InProcessApi, orders: Orders
+):
     found = ids(pages(api, {"customer_id": orders.customer, "channel": orders.main}, limit=3))
 
     assert found == [order_id for order_id in orders.customer_ids[::-1] if order_id in orders.main_ids]
 
 
-def test_listing_without_filters_includes_every_order_newest_first(api: Api, orders: Orders):
+def test_listing_without_filters_includes_every_order_newest_first(api: InProcessApi, orders: Orders):
     listed = ids(pages(api, {}, limit=100))
 
     ours = set(orders.everyone)
     assert [order_id for order_id in listed if order_id in ours] == orders.everyone[::-1]
 
 
-def test_a_customer_with_no_orders_gets_an_empty_page_and_a_null_cursor(api: Api):
+def test_a_customer_with_no_orders_gets_an_empty_page_and_a_null_cursor(api: InProcessApi):
     response = api.get("/orders", params={"customer_id": unique("nobody")})
 
     assert response.status_code == 200, response.text
@@ -132,7 +138,9 @@ def test_a_customer_with_no_orders_gets_an_empty_page_and_a_null_cursor(api: Api
     "other_filter",
     ["channel", "status", "another customer", "no filter"],
 )
-def test_a_cursor_from_one_filter_is_422_invalid_cursor_with_another(api: Api, orders: Orders, other_filter: str):
+def test_a_cursor_from_one_filter_is_422_invalid_cursor_with_another(
+    api: InProcessApi, orders: Orders, other_filter: str
+):
     first = api.get("/orders", params={"customer_id": orders.customer, "limit": 3})
     assert first.status_code == 200, first.text
     cursor = first.json()["next_cursor"]
@@ -150,7 +158,9 @@ def test_a_cursor_from_one_filter_is_422_invalid_cursor_with_another(api: Api, o
 
 
 @pytest.mark.parametrize("extra", [{"channel": "main"}, {"status": "pending"}], ids=["channel", "status"])
-def test_a_customer_cursor_is_422_invalid_cursor_once_channel_or_status_is_added(api: Api, orders: Orders, extra: dict):
+def test_a_customer_cursor_is_422_invalid_cursor_once_channel_or_status_is_added(
+    api: InProcessApi, orders: Orders, extra: dict
+):
     first = api.get("/orders", params={"customer_id": orders.customer, "limit": 3})
     cursor = first.json()["next_cursor"]
     params = {key: (orders.main if value == "main" else value) for key, value in extra.items()}
@@ -165,7 +175,7 @@ def test_a_customer_cursor_is_422_invalid_cursor_once_channel_or_status_is_added
     ["garbage", "eyJpIjoiYnlfY3JlYXRlZCJ9", "!!!", "x" * 2049],
     ids=["word", "base64-json-without-key", "not-base64", "too-long"],
 )
-def test_a_cursor_the_api_did_not_hand_out_is_422(api: Api, cursor: str):
+def test_a_cursor_the_api_did_not_hand_out_is_422(api: InProcessApi, cursor: str):
     response = api.get("/orders", params={"cursor": cursor})
 
     error = assert_error(response, 422, None, "cursor")
@@ -184,14 +194,14 @@ def test_a_cursor_the_api_did_not_hand_out_is_422(api: Api, cursor: str):
     ],
     ids=["limit-0", "limit-101", "limit-negative", "limit-word", "status-bogus", "channel-bad"],
 )
-def test_out_of_range_list_parameters_are_422_naming_the_parameter(api: Api, params: dict, field: str):
+def test_out_of_range_list_parameters_are_422_naming_the_parameter(api: InProcessApi, params: dict, field: str):
     response = api.get("/orders", params=params)
 
     assert_error(response, 422, "validation_error", field)
 
 
 @pytest.mark.parametrize("limit", [1, 100])
-def test_limits_1_and_100_are_accepted(api: Api, limit: int):
+def test_limits_1_and_100_are_accepted(api: InProcessApi, limit: int):
     response = api.get("/orders", params={"limit": limit})
 
     assert response.status_code == 200, response.text
