@@ -52,10 +52,10 @@ class CarrierBookings:
     def cancel_given_up(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
         """Ask the carrier plugins (oms_carrier_cancel_shipment) to cancel each booking `order`
         gave up, and record each answer (Order.booking_settled): cancelled, refused for good, or
-        nobody's (no plugin answers for its carrier). One whose plugin raises (the carrier down)
-        stays owed for the reconciler's next pass: whatever the carrier does, the change that gave
-        the booking up stands. A carrier in `down` (one that failed earlier in the same pass, which
-        this adds to) is not asked."""
+        nobody's (no plugin answers for its carrier; for a booking only maybe made, none made it).
+        One whose plugin raises (the carrier down) stays owed for the reconciler's next pass:
+        whatever the carrier does, the change that gave the booking up stands. A carrier in `down`
+        (one that failed earlier in the same pass, which this adds to) is not asked."""
         done = CarrierWork()
         down = set() if down is None else down
         for booking in order.bookings_to_cancel:
@@ -72,7 +72,8 @@ class CarrierBookings:
                 continue
             reason = (
                 "the carrier will not cancel it" if answer is False
-                else f"no carrier plugin cancels bookings of {booking.carrier}"
+                else f"no carrier plugin cancels bookings of {booking.carrier}" if booking.carrier is not None
+                else "no carrier plugin made a booking under its key"
             )  # fmt: skip
             self._settle(order.id, booking, answer is True, reason, actor)
             done.settled.append(booking)

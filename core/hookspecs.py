@@ -275,12 +275,17 @@ def oms_carrier_create_shipment(
 
 
 @hookspec(firstresult=True)
-def oms_carrier_cancel_shipment(carrier: str, tracking_number: str, booking_key: str, order_id: str) -> bool | None:
+def oms_carrier_cancel_shipment(
+    carrier: str | None, tracking_number: str | None, booking_key: str, order_id: str
+) -> bool | None:
     """Cancel a booking no parcel will use, so the carrier does not charge for its label.
 
     :param carrier: the `carrier` your oms_carrier_create_shipment answered for the booking;
-        return None for any other.
-    :param tracking_number: the booking's tracking number.
+        return None for any other. None when the OMS never heard the answer: a CreateShipments
+        step killed (timed out) mid-call, then the order parked and given up, may or may not have
+        had a booking made under `booking_key`. Cancel yours under that key if you made one
+        (True), answer False if you will not, and None if you made none, so the next plugin is asked.
+    :param tracking_number: the booking's tracking number (None with `carrier` None).
     :param booking_key: the key the booking was asked under (oms_carrier_create_shipment's
         `booking_key`): a parcel booked again has the same shipment id, often the same reference,
         and a new key, so cancel the booking made under this key, never the parcel's newer one.
@@ -295,7 +300,8 @@ def oms_carrier_cancel_shipment(carrier: str, tracking_number: str, booking_key:
     and stands whatever the carrier answers: a plugin that raises is asked again by the reconciler's
     next pass (every five minutes) until it answers, so make the call idempotent. True or False
     settles it (history `carrier_booking_cancelled` or `carrier_booking_not_cancelled`); so does no
-    plugin answering (`carrier_booking_not_cancelled`: nobody cancels that carrier's bookings).
+    plugin answering (`carrier_booking_not_cancelled`: nobody cancels that carrier's bookings). The
+    built-in carrier, asked last, answers True for a booking maybe made (its own cost nothing).
     """
 
 

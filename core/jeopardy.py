@@ -24,6 +24,11 @@ it is settled (a pass that died before settling it, a gateway down for an order 
 held), then marked like any late order. The scan reads those orders to mark them anyway, so
 finding them costs the typical order nothing: no index entry per shipment. A request younger than
 `captures_after` may belong to a ship under way, so such an order is not marked in that pass.
+A partly shipped order is found that way only when OMS_SLA gives `partially_shipped` a deadline
+(the default has none): otherwise the scan reads those partly shipped for longer than the
+allocated deadline, as an allocated order waiting for its parcels is late then, marks none, and
+hands on those a ship left a capture request on (at most `max_reads` read a pass, again each pass
+while they wait: a parcel that has not left in that long is rare). Still no write per shipment.
 """
 
 from __future__ import annotations
@@ -116,7 +121,8 @@ class Scanned:
     marked: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     returns_expired: list[str] = field(default_factory=list)
-    # Late orders left unmarked: a capture asked of the gateway and never recorded, by a request over.
+    # Late orders left unmarked, and partly shipped orders read unmarked (a status with no
+    # deadline): a capture asked of the gateway and never recorded, by a request over.
     captures_left: list[str] = field(default_factory=list)
     in_jeopardy: int = 0  # orders marked late now open, after this pass
 
@@ -184,8 +190,26 @@ class JeopardyScan:
                     done.captures_left.append(order_id)
                 else:
                     done.marked.append(order_id)
+        if S.PARTIALLY_SHIPPED not in self._sla and S.ALLOCATED in self._sla:
+            done.captures_left += self._partly_shipped_with_captures_left(now - self._sla[S.ALLOCATED], now)
         done.in_jeopardy = self._late.count_in_jeopardy()
         return done
+
+    def _partly_shipped_with_captures_left(self, since_before: datetime, now: datetime) -> list[str]:
+        """Orders partly shipped since before `since_before` that hold a capture request older than
+        `captures_after` (a ship of theirs died after asking for it): at most `limit` of them, of
+        at most `max_reads` read, oldest first. Nothing is marked: their status has no deadline."""
+        found: list[str] = []
+        for order_id in self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads):
+            order = self._orders.get(order_id)
+            if (
+                order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_requested
+                and order.last_changed <= now - self._captures_after
+            ):  # fmt: skip
+                found.append(order_id)
+                if len(found) == self._limit:
+                    break
+        return found
 
     def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
         """The order as marked; None when it is not (not late, or it kept changing). A late order

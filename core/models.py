@@ -26,7 +26,7 @@ from pydantic import (
 
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
-from core.ids import booking_key
+from core.ids import booking_key, shipment_id_for
 from core.money import Currency, Money
 from core.status import (
     EDITABLE,
@@ -922,11 +922,13 @@ class GivenUpBooking(BaseModel, defer_build=True):
     """A carrier booking no parcel will use: a pending shipment's, given up when its order was
     cancelled, when the shipment went (all its units cancelled, or the order sent back to be
     sourced by an edit or a reject) or when it was booked again (Order.relabel). It is owed a
-    cancel with its carrier (core.carrier_bookings), or the merchant pays for a label never used."""
+    cancel with its carrier (core.carrier_bookings), or the merchant pays for a label never used.
+    `carrier` and `tracking_number` are None for a booking only maybe made: asked for under its key
+    by a CreateShipments that died before it heard the answer (Order.park)."""
 
     shipment_id: str
-    carrier: str
-    tracking_number: str
+    carrier: str | None = None
+    tracking_number: str | None = None
     booking_key: str
 
 
@@ -1051,6 +1053,24 @@ def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
             continue
         given_up.append(GivenUpBooking(shipment_id=shipment.id, carrier=shipment.carrier,
                                        tracking_number=shipment.tracking_number, booking_key=key))  # fmt: skip
+    return given_up
+
+
+def _labels_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
+    """The new labels of `old`'s parcels due one (`labels_due`) that may have been booked and that
+    `new` will never ask for again under their key: the request that made a parcel due books it at
+    once, and may never have heard the carrier's answer (lost, or the request killed), so a
+    booking may exist under that key that nothing records. Once the parcel no longer waits for it
+    (it left or was readied, it went, or a change moved the order's key on) it is owed a cancel,
+    carrier and tracking number unknown. One `new` uses (relabelled under it) is not."""
+    given_up = []
+    for shipment_id in old.labels_due:
+        key = booking_key(shipment_id, old.rebookings)
+        if shipment_id in new.labels_due and new.rebookings == old.rebookings:
+            continue  # asked for again under the same key
+        if any(s.id == shipment_id for s in new.shipments) and new.booking_key_of(shipment_id) == key:
+            continue
+        given_up.append(GivenUpBooking(shipment_id=shipment_id, booking_key=key))
     return given_up
 
 
@@ -1714,6 +1734,11 @@ class Order(BaseModel, defer_build=True):
             # carrier down loses the debt (core.carrier_bookings asks, then records the answer).
             new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *given_up], booking_keys=keys,
                             labels_due=due)  # fmt: skip
+        if self.labels_due:
+            known = {(b.shipment_id, b.booking_key) for b in [*new.bookings_to_cancel, *new.unrecorded_bookings]}
+            maybe = [b for b in _labels_given_up(self, new) if (b.shipment_id, b.booking_key) not in known]
+            if maybe:
+                new = _replaced(new, bookings_to_cancel=[*new.bookings_to_cancel, *maybe])
         if new.unrecorded_bookings:
             # Judged on this version: kept while a retried step will still ask for them, owed a
             # cancel from the change after which nothing will, dropped once a shipment uses them.
@@ -2056,23 +2081,45 @@ class Order(BaseModel, defer_build=True):
         return [_replaced(s, status=cancelled) if s.status is ready else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
-                 detail: dict[str, Any] | None = None) -> Change:  # fmt: skip
+                 detail: dict[str, Any] | None = None, **fields: Any) -> Change:  # fmt: skip
         """On hold from where it is now, remembering that status for the release."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
-            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status),
+            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status), **fields,
         )  # fmt: skip
 
     def park(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
         """The workflow could not finish for an infrastructure reason (retries ran out): on hold
-        for a person, with what was reserved and authorized kept as it is, nothing captured."""
+        for a person, with what was reserved and authorized kept as it is, nothing captured.
+        Parked with every unit reserved and no shipment, its CreateShipments is what failed, and
+        may have been killed (timed out) after the carrier booked a parcel, running no failure
+        path: the keys it asked under are kept as bookings maybe made (`unrecorded_bookings`),
+        used by the release's bookings or owed a cancel from the change that gives them up."""
         note = f"order workflow failed after retries: {error}" + (f": {message}" if message else "")
         return self.hold_for(
-            "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True}
-        )
+            "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True},
+            unrecorded_bookings=[*self.unrecorded_bookings, *self._bookings_maybe_made()],
+        )  # fmt: skip
+
+    def _bookings_maybe_made(self) -> list[GivenUpBooking]:
+        """The bookings CreateShipments asks the carrier for (one per location of the allocations,
+        under the order's current booking key) when it is this order's step to run, save those
+        already kept: the carrier and tracking number of each unknown."""
+        if self.status not in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED) or self.shipments:
+            return []
+        if not self.allocations or self.short_of():
+            return []
+        kept = {(booking.shipment_id, booking.booking_key) for booking in self.unrecorded_bookings}
+        maybe = []
+        for location_id in sorted({allocation.location_id for allocation in self.allocations}):
+            shipment_id = shipment_id_for(self.id, location_id)
+            key = booking_key(shipment_id, self.rebookings)
+            if (shipment_id, key) not in kept:
+                maybe.append(GivenUpBooking(shipment_id=shipment_id, booking_key=key))
+        return maybe
 
     def hold_unfinished_ships(self, shipment_ids: list[str], *, at: datetime, actor: str) -> Change:
         """The ships of `shipment_ids` asked for their captures and never finished (their requests
@@ -2365,8 +2412,16 @@ class Order(BaseModel, defer_build=True):
         kept = [booking for booking in waiting if booking not in self.unrecorded_bookings]
         if not given_up and not kept:
             return None
-        new = _replaced(self, bookings_to_cancel=[*self.bookings_to_cancel, *given_up],
-                        unrecorded_bookings=[*self.unrecorded_bookings, *kept], version=self.version + 1,
+        # A booking known now replaces one kept, or owed a cancel, as maybe made under its key.
+        known = {(booking.shipment_id, booking.booking_key) for booking in [*kept, *given_up]}
+
+        def not_replaced(booking: GivenUpBooking) -> bool:
+            return booking.carrier is not None or (booking.shipment_id, booking.booking_key) not in known
+
+        unrecorded = [booking for booking in self.unrecorded_bookings if not_replaced(booking)]
+        owed = [booking for booking in self.bookings_to_cancel if not_replaced(booking)]
+        new = _replaced(self, bookings_to_cancel=[*owed, *given_up],
+                        unrecorded_bookings=[*unrecorded, *kept], version=self.version + 1,
                         updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
@@ -2375,6 +2430,8 @@ class Order(BaseModel, defer_build=True):
         """Of bookings no version recorded, those a retried step will ask for again under their key
         (and use), and those nothing will; one a shipment of this order uses is neither."""
         in_use = {(s.id, s.tracking_number, self.booking_key_of(s.id)) for s in self.shipments}
+        # A booking maybe made (its tracking number unknown) is the one a shipment booked under its key.
+        in_use |= {(s.id, None, self.booking_key_of(s.id)) for s in self.shipments}
         current = {s.id for s in self.shipments}
         sourcing = self.status in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED, OrderStatus.ON_HOLD)
 

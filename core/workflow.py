@@ -603,15 +603,19 @@ class Workflow:
         # cancelled, or edited: its parcels are booked under another key) should this step not
         # record them: kept on the order (Order.unrecorded_bookings_given_up) by a failure after
         # one (the next parcel's booking raising), as by a lost write, so a park then a cancel
-        # gives them up too.
+        # gives them up too. So is the booking that raised, as maybe made (its answer may be what
+        # was lost: a read timeout after the carrier booked).
         made: list[GivenUpBooking] = []
+        asking: GivenUpBooking | None = None
         try:
             for location_id in sorted(by_location):
                 lines = by_location[location_id]
                 shipment_id = shipment_id_for(order.id, location_id)
                 weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
                 key = booking_key(shipment_id, order.rebookings)
+                asking = GivenUpBooking(shipment_id=shipment_id, booking_key=key)
                 booked = self._book(order, shipment_id, key, locations[location_id], lines, weight)
+                asking = None
                 if booked.tracking_number:
                     made.append(GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
                                                tracking_number=booked.tracking_number, booking_key=key))  # fmt: skip
@@ -626,8 +630,8 @@ class Workflow:
                     )
                 )  # fmt: skip
         except Exception:  # any: what was booked before it is kept, the failure goes on to Step Functions
-            if made:
-                give_up_unrecorded(self._orders, order_id, made, self._clock)
+            if made or asking is not None:
+                give_up_unrecorded(self._orders, order_id, [*made, *([asking] if asking else [])], self._clock)
             raise
         new, entry = order.allocate(shipments, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:

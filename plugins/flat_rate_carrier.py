@@ -231,9 +231,11 @@ def oms_carrier_create_shipment(
 
 
 @hookimpl(trylast=True)
-def oms_carrier_cancel_shipment(carrier: str) -> bool | None:
-    """Its bookings cost nothing and it keeps none: one given up is cancelled by forgetting it."""
-    return True if carrier == CARRIER else None
+def oms_carrier_cancel_shipment(carrier: str | None) -> bool | None:
+    """Its bookings cost nothing and it keeps none: one given up is cancelled by forgetting it. So
+    is one maybe made (`carrier` None), which it is asked about last: whatever it booked under the
+    key costs nothing."""
+    return True if carrier in (CARRIER, None) else None
 
 
 # --- Return labels ----------------------------------------------------------------------------

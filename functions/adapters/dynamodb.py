@@ -47,6 +47,7 @@ from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
+from functions.adapters.labels import with_booking_keys_from_labels
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -276,8 +277,10 @@ def _document(order: Order) -> dict[str, Any]:
 
 
 def _order(item: dict[str, Any]) -> Order:
-    # Also reads what was stored before: plain JSON strings, and zlib without a dictionary.
-    return Order.model_validate_json(order_codec.stored_json(item["doc"]))
+    # Also reads what was stored before: plain JSON strings, and zlib without a dictionary, and an
+    # order re-booked before it kept its booking keys (named by its labels' keys).
+    order = Order.model_validate_json(order_codec.stored_json(item["doc"]))
+    return with_booking_keys_from_labels(order) if order.rebookings else order
 
 
 def _entries(entries: Iterable[HistoryEntry]) -> dict[str, Any]:

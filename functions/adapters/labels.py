@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from botocore.config import Config
 
+from core.models import Order
 from core.ports import LabelStore
 from functions.adapters.aws_clients import aws_client
 
@@ -18,6 +19,23 @@ LABEL_LINK_SECONDS = 15 * 60
 _EXTENSIONS = {"application/pdf": "pdf", "image/png": "png"}
 # Orders written before links were signed at read time hold a 7-day URL to the same object.
 _LEGACY_KEY = re.compile(r"(?:^|/)(labels/ord_[a-z2-7]+/shp_[a-z2-7]+\.[a-z]+)$")
+# A label stored under the key of a parcel booked again ("<shipment id>-<n>", core.ids.booking_key).
+_BOOKED_AGAIN = re.compile(r"labels/(?P<order>ord_[a-z2-7]+)/(?P<key>(?P<shipment>shp_[a-z2-7]+)-[0-9]+)\.[a-z]+")
+
+
+def with_booking_keys_from_labels(order: Order) -> Order:
+    """`order` with the booking key of each shipment that Order.booking_keys does not name taken
+    from its stored label, which is put under the key its booking was made under. An order stored
+    before booking_keys existed names none, though a parcel booked again after an edit or a
+    reject then was booked under a new key: a cancel of that booking must name it. (For an order
+    stored since, the two agree.) A label the carrier hosts names no key: the shipment id stays."""
+    keys = {}
+    for shipment in order.shipments:
+        found = _BOOKED_AGAIN.fullmatch(shipment.label_url or "")
+        named = shipment.id in order.booking_keys
+        if found and not named and (found["order"], found["shipment"]) == (order.id, shipment.id):
+            keys[shipment.id] = found["key"]
+    return order.model_copy(update={"booking_keys": {**order.booking_keys, **keys}}) if keys else order
 
 
 class S3Labels(LabelStore):

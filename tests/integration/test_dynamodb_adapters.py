@@ -613,3 +613,49 @@ def test_a_location_the_full_network_item_cannot_hold_is_a_conflict_and_the_othe
 
     assert refused.value.code == "location_network_full" and 200 < added < 400
     assert len(catalog.list_locations()) == added
+
+
+# --- Orders stored before Order.booking_keys --------------------------------------------------------
+
+
+def test_a_parcel_booked_again_before_booking_keys_were_kept_is_cancelled_under_the_key_it_was_booked_under(aws):
+    # Between rebookings (a parcel booked again after an edit, under "<shipment id>-<n>") and
+    # booking_keys, an order kept no key: only the label, stored under the booking's key, names it.
+    from core.models import LineInput, LocationInput, OrderEdit, ProductInput
+    from functions.adapters.aws_clients import aws_client
+    from functions.adapters.labels import S3Labels
+    from functions.bootstrap import Config, bootstrap
+    from tests.builders import location_body, product_body
+
+    aws_client("s3").create_bucket(Bucket="labels")
+    services = bootstrap(Config.from_env(), label_store=S3Labels("labels"))
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 10)
+    placed = services.capture.place(place_order(external_id="web-legacy"), actor="key_web")
+    services.workflow.authorize_payment(placed.id, attempt=0)
+    services.workflow.reserve_stock(placed.id)
+    services.workflow.create_shipments(placed.id)
+    edited = services.actions.edit(
+        placed.id, services.order_repository.get(placed.id).version,
+        OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=2)]), actor="key_web",
+    )  # fmt: skip
+    services.workflow.reserve_stock(edited.id)
+    services.workflow.create_shipments(edited.id)
+    (shipment,) = services.order_repository.get(edited.id).shipments
+    key = f"{shipment.id}-1"
+    assert shipment.label_url == f"labels/{edited.id}/{key}.pdf"
+    table, item_key = aws.tables["OrdersTable"], {"id": {"S": edited.id}}
+    stored = aws.dynamodb.get_item(TableName=table, Key=item_key)["Item"]["doc"]["B"]
+    document = json.loads(order_codec.decompress(stored))
+    assert document.pop("booking_keys") == {shipment.id: key}
+    aws.dynamodb.update_item(  # as an order stored before booking_keys holds it
+        TableName=table, Key=item_key, UpdateExpression="SET doc = :doc",
+        ExpressionAttributeValues={":doc": {"B": order_codec.compress(json.dumps(document).encode())}},
+    )  # fmt: skip
+
+    services.actions.cancel(edited.id, "changed my mind", actor="key_web")
+
+    _, history = services.order_repository.history(edited.id)
+    cancelled = [entry.detail["booking_key"] for entry in history if entry.type == "carrier_booking_cancelled"]
+    assert cancelled[-1] == key

@@ -226,6 +226,34 @@ def a_partly_shipped_order(aws, external_id: str) -> tuple[Any, Order]:
     return services, shipped
 
 
+def test_a_partly_shipped_orders_second_ship_that_died_is_settled_with_the_default_sla(aws, scan, monkeypatch):
+    # API.md's default OMS_SLA gives partially_shipped no deadline: the scan reads the order unmarked.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.bootstrap import Config, bootstrap
+
+    services, order = a_partly_shipped_order(aws, "web-second-died")
+    second = order.shipments[0].id
+    real = DynamoOrders.update
+
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if entries and entries[0].type == "shipment_shipped":
+            raise TimeoutError("the API function timed out before recording the ship")
+        real(self, new, expected, entries)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", dies)
+        with pytest.raises(TimeoutError):
+            services.actions.ship(order.id, second, None, "key_wh")
+    assert scan(utc_now() + timedelta(hours=1))["captures_settled"] == []
+
+    answer = scan(utc_now() + timedelta(hours=48, minutes=5))  # past allocated=48h
+
+    assert (answer["marked"], answer["captures_settled"], answer["ships_unconfirmed"]) == ([], [order.id], [order.id])
+    settled = bootstrap(Config.from_env()).order_repository.get(order.id)
+    assert (settled.status, settled.captures_requested, settled.jeopardy) == (OrderStatus.PARTIALLY_SHIPPED, [], None)
+    assert settled.payment.captured == order.payment.captured
+
+
 def a_settlement_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: str = "web-settled") -> Order:
     """A partly shipped order whose cancel of what was left died after the gateway captured the
     rest of its total, before its write (the API function timed out): the order as it then is,

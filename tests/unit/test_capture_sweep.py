@@ -277,6 +277,48 @@ def test_a_gateway_down_for_an_order_that_cannot_be_held_is_asked_again_by_the_n
     assert world.order(order.id).jeopardy is not None  # settled, it is marked late like any other
 
 
+def partly_shipped_with_a_second_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str]:
+    """An order in two parcels whose first shipped and whose second's ship died after the gateway
+    captured its share: the order as the died ship left it, and the second shipment."""
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, first, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, second, None, actor="key_wh")
+    monkeypatch.undo()
+    return world.order(order.id), second
+
+
+def test_a_second_parcels_capture_is_refunded_with_the_default_sla_once_past_the_allocated_deadline(
+    world, clock, monkeypatch
+):
+    # API.md's default OMS_SLA gives partially_shipped no deadline: nothing marks the order late.
+    before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    clock.advance(hours=47)
+    assert a_pass(world, clock) == NOTHING  # a parcel may still leave within the allocated deadline
+
+    clock.advance(**LATE)
+    assert a_pass(world, clock) == CapturesSettled(settled=[before.id], held=[], unconfirmed=[before.id])
+
+    after = world.order(before.id)
+    assert after.status is OrderStatus.PARTIALLY_SHIPPED and after.captures_requested == []
+    assert after.jeopardy is None and after.payment.captured == before.payment.captured
+    assert [amount for _, amount, _ in world.spy.refunded] == [before.capture_request(second).amount]
+    clock.advance(minutes=5)
+    assert a_pass(world, clock) == NOTHING  # settled: not handed on again
+
+
+def test_a_partly_shipped_order_with_no_capture_request_is_read_and_left_alone(world, clock):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    before = world.order(order.id)
+    clock.advance(hours=72)
+
+    assert a_pass(world, clock) == NOTHING
+    assert world.order(order.id) == before
+
+
 def test_a_cancel_whose_refund_could_not_be_made_is_finished_refund_then_void(world, clock, monkeypatch):
     # A cancelled order is never late; one handed on, then cancelled before the sweep read it.
     order, _ = a_ship_that_died(world, monkeypatch)

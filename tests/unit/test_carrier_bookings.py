@@ -38,17 +38,25 @@ class Carrier:
         self.refuses = False
         self.cancelled: list[tuple[str, str, str]] = []  # (tracking number, booking key, order id)
         self.cancels_asked = 0
+        self.booked: dict[str, str] = {}  # tracking number by booking key
+        self.times_out = False  # books, then its answer is lost (a read timeout)
+        self.times_out_for: set[str] = set()  # booking keys it does that for
 
     @hookimpl(tryfirst=True)
     def oms_carrier_create_shipment(self, booking_key):
         if self.down or booking_key in self.fails:
             raise ConnectionError("carrier API unreachable")
+        self.booked[booking_key] = f"ACME-{booking_key}"
+        if self.times_out or booking_key in self.times_out_for:
+            raise TimeoutError("the carrier's answer never came")
         return flat_rate_carrier.CarrierShipment(
             carrier=self.NAME, service="Ground", tracking_number=f"ACME-{booking_key}", label=b"%PDF-1.4 label"
         )
 
     @hookimpl
     def oms_carrier_cancel_shipment(self, carrier, tracking_number, booking_key, order_id):
+        if carrier is None and booking_key in self.booked:  # maybe made: it was, by this carrier
+            carrier, tracking_number = self.NAME, self.booked[booking_key]
         if carrier != self.NAME:
             return None
         self.cancels_asked += 1
@@ -209,6 +217,44 @@ def test_a_parcel_whose_new_label_failed_is_booked_again_by_the_reconcilers_pass
     assert history_types(world, order.id).count("label_booking_failed") == 1  # the pass adds none
 
 
+def test_a_new_label_booked_though_its_answer_was_lost_is_cancelled_when_the_parcel_ships_with_its_old_one(
+    world, carrier, clock
+):
+    order = world.allocated(("MUG", 3), ("CAP", 1))
+    west = world.shipment_at(order, "wh-west")
+    carrier.times_out = True
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
+    assert done.labels_due == [west]
+    new_key = booking_key(west, done.rebookings)
+    assert new_key in carrier.booked  # booked, and nothing records it
+    carrier.times_out = False
+
+    world.actions.ship(order.id, west, None, actor="key_wh")  # before the reconciler's pass: the old label
+
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert [key for _, key, _ in carrier.cancelled] == [new_key]  # the old one was used
+    assert not world.order(order.id).owes_carrier_work()
+
+
+def test_a_new_label_booked_though_its_answer_was_lost_is_cancelled_when_another_cancel_books_anew(
+    world, carrier, clock
+):
+    order = world.allocated(("MUG", 3), ("CAP", 1))
+    west = world.shipment_at(order, "wh-west")
+    carrier.times_out = True
+    first = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 1})
+    carrier.times_out = False
+
+    done = world.actions.cancel(order.id, "fewer still", actor="key_web", lines={"L1": 1})
+
+    lost, kept = booking_key(west, first.rebookings), booking_key(west, done.rebookings)
+    assert done.shipment(west).tracking_number == f"ACME-{kept}" and done.labels_due == []
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert sorted(key for _, key, _ in carrier.cancelled) == sorted([west, lost])
+
+
 def test_a_cancelled_order_is_no_longer_due_a_label(world, carrier, clock):
     order = world.allocated(("MUG", 3))
     carrier.down = True
@@ -365,10 +411,14 @@ def test_a_booking_made_before_createshipments_failed_is_owed_a_cancel_at_once_i
     with pytest.raises(TransientError):
         world.workflow.create_shipments(order_id)
 
-    assert [b.booking_key for b in world.order(order_id).bookings_to_cancel] == [east]
+    # West's booking raised: maybe made (the answer lost), owed a cancel too, which the carrier
+    # (that never made it) leaves to the built-in one.
+    owed = world.order(order_id).bookings_to_cancel
+    assert [(b.booking_key, b.carrier) for b in owed] == [(east, Carrier.NAME), (west, None)]
     clock.advance(minutes=20)
     sweep(world, clock).run(ACTOR)
     assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]
+    assert world.order(order_id).owes_carrier_work() is False
 
 
 def test_a_booking_made_before_createshipments_failed_is_used_once_the_parked_order_is_released(world, carrier):
@@ -395,8 +445,10 @@ def test_a_new_label_that_loses_to_another_cancel_of_the_parcel_has_its_booking_
     first, second = booking_key(west, 1), booking_key(west, 2)
     after = world.order(order.id)
     assert after.shipment(west).tracking_number == f"ACME-{second}" and after.bookings_to_cancel == []
-    # The parcel's first booking, and the first cancel's label that came too late, both cancelled.
-    assert sorted(key for _, key, _ in carrier.cancelled) == sorted([west, first])
+    # The parcel's first booking, and the first cancel's label that came too late, both cancelled
+    # (that label once more when its own request learns it lost: the second cancel gave up its key
+    # as maybe booked, and settled it, first).
+    assert {key for _, key, _ in carrier.cancelled} == {west, first}
 
 
 def test_only_an_order_owing_a_carrier_work_has_an_entry_in_the_indexs_carrier_partition(world, carrier):
@@ -452,3 +504,109 @@ def test_a_carrier_down_is_asked_once_a_pass_and_orders_owing_another_are_not_st
     assert carrier.cancels_asked == asked_before + 1  # once this pass, not once per order
     assert len(done[other.id].settled) == 1 and not world.order(other.id).owes_carrier_work()
     assert len(done) == 2
+
+
+class Killed(BaseException):
+    """The Lambda's runtime ending the invocation (a timeout): no except clause of the step runs."""
+
+
+def killed_after_booking_one_of_two(world: World, carrier: Carrier, monkeypatch) -> tuple[str, str, str]:
+    """An order in two parcels whose CreateShipments booked the first (wh-east) and was killed
+    while booking the second, on every attempt, then parked: (order id, east's key, west's key)."""
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    east, west = shipment_id_for(order_id, "wh-east"), shipment_id_for(order_id, "wh-west")
+    real_book = world.workflow._book
+
+    def book(order, shipment_id, *args):
+        if shipment_id == west:
+            raise Killed("Task timed out after 15.00 seconds")
+        return real_book(order, shipment_id, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.workflow, "_book", book)
+        for _ in range(2):
+            with pytest.raises(Killed):
+                world.workflow.create_shipments(order_id)
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    return order_id, east, west
+
+
+def test_a_booking_made_before_createshipments_was_killed_is_cancelled_when_the_parked_order_is(
+    world, carrier, clock, monkeypatch
+):
+    order_id, east, west = killed_after_booking_one_of_two(world, carrier, monkeypatch)
+    parked = world.order(order_id)
+    assert (parked.status, parked.bookings_to_cancel) == (S.ON_HOLD, [])  # a release would book it again
+
+    world.actions.cancel(order_id, "gave up waiting", actor="key_web")
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+
+    assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]  # west was never booked: nothing asked of it
+    settled = [h.detail for h in world.history(order_id) if h.type == "carrier_booking_cancelled"]
+    assert sorted(d["booking_key"] for d in settled) == sorted([east, west])
+    assert world.order(order_id).owes_carrier_work() is False
+
+
+def test_a_booking_made_before_createshipments_was_killed_is_cancelled_when_an_edit_of_the_parked_order_books_anew(
+    world, carrier, monkeypatch
+):
+    order_id, east, _ = killed_after_booking_one_of_two(world, carrier, monkeypatch)
+    edit = OrderEdit(lines=[LineInput(sku="MUG", quantity=1)])
+
+    world.actions.edit(order_id, world.order(order_id).version, edit, actor="key_web")
+
+    assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]
+    edited = world.order(order_id)
+    assert (edited.unrecorded_bookings, edited.bookings_to_cancel) == ([], [])
+
+
+def test_the_keys_a_killed_createshipments_may_have_booked_under_are_used_by_the_release(world, carrier, monkeypatch):
+    order_id, east, west = killed_after_booking_one_of_two(world, carrier, monkeypatch)
+    assert {(b.shipment_id, b.carrier) for b in world.order(order_id).unrecorded_bookings} == {
+        (east, None),
+        (west, None),
+    }
+    Holds(world.orders).release(order_id, ReleaseRequest(), actor="key_ops")
+
+    world.workflow.create_shipments(order_id)
+
+    allocated = world.order(order_id)
+    assert allocated.status is S.ALLOCATED
+    assert (allocated.unrecorded_bookings, allocated.bookings_to_cancel, carrier.cancelled) == ([], [], [])
+
+
+def test_a_booking_whose_answer_createshipments_never_heard_is_cancelled_if_the_order_is_cancelled_before_the_park(
+    world, carrier, clock
+):
+    order_id = world.place(("MUG", 1), ("CAP", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    east, west = shipment_id_for(order_id, "wh-east"), shipment_id_for(order_id, "wh-west")
+    carrier.times_out_for.add(west)  # the carrier books, and the step hears nothing back
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)
+
+    world.actions.cancel(order_id, "too slow", actor="key_web")  # between two attempts
+    with pytest.raises(OrderClosed):
+        world.workflow.create_shipments(order_id)
+
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert sorted(key for _, key, _ in carrier.cancelled) == sorted([east, west])
+    assert world.order(order_id).owes_carrier_work() is False
+
+
+def test_an_order_parked_before_its_stock_was_reserved_keeps_no_booking_maybe_made(world):
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+
+    assert world.order(order_id).unrecorded_bookings == []
+
+
+def test_the_built_in_carrier_answers_for_a_booking_maybe_made():
+    assert flat_rate_carrier.oms_carrier_cancel_shipment(carrier=None) is True
