@@ -2050,9 +2050,14 @@ class Order(BaseModel, defer_build=True):
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Nobody collected the pickup by its deadline: the shipment and the order are cancelled
         (reason `pickup_expired`); the caller then releases its units and voids the authorization.
-        Never while the order is on hold: a person stopped it, and its release hands it back."""
+        Never while the order is on hold: a person stopped it, and its release hands it back. Nor
+        while a collect of it asked for its capture (Order.captures_requested): the customer was at
+        the counter, and the collect (repeated, or settled by the jeopardy scan's capture sweep,
+        which holds the order for a person) says whether they took it."""
         if self.status is OrderStatus.ON_HOLD:
             raise InvalidTransition(f"order {self.id} is on hold: its pickup does not expire until it is released")
+        if self.capture_request(shipment_id) is not None:
+            raise InvalidTransition(f"shipment {shipment_id} is being collected: its capture was asked for")
         shipment = self._waiting_pickup(shipment_id)
         if shipment.collect_by is None or shipment.collect_by > at:
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")

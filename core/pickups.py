@@ -5,7 +5,9 @@ only while a pickup of it waits at its store and it is not on hold, keyed by the
 `collect_by`; the scheduled reconciler asks that index for the deadlines already past. A hold is a
 person stopping the automation, so nothing expires a held order's pickup: released, the order is
 back in the index with its deadline as it was, and a pickup overdue by then expires on the next
-pass (the person who releases it may still hand it over first). Storing the deadline on the shipment
+pass (the person who releases it may still hand it over first). Nor one a collect asked a capture
+for and never recorded (the customer was at the counter): the collect repeated records it, or the
+jeopardy scan holds the order for a person (core/capture_sweep.py). Storing the deadline on the shipment
 when it is readied (rather than computing ready_at + days at expiry) fixes the customer's
 promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline already given.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from core.errors import InvalidTransition, StaleVersion
 from core.fulfillment import OrderActions
@@ -42,15 +44,12 @@ class PickupExpiry:
         clock: Callable[[], datetime],
         *,
         limit: int = 100,
-        after: timedelta = timedelta(minutes=15),
     ):
         self._due = due
         self._orders = orders
         self._actions = actions
         self._clock = clock
         self._limit = limit
-        # A collect's capture request younger than this is its request's, still under way.
-        self._after = after
 
     def run(self) -> PickupsExpired:
         """One pass: the orders whose waiting pickups this pass cancelled, and apart those due but
@@ -79,8 +78,7 @@ class PickupExpiry:
         written (Order.expire_pickup); then the clean-up every cancel does (release its units,
         void the authorization: OrderActions.expire_pickup, which finds it expired and only
         finishes it). True only when this write expired it: one collected or cancelled meanwhile
-        (the write lost its race and changed nothing) is not, nor one being collected now
-        (_being_collected), which its collect finishes."""
+        (the write lost its race and changed nothing) is not."""
         at = self._clock()
         expired = False
 
@@ -93,7 +91,7 @@ class PickupExpiry:
                 and shipment.status is ShipmentStatus.READY_FOR_PICKUP
                 and shipment.collect_by is not None
                 and shipment.collect_by <= at
-                and not self._being_collected(order, shipment_id, at)
+                and order.capture_request(shipment_id) is None  # being collected (Order.expire_pickup)
             )
             return order.expire_pickup(shipment_id, at=at, actor=EXPIRY_ACTOR) if expired else None
 
@@ -108,11 +106,3 @@ class PickupExpiry:
             with contextlib.suppress(StaleVersion):
                 self._actions.expire_pickup(order_id, shipment_id, actor=EXPIRY_ACTOR)
         return expired
-
-    def _being_collected(self, order: Order, shipment_id: str, at: datetime) -> bool:
-        """Whether a collect of the shipment has asked for its capture, less than `after` ago: the
-        store is handing the parcel over, and its collect records it (the expiry would cancel the
-        order under it, refund the capture and answer the store 409). An older request is one a
-        collect that died left: the expiry refunds it, as a cancel does."""
-        request = order.capture_request(shipment_id)
-        return request is not None and not request.withdrawn and order.last_changed > at - self._after

@@ -357,9 +357,8 @@ class Container:
         from core.pickups import PickupExpiry
 
         return PickupExpiry(
-            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock,
-            after=timedelta(minutes=self.config.reconcile_after_minutes),
-        )  # fmt: skip
+            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock
+        )
 
     @cached_property
     def refunds(self) -> RefundService:
