@@ -215,8 +215,14 @@ class EventBridgePublisher(EventPublisher):
 
 
 def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (IPv4 and IPv6)."""
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    """Every address `host` resolves to (IPv4 and IPv6); none for a name DNS cannot carry."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError:
+        # An empty label or one over 63 characters ("hooks..example.com") fails to encode before
+        # any lookup, with a UnicodeError rather than the OSError of a name that does not resolve.
+        return []
+    return [info[4][0] for info in infos]
 
 
 class _PinnedHttps(http.client.HTTPSConnection):
