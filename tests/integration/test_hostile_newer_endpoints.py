@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.client import assert_error
+from tests.e2e.client import Catalog, assert_error, put_network
 from tests.integration.in_process import InProcessApi, in_process_api
 
 
@@ -31,3 +31,53 @@ def test_a_webhook_url_whose_host_cannot_be_a_dns_name_is_refused_not_a_500(api:
 
     assert_error(answer, 422, "webhook_url_refused", "url")
     assert api.get("/webhooks").json()["items"] == []
+
+
+@pytest.fixture(scope="module")
+def open_po(api: InProcessApi) -> str:
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    assert api.put("/vendors/acme", json={"name": "Acme", "lead_time_days": 3}).status_code in (200, 201)
+    line = {"sku": sku, "quantity": 4, "unit_cost": {"amount": "4.00", "currency": "USD"}}
+    created = api.post("/purchase-orders", json={"vendor_id": "acme", "location_id": network["east"], "lines": [line]})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+@pytest.fixture(scope="module")
+def webhook(api: InProcessApi) -> str:
+    made = api.post("/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["*"]})
+    assert made.status_code == 201, made.text
+    return made.json()["id"]
+
+
+# API.md: unknown fields in a request body are 422, never silently dropped. A route that reads no
+# body knows every field as unknown: a PO cancelled with {"reason": ...} kept no reason, yet said 200.
+def test_a_purchase_order_cancel_with_fields_it_does_not_read_is_422_and_cancels_nothing(
+    api: InProcessApi, open_po: str
+):
+    refused = api.post(f"/purchase-orders/{open_po}/cancel", json={"reason": "vendor closed", "force": True})
+
+    error = assert_error(refused, 422, "validation_error", "reason", "force")
+    assert all(detail["message"] == "Extra inputs are not permitted" for detail in error["details"])
+    assert api.get(f"/purchase-orders/{open_po}").json()["status"] == "open"
+
+
+def test_a_webhook_delete_with_fields_it_does_not_read_is_422_and_deletes_nothing(api: InProcessApi, webhook: str):
+    refused = api.request("DELETE", f"/webhooks/{webhook}", json={"cascade": True})
+
+    assert_error(refused, 422, "validation_error", "cascade")
+    assert api.get(f"/webhooks/{webhook}").status_code == 200
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/sourcing/rules"), ("GET", "/vendors"), ("GET", "/webhooks")])
+def test_a_read_sent_a_body_with_fields_is_422(api: InProcessApi, method: str, path: str):
+    assert_error(api.request(method, path, json={"limit": 1}), 422, "validation_error", "limit")
+
+
+@pytest.mark.parametrize("body", [None, {}])
+def test_a_route_that_reads_no_body_still_takes_none_or_an_empty_object(
+    api: InProcessApi, open_po: str, body: dict[str, object] | None
+):
+    assert api.request("GET", f"/purchase-orders/{open_po}", json=body).status_code == 200
+    assert api.request("GET", "/sourcing/rules", json=body).status_code == 200
