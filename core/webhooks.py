@@ -258,6 +258,9 @@ def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Ta
         raise WebhookUrlRefused("credentials in the URL are not accepted")
     if parts.fragment:
         raise WebhookUrlRefused("a fragment is never sent: remove it")
+    if port == 0:
+        # Nothing listens on port 0, and "or" below would read it as the scheme's own port.
+        raise WebhookUrlRefused("port 0 is not a port: name the receiver's port or leave it out")
     port = port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not url.isprintable() or not path.isascii() or " " in path:

@@ -99,6 +99,15 @@ def test_a_public_https_url_is_a_target_pinned_to_its_checked_addresses():
     assert target == Target("https", "hooks.example.com", 8443, "/in?x=1", ("93.184.216.34",))
 
 
+@pytest.mark.parametrize("url", ["https://hooks.example.com:0/in", "http://127.0.0.1:0/in"])
+def test_port_0_is_refused_not_taken_for_the_schemes_port(url: str):
+    # "https://hooks.example.com:0/in" was subscribed and every delivery went to port 443 instead.
+    with pytest.raises(WebhookUrlRefused) as refused:
+        check_url(url, resolver("93.184.216.34"), allow_local_http=True)
+
+    assert refused.value.details[0]["field"] == "url"
+
+
 def test_plain_http_to_127_0_0_1_is_accepted_only_where_allowed_and_nothing_else_local():
     assert check_url("http://127.0.0.1:9000/h", resolver(), allow_local_http=True).addresses == ("127.0.0.1",)
     with pytest.raises(WebhookUrlRefused):
