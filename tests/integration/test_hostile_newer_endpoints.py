@@ -1,25 +1,35 @@
 """What a hostile or careless client sends to the endpoints added after the first hostile-input
 sweeps (webhooks, purchasing, sourcing rules, holds, store execution, customers, reports), through
 the in-process gateway in front of the real authorizer and API handler: each answer is the
-contract's error shape with its status, never a 500, and names the field at fault."""
+contract's error shape with its status, never a 500, names the field at fault, and changes nothing
+that was stored."""
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Iterator
+from typing import Any
 
+import boto3
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, put_network
+from tests.e2e.client import Catalog, assert_error, order_body, put_network
 from tests.integration.in_process import InProcessApi, in_process_api
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
+    from functions.bootstrap import forget_warm_containers
+
     with pytest.MonkeyPatch.context() as env:
         # The webhooks service is built with its delivery queue; subscribing never sends to it.
         env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
         env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
+        env.setenv("LABELS_BUCKET", "hostile-labels")  # the shipments made in-process book labels there
         with in_process_api() as started:
+            boto3.client("s3").create_bucket(Bucket="hostile-labels")
+            forget_warm_containers()
             yield started
 
 
@@ -81,3 +91,169 @@ def test_a_route_that_reads_no_body_still_takes_none_or_an_empty_object(
 ):
     assert api.request("GET", f"/purchase-orders/{open_po}", json=body).status_code == 200
     assert api.request("GET", "/sourcing/rules", json=body).status_code == 200
+
+
+# --- The matrix: a hostile value in each field of each newer write ------------------------------------
+@pytest.fixture(scope="module")
+def world(api: InProcessApi, open_po: str) -> dict[str, Any]:
+    """An allocated order with its pending shipment, the open PO, its sku and location."""
+    from functions.api.dependencies import container
+
+    po = api.get(f"/purchase-orders/{open_po}").json()
+    sku, location = po["lines"][0]["sku"], po["location_id"]
+    assert api.put(f"/inventory/{sku}/{location}", json={"on_hand": 10}).status_code == 200
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    workflow = container().workflow
+    workflow.authorize_payment(order_id, attempt=0)
+    workflow.reserve_stock(order_id)
+    workflow.create_shipments(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "allocated", order["status"]
+    return {"po": open_po, "sku": sku, "location": location, "order": order_id, "shipment": order["shipments"][0]["id"]}
+
+
+HOSTILE: dict[str, Any] = {
+    "null": None,
+    "a number as a string": "1",
+    "an array": [],
+    "an object": {},
+    "negative": -1,
+    "huge": 10**20,
+    "a bidi override": "\u202egnp.exe",
+    "5000 characters": "a" * 5000,
+}
+MONEY = {"amount": "4.00", "currency": "USD"}
+
+
+def _routes(w: dict[str, Any]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """Each newer write: method, path, and a body it accepts."""
+    line = {"sku": w["sku"], "quantity": 1, "unit_cost": MONEY}
+    return {
+        "vendor": ("PUT", "/vendors/acme", {"name": "Acme", "lead_time_days": 3}),
+        "po": (
+            "POST",
+            "/purchase-orders",
+            {"vendor_id": "acme", "location_id": w["location"], "lines": [line], "expected_at": "2030-01-31T09:00:00Z"},
+        ),
+        "receive": ("POST", f"/purchase-orders/{w['po']}/receive", {"lines": [{"sku": w["sku"], "quantity": 1}]}),
+        "reorder": (
+            "PUT",
+            f"/inventory/{w['sku']}/{w['location']}/reorder",
+            {"reorder_point": 2, "reorder_quantity": 5, "vendor_id": "acme"},
+        ),
+        "rules": (
+            "PUT",
+            "/sourcing/rules",
+            {"max_shipments": 2, "excluded_locations": [w["location"]], "prefer": "nearest"},
+        ),
+        "simulate": ("POST", "/sourcing/simulate", {"orders": [w["order"]]}),
+        "hold": ("POST", f"/orders/{w['order']}/hold", {"reason": "other", "note": "checking"}),
+        "reject": ("POST", f"/orders/{w['order']}/shipments/{w['shipment']}/reject", {"reason": "no staff"}),
+        "webhook": ("POST", "/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["order.created"]}),
+    }
+
+
+# (route, the field as the error names it, the hostile values that are valid there).
+FIELDS = [
+    ("vendor", "name", {"a number as a string"}),
+    ("vendor", "lead_time_days", set()),
+    ("po", "vendor_id", set()),
+    ("po", "location_id", set()),
+    ("po", "lines[0].sku", set()),
+    ("po", "lines[0].quantity", set()),
+    ("po", "lines[0].unit_cost.amount", {"a number as a string"}),  # "1" is 1.00
+    ("po", "lines[0].unit_cost.currency", set()),
+    ("po", "expected_at", {"null"}),
+    ("receive", "lines[0].sku", set()),
+    ("receive", "lines[0].quantity", set()),
+    ("reorder", "reorder_point", set()),
+    ("reorder", "reorder_quantity", set()),
+    ("reorder", "vendor_id", set()),
+    ("rules", "max_shipments", {"null"}),
+    ("rules", "excluded_locations[0]", set()),
+    ("rules", "prefer", set()),
+    ("simulate", "orders[0]", set()),
+    ("hold", "reason", set()),
+    ("hold", "note", {"null", "a number as a string"}),
+    ("reject", "reason", {"a number as a string"}),
+    ("webhook", "url", set()),
+    ("webhook", "events[0]", set()),
+]
+
+
+def _set(body: dict[str, Any], field: str, value: Any) -> dict[str, Any]:
+    """A copy of `body` with `field` ("lines[0].unit_cost.amount") set to `value`."""
+    changed = copy.deepcopy(body)
+    steps: list[str | int] = [int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", field)]
+    target: Any = changed
+    for step in steps[:-1]:
+        target = target[step]
+    target[steps[-1]] = value
+    return changed
+
+
+def _state(api: InProcessApi, w: dict[str, Any]) -> list[Any]:
+    """What the matrix must leave as it was."""
+    order = api.get(f"/orders/{w['order']}").json()
+    po = api.get(f"/purchase-orders/{w['po']}").json()
+    return [
+        (order["status"], order["version"], order["hold"]),
+        (po["status"], po["lines"]),
+        api.get("/sourcing/rules").json()["version"],
+        api.get("/inventory/" + w["sku"]).json(),
+        [v for v in api.get("/vendors", params={"limit": 100}).json()["items"] if v["vendor_id"] == "acme"],
+        len(api.get("/webhooks", params={"limit": 100}).json()["items"]),
+        len(api.get("/purchase-orders", params={"limit": 100}).json()["items"]),
+    ]
+
+
+CASES = [
+    pytest.param(route, field, value, id=f"{route} {field} {name}")
+    for route, field, valid in FIELDS
+    for name, value in HOSTILE.items()
+    if name not in valid
+]
+
+
+@pytest.mark.parametrize(("route", "field", "value"), CASES)
+def test_a_hostile_value_is_422_naming_its_field_and_changes_nothing(
+    api: InProcessApi, world: dict[str, Any], route: str, field: str, value: Any
+):
+    method, path, body = _routes(world)[route]
+    before = _state(api, world)
+
+    answer = api.request(method, path, json=_set(body, field, value))
+
+    error = assert_error(answer, 422)
+    named = [detail.get("field") or "" for detail in error["details"]]
+    assert any(name == field or name.startswith((f"{field}.", f"{field}[")) for name in named), (field, error)
+    assert _state(api, world) == before
+
+
+@pytest.mark.parametrize(
+    "route", ["vendor", "po", "receive", "reorder", "rules", "simulate", "hold", "reject", "webhook"]
+)
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [(b"null", 400), (b"[]", 400), (b"\xff\xfe{}", 400), (b'{"a": 1, "a": 2}', 400), (b"{", 400), (b"", 422)],
+)
+def test_a_body_that_is_not_one_json_object_is_refused_in_the_contracts_shape(
+    api: InProcessApi, world: dict[str, Any], route: str, raw: bytes, status: int
+):
+    method, path, _ = _routes(world)[route]
+    before = _state(api, world)
+
+    answer = api.request(method, path, data=raw, headers={"Content-Type": "application/json"})
+
+    assert_error(answer, status)
+    assert _state(api, world) == before
+
+
+def test_the_matrix_routes_take_their_valid_bodies(api: InProcessApi, world: dict[str, Any]):
+    # Else every refusal above could be for a reason the matrix did not mean.
+    for name, (method, path, body) in _routes(world).items():
+        if name not in ("hold", "reject", "receive"):
+            answer = api.request(method, path, json=body)
+            assert answer.status_code in (200, 201), (name, answer.text)
