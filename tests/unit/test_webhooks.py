@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -116,6 +118,28 @@ def test_plain_http_to_127_0_0_1_is_accepted_only_where_allowed_and_nothing_else
         check_url("http://localhost:9000/h", resolver("127.0.0.1"), allow_local_http=True)
     with pytest.raises(WebhookUrlRefused):
         check_url("https://127.0.0.1/h", resolver("127.0.0.1"), allow_local_http=True)
+
+
+def test_a_host_whose_dns_answers_too_slowly_is_refused_within_the_resolvers_bound(monkeypatch: pytest.MonkeyPatch):
+    # A subscriber's own DNS server, answering after seconds, held POST /webhooks (and every
+    # delivery attempt's check) past the function's timeout: a 5xx for a hostile URL.
+    from functions.adapters import webhooks as adapter
+
+    answered = threading.Event()
+
+    def stalled(*args: object, **kwargs: object) -> list[object]:
+        answered.wait(10)
+        return []
+
+    monkeypatch.setattr(adapter.socket, "getaddrinfo", stalled)
+    monkeypatch.setattr(adapter, "RESOLVE_SECONDS", 0.05, raising=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(WebhookUrlRefused, match="does not resolve"):
+            check_url("https://slow.example.com/in", adapter.resolve)
+    finally:
+        answered.set()
+    assert time.monotonic() - started < 1
 
 
 # --- Signing --------------------------------------------------------------------------------------
