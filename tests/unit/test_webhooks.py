@@ -77,6 +77,23 @@ def test_a_host_resolving_to_a_private_loopback_or_link_local_address_is_refused
     assert refused.value.details == [{"field": "url", "message": refused.value.details[0]["message"]}]
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1: a translator (a VPC's NAT gateway) connects to it
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254, the instance metadata
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+        "fec0::1",  # site-local
+    ],
+)
+def test_an_ipv6_address_that_reaches_a_private_ipv4_one_or_a_site_is_refused(address: str):
+    # Python calls these global, yet each reaches a private network where a translator runs.
+    with pytest.raises(WebhookUrlRefused, match="private"):
+        check_url("https://hooks.example.com/x", resolver("93.184.216.34", address))
+    assert check_url("https://hooks.example.com/x", resolver("64:ff9b::5db8:d822")).addresses == ("64:ff9b::5db8:d822",)
+
+
 @pytest.mark.parametrize("path", ["/caf\u00e9", "/a b", "/hook?to=a\x1b[2J", "/\u202ehook", "/h\x7f", "/a\r\nb"])
 def test_a_path_an_http_request_line_cannot_carry_is_refused_naming_the_url(path: str):
     with pytest.raises(WebhookUrlRefused) as refused:
