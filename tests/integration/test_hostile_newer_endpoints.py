@@ -257,3 +257,22 @@ def test_the_matrix_routes_take_their_valid_bodies(api: InProcessApi, world: dic
         if name not in ("hold", "reject", "receive"):
             answer = api.request(method, path, json=body)
             assert answer.status_code in (200, 201), (name, answer.text)
+
+
+# The 404 of an id that cannot be one repeats it, for a person to read: "\u202e" in it reversed the
+# rest of the message on their screen, and a NUL or an ESC went into it as sent.
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/webhooks/whk_\u202egnp.exe",
+        "/customers/ada\u202e\u2066",
+        "/purchase-orders/po_\x1b[2J",
+        "/orders/ord_\x00/access-log",
+    ],
+)
+def test_a_404_repeats_an_impossible_id_with_its_controls_and_bidi_overrides_made_visible(api: InProcessApi, path: str):
+    error = assert_error(api.get(path), 404, "not_found")
+
+    assert error["message"].isprintable(), error["message"]
+    assert not any(0x202A <= ord(char) <= 0x202E or 0x2066 <= ord(char) <= 0x2069 for char in error["message"])
+    assert "\\u202e" in error["message"] or "\\x1b" in error["message"] or "\\x00" in error["message"]
