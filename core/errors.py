@@ -10,6 +10,9 @@ def field_path(loc: Iterable[Any]) -> str:
     """A validation error's location as a field path: ("lines", 0, "quantity") -> "lines[0].quantity"."""
     text = ""
     for part in loc:
+        if part == "[key]":
+            # pydantic's mark of a refused dict key, after the key itself: the entry is the field.
+            continue
         if isinstance(part, int):
             text += f"[{part}]"
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ PO = PurchaseOrderStatus
 Units = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
 # A receipt is one DynamoDB transaction: the PO and one stock item per line (at most 100 items).
 MAX_LINES = 99
+# How an RFC 3339 time begins: a full date, then the time after "T" (or a space, as RFC 3339 allows).
+_RFC_3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
 
@@ -107,6 +110,17 @@ class NewPurchaseOrder(Strict):
             # Raised as a ValidationError so that each error names its entry, not the whole list.
             raise ValidationError.from_exception_data("lines", sorted(errors, key=lambda error: error["loc"]))
         return lines
+
+    @field_validator("expected_at", mode="before")
+    @classmethod
+    def _an_rfc_3339_time(cls, expected_at: Any) -> Any:
+        # Parsed leniently, a number or a string of digits would be read as Unix seconds (or
+        # milliseconds): a moment the client never wrote. A datetime is what code passes.
+        if expected_at is None or isinstance(expected_at, datetime):
+            return expected_at
+        if not isinstance(expected_at, str) or _RFC_3339_DATE.match(expected_at) is None:
+            raise ValueError("expected_at must be an RFC 3339 time such as 2030-01-31T09:00:00Z")
+        return expected_at
 
     @field_validator("expected_at")
     @classmethod

@@ -258,6 +258,9 @@ def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Ta
         raise WebhookUrlRefused("credentials in the URL are not accepted")
     if parts.fragment:
         raise WebhookUrlRefused("a fragment is never sent: remove it")
+    if port == 0:
+        # Nothing listens on port 0, and "or" below would read it as the scheme's own port.
+        raise WebhookUrlRefused("port 0 is not a port: name the receiver's port or leave it out")
     port = port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not url.isprintable() or not path.isascii() or " " in path:
@@ -274,10 +277,29 @@ def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Ta
     if not addresses:
         raise WebhookUrlRefused(f"{host[:100]} does not resolve")
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if not ip.is_global or ip.is_multicast:
+        if not _public(ipaddress.ip_address(address.split("%", 1)[0])):
             raise WebhookUrlRefused(f"{host[:100]} resolves to a private, loopback or link-local address")
     return Target(parts.scheme, host, port, path, addresses)
+
+
+# IPv6 addresses that carry an IPv4 one, which a translator connects to where one runs (a VPC's NAT
+# gateway does NAT64): Python calls them global whatever the IPv4 address is.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a delivery may connect to `ip`: global, not multicast, and for IPv6 neither a site
+    (fec0::/10) nor an address carrying an IPv4 one that is not public (NAT64, 6to4, ::a.b.c.d)."""
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address):
+        return True
+    if ip.is_site_local:
+        return False
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        return _public(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+    return ip.sixtofour is None or _public(ip.sixtofour)
 
 
 # --- Ports ----------------------------------------------------------------------------------------

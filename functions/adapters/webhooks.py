@@ -214,9 +214,35 @@ class EventBridgePublisher(EventPublisher):
                 raise RuntimeError(f"the event bus refused {len(failed)} event(s): {json.dumps(failed)[:500]}")
 
 
+# How long a subscriber's host may take to resolve. getaddrinfo has no timeout of its own: a name
+# whose DNS server answers slowly (a hostile subscriber's own) held POST /webhooks past the API
+# function's timeout, a 5xx, and each delivery attempt's check past the delivery function's.
+RESOLVE_SECONDS = 3.0
+
+
 def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (IPv4 and IPv6)."""
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    """Every address `host` resolves to (IPv4 and IPv6); none for a name DNS cannot carry. OSError
+    when it does not resolve within RESOLVE_SECONDS (the lookup is left to end in its thread)."""
+    answer: list[Any] = []
+
+    def look_up() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except UnicodeError:
+            # An empty label or one over 63 characters ("hooks..example.com") fails to encode before
+            # any lookup, with a UnicodeError rather than the OSError of a name that does not resolve.
+            answer.append([])
+        except OSError as error:
+            answer.append(error)
+
+    lookup = threading.Thread(target=look_up, name="webhook-dns", daemon=True)
+    lookup.start()
+    lookup.join(RESOLVE_SECONDS)
+    if not answer:
+        raise OSError(f"{host} did not resolve within {RESOLVE_SECONDS:g} s")
+    if isinstance(answer[0], OSError):
+        raise answer[0]
+    return [info[4][0] for info in answer[0]]
 
 
 class _PinnedHttps(http.client.HTTPSConnection):

@@ -55,18 +55,26 @@ def caller_from(event: dict[str, Any]) -> Caller | None:
 
 
 class ScopeTable:
-    """(method, resource path) -> requirement, read once from the app's routes."""
+    """(method, resource path) -> requirement, read once from the app's routes; and whether a
+    route reads a body."""
 
     def __init__(self, app: APIGatewayRestResolver, also: dict[tuple[str, str], Requirement] | None = None):
+        routes = app._static_routes + app._dynamic_routes
         self._table: dict[tuple[str, str], Requirement | None] = {
-            (route.method.upper(), route.openapi_path): requirement_of(route.func)
-            for route in app._static_routes + app._dynamic_routes
+            (route.method.upper(), route.openapi_path): requirement_of(route.func) for route in routes
         }
+        self._routes = {(route.method.upper(), route.openapi_path): route for route in routes}
         # Routes powertools registers itself (Swagger UI) cannot carry a decorator.
         self._table.update(also or {})
 
     def routes(self) -> dict[tuple[str, str], Requirement | None]:
         return dict(self._table)
+
+    def reads_body(self, method: str, resource: str) -> bool:
+        """Whether the route takes a body parameter (True for a route not in the table: the
+        resolver answers it). Powertools builds and keeps a route's dependant for its validation."""
+        route = self._routes.get((method.upper(), resource))
+        return route is None or bool(route.dependant.body_params)
 
     def requirement(self, method: str, resource: str) -> Requirement | None:
         return self._table.get((method.upper(), resource), PUBLIC)

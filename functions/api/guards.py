@@ -1,4 +1,4 @@
-"""Checks every request passes before routing and validation: body size, scope, card data."""
+"""Checks every request passes before routing and validation: body size, scope, card data, unread fields."""
 
 from __future__ import annotations
 
@@ -42,6 +42,22 @@ def refuse_card_numbers(document: Any) -> None:
             "payment card numbers are never accepted: send a payment token instead",
             [{"field": field, "message": "looks like a payment card number"} for field in fields],
         )
+
+
+def refuse_unread_fields(event: dict[str, Any], document: Any, scopes: ScopeTable) -> None:
+    """Unknown fields are 422, never silently dropped (API.md), and to a route that reads no body
+    (a GET, a DELETE, POST /purchase-orders/{id}/cancel) every field is unknown: a PO cancelled
+    with {"reason": ...} would answer 200 and keep no reason. An empty object is no field."""
+    if not isinstance(document, dict) or not document:
+        return
+    if scopes.reads_body(event.get("httpMethod", ""), event.get("resource", "")):
+        return
+    raise ApiError(
+        422,
+        "validation_error",
+        "the request is not valid",
+        [{"field": name, "message": "Extra inputs are not permitted"} for name in document],
+    )
 
 
 def _content_type(event: dict[str, Any]) -> str:
@@ -106,7 +122,9 @@ def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     scopes.check(event)
     if raw:
         require_json(event)
-        refuse_card_numbers(parse_body(event, raw))
+        document = parse_body(event, raw)
+        refuse_card_numbers(document)
+        refuse_unread_fields(event, document, scopes)
     # Paths and query strings can carry card numbers too (/products/4111..., ?customer_id=4111...),
     # in a parameter's name as well as in any of its values.
     fields = _card_number_parameters(event)

@@ -10,6 +10,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
+from core.log_text import escape_for_log
+
 # The validation error type of such an id; errors.py answers it with 404 not_found.
 UNKNOWN_ID = "unknown_id"
 _ECHOED_CHARS = 100
@@ -22,7 +24,9 @@ def existing(what: str, pattern: str, description: str) -> Any:
 
     def names_something(value: str) -> str:
         if format_.fullmatch(value) is None:
-            raise PydanticCustomError(UNKNOWN_ID, "no {what} {id}", {"what": what, "id": value[:_ECHOED_CHARS]})
+            # Repeated for a person to read: a control or a bidi override in it is shown as an escape.
+            shown = escape_for_log(value[:_ECHOED_CHARS])
+            raise PydanticCustomError(UNKNOWN_ID, "no {what} {id}", {"what": what, "id": shown})
         return value
 
     return Annotated[

@@ -76,3 +76,14 @@ def test_a_simulations_orders_are_judged_as_one_kind_and_named_as_sent(orders: A
         SimulateSourcing.model_validate({"orders": orders})
 
     assert [field_path(error["loc"]) for error in caught.value.errors()] == [field]
+
+
+def test_a_safety_stock_key_that_cannot_be_a_location_id_is_named_as_its_entry():
+    # pydantic marks a refused dict key with "[key]": the field read "safety_stock.A B.[key]", where
+    # an unknown location is named "safety_stock.nowhere".
+    from core.sourcing_rules import NewSourcingRules
+
+    with pytest.raises(ValidationError) as caught:
+        NewSourcingRules.model_validate({"prefer": "nearest", "safety_stock": {"A B": 1}})
+
+    assert [field_path(error["loc"]) for error in caught.value.errors()] == ["safety_stock.A B"]

@@ -141,6 +141,22 @@ def test_a_due_date_sent_with_an_offset_is_kept_and_shown_in_utc():
     assert request.model_dump(mode="json")["expected_at"] == "2027-01-01T00:00:00Z"
 
 
+@pytest.mark.parametrize("sent", [1_900_000_000, 1_900_000_000.5, "1900000000", "1900000000000", "2030"])
+def test_a_due_date_that_is_not_an_rfc_3339_time_is_refused_naming_it(sent):
+    # Unix seconds or milliseconds, as a number or a string, would be taken for a moment nobody wrote.
+    body = {
+        "vendor_id": "v1",
+        "location_id": "wh1",
+        "lines": [{"sku": "MUG", "quantity": 5, "unit_cost": {"amount": "1.00", "currency": "USD"}}],
+        "expected_at": sent,
+    }
+
+    with pytest.raises(ValidationError) as refused:
+        NewPurchaseOrder.model_validate(body)
+
+    assert [error["loc"] for error in refused.value.errors()] == [("expected_at",)]
+
+
 NEGATIVE = {"amount": "-4.00", "currency": "USD"}
 
 

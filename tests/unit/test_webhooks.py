@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -75,6 +77,23 @@ def test_a_host_resolving_to_a_private_loopback_or_link_local_address_is_refused
     assert refused.value.details == [{"field": "url", "message": refused.value.details[0]["message"]}]
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1: a translator (a VPC's NAT gateway) connects to it
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254, the instance metadata
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+        "fec0::1",  # site-local
+    ],
+)
+def test_an_ipv6_address_that_reaches_a_private_ipv4_one_or_a_site_is_refused(address: str):
+    # Python calls these global, yet each reaches a private network where a translator runs.
+    with pytest.raises(WebhookUrlRefused, match="private"):
+        check_url("https://hooks.example.com/x", resolver("93.184.216.34", address))
+    assert check_url("https://hooks.example.com/x", resolver("64:ff9b::5db8:d822")).addresses == ("64:ff9b::5db8:d822",)
+
+
 @pytest.mark.parametrize("path", ["/caf\u00e9", "/a b", "/hook?to=a\x1b[2J", "/\u202ehook", "/h\x7f", "/a\r\nb"])
 def test_a_path_an_http_request_line_cannot_carry_is_refused_naming_the_url(path: str):
     with pytest.raises(WebhookUrlRefused) as refused:
@@ -99,6 +118,15 @@ def test_a_public_https_url_is_a_target_pinned_to_its_checked_addresses():
     assert target == Target("https", "hooks.example.com", 8443, "/in?x=1", ("93.184.216.34",))
 
 
+@pytest.mark.parametrize("url", ["https://hooks.example.com:0/in", "http://127.0.0.1:0/in"])
+def test_port_0_is_refused_not_taken_for_the_schemes_port(url: str):
+    # "https://hooks.example.com:0/in" was subscribed and every delivery went to port 443 instead.
+    with pytest.raises(WebhookUrlRefused) as refused:
+        check_url(url, resolver("93.184.216.34"), allow_local_http=True)
+
+    assert refused.value.details[0]["field"] == "url"
+
+
 def test_plain_http_to_127_0_0_1_is_accepted_only_where_allowed_and_nothing_else_local():
     assert check_url("http://127.0.0.1:9000/h", resolver(), allow_local_http=True).addresses == ("127.0.0.1",)
     with pytest.raises(WebhookUrlRefused):
@@ -107,6 +135,28 @@ def test_plain_http_to_127_0_0_1_is_accepted_only_where_allowed_and_nothing_else
         check_url("http://localhost:9000/h", resolver("127.0.0.1"), allow_local_http=True)
     with pytest.raises(WebhookUrlRefused):
         check_url("https://127.0.0.1/h", resolver("127.0.0.1"), allow_local_http=True)
+
+
+def test_a_host_whose_dns_answers_too_slowly_is_refused_within_the_resolvers_bound(monkeypatch: pytest.MonkeyPatch):
+    # A subscriber's own DNS server, answering after seconds, held POST /webhooks (and every
+    # delivery attempt's check) past the function's timeout: a 5xx for a hostile URL.
+    from functions.adapters import webhooks as adapter
+
+    answered = threading.Event()
+
+    def stalled(*args: object, **kwargs: object) -> list[object]:
+        answered.wait(10)
+        return []
+
+    monkeypatch.setattr(adapter.socket, "getaddrinfo", stalled)
+    monkeypatch.setattr(adapter, "RESOLVE_SECONDS", 0.05, raising=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(WebhookUrlRefused, match="does not resolve"):
+            check_url("https://slow.example.com/in", adapter.resolve)
+    finally:
+        answered.set()
+    assert time.monotonic() - started < 1
 
 
 # --- Signing --------------------------------------------------------------------------------------
