@@ -687,8 +687,8 @@ class LineTaxRate(BaseModel, defer_build=True):
 class PromotionGrant(BaseModel, defer_build=True):
     """What one of an order's promo codes granted it when it was placed (a plugin's Discount,
     named by sku instead of the draft's line id): kept so that the order keeps the promotion's
-    terms should the code later leave every plugin (a promotion ended while the order was open).
-    `sku` set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
+    terms should the code later leave every plugin or change (a promotion ended or changed while
+    the order was open). `sku` set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
     (None with `free_shipping`)."""
 
     model_config = ConfigDict(frozen=True)
@@ -1126,8 +1126,9 @@ class Order(BaseModel, defer_build=True):
     # before it existed (the order's version then).
     priced_version: int | None = Field(default=None, exclude=True)
     # What its promo codes granted it when it was placed (PromotionGrant): a change priced again
-    # after a code has left every plugin prices it as these say. The system's own: stored, never
-    # shown. Empty: no code granted anything, or stored before it existed.
+    # prices the units it was sold as these say, whatever the plugins answer for its codes today.
+    # The system's own: stored, never shown. Empty: no code granted anything, or stored before it
+    # existed.
     promotion_grants: list[PromotionGrant] = Field(default_factory=list, exclude=True)
     # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).

@@ -104,11 +104,12 @@ class Pricing:
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
         `placed_with`: what the codes of an order being priced again granted it when it was placed;
-        a code no plugin answers for any more (its promotion ended) grants that again instead of
-        being refused (_kept_terms). `shipped_for`: what an order priced again was charged for its
-        shipping method, charged again should no plugin quote that method any more (its parcels are
-        booked with it already). `sold_at`: the unit prices an order priced again was sold at, by
-        sku, for a sku no plugin prices any more (in the order's currency)."""
+        each keeps those terms for the units they were granted for, whatever its promotion says
+        today (ended, or on other terms): _kept_terms, _todays_terms. `shipped_for`: what an order
+        priced again was charged for its shipping method, charged again should no plugin quote that
+        method any more (its parcels are booked with it already). `sold_at`: the unit prices an
+        order priced again was sold at, by sku, for a sku no plugin prices any more (in the order's
+        currency)."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -202,9 +203,10 @@ class Pricing:
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
-        claimed = {d.code.upper() for d in granted}
-        granted += _kept_terms(placed_with, claimed, draft)
-        claimed |= {grant.code for grant in placed_with}
+        claimed = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
+        # The codes an order priced again was placed with keep the terms they were sold with
+        # (_kept_terms), whatever their promotions say today; today's count only for units added.
+        granted = [*_todays_terms(granted, placed_with, draft), *_kept_terms(placed_with, draft)]
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
             for i, code in enumerate(draft.promo_codes)
@@ -297,17 +299,17 @@ class Pricing:
         return method, zero if free_shipping else by_method[method]
 
 
-def _kept_terms(placed_with: Sequence[PromotionGrant], claimed: set[str], draft: PricingDraft) -> list[Discount]:
-    """The discounts that the order's codes no plugin answered for (`claimed` names those they did)
-    granted it when it was placed, as its lines now are: a line's discount comes with the units it
-    was granted for (per unit, never for units added since), an order-level amount and free
-    shipping stay as they were. A code the order was placed with is not refused because its
-    promotion ended meanwhile, and the units bought under it keep what they cost. Never exclusive:
-    the order passed the stacking check when it was placed, and a change adds no code."""
+def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> list[Discount]:
+    """The discounts that the order's codes granted it when it was placed, as its lines now are: a
+    line's discount comes with the units it was granted for (per unit, never for units added
+    since), an order-level amount and free shipping stay as they were. Neither a promotion ended
+    nor one whose terms changed (another percentage, a minimum the order no longer reaches)
+    changes what the units bought under it cost. Never exclusive: the order passed the stacking
+    check when it was placed, and a change adds no code."""
     by_sku = {line.product.sku: line for line in draft.lines}
     kept: list[Discount] = []
     for grant in placed_with:
-        if grant.code in claimed or grant.code not in draft.promo_codes:
+        if grant.code not in draft.promo_codes:
             continue
         amount = grant.amount
         line_id = None
@@ -321,6 +323,36 @@ def _kept_terms(placed_with: Sequence[PromotionGrant], claimed: set[str], draft:
                 amount = amount.times(Decimal(min(line.quantity, granted_for)) / Decimal(granted_for))
         kept.append(Discount(code=grant.code, amount=amount, line_id=line_id, free_shipping=grant.free_shipping))
     return kept
+
+
+def _todays_terms(
+    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft
+) -> list[Discount]:
+    """The plugins' discounts `granted`, but of a code the order was placed with (`placed_with`,
+    whose terms _kept_terms keeps) only a line's share for the units beyond those it was granted
+    for: an edit that adds units prices them at today's terms, as a new order would be. Never
+    exclusive, as _kept_terms."""
+    if not placed_with:
+        return granted
+    kept_codes = {grant.code for grant in placed_with}
+    sold: dict[str, int] = {}
+    for grant in placed_with:
+        if grant.sku is not None:
+            sold[grant.sku] = max(sold.get(grant.sku, 0), grant.quantity or 0)
+    lines = {line.line_id: line for line in draft.lines}
+    today: list[Discount] = []
+    for discount in granted:
+        if discount.code.upper() not in kept_codes:
+            today.append(discount)
+            continue
+        line = lines.get(discount.line_id or "")
+        if line is None or discount.amount is None:
+            continue  # an order-level amount or free shipping: kept as it was
+        added = line.quantity - sold.get(line.product.sku, 0)
+        if added > 0:
+            share = discount.amount.times(Decimal(added) / Decimal(line.quantity))
+            today.append(Discount(code=discount.code, amount=share, line_id=line.line_id))
+    return today
 
 
 def _grants(granted: list[Discount], draft: PricingDraft) -> list[PromotionGrant]:

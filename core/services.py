@@ -178,8 +178,8 @@ class CaptureService:
         checks, on the stock the order may be sourced from again: what it holds itself counts as
         available (`held`, units by sku and location: the workflow reuses them), the locations that
         rejected a shipment of it (`excluded`) count for nothing, and its promo codes keep what they
-        granted it when it was placed (`placed_with`, Order.placed_promotions) should their
-        promotions have ended."""
+        granted it when it was placed (`placed_with`, Order.placed_promotions) whatever their
+        promotions say today."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}

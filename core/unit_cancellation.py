@@ -144,7 +144,7 @@ class UnitCancellation:
         but for the unit prices: a sku keeps the one it was sold at unless the plugins price its
         new quantity differently from its old one (a volume price lost with the units). What the
         catalog says today is no reason to charge more, or less, for units already sold (nor is a
-        promotion ended since: its code keeps what it granted the order, Pricing.price)."""
+        promotion ended or changed since: its code keeps what it granted the order, Pricing.price)."""
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
         cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
