@@ -1272,12 +1272,13 @@ class Order(BaseModel, defer_build=True):
 
     def placed_promotions(self) -> list[PromotionGrant]:
         """What its promo codes granted it when it was placed (`promotion_grants`). An order stored
-        before those were kept, placed with one code, shows it on its lines: each sku's discount
-        for the units it has, and free shipping when it ships and paid none (what it was sold at,
-        either way). Placed with several, the lines do not say which code gave what: none."""
-        if self.promotion_grants or len(self.promo_codes) != 1:
+        before those were kept shows it on its lines: each sku's discount for the units it has, and
+        free shipping when it ships and paid none (what it was sold at, either way). Placed with
+        several codes, the lines do not say which code gave what: the first code is taken to have
+        given it all and the others nothing more, which keeps the order at what it was sold at."""
+        if self.promotion_grants or not self.promo_codes:
             return list(self.promotion_grants)
-        code = self.promo_codes[0]
+        code, *others = self.promo_codes
         by_sku: dict[str, tuple[int, Money]] = {}
         for line in self.lines:
             if line.quantity:
@@ -1289,7 +1290,7 @@ class Order(BaseModel, defer_build=True):
         ]
         if self.fulfillment.type == "ship" and self.totals.shipping.amount == 0:
             grants.append(PromotionGrant(code=code, free_shipping=True))
-        return grants
+        return grants + [PromotionGrant(code=other) for other in others]
 
     def shipped_units(self) -> dict[str, int]:
         """Units of each line that left in shipped or delivered shipments (read from the shipments,

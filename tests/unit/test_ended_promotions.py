@@ -4,6 +4,7 @@ an edit prices it with what its codes granted it at capture, while a new order i
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -169,3 +170,20 @@ def test_a_promotion_that_no_longer_qualifies_an_order_keeps_what_it_granted_the
     done = world.actions.cancel(order.id, "one is enough", actor="key_web", lines={"L1": 3})
 
     assert done.totals.shipping == Money.zero("USD")
+
+
+def test_an_old_order_placed_with_several_codes_keeps_its_discounts_after_their_promotions_ended(world, end_promotions):
+    placed = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=CODES)
+    old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
+    world.orders.put(old)
+    end_promotions()
+
+    done = world.actions.cancel(old.id, "two are enough", actor="key_web", lines={"L1": 2})
+    mug, cap = done.lines
+    assert mug.discount == placed.lines[0].discount.times(Decimal(1) / Decimal(2))
+    assert cap.discount == placed.lines[1].discount
+    assert done.totals.shipping == placed.totals.shipping
+
+    edit = OrderEdit.model_validate({"shipping_address": {**old.shipping_address.model_dump(), "line2": "Apt 4"}})
+    edited = world.actions.edit(old.id, done.version, edit, actor="key_web")
+    assert edited.totals == done.totals
