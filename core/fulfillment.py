@@ -377,7 +377,7 @@ class OrderActions:
         # runs again, which a hold puts off.
         held = self._held_by(order)
         priced = self._capture.quote(
-            cmd, held=held, excluded=order.excluded_locations, placed_with=order.placed_promotions()
+            cmd, held=held, excluded=order.excluded_locations, placed_with=order.placed_promotions(), of=order
         )
         total = order.payable(priced.totals)
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),

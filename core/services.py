@@ -171,15 +171,17 @@ class CaptureService:
 
     def quote(
         self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = (),
-        placed_with: Sequence[PromotionGrant] = (), check_stock: bool = True,
+        placed_with: Sequence[PromotionGrant] = (), check_stock: bool = True, of: Order | None = None,
     ) -> PricedOrder:  # fmt: skip
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
-        through the plugins, stock (unless not `check_stock`). Editing an order runs the same
+        through the plugins, stock (unless not `check_stock`). Editing an order (`of`) runs the same
         checks, on the stock the order may be sourced from again: what it holds itself counts as
         available (`held`, units by sku and location: the workflow reuses them), the locations that
         rejected a shipment of it (`excluded`) count for nothing, and its promo codes keep what they
         granted it when it was placed (`placed_with`, Order.placed_promotions) whatever their
-        promotions say today."""
+        promotions say today. A sku of `of` that no plugin prices any more keeps the unit price it
+        was sold at while the edit asks no more units of it than the order has (_sold_at): an edit
+        that leaves a line be does not need today's price of it."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -194,7 +196,8 @@ class CaptureService:
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
         sources, tax_address = self._sources(cmd)
-        priced = self._pricing.price(cmd, products, tax_address, placed_with=placed_with)
+        sold_at = _sold_at(of, cmd) if of is not None else None
+        priced = self._pricing.price(cmd, products, tax_address, placed_with=placed_with, sold_at=sold_at)
         if check_stock:
             self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
@@ -460,3 +463,15 @@ class ApiKeyService:
         if stage is not None and self._authorizer_cache is not None:
             self._authorizer_cache.flush(stage)
         return revoked
+
+
+def _sold_at(order: Order, cmd: PlaceOrder) -> dict[str, Money]:
+    """The unit price `order` sold each sku at, of the skus `cmd` asks no more units of than the
+    order has: those units are sold already, whatever the plugins price the sku at today."""
+    has: dict[str, int] = defaultdict(int)
+    for line in order.lines:
+        has[line.sku] += line.quantity
+    wanted: dict[str, int] = defaultdict(int)
+    for line in cmd.lines:
+        wanted[line.sku] += line.quantity
+    return {line.sku: line.unit_price for line in order.lines if line.quantity and wanted[line.sku] <= has[line.sku]}

@@ -1,0 +1,62 @@
+"""An edit of an order after the shop's configuration changed: what the edit does not change keeps
+what the order was sold with, while new orders get the usual 422."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import InvalidRequest
+from core.models import OrderEdit
+from core.status import OrderStatus
+from tests.builders import product
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+STOCK = [("MUG", "wh-west", 10), ("CAP", "wh-west", 8)]
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def new_address(order) -> OrderEdit:
+    return OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+
+
+def test_an_address_edit_after_no_plugin_prices_a_sold_sku_keeps_the_price_it_was_sold_at(world):
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+
+    assert done.shipping_address.line2 == "Apt 4"
+    assert [line.unit_price for line in done.lines] == [line.unit_price for line in order.lines]
+    assert done.totals == order.totals
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1))
+    assert refused.value.code == "no_price"
+
+
+def test_an_edit_of_other_lines_keeps_a_sold_skus_price_no_plugin_gives_any_more(world):
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert [(line.quantity, line.unit_price) for line in done.lines] == [
+        (3, order.lines[0].unit_price),
+        (1, order.lines[1].unit_price),
+    ]
+
+
+def test_an_edit_adding_units_of_a_sku_no_plugin_prices_any_more_is_refused(world):
+    order = world.allocated(("MUG", 3))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert refused.value.code == "no_price"
