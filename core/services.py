@@ -181,7 +181,9 @@ class CaptureService:
         granted it when it was placed (`placed_with`, Order.placed_promotions) whatever their
         promotions say today. A sku of `of` that no plugin prices any more keeps the unit price it
         was sold at while the edit asks no more units of it than the order has (_sold_at): an edit
-        that leaves a line be does not need today's price of it."""
+        that leaves a line be does not need today's price of it; and a shipping method no plugin
+        quotes any more costs what the order was charged for it while the edit changes neither the
+        method nor the address (its parcels go as they were booked)."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -196,8 +198,16 @@ class CaptureService:
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
         sources, tax_address = self._sources(cmd)
-        sold_at = _sold_at(of, cmd) if of is not None else None
-        priced = self._pricing.price(cmd, products, tax_address, placed_with=placed_with, sold_at=sold_at)
+        sold_at = shipped_for = None
+        if of is not None:
+            sold_at = _sold_at(of, cmd)
+            same_way = cmd.shipping_method == of.shipping_method and (
+                cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
+            )
+            shipped_for = of.totals.shipping if same_way else None
+        priced = self._pricing.price(
+            cmd, products, tax_address, placed_with=placed_with, shipped_for=shipped_for, sold_at=sold_at
+        )
         if check_stock:
             self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced

@@ -1,5 +1,6 @@
 """An edit of an order after the shop's configuration changed: what the edit does not change keeps
-what the order was sold with, while new orders get the usual 422."""
+what the order was sold with (a unit price no plugin gives any more, a shipping method no longer
+quoted, a store no longer taking pickup orders), while new orders get the usual 422."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from core.errors import InvalidRequest
 from core.models import OrderEdit
 from core.status import OrderStatus
 from tests.builders import product
+from tests.unit.test_unit_cancellation import RetiringShipping
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -60,3 +62,21 @@ def test_an_edit_adding_units_of_a_sku_no_plugin_prices_any_more_is_refused(worl
         world.actions.edit(order.id, order.version, edit, actor="key_web")
 
     assert refused.value.code == "no_price"
+
+
+def test_a_lines_edit_after_the_orders_shipping_method_is_no_longer_offered_keeps_its_charge():
+    shipping = RetiringShipping()
+    world = build_world(STOCK, shipping)
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="per_unit")
+    shipping.offered = False
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert (done.lines[1].quantity, done.shipping_method) == (2, "per_unit")
+    assert done.totals.shipping == order.totals.shipping  # what it was charged: its parcels go as booked
+    sourced = world.run(order.id)
+    assert sourced.status is S.ALLOCATED and sum(len(s.lines) for s in sourced.shipments) == 2
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1), shipping_method="per_unit")
+    assert refused.value.code == "unknown_shipping_method"
