@@ -183,7 +183,8 @@ class CaptureService:
         was sold at while the edit asks no more units of it than the order has (_sold_at): an edit
         that leaves a line be does not need today's price of it; and a shipping method no plugin
         quotes any more costs what the order was charged for it while the edit changes neither the
-        method nor the address (its parcels go as they were booked)."""
+        method nor the address (its parcels go as they were booked); its pickup store need not take
+        new pickup orders any more."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -197,7 +198,7 @@ class CaptureService:
                 f"no payment plugin takes method {cmd.payment.method}",
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
-        sources, tax_address = self._sources(cmd)
+        sources, tax_address = self._sources(cmd, placed=of is not None)
         sold_at = shipped_for = None
         if of is not None:
             sold_at = _sold_at(of, cmd)

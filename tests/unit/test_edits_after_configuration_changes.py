@@ -8,6 +8,7 @@ import pytest
 
 from core.errors import InvalidRequest
 from core.models import OrderEdit
+from core.money import Money
 from core.status import OrderStatus
 from tests.builders import product
 from tests.unit.test_unit_cancellation import RetiringShipping
@@ -80,3 +81,34 @@ def test_a_lines_edit_after_the_orders_shipping_method_is_no_longer_offered_keep
     with pytest.raises(InvalidRequest) as refused:
         world.place(("MUG", 1), shipping_method="per_unit")
     assert refused.value.code == "unknown_shipping_method"
+
+
+def test_a_lines_edit_of_a_pickup_order_after_its_store_stopped_taking_pickups(world):
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    store = world.catalog.get_location("store-sf")
+    world.catalog.put_location(store.model_copy(update={"pickup": False}))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert done.lines[0].quantity == 2
+    assert done.totals.grand_total < order.totals.grand_total
+    assert done.totals.shipping == Money.zero("USD")
+    sourced = world.run(order.id)  # sourced again at its store, where its units are
+    assert sourced.status is S.ALLOCATED
+    assert [(s.location_id, s.lines[0].quantity) for s in sourced.shipments] == [("store-sf", 2)]
+    with pytest.raises(InvalidRequest):
+        world.place(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+
+
+def test_a_pickup_order_placed_before_its_store_stopped_taking_pickups_is_allocated_there(world):
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order_id = world.place(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    store = world.catalog.get_location("store-sf")
+    world.catalog.put_location(store.model_copy(update={"pickup": False}))
+
+    sourced = world.run(order_id)
+
+    assert sourced.status is S.ALLOCATED
+    assert [(s.location_id, s.lines[0].quantity) for s in sourced.shipments] == [("store-sf", 3)]
