@@ -12,7 +12,7 @@ from core import hookimpl
 from core.errors import TransientError
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
-from core.return_models import ReceiveReturn
+from core.return_models import ReceiveReturn, RequestReturn
 from core.return_reconciliation import ReturnReconciler
 from core.returns import RefundNotDone
 from core.status import ReturnStatus
@@ -216,3 +216,36 @@ def test_a_return_stuck_on_a_refusal_after_its_plugin_came_back_is_left_to_a_per
 
     methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+
+
+def test_an_exchange_given_up_for_its_removed_payment_plugin_is_refunded_once_the_plugin_is_back():
+    clock = Clock()
+    plugin = Uninstalled()
+    world = build_world(STOCK, plugin)
+    returns = returns_service(world, clock, plugin)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    order = world.allocated(("MUG", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    swap = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "wrong colour"}],
+            "exchange": {"lines": [{"sku": "MUG", "quantity": 1}]}}  # fmt: skip
+    item = returns.request(order.id, RequestReturn.model_validate(swap), actor="key_cs")
+    plugin.gone = True
+    returns.receive(item.id, RECEIPT, "key_wh")
+    with pytest.raises(RefundNotDone):
+        returns.exchange(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    clock.advance(hours=1)
+    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+
+    plugin.gone = False
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [item.id]
+
+    done = world.returns.get(item.id)
+    assert (done.status, done.exchange_not_placed, done.refund) == (
+        R.REFUNDED,
+        "unknown_payment_method",
+        order.lines[0].total,
+    )
