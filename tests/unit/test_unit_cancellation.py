@@ -754,3 +754,30 @@ def test_units_cancel_after_no_plugin_prices_a_sold_sku_in_the_orders_currency(w
     with pytest.raises(InvalidRequest) as refused:
         world.place(("MUG", 1))
     assert refused.value.code == "no_price"
+
+
+class CourierShipping:
+    """A flat `courier` charge per order, whatever its units, at the rate the shop sets (`rate`)."""
+
+    rate = "6.00"
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        return [ShippingQuote(method="courier", amount=Money.of(self.rate, draft.currency))]
+
+
+def test_units_cancel_after_the_shop_raised_its_shipping_rate_keep_the_shipping_the_order_was_charged(world):
+    """The courier's flat rate goes from 6.00 to 9.00 after the order was placed: cancelling a cap
+    changes nothing about what its shipping costs, so the customer is not charged the new rate for
+    cancelling (nor would a cut rate be refunded)."""
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="courier")
+    assert order.totals.shipping == Money.of("6.00", "USD")
+    courier.rate = "9.00"
+
+    done = world.actions.cancel(order.id, "one cap less", actor="key_web", lines={"L2": 1})
+
+    assert done.totals.shipping == Money.of("6.00", "USD")
+    assert done.totals.grand_total == sum((line.total for line in done.lines), done.totals.shipping)
+    assert done.totals.grand_total < order.totals.grand_total
