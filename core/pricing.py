@@ -100,6 +100,7 @@ class Pricing:
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
         shipped_for: Money | None = None, sold_at: Mapping[str, Money] | None = None,
+        taxed_at: Mapping[str, LineTaxRate | None] | None = None,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
@@ -109,7 +110,8 @@ class Pricing:
         priced again was charged for its shipping method, charged again should no plugin quote that
         method any more (its parcels are booked with it already). `sold_at`: the unit prices an
         order priced again was sold at, by sku, for a sku no plugin prices any more (in the order's
-        currency)."""
+        currency). `taxed_at`: the tax rate each sku of an order priced again was sold at (None:
+        untaxed), kept instead of asking the plugins."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -163,7 +165,7 @@ class Pricing:
         )
 
         line_discounts, free_shipping, granted = self._discounts(draft, placed_with)
-        taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft) for line in draft_lines]
+        taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft, taxed_at) for line in draft_lines]
         shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
         lines: list[OrderLine | None] = [None] * len(cmd.lines)
@@ -248,8 +250,14 @@ class Pricing:
         return capped, free_shipping, granted
 
     def _tax(
-        self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft
-    ) -> tuple[Money, LineTaxRate | None]:
+        self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft,
+        taxed_at: Mapping[str, LineTaxRate | None] | None,
+    ) -> tuple[Money, LineTaxRate | None]:  # fmt: skip
+        if taxed_at is not None and line.product.sku in taxed_at:
+            kept = taxed_at[line.product.sku]
+            if kept is None:
+                return Money.zero(draft.currency), None
+            return (line.subtotal - discount).times(kept.rate), kept
         # call_hook re-validates the answer (its rate is a Decimal from 0 to 1); the name is checked
         # as the line keeps it, against the plugin that gave it.
         rate: TaxRate | None = call_hook(self._hook.oms_tax_rate, _named_rate, line=line, address=address, draft=draft)

@@ -222,7 +222,8 @@ class CaptureService:
         granted it (as for `quote`), whose pickup store stays its tax address after the store
         stopped taking new pickup orders (its units are there already), and whose shipping method
         and units cost what they were charged should no plugin quote or price them any more (its
-        parcels are booked, its units sold)."""
+        parcels are booked, its units sold), and whose skus keep the tax rate they were sold at (a
+        rate changed since does not tax units sold again)."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
@@ -233,6 +234,8 @@ class CaptureService:
         return self._pricing.price(
             cmd, products, tax_address, unit_prices, of.placed_promotions(), shipped_for=of.totals.shipping,
             sold_at={line.sku: line.unit_price for line in of.lines},
+            # A taxed line stored before lines kept their rate shows none: the plugins are asked.
+            taxed_at={line.sku: line.tax_rate for line in of.lines if line.tax_rate or not line.tax.amount},
         )  # fmt: skip
 
     def _placed(
