@@ -384,6 +384,8 @@ class OrderActions:
         # an authorization that no longer covers the total is replaced before the edit is stored.
         authorized = order.payment.status is PaymentStatus.AUTHORIZED
         grows = authorized and total.amount > order.payment.authorized.amount
+        if grows:
+            self._capture.check_payment_method(cmd)  # more money on a method the shop no longer takes: 422
         request = order.authorization_requested
         own = request is not None and not request.withdrawn and order.version == request.edit_of + 1
         if request is not None and not (own and grows and request.amount == total):

@@ -179,12 +179,14 @@ class CaptureService:
         available (`held`, units by sku and location: the workflow reuses them), the locations that
         rejected a shipment of it (`excluded`) count for nothing, and its promo codes keep what they
         granted it when it was placed (`placed_with`, Order.placed_promotions) whatever their
-        promotions say today. A sku of `of` that no plugin prices any more keeps the unit price it
-        was sold at while the edit asks no more units of it than the order has (_sold_at): an edit
-        that leaves a line be does not need today's price of it; and a shipping method no plugin
-        quotes any more costs what the order was charged for it while the edit changes neither the
-        method nor the address (its parcels go as they were booked); its pickup store need not take
-        new pickup orders any more."""
+        promotions say today. Its payment method is not checked: it was taken when the order was
+        placed, and the orders paid with it are still captured and refunded through it (an edit
+        that grows the total checks it, check_payment_method). A sku of `of` that no plugin prices
+        any more keeps the unit price it was sold at while the edit asks no more units of it than
+        the order has (_sold_at): an edit that leaves a line be does not need today's price of it;
+        and a shipping method no plugin quotes any more costs what the order was charged for it
+        while the edit changes neither the method nor the address (its parcels go as they were
+        booked); its pickup store need not take new pickup orders any more."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -193,11 +195,8 @@ class CaptureService:
         ]
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
-        if self._payment_methods is not None and cmd.payment.method not in self._payment_methods():
-            raise UnknownPaymentMethod(
-                f"no payment plugin takes method {cmd.payment.method}",
-                details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
-            )
+        if of is None:
+            self.check_payment_method(cmd)
         sources, tax_address = self._sources(cmd, placed=of is not None)
         sold_at = shipped_for = None
         if of is not None:
@@ -212,6 +211,15 @@ class CaptureService:
         if check_stock:
             self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
+
+    def check_payment_method(self, cmd: PlaceOrder) -> None:
+        """UnknownPaymentMethod (422) unless a payment plugin takes `cmd`'s method for new money:
+        a new order's, or what an edit adds to an order's total."""
+        if self._payment_methods is not None and cmd.payment.method not in self._payment_methods():
+            raise UnknownPaymentMethod(
+                f"no payment plugin takes method {cmd.payment.method}",
+                details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
+            )
 
     def price(
         self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None, *, of: Order | None = None

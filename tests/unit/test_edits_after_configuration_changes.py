@@ -11,6 +11,7 @@ from core.models import OrderEdit
 from core.money import Money
 from core.status import OrderStatus
 from tests.builders import product
+from tests.unit.test_returns import RetiredWallet
 from tests.unit.test_unit_cancellation import RetiringShipping
 from tests.unit.world import World, build_world
 
@@ -112,3 +113,35 @@ def test_a_pickup_order_placed_before_its_store_stopped_taking_pickups_is_alloca
 
     assert sourced.status is S.ALLOCATED
     assert [(s.location_id, s.lines[0].quantity) for s in sourced.shipments] == [("store-sf", 3)]
+
+
+def test_an_edit_of_an_order_paid_with_a_method_no_longer_offered_goes_through():
+    """The shop stops offering the wallet for new orders; the orders paid with it are still captured
+    and refunded through it, and their customers may still fix an address or drop a unit."""
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    order = world.allocated(("MUG", 3), payment={"method": "wallet", "token": "tok_approve"})
+    wallet.offered = False
+
+    moved = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, moved.version, fewer, actor="key_web")
+
+    assert (done.shipping_address.line2, done.lines[0].quantity, done.payment.method) == ("Apt 4", 2, "wallet")
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1), payment={"method": "wallet", "token": "tok_approve"})
+    assert refused.value.code == "unknown_payment_method"
+
+
+def test_an_edit_that_grows_an_order_paid_with_a_method_no_longer_offered_is_refused():
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    order = world.allocated(("MUG", 3), payment={"method": "wallet", "token": "tok_approve"})
+    wallet.offered = False
+
+    more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.edit(order.id, order.version, more, actor="key_web")
+
+    assert refused.value.code == "unknown_payment_method"
+    assert world.order(order.id) == order  # nothing asked of the gateway, nothing written
