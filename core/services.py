@@ -181,9 +181,10 @@ class CaptureService:
         granted it when it was placed (`placed_with`, Order.placed_promotions) whatever their
         promotions say today. Its payment method is not checked: it was taken when the order was
         placed, and the orders paid with it are still captured and refunded through it (an edit
-        that grows the total checks it, check_payment_method). A sku of `of` that no plugin prices
-        any more keeps the unit price it was sold at while the edit asks no more units of it than
-        the order has (_sold_at): an edit that leaves a line be does not need today's price of it;
+        that grows the total checks it, check_payment_method). A sku of `of` whose units the edit
+        leaves as they are keeps the unit price it was sold at, as does one it takes units from
+        that no plugin prices any more (_sold_prices): an edit that leaves a line be does not need,
+        nor charge, today's price of it;
         and a shipping method no plugin quotes any more costs what the order was charged for it
         while the edit changes neither the method nor the address (its parcels go as they were
         booked); its pickup store need not take new pickup orders any more."""
@@ -198,15 +199,15 @@ class CaptureService:
         if of is None:
             self.check_payment_method(cmd)
         sources, tax_address = self._sources(cmd, placed=of is not None)
-        sold_at = shipped_for = None
+        unit_prices = sold_at = shipped_for = None
         if of is not None:
-            sold_at = _sold_at(of, cmd)
+            unit_prices, sold_at = _sold_prices(of, cmd)
             same_way = cmd.shipping_method == of.shipping_method and (
                 cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
             )
             shipped_for = of.totals.shipping if same_way else None
         priced = self._pricing.price(
-            cmd, products, tax_address, placed_with=placed_with, shipped_for=shipped_for, sold_at=sold_at
+            cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at
         )
         if check_stock:
             self._check_stock(cmd, products, sources, held or {}, set(excluded))
@@ -487,13 +488,18 @@ class ApiKeyService:
         return revoked
 
 
-def _sold_at(order: Order, cmd: PlaceOrder) -> dict[str, Money]:
-    """The unit price `order` sold each sku at, of the skus `cmd` asks no more units of than the
-    order has: those units are sold already, whatever the plugins price the sku at today."""
+def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[str, Money]]:
+    """The unit prices `order` sold its skus at that an edit to `cmd` keeps: those of the skus it
+    leaves as they are (their units are sold: what the catalog says today does not change what
+    they cost), and, as a fallback for a sku no plugin prices any more, those of the skus it asks
+    no more units of (Pricing.price unit_prices, sold_at). A sku it adds units to is priced as a
+    new order's would be."""
     has: dict[str, int] = defaultdict(int)
     for line in order.lines:
         has[line.sku] += line.quantity
     wanted: dict[str, int] = defaultdict(int)
     for line in cmd.lines:
         wanted[line.sku] += line.quantity
-    return {line.sku: line.unit_price for line in order.lines if line.quantity and wanted[line.sku] <= has[line.sku]}
+    sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
+    kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
+    return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}

@@ -145,3 +145,26 @@ def test_an_edit_that_grows_an_order_paid_with_a_method_no_longer_offered_is_ref
 
     assert refused.value.code == "unknown_payment_method"
     assert world.order(order.id) == order  # nothing asked of the gateway, nothing written
+
+
+def test_an_address_edit_after_the_shop_raised_a_price_keeps_what_the_units_were_sold_at(world):
+    """The mug goes from 12.50 to 15.00 after the order was placed: fixing the address does not
+    charge the customer the new price for mugs they have bought (nor ask their card for more)."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "15.00", weight_grams=350))
+
+    done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+
+    assert [line.unit_price for line in done.lines] == [line.unit_price for line in order.lines]
+    assert done.totals == order.totals
+    assert done.payment.authorized == order.payment.authorized
+
+
+def test_an_edit_that_changes_a_lines_units_prices_that_line_as_a_new_order_would(world):
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "15.00", weight_grams=350))
+
+    more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}, {"sku": "CAP", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, more, actor="key_web")
+
+    assert [line.unit_price for line in done.lines] == [Money.of("15.00", "USD"), order.lines[1].unit_price]
