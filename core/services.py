@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +38,7 @@ from core.models import (
     PromotionGrant,
     ReviewRequest,
     StockLevel,
+    Totals,
     review_detail,
     utc_now,
 )
@@ -184,10 +186,10 @@ class CaptureService:
         that grows the total checks it, check_payment_method). A sku of `of` whose units the edit
         leaves as they are keeps the unit price it was sold at, as does one it takes units from
         that no plugin prices any more (_sold_prices): an edit that leaves a line be does not need,
-        nor charge, today's price of it;
-        and a shipping method no plugin quotes any more costs what the order was charged for it
-        while the edit changes neither the method nor the address (its parcels go as they were
-        booked); its pickup store need not take new pickup orders any more."""
+        nor charge, today's price of it; while the edit changes neither the shipping method nor
+        the address, the shipping costs what the order was charged unless the edited units change
+        today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
+        they were booked); its pickup store need not take new pickup orders any more."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -209,6 +211,22 @@ class CaptureService:
         priced = self._pricing.price(
             cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at
         )
+        if of is not None and shipped_for is not None and priced.totals.shipping != shipped_for:
+            # Sent the same way: when the plugins quote the order as it was as they quote it edited,
+            # the edit changes nothing about its shipping, and it keeps what it was charged (a
+            # rate changed since is no reason to charge more, or less). A per-unit charge, a
+            # weight band, a threshold the edit crosses: today's quote for the edited order.
+            as_it_was = PlaceOrder.model_validate(
+                {**cmd.model_dump(), "lines": [{"sku": line.sku, "quantity": line.quantity}
+                                               for line in of.lines if line.quantity]}
+            )  # fmt: skip
+            products = products | self._catalog.get_products({line.sku for line in as_it_was.lines} - set(products))
+            before = self._pricing.price(
+                as_it_was, products, tax_address, _sold_prices(of, as_it_was)[0], placed_with,
+                shipped_for=shipped_for, sold_at=sold_at,
+            )  # fmt: skip
+            if before.totals.shipping == priced.totals.shipping:
+                priced = _shipped_for(priced, shipped_for)
         if check_stock:
             self._check_stock(cmd, products, sources, held or {}, set(excluded))
         return priced
@@ -503,3 +521,15 @@ def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[
     sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
     kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
     return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}
+
+
+def _shipped_for(priced: PricedOrder, shipping: Money) -> PricedOrder:
+    """`priced` with its shipping charged `shipping`, its grand total with it."""
+    totals = priced.totals
+    return replace(
+        priced,
+        totals=Totals(
+            subtotal=totals.subtotal, discount=totals.discount, shipping=shipping, tax=totals.tax,
+            grand_total=totals.grand_total - totals.shipping + shipping,
+        ),
+    )  # fmt: skip

@@ -12,7 +12,7 @@ from core.money import Money
 from core.status import OrderStatus
 from tests.builders import product
 from tests.unit.test_returns import RetiredWallet
-from tests.unit.test_unit_cancellation import RetiringShipping
+from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -168,3 +168,27 @@ def test_an_edit_that_changes_a_lines_units_prices_that_line_as_a_new_order_woul
     done = world.actions.edit(order.id, order.version, more, actor="key_web")
 
     assert [line.unit_price for line in done.lines] == [Money.of("15.00", "USD"), order.lines[1].unit_price]
+
+
+def test_an_edit_of_the_lines_after_the_shop_raised_its_shipping_rate_keeps_the_shipping_charged():
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    order = world.allocated(("MUG", 3), shipping_method="courier")
+    courier.rate = "9.00"
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert done.totals.shipping == Money.of("6.00", "USD")  # the flat rate does not change with units
+    assert done.totals.grand_total == sum((line.total for line in done.lines), done.totals.shipping)
+
+
+def test_an_edit_whose_units_change_the_shipping_quote_is_charged_todays_quote():
+    shipping = RetiringShipping()  # 2.00 a unit
+    world = build_world(STOCK, shipping)
+    order = world.allocated(("MUG", 3), shipping_method="per_unit")
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert done.totals.shipping == Money.of("4.00", "USD")
