@@ -377,13 +377,15 @@ class OrderActions:
         # runs again, which a hold puts off.
         held = self._held_by(order)
         priced = self._capture.quote(
-            cmd, held=held, excluded=order.excluded_locations, placed_with=order.placed_promotions()
+            cmd, held=held, excluded=order.excluded_locations, placed_with=order.placed_promotions(), of=order
         )
         total = order.payable(priced.totals)
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
         # an authorization that no longer covers the total is replaced before the edit is stored.
         authorized = order.payment.status is PaymentStatus.AUTHORIZED
         grows = authorized and total.amount > order.payment.authorized.amount
+        if grows:
+            self._capture.check_payment_method(cmd)  # more money on a method the shop no longer takes: 422
         request = order.authorization_requested
         own = request is not None and not request.withdrawn and order.version == request.edit_of + 1
         if request is not None and not (own and grows and request.amount == total):

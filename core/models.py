@@ -687,8 +687,8 @@ class LineTaxRate(BaseModel, defer_build=True):
 class PromotionGrant(BaseModel, defer_build=True):
     """What one of an order's promo codes granted it when it was placed (a plugin's Discount,
     named by sku instead of the draft's line id): kept so that the order keeps the promotion's
-    terms should the code later leave every plugin (a promotion ended while the order was open).
-    `sku` set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
+    terms should the code later leave every plugin or change (a promotion ended or changed while
+    the order was open). `sku` set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
     (None with `free_shipping`)."""
 
     model_config = ConfigDict(frozen=True)
@@ -1146,8 +1146,9 @@ class Order(BaseModel, defer_build=True):
     # before it existed (the order's version then).
     priced_version: int | None = Field(default=None, exclude=True)
     # What its promo codes granted it when it was placed (PromotionGrant): a change priced again
-    # after a code has left every plugin prices it as these say. The system's own: stored, never
-    # shown. Empty: no code granted anything, or stored before it existed.
+    # prices the units it was sold as these say, whatever the plugins answer for its codes today.
+    # The system's own: stored, never shown. Empty: no code granted anything, or stored before it
+    # existed.
     promotion_grants: list[PromotionGrant] = Field(default_factory=list, exclude=True)
     # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).
@@ -1310,12 +1311,13 @@ class Order(BaseModel, defer_build=True):
 
     def placed_promotions(self) -> list[PromotionGrant]:
         """What its promo codes granted it when it was placed (`promotion_grants`). An order stored
-        before those were kept, placed with one code, shows it on its lines: each sku's discount
-        for the units it has, and free shipping when it ships and paid none (what it was sold at,
-        either way). Placed with several, the lines do not say which code gave what: none."""
-        if self.promotion_grants or len(self.promo_codes) != 1:
+        before those were kept shows it on its lines: each sku's discount for the units it has, and
+        free shipping when it ships and paid none (what it was sold at, either way). Placed with
+        several codes, the lines do not say which code gave what: the first code is taken to have
+        given it all and the others nothing more, which keeps the order at what it was sold at."""
+        if self.promotion_grants or not self.promo_codes:
             return list(self.promotion_grants)
-        code = self.promo_codes[0]
+        code, *others = self.promo_codes
         by_sku: dict[str, tuple[int, Money]] = {}
         for line in self.lines:
             if line.quantity:
@@ -1327,7 +1329,7 @@ class Order(BaseModel, defer_build=True):
         ]
         if self.fulfillment.type == "ship" and self.totals.shipping.amount == 0:
             grants.append(PromotionGrant(code=code, free_shipping=True))
-        return grants
+        return grants + [PromotionGrant(code=other) for other in others]
 
     def shipped_units(self) -> dict[str, int]:
         """Units of each line that left in shipped or delivered shipments (read from the shipments,

@@ -100,15 +100,18 @@ class Pricing:
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
         shipped_for: Money | None = None, sold_at: Mapping[str, Money] | None = None,
+        taxed_at: Mapping[str, LineTaxRate | None] | None = None,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
         `placed_with`: what the codes of an order being priced again granted it when it was placed;
-        a code no plugin answers for any more (its promotion ended) grants that again instead of
-        being refused (_kept_terms). `shipped_for`: what an order priced again was charged for its
-        shipping method, charged again should no plugin quote that method any more (its parcels are
-        booked with it already). `sold_at`: the unit prices an order priced again was sold at, by
-        sku, for a sku no plugin prices any more (in the order's currency)."""
+        each keeps those terms for the units they were granted for, whatever its promotion says
+        today (ended, or on other terms): _kept_terms, _todays_terms. `shipped_for`: what an order
+        priced again was charged for its shipping method, charged again should no plugin quote that
+        method any more (its parcels are booked with it already). `sold_at`: the unit prices an
+        order priced again was sold at, by sku, for a sku no plugin prices any more (in the order's
+        currency). `taxed_at`: the tax rate each sku of an order priced again was sold at (None:
+        untaxed), kept instead of asking the plugins."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -162,7 +165,7 @@ class Pricing:
         )
 
         line_discounts, free_shipping, granted = self._discounts(draft, placed_with)
-        taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft) for line in draft_lines]
+        taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft, taxed_at) for line in draft_lines]
         shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
         lines: list[OrderLine | None] = [None] * len(cmd.lines)
@@ -202,9 +205,10 @@ class Pricing:
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
-        claimed = {d.code.upper() for d in granted}
-        granted += _kept_terms(placed_with, claimed, draft)
-        claimed |= {grant.code for grant in placed_with}
+        claimed = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
+        # The codes an order priced again was placed with keep the terms they were sold with
+        # (_kept_terms), whatever their promotions say today; today's count only for units added.
+        granted = [*_todays_terms(granted, placed_with, draft), *_kept_terms(placed_with, draft)]
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
             for i, code in enumerate(draft.promo_codes)
@@ -246,8 +250,14 @@ class Pricing:
         return capped, free_shipping, granted
 
     def _tax(
-        self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft
-    ) -> tuple[Money, LineTaxRate | None]:
+        self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft,
+        taxed_at: Mapping[str, LineTaxRate | None] | None,
+    ) -> tuple[Money, LineTaxRate | None]:  # fmt: skip
+        if taxed_at is not None and line.product.sku in taxed_at:
+            kept = taxed_at[line.product.sku]
+            if kept is None:
+                return Money.zero(draft.currency), None
+            return (line.subtotal - discount).times(kept.rate), kept
         # call_hook re-validates the answer (its rate is a Decimal from 0 to 1); the name is checked
         # as the line keeps it, against the plugin that gave it.
         rate: TaxRate | None = call_hook(self._hook.oms_tax_rate, _named_rate, line=line, address=address, draft=draft)
@@ -297,17 +307,17 @@ class Pricing:
         return method, zero if free_shipping else by_method[method]
 
 
-def _kept_terms(placed_with: Sequence[PromotionGrant], claimed: set[str], draft: PricingDraft) -> list[Discount]:
-    """The discounts that the order's codes no plugin answered for (`claimed` names those they did)
-    granted it when it was placed, as its lines now are: a line's discount comes with the units it
-    was granted for (per unit, never for units added since), an order-level amount and free
-    shipping stay as they were. A code the order was placed with is not refused because its
-    promotion ended meanwhile, and the units bought under it keep what they cost. Never exclusive:
-    the order passed the stacking check when it was placed, and a change adds no code."""
+def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> list[Discount]:
+    """The discounts that the order's codes granted it when it was placed, as its lines now are: a
+    line's discount comes with the units it was granted for (per unit, never for units added
+    since), an order-level amount and free shipping stay as they were. Neither a promotion ended
+    nor one whose terms changed (another percentage, a minimum the order no longer reaches)
+    changes what the units bought under it cost. Never exclusive: the order passed the stacking
+    check when it was placed, and a change adds no code."""
     by_sku = {line.product.sku: line for line in draft.lines}
     kept: list[Discount] = []
     for grant in placed_with:
-        if grant.code in claimed or grant.code not in draft.promo_codes:
+        if grant.code not in draft.promo_codes:
             continue
         amount = grant.amount
         line_id = None
@@ -321,6 +331,36 @@ def _kept_terms(placed_with: Sequence[PromotionGrant], claimed: set[str], draft:
                 amount = amount.times(Decimal(min(line.quantity, granted_for)) / Decimal(granted_for))
         kept.append(Discount(code=grant.code, amount=amount, line_id=line_id, free_shipping=grant.free_shipping))
     return kept
+
+
+def _todays_terms(
+    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft
+) -> list[Discount]:
+    """The plugins' discounts `granted`, but of a code the order was placed with (`placed_with`,
+    whose terms _kept_terms keeps) only a line's share for the units beyond those it was granted
+    for: an edit that adds units prices them at today's terms, as a new order would be. Never
+    exclusive, as _kept_terms."""
+    if not placed_with:
+        return granted
+    kept_codes = {grant.code for grant in placed_with}
+    sold: dict[str, int] = {}
+    for grant in placed_with:
+        if grant.sku is not None:
+            sold[grant.sku] = max(sold.get(grant.sku, 0), grant.quantity or 0)
+    lines = {line.line_id: line for line in draft.lines}
+    today: list[Discount] = []
+    for discount in granted:
+        if discount.code.upper() not in kept_codes:
+            today.append(discount)
+            continue
+        line = lines.get(discount.line_id or "")
+        if line is None or discount.amount is None:
+            continue  # an order-level amount or free shipping: kept as it was
+        added = line.quantity - sold.get(line.product.sku, 0)
+        if added > 0:
+            share = discount.amount.times(Decimal(added) / Decimal(line.quantity))
+            today.append(Discount(code=discount.code, amount=share, line_id=line.line_id))
+    return today
 
 
 def _grants(granted: list[Discount], draft: PricingDraft) -> list[PromotionGrant]:

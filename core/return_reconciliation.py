@@ -11,7 +11,10 @@ however often it happens: every step reads what is stored and skips what is done
 keyed by return and line, a refund by return and attempt), so an execution that finds its work
 done does nothing. A return whose workflow recorded it stuck after its receipt is left to the
 person the alarm called (receiving it again resumes it): restarting it every pass would ask a
-refused refund again and again.
+refused refund again and again. But for one stuck for want of its payment plugin (the last failed
+attempt at its refund before it was stuck was `no_plugin`), which no person can settle through the
+API: it is started again once a payment plugin takes the order's method again, and not before (a
+pass without the plugin would only record another failed refund).
 
 The index finds candidates by when they were requested (a superset of those received before the
 moment); each is then judged on its last change (`updated_at`: the receipt) and its order's history.
@@ -44,6 +47,7 @@ class ReturnReconciler:
         restart_after: timedelta,
         limit: int = 100,
         max_reads: int = 1000,
+        payment_methods: Callable[[], set[str]] | None = None,
     ):
         if restart_after <= timedelta(minutes=5):
             # Younger than five minutes, the receipt's own execution may still be running.
@@ -56,6 +60,9 @@ class ReturnReconciler:
         self._restart_after = restart_after
         self._limit = limit
         self._max_reads = max_reads  # candidates judged per pass, each one read
+        # The methods the payment plugins take now (Payments.methods): None, none judged back.
+        self._payment_methods = payment_methods
+        self._taken: set[str] | None = None
 
     def run(self) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
@@ -64,6 +71,7 @@ class ReturnReconciler:
         work)."""
         received_before = self._clock() - self._restart_after
         restarted: list[str] = []
+        self._taken = None  # the payment methods taken, asked once a pass
         candidates = self._candidates.created_before(ReturnStatus.RECEIVED, received_before)
         for return_id in islice(candidates, self._max_reads):
             item = self._returns.get(return_id)
@@ -81,14 +89,31 @@ class ReturnReconciler:
         return restarted
 
     def _stuck(self, item: Return) -> bool:
-        """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's history."""
+        """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's
+        history, for a person: not when its refund waits for a payment plugin that is back now."""
         found = self._orders.history(item.order_id)
         if found is None:
             return False
-        _, history = found
-        return any(
-            entry.type is OrderEvent.RETURN_STUCK
+        order, history = found
+        stuck = [
+            index for index, entry in enumerate(history)
+            if entry.type is OrderEvent.RETURN_STUCK
             and (entry.detail or {}).get("return_id") == item.id
             and entry.at >= item.updated_at
-            for entry in history
-        )
+        ]  # fmt: skip
+        if not stuck:
+            return False
+        refunds = {refund.id for refund in order.payment.refunds if refund.return_id == item.id}
+        failures = [
+            entry for entry in history[: stuck[-1]]
+            if entry.type is OrderEvent.PAYMENT_REFUND_FAILED and (entry.detail or {}).get("refund_id") in refunds
+        ]  # fmt: skip
+        waits_for_plugin = bool(failures) and (failures[-1].detail or {}).get("kind") == "no_plugin"
+        return not (waits_for_plugin and order.payment.method in self._methods_taken())
+
+    def _methods_taken(self) -> set[str]:
+        if self._payment_methods is None:
+            return set()
+        if self._taken is None:
+            self._taken = self._payment_methods()
+        return self._taken

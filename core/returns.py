@@ -671,7 +671,8 @@ class Returns:
         placed itself has its external_id) is given up for good: the units are refunded instead (_refund_instead).
         Placing or giving up is decided once, by one conditional write on the return (_decided,
         _without_exchange): of two concurrent runs whose stock checks disagree, the first to write
-        decides for both, so a replacement is never placed beside the refund of its units.
+        decides for both, so a replacement is never placed beside the refund of its units. Only a
+        refusal where the decided replacement is placed (none placed yet) gives the decision up.
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
@@ -697,9 +698,11 @@ class Returns:
             return self._refund_instead(item, actor)
         try:
             replacement = self._replacement(item, original, token, actor, checked)
-        except ExchangeIdTaken as refused:
-            # The channel took the id after this exchange was decided: none of its can be placed.
-            return self._refund_instead(self._without_exchange(item, refused, actor), actor)
+        except NOT_PLACEABLE as refused:
+            # After this exchange was decided, the channel took the id, or the shop's prices,
+            # shipping, payment methods or stores changed: no run can place it any more (none was
+            # found placed), and retried it would only end stuck.
+            return self._refund_instead(self._without_exchange(item, refused, actor, decided=True), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
         rest = credit - replacement.totals.grand_total
@@ -737,10 +740,11 @@ class Returns:
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
 
-    def _without_exchange(self, item: Return, refused: DomainError, actor: str) -> Return:
+    def _without_exchange(self, item: Return, refused: DomainError, actor: str, *, decided: bool = False) -> Return:
         """`item` with its exchange given up for `refused` (Return.without_exchange), owing the
         original's history an `exchange_not_placed` entry that says why; a concurrent run's
-        decision (or replacement) stands."""
+        decision (or replacement) stands, unless `decided`: this run, past the decision, found its
+        replacement refused where it was to be placed."""
         at = self._clock()
         # A pickup store's refusal is a plain validation_error at POST /orders: named here.
         code = PICKUP_NOT_OFFERED if isinstance(refused, PickupNotOffered) else refused.code
@@ -754,8 +758,8 @@ class Returns:
         def decide(current: Return) -> Return:
             if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
                 return current
-            if current.exchange_placing and not isinstance(refused, ExchangeIdTaken):
-                return current  # decided to place: a stock check that disagrees since changes nothing
+            if current.exchange_placing and not (decided or isinstance(refused, ExchangeIdTaken)):
+                return current  # decided to place: a check that disagrees since changes nothing
             return current.without_exchange(code, at=at).owing(
                 OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
             )

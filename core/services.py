@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +38,7 @@ from core.models import (
     PromotionGrant,
     ReviewRequest,
     StockLevel,
+    Totals,
     review_detail,
     utc_now,
 )
@@ -171,15 +173,23 @@ class CaptureService:
 
     def quote(
         self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = (),
-        placed_with: Sequence[PromotionGrant] = (), check_stock: bool = True,
+        placed_with: Sequence[PromotionGrant] = (), check_stock: bool = True, of: Order | None = None,
     ) -> PricedOrder:  # fmt: skip
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
-        through the plugins, stock (unless not `check_stock`). Editing an order runs the same
+        through the plugins, stock (unless not `check_stock`). Editing an order (`of`) runs the same
         checks, on the stock the order may be sourced from again: what it holds itself counts as
         available (`held`, units by sku and location: the workflow reuses them), the locations that
         rejected a shipment of it (`excluded`) count for nothing, and its promo codes keep what they
-        granted it when it was placed (`placed_with`, Order.placed_promotions) should their
-        promotions have ended."""
+        granted it when it was placed (`placed_with`, Order.placed_promotions) whatever their
+        promotions say today. Its payment method is not checked: it was taken when the order was
+        placed, and the orders paid with it are still captured and refunded through it (an edit
+        that grows the total checks it, check_payment_method). A sku of `of` whose units the edit
+        leaves as they are keeps the unit price it was sold at, as does one it takes units from
+        that no plugin prices any more (_sold_prices): an edit that leaves a line be does not need,
+        nor charge, today's price of it; while the edit changes neither the shipping method nor
+        the address, the shipping costs what the order was charged unless the edited units change
+        today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
+        they were booked); its pickup store need not take new pickup orders any more."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
@@ -188,16 +198,47 @@ class CaptureService:
         ]
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
+        if of is None:
+            self.check_payment_method(cmd)
+        sources, tax_address = self._sources(cmd, placed=of is not None)
+        unit_prices = sold_at = shipped_for = None
+        if of is not None:
+            unit_prices, sold_at = _sold_prices(of, cmd)
+            same_way = cmd.shipping_method == of.shipping_method and (
+                cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
+            )
+            shipped_for = of.totals.shipping if same_way else None
+        priced = self._pricing.price(
+            cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at
+        )
+        if of is not None and shipped_for is not None and priced.totals.shipping != shipped_for:
+            # Sent the same way: when the plugins quote the order as it was as they quote it edited,
+            # the edit changes nothing about its shipping, and it keeps what it was charged (a
+            # rate changed since is no reason to charge more, or less). A per-unit charge, a
+            # weight band, a threshold the edit crosses: today's quote for the edited order.
+            as_it_was = PlaceOrder.model_validate(
+                {**cmd.model_dump(), "lines": [{"sku": line.sku, "quantity": line.quantity}
+                                               for line in of.lines if line.quantity]}
+            )  # fmt: skip
+            products = products | self._catalog.get_products({line.sku for line in as_it_was.lines} - set(products))
+            before = self._pricing.price(
+                as_it_was, products, tax_address, _sold_prices(of, as_it_was)[0], placed_with,
+                shipped_for=shipped_for, sold_at=sold_at,
+            )  # fmt: skip
+            if before.totals.shipping == priced.totals.shipping:
+                priced = _shipped_for(priced, shipped_for)
+        if check_stock:
+            self._check_stock(cmd, products, sources, held or {}, set(excluded))
+        return priced
+
+    def check_payment_method(self, cmd: PlaceOrder) -> None:
+        """UnknownPaymentMethod (422) unless a payment plugin takes `cmd`'s method for new money:
+        a new order's, or what an edit adds to an order's total."""
         if self._payment_methods is not None and cmd.payment.method not in self._payment_methods():
             raise UnknownPaymentMethod(
                 f"no payment plugin takes method {cmd.payment.method}",
                 details=[{"field": "payment.method", "message": "not a payment method of this OMS"}],
             )
-        sources, tax_address = self._sources(cmd)
-        priced = self._pricing.price(cmd, products, tax_address, placed_with=placed_with)
-        if check_stock:
-            self._check_stock(cmd, products, sources, held or {}, set(excluded))
-        return priced
 
     def price(
         self, cmd: PlaceOrder, unit_prices: Mapping[str, Money] | None = None, *, of: Order | None = None
@@ -208,7 +249,8 @@ class CaptureService:
         granted it (as for `quote`), whose pickup store stays its tax address after the store
         stopped taking new pickup orders (its units are there already), and whose shipping method
         and units cost what they were charged should no plugin quote or price them any more (its
-        parcels are booked, its units sold)."""
+        parcels are booked, its units sold), and whose skus keep the tax rate they were sold at (a
+        rate changed since does not tax units sold again)."""
         products = self._catalog.get_products({line.sku for line in cmd.lines})
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
@@ -219,6 +261,8 @@ class CaptureService:
         return self._pricing.price(
             cmd, products, tax_address, unit_prices, of.placed_promotions(), shipped_for=of.totals.shipping,
             sold_at={line.sku: line.unit_price for line in of.lines},
+            # A taxed line stored before lines kept their rate shows none: the plugins are asked.
+            taxed_at={line.sku: line.tax_rate for line in of.lines if line.tax_rate or not line.tax.amount},
         )  # fmt: skip
 
     def _placed(
@@ -460,3 +504,32 @@ class ApiKeyService:
         if stage is not None and self._authorizer_cache is not None:
             self._authorizer_cache.flush(stage)
         return revoked
+
+
+def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[str, Money]]:
+    """The unit prices `order` sold its skus at that an edit to `cmd` keeps: those of the skus it
+    leaves as they are (their units are sold: what the catalog says today does not change what
+    they cost), and, as a fallback for a sku no plugin prices any more, those of the skus it asks
+    no more units of (Pricing.price unit_prices, sold_at). A sku it adds units to is priced as a
+    new order's would be."""
+    has: dict[str, int] = defaultdict(int)
+    for line in order.lines:
+        has[line.sku] += line.quantity
+    wanted: dict[str, int] = defaultdict(int)
+    for line in cmd.lines:
+        wanted[line.sku] += line.quantity
+    sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
+    kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
+    return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}
+
+
+def _shipped_for(priced: PricedOrder, shipping: Money) -> PricedOrder:
+    """`priced` with its shipping charged `shipping`, its grand total with it."""
+    totals = priced.totals
+    return replace(
+        priced,
+        totals=Totals(
+            subtotal=totals.subtotal, discount=totals.discount, shipping=shipping, tax=totals.tax,
+            grand_total=totals.grand_total - totals.shipping + shipping,
+        ),
+    )  # fmt: skip

@@ -91,8 +91,11 @@ class SourcingRulesService:
 
 
 def eligible_locations(order_fulfillment_type: str, pickup_id: str | None, locations: list[Location]) -> list[Location]:
+    """The locations that may supply an order: its pickup store, or every location that ships. The
+    store supplies its pickup orders even once it takes no new ones (capture refuses those): the
+    customer collects them there."""
     if order_fulfillment_type == "pickup":
-        return [loc for loc in locations if loc.location_id == pickup_id and loc.pickup]
+        return [loc for loc in locations if loc.location_id == pickup_id]
     return [loc for loc in locations if loc.ships]
 
 

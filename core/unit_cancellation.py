@@ -144,7 +144,9 @@ class UnitCancellation:
         but for the unit prices: a sku keeps the one it was sold at unless the plugins price its
         new quantity differently from its old one (a volume price lost with the units). What the
         catalog says today is no reason to charge more, or less, for units already sold (nor is a
-        promotion ended since: its code keeps what it granted the order, Pricing.price)."""
+        promotion ended or changed since: its code keeps what it granted the order, Pricing.price).
+        So with the shipping: it keeps what the order was charged unless the plugins quote the order
+        left differently from the order as it was (a per-unit charge, a weight band)."""
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
         cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
@@ -158,7 +160,13 @@ class UnitCancellation:
             if price.unit_price == asked_before.get(line.sku)
         }
         priced = self._capture.price(cmd, sold, of=order) if sold else now
-        return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, priced.totals
+        totals, charged = priced.totals, order.totals.shipping
+        if now.totals.shipping == before.totals.shipping and totals.shipping != charged:
+            totals = Totals(
+                subtotal=totals.subtotal, discount=totals.discount, shipping=charged, tax=totals.tax,
+                grand_total=totals.grand_total - totals.shipping + charged,
+            )  # fmt: skip
+        return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, totals
 
     @staticmethod
     def _command(order: Order, lines: list[tuple[str, int]]) -> PlaceOrder:

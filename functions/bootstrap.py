@@ -554,6 +554,7 @@ class Container:
             self.return_workflow,
             self.clock,
             restart_after=timedelta(minutes=self.config.reconcile_after_minutes),
+            payment_methods=self.payments.methods,
         )
 
     @cached_property

@@ -4,6 +4,7 @@ an edit prices it with what its codes granted it at capture, while a new order i
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -116,3 +117,73 @@ def test_an_order_stored_before_grants_were_kept_keeps_what_its_one_codes_lines_
     assert mug.discount == Money.of("2.50", "USD")  # 10% of 2 x 12.50, per unit of the 5.00 it had
     assert cap.discount == placed.lines[1].discount
     assert done.totals.shipping == placed.totals.shipping
+
+
+@pytest.fixture
+def change_promotions(tmp_path, monkeypatch):
+    """Point the promotions plugin at a file where the codes are still on, on new terms."""
+
+    def change(*promotions: dict) -> None:
+        path = tmp_path / "changed.json"
+        path.write_text(json.dumps({"promotions": list(promotions)}))
+        monkeypatch.setenv(PROMOTIONS_FILE_ENV, str(path))
+
+    return change
+
+
+WELCOME30 = {"code": "WELCOME10", "kind": "percent", "percent": "30"}
+
+
+def test_a_cancel_of_units_after_the_promotions_terms_changed_keeps_the_terms_it_was_sold_with(
+    world, change_promotions
+):
+    order = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=["WELCOME10"])
+    change_promotions(WELCOME30)
+
+    done = world.actions.cancel(order.id, "two are enough", actor="key_web", lines={"L1": 2})
+
+    mug, cap = done.lines
+    assert mug.discount == Money.of("2.50", "USD")  # 10% of 2 x 12.50, as sold; not 30%
+    assert cap.discount == order.lines[1].discount
+
+
+def test_an_edit_after_the_promotions_terms_changed_keeps_the_terms_of_the_units_it_had(world, change_promotions):
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    change_promotions(WELCOME30)
+
+    edit = OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+    same = world.actions.edit(order.id, order.version, edit, actor="key_web")
+    assert same.totals == order.totals  # nothing it sold costs more or less
+
+    grown = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}]})
+    done = world.actions.edit(order.id, same.version, grown, actor="key_web")
+    # The four sold under 10%, the two the edit adds at today's 30% (of 12.50 each: 7.50).
+    assert done.lines[0].discount == Money.of("12.50", "USD")
+
+
+def test_a_promotion_that_no_longer_qualifies_an_order_keeps_what_it_granted_the_units_left(world):
+    """SHIPFREE50 grants free shipping from a 50.00 subtotal: a cancel that takes the order below it
+    does not charge shipping for the units it was sold with free shipping."""
+    order = world.allocated(("MUG", 4), promo_codes=["SHIPFREE50"])
+    assert order.totals.shipping == Money.zero("USD")
+
+    done = world.actions.cancel(order.id, "one is enough", actor="key_web", lines={"L1": 3})
+
+    assert done.totals.shipping == Money.zero("USD")
+
+
+def test_an_old_order_placed_with_several_codes_keeps_its_discounts_after_their_promotions_ended(world, end_promotions):
+    placed = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=CODES)
+    old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
+    world.orders.put(old)
+    end_promotions()
+
+    done = world.actions.cancel(old.id, "two are enough", actor="key_web", lines={"L1": 2})
+    mug, cap = done.lines
+    assert mug.discount == placed.lines[0].discount.times(Decimal(1) / Decimal(2))
+    assert cap.discount == placed.lines[1].discount
+    assert done.totals.shipping == placed.totals.shipping
+
+    edit = OrderEdit.model_validate({"shipping_address": {**old.shipping_address.model_dump(), "line2": "Apt 4"}})
+    edited = world.actions.edit(old.id, done.version, edit, actor="key_web")
+    assert edited.totals == done.totals

@@ -3,13 +3,18 @@ the receipt's write and the start) is found and its workflow started again, once
 execution would have ended; one received recently, one refunded, and one its workflow recorded stuck
 for a person are left alone."""
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
+from core import hookimpl
 from core.errors import TransientError
-from core.return_models import ReceiveReturn
+from core.payments import Payments
+from core.plugin_manager import build_plugin_manager
+from core.return_models import ReceiveReturn, RequestReturn
 from core.return_reconciliation import ReturnReconciler
+from core.returns import RefundNotDone
 from core.status import ReturnStatus
 from plugins.testing.memory import InMemoryUnreceivedReturns
 from tests.fakes import InlineReturnWorkflow
@@ -28,11 +33,12 @@ def world() -> World:
 
 
 def reconciler(
-    world: World, clock: Clock, workflow: InlineReturnWorkflow, limit: int = 100, max_reads: int = 1000
-) -> ReturnReconciler:
+    world: World, clock: Clock, workflow: InlineReturnWorkflow, limit: int = 100, max_reads: int = 1000,
+    payment_methods: Callable[[], set[str]] | None = None,
+) -> ReturnReconciler:  # fmt: skip
     return ReturnReconciler(
         InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15), limit=limit, max_reads=max_reads,
+        restart_after=timedelta(minutes=15), limit=limit, max_reads=max_reads, payment_methods=payment_methods,
     )  # fmt: skip
 
 
@@ -141,3 +147,105 @@ def test_a_pass_judges_at_most_its_read_budget_of_received_returns(world):
 
     assert reconciler(world, clock, workflow, max_reads=3).run() == []  # spent on the returns left to a person
     assert reconciler(world, clock, workflow, max_reads=4).run() == [lost.id]
+
+
+class Uninstalled:
+    """Once `gone`, the `test` payment plugin is out of the deployment: it lists no method and
+    answers no refund, while the orders paid with it still use it."""
+
+    gone = False
+
+    @hookimpl(wrapper=True)
+    def oms_payment_methods(self):
+        methods = yield
+        return [[m for m in found if m != "test"] for found in methods] if self.gone else methods
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self):
+        result = yield
+        return None if self.gone else result
+
+
+def test_a_return_stuck_for_want_of_its_payment_plugin_is_resumed_once_the_plugin_is_back(world):
+    """Nobody can act on it through the API (its refund needs the plugin); once the operator puts the
+    plugin back, the next pass resumes it, and none before: a pass without the plugin would only
+    record another failed refund."""
+    clock = Clock()
+    plugin = Uninstalled()
+    returns = returns_service(world, clock, plugin)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    item = one_mug_returned(world, returns)
+    plugin.gone = True
+    returns.receive(item.id, RECEIPT, "key_wh")
+    for _ in range(3):  # the workflow's Refund step and its retries, then its ReturnStuck state
+        with pytest.raises(RefundNotDone):
+            returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    clock.advance(hours=1)
+    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+    plugin.gone = False
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [item.id]
+
+    done = world.returns.get(item.id)
+    assert done.status is R.REFUNDED
+    assert world.order(item.order_id).payment.refunded == done.refund
+
+
+def test_a_return_stuck_on_a_refusal_after_its_plugin_came_back_is_left_to_a_person(world):
+    clock = Clock()
+    plugin = Uninstalled()
+    returns = returns_service(world, clock, plugin, world.gateway)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    item = one_mug_returned(world, returns)
+    plugin.gone = True
+    returns.receive(item.id, RECEIPT, "key_wh")
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    clock.advance(hours=1)
+    plugin.gone = False
+    world.gateway.script("refund", "refuse")
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    clock.advance(hours=1)
+
+    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+
+
+def test_an_exchange_given_up_for_its_removed_payment_plugin_is_refunded_once_the_plugin_is_back():
+    clock = Clock()
+    plugin = Uninstalled()
+    world = build_world(STOCK, plugin)
+    returns = returns_service(world, clock, plugin)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    order = world.allocated(("MUG", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    swap = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "wrong colour"}],
+            "exchange": {"lines": [{"sku": "MUG", "quantity": 1}]}}  # fmt: skip
+    item = returns.request(order.id, RequestReturn.model_validate(swap), actor="key_cs")
+    plugin.gone = True
+    returns.receive(item.id, RECEIPT, "key_wh")
+    with pytest.raises(RefundNotDone):
+        returns.exchange(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    clock.advance(hours=1)
+    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+
+    plugin.gone = False
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [item.id]
+
+    done = world.returns.get(item.id)
+    assert (done.status, done.exchange_not_placed, done.refund) == (
+        R.REFUNDED,
+        "unknown_payment_method",
+        order.lines[0].total,
+    )

@@ -2206,3 +2206,25 @@ def test_a_returns_refund_left_pending_waits_for_its_removed_payment_plugin_and_
     assert (done.status, done.refund) == (R.REFUNDED, order.lines[0].total)
     assert world.order(order.id).payment.refunded == order.lines[0].total
     assert [amount for _, amount, _ in spy.refunded] == [order.lines[0].total]
+
+
+def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_placed_is_refunded_instead(
+    world, clock, monkeypatch
+):
+    # Decided on (every check passed), but the shop priced the cap in euros only before the
+    # replacement's put: no run can ever place it, so the decision gives way to a refund instead of
+    # a step failing until the return is recorded stuck.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        assert returns.get(item.id).exchange_placing
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+
+    given_up_and_refunded(world, returns, item.id, order, "no_price")

@@ -3,6 +3,9 @@ shipped order; lines, totals, shipments, reservations and the payment settled to
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 import pytest
 
 from core import hookimpl
@@ -12,6 +15,7 @@ from core.models import CancelRequest, Order
 from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import place_order, product
 from tests.unit.test_payment_truth import Removed
 from tests.unit.world import (
@@ -754,3 +758,62 @@ def test_units_cancel_after_no_plugin_prices_a_sold_sku_in_the_orders_currency(w
     with pytest.raises(InvalidRequest) as refused:
         world.place(("MUG", 1))
     assert refused.value.code == "no_price"
+
+
+class CourierShipping:
+    """A flat `courier` charge per order, whatever its units, at the rate the shop sets (`rate`)."""
+
+    rate = "6.00"
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        return [ShippingQuote(method="courier", amount=Money.of(self.rate, draft.currency))]
+
+
+def test_units_cancel_after_the_shop_raised_its_shipping_rate_keep_the_shipping_the_order_was_charged(world):
+    """The courier's flat rate goes from 6.00 to 9.00 after the order was placed: cancelling a cap
+    changes nothing about what its shipping costs, so the customer is not charged the new rate for
+    cancelling (nor would a cut rate be refunded)."""
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="courier")
+    assert order.totals.shipping == Money.of("6.00", "USD")
+    courier.rate = "9.00"
+
+    done = world.actions.cancel(order.id, "one cap less", actor="key_web", lines={"L2": 1})
+
+    assert done.totals.shipping == Money.of("6.00", "USD")
+    assert done.totals.grand_total == sum((line.total for line in done.lines), done.totals.shipping)
+    assert done.totals.grand_total < order.totals.grand_total
+
+
+def test_units_cancel_after_the_tax_rate_changed_keep_the_rate_the_units_were_sold_at(world, tmp_path, monkeypatch):
+    """California's rate changes after the order was placed: the mugs left were sold, and charged,
+    at the old one; cancelling one of them does not tax the others again at the new one."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    sold_at = order.lines[0].tax_rate
+    assert sold_at is not None and sold_at.rate > 0
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+
+    done = world.actions.cancel(order.id, "one mug less", actor="key_web", lines={"L1": 1})
+
+    mug, cap = done.lines
+    assert (mug.tax_rate, cap.tax_rate) == (sold_at, order.lines[1].tax_rate)
+    assert mug.tax == (mug.unit_price.times(2) - mug.discount).times(sold_at.rate)
+    assert cap.tax == order.lines[1].tax
+    assert world.place(("MUG", 1)) and world.capture.quote(
+        place_order(lines=[{"sku": "MUG", "quantity": 1}], payment={"method": "test", "token": "tok_approve"})
+    ).lines[0].tax_rate.rate == Decimal("0.25")  # new orders are taxed at the new rate
+
+
+def test_units_cancel_of_an_order_stored_before_lines_kept_their_tax_rate_are_still_taxed(world):
+    placed = world.allocated(("MUG", 3))
+    old = placed.model_copy(update={"lines": [line.model_copy(update={"tax_rate": None}) for line in placed.lines]})
+    world.orders.put(old)
+
+    done = world.actions.cancel(old.id, "one mug less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].tax_rate == placed.lines[0].tax_rate
+    assert done.lines[0].tax.amount > 0

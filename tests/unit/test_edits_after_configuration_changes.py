@@ -1,0 +1,194 @@
+"""An edit of an order after the shop's configuration changed: what the edit does not change keeps
+what the order was sold with (a unit price no plugin gives any more, a shipping method no longer
+quoted, a store no longer taking pickup orders), while new orders get the usual 422."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import InvalidRequest
+from core.models import OrderEdit
+from core.money import Money
+from core.status import OrderStatus
+from tests.builders import product
+from tests.unit.test_returns import RetiredWallet
+from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping
+from tests.unit.world import World, build_world
+
+S = OrderStatus
+STOCK = [("MUG", "wh-west", 10), ("CAP", "wh-west", 8)]
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world(STOCK)
+
+
+def new_address(order) -> OrderEdit:
+    return OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+
+
+def test_an_address_edit_after_no_plugin_prices_a_sold_sku_keeps_the_price_it_was_sold_at(world):
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+
+    assert done.shipping_address.line2 == "Apt 4"
+    assert [line.unit_price for line in done.lines] == [line.unit_price for line in order.lines]
+    assert done.totals == order.totals
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1))
+    assert refused.value.code == "no_price"
+
+
+def test_an_edit_of_other_lines_keeps_a_sold_skus_price_no_plugin_gives_any_more(world):
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert [(line.quantity, line.unit_price) for line in done.lines] == [
+        (3, order.lines[0].unit_price),
+        (1, order.lines[1].unit_price),
+    ]
+
+
+def test_an_edit_adding_units_of_a_sku_no_plugin_prices_any_more_is_refused(world):
+    order = world.allocated(("MUG", 3))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert refused.value.code == "no_price"
+
+
+def test_a_lines_edit_after_the_orders_shipping_method_is_no_longer_offered_keeps_its_charge():
+    shipping = RetiringShipping()
+    world = build_world(STOCK, shipping)
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="per_unit")
+    shipping.offered = False
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert (done.lines[1].quantity, done.shipping_method) == (2, "per_unit")
+    assert done.totals.shipping == order.totals.shipping  # what it was charged: its parcels go as booked
+    sourced = world.run(order.id)
+    assert sourced.status is S.ALLOCATED and sum(len(s.lines) for s in sourced.shipments) == 2
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1), shipping_method="per_unit")
+    assert refused.value.code == "unknown_shipping_method"
+
+
+def test_a_lines_edit_of_a_pickup_order_after_its_store_stopped_taking_pickups(world):
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    store = world.catalog.get_location("store-sf")
+    world.catalog.put_location(store.model_copy(update={"pickup": False}))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert done.lines[0].quantity == 2
+    assert done.totals.grand_total < order.totals.grand_total
+    assert done.totals.shipping == Money.zero("USD")
+    sourced = world.run(order.id)  # sourced again at its store, where its units are
+    assert sourced.status is S.ALLOCATED
+    assert [(s.location_id, s.lines[0].quantity) for s in sourced.shipments] == [("store-sf", 2)]
+    with pytest.raises(InvalidRequest):
+        world.place(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+
+
+def test_a_pickup_order_placed_before_its_store_stopped_taking_pickups_is_allocated_there(world):
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order_id = world.place(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    store = world.catalog.get_location("store-sf")
+    world.catalog.put_location(store.model_copy(update={"pickup": False}))
+
+    sourced = world.run(order_id)
+
+    assert sourced.status is S.ALLOCATED
+    assert [(s.location_id, s.lines[0].quantity) for s in sourced.shipments] == [("store-sf", 3)]
+
+
+def test_an_edit_of_an_order_paid_with_a_method_no_longer_offered_goes_through():
+    """The shop stops offering the wallet for new orders; the orders paid with it are still captured
+    and refunded through it, and their customers may still fix an address or drop a unit."""
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    order = world.allocated(("MUG", 3), payment={"method": "wallet", "token": "tok_approve"})
+    wallet.offered = False
+
+    moved = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, moved.version, fewer, actor="key_web")
+
+    assert (done.shipping_address.line2, done.lines[0].quantity, done.payment.method) == ("Apt 4", 2, "wallet")
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 1), payment={"method": "wallet", "token": "tok_approve"})
+    assert refused.value.code == "unknown_payment_method"
+
+
+def test_an_edit_that_grows_an_order_paid_with_a_method_no_longer_offered_is_refused():
+    wallet = RetiredWallet()
+    world = build_world(STOCK, wallet)
+    order = world.allocated(("MUG", 3), payment={"method": "wallet", "token": "tok_approve"})
+    wallet.offered = False
+
+    more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.edit(order.id, order.version, more, actor="key_web")
+
+    assert refused.value.code == "unknown_payment_method"
+    assert world.order(order.id) == order  # nothing asked of the gateway, nothing written
+
+
+def test_an_address_edit_after_the_shop_raised_a_price_keeps_what_the_units_were_sold_at(world):
+    """The mug goes from 12.50 to 15.00 after the order was placed: fixing the address does not
+    charge the customer the new price for mugs they have bought (nor ask their card for more)."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "15.00", weight_grams=350))
+
+    done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+
+    assert [line.unit_price for line in done.lines] == [line.unit_price for line in order.lines]
+    assert done.totals == order.totals
+    assert done.payment.authorized == order.payment.authorized
+
+
+def test_an_edit_that_changes_a_lines_units_prices_that_line_as_a_new_order_would(world):
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", "15.00", weight_grams=350))
+
+    more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}, {"sku": "CAP", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, more, actor="key_web")
+
+    assert [line.unit_price for line in done.lines] == [Money.of("15.00", "USD"), order.lines[1].unit_price]
+
+
+def test_an_edit_of_the_lines_after_the_shop_raised_its_shipping_rate_keeps_the_shipping_charged():
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    order = world.allocated(("MUG", 3), shipping_method="courier")
+    courier.rate = "9.00"
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert done.totals.shipping == Money.of("6.00", "USD")  # the flat rate does not change with units
+    assert done.totals.grand_total == sum((line.total for line in done.lines), done.totals.shipping)
+
+
+def test_an_edit_whose_units_change_the_shipping_quote_is_charged_todays_quote():
+    shipping = RetiringShipping()  # 2.00 a unit
+    world = build_world(STOCK, shipping)
+    order = world.allocated(("MUG", 3), shipping_method="per_unit")
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert done.totals.shipping == Money.of("4.00", "USD")
