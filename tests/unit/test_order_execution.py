@@ -704,9 +704,11 @@ def test_every_unit_of_a_ready_pickup_cancelled_cancels_the_order_and_its_pickup
     assert world.spy.captured == []
 
 
-def test_a_pickup_whose_collect_died_after_the_capture_expires_with_that_capture_refunded(world, monkeypatch):
-    # The store's collect died between the gateway's capture and the order's write, and the customer
-    # never came back for the parcel: the expiry refunds that capture before voiding.
+def test_a_pickup_whose_collect_died_after_the_capture_is_not_expired_under_it(world, monkeypatch):
+    # The store's collect died between the gateway's capture and the order's write: the customer was
+    # at the counter and most likely took the parcel. Expiring it would refund the capture and put
+    # the units back on sale; it is left to a repeated collect or, once late, to the jeopardy scan's
+    # capture sweep, which holds the order for a person (tests/unit/test_pickup_expiry.py).
     order = world.allocated(("TSHIRT", 2), **PICKUP)
     (shipment,) = order.shipments
     world.actions.ready(order.id, shipment.id, actor="key_store")
@@ -724,12 +726,14 @@ def test_a_pickup_whose_collect_died_after_the_capture_expires_with_that_capture
     assert [r.shipment_id for r in world.order(order.id).captures_requested] == [shipment.id]
     monkeypatch.setattr(world.actions, "_clock", lambda: NOW + timedelta(days=7, seconds=1))
 
-    expired = world.actions.expire_pickup(order.id, shipment.id, actor="scheduler")
+    with pytest.raises(InvalidTransition, match="being collected"):
+        world.actions.expire_pickup(order.id, shipment.id, actor="scheduler")
 
-    assert (expired.status, expired.payment.status, expired.captures_requested) == (S.CANCELLED, "voided", [])
+    kept = world.order(order.id)
+    assert (kept.status, [r.shipment_id for r in kept.captures_requested]) == (S.ALLOCATED, [shipment.id])
     assert [amount for _, amount, _ in world.spy.captured] == [order.totals.grand_total]
-    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
-    assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
+    assert world.spy.refunded == []
+    assert "pickup_expired" not in [e.type for e in world.history(order.id)]
 
 
 def test_a_collect_interrupted_before_its_units_left_is_finished_by_collecting_again(world, monkeypatch):
