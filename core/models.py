@@ -2521,6 +2521,26 @@ class Order(BaseModel, defer_build=True):
         check_successor(self, new)
         return new, None
 
+    def hold_placed_credits(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
+        """The credits of the exchanges placed before their credit was held (hold_credit), held
+        as the exchange would hold them now: each the credit its `exchange_placed` entry in
+        `history` names, never more than was captured (an original that is itself a replacement
+        may have carried part of it from its own credit). None when every placed exchange holds
+        its credit: the one-off upgrade (infra.backfill_orders) writes only the orders that need it."""
+        holds = dict(self.credit_holds)
+        for entry in history:
+            detail = entry.detail or {}
+            return_id = detail.get("return_id")
+            if entry.type is not OrderEvent.EXCHANGE_PLACED or return_id not in self.exchanges or return_id in holds:
+                continue
+            credit = Money.model_validate(detail["credit"])
+            holds[return_id] = min(credit, self.payment.captured, key=lambda money: money.amount)
+        if holds == self.credit_holds:
+            return None
+        new = _replaced(self, credit_holds=holds, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, None
+
     def exchanged(
         self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,
         at: datetime, actor: str,
