@@ -25,6 +25,7 @@ def exchanged_the_old_way(aws, orders, placed: Order, credit: Money) -> Order:
     aws.dynamodb.update_item(**order_update(aws.tables["OrdersTable"], shipped, placed, []))
     zero = Money.zero(placed.currency)
     new, entry = shipped.exchanged("ret_old", "ord_replacement", credit, zero, [], at=NOW, actor="key_wh")
+    new = new.model_copy(update={"credit_holds": {}})  # an earlier version's record holds nothing
     orders.update(new, shipped, [entry])
     return new
 
