@@ -76,6 +76,24 @@ def test_a_host_resolving_to_a_private_loopback_or_link_local_address_is_refused
     assert refused.value.details == [{"field": "url", "message": refused.value.details[0]["message"]}]
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::a00:7", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:7", "2002:a00:7::1", "::a00:7", "fec0::1"],
+)
+def test_an_ipv6_address_that_reaches_a_private_ipv4_one_is_refused(address: str):
+    # NAT64 (64:ff9b::/96 carries 10.0.0.7 or 169.254.169.254), a local-use NAT64 prefix, 6to4 and
+    # IPv4-compatible addresses reach the IPv4 address inside them, and a site-local one stays on
+    # site: the standard library counts each as global, so a subscriber whose name resolved only to
+    # one was called inside our network wherever the function can reach IPv6.
+    with pytest.raises(WebhookUrlRefused):
+        check_url("https://hooks.example.com/x", resolver(address))
+
+
+def test_an_ipv6_address_carrying_a_public_ipv4_one_is_accepted():
+    target = check_url("https://hooks.example.com/x", resolver("64:ff9b::5db8:d822", "2002:5db8:d822::1"))
+    assert target.addresses == ("64:ff9b::5db8:d822", "2002:5db8:d822::1")
+
+
 @pytest.mark.parametrize("path", ["/caf\u00e9", "/a b", "/hook?to=a\x1b[2J", "/\u202ehook", "/h\x7f", "/a\r\nb"])
 def test_a_path_an_http_request_line_cannot_carry_is_refused_naming_the_url(path: str):
     with pytest.raises(WebhookUrlRefused) as refused:
