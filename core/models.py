@@ -2628,20 +2628,50 @@ class Order(BaseModel, defer_build=True):
         check_successor(self, new)
         return new, None
 
+    def hold_placed_credits(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
+        """The credits of the exchanges placed before their credit was held (hold_credit), held
+        as the exchange would hold them now: each the credit its `exchange_placed` entry in
+        `history` names, never more than was captured (an original that is itself a replacement
+        may have carried part of it from its own credit). None when every placed exchange holds
+        its credit: the one-off upgrade (infra.backfill_orders) writes only the orders that need it."""
+        holds = dict(self.credit_holds)
+        for entry in history:
+            detail = entry.detail or {}
+            return_id = detail.get("return_id")
+            if entry.type is not OrderEvent.EXCHANGE_PLACED or return_id not in self.exchanges or return_id in holds:
+                continue
+            holds[return_id] = self._placed_hold(Money.model_validate(detail["credit"]))
+        if holds == self.credit_holds:
+            return None
+        new = _replaced(self, credit_holds=holds, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, None
+
+    def _placed_hold(self, credit: Money) -> Money:
+        """What a replacement placed without its credit held holds of this order: its `credit`,
+        never more than was captured."""
+        return min(credit, self.payment.captured, key=lambda money: money.amount)
+
     def exchanged(
         self, return_id: str, replacement_id: str, credit: Money, refund: Money, shares: list[RefundedUnits], *,
         at: datetime, actor: str,
     ) -> Change | None:  # fmt: skip
         """The replacement order of return `return_id` was placed, paid for in part by `credit`
         (the returned units' refund, kept on this order, worth `shares` for each line's units);
-        `refund` is what is given back beyond it. None when this exchange is recorded already."""
+        `refund` is what is given back beyond it. None when this exchange is recorded already.
+        One placed by a version that held no credit (a retried step finds it placed) holds it
+        here, as hold_placed_credits does for the exchanges that version recorded."""
         if return_id in self.exchanges:
             return None
+        holds = self.credit_holds
+        if return_id not in holds:
+            holds = {**holds, return_id: self._placed_hold(credit)}
         return self._next(
             at=at, actor=actor, type=OrderEvent.EXCHANGE_PLACED,
             detail={"return_id": return_id, "exchange_order_id": replacement_id,
                     "credit": credit.model_dump(mode="json"), "refund": refund.model_dump(mode="json")},
             exchanges=[*self.exchanges, return_id], exchange_shares={**self.exchange_shares, return_id: shares},
+            credit_holds=holds,
         )  # fmt: skip
 
 

@@ -24,6 +24,9 @@ from core.status import DeliveryStatus, check_delivery_step
 
 ALL_EVENTS = "*"
 MAX_QUEUE_DELAY = 900  # seconds: SQS's longest DelaySeconds; longer waits are several hops
+# Seconds a manual retry's message waits for the retry to write the generation it names (it is
+# queued first): far longer than the API function may run, so a write still coming is waited for.
+RETRY_WRITE_SECONDS = 60
 SIGNATURE_HEADER = "OMS-Signature"
 _MAX_ERROR_CHARS = 300
 
@@ -144,24 +147,28 @@ def delivery_id(webhook_id: str, event: DomainEvent) -> str:
 
 @dataclass(frozen=True)
 class DeliveryMessage:
-    """The queued message: which delivery, for which schedule and attempt."""
+    """The queued message: which delivery, for which schedule and attempt. `retry_sent_at` (unix
+    seconds) marks a manual retry's message, queued before the retry writes its generation."""
 
     webhook_id: str
     delivery_id: str
     generation: int
     attempts: int
+    retry_sent_at: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"))
+        return json.dumps({k: v for k, v in self.__dict__.items() if v is not None}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> DeliveryMessage:
         values = json.loads(text)
+        sent_at = values.get("retry_sent_at")
         return cls(
             webhook_id=str(values["webhook_id"]),
             delivery_id=str(values["delivery_id"]),
             generation=int(values["generation"]),
             attempts=int(values["attempts"]),
+            retry_sent_at=int(sent_at) if sent_at is not None else None,
         )
 
 
@@ -282,24 +289,25 @@ def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Ta
     return Target(parts.scheme, host, port, path, addresses)
 
 
-# IPv6 addresses that carry an IPv4 one, which a translator connects to where one runs (a VPC's NAT
-# gateway does NAT64): Python calls them global whatever the IPv4 address is.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are the IPv4 address
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use translation (RFC 8215): never public
 
 
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether a delivery may connect to `ip`: global, not multicast, and for IPv6 neither a site
-    (fec0::/10) nor an address carrying an IPv4 one that is not public (NAT64, 6to4, ::a.b.c.d)."""
+    """Whether a connection to `ip` reaches the public internet only. An IPv6 address that carries
+    an IPv4 one for a translator or tunnel (NAT64, 6to4, IPv4-mapped or IPv4-compatible) reaches
+    that one, which must be public too; the standard library counts NAT64, 6to4, IPv4-compatible
+    and site-local addresses as global whatever they lead to."""
     if not ip.is_global or ip.is_multicast:
         return False
     if isinstance(ip, ipaddress.IPv4Address):
         return True
-    if ip.is_site_local:
+    if ip.is_site_local or ip in _LOCAL_NAT64:
         return False
-    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
-        return _public(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
-    return ip.sixtofour is None or _public(ip.sixtofour)
+    carried = ip.ipv4_mapped or ip.sixtofour
+    if carried is None and (ip in _NAT64 or int(ip) >> 32 == 0):
+        carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return carried is None or _public(carried)
 
 
 # --- Ports ----------------------------------------------------------------------------------------
@@ -419,7 +427,11 @@ class Webhooks:
 
     def retry(self, webhook_id: str, delivery_id_: str, channel: str | None) -> Delivery:
         """Send a delivery again now. A failed or delivered one gets one attempt (a failure leaves
-        it failed again); a pending one is tried now and keeps its schedule."""
+        it failed again); a pending one is tried now and keeps its schedule.
+        The new generation's message is queued before the generation is written: a send that
+        fails writes nothing (the schedule's message still counts), and a write that never lands
+        leaves a message the worker drops once it cannot come (DeliveryWorker.handle). Written
+        first, a failed send left the delivery pending with nothing queued for it."""
         self.get(webhook_id, channel)
         for _ in range(5):
             record = self._store.get_delivery(webhook_id, delivery_id_)
@@ -434,14 +446,9 @@ class Webhooks:
                 next_attempt_at=now,
                 retry_until=max(record.retry_until, now),
             )
+            sent_at = int(now.timestamp())
+            self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts, sent_at), 0)
             if self._store.update_delivery(again, record):
-                try:
-                    self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts), 0)
-                except Exception:
-                    # Nothing is queued for the new generation: put the delivery back as it was, so
-                    # the request changes nothing and its schedule's message still counts.
-                    self._store.update_delivery(record, again)
-                    raise
                 return again.shown()
         # The delivery exists: attempts kept being recorded between the read and the write.
         raise StaleVersion(f"delivery {delivery_id_} of webhook {webhook_id} kept changing; retry")
@@ -543,11 +550,19 @@ class DeliveryWorker:
     def handle(self, message: DeliveryMessage, message_id: str | None = None) -> str:
         """What became of the message: "stale", "waiting", "delivered", "retrying", "failed" or
         "unsubscribed" (failed because its webhook was deleted: nobody is left to miss it).
-        `message_id` is the queue's id of the message (the same each time it is handed out)."""
+        `message_id` is the queue's id of the message (the same each time it is handed out).
+        A manual retry's message one generation ahead of the delivery waits for the retry's write
+        (Webhooks.retry queues it first) for RETRY_WRITE_SECONDS, then is stale."""
         record = self._store.get_delivery(message.webhook_id, message.delivery_id)
-        if record is None or record.status != DeliveryStatus.PENDING:
+        if record is None:
             return "stale"
         now = self._clock()
+        if self._retry_unwritten(record, message, now):
+            waited = int(now.timestamp()) - (message.retry_sent_at or 0)
+            self._queue.send(message, max(1, min(waited, RETRY_WRITE_SECONDS - waited)))
+            return "waiting"
+        if record.status != DeliveryStatus.PENDING:
+            return "stale"
         if (record.generation, record.attempts) != (message.generation, message.attempts):
             if (
                 message_id is not None
@@ -589,6 +604,18 @@ class DeliveryWorker:
             self._queue_next(updated, now)
             return "retrying"
         return "unsubscribed" if webhook is None else outcome.value
+
+    @staticmethod
+    def _retry_unwritten(record: DeliveryRecord, message: DeliveryMessage, now: datetime) -> bool:
+        """Whether `message` is a manual retry's whose write over `record` may still land: it names
+        the generation after `record`'s at `record`'s attempts (the only version that write is
+        conditional on), and was queued less than RETRY_WRITE_SECONDS ago."""
+        if message.retry_sent_at is None or (record.generation + 1, record.attempts) != (
+            message.generation,
+            message.attempts,
+        ):
+            return False
+        return int(now.timestamp()) < message.retry_sent_at + RETRY_WRITE_SECONDS
 
     def _queue_next(self, record: DeliveryRecord, now: datetime) -> None:
         """The message for `record`'s next attempt, delayed until it is due (at most SQS's 15 minutes)."""

@@ -944,6 +944,42 @@ def backfill_index_attributes(client: Any, table: str, page_size: int = 500) -> 
         scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def backfill_credit_holds(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+    """The one-off upgrade of orders whose exchange was placed before its credit was held on them:
+    each gets the holds its history names (Order.hold_placed_credits), so no appeasement refunds
+    the money that paid for a replacement. Only an order with such an exchange is read again
+    (with its history) and written, conditional on the version read, read and decided again when
+    the running code wrote it meanwhile; a second run writes nothing. An operator's command over
+    the whole table, so a Scan; returns (orders written, orders already right)."""
+    orders = DynamoOrders(client, table)
+    written = already = 0
+    scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
+    while True:
+        page = client.scan(**scan)
+        for item in page.get("Items", []):
+            order = _order(item)
+            if set(order.exchanges) <= set(order.credit_holds):
+                already += 1
+                continue
+            for _ in range(attempts):
+                found = orders.history(order.id, consistent=True)
+                change = found[0].hold_placed_credits(found[1], at=utc_now()) if found is not None else None
+                if change is None or found is None:
+                    already += 1
+                    break
+                try:
+                    orders.update(change[0], found[0], [])
+                except StaleVersion:
+                    continue
+                written += 1
+                break
+            else:
+                raise StaleVersion(f"order {order.id} kept changing; run the backfill again")
+        if "LastEvaluatedKey" not in page:
+            return written, already
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 # --- Catalog: products, the location network, API keys --------------------------------------
 
 NETWORK_KEY = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}

@@ -141,7 +141,9 @@ def test_the_backfill_command_reports_what_it_wrote(aws, capture, monkeypatch, c
 
     backfill_orders.main()
 
-    assert capsys.readouterr().out == "1 orders written, 0 already right\n"
+    assert capsys.readouterr().out == (
+        "1 orders written, 0 already right\n0 orders given their exchanges' credit holds, 1 already right\n"
+    )
     assert stored(aws, placed.id)["status_key"] == {"S": "pending"}
 
 

@@ -670,6 +670,40 @@ def test_an_appeasement_landing_while_an_exchange_is_placed_leaves_its_credit_wh
     assert world.run(replacement.id).payment.authorized == replacement.totals.grand_total - replacement.exchange_credit
 
 
+def test_a_replacement_placed_before_credits_were_held_holds_its_credit_when_its_exchange_is_recorded(
+    world, clock, monkeypatch
+):
+    # A step that placed the replacement under a version without holds, and died before recording
+    # the exchange, finished under this one: the placed replacement was found and its credit never
+    # held, so an appeasement could still refund everything captured.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+    real = world.orders.update
+
+    def dies_recording_the_exchange(new: Order, expected: Order, entries: list) -> None:
+        if any(entry.type is OrderEvent.EXCHANGE_PLACED for entry in entries):
+            raise LambdaDied()
+        real(new, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", dies_recording_the_exchange)
+    with pytest.raises(LambdaDied):
+        returns.exchange(item.id, actor="key_wh")
+    monkeypatch.setattr(world.orders, "update", real)
+    unheld = world.order(order.id)
+    world.orders.orders[order.id] = unheld.model_copy(update={"credit_holds": {}})  # as the earlier version left it
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    credit = world.order(settled.exchange_order_id or "").exchange_credit
+    assert credit == order.lines[0].total and world.order(order.id).credit_holds == {item.id: credit}
+    with pytest.raises(RefundExceedsCaptured):
+        world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+
 class ExpressWhileOffered:
     """An express service the shop offers until it stops."""
 
