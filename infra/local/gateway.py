@@ -62,10 +62,13 @@ class Router:
 
     def __init__(self, routes: Iterable[ApiRoute]):
         self.routes = list(routes)
-        self._patterns = [(route, [s for s in route.path.split("/") if s]) for route in self.routes]
+        self._patterns: dict[tuple[int, str | None], list[tuple[ApiRoute, list[str]]]] = {}
         for route in self.routes:
             if "+}" in route.path:
                 raise ValueError(f"route {route.event_name}: greedy path {route.path} is not emulated")
+            pattern = [s for s in route.path.split("/") if s]
+            first = pattern[0] if pattern and not pattern[0].startswith("{") else None
+            self._patterns.setdefault((len(pattern), first), []).append((route, pattern))
 
     def match(self, raw_path: str, method: str) -> tuple[RouteMatch | None, list[str]]:
         """(the match, or None) and the methods the best-matching resource allows (empty: no resource)."""
@@ -76,9 +79,8 @@ class Router:
             return None, []
         values = [unquote(segment) for segment in segments]
         found = []  # (rank: literal segments first, then the path), route, path parameters
-        for route, pattern in self._patterns:
-            if len(pattern) != len(values):
-                continue
+        size, first = len(values), values[0] if values else ""  # the root's resource is under (0, None) alone
+        for route, pattern in self._patterns.get((size, first), []) + self._patterns.get((size, None), []):
             pairs = list(zip(pattern, values, strict=True))
             if all(name.startswith("{") or name == value for name, value in pairs):
                 params = {name[1:-1]: value for name, value in pairs if name.startswith("{")}
