@@ -410,15 +410,23 @@ class Workflow:
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 
-    def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False) -> Order:
+    def fill_backorder(
+        self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
+        queue: tuple[str, str] | None = None,
+    ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
         nothing arrived). The reservations and the order's new allocations are one write
         (Backorders.fill), conditional on what was read: concurrent fills of the same order and
         redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again.
         Units older orders waiting in the same queues may take are not this order's to take
-        (`_behind_older`), unless the caller fills a queue oldest first itself (`in_queue_order`:
-        an arrival, which has dealt with every older order already)."""
+        (`_behind_older`), unless the caller fills the queues oldest first itself
+        (`in_queue_order`: a change of the rules, which has dealt with every older order already).
+        An arrival walks one `queue`, (sku, location_id), oldest first: only the units of that sku
+        at that location are the order's without a look at the older orders; its other skus, and
+        that sku elsewhere, may have arrived for older orders whose queues the stream has not
+        handed them to yet (the skus of one purchase-order receipt come one record after the
+        other)."""
         assert self._backorders is not None
         for _ in range(FILL_ATTEMPTS):
             # Read consistently: "not backordered, nothing to fill" is decided by no conditional
@@ -435,8 +443,9 @@ class Workflow:
                 order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
-                order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations
-            )
+                order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
+                queue,
+            )  # fmt: skip
             if not top_ups:
                 return order
             for t in top_ups:
@@ -459,16 +468,18 @@ class Workflow:
         rules: SourcingRules,
         destination: Address,
         network: list[Location] | None,
+        queue: tuple[str, str] | None = None,
     ) -> list[TopUp]:
         """What to reserve from available stock (less the safety stock and, given the `network`,
-        what older waiting orders may take), under the rules: first at
+        what older waiting orders may take but at the (sku, location_id) whose `queue` the caller
+        walks oldest first), under the rules: first at
         the locations the order already ships from (no new shipment), each line's own first, then
         the most stocked, then by id; what they lack at new locations the sourcing plugins choose
         as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
         skus = {line.sku for line in order.lines}
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in eligible]))
         if network is not None:
-            stock = self._behind_older(order, stock, network, rules)
+            stock = self._behind_older(order, stock, network, rules, queue)
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
@@ -511,8 +522,9 @@ class Workflow:
         return top_ups
 
     def _behind_older(
-        self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules
-    ) -> dict[str, list[StockLevel]]:
+        self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules,
+        served: tuple[str, str] | None = None,
+    ) -> dict[str, list[StockLevel]]:  # fmt: skip
         """`stock` less, at each location, the units of each sku that orders older than `order`,
         backordered in that sku's queue, still lack and may take there (as an arrival would fill
         them: eligible for them, and within `max_shipments`). Units arrive on the stock item before
@@ -522,13 +534,18 @@ class Workflow:
         never reads a long queue near its time limit: what older orders beyond those lack is not
         held back (holding back every unit instead could leave an order waiting for units nobody
         older may take, with no arrival coming to wake it). Held orders are passed over, as an
-        arrival passes them over."""
+        arrival passes them over. The (sku, location_id) `served` is left whole: its caller has
+        served the older orders waiting for it there."""
         if self._backorders is None:
             return stock
         behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
         held: dict[tuple[str, str], int] = defaultdict(int)
         for sku, levels in stock.items():
-            free = {level.location_id: level.available for level in levels if level.available > 0}
+            free = {
+                level.location_id: level.available
+                for level in levels
+                if level.available > 0 and (sku, level.location_id) != served
+            }
             after = None
             for _ in range(BEHIND_PAGES):
                 if not free or not (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):

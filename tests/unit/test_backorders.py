@@ -270,6 +270,25 @@ def test_a_new_order_does_not_take_units_that_arrived_for_older_backorders_befor
     assert world.level("PREORDER", "wh-west") == (4, 4, 0)
 
 
+def test_an_arrival_of_one_sku_does_not_fill_a_younger_order_with_another_sku_an_older_one_waits_for():
+    """A purchase-order receipt lands two skus at once; the stream hands them to their queues one
+    after the other. The arrival of the first filled a younger order waiting for both with the
+    second sku too, passing over the older order that had waited for that sku alone."""
+    world, allocator, _ = make_world([])
+    older = backordered(world, ("BOOK", 2))
+    younger = backordered(world, ("PREORDER", 1), ("BOOK", 2))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-west", 2, reason="receipt")
+
+    allocator.arrived("PREORDER", "wh-west")
+    allocator.arrived("BOOK", "wh-west")
+
+    assert world.order(older).status is S.ALLOCATED
+    assert world.order(younger).status is S.BACKORDERED
+    assert world.order(younger).short_of() == {world.order(younger).lines[1].line_id: 2}
+    assert world.level("BOOK", "wh-west") == (2, 2, 0)
+
+
 @pytest.mark.parametrize(("pages", "newer_holds"), [(1, 4), (2, 3), (3, 3)])
 def test_the_step_reads_a_bounded_part_of_the_queue_ahead(monkeypatch, pages, newer_holds):
     """Two older orders lack a unit each; a step that may read one of them holds back one unit
