@@ -321,8 +321,12 @@ class Workflow:
                 for level in levels
             ]  # fmt: skip
         stock = rules.for_orders(stock)  # safety stock is held back from orders
-        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet.
-        stock = self._behind_older(order, stock, locations, rules)
+        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
+        # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
+        own: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), quantity in mine.items():
+            own[(sku, location_id)] += quantity
+        stock = self._behind_older(order, stock, locations, rules, own=own)
         plan = allocation_plan(
             self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
         )
@@ -523,7 +527,7 @@ class Workflow:
 
     def _behind_older(
         self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules,
-        served: tuple[str, str] | None = None,
+        served: tuple[str, str] | None = None, *, own: dict[tuple[str, str], int] | None = None,
     ) -> dict[str, list[StockLevel]]:  # fmt: skip
         """`stock` less, at each location, the units of each sku that orders older than `order`,
         backordered in that sku's queue, still lack and may take there (as an arrival would fill
@@ -535,16 +539,19 @@ class Workflow:
         held back (holding back every unit instead could leave an order waiting for units nobody
         older may take, with no arrival coming to wake it). Held orders are passed over, as an
         arrival passes them over. The (sku, location_id) `served` is left whole: its caller has
-        served the older orders waiting for it there."""
+        served the older orders waiting for it there. The units `order` itself holds (`own`, by
+        (sku, location_id), counted in `stock`'s available) are never held back: they did not
+        arrive for anyone, they are already its own."""
+        own = own or {}
         if self._backorders is None:
             return stock
         behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
         held: dict[tuple[str, str], int] = defaultdict(int)
         for sku, levels in stock.items():
             free = {
-                level.location_id: level.available
+                level.location_id: level.available - own.get((sku, level.location_id), 0)
                 for level in levels
-                if level.available > 0 and (sku, level.location_id) != served
+                if level.available > own.get((sku, level.location_id), 0) and (sku, level.location_id) != served
             }
             after = None
             for _ in range(BEHIND_PAGES):
@@ -565,11 +572,14 @@ class Workflow:
                 after = page[-1]
         if not held:
             return stock
+
+        def left_to(level: StockLevel) -> int:
+            # Older orders' claims come out of the units beyond the order's own.
+            place = (level.sku, level.location_id)
+            return level.available - min(held[place], max(0, level.available - own.get(place, 0)))
+
         return {
-            sku: [
-                level.model_copy(update={"available": max(0, level.available - held[(sku, level.location_id)])})
-                for level in levels
-            ]
+            sku: [level.model_copy(update={"available": left_to(level)}) for level in levels]
             for sku, levels in stock.items()
         }
 

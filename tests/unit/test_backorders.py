@@ -410,6 +410,33 @@ def test_a_backordered_order_is_held_like_any_order_that_has_not_shipped_and_rel
     assert world.backorders.waiting("PREORDER", None, 10) == []
 
 
+def test_an_edit_never_gives_the_units_an_order_holds_to_an_older_backordered_order():
+    """An older order, held when units arrived, waits for them again once released; the younger
+    order that took them is edited (its address, say). Sourced again, it counted its own units as
+    units that had arrived for the older order, and went from allocated to backordered (or, for a
+    product that may not wait, cancelled out_of_stock) for an edit that asked for no more."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    older = backordered(world, ("PREORDER", 2))
+    younger = backordered(world, ("PREORDER", 1))
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+    arrive(world, allocator, "PREORDER", "wh-west", 1)  # passes the held order over
+    assert world.order(younger).status is S.ALLOCATED
+    holds.release(older, ReleaseRequest(), actor="key_ops")
+    with pytest.raises(Backordered):
+        world.run(older)  # the execution the outbox starts for the release: it waits again
+    assert world.order(older).short_of() == {"L1": 1}
+    before = world.order(younger)
+
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)], shipping_method="express")
+    world.actions.edit(younger, before.version, edit, actor="key_web")
+    world.run(younger)  # the execution the outbox starts for the order sent back
+
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
+    assert world.order(older).short_of() == {"L1": 1}
+
+
 def test_a_hold_placed_as_the_order_goes_backordered_ends_the_execution_on_hold(setup, monkeypatch):
     world, _, _ = setup
     order_id = world.place(("PREORDER", 3))
