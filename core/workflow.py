@@ -416,7 +416,7 @@ class Workflow:
 
     def fill_backorder(
         self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
-        queue: tuple[str, str] | None = None,
+        queue: str | None = None,
     ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
@@ -426,11 +426,10 @@ class Workflow:
         Units older orders waiting in the same queues may take are not this order's to take
         (`_behind_older`), unless the caller fills the queues oldest first itself
         (`in_queue_order`: a change of the rules, which has dealt with every older order already).
-        An arrival walks one `queue`, (sku, location_id), oldest first: only the units of that sku
-        at that location are the order's without a look at the older orders; its other skus, and
-        that sku elsewhere, may have arrived for older orders whose queues the stream has not
-        handed them to yet (the skus of one purchase-order receipt come one record after the
-        other)."""
+        An arrival walks one sku's `queue` oldest first: only that sku is the order's without a
+        look at the older orders; its other skus may have arrived for older orders whose queues
+        the stream has not handed them to yet (the skus of one purchase-order receipt come one
+        record after the other)."""
         assert self._backorders is not None
         for _ in range(FILL_ATTEMPTS):
             # Read consistently: "not backordered, nothing to fill" is decided by no conditional
@@ -472,11 +471,11 @@ class Workflow:
         rules: SourcingRules,
         destination: Address,
         network: list[Location] | None,
-        queue: tuple[str, str] | None = None,
+        queue: str | None = None,
     ) -> list[TopUp]:
         """What to reserve from available stock (less the safety stock and, given the `network`,
-        what older waiting orders may take but at the (sku, location_id) whose `queue` the caller
-        walks oldest first), under the rules: first at
+        what older waiting orders may take, but of the sku whose `queue` the caller walks oldest
+        first), under the rules: first at
         the locations the order already ships from (no new shipment), each line's own first, then
         the most stocked, then by id; what they lack at new locations the sourcing plugins choose
         as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
@@ -527,7 +526,7 @@ class Workflow:
 
     def _behind_older(
         self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules,
-        served: tuple[str, str] | None = None, *, own: dict[tuple[str, str], int] | None = None,
+        served: str | None = None, *, own: dict[tuple[str, str], int] | None = None,
     ) -> dict[str, list[StockLevel]]:  # fmt: skip
         """`stock` less, at each location, the units of each sku that orders older than `order`,
         backordered in that sku's queue, still lack and may take there (as an arrival would fill
@@ -538,8 +537,8 @@ class Workflow:
         never reads a long queue near its time limit: what older orders beyond those lack is not
         held back (holding back every unit instead could leave an order waiting for units nobody
         older may take, with no arrival coming to wake it). Held orders are passed over, as an
-        arrival passes them over. The (sku, location_id) `served` is left whole: its caller has
-        served the older orders waiting for it there. The units `order` itself holds (`own`, by
+        arrival passes them over. The sku `served` is left whole: its caller has served the older
+        orders waiting for it. The units `order` itself holds (`own`, by
         (sku, location_id), counted in `stock`'s available) are never held back: they did not
         arrive for anyone, they are already its own."""
         own = own or {}
@@ -548,10 +547,12 @@ class Workflow:
         behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
         held: dict[tuple[str, str], int] = defaultdict(int)
         for sku, levels in stock.items():
+            if sku == served:
+                continue
             free = {
                 level.location_id: level.available - own.get((sku, level.location_id), 0)
                 for level in levels
-                if level.available > own.get((sku, level.location_id), 0) and (sku, level.location_id) != served
+                if level.available > own.get((sku, level.location_id), 0)
             }
             after = None
             for _ in range(BEHIND_PAGES):
