@@ -340,7 +340,12 @@ class Workflow:
             for a in plan.allocations
         }
         for item, quantity in mine.items():
-            if wanted.get(item) != quantity:
+            keep = wanted.get(item, 0)
+            if 0 < keep < quantity:
+                # Given back in the same write that keeps the rest: released whole, then reserved
+                # again, the units still needed could go to another order in between.
+                self._inventory.shrink(*item, held=quantity, keep=keep)
+            elif keep != quantity:
                 self._inventory.release(*item)
         done: list[tuple[str, str, str]] = []
         try:
