@@ -93,7 +93,9 @@ class BackorderAllocator:
                 if location_id not in {loc.location_id for loc in eligible} or location_id in order.excluded_locations:
                     continue
                 before = order.allocations
-                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
+                # Oldest first in this sku's queue: its units are the order's unless an older one left
+                # them; its other skus may be older orders' that their arrivals have not reached.
+                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku)
                 if order.allocations != before:
                     result.filled.append(order.id)
                 if order.status is not S.BACKORDERED:

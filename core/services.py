@@ -364,6 +364,16 @@ class CaptureService:
             wanted[line.sku] += line.quantity
         short_skus = {sku for sku in wanted if not products[sku].allow_backorder}
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
+        if not sources - set(rules.excluded_locations):
+            # ReserveStock would find no location to source it from and end it out of stock, after
+            # authorizing it: products that may wait would wait for nothing that can reach it.
+            raise InsufficientStock(
+                "no location may supply this order under the sourcing rules",
+                details=[
+                    {"field": f"lines[{i}].quantity", "message": f"no location may supply it ({rules.named()})"}
+                    for i in range(len(cmd.lines))
+                ],
+            )
         # Under max_shipments the units must also lie at few enough locations: that takes the plan.
         planned = rules.max_shipments is not None and self._sourcing is not None
         if not short_skus and not planned:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from core.errors import InvalidRequest, PluginError, StaleVersion, UnknownSku
 from core.hook_calls import call_hook
+from core.ids import reservation_key
 from core.models import (
     Address,
     Allocation,
@@ -375,7 +376,8 @@ class Simulation(BaseModel, defer_build=True):
 
 class Simulator:
     """Plans each order as ReserveStock would, from one read of the locations, one batched read
-    of the stock (and one of the products, for bodies), and stores, reserves and sends nothing.
+    of the stock (and one of the products, for bodies; and for each stored order one of the units
+    it holds, which it counts as its own as ReserveStock does), and stores, reserves and sends nothing.
     Each order is planned on the same stock: one order's plan does not consume units another's
     could take."""
 
@@ -408,9 +410,30 @@ class Simulator:
         ]
         self._check_skus(request)
         skus = {line.sku for _, order in orders for line in order.lines}
-        stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in locations]))
-        items = [self._plan(order_id, order, locations, stock, rules) for order_id, order in orders]
+        levels = self._inventory.levels(skus, [loc.location_id for loc in locations])
+        stock = rules.for_orders(levels)
+        items = [
+            self._plan(
+                order_id, order, locations,
+                rules.for_orders(_with_own(levels, self._held(order, locations))) if order_id is not None else stock,
+                rules,
+            )
+            for order_id, order in orders
+        ]  # fmt: skip
         return Simulation(rules=rules, items=items, summary=_summary(items))
+
+    def _held(self, order: Order, locations: list[Location]) -> dict[tuple[str, str], int]:
+        """The units the stored `order` holds reserved, by (sku, location_id): one batched read, as
+        ReserveStock makes it. Sourced again (after an edit) or filled, an order counts them as
+        available to it, so its plan does too."""
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line in order.lines:
+            for location in locations:
+                keys[(line.sku, location.location_id)].append(reservation_key(order.id, line.line_id))
+        held: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), units in self._inventory.reservations(dict(keys)).items():
+            held[(sku, location_id)] += units
+        return held
 
     def _check_fulfilment(self, request: SimulateSourcing, locations: list[Location]) -> None:
         """Raise 422 for a body whose fulfilment placing it refuses (CaptureService._sources): a
@@ -506,6 +529,20 @@ class Simulator:
             for location_id, lines in sorted(by_location.items())
         ]
         return SimulatedOrder(order_id=order_id, shipments=shipments, unfillable=unfillable, reasons=reasons)
+
+
+def _with_own(levels: dict[str, list[StockLevel]], held: dict[tuple[str, str], int]) -> dict[str, list[StockLevel]]:
+    """`levels` with the units an order holds (`held`, by (sku, location_id)) available to it
+    again, as ReserveStock counts them."""
+    return {
+        sku: [
+            level.model_copy(update={"available": max(level.available, 0) + held[(sku, level.location_id)]})
+            if held.get((sku, level.location_id))
+            else level
+            for level in listed
+        ]
+        for sku, listed in levels.items()
+    }
 
 
 def _distance(location: Location, destination: Address) -> float | None:

@@ -331,8 +331,12 @@ class Workflow:
                 for level in levels
             ]  # fmt: skip
         stock = rules.for_orders(stock)  # safety stock is held back from orders
-        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet.
-        stock = self._behind_older(order, stock, locations, rules)
+        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
+        # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
+        own: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), quantity in mine.items():
+            own[(sku, location_id)] += quantity
+        stock = self._behind_older(order, stock, locations, rules, own=own)
         plan = allocation_plan(
             self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
         )
@@ -346,7 +350,12 @@ class Workflow:
             for a in plan.allocations
         }
         for item, quantity in mine.items():
-            if wanted.get(item) != quantity:
+            keep = wanted.get(item, 0)
+            if 0 < keep < quantity:
+                # Given back in the same write that keeps the rest: released whole, then reserved
+                # again, the units still needed could go to another order in between.
+                self._inventory.shrink(*item, held=quantity, keep=keep)
+            elif keep != quantity:
                 self._inventory.release(*item)
         done: list[tuple[str, str, str]] = []
         try:
@@ -420,15 +429,22 @@ class Workflow:
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 
-    def fill_backorder(self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False) -> Order:
+    def fill_backorder(
+        self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
+        queue: str | None = None,
+    ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
         nothing arrived). The reservations and the order's new allocations are one write
         (Backorders.fill), conditional on what was read: concurrent fills of the same order and
         redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again.
         Units older orders waiting in the same queues may take are not this order's to take
-        (`_behind_older`), unless the caller fills a queue oldest first itself (`in_queue_order`:
-        an arrival, which has dealt with every older order already)."""
+        (`_behind_older`), unless the caller fills the queues oldest first itself
+        (`in_queue_order`: a change of the rules, which has dealt with every older order already).
+        An arrival walks one sku's `queue` oldest first: only that sku is the order's without a
+        look at the older orders; its other skus may have arrived for older orders whose queues
+        the stream has not handed them to yet (the skus of one purchase-order receipt come one
+        record after the other)."""
         assert self._backorders is not None
         for _ in range(FILL_ATTEMPTS):
             # Read consistently: "not backordered, nothing to fill" is decided by no conditional
@@ -445,8 +461,9 @@ class Workflow:
                 order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
-                order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations
-            )
+                order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
+                queue,
+            )  # fmt: skip
             if not top_ups:
                 return order
             for t in top_ups:
@@ -469,16 +486,18 @@ class Workflow:
         rules: SourcingRules,
         destination: Address,
         network: list[Location] | None,
+        queue: str | None = None,
     ) -> list[TopUp]:
         """What to reserve from available stock (less the safety stock and, given the `network`,
-        what older waiting orders may take), under the rules: first at
+        what older waiting orders may take, but of the sku whose `queue` the caller walks oldest
+        first), under the rules: first at
         the locations the order already ships from (no new shipment), each line's own first, then
         the most stocked, then by id; what they lack at new locations the sourcing plugins choose
         as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
         skus = {line.sku for line in order.lines}
         stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in eligible]))
         if network is not None:
-            stock = self._behind_older(order, stock, network, rules)
+            stock = self._behind_older(order, stock, network, rules, queue)
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
@@ -521,8 +540,9 @@ class Workflow:
         return top_ups
 
     def _behind_older(
-        self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules
-    ) -> dict[str, list[StockLevel]]:
+        self, order: Order, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules,
+        served: str | None = None, *, own: dict[tuple[str, str], int] | None = None,
+    ) -> dict[str, list[StockLevel]]:  # fmt: skip
         """`stock` less, at each location, the units of each sku that orders older than `order`,
         backordered in that sku's queue, still lack and may take there (as an arrival would fill
         them: eligible for them, and within `max_shipments`). Units arrive on the stock item before
@@ -532,13 +552,23 @@ class Workflow:
         never reads a long queue near its time limit: what older orders beyond those lack is not
         held back (holding back every unit instead could leave an order waiting for units nobody
         older may take, with no arrival coming to wake it). Held orders are passed over, as an
-        arrival passes them over."""
+        arrival passes them over. The sku `served` is left whole: its caller has served the older
+        orders waiting for it. The units `order` itself holds (`own`, by
+        (sku, location_id), counted in `stock`'s available) are never held back: they did not
+        arrive for anyone, they are already its own."""
+        own = own or {}
         if self._backorders is None:
             return stock
         behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
         held: dict[tuple[str, str], int] = defaultdict(int)
         for sku, levels in stock.items():
-            free = {level.location_id: level.available for level in levels if level.available > 0}
+            if sku == served:
+                continue
+            free = {
+                level.location_id: level.available - own.get((sku, level.location_id), 0)
+                for level in levels
+                if level.available > own.get((sku, level.location_id), 0)
+            }
             after = None
             for _ in range(BEHIND_PAGES):
                 if not free or not (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):
@@ -558,11 +588,14 @@ class Workflow:
                 after = page[-1]
         if not held:
             return stock
+
+        def left_to(level: StockLevel) -> int:
+            # Older orders' claims come out of the units beyond the order's own.
+            place = (level.sku, level.location_id)
+            return level.available - min(held[place], max(0, level.available - own.get(place, 0)))
+
         return {
-            sku: [
-                level.model_copy(update={"available": max(0, level.available - held[(sku, level.location_id)])})
-                for level in levels
-            ]
+            sku: [level.model_copy(update={"available": left_to(level)}) for level in levels]
             for sku, levels in stock.items()
         }
 

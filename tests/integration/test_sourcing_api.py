@@ -334,3 +334,55 @@ def test_a_plugin_that_gives_too_many_or_too_long_reasons_still_sources_the_orde
     assert len(kept) == MAX_REASONS - 1
     assert all(len(reason) == MAX_REASON_CHARS and reason.endswith("…") for reason in kept)
     assert last == f"and {2_000 - MAX_REASONS + 1} more reasons the sourcing plugin gave, not kept"
+
+
+def test_a_what_if_for_an_order_holding_stock_counts_the_units_it_holds_as_its_own(api: InProcessApi, network):
+    from core.errors import Backordered
+    from functions.api.dependencies import container
+
+    catalog = Catalog(api)
+    sku = catalog.product("6.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 2)
+    placed = api.post("/orders", json=order_body((sku, 5)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    workflow = container().workflow
+    workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        workflow.reserve_stock(order_id)
+    assert api.get(f"/orders/{order_id}").json()["status"] == "backordered"
+
+    [item] = api.post("/sourcing/simulate", json={"orders": [order_id]}).json()["items"]
+
+    # Sourced again (an edit), or filled, the order keeps the 2 units it holds: the what-if shows
+    # them as its plan, not as units no location has.
+    line_id = item["unfillable"][0]["line_id"]
+    assert [(s["location_id"], s["lines"]) for s in item["shipments"]] == [
+        (network["west"], [{"line_id": line_id, "sku": sku, "quantity": 2}])
+    ]
+    assert item["unfillable"] == [{"line_id": line_id, "sku": sku, "quantity": 3}]
+
+
+def test_a_pickup_at_a_store_the_rules_exclude_is_409_at_capture_whether_or_not_its_products_may_wait(
+    api: InProcessApi, network
+):
+    from infra.local.stack import forget_warm_containers
+    from tests.e2e.client import PICKUP_STORE
+
+    catalog = Catalog(api)
+    store = unique("loc-store")
+    assert api.put(f"/locations/{store}", json=PICKUP_STORE).status_code == 201
+    waits, cannot = catalog.product("7.00", allow_backorder=True), catalog.product("7.00")
+    catalog.stock(cannot, store, 5)
+    pickup = {"type": "pickup", "location_id": store}
+    put_rules(api, excluded_locations=[store])
+    forget_warm_containers()  # a container reads the rules at most OMS_CATALOG_CACHE_SECONDS old
+    try:
+        assert_error(api.post("/orders", json=order_body((cannot, 1), fulfillment=pickup)), 409, "insufficient_stock")
+        # Accepted (201), it was authorized and then cancelled out_of_stock: no location may ever supply it.
+        refused = api.post("/orders", json=order_body((waits, 1), fulfillment=pickup))
+        error = assert_error(refused, 409, "insufficient_stock")
+        assert [d["field"] for d in error["details"]] == ["lines[0].quantity"]
+    finally:
+        put_rules(api)  # back to the defaults for the other tests
+        forget_warm_containers()

@@ -270,6 +270,25 @@ def test_a_new_order_does_not_take_units_that_arrived_for_older_backorders_befor
     assert world.level("PREORDER", "wh-west") == (4, 4, 0)
 
 
+def test_an_arrival_of_one_sku_does_not_fill_a_younger_order_with_another_sku_an_older_one_waits_for():
+    """A purchase-order receipt lands two skus at once; the stream hands them to their queues one
+    after the other. The arrival of the first filled a younger order waiting for both with the
+    second sku too, passing over the older order that had waited for that sku alone."""
+    world, allocator, _ = make_world([])
+    older = backordered(world, ("BOOK", 2))
+    younger = backordered(world, ("PREORDER", 1), ("BOOK", 2))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-west", 2, reason="receipt")
+
+    allocator.arrived("PREORDER", "wh-west")
+    allocator.arrived("BOOK", "wh-west")
+
+    assert world.order(older).status is S.ALLOCATED
+    assert world.order(younger).status is S.BACKORDERED
+    assert world.order(younger).short_of() == {world.order(younger).lines[1].line_id: 2}
+    assert world.level("BOOK", "wh-west") == (2, 2, 0)
+
+
 @pytest.mark.parametrize(("pages", "newer_holds"), [(1, 4), (2, 3), (3, 3)])
 def test_the_step_reads_a_bounded_part_of_the_queue_ahead(monkeypatch, pages, newer_holds):
     """Two older orders lack a unit each; a step that may read one of them holds back one unit
@@ -389,6 +408,33 @@ def test_a_backordered_order_is_held_like_any_order_that_has_not_shipped_and_rel
     assert world.order(first).status is S.ALLOCATED
     assert sum(a.quantity for a in world.order(first).allocations) == 2
     assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+def test_an_edit_never_gives_the_units_an_order_holds_to_an_older_backordered_order():
+    """An older order, held when units arrived, waits for them again once released; the younger
+    order that took them is edited (its address, say). Sourced again, it counted its own units as
+    units that had arrived for the older order, and went from allocated to backordered (or, for a
+    product that may not wait, cancelled out_of_stock) for an edit that asked for no more."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    older = backordered(world, ("PREORDER", 2))
+    younger = backordered(world, ("PREORDER", 1))
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+    arrive(world, allocator, "PREORDER", "wh-west", 1)  # passes the held order over
+    assert world.order(younger).status is S.ALLOCATED
+    holds.release(older, ReleaseRequest(), actor="key_ops")
+    with pytest.raises(Backordered):
+        world.run(older)  # the execution the outbox starts for the release: it waits again
+    assert world.order(older).short_of() == {"L1": 1}
+    before = world.order(younger)
+
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)], shipping_method="express")
+    world.actions.edit(younger, before.version, edit, actor="key_web")
+    world.run(younger)  # the execution the outbox starts for the order sent back
+
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
+    assert world.order(older).short_of() == {"L1": 1}
 
 
 def test_a_hold_placed_as_the_order_goes_backordered_ends_the_execution_on_hold(setup, monkeypatch):

@@ -546,3 +546,27 @@ def test_the_last_parcel_of_an_order_edited_to_a_smaller_total_releases_the_rest
     assert done.payment.authorized == done.payment.captured == done.totals.grand_total
     assert done == world.order(order_id)
     assert world.history(order_id)[-1].type == "payment_voided"
+
+
+def test_an_edit_that_lowers_a_line_keeps_the_units_it_still_needs_while_others_reserve(monkeypatch):
+    """Sourced again after an edit from 3 units to 2, the order gave all 3 back and then reserved 2:
+    another order reserving in between took them, and the order (of a product that may not wait)
+    ended cancelled out_of_stock for an edit that asked for less."""
+    world = build_world([("TSHIRT", "wh-west", 3)])
+    order = world.allocated(("TSHIRT", 3))
+    world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=2)]), "key_web")
+    real = world.inventory.release
+
+    def release_then_another_order_reserves(sku, location_id, key):
+        real(sku, location_id, key)
+        [level] = world.inventory.levels({sku}, [location_id])[sku]
+        if level.available:
+            world.inventory.reserve(sku, location_id, "ord_other#L1", level.available)
+
+    monkeypatch.setattr(world.inventory, "release", release_then_another_order_reserves)
+    again = world.run(order.id)  # the execution the outbox starts for the order sent back
+
+    assert again.status is S.ALLOCATED
+    assert [(a.location_id, a.quantity) for a in again.allocations] == [("wh-west", 2)]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
+    assert world.level("TSHIRT", "wh-west") == (3, 2, 1)  # the unit it gave up is free for others
