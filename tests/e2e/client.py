@@ -158,6 +158,16 @@ def stocked_sku(api: Api, price: str = "12.00", on_hand: int = 5) -> tuple[dict[
     return network, sku
 
 
+def set_path(body: dict, path: str, value: Any) -> dict:
+    """Sets "a.b[0].c" in a nested body (creating the last key)."""
+    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    target: Any = body
+    for part in parts[:-1]:
+        target = target[part]
+    target[parts[-1]] = value
+    return body
+
+
 def order_body(*lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:
     """A valid POST /orders body for (sku, quantity) lines, with a unique customer and external id."""
     body: dict[str, Any] = {

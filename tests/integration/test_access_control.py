@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from infra.local.template import Template
-from tests.e2e.client import Catalog, assert_error, location_body, money, order_body, unique
+from tests.e2e.client import Catalog, assert_error, location_body, money, order_body, set_path, unique
 from tests.integration.in_process import Answer, InProcessApi, in_process_api
 
 CACHE_OFF = {"AuthorizerCacheSeconds": 0}
@@ -509,16 +509,6 @@ def test_the_admin_lists_every_channels_orders(api: InProcessApi, two_channels: 
 
 
 # --- 5. Server-owned fields (mass assignment) --------------------------------------------------------
-
-
-def set_path(body: dict, path: str, value: Any) -> dict:
-    """Sets "a.b[0].c" in a nested body (creating the last key)."""
-    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
-    target: Any = body
-    for part in parts[:-1]:
-        target = target[part]
-    target[parts[-1]] = value
-    return body
 
 
 @dataclass

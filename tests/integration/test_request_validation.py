@@ -4,12 +4,11 @@ in-process gateway, tests/integration/in_process.py)."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pytest
 
-from tests.e2e.client import Catalog, address, assert_error, money, order_body, unique
+from tests.e2e.client import Catalog, address, assert_error, money, order_body, set_path, unique
 from tests.integration.in_process import InProcessApi
 
 
@@ -17,16 +16,6 @@ from tests.integration.in_process import InProcessApi
 def sku(catalog: Catalog) -> str:
     (created,) = catalog.stocked("19.99", on_hand=10)
     return created
-
-
-def set_path(body: dict, path: str, value: Any) -> dict:
-    """Sets "a.b[0].c" in a nested body (creating the last key)."""
-    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
-    target: Any = body
-    for part in parts[:-1]:
-        target = target[part]
-    target[parts[-1]] = value
-    return body
 
 
 def assert_no_orders(api: InProcessApi, body: dict) -> None:
