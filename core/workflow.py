@@ -365,7 +365,10 @@ class Workflow:
                 self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
                 done.append((sku, location_id, key))
         except InsufficientStock:
-            self._release_unrecorded(order_id, done)
+            # What the order held before this run (kept whole or shrunk above) stays held for the
+            # retry, which counts it as the order's own again: released, another order could take
+            # it in between.
+            self._release_unrecorded(order_id, done, held_before=set(mine))
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
@@ -380,19 +383,22 @@ class Workflow:
         except StaleVersion:
             raise self._closed_or_retry(order_id, lambda: self._release_unrecorded(order_id, done)) from None
 
-    def _release_unrecorded(self, order_id: str, done: list[tuple[str, str, str]]) -> None:
+    def _release_unrecorded(
+        self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None
+    ) -> None:
         """Undo a reservation whose record lost its write, except what the order now records: a
         concurrent run of the same step reserved under the same order#line keys and won, and
-        releasing its reservations would leave the recorded units held by nothing. Read
-        consistently: no write guards this decision, and an eventually consistent read may not
-        show the write that won yet."""
+        releasing its reservations would leave the recorded units held by nothing; and except
+        `held_before`, what an open order held before this run (its retry counts it as its own).
+        Read consistently: no write guards this decision, and an eventually consistent read may
+        not show the write that won yet."""
         current = self._load(order_id, consistent=True)
         recorded: set[tuple[str, str, str]] = set()
         if current.status not in TERMINAL:  # a closed order holds nothing, whatever it records
             sku_of = {line.line_id: line.sku for line in current.lines}
             recorded = {
                 (sku_of[a.line_id], a.location_id, reservation_key(order_id, a.line_id)) for a in current.allocations
-            }
+            } | (held_before or set())
         for item in done:
             if item not in recorded:
                 self._inventory.release(*item)

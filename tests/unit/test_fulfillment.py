@@ -13,6 +13,7 @@ from core.errors import (
     InvalidTransition,
     NotFound,
     StaleVersion,
+    TransientError,
 )
 from core.models import Address, LineInput, OrderEdit
 from core.status import OrderStatus
@@ -570,3 +571,27 @@ def test_an_edit_that_lowers_a_line_keeps_the_units_it_still_needs_while_others_
     assert [(a.location_id, a.quantity) for a in again.allocations] == [("wh-west", 2)]
     assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
     assert world.level("TSHIRT", "wh-west") == (3, 2, 1)  # the unit it gave up is free for others
+
+
+def test_a_reservation_that_loses_its_race_keeps_the_units_the_order_held_before_it(monkeypatch):
+    """Sourced again after an edit that lowers one line and grows another, the step lost the race
+    for the grown line's units: undoing its run released every reservation it had touched, the
+    units the order held since its allocation too, for the next order to take before the retry."""
+    world = build_world([("TSHIRT", "wh-west", 3), ("MUG", "wh-west", 2)])
+    order = world.allocated(("TSHIRT", 3), ("MUG", 1))
+    lines = [LineInput(sku="TSHIRT", quantity=2), LineInput(sku="MUG", quantity=2)]
+    world.actions.edit(order.id, order.version, OrderEdit(lines=lines), "key_web")
+    real = world.inventory.reserve
+
+    def another_order_takes_the_last_mug_first(sku, location_id, key, quantity, **kwargs):
+        if sku == "MUG" and key.startswith(order.id):
+            real("MUG", "wh-west", "ord_other#L1", 1)
+        return real(sku, location_id, key, quantity, **kwargs)
+
+    monkeypatch.setattr(world.inventory, "reserve", another_order_takes_the_last_mug_first)
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order.id)
+
+    held = world.held_for(order.id)
+    assert held[("TSHIRT", "wh-west", f"{order.id}#L1")] == 2  # kept for the retry, not given away
+    assert ("MUG", "wh-west", f"{order.id}#L2") not in held  # this run's own reservation is undone
