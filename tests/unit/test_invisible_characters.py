@@ -171,3 +171,17 @@ def test_a_product_and_a_location_stored_with_one_read_with_it_shown_as_u_fffd()
     assert Product.model_validate(stored_product).name == "Mug\ufffd"
     read = Location.model_validate(stored_location)
     assert (read.name, read.address.city) == ("East\ufffdWH", "New\ufffdark")
+
+
+def test_a_vendor_and_an_api_key_stored_with_one_read_with_it_shown_as_u_fffd():
+    from core.access import ApiKey
+    from core.purchasing import Vendor
+
+    vendor = Vendor.model_validate(
+        {"vendor_id": "acme", "name": "Acme\u200b", "email": "o\u2060@acme.example", "lead_time_days": 3}
+    )
+    key = ApiKey.model_validate(
+        {"id": "key_1", "name": "ops\u2028admin", "scopes": ["orders:read"], "created_at": "2026-11-01T00:00:00Z"}
+    )
+
+    assert (vendor.name, vendor.email, key.name) == ("Acme\ufffd", "o\ufffd@acme.example", "ops\ufffdadmin")
