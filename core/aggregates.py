@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel
 
 from core.errors import InvalidRequest, NotFound
+from core.models import VisibleName
 from core.money import Money, minor_units, round_money
 
 
@@ -216,8 +217,10 @@ class CustomerView(BaseModel, defer_build=True):
     """`GET /customers/{id}`: the contract's customer."""
 
     id: str
-    email: str
-    name: str | None = None
+    # As its latest order gave them: one recorded before invisible characters were refused shows
+    # each as U+FFFD, as that order does.
+    email: Annotated[str, VisibleName]
+    name: Annotated[str, VisibleName] | None = None
     orders_count: int
     first_order_at: str | None = None
     last_order_at: str | None = None

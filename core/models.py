@@ -299,16 +299,34 @@ COUNTRIES = frozenset(
 # Controls (NUL, CR/LF, ESC...) and the bidi overrides that make "exe.txt" show as "txt.exe" are
 # refused rather than stripped, so what is stored is what the client sent, in NFC: a name typed with
 # combining accents and one typed precomposed are the same name.
-_UNCLEAN = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+# So are the characters that show nothing (the zero-width space, non-joiner and joiner, the word
+# joiner, the byte order mark) and the Unicode line and paragraph separators: "Ada\u200bLovelace"
+# looks like another customer's "AdaLovelace", and a U+2028 breaks a line where none may be. Text
+# stored before they were refused still reads (StoredCleanText).
+_INVISIBLE = "\u200b-\u200d\u2060\ufeff\u2028\u2029"
+_UNCLEAN = _CONTROLS + _INVISIBLE
 _UNCLEAN_TEXT = re.compile(f"[{_UNCLEAN}]")
+_INVISIBLE_TEXT = re.compile(f"[{_INVISIBLE}]")
 # A person's note may run over lines: tabs and line breaks (LF, or CRLF) are kept; every other
-# control (a CR alone among them) and the bidi overrides are refused as in names.
-_UNCLEAN_IN_NOTES = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+# control (a CR alone among them), the bidi overrides and the invisible characters are refused as
+# in names.
+_UNCLEAN_IN_NOTES = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069" + _INVISIBLE
 _UNCLEAN_NOTE = re.compile(f"[{_UNCLEAN_IN_NOTES}]|\r(?!\n)")
 # The same as a pattern, which also asks for something besides white space (no lookahead: the
 # schema's readers do not all have one).
 _NOTE_LINE = f"(?:[^{_UNCLEAN_IN_NOTES}\r]|\r\n)*"
 _NOTE_PATTERN = f"^{_NOTE_LINE}[^{_UNCLEAN_IN_NOTES}\\s]{_NOTE_LINE}$"
+
+
+def _kind(char: str) -> str:
+    if char <= "\x9f":
+        return "a control character"
+    if char == "\u2028":
+        return "a line separator"
+    if char == "\u2029":
+        return "a paragraph separator"
+    return "an invisible character" if _INVISIBLE_TEXT.match(char) else "a bidi override"
 
 
 def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
@@ -317,9 +335,8 @@ def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
         # trimmed, exactly as the schema's pattern says.
         found = unclean.search(value) if isinstance(value, str) else None
         if found is not None:
-            char = ord(found.group()[0])
-            kind = "a bidi override" if char > 0x9F else "a control character"
-            raise ValueError(f"must not contain {kind} (U+{char:04X})")
+            char = found.group()[0]
+            raise ValueError(f"must not contain {_kind(char)} (U+{ord(char):04X})")
         return unicodedata.normalize("NFC", handler(value))
 
     return clean
@@ -328,9 +345,17 @@ def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
 _clean_text = _refusing(_UNCLEAN_TEXT)
 
 
+def _stored_text(value: Any, handler: Any) -> str:
+    # Stored before invisible characters were refused: each is shown as U+FFFD, as in a plugin's
+    # text, rather than failing the read of the order (product, location) that holds it. What is
+    # read back is then taken again wherever it is sent on (an edit, an exchange's replacement).
+    return _clean_text(_INVISIBLE_TEXT.sub("\ufffd", value) if isinstance(value, str) else value, handler)
+
+
 def _made_visible(note: str | None) -> str | None:
     """A note the system is given (a review rule's): what a person's note refuses (a control other
-    than a tab or a line break, a bidi override) replaced by U+FFFD; lines and tabs kept."""
+    than a tab or a line break, a bidi override, an invisible character) replaced by U+FFFD; lines
+    and tabs kept."""
     return None if note is None else _UNCLEAN_NOTE.sub("\ufffd", note)
 
 
@@ -351,14 +376,27 @@ VisibleName = AfterValidator(_made_visible_on_one_line)
 class _CleanTextRule(WrapValidator):
     """The rule on names and addresses, for validation and, as a pattern, for the OpenAPI schema."""
 
+    refused = _UNCLEAN
+
     def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
         json_schema = handler(schema)
-        json_schema["pattern"] = f"^[^{_UNCLEAN}]*$"
+        json_schema["pattern"] = f"^[^{self.refused}]*$"
         return json_schema
 
 
+class _StoredTextRule(_CleanTextRule):
+    """The rule on names and addresses read back: what a client may no longer send but could before
+    (an invisible character) is shown as U+FFFD, so the schema of what is read allows it."""
+
+    refused = _CONTROLS
+
+
+# A name or an address as a client sends it (a request body, an import line).
 CleanText = _CleanTextRule(_clean_text)
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
+# The same as stored and read back (Order, Product, Location): what CleanText takes reads unchanged.
+StoredCleanText = _StoredTextRule(_stored_text)
+StoredText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), StoredCleanText]
 
 
 class _NoteRule(WrapValidator):
@@ -372,7 +410,8 @@ class _NoteRule(WrapValidator):
 
 # A person's note (a hold, a release, a return's approval or rejection): trimmed, so the schema says
 # it must hold something besides white space ("\t" alone is empty once trimmed, and refused); its
-# lines and tabs are kept, any other control character or a bidi override is refused.
+# lines and tabs are kept, any other control character, a bidi override or an invisible character
+# is refused.
 Note = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
@@ -381,13 +420,12 @@ Note = Annotated[
 ]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-# Controls and bidi overrides refused as in names (no address has one), through a plain WrapValidator
-# so that the schema keeps the address's own pattern.
-Email = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
-    WrapValidator(_clean_text),
-]
+# Controls, bidi overrides and invisible characters refused as in names (no address has one), through
+# a plain WrapValidator so that the schema keeps the address's own pattern.
+_EMAIL = StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+Email = Annotated[str, _EMAIL, WrapValidator(_clean_text)]
+# The same as stored and read back, as StoredText is.
+StoredEmail = Annotated[str, _EMAIL, WrapValidator(_stored_text)]
 Latitude = Annotated[float, Field(ge=-90, le=90, strict=True)]
 Longitude = Annotated[float, Field(ge=-180, le=180, strict=True)]
 
@@ -413,12 +451,12 @@ class Address(Strict):
     # What is stored is an Address, whichever input model (AddressInput) it was sent as.
     model_config = ConfigDict(extra="forbid", revalidate_instances="subclass-instances")
 
-    name: Text
-    line1: Text
-    line2: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), CleanText] | None = None
-    city: Text
-    region: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), CleanText] | None = None
-    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20), CleanText]
+    name: StoredText
+    line1: StoredText
+    line2: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), StoredCleanText] | None = None
+    city: StoredText
+    region: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), StoredCleanText] | None = None
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20), StoredCleanText]
     country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. US", json_schema_extra={"enum": sorted(COUNTRIES)})
     latitude: Latitude | None = None
     longitude: Longitude | None = None
@@ -445,6 +483,14 @@ class AddressInput(Address):
             "`region` is filled in from the ZIP code, a region the ZIP code is not in is 422."
         }
     )
+
+    # A client's text: what an address stored before may hold (an invisible character) is refused.
+    name: Text
+    line1: Text
+    line2: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), CleanText] | None = None
+    city: Text
+    region: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), CleanText] | None = None
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20), CleanText]
 
     @model_validator(mode="before")
     @classmethod
@@ -526,6 +572,7 @@ class ProductInput(Strict):
 
 
 class Product(ProductInput):
+    name: StoredText
     sku: Identifier
     updated_at: datetime
 
@@ -541,6 +588,7 @@ class LocationInput(Strict):
 
 
 class Location(LocationInput):
+    name: StoredText
     address: Address
     location_id: Identifier
     updated_at: datetime
@@ -612,9 +660,28 @@ class InventorySummary(BaseModel, defer_build=True):
 
 
 class Customer(Strict):
+    """The customer an order is for, as stored. What is stored is a Customer, whichever input model
+    (CustomerInput) it was sent as."""
+
+    model_config = ConfigDict(extra="forbid", revalidate_instances="subclass-instances")
+
     id: Identifier
+    email: StoredEmail
+    name: StoredText | None = None
+
+
+class CustomerInput(Customer):
+    """The customer as a client sends it (an order, an import line): what a customer stored before
+    may hold (an invisible character) is refused."""
+
     email: Email
     name: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judged_again(cls, data: Any) -> Any:
+        # The stored order's customer, on the command of an edit or an exchange's replacement.
+        return data.model_dump() if isinstance(data, Customer) and not isinstance(data, cls) else data
 
 
 class LineInput(Strict):
@@ -647,7 +714,7 @@ class PlaceOrder(Strict):
     channel: Channel
     external_id: Identifier | None = None
     currency: Currency
-    customer: Customer
+    customer: CustomerInput
     lines: Annotated[
         list[LineInput],
         Field(

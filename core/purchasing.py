@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_va
 
 from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
 from core.ids import new_id
-from core.models import Email, Identifier, ReorderSettings, Strict, Text
+from core.models import Email, Identifier, ReorderSettings, Strict, Text, VisibleName
 from core.money import Money
 from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
@@ -46,8 +46,9 @@ class VendorRequest(Strict):
 
 class Vendor(BaseModel, defer_build=True):
     vendor_id: str
-    name: str
-    email: str | None = None
+    # One stored before invisible characters were refused (VendorRequest) shows each as U+FFFD.
+    name: Annotated[str, VisibleName]
+    email: Annotated[str, VisibleName] | None = None
     lead_time_days: int
 
 

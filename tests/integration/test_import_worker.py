@@ -743,3 +743,30 @@ def test_import_attributes_the_splitter_never_writes_are_ignored_never_a_poison_
     assert batches == 1  # nothing came back for a second try
     assert stored_order("erp", "erp-1") is not None
     assert stack.messages_waiting(stack.dlq_url) == 0
+
+
+def test_a_line_with_an_invisible_character_or_a_line_separator_fails_naming_its_column_or_field(stack: ImportAws):
+    # As POST /orders: a name that hides a character, or breaks a line where none may be, is refused.
+    csv_import = split(
+        stack,
+        "incoming/hidden.csv",
+        csv_file(
+            csv_row("hid-1", customer_name="Ada\u200bLovelace"),
+            csv_row("hid-2", ship_line1="1 Market St\u2028Apt 9"),
+            csv_row("hid-3"),
+        ),
+    )
+    jsonl = order_body(channel="market", external_id="hid-4", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    jsonl["customer"]["email"] = "ada\ufeff@example.com"
+    jsonl_import = split(stack, "incoming/hidden.jsonl", (json.dumps(jsonl) + "\n").encode())
+
+    stack.drain(worker)
+
+    errors = {e["external_id"]: e for e in report(csv_import)["errors"] + report(jsonl_import)["errors"]}
+    assert {external_id: e["code"] for external_id, e in errors.items()} == dict.fromkeys(
+        ("hid-1", "hid-2", "hid-4"), "validation_error"
+    )
+    assert errors["hid-1"]["message"].startswith("customer_name:") and "U+200B" in errors["hid-1"]["message"]
+    assert errors["hid-2"]["message"].startswith("ship_line1:") and "U+2028" in errors["hid-2"]["message"]
+    assert errors["hid-4"]["message"].startswith("customer.email:") and "U+FEFF" in errors["hid-4"]["message"]
+    assert stored_order("market", "hid-1") is None and stored_order("market", "hid-3") is not None

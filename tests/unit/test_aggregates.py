@@ -236,6 +236,19 @@ def test_a_channel_key_finds_no_customer_by_an_email_used_only_in_another_channe
     assert [c.id for c in service(store).customers_by_email("ada@home.example", None)[0]] == ["cus_1"]
 
 
+def test_a_customer_recorded_with_an_invisible_character_before_it_was_refused_is_shown_with_it_as_u_fffd():
+    # Recorded from an order placed when a name could hide a zero-width space or break a line; its
+    # orders now read with each shown as U+FFFD, and so does the customer.
+    store = MemoryStore()
+    replay(store, order(customer={"id": "cus_1", "email": "ada\u200b@example.com", "name": "Ada\u2028Lovelace"}))
+
+    shown = service(store).customer("cus_1", None)
+
+    assert (shown.email, shown.name) == ("ada\ufffd@example.com", "Ada\ufffdLovelace")
+    (found,) = service(store).customers_by_email("ada\u200b@example.com", None)[0]
+    assert found.name == "Ada\ufffdLovelace"
+
+
 def test_the_same_change_twice_adds_nothing_more():
     store = MemoryStore()
     placed = order()
