@@ -300,11 +300,13 @@ COUNTRIES = frozenset(
 # refused rather than stripped, so what is stored is what the client sent, in NFC: a name typed with
 # combining accents and one typed precomposed are the same name.
 _CONTROLS = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
-# So are the characters that show nothing (the zero-width space, non-joiner and joiner, the word
-# joiner, the byte order mark) and the Unicode line and paragraph separators: "Ada\u200bLovelace"
-# looks like another customer's "AdaLovelace", and a U+2028 breaks a line where none may be. Text
-# stored before they were refused still reads (StoredCleanText).
-_INVISIBLE = "\u200b-\u200d\u2060\ufeff\u2028\u2029"
+# So are the characters that show nothing (the zero-width space, the word joiner, the byte order
+# mark) and the Unicode line and paragraph separators: "Ada\u200bLovelace" looks like another
+# customer's "AdaLovelace", and a U+2028 breaks a line where none may be. Not the zero-width
+# non-joiner and joiner (U+200C, U+200D): Persian and Indic names are spelt with them, and emoji
+# sequences are joined by them; refusing them would refuse real customers' orders. Text stored
+# before they were refused still reads (StoredCleanText).
+_INVISIBLE = "\u200b\u2060\ufeff\u2028\u2029"
 _UNCLEAN = _CONTROLS + _INVISIBLE
 _UNCLEAN_TEXT = re.compile(f"[{_UNCLEAN}]")
 _INVISIBLE_TEXT = re.compile(f"[{_INVISIBLE}]")

@@ -14,7 +14,7 @@ import pytest
 from tests.e2e.client import Catalog, address, assert_error, document_attribute, order_body, stored_document
 from tests.integration.in_process import InProcessApi
 
-INVISIBLE = ["\u2028", "\u2029", "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"]
+INVISIBLE = ["\u2028", "\u2029", "\u200b", "\u2060", "\ufeff"]
 AN_ORDER = "/orders/ord_aaaaaaaaaaaaaaaaaaaaaaaa"
 LOCATION = {
     "name": "East",
@@ -74,7 +74,7 @@ def test_an_order_stored_with_invisible_characters_before_they_were_refused_read
     dynamodb, key = boto3.client("dynamodb"), {"id": {"S": order_id}}
     item = dynamodb.get_item(TableName="test-OrdersTable", Key=key)["Item"]
     document = stored_document(item)
-    document["customer"] |= {"name": "Ada\u200bLovelace", "email": "ada\u200d@example.com"}
+    document["customer"] |= {"name": "Ada\u200bLovelace", "email": "ada\u2060@example.com"}
     document["shipping_address"]["line1"] = "1 Market St\u2028Apt 9"
     dynamodb.update_item(
         TableName="test-OrdersTable", Key=key, UpdateExpression="SET doc = :doc",
