@@ -826,6 +826,24 @@ def test_a_cancelled_replacement_gives_its_credit_back_on_the_original_once(worl
     assert world.spy.refunded[-1][1] == credit
 
 
+def test_a_refused_give_back_of_a_cancelled_replacements_credit_is_left_to_a_person_who_can_refund_it(world, clock):
+    # The gateway refused the refund of the credit a cancelled replacement never used: nothing asks
+    # it again, and the credit's hold kept that money from the appeasement a person made for it.
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = world.run(settled.exchange_order_id or "")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    world.gateway.script("refund", "approve")
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")  # a repeat asks nothing again
+
+    assert [(r.amount, r.status) for r in world.order(order.id).payment.refunds] == [(credit, "failed")]
+    assert world.order(order.id).refundable() == order.payment.captured
+    refund = world.refunds.issue_refund(order.id, credit, "the exchange's credit", "appease-1", actor="key_cs")
+    assert refund.status == "succeeded"
+    assert world.order(order.id).payment.refunded == credit
+
+
 def test_a_cheaper_replacement_cancelled_gives_back_what_of_the_credit_it_took(world, clock):
     # The exchange refunded the credit beyond the replacement's total; the rest paid for it.
     _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
