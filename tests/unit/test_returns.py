@@ -2265,7 +2265,8 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
 ):
     # Decided on (every check passed), but the shop priced the cap in euros only before the
     # replacement's put: no run can ever place it, so the decision gives way to a refund instead of
-    # a step failing until the return is recorded stuck.
+    # a step failing until the return is recorded stuck (at the workflow's retry: a concurrent run
+    # may have been putting the replacement it priced before).
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1))
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
@@ -2278,5 +2279,48 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
         return real_place(*args, **kwargs)
 
     monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    refused = returns.settle(item.id, actor="key_wh")
+    assert (refused.status, refused.exchange_not_placed) == (R.RECEIVED, None)
+    assert world.order(order.id).payment.refunds == []
+    clock.now += timedelta(seconds=19)
+    with pytest.raises(RefundNotDone):
+        returns.exchange(item.id, actor="key_wh")
+    clock.now += timedelta(seconds=11)  # the workflow's retry
 
     given_up_and_refunded(world, returns, item.id, order, "no_price")
+
+
+def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_not_refunded_too(
+    world, clock, monkeypatch
+):
+    # Two runs past the decision: the shop priced the cap in euros only while one run was putting
+    # the replacement it had priced; the other, refused, gave the exchange up and refunded the
+    # T-shirt beside the replacement its credit paid for: the customer was paid twice.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    inner: list[Return] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        if placed.exchange_of == item.id and not inner:  # the outer run's put of the replacement
+            world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+            inner.append(returns.settle(item.id, actor="key_wh"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+
+    returns.settle(item.id, actor="key_wh")
+    clock.now += timedelta(seconds=30)  # the workflow's retry
+    settled = returns.settle(item.id, actor="key_wh")
+
+    (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+    assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (
+        R.REFUNDED, replacement.id, None
+    )  # fmt: skip
+    credit = order.lines[0].total
+    assert replacement.exchange_credit == credit
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.return_id, r.amount) for r in refunds] == [(item.id, credit - replacement.totals.grand_total)]
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
