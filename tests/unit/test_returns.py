@@ -1110,6 +1110,24 @@ def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_le
     assert world.order(b.id).payment.refunded == b.payment.captured
 
 
+def test_a_replacement_exchanged_again_holds_only_its_own_captures_and_the_earlier_order_the_rest(world, clock):
+    # B's T-shirt was paid by A's credit, its cap and shipping by its own captures. Exchanged again,
+    # B's credit holds what B captured (its own money, taken first) and the rest is carried from
+    # A's credit, which A still holds: nothing is held twice, so A's own shipping stays refundable.
+    returns, a, first = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    b = delivered(world, world.run(first.exchange_order_id or ""))
+    tshirt = next(line for line in b.lines if line.sku == "TSHIRT")
+    item = returns.request(b.id, exchange_of(tshirt.line_id, 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", (tshirt.line_id, 1, "resellable")), "key_wh")
+
+    c = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+
+    assert c.exchange_credit == tshirt.total and b.payment.captured < tshirt.total
+    assert world.order(b.id).credit_holds == {item.id: b.payment.captured}
+    assert world.order(a.id).credit_holds == {first.id: a.lines[0].total}
+    assert (world.order(a.id).refundable(), world.order(b.id).refundable()) == (a.totals.shipping, Money.zero("USD"))
+
+
 def test_a_third_replacement_cancelled_gives_back_its_credit_from_every_earlier_order(world, clock):
     returns, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
     c = delivered(world, world.run(second.exchange_order_id or ""))
