@@ -703,7 +703,7 @@ class Returns:
             item = self._without_exchange(item, refused, actor)
         if item.exchange_refused is not None:
             # A run found the decided replacement refused: this one puts none.
-            item = self._given_up_after_refusal(item, None, actor)
+            item = self._given_up_after_refusal(item, original, None, actor)
         if item.exchange_not_placed is not None or item.status is not R.RECEIVED:
             return self._refund_instead(item, actor)
         try:
@@ -715,7 +715,7 @@ class Returns:
             # After this exchange was decided, the shop's prices, shipping, payment methods or
             # stores changed: retried, it would only end stuck. But a concurrent run may be putting
             # the replacement it priced before: given up only once none can (_given_up_after_refusal).
-            return self._refund_instead(self._given_up_after_refusal(item, refused, actor), actor)
+            return self._refund_instead(self._given_up_after_refusal(item, original, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
         rest = credit - replacement.totals.grand_total
@@ -772,14 +772,16 @@ class Returns:
 
         return self._change(item.id, None, decide)
 
-    def _given_up_after_refusal(self, item: Return, refused: DomainError | None, actor: str) -> Return:
+    def _given_up_after_refusal(
+        self, item: Return, original: Order, refused: DomainError | None, actor: str
+    ) -> Return:  # fmt: skip
         """`item`, whose replacement was decided to be placed (_decided) and refused since (by
         `refused`, in this run, or as a run recorded it: Return.exchange_refused), given up once no
         run can put that replacement any more. The refusal is written first, and no run that reads
         it puts one; a run that read the return before it puts its replacement within the returns
         step function's Timeout (10 s) of that read, so the give-up waits PUT_WINDOW after the
         refusal (RefundNotDone meanwhile: the workflow's retry comes back after it), then finds
-        none placed. One found placed is the exchange (`item` answered as it is)."""
+        none of this return's placed. One found placed is the exchange (`item` answered as it is)."""
         if item.exchange_refused is None:
             assert refused is not None
             at = self._clock()
@@ -800,13 +802,10 @@ class Returns:
                 f"the replacement of return {item.id} was refused after it was decided on; its units "
                 "are refunded once no run can still place it"
             )
-        original = self._orders.get(item.order_id)
-        external_id = _replacement_external_id(item, original) if original is not None else None
-        if external_id is not None and original is not None:
-            placed = self._orders.get(order_id_for(original.channel, external_id), consistent=True)
-            if placed is not None:
-                self._mine(placed, item)
-                return item
+        external_id = _replacement_external_id(item, original)
+        placed = self._orders.get(order_id_for(original.channel, external_id), consistent=True)
+        if placed is not None and placed.exchange_of == item.id:
+            return item
         at = self._clock()
         detail = {key: value for key, value in refusal.items() if key != "at"}
 

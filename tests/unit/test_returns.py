@@ -2342,3 +2342,28 @@ def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_no
     refunds = world.order(order.id).payment.refunds
     assert [(r.return_id, r.amount) for r in refunds] == [(item.id, credit - replacement.totals.grand_total)]
     assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+
+
+def test_a_refused_exchange_whose_external_id_the_channel_takes_meanwhile_is_refunded_for_its_refusal(
+    world, clock, monkeypatch
+):
+    # The replacement was refused after the decision; before the retry gave the exchange up, the
+    # channel placed an order of its own under the replacement's external_id: that order is not
+    # this exchange, and the retry refunds the units for the refusal instead of failing on it.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    own = world.place(("TSHIRT", 1), external_id=f"{order.external_id}-x1")
+    clock.now += timedelta(seconds=30)  # the workflow's retry
+
+    given_up_and_refunded(world, returns, item.id, order, "no_price")
+    assert world.order(own).exchange_of is None
