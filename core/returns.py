@@ -795,7 +795,7 @@ class Returns:
 
             item = self._change(item.id, None, refuse)
         refusal = item.exchange_refused
-        if refusal is None or item.exchange_not_placed is not None or item.status is not R.RECEIVED:
+        if refusal is None or item.exchange_not_placed or item.exchange_order_id or item.status is not R.RECEIVED:
             return item  # given up, placed or settled by a concurrent run meanwhile
         if self._clock() - datetime.fromisoformat(refusal["at"]) < PUT_WINDOW:
             raise RefundNotDone(

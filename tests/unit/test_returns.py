@@ -2367,3 +2367,36 @@ def test_a_refused_exchange_whose_external_id_the_channel_takes_meanwhile_is_ref
 
     given_up_and_refunded(world, returns, item.id, order, "no_price")
     assert world.order(own).exchange_of is None
+
+
+def test_a_refused_exchange_whose_replacement_a_concurrent_run_recorded_settles_without_waiting(
+    world, clock, monkeypatch
+):
+    # The run that placed the replacement recorded it, then found the gateway down for the rest of
+    # the credit; the other run's refusal was written meanwhile. The retry finishes the exchange:
+    # it does not wait out the refusal as if a replacement might still be put.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    inner: list[Return] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        if placed.exchange_of == item.id and not inner:
+            world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+            inner.append(returns.settle(item.id, actor="key_wh"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+    gateway.script("refund", "transient")
+    outer = returns.settle(item.id, actor="key_wh")
+    assert outer.status is R.RECEIVED and outer.exchange_order_id and returns.get(item.id).exchange_refused
+    gateway.script("refund", "approve")
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (
+        R.REFUNDED, outer.exchange_order_id, None
+    )  # fmt: skip
