@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.models import Order
+from core.models import CREDIT_NOT_USED, Order, draws_on_credit
 from core.money import Money, total
 from core.ports import OrderRepository, ReturnRepository
 from core.refund_service import RefundService
@@ -24,9 +24,9 @@ def carried_mark(return_id: str) -> str:
 
 def credit_left(original: Order, return_id: str, credit: Money) -> Money:
     """What of an exchange's `credit` no refund has drawn yet: the credit less every refund of the
-    exchange's return `return_id` on the original order that the gateway did not refuse (a
-    pending one holds its amount)."""
-    drawn = [r.amount for r in original.payment.refunds if r.return_id == return_id and r.status != "failed"]
+    exchange's return `return_id` on the original order that draws on it (draws_on_credit: one the
+    gateway did not refuse, a pending one holding its amount, or a refused give-back, left to a person)."""
+    drawn = [r.amount for r in original.payment.refunds if r.return_id == return_id and draws_on_credit(r)]
     return credit - total(drawn, credit.currency)
 
 
@@ -48,7 +48,8 @@ class ExchangeCredits:
 
     Each call is idempotent: a refund's key names what it is for and the attempt (refunds of it
     the gateway refused), so a repeat finds it, finishes it while pending and asks again under a
-    new key once refused."""
+    new key once refused; but a give-back the gateway refused is left to a person (draws_on_credit:
+    the credit holds it no more, so an appeasement can refund it, and no repeat asks it again)."""
 
     def __init__(self, returns: ReturnRepository, refunds: RefundService, orders: OrderRepository):
         self._returns = returns
@@ -70,7 +71,7 @@ class ExchangeCredits:
         while earlier is not None and earlier[0].id not in seen:
             order = earlier[0]
             seen.add(order.id)
-            drawn = [r.amount for r in order.payment.refunds if r.status != "failed" and mark in r.reason]
+            drawn = [r.amount for r in order.payment.refunds if draws_on_credit(r) and mark in r.reason]
             left = left - total(drawn, credit.currency)
             earlier = self._original_of(order)
         return left
@@ -98,7 +99,7 @@ class ExchangeCredits:
         else:
             return None  # an edit may still make it dearer, and its payment counts on the whole credit
         return self._refund(
-            replacement, f"exchange {replacement.id} did not use its credit", f"{replacement.id}:credit",
+            replacement, f"exchange {replacement.id} {CREDIT_NOT_USED}", f"{replacement.id}:credit",
             lambda left: left - used, actor,
         )  # fmt: skip
 

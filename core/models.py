@@ -838,6 +838,19 @@ class PaymentRefund(BaseModel, defer_build=True):
     )
 
 
+# What the reason of the refund of the credit an exchange's replacement did not use
+# (ExchangeCredits.give_back) says, on the original and on each order up the chain it drew from.
+CREDIT_NOT_USED = "did not use its credit"
+
+
+def draws_on_credit(refund: PaymentRefund) -> bool:
+    """Whether `refund`, one of an exchange's return, counts against the exchange's credit: any the
+    gateway did not refuse, and a refused give-back of what a replacement did not use. That one is
+    left to a person, as any refused refund is: nothing asks it again, and the credit's hold no
+    longer keeps its amount from the appeasement that gives it back (Order.refundable)."""
+    return refund.status != "failed" or CREDIT_NOT_USED in refund.reason
+
+
 class Payment(BaseModel):
     """What the gateway approved for the order. Its amounts and status change only in the write
     that follows the gateway's approval of the operation that moves them."""
@@ -1741,13 +1754,14 @@ class Order(BaseModel, defer_build=True):
     def refundable(self, *, besides_return: str | None = None) -> Money:
         """What a refund may still give back: captured, less what is refunded or being refunded
         (Payment.refundable), less what the exchanges' credits still hold of it to pay for their
-        replacements (credit_holds, less what each gave back: the refunds of its return), but the
+        replacements (credit_holds, less what each gave back: the refunds of its return that draw on
+        it, draws_on_credit), but the
         credit of return `besides_return`, whose own refunds are drawn on it."""
         left = self.payment.refundable()
         for return_id, credit in self.credit_holds.items():
             if return_id == besides_return:
                 continue
-            given = [r.amount for r in self.payment.refunds if r.return_id == return_id and r.status != "failed"]
+            given = [r.amount for r in self.payment.refunds if r.return_id == return_id and draws_on_credit(r)]
             held = credit - sum(given, Money.zero(self.currency))
             if held.amount > 0:
                 left = left - held

@@ -176,6 +176,10 @@ class Return(BaseModel):
     # Its replacement is to be placed (Return.placing_exchange): decided before it is, so a
     # concurrent run's stock check that disagrees gives nothing up. The system's own: stored, never shown.
     exchange_placing: bool = Field(default=False, exclude=True)
+    # Its replacement, decided to be placed, was refused since (Returns.exchange): the detail of the
+    # `exchange_not_placed` entry it owes once given up, and when the refusal was written (`at`).
+    # No run that reads it puts the replacement. The system's own: stored, never shown.
+    exchange_refused: dict[str, Any] | None = Field(default=None, exclude=True)
     note: str | None = None
     # What the order's history owes this return's changes (OrderEntry). The system's own: stored
     # (stored_json), never shown.
@@ -203,6 +207,8 @@ class Return(BaseModel):
             system["authorized_at"] = self.authorized_at.isoformat()
         if self.exchange_placing:
             system["exchange_placing"] = True
+        if self.exchange_refused is not None:
+            system["exchange_refused"] = self.exchange_refused
         if not system:
             return api_json
         return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
@@ -302,6 +308,17 @@ class Return(BaseModel):
         if self.exchange_not_placed is not None:
             raise InvalidTransition(f"the exchange of return {self.id} was given up ({self.exchange_not_placed})")
         return self._next(None, at, exchange_placing=True)
+
+    def refused_after_deciding(self, detail: dict[str, Any], *, at: datetime) -> Return:
+        """The replacement this return's exchange was decided to place (placing_exchange) was
+        refused since, none of it placed (`detail`: what its `exchange_not_placed` entry will say):
+        no run that reads this version puts it, and the exchange is given up once no run that read
+        an earlier one can still (Returns.exchange)."""
+        if not self.exchange_placing or self.exchange_order_id is not None or self.exchange_not_placed is not None:
+            raise InvalidTransition(f"the exchange of return {self.id} is not being placed")
+        if self.status is not ReturnStatus.RECEIVED:
+            raise InvalidTransition(f"a return that is {self.status} cannot place an exchange")
+        return self._next(None, at, exchange_refused={**detail, "at": at.isoformat()})
 
     def without_exchange(self, code: str, *, at: datetime) -> Return:
         """The replacement of this return's exchange cannot be placed (`code` says why): its units

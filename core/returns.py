@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from core import order_lists
@@ -117,6 +117,11 @@ NOT_PLACEABLE = (
     InsufficientStock, ExchangeIdTaken, NoPrice, NoShippingMethod, UnknownPaymentMethod, PickupNotOffered
 )  # fmt: skip
 PICKUP_NOT_OFFERED = "pickup_not_offered"
+# How long after a run found the replacement it was decided to place refused the exchange waits
+# before giving it up (Returns._given_up_after_refusal): twice the returns step function's Timeout
+# (10 s), within which a run that read the return before the refusal puts its replacement, and
+# less than the Exchange step's retry of RefundNotDone (30 s later), which gives it up.
+PUT_WINDOW = timedelta(seconds=20)
 
 
 def return_id_for(order_id: str, ordinal: int) -> str:
@@ -672,7 +677,9 @@ class Returns:
         Placing or giving up is decided once, by one conditional write on the return (_decided,
         _without_exchange): of two concurrent runs whose stock checks disagree, the first to write
         decides for both, so a replacement is never placed beside the refund of its units. Only a
-        refusal where the decided replacement is placed (none placed yet) gives the decision up.
+        refusal where the decided replacement is placed (none placed yet) gives the decision up:
+        at once when its external_id is taken, otherwise once no concurrent run can still put the
+        replacement it priced before (_given_up_after_refusal).
 
         Idempotent: the replacement's external_id is the original's plus `-x` and the return's
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
@@ -694,15 +701,21 @@ class Returns:
             item, checked = self._decided(item, original, token)
         except NOT_PLACEABLE as refused:
             item = self._without_exchange(item, refused, actor)
+        if item.exchange_refused is not None:
+            # A run found the decided replacement refused: this one puts none.
+            item = self._given_up_after_refusal(item, original, None, actor)
         if item.exchange_not_placed is not None or item.status is not R.RECEIVED:
             return self._refund_instead(item, actor)
         try:
             replacement = self._replacement(item, original, token, actor, checked)
+        except ExchangeIdTaken as taken:
+            # After this exchange was decided, the channel took the id: no run can place it.
+            return self._refund_instead(self._without_exchange(item, taken, actor), actor)
         except NOT_PLACEABLE as refused:
-            # After this exchange was decided, the channel took the id, or the shop's prices,
-            # shipping, payment methods or stores changed: no run can place it any more (none was
-            # found placed), and retried it would only end stuck.
-            return self._refund_instead(self._without_exchange(item, refused, actor, decided=True), actor)
+            # After this exchange was decided, the shop's prices, shipping, payment methods or
+            # stores changed: retried, it would only end stuck. But a concurrent run may be putting
+            # the replacement it priced before: given up only once none can (_given_up_after_refusal).
+            return self._refund_instead(self._given_up_after_refusal(item, original, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
         rest = credit - replacement.totals.grand_total
@@ -740,31 +753,72 @@ class Returns:
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)
 
-    def _without_exchange(self, item: Return, refused: DomainError, actor: str, *, decided: bool = False) -> Return:
+    def _without_exchange(self, item: Return, refused: DomainError, actor: str) -> Return:
         """`item` with its exchange given up for `refused` (Return.without_exchange), owing the
         original's history an `exchange_not_placed` entry that says why; a concurrent run's
-        decision (or replacement) stands, unless `decided`: this run, past the decision, found its
-        replacement refused where it was to be placed."""
+        decision (or replacement) stands, unless the replacement's external_id is taken by another
+        order (ExchangeIdTaken: none of this return's can ever be placed)."""
         at = self._clock()
-        # A pickup store's refusal is a plain validation_error at POST /orders: named here.
-        code = PICKUP_NOT_OFFERED if isinstance(refused, PickupNotOffered) else refused.code
-        detail = {
-            "return_id": item.id,
-            "code": code,
-            "message": refused.message,
-            "details": _of_exchange(refused),
-        }
+        detail = _not_placed(item, refused)
 
         def decide(current: Return) -> Return:
             if current.status is not R.RECEIVED or current.exchange_not_placed or current.exchange_order_id:
                 return current
-            if current.exchange_placing and not (decided or isinstance(refused, ExchangeIdTaken)):
+            if current.exchange_placing and not isinstance(refused, ExchangeIdTaken):
                 return current  # decided to place: a check that disagrees since changes nothing
-            return current.without_exchange(code, at=at).owing(
+            return current.without_exchange(detail["code"], at=at).owing(
                 OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
             )
 
         return self._change(item.id, None, decide)
+
+    def _given_up_after_refusal(
+        self, item: Return, original: Order, refused: DomainError | None, actor: str
+    ) -> Return:  # fmt: skip
+        """`item`, whose replacement was decided to be placed (_decided) and refused since (by
+        `refused`, in this run, or as a run recorded it: Return.exchange_refused), given up once no
+        run can put that replacement any more. The refusal is written first, and no run that reads
+        it puts one; a run that read the return before it puts its replacement within the returns
+        step function's Timeout (10 s) of that read, so the give-up waits PUT_WINDOW after the
+        refusal (RefundNotDone meanwhile: the workflow's retry comes back after it), then finds
+        none of this return's placed. One found placed is the exchange (`item` answered as it is)."""
+        if item.exchange_refused is None:
+            assert refused is not None
+            at = self._clock()
+            detail = _not_placed(item, refused)
+
+            def refuse(current: Return) -> Return:
+                undecided = current.exchange_refused is not None or not current.exchange_placing
+                if undecided or current.exchange_order_id or current.exchange_not_placed:
+                    return current
+                return current if current.status is not R.RECEIVED else current.refused_after_deciding(detail, at=at)
+
+            item = self._change(item.id, None, refuse)
+        refusal = item.exchange_refused
+        if refusal is None or item.exchange_not_placed or item.exchange_order_id or item.status is not R.RECEIVED:
+            return item  # given up, placed or settled by a concurrent run meanwhile
+        if self._clock() - datetime.fromisoformat(refusal["at"]) < PUT_WINDOW:
+            raise RefundNotDone(
+                f"the replacement of return {item.id} was refused after it was decided on; its units "
+                "are refunded once no run can still place it"
+            )
+        external_id = _replacement_external_id(item, original)
+        placed = self._orders.get(order_id_for(original.channel, external_id), consistent=True)
+        if placed is not None and placed.exchange_of == item.id:
+            return item
+        at = self._clock()
+        detail = {key: value for key, value in refusal.items() if key != "at"}
+
+        def give_up(current: Return) -> Return:
+            if current.exchange_refused != refusal or current.exchange_order_id or current.exchange_not_placed:
+                return current
+            if current.status is not R.RECEIVED:
+                return current
+            return current.without_exchange(detail["code"], at=at).owing(
+                OrderEvent.EXCHANGE_NOT_PLACED, actor=actor, detail=detail
+            )
+
+        return self._change(item.id, None, give_up)
 
     def _refund_instead(self, item: Return, actor: str) -> Return:
         """A return whose exchange was given up (Return.exchange_not_placed), refunded as a return
@@ -1036,6 +1090,13 @@ def _shipping_due(item: Return, order: Order, returns: list[Return], credited: M
             return zero
     owed = order.totals.shipping - shipping_refunded(order, besides_return=item.id) - (credited or zero)
     return owed if owed.amount > 0 else zero
+
+
+def _not_placed(item: Return, refused: DomainError) -> dict[str, Any]:
+    """The detail of the `exchange_not_placed` entry of `item`'s exchange given up for `refused`."""
+    # A pickup store's refusal is a plain validation_error at POST /orders: named here.
+    code = PICKUP_NOT_OFFERED if isinstance(refused, PickupNotOffered) else refused.code
+    return {"return_id": item.id, "code": code, "message": refused.message, "details": _of_exchange(refused)}
 
 
 def _of_exchange(refused: DomainError) -> list[dict[str, Any]]:

@@ -659,3 +659,22 @@ def test_a_parcel_booked_again_before_booking_keys_were_kept_is_cancelled_under_
     _, history = services.order_repository.history(edited.id)
     cancelled = [entry.detail["booking_key"] for entry in history if entry.type == "carrier_booking_cancelled"]
     assert cancelled[-1] == key
+
+
+def test_a_refusal_of_a_decided_exchange_is_stored_and_never_shown(aws):
+    # The refusal no run that reads it puts the replacement after: lost on the way through the
+    # table, a run would put it beside the units' refund.
+    returns = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    (requested,) = requested_returns(1)
+    exchange = ExchangeInput.model_validate({"lines": [{"sku": "CAP", "quantity": 1}]})
+    received = requested.model_copy(update={"status": ReturnStatus.RECEIVED, "exchange": exchange})
+    returns.add(received)
+    placing = received.placing_exchange(at=NOW)
+    returns.update(placing, received)
+    detail = {"return_id": received.id, "code": "no_price", "message": "no price", "details": []}
+
+    returns.update(placing.refused_after_deciding(detail, at=NOW), placing)
+
+    stored = returns.get(received.id)
+    assert stored is not None and stored.exchange_refused == {**detail, "at": NOW.isoformat()}
+    assert "exchange_refused" not in stored.model_dump(mode="json")

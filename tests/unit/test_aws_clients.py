@@ -1,14 +1,17 @@
 """Every boto3 client the functions build comes from functions/adapters/aws_clients.py, with
-timeouts shorter than the functions' and retries in standard mode."""
+timeouts shorter than the functions' and retries in standard mode; the waits the domain counts
+on the functions' timeouts agree with them."""
 
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import yaml
 from botocore.config import Config
 
+from core.returns import PUT_WINDOW
 from functions.adapters import aws_clients
 from functions.adapters.aws_clients import aws_client
 
@@ -99,3 +102,12 @@ def test_every_attempt_ends_well_within_every_function_timeout_and_all_attempts_
     assert all(per_attempt < timeout for timeout in timeouts.values()), timeouts
     default = min(t for t in timeouts.values() if t >= 10)
     assert per_attempt * aws_clients.MAX_ATTEMPTS < default
+
+
+def test_a_refused_exchange_waits_past_every_run_that_could_still_place_it_and_less_than_its_retry():
+    # Returns._given_up_after_refusal: a run that read the return before the refusal puts its
+    # replacement within the returns step function's Timeout; the Exchange step's retry of
+    # RefundNotDone must come after the wait, or the return would end stuck instead of refunded.
+    asl = json.loads((ROOT / "infra" / "return_workflow.asl.json").read_text())
+    (retry,) = [r for r in asl["States"]["Exchange"]["Retry"] if r["ErrorEquals"] == ["RefundNotDone"]]
+    assert 2 * _function_timeouts()["ReturnStepFunction"] <= PUT_WINDOW.total_seconds() < retry["IntervalSeconds"]

@@ -826,6 +826,24 @@ def test_a_cancelled_replacement_gives_its_credit_back_on_the_original_once(worl
     assert world.spy.refunded[-1][1] == credit
 
 
+def test_a_refused_give_back_of_a_cancelled_replacements_credit_is_left_to_a_person_who_can_refund_it(world, clock):
+    # The gateway refused the refund of the credit a cancelled replacement never used: nothing asks
+    # it again, and the credit's hold kept that money from the appeasement a person made for it.
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    credit = order.lines[0].total
+    replacement = world.run(settled.exchange_order_id or "")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    world.gateway.script("refund", "approve")
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")  # a repeat asks nothing again
+
+    assert [(r.amount, r.status) for r in world.order(order.id).payment.refunds] == [(credit, "failed")]
+    assert world.order(order.id).refundable() == order.payment.captured
+    refund = world.refunds.issue_refund(order.id, credit, "the exchange's credit", "appease-1", actor="key_cs")
+    assert refund.status == "succeeded"
+    assert world.order(order.id).payment.refunded == credit
+
+
 def test_a_cheaper_replacement_cancelled_gives_back_what_of_the_credit_it_took(world, clock):
     # The exchange refunded the credit beyond the replacement's total; the rest paid for it.
     _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
@@ -1090,6 +1108,24 @@ def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_le
 
     assert refunded_across(world, a, b) == b.lines[0].total
     assert world.order(b.id).payment.refunded == b.payment.captured
+
+
+def test_a_replacement_exchanged_again_holds_only_its_own_captures_and_the_earlier_order_the_rest(world, clock):
+    # B's T-shirt was paid by A's credit, its cap and shipping by its own captures. Exchanged again,
+    # B's credit holds what B captured (its own money, taken first) and the rest is carried from
+    # A's credit, which A still holds: nothing is held twice, so A's own shipping stays refundable.
+    returns, a, first = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    b = delivered(world, world.run(first.exchange_order_id or ""))
+    tshirt = next(line for line in b.lines if line.sku == "TSHIRT")
+    item = returns.request(b.id, exchange_of(tshirt.line_id, 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", (tshirt.line_id, 1, "resellable")), "key_wh")
+
+    c = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+
+    assert c.exchange_credit == tshirt.total and b.payment.captured < tshirt.total
+    assert world.order(b.id).credit_holds == {item.id: b.payment.captured}
+    assert world.order(a.id).credit_holds == {first.id: a.lines[0].total}
+    assert (world.order(a.id).refundable(), world.order(b.id).refundable()) == (a.totals.shipping, Money.zero("USD"))
 
 
 def test_a_third_replacement_cancelled_gives_back_its_credit_from_every_earlier_order(world, clock):
@@ -2247,7 +2283,8 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
 ):
     # Decided on (every check passed), but the shop priced the cap in euros only before the
     # replacement's put: no run can ever place it, so the decision gives way to a refund instead of
-    # a step failing until the return is recorded stuck.
+    # a step failing until the return is recorded stuck (at the workflow's retry: a concurrent run
+    # may have been putting the replacement it priced before).
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 1))
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
@@ -2260,5 +2297,106 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
         return real_place(*args, **kwargs)
 
     monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    refused = returns.settle(item.id, actor="key_wh")
+    assert (refused.status, refused.exchange_not_placed) == (R.RECEIVED, None)
+    assert world.order(order.id).payment.refunds == []
+    clock.now += timedelta(seconds=19)
+    with pytest.raises(RefundNotDone):
+        returns.exchange(item.id, actor="key_wh")
+    clock.now += timedelta(seconds=11)  # the workflow's retry
 
     given_up_and_refunded(world, returns, item.id, order, "no_price")
+
+
+def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_not_refunded_too(
+    world, clock, monkeypatch
+):
+    # Two runs past the decision: the shop priced the cap in euros only while one run was putting
+    # the replacement it had priced; the other, refused, gave the exchange up and refunded the
+    # T-shirt beside the replacement its credit paid for: the customer was paid twice.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    inner: list[Return] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        if placed.exchange_of == item.id and not inner:  # the outer run's put of the replacement
+            world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+            inner.append(returns.settle(item.id, actor="key_wh"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+
+    returns.settle(item.id, actor="key_wh")
+    clock.now += timedelta(seconds=30)  # the workflow's retry
+    settled = returns.settle(item.id, actor="key_wh")
+
+    (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+    assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (
+        R.REFUNDED, replacement.id, None
+    )  # fmt: skip
+    credit = order.lines[0].total
+    assert replacement.exchange_credit == credit
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.return_id, r.amount) for r in refunds] == [(item.id, credit - replacement.totals.grand_total)]
+    assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+
+
+def test_a_refused_exchange_whose_external_id_the_channel_takes_meanwhile_is_refunded_for_its_refusal(
+    world, clock, monkeypatch
+):
+    # The replacement was refused after the decision; before the retry gave the exchange up, the
+    # channel placed an order of its own under the replacement's external_id: that order is not
+    # this exchange, and the retry refunds the units for the refusal instead of failing on it.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    own = world.place(("TSHIRT", 1), external_id=f"{order.external_id}-x1")
+    clock.now += timedelta(seconds=30)  # the workflow's retry
+
+    given_up_and_refunded(world, returns, item.id, order, "no_price")
+    assert world.order(own).exchange_of is None
+
+
+def test_a_refused_exchange_whose_replacement_a_concurrent_run_recorded_settles_without_waiting(
+    world, clock, monkeypatch
+):
+    # The run that placed the replacement recorded it, then found the gateway down for the rest of
+    # the credit; the other run's refusal was written meanwhile. The retry finishes the exchange:
+    # it does not wait out the refusal as if a replacement might still be put.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_add = world.orders.add
+    inner: list[Return] = []
+
+    def add(placed: Order, *args, **kwargs) -> None:
+        if placed.exchange_of == item.id and not inner:
+            world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+            inner.append(returns.settle(item.id, actor="key_wh"))
+        real_add(placed, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "add", add)
+    gateway.script("refund", "transient")
+    outer = returns.settle(item.id, actor="key_wh")
+    assert outer.status is R.RECEIVED and outer.exchange_order_id and returns.get(item.id).exchange_refused
+    gateway.script("refund", "approve")
+
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (
+        R.REFUNDED, outer.exchange_order_id, None
+    )  # fmt: skip
