@@ -100,7 +100,7 @@ class Pricing:
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
         shipped_for: Money | None = None, sold_at: Mapping[str, Money] | None = None,
-        taxed_at: Mapping[str, LineTaxRate | None] | None = None,
+        taxed_at: Mapping[str, LineTaxRate | None] | None = None, sold_units: Mapping[str, int] | None = None,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
@@ -111,7 +111,9 @@ class Pricing:
         method any more (its parcels are booked with it already). `sold_at`: the unit prices an
         order priced again was sold at, by sku, for a sku no plugin prices any more (in the order's
         currency). `taxed_at`: the tax rate each sku of an order priced again was sold at (None:
-        untaxed), kept instead of asking the plugins."""
+        untaxed), kept instead of asking the plugins. `sold_units`: the units of each sku an order
+        priced again has (before this change): of a code that granted a sku nothing of its own (a
+        fixed amount off the order), only units beyond those get today's terms (_todays_terms)."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -164,7 +166,7 @@ class Pricing:
             promo_codes=promo_codes,
         )
 
-        line_discounts, free_shipping, granted = self._discounts(draft, placed_with)
+        line_discounts, free_shipping, granted = self._discounts(draft, placed_with, sold_units or {})
         taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft, taxed_at) for line in draft_lines]
         shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
@@ -200,7 +202,7 @@ class Pricing:
         )
 
     def _discounts(
-        self, draft: PricingDraft, placed_with: Sequence[PromotionGrant]
+        self, draft: PricingDraft, placed_with: Sequence[PromotionGrant], sold_units: Mapping[str, int]
     ) -> tuple[dict[str, Money], bool, list[Discount]]:
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
@@ -208,7 +210,7 @@ class Pricing:
         claimed = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
         # The codes an order priced again was placed with keep the terms they were sold with
         # (_kept_terms), whatever their promotions say today; today's count only for units added.
-        granted = [*_todays_terms(granted, placed_with, draft), *_kept_terms(placed_with, draft)]
+        granted = [*_todays_terms(granted, placed_with, draft, sold_units), *_kept_terms(placed_with, draft)]
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
             for i, code in enumerate(draft.promo_codes)
@@ -334,29 +336,36 @@ def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> l
 
 
 def _todays_terms(
-    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft
+    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft, sold_units: Mapping[str, int]
 ) -> list[Discount]:
     """The plugins' discounts `granted`, but of a code the order was placed with (`placed_with`,
     whose terms _kept_terms keeps) only a line's share for the units beyond those it was granted
-    for: an edit that adds units prices them at today's terms, as a new order would be. Never
-    exclusive, as _kept_terms."""
+    for (a code that granted the sku nothing of its own, a fixed amount off the order say: beyond
+    the order's `sold_units` of it, which its kept terms cover): an edit that adds units prices
+    them at today's terms, as a new order would be, and a promotion whose kind changed since (a
+    fixed amount now a percent) gives the units bought nothing more. Never exclusive, as
+    _kept_terms."""
     if not placed_with:
         return granted
     kept_codes = {grant.code for grant in placed_with}
-    sold: dict[str, int] = {}
+    granted_for: dict[tuple[str, str], int] = {}
     for grant in placed_with:
         if grant.sku is not None:
-            sold[grant.sku] = max(sold.get(grant.sku, 0), grant.quantity or 0)
+            key = (grant.code, grant.sku)
+            granted_for[key] = max(granted_for.get(key, 0), grant.quantity or 0)
     lines = {line.line_id: line for line in draft.lines}
     today: list[Discount] = []
     for discount in granted:
-        if discount.code.upper() not in kept_codes:
+        code = discount.code.upper()
+        if code not in kept_codes:
             today.append(discount)
             continue
         line = lines.get(discount.line_id or "")
         if line is None or discount.amount is None:
             continue  # an order-level amount or free shipping: kept as it was
-        added = line.quantity - sold.get(line.product.sku, 0)
+        sku = line.product.sku
+        had = granted_for.get((code, sku))
+        added = line.quantity - (sold_units.get(sku, 0) if had is None else had)
         if added > 0:
             share = discount.amount.times(Decimal(added) / Decimal(line.quantity))
             today.append(Discount(code=discount.code, amount=share, line_id=line.line_id))

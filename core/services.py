@@ -201,16 +201,18 @@ class CaptureService:
         if of is None:
             self.check_payment_method(cmd)
         sources, tax_address = self._sources(cmd, placed=of is not None)
-        unit_prices = sold_at = shipped_for = None
+        unit_prices = sold_at = shipped_for = sold_units = None
         if of is not None:
             unit_prices, sold_at = _sold_prices(of, cmd)
+            sold_units = _units(of)
             same_way = cmd.shipping_method == of.shipping_method and (
                 cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
             )
             shipped_for = of.totals.shipping if same_way else None
         priced = self._pricing.price(
-            cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at
-        )
+            cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at,
+            sold_units=sold_units,
+        )  # fmt: skip
         if of is not None and shipped_for is not None and priced.totals.shipping != shipped_for:
             # Sent the same way: when the plugins quote the order as it was as they quote it edited,
             # the edit changes nothing about its shipping, and it keeps what it was charged (a
@@ -223,7 +225,7 @@ class CaptureService:
             products = products | self._catalog.get_products({line.sku for line in as_it_was.lines} - set(products))
             before = self._pricing.price(
                 as_it_was, products, tax_address, _sold_prices(of, as_it_was)[0], placed_with,
-                shipped_for=shipped_for, sold_at=sold_at,
+                shipped_for=shipped_for, sold_at=sold_at, sold_units=sold_units,
             )  # fmt: skip
             if before.totals.shipping == priced.totals.shipping:
                 priced = _shipped_for(priced, shipped_for)
@@ -263,6 +265,7 @@ class CaptureService:
             sold_at={line.sku: line.unit_price for line in of.lines},
             # A taxed line stored before lines kept their rate shows none: the plugins are asked.
             taxed_at={line.sku: line.tax_rate for line in of.lines if line.tax_rate or not line.tax.amount},
+            sold_units=_units(of),
         )  # fmt: skip
 
     def _placed(
@@ -522,15 +525,21 @@ def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[
     they cost), and, as a fallback for a sku no plugin prices any more, those of the skus it asks
     no more units of (Pricing.price unit_prices, sold_at). A sku it adds units to is priced as a
     new order's would be."""
-    has: dict[str, int] = defaultdict(int)
-    for line in order.lines:
-        has[line.sku] += line.quantity
+    has = _units(order)
     wanted: dict[str, int] = defaultdict(int)
     for line in cmd.lines:
         wanted[line.sku] += line.quantity
     sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
     kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
     return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}
+
+
+def _units(order: Order) -> dict[str, int]:
+    """The units of each sku `order` has (its lines' quantities, summed by sku)."""
+    units: dict[str, int] = defaultdict(int)
+    for line in order.lines:
+        units[line.sku] += line.quantity
+    return units
 
 
 def _shipped_for(priced: PricedOrder, shipping: Money) -> PricedOrder:
