@@ -186,7 +186,9 @@ class CaptureService:
         that grows the total checks it, check_payment_method). A sku of `of` whose units the edit
         leaves as they are keeps the unit price it was sold at, as does one it takes units from
         that no plugin prices any more (_sold_prices): an edit that leaves a line be does not need,
-        nor charge, today's price of it; while the edit changes neither the shipping method nor
+        nor charge, today's price of it; nor, while the tax address stays (the shipping address,
+        or a pickup order's store), today's tax rate of it (an address edited is taxed where the
+        order now goes, as a new order there); while the edit changes neither the shipping method nor
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
         they were booked); its pickup store need not take new pickup orders any more."""
@@ -201,17 +203,20 @@ class CaptureService:
         if of is None:
             self.check_payment_method(cmd)
         sources, tax_address = self._sources(cmd, placed=of is not None)
-        unit_prices = sold_at = shipped_for = sold_units = None
+        unit_prices = sold_at = shipped_for = sold_units = taxed_at = None
         if of is not None:
             unit_prices, sold_at = _sold_prices(of, cmd)
             sold_units = _units(of)
-            same_way = cmd.shipping_method == of.shipping_method and (
-                cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
-            )
-            shipped_for = of.totals.shipping if same_way else None
+            same_address = cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
+            shipped_for = of.totals.shipping if same_address and cmd.shipping_method == of.shipping_method else None
+            if same_address or of.fulfillment.type == "pickup":
+                # Taxed where it was: a sku left as it is keeps the rate it was sold at (a taxed line
+                # stored before lines kept their rate shows none: the plugins are asked).
+                taxed_at = {line.sku: line.tax_rate for line in of.lines
+                            if line.sku in unit_prices and (line.tax_rate or not line.tax.amount)}  # fmt: skip
         priced = self._pricing.price(
             cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at,
-            sold_units=sold_units,
+            taxed_at=taxed_at, sold_units=sold_units,
         )  # fmt: skip
         if of is not None and shipped_for is not None and priced.totals.shipping != shipped_for:
             # Sent the same way: when the plugins quote the order as it was as they quote it edited,
