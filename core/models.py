@@ -685,10 +685,12 @@ class LineTaxRate(BaseModel, defer_build=True):
 
 
 class PromotionGrant(BaseModel, defer_build=True):
-    """What one of an order's promo codes granted it when it was placed (a plugin's Discount,
-    named by sku instead of the draft's line id): kept so that the order keeps the promotion's
-    terms should the code later leave every plugin or change (a promotion ended or changed while
-    the order was open). `sku` set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
+    """What one of an order's promo codes, or one of a plugin's own rules (a discount no code asks
+    for, `code` its rule's name), granted it when it was placed (a plugin's Discount, named by sku
+    instead of the draft's line id): kept so that the order keeps the promotion's terms should the
+    code later leave every plugin or change (a promotion ended or changed while the order was open),
+    and a rule's unless the plugins apply it otherwise to the units left (Pricing._lapsed). `sku`
+    set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
     (None with `free_shipping`)."""
 
     model_config = ConfigDict(frozen=True)
@@ -1145,8 +1147,9 @@ class Order(BaseModel, defer_build=True):
     # authorization. The system's own, like Hold.resume_to: stored, never shown. None: stored
     # before it existed (the order's version then).
     priced_version: int | None = Field(default=None, exclude=True)
-    # What its promo codes granted it when it was placed (PromotionGrant): a change priced again
-    # prices the units it was sold as these say, whatever the plugins answer for its codes today.
+    # What its promo codes and the plugins' own rules granted it when it was placed (PromotionGrant):
+    # a change priced again prices the units it was sold as these say, whatever the plugins answer
+    # for its codes today (for a rule: unless they apply it otherwise to the units left).
     # The system's own: stored, never shown. Empty: no code granted anything, or stored before it
     # existed.
     promotion_grants: list[PromotionGrant] = Field(default_factory=list, exclude=True)

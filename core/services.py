@@ -192,7 +192,10 @@ class CaptureService:
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
         they were booked); its pickup store need not take new pickup orders any more."""
-        products = self._catalog.get_products({line.sku for line in cmd.lines})
+        skus = {line.sku for line in cmd.lines}
+        if of is not None:  # its own skus too: Pricing asks its rules about the order as it was sold
+            skus |= {line.sku for line in of.lines}
+        products = self._catalog.get_products(skus)
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
             for i, line in enumerate(cmd.lines)
@@ -258,7 +261,10 @@ class CaptureService:
         and units cost what they were charged should no plugin quote or price them any more (its
         parcels are booked, its units sold), and whose skus keep the tax rate they were sold at (a
         rate changed since does not tax units sold again)."""
-        products = self._catalog.get_products({line.sku for line in cmd.lines})
+        skus = {line.sku for line in cmd.lines}
+        if of is not None:  # its own skus too, as for `quote`
+            skus |= {line.sku for line in of.lines}
+        products = self._catalog.get_products(skus)
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
             raise UnknownSku(f"no product {', '.join(missing)}")
