@@ -2167,8 +2167,11 @@ class Order(BaseModel, defer_build=True):
     def edit(
         self, *, lines: list[OrderLine], totals: Totals, shipping_address: Address, shipping_method: str | None,
         changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
+        grants: list[PromotionGrant] | None = None,
     ) -> Change:  # fmt: skip
-        """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
+        """New lines, address or shipping method, priced again (`grants`: what its codes and the
+        plugins' rules grant the order as edited, its `promotion_grants` from now on, so units the edit
+        adds keep the terms they were bought under; None: as they were); `reauthorized` is the (amount,
         reference) of an authorization the gateway approved for a grown total, which the order
         requested (request_reauthorization): a request standing is recorded by this edit or settled
         before it (InvalidTransition otherwise), and the authorization it replaces is named in
@@ -2199,7 +2202,8 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
-            replaced_authorizations=replaced, **again,
+            replaced_authorizations=replaced,
+            promotion_grants=self.promotion_grants if grants is None else grants, **again,
         )  # fmt: skip
 
     def record_replaced_voided(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:

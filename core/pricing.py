@@ -24,8 +24,8 @@ class PricedOrder:
     totals: Totals
     shipping_method: str
     promo_codes: list[str]
-    # What the promo codes and the plugins' own rules granted (Order.promotion_grants, kept from the
-    # order's capture).
+    # What the promo codes and the plugins' own rules grant the order as priced (Order.promotion_grants:
+    # kept from its capture, and from each edit of an order priced again: _merged).
     grants: list[PromotionGrant]
 
 
@@ -202,7 +202,7 @@ class Pricing:
             totals=Totals(subtotal=subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total),
             shipping_method=shipping_method,
             promo_codes=promo_codes,
-            grants=_grants(granted, draft),
+            grants=_grants(granted, draft) if not placed_with else _merged(_grants(granted, draft)),
         )
 
     def _discounts(
@@ -468,3 +468,22 @@ def _rule_terms(granted: list[Discount], draft: PricingDraft) -> dict[str, tuple
             off += amount
         terms[rule] = (by_sku, off, free or discount.free_shipping)
     return terms
+
+
+def _merged(grants: list[PromotionGrant]) -> list[PromotionGrant]:
+    """`grants` of an order priced again (the terms its units were sold with, and today's for units
+    an edit adds, each its own grant) as one grant per code and sku: what each code or rule gives
+    the sku's units, all of them bought under it once the edit is stored."""
+    merged: dict[tuple[str, str | None], PromotionGrant] = {}
+    for grant in grants:
+        key = (grant.code, grant.sku)
+        had = merged.get(key)
+        if had is not None:
+            amounts = [amount for amount in (had.amount, grant.amount) if amount is not None]
+            grant = PromotionGrant(
+                code=grant.code, sku=grant.sku, quantity=grant.quantity,
+                amount=sum(amounts[1:], amounts[0]) if amounts else None,
+                free_shipping=had.free_shipping or grant.free_shipping,
+            )  # fmt: skip
+        merged[key] = grant
+    return list(merged.values())

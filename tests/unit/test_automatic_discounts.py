@@ -117,3 +117,16 @@ def test_a_cancel_of_a_whole_line_lapses_a_rule_the_order_left_no_longer_qualifi
     done = world.actions.cancel(order.id, "no caps", actor="key_web", lines={"L2": 2})
 
     assert done.lines[0].discount == usd("0.00")
+
+
+def test_units_an_edit_added_under_a_rule_keep_it_after_the_rule_ended(world, rule):
+    order = world.allocated(("MUG", 4))
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}]})
+    grown = world.actions.edit(order.id, order.version, edit, actor="key_web")
+    assert grown.lines[0].discount == usd("7.50")
+    world.run(order.id)  # sourced again
+    rule.active = False
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("6.25")  # the five mugs left, each sold at 10% off

@@ -207,3 +207,19 @@ def test_an_edit_after_a_fixed_promotion_became_a_percent_keeps_the_terms_of_the
     done = world.actions.edit(order.id, same.version, edit, actor="key_web")
     # The 5.00 as it was, spread over the units sold, and 10% of the two mugs added (2.50).
     assert done.totals.discount == Money.of("7.50", "USD")
+
+
+def test_units_an_edit_added_under_a_promotion_keep_its_terms_after_it_ends(world, end_promotions):
+    """Two mugs added while WELCOME10 was on got its 10%: an address edit after the promotion
+    ended does not take it off them (they were bought under it, as the first four were)."""
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}]})
+    grown = world.actions.edit(order.id, order.version, more, actor="key_web")
+    assert grown.lines[0].discount == Money.of("7.50", "USD")
+    end_promotions()
+
+    edit = OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+    done = world.actions.edit(order.id, grown.version, edit, actor="key_web")
+
+    assert done.lines[0].discount == Money.of("7.50", "USD")
+    assert done.totals == grown.totals
