@@ -212,7 +212,9 @@ class Pricing:
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
-        if as_sold is not None:
+        lapsed: set[str] = set()
+        codes = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
+        if as_sold is not None and not codes <= set(draft.promo_codes):  # a rule: asked as it was sold
             before = {line.line_id: line.subtotal for line in as_sold.lines}
             was: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, before), draft=as_sold)
             lapsed = _lapsed(granted, draft, was, as_sold)
@@ -220,7 +222,7 @@ class Pricing:
         claimed = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
         # The codes an order priced again was placed with keep the terms they were sold with
         # (_kept_terms), whatever their promotions say today; today's count only for units added.
-        granted = [*_todays_terms(granted, placed_with, draft, sold_units), *_kept_terms(placed_with, draft)]
+        granted = [*_todays_terms(granted, placed_with, draft, sold_units, lapsed), *_kept_terms(placed_with, draft)]
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
             for i, code in enumerate(draft.promo_codes)
@@ -345,15 +347,18 @@ def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> l
 
 
 def _todays_terms(
-    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft, sold_units: Mapping[str, int]
-) -> list[Discount]:
+    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft,
+    sold_units: Mapping[str, int], lapsed: set[str],
+) -> list[Discount]:  # fmt: skip
     """The plugins' discounts `granted`, but of a code the order was placed with (`placed_with`,
     whose terms _kept_terms keeps) only a line's share for the units beyond those it was granted
     for (a code that granted the sku nothing of its own, a fixed amount off the order say: beyond
     the order's `sold_units` of it, which its kept terms cover): an edit that adds units prices
     them at today's terms, as a new order would be, and a promotion whose kind changed since (a
-    fixed amount now a percent) gives the units bought nothing more. Never exclusive, as
-    _kept_terms."""
+    fixed amount now a percent) gives the units bought nothing more. So with a plugin's own rule
+    (no promo code of the draft) that the order keeps no grant of, unless it is `lapsed`: it
+    granted the units sold nothing (a rule begun since), or, on an order stored before grants were
+    kept, what the lines the order keeps hold already. Never exclusive, as _kept_terms."""
     if not placed_with:
         return granted
     kept_codes = {grant.code for grant in placed_with}
@@ -366,7 +371,7 @@ def _todays_terms(
     today: list[Discount] = []
     for discount in granted:
         code = discount.code.upper()
-        if code not in kept_codes:
+        if code not in kept_codes and (code in draft.promo_codes or code in lapsed):
             today.append(discount)
             continue
         line = lines.get(discount.line_id or "")
@@ -400,10 +405,11 @@ def _as_sold(
     products: Mapping[str, Product], sold_at: Mapping[str, Money] | None,
 ) -> PricingDraft | None:  # fmt: skip
     """The order priced again as it was sold (`sold_units` of each sku, at the unit price it has in
-    `draft`, else at the one it was sold at), for _lapsed to ask the plugins about; None when no
-    plugin's own rule granted the order anything (`placed_with`) or its units are as they were. A
-    sku whose product or price is gone is left out."""
-    if not sold_units or all(grant.code in draft.promo_codes for grant in placed_with):
+    `draft`, else at the one it was sold at), for _lapsed to ask the plugins about; None when the
+    order keeps no grants (`placed_with`: a new order, or one stored before grants were kept that
+    no code discounted) or its units are as they were. A sku whose product or price is gone is
+    left out."""
+    if not sold_units or not placed_with:
         return None
     units = {sku: quantity for sku, quantity in sold_units.items() if quantity > 0}
     now = {line.product.sku: line for line in draft.lines}

@@ -130,3 +130,27 @@ def test_units_an_edit_added_under_a_rule_keep_it_after_the_rule_ended(world, ru
     done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
 
     assert done.lines[0].discount == usd("6.25")  # the five mugs left, each sold at 10% off
+
+
+def test_a_cancel_of_an_order_stored_before_grants_were_kept_does_not_give_the_rule_twice(world):
+    """Placed with WELCOME10 and discounted by the rule too (10% + 10% of 4 x 12.50), stored before
+    orders kept what they were granted: its lines' discounts hold both, so the mugs left keep 20%,
+    and the rule, still on, takes nothing more off them."""
+    placed = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    assert placed.lines[0].discount == usd("10.00")
+    old = placed.model_copy(update={"promotion_grants": []})
+    world.orders.put(old)
+
+    done = world.actions.cancel(old.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("7.50")
+
+
+def test_a_rule_that_began_after_the_order_was_placed_gives_the_units_sold_nothing(world, rule):
+    rule.active = False
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    rule.active = True
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("3.75")  # WELCOME10's 10% of the three left, as sold
