@@ -213,8 +213,7 @@ class Pricing:
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
         lapsed: set[str] = set()
-        codes = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
-        if as_sold is not None and not codes <= set(draft.promo_codes):  # a rule: asked as it was sold
+        if as_sold is not None and _any_rule(granted, placed_with, draft):  # asked as it was sold too
             before = {line.line_id: line.subtotal for line in as_sold.lines}
             was: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, before), draft=as_sold)
             lapsed = _lapsed(granted, draft, was, as_sold)
@@ -426,6 +425,13 @@ def _as_sold(
         lines.append(DraftLine(line_id=line_id, product=product, quantity=quantity, unit_price=unit,
                                subtotal=unit.times(quantity)))  # fmt: skip
     return draft.model_copy(update={"lines": lines})
+
+
+def _any_rule(granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> bool:
+    """Whether a plugin's own rule (a code that is none of the draft's promo codes) is among the
+    discounts `granted` today or the grants the order keeps (`placed_with`)."""
+    codes = set(draft.promo_codes)
+    return any(d.code.upper() not in codes for d in granted) or any(g.code not in codes for g in placed_with)
 
 
 def _lapsed(granted: list[Discount], draft: PricingDraft, was: list[Discount], as_sold: PricingDraft) -> set[str]:
