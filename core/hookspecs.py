@@ -42,7 +42,12 @@ def oms_discounts(draft: PricingDraft) -> list[Discount] | None:
 
     Every plugin is called and all discounts apply. A promo code that no returned discount names
     in its `code` is rejected (422 `unknown_promo_code`), unless the order being priced was placed
-    with it (an edit, a cancel of units): that keeps what the code granted it at capture. The core
+    with it (an edit, a cancel of units): that keeps what the code granted it at capture. So does
+    what a plugin's own rule (a discount no promo code names) granted it, unless the plugins apply
+    the rule to the order as it is otherwise than to the order as it was sold (a volume rule the
+    units left no longer qualify for): then the order gets what the rule gives it today. To tell,
+    the hook is called a second time for such an order whose units changed, with a draft of the
+    order as it was sold. The core
     caps a line's discount at the line's subtotal and rejects negative amounts or another currency.
     """
 

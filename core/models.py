@@ -754,10 +754,12 @@ class LineTaxRate(BaseModel, defer_build=True):
 
 
 class PromotionGrant(BaseModel, defer_build=True):
-    """What one of an order's promo codes granted it when it was placed (a plugin's Discount,
-    named by sku instead of the draft's line id): kept so that the order keeps the promotion's
-    terms should the code later leave every plugin or change (a promotion ended or changed while
-    the order was open). `sku` set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
+    """What one of an order's promo codes, or one of a plugin's own rules (a discount no code asks
+    for, `code` its rule's name), granted it when it was placed (a plugin's Discount, named by sku
+    instead of the draft's line id): kept so that the order keeps the promotion's terms should the
+    code later leave every plugin or change (a promotion ended or changed while the order was open),
+    and a rule's unless the plugins apply it otherwise to the units left (Pricing._lapsed). `sku`
+    set: `amount` off `quantity` units of that sku; `sku` None: `amount` off the order
     (None with `free_shipping`)."""
 
     model_config = ConfigDict(frozen=True)
@@ -1227,8 +1229,9 @@ class Order(BaseModel, defer_build=True):
     # authorization. The system's own, like Hold.resume_to: stored, never shown. None: stored
     # before it existed (the order's version then).
     priced_version: int | None = Field(default=None, exclude=True)
-    # What its promo codes granted it when it was placed (PromotionGrant): a change priced again
-    # prices the units it was sold as these say, whatever the plugins answer for its codes today.
+    # What its promo codes and the plugins' own rules granted it when it was placed (PromotionGrant):
+    # a change priced again prices the units it was sold as these say, whatever the plugins answer
+    # for its codes today (for a rule: unless they apply it otherwise to the units left).
     # The system's own: stored, never shown. Empty: no code granted anything, or stored before it
     # existed.
     promotion_grants: list[PromotionGrant] = Field(default_factory=list, exclude=True)
@@ -2247,8 +2250,11 @@ class Order(BaseModel, defer_build=True):
     def edit(
         self, *, lines: list[OrderLine], totals: Totals, shipping_address: Address, shipping_method: str | None,
         changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
+        grants: list[PromotionGrant] | None = None,
     ) -> Change:  # fmt: skip
-        """New lines, address or shipping method, priced again; `reauthorized` is the (amount,
+        """New lines, address or shipping method, priced again (`grants`: what its codes and the
+        plugins' rules grant the order as edited, its `promotion_grants` from now on, so units the edit
+        adds keep the terms they were bought under; None: as they were); `reauthorized` is the (amount,
         reference) of an authorization the gateway approved for a grown total, which the order
         requested (request_reauthorization): a request standing is recorded by this edit or settled
         before it (InvalidTransition otherwise), and the authorization it replaces is named in
@@ -2279,7 +2285,8 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
-            replaced_authorizations=replaced, **again,
+            replaced_authorizations=replaced,
+            promotion_grants=self.promotion_grants if grants is None else grants, **again,
         )  # fmt: skip
 
     def record_replaced_voided(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:

@@ -24,7 +24,8 @@ class PricedOrder:
     totals: Totals
     shipping_method: str
     promo_codes: list[str]
-    # What the promo codes granted (Order.promotion_grants, kept from the order's capture).
+    # What the promo codes and the plugins' own rules grant the order as priced (Order.promotion_grants:
+    # kept from its capture, and from each edit of an order priced again: _merged).
     grants: list[PromotionGrant]
 
 
@@ -100,18 +101,22 @@ class Pricing:
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
         shipped_for: Money | None = None, sold_at: Mapping[str, Money] | None = None,
-        taxed_at: Mapping[str, LineTaxRate | None] | None = None,
+        taxed_at: Mapping[str, LineTaxRate | None] | None = None, sold_units: Mapping[str, int] | None = None,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
-        `placed_with`: what the codes of an order being priced again granted it when it was placed;
-        each keeps those terms for the units they were granted for, whatever its promotion says
-        today (ended, or on other terms): _kept_terms, _todays_terms. `shipped_for`: what an order
+        `placed_with`: what the codes, and the plugins' own rules, of an order being priced again
+        granted it when it was placed; each keeps those terms for the units they were granted for,
+        whatever its promotion or rule says today (ended, or on other terms): _kept_terms,
+        _todays_terms; but a rule the plugins apply to the order as it now is otherwise than to the
+        order as it was sold gives it what it gives today (_lapsed). `shipped_for`: what an order
         priced again was charged for its shipping method, charged again should no plugin quote that
         method any more (its parcels are booked with it already). `sold_at`: the unit prices an
         order priced again was sold at, by sku, for a sku no plugin prices any more (in the order's
         currency). `taxed_at`: the tax rate each sku of an order priced again was sold at (None:
-        untaxed), kept instead of asking the plugins."""
+        untaxed), kept instead of asking the plugins. `sold_units`: the units of each sku an order
+        priced again has (before this change): of a code that granted a sku nothing of its own (a
+        fixed amount off the order), only units beyond those get today's terms (_todays_terms)."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -164,7 +169,8 @@ class Pricing:
             promo_codes=promo_codes,
         )
 
-        line_discounts, free_shipping, granted = self._discounts(draft, placed_with)
+        as_sold = _as_sold(draft, placed_with, sold_units, products, sold_at)
+        line_discounts, free_shipping, granted = self._discounts(draft, placed_with, sold_units or {}, as_sold)
         taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft, taxed_at) for line in draft_lines]
         shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
@@ -196,19 +202,26 @@ class Pricing:
             totals=Totals(subtotal=subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total),
             shipping_method=shipping_method,
             promo_codes=promo_codes,
-            grants=_grants(granted, draft),
+            grants=_grants(granted, draft) if not placed_with else _merged(_grants(granted, draft)),
         )
 
     def _discounts(
-        self, draft: PricingDraft, placed_with: Sequence[PromotionGrant]
-    ) -> tuple[dict[str, Money], bool, list[Discount]]:
+        self, draft: PricingDraft, placed_with: Sequence[PromotionGrant], sold_units: Mapping[str, int],
+        as_sold: PricingDraft | None,
+    ) -> tuple[dict[str, Money], bool, list[Discount]]:  # fmt: skip
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
+        lapsed: set[str] = set()
+        if as_sold is not None and _any_rule(granted, placed_with, draft):  # asked as it was sold too
+            before = {line.line_id: line.subtotal for line in as_sold.lines}
+            was: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, before), draft=as_sold)
+            lapsed = _lapsed(granted, draft, was, as_sold)
+            placed_with = [grant for grant in placed_with if grant.code not in lapsed]
         claimed = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
         # The codes an order priced again was placed with keep the terms they were sold with
         # (_kept_terms), whatever their promotions say today; today's count only for units added.
-        granted = [*_todays_terms(granted, placed_with, draft), *_kept_terms(placed_with, draft)]
+        granted = [*_todays_terms(granted, placed_with, draft, sold_units, lapsed), *_kept_terms(placed_with, draft)]
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
             for i, code in enumerate(draft.promo_codes)
@@ -308,17 +321,16 @@ class Pricing:
 
 
 def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> list[Discount]:
-    """The discounts that the order's codes granted it when it was placed, as its lines now are: a
-    line's discount comes with the units it was granted for (per unit, never for units added
-    since), an order-level amount and free shipping stay as they were. Neither a promotion ended
-    nor one whose terms changed (another percentage, a minimum the order no longer reaches)
-    changes what the units bought under it cost. Never exclusive: the order passed the stacking
+    """The discounts that the order's codes and the plugins' own rules (those not _lapsed) granted
+    it when it was placed, as its lines now are: a line's discount comes with the units it was
+    granted for (per unit, never for units added since), an order-level amount and free shipping
+    stay as they were. Neither a promotion or rule ended nor one whose terms changed (another
+    percentage, a minimum the order no longer reaches) changes what the units bought under it
+    cost. Never exclusive: the order passed the stacking
     check when it was placed, and a change adds no code."""
     by_sku = {line.product.sku: line for line in draft.lines}
     kept: list[Discount] = []
     for grant in placed_with:
-        if grant.code not in draft.promo_codes:
-            continue
         amount = grant.amount
         line_id = None
         if grant.sku is not None and amount is not None:
@@ -334,29 +346,39 @@ def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> l
 
 
 def _todays_terms(
-    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft
-) -> list[Discount]:
+    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft,
+    sold_units: Mapping[str, int], lapsed: set[str],
+) -> list[Discount]:  # fmt: skip
     """The plugins' discounts `granted`, but of a code the order was placed with (`placed_with`,
     whose terms _kept_terms keeps) only a line's share for the units beyond those it was granted
-    for: an edit that adds units prices them at today's terms, as a new order would be. Never
-    exclusive, as _kept_terms."""
+    for (a code that granted the sku nothing of its own, a fixed amount off the order say: beyond
+    the order's `sold_units` of it, which its kept terms cover): an edit that adds units prices
+    them at today's terms, as a new order would be, and a promotion whose kind changed since (a
+    fixed amount now a percent) gives the units bought nothing more. So with a plugin's own rule
+    (no promo code of the draft) that the order keeps no grant of, unless it is `lapsed`: it
+    granted the units sold nothing (a rule begun since), or, on an order stored before grants were
+    kept, what the lines the order keeps hold already. Never exclusive, as _kept_terms."""
     if not placed_with:
         return granted
     kept_codes = {grant.code for grant in placed_with}
-    sold: dict[str, int] = {}
+    granted_for: dict[tuple[str, str], int] = {}
     for grant in placed_with:
         if grant.sku is not None:
-            sold[grant.sku] = max(sold.get(grant.sku, 0), grant.quantity or 0)
+            key = (grant.code, grant.sku)
+            granted_for[key] = max(granted_for.get(key, 0), grant.quantity or 0)
     lines = {line.line_id: line for line in draft.lines}
     today: list[Discount] = []
     for discount in granted:
-        if discount.code.upper() not in kept_codes:
+        code = discount.code.upper()
+        if code not in kept_codes and (code in draft.promo_codes or code in lapsed):
             today.append(discount)
             continue
         line = lines.get(discount.line_id or "")
         if line is None or discount.amount is None:
             continue  # an order-level amount or free shipping: kept as it was
-        added = line.quantity - sold.get(line.product.sku, 0)
+        sku = line.product.sku
+        had = granted_for.get((code, sku))
+        added = line.quantity - (sold_units.get(sku, 0) if had is None else had)
         if added > 0:
             share = discount.amount.times(Decimal(added) / Decimal(line.quantity))
             today.append(Discount(code=discount.code, amount=share, line_id=line.line_id))
@@ -364,15 +386,116 @@ def _todays_terms(
 
 
 def _grants(granted: list[Discount], draft: PricingDraft) -> list[PromotionGrant]:
-    """What `granted` gives the draft's promo codes, by sku (the order keeps it: PromotionGrant)."""
+    """What `granted` gives the draft, by sku: its promo codes and the plugins' own rules (the order
+    keeps it: PromotionGrant)."""
     lines = {line.line_id: line for line in draft.lines}
     grants = []
     for discount in granted:
         code = discount.code.upper()
-        if code not in draft.promo_codes:
-            continue  # a plugin's own rule, asked again at every pricing
         line = lines.get(discount.line_id or "")
         sku, quantity = (line.product.sku, line.quantity) if line else (None, None)
         grants.append(PromotionGrant(code=code, sku=sku, quantity=quantity, amount=discount.amount,
                                      free_shipping=discount.free_shipping))  # fmt: skip
     return grants
+
+
+def _as_sold(
+    draft: PricingDraft, placed_with: Sequence[PromotionGrant], sold_units: Mapping[str, int] | None,
+    products: Mapping[str, Product], sold_at: Mapping[str, Money] | None,
+) -> PricingDraft | None:  # fmt: skip
+    """The order priced again as it was sold (`sold_units` of each sku, at the unit price it has in
+    `draft`, else at the one it was sold at), for _lapsed to ask the plugins about; None when the
+    order keeps no grants (`placed_with`: a new order, or one stored before grants were kept that
+    no code discounted) or its units are as they were. A sku whose product or price is gone is
+    left out."""
+    if not sold_units or not placed_with:
+        return None
+    units = {sku: quantity for sku, quantity in sold_units.items() if quantity > 0}
+    now = {line.product.sku: line for line in draft.lines}
+    if units == {sku: line.quantity for sku, line in now.items()}:
+        return None
+    lines = []
+    for number, (sku, quantity) in enumerate(units.items(), start=1):
+        line = now.get(sku)
+        product = line.product if line else products.get(sku)
+        unit = line.unit_price if line else (sold_at or {}).get(sku)
+        if product is None or unit is None:
+            continue
+        line_id = line.line_id if line else f"S{number}"
+        lines.append(DraftLine(line_id=line_id, product=product, quantity=quantity, unit_price=unit,
+                               subtotal=unit.times(quantity)))  # fmt: skip
+    return draft.model_copy(update={"lines": lines})
+
+
+def _any_rule(granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> bool:
+    """Whether a plugin's own rule (a code that is none of the draft's promo codes) is among the
+    discounts `granted` today or the grants the order keeps (`placed_with`)."""
+    codes = set(draft.promo_codes)
+    return any(d.code.upper() not in codes for d in granted) or any(g.code not in codes for g in placed_with)
+
+
+def _lapsed(granted: list[Discount], draft: PricingDraft, was: list[Discount], as_sold: PricingDraft) -> set[str]:
+    """The plugins' own rules (no promo code of the draft) that the plugins apply to the order as it
+    now is (`granted` for `draft`) otherwise than to the order as it was sold (`was` for `as_sold`):
+    another amount per unit of a line the two share (within what rounding each line's amount
+    explains), another amount off the order, free shipping or not. Such a rule's terms depend on
+    the units that changed (a volume rule the units left no longer qualify for, another tier): the
+    order gets what the rule gives it today. One applied alike, or no longer at all (ended), keeps
+    what it granted the units sold (_kept_terms)."""
+    now, before = _rule_terms(granted, draft), _rule_terms(was, as_sold)
+    units = {line.product.sku: line.quantity for line in draft.lines}
+    sold = {line.product.sku: line.quantity for line in as_sold.lines}
+    half = quantum(draft.currency) / 2
+    lapsed = set()
+    for rule in now.keys() | before.keys():
+        lines_now, off_now, free_now = now.get(rule, ({}, Decimal(0), False))
+        lines_before, off_before, free_before = before.get(rule, ({}, Decimal(0), False))
+        if off_now != off_before or free_now != free_before:
+            lapsed.add(rule)
+            continue
+        for sku in units.keys() & sold.keys():
+            # Per unit: now / units against before / sold, each rounded by up to half a quantum.
+            a, b = lines_now.get(sku, Decimal(0)), lines_before.get(sku, Decimal(0))
+            if abs(a * sold[sku] - b * units[sku]) > half * (sold[sku] + units[sku]):
+                lapsed.add(rule)
+                break
+    return lapsed
+
+
+def _rule_terms(granted: list[Discount], draft: PricingDraft) -> dict[str, tuple[dict[str, Decimal], Decimal, bool]]:
+    """What each of the plugins' own rules in `granted` gives `draft`: by sku, off the order, free
+    shipping."""
+    skus = {line.line_id: line.product.sku for line in draft.lines}
+    terms: dict[str, tuple[dict[str, Decimal], Decimal, bool]] = {}
+    for discount in granted:
+        rule = discount.code.upper()
+        if rule in draft.promo_codes:
+            continue
+        by_sku, off, free = terms.get(rule, ({}, Decimal(0), False))
+        amount = discount.amount.amount if discount.amount is not None else Decimal(0)
+        if discount.line_id is not None:
+            sku = skus[discount.line_id]
+            by_sku[sku] = by_sku.get(sku, Decimal(0)) + amount
+        else:
+            off += amount
+        terms[rule] = (by_sku, off, free or discount.free_shipping)
+    return terms
+
+
+def _merged(grants: list[PromotionGrant]) -> list[PromotionGrant]:
+    """`grants` of an order priced again (the terms its units were sold with, and today's for units
+    an edit adds, each its own grant) as one grant per code and sku: what each code or rule gives
+    the sku's units, all of them bought under it once the edit is stored."""
+    merged: dict[tuple[str, str | None], PromotionGrant] = {}
+    for grant in grants:
+        key = (grant.code, grant.sku)
+        had = merged.get(key)
+        if had is not None:
+            amounts = [amount for amount in (had.amount, grant.amount) if amount is not None]
+            grant = PromotionGrant(
+                code=grant.code, sku=grant.sku, quantity=grant.quantity,
+                amount=sum(amounts[1:], amounts[0]) if amounts else None,
+                free_shipping=had.free_shipping or grant.free_shipping,
+            )  # fmt: skip
+        merged[key] = grant
+    return list(merged.values())

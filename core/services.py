@@ -186,11 +186,16 @@ class CaptureService:
         that grows the total checks it, check_payment_method). A sku of `of` whose units the edit
         leaves as they are keeps the unit price it was sold at, as does one it takes units from
         that no plugin prices any more (_sold_prices): an edit that leaves a line be does not need,
-        nor charge, today's price of it; while the edit changes neither the shipping method nor
+        nor charge, today's price of it; nor, while the tax address stays (the shipping address,
+        or a pickup order's store), today's tax rate of it (an address edited is taxed where the
+        order now goes, as a new order there); while the edit changes neither the shipping method nor
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
         they were booked); its pickup store need not take new pickup orders any more."""
-        products = self._catalog.get_products({line.sku for line in cmd.lines})
+        skus = {line.sku for line in cmd.lines}
+        if of is not None:  # its own skus too: Pricing asks its rules about the order as it was sold
+            skus |= {line.sku for line in of.lines}
+        products = self._catalog.get_products(skus)
         unknown = [
             {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
             for i, line in enumerate(cmd.lines)
@@ -201,16 +206,21 @@ class CaptureService:
         if of is None:
             self.check_payment_method(cmd)
         sources, tax_address = self._sources(cmd, placed=of is not None)
-        unit_prices = sold_at = shipped_for = None
+        unit_prices = sold_at = shipped_for = sold_units = taxed_at = None
         if of is not None:
             unit_prices, sold_at = _sold_prices(of, cmd)
-            same_way = cmd.shipping_method == of.shipping_method and (
-                cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
-            )
-            shipped_for = of.totals.shipping if same_way else None
+            sold_units = _units(of)
+            same_address = cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
+            shipped_for = of.totals.shipping if same_address and cmd.shipping_method == of.shipping_method else None
+            if same_address or of.fulfillment.type == "pickup":
+                # Taxed where it was: a sku left as it is keeps the rate it was sold at (a taxed line
+                # stored before lines kept their rate shows none: the plugins are asked).
+                taxed_at = {line.sku: line.tax_rate for line in of.lines
+                            if line.sku in unit_prices and (line.tax_rate or not line.tax.amount)}  # fmt: skip
         priced = self._pricing.price(
-            cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at
-        )
+            cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at,
+            taxed_at=taxed_at, sold_units=sold_units,
+        )  # fmt: skip
         if of is not None and shipped_for is not None and priced.totals.shipping != shipped_for:
             # Sent the same way: when the plugins quote the order as it was as they quote it edited,
             # the edit changes nothing about its shipping, and it keeps what it was charged (a
@@ -223,7 +233,7 @@ class CaptureService:
             products = products | self._catalog.get_products({line.sku for line in as_it_was.lines} - set(products))
             before = self._pricing.price(
                 as_it_was, products, tax_address, _sold_prices(of, as_it_was)[0], placed_with,
-                shipped_for=shipped_for, sold_at=sold_at,
+                shipped_for=shipped_for, sold_at=sold_at, sold_units=sold_units,
             )  # fmt: skip
             if before.totals.shipping == priced.totals.shipping:
                 priced = _shipped_for(priced, shipped_for)
@@ -251,7 +261,10 @@ class CaptureService:
         and units cost what they were charged should no plugin quote or price them any more (its
         parcels are booked, its units sold), and whose skus keep the tax rate they were sold at (a
         rate changed since does not tax units sold again)."""
-        products = self._catalog.get_products({line.sku for line in cmd.lines})
+        skus = {line.sku for line in cmd.lines}
+        if of is not None:  # its own skus too, as for `quote`
+            skus |= {line.sku for line in of.lines}
+        products = self._catalog.get_products(skus)
         missing = sorted({line.sku for line in cmd.lines} - set(products))
         if missing:
             raise UnknownSku(f"no product {', '.join(missing)}")
@@ -263,6 +276,7 @@ class CaptureService:
             sold_at={line.sku: line.unit_price for line in of.lines},
             # A taxed line stored before lines kept their rate shows none: the plugins are asked.
             taxed_at={line.sku: line.tax_rate for line in of.lines if line.tax_rate or not line.tax.amount},
+            sold_units=_units(of),
         )  # fmt: skip
 
     def _placed(
@@ -522,15 +536,21 @@ def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[
     they cost), and, as a fallback for a sku no plugin prices any more, those of the skus it asks
     no more units of (Pricing.price unit_prices, sold_at). A sku it adds units to is priced as a
     new order's would be."""
-    has: dict[str, int] = defaultdict(int)
-    for line in order.lines:
-        has[line.sku] += line.quantity
+    has = _units(order)
     wanted: dict[str, int] = defaultdict(int)
     for line in cmd.lines:
         wanted[line.sku] += line.quantity
     sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
     kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
     return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}
+
+
+def _units(order: Order) -> dict[str, int]:
+    """The units of each sku `order` has (its lines' quantities, summed by sku)."""
+    units: dict[str, int] = defaultdict(int)
+    for line in order.lines:
+        units[line.sku] += line.quantity
+    return units
 
 
 def _shipped_for(priced: PricedOrder, shipping: Money) -> PricedOrder:

@@ -4,12 +4,16 @@ quoted, a store no longer taking pickup orders), while new orders get the usual 
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 import pytest
 
 from core.errors import InvalidRequest
 from core.models import OrderEdit
 from core.money import Money
 from core.status import OrderStatus
+from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import product
 from tests.unit.test_returns import RetiredWallet
 from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping
@@ -192,3 +196,37 @@ def test_an_edit_whose_units_change_the_shipping_quote_is_charged_todays_quote()
     done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
 
     assert done.totals.shipping == Money.of("4.00", "USD")
+
+
+def test_an_edit_of_other_lines_keeps_the_tax_rate_a_sku_left_as_it_is_was_sold_at(world, monkeypatch, tmp_path):
+    """California's rate changes after the order was placed: an edit that takes a cap off does not
+    tax the three mugs it leaves as they are again at the new rate (they were sold, and charged, at
+    the old one), nor does a change of shipping method; the cap whose units it changes is taxed as a
+    new order's would be."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    sold_at = order.lines[0].tax_rate
+    assert sold_at is not None and sold_at.rate == Decimal("0.0725")
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    mug, cap = done.lines
+    assert (mug.tax_rate, mug.tax) == (sold_at, order.lines[0].tax)
+    assert cap.tax_rate.rate == Decimal("0.25")
+    method = world.actions.edit(order.id, done.version, OrderEdit(shipping_method="standard"), actor="key_web")
+    assert [line.tax for line in method.lines] == [line.tax for line in done.lines]
+
+
+def test_an_edit_of_the_address_taxes_the_order_at_the_rate_of_its_new_address(world, monkeypatch, tmp_path):
+    """The address decides the tax jurisdiction: an edited address is taxed as a new order to it."""
+    order = world.allocated(("MUG", 3))
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+
+    done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+
+    assert done.lines[0].tax_rate.rate == Decimal("0.25")

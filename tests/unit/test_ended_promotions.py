@@ -187,3 +187,39 @@ def test_an_old_order_placed_with_several_codes_keeps_its_discounts_after_their_
     edit = OrderEdit.model_validate({"shipping_address": {**old.shipping_address.model_dump(), "line2": "Apt 4"}})
     edited = world.actions.edit(old.id, done.version, edit, actor="key_web")
     assert edited.totals == done.totals
+
+
+SAVE5_AS_PERCENT = {"code": "SAVE5", "kind": "percent", "percent": "10"}
+
+
+def test_an_edit_after_a_fixed_promotion_became_a_percent_keeps_the_terms_of_the_units_it_had(world, change_promotions):
+    """SAVE5 took 5.00 off the order when it was placed; the operator then made it 10% off: the
+    mugs bought keep the 5.00 (and get no 10% on top), only units an edit adds get today's 10%."""
+    order = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=["SAVE5"])
+    assert order.totals.discount == Money.of("5.00", "USD")
+    change_promotions(SAVE5_AS_PERCENT)
+
+    same = world.actions.edit(order.id, order.version, OrderEdit.model_validate({"shipping_method": "standard"}),
+                              actor="key_web")  # fmt: skip
+    assert same.totals == order.totals
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}, {"sku": "CAP", "quantity": 2}]})
+    done = world.actions.edit(order.id, same.version, edit, actor="key_web")
+    # The 5.00 as it was, spread over the units sold, and 10% of the two mugs added (2.50).
+    assert done.totals.discount == Money.of("7.50", "USD")
+
+
+def test_units_an_edit_added_under_a_promotion_keep_its_terms_after_it_ends(world, end_promotions):
+    """Two mugs added while WELCOME10 was on got its 10%: an address edit after the promotion
+    ended does not take it off them (they were bought under it, as the first four were)."""
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}]})
+    grown = world.actions.edit(order.id, order.version, more, actor="key_web")
+    assert grown.lines[0].discount == Money.of("7.50", "USD")
+    end_promotions()
+
+    edit = OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+    done = world.actions.edit(order.id, grown.version, edit, actor="key_web")
+
+    assert done.lines[0].discount == Money.of("7.50", "USD")
+    assert done.totals == grown.totals

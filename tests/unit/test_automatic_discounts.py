@@ -1,0 +1,156 @@
+"""A pricing plugin's own rules (discounts no promo code asks for): an order keeps what they granted
+it when it was placed, as it keeps what its codes granted, while the plugin's terms lapse the rule
+for units that no longer qualify."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from core import hookimpl
+from core.models import OrderEdit, PromotionGrant
+from core.money import Money
+from core.pricing_types import Discount, PricingDraft
+from tests.unit.world import World, build_world
+
+STOCK = [("MUG", "wh-west", 20), ("CAP", "wh-west", 20)]
+
+
+class BulkRule:
+    """`percent` off each line of at least `minimum` units, no code needed; `active` False: ended."""
+
+    active = True
+    percent = "10"
+    minimum = 3
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        if not self.active:
+            return []
+        factor = Decimal(self.percent) / 100
+        return [Discount(code="bulk", amount=line.subtotal.times(factor), line_id=line.line_id)
+                for line in draft.lines if line.quantity >= self.minimum]  # fmt: skip
+
+
+@pytest.fixture
+def rule() -> BulkRule:
+    return BulkRule()
+
+
+@pytest.fixture
+def world(rule) -> World:
+    return build_world(STOCK, rule)
+
+
+def usd(amount: str) -> Money:
+    return Money.of(amount, "USD")
+
+
+def test_a_new_order_is_discounted_by_the_rule_as_before(world):
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+
+    assert [line.discount for line in order.lines] == [usd("5.00"), usd("0.00")]  # 10% of 4 x 12.50
+    # What the rule granted is kept with the order, as a promo code's grant is.
+    assert order.promotion_grants == [PromotionGrant(code="BULK", sku="MUG", quantity=4, amount=usd("5.00"))]
+
+
+def test_a_cancel_of_units_after_the_rule_ended_keeps_what_it_granted_the_units_left(world, rule):
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    rule.active = False
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("3.75")  # the three mugs left keep their 10%
+    assert done.totals.grand_total < order.totals.grand_total
+
+
+def test_a_cancel_of_units_after_the_rules_terms_changed_keeps_the_terms_they_were_sold_with(world, rule):
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    rule.percent = "20"
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("3.75")  # 10% as sold, not today's 20%
+
+
+def test_units_left_that_no_longer_qualify_lose_the_rule_as_its_terms_say(world, rule):
+    """The rule takes 10% off a line of three or more: a cancel that leaves two mugs leaves a line
+    the plugin no longer discounts, as a new order of two mugs is not."""
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+
+    done = world.actions.cancel(order.id, "two less", actor="key_web", lines={"L1": 2})
+
+    assert done.lines[0].discount == usd("0.00")
+
+
+def test_an_edit_after_the_rule_ended_keeps_its_discount_and_gives_units_added_none(world, rule):
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    rule.active = False
+
+    same = world.actions.edit(order.id, order.version, OrderEdit(shipping_method="standard"), actor="key_web")
+    assert same.totals == order.totals
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}, {"sku": "CAP", "quantity": 2}]})
+    done = world.actions.edit(order.id, same.version, edit, actor="key_web")
+    assert done.lines[0].discount == usd("5.00")  # the four sold under it; nothing for the two added
+
+
+class BasketRule:
+    """10% off every line of an order of at least six units in all, no code needed."""
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        if sum(line.quantity for line in draft.lines) < 6:
+            return []
+        return [Discount(code="basket", amount=line.subtotal.times(Decimal("0.1")), line_id=line.line_id)
+                for line in draft.lines]  # fmt: skip
+
+
+def test_a_cancel_of_a_whole_line_lapses_a_rule_the_order_left_no_longer_qualifies_for():
+    """Four mugs and two caps make the six units the rule asks for; cancelling the caps leaves four
+    mugs, which the rule does not discount: the order is priced as its terms say."""
+    world = build_world(STOCK, BasketRule())
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    assert order.lines[0].discount == usd("5.00")
+
+    done = world.actions.cancel(order.id, "no caps", actor="key_web", lines={"L2": 2})
+
+    assert done.lines[0].discount == usd("0.00")
+
+
+def test_units_an_edit_added_under_a_rule_keep_it_after_the_rule_ended(world, rule):
+    order = world.allocated(("MUG", 4))
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 6}]})
+    grown = world.actions.edit(order.id, order.version, edit, actor="key_web")
+    assert grown.lines[0].discount == usd("7.50")
+    world.run(order.id)  # sourced again
+    rule.active = False
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("6.25")  # the five mugs left, each sold at 10% off
+
+
+def test_a_cancel_of_an_order_stored_before_grants_were_kept_does_not_give_the_rule_twice(world):
+    """Placed with WELCOME10 and discounted by the rule too (10% + 10% of 4 x 12.50), stored before
+    orders kept what they were granted: its lines' discounts hold both, so the mugs left keep 20%,
+    and the rule, still on, takes nothing more off them."""
+    placed = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    assert placed.lines[0].discount == usd("10.00")
+    old = placed.model_copy(update={"promotion_grants": []})
+    world.orders.put(old)
+
+    done = world.actions.cancel(old.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("7.50")
+
+
+def test_a_rule_that_began_after_the_order_was_placed_gives_the_units_sold_nothing(world, rule):
+    rule.active = False
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    rule.active = True
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].discount == usd("3.75")  # WELCOME10's 10% of the three left, as sold
