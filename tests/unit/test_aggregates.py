@@ -66,6 +66,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         self.applied: set[tuple[str, int]] = set()
+        self.partitions_read: list[str] = []
 
     def apply(self, change: AggregateChange) -> bool:
         if (change.order_id, change.version) in self.applied:
@@ -108,6 +109,7 @@ class MemoryStore:
         return after[:limit], after[limit - 1] if len(after) > limit else None
 
     def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
+        self.partitions_read.append(pk)
         return [(sk, item) for (p, sk), item in self.items.items() if p == pk]
 
 
@@ -267,6 +269,22 @@ def test_reports_read_the_asked_days_and_channel_and_keep_the_top_n():
     assert [r["sku"] for r in products(store, end=date(2026, 11, 30))] == ["A"]
     assert [r["sku"] for r in products(store, channel="pos")] == ["B"]
     assert report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-11-30") in {pk for pk, _ in store.items}
+
+
+def test_a_year_long_report_of_one_channel_reads_only_the_days_that_channel_has_rows_on():
+    store = MemoryStore()
+    sold = [("2026-01-05", "web"), ("2026-06-30", "web"), ("2026-06-30", "pos"), ("2026-09-01", "pos")]
+    for n, (day, channel) in enumerate(sold):
+        placed = order(id=f"ord_{n}", channel=channel, created_at=f"{day}T12:00:00Z")
+        replay(store, placed, then(placed, status="allocated"))
+
+    rows = products(store, start=date(2026, 1, 1), end=date(2026, 12, 31), channel="web")
+
+    assert [(r["sku"], r["units"]) for r in rows] == [("TSHIRT", 4), ("MUG", 2)]
+    assert store.partitions_read == [
+        report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-01-05"),
+        report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-06-30"),
+    ]
 
 
 @pytest.mark.parametrize(
