@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -108,9 +109,9 @@ class MemoryStore:
         after = [sk for sk in found if cursor is None or sk > cursor]
         return after[:limit], after[limit - 1] if len(after) > limit else None
 
-    def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
-        self.partitions_read.append(pk)
-        return [(sk, item) for (p, sk), item in self.items.items() if p == pk]
+    def report_rows(self, pks: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        self.partitions_read.extend(pks)
+        return [(sk, item) for pk in pks for (p, sk), item in self.items.items() if p == pk]
 
 
 def replay(store: MemoryStore, *docs: dict[str, Any]) -> None:
