@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -12,6 +14,9 @@ from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item,
 
 # A DynamoDB transaction holds at most 100 items: one is the change's marker.
 _PER_TRANSACTION = 99
+# Report partitions read at once: botocore keeps 10 connections per client (max_pool_connections),
+# so more threads would only wait for one.
+REPORT_READERS = 10
 # Markers outlive the stream's 24 h retention, the longest a record can be delivered again.
 MARKER_TTL_SECONDS = 7 * 86400
 
@@ -181,8 +186,16 @@ class DynamoAggregates:
                 return found, None
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(row["sk"], row) for row in self._query(pk)]
+    def report_rows(self, pks: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """REPORT_READERS partitions at a time on the one client (boto3 clients are thread-safe):
+        a year over several channels is hundreds of queries, each a round trip, and one after
+        another they could outlast the API function's timeout."""
+        if len(pks) < 2:
+            partitions = [self._query(pk) for pk in pks]
+        else:
+            with ThreadPoolExecutor(min(REPORT_READERS, len(pks)), thread_name_prefix="report-rows") as readers:
+                partitions = list(readers.map(self._query, pks))
+        return [(row["sk"], row) for rows in partitions for row in rows]
 
     def _query(self, pk: str, sk: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

@@ -3,14 +3,27 @@ counters in the catalog table, once per order change however often the stream de
 
 from __future__ import annotations
 
-from datetime import date
+import itertools
+import random
+import threading
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from core.aggregates import AggregateChange, CounterUpdate, CustomerSeen, ReportKind
+import boto3
+
+from core.aggregates import (
+    AggregateChange,
+    Aggregates,
+    CounterUpdate,
+    CustomerSeen,
+    ReportKind,
+    aggregate_change,
+    top_rows,
+)
 from core.models import HistoryEntry, OrderLine, Totals
 from core.status import OrderStatus
-from functions.adapters.aggregates import DynamoAggregates
+from functions.adapters.aggregates import REPORT_READERS, DynamoAggregates
 from tests.integration.test_events_and_webhooks import Context, stored_item, stream_event, wired  # noqa: F401
 from tests.unit.conftest import UPDATED_AT, a_stored_order, usd
 
@@ -82,7 +95,7 @@ def test_a_change_of_more_counters_than_one_transaction_holds_applies_in_parts_e
     assert store.apply(change) is True
     assert store.apply(change) is False
 
-    rows = store.report_rows(pk)
+    rows = store.report_rows([pk])
     assert len(rows) == 150
     assert {(item["units"], item["revenue"]) for _, item in rows} == {(Decimal(1), Decimal("1.50"))}
 
@@ -190,3 +203,98 @@ def test_customers_found_by_email_come_a_page_at_a_time_and_a_cursor_names_no_hi
     cursor = aggregates.customers_by_email("buyers@acme.example", None, 2, None)[1]
     with pytest.raises(InvalidCursor):  # a cursor of another address's search
         aggregates.customers_by_email("other@acme.example", None, 2, cursor)
+
+
+def test_report_partitions_are_read_report_readers_at_a_time_and_come_back_in_their_order(aws):
+    from infra.local.moto_patches import lock
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    pks = [f"report#products#USD#web#2025-01-{day:02d}" for day in range(1, 26)]
+    for n, pk in enumerate(pks):
+        store.apply(AggregateChange(f"ord_{n}", 1, [CounterUpdate(pk, f"SKU{n:02d}", {"units": Decimal(1)})]))
+    # The first REPORT_READERS queries wait for one another: read one after another, the first
+    # would wait alone and break the barrier.
+    together = threading.Barrier(REPORT_READERS, timeout=10)
+    guard = threading.Lock()
+    counts = {"started": 0, "in_flight": 0, "most": 0}
+
+    def before(**_: Any) -> None:
+        with guard:
+            counts["started"] += 1
+            counts["in_flight"] += 1
+            counts["most"] = max(counts["most"], counts["in_flight"])
+            first = counts["started"] <= REPORT_READERS
+        if first:
+            together.wait()
+
+    def after(**_: Any) -> None:
+        with guard:
+            counts["in_flight"] -= 1
+
+    aws.dynamodb.meta.events.register("before-call.dynamodb.Query", before)
+    aws.dynamodb.meta.events.register("after-call.dynamodb.Query", after)
+    with lock.PATCH.registered():  # moto itself is not thread-safe; each request stays atomic, as on AWS
+        rows = store.report_rows(pks)
+
+    assert [sk for sk, _ in rows] == [f"SKU{n:02d}" for n in range(25)]
+    assert counts == {"started": 25, "in_flight": 0, "most": REPORT_READERS}
+
+
+def test_a_year_long_report_adds_up_every_stored_row_of_its_days_and_channel_reading_only_those(aws):
+    from tests.unit.test_aggregates import MemoryStore, line, order, then
+
+    counted = MemoryStore()
+    chance = random.Random(14)
+    for n in range(80):
+        day = date(2024, 12, 1) + timedelta(days=chance.randrange(420))  # some outside the year asked
+        lines = [line(f"L{k}", f"SKU{chance.randrange(12)}", chance.randint(1, 3), f"{chance.randint(1, 90)}.25",
+                      f"{chance.randint(0, 1)}.00") for k in range(chance.randint(1, 3))]  # fmt: skip
+        placed = order(
+            id=f"ord_{n}", channel=chance.choice(["web", "pos", "app"]), currency=chance.choice(["USD", "USD", "EUR"]),
+            customer={"id": f"cus_{chance.randrange(15)}", "email": "a@example.com"}, lines=lines,
+            shipping_address={"country": chance.choice(["US", "DE"]), "region": chance.choice(["CA", None])},
+            created_at=f"{day}T{chance.randrange(24):02d}:00:00Z",
+        )  # fmt: skip
+        docs = [placed, then(placed, status="allocated")]
+        ending = chance.choice(["kept", "cancelled", "returned"])
+        if ending == "cancelled":
+            docs.append(then(docs[-1], status="cancelled"))
+        elif ending == "returned":
+            returned = [{**lines[0], "returned_quantity": 1}, *lines[1:]]
+            docs.append(then(docs[-1], status="partially_returned", lines=returned))
+        for old, new in zip([None, *docs], docs, strict=False):
+            counted.apply(aggregate_change(old, new))
+    # The counters the changes add up to, stored as they are (the adapter's transactions on moto
+    # would take most of a minute; applying them is tested above).
+    stored = [{"pk": pk, "sk": sk, **item} for (pk, sk), item in counted.items.items() if pk.startswith("report")]
+    with boto3.resource("dynamodb", region_name="us-east-1").Table(aws.tables["CatalogTable"]).batch_writer() as batch:
+        for item in stored:
+            batch.put_item(Item=item)
+    queries = []
+    aws.dynamodb.meta.events.register("before-call.dynamodb.Query", lambda **_: queries.append(1))
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    service = Aggregates(store, lambda: datetime(2025, 12, 31, tzinfo=UTC))
+    start, end = date(2025, 1, 1), date(2026, 1, 1)
+    empty = set()
+
+    for kind, currency, channel, limit in itertools.product(
+        ReportKind, ["USD", "EUR"], [None, "web", "pos", "app", "b2b"], [5]
+    ):
+        # What reading every day of every channel one after another added up to.
+        partitions = {
+            item["pk"]
+            for item in stored
+            if item["pk"].startswith(f"report#{kind.value}#{currency}#")
+            and start.isoformat() <= item["pk"].rsplit("#", 1)[1] <= end.isoformat()
+            and channel in (None, item["pk"].split("#")[3])
+        }
+        expected = top_rows(kind, currency, [(item["sk"], item) for item in stored if item["pk"] in partitions], limit)
+        queries.clear()
+
+        top = service.report(kind, currency, start=start, end=end, channel=channel, limit=limit)
+
+        assert top == expected
+        assert len(queries) == 1 + len(partitions)  # the day registry, then only partitions with rows
+        if not top:
+            empty.add(channel)
+    assert empty == {"b2b"}  # every other report had rows to add up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -66,6 +67,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         self.applied: set[tuple[str, int]] = set()
+        self.partitions_read: list[str] = []
 
     def apply(self, change: AggregateChange) -> bool:
         if (change.order_id, change.version) in self.applied:
@@ -107,8 +109,9 @@ class MemoryStore:
         after = [sk for sk in found if cursor is None or sk > cursor]
         return after[:limit], after[limit - 1] if len(after) > limit else None
 
-    def report_rows(self, pk: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(sk, item) for (p, sk), item in self.items.items() if p == pk]
+    def report_rows(self, pks: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        self.partitions_read.extend(pks)
+        return [(sk, item) for pk in pks for (p, sk), item in self.items.items() if p == pk]
 
 
 def replay(store: MemoryStore, *docs: dict[str, Any]) -> None:
@@ -280,6 +283,22 @@ def test_reports_read_the_asked_days_and_channel_and_keep_the_top_n():
     assert [r["sku"] for r in products(store, end=date(2026, 11, 30))] == ["A"]
     assert [r["sku"] for r in products(store, channel="pos")] == ["B"]
     assert report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-11-30") in {pk for pk, _ in store.items}
+
+
+def test_a_year_long_report_of_one_channel_reads_only_the_days_that_channel_has_rows_on():
+    store = MemoryStore()
+    sold = [("2026-01-05", "web"), ("2026-06-30", "web"), ("2026-06-30", "pos"), ("2026-09-01", "pos")]
+    for n, (day, channel) in enumerate(sold):
+        placed = order(id=f"ord_{n}", channel=channel, created_at=f"{day}T12:00:00Z")
+        replay(store, placed, then(placed, status="allocated"))
+
+    rows = products(store, start=date(2026, 1, 1), end=date(2026, 12, 31), channel="web")
+
+    assert [(r["sku"], r["units"]) for r in rows] == [("TSHIRT", 4), ("MUG", 2)]
+    assert store.partitions_read == [
+        report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-01-05"),
+        report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-06-30"),
+    ]
 
 
 @pytest.mark.parametrize(
