@@ -294,10 +294,11 @@ class Cancellation:
     def _release_unrecorded(self, order: Order, key: str, actor: str, *, looked_up_only: bool = False) -> bool:
         """Void what the gateway authorized under `key` for `order`, which records none: asked with
         oms_payment_find_authorization, which never authorizes (a key never asked finds nothing),
-        and voided at once (`payment_voided`, naming the key). False when no payment plugin answers
-        that hook (it is optional): the authorization is left as it is, with a warning naming the
-        order and the key for an operator, unless `looked_up_only` (the caller asks again). Raises
-        PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
+        and voided at once (`payment_voided`, naming the key). False when the payment plugin does
+        not answer that hook (it is optional): the authorization is left as it is, with a warning
+        naming the order and the key for an operator, unless `looked_up_only` (the caller asks
+        again). Raises NoPaymentPlugin when no payment plugin takes the order's method (removed:
+        nobody could say), PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
         PaymentGatewayUnavailable as `void` does: each failed attempt is in the history as a failed
         void naming the key, which the next release asks about again."""
         method = order.payment.method
