@@ -1221,6 +1221,13 @@ class Order(BaseModel, defer_build=True):
     # earlier key of an authorized order. Empty on the typical order. The system's own: stored,
     # never shown.
     authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
+    # The cancelled order's own authorization whose void the gateway could not make (unavailable
+    # through every attempt): named by the write that records the first such attempt, and dropped
+    # by the one that records the void, or a refusal (which no pass asks again). The cancel's
+    # execution retries it for a while; once that gives up, the reconciler's authorization pass
+    # voids it (core.authorization_sweep). None on the typical order, whose void is made at once.
+    # The system's own: stored, never shown.
+    own_void_owed: str | None = Field(default=None, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -1282,6 +1289,8 @@ class Order(BaseModel, defer_build=True):
             system["replaced_authorizations"] = list(self.replaced_authorizations)
         if self.authorization_keys_given_up:
             system["authorization_keys_given_up"] = list(self.authorization_keys_given_up)
+        if self.own_void_owed is not None:
+            system["own_void_owed"] = self.own_void_owed
         if self.return_entries:
             system["return_entries"] = list(self.return_entries)
         if self.exchange_shares:
@@ -1383,6 +1392,13 @@ class Order(BaseModel, defer_build=True):
             or bool(self.replaced_authorizations)
             or bool(self.authorization_keys_given_up)
         )
+
+    @property
+    def authorizations_left(self) -> bool:
+        """Whether an authorization is left for the reconciler's authorization pass to settle: one
+        an edit left (`edit_authorizations_left`), or a cancelled order's own that the gateway could
+        not void (`own_void_owed`)."""
+        return self.edit_authorizations_left or self.own_void_owed is not None
 
     @property
     def authorized_version(self) -> int:
@@ -1769,12 +1785,29 @@ class Order(BaseModel, defer_build=True):
         self, operation: str, *, attempt: int, kind: str, message: str, at: datetime, actor: str,
         detail: dict[str, Any] | None = None,
     ) -> Change:  # fmt: skip
-        """One failed attempt at the gateway (`kind` transient, refused or no_plugin), for the audit trail."""
-        return self.noted(
+        """One failed attempt at the gateway (`kind` transient, refused or no_plugin), for the audit
+        trail. An attempt at voiding a cancelled order's own authorization also says whether its
+        void is owed (`own_void_owed`: the gateway unavailable) or not (refused, or no plugin: no
+        pass asks again), in a version of its own when that changes."""
+        noted = self.noted(
             PAYMENT_FAILURE_EVENTS[operation], at=at, actor=actor,
             detail={"operation": operation, "attempt": attempt, "kind": kind, "message": message[:500],
                     **(detail or {})},
         )  # fmt: skip
+        payment = self.payment
+        own = (
+            operation == "void"
+            and self.status is OrderStatus.CANCELLED
+            and payment.status is PaymentStatus.AUTHORIZED
+            and payment.authorization is not None
+            and (detail or {}).get("authorization") == payment.authorization
+        )
+        owed = payment.authorization if own and kind == "transient" else None
+        if not own or owed == self.own_void_owed:
+            return noted
+        new = _replaced(self, own_void_owed=owed, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, noted[1]
 
     def authorize(
         self, amount: Money, reference: str, *, at: datetime, actor: str, keys_given_up: list[str] | None = None
@@ -2242,6 +2275,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": authorization, "reference": reference}, payment=payment.voided(),
+            own_void_owed=None,
         )  # fmt: skip
 
     # --- Cancelling units that have not shipped -----------------------------------------------

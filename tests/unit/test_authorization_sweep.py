@@ -34,7 +34,7 @@ class InMemoryUnsettledAuthorizations(UnsettledAuthorizations):
         self._world = world
 
     def left_since_before(self, before: datetime) -> Iterator[str]:
-        left = [o for o in self._world.orders.orders.values() if o.edit_authorizations_left and o.last_changed < before]
+        left = [o for o in self._world.orders.orders.values() if o.authorizations_left and o.last_changed < before]
         return iter(o.id for o in sorted(left, key=lambda o: o.last_changed))
 
 
@@ -306,3 +306,40 @@ def test_a_given_up_key_no_payment_plugin_takes_is_reported_once_then_left_for_t
     removed.gone = False
     cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")  # the next change asks again
     assert not cancelled.edit_authorizations_left and made[0] in world.spy.voided
+
+
+def test_a_cancelled_orders_own_authorization_the_gateway_could_not_void_is_voided_by_the_pass(world, clock):
+    # The cancel answers 200 with the payment still authorized; its execution's retries run out.
+    order = authorized(world)
+    world.gateway.script("void", "transient")
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED and world.spy.voided == []
+    clock.advance(minutes=14)
+    assert sweep(world, clock).run(ACTOR) == []  # not asked while it is young
+    assert void_failures(world, order.id) == [("key_web", "transient")] * 3
+
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=2)
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+
+    after = world.order(order.id)
+    assert after.payment.status is PaymentStatus.VOIDED and world.spy.voided == [order.payment.authorization]
+    assert not after.authorizations_left
+    [voided] = [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_VOIDED]
+    assert (voided.actor, voided.detail["authorization"]) == (ACTOR, order.payment.authorization)
+    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == [order.payment.authorization]
+
+
+def test_a_cancel_whose_void_is_made_at_once_or_refused_leaves_nothing_for_the_pass(world, clock):
+    voided, refused = authorized(world), authorized(world)
+    world.actions.cancel(voided.id, "changed my mind", actor="key_web")
+    world.gateway.script("void", "transient", "refuse")
+    world.actions.cancel(refused.id, "changed my mind", actor="key_web")  # the refusal: for a person
+    assert void_failures(world, refused.id) == [("key_web", "transient"), ("key_web", "refused")]
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == []
+
+    assert not world.order(voided.id).authorizations_left and not world.order(refused.id).authorizations_left
+    assert "own_void_owed" not in world.order(voided.id).stored_json()
+    assert world.order(refused.id).payment.status is PaymentStatus.AUTHORIZED
