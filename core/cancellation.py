@@ -162,9 +162,9 @@ class Cancellation:
         return order
 
     def void_owed(self, order: Order, actor: str) -> Order:
-        """Void the cancelled order's own authorization that the gateway could not void when it was
-        cancelled (Order.own_void_owed) and record it, as `void` does (every capture it asked for
-        and never recorded settled first); nothing to do when none is owed. Raises PaymentRefused
+        """Void the cancelled order's own authorization that the gateway could not void, or get to,
+        when it was cancelled (Order.own_void_owed) and record it, as `void` does (every capture it
+        asked for and never recorded settled first); nothing to do when none is owed. Raises PaymentRefused
         or PaymentGatewayUnavailable, each failed attempt in the history. Returns the order after."""
         if order.own_void_owed is None:
             return order

@@ -1222,8 +1222,10 @@ class Order(BaseModel, defer_build=True):
     # never shown.
     authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
     # The cancelled order's own authorization whose void the gateway could not make (unavailable
-    # through every attempt): named by the write that records the first such attempt, and dropped
-    # by the one that records the void, or a refusal (which no pass asks again). The cancel's
+    # through every attempt), or could not get to: a capture the order asked for and never
+    # recorded is given back first (Cancellation.void). Named by the write that records the first
+    # such attempt, and dropped by the one that records the void, or a refusal (which no pass asks
+    # again). The cancel's
     # execution retries it for a while; once that gives up, the reconciler's authorization pass
     # voids it (core.authorization_sweep). None on the typical order, whose void is made at once.
     # The system's own: stored, never shown.
@@ -1786,9 +1788,10 @@ class Order(BaseModel, defer_build=True):
         detail: dict[str, Any] | None = None,
     ) -> Change:  # fmt: skip
         """One failed attempt at the gateway (`kind` transient, refused or no_plugin), for the audit
-        trail. An attempt at voiding a cancelled order's own authorization also says whether its
-        void is owed (`own_void_owed`: the gateway unavailable) or not (refused, or no plugin: no
-        pass asks again), in a version of its own when that changes."""
+        trail. An attempt at voiding a cancelled order's own authorization, or at giving back a
+        capture it asked for and never recorded (which comes before that void), also says whether
+        its void is owed (`own_void_owed`: the gateway unavailable) or not (refused, or no plugin:
+        no pass asks again), in a version of its own when that changes."""
         noted = self.noted(
             PAYMENT_FAILURE_EVENTS[operation], at=at, actor=actor,
             detail={"operation": operation, "attempt": attempt, "kind": kind, "message": message[:500],
@@ -1796,11 +1799,13 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
         payment = self.payment
         own = (
-            operation == "void"
-            and self.status is OrderStatus.CANCELLED
+            self.status is OrderStatus.CANCELLED
             and payment.status is PaymentStatus.AUTHORIZED
             and payment.authorization is not None
-            and (detail or {}).get("authorization") == payment.authorization
+            and (
+                (operation == "void" and (detail or {}).get("authorization") == payment.authorization)
+                or (operation in ("capture", "refund") and bool(self.captures_requested))
+            )
         )
         owed = payment.authorization if own and kind == "transient" else None
         if not own or owed == self.own_void_owed:

@@ -20,7 +20,7 @@ from core.order_changes import outage_noted_once
 from core.ports import UnsettledAuthorizations
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.test_jeopardy import Clock
-from tests.unit.test_payment_truth import Removed
+from tests.unit.test_payment_truth import Removed, a_ship_that_died
 from tests.unit.test_workflow import AnswerLost, LookupDown
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
@@ -343,3 +343,27 @@ def test_a_cancel_whose_void_is_made_at_once_or_refused_leaves_nothing_for_the_p
     assert not world.order(voided.id).authorizations_left and not world.order(refused.id).authorizations_left
     assert "own_void_owed" not in world.order(voided.id).stored_json()
     assert world.order(refused.id).payment.status is PaymentStatus.AUTHORIZED
+
+
+@pytest.mark.parametrize("down", ["capture", "refund"])
+def test_a_cancel_that_could_not_give_back_a_dead_ships_capture_is_settled_and_voided_by_the_pass(
+    world, clock, monkeypatch, down
+):
+    # The capture is given back before the void is asked: with the gateway down for that, the cancel
+    # never got to the void, and the customer was charged and held with nothing to ask again.
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    world.gateway.script(down, "transient")
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED and cancelled.captures_requested
+    assert world.spy.voided == [] and world.spy.refunded == []
+
+    world.gateway.script(down, "approve")
+    clock.advance(minutes=16)
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.status is PaymentStatus.VOIDED
+    assert [(amount, key) for _, amount, key in world.spy.refunded] == [
+        (order.totals.grand_total, payment_keys.capture_reversal(order.id, shipment_id))
+    ]
+    assert world.spy.voided == [order.payment.authorization] and not after.authorizations_left
