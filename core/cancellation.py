@@ -146,7 +146,7 @@ class Cancellation:
         released (release_lost_authorizations, under the order's own key too); nothing else to do
         when the payment is not `authorized`. One that cannot be voided stops none of the others.
         Raises PaymentRefused or PaymentGatewayUnavailable (_first_to_retry) with every failed
-        attempt recorded."""
+        attempt recorded; otherwise the order no longer owes its own (Order.own_void_owed)."""
         order = self.settle_capture_requests(order, actor)
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
         releases = (self.void_requested_authorization, self.void_replaced_authorizations, self.release_given_up_keys,
@@ -159,16 +159,18 @@ class Cancellation:
                 order = self._orders.get(order.id, consistent=True) or order
         if failed:
             raise _first_to_retry(failed)
+        if order.own_void_owed:  # what its pending payment's keys held is released by now
+            at = self._clock()
+            order = modify(self._orders, order.id, lambda current: current.record_own_void_settled(at=at))
         return order
 
     def void_owed(self, order: Order, actor: str) -> Order:
-        """Void the cancelled order's own authorization that the gateway could not void, or get to,
-        when it was cancelled (Order.own_void_owed) and record it, as `void` does (every capture it
-        asked for and never recorded settled first); nothing to do when none is owed. Raises PaymentRefused
-        or PaymentGatewayUnavailable, each failed attempt in the history. Returns the order after."""
-        if order.own_void_owed is None:
+        """Settle the cancelled order's own payment that the gateway could not settle, or get to,
+        when it was cancelled (Order.own_void_owed), as `void` does; nothing to do when none is
+        owed. Raises as `void`, each failed attempt in the history. Returns the order after."""
+        if not order.own_void_owed:
             return order
-        return self._void_own(self.settle_capture_requests(order, actor), actor)
+        return self.void(order, actor)
 
     def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment

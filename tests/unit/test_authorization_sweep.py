@@ -367,3 +367,36 @@ def test_a_cancel_that_could_not_give_back_a_dead_ships_capture_is_settled_and_v
         (order.totals.grand_total, payment_keys.capture_reversal(order.id, shipment_id))
     ]
     assert world.spy.voided == [order.payment.authorization] and not after.authorizations_left
+
+
+def test_a_cancel_that_could_not_look_up_an_authorization_whose_answer_was_lost_is_finished_by_the_pass(clock):
+    # Cancelled while pending, the gateway down: the authorization it may have made under the
+    # order's key was never looked up, and after the cancel's execution nothing asked again.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=3), clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    assert cancelled.payment.status is PaymentStatus.PENDING and world.spy.voided == []
+    assert void_failures(world, order_id) == [("key_web", "transient")] * 3
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order_id]
+
+    assert world.spy.voided == lost.made and not world.order(order_id).authorizations_left
+    [voided] = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
+    assert (voided.actor, voided.detail["authorization_key"]) == (ACTOR, payment_keys.authorize(order_id, 1))
+    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == lost.made
+
+
+def test_a_pending_cancel_that_looked_up_its_key_at_once_leaves_nothing_for_the_pass(clock):
+    world = build_world(STOCK, clock=clock)
+    world.gateway.script("authorize", "timeout", "approve")
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    clock.advance(minutes=16)
+
+    assert not world.order(order_id).authorizations_left and sweep(world, clock).run(ACTOR) == []
