@@ -98,23 +98,28 @@ class UnsettledAuthorizationSweep:
     def _settle(self, order_id: str, actor: str, left_before: datetime, down: set[str]) -> bool | None:
         """Whether the order was left with nothing to settle; None when it was not asked: nothing
         to settle, changed since `left_before` (the index lags the order), its gateway found down,
-        or a void of it refused since it last changed."""
+        or a void of it refused since it last changed (then only a cancelled order's own void still
+        owed is asked)."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
             return None
         order, history = found
+        # A refusal since it last changed leaves what an edit left to the order's next change; a
+        # cancelled order's own void is asked all the same (a refusal of it ends its being owed).
+        refused = _void_refused_since(history, order.last_changed)
         if (
             not order.authorizations_left
             or order.last_changed >= left_before
             or order.payment.method in down
-            or _void_refused_since(history, order.last_changed)
+            or (refused and not order.own_void_owed)
         ):
             return None
         try:
-            order = self._cancellation.void_requested_authorization(order, actor)
-            order = self._cancellation.void_replaced_authorizations(order, actor)
-            order = self._cancellation.release_given_up_keys(order, actor)
             order = self._cancellation.void_owed(order, actor)
+            if not refused:
+                order = self._cancellation.void_requested_authorization(order, actor)
+                order = self._cancellation.void_replaced_authorizations(order, actor)
+                order = self._cancellation.release_given_up_keys(order, actor)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
             raise

@@ -400,3 +400,18 @@ def test_a_pending_cancel_that_looked_up_its_key_at_once_leaves_nothing_for_the_
     clock.advance(minutes=16)
 
     assert not world.order(order_id).authorizations_left and sweep(world, clock).run(ACTOR) == []
+
+
+def test_a_cancelled_orders_own_void_is_made_by_the_pass_whatever_the_gateway_says_of_a_replaced_one(world, clock):
+    order = authorized(world)
+    world.gateway.script("void", *["transient"] * 3, "refuse", *["transient"] * 3, "approve")
+    edited = world.actions.edit(order.id, order.version, FIVE, "key_web")  # the replaced one stays held
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")  # refused, then down
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED and world.spy.voided == []
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == []  # the replaced one, refused, waits for a person
+
+    after = world.order(order.id)
+    assert after.payment.status is PaymentStatus.VOIDED and world.spy.voided == [edited.payment.authorization]
+    assert after.replaced_authorizations == [order.payment.authorization]
