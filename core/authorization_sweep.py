@@ -35,8 +35,9 @@ class UnsettledAuthorizationSweep:
     the gateway lets it lapse. So does a key the order gave up whose release failed before it was
     authorized (Order.authorization_keys_given_up), which only a cancel asks about again. And so
     does a cancelled order's own authorization that the gateway, unavailable, could not void, or
-    not look up under the order's own key while its payment was pending (Order.own_void_owed): the
-    cancel's execution retries it for a while, and nothing after it.
+    not look up under the order's own key while its payment was pending (or, on a payment_failed
+    order, under an earlier key: Order.own_void_owed): the cancel's execution (FailPayment)
+    retries it for a while, and nothing after it.
     Each is settled as a cancel settles it (Cancellation.void_requested_authorization,
     void_replaced_authorizations, release_given_up_keys, void_owed): voided at the gateway, recorded
     only as the gateway answered, each write conditional on the order's version.

@@ -165,15 +165,20 @@ class Cancellation:
         return order
 
     def void_owed(self, order: Order, actor: str) -> Order:
-        """Settle the cancelled order's own payment that the gateway could not settle, or get to,
-        when it was cancelled (Order.own_void_owed), as `void` settles it (every capture it asked
-        for and never recorded given back first; its authorization voided, or what its pending
-        payment's keys may hold released), and record that it is no longer owed; nothing to do when
-        it is not owed. What an edit left is not asked here. Raises PaymentRefused or
-        PaymentGatewayUnavailable, each failed attempt in the history. Returns the order after."""
+        """Settle the closed order's own payment that the gateway could not settle, or get to, when
+        it was cancelled or ended payment_failed (Order.own_void_owed), as `void` settles it (every
+        capture it asked for and never recorded given back first; its authorization voided, or what
+        its unpaid payment's keys may hold released: a declined one's own key was declined), and
+        record that it is no longer owed; nothing to do when it is not owed. What an edit left is
+        not asked here. Raises PaymentRefused or PaymentGatewayUnavailable, each failed attempt in
+        the history. Returns the order after."""
         if not order.own_void_owed:
             return order
-        order = self._void_own(self.settle_capture_requests(order, actor), actor)
+        order = self.settle_capture_requests(order, actor)
+        if order.payment.status is PaymentStatus.DECLINED:
+            order = self.release_lost_authorizations(order, actor)
+        else:
+            order = self._void_own(order, actor)
         at = self._clock()
         return modify(self._orders, order.id, lambda current: current.record_own_void_settled(at=at))
 

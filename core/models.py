@@ -1223,8 +1223,9 @@ class Order(BaseModel, defer_build=True):
     authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
     # Whether the cancelled order's own authorization is still to void because the gateway could
     # not (unavailable through every attempt), or could not get to it: a capture the order asked
-    # for and never recorded is given back first (Cancellation.void); or, its payment still
-    # pending, what the gateway may hold under a key of its own could not be looked up or voided.
+    # for and never recorded is given back first (Cancellation.void); or, its payment never
+    # authorized (pending; or declined, the order payment_failed), what the gateway may hold under
+    # a key of its own could not be looked up or voided.
     # Set by the write that records the first such attempt, and cleared by the one that records the
     # void (or the release), or a refusal (which no pass asks again). The cancel's execution
     # retries it for a while; once that gives up, the reconciler's authorization pass settles it
@@ -1399,8 +1400,8 @@ class Order(BaseModel, defer_build=True):
     @property
     def authorizations_left(self) -> bool:
         """Whether an authorization is left for the reconciler's authorization pass to settle: one
-        an edit left (`edit_authorizations_left`), or a cancelled order's own that the gateway could
-        not void (`own_void_owed`)."""
+        an edit left (`edit_authorizations_left`), or a closed order's own that the gateway could not
+        settle (`own_void_owed`)."""
         return self.edit_authorizations_left or self.own_void_owed
 
     @property
@@ -1804,24 +1805,25 @@ class Order(BaseModel, defer_build=True):
         return new, noted[1]
 
     def _own_void_owed_after(self, operation: str, kind: str, detail: dict[str, Any]) -> bool | None:
-        """Whether a failed attempt at settling this cancelled order's own payment leaves it owed
-        (`own_void_owed`): True when the gateway was unavailable; False when it refused, or no
-        payment plugin took it (no pass asks that again); None (nothing changes) for an attempt at
-        something else, or a refusal that settles what was asked (a capture asked again and
-        refused, or an authorization: none was made). Its own payment: the authorization it records
-        (voided once every capture it asked for and never recorded is given back), or, still
-        pending, what the gateway may hold under a key of its own (an attempt whose answer was
-        lost, or that left nothing in the history: looked up, or asked again, by `authorization_key`)."""
+        """Whether a failed attempt at settling this cancelled (or payment_failed) order's own
+        payment leaves it owed (`own_void_owed`): True when the gateway was unavailable; False when
+        it refused, or no payment plugin took it (no pass asks that again); None (nothing changes)
+        for an attempt at something else, or a refusal that settles what was asked (a capture asked
+        again and refused, or an authorization: none was made). Its own payment: the authorization
+        it records (voided once every capture it asked for and never recorded is given back), or,
+        never authorized, what the gateway may hold under a key of its own (an attempt whose answer
+        was lost, or that left nothing in the history: looked up, or asked again, by
+        `authorization_key`)."""
         payment = self.payment
-        if self.status is not OrderStatus.CANCELLED:
+        if self.status not in (OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED):
             return None
         if payment.status is PaymentStatus.AUTHORIZED:
             own = (operation == "void" and detail.get("authorization") == payment.authorization) or (
                 operation in ("capture", "refund") and bool(self.captures_requested)
             )
         else:
-            pending = payment.status is PaymentStatus.PENDING
-            own = pending and operation in ("void", "authorize") and "authorization_key" in detail
+            unpaid = payment.status in (PaymentStatus.PENDING, PaymentStatus.DECLINED)
+            own = unpaid and operation in ("void", "authorize") and "authorization_key" in detail
         if not own:
             return None
         if kind == "transient":
@@ -1829,8 +1831,8 @@ class Order(BaseModel, defer_build=True):
         return None if kind == "refused" and operation in ("capture", "authorize") else False
 
     def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
-        """Nothing of the cancelled order's own payment is left to settle (`own_void_owed`): what its
-        pending payment's keys may hold was released. Bookkeeping; None when nothing was owed."""
+        """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its
+        unpaid payment's keys may hold was released. Bookkeeping; None when nothing was owed."""
         if not self.own_void_owed:
             return None
         new = _replaced(self, own_void_owed=False, version=self.version + 1, updated_at=at, changed_before_mark=None)

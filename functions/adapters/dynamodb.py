@@ -213,9 +213,9 @@ JEOPARDY_KEY = "jeopardy"
 # moment its request asks the gateway, so the entry comes and goes once per refund.
 PENDING_REFUND_KEY = "pending"
 # The same index's second partition: an order holding an authorization an edit left (asked for and
-# not recorded, or replaced and not voided: Order.edit_authorizations_left), or a cancelled order
-# whose own authorization the gateway could not void (Order.own_void_owed), by when it last
-# changed, so the reconciler voids what an order nobody touches again would keep holding on the
+# not recorded, or replaced and not voided: Order.edit_authorizations_left), or a cancelled (or
+# payment_failed) order whose own authorization the gateway could not void (Order.own_void_owed),
+# by when it last changed, so the reconciler voids what an order nobody touches again would keep holding on the
 # customer's card (core.authorization_sweep.UnsettledAuthorizationSweep: Order.authorizations_left).
 # Only an edit whose total grew leaves one, for the moment between its request and its write or
 # void, or an edit of a pending order whose given-up key the gateway could not be asked about before

@@ -13,7 +13,7 @@ import pytest
 from core import payment_keys
 from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
 from core.cancellation import Cancellation
-from core.errors import Conflict, TransientError
+from core.errors import Conflict, PaymentDeclined, TransientError
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
 from core.order_changes import outage_noted_once
@@ -415,3 +415,29 @@ def test_a_cancelled_orders_own_void_is_made_by_the_pass_whatever_the_gateway_sa
     after = world.order(order.id)
     assert after.payment.status is PaymentStatus.VOIDED and world.spy.voided == [edited.payment.authorization]
     assert after.replaced_authorizations == [order.payment.authorization]
+
+
+def test_a_payment_failed_order_whose_lost_authorization_could_not_be_looked_up_is_released_by_the_pass(clock):
+    # Its first answer lost, edited while pending, the edited total declined: FailPayment asks what
+    # the gateway holds under the first key, the gateway down through its retries (and the edit's,
+    # and the authorization's). Nothing else will ever settle the payment_failed order.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=9), clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_ops")
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=1)
+    with pytest.raises(TransientError):
+        world.workflow.fail_payment(order_id, error="PaymentDeclined", cause="declined")
+    assert world.order(order_id).status is OrderStatus.PAYMENT_FAILED and world.spy.voided == []
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order_id]
+
+    assert world.spy.voided == lost.made and not world.order(order_id).authorizations_left
+    [voided] = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
+    assert (voided.actor, voided.detail["authorization_key"]) == (ACTOR, payment_keys.authorize(order_id, 1))
