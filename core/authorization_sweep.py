@@ -1,4 +1,5 @@
-"""Settle the authorizations edits left on orders nobody changes again (the reconciler's pass)."""
+"""Settle the authorizations edits left on orders nobody changes again, and the ones cancelled orders
+still hold because the gateway could not void them (the reconciler's pass)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,14 @@ class UnsettledAuthorizationSweep:
     happen (Order.replaced_authorizations). The order's next edit, a cancel or its last parcel's
     ship settles them; an order that stalls before any of those would otherwise keep the hold until
     the gateway lets it lapse. So does a key the order gave up whose release failed before it was
-    authorized (Order.authorization_keys_given_up), which only a cancel asks about again. Each is
-    settled as a cancel settles it (Cancellation.void_requested_authorization,
-    void_replaced_authorizations, release_given_up_keys): voided at the gateway, recorded only as
-    the gateway answered, each write conditional on the order's version.
+    authorized (Order.authorization_keys_given_up), which only a cancel asks about again. And so
+    does a cancelled order's own authorization that the gateway, unavailable, could not void, or
+    not look up under the order's own key while its payment was pending (or, on a payment_failed
+    order, under an earlier key: Order.own_void_owed): the cancel's execution (FailPayment)
+    retries it for a while, and nothing after it.
+    Each is settled as a cancel settles it (Cancellation.void_requested_authorization,
+    void_replaced_authorizations, release_given_up_keys, void_owed): voided at the gateway, recorded
+    only as the gateway answered, each write conditional on the order's version.
 
     Found through an index of the orders that hold one, by when they last changed; only an order
     last changed more than `after` ago is taken: the request is written by its PATCH, which the API
@@ -94,26 +99,32 @@ class UnsettledAuthorizationSweep:
     def _settle(self, order_id: str, actor: str, left_before: datetime, down: set[str]) -> bool | None:
         """Whether the order was left with nothing to settle; None when it was not asked: nothing
         to settle, changed since `left_before` (the index lags the order), its gateway found down,
-        or a void of it refused since it last changed."""
+        or a void of it refused since it last changed (then only a cancelled order's own void still
+        owed is asked)."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
             return None
         order, history = found
+        # A refusal since it last changed leaves what an edit left to the order's next change; a
+        # cancelled order's own void is asked all the same (a refusal of it ends its being owed).
+        refused = _void_refused_since(history, order.last_changed)
         if (
-            not order.edit_authorizations_left
+            not order.authorizations_left
             or order.last_changed >= left_before
             or order.payment.method in down
-            or _void_refused_since(history, order.last_changed)
+            or (refused and not order.own_void_owed)
         ):
             return None
         try:
-            order = self._cancellation.void_requested_authorization(order, actor)
-            order = self._cancellation.void_replaced_authorizations(order, actor)
-            order = self._cancellation.release_given_up_keys(order, actor)
+            order = self._cancellation.void_owed(order, actor)
+            if not refused:
+                order = self._cancellation.void_requested_authorization(order, actor)
+                order = self._cancellation.void_replaced_authorizations(order, actor)
+                order = self._cancellation.release_given_up_keys(order, actor)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
             raise
-        return not order.edit_authorizations_left
+        return not order.authorizations_left
 
 
 def _void_refused_since(history: list[HistoryEntry], since: datetime) -> bool:

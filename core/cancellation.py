@@ -146,7 +146,7 @@ class Cancellation:
         released (release_lost_authorizations, under the order's own key too); nothing else to do
         when the payment is not `authorized`. One that cannot be voided stops none of the others.
         Raises PaymentRefused or PaymentGatewayUnavailable (_first_to_retry) with every failed
-        attempt recorded."""
+        attempt recorded; otherwise the order no longer owes its own (Order.own_void_owed)."""
         order = self.settle_capture_requests(order, actor)
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
         releases = (self.void_requested_authorization, self.void_replaced_authorizations, self.release_given_up_keys,
@@ -159,7 +159,28 @@ class Cancellation:
                 order = self._orders.get(order.id, consistent=True) or order
         if failed:
             raise _first_to_retry(failed)
+        if order.own_void_owed:  # what its pending payment's keys held is released by now
+            at = self._clock()
+            order = modify(self._orders, order.id, lambda current: current.record_own_void_settled(at=at))
         return order
+
+    def void_owed(self, order: Order, actor: str) -> Order:
+        """Settle the closed order's own payment that the gateway could not settle, or get to, when
+        it was cancelled or ended payment_failed (Order.own_void_owed), as `void` settles it (every
+        capture it asked for and never recorded given back first; its authorization voided, or what
+        its unpaid payment's keys may hold released: a declined one's own key was declined), and
+        record that it is no longer owed; nothing to do when it is not owed. What an edit left is
+        not asked here. Raises PaymentRefused or PaymentGatewayUnavailable, each failed attempt in
+        the history. Returns the order after."""
+        if not order.own_void_owed:
+            return order
+        order = self.settle_capture_requests(order, actor)
+        if order.payment.status is PaymentStatus.DECLINED:
+            order = self.release_lost_authorizations(order, actor)
+        else:
+            order = self._void_own(order, actor)
+        at = self._clock()
+        return modify(self._orders, order.id, lambda current: current.record_own_void_settled(at=at))
 
     def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment
@@ -294,10 +315,11 @@ class Cancellation:
     def _release_unrecorded(self, order: Order, key: str, actor: str, *, looked_up_only: bool = False) -> bool:
         """Void what the gateway authorized under `key` for `order`, which records none: asked with
         oms_payment_find_authorization, which never authorizes (a key never asked finds nothing),
-        and voided at once (`payment_voided`, naming the key). False when no payment plugin answers
-        that hook (it is optional): the authorization is left as it is, with a warning naming the
-        order and the key for an operator, unless `looked_up_only` (the caller asks again). Raises
-        PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
+        and voided at once (`payment_voided`, naming the key). False when the payment plugin does
+        not answer that hook (it is optional): the authorization is left as it is, with a warning
+        naming the order and the key for an operator, unless `looked_up_only` (the caller asks
+        again). Raises NoPaymentPlugin when no payment plugin takes the order's method (removed:
+        nobody could say), PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
         PaymentGatewayUnavailable as `void` does: each failed attempt is in the history as a failed
         void naming the key, which the next release asks about again."""
         method = order.payment.method

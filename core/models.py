@@ -1306,6 +1306,17 @@ class Order(BaseModel, defer_build=True):
     # earlier key of an authorized order. Empty on the typical order. The system's own: stored,
     # never shown.
     authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
+    # Whether the cancelled order's own authorization is still to void because the gateway could
+    # not (unavailable through every attempt), or could not get to it: a capture the order asked
+    # for and never recorded is given back first (Cancellation.void); or, its payment never
+    # authorized (pending; or declined, the order payment_failed), what the gateway may hold under
+    # a key of its own could not be looked up or voided.
+    # Set by the write that records the first such attempt, and cleared by the one that records the
+    # void (or the release), or a refusal (which no pass asks again). The cancel's execution
+    # retries it for a while; once that gives up, the reconciler's authorization pass settles it
+    # (core.authorization_sweep). False on the typical order, whose void is made at once. The
+    # system's own: stored, never shown.
+    own_void_owed: bool = Field(default=False, exclude=True)
     # An exchange's replacement order: the return whose refund pays for part of it (`exchange_of`)
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
@@ -1367,6 +1378,8 @@ class Order(BaseModel, defer_build=True):
             system["replaced_authorizations"] = list(self.replaced_authorizations)
         if self.authorization_keys_given_up:
             system["authorization_keys_given_up"] = list(self.authorization_keys_given_up)
+        if self.own_void_owed:
+            system["own_void_owed"] = True
         if self.return_entries:
             system["return_entries"] = list(self.return_entries)
         if self.exchange_shares:
@@ -1468,6 +1481,13 @@ class Order(BaseModel, defer_build=True):
             or bool(self.replaced_authorizations)
             or bool(self.authorization_keys_given_up)
         )
+
+    @property
+    def authorizations_left(self) -> bool:
+        """Whether an authorization is left for the reconciler's authorization pass to settle: one
+        an edit left (`edit_authorizations_left`), or a closed order's own that the gateway could not
+        settle (`own_void_owed`)."""
+        return self.edit_authorizations_left or self.own_void_owed
 
     @property
     def authorized_version(self) -> int:
@@ -1855,12 +1875,55 @@ class Order(BaseModel, defer_build=True):
         self, operation: str, *, attempt: int, kind: str, message: str, at: datetime, actor: str,
         detail: dict[str, Any] | None = None,
     ) -> Change:  # fmt: skip
-        """One failed attempt at the gateway (`kind` transient, refused or no_plugin), for the audit trail."""
-        return self.noted(
+        """One failed attempt at the gateway (`kind` transient, refused or no_plugin), for the audit
+        trail. One at settling a cancelled order's own payment also says whether that is still owed
+        (`own_void_owed`, _own_void_owed_after), in a version of its own when that changes."""
+        noted = self.noted(
             PAYMENT_FAILURE_EVENTS[operation], at=at, actor=actor,
             detail={"operation": operation, "attempt": attempt, "kind": kind, "message": message[:500],
                     **(detail or {})},
         )  # fmt: skip
+        owed = self._own_void_owed_after(operation, kind, detail or {})
+        if owed is None or owed == self.own_void_owed:
+            return noted
+        new = _replaced(self, own_void_owed=owed, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, noted[1]
+
+    def _own_void_owed_after(self, operation: str, kind: str, detail: dict[str, Any]) -> bool | None:
+        """Whether a failed attempt at settling this cancelled (or payment_failed) order's own
+        payment leaves it owed (`own_void_owed`): True when the gateway was unavailable; False when
+        it refused, or no payment plugin took it (no pass asks that again); None (nothing changes)
+        for an attempt at something else, or a refusal that settles what was asked (a capture asked
+        again and refused, or an authorization: none was made). Its own payment: the authorization
+        it records (voided once every capture it asked for and never recorded is given back), or,
+        never authorized, what the gateway may hold under a key of its own (an attempt whose answer
+        was lost, or that left nothing in the history: looked up, or asked again, by
+        `authorization_key`)."""
+        payment = self.payment
+        if self.status not in (OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED):
+            return None
+        if payment.status is PaymentStatus.AUTHORIZED:
+            own = (operation == "void" and detail.get("authorization") == payment.authorization) or (
+                operation in ("capture", "refund") and bool(self.captures_requested)
+            )
+        else:
+            unpaid = payment.status in (PaymentStatus.PENDING, PaymentStatus.DECLINED)
+            own = unpaid and operation in ("void", "authorize") and "authorization_key" in detail
+        if not own:
+            return None
+        if kind == "transient":
+            return True
+        return None if kind == "refused" and operation in ("capture", "authorize") else False
+
+    def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
+        """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its
+        unpaid payment's keys may hold was released. Bookkeeping; None when nothing was owed."""
+        if not self.own_void_owed:
+            return None
+        new = _replaced(self, own_void_owed=False, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, None
 
     def authorize(
         self, amount: Money, reference: str, *, at: datetime, actor: str, keys_given_up: list[str] | None = None
@@ -2332,6 +2395,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": authorization, "reference": reference}, payment=payment.voided(),
+            own_void_owed=False,
         )  # fmt: skip
 
     # --- Cancelling units that have not shipped -----------------------------------------------

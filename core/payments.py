@@ -113,11 +113,15 @@ class Payments:
 
     def find_authorization(self, method: str, order_id: str, key: str) -> PaymentResult | None:
         """What the gateway authorized under `key`: approved with its reference, declined when
-        nothing was; None when no payment plugin answers oms_payment_find_authorization (it is
-        optional). TransientError passes through for a retry."""
+        nothing was; None when the payment plugin that takes `method` does not answer
+        oms_payment_find_authorization (it is optional). NoPaymentPlugin when no payment plugin
+        takes `method` (_answered): nobody could say, so the key is asked about again once the
+        plugin is back. TransientError passes through for a retry."""
         result = call_hook(
             self._hook.oms_payment_find_authorization, method=method, order_id=order_id, idempotency_key=key
         )
+        if result is None and method not in self.methods():
+            self._answered(result, "void", method, order_id)
         return None if result is None else self._checked(result, "oms_payment_find_authorization", method)
 
     def capture(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:

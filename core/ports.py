@@ -349,8 +349,8 @@ class PendingRefunds(ABC):
 
 
 class UnsettledAuthorizations(ABC):
-    """Orders holding an authorization an edit left (Order.edit_authorizations_left), found
-    through an index."""
+    """Orders holding an authorization an edit left, or a cancelled order's own whose void the
+    gateway could not make (Order.authorizations_left), found through an index."""
 
     @abstractmethod
     def left_since_before(self, before: datetime) -> Iterator[str]:

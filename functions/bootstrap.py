@@ -490,9 +490,10 @@ class Container:
     @cached_property
     def authorization_sweep(self) -> UnsettledAuthorizationSweep:
         """The reconciler's fifth job: settle the authorizations edits left on orders nobody
-        changes again. Taken once `ReconcileAfterMinutes` (at least 6) have passed since the order
-        last changed: the PATCH that wrote a request runs in the API function, whose timeout (10 s)
-        has ended it long before."""
+        changes again, and the cancelled orders' own the gateway could not void. Taken once
+        `ReconcileAfterMinutes` (at least 6) have passed since the order last changed: the PATCH
+        that wrote a request runs in the API function, whose timeout (10 s) has ended it long
+        before."""
         from core.authorization_sweep import UnsettledAuthorizationSweep
         from functions.adapters.dynamodb import DynamoUnsettledAuthorizations
 

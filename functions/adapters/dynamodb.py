@@ -213,13 +213,15 @@ JEOPARDY_KEY = "jeopardy"
 # moment its request asks the gateway, so the entry comes and goes once per refund.
 PENDING_REFUND_KEY = "pending"
 # The same index's second partition: an order holding an authorization an edit left (asked for and
-# not recorded, or replaced and not voided: Order.edit_authorizations_left), by when it last
-# changed, so the reconciler voids what an order nobody touches again would keep holding on the
-# customer's card (core.authorization_sweep.UnsettledAuthorizationSweep). Only an edit whose total grew
-# leaves one, for the moment between its request and its write or void, or an edit of a pending
-# order whose given-up key the gateway could not be asked about before the order was authorized; an
-# order with a refund pending as well stays in PENDING_REFUND_KEY's partition until that refund is
-# finished.
+# not recorded, or replaced and not voided: Order.edit_authorizations_left), or a cancelled (or
+# payment_failed) order whose own authorization the gateway could not void (Order.own_void_owed),
+# by when it last changed, so the reconciler voids what an order nobody touches again would keep holding on the
+# customer's card (core.authorization_sweep.UnsettledAuthorizationSweep: Order.authorizations_left).
+# Only an edit whose total grew leaves one, for the moment between its request and its write or
+# void, or an edit of a pending order whose given-up key the gateway could not be asked about before
+# the order was authorized, or a cancel whose void found the gateway down (a cancel whose void is
+# made at once writes no entry); an order with a refund pending as well stays in
+# PENDING_REFUND_KEY's partition until that refund is finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
 # Ahead of it (a refund pending comes first still), SETTLEMENT_CAPTURE_KEY: an order with a
 # settlement capture asked of the gateway and not recorded (a CaptureRequest with no shipment: the
@@ -259,7 +261,7 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     elif order.capture_request(None) is not None:
         attributes["refund_key"] = {"S": SETTLEMENT_CAPTURE_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
-    elif order.edit_authorizations_left:
+    elif order.authorizations_left:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.owes_carrier_work():

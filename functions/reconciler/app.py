@@ -5,9 +5,10 @@ returns that have none (core/return_reconciliation.py); books again the parcels 
 left due a label, and cancels with their carrier the bookings no parcel will use
 (core/carrier_bookings.py); finishes refunds a request left pending at the gateway
 (core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on orders nobody
-changes again (core/authorization_sweep.py); records the settlement captures cancels of units asked
-for and never recorded, which the jeopardy scan never finds on an order shipped since
-(core/capture_sweep.py's run_settlements)."""
+changes again, and the cancelled orders' own the gateway could not void
+(core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
+recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
+run_settlements)."""
 
 from __future__ import annotations
 

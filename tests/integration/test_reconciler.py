@@ -690,6 +690,56 @@ def test_a_key_an_order_gave_up_before_it_was_authorized_is_voided_through_the_i
     assert refund_index(aws, placed.id) == {}
 
 
+def test_a_cancelled_orders_own_void_the_gateway_could_not_make_is_made_through_the_index(stack, monkeypatch):
+    # The cancel's execution retries the void for half a minute; after that, only this pass asks.
+    from botocore.client import BaseClient
+
+    from core.errors import TransientError
+    from core.payments import Payments
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+    from tests.integration.test_unrecorded_captures import _sets_refund_key
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 10)
+    typical, down = (services.capture.place(place_order(external_id=e), actor="key_web") for e in ("web-1", "web-2"))
+    for placed in (typical, down):
+        services.workflow.authorize_payment(placed.id, attempt=0)
+    writes: list[dict[str, Any]] = []
+    real = BaseClient._make_api_call
+
+    def recorded(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation in ("PutItem", "UpdateItem", "TransactWriteItems", "BatchWriteItem"):
+            writes.append(params)
+        return real(self, operation, params)
+
+    def void_down(self: Payments, *args: Any, **kwargs: Any) -> Any:
+        raise TransientError("the gateway is briefly unavailable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(BaseClient, "_make_api_call", recorded)
+        voided = services.actions.cancel(typical.id, "changed my mind", "key_web")
+    assert voided.payment.status is PaymentStatus.VOIDED
+    assert not any(_sets_refund_key(p) for p in writes) and refund_index(aws, typical.id) == {}
+    with monkeypatch.context() as patched:
+        patched.setattr(Payments, "void", void_down)
+        cancelled = services.actions.cancel(down.id, "changed my mind", "key_web")
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED
+    assert refund_index(aws, down.id)["refund_key"] == "void"
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        assert reconcile() == did(authorizations_settled=[down.id])
+
+    settled, history = bootstrap(Config.from_env()).order_repository.history(down.id)
+    assert settled.payment.status is PaymentStatus.VOIDED and not settled.own_void_owed
+    assert (history[-1].type, history[-1].actor) == ("payment_voided", "reconciler")
+    assert refund_index(aws, down.id) == {}
+
+
 def test_an_order_with_a_refund_pending_is_swept_for_the_refund_first():
     from core.models import PaymentRefund
     from functions.adapters.dynamodb import index_attributes, timestamp

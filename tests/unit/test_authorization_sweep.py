@@ -13,14 +13,14 @@ import pytest
 from core import payment_keys
 from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
 from core.cancellation import Cancellation
-from core.errors import Conflict, TransientError
+from core.errors import Conflict, PaymentDeclined, TransientError
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
 from core.order_changes import outage_noted_once
 from core.ports import UnsettledAuthorizations
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.test_jeopardy import Clock
-from tests.unit.test_payment_truth import Removed
+from tests.unit.test_payment_truth import Removed, a_ship_that_died
 from tests.unit.test_workflow import AnswerLost, LookupDown
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
@@ -34,7 +34,7 @@ class InMemoryUnsettledAuthorizations(UnsettledAuthorizations):
         self._world = world
 
     def left_since_before(self, before: datetime) -> Iterator[str]:
-        left = [o for o in self._world.orders.orders.values() if o.edit_authorizations_left and o.last_changed < before]
+        left = [o for o in self._world.orders.orders.values() if o.authorizations_left and o.last_changed < before]
         return iter(o.id for o in sorted(left, key=lambda o: o.last_changed))
 
 
@@ -306,3 +306,138 @@ def test_a_given_up_key_no_payment_plugin_takes_is_reported_once_then_left_for_t
     removed.gone = False
     cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")  # the next change asks again
     assert not cancelled.edit_authorizations_left and made[0] in world.spy.voided
+
+
+def test_a_cancelled_orders_own_authorization_the_gateway_could_not_void_is_voided_by_the_pass(world, clock):
+    # The cancel answers 200 with the payment still authorized; its execution's retries run out.
+    order = authorized(world)
+    world.gateway.script("void", "transient")
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED and world.spy.voided == []
+    clock.advance(minutes=14)
+    assert sweep(world, clock).run(ACTOR) == []  # not asked while it is young
+    assert void_failures(world, order.id) == [("key_web", "transient")] * 3
+
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=2)
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+
+    after = world.order(order.id)
+    assert after.payment.status is PaymentStatus.VOIDED and world.spy.voided == [order.payment.authorization]
+    assert not after.authorizations_left
+    [voided] = [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_VOIDED]
+    assert (voided.actor, voided.detail["authorization"]) == (ACTOR, order.payment.authorization)
+    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == [order.payment.authorization]
+
+
+def test_a_cancel_whose_void_is_made_at_once_or_refused_leaves_nothing_for_the_pass(world, clock):
+    voided, refused = authorized(world), authorized(world)
+    world.actions.cancel(voided.id, "changed my mind", actor="key_web")
+    world.gateway.script("void", "transient", "refuse")
+    world.actions.cancel(refused.id, "changed my mind", actor="key_web")  # the refusal: for a person
+    assert void_failures(world, refused.id) == [("key_web", "transient"), ("key_web", "refused")]
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == []
+
+    assert not world.order(voided.id).authorizations_left and not world.order(refused.id).authorizations_left
+    assert "own_void_owed" not in world.order(voided.id).stored_json()
+    assert world.order(refused.id).payment.status is PaymentStatus.AUTHORIZED
+
+
+@pytest.mark.parametrize("down", ["capture", "refund"])
+def test_a_cancel_that_could_not_give_back_a_dead_ships_capture_is_settled_and_voided_by_the_pass(
+    world, clock, monkeypatch, down
+):
+    # The capture is given back before the void is asked: with the gateway down for that, the cancel
+    # never got to the void, and the customer was charged and held with nothing to ask again.
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    world.gateway.script(down, "transient")
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED and cancelled.captures_requested
+    assert world.spy.voided == [] and world.spy.refunded == []
+
+    world.gateway.script(down, "approve")
+    clock.advance(minutes=16)
+    assert sweep(world, clock).run(ACTOR) == [order.id]
+
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.status is PaymentStatus.VOIDED
+    assert [(amount, key) for _, amount, key in world.spy.refunded] == [
+        (order.totals.grand_total, payment_keys.capture_reversal(order.id, shipment_id))
+    ]
+    assert world.spy.voided == [order.payment.authorization] and not after.authorizations_left
+
+
+def test_a_cancel_that_could_not_look_up_an_authorization_whose_answer_was_lost_is_finished_by_the_pass(clock):
+    # Cancelled while pending, the gateway down: the authorization it may have made under the
+    # order's key was never looked up, and after the cancel's execution nothing asked again.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=3), clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    assert cancelled.payment.status is PaymentStatus.PENDING and world.spy.voided == []
+    assert void_failures(world, order_id) == [("key_web", "transient")] * 3
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order_id]
+
+    assert world.spy.voided == lost.made and not world.order(order_id).authorizations_left
+    [voided] = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
+    assert (voided.actor, voided.detail["authorization_key"]) == (ACTOR, payment_keys.authorize(order_id, 1))
+    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == lost.made
+
+
+def test_a_pending_cancel_that_looked_up_its_key_at_once_leaves_nothing_for_the_pass(clock):
+    world = build_world(STOCK, clock=clock)
+    world.gateway.script("authorize", "timeout", "approve")
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    clock.advance(minutes=16)
+
+    assert not world.order(order_id).authorizations_left and sweep(world, clock).run(ACTOR) == []
+
+
+def test_a_cancelled_orders_own_void_is_made_by_the_pass_whatever_the_gateway_says_of_a_replaced_one(world, clock):
+    order = authorized(world)
+    world.gateway.script("void", *["transient"] * 3, "refuse", *["transient"] * 3, "approve")
+    edited = world.actions.edit(order.id, order.version, FIVE, "key_web")  # the replaced one stays held
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")  # refused, then down
+    assert cancelled.payment.status is PaymentStatus.AUTHORIZED and world.spy.voided == []
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == []  # the replaced one, refused, waits for a person
+
+    after = world.order(order.id)
+    assert after.payment.status is PaymentStatus.VOIDED and world.spy.voided == [edited.payment.authorization]
+    assert after.replaced_authorizations == [order.payment.authorization]
+
+
+def test_a_payment_failed_order_whose_lost_authorization_could_not_be_looked_up_is_released_by_the_pass(clock):
+    # Its first answer lost, edited while pending, the edited total declined: FailPayment asks what
+    # the gateway holds under the first key, the gateway down through its retries (and the edit's,
+    # and the authorization's). Nothing else will ever settle the payment_failed order.
+    lost = AnswerLost()
+    world = build_world(STOCK, lost, LookupDown(times=9), clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_ops")
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=1)
+    with pytest.raises(TransientError):
+        world.workflow.fail_payment(order_id, error="PaymentDeclined", cause="declined")
+    assert world.order(order_id).status is OrderStatus.PAYMENT_FAILED and world.spy.voided == []
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order_id]
+
+    assert world.spy.voided == lost.made and not world.order(order_id).authorizations_left
+    [voided] = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
+    assert (voided.actor, voided.detail["authorization_key"]) == (ACTOR, payment_keys.authorize(order_id, 1))

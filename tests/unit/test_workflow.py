@@ -965,6 +965,61 @@ def test_an_authorization_after_an_edit_releases_what_the_edit_could_not():
     assert [h.detail["authorization_key"] for h in voided] == [payment_keys.authorize(order_id, 1)]
 
 
+class PluginRemoved:
+    """Once `gone`, no payment plugin takes any method (the orders' plugin was taken out of the
+    deployment), where NoLookup is a plugin that takes it and has no lookup hook."""
+
+    gone = False
+
+    @hookimpl(wrapper=True)
+    def oms_payment_methods(self):
+        methods = yield
+        return [] if self.gone else methods
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self):
+        result = yield
+        return None if self.gone else result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self):
+        result = yield
+        return None if self.gone else result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_find_authorization(self):
+        result = yield
+        return None if self.gone else result
+
+
+def test_a_key_an_edit_could_not_look_up_for_a_removed_plugin_is_asked_again_once_it_is_back(monkeypatch):
+    # Not a plugin without the lookup hook (warned, never asked again): nobody could say, so the
+    # key is named in the history and the next authorization, the plugin back, releases it.
+    removed = PluginRemoved()
+    world = build_world(STOCK, removed)
+    order_id = world.place(("TSHIRT", 2))
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+    (first,) = world.spy.authorized
+    removed.gone = True
+    placed = world.order(order_id)
+    world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                       actor="key_ops")  # fmt: skip
+    failed = [h for h in world.history(order_id) if h.type == "payment_void_failed"]
+    assert [(h.detail["kind"], h.detail["authorization_key"]) for h in failed] == [
+        ("no_plugin", payment_keys.authorize(order_id, 1))
+    ]
+
+    removed.gone = False
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED and order.payment.authorization != first
+    assert world.spy.voided == [first]
+
+
 def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gateway():
     # The first attempt's answer was lost (the gateway authorized), the order was edited while
     # pending (its next authorization keyed anew) and neither the edit nor the next attempt could
