@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
@@ -12,15 +13,40 @@ from infra.local.gateway import RAW_HEADERS_KEY, ApiGateway
 
 class GatewayRequestHandler(WSGIRequestHandler):
     """Keeps the headers as sent (case and repeats), which WSGI's environ folds; access logging is
-    the gateway's own. Answers in HTTP/1.1 like API Gateway, though werkzeug's server (3.1) sends
-    `Connection: close` with every response, so clients do not keep connections alive."""
+    the gateway's own. Answers in HTTP/1.1 and keeps the connection, as API Gateway does. Werkzeug's
+    own run_wsgi (3.1) closes every connection, since it cannot tell where a body the application
+    left unread ends: it still answers a chunked body, and one over the gateway's limit (the
+    gateway refuses it unread, and werkzeug drains it so the client sees the 413)."""
 
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # A kept connection's next request must not wait for the ACK of this response's headers
+        # (Nagle's algorithm against the client's delayed ACK: 40 ms a request).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
         environ[RAW_HEADERS_KEY] = list(self.headers.items())
         return environ
+
+    def run_wsgi(self) -> None:
+        length = self.headers.get("Content-Length", "0").strip()
+        if "Transfer-Encoding" in self.headers or not length.isdigit() or int(length) > self.server.app.max_body_bytes:
+            return super().run_wsgi()
+        answer: list[Any] = []
+        body = b"".join(self.server.app(self.make_environ(), lambda *started: answer.extend(started[:2])))
+        status, headers = answer
+        code, _, reason = status.partition(" ")
+        self.send_response(int(code), reason)
+        for name, value in headers:
+            if name.lower() not in ("content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass

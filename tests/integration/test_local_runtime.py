@@ -708,6 +708,27 @@ def test_stack_serves_the_api_and_the_aws_endpoint_on_free_ports(stack, admin_ke
     assert dynamodb.scan(TableName=stack.table_names["OrdersTable"])["Count"] == 1
 
 
+def test_the_api_keeps_a_clients_connection_as_api_gateway_does_but_after_a_body_it_did_not_read(stack):
+    host, port = stack.api_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    requests = [("GET", "/health", None), ("PUT", "/inventory/SKU-1/wh-1", b'{"on_hand": 1}'), ("GET", "/health", None)]
+    answers, sockets = [], []
+    for method, path, body in requests:
+        connection.request(method, path, body=body, headers={"Authorization": "Bearer good"})
+        response = connection.getresponse()
+        answers.append((response.status, json.loads(response.read())["path"], response.getheader("Connection")))
+        sockets.append(connection.sock)
+    connection.request("PUT", "/inventory/SKU-1/wh-1", body=b"x" * (10 * 1024 * 1024 + 1))
+    refused = connection.getresponse()
+    refused.read()
+
+    assert answers == [(200, "/health", None), (201, "/inventory/SKU-1/wh-1", None), (200, "/health", None)]
+    assert sockets[0] is not None and sockets.count(sockets[0]) == 3  # one connection served all three
+    assert (refused.status, refused.getheader("Connection")) == (413, "close")
+    assert refused.will_close  # the unread body is never taken for the next request
+    connection.close()
+
+
 def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_order(stack):
     import shlex
     import time
