@@ -2448,16 +2448,18 @@ class Order(BaseModel, defer_build=True):
 
     def cancel_units(
         self, cancelled: dict[str, int], priced: dict[str, OrderLine], totals: Totals, *, reason: str, at: datetime,
-        actor: str,
+        actor: str, grants: list[PromotionGrant] | None = None,
     ) -> Change:  # fmt: skip
         """`cancelled` units ({line_id: units}, from units_to_cancel) leave the order before they
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
         take their `priced` values (the lines with units left, priced again) and the order
-        `totals`; the shipments that have not left (pending, or a pickup waiting at its store) lose
-        those units (the last ones first) and an emptied one goes, with its allocations; a pending
-        one left with fewer units is due a label for what it now holds (`labels_due`, booked under
-        a new booking key: `rebookings` grows). With nothing left to ship the order is `shipped`,
-        or `delivered` when every shipment is."""
+        `totals`, and `grants` (what its codes and the plugins' rules grant the units left) are its
+        `promotion_grants` from now on (None: as they were), as an edit's are; the shipments that
+        have not left (pending, or a pickup waiting at its store) lose those units (the last ones
+        first) and an emptied one goes, with its allocations; a pending one left with fewer units
+        is due a label for what it now holds (`labels_due`, booked under a new booking key:
+        `rebookings` grows). With nothing left to ship the order is `shipped`, or `delivered` when
+        every shipment is."""
         zero = Money.zero(self.currency)
         lines = []
         for line in self.lines:
@@ -2474,6 +2476,7 @@ class Order(BaseModel, defer_build=True):
                 line = _replaced(line, quantity=0, discount=zero, tax=zero, total=zero,
                                  cancelled_quantity=line.cancelled_quantity + gone)  # fmt: skip
             lines.append(line)
+        kept_grants = self.promotion_grants if grants is None else grants
         if self.status is OrderStatus.BACKORDERED:
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).
@@ -2483,7 +2486,8 @@ class Order(BaseModel, defer_build=True):
                         "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
                                         "to": totals.grand_total.model_dump(mode="json")},
                         "released": [a.model_dump() for a in self.allocations]},
-                lines=lines, totals=totals, rebookings=self.rebookings + 1, **self._sourced_again(),
+                lines=lines, totals=totals, rebookings=self.rebookings + 1, promotion_grants=kept_grants,
+                **self._sourced_again(),
             )  # fmt: skip
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
@@ -2534,6 +2538,7 @@ class Order(BaseModel, defer_build=True):
                                     "to": totals.grand_total.model_dump(mode="json")}},
             lines=lines, totals=totals, shipments=left, allocations=allocations, payment=payment,
             labels_due=labels_due, rebookings=self.rebookings + 1 if shrunk else self.rebookings,
+            promotion_grants=kept_grants,
         )  # fmt: skip
 
     def relabel(
