@@ -362,8 +362,25 @@ def _made_visible(note: str | None) -> str | None:
 
 
 # Text a plugin writes for people to read (a return policy's refusal, a shipping quote's description):
-# made safe as a review rule's note is, since refusing it would fail the customer's own request.
+# made safe as a review rule's note is, since refusing it would fail the customer's own request. So
+# is a person's free text read back (a refund's or a return line's reason, a note): one stored before
+# invisible characters were refused shows each as U+FFFD, as a stored name does (StoredText).
 VisibleText = AfterValidator(_made_visible)
+
+
+def _visible_detail(detail: dict | None) -> dict | None:
+    """A history entry's detail with the reasons and notes in it (a cancel's reason, a hold's note,
+    a review rule's, at any depth) made visible (VisibleText): one stored before invisible
+    characters were refused shows each as U+FFFD. Nothing else in it is touched."""
+
+    def shown(value: Any, key: Any = None) -> Any:
+        if isinstance(value, dict):
+            return {k: shown(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shown(v) for v in value]
+        return _made_visible(value) if key in ("reason", "note") and isinstance(value, str) else value
+
+    return shown(detail)
 
 
 def _made_visible_on_one_line(name: str) -> str:
@@ -823,7 +840,7 @@ class PaymentRefund(BaseModel, defer_build=True):
 
     id: str
     amount: Money
-    reason: str
+    reason: Annotated[str, VisibleText]
     status: RefundStatus = "succeeded"
     kind: RefundKind = "appeasement"
     return_id: str | None = None
@@ -1025,7 +1042,7 @@ class Hold(BaseModel, defer_build=True):
     `hold: {reason, note, since}`, so no response shows it."""
 
     reason: HoldReason
-    note: str | None = None
+    note: Annotated[str, VisibleText] | None = None
     since: datetime
     # Always stored; None only in an Order read back from a response (POST /orders re-validates
     # its own answer, an Idempotency-Key replays it), which is never written or released.
@@ -1096,7 +1113,7 @@ class HistoryEntry(BaseModel, defer_build=True):
     from_status: OrderStatus | None = None
     to_status: OrderStatus | None = None
     actor: str
-    detail: dict | None = None
+    detail: Annotated[dict | None, AfterValidator(_visible_detail)] = None
 
 
 M = TypeVar("M", bound=BaseModel)
