@@ -13,7 +13,7 @@ import pytest
 from core import payment_keys
 from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
 from core.cancellation import Cancellation
-from core.errors import Conflict, PaymentDeclined, TransientError
+from core.errors import Conflict, OrderClosed, PaymentDeclined, TransientError
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
 from core.order_changes import outage_noted_once
@@ -21,7 +21,7 @@ from core.ports import UnsettledAuthorizations
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_payment_truth import Removed, a_ship_that_died
-from tests.unit.test_workflow import AnswerLost, LookupDown
+from tests.unit.test_workflow import AnswerLost, CancelledMeanwhile, LookupDown
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 20)]
@@ -441,3 +441,43 @@ def test_a_payment_failed_order_whose_lost_authorization_could_not_be_looked_up_
     assert world.spy.voided == lost.made and not world.order(order_id).authorizations_left
     [voided] = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
     assert (voided.actor, voided.detail["authorization_key"]) == (ACTOR, payment_keys.authorize(order_id, 1))
+
+
+def test_an_authorization_that_lost_its_write_to_a_cancel_and_could_not_be_voided_is_voided_by_the_pass(clock):
+    # The cancel lands while the gateway call is on its way (its lookup finds nothing authorized
+    # yet); the gateway approves, the write loses, and the void of what it made finds the gateway
+    # down through its retries. Nothing else would ever ask again: the hold stayed on the card.
+    meanwhile = CancelledMeanwhile()
+    world = build_world(STOCK, meanwhile, clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+
+    def cancel() -> None:
+        world.actions.cancel(order_id, "changed my mind", "key_web")
+        world.gateway.script("void", "transient")
+
+    meanwhile.meanwhile = cancel
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert len(world.spy.authorized) == 1 and world.spy.voided == []
+    assert void_failures(world, order_id) == [("workflow", "transient")] * 3
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == [order_id]
+
+    assert world.spy.voided == world.spy.authorized and not world.order(order_id).authorizations_left
+    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == world.spy.authorized
+
+
+def test_an_authorization_that_lost_its_write_to_a_cancel_and_was_voided_at_once_writes_nothing_more(clock):
+    meanwhile = CancelledMeanwhile()
+    world = build_world(STOCK, meanwhile, clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    meanwhile.meanwhile = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    cancelled = world.order(order_id)
+    clock.advance(minutes=16)
+
+    assert world.spy.voided == world.spy.authorized and sweep(world, clock).run(ACTOR) == []
+    assert world.order(order_id).version == cancelled.version and not cancelled.authorizations_left
