@@ -4,6 +4,7 @@ still hold because the gateway could not void them (the reconciler's pass)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
 
@@ -14,13 +15,25 @@ from core.models import HistoryEntry
 from core.ports import OrderRepository, UnsettledAuthorizations
 
 
+@dataclass
+class Settled:
+    """The orders a pass left with nothing to settle (`orders`, oldest first), and of them those
+    whose authorizations an edit left it settled (`edits`: Order.edit_authorizations_left) and those
+    whose own payment, closed (cancelled, payment_failed) and still owed, it settled (`own`:
+    Order.own_void_owed). An order that held both is in both."""
+
+    orders: list[str] = field(default_factory=list)
+    edits: list[str] = field(default_factory=list)
+    own: list[str] = field(default_factory=list)
+
+
 class SettleIncomplete(Exception):
     """An unsettled-authorization pass went on past orders it could not settle for a reason other
     than an unavailable gateway (the gateway refused a void, a plugin's error): those orders'
     errors (`failed`, by order id), and the orders it settled all the same (`settled`). The caller
     reports both, then fails, so the errors alarm calls a person."""
 
-    def __init__(self, settled: list[str], failed: dict[str, Exception]):
+    def __init__(self, settled: Settled, failed: dict[str, Exception]):
         super().__init__(f"the authorizations of {len(failed)} order(s) could not be settled: {sorted(failed)}")
         self.settled = settled
         self.failed = failed
@@ -67,13 +80,13 @@ class UnsettledAuthorizationSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str) -> list[str]:
-        """One pass: the ids of the orders it left with nothing to settle (of at most `limit`
-        asked, oldest first, among at most `max_reads` read). An order whose gateway is unavailable
-        waits for the next pass. One that fails otherwise does not stop the pass: it raises
-        SettleIncomplete once it is done."""
+    def run(self, actor: str) -> Settled:
+        """One pass: the orders it left with nothing to settle (of at most `limit` asked, oldest
+        first, among at most `max_reads` read), and what of each it settled. An order whose gateway
+        is unavailable waits for the next pass. One that fails otherwise does not stop the pass: it
+        raises SettleIncomplete once it is done."""
         left_before = self._clock() - self._after
-        settled: list[str] = []
+        settled = Settled()
         down: set[str] = set()
         failed: dict[str, Exception] = {}
         asked = 0
@@ -88,19 +101,25 @@ class UnsettledAuthorizationSweep:
             else:
                 if done is not None:
                     asked += 1
-                    if done:
-                        settled.append(order_id)
+                    edits, own = done
+                    if edits or own:
+                        settled.orders.append(order_id)
+                    if edits:
+                        settled.edits.append(order_id)
+                    if own:
+                        settled.own.append(order_id)
             if asked == self._limit:
                 break
         if failed:
             raise SettleIncomplete(settled, failed)
         return settled
 
-    def _settle(self, order_id: str, actor: str, left_before: datetime, down: set[str]) -> bool | None:
-        """Whether the order was left with nothing to settle; None when it was not asked: nothing
-        to settle, changed since `left_before` (the index lags the order), its gateway found down,
-        or a void of it refused since it last changed (then only a cancelled order's own void still
-        owed is asked)."""
+    def _settle(self, order_id: str, actor: str, left_before: datetime, down: set[str]) -> tuple[bool, bool] | None:
+        """Whether the order was left with nothing to settle, as (what an edit left was settled,
+        its own payment was settled): both False when something is left; None when it was not
+        asked: nothing to settle, changed since `left_before` (the index lags the order), its
+        gateway found down, or a void of it refused since it last changed (then only a cancelled
+        order's own void still owed is asked)."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
             return None
@@ -115,6 +134,7 @@ class UnsettledAuthorizationSweep:
             or (refused and not order.own_void_owed)
         ):
             return None
+        edits, own = order.edit_authorizations_left, order.own_void_owed
         try:
             order = self._cancellation.void_owed(order, actor)
             if not refused:
@@ -124,7 +144,9 @@ class UnsettledAuthorizationSweep:
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
             raise
-        return not order.authorizations_left
+        if order.authorizations_left:
+            return False, False
+        return edits, own
 
 
 def _void_refused_since(history: list[HistoryEntry], since: datetime) -> bool:

@@ -425,12 +425,17 @@ class Cancellation:
             if authorization in current.replaced_authorizations else None,
         )  # fmt: skip
 
-    def void_unrecorded(self, order: Order, authorization: str, actor: str) -> PaymentResult | None:
+    def void_unrecorded(
+        self, order: Order, authorization: str, actor: str, *, key: str | None = None
+    ) -> PaymentResult | None:
         """Release an authorization the order does not record: one obtained by a write that lost
         its race. None when it could not be voided; each failed attempt is in the order's history,
-        for an operator."""
+        for an operator. `key`: the one it was authorized under, named by each failed attempt, so
+        that release_lost_authorizations asks about it again, and a cancelled order's own that the
+        gateway could not void is owed (Order.own_void_owed): the reconciler's authorization pass
+        voids it once the gateway is back."""
         try:
-            return self._void(order, authorization, actor)
+            return self._void(order, authorization, actor, **({"authorization_key": key} if key else {}))
         except (PaymentRefused, PaymentGatewayUnavailable):
             return None
 

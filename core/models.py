@@ -362,8 +362,25 @@ def _made_visible(note: str | None) -> str | None:
 
 
 # Text a plugin writes for people to read (a return policy's refusal, a shipping quote's description):
-# made safe as a review rule's note is, since refusing it would fail the customer's own request.
+# made safe as a review rule's note is, since refusing it would fail the customer's own request. So
+# is a person's free text read back (a refund's or a return line's reason, a note): one stored before
+# invisible characters were refused shows each as U+FFFD, as a stored name does (StoredText).
 VisibleText = AfterValidator(_made_visible)
+
+
+def _visible_detail(detail: dict | None) -> dict | None:
+    """A history entry's detail with the reasons and notes in it (a cancel's reason, a hold's note,
+    a review rule's, at any depth) made visible (VisibleText): one stored before invisible
+    characters were refused shows each as U+FFFD. Nothing else in it is touched."""
+
+    def shown(value: Any, key: Any = None) -> Any:
+        if isinstance(value, dict):
+            return {k: shown(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shown(v) for v in value]
+        return _made_visible(value) if key in ("reason", "note") and isinstance(value, str) else value
+
+    return shown(detail)
 
 
 def _made_visible_on_one_line(name: str) -> str:
@@ -823,7 +840,7 @@ class PaymentRefund(BaseModel, defer_build=True):
 
     id: str
     amount: Money
-    reason: str
+    reason: Annotated[str, VisibleText]
     status: RefundStatus = "succeeded"
     kind: RefundKind = "appeasement"
     return_id: str | None = None
@@ -1025,7 +1042,7 @@ class Hold(BaseModel, defer_build=True):
     `hold: {reason, note, since}`, so no response shows it."""
 
     reason: HoldReason
-    note: str | None = None
+    note: Annotated[str, VisibleText] | None = None
     since: datetime
     # Always stored; None only in an Order read back from a response (POST /orders re-validates
     # its own answer, an Idempotency-Key replays it), which is never written or released.
@@ -1096,7 +1113,7 @@ class HistoryEntry(BaseModel, defer_build=True):
     from_status: OrderStatus | None = None
     to_status: OrderStatus | None = None
     actor: str
-    detail: dict | None = None
+    detail: Annotated[dict | None, AfterValidator(_visible_detail)] = None
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -2448,16 +2465,18 @@ class Order(BaseModel, defer_build=True):
 
     def cancel_units(
         self, cancelled: dict[str, int], priced: dict[str, OrderLine], totals: Totals, *, reason: str, at: datetime,
-        actor: str,
+        actor: str, grants: list[PromotionGrant] | None = None,
     ) -> Change:  # fmt: skip
         """`cancelled` units ({line_id: units}, from units_to_cancel) leave the order before they
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
         take their `priced` values (the lines with units left, priced again) and the order
-        `totals`; the shipments that have not left (pending, or a pickup waiting at its store) lose
-        those units (the last ones first) and an emptied one goes, with its allocations; a pending
-        one left with fewer units is due a label for what it now holds (`labels_due`, booked under
-        a new booking key: `rebookings` grows). With nothing left to ship the order is `shipped`,
-        or `delivered` when every shipment is."""
+        `totals`, and `grants` (what its codes and the plugins' rules grant the units left) are its
+        `promotion_grants` from now on (None: as they were), as an edit's are; the shipments that
+        have not left (pending, or a pickup waiting at its store) lose those units (the last ones
+        first) and an emptied one goes, with its allocations; a pending one left with fewer units
+        is due a label for what it now holds (`labels_due`, booked under a new booking key:
+        `rebookings` grows). With nothing left to ship the order is `shipped`, or `delivered` when
+        every shipment is."""
         zero = Money.zero(self.currency)
         lines = []
         for line in self.lines:
@@ -2474,6 +2493,7 @@ class Order(BaseModel, defer_build=True):
                 line = _replaced(line, quantity=0, discount=zero, tax=zero, total=zero,
                                  cancelled_quantity=line.cancelled_quantity + gone)  # fmt: skip
             lines.append(line)
+        kept_grants = self.promotion_grants if grants is None else grants
         if self.status is OrderStatus.BACKORDERED:
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).
@@ -2483,7 +2503,8 @@ class Order(BaseModel, defer_build=True):
                         "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
                                         "to": totals.grand_total.model_dump(mode="json")},
                         "released": [a.model_dump() for a in self.allocations]},
-                lines=lines, totals=totals, rebookings=self.rebookings + 1, **self._sourced_again(),
+                lines=lines, totals=totals, rebookings=self.rebookings + 1, promotion_grants=kept_grants,
+                **self._sourced_again(),
             )  # fmt: skip
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
@@ -2534,6 +2555,7 @@ class Order(BaseModel, defer_build=True):
                                     "to": totals.grand_total.model_dump(mode="json")}},
             lines=lines, totals=totals, shipments=left, allocations=allocations, payment=payment,
             labels_due=labels_due, rebookings=self.rebookings + 1 if shrunk else self.rebookings,
+            promotion_grants=kept_grants,
         )  # fmt: skip
 
     def relabel(

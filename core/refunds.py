@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from core.errors import InvalidRequest
 from core.ids import short_hash
-from core.models import CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict
+from core.models import CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict, VisibleText
 from core.money import Money
 
 __all__ = [
@@ -186,7 +186,7 @@ class Refund(BaseModel, defer_build=True):
     id: str
     order_id: str
     amount: Money
-    reason: str
+    reason: Annotated[str, VisibleText]
     status: Literal["pending", "succeeded", "failed"]
     return_id: str | None = None
     created_at: datetime

@@ -95,7 +95,7 @@ class ReceiveReturn(Strict):
 class ReturnLine(BaseModel, defer_build=True):
     line_id: str
     quantity: int
-    reason: str
+    reason: Annotated[str, VisibleText]
     reason_code: ReasonCode | None = None
     received_quantity: int = 0
     # Of the received units, those fit to sell again (back on hand); the rest were damaged.
@@ -180,7 +180,7 @@ class Return(BaseModel):
     # `exchange_not_placed` entry it owes once given up, and when the refusal was written (`at`).
     # No run that reads it puts the replacement. The system's own: stored, never shown.
     exchange_refused: dict[str, Any] | None = Field(default=None, exclude=True)
-    note: str | None = None
+    note: Annotated[str, VisibleText] | None = None
     # What the order's history owes this return's changes (OrderEntry). The system's own: stored
     # (stored_json), never shown.
     order_entries: list[OrderEntry] = Field(default_factory=list, exclude=True)

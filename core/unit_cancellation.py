@@ -22,7 +22,16 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.ids import booking_key, reservation_key
-from core.models import GivenUpBooking, LineInput, Order, OrderLine, PaymentInput, PlaceOrder, Totals
+from core.models import (
+    GivenUpBooking,
+    LineInput,
+    Order,
+    OrderLine,
+    PaymentInput,
+    PlaceOrder,
+    PromotionGrant,
+    Totals,
+)
 from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
@@ -115,8 +124,9 @@ class UnitCancellation:
                     raise
                 consistent = True
                 continue
-            priced, totals = self._priced(order, cancelled)
-            new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor)
+            priced, totals, grants = self._priced(order, cancelled)
+            new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor,
+                                            grants=grants)  # fmt: skip
             try:
                 self._orders.update(new, order, [entry])
             except StaleVersion:
@@ -139,8 +149,12 @@ class UnitCancellation:
             return False
         return all(lines.get(line.line_id, 0) >= line.quantity for line in order.lines)
 
-    def _priced(self, order: Order, cancelled: dict[str, int]) -> tuple[dict[str, OrderLine], Totals]:
-        """The lines with units left, and the order's totals, priced again as an edit prices them,
+    def _priced(
+        self, order: Order, cancelled: dict[str, int]
+    ) -> tuple[dict[str, OrderLine], Totals, list[PromotionGrant]]:
+        """The lines with units left, the order's totals and what its codes and the plugins' rules
+        grant the units left (PricedOrder.grants: units an edit adds back later are bought at that
+        day's terms, not at those of the units cancelled), priced again as an edit prices them,
         but for the unit prices: a sku keeps the one it was sold at unless the plugins price its
         new quantity differently from its old one (a volume price lost with the units). What the
         catalog says today is no reason to charge more, or less, for units already sold (nor is a
@@ -166,7 +180,8 @@ class UnitCancellation:
                 subtotal=totals.subtotal, discount=totals.discount, shipping=charged, tax=totals.tax,
                 grand_total=totals.grand_total - totals.shipping + charged,
             )  # fmt: skip
-        return {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}, totals
+        lines = {line.line_id: price for (line, _), price in zip(kept, priced.lines, strict=True)}
+        return lines, totals, priced.grants
 
     @staticmethod
     def _command(order: Order, lines: list[tuple[str, int]]) -> PlaceOrder:

@@ -245,7 +245,8 @@ class Workflow:
             stored = self._kept(order, amount, result.reference, given_up)
             if stored is None:
                 raise self._closed_or_retry(
-                    order_id, lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR)
+                    order_id,
+                    lambda: self._cancellation.void_unrecorded(order, result.reference, WORKFLOW_ACTOR, key=key),
                 ) from None
             if stored.status is S.ON_HOLD:
                 raise OrderHeld(f"order {order_id} was put on hold while it was being authorized") from None

@@ -104,10 +104,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         settled = container().authorization_sweep.run(ACTOR)
     except SettleIncomplete as error:
         settled, unsettled = error.settled, error
-    for order_id in settled:
+    for order_id in settled.edits:
         logger.warning("authorization left by an edit settled", extra={"order_id": order_id})
-    if settled:
-        metrics.add_metric(name="EditAuthorizationsSettled", unit=MetricUnit.Count, value=len(settled))
+    for order_id in settled.own:
+        logger.warning("closed order's own authorization settled", extra={"order_id": order_id})
+    for name, orders in (("EditAuthorizationsSettled", settled.edits), ("OwnAuthorizationsSettled", settled.own)):
+        if orders:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=len(orders))
     if unsettled is not None:
         for order_id, failure in unsettled.failed.items():
             logger.error("authorization left by an edit not settled", extra={"order_id": order_id}, exc_info=failure)
@@ -126,7 +129,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "pickups_held": pickups.held,
         "returns_restarted": returns_restarted,
         "refunds_finished": refunds_finished,
-        "authorizations_settled": settled,
+        "authorizations_settled": settled.orders,
         "captures_settled": captures.settled,
         "ships_held": captures.held,
         "ships_unconfirmed": captures.unconfirmed,

@@ -690,7 +690,9 @@ def test_a_key_an_order_gave_up_before_it_was_authorized_is_voided_through_the_i
     assert refund_index(aws, placed.id) == {}
 
 
-def test_a_cancelled_orders_own_void_the_gateway_could_not_make_is_made_through_the_index(stack, monkeypatch):
+def test_a_cancelled_orders_own_void_the_gateway_could_not_make_is_made_through_the_index(
+    stack, monkeypatch, metrics_on, capsys, caplog
+):
     # The cancel's execution retries the void for half a minute; after that, only this pass asks.
     from botocore.client import BaseClient
 
@@ -731,6 +733,7 @@ def test_a_cancelled_orders_own_void_the_gateway_could_not_make_is_made_through_
     assert refund_index(aws, down.id)["refund_key"] == "void"
 
     later = utc_now() + timedelta(minutes=16)
+    capsys.readouterr()
     with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
         assert reconcile() == did(authorizations_settled=[down.id])
 
@@ -738,6 +741,10 @@ def test_a_cancelled_orders_own_void_the_gateway_could_not_make_is_made_through_
     assert settled.payment.status is PaymentStatus.VOIDED and not settled.own_void_owed
     assert (history[-1].type, history[-1].actor) == ("payment_voided", "reconciler")
     assert refund_index(aws, down.id) == {}
+    # Named as what it settled: no edit left anything on it.
+    assert emitted(capsys.readouterr().out) == {"OwnAuthorizationsSettled": 1}
+    logged = [(r.getMessage(), r.order_id) for r in caplog.records if r.getMessage().endswith("authorization settled")]
+    assert logged == [("closed order's own authorization settled", down.id)]
 
 
 def test_an_order_with_a_refund_pending_is_swept_for_the_refund_first():
@@ -793,11 +800,12 @@ def test_orders_left_holding_an_authorization_are_read_oldest_first_a_page_at_a_
 def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
     stack, metrics_on, capsys, caplog, monkeypatch
 ):
-    from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
+    from core.authorization_sweep import Settled, SettleIncomplete, UnsettledAuthorizationSweep
     from core.errors import PaymentRefused
 
-    def incomplete(self: UnsettledAuthorizationSweep, actor: str) -> list[str]:
-        raise SettleIncomplete([order_id("y")], {order_id("z"): PaymentRefused("void", "expired")})
+    def incomplete(self: UnsettledAuthorizationSweep, actor: str) -> Settled:
+        settled = Settled([order_id("y")], edits=[order_id("y")])
+        raise SettleIncomplete(settled, {order_id("z"): PaymentRefused("void", "expired")})
 
     monkeypatch.setattr(UnsettledAuthorizationSweep, "run", incomplete)
     capsys.readouterr()

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from core import payment_keys
-from core.authorization_sweep import SettleIncomplete, UnsettledAuthorizationSweep
+from core.authorization_sweep import Settled, SettleIncomplete, UnsettledAuthorizationSweep
 from core.cancellation import Cancellation
-from core.errors import Conflict, PaymentDeclined, TransientError
+from core.errors import Conflict, OrderClosed, PaymentDeclined, TransientError
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
 from core.order_changes import outage_noted_once
@@ -21,7 +21,7 @@ from core.ports import UnsettledAuthorizations
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_payment_truth import Removed, a_ship_that_died
-from tests.unit.test_workflow import AnswerLost, LookupDown
+from tests.unit.test_workflow import AnswerLost, CancelledMeanwhile, LookupDown
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 20)]
@@ -95,18 +95,18 @@ def void_failures(world: World, order_id: str) -> list[tuple[str, str]]:
 def test_the_authorization_of_an_edit_that_died_is_voided_once_its_patch_is_surely_over(world, clock, monkeypatch):
     order, made = edit_died(world, monkeypatch)
     clock.advance(minutes=14)
-    assert sweep(world, clock).run(ACTOR) == []  # its PATCH may still record it
+    assert sweep(world, clock).run(ACTOR).orders == []  # its PATCH may still record it
     assert world.spy.voided == [] and world.order(order.id).authorization_requested is not None
 
     clock.advance(minutes=2)
-    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert sweep(world, clock).run(ACTOR) == Settled([order.id], edits=[order.id])
 
     after = world.order(order.id)
     assert world.spy.voided == [made]
     assert voids(world, order.id) == [(ACTOR, made, "asked for by an edit that did not record it")]
     assert after.authorization_requested is None and not after.edit_authorizations_left
     assert (after.lines, after.totals, after.payment) == (order.lines, order.totals, order.payment)
-    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == [made]
+    assert sweep(world, clock).run(ACTOR).orders == [] and world.spy.voided == [made]
 
 
 def test_a_patch_repeated_before_the_threshold_still_records_its_authorization(world, clock, monkeypatch):
@@ -126,7 +126,7 @@ def test_an_authorization_an_edit_replaced_and_could_not_void_is_voided_by_the_p
     assert edited.replaced_authorizations == [order.payment.authorization] and world.spy.voided == []
     clock.advance(minutes=16)
 
-    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
 
     after = world.order(order.id)
     assert world.spy.voided == [order.payment.authorization]
@@ -143,7 +143,7 @@ def test_a_declined_edits_request_is_settled_without_a_void(world, clock):
         world.actions.edit(order.id, order.version, FIVE, "key_web")
     clock.advance(minutes=16)
 
-    assert sweep(world, clock).run(ACTOR) == [order.id]  # asked again, declined again: none was made
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]  # asked again, declined again: none was made
 
     after = world.order(order.id)
     assert after.authorization_requested is None and world.spy.voided == []
@@ -158,12 +158,12 @@ def test_a_gateway_found_down_is_not_asked_again_in_the_pass_and_the_next_pass_s
     clock.advance(minutes=16)
     asked = len(world.gateway.keys("void"))
 
-    assert sweep(world, clock).run(ACTOR) == []
+    assert sweep(world, clock).run(ACTOR).orders == []
 
     assert len(world.gateway.keys("void")) == asked + 3  # one order's attempts, not every order's
     assert [world.order(o.id).replaced_authorizations for o in orders] == [[o.payment.authorization] for o in orders]
     world.gateway.script("void", "approve")
-    assert sweep(world, clock).run(ACTOR) == [o.id for o in orders]
+    assert sweep(world, clock).run(ACTOR).orders == [o.id for o in orders]
     assert world.spy.voided == [o.payment.authorization for o in orders]
 
 
@@ -176,12 +176,12 @@ def test_a_refused_void_is_reported_once_then_left_for_the_orders_next_change(wo
     with pytest.raises(SettleIncomplete) as incomplete:
         sweep(world, clock).run(ACTOR)
 
-    assert list(incomplete.value.failed) == [order.id] and incomplete.value.settled == []
+    assert list(incomplete.value.failed) == [order.id] and incomplete.value.settled.orders == []
     refused = void_failures(world, order.id)
     assert refused[-1] == (ACTOR, "refused")
     for _ in range(3):
         clock.advance(minutes=5)
-        assert sweep(world, clock).run(ACTOR) == []
+        assert sweep(world, clock).run(ACTOR).orders == []
     assert void_failures(world, order.id) == refused
     assert world.order(order.id).replaced_authorizations == [order.payment.authorization]
     world.gateway.script("void", "approve")
@@ -198,11 +198,11 @@ def test_passes_through_a_long_outage_add_nothing_the_history_already_says_then_
 
     for _ in range(12):  # an hour of passes, every five minutes, the gateway still down
         clock.advance(minutes=5)
-        assert sweep(world, clock).run(ACTOR) == []
+        assert sweep(world, clock).run(ACTOR).orders == []
 
     assert void_failures(world, order.id) == said
     world.gateway.script("void", "approve")
-    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
     assert world.spy.voided == [order.payment.authorization]
 
 
@@ -212,12 +212,12 @@ def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, 
 
     for _ in range(12):
         clock.advance(minutes=5)
-        assert sweep(world, clock).run(ACTOR) == []
+        assert sweep(world, clock).run(ACTOR).orders == []
 
     assert void_failures(world, order.id) == [(ACTOR, "transient")]
     world.gateway.script("void", "approve")
     clock.advance(minutes=16)
-    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
     assert world.spy.voided == [made] and world.order(order.id).authorization_requested is None
 
 
@@ -248,14 +248,14 @@ def test_a_key_the_order_gave_up_and_could_not_release_before_it_was_authorized_
     assert Order.model_validate_json(authorized.stored_json()) == authorized
     clock.advance(minutes=16)
 
-    assert sweep(world, clock).run(ACTOR) == [order_id]
+    assert sweep(world, clock).run(ACTOR).orders == [order_id]
 
     after = world.order(order_id)
     assert world.spy.voided == made
     assert not after.edit_authorizations_left and after.payment == authorized.payment
     voided = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
     assert [(h.actor, h.detail["authorization_key"]) for h in voided] == [(ACTOR, payment_keys.authorize(order_id, 1))]
-    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == made
+    assert sweep(world, clock).run(ACTOR).orders == [] and world.spy.voided == made
 
 
 def test_a_cancel_of_the_authorized_order_releases_the_keys_it_gave_up_too(clock):
@@ -301,7 +301,7 @@ def test_a_given_up_key_no_payment_plugin_takes_is_reported_once_then_left_for_t
     said = world.history(order_id)
     for _ in range(3):
         clock.advance(minutes=5)
-        assert sweep(world, clock).run(ACTOR) == []
+        assert sweep(world, clock).run(ACTOR).orders == []
     assert world.history(order_id) == said  # asked every pass, it would only grow the history
     removed.gone = False
     cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")  # the next change asks again
@@ -315,19 +315,19 @@ def test_a_cancelled_orders_own_authorization_the_gateway_could_not_void_is_void
     cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
     assert cancelled.payment.status is PaymentStatus.AUTHORIZED and world.spy.voided == []
     clock.advance(minutes=14)
-    assert sweep(world, clock).run(ACTOR) == []  # not asked while it is young
+    assert sweep(world, clock).run(ACTOR).orders == []  # not asked while it is young
     assert void_failures(world, order.id) == [("key_web", "transient")] * 3
 
     world.gateway.script("void", "approve")
     clock.advance(minutes=2)
-    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert sweep(world, clock).run(ACTOR) == Settled([order.id], own=[order.id])  # no edit left anything
 
     after = world.order(order.id)
     assert after.payment.status is PaymentStatus.VOIDED and world.spy.voided == [order.payment.authorization]
     assert not after.authorizations_left
     [voided] = [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_VOIDED]
     assert (voided.actor, voided.detail["authorization"]) == (ACTOR, order.payment.authorization)
-    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == [order.payment.authorization]
+    assert sweep(world, clock).run(ACTOR).orders == [] and world.spy.voided == [order.payment.authorization]
 
 
 def test_a_cancel_whose_void_is_made_at_once_or_refused_leaves_nothing_for_the_pass(world, clock):
@@ -338,7 +338,7 @@ def test_a_cancel_whose_void_is_made_at_once_or_refused_leaves_nothing_for_the_p
     assert void_failures(world, refused.id) == [("key_web", "transient"), ("key_web", "refused")]
     clock.advance(minutes=16)
 
-    assert sweep(world, clock).run(ACTOR) == []
+    assert sweep(world, clock).run(ACTOR).orders == []
 
     assert not world.order(voided.id).authorizations_left and not world.order(refused.id).authorizations_left
     assert "own_void_owed" not in world.order(voided.id).stored_json()
@@ -359,7 +359,7 @@ def test_a_cancel_that_could_not_give_back_a_dead_ships_capture_is_settled_and_v
 
     world.gateway.script(down, "approve")
     clock.advance(minutes=16)
-    assert sweep(world, clock).run(ACTOR) == [order.id]
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
 
     after = world.order(order.id)
     assert after.captures_requested == [] and after.payment.status is PaymentStatus.VOIDED
@@ -382,12 +382,12 @@ def test_a_cancel_that_could_not_look_up_an_authorization_whose_answer_was_lost_
     assert void_failures(world, order_id) == [("key_web", "transient")] * 3
     clock.advance(minutes=16)
 
-    assert sweep(world, clock).run(ACTOR) == [order_id]
+    assert sweep(world, clock).run(ACTOR).orders == [order_id]
 
     assert world.spy.voided == lost.made and not world.order(order_id).authorizations_left
     [voided] = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
     assert (voided.actor, voided.detail["authorization_key"]) == (ACTOR, payment_keys.authorize(order_id, 1))
-    assert sweep(world, clock).run(ACTOR) == [] and world.spy.voided == lost.made
+    assert sweep(world, clock).run(ACTOR).orders == [] and world.spy.voided == lost.made
 
 
 def test_a_pending_cancel_that_looked_up_its_key_at_once_leaves_nothing_for_the_pass(clock):
@@ -399,7 +399,7 @@ def test_a_pending_cancel_that_looked_up_its_key_at_once_leaves_nothing_for_the_
     world.actions.cancel(order_id, "changed my mind", actor="key_web")
     clock.advance(minutes=16)
 
-    assert not world.order(order_id).authorizations_left and sweep(world, clock).run(ACTOR) == []
+    assert not world.order(order_id).authorizations_left and sweep(world, clock).run(ACTOR).orders == []
 
 
 def test_a_cancelled_orders_own_void_is_made_by_the_pass_whatever_the_gateway_says_of_a_replaced_one(world, clock):
@@ -410,7 +410,7 @@ def test_a_cancelled_orders_own_void_is_made_by_the_pass_whatever_the_gateway_sa
     assert cancelled.payment.status is PaymentStatus.AUTHORIZED and world.spy.voided == []
     clock.advance(minutes=16)
 
-    assert sweep(world, clock).run(ACTOR) == []  # the replaced one, refused, waits for a person
+    assert sweep(world, clock).run(ACTOR).orders == []  # the replaced one, refused, waits for a person
 
     after = world.order(order.id)
     assert after.payment.status is PaymentStatus.VOIDED and world.spy.voided == [edited.payment.authorization]
@@ -436,8 +436,48 @@ def test_a_payment_failed_order_whose_lost_authorization_could_not_be_looked_up_
     assert world.order(order_id).status is OrderStatus.PAYMENT_FAILED and world.spy.voided == []
     clock.advance(minutes=16)
 
-    assert sweep(world, clock).run(ACTOR) == [order_id]
+    assert sweep(world, clock).run(ACTOR).orders == [order_id]
 
     assert world.spy.voided == lost.made and not world.order(order_id).authorizations_left
     [voided] = [h for h in world.history(order_id) if h.type is OrderEvent.PAYMENT_VOIDED]
     assert (voided.actor, voided.detail["authorization_key"]) == (ACTOR, payment_keys.authorize(order_id, 1))
+
+
+def test_an_authorization_that_lost_its_write_to_a_cancel_and_could_not_be_voided_is_voided_by_the_pass(clock):
+    # The cancel lands while the gateway call is on its way (its lookup finds nothing authorized
+    # yet); the gateway approves, the write loses, and the void of what it made finds the gateway
+    # down through its retries. Nothing else would ever ask again: the hold stayed on the card.
+    meanwhile = CancelledMeanwhile()
+    world = build_world(STOCK, meanwhile, clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+
+    def cancel() -> None:
+        world.actions.cancel(order_id, "changed my mind", "key_web")
+        world.gateway.script("void", "transient")
+
+    meanwhile.meanwhile = cancel
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    assert len(world.spy.authorized) == 1 and world.spy.voided == []
+    assert void_failures(world, order_id) == [("workflow", "transient")] * 3
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR).orders == [order_id]
+
+    assert world.spy.voided == world.spy.authorized and not world.order(order_id).authorizations_left
+    assert sweep(world, clock).run(ACTOR).orders == [] and world.spy.voided == world.spy.authorized
+
+
+def test_an_authorization_that_lost_its_write_to_a_cancel_and_was_voided_at_once_writes_nothing_more(clock):
+    meanwhile = CancelledMeanwhile()
+    world = build_world(STOCK, meanwhile, clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    meanwhile.meanwhile = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    cancelled = world.order(order_id)
+    clock.advance(minutes=16)
+
+    assert world.spy.voided == world.spy.authorized and sweep(world, clock).run(ACTOR).orders == []
+    assert world.order(order_id).version == cancelled.version and not cancelled.authorizations_left

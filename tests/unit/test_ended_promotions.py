@@ -223,3 +223,28 @@ def test_units_an_edit_added_under_a_promotion_keep_its_terms_after_it_ends(worl
 
     assert done.lines[0].discount == Money.of("7.50", "USD")
     assert done.totals == grown.totals
+
+
+def test_units_a_cancel_took_and_an_edit_adds_back_get_todays_terms(world, change_promotions):
+    """Two of four mugs cancelled, then added back by an edit once WELCOME10 is 30%: the two the
+    order kept are as sold (10%), the two added back are bought today, at 30% (7.50)."""
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    fewer = world.actions.cancel(order.id, "two are enough", actor="key_web", lines={"L1": 2})
+    assert fewer.lines[0].discount == Money.of("2.50", "USD")
+    change_promotions(WELCOME30)
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    done = world.actions.edit(order.id, fewer.version, edit, actor="key_web")
+
+    assert done.lines[0].discount == Money.of("10.00", "USD")
+
+
+def test_units_a_cancel_took_are_not_discounted_when_added_back_after_the_promotion_ended(world, end_promotions):
+    order = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    fewer = world.actions.cancel(order.id, "two are enough", actor="key_web", lines={"L1": 2})
+    end_promotions()
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    done = world.actions.edit(order.id, fewer.version, edit, actor="key_web")
+
+    assert done.lines[0].discount == Money.of("2.50", "USD")  # the two kept, as sold; not the two added back

@@ -195,3 +195,56 @@ def test_a_vendor_and_an_api_key_stored_with_one_read_with_it_shown_as_u_fffd():
     )
 
     assert (vendor.name, vendor.email, key.name) == ("Acme\ufffd", "o\ufffd@acme.example", "ops\ufffdadmin")
+
+
+@pytest.mark.parametrize("char", list(INVISIBLE))
+def test_a_refunds_reason_stored_with_one_reads_with_it_shown_as_u_fffd(char: str):
+    from core.refunds import Refund
+
+    stored = {"id": "rf_1", "amount": {"amount": "5.00", "currency": "USD"}, "reason": f"late{char}delivery",
+              "status": "succeeded", "at": "2026-11-01T00:00:00Z"}  # fmt: skip
+    order = Order.model_validate_json(stored_order_json("Ada"))
+    payment = order.payment.model_dump(mode="json") | {"refunds": [stored]}
+    read = Order.model_validate({**order.model_dump(mode="json"), "payment": payment})
+
+    (refund,) = read.payment.refunds
+    assert refund.reason == "late\ufffddelivery"
+    assert Refund.of(read.id, refund).reason == "late\ufffddelivery"
+
+
+@pytest.mark.parametrize("char", list(INVISIBLE))
+def test_a_returns_reasons_and_note_stored_with_one_read_with_it_shown_as_u_fffd(char: str):
+    from core.return_models import Return
+
+    stored = {
+        "id": "ret_1", "order_id": "ord_1", "channel": "web", "ordinal": 1, "status": "authorized",
+        "lines": [{"line_id": "L1", "quantity": 1, "reason": f"too{char}small", "reason_code": "size_or_fit"}],
+        "refund": {"amount": "0.00", "currency": "USD"}, "fee": {"amount": "0.00", "currency": "USD"},
+        "note": f"approved{char}\nby phone", "created_at": "2026-11-01T00:00:00Z",
+        "updated_at": "2026-11-01T00:00:00Z", "version": 2,
+    }  # fmt: skip
+
+    read = Return.model_validate_json(json.dumps(stored))
+
+    assert (read.lines[0].reason, read.note) == ("too\ufffdsmall", "approved\ufffd\nby phone")
+
+
+@pytest.mark.parametrize("char", list(INVISIBLE))
+def test_notes_and_reasons_in_a_history_entry_stored_with_one_read_with_it_shown_as_u_fffd(char: str):
+    from core.models import HistoryEntry
+
+    detail = {"reason": f"changed{char}mind", "note": f"called{char}\ttwice", "refund_id": "rf_1",
+              "requests": [{"reason": "other", "note": f"rule{char}"}], "lines": {"L1": 1}}  # fmt: skip
+    stored = {"at": "2026-11-01T00:00:00Z", "type": "cancelled", "actor": "key_web", "detail": detail}
+
+    read = HistoryEntry.model_validate_json(json.dumps(stored))
+
+    assert read.detail == {"reason": "changed\ufffdmind", "note": "called\ufffd\ttwice", "refund_id": "rf_1",
+                           "requests": [{"reason": "other", "note": "rule\ufffd"}], "lines": {"L1": 1}}  # fmt: skip
+
+
+def test_a_hold_note_stored_with_one_reads_with_it_shown_as_u_fffd():
+    document = json.loads(stored_order_json("Ada"))
+    document["hold"] = {"reason": "other", "note": "call\u200bback\nlater", "since": "2026-11-01T00:00:00Z"}
+
+    assert Order.model_validate(document).hold.note == "call\ufffdback\nlater"
