@@ -497,8 +497,10 @@ def _header(row: _Row) -> list[str]:
             f"(it runs on to line {row.line + row.lines - 1})",
         )
     names = [cell.strip().lower() for cell in row.cells]
-    unknown = [name for name in names if name not in COLUMNS]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    # An empty name is a column the header does not name: spreadsheets save one more empty cell per
+    # line for a column that once held formatting. Its cells must stay empty (see _csv_orders).
+    unknown = [name for name in names if name and name not in COLUMNS]
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
     missing = [c for c in COLUMNS if c not in names and c not in OPTIONAL_COLUMNS]
     problems = []
     if missing:
@@ -578,6 +580,7 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
 
 def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     width = len(names)
+    unnamed = [index for index, name in enumerate(names) if not name]
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
     # The first unreadable row since the open order's last row. The rows of one order are
@@ -657,6 +660,12 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
                     row.line, external_id, "malformed_row", f"{len(row.cells)} cells where the header has {width}"
                 )
             )
+            continue
+        told = next((index for index in unnamed if row.cells[index].strip()), None)
+        if told is not None:
+            # Read as no field, the value would be lost without a word.
+            message = f"column {told + 1} holds a value, but the header gives that column no name"
+            current.reject(LineError(row.line, external_id, "malformed_row", message))
             continue
         if current.error is not None and current.error.code == "order_reopened":
             continue

@@ -246,6 +246,31 @@ def test_an_unusable_header_fails_the_file(header: str, mentions: str):
     assert mentions in failure.value.message
 
 
+def test_empty_columns_a_spreadsheet_adds_after_the_header_are_read_as_no_column():
+    # Excel saves a column that once held formatting as one more empty cell on every line.
+    data = f"\ufeff{HEADER},,\r\n{row('ext-1')},,\r\n{row('ext-1', 'MUG')},,\r\n{row('ext-2')},,\r\n".encode()
+
+    orders = read(data)
+
+    assert errors_of(orders) == []
+    assert [[(line["sku"], line["quantity"]) for line in o.body["lines"]] for o in orders] == [
+        [("TSHIRT", 1), ("MUG", 1)],
+        [("TSHIRT", 1)],
+    ]
+
+
+def test_a_value_under_a_column_the_header_does_not_name_fails_its_order_never_dropped():
+    data = csv_file(row("ext-1") + ",", row("ext-2") + ",gift wrap", row("ext-3") + ",").replace(
+        HEADER.encode(), (HEADER + ",").encode(), 1
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "malformed_row")]
+    assert "column 19" in error_on(orders, 3).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3"]
+
+
 def test_a_header_only_file_has_no_orders():
     assert read(f"{HEADER}\n".encode()) == []
 
