@@ -4,6 +4,7 @@ stream. Pure: no AWS, no files."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import itertools
 import json
@@ -175,6 +176,34 @@ def test_a_byte_order_mark_and_crlf_line_endings_are_read_as_plain_csv():
     assert [(o.line, o.external_id, o.line_numbers) for o in orders] == [(2, "ext-1", (2, 3)), (4, "ext-2", (4,))]
     assert orders[0].body["channel"] == "web"
     assert orders[1].body["payment"]["token"] == "tok_approve"  # no "\r" left on the last cell
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+@pytest.mark.parametrize("name", ["orders.csv", "orders.txt", "orders"])
+def test_a_file_separated_by_semicolons_or_tabs_is_read_like_one_separated_by_commas(separator: str, name: str):
+    # Excel saves "CSV" with the locale's list separator: a semicolon in much of Europe.
+    rows = [row("ext-1"), row("ext-1", "MUG"), row("ext-2")]
+    commas = csv_file(*rows, newline="\r\n")
+    cells = [next(csv.reader([line])) for line in commas.decode().splitlines()]
+    for order_row in cells[1:3]:
+        order_row[COLUMNS.index("ship_line1")] = f'"1 Rue de Rivoli{separator} b\u00e2t. 2"'
+    separated = "\ufeff" + "".join(separator.join(line) + "\r\n" for line in cells)
+
+    orders = read(separated.encode(), name)
+
+    assert [(o.line, o.external_id, o.line_numbers, o.error) for o in orders] == [
+        (2, "ext-1", (2, 3), None),
+        (4, "ext-2", (4,), None),
+    ]
+    assert orders[0].body["shipping_address"]["line1"] == f"1 Rue de Rivoli{separator} b\u00e2t. 2"
+    assert orders[1].body == read(commas)[1].body
+
+
+def test_a_header_that_names_the_columns_with_no_separator_fails_the_file():
+    with pytest.raises(ImportFileError) as failure:
+        read(f"{HEADER.replace(',', '|')}\n".encode())
+
+    assert failure.value.code == "invalid_header"
 
 
 def test_empty_lines_and_rows_of_empty_cells_are_skipped_but_still_counted_as_lines():
