@@ -503,6 +503,12 @@ def _leading_cells(line: PhysicalLine, separator: str) -> list[str] | None:
 
 def _header(row: _Row) -> list[str]:
     if row.cells is None:
+        if row.error is not None and row.error.code == "invalid_encoding":
+            raise ImportFileError(
+                "invalid_encoding",
+                f"the CSV header on line {row.line} is not UTF-8 text: save the file as UTF-8 "
+                "(in Excel: CSV UTF-8) and send it again",
+            )
         raise ImportFileError("invalid_header", f"the CSV header on line {row.line} cannot be read")
     if row.lines > 1:
         # Every row after it would be read against a header that swallowed them: nothing to recover.

@@ -300,6 +300,17 @@ def test_a_value_under_a_column_the_header_does_not_name_fails_its_order_never_d
     assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3"]
 
 
+def test_a_header_that_is_not_utf8_fails_the_file_naming_the_encoding():
+    # Excel's "CSV (Comma delimited)" saves Windows-1252: here a column the merchant added.
+    data = f"{HEADER},r\u00e9f\u00e9rence\n{row()},x\n".encode("cp1252")
+
+    with pytest.raises(ImportFileError) as failure:
+        read(data)
+
+    assert failure.value.code == "invalid_encoding"
+    assert "line 1 is not UTF-8" in failure.value.message
+
+
 def test_a_header_only_file_has_no_orders():
     assert read(f"{HEADER}\n".encode()) == []
 
