@@ -37,6 +37,9 @@ FORMATS = (CSV, JSONL)
 EXTENSIONS = {".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".jsonlines": JSONL}
 # Told from the content: no extension, or one that does not say which kind of JSON/text it is.
 SNIFFED_EXTENSIONS = {"", ".json", ".txt"}
+# What separates a CSV file's cells, told from its header: Excel saves "CSV" with the locale's list
+# separator (a semicolon in much of Europe), and some exports use tabs. Commas first.
+SEPARATORS = (",", ";", "\t")
 
 # API.md's CSV columns. An empty cell is an absent field.
 COLUMNS = (
@@ -193,15 +196,21 @@ def extension_of(name: str) -> str:
 def format_from_content(first_line: str) -> str | None:
     """JSON Lines when the first non-blank line is a JSON object, CSV when it is a header naming
     channel and external_id; None otherwise."""
-    text = first_line.strip()
-    if text.startswith("{"):
+    if first_line.strip().startswith("{"):
         return JSONL
-    try:
-        cells = next(csv.reader([text]), [])
-    except csv.Error:
-        return None
-    names = {cell.strip().lower() for cell in cells}
-    return CSV if {"channel", "external_id"} <= names else None
+    return CSV if separator_of(first_line) is not None else None
+
+
+def separator_of(header: str) -> str | None:
+    """The first of SEPARATORS that splits `header` into cells naming channel and external_id."""
+    for separator in SEPARATORS:
+        try:
+            cells = next(csv.reader([header.strip("\r\n")], delimiter=separator), [])
+        except csv.Error:
+            continue
+        if {"channel", "external_id"} <= {cell.strip().lower() for cell in cells}:
+            return separator
+    return None
 
 
 def _unknown_format(name: str, extension: str, first_line: str | None) -> ImportFileError:
@@ -251,8 +260,10 @@ class OrderFile(FileOrders):
         self._peeked: list[PhysicalLine] = []
         extension = extension_of(name)
         fmt = EXTENSIONS.get(extension)
+        sniffed = fmt is None and extension in SNIFFED_EXTENSIONS
+        # A CSV file's first line is read ahead for its separator.
+        first = self._first_text_line() if fmt == CSV or sniffed else None
         if fmt is None:
-            first = self._first_text_line() if extension in SNIFFED_EXTENSIONS else None
             fmt = format_from_content(first) if first is not None else None
             if fmt is None:
                 raise _unknown_format(name, extension, first)
@@ -260,7 +271,7 @@ class OrderFile(FileOrders):
         lines = self._replayed()
         if fmt == CSV:
             # The header is checked now, so that an unusable one fails the file before any order.
-            rows = _csv_rows(lines)
+            rows = _csv_rows(lines, (separator_of(first) if first is not None else None) or ",")
             header = next(rows, None)
             self._orders = _csv_orders(rows, _header(header)) if header is not None else iter(())
         else:
@@ -394,7 +405,7 @@ class _Row:
     leading_cells: list[str] | None = None
 
 
-def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
+def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
     or it spans lines and has not the header's number of cells: a quote never closed) becomes an
@@ -403,7 +414,7 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
     only its own row."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
-    reader = csv.reader(feed, strict=False)
+    reader = csv.reader(feed, delimiter=separator, strict=False)
     while True:
         feed.begin_record()
         try:
@@ -416,20 +427,20 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
                 yield _Row(
                     line.number,
                     error=_unreadable(line, None).error,
-                    lossy_cells=_lossy_cells(line),
-                    leading_cells=_leading_cells(line) if line.problem == "line_too_long" else None,
+                    lossy_cells=_lossy_cells(line, separator),
+                    leading_cells=_leading_cells(line, separator) if line.problem == "line_too_long" else None,
                 )
-                reader = csv.reader(feed, strict=False)
+                reader = csv.reader(feed, delimiter=separator, strict=False)
                 continue
             start = feed.record[0].number
             message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
             yield _Row(
                 start,
                 error=LineError(start, None, "malformed_row", message),
-                leading_cells=_leading_cells(feed.record[0]),
+                leading_cells=_leading_cells(feed.record[0], separator),
             )
             feed.reread_after_first()
-            reader = csv.reader(feed, strict=False)
+            reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
         except csv.Error as error:
             start = feed.record[0].number
@@ -437,9 +448,13 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
             if code == "field_too_large":
                 message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
-            yield _Row(start, error=LineError(start, None, code, message), leading_cells=_leading_cells(feed.record[0]))
+            yield _Row(
+                start,
+                error=LineError(start, None, code, message),
+                leading_cells=_leading_cells(feed.record[0], separator),
+            )
             feed.reread_after_first()
-            reader = csv.reader(feed, strict=False)
+            reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
         start, spanned = feed.record[0].number, len(feed.record)
         if not any(cell.strip() for cell in cells):
@@ -454,25 +469,25 @@ def _csv_rows(lines: Iterator[PhysicalLine]) -> Iterator[_Row]:
             yield _Row(
                 start,
                 error=LineError(start, None, "unclosed_quote", message),
-                leading_cells=_leading_cells(feed.record[0]),
+                leading_cells=_leading_cells(feed.record[0], separator),
             )
             feed.reread_after_first()
-            reader = csv.reader(feed, strict=False)
+            reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
         yield _Row(start, cells=cells, lines=spanned)
 
 
-def _lossy_cells(line: PhysicalLine) -> list[str] | None:
+def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
     """The cells of a one-line row that is not UTF-8, or None if they cannot be told."""
     if line.lossy is None or line.problem != "invalid_encoding":
         return None
     try:
-        return next(csv.reader([line.lossy], strict=False), None)
+        return next(csv.reader([line.lossy], delimiter=separator, strict=False), None)
     except csv.Error:
         return None
 
 
-def _leading_cells(line: PhysicalLine) -> list[str] | None:
+def _leading_cells(line: PhysicalLine, separator: str) -> list[str] | None:
     """The cells a broken record's first line shows whole: every cell before its last, which is
     the one the break may cut (a quote opened and never closed, a cell over the limit, the end of
     what is kept of a line too long)."""
@@ -480,7 +495,7 @@ def _leading_cells(line: PhysicalLine) -> list[str] | None:
     if text is None:
         return None
     try:
-        cells = next(csv.reader([text[:LINE_START_BYTES]], strict=False), None)
+        cells = next(csv.reader([text[:LINE_START_BYTES]], delimiter=separator, strict=False), None)
     except csv.Error:
         return None
     return cells[:-1] if cells else None
@@ -488,6 +503,12 @@ def _leading_cells(line: PhysicalLine) -> list[str] | None:
 
 def _header(row: _Row) -> list[str]:
     if row.cells is None:
+        if row.error is not None and row.error.code == "invalid_encoding":
+            raise ImportFileError(
+                "invalid_encoding",
+                f"the CSV header on line {row.line} is not UTF-8 text: save the file as UTF-8 "
+                "(in Excel: CSV UTF-8) and send it again",
+            )
         raise ImportFileError("invalid_header", f"the CSV header on line {row.line} cannot be read")
     if row.lines > 1:
         # Every row after it would be read against a header that swallowed them: nothing to recover.
@@ -497,8 +518,10 @@ def _header(row: _Row) -> list[str]:
             f"(it runs on to line {row.line + row.lines - 1})",
         )
     names = [cell.strip().lower() for cell in row.cells]
-    unknown = [name for name in names if name not in COLUMNS]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    # An empty name is a column the header does not name: spreadsheets save one more empty cell per
+    # line for a column that once held formatting. Its cells must stay empty (see _csv_orders).
+    unknown = [name for name in names if name and name not in COLUMNS]
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
     missing = [c for c in COLUMNS if c not in names and c not in OPTIONAL_COLUMNS]
     problems = []
     if missing:
@@ -578,6 +601,7 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
 
 def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     width = len(names)
+    unnamed = [index for index, name in enumerate(names) if not name]
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
     # The first unreadable row since the open order's last row. The rows of one order are
@@ -657,6 +681,12 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
                     row.line, external_id, "malformed_row", f"{len(row.cells)} cells where the header has {width}"
                 )
             )
+            continue
+        told = next((index for index in unnamed if row.cells[index].strip()), None)
+        if told is not None:
+            # Read as no field, the value would be lost without a word.
+            message = f"column {told + 1} holds a value, but the header gives that column no name"
+            current.reject(LineError(row.line, external_id, "malformed_row", message))
             continue
         if current.error is not None and current.error.code == "order_reopened":
             continue

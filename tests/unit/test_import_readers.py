@@ -4,6 +4,7 @@ stream. Pure: no AWS, no files."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import itertools
 import json
@@ -177,6 +178,34 @@ def test_a_byte_order_mark_and_crlf_line_endings_are_read_as_plain_csv():
     assert orders[1].body["payment"]["token"] == "tok_approve"  # no "\r" left on the last cell
 
 
+@pytest.mark.parametrize("separator", [";", "\t"])
+@pytest.mark.parametrize("name", ["orders.csv", "orders.txt", "orders"])
+def test_a_file_separated_by_semicolons_or_tabs_is_read_like_one_separated_by_commas(separator: str, name: str):
+    # Excel saves "CSV" with the locale's list separator: a semicolon in much of Europe.
+    rows = [row("ext-1"), row("ext-1", "MUG"), row("ext-2")]
+    commas = csv_file(*rows, newline="\r\n")
+    cells = [next(csv.reader([line])) for line in commas.decode().splitlines()]
+    for order_row in cells[1:3]:
+        order_row[COLUMNS.index("ship_line1")] = f'"1 Rue de Rivoli{separator} b\u00e2t. 2"'
+    separated = "\ufeff" + "".join(separator.join(line) + "\r\n" for line in cells)
+
+    orders = read(separated.encode(), name)
+
+    assert [(o.line, o.external_id, o.line_numbers, o.error) for o in orders] == [
+        (2, "ext-1", (2, 3), None),
+        (4, "ext-2", (4,), None),
+    ]
+    assert orders[0].body["shipping_address"]["line1"] == f"1 Rue de Rivoli{separator} b\u00e2t. 2"
+    assert orders[1].body == read(commas)[1].body
+
+
+def test_a_header_that_names_the_columns_with_no_separator_fails_the_file():
+    with pytest.raises(ImportFileError) as failure:
+        read(f"{HEADER.replace(',', '|')}\n".encode())
+
+    assert failure.value.code == "invalid_header"
+
+
 def test_empty_lines_and_rows_of_empty_cells_are_skipped_but_still_counted_as_lines():
     empty_cells = "," * (len(COLUMNS) - 1)
 
@@ -244,6 +273,42 @@ def test_an_unusable_header_fails_the_file(header: str, mentions: str):
 
     assert failure.value.code == "invalid_header"
     assert mentions in failure.value.message
+
+
+def test_empty_columns_a_spreadsheet_adds_after_the_header_are_read_as_no_column():
+    # Excel saves a column that once held formatting as one more empty cell on every line.
+    data = f"\ufeff{HEADER},,\r\n{row('ext-1')},,\r\n{row('ext-1', 'MUG')},,\r\n{row('ext-2')},,\r\n".encode()
+
+    orders = read(data)
+
+    assert errors_of(orders) == []
+    assert [[(line["sku"], line["quantity"]) for line in o.body["lines"]] for o in orders] == [
+        [("TSHIRT", 1), ("MUG", 1)],
+        [("TSHIRT", 1)],
+    ]
+
+
+def test_a_value_under_a_column_the_header_does_not_name_fails_its_order_never_dropped():
+    data = csv_file(row("ext-1") + ",", row("ext-2") + ",gift wrap", row("ext-3") + ",").replace(
+        HEADER.encode(), (HEADER + ",").encode(), 1
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "malformed_row")]
+    assert "column 19" in error_on(orders, 3).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3"]
+
+
+def test_a_header_that_is_not_utf8_fails_the_file_naming_the_encoding():
+    # Excel's "CSV (Comma delimited)" saves Windows-1252: here a column the merchant added.
+    data = f"{HEADER},r\u00e9f\u00e9rence\n{row()},x\n".encode("cp1252")
+
+    with pytest.raises(ImportFileError) as failure:
+        read(data)
+
+    assert failure.value.code == "invalid_encoding"
+    assert "line 1 is not UTF-8" in failure.value.message
 
 
 def test_a_header_only_file_has_no_orders():

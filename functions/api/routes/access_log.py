@@ -13,6 +13,7 @@ from core.access_log import AccessEntry
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -42,7 +43,7 @@ class AccessLogPage(BaseModel):
 @requires(Scope.AUDIT_READ)
 def get_access_log(
     order_id: OrderIdPath,
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> AccessLogPage:
     items, next_cursor = container().access_log.page(order_id, caller(router).channel, limit, cursor)

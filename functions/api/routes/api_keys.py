@@ -14,6 +14,7 @@ from core.ports import ApiStage
 from functions.api.access import requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -43,7 +44,7 @@ def issue_api_key(request: NewApiKey) -> Response[IssuedApiKey]:
 )
 @requires(Scope.ADMIN)
 def list_api_keys(
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ApiKeyPage:
     items, next_cursor = container().api_keys.list(limit, cursor)

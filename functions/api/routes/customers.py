@@ -17,6 +17,7 @@ from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -52,7 +53,6 @@ To = Annotated[
 ]
 # A channel as orders name it: one that no order can have ("Web") is refused, never an empty report.
 Channel = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="One channel's orders only")]
-Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 class CustomerPage(BaseModel):
@@ -90,7 +90,7 @@ def get_customer(customer_id: CustomerIdPath) -> CustomerView:
 @requires(Scope.ORDERS_READ)
 def find_customers(
     email: EmailQuery,
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> CustomerPage:
     items, next_cursor = container().aggregates.customers_by_email(email, caller(router).channel, limit, cursor)

@@ -14,6 +14,7 @@ from core.import_service import ImportReport, ImportSummary
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -37,7 +38,7 @@ class ImportPage(BaseModel):
 )
 @requires(Scope.ORDERS_READ)
 def list_imports(
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ImportPage:
     if caller(router).channel is not None:

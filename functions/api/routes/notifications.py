@@ -13,12 +13,12 @@ from core.notifications import Notification
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
 
 OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
-Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=2048)]
 
 

@@ -18,6 +18,7 @@ from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.label_links import with_label_links
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, OrderReceipt, errors, ok
 
@@ -129,7 +130,7 @@ def list_orders(
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     status: Annotated[OrderStatus | None, Query()] = None,
     channel: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
     jeopardy: Annotated[
         Literal["true"] | None,

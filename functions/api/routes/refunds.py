@@ -13,6 +13,7 @@ from core.ids import new_id
 from core.refunds import Refund, RefundPage, RefundRequest
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
+from functions.api.queries import Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
@@ -80,7 +81,7 @@ def refund_order(
 @requires(Scope.ORDERS_READ)
 def list_refunds(
     order_id: OrderIdPath,
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> RefundPage:
     items, next_cursor = container().refunds.page(order_id, caller(router).channel, limit, cursor)

@@ -16,6 +16,7 @@ from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.label_links import with_return_label_link
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
@@ -85,7 +86,7 @@ def request_return(
 @requires(Scope.ORDERS_READ)
 def list_order_returns(
     order_id: OrderIdPath,
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ReturnPage:
     who = caller(router)
@@ -101,7 +102,7 @@ def list_order_returns(
 @requires(Scope.ORDERS_READ)
 def list_returns(
     status: Annotated[ReturnStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ReturnPage:
     items, next_cursor = container().returns.list(status, caller(router).channel, limit, cursor)

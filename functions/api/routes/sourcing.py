@@ -12,6 +12,7 @@ from core.sourcing import SimulateSourcing, Simulation
 from core.sourcing_rules import NewSourcingRules, SourcingRules, SourcingRulesHistory
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -57,7 +58,7 @@ def put_sourcing_rules(rules: NewSourcingRules, if_match: RulesIfMatch = None) -
 )
 @requires(ANY_KEY)
 def get_sourcing_rules_history(
-    limit: Annotated[int, Query(ge=1, le=100)] = 25,
+    limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> SourcingRulesHistory:
     return container().sourcing_rules_service.history(limit, cursor)

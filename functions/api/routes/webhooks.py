@@ -15,13 +15,13 @@ from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
 
 WebhookIdPath = existing("webhook", r"^whk_[a-z2-7]{24}$", "Webhook id")
 DeliveryIdPath = existing("delivery", r"^dlv_[0-9a-f]{14}[a-z2-7]{16}$", "Delivery id")
-Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=2048)]
 
 

@@ -1,0 +1,22 @@
+"""Query parameters many routes share: a page's `limit`, written in digits only."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _written_in_digits(value: Any) -> Any:
+    # pydantic's lax int, like Python's int(), also reads "5.0", "1_0", "+5" and " 5" as numbers.
+    if isinstance(value, str) and _DIGITS.fullmatch(value) is None:
+        raise PydanticCustomError("int_parsing", "Input should be a whole number written in digits")
+    return value
+
+
+Limit = Annotated[int, Query(ge=1, le=100), BeforeValidator(_written_in_digits)]

@@ -1,0 +1,76 @@
+"""A number in a query string is written in digits: `?limit=5.0`, `?limit=1_0`, `?limit=+5` or
+`?limit= 5` is 422 naming `limit` on every list (API.md: `?limit=` is 1..100), never read as 5 or
+10 the way Python's int() and pydantic's lax mode would read it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.test_refunds_api import order_id
+
+ORDER = order_id(42)
+WEBHOOK = "whk_" + "b" * 24
+
+# Every route that takes `limit`, with the other parameters it requires.
+LISTS: dict[str, tuple[str, dict[str, str]]] = {
+    "orders": ("/orders", {}),
+    "returns": ("/returns", {}),
+    "order returns": (f"/orders/{ORDER}/returns", {}),
+    "order refunds": (f"/orders/{ORDER}/refunds", {}),
+    "order notifications": (f"/orders/{ORDER}/notifications", {}),
+    "order access log": (f"/orders/{ORDER}/access-log", {}),
+    "api keys": ("/api-keys", {}),
+    "imports": ("/imports", {}),
+    "customers": ("/customers", {"email": "ann@example.com"}),
+    "top products": ("/reports/top-products", {"currency": "USD"}),
+    "top customers": ("/reports/top-customers", {"currency": "USD"}),
+    "top regions": ("/reports/top-regions", {"currency": "USD"}),
+    "vendors": ("/vendors", {}),
+    "purchase orders": ("/purchase-orders", {}),
+    "sourcing rules": ("/sourcing/rules/history", {}),
+    "webhooks": ("/webhooks", {}),
+    "webhook deliveries": (f"/webhooks/{WEBHOOK}/deliveries", {}),
+}
+
+NOT_DIGITS = ["5.0", "1_0", "+5", " 5", "5 ", "1e1", "٥", "0x5", "-1", ""]
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
+        env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
+        with in_process_api() as started:
+            yield started
+
+
+def get(api: InProcessApi, name: str, limit: str) -> Any:
+    path, required = LISTS[name]
+    return api.get(path, params={**required, "limit": limit})
+
+
+@pytest.mark.parametrize("name", LISTS)
+@pytest.mark.parametrize("limit", NOT_DIGITS)
+def test_a_limit_not_written_in_digits_is_422_naming_limit(api: InProcessApi, name: str, limit: str) -> None:
+    error = assert_error(get(api, name, limit), 422, "validation_error")
+    assert [detail["field"] for detail in error["details"]] == ["limit"], error
+
+
+@pytest.mark.parametrize("name", LISTS)
+@pytest.mark.parametrize("limit", ["0", "101"])
+def test_a_limit_out_of_range_is_422_naming_limit(api: InProcessApi, name: str, limit: str) -> None:
+    error = assert_error(get(api, name, limit), 422, "validation_error")
+    assert [detail["field"] for detail in error["details"]] == ["limit"], error
+
+
+@pytest.mark.parametrize("name", LISTS)
+@pytest.mark.parametrize("limit", ["1", "05", "100"])
+def test_a_limit_in_digits_is_taken(api: InProcessApi, name: str, limit: str) -> None:
+    answer = get(api, name, limit)
+    assert answer.status_code != 422, answer.text
+    assert answer.status_code < 500, answer.text
