@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -19,4 +19,7 @@ def _written_in_digits(value: Any) -> Any:
     return value
 
 
-Limit = Annotated[int, Query(ge=1, le=100), BeforeValidator(_written_in_digits)]
+# The range sits in a pydantic Field, not in Query(): powertools, given Query(ge=, le=) beside another
+# annotation, writes `ge`/`le` into the OpenAPI document instead of `minimum`/`maximum`, so clients
+# and schemathesis would read -5 as a valid limit.
+Limit = Annotated[int, Field(ge=1, le=100), BeforeValidator(_written_in_digits), Query()]

@@ -74,3 +74,19 @@ def test_a_limit_in_digits_is_taken(api: InProcessApi, name: str, limit: str) ->
     answer = get(api, name, limit)
     assert answer.status_code != 422, answer.text
     assert answer.status_code < 500, answer.text
+
+
+def test_the_served_document_states_every_lists_limit_as_1_to_100(api: InProcessApi) -> None:
+    document = api.get("/openapi.json", key=None).json()
+    limits = {
+        (method.upper(), path): parameter["schema"]
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "limit"
+    }
+    listed = {path.replace(ORDER, "{order_id}").replace(WEBHOOK, "{webhook_id}") for path, _ in LISTS.values()}
+    assert {path for _, path in limits} == listed
+    for operation, schema in limits.items():
+        assert (schema["type"], schema["minimum"], schema["maximum"]) == ("integer", 1, 100), operation
+        assert not {"ge", "le", "gt", "lt"} & schema.keys(), operation
