@@ -140,8 +140,9 @@ class Cancellation:
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
         and never recorded is settled (settle_capture_requests), and every other authorization an
-        edit left (void_requested_authorization, void_replaced_authorizations, and the keys it gave
-        up and could not release before it was authorized: release_given_up_keys) is voided; one it
+        edit or a renewal left (void_requested_authorization, release_renewal,
+        void_replaced_authorizations, and the keys it gave up and could not release before it was
+        authorized: release_given_up_keys) is voided; one it
         never recorded because the gateway's answer was lost, or the step died before its write, is
         released (release_lost_authorizations, under the order's own key too); nothing else to do
         when the payment is not `authorized`. One that cannot be voided stops none of the others.
@@ -149,8 +150,8 @@ class Cancellation:
         attempt recorded; otherwise the order no longer owes its own (Order.own_void_owed)."""
         order = self.settle_capture_requests(order, actor)
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
-        releases = (self.void_requested_authorization, self.void_replaced_authorizations, self.release_given_up_keys,
-                    self._void_own)  # fmt: skip
+        releases = (self.void_requested_authorization, self.release_renewal, self.void_replaced_authorizations,
+                    self.release_given_up_keys, self._void_own)  # fmt: skip
         for release in releases:
             try:
                 order = release(order, actor)
@@ -416,14 +417,37 @@ class Cancellation:
             raise _first_to_retry(failed)
         return order
 
-    def _void_replaced(self, order: Order, authorization: str, actor: str) -> Order:
+    def _void_replaced(self, order: Order, authorization: str, actor: str, **reason: str) -> Order:
         result = self._void(order, authorization, actor)
         at = self._clock()
         return modify(
             self._orders, order.id,
-            lambda current: current.record_replaced_voided(authorization, result.reference, at=at, actor=actor)
+            lambda current: current.record_replaced_voided(authorization, result.reference, at=at, actor=actor,
+                                                           **reason)
             if authorization in current.replaced_authorizations else None,
         )  # fmt: skip
+
+    def void_lapsed(self, order: Order, authorization: str, actor: str) -> Order:
+        """Void `authorization`, which a renewal replaced (Order.renew_authorization), and record it.
+        Raises as void_replaced_authorizations; it stays replaced for whatever voids those next."""
+        return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")
+
+    def release_renewal(self, order: Order, actor: str) -> Order:
+        """Release what the gateway authorized under a renewal the order asked for and never recorded
+        (Order.renewing_authorization: a ship or collect that died between the gateway's answer and
+        its write, or one in flight, which then voids what it gets itself), looked up by its key and
+        voided (_release_unrecorded: a plugin that cannot look keys up leaves it to lapse, with a
+        warning), then record the renewal settled. Raises as `void`. Returns the order after."""
+        lapsed = order.renewing_authorization
+        if lapsed is None:
+            return order
+        self._release_unrecorded(order, payment_keys.renewal(order.id, lapsed), actor)
+        at = self._clock()
+        return modify(
+            self._orders,
+            order.id,
+            lambda current: current.drop_renewal(at=at) if current.renewing_authorization == lapsed else None,
+        )
 
     def void_unrecorded(self, order: Order, authorization: str, actor: str) -> PaymentResult | None:
         """Release an authorization the order does not record: one obtained by a write that lost
