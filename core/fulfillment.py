@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.cancellation import Cancellation, holding_locations, own_authorization_keys
+from core.cancellation import AUTHORIZATION_VALID_FOR, Cancellation, holding_locations, own_authorization_keys
 from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 S = OrderStatus
 Clock = Callable[[], datetime]
 PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS (0: None, a pickup waits until collected)
-# OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
-# schemes 5 to 30); one at least this old is authorized again before a capture.
-AUTHORIZATION_VALID_FOR = timedelta(days=7)
 
 
 class OrderActions:
@@ -66,8 +63,9 @@ class OrderActions:
         self._capture = capture
         self._clock = clock
         self._pickup_expiry = pickup_expiry
-        self._authorization_valid_for = authorization_valid_for
-        self._cancellation = Cancellation(orders, catalog, inventory, payments, clock, credits)
+        self._cancellation = Cancellation(
+            orders, catalog, inventory, payments, clock, credits, authorization_valid_for=authorization_valid_for
+        )
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
             self._cancellation, clock, credits, hook=hook, labels=labels,
@@ -95,7 +93,7 @@ class OrderActions:
         refunds it once the order is late and holds the order for a person to confirm whether the
         parcel left (core.capture_sweep). An authorization the gateway may have let lapse
         (OMS_AUTHORIZATION_VALID_DAYS) is renewed before the capture is requested
-        (_renew_authorization). A capture that keeps failing transiently
+        (Cancellation.renewed_if_lapsed). A capture that keeps failing transiently
         (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused, 502) leaves the shipment
         pending with every failed attempt in the history, and the ship may simply be repeated. A
         capture whose record then loses to a cancel, a hold or a reject is
@@ -126,11 +124,8 @@ class OrderActions:
         gets those last two."""
         fresh = False
         if order.shipment(shipment_id).status not in done:
-            if order.capture_request(shipment_id) is None and (
-                order.renewing_authorization is not None
-                or order.authorization_lapsed(self._authorization_valid_for, self._clock())
-            ):
-                order = self._renew_authorization(order, actor)
+            if order.capture_request(shipment_id) is None:
+                order = self._cancellation.renewed_if_lapsed(order, actor)
             order, fresh = self._capture_requested(order, shipment_id, actor, done)
         if order.shipment(shipment_id).status in done:
             self._units_leave(order, shipment_id)
@@ -168,68 +163,6 @@ class OrderActions:
             raise
         self._units_leave(handed, shipment_id)
         return self._units.after_shipping(handed, actor)
-
-    def _renew_authorization(self, order: Order, actor: str) -> Order:
-        """The order with its lapsing authorization replaced by a new one, before a capture is
-        requested on it: the renewal is requested on the order first (Order.request_renewal), then
-        what the old one had left to capture is authorized under a key derived from it
-        (payment_keys.renewal; transient failures retried, 503 while they last, the request
-        standing), the new one recorded (Order.renew_authorization), then the old one voided (a
-        void that fails stays in `replaced_authorizations`, for a cancel, the last parcel's ship or
-        the reconciler). A ship repeated after dying asks under the same key, so the gateway answers
-        with the authorization it made. A decline answers as a capture the gateway refuses does: 502
-        `payment_gateway_error`, the shipment still pending, nothing moved (the request dropped; the
-        refusal in the history). What a renewal gets that the order can no longer record (a
-        concurrent edit authorized it again, a cancel settled the request) is voided at once."""
-        at = self._clock()
-
-        def requested(current: Order):
-            if current.renewing_authorization is not None:
-                return None  # a ship that died (or one in flight) asked: asked again under its key
-            if not current.authorization_lapsed(self._authorization_valid_for, at):
-                return None
-            return current.request_renewal(at=at)
-
-        order = modify(self._orders, order.id, requested)
-        lapsed = order.renewing_authorization
-        found = self._orders.get_with_token(order.id, consistent=True) if lapsed is not None else None
-        if lapsed is None or found is None or found[0].renewing_authorization != lapsed:
-            return order  # renewed (or settled) meanwhile
-        order, token = found
-        payment = order.payment
-        amount = payment.authorized - payment.captured
-        key = payment_keys.renewal(order.id, lapsed)
-        try:
-            made = self._payments.retried(
-                "authorize",
-                lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
-                self._recorder(order.id, actor, amount=amount.model_dump(mode="json"), authorization_key=key),
-            )
-        except PaymentDeclined as declined:
-            dropped = self._clock()
-            modify(
-                self._orders, order.id,
-                lambda current: current.drop_renewal(at=dropped) if current.renewing_authorization == lapsed else None,
-            )  # fmt: skip
-            raise PaymentRefused(
-                "capture", f"the authorization had grown old and the gateway declined it again: {declined.message}"
-            ) from None
-        at = self._clock()
-
-        def recorded(current: Order):
-            if current.renewing_authorization != lapsed:
-                return None
-            if current.payment.authorization != lapsed:
-                return current.drop_renewal(at=at)  # authorized again by an edit meanwhile
-            return current.renew_authorization(amount, made.reference, at=at, actor=actor)
-
-        order = modify(self._orders, order.id, recorded)
-        if order.payment.authorization != made.reference:
-            self._cancellation.void_unrecorded(order, made.reference, actor)
-            return order
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-            order = self._cancellation.void_lapsed(order, lapsed, actor)
-        return order
 
     def _capture_requested(self, order: Order, shipment_id: str, actor: str,
                            done: tuple[ShipmentStatus, ...]) -> tuple[Order, bool]:  # fmt: skip

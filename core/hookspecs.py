@@ -107,8 +107,9 @@ def oms_payment_authorize(
         gateway so a retry never authorizes twice. An edit writes the authorization it asks for
         on the order first, so one that died after the gateway answered is asked again under the
         same key (by the edit repeated, or later by a cancel, another edit or the last ship,
-        which then void it). So does a ship or collect that renews an authorization older than
-        OMS_AUTHORIZATION_VALID_DAYS before capturing (its key names the old authorization).
+        which then void it). So does a ship, collect or settlement capture that renews an
+        authorization older than OMS_AUTHORIZATION_VALID_DAYS before capturing on it (its key
+        names the old authorization).
         Answer a key you have seen with the authorization made under it (or its decline), never
         a second one, however late.
     :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.

@@ -1729,10 +1729,11 @@ class Order(BaseModel, defer_build=True):
         return now - (self.authorized_at or self.created_at) >= valid_for
 
     def request_renewal(self, *, at: datetime) -> Bookkeeping:
-        """Written before a ship or collect asks the gateway to authorize the lapsed authorization
-        again (`renewing_authorization`), so what the gateway authorizes is never left behind: the
-        ship repeated asks under the same key and records it (renew_authorization), and a cancel
-        releases it (core.cancellation.Cancellation.release_renewal). Bookkeeping, as request_capture."""
+        """Written before a ship, collect or settlement capture asks the gateway to authorize the
+        lapsed authorization again (`renewing_authorization`), so what the gateway authorizes is
+        never left behind: the ship repeated asks under the same key and records it
+        (renew_authorization), and a cancel releases it
+        (core.cancellation.Cancellation.release_renewal). Bookkeeping, as request_capture."""
         if self.renewing_authorization is not None or not self.payment.authorization:
             raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
         new = _replaced(self, renewing_authorization=self.payment.authorization, version=self.version + 1,

@@ -165,3 +165,24 @@ def test_a_pickup_collected_after_the_authorization_grew_old_is_captured_on_a_ne
     assert world.spy.captured == [(renewed, order.payment.authorized, f"{order.id}:{shipment.id}:capture")]
     assert world.spy.voided == [order.payment.authorization]
     assert collected.shipment(shipment.id).status is ShipmentStatus.DELIVERED
+
+
+def test_a_settlement_capture_a_week_later_is_made_on_a_renewed_authorization(world, clock):
+    # The shipping was the east parcel's share: cancelled with it a week later, it is captured
+    # after all, on an authorization that is not a week old.
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    west = next(s.id for s in order.shipments if s.location_id == "wh-west")
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    clock.days_later(8)
+
+    settled = world.actions.cancel(order.id, "rest", actor="key_web")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    authorization, _, key = world.spy.captured[-1]
+    assert (authorization, key) == (
+        renewed,
+        payment_keys.settlement_capture(order.id, str(shipped.payment.captured.amount)),
+    )
+    assert settled.payment.authorization == renewed
+    assert settled.payment.captured == settled.totals.grand_total
+    assert order.payment.authorization in world.spy.voided
