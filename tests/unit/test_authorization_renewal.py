@@ -8,11 +8,12 @@ from datetime import timedelta
 import pytest
 
 from core import payment_keys
-from core.errors import PaymentRefused
+from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
+from core.models import LineInput, OrderEdit
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.builders import NOW
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
 
@@ -186,3 +187,44 @@ def test_a_settlement_capture_a_week_later_is_made_on_a_renewed_authorization(wo
     assert settled.payment.authorization == renewed
     assert settled.payment.captured == settled.totals.grand_total
     assert order.payment.authorization in world.spy.voided
+
+
+def test_a_renewal_the_gateway_cannot_make_now_answers_503_and_the_ship_repeated_records_it(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("authorize", "transient", "transient", "transient", "approve")
+
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    waiting = world.order(order.id)
+    assert waiting.renewing_authorization == order.payment.authorization
+    assert (waiting.payment, waiting.shipment(shipment.id).status) == (order.payment, ShipmentStatus.PENDING)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert world.gateway.keys("authorize")[-4:] == [key] * 4
+    assert shipped.payment.authorization == reference(AUTHORIZATION, key)
+    assert shipped.status is OrderStatus.SHIPPED and shipped.renewing_authorization is None
+
+
+def test_a_renewal_an_edit_overtakes_is_voided_and_the_edits_authorization_kept(world, clock, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+
+    def edit() -> None:
+        current = world.order(order.id)
+        world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_cs")
+
+    before_the_next_write(world, monkeypatch, edit, skip=1)  # after the renewal is requested
+    with pytest.raises(NotFound):  # the edit sent the order back to be sourced: its shipment went
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    after = world.order(order.id)
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert after.payment.authorization not in (renewal, order.payment.authorization)
+    assert after.renewing_authorization is None and after.replaced_authorizations == []
+    assert sorted(world.spy.voided) == sorted([renewal, order.payment.authorization])
+    assert world.spy.captured == []
