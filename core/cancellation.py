@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 logger = logging.getLogger(__name__)
+# OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
+# schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
+AUTHORIZATION_VALID_FOR = timedelta(days=7)
 
 
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
@@ -47,6 +51,7 @@ class Cancellation:
         credits: ExchangeCredits | None = None,
         *,
         void_failures: Recorder = failure_recorder,
+        authorization_valid_for: timedelta = AUTHORIZATION_VALID_FOR,
     ):
         self._orders = orders
         # How a failed attempt at a void, at asking for an edit's authorization again, or at
@@ -59,6 +64,7 @@ class Cancellation:
         self._inventory = inventory
         self._payments = payments
         self._clock = clock
+        self._authorization_valid_for = authorization_valid_for
 
     def cancel(
         self,
@@ -140,8 +146,9 @@ class Cancellation:
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
         and never recorded is settled (settle_capture_requests), and every other authorization an
-        edit left (void_requested_authorization, void_replaced_authorizations, and the keys it gave
-        up and could not release before it was authorized: release_given_up_keys) is voided; one it
+        edit or a renewal left (void_requested_authorization, release_renewal,
+        void_replaced_authorizations, and the keys it gave up and could not release before it was
+        authorized: release_given_up_keys) is voided; one it
         never recorded because the gateway's answer was lost, or the step died before its write, is
         released (release_lost_authorizations, under the order's own key too); nothing else to do
         when the payment is not `authorized`. One that cannot be voided stops none of the others.
@@ -149,8 +156,8 @@ class Cancellation:
         attempt recorded; otherwise the order no longer owes its own (Order.own_void_owed)."""
         order = self.settle_capture_requests(order, actor)
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
-        releases = (self.void_requested_authorization, self.void_replaced_authorizations, self.release_given_up_keys,
-                    self._void_own)  # fmt: skip
+        releases = (self.void_requested_authorization, self.release_renewal, self.void_replaced_authorizations,
+                    self.release_given_up_keys, self._void_own)  # fmt: skip
         for release in releases:
             try:
                 order = release(order, actor)
@@ -416,14 +423,37 @@ class Cancellation:
             raise _first_to_retry(failed)
         return order
 
-    def _void_replaced(self, order: Order, authorization: str, actor: str) -> Order:
+    def _void_replaced(self, order: Order, authorization: str, actor: str, **reason: str) -> Order:
         result = self._void(order, authorization, actor)
         at = self._clock()
         return modify(
             self._orders, order.id,
-            lambda current: current.record_replaced_voided(authorization, result.reference, at=at, actor=actor)
+            lambda current: current.record_replaced_voided(authorization, result.reference, at=at, actor=actor,
+                                                           **reason)
             if authorization in current.replaced_authorizations else None,
         )  # fmt: skip
+
+    def void_lapsed(self, order: Order, authorization: str, actor: str) -> Order:
+        """Void `authorization`, which a renewal replaced (Order.renew_authorization), and record it.
+        Raises as void_replaced_authorizations; it stays replaced for whatever voids those next."""
+        return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")
+
+    def release_renewal(self, order: Order, actor: str) -> Order:
+        """Release what the gateway authorized under a renewal the order asked for and never recorded
+        (Order.renewing_authorization: a ship or collect that died between the gateway's answer and
+        its write, or one in flight, which then voids what it gets itself), looked up by its key and
+        voided (_release_unrecorded: a plugin that cannot look keys up leaves it to lapse, with a
+        warning), then record the renewal settled. Raises as `void`. Returns the order after."""
+        lapsed = order.renewing_authorization
+        if lapsed is None:
+            return order
+        self._release_unrecorded(order, payment_keys.renewal(order.id, lapsed), actor)
+        at = self._clock()
+        return modify(
+            self._orders,
+            order.id,
+            lambda current: current.drop_renewal(at=at) if current.renewing_authorization == lapsed else None,
+        )
 
     def void_unrecorded(
         self, order: Order, authorization: str, actor: str, *, key: str | None = None
@@ -438,6 +468,81 @@ class Cancellation:
             return self._void(order, authorization, actor, **({"authorization_key": key} if key else {}))
         except (PaymentRefused, PaymentGatewayUnavailable):
             return None
+
+    # --- Authorizations grown old --------------------------------------------------------------
+    def renewed_if_lapsed(self, order: Order, actor: str) -> Order:
+        """`order`, unless its authorization is at least `authorization_valid_for` old (the gateway
+        may have let it lapse), or a renewal of it stands: then the order with it replaced by a new
+        one (_renew), asked before a capture is requested on it. One comparison on the typical
+        order."""
+        if order.renewing_authorization is None and not order.authorization_lapsed(
+            self._authorization_valid_for, self._clock()
+        ):
+            return order
+        return self._renew(order, actor)
+
+    def _renew(self, order: Order, actor: str) -> Order:
+        """The order with its lapsing authorization replaced by a new one, before a capture is
+        requested on it: the renewal is requested on the order first (Order.request_renewal), then
+        what the old one had left to capture is authorized under a key derived from it
+        (payment_keys.renewal; transient failures retried, 503 while they last, the request
+        standing), the new one recorded (Order.renew_authorization), then the old one voided (a
+        void that fails stays in `replaced_authorizations`, for a cancel, the last parcel's ship or
+        the reconciler). A ship repeated after dying asks under the same key, so the gateway answers
+        with the authorization it made. A decline raises as a capture the gateway refuses does
+        (PaymentRefused, 502 `payment_gateway_error`): nothing captured or moved, the request
+        dropped, the refusal in the history. What a renewal gets that the order can no longer record (a
+        concurrent edit authorized it again, a cancel settled the request) is voided at once."""
+        at = self._clock()
+
+        def requested(current: Order):
+            if current.renewing_authorization is not None:
+                return None  # a ship that died (or one in flight) asked: asked again under its key
+            if not current.authorization_lapsed(self._authorization_valid_for, at):
+                return None
+            return current.request_renewal(at=at)
+
+        order = modify(self._orders, order.id, requested)
+        lapsed = order.renewing_authorization
+        found = self._orders.get_with_token(order.id, consistent=True) if lapsed is not None else None
+        if lapsed is None or found is None or found[0].renewing_authorization != lapsed:
+            return order  # renewed (or settled) meanwhile
+        order, token = found
+        payment = order.payment
+        amount = payment.authorized - payment.captured
+        key = payment_keys.renewal(order.id, lapsed)
+        try:
+            made = self._payments.retried(
+                "authorize",
+                lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
+                self._void_failures(self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"),
+                                    authorization_key=key),
+            )  # fmt: skip
+        except PaymentDeclined as declined:
+            dropped = self._clock()
+            modify(
+                self._orders, order.id,
+                lambda current: current.drop_renewal(at=dropped) if current.renewing_authorization == lapsed else None,
+            )  # fmt: skip
+            raise PaymentRefused(
+                "capture", f"the authorization had grown old and the gateway declined it again: {declined.message}"
+            ) from None
+        at = self._clock()
+
+        def recorded(current: Order):
+            if current.renewing_authorization != lapsed:
+                return None
+            if current.payment.authorization != lapsed:
+                return current.drop_renewal(at=at)  # authorized again by an edit meanwhile
+            return current.renew_authorization(amount, made.reference, at=at, actor=actor)
+
+        order = modify(self._orders, order.id, recorded)
+        if order.payment.authorization != made.reference:
+            self.void_unrecorded(order, made.reference, actor, key=key)
+            return order
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            order = self.void_lapsed(order, lapsed, actor)
+        return order
 
     # --- Captures of shipments ----------------------------------------------------------------
     def capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.cancellation import Cancellation, holding_locations, own_authorization_keys
+from core.cancellation import AUTHORIZATION_VALID_FOR, Cancellation, holding_locations, own_authorization_keys
 from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
@@ -51,6 +51,7 @@ class OrderActions:
         refunds: RefundService | None = None,
         *,
         pickup_expiry: timedelta | None = PICKUP_EXPIRY,
+        authorization_valid_for: timedelta = AUTHORIZATION_VALID_FOR,
         credits: ExchangeCredits | None = None,
         hook: Any | None = None,
         labels: LabelStore | None = None,
@@ -62,7 +63,9 @@ class OrderActions:
         self._capture = capture
         self._clock = clock
         self._pickup_expiry = pickup_expiry
-        self._cancellation = Cancellation(orders, catalog, inventory, payments, clock, credits)
+        self._cancellation = Cancellation(
+            orders, catalog, inventory, payments, clock, credits, authorization_valid_for=authorization_valid_for
+        )
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
             self._cancellation, clock, credits, hook=hook, labels=labels,
@@ -88,10 +91,12 @@ class OrderActions:
         a cancel of units meanwhile refunds it first (Cancellation.settle_capture_requests), an
         edit waits for it (409), and on an order nobody ships again the jeopardy scan's handler
         refunds it once the order is late and holds the order for a person to confirm whether the
-        parcel left (core.capture_sweep). A
-        capture that keeps failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused,
-        502) leaves the shipment pending with every failed attempt in the history, and the ship may
-        simply be repeated. A capture whose record then loses to a cancel, a hold or a reject is
+        parcel left (core.capture_sweep). An authorization the gateway may have let lapse
+        (OMS_AUTHORIZATION_VALID_DAYS) is renewed before the capture is requested
+        (Cancellation.renewed_if_lapsed). A capture that keeps failing transiently
+        (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused, 502) leaves the shipment
+        pending with every failed attempt in the history, and the ship may simply be repeated. A
+        capture whose record then loses to a cancel, a hold or a reject is
         refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes
         what its first ship may have left undone (a request that died after the write): its stock
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
@@ -119,6 +124,8 @@ class OrderActions:
         gets those last two."""
         fresh = False
         if order.shipment(shipment_id).status not in done:
+            if order.capture_request(shipment_id) is None:
+                order = self._cancellation.renewed_if_lapsed(order, actor)
             order, fresh = self._capture_requested(order, shipment_id, actor, done)
         if order.shipment(shipment_id).status in done:
             self._units_leave(order, shipment_id)

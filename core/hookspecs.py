@@ -100,14 +100,18 @@ def oms_payment_authorize(
 
     :param method: the order's `payment.method`; answer only for your own.
     :param token: the payment token the client sent (never a card number).
-    :param amount: the order's grand total.
+    :param amount: the order's grand total; when an authorization is renewed, what the old one
+        had left to capture.
     :param order_id: the order being paid.
     :param idempotency_key: the same for every retry of this authorization; pass it to the
         gateway so a retry never authorizes twice. An edit writes the authorization it asks for
         on the order first, so one that died after the gateway answered is asked again under the
         same key (by the edit repeated, or later by a cancel, another edit or the last ship,
-        which then void it). Answer a key you have seen with the authorization made under it
-        (or its decline), never a second one, however late.
+        which then void it). So does a ship, collect or settlement capture that renews an
+        authorization older than OMS_AUTHORIZATION_VALID_DAYS before capturing on it (its key
+        names the old authorization).
+        Answer a key you have seen with the authorization made under it (or its decline), never
+        a second one, however late.
     :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.
     :return: PaymentResult (approved, with the authorization's reference, or declined), or None.
 

@@ -6,7 +6,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -1214,6 +1214,8 @@ _TIMES = TypeAdapter(datetime)
 
 # Computed when an order is read, never part of its stored document.
 _NOT_STORED = frozenset({"awaiting_stock"})
+# The payment statuses under which an authorization may still be captured on.
+_CAPTURABLE = frozenset({PaymentStatus.AUTHORIZED, PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
 class Order(BaseModel, defer_build=True):
@@ -1310,11 +1312,24 @@ class Order(BaseModel, defer_build=True):
     # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
     # system's own: stored, never shown.
     authorization_requested: AuthorizationRequest | None = Field(default=None, exclude=True)
-    # Authorizations an edit replaced and that are not voided yet (the edit's write names them, so
+    # Authorizations an edit (or a renewal, renew_authorization) replaced and that are not voided
+    # yet (the edit's write names them, so
     # one whose void did not happen, the gateway down or the edit dead, is voided by the next edit,
     # a cancel or the last parcel's ship, or on an order nobody changes again by the reconciler:
     # core.authorization_sweep). The system's own: stored, never shown.
     replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    # When the gateway approved the order's current authorization (`payment.authorization`): a
+    # gateway lets an authorization lapse after some days, so a ship or collect of an order whose
+    # authorization is older than OMS_AUTHORIZATION_VALID_DAYS authorizes again first
+    # (authorization_lapsed). None: stored before it existed (`created_at` stands in: the
+    # authorization came after it). The system's own: stored, never shown.
+    authorized_at: datetime | None = Field(default=None, exclude=True)
+    # The lapsed authorization a ship or collect asks the gateway to authorize again, written before
+    # it asks (request_renewal) and cleared by the write that records the new one, or its decline:
+    # the ship repeated asks again under the same key (core/payment_keys.py) and records it, and a
+    # cancel releases what the gateway holds under it. None on the typical order. The system's own:
+    # stored, never shown.
+    renewing_authorization: str | None = Field(default=None, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1395,6 +1410,10 @@ class Order(BaseModel, defer_build=True):
             system["replaced_authorizations"] = list(self.replaced_authorizations)
         if self.authorization_keys_given_up:
             system["authorization_keys_given_up"] = list(self.authorization_keys_given_up)
+        if self.authorized_at is not None:
+            system["authorized_at"] = _TIMES.dump_python(self.authorized_at, mode="json")
+        if self.renewing_authorization is not None:
+            system["renewing_authorization"] = self.renewing_authorization
         if self.own_void_owed:
             system["own_void_owed"] = True
         if self.return_entries:
@@ -1717,6 +1736,54 @@ class Order(BaseModel, defer_build=True):
             authorization_requested=None,
         )  # fmt: skip
 
+    def authorization_lapsed(self, valid_for: timedelta, now: datetime) -> bool:
+        """Whether the authorization that captures this order's next share is at least `valid_for`
+        old (`authorized_at`): the gateway may have let it lapse, so it is authorized again before
+        anything is captured on it (core.fulfillment). False when nothing is left on it to capture."""
+        payment = self.payment
+        if payment.status not in _CAPTURABLE or not payment.authorization or payment.authorized <= payment.captured:
+            return False
+        return now - (self.authorized_at or self.created_at) >= valid_for
+
+    def request_renewal(self, *, at: datetime) -> Bookkeeping:
+        """Written before a ship, collect or settlement capture asks the gateway to authorize the
+        lapsed authorization again (`renewing_authorization`), so what the gateway authorizes is
+        never left behind: the ship repeated asks under the same key and records it
+        (renew_authorization), and a cancel releases it
+        (core.cancellation.Cancellation.release_renewal). Bookkeeping, as request_capture."""
+        if self.renewing_authorization is not None or not self.payment.authorization:
+            raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
+        new = _replaced(self, renewing_authorization=self.payment.authorization, version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        check_successor(self, new)
+        return new, None
+
+    def renew_authorization(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
+        """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
+        had left to capture) the authorization this order was renewing, which it replaces
+        (`replaced_authorizations`) until it is voided. `payment.authorized` stays the total the
+        order's authorizations covered: its captures and what is left of the new one."""
+        old = self.renewing_authorization
+        if old is None or self.payment.authorization != old:
+            raise InvalidTransition(f"order {self.id} is not renewing its authorization {self.payment.authorization}")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
+            detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
+                    "reason": "the authorization was old enough for the gateway to let it lapse"},
+            payment=_replaced(self.payment, authorization=reference), authorized_at=at,
+            renewing_authorization=None, replaced_authorizations=[*self.replaced_authorizations, old],
+        )  # fmt: skip
+
+    def drop_renewal(self, *, at: datetime) -> Bookkeeping:
+        """The renewal asked for (`renewing_authorization`) is settled without being recorded: the
+        gateway declined it (in the history), or what it made was released. Bookkeeping."""
+        if self.renewing_authorization is None:
+            raise InvalidTransition(f"order {self.id} is not renewing its authorization")
+        new = _replaced(self, renewing_authorization=None, version=self.version + 1, updated_at=at,
+                        changed_before_mark=None)  # fmt: skip
+        check_successor(self, new)
+        return new, None
+
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
         pickup order's shipment is never shipped: readied, then collected at its store)."""
@@ -1954,7 +2021,7 @@ class Order(BaseModel, defer_build=True):
             return self._next(
                 at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
                 detail={"amount": amount.model_dump(mode="json"), "reference": reference},
-                payment=self.payment.authorized_for(amount, reference),
+                payment=self.payment.authorized_for(amount, reference), authorized_at=at,
                 hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **given_up,
             )  # fmt: skip
         if self.status is not OrderStatus.PENDING:
@@ -1962,7 +2029,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED, to=OrderStatus.AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference},
-            payment=self.payment.authorized_for(amount, reference), **given_up,
+            payment=self.payment.authorized_for(amount, reference), authorized_at=at, **given_up,
         )  # fmt: skip
 
     def record_given_up_keys_released(self, keys: list[str], *, at: datetime) -> Bookkeeping | None:
@@ -2349,8 +2416,10 @@ class Order(BaseModel, defer_build=True):
         }  # fmt: skip
         payment = self.payment
         replaced = list(self.replaced_authorizations)
+        authorized_at = self.authorized_at
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
+            authorized_at = at
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
             if self.payment.authorization:
                 replaced.append(self.payment.authorization)
@@ -2365,18 +2434,22 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
-            replaced_authorizations=replaced,
+            replaced_authorizations=replaced, authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants, **again,
         )  # fmt: skip
 
-    def record_replaced_voided(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:
-        """The gateway voided `authorization`, which an edit replaced (`replaced_authorizations`)."""
+    def record_replaced_voided(
+        self, authorization: str, reference: str, *, at: datetime, actor: str,
+        reason: str = "replaced by the authorization of the edited total",
+    ) -> Change:  # fmt: skip
+        """The gateway voided `authorization`, which an edit or a renewal (renew_authorization)
+        replaced (`replaced_authorizations`)."""
         if authorization not in self.replaced_authorizations:
             raise InvalidTransition(f"order {self.id} has no replaced authorization {authorization} to void")
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": authorization, "reference": reference,
-                    "reason": "replaced by the authorization of the edited total"},
+                    "reason": reason},
             replaced_authorizations=[a for a in self.replaced_authorizations if a != authorization],
         )  # fmt: skip
 

@@ -1,7 +1,8 @@
 """The payment gateway's idempotency keys, built here only: a retry must send the same key.
 
 Gateways already hold keys in these shapes, so they never change: an authorization is keyed by
-the order version it authorizes (an edit gets a new one), a capture by its shipment, a void by the
+the order version it authorizes (an edit gets a new one), a renewal of one grown old by the
+authorization it replaces, a capture by its shipment, a void by the
 authorization it releases, a refund by its own id. A shipment whose capture was given back (its
 order changed while it shipped) and that is made again under the same id adds the number of
 captures given back before, so its next capture is a new one, not the refunded one replayed."""
@@ -36,3 +37,9 @@ def settlement_capture(order_id: str, captured_before: str) -> str:
     """A capture with no shipment (the rest of a total that cancelled units left higher), keyed by
     what was captured before it: a repeat of the same settlement asks under the same key."""
     return f"{order_id}:settlement:{captured_before}:capture"
+
+
+def renewal(order_id: str, lapsed: str) -> str:
+    """An authorization asked again because `lapsed`, the order's authorization, grew old enough for
+    the gateway to let it lapse (keyed by it: each renewal replaces another)."""
+    return f"{order_id}:authorize:renew:{lapsed}"

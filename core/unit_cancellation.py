@@ -354,6 +354,8 @@ class UnitCancellation:
                 order.id, _over_capture, "units cancelled after their share was captured", actor, kind="cancellation"
             )
         elif due.amount > 0 and nothing_to_ship:
+            if order.capture_request(None) is None:  # one standing is asked again as it was
+                order = self._cancellation.renewed_if_lapsed(order, actor)
             self._cancellation.capture_settlement(order, due, actor)
         if nothing_to_ship:
             self._release_authorization(self._current(order.id), actor)

@@ -118,6 +118,7 @@ class Config:
     webhook_retry_window_seconds: float = 86400.0
     webhook_allow_local_http: bool = False  # the local stack's http://127.0.0.1 receivers
     pickup_expiry_days: float = 7.0  # OMS_PICKUP_EXPIRY_DAYS: 0 never cancels an uncollected pickup
+    authorization_valid_days: float = 7.0  # OMS_AUTHORIZATION_VALID_DAYS: older is authorized again at capture
     access_log_queue_url: str = ""  # the API queues each read of an order there (issue 14)
 
     @classmethod
@@ -152,6 +153,7 @@ class Config:
             webhook_retry_window_seconds=float(os.environ.get("WEBHOOK_RETRY_WINDOW_SECONDS") or 86400),
             webhook_allow_local_http=os.environ.get("WEBHOOK_ALLOW_LOCAL_HTTP", "").strip().lower() == "true",
             pickup_expiry_days=float(os.environ.get("OMS_PICKUP_EXPIRY_DAYS") or 7),
+            authorization_valid_days=float(os.environ.get("OMS_AUTHORIZATION_VALID_DAYS") or 7),
             access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
         )
 
@@ -336,6 +338,8 @@ class Container:
 
         if self.config.pickup_expiry_days < 0:
             raise ValueError("OMS_PICKUP_EXPIRY_DAYS must be 0 (never) or a positive number of days")
+        if self.config.authorization_valid_days <= 0:
+            raise ValueError("OMS_AUTHORIZATION_VALID_DAYS must be a positive number of days")
 
         return OrderActions(
             self.order_repository,
@@ -346,6 +350,7 @@ class Container:
             clock=self.clock,
             refunds=self.refunds,
             pickup_expiry=timedelta(days=self.config.pickup_expiry_days) if self.config.pickup_expiry_days else None,
+            authorization_valid_for=timedelta(days=self.config.authorization_valid_days),
             credits=self.exchange_credits,
             hook=self.plugins.hook,
             labels=self.label_store,

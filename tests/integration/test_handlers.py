@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import string
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -132,13 +133,14 @@ class GatewayRefuses:
 ORDER_ID, SHIPMENT_ID = "ord_" + "b" * 24, "shp_" + "c" * 24
 
 
-def an_allocated_order(aws) -> Order:
-    """Stored as the workflow leaves it: authorized for 10.00, one pending shipment."""
+def an_allocated_order(aws, authorized_days_ago: float = 0) -> Order:
+    """Stored as the workflow leaves it: authorized for 10.00 (`authorized_days_ago`), one pending shipment."""
     from functions.adapters.dynamodb import DynamoOrders
 
     ten, zero = usd("10.00"), usd("0.00")
     order = a_stored_order(
         ("TSHIRT-BLK-M", 1), id=ORDER_ID, status=OrderStatus.ALLOCATED,
+        authorized_at=datetime.now(UTC) - timedelta(days=authorized_days_ago),
         totals=Totals(subtotal=ten, discount=zero, shipping=zero, tax=zero, grand_total=ten),
         payment=Payment(method="test", status=PaymentStatus.AUTHORIZED, authorized=ten, captured=zero,
                         refunded=zero, authorization="auth_" + "0" * 20),
@@ -204,6 +206,57 @@ def test_a_capture_the_gateway_will_not_do_answers_a_gateway_error_and_ships_not
         ["created"] + ["payment_capture_failed"] * attempts
         + (["capture_not_made"] if status_code == 502 else [])
     )  # fmt: skip
+
+
+class RenewalDeclined:
+    """The gateway declines to authorize the order again."""
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self, idempotency_key):
+        return PaymentResult(outcome="declined", reference="decl_renewal", message="card expired")
+
+
+def test_a_ship_eight_days_after_the_authorization_captures_on_a_new_one_and_voids_the_old(aws):
+    from functions.api.app import lambda_handler
+    from functions.api.dependencies import container
+    from plugins.test_payments import AUTHORIZATION, reference
+
+    order = an_allocated_order(aws, authorized_days_ago=8)
+    response = lambda_handler(ship_event(ORDER_ID, SHIPMENT_ID), Context())
+
+    body = json.loads(response["body"])
+    assert response["statusCode"] == 200, body
+    renewed = reference(AUTHORIZATION, f"{ORDER_ID}:authorize:renew:{order.payment.authorization}")
+    assert body["payment"]["status"] == "captured" and body["payment"]["captured"]["amount"] == "10.00"
+    assert body["shipments"][0]["status"] == "shipped"
+    history = container().orders.history(ORDER_ID)
+    assert [h.type for h in history] == ["created", "payment_authorized", "payment_voided", "shipment_shipped"]
+    assert (history[1].detail["reference"], history[2].detail["authorization"]) == (
+        renewed, order.payment.authorization
+    )  # fmt: skip
+    assert history[3].detail["capture_reference"] == reference("cap", f"{ORDER_ID}:{SHIPMENT_ID}:capture")
+    assert container().order_repository.get(ORDER_ID, consistent=True).payment.authorization == renewed
+
+
+def test_a_renewal_the_gateway_declines_answers_502_and_ships_nothing(aws):
+    from functions.api.app import lambda_handler
+    from functions.api.dependencies import container
+
+    order = an_allocated_order(aws, authorized_days_ago=8)
+    plugins = container().plugins
+    plugins.register(declined := RenewalDeclined())
+    try:
+        response = lambda_handler(ship_event(ORDER_ID, SHIPMENT_ID), Context())
+    finally:
+        plugins.unregister(declined)
+
+    body = json.loads(response["body"])
+    assert response["statusCode"] == 502, body
+    assert body["error"]["code"] == "payment_gateway_error"
+    stored = container().order_repository.get(ORDER_ID, consistent=True)
+    assert (stored.shipments, stored.payment, stored.renewing_authorization) == (order.shipments, order.payment, None)
+    history = container().orders.history(ORDER_ID)
+    assert [h.type for h in history] == ["created", "payment_authorization_failed"]
 
 
 class VoidPluginRemoved:

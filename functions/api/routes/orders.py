@@ -240,7 +240,9 @@ def cancel_order(
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/ship",
     summary="Confirm a shipment left: its units leave stock and its share of the payment is captured",
-    description="The capture comes first, retried within the request while the gateway fails transiently. A "
+    description="The capture comes first, retried within the request while the gateway fails transiently; an "
+    "authorization older than `OMS_AUTHORIZATION_VALID_DAYS` (default 7) is authorized again first and the old "
+    "one voided, a decline of it answering as a refused capture does. A "
     "refused capture is 502 `payment_gateway_error`, a gateway that keeps failing 503 `payment_gateway_unavailable` "
     "with Retry-After: the shipment stays `pending`, nothing is captured or moved, each failed attempt is in the "
     "history, and repeating the call tries again with the same idempotency key. A capture whose shipment was "

@@ -1,0 +1,230 @@
+"""An authorization the gateway may have let lapse is authorized again before a ship or collect
+captures on it (core.fulfillment.OrderActions._renew_authorization), on the in-memory world."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core import payment_keys
+from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
+from core.models import LineInput, OrderEdit
+from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from plugins.test_payments import AUTHORIZATION, reference
+from tests.builders import NOW
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+
+STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self):
+        return self.now
+
+    def days_later(self, days: float) -> None:
+        self.now = self.now + timedelta(days=days)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def test_a_ship_a_week_after_the_authorization_authorizes_again_voids_the_old_one_and_captures_on_the_new(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    old = order.payment.authorization
+    clock.days_later(8)  # backordered, held, or simply slow: past the gateway's 7 days
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    key = payment_keys.renewal(order.id, old)
+    new = reference(AUTHORIZATION, key)
+    assert world.spy.authorized[-1] == new
+    assert world.spy.voided == [old]
+    assert world.spy.captured == [(new, order.payment.authorized, f"{order.id}:{shipment.id}:capture")]
+    assert shipped.status is OrderStatus.SHIPPED
+    assert shipped.payment.status is PaymentStatus.CAPTURED
+    assert (shipped.payment.authorization, shipped.payment.authorized) == (new, order.payment.authorized)
+    assert (shipped.authorized_at, shipped.renewing_authorization, shipped.replaced_authorizations) == (
+        clock.now, None, []
+    )  # fmt: skip
+    renewed = next(e for e in world.history(order.id) if e.detail.get("replaces") == old)
+    assert (renewed.type, renewed.detail["reference"]) == ("payment_authorized", new)
+    voided = next(e for e in world.history(order.id) if e.type == "payment_voided")
+    assert voided.detail["authorization"] == old
+
+
+def test_a_ship_within_the_week_captures_on_the_authorization_it_has(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(6.9)
+
+    world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    assert world.spy.authorized == [order.payment.authorization]
+    assert world.spy.voided == []
+    assert world.spy.captured[0][0] == order.payment.authorization
+
+
+def test_a_renewal_the_gateway_declines_is_refused_as_a_capture_is_and_changes_nothing_but_the_history(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("authorize", "refuse")
+
+    with pytest.raises(PaymentRefused) as refused:
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    assert refused.value.code == "payment_gateway_error"  # 502, as a refused capture
+    after = world.order(order.id)
+    assert after.shipment(shipment.id).status is ShipmentStatus.PENDING
+    assert after.payment == order.payment
+    assert (after.renewing_authorization, after.captures_requested) == (None, [])
+    assert world.spy.captured == [] and world.spy.voided == []
+    failed = world.history(order.id)[-1]
+    assert (failed.type, failed.detail["kind"]) == ("payment_authorization_failed", "refused")
+
+
+def test_a_ship_that_died_before_recording_the_renewal_records_the_same_one_when_repeated(world, clock, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    assert world.order(order.id).renewing_authorization == order.payment.authorization
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert world.gateway.keys("authorize")[-2:] == [key, key]
+    assert shipped.payment.authorization == reference(AUTHORIZATION, key)
+    assert world.spy.captured[0][0] == shipped.payment.authorization
+    assert world.spy.voided == [order.payment.authorization]
+
+
+def test_a_cancel_after_a_ship_died_mid_renewal_voids_what_the_gateway_authorized_under_it(world, clock, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    made = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert sorted(world.spy.voided) == sorted([made, order.payment.authorization])
+    assert cancelled.payment.status is PaymentStatus.VOIDED
+    assert cancelled.renewing_authorization is None
+
+
+def test_a_partly_shipped_order_renews_only_what_is_left_to_capture(world, clock):
+    order = world.allocated(("MUG", 1), ("CAP", 3))  # west: L1, east: L2
+    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    first = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    clock.days_later(10)
+
+    done = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    left = order.payment.authorized - first.payment.captured
+    renewed = next(e for e in world.history(order.id) if e.detail.get("replaces"))
+    assert renewed.detail["amount"] == left.model_dump(mode="json")
+    assert world.spy.captured[-1][0] == done.payment.authorization != order.payment.authorization
+    assert done.payment.captured == order.payment.authorized
+    assert done.payment.status is PaymentStatus.CAPTURED
+
+
+def test_an_order_stored_before_authorized_at_counts_from_when_it_was_placed(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    legacy = order.model_copy(update={"authorized_at": None})
+    assert not legacy.authorization_lapsed(timedelta(days=7), order.created_at + timedelta(days=6))
+    assert legacy.authorization_lapsed(timedelta(days=7), order.created_at + timedelta(days=7))
+
+
+def test_a_pickup_collected_after_the_authorization_grew_old_is_captured_on_a_new_one(world, clock):
+    world.inventory.set_on_hand("TSHIRT", "store-sf", 2, reason="count")
+    order = world.allocated(("TSHIRT", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    (shipment,) = order.shipments
+    clock.days_later(3)
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    clock.days_later(6)  # within the pickup's 7 days, past the authorization's
+
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert world.spy.captured == [(renewed, order.payment.authorized, f"{order.id}:{shipment.id}:capture")]
+    assert world.spy.voided == [order.payment.authorization]
+    assert collected.shipment(shipment.id).status is ShipmentStatus.DELIVERED
+
+
+def test_a_settlement_capture_a_week_later_is_made_on_a_renewed_authorization(world, clock):
+    # The shipping was the east parcel's share: cancelled with it a week later, it is captured
+    # after all, on an authorization that is not a week old.
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    west = next(s.id for s in order.shipments if s.location_id == "wh-west")
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    clock.days_later(8)
+
+    settled = world.actions.cancel(order.id, "rest", actor="key_web")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    authorization, _, key = world.spy.captured[-1]
+    assert (authorization, key) == (
+        renewed,
+        payment_keys.settlement_capture(order.id, str(shipped.payment.captured.amount)),
+    )
+    assert settled.payment.authorization == renewed
+    assert settled.payment.captured == settled.totals.grand_total
+    assert order.payment.authorization in world.spy.voided
+
+
+def test_a_renewal_the_gateway_cannot_make_now_answers_503_and_the_ship_repeated_records_it(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("authorize", "transient", "transient", "transient", "approve")
+
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    waiting = world.order(order.id)
+    assert waiting.renewing_authorization == order.payment.authorization
+    assert (waiting.payment, waiting.shipment(shipment.id).status) == (order.payment, ShipmentStatus.PENDING)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert world.gateway.keys("authorize")[-4:] == [key] * 4
+    assert shipped.payment.authorization == reference(AUTHORIZATION, key)
+    assert shipped.status is OrderStatus.SHIPPED and shipped.renewing_authorization is None
+
+
+def test_a_renewal_an_edit_overtakes_is_voided_and_the_edits_authorization_kept(world, clock, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+
+    def edit() -> None:
+        current = world.order(order.id)
+        world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_cs")
+
+    before_the_next_write(world, monkeypatch, edit, skip=1)  # after the renewal is requested
+    with pytest.raises(NotFound):  # the edit sent the order back to be sourced: its shipment went
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    after = world.order(order.id)
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert after.payment.authorization not in (renewal, order.payment.authorization)
+    assert after.renewing_authorization is None and after.replaced_authorizations == []
+    assert sorted(world.spy.voided) == sorted([renewal, order.payment.authorization])
+    assert world.spy.captured == []
