@@ -447,7 +447,8 @@ class Cancellation:
         lapsed = order.renewing_authorization
         if lapsed is None:
             return order
-        self._release_unrecorded(order, payment_keys.renewal(order.id, lapsed), actor)
+        key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
+        self._release_unrecorded(order, key, actor)
         at = self._clock()
         return modify(
             self._orders,
@@ -491,16 +492,25 @@ class Cancellation:
         the reconciler). A ship repeated after dying asks under the same key, so the gateway answers
         with the authorization it made. A decline raises as a capture the gateway refuses does
         (PaymentRefused, 502 `payment_gateway_error`): nothing captured or moved, the request
-        dropped, the refusal in the history. What a renewal gets that the order can no longer record (a
-        concurrent edit authorized it again, a cancel settled the request) is voided at once."""
+        dropped, the refusal in the history, and the next renewal asked under a new key (counting
+        the declines: the gateway answers a key it has seen with that decline). What a renewal
+        gets that the order can no longer record (a concurrent edit authorized it again, a cancel
+        settled the request) is voided at once."""
         at = self._clock()
+        # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
+        history = self._orders.history(order.id, consistent=True)
+        refused = _declined_keys(history[1]) if history is not None else set()
 
         def requested(current: Order):
             if current.renewing_authorization is not None:
                 return None  # a ship that died (or one in flight) asked: asked again under its key
             if not current.authorization_lapsed(self._authorization_valid_for, at):
                 return None
-            return current.request_renewal(at=at)
+            lapsed = current.payment.authorization or ""
+            before = 0
+            while payment_keys.renewal(current.id, lapsed, before) in refused:
+                before += 1
+            return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
         lapsed = order.renewing_authorization
@@ -510,7 +520,7 @@ class Cancellation:
         order, token = found
         payment = order.payment
         amount = payment.authorized - payment.captured
-        key = payment_keys.renewal(order.id, lapsed)
+        key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
         try:
             made = self._payments.retried(
                 "authorize",
@@ -735,6 +745,15 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
             unfound.add(key)
     return {key: amount for key, amount in lost.items() if key not in settled}, settled, unfound
+
+
+def _declined_keys(history: list[HistoryEntry]) -> set[str]:
+    """The keys of the authorizations the gateway declined (not one no payment plugin took)."""
+    return {
+        entry.detail["authorization_key"] for entry in history
+        if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
+        and isinstance(entry.detail.get("authorization_key"), str)
+    }  # fmt: skip
 
 
 def _first_to_retry(failed: list[PaymentRefused | PaymentGatewayUnavailable]) -> Exception:

@@ -1330,6 +1330,11 @@ class Order(BaseModel, defer_build=True):
     # cancel releases what the gateway holds under it. None on the typical order. The system's own:
     # stored, never shown.
     renewing_authorization: str | None = Field(default=None, exclude=True)
+    # How many renewals of `renewing_authorization` the gateway had declined when it was asked (the
+    # history's), which its key counts: a gateway answers a key it has seen with its first answer,
+    # so a renewal asked after a decline is a new one, while this one, its answer lost, is asked
+    # again under its key. Written and cleared with it; 0 on the typical order. Stored, never shown.
+    renewal_declined_before: int = Field(default=0, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1414,6 +1419,8 @@ class Order(BaseModel, defer_build=True):
             system["authorized_at"] = _TIMES.dump_python(self.authorized_at, mode="json")
         if self.renewing_authorization is not None:
             system["renewing_authorization"] = self.renewing_authorization
+        if self.renewal_declined_before:
+            system["renewal_declined_before"] = self.renewal_declined_before
         if self.own_void_owed:
             system["own_void_owed"] = True
         if self.return_entries:
@@ -1745,16 +1752,19 @@ class Order(BaseModel, defer_build=True):
             return False
         return now - (self.authorized_at or self.created_at) >= valid_for
 
-    def request_renewal(self, *, at: datetime) -> Bookkeeping:
+    def request_renewal(self, *, at: datetime, declined_before: int = 0) -> Bookkeeping:
         """Written before a ship, collect or settlement capture asks the gateway to authorize the
         lapsed authorization again (`renewing_authorization`), so what the gateway authorizes is
         never left behind: the ship repeated asks under the same key and records it
         (renew_authorization), and a cancel releases it
-        (core.cancellation.Cancellation.release_renewal). Bookkeeping, as request_capture."""
+        (core.cancellation.Cancellation.release_renewal). `declined_before`: the renewals of it
+        the gateway declined before (`renewal_declined_before`, which its key counts).
+        Bookkeeping, as request_capture."""
         if self.renewing_authorization is not None or not self.payment.authorization:
             raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
-        new = _replaced(self, renewing_authorization=self.payment.authorization, version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        new = _replaced(self, renewing_authorization=self.payment.authorization,
+                        renewal_declined_before=declined_before, version=self.version + 1, updated_at=at,
+                        changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -1771,7 +1781,8 @@ class Order(BaseModel, defer_build=True):
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
             payment=_replaced(self.payment, authorization=reference), authorized_at=at,
-            renewing_authorization=None, replaced_authorizations=[*self.replaced_authorizations, old],
+            renewing_authorization=None, renewal_declined_before=0,
+            replaced_authorizations=[*self.replaced_authorizations, old],
         )  # fmt: skip
 
     def drop_renewal(self, *, at: datetime) -> Bookkeeping:
@@ -1779,8 +1790,8 @@ class Order(BaseModel, defer_build=True):
         gateway declined it (in the history), or what it made was released. Bookkeeping."""
         if self.renewing_authorization is None:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization")
-        new = _replaced(self, renewing_authorization=None, version=self.version + 1, updated_at=at,
-                        changed_before_mark=None)  # fmt: skip
+        new = _replaced(self, renewing_authorization=None, renewal_declined_before=0, version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
