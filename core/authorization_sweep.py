@@ -46,7 +46,9 @@ class UnsettledAuthorizationSweep:
     happen (Order.replaced_authorizations). The order's next edit, a cancel or its last parcel's
     ship settles them; an order that stalls before any of those would otherwise keep the hold until
     the gateway lets it lapse. So does a key the order gave up whose release failed before it was
-    authorized (Order.authorization_keys_given_up), which only a cancel asks about again. And so
+    authorized, or whose authorization it could not record nor void after (an edit's that lost to a
+    cancel, an overtaken renewal: Order.authorization_keys_given_up), which only a cancel asks about
+    again. And so
     does a cancelled order's own authorization that the gateway, unavailable, could not void, or
     not look up under the order's own key while its payment was pending (or, on a payment_failed
     order, under an earlier key: Order.own_void_owed): the cancel's execution (FailPayment)

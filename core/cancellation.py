@@ -462,12 +462,18 @@ class Cancellation:
         """Release an authorization the order does not record: one obtained by a write that lost
         its race. None when it could not be voided; each failed attempt is in the order's history,
         for an operator. `key`: the one it was authorized under, named by each failed attempt, so
-        that release_lost_authorizations asks about it again, and a cancelled order's own that the
-        gateway could not void is owed (Order.own_void_owed): the reconciler's authorization pass
-        voids it once the gateway is back."""
+        that one the gateway could not void is asked about again once it is back: on an order
+        never authorized by release_lost_authorizations (a cancelled one's is owed:
+        Order.own_void_owed), otherwise by release_given_up_keys (Order.give_up_key); either way
+        the reconciler's authorization pass voids it on an order nobody changes again."""
         try:
             return self._void(order, authorization, actor, **({"authorization_key": key} if key else {}))
-        except (PaymentRefused, PaymentGatewayUnavailable):
+        except PaymentGatewayUnavailable:
+            if key is not None:
+                at = self._clock()
+                modify(self._orders, order.id, lambda current: current.give_up_key(key, at=at))
+            return None
+        except PaymentRefused:
             return None
 
     # --- Authorizations grown old --------------------------------------------------------------

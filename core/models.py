@@ -1340,8 +1340,9 @@ class Order(BaseModel, defer_build=True):
     # gateway down through the edit and the authorization. The authorization's write names them, as
     # an edit's write names what it replaced, so a cancel or, on an order nobody changes again, the
     # reconciler releases them (Cancellation.release_given_up_keys); nothing else asks about an
-    # earlier key of an authorized order. Empty on the typical order. The system's own: stored,
-    # never shown.
+    # earlier key of an authorized order. So are the keys of authorizations it asked for once
+    # authorized and could not record nor void, the gateway down (give_up_key). Empty on the typical
+    # order. The system's own: stored, never shown.
     authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
     # Whether the cancelled order's own authorization is still to void because the gateway could
     # not (unavailable through every attempt), or could not get to it: a capture the order asked
@@ -1516,9 +1517,9 @@ class Order(BaseModel, defer_build=True):
     def edit_authorizations_left(self) -> bool:
         """Whether an edit left an authorization to settle: one it asked for and did not record
         (`authorization_requested`), one it replaced and that is not voided yet
-        (`replaced_authorizations`), or a key it gave up that was not released before the order was
-        authorized (`authorization_keys_given_up`): core.authorization_sweep.UnsettledAuthorizationSweep
-        finds them."""
+        (`replaced_authorizations`), or a key it gave up that was not released (before the order was
+        authorized, or after: `authorization_keys_given_up`):
+        core.authorization_sweep.UnsettledAuthorizationSweep finds them."""
         return (
             self.authorization_requested is not None
             or bool(self.replaced_authorizations)
@@ -2042,6 +2043,23 @@ class Order(BaseModel, defer_build=True):
             detail={"amount": amount.model_dump(mode="json"), "reference": reference},
             payment=self.payment.authorized_for(amount, reference), authorized_at=at, **given_up,
         )  # fmt: skip
+
+    def give_up_key(self, key: str, *, at: datetime) -> Bookkeeping | None:
+        """What the gateway authorized under `key`, which the order does not record (the write it
+        was asked for lost its race), could not be voided: the gateway was down. Kept in
+        `authorization_keys_given_up`, for a cancel or the reconciler to release. Bookkeeping; None
+        when it is kept already, or when the payment was never authorized (pending, declined): its
+        history's failed void naming the key is asked about again (release_lost_authorizations)."""
+        if key in self.authorization_keys_given_up or self.payment.status in (
+            PaymentStatus.PENDING, PaymentStatus.DECLINED
+        ):  # fmt: skip
+            return None
+        new = _replaced(
+            self, authorization_keys_given_up=[*self.authorization_keys_given_up, key], version=self.version + 1,
+            updated_at=at, changed_before_mark=None,
+        )  # fmt: skip
+        check_successor(self, new)
+        return new, None
 
     def record_given_up_keys_released(self, keys: list[str], *, at: datetime) -> Bookkeeping | None:
         """The keys of `authorization_keys_given_up` in `keys` are settled (each release is in the
