@@ -265,8 +265,9 @@ class Cancellation:
 
     def release_given_up_keys(self, order: Order, actor: str) -> Order:
         """Release what the gateway may hold under each key the order gave up and could not release
-        before it was authorized (Order.authorization_keys_given_up), as release_lost_authorizations
-        does, and record each key settled. Each is tried, whatever the gateway answers for another;
+        (Order.authorization_keys_given_up), as release_lost_authorizations does, and record each
+        key settled: an authorization a failed void under the key names (Order.give_up_key) is
+        voided as it is, with no lookup. Each is tried, whatever the gateway answers for another;
         raises PaymentRefused or PaymentGatewayUnavailable while one cannot be settled now (each
         attempt in the history; the key stays for the next attempt). Returns the order after."""
         if not order.authorization_keys_given_up:
@@ -275,6 +276,7 @@ class Cancellation:
         if found is None:
             return order
         lost, settled, _ = _authorization_keys(found[1])
+        named = _void_failed_authorizations(found[1])
         stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
         token = stored[1] if stored is not None else ""
         done: list[str] = []
@@ -283,7 +285,12 @@ class Cancellation:
             try:
                 if key in lost:
                     self._release_lost(order, key, lost[key], token, actor)
-                elif key not in settled:
+                elif key in settled or (key in named and named[key] == found[0].payment.authorization):
+                    pass  # released already; or the order's own, which is never voided here
+                elif key in named:
+                    reason = "an authorization the order did not record, whose void had failed"
+                    self._void_under_key(order, key, named[key], actor, reason)
+                else:
                     self._release_unrecorded(order, key, actor)  # a plugin that cannot look it up: warned
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
                 failed.append(failure)
@@ -345,13 +352,20 @@ class Cancellation:
             return False
         if found.outcome != "approved":
             return True  # never made
-        voided = self._void(order, found.reference, actor, authorization_key=key)
+        self._void_under_key(
+            order, key, found.reference, actor, "an authorization whose answer was never recorded, no longer asked for"
+        )
+        return True
+
+    def _void_under_key(self, order: Order, key: str, authorization: str, actor: str, reason: str) -> None:
+        """Void `authorization`, which the gateway made under `key` and the order does not record,
+        and note it (`payment_voided`, naming the key). Raises as `_void`."""
+        voided = self._void(order, authorization, actor, authorization_key=key)
         at = self._clock()
-        detail = {"authorization": found.reference, "reference": voided.reference, "authorization_key": key,
-                  "reason": "an authorization whose answer was never recorded, no longer asked for"}  # fmt: skip
+        detail = {"authorization": authorization, "reference": voided.reference, "authorization_key": key,
+                  "reason": reason}  # fmt: skip
         modify(self._orders, order.id, lambda current: current.noted(
             OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
-        return True
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
@@ -751,6 +765,18 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
             unfound.add(key)
     return {key: amount for key, amount in lost.items() if key not in settled}, settled, unfound
+
+
+def _void_failed_authorizations(history: list[HistoryEntry]) -> dict[str, str]:
+    """{idempotency key: authorization} of the failed voids that name both: what the gateway made
+    under the key, which a void could not release (void_unrecorded, _release_unrecorded)."""
+    named: dict[str, str] = {}
+    for entry in history:
+        detail = entry.detail or {}
+        key, authorization = detail.get("authorization_key"), detail.get("authorization")
+        if entry.type is OrderEvent.PAYMENT_VOID_FAILED and isinstance(key, str) and isinstance(authorization, str):
+            named[key] = authorization
+    return named
 
 
 def _declined_keys(history: list[HistoryEntry]) -> set[str]:

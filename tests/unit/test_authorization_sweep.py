@@ -22,7 +22,7 @@ from core.status import OrderStatus, PaymentStatus
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_payment_truth import Removed, a_ship_that_died
-from tests.unit.test_workflow import AnswerLost, CancelledMeanwhile, LookupDown
+from tests.unit.test_workflow import AnswerLost, CancelledMeanwhile, LookupDown, NoLookup
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 20)]
@@ -484,13 +484,16 @@ def test_an_authorization_that_lost_its_write_to_a_cancel_and_was_voided_at_once
     assert world.order(order_id).version == cancelled.version and not cancelled.authorizations_left
 
 
+@pytest.mark.parametrize("lookup", [True, False], ids=["with_lookup", "without_lookup"])
 def test_an_edits_authorization_that_lost_its_write_to_a_cancel_and_could_not_be_voided_is_voided_by_the_pass(
-    world, clock, monkeypatch
+    clock, monkeypatch, lookup
 ):
     # The cancel lands while the edit's new authorization is on its way: asked under the edit's
     # key, the gateway said nothing was made yet, so the cancel settled the edit's request without
     # a void. The edit's write then loses, and its own void of what the gateway made finds the
-    # gateway down through its retries: nothing else would ever ask again.
+    # gateway down through its retries: nothing else would ever ask again. The void names what it
+    # could not release, so a plugin that cannot look keys up voids it all the same.
+    world = build_world(STOCK, clock=clock) if lookup else build_world(STOCK, NoLookup(), clock=clock)
     order = authorized(world)
 
     def cancel() -> None:
