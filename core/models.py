@@ -2014,17 +2014,20 @@ class Order(BaseModel, defer_build=True):
 
     def owe_own_void_from(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
         """The one-off upgrade of an order cancelled before `own_void_owed` existed, whose own
-        authorization the gateway could not void: owed, as its failed attempts in `history` say
-        (_own_void_owed_after, replayed: the last attempt that says anything decides), so the
-        reconciler's authorization pass voids it. None when nothing is owed: not cancelled, its
-        payment no longer `authorized`, owed already, no such attempt, or the last one refused (no
-        pass asks a refused void again). Bookkeeping, for infra.backfill_orders."""
+        authorization the gateway could not void: owed, as its failed attempts in `history` since
+        the cancel say (_own_void_owed_after, replayed: the last attempt that says anything
+        decides), so the reconciler's authorization pass voids it. None when nothing is owed: not
+        cancelled, its payment no longer `authorized`, owed already, no such attempt, or the last
+        one refused (no pass asks a refused void again). Bookkeeping, for infra.backfill_orders."""
         cancelled = self.status is OrderStatus.CANCELLED and self.payment.status is PaymentStatus.AUTHORIZED
         if not cancelled or self.own_void_owed:
             return None
         operations = {event: operation for operation, event in PAYMENT_FAILURE_EVENTS.items()}
         owed = False
         for entry in history:
+            if entry.to_status is OrderStatus.CANCELLED:
+                owed = False  # what the gateway said since the cancel counts
+                continue
             operation = operations.get(entry.type)
             detail = entry.detail or {}
             said = self._own_void_owed_after(operation, str(detail.get("kind")), detail) if operation else None
