@@ -1039,6 +1039,10 @@ class CaptureRequest(BaseModel, defer_build=True):
     # Taken back from the ship (Order.withdraw_capture_request): the order is about to change, so
     # the ship may no longer record it; the capture, if made, is refunded.
     withdrawn: bool = False
+    # The authorization it is asked under (the order's when it was requested): asked again, given
+    # back or recorded, it is under that one, even if a renewal for another parcel replaced it
+    # meanwhile (Order.capture_authorization). None: stored before it existed (the order's).
+    authorization: str | None = None
 
 
 class AuthorizationRequest(BaseModel, defer_build=True):
@@ -1672,6 +1676,26 @@ class Order(BaseModel, defer_build=True):
         """The capture asked for `shipment_id` (None: the settlement) and not recorded yet, if any."""
         return next((r for r in self.captures_requested if r.shipment_id == shipment_id), None)
 
+    def capture_authorization(self, shipment_id: str | None) -> str:
+        """The authorization the capture for `shipment_id` (None: the settlement) is asked under:
+        its request's (CaptureRequest.authorization), else the payment's own."""
+        request = self.capture_request(shipment_id)
+        return (request.authorization if request else None) or self.payment.authorization or ""
+
+    def _captured_apart(self, shipment_id: str | None, amount: Money) -> dict[str, Any]:
+        """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement)
+        made under an authorization a renewal replaced while it was asked (its request's): counted
+        under that one (earlier_captures), not the current one. Nothing for any other capture."""
+        authorization = self.capture_authorization(shipment_id)
+        if not authorization or authorization == self.payment.authorization or amount.amount <= 0:
+            return {}
+        shipments = [shipment_id] if shipment_id else []
+        earlier = [_replaced(e, captured=e.captured + amount, shipments=[*e.shipments, *shipments])
+                   if e.authorization == authorization else e for e in self.earlier_captures]  # fmt: skip
+        if all(e.authorization != authorization for e in earlier):
+            earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
+        return {"earlier_captures": earlier}
+
     def _requests_besides(self, shipment_id: str | None) -> list[CaptureRequest]:
         return [r for r in self.captures_requested if r.shipment_id != shipment_id]
 
@@ -1690,7 +1714,8 @@ class Order(BaseModel, defer_build=True):
             self.ready_to_ship(shipment_id)
         if self.capture_request(shipment_id) is not None:
             raise InvalidTransition(f"a capture for shipment {shipment_id} is requested already")
-        return self._requested(CaptureRequest(shipment_id=shipment_id, amount=amount), at=at)
+        request = CaptureRequest(shipment_id=shipment_id, amount=amount, authorization=self.payment.authorization)
+        return self._requested(request, at=at)
 
     def request_settlement_capture(self, amount: Money, *, at: datetime) -> Bookkeeping:
         """Written before the settlement capture (`amount`, the rest of a total that cancelled units
@@ -1705,7 +1730,7 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"a settlement capture is a positive amount in {self.currency}")
         if self.capture_request(None) is not None:
             raise InvalidTransition(f"a settlement capture of order {self.id} is requested already")
-        return self._requested(CaptureRequest(amount=amount), at=at)
+        return self._requested(CaptureRequest(amount=amount, authorization=self.payment.authorization), at=at)
 
     def _requested(self, request: CaptureRequest, *, at: datetime) -> Bookkeeping:
         new = _replaced(self, captures_requested=[*self.captures_requested, request], version=self.version + 1,
@@ -2322,7 +2347,7 @@ class Order(BaseModel, defer_build=True):
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
             else _left_to_ship_nothing(OrderStatus.SHIPPED, self.lines, shipments),
             detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id),
+            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
@@ -2442,7 +2467,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
             detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id),
+            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
         )  # fmt: skip
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -2889,6 +2914,7 @@ class Order(BaseModel, defer_build=True):
             detail={"amount": amount.model_dump(mode="json"), "reference": reference,
                     "reason": "the order's total after cancelled units"},
             payment=self.payment.with_capture(amount, self.payable()), captures_requested=self._requests_besides(None),
+            **self._captured_apart(None, amount),
         )  # fmt: skip
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:

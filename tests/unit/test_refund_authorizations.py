@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from core import payment_keys
+from core import hookimpl, payment_keys
 from core.errors import PaymentGatewayUnavailable, RefundExceedsCaptured
-from core.models import Order
+from core.models import EarlierCaptures, Order
 from core.money import Money
 from core.plugin_manager import build_plugin_manager
 from core.refunds import refund_id_for
@@ -18,7 +18,7 @@ from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
 from tests.builders import NOW
-from tests.unit.world import World, build_world
+from tests.unit.world import Died, World, build_world, dies_before_recording
 
 # MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
 STOCK = [("MUG", "wh-west", 3), ("CAP", "wh-east", 4), ("TSHIRT", "wh-east", 10)]
@@ -219,3 +219,47 @@ def test_what_each_authorization_captured_is_stored_and_read_back(world, clock):
     )  # fmt: skip
     assert Order.model_validate_json(second.stored_json()).earlier_captures == second.earlier_captures
     assert "earlier_captures" not in second.model_dump(mode="json")
+
+
+class CaptureCalls:
+    """Records every capture asked of the gateway, a repeat under a key seen before too: (authorization, key)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, authorization, idempotency_key):
+        self.calls.append((authorization, idempotency_key))
+        return (yield)
+
+
+def test_a_capture_a_ship_left_standing_through_a_renewal_stays_under_the_authorization_it_was_made_under(
+    clock, monkeypatch
+):
+    # The west parcel's ship died after the gateway captured it on the first authorization; ten days
+    # later the east parcel's ship renewed the authorization. Before: the west ship repeated asked
+    # for its capture again against the renewed authorization (under the capture's key, which a
+    # real gateway refuses or answers with the capture on the first one), and counted it there, so
+    # the mug's return was refunded against an authorization that never captured it.
+    captures = CaptureCalls()
+    world = build_world(STOCK, captures, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    old = order.payment.authorization
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    clock.days_later(10)
+    renewed = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert renewed.payment.authorization != old
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    west_key = payment_keys.capture(order.id, west)
+    assert [authorization for authorization, key in captures.calls if key == west_key] == [old, old]
+    share = shipped.shipment(west).captured
+    assert share is not None
+    assert shipped.earlier_captures == [EarlierCaptures(authorization=old, captured=share, shipments=[west])]
+    after = returned(world, clock, shipped, ("L1", 1))
+    [refund] = after.payment.refunds
+    assert world.spy.refunded == [(old, refund.amount, payment_keys.refund(order.id, refund.id))]
