@@ -263,3 +263,33 @@ def test_a_capture_a_ship_left_standing_through_a_renewal_stays_under_the_author
     after = returned(world, clock, shipped, ("L1", 1))
     [refund] = after.payment.refunds
     assert world.spy.refunded == [(old, refund.amount, payment_keys.refund(order.id, refund.id))]
+
+
+def test_a_return_whose_split_refund_was_refused_after_its_first_part_went_back_gives_back_only_the_rest(world, clock):
+    # The mug's part went back on the first authorization, then the gateway refused the caps' part
+    # on the renewed one: the refund failed. Without counting the part that went back, the
+    # return's next attempt refunded the mug a second time.
+    _, second = renewed_between_parcels(world, clock)
+    mug, caps = second.lines
+    world.gateway.script("refund", "approve", "refuse")
+    returns = returns_of(world, clock)
+    asked = RequestReturn.model_validate(
+        {"lines": [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in
+                   (("L1", 1), ("L2", 3))]}
+    )  # fmt: skip
+    item = returns.request(second.id, asked, actor="key_cs")
+    back = [
+        {"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in (("L1", 1), ("L2", 3))
+    ]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    assert returns.settle(item.id, actor="key_wh").status.value == "received"
+    assert world.order(second.id).payment.refunded == mug.total
+
+    world.gateway.script("refund", "approve")
+    done = returns.settle(item.id, actor="key_wh")
+
+    after = world.order(second.id)
+    failed, succeeded = after.payment.refunds
+    assert (failed.status, succeeded.status, succeeded.amount) == ("failed", "succeeded", caps.total)
+    assert after.payment.refunded == mug.total + caps.total
+    assert (done.status.value, done.refund) == ("refunded", mug.total + caps.total)
