@@ -577,9 +577,10 @@ class Cancellation:
     # --- Captures of shipments ----------------------------------------------------------------
     def capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         """Ask the gateway for `amount`, a shipment's share, under the shipment's key (retried, each
-        failed attempt in the history)."""
+        failed attempt in the history), against the authorization its request was made under
+        (Order.capture_authorization)."""
         payment = order.payment
-        authorization = payment.authorization or ""
+        authorization = order.capture_authorization(shipment_id)
         key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id))
         return self._payments.retried(
             "capture",
@@ -594,9 +595,10 @@ class Cancellation:
         shipped, or the ship died before recording it) and record that (`payment_capture_reversed`,
         which withdraws the shipment's capture request). Raises PaymentRefused or
         PaymentGatewayUnavailable, each failed attempt in the history with the capture's reference
-        for an operator; the capture request, if any, stands for the next attempt."""
+        for an operator; the capture request, if any, stands for the next attempt. Refunded against
+        the authorization it was captured under (Order.capture_authorization)."""
         payment = order.payment
-        authorization = payment.authorization or ""
+        authorization = order.capture_authorization(shipment_id)
         detail = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json"),
                   "capture_reference": capture.reference}  # fmt: skip
         before = order.captures_reversed(shipment_id)
@@ -717,7 +719,7 @@ class Cancellation:
         if request is None:
             return order
         payment = order.payment
-        authorization = payment.authorization or ""
+        authorization = order.capture_authorization(None)
         key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
         try:
             result = self._payments.retried(

@@ -183,8 +183,12 @@ def oms_payment_refund(
     """Refund `amount` of what was captured.
 
     :param method: the order's payment method; answer only for your own.
-    :param authorization: the reference the authorization returned.
-    :param amount: the amount to give back.
+    :param authorization: the reference the authorization returned: the one the refunded captures
+        were made under. An order authorized again (an authorization renewed before a capture)
+        refunds captures of each authorization against that one, with one call per authorization
+        when a refund gives back captures of two, each under its own key.
+    :param amount: the amount to give back; never more than was captured under `authorization`
+        and not refunded yet.
     :param order_id: the order.
     :param idempotency_key: the same for every retry of this refund.
     :return: PaymentResult, or None.

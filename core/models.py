@@ -832,11 +832,30 @@ class RefundedUnits(BaseModel, defer_build=True):
     amount: Money
 
 
+class RefundPart(BaseModel, defer_build=True):
+    """One gateway refund of a refund that gives back captures made under more than one of the
+    order's authorizations (PaymentRefund.parts): asked against its own authorization under its
+    own key (core/payment_keys.py), and recorded as the gateway answered it."""
+
+    authorization: str
+    amount: Money
+    status: RefundStatus = "pending"
+    reference: str | None = None  # the gateway's, once it approved
+    message: str | None = None  # why it was not made, once it was refused
+
+    def approved(self, reference: str) -> RefundPart:
+        return _replaced(self, status="succeeded", reference=reference)
+
+    def refused(self, message: str) -> RefundPart:
+        return _replaced(self, status="failed", message=message[:500])
+
+
 class PaymentRefund(BaseModel, defer_build=True):
     """One refund of the order, under an id derived from its idempotency key. It is written
     `pending` before the gateway is asked (so two refunds cannot both take the last of what was
     captured), then `succeeded` once the gateway approved it or `failed` when it refused; only a
-    succeeded refund counts in `Payment.refunded`."""
+    succeeded refund counts in `Payment.refunded` (and of one split in `parts`, each part the
+    gateway approved)."""
 
     id: str
     amount: Money
@@ -854,6 +873,16 @@ class PaymentRefund(BaseModel, defer_build=True):
     shipping: Money | None = Field(
         default=None,
         description="A return's refund: what of it is the order's shipping given back (null when none is)",
+    )
+    authorization: str | None = Field(
+        default=None,
+        description="The authorization whose captures it gives back, when not the payment's own "
+        "(null: payment.authorization, or each of its parts names its own)",
+    )
+    parts: list[RefundPart] | None = Field(
+        default=None,
+        description="A refund of captures made under more than one authorization: one gateway refund "
+        "per authorization (null for any other refund)",
     )
 
 
@@ -921,27 +950,40 @@ class Payment(BaseModel):
     def with_pending_refund(self, refund: PaymentRefund) -> Payment:
         return _replaced(self, refunds=[*self.refunds, refund])
 
-    def with_refund(self, refund_id: str, reference: str, everything_captured: bool) -> Payment:
-        """The pending refund `refund_id` succeeded: it counts in `refunded` from now on."""
+    def with_refund(
+        self, refund_id: str, reference: str, everything_captured: bool, parts: list[RefundPart] | None = None
+    ) -> Payment:
+        """The pending refund `refund_id` succeeded (split, every one of its `parts`, as answered):
+        it counts in `refunded` from now on."""
         refund = self._pending(refund_id)
-        refunded = self.refunded + refund.amount
+        return self._refunded_by(refund.amount, everything_captured, refund_id, status="succeeded",
+                                 reference=reference, **({"parts": parts} if parts else {}))  # fmt: skip
+
+    def with_failed_refund(
+        self, refund_id: str, reference: str | None, message: str, parts: list[RefundPart] | None = None
+    ) -> Payment:
+        """The pending refund `refund_id` was refused: kept, failed, never counted; but split, its
+        `parts` (as answered) that the gateway approved before one was refused count, as the money
+        they gave back did go back."""
+        self._pending(refund_id)
+        changes: dict[str, Any] = {"status": "failed", "reference": reference, "message": message[:500]}
+        if not parts:
+            return _replaced(self, refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds])
+        went = sum((p.amount for p in parts if p.status == "succeeded"), Money.zero(self.refunded.currency))
+        if went.amount == 0:
+            changes["parts"] = parts
+            return _replaced(self, refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds])
+        return self._refunded_by(went, False, refund_id, **changes, parts=parts)
+
+    def _refunded_by(self, amount: Money, everything_captured: bool, refund_id: str, **changes: Any) -> Payment:
+        refunded = self.refunded + amount
         fully = everything_captured and refunded == self.captured
         return _replaced(
             self,
             refunded=refunded,
-            refunds=[_replaced(r, status="succeeded", reference=reference) if r.id == refund_id else r
-                     for r in self.refunds],
+            refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds],
             status=PaymentStatus.REFUNDED if fully else PaymentStatus.PARTIALLY_REFUNDED,
-        )  # fmt: skip
-
-    def with_failed_refund(self, refund_id: str, reference: str | None, message: str) -> Payment:
-        """The pending refund `refund_id` was refused: kept, failed, never counted."""
-        self._pending(refund_id)
-        return _replaced(
-            self,
-            refunds=[_replaced(r, status="failed", reference=reference, message=message[:500])
-                     if r.id == refund_id else r for r in self.refunds],
-        )  # fmt: skip
+        )
 
     def _pending(self, refund_id: str) -> PaymentRefund:
         refund = self.refund_by_id(refund_id)
@@ -997,6 +1039,10 @@ class CaptureRequest(BaseModel, defer_build=True):
     # Taken back from the ship (Order.withdraw_capture_request): the order is about to change, so
     # the ship may no longer record it; the capture, if made, is refunded.
     withdrawn: bool = False
+    # The authorization it is asked under (the order's when it was requested): asked again, given
+    # back or recorded, it is under that one, even if a renewal for another parcel replaced it
+    # meanwhile (Order.capture_authorization). None: stored before it existed (the order's).
+    authorization: str | None = None
 
 
 class AuthorizationRequest(BaseModel, defer_build=True):
@@ -1017,6 +1063,15 @@ class AuthorizationRequest(BaseModel, defer_build=True):
     def authorizes_version(self) -> int:
         """The version its edit writes: what keys the authorization (core/payment_keys.py)."""
         return self.edit_of + 2
+
+
+class EarlierCaptures(BaseModel, defer_build=True):
+    """What was captured under an authorization the order's current one replaced (Order.earlier_captures)."""
+
+    authorization: str
+    captured: Money
+    # The shipments whose captures it holds (the rest of `captured`: settlement captures).
+    shipments: list[str] = Field(default_factory=list)
 
 
 class GivenUpBooking(BaseModel, defer_build=True):
@@ -1324,6 +1379,14 @@ class Order(BaseModel, defer_build=True):
     # (authorization_lapsed). None: stored before it existed (`created_at` stands in: the
     # authorization came after it). The system's own: stored, never shown.
     authorized_at: datetime | None = Field(default=None, exclude=True)
+    # The authorizations the current one replaced (a renewal, an edit) under which something was
+    # captured, oldest first (EarlierCaptures), written by the write that replaces one: a refund
+    # goes to the authorization whose captures it gives back (refund_sources), and every refund
+    # made before names the one it went to (PaymentRefund.authorization). Empty on the typical
+    # order, with one authorization; on an order stored before it existed, its captures count as
+    # made under its current authorization, which is where its refunds went. The system's own:
+    # stored, never shown.
+    earlier_captures: list[EarlierCaptures] = Field(default_factory=list, exclude=True)
     # The lapsed authorization a ship or collect asks the gateway to authorize again, written before
     # it asks (request_renewal) and cleared by the write that records the new one, or its decline:
     # the ship repeated asks again under the same key (core/payment_keys.py) and records it, and a
@@ -1422,6 +1485,8 @@ class Order(BaseModel, defer_build=True):
             system["renewing_authorization"] = self.renewing_authorization
         if self.renewal_declined_before:
             system["renewal_declined_before"] = self.renewal_declined_before
+        if self.earlier_captures:
+            system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
             system["own_void_owed"] = True
         if self.return_entries:
@@ -1619,6 +1684,26 @@ class Order(BaseModel, defer_build=True):
         """The capture asked for `shipment_id` (None: the settlement) and not recorded yet, if any."""
         return next((r for r in self.captures_requested if r.shipment_id == shipment_id), None)
 
+    def capture_authorization(self, shipment_id: str | None) -> str:
+        """The authorization the capture for `shipment_id` (None: the settlement) is asked under:
+        its request's (CaptureRequest.authorization), else the payment's own."""
+        request = self.capture_request(shipment_id)
+        return (request.authorization if request else None) or self.payment.authorization or ""
+
+    def _captured_apart(self, shipment_id: str | None, amount: Money) -> dict[str, Any]:
+        """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement)
+        made under an authorization a renewal replaced while it was asked (its request's): counted
+        under that one (earlier_captures), not the current one. Nothing for any other capture."""
+        authorization = self.capture_authorization(shipment_id)
+        if not authorization or authorization == self.payment.authorization or amount.amount <= 0:
+            return {}
+        shipments = [shipment_id] if shipment_id else []
+        earlier = [_replaced(e, captured=e.captured + amount, shipments=[*e.shipments, *shipments])
+                   if e.authorization == authorization else e for e in self.earlier_captures]  # fmt: skip
+        if all(e.authorization != authorization for e in earlier):
+            earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
+        return {"earlier_captures": earlier}
+
     def _requests_besides(self, shipment_id: str | None) -> list[CaptureRequest]:
         return [r for r in self.captures_requested if r.shipment_id != shipment_id]
 
@@ -1637,7 +1722,8 @@ class Order(BaseModel, defer_build=True):
             self.ready_to_ship(shipment_id)
         if self.capture_request(shipment_id) is not None:
             raise InvalidTransition(f"a capture for shipment {shipment_id} is requested already")
-        return self._requested(CaptureRequest(shipment_id=shipment_id, amount=amount), at=at)
+        request = CaptureRequest(shipment_id=shipment_id, amount=amount, authorization=self.payment.authorization)
+        return self._requested(request, at=at)
 
     def request_settlement_capture(self, amount: Money, *, at: datetime) -> Bookkeeping:
         """Written before the settlement capture (`amount`, the rest of a total that cancelled units
@@ -1652,7 +1738,7 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"a settlement capture is a positive amount in {self.currency}")
         if self.capture_request(None) is not None:
             raise InvalidTransition(f"a settlement capture of order {self.id} is requested already")
-        return self._requested(CaptureRequest(amount=amount), at=at)
+        return self._requested(CaptureRequest(amount=amount, authorization=self.payment.authorization), at=at)
 
     def _requested(self, request: CaptureRequest, *, at: datetime) -> Bookkeeping:
         new = _replaced(self, captures_requested=[*self.captures_requested, request], version=self.version + 1,
@@ -1781,10 +1867,29 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
-            payment=_replaced(self.payment, authorization=reference), authorized_at=at,
-            renewing_authorization=None, renewal_declined_before=0,
+            authorized_at=at, renewing_authorization=None, renewal_declined_before=0,
             replaced_authorizations=[*self.replaced_authorizations, old],
+            **self._replacing(_replaced(self.payment, authorization=reference)),
         )  # fmt: skip
+
+    def _replacing(self, payment: Payment) -> dict[str, Any]:
+        """The fields of a version whose `payment` is authorized anew: what was captured under the
+        authorization it replaces is kept apart (`earlier_captures`, with the shipments that
+        captured it: those not kept apart before), and each refund made against it names it
+        (PaymentRefund.authorization). Just `payment` when nothing was captured under it."""
+        old = self.payment.authorization
+        earlier = self.earlier_captures
+        captured = self.payment.captured - sum((e.captured for e in earlier), Money.zero(self.currency))
+        if not old or payment.authorization == old or captured.amount <= 0:
+            return {"payment": payment}
+        kept = {shipment_id for e in earlier for shipment_id in e.shipments}
+        shipments = [s.id for s in self.shipments if s.captured is not None and s.id not in kept]
+        refunds = [_replaced(r, authorization=old) if r.authorization is None and r.parts is None else r
+                   for r in payment.refunds]  # fmt: skip
+        return {
+            "payment": _replaced(payment, refunds=refunds),
+            "earlier_captures": [*earlier, EarlierCaptures(authorization=old, captured=captured, shipments=shipments)],
+        }
 
     def drop_renewal(self, *, at: datetime) -> Bookkeeping:
         """The renewal asked for (`renewing_authorization`) is settled without being recorded: the
@@ -1885,6 +1990,89 @@ class Order(BaseModel, defer_build=True):
             if held.amount > 0:
                 left = left - held
         return left
+
+    def refund_sources(self, amount: Money, lines: list[RefundedUnits] | None = None) -> list[tuple[str, Money]]:
+        """The authorizations a refund of `amount` goes to, oldest first, with what it takes of each:
+        never more than was captured under one (earlier_captures; the current one has the rest of
+        `payment.captured`) less what its refunds took or hold; a return's refund (`lines`, what it
+        gives back for each line's units) first takes what its units were captured for under the
+        authorization that captured them (_owed_by_authorization), then, as any other refund, the
+        rest from the oldest authorization that has any left. [] on the typical order, whose one
+        authorization is the payment's own. RefundExceedsCaptured when the authorizations together
+        have less left than `amount` (check_refund has refused that already)."""
+        current = self.payment.authorization
+        if not self.earlier_captures or not current:
+            return []
+        zero = Money.zero(self.currency)
+        left = {e.authorization: e.captured for e in self.earlier_captures}
+        left[current] = self.payment.captured - sum(left.values(), zero)
+        for authorization, held in self._refunds_by_authorization():
+            left[authorization] = left.get(authorization, zero) - held
+        owed = self._owed_by_authorization(lines) if lines else {}
+        taken = dict.fromkeys(left, zero)
+        wanted = amount
+        for cap in (owed, left):
+            for authorization in left:
+                take = min(cap.get(authorization, zero), left[authorization] - taken[authorization], wanted,
+                           key=lambda money: money.amount)  # fmt: skip
+                if take.amount > 0:
+                    taken[authorization] = taken[authorization] + take
+                    wanted = wanted - take
+        if wanted.amount > 0:
+            raise RefundExceedsCaptured(
+                f"{amount.amount} is more than the order's authorizations have captured and not yet refunded",
+                details=[{"field": "amount", "message": "more than captured minus refunded"}],
+            )
+        return [(authorization, took) for authorization, took in taken.items() if took.amount > 0]
+
+    def _refunds_by_authorization(self) -> list[tuple[str, Money]]:
+        """What each refund the gateway did not refuse took or holds, by the authorization it went to."""
+        current = self.payment.authorization or ""
+        held: list[tuple[str, Money]] = []
+        for refund in self.payment.refunds:
+            if refund.parts:
+                held += [(part.authorization, part.amount) for part in refund.parts if part.status != "failed"]
+            elif refund.status != "failed":
+                held.append((refund.authorization or current, refund.amount))
+        return held
+
+    def _owed_by_authorization(self, lines: list[RefundedUnits]) -> dict[str, Money]:
+        """What a return's refund gives back for `lines` ({line, units, what they are worth}) of the
+        captures under each authorization: a line's units counted in the order their shipments
+        left (after those the order's earlier return refunds and exchanges gave back), each unit
+        of the authorization that captured its shipment, its worth split in proportion."""
+        by_shipment = {shipment_id: e.authorization for e in self.earlier_captures for shipment_id in e.shipments}
+        current = self.payment.authorization or ""
+        left = sorted((s for s in self.shipments if s.captured is not None),
+                      key=lambda s: s.shipped_at or s.delivered_at or self.created_at)  # fmt: skip
+        before: dict[str, int] = {}
+        given = [r.lines for r in self.payment.refunds if r.status != "failed" and r.lines and r.return_id]
+        for share in [s for shares in [*given, *self.exchange_shares.values()] for s in shares]:
+            before[share.line_id] = before.get(share.line_id, 0) + share.quantity
+        owed: dict[str, Money] = {}
+        for share in lines:
+            if share.quantity <= 0:
+                continue
+            start, end, seen = before.get(share.line_id, 0), before.get(share.line_id, 0) + share.quantity, 0
+            units: dict[str, int] = {}
+            for shipment in left:
+                for item in shipment.lines:
+                    if item.line_id != share.line_id:
+                        continue
+                    overlap = min(end, seen + item.quantity) - max(start, seen)
+                    if overlap > 0:
+                        authorization = by_shipment.get(shipment.id, current)
+                        units[authorization] = units.get(authorization, 0) + overlap
+                    seen += item.quantity
+            counted = Money.zero(self.currency)
+            for index, (authorization, count) in enumerate(units.items()):
+                worth = (
+                    share.amount - counted if index == len(units) - 1 and sum(units.values()) == share.quantity
+                    else Money.of(share.amount.amount * count / share.quantity, self.currency)
+                )  # fmt: skip
+                counted = counted + worth
+                owed[authorization] = owed.get(authorization, Money.zero(self.currency)) + worth
+        return owed
 
     def check_refund(self, amount: Money, return_id: str | None = None) -> None:
         if amount.currency != self.currency or amount.amount <= 0:
@@ -2214,7 +2402,7 @@ class Order(BaseModel, defer_build=True):
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
             else _left_to_ship_nothing(OrderStatus.SHIPPED, self.lines, shipments),
             detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id),
+            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
@@ -2334,7 +2522,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
             detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id),
+            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
         )  # fmt: skip
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -2487,7 +2675,7 @@ class Order(BaseModel, defer_build=True):
             detail["released"] = [a.model_dump() for a in self.allocations]
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
-            shipping_address=shipping_address, shipping_method=shipping_method, payment=payment,
+            shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
             replaced_authorizations=replaced, authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants, **again,
@@ -2781,6 +2969,7 @@ class Order(BaseModel, defer_build=True):
             detail={"amount": amount.model_dump(mode="json"), "reference": reference,
                     "reason": "the order's total after cancelled units"},
             payment=self.payment.with_capture(amount, self.payable()), captures_requested=self._requests_besides(None),
+            **self._captured_apart(None, amount),
         )  # fmt: skip
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:
@@ -2808,8 +2997,12 @@ class Order(BaseModel, defer_build=True):
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount, return_id)
+        sources = self.refund_sources(amount, lines)
+        authorization = sources[0][0] if len(sources) == 1 and sources[0][0] != self.payment.authorization else None
+        parts = [RefundPart(authorization=a, amount=part) for a, part in sources] if len(sources) > 1 else None
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
-                               return_id=return_id, at=at, lines=lines, shipping=shipping)  # fmt: skip
+                               return_id=return_id, at=at, lines=lines, shipping=shipping,
+                               authorization=authorization, parts=parts)  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,
             detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reason": reason, "kind": kind,
@@ -2817,29 +3010,35 @@ class Order(BaseModel, defer_build=True):
             payment=self.payment.with_pending_refund(refund),
         )  # fmt: skip
 
-    def record_refund(self, refund_id: str, reference: str, *, at: datetime, actor: str) -> Change:
-        """The gateway refunded the pending refund `refund_id`: `payment.refunded` grows by it."""
+    def record_refund(
+        self, refund_id: str, reference: str, *, at: datetime, actor: str, parts: list[RefundPart] | None = None
+    ) -> Change:
+        """The gateway refunded the pending refund `refund_id` (split, each of its `parts`, as
+        answered): `payment.refunded` grows by it."""
         refund = self.payment._pending(refund_id)
         everything_captured = self.payable() <= self.payment.captured
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_REFUNDED,
             detail={"refund_id": refund_id, "amount": refund.amount.model_dump(mode="json"), "reference": reference,
                     "reason": refund.reason, "kind": refund.kind,
-                    **({"return_id": refund.return_id} if refund.return_id else {})},
-            payment=self.payment.with_refund(refund_id, reference, everything_captured),
+                    **({"return_id": refund.return_id} if refund.return_id else {}), **_sources(refund, parts)},
+            payment=self.payment.with_refund(refund_id, reference, everything_captured, parts),
         )  # fmt: skip
 
     def record_failed_refund(
-        self, refund_id: str, reference: str | None, message: str, *, at: datetime, actor: str
-    ) -> Change:
+        self, refund_id: str, reference: str | None, message: str, *, at: datetime, actor: str,
+        parts: list[RefundPart] | None = None,
+    ) -> Change:  # fmt: skip
         """The gateway refused the pending refund `refund_id`: it stays on the order as failed,
-        never counted, and what it held can be refunded again under a new id."""
+        never counted, and what it held can be refunded again under a new id. Split, its `parts`
+        (as answered) that the gateway approved before one was refused count all the same
+        (Payment.with_failed_refund)."""
         refund = self.payment._pending(refund_id)
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_FAILED,
             detail={"refund_id": refund_id, "amount": refund.amount.model_dump(mode="json"), "message": message[:500],
-                    **({"reference": reference} if reference else {})},
-            payment=self.payment.with_failed_refund(refund_id, reference, message),
+                    **({"reference": reference} if reference else {}), **_sources(refund, parts)},
+            payment=self.payment.with_failed_refund(refund_id, reference, message, parts),
         )  # fmt: skip
 
     def record_return(
@@ -2977,6 +3176,13 @@ class Order(BaseModel, defer_build=True):
             exchanges=[*self.exchanges, return_id], exchange_shares={**self.exchange_shares, return_id: shares},
             credit_holds=holds,
         )  # fmt: skip
+
+
+def _sources(refund: PaymentRefund, parts: list[RefundPart] | None) -> dict[str, Any]:
+    """What a refund's history entry says of the authorizations it went to, when not the payment's own."""
+    if parts:
+        return {"parts": [part.model_dump(mode="json", exclude_none=True) for part in parts]}
+    return {"authorization": refund.authorization} if refund.authorization else {}
 
 
 def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[str, int]:

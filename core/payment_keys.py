@@ -3,9 +3,11 @@
 Gateways already hold keys in these shapes, so they never change: an authorization is keyed by
 the order version it authorizes (an edit gets a new one), a renewal of one grown old by the
 authorization it replaces (and the renewals of it declined before), a capture by its shipment, a
-void by the authorization it releases, a refund by its own id. A shipment whose capture was given
-back (its order changed while it shipped) and that is made again under the same id adds the number
-of captures given back before, so its next capture is a new one, not the refunded one replayed."""
+void by the authorization it releases, a refund by its own id (one split over the authorizations
+whose captures it gives back, each part by that id and its authorization). A shipment whose
+capture was given back (its order changed while it shipped) and that is made again under the same
+id adds the number of captures given back before, so its next capture is a new one, not the
+refunded one replayed."""
 
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ def void(authorization: str) -> str:
 
 def refund(order_id: str, refund_id: str) -> str:
     return f"{order_id}:refund:{refund_id}"
+
+
+def refund_part(order_id: str, refund_id: str, authorization: str) -> str:
+    """One gateway refund of a refund split over the order's authorizations: the one against `authorization`."""
+    return f"{refund(order_id, refund_id)}:{authorization}"
 
 
 def settlement_capture(order_id: str, captured_before: str) -> str:

@@ -9,7 +9,7 @@ from itertools import islice
 from core import order_lists, payment_keys
 from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused
 from core.events import OrderEvent
-from core.models import Order, PaymentRefund, RefundedUnits, RefundKind
+from core.models import Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
 from core.money import Money
 from core.order_changes import failure_recorder, modify, noted_once, visible
 from core.payments import Failure, OnFailure, Payments
@@ -178,22 +178,15 @@ class RefundService:
         and otherwise stays pending, NoPaymentPlugin raised, its `no_plugin` attempt in the history
         once however often it is asked: the call that left it may have refunded through the
         removed plugin, and recorded `failed` it would free its amount to be refunded again.
-        PaymentGatewayUnavailable (the refund pending) while the gateway stays down."""
+        PaymentGatewayUnavailable (the refund pending) while the gateway stays down. A refund
+        against another authorization than the payment's own names it (PaymentRefund.authorization);
+        one split over several is asked part by part (_ask_parts)."""
+        if refund.parts:
+            return self._ask_parts(order, refund, actor, again=again, fresh=fresh)
         payment = order.payment
-        authorization = payment.authorization or ""
+        authorization = refund.authorization or payment.authorization or ""
         key = payment_keys.refund(order.id, refund.id)
-        recorder = failure_recorder(
-            self._orders,
-            order.id,
-            actor,
-            self._clock,
-            refund_id=refund.id,
-            amount=refund.amount.model_dump(mode="json"),
-        )
-        if again:
-            recorder = self._outage_noted_once(order.id, refund.id, recorder)
-        if not fresh:
-            recorder = self._unanswered_noted_once(order.id, refund.id, recorder)
+        recorder = self._recorder(order.id, refund, actor, again=again, fresh=fresh)
         try:
             result = self._payments.retried(
                 "refund",
@@ -217,6 +210,67 @@ class RefundService:
             if self._still_pending(current, refund.id) else None,
         )  # fmt: skip
         return self._final(done, refund.id)
+
+    def _ask_parts(self, order: Order, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool) -> PaymentRefund:
+        """Ask the gateway for each part of the split pending `refund` (PaymentRefund.parts), in
+        order, against its own authorization under its own key, then record every answer in one
+        write: `succeeded` once each part was approved; `failed` once one is refused (the parts
+        after it are not asked, and fail with it), the parts approved before it counting in
+        `payment.refunded` as the money they gave back did go back. While the gateway stays down
+        PaymentGatewayUnavailable leaves the refund pending, and asked again each part approved
+        already is answered again under its key. No payment plugin taking the order's method is
+        as for an unsplit refund (_ask_gateway), and once a part was approved the refund stays pending."""
+        payment = order.payment
+        answered: list[RefundPart] = []
+        refusal: str | None = None
+        for part in refund.parts or []:
+            if refusal is not None:
+                answered.append(part.refused("not asked: the gateway refused an earlier part of this refund"))
+                continue
+            key = payment_keys.refund_part(order.id, refund.id, part.authorization)
+            recorder = self._recorder(order.id, refund, actor, again=again, fresh=fresh, part=part)
+            try:
+                result = self._payments.retried(
+                    "refund",
+                    lambda attempt, part=part, key=key: self._payments.refund(
+                        payment.method, part.authorization, part.amount, order.id, key
+                    ),
+                    recorder,
+                )
+            except PaymentRefused as refused:
+                if isinstance(refused, NoPaymentPlugin) and (not fresh or answered):
+                    raise  # an earlier call, or part, may have refunded through the removed plugin
+                refusal = refused.gateway_message
+                answered.append(part.refused(refusal))
+                continue
+            answered.append(part.approved(result.reference))
+        at = self._clock()
+
+        def record(current: Order):
+            if not self._still_pending(current, refund.id):
+                return None
+            if refusal is not None:
+                return current.record_failed_refund(refund.id, None, refusal, at=at, actor=actor, parts=answered)
+            reference = ",".join(part.reference or "" for part in answered)
+            return current.record_refund(refund.id, reference, at=at, actor=actor, parts=answered)
+
+        return self._final(modify(self._orders, order.id, record), refund.id)
+
+    def _recorder(
+        self, order_id: str, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool,
+        part: RefundPart | None = None,
+    ) -> OnFailure:  # fmt: skip
+        """How a failed attempt at `refund` (at its `part`, split) is recorded in the history."""
+        amount = (part or refund).amount.model_dump(mode="json")
+        named = {"authorization": part.authorization} if part else {}
+        recorder = failure_recorder(
+            self._orders, order_id, actor, self._clock, refund_id=refund.id, amount=amount, **named
+        )
+        if again:
+            recorder = self._outage_noted_once(order_id, refund.id, recorder)
+        if not fresh:
+            recorder = self._unanswered_noted_once(order_id, refund.id, recorder)
+        return recorder
 
     def _outage_noted_once(self, order_id: str, refund_id: str, record: OnFailure) -> OnFailure:
         """`record`, but a transient failure is recorded only when the refund's last entry on the

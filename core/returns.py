@@ -545,7 +545,7 @@ class Returns:
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
             shares=lambda current: self._shares(item, current),
             shipping=lambda current: self._shipping_back(item, current, self._returns.for_order(item.order_id)),
-            reason=reason,
+            reason=reason, uncapped=lambda current: self._due(item, current, capped=False),
         )  # fmt: skip
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
@@ -618,10 +618,15 @@ class Returns:
         *, beyond: Callable[[Money], Money] | None = None,
         shares: Callable[[Order], list[RefundedUnits]] | None = None,
         shipping: Callable[[Order], Money] | None = None, reason: str | None = None,
+        uncapped: Callable[[Order], Money] | None = None,
     ) -> Return:  # fmt: skip
         """Refund `due(order)` for the return (once: a succeeded refund of it is found and kept),
         recorded with `shares(order)`, what it gives back for each line's units, and `shipping(order)`,
         what of it is the order's shipping, and mark it `refunded` with what was given back.
+        With `uncapped(order)` (what the return is worth, whatever the payment can still give
+        back), never more than that less what refused attempts of it gave back all the same: the
+        parts of a split refund the gateway approved before it refused one (_went_back_before),
+        which the return shows it gave back.
 
         Other refunds of the order still pending at the gateway are finished first, under their
         own keys: each holds its amount, and a due capped beside them would keep short of what a
@@ -642,6 +647,10 @@ class Returns:
                 if current.payment.refund_by_id(refund_id_for(current.id, key)) is not None:
                     return key, Money.zero(current.currency)  # carried on with the amount it was written with
                 amount = due(current)
+                went = _went_back_before(current, item.id)
+                if went.amount > 0 and uncapped is not None:
+                    # A refused attempt split over two authorizations gave part of it back already.
+                    amount = min(amount, uncapped(current) - went, key=lambda money: money.amount)
                 if amount.amount <= 0:
                     return None
                 if shares is None:
@@ -659,6 +668,8 @@ class Returns:
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
             amount = done.amount
+        if uncapped is not None:
+            amount = amount + _went_back_before(order, item.id)  # recorded by an earlier run: on `order`
         if beyond is not None:
             amount = amount + beyond(amount)
         at = self._clock()
@@ -1029,6 +1040,15 @@ class Returns:
 
             modify(self._orders, item.order_id, decide)
         return written
+
+
+def _went_back_before(order: Order, return_id: str) -> Money:
+    """What refused refunds of return `return_id` gave back all the same: the parts of a split
+    refund the gateway approved before it refused one (Payment.with_failed_refund)."""
+    parts = [
+        p for r in order.payment.refunds if r.return_id == return_id and r.status == "failed" for p in r.parts or []
+    ]
+    return sum((p.amount for p in parts if p.status == "succeeded"), Money.zero(order.currency))
 
 
 def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:

@@ -137,6 +137,29 @@ def test_openapi_json_is_an_openapi_3_document_with_the_contracts_paths(api: InP
     assert {"get", "post"} <= set(document["paths"]["/orders"])
 
 
+# pydantic's names for constraints, which JSON Schema spells minimum, maxLength, ...: one in the
+# document is a constraint no client or schemathesis sees (powertools writes them when a parameter's
+# Query() sits beside another annotation), so -5 would read as a valid `limit`.
+PYDANTIC_ONLY = {"ge", "le", "gt", "lt", "min_length", "max_length", "multiple_of", "max_digits", "decimal_places"}
+
+
+def test_the_openapi_document_states_constraints_in_json_schema_words_only(api: InProcessApi):
+    leaked: list[str] = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in PYDANTIC_ONLY and not where.endswith("/properties"):
+                    leaked.append(f"{where}/{key}")
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}/{index}")
+
+    walk(api.get("/openapi.json", key=None).json(), "")
+    assert leaked == []
+
+
 def test_docs_is_swagger_ui_that_loads_nothing_from_outside_hosts(api: InProcessApi):
     response = api.get("/docs", key=None)
 

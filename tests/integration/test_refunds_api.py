@@ -257,3 +257,51 @@ def test_a_refund_left_pending_whose_payment_plugin_was_removed_is_502_and_stays
     assert done.status_code == 201, done.text
     assert (done.json()["id"], done.json()["status"]) == (held.id, "succeeded")
     assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "5.00"
+
+
+class RefundCalls:
+    """Records each refund asked of the payment plugin: (authorization, amount, idempotency key)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self, authorization, amount, idempotency_key):
+        self.calls.append((authorization, str(amount.amount), idempotency_key))
+        return (yield)
+
+
+def test_an_appeasement_spanning_two_authorizations_refunds_each_against_its_own_captures(api):
+    # Before: the whole 25.00 was refunded against the renewed authorization, which captured only
+    # 10.00 of it; a real gateway refuses that, or refunds a charge that was not the customer's.
+    from core.models import EarlierCaptures
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+
+    oid = order_id(151)
+    order = a_captured_order(oid)
+    renewed = "auth_" + "2" * 20
+    stored = order.model_copy(update={
+        "payment": order.payment.model_copy(update={"authorization": renewed}),
+        "earlier_captures": [EarlierCaptures(authorization=APPROVES, captured=usd("20.00"))],
+        "version": order.version + 1,
+    })  # fmt: skip
+    bootstrap(Config.from_env()).order_repository.update(stored, order, [])
+    plugins, calls = container().plugins, RefundCalls()
+    plugins.register(calls)
+    try:
+        answer = refund(api, oid, "25.00", headers={"Idempotency-Key": "appease-151"})
+    finally:
+        plugins.unregister(calls)
+
+    assert answer.status_code == 201, answer.text
+    made = answer.json()
+    assert (made["status"], made["amount"]["amount"]) == ("succeeded", "25.00")
+    key = f"{oid}:refund:{made['id']}"
+    assert calls.calls == [(APPROVES, "20.00", f"{key}:{APPROVES}"), (renewed, "5.00", f"{key}:{renewed}")]
+    payment = api.get(f"/orders/{oid}").json()["payment"]
+    assert payment["refunded"]["amount"] == "25.00"
+    assert [(p["authorization"], p["amount"]["amount"], p["status"]) for p in payment["refunds"][0]["parts"]] == [
+        (APPROVES, "20.00", "succeeded"), (renewed, "5.00", "succeeded")
+    ]  # fmt: skip
+    assert_error(refund(api, oid, "5.01"), 422, "refund_exceeds_captured", "amount")

@@ -1,0 +1,295 @@
+"""A refund goes to the authorization whose captures it gives back (Order.refund_sources), split
+into one gateway refund per authorization when it spans two, on the in-memory world."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from core import hookimpl, payment_keys
+from core.errors import PaymentGatewayUnavailable, RefundExceedsCaptured
+from core.models import EarlierCaptures, Order
+from core.money import Money
+from core.plugin_manager import build_plugin_manager
+from core.refunds import refund_id_for
+from core.return_models import ReceiveReturn, RequestReturn
+from core.returns import Returns
+from core.status import PaymentStatus
+from tests.builders import NOW
+from tests.unit.world import Died, World, build_world, dies_before_recording
+
+# MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
+STOCK = [("MUG", "wh-west", 3), ("CAP", "wh-east", 4), ("TSHIRT", "wh-east", 10)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self):
+        return self.now
+
+    def days_later(self, days: float) -> None:
+        self.now = self.now + timedelta(days=days)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def renewed_between_parcels(world: World, clock: Clock) -> tuple[Order, Order]:
+    """The west parcel (a mug, with the shipping) shipped on the first authorization; the east
+    parcel (three caps) ten days later, on the renewed one. The order after each ship."""
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    first = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    clock.days_later(10)
+    second = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert second.payment.authorization != first.payment.authorization
+    return first, second
+
+
+def returns_of(world: World, clock: Clock) -> Returns:
+    return Returns(
+        world.orders, world.returns, world.catalog, world.inventory, world.labels,
+        build_plugin_manager(enable_test_payments=True).hook, world.refunds, clock=clock, capture=world.capture,
+    )  # fmt: skip
+
+
+def returned(world: World, clock: Clock, order: Order, *lines: tuple[str, int]) -> Order:
+    """`lines` ({line id, units}) returned, received and refunded; the order after."""
+    returns = returns_of(world, clock)
+    asked = RequestReturn.model_validate(
+        {"lines": [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]}
+    )
+    item = returns.request(order.id, asked, actor="key_cs")
+    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
+    receipt = {"location_id": "wh-west", "lines": back}
+    returns.receive(item.id, ReceiveReturn.model_validate(receipt), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    return world.order(order.id)
+
+
+def test_a_return_of_the_first_parcel_after_a_renewal_is_refunded_against_the_authorization_that_captured_it(
+    world, clock
+):
+    # Before: refunded against the renewed authorization, which captured only the caps: a real
+    # gateway refuses it (or refunds the wrong charge).
+    first, second = renewed_between_parcels(world, clock)
+    mug = second.lines[0]
+
+    after = returned(world, clock, second, ("L1", 1))
+
+    [refund] = after.payment.refunds
+    assert (refund.status, refund.amount, refund.authorization, refund.parts) == (
+        "succeeded", mug.total, first.payment.authorization, None
+    )  # fmt: skip
+    assert world.spy.refunded == [(first.payment.authorization, mug.total, payment_keys.refund(second.id, refund.id))]
+    assert after.payment.refunded == mug.total
+
+
+def test_a_return_of_both_parcels_is_split_into_one_refund_per_authorization(world, clock):
+    first, second = renewed_between_parcels(world, clock)
+    mug, caps = second.lines
+
+    after = returned(world, clock, second, ("L1", 1), ("L2", 3))
+
+    [refund] = after.payment.refunds
+    assert (refund.status, refund.amount, refund.authorization) == ("succeeded", mug.total + caps.total, None)
+    old, new = first.payment.authorization, second.payment.authorization
+    assert [(p.authorization, p.amount, p.status) for p in refund.parts or []] == [
+        (old, mug.total, "succeeded"), (new, caps.total, "succeeded")
+    ]  # fmt: skip
+    assert world.spy.refunded == [
+        (old, mug.total, payment_keys.refund_part(second.id, refund.id, old)),
+        (new, caps.total, payment_keys.refund_part(second.id, refund.id, new)),
+    ]
+    assert after.payment.refunded == refund.amount
+    entry = next(e for e in world.history(second.id) if e.type == "payment_refunded")
+    assert [part["authorization"] for part in entry.detail["parts"]] == [old, new]
+
+
+def test_an_appeasement_of_more_than_the_renewed_authorization_captured_takes_the_rest_from_the_old_one(world, clock):
+    first, second = renewed_between_parcels(world, clock)
+    old, new = first.payment.authorization, second.payment.authorization
+    under_old = first.payment.captured
+    under_new = second.payment.captured - under_old
+
+    refund = world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-all", actor="key_cs")
+
+    assert refund.status == "succeeded"
+    refund_id = refund_id_for(second.id, "appease-all")
+    assert sorted(world.spy.refunded) == sorted([
+        (old, under_old, payment_keys.refund_part(second.id, refund_id, old)),
+        (new, under_new, payment_keys.refund_part(second.id, refund_id, new)),
+    ])  # fmt: skip
+    after = world.order(second.id)
+    assert (after.payment.refunded, after.payment.status) == (second.payment.captured, PaymentStatus.REFUNDED)
+
+
+def test_a_refund_made_before_the_renewal_keeps_counting_against_the_authorization_it_went_to(world, clock):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    first = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    five = Money.of("5.00", "USD")
+    world.refunds.issue_refund(order.id, five, "late", "appease-early", actor="key_cs")
+    clock.days_later(10)
+    second = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    old = first.payment.authorization
+    assert second.payment.refunds[0].authorization == old  # named by the renewal's write
+
+    rest = second.payment.captured - five
+    world.refunds.issue_refund(order.id, rest, "goodwill", "appease-rest", actor="key_cs")
+
+    refund_id = refund_id_for(order.id, "appease-rest")
+    assert world.spy.refunded[-2:] == [
+        (old, first.payment.captured - five, payment_keys.refund_part(order.id, refund_id, old)),
+        (second.payment.authorization, second.payment.captured - first.payment.captured,
+         payment_keys.refund_part(order.id, refund_id, second.payment.authorization)),
+    ]  # fmt: skip
+    with pytest.raises(RefundExceedsCaptured):
+        world.refunds.issue_refund(order.id, Money.of("0.01", "USD"), "more", "appease-more", actor="key_cs")
+
+
+def test_a_split_refund_whose_second_part_is_refused_fails_and_counts_only_what_went_back(world, clock):
+    first, second = renewed_between_parcels(world, clock)
+    world.gateway.script("refund", "approve", "refuse")
+
+    refund = world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+    assert refund.status == "failed"
+    after = world.order(second.id)
+    [stored] = after.payment.refunds
+    assert [(p.authorization, p.status) for p in stored.parts or []] == [
+        (first.payment.authorization, "succeeded"), (second.payment.authorization, "failed")
+    ]  # fmt: skip
+    assert after.payment.refunded == first.payment.captured  # what the gateway did give back
+    assert after.payment.refundable() == second.payment.captured - first.payment.captured
+
+
+def test_a_split_refund_the_gateway_could_not_finish_asks_each_part_again_under_its_own_key(world, clock):
+    first, second = renewed_between_parcels(world, clock)
+    world.gateway.script("refund", "approve", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    assert world.order(second.id).payment.refunds[0].status == "pending"
+
+    again = world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+    refund_id = refund_id_for(second.id, "appease-1")
+    old, new = first.payment.authorization, second.payment.authorization
+    assert again.status == "succeeded"
+    keys = [payment_keys.refund_part(second.id, refund_id, a) for a in (old, new)]
+    assert world.gateway.keys("refund") == [keys[0], keys[1], keys[1], keys[1], keys[0], keys[1]]
+    assert world.order(second.id).payment.refunded == second.payment.captured
+
+
+def test_the_typical_order_refunds_against_its_one_authorization_under_the_refunds_own_key(world, clock):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    after = returned(world, clock, world.order(order.id), ("L1", 1), ("L2", 3))
+
+    [refund] = after.payment.refunds
+    assert (refund.authorization, refund.parts) == (None, None)
+    assert world.spy.refunded == [
+        (order.payment.authorization, refund.amount, payment_keys.refund(order.id, refund.id))
+    ]
+    stored = json.loads(after.stored_json())
+    assert "earlier_captures" not in stored
+    assert {"authorization", "parts"}.isdisjoint(stored["payment"]["refunds"][0])
+
+
+def test_what_each_authorization_captured_is_stored_and_read_back(world, clock):
+    first, second = renewed_between_parcels(world, clock)
+    west = next(s.id for s in second.shipments if s.location_id == "wh-west")
+
+    [earlier] = second.earlier_captures
+    assert (earlier.authorization, earlier.captured, earlier.shipments) == (
+        first.payment.authorization, first.payment.captured, [west]
+    )  # fmt: skip
+    assert Order.model_validate_json(second.stored_json()).earlier_captures == second.earlier_captures
+    assert "earlier_captures" not in second.model_dump(mode="json")
+
+
+class CaptureCalls:
+    """Records every capture asked of the gateway, a repeat under a key seen before too: (authorization, key)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, authorization, idempotency_key):
+        self.calls.append((authorization, idempotency_key))
+        return (yield)
+
+
+def test_a_capture_a_ship_left_standing_through_a_renewal_stays_under_the_authorization_it_was_made_under(
+    clock, monkeypatch
+):
+    # The west parcel's ship died after the gateway captured it on the first authorization; ten days
+    # later the east parcel's ship renewed the authorization. Before: the west ship repeated asked
+    # for its capture again against the renewed authorization (under the capture's key, which a
+    # real gateway refuses or answers with the capture on the first one), and counted it there, so
+    # the mug's return was refunded against an authorization that never captured it.
+    captures = CaptureCalls()
+    world = build_world(STOCK, captures, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    old = order.payment.authorization
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    clock.days_later(10)
+    renewed = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert renewed.payment.authorization != old
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    west_key = payment_keys.capture(order.id, west)
+    assert [authorization for authorization, key in captures.calls if key == west_key] == [old, old]
+    share = shipped.shipment(west).captured
+    assert share is not None
+    assert shipped.earlier_captures == [EarlierCaptures(authorization=old, captured=share, shipments=[west])]
+    after = returned(world, clock, shipped, ("L1", 1))
+    [refund] = after.payment.refunds
+    assert world.spy.refunded == [(old, refund.amount, payment_keys.refund(order.id, refund.id))]
+
+
+def test_a_return_whose_split_refund_was_refused_after_its_first_part_went_back_gives_back_only_the_rest(world, clock):
+    # The mug's part went back on the first authorization, then the gateway refused the caps' part
+    # on the renewed one: the refund failed. Without counting the part that went back, the
+    # return's next attempt refunded the mug a second time.
+    _, second = renewed_between_parcels(world, clock)
+    mug, caps = second.lines
+    world.gateway.script("refund", "approve", "refuse")
+    returns = returns_of(world, clock)
+    asked = RequestReturn.model_validate(
+        {"lines": [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in
+                   (("L1", 1), ("L2", 3))]}
+    )  # fmt: skip
+    item = returns.request(second.id, asked, actor="key_cs")
+    back = [
+        {"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in (("L1", 1), ("L2", 3))
+    ]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    assert returns.settle(item.id, actor="key_wh").status.value == "received"
+    assert world.order(second.id).payment.refunded == mug.total
+
+    world.gateway.script("refund", "approve")
+    done = returns.settle(item.id, actor="key_wh")
+
+    after = world.order(second.id)
+    failed, succeeded = after.payment.refunds
+    assert (failed.status, succeeded.status, succeeded.amount) == ("failed", "succeeded", caps.total)
+    assert after.payment.refunded == mug.total + caps.total
+    assert (done.status.value, done.refund) == ("refunded", mug.total + caps.total)
