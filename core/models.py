@@ -1390,8 +1390,8 @@ class Order(BaseModel, defer_build=True):
     # The lapsed authorization a ship or collect asks the gateway to authorize again, written before
     # it asks (request_renewal) and cleared by the write that records the new one, or its decline:
     # the ship repeated asks again under the same key (core/payment_keys.py) and records it, and a
-    # cancel releases what the gateway holds under it. None on the typical order. The system's own:
-    # stored, never shown.
+    # cancel releases what the gateway holds under it (or, once it could not, the reconciler:
+    # renewal_left). None on the typical order. The system's own: stored, never shown.
     renewing_authorization: str | None = Field(default=None, exclude=True)
     # How many renewals of `renewing_authorization` the gateway had declined when it was asked (the
     # history's), which its key counts: a gateway answers a key it has seen with its first answer,
@@ -1595,8 +1595,16 @@ class Order(BaseModel, defer_build=True):
     def authorizations_left(self) -> bool:
         """Whether an authorization is left for the reconciler's authorization pass to settle: one
         an edit left (`edit_authorizations_left`), or a closed order's own that the gateway could not
-        settle (`own_void_owed`)."""
-        return self.edit_authorizations_left or self.own_void_owed
+        settle (`own_void_owed`, `renewal_left`)."""
+        return self.edit_authorizations_left or self.own_void_owed or self.renewal_left
+
+    @property
+    def renewal_left(self) -> bool:
+        """Whether the cancelled order still asks for a renewal of its authorization
+        (`renewing_authorization`: a ship died after asking the gateway): its cancel could not
+        release what the gateway holds under it (Cancellation.release_renewal), and nothing will
+        ship the order to record it."""
+        return self.renewing_authorization is not None and self.status is OrderStatus.CANCELLED
 
     @property
     def authorized_version(self) -> int:

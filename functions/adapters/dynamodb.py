@@ -219,9 +219,9 @@ PENDING_REFUND_KEY = "pending"
 # customer's card (core.authorization_sweep.UnsettledAuthorizationSweep: Order.authorizations_left).
 # Only an edit whose total grew leaves one, for the moment between its request and its write or
 # void, or an edit of a pending order whose given-up key the gateway could not be asked about before
-# the order was authorized, or a cancel whose void found the gateway down, or an authorization a
-# write lost to a race and whose void found it down (a cancel whose void is made at once writes no
-# entry); an order with a refund pending as well stays in
+# the order was authorized, or a cancel whose void (or release of a renewal a dead ship asked for)
+# found the gateway down, or an authorization a write lost to a race and whose void found it down
+# (a cancel whose void is made at once writes no entry); an order with a refund pending as well stays in
 # PENDING_REFUND_KEY's partition until that refund is finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
 # Ahead of it (a refund pending comes first still), SETTLEMENT_CAPTURE_KEY: an order with a

@@ -543,3 +543,29 @@ def test_a_renewal_an_edit_overtook_that_could_not_be_voided_is_voided_by_the_pa
 
     assert renewal in world.spy.voided and not world.order(order.id).authorizations_left
     assert world.order(order.id).payment.authorization not in world.spy.voided  # the edit's own is kept
+
+
+def test_a_renewal_a_cancel_could_not_release_is_released_by_the_pass(clock, monkeypatch):
+    # A ship died after the gateway renewed the order's authorization; the cancel then voided the
+    # order's own but could not look the renewal's key up (the gateway down through its retries).
+    # Nothing else would ever ask again: the renewal's hold stayed on the card.
+    world = build_world([("TSHIRT", "wh-east", 10)], LookupDown(3), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.advance(days=8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert cancelled.payment.status is PaymentStatus.VOIDED and world.spy.voided == [order.payment.authorization]
+    assert cancelled.renewing_authorization == order.payment.authorization
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == Settled([order.id], own=[order.id])
+
+    assert world.spy.voided == [order.payment.authorization, renewal]
+    after = world.order(order.id)
+    assert after.renewing_authorization is None and not after.authorizations_left
+    assert sweep(world, clock).run(ACTOR).orders == []
