@@ -20,7 +20,8 @@ class Settled:
     """The orders a pass left with nothing to settle (`orders`, oldest first), and of them those
     whose authorizations an edit left it settled (`edits`: Order.edit_authorizations_left) and those
     whose own payment, closed (cancelled, payment_failed) and still owed, it settled (`own`:
-    Order.own_void_owed). An order that held both is in both."""
+    Order.own_void_owed, or a renewal of its authorization its cancel could not release:
+    Order.renewal_left). An order that held both is in both."""
 
     orders: list[str] = field(default_factory=list)
     edits: list[str] = field(default_factory=list)
@@ -46,13 +47,16 @@ class UnsettledAuthorizationSweep:
     happen (Order.replaced_authorizations). The order's next edit, a cancel or its last parcel's
     ship settles them; an order that stalls before any of those would otherwise keep the hold until
     the gateway lets it lapse. So does a key the order gave up whose release failed before it was
-    authorized (Order.authorization_keys_given_up), which only a cancel asks about again. And so
+    authorized, or whose authorization it could not record nor void after (an edit's that lost to a
+    cancel, an overtaken renewal: Order.authorization_keys_given_up), which only a cancel asks about
+    again. And so
     does a cancelled order's own authorization that the gateway, unavailable, could not void, or
     not look up under the order's own key while its payment was pending (or, on a payment_failed
-    order, under an earlier key: Order.own_void_owed): the cancel's execution (FailPayment)
-    retries it for a while, and nothing after it.
+    order, under an earlier key: Order.own_void_owed), or what the gateway made under a renewal of
+    it that a ship asked for and died, which the cancel could not look up (Order.renewal_left): the
+    cancel's execution (FailPayment) retries it for a while, and nothing after it.
     Each is settled as a cancel settles it (Cancellation.void_requested_authorization,
-    void_replaced_authorizations, release_given_up_keys, void_owed): voided at the gateway, recorded
+    void_replaced_authorizations, release_given_up_keys, void_owed, release_renewal): voided at the gateway, recorded
     only as the gateway answered, each write conditional on the order's version.
 
     Found through an index of the orders that hold one, by when they last changed; only an order
@@ -134,10 +138,12 @@ class UnsettledAuthorizationSweep:
             or (refused and not order.own_void_owed)
         ):
             return None
-        edits, own = order.edit_authorizations_left, order.own_void_owed
+        edits, own = order.edit_authorizations_left, order.own_void_owed or order.renewal_left
         try:
             order = self._cancellation.void_owed(order, actor)
             if not refused:
+                if order.renewal_left:
+                    order = self._cancellation.release_renewal(order, actor)
                 order = self._cancellation.void_requested_authorization(order, actor)
                 order = self._cancellation.void_replaced_authorizations(order, actor)
                 order = self._cancellation.release_given_up_keys(order, actor)

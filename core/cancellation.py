@@ -265,8 +265,9 @@ class Cancellation:
 
     def release_given_up_keys(self, order: Order, actor: str) -> Order:
         """Release what the gateway may hold under each key the order gave up and could not release
-        before it was authorized (Order.authorization_keys_given_up), as release_lost_authorizations
-        does, and record each key settled. Each is tried, whatever the gateway answers for another;
+        (Order.authorization_keys_given_up), as release_lost_authorizations does, and record each
+        key settled: an authorization a failed void under the key names (Order.give_up_key) is
+        voided as it is, with no lookup. Each is tried, whatever the gateway answers for another;
         raises PaymentRefused or PaymentGatewayUnavailable while one cannot be settled now (each
         attempt in the history; the key stays for the next attempt). Returns the order after."""
         if not order.authorization_keys_given_up:
@@ -275,6 +276,7 @@ class Cancellation:
         if found is None:
             return order
         lost, settled, _ = _authorization_keys(found[1])
+        named = _void_failed_authorizations(found[1])
         stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
         token = stored[1] if stored is not None else ""
         done: list[str] = []
@@ -283,7 +285,12 @@ class Cancellation:
             try:
                 if key in lost:
                     self._release_lost(order, key, lost[key], token, actor)
-                elif key not in settled:
+                elif key in settled or (key in named and named[key] == found[0].payment.authorization):
+                    pass  # released already; or the order's own, which is never voided here
+                elif key in named:
+                    reason = "an authorization the order did not record, whose void had failed"
+                    self._void_under_key(order, key, named[key], actor, reason)
+                else:
                     self._release_unrecorded(order, key, actor)  # a plugin that cannot look it up: warned
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
                 failed.append(failure)
@@ -345,13 +352,20 @@ class Cancellation:
             return False
         if found.outcome != "approved":
             return True  # never made
-        voided = self._void(order, found.reference, actor, authorization_key=key)
+        self._void_under_key(
+            order, key, found.reference, actor, "an authorization whose answer was never recorded, no longer asked for"
+        )
+        return True
+
+    def _void_under_key(self, order: Order, key: str, authorization: str, actor: str, reason: str) -> None:
+        """Void `authorization`, which the gateway made under `key` and the order does not record,
+        and note it (`payment_voided`, naming the key). Raises as `_void`."""
+        voided = self._void(order, authorization, actor, authorization_key=key)
         at = self._clock()
-        detail = {"authorization": found.reference, "reference": voided.reference, "authorization_key": key,
-                  "reason": "an authorization whose answer was never recorded, no longer asked for"}  # fmt: skip
+        detail = {"authorization": authorization, "reference": voided.reference, "authorization_key": key,
+                  "reason": reason}  # fmt: skip
         modify(self._orders, order.id, lambda current: current.noted(
             OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
-        return True
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
@@ -447,7 +461,8 @@ class Cancellation:
         lapsed = order.renewing_authorization
         if lapsed is None:
             return order
-        self._release_unrecorded(order, payment_keys.renewal(order.id, lapsed), actor)
+        key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
+        self._release_unrecorded(order, key, actor)
         at = self._clock()
         return modify(
             self._orders,
@@ -461,12 +476,18 @@ class Cancellation:
         """Release an authorization the order does not record: one obtained by a write that lost
         its race. None when it could not be voided; each failed attempt is in the order's history,
         for an operator. `key`: the one it was authorized under, named by each failed attempt, so
-        that release_lost_authorizations asks about it again, and a cancelled order's own that the
-        gateway could not void is owed (Order.own_void_owed): the reconciler's authorization pass
-        voids it once the gateway is back."""
+        that one the gateway could not void is asked about again once it is back: on an order
+        never authorized by release_lost_authorizations (a cancelled one's is owed:
+        Order.own_void_owed), otherwise by release_given_up_keys (Order.give_up_key); either way
+        the reconciler's authorization pass voids it on an order nobody changes again."""
         try:
             return self._void(order, authorization, actor, **({"authorization_key": key} if key else {}))
-        except (PaymentRefused, PaymentGatewayUnavailable):
+        except PaymentGatewayUnavailable:
+            if key is not None:
+                at = self._clock()
+                modify(self._orders, order.id, lambda current: current.give_up_key(key, at=at))
+            return None
+        except PaymentRefused:
             return None
 
     # --- Authorizations grown old --------------------------------------------------------------
@@ -491,16 +512,25 @@ class Cancellation:
         the reconciler). A ship repeated after dying asks under the same key, so the gateway answers
         with the authorization it made. A decline raises as a capture the gateway refuses does
         (PaymentRefused, 502 `payment_gateway_error`): nothing captured or moved, the request
-        dropped, the refusal in the history. What a renewal gets that the order can no longer record (a
-        concurrent edit authorized it again, a cancel settled the request) is voided at once."""
+        dropped, the refusal in the history, and the next renewal asked under a new key (counting
+        the declines: the gateway answers a key it has seen with that decline). What a renewal
+        gets that the order can no longer record (a concurrent edit authorized it again, a cancel
+        settled the request) is voided at once."""
         at = self._clock()
+        # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
+        history = self._orders.history(order.id, consistent=True)
+        refused = _declined_keys(history[1]) if history is not None else set()
 
         def requested(current: Order):
             if current.renewing_authorization is not None:
                 return None  # a ship that died (or one in flight) asked: asked again under its key
             if not current.authorization_lapsed(self._authorization_valid_for, at):
                 return None
-            return current.request_renewal(at=at)
+            lapsed = current.payment.authorization or ""
+            before = 0
+            while payment_keys.renewal(current.id, lapsed, before) in refused:
+                before += 1
+            return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
         lapsed = order.renewing_authorization
@@ -510,7 +540,7 @@ class Cancellation:
         order, token = found
         payment = order.payment
         amount = payment.authorized - payment.captured
-        key = payment_keys.renewal(order.id, lapsed)
+        key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
         try:
             made = self._payments.retried(
                 "authorize",
@@ -737,6 +767,27 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
             unfound.add(key)
     return {key: amount for key, amount in lost.items() if key not in settled}, settled, unfound
+
+
+def _void_failed_authorizations(history: list[HistoryEntry]) -> dict[str, str]:
+    """{idempotency key: authorization} of the failed voids that name both: what the gateway made
+    under the key, which a void could not release (void_unrecorded, _release_unrecorded)."""
+    named: dict[str, str] = {}
+    for entry in history:
+        detail = entry.detail or {}
+        key, authorization = detail.get("authorization_key"), detail.get("authorization")
+        if entry.type is OrderEvent.PAYMENT_VOID_FAILED and isinstance(key, str) and isinstance(authorization, str):
+            named[key] = authorization
+    return named
+
+
+def _declined_keys(history: list[HistoryEntry]) -> set[str]:
+    """The keys of the authorizations the gateway declined (not one no payment plugin took)."""
+    return {
+        entry.detail["authorization_key"] for entry in history
+        if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
+        and isinstance(entry.detail.get("authorization_key"), str)
+    }  # fmt: skip
 
 
 def _first_to_retry(failed: list[PaymentRefused | PaymentGatewayUnavailable]) -> Exception:

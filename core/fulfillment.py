@@ -524,7 +524,9 @@ class OrderActions:
     def _give_back(self, order: Order, reference: str, actor: str) -> None:
         """The edit of `order` lost its write after the gateway authorized `reference`: voided
         unless a version records it (the same edit repeated at once, under the same key), with its
-        request (Cancellation.void_requested_authorization) when that still stands."""
+        request (Cancellation.void_requested_authorization) when that still stands; otherwise by
+        itself, under its key (Cancellation.void_unrecorded: kept for a cancel or the reconciler
+        when the gateway is down)."""
         current = self._orders.get(order.id, consistent=True)
         if current is not None and current.payment.authorization == reference:
             return
@@ -534,7 +536,8 @@ class OrderActions:
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
                 self._cancellation.void_requested_authorization(current, actor)
         else:
-            self._cancellation.void_unrecorded(order, reference, actor)
+            key = payment_keys.authorize(order.id, asked.authorizes_version) if asked is not None else None
+            self._cancellation.void_unrecorded(order, reference, actor, key=key)
 
 
 def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list[OrderLine]) -> list[OrderLine]:

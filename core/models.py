@@ -1390,16 +1390,22 @@ class Order(BaseModel, defer_build=True):
     # The lapsed authorization a ship or collect asks the gateway to authorize again, written before
     # it asks (request_renewal) and cleared by the write that records the new one, or its decline:
     # the ship repeated asks again under the same key (core/payment_keys.py) and records it, and a
-    # cancel releases what the gateway holds under it. None on the typical order. The system's own:
-    # stored, never shown.
+    # cancel releases what the gateway holds under it (or, once it could not, the reconciler:
+    # renewal_left). None on the typical order. The system's own: stored, never shown.
     renewing_authorization: str | None = Field(default=None, exclude=True)
+    # How many renewals of `renewing_authorization` the gateway had declined when it was asked (the
+    # history's), which its key counts: a gateway answers a key it has seen with its first answer,
+    # so a renewal asked after a decline is a new one, while this one, its answer lost, is asked
+    # again under its key. Written and cleared with it; 0 on the typical order. Stored, never shown.
+    renewal_declined_before: int = Field(default=0, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
     # an edit's write names what it replaced, so a cancel or, on an order nobody changes again, the
     # reconciler releases them (Cancellation.release_given_up_keys); nothing else asks about an
-    # earlier key of an authorized order. Empty on the typical order. The system's own: stored,
-    # never shown.
+    # earlier key of an authorized order. So are the keys of authorizations it asked for once
+    # authorized and could not record nor void, the gateway down (give_up_key). Empty on the typical
+    # order. The system's own: stored, never shown.
     authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
     # Whether the cancelled order's own authorization is still to void because the gateway could
     # not (unavailable through every attempt), or could not get to it: a capture the order asked
@@ -1477,6 +1483,8 @@ class Order(BaseModel, defer_build=True):
             system["authorized_at"] = _TIMES.dump_python(self.authorized_at, mode="json")
         if self.renewing_authorization is not None:
             system["renewing_authorization"] = self.renewing_authorization
+        if self.renewal_declined_before:
+            system["renewal_declined_before"] = self.renewal_declined_before
         if self.earlier_captures:
             system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
@@ -1574,9 +1582,9 @@ class Order(BaseModel, defer_build=True):
     def edit_authorizations_left(self) -> bool:
         """Whether an edit left an authorization to settle: one it asked for and did not record
         (`authorization_requested`), one it replaced and that is not voided yet
-        (`replaced_authorizations`), or a key it gave up that was not released before the order was
-        authorized (`authorization_keys_given_up`): core.authorization_sweep.UnsettledAuthorizationSweep
-        finds them."""
+        (`replaced_authorizations`), or a key it gave up that was not released (before the order was
+        authorized, or after: `authorization_keys_given_up`):
+        core.authorization_sweep.UnsettledAuthorizationSweep finds them."""
         return (
             self.authorization_requested is not None
             or bool(self.replaced_authorizations)
@@ -1587,8 +1595,16 @@ class Order(BaseModel, defer_build=True):
     def authorizations_left(self) -> bool:
         """Whether an authorization is left for the reconciler's authorization pass to settle: one
         an edit left (`edit_authorizations_left`), or a closed order's own that the gateway could not
-        settle (`own_void_owed`)."""
-        return self.edit_authorizations_left or self.own_void_owed
+        settle (`own_void_owed`, `renewal_left`)."""
+        return self.edit_authorizations_left or self.own_void_owed or self.renewal_left
+
+    @property
+    def renewal_left(self) -> bool:
+        """Whether the cancelled order still asks for a renewal of its authorization
+        (`renewing_authorization`: a ship died after asking the gateway): its cancel could not
+        release what the gateway holds under it (Cancellation.release_renewal), and nothing will
+        ship the order to record it."""
+        return self.renewing_authorization is not None and self.status is OrderStatus.CANCELLED
 
     @property
     def authorized_version(self) -> int:
@@ -1831,16 +1847,19 @@ class Order(BaseModel, defer_build=True):
             return False
         return now - (self.authorized_at or self.created_at) >= valid_for
 
-    def request_renewal(self, *, at: datetime) -> Bookkeeping:
+    def request_renewal(self, *, at: datetime, declined_before: int = 0) -> Bookkeeping:
         """Written before a ship, collect or settlement capture asks the gateway to authorize the
         lapsed authorization again (`renewing_authorization`), so what the gateway authorizes is
         never left behind: the ship repeated asks under the same key and records it
         (renew_authorization), and a cancel releases it
-        (core.cancellation.Cancellation.release_renewal). Bookkeeping, as request_capture."""
+        (core.cancellation.Cancellation.release_renewal). `declined_before`: the renewals of it
+        the gateway declined before (`renewal_declined_before`, which its key counts).
+        Bookkeeping, as request_capture."""
         if self.renewing_authorization is not None or not self.payment.authorization:
             raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
-        new = _replaced(self, renewing_authorization=self.payment.authorization, version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
+        new = _replaced(self, renewing_authorization=self.payment.authorization,
+                        renewal_declined_before=declined_before, version=self.version + 1, updated_at=at,
+                        changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -1856,7 +1875,8 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
-            authorized_at=at, renewing_authorization=None, replaced_authorizations=[*self.replaced_authorizations, old],
+            authorized_at=at, renewing_authorization=None, renewal_declined_before=0,
+            replaced_authorizations=[*self.replaced_authorizations, old],
             **self._replacing(_replaced(self.payment, authorization=reference)),
         )  # fmt: skip
 
@@ -1884,8 +1904,8 @@ class Order(BaseModel, defer_build=True):
         gateway declined it (in the history), or what it made was released. Bookkeeping."""
         if self.renewing_authorization is None:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization")
-        new = _replaced(self, renewing_authorization=None, version=self.version + 1, updated_at=at,
-                        changed_before_mark=None)  # fmt: skip
+        new = _replaced(self, renewing_authorization=None, renewal_declined_before=0, version=self.version + 1,
+                        updated_at=at, changed_before_mark=None)  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -2188,6 +2208,32 @@ class Order(BaseModel, defer_build=True):
             return True
         return None if kind == "refused" and operation in ("capture", "authorize") else False
 
+    def owe_own_void_from(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
+        """The one-off upgrade of an order cancelled before `own_void_owed` existed, whose own
+        authorization the gateway could not void: owed, as its failed attempts in `history` since
+        the cancel say (_own_void_owed_after, replayed: the last attempt that says anything
+        decides), so the reconciler's authorization pass voids it. None when nothing is owed: not
+        cancelled, its payment no longer `authorized`, owed already, no such attempt, or the last
+        one refused (no pass asks a refused void again). Bookkeeping, for infra.backfill_orders."""
+        cancelled = self.status is OrderStatus.CANCELLED and self.payment.status is PaymentStatus.AUTHORIZED
+        if not cancelled or self.own_void_owed:
+            return None
+        operations = {event: operation for operation, event in PAYMENT_FAILURE_EVENTS.items()}
+        owed = False
+        for entry in history:
+            if entry.to_status is OrderStatus.CANCELLED:
+                owed = False  # what the gateway said since the cancel counts
+                continue
+            operation = operations.get(entry.type)
+            detail = entry.detail or {}
+            said = self._own_void_owed_after(operation, str(detail.get("kind")), detail) if operation else None
+            owed = owed if said is None else said
+        if not owed:
+            return None
+        new = _replaced(self, own_void_owed=True, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, None
+
     def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
         """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its
         unpaid payment's keys may hold was released. Bookkeeping; None when nothing was owed."""
@@ -2219,6 +2265,23 @@ class Order(BaseModel, defer_build=True):
             detail={"amount": amount.model_dump(mode="json"), "reference": reference},
             payment=self.payment.authorized_for(amount, reference), authorized_at=at, **given_up,
         )  # fmt: skip
+
+    def give_up_key(self, key: str, *, at: datetime) -> Bookkeeping | None:
+        """What the gateway authorized under `key`, which the order does not record (the write it
+        was asked for lost its race), could not be voided: the gateway was down. Kept in
+        `authorization_keys_given_up`, for a cancel or the reconciler to release. Bookkeeping; None
+        when it is kept already, or when the payment was never authorized (pending, declined): its
+        history's failed void naming the key is asked about again (release_lost_authorizations)."""
+        if key in self.authorization_keys_given_up or self.payment.status in (
+            PaymentStatus.PENDING, PaymentStatus.DECLINED
+        ):  # fmt: skip
+            return None
+        new = _replaced(
+            self, authorization_keys_given_up=[*self.authorization_keys_given_up, key], version=self.version + 1,
+            updated_at=at, changed_before_mark=None,
+        )  # fmt: skip
+        check_successor(self, new)
+        return new, None
 
     def record_given_up_keys_released(self, keys: list[str], *, at: datetime) -> Bookkeeping | None:
         """The keys of `authorization_keys_given_up` in `keys` are settled (each release is in the

@@ -2,11 +2,11 @@
 
 Gateways already hold keys in these shapes, so they never change: an authorization is keyed by
 the order version it authorizes (an edit gets a new one), a renewal of one grown old by the
-authorization it replaces, a capture by its shipment, a void by the
-authorization it releases, a refund by its own id (one split over the authorizations whose
-captures it gives back, each part by that id and its authorization). A shipment whose capture
-was given back (its order changed while it shipped) and that is made again under the same id
-adds the number of captures given back before, so its next capture is a new one, not the
+authorization it replaces (and the renewals of it declined before), a capture by its shipment, a
+void by the authorization it releases, a refund by its own id (one split over the authorizations
+whose captures it gives back, each part by that id and its authorization). A shipment whose
+capture was given back (its order changed while it shipped) and that is made again under the same
+id adds the number of captures given back before, so its next capture is a new one, not the
 refunded one replayed."""
 
 from __future__ import annotations
@@ -46,7 +46,12 @@ def settlement_capture(order_id: str, captured_before: str) -> str:
     return f"{order_id}:settlement:{captured_before}:capture"
 
 
-def renewal(order_id: str, lapsed: str) -> str:
+def renewal(order_id: str, lapsed: str, declined_before: int = 0) -> str:
     """An authorization asked again because `lapsed`, the order's authorization, grew old enough for
-    the gateway to let it lapse (keyed by it: each renewal replaces another)."""
+    the gateway to let it lapse (keyed by it: each renewal replaces another), and how many renewals
+    of it the gateway declined before (`declined_before`): a gateway answers a key it has seen
+    with its first answer, so a renewal asked after a decline (the customer's bank lifted a block)
+    is a new one, while one whose answer was lost is asked again under its key."""
+    if declined_before:
+        return f"{order_id}:authorize:renew:{lapsed}:{declined_before}"
     return f"{order_id}:authorize:renew:{lapsed}"

@@ -1,11 +1,14 @@
-"""Give orders stored before the sparse by_status_key index its attributes, and orders exchanged
-before an exchange's credit was held on its original those holds (a one-off upgrade).
+"""Give orders stored before the sparse by_status_key index its attributes, orders exchanged
+before an exchange's credit was held on its original those holds, and orders cancelled before a
+void the gateway could not make was marked owed that mark (a one-off upgrade).
 
     python -m infra.backfill_orders --table <OrdersTableName>
 
 Run once after the first of the two upgrade deploys (README, "Upgrading a stack deployed before
-by_status_key"), and once after deploying a version that holds exchange credits (README, "Exchange
-credits held on the original"); a second run writes nothing.
+by_status_key"), once after deploying a version that holds exchange credits (README, "Exchange
+credits held on the original"), and once after deploying a version that marks a cancelled order's
+own void owed (README, "Cancelled orders whose void failed before it was owed"); a second run
+writes nothing.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ def main() -> None:
     parser.add_argument("--table", required=True, help="the stack's OrdersTableName output")
     args = parser.parse_args()
     from functions.adapters.aws_clients import aws_client
-    from functions.adapters.dynamodb import backfill_credit_holds, backfill_index_attributes
+    from functions.adapters.dynamodb import backfill_credit_holds, backfill_index_attributes, backfill_own_voids_owed
 
     client = aws_client("dynamodb")
     written, already = backfill_index_attributes(client, args.table)
     print(f"{written} orders written, {already} already right")
     written, already = backfill_credit_holds(client, args.table)
     print(f"{written} orders given their exchanges' credit holds, {already} already right")
+    written, already = backfill_own_voids_owed(client, args.table)
+    print(f"{written} cancelled orders marked as owing their own void, {already} already right")
 
 
 if __name__ == "__main__":

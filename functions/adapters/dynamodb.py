@@ -44,7 +44,7 @@ from core.ports import (
 )
 from core.return_models import Return
 from core.sourcing_rules import SourcingRules
-from core.status import OrderStatus, ReturnStatus, check_successor
+from core.status import OrderStatus, PaymentStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
 from functions.adapters.labels import with_booking_keys_from_labels
@@ -219,8 +219,9 @@ PENDING_REFUND_KEY = "pending"
 # customer's card (core.authorization_sweep.UnsettledAuthorizationSweep: Order.authorizations_left).
 # Only an edit whose total grew leaves one, for the moment between its request and its write or
 # void, or an edit of a pending order whose given-up key the gateway could not be asked about before
-# the order was authorized, or a cancel whose void found the gateway down (a cancel whose void is
-# made at once writes no entry); an order with a refund pending as well stays in
+# the order was authorized, or a cancel whose void (or release of a renewal a dead ship asked for)
+# found the gateway down, or an authorization a write lost to a race and whose void found it down
+# (a cancel whose void is made at once writes no entry); an order with a refund pending as well stays in
 # PENDING_REFUND_KEY's partition until that refund is finished.
 UNSETTLED_AUTHORIZATION_KEY = "void"
 # Ahead of it (a refund pending comes first still), SETTLEMENT_CAPTURE_KEY: an order with a
@@ -966,6 +967,43 @@ def backfill_credit_holds(client: Any, table: str, page_size: int = 500, attempt
             for _ in range(attempts):
                 found = orders.history(order.id, consistent=True)
                 change = found[0].hold_placed_credits(found[1], at=utc_now()) if found is not None else None
+                if change is None or found is None:
+                    already += 1
+                    break
+                try:
+                    orders.update(change[0], found[0], [])
+                except StaleVersion:
+                    continue
+                written += 1
+                break
+            else:
+                raise StaleVersion(f"order {order.id} kept changing; run the backfill again")
+        if "LastEvaluatedKey" not in page:
+            return written, already
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+    """The one-off upgrade of orders cancelled before a cancelled order's own void the gateway
+    could not make was marked owed (Order.own_void_owed): each cancelled order whose payment is
+    still `authorized` is read again with its history and marked when its failed attempts say the
+    void is owed (Order.owe_own_void_from), which puts it in the reconciler's authorization pass.
+    Each write is conditional on the version read, read and decided again when the running code
+    wrote the order meanwhile; a second run writes nothing. An operator's command over the whole
+    table, so a Scan; returns (orders marked, orders already right)."""
+    orders = DynamoOrders(client, table)
+    written = already = 0
+    scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
+    while True:
+        page = client.scan(**scan)
+        for item in page.get("Items", []):
+            order = _order(item)
+            if order.status is not OrderStatus.CANCELLED or order.payment.status is not PaymentStatus.AUTHORIZED:
+                already += 1
+                continue
+            for _ in range(attempts):
+                found = orders.history(order.id, consistent=True)
+                change = found[0].owe_own_void_from(found[1], at=utc_now()) if found is not None else None
                 if change is None or found is None:
                     already += 1
                     break

@@ -143,6 +143,7 @@ def test_the_backfill_command_reports_what_it_wrote(aws, capture, monkeypatch, c
 
     assert capsys.readouterr().out == (
         "1 orders written, 0 already right\n0 orders given their exchanges' credit holds, 1 already right\n"
+        "0 cancelled orders marked as owing their own void, 1 already right\n"
     )
     assert stored(aws, placed.id)["status_key"] == {"S": "pending"}
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from core import payment_keys
+from core import hookimpl, payment_keys
 from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
 from core.models import LineInput, OrderEdit
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
@@ -228,3 +228,101 @@ def test_a_renewal_an_edit_overtakes_is_voided_and_the_edits_authorization_kept(
     assert after.renewing_authorization is None and after.replaced_authorizations == []
     assert sorted(world.spy.voided) == sorted([renewal, order.payment.authorization])
     assert world.spy.captured == []
+
+
+class FirstAnswers:
+    """A gateway that answers an authorization asked again under a key it has answered with that
+    first answer, a decline included, as the hookspec asks."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, object] = {}
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self, idempotency_key: str):
+        result = yield
+        return self.answers.setdefault(idempotency_key, result)
+
+
+def test_a_ship_after_the_gateway_declined_the_renewal_asks_under_a_new_key_and_ships(clock):
+    # The customer's bank blocked the card for a day: the ship answered 502. Asked again under the
+    # same key, a gateway that keeps its first answers would decline forever.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("authorize", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    clock.days_later(1)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    first, second = (payment_keys.renewal(order.id, order.payment.authorization, n) for n in (0, 1))
+    assert first == payment_keys.renewal(order.id, order.payment.authorization)  # the key in use is kept
+    assert world.gateway.keys("authorize")[-2:] == [first, second]
+    assert shipped.status is OrderStatus.SHIPPED
+    assert shipped.payment.authorization == reference(AUTHORIZATION, second)
+    assert world.spy.captured[0][0] == shipped.payment.authorization
+
+
+def test_a_second_decline_gets_a_third_key_and_a_lost_answer_keeps_its_key(clock):
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("authorize", "refuse", "refuse", "transient", "transient", "transient", "approve")
+    for _ in range(2):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    with pytest.raises(PaymentGatewayUnavailable):  # the renewal stands: it may have been made
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    keys = [payment_keys.renewal(order.id, order.payment.authorization, n) for n in (0, 1, 2)]
+    assert world.gateway.keys("authorize")[-6:] == [keys[0], keys[1], keys[2], keys[2], keys[2], keys[2]]
+    assert shipped.payment.authorization == reference(AUTHORIZATION, keys[2])
+
+
+def test_a_cancel_after_a_ship_died_mid_renewal_after_a_decline_voids_what_the_new_key_holds(clock, monkeypatch):
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("authorize", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    made = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization, 1))
+    assert sorted(world.spy.voided) == sorted([made, order.payment.authorization])
+    assert cancelled.payment.status is PaymentStatus.VOIDED and cancelled.renewing_authorization is None
+
+
+def test_a_ship_that_finds_the_renewal_standing_asks_under_its_key_while_its_decline_is_recorded(clock, monkeypatch):
+    # Two parcels ship at once: the second finds the first's renewal standing, its decline in the
+    # history but not yet written off. One renewal, one key: the second is declined with it.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    clock.days_later(8)
+    world.gateway.script("authorize", "refuse", "approve")
+
+    def the_other_parcel() -> None:
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    before_the_next_write(world, monkeypatch, the_other_parcel, skip=2)  # the request, the decline
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    monkeypatch.undo()
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    first, second = (payment_keys.renewal(order.id, order.payment.authorization, n) for n in (0, 1))
+    assert world.gateway.keys("authorize")[-3:] == [first, first, second]
+    assert shipped.payment.authorization == reference(AUTHORIZATION, second)
+    assert world.order(order.id).renewal_declined_before == 0  # cleared with the renewal

@@ -13,16 +13,17 @@ import pytest
 from core import payment_keys
 from core.authorization_sweep import Settled, SettleIncomplete, UnsettledAuthorizationSweep
 from core.cancellation import Cancellation
-from core.errors import Conflict, OrderClosed, PaymentDeclined, TransientError
+from core.errors import Conflict, NotFound, OrderClosed, PaymentDeclined, StaleVersion, TransientError
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
 from core.order_changes import outage_noted_once
 from core.ports import UnsettledAuthorizations
 from core.status import OrderStatus, PaymentStatus
+from plugins.test_payments import AUTHORIZATION, reference
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_payment_truth import Removed, a_ship_that_died
-from tests.unit.test_workflow import AnswerLost, CancelledMeanwhile, LookupDown
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.test_workflow import AnswerLost, CancelledMeanwhile, LookupDown, NoLookup
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 20)]
 ACTOR = "reconciler"
@@ -481,3 +482,90 @@ def test_an_authorization_that_lost_its_write_to_a_cancel_and_was_voided_at_once
 
     assert world.spy.voided == world.spy.authorized and sweep(world, clock).run(ACTOR).orders == []
     assert world.order(order_id).version == cancelled.version and not cancelled.authorizations_left
+
+
+@pytest.mark.parametrize("lookup", [True, False], ids=["with_lookup", "without_lookup"])
+def test_an_edits_authorization_that_lost_its_write_to_a_cancel_and_could_not_be_voided_is_voided_by_the_pass(
+    clock, monkeypatch, lookup
+):
+    # The cancel lands while the edit's new authorization is on its way: asked under the edit's
+    # key, the gateway said nothing was made yet, so the cancel settled the edit's request without
+    # a void. The edit's write then loses, and its own void of what the gateway made finds the
+    # gateway down through its retries: nothing else would ever ask again. The void names what it
+    # could not release, so a plugin that cannot look keys up voids it all the same.
+    world = build_world(STOCK, clock=clock) if lookup else build_world(STOCK, NoLookup(), clock=clock)
+    order = authorized(world)
+
+    def cancel() -> None:
+        world.gateway.script("authorize", "refuse")
+        world.actions.cancel(order.id, "changed my mind", "key_web")
+        world.gateway.script("authorize", "approve")
+        world.gateway.script("void", "transient")
+
+    before_the_next_write(world, monkeypatch, cancel, skip=1)  # the edit's request is written first
+    with pytest.raises(StaleVersion):
+        world.actions.edit(order.id, order.version, FIVE, "key_web")
+    monkeypatch.undo()
+    (made,) = [a for a in world.spy.authorized if a != order.payment.authorization]
+    assert world.spy.voided == [order.payment.authorization]
+    assert void_failures(world, order.id) == [("key_web", "transient")] * 3
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
+
+    assert world.spy.voided == [order.payment.authorization, made]
+    assert not world.order(order.id).authorizations_left
+    assert sweep(world, clock).run(ACTOR).orders == [] and world.spy.voided == [order.payment.authorization, made]
+
+
+def test_a_renewal_an_edit_overtook_that_could_not_be_voided_is_voided_by_the_pass(clock, monkeypatch):
+    world = build_world([("TSHIRT", "wh-east", 10)], clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.advance(days=8)
+
+    def edit() -> None:
+        current = world.order(order.id)
+        world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_cs")
+        world.gateway.script("void", "transient")
+
+    before_the_next_write(world, monkeypatch, edit, skip=1)  # after the renewal is requested
+    with pytest.raises(NotFound):  # the edit sent the order back to be sourced: its shipment went
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert renewal in world.spy.authorized and renewal not in world.spy.voided
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
+
+    assert renewal in world.spy.voided and not world.order(order.id).authorizations_left
+    assert world.order(order.id).payment.authorization not in world.spy.voided  # the edit's own is kept
+
+
+def test_a_renewal_a_cancel_could_not_release_is_released_by_the_pass(clock, monkeypatch):
+    # A ship died after the gateway renewed the order's authorization; the cancel then voided the
+    # order's own but could not look the renewal's key up (the gateway down through its retries).
+    # Nothing else would ever ask again: the renewal's hold stayed on the card.
+    world = build_world([("TSHIRT", "wh-east", 10)], LookupDown(3), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.advance(days=8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert cancelled.payment.status is PaymentStatus.VOIDED and world.spy.voided == [order.payment.authorization]
+    assert cancelled.renewing_authorization == order.payment.authorization
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == Settled([order.id], own=[order.id])
+
+    assert world.spy.voided == [order.payment.authorization, renewal]
+    after = world.order(order.id)
+    assert after.renewing_authorization is None and not after.authorizations_left
+    assert sweep(world, clock).run(ACTOR).orders == []
