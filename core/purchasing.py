@@ -563,8 +563,9 @@ class Purchasing:
 
 
 def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder:
-    """`po`, made by an earlier create with the same Idempotency-Key, when `request` asks for it
-    again; 409 when the key was used for another PO."""
+    """`po`, made by an earlier create with the same Idempotency-Key, as that create made it (open,
+    nothing received: only receipts and a cancel change an open PO since) when `request` asks for
+    it again, however late; 409 when the key was used for another PO."""
     asked = (request.vendor_id, request.location_id, [(li.sku, li.quantity, li.unit_cost) for li in request.lines])
     made = (po.vendor_id, po.location_id, [(li.sku, li.quantity, li.unit_cost) for li in po.lines])
     if asked != made:
@@ -573,4 +574,5 @@ def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder
             code="idempotency_key_reused",
             details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
         )
-    return po
+    made = [line.model_copy(update={"received_quantity": 0}) for line in po.lines]
+    return po.model_copy(update={"status": PO.OPEN, "lines": made, "version": 1})

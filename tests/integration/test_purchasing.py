@@ -478,3 +478,23 @@ def test_a_receipt_replayed_after_its_idempotency_record_expired_answers_as_the_
     assert api.get(f"/purchase-orders/{po['id']}").json() == later.json()
     stock = api.get(f"/inventory/{sku}").json()["locations"][0]
     assert (stock["on_hand"], stock["incoming"]) == (5, 5)
+
+
+def test_a_create_replayed_after_its_idempotency_record_expired_answers_the_po_as_it_was_made(api: InProcessApi):
+    # Before, the replay answered the PO as it is now: received, a later version, another status.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 4, "unit_cost": COST}]}  # fmt: skip
+    headers = {"Idempotency-Key": unique("po")}
+    first = api.post("/purchase-orders", json=body, headers=headers)
+    received = api.post(f"/purchase-orders/{first.json()['id']}/receive", json={"lines": [{"sku": sku, "quantity": 4}]})
+    assert first.status_code == 201 and received.json()["status"] == "received", (first.text, received.text)
+    forget_idempotency_records()
+
+    again = api.post("/purchase-orders", json=body, headers=headers)
+
+    assert again.status_code == 201 and again.json() == first.json()
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 4
