@@ -10,6 +10,7 @@ line is then reserved gets its workflow started again, whose CreateShipments all
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from core.models import AwaitingLine, AwaitingStock, Order
@@ -23,7 +24,7 @@ from core.ports import (
     WaitingOrder,
     WorkflowStarter,
 )
-from core.sourcing import lacks_at, sourceable
+from core.sourcing import bought_at, lacks_at, sourceable
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
@@ -139,11 +140,15 @@ class BackorderAllocator:
             self._rules.wake_from(version, page[-1])
         return result
 
-    def waiting_for(self, sku: str, location_id: str) -> int:
+    def waiting_for(self, sku: str, location_id: str, buying: Collection[str]) -> int:
         """Units of `sku` the backordered orders in its queue still lack and may take at
-        `location_id` (as a fill takes them): the demand a reorder point there buys for. Held
-        orders count: they wait for the same units once released. The oldest DEMAND_PAGES pages
-        of the queue at most: a crossing is handled inside one stream batch's time limit."""
+        `location_id` (as a fill takes them) that the reorder point there buys for: an order
+        that may take them at several locations with a reorder point for `sku` (`location_id`
+        and `buying`) is counted at one of them (`bought_at`), the same one whichever crossing
+        asks. Held orders count: they wait for the same units once released. The oldest
+        DEMAND_PAGES pages of the queue at most: a crossing is handled inside one stream batch's
+        time limit."""
+        buying = {location_id, *buying}
         locations = None
         rules: SourcingRules | None = None
         units = 0
@@ -158,7 +163,7 @@ class BackorderAllocator:
                 if order is None or order.status not in STILL_WAITING:
                     continue  # allocated or cancelled since: its entry goes at the next arrival
                 lacks, where = lacks_at(order, sku, locations, rules)
-                if location_id in where:
+                if lacks and bought_at(order, sku, where, buying, locations) == location_id:
                     units += lacks
             after = page[-1]
         return units

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
-from core.ids import new_id
+from core.ids import new_id, short_hash
 from core.models import Email, Identifier, ReorderSettings, Strict, Text, VisibleName
 from core.money import Money
 from core.ports import CatalogRepository
@@ -26,6 +26,10 @@ MAX_LINES = 99
 _RFC_3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
+# The receipts a PO keeps (RecordedReceipt, keys included) fill at most this many bytes of its
+# DynamoDB item: with the PO's own document (99 lines of the longest skus: under 30 KB) the item
+# stays well under DynamoDB's 400 KB. A few thousand receipts of a line or two each.
+MAX_RECEIPT_BYTES = 256 * 1024
 
 
 def _not_negative(cost: Money) -> Money:
@@ -311,6 +315,66 @@ class Receipt(Strict):
             units[line.sku] = units.get(line.sku, 0) + line.quantity
         return units
 
+    def digest(self) -> str:
+        """Names this body: a receipt sent again under its key is told from another one by it."""
+        return short_hash(self.model_dump_json())
+
+
+class RecordedReceipt(BaseModel, defer_build=True):
+    """A receipt counted on a purchase order, kept on it under its key for as long as the PO
+    (an Idempotency-Key's record lasts 24 h): the digest of its body, the version of the PO it
+    made and the units it counted per sku. One recorded before receipts kept these has none."""
+
+    digest: str | None = None
+    version: int | None = None
+    units: dict[str, int] | None = None
+
+    def size(self, key: str) -> int:
+        """Bytes it takes on the PO's item, near enough: its key and its stored document."""
+        return len(key.encode()) + len(self.model_dump_json(exclude_none=True))
+
+
+def counted_again(po: PurchaseOrder, receipts: dict[str, RecordedReceipt], key: str, receipt: Receipt) -> PurchaseOrder:
+    """The answer to `receipt` sent again under `key`, which `po` counted already (`receipts`): the
+    PO as that receipt left it, whenever it comes back (the units each receipt counted, up to it,
+    make its received quantities). Another body under the key is 409 `idempotency_key_reused`.
+    Where the PO keeps a receipt recorded before receipts kept their bodies, the PO as it is."""
+    first = receipts[key]
+    if first.digest is None or first.version is None:
+        return po
+    if first.digest != receipt.digest():
+        raise Conflict(
+            "this Idempotency-Key was used with a different request body",
+            code="idempotency_key_reused",
+            details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+        )
+    received: dict[str, int] = {}
+    for recorded in receipts.values():
+        if recorded.units is None or recorded.version is None:
+            return po
+        if recorded.version <= first.version:
+            for sku, units in recorded.units.items():
+                received[sku] = received.get(sku, 0) + units
+    lines = [line.model_copy(update={"received_quantity": received.get(line.sku, 0)}) for line in po.lines]
+    done = all(line.received_quantity == line.quantity for line in lines)
+    status = PO.RECEIVED if done else PO.PARTIALLY_RECEIVED
+    return po.model_copy(update={"lines": lines, "status": status, "version": first.version})
+
+
+def record_of(
+    receipt: Receipt, received: PurchaseOrder, key: str, receipts: dict[str, RecordedReceipt]
+) -> RecordedReceipt:
+    """What `received` (the PO after `receipt`) keeps of it under `key`: 409 `too_many_receipts`
+    when the receipts it keeps would pass MAX_RECEIPT_BYTES, and nothing is counted."""
+    record = RecordedReceipt(digest=receipt.digest(), version=received.version, units=receipt.units())
+    if sum(kept.size(name) for name, kept in receipts.items()) + record.size(key) > MAX_RECEIPT_BYTES:
+        raise Conflict(
+            f"purchase order {received.id} keeps as many receipts as it can: receive the rest on another "
+            "purchase order (cancel this one for what has not arrived)",
+            code="too_many_receipts",
+        )
+    return record
+
 
 class PurchaseOrderPage(BaseModel, defer_build=True):
     items: list[PurchaseOrder]
@@ -342,15 +406,15 @@ class PurchasingRepository(ABC):
         """Store a new PO: an open one with its incoming units, or a draft (which brings none)."""
 
     @abstractmethod
-    def get(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]] | None:
-        """The PO and the keys of the receipts counted on it."""
+    def get(self, po_id: str) -> tuple[PurchaseOrder, dict[str, RecordedReceipt]] | None:
+        """The PO and the receipts counted on it, by key."""
 
     @abstractmethod
-    def update(self, po: PurchaseOrder, expected: PurchaseOrder, receipt: tuple[str, dict[str, int]] | None) -> None:
+    def update(self, po: PurchaseOrder, expected: PurchaseOrder, receipt: tuple[str, RecordedReceipt] | None) -> None:
         """Write `po` over `expected` (StaleVersion when it is no longer that status and version),
         moving incoming stock by the difference of their outstanding units; with a receipt
-        (key, units per sku) also add those units to on hand at the PO's location and record the
-        key, all in one transaction."""
+        (key, record) also add its units to on hand at the PO's location and keep the record
+        under the key, all in one transaction."""
 
     @abstractmethod
     def list(
@@ -448,7 +512,7 @@ class Purchasing:
     ) -> tuple[list[PurchaseOrder], str | None]:
         return self._repository.list(where, limit, cursor)
 
-    def _read(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]]:
+    def _read(self, po_id: str) -> tuple[PurchaseOrder, dict[str, RecordedReceipt]]:
         found = self._repository.get(po_id)
         if found is None:
             raise NotFound(f"no purchase order {po_id}")
@@ -482,16 +546,16 @@ class Purchasing:
         return self._change(po_id, PurchaseOrder.cancel)
 
     def receive(self, po_id: str, receipt: Receipt, key: str) -> PurchaseOrder:
-        """Count `receipt` once per `key`: a receipt retried with the same key (its first attempt
-        written, its answer lost) returns the PO without counting the units again."""
-        units = receipt.units()
+        """Count `receipt` once per `key`, kept on the PO: a receipt sent again with the same key,
+        however late (its first attempt written, its answer lost, or a batch re-sent a day
+        after), counts nothing again and answers the PO as it left it (`counted_again`)."""
         for _ in range(self.ATTEMPTS):
             po, receipts = self._read(po_id)
             if key in receipts:
-                return po
+                return counted_again(po, receipts, key, receipt)
             new = po.receive(receipt)
             try:
-                self._repository.update(new, po, (key, units))
+                self._repository.update(new, po, (key, record_of(receipt, new, key, receipts)))
             except StaleVersion:
                 continue
             return new
@@ -499,8 +563,9 @@ class Purchasing:
 
 
 def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder:
-    """`po`, made by an earlier create with the same Idempotency-Key, when `request` asks for it
-    again; 409 when the key was used for another PO."""
+    """`po`, made by an earlier create with the same Idempotency-Key, as that create made it (open,
+    nothing received: only receipts and a cancel change an open PO since) when `request` asks for
+    it again, however late; 409 when the key was used for another PO."""
     asked = (request.vendor_id, request.location_id, [(li.sku, li.quantity, li.unit_cost) for li in request.lines])
     made = (po.vendor_id, po.location_id, [(li.sku, li.quantity, li.unit_cost) for li in po.lines])
     if asked != made:
@@ -509,4 +574,5 @@ def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder
             code="idempotency_key_reused",
             details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
         )
-    return po
+    made = [line.model_copy(update={"received_quantity": 0}) for line in po.lines]
+    return po.model_copy(update={"status": PO.OPEN, "lines": made, "version": 1})

@@ -80,7 +80,8 @@ class Crossing:
 
     def to_buy(self, waiting: int) -> int:
         """Units the draft gets for this crossing when backordered orders still lack `waiting`
-        units they may take at its location (0: it buys nothing). Those orders take the first
+        units this point buys for (`BackorderAllocator.waiting_for`: each order's at one of the
+        locations it may take them at) (0: it buys nothing). Those orders take the first
         units that come, so they are part of the need: the stock position counted against the
         point is available plus incoming less `waiting`, and what it lacks for them beyond the
         stock and the units on order is bought on top of `reorder_quantity`."""

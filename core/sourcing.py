@@ -128,6 +128,31 @@ def lacks_at(order: Order, sku: str, locations: list[Location], rules: SourcingR
     }
 
 
+def bought_at(order: Order, sku: str, where: set[str], buying: set[str], locations: list[Location]) -> str | None:
+    """The one location whose reorder point buys what a backordered `order` lacks of `sku`, so that
+    no unit is bought twice: of the locations `where` it may take them at (`lacks_at`) that have a
+    reorder point for `sku` (`buying`), the one a fill tops it up at first (a location it already
+    ships from, the most of its units of `sku` held there first), then the nearest to where it goes
+    (when that has coordinates), then the first by id. None when none of them buys it. Units that
+    arrive there are the order's, as at every location it may take them at."""
+    candidates = where & buying
+    if not candidates:
+        return None
+    lines = {line.line_id for line in order.lines if line.sku == sku}
+    held: Counter[str] = Counter()
+    for allocation in order.allocations:
+        held[allocation.location_id] += allocation.quantity if allocation.line_id in lines else 0
+    used = {allocation.location_id for allocation in order.allocations}
+    destination = destination_of(order, locations)
+    by_id = {loc.location_id: loc for loc in locations}
+
+    def rank(location_id: str) -> tuple[bool, int, float, str]:
+        distance = _distance(by_id[location_id], destination) if location_id in by_id else None
+        return location_id not in used, -held[location_id], distance or 0.0, location_id
+
+    return min(candidates, key=rank)
+
+
 # A plan's reasons are kept in the order's history, which is in the order's one DynamoDB item (at
 # most 400 KB) and gets them again at every sourcing: so many, or so long, that the item outgrows
 # that would fail the reservation on every retry and park a paid order. They are cut, not refused,

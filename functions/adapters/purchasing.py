@@ -14,6 +14,7 @@ from core.purchasing import (
     PurchaseOrder,
     PurchaseOrderFilter,
     PurchasingRepository,
+    RecordedReceipt,
     Vendor,
 )
 from core.status import PurchaseOrderStatus
@@ -48,6 +49,11 @@ def _po_key(po_id: str) -> dict[str, Any]:
 
 def _incoming(po: PurchaseOrder) -> dict[str, int]:
     return po.outstanding() if po.status in INCOMING else {}
+
+
+def _recorded(value: str) -> RecordedReceipt:
+    # A receipt's JSON document; one recorded before receipts kept theirs holds the time it was counted.
+    return RecordedReceipt.model_validate_json(value) if value.startswith("{") else RecordedReceipt()
 
 
 class DynamoPurchasing(PurchasingRepository):
@@ -90,13 +96,14 @@ class DynamoPurchasing(PurchasingRepository):
         put = {"TableName": self._table, "Item": self._po_put(po), "ConditionExpression": "attribute_not_exists(pk)"}
         self._write(po, {"Put": put}, _incoming(po), {}, {})
 
-    def get(self, po_id: str) -> tuple[PurchaseOrder, frozenset[str]] | None:
+    def get(self, po_id: str) -> tuple[PurchaseOrder, dict[str, RecordedReceipt]] | None:
         item = self._client.get_item(TableName=self._table, Key=_po_key(po_id), ConsistentRead=True).get("Item")
         if not item:
             return None
-        return PurchaseOrder.model_validate_json(item["doc"]["S"]), frozenset(item.get("receipts", {}).get("M", {}))
+        receipts = {key: _recorded(value["S"]) for key, value in item.get("receipts", {}).get("M", {}).items()}
+        return PurchaseOrder.model_validate_json(item["doc"]["S"]), receipts
 
-    def update(self, po: PurchaseOrder, expected: PurchaseOrder, receipt: tuple[str, dict[str, int]] | None) -> None:
+    def update(self, po: PurchaseOrder, expected: PurchaseOrder, receipt: tuple[str, RecordedReceipt] | None) -> None:
         names = {"#doc": "doc", "#status": "status", "#version": "version"}
         values = {
             ":doc": po.model_dump_json(),
@@ -108,8 +115,8 @@ class DynamoPurchasing(PurchasingRepository):
         expression = "SET #doc = :doc, #status = :status, #version = :version"
         if receipt is not None:
             names["#receipt"] = receipt[0]
-            values[":now"] = timestamp(utc_now())
-            expression += ", receipts.#receipt = :now"
+            values[":receipt"] = receipt[1].model_dump_json(exclude_none=True)
+            expression += ", receipts.#receipt = :receipt"
         update = {
             "TableName": self._table,
             "Key": _po_key(po.id),
@@ -118,7 +125,9 @@ class DynamoPurchasing(PurchasingRepository):
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": to_item(values),
         }
-        self._write(po, {"Update": update}, _incoming(po), _incoming(expected), receipt[1] if receipt else {})
+        self._write(
+            po, {"Update": update}, _incoming(po), _incoming(expected), (receipt[1].units or {}) if receipt else {}
+        )
 
     def _write(
         self,

@@ -61,12 +61,16 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
     id of the crossing's own, so a redelivered record publishes the same event again (subscribers
     dedupe); the draft grows once per crossing (a marker in the same transaction) when available
     plus the units on open purchase orders, less what backordered orders still lack there, is
-    below the point: units already on order are not bought again, and the backorders' need is."""
+    below the point: units already on order are not bought again, and the backorders' need is (each
+    order's at one location with a reorder point for the sku, `core.sourcing.bought_at`)."""
     crossed = crossing_of(record)
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        waiting = container().backorder_allocator.waiting_for(crossed.sku, crossed.location_id)
+        # The other locations with a point for the sku: an order that may take it at several is bought for at one.
+        levels = container().inventory_repository.levels({crossed.sku})[crossed.sku]
+        buying = {level.location_id for level in levels if level.reorder is not None}
+        waiting = container().backorder_allocator.waiting_for(crossed.sku, crossed.location_id, buying)
         buys = crossed.to_buy(waiting)
         draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:

@@ -22,6 +22,7 @@ from core.purchasing import (
     PurchaseOrderFilter,
     PurchaseOrderLine,
     Receipt,
+    RecordedReceipt,
     VendorRequest,
 )
 from core.status import OrderStatus, PurchaseOrderStatus
@@ -112,6 +113,23 @@ def test_a_receipt_counts_once_per_key_and_an_over_receipt_counts_nothing(buyer:
     assert purchasing.get(po.id).lines[0].received_quantity == 2
 
 
+def test_a_receipt_kept_before_receipts_kept_their_bodies_is_still_counted_once(buyer: Shop):
+    # POs written before hold the time each receipt was counted under its key.
+    purchasing = buyer.container.purchasing
+    po = purchasing.receive(purchasing.create(new_po()).id, receipt(2), "new")
+    boto3.client("dynamodb", region_name="us-east-1").update_item(
+        TableName=buyer.container.config.catalog_table,
+        Key={"pk": {"S": "PURCHASE_ORDERS"}, "sk": {"S": po.id}},
+        UpdateExpression="SET receipts.#old = :at",
+        ExpressionAttributeNames={"#old": "old"},
+        ExpressionAttributeValues={":at": {"S": "2026-12-01T10:00:00.000000Z"}},
+    )
+
+    assert purchasing.receive(po.id, receipt(1), "old") == po
+    assert purchasing.receive(po.id, receipt(2), "new") == po
+    assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (2, 3)
+
+
 def test_a_create_whose_first_attempt_was_written_opens_no_second_po(buyer: Shop, monkeypatch):
     # The idempotency record is saved after the PO: a Lambda that died between the two leaves
     # none, and the retry runs the create again under the PO id its key names.
@@ -149,7 +167,9 @@ def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
     old = po.model_copy(update={"version": po.version - 1})
 
     with pytest.raises(StaleVersion):
-        repository.update(po.receive(receipt(5)), old, ("k", {"PREORDER": 5}))
+        repository.update(
+            po.receive(receipt(5)), old, ("k", RecordedReceipt(digest="d", version=2, units={"PREORDER": 5}))
+        )
     assert purchasing.get(po.id) == po and (at(buyer)["on_hand"], at(buyer)["incoming"]) == (0, 5)
 
 
@@ -420,3 +440,61 @@ def test_a_purchase_order_with_a_repeated_sku_or_another_currency_names_each_lin
         {"field": "lines[3].sku",
          "message": "Value error, lines[0] orders MUG already: each sku appears on one line"},
     ]  # fmt: skip
+
+
+def forget_idempotency_records() -> None:
+    """What DynamoDB's TTL does to the records powertools keeps for 24 h."""
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    table = os.environ["IDEMPOTENCY_TABLE"]
+    for item in dynamodb.scan(TableName=table, ProjectionExpression="id")["Items"]:
+        dynamodb.delete_item(TableName=table, Key={"id": item["id"]})
+
+
+def test_a_receipt_replayed_after_its_idempotency_record_expired_answers_as_the_first_time(api: InProcessApi):
+    """A warehouse system re-sends a batch of receipts a day later: the same key and body answer
+    the PO as the first receipt left it (the later receipt is not in it), the same key with another
+    body is 409, and neither counts a unit. Before, the replay answered the PO as it is now, and the
+    other body was answered 200 while its units were silently not received."""
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 10, "unit_cost": COST}]}  # fmt: skip
+    po = api.post("/purchase-orders", json=body).json()
+    receive = f"/purchase-orders/{po['id']}/receive"
+    key = {"Idempotency-Key": unique("receipt")}
+    first = api.post(receive, json={"lines": [{"sku": sku, "quantity": 2}]}, headers=key)
+    later = api.post(receive, json={"lines": [{"sku": sku, "quantity": 3}]}, headers={"Idempotency-Key": unique("r")})
+    assert first.status_code == later.status_code == 200, (first.text, later.text)
+    forget_idempotency_records()
+
+    other = api.post(receive, json={"lines": [{"sku": sku, "quantity": 4}]}, headers=key)
+    again = api.post(receive, json={"lines": [{"sku": sku, "quantity": 2}]}, headers=key)
+
+    assert_error(other, 409, "idempotency_key_reused")
+    assert again.status_code == 200 and again.json() == first.json()
+    assert (first.json()["version"], first.json()["lines"][0]["received_quantity"]) == (2, 2)
+    assert api.get(f"/purchase-orders/{po['id']}").json() == later.json()
+    stock = api.get(f"/inventory/{sku}").json()["locations"][0]
+    assert (stock["on_hand"], stock["incoming"]) == (5, 5)
+
+
+def test_a_create_replayed_after_its_idempotency_record_expired_answers_the_po_as_it_was_made(api: InProcessApi):
+    # Before, the replay answered the PO as it is now: received, a later version, another status.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 4, "unit_cost": COST}]}  # fmt: skip
+    headers = {"Idempotency-Key": unique("po")}
+    first = api.post("/purchase-orders", json=body, headers=headers)
+    received = api.post(f"/purchase-orders/{first.json()['id']}/receive", json={"lines": [{"sku": sku, "quantity": 4}]})
+    assert first.status_code == 201 and received.json()["status"] == "received", (first.text, received.text)
+    forget_idempotency_records()
+
+    again = api.post("/purchase-orders", json=body, headers=headers)
+
+    assert again.status_code == 201 and again.json() == first.json()
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 4

@@ -286,6 +286,49 @@ def test_an_open_order_that_covers_the_point_but_not_the_backorders_still_reorde
     assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]  # the 28 are on order
 
 
+def two_warehouses(buyer: Buyer, west_point: bool = True) -> None:
+    """MUG (backorderable) at wh-east and wh-west, 10 each, with a reorder point at wh-east and,
+    unless told otherwise, at wh-west (same point, same vendor)."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.catalog_repository.put_location(location("wh-west", latitude=37.8, longitude=-122.3))
+    buyer.stock()
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-west", 10, reason="stock_take")
+    buyer.point()
+    if west_point:
+        settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+        buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", settings)
+
+
+def drafted(buyer: Buyer) -> dict[str, int]:
+    return {draft.location_id: sum(line.quantity for line in draft.lines) for draft in buyer.drafts()}
+
+
+def test_an_order_backordered_across_two_points_is_bought_for_once(buyer: Buyer):
+    """An order of 40 takes the 10 at each warehouse and waits for 20: both fall below their
+    points, and each crossing counted the 20 as its own, so the drafts bought 40 for them (20 + 20
+    on top of each reorder_quantity). They are bought once, at the location that holds the most of
+    the order's units (a tie: the first by id), where a fill tops the order up first."""
+    two_warehouses(buyer)
+    backordered(buyer, 40, "big")  # 10 -> 0 at each: both crossed, 20 units still lacking
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20 + 20, "wh-west": 20}
+
+
+def test_the_demand_is_bought_where_a_reorder_point_buys_it(buyer: Buyer):
+    # wh-east would come first, but only wh-west has a point: wh-west buys the 20 the order lacks.
+    two_warehouses(buyer, west_point=False)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", settings)
+    backordered(buyer, 40, "big")
+
+    buyer.consume(buyer.stream.records())
+
+    assert drafted(buyer) == {"wh-west": 20 + 20}
+
+
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
     buyer.stock()
     buyer.point()

@@ -23,7 +23,7 @@ from core.ports import WaitingOrder, WorkflowStarter
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
-from tests.builders import NOW, place_order, product
+from tests.builders import NOW, address_body, place_order, product
 from tests.unit.world import RecordsBookings, World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -945,6 +945,36 @@ def test_the_view_is_never_stored(setup):
     assert "awaiting_stock" not in shown.stored_json()
     assert "awaiting_stock" not in shown.model_copy(update={"status_since": NOW}).stored_json()  # the slow path
     assert Order.model_validate_json(shown.stored_json()).awaiting_stock is None
+
+
+# --- The demand a reorder point buys for -------------------------------------------------------------
+
+BOTH = {"wh-east", "wh-west"}  # the locations with a reorder point for PREORDER
+
+
+def demand(allocator: BackorderAllocator, buying: set[str]) -> dict[str, int]:
+    return {loc: allocator.waiting_for("PREORDER", loc, buying - {loc}) for loc in sorted(buying)}
+
+
+def test_an_order_that_may_take_units_at_two_points_is_counted_at_the_one_it_ships_from(setup):
+    """It holds the 1 PREORDER of wh-west and lacks 2: each point counted the 2 as its own, and
+    the drafts of both bought them; a fill tops it up at wh-west first."""
+    world, allocator, _ = setup
+    backordered(world, ("PREORDER", 3))
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+    assert demand(allocator, {"wh-east"}) == {"wh-east": 2}  # the only point buys it
+
+
+def test_an_order_holding_nothing_is_counted_at_the_nearest_point_else_the_first_by_id():
+    world, allocator, _ = make_world([])
+    near_reno = address_body(latitude=39.6, longitude=-119.9)
+    backordered(world, ("PREORDER", 2), shipping_address=near_reno)
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+    world, allocator, _ = make_world([])
+    backordered(world, ("PREORDER", 2))  # no coordinates: no distance to compare
+    assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
 
 
 # --- The state machine ----------------------------------------------------------------------------

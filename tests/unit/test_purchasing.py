@@ -8,9 +8,19 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from core.errors import InvalidRequest, InvalidTransition
+from core.errors import Conflict, InvalidRequest, InvalidTransition
 from core.money import Money
-from core.purchasing import INCOMING, NewPurchaseOrder, PurchaseOrder, PurchaseOrderLine, Receipt
+from core.purchasing import (
+    INCOMING,
+    MAX_RECEIPT_BYTES,
+    NewPurchaseOrder,
+    PurchaseOrder,
+    PurchaseOrderLine,
+    Receipt,
+    RecordedReceipt,
+    counted_again,
+    record_of,
+)
 from core.status import PURCHASE_ORDER_TRANSITIONS, PurchaseOrderStatus, check_purchase_order_step
 from tests.builders import NOW
 
@@ -100,6 +110,71 @@ def test_a_partly_received_po_may_be_cancelled_but_a_received_one_not():
     assert a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel().status is PO.CANCELLED
     with pytest.raises(InvalidTransition):
         a_po(PO.RECEIVED, MUG=5, CUP=2).cancel()
+
+
+def receipts_counted(po: PurchaseOrder, *receipts: tuple[str, Receipt]) -> tuple[PurchaseOrder, dict, list]:
+    """`po` after each receipt in turn, the receipts it keeps by key, and each one's answer."""
+    kept: dict[str, RecordedReceipt] = {}
+    answers = []
+    for key, each in receipts:
+        received = po.receive(each)
+        kept[key] = record_of(each, received, key, kept)
+        po = received
+        answers.append(po)
+    return po, kept, answers
+
+
+def test_a_receipt_sent_again_answers_the_po_as_it_left_it_whatever_came_after():
+    first, second = receipt(("MUG", 2)), receipt(("MUG", 3), ("CUP", 2))
+    po, kept, answers = receipts_counted(a_po(), ("k1", first), ("k2", second))
+    cancelled = a_po(PO.CANCELLED, MUG=4, CUP=1).model_copy(update={"version": 9})  # and more since
+
+    assert counted_again(po, kept, "k1", first) == answers[0]
+    assert counted_again(cancelled, kept, "k1", first) == answers[0]
+    assert counted_again(po, kept, "k2", second) == answers[1] == po
+    assert answers[1].status is PO.RECEIVED and answers[0].status is PO.PARTIALLY_RECEIVED
+
+
+def test_a_key_sent_again_with_another_body_is_409_however_late():
+    first = receipt(("MUG", 2))
+    po, kept, _ = receipts_counted(a_po(), ("k1", first))
+
+    for other in (receipt(("MUG", 3)), receipt(("CUP", 2)), receipt(("MUG", 1), ("MUG", 1))):
+        with pytest.raises(Conflict) as reused:
+            counted_again(po, kept, "k1", other)
+        assert reused.value.code == "idempotency_key_reused"
+
+
+def test_a_key_kept_before_receipts_kept_their_bodies_answers_the_po_as_it_is():
+    # Counted once all the same: only the answer cannot be rebuilt.
+    po, kept, _ = receipts_counted(a_po(), ("k1", receipt(("MUG", 2))))
+    kept["old"] = RecordedReceipt()
+
+    assert counted_again(po, kept, "old", receipt(("CUP", 1))) == po
+    assert counted_again(po, kept, "k1", receipt(("MUG", 2))) == po
+
+
+def test_the_receipts_a_po_keeps_are_bounded_and_one_past_the_bound_is_409(monkeypatch):
+    # Unbounded, a PO received a carton at a time outgrew DynamoDB's 400 KB item and every later
+    # receipt or cancel of it failed.
+    po, kept, _ = receipts_counted(a_po(), ("k1", receipt(("MUG", 1))), ("k2", receipt(("MUG", 1))))
+    one = receipt(("CUP", 1))
+    fits = record_of(one, po.receive(one), "k3", kept)
+    monkeypatch.setattr("core.purchasing.MAX_RECEIPT_BYTES", sum(r.size(k) for k, r in kept.items()) + fits.size("k3"))
+
+    assert record_of(one, po.receive(one), "k3", kept) == fits
+    with pytest.raises(Conflict) as full:
+        record_of(one, po.receive(one), "k30", kept)
+    assert full.value.code == "too_many_receipts"
+
+
+def test_the_longest_po_and_the_receipts_it_keeps_fit_one_dynamodb_item():
+    cost = Money.of("999999999999.99", "USD")
+    lines = [PurchaseOrderLine(sku=f"{n:02d}" + "S" * 126, quantity=10**9, received_quantity=10**9, unit_cost=cost)
+             for n in range(99)]  # fmt: skip
+    po = a_po().model_copy(update={"lines": lines, "vendor_id": "V" * 128, "location_id": "L" * 128})
+
+    assert len(po.model_dump_json()) + MAX_RECEIPT_BYTES < 350_000  # 400 KB less the keys and attributes' names
 
 
 def test_a_receipt_adds_up_lines_of_the_same_sku():

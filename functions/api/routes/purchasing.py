@@ -141,8 +141,10 @@ def cancel_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     summary="Receive units of an open purchase order into stock at its location",
     description="One transaction adds the units to on hand (and available) at the PO's location, lowers its "
     "incoming, and records the received quantities; the rise of available then allocates waiting backorders. "
-    "More than ordered minus received is 422 `over_receipt`, and nothing is counted. A receipt retried with "
-    "the same Idempotency-Key is counted once.",
+    "More than ordered minus received is 422 `over_receipt`, and nothing is counted. A receipt sent again with "
+    "the same Idempotency-Key, however late, is counted once: the same body answers the purchase order as that "
+    "receipt left it, another body is 409 `idempotency_key_reused`. A purchase order keeps a few thousand "
+    "receipts (256 KiB of them): past that a receipt is 409 `too_many_receipts`.",
     responses={**ok(200, PurchaseOrder, "The purchase order after the receipt"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
@@ -150,8 +152,9 @@ def receive_purchase_order(
     po_id: PurchaseOrderIdPath, request: Receipt, idempotency_key: IdempotencyKey = None
 ) -> PurchaseOrder:
     who = caller(router)
-    # The receipt's own key, derived from the client's: a retry whose first attempt was written
-    # but whose answer was lost finds it on the PO and counts nothing twice.
+    # The receipt's own key, derived from the client's and kept on the PO: a retry whose first
+    # attempt was written but whose answer was lost, or one sent after the idempotency record
+    # expired, finds it there and counts nothing twice.
     receipt_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else new_id("rcp")
 
     def receive() -> dict[str, Any]:
