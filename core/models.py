@@ -1749,10 +1749,7 @@ class Order(BaseModel, defer_build=True):
         return self._requested(CaptureRequest(amount=amount, authorization=self.payment.authorization), at=at)
 
     def _requested(self, request: CaptureRequest, *, at: datetime) -> Bookkeeping:
-        new = _replaced(self, captures_requested=[*self.captures_requested, request], version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, captures_requested=[*self.captures_requested, request])
 
     def withdraw_capture_request(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Take a capture request back from its ship before the order changes under it: the ship may
@@ -1797,11 +1794,7 @@ class Order(BaseModel, defer_build=True):
         if self.authorization_requested is not None:
             raise InvalidTransition(f"an authorization for an edit of order {self.id} is requested already")
         request = AuthorizationRequest(edit_of=self.version, amount=amount)
-        new = _replaced(
-            self, authorization_requested=request, version=self.version + 1, updated_at=at, changed_before_mark=None
-        )
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, authorization_requested=request)
 
     def withdraw_reauthorization(self, *, at: datetime) -> Bookkeeping:
         """Take the requested authorization back from its edit before it is voided: the edit may no
@@ -1810,10 +1803,7 @@ class Order(BaseModel, defer_build=True):
         request = self.authorization_requested
         if request is None or request.withdrawn:
             raise InvalidTransition(f"no authorization for an edit of order {self.id} is waiting to be recorded")
-        new = _replaced(self, authorization_requested=_replaced(request, withdrawn=True), version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, authorization_requested=_replaced(request, withdrawn=True))
 
     def record_reauthorization_voided(
         self, authorization: str | None, reference: str | None, *, at: datetime, actor: str
@@ -1825,11 +1815,7 @@ class Order(BaseModel, defer_build=True):
         if request is None:
             raise InvalidTransition(f"no authorization for an edit of order {self.id} is requested")
         if authorization is None:
-            new = _replaced(
-                self, authorization_requested=None, version=self.version + 1, updated_at=at, changed_before_mark=None
-            )
-            check_successor(self, new)
-            return new, None
+            return self._bookkeeping(at=at, authorization_requested=None)
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": authorization, "reference": reference,
@@ -1857,11 +1843,9 @@ class Order(BaseModel, defer_build=True):
         Bookkeeping, as request_capture."""
         if self.renewing_authorization is not None or not self.payment.authorization:
             raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
-        new = _replaced(self, renewing_authorization=self.payment.authorization,
-                        renewal_declined_before=declined_before, version=self.version + 1, updated_at=at,
-                        changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(
+            at=at, renewing_authorization=self.payment.authorization, renewal_declined_before=declined_before
+        )
 
     def renew_authorization(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
@@ -1904,10 +1888,7 @@ class Order(BaseModel, defer_build=True):
         gateway declined it (in the history), or what it made was released. Bookkeeping."""
         if self.renewing_authorization is None:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization")
-        new = _replaced(self, renewing_authorization=None, renewal_declined_before=0, version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, renewing_authorization=None, renewal_declined_before=0)
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
@@ -2100,6 +2081,13 @@ class Order(BaseModel, defer_build=True):
             )
 
     # --- Deciding ----------------------------------------------------------------------------
+    def _bookkeeping(self, *, at: datetime, **changes: Any) -> Bookkeeping:
+        """The next version with `changes` to the system's own fields and no history entry
+        (Bookkeeping): written, as every change, on the condition of this version."""
+        new = _replaced(self, **changes, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        check_successor(self, new)
+        return new, None
+
     def _next(
         self,
         *,
@@ -2178,9 +2166,7 @@ class Order(BaseModel, defer_build=True):
         owed = self._own_void_owed_after(operation, kind, detail or {})
         if owed is None or owed == self.own_void_owed:
             return noted
-        new = _replaced(self, own_void_owed=owed, version=self.version + 1, updated_at=at, changed_before_mark=None)
-        check_successor(self, new)
-        return new, noted[1]
+        return self._bookkeeping(at=at, own_void_owed=owed)[0], noted[1]
 
     def _own_void_owed_after(self, operation: str, kind: str, detail: dict[str, Any]) -> bool | None:
         """Whether a failed attempt at settling this cancelled (or payment_failed) order's own
@@ -2230,18 +2216,14 @@ class Order(BaseModel, defer_build=True):
             owed = owed if said is None else said
         if not owed:
             return None
-        new = _replaced(self, own_void_owed=True, version=self.version + 1, updated_at=at, changed_before_mark=None)
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, own_void_owed=True)
 
     def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
         """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its
         unpaid payment's keys may hold was released. Bookkeeping; None when nothing was owed."""
         if not self.own_void_owed:
             return None
-        new = _replaced(self, own_void_owed=False, version=self.version + 1, updated_at=at, changed_before_mark=None)
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, own_void_owed=False)
 
     def authorize(
         self, amount: Money, reference: str, *, at: datetime, actor: str, keys_given_up: list[str] | None = None
@@ -2276,12 +2258,7 @@ class Order(BaseModel, defer_build=True):
             PaymentStatus.PENDING, PaymentStatus.DECLINED
         ):  # fmt: skip
             return None
-        new = _replaced(
-            self, authorization_keys_given_up=[*self.authorization_keys_given_up, key], version=self.version + 1,
-            updated_at=at, changed_before_mark=None,
-        )  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, authorization_keys_given_up=[*self.authorization_keys_given_up, key])
 
     def record_given_up_keys_released(self, keys: list[str], *, at: datetime) -> Bookkeeping | None:
         """The keys of `authorization_keys_given_up` in `keys` are settled (each release is in the
@@ -2290,11 +2267,7 @@ class Order(BaseModel, defer_build=True):
         left = [key for key in self.authorization_keys_given_up if key not in keys]
         if left == self.authorization_keys_given_up:
             return None
-        new = _replaced(
-            self, authorization_keys_given_up=left, version=self.version + 1, updated_at=at, changed_before_mark=None
-        )
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, authorization_keys_given_up=left)
 
     def waits_for_authorization_on_hold(self) -> bool:
         """Held while pending, nothing authorized yet."""
@@ -2927,11 +2900,7 @@ class Order(BaseModel, defer_build=True):
 
         unrecorded = [booking for booking in self.unrecorded_bookings if not_replaced(booking)]
         owed = [booking for booking in self.bookings_to_cancel if not_replaced(booking)]
-        new = _replaced(self, bookings_to_cancel=[*owed, *given_up],
-                        unrecorded_bookings=[*unrecorded, *kept], version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, bookings_to_cancel=[*owed, *given_up], unrecorded_bookings=[*unrecorded, *kept])
 
     def _unrecorded_judged(self, bookings: list[GivenUpBooking]) -> tuple[list[GivenUpBooking], list[GivenUpBooking]]:
         """Of bookings no version recorded, those a retried step will ask for again under their key
@@ -3100,10 +3069,7 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"return {return_id} has claimed the shipping already")
         if amount.currency != self.currency or amount.amount <= 0:
             raise InvalidTransition(f"a shipping claim is a positive amount in {self.currency}")
-        new = _replaced(self, shipping_claims={**self.shipping_claims, return_id: amount}, version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, shipping_claims={**self.shipping_claims, return_id: amount})
 
     def release_shipping_claim(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
         """Return `return_id`'s exchange was given up before its replacement was placed: the shipping
@@ -3112,9 +3078,7 @@ class Order(BaseModel, defer_build=True):
         if return_id not in self.shipping_claims:
             return None
         claims = {key: amount for key, amount in self.shipping_claims.items() if key != return_id}
-        new = _replaced(self, shipping_claims=claims, version=self.version + 1, updated_at=at, changed_before_mark=None)
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, shipping_claims=claims)
 
     def hold_credit(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
         """`amount` of the captured money is return `return_id`'s exchange credit, written before the
@@ -3124,10 +3088,7 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"return {return_id} holds its credit already")
         if amount.currency != self.currency or amount.is_negative():
             raise InvalidTransition(f"a credit is a non-negative amount in {self.currency}")
-        new = _replaced(self, credit_holds={**self.credit_holds, return_id: amount}, version=self.version + 1,
-                        updated_at=at, changed_before_mark=None)  # fmt: skip
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount})
 
     def release_credit(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
         """Return `return_id`'s exchange was given up: what its credit held (hold_credit) may be
@@ -3135,9 +3096,7 @@ class Order(BaseModel, defer_build=True):
         if return_id not in self.credit_holds:
             return None
         holds = {key: amount for key, amount in self.credit_holds.items() if key != return_id}
-        new = _replaced(self, credit_holds=holds, version=self.version + 1, updated_at=at, changed_before_mark=None)
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, credit_holds=holds)
 
     def hold_placed_credits(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
         """The credits of the exchanges placed before their credit was held (hold_credit), held
@@ -3154,9 +3113,7 @@ class Order(BaseModel, defer_build=True):
             holds[return_id] = self._placed_hold(Money.model_validate(detail["credit"]))
         if holds == self.credit_holds:
             return None
-        new = _replaced(self, credit_holds=holds, version=self.version + 1, updated_at=at, changed_before_mark=None)
-        check_successor(self, new)
-        return new, None
+        return self._bookkeeping(at=at, credit_holds=holds)
 
     def _placed_hold(self, credit: Money) -> Money:
         """What a replacement placed without its credit held holds of this order: its `credit`,
