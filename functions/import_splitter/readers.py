@@ -273,7 +273,7 @@ class OrderFile(FileOrders):
             # The header is checked now, so that an unusable one fails the file before any order.
             rows = _csv_rows(lines, (separator_of(first) if first is not None else None) or ",")
             header = next(rows, None)
-            self._orders = _csv_orders(rows, _header(header)) if header is not None else iter(())
+            self._orders = _csv_orders(rows, _header(header), header.line) if header is not None else iter(())
         else:
             self._orders = _jsonl_orders(lines)
 
@@ -599,7 +599,7 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
     return order_line, None
 
 
-def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
+def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Iterator[FileOrder]:
     width = len(names)
     unnamed = [index for index, name in enumerate(names) if not name]
     closed: set[int] = set()  # the fingerprints of the orders finished so far
@@ -639,6 +639,15 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
             yield FileOrder(row.line, None, error=row.error)
             if current is not None and unreadable is None:
                 unreadable = row.error
+            continue
+        if _repeats_header(row.cells, names):
+            # Two exports joined into one file: the second's header is no order. The rows on either
+            # side are read as if it were not there (an order they share stays one order).
+            message = (
+                f"this line repeats the CSV header of line {header_line} (files joined together?): "
+                "it is skipped, and the rows around it are read"
+            )
+            yield FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
             continue
         cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
         channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
@@ -718,6 +727,18 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
         current.line_numbers.append(row.line)
     if current is not None:
         yield current.closed()
+
+
+def _repeats_header(cells: list[str], names: list[str]) -> bool:
+    """Whether a row is the header again, read as the header is (cells trimmed, any case; the
+    empty cells a spreadsheet adds at the end of a line do not count)."""
+    row = [cell.strip().lower() for cell in cells]
+    while row and not row[-1]:
+        row.pop()
+    header = list(names)
+    while header and not header[-1]:
+        header.pop()
+    return row == header
 
 
 def _reopened(line: int, key: tuple[str, str]) -> LineError:

@@ -311,6 +311,41 @@ def test_a_header_that_is_not_utf8_fails_the_file_naming_the_encoding():
     assert "line 1 is not UTF-8" in failure.value.message
 
 
+def test_a_header_repeated_by_joining_two_exports_is_skipped_and_reported_once_on_its_line():
+    # Read as an order line, the header failed with "quantity must be a whole number".
+    data = csv_file(row("ext-1"), row("ext-2"), HEADER, row("ext-3"), row("ext-4"))
+
+    orders = read(data)
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [
+        (2, "ext-1"),
+        (3, "ext-2"),
+        (5, "ext-3"),
+        (6, "ext-4"),
+    ]
+    assert errors_of(orders) == [(4, None, "repeated_header")]
+    assert "repeats the CSV header of line 1" in error_on(orders, 4).message
+
+
+def test_a_repeated_header_is_read_as_the_header_is_trimmed_in_any_case_with_trailing_empty_cells():
+    repeated = ", ".join(name.upper() for name in COLUMNS) + ",,"
+
+    orders = read(csv_file(row("ext-1"), repeated, row("ext-2")))
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-2"]
+
+
+def test_an_order_whose_rows_a_repeated_header_separates_stays_one_order():
+    orders = read(csv_file(row("ext-1"), HEADER, row("ext-1", "MUG"), row("ext-2")))
+
+    assert [(o.line, o.external_id, o.line_numbers) for o in orders if o.error is None] == [
+        (2, "ext-1", (2, 4)),
+        (5, "ext-2", (5,)),
+    ]
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+
+
 def test_a_header_only_file_has_no_orders():
     assert read(f"{HEADER}\n".encode()) == []
 
