@@ -109,30 +109,21 @@ class PhysicalLine:
 def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[PhysicalLine]:
     """Lines split on "\\n", "\\r\\n" or a bare "\\r" (old Mac and some spreadsheet exports end
     lines so; each ending stays on its line for the CSV parser), numbered from 1, decoded as UTF-8
-    one at a time. A leading byte order mark is dropped."""
+    one at a time. A byte order mark starting a line is dropped: the file's own, and those of the
+    files joined after it (invisible in an editor, it would end up in the line's first cell)."""
     pending = bytearray()
     number = 0
     skipping = False  # inside a line already reported as too long
-    first = True
 
     def decoded(raw: bytes) -> PhysicalLine:
-        nonlocal first
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            lossy = raw.decode("utf-8", errors="replace")
-            if first:
-                lossy = lossy.removeprefix("\ufeff")
-            first = False
+            lossy = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
             return PhysicalLine(number, None, "invalid_encoding", lossy=lossy)
-        if first:
-            text = text.removeprefix("\ufeff")
-            first = False
-        return PhysicalLine(number, text)
+        return PhysicalLine(number, text.removeprefix("\ufeff"))
 
     def too_long(start: bytes) -> PhysicalLine:
-        nonlocal first
-        first = False
         return PhysicalLine(number, None, "line_too_long", lossy=start.decode("utf-8", errors="replace"))
 
     def line_end(start: int, last_chunk: bool) -> int:
@@ -145,7 +136,7 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
         return match.end()
 
     def lines(last_chunk: bool) -> Iterator[PhysicalLine]:
-        nonlocal number, skipping, first
+        nonlocal number, skipping
         start = 0
         while True:
             end = line_end(start, last_chunk)

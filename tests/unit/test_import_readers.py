@@ -346,6 +346,19 @@ def test_an_order_whose_rows_a_repeated_header_separates_stays_one_order():
     assert errors_of(orders) == [(3, None, "repeated_header")]
 
 
+def test_a_byte_order_mark_where_a_joined_file_starts_is_dropped_like_the_files_own():
+    # Kept, it was in the first cell: the header was read as an order, a row's channel "\ufeffweb"
+    # failed validation on a character no editor shows.
+    first = b"\xef\xbb\xbf" + csv_file(row("ext-1"), newline="\r\n")
+    with_header = b"\xef\xbb\xbf" + csv_file(row("ext-2"), newline="\r\n")
+    rows_only = b"\xef\xbb\xbf" + f"{row('ext-3')}\r\n".encode()
+
+    orders = read(first + with_header + rows_only)
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [(o.line, o.body["channel"]) for o in orders if o.error is None] == [(2, "web"), (4, "web"), (5, "web")]
+
+
 def test_a_header_only_file_has_no_orders():
     assert read(f"{HEADER}\n".encode()) == []
 
@@ -630,6 +643,15 @@ def nested(depth: int) -> object:
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_jsonl_files_joined_together_keep_no_byte_order_mark_on_the_line_where_one_starts():
+    data = b"\xef\xbb\xbf" + jsonl({"external_id": "ext-1"}) + b"\xef\xbb\xbf" + jsonl({"external_id": "ext-2"})
+
+    orders = read(data, "orders.jsonl")
+
+    assert errors_of(orders) == []
+    assert [(o.line, o.external_id) for o in orders] == [(1, "ext-1"), (2, "ext-2")]
 
 
 def test_jsonl_with_bare_cr_line_endings_reads_every_line():
