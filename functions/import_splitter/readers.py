@@ -399,10 +399,11 @@ class _Row:
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines and has not the header's number of cells: a quote never closed) becomes an
-    error on its first line (with the cells that line shows whole, which may say whose row it is),
-    and the lines after that one are parsed again with a fresh parser, so that one bad line costs
-    only its own row."""
+    or it spans lines, has not the header's number of cells and a row of them starts on its second
+    line: a quote never closed) becomes an error on its first line (with the cells that line shows
+    whole, which may say whose row it is), and the lines after that one are parsed again with a
+    fresh parser, so that one bad line costs only its own row. A record spanning lines with the
+    wrong number of cells and no row inside is one row, and is yielded as read."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -452,7 +453,7 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
             continue  # a blank line, or a row of empty cells as spreadsheets export them
         if width is None:
             width = len(cells)
-        elif spanned > 1 and len(cells) != width:
+        elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
             message = (
                 f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
                 f"{spanned} lines where the header has {width}); the lines after it are read as rows"
@@ -466,6 +467,20 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
             reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
         yield _Row(start, cells=cells, lines=spanned)
+
+
+def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:
+    """Whether the first non-blank of the lines after a record's first is a row of the header's
+    width on its own: then the record's quote was never closed and swallowed rows. Otherwise it is
+    one row whose quoted cell holds line breaks, only with a cell too many or too few."""
+    text = next((line.text for line in lines if line.text is not None and line.text.strip()), None)
+    if text is None:
+        return False
+    try:
+        cells = next(csv.reader([text], delimiter=separator, strict=False), [])
+    except csv.Error:
+        return False
+    return len(cells) == width
 
 
 def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
@@ -676,11 +691,11 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 current.reject(_reopened(row.line, key))
         current.rows += 1
         if len(row.cells) != width:
-            current.reject(
-                LineError(
-                    row.line, external_id, "malformed_row", f"{len(row.cells)} cells where the header has {width}"
-                )
-            )
+            message = f"{len(row.cells)} cells where the header has {width}"
+            if row.lines > 1:
+                last = row.line + row.lines - 1
+                message += f" (the row runs on to line {last}: a quoted cell in it holds a line break)"
+            current.reject(LineError(row.line, external_id, "malformed_row", message))
             continue
         told = next((index for index in unnamed if row.cells[index].strip()), None)
         if told is not None:

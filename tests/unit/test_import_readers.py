@@ -531,6 +531,28 @@ def test_a_quoted_line_break_with_the_right_cells_is_still_one_row():
     assert [(o.line, o.external_id) for o in orders] == [(2, "ext-1"), (4, "ext-2")]
 
 
+@pytest.mark.parametrize("cells", ["short", "long"])
+def test_a_row_with_a_line_break_in_a_cell_and_a_cell_too_few_or_many_is_one_malformed_row(cells: str):
+    # Taken for an unclosed quote: the error said a quote was not closed (it was), and the row's
+    # second line, read as a row of its own, was a second error naming "San Francisco".
+    multi_line = row("ext-2", ship_line2='"Floor 3\nRing twice"')
+    multi_line = multi_line.rsplit(",", 1)[0] if cells == "short" else multi_line + ",extra"
+
+    orders = read(csv_file(row("ext-1"), multi_line, row("ext-3")))
+
+    assert errors_of(orders) == [(3, "ext-2", "malformed_row")]
+    assert "the row runs on to line 4: a quoted cell in it holds a line break" in error_on(orders, 3).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (5, "ext-3")]
+
+
+def test_an_error_on_a_row_after_a_line_break_in_a_cell_names_the_line_an_editor_shows():
+    orders = read(
+        csv_file(row("ext-1", ship_line2='"Floor 3\r\nRing twice"'), row("ext-1", "MUG", "x"), newline="\r\n")
+    )
+
+    assert errors_of(orders) == [(4, "ext-1", "invalid_number")]
+
+
 def test_a_header_with_an_unclosed_quote_fails_the_file_naming_its_line():
     data = b"\n" + csv_file(row("ext-1")).replace(b"channel", b'"channel', 1)
 
