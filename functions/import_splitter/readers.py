@@ -204,6 +204,13 @@ def separator_of(header: str) -> str | None:
     return None
 
 
+def _empty(name: str) -> ImportFileError:
+    return ImportFileError(
+        "empty_file",
+        f"{name.rsplit('/', 1)[-1] or name} is empty (no text but blank lines): there is nothing to import",
+    )
+
+
 def _unknown_format(name: str, extension: str, first_line: str | None) -> ImportFileError:
     if extension and extension not in SNIFFED_EXTENSIONS:
         return ImportFileError(
@@ -213,7 +220,11 @@ def _unknown_format(name: str, extension: str, first_line: str | None) -> Import
         return ImportFileError(
             "unknown_format", "a JSON array cannot be imported: send JSON Lines, one order object per line"
         )
-    what = "an empty file" if first_line is None else "neither a CSV header with channel and external_id nor JSON"
+    what = (
+        "no line of text at its start"
+        if first_line is None
+        else "neither a CSV header with channel and external_id nor JSON"
+    )
     return ImportFileError(
         "unknown_format", f"cannot tell the format of {name.rsplit('/', 1)[-1] or name}: {what} (send .csv or .jsonl)"
     )
@@ -244,16 +255,22 @@ class OrderFile(FileOrders):
     """The orders of one file, read lazily: `format` is known on construction (it may read ahead
     to the first non-blank line), then iterating yields a FileOrder per order.
 
-    Raises ImportFileError on construction for an unknown format or an unusable CSV header."""
+    Raises ImportFileError on construction for an empty file, an unknown format or an unusable
+    CSV header."""
 
     def __init__(self, chunks: Iterable[bytes], name: str):
         self._lines = physical_lines(_plain_text(chunks))
         self._peeked: list[PhysicalLine] = []
         extension = extension_of(name)
         fmt = EXTENSIONS.get(extension)
-        sniffed = fmt is None and extension in SNIFFED_EXTENSIONS
-        # A CSV file's first line is read ahead for its separator.
-        first = self._first_text_line() if fmt == CSV or sniffed else None
+        if fmt is None and extension not in SNIFFED_EXTENSIONS:
+            raise _unknown_format(name, extension, None)
+        # Read ahead: a CSV file's first line for its separator, a file named neither way's for its
+        # format, any file's for whether there is anything in it at all.
+        first = self._first_text_line(past_unreadable=fmt != JSONL)
+        if first is None and len(self._peeked) <= 1000 and all(line.text is not None for line in self._peeked):
+            # Nothing to import: most likely an export or an upload that failed, never "0 orders".
+            raise _empty(name)
         if fmt is None:
             fmt = format_from_content(first) if first is not None else None
             if fmt is None:
@@ -264,15 +281,21 @@ class OrderFile(FileOrders):
             # The header is checked now, so that an unusable one fails the file before any order.
             rows = _csv_rows(lines, (separator_of(first) if first is not None else None) or ",")
             header = next(rows, None)
-            self._orders = _csv_orders(rows, _header(header), header.line) if header is not None else iter(())
+            if header is None:  # only rows of empty cells
+                raise _empty(name)
+            self._orders = _csv_orders(rows, _header(header), header.line)
         else:
             self._orders = _jsonl_orders(lines)
 
-    def _first_text_line(self) -> str | None:
+    def _first_text_line(self, past_unreadable: bool) -> str | None:
+        """The first line that is not blank, or None; an unreadable line stops the search unless
+        `past_unreadable`."""
         for line in self._lines:
             self._peeked.append(line)
             if line.text is not None and line.text.strip():
                 return line.text
+            if line.text is None and not past_unreadable:
+                return None
             if len(self._peeked) > 1000:  # blank or unreadable as far as we looked
                 return None
         return None

@@ -219,6 +219,7 @@ def test_a_key_with_spaces_arrives_url_encoded_and_is_read(stack: ImportAws):
         ("incoming/orders.xlsx", b"PK\x03\x04", "unknown_format"),
         ("incoming/orders", b"just some text\n", "unknown_format"),
         ("incoming/orders.csv", b"order,id\n1,2\n", "invalid_header"),
+        ("incoming/orders.csv", b"", "empty_file"),
     ],
 )
 def test_a_file_of_unknown_format_fails_the_import_with_a_clear_error(stack: ImportAws, key: str, data: bytes, code):

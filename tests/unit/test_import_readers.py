@@ -712,7 +712,6 @@ def test_the_format_comes_from_the_extension_or_else_from_the_content(name: str,
         ("incoming/orders.xlsx", csv_file(row()), ".xlsx files cannot be imported"),
         ("incoming/orders", b"order,id\n1,2\n", "cannot tell the format"),
         ("incoming/orders.json", b'[{"external_id": "ext-1"}]', "JSON array"),
-        ("incoming/orders", b"", "empty file"),
     ],
 )
 def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, mentions: str):
@@ -721,6 +720,37 @@ def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, ment
 
     assert failure.value.code == "unknown_format"
     assert mentions in failure.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("incoming/orders.csv", b""),
+        ("incoming/orders.csv", b"\n\r\n  \n"),
+        ("incoming/orders.csv", b"\xef\xbb\xbf,,,\r\n,,,\r\n"),
+        ("incoming/orders.jsonl", b""),
+        ("incoming/orders.jsonl", b"\xef\xbb\xbf\n\n"),
+        ("incoming/orders", b""),
+    ],
+)
+def test_an_empty_file_fails_as_a_whole_saying_so(name: str, data: bytes):
+    # The import completed with 0 orders (an upload or export that failed looked like a success),
+    # or failed as "unknown_format".
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 5), name)
+
+    assert failure.value.code == "empty_file"
+    assert (
+        failure.value.message
+        == f"{name.rsplit('/', 1)[-1]} is empty (no text but blank lines): there is nothing to import"
+    )
+
+
+def test_a_jsonl_file_whose_first_line_cannot_be_read_is_not_empty():
+    orders = read(b"\xfa\xfb\n" + jsonl({"external_id": "ext-1"}), "orders.jsonl")
+
+    assert errors_of(orders) == [(1, None, "invalid_encoding")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
 
 
 @pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv", "incoming/orders"])
