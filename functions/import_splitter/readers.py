@@ -334,9 +334,17 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
             # The rules of POST /orders bodies: a line nested past them would raise, not fail alone.
             body = strict_json.loads(line.text, top_level_object=False)
         except strict_json.StrictJsonError as error:
-            yield FileOrder(
-                line.number, None, error=LineError(line.number, None, "malformed_json", f"the line {error}")
-            )
+            before_comma = _object_before_comma(line.text)
+            if before_comma is None:
+                problem = LineError(line.number, None, "malformed_json", f"the line {error}")
+            else:
+                external_id = before_comma.get("external_id")
+                external_id = external_id if isinstance(external_id, str) else None
+                message = (
+                    "the line has a comma after its object: JSON Lines puts one object on each line, with no comma"
+                )
+                problem = LineError(line.number, external_id, "malformed_json", message)
+            yield FileOrder(line.number, problem.external_id, error=problem)
             continue
         if not isinstance(body, dict):
             yield FileOrder(
@@ -363,6 +371,18 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
         lines_in_body = body.get("lines")
         count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
         yield FileOrder(line.number, external_id, body, (line.number,) * count)
+
+
+def _object_before_comma(text: str) -> dict[str, Any] | None:
+    """The object of a line that is an object and a comma (a JSON array's items, one a line,
+    without its brackets), or None for any other line."""
+    stripped = text.strip()
+    if not stripped.endswith(","):
+        return None
+    try:
+        return strict_json.loads(stripped[:-1])
+    except strict_json.StrictJsonError:
+        return None
 
 
 def _unreadable(line: PhysicalLine, external_id: str | None) -> FileOrder:

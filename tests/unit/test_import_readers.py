@@ -676,6 +676,18 @@ def test_jsonl_files_joined_together_keep_no_byte_order_mark_on_the_line_where_o
     assert [(o.line, o.external_id) for o in orders] == [(1, "ext-1"), (2, "ext-2")]
 
 
+def test_a_json_line_with_a_comma_after_its_object_is_an_error_naming_the_comma_and_its_order():
+    # Reported as "the line is not valid JSON", with no external_id: the merchant looked for an
+    # error inside the object.
+    data = b'{"channel": "web", "external_id": "ext-1"},\n\n{"channel": "web", "external_id": "ext-2"}'
+
+    orders = read(data, "orders.jsonl")
+
+    assert errors_of(orders) == [(1, "ext-1", "malformed_json")]
+    assert "comma after its object" in error_on(orders, 1).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(3, "ext-2")]
+
+
 def test_jsonl_with_bare_cr_line_endings_reads_every_line():
     data = jsonl({"external_id": "ext-1"}, {"external_id": "ext-2"}).replace(b"\n", b"\r")
     data += b'{"external_id": "ext-3"}\r{"external_id": "ext-4"}\n'
