@@ -211,15 +211,23 @@ def _empty(name: str) -> ImportFileError:
     )
 
 
+def _opens_array(first_line: str) -> bool:
+    return first_line.strip().startswith("[")
+
+
+def _json_array() -> ImportFileError:
+    return ImportFileError(
+        "unknown_format", "a JSON array cannot be imported: send JSON Lines, one order object per line"
+    )
+
+
 def _unknown_format(name: str, extension: str, first_line: str | None) -> ImportFileError:
     if extension and extension not in SNIFFED_EXTENSIONS:
         return ImportFileError(
             "unknown_format", f"{extension} files cannot be imported: send CSV (.csv) or JSON Lines (.jsonl)"
         )
-    if first_line is not None and first_line.strip().startswith("["):
-        return ImportFileError(
-            "unknown_format", "a JSON array cannot be imported: send JSON Lines, one order object per line"
-        )
+    if first_line is not None and _opens_array(first_line):
+        return _json_array()
     what = (
         "no line of text at its start"
         if first_line is None
@@ -275,6 +283,9 @@ class OrderFile(FileOrders):
             fmt = format_from_content(first) if first is not None else None
             if fmt is None:
                 raise _unknown_format(name, extension, first)
+        if fmt == JSONL and first is not None and _opens_array(first):
+            # A JSON document named .jsonl: line by line, its orders would be imported one in many.
+            raise _json_array()
         self._format = fmt
         lines = self._replayed()
         if fmt == CSV:

@@ -688,6 +688,23 @@ def test_a_json_line_with_a_comma_after_its_object_is_an_error_naming_the_comma_
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(3, "ext-2")]
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'[\n  {"channel": "web", "external_id": "ext-1"},\n  {"channel": "web", "external_id": "ext-2"}\n]\n',
+        b'[{"channel": "web", "external_id": "ext-1"}, {"channel": "web", "external_id": "ext-2"}]',
+    ],
+    ids=["one item a line", "one line"],
+)
+def test_a_json_array_named_jsonl_fails_as_a_whole_never_imports_one_item_of_many(data: bytes):
+    # Read line by line, the array's last item was imported and every other line was an error.
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 5), "orders.jsonl")
+
+    assert failure.value.code == "unknown_format"
+    assert "a JSON array cannot be imported" in failure.value.message
+
+
 def test_jsonl_with_bare_cr_line_endings_reads_every_line():
     data = jsonl({"external_id": "ext-1"}, {"external_id": "ext-2"}).replace(b"\n", b"\r")
     data += b'{"external_id": "ext-3"}\r{"external_id": "ext-4"}\n'
