@@ -505,8 +505,8 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         start, spanned = feed.record[0].number, len(feed.record)
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, or a row of empty cells as spreadsheets export them
-        if width is None:
-            width = len(cells)
+        if width is None or (spanned == 1 and _is_header(cells)):
+            width = len(cells)  # the header's, or that of one further on (files joined together)
         elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
             message = (
                 f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
@@ -577,7 +577,28 @@ def _header(row: _Row) -> list[str]:
             f"the CSV header on line {row.line} opens a quote that is not closed on its line "
             f"(it runs on to line {row.line + row.lines - 1})",
         )
-    names = [cell.strip().lower() for cell in row.cells]
+    names = _column_names(row.cells)
+    problems = _header_problems(names)
+    if problems:
+        raise ImportFileError(
+            "invalid_header",
+            f"the CSV header on line {row.line} must name the import columns ({problems}); "
+            f"columns: {', '.join(COLUMNS)}",
+        )
+    return names
+
+
+def _column_names(cells: list[str]) -> list[str]:
+    return [cell.strip().lower() for cell in cells]
+
+
+def _is_header(cells: list[str]) -> bool:
+    """Whether a row names the columns rather than an order (as a header tells a separator)."""
+    return {"channel", "external_id"} <= set(_column_names(cells))
+
+
+def _header_problems(names: list[str]) -> str | None:
+    """What keeps header `names` from naming the import columns, or None."""
     # An empty name is a column the header does not name: spreadsheets save one more empty cell per
     # line for a column that once held formatting. Its cells must stay empty (see _csv_orders).
     unknown = [name for name in names if name and name not in COLUMNS]
@@ -590,13 +611,7 @@ def _header(row: _Row) -> list[str]:
         problems.append("unknown " + ", ".join(unknown[:10]))
     if repeated:
         problems.append("repeated " + ", ".join(repeated))
-    if problems:
-        raise ImportFileError(
-            "invalid_header",
-            f"the CSV header on line {row.line} must name the import columns ({'; '.join(problems)}); "
-            f"columns: {', '.join(COLUMNS)}",
-        )
-    return names
+    return "; ".join(problems) or None
 
 
 def _fingerprint(key: tuple[str, str]) -> int:
@@ -662,6 +677,8 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
 def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Iterator[FileOrder]:
     width = len(names)
     unnamed = [index for index, name in enumerate(names) if not name]
+    # A header further on that cannot be used (files joined together): its line, while it holds.
+    unusable_header: int | None = None
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
     # The first unreadable row since the open order's last row. The rows of one order are
@@ -670,6 +687,42 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
     unreadable: LineError | None = None
 
     for row in rows:
+        if row.cells is not None and _is_header(row.cells):
+            # Two exports joined into one file: the second's header is no order. The rows on either
+            # side are read as if it were not there (an order they share stays one order), those
+            # after it by its columns.
+            again = _column_names(row.cells)
+            problems = _header_problems(again)
+            if problems is not None:
+                message = (
+                    f"this line is a CSV header again, and cannot be used ({problems}): the rows after it "
+                    "are not read, up to a header that can be"
+                )
+                yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
+                if current is not None:
+                    yield current.closed()
+                    closed.add(_fingerprint(current.key))
+                    current, unreadable = None, None
+                unusable_header = row.line
+                continue
+            if _same_columns(again, names):
+                message = f"this line repeats the CSV header of line {header_line} (files joined together?)"
+            else:
+                message = (
+                    f"this line is a CSV header with other columns than the header of line {header_line} "
+                    "(files joined together?)"
+                )
+                header_line = row.line
+            # Taken even when it names the same columns: it may end in more or fewer empty cells.
+            names, unusable_header = again, None
+            width, unnamed = len(names), [index for index, name in enumerate(names) if not name]
+            message += ": it is skipped, and the rows after it are read by its columns"
+            yield FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
+            continue
+        if unusable_header is not None:
+            message = f"the row is under the CSV header of line {unusable_header}, which cannot be used"
+            yield FileOrder(row.line, None, error=row.error or LineError(row.line, None, "invalid_header", message))
+            continue
         identity = _identity(row, names)
         if identity is not None:
             # A row not UTF-8, or broken, whose channel and external_id can be read: it fails the
@@ -699,15 +752,6 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             yield FileOrder(row.line, None, error=row.error)
             if current is not None and unreadable is None:
                 unreadable = row.error
-            continue
-        if _repeats_header(row.cells, names):
-            # Two exports joined into one file: the second's header is no order. The rows on either
-            # side are read as if it were not there (an order they share stays one order).
-            message = (
-                f"this line repeats the CSV header of line {header_line} (files joined together?): "
-                "it is skipped, and the rows around it are read"
-            )
-            yield FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
             continue
         cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
         channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
@@ -789,16 +833,14 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
         yield current.closed()
 
 
-def _repeats_header(cells: list[str], names: list[str]) -> bool:
-    """Whether a row is the header again, read as the header is (cells trimmed, any case; the
-    empty cells a spreadsheet adds at the end of a line do not count)."""
-    row = [cell.strip().lower() for cell in cells]
-    while row and not row[-1]:
-        row.pop()
-    header = list(names)
-    while header and not header[-1]:
-        header.pop()
-    return row == header
+def _same_columns(names: list[str], header: list[str]) -> bool:
+    """Whether two headers name the same columns in the same order (the empty cells a spreadsheet
+    adds at the end of a line do not count)."""
+    names, header = list(names), list(header)
+    for cells in (names, header):
+        while cells and not cells[-1]:
+            cells.pop()
+    return names == header
 
 
 def _reopened(line: int, key: tuple[str, str]) -> LineError:

@@ -330,7 +330,7 @@ def test_a_header_repeated_by_joining_two_exports_is_skipped_and_reported_once_o
 def test_a_repeated_header_is_read_as_the_header_is_trimmed_in_any_case_with_trailing_empty_cells():
     repeated = ", ".join(name.upper() for name in COLUMNS) + ",,"
 
-    orders = read(csv_file(row("ext-1"), repeated, row("ext-2")))
+    orders = read(csv_file(row("ext-1"), repeated, row("ext-2") + ",,"))
 
     assert errors_of(orders) == [(3, None, "repeated_header")]
     assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-2"]
@@ -357,6 +357,64 @@ def test_a_byte_order_mark_where_a_joined_file_starts_is_dropped_like_the_files_
 
     assert errors_of(orders) == [(3, None, "repeated_header")]
     assert [(o.line, o.body["channel"]) for o in orders if o.error is None] == [(2, "web"), (4, "web"), (5, "web")]
+
+
+def row_in(columns: list[str], external_id: str, **cells: str) -> str:
+    """A row of `columns` only, in their order."""
+    values = dict(zip(COLUMNS, row(external_id, **cells).split(","), strict=True))
+    return ",".join(values[column] for column in columns)
+
+
+def test_rows_after_a_header_with_other_columns_are_read_by_that_header():
+    # Read by line 1's header, the second export's names went into each other's columns silently.
+    swapped = list(COLUMNS)
+    first, second = swapped.index("customer_name"), swapped.index("ship_name")
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    names = {"customer_name": "Ada Buyer", "ship_name": "Bob Recipient"}
+
+    orders = read(csv_file(row("ext-1", **names), ",".join(swapped), row_in(swapped, "ext-2", **names)))
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert "other columns than the header of line 1" in error_on(orders, 3).message
+    assert [(o.line, o.body["customer"]["name"], o.body["shipping_address"]["name"]) for o in orders if o.body] == [
+        (2, "Ada Buyer", "Bob Recipient"),
+        (4, "Ada Buyer", "Bob Recipient"),
+    ]
+
+
+def test_rows_after_a_header_with_fewer_columns_are_read_by_it_even_across_lines():
+    # Each failed as "17 cells where the header has 18"; one with a line break in a cell as an
+    # unclosed quote.
+    fewer = [column for column in COLUMNS if column != "shipping_method"]
+
+    orders = read(
+        csv_file(
+            row("ext-1"),
+            ",".join(fewer),
+            row_in(fewer, "ext-2", ship_line2='"Floor 3\nRing twice"'),
+            row_in(fewer, "ext-3"),
+        )
+    )
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (6, "ext-3")]
+    assert orders[2].body["shipping_address"]["line2"] == "Floor 3\nRing twice"
+
+
+def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
+    unusable = HEADER + ",gift_note"
+
+    orders = read(csv_file(row("ext-1"), unusable, row("ext-2") + ",x", row("ext-3") + ",y", HEADER, row("ext-4")))
+
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (4, None, "invalid_header"),
+        (5, None, "invalid_header"),
+        (6, None, "repeated_header"),
+    ]
+    assert "unknown gift_note" in error_on(orders, 3).message
+    assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 4).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-4")]
 
 
 def test_a_header_only_file_has_no_orders():
