@@ -192,6 +192,14 @@ def format_from_content(first_line: str) -> str | None:
     return CSV if separator_of(first_line) is not None else None
 
 
+def _declared_separator(line: str) -> str | None:
+    """The separator a "sep=;" line names (one of SEPARATORS), or None for any other line."""
+    text = line.strip("\r\n")
+    if text[:4].lower() != "sep=" or text[4:] not in SEPARATORS:
+        return None
+    return text[4:]
+
+
 def separator_of(header: str) -> str | None:
     """The first of SEPARATORS that splits `header` into cells naming channel and external_id."""
     for separator in SEPARATORS:
@@ -276,6 +284,11 @@ class OrderFile(FileOrders):
         # Read ahead: a CSV file's first line for its separator, a file named neither way's for its
         # format, any file's for whether there is anything in it at all.
         first = self._first_text_line(past_unreadable=fmt != JSONL)
+        # A file written for Excel may name its separator on a line of its own before the header.
+        declared = _declared_separator(first) if fmt != JSONL and first is not None else None
+        if declared is not None:
+            self._peeked = []
+            first = self._first_text_line(past_unreadable=True)
         if first is None and len(self._peeked) <= 1000 and all(line.text is not None for line in self._peeked):
             # Nothing to import: most likely an export or an upload that failed, never "0 orders".
             raise _empty(name)
@@ -290,7 +303,7 @@ class OrderFile(FileOrders):
         lines = self._replayed()
         if fmt == CSV:
             # The header is checked now, so that an unusable one fails the file before any order.
-            rows = _csv_rows(lines, (separator_of(first) if first is not None else None) or ",")
+            rows = _csv_rows(lines, declared or (separator_of(first) if first is not None else None) or ",")
             header = next(rows, None)
             if header is None:  # only rows of empty cells
                 raise _empty(name)

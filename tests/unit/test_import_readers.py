@@ -199,6 +199,19 @@ def test_a_file_separated_by_semicolons_or_tabs_is_read_like_one_separated_by_co
     assert orders[1].body == read(commas)[1].body
 
 
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+@pytest.mark.parametrize("name", ["orders.csv", "orders.txt"])
+def test_a_line_naming_the_separator_before_the_header_is_followed(separator: str, name: str):
+    # Written by tools that make CSV for Excel; it was read as the header and failed the file.
+    data = f"SEP={separator}\r\n".encode() + csv_file(row("ext-1"), row("ext-2"), newline="\r\n").replace(
+        b",", separator.encode()
+    )
+
+    orders = read(data, name)
+
+    assert [(o.line, o.external_id, o.error) for o in orders] == [(3, "ext-1", None), (4, "ext-2", None)]
+
+
 def test_a_header_that_names_the_columns_with_no_separator_fails_the_file():
     with pytest.raises(ImportFileError) as failure:
         read(f"{HEADER.replace(',', '|')}\n".encode())
