@@ -18,7 +18,7 @@ import itertools
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core import strict_json
@@ -315,9 +315,14 @@ class OrderFile(FileOrders):
         """The first line that is not blank, or None; an unreadable line stops the search unless
         `past_unreadable`."""
         for line in self._lines:
-            self._peeked.append(line)
             if line.text is not None and line.text.strip():
+                self._peeked.append(line)
                 return line.text
+            # Held until replayed (up to 1,000 of them), so not whole: a blank line is skipped, and
+            # an unreadable one is reported without its text (read for whose row it is, which no
+            # line before a CSV header is, nor any JSON line).
+            held = replace(line, text="\n") if line.text is not None else replace(line, lossy=None)
+            self._peeked.append(held)
             if line.text is None and not past_unreadable:
                 return None
             if len(self._peeked) > 1000:  # blank or unreadable as far as we looked

@@ -8,6 +8,7 @@ import csv
 import gzip
 import itertools
 import json
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -461,6 +462,30 @@ def test_reading_is_lazy_a_file_is_never_read_whole():
 
     assert [o.external_id for o in first] == ["ext-0", "ext-1", "ext-2"]
     assert pulled <= 5  # the order after the last one taken closes it, and nothing more is read
+
+
+@pytest.mark.parametrize(("start", "name"), [(b"\xff", "orders.txt"), (b" ", "orders.csv")])
+def test_lines_read_ahead_for_the_format_are_not_held_whole(start: bytes, name: str):
+    # Up to 1,000 unreadable or blank lines before the first line of text were held whole while the
+    # format was told: 100 lines of 1 MiB that are not UTF-8 took 200 MiB.
+    # As many MiB either way; a blank CSV line is one cell, 128 KiB at most.
+    size, count = (1024 * 1024, 100) if start == b"\xff" else (100 * 1024, 1000)
+    first = jsonl({"channel": "web", "external_id": "ext-1"}) if name == "orders.txt" else csv_file(row("ext-1"))
+
+    def lines() -> Iterator[bytes]:
+        for _ in range(count):
+            yield start * (size - 1) + b"\n"
+        yield first
+
+    tracemalloc.start()
+    try:
+        orders = list(OrderFile(lines(), name))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
+    assert peak < 16 * 1024 * 1024
 
 
 def test_physical_lines_keep_their_endings_and_number_a_last_line_without_one():
