@@ -471,8 +471,8 @@ class _Row:
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines, has not the header's number of cells and a row of them starts on its second
-    line: a quote never closed) becomes an error on its first line (with the cells that line shows
+    or it spans lines, has not the header's number of cells and holds a line that is a row of
+    them: a quote never closed) becomes an error on its first line (with the cells that line shows
     whole, which may say whose row it is), and the lines after that one are parsed again with a
     fresh parser, so that one bad line costs only its own row. A record spanning lines with the
     wrong number of cells and no row inside is one row, and is yielded as read."""
@@ -542,17 +542,19 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
 
 
 def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:
-    """Whether the first non-blank of the lines after a record's first is a row of the header's
-    width on its own: then the record's quote was never closed and swallowed rows. Otherwise it is
-    one row whose quoted cell holds line breaks, only with a cell too many or too few."""
-    text = next((line.text for line in lines if line.text is not None and line.text.strip()), None)
-    if text is None:
-        return False
-    try:
-        cells = next(csv.reader([text], delimiter=separator, strict=False), [])
-    except csv.Error:
-        return False
-    return len(cells) == width
+    """Whether any of the lines after a record's first is a row of the header's width on its own:
+    then the record's quote was never closed and swallowed rows. Otherwise it is one row whose
+    quoted cell holds line breaks, only with a cell too many or too few."""
+    for line in lines:
+        if line.text is None or not line.text.strip():
+            continue
+        try:
+            cells = next(csv.reader([line.text], delimiter=separator, strict=False), [])
+        except csv.Error:
+            continue
+        if len(cells) == width:
+            return True
+    return False
 
 
 def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:

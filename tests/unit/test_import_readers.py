@@ -641,6 +641,15 @@ def test_a_row_with_a_line_break_in_a_cell_and_a_cell_too_few_or_many_is_one_mal
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (5, "ext-3")]
 
 
+def test_an_unclosed_quote_swallowing_a_malformed_row_first_still_costs_only_its_own_rows():
+    data = csv_file(row("ext-1"), row("ext-2", customer_name='"Ada'), "web,ext-3,short", row("ext-4"), row("ext-5"))
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote"), (4, "ext-3", "malformed_row")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-4", "ext-5"]
+
+
 def test_an_error_on_a_row_after_a_line_break_in_a_cell_names_the_line_an_editor_shows():
     orders = read(
         csv_file(row("ext-1", ship_line2='"Floor 3\r\nRing twice"'), row("ext-1", "MUG", "x"), newline="\r\n")
