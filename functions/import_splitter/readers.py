@@ -299,6 +299,13 @@ class OrderFile(FileOrders):
         if fmt == JSONL and first is not None and _opens_array(first):
             # A JSON document named .jsonl: line by line, its orders would be imported one in many.
             raise _json_array()
+        if fmt == JSONL and first is not None and first.strip() == "{":
+            # Pretty-printed: every line of every order would be an error of its own.
+            raise ImportFileError(
+                "unknown_format",
+                f"the orders are written over several lines each (line {self._peeked[-1].number} opens one "
+                "and does not close it): send JSON Lines, each order object on one line",
+            )
         self._format = fmt
         lines = self._replayed()
         if fmt == CSV:

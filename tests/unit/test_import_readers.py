@@ -810,6 +810,18 @@ def test_a_json_array_named_jsonl_fails_as_a_whole_never_imports_one_item_of_man
     assert "a JSON array cannot be imported" in failure.value.message
 
 
+@pytest.mark.parametrize("name", ["orders.jsonl", "orders.txt"])
+def test_pretty_printed_json_objects_fail_as_a_whole_not_as_an_error_a_line(name: str):
+    # Each line of each order was an error of its own: six "orders" failed for two.
+    order = json.dumps({"channel": "web", "external_id": "ext-1"}, indent=2)
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(f"\n{order}\n{order}\n".encode(), 5), name)
+
+    assert failure.value.code == "unknown_format"
+    assert "over several lines each (line 2 opens one" in failure.value.message
+
+
 def test_jsonl_with_bare_cr_line_endings_reads_every_line():
     data = jsonl({"external_id": "ext-1"}, {"external_id": "ext-2"}).replace(b"\n", b"\r")
     data += b'{"external_id": "ext-3"}\r{"external_id": "ext-4"}\n'
