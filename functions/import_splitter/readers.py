@@ -482,7 +482,8 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     them: a quote never closed) becomes an error on its first line (with the cells that line shows
     whole, which may say whose row it is), and the lines after that one are parsed again with a
     fresh parser, so that one bad line costs only its own row. A record spanning lines with the
-    wrong number of cells and no row inside is one row, and is yielded as read."""
+    wrong number of cells and no row inside is one row, and is yielded as read. A header further on
+    (files joined together) sets the number of cells, and the separator, of the rows after it."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -530,6 +531,15 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         start, spanned = feed.record[0].number, len(feed.record)
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, or a row of empty cells as spreadsheets export them
+        text = feed.record[0].text or ""
+        if width is not None and spanned == 1 and "external_id" in text.lower() and not _is_header(cells):
+            # A header of a file joined after the first, which separates its cells otherwise (one
+            # export by commas, one by semicolons): it and the rows after it are read by its own.
+            other = separator_of(text)
+            if other is not None:
+                separator = other
+                cells = next(csv.reader([text], delimiter=separator, strict=False))
+                reader = csv.reader(feed, delimiter=separator, strict=False)
         if width is None or (spanned == 1 and _is_header(cells)):
             width = len(cells)  # the header's, or that of one further on (files joined together)
         elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):

@@ -415,6 +415,17 @@ def test_rows_after_a_header_with_fewer_columns_are_read_by_it_even_across_lines
     assert orders[2].body["shipping_address"]["line2"] == "Floor 3\nRing twice"
 
 
+def test_rows_after_a_header_with_another_separator_are_read_by_that_separator():
+    # The second export's header and rows were read by commas: every row of it failed, each saying
+    # "external_id is required".
+    european = b"\xef\xbb\xbf" + csv_file(row("ext-2"), row("ext-3"), newline="\r\n").replace(b",", b";")
+
+    orders = read(csv_file(row("ext-1")) + european)
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (5, "ext-3")]
+
+
 def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
     unusable = HEADER + ",gift_note"
 
