@@ -473,6 +473,7 @@ class _Row:
     lossy_cells: list[str] | None = None  # a row that is not UTF-8, read lossily: see PhysicalLine
     # A broken record (cells None): the cells its first line shows whole, up to where it breaks.
     leading_cells: list[str] | None = None
+    header: bool = False  # the cells name the columns (a header, maybe of a file joined on)
 
 
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
@@ -532,7 +533,10 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, or a row of empty cells as spreadsheets export them
         text = feed.record[0].text or ""
-        if width is not None and spanned == 1 and "external_id" in text.lower() and not _is_header(cells):
+        # Only a line naming external_id may be a header: the cells of other rows are not looked at.
+        may_be_header = spanned == 1 and "external_id" in text.lower()
+        header = may_be_header and _is_header(cells)
+        if width is not None and may_be_header and not header:
             # A header of a file joined after the first, which separates its cells otherwise (one
             # export by commas, one by semicolons): it and the rows after it are read by its own.
             other = separator_of(text)
@@ -540,7 +544,8 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                 separator = other
                 cells = next(csv.reader([text], delimiter=separator, strict=False))
                 reader = csv.reader(feed, delimiter=separator, strict=False)
-        if width is None or (spanned == 1 and _is_header(cells)):
+                header = True
+        if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
         elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
             message = (
@@ -555,7 +560,7 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
             feed.reread_after_first()
             reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
-        yield _Row(start, cells=cells, lines=spanned)
+        yield _Row(start, cells=cells, lines=spanned, header=header)
 
 
 def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:
@@ -724,7 +729,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
     unreadable: LineError | None = None
 
     for row in rows:
-        if row.cells is not None and _is_header(row.cells):
+        if row.cells is not None and row.header:
             # Two exports joined into one file: the second's header is no order. The rows on either
             # side are read as if it were not there (an order they share stays one order), those
             # after it by its columns.
