@@ -65,6 +65,8 @@ def test_two_exports_joined_into_one_file_complete_as_one_import_reported_on_the
         (4, "ext-2", "unknown_sku"),
         (5, None, "repeated_header"),
     ]
+    assert "ship_line2: " in imported["errors"][0]["message"]
+    assert "must not contain a line break" in imported["errors"][0]["message"]
     assert stored_order("market", "ext-3") is not None
 
 
