@@ -34,7 +34,8 @@ MAX_LINES_PER_ORDER = 100  # PlaceOrder.lines accepts at most 100
 CSV = "csv"
 JSONL = "jsonl"
 FORMATS = (CSV, JSONL)
-EXTENSIONS = {".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".jsonlines": JSONL}
+# A .tsv file (Google Sheets' "Tab-separated values" download) is CSV separated by tabs.
+EXTENSIONS = {".csv": CSV, ".tsv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".jsonlines": JSONL}
 # Told from the content: no extension, or one that does not say which kind of JSON/text it is.
 SNIFFED_EXTENSIONS = {"", ".json", ".txt"}
 # What separates a CSV file's cells, told from its header: Excel saves "CSV" with the locale's list

@@ -180,8 +180,9 @@ def test_a_byte_order_mark_and_crlf_line_endings_are_read_as_plain_csv():
 
 
 @pytest.mark.parametrize("separator", [";", "\t"])
-@pytest.mark.parametrize("name", ["orders.csv", "orders.txt", "orders"])
+@pytest.mark.parametrize("name", ["orders.csv", "orders.txt", "orders", "orders.tsv"])
 def test_a_file_separated_by_semicolons_or_tabs_is_read_like_one_separated_by_commas(separator: str, name: str):
+    # A .tsv file (Google Sheets' download of tab-separated values) failed as an unknown format.
     # Excel saves "CSV" with the locale's list separator: a semicolon in much of Europe.
     rows = [row("ext-1"), row("ext-1", "MUG"), row("ext-2")]
     commas = csv_file(*rows, newline="\r\n")
