@@ -322,6 +322,12 @@ _NOTE_PATTERN = f"^{_NOTE_LINE}[^{_UNCLEAN_IN_NOTES}\\s]{_NOTE_LINE}$"
 
 
 def _kind(char: str) -> str:
+    # A line break or a tab is said so: a spreadsheet's cell with lines (an address typed with
+    # Alt+Enter) shows no "U+000A" to the merchant who imports it.
+    if char in "\r\n":
+        return "a line break, a control character"
+    if char == "\t":
+        return "a tab, a control character"
     if char <= "\x9f":
         return "a control character"
     if char == "\u2028":

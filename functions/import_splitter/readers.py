@@ -18,7 +18,7 @@ import itertools
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core import strict_json
@@ -34,7 +34,8 @@ MAX_LINES_PER_ORDER = 100  # PlaceOrder.lines accepts at most 100
 CSV = "csv"
 JSONL = "jsonl"
 FORMATS = (CSV, JSONL)
-EXTENSIONS = {".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".jsonlines": JSONL}
+# A .tsv file (Google Sheets' "Tab-separated values" download) is CSV separated by tabs.
+EXTENSIONS = {".csv": CSV, ".tsv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".jsonlines": JSONL}
 # Told from the content: no extension, or one that does not say which kind of JSON/text it is.
 SNIFFED_EXTENSIONS = {"", ".json", ".txt"}
 # What separates a CSV file's cells, told from its header: Excel saves "CSV" with the locale's list
@@ -109,30 +110,21 @@ class PhysicalLine:
 def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[PhysicalLine]:
     """Lines split on "\\n", "\\r\\n" or a bare "\\r" (old Mac and some spreadsheet exports end
     lines so; each ending stays on its line for the CSV parser), numbered from 1, decoded as UTF-8
-    one at a time. A leading byte order mark is dropped."""
+    one at a time. A byte order mark starting a line is dropped: the file's own, and those of the
+    files joined after it (invisible in an editor, it would end up in the line's first cell)."""
     pending = bytearray()
     number = 0
     skipping = False  # inside a line already reported as too long
-    first = True
 
     def decoded(raw: bytes) -> PhysicalLine:
-        nonlocal first
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            lossy = raw.decode("utf-8", errors="replace")
-            if first:
-                lossy = lossy.removeprefix("\ufeff")
-            first = False
+            lossy = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
             return PhysicalLine(number, None, "invalid_encoding", lossy=lossy)
-        if first:
-            text = text.removeprefix("\ufeff")
-            first = False
-        return PhysicalLine(number, text)
+        return PhysicalLine(number, text.removeprefix("\ufeff"))
 
     def too_long(start: bytes) -> PhysicalLine:
-        nonlocal first
-        first = False
         return PhysicalLine(number, None, "line_too_long", lossy=start.decode("utf-8", errors="replace"))
 
     def line_end(start: int, last_chunk: bool) -> int:
@@ -145,7 +137,7 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
         return match.end()
 
     def lines(last_chunk: bool) -> Iterator[PhysicalLine]:
-        nonlocal number, skipping, first
+        nonlocal number, skipping
         start = 0
         while True:
             end = line_end(start, last_chunk)
@@ -201,6 +193,14 @@ def format_from_content(first_line: str) -> str | None:
     return CSV if separator_of(first_line) is not None else None
 
 
+def _declared_separator(line: str) -> str | None:
+    """The separator a "sep=;" line names (one of SEPARATORS), or None for any other line."""
+    text = line.strip("\r\n")
+    if text[:4].lower() != "sep=" or text[4:] not in SEPARATORS:
+        return None
+    return text[4:]
+
+
 def separator_of(header: str) -> str | None:
     """The first of SEPARATORS that splits `header` into cells naming channel and external_id."""
     for separator in SEPARATORS:
@@ -213,16 +213,35 @@ def separator_of(header: str) -> str | None:
     return None
 
 
+def _empty(name: str) -> ImportFileError:
+    return ImportFileError(
+        "empty_file",
+        f"{name.rsplit('/', 1)[-1] or name} is empty (no text but blank lines): there is nothing to import",
+    )
+
+
+def _opens_array(first_line: str) -> bool:
+    return first_line.strip().startswith("[")
+
+
+def _json_array() -> ImportFileError:
+    return ImportFileError(
+        "unknown_format", "a JSON array cannot be imported: send JSON Lines, one order object per line"
+    )
+
+
 def _unknown_format(name: str, extension: str, first_line: str | None) -> ImportFileError:
     if extension and extension not in SNIFFED_EXTENSIONS:
         return ImportFileError(
             "unknown_format", f"{extension} files cannot be imported: send CSV (.csv) or JSON Lines (.jsonl)"
         )
-    if first_line is not None and first_line.strip().startswith("["):
-        return ImportFileError(
-            "unknown_format", "a JSON array cannot be imported: send JSON Lines, one order object per line"
-        )
-    what = "an empty file" if first_line is None else "neither a CSV header with channel and external_id nor JSON"
+    if first_line is not None and _opens_array(first_line):
+        return _json_array()
+    what = (
+        "no line of text at its start"
+        if first_line is None
+        else "neither a CSV header with channel and external_id nor JSON"
+    )
     return ImportFileError(
         "unknown_format", f"cannot tell the format of {name.rsplit('/', 1)[-1] or name}: {what} (send .csv or .jsonl)"
     )
@@ -253,35 +272,67 @@ class OrderFile(FileOrders):
     """The orders of one file, read lazily: `format` is known on construction (it may read ahead
     to the first non-blank line), then iterating yields a FileOrder per order.
 
-    Raises ImportFileError on construction for an unknown format or an unusable CSV header."""
+    Raises ImportFileError on construction for an empty file, an unknown format or an unusable
+    CSV header."""
 
     def __init__(self, chunks: Iterable[bytes], name: str):
         self._lines = physical_lines(_plain_text(chunks))
         self._peeked: list[PhysicalLine] = []
         extension = extension_of(name)
         fmt = EXTENSIONS.get(extension)
-        sniffed = fmt is None and extension in SNIFFED_EXTENSIONS
-        # A CSV file's first line is read ahead for its separator.
-        first = self._first_text_line() if fmt == CSV or sniffed else None
+        if fmt is None and extension not in SNIFFED_EXTENSIONS:
+            raise _unknown_format(name, extension, None)
+        # Read ahead: a CSV file's first line for its separator, a file named neither way's for its
+        # format, any file's for whether there is anything in it at all.
+        first = self._first_text_line(past_unreadable=fmt != JSONL)
+        # A file written for Excel may name its separator on a line of its own before the header.
+        declared = _declared_separator(first) if fmt != JSONL and first is not None else None
+        if declared is not None:
+            self._peeked = []
+            first = self._first_text_line(past_unreadable=True)
+        if first is None and len(self._peeked) <= 1000 and all(line.text is not None for line in self._peeked):
+            # Nothing to import: most likely an export or an upload that failed, never "0 orders".
+            raise _empty(name)
         if fmt is None:
             fmt = format_from_content(first) if first is not None else None
             if fmt is None:
                 raise _unknown_format(name, extension, first)
+        if fmt == JSONL and first is not None and _opens_array(first):
+            # A JSON document named .jsonl: line by line, its orders would be imported one in many.
+            raise _json_array()
+        if fmt == JSONL and first is not None and first.strip() == "{":
+            # Pretty-printed: every line of every order would be an error of its own.
+            raise ImportFileError(
+                "unknown_format",
+                f"the orders are written over several lines each (line {self._peeked[-1].number} opens one "
+                "and does not close it): send JSON Lines, each order object on one line",
+            )
         self._format = fmt
         lines = self._replayed()
         if fmt == CSV:
             # The header is checked now, so that an unusable one fails the file before any order.
-            rows = _csv_rows(lines, (separator_of(first) if first is not None else None) or ",")
+            rows = _csv_rows(lines, declared or (separator_of(first) if first is not None else None) or ",")
             header = next(rows, None)
-            self._orders = _csv_orders(rows, _header(header)) if header is not None else iter(())
+            if header is None:  # only rows of empty cells
+                raise _empty(name)
+            self._orders = _csv_orders(rows, _header(header), header.line)
         else:
             self._orders = _jsonl_orders(lines)
 
-    def _first_text_line(self) -> str | None:
+    def _first_text_line(self, past_unreadable: bool) -> str | None:
+        """The first line that is not blank, or None; an unreadable line stops the search unless
+        `past_unreadable`."""
         for line in self._lines:
-            self._peeked.append(line)
             if line.text is not None and line.text.strip():
+                self._peeked.append(line)
                 return line.text
+            # Held until replayed (up to 1,000 of them), so not whole: a blank line is skipped, and
+            # an unreadable one is reported without its text (read for whose row it is, which no
+            # line before a CSV header is, nor any JSON line).
+            held = replace(line, text="\n") if line.text is not None else replace(line, lossy=None)
+            self._peeked.append(held)
+            if line.text is None and not past_unreadable:
+                return None
             if len(self._peeked) > 1000:  # blank or unreadable as far as we looked
                 return None
         return None
@@ -320,9 +371,17 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
             # The rules of POST /orders bodies: a line nested past them would raise, not fail alone.
             body = strict_json.loads(line.text, top_level_object=False)
         except strict_json.StrictJsonError as error:
-            yield FileOrder(
-                line.number, None, error=LineError(line.number, None, "malformed_json", f"the line {error}")
-            )
+            before_comma = _object_before_comma(line.text)
+            if before_comma is None:
+                problem = LineError(line.number, None, "malformed_json", f"the line {error}")
+            else:
+                external_id = before_comma.get("external_id")
+                external_id = external_id if isinstance(external_id, str) else None
+                message = (
+                    "the line has a comma after its object: JSON Lines puts one object on each line, with no comma"
+                )
+                problem = LineError(line.number, external_id, "malformed_json", message)
+            yield FileOrder(line.number, problem.external_id, error=problem)
             continue
         if not isinstance(body, dict):
             yield FileOrder(
@@ -349,6 +408,18 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
         lines_in_body = body.get("lines")
         count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
         yield FileOrder(line.number, external_id, body, (line.number,) * count)
+
+
+def _object_before_comma(text: str) -> dict[str, Any] | None:
+    """The object of a line that is an object and a comma (a JSON array's items, one a line,
+    without its brackets), or None for any other line."""
+    stripped = text.strip()
+    if not stripped.endswith(","):
+        return None
+    try:
+        return strict_json.loads(stripped[:-1])
+    except strict_json.StrictJsonError:
+        return None
 
 
 def _unreadable(line: PhysicalLine, external_id: str | None) -> FileOrder:
@@ -403,15 +474,18 @@ class _Row:
     lossy_cells: list[str] | None = None  # a row that is not UTF-8, read lossily: see PhysicalLine
     # A broken record (cells None): the cells its first line shows whole, up to where it breaks.
     leading_cells: list[str] | None = None
+    header: bool = False  # the cells name the columns (a header, maybe of a file joined on)
 
 
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines and has not the header's number of cells: a quote never closed) becomes an
-    error on its first line (with the cells that line shows whole, which may say whose row it is),
-    and the lines after that one are parsed again with a fresh parser, so that one bad line costs
-    only its own row."""
+    or it spans lines, has not the header's number of cells and holds a line that is a row of
+    them: a quote never closed) becomes an error on its first line (with the cells that line shows
+    whole, which may say whose row it is), and the lines after that one are parsed again with a
+    fresh parser, so that one bad line costs only its own row. A record spanning lines with the
+    wrong number of cells and no row inside is one row, and is yielded as read. A header further on
+    (files joined together) sets the number of cells, and the separator, of the rows after it."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -459,9 +533,22 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         start, spanned = feed.record[0].number, len(feed.record)
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, or a row of empty cells as spreadsheets export them
-        if width is None:
-            width = len(cells)
-        elif spanned > 1 and len(cells) != width:
+        text = feed.record[0].text or ""
+        # Only a line naming external_id may be a header: the cells of other rows are not looked at.
+        may_be_header = spanned == 1 and "external_id" in text.lower()
+        header = may_be_header and _is_header(cells)
+        if width is not None and may_be_header and not header:
+            # A header of a file joined after the first, which separates its cells otherwise (one
+            # export by commas, one by semicolons): it and the rows after it are read by its own.
+            other = separator_of(text)
+            if other is not None:
+                separator = other
+                cells = next(csv.reader([text], delimiter=separator, strict=False))
+                reader = csv.reader(feed, delimiter=separator, strict=False)
+                header = True
+        if width is None or header:
+            width = len(cells)  # the header's, or that of one further on (files joined together)
+        elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
             message = (
                 f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
                 f"{spanned} lines where the header has {width}); the lines after it are read as rows"
@@ -474,7 +561,23 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
             feed.reread_after_first()
             reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
-        yield _Row(start, cells=cells, lines=spanned)
+        yield _Row(start, cells=cells, lines=spanned, header=header)
+
+
+def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:
+    """Whether any of the lines after a record's first is a row of the header's width on its own:
+    then the record's quote was never closed and swallowed rows. Otherwise it is one row whose
+    quoted cell holds line breaks, only with a cell too many or too few."""
+    for line in lines:
+        if line.text is None or not line.text.strip():
+            continue
+        try:
+            cells = next(csv.reader([line.text], delimiter=separator, strict=False), [])
+        except csv.Error:
+            continue
+        if len(cells) == width:
+            return True
+    return False
 
 
 def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
@@ -517,7 +620,28 @@ def _header(row: _Row) -> list[str]:
             f"the CSV header on line {row.line} opens a quote that is not closed on its line "
             f"(it runs on to line {row.line + row.lines - 1})",
         )
-    names = [cell.strip().lower() for cell in row.cells]
+    names = _column_names(row.cells)
+    problems = _header_problems(names)
+    if problems:
+        raise ImportFileError(
+            "invalid_header",
+            f"the CSV header on line {row.line} must name the import columns ({problems}); "
+            f"columns: {', '.join(COLUMNS)}",
+        )
+    return names
+
+
+def _column_names(cells: list[str]) -> list[str]:
+    return [cell.strip().lower() for cell in cells]
+
+
+def _is_header(cells: list[str]) -> bool:
+    """Whether a row names the columns rather than an order (as a header tells a separator)."""
+    return {"channel", "external_id"} <= set(_column_names(cells))
+
+
+def _header_problems(names: list[str]) -> str | None:
+    """What keeps header `names` from naming the import columns, or None."""
     # An empty name is a column the header does not name: spreadsheets save one more empty cell per
     # line for a column that once held formatting. Its cells must stay empty (see _csv_orders).
     unknown = [name for name in names if name and name not in COLUMNS]
@@ -530,13 +654,7 @@ def _header(row: _Row) -> list[str]:
         problems.append("unknown " + ", ".join(unknown[:10]))
     if repeated:
         problems.append("repeated " + ", ".join(repeated))
-    if problems:
-        raise ImportFileError(
-            "invalid_header",
-            f"the CSV header on line {row.line} must name the import columns ({'; '.join(problems)}); "
-            f"columns: {', '.join(COLUMNS)}",
-        )
-    return names
+    return "; ".join(problems) or None
 
 
 def _fingerprint(key: tuple[str, str]) -> int:
@@ -599,9 +717,11 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
     return order_line, None
 
 
-def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
+def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Iterator[FileOrder]:
     width = len(names)
     unnamed = [index for index, name in enumerate(names) if not name]
+    # A header further on that cannot be used (files joined together): its line, while it holds.
+    unusable_header: int | None = None
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
     # The first unreadable row since the open order's last row. The rows of one order are
@@ -610,6 +730,42 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
     unreadable: LineError | None = None
 
     for row in rows:
+        if row.cells is not None and row.header:
+            # Two exports joined into one file: the second's header is no order. The rows on either
+            # side are read as if it were not there (an order they share stays one order), those
+            # after it by its columns.
+            again = _column_names(row.cells)
+            problems = _header_problems(again)
+            if problems is not None:
+                message = (
+                    f"this line is a CSV header again, and cannot be used ({problems}): the rows after it "
+                    "are not read, up to a header that can be"
+                )
+                yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
+                if current is not None:
+                    yield current.closed()
+                    closed.add(_fingerprint(current.key))
+                    current, unreadable = None, None
+                unusable_header = row.line
+                continue
+            if _same_columns(again, names):
+                message = f"this line repeats the CSV header of line {header_line} (files joined together?)"
+            else:
+                message = (
+                    f"this line is a CSV header with other columns than the header of line {header_line} "
+                    "(files joined together?)"
+                )
+                header_line = row.line
+            # Taken even when it names the same columns: it may end in more or fewer empty cells.
+            names, unusable_header = again, None
+            width, unnamed = len(names), [index for index, name in enumerate(names) if not name]
+            message += ": it is skipped, and the rows after it are read by its columns"
+            yield FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
+            continue
+        if unusable_header is not None:
+            message = f"the row is under the CSV header of line {unusable_header}, which cannot be used"
+            yield FileOrder(row.line, None, error=row.error or LineError(row.line, None, "invalid_header", message))
+            continue
         identity = _identity(row, names)
         if identity is not None:
             # A row not UTF-8, or broken, whose channel and external_id can be read: it fails the
@@ -676,11 +832,11 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
                 current.reject(_reopened(row.line, key))
         current.rows += 1
         if len(row.cells) != width:
-            current.reject(
-                LineError(
-                    row.line, external_id, "malformed_row", f"{len(row.cells)} cells where the header has {width}"
-                )
-            )
+            message = f"{len(row.cells)} cells where the header has {width}"
+            if row.lines > 1:
+                last = row.line + row.lines - 1
+                message += f" (the row runs on to line {last}: a quoted cell in it holds a line break)"
+            current.reject(LineError(row.line, external_id, "malformed_row", message))
             continue
         told = next((index for index in unnamed if row.cells[index].strip()), None)
         if told is not None:
@@ -718,6 +874,16 @@ def _csv_orders(rows: Iterator[_Row], names: list[str]) -> Iterator[FileOrder]:
         current.line_numbers.append(row.line)
     if current is not None:
         yield current.closed()
+
+
+def _same_columns(names: list[str], header: list[str]) -> bool:
+    """Whether two headers name the same columns in the same order (the empty cells a spreadsheet
+    adds at the end of a line do not count)."""
+    names, header = list(names), list(header)
+    for cells in (names, header):
+        while cells and not cells[-1]:
+            cells.pop()
+    return names == header
 
 
 def _reopened(line: int, key: tuple[str, str]) -> LineError:

@@ -119,6 +119,21 @@ def test_rows_that_are_not_orders_are_recorded_on_the_import_and_never_queued(st
     assert "4111" not in json.dumps(imported)
 
 
+def test_two_exports_joined_into_one_file_import_every_order_and_count_the_repeated_header_as_failed(
+    stack: ImportAws,
+):
+    # A row that is not an order counts in `failed` like any other: `errors` lists what `failed`
+    # counts, and the import ends completed_with_errors, so the merchant looks at the file.
+    data = csv_file(csv_row("ext-1"), csv_row("ext-2")) + csv_file(csv_row("ext-3"))
+
+    import_id = split_file(stack, "incoming/joined.csv", data)
+
+    assert sorted(json.loads(m["Body"])["external_id"] for m in queued(stack)) == ["ext-1", "ext-2", "ext-3"]
+    imported = report(import_id)
+    assert (imported["total"], imported["failed"]) == (4, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in imported["errors"]] == [(4, None, "repeated_header")]
+
+
 def test_a_card_number_on_a_later_row_of_an_order_is_reported_on_that_row(stack: ImportAws):
     # The error named the order's first line: the author looked for a card number on a row that
     # has none.
@@ -204,6 +219,7 @@ def test_a_key_with_spaces_arrives_url_encoded_and_is_read(stack: ImportAws):
         ("incoming/orders.xlsx", b"PK\x03\x04", "unknown_format"),
         ("incoming/orders", b"just some text\n", "unknown_format"),
         ("incoming/orders.csv", b"order,id\n1,2\n", "invalid_header"),
+        ("incoming/orders.csv", b"", "empty_file"),
     ],
 )
 def test_a_file_of_unknown_format_fails_the_import_with_a_clear_error(stack: ImportAws, key: str, data: bytes, code):

@@ -33,6 +33,16 @@ def test_an_address_field_with_a_control_character_is_refused_by_name(field: str
     assert "control character" in field_errors(caught.value)[field]
 
 
+@pytest.mark.parametrize(("bad", "said"), [("\n", "a line break"), ("\r", "a line break"), ("\t", "a tab")])
+def test_a_line_break_or_a_tab_is_refused_saying_what_it_is(bad: str, said: str):
+    # "must not contain a control character (U+000A)": no merchant whose spreadsheet cell holds
+    # an address over two lines knows that is the line break.
+    with pytest.raises(ValidationError) as caught:
+        Address.model_validate({**ADDRESS, "line2": f"Floor 3{bad}Ring twice"})
+
+    assert f"must not contain {said}, a control character (U+{ord(bad):04X})" in field_errors(caught.value)["line2"]
+
+
 @pytest.mark.parametrize(
     "override", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"]
 )

@@ -8,6 +8,7 @@ import csv
 import gzip
 import itertools
 import json
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -179,8 +180,9 @@ def test_a_byte_order_mark_and_crlf_line_endings_are_read_as_plain_csv():
 
 
 @pytest.mark.parametrize("separator", [";", "\t"])
-@pytest.mark.parametrize("name", ["orders.csv", "orders.txt", "orders"])
+@pytest.mark.parametrize("name", ["orders.csv", "orders.txt", "orders", "orders.tsv"])
 def test_a_file_separated_by_semicolons_or_tabs_is_read_like_one_separated_by_commas(separator: str, name: str):
+    # A .tsv file (Google Sheets' download of tab-separated values) failed as an unknown format.
     # Excel saves "CSV" with the locale's list separator: a semicolon in much of Europe.
     rows = [row("ext-1"), row("ext-1", "MUG"), row("ext-2")]
     commas = csv_file(*rows, newline="\r\n")
@@ -197,6 +199,19 @@ def test_a_file_separated_by_semicolons_or_tabs_is_read_like_one_separated_by_co
     ]
     assert orders[0].body["shipping_address"]["line1"] == f"1 Rue de Rivoli{separator} b\u00e2t. 2"
     assert orders[1].body == read(commas)[1].body
+
+
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+@pytest.mark.parametrize("name", ["orders.csv", "orders.txt"])
+def test_a_line_naming_the_separator_before_the_header_is_followed(separator: str, name: str):
+    # Written by tools that make CSV for Excel; it was read as the header and failed the file.
+    data = f"SEP={separator}\r\n".encode() + csv_file(row("ext-1"), row("ext-2"), newline="\r\n").replace(
+        b",", separator.encode()
+    )
+
+    orders = read(data, name)
+
+    assert [(o.line, o.external_id, o.error) for o in orders] == [(3, "ext-1", None), (4, "ext-2", None)]
 
 
 def test_a_header_that_names_the_columns_with_no_separator_fails_the_file():
@@ -311,6 +326,123 @@ def test_a_header_that_is_not_utf8_fails_the_file_naming_the_encoding():
     assert "line 1 is not UTF-8" in failure.value.message
 
 
+def test_a_header_repeated_by_joining_two_exports_is_skipped_and_reported_once_on_its_line():
+    # Read as an order line, the header failed with "quantity must be a whole number".
+    data = csv_file(row("ext-1"), row("ext-2"), HEADER, row("ext-3"), row("ext-4"))
+
+    orders = read(data)
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [
+        (2, "ext-1"),
+        (3, "ext-2"),
+        (5, "ext-3"),
+        (6, "ext-4"),
+    ]
+    assert errors_of(orders) == [(4, None, "repeated_header")]
+    assert "repeats the CSV header of line 1" in error_on(orders, 4).message
+
+
+def test_a_repeated_header_is_read_as_the_header_is_trimmed_in_any_case_with_trailing_empty_cells():
+    repeated = ", ".join(name.upper() for name in COLUMNS) + ",,"
+
+    orders = read(csv_file(row("ext-1"), repeated, row("ext-2") + ",,"))
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-2"]
+
+
+def test_an_order_whose_rows_a_repeated_header_separates_stays_one_order():
+    orders = read(csv_file(row("ext-1"), HEADER, row("ext-1", "MUG"), row("ext-2")))
+
+    assert [(o.line, o.external_id, o.line_numbers) for o in orders if o.error is None] == [
+        (2, "ext-1", (2, 4)),
+        (5, "ext-2", (5,)),
+    ]
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+
+
+def test_a_byte_order_mark_where_a_joined_file_starts_is_dropped_like_the_files_own():
+    # Kept, it was in the first cell: the header was read as an order, a row's channel "\ufeffweb"
+    # failed validation on a character no editor shows.
+    first = b"\xef\xbb\xbf" + csv_file(row("ext-1"), newline="\r\n")
+    with_header = b"\xef\xbb\xbf" + csv_file(row("ext-2"), newline="\r\n")
+    rows_only = b"\xef\xbb\xbf" + f"{row('ext-3')}\r\n".encode()
+
+    orders = read(first + with_header + rows_only)
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [(o.line, o.body["channel"]) for o in orders if o.error is None] == [(2, "web"), (4, "web"), (5, "web")]
+
+
+def row_in(columns: list[str], external_id: str, **cells: str) -> str:
+    """A row of `columns` only, in their order."""
+    values = dict(zip(COLUMNS, row(external_id, **cells).split(","), strict=True))
+    return ",".join(values[column] for column in columns)
+
+
+def test_rows_after_a_header_with_other_columns_are_read_by_that_header():
+    # Read by line 1's header, the second export's names went into each other's columns silently.
+    swapped = list(COLUMNS)
+    first, second = swapped.index("customer_name"), swapped.index("ship_name")
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    names = {"customer_name": "Ada Buyer", "ship_name": "Bob Recipient"}
+
+    orders = read(csv_file(row("ext-1", **names), ",".join(swapped), row_in(swapped, "ext-2", **names)))
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert "other columns than the header of line 1" in error_on(orders, 3).message
+    assert [(o.line, o.body["customer"]["name"], o.body["shipping_address"]["name"]) for o in orders if o.body] == [
+        (2, "Ada Buyer", "Bob Recipient"),
+        (4, "Ada Buyer", "Bob Recipient"),
+    ]
+
+
+def test_rows_after_a_header_with_fewer_columns_are_read_by_it_even_across_lines():
+    # Each failed as "17 cells where the header has 18"; one with a line break in a cell as an
+    # unclosed quote.
+    fewer = [column for column in COLUMNS if column != "shipping_method"]
+
+    orders = read(
+        csv_file(
+            row("ext-1"),
+            ",".join(fewer),
+            row_in(fewer, "ext-2", ship_line2='"Floor 3\nRing twice"'),
+            row_in(fewer, "ext-3"),
+        )
+    )
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (6, "ext-3")]
+    assert orders[2].body["shipping_address"]["line2"] == "Floor 3\nRing twice"
+
+
+def test_rows_after_a_header_with_another_separator_are_read_by_that_separator():
+    # The second export's header and rows were read by commas: every row of it failed, each saying
+    # "external_id is required".
+    european = b"\xef\xbb\xbf" + csv_file(row("ext-2"), row("ext-3"), newline="\r\n").replace(b",", b";")
+
+    orders = read(csv_file(row("ext-1")) + european)
+
+    assert errors_of(orders) == [(3, None, "repeated_header")]
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (5, "ext-3")]
+
+
+def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
+    unusable = HEADER + ",gift_note"
+
+    orders = read(csv_file(row("ext-1"), unusable, row("ext-2") + ",x", row("ext-3") + ",y", HEADER, row("ext-4")))
+
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (4, None, "invalid_header"),
+        (5, None, "invalid_header"),
+        (6, None, "repeated_header"),
+    ]
+    assert "unknown gift_note" in error_on(orders, 3).message
+    assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 4).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-4")]
+
+
 def test_a_header_only_file_has_no_orders():
     assert read(f"{HEADER}\n".encode()) == []
 
@@ -342,6 +474,30 @@ def test_reading_is_lazy_a_file_is_never_read_whole():
 
     assert [o.external_id for o in first] == ["ext-0", "ext-1", "ext-2"]
     assert pulled <= 5  # the order after the last one taken closes it, and nothing more is read
+
+
+@pytest.mark.parametrize(("start", "name"), [(b"\xff", "orders.txt"), (b" ", "orders.csv")])
+def test_lines_read_ahead_for_the_format_are_not_held_whole(start: bytes, name: str):
+    # Up to 1,000 unreadable or blank lines before the first line of text were held whole while the
+    # format was told: 100 lines of 1 MiB that are not UTF-8 took 200 MiB.
+    # As many MiB either way; a blank CSV line is one cell, 128 KiB at most.
+    size, count = (1024 * 1024, 100) if start == b"\xff" else (100 * 1024, 1000)
+    first = jsonl({"channel": "web", "external_id": "ext-1"}) if name == "orders.txt" else csv_file(row("ext-1"))
+
+    def lines() -> Iterator[bytes]:
+        for _ in range(count):
+            yield start * (size - 1) + b"\n"
+        yield first
+
+    tracemalloc.start()
+    try:
+        orders = list(OrderFile(lines(), name))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
+    assert peak < 16 * 1024 * 1024
 
 
 def test_physical_lines_keep_their_endings_and_number_a_last_line_without_one():
@@ -483,6 +639,37 @@ def test_a_quoted_line_break_with_the_right_cells_is_still_one_row():
     assert [(o.line, o.external_id) for o in orders] == [(2, "ext-1"), (4, "ext-2")]
 
 
+@pytest.mark.parametrize("cells", ["short", "long"])
+def test_a_row_with_a_line_break_in_a_cell_and_a_cell_too_few_or_many_is_one_malformed_row(cells: str):
+    # Taken for an unclosed quote: the error said a quote was not closed (it was), and the row's
+    # second line, read as a row of its own, was a second error naming "San Francisco".
+    multi_line = row("ext-2", ship_line2='"Floor 3\nRing twice"')
+    multi_line = multi_line.rsplit(",", 1)[0] if cells == "short" else multi_line + ",extra"
+
+    orders = read(csv_file(row("ext-1"), multi_line, row("ext-3")))
+
+    assert errors_of(orders) == [(3, "ext-2", "malformed_row")]
+    assert "the row runs on to line 4: a quoted cell in it holds a line break" in error_on(orders, 3).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (5, "ext-3")]
+
+
+def test_an_unclosed_quote_swallowing_a_malformed_row_first_still_costs_only_its_own_rows():
+    data = csv_file(row("ext-1"), row("ext-2", customer_name='"Ada'), "web,ext-3,short", row("ext-4"), row("ext-5"))
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote"), (4, "ext-3", "malformed_row")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-4", "ext-5"]
+
+
+def test_an_error_on_a_row_after_a_line_break_in_a_cell_names_the_line_an_editor_shows():
+    orders = read(
+        csv_file(row("ext-1", ship_line2='"Floor 3\r\nRing twice"'), row("ext-1", "MUG", "x"), newline="\r\n")
+    )
+
+    assert errors_of(orders) == [(4, "ext-1", "invalid_number")]
+
+
 def test_a_header_with_an_unclosed_quote_fails_the_file_naming_its_line():
     data = b"\n" + csv_file(row("ext-1")).replace(b"channel", b'"channel', 1)
 
@@ -597,6 +784,56 @@ def nested(depth: int) -> object:
     return value
 
 
+def test_jsonl_files_joined_together_keep_no_byte_order_mark_on_the_line_where_one_starts():
+    data = b"\xef\xbb\xbf" + jsonl({"external_id": "ext-1"}) + b"\xef\xbb\xbf" + jsonl({"external_id": "ext-2"})
+
+    orders = read(data, "orders.jsonl")
+
+    assert errors_of(orders) == []
+    assert [(o.line, o.external_id) for o in orders] == [(1, "ext-1"), (2, "ext-2")]
+
+
+def test_a_json_line_with_a_comma_after_its_object_is_an_error_naming_the_comma_and_its_order():
+    # Reported as "the line is not valid JSON", with no external_id: the merchant looked for an
+    # error inside the object.
+    data = b'{"channel": "web", "external_id": "ext-1"},\n\n{"channel": "web", "external_id": "ext-2"}'
+
+    orders = read(data, "orders.jsonl")
+
+    assert errors_of(orders) == [(1, "ext-1", "malformed_json")]
+    assert "comma after its object" in error_on(orders, 1).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(3, "ext-2")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'[\n  {"channel": "web", "external_id": "ext-1"},\n  {"channel": "web", "external_id": "ext-2"}\n]\n',
+        b'[{"channel": "web", "external_id": "ext-1"}, {"channel": "web", "external_id": "ext-2"}]',
+    ],
+    ids=["one item a line", "one line"],
+)
+def test_a_json_array_named_jsonl_fails_as_a_whole_never_imports_one_item_of_many(data: bytes):
+    # Read line by line, the array's last item was imported and every other line was an error.
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 5), "orders.jsonl")
+
+    assert failure.value.code == "unknown_format"
+    assert "a JSON array cannot be imported" in failure.value.message
+
+
+@pytest.mark.parametrize("name", ["orders.jsonl", "orders.txt"])
+def test_pretty_printed_json_objects_fail_as_a_whole_not_as_an_error_a_line(name: str):
+    # Each line of each order was an error of its own: six "orders" failed for two.
+    order = json.dumps({"channel": "web", "external_id": "ext-1"}, indent=2)
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(f"\n{order}\n{order}\n".encode(), 5), name)
+
+    assert failure.value.code == "unknown_format"
+    assert "over several lines each (line 2 opens one" in failure.value.message
+
+
 def test_jsonl_with_bare_cr_line_endings_reads_every_line():
     data = jsonl({"external_id": "ext-1"}, {"external_id": "ext-2"}).replace(b"\n", b"\r")
     data += b'{"external_id": "ext-3"}\r{"external_id": "ext-4"}\n'
@@ -633,7 +870,6 @@ def test_the_format_comes_from_the_extension_or_else_from_the_content(name: str,
         ("incoming/orders.xlsx", csv_file(row()), ".xlsx files cannot be imported"),
         ("incoming/orders", b"order,id\n1,2\n", "cannot tell the format"),
         ("incoming/orders.json", b'[{"external_id": "ext-1"}]', "JSON array"),
-        ("incoming/orders", b"", "empty file"),
     ],
 )
 def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, mentions: str):
@@ -642,6 +878,37 @@ def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, ment
 
     assert failure.value.code == "unknown_format"
     assert mentions in failure.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("incoming/orders.csv", b""),
+        ("incoming/orders.csv", b"\n\r\n  \n"),
+        ("incoming/orders.csv", b"\xef\xbb\xbf,,,\r\n,,,\r\n"),
+        ("incoming/orders.jsonl", b""),
+        ("incoming/orders.jsonl", b"\xef\xbb\xbf\n\n"),
+        ("incoming/orders", b""),
+    ],
+)
+def test_an_empty_file_fails_as_a_whole_saying_so(name: str, data: bytes):
+    # The import completed with 0 orders (an upload or export that failed looked like a success),
+    # or failed as "unknown_format".
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 5), name)
+
+    assert failure.value.code == "empty_file"
+    assert (
+        failure.value.message
+        == f"{name.rsplit('/', 1)[-1]} is empty (no text but blank lines): there is nothing to import"
+    )
+
+
+def test_a_jsonl_file_whose_first_line_cannot_be_read_is_not_empty():
+    orders = read(b"\xfa\xfb\n" + jsonl({"external_id": "ext-1"}), "orders.jsonl")
+
+    assert errors_of(orders) == [(1, None, "invalid_encoding")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
 
 
 @pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv", "incoming/orders"])
