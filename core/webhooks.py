@@ -323,7 +323,7 @@ class WebhookStore(ABC):
     @abstractmethod
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
         """A page of subscriptions in id order, without secrets; `channel` None lists all of them,
-        a channel only those bound to it."""
+        a channel only those bound to it. The cursor names only a subscription the page showed."""
 
     @abstractmethod
     def all(self) -> list[IssuedWebhook]:
