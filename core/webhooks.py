@@ -444,7 +444,9 @@ class Webhooks:
                 status=DeliveryStatus.PENDING,
                 generation=record.generation + 1,
                 next_attempt_at=now,
-                retry_until=max(record.retry_until, now),
+                # A delivered or failed one gets this one attempt: its window closes now, even when
+                # the day after its event is not over (else a failure put it back on the schedule).
+                retry_until=max(record.retry_until, now) if record.status is DeliveryStatus.PENDING else now,
             )
             sent_at = int(now.timestamp())
             self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts, sent_at), 0)
