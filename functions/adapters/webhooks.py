@@ -65,14 +65,16 @@ class DynamoWebhooks(WebhookStore):
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
         # Read past the subscriptions of other channels, and page after the last one shown: a
         # cursor made of LastEvaluatedKey named another channel's subscription to a channel key
-        # (and the filter, applied after Limit, left it empty pages).
+        # (and the filter, applied after Limit, left it empty pages). A filtered read takes no
+        # Limit, so a channel among many others is a query per 1 MB, not one per `limit` items.
         query: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": WEBHOOKS_PK}},
-            "Limit": limit + 1,
         }
-        if channel is not None:
+        if channel is None:
+            query["Limit"] = limit + 1
+        else:
             query["FilterExpression"] = "channel = :channel"
             query["ExpressionAttributeValues"][":channel"] = {"S": channel}
         if cursor is not None:
