@@ -323,7 +323,7 @@ class WebhookStore(ABC):
     @abstractmethod
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
         """A page of subscriptions in id order, without secrets; `channel` None lists all of them,
-        a channel only those bound to it."""
+        a channel only those bound to it. The cursor names only a subscription the page showed."""
 
     @abstractmethod
     def all(self) -> list[IssuedWebhook]:
@@ -444,7 +444,9 @@ class Webhooks:
                 status=DeliveryStatus.PENDING,
                 generation=record.generation + 1,
                 next_attempt_at=now,
-                retry_until=max(record.retry_until, now),
+                # A delivered or failed one gets this one attempt: its window closes now, even when
+                # the day after its event is not over (else a failure put it back on the schedule).
+                retry_until=max(record.retry_until, now) if record.status is DeliveryStatus.PENDING else now,
             )
             sent_at = int(now.timestamp())
             self._queue.send(DeliveryMessage(webhook_id, delivery_id_, again.generation, again.attempts, sent_at), 0)

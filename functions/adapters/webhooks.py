@@ -63,21 +63,32 @@ class DynamoWebhooks(WebhookStore):
         return _webhook(item) if item else None
 
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
+        # Read past the subscriptions of other channels, and page after the last one shown: a
+        # cursor made of LastEvaluatedKey named another channel's subscription to a channel key
+        # (and the filter, applied after Limit, left it empty pages). A filtered read takes no
+        # Limit, so a channel among many others is a query per 1 MB, not one per `limit` items.
         query: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": WEBHOOKS_PK}},
-            "Limit": limit,
         }
-        if channel is not None:
+        if channel is None:
+            query["Limit"] = limit + 1
+        else:
             query["FilterExpression"] = "channel = :channel"
             query["ExpressionAttributeValues"][":channel"] = {"S": channel}
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, "webhooks", {"pk", "sk"}, {"pk": WEBHOOKS_PK})
-        response = self._client.query(**query)
-        last = response.get("LastEvaluatedKey")
-        shown = [Webhook.model_validate(_webhook(item).model_dump(exclude={"secret"})) for item in response["Items"]]
-        return shown, encode_cursor("webhooks", last) if last else None
+        shown: list[Webhook] = []
+        while True:
+            response = self._client.query(**query)
+            for item in response["Items"]:
+                if len(shown) == limit:
+                    return shown, encode_cursor("webhooks", {"pk": {"S": WEBHOOKS_PK}, "sk": {"S": shown[-1].id}})
+                shown.append(Webhook.model_validate(_webhook(item).model_dump(exclude={"secret"})))
+            if "LastEvaluatedKey" not in response:
+                return shown, None
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def all(self) -> list[IssuedWebhook]:
         found: list[IssuedWebhook] = []

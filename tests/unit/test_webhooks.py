@@ -552,6 +552,23 @@ def test_a_manual_retry_sends_a_failed_delivery_once_more_and_old_messages_becom
         Webhooks(store, queue, public, clock).retry("whk_1", "dlv_0000000000000azzzzzzzzzzzzzzzz", None)
 
 
+def test_a_manual_retry_of_a_delivered_delivery_is_one_attempt_though_its_window_is_still_open():
+    # README: a delivered or failed one gets that one attempt. Sent again an hour after it was
+    # delivered, to a subscriber now down, it went back on the schedule and was tried for the rest
+    # of the day, as if it had never been delivered.
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, status=DeliveryStatus.DELIVERED, attempts=1, next_attempt_at=None)
+    queue = FakeQueue()
+    clock.now = NOW + timedelta(hours=1)
+    Webhooks(store, queue, public, clock).retry("whk_1", delivery.id, None)
+    worker, _ = worker_for(store, FakeSender(SendResult(503)), clock, queue)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 1, 1)) == "failed"
+    shown = store.get_delivery("whk_1", delivery.id)
+    assert (shown.status, shown.attempts, shown.next_attempt_at) == ("failed", 2, None)
+    assert len(queue.sent) == 1  # the retry's own message, and no next attempt
+
+
 def test_a_manual_retry_that_keeps_losing_to_attempts_is_a_conflict_to_retry_not_a_missing_delivery():
     class BusyStore(FakeStore):
         """Each time the retry writes, an automatic attempt has just been recorded before it."""

@@ -1,0 +1,62 @@
+"""GET /webhooks through the in-process gateway on moto: a channel key pages through its own
+channel's subscriptions only, and no page or cursor tells it of another's."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.in_process import InProcessApi, in_process_api
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with pytest.MonkeyPatch.context() as env:
+        # The webhooks service is built with its delivery queue; subscribing never sends to it.
+        env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
+        env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
+        with in_process_api() as started:
+            yield started
+
+
+def subscribe(api: InProcessApi, key: Any = None) -> str:
+    kwargs = {} if key is None else {"key": key}
+    made = api.post("/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["*"]}, **kwargs)
+    assert made.status_code == 201, made.text
+    return made.json()["id"]
+
+
+def named_by(cursor: str) -> str:
+    """The subscription id a cursor carries (it is base64 JSON, readable by whoever holds it)."""
+    return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["k"]["sk"]["S"]
+
+
+def test_a_channel_key_pages_through_its_own_subscriptions_and_no_cursor_names_another_channels(api: InProcessApi):
+    # The list read a page of every channel's subscriptions and filtered it: a channel key got empty
+    # pages with a cursor, each naming the subscription of another merchant the page had read past.
+    key = api.post("/api-keys", json={"name": "shop hooks", "scopes": ["webhooks:write"], "channel": "shop"})
+    assert key.status_code == 201, key.text
+    secret = key.json()["key"]
+    others = {subscribe(api) for _ in range(5)}
+    own = {subscribe(api, secret) for _ in range(2)}
+
+    pages, cursor = [], None
+    while True:
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        answer = api.get("/webhooks", params=params, key=secret)
+        assert answer.status_code == 200, answer.text
+        pages.append([hook["id"] for hook in answer.json()["items"]])
+        cursor = answer.json()["next_cursor"]
+        if cursor is None:
+            break
+        assert named_by(cursor) in own, "a cursor names another channel's subscription"
+
+    assert pages == [[hook_id] for hook_id in sorted(own)]
+    both = api.get("/webhooks", params={"limit": 2}, key=secret).json()
+    assert ({hook["id"] for hook in both["items"]}, both["next_cursor"]) == (own, None)
+    everyone = api.get("/webhooks", params={"limit": 100}).json()
+    assert {hook["id"] for hook in everyone["items"]} == own | others
