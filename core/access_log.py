@@ -27,6 +27,13 @@ READS: dict[tuple[str, str], str] = {
     ("GET", "/orders/{order_id}/access-log"): "access_log",
 }
 
+# The API's lists that answer orders (or returns) whole: each one listed is a read of its order,
+# recorded as a read by its id would be (a listed order as `list`, with the label links it handed out).
+LIST_READS: dict[tuple[str, str], str] = {
+    ("GET", "/orders"): "list",
+    ("GET", "/returns"): "returns",
+}
+
 # The API's changes of an order that answer with the order (or its new return or refund): the
 # action each is recorded as when it wrote no history entry (a cancel of a cancelled order, an
 # Idempotency-Key replayed), for it answered with what a read shows all the same: a read of it.
@@ -70,6 +77,11 @@ class ReadRecorder(ABC):
     @abstractmethod
     def record(self, read: OrderRead) -> None:
         """Queue the read for the access log (the API's side: never a table write in the read)."""
+
+    def record_all(self, reads: list[OrderRead]) -> None:
+        """Queue each of `reads` (a list's: one per order listed)."""
+        for read in reads:
+            self.record(read)
 
 
 class AccessLogStore(ABC):

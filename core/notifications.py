@@ -15,6 +15,7 @@ from core.hook_calls import call_hook
 from core.ids import short_hash
 from core.models import VisibleText
 from core.services import OrderQueries
+from core.status import OrderStatus
 
 
 class NotificationKind(StrEnum):
@@ -71,8 +72,9 @@ def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
 
 def notifications(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notification]:
     """The notifications one order change means (`old`, `new`: the order documents before and
-    after it), from the same events webhooks get: shipment.shipped, order.jeopardy and
-    refund.succeeded, plus a pickup shipment that became ready_for_pickup."""
+    after it), from the same events webhooks get: shipment.shipped, order.jeopardy (save one for a
+    hold the customer asked for) and refund.succeeded, plus a pickup shipment that became
+    ready_for_pickup."""
     events = order_events(old, new)
     if not events and not _ready_shipments(old, new):
         return []
@@ -112,6 +114,8 @@ def notifications(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notif
                 shipment_id=shipment["id"], carrier=shipment["carrier"], tracking_number=tracking,
             )  # fmt: skip
         elif event.type is EventType.ORDER_JEOPARDY:
+            if _held_for_the_customer(new):
+                continue  # late on a hold the customer asked for: nothing is delayed for them
             # The jeopardy's reason is the OMS's own wording about its deadlines, not for a customer.
             text = f"Your order {order_id} is taking longer than we planned. We are working on it."
             note(event.id, NotificationKind.DELAYED, f"Your order {order_id} is delayed", text)
@@ -131,6 +135,12 @@ def notifications(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notif
             shipment_id=shipment["id"], location_id=shipment["location_id"],
         )  # fmt: skip
     return found
+
+
+def _held_for_the_customer(order: dict[str, Any]) -> bool:
+    """Whether the order is late for a hold its customer asked for (on_hold, `customer_request`)."""
+    late, hold = order.get("jeopardy") or {}, order.get("hold") or {}
+    return late.get("status") == OrderStatus.ON_HOLD and hold.get("reason") == "customer_request"
 
 
 def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:

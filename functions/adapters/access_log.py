@@ -24,6 +24,16 @@ class SqsReadRecorder(ReadRecorder):
     def record(self, read: OrderRead) -> None:
         self._client.send_message(QueueUrl=self._queue_url, MessageBody=read.model_dump_json())
 
+    def record_all(self, reads: list[OrderRead]) -> None:
+        # One SendMessageBatch (ten messages at most) where a list's page reads ten orders; an entry
+        # the batch refused is sent on its own, which raises if the queue refuses it again.
+        for start in range(0, len(reads), 10):
+            batch = reads[start : start + 10]
+            entries = [{"Id": str(n), "MessageBody": read.model_dump_json()} for n, read in enumerate(batch)]
+            failed = self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries).get("Failed") or []
+            for entry in failed:
+                self.record(batch[int(entry["Id"])])
+
 
 class DynamoAccessLog(AccessLogStore):
     """pk ACCESS#<order id>, sk <at>#<request id> (oldest first, one item per request), the read as JSON in `doc`."""

@@ -1,6 +1,7 @@
 """Queues each read of an order for its access log once the read has its answer; a failure to queue never fails it.
 
-A change of an order that wrote nothing on it (no history entry) but answered it is such a read.
+A change of an order that wrote nothing on it (no history entry) but answered it is such a read, and
+so is each order (or return) a list answers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from core.access_log import CHANGES, READS, OrderRead
+from core.access_log import CHANGES, LIST_READS, READS, OrderRead
 from functions.api.access import caller_from
 from functions.api.dependencies import container
 from functions.business_metrics import orders_changed
@@ -22,11 +23,16 @@ logger = Logger(child=True)
 
 def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metrics) -> None:
     """Queue the read `event` made if it read an order (a 2xx of a route in READS, or of one in
-    CHANGES that wrote no history entry on the order: its entries are the change's record). Should the
-    queue refuse it, the whole record goes to the log at ERROR (`read not queued`, metric
+    CHANGES that wrote no history entry on the order: its entries are the change's record), or the
+    reads of a list in LIST_READS (one per order or return it answered). Should the
+    queue refuse one, the whole record goes to the log at ERROR (`read not queued`, metric
     AccessLogReadsNotQueued, alarm AccessLogReadsNotQueuedAlarm): the read still answers, and
     the log line is the record (README runbook)."""
     route = (event.get("httpMethod", ""), event.get("resource", ""))
+    listed = LIST_READS.get(route)
+    if listed is not None and 200 <= response["statusCode"] < 300:
+        _record(event, _listed_reads(event, response, listed), metrics)
+        return
     action = READS.get(route) or CHANGES.get(route)
     if action is None or not 200 <= response["statusCode"] < 300:
         return  # not a read of an order (every other write, POST /orders too): no caller to build
@@ -41,21 +47,50 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
         detail = {"return_id": parameters.get("return_id")}
     if not isinstance(order_id, str):
         return
+    answer = _answer(response) if action == "get" or route in CHANGES else None
+    _record(event, [(order_id, action, _labels_handed_out(answer) if answer is not None else detail)], metrics)
+
+
+def _listed_reads(
+    event: dict[str, Any], response: dict[str, Any], action: str
+) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """(order id, action, detail) of each order a list answered: an order (with its label links, as a
+    read by its id), or the order of returns (naming them: a page may hold several of one order,
+    and a request reads an order once)."""
+    items = _answer(response).get("items")
+    items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    if event.get("resource") != "/returns":
+        return [(item["id"], action, _labels_handed_out(item)) for item in items if isinstance(item.get("id"), str)]
+    returns: dict[str, list[Any]] = {}
+    for item in items:
+        if isinstance(item.get("order_id"), str):
+            returns.setdefault(item["order_id"], []).append(item.get("id"))
+    return [(order_id, action, {"return_ids": ids}) for order_id, ids in returns.items()]
+
+
+def _record(event: dict[str, Any], reads: list[tuple[str, str, dict[str, Any] | None]], metrics: Metrics) -> None:
+    if not reads:
+        return
     who = caller_from(event)
     if who is None:
         return
     context = event.get("requestContext") or {}
     epoch_ms = context.get("requestTimeEpoch")
     at = datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms else datetime.now(UTC)
-    read = OrderRead(
-        request_id=context.get("requestId") or "", order_id=order_id, at=at, actor=who.key_id, action=action,
-        detail=_labels_handed_out(response) if action == "get" or route in CHANGES else detail,
-    )  # fmt: skip
+    request_id = context.get("requestId") or ""
+    recorded = [
+        OrderRead(request_id=request_id, order_id=order_id, at=at, actor=who.key_id, action=action, detail=detail)
+        for order_id, action, detail in reads
+    ]
     try:
-        container().read_recorder.record(read)
+        if len(recorded) == 1:
+            container().read_recorder.record(recorded[0])
+        else:
+            container().read_recorder.record_all(recorded)
     except Exception:  # any failure of the queue: the read must not fail for it
-        logger.exception("read not queued", extra={"access": read.model_dump(mode="json")})
-        metrics.add_metric(name="AccessLogReadsNotQueued", unit=MetricUnit.Count, value=1)
+        for read in recorded:
+            logger.exception("read not queued", extra={"access": read.model_dump(mode="json")})
+        metrics.add_metric(name="AccessLogReadsNotQueued", unit=MetricUnit.Count, value=len(recorded))
 
 
 def _answer(response: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +102,9 @@ def _answer(response: dict[str, Any]) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {}
 
 
-def _labels_handed_out(response: dict[str, Any]) -> dict[str, Any] | None:
+def _labels_handed_out(order: dict[str, Any]) -> dict[str, Any] | None:
     """A read of the order hands out a signed link to each shipment's label: which ones."""
-    shipments = _answer(response).get("shipments") or []
+    shipments = order.get("shipments") or []
     if not isinstance(shipments, list):
         return None
     labels = [shipment["id"] for shipment in shipments if isinstance(shipment, dict) and shipment.get("label_url")]

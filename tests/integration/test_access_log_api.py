@@ -236,3 +236,46 @@ def test_a_much_read_orders_log_is_read_a_page_at_a_time(api):
     other = api.get(f"/orders/{other_order}/access-log", params={"cursor": first.json()["next_cursor"]})
     assert_error(other, 422, "invalid_cursor", "cursor")
     consume_queued_reads()
+
+
+def test_listing_orders_or_returns_is_a_read_of_each_order_listed(api):
+    # GET /orders answers each order whole (customer, address, signed label links) and GET /returns
+    # each return (its label link): the log of every order listed said nothing of either.
+    from core.return_models import Return, ReturnLine
+    from functions.bootstrap import Config, bootstrap
+    from tests.unit.conftest import usd
+
+    first, second = "ord_" + "l" * 24, "ord_" + "m" * 24
+    stored(first, channel="kiosk")
+    stored(second, channel="kiosk")
+    created = a_stored_order(("TSHIRT", 1)).created_at
+    returns = [f"rma_{letter * 24}" for letter in "mn"]
+    for ordinal, rid in enumerate(returns, start=1):
+        bootstrap(Config.from_env()).return_repository.add(
+            Return(
+                id=rid, order_id=second, channel="kiosk", ordinal=ordinal, status="requested",
+                lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"),
+                fee=usd("0.00"), created_at=created, updated_at=created, version=1,
+            )
+        )  # fmt: skip
+    reader_id, reader = key(api, "orders:read", channel="kiosk")
+    consume_queued_reads()
+
+    listed = api.get("/orders", key=reader)
+    assert listed.status_code == 200, listed.text
+    assert {order["id"] for order in listed.json()["items"]} == {first, second}
+    page = api.get("/returns", key=reader)
+    assert sorted(item["id"] for item in page.json()["items"]) == returns
+    assert api.get("/orders", key=reader, params={"status": "cancelled"}).json()["items"] == []  # nothing read
+
+    reads = consume_queued_reads()
+    assert sorted((q["order_id"], q["actor"], q["action"]) for q in reads) == [
+        (first, reader_id, "list"), (second, reader_id, "list"), (second, reader_id, "returns"),
+    ]  # fmt: skip
+    assert [q["detail"] for q in reads if q["action"] == "list"] == [None, None]  # no shipment: no label link
+    (of_returns,) = [q["detail"] for q in reads if q["action"] == "returns"]
+    assert sorted(of_returns["return_ids"]) == returns  # one read of the order, naming both
+    items = api.get(f"/orders/{second}/access-log", key=key(api, "audit:read")[1]).json()["items"]
+    assert [(i["actor"], i["action"]) for i in items] == [("key_shop", "created"), (reader_id, "list"),
+                                                          (reader_id, "returns")]  # fmt: skip
+    consume_queued_reads()

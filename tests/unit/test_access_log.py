@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.access_log import CHANGES, READS, AccessEntry, AccessLog, AccessLogStore, OrderRead
+from core.access_log import CHANGES, LIST_READS, READS, AccessEntry, AccessLog, AccessLogStore, OrderRead
 from core.errors import NotFound
 from core.models import HistoryEntry
 from core.services import OrderQueries
@@ -99,6 +99,7 @@ def test_every_read_and_change_route_the_access_log_names_is_a_route_of_the_api(
     declared = {(route.method, route.path) for route in Template.load().api_routes()}
     assert set(READS) <= declared
     assert set(CHANGES) <= declared
+    assert set(LIST_READS) <= declared
     assert not set(READS) & set(CHANGES)
 
 
@@ -153,3 +154,27 @@ def test_a_cursor_whose_time_has_no_utc_equivalent_is_invalid_not_a_crash(at: st
     log = AccessLog(OrderQueries(Orders()), Reads(read("r1", 1)))
     with pytest.raises(InvalidCursor):
         log.page(ORDER.id, None, 10, _forged(at))
+
+
+def test_a_lists_reads_go_ten_to_a_batch_and_an_entry_the_batch_refused_is_sent_again_alone():
+    from functions.adapters.access_log import SqsReadRecorder
+
+    class Queue:
+        def __init__(self):
+            self.batches: list[list[str]] = []
+            self.alone: list[str] = []
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict]) -> dict:
+            self.batches.append([entry["Id"] for entry in Entries])
+            return {"Failed": [{"Id": "3", "Code": "InternalError"}]} if len(self.batches) == 1 else {}
+
+        def send_message(self, QueueUrl: str, MessageBody: str) -> None:
+            self.alone.append(OrderRead.model_validate_json(MessageBody).order_id)
+
+    queue = Queue()
+    reads = [read(f"r{n}", n).model_copy(update={"order_id": f"ord_{n:024d}"}) for n in range(23)]
+
+    SqsReadRecorder(queue, "url").record_all(reads)
+
+    assert [len(batch) for batch in queue.batches] == [10, 10, 3]
+    assert queue.alone == [reads[3].order_id]

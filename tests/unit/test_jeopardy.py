@@ -1,6 +1,7 @@
 """Jeopardy: OMS_SLA's deadlines, the scan that marks late orders (once, and only while they stay
 late), the mark a status change clears, and holds that expire."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -84,6 +85,33 @@ def test_a_status_named_replaces_its_default_and_the_others_keep_theirs():
 def test_a_malformed_sla_is_refused_and_named(text):
     with pytest.raises(ValueError, match="OMS_SLA"):
         parse_sla(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["allocated=0h", "allocated=1.5h", "late=5m", "shipped=1d", "cancelled=1d", "on_hold=5m,delivered=1d"]
+)
+def test_the_template_refuses_at_deploy_a_status_or_deadline_the_scan_would_stop_on(text):
+    # The pattern let these through: the stack deployed and every pass of the scan then failed,
+    # marking no late order and expiring no hold or return, until someone read its Errors alarm.
+    from tests.template_iam import TEMPLATE
+
+    parameter = TEMPLATE["Parameters"]["Sla"]
+    assert re.fullmatch(parameter["AllowedPattern"], text) is None
+    with pytest.raises(ValueError, match="OMS_SLA"):
+        parse_sla(text)
+
+
+def test_the_template_takes_every_status_an_order_waits_in_and_no_other():
+    from core.jeopardy import WATCHED
+    from tests.template_iam import TEMPLATE
+
+    parameter = TEMPLATE["Parameters"]["Sla"]
+    for text in ("", DEFAULT_SLA, parameter["Default"], "allocated=2d,pending=90s,on_hold=36500d"):
+        assert re.fullmatch(parameter["AllowedPattern"], text) is not None, text
+        parse_sla(text)
+    for status in OrderStatus:
+        taken = re.fullmatch(parameter["AllowedPattern"], f"pending=5m,{status}=3d") is not None
+        assert taken is (status in WATCHED), status
 
 
 @pytest.mark.parametrize("text", ["backordered=36501d", "backordered=999999d", "allocated=99999999h"])

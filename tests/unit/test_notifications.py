@@ -56,6 +56,17 @@ def test_jeopardy_is_a_delay_without_the_internal_reason():
     assert "48h" not in note.body and "delayed" in note.subject
 
 
+def test_an_order_held_at_the_customers_request_is_never_told_it_is_delayed_for_that_hold():
+    # The customer asked to hold it: "taking longer than we planned, we are working on it" is false.
+    held = order_doc(status="on_hold", hold={"reason": "customer_request", "since": "2026-12-01T10:00:00Z"})
+    late = {"reason": "on_hold for longer than 24h", "status": "on_hold", "since": "2026-12-02T10:00:00Z"}
+    assert kinds(held, next_version(held, jeopardy=late)) == []
+
+    # Held for the OMS's own reasons, the order is late for the customer too.
+    reviewed = order_doc(status="on_hold", hold={"reason": "fraud_review", "since": "2026-12-01T10:00:00Z"})
+    assert kinds(reviewed, next_version(reviewed, jeopardy=late)) == ["delayed"]
+
+
 def test_a_refund_tells_its_amount():
     old = order_doc(status="shipped")
     payment = {**old["payment"], "refunded": money("4.00")}

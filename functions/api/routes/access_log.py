@@ -31,7 +31,9 @@ class AccessLogPage(BaseModel):
     summary="Who read and changed an order, oldest first",
     description="Each read of the order (`get`, with `detail.label_urls` naming the shipments whose label links it "
     "handed out; `history`, `returns` (also `GET /returns/{id}`, with `detail.return_id`), `refunds`, `notifications`, "
-    "`access_log`) and each change (its history entry: "
+    "`access_log`; `list` for each order a page of `GET /orders` answered, with `detail.label_urls`, and `returns` "
+    "for the order of the returns a page of `GET /returns` answered, `detail.return_ids` naming them) "
+    "and each change (its history entry: "
     "`action` the change, `detail` `{change: true, from_status, to_status}`); a change that wrote nothing but "
     "answered the order (a cancel of a cancelled order, a replayed Idempotency-Key) is a read named after it "
     "(`cancel`, `edit`, `hold`, `release`, `ship`, `deliver`, `ready`, `reject`; `return`, `refund` for a replayed "
