@@ -422,13 +422,15 @@ class Cancellation:
         )  # fmt: skip
 
     def void_replaced_authorizations(self, order: Order, actor: str) -> Order:
-        """Void each authorization an edit replaced and record it (Order.replaced_authorizations:
-        the edit voids it after its write, and one that died or found the gateway down leaves it).
+        """Void each authorization an edit or a renewal replaced and record it
+        (Order.replaced_authorizations: the edit voids it after its write, and one that died or
+        found the gateway down leaves it), but one a standing capture request is asked under
+        (Order.capturing_under), which stays until that capture is recorded or given back.
         Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
         attempt in the history; it stays for the next attempt). Returns the order as it stands
         after. Each is tried, whatever the gateway answers for another."""
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
-        for authorization in list(order.replaced_authorizations):
+        for authorization in [a for a in order.replaced_authorizations if not order.capturing_under(a)]:
             try:
                 order = self._void_replaced(order, authorization, actor)
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
@@ -448,8 +450,13 @@ class Cancellation:
         )  # fmt: skip
 
     def void_lapsed(self, order: Order, authorization: str, actor: str) -> Order:
-        """Void `authorization`, which a renewal replaced (Order.renew_authorization), and record it.
-        Raises as void_replaced_authorizations; it stays replaced for whatever voids those next."""
+        """Void `authorization`, which a renewal replaced (Order.renew_authorization), and record it;
+        nothing to do while a capture asked under it stands (Order.capturing_under: another
+        parcel's ship in flight, or dead after the gateway answered), which is asked again, given
+        back or recorded under it. Raises as void_replaced_authorizations. Either way it stays
+        replaced for whatever voids those next (a cancel, the last parcel's ship, the reconciler)."""
+        if order.capturing_under(authorization):
+            return order
         return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")
 
     def release_renewal(self, order: Order, actor: str) -> Order:
@@ -507,9 +514,10 @@ class Cancellation:
         requested on it: the renewal is requested on the order first (Order.request_renewal), then
         what the old one had left to capture is authorized under a key derived from it
         (payment_keys.renewal; transient failures retried, 503 while they last, the request
-        standing), the new one recorded (Order.renew_authorization), then the old one voided (a
-        void that fails stays in `replaced_authorizations`, for a cancel, the last parcel's ship or
-        the reconciler). A ship repeated after dying asks under the same key, so the gateway answers
+        standing), the new one recorded (Order.renew_authorization), then the old one voided
+        (void_lapsed: unless another parcel's capture asked under it stands; it, and one whose void
+        fails, stays in `replaced_authorizations`, for a cancel, the last parcel's ship or the
+        reconciler). A ship repeated after dying asks under the same key, so the gateway answers
         with the authorization it made. A decline raises as a capture the gateway refuses does
         (PaymentRefused, 502 `payment_gateway_error`): nothing captured or moved, the request
         dropped, the refusal in the history, and the next renewal asked under a new key (counting

@@ -1371,7 +1371,9 @@ class Order(BaseModel, defer_build=True):
     # yet (the edit's write names them, so
     # one whose void did not happen, the gateway down or the edit dead, is voided by the next edit,
     # a cancel or the last parcel's ship, or on an order nobody changes again by the reconciler:
-    # core.authorization_sweep). The system's own: stored, never shown.
+    # core.authorization_sweep). One a standing capture request is asked under (capturing_under: a
+    # renewal for another parcel replaced it meanwhile) waits for that capture to be recorded or
+    # given back first. The system's own: stored, never shown.
     replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # When the gateway approved the order's current authorization (`payment.authorization`): a
     # gateway lets an authorization lapse after some days, so a ship or collect of an order whose
@@ -1711,6 +1713,13 @@ class Order(BaseModel, defer_build=True):
         if all(e.authorization != authorization for e in earlier):
             earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
         return {"earlier_captures": earlier}
+
+    def capturing_under(self, authorization: str) -> bool:
+        """Whether a capture asked under `authorization` stands (CaptureRequest.authorization: a
+        ship in flight, or one that died after the gateway answered): an authorization a renewal
+        replaced is not voided while one does, since that capture is asked again, given back or
+        recorded under it."""
+        return any(request.authorization == authorization for request in self.captures_requested)
 
     def _requests_besides(self, shipment_id: str | None) -> list[CaptureRequest]:
         return [r for r in self.captures_requested if r.shipment_id != shipment_id]

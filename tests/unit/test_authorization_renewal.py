@@ -3,6 +3,7 @@ captures on it (core.fulfillment.OrderActions._renew_authorization), on the in-m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from core import hookimpl, payment_keys
 from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
 from core.models import LineInput, OrderEdit
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.builders import NOW
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
@@ -326,3 +328,61 @@ def test_a_ship_that_finds_the_renewal_standing_asks_under_its_key_while_its_dec
     assert world.gateway.keys("authorize")[-3:] == [first, first, second]
     assert shipped.payment.authorization == reference(AUTHORIZATION, second)
     assert world.order(order.id).renewal_declined_before == 0  # cleared with the renewal
+
+
+class VoidedRefusesCaptures:
+    """A gateway that refuses a new capture on an authorization it has voided, as a real one does;
+    `meanwhile` runs once, right before the next capture reaches it (another request while that
+    capture is on its way). `done`: what it voided and captured, by authorization, in order."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+        self.meanwhile: Callable[[], object] | None = None
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self, authorization: str):
+        result = yield
+        if result is not None and result.outcome == "approved":
+            self.done.append(("void", authorization))
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, authorization: str):
+        action, self.meanwhile = self.meanwhile, None
+        if action is not None:
+            action()
+        result = yield
+        if result is None or result.outcome != "approved":
+            return result
+        if ("void", authorization) in self.done:
+            return PaymentResult(outcome="declined", reference=result.reference, message="the authorization is voided")
+        self.done.append(("capture", authorization))
+        return result
+
+
+def test_a_renewal_for_one_parcel_leaves_the_old_authorization_to_the_other_parcels_capture_in_flight(clock):
+    # The west parcel's ship asked for its capture on the order's authorization, six days old;
+    # while that capture was on its way the east parcel shipped a day later, renewing it. Before:
+    # the renewal voided the old authorization at once, so the west capture was refused (502) and
+    # the parcel, handed over, stayed pending.
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    old = order.payment.authorization
+    clock.days_later(6.5)
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    new = reference(AUTHORIZATION, payment_keys.renewal(order.id, old))
+    assert shipped.payment.authorization == new
+    assert gateway.done == [("capture", new), ("capture", old), ("void", old)]
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.status is PaymentStatus.CAPTURED
+    assert shipped.payment.captured == order.payment.authorized
+    assert shipped.replaced_authorizations == [] and shipped.captures_requested == []
+    assert [e.authorization for e in shipped.earlier_captures] == [old]
