@@ -1400,6 +1400,12 @@ class Order(BaseModel, defer_build=True):
     # so a renewal asked after a decline is a new one, while this one, its answer lost, is asked
     # again under its key. Written and cleared with it; 0 on the typical order. Stored, never shown.
     renewal_declined_before: int = Field(default=0, exclude=True)
+    # What `renewing_authorization`'s renewal asks the gateway to authorize (what it had left to
+    # capture when the renewal was requested), written and cleared with it: asked again under its
+    # key, by the ship repeated or by a cancel releasing it through a payment plugin that cannot
+    # look keys up, it is for the same amount, which a captured parcel or an edit meanwhile would
+    # change. None: none stands, or stored before it existed. Stored, never shown.
+    renewal_amount: Money | None = Field(default=None, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1487,6 +1493,8 @@ class Order(BaseModel, defer_build=True):
             system["renewing_authorization"] = self.renewing_authorization
         if self.renewal_declined_before:
             system["renewal_declined_before"] = self.renewal_declined_before
+        if self.renewal_amount is not None:
+            system["renewal_amount"] = self.renewal_amount.model_dump(mode="json")
         if self.earlier_captures:
             system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
@@ -1847,14 +1855,16 @@ class Order(BaseModel, defer_build=True):
         lapsed authorization again (`renewing_authorization`), so what the gateway authorizes is
         never left behind: the ship repeated asks under the same key and records it
         (renew_authorization), and a cancel releases it
-        (core.cancellation.Cancellation.release_renewal). `declined_before`: the renewals of it
-        the gateway declined before (`renewal_declined_before`, which its key counts).
-        Bookkeeping, as request_capture."""
+        (core.cancellation.Cancellation.release_renewal), each for what the authorization has left
+        to capture now (`renewal_amount`). `declined_before`: the renewals of it the gateway
+        declined before (`renewal_declined_before`, which its key counts). Bookkeeping, as
+        request_capture."""
         if self.renewing_authorization is not None or not self.payment.authorization:
             raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
         return self._bookkeeping(
-            at=at, renewing_authorization=self.payment.authorization, renewal_declined_before=declined_before
-        )
+            at=at, renewing_authorization=self.payment.authorization, renewal_declined_before=declined_before,
+            renewal_amount=self.payment.authorized - self.payment.captured,
+        )  # fmt: skip
 
     def renew_authorization(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
@@ -1868,7 +1878,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
-            authorized_at=at, renewing_authorization=None, renewal_declined_before=0,
+            authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
             **self._replacing(_replaced(self.payment, authorization=reference)),
         )  # fmt: skip
@@ -1897,7 +1907,7 @@ class Order(BaseModel, defer_build=True):
         gateway declined it (in the history), or what it made was released. Bookkeeping."""
         if self.renewing_authorization is None:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization")
-        return self._bookkeeping(at=at, renewing_authorization=None, renewal_declined_before=0)
+        return self._bookkeeping(at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None)
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a

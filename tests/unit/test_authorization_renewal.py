@@ -11,10 +11,12 @@ import pytest
 from core import hookimpl, payment_keys
 from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
 from core.models import LineInput, OrderEdit
+from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.builders import NOW
+from tests.unit.test_workflow import NoLookup
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
@@ -386,3 +388,67 @@ def test_a_renewal_for_one_parcel_leaves_the_old_authorization_to_the_other_parc
     assert shipped.payment.captured == order.payment.authorized
     assert shipped.replaced_authorizations == [] and shipped.captures_requested == []
     assert [e.authorization for e in shipped.earlier_captures] == [old]
+
+
+class AuthorizeCalls:
+    """Records each authorization asked of the gateway: (idempotency key, amount)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Money]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self, amount: Money, idempotency_key: str):
+        self.calls.append((idempotency_key, amount))
+        return (yield)
+
+
+def test_a_cancel_releases_a_renewal_a_dead_ship_left_through_a_plugin_that_cannot_look_keys_up(clock, monkeypatch):
+    # Before: the cancel could not look the renewal's key up (no oms_payment_find_authorization),
+    # logged a warning and dropped the renewal: what the gateway authorized under it stayed on the
+    # customer's card until it lapsed.
+    asked = AuthorizeCalls()
+    world = build_world(STOCK, NoLookup(), asked, clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    made = reference(AUTHORIZATION, key)
+    assert [call for call in asked.calls if call[0] == key] == [(key, order.payment.authorized)] * 2
+    assert sorted(world.spy.voided) == sorted([made, order.payment.authorization])
+    assert cancelled.payment.status is PaymentStatus.VOIDED and cancelled.renewing_authorization is None
+    assert not cancelled.authorizations_left
+    voided = [e for e in world.history(order.id) if e.type == "payment_voided" and e.detail["authorization"] == made]
+    assert [e.detail["authorization_key"] for e in voided] == [key]
+
+
+def test_a_renewal_a_dead_ship_left_is_asked_again_for_the_amount_it_was_asked_for_after_an_edit(clock, monkeypatch):
+    # An edit grew the order's total while the renewal stood: asked again under its key for the
+    # edited total, a gateway that holds a key to its parameters refuses the request (it is not a
+    # replay), so the renewal's hold was never found.
+    asked = AuthorizeCalls()
+    world = build_world(STOCK, NoLookup(), asked, clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+    current = world.order(order.id)
+    edited = world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                                "key_cs")  # fmt: skip
+    assert edited.payment.authorized > order.payment.authorized
+
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert [call for call in asked.calls if call[0] == key] == [(key, order.payment.authorized)] * 2
+    assert reference(AUTHORIZATION, key) in world.spy.voided
+    assert cancelled.renewing_authorization is None and not cancelled.authorizations_left
