@@ -1708,19 +1708,23 @@ class Order(BaseModel, defer_build=True):
         request = self.capture_request(shipment_id)
         return (request.authorization if request else None) or self.payment.authorization or ""
 
-    def _captured_apart(self, shipment_id: str | None, amount: Money) -> dict[str, Any]:
-        """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement)
-        made under an authorization a renewal replaced while it was asked (its request's): counted
-        under that one (earlier_captures), not the current one. Nothing for any other capture."""
+    def _captured_apart(self, shipment_id: str | None, amount: Money, payment: Payment) -> dict[str, Any]:
+        """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement),
+        `payment` the version's with it counted. One made under an authorization a renewal replaced
+        while it was asked (its request's) is counted under that one (earlier_captures), not the
+        current one, and `payment.authorized` grows by it: the renewal authorized what was left to
+        capture, this capture's share included, which the current authorization holds still until
+        it is released (nothing left to ship: core.unit_cancellation). Just `payment` for any other
+        capture."""
         authorization = self.capture_authorization(shipment_id)
         if not authorization or authorization == self.payment.authorization or amount.amount <= 0:
-            return {}
+            return {"payment": payment}
         shipments = [shipment_id] if shipment_id else []
         earlier = [_replaced(e, captured=e.captured + amount, shipments=[*e.shipments, *shipments])
                    if e.authorization == authorization else e for e in self.earlier_captures]  # fmt: skip
         if all(e.authorization != authorization for e in earlier):
             earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
-        return {"earlier_captures": earlier}
+        return {"payment": _replaced(payment, authorized=payment.authorized + amount), "earlier_captures": earlier}
 
     def capturing_under(self, authorization: str) -> bool:
         """Whether a capture asked under `authorization` stands (CaptureRequest.authorization: a
@@ -2401,8 +2405,9 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
             else _left_to_ship_nothing(OrderStatus.SHIPPED, self.lines, shipments),
-            detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
+            detail=detail, shipments=shipments, lines=_shipped_counted(self.lines, shipments),
+            captures_requested=self._requests_besides(shipment_id),
+            **self._captured_apart(shipment_id, captured, payment),
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
@@ -2521,8 +2526,9 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
-            detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
+            detail=detail, shipments=shipments, lines=_shipped_counted(self.lines, shipments),
+            captures_requested=self._requests_besides(shipment_id),
+            **self._captured_apart(shipment_id, captured, payment),
         )  # fmt: skip
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -2964,8 +2970,8 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference,
                     "reason": "the order's total after cancelled units"},
-            payment=self.payment.with_capture(amount, self.payable()), captures_requested=self._requests_besides(None),
-            **self._captured_apart(None, amount),
+            captures_requested=self._requests_besides(None),
+            **self._captured_apart(None, amount, self.payment.with_capture(amount, self.payable())),
         )  # fmt: skip
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:

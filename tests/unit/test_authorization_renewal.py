@@ -10,7 +10,7 @@ import pytest
 
 from core import hookimpl, payment_keys
 from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
-from core.models import LineInput, OrderEdit
+from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
@@ -362,16 +362,14 @@ class VoidedRefusesCaptures:
         return result
 
 
-def test_a_renewal_for_one_parcel_leaves_the_old_authorization_to_the_other_parcels_capture_in_flight(clock):
-    # The west parcel's ship asked for its capture on the order's authorization, six days old;
-    # while that capture was on its way the east parcel shipped a day later, renewing it. Before:
-    # the renewal voided the old authorization at once, so the west capture was refused (502) and
-    # the parcel, handed over, stayed pending.
+def shipped_across_a_renewal(clock: Clock) -> tuple[World, VoidedRefusesCaptures, Order, Order]:
+    """The west parcel's ship asks for its capture on the order's authorization, six and a half
+    days old; while that capture is on its way, the east parcel ships a day later, renewing it.
+    The world, its gateway, the order before and after."""
     gateway = VoidedRefusesCaptures()
     world = build_world(STOCK, gateway, clock=clock)
     order = world.allocated(("MUG", 1), ("CAP", 3))
     west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
-    old = order.payment.authorization
     clock.days_later(6.5)
 
     def the_east_parcel() -> None:
@@ -379,15 +377,37 @@ def test_a_renewal_for_one_parcel_leaves_the_old_authorization_to_the_other_parc
         world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
 
     gateway.meanwhile = the_east_parcel
-    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    return world, gateway, order, world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
 
+
+def test_a_renewal_for_one_parcel_leaves_the_old_authorization_to_the_other_parcels_capture_in_flight(clock):
+    # Before: the renewal voided the old authorization at once, so the west capture was refused
+    # (502) and the parcel, handed over, stayed pending.
+    _, gateway, order, shipped = shipped_across_a_renewal(clock)
+
+    old = order.payment.authorization
     new = reference(AUTHORIZATION, payment_keys.renewal(order.id, old))
     assert shipped.payment.authorization == new
-    assert gateway.done == [("capture", new), ("capture", old), ("void", old)]
+    assert gateway.done[:3] == [("capture", new), ("capture", old), ("void", old)]
     assert shipped.status is OrderStatus.SHIPPED and shipped.payment.status is PaymentStatus.CAPTURED
     assert shipped.payment.captured == order.payment.authorized
     assert shipped.replaced_authorizations == [] and shipped.captures_requested == []
     assert [e.authorization for e in shipped.earlier_captures] == [old]
+
+
+def test_what_a_renewal_authorized_for_a_parcel_captured_on_the_old_authorization_is_released_once_all_shipped(clock):
+    # The renewal authorized what was left to capture, the west parcel's share included. Before:
+    # with everything shipped and paid, the renewed authorization still held the west share on the
+    # card until it lapsed.
+    world, gateway, order, shipped = shipped_across_a_renewal(clock)
+
+    new = shipped.payment.authorization
+    west_share = shipped.shipment(world.shipment_at(order, "wh-west")).captured
+    assert west_share is not None and gateway.done[3:] == [("void", new)]
+    released = world.history(order.id)[-1]
+    assert (released.type, released.detail["authorization"]) == ("payment_voided", new)
+    assert released.detail["released"] == west_share.model_dump(mode="json")
+    assert shipped.payment.authorized == shipped.payment.captured == order.payment.authorized
 
 
 class AuthorizeCalls:
