@@ -422,13 +422,15 @@ class Cancellation:
         )  # fmt: skip
 
     def void_replaced_authorizations(self, order: Order, actor: str) -> Order:
-        """Void each authorization an edit replaced and record it (Order.replaced_authorizations:
-        the edit voids it after its write, and one that died or found the gateway down leaves it).
+        """Void each authorization an edit or a renewal replaced and record it
+        (Order.replaced_authorizations: the edit voids it after its write, and one that died or
+        found the gateway down leaves it), but one a standing capture request is asked under
+        (Order.capturing_under), which stays until that capture is recorded or given back.
         Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
         attempt in the history; it stays for the next attempt). Returns the order as it stands
         after. Each is tried, whatever the gateway answers for another."""
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
-        for authorization in list(order.replaced_authorizations):
+        for authorization in [a for a in order.replaced_authorizations if not order.capturing_under(a)]:
             try:
                 order = self._void_replaced(order, authorization, actor)
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
@@ -448,21 +450,29 @@ class Cancellation:
         )  # fmt: skip
 
     def void_lapsed(self, order: Order, authorization: str, actor: str) -> Order:
-        """Void `authorization`, which a renewal replaced (Order.renew_authorization), and record it.
-        Raises as void_replaced_authorizations; it stays replaced for whatever voids those next."""
+        """Void `authorization`, which a renewal replaced (Order.renew_authorization), and record it;
+        nothing to do while a capture asked under it stands (Order.capturing_under: another
+        parcel's ship in flight, or dead after the gateway answered), which is asked again, given
+        back or recorded under it. Raises as void_replaced_authorizations. Either way it stays
+        replaced for whatever voids those next (a cancel, the last parcel's ship, the reconciler)."""
+        if order.capturing_under(authorization):
+            return order
         return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")
 
     def release_renewal(self, order: Order, actor: str) -> Order:
         """Release what the gateway authorized under a renewal the order asked for and never recorded
         (Order.renewing_authorization: a ship or collect that died between the gateway's answer and
-        its write, or one in flight, which then voids what it gets itself), looked up by its key and
-        voided (_release_unrecorded: a plugin that cannot look keys up leaves it to lapse, with a
-        warning), then record the renewal settled. Raises as `void`. Returns the order after."""
+        its write, or one in flight, which then voids what it gets itself), as an attempt whose
+        answer was lost (_release_lost): looked up by its key and voided, or, by a plugin that
+        cannot look keys up, asked for again under its key for the amount it was asked for
+        (_renewal_amount), which the gateway answers with the authorization it made, and voided at
+        once; then record the renewal settled. Raises as `void`. Returns the order after."""
         lapsed = order.renewing_authorization
         if lapsed is None:
             return order
         key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
-        self._release_unrecorded(order, key, actor)
+        found = self._orders.get_with_token(order.id, consistent=True)
+        self._release_lost(order, key, _renewal_amount(order), found[1] if found else "", actor)
         at = self._clock()
         return modify(
             self._orders,
@@ -505,17 +515,18 @@ class Cancellation:
     def _renew(self, order: Order, actor: str) -> Order:
         """The order with its lapsing authorization replaced by a new one, before a capture is
         requested on it: the renewal is requested on the order first (Order.request_renewal), then
-        what the old one had left to capture is authorized under a key derived from it
-        (payment_keys.renewal; transient failures retried, 503 while they last, the request
-        standing), the new one recorded (Order.renew_authorization), then the old one voided (a
-        void that fails stays in `replaced_authorizations`, for a cancel, the last parcel's ship or
-        the reconciler). A ship repeated after dying asks under the same key, so the gateway answers
-        with the authorization it made. A decline raises as a capture the gateway refuses does
-        (PaymentRefused, 502 `payment_gateway_error`): nothing captured or moved, the request
-        dropped, the refusal in the history, and the next renewal asked under a new key (counting
-        the declines: the gateway answers a key it has seen with that decline). What a renewal
-        gets that the order can no longer record (a concurrent edit authorized it again, a cancel
-        settled the request) is voided at once."""
+        what the old one had left to capture then (Order.renewal_amount) is authorized under a key
+        derived from it (payment_keys.renewal; transient failures retried, 503 while they last, the
+        request standing), the new one recorded (Order.renew_authorization), then the old one voided
+        (void_lapsed: unless another parcel's capture asked under it stands; it, and one whose void
+        fails, stays in `replaced_authorizations`, for a cancel, the last parcel's ship or the
+        reconciler). A ship repeated after dying asks under the same key for the same amount, so
+        the gateway answers with the authorization it made. A decline raises as a capture the
+        gateway refuses does (PaymentRefused, 502 `payment_gateway_error`): nothing captured or
+        moved, the request dropped, the refusal in the history, and the next renewal asked under a
+        new key (counting the declines: the gateway answers a key it has seen with that decline).
+        What a renewal gets that the order can no longer record (a concurrent edit authorized it
+        again, a cancel settled the request) is voided at once."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
@@ -539,7 +550,7 @@ class Cancellation:
             return order  # renewed (or settled) meanwhile
         order, token = found
         payment = order.payment
-        amount = payment.authorized - payment.captured
+        amount = _renewal_amount(order)
         key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
         try:
             made = self._payments.retried(
@@ -788,6 +799,13 @@ def _declined_keys(history: list[HistoryEntry]) -> set[str]:
         if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
         and isinstance(entry.detail.get("authorization_key"), str)
     }  # fmt: skip
+
+
+def _renewal_amount(order: Order) -> Money:
+    """What the renewal standing on `order` asks the gateway to authorize (Order.renewal_amount);
+    on an order stored while renewing before that existed, what the authorization has left to
+    capture, as it was computed then."""
+    return order.renewal_amount or order.payment.authorized - order.payment.captured
 
 
 def _first_to_retry(failed: list[PaymentRefused | PaymentGatewayUnavailable]) -> Exception:

@@ -1377,7 +1377,9 @@ class Order(BaseModel, defer_build=True):
     # yet (the edit's write names them, so
     # one whose void did not happen, the gateway down or the edit dead, is voided by the next edit,
     # a cancel or the last parcel's ship, or on an order nobody changes again by the reconciler:
-    # core.authorization_sweep). The system's own: stored, never shown.
+    # core.authorization_sweep). One a standing capture request is asked under (capturing_under: a
+    # renewal for another parcel replaced it meanwhile) waits for that capture to be recorded or
+    # given back first. The system's own: stored, never shown.
     replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # When the gateway approved the order's current authorization (`payment.authorization`): a
     # gateway lets an authorization lapse after some days, so a ship or collect of an order whose
@@ -1404,6 +1406,12 @@ class Order(BaseModel, defer_build=True):
     # so a renewal asked after a decline is a new one, while this one, its answer lost, is asked
     # again under its key. Written and cleared with it; 0 on the typical order. Stored, never shown.
     renewal_declined_before: int = Field(default=0, exclude=True)
+    # What `renewing_authorization`'s renewal asks the gateway to authorize (what it had left to
+    # capture when the renewal was requested), written and cleared with it: asked again under its
+    # key, by the ship repeated or by a cancel releasing it through a payment plugin that cannot
+    # look keys up, it is for the same amount, which a captured parcel or an edit meanwhile would
+    # change. None: none stands, or stored before it existed. Stored, never shown.
+    renewal_amount: Money | None = Field(default=None, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1491,6 +1499,8 @@ class Order(BaseModel, defer_build=True):
             system["renewing_authorization"] = self.renewing_authorization
         if self.renewal_declined_before:
             system["renewal_declined_before"] = self.renewal_declined_before
+        if self.renewal_amount is not None:
+            system["renewal_amount"] = self.renewal_amount.model_dump(mode="json")
         if self.earlier_captures:
             system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
@@ -1704,19 +1714,30 @@ class Order(BaseModel, defer_build=True):
         request = self.capture_request(shipment_id)
         return (request.authorization if request else None) or self.payment.authorization or ""
 
-    def _captured_apart(self, shipment_id: str | None, amount: Money) -> dict[str, Any]:
-        """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement)
-        made under an authorization a renewal replaced while it was asked (its request's): counted
-        under that one (earlier_captures), not the current one. Nothing for any other capture."""
+    def _captured_apart(self, shipment_id: str | None, amount: Money, payment: Payment) -> dict[str, Any]:
+        """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement),
+        `payment` the version's with it counted. One made under an authorization a renewal replaced
+        while it was asked (its request's) is counted under that one (earlier_captures), not the
+        current one, and `payment.authorized` grows by it: the renewal authorized what was left to
+        capture, this capture's share included, which the current authorization holds still until
+        it is released (nothing left to ship: core.unit_cancellation). Just `payment` for any other
+        capture."""
         authorization = self.capture_authorization(shipment_id)
         if not authorization or authorization == self.payment.authorization or amount.amount <= 0:
-            return {}
+            return {"payment": payment}
         shipments = [shipment_id] if shipment_id else []
         earlier = [_replaced(e, captured=e.captured + amount, shipments=[*e.shipments, *shipments])
                    if e.authorization == authorization else e for e in self.earlier_captures]  # fmt: skip
         if all(e.authorization != authorization for e in earlier):
             earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
-        return {"earlier_captures": earlier}
+        return {"payment": _replaced(payment, authorized=payment.authorized + amount), "earlier_captures": earlier}
+
+    def capturing_under(self, authorization: str) -> bool:
+        """Whether a capture asked under `authorization` stands (CaptureRequest.authorization: a
+        ship in flight, or one that died after the gateway answered): an authorization a renewal
+        replaced is not voided while one does, since that capture is asked again, given back or
+        recorded under it."""
+        return any(request.authorization == authorization for request in self.captures_requested)
 
     def _requests_besides(self, shipment_id: str | None) -> list[CaptureRequest]:
         return [r for r in self.captures_requested if r.shipment_id != shipment_id]
@@ -1844,14 +1865,16 @@ class Order(BaseModel, defer_build=True):
         lapsed authorization again (`renewing_authorization`), so what the gateway authorizes is
         never left behind: the ship repeated asks under the same key and records it
         (renew_authorization), and a cancel releases it
-        (core.cancellation.Cancellation.release_renewal). `declined_before`: the renewals of it
-        the gateway declined before (`renewal_declined_before`, which its key counts).
-        Bookkeeping, as request_capture."""
+        (core.cancellation.Cancellation.release_renewal), each for what the authorization has left
+        to capture now (`renewal_amount`). `declined_before`: the renewals of it the gateway
+        declined before (`renewal_declined_before`, which its key counts). Bookkeeping, as
+        request_capture."""
         if self.renewing_authorization is not None or not self.payment.authorization:
             raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
         return self._bookkeeping(
-            at=at, renewing_authorization=self.payment.authorization, renewal_declined_before=declined_before
-        )
+            at=at, renewing_authorization=self.payment.authorization, renewal_declined_before=declined_before,
+            renewal_amount=self.payment.authorized - self.payment.captured,
+        )  # fmt: skip
 
     def renew_authorization(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
@@ -1865,7 +1888,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
-            authorized_at=at, renewing_authorization=None, renewal_declined_before=0,
+            authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
             **self._replacing(_replaced(self.payment, authorization=reference)),
         )  # fmt: skip
@@ -1894,7 +1917,7 @@ class Order(BaseModel, defer_build=True):
         gateway declined it (in the history), or what it made was released. Bookkeeping."""
         if self.renewing_authorization is None:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization")
-        return self._bookkeeping(at=at, renewing_authorization=None, renewal_declined_before=0)
+        return self._bookkeeping(at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None)
 
     def ready_to_ship(self, shipment_id: str) -> Shipment:
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
@@ -2388,8 +2411,9 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
             else _left_to_ship_nothing(OrderStatus.SHIPPED, self.lines, shipments),
-            detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
+            detail=detail, shipments=shipments, lines=_shipped_counted(self.lines, shipments),
+            captures_requested=self._requests_besides(shipment_id),
+            **self._captured_apart(shipment_id, captured, payment),
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
@@ -2508,8 +2532,9 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
-            detail=detail, shipments=shipments, payment=payment, lines=_shipped_counted(self.lines, shipments),
-            captures_requested=self._requests_besides(shipment_id), **self._captured_apart(shipment_id, captured),
+            detail=detail, shipments=shipments, lines=_shipped_counted(self.lines, shipments),
+            captures_requested=self._requests_besides(shipment_id),
+            **self._captured_apart(shipment_id, captured, payment),
         )  # fmt: skip
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
@@ -2951,8 +2976,8 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference,
                     "reason": "the order's total after cancelled units"},
-            payment=self.payment.with_capture(amount, self.payable()), captures_requested=self._requests_besides(None),
-            **self._captured_apart(None, amount),
+            captures_requested=self._requests_besides(None),
+            **self._captured_apart(None, amount, self.payment.with_capture(amount, self.payable())),
         )  # fmt: skip
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:

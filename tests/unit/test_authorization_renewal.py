@@ -3,16 +3,20 @@ captures on it (core.fulfillment.OrderActions._renew_authorization), on the in-m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
 from core import hookimpl, payment_keys
 from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
-from core.models import LineInput, OrderEdit
+from core.models import LineInput, Order, OrderEdit
+from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.builders import NOW
+from tests.unit.test_workflow import NoLookup
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
@@ -326,3 +330,145 @@ def test_a_ship_that_finds_the_renewal_standing_asks_under_its_key_while_its_dec
     assert world.gateway.keys("authorize")[-3:] == [first, first, second]
     assert shipped.payment.authorization == reference(AUTHORIZATION, second)
     assert world.order(order.id).renewal_declined_before == 0  # cleared with the renewal
+
+
+class VoidedRefusesCaptures:
+    """A gateway that refuses a new capture on an authorization it has voided, as a real one does;
+    `meanwhile` runs once, right before the next capture reaches it (another request while that
+    capture is on its way). `done`: what it voided and captured, by authorization, in order."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+        self.meanwhile: Callable[[], object] | None = None
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self, authorization: str):
+        result = yield
+        if result is not None and result.outcome == "approved":
+            self.done.append(("void", authorization))
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, authorization: str):
+        action, self.meanwhile = self.meanwhile, None
+        if action is not None:
+            action()
+        result = yield
+        if result is None or result.outcome != "approved":
+            return result
+        if ("void", authorization) in self.done:
+            return PaymentResult(outcome="declined", reference=result.reference, message="the authorization is voided")
+        self.done.append(("capture", authorization))
+        return result
+
+
+def shipped_across_a_renewal(clock: Clock) -> tuple[World, VoidedRefusesCaptures, Order, Order]:
+    """The west parcel's ship asks for its capture on the order's authorization, six and a half
+    days old; while that capture is on its way, the east parcel ships a day later, renewing it.
+    The world, its gateway, the order before and after."""
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    clock.days_later(6.5)
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    return world, gateway, order, world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+
+def test_a_renewal_for_one_parcel_leaves_the_old_authorization_to_the_other_parcels_capture_in_flight(clock):
+    # Before: the renewal voided the old authorization at once, so the west capture was refused
+    # (502) and the parcel, handed over, stayed pending.
+    _, gateway, order, shipped = shipped_across_a_renewal(clock)
+
+    old = order.payment.authorization
+    new = reference(AUTHORIZATION, payment_keys.renewal(order.id, old))
+    assert shipped.payment.authorization == new
+    assert gateway.done[:3] == [("capture", new), ("capture", old), ("void", old)]
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.status is PaymentStatus.CAPTURED
+    assert shipped.payment.captured == order.payment.authorized
+    assert shipped.replaced_authorizations == [] and shipped.captures_requested == []
+    assert [e.authorization for e in shipped.earlier_captures] == [old]
+
+
+def test_what_a_renewal_authorized_for_a_parcel_captured_on_the_old_authorization_is_released_once_all_shipped(clock):
+    # The renewal authorized what was left to capture, the west parcel's share included. Before:
+    # with everything shipped and paid, the renewed authorization still held the west share on the
+    # card until it lapsed.
+    world, gateway, order, shipped = shipped_across_a_renewal(clock)
+
+    new = shipped.payment.authorization
+    west_share = shipped.shipment(world.shipment_at(order, "wh-west")).captured
+    assert west_share is not None and gateway.done[3:] == [("void", new)]
+    released = world.history(order.id)[-1]
+    assert (released.type, released.detail["authorization"]) == ("payment_voided", new)
+    assert released.detail["released"] == west_share.model_dump(mode="json")
+    assert shipped.payment.authorized == shipped.payment.captured == order.payment.authorized
+
+
+class AuthorizeCalls:
+    """Records each authorization asked of the gateway: (idempotency key, amount)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Money]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self, amount: Money, idempotency_key: str):
+        self.calls.append((idempotency_key, amount))
+        return (yield)
+
+
+def test_a_cancel_releases_a_renewal_a_dead_ship_left_through_a_plugin_that_cannot_look_keys_up(clock, monkeypatch):
+    # Before: the cancel could not look the renewal's key up (no oms_payment_find_authorization),
+    # logged a warning and dropped the renewal: what the gateway authorized under it stayed on the
+    # customer's card until it lapsed.
+    asked = AuthorizeCalls()
+    world = build_world(STOCK, NoLookup(), asked, clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    made = reference(AUTHORIZATION, key)
+    assert [call for call in asked.calls if call[0] == key] == [(key, order.payment.authorized)] * 2
+    assert sorted(world.spy.voided) == sorted([made, order.payment.authorization])
+    assert cancelled.payment.status is PaymentStatus.VOIDED and cancelled.renewing_authorization is None
+    assert not cancelled.authorizations_left
+    voided = [e for e in world.history(order.id) if e.type == "payment_voided" and e.detail["authorization"] == made]
+    assert [e.detail["authorization_key"] for e in voided] == [key]
+
+
+def test_a_renewal_a_dead_ship_left_is_asked_again_for_the_amount_it_was_asked_for_after_an_edit(clock, monkeypatch):
+    # An edit grew the order's total while the renewal stood: asked again under its key for the
+    # edited total, a gateway that holds a key to its parameters refuses the request (it is not a
+    # replay), so the renewal's hold was never found.
+    asked = AuthorizeCalls()
+    world = build_world(STOCK, NoLookup(), asked, clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+    current = world.order(order.id)
+    edited = world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                                "key_cs")  # fmt: skip
+    assert edited.payment.authorized > order.payment.authorized
+
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert [call for call in asked.calls if call[0] == key] == [(key, order.payment.authorized)] * 2
+    assert reference(AUTHORIZATION, key) in world.spy.voided
+    assert cancelled.renewing_authorization is None and not cancelled.authorizations_left
