@@ -290,8 +290,11 @@ class OrderFile(FileOrders):
         if declared is not None:
             self._peeked = []
             first = self._first_text_line(past_unreadable=True)
-        if first is None and len(self._peeked) <= 1000 and all(line.text is not None for line in self._peeked):
-            # Nothing to import: most likely an export or an upload that failed, never "0 orders".
+        nothing = first is None and len(self._peeked) <= 1000 and all(line.text is not None for line in self._peeked)
+        if nothing and fmt != JSONL:
+            # No header, so no CSV: most likely an export or an upload that failed, never "0 orders".
+            # An empty JSON Lines file is how a feed says it has no orders today (a CSV says it with
+            # its header alone): an import of 0 orders.
             raise _empty(name)
         if fmt is None:
             fmt = format_from_content(first) if first is not None else None

@@ -886,8 +886,6 @@ def test_an_unknown_format_fails_with_a_clear_error(name: str, data: bytes, ment
         ("incoming/orders.csv", b""),
         ("incoming/orders.csv", b"\n\r\n  \n"),
         ("incoming/orders.csv", b"\xef\xbb\xbf,,,\r\n,,,\r\n"),
-        ("incoming/orders.jsonl", b""),
-        ("incoming/orders.jsonl", b"\xef\xbb\xbf\n\n"),
         ("incoming/orders", b""),
     ],
 )
@@ -902,6 +900,14 @@ def test_an_empty_file_fails_as_a_whole_saying_so(name: str, data: bytes):
         failure.value.message
         == f"{name.rsplit('/', 1)[-1]} is empty (no text but blank lines): there is nothing to import"
     )
+
+
+@pytest.mark.parametrize("data", [b"", b"\xef\xbb\xbf\n\n", b"\n  \r\n"])
+def test_an_empty_json_lines_file_is_an_import_of_no_orders(data: bytes):
+    # A feed's day without orders: JSON Lines has no header to say so, as a CSV's header alone does.
+    orders = OrderFile(chunks(data, 5), "incoming/orders.jsonl")
+
+    assert list(orders) == []
 
 
 def test_a_jsonl_file_whose_first_line_cannot_be_read_is_not_empty():
