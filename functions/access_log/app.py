@@ -7,6 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import TypeAdapter
 
 from core.access_log import OrderRead
 from functions.bootstrap import WarmContainer
@@ -14,11 +15,17 @@ from functions.bootstrap import WarmContainer
 logger = Logger()
 processor = BatchProcessor(event_type=EventType.SQS)
 container = WarmContainer()
+_READS = TypeAdapter(list[OrderRead])
 
 
 def store_read(record: SQSRecord) -> None:
-    """A failure fails this message only: SQS hands it out again, then to the dead-letter queue."""
-    container().access_log_store.add(OrderRead.model_validate_json(record.body))
+    """One read, or a list's reads (a JSON array: SqsReadRecorder.record_all). A failure fails this
+    message only: SQS hands it out again (each read is stored under its own key, so storing it
+    twice stores it once), then to the dead-letter queue."""
+    body = record.body
+    reads = _READS.validate_json(body) if body.lstrip().startswith("[") else [OrderRead.model_validate_json(body)]
+    for read in reads:
+        container().access_log_store.add(read)
 
 
 @logger.inject_lambda_context(clear_state=True)

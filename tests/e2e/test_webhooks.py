@@ -277,7 +277,7 @@ def test_who_reads_an_order_is_in_its_access_log(stack: EmbeddedStack, api: Api)
 
     with calls_by_function(stack) as calls:
         assert api.get(f"/orders/{order_id}", key=reader["key"]).status_code == 200
-        # A list is a read of each order it answers (one SendMessageBatch, granted as SendMessage).
+        # A list is a read of each order it answers (its reads in one message, one SendMessage).
         another = api.post("/orders", json=order_body((sku, 1)))
         assert another.status_code == 201, another.text
         listed = api.get("/orders", key=reader["key"], params={"limit": 2})

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import TypeAdapter
 
 from core.access_log import CHANGES, LIST_READS, READS, AccessEntry, AccessLog, AccessLogStore, OrderRead
 from core.errors import NotFound
@@ -156,25 +157,26 @@ def test_a_cursor_whose_time_has_no_utc_equivalent_is_invalid_not_a_crash(at: st
         log.page(ORDER.id, None, 10, _forged(at))
 
 
-def test_a_lists_reads_go_ten_to_a_batch_and_an_entry_the_batch_refused_is_sent_again_alone():
+def test_a_lists_reads_travel_in_one_message_split_only_past_the_message_limit(monkeypatch: pytest.MonkeyPatch):
+    from functions.adapters import access_log
     from functions.adapters.access_log import SqsReadRecorder
 
     class Queue:
         def __init__(self):
-            self.batches: list[list[str]] = []
-            self.alone: list[str] = []
-
-        def send_message_batch(self, QueueUrl: str, Entries: list[dict]) -> dict:
-            self.batches.append([entry["Id"] for entry in Entries])
-            return {"Failed": [{"Id": "3", "Code": "InternalError"}]} if len(self.batches) == 1 else {}
+            self.messages: list[list[str]] = []
 
         def send_message(self, QueueUrl: str, MessageBody: str) -> None:
-            self.alone.append(OrderRead.model_validate_json(MessageBody).order_id)
+            self.messages.append([r.order_id for r in TypeAdapter(list[OrderRead]).validate_json(MessageBody)])
 
+    reads = [read(f"r{n}", n).model_copy(update={"order_id": f"ord_{n:024d}"}) for n in range(100)]
     queue = Queue()
-    reads = [read(f"r{n}", n).model_copy(update={"order_id": f"ord_{n:024d}"}) for n in range(23)]
-
     SqsReadRecorder(queue, "url").record_all(reads)
+    assert queue.messages == [[r.order_id for r in reads]]
 
-    assert [len(batch) for batch in queue.batches] == [10, 10, 3]
-    assert queue.alone == [reads[3].order_id]
+    size = len(reads[0].model_dump_json().encode())
+    monkeypatch.setattr(access_log, "MESSAGE_BYTES", 40 * size)
+    queue = Queue()
+    SqsReadRecorder(queue, "url").record_all(reads)
+    assert [n for message in queue.messages for n in message] == [r.order_id for r in reads]
+    assert len(queue.messages) == 3
+    assert all(len(message) < 40 for message in queue.messages)
