@@ -745,10 +745,8 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                     "are not read, up to a header that can be"
                 )
                 yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
-                if current is not None:
-                    yield current.closed()
-                    closed.add(_fingerprint(current.key))
-                    current, unreadable = None, None
+                # The open order stays open, as across a header that can be used: its rows may go on
+                # under a header that can be further on, and closed now it would be imported short.
                 unusable_header = row.line
                 continue
             if _same_columns(again, names):
@@ -767,7 +765,12 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             continue
         if unusable_header is not None:
             message = f"the row is under the CSV header of line {unusable_header}, which cannot be used"
-            yield FileOrder(row.line, None, error=row.error or LineError(row.line, None, "invalid_header", message))
+            error = row.error or LineError(row.line, None, "invalid_header", message)
+            yield FileOrder(row.line, None, error=error)
+            # Whose row it is cannot be read: as an unreadable row, it rejects the open order if that
+            # order goes on after it.
+            if current is not None and unreadable is None:
+                unreadable = error
             continue
         identity = _identity(row, names)
         if identity is not None:
