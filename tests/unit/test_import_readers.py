@@ -473,6 +473,16 @@ def test_an_order_goes_on_across_a_header_that_cannot_be_used_with_no_row_under_
     assert (order.line, [line["sku"] for line in order.body["lines"]]) == (2, ["TSHIRT", "MUG"])
 
 
+@pytest.mark.parametrize("cells", [{"customer_name": "Channel"}, {"channel": "channel"}])
+def test_an_order_with_cells_that_are_column_names_is_an_order_not_a_header(cells: dict[str, str]):
+    # The row named channel and external_id, so it was taken for the header of a file joined on,
+    # one that could not be used: it and every row after it were refused.
+    orders = read(csv_file(row("ext-1"), row("external_id", **cells), row("ext-2")))
+
+    assert errors_of(orders) == []
+    assert [o.external_id for o in orders] == ["ext-1", "external_id", "ext-2"]
+
+
 def test_a_header_only_file_has_no_orders():
     assert read(f"{HEADER}\n".encode()) == []
 
