@@ -544,11 +544,11 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
             # A header of a file joined after the first, which separates its cells otherwise (one
             # export by commas, one by semicolons): it and the rows after it are read by its own.
             other = separator_of(text)
-            if other is not None:
-                separator = other
-                cells = next(csv.reader([text], delimiter=separator, strict=False))
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                header = True
+            if other is not None and other != separator:
+                split = next(csv.reader([text], delimiter=other, strict=False))
+                if _is_header(split):
+                    separator, cells, header = other, split, True
+                    reader = csv.reader(feed, delimiter=separator, strict=False)
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
         elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
@@ -639,8 +639,12 @@ def _column_names(cells: list[str]) -> list[str]:
 
 
 def _is_header(cells: list[str]) -> bool:
-    """Whether a row names the columns rather than an order (as a header tells a separator)."""
-    return {"channel", "external_id"} <= set(_column_names(cells))
+    """Whether a row names the columns rather than an order: it names channel and external_id (as
+    a header tells a separator), and no cell of it is a whole number, as an order's quantity is and
+    a column's name never. An order may have cells that are column names (external_id
+    "external_id", a customer named "Channel")."""
+    names = set(_column_names(cells))
+    return {"channel", "external_id"} <= names and not any(_WHOLE_NUMBER.match(name) for name in names)
 
 
 def _header_problems(names: list[str]) -> str | None:
@@ -745,10 +749,8 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                     "are not read, up to a header that can be"
                 )
                 yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
-                if current is not None:
-                    yield current.closed()
-                    closed.add(_fingerprint(current.key))
-                    current, unreadable = None, None
+                # The open order stays open, as across a header that can be used: its rows may go on
+                # under a header that can be further on, and closed now it would be imported short.
                 unusable_header = row.line
                 continue
             if _same_columns(again, names):
@@ -767,7 +769,12 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             continue
         if unusable_header is not None:
             message = f"the row is under the CSV header of line {unusable_header}, which cannot be used"
-            yield FileOrder(row.line, None, error=row.error or LineError(row.line, None, "invalid_header", message))
+            error = row.error or LineError(row.line, None, "invalid_header", message)
+            yield FileOrder(row.line, None, error=error)
+            # Whose row it is cannot be read: as an unreadable row, it rejects the open order if that
+            # order goes on after it.
+            if current is not None and unreadable is None:
+                unreadable = error
             continue
         identity = _identity(row, names)
         if identity is not None:

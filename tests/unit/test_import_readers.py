@@ -443,6 +443,46 @@ def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-4")]
 
 
+def test_an_order_whose_rows_go_on_past_a_header_that_cannot_be_used_is_not_imported_short():
+    # Two exports joined, one order in both, the second's header naming a column no import has: the
+    # order was imported with the first export's row alone (its rows after the header that could be
+    # used refused as reopening it), and shipped short.
+    unusable = HEADER + ",gift_note"
+
+    orders = read(
+        csv_file(
+            row("ext-1", "TSHIRT"), unusable, row("ext-1", "MUG") + ",x", HEADER, row("ext-1", "HOODIE"), row("ext-2")
+        )
+    )
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(7, "ext-2")]
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (4, None, "invalid_header"),
+        (5, None, "repeated_header"),
+        (6, "ext-1", "incomplete_order"),
+    ]
+    assert "line 4, among the rows of order web/ext-1" in error_on(orders, 6).message
+
+
+def test_an_order_goes_on_across_a_header_that_cannot_be_used_with_no_row_under_it():
+    orders = read(csv_file(row("ext-1", "TSHIRT"), HEADER + ",gift_note", HEADER, row("ext-1", "MUG")))
+
+    assert errors_of(orders) == [(3, None, "invalid_header"), (4, None, "repeated_header")]
+    [order] = [o for o in orders if o.error is None]
+    assert (order.line, [line["sku"] for line in order.body["lines"]]) == (2, ["TSHIRT", "MUG"])
+
+
+@pytest.mark.parametrize("cells", [{"customer_name": "Channel"}, {"channel": "channel"}])
+def test_an_order_with_cells_that_are_column_names_is_an_order_not_a_header(cells: dict[str, str]):
+    # The row named channel and external_id, so it was taken for the header of a file joined on,
+    # one that could not be used: it and every row after it were refused.
+    orders = read(csv_file(row("ext-1"), row("external_id", **cells), row("ext-2")))
+
+    assert errors_of(orders) == []
+    assert [o.external_id for o in orders] == ["ext-1", "external_id", "ext-2"]
+
+
 def test_a_header_only_file_has_no_orders():
     assert read(f"{HEADER}\n".encode()) == []
 
