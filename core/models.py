@@ -1385,7 +1385,9 @@ class Order(BaseModel, defer_build=True):
     # gateway lets an authorization lapse after some days, so a ship or collect of an order whose
     # authorization is older than OMS_AUTHORIZATION_VALID_DAYS authorizes again first
     # (authorization_lapsed). None: stored before it existed (`created_at` stands in: the
-    # authorization came after it). The system's own: stored, never shown.
+    # authorization came after it), or nothing is left to capture on the order's authorizations
+    # (dropped by the capture that took the last of it: _captured_apart). The system's own:
+    # stored, never shown.
     authorized_at: datetime | None = Field(default=None, exclude=True)
     # The authorizations the current one replaced (a renewal, an edit) under which something was
     # captured, oldest first (EarlierCaptures), written by the write that replaces one: a refund
@@ -1721,16 +1723,19 @@ class Order(BaseModel, defer_build=True):
         current one, and `payment.authorized` grows by it: the renewal authorized what was left to
         capture, this capture's share included, which the current authorization holds still until
         it is released (nothing left to ship: core.unit_cancellation). Just `payment` for any other
-        capture."""
+        capture. The capture that leaves nothing to capture drops `authorized_at`, which no longer
+        says anything (authorization_lapsed): a shipped or delivered order stores none."""
+        spent = {"authorized_at": None} if self.authorized_at and payment.authorized <= payment.captured else {}
         authorization = self.capture_authorization(shipment_id)
         if not authorization or authorization == self.payment.authorization or amount.amount <= 0:
-            return {"payment": payment}
+            return {"payment": payment, **spent}
         shipments = [shipment_id] if shipment_id else []
         earlier = [_replaced(e, captured=e.captured + amount, shipments=[*e.shipments, *shipments])
                    if e.authorization == authorization else e for e in self.earlier_captures]  # fmt: skip
         if all(e.authorization != authorization for e in earlier):
             earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
-        return {"payment": _replaced(payment, authorized=payment.authorized + amount), "earlier_captures": earlier}
+        return {"payment": _replaced(payment, authorized=payment.authorized + amount), "earlier_captures": earlier,
+                **spent}  # fmt: skip
 
     def capturing_under(self, authorization: str) -> bool:
         """Whether a capture asked under `authorization` stands (CaptureRequest.authorization: a
