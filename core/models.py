@@ -1275,6 +1275,10 @@ _TIMES = TypeAdapter(datetime)
 
 # Computed when an order is read, never part of its stored document.
 _NOT_STORED = frozenset({"awaiting_stock"})
+# The order statuses after which nothing ships again.
+_ALL_SHIPPED = frozenset(
+    {OrderStatus.SHIPPED, OrderStatus.DELIVERED, OrderStatus.PARTIALLY_RETURNED, OrderStatus.RETURNED}
+)
 # The payment statuses under which an authorization may still be captured on.
 _CAPTURABLE = frozenset({PaymentStatus.AUTHORIZED, PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
@@ -1618,11 +1622,16 @@ class Order(BaseModel, defer_build=True):
 
     @property
     def renewal_left(self) -> bool:
-        """Whether the cancelled order still asks for a renewal of its authorization
-        (`renewing_authorization`: a ship died after asking the gateway): its cancel could not
-        release what the gateway holds under it (Cancellation.release_renewal), and nothing will
-        ship the order to record it."""
-        return self.renewing_authorization is not None and self.status is OrderStatus.CANCELLED
+        """Whether the cancelled order, or one with nothing left to ship nor to capture (a cancel of
+        its last parcel's units released its authorization), still asks for a renewal of its
+        authorization (`renewing_authorization`: a ship died after asking the gateway): its cancel
+        could not release what the gateway holds under it (Cancellation.release_renewal), and
+        nothing will ship the order to record it."""
+        if self.renewing_authorization is None:
+            return False
+        if self.status is OrderStatus.CANCELLED:
+            return True
+        return self.status in _ALL_SHIPPED and self.payment.authorized <= self.payment.captured
 
     @property
     def authorized_version(self) -> int:

@@ -359,6 +359,9 @@ class UnitCancellation:
             self._cancellation.capture_settlement(order, due, actor)
         if nothing_to_ship:
             self._release_authorization(self._current(order.id), actor)
+            # A renewal the last parcel's ship asked for and died (Order.renewing_authorization) is
+            # no longer wanted: nothing is left to capture on it, and nothing will ship to record it.
+            self._cancellation.release_renewal(order, actor)
 
     def after_shipping(self, order: Order, actor: str) -> Order:
         """Once the last parcel of an order that lost units has shipped, the payment is settled to

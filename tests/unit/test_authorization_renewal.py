@@ -500,3 +500,28 @@ def test_a_partly_shipped_order_keeps_when_its_authorization_was_made_until_the_
     last = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
 
     assert (first.authorized_at, last.authorized_at) == (order.authorized_at, None)
+
+
+def test_a_cancel_of_the_last_parcels_units_after_its_ship_died_mid_renewal_voids_what_the_gateway_renewed(
+    clock, monkeypatch
+):
+    # The caps shipped; ten days later the mug's ship died after the gateway renewed the
+    # authorization; then the customer cancelled the mug. Before: the cancel released the old
+    # authorization only, and the order, shipped, never asked about the renewal again: what the
+    # gateway authorized under it stayed on the customer's card until it lapsed.
+    world = build_world(STOCK, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    clock.days_later(10)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    monkeypatch.undo()
+
+    after = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert after.status is OrderStatus.SHIPPED
+    assert sorted(world.spy.voided) == sorted([order.payment.authorization, renewal])
+    assert world.order(order.id).renewing_authorization is None and not world.order(order.id).authorizations_left
