@@ -1047,7 +1047,8 @@ class CaptureRequest(BaseModel, defer_build=True):
     withdrawn: bool = False
     # The authorization it is asked under (the order's when it was requested): asked again, given
     # back or recorded, it is under that one, even if a renewal for another parcel replaced it
-    # meanwhile (Order.capture_authorization). None: stored before it existed (the order's).
+    # meanwhile (Order.capture_authorization). None: stored before it existed (the order's, which
+    # a renewal that replaces it names here: Order.renew_authorization).
     authorization: str | None = None
 
 
@@ -1894,7 +1895,8 @@ class Order(BaseModel, defer_build=True):
         """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
         had left to capture) the authorization this order was renewing, which it replaces
         (`replaced_authorizations`) until it is voided. `payment.authorized` stays the total the
-        order's authorizations covered: its captures and what is left of the new one."""
+        order's authorizations covered: its captures and what is left of the new one. A capture
+        request stored before requests named their authorization is asked under `old`, and now says so."""
         old = self.renewing_authorization
         if old is None or self.payment.authorization != old:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization {self.payment.authorization}")
@@ -1904,6 +1906,8 @@ class Order(BaseModel, defer_build=True):
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
+            captures_requested=[r if r.authorization else _replaced(r, authorization=old)
+                                for r in self.captures_requested],
             **self._replacing(_replaced(self.payment, authorization=reference)),
         )  # fmt: skip
 

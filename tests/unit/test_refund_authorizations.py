@@ -293,3 +293,35 @@ def test_a_return_whose_split_refund_was_refused_after_its_first_part_went_back_
     assert (failed.status, succeeded.status, succeeded.amount) == ("failed", "succeeded", caps.total)
     assert after.payment.refunded == mug.total + caps.total
     assert (done.status.value, done.refund) == ("refunded", mug.total + caps.total)
+
+
+def test_a_capture_request_stored_before_requests_named_their_authorization_stays_under_the_one_it_was_asked_under(
+    clock, monkeypatch
+):
+    # As above, but the west ship died before this version (its request names no authorization:
+    # the order's, then). Before: the renewal for the east parcel took the old authorization for
+    # the order's own, so the west ship repeated asked for its capture again on the renewed one,
+    # and the old one, which had captured it, was voided as if nothing stood on it.
+    captures = CaptureCalls()
+    world = build_world(STOCK, captures, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    old = order.payment.authorization
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    monkeypatch.undo()
+    stored = world.order(order.id)
+    legacy = [request.model_copy(update={"authorization": None}) for request in stored.captures_requested]
+    world.orders.orders[order.id] = stored.model_copy(update={"captures_requested": legacy})
+    clock.days_later(10)
+    renewed = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert renewed.payment.authorization != old and old not in world.spy.voided
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    west_key = payment_keys.capture(order.id, west)
+    assert [authorization for authorization, key in captures.calls if key == west_key] == [old, old]
+    share = shipped.shipment(west).captured
+    assert share is not None
+    assert shipped.earlier_captures == [EarlierCaptures(authorization=old, captured=share, shipments=[west])]
