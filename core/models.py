@@ -1735,17 +1735,22 @@ class Order(BaseModel, defer_build=True):
         it is released (nothing left to ship: core.unit_cancellation). Just `payment` for any other
         capture. The capture that leaves nothing to capture drops `authorized_at`, which no longer
         says anything (authorization_lapsed): a shipped or delivered order stores none."""
-        spent = {"authorized_at": None} if self.authorized_at and payment.authorized <= payment.captured else {}
         authorization = self.capture_authorization(shipment_id)
         if not authorization or authorization == self.payment.authorization or amount.amount <= 0:
-            return {"payment": payment, **spent}
+            return {"payment": payment, **self._spent(payment)}
         shipments = [shipment_id] if shipment_id else []
         earlier = [_replaced(e, captured=e.captured + amount, shipments=[*e.shipments, *shipments])
                    if e.authorization == authorization else e for e in self.earlier_captures]  # fmt: skip
         if all(e.authorization != authorization for e in earlier):
             earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
-        return {"payment": _replaced(payment, authorized=payment.authorized + amount), "earlier_captures": earlier,
-                **spent}  # fmt: skip
+        payment = _replaced(payment, authorized=payment.authorized + amount)
+        return {"payment": payment, "earlier_captures": earlier, **self._spent(payment)}
+
+    def _spent(self, payment: Payment) -> dict[str, Any]:
+        """`authorized_at` dropped once `payment` (the next version's) has nothing left to capture:
+        it no longer says anything (authorization_lapsed), so a shipped or delivered order stores
+        none. Nothing when it is dropped already."""
+        return {"authorized_at": None} if self.authorized_at and payment.authorized <= payment.captured else {}
 
     def capturing_under(self, authorization: str) -> bool:
         """Whether a capture asked under `authorization` stands (CaptureRequest.authorization: a
@@ -3000,14 +3005,15 @@ class Order(BaseModel, defer_build=True):
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway released what the order's authorization held beyond what was captured:
-        nothing is left to ship, so `authorized` drops to `captured`."""
+        nothing is left to ship, so `authorized` drops to `captured` (and `authorized_at` goes: _spent)."""
         payment = self.payment
+        released = _replaced(payment, authorized=payment.captured)
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": payment.authorization, "reference": reference,
                     "released": (payment.authorized - payment.captured).model_dump(mode="json"),
                     "reason": "nothing is left to ship"},
-            payment=_replaced(payment, authorized=payment.captured),
+            payment=released, **self._spent(released),
         )  # fmt: skip
 
     def begin_refund(

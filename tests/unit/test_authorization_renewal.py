@@ -525,3 +525,15 @@ def test_a_cancel_of_the_last_parcels_units_after_its_ship_died_mid_renewal_void
     assert after.status is OrderStatus.SHIPPED
     assert sorted(world.spy.voided) == sorted([order.payment.authorization, renewal])
     assert world.order(order.id).renewing_authorization is None and not world.order(order.id).authorizations_left
+
+
+def test_an_order_whose_last_units_were_cancelled_stores_no_authorized_at_once_its_authorization_is_released(
+    world, clock
+):
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), tracking_number=None, actor="key_wh_east")
+
+    after = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+
+    assert after.status is OrderStatus.SHIPPED and after.payment.authorized == after.payment.captured
+    assert after.authorized_at is None and "authorized_at" not in after.stored_json()
