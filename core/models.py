@@ -1047,7 +1047,8 @@ class CaptureRequest(BaseModel, defer_build=True):
     withdrawn: bool = False
     # The authorization it is asked under (the order's when it was requested): asked again, given
     # back or recorded, it is under that one, even if a renewal for another parcel replaced it
-    # meanwhile (Order.capture_authorization). None: stored before it existed (the order's).
+    # meanwhile (Order.capture_authorization). None: stored before it existed (the order's, which
+    # a renewal that replaces it names here: Order.renew_authorization).
     authorization: str | None = None
 
 
@@ -1275,6 +1276,10 @@ _TIMES = TypeAdapter(datetime)
 
 # Computed when an order is read, never part of its stored document.
 _NOT_STORED = frozenset({"awaiting_stock"})
+# The order statuses after which nothing ships again.
+_ALL_SHIPPED = frozenset(
+    {OrderStatus.SHIPPED, OrderStatus.DELIVERED, OrderStatus.PARTIALLY_RETURNED, OrderStatus.RETURNED}
+)
 # The payment statuses under which an authorization may still be captured on.
 _CAPTURABLE = frozenset({PaymentStatus.AUTHORIZED, PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
@@ -1385,7 +1390,9 @@ class Order(BaseModel, defer_build=True):
     # gateway lets an authorization lapse after some days, so a ship or collect of an order whose
     # authorization is older than OMS_AUTHORIZATION_VALID_DAYS authorizes again first
     # (authorization_lapsed). None: stored before it existed (`created_at` stands in: the
-    # authorization came after it). The system's own: stored, never shown.
+    # authorization came after it), or nothing is left to capture on the order's authorizations
+    # (dropped by the capture that took the last of it: _captured_apart). The system's own:
+    # stored, never shown.
     authorized_at: datetime | None = Field(default=None, exclude=True)
     # The authorizations the current one replaced (a renewal, an edit) under which something was
     # captured, oldest first (EarlierCaptures), written by the write that replaces one: a refund
@@ -1616,11 +1623,16 @@ class Order(BaseModel, defer_build=True):
 
     @property
     def renewal_left(self) -> bool:
-        """Whether the cancelled order still asks for a renewal of its authorization
-        (`renewing_authorization`: a ship died after asking the gateway): its cancel could not
-        release what the gateway holds under it (Cancellation.release_renewal), and nothing will
-        ship the order to record it."""
-        return self.renewing_authorization is not None and self.status is OrderStatus.CANCELLED
+        """Whether the cancelled order, or one with nothing left to ship nor to capture (a cancel of
+        its last parcel's units released its authorization), still asks for a renewal of its
+        authorization (`renewing_authorization`: a ship died after asking the gateway): its cancel
+        could not release what the gateway holds under it (Cancellation.release_renewal), and
+        nothing will ship the order to record it."""
+        if self.renewing_authorization is None:
+            return False
+        if self.status is OrderStatus.CANCELLED:
+            return True
+        return self.status in _ALL_SHIPPED and self.payment.authorized <= self.payment.captured
 
     @property
     def authorized_version(self) -> int:
@@ -1721,16 +1733,24 @@ class Order(BaseModel, defer_build=True):
         current one, and `payment.authorized` grows by it: the renewal authorized what was left to
         capture, this capture's share included, which the current authorization holds still until
         it is released (nothing left to ship: core.unit_cancellation). Just `payment` for any other
-        capture."""
+        capture. The capture that leaves nothing to capture drops `authorized_at`, which no longer
+        says anything (authorization_lapsed): a shipped or delivered order stores none."""
         authorization = self.capture_authorization(shipment_id)
         if not authorization or authorization == self.payment.authorization or amount.amount <= 0:
-            return {"payment": payment}
+            return {"payment": payment, **self._spent(payment)}
         shipments = [shipment_id] if shipment_id else []
         earlier = [_replaced(e, captured=e.captured + amount, shipments=[*e.shipments, *shipments])
                    if e.authorization == authorization else e for e in self.earlier_captures]  # fmt: skip
         if all(e.authorization != authorization for e in earlier):
             earlier.append(EarlierCaptures(authorization=authorization, captured=amount, shipments=shipments))
-        return {"payment": _replaced(payment, authorized=payment.authorized + amount), "earlier_captures": earlier}
+        payment = _replaced(payment, authorized=payment.authorized + amount)
+        return {"payment": payment, "earlier_captures": earlier, **self._spent(payment)}
+
+    def _spent(self, payment: Payment) -> dict[str, Any]:
+        """`authorized_at` dropped once `payment` (the next version's) has nothing left to capture:
+        it no longer says anything (authorization_lapsed), so a shipped or delivered order stores
+        none. Nothing when it is dropped already."""
+        return {"authorized_at": None} if self.authorized_at and payment.authorized <= payment.captured else {}
 
     def capturing_under(self, authorization: str) -> bool:
         """Whether a capture asked under `authorization` stands (CaptureRequest.authorization: a
@@ -1880,7 +1900,8 @@ class Order(BaseModel, defer_build=True):
         """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
         had left to capture) the authorization this order was renewing, which it replaces
         (`replaced_authorizations`) until it is voided. `payment.authorized` stays the total the
-        order's authorizations covered: its captures and what is left of the new one."""
+        order's authorizations covered: its captures and what is left of the new one. A capture
+        request stored before requests named their authorization is asked under `old`, and now says so."""
         old = self.renewing_authorization
         if old is None or self.payment.authorization != old:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization {self.payment.authorization}")
@@ -1890,6 +1911,8 @@ class Order(BaseModel, defer_build=True):
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
+            captures_requested=[r if r.authorization else _replaced(r, authorization=old)
+                                for r in self.captures_requested],
             **self._replacing(_replaced(self.payment, authorization=reference)),
         )  # fmt: skip
 
@@ -2982,14 +3005,15 @@ class Order(BaseModel, defer_build=True):
 
     def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway released what the order's authorization held beyond what was captured:
-        nothing is left to ship, so `authorized` drops to `captured`."""
+        nothing is left to ship, so `authorized` drops to `captured` (and `authorized_at` goes: _spent)."""
         payment = self.payment
+        released = _replaced(payment, authorized=payment.captured)
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": payment.authorization, "reference": reference,
                     "released": (payment.authorized - payment.captured).model_dump(mode="json"),
                     "reason": "nothing is left to ship"},
-            payment=_replaced(payment, authorized=payment.captured),
+            payment=released, **self._spent(released),
         )  # fmt: skip
 
     def begin_refund(

@@ -359,6 +359,9 @@ class UnitCancellation:
             self._cancellation.capture_settlement(order, due, actor)
         if nothing_to_ship:
             self._release_authorization(self._current(order.id), actor)
+            # A renewal the last parcel's ship asked for and died (Order.renewing_authorization) is
+            # no longer wanted: nothing is left to capture on it, and nothing will ship to record it.
+            self._cancellation.release_renewal(order, actor)
 
     def after_shipping(self, order: Order, actor: str) -> Order:
         """Once the last parcel of an order that lost units has shipped, the payment is settled to
@@ -412,12 +415,18 @@ class UnitCancellation:
 
 def _settled(order: Order) -> Money:
     """What the order's payment holds: captured, less its cancellations' refunds (a pending one
-    counts: it is on its way) and what its returns' refunds gave back for a line beyond the total
-    its cancelled units left it (core.refunds.refunded_beyond_lines)."""
+    counts: it is on its way; of a failed one split over authorizations, the parts the gateway
+    approved before it refused one: Payment.with_failed_refund) and what its returns' refunds gave
+    back for a line beyond the total its cancelled units left it (core.refunds.refunded_beyond_lines)."""
     held = order.payment.captured - refunded_beyond_lines(order)
     for refund in order.payment.refunds:
-        if refund.kind == "cancellation" and refund.status != "failed":
+        if refund.kind != "cancellation":
+            continue
+        if refund.status != "failed":
             held = held - refund.amount
+        else:
+            went = [part.amount for part in refund.parts or [] if part.status == "succeeded"]
+            held = held - sum(went, Money.zero(order.currency))
     return held
 
 

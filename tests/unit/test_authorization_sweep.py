@@ -569,3 +569,28 @@ def test_a_renewal_a_cancel_could_not_release_is_released_by_the_pass(clock, mon
     after = world.order(order.id)
     assert after.renewing_authorization is None and not after.authorizations_left
     assert sweep(world, clock).run(ACTOR).orders == []
+
+
+def test_a_renewal_a_cancel_of_the_last_parcels_units_could_not_release_is_released_by_the_pass(clock, monkeypatch):
+    # As above, but the order is partly shipped and the cancel is of the units its last parcel, whose
+    # ship died mid-renewal, held: the order ends shipped, and nothing else asks about the renewal.
+    world = build_world([("MUG", "wh-west", 3), ("CAP", "wh-east", 4)], LookupDown(3), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    clock.advance(days=8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    monkeypatch.undo()
+    cancelled = world.actions.cancel(order.id, "customer_request", actor="key_cs")
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert cancelled.status is OrderStatus.SHIPPED and world.spy.voided == [order.payment.authorization]
+    assert cancelled.renewing_authorization == order.payment.authorization and cancelled.authorizations_left
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR) == Settled([order.id], own=[order.id])
+
+    assert world.spy.voided == [order.payment.authorization, renewal]
+    after = world.order(order.id)
+    assert after.renewing_authorization is None and not after.authorizations_left

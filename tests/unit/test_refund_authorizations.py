@@ -17,7 +17,8 @@ from core.refunds import refund_id_for
 from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
-from tests.builders import NOW
+from tests.builders import NOW, location
+from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 # MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
@@ -293,3 +294,67 @@ def test_a_return_whose_split_refund_was_refused_after_its_first_part_went_back_
     assert (failed.status, succeeded.status, succeeded.amount) == ("failed", "succeeded", caps.total)
     assert after.payment.refunded == mug.total + caps.total
     assert (done.status.value, done.refund) == ("refunded", mug.total + caps.total)
+
+
+def test_a_capture_request_stored_before_requests_named_their_authorization_stays_under_the_one_it_was_asked_under(
+    clock, monkeypatch
+):
+    # As above, but the west ship died before this version (its request names no authorization:
+    # the order's, then). Before: the renewal for the east parcel took the old authorization for
+    # the order's own, so the west ship repeated asked for its capture again on the renewed one,
+    # and the old one, which had captured it, was voided as if nothing stood on it.
+    captures = CaptureCalls()
+    world = build_world(STOCK, captures, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    old = order.payment.authorization
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    monkeypatch.undo()
+    stored = world.order(order.id)
+    legacy = [request.model_copy(update={"authorization": None}) for request in stored.captures_requested]
+    world.orders.orders[order.id] = stored.model_copy(update={"captures_requested": legacy})
+    clock.days_later(10)
+    renewed = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert renewed.payment.authorization != old and old not in world.spy.voided
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    west_key = payment_keys.capture(order.id, west)
+    assert [authorization for authorization, key in captures.calls if key == west_key] == [old, old]
+    share = shipped.shipment(west).captured
+    assert share is not None
+    assert shipped.earlier_captures == [EarlierCaptures(authorization=old, captured=share, shipments=[west])]
+
+
+def test_a_cancellation_refund_refused_after_its_first_part_went_back_refunds_only_the_rest_when_settled_again(clock):
+    # The caps (and all the shipping, 2.00 a unit) were captured on the first authorization, the
+    # mug ten days later on the renewed one; an appeasement then took all but 1.00 of the first.
+    # Cancelling the pen made shipping 4.00 cheaper: 1.00 of that went back on the first
+    # authorization, then the gateway refused the 3.00 on the renewed one, so the cancellation
+    # refund failed. Before: the cancel repeated counted nothing of it and refunded the whole 4.00
+    # again, 1.00 more than the pen's cancel took off the order.
+    world = build_world([*STOCK, ("PEN", "wh-north", 5)], PerUnitShipping(), clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=45.0, longitude=-93.0))
+    order = world.allocated(("CAP", 3), ("MUG", 1), ("PEN", 2), shipping_method="per_unit")
+    east, west = world.shipment_at(order, "wh-east"), world.shipment_at(order, "wh-west")
+    assert order.shipments[0].id == east  # its capture carries all the shipping
+    first = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh")
+    clock.days_later(10)
+    second = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
+    assert second.payment.authorization != first.payment.authorization
+    one = Money.of("1.00", "USD")
+    world.refunds.issue_refund(order.id, first.payment.captured - one, "late", "appease-1", actor="key_cs")
+    world.gateway.script("refund", "approve", "refuse", "approve")
+
+    world.actions.cancel(order.id, "no pen", actor="key_web", lines={"L3": 2})
+    failed = world.order(order.id)
+    [cancellation] = [r for r in failed.payment.refunds if r.kind == "cancellation"]
+    assert cancellation.status == "failed" and [p.status for p in cancellation.parts or []] == ["succeeded", "failed"]
+
+    done = world.actions.cancel(order.id, "no pen", actor="key_web")
+
+    given_back = done.payment.refunded - (first.payment.captured - one)
+    assert given_back == Money.of("4.00", "USD")
+    assert done.payment.captured - done.payment.refunded == done.totals.grand_total - (first.payment.captured - one)
