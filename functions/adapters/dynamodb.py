@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from core.access import ApiKey
 from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.jeopardy import WATCHED
-from core.models import HistoryEntry, Location, Order, Product, StockLevel, utc_now
+from core.models import Bookkeeping, HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
     BackorderedOrders,
@@ -951,8 +951,35 @@ def backfill_credit_holds(client: Any, table: str, page_size: int = 500, attempt
     """The one-off upgrade of orders whose exchange was placed before its credit was held on them:
     each gets the holds its history names (Order.hold_placed_credits), so no appeasement refunds
     the money that paid for a replacement. Only an order with such an exchange is read again
-    (with its history) and written, conditional on the version read, read and decided again when
-    the running code wrote it meanwhile; a second run writes nothing. An operator's command over
+    (with its history) and written (_upgraded_from_history); returns (orders written, orders
+    already right)."""
+    return _upgraded_from_history(
+        client, table, page_size, attempts,
+        needs=lambda order: not set(order.exchanges) <= set(order.credit_holds),
+        change=lambda order, history: order.hold_placed_credits(history, at=utc_now()),
+    )  # fmt: skip
+
+
+def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+    """The one-off upgrade of orders cancelled before a cancelled order's own void the gateway
+    could not make was marked owed (Order.own_void_owed): each cancelled order whose payment is
+    still `authorized` is read again with its history and marked when its failed attempts say the
+    void is owed (Order.owe_own_void_from), which puts it in the reconciler's authorization pass
+    (_upgraded_from_history); returns (orders marked, orders already right)."""
+    return _upgraded_from_history(
+        client, table, page_size, attempts,
+        needs=lambda order: order.status is OrderStatus.CANCELLED and order.payment.status is PaymentStatus.AUTHORIZED,
+        change=lambda order, history: order.owe_own_void_from(history, at=utc_now()),
+    )  # fmt: skip
+
+
+def _upgraded_from_history(
+    client: Any, table: str, page_size: int, attempts: int,
+    needs: Callable[[Order], bool], change: Callable[[Order, list[HistoryEntry]], Bookkeeping | None],
+) -> tuple[int, int]:  # fmt: skip
+    """Each order the Scan finds that `needs` it, read again with its history and written as `change`
+    says (None: nothing to write), conditional on the version read, read and decided again when the
+    running code wrote it meanwhile, so a second run writes nothing. An operator's command over
     the whole table, so a Scan; returns (orders written, orders already right)."""
     orders = DynamoOrders(client, table)
     written = already = 0
@@ -961,54 +988,17 @@ def backfill_credit_holds(client: Any, table: str, page_size: int = 500, attempt
         page = client.scan(**scan)
         for item in page.get("Items", []):
             order = _order(item)
-            if set(order.exchanges) <= set(order.credit_holds):
+            if not needs(order):
                 already += 1
                 continue
             for _ in range(attempts):
                 found = orders.history(order.id, consistent=True)
-                change = found[0].hold_placed_credits(found[1], at=utc_now()) if found is not None else None
-                if change is None or found is None:
+                changed = change(*found) if found is not None else None
+                if changed is None or found is None:
                     already += 1
                     break
                 try:
-                    orders.update(change[0], found[0], [])
-                except StaleVersion:
-                    continue
-                written += 1
-                break
-            else:
-                raise StaleVersion(f"order {order.id} kept changing; run the backfill again")
-        if "LastEvaluatedKey" not in page:
-            return written, already
-        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
-    """The one-off upgrade of orders cancelled before a cancelled order's own void the gateway
-    could not make was marked owed (Order.own_void_owed): each cancelled order whose payment is
-    still `authorized` is read again with its history and marked when its failed attempts say the
-    void is owed (Order.owe_own_void_from), which puts it in the reconciler's authorization pass.
-    Each write is conditional on the version read, read and decided again when the running code
-    wrote the order meanwhile; a second run writes nothing. An operator's command over the whole
-    table, so a Scan; returns (orders marked, orders already right)."""
-    orders = DynamoOrders(client, table)
-    written = already = 0
-    scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
-    while True:
-        page = client.scan(**scan)
-        for item in page.get("Items", []):
-            order = _order(item)
-            if order.status is not OrderStatus.CANCELLED or order.payment.status is not PaymentStatus.AUTHORIZED:
-                already += 1
-                continue
-            for _ in range(attempts):
-                found = orders.history(order.id, consistent=True)
-                change = found[0].owe_own_void_from(found[1], at=utc_now()) if found is not None else None
-                if change is None or found is None:
-                    already += 1
-                    break
-                try:
-                    orders.update(change[0], found[0], [])
+                    orders.update(changed[0], found[0], [])
                 except StaleVersion:
                     continue
                 written += 1

@@ -4,7 +4,6 @@ into one gateway refund per authorization when it spans two, on the in-memory wo
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import pytest
 
@@ -17,23 +16,13 @@ from core.refunds import refund_id_for
 from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
-from tests.builders import NOW, location
+from tests.builders import location
+from tests.unit.test_authorization_renewal import Clock
 from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 # MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
 STOCK = [("MUG", "wh-west", 3), ("CAP", "wh-east", 4), ("TSHIRT", "wh-east", 10)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self):
-        return self.now
-
-    def days_later(self, days: float) -> None:
-        self.now = self.now + timedelta(days=days)
 
 
 @pytest.fixture
