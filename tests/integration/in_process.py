@@ -141,3 +141,14 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
                 yield InProcessApi(gateway, admin_key)
         finally:
             forget_warm_containers()
+
+
+@contextmanager
+def in_process_api_with_webhooks(**parameter_overrides: Any) -> Iterator[InProcessApi]:
+    """in_process_api with the webhooks service built: its delivery queue named (the requests
+    these tests make never send to it) and the local stack's http://127.0.0.1 receivers allowed."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
+        env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
+        with in_process_api(**parameter_overrides) as started:
+            yield started

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.client import assert_error
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
 from tests.integration.test_refunds_api import a_captured_order, order_id
 
 ORDER = order_id(41)
@@ -23,13 +23,9 @@ ORDER = order_id(41)
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with pytest.MonkeyPatch.context() as env:
-        # The webhooks service is built with its delivery queue; listing never sends to it.
-        env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
-        env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
-        with in_process_api() as started:
-            a_captured_order(ORDER)
-            yield started
+    with in_process_api_with_webhooks() as started:
+        a_captured_order(ORDER)
+        yield started
 
 
 @pytest.fixture(scope="module")

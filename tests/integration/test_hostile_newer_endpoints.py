@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from tests.e2e.client import Catalog, assert_error, order_body, put_network
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,8 @@ def api() -> Iterator[InProcessApi]:
     from functions.bootstrap import forget_warm_containers
 
     with pytest.MonkeyPatch.context() as env:
-        # The webhooks service is built with its delivery queue; subscribing never sends to it.
-        env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
-        env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
         env.setenv("LABELS_BUCKET", "hostile-labels")  # the shipments made in-process book labels there
-        with in_process_api() as started:
+        with in_process_api_with_webhooks() as started:
             boto3.client("s3").create_bucket(Bucket="hostile-labels")
             forget_warm_containers()
             yield started

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.client import assert_error
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
 from tests.integration.test_refunds_api import order_id
 
 ORDER = order_id(42)
@@ -45,11 +45,8 @@ NOT_DIGITS = ["5.0", "1_0", "+5", " 5", "5 ", "1e1", "٥", "0x5", "-1", ""]
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
-        env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
-        with in_process_api() as started:
-            yield started
+    with in_process_api_with_webhooks() as started:
+        yield started
 
 
 def get(api: InProcessApi, name: str, limit: str) -> Any:

@@ -10,17 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with pytest.MonkeyPatch.context() as env:
-        # The webhooks service is built with its delivery queue; subscribing never sends to it.
-        env.setenv("WEBHOOK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/unused")
-        env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
-        with in_process_api() as started:
-            yield started
+    with in_process_api_with_webhooks() as started:
+        yield started
 
 
 def subscribe(api: InProcessApi, key: Any = None) -> str:
