@@ -13,7 +13,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from core.backorders import Arrival
+from core.backorders import Arrival, Demand
+from core.models import StockLevel
 from core.reorder import low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
@@ -56,22 +57,30 @@ def arrival(record: DynamoDBRecord) -> None:
         _report(container().backorder_allocator.arrived(sku, location_id))
 
 
+def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
+    """The sku's stock at every location (one Query), and what its backordered orders lack by the
+    location whose reorder point buys it (`also` buys even when its point was cleared since)."""
+    levels = container().inventory_repository.levels({sku})[sku]
+    buying = {level.location_id for level in levels if level.reorder is not None}
+    return levels, container().backorder_allocator.demand(sku, buying | ({also} if also else set()))
+
+
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
     """A fall below a reorder point: `inventory.low` is published when `available` fell, with an
     id of the crossing's own, so a redelivered record publishes the same event again (subscribers
     dedupe); the draft grows once per crossing (a marker in the same transaction) when available
-    plus the units on open purchase orders, less what backordered orders still lack there, is
-    below the point: units already on order are not bought again, and the backorders' need is (each
-    order's at one location with a reorder point for the sku, `core.sourcing.bought_at`)."""
+    plus the units on open purchase orders and on the draft, less what backordered orders still
+    lack there, is below the point: units already on order are not bought again, and the
+    backorders' need is (each order's at one location with a reorder point for the sku,
+    `core.sourcing.bought_at`, kept on its queue entry)."""
     crossed = crossing_of(record)
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        # The other locations with a point for the sku: an order that may take it at several is bought for at one.
-        levels = container().inventory_repository.levels({crossed.sku})[crossed.sku]
-        buying = {level.location_id for level in levels if level.reorder is not None}
-        waiting = container().backorder_allocator.waiting_for(crossed.sku, crossed.location_id, buying)
-        buys = crossed.to_buy(waiting)
+        _, demand = _demand(crossed.sku, crossed.location_id)
+        waiting = demand.waiting[crossed.location_id]
+        drafted = container().replenishment.drafted(crossed.sku, crossed.location_id, crossed.settings)
+        buys = crossed.to_buy(waiting, drafted)
         draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])

@@ -281,3 +281,12 @@ def test_a_stream_record_carries_the_units_on_order_before_and_after():
 
     assert (change.incoming_before, change.incoming_after) == (30, 30)
     assert (crossing_of(record).low, crossing_of(record).reorders) == (True, False)
+
+
+def test_units_a_draft_already_bought_for_the_backorders_are_not_bought_again():
+    """A draft that bought for the orders waiting here (when they went backordered) is not on
+    order yet: a crossing that counted only available and incoming bought their units again."""
+    crossed = crossing(on_order(6, 2, 0, 0))  # 2 available, nothing on order
+
+    assert crossed.to_buy(7) == 20 + 5
+    assert crossed.to_buy(7, drafted=5) == 20  # the draft holds the 5 they lack beyond the 2
