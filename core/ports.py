@@ -316,6 +316,12 @@ class Backorders(ABC):
         (read back as its `bought_at`). Nothing when the entry is gone."""
 
     @abstractmethod
+    def recorded(self, sku: str, entry: WaitingOrder) -> None:
+        """Mark `entry` once its order is written backordered: that change of the entry is what
+        has the reorder points buy what the order lacks (functions/backorders). Nothing when the
+        entry is gone (the order was filled meanwhile)."""
+
+    @abstractmethod
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         """Up to `limit` entries of `sku` after `after` (from the oldest when None), oldest first."""
 

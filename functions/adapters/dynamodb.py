@@ -1586,6 +1586,8 @@ class DynamoInventory(InventoryRepository):
 # --- Backorder queues ----------------------------------------------------------------------------
 
 BACKORDER_PREFIX = "#backorder#"
+# Set on a queue entry once its order is written backordered (DynamoBackorders.recorded).
+BACKORDER_RECORDED = "reorder_watch"
 
 
 class DynamoBackorders(Backorders):
@@ -1619,6 +1621,11 @@ class DynamoBackorders(Backorders):
 
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
         self._set(sku, entry, "bought_at", {"S": location_id})
+
+    def recorded(self, sku: str, entry: WaitingOrder) -> None:
+        # `reorder_watch` (functions/adapters/purchasing.py): the mark the stream's second filter
+        # passes (template.yaml, BackorderFunction), as for a stock item with a reorder point.
+        self._set(sku, entry, BACKORDER_RECORDED, {"BOOL": True})
 
     def _set(self, sku: str, entry: WaitingOrder, name: str, value: dict[str, Any]) -> None:
         """Set one attribute on the entry, unless it is gone (its order was filled meanwhile):

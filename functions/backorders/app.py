@@ -1,6 +1,7 @@
 """Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
 when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
-open purchase orders cover the point. Catalog stream consumer for the sourcing rules: a new version wakes
+open purchase orders cover the point; when an order is written backordered, grow the draft by what it lacks
+beyond what is there and on order. Catalog stream consumer for the sourcing rules: a new version wakes
 the backordered orders it may let take units, a page at a time."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from core.models import StockLevel
 from core.reorder import low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
-from functions.backorders.low_stock import crossing_of
+from functions.backorders.low_stock import backorder_marked, crossing_of
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.stream_batches import InOrderStreamProcessor
@@ -96,6 +97,36 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
 
 
+def backorder_recorded(record: DynamoDBRecord) -> None:
+    """An order written backordered (its queue entry for the sku then marked,
+    `Backorders.recorded`): the reorder point that buys what it lacks (`core.sourcing.bought_at`)
+    buys, at once, what the orders it buys for lack beyond its location's stock, open purchase
+    orders and draft, without waiting for a crossing there (stock may sit below the point for
+    good). Only that: `reorder_quantity` is a crossing's. Once per record (a marker in the draft's
+    transaction): a redelivered record, or one read after the draft grew, buys nothing again."""
+    stream = record.dynamodb
+    assert stream is not None  # backorder_marked
+    sku = str((stream.keys or {}).get("sku", ""))
+    order_id = str((stream.new_image or {}).get("order_id", ""))
+    with logger.append_context_keys(sku=sku, order_id=order_id):
+        levels, demand = _demand(sku)
+        level = next((each for each in levels if each.location_id == demand.at.get(order_id)), None)
+        if level is None or level.reorder is None:
+            return  # filled meanwhile, or no point buys for it
+        drafted = container().replenishment.drafted(sku, level.location_id, level.reorder)
+        units = demand.waiting[level.location_id] - max(level.available, 0) - level.incoming - drafted
+        if units <= 0:
+            return  # covered by what is there or bought already
+        key = f"{sku}#{level.location_id}#{stream.sequence_number}"
+        draft = container().replenishment.buy(sku, level.location_id, level.reorder, units, key)
+        logger.info(
+            "backorders bought for",
+            extra={"location_id": level.location_id, "units": units, "draft": draft.id if draft else "counted before"},
+        )
+    if draft is not None:
+        metrics.add_metric(name="BackordersBoughtFor", unit=MetricUnit.Count, value=1)
+
+
 def rules_changed(record: DynamoDBRecord) -> None:
     """A new version of the sourcing rules (its item inserted) wakes the backordered orders from the
     oldest; the page after is handed on by the `wake_after` that page wrote on the version's item."""
@@ -119,6 +150,9 @@ def stock_changed(record: DynamoDBRecord) -> None:
     # (keys pk and sk) brings sourcing rules only, through its filter.
     if record.dynamodb is not None and "pk" in (record.dynamodb.keys or {}):
         rules_changed(record)
+        return
+    if backorder_marked(record):
+        backorder_recorded(record)
         return
     arrival(record)
     reorder_point_crossed(record)

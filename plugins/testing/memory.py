@@ -341,6 +341,7 @@ class InMemoryBackorders(Backorders):
 
     def __init__(self, orders: InMemoryOrders, inventory: InMemoryInventory) -> None:
         self.entries: dict[str, set[WaitingOrder]] = {}
+        self.marked: set[tuple[str, WaitingOrder]] = set()  # entries whose order was written backordered
         self.bought: dict[tuple[str, WaitingOrder], str] = {}  # where each entry's order is bought for
         self._orders = orders
         self._inventory = inventory
@@ -352,11 +353,16 @@ class InMemoryBackorders(Backorders):
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self.entries.get(sku, set()).discard(entry)
+        self.marked.discard((sku, entry))
         self.bought.pop((sku, entry), None)
 
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
         if entry in self.entries.get(sku, set()):
             self.bought[(sku, entry)] = location_id
+
+    def recorded(self, sku: str, entry: WaitingOrder) -> None:
+        if entry in self.entries.get(sku, set()):
+            self.marked.add((sku, entry))
 
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         waiting = [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]

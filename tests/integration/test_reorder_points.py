@@ -373,6 +373,28 @@ def test_a_point_removed_after_it_bought_for_an_order_does_not_send_it_to_anothe
     assert drafted(buyer) == {"wh-east": 20 + 20, "wh-west": 20 + 25}
 
 
+def test_an_order_backordered_where_stock_already_sits_below_the_point_is_bought_for_at_once(buyer: Buyer):
+    """Stock at 3 under a point of 5 crosses nothing more: an order that took the 3 and waits for
+    7 was bought for only at the next crossing, which may never come (nothing arrives). What it
+    lacks is bought when it is written backordered, once; a second order's lack is added, not the
+    first one's again."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.point()  # set with stock below it: no crossing
+    backordered(buyer, 10, "first")  # 3 -> 0: below the point already, nothing crossed
+    records = buyer.stream.records()
+
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-east": 7}
+    assert buyer.on_bus() == []  # no inventory.low: available did not cross the point
+
+    backordered(buyer, 4, "second")
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 7 + 4}
+
+
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
     buyer.stock()
     buyer.point()
