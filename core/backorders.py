@@ -42,10 +42,12 @@ BOUGHT_FOR = frozenset({S.BACKORDERED, S.ON_HOLD})
 @dataclass
 class Demand:
     """What the backordered orders waiting for a sku lack of it (`BackorderAllocator.demand`):
-    `waiting`, units by the location whose reorder point buys them; `at`, that location by order."""
+    `waiting`, units by the location whose reorder point buys them; `at`, that location by order;
+    `kept`, the safety stock the sourcing rules keep back from orders, by location."""
 
     waiting: Counter[str] = field(default_factory=Counter)
     at: dict[str, str] = field(default_factory=dict)
+    kept: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -163,7 +165,7 @@ class BackorderAllocator:
         known until then, and its own record buys it (functions/backorders). The oldest
         DEMAND_PAGES pages of the queue at most: this runs inside one stream batch's time limit."""
         rules = self._rules.current() if self._rules is not None else SourcingRules()
-        demand = Demand()
+        demand = Demand(kept=Counter(rules.safety_stock))
         locations = None
         after: WaitingOrder | None = None
         for _ in range(DEMAND_PAGES):

@@ -78,18 +78,26 @@ class Crossing:
         """Names this crossing and no other: `#` appears in no sku or location id."""
         return f"{self.sku}#{self.location_id}#{self.change_id}"
 
-    def to_buy(self, waiting: int, drafted: int = 0) -> int:
+    def to_buy(self, waiting: int, drafted: int = 0, kept: int = 0) -> int:
         """Units the draft gets for this crossing when backordered orders still lack `waiting`
         units this point buys for (`BackorderAllocator.demand`: each order's at one of the
-        locations it may take them at) and the open draft here holds `drafted` units of the sku
-        (0: it buys nothing). Those orders take the first units that come, so they are part of
-        the need: the stock position counted against the point is available plus incoming plus
-        the draft's units less `waiting`, and what it lacks for them beyond all of that is bought
-        on top of `reorder_quantity` (units a draft already bought for them are not bought again)."""
+        locations it may take them at), the open draft here holds `drafted` units of the sku and
+        the sourcing rules keep `kept` units back from orders here (0: it buys nothing). Those
+        orders take the first units that come, so they are part of the need: the stock position
+        counted against the point is available plus incoming plus the draft's units less
+        `waiting`, and what they lack beyond all of that (`lacking`) is bought on top of
+        `reorder_quantity` (units a draft already bought for them are not bought again)."""
         position = self.available + self.incoming + drafted
-        if not self.reorders and position - waiting >= self.settings.reorder_point:
+        short = lacking(waiting, position, kept)
+        if not self.reorders and not short and position - waiting >= self.settings.reorder_point:
             return 0
-        return self.settings.reorder_quantity + max(0, waiting - position)
+        return self.settings.reorder_quantity + short
+
+
+def lacking(waiting: int, position: int, kept: int) -> int:
+    """Units backordered orders lacking `waiting` at a location still lack once all of `position`
+    (available, incoming and drafted units) is there, the safety stock `kept` held back from them."""
+    return max(0, waiting - max(0, position - kept))
 
 
 def crossing(change: StockChange) -> Crossing | None:

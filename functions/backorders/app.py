@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from core.backorders import Arrival, Demand
 from core.models import StockLevel
-from core.reorder import low_stock_event
+from core.reorder import lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
 from functions.backorders.low_stock import backorder_marked, crossing_of
@@ -81,7 +81,7 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         _, demand = _demand(crossed.sku, crossed.location_id)
         waiting = demand.waiting[crossed.location_id]
         drafted = container().replenishment.drafted(crossed.sku, crossed.location_id, crossed.settings)
-        buys = crossed.to_buy(waiting, drafted)
+        buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id])
         draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
@@ -101,9 +101,10 @@ def backorder_recorded(record: DynamoDBRecord) -> None:
     """An order written backordered (its queue entry for the sku then marked,
     `Backorders.recorded`): the reorder point that buys what it lacks (`core.sourcing.bought_at`)
     buys, at once, what the orders it buys for lack beyond its location's stock, open purchase
-    orders and draft, without waiting for a crossing there (stock may sit below the point for
-    good). Only that: `reorder_quantity` is a crossing's. Once per record (a marker in the draft's
-    transaction): a redelivered record, or one read after the draft grew, buys nothing again."""
+    orders and draft, less the safety stock kept back from orders (`lacking`), without waiting
+    for a crossing there (stock may sit below the point for good). Only that: `reorder_quantity`
+    is a crossing's. Once per record (a marker in the draft's transaction): a redelivered record,
+    or one read after the draft grew, buys nothing again."""
     stream = record.dynamodb
     assert stream is not None  # backorder_marked
     sku = str((stream.keys or {}).get("sku", ""))
@@ -114,8 +115,9 @@ def backorder_recorded(record: DynamoDBRecord) -> None:
         if level is None or level.reorder is None:
             return  # filled meanwhile, or no point buys for it
         drafted = container().replenishment.drafted(sku, level.location_id, level.reorder)
-        units = demand.waiting[level.location_id] - max(level.available, 0) - level.incoming - drafted
-        if units <= 0:
+        position = max(level.available, 0) + level.incoming + drafted
+        units = lacking(demand.waiting[level.location_id], position, demand.kept[level.location_id])
+        if not units:
             return  # covered by what is there or bought already
         key = f"{sku}#{level.location_id}#{stream.sequence_number}"
         draft = container().replenishment.buy(sku, level.location_id, level.reorder, units, key)

@@ -395,6 +395,24 @@ def test_an_order_backordered_where_stock_already_sits_below_the_point_is_bought
     assert drafted(buyer) == {"wh-east": 7 + 4}
 
 
+def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(buyer: Buyer):
+    """wh-east keeps 5 units back from orders (safety stock) and has exactly those: an order of 4
+    takes none and waits. The 5 were counted as units it could take, so nothing was bought and,
+    stock never falling, nothing ever would be."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    rules = SourcingRulesInput.model_validate({"safety_stock": {"wh-east": 5}})
+    buyer.container.sourcing_rules_service.replace(rules, by="key_ops")
+    buyer.stock(units=5)
+    buyer.point()
+    backordered(buyer, 4, "kept-back")
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 4}
+
+
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
     buyer.stock()
     buyer.point()

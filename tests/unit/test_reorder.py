@@ -15,7 +15,7 @@ from core.errors import InvalidRequest, InvalidTransition
 from core.models import ReorderSettings
 from core.money import Money
 from core.purchasing import PurchaseOrder, PurchaseOrderLine, Submission
-from core.reorder import ReorderRequest, StockChange, crossing, low_stock_event
+from core.reorder import ReorderRequest, StockChange, crossing, lacking, low_stock_event
 from core.status import PurchaseOrderStatus
 from tests.builders import NOW
 
@@ -290,3 +290,15 @@ def test_units_a_draft_already_bought_for_the_backorders_are_not_bought_again():
 
     assert crossed.to_buy(7) == 20 + 5
     assert crossed.to_buy(7, drafted=5) == 20  # the draft holds the 5 they lack beyond the 2
+
+
+def test_the_safety_stock_kept_back_from_orders_is_no_supply_for_the_backorders():
+    """2 available and 10 on order, 10 of them kept back from orders: orders lacking 4 may take 2
+    once everything is there. Counted as supply, the 12 bought nothing for them (12 - 4 is above
+    the point of 5) and the orders waited for good: stock held at the safety level crosses nothing."""
+    crossed = crossing(on_order(6, 2, 10, 10))  # low (6 -> 2), but 2 + 10 on order covers the point
+    assert crossed is not None and (crossed.low, crossed.reorders) == (True, False)
+
+    assert crossed.to_buy(4) == 0  # nothing kept back
+    assert crossed.to_buy(4, kept=10) == 20 + 2
+    assert lacking(4, 12, 10) == 2 and lacking(4, 3, 5) == 4 and lacking(2, 12, 10) == 0
