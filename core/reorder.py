@@ -55,6 +55,16 @@ class StockChange:
     incoming_before: int = 0
     incoming_after: int = 0
 
+    @property
+    def withdrawn(self) -> bool:
+        """Units on order withdrawn: `incoming` fell and the stock position (available plus
+        incoming) with it, as when a purchase order is cancelled (a receipt moves its units from
+        incoming to available)."""
+        if self.available_before is None:
+            return False
+        before = self.available_before + self.incoming_before
+        return self.incoming_after < self.incoming_before and self.available_after + self.incoming_after < before
+
 
 @dataclass(frozen=True)
 class Crossing:

@@ -16,10 +16,10 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from core.backorders import Arrival, Demand
 from core.models import StockLevel
-from core.reorder import lacking, low_stock_event
+from core.reorder import crossing, lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
-from functions.backorders.low_stock import backorder_marked, crossing_of
+from functions.backorders.low_stock import backorder_marked, crossing_of, stock_change
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.stream_batches import InOrderStreamProcessor
@@ -97,36 +97,57 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
 
 
+def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: str) -> None:
+    """Grow the draft of `level`'s reorder point by what the orders counted there lack beyond its
+    stock, open purchase orders and draft, less the safety stock kept back from orders
+    (`lacking`); nothing without a point. Once per change (a marker in the draft's transaction):
+    a redelivered record, or one read after the draft grew, buys nothing again."""
+    if level is None or level.reorder is None:
+        return
+    drafted = container().replenishment.drafted(sku, level.location_id, level.reorder)
+    position = max(level.available, 0) + level.incoming + drafted
+    units = lacking(demand.waiting[level.location_id], position, demand.kept[level.location_id])
+    if not units:
+        return  # covered by what is there or bought already
+    key = f"{sku}#{level.location_id}#{change_id}"
+    draft = container().replenishment.buy(sku, level.location_id, level.reorder, units, key)
+    logger.info(
+        "backorders bought for",
+        extra={"location_id": level.location_id, "units": units, "draft": draft.id if draft else "counted before"},
+    )
+    if draft is not None:
+        metrics.add_metric(name="BackordersBoughtFor", unit=MetricUnit.Count, value=1)
+
+
 def backorder_recorded(record: DynamoDBRecord) -> None:
     """An order written backordered (its queue entry for the sku then marked,
     `Backorders.recorded`): the reorder point that buys what it lacks (`core.sourcing.bought_at`)
-    buys, at once, what the orders it buys for lack beyond its location's stock, open purchase
-    orders and draft, less the safety stock kept back from orders (`lacking`), without waiting
-    for a crossing there (stock may sit below the point for good). Only that: `reorder_quantity`
-    is a crossing's. Once per record (a marker in the draft's transaction): a redelivered record,
-    or one read after the draft grew, buys nothing again."""
+    buys, at once, what the orders it buys for lack (`_buy_lacking`), without waiting for a
+    crossing there (stock may sit below the point for good). Only that: `reorder_quantity` is a
+    crossing's."""
     stream = record.dynamodb
     assert stream is not None  # backorder_marked
     sku = str((stream.keys or {}).get("sku", ""))
     order_id = str((stream.new_image or {}).get("order_id", ""))
     with logger.append_context_keys(sku=sku, order_id=order_id):
         levels, demand = _demand(sku)
-        level = next((each for each in levels if each.location_id == demand.at.get(order_id)), None)
-        if level is None or level.reorder is None:
-            return  # filled meanwhile, or no point buys for it
-        drafted = container().replenishment.drafted(sku, level.location_id, level.reorder)
-        position = max(level.available, 0) + level.incoming + drafted
-        units = lacking(demand.waiting[level.location_id], position, demand.kept[level.location_id])
-        if not units:
-            return  # covered by what is there or bought already
-        key = f"{sku}#{level.location_id}#{stream.sequence_number}"
-        draft = container().replenishment.buy(sku, level.location_id, level.reorder, units, key)
-        logger.info(
-            "backorders bought for",
-            extra={"location_id": level.location_id, "units": units, "draft": draft.id if draft else "counted before"},
-        )
-    if draft is not None:
-        metrics.add_metric(name="BackordersBoughtFor", unit=MetricUnit.Count, value=1)
+        at = demand.at.get(order_id)  # None: filled meanwhile, or no point buys for it
+        _buy_lacking(sku, next((level for level in levels if level.location_id == at), None), demand,
+                     str(stream.sequence_number))  # fmt: skip
+
+
+def on_order_withdrawn(record: DynamoDBRecord) -> None:
+    """Units on order withdrawn at a location with a reorder point (a purchase order cancelled)
+    where that crossed nothing (the stock position was below the point already): the orders
+    counted there that were to take them are bought for again (`_buy_lacking`). A withdrawal that
+    crosses the point is the crossing's (`reorder_point_crossed`)."""
+    change = stock_change(record)
+    if change is None or change.settings is None or not change.withdrawn or crossing(change) is not None:
+        return
+    with logger.append_context_keys(sku=change.sku, location_id=change.location_id):
+        levels, demand = _demand(change.sku, change.location_id)
+        level = next((level for level in levels if level.location_id == change.location_id), None)
+        _buy_lacking(change.sku, level, demand, change.change_id)
 
 
 def rules_changed(record: DynamoDBRecord) -> None:
@@ -158,6 +179,7 @@ def stock_changed(record: DynamoDBRecord) -> None:
         return
     arrival(record)
     reorder_point_crossed(record)
+    on_order_withdrawn(record)
 
 
 @logger.inject_lambda_context(clear_state=True)

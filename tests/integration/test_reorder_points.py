@@ -395,6 +395,27 @@ def test_an_order_backordered_where_stock_already_sits_below_the_point_is_bought
     assert drafted(buyer) == {"wh-east": 7 + 4}
 
 
+def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorders_lack(buyer: Buyer):
+    """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
+    longer coming. A position already below the point (3 on order, point 5) crosses nothing as it
+    falls to 0, so nothing bought them again and the order waited for good."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    buyer.container.purchasing.submit(draft.id)
+    buyer.consume(buyer.stream.records())
+    assert buyer.drafts() == []
+
+    buyer.container.purchasing.cancel(draft.id)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-east": 3}
+
+
 def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(buyer: Buyer):
     """wh-east keeps 5 units back from orders (safety stock) and has exactly those: an order of 4
     takes none and waits. The 5 were counted as units it could take, so nothing was bought and,

@@ -302,3 +302,19 @@ def test_the_safety_stock_kept_back_from_orders_is_no_supply_for_the_backorders(
     assert crossed.to_buy(4) == 0  # nothing kept back
     assert crossed.to_buy(4, kept=10) == 20 + 2
     assert lacking(4, 12, 10) == 2 and lacking(4, 3, 5) == 4 and lacking(2, 12, 10) == 0
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "incoming_before", "incoming_after", "withdrawn"),
+    [
+        (0, 0, 3, 0, True),  # a purchase order cancelled
+        (0, 3, 3, 0, False),  # received: the units moved from incoming to available
+        (0, 2, 3, 0, True),  # 2 arrived and 1 no longer comes
+        (5, 4, 3, 3, False),  # a reservation: nothing on order moved
+        (0, 0, 0, 3, False),  # a purchase order opened
+    ],
+)
+def test_units_on_order_are_withdrawn_when_incoming_and_the_position_fall(
+    before, after, incoming_before, incoming_after, withdrawn
+):
+    assert on_order(before, after, incoming_before, incoming_after).withdrawn is withdrawn
