@@ -10,7 +10,7 @@ line is then reserved gets its workflow started again, whose CreateShipments all
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections import Counter
 from dataclasses import dataclass, field
 
 from core.models import AwaitingLine, AwaitingStock, Order
@@ -35,6 +35,19 @@ DEMAND_PAGES = 8  # at most 200 waiting orders read for the demand behind a reor
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
 # AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
+# Orders whose lack the reorder points buy: those written backordered (held ones too).
+BOUGHT_FOR = frozenset({S.BACKORDERED, S.ON_HOLD})
+
+
+@dataclass
+class Demand:
+    """What the backordered orders waiting for a sku lack of it (`BackorderAllocator.demand`):
+    `waiting`, units by the location whose reorder point buys them; `at`, that location by order;
+    `kept`, the safety stock the sourcing rules keep back from orders, by location."""
+
+    waiting: Counter[str] = field(default_factory=Counter)
+    at: dict[str, str] = field(default_factory=dict)
+    kept: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -140,33 +153,42 @@ class BackorderAllocator:
             self._rules.wake_from(version, page[-1])
         return result
 
-    def waiting_for(self, sku: str, location_id: str, buying: Collection[str]) -> int:
-        """Units of `sku` the backordered orders in its queue still lack and may take at
-        `location_id` (as a fill takes them) that the reorder point there buys for: an order
-        that may take them at several locations with a reorder point for `sku` (`location_id`
-        and `buying`) is counted at one of them (`bought_at`), the same one whichever crossing
-        asks. Held orders count: they wait for the same units once released. The oldest
-        DEMAND_PAGES pages of the queue at most: a crossing is handled inside one stream batch's
-        time limit."""
-        buying = {location_id, *buying}
+    def demand(self, sku: str, buying: set[str]) -> Demand:
+        """Units of `sku` the backordered orders in its queue still lack, by the location whose
+        reorder point buys them: each order's at one location (`bought_at`, of those it may take
+        them at, as a fill takes them, that have a point: `buying`), recorded on its queue entry
+        the first time, so that a point added or removed later does not move it (bought twice at
+        the old and the new place, or at neither). A recorded place is kept while the order may
+        still take units there, even once its point is gone (what it bought still comes there);
+        when the order may not, it is placed again. Held orders count: they wait for the same
+        units once released. An order not yet written backordered does not: what it lacks is not
+        known until then, and its own record buys it (functions/backorders). The oldest
+        DEMAND_PAGES pages of the queue at most: this runs inside one stream batch's time limit."""
+        rules = self._rules.current() if self._rules is not None else SourcingRules()
+        demand = Demand(kept=Counter(rules.safety_stock))
         locations = None
-        rules: SourcingRules | None = None
-        units = 0
         after: WaitingOrder | None = None
         for _ in range(DEMAND_PAGES):
             if not (page := self._queue.waiting(sku, after, PAGE)):
                 break
             locations = locations or self._catalog.list_locations()
-            rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
             for entry in page:
-                order = self._orders.get(entry.order_id)
-                if order is None or order.status not in STILL_WAITING:
-                    continue  # allocated or cancelled since: its entry goes at the next arrival
+                order = self._orders.get(entry.order_id, consistent=True)
+                if order is None or order.status not in BOUGHT_FOR:
+                    continue  # allocated or cancelled since (its entry goes at the next arrival), or not yet waiting
                 lacks, where = lacks_at(order, sku, locations, rules)
-                if lacks and bought_at(order, sku, where, buying, locations) == location_id:
-                    units += lacks
+                if not lacks:
+                    continue
+                # Kept where it was bought while the order may take units there, point or not.
+                at = entry.bought_at if entry.bought_at in where else bought_at(order, sku, where, buying, locations)
+                if at is None:
+                    continue
+                if at != entry.bought_at:
+                    self._queue.record_bought_at(sku, entry, at)
+                demand.waiting[at] += lacks
+                demand.at[order.id] = at
             after = page[-1]
-        return units
+        return demand
 
     def _complete(self, order_id: str, channel: str, version: int) -> None:
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes

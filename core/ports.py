@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from core.access import ApiKey
@@ -277,10 +277,13 @@ class LateOrders(ABC):
 
 @dataclass(frozen=True, order=True)
 class WaitingOrder:
-    """One entry of a sku's backorder queue: oldest first is `created_at`, then the id."""
+    """One entry of a sku's backorder queue: oldest first is `created_at`, then the id.
+    `bought_at`, read with the entry and no part of what names it: the location whose reorder point
+    buys what the order lacks of the sku, once one was chosen (`Backorders.record_bought_at`)."""
 
     created_at: datetime
     order_id: str
+    bought_at: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,17 @@ class Backorders(ABC):
 
     @abstractmethod
     def remove(self, sku: str, entry: WaitingOrder) -> None: ...
+
+    @abstractmethod
+    def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
+        """Keep on `entry` the location whose reorder point buys what its order lacks of `sku`
+        (read back as its `bought_at`). Nothing when the entry is gone."""
+
+    @abstractmethod
+    def recorded(self, sku: str, entry: WaitingOrder) -> None:
+        """Mark `entry` once its order is written backordered: that change of the entry is what
+        has the reorder points buy what the order lacks (functions/backorders). Nothing when the
+        entry is gone (the order was filled meanwhile)."""
 
     @abstractmethod
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:

@@ -55,6 +55,16 @@ class StockChange:
     incoming_before: int = 0
     incoming_after: int = 0
 
+    @property
+    def withdrawn(self) -> bool:
+        """Units on order withdrawn: `incoming` fell and the stock position (available plus
+        incoming) with it, as when a purchase order is cancelled (a receipt moves its units from
+        incoming to available)."""
+        if self.available_before is None:
+            return False
+        before = self.available_before + self.incoming_before
+        return self.incoming_after < self.incoming_before and self.available_after + self.incoming_after < before
+
 
 @dataclass(frozen=True)
 class Crossing:
@@ -78,17 +88,26 @@ class Crossing:
         """Names this crossing and no other: `#` appears in no sku or location id."""
         return f"{self.sku}#{self.location_id}#{self.change_id}"
 
-    def to_buy(self, waiting: int) -> int:
+    def to_buy(self, waiting: int, drafted: int = 0, kept: int = 0) -> int:
         """Units the draft gets for this crossing when backordered orders still lack `waiting`
-        units this point buys for (`BackorderAllocator.waiting_for`: each order's at one of the
-        locations it may take them at) (0: it buys nothing). Those orders take the first
-        units that come, so they are part of the need: the stock position counted against the
-        point is available plus incoming less `waiting`, and what it lacks for them beyond the
-        stock and the units on order is bought on top of `reorder_quantity`."""
-        position = self.available + self.incoming
-        if not self.reorders and position - waiting >= self.settings.reorder_point:
+        units this point buys for (`BackorderAllocator.demand`: each order's at one of the
+        locations it may take them at), the open draft here holds `drafted` units of the sku and
+        the sourcing rules keep `kept` units back from orders here (0: it buys nothing). Those
+        orders take the first units that come, so they are part of the need: the stock position
+        counted against the point is available plus incoming plus the draft's units less
+        `waiting`, and what they lack beyond all of that (`lacking`) is bought on top of
+        `reorder_quantity` (units a draft already bought for them are not bought again)."""
+        position = self.available + self.incoming + drafted
+        short = lacking(waiting, position, kept)
+        if not self.reorders and not short and position - waiting >= self.settings.reorder_point:
             return 0
-        return self.settings.reorder_quantity + max(0, waiting - position)
+        return self.settings.reorder_quantity + short
+
+
+def lacking(waiting: int, position: int, kept: int) -> int:
+    """Units backordered orders lacking `waiting` at a location still lack once all of `position`
+    (available, incoming and drafted units) is there, the safety stock `kept` held back from them."""
+    return max(0, waiting - max(0, position - kept))
 
 
 def crossing(change: StockChange) -> Crossing | None:
@@ -172,29 +191,40 @@ class Replenishment:
         self._require(sku, location_id)
         self._repository.set_reorder(sku, location_id, None)
 
+    def drafted(self, sku: str, location_id: str, settings: ReorderSettings) -> int:
+        """Units of `sku` on the open draft the point `settings` grows at `location_id`: bought,
+        though not on order yet."""
+        draft, _ = self._repository.open_draft(settings.vendor_id, location_id)
+        return sum(line.quantity for line in draft.lines if line.sku == sku) if draft else 0
+
     def reorder(self, crossed: Crossing, quantity: int | None = None) -> PurchaseOrder | None:
         """Add `quantity` (by default the crossing's `reorder_quantity`; `Crossing.to_buy` adds the
         backorders' need) to the open draft for its vendor and location, or make that draft; None
-        when this crossing was counted already (a redelivered record). The draft's write and the
-        crossing's marker are one transaction, so concurrent crossings each grow the draft once
-        and a crossing seen twice grows it once."""
+        when this crossing was counted already (a redelivered record)."""
         settings = crossed.settings
         units = settings.reorder_quantity if quantity is None else quantity
+        return self.buy(crossed.sku, crossed.location_id, settings, units, crossed.key)
+
+    def buy(self, sku: str, location_id: str, settings: ReorderSettings, units: int, key: str) -> PurchaseOrder | None:
+        """Add `units` of `sku` to the open draft of the point's vendor at `location_id`, or make
+        that draft; None when the change `key` names (`sku#location_id#change_id`) was counted
+        already. The draft's write and the change's marker are one transaction, so concurrent
+        changes each grow the draft once and a change seen twice grows it once."""
         vendor = self._repository.get_vendor(settings.vendor_id)
         if vendor is None:
-            raise NotFound(f"no vendor {settings.vendor_id} for the reorder point of {crossed.sku}")
+            raise NotFound(f"no vendor {settings.vendor_id} for the reorder point of {sku}")
         for _ in range(self.ATTEMPTS):
-            draft, pointer = self._repository.open_draft(settings.vendor_id, crossed.location_id)
-            if draft is not None and draft.takes(crossed.sku):
-                new, expected = draft.grow(crossed.sku, units, settings.unit_cost), draft
+            draft, pointer = self._repository.open_draft(settings.vendor_id, location_id)
+            if draft is not None and draft.takes(sku):
+                new, expected = draft.grow(sku, units, settings.unit_cost), draft
             else:
                 now = self._clock()
-                line = PurchaseOrderLine(sku=crossed.sku, quantity=units, unit_cost=settings.unit_cost)
+                line = PurchaseOrderLine(sku=sku, quantity=units, unit_cost=settings.unit_cost)
                 new, expected = (
                     PurchaseOrder(
                         id=new_id("po"),
                         vendor_id=settings.vendor_id,
-                        location_id=crossed.location_id,
+                        location_id=location_id,
                         status=PurchaseOrderStatus.DRAFT,
                         lines=[line],
                         expected_at=now + timedelta(days=vendor.lead_time_days),
@@ -203,9 +233,9 @@ class Replenishment:
                     None,
                 )
             try:
-                if not self._repository.add_reorder(new, expected, pointer, crossed.key):
+                if not self._repository.add_reorder(new, expected, pointer, key):
                     return None
             except StaleVersion:
-                continue  # the draft was grown, submitted or made by another crossing: decide again
+                continue  # the draft was grown, submitted or made by another change: decide again
             return new
-        raise StaleVersion(f"the draft for {settings.vendor_id} at {crossed.location_id} keeps changing")
+        raise StaleVersion(f"the draft for {settings.vendor_id} at {location_id} keeps changing")

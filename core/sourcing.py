@@ -134,7 +134,9 @@ def bought_at(order: Order, sku: str, where: set[str], buying: set[str], locatio
     reorder point for `sku` (`buying`), the one a fill tops it up at first (a location it already
     ships from, the most of its units of `sku` held there first), then the nearest to where it goes
     (when that has coordinates), then the first by id. None when none of them buys it. Units that
-    arrive there are the order's, as at every location it may take them at."""
+    arrive there are the order's, as at every location it may take them at. An order's backorder
+    queue entry records it (`BackorderAllocator.demand`), so a point added or removed later does
+    not move it."""
     candidates = where & buying
     if not candidates:
         return None

@@ -417,8 +417,9 @@ class Workflow:
         self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules
     ) -> None:
         """Record the part reserved and wait `backordered`: queue entries first, so an arrival
-        from now on finds the order; then the status; then one look at stock that arrived
-        between sourcing and the queue entry. Raises Backordered unless that completed it."""
+        from now on finds the order; then the status; then the entries marked, so the reorder
+        points buy what it lacks; then one look at stock that arrived between sourcing and the
+        queue entry. Raises Backordered unless that completed it."""
         assert self._backorders is not None
         entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
         for sku in sorted(short):
@@ -430,6 +431,8 @@ class Workflow:
             self._orders.update(new, order, [history])
         except StaleVersion:
             raise self._closed_or_retry(order.id, lambda: self._release_unrecorded(order.id, done)) from None
+        for sku in sorted(short):
+            self._backorders.recorded(sku, entry)  # its reorder points buy what it lacks
         filled = self.fill_backorder(order.id)
         if filled.status in STOPPED:
             raise stopped(filled)

@@ -1586,6 +1586,8 @@ class DynamoInventory(InventoryRepository):
 # --- Backorder queues ----------------------------------------------------------------------------
 
 BACKORDER_PREFIX = "#backorder#"
+# Set on a queue entry once its order is written backordered (DynamoBackorders.recorded).
+BACKORDER_RECORDED = "reorder_watch"
 
 
 class DynamoBackorders(Backorders):
@@ -1617,12 +1619,36 @@ class DynamoBackorders(Backorders):
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))
 
+    def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
+        self._set(sku, entry, "bought_at", {"S": location_id})
+
+    def recorded(self, sku: str, entry: WaitingOrder) -> None:
+        # `reorder_watch` (functions/adapters/purchasing.py): the mark the stream's second filter
+        # passes (template.yaml, BackorderFunction), as for a stock item with a reorder point.
+        self._set(sku, entry, BACKORDER_RECORDED, {"BOOL": True})
+
+    def _set(self, sku: str, entry: WaitingOrder, name: str, value: dict[str, Any]) -> None:
+        """Set one attribute on the entry, unless it is gone (its order was filled meanwhile):
+        an update alone would make a new item of the key, an entry naming no order."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._key(sku, entry),
+                UpdateExpression="SET #name = :value",
+                ConditionExpression="attribute_exists(order_id)",
+                ExpressionAttributeNames={"#name": name},
+                ExpressionAttributeValues={":value": value},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         query: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "sku = :sku AND begins_with(location_id, :prefix)",
             "ExpressionAttributeValues": {":sku": {"S": sku}, ":prefix": {"S": BACKORDER_PREFIX}},
-            "ProjectionExpression": "order_id, created_at",
+            "ProjectionExpression": "order_id, created_at, bought_at",
             "Limit": limit,
         }
         if after is not None:
@@ -1632,6 +1658,7 @@ class DynamoBackorders(Backorders):
             WaitingOrder(
                 created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
                 order_id=item["order_id"]["S"],
+                bought_at=item["bought_at"]["S"] if "bought_at" in item else None,
             )
             for item in items
         ]

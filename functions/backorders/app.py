@@ -1,6 +1,7 @@
 """Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
 when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
-open purchase orders cover the point. Catalog stream consumer for the sourcing rules: a new version wakes
+open purchase orders cover the point; when an order is written backordered, grow the draft by what it lacks
+beyond what is there and on order. Catalog stream consumer for the sourcing rules: a new version wakes
 the backordered orders it may let take units, a page at a time."""
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from core.backorders import Arrival
-from core.reorder import low_stock_event
+from core.backorders import Arrival, Demand
+from core.models import StockLevel
+from core.reorder import crossing, lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
-from functions.backorders.low_stock import crossing_of
+from functions.backorders.low_stock import backorder_marked, crossing_of, stock_change
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.stream_batches import InOrderStreamProcessor
@@ -56,22 +58,30 @@ def arrival(record: DynamoDBRecord) -> None:
         _report(container().backorder_allocator.arrived(sku, location_id))
 
 
+def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
+    """The sku's stock at every location (one Query), and what its backordered orders lack by the
+    location whose reorder point buys it (`also` buys even when its point was cleared since)."""
+    levels = container().inventory_repository.levels({sku})[sku]
+    buying = {level.location_id for level in levels if level.reorder is not None}
+    return levels, container().backorder_allocator.demand(sku, buying | ({also} if also else set()))
+
+
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
     """A fall below a reorder point: `inventory.low` is published when `available` fell, with an
     id of the crossing's own, so a redelivered record publishes the same event again (subscribers
     dedupe); the draft grows once per crossing (a marker in the same transaction) when available
-    plus the units on open purchase orders, less what backordered orders still lack there, is
-    below the point: units already on order are not bought again, and the backorders' need is (each
-    order's at one location with a reorder point for the sku, `core.sourcing.bought_at`)."""
+    plus the units on open purchase orders and on the draft, less what backordered orders still
+    lack there, is below the point: units already on order are not bought again, and the
+    backorders' need is (each order's at one location with a reorder point for the sku,
+    `core.sourcing.bought_at`, kept on its queue entry)."""
     crossed = crossing_of(record)
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        # The other locations with a point for the sku: an order that may take it at several is bought for at one.
-        levels = container().inventory_repository.levels({crossed.sku})[crossed.sku]
-        buying = {level.location_id for level in levels if level.reorder is not None}
-        waiting = container().backorder_allocator.waiting_for(crossed.sku, crossed.location_id, buying)
-        buys = crossed.to_buy(waiting)
+        _, demand = _demand(crossed.sku, crossed.location_id)
+        waiting = demand.waiting[crossed.location_id]
+        drafted = container().replenishment.drafted(crossed.sku, crossed.location_id, crossed.settings)
+        buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id])
         draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
@@ -85,6 +95,59 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         )
     if draft is not None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
+
+
+def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: str) -> None:
+    """Grow the draft of `level`'s reorder point by what the orders counted there lack beyond its
+    stock, open purchase orders and draft, less the safety stock kept back from orders
+    (`lacking`); nothing without a point. Once per change (a marker in the draft's transaction):
+    a redelivered record, or one read after the draft grew, buys nothing again."""
+    if level is None or level.reorder is None:
+        return
+    drafted = container().replenishment.drafted(sku, level.location_id, level.reorder)
+    position = max(level.available, 0) + level.incoming + drafted
+    units = lacking(demand.waiting[level.location_id], position, demand.kept[level.location_id])
+    if not units:
+        return  # covered by what is there or bought already
+    key = f"{sku}#{level.location_id}#{change_id}"
+    draft = container().replenishment.buy(sku, level.location_id, level.reorder, units, key)
+    logger.info(
+        "backorders bought for",
+        extra={"location_id": level.location_id, "units": units, "draft": draft.id if draft else "counted before"},
+    )
+    if draft is not None:
+        metrics.add_metric(name="BackordersBoughtFor", unit=MetricUnit.Count, value=1)
+
+
+def backorder_recorded(record: DynamoDBRecord) -> None:
+    """An order written backordered (its queue entry for the sku then marked,
+    `Backorders.recorded`): the reorder point that buys what it lacks (`core.sourcing.bought_at`)
+    buys, at once, what the orders it buys for lack (`_buy_lacking`), without waiting for a
+    crossing there (stock may sit below the point for good). Only that: `reorder_quantity` is a
+    crossing's."""
+    stream = record.dynamodb
+    assert stream is not None  # backorder_marked
+    sku = str((stream.keys or {}).get("sku", ""))
+    order_id = str((stream.new_image or {}).get("order_id", ""))
+    with logger.append_context_keys(sku=sku, order_id=order_id):
+        levels, demand = _demand(sku)
+        at = demand.at.get(order_id)  # None: filled meanwhile, or no point buys for it
+        _buy_lacking(sku, next((level for level in levels if level.location_id == at), None), demand,
+                     str(stream.sequence_number))  # fmt: skip
+
+
+def on_order_withdrawn(record: DynamoDBRecord) -> None:
+    """Units on order withdrawn at a location with a reorder point (a purchase order cancelled)
+    where that crossed nothing (the stock position was below the point already): the orders
+    counted there that were to take them are bought for again (`_buy_lacking`). A withdrawal that
+    crosses the point is the crossing's (`reorder_point_crossed`)."""
+    change = stock_change(record)
+    if change is None or change.settings is None or not change.withdrawn or crossing(change) is not None:
+        return
+    with logger.append_context_keys(sku=change.sku, location_id=change.location_id):
+        levels, demand = _demand(change.sku, change.location_id)
+        level = next((level for level in levels if level.location_id == change.location_id), None)
+        _buy_lacking(change.sku, level, demand, change.change_id)
 
 
 def rules_changed(record: DynamoDBRecord) -> None:
@@ -111,8 +174,12 @@ def stock_changed(record: DynamoDBRecord) -> None:
     if record.dynamodb is not None and "pk" in (record.dynamodb.keys or {}):
         rules_changed(record)
         return
+    if backorder_marked(record):
+        backorder_recorded(record)
+        return
     arrival(record)
     reorder_point_crossed(record)
+    on_order_withdrawn(record)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -1,4 +1,5 @@
-"""Inventory stream records read as stock changes, for the reorder-point crossing they may be."""
+"""Inventory stream records read as stock changes, for the reorder-point crossing they may be, and as
+orders written backordered, whose lack the reorder points buy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from core.models import ReorderSettings
 from core.reorder import Crossing, StockChange, crossing
+from functions.adapters.dynamodb import BACKORDER_PREFIX, BACKORDER_RECORDED
 
 
 def _available(image: dict[str, Any] | None) -> int | None:
@@ -51,3 +53,15 @@ def stock_change(record: DynamoDBRecord) -> StockChange | None:
 def crossing_of(record: DynamoDBRecord) -> Crossing | None:
     change = stock_change(record)
     return crossing(change) if change is not None else None
+
+
+def backorder_marked(record: DynamoDBRecord) -> bool:
+    """Whether `record` is a backorder queue entry marked as its order was written backordered
+    (DynamoBackorders.recorded): the change that sets the mark, not a later one."""
+    stream = record.dynamodb
+    if stream is None or record.raw_event.get("eventName") != "MODIFY":
+        return False
+    if not str((stream.keys or {}).get("location_id", "")).startswith(BACKORDER_PREFIX):
+        return False
+    new, old = stream.new_image or {}, stream.old_image or {}
+    return bool(new.get(BACKORDER_RECORDED)) and not old.get(BACKORDER_RECORDED)

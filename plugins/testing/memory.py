@@ -4,6 +4,7 @@ DynamoDB and S3. Each class subclasses the port it implements, so it cannot drif
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
@@ -340,17 +341,32 @@ class InMemoryBackorders(Backorders):
 
     def __init__(self, orders: InMemoryOrders, inventory: InMemoryInventory) -> None:
         self.entries: dict[str, set[WaitingOrder]] = {}
+        self.marked: set[tuple[str, WaitingOrder]] = set()  # entries whose order was written backordered
+        self.bought: dict[tuple[str, WaitingOrder], str] = {}  # where each entry's order is bought for
         self._orders = orders
         self._inventory = inventory
 
     def add(self, sku: str, entry: WaitingOrder) -> None:
+        # Written again, as DynamoDB's PutItem writes it: what was kept on it goes.
+        self.remove(sku, entry)
         self.entries.setdefault(sku, set()).add(entry)
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self.entries.get(sku, set()).discard(entry)
+        self.marked.discard((sku, entry))
+        self.bought.pop((sku, entry), None)
+
+    def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
+        if entry in self.entries.get(sku, set()):
+            self.bought[(sku, entry)] = location_id
+
+    def recorded(self, sku: str, entry: WaitingOrder) -> None:
+        if entry in self.entries.get(sku, set()):
+            self.marked.add((sku, entry))
 
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
-        return [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]
+        waiting = [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]
+        return [replace(e, bought_at=self.bought.get((sku, e))) for e in waiting]
 
     def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
         for t in top_ups:

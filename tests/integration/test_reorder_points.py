@@ -329,6 +329,111 @@ def test_the_demand_is_bought_where_a_reorder_point_buys_it(buyer: Buyer):
     assert drafted(buyer) == {"wh-west": 20 + 20}
 
 
+def cancelled_po_crosses(buyer: Buyer, location_id: str) -> None:
+    """An open PO of 10 MUG at `location_id`, cancelled: 0 + 10 on order -> 0 crosses its point."""
+    line = {"sku": "MUG", "quantity": 10, "unit_cost": {"amount": "4.00", "currency": "USD"}}
+    body = {"vendor_id": "acme", "location_id": location_id, "lines": [line]}
+    po_id = buyer.container.purchasing.create(NewPurchaseOrder.model_validate(body)).id
+    buyer.container.purchasing.cancel(po_id)
+
+
+def test_a_point_added_after_another_bought_for_an_order_does_not_buy_it_again(buyer: Buyer):
+    """The order holds 5 at wh-east and 10 at wh-west and lacks 25, which wh-east's point, the only
+    one, bought. A point then set at wh-west, where a fill tops the order up first, counted the
+    25 as its own at its next crossing (a PO cancelled there): bought twice. The draft at wh-east
+    holds them, so wh-west buys its reorder_quantity only."""
+    two_warehouses(buyer, west_point=False)
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-east", 5, reason="stock_take")
+    backordered(buyer, 40, "big")  # 5 -> 0 at wh-east: crossed; 10 -> 0 at wh-west: no point
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 20 + 25}
+
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", settings)
+    cancelled_po_crosses(buyer, "wh-west")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20 + 25, "wh-west": 20}
+
+
+def test_a_point_removed_after_it_bought_for_an_order_does_not_send_it_to_another(buyer: Buyer):
+    """wh-west, where a fill tops the order up first, bought the 25 it lacks; its point then
+    cleared, the next crossing at wh-east counted them as its own: bought twice. What wh-west
+    bought still comes there, so the order stays bought there."""
+    two_warehouses(buyer)
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-east", 5, reason="stock_take")
+    backordered(buyer, 40, "big")  # holds 5 at wh-east, 10 at wh-west: both crossed
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 20, "wh-west": 20 + 25}
+
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", None)
+    cancelled_po_crosses(buyer, "wh-east")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20 + 20, "wh-west": 20 + 25}
+
+
+def test_an_order_backordered_where_stock_already_sits_below_the_point_is_bought_for_at_once(buyer: Buyer):
+    """Stock at 3 under a point of 5 crosses nothing more: an order that took the 3 and waits for
+    7 was bought for only at the next crossing, which may never come (nothing arrives). What it
+    lacks is bought when it is written backordered, once; a second order's lack is added, not the
+    first one's again."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.point()  # set with stock below it: no crossing
+    backordered(buyer, 10, "first")  # 3 -> 0: below the point already, nothing crossed
+    records = buyer.stream.records()
+
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-east": 7}
+    assert buyer.on_bus() == []  # no inventory.low: available did not cross the point
+
+    backordered(buyer, 4, "second")
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 7 + 4}
+
+
+def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorders_lack(buyer: Buyer):
+    """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
+    longer coming. A position already below the point (3 on order, point 5) crosses nothing as it
+    falls to 0, so nothing bought them again and the order waited for good."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    buyer.container.purchasing.submit(draft.id)
+    buyer.consume(buyer.stream.records())
+    assert buyer.drafts() == []
+
+    buyer.container.purchasing.cancel(draft.id)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-east": 3}
+
+
+def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(buyer: Buyer):
+    """wh-east keeps 5 units back from orders (safety stock) and has exactly those: an order of 4
+    takes none and waits. The 5 were counted as units it could take, so nothing was bought and,
+    stock never falling, nothing ever would be."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    rules = SourcingRulesInput.model_validate({"safety_stock": {"wh-east": 5}})
+    buyer.container.sourcing_rules_service.replace(rules, by="key_ops")
+    buyer.stock(units=5)
+    buyer.point()
+    backordered(buyer, 4, "kept-back")
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 4}
+
+
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
     buyer.stock()
     buyer.point()

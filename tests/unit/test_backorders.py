@@ -953,7 +953,8 @@ BOTH = {"wh-east", "wh-west"}  # the locations with a reorder point for PREORDER
 
 
 def demand(allocator: BackorderAllocator, buying: set[str]) -> dict[str, int]:
-    return {loc: allocator.waiting_for("PREORDER", loc, buying - {loc}) for loc in sorted(buying)}
+    found = allocator.demand("PREORDER", buying)
+    return {loc: found.waiting[loc] for loc in sorted(buying)}
 
 
 def test_an_order_that_may_take_units_at_two_points_is_counted_at_the_one_it_ships_from(setup):
@@ -963,7 +964,23 @@ def test_an_order_that_may_take_units_at_two_points_is_counted_at_the_one_it_shi
     backordered(world, ("PREORDER", 3))
 
     assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+
+def test_an_order_is_counted_where_it_was_first_placed_whatever_points_come_or_go():
+    """Placed again at each crossing, an order counted at the only point (wh-east) moved to a point
+    added later where it ranks first (wh-west), whose draft bought it again; counted at wh-west,
+    it moved to wh-east once wh-west's point was cleared, and was bought there too."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    backordered(world, ("PREORDER", 3))
+
     assert demand(allocator, {"wh-east"}) == {"wh-east": 2}  # the only point buys it
+    assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
+
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    backordered(world, ("PREORDER", 3))
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+    assert demand(allocator, {"wh-east"}) == {"wh-east": 0}  # wh-west's draft holds its 2
 
 
 def test_an_order_holding_nothing_is_counted_at_the_nearest_point_else_the_first_by_id():

@@ -15,7 +15,7 @@ from core.errors import InvalidRequest, InvalidTransition
 from core.models import ReorderSettings
 from core.money import Money
 from core.purchasing import PurchaseOrder, PurchaseOrderLine, Submission
-from core.reorder import ReorderRequest, StockChange, crossing, low_stock_event
+from core.reorder import ReorderRequest, StockChange, crossing, lacking, low_stock_event
 from core.status import PurchaseOrderStatus
 from tests.builders import NOW
 
@@ -281,3 +281,40 @@ def test_a_stream_record_carries_the_units_on_order_before_and_after():
 
     assert (change.incoming_before, change.incoming_after) == (30, 30)
     assert (crossing_of(record).low, crossing_of(record).reorders) == (True, False)
+
+
+def test_units_a_draft_already_bought_for_the_backorders_are_not_bought_again():
+    """A draft that bought for the orders waiting here (when they went backordered) is not on
+    order yet: a crossing that counted only available and incoming bought their units again."""
+    crossed = crossing(on_order(6, 2, 0, 0))  # 2 available, nothing on order
+
+    assert crossed.to_buy(7) == 20 + 5
+    assert crossed.to_buy(7, drafted=5) == 20  # the draft holds the 5 they lack beyond the 2
+
+
+def test_the_safety_stock_kept_back_from_orders_is_no_supply_for_the_backorders():
+    """2 available and 10 on order, 10 of them kept back from orders: orders lacking 4 may take 2
+    once everything is there. Counted as supply, the 12 bought nothing for them (12 - 4 is above
+    the point of 5) and the orders waited for good: stock held at the safety level crosses nothing."""
+    crossed = crossing(on_order(6, 2, 10, 10))  # low (6 -> 2), but 2 + 10 on order covers the point
+    assert crossed is not None and (crossed.low, crossed.reorders) == (True, False)
+
+    assert crossed.to_buy(4) == 0  # nothing kept back
+    assert crossed.to_buy(4, kept=10) == 20 + 2
+    assert lacking(4, 12, 10) == 2 and lacking(4, 3, 5) == 4 and lacking(2, 12, 10) == 0
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "incoming_before", "incoming_after", "withdrawn"),
+    [
+        (0, 0, 3, 0, True),  # a purchase order cancelled
+        (0, 3, 3, 0, False),  # received: the units moved from incoming to available
+        (0, 2, 3, 0, True),  # 2 arrived and 1 no longer comes
+        (5, 4, 3, 3, False),  # a reservation: nothing on order moved
+        (0, 0, 0, 3, False),  # a purchase order opened
+    ],
+)
+def test_units_on_order_are_withdrawn_when_incoming_and_the_position_fall(
+    before, after, incoming_before, incoming_after, withdrawn
+):
+    assert on_order(before, after, incoming_before, incoming_after).withdrawn is withdrawn

@@ -144,7 +144,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "AuthorizePaymentFunction": _WORKFLOW_ORDERS,
     "ReserveStockFunction": {
         **_WORKFLOW_ORDERS,
-        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
@@ -155,7 +155,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "BackorderFunction": {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [DynamoBackorderedOrders],  # the orders a new version of the rules wakes
-        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
         (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
