@@ -448,12 +448,22 @@ class _Feed:
         self._lines = lines
         self._replay: deque[PhysicalLine] = deque()
         self.record: list[PhysicalLine] = []
+        # The file ended while the csv module was reading a record: it asks for a line past a
+        # record's last only inside a quoted cell, so the record it then hands on is cut.
+        self.ran_out = False
 
     def __iter__(self) -> _Feed:
         return self
 
     def __next__(self) -> str:
-        line = self._replay.popleft() if self._replay else next(self._lines)
+        if self._replay:
+            line = self._replay.popleft()
+        else:
+            try:
+                line = next(self._lines)
+            except StopIteration:
+                self.ran_out = True
+                raise
         self.record.append(line)
         if line.text is None:
             raise _Unreadable(line)
@@ -484,10 +494,12 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
     or it spans lines, has not the header's number of cells and holds a line that is a row of
-    them: a quote never closed) becomes an error on its first line (with the cells that line shows
-    whole, which may say whose row it is), and the lines after that one are parsed again with a
-    fresh parser, so that one bad line costs only its own row. A record spanning lines with the
-    wrong number of cells and no row inside is one row, and is yielded as read. A header further on
+    them, or the file ends inside it holding one: a quote never closed) becomes an error on its
+    first line (with the cells that line shows whole, which may say whose row it is), and the lines
+    after that one are parsed again with a fresh parser, so that one bad line costs only its own
+    row. A record the file ends inside otherwise is cut short (an upload interrupted): an error on
+    its first line. A record spanning lines with the wrong number of cells and no row inside is one
+    row, and is yielded as read. A header further on
     (files joined together) sets the number of cells, and the separator, of the rows after it."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
@@ -536,6 +548,26 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         start, spanned = feed.record[0].number, len(feed.record)
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, or a row of empty cells as spreadsheets export them
+        if feed.ran_out:
+            # The file ends inside a quoted cell (an upload cut short): the csv module hands on the
+            # cut value as if it were whole. The row is an error; rows its quote swallowed are read.
+            feed.ran_out = False
+            if width is not None and spanned > 1 and _rows_resume(feed.record[1:], separator, width):
+                yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
+                feed.reread_after_first()
+                reader = csv.reader(feed, delimiter=separator, strict=False)
+                continue
+            runs_on = f" (it runs on to line {start + spanned - 1})" if spanned > 1 else ""
+            message = (
+                f"the file ends inside a quoted cell of this row{runs_on}, whose quote is never closed: "
+                "the file looks cut short (an upload interrupted?), so the row is not imported"
+            )
+            yield _Row(
+                start,
+                error=LineError(start, None, "malformed_row", message),
+                leading_cells=_leading_cells(feed.record[0], separator),
+            )
+            continue
         text = feed.record[0].text or ""
         # Only a line naming external_id may be a header: the cells of other rows are not looked at.
         may_be_header = spanned == 1 and "external_id" in text.lower()
@@ -552,19 +584,23 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
         elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
-            message = (
-                f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
-                f"{spanned} lines where the header has {width}); the lines after it are read as rows"
-            )
-            yield _Row(
-                start,
-                error=LineError(start, None, "unclosed_quote", message),
-                leading_cells=_leading_cells(feed.record[0], separator),
-            )
+            yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
             feed.reread_after_first()
             reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
         yield _Row(start, cells=cells, lines=spanned, header=header)
+
+
+def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
+    message = (
+        f"a quote opened on this line is not closed where its row ends ({cells} cells over "
+        f"{spanned} lines where the header has {width}); the lines after it are read as rows"
+    )
+    return _Row(
+        start,
+        error=LineError(start, None, "unclosed_quote", message),
+        leading_cells=_leading_cells(first, separator),
+    )
 
 
 def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:

@@ -702,6 +702,53 @@ def test_an_unclosed_quote_swallowing_a_malformed_row_first_still_costs_only_its
     assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-4", "ext-5"]
 
 
+# The address last, as some exports order their columns: cut inside it, a row has every cell.
+ADDRESS_LAST = [column for column in COLUMNS if column != "ship_line1"] + ["ship_line1"]
+
+
+def address_last(*rows: str) -> str:
+    return "\n".join([",".join(ADDRESS_LAST), *rows])
+
+
+@pytest.mark.parametrize("chunk", [3, 64 * 1024])
+def test_a_file_cut_inside_its_last_quoted_cell_fails_that_row_and_imports_the_rows_before(chunk: int):
+    # The csv module hands on a cell the file ends in as if it were whole: the order was imported
+    # with "12 Main St" for "12 Main Street", and shipped to a truncated address.
+    cut = address_last(row_in(ADDRESS_LAST, "ext-1"), row_in(ADDRESS_LAST, "ext-2", ship_line1='"12 Main St'))
+
+    orders = read(cut.encode(), chunk=chunk)
+
+    assert errors_of(orders) == [(3, "ext-2", "malformed_row")]
+    assert "the file ends inside a quoted cell of this row" in error_on(orders, 3).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
+
+
+def test_a_file_cut_inside_a_quoted_cell_with_a_line_break_fails_the_whole_order_it_cuts():
+    # The order's second row is cut: imported without it, the order would ship short.
+    cut = address_last(
+        row_in(ADDRESS_LAST, "ext-1"),
+        row_in(ADDRESS_LAST, "ext-2"),
+        row_in(ADDRESS_LAST, "ext-2", sku="MUG", ship_line1='"12 Main Street\nBack d'),
+    )
+
+    orders = read(cut.encode())
+
+    assert errors_of(orders) == [(4, "ext-2", "malformed_row")]
+    assert "(it runs on to line 5)" in error_on(orders, 4).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
+
+
+def test_a_quote_opened_in_a_last_cell_and_never_closed_costs_only_its_own_row():
+    # The quote swallowed every row after it into the last cell, which left the row its header's
+    # number of cells: it was imported with that cell, and every row after it was lost silently.
+    data = csv_file(row("ext-1"), row("ext-2", payment_token='"tok_approve'), row("ext-3"), row("ext-4"))
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3", "ext-4"]
+
+
 def test_an_error_on_a_row_after_a_line_break_in_a_cell_names_the_line_an_editor_shows():
     orders = read(
         csv_file(row("ext-1", ship_line2='"Floor 3\r\nRing twice"'), row("ext-1", "MUG", "x"), newline="\r\n")
