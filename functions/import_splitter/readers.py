@@ -499,8 +499,9 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     after that one are parsed again with a fresh parser, so that one bad line costs only its own
     row. A record the file ends inside otherwise is cut short (an upload interrupted): an error on
     its first line. A record spanning lines with the wrong number of cells and no row inside is one
-    row, and is yielded as read. A header further on
-    (files joined together) sets the number of cells, and the separator, of the rows after it."""
+    row, and is yielded as read. A header further on (files joined together) sets the number of
+    cells, and the separator, of the rows after it; a "sep=;" line further on sets the separator
+    and is no row."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -569,6 +570,15 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
             )
             continue
         text = feed.record[0].text or ""
+        if width is not None and spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep=":
+            declared = _declared_separator(text)
+            if declared is not None:
+                # A file written for Excel joined on: as at the top of the file, the line names the
+                # separator of the rows after it (the header that follows says the files were joined).
+                if declared != separator:
+                    separator = declared
+                    reader = csv.reader(feed, delimiter=separator, strict=False)
+                continue
         # Only a line naming external_id may be a header: the cells of other rows are not looked at.
         may_be_header = spanned == 1 and "external_id" in text.lower()
         header = may_be_header and _is_header(cells)

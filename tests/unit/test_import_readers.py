@@ -427,6 +427,20 @@ def test_rows_after_a_header_with_another_separator_are_read_by_that_separator()
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (5, "ext-3")]
 
 
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+def test_a_line_naming_the_separator_where_a_joined_file_starts_is_followed_not_read_as_an_order(separator: str):
+    # Two exports written for Excel joined together: the second's "sep=;" line was an order row
+    # missing its external_id, one error more than the files joined had.
+    second = f"sep={separator}\r\n".encode() + csv_file(row("ext-2"), row("ext-3"), newline="\r\n").replace(
+        b",", separator.encode()
+    )
+
+    orders = read(csv_file(row("ext-1")) + second)
+
+    assert errors_of(orders) == [(4, None, "repeated_header")]
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (5, "ext-2"), (6, "ext-3")]
+
+
 def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
     unusable = HEADER + ",gift_note"
 
