@@ -514,11 +514,18 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         except _Unreadable as unreadable:
             if len(feed.record) == 1:
                 line = unreadable.line
+                lossy_cells = _lossy_cells(line, separator)
+                joined = _lossy_header(line, separator, lossy_cells) if width is not None else None
+                if joined is not None:
+                    # The header of a file joined on, not UTF-8 (a Latin-1 export): still a header.
+                    separator, lossy_cells = joined
+                    width = len(lossy_cells)
                 yield _Row(
                     line.number,
                     error=_unreadable(line, None).error,
-                    lossy_cells=_lossy_cells(line, separator),
+                    lossy_cells=lossy_cells,
                     leading_cells=_leading_cells(line, separator) if line.problem == "line_too_long" else None,
+                    header=joined is not None,
                 )
                 reader = csv.reader(feed, delimiter=separator, strict=False)
                 continue
@@ -637,6 +644,20 @@ def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
         return next(csv.reader([line.lossy], delimiter=separator, strict=False), None)
     except csv.Error:
         return None
+
+
+def _lossy_header(line: PhysicalLine, separator: str, cells: list[str] | None) -> tuple[str, list[str]] | None:
+    """The separator and cells of a line that is not UTF-8 but, read lossily, is a CSV header (by
+    `separator` or another); None for any other line."""
+    if line.lossy is None or "external_id" not in line.lossy.lower():
+        return None
+    if cells is not None and _is_header(cells):
+        return separator, cells
+    other = separator_of(line.lossy)
+    if other is None or other == separator:
+        return None
+    cells = next(csv.reader([line.lossy], delimiter=other, strict=False), None)
+    return (other, cells) if cells is not None and _is_header(cells) else None
 
 
 def _leading_cells(line: PhysicalLine, separator: str) -> list[str] | None:
@@ -773,8 +794,11 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
 def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Iterator[FileOrder]:
     width = len(names)
     unnamed = [index for index, name in enumerate(names) if not name]
-    # A header further on that cannot be used (files joined together): its line, while it holds.
+    # A header further on that cannot be used (files joined together): its line, while it holds,
+    # the names it gives (whose row a row under it is), and the last order reported under it.
     unusable_header: int | None = None
+    unusable_names: list[str] = []
+    unread: tuple[str, str] | None = None
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
     # The first unreadable row since the open order's last row. The rows of one order are
@@ -783,6 +807,18 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
     unreadable: LineError | None = None
 
     for row in rows:
+        if row.header and row.cells is None:
+            # A joined file's header that is not UTF-8: its rows are most likely not UTF-8 either,
+            # and what it names cannot be told for sure. Said once here, with what to do; the rows
+            # under it are not read, as under any header that cannot be used.
+            message = (
+                "this line is a CSV header again (files joined together?), and is not UTF-8 text: the rows "
+                "after it are not read, up to a header that can be; save that file as UTF-8 (in Excel: CSV "
+                "UTF-8) and import again (orders already imported are not imported twice)"
+            )
+            yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_encoding", message))
+            unusable_header, unusable_names, unread = row.line, _column_names(row.lossy_cells or []), None
+            continue
         if row.cells is not None and row.header:
             # Two exports joined into one file: the second's header is no order. The rows on either
             # side are read as if it were not there (an order they share stays one order), those
@@ -797,7 +833,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
                 # The open order stays open, as across a header that can be used: its rows may go on
                 # under a header that can be further on, and closed now it would be imported short.
-                unusable_header = row.line
+                unusable_header, unusable_names, unread = row.line, again, None
                 continue
             if _same_columns(again, names):
                 message = f"this line repeats the CSV header of line {header_line} (files joined together?)"
@@ -814,9 +850,19 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             yield FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
             continue
         if unusable_header is not None:
-            message = f"the row is under the CSV header of line {unusable_header}, which cannot be used"
-            error = row.error or LineError(row.line, None, "invalid_header", message)
-            yield FileOrder(row.line, None, error=error)
+            # One error per order, named by the channel and external_id that header does name: the
+            # orders the merchant has to send again, not one error per row of each.
+            identity = _identity_under(row, unusable_names)
+            if identity is not None and identity == unread:
+                continue
+            unread = identity
+            external_id = identity[1] if identity is not None else None
+            message = (
+                f"the row is under the CSV header of line {unusable_header}, which cannot be used: "
+                "its order is not imported"
+            )
+            error = row.error or LineError(row.line, external_id, "invalid_header", message)
+            yield FileOrder(row.line, external_id, error=replace(error, external_id=external_id))
             # Whose row it is cannot be read: as an unreadable row, it rejects the open order if that
             # order goes on after it.
             if current is not None and unreadable is None:
@@ -971,6 +1017,16 @@ def _identity(row: _Row, names: list[str]) -> tuple[str, str] | None:
     if not channel or not external_id or "\ufffd" in channel + external_id:
         return None
     return channel, external_id
+
+
+def _identity_under(row: _Row, names: list[str]) -> tuple[str, str] | None:
+    """The channel and external_id of a row under a header that cannot be used, by the names that
+    header gives, when both can be read."""
+    if row.cells is None:
+        return _identity(row, names)
+    cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
+    channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
+    return (channel, external_id) if channel and external_id else None
 
 
 def column_of_field(field_path: str) -> str:

@@ -448,13 +448,36 @@ def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
 
     assert errors_of(orders) == [
         (3, None, "invalid_header"),
-        (4, None, "invalid_header"),
-        (5, None, "invalid_header"),
+        (4, "ext-2", "invalid_header"),
+        (5, "ext-3", "invalid_header"),
         (6, None, "repeated_header"),
     ]
     assert "unknown gift_note" in error_on(orders, 3).message
     assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 4).message
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-4")]
+
+
+def test_a_joined_header_that_is_not_utf8_is_reported_once_and_each_order_under_it_once():
+    # A Latin-1 export joined to a UTF-8 one: its header was an unreadable order line (external_id
+    # "external_id"), then each of its rows a malformed_row ("19 cells where the header has 18")
+    # that no row was. What the merchant can act on: the header (save that file as UTF-8), and
+    # which orders were not imported.
+    latin1 = (HEADER + ",notiz_f\xfcr_lager").encode("latin-1")
+    second = [row("ext-2") + ",x", row("ext-2", "MUG") + ",", row("ext-3", customer_name="Ren\xe9") + ",y"]
+
+    orders = read(
+        csv_file(row("ext-1")) + latin1 + b"\n" + "\n".join([*second, HEADER, row("ext-4")]).encode("latin-1") + b"\n"
+    )
+
+    assert errors_of(orders) == [
+        (3, None, "invalid_encoding"),
+        (4, "ext-2", "invalid_header"),
+        (6, "ext-3", "invalid_encoding"),
+        (7, None, "repeated_header"),
+    ]
+    assert "this line is a CSV header again (files joined together?), and is not UTF-8" in error_on(orders, 3).message
+    assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 4).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (8, "ext-4")]
 
 
 def test_an_order_whose_rows_go_on_past_a_header_that_cannot_be_used_is_not_imported_short():
@@ -472,7 +495,7 @@ def test_an_order_whose_rows_go_on_past_a_header_that_cannot_be_used_is_not_impo
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(7, "ext-2")]
     assert errors_of(orders) == [
         (3, None, "invalid_header"),
-        (4, None, "invalid_header"),
+        (4, "ext-1", "invalid_header"),
         (5, None, "repeated_header"),
         (6, "ext-1", "incomplete_order"),
     ]
