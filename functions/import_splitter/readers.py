@@ -861,10 +861,15 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 f"the row is under the CSV header of line {unusable_header}, which cannot be used: "
                 "its order is not imported"
             )
-            error = row.error or LineError(row.line, external_id, "invalid_header", message)
-            yield FileOrder(row.line, external_id, error=replace(error, external_id=external_id))
-            # Whose row it is cannot be read: as an unreadable row, it rejects the open order if that
-            # order goes on after it.
+            error = replace(row.error or LineError(row.line, None, "invalid_header", message), external_id=external_id)
+            if current is not None and identity == current.key:
+                # The open order goes on under it: imported without this row, it would ship short.
+                current.rows += 1
+                current.reject(error)
+                continue
+            yield FileOrder(row.line, external_id, error=error)
+            # Its cells cannot be read for sure: as an unreadable row, it rejects the open order if
+            # that order goes on after it.
             if current is not None and unreadable is None:
                 unreadable = error
             continue

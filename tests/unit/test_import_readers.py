@@ -495,11 +495,25 @@ def test_an_order_whose_rows_go_on_past_a_header_that_cannot_be_used_is_not_impo
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(7, "ext-2")]
     assert errors_of(orders) == [
         (3, None, "invalid_header"),
-        (4, "ext-1", "invalid_header"),
         (5, None, "repeated_header"),
-        (6, "ext-1", "incomplete_order"),
+        (4, "ext-1", "invalid_header"),
     ]
-    assert "line 4, among the rows of order web/ext-1" in error_on(orders, 6).message
+    assert [o.line for o in orders if o.external_id == "ext-1"] == [2]  # one order, rejected on its row under line 3
+
+
+def test_an_order_whose_rows_end_under_a_header_that_cannot_be_used_is_not_imported_short():
+    # Its last row was under the joined header that could not be used: the order was imported
+    # with its first row alone, and shipped short.
+    orders = read(
+        csv_file(row("ext-1", "TSHIRT"), HEADER + ",gift_note", row("ext-1", "MUG") + ",x", HEADER, row("ext-2"))
+    )
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(6, "ext-2")]
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (5, None, "repeated_header"),
+        (4, "ext-1", "invalid_header"),
+    ]
 
 
 def test_an_order_goes_on_across_a_header_that_cannot_be_used_with_no_row_under_it():
