@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -386,6 +387,12 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
                 problem = LineError(line.number, external_id, "malformed_json", message)
             yield FileOrder(line.number, problem.external_id, error=problem)
             continue
+        if "\\u" in line.text and _has_lone_surrogate(body):
+            # Half a character is no text: as a channel or external_id it stopped the whole file
+            # where the order is fingerprinted, and nothing could store it.
+            message = "the line has a \\u escape of half a character (a lone surrogate), which is not text"
+            yield FileOrder(line.number, None, error=LineError(line.number, None, "malformed_json", message))
+            continue
         if not isinstance(body, dict):
             yield FileOrder(
                 line.number,
@@ -411,6 +418,16 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
         lines_in_body = body.get("lines")
         count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
         yield FileOrder(line.number, external_id, body, (line.number,) * count)
+
+
+def _has_lone_surrogate(document: Any) -> bool:
+    """Whether a string of a parsed JSON document, key or value, holds half a UTF-16 pair (JSON
+    reads "\\ud800" as one; UTF-8 has no way to write it)."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _object_before_comma(text: str) -> dict[str, Any] | None:

@@ -860,6 +860,23 @@ def jsonl(*lines: object) -> bytes:
     return "".join((json.dumps(line) if not isinstance(line, str) else line) + "\n" for line in lines).encode()
 
 
+@pytest.mark.parametrize("field", ["external_id", "channel", "customer_name"])
+def test_a_json_line_with_half_a_character_is_an_error_on_its_line_and_the_other_lines_are_read(field: str):
+    # "\ud800" is JSON for half a UTF-16 pair: in an external_id or channel it raised where the
+    # order is fingerprinted, and the whole file stopped there, retried until it was given up.
+    order = {"channel": "web", "external_id": "ext-2", "customer_name": "Ada"}
+    broken = json.dumps(order).replace(f'"{order[field]}"', '"x\\ud800"')
+    # A pair written as two escapes is one character (an emoji): text like any other.
+    emoji = json.dumps({"channel": "web", "external_id": "ext-3", "name": "Ada \U0001f600"})
+    assert "\\ud83d\\ude00" in emoji
+
+    orders = read(jsonl({"channel": "web", "external_id": "ext-1"}, broken, emoji), "orders.jsonl")
+
+    assert errors_of(orders) == [(2, None, "malformed_json")]
+    assert "lone surrogate" in error_on(orders, 2).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3"]
+
+
 def test_each_json_line_is_an_order_on_its_physical_line():
     first = {"channel": "web", "external_id": "ext-1", "lines": [{"sku": "A", "quantity": 1}, {"sku": "B"}]}
 
