@@ -812,10 +812,12 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
     width = len(names)
     unnamed = [index for index, name in enumerate(names) if not name]
     # A header further on that cannot be used (files joined together): its line, while it holds,
-    # the names it gives (whose row a row under it is), and the last order reported under it.
+    # the names it gives (whose row a row under it is), and the last order reported under it with
+    # the line it was reported on (its rows may go on under a header that can be used).
     unusable_header: int | None = None
     unusable_names: list[str] = []
     unread: tuple[str, str] | None = None
+    unread_at = 0
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
     # The first unreadable row since the open order's last row. The rows of one order are
@@ -885,6 +887,10 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 current.reject(error)
                 continue
             yield FileOrder(row.line, external_id, error=error)
+            if identity is not None:
+                # Not imported, as if closed: a row of it further on does not import it short.
+                closed.add(_fingerprint(identity))
+                unread_at = row.line
             # Its cells cannot be read for sure: as an unreadable row, it rejects the open order if
             # that order goes on after it.
             if current is not None and unreadable is None:
@@ -908,7 +914,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             # Only the columns the row told: the order's later rows are not checked against the rest.
             current = _OpenOrder(identity, row.line, {c: told[c] for c in ORDER_COLUMNS if c in told}, rows=1)
             if _fingerprint(identity) in closed:
-                current.reject(_reopened(row.line, identity))
+                current.reject(_reopened(row.line, identity, unread_at if identity == unread else None))
             current.reject(error)
             unreadable = None
             continue
@@ -953,7 +959,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 closed.add(_fingerprint(current.key))
             current = _OpenOrder(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
             if _fingerprint(key) in closed:
-                current.reject(_reopened(row.line, key))
+                current.reject(_reopened(row.line, key, unread_at if key == unread else None))
         current.rows += 1
         if len(row.cells) != width:
             message = f"{len(row.cells)} cells where the header has {width}"
@@ -1010,8 +1016,17 @@ def _same_columns(names: list[str], header: list[str]) -> bool:
     return names == header
 
 
-def _reopened(line: int, key: tuple[str, str]) -> LineError:
+def _reopened(line: int, key: tuple[str, str], unusable_at: int | None = None) -> LineError:
+    """The error of a row of an order closed earlier in the file; or, given `unusable_at`, the line
+    its rows right before were reported on, under a joined header that cannot be used, of an order
+    that header cut."""
     channel, external_id = key
+    if unusable_at is not None:
+        message = (
+            f"line {unusable_at}, among the rows of order {channel}/{external_id}, is under a CSV header "
+            "that cannot be used: the order is not imported without it"
+        )
+        return LineError(line, external_id, "incomplete_order", message)
     message = (
         f"this row reopens order {channel}/{external_id}, closed earlier in the file: "
         "the rows of one order must be adjacent"

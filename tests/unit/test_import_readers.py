@@ -516,6 +516,30 @@ def test_an_order_whose_rows_end_under_a_header_that_cannot_be_used_is_not_impor
     ]
 
 
+def test_an_order_whose_rows_start_under_a_header_that_cannot_be_used_is_not_imported_short():
+    # Its first row was under the joined header that could not be used, its last after a header
+    # that could: the order was imported with its last row alone, and shipped short.
+    orders = read(
+        csv_file(
+            row("ext-1"),
+            HEADER + ",gift_note",
+            row("ext-2", "TSHIRT") + ",x",
+            HEADER,
+            row("ext-2", "MUG"),
+            row("ext-3"),
+        )
+    )
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-3")]
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (4, "ext-2", "invalid_header"),
+        (5, None, "repeated_header"),
+        (6, "ext-2", "incomplete_order"),
+    ]
+    assert "line 4, among the rows of order web/ext-2, is under a CSV header" in error_on(orders, 6).message
+
+
 def test_an_order_goes_on_across_a_header_that_cannot_be_used_with_no_row_under_it():
     orders = read(csv_file(row("ext-1", "TSHIRT"), HEADER + ",gift_note", HEADER, row("ext-1", "MUG")))
 
