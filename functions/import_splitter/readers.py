@@ -510,15 +510,15 @@ class _Row:
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines, has not the header's number of cells and holds a line that is a row of
-    them, or the file ends inside it holding one: a quote never closed) becomes an error on its
-    first line (with the cells that line shows whole, which may say whose row it is), and the lines
-    after that one are parsed again with a fresh parser, so that one bad line costs only its own
-    row. A record the file ends inside otherwise is cut short (an upload interrupted): an error on
-    its first line. A record spanning lines with the wrong number of cells and no row inside is one
-    row, and is yielded as read. A header further on (files joined together) sets the number of
-    cells, and the separator, of the rows after it; a "sep=;" line further on sets the separator
-    and is no row."""
+    or it spans lines and holds a line that is a row of the header's number of cells, whatever
+    its own number, the file ending inside it or not: a quote never closed, or closed only by a
+    quote in a later row) becomes an error on its first line (with the cells that line shows
+    whole, which may say whose row it is), and the lines after that one are parsed again with a
+    fresh parser, so that one bad line costs only its own row. A record the file ends inside
+    otherwise is cut short (an upload interrupted): an error on its first line. A record spanning
+    lines with the wrong number of cells and no row inside is one row, and is yielded as read. A
+    header further on (files joined together) sets the number of cells, and the separator, of the
+    rows after it; a "sep=;" line further on sets the separator and is no row."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -617,7 +617,7 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                     reader = csv.reader(feed, delimiter=separator, strict=False)
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
-        elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
+        elif spanned > 1 and _rows_resume(feed.record[1:], separator, width):
             yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
             feed.reread_after_first()
             reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -626,9 +626,14 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
 
 
 def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
+    # Its number of cells may be the header's: a quote in the same column of a later row closes it.
+    counted = (
+        f"{cells} cells over {spanned} lines where the header has {width}"
+        if cells != width
+        else f"it runs on to line {start + spanned - 1}, over rows of their own"
+    )
     message = (
-        f"a quote opened on this line is not closed where its row ends ({cells} cells over "
-        f"{spanned} lines where the header has {width}); the lines after it are read as rows"
+        f"a quote opened on this line is not closed where its row ends ({counted}); the lines after it are read as rows"
     )
     return _Row(
         start,
@@ -640,7 +645,7 @@ def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: Phy
 def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:
     """Whether any of the lines after a record's first is a row of the header's width on its own:
     then the record's quote was never closed and swallowed rows. Otherwise it is one row whose
-    quoted cell holds line breaks, only with a cell too many or too few."""
+    quoted cell holds line breaks (with a cell too many or too few, maybe)."""
     for line in lines:
         if line.text is None or not line.text.strip():
             continue

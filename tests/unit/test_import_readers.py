@@ -645,6 +645,21 @@ def test_a_quote_closed_by_a_later_row_is_an_error_on_its_line_and_the_later_row
     assert next(o.body["shipping_address"]["line1"] for o in orders if not o.rejected) == "1 Main St, Apt 2"
 
 
+def test_two_unclosed_quotes_in_one_column_cost_only_their_own_rows():
+    # The second quote closed the first, and the row they made of lines 3 to 5 had the header's
+    # number of cells: it was taken for one row with line breaks in a cell, and the orders on the
+    # lines it swallowed were lost without a word.
+    data = csv_file(
+        row("ext-1"), row("ext-2", customer_name='"Ada'), row("ext-3"), row("ext-4", customer_name='"Bob'), row("ext-5")
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote"), (5, "ext-4", "unclosed_quote")]
+    assert "it runs on to line 5, over rows of their own" in error_on(orders, 3).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3", "ext-5"]
+
+
 def test_an_unclosed_quote_running_past_the_cell_limit_costs_only_its_own_row():
     after = [row(f"ext-{i}") for i in range(3, 3 + MAX_FIELD_CHARS // 100 + 50)]
     assert len("\n".join(after)) > MAX_FIELD_CHARS  # the open quote hits the limit inside them
