@@ -935,16 +935,23 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
         channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
         if not channel or not external_id:
             missing = "channel" if not channel else "external_id"
-            yield FileOrder(
+            error = LineError(
                 row.line,
                 external_id or None,
-                error=LineError(
-                    row.line,
-                    external_id or None,
-                    f"missing_{missing}",
-                    f"{missing} is required: channel + external_id identify each imported order",
-                ),
+                f"missing_{missing}",
+                f"{missing} is required: channel + external_id identify each imported order",
             )
+            if current is not None and not channel and external_id == current.key[1]:
+                # Its external_id names the open order: imported without this row, it would ship short.
+                current.rows += 1
+                current.reject(error)
+                unreadable = None
+                continue
+            yield FileOrder(row.line, external_id or None, error=error)
+            if not external_id and current is not None and unreadable is None:
+                # Whose row it is cannot be told: as an unreadable row, it rejects the open order if
+                # that order goes on after it (a row of another order between would reopen it).
+                unreadable = error
             continue
         key = (channel, external_id)
         if current is not None and current.key == key and unreadable is not None:

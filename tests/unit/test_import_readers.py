@@ -134,15 +134,38 @@ def test_a_quantity_with_spaces_or_a_plus_sign_is_a_number_and_range_is_left_to_
     assert [o.body["lines"][0]["quantity"] for o in orders] == [3, 4, 0]
 
 
-@pytest.mark.parametrize(("missing", "code"), [("channel", "missing_channel"), ("external_id", "missing_external_id")])
-def test_a_row_without_its_identity_is_an_error_and_does_not_break_the_order_around_it(missing: str, code: str):
-    anonymous = row("" if missing == "external_id" else "ext-x", channel="" if missing == "channel" else "web")
+def test_a_row_of_another_order_without_its_channel_is_an_error_and_does_not_break_the_order_around_it():
+    orders = read(csv_file(row("ext-1"), row("ext-x", channel=""), row("ext-1", "MUG")))
 
-    orders = read(csv_file(row("ext-1"), anonymous, row("ext-1", "MUG")))
-
-    assert errors_of(orders) == [(3, None if missing == "external_id" else "ext-x", code)]
+    assert errors_of(orders) == [(3, "ext-x", "missing_channel")]
     (order,) = [o for o in orders if not o.rejected]
     assert order.line_numbers == (2, 4)
+
+
+def test_a_row_without_its_external_id_among_the_rows_of_one_order_rejects_that_order():
+    # Imported from its rows around it, the order shipped without the line of the row between:
+    # whose row it is cannot be told, and a row of another order between would have reopened it.
+    orders = read(csv_file(row("ext-1"), row("", "MUG"), row("ext-1", "HOODIE"), row("ext-2")))
+
+    assert errors_of(orders) == [(3, None, "missing_external_id"), (4, "ext-1", "incomplete_order")]
+    assert "line 3, among the rows of order web/ext-1" in error_on(orders, 4).message
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+
+
+def test_a_row_without_its_external_id_after_an_order_costs_only_its_own_row():
+    orders = read(csv_file(row("ext-1"), row("", "MUG"), row("ext-2")))
+
+    assert errors_of(orders) == [(3, None, "missing_external_id")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-2"]
+
+
+def test_a_row_without_its_channel_naming_the_order_it_is_among_rejects_that_order_even_as_its_last_row():
+    # Its external_id says whose row it is: the order was imported without it, and shipped short.
+    orders = read(csv_file(row("ext-1"), row("ext-1", "MUG", channel=""), row("ext-2")))
+
+    assert errors_of(orders) == [(3, "ext-1", "missing_channel")]
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2"]  # one order of two rows, rejected
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
 
 
 def test_an_order_of_more_than_100_lines_is_too_many_lines():
