@@ -510,9 +510,9 @@ class _Row:
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines and holds a line that is a row of the header's number of cells, whatever
-    its own number, the file ending inside it or not: a quote never closed, or closed only by a
-    quote in a later row) becomes an error on its first line (with the cells that line shows
+    or it spans lines and holds a line that is a row on its own (see _rows_resume), whatever its
+    own number of cells, the file ending inside it or not: a quote never closed, or closed only by
+    a quote in a later row) becomes an error on its first line (with the cells that line shows
     whole, which may say whose row it is), and the lines after that one are parsed again with a
     fresh parser, so that one bad line costs only its own row. A record the file ends inside
     otherwise is cut short (an upload interrupted): an error on its first line. A record spanning
@@ -577,7 +577,7 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
             # The file ends inside a quoted cell (an upload cut short): the csv module hands on the
             # cut value as if it were whole. The row is an error; rows its quote swallowed are read.
             feed.ran_out = False
-            if width is not None and spanned > 1 and _rows_resume(feed.record[1:], separator, width):
+            if width is not None and spanned > 1 and _rows_resume(feed.record, separator, width):
                 yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
                 feed.reread_after_first()
                 reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -617,7 +617,7 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                     reader = csv.reader(feed, delimiter=separator, strict=False)
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
-        elif spanned > 1 and _rows_resume(feed.record[1:], separator, width):
+        elif spanned > 1 and _rows_resume(feed.record, separator, width):
             yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
             feed.reread_after_first()
             reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -642,13 +642,20 @@ def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: Phy
     )
 
 
-def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:
-    """Whether any of the lines after a record's first is a row of the header's width on its own:
-    then the record's quote was never closed and swallowed rows. Otherwise it is one row whose
-    quoted cell holds line breaks (with a cell too many or too few, maybe)."""
-    for line in lines:
+def _rows_resume(record: list[PhysicalLine], separator: str, width: int) -> bool:
+    """Whether any of the lines after a record's first is a row on its own (of the header's width,
+    or starting with the first line's first cell, its channel most often, as rows of a file do,
+    and opening a quote of its own): then the record's quote was never closed, or closed only by
+    a quote in a later row, and swallowed rows. Otherwise it is one row whose quoted cell holds
+    line breaks (with a cell too many or too few, maybe)."""
+    first = record[0].text or ""
+    end = first.find(separator)
+    lead = first[: end + 1] if end > 0 and '"' not in first[:end] else None
+    for line in record[1:]:
         if line.text is None or not line.text.strip():
             continue
+        if lead is not None and line.text.startswith(lead):
+            return True
         try:
             cells = next(csv.reader([line.text], delimiter=separator, strict=False), [])
         except csv.Error:

@@ -683,6 +683,24 @@ def test_two_unclosed_quotes_in_one_column_cost_only_their_own_rows():
     assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3", "ext-5"]
 
 
+def test_an_unclosed_quote_closed_by_a_row_opening_its_own_costs_only_their_own_rows():
+    # The quote of line 3 ran on to the one line 4 opens, and line 4, read alone, was no row of
+    # the header's width (its own quote swallows its last cells): lines 3 and 4 were taken for
+    # one malformed row, and ext-3 was imported from line 5 alone, short of its line 4.
+    data = csv_file(
+        row("ext-1"),
+        row("ext-2", ship_region='"CA'),
+        row("ext-3", "TSHIRT", payment_method='"test'),
+        row("ext-3", "MUG"),
+        row("ext-4"),
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote"), (4, "ext-3", "unclosed_quote")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-4"]
+
+
 def test_an_unclosed_quote_running_past_the_cell_limit_costs_only_its_own_row():
     after = [row(f"ext-{i}") for i in range(3, 3 + MAX_FIELD_CHARS // 100 + 50)]
     assert len("\n".join(after)) > MAX_FIELD_CHARS  # the open quote hits the limit inside them
