@@ -836,6 +836,9 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
     # adjacent, so if the order goes on after it, the row was one of its own: imported without
     # it, the order would be short.
     unreadable: LineError | None = None
+    # The line and external_id of a row right before that names an order without its channel: if
+    # that order starts after it, the row was its first.
+    nameless: tuple[int, str] | None = None
 
     for row in rows:
         if row.header and row.cells is None:
@@ -959,8 +962,10 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 # Whose row it is cannot be told: as an unreadable row, it rejects the open order if
                 # that order goes on after it (a row of another order between would reopen it).
                 unreadable = error
+            nameless = (row.line, external_id) if external_id else None
             continue
         key = (channel, external_id)
+        before, nameless = nameless, None
         if current is not None and current.key == key and unreadable is not None:
             current.reject(
                 LineError(
@@ -979,6 +984,12 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             current = _OpenOrder(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
             if _fingerprint(key) in closed:
                 current.reject(_reopened(row.line, key, unread_at if key == unread else None))
+            if before is not None and before[1] == external_id:
+                message = (
+                    f"line {before[0]}, right before the rows of order {channel}/{external_id}, names it without "
+                    "a channel (missing_channel): the order is not imported without it"
+                )
+                current.reject(LineError(row.line, external_id, "incomplete_order", message))
         current.rows += 1
         if len(row.cells) != width:
             message = f"{len(row.cells)} cells where the header has {width}"

@@ -168,6 +168,16 @@ def test_a_row_without_its_channel_naming_the_order_it_is_among_rejects_that_ord
     assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
 
 
+def test_a_row_without_its_channel_naming_the_order_after_it_rejects_that_order():
+    # Its external_id says it is that order's first row: the order was imported from its rows
+    # after it alone, and shipped short.
+    orders = read(csv_file(row("ext-0"), row("ext-1", "TSHIRT", channel=""), row("ext-1", "MUG"), row("ext-2")))
+
+    assert errors_of(orders) == [(3, "ext-1", "missing_channel"), (4, "ext-1", "incomplete_order")]
+    assert "line 3, right before the rows of order web/ext-1" in error_on(orders, 4).message
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-0", "ext-2"]
+
+
 def test_an_order_of_more_than_100_lines_is_too_many_lines():
     rows = [row("ext-1", f"SKU-{i}") for i in range(101)]
 
