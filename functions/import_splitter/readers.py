@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -386,6 +387,12 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
                 problem = LineError(line.number, external_id, "malformed_json", message)
             yield FileOrder(line.number, problem.external_id, error=problem)
             continue
+        if "\\u" in line.text and _has_lone_surrogate(body):
+            # Half a character is no text: as a channel or external_id it stopped the whole file
+            # where the order is fingerprinted, and nothing could store it.
+            message = "the line has a \\u escape of half a character (a lone surrogate), which is not text"
+            yield FileOrder(line.number, None, error=LineError(line.number, None, "malformed_json", message))
+            continue
         if not isinstance(body, dict):
             yield FileOrder(
                 line.number,
@@ -411,6 +418,16 @@ def _jsonl_orders(lines: Iterator[PhysicalLine]) -> Iterator[FileOrder]:
         lines_in_body = body.get("lines")
         count = len(lines_in_body) if isinstance(lines_in_body, list) else 0
         yield FileOrder(line.number, external_id, body, (line.number,) * count)
+
+
+def _has_lone_surrogate(document: Any) -> bool:
+    """Whether a string of a parsed JSON document, key or value, holds half a UTF-16 pair (JSON
+    reads "\\ud800" as one; UTF-8 has no way to write it)."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _object_before_comma(text: str) -> dict[str, Any] | None:
@@ -448,12 +465,22 @@ class _Feed:
         self._lines = lines
         self._replay: deque[PhysicalLine] = deque()
         self.record: list[PhysicalLine] = []
+        # The file ended while the csv module was reading a record: it asks for a line past a
+        # record's last only inside a quoted cell, so the record it then hands on is cut.
+        self.ran_out = False
 
     def __iter__(self) -> _Feed:
         return self
 
     def __next__(self) -> str:
-        line = self._replay.popleft() if self._replay else next(self._lines)
+        if self._replay:
+            line = self._replay.popleft()
+        else:
+            try:
+                line = next(self._lines)
+            except StopIteration:
+                self.ran_out = True
+                raise
         self.record.append(line)
         if line.text is None:
             raise _Unreadable(line)
@@ -483,12 +510,15 @@ class _Row:
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines, has not the header's number of cells and holds a line that is a row of
-    them: a quote never closed) becomes an error on its first line (with the cells that line shows
+    or it spans lines and holds a line that is a row on its own (see _rows_resume), whatever its
+    own number of cells, the file ending inside it or not: a quote never closed, or closed only by
+    a quote in a later row) becomes an error on its first line (with the cells that line shows
     whole, which may say whose row it is), and the lines after that one are parsed again with a
-    fresh parser, so that one bad line costs only its own row. A record spanning lines with the
-    wrong number of cells and no row inside is one row, and is yielded as read. A header further on
-    (files joined together) sets the number of cells, and the separator, of the rows after it."""
+    fresh parser, so that one bad line costs only its own row. A record the file ends inside
+    otherwise is cut short (an upload interrupted): an error on its first line. A record spanning
+    lines with the wrong number of cells and no row inside is one row, and is yielded as read. A
+    header further on (files joined together) sets the number of cells, and the separator, of the
+    rows after it; a "sep=;" line further on sets the separator and is no row."""
     feed = _Feed(lines)
     width: int | None = None  # the header's cells, once read
     reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -501,11 +531,18 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         except _Unreadable as unreadable:
             if len(feed.record) == 1:
                 line = unreadable.line
+                lossy_cells = _lossy_cells(line, separator)
+                joined = _lossy_header(line, separator, lossy_cells) if width is not None else None
+                if joined is not None:
+                    # The header of a file joined on, not UTF-8 (a Latin-1 export): still a header.
+                    separator, lossy_cells = joined
+                    width = len(lossy_cells)
                 yield _Row(
                     line.number,
                     error=_unreadable(line, None).error,
-                    lossy_cells=_lossy_cells(line, separator),
+                    lossy_cells=lossy_cells,
                     leading_cells=_leading_cells(line, separator) if line.problem == "line_too_long" else None,
+                    header=joined is not None,
                 )
                 reader = csv.reader(feed, delimiter=separator, strict=False)
                 continue
@@ -536,7 +573,36 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         start, spanned = feed.record[0].number, len(feed.record)
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, or a row of empty cells as spreadsheets export them
+        if feed.ran_out:
+            # The file ends inside a quoted cell (an upload cut short): the csv module hands on the
+            # cut value as if it were whole. The row is an error; rows its quote swallowed are read.
+            feed.ran_out = False
+            if width is not None and spanned > 1 and _rows_resume(feed.record, separator, width):
+                yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
+                feed.reread_after_first()
+                reader = csv.reader(feed, delimiter=separator, strict=False)
+                continue
+            runs_on = f" (it runs on to line {start + spanned - 1})" if spanned > 1 else ""
+            message = (
+                f"the file ends inside a quoted cell of this row{runs_on}, whose quote is never closed: "
+                "the file looks cut short (an upload interrupted?), so the row is not imported"
+            )
+            yield _Row(
+                start,
+                error=LineError(start, None, "malformed_row", message),
+                leading_cells=_leading_cells(feed.record[0], separator),
+            )
+            continue
         text = feed.record[0].text or ""
+        if width is not None and spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep=":
+            declared = _declared_separator(text)
+            if declared is not None:
+                # A file written for Excel joined on: as at the top of the file, the line names the
+                # separator of the rows after it (the header that follows says the files were joined).
+                if declared != separator:
+                    separator = declared
+                    reader = csv.reader(feed, delimiter=separator, strict=False)
+                continue
         # Only a line naming external_id may be a header: the cells of other rows are not looked at.
         may_be_header = spanned == 1 and "external_id" in text.lower()
         header = may_be_header and _is_header(cells)
@@ -551,29 +617,45 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                     reader = csv.reader(feed, delimiter=separator, strict=False)
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
-        elif spanned > 1 and len(cells) != width and _rows_resume(feed.record[1:], separator, width):
-            message = (
-                f"a quote opened on this line is not closed where its row ends ({len(cells)} cells over "
-                f"{spanned} lines where the header has {width}); the lines after it are read as rows"
-            )
-            yield _Row(
-                start,
-                error=LineError(start, None, "unclosed_quote", message),
-                leading_cells=_leading_cells(feed.record[0], separator),
-            )
+        elif spanned > 1 and _rows_resume(feed.record, separator, width):
+            yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
             feed.reread_after_first()
             reader = csv.reader(feed, delimiter=separator, strict=False)
             continue
         yield _Row(start, cells=cells, lines=spanned, header=header)
 
 
-def _rows_resume(lines: list[PhysicalLine], separator: str, width: int) -> bool:
-    """Whether any of the lines after a record's first is a row of the header's width on its own:
-    then the record's quote was never closed and swallowed rows. Otherwise it is one row whose
-    quoted cell holds line breaks, only with a cell too many or too few."""
-    for line in lines:
+def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
+    # Its number of cells may be the header's: a quote in the same column of a later row closes it.
+    counted = (
+        f"{cells} cells over {spanned} lines where the header has {width}"
+        if cells != width
+        else f"it runs on to line {start + spanned - 1}, over rows of their own"
+    )
+    message = (
+        f"a quote opened on this line is not closed where its row ends ({counted}); the lines after it are read as rows"
+    )
+    return _Row(
+        start,
+        error=LineError(start, None, "unclosed_quote", message),
+        leading_cells=_leading_cells(first, separator),
+    )
+
+
+def _rows_resume(record: list[PhysicalLine], separator: str, width: int) -> bool:
+    """Whether any of the lines after a record's first is a row on its own (of the header's width,
+    or starting with the first line's first cell, its channel most often, as rows of a file do,
+    and opening a quote of its own): then the record's quote was never closed, or closed only by
+    a quote in a later row, and swallowed rows. Otherwise it is one row whose quoted cell holds
+    line breaks (with a cell too many or too few, maybe)."""
+    first = record[0].text or ""
+    end = first.find(separator)
+    lead = first[: end + 1] if end > 0 and '"' not in first[:end] else None
+    for line in record[1:]:
         if line.text is None or not line.text.strip():
             continue
+        if lead is not None and line.text.startswith(lead):
+            return True
         try:
             cells = next(csv.reader([line.text], delimiter=separator, strict=False), [])
         except csv.Error:
@@ -591,6 +673,20 @@ def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
         return next(csv.reader([line.lossy], delimiter=separator, strict=False), None)
     except csv.Error:
         return None
+
+
+def _lossy_header(line: PhysicalLine, separator: str, cells: list[str] | None) -> tuple[str, list[str]] | None:
+    """The separator and cells of a line that is not UTF-8 but, read lossily, is a CSV header (by
+    `separator` or another); None for any other line."""
+    if line.lossy is None or "external_id" not in line.lossy.lower():
+        return None
+    if cells is not None and _is_header(cells):
+        return separator, cells
+    other = separator_of(line.lossy)
+    if other is None or other == separator:
+        return None
+    cells = next(csv.reader([line.lossy], delimiter=other, strict=False), None)
+    return (other, cells) if cells is not None and _is_header(cells) else None
 
 
 def _leading_cells(line: PhysicalLine, separator: str) -> list[str] | None:
@@ -727,16 +823,36 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
 def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Iterator[FileOrder]:
     width = len(names)
     unnamed = [index for index, name in enumerate(names) if not name]
-    # A header further on that cannot be used (files joined together): its line, while it holds.
+    # A header further on that cannot be used (files joined together): its line, while it holds,
+    # the names it gives (whose row a row under it is), and the last order reported under it with
+    # the line it was reported on (its rows may go on under a header that can be used).
     unusable_header: int | None = None
+    unusable_names: list[str] = []
+    unread: tuple[str, str] | None = None
+    unread_at = 0
     closed: set[int] = set()  # the fingerprints of the orders finished so far
     current: _OpenOrder | None = None
     # The first unreadable row since the open order's last row. The rows of one order are
     # adjacent, so if the order goes on after it, the row was one of its own: imported without
     # it, the order would be short.
     unreadable: LineError | None = None
+    # The line and external_id of a row right before that names an order without its channel: if
+    # that order starts after it, the row was its first.
+    nameless: tuple[int, str] | None = None
 
     for row in rows:
+        if row.header and row.cells is None:
+            # A joined file's header that is not UTF-8: its rows are most likely not UTF-8 either,
+            # and what it names cannot be told for sure. Said once here, with what to do; the rows
+            # under it are not read, as under any header that cannot be used.
+            message = (
+                "this line is a CSV header again (files joined together?), and is not UTF-8 text: the rows "
+                "after it are not read, up to a header that can be; save that file as UTF-8 (in Excel: CSV "
+                "UTF-8) and import again (orders already imported are not imported twice)"
+            )
+            yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_encoding", message))
+            unusable_header, unusable_names, unread = row.line, _column_names(row.lossy_cells or []), None
+            continue
         if row.cells is not None and row.header:
             # Two exports joined into one file: the second's header is no order. The rows on either
             # side are read as if it were not there (an order they share stays one order), those
@@ -751,7 +867,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
                 # The open order stays open, as across a header that can be used: its rows may go on
                 # under a header that can be further on, and closed now it would be imported short.
-                unusable_header = row.line
+                unusable_header, unusable_names, unread = row.line, again, None
                 continue
             if _same_columns(again, names):
                 message = f"this line repeats the CSV header of line {header_line} (files joined together?)"
@@ -768,11 +884,30 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             yield FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
             continue
         if unusable_header is not None:
-            message = f"the row is under the CSV header of line {unusable_header}, which cannot be used"
-            error = row.error or LineError(row.line, None, "invalid_header", message)
-            yield FileOrder(row.line, None, error=error)
-            # Whose row it is cannot be read: as an unreadable row, it rejects the open order if that
-            # order goes on after it.
+            # One error per order, named by the channel and external_id that header does name: the
+            # orders the merchant has to send again, not one error per row of each.
+            identity = _identity_under(row, unusable_names)
+            if identity is not None and identity == unread:
+                continue
+            unread = identity
+            external_id = identity[1] if identity is not None else None
+            message = (
+                f"the row is under the CSV header of line {unusable_header}, which cannot be used: "
+                "its order is not imported"
+            )
+            error = replace(row.error or LineError(row.line, None, "invalid_header", message), external_id=external_id)
+            if current is not None and identity == current.key:
+                # The open order goes on under it: imported without this row, it would ship short.
+                current.rows += 1
+                current.reject(error)
+                continue
+            yield FileOrder(row.line, external_id, error=error)
+            if identity is not None:
+                # Not imported, as if closed: a row of it further on does not import it short.
+                closed.add(_fingerprint(identity))
+                unread_at = row.line
+            # Its cells cannot be read for sure: as an unreadable row, it rejects the open order if
+            # that order goes on after it.
             if current is not None and unreadable is None:
                 unreadable = error
             continue
@@ -794,7 +929,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             # Only the columns the row told: the order's later rows are not checked against the rest.
             current = _OpenOrder(identity, row.line, {c: told[c] for c in ORDER_COLUMNS if c in told}, rows=1)
             if _fingerprint(identity) in closed:
-                current.reject(_reopened(row.line, identity))
+                current.reject(_reopened(row.line, identity, unread_at if identity == unread else None))
             current.reject(error)
             unreadable = None
             continue
@@ -810,18 +945,27 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
         channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
         if not channel or not external_id:
             missing = "channel" if not channel else "external_id"
-            yield FileOrder(
+            error = LineError(
                 row.line,
                 external_id or None,
-                error=LineError(
-                    row.line,
-                    external_id or None,
-                    f"missing_{missing}",
-                    f"{missing} is required: channel + external_id identify each imported order",
-                ),
+                f"missing_{missing}",
+                f"{missing} is required: channel + external_id identify each imported order",
             )
+            if current is not None and not channel and external_id == current.key[1]:
+                # Its external_id names the open order: imported without this row, it would ship short.
+                current.rows += 1
+                current.reject(error)
+                unreadable = None
+                continue
+            yield FileOrder(row.line, external_id or None, error=error)
+            if not external_id and current is not None and unreadable is None:
+                # Whose row it is cannot be told: as an unreadable row, it rejects the open order if
+                # that order goes on after it (a row of another order between would reopen it).
+                unreadable = error
+            nameless = (row.line, external_id) if external_id else None
             continue
         key = (channel, external_id)
+        before, nameless = nameless, None
         if current is not None and current.key == key and unreadable is not None:
             current.reject(
                 LineError(
@@ -839,7 +983,13 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
                 closed.add(_fingerprint(current.key))
             current = _OpenOrder(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
             if _fingerprint(key) in closed:
-                current.reject(_reopened(row.line, key))
+                current.reject(_reopened(row.line, key, unread_at if key == unread else None))
+            if before is not None and before[1] == external_id:
+                message = (
+                    f"line {before[0]}, right before the rows of order {channel}/{external_id}, names it without "
+                    "a channel (missing_channel): the order is not imported without it"
+                )
+                current.reject(LineError(row.line, external_id, "incomplete_order", message))
         current.rows += 1
         if len(row.cells) != width:
             message = f"{len(row.cells)} cells where the header has {width}"
@@ -896,8 +1046,17 @@ def _same_columns(names: list[str], header: list[str]) -> bool:
     return names == header
 
 
-def _reopened(line: int, key: tuple[str, str]) -> LineError:
+def _reopened(line: int, key: tuple[str, str], unusable_at: int | None = None) -> LineError:
+    """The error of a row of an order closed earlier in the file; or, given `unusable_at`, the line
+    its rows right before were reported on, under a joined header that cannot be used, of an order
+    that header cut."""
     channel, external_id = key
+    if unusable_at is not None:
+        message = (
+            f"line {unusable_at}, among the rows of order {channel}/{external_id}, is under a CSV header "
+            "that cannot be used: the order is not imported without it"
+        )
+        return LineError(line, external_id, "incomplete_order", message)
     message = (
         f"this row reopens order {channel}/{external_id}, closed earlier in the file: "
         "the rows of one order must be adjacent"
@@ -925,6 +1084,16 @@ def _identity(row: _Row, names: list[str]) -> tuple[str, str] | None:
     if not channel or not external_id or "\ufffd" in channel + external_id:
         return None
     return channel, external_id
+
+
+def _identity_under(row: _Row, names: list[str]) -> tuple[str, str] | None:
+    """The channel and external_id of a row under a header that cannot be used, by the names that
+    header gives, when both can be read."""
+    if row.cells is None:
+        return _identity(row, names)
+    cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
+    channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
+    return (channel, external_id) if channel and external_id else None
 
 
 def column_of_field(field_path: str) -> str:

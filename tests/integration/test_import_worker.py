@@ -128,6 +128,25 @@ def test_a_split_file_is_captured_and_its_import_completes_with_per_line_errors(
     assert order.status == "pending"
 
 
+def test_a_file_cut_inside_its_last_quoted_cell_imports_every_order_before_the_cut_one(stack: ImportAws):
+    # An upload interrupted in the middle of the last (quoted) cell: the cut order was imported
+    # with the cut value as if it were whole.
+    cut = csv_file(csv_row("ext-1"), csv_row("ext-1", "MUG"), csv_row("ext-2", payment_token='"tok_appr')).rstrip(b"\n")
+    import_id = split(stack, "incoming/cut.csv", cut)
+
+    stack.drain(worker)
+
+    imported = report(import_id)
+    assert (imported["status"], imported["total"], imported["imported"], imported["failed"]) == (
+        "completed_with_errors",
+        2,
+        1,
+        1,
+    )
+    assert [(e["line"], e["external_id"], e["code"]) for e in imported["errors"]] == [(4, "ext-2", "malformed_row")]
+    assert len(stored_order("market", "ext-1").lines) == 2 and stored_order("market", "ext-2") is None
+
+
 def test_an_order_arrives_with_the_history_naming_its_import_and_line(stack: ImportAws):
     from functions.import_worker.app import container
 

@@ -134,15 +134,48 @@ def test_a_quantity_with_spaces_or_a_plus_sign_is_a_number_and_range_is_left_to_
     assert [o.body["lines"][0]["quantity"] for o in orders] == [3, 4, 0]
 
 
-@pytest.mark.parametrize(("missing", "code"), [("channel", "missing_channel"), ("external_id", "missing_external_id")])
-def test_a_row_without_its_identity_is_an_error_and_does_not_break_the_order_around_it(missing: str, code: str):
-    anonymous = row("" if missing == "external_id" else "ext-x", channel="" if missing == "channel" else "web")
+def test_a_row_of_another_order_without_its_channel_is_an_error_and_does_not_break_the_order_around_it():
+    orders = read(csv_file(row("ext-1"), row("ext-x", channel=""), row("ext-1", "MUG")))
 
-    orders = read(csv_file(row("ext-1"), anonymous, row("ext-1", "MUG")))
-
-    assert errors_of(orders) == [(3, None if missing == "external_id" else "ext-x", code)]
+    assert errors_of(orders) == [(3, "ext-x", "missing_channel")]
     (order,) = [o for o in orders if not o.rejected]
     assert order.line_numbers == (2, 4)
+
+
+def test_a_row_without_its_external_id_among_the_rows_of_one_order_rejects_that_order():
+    # Imported from its rows around it, the order shipped without the line of the row between:
+    # whose row it is cannot be told, and a row of another order between would have reopened it.
+    orders = read(csv_file(row("ext-1"), row("", "MUG"), row("ext-1", "HOODIE"), row("ext-2")))
+
+    assert errors_of(orders) == [(3, None, "missing_external_id"), (4, "ext-1", "incomplete_order")]
+    assert "line 3, among the rows of order web/ext-1" in error_on(orders, 4).message
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+
+
+def test_a_row_without_its_external_id_after_an_order_costs_only_its_own_row():
+    orders = read(csv_file(row("ext-1"), row("", "MUG"), row("ext-2")))
+
+    assert errors_of(orders) == [(3, None, "missing_external_id")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-2"]
+
+
+def test_a_row_without_its_channel_naming_the_order_it_is_among_rejects_that_order_even_as_its_last_row():
+    # Its external_id says whose row it is: the order was imported without it, and shipped short.
+    orders = read(csv_file(row("ext-1"), row("ext-1", "MUG", channel=""), row("ext-2")))
+
+    assert errors_of(orders) == [(3, "ext-1", "missing_channel")]
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2"]  # one order of two rows, rejected
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+
+
+def test_a_row_without_its_channel_naming_the_order_after_it_rejects_that_order():
+    # Its external_id says it is that order's first row: the order was imported from its rows
+    # after it alone, and shipped short.
+    orders = read(csv_file(row("ext-0"), row("ext-1", "TSHIRT", channel=""), row("ext-1", "MUG"), row("ext-2")))
+
+    assert errors_of(orders) == [(3, "ext-1", "missing_channel"), (4, "ext-1", "incomplete_order")]
+    assert "line 3, right before the rows of order web/ext-1" in error_on(orders, 4).message
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-0", "ext-2"]
 
 
 def test_an_order_of_more_than_100_lines_is_too_many_lines():
@@ -427,6 +460,20 @@ def test_rows_after_a_header_with_another_separator_are_read_by_that_separator()
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (5, "ext-3")]
 
 
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+def test_a_line_naming_the_separator_where_a_joined_file_starts_is_followed_not_read_as_an_order(separator: str):
+    # Two exports written for Excel joined together: the second's "sep=;" line was an order row
+    # missing its external_id, one error more than the files joined had.
+    second = f"sep={separator}\r\n".encode() + csv_file(row("ext-2"), row("ext-3"), newline="\r\n").replace(
+        b",", separator.encode()
+    )
+
+    orders = read(csv_file(row("ext-1")) + second)
+
+    assert errors_of(orders) == [(4, None, "repeated_header")]
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (5, "ext-2"), (6, "ext-3")]
+
+
 def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
     unusable = HEADER + ",gift_note"
 
@@ -434,13 +481,36 @@ def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
 
     assert errors_of(orders) == [
         (3, None, "invalid_header"),
-        (4, None, "invalid_header"),
-        (5, None, "invalid_header"),
+        (4, "ext-2", "invalid_header"),
+        (5, "ext-3", "invalid_header"),
         (6, None, "repeated_header"),
     ]
     assert "unknown gift_note" in error_on(orders, 3).message
     assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 4).message
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-4")]
+
+
+def test_a_joined_header_that_is_not_utf8_is_reported_once_and_each_order_under_it_once():
+    # A Latin-1 export joined to a UTF-8 one: its header was an unreadable order line (external_id
+    # "external_id"), then each of its rows a malformed_row ("19 cells where the header has 18")
+    # that no row was. What the merchant can act on: the header (save that file as UTF-8), and
+    # which orders were not imported.
+    latin1 = (HEADER + ",notiz_f\xfcr_lager").encode("latin-1")
+    second = [row("ext-2") + ",x", row("ext-2", "MUG") + ",", row("ext-3", customer_name="Ren\xe9") + ",y"]
+
+    orders = read(
+        csv_file(row("ext-1")) + latin1 + b"\n" + "\n".join([*second, HEADER, row("ext-4")]).encode("latin-1") + b"\n"
+    )
+
+    assert errors_of(orders) == [
+        (3, None, "invalid_encoding"),
+        (4, "ext-2", "invalid_header"),
+        (6, "ext-3", "invalid_encoding"),
+        (7, None, "repeated_header"),
+    ]
+    assert "this line is a CSV header again (files joined together?), and is not UTF-8" in error_on(orders, 3).message
+    assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 4).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (8, "ext-4")]
 
 
 def test_an_order_whose_rows_go_on_past_a_header_that_cannot_be_used_is_not_imported_short():
@@ -458,11 +528,49 @@ def test_an_order_whose_rows_go_on_past_a_header_that_cannot_be_used_is_not_impo
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(7, "ext-2")]
     assert errors_of(orders) == [
         (3, None, "invalid_header"),
-        (4, None, "invalid_header"),
         (5, None, "repeated_header"),
-        (6, "ext-1", "incomplete_order"),
+        (4, "ext-1", "invalid_header"),
     ]
-    assert "line 4, among the rows of order web/ext-1" in error_on(orders, 6).message
+    assert [o.line for o in orders if o.external_id == "ext-1"] == [2]  # one order, rejected on its row under line 3
+
+
+def test_an_order_whose_rows_end_under_a_header_that_cannot_be_used_is_not_imported_short():
+    # Its last row was under the joined header that could not be used: the order was imported
+    # with its first row alone, and shipped short.
+    orders = read(
+        csv_file(row("ext-1", "TSHIRT"), HEADER + ",gift_note", row("ext-1", "MUG") + ",x", HEADER, row("ext-2"))
+    )
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(6, "ext-2")]
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (5, None, "repeated_header"),
+        (4, "ext-1", "invalid_header"),
+    ]
+
+
+def test_an_order_whose_rows_start_under_a_header_that_cannot_be_used_is_not_imported_short():
+    # Its first row was under the joined header that could not be used, its last after a header
+    # that could: the order was imported with its last row alone, and shipped short.
+    orders = read(
+        csv_file(
+            row("ext-1"),
+            HEADER + ",gift_note",
+            row("ext-2", "TSHIRT") + ",x",
+            HEADER,
+            row("ext-2", "MUG"),
+            row("ext-3"),
+        )
+    )
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-3")]
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (4, "ext-2", "invalid_header"),
+        (5, None, "repeated_header"),
+        (6, "ext-2", "incomplete_order"),
+    ]
+    assert "line 4, among the rows of order web/ext-2, is under a CSV header" in error_on(orders, 6).message
 
 
 def test_an_order_goes_on_across_a_header_that_cannot_be_used_with_no_row_under_it():
@@ -568,6 +676,39 @@ def test_a_quote_closed_by_a_later_row_is_an_error_on_its_line_and_the_later_row
     assert errors_of(orders) == [(2, "ext-1", "unclosed_quote")]
     assert [o.external_id for o in orders if not o.rejected] == ["ext-2", "ext-3"]
     assert next(o.body["shipping_address"]["line1"] for o in orders if not o.rejected) == "1 Main St, Apt 2"
+
+
+def test_two_unclosed_quotes_in_one_column_cost_only_their_own_rows():
+    # The second quote closed the first, and the row they made of lines 3 to 5 had the header's
+    # number of cells: it was taken for one row with line breaks in a cell, and the orders on the
+    # lines it swallowed were lost without a word.
+    data = csv_file(
+        row("ext-1"), row("ext-2", customer_name='"Ada'), row("ext-3"), row("ext-4", customer_name='"Bob'), row("ext-5")
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote"), (5, "ext-4", "unclosed_quote")]
+    assert "it runs on to line 5, over rows of their own" in error_on(orders, 3).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3", "ext-5"]
+
+
+def test_an_unclosed_quote_closed_by_a_row_opening_its_own_costs_only_their_own_rows():
+    # The quote of line 3 ran on to the one line 4 opens, and line 4, read alone, was no row of
+    # the header's width (its own quote swallows its last cells): lines 3 and 4 were taken for
+    # one malformed row, and ext-3 was imported from line 5 alone, short of its line 4.
+    data = csv_file(
+        row("ext-1"),
+        row("ext-2", ship_region='"CA'),
+        row("ext-3", "TSHIRT", payment_method='"test'),
+        row("ext-3", "MUG"),
+        row("ext-4"),
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote"), (4, "ext-3", "unclosed_quote")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-4"]
 
 
 def test_an_unclosed_quote_running_past_the_cell_limit_costs_only_its_own_row():
@@ -702,6 +843,53 @@ def test_an_unclosed_quote_swallowing_a_malformed_row_first_still_costs_only_its
     assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-4", "ext-5"]
 
 
+# The address last, as some exports order their columns: cut inside it, a row has every cell.
+ADDRESS_LAST = [column for column in COLUMNS if column != "ship_line1"] + ["ship_line1"]
+
+
+def address_last(*rows: str) -> str:
+    return "\n".join([",".join(ADDRESS_LAST), *rows])
+
+
+@pytest.mark.parametrize("chunk", [3, 64 * 1024])
+def test_a_file_cut_inside_its_last_quoted_cell_fails_that_row_and_imports_the_rows_before(chunk: int):
+    # The csv module hands on a cell the file ends in as if it were whole: the order was imported
+    # with "12 Main St" for "12 Main Street", and shipped to a truncated address.
+    cut = address_last(row_in(ADDRESS_LAST, "ext-1"), row_in(ADDRESS_LAST, "ext-2", ship_line1='"12 Main St'))
+
+    orders = read(cut.encode(), chunk=chunk)
+
+    assert errors_of(orders) == [(3, "ext-2", "malformed_row")]
+    assert "the file ends inside a quoted cell of this row" in error_on(orders, 3).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
+
+
+def test_a_file_cut_inside_a_quoted_cell_with_a_line_break_fails_the_whole_order_it_cuts():
+    # The order's second row is cut: imported without it, the order would ship short.
+    cut = address_last(
+        row_in(ADDRESS_LAST, "ext-1"),
+        row_in(ADDRESS_LAST, "ext-2"),
+        row_in(ADDRESS_LAST, "ext-2", sku="MUG", ship_line1='"12 Main Street\nBack d'),
+    )
+
+    orders = read(cut.encode())
+
+    assert errors_of(orders) == [(4, "ext-2", "malformed_row")]
+    assert "(it runs on to line 5)" in error_on(orders, 4).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1"]
+
+
+def test_a_quote_opened_in_a_last_cell_and_never_closed_costs_only_its_own_row():
+    # The quote swallowed every row after it into the last cell, which left the row its header's
+    # number of cells: it was imported with that cell, and every row after it was lost silently.
+    data = csv_file(row("ext-1"), row("ext-2", payment_token='"tok_approve'), row("ext-3"), row("ext-4"))
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, "ext-2", "unclosed_quote")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3", "ext-4"]
+
+
 def test_an_error_on_a_row_after_a_line_break_in_a_cell_names_the_line_an_editor_shows():
     orders = read(
         csv_file(row("ext-1", ship_line2='"Floor 3\r\nRing twice"'), row("ext-1", "MUG", "x"), newline="\r\n")
@@ -760,6 +948,23 @@ def test_a_line_over_the_limit_ended_by_a_crlf_split_across_chunks_is_one_line()
 
 def jsonl(*lines: object) -> bytes:
     return "".join((json.dumps(line) if not isinstance(line, str) else line) + "\n" for line in lines).encode()
+
+
+@pytest.mark.parametrize("field", ["external_id", "channel", "customer_name"])
+def test_a_json_line_with_half_a_character_is_an_error_on_its_line_and_the_other_lines_are_read(field: str):
+    # "\ud800" is JSON for half a UTF-16 pair: in an external_id or channel it raised where the
+    # order is fingerprinted, and the whole file stopped there, retried until it was given up.
+    order = {"channel": "web", "external_id": "ext-2", "customer_name": "Ada"}
+    broken = json.dumps(order).replace(f'"{order[field]}"', '"x\\ud800"')
+    # A pair written as two escapes is one character (an emoji): text like any other.
+    emoji = json.dumps({"channel": "web", "external_id": "ext-3", "name": "Ada \U0001f600"})
+    assert "\\ud83d\\ude00" in emoji
+
+    orders = read(jsonl({"channel": "web", "external_id": "ext-1"}, broken, emoji), "orders.jsonl")
+
+    assert errors_of(orders) == [(2, None, "malformed_json")]
+    assert "lone surrogate" in error_on(orders, 2).message
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3"]
 
 
 def test_each_json_line_is_an_order_on_its_physical_line():
