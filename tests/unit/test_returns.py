@@ -1040,6 +1040,33 @@ def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is
     assert world.order(order.id).payment.refunded <= credit and world.order(replacement.id).payment.refunded <= paid
 
 
+def test_a_replacements_second_parcel_ships_after_the_first_ones_units_came_back(world, clock):
+    # The credit paid for most of the mug and cap; the mug's parcel left first and captured all the
+    # customer owed. The mug came back and that capture was refunded whole (payment `refunded`):
+    # the cap's parcel, with nothing left to capture, must still leave (it was 409 for good).
+    returns, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("MUG", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    mug, cap = (next(s for s in replacement.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    world.actions.ship(replacement.id, mug.id, None, actor="key_wh")
+    assert world.order(replacement.id).payment.captured == replacement.payable()
+    back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(back.id, actor="key_wh")
+    assert world.order(replacement.id).payment.status == "refunded"
+
+    shipped_cap = world.actions.ship(replacement.id, cap.id, None, actor="key_wh")
+
+    assert shipped_cap.status is S.PARTIALLY_RETURNED
+    assert [s.status.value for s in shipped_cap.shipments] == ["shipped", "shipped"]
+    paid = shipped_cap.payment
+    assert (paid.status, paid.captured, paid.refunded) == ("refunded", replacement.payable(), replacement.payable())
+    # In all, the customer paid for the cap and both orders' shipping: the T-shirt and mug came back.
+    original = world.order(order.id).payment
+    cap_total = next(line.total for line in shipped_cap.lines if line.sku == "CAP")
+    kept = cap_total + shipped_cap.totals.shipping + order.totals.shipping
+    assert original.captured - original.refunded + paid.captured - paid.refunded == kept
+
+
 def delivered(world: World, order: Order) -> Order:
     """`order` with every shipment shipped and delivered."""
     for shipment in order.shipments:
