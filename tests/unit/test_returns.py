@@ -1067,6 +1067,32 @@ def test_a_replacements_second_parcel_ships_after_the_first_ones_units_came_back
     assert original.captured - original.refunded + paid.captured - paid.refunded == kept
 
 
+@pytest.mark.parametrize("line", [("TSHIRT", 3), ("TSHIRT", 1)], ids=["cheaper", "dearer"])
+def test_the_credit_of_a_replacements_units_cancelled_after_another_parcel_came_back_is_given_back(world, clock, line):
+    # The mug's parcel left and came back while the cap's waited (the mug's refund drew on the credit
+    # what its own captures did not cover); then the cap was cancelled. The credit that was to pay
+    # for the cap stayed captured on the original: the mug's share was counted as used twice.
+    returns, order, settled = exchanged(world, clock, line, ("MUG", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    mug = next(s for s in replacement.shipments if s.location_id == "wh-west")
+    world.actions.ship(replacement.id, mug.id, None, actor="key_wh")
+    back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(back.id, actor="key_wh")
+
+    world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")
+    world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")  # a repeat gives nothing more
+
+    cancelled = world.order(replacement.id)
+    assert cancelled.status is S.RETURNED
+    original, own = world.order(order.id).payment, cancelled.payment
+    # Everything the customer got came back or was cancelled: they paid both orders' shipping, no more.
+    paid = original.captured - original.refunded + own.captured - own.refunded
+    assert paid == order.totals.shipping + cancelled.totals.shipping
+    given_back = [r for r in original.refunds if "did not use its credit" in r.reason]
+    assert [r.status for r in given_back] == ["succeeded"]
+
+
 def delivered(world: World, order: Order) -> Order:
     """`order` with every shipment shipped and delivered."""
     for shipment in order.shipments:
