@@ -1093,6 +1093,24 @@ def test_the_credit_of_a_replacements_units_cancelled_after_another_parcel_came_
     assert [r.status for r in given_back] == ["succeeded"]
 
 
+def test_a_replacements_units_sent_back_one_by_one_give_back_its_line_to_the_cent(world, clock):
+    # The credit paid for all three caps, so the first cap's refund came wholly from it and the
+    # replacement recorded nothing for it; the second was exchanged, the third returned. The first
+    # was valued as if it had come back last, and the third gave back a cent short of the line.
+    returns, _, settled = exchanged(world, clock, ("TSHIRT", 3), ("CAP", 3))
+    replacement = delivered(world, world.run(settled.exchange_order_id or ""))
+    assert replacement.payment.captured == Money.zero("USD")
+    given = []
+    for request in (ask(("L1", 1, None)), exchange_of("L1", 1, ("CAP", 1)), ask(("L1", 1, None))):
+        back = returns.request(replacement.id, request, actor="key_cs")
+        returns.receive(back.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
+        done = returns.settle(back.id, actor="key_wh")
+        given.append(world.order(done.exchange_order_id).exchange_credit if done.exchange_order_id else done.refund)
+
+    assert [money.amount for money in given] == [Decimal("8.33"), Decimal("8.34"), Decimal("8.33")]
+    assert sum(given[1:], given[0]) == replacement.lines[0].total
+
+
 def delivered(world: World, order: Order) -> Order:
     """`order` with every shipment shipped and delivered."""
     for shipment in order.shipments:
