@@ -30,14 +30,21 @@ def credit_left(original: Order, return_id: str, credit: Money) -> Money:
     return credit - total(drawn, credit.currency)
 
 
+def _paid_itself(replacement: Order) -> Money:
+    """What the replacement's own payment took towards its total: its captures, less what cancels
+    of its units gave back (a return's refund gives units back, not what the total was paid with)."""
+    settled = [r.amount for r in replacement.payment.refunds if r.kind == "cancellation" and r.status != "failed"]
+    return replacement.payment.captured - total(settled, replacement.currency)
+
+
 class ExchangeCredits:
     """An exchange's credit is the returned units' refund, kept as captured on the original order to
     pay for the replacement (Returns.exchange). What of it the replacement does not use is
     refunded on the original, as the refund of the return it stood for (kind `return`, that
     return's id), so that those refunds never add up past the credit:
     - `give_back`: a replacement cancelled, or whose payment of the difference failed, uses none of
-      it; one with nothing left to ship uses at most its total (units cancelled, or an edit, may
-      have taken it below the credit);
+      it; one with nothing left to ship uses what of its total its own payment did not pay, at most
+      the credit (units cancelled, or an edit, may have taken it below the credit);
     - `draw`: a return of the replacement's units is refunded from its own captures first, and
       from the credit for what they did not cover.
 
@@ -76,6 +83,28 @@ class ExchangeCredits:
             earlier = self._original_of(order)
         return left
 
+    def drawn_for_units_of(self, original: Order, return_id: str, replacement_id: str) -> Money:
+        """What of the credit of the exchange of `return_id` (a return of `original`) refunds drew
+        for units of its replacement `replacement_id` that came back (`draw`, and what they carried
+        up from its own credit: `carry`), on `original` and up the chain: money the replacement's
+        units used of the credit and gave back."""
+        mark = carried_mark(return_id)
+        units_back = (f" of exchange {replacement_id}", f"from {replacement_id}'s credit")
+        drawn = [
+            r.amount for r in original.payment.refunds
+            if r.return_id == return_id and draws_on_credit(r) and any(m in r.reason for m in units_back)
+        ]  # fmt: skip
+        seen, earlier = {original.id}, self._original_of(original)
+        while earlier is not None and earlier[0].id not in seen:
+            order = earlier[0]
+            seen.add(order.id)
+            drawn += [
+                r.amount for r in order.payment.refunds
+                if draws_on_credit(r) and mark in r.reason and any(m in r.reason for m in units_back)
+            ]  # fmt: skip
+            earlier = self._original_of(order)
+        return total(drawn, original.currency)
+
     def left(self, replacement: Order) -> Money | None:
         """What of `replacement`'s credit is unused (None: it is no replacement): what an exchange
         of its units carries over to the next replacement beyond its own captures."""
@@ -95,12 +124,16 @@ class ExchangeCredits:
         if replacement.status in _NOT_GONE_AHEAD:
             used = Money.zero(credit.currency)
         elif replacement.shipments and all(s.status not in NOT_LEFT for s in replacement.shipments):
-            used = min(credit, replacement.totals.grand_total)
+            used = min(credit, replacement.totals.grand_total - _paid_itself(replacement))
         else:
             return None  # an edit may still make it dearer, and its payment counts on the whole credit
+        # Units of it returned before the rest was settled (a parcel back while another waited) were
+        # refunded from its own captures, then drew the rest of their share on the credit: `used`
+        # counts them whole, so what they drew is counted as not drawn (units_back_of), or the units
+        # of the rest cancelled since would never give their share back.
         return self._refund(
             replacement, f"exchange {replacement.id} {CREDIT_NOT_USED}", f"{replacement.id}:credit",
-            lambda left: left - used, actor,
+            lambda left: left - used, actor, units_back_of=replacement.id,
         )  # fmt: skip
 
     def draw(
@@ -120,27 +153,35 @@ class ExchangeCredits:
 
     def carry(
         self, original: Order, return_id: str, credit: Money, got: Money, reason: str, key: str,
-        wanted: Callable[[Money], Money], actor: str,
+        wanted: Callable[[Money], Money], actor: str, *, units_back_of: str | None = None,
     ) -> Refund | None:  # fmt: skip
         """After `got` was refunded on `original` (of `wanted` of the unused `credit` of the exchange
-        of its return `return_id`): when `original` is itself a replacement, what its own captures
-        could not refund is drawn from its own credit, up the chain (None for any other order). Asked
-        on every repeat too: the draw's key finds the one already made."""
+        of its return `return_id`, as `_refund` counts it): when `original` is itself a replacement,
+        what its own captures could not refund is drawn from its own credit, up the chain (None for
+        any other order). Asked on every repeat too: the draw's key finds the one already made."""
         if original.exchange_credit is None or original.exchange_of is None:
             return None
         current = self._orders.get(original.id) or original
-        short = wanted(self.unused(current, return_id, credit) + got) - got
+        short = wanted(self._left(current, return_id, credit, units_back_of) + got) - got
         short = short if short.amount > 0 else Money.zero(credit.currency)
         return self.draw(
             current, return_id, short, actor, key=f"{key}:carried",
             reason=f"{reason}, {carried_mark(return_id)} from {original.id}'s credit",
         )  # fmt: skip
 
+    def _left(self, original: Order, return_id: str, credit: Money, units_back_of: str | None) -> Money:
+        """`unused`, with what draws gave back for the units of replacement `units_back_of` that
+        came back counted as not drawn (drawn_for_units_of)."""
+        left = self.unused(original, return_id, credit)
+        return left + self.drawn_for_units_of(original, return_id, units_back_of) if units_back_of else left
+
     def _refund(
-        self, replacement: Order, reason: str, key: str, wanted: Callable[[Money], Money], actor: str
-    ) -> Refund | None:
+        self, replacement: Order, reason: str, key: str, wanted: Callable[[Money], Money], actor: str,
+        *, units_back_of: str | None = None,
+    ) -> Refund | None:  # fmt: skip
         """Refund `wanted(left)` on the original, where `left` is the credit less every refund that
-        drew on it (those of the exchange's return), decided on the original as it is written."""
+        drew on it (those of the exchange's return; but, with `units_back_of`, those that gave back
+        that replacement's units: _left), decided on the original as it is written."""
         credit = replacement.exchange_credit
         item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
         if credit is None or item is None:
@@ -152,7 +193,8 @@ class ExchangeCredits:
             idempotency_key = f"{key}#{attempt}"
             if original.payment.refund_by_id(refund_id_for(original.id, idempotency_key)) is not None:
                 return idempotency_key, credit  # carried on with the amount it was written with
-            amount = min(wanted(self.unused(original, item.id, credit)), original.refundable(besides_return=item.id))
+            left = self._left(original, item.id, credit, units_back_of)
+            amount = min(wanted(left), original.refundable(besides_return=item.id))
             return (idempotency_key, amount) if amount.amount > 0 else None
 
         refund = self._refunds.issue_decided_refund(
@@ -162,7 +204,11 @@ class ExchangeCredits:
             return refund  # not done: the caller asks again, and the chain after it
         original = self._orders.get(item.order_id)
         got = refund.amount if refund is not None else Money.zero(credit.currency)
-        drawn = self.carry(original, item.id, credit, got, reason, key, wanted, actor) if original else None
+        drawn = (
+            self.carry(original, item.id, credit, got, reason, key, wanted, actor, units_back_of=units_back_of)
+            if original
+            else None
+        )
         if drawn is None or (drawn.amount.amount <= 0 and drawn.status == "succeeded"):
             return refund
         if drawn.status != "succeeded" or refund is None:

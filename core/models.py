@@ -936,6 +936,10 @@ class Payment(BaseModel):
         return _replaced(self, status=PaymentStatus.AUTHORIZED, authorized=amount, authorization=reference)
 
     def with_capture(self, amount: Money, grand_total: Money) -> Payment:
+        if amount.amount == 0 and self.status is PaymentStatus.REFUNDED:
+            # A parcel with nothing left to capture (an exchange's credit paid for it) leaving after
+            # what was captured went back on a return: all it took is given back still.
+            return self
         captured = self.captured + amount
         if self.refunded.amount > 0:
             status = PaymentStatus.PARTIALLY_REFUNDED

@@ -61,12 +61,12 @@ from core.ports import (
 )
 from core.refund_service import Decision, RefundService
 from core.refunds import (
-    cumulative_share,
     given_back_for_units,
     refund_due,
     refund_id_for,
     shipping_refunded,
     units_refunded,
+    units_share,
 )
 from core.return_models import (
     ExchangeInput,
@@ -1056,32 +1056,40 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     the order, pending at the gateway or succeeded before the return was marked; an exchange's
     units became its credit), and what they gave back for them: what the order recorded for each
     return (core.refunds.given_back_for_units), and for units of a return it recorded nothing for
-    (one whose fee took all of it, or stored before returns' shares were recorded) their share of
-    the line as it is now. A line's units refunded over several returns add up to exactly its
-    total, whatever its price did between them."""
+    (one whose fee took all of it, one of a replacement refunded wholly from its exchange's credit,
+    or one stored before returns' shares were recorded) their share of the line as it is now, taken
+    where that return came among the others (its ordinal), as units_share gave it then. A line's
+    units refunded over several returns add up to exactly its total, whatever its price did between
+    them."""
     recorded = {return_id: shares for return_id, shares in given_back_for_units(order).items() if return_id != besides}
     refunding = {refund.return_id for refund in order.payment.refunds if refund.status != "failed"}
-    units: dict[str, int] = {}
-    recorded_units: dict[str, int] = {}
-    given: dict[str, Money] = {}
-    for shares in recorded.values():
-        for share in shares:
-            units[share.line_id] = units.get(share.line_id, 0) + share.quantity
-            recorded_units[share.line_id] = recorded_units.get(share.line_id, 0) + share.quantity
-            given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
-    for item in returns:
-        if item.id == besides or item.id in recorded:
+    known = {item.id for item in returns}
+    # Each return's units in the order they were asked for: (shares recorded, or units received).
+    steps: list[tuple[list[RefundedUnits] | None, dict[str, int]]] = [
+        (shares, {}) for return_id, shares in recorded.items() if return_id not in known
+    ]
+    for item in sorted(returns, key=lambda r: r.ordinal):
+        if item.id == besides:
             continue
-        if item.status is R.REFUNDED or item.id in refunding:
-            for line_id, quantity in item.received().items():
-                units[line_id] = units.get(line_id, 0) + quantity
+        if item.id in recorded:
+            steps.append((recorded[item.id], {}))
+        elif item.status is R.REFUNDED or item.id in refunding:
+            steps.append((None, item.received()))
     by_id = {line.line_id: line for line in order.lines}
-    worth = {}
-    for line_id, amount in given.items():
-        line = by_id[line_id]
-        unrecorded = cumulative_share(line, units[line_id]) - cumulative_share(line, recorded_units[line_id])
-        worth[line_id] = amount + unrecorded
-    return units, worth
+    units: dict[str, int] = {}
+    given: dict[str, Money] = {}
+    recorded_lines: set[str] = set()
+    for shares, received in steps:
+        for share in shares or []:
+            units[share.line_id] = units.get(share.line_id, 0) + share.quantity
+            given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
+            recorded_lines.add(share.line_id)
+        for line_id, quantity in received.items():
+            before = units.get(line_id, 0)
+            units[line_id] = before + quantity
+            share = units_share(by_id[line_id], quantity, before)
+            given[line_id] = given.get(line_id, Money.zero(order.currency)) + share
+    return units, {line_id: amount for line_id, amount in given.items() if line_id in recorded_lines}
 
 
 def _shipping_due(item: Return, order: Order, returns: list[Return], credited: Money | None = None) -> Money:

@@ -1040,6 +1040,77 @@ def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is
     assert world.order(order.id).payment.refunded <= credit and world.order(replacement.id).payment.refunded <= paid
 
 
+def test_a_replacements_second_parcel_ships_after_the_first_ones_units_came_back(world, clock):
+    # The credit paid for most of the mug and cap; the mug's parcel left first and captured all the
+    # customer owed. The mug came back and that capture was refunded whole (payment `refunded`):
+    # the cap's parcel, with nothing left to capture, must still leave (it was 409 for good).
+    returns, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("MUG", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    mug, cap = (next(s for s in replacement.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    world.actions.ship(replacement.id, mug.id, None, actor="key_wh")
+    assert world.order(replacement.id).payment.captured == replacement.payable()
+    back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(back.id, actor="key_wh")
+    assert world.order(replacement.id).payment.status == "refunded"
+
+    shipped_cap = world.actions.ship(replacement.id, cap.id, None, actor="key_wh")
+
+    assert shipped_cap.status is S.PARTIALLY_RETURNED
+    assert [s.status.value for s in shipped_cap.shipments] == ["shipped", "shipped"]
+    paid = shipped_cap.payment
+    assert (paid.status, paid.captured, paid.refunded) == ("refunded", replacement.payable(), replacement.payable())
+    # In all, the customer paid for the cap and both orders' shipping: the T-shirt and mug came back.
+    original = world.order(order.id).payment
+    cap_total = next(line.total for line in shipped_cap.lines if line.sku == "CAP")
+    kept = cap_total + shipped_cap.totals.shipping + order.totals.shipping
+    assert original.captured - original.refunded + paid.captured - paid.refunded == kept
+
+
+@pytest.mark.parametrize("line", [("TSHIRT", 3), ("TSHIRT", 1)], ids=["cheaper", "dearer"])
+def test_the_credit_of_a_replacements_units_cancelled_after_another_parcel_came_back_is_given_back(world, clock, line):
+    # The mug's parcel left and came back while the cap's waited (the mug's refund drew on the credit
+    # what its own captures did not cover); then the cap was cancelled. The credit that was to pay
+    # for the cap stayed captured on the original: the mug's share was counted as used twice.
+    returns, order, settled = exchanged(world, clock, line, ("MUG", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    mug = next(s for s in replacement.shipments if s.location_id == "wh-west")
+    world.actions.ship(replacement.id, mug.id, None, actor="key_wh")
+    back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(back.id, actor="key_wh")
+
+    world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")
+    world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")  # a repeat gives nothing more
+
+    cancelled = world.order(replacement.id)
+    assert cancelled.status is S.RETURNED
+    original, own = world.order(order.id).payment, cancelled.payment
+    # Everything the customer got came back or was cancelled: they paid both orders' shipping, no more.
+    paid = original.captured - original.refunded + own.captured - own.refunded
+    assert paid == order.totals.shipping + cancelled.totals.shipping
+    given_back = [r for r in original.refunds if "did not use its credit" in r.reason]
+    assert [r.status for r in given_back] == ["succeeded"]
+
+
+def test_a_replacements_units_sent_back_one_by_one_give_back_its_line_to_the_cent(world, clock):
+    # The credit paid for all three caps, so the first cap's refund came wholly from it and the
+    # replacement recorded nothing for it; the second was exchanged, the third returned. The first
+    # was valued as if it had come back last, and the third gave back a cent short of the line.
+    returns, _, settled = exchanged(world, clock, ("TSHIRT", 3), ("CAP", 3))
+    replacement = delivered(world, world.run(settled.exchange_order_id or ""))
+    assert replacement.payment.captured == Money.zero("USD")
+    given = []
+    for request in (ask(("L1", 1, None)), exchange_of("L1", 1, ("CAP", 1)), ask(("L1", 1, None))):
+        back = returns.request(replacement.id, request, actor="key_cs")
+        returns.receive(back.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
+        done = returns.settle(back.id, actor="key_wh")
+        given.append(world.order(done.exchange_order_id).exchange_credit if done.exchange_order_id else done.refund)
+
+    assert [money.amount for money in given] == [Decimal("8.33"), Decimal("8.34"), Decimal("8.33")]
+    assert sum(given[1:], given[0]) == replacement.lines[0].total
+
+
 def delivered(world: World, order: Order) -> Order:
     """`order` with every shipment shipped and delivered."""
     for shipment in order.shipments:
