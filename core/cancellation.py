@@ -589,10 +589,12 @@ class Cancellation:
     def capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         """Ask the gateway for `amount`, a shipment's share, under the shipment's key (retried, each
         failed attempt in the history), against the authorization its request was made under
-        (Order.capture_authorization)."""
+        (Order.capture_authorization), which the key names when a renewal made it
+        (Order.capture_keyed_under)."""
         payment = order.payment
         authorization = order.capture_authorization(shipment_id)
-        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id))
+        under = order.capture_keyed_under(shipment_id)
+        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id), under)
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
@@ -723,7 +725,8 @@ class Cancellation:
 
     def finish_settlement_capture(self, order: Order, actor: str, *, fresh: bool = False) -> Order:
         """Ask the gateway for the settlement capture `order` requested, under its key (what was
-        captured before it, which its request keeps as it is), and record it; nothing to do when
+        captured before it, which its request keeps as it is, and the authorization it is asked
+        under when a renewal made it: Order.capture_keyed_under), and record it; nothing to do when
         none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
         request (capture_refused)."""
         request = order.capture_request(None)
@@ -731,7 +734,7 @@ class Cancellation:
             return order
         payment = order.payment
         authorization = order.capture_authorization(None)
-        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
+        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount), order.capture_keyed_under(None))
         try:
             result = self._payments.retried(
                 "capture",

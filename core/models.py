@@ -1419,6 +1419,12 @@ class Order(BaseModel, defer_build=True):
     # look keys up, it is for the same amount, which a captured parcel or an edit meanwhile would
     # change. None: none stands, or stored before it existed. Stored, never shown.
     renewal_amount: Money | None = Field(default=None, exclude=True)
+    # The authorizations that replaced the order's first (a renewal's), each added by the write
+    # that records it and kept: a capture asked under one names it in its key (capture_keyed_under),
+    # so one the gateway refused under an earlier authorization (let lapse early by the issuer) is
+    # asked afresh, not answered with that refusal again. Empty on the typical order, whose keys stay
+    # as they were. Stored, never shown.
+    later_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1508,6 +1514,8 @@ class Order(BaseModel, defer_build=True):
             system["renewal_declined_before"] = self.renewal_declined_before
         if self.renewal_amount is not None:
             system["renewal_amount"] = self.renewal_amount.model_dump(mode="json")
+        if self.later_authorizations:
+            system["later_authorizations"] = list(self.later_authorizations)
         if self.earlier_captures:
             system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
@@ -1726,6 +1734,13 @@ class Order(BaseModel, defer_build=True):
         request = self.capture_request(shipment_id)
         return (request.authorization if request else None) or self.payment.authorization or ""
 
+    def capture_keyed_under(self, shipment_id: str | None) -> str | None:
+        """The authorization the key of the capture for `shipment_id` (None: the settlement) names
+        (core/payment_keys.py): the one it is asked under (capture_authorization) when that replaced
+        another (`later_authorizations`); None for the order's first, keyed as ever."""
+        authorization = self.capture_authorization(shipment_id)
+        return authorization if authorization in self.later_authorizations else None
+
     def _captured_apart(self, shipment_id: str | None, amount: Money, payment: Payment) -> dict[str, Any]:
         """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement),
         `payment` the version's with it counted. One made under an authorization a renewal replaced
@@ -1911,6 +1926,7 @@ class Order(BaseModel, defer_build=True):
                     "reason": "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
+            later_authorizations=[*self.later_authorizations, reference],
             captures_requested=[r if r.authorization else _replaced(r, authorization=old)
                                 for r in self.captures_requested],
             **self._replacing(_replaced(self.payment, authorization=reference)),

@@ -55,7 +55,7 @@ def test_a_ship_a_week_after_the_authorization_authorizes_again_voids_the_old_on
     new = reference(AUTHORIZATION, key)
     assert world.spy.authorized[-1] == new
     assert world.spy.voided == [old]
-    assert world.spy.captured == [(new, order.payment.authorized, f"{order.id}:{shipment.id}:capture")]
+    assert world.spy.captured == [(new, order.payment.authorized, f"{order.id}:{shipment.id}:capture:0:{new}")]
     assert shipped.status is OrderStatus.SHIPPED
     assert shipped.payment.status is PaymentStatus.CAPTURED
     assert (shipped.payment.authorization, shipped.payment.authorized) == (new, order.payment.authorized)
@@ -168,7 +168,8 @@ def test_a_pickup_collected_after_the_authorization_grew_old_is_captured_on_a_ne
     collected = world.actions.collect(order.id, shipment.id, actor="key_store")
 
     renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
-    assert world.spy.captured == [(renewed, order.payment.authorized, f"{order.id}:{shipment.id}:capture")]
+    key = payment_keys.capture(order.id, shipment.id, under=renewed)
+    assert world.spy.captured == [(renewed, order.payment.authorized, key)]
     assert world.spy.voided == [order.payment.authorization]
     assert collected.shipment(shipment.id).status is ShipmentStatus.DELIVERED
 
@@ -187,7 +188,7 @@ def test_a_settlement_capture_a_week_later_is_made_on_a_renewed_authorization(wo
     authorization, _, key = world.spy.captured[-1]
     assert (authorization, key) == (
         renewed,
-        payment_keys.settlement_capture(order.id, str(shipped.payment.captured.amount)),
+        payment_keys.settlement_capture(order.id, str(shipped.payment.captured.amount), under=renewed),
     )
     assert settled.payment.authorization == renewed
     assert settled.payment.captured == settled.totals.grand_total
@@ -537,3 +538,57 @@ def test_an_order_whose_last_units_were_cancelled_stores_no_authorized_at_once_i
 
     assert after.status is OrderStatus.SHIPPED and after.payment.authorized == after.payment.captured
     assert after.authorized_at is None and "authorized_at" not in after.stored_json()
+
+
+class FirstCaptureAnswers:
+    """A gateway that answers a capture asked again under a key it has answered with that first
+    answer, a refusal included, as the hookspec asks."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, object] = {}
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, idempotency_key: str):
+        result = yield
+        return self.answers.setdefault(idempotency_key, result)
+
+
+def test_a_capture_refused_on_an_authorization_that_lapsed_early_is_asked_afresh_on_its_renewal(clock):
+    # The issuer let the authorization lapse after three days: the capture was refused (502). Four
+    # days later the ship renews it, but asked again under the same key, a gateway that keeps its
+    # first answers refused the capture on the new authorization forever.
+    world = build_world(STOCK, FirstCaptureAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(3)
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    clock.days_later(5)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    first = payment_keys.capture(order.id, shipment.id)
+    assert first == f"{order.id}:{shipment.id}:capture"  # on the original authorization: the key in use
+    assert world.gateway.keys("capture") == [first, payment_keys.capture(order.id, shipment.id, under=renewed)]
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.status is PaymentStatus.CAPTURED
+    assert shipped.payment.authorization == renewed
+    assert world.spy.captured[-1][:2] == (renewed, order.payment.authorized)
+
+
+def test_a_capture_on_a_renewed_authorization_whose_answer_was_lost_is_asked_again_under_its_key(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("capture", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    key = payment_keys.capture(order.id, shipment.id, under=shipped.payment.authorization)
+    assert world.gateway.keys("capture") == [key] * 4
+    assert shipped.status is OrderStatus.SHIPPED and world.spy.captured == [
+        (shipped.payment.authorization, order.payment.authorized, key)
+    ]
