@@ -589,7 +589,7 @@ class Cancellation:
     def capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         """Ask the gateway for `amount`, a shipment's share, under the shipment's key (retried, each
         failed attempt in the history), against the authorization its request was made under
-        (Order.capture_authorization), which the key names when a renewal made it
+        (Order.capture_authorization), which the key names when a renewal or an edit made it
         (Order.capture_keyed_under)."""
         payment = order.payment
         authorization = order.capture_authorization(shipment_id)
@@ -726,7 +726,7 @@ class Cancellation:
     def finish_settlement_capture(self, order: Order, actor: str, *, fresh: bool = False) -> Order:
         """Ask the gateway for the settlement capture `order` requested, under its key (what was
         captured before it, which its request keeps as it is, and the authorization it is asked
-        under when a renewal made it: Order.capture_keyed_under), and record it; nothing to do when
+        under when a renewal or an edit made it: Order.capture_keyed_under), and record it; nothing to do when
         none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
         request (capture_refused)."""
         request = order.capture_request(None)

@@ -1419,11 +1419,11 @@ class Order(BaseModel, defer_build=True):
     # look keys up, it is for the same amount, which a captured parcel or an edit meanwhile would
     # change. None: none stands, or stored before it existed. Stored, never shown.
     renewal_amount: Money | None = Field(default=None, exclude=True)
-    # The authorizations that replaced the order's first (a renewal's), each added by the write
-    # that records it and kept: a capture asked under one names it in its key (capture_keyed_under),
-    # so one the gateway refused under an earlier authorization (let lapse early by the issuer) is
-    # asked afresh, not answered with that refusal again. Empty on the typical order, whose keys stay
-    # as they were. Stored, never shown.
+    # The authorizations that replaced the order's first (a renewal's, an edit's for a grown
+    # total), each added by the write that records it and kept: a capture asked under one names it
+    # in its key (capture_keyed_under), so one the gateway refused under an earlier authorization
+    # (let lapse early by the issuer) is asked afresh, not answered with that refusal again. Empty
+    # on the typical order, whose keys stay as they were. Stored, never shown.
     later_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
@@ -2710,6 +2710,7 @@ class Order(BaseModel, defer_build=True):
         }  # fmt: skip
         payment = self.payment
         replaced = list(self.replaced_authorizations)
+        later = list(self.later_authorizations)
         authorized_at = self.authorized_at
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
@@ -2717,6 +2718,7 @@ class Order(BaseModel, defer_build=True):
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
             if self.payment.authorization:
                 replaced.append(self.payment.authorization)
+                later.append(reauthorized[1])
         request = self.authorization_requested
         recorded = request is not None and not request.withdrawn and reauthorized is not None
         if (request is not None or reauthorized is not None) and not (recorded and request.amount == reauthorized[0]):
@@ -2728,7 +2730,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
-            replaced_authorizations=replaced, authorized_at=authorized_at,
+            replaced_authorizations=replaced, later_authorizations=later, authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants, **again,
         )  # fmt: skip
 

@@ -8,7 +8,7 @@ whose captures it gives back, each part by that id and its authorization). A shi
 capture was given back (its order changed while it shipped) and that is made again under the same
 id adds the number of captures given back before, so its next capture is a new one, not the
 refunded one replayed. A capture asked under an authorization that replaced the order's first (a
-renewal, Order.later_authorizations) also names that authorization, so one the gateway refused
+renewal, an edit: Order.later_authorizations) also names that authorization, so one the gateway refused
 under the first (let lapse early by the issuer) is not answered with that refusal again."""
 
 from __future__ import annotations

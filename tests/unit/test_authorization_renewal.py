@@ -592,3 +592,32 @@ def test_a_capture_on_a_renewed_authorization_whose_answer_was_lost_is_asked_aga
     assert shipped.status is OrderStatus.SHIPPED and world.spy.captured == [
         (shipped.payment.authorization, order.payment.authorized, key)
     ]
+
+
+def test_a_capture_refused_before_an_edit_authorized_the_grown_total_is_asked_afresh_on_the_new_authorization(clock):
+    # The capture was refused (the issuer let the authorization lapse early); the customer then
+    # added a shirt, authorized anew for the grown total, and the order was sourced again from the
+    # same warehouse (the same shipment id). Under the same key, a gateway that keeps its first
+    # answers refused the capture on the edit's authorization forever.
+    world = build_world(STOCK, FirstCaptureAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(3)
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    current = world.order(order.id)
+    edited = world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                                "key_cs")  # fmt: skip
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    assert [s.id for s in world.order(order.id).shipments] == [shipment.id]
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    new = edited.payment.authorization
+    assert new != order.payment.authorization
+    assert world.gateway.keys("capture") == [
+        payment_keys.capture(order.id, shipment.id), payment_keys.capture(order.id, shipment.id, under=new)
+    ]  # fmt: skip
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.captured == edited.totals.grand_total
