@@ -503,9 +503,9 @@ class Cancellation:
     # --- Authorizations grown old --------------------------------------------------------------
     def renewed_if_lapsed(self, order: Order, actor: str) -> Order:
         """`order`, unless its authorization is at least `authorization_valid_for` old (the gateway
-        may have let it lapse), or a renewal of it stands: then the order with it replaced by a new
-        one (_renew), asked before a capture is requested on it. One comparison on the typical
-        order."""
+        may have let it lapse), or a capture given back spent it (Order.authorization_lapsed), or a
+        renewal of it stands: then the order with it replaced by a new one (_renew), asked before a
+        capture is requested on it. One comparison on the typical order."""
         if order.renewing_authorization is None and not order.authorization_lapsed(
             self._authorization_valid_for, self._clock()
         ):

@@ -1425,6 +1425,10 @@ class Order(BaseModel, defer_build=True):
     # (let lapse early by the issuer) is asked afresh, not answered with that refusal again. Empty
     # on the typical order, whose keys stay as they were. Stored, never shown.
     later_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    # The authorizations a capture given back (record_capture_reversal) was made under: a gateway
+    # does not let what a refunded capture took be captured again, so the order renews one before
+    # capturing on it again (authorization_lapsed). Empty on the typical order. Stored, never shown.
+    spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1516,6 +1520,8 @@ class Order(BaseModel, defer_build=True):
             system["renewal_amount"] = self.renewal_amount.model_dump(mode="json")
         if self.later_authorizations:
             system["later_authorizations"] = list(self.later_authorizations)
+        if self.spent_authorizations:
+            system["spent_authorizations"] = list(self.spent_authorizations)
         if self.earlier_captures:
             system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
@@ -1889,10 +1895,14 @@ class Order(BaseModel, defer_build=True):
     def authorization_lapsed(self, valid_for: timedelta, now: datetime) -> bool:
         """Whether the authorization that captures this order's next share is at least `valid_for`
         old (`authorized_at`): the gateway may have let it lapse, so it is authorized again before
-        anything is captured on it (core.fulfillment). False when nothing is left on it to capture."""
+        anything is captured on it (core.fulfillment). So is one a capture given back spent
+        (`spent_authorizations`): the gateway holds less on it than the order has left to capture.
+        False when nothing is left on it to capture."""
         payment = self.payment
         if payment.status not in _CAPTURABLE or not payment.authorization or payment.authorized <= payment.captured:
             return False
+        if payment.authorization in self.spent_authorizations:
+            return True
         return now - (self.authorized_at or self.created_at) >= valid_for
 
     def request_renewal(self, *, at: datetime, declined_before: int = 0) -> Bookkeeping:
@@ -1923,7 +1933,8 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
-                    "reason": "the authorization was old enough for the gateway to let it lapse"},
+                    "reason": "a capture given back spent the authorization" if old in self.spent_authorizations
+                    else "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
             later_authorizations=[*self.later_authorizations, reference],
@@ -2764,10 +2775,14 @@ class Order(BaseModel, defer_build=True):
 
     def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:
         """A capture for `shipment_id` that this order could not record was refunded: counted, so a
-        shipment made again under that id is captured under a new key."""
+        shipment made again under that id is captured under a new key, and its authorization is
+        spent (`spent_authorizations`): what the capture took is not captured on it again."""
+        authorization = self.capture_authorization(shipment_id)
+        spent = self.spent_authorizations
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURE_REVERSED, detail=detail,
             reversed_captures=[*self.reversed_captures, shipment_id],
+            spent_authorizations=spent if not authorization or authorization in spent else [*spent, authorization],
             captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 

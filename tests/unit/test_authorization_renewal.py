@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl, payment_keys
-from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
+from core.errors import InvalidTransition, NotFound, PaymentGatewayUnavailable, PaymentRefused
 from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
@@ -621,3 +621,53 @@ def test_a_capture_refused_before_an_edit_authorized_the_grown_total_is_asked_af
         payment_keys.capture(order.id, shipment.id), payment_keys.capture(order.id, shipment.id, under=new)
     ]  # fmt: skip
     assert shipped.status is OrderStatus.SHIPPED and shipped.payment.captured == edited.totals.grand_total
+
+
+class CapturesWithinTheAuthorization:
+    """A gateway that refuses a capture for more than the authorization has left, what a capture
+    took counting even once refunded, as a real one does."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, Money] = {}
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self, amount: Money):
+        result = yield
+        if result is not None and result.outcome == "approved":
+            self.left.setdefault(result.reference, amount)
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, authorization: str, amount: Money):
+        result = yield
+        if result is None or result.outcome != "approved":
+            return result
+        if amount > self.left[authorization]:
+            return PaymentResult(outcome="declined", reference=result.reference, message="more than is left")
+        self.left[authorization] = self.left[authorization] - amount
+        return result
+
+
+def test_a_parcel_whose_capture_was_given_back_is_captured_on_a_renewed_authorization(clock, monkeypatch):
+    # The cancel of a unit landed while the parcel's capture was on its way: that capture was
+    # refunded. The gateway does not let a refunded capture's amount be captured again, so the ship
+    # repeated was refused (502) on the spent authorization, forever.
+    gateway = CapturesWithinTheAuthorization()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("CAP", 4))
+    (shipment,) = order.shipments
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1}),
+        skip=1,
+    )  # fmt: skip
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == renewed
+    assert shipped.payment.captured == shipped.totals.grand_total < order.totals.grand_total
+    assert world.spy.captured[-1][:2] == (renewed, shipped.totals.grand_total)
+    assert order.payment.authorization in world.spy.voided
