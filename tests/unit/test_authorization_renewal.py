@@ -15,7 +15,7 @@ from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
-from tests.builders import NOW
+from tests.builders import NOW, location
 from tests.unit.test_workflow import NoLookup
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
@@ -671,3 +671,36 @@ def test_a_parcel_whose_capture_was_given_back_is_captured_on_a_renewed_authoriz
     assert shipped.payment.captured == shipped.totals.grand_total < order.totals.grand_total
     assert world.spy.captured[-1][:2] == (renewed, shipped.totals.grand_total)
     assert order.payment.authorization in world.spy.voided
+
+
+def test_the_old_authorization_is_voided_once_the_last_capture_asked_under_it_is_recorded(clock):
+    # Three parcels: the west one's capture is on its way under the order's authorization when the
+    # east one's ship renews it. Before: once the west capture was recorded, nothing more would be
+    # captured on the old authorization, yet it held the north parcel's share on the customer's
+    # card (the renewal holds it too) until that parcel shipped, a cancel or the reconciler.
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 2))
+    west, east, north = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east", "wh-north"))
+    clock.days_later(6.5)
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    old = order.payment.authorization
+    assert shipped.shipment(north).status is ShipmentStatus.PENDING
+    assert gateway.done[-1] == ("void", old) and shipped.replaced_authorizations == []
+    voided = world.history(order.id)[-1]
+    assert (voided.type, voided.detail["authorization"]) == ("payment_voided", old)
+
+    done = world.actions.ship(order.id, north, tracking_number=None, actor="key_wh_north")
+
+    assert done.status is OrderStatus.SHIPPED and done.payment.status is PaymentStatus.CAPTURED
+    assert done.payment.captured == order.totals.grand_total
+    assert [d for d in gateway.done if d[0] == "void"].count(("void", old)) == 1
