@@ -453,9 +453,9 @@ class Cancellation:
         """Void `authorization`, which a renewal replaced (Order.renew_authorization), and record it;
         nothing to do while a capture asked under it stands (Order.capturing_under: another
         parcel's ship in flight, or dead after the gateway answered), which is asked again, given
-        back or recorded under it (the ship that records the last of them voids it then:
-        OrderActions._hand_over). Raises as void_replaced_authorizations. Either way it stays
-        replaced for whatever voids those next (a cancel, the last parcel's ship, the reconciler)."""
+        back or recorded under it. Raises as void_replaced_authorizations. Either way it stays
+        replaced for whatever voids those next (the next ship once none stands:
+        OrderActions._hand_over; a cancel, the reconciler)."""
         if order.capturing_under(authorization):
             return order
         return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")

@@ -162,13 +162,13 @@ class OrderActions:
                     self._cancellation.reverse_capture(order, shipment_id, amount, capture, actor)
             raise
         self._units_leave(handed, shipment_id)
-        under = request.authorization if request is not None else None
-        if under is not None and under in handed.replaced_authorizations and not handed.capturing_under(under):
-            # The last capture asked under an authorization a renewal replaced: nothing more is
-            # captured on it, so what it holds is released now, not when the last parcel ships. A
-            # void that fails leaves it replaced, for those to void.
+        if any(not handed.capturing_under(a) for a in handed.replaced_authorizations):
+            # Nothing more is captured on an authorization a renewal (or an edit) replaced once no
+            # capture asked under it stands (this one was the last, or it was refused): what it
+            # holds is released now, not when the last parcel ships. A void that fails leaves it
+            # replaced, for those to void.
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-                handed = self._cancellation.void_lapsed(handed, under, actor)
+                handed = self._cancellation.void_replaced_authorizations(handed, actor)
         return self._units.after_shipping(handed, actor)
 
     def _capture_requested(self, order: Order, shipment_id: str, actor: str,

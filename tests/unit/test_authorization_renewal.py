@@ -704,3 +704,32 @@ def test_the_old_authorization_is_voided_once_the_last_capture_asked_under_it_is
     assert done.status is OrderStatus.SHIPPED and done.payment.status is PaymentStatus.CAPTURED
     assert done.payment.captured == order.totals.grand_total
     assert [d for d in gateway.done if d[0] == "void"].count(("void", old)) == 1
+
+
+def test_the_old_authorization_is_voided_by_the_next_ship_once_the_capture_asked_under_it_was_refused(clock):
+    # As above, but the gateway refused the west capture on the old authorization (502): nothing
+    # will be captured on it again, yet it held the north parcel's share until that parcel shipped.
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 2))
+    west, east, north = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east", "wh-north"))
+    clock.days_later(6.5)
+    world.gateway.script("capture", "approve", "refuse", "approve")  # the east capture, then the west one
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    old = order.payment.authorization
+    assert world.order(order.id).replaced_authorizations == [old]
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    assert shipped.shipment(north).status is ShipmentStatus.PENDING
+    assert ("void", old) in gateway.done and shipped.replaced_authorizations == []
+    assert [a for a, _, _ in world.spy.captured] == [shipped.payment.authorization] * 2
