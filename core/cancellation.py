@@ -504,9 +504,10 @@ class Cancellation:
     # --- Authorizations grown old --------------------------------------------------------------
     def renewed_if_lapsed(self, order: Order, actor: str) -> Order:
         """`order`, unless its authorization is at least `authorization_valid_for` old (the gateway
-        may have let it lapse), or a capture given back spent it (Order.authorization_lapsed), or a
-        renewal of it stands: then the order with it replaced by a new one (_renew), asked before a
-        capture is requested on it. One comparison on the typical order."""
+        may have let it lapse), or a capture on it was refused or given back
+        (Order.authorization_lapsed), or a renewal of it stands: then the order with it replaced by
+        a new one (_renew), asked before a capture is requested on it. One comparison on the
+        typical order."""
         if order.renewing_authorization is None and not order.authorization_lapsed(
             self._authorization_valid_for, self._clock()
         ):
@@ -717,10 +718,10 @@ class Cancellation:
         own write made it, so nothing was asked under it before)."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return
-        at, message = self._clock(), str(refused)
+        at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
         modify(
             self._orders, order_id,
-            lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor)
+            lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor, refused=asked)
             if current.capture_request(shipment_id) == request else None,
         )  # fmt: skip
 

@@ -1425,9 +1425,11 @@ class Order(BaseModel, defer_build=True):
     # (let lapse early by the issuer) is asked afresh, not answered with that refusal again. Empty
     # on the typical order, whose keys stay as they were. Stored, never shown.
     later_authorizations: list[str] = Field(default_factory=list, exclude=True)
-    # The authorizations a capture given back (record_capture_reversal) was made under: a gateway
-    # does not let what a refunded capture took be captured again, so the order renews one before
-    # capturing on it again (authorization_lapsed). Empty on the typical order. Stored, never shown.
+    # The authorizations a capture given back (record_capture_reversal) was made under, or the
+    # gateway refused a capture on (record_capture_not_made): a gateway does not let what a refunded
+    # capture took be captured again, and one that refused a capture (the issuer let the
+    # authorization lapse early) answers the same again, so the order renews one before capturing
+    # on it again (authorization_lapsed). Empty on the typical order. Stored, never shown.
     spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
@@ -1830,9 +1832,14 @@ class Order(BaseModel, defer_build=True):
             captures_requested=[*self._requests_besides(shipment_id), _replaced(request, withdrawn=True)],
         )  # fmt: skip
 
-    def record_capture_not_made(self, shipment_id: str | None, message: str, *, at: datetime, actor: str) -> Change:
+    def record_capture_not_made(
+        self, shipment_id: str | None, message: str, *, at: datetime, actor: str, refused: bool = True
+    ) -> Change:
         """The gateway refused the requested capture (`shipment_id` None: the settlement) when it
-        was asked: it was never made."""
+        was asked: it was never made, and the authorization it was asked under is renewed before
+        anything more is captured on it (`spent_authorizations`: the issuer may have let it lapse
+        early, and asked again under the same key the gateway answers with that refusal). Not when
+        the gateway was never asked (`refused` False: no payment plugin took the order's method)."""
         request = self.capture_request(shipment_id)
         if request is None:
             raise InvalidTransition(f"no capture for shipment {shipment_id} is requested")
@@ -1840,7 +1847,13 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE, detail={**detail, "message": message[:500]},
             captures_requested=self._requests_besides(shipment_id),
+            **(self._spending(self.capture_authorization(shipment_id)) if refused else {}),
         )  # fmt: skip
+
+    def _spending(self, authorization: str) -> dict[str, Any]:
+        """`spent_authorizations` with `authorization`, when it is not there already."""
+        spent = self.spent_authorizations
+        return {} if not authorization or authorization in spent else {"spent_authorizations": [*spent, authorization]}
 
     def edits_from(self, if_match: int) -> bool:
         """Whether an edit asked to change version `if_match` may change this order: it is that
@@ -1895,8 +1908,8 @@ class Order(BaseModel, defer_build=True):
     def authorization_lapsed(self, valid_for: timedelta, now: datetime) -> bool:
         """Whether the authorization that captures this order's next share is at least `valid_for`
         old (`authorized_at`): the gateway may have let it lapse, so it is authorized again before
-        anything is captured on it (core.fulfillment). So is one a capture given back spent
-        (`spent_authorizations`): the gateway holds less on it than the order has left to capture.
+        anything is captured on it (core.fulfillment). So is one a capture given back spent, or
+        the gateway refused a capture on (`spent_authorizations`).
         False when nothing is left on it to capture."""
         payment = self.payment
         if payment.status not in _CAPTURABLE or not payment.authorization or payment.authorized <= payment.captured:
@@ -1933,7 +1946,8 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
-                    "reason": "a capture given back spent the authorization" if old in self.spent_authorizations
+                    "reason": "a capture on the authorization was refused, or given back"
+                    if old in self.spent_authorizations
                     else "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
@@ -2777,12 +2791,10 @@ class Order(BaseModel, defer_build=True):
         """A capture for `shipment_id` that this order could not record was refunded: counted, so a
         shipment made again under that id is captured under a new key, and its authorization is
         spent (`spent_authorizations`): what the capture took is not captured on it again."""
-        authorization = self.capture_authorization(shipment_id)
-        spent = self.spent_authorizations
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURE_REVERSED, detail=detail,
             reversed_captures=[*self.reversed_captures, shipment_id],
-            spent_authorizations=spent if not authorization or authorization in spent else [*spent, authorization],
+            **self._spending(self.capture_authorization(shipment_id)),
             captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 

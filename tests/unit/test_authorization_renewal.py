@@ -10,7 +10,7 @@ import pytest
 
 from core import hookimpl, payment_keys
 from core.errors import InvalidTransition, NotFound, PaymentGatewayUnavailable, PaymentRefused
-from core.models import LineInput, Order, OrderEdit
+from core.models import CaptureRequest, LineInput, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
@@ -733,3 +733,40 @@ def test_the_old_authorization_is_voided_by_the_next_ship_once_the_capture_asked
     assert shipped.shipment(north).status is ShipmentStatus.PENDING
     assert ("void", old) in gateway.done and shipped.replaced_authorizations == []
     assert [a for a, _, _ in world.spy.captured] == [shipped.payment.authorization] * 2
+
+
+def test_a_ship_repeated_after_the_gateway_refused_the_capture_renews_the_authorization_at_once(clock):
+    # The issuer let the authorization lapse after three days, long before OMS_AUTHORIZATION_VALID_DAYS.
+    # Before: the ship repeated asked the same capture on the same authorization under the same
+    # key, and a gateway that keeps its first answers refused it again, until the week was over.
+    world = build_world(STOCK, FirstCaptureAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(3)
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    clock.days_later(0.1)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == renewed
+    assert world.spy.captured == [(renewed, order.payment.authorized, payment_keys.capture(order.id, shipment.id,
+                                                                                           under=renewed))]  # fmt: skip
+    assert world.spy.voided == [order.payment.authorization]
+    assert "spent_authorizations" in shipped.stored_json()  # the refused one, kept: it is never captured on
+
+
+def test_a_capture_no_payment_plugin_took_renews_nothing(world, clock):
+    # Nobody asked the gateway: once the plugin is back, the capture is asked on the authorization.
+    order = world.allocated(("TSHIRT", 2))
+    request = CaptureRequest(shipment_id=order.shipments[0].id, amount=order.payment.authorized,
+                             authorization=order.payment.authorization)  # fmt: skip
+    asked = order.model_copy(update={"captures_requested": [request]})
+
+    refused, _ = asked.record_capture_not_made(request.shipment_id, "no plugin", at=clock.now, actor="k", refused=False)
+    declined, _ = asked.record_capture_not_made(request.shipment_id, "declined", at=clock.now, actor="k")
+
+    assert not refused.authorization_lapsed(timedelta(days=7), clock.now)
+    assert declined.authorization_lapsed(timedelta(days=7), clock.now)
