@@ -1429,7 +1429,8 @@ class Order(BaseModel, defer_build=True):
     # gateway refused a capture on (record_capture_not_made): a gateway does not let what a refunded
     # capture took be captured again, and one that refused a capture (the issuer let the
     # authorization lapse early) answers the same again, so the order renews one before capturing
-    # on it again (authorization_lapsed). Empty on the typical order. Stored, never shown.
+    # on it again (authorization_lapsed); the renewal (or an edit's authorization) that replaces it
+    # drops it. Empty on the typical order. Stored, never shown.
     spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
@@ -1952,6 +1953,7 @@ class Order(BaseModel, defer_build=True):
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
             later_authorizations=[*self.later_authorizations, reference],
+            spent_authorizations=[a for a in self.spent_authorizations if a != old],
             captures_requested=[r if r.authorization else _replaced(r, authorization=old)
                                 for r in self.captures_requested],
             **self._replacing(_replaced(self.payment, authorization=reference)),
@@ -2735,7 +2737,7 @@ class Order(BaseModel, defer_build=True):
         }  # fmt: skip
         payment = self.payment
         replaced = list(self.replaced_authorizations)
-        later = list(self.later_authorizations)
+        later, spent = list(self.later_authorizations), list(self.spent_authorizations)
         authorized_at = self.authorized_at
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
@@ -2744,6 +2746,7 @@ class Order(BaseModel, defer_build=True):
             if self.payment.authorization:
                 replaced.append(self.payment.authorization)
                 later.append(reauthorized[1])
+                spent = [a for a in spent if a != self.payment.authorization]
         request = self.authorization_requested
         recorded = request is not None and not request.withdrawn and reauthorized is not None
         if (request is not None or reauthorized is not None) and not (recorded and request.amount == reauthorized[0]):
@@ -2755,7 +2758,8 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
-            replaced_authorizations=replaced, later_authorizations=later, authorized_at=authorized_at,
+            replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,
+            authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants, **again,
         )  # fmt: skip
 

@@ -609,6 +609,7 @@ def test_a_capture_refused_before_an_edit_authorized_the_grown_total_is_asked_af
     current = world.order(order.id)
     edited = world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
                                 "key_cs")  # fmt: skip
+    assert "spent_authorizations" not in edited.stored_json()  # the refused one is replaced: nothing to renew
     world.workflow.reserve_stock(order.id)
     world.workflow.create_shipments(order.id)
     assert [s.id for s in world.order(order.id).shipments] == [shipment.id]
@@ -755,7 +756,7 @@ def test_a_ship_repeated_after_the_gateway_refused_the_capture_renews_the_author
     assert world.spy.captured == [(renewed, order.payment.authorized, payment_keys.capture(order.id, shipment.id,
                                                                                            under=renewed))]  # fmt: skip
     assert world.spy.voided == [order.payment.authorization]
-    assert "spent_authorizations" in shipped.stored_json()  # the refused one, kept: it is never captured on
+    assert "spent_authorizations" not in shipped.stored_json()  # the renewal replaced the refused one
 
 
 def test_a_capture_no_payment_plugin_took_renews_nothing(world, clock):
