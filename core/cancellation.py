@@ -454,7 +454,8 @@ class Cancellation:
         nothing to do while a capture asked under it stands (Order.capturing_under: another
         parcel's ship in flight, or dead after the gateway answered), which is asked again, given
         back or recorded under it. Raises as void_replaced_authorizations. Either way it stays
-        replaced for whatever voids those next (a cancel, the last parcel's ship, the reconciler)."""
+        replaced for whatever voids those next (the next ship once none stands:
+        OrderActions._hand_over; a cancel, the reconciler)."""
         if order.capturing_under(authorization):
             return order
         return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")
@@ -503,9 +504,10 @@ class Cancellation:
     # --- Authorizations grown old --------------------------------------------------------------
     def renewed_if_lapsed(self, order: Order, actor: str) -> Order:
         """`order`, unless its authorization is at least `authorization_valid_for` old (the gateway
-        may have let it lapse), or a renewal of it stands: then the order with it replaced by a new
-        one (_renew), asked before a capture is requested on it. One comparison on the typical
-        order."""
+        may have let it lapse), or a capture on it was refused or given back
+        (Order.authorization_lapsed), or a renewal of it stands: then the order with it replaced by
+        a new one (_renew), asked before a capture is requested on it. One comparison on the
+        typical order."""
         if order.renewing_authorization is None and not order.authorization_lapsed(
             self._authorization_valid_for, self._clock()
         ):
@@ -589,10 +591,12 @@ class Cancellation:
     def capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
         """Ask the gateway for `amount`, a shipment's share, under the shipment's key (retried, each
         failed attempt in the history), against the authorization its request was made under
-        (Order.capture_authorization)."""
+        (Order.capture_authorization), which the key names when a renewal or an edit made it
+        (Order.capture_keyed_under)."""
         payment = order.payment
         authorization = order.capture_authorization(shipment_id)
-        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id))
+        under = order.capture_keyed_under(shipment_id)
+        key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id), under)
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
@@ -714,16 +718,17 @@ class Cancellation:
         own write made it, so nothing was asked under it before)."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return
-        at, message = self._clock(), str(refused)
+        at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
         modify(
             self._orders, order_id,
-            lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor)
+            lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor, refused=asked)
             if current.capture_request(shipment_id) == request else None,
         )  # fmt: skip
 
     def finish_settlement_capture(self, order: Order, actor: str, *, fresh: bool = False) -> Order:
         """Ask the gateway for the settlement capture `order` requested, under its key (what was
-        captured before it, which its request keeps as it is), and record it; nothing to do when
+        captured before it, which its request keeps as it is, and the authorization it is asked
+        under when a renewal or an edit made it: Order.capture_keyed_under), and record it; nothing to do when
         none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
         request (capture_refused)."""
         request = order.capture_request(None)
@@ -731,7 +736,7 @@ class Cancellation:
             return order
         payment = order.payment
         authorization = order.capture_authorization(None)
-        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount))
+        key = payment_keys.settlement_capture(order.id, str(payment.captured.amount), order.capture_keyed_under(None))
         try:
             result = self._payments.retried(
                 "capture",

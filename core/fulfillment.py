@@ -92,10 +92,11 @@ class OrderActions:
         edit waits for it (409), and on an order nobody ships again the jeopardy scan's handler
         refunds it once the order is late and holds the order for a person to confirm whether the
         parcel left (core.capture_sweep). An authorization the gateway may have let lapse
-        (OMS_AUTHORIZATION_VALID_DAYS) is renewed before the capture is requested
-        (Cancellation.renewed_if_lapsed). A capture that keeps failing transiently
-        (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused, 502) leaves the shipment
-        pending with every failed attempt in the history, and the ship may simply be repeated. A
+        (OMS_AUTHORIZATION_VALID_DAYS), or that a capture was refused on or given back, is renewed
+        before the capture is requested (Cancellation.renewed_if_lapsed). A capture that keeps
+        failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused, 502)
+        leaves the shipment pending with every failed attempt in the history, and the ship may
+        simply be repeated (after a refusal, on a renewed authorization). A
         capture whose record then loses to a cancel, a hold or a reject is
         refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes
         what its first ship may have left undone (a request that died after the write): its stock
@@ -162,6 +163,13 @@ class OrderActions:
                     self._cancellation.reverse_capture(order, shipment_id, amount, capture, actor)
             raise
         self._units_leave(handed, shipment_id)
+        if any(not handed.capturing_under(a) for a in handed.replaced_authorizations):
+            # Nothing more is captured on an authorization a renewal (or an edit) replaced once no
+            # capture asked under it stands (this one was the last, or it was refused): what it
+            # holds is released now, not when the last parcel ships. A void that fails leaves it
+            # replaced, for those to void.
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                handed = self._cancellation.void_replaced_authorizations(handed, actor)
         return self._units.after_shipping(handed, actor)
 
     def _capture_requested(self, order: Order, shipment_id: str, actor: str,

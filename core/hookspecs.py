@@ -108,9 +108,10 @@ def oms_payment_authorize(
         on the order first, so one that died after the gateway answered is asked again under the
         same key (by the edit repeated, or later by a cancel, another edit or the last ship,
         which then void it). So does a ship, collect or settlement capture that renews an
-        authorization older than OMS_AUTHORIZATION_VALID_DAYS before capturing on it (its key
-        names the old authorization, and how many renewals of it you declined before: one asked
-        after a decline is a new authorization).
+        authorization before capturing on it: one older than OMS_AUTHORIZATION_VALID_DAYS, or one
+        you refused a capture on, or whose capture was refunded because the order changed (its
+        key names the old authorization, and how many renewals of it you declined before: one
+        asked after a decline is a new authorization).
         Answer a key you have seen with the authorization made under it (or its decline), never
         a second one, however late.
     :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.

@@ -1423,6 +1423,19 @@ class Order(BaseModel, defer_build=True):
     # look keys up, it is for the same amount, which a captured parcel or an edit meanwhile would
     # change. None: none stands, or stored before it existed. Stored, never shown.
     renewal_amount: Money | None = Field(default=None, exclude=True)
+    # The authorizations that replaced the order's first (a renewal's, an edit's for a grown
+    # total), each added by the write that records it and kept: a capture asked under one names it
+    # in its key (capture_keyed_under), so one the gateway refused under an earlier authorization
+    # (let lapse early by the issuer) is asked afresh, not answered with that refusal again. Empty
+    # on the typical order, whose keys stay as they were. Stored, never shown.
+    later_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    # The authorizations a capture given back (record_capture_reversal) was made under, or the
+    # gateway refused a capture on (record_capture_not_made): a gateway does not let what a refunded
+    # capture took be captured again, and one that refused a capture (the issuer let the
+    # authorization lapse early) answers the same again, so the order renews one before capturing
+    # on it again (authorization_lapsed); the renewal (or an edit's authorization) that replaces it
+    # drops it. Empty on the typical order. Stored, never shown.
+    spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1512,6 +1525,10 @@ class Order(BaseModel, defer_build=True):
             system["renewal_declined_before"] = self.renewal_declined_before
         if self.renewal_amount is not None:
             system["renewal_amount"] = self.renewal_amount.model_dump(mode="json")
+        if self.later_authorizations:
+            system["later_authorizations"] = list(self.later_authorizations)
+        if self.spent_authorizations:
+            system["spent_authorizations"] = list(self.spent_authorizations)
         if self.earlier_captures:
             system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
@@ -1730,6 +1747,13 @@ class Order(BaseModel, defer_build=True):
         request = self.capture_request(shipment_id)
         return (request.authorization if request else None) or self.payment.authorization or ""
 
+    def capture_keyed_under(self, shipment_id: str | None) -> str | None:
+        """The authorization the key of the capture for `shipment_id` (None: the settlement) names
+        (core/payment_keys.py): the one it is asked under (capture_authorization) when that replaced
+        another (`later_authorizations`); None for the order's first, keyed as ever."""
+        authorization = self.capture_authorization(shipment_id)
+        return authorization if authorization in self.later_authorizations else None
+
     def _captured_apart(self, shipment_id: str | None, amount: Money, payment: Payment) -> dict[str, Any]:
         """The fields that record a capture of `amount` (for `shipment_id`; None: the settlement),
         `payment` the version's with it counted. One made under an authorization a renewal replaced
@@ -1813,9 +1837,14 @@ class Order(BaseModel, defer_build=True):
             captures_requested=[*self._requests_besides(shipment_id), _replaced(request, withdrawn=True)],
         )  # fmt: skip
 
-    def record_capture_not_made(self, shipment_id: str | None, message: str, *, at: datetime, actor: str) -> Change:
+    def record_capture_not_made(
+        self, shipment_id: str | None, message: str, *, at: datetime, actor: str, refused: bool = True
+    ) -> Change:
         """The gateway refused the requested capture (`shipment_id` None: the settlement) when it
-        was asked: it was never made."""
+        was asked: it was never made, and the authorization it was asked under is renewed before
+        anything more is captured on it (`spent_authorizations`: the issuer may have let it lapse
+        early, and asked again under the same key the gateway answers with that refusal). Not when
+        the gateway was never asked (`refused` False: no payment plugin took the order's method)."""
         request = self.capture_request(shipment_id)
         if request is None:
             raise InvalidTransition(f"no capture for shipment {shipment_id} is requested")
@@ -1823,7 +1852,13 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE, detail={**detail, "message": message[:500]},
             captures_requested=self._requests_besides(shipment_id),
+            **(self._spending(self.capture_authorization(shipment_id)) if refused else {}),
         )  # fmt: skip
+
+    def _spending(self, authorization: str) -> dict[str, Any]:
+        """`spent_authorizations` with `authorization`, when it is not there already."""
+        spent = self.spent_authorizations
+        return {} if not authorization or authorization in spent else {"spent_authorizations": [*spent, authorization]}
 
     def edits_from(self, if_match: int) -> bool:
         """Whether an edit asked to change version `if_match` may change this order: it is that
@@ -1878,10 +1913,14 @@ class Order(BaseModel, defer_build=True):
     def authorization_lapsed(self, valid_for: timedelta, now: datetime) -> bool:
         """Whether the authorization that captures this order's next share is at least `valid_for`
         old (`authorized_at`): the gateway may have let it lapse, so it is authorized again before
-        anything is captured on it (core.fulfillment). False when nothing is left on it to capture."""
+        anything is captured on it (core.fulfillment). So is one a capture given back spent, or
+        the gateway refused a capture on (`spent_authorizations`).
+        False when nothing is left on it to capture."""
         payment = self.payment
         if payment.status not in _CAPTURABLE or not payment.authorization or payment.authorized <= payment.captured:
             return False
+        if payment.authorization in self.spent_authorizations:
+            return True
         return now - (self.authorized_at or self.created_at) >= valid_for
 
     def request_renewal(self, *, at: datetime, declined_before: int = 0) -> Bookkeeping:
@@ -1912,9 +1951,13 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
-                    "reason": "the authorization was old enough for the gateway to let it lapse"},
+                    "reason": "a capture on the authorization was refused, or given back"
+                    if old in self.spent_authorizations
+                    else "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
+            later_authorizations=[*self.later_authorizations, reference],
+            spent_authorizations=[a for a in self.spent_authorizations if a != old],
             captures_requested=[r if r.authorization else _replaced(r, authorization=old)
                                 for r in self.captures_requested],
             **self._replacing(_replaced(self.payment, authorization=reference)),
@@ -2698,6 +2741,7 @@ class Order(BaseModel, defer_build=True):
         }  # fmt: skip
         payment = self.payment
         replaced = list(self.replaced_authorizations)
+        later, spent = list(self.later_authorizations), list(self.spent_authorizations)
         authorized_at = self.authorized_at
         if reauthorized is not None:
             payment = payment.authorized_for(*reauthorized)
@@ -2705,6 +2749,8 @@ class Order(BaseModel, defer_build=True):
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
             if self.payment.authorization:
                 replaced.append(self.payment.authorization)
+                later.append(reauthorized[1])
+                spent = [a for a in spent if a != self.payment.authorization]
         request = self.authorization_requested
         recorded = request is not None and not request.withdrawn and reauthorized is not None
         if (request is not None or reauthorized is not None) and not (recorded and request.amount == reauthorized[0]):
@@ -2716,7 +2762,8 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
             shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
-            replaced_authorizations=replaced, authorized_at=authorized_at,
+            replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,
+            authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants, **again,
         )  # fmt: skip
 
@@ -2750,10 +2797,12 @@ class Order(BaseModel, defer_build=True):
 
     def record_capture_reversal(self, shipment_id: str, detail: dict[str, Any], *, at: datetime, actor: str) -> Change:
         """A capture for `shipment_id` that this order could not record was refunded: counted, so a
-        shipment made again under that id is captured under a new key."""
+        shipment made again under that id is captured under a new key, and its authorization is
+        spent (`spent_authorizations`): what the capture took is not captured on it again."""
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_CAPTURE_REVERSED, detail=detail,
             reversed_captures=[*self.reversed_captures, shipment_id],
+            **self._spending(self.capture_authorization(shipment_id)),
             captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 

@@ -7,7 +7,9 @@ void by the authorization it releases, a refund by its own id (one split over th
 whose captures it gives back, each part by that id and its authorization). A shipment whose
 capture was given back (its order changed while it shipped) and that is made again under the same
 id adds the number of captures given back before, so its next capture is a new one, not the
-refunded one replayed."""
+refunded one replayed. A capture asked under an authorization that replaced the order's first (a
+renewal, an edit: Order.later_authorizations) also names that authorization, so one the gateway refused
+under the first (let lapse early by the issuer) is not answered with that refusal again."""
 
 from __future__ import annotations
 
@@ -16,7 +18,11 @@ def authorize(order_id: str, version: int) -> str:
     return f"{order_id}:authorize:v{version}"
 
 
-def capture(order_id: str, shipment_id: str, reversed_before: int = 0) -> str:
+def capture(order_id: str, shipment_id: str, reversed_before: int = 0, under: str | None = None) -> str:
+    """`under`: the authorization it is asked under, when that one replaced another (None: the
+    order's first, keyed as ever)."""
+    if under:
+        return f"{order_id}:{shipment_id}:capture:{reversed_before}:{under}"
     if reversed_before:
         return f"{order_id}:{shipment_id}:capture:{reversed_before}"
     return f"{order_id}:{shipment_id}:capture"
@@ -40,9 +46,12 @@ def refund_part(order_id: str, refund_id: str, authorization: str) -> str:
     return f"{refund(order_id, refund_id)}:{authorization}"
 
 
-def settlement_capture(order_id: str, captured_before: str) -> str:
+def settlement_capture(order_id: str, captured_before: str, under: str | None = None) -> str:
     """A capture with no shipment (the rest of a total that cancelled units left higher), keyed by
-    what was captured before it: a repeat of the same settlement asks under the same key."""
+    what was captured before it: a repeat of the same settlement asks under the same key. `under`:
+    as for `capture`."""
+    if under:
+        return f"{order_id}:settlement:{captured_before}:capture:{under}"
     return f"{order_id}:settlement:{captured_before}:capture"
 
 

@@ -12,11 +12,17 @@ Tokens (opaque strings; a card number is never accepted, and no token is ever ec
 
 Every reference is derived from the operation's idempotency key (`auth_`, `cap_`, `void_` or
 `refund_` + the first 20 hex digits of its SHA-256), so a retry gets the same reference a real
-gateway would return for a replayed idempotency key. The only state is which keys this process
-approved an authorization under (the last MEMORY of them), for oms_payment_find_authorization: a
-lookup in another process (another Lambda container) finds none, as for a key never asked. Captures, voids and
-refunds only check that the authorization looks like one this gateway approved; the tokens that
-make one of them refuse mark the authorization's reference (`auth_<digest>_declines_capture`).
+gateway would return for a replayed idempotency key. The only state is what this process did (the
+last MEMORY of each): which keys it approved an authorization under, for
+oms_payment_find_authorization (a lookup in another process, another Lambda container, finds none,
+as for a key never asked); what each authorization it approved holds, what was captured of it and
+whether it was voided; and which keys it approved a capture under. As a real gateway does, a
+capture on an authorization it voided is declined, and so is one for more than the authorization
+has left to capture (nothing, once fully captured) or in another currency, while a capture asked
+again under a key it approved is approved again, however the authorization stands now. An
+authorization another process approved is known only by its look: captures, voids and refunds
+check that it looks like one this gateway approved. The tokens that make one of them refuse mark
+the authorization's reference (`auth_<digest>_declines_capture`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from core import hookimpl
 from core.card_numbers import looks_like_card_number
@@ -55,9 +62,32 @@ MEMORY = 10_000
 _authorized: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the authorization approved under it
 
 
+@dataclass
+class _Held:
+    """What an authorization this process approved holds: its amount, what was captured of it, and
+    whether it was voided."""
+
+    amount: Money
+    captured: Money
+    voided: bool = False
+
+
+_held: OrderedDict[str, _Held] = OrderedDict()  # authorization -> what it holds
+_captured: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the authorization captured under it
+
+
 def forget() -> None:
-    """Forget every authorization this process approved (tests that reuse order ids start clean)."""
+    """Forget everything this process did (tests that reuse order ids start clean)."""
     _authorized.clear()
+    _held.clear()
+    _captured.clear()
+
+
+def _remember(memory: OrderedDict, key: str, value: object) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > MEMORY:
+        memory.popitem(last=False)
 
 
 def reference(kind: str, idempotency_key: str) -> str:
@@ -99,10 +129,9 @@ def oms_payment_authorize(
         return None
     result = _authorize(token, amount, idempotency_key, attempt)
     if result.outcome == "approved":
-        _authorized[idempotency_key] = result.reference
-        _authorized.move_to_end(idempotency_key)
-        while len(_authorized) > MEMORY:
-            _authorized.popitem(last=False)
+        _remember(_authorized, idempotency_key, result.reference)
+        if result.reference not in _held:  # a replayed key keeps what its authorization holds
+            _remember(_held, result.reference, _Held(amount=amount, captured=Money.zero(amount.currency)))
     return result
 
 
@@ -147,7 +176,29 @@ def oms_payment_capture(method: str, authorization: str, amount: Money, idempote
         return _declined(CAPTURE, idempotency_key, "test gateway: the amount to capture must be positive")
     if _declines(authorization, "capture"):
         return _declined(CAPTURE, idempotency_key, f"test gateway: capture declined ({CAPTURE_DECLINE})")
+    if _captured.get(idempotency_key) == authorization:
+        return _approved(CAPTURE, idempotency_key, "test gateway: captured")  # the capture made under this key
+    held = _held.get(authorization)
+    if held is not None:
+        refused = _capture_refused(held, amount)
+        if refused:
+            return _declined(CAPTURE, idempotency_key, f"test gateway: {refused}")
+        held.captured = held.captured + amount
+    _remember(_captured, idempotency_key, authorization)
     return _approved(CAPTURE, idempotency_key, "test gateway: captured")
+
+
+def _capture_refused(held: _Held, amount: Money) -> str:
+    """Why a real gateway would refuse to capture `amount` of the authorization that holds `held`;
+    empty when it would not."""
+    if held.voided:
+        return "the authorization was voided"
+    if amount.currency != held.amount.currency:
+        return f"the authorization is in {held.amount.currency}, not {amount.currency}"
+    left = held.amount - held.captured
+    if amount.amount > left.amount:
+        return f"the authorization has {left.amount} {left.currency} left to capture, not {amount.amount}"
+    return ""
 
 
 @hookimpl
@@ -158,6 +209,9 @@ def oms_payment_void(method: str, authorization: str, idempotency_key: str) -> P
         return _declined(VOID, idempotency_key, "test gateway: unknown authorization")
     if _declines(authorization, "void"):
         return _declined(VOID, idempotency_key, f"test gateway: void declined ({VOID_DECLINE})")
+    held = _held.get(authorization)
+    if held is not None:
+        held.voided = True  # what is left to capture is released; what was captured stays
     return _approved(VOID, idempotency_key, "test gateway: voided")
 
 

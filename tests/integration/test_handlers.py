@@ -234,7 +234,9 @@ def test_a_ship_eight_days_after_the_authorization_captures_on_a_new_one_and_voi
     assert (history[1].detail["reference"], history[2].detail["authorization"]) == (
         renewed, order.payment.authorization
     )  # fmt: skip
-    assert history[3].detail["capture_reference"] == reference("cap", f"{ORDER_ID}:{SHIPMENT_ID}:capture")
+    # Under a key naming the renewed authorization (core/payment_keys.py).
+    key = f"{ORDER_ID}:{SHIPMENT_ID}:capture:0:{renewed}"
+    assert history[3].detail["capture_reference"] == reference("cap", key)
     assert container().order_repository.get(ORDER_ID, consistent=True).payment.authorization == renewed
 
 

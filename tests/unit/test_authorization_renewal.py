@@ -9,13 +9,13 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl, payment_keys
-from core.errors import NotFound, PaymentGatewayUnavailable, PaymentRefused
-from core.models import LineInput, Order, OrderEdit
+from core.errors import InvalidTransition, NotFound, PaymentGatewayUnavailable, PaymentRefused
+from core.models import CaptureRequest, LineInput, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
-from tests.builders import NOW
+from tests.builders import NOW, location
 from tests.unit.test_workflow import NoLookup
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
@@ -55,7 +55,7 @@ def test_a_ship_a_week_after_the_authorization_authorizes_again_voids_the_old_on
     new = reference(AUTHORIZATION, key)
     assert world.spy.authorized[-1] == new
     assert world.spy.voided == [old]
-    assert world.spy.captured == [(new, order.payment.authorized, f"{order.id}:{shipment.id}:capture")]
+    assert world.spy.captured == [(new, order.payment.authorized, f"{order.id}:{shipment.id}:capture:0:{new}")]
     assert shipped.status is OrderStatus.SHIPPED
     assert shipped.payment.status is PaymentStatus.CAPTURED
     assert (shipped.payment.authorization, shipped.payment.authorized) == (new, order.payment.authorized)
@@ -168,7 +168,8 @@ def test_a_pickup_collected_after_the_authorization_grew_old_is_captured_on_a_ne
     collected = world.actions.collect(order.id, shipment.id, actor="key_store")
 
     renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
-    assert world.spy.captured == [(renewed, order.payment.authorized, f"{order.id}:{shipment.id}:capture")]
+    key = payment_keys.capture(order.id, shipment.id, under=renewed)
+    assert world.spy.captured == [(renewed, order.payment.authorized, key)]
     assert world.spy.voided == [order.payment.authorization]
     assert collected.shipment(shipment.id).status is ShipmentStatus.DELIVERED
 
@@ -187,7 +188,7 @@ def test_a_settlement_capture_a_week_later_is_made_on_a_renewed_authorization(wo
     authorization, _, key = world.spy.captured[-1]
     assert (authorization, key) == (
         renewed,
-        payment_keys.settlement_capture(order.id, str(shipped.payment.captured.amount)),
+        payment_keys.settlement_capture(order.id, str(shipped.payment.captured.amount), under=renewed),
     )
     assert settled.payment.authorization == renewed
     assert settled.payment.captured == settled.totals.grand_total
@@ -537,3 +538,236 @@ def test_an_order_whose_last_units_were_cancelled_stores_no_authorized_at_once_i
 
     assert after.status is OrderStatus.SHIPPED and after.payment.authorized == after.payment.captured
     assert after.authorized_at is None and "authorized_at" not in after.stored_json()
+
+
+class FirstCaptureAnswers:
+    """A gateway that answers a capture asked again under a key it has answered with that first
+    answer, a refusal included, as the hookspec asks."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, object] = {}
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, idempotency_key: str):
+        result = yield
+        return self.answers.setdefault(idempotency_key, result)
+
+
+def test_a_capture_refused_on_an_authorization_that_lapsed_early_is_asked_afresh_on_its_renewal(clock):
+    # The issuer let the authorization lapse after three days: the capture was refused (502). Four
+    # days later the ship renews it, but asked again under the same key, a gateway that keeps its
+    # first answers refused the capture on the new authorization forever.
+    world = build_world(STOCK, FirstCaptureAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(3)
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    clock.days_later(5)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    first = payment_keys.capture(order.id, shipment.id)
+    assert first == f"{order.id}:{shipment.id}:capture"  # on the original authorization: the key in use
+    assert world.gateway.keys("capture") == [first, payment_keys.capture(order.id, shipment.id, under=renewed)]
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.status is PaymentStatus.CAPTURED
+    assert shipped.payment.authorization == renewed
+    assert world.spy.captured[-1][:2] == (renewed, order.payment.authorized)
+
+
+def test_a_capture_on_a_renewed_authorization_whose_answer_was_lost_is_asked_again_under_its_key(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("capture", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    key = payment_keys.capture(order.id, shipment.id, under=shipped.payment.authorization)
+    assert world.gateway.keys("capture") == [key] * 4
+    assert shipped.status is OrderStatus.SHIPPED and world.spy.captured == [
+        (shipped.payment.authorization, order.payment.authorized, key)
+    ]
+
+
+def test_a_capture_refused_before_an_edit_authorized_the_grown_total_is_asked_afresh_on_the_new_authorization(clock):
+    # The capture was refused (the issuer let the authorization lapse early); the customer then
+    # added a shirt, authorized anew for the grown total, and the order was sourced again from the
+    # same warehouse (the same shipment id). Under the same key, a gateway that keeps its first
+    # answers refused the capture on the edit's authorization forever.
+    world = build_world(STOCK, FirstCaptureAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(3)
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    current = world.order(order.id)
+    edited = world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                                "key_cs")  # fmt: skip
+    assert "spent_authorizations" not in edited.stored_json()  # the refused one is replaced: nothing to renew
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    assert [s.id for s in world.order(order.id).shipments] == [shipment.id]
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    new = edited.payment.authorization
+    assert new != order.payment.authorization
+    assert world.gateway.keys("capture") == [
+        payment_keys.capture(order.id, shipment.id), payment_keys.capture(order.id, shipment.id, under=new)
+    ]  # fmt: skip
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.captured == edited.totals.grand_total
+
+
+class CapturesWithinTheAuthorization:
+    """A gateway that refuses a capture for more than the authorization has left, what a capture
+    took counting even once refunded, as a real one does."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, Money] = {}
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self, amount: Money):
+        result = yield
+        if result is not None and result.outcome == "approved":
+            self.left.setdefault(result.reference, amount)
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self, authorization: str, amount: Money):
+        result = yield
+        if result is None or result.outcome != "approved":
+            return result
+        if amount > self.left[authorization]:
+            return PaymentResult(outcome="declined", reference=result.reference, message="more than is left")
+        self.left[authorization] = self.left[authorization] - amount
+        return result
+
+
+def test_a_parcel_whose_capture_was_given_back_is_captured_on_a_renewed_authorization(clock, monkeypatch):
+    # The cancel of a unit landed while the parcel's capture was on its way: that capture was
+    # refunded. The gateway does not let a refunded capture's amount be captured again, so the ship
+    # repeated was refused (502) on the spent authorization, forever.
+    gateway = CapturesWithinTheAuthorization()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("CAP", 4))
+    (shipment,) = order.shipments
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1}),
+        skip=1,
+    )  # fmt: skip
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == renewed
+    assert shipped.payment.captured == shipped.totals.grand_total < order.totals.grand_total
+    assert world.spy.captured[-1][:2] == (renewed, shipped.totals.grand_total)
+    assert order.payment.authorization in world.spy.voided
+
+
+def test_the_old_authorization_is_voided_once_the_last_capture_asked_under_it_is_recorded(clock):
+    # Three parcels: the west one's capture is on its way under the order's authorization when the
+    # east one's ship renews it. Before: once the west capture was recorded, nothing more would be
+    # captured on the old authorization, yet it held the north parcel's share on the customer's
+    # card (the renewal holds it too) until that parcel shipped, a cancel or the reconciler.
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 2))
+    west, east, north = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east", "wh-north"))
+    clock.days_later(6.5)
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    old = order.payment.authorization
+    assert shipped.shipment(north).status is ShipmentStatus.PENDING
+    assert gateway.done[-1] == ("void", old) and shipped.replaced_authorizations == []
+    voided = world.history(order.id)[-1]
+    assert (voided.type, voided.detail["authorization"]) == ("payment_voided", old)
+
+    done = world.actions.ship(order.id, north, tracking_number=None, actor="key_wh_north")
+
+    assert done.status is OrderStatus.SHIPPED and done.payment.status is PaymentStatus.CAPTURED
+    assert done.payment.captured == order.totals.grand_total
+    assert [d for d in gateway.done if d[0] == "void"].count(("void", old)) == 1
+
+
+def test_the_old_authorization_is_voided_by_the_next_ship_once_the_capture_asked_under_it_was_refused(clock):
+    # As above, but the gateway refused the west capture on the old authorization (502): nothing
+    # will be captured on it again, yet it held the north parcel's share until that parcel shipped.
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 2))
+    west, east, north = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east", "wh-north"))
+    clock.days_later(6.5)
+    world.gateway.script("capture", "approve", "refuse", "approve")  # the east capture, then the west one
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    old = order.payment.authorization
+    assert world.order(order.id).replaced_authorizations == [old]
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    assert shipped.shipment(north).status is ShipmentStatus.PENDING
+    assert ("void", old) in gateway.done and shipped.replaced_authorizations == []
+    assert [a for a, _, _ in world.spy.captured] == [shipped.payment.authorization] * 2
+
+
+def test_a_ship_repeated_after_the_gateway_refused_the_capture_renews_the_authorization_at_once(clock):
+    # The issuer let the authorization lapse after three days, long before OMS_AUTHORIZATION_VALID_DAYS.
+    # Before: the ship repeated asked the same capture on the same authorization under the same
+    # key, and a gateway that keeps its first answers refused it again, until the week was over.
+    world = build_world(STOCK, FirstCaptureAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(3)
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    clock.days_later(0.1)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == renewed
+    assert world.spy.captured == [(renewed, order.payment.authorized, payment_keys.capture(order.id, shipment.id,
+                                                                                           under=renewed))]  # fmt: skip
+    assert world.spy.voided == [order.payment.authorization]
+    assert "spent_authorizations" not in shipped.stored_json()  # the renewal replaced the refused one
+
+
+def test_a_capture_no_payment_plugin_took_renews_nothing(world, clock):
+    # Nobody asked the gateway: once the plugin is back, the capture is asked on the authorization.
+    order = world.allocated(("TSHIRT", 2))
+    request = CaptureRequest(shipment_id=order.shipments[0].id, amount=order.payment.authorized,
+                             authorization=order.payment.authorization)  # fmt: skip
+    asked = order.model_copy(update={"captures_requested": [request]})
+
+    refused, _ = asked.record_capture_not_made(request.shipment_id, "no plugin", at=clock.now, actor="k", refused=False)
+    declined, _ = asked.record_capture_not_made(request.shipment_id, "declined", at=clock.now, actor="k")
+
+    assert not refused.authorization_lapsed(timedelta(days=7), clock.now)
+    assert declined.authorization_lapsed(timedelta(days=7), clock.now)

@@ -142,7 +142,10 @@ def test_a_held_order_released_ships_again_under_a_new_capture_key(world, clock,
     shipped = world.actions.ship(order.id, shipment_id, None, actor="key_wh")
 
     assert shipped.status is OrderStatus.SHIPPED and shipped.payment.captured == order.totals.grand_total
-    assert world.gateway.keys("capture")[-1] == payment_keys.capture(order.id, shipment_id, 1)
+    # The capture given back spent the order's authorization: renewed, and captured under a key naming it.
+    renewed = shipped.payment.authorization
+    assert renewed != order.payment.authorization
+    assert world.gateway.keys("capture")[-1] == payment_keys.capture(order.id, shipment_id, 1, under=renewed)
     net = world.spy.captured_total() - sum(amount.amount for _, amount, _ in world.spy.refunded)
     assert net == shipped.payment.captured.amount
 

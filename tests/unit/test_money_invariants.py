@@ -17,6 +17,7 @@ from core.money import Money, quantum
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.refunds import refund_due
 from core.status import OrderStatus, ShipmentStatus
+from plugins import test_payments
 from tests.builders import product
 from tests.unit.world import World, build_world
 
@@ -53,6 +54,8 @@ class OrderMoney(RuleBasedStateMachine):
         skus=st.permutations(SKUS),
     )
     def place(self, currency: str, quantities: list[int], skus: list[str]) -> None:
+        # Every example places the same order ids: the `test` gateway starts clean, as each test does.
+        test_payments.forget()
         # MUG only in the west, CAP only in the east, PEN in both: orders split into parcels.
         self.world = build_world(
             [("MUG", "wh-west", 50), ("CAP", "wh-east", 50), ("PEN", "wh-east", 50), ("PEN", "wh-west", 2)],

@@ -129,10 +129,17 @@ def test_a_refused_capture_names_the_refusal_and_repeating_the_ship_tries_again(
 
     shipped = world.actions.ship(order.id, shipment.id, None, actor="key_wh")
 
+    # Asked again on a new authorization, under a key naming it: the refusal may be an
+    # authorization the issuer let lapse, and under the same key a gateway answers the same.
+    renewed = shipped.payment.authorization
     assert shipped.status is S.SHIPPED and shipped.payment.status is P.CAPTURED
-    assert world.gateway.keys("capture") == [payment_keys.capture(order.id, shipment.id)] * 2
-    assert [h.type for h in world.history(order.id)][-4:] == [
-        "allocated", "payment_capture_failed", "capture_not_made", "shipment_shipped",
+    assert renewed != order.payment.authorization and world.spy.voided == [order.payment.authorization]
+    assert world.gateway.keys("capture") == [
+        payment_keys.capture(order.id, shipment.id), payment_keys.capture(order.id, shipment.id, under=renewed)
+    ]  # fmt: skip
+    assert [h.type for h in world.history(order.id)][-6:] == [
+        "allocated", "payment_capture_failed", "capture_not_made", "payment_authorized", "payment_voided",
+        "shipment_shipped",
     ]  # fmt: skip
 
 

@@ -230,9 +230,61 @@ def test_capture_and_refund_need_a_positive_amount(amount):
 
 
 def test_amounts_in_any_supported_currency_are_accepted():
-    auth = an_authorization()
+    auth = authorize(amount=Money(amount="700", currency="JPY")).reference
 
     assert oms_payment_capture("test", auth, Money(amount="700", currency="JPY"), "c").outcome == "approved"
+
+
+def test_a_capture_on_an_authorization_it_voided_is_declined_as_a_real_gateway_does():
+    auth = an_authorization()
+    assert oms_payment_void("test", auth, "v").outcome == "approved"
+
+    captured = oms_payment_capture("test", auth, usd("10.00"), "c")
+
+    assert captured.outcome == "declined" and "voided" in captured.message
+
+
+def test_captures_add_up_to_the_authorization_and_no_further():
+    auth = an_authorization()  # 42.50
+
+    assert oms_payment_capture("test", auth, usd("30.00"), "c1").outcome == "approved"
+    over = oms_payment_capture("test", auth, usd("12.51"), "c2")
+    assert oms_payment_capture("test", auth, usd("12.50"), "c3").outcome == "approved"
+    spent = oms_payment_capture("test", auth, usd("0.01"), "c4")
+
+    assert over.outcome == spent.outcome == "declined"
+    assert "12.50 USD left" in over.message and "0.00 USD left" in spent.message
+
+
+def test_a_capture_is_not_given_its_amount_back_by_a_refund():
+    auth = an_authorization()
+    oms_payment_capture("test", auth, AMOUNT, "c1")
+    assert oms_payment_refund("test", auth, AMOUNT, "r").outcome == "approved"
+
+    assert oms_payment_capture("test", auth, AMOUNT, "c2").outcome == "declined"
+
+
+def test_a_capture_asked_again_under_its_key_gets_the_capture_made_whatever_came_after():
+    auth = an_authorization()
+    first = oms_payment_capture("test", auth, AMOUNT, "c")
+    oms_payment_void("test", auth, "v")
+
+    assert oms_payment_capture("test", auth, AMOUNT, "c") == first
+    assert first.outcome == "approved"
+
+
+def test_a_capture_in_another_currency_than_its_authorization_is_declined():
+    captured = oms_payment_capture("test", an_authorization(), Money(amount="700", currency="JPY"), "c")
+
+    assert captured.outcome == "declined" and "USD, not JPY" in captured.message
+
+
+def test_an_authorization_another_process_approved_is_known_by_its_look_only():
+    auth = an_authorization()
+    test_payments.forget()  # as in another Lambda container
+
+    assert oms_payment_void("test", auth, "v").outcome == "approved"
+    assert oms_payment_capture("test", auth, usd("1000.00"), "c").outcome == "approved"
 
 
 @pytest.mark.parametrize(
