@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.backorders import Arrival, Demand
-from core.models import StockLevel
+from core.models import ReorderSettings, StockLevel
 from core.reorder import crossing, lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
@@ -56,6 +56,15 @@ def arrival(record: DynamoDBRecord) -> None:
         return  # nobody waits for this sku: one Query, and no plugin is loaded for it
     with logger.append_context_keys(sku=sku, location_id=location_id):
         _report(container().backorder_allocator.arrived(sku, location_id))
+
+
+def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) -> tuple[StockLevel | None, int]:
+    """The units of `sku` on the open draft at `location_id`, then its stock record, read in that
+    order: a draft submitted meanwhile moves its units to the record's `incoming` in one
+    transaction, so they are counted once or twice (buying nothing more), never nowhere."""
+    drafted = container().replenishment.drafted(sku, location_id, settings)
+    levels = container().inventory_repository.levels({sku})[sku]
+    return next((level for level in levels if level.location_id == location_id), None), drafted
 
 
 def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
@@ -104,8 +113,10 @@ def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: 
     a redelivered record, or one read after the draft grew, buys nothing again."""
     if level is None or level.reorder is None:
         return
-    drafted = container().replenishment.drafted(sku, level.location_id, level.reorder)
-    position = max(level.available, 0) + level.incoming + drafted
+    now, drafted = _level_after_draft(sku, level.location_id, level.reorder)
+    if now is None:
+        return
+    position = max(now.available, 0) + now.incoming + drafted
     units = lacking(demand.waiting[level.location_id], position, demand.kept[level.location_id])
     if not units:
         return  # covered by what is there or bought already

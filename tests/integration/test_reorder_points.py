@@ -416,6 +416,32 @@ def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorde
     assert drafted(buyer) == {"wh-east": 3}
 
 
+def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once_not_lost(buyer: Buyer, monkeypatch):
+    """The first order's 3 units are on the draft; a second order waits for 2 more. A person submits
+    the draft while the second order's record is handled: its 3 units move from the draft to
+    `incoming` (one transaction). Stock was read before the draft and the draft after the submit,
+    so those 3 units were counted nowhere and bought again (5 on a new draft, seen on the local
+    stack). Reading the draft first and the stock after counts them at least once."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    backordered(buyer, 2, "second")
+    records = buyer.stream.records()
+    replenishment, read_draft = buyer.container.replenishment, buyer.container.replenishment.drafted
+
+    def submitted_meanwhile(*args: Any) -> int:
+        if buyer.drafts():
+            buyer.container.purchasing.submit(draft.id)
+        return read_draft(*args)
+
+    monkeypatch.setattr(replenishment, "drafted", submitted_meanwhile)
+    assert buyer.consume(records) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 2}  # what the orders lack beyond the 3 on order
+
+
 def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(buyer: Buyer):
     """wh-east keeps 5 units back from orders (safety stock) and has exactly those: an order of 4
     takes none and waits. The 5 were counted as units it could take, so nothing was bought and,
