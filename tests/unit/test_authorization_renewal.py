@@ -771,3 +771,38 @@ def test_a_capture_no_payment_plugin_took_renews_nothing(world, clock):
 
     assert not refused.authorization_lapsed(timedelta(days=7), clock.now)
     assert declined.authorization_lapsed(timedelta(days=7), clock.now)
+
+
+class RefusesVoidsOf:
+    """A gateway that refuses to void the authorizations in `refused` (one it let lapse already)."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_void(self, authorization: str) -> PaymentResult | None:
+        if authorization in self.refused:
+            return PaymentResult(outcome="declined", reference="void_refused", message="the authorization has expired")
+        return None
+
+
+def test_a_replaced_authorization_the_gateway_will_not_void_keeps_no_hold_on_the_last_parcels_authorization(clock):
+    # The west parcel shipped a week late on a renewed authorization; the gateway refuses to void
+    # the lapsed one. A cap was then cancelled, so the east parcel's capture left part of the
+    # renewal unused. Before: the refused void stopped the settlement after the last parcel, and
+    # what was left on the renewal stayed held on the customer's card.
+    gateway = RefusesVoidsOf()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    gateway.refused.add(order.payment.authorization)
+    clock.days_later(8)
+    renewed = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west").payment.authorization
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L2": 1})
+
+    done = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    assert done.status is OrderStatus.SHIPPED and done.payment.captured == done.totals.grand_total
+    assert renewed in world.spy.voided  # what the renewal held beyond the captures is released
+    assert done.payment.authorized == done.payment.captured
+    assert done.replaced_authorizations == [order.payment.authorization]  # for the reconciler, or a person
