@@ -806,3 +806,63 @@ def test_a_replaced_authorization_the_gateway_will_not_void_keeps_no_hold_on_the
     assert renewed in world.spy.voided  # what the renewal held beyond the captures is released
     assert done.payment.authorized == done.payment.captured
     assert done.replaced_authorizations == [order.payment.authorization]  # for the reconciler, or a person
+
+
+def test_a_ship_refused_again_and_again_keeps_only_the_authorizations_its_keys_still_name(world, clock):
+    # A warehouse system that repeats a refused ship renews the authorization each time. Before:
+    # the order kept every authorization that had ever replaced another, one more per repeat, in
+    # its item (toward DynamoDB's 400 KB), though no capture would ever be asked under them.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse")
+    for _ in range(6):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    after = world.order(order.id)
+    assert len(world.spy.authorized) == 6  # the first, then a renewal after each refusal but the last
+    assert after.later_authorizations == [after.payment.authorization]
+    assert after.spent_authorizations == [after.payment.authorization]
+    world.gateway.script("capture", "approve")
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    assert shipped.status is OrderStatus.SHIPPED
+    assert world.spy.captured[-1][2] == payment_keys.capture(order.id, shipment.id, under=shipped.payment.authorization)
+
+
+def test_a_capture_asked_under_a_renewal_keeps_its_key_while_later_renewals_replace_that_one(clock):
+    # The west parcel's capture is asked under a renewal and its answer lost (503); meanwhile the
+    # east parcel's capture is refused twice, each repeat renewing again. The west ship repeated
+    # asks under the key it used, which names the authorization its request was made under.
+    world = build_world(STOCK, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    clock.days_later(8)
+    world.gateway.script("capture", "timeout")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    under = world.order(order.id).payment.authorization
+    world.gateway.script("capture", "refuse")
+    for _ in range(3):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    world.gateway.script("capture", "approve")
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    key = payment_keys.capture(order.id, west, under=under)
+    assert {k for k in world.gateway.keys("capture") if f":{west}:" in k} == {key}
+    assert shipped.shipment(west).status is ShipmentStatus.SHIPPED
+    assert under in world.spy.voided
+
+
+def test_a_capture_refused_under_an_authorization_already_replaced_marks_nothing_to_renew(world, clock):
+    # Only the order's current authorization is ever renewed: one a renewal replaced already, kept
+    # as spent, would stay on the order for good.
+    order = world.allocated(("TSHIRT", 2))
+    request = CaptureRequest(shipment_id=order.shipments[0].id, amount=order.payment.authorized,
+                             authorization="auth_replaced_meanwhile")  # fmt: skip
+    asked = order.model_copy(update={"captures_requested": [request]})
+
+    refused, _ = asked.record_capture_not_made(request.shipment_id, "declined", at=clock.now, actor="k")
+
+    assert refused.spent_authorizations == [] and "spent_authorizations" not in refused.stored_json()
