@@ -421,16 +421,24 @@ class Cancellation:
             ) if same(current) else None,
         )  # fmt: skip
 
-    def void_replaced_authorizations(self, order: Order, actor: str) -> Order:
+    def void_replaced_authorizations(self, order: Order, actor: str, *, unless_refused: bool = False) -> Order:
         """Void each authorization an edit or a renewal replaced and record it
         (Order.replaced_authorizations: the edit voids it after its write, and one that died or
         found the gateway down leaves it), but one a standing capture request is asked under
         (Order.capturing_under), which stays until that capture is recorded or given back.
+        `unless_refused` (a ship's): nor one whose void the gateway refused before (the history):
+        under the same key it answers the same, so asking on every ship would only add the refusal
+        to the history; the last parcel's ship, a cancel or the reconciler asks again.
         Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
         attempt in the history; it stays for the next attempt). Returns the order as it stands
         after. Each is tried, whatever the gateway answers for another."""
+        free = [a for a in order.replaced_authorizations if not order.capturing_under(a)]
+        if unless_refused and free:
+            history = self._orders.history(order.id, consistent=True)
+            refused = _voids_refused(history[1]) if history is not None else set()
+            free = [a for a in free if a not in refused]
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
-        for authorization in [a for a in order.replaced_authorizations if not order.capturing_under(a)]:
+        for authorization in free:
             try:
                 order = self._void_replaced(order, authorization, actor)
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
@@ -803,6 +811,15 @@ def _declined_keys(history: list[HistoryEntry]) -> set[str]:
         entry.detail["authorization_key"] for entry in history
         if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
         and isinstance(entry.detail.get("authorization_key"), str)
+    }  # fmt: skip
+
+
+def _voids_refused(history: list[HistoryEntry]) -> set[str]:
+    """The authorizations whose void the gateway refused (not one no payment plugin took)."""
+    return {
+        entry.detail["authorization"] for entry in history
+        if entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") == "refused"
+        and isinstance(entry.detail.get("authorization"), str)
     }  # fmt: skip
 
 

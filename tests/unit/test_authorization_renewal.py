@@ -866,3 +866,32 @@ def test_a_capture_refused_under_an_authorization_already_replaced_marks_nothing
     refused, _ = asked.record_capture_not_made(request.shipment_id, "declined", at=clock.now, actor="k")
 
     assert refused.spent_authorizations == [] and "spent_authorizations" not in refused.stored_json()
+
+
+def test_a_replaced_authorization_the_gateway_refused_to_void_is_not_asked_again_by_every_ship(clock):
+    # Before: the renewing ship asked the void twice, and every later ship once more, each adding
+    # the same refusal to the history (under the same key the gateway answers the same).
+    gateway = RefusesVoidsOf()
+    world = build_world(STOCK, gateway, clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 2))
+    west, east, north = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east", "wh-north"))
+    old = order.payment.authorization
+    gateway.refused.add(old)
+    clock.days_later(8)
+
+    def refusals() -> int:
+        return sum(1 for e in world.history(order.id) if e.type == "payment_void_failed"
+                   and e.detail.get("authorization") == old)  # fmt: skip
+
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    assert refusals() == 1
+    world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert refusals() == 1
+
+    done = world.actions.ship(order.id, north, tracking_number=None, actor="key_wh_north")
+
+    assert done.status is OrderStatus.SHIPPED and done.payment.captured == order.totals.grand_total
+    assert refusals() == 2  # the last parcel's ship asks once more; then the reconciler, a person
+    assert done.replaced_authorizations == [old]
