@@ -433,14 +433,15 @@ class Cancellation:
         attempt in the history; it stays for the next attempt). Returns the order as it stands
         after. Each is tried, whatever the gateway answers for another."""
         free = [a for a in order.replaced_authorizations if not order.capturing_under(a)]
-        if unless_refused and free:
-            history = self._orders.history(order.id, consistent=True)
-            refused = _voids_refused(history[1]) if history is not None else set()
+        found = self._orders.history(order.id, consistent=True) if free else None
+        history = found[1] if found is not None else []
+        if unless_refused:
+            refused = _voids_refused(history)
             free = [a for a in free if a not in refused]
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
         for authorization in free:
             try:
-                order = self._void_replaced(order, authorization, actor)
+                order = self._void_replaced(order, authorization, actor, **_why_replaced(history, authorization))
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
                 failed.append(failure)
         if failed:
@@ -466,7 +467,9 @@ class Cancellation:
         OrderActions._hand_over; a cancel, the reconciler)."""
         if order.capturing_under(authorization):
             return order
-        return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")
+        found = self._orders.history(order.id, consistent=True)
+        why = _why_replaced(found[1] if found is not None else [], authorization)
+        return self._void_replaced(order, authorization, actor, **why)
 
     def release_renewal(self, order: Order, actor: str) -> Order:
         """Release what the gateway authorized under a renewal the order asked for and never recorded
@@ -821,6 +824,17 @@ def _voids_refused(history: list[HistoryEntry]) -> set[str]:
         if entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") == "refused"
         and isinstance(entry.detail.get("authorization"), str)
     }  # fmt: skip
+
+
+def _why_replaced(history: list[HistoryEntry], authorization: str) -> dict[str, str]:
+    """The reason the void of `authorization`, which a renewal or an edit replaced, records: a
+    renewal's (its `payment_authorized` entry names what it replaces) says why it was renewed; an
+    edit's is Order.record_replaced_voided's own."""
+    renewal = next((entry for entry in reversed(history) if entry.type is OrderEvent.PAYMENT_AUTHORIZED
+                    and (entry.detail or {}).get("replaces") == authorization), None)  # fmt: skip
+    if renewal is None:
+        return {}
+    return {"reason": f"replaced by its renewal: {renewal.detail.get('reason')}"}
 
 
 def _renewal_amount(order: Order) -> Money:

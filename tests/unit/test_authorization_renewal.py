@@ -895,3 +895,36 @@ def test_a_replaced_authorization_the_gateway_refused_to_void_is_not_asked_again
     assert done.status is OrderStatus.SHIPPED and done.payment.captured == order.totals.grand_total
     assert refusals() == 2  # the last parcel's ship asks once more; then the reconciler, a person
     assert done.replaced_authorizations == [old]
+
+
+def test_the_void_of_an_authorization_a_renewal_replaced_says_why_it_was_renewed(clock):
+    # Before: voided once no capture stood under it, it was "replaced by the authorization of the
+    # edited total" on an order never edited; and voided at once after a refused capture, it "had
+    # grown old" after three days.
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    clock.days_later(6.5)
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    again = world.allocated(("TSHIRT", 2))
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(again.id, again.shipments[0].id, tracking_number=None, actor="key_wh")
+    world.actions.ship(again.id, again.shipments[0].id, tracking_number=None, actor="key_wh")
+
+    def why_voided(placed: Order) -> str:
+        voided = [e for e in world.history(placed.id) if e.type == "payment_voided"
+                  and e.detail["authorization"] == placed.payment.authorization]  # fmt: skip
+        assert len(voided) == 1
+        return voided[0].detail["reason"]
+
+    renewal = "replaced by its renewal: "
+    assert why_voided(order) == renewal + "the authorization was old enough for the gateway to let it lapse"
+    assert why_voided(again) == renewal + "a capture on the authorization was refused, or given back"
