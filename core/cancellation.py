@@ -421,18 +421,27 @@ class Cancellation:
             ) if same(current) else None,
         )  # fmt: skip
 
-    def void_replaced_authorizations(self, order: Order, actor: str) -> Order:
+    def void_replaced_authorizations(self, order: Order, actor: str, *, unless_refused: bool = False) -> Order:
         """Void each authorization an edit or a renewal replaced and record it
         (Order.replaced_authorizations: the edit voids it after its write, and one that died or
         found the gateway down leaves it), but one a standing capture request is asked under
         (Order.capturing_under), which stays until that capture is recorded or given back.
+        `unless_refused` (a ship's): nor one whose void the gateway refused before (the history):
+        under the same key it answers the same, so asking on every ship would only add the refusal
+        to the history; the last parcel's ship, a cancel or the reconciler asks again.
         Raises PaymentRefused or PaymentGatewayUnavailable while one cannot be voided now (each
         attempt in the history; it stays for the next attempt). Returns the order as it stands
         after. Each is tried, whatever the gateway answers for another."""
+        free = [a for a in order.replaced_authorizations if not order.capturing_under(a)]
+        found = self._orders.history(order.id, consistent=True) if free else None
+        history = found[1] if found is not None else []
+        if unless_refused:
+            refused = _voids_refused(history)
+            free = [a for a in free if a not in refused]
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
-        for authorization in [a for a in order.replaced_authorizations if not order.capturing_under(a)]:
+        for authorization in free:
             try:
-                order = self._void_replaced(order, authorization, actor)
+                order = self._void_replaced(order, authorization, actor, **_why_replaced(history, authorization))
             except (PaymentRefused, PaymentGatewayUnavailable) as failure:
                 failed.append(failure)
         if failed:
@@ -458,7 +467,9 @@ class Cancellation:
         OrderActions._hand_over; a cancel, the reconciler)."""
         if order.capturing_under(authorization):
             return order
-        return self._void_replaced(order, authorization, actor, reason="replaced by its renewal: it had grown old")
+        found = self._orders.history(order.id, consistent=True)
+        why = _why_replaced(found[1] if found is not None else [], authorization)
+        return self._void_replaced(order, authorization, actor, **why)
 
     def release_renewal(self, order: Order, actor: str) -> Order:
         """Release what the gateway authorized under a renewal the order asked for and never recorded
@@ -804,6 +815,26 @@ def _declined_keys(history: list[HistoryEntry]) -> set[str]:
         if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
         and isinstance(entry.detail.get("authorization_key"), str)
     }  # fmt: skip
+
+
+def _voids_refused(history: list[HistoryEntry]) -> set[str]:
+    """The authorizations whose void the gateway refused (not one no payment plugin took)."""
+    return {
+        entry.detail["authorization"] for entry in history
+        if entry.type is OrderEvent.PAYMENT_VOID_FAILED and (entry.detail or {}).get("kind") == "refused"
+        and isinstance(entry.detail.get("authorization"), str)
+    }  # fmt: skip
+
+
+def _why_replaced(history: list[HistoryEntry], authorization: str) -> dict[str, str]:
+    """The reason the void of `authorization`, which a renewal or an edit replaced, records: a
+    renewal's (its `payment_authorized` entry names what it replaces) says why it was renewed; an
+    edit's is Order.record_replaced_voided's own."""
+    renewal = next((entry for entry in reversed(history) if entry.type is OrderEvent.PAYMENT_AUTHORIZED
+                    and (entry.detail or {}).get("replaces") == authorization), None)  # fmt: skip
+    if renewal is None:
+        return {}
+    return {"reason": f"replaced by its renewal: {renewal.detail.get('reason')}"}
 
 
 def _renewal_amount(order: Order) -> Money:

@@ -167,9 +167,9 @@ class OrderActions:
             # Nothing more is captured on an authorization a renewal (or an edit) replaced once no
             # capture asked under it stands (this one was the last, or it was refused): what it
             # holds is released now, not when the last parcel ships. A void that fails leaves it
-            # replaced, for those to void.
+            # replaced, for those to void; one the gateway refused is not asked by every ship.
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-                handed = self._cancellation.void_replaced_authorizations(handed, actor)
+                handed = self._cancellation.void_replaced_authorizations(handed, actor, unless_refused=True)
         return self._units.after_shipping(handed, actor)
 
     def _capture_requested(self, order: Order, shipment_id: str, actor: str,

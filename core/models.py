@@ -1195,6 +1195,15 @@ def _replaced(model: M, **changes: Any) -> M:
     return type(model).model_validate({**dict(model), **changes})
 
 
+def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> list[str]:
+    """Order.later_authorizations once `new` replaces the order's authorization: `new`, and of
+    `later` only those a standing capture request (of `requests`) is asked under, whose key names
+    them (Order.capture_keyed_under). Nothing is asked under another again (a request takes the
+    order's current authorization): kept, they would only grow the order by one each renewal."""
+    asked = {request.authorization for request in requests}
+    return [*(a for a in later if a in asked and a != new), new]
+
+
 def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
     """The carrier bookings of `old`'s pending parcels that `new` no longer uses: the order
     cancelled, the shipment gone or cancelled, or booked again (another tracking number or booking
@@ -1424,17 +1433,19 @@ class Order(BaseModel, defer_build=True):
     # change. None: none stands, or stored before it existed. Stored, never shown.
     renewal_amount: Money | None = Field(default=None, exclude=True)
     # The authorizations that replaced the order's first (a renewal's, an edit's for a grown
-    # total), each added by the write that records it and kept: a capture asked under one names it
-    # in its key (capture_keyed_under), so one the gateway refused under an earlier authorization
-    # (let lapse early by the issuer) is asked afresh, not answered with that refusal again. Empty
-    # on the typical order, whose keys stay as they were. Stored, never shown.
+    # total), each added by the write that records it: a capture asked under one names it in its
+    # key (capture_keyed_under), so one the gateway refused under an earlier authorization (let
+    # lapse early by the issuer) is asked afresh, not answered with that refusal again. Kept while
+    # a key may still name it (_later_kept): the current one, and one a standing capture request is
+    # asked under. Empty on the typical order, whose keys stay as they were. Stored, never shown.
     later_authorizations: list[str] = Field(default_factory=list, exclude=True)
-    # The authorizations a capture given back (record_capture_reversal) was made under, or the
-    # gateway refused a capture on (record_capture_not_made): a gateway does not let what a refunded
-    # capture took be captured again, and one that refused a capture (the issuer let the
-    # authorization lapse early) answers the same again, so the order renews one before capturing
-    # on it again (authorization_lapsed); the renewal (or an edit's authorization) that replaces it
-    # drops it. Empty on the typical order. Stored, never shown.
+    # The order's current authorization, when a capture given back (record_capture_reversal) was
+    # made under it, or the gateway refused a capture on it (record_capture_not_made): a gateway
+    # does not let what a refunded capture took be captured again, and one that refused a capture
+    # (the issuer let the authorization lapse early) answers the same again, so the order renews it
+    # before capturing on it again (authorization_lapsed); the renewal (or an edit's authorization)
+    # that replaces it drops it. One a renewal replaced already is not renewed again, so it is not
+    # kept. Empty on the typical order. Stored, never shown.
     spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
@@ -1856,9 +1867,12 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def _spending(self, authorization: str) -> dict[str, Any]:
-        """`spent_authorizations` with `authorization`, when it is not there already."""
+        """`spent_authorizations` with `authorization`, when it is the order's current one (the only
+        one renewed: authorization_lapsed) and not there already."""
         spent = self.spent_authorizations
-        return {} if not authorization or authorization in spent else {"spent_authorizations": [*spent, authorization]}
+        if not authorization or authorization != self.payment.authorization or authorization in spent:
+            return {}
+        return {"spent_authorizations": [*spent, authorization]}
 
     def edits_from(self, if_match: int) -> bool:
         """Whether an edit asked to change version `if_match` may change this order: it is that
@@ -1948,6 +1962,7 @@ class Order(BaseModel, defer_build=True):
         old = self.renewing_authorization
         if old is None or self.payment.authorization != old:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization {self.payment.authorization}")
+        requests = [r if r.authorization else _replaced(r, authorization=old) for r in self.captures_requested]
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
@@ -1956,10 +1971,8 @@ class Order(BaseModel, defer_build=True):
                     else "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
             replaced_authorizations=[*self.replaced_authorizations, old],
-            later_authorizations=[*self.later_authorizations, reference],
-            spent_authorizations=[a for a in self.spent_authorizations if a != old],
-            captures_requested=[r if r.authorization else _replaced(r, authorization=old)
-                                for r in self.captures_requested],
+            later_authorizations=_later_kept(self.later_authorizations, requests, reference),
+            spent_authorizations=[a for a in self.spent_authorizations if a != old], captures_requested=requests,
             **self._replacing(_replaced(self.payment, authorization=reference)),
         )  # fmt: skip
 
@@ -2749,7 +2762,7 @@ class Order(BaseModel, defer_build=True):
             detail["reauthorized"] = {"amount": reauthorized[0].model_dump(mode="json"), "reference": reauthorized[1]}
             if self.payment.authorization:
                 replaced.append(self.payment.authorization)
-                later.append(reauthorized[1])
+                later = _later_kept(later, self.captures_requested, reauthorized[1])
                 spent = [a for a in spent if a != self.payment.authorization]
         request = self.authorization_requested
         recorded = request is not None and not request.withdrawn and reauthorized is not None

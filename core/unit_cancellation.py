@@ -15,6 +15,7 @@ from core.errors import (
     Conflict,
     InvalidRequest,
     InvalidTransition,
+    NoPaymentPlugin,
     NotFound,
     PaymentGatewayUnavailable,
     PaymentRefused,
@@ -342,10 +343,18 @@ class UnitCancellation:
         if not payment.authorization:
             return
         # A settlement capture asked for by one that died before recording it is recorded first, and
-        # the authorizations an edit left (asked for and never recorded, or replaced) are voided.
+        # the authorizations an edit or a renewal left (asked for and never recorded, or replaced)
+        # are voided. One the gateway refuses to void (one it let lapse already) stays on the order
+        # for the reconciler, the refusal in the history: it does not keep the payment from being
+        # settled, nor the current authorization's rest from being released.
         order = self._cancellation.finish_settlement_capture(order, actor)
-        order = self._cancellation.void_requested_authorization(order, actor)
-        order = self._cancellation.void_replaced_authorizations(order, actor)
+        for void in (self._cancellation.void_requested_authorization, self._cancellation.void_replaced_authorizations):
+            try:
+                order = void(order, actor)
+            except NoPaymentPlugin:
+                raise  # nothing else can be settled without the plugin either
+            except PaymentRefused:
+                order = self._orders.get(order.id, consistent=True) or order
         due = order.payable() - _settled(order)
         # A pickup waiting at its store is still to be collected, and paid for then.
         nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)

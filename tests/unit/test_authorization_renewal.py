@@ -771,3 +771,160 @@ def test_a_capture_no_payment_plugin_took_renews_nothing(world, clock):
 
     assert not refused.authorization_lapsed(timedelta(days=7), clock.now)
     assert declined.authorization_lapsed(timedelta(days=7), clock.now)
+
+
+class RefusesVoidsOf:
+    """A gateway that refuses to void the authorizations in `refused` (one it let lapse already)."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_void(self, authorization: str) -> PaymentResult | None:
+        if authorization in self.refused:
+            return PaymentResult(outcome="declined", reference="void_refused", message="the authorization has expired")
+        return None
+
+
+def test_a_replaced_authorization_the_gateway_will_not_void_keeps_no_hold_on_the_last_parcels_authorization(clock):
+    # The west parcel shipped a week late on a renewed authorization; the gateway refuses to void
+    # the lapsed one. A cap was then cancelled, so the east parcel's capture left part of the
+    # renewal unused. Before: the refused void stopped the settlement after the last parcel, and
+    # what was left on the renewal stayed held on the customer's card.
+    gateway = RefusesVoidsOf()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    gateway.refused.add(order.payment.authorization)
+    clock.days_later(8)
+    renewed = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west").payment.authorization
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L2": 1})
+
+    done = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    assert done.status is OrderStatus.SHIPPED and done.payment.captured == done.totals.grand_total
+    assert renewed in world.spy.voided  # what the renewal held beyond the captures is released
+    assert done.payment.authorized == done.payment.captured
+    assert done.replaced_authorizations == [order.payment.authorization]  # for the reconciler, or a person
+
+
+def test_a_ship_refused_again_and_again_keeps_only_the_authorizations_its_keys_still_name(world, clock):
+    # A warehouse system that repeats a refused ship renews the authorization each time. Before:
+    # the order kept every authorization that had ever replaced another, one more per repeat, in
+    # its item (toward DynamoDB's 400 KB), though no capture would ever be asked under them.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse")
+    for _ in range(6):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    after = world.order(order.id)
+    assert len(world.spy.authorized) == 6  # the first, then a renewal after each refusal but the last
+    assert after.later_authorizations == [after.payment.authorization]
+    assert after.spent_authorizations == [after.payment.authorization]
+    world.gateway.script("capture", "approve")
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    assert shipped.status is OrderStatus.SHIPPED
+    assert world.spy.captured[-1][2] == payment_keys.capture(order.id, shipment.id, under=shipped.payment.authorization)
+
+
+def test_a_capture_asked_under_a_renewal_keeps_its_key_while_later_renewals_replace_that_one(clock):
+    # The west parcel's capture is asked under a renewal and its answer lost (503); meanwhile the
+    # east parcel's capture is refused twice, each repeat renewing again. The west ship repeated
+    # asks under the key it used, which names the authorization its request was made under.
+    world = build_world(STOCK, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    clock.days_later(8)
+    world.gateway.script("capture", "timeout")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    under = world.order(order.id).payment.authorization
+    world.gateway.script("capture", "refuse")
+    for _ in range(3):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    world.gateway.script("capture", "approve")
+
+    shipped = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+
+    key = payment_keys.capture(order.id, west, under=under)
+    assert {k for k in world.gateway.keys("capture") if f":{west}:" in k} == {key}
+    assert shipped.shipment(west).status is ShipmentStatus.SHIPPED
+    assert under in world.spy.voided
+
+
+def test_a_capture_refused_under_an_authorization_already_replaced_marks_nothing_to_renew(world, clock):
+    # Only the order's current authorization is ever renewed: one a renewal replaced already, kept
+    # as spent, would stay on the order for good.
+    order = world.allocated(("TSHIRT", 2))
+    request = CaptureRequest(shipment_id=order.shipments[0].id, amount=order.payment.authorized,
+                             authorization="auth_replaced_meanwhile")  # fmt: skip
+    asked = order.model_copy(update={"captures_requested": [request]})
+
+    refused, _ = asked.record_capture_not_made(request.shipment_id, "declined", at=clock.now, actor="k")
+
+    assert refused.spent_authorizations == [] and "spent_authorizations" not in refused.stored_json()
+
+
+def test_a_replaced_authorization_the_gateway_refused_to_void_is_not_asked_again_by_every_ship(clock):
+    # Before: the renewing ship asked the void twice, and every later ship once more, each adding
+    # the same refusal to the history (under the same key the gateway answers the same).
+    gateway = RefusesVoidsOf()
+    world = build_world(STOCK, gateway, clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 2))
+    west, east, north = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east", "wh-north"))
+    old = order.payment.authorization
+    gateway.refused.add(old)
+    clock.days_later(8)
+
+    def refusals() -> int:
+        return sum(1 for e in world.history(order.id) if e.type == "payment_void_failed"
+                   and e.detail.get("authorization") == old)  # fmt: skip
+
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    assert refusals() == 1
+    world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert refusals() == 1
+
+    done = world.actions.ship(order.id, north, tracking_number=None, actor="key_wh_north")
+
+    assert done.status is OrderStatus.SHIPPED and done.payment.captured == order.totals.grand_total
+    assert refusals() == 2  # the last parcel's ship asks once more; then the reconciler, a person
+    assert done.replaced_authorizations == [old]
+
+
+def test_the_void_of_an_authorization_a_renewal_replaced_says_why_it_was_renewed(clock):
+    # Before: voided once no capture stood under it, it was "replaced by the authorization of the
+    # edited total" on an order never edited; and voided at once after a refused capture, it "had
+    # grown old" after three days.
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    clock.days_later(6.5)
+
+    def the_east_parcel() -> None:
+        clock.days_later(1)
+        world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+
+    gateway.meanwhile = the_east_parcel
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    again = world.allocated(("TSHIRT", 2))
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(again.id, again.shipments[0].id, tracking_number=None, actor="key_wh")
+    world.actions.ship(again.id, again.shipments[0].id, tracking_number=None, actor="key_wh")
+
+    def why_voided(placed: Order) -> str:
+        voided = [e for e in world.history(placed.id) if e.type == "payment_voided"
+                  and e.detail["authorization"] == placed.payment.authorization]  # fmt: skip
+        assert len(voided) == 1
+        return voided[0].detail["reason"]
+
+    renewal = "replaced by its renewal: "
+    assert why_voided(order) == renewal + "the authorization was old enough for the gateway to let it lapse"
+    assert why_voided(again) == renewal + "a capture on the authorization was refused, or given back"
