@@ -395,6 +395,38 @@ def test_an_order_backordered_where_stock_already_sits_below_the_point_is_bought
     assert drafted(buyer) == {"wh-east": 7 + 4}
 
 
+def test_an_order_whose_step_died_before_its_entry_was_marked_is_bought_for_when_it_runs_again(
+    buyer: Buyer, monkeypatch: pytest.MonkeyPatch
+):
+    """The step wrote the order backordered, then died before it marked the queue entry (a
+    timeout, a throttled write); its retry found the order backordered and only looked for
+    arrived stock, so no record ever bought the 7 it lacks (stock sits below the point)."""
+    from tests.builders import place_order
+
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.point()
+    order_id = buyer.container.capture.place(
+        place_order(external_id="died", lines=[{"sku": "MUG", "quantity": 10}]), actor="key_web"
+    ).id
+    buyer.container.workflow.authorize_payment(order_id, attempt=0)
+
+    def dies(sku: str, entry: Any) -> None:
+        raise TimeoutError("the step timed out")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(buyer.container.backorders, "recorded", dies)
+        with pytest.raises(TimeoutError):
+            buyer.container.workflow.reserve_stock(order_id)
+    buyer.container.workflow.reserve_stock(order_id)  # Step Functions retries the step
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {"wh-east": 7}
+    buyer.container.workflow.reserve_stock(order_id)  # run again: nothing bought twice
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 7}
+
+
 def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorders_lack(buyer: Buyer):
     """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
     longer coming. A position already below the point (3 on order, point 5) crosses nothing as it
