@@ -427,6 +427,29 @@ def test_an_order_whose_step_died_before_its_entry_was_marked_is_bought_for_when
     assert drafted(buyer) == {"wh-east": 7}
 
 
+def test_units_on_a_draft_that_filled_up_are_not_bought_again_on_the_next(buyer: Buyer):
+    """The draft for acme at wh-east holds the 7 an order lacks among its 99 lines (what a receipt
+    may name); a 100th sku opened a new draft. A second order's record counted the units on the
+    new draft only, so it bought the first order's 7 again beside its own 4."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.point()
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    for n in range(98):
+        buyer.container.replenishment.buy(f"SKU-{n:03d}", "wh-east", settings, 1, f"SKU-{n:03d}#wh-east#seed")
+    backordered(buyer, 10, "first")  # 3 -> 0, below the point already: its record buys the 7 it lacks
+    buyer.consume(buyer.stream.records())
+    [full] = buyer.drafts()
+    assert len(full.lines) == 99
+    buyer.container.replenishment.buy("SKU-098", "wh-east", settings, 1, "SKU-098#wh-east#seed")  # a new draft
+
+    backordered(buyer, 4, "second")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    mugs = {draft.id: line.quantity for draft in buyer.drafts() for line in draft.lines if line.sku == "MUG"}
+    assert mugs == {full.id: 7 + 4}
+
+
 def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorders_lack(buyer: Buyer):
     """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
     longer coming. A position already below the point (3 on order, point 5) crosses nothing as it
