@@ -450,6 +450,34 @@ def test_units_on_a_draft_that_filled_up_are_not_bought_again_on_the_next(buyer:
     assert mugs == {full.id: 7 + 4}
 
 
+def test_an_order_backordered_for_a_sku_no_point_buys_reads_none_of_the_waiting_orders(buyer: Buyer):
+    """No location has a reorder point for MUG: nothing can be bought, yet each backordered
+    order's record read the sourcing rules, the network and every order waiting for the sku (up
+    to 200 reads per record, for each order that joins the queue)."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.consume(buyer.stream.records())
+    for n in range(3):
+        backordered(buyer, 10, f"waits-{n}")
+    records = buyer.stream.records()
+    assert all(record["dynamodb"]["Keys"]["location_id"]["S"].startswith("#backorder#") for record in records)
+    calls: list[str] = []
+
+    def count(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    client = buyer.container.dynamodb
+    client.meta.events.register("before-call.dynamodb", count)
+    try:
+        assert buyer.consume(records) == {"batchItemFailures": []}
+    finally:
+        client.meta.events.unregister("before-call.dynamodb", count)
+
+    assert buyer.drafts() == []
+    assert "GetItem" not in calls  # no waiting order read
+    assert calls.count("Query") <= 3  # the sku's stock, once per record
+
+
 def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorders_lack(buyer: Buyer):
     """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
     longer coming. A position already below the point (3 on order, point 5) crosses nothing as it
