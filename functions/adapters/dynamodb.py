@@ -1609,12 +1609,18 @@ class DynamoBackorders(Backorders):
         return {"sku": {"S": sku}, "location_id": {"S": sort_key}}
 
     def add(self, sku: str, entry: WaitingOrder) -> None:
-        item = {
-            **self._key(sku, entry),
-            "order_id": {"S": entry.order_id},
-            "created_at": {"S": timestamp(entry.created_at)},
-        }
-        self._client.put_item(TableName=self._table, Item=item)
+        # An entry written again (its order backordered again after an edit) keeps where it is
+        # bought for (`bought_at`: bought there, it is not bought elsewhere again) and loses its
+        # mark, so that being written backordered again marks it anew (what it lacks may differ).
+        self._client.update_item(
+            TableName=self._table,
+            Key=self._key(sku, entry),
+            UpdateExpression=f"SET order_id = :order_id, created_at = :created_at REMOVE {BACKORDER_RECORDED}",
+            ExpressionAttributeValues={
+                ":order_id": {"S": entry.order_id},
+                ":created_at": {"S": timestamp(entry.created_at)},
+            },
+        )
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))

@@ -478,6 +478,28 @@ def test_an_order_backordered_for_a_sku_no_point_buys_reads_none_of_the_waiting_
     assert calls.count("Query") <= 3  # the sku's stock, once per record
 
 
+def test_a_queue_entry_written_again_keeps_where_it_is_bought_for_and_is_marked_anew(buyer: Buyer):
+    """An order backordered again (after an edit) writes its entry again: a PutItem dropped the
+    place it was bought at, and a point added since was then counted as buying it a second time."""
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+    from core.ports import WaitingOrder
+    from functions.backorders.low_stock import backorder_marked
+
+    queue = buyer.container.backorders
+    entry = WaitingOrder(created_at=datetime(2026, 12, 1, tzinfo=UTC), order_id="ord_" + "e" * 24)
+    queue.add("MUG", entry)
+    queue.record_bought_at("MUG", entry, "wh-east")
+    queue.recorded("MUG", entry)
+    assert len([r for r in buyer.stream.records() if backorder_marked(DynamoDBRecord(r))]) == 1
+
+    queue.add("MUG", entry)  # backordered again
+    queue.recorded("MUG", entry)
+
+    assert len([r for r in buyer.stream.records() if backorder_marked(DynamoDBRecord(r))]) == 1
+    assert [(e.order_id, e.bought_at) for e in queue.waiting("MUG", None, 10)] == [(entry.order_id, "wh-east")]
+
+
 def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorders_lack(buyer: Buyer):
     """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
     longer coming. A position already below the point (3 on order, point 5) crosses nothing as it

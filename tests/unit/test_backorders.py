@@ -994,6 +994,25 @@ def test_an_order_holding_nothing_is_counted_at_the_nearest_point_else_the_first
     assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
 
 
+def test_an_order_edited_and_backordered_again_is_still_counted_where_it_was_bought_for():
+    """wh-east's point, the only one, bought the 2 the order lacks; a point then set at wh-west,
+    nearer to it. Edited (sent back to be sourced) and backordered again, the order's queue entry
+    was written anew without the place it was bought at: counted at wh-west now, whose draft
+    bought the 2 again."""
+    world, allocator, _ = make_world([])
+    near_reno = address_body(latitude=39.6, longitude=-119.9)
+    order_id = backordered(world, ("PREORDER", 2), shipping_address=near_reno)
+    assert demand(allocator, {"wh-east"}) == {"wh-east": 2}
+
+    before = world.order(order_id)
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=2)], shipping_method="express")
+    world.actions.edit(order_id, before.version, edit, actor="key_web")
+    with pytest.raises(Backordered):
+        world.run(order_id)  # the execution the outbox starts for the order sent back
+
+    assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
+
+
 def test_an_order_sent_back_to_be_sourced_and_held_meanwhile_is_not_counted_until_it_waits_again(setup):
     """An edit sent the backordered order back to be sourced (nothing allocated, the unit it holds
     kept as its own) and it was held before its workflow ran: on hold, it was counted as lacking
