@@ -1594,7 +1594,8 @@ class DynamoBackorders(Backorders):
     """Each sku's queue lives beside its stock in the Inventory table: partition `sku`, sort key
     `#backorder#<created_at>#<order id>` (no location id starts with "#"), so one Query on the
     sku's partition reads its waiting orders oldest first and no other table is needed. The
-    stream consumer ignores these items (they carry no `arrived` marker). A fill is one
+    stream consumer gets an entry's change only once it is marked (`recorded`: the reorder points
+    buy what its order lacks); entries carry no `arrived` marker. A fill is one
     TransactWriteItems over the Inventory and Orders tables (IAM authorizes its items as
     UpdateItem on each)."""
 
