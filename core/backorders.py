@@ -35,8 +35,15 @@ DEMAND_PAGES = 8  # at most 200 waiting orders read for the demand behind a reor
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
 # AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
-# Orders whose lack the reorder points buy: those written backordered (held ones too).
-BOUGHT_FOR = frozenset({S.BACKORDERED, S.ON_HOLD})
+
+
+def bought_for(order: Order) -> bool:
+    """Whether the reorder points buy what `order` lacks: written backordered, or held while
+    backordered (released, it waits again). Not one sent back to be sourced (by an edit), held or
+    not: what it lacks is not known until it is written backordered again."""
+    if order.status is S.ON_HOLD:
+        return order.hold is not None and order.hold.resume_to is S.BACKORDERED
+    return order.status is S.BACKORDERED
 
 
 @dataclass
@@ -160,9 +167,10 @@ class BackorderAllocator:
         the first time, so that a point added or removed later does not move it (bought twice at
         the old and the new place, or at neither). A recorded place is kept while the order may
         still take units there, even once its point is gone (what it bought still comes there);
-        when the order may not, it is placed again. Held orders count: they wait for the same
-        units once released. An order not yet written backordered does not: what it lacks is not
-        known until then, and its own record buys it (functions/backorders). The oldest
+        when the order may not, it is placed again. Orders held while backordered count: they wait
+        for the same units once released. An order not yet written backordered does not (nor one
+        sent back to be sourced, `bought_for`): what it lacks is not known until then, and its own
+        record buys it (functions/backorders). The oldest
         DEMAND_PAGES pages of the queue at most: this runs inside one stream batch's time limit."""
         rules = self._rules.current() if self._rules is not None else SourcingRules()
         demand = Demand(kept=Counter(rules.safety_stock))
@@ -174,7 +182,7 @@ class BackorderAllocator:
             locations = locations or self._catalog.list_locations()
             for entry in page:
                 order = self._orders.get(entry.order_id, consistent=True)
-                if order is None or order.status not in BOUGHT_FOR:
+                if order is None or not bought_for(order):
                     continue  # allocated or cancelled since (its entry goes at the next arrival), or not yet waiting
                 lacks, where = lacks_at(order, sku, locations, rules)
                 if not lacks:

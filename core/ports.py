@@ -305,7 +305,9 @@ class Backorders(ABC):
     Queue entries are idempotent to add and to remove."""
 
     @abstractmethod
-    def add(self, sku: str, entry: WaitingOrder) -> None: ...
+    def add(self, sku: str, entry: WaitingOrder) -> None:
+        """Add `entry`; one there already (its order backordered again) keeps its `bought_at` and
+        loses its mark (`recorded` marks it anew)."""
 
     @abstractmethod
     def remove(self, sku: str, entry: WaitingOrder) -> None: ...

@@ -433,11 +433,18 @@ class PurchasingRepository(ABC):
         or cancelled), and the id of the PO last made that draft (None before the first)."""
 
     @abstractmethod
+    def holding_draft(self, vendor_id: str, location_id: str, sku: str) -> PurchaseOrder | None:
+        """The draft for this vendor and location that `add_reorder` last added a line of `sku` to,
+        while it is a draft: it may no longer be the open draft (it filled up and a new one
+        opened), and its units of `sku` are still bought. None when there is none."""
+
+    @abstractmethod
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
         """In one transaction: record the crossing `key` (once ever), and write the draft `po`,
         over `expected` (its status and version) or, when None, as a new PO that becomes the open
-        draft in place of `pointer`. False when `key` was recorded before (nothing is written);
-        StaleVersion when the draft or the open-draft record changed meanwhile."""
+        draft in place of `pointer`; when `po` gets a line of the key's sku, it becomes the sku's
+        `holding_draft`. False when `key` was recorded before (nothing is written); StaleVersion
+        when the draft or the open-draft record changed meanwhile."""
 
 
 class Purchasing:

@@ -192,9 +192,12 @@ class Replenishment:
         self._repository.set_reorder(sku, location_id, None)
 
     def drafted(self, sku: str, location_id: str, settings: ReorderSettings) -> int:
-        """Units of `sku` on the open draft the point `settings` grows at `location_id`: bought,
-        though not on order yet."""
-        draft, _ = self._repository.open_draft(settings.vendor_id, location_id)
+        """Units of `sku` on the draft the point `settings` grows at `location_id`: bought, though
+        not on order yet. The draft that holds its line, even once full and no longer the open one."""
+        vendor_id = settings.vendor_id
+        draft = self._repository.holding_draft(vendor_id, location_id, sku)
+        if draft is None:  # none named (a line added before drafts were named by sku): the open one
+            draft, _ = self._repository.open_draft(vendor_id, location_id)
         return sum(line.quantity for line in draft.lines if line.sku == sku) if draft else 0
 
     def reorder(self, crossed: Crossing, quantity: int | None = None) -> PurchaseOrder | None:
@@ -206,15 +209,20 @@ class Replenishment:
         return self.buy(crossed.sku, crossed.location_id, settings, units, crossed.key)
 
     def buy(self, sku: str, location_id: str, settings: ReorderSettings, units: int, key: str) -> PurchaseOrder | None:
-        """Add `units` of `sku` to the open draft of the point's vendor at `location_id`, or make
-        that draft; None when the change `key` names (`sku#location_id#change_id`) was counted
-        already. The draft's write and the change's marker are one transaction, so concurrent
-        changes each grow the draft once and a change seen twice grows it once."""
+        """Add `units` of `sku` to the draft of the point's vendor at `location_id` that holds its
+        line (`holding_draft`), else to the open one, or make that draft; None when the change
+        `key` names (`sku#location_id#change_id`) was counted already. The draft's write and the
+        change's marker are one transaction, so concurrent changes each grow the draft once and a
+        change seen twice grows it once."""
         vendor = self._repository.get_vendor(settings.vendor_id)
         if vendor is None:
             raise NotFound(f"no vendor {settings.vendor_id} for the reorder point of {sku}")
         for _ in range(self.ATTEMPTS):
-            draft, pointer = self._repository.open_draft(settings.vendor_id, location_id)
+            # The sku's line grows where it is, though that draft is full and no longer the open one:
+            # its units are counted there (`drafted`), and a second line would be a second order.
+            draft, pointer = self._repository.holding_draft(settings.vendor_id, location_id, sku), None
+            if draft is None:
+                draft, pointer = self._repository.open_draft(settings.vendor_id, location_id)
             if draft is not None and draft.takes(sku):
                 new, expected = draft.grow(sku, units, settings.unit_cost), draft
             else:

@@ -303,6 +303,12 @@ class Workflow:
             # plain read does not show yet is sourced below, not taken as filled.
             order = self.fill_backorder(order_id)
             if order.status is S.BACKORDERED:
+                # A run that died between writing it backordered and marking its entries left them
+                # unmarked: no reorder point would buy what it lacks (marking again changes nothing).
+                short = order.short_of()
+                entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
+                for sku in sorted({line.sku for line in order.lines if line.line_id in short}):
+                    self._backorders.recorded(sku, entry)
                 return
         if order.status != S.AUTHORIZED or order.allocations:
             if order.status in STOPPED:

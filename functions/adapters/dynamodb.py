@@ -1594,7 +1594,8 @@ class DynamoBackorders(Backorders):
     """Each sku's queue lives beside its stock in the Inventory table: partition `sku`, sort key
     `#backorder#<created_at>#<order id>` (no location id starts with "#"), so one Query on the
     sku's partition reads its waiting orders oldest first and no other table is needed. The
-    stream consumer ignores these items (they carry no `arrived` marker). A fill is one
+    stream consumer gets an entry's change only once it is marked (`recorded`: the reorder points
+    buy what its order lacks); entries carry no `arrived` marker. A fill is one
     TransactWriteItems over the Inventory and Orders tables (IAM authorizes its items as
     UpdateItem on each)."""
 
@@ -1609,12 +1610,18 @@ class DynamoBackorders(Backorders):
         return {"sku": {"S": sku}, "location_id": {"S": sort_key}}
 
     def add(self, sku: str, entry: WaitingOrder) -> None:
-        item = {
-            **self._key(sku, entry),
-            "order_id": {"S": entry.order_id},
-            "created_at": {"S": timestamp(entry.created_at)},
-        }
-        self._client.put_item(TableName=self._table, Item=item)
+        # An entry written again (its order backordered again after an edit) keeps where it is
+        # bought for (`bought_at`: bought there, it is not bought elsewhere again) and loses its
+        # mark, so that being written backordered again marks it anew (what it lacks may differ).
+        self._client.update_item(
+            TableName=self._table,
+            Key=self._key(sku, entry),
+            UpdateExpression=f"SET order_id = :order_id, created_at = :created_at REMOVE {BACKORDER_RECORDED}",
+            ExpressionAttributeValues={
+                ":order_id": {"S": entry.order_id},
+                ":created_at": {"S": timestamp(entry.created_at)},
+            },
+        )
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))

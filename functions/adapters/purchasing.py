@@ -39,6 +39,9 @@ EXPECTED_PREFIX = "expected#"
 # marker (pk REORDERED#<sku>#<location>, sk the stream change's id) kept for longer than a stream
 # record can be redelivered (24 h), then expired by the table's TTL.
 DRAFTS_PK = "DRAFT_PURCHASE_ORDERS"
+# The draft each sku's line was last added to, per vendor and location (sk <vendor>#<location>#<sku>):
+# a draft that filled up is no longer the open one, and its lines are still found (`holding_draft`).
+DRAFT_LINES_PK = "DRAFT_PURCHASE_ORDER_LINES"
 REORDERED_PREFIX = "REORDERED#"
 REORDER_MARKER_TTL_SECONDS = 7 * 24 * 3600
 
@@ -298,6 +301,12 @@ class DynamoPurchasing(PurchasingRepository):
         draft = found[0] if found and found[0].status is PurchaseOrderStatus.DRAFT else None
         return draft, po_id
 
+    def holding_draft(self, vendor_id: str, location_id: str, sku: str) -> PurchaseOrder | None:
+        key = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{vendor_id}#{location_id}#{sku}"}}
+        held = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True).get("Item")
+        found = self.get(held["po_id"]["S"]) if held else None
+        return found[0] if found and found[0].status is PurchaseOrderStatus.DRAFT else None
+
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
         sku, location_id, change_id = key.split("#", 2)
         marker = {
@@ -349,6 +358,10 @@ class DynamoPurchasing(PurchasingRepository):
                     }
                 }
             )
+        if expected is None or not any(line.sku == sku for line in expected.lines):
+            # A new line: the draft that holds the sku from now on (the draft's write guards it).
+            held = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{po.vendor_id}#{po.location_id}#{sku}"}}
+            items.append({"Put": {"TableName": self._table, "Item": {**held, "po_id": {"S": po.id}}}})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:

@@ -69,10 +69,11 @@ def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) ->
 
 def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
     """The sku's stock at every location (one Query), and what its backordered orders lack by the
-    location whose reorder point buys it (`also` buys even when its point was cleared since)."""
+    location whose reorder point buys it (`also` buys even when its point was cleared since).
+    Nothing more is read when no point buys the sku: nothing can be bought for them."""
     levels = container().inventory_repository.levels({sku})[sku]
-    buying = {level.location_id for level in levels if level.reorder is not None}
-    return levels, container().backorder_allocator.demand(sku, buying | ({also} if also else set()))
+    buying = {level.location_id for level in levels if level.reorder is not None} | ({also} if also else set())
+    return levels, container().backorder_allocator.demand(sku, buying) if buying else Demand()
 
 
 def reorder_point_crossed(record: DynamoDBRecord) -> None:

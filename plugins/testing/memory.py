@@ -347,8 +347,8 @@ class InMemoryBackorders(Backorders):
         self._inventory = inventory
 
     def add(self, sku: str, entry: WaitingOrder) -> None:
-        # Written again, as DynamoDB's PutItem writes it: what was kept on it goes.
-        self.remove(sku, entry)
+        # Written again: it keeps where it is bought for and loses its mark (DynamoBackorders.add).
+        self.marked.discard((sku, entry))
         self.entries.setdefault(sku, set()).add(entry)
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:

@@ -395,6 +395,111 @@ def test_an_order_backordered_where_stock_already_sits_below_the_point_is_bought
     assert drafted(buyer) == {"wh-east": 7 + 4}
 
 
+def test_an_order_whose_step_died_before_its_entry_was_marked_is_bought_for_when_it_runs_again(
+    buyer: Buyer, monkeypatch: pytest.MonkeyPatch
+):
+    """The step wrote the order backordered, then died before it marked the queue entry (a
+    timeout, a throttled write); its retry found the order backordered and only looked for
+    arrived stock, so no record ever bought the 7 it lacks (stock sits below the point)."""
+    from tests.builders import place_order
+
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.point()
+    order_id = buyer.container.capture.place(
+        place_order(external_id="died", lines=[{"sku": "MUG", "quantity": 10}]), actor="key_web"
+    ).id
+    buyer.container.workflow.authorize_payment(order_id, attempt=0)
+
+    def dies(sku: str, entry: Any) -> None:
+        raise TimeoutError("the step timed out")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(buyer.container.backorders, "recorded", dies)
+        with pytest.raises(TimeoutError):
+            buyer.container.workflow.reserve_stock(order_id)
+    buyer.container.workflow.reserve_stock(order_id)  # Step Functions retries the step
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {"wh-east": 7}
+    buyer.container.workflow.reserve_stock(order_id)  # run again: nothing bought twice
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 7}
+
+
+def test_units_on_a_draft_that_filled_up_are_not_bought_again_on_the_next(buyer: Buyer):
+    """The draft for acme at wh-east holds the 7 an order lacks among its 99 lines (what a receipt
+    may name); a 100th sku opened a new draft. A second order's record counted the units on the
+    new draft only, so it bought the first order's 7 again beside its own 4."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.point()
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    for n in range(98):
+        buyer.container.replenishment.buy(f"SKU-{n:03d}", "wh-east", settings, 1, f"SKU-{n:03d}#wh-east#seed")
+    backordered(buyer, 10, "first")  # 3 -> 0, below the point already: its record buys the 7 it lacks
+    buyer.consume(buyer.stream.records())
+    [full] = buyer.drafts()
+    assert len(full.lines) == 99
+    buyer.container.replenishment.buy("SKU-098", "wh-east", settings, 1, "SKU-098#wh-east#seed")  # a new draft
+
+    backordered(buyer, 4, "second")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    mugs = {draft.id: line.quantity for draft in buyer.drafts() for line in draft.lines if line.sku == "MUG"}
+    assert mugs == {full.id: 7 + 4}
+
+
+def test_an_order_backordered_for_a_sku_no_point_buys_reads_none_of_the_waiting_orders(buyer: Buyer):
+    """No location has a reorder point for MUG: nothing can be bought, yet each backordered
+    order's record read the sourcing rules, the network and every order waiting for the sku (up
+    to 200 reads per record, for each order that joins the queue)."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=3)
+    buyer.consume(buyer.stream.records())
+    for n in range(3):
+        backordered(buyer, 10, f"waits-{n}")
+    records = buyer.stream.records()
+    assert all(record["dynamodb"]["Keys"]["location_id"]["S"].startswith("#backorder#") for record in records)
+    calls: list[str] = []
+
+    def count(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    client = buyer.container.dynamodb
+    client.meta.events.register("before-call.dynamodb", count)
+    try:
+        assert buyer.consume(records) == {"batchItemFailures": []}
+    finally:
+        client.meta.events.unregister("before-call.dynamodb", count)
+
+    assert buyer.drafts() == []
+    assert "GetItem" not in calls  # no waiting order read
+    assert calls.count("Query") <= 3  # the sku's stock, once per record
+
+
+def test_a_queue_entry_written_again_keeps_where_it_is_bought_for_and_is_marked_anew(buyer: Buyer):
+    """An order backordered again (after an edit) writes its entry again: a PutItem dropped the
+    place it was bought at, and a point added since was then counted as buying it a second time."""
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+    from core.ports import WaitingOrder
+    from functions.backorders.low_stock import backorder_marked
+
+    queue = buyer.container.backorders
+    entry = WaitingOrder(created_at=datetime(2026, 12, 1, tzinfo=UTC), order_id="ord_" + "e" * 24)
+    queue.add("MUG", entry)
+    queue.record_bought_at("MUG", entry, "wh-east")
+    queue.recorded("MUG", entry)
+    assert len([r for r in buyer.stream.records() if backorder_marked(DynamoDBRecord(r))]) == 1
+
+    queue.add("MUG", entry)  # backordered again
+    queue.recorded("MUG", entry)
+
+    assert len([r for r in buyer.stream.records() if backorder_marked(DynamoDBRecord(r))]) == 1
+    assert [(e.order_id, e.bought_at) for e in queue.waiting("MUG", None, 10)] == [(entry.order_id, "wh-east")]
+
+
 def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorders_lack(buyer: Buyer):
     """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
     longer coming. A position already below the point (3 on order, point 5) crosses nothing as it

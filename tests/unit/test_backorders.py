@@ -994,6 +994,55 @@ def test_an_order_holding_nothing_is_counted_at_the_nearest_point_else_the_first
     assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
 
 
+def test_an_order_edited_and_backordered_again_is_still_counted_where_it_was_bought_for():
+    """wh-east's point, the only one, bought the 2 the order lacks; a point then set at wh-west,
+    nearer to it. Edited (sent back to be sourced) and backordered again, the order's queue entry
+    was written anew without the place it was bought at: counted at wh-west now, whose draft
+    bought the 2 again."""
+    world, allocator, _ = make_world([])
+    near_reno = address_body(latitude=39.6, longitude=-119.9)
+    order_id = backordered(world, ("PREORDER", 2), shipping_address=near_reno)
+    assert demand(allocator, {"wh-east"}) == {"wh-east": 2}
+
+    before = world.order(order_id)
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=2)], shipping_method="express")
+    world.actions.edit(order_id, before.version, edit, actor="key_web")
+    with pytest.raises(Backordered):
+        world.run(order_id)  # the execution the outbox starts for the order sent back
+
+    assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
+
+
+def test_an_order_sent_back_to_be_sourced_and_held_meanwhile_is_not_counted_until_it_waits_again(setup):
+    """An edit sent the backordered order back to be sourced (nothing allocated, the unit it holds
+    kept as its own) and it was held before its workflow ran: on hold, it was counted as lacking
+    all 3 it asks for, though what it lacks is not known until it is sourced again (1 of them is
+    its own already), and a crossing meanwhile bought them. An order about to be written
+    backordered is not counted; nor is this one, until it waits again."""
+    world, allocator, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+    before = world.order(order_id)
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=3)], shipping_method="express")
+    assert world.actions.edit(order_id, before.version, edit, actor="key_web").status is S.AUTHORIZED
+    holds = Holds(world.orders, clock=lambda: NOW)
+    assert holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops").status is S.ON_HOLD
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 0}
+
+    holds.release(order_id, ReleaseRequest(), actor="key_ops")
+    with pytest.raises(Backordered):
+        world.run(order_id)  # sourced again: it holds its unit and waits for 2
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+
+def test_an_order_held_while_backordered_is_counted_for_what_it_lacks(setup):
+    world, allocator, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+    Holds(world.orders, clock=lambda: NOW).hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+
 # --- The state machine ----------------------------------------------------------------------------
 
 

@@ -146,7 +146,6 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
-        (INVENTORY, "dynamodb:PutItem"): [DynamoBackorders],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
