@@ -1566,6 +1566,7 @@ class DynamoInventory(InventoryRepository):
                 TableName=self._table,
                 KeyConditionExpression="sku = :sku AND location_id >= :first",
                 ExpressionAttributeValues={":sku": {"S": sku}, ":first": {"S": "0"}},
+                ConsistentRead=True,  # GET /inventory after a write, and the reorder points' reads (no order's path)
             )
             for page in pages:
                 result[sku].extend(_level(from_item(item)) for item in page.get("Items", []))

@@ -59,12 +59,19 @@ def arrival(record: DynamoDBRecord) -> None:
 
 
 def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) -> tuple[StockLevel | None, int]:
-    """The units of `sku` on the open draft at `location_id`, then its stock record, read in that
-    order: a draft submitted meanwhile moves its units to the record's `incoming` in one
-    transaction, so they are counted once or twice (buying nothing more), never nowhere."""
+    """The units of `sku` on its draft at `location_id` and the stock record there, each unit in
+    one of them: a draft submitted moves its units to the record's `incoming` (one transaction),
+    so the draft is read before and after the record (read consistently), and again while the two
+    readings differ. Counted nowhere, units were bought again; counted twice, orders were left
+    waiting with nothing bought. Still moving after a few readings: the later one (buy more)."""
     drafted = container().replenishment.drafted(sku, location_id, settings)
-    levels = container().inventory_repository.levels({sku})[sku]
-    return next((level for level in levels if level.location_id == location_id), None), drafted
+    for _ in range(3):
+        levels = container().inventory_repository.levels({sku})[sku]
+        level = next((level for level in levels if level.location_id == location_id), None)
+        before, drafted = drafted, container().replenishment.drafted(sku, location_id, settings)
+        if drafted == before:
+            break
+    return level, drafted
 
 
 def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:

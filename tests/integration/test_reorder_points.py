@@ -521,12 +521,14 @@ def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorde
     assert drafted(buyer) == {"wh-east": 3}
 
 
-def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once_not_lost(buyer: Buyer, monkeypatch):
+@pytest.mark.parametrize("during", ["the draft's reading", "the stock's reading"])
+def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer: Buyer, monkeypatch, during: str):
     """The first order's 3 units are on the draft; a second order waits for 2 more. A person submits
     the draft while the second order's record is handled: its 3 units move from the draft to
-    `incoming` (one transaction). Stock was read before the draft and the draft after the submit,
-    so those 3 units were counted nowhere and bought again (5 on a new draft, seen on the local
-    stack). Reading the draft first and the stock after counts them at least once."""
+    `incoming` (one transaction). Stock read before the draft and the draft after the submit
+    counted them nowhere and bought them again (5 on a new draft, seen on the local stack); the
+    draft read before the stock and the stock after the submit counts them twice and buys nothing
+    for the 2 the orders lack."""
     buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
     buyer.point()
     backordered(buyer, 3, "first")
@@ -534,16 +536,29 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once_not_l
     [draft] = buyer.drafts()
     backordered(buyer, 2, "second")
     records = buyer.stream.records()
-    replenishment, read_draft = buyer.container.replenishment, buyer.container.replenishment.drafted
+    replenishment, inventory = buyer.container.replenishment, buyer.container.inventory_repository
+    read_draft, read_stock, drafts_read = replenishment.drafted, inventory.levels, []
 
-    def submitted_meanwhile(*args: Any) -> int:
+    def submit_once() -> None:
         if buyer.drafts():
             buyer.container.purchasing.submit(draft.id)
+
+    def reading_draft(*args: Any) -> int:
+        drafts_read.append(args)
+        if during == "the draft's reading":
+            submit_once()
         return read_draft(*args)
 
-    monkeypatch.setattr(replenishment, "drafted", submitted_meanwhile)
+    def reading_stock(*args: Any) -> dict[str, Any]:
+        if during == "the stock's reading" and drafts_read:
+            submit_once()
+        return read_stock(*args)
+
+    monkeypatch.setattr(replenishment, "drafted", reading_draft)
+    monkeypatch.setattr(inventory, "levels", reading_stock)
     assert buyer.consume(records) == {"batchItemFailures": []}
 
+    assert buyer.drafts()[0].id != draft.id
     assert drafted(buyer) == {"wh-east": 2}  # what the orders lack beyond the 3 on order
 
 
