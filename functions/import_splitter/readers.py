@@ -468,11 +468,14 @@ class _Feed:
         # The file ended while the csv module was reading a record: it asks for a line past a
         # record's last only inside a quoted cell, so the record it then hands on is cut.
         self.ran_out = False
+        self.rereading = False
 
     def __iter__(self) -> _Feed:
         return self
 
     def __next__(self) -> str:
+        # A line parsed again after a broken record may be inside that record's quoted cell.
+        self.rereading = bool(self._replay)
         if self._replay:
             line = self._replay.popleft()
         else:
@@ -542,7 +545,11 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                     line.number,
                     error=_unreadable(line, None).error,
                     lossy_cells=lossy_cells,
-                    leading_cells=_leading_cells(line, separator) if line.problem == "line_too_long" else None,
+                    leading_cells=(
+                        _leading_cells(line, separator)
+                        if line.problem == "line_too_long" or (not feed.rereading and _opens_quote(line, separator))
+                        else None
+                    ),
                     header=joined is not None,
                 )
                 reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -691,6 +698,25 @@ def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
         return next(csv.reader([line.lossy], delimiter=separator, strict=False), None)
     except csv.Error:
         return None
+
+
+def _opens_quote(line: PhysicalLine, separator: str) -> bool:
+    """Whether a line not UTF-8, read lossily, opens a quote it does not close (a line break in a
+    quoted cell): its row goes on past it, and only its leading cells say whose row it is."""
+    if line.lossy is None:
+        return False
+    asked_on = False
+
+    def lossy_line() -> Iterator[str]:
+        nonlocal asked_on
+        yield line.lossy or ""
+        asked_on = True  # the csv module reads on past a line only inside a quoted cell
+
+    try:
+        next(csv.reader(lossy_line(), delimiter=separator, strict=False), None)
+    except csv.Error:
+        return False
+    return asked_on
 
 
 def _lossy_header(line: PhysicalLine, separator: str, cells: list[str] | None) -> tuple[str, list[str]] | None:

@@ -772,6 +772,22 @@ def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_f
 
 
 @pytest.mark.parametrize("where", ["first", "last"])
+def test_a_row_not_utf8_with_a_line_break_in_a_cell_fails_the_order_it_names(where: str):
+    # Read as one line, the row's first line has fewer cells than the header, so its channel and
+    # external_id were not looked at: the order was imported with one line of two.
+    address = '"Floor 3\nBack door"'
+    latin1 = row("ext-1", "CAF\xc9", ship_line2=address)
+    rows = [latin1, row("ext-1", "MUG", ship_line2=address)]
+    data = csv_file(*(rows if where == "first" else reversed(rows)), row("ext-2")).replace("\xc9".encode(), b"\xc9")
+
+    orders = read(data)
+
+    bad_line = 2 if where == "first" else 4
+    assert (bad_line, "ext-1", "invalid_encoding") in errors_of(orders)
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
 @pytest.mark.parametrize(
     "broken",
     [
