@@ -468,11 +468,14 @@ class _Feed:
         # The file ended while the csv module was reading a record: it asks for a line past a
         # record's last only inside a quoted cell, so the record it then hands on is cut.
         self.ran_out = False
+        self.rereading = False
 
     def __iter__(self) -> _Feed:
         return self
 
     def __next__(self) -> str:
+        # A line parsed again after a broken record may be inside that record's quoted cell.
+        self.rereading = bool(self._replay)
         if self._replay:
             line = self._replay.popleft()
         else:
@@ -510,11 +513,12 @@ class _Row:
 def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines and holds a line that is a row on its own (see _rows_resume), whatever its
-    own number of cells, the file ending inside it or not: a quote never closed, or closed only by
-    a quote in a later row) becomes an error on its first line (with the cells that line shows
-    whole, which may say whose row it is), and the lines after that one are parsed again with a
-    fresh parser, so that one bad line costs only its own row. A record the file ends inside
+    or it spans lines and holds a line that is a row on its own (see _rows_resume), the file
+    ending inside it or not, unless it has the header's number of cells and quotes as a CSV writer
+    does (see _quoted_as_written): a quote never closed, or closed only by a quote in a later row)
+    becomes an error on its first line (with the cells that line shows whole, which may say whose
+    row it is), and the lines after that one are parsed again with a fresh parser, so that one bad
+    line costs only its own row. A record the file ends inside
     otherwise is cut short (an upload interrupted): an error on its first line. A record spanning
     lines with the wrong number of cells and no row inside is one row, and is yielded as read. A
     header further on (files joined together) sets the number of cells, and the separator, of the
@@ -541,7 +545,11 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                     line.number,
                     error=_unreadable(line, None).error,
                     lossy_cells=lossy_cells,
-                    leading_cells=_leading_cells(line, separator) if line.problem == "line_too_long" else None,
+                    leading_cells=(
+                        _leading_cells(line, separator)
+                        if line.problem == "line_too_long" or (not feed.rereading and _opens_quote(line, separator))
+                        else None
+                    ),
                     header=joined is not None,
                 )
                 reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -617,7 +625,11 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                     reader = csv.reader(feed, delimiter=separator, strict=False)
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
-        elif spanned > 1 and _rows_resume(feed.record, separator, width):
+        elif (
+            spanned > 1
+            and not (len(cells) == width and _quoted_as_written(feed.record, separator))
+            and _rows_resume(feed.record, separator, width)
+        ):
             yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
             feed.reread_after_first()
             reader = csv.reader(feed, delimiter=separator, strict=False)
@@ -642,12 +654,25 @@ def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: Phy
     )
 
 
+def _quoted_as_written(record: list[PhysicalLine], separator: str) -> bool:
+    """Whether every quoted cell of a record spanning lines is closed by a quote right before a
+    separator or the end of a line, as a spreadsheet or any CSV writer closes one. A quote never
+    closed, or closed only by a quote a later row opens a cell with, is followed by that cell's
+    text; a line of a quoted cell may read as a row (it starts with the channel, or holds as many
+    separators), so only a record quoted otherwise is looked into for rows (see _rows_resume)."""
+    try:
+        next(csv.reader((line.text or "" for line in record), delimiter=separator, strict=True))
+    except csv.Error:
+        return False
+    return True
+
+
 def _rows_resume(record: list[PhysicalLine], separator: str, width: int) -> bool:
     """Whether any of the lines after a record's first is a row on its own (of the header's width,
-    or starting with the first line's first cell, its channel most often, as rows of a file do,
-    and opening a quote of its own): then the record's quote was never closed, or closed only by
-    a quote in a later row, and swallowed rows. Otherwise it is one row whose quoted cell holds
-    line breaks (with a cell too many or too few, maybe)."""
+    or starting with the first line's first cell, its channel most often, as rows of a file do):
+    then the record's quote was never closed, or closed only by a quote in a later row, and
+    swallowed rows. Otherwise it is one row whose quoted cell holds line breaks (with a cell too
+    many or too few, maybe)."""
     first = record[0].text or ""
     end = first.find(separator)
     lead = first[: end + 1] if end > 0 and '"' not in first[:end] else None
@@ -673,6 +698,25 @@ def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
         return next(csv.reader([line.lossy], delimiter=separator, strict=False), None)
     except csv.Error:
         return None
+
+
+def _opens_quote(line: PhysicalLine, separator: str) -> bool:
+    """Whether a line not UTF-8, read lossily, opens a quote it does not close (a line break in a
+    quoted cell): its row goes on past it, and only its leading cells say whose row it is."""
+    if line.lossy is None:
+        return False
+    asked_on = False
+
+    def lossy_line() -> Iterator[str]:
+        nonlocal asked_on
+        yield line.lossy or ""
+        asked_on = True  # the csv module reads on past a line only inside a quoted cell
+
+    try:
+        next(csv.reader(lossy_line(), delimiter=separator, strict=False), None)
+    except csv.Error:
+        return False
+    return asked_on
 
 
 def _lossy_header(line: PhysicalLine, separator: str, cells: list[str] | None) -> tuple[str, list[str]] | None:

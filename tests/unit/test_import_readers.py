@@ -772,6 +772,22 @@ def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_f
 
 
 @pytest.mark.parametrize("where", ["first", "last"])
+def test_a_row_not_utf8_with_a_line_break_in_a_cell_fails_the_order_it_names(where: str):
+    # Read as one line, the row's first line has fewer cells than the header, so its channel and
+    # external_id were not looked at: the order was imported with one line of two.
+    address = '"Floor 3\nBack door"'
+    latin1 = row("ext-1", "CAF\xc9", ship_line2=address)
+    rows = [latin1, row("ext-1", "MUG", ship_line2=address)]
+    data = csv_file(*(rows if where == "first" else reversed(rows)), row("ext-2")).replace("\xc9".encode(), b"\xc9")
+
+    orders = read(data)
+
+    bad_line = 2 if where == "first" else 4
+    assert (bad_line, "ext-1", "invalid_encoding") in errors_of(orders)
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
 @pytest.mark.parametrize(
     "broken",
     [
@@ -818,6 +834,31 @@ def test_a_quoted_line_break_with_the_right_cells_is_still_one_row():
 
     assert errors_of(orders) == []
     assert [(o.line, o.external_id) for o in orders] == [(2, "ext-1"), (4, "ext-2")]
+
+
+@pytest.mark.parametrize(
+    ("column", "field", "value"),
+    [
+        # A line of the address starting as the rows of the file do: with the channel and a comma.
+        ("ship_line2", ("shipping_address", "line2"), "Back entrance\nweb, ask for Sam"),
+        # A line of a name holding as many commas as there are cells before it: read alone, it has
+        # the header's number of cells.
+        ("customer_name", ("customer", "name"), "Ada Lovelace\nAcme, Inc., Sales, Floor 2, Room 5, East"),
+    ],
+    ids=["line-starting-with-the-channel", "line-as-wide-as-a-row"],
+)
+def test_a_quoted_cell_whose_next_line_looks_like_a_row_is_still_one_row(
+    column: str, field: tuple[str, str], value: str
+):
+    # Taken for a quote never closed: a whole order of a spreadsheet's export was rejected, and the
+    # lines of its cell were read as rows of their own, each an error naming an order of nothing.
+    data = csv_file(row("ext-1", **{column: f'"{value}"'}), row("ext-1", "MUG", **{column: f'"{value}"'}), row("ext-2"))
+
+    orders = read(data)
+
+    assert errors_of(orders) == []
+    assert [(o.line, o.external_id, o.line_numbers) for o in orders] == [(2, "ext-1", (2, 4)), (6, "ext-2", (6,))]
+    assert orders[0].body[field[0]][field[1]] == value
 
 
 @pytest.mark.parametrize("cells", ["short", "long"])
