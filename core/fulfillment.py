@@ -96,9 +96,9 @@ class OrderActions:
         before the capture is requested (Cancellation.renewed_if_lapsed). A capture that keeps
         failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused, 502)
         leaves the shipment pending with every failed attempt in the history, and the ship may
-        simply be repeated (after a refusal, on a renewed authorization). A
-        capture whose record then loses to a cancel, a hold or a reject is
-        refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes
+        simply be repeated (after a refusal, on a renewed authorization: once, not on one a refusal
+        made, Order.refusal_renewal). A capture whose record then loses to a cancel, a hold or a
+        reject is refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes
         what its first ship may have left undone (a request that died after the write): its stock
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
         order that lost units (after_shipping, which a gateway that was down could not make then);

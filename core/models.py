@@ -1440,13 +1440,23 @@ class Order(BaseModel, defer_build=True):
     # asked under. Empty on the typical order, whose keys stay as they were. Stored, never shown.
     later_authorizations: list[str] = Field(default_factory=list, exclude=True)
     # The order's current authorization, when a capture given back (record_capture_reversal) was
-    # made under it, or the gateway refused a capture on it (record_capture_not_made): a gateway
-    # does not let what a refunded capture took be captured again, and one that refused a capture
-    # (the issuer let the authorization lapse early) answers the same again, so the order renews it
-    # before capturing on it again (authorization_lapsed); the renewal (or an edit's authorization)
-    # that replaces it drops it. One a renewal replaced already is not renewed again, so it is not
-    # kept. Empty on the typical order. Stored, never shown.
+    # made under it, or the gateway refused a capture on it (record_capture_not_made; not on the
+    # `refusal_renewal`): a gateway does not let what a refunded capture took be captured again,
+    # and one that refused a capture (the issuer let the authorization lapse early) answers the
+    # same again, so the order renews it before capturing on it again (authorization_lapsed); the
+    # renewal (or an edit's authorization) that replaces it drops it. One a renewal replaced
+    # already is not renewed again, so it is not kept. Empty on the typical order. Stored, never
+    # shown.
     spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    # The authorization a renewal made because a capture on the one it replaced was refused or
+    # given back (spent_authorizations), written by the renewal that records it (and cleared by the
+    # next): a capture the gateway refuses on it as well is no lapse a new authorization cures (the
+    # bank now refuses the card, a fraud flag), so it is not spent again. The ship repeated asks
+    # the capture again on it, under its own key, and the parcel stays refused, in the history,
+    # for a person to act on, instead of each repeat placing and voiding one more authorization on
+    # the customer's card. Says something only while it is the order's current authorization; one
+    # grown old is renewed as ever. None on the typical order. Stored, never shown.
+    refusal_renewal: str | None = Field(default=None, exclude=True)
     # The gateway keys of authorization attempts the order gave up (an answer lost before an edit
     # keyed its next authorization anew) that could not be released before it was authorized: the
     # gateway down through the edit and the authorization. The authorization's write names them, as
@@ -1540,6 +1550,8 @@ class Order(BaseModel, defer_build=True):
             system["later_authorizations"] = list(self.later_authorizations)
         if self.spent_authorizations:
             system["spent_authorizations"] = list(self.spent_authorizations)
+        if self.refusal_renewal is not None:
+            system["refusal_renewal"] = self.refusal_renewal
         if self.earlier_captures:
             system["earlier_captures"] = [e.model_dump(mode="json") for e in self.earlier_captures]
         if self.own_void_owed:
@@ -1855,15 +1867,19 @@ class Order(BaseModel, defer_build=True):
         was asked: it was never made, and the authorization it was asked under is renewed before
         anything more is captured on it (`spent_authorizations`: the issuer may have let it lapse
         early, and asked again under the same key the gateway answers with that refusal). Not when
-        the gateway was never asked (`refused` False: no payment plugin took the order's method)."""
+        the gateway was never asked (`refused` False: no payment plugin took the order's method),
+        nor when that authorization is a renewal made for such a refusal already (`refusal_renewal`:
+        the capture is asked again on it)."""
         request = self.capture_request(shipment_id)
         if request is None:
             raise InvalidTransition(f"no capture for shipment {shipment_id} is requested")
         detail = {"shipment_id": shipment_id} if shipment_id else {"amount": request.amount.model_dump(mode="json")}
+        authorization = self.capture_authorization(shipment_id)
+        spent = refused and authorization != self.refusal_renewal
         return self._next(
             at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE, detail={**detail, "message": message[:500]},
             captures_requested=self._requests_besides(shipment_id),
-            **(self._spending(self.capture_authorization(shipment_id)) if refused else {}),
+            **(self._spending(authorization) if spent else {}),
         )  # fmt: skip
 
     def _spending(self, authorization: str) -> dict[str, Any]:
@@ -1958,18 +1974,20 @@ class Order(BaseModel, defer_build=True):
         had left to capture) the authorization this order was renewing, which it replaces
         (`replaced_authorizations`) until it is voided. `payment.authorized` stays the total the
         order's authorizations covered: its captures and what is left of the new one. A capture
-        request stored before requests named their authorization is asked under `old`, and now says so."""
+        request stored before requests named their authorization is asked under `old`, and now says so.
+        A renewal of one a capture was refused on or given back is kept as `refusal_renewal`."""
         old = self.renewing_authorization
         if old is None or self.payment.authorization != old:
             raise InvalidTransition(f"order {self.id} is not renewing its authorization {self.payment.authorization}")
         requests = [r if r.authorization else _replaced(r, authorization=old) for r in self.captures_requested]
+        spent = old in self.spent_authorizations
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
             detail={"amount": amount.model_dump(mode="json"), "reference": reference, "replaces": old,
                     "reason": "a capture on the authorization was refused, or given back"
-                    if old in self.spent_authorizations
-                    else "the authorization was old enough for the gateway to let it lapse"},
+                    if spent else "the authorization was old enough for the gateway to let it lapse"},
             authorized_at=at, renewing_authorization=None, renewal_declined_before=0, renewal_amount=None,
+            refusal_renewal=reference if spent else None,
             replaced_authorizations=[*self.replaced_authorizations, old],
             later_authorizations=_later_kept(self.later_authorizations, requests, reference),
             spent_authorizations=[a for a in self.spent_authorizations if a != old], captures_requested=requests,

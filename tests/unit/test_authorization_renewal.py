@@ -3,6 +3,7 @@ captures on it (core.fulfillment.OrderActions._renew_authorization), on the in-m
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -820,13 +821,63 @@ def test_a_ship_refused_again_and_again_keeps_only_the_authorizations_its_keys_s
             world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
 
     after = world.order(order.id)
-    assert len(world.spy.authorized) == 6  # the first, then a renewal after each refusal but the last
+    assert len(world.spy.authorized) == 2  # the first, then one renewal: a refusal on it renews nothing
     assert after.later_authorizations == [after.payment.authorization]
-    assert after.spent_authorizations == [after.payment.authorization]
+    assert after.spent_authorizations == []
     world.gateway.script("capture", "approve")
     shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
     assert shipped.status is OrderStatus.SHIPPED
     assert world.spy.captured[-1][2] == payment_keys.capture(order.id, shipment.id, under=shipped.payment.authorization)
+
+
+def test_a_ship_repeated_after_the_card_refuses_its_captures_renews_the_authorization_once(world, clock):
+    # The customer's bank now refuses the card (tok_capture_decline: every capture declined). Before:
+    # each repeat of the ship placed and voided one more authorization on the customer's card and
+    # added four history entries to the order's item (about 800 repeats to DynamoDB's 400 KB).
+    order = world.allocated(("TSHIRT", 2), token="tok_capture_decline")
+    (shipment,) = order.shipments
+    entries = [len(world.history(order.id))]
+    for _ in range(5):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+        entries.append(len(world.history(order.id)))
+
+    renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert world.spy.authorized == [order.payment.authorization, renewed + "_declines_capture"]
+    assert world.spy.voided == [order.payment.authorization]
+    # Each repeat past the renewal adds what a refused capture adds: its failed attempt, not made.
+    assert [b - a for a, b in itertools.pairwise(entries)] == [2, 4, 2, 2, 2]
+    assert [e.type for e in world.history(order.id)[-2:]] == ["payment_capture_failed", "capture_not_made"]
+    key = payment_keys.capture(order.id, shipment.id, under=renewed + "_declines_capture")
+    assert world.gateway.keys("capture")[-4:] == [key] * 4  # asked again on it, under its own key
+    after = world.order(order.id)
+    assert after.shipment(shipment.id).status is ShipmentStatus.PENDING and after.captures_requested == []
+    assert after.payment.captured.amount == 0 and after.spent_authorizations == []
+    assert Order.model_validate_json(after.stored_json()).refusal_renewal == after.payment.authorization
+
+    cancelled = world.actions.cancel(order.id, "the card is refused", actor="key_cs")  # what a person does
+
+    assert cancelled.status is OrderStatus.CANCELLED and cancelled.payment.status is PaymentStatus.VOIDED
+    assert world.spy.voided == [order.payment.authorization, cancelled.payment.authorization]
+
+
+def test_an_authorization_renewed_after_a_refused_capture_is_renewed_again_once_old(world, clock):
+    # The bound is per authorization: once the renewal is old enough to lapse, it is renewed as any
+    # other, and a refusal on that one may be an early lapse again.
+    order = world.allocated(("TSHIRT", 2), token="tok_capture_decline")
+    (shipment,) = order.shipments
+    for _ in range(3):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    assert len(world.spy.authorized) == 2
+    clock.days_later(8)
+
+    for _ in range(3):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    assert len(world.spy.authorized) == 4  # grown old, then refused on the one that replaced it
+    assert len(world.spy.voided) == 3
 
 
 def test_a_capture_asked_under_a_renewal_keeps_its_key_while_later_renewals_replace_that_one(clock):
