@@ -14,6 +14,7 @@ import pytest
 from core.errors import Backordered, PaymentDeclined
 from functions.bootstrap import forget_warm_containers
 from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
 
 _orders = itertools.count(1)
@@ -165,3 +166,21 @@ def test_a_declined_payment_is_no_cancel_its_lines_stay_as_ordered(api):
 
     assert failed["status"] == "payment_failed"
     assert (units(failed), failed["totals"]) == ([(2, 0)], order["totals"])
+
+
+@pytest.mark.parametrize(
+    ("lines", "field"),
+    [([("L1", 3)], "lines[0].quantity"), ([("L1", 2), ("L7", 1)], "lines[1].line_id")],
+)
+def test_a_cancel_naming_more_than_the_order_has_is_422_and_cancels_nothing(api, lines, field):
+    order = allocated(api, ("MUG", 2))
+    held = reserved(api, "MUG")
+
+    answer = api.post(f"/orders/{order['id']}/cancel", json={
+        "reason": "customer asked", "lines": [{"line_id": line_id, "quantity": units} for line_id, units in lines],
+    })  # fmt: skip
+
+    refused = assert_error(answer, 422)
+    assert [detail["field"] for detail in refused["details"]] == [field]
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], units(after), reserved(api, "MUG")) == ("allocated", [(2, 0)], held)
