@@ -2640,7 +2640,8 @@ class Order(BaseModel, defer_build=True):
 
     def expire_pickup(self, shipment_id: str, *, at: datetime, actor: str) -> Change:
         """Nobody collected the pickup by its deadline: the shipment and the order are cancelled
-        (reason `pickup_expired`); the caller then releases its units and voids the authorization.
+        (reason `pickup_expired`), every unit with it (_everything_cancelled); the caller then
+        releases its units and voids the authorization.
         Never while the order is on hold: a person stopped it, and its release hands it back. Nor
         while a collect of it asked for its capture (Order.captures_requested): the customer was at
         the counter, and the collect (repeated, or settled by the jeopardy scan's capture sweep,
@@ -2654,22 +2655,47 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")
         cancelled = ShipmentStatus.CANCELLED
         shipments = [_replaced(s, status=cancelled) if s.id == shipment_id else s for s in self.shipments]
+        lines, totals, units = self._everything_cancelled()
         return self._next(
             at=at, actor=actor, type=OrderEvent.PICKUP_EXPIRED, to=OrderStatus.CANCELLED,
             detail={"reason": "pickup_expired", "shipment_id": shipment_id, "location_id": shipment.location_id,
-                    "collect_by": shipment.collect_by.isoformat()},
-            shipments=shipments, hold=None,
+                    "collect_by": shipment.collect_by.isoformat(), **units},
+            shipments=shipments, hold=None, lines=lines, totals=totals,
         )  # fmt: skip
 
     def cancel(self, reason: str, *, at: datetime, actor: str, detail: dict[str, Any] | None = None) -> Change:
         """The cancel is recorded on its own: the authorization is voided after it, and the
-        payment says `voided` only once the gateway has approved that (`record_void`)."""
+        payment says `voided` only once the gateway has approved that (`record_void`). Every unit
+        goes with it (nothing has shipped: _everything_cancelled)."""
         if not can_transition(self.status, OrderStatus.CANCELLED):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
+        lines, totals, units = self._everything_cancelled()
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
-            detail={"reason": reason, **(detail or {})}, hold=None, shipments=self._pickups_withdrawn(),
+            detail={"reason": reason, **(detail or {}), **units}, hold=None, shipments=self._pickups_withdrawn(),
+            lines=lines, totals=totals,
         )  # fmt: skip
+
+    def _everything_cancelled(self) -> tuple[list[OrderLine], Totals, dict[str, Any]]:
+        """The lines and totals of this order, nothing of which has shipped, once every unit is
+        cancelled, as a cancel of units leaves a line it empties: each line's quantity drops to
+        zero and its cancelled_quantity grows by it, at zero discount, tax and total (its unit
+        price kept); nothing is left to price, ship or pay for, so every total is zero. And what
+        the history entry says of it: the units ({line_id: units}) and the old and new grand total,
+        as a `units_cancelled` entry does (the value cancelled stays derivable from it)."""
+        zero = Money.zero(self.currency)
+        lines = [
+            _replaced(line, quantity=0, discount=zero, tax=zero, total=zero,
+                      cancelled_quantity=line.cancelled_quantity + line.quantity)
+            for line in self.lines
+        ]  # fmt: skip
+        totals = Totals(subtotal=zero, discount=zero, shipping=zero, tax=zero, grand_total=zero)
+        units = {
+            "lines": {line.line_id: line.quantity for line in self.lines if line.quantity},
+            "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
+                            "to": zero.model_dump(mode="json")},
+        }  # fmt: skip
+        return lines, totals, units
 
     def _pickups_withdrawn(self) -> list[Shipment]:
         # A pickup waiting at its store goes with the order: nothing is collected from a cancelled one.

@@ -110,7 +110,14 @@ class UnitCancellation:
             order = visible(found, order_id, channel)
             if lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines):
                 return self._settle(order, actor)
-            if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or self._takes_everything(order, lines):
+            try:
+                everything = self._takes_everything(order, lines)
+            except (Conflict, InvalidRequest):
+                if consistent:
+                    raise
+                consistent = True
+                continue
+            if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or everything:
                 return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
             if order.captures_requested:
                 # A shipment being shipped (or whose ship died) keeps its lines: its capture is
@@ -143,12 +150,15 @@ class UnitCancellation:
 
     @staticmethod
     def _takes_everything(order: Order, lines: dict[str, int] | None) -> bool:
-        """Cancelling every unit of an order before anything shipped cancels the order."""
+        """Cancelling every unit of an order before anything shipped cancels the order. `lines`
+        that name a line the order lacks, or more units than a line has, are refused as
+        units_to_cancel refuses them (InvalidRequest, 422), never taken for every unit."""
         if lines is None or order.status is S.PARTIALLY_SHIPPED:
             return False
         if not (order.ships_units_left() or order.status is S.BACKORDERED):
             return False
-        return all(lines.get(line.line_id, 0) >= line.quantity for line in order.lines)
+        cancelled = order.units_to_cancel(lines)
+        return all(cancelled.get(line.line_id, 0) == line.quantity for line in order.lines)
 
     def _priced(
         self, order: Order, cancelled: dict[str, int]

@@ -396,8 +396,9 @@ def test_an_order_that_loses_its_stock_before_allocation_is_cancelled_and_voided
     order = order_when(api, order_id, "cancelled")
 
     assert order["payment"]["status"] == "voided"
-    assert order["payment"]["authorized"] == order["totals"]["grand_total"]  # it was authorized, then voided
-    assert dec(order["payment"]["captured"]) == 0
+    assert dec(order["payment"]["captured"]) == dec(order["totals"]["grand_total"]) == 0
+    # Its units are cancelled with it, as any cancel's are: the line at zero, counted cancelled.
+    assert [(line["quantity"], line["cancelled_quantity"]) for line in order["lines"]] == [(0, 2)]
     assert order["shipments"] == []
     assert stock_of(api, sku)[west] == {"on_hand": 0, "reserved": 0, "available": 0}
     entries = history(api, order_id)
@@ -410,6 +411,8 @@ def test_an_order_that_loses_its_stock_before_allocation_is_cancelled_and_voided
         WORKFLOW,
     )
     assert cancelled["detail"]["reason"] == "out_of_stock"
+    # It was authorized for the grand total it had, which the cancel's entry keeps, then voided.
+    assert order["payment"]["authorized"] == cancelled["detail"]["grand_total"]["from"]
 
 
 def test_a_partial_loss_cancels_the_whole_order_and_releases_what_it_held(

@@ -168,6 +168,30 @@ def test_cancelling_an_allocated_order_takes_its_revenue_out_of_the_day_that_cou
     assert view.totals[0].ordered.amount == Decimal("0.00")
 
 
+@pytest.mark.parametrize("stored", ["lines at zero", "lines as ordered"])
+def test_a_cancelled_order_counts_nothing_whether_its_lines_went_to_zero_or_were_stored_as_ordered(stored):
+    # A cancel takes every line to zero and the totals with it (Order.cancel); an order cancelled
+    # before that kept its lines and totals. Either way it counts nothing, and its cancel takes out
+    # exactly what its allocation counted: nothing twice, nothing left behind.
+    store = MemoryStore()
+    placed = order()
+    allocated = then(placed, status="allocated")
+    at_zero = [
+        line("L1", "TSHIRT", 0, "10.00", cancelled_quantity=2),
+        line("L2", "MUG", 0, "5.50", cancelled_quantity=1),
+    ]
+    zeroed = {"lines": at_zero, "totals": {"grand_total": money("0.00")}}
+    cancelled = then(allocated, status="cancelled", **(zeroed if stored == "lines at zero" else {}))
+
+    replay(store, placed, allocated, cancelled)
+
+    assert products(store) == []
+    assert service(store).report(ReportKind.CUSTOMERS, "USD", start=None, end=None, channel=None, limit=10) == []
+    view = service(store).customer("cus_1", None)
+    assert (view.orders_count, view.totals[0].ordered.amount) == (1, Decimal("0.00"))
+    assert aggregate_change(cancelled, then(cancelled)).updates == []  # its void after, say
+
+
 def test_refunded_returned_units_leave_the_reports_and_the_refund_shows_on_the_customer():
     store = MemoryStore()
     placed = order()

@@ -16,6 +16,7 @@ from core.errors import (
     TransientError,
 )
 from core.models import Address, LineInput, OrderEdit
+from core.money import Money
 from core.status import OrderStatus
 from plugins.test_payments import CAPTURE, VOID, reference
 from tests.builders import NOW, address_body, place_order
@@ -228,9 +229,14 @@ def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_auth
     # Then its two parcels' carrier bookings, which no parcel will use, are cancelled.
     cancel, void, *bookings = world.history(order.id)[-4:]
     assert [booking.type for booking in bookings] == ["carrier_booking_cancelled"] * 2
+    was = {"from": order.totals.grand_total.model_dump(mode="json"), "to": {"amount": "0.00", "currency": "USD"}}
     assert (cancel.type, cancel.from_status, cancel.to_status, cancel.actor, cancel.detail) == (
-        "cancelled", S.ALLOCATED, S.CANCELLED, "key_web", {"reason": "changed my mind"},
+        "cancelled", S.ALLOCATED, S.CANCELLED, "key_web",
+        {"reason": "changed my mind", "lines": {"L1": 2, "L2": 1, "L3": 3}, "grand_total": was},
     )  # fmt: skip
+    # Every unit is cancelled (API.md): each line at zero, the totals too.
+    assert [(line.quantity, line.cancelled_quantity) for line in cancelled.lines] == [(0, 2), (0, 1), (0, 3)]
+    assert cancelled.totals.grand_total == cancelled.totals.subtotal == Money.zero("USD")
     assert (void.type, void.from_status, void.to_status, void.actor) == ("payment_voided", None, None, "key_web")
     assert void.detail == {
         "authorization": order.payment.authorization,

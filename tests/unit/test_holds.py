@@ -655,6 +655,8 @@ def test_every_unit_of_a_held_allocated_order_cancels_it(world):
 
     assert (done.status, done.payment.status) == (S.CANCELLED, "voided")
     assert world.held_for(order.id) == {}
+    (line,) = done.lines
+    assert (line.quantity, line.cancelled_quantity, line.total.amount, done.totals.grand_total.amount) == (0, 2, 0, 0)
 
 
 def test_units_of_an_order_held_before_allocation_are_still_refused(world):

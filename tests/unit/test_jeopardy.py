@@ -333,6 +333,8 @@ def test_a_hold_older_than_the_expiry_is_cancelled_hold_expired_with_its_stock_a
     assert world.held_for(order_id) == {}
     cancelled = next(e for e in world.history(order_id) if e.type == "cancelled")
     assert (cancelled.actor, cancelled.detail["reason"]) == (SCAN_ACTOR, HOLD_EXPIRED)
+    assert all(line.quantity == 0 and line.cancelled_quantity > 0 for line in order.lines)
+    assert order.totals.grand_total.amount == 0
 
 
 def test_a_scan_that_dies_after_writing_the_expiry_leaves_a_cancel_the_workflow_then_finishes(world):

@@ -57,6 +57,12 @@ def test_a_pass_cancels_the_pickups_past_their_deadline_and_counts_them(world, m
     assert (expired.status, expired.shipments[0].status, expired.payment.status) == (S.CANCELLED, H.CANCELLED, "voided")
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
     assert [e.type for e in world.history(order_id)].count("pickup_expired") == 1
+    # Its units are cancelled with it, as any cancel's are (API.md): the line at zero, the totals too.
+    (line,) = expired.lines
+    assert (line.quantity, line.cancelled_quantity, line.total.amount) == (0, 2, 0)
+    assert expired.totals.grand_total.amount == 0
+    entry = next(e for e in world.history(order_id) if e.type == "pickup_expired")
+    assert (entry.detail["lines"], entry.detail["grand_total"]["to"]["amount"]) == ({"L1": 2}, "0.00")
 
 
 def test_a_pickup_collected_just_before_the_expiry_wrote_is_not_counted_as_expired(world, monkeypatch):

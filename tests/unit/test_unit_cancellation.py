@@ -183,6 +183,21 @@ def test_cancelling_every_unit_before_anything_shipped_cancels_the_order(world):
     assert world.held_for(order.id) == {}
 
 
+@pytest.mark.parametrize("lines", [{"L1": 3}, {"L1": 2, "L9": 1}], ids=["more units than the line has", "no such line"])
+def test_a_cancel_naming_more_than_an_allocated_order_has_is_422_not_a_cancel_of_the_order(world, lines):
+    # Counting "every unit named" with >= and over the order's own lines only, a typo (3 of 2, or an
+    # extra line) cancelled the whole order, its payment voided, where the same typo on a partly
+    # shipped order is refused.
+    order = world.allocated(("MUG", 2))
+    held = world.held()
+
+    with pytest.raises(InvalidRequest):
+        world.actions.cancel(order.id, "typo", actor="key_web", lines=lines)
+
+    assert world.order(order.id) == order
+    assert world.held() == held
+
+
 def test_units_that_shipped_are_409_and_a_line_the_order_lacks_422_both_changing_nothing(world):
     order = world.allocated(("MUG", 1), ("CAP", 1))
     shipped = world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")

@@ -294,7 +294,11 @@ def test_stock_that_vanished_after_capture_ends_cancelled_out_of_stock_with_the_
     assert (entry.type, entry.from_status, entry.to_status, entry.actor) == (
         "cancelled", S.AUTHORIZED, S.CANCELLED, "workflow",
     )  # fmt: skip
-    assert entry.detail == {"reason": "out_of_stock", "error": "OutOfStock", "message": "stock ran out"}
+    assert entry.detail == {
+        "reason": "out_of_stock", "error": "OutOfStock", "message": "stock ran out", "lines": {"L1": 2},
+        "grand_total": {"from": {"amount": "47.88", "currency": "USD"}, "to": {"amount": "0.00", "currency": "USD"}},
+    }  # fmt: skip
+    assert [(line.quantity, line.cancelled_quantity) for line in order.lines] == [(0, 2)]
     assert (voided.type, voided.actor, voided.detail["authorization"]) == ("payment_voided", "workflow", authorization)
     assert world.held() == {}
     assert set(world.reserved().values()) == {0}

@@ -1,0 +1,186 @@
+"""POST /orders/{id}/cancel of a whole order before anything shipped, in-process on moto: each line's
+quantity drops to zero (cancelled_quantity grows by it), the totals are priced again (nothing left:
+zero), the stock is released and the authorization voided; and the workflow's own cancels alike."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from core.errors import Backordered, PaymentDeclined
+from functions.bootstrap import forget_warm_containers
+from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api
+
+_orders = itertools.count(1)
+ZERO = {"amount": "0.00", "currency": "USD"}
+NOTHING = {"subtotal": ZERO, "discount": ZERO, "shipping": ZERO, "tax": ZERO, "grand_total": ZERO}
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
+        env.setenv("LABELS_BUCKET", "test-labels")
+        forget_warm_containers()
+        assert started.put("/products/MUG", json=product_body("12.50")).status_code == 201
+        assert started.put("/products/CAP", json=product_body("7.77")).status_code == 201
+        assert started.put("/products/KITE", json=product_body("30.00", allow_backorder=True)).status_code == 201
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/inventory/MUG/wh-east", json={"on_hand": 100}).status_code == 200
+        assert started.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+        yield started
+
+
+def placed(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
+    body = order_body(external_id=f"web-w{next(_orders)}", lines=[{"sku": s, "quantity": q} for s, q in lines])
+    answer = api.post("/orders", json=body)
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def workflow():
+    from functions.bootstrap import Config, bootstrap
+
+    return bootstrap(Config.from_env()).workflow
+
+
+def allocated(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
+    order_id = placed(api, *lines)["id"]
+    steps = workflow()
+    steps.authorize_payment(order_id, attempt=0)
+    steps.reserve_stock(order_id)
+    steps.create_shipments(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "allocated", order
+    return order
+
+
+def cancel(api: InProcessApi, order_id: str, lines: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"reason": "customer asked"}
+    if lines is not None:
+        body["lines"] = [{"line_id": line_id, "quantity": quantity} for line_id, quantity in lines]
+    answer = api.post(f"/orders/{order_id}/cancel", json=body)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def reserved(api: InProcessApi, sku: str) -> int:
+    return sum(level["reserved"] for level in api.get(f"/inventory/{sku}").json()["locations"])
+
+
+def units(order: dict[str, Any]) -> list[tuple[int, int]]:
+    return [(line["quantity"], line["cancelled_quantity"]) for line in order["lines"]]
+
+
+def assert_cancelled_whole(api: InProcessApi, before: dict[str, Any], done: dict[str, Any]) -> None:
+    """Every line at zero with its units counted cancelled, the totals at zero, and the history
+    entry of the cancel keeping the grand total it had."""
+    assert done["status"] == "cancelled"
+    assert units(done) == [(0, line["quantity"]) for line in before["lines"]]
+    for line, was in zip(done["lines"], before["lines"], strict=True):
+        assert (line["discount"], line["tax"], line["total"]) == (ZERO, ZERO, ZERO)
+        assert (line["sku"], line["unit_price"]) == (was["sku"], was["unit_price"])
+    assert done["totals"] == NOTHING
+    history = api.get(f"/orders/{done['id']}/history").json()["items"]
+    entry = next(h for h in history if h["type"] == "cancelled")
+    assert entry["detail"]["grand_total"] == {"from": before["totals"]["grand_total"], "to": ZERO}
+    assert entry["detail"]["lines"] == {line["line_id"]: line["quantity"] for line in before["lines"]}
+
+
+def test_cancelling_an_allocated_order_takes_every_line_to_zero(api):
+    order = allocated(api, ("MUG", 2), ("CAP", 3))
+
+    done = cancel(api, order["id"])
+
+    assert_cancelled_whole(api, order, done)
+    assert done["payment"]["status"] == "voided"
+    assert (reserved(api, "MUG"), reserved(api, "CAP")) == (0, 0)
+    assert api.get(f"/orders/{order['id']}").json()["lines"] == done["lines"]
+
+
+def test_cancelling_every_unit_by_lines_cancels_the_order_the_same_way(api):
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+
+    done = cancel(api, order["id"], [("L1", 1), ("L2", 2)])
+
+    assert_cancelled_whole(api, order, done)
+    assert done["payment"]["status"] == "voided"
+
+
+def test_cancelling_a_pending_order_takes_every_line_to_zero(api):
+    order = placed(api, ("MUG", 4))
+
+    assert_cancelled_whole(api, order, cancel(api, order["id"]))
+
+
+def test_cancelling_a_held_order_takes_every_line_to_zero(api):
+    order = allocated(api, ("CAP", 2))
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "fraud_review"})
+    assert held.status_code == 200, held.text
+
+    done = cancel(api, order["id"], [("L1", 2)])
+
+    assert_cancelled_whole(api, order, done)
+    assert (done["hold"], done["payment"]["status"]) == (None, "voided")
+
+
+def test_cancelling_a_backordered_order_takes_every_line_to_zero(api):
+    order_id = placed(api, ("KITE", 2))["id"]
+    steps = workflow()
+    steps.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "backordered", order
+
+    assert_cancelled_whole(api, order, cancel(api, order_id))
+
+
+def test_the_workflows_out_of_stock_cancel_takes_every_line_to_zero(api):
+    order_id = placed(api, ("MUG", 1), ("CAP", 1))["id"]
+    workflow().authorize_payment(order_id, attempt=0)
+    order = api.get(f"/orders/{order_id}").json()
+
+    workflow().cancel_after_failure(order_id, "OutOfStock", '{"errorMessage": "no stock"}')
+
+    done = api.get(f"/orders/{order_id}").json()
+    assert_cancelled_whole(api, order, done)
+    assert done["payment"]["status"] == "voided"
+
+
+def test_a_declined_payment_is_no_cancel_its_lines_stay_as_ordered(api):
+    body = order_body(external_id=f"web-w{next(_orders)}", lines=[{"sku": "MUG", "quantity": 2}],
+                      payment={"method": "test", "token": "tok_decline"})  # fmt: skip
+    order = api.post("/orders", json=body).json()
+    with pytest.raises(PaymentDeclined):
+        workflow().authorize_payment(order["id"], attempt=0)
+    workflow().fail_payment(order["id"], "PaymentDeclined", '{"errorMessage": "declined"}')
+
+    failed = api.get(f"/orders/{order['id']}").json()
+
+    assert failed["status"] == "payment_failed"
+    assert (units(failed), failed["totals"]) == ([(2, 0)], order["totals"])
+
+
+@pytest.mark.parametrize(
+    ("lines", "field"),
+    [([("L1", 3)], "lines[0].quantity"), ([("L1", 2), ("L7", 1)], "lines[1].line_id")],
+)
+def test_a_cancel_naming_more_than_the_order_has_is_422_and_cancels_nothing(api, lines, field):
+    order = allocated(api, ("MUG", 2))
+    held = reserved(api, "MUG")
+
+    answer = api.post(f"/orders/{order['id']}/cancel", json={
+        "reason": "customer asked", "lines": [{"line_id": line_id, "quantity": units} for line_id, units in lines],
+    })  # fmt: skip
+
+    refused = assert_error(answer, 422)
+    assert [detail["field"] for detail in refused["details"]] == [field]
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], units(after), reserved(api, "MUG")) == ("allocated", [(2, 0)], held)
