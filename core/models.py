@@ -880,6 +880,12 @@ class PaymentRefund(BaseModel, defer_build=True):
         default=None,
         description="A return's refund: what of it is the order's shipping given back (null when none is)",
     )
+    kept_back: Money | None = Field(
+        default=None,
+        description="A return's refund: what of the return's worth it could not give back, captured "
+        "minus refunded falling short of it (null when nothing was); refunded once a later parcel's "
+        "capture makes it refundable (UnitCancellation.refund_kept_back)",
+    )
     authorization: str | None = Field(
         default=None,
         description="The authorization whose captures it gives back, when not the payment's own "
@@ -3023,13 +3029,14 @@ class Order(BaseModel, defer_build=True):
     def begin_refund(
         self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
         return_id: str | None = None, lines: list[RefundedUnits] | None = None, shipping: Money | None = None,
-        at: datetime, actor: str,
+        kept_back: Money | None = None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """A refund about to be asked of the gateway, written first as `pending` so that what it
         takes is held: never more than captured minus refunded and pending, nor what an exchange's
         credit holds but the refunds of its own return (refundable). `lines`: what a
         return's refund gives back for each line's units; `shipping`: what of it is the order's
-        shipping (core.refunds.shipping_refunded counts it, so shipping goes back once)."""
+        shipping (core.refunds.shipping_refunded counts it, so shipping goes back once);
+        `kept_back`: what of the return's worth it cannot give back (PaymentRefund.kept_back)."""
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount, return_id)
@@ -3037,7 +3044,7 @@ class Order(BaseModel, defer_build=True):
         authorization = sources[0][0] if len(sources) == 1 and sources[0][0] != self.payment.authorization else None
         parts = [RefundPart(authorization=a, amount=part) for a, part in sources] if len(sources) > 1 else None
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
-                               return_id=return_id, at=at, lines=lines, shipping=shipping,
+                               return_id=return_id, at=at, lines=lines, shipping=shipping, kept_back=kept_back,
                                authorization=authorization, parts=parts)  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,

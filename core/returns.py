@@ -656,7 +656,11 @@ class Returns:
                 if shares is None:
                     return key, amount
                 back = min(shipping(current), amount, key=lambda money: money.amount) if shipping else None
-                if back is None or back.amount <= 0:
+                back = back if back is not None and back.amount > 0 else None
+                kept = _kept_back(current, item.id, amount, went, uncapped) if beyond is None else None
+                if kept is not None:
+                    return key, amount, shares(current), back, kept
+                if back is None:
                     return key, amount, shares(current)
                 return key, amount, shares(current), back
 
@@ -1040,6 +1044,21 @@ class Returns:
 
             modify(self._orders, item.order_id, decide)
         return written
+
+
+def _kept_back(
+    order: Order, return_id: str, amount: Money, went: Money, uncapped: Callable[[Order], Money] | None
+) -> Money | None:  # fmt: skip
+    """What of return `return_id`'s worth (`uncapped(order)`, less what refused attempts of it gave
+    back all the same: `went`) a refund of `amount` leaves kept back, captured minus refunded having
+    fallen short of it (an appeasement took part of what its units were captured for): refunded
+    once a later parcel's capture makes it refundable (UnitCancellation.refund_kept_back). None when
+    the refund is all of it; worked out only when the cap can have bound, the refund taking all
+    that is refundable."""
+    if uncapped is None or amount < order.refundable(besides_return=return_id):
+        return None
+    kept = uncapped(order) - went - amount
+    return kept if kept.amount > 0 else None
 
 
 def _went_back_before(order: Order, return_id: str) -> Money:

@@ -37,7 +37,7 @@ from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
 from core.refund_service import RefundService
-from core.refunds import refunded_beyond_lines
+from core.refunds import refund_id_for, refunded_beyond_lines
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
@@ -374,10 +374,11 @@ class UnitCancellation:
         gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
         would. A parcel still pending that a cancel of units left due a label is booked first
         (book_labels_due), and the bookings the order gave up are cancelled (cancel_given_up).
-        Returns the order as it then is."""
+        After any parcel, what returns' refunds kept back for want of captured money is refunded
+        as far as its capture makes it refundable (refund_kept_back). Returns the order as it then is."""
         order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
-            return order
+            return self.refund_kept_back(order, actor)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
             if any(refund.status == "pending" for refund in order.payment.refunds):
@@ -390,7 +391,28 @@ class UnitCancellation:
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._credits.give_back(order, actor)
-        return order
+        return self.refund_kept_back(order, actor)
+
+    def refund_kept_back(self, order: Order, actor: str) -> Order:
+        """Refund what the refunds of the order's returns kept back of their worth
+        (PaymentRefund.kept_back: captured minus refunded fell short of it, an appeasement having
+        taken part of what their units were captured for while another parcel was still to be
+        captured), as far as the captures since make it refundable: the customer ends with the
+        appeasement and the return's whole refund, as when that parcel had shipped first. Once per
+        return (_kept_back_refund decides it on the order as it is written, under a key of its own);
+        one the gateway refused is asked again under a new key by the next ship or delivery, one
+        left pending under its key. Nothing is read or written for an order no return's refund kept
+        anything back of. Returns the order as it then is."""
+        owed = [r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"]
+        if not owed:
+            return order
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
+            for return_id in dict.fromkeys(owed):
+                self._refunds.issue_decided_refund(
+                    order.id, _kept_back_refund(return_id), _kept_back_reason(return_id), actor,
+                    kind="return", return_id=return_id,
+                )  # fmt: skip
+        return self._current(order.id)
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment
@@ -428,6 +450,36 @@ def _settled(order: Order) -> Money:
             went = [part.amount for part in refund.parts or [] if part.status == "succeeded"]
             held = held - sum(went, Money.zero(order.currency))
     return held
+
+
+def _kept_back_reason(return_id: str) -> str:
+    return f"return {return_id}, kept back until a later parcel was captured"
+
+
+def _kept_back_refund(return_id: str) -> Callable[[Order], tuple[str, Money] | None]:
+    """How the refund of what return `return_id`'s refund kept back is decided on the order: its key
+    (the return's and how many such refunds the gateway refused) and amount, what was kept back less
+    what such refunds gave back or hold (of one refused, the parts approved before it), as far as it
+    is refundable; None when nothing is owed or refundable."""
+    reason = _kept_back_reason(return_id)
+
+    def decide(order: Order) -> tuple[str, Money] | None:
+        zero = Money.zero(order.currency)
+        mine = [r for r in order.payment.refunds if r.return_id == return_id]
+        given = [r for r in mine if r.reason == reason]
+        key = f"{return_id}#kept_back#{sum(1 for r in given if r.status == 'failed')}"
+        if order.payment.refund_by_id(refund_id_for(order.id, key)) is not None:
+            return key, zero  # carried on with the amount it was written with
+        kept = sum((r.kept_back for r in mine if r.kept_back and r.status == "succeeded"), zero)
+        for refund in given:
+            if refund.status != "failed":
+                kept = kept - refund.amount
+            else:
+                kept = kept - sum((p.amount for p in refund.parts or [] if p.status == "succeeded"), zero)
+        amount = min(kept, order.refundable(besides_return=return_id))
+        return (key, amount) if amount.amount > 0 else None
+
+    return decide
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

@@ -1820,6 +1820,69 @@ def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refus
     assert after.payment.refunded == order.lines[0].total
 
 
+def mugs_back_after_goodwill(world: World, returns: Returns) -> tuple[Order, str, str]:
+    """An order of 2 MUGs (the west's parcel) and 2 CAPs (the east's): the MUGs ship, 1.00 goes back
+    as goodwill, then both MUGs come back and are settled while the CAPs wait. The order, the
+    CAPs' shipment and the return's id."""
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    return order, world.shipment_at(order, "wh-east"), item.id
+
+
+def test_a_goodwill_refund_before_a_return_is_not_swallowed_once_the_next_parcel_is_captured(world, clock):
+    # The MUGs' capture less the goodwill could give back only 25.81 of their 26.81; the CAPs'
+    # capture makes the rest refundable, and the customer keeps the goodwill as when the CAPs had
+    # shipped before the return. Shipping and delivering again refund nothing more.
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    mugs = order.lines[0].total
+    assert returns.settle(return_id, actor="key_wh").refund == mugs - Money.of("1.00", "USD")
+
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    paid = after.payment
+    assert paid.captured == order.totals.grand_total
+    assert paid.captured - paid.refunded == order.totals.grand_total - mugs - Money.of("1.00", "USD")
+    for_return = [r.amount for r in paid.refunds if r.return_id == return_id and r.status == "succeeded"]
+    assert sum(for_return, Money.zero("USD")) == mugs
+
+
+def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_refused_it(world, clock):
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    world.gateway.script("refund", "refuse", "approve")
+
+    shipped_caps = world.actions.ship(order.id, caps, None, actor="key_wh")
+    assert shipped_caps.payment.refunds[-1].status == "failed"
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    paid = after.payment
+    assert [(r.amount, r.status) for r in paid.refunds[2:]] == [
+        (Money.of("1.00", "USD"), "failed"), (Money.of("1.00", "USD"), "succeeded")
+    ]  # fmt: skip
+    assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - Money.of("1.00", "USD")
+
+
+def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as_it_was(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    assert world.order(order.id).payment.refunds[0].kept_back is None
+
+    after = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+
+    assert [r.amount for r in after.payment.refunds] == [order.lines[0].total]
+
+
 def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("MUG", 3))
