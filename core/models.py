@@ -884,7 +884,7 @@ class PaymentRefund(BaseModel, defer_build=True):
         default=None,
         description="A return's refund: what of the return's worth it could not give back, captured "
         "minus refunded falling short of it (null when nothing was); refunded once a later parcel's "
-        "capture makes it refundable (UnitCancellation.refund_kept_back)",
+        "capture makes it refundable",
     )
     authorization: str | None = Field(
         default=None,
@@ -1468,6 +1468,12 @@ class Order(BaseModel, defer_build=True):
     # refund it too (Order.refundable); what the credit gives back (refunds of that return) frees
     # it again. The system's own: stored, never shown.
     credit_holds: dict[str, Money] = Field(default_factory=dict, exclude=True)
+    # What of the returned units' worth each exchange's credit (by return id) could not take when it
+    # was held, captured minus refunded falling short of it (an appeasement took part of what the
+    # units were captured for while another parcel was still to be captured): refunded once that
+    # parcel's capture makes it refundable (UnitCancellation.refund_kept_back), as a return's refund
+    # keeps it (PaymentRefund.kept_back). The system's own: stored, never shown.
+    credits_kept_back: dict[str, Money] = Field(default_factory=dict, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1536,6 +1542,10 @@ class Order(BaseModel, defer_build=True):
         if self.credit_holds:
             system["credit_holds"] = {
                 return_id: amount.model_dump(mode="json") for return_id, amount in self.credit_holds.items()
+            }
+        if self.credits_kept_back:
+            system["credits_kept_back"] = {
+                return_id: amount.model_dump(mode="json") for return_id, amount in self.credits_kept_back.items()
             }
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
@@ -3146,23 +3156,28 @@ class Order(BaseModel, defer_build=True):
         claims = {key: amount for key, amount in self.shipping_claims.items() if key != return_id}
         return self._bookkeeping(at=at, shipping_claims=claims)
 
-    def hold_credit(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
+    def hold_credit(
+        self, return_id: str, amount: Money, *, at: datetime, kept_back: Money | None = None
+    ) -> Bookkeeping:  # fmt: skip
         """`amount` of the captured money is return `return_id`'s exchange credit, written before the
         replacement is placed with it: no other refund can take it from now on (refundable).
+        `kept_back`: what of the units' worth the credit could not take (credits_kept_back).
         Bookkeeping: the history's `exchange_placed` entry names the credit."""
         if return_id in self.credit_holds:
             raise InvalidTransition(f"return {return_id} holds its credit already")
         if amount.currency != self.currency or amount.is_negative():
             raise InvalidTransition(f"a credit is a non-negative amount in {self.currency}")
-        return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount})
+        kept = {**self.credits_kept_back, return_id: kept_back} if kept_back else self.credits_kept_back
+        return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount}, credits_kept_back=kept)
 
     def release_credit(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
         """Return `return_id`'s exchange was given up: what its credit held (hold_credit) may be
-        refunded again. None without a hold."""
+        refunded again, and what it kept back is the return's refund's to decide. None without a hold."""
         if return_id not in self.credit_holds:
             return None
         holds = {key: amount for key, amount in self.credit_holds.items() if key != return_id}
-        return self._bookkeeping(at=at, credit_holds=holds)
+        kept = {key: amount for key, amount in self.credits_kept_back.items() if key != return_id}
+        return self._bookkeeping(at=at, credit_holds=holds, credits_kept_back=kept)
 
     def hold_placed_credits(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
         """The credits of the exchanges placed before their credit was held (hold_credit), held

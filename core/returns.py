@@ -948,13 +948,18 @@ class Returns:
         """The original holding what the exchange's credit takes of its captured money (the
         returned units' refund, _due), decided in the hold's conditional write (Order.hold_credit),
         once: a refund deciding meanwhile leaves the credit what is left, an appeasement after it
-        cannot refund it too, and a retried step finds the credit it decided."""
+        cannot refund it too, and a retried step finds the credit it decided. What of the units'
+        worth the credit could not take is kept back with it (Order.credits_kept_back; _kept_back),
+        but on an original that is itself a replacement, whose own credit carries it (_replacement)."""
         at = self._clock()
 
         def hold(current: Order) -> Bookkeeping | None:
             if item.id in current.credit_holds:
                 return None
-            return current.hold_credit(item.id, self._due(item, current), at=at)
+            credit = self._due(item, current)
+            uncapped = None if current.exchange_of else (lambda order: self._due(item, order, capped=False))
+            kept = _kept_back(current, item.id, credit, Money.zero(current.currency), uncapped)
+            return current.hold_credit(item.id, credit, at=at, kept_back=kept)
 
         return modify(self._orders, original.id, hold)
 
@@ -1050,11 +1055,11 @@ def _kept_back(
     order: Order, return_id: str, amount: Money, went: Money, uncapped: Callable[[Order], Money] | None
 ) -> Money | None:  # fmt: skip
     """What of return `return_id`'s worth (`uncapped(order)`, less what refused attempts of it gave
-    back all the same: `went`) a refund of `amount` leaves kept back, captured minus refunded having
-    fallen short of it (an appeasement took part of what its units were captured for): refunded
-    once a later parcel's capture makes it refundable (UnitCancellation.refund_kept_back). None when
-    the refund is all of it; worked out only when the cap can have bound, the refund taking all
-    that is refundable."""
+    back all the same: `went`) a refund (or an exchange's credit) of `amount` leaves kept back,
+    captured minus refunded having fallen short of it (an appeasement took part of what its units
+    were captured for): refunded once a later parcel's capture makes it refundable
+    (UnitCancellation.refund_kept_back). None when `amount` is all of it; worked out only when the
+    cap can have bound, `amount` taking all that is refundable."""
     if uncapped is None or amount < order.refundable(besides_return=return_id):
         return None
     kept = uncapped(order) - went - amount

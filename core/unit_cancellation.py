@@ -394,24 +394,32 @@ class UnitCancellation:
         return self.refund_kept_back(order, actor)
 
     def refund_kept_back(self, order: Order, actor: str) -> Order:
-        """Refund what the refunds of the order's returns kept back of their worth
-        (PaymentRefund.kept_back: captured minus refunded fell short of it, an appeasement having
-        taken part of what their units were captured for while another parcel was still to be
-        captured), as far as the captures since make it refundable: the customer ends with the
-        appeasement and the return's whole refund, as when that parcel had shipped first. Once per
-        return (_kept_back_refund decides it on the order as it is written, under a key of its own);
-        one the gateway refused is asked again under a new key by the next ship or delivery, one
-        left pending under its key. Nothing is read or written for an order no return's refund kept
-        anything back of. Returns the order as it then is."""
-        owed = [r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"]
+        """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the
+        returned units' worth (PaymentRefund.kept_back, Order.credits_kept_back: captured minus
+        refunded fell short of it, an appeasement having taken part of what the units were captured
+        for while another parcel was still to be captured), as far as the captures since make it
+        refundable: the customer ends with the appeasement and the units' whole worth, as when that
+        parcel had shipped first. Once per return (_kept_back_refund decides it on the order as it
+        is written, under a key of its own); one the gateway refused is asked again under a new key
+        by the next ship or delivery, one left pending under its key. An exchange's is refunded once
+        its replacement is placed (never given up for a refund that decides it again), and names no
+        return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
+        or written for an order that kept nothing back. Returns the order as it then is."""
+        owed: list[tuple[str | None, str, Callable[[Order], Any]]] = [
+            (r.return_id, _kept_back_reason(r.return_id),
+             _kept_back_refund(_kept_back_reason(r.return_id), r.return_id, _refund_kept_back(r.return_id)))
+            for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
+        ] + [
+            (None, _credit_kept_back_reason(return_id),
+             _kept_back_refund(_credit_kept_back_reason(return_id), f"{return_id}:credit",
+                               lambda current, return_id=return_id: current.credits_kept_back[return_id]))
+            for return_id in order.credits_kept_back if return_id in order.exchanges
+        ]  # fmt: skip
         if not owed:
             return order
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
-            for return_id in dict.fromkeys(owed):
-                self._refunds.issue_decided_refund(
-                    order.id, _kept_back_refund(return_id), _kept_back_reason(return_id), actor,
-                    kind="return", return_id=return_id,
-                )  # fmt: skip
+            for return_id, reason, decide in owed:
+                self._refunds.issue_decided_refund(order.id, decide, reason, actor, kind="return", return_id=return_id)
         return self._current(order.id)
 
     def _release_authorization(self, order: Order, actor: str) -> None:
@@ -456,28 +464,42 @@ def _kept_back_reason(return_id: str) -> str:
     return f"return {return_id}, kept back until a later parcel was captured"
 
 
-def _kept_back_refund(return_id: str) -> Callable[[Order], tuple[str, Money] | None]:
-    """How the refund of what return `return_id`'s refund kept back is decided on the order: its key
-    (the return's and how many such refunds the gateway refused) and amount, what was kept back less
-    what such refunds gave back or hold (of one refused, the parts approved before it), as far as it
-    is refundable; None when nothing is owed or refundable."""
-    reason = _kept_back_reason(return_id)
+def _credit_kept_back_reason(return_id: str) -> str:
+    return f"return {return_id}'s exchange credit, kept back until a later parcel was captured"
+
+
+def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
+    """What return `return_id`'s refund kept back (PaymentRefund.kept_back of the one that succeeded)."""
+
+    def kept(order: Order) -> Money:
+        zero = Money.zero(order.currency)
+        mine = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"]
+        return sum((r.kept_back for r in mine if r.kept_back), zero)
+
+    return kept
+
+
+def _kept_back_refund(reason: str, key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Any]:
+    """How the refund of what a return's refund or exchange credit kept back (`kept(order)`) is
+    decided on the order: its key (`key` and how many such refunds, named by `reason`, the gateway
+    refused) and amount, what was kept back less what such refunds gave back or hold (of one
+    refused, the parts approved before it), as far as it is refundable; None when nothing is owed
+    or refundable."""
 
     def decide(order: Order) -> tuple[str, Money] | None:
         zero = Money.zero(order.currency)
-        mine = [r for r in order.payment.refunds if r.return_id == return_id]
-        given = [r for r in mine if r.reason == reason]
-        key = f"{return_id}#kept_back#{sum(1 for r in given if r.status == 'failed')}"
-        if order.payment.refund_by_id(refund_id_for(order.id, key)) is not None:
-            return key, zero  # carried on with the amount it was written with
-        kept = sum((r.kept_back for r in mine if r.kept_back and r.status == "succeeded"), zero)
+        given = [r for r in order.payment.refunds if r.reason == reason]
+        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status == 'failed')}"
+        if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
+            return attempt, zero  # carried on with the amount it was written with
+        owed = kept(order)
         for refund in given:
             if refund.status != "failed":
-                kept = kept - refund.amount
+                owed = owed - refund.amount
             else:
-                kept = kept - sum((p.amount for p in refund.parts or [] if p.status == "succeeded"), zero)
-        amount = min(kept, order.refundable(besides_return=return_id))
-        return (key, amount) if amount.amount > 0 else None
+                owed = owed - sum((p.amount for p in refund.parts or [] if p.status == "succeeded"), zero)
+        amount = min(owed, order.refundable())
+        return (attempt, amount) if amount.amount > 0 else None
 
     return decide
 

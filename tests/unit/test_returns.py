@@ -1852,6 +1852,35 @@ def test_a_goodwill_refund_before_a_return_is_not_swallowed_once_the_next_parcel
     assert sum(for_return, Money.zero("USD")) == mugs
 
 
+@pytest.mark.parametrize("goes_ahead", [True, False], ids=["replacement_shipped", "replacement_cancelled"])
+def test_a_goodwill_refund_before_an_exchange_is_not_swallowed_once_the_next_parcel_is_captured(
+    world, clock, goes_ahead
+):  # fmt: skip
+    # As for a return: the MUGs' credit could take only 25.81 of their 26.81, and the customer paid
+    # the 1.00 again on the replacement; the CAPs' capture makes it refundable on the original.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 2, ("TSHIRT", 2)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    if goes_ahead:
+        replacement = delivered(world, replacement)
+    else:
+        replacement = world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+
+    original, own = world.order(order.id).payment, replacement.payment
+    kept = order.totals.grand_total - order.lines[0].total - Money.of("1.00", "USD")
+    if goes_ahead:
+        kept = kept + replacement.totals.grand_total
+    assert original.captured - original.refunded + own.captured - own.refunded == kept
+
+
 def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_refused_it(world, clock):
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
