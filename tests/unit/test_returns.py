@@ -23,6 +23,7 @@ from core.errors import (
     UnknownSku,
 )
 from core.events import OrderEvent
+from core.exchange_credit import ExchangeCredits
 from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.payments import Payments
@@ -1093,6 +1094,70 @@ def test_the_credit_of_a_replacements_units_cancelled_after_another_parcel_came_
     assert [r.status for r in given_back] == ["succeeded"]
 
 
+def mug_of_replacement_back(world: World, clock: Clock, line: tuple[str, int]):
+    """`line` exchanged for a MUG (the west's parcel) and a CAP (the east's); the replacement's MUG
+    shipped and is back, received and counted, not yet refunded: (returns, original, settled
+    exchange, replacement, the MUG's return id)."""
+    returns, order, settled = exchanged(world, clock, line, ("MUG", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    mug = next(s for s in replacement.shipments if s.location_id == "wh-west")
+    world.actions.ship(replacement.id, mug.id, None, actor="key_wh")
+    back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(back.id)
+    returns.record_on_order(back.id, "key_wh")
+    return returns, order, settled, world.order(replacement.id), back.id
+
+
+def paid_both_shippings_and_credit_held(world: World, order: Order, settled: Return, replacement: Order) -> None:
+    """Everything the customer got came back or was cancelled: across both orders they paid both
+    orders' shipping and no more, and the refunds drawn on the credit add up to no more than it."""
+    original, own = world.order(order.id).payment, world.order(replacement.id).payment
+    paid = original.captured - original.refunded + own.captured - own.refunded
+    assert paid == order.totals.shipping + world.order(replacement.id).totals.shipping
+    drawn = [r.amount for r in original.refunds if r.return_id == settled.id and r.status == "succeeded"]
+    assert sum(drawn, Money.zero("USD")) <= (replacement.exchange_credit or Money.zero("USD"))
+
+
+@pytest.mark.parametrize("line", [("TSHIRT", 3), ("TSHIRT", 1)], ids=["cheaper", "dearer"])
+def test_a_replacements_credit_given_back_again_or_twice_at_once_is_given_back_once(world, clock, line, monkeypatch):
+    returns, order, settled, replacement, back = mug_of_replacement_back(world, clock, line)
+    returns.settle(back, actor="key_wh")
+    stale = world.order(replacement.id)
+    world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")
+    cancelled = world.order(replacement.id)
+
+    credits = ExchangeCredits(world.returns, world.refunds, world.orders)
+    before_the_next_write(world, monkeypatch, lambda: credits.give_back(cancelled, "key_cs"))
+    credits.give_back(cancelled, "key_cs")
+    monkeypatch.undo()
+    credits.give_back(stale, "key_cs")  # one that read the replacement before the cancel: not final
+
+    paid_both_shippings_and_credit_held(world, order, settled, replacement)
+    given_back = [r for r in world.order(order.id).payment.refunds if "did not use its credit" in r.reason]
+    assert [r.status for r in given_back] == ["succeeded"]
+
+
+@pytest.mark.parametrize("line", [("TSHIRT", 3), ("TSHIRT", 1)], ids=["cheaper", "dearer"])
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel_then_refund", "cancel_during_refund"])
+def test_a_replacements_rest_cancelled_before_or_while_its_returned_parcel_is_refunded_draws_the_credit_once(
+    world, clock, line, cancel_first, monkeypatch
+):  # fmt: skip
+    returns, order, settled, replacement, back = mug_of_replacement_back(world, clock, line)
+    cancel = lambda: world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")  # noqa: E731
+    if cancel_first:
+        cancel()
+    landed = [True] if cancel_first else before_the_next_write(world, monkeypatch, cancel)  # in the refund's write
+
+    returns.settle(back, actor="key_wh")
+    monkeypatch.undo()
+    assert landed
+    cancel()  # a repeat finishes what the one in between left, and gives nothing more
+
+    assert world.order(replacement.id).status is S.RETURNED
+    paid_both_shippings_and_credit_held(world, order, settled, replacement)
+
+
 def test_a_replacements_units_sent_back_one_by_one_give_back_its_line_to_the_cent(world, clock):
     # The credit paid for all three caps, so the first cap's refund came wholly from it and the
     # replacement recorded nothing for it; the second was exchanged, the third returned. The first
@@ -1799,6 +1864,25 @@ def test_two_returns_of_one_line_refunded_at_once_add_up_to_its_total(world, clo
     refunds = [refund.amount for refund in world.order(order.id).payment.refunds]
     assert sorted(refunds) == [Money.of("13.40", "USD"), Money.of("13.41", "USD"), Money.of("13.41", "USD")]
     assert world.order(order.id).payment.refunded == line.total
+
+
+def test_a_line_returned_over_returns_stored_before_and_after_shares_were_recorded_refunds_its_total(world, clock):
+    # 40.22 over three MUGs. The first return's refund was stored before refunds recorded their
+    # units' shares; the second's records them. The third counts the first as it came, first.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 3))
+    first = returns.settle(one_unit_back(returns, order), actor="key_wh")
+    stored = world.order(order.id)
+    unrecorded = [r.model_copy(update={"lines": None}) for r in stored.payment.refunds]
+    world.orders.orders[order.id] = stored.model_copy(
+        update={"payment": stored.payment.model_copy(update={"refunds": unrecorded})}
+    )
+
+    second = returns.settle(one_unit_back(returns, order), actor="key_wh")
+    third = returns.settle(one_unit_back(returns, order), actor="key_wh")
+
+    assert [r.refund.amount for r in (first, second, third)] == [Decimal("13.41"), Decimal("13.40"), Decimal("13.41")]
+    assert world.order(order.id).payment.refunded == order.lines[0].total
 
 
 def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refuses_that_appeasement(world, clock):
