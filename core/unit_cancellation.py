@@ -36,7 +36,7 @@ from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
-from core.refund_service import RefundService
+from core.refund_service import Decision, RefundService
 from core.refunds import refund_id_for, refunded_beyond_lines
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
@@ -405,7 +405,7 @@ class UnitCancellation:
         its replacement is placed (never given up for a refund that decides it again), and names no
         return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
         or written for an order that kept nothing back. Returns the order as it then is."""
-        owed: list[tuple[str | None, str, Callable[[Order], Any]]] = [
+        owed: list[tuple[str | None, str, Callable[[Order], Decision | None]]] = [
             (r.return_id, _kept_back_reason(r.return_id),
              _kept_back_refund(_kept_back_reason(r.return_id), r.return_id, _refund_kept_back(r.return_id)))
             for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
@@ -479,14 +479,14 @@ def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
     return kept
 
 
-def _kept_back_refund(reason: str, key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Any]:
+def _kept_back_refund(reason: str, key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Decision | None]:
     """How the refund of what a return's refund or exchange credit kept back (`kept(order)`) is
     decided on the order: its key (`key` and how many such refunds, named by `reason`, the gateway
     refused) and amount, what was kept back less what such refunds gave back or hold (of one
     refused, the parts approved before it), as far as it is refundable; None when nothing is owed
     or refundable."""
 
-    def decide(order: Order) -> tuple[str, Money] | None:
+    def decide(order: Order) -> Decision | None:
         zero = Money.zero(order.currency)
         given = [r for r in order.payment.refunds if r.reason == reason]
         attempt = f"{key}#kept_back#{sum(1 for r in given if r.status == 'failed')}"
