@@ -1469,11 +1469,12 @@ class Order(BaseModel, defer_build=True):
     # it again. The system's own: stored, never shown.
     credit_holds: dict[str, Money] = Field(default_factory=dict, exclude=True)
     # What of the returned units' worth each exchange's credit (by return id) could not take when it
-    # was held, captured minus refunded falling short of it (an appeasement took part of what the
-    # units were captured for while another parcel was still to be captured): refunded once that
-    # parcel's capture makes it refundable (UnitCancellation.refund_kept_back), as a return's refund
-    # keeps it (PaymentRefund.kept_back). The system's own: stored, never shown.
-    credits_kept_back: dict[str, Money] = Field(default_factory=dict, exclude=True)
+    # was held, or a return's refund could not give back at all (it gave nothing), captured minus
+    # refunded falling short of it (an appeasement took part of what the units were captured for
+    # while another parcel was still to be captured): refunded once that parcel's capture makes it
+    # refundable (UnitCancellation.refund_kept_back), as a return's refund that gave part keeps it
+    # (PaymentRefund.kept_back). The system's own: stored, never shown.
+    returns_kept_back: dict[str, Money] = Field(default_factory=dict, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1543,9 +1544,9 @@ class Order(BaseModel, defer_build=True):
             system["credit_holds"] = {
                 return_id: amount.model_dump(mode="json") for return_id, amount in self.credit_holds.items()
             }
-        if self.credits_kept_back:
-            system["credits_kept_back"] = {
-                return_id: amount.model_dump(mode="json") for return_id, amount in self.credits_kept_back.items()
+        if self.returns_kept_back:
+            system["returns_kept_back"] = {
+                return_id: amount.model_dump(mode="json") for return_id, amount in self.returns_kept_back.items()
             }
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
@@ -3161,14 +3162,23 @@ class Order(BaseModel, defer_build=True):
     ) -> Bookkeeping:  # fmt: skip
         """`amount` of the captured money is return `return_id`'s exchange credit, written before the
         replacement is placed with it: no other refund can take it from now on (refundable).
-        `kept_back`: what of the units' worth the credit could not take (credits_kept_back).
+        `kept_back`: what of the units' worth the credit could not take (returns_kept_back).
         Bookkeeping: the history's `exchange_placed` entry names the credit."""
         if return_id in self.credit_holds:
             raise InvalidTransition(f"return {return_id} holds its credit already")
         if amount.currency != self.currency or amount.is_negative():
             raise InvalidTransition(f"a credit is a non-negative amount in {self.currency}")
-        kept = {**self.credits_kept_back, return_id: kept_back} if kept_back else self.credits_kept_back
-        return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount}, credits_kept_back=kept)
+        kept = {**self.returns_kept_back, return_id: kept_back} if kept_back else self.returns_kept_back
+        return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount}, returns_kept_back=kept)
+
+    def keep_back(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping | None:
+        """Return `return_id`'s refund gave nothing back of `amount`, the units' worth, as nothing was
+        refundable (returns_kept_back). None when it is recorded so already."""
+        if self.returns_kept_back.get(return_id) == amount:
+            return None
+        if amount.currency != self.currency or amount.amount <= 0:
+            raise InvalidTransition(f"what is kept back is a positive amount in {self.currency}")
+        return self._bookkeeping(at=at, returns_kept_back={**self.returns_kept_back, return_id: amount})
 
     def release_credit(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
         """Return `return_id`'s exchange was given up: what its credit held (hold_credit) may be
@@ -3176,8 +3186,8 @@ class Order(BaseModel, defer_build=True):
         if return_id not in self.credit_holds:
             return None
         holds = {key: amount for key, amount in self.credit_holds.items() if key != return_id}
-        kept = {key: amount for key, amount in self.credits_kept_back.items() if key != return_id}
-        return self._bookkeeping(at=at, credit_holds=holds, credits_kept_back=kept)
+        kept = {key: amount for key, amount in self.returns_kept_back.items() if key != return_id}
+        return self._bookkeeping(at=at, credit_holds=holds, returns_kept_back=kept)
 
     def hold_placed_credits(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
         """The credits of the exchanges placed before their credit was held (hold_credit), held

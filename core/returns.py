@@ -669,6 +669,8 @@ class Returns:
             )
             if refund is not None and refund.status != "succeeded":
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+            if refund is None and beyond is None and uncapped is not None:
+                self._keep_back(item, uncapped)
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
             amount = done.amount
@@ -678,6 +680,22 @@ class Returns:
             amount = amount + beyond(amount)
         at = self._clock()
         return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+
+    def _keep_back(self, item: Return, uncapped: Callable[[Order], Money]) -> None:
+        """A return whose refund gave nothing, nothing being refundable while its units were worth
+        something (an appeasement took what they were captured for): what they were worth is kept
+        back on the order (Order.keep_back, decided on the order as it is written), to be refunded
+        once a later parcel's capture makes it refundable, as a refund that gave part keeps the rest."""
+        at = self._clock()
+
+        def keep(current: Order) -> Bookkeeping | None:
+            if any(r.return_id == item.id and r.status != "failed" for r in current.payment.refunds):
+                return None  # a refund of it is under way or made: what it keeps back is its own
+            went = _went_back_before(current, item.id)
+            kept = _kept_back(current, item.id, Money.zero(current.currency), went, uncapped)
+            return current.keep_back(item.id, kept, at=at) if kept is not None else None
+
+        modify(self._orders, item.order_id, keep)
 
     # --- Exchange ---------------------------------------------------------------------------
     def exchange(self, return_id: str, actor: str) -> Return:
@@ -949,7 +967,7 @@ class Returns:
         returned units' refund, _due), decided in the hold's conditional write (Order.hold_credit),
         once: a refund deciding meanwhile leaves the credit what is left, an appeasement after it
         cannot refund it too, and a retried step finds the credit it decided. What of the units'
-        worth the credit could not take is kept back with it (Order.credits_kept_back; _kept_back),
+        worth the credit could not take is kept back with it (Order.returns_kept_back; _kept_back),
         but on an original that is itself a replacement, whose own credit carries it (_replacement)."""
         at = self._clock()
 

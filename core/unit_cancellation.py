@@ -395,7 +395,7 @@ class UnitCancellation:
 
     def refund_kept_back(self, order: Order, actor: str) -> Order:
         """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the
-        returned units' worth (PaymentRefund.kept_back, Order.credits_kept_back: captured minus
+        returned units' worth (PaymentRefund.kept_back, Order.returns_kept_back: captured minus
         refunded fell short of it, an appeasement having taken part of what the units were captured
         for while another parcel was still to be captured), as far as the captures since make it
         refundable: the customer ends with the appeasement and the units' whole worth, as when that
@@ -405,15 +405,20 @@ class UnitCancellation:
         its replacement is placed (never given up for a refund that decides it again), and names no
         return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
         or written for an order that kept nothing back. Returns the order as it then is."""
+        kept_by_refunds = [
+            r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
+        ]
+        placed = [return_id for return_id in order.returns_kept_back if return_id in order.exchanges]
+        refunded = [return_id for return_id in order.returns_kept_back if return_id not in order.credit_holds]
         owed: list[tuple[str | None, str, Callable[[Order], Decision | None]]] = [
-            (r.return_id, _kept_back_reason(r.return_id),
-             _kept_back_refund(_kept_back_reason(r.return_id), r.return_id, _refund_kept_back(r.return_id)))
-            for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
+            (return_id, _kept_back_reason(return_id),
+             _kept_back_refund(_kept_back_reason(return_id), return_id, _refund_kept_back(return_id)))
+            for return_id in dict.fromkeys([*kept_by_refunds, *refunded])
         ] + [
             (None, _credit_kept_back_reason(return_id),
              _kept_back_refund(_credit_kept_back_reason(return_id), f"{return_id}:credit",
-                               lambda current, return_id=return_id: current.credits_kept_back[return_id]))
-            for return_id in order.credits_kept_back if return_id in order.exchanges
+                               lambda current, return_id=return_id: current.returns_kept_back[return_id]))
+            for return_id in placed
         ]  # fmt: skip
         if not owed:
             return order
@@ -469,12 +474,17 @@ def _credit_kept_back_reason(return_id: str) -> str:
 
 
 def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
-    """What return `return_id`'s refund kept back (PaymentRefund.kept_back of the one that succeeded)."""
+    """What return `return_id`'s refund kept back: the one that succeeded (PaymentRefund.kept_back),
+    or, when none did, what the order kept back for it (Order.returns_kept_back: it gave nothing)."""
+    reason = _kept_back_reason(return_id)
 
     def kept(order: Order) -> Money:
         zero = Money.zero(order.currency)
-        mine = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"]
-        return sum((r.kept_back for r in mine if r.kept_back), zero)
+        own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"
+               and r.reason != reason]  # fmt: skip
+        if own:
+            return sum((r.kept_back for r in own if r.kept_back), zero)
+        return order.returns_kept_back.get(return_id, zero)
 
     return kept
 

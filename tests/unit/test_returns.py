@@ -1936,6 +1936,28 @@ def test_a_goodwill_refund_before_a_return_is_not_swallowed_once_the_next_parcel
     assert sum(for_return, Money.zero("USD")) == mugs
 
 
+def test_a_return_whose_refund_gave_nothing_after_a_goodwill_refund_of_it_all_is_refunded_once_captured(world, clock):
+    # The goodwill took all the MUGs' capture, so their return refunded nothing. Had the CAPs shipped
+    # first, the return would have refunded all that was left; so it does once they ship.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    goodwill = world.order(order.id).payment.captured
+    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    assert world.order(order.id).returns_kept_back == {item.id: order.lines[0].total}
+
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    assert after.payment.captured == order.totals.grand_total
+    assert after.payment.refunded == after.payment.captured  # goodwill and the MUGs' worth exceed it all
+    assert [r.amount for r in after.payment.refunds if r.return_id == item.id] == [after.shipment(caps).captured]
+
+
 @pytest.mark.parametrize("goes_ahead", [True, False], ids=["replacement_shipped", "replacement_cancelled"])
 def test_a_goodwill_refund_before_an_exchange_is_not_swallowed_once_the_next_parcel_is_captured(
     world, clock, goes_ahead
