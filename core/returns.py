@@ -685,15 +685,15 @@ class Returns:
         """A return whose refund gave nothing, nothing being refundable while its units were worth
         something (an appeasement took what they were captured for): what they were worth is kept
         back on the order (Order.keep_back, decided on the order as it is written), to be refunded
-        once a later parcel's capture makes it refundable, as a refund that gave part keeps the rest."""
+        once a later parcel's capture makes it refundable, as a refund that gave part keeps the rest
+        (one captured since the refund decided is refunded by the next ship or delivery)."""
         at = self._clock()
 
         def keep(current: Order) -> Bookkeeping | None:
             if any(r.return_id == item.id and r.status != "failed" for r in current.payment.refunds):
                 return None  # a refund of it is under way or made: what it keeps back is its own
-            went = _went_back_before(current, item.id)
-            kept = _kept_back(current, item.id, Money.zero(current.currency), went, uncapped)
-            return current.keep_back(item.id, kept, at=at) if kept is not None else None
+            kept = uncapped(current) - _went_back_before(current, item.id)
+            return current.keep_back(item.id, kept, at=at) if kept.amount > 0 else None
 
         modify(self._orders, item.order_id, keep)
 
