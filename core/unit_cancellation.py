@@ -35,11 +35,11 @@ from core.models import (
 from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import Decision, RefundService
 from core.refunds import refund_id_for, refunded_beyond_lines
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -80,8 +80,10 @@ class UnitCancellation:
         *,
         hook: Any | None = None,
         labels: LabelStore | None = None,
+        returns: ReturnRepository | None = None,
     ):
         self._orders = orders
+        self._returns = returns
         self._hook = hook
         self._labels = labels
         self._bookings = CarrierBookings(orders, hook, clock) if hook is not None else None
@@ -425,7 +427,31 @@ class UnitCancellation:
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
             for return_id, reason, decide in owed:
                 self._refunds.issue_decided_refund(order.id, decide, reason, actor, kind="return", return_id=return_id)
-        return self._current(order.id)
+        order = self._current(order.id)
+        for return_id in dict.fromkeys(return_id for return_id, _, _ in owed if return_id is not None):
+            self._show_refunded(order, return_id)
+        return order
+
+    def _show_refunded(self, order: Order, return_id: str) -> None:
+        """The refunded return `return_id` shows what was refunded for it in all (its refunds that
+        succeeded, and the parts of refused ones the gateway approved), those of what it kept back
+        included (Return.refunded_in_all); never less than it shows. Nothing without the returns."""
+        if self._returns is None:
+            return
+        zero = Money.zero(order.currency)
+        mine = [r for r in order.payment.refunds if r.return_id == return_id]
+        went = [p.amount for r in mine if r.status == "failed" for p in r.parts or [] if p.status == "succeeded"]
+        given = sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
+        at = self._clock()
+        for _ in range(ATTEMPTS):
+            item = self._returns.get(return_id)
+            if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
+                return
+            try:
+                self._returns.update(item.refunded_in_all(given, at=at), item)
+            except StaleVersion:
+                continue
+            return
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment

@@ -1934,6 +1934,7 @@ def test_a_goodwill_refund_before_a_return_is_not_swallowed_once_the_next_parcel
     assert paid.captured - paid.refunded == order.totals.grand_total - mugs - Money.of("1.00", "USD")
     for_return = [r.amount for r in paid.refunds if r.return_id == return_id and r.status == "succeeded"]
     assert sum(for_return, Money.zero("USD")) == mugs
+    assert returns.get(return_id).refund == mugs  # the return shows all that was refunded for it
 
 
 def test_a_return_whose_refund_gave_nothing_after_a_goodwill_refund_of_it_all_is_refunded_once_captured(world, clock):
@@ -1956,6 +1957,7 @@ def test_a_return_whose_refund_gave_nothing_after_a_goodwill_refund_of_it_all_is
     assert after.payment.captured == order.totals.grand_total
     assert after.payment.refunded == after.payment.captured  # goodwill and the MUGs' worth exceed it all
     assert [r.amount for r in after.payment.refunds if r.return_id == item.id] == [after.shipment(caps).captured]
+    assert returns.get(item.id).refund == after.shipment(caps).captured
 
 
 @pytest.mark.parametrize("goes_ahead", [True, False], ids=["replacement_shipped", "replacement_cancelled"])
