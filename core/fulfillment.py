@@ -24,7 +24,7 @@ from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentI
 from core.money import Money
 from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
 from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
@@ -55,6 +55,7 @@ class OrderActions:
         credits: ExchangeCredits | None = None,
         hook: Any | None = None,
         labels: LabelStore | None = None,
+        returns: ReturnRepository | None = None,
     ):
         self._orders = orders
         self._catalog = catalog
@@ -68,7 +69,7 @@ class OrderActions:
         )
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
-            self._cancellation, clock, credits, hook=hook, labels=labels,
+            self._cancellation, clock, credits, hook=hook, labels=labels, returns=returns,
         )  # fmt: skip
 
     def _order(self, order_id: str, channel: str | None) -> Order:

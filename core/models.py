@@ -880,6 +880,12 @@ class PaymentRefund(BaseModel, defer_build=True):
         default=None,
         description="A return's refund: what of it is the order's shipping given back (null when none is)",
     )
+    kept_back: Money | None = Field(
+        default=None,
+        description="A return's refund: what of the return's worth it could not give back, captured "
+        "minus refunded falling short of it (null when nothing was); refunded once a later parcel's "
+        "capture makes it refundable",
+    )
     authorization: str | None = Field(
         default=None,
         description="The authorization whose captures it gives back, when not the payment's own "
@@ -1496,6 +1502,13 @@ class Order(BaseModel, defer_build=True):
     # refund it too (Order.refundable); what the credit gives back (refunds of that return) frees
     # it again. The system's own: stored, never shown.
     credit_holds: dict[str, Money] = Field(default_factory=dict, exclude=True)
+    # What of the returned units' worth each exchange's credit (by return id) could not take when it
+    # was held, or a return's refund could not give back at all (it gave nothing), captured minus
+    # refunded falling short of it (an appeasement took part of what the units were captured for
+    # while another parcel was still to be captured): refunded once that parcel's capture makes it
+    # refundable (UnitCancellation.refund_kept_back), as a return's refund that gave part keeps it
+    # (PaymentRefund.kept_back). The system's own: stored, never shown.
+    returns_kept_back: dict[str, Money] = Field(default_factory=dict, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1570,6 +1583,10 @@ class Order(BaseModel, defer_build=True):
         if self.credit_holds:
             system["credit_holds"] = {
                 return_id: amount.model_dump(mode="json") for return_id, amount in self.credit_holds.items()
+            }
+        if self.returns_kept_back:
+            system["returns_kept_back"] = {
+                return_id: amount.model_dump(mode="json") for return_id, amount in self.returns_kept_back.items()
             }
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
@@ -3129,13 +3146,14 @@ class Order(BaseModel, defer_build=True):
     def begin_refund(
         self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
         return_id: str | None = None, lines: list[RefundedUnits] | None = None, shipping: Money | None = None,
-        at: datetime, actor: str,
+        kept_back: Money | None = None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """A refund about to be asked of the gateway, written first as `pending` so that what it
         takes is held: never more than captured minus refunded and pending, nor what an exchange's
         credit holds but the refunds of its own return (refundable). `lines`: what a
         return's refund gives back for each line's units; `shipping`: what of it is the order's
-        shipping (core.refunds.shipping_refunded counts it, so shipping goes back once)."""
+        shipping (core.refunds.shipping_refunded counts it, so shipping goes back once);
+        `kept_back`: what of the return's worth it cannot give back (PaymentRefund.kept_back)."""
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount, return_id)
@@ -3143,7 +3161,7 @@ class Order(BaseModel, defer_build=True):
         authorization = sources[0][0] if len(sources) == 1 and sources[0][0] != self.payment.authorization else None
         parts = [RefundPart(authorization=a, amount=part) for a, part in sources] if len(sources) > 1 else None
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
-                               return_id=return_id, at=at, lines=lines, shipping=shipping,
+                               return_id=return_id, at=at, lines=lines, shipping=shipping, kept_back=kept_back,
                                authorization=authorization, parts=parts)  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,
@@ -3245,23 +3263,37 @@ class Order(BaseModel, defer_build=True):
         claims = {key: amount for key, amount in self.shipping_claims.items() if key != return_id}
         return self._bookkeeping(at=at, shipping_claims=claims)
 
-    def hold_credit(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
+    def hold_credit(
+        self, return_id: str, amount: Money, *, at: datetime, kept_back: Money | None = None
+    ) -> Bookkeeping:  # fmt: skip
         """`amount` of the captured money is return `return_id`'s exchange credit, written before the
         replacement is placed with it: no other refund can take it from now on (refundable).
+        `kept_back`: what of the units' worth the credit could not take (returns_kept_back).
         Bookkeeping: the history's `exchange_placed` entry names the credit."""
         if return_id in self.credit_holds:
             raise InvalidTransition(f"return {return_id} holds its credit already")
         if amount.currency != self.currency or amount.is_negative():
             raise InvalidTransition(f"a credit is a non-negative amount in {self.currency}")
-        return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount})
+        kept = {**self.returns_kept_back, return_id: kept_back} if kept_back else self.returns_kept_back
+        return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount}, returns_kept_back=kept)
+
+    def keep_back(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping | None:
+        """Return `return_id`'s refund gave nothing back of `amount`, the units' worth, as nothing was
+        refundable (returns_kept_back). None when it is recorded so already."""
+        if self.returns_kept_back.get(return_id) == amount:
+            return None
+        if amount.currency != self.currency or amount.amount <= 0:
+            raise InvalidTransition(f"what is kept back is a positive amount in {self.currency}")
+        return self._bookkeeping(at=at, returns_kept_back={**self.returns_kept_back, return_id: amount})
 
     def release_credit(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
         """Return `return_id`'s exchange was given up: what its credit held (hold_credit) may be
-        refunded again. None without a hold."""
+        refunded again, and what it kept back is the return's refund's to decide. None without a hold."""
         if return_id not in self.credit_holds:
             return None
         holds = {key: amount for key, amount in self.credit_holds.items() if key != return_id}
-        return self._bookkeeping(at=at, credit_holds=holds)
+        kept = {key: amount for key, amount in self.returns_kept_back.items() if key != return_id}
+        return self._bookkeeping(at=at, credit_holds=holds, returns_kept_back=kept)
 
     def hold_placed_credits(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
         """The credits of the exchanges placed before their credit was held (hold_credit), held

@@ -17,8 +17,12 @@ from core.ports import OrderRepository, PendingRefunds
 from core.refunds import Refund, refund_id_for
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
-# and for a return's refund what it gives back for each line's units and what of it is shipping.
-Decision = tuple[str, Money] | tuple[str, Money, list[RefundedUnits]] | tuple[str, Money, list[RefundedUnits], Money]
+# and for a return's refund what it gives back for each line's units, what of it is shipping and
+# what of the return's worth it cannot give back (PaymentRefund.kept_back).
+Decision = (
+    tuple[str, Money] | tuple[str, Money, list[RefundedUnits]] | tuple[str, Money, list[RefundedUnits], Money]
+    | tuple[str, Money, list[RefundedUnits], Money | None, Money]
+)  # fmt: skip
 
 
 class RefundService:
@@ -130,7 +134,7 @@ class RefundService:
             return order.begin_refund(
                 refund_id, amount, reason=reason, kind=kind, return_id=return_id,
                 lines=returned[0] if returned else None, shipping=returned[1] if len(returned) > 1 else None,
-                at=at, actor=actor,
+                kept_back=returned[2] if len(returned) > 2 else None, at=at, actor=actor,
             )  # fmt: skip
 
         order = modify(self._orders, order_id, begin, channel=channel)

@@ -332,6 +332,13 @@ class Return(BaseModel):
     def refunded(self, amount: Money, *, at: datetime) -> Return:
         return self._next(ReturnStatus.REFUNDED, at, refund=amount)
 
+    def refunded_in_all(self, amount: Money, *, at: datetime) -> Return:
+        """A refunded return whose refund kept part of its worth back, refunded since
+        (UnitCancellation.refund_kept_back): `amount` is what was refunded for it in all."""
+        if self.status is not ReturnStatus.REFUNDED:
+            raise InvalidTransition(f"a return that is {self.status} has no refund to add to")
+        return self._next(None, at, refund=amount)
+
     def received(self) -> dict[str, int]:
         return {line.line_id: line.received_quantity for line in self.lines if line.received_quantity}
 

@@ -656,7 +656,11 @@ class Returns:
                 if shares is None:
                     return key, amount
                 back = min(shipping(current), amount, key=lambda money: money.amount) if shipping else None
-                if back is None or back.amount <= 0:
+                back = back if back is not None and back.amount > 0 else None
+                kept = _kept_back(current, item.id, amount, went, uncapped) if beyond is None else None
+                if kept is not None:
+                    return key, amount, shares(current), back, kept
+                if back is None:
                     return key, amount, shares(current)
                 return key, amount, shares(current), back
 
@@ -665,6 +669,8 @@ class Returns:
             )
             if refund is not None and refund.status != "succeeded":
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+            if refund is None and beyond is None and uncapped is not None:
+                self._keep_back(item, uncapped)
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
             amount = done.amount
@@ -674,6 +680,22 @@ class Returns:
             amount = amount + beyond(amount)
         at = self._clock()
         return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+
+    def _keep_back(self, item: Return, uncapped: Callable[[Order], Money]) -> None:
+        """A return whose refund gave nothing, nothing being refundable while its units were worth
+        something (an appeasement took what they were captured for): what they were worth is kept
+        back on the order (Order.keep_back, decided on the order as it is written), to be refunded
+        once a later parcel's capture makes it refundable, as a refund that gave part keeps the rest
+        (one captured since the refund decided is refunded by the next ship or delivery)."""
+        at = self._clock()
+
+        def keep(current: Order) -> Bookkeeping | None:
+            if any(r.return_id == item.id and r.status != "failed" for r in current.payment.refunds):
+                return None  # a refund of it is under way or made: what it keeps back is its own
+            kept = uncapped(current) - _went_back_before(current, item.id)
+            return current.keep_back(item.id, kept, at=at) if kept.amount > 0 else None
+
+        modify(self._orders, item.order_id, keep)
 
     # --- Exchange ---------------------------------------------------------------------------
     def exchange(self, return_id: str, actor: str) -> Return:
@@ -944,13 +966,18 @@ class Returns:
         """The original holding what the exchange's credit takes of its captured money (the
         returned units' refund, _due), decided in the hold's conditional write (Order.hold_credit),
         once: a refund deciding meanwhile leaves the credit what is left, an appeasement after it
-        cannot refund it too, and a retried step finds the credit it decided."""
+        cannot refund it too, and a retried step finds the credit it decided. What of the units'
+        worth the credit could not take is kept back with it (Order.returns_kept_back; _kept_back),
+        but on an original that is itself a replacement, whose own credit carries it (_replacement)."""
         at = self._clock()
 
         def hold(current: Order) -> Bookkeeping | None:
             if item.id in current.credit_holds:
                 return None
-            return current.hold_credit(item.id, self._due(item, current), at=at)
+            credit = self._due(item, current)
+            uncapped = None if current.exchange_of else (lambda order: self._due(item, order, capped=False))
+            kept = _kept_back(current, item.id, credit, Money.zero(current.currency), uncapped)
+            return current.hold_credit(item.id, credit, at=at, kept_back=kept)
 
         return modify(self._orders, original.id, hold)
 
@@ -1040,6 +1067,21 @@ class Returns:
 
             modify(self._orders, item.order_id, decide)
         return written
+
+
+def _kept_back(
+    order: Order, return_id: str, amount: Money, went: Money, uncapped: Callable[[Order], Money] | None
+) -> Money | None:  # fmt: skip
+    """What of return `return_id`'s worth (`uncapped(order)`, less what refused attempts of it gave
+    back all the same: `went`) a refund (or an exchange's credit) of `amount` leaves kept back,
+    captured minus refunded having fallen short of it (an appeasement took part of what its units
+    were captured for): refunded once a later parcel's capture makes it refundable
+    (UnitCancellation.refund_kept_back). None when `amount` is all of it; worked out only when the
+    cap can have bound, `amount` taking all that is refundable."""
+    if uncapped is None or amount < order.refundable(besides_return=return_id):
+        return None
+    kept = uncapped(order) - went - amount
+    return kept if kept.amount > 0 else None
 
 
 def _went_back_before(order: Order, return_id: str) -> Money:

@@ -36,11 +36,11 @@ from core.models import (
 from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository
-from core.refund_service import RefundService
-from core.refunds import refunded_beyond_lines
+from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
+from core.refund_service import Decision, RefundService
+from core.refunds import refund_id_for, refunded_beyond_lines
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -81,8 +81,10 @@ class UnitCancellation:
         *,
         hook: Any | None = None,
         labels: LabelStore | None = None,
+        returns: ReturnRepository | None = None,
     ):
         self._orders = orders
+        self._returns = returns
         self._hook = hook
         self._labels = labels
         self._bookings = CarrierBookings(orders, hook, clock) if hook is not None else None
@@ -393,10 +395,11 @@ class UnitCancellation:
         gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
         would. A parcel still pending that a cancel of units left due a label is booked first
         (book_labels_due), and the bookings the order gave up are cancelled (cancel_given_up).
-        Returns the order as it then is."""
+        After any parcel, what returns' refunds kept back for want of captured money is refunded
+        as far as its capture makes it refundable (refund_kept_back). Returns the order as it then is."""
         order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
-            return order
+            return self.refund_kept_back(order, actor)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
             if any(refund.status == "pending" for refund in order.payment.refunds):
@@ -409,7 +412,65 @@ class UnitCancellation:
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._credits.give_back(order, actor)
+        return self.refund_kept_back(order, actor)
+
+    def refund_kept_back(self, order: Order, actor: str) -> Order:
+        """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the
+        returned units' worth (PaymentRefund.kept_back, Order.returns_kept_back: captured minus
+        refunded fell short of it, an appeasement having taken part of what the units were captured
+        for while another parcel was still to be captured), as far as the captures since make it
+        refundable: the customer ends with the appeasement and the units' whole worth, as when that
+        parcel had shipped first. Once per return (_kept_back_refund decides it on the order as it
+        is written, under a key of its own); one the gateway refused is asked again under a new key
+        by the next ship or delivery, one left pending under its key. An exchange's is refunded once
+        its replacement is placed (never given up for a refund that decides it again), and names no
+        return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
+        or written for an order that kept nothing back. Returns the order as it then is."""
+        kept_by_refunds = [
+            r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
+        ]
+        placed = [return_id for return_id in order.returns_kept_back if return_id in order.exchanges]
+        refunded = [return_id for return_id in order.returns_kept_back if return_id not in order.credit_holds]
+        owed: list[tuple[str | None, str, Callable[[Order], Decision | None]]] = [
+            (return_id, _kept_back_reason(return_id),
+             _kept_back_refund(_kept_back_reason(return_id), return_id, _refund_kept_back(return_id)))
+            for return_id in dict.fromkeys([*kept_by_refunds, *refunded])
+        ] + [
+            (None, _credit_kept_back_reason(return_id),
+             _kept_back_refund(_credit_kept_back_reason(return_id), f"{return_id}:credit",
+                               lambda current, return_id=return_id: current.returns_kept_back[return_id]))
+            for return_id in placed
+        ]  # fmt: skip
+        if not owed:
+            return order
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
+            for return_id, reason, decide in owed:
+                self._refunds.issue_decided_refund(order.id, decide, reason, actor, kind="return", return_id=return_id)
+        order = self._current(order.id)
+        for return_id in dict.fromkeys(return_id for return_id, _, _ in owed if return_id is not None):
+            self._show_refunded(order, return_id)
         return order
+
+    def _show_refunded(self, order: Order, return_id: str) -> None:
+        """The refunded return `return_id` shows what was refunded for it in all (its refunds that
+        succeeded, and the parts of refused ones the gateway approved), those of what it kept back
+        included (Return.refunded_in_all); never less than it shows. Nothing without the returns."""
+        if self._returns is None:
+            return
+        zero = Money.zero(order.currency)
+        mine = [r for r in order.payment.refunds if r.return_id == return_id]
+        went = [p.amount for r in mine if r.status == "failed" for p in r.parts or [] if p.status == "succeeded"]
+        given = sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
+        at = self._clock()
+        for _ in range(ATTEMPTS):
+            item = self._returns.get(return_id)
+            if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
+                return
+            try:
+                self._returns.update(item.refunded_in_all(given, at=at), item)
+            except StaleVersion:
+                continue
+            return
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment
@@ -447,6 +508,55 @@ def _settled(order: Order) -> Money:
             went = [part.amount for part in refund.parts or [] if part.status == "succeeded"]
             held = held - sum(went, Money.zero(order.currency))
     return held
+
+
+def _kept_back_reason(return_id: str) -> str:
+    return f"return {return_id}, kept back until a later parcel was captured"
+
+
+def _credit_kept_back_reason(return_id: str) -> str:
+    return f"return {return_id}'s exchange credit, kept back until a later parcel was captured"
+
+
+def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
+    """What return `return_id`'s refund kept back: the one that succeeded (PaymentRefund.kept_back),
+    or, when none did, what the order kept back for it (Order.returns_kept_back: it gave nothing)."""
+    reason = _kept_back_reason(return_id)
+
+    def kept(order: Order) -> Money:
+        zero = Money.zero(order.currency)
+        own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"
+               and r.reason != reason]  # fmt: skip
+        if own:
+            return sum((r.kept_back for r in own if r.kept_back), zero)
+        return order.returns_kept_back.get(return_id, zero)
+
+    return kept
+
+
+def _kept_back_refund(reason: str, key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Decision | None]:
+    """How the refund of what a return's refund or exchange credit kept back (`kept(order)`) is
+    decided on the order: its key (`key` and how many such refunds, named by `reason`, the gateway
+    refused) and amount, what was kept back less what such refunds gave back or hold (of one
+    refused, the parts approved before it), as far as it is refundable; None when nothing is owed
+    or refundable."""
+
+    def decide(order: Order) -> Decision | None:
+        zero = Money.zero(order.currency)
+        given = [r for r in order.payment.refunds if r.reason == reason]
+        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status == 'failed')}"
+        if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
+            return attempt, zero  # carried on with the amount it was written with
+        owed = kept(order)
+        for refund in given:
+            if refund.status != "failed":
+                owed = owed - refund.amount
+            else:
+                owed = owed - sum((p.amount for p in refund.parts or [] if p.status == "succeeded"), zero)
+        amount = min(owed, order.refundable())
+        return (attempt, amount) if amount.amount > 0 else None
+
+    return decide
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

@@ -354,6 +354,7 @@ class Container:
             credits=self.exchange_credits,
             hook=self.plugins.hook,
             labels=self.label_store,
+            returns=self.return_repository if self.config.returns_table else None,
         )
 
     @cached_property

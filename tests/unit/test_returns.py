@@ -23,6 +23,7 @@ from core.errors import (
     UnknownSku,
 )
 from core.events import OrderEvent
+from core.exchange_credit import ExchangeCredits
 from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.payments import Payments
@@ -1093,6 +1094,70 @@ def test_the_credit_of_a_replacements_units_cancelled_after_another_parcel_came_
     assert [r.status for r in given_back] == ["succeeded"]
 
 
+def mug_of_replacement_back(world: World, clock: Clock, line: tuple[str, int]):
+    """`line` exchanged for a MUG (the west's parcel) and a CAP (the east's); the replacement's MUG
+    shipped and is back, received and counted, not yet refunded: (returns, original, settled
+    exchange, replacement, the MUG's return id)."""
+    returns, order, settled = exchanged(world, clock, line, ("MUG", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    mug = next(s for s in replacement.shipments if s.location_id == "wh-west")
+    world.actions.ship(replacement.id, mug.id, None, actor="key_wh")
+    back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(back.id)
+    returns.record_on_order(back.id, "key_wh")
+    return returns, order, settled, world.order(replacement.id), back.id
+
+
+def paid_both_shippings_and_credit_held(world: World, order: Order, settled: Return, replacement: Order) -> None:
+    """Everything the customer got came back or was cancelled: across both orders they paid both
+    orders' shipping and no more, and the refunds drawn on the credit add up to no more than it."""
+    original, own = world.order(order.id).payment, world.order(replacement.id).payment
+    paid = original.captured - original.refunded + own.captured - own.refunded
+    assert paid == order.totals.shipping + world.order(replacement.id).totals.shipping
+    drawn = [r.amount for r in original.refunds if r.return_id == settled.id and r.status == "succeeded"]
+    assert sum(drawn, Money.zero("USD")) <= (replacement.exchange_credit or Money.zero("USD"))
+
+
+@pytest.mark.parametrize("line", [("TSHIRT", 3), ("TSHIRT", 1)], ids=["cheaper", "dearer"])
+def test_a_replacements_credit_given_back_again_or_twice_at_once_is_given_back_once(world, clock, line, monkeypatch):
+    returns, order, settled, replacement, back = mug_of_replacement_back(world, clock, line)
+    returns.settle(back, actor="key_wh")
+    stale = world.order(replacement.id)
+    world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")
+    cancelled = world.order(replacement.id)
+
+    credits = ExchangeCredits(world.returns, world.refunds, world.orders)
+    before_the_next_write(world, monkeypatch, lambda: credits.give_back(cancelled, "key_cs"))
+    credits.give_back(cancelled, "key_cs")
+    monkeypatch.undo()
+    credits.give_back(stale, "key_cs")  # one that read the replacement before the cancel: not final
+
+    paid_both_shippings_and_credit_held(world, order, settled, replacement)
+    given_back = [r for r in world.order(order.id).payment.refunds if "did not use its credit" in r.reason]
+    assert [r.status for r in given_back] == ["succeeded"]
+
+
+@pytest.mark.parametrize("line", [("TSHIRT", 3), ("TSHIRT", 1)], ids=["cheaper", "dearer"])
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel_then_refund", "cancel_during_refund"])
+def test_a_replacements_rest_cancelled_before_or_while_its_returned_parcel_is_refunded_draws_the_credit_once(
+    world, clock, line, cancel_first, monkeypatch
+):  # fmt: skip
+    returns, order, settled, replacement, back = mug_of_replacement_back(world, clock, line)
+    cancel = lambda: world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")  # noqa: E731
+    if cancel_first:
+        cancel()
+    landed = [True] if cancel_first else before_the_next_write(world, monkeypatch, cancel)  # in the refund's write
+
+    returns.settle(back, actor="key_wh")
+    monkeypatch.undo()
+    assert landed
+    cancel()  # a repeat finishes what the one in between left, and gives nothing more
+
+    assert world.order(replacement.id).status is S.RETURNED
+    paid_both_shippings_and_credit_held(world, order, settled, replacement)
+
+
 def test_a_replacements_units_sent_back_one_by_one_give_back_its_line_to_the_cent(world, clock):
     # The credit paid for all three caps, so the first cap's refund came wholly from it and the
     # replacement recorded nothing for it; the second was exchanged, the third returned. The first
@@ -1801,6 +1866,25 @@ def test_two_returns_of_one_line_refunded_at_once_add_up_to_its_total(world, clo
     assert world.order(order.id).payment.refunded == line.total
 
 
+def test_a_line_returned_over_returns_stored_before_and_after_shares_were_recorded_refunds_its_total(world, clock):
+    # 40.22 over three MUGs. The first return's refund was stored before refunds recorded their
+    # units' shares; the second's records them. The third counts the first as it came, first.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 3))
+    first = returns.settle(one_unit_back(returns, order), actor="key_wh")
+    stored = world.order(order.id)
+    unrecorded = [r.model_copy(update={"lines": None}) for r in stored.payment.refunds]
+    world.orders.orders[order.id] = stored.model_copy(
+        update={"payment": stored.payment.model_copy(update={"refunds": unrecorded})}
+    )
+
+    second = returns.settle(one_unit_back(returns, order), actor="key_wh")
+    third = returns.settle(one_unit_back(returns, order), actor="key_wh")
+
+    assert [r.refund.amount for r in (first, second, third)] == [Decimal("13.41"), Decimal("13.40"), Decimal("13.41")]
+    assert world.order(order.id).payment.refunded == order.lines[0].total
+
+
 def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refuses_that_appeasement(world, clock):
     # An appeasement waiting for the gateway holds what it asked for; a return refunded meanwhile
     # must not settle for what is left of it, or refused, the appeasement gives the customer nothing.
@@ -1818,6 +1902,122 @@ def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refus
     after = world.order(order.id)
     assert [(r.kind, r.status) for r in after.payment.refunds] == [("appeasement", "failed"), ("return", "succeeded")]
     assert after.payment.refunded == order.lines[0].total
+
+
+def mugs_back_after_goodwill(world: World, returns: Returns) -> tuple[Order, str, str]:
+    """An order of 2 MUGs (the west's parcel) and 2 CAPs (the east's): the MUGs ship, 1.00 goes back
+    as goodwill, then both MUGs come back and are settled while the CAPs wait. The order, the
+    CAPs' shipment and the return's id."""
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    return order, world.shipment_at(order, "wh-east"), item.id
+
+
+def test_a_goodwill_refund_before_a_return_is_not_swallowed_once_the_next_parcel_is_captured(world, clock):
+    # The MUGs' capture less the goodwill could give back only 25.81 of their 26.81; the CAPs'
+    # capture makes the rest refundable, and the customer keeps the goodwill as when the CAPs had
+    # shipped before the return. Shipping and delivering again refund nothing more.
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    mugs = order.lines[0].total
+    assert returns.settle(return_id, actor="key_wh").refund == mugs - Money.of("1.00", "USD")
+
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    paid = after.payment
+    assert paid.captured == order.totals.grand_total
+    assert paid.captured - paid.refunded == order.totals.grand_total - mugs - Money.of("1.00", "USD")
+    for_return = [r.amount for r in paid.refunds if r.return_id == return_id and r.status == "succeeded"]
+    assert sum(for_return, Money.zero("USD")) == mugs
+    assert returns.get(return_id).refund == mugs  # the return shows all that was refunded for it
+
+
+def test_a_return_whose_refund_gave_nothing_after_a_goodwill_refund_of_it_all_is_refunded_once_captured(world, clock):
+    # The goodwill took all the MUGs' capture, so their return refunded nothing. Had the CAPs shipped
+    # first, the return would have refunded all that was left; so it does once they ship.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    goodwill = world.order(order.id).payment.captured
+    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    assert world.order(order.id).returns_kept_back == {item.id: order.lines[0].total}
+
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    assert after.payment.captured == order.totals.grand_total
+    assert after.payment.refunded == after.payment.captured  # goodwill and the MUGs' worth exceed it all
+    assert [r.amount for r in after.payment.refunds if r.return_id == item.id] == [after.shipment(caps).captured]
+    assert returns.get(item.id).refund == after.shipment(caps).captured
+
+
+@pytest.mark.parametrize("goes_ahead", [True, False], ids=["replacement_shipped", "replacement_cancelled"])
+def test_a_goodwill_refund_before_an_exchange_is_not_swallowed_once_the_next_parcel_is_captured(
+    world, clock, goes_ahead
+):  # fmt: skip
+    # As for a return: the MUGs' credit could take only 25.81 of their 26.81, and the customer paid
+    # the 1.00 again on the replacement; the CAPs' capture makes it refundable on the original.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 2, ("TSHIRT", 2)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    if goes_ahead:
+        replacement = delivered(world, replacement)
+    else:
+        replacement = world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+
+    original, own = world.order(order.id).payment, replacement.payment
+    kept = order.totals.grand_total - order.lines[0].total - Money.of("1.00", "USD")
+    if goes_ahead:
+        kept = kept + replacement.totals.grand_total
+    assert original.captured - original.refunded + own.captured - own.refunded == kept
+
+
+def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_refused_it(world, clock):
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    world.gateway.script("refund", "refuse", "approve")
+
+    shipped_caps = world.actions.ship(order.id, caps, None, actor="key_wh")
+    assert shipped_caps.payment.refunds[-1].status == "failed"
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    paid = after.payment
+    assert [(r.amount, r.status) for r in paid.refunds[2:]] == [
+        (Money.of("1.00", "USD"), "failed"), (Money.of("1.00", "USD"), "succeeded")
+    ]  # fmt: skip
+    assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - Money.of("1.00", "USD")
+
+
+def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as_it_was(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    assert world.order(order.id).payment.refunds[0].kept_back is None
+
+    after = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+
+    assert [r.amount for r in after.payment.refunds] == [order.lines[0].total]
 
 
 def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(world, clock):
