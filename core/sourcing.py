@@ -12,12 +12,14 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
 from core.errors import InvalidRequest, PluginError, StaleVersion, UnknownSku
+from core.events import OrderEvent
 from core.hook_calls import call_hook
 from core.ids import reservation_key
 from core.models import (
     Address,
     Allocation,
     Fulfillment,
+    HistoryEntry,
     Location,
     Order,
     OrderLine,
@@ -401,6 +403,17 @@ class Simulation(BaseModel, defer_build=True):
     summary: SimulationSummary
 
 
+def _before_cancel(order: Order, history: list[HistoryEntry]) -> Order:
+    """The cancelled `order` with the units its cancel took back on its lines (the `cancelled` or
+    `pickup_expired` entry's `lines`), as it stood when cancelled; one cancelled before a cancel
+    took its units (its lines kept) is as it is."""
+    ends = (OrderEvent.CANCELLED, OrderEvent.PICKUP_EXPIRED)
+    entry = next((e for e in reversed(history) if e.type in ends and "lines" in (e.detail or {})), None)
+    taken: dict[str, int] = entry.detail["lines"] if entry is not None and entry.detail else {}
+    lines = [line.model_copy(update={"quantity": line.quantity + taken.get(line.line_id, 0)}) for line in order.lines]
+    return order.model_copy(update={"lines": lines})
+
+
 class Simulator:
     """Plans each order as ReserveStock would, from one read of the locations, one batched read
     of the stock (and one of the products, for bodies; and for each stored order one of the units
@@ -512,6 +525,10 @@ class Simulator:
                 f"no order {order_id} to simulate",
                 details=[{"field": f"orders[{index}]", "message": "no order with this id"}],
             )
+        if order.status is OrderStatus.CANCELLED:
+            # Its lines are at zero: the what-if plans the units its cancel took (one read more).
+            found = self._orders.history(order_id)
+            order = _before_cancel(order, found[1]) if found else order
         return order_id, order
 
     def _plan(

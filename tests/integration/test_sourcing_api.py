@@ -386,3 +386,35 @@ def test_a_pickup_at_a_store_the_rules_exclude_is_409_at_capture_whether_or_not_
     finally:
         put_rules(api)  # back to the defaults for the other tests
         forget_warm_containers()
+
+
+def test_a_what_if_for_a_cancelled_order_plans_the_units_its_cancel_took(api: InProcessApi, network):
+    """A cancel takes every unit of an order (its lines at zero, as API.md says), and a what-if of
+    the order planned nothing: an operator asking whether orders cancelled out of stock would have
+    been filled under other rules got empty plans. It plans the units the cancel took (its history
+    entry's `lines`), and not those an earlier cancel of units took."""
+    catalog = Catalog(api)
+    sku = catalog.product("6.00")
+    catalog.stock(sku, network["east"], 10)
+    placed = api.post("/orders", json=order_body((sku, 5)))
+    assert placed.status_code == 201, placed.text
+    order_id, line_id = placed.json()["id"], placed.json()["lines"][0]["line_id"]
+    from functions.api.dependencies import container
+
+    container().workflow.authorize_payment(order_id, attempt=0)
+    container().workflow.reserve_stock(order_id)
+    container().workflow.create_shipments(order_id)
+    assert api.get(f"/orders/{order_id}").json()["status"] == "allocated"
+    one = {"reason": "one less", "lines": [{"line_id": line_id, "quantity": 1}]}
+    fewer = api.post(f"/orders/{order_id}/cancel", json=one)
+    assert fewer.status_code == 200, fewer.text
+    cancelled = api.post(f"/orders/{order_id}/cancel", json={"reason": "changed mind"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["lines"][0]["quantity"] == 0
+
+    [item] = api.post("/sourcing/simulate", json={"orders": [order_id]}).json()["items"]
+
+    assert [(s["location_id"], s["lines"]) for s in item["shipments"]] == [
+        (network["east"], [{"line_id": line_id, "sku": sku, "quantity": 4}])
+    ]
+    assert item["unfillable"] == []
