@@ -35,7 +35,7 @@ from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Retu
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from plugins import test_payments
-from tests.builders import NOW, product
+from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
 from tests.unit.test_payment_truth import Removed
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
@@ -2004,6 +2004,33 @@ def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_r
         (Money.of("1.00", "USD"), "failed"), (Money.of("1.00", "USD"), "succeeded")
     ]  # fmt: skip
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - Money.of("1.00", "USD")
+
+
+def test_what_a_return_kept_back_is_refunded_over_as_many_parcels_as_it_takes(world, clock):
+    # A 25.00 goodwill left the MUGs' return 1.81 of their 26.81: 25.00 is kept back. The CAPs'
+    # capture (21.67) makes only part of it refundable; the PENs' capture must make the rest so,
+    # or the customer ends 3.33 short of where they would be had every parcel shipped first.
+    world.catalog.put_location(location("wh-north", name="North warehouse"))
+    world.inventory.set_on_hand("PEN", "wh-north", 3, reason="count")
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2), ("PEN", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    goodwill = Money.of("25.00", "USD")
+    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    mugs = order.lines[0].total
+    assert returns.settle(item.id, actor="key_wh").refund == mugs - goodwill
+
+    for location_id in ("wh-east", "wh-north"):
+        shipment_id = world.shipment_at(order, location_id)
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+        after = world.actions.deliver(order.id, shipment_id, actor="key_wh")
+
+    paid = after.payment
+    assert paid.captured == order.totals.grand_total
+    assert paid.captured - paid.refunded == order.totals.grand_total - mugs - goodwill
+    assert returns.get(item.id).refund == mugs
 
 
 def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as_it_was(world, clock):
