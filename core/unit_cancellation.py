@@ -208,6 +208,9 @@ class UnitCancellation:
 
     # --- After the write ------------------------------------------------------------------------
     def _settle(self, order: Order, actor: str) -> Order:
+        """After a cancel of units: the stock released and the payment settled, and what returns
+        kept back refunded as far as a settlement capture made it refundable (refund_kept_back:
+        nothing ships after a cancel of the rest to do it)."""
         self._release_stock(order)
         try:
             self._refunds.finish_pending(order.id, actor)
@@ -216,7 +219,7 @@ class UnitCancellation:
                 self._credits.give_back(self._current(order.id), actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
-        return self._current(order.id)
+        return self.refund_kept_back(self._current(order.id), actor)
 
     def _current(self, order_id: str) -> Order:
         return visible(self._orders.get(order_id), order_id, None)

@@ -2033,6 +2033,28 @@ def test_what_a_return_kept_back_is_refunded_over_as_many_parcels_as_it_takes(wo
     assert returns.get(item.id).refund == mugs
 
 
+def test_what_a_return_kept_back_is_refunded_once_a_cancel_of_the_rest_captures_the_shipping(world, clock):
+    # Cancelling the CAPs leaves the order the MUGs and its 5.00 shipping, which the cancel's
+    # settlement captures: that makes the 1.00 the return kept back refundable, and nothing ships
+    # after to refund it.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    mugs_parcel = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, mugs_parcel, None, actor="key_wh")
+    world.actions.deliver(order.id, mugs_parcel, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    return_id = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs").id
+    returns.receive(return_id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.settle(return_id, actor="key_wh")
+
+    after = world.actions.cancel(order.id, "no caps after all", actor="key_cs", lines={"L2": 2})
+
+    mugs, goodwill = order.lines[0].total, Money.of("1.00", "USD")
+    assert after.payment.captured == after.totals.grand_total == mugs + order.totals.shipping
+    assert after.payment.captured - after.payment.refunded == after.totals.grand_total - mugs - goodwill
+    assert returns.get(return_id).refund == mugs
+
+
 def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as_it_was(world, clock):
     returns, _ = returns_for(world, clock)
     order = world.allocated(("MUG", 2), ("CAP", 2))
