@@ -2055,6 +2055,44 @@ def test_what_a_return_kept_back_is_refunded_once_a_cancel_of_the_rest_captures_
     assert returns.get(return_id).refund == mugs
 
 
+def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_no_more_than_the_units_worth(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The goodwill took all the MUGs' capture: their refund step keeps their 26.81 back, then dies
+    # before marking the return refunded. The CAPs ship and refund the 26.81, the gateway leaving
+    # it pending; the step retried must count it, not refund the MUGs again from the CAPs' capture.
+    returns, store = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 4))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    mugs = order.lines[0].total
+    world.refunds.issue_refund(order.id, mugs, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    real = store.update
+
+    def dies_marking_it_refunded(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED:
+            raise Died("the return's refunded write")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
+    with pytest.raises(Died):
+        returns.refund(item.id, "key_wh")
+    monkeypatch.setattr(store, "update", real)
+    caps = world.shipment_at(order, "wh-east")
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+
+    returns.settle(item.id, actor="key_wh")
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    paid = after.payment
+    for_return = [r.amount for r in paid.refunds if r.return_id == item.id and r.status == "succeeded"]
+    assert sum(for_return, Money.zero("USD")) == mugs
+    assert paid.captured - paid.refunded == order.totals.grand_total - mugs - mugs
+    assert returns.get(item.id).refund == mugs
+
+
 def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as_it_was(world, clock):
     returns, _ = returns_for(world, clock)
     order = world.allocated(("MUG", 2), ("CAP", 2))
