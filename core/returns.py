@@ -630,10 +630,20 @@ class Returns:
 
         Other refunds of the order still pending at the gateway are finished first, under their
         own keys: each holds its amount, and a due capped beside them would keep short of what a
-        refused one frees again (PaymentGatewayUnavailable while the gateway stays down)."""
+        refused one frees again (PaymentGatewayUnavailable while the gateway stays down). So is a
+        refund of what the return kept back that a ship left pending (a run died before marking
+        the return refunded): made, it is the return's refund."""
         return_id = item.id
         mine = [r for r in order.payment.refunds if r.return_id == item.id]
         done = next((r for r in mine if r.status == "succeeded"), None)
+        steps = {refund_id_for(order.id, f"{item.id}#{attempt}") for attempt in range(len(mine))}
+        if done is None and any(r.status == "pending" and r.id not in steps for r in mine):
+            # What a ship refunded of what this return kept back (a run that died before marking it
+            # refunded), still pending: finished first, it is the return's refund, or refused frees
+            # what it holds; left out, a refund decided beside it would give the units back twice.
+            self._refunds.finish_pending(order.id, actor)
+            order = visible(self._orders.get(order.id), order.id, None)
+            done = next((r for r in order.payment.refunds if r.return_id == item.id and r.status == "succeeded"), None)
         if done is None and any(r.status == "pending" and r.return_id != item.id for r in order.payment.refunds):
             self._refunds.finish_pending(order.id, actor, besides_return=item.id)
             order = visible(self._orders.get(order.id), order.id, None)

@@ -208,6 +208,9 @@ class UnitCancellation:
 
     # --- After the write ------------------------------------------------------------------------
     def _settle(self, order: Order, actor: str) -> Order:
+        """After a cancel of units: the stock released and the payment settled, and what returns
+        kept back refunded as far as a settlement capture made it refundable (refund_kept_back:
+        nothing ships after a cancel of the rest to do it)."""
         self._release_stock(order)
         try:
             self._refunds.finish_pending(order.id, actor)
@@ -216,7 +219,7 @@ class UnitCancellation:
                 self._credits.give_back(self._current(order.id), actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
-        return self._current(order.id)
+        return self.refund_kept_back(self._current(order.id), actor)
 
     def _current(self, order_id: str) -> Order:
         return visible(self._orders.get(order_id), order_id, None)
@@ -420,9 +423,10 @@ class UnitCancellation:
         refunded fell short of it, an appeasement having taken part of what the units were captured
         for while another parcel was still to be captured), as far as the captures since make it
         refundable: the customer ends with the appeasement and the units' whole worth, as when that
-        parcel had shipped first. Once per return (_kept_back_refund decides it on the order as it
-        is written, under a key of its own); one the gateway refused is asked again under a new key
-        by the next ship or delivery, one left pending under its key. An exchange's is refunded once
+        parcel had shipped first. Decided on the order as it is written, under a key of its own
+        (_kept_back_refund): one left pending is asked again under its key; what one the gateway
+        refused, or one that gave part (a capture short of what was kept back), leaves is asked
+        under a new key by the next ship or delivery. An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
         return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
         or written for an order that kept nothing back. Returns the order as it then is."""
@@ -537,14 +541,15 @@ def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
 def _kept_back_refund(reason: str, key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Decision | None]:
     """How the refund of what a return's refund or exchange credit kept back (`kept(order)`) is
     decided on the order: its key (`key` and how many such refunds, named by `reason`, the gateway
-    refused) and amount, what was kept back less what such refunds gave back or hold (of one
-    refused, the parts approved before it), as far as it is refundable; None when nothing is owed
-    or refundable."""
+    answered: refused, or made for what a capture made refundable of it, the rest waiting for the
+    next) and amount, what was kept back less what such refunds gave back or hold (of one refused,
+    the parts approved before it), as far as it is refundable; None when nothing is owed or
+    refundable."""
 
     def decide(order: Order) -> Decision | None:
         zero = Money.zero(order.currency)
         given = [r for r in order.payment.refunds if r.reason == reason]
-        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status == 'failed')}"
+        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status != 'pending')}"
         if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
             return attempt, zero  # carried on with the amount it was written with
         owed = kept(order)

@@ -35,7 +35,7 @@ from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Retu
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from plugins import test_payments
-from tests.builders import NOW, product
+from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
 from tests.unit.test_payment_truth import Removed
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
@@ -2004,6 +2004,93 @@ def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_r
         (Money.of("1.00", "USD"), "failed"), (Money.of("1.00", "USD"), "succeeded")
     ]  # fmt: skip
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - Money.of("1.00", "USD")
+
+
+def test_what_a_return_kept_back_is_refunded_over_as_many_parcels_as_it_takes(world, clock):
+    # A 25.00 goodwill left the MUGs' return 1.81 of their 26.81: 25.00 is kept back. The CAPs'
+    # capture (21.67) makes only part of it refundable; the PENs' capture must make the rest so,
+    # or the customer ends 3.33 short of where they would be had every parcel shipped first.
+    world.catalog.put_location(location("wh-north", name="North warehouse"))
+    world.inventory.set_on_hand("PEN", "wh-north", 3, reason="count")
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2), ("PEN", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    goodwill = Money.of("25.00", "USD")
+    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    mugs = order.lines[0].total
+    assert returns.settle(item.id, actor="key_wh").refund == mugs - goodwill
+
+    for location_id in ("wh-east", "wh-north"):
+        shipment_id = world.shipment_at(order, location_id)
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+        after = world.actions.deliver(order.id, shipment_id, actor="key_wh")
+
+    paid = after.payment
+    assert paid.captured == order.totals.grand_total
+    assert paid.captured - paid.refunded == order.totals.grand_total - mugs - goodwill
+    assert returns.get(item.id).refund == mugs
+
+
+def test_what_a_return_kept_back_is_refunded_once_a_cancel_of_the_rest_captures_the_shipping(world, clock):
+    # Cancelling the CAPs leaves the order the MUGs and its 5.00 shipping, which the cancel's
+    # settlement captures: that makes the 1.00 the return kept back refundable, and nothing ships
+    # after to refund it.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    mugs_parcel = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, mugs_parcel, None, actor="key_wh")
+    world.actions.deliver(order.id, mugs_parcel, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    return_id = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs").id
+    returns.receive(return_id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.settle(return_id, actor="key_wh")
+
+    after = world.actions.cancel(order.id, "no caps after all", actor="key_cs", lines={"L2": 2})
+
+    mugs, goodwill = order.lines[0].total, Money.of("1.00", "USD")
+    assert after.payment.captured == after.totals.grand_total == mugs + order.totals.shipping
+    assert after.payment.captured - after.payment.refunded == after.totals.grand_total - mugs - goodwill
+    assert returns.get(return_id).refund == mugs
+
+
+def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_no_more_than_the_units_worth(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The goodwill took all the MUGs' capture: their refund step keeps their 26.81 back, then dies
+    # before marking the return refunded. The CAPs ship and refund the 26.81, the gateway leaving
+    # it pending; the step retried must count it, not refund the MUGs again from the CAPs' capture.
+    returns, store = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 4))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    mugs = order.lines[0].total
+    world.refunds.issue_refund(order.id, mugs, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    real = store.update
+
+    def dies_marking_it_refunded(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED:
+            raise Died("the return's refunded write")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
+    with pytest.raises(Died):
+        returns.refund(item.id, "key_wh")
+    monkeypatch.setattr(store, "update", real)
+    caps = world.shipment_at(order, "wh-east")
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+
+    returns.settle(item.id, actor="key_wh")
+    after = world.actions.deliver(order.id, caps, actor="key_wh")
+
+    paid = after.payment
+    for_return = [r.amount for r in paid.refunds if r.return_id == item.id and r.status == "succeeded"]
+    assert sum(for_return, Money.zero("USD")) == mugs
+    assert paid.captured - paid.refunded == order.totals.grand_total - mugs - mugs
+    assert returns.get(item.id).refund == mugs
 
 
 def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as_it_was(world, clock):
