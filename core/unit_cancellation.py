@@ -437,11 +437,11 @@ class UnitCancellation:
         refunded = [return_id for return_id in order.returns_kept_back if return_id not in order.credit_holds]
         owed: list[tuple[str | None, str, Callable[[Order], Decision | None]]] = [
             (return_id, _kept_back_reason(return_id),
-             _kept_back_refund(_kept_back_reason(return_id), return_id, _refund_kept_back(return_id)))
+             _kept_back_refund(return_id, _refund_kept_back(return_id)))
             for return_id in dict.fromkeys([*kept_by_refunds, *refunded])
         ] + [
             (None, _credit_kept_back_reason(return_id),
-             _kept_back_refund(_credit_kept_back_reason(return_id), f"{return_id}:credit",
+             _kept_back_refund(f"{return_id}:credit",
                                lambda current, return_id=return_id: current.returns_kept_back[return_id]))
             for return_id in placed
         ]  # fmt: skip
@@ -525,12 +525,12 @@ def _credit_kept_back_reason(return_id: str) -> str:
 def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
     """What return `return_id`'s refund kept back: the one that succeeded (PaymentRefund.kept_back),
     or, when none did, what the order kept back for it (Order.returns_kept_back: it gave nothing)."""
-    reason = _kept_back_reason(return_id)
 
     def kept(order: Order) -> Money:
         zero = Money.zero(order.currency)
+        top_ups = _top_up_ids(order, return_id)
         own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"
-               and r.reason != reason]  # fmt: skip
+               and r.id not in top_ups]  # fmt: skip
         if own:
             return sum((r.kept_back for r in own if r.kept_back), zero)
         return order.returns_kept_back.get(return_id, zero)
@@ -538,9 +538,16 @@ def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
     return kept
 
 
-def _kept_back_refund(reason: str, key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Decision | None]:
+def _top_up_ids(order: Order, key: str) -> set[str]:
+    """The ids the refunds of what `key` (a return, or its exchange credit) kept back have or may
+    have (`<key>#kept_back#<n>`): told from its other refunds, and from an appeasement, by id, never
+    by a reason a client may also write."""
+    return {refund_id_for(order.id, f"{key}#kept_back#{n}") for n in range(len(order.payment.refunds) + 1)}
+
+
+def _kept_back_refund(key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Decision | None]:
     """How the refund of what a return's refund or exchange credit kept back (`kept(order)`) is
-    decided on the order: its key (`key` and how many such refunds, named by `reason`, the gateway
+    decided on the order: its key (`key` and how many such refunds, told by id (_top_up_ids), the gateway
     answered: refused, or made for what a capture made refundable of it, the rest waiting for the
     next) and amount, what was kept back less what such refunds gave back or hold (of one refused,
     the parts approved before it), as far as it is refundable; None when nothing is owed or
@@ -548,7 +555,8 @@ def _kept_back_refund(reason: str, key: str, kept: Callable[[Order], Money]) -> 
 
     def decide(order: Order) -> Decision | None:
         zero = Money.zero(order.currency)
-        given = [r for r in order.payment.refunds if r.reason == reason]
+        top_ups = _top_up_ids(order, key)
+        given = [r for r in order.payment.refunds if r.id in top_ups]
         attempt = f"{key}#kept_back#{sum(1 for r in given if r.status != 'pending')}"
         if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
             return attempt, zero  # carried on with the amount it was written with

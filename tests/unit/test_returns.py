@@ -1937,6 +1937,27 @@ def test_a_goodwill_refund_before_a_return_is_not_swallowed_once_the_next_parcel
     assert returns.get(return_id).refund == mugs  # the return shows all that was refunded for it
 
 
+def test_an_appeasement_worded_as_a_top_up_does_not_take_from_what_the_return_kept_back(world, clock):
+    # Top-ups were told from the order's other refunds by their reason, a text an appeasement's
+    # request may also carry: worded so, the 0.50 appeasement the return's refund kept back was
+    # counted as its top-up, and the customer never got the MUGs' whole worth. They are told by id.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    worded = f"return {item.id}, kept back until a later parcel was captured"
+    world.refunds.issue_refund(order.id, Money.of("0.50", "USD"), worded, "appease-1", actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    mugs = order.lines[0].total
+    assert returns.settle(item.id, actor="key_wh").refund == mugs - Money.of("0.50", "USD")
+
+    after = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+
+    for_return = [r.amount for r in after.payment.refunds if r.return_id == item.id and r.status == "succeeded"]
+    assert sum(for_return, Money.zero("USD")) == mugs
+    assert after.payment.refunded == mugs + Money.of("0.50", "USD")
+
+
 def test_a_return_whose_refund_gave_nothing_after_a_goodwill_refund_of_it_all_is_refunded_once_captured(world, clock):
     # The goodwill took all the MUGs' capture, so their return refunded nothing. Had the CAPs shipped
     # first, the return would have refunded all that was left; so it does once they ship.
