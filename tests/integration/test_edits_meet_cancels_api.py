@@ -207,3 +207,24 @@ def test_an_order_whose_units_were_cancelled_renews_its_lapsed_authorization_for
     assert (shipped["payment"]["authorized"], shipped["payment"]["captured"]) == (total, total)
     renewal = next(h["detail"] for h in history(api, order["id"]) if h["detail"].get("replaces"))
     assert renewal["amount"] == total
+
+
+def test_a_held_order_edited_down_gives_back_the_units_it_no_longer_needs(api):
+    assert api.put("/products/CUP", json=product_body("5.00")).status_code == 201
+    assert api.put("/inventory/CUP/wh-east", json={"on_hand": 10}).status_code == 200
+    order = allocated(api, ("CUP", 6))
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"})
+    assert held.status_code == 200, held.text
+
+    shrunk = edit(api, held.json(), {"lines": [{"sku": "CUP", "quantity": 1}]})
+
+    assert (shrunk["status"], shrunk["allocations"]) == ("on_hold", [])
+    # Still held for the cup it keeps; the five it dropped are another customer's to order.
+    assert api.get("/inventory/CUP").json()["available"] == 9
+    other = order_body(external_id=f"web-e{next(_orders)}", lines=[{"sku": "CUP", "quantity": 9}])
+    assert api.post("/orders", json=other).status_code == 201
+    released = api.post(f"/orders/{order['id']}/release", json={})
+    assert (released.status_code, released.json()["status"]) == (200, "authorized"), released.text
+    again = resourced(api, order["id"])
+    assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
+    assert api.get("/inventory/CUP").json()["locations"][0]["reserved"] == 1
