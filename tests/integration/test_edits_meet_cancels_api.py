@@ -159,6 +159,28 @@ def test_a_backordered_order_edited_up_is_filled_with_its_grown_quantity(api):
     assert api.get("/inventory/KITE").json()["locations"][0]["reserved"] == 4
 
 
+def test_an_order_edited_up_after_its_renewal_was_refused_ships_on_the_edits_authorization(api, monkeypatch):
+    order = allocated(api, ("MUG", 2))
+    (shipment,) = order["shipments"]
+    with monkeypatch.context() as issuer:
+        issuer.setattr(test_payments, "_capture_refused", lambda held, amount: "the issuer said no")
+        for _ in range(3):  # refused, renewed and refused, asked again on the renewal and refused
+            refused = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={})
+            assert refused.status_code == 502, refused.text
+    renewed = api.get(f"/orders/{order['id']}").json()
+    grown = edit(api, renewed, {"lines": [{"sku": "MUG", "quantity": 3}]})
+
+    shipped = ship(api, resourced(api, order["id"]))
+
+    total, edits = grown["totals"]["grand_total"], grown["payment"]["authorization"]
+    assert (shipped["payment"]["captured"], shipped["payment"]["authorization"]) == (total, edits)
+    assert test_payments._held[edits].captured.model_dump(mode="json") == total
+    # The first authorization and its renewal, each voided once; the edit's captured, not voided.
+    gone = voided(api, order["id"])
+    assert sorted(gone) == sorted({*gone, renewed["payment"]["authorization"]}) and len(gone) == 2
+    assert edits not in gone
+
+
 @pytest.fixture
 def lapsing(monkeypatch):
     monkeypatch.setenv("OMS_AUTHORIZATION_VALID_DAYS", "0.0000001")
