@@ -1976,21 +1976,33 @@ class Order(BaseModel, defer_build=True):
         never left behind: the ship repeated asks under the same key and records it
         (renew_authorization), and a cancel releases it
         (core.cancellation.Cancellation.release_renewal), each for what the authorization has left
-        to capture now (`renewal_amount`). `declined_before`: the renewals of it the gateway
-        declined before (`renewal_declined_before`, which its key counts). Bookkeeping, as
-        request_capture."""
+        to capture now, but never more than the order can still capture (`renewal_amount`:
+        _renewal_due). `declined_before`: the renewals of it the gateway declined before
+        (`renewal_declined_before`, which its key counts). Bookkeeping, as request_capture."""
         if self.renewing_authorization is not None or not self.payment.authorization:
             raise InvalidTransition(f"order {self.id} is renewing its authorization already, or has none")
         return self._bookkeeping(
             at=at, renewing_authorization=self.payment.authorization, renewal_declined_before=declined_before,
-            renewal_amount=self.payment.authorized - self.payment.captured,
+            renewal_amount=self._renewal_due(),
         )  # fmt: skip
+
+    def _renewal_due(self) -> Money:
+        """What a renewal authorizes: what the lapsed authorization has left to capture, but no more
+        than the order may still capture: what it owes (`payable`, after an edit or a cancel took
+        units off it) beyond its captures, plus its refunds (a settlement captures again what a
+        cancel's refund gave back). A customer who took an order down is not held for, nor declined
+        on, the total it had. What is left when nothing is owed (the capture asks for nothing)."""
+        payment = self.payment
+        left = payment.authorized - payment.captured
+        refunds = sum((refund.amount for refund in payment.refunds), Money.zero(self.currency))
+        owed = self.payable() - payment.captured + refunds
+        return owed if 0 < owed.amount < left.amount else left
 
     def renew_authorization(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
-        had left to capture) the authorization this order was renewing, which it replaces
-        (`replaced_authorizations`) until it is voided. `payment.authorized` stays the total the
-        order's authorizations covered: its captures and what is left of the new one. A capture
+        had left to capture, or less, request_renewal) the authorization this order was renewing,
+        which it replaces (`replaced_authorizations`) until it is voided. `payment.authorized` is
+        the total the order's authorizations covered: its captures and the new one. A capture
         request stored before requests named their authorization is asked under `old`, and now says so.
         A renewal of one a capture was refused on or given back is kept as `refusal_renewal`."""
         old = self.renewing_authorization
@@ -2008,7 +2020,8 @@ class Order(BaseModel, defer_build=True):
             replaced_authorizations=[*self.replaced_authorizations, old],
             later_authorizations=_later_kept(self.later_authorizations, requests, reference),
             spent_authorizations=[a for a in self.spent_authorizations if a != old], captures_requested=requests,
-            **self._replacing(_replaced(self.payment, authorization=reference)),
+            **self._replacing(_replaced(self.payment, authorization=reference,
+                                        authorized=self.payment.captured + amount)),
         )  # fmt: skip
 
     def _replacing(self, payment: Payment) -> dict[str, Any]:
