@@ -28,8 +28,9 @@ def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
 
 
 def modify(
-    orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS
-) -> Order:
+    orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS,
+    consistent: bool = False,
+) -> Order:  # fmt: skip
     """Read the order, ask `decide` for its next version and history entry (an Order method's
     answer: the entry None for the system's bookkeeping; None when there is nothing to write) and
     write that, conditional on the version read.
@@ -40,8 +41,9 @@ def modify(
     The first read is eventually consistent (cheap, and nearly always current). One that may
     predate the change making this one possible (a release sent just after its hold, a cancel
     just after the order was placed) must not refuse it: a refusal, and every read after a lost
-    race, is decided again on a consistent read."""
-    consistent = False
+    race, is decided again on a consistent read. `consistent` reads consistently from the first:
+    for a decision that may find nothing to do on a read predating the caller's own writes (a
+    refund that the capture just written makes refundable)."""
     for _ in range(attempts):
         found = orders.get(order_id, consistent=True) if consistent else orders.get(order_id)
         try:

@@ -308,6 +308,22 @@ def test_a_refund_left_pending_by_an_unavailable_gateway_is_finished_by_its_retr
     assert set(world.gateway.keys("refund")) == {payment_keys.refund(order.id, done.id)}
 
 
+def test_a_refund_the_gateway_made_is_recorded_while_plain_reads_lag(world, monkeypatch):
+    # The gateway answers a moment after the pending refund's write: a plain read may not show it
+    # yet, which must not leave money refunded and the refund pending (nor answer 500).
+    from tests.unit.test_confirmations import lagging_reads
+
+    order = shipped_order(world)
+    lagging_reads(world, monkeypatch)
+
+    done = refund(world, order.id, "k1", usd("5.00"))
+
+    monkeypatch.undo()
+    assert done.status == "succeeded"
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["succeeded"]
+    assert world.order(order.id).payment.refunded == usd("5.00")
+
+
 def test_a_refund_is_never_more_than_captured_minus_refunded_and_the_gateway_is_not_asked(world):
     order = shipped_order(world)
     captured = order.payment.captured
