@@ -143,6 +143,26 @@ def test_a_refused_capture_names_the_refusal_and_repeating_the_ship_tries_again(
     ]  # fmt: skip
 
 
+def test_a_ship_repeated_after_a_refusal_renews_and_ships_while_plain_reads_lag(world, monkeypatch):
+    # The renewal is recorded a moment after the ship wrote that it asks for one: a plain read may
+    # not show that request yet, which must not void the new authorization as nobody's.
+    from tests.unit.test_confirmations import lagging_reads
+
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    lagging_reads(world, monkeypatch)
+
+    world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    monkeypatch.undo()
+    shipped = world.order(order.id)
+    assert shipped.status is S.SHIPPED and shipped.payment.status is P.CAPTURED
+    assert world.spy.voided == [order.payment.authorization]
+
+
 def test_a_capture_declined_by_the_test_gateway_leaves_the_shipment_pending(world):
     order = world.allocated(("TSHIRT", 2), token="tok_capture_decline")
     (shipment,) = order.shipments
