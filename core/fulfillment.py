@@ -14,6 +14,7 @@ from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
     InvalidTransition,
+    NotFound,
     PaymentDeclined,
     PaymentGatewayUnavailable,
     PaymentRefused,
@@ -104,7 +105,6 @@ class OrderActions:
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
         order that lost units (after_shipping, which a gateway that was down could not make then);
         nothing else."""
-        order = self._order(order_id, channel)
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
@@ -113,9 +113,24 @@ class OrderActions:
                 at=at, actor=actor,
             )  # fmt: skip
 
-        if order.shipment(shipment_id).status not in done:
-            order.ready_to_ship(shipment_id)
+        def shippable(current: Order) -> None:
+            if current.shipment(shipment_id).status not in done:
+                current.ready_to_ship(shipment_id)
+
+        order = self._checked(order_id, channel, shippable)
         return self._hand_over(order, shipment_id, actor, channel, done, record)
+
+    def _checked(self, order_id: str, channel: str | None, check: Callable[[Order], None]) -> Order:
+        """The order, once `check` (which raises to refuse) passes on it. A plain read may predate
+        the change that lets it pass (a release, a pickup readied, a moment before: the item before
+        it in a batch), so a refusal is decided again on a consistent read, as modify decides."""
+        try:
+            order = self._order(order_id, channel)
+            check(order)
+        except (NotFound, Conflict):
+            order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
+            check(order)
+        return order
 
     def _hand_over(
         self, order: Order, shipment_id: str, actor: str, channel: str | None,
@@ -209,13 +224,13 @@ class OrderActions:
 
     # --- Deliver ------------------------------------------------------------------------------
     def deliver_or_collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
-        """`POST .../deliver`: a shipped parcel arrived (`deliver`), or a pickup waiting at its
-        store was collected (`collect`). A carrier's tracking calls `deliver` only: no carrier
-        hands over a pickup, so its webhook can never capture one. A collected pickup (delivered,
-        never shipped) goes to `collect` again, which finishes what the first collect left undone."""
-        shipment = self._order(order_id, channel).shipment(shipment_id)
-        collected = shipment.status is ShipmentStatus.DELIVERED and shipment.shipped_at is None
-        if shipment.status is ShipmentStatus.READY_FOR_PICKUP or collected:
+        """`POST .../deliver`: a shipped parcel arrived (`deliver`), or a pickup order's parcel was
+        collected at its store (`collect`: a pickup is never shipped, and whether it waits ready is
+        for collect to decide, on a consistent read when a plain one shows it pending). A carrier's
+        tracking calls `deliver` only: no carrier hands over a pickup, so its webhook can never
+        capture one. A collected pickup goes to `collect` again, which finishes what the first
+        collect left undone."""
+        if self._order(order_id, channel).fulfillment.type == "pickup":
             return self.collect(order_id, shipment_id, actor, channel)
         return self.deliver(order_id, shipment_id, actor, channel)
 
@@ -305,14 +320,16 @@ class OrderActions:
         on_hand, and (as after a ship) the payment of an order that lost units is settled to its
         total. Collecting a collected pickup again finishes those last two (its request may have
         died after the write) and changes nothing else."""
-        order = self._order(order_id, channel)
         done = (ShipmentStatus.DELIVERED,)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
             return current.collect(shipment_id, captured=amount, capture_reference=reference, at=at, actor=actor)
 
-        if order.shipment(shipment_id).status not in done:
-            order.ready_to_collect(shipment_id)
+        def collectable(current: Order) -> None:
+            if current.shipment(shipment_id).status not in done:
+                current.ready_to_collect(shipment_id)
+
+        order = self._checked(order_id, channel, collectable)
         return self._hand_over(order, shipment_id, actor, channel, done, record)
 
     def expire_pickup(self, order_id: str, shipment_id: str, actor: str) -> Order:

@@ -28,8 +28,9 @@ def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
 
 
 def modify(
-    orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS
-) -> Order:
+    orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS,
+    consistent: bool = False,
+) -> Order:  # fmt: skip
     """Read the order, ask `decide` for its next version and history entry (an Order method's
     answer: the entry None for the system's bookkeeping; None when there is nothing to write) and
     write that, conditional on the version read.
@@ -40,8 +41,11 @@ def modify(
     The first read is eventually consistent (cheap, and nearly always current). One that may
     predate the change making this one possible (a release sent just after its hold, a cancel
     just after the order was placed) must not refuse it: a refusal, and every read after a lost
-    race, is decided again on a consistent read."""
-    consistent = False
+    race, is decided again on a consistent read; so is finding nothing to do, which a read before
+    the caller's own write of a moment ago would find (the capture request whose gateway answer it
+    records, the renewal request it records the new authorization for), and the order is returned
+    as written. `consistent` reads consistently from the first: for a decision sure to follow the
+    caller's own writes (a refund the capture just written makes refundable)."""
     for _ in range(attempts):
         found = orders.get(order_id, consistent=True) if consistent else orders.get(order_id)
         try:
@@ -53,6 +57,11 @@ def modify(
             consistent = True
             continue
         if change is None:
+            if not consistent:
+                # Nothing to do, on a read that may predate the write this call follows (often the
+                # caller's own of a moment ago: the request it records the gateway's answer for).
+                consistent = True
+                continue
             return order
         new, entry = change
         try:

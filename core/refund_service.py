@@ -137,7 +137,9 @@ class RefundService:
                 kept_back=returned[2] if len(returned) > 2 else None, at=at, actor=actor,
             )  # fmt: skip
 
-        order = modify(self._orders, order_id, begin, channel=channel)
+        # Read consistently: what makes the refund due (a capture, a cancel) is often this request's
+        # own write of a moment ago, and nothing found due on a read before it would be asked again.
+        order = modify(self._orders, order_id, begin, channel=channel, consistent=True)
         if not decided:
             return None
         refund = order.payment.refund_by_id(decided[0])
@@ -205,13 +207,17 @@ class RefundService:
                 self._orders, order.id,
                 lambda current: current.record_failed_refund(refund.id, None, message, at=at, actor=actor)
                 if self._still_pending(current, refund.id) else None,
+                consistent=True,
             )  # fmt: skip
             return self._final(done, refund.id)
         at = self._clock()
+        # Read consistently: a plain read may predate the pending refund's write of a moment ago,
+        # and the gateway's answer would go unrecorded (the refund left pending).
         done = modify(
             self._orders, order.id,
             lambda current: current.record_refund(refund.id, result.reference, at=at, actor=actor)
             if self._still_pending(current, refund.id) else None,
+            consistent=True,
         )  # fmt: skip
         return self._final(done, refund.id)
 
@@ -258,7 +264,7 @@ class RefundService:
             reference = ",".join(part.reference or "" for part in answered)
             return current.record_refund(refund.id, reference, at=at, actor=actor, parts=answered)
 
-        return self._final(modify(self._orders, order.id, record), refund.id)
+        return self._final(modify(self._orders, order.id, record, consistent=True), refund.id)
 
     def _recorder(
         self, order_id: str, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool,

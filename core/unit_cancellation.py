@@ -222,7 +222,9 @@ class UnitCancellation:
         return self.refund_kept_back(self._current(order.id), actor)
 
     def _current(self, order_id: str) -> Order:
-        return visible(self._orders.get(order_id), order_id, None)
+        """The order as this request's own writes left it: read consistently, since a plain read
+        just after them may show it as it was (and what is decided or answered on it with it)."""
+        return visible(self._orders.get(order_id, consistent=True), order_id, None)
 
     def _release_stock(self, order: Order) -> None:
         """Bring every reservation of the order down to what its shipments that have not left

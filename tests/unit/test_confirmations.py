@@ -8,7 +8,10 @@ from pydantic import ValidationError
 
 from core.confirmations import MAX_ITEMS, ConfirmationBatch, NotAttempted, confirm
 from core.errors import InvalidTransition, NotFound, PaymentGatewayUnavailable, PaymentRefused, PluginError
+from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.models import Order
 from core.status import OrderStatus, ShipmentStatus
+from tests.builders import NOW
 from tests.unit.world import World, build_world
 
 STOCK = [("TSHIRT", "wh-west", 50), ("TSHIRT", "store-sf", 5), ("CAP", "wh-east", 10)]
@@ -137,6 +140,74 @@ def test_a_pickup_is_readied_then_collected_in_one_batch(world):
 
     assert [r.shipment_status for r in results] == [ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.DELIVERED]
     assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
+
+
+def lagging_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain reads show each order as it was before its last write, as an eventually consistent
+    GetItem may just after the write; consistent reads show it as written."""
+    real_get, real_update = world.orders.get, world.orders.update
+    before: dict[str, Order] = {}
+
+    def update(order: Order, expected: Order, entries: list) -> None:
+        real_update(order, expected, entries)
+        before[order.id] = expected
+
+    def get(order_id: str, consistent: bool = False) -> Order | None:
+        return real_get(order_id) if consistent or order_id not in before else before[order_id]
+
+    monkeypatch.setattr(world.orders, "update", update)
+    monkeypatch.setattr(world.orders, "get", get)
+
+
+def test_a_pickup_readied_then_collected_in_one_batch_is_collected_while_plain_reads_lag(world, monkeypatch):
+    # The collect runs milliseconds after the ready's write: a plain read may still show the
+    # shipment pending, which must not refuse the customer's collection.
+    order = world.allocated(("TSHIRT", 1), **PICKUP)
+    shipment = order.shipments[0].id
+    lagging_reads(world, monkeypatch)
+
+    results = run(world, (order.id, shipment, "ready"), (order.id, shipment, "deliver"))
+
+    assert [r.failure for r in results] == [None, None]
+    monkeypatch.undo()  # the order as written
+    assert world.order(order.id).shipments[0].status is ShipmentStatus.DELIVERED
+    assert world.order(order.id).payment.captured == order.totals.grand_total
+
+
+def test_a_shipment_shipped_at_once_after_its_orders_release_ships_while_plain_reads_lag(world, monkeypatch):
+    # The warehouse ships the moment the hold is lifted: a plain read may still show it held.
+    order = world.allocated(("TSHIRT", 1))
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order.id, HoldRequest(reason="address_review"), actor="key_cs")
+    lagging_reads(world, monkeypatch)
+    holds.release(order.id, ReleaseRequest(), actor="key_cs")
+
+    (result,) = run(world, (order.id, order.shipments[0].id, "ship"))
+
+    assert result.failure is None
+    monkeypatch.undo()
+    assert world.order(order.id).status is OrderStatus.SHIPPED
+
+
+def test_each_item_reports_the_order_as_it_left_it_while_plain_reads_lag(world, monkeypatch):
+    # The last parcel of an order that lost a unit settles the payment after its delivery's write,
+    # then reads the order to answer: a plain read may show it as it was before the delivery.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 2))
+    tshirts, caps = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, tshirts, None, actor="key_wh")
+    world.actions.cancel(order.id, "out of caps", actor="key_cs", lines={"L2": 1})
+    lagging_reads(world, monkeypatch)
+
+    results = run(world, (order.id, caps, "ship"), (order.id, tshirts, "deliver"), (order.id, caps, "deliver"))
+
+    assert [r.failure for r in results] == [None, None, None]
+    assert [(r.shipment_status, r.order_status) for r in results] == [
+        (ShipmentStatus.SHIPPED, OrderStatus.SHIPPED),
+        (ShipmentStatus.DELIVERED, OrderStatus.SHIPPED),
+        (ShipmentStatus.DELIVERED, OrderStatus.DELIVERED),
+    ]
+    monkeypatch.undo()
+    assert results[2].order == world.order(order.id)
 
 
 def test_items_past_the_deadline_are_not_attempted_and_may_be_sent_again(world):

@@ -143,6 +143,26 @@ def test_a_refused_capture_names_the_refusal_and_repeating_the_ship_tries_again(
     ]  # fmt: skip
 
 
+def test_a_ship_repeated_after_a_refusal_renews_and_ships_while_plain_reads_lag(world, monkeypatch):
+    # The renewal is recorded a moment after the ship wrote that it asks for one: a plain read may
+    # not show that request yet, which must not void the new authorization as nobody's.
+    from tests.unit.test_confirmations import lagging_reads
+
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse", "approve")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    lagging_reads(world, monkeypatch)
+
+    world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+
+    monkeypatch.undo()
+    shipped = world.order(order.id)
+    assert shipped.status is S.SHIPPED and shipped.payment.status is P.CAPTURED
+    assert world.spy.voided == [order.payment.authorization]
+
+
 def test_a_capture_declined_by_the_test_gateway_leaves_the_shipment_pending(world):
     order = world.allocated(("TSHIRT", 2), token="tok_capture_decline")
     (shipment,) = order.shipments
@@ -306,6 +326,22 @@ def test_a_refund_left_pending_by_an_unavailable_gateway_is_finished_by_its_retr
     assert world.order(order.id).payment.refunded == usd("5.00")
     assert len(world.spy.refunded) == 1
     assert set(world.gateway.keys("refund")) == {payment_keys.refund(order.id, done.id)}
+
+
+def test_a_refund_the_gateway_made_is_recorded_while_plain_reads_lag(world, monkeypatch):
+    # The gateway answers a moment after the pending refund's write: a plain read may not show it
+    # yet, which must not leave money refunded and the refund pending (nor answer 500).
+    from tests.unit.test_confirmations import lagging_reads
+
+    order = shipped_order(world)
+    lagging_reads(world, monkeypatch)
+
+    done = refund(world, order.id, "k1", usd("5.00"))
+
+    monkeypatch.undo()
+    assert done.status == "succeeded"
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["succeeded"]
+    assert world.order(order.id).payment.refunded == usd("5.00")
 
 
 def test_a_refund_is_never_more_than_captured_minus_refunded_and_the_gateway_is_not_asked(world):

@@ -1958,6 +1958,21 @@ def test_an_appeasement_worded_as_a_top_up_does_not_take_from_what_the_return_ke
     assert after.payment.refunded == mugs + Money.of("0.50", "USD")
 
 
+def test_the_return_shows_what_its_kept_back_refund_gave_while_plain_reads_lag(world, clock, monkeypatch):
+    # The CAPs' ship refunds what the MUGs' return kept back, then reads the order to show the
+    # return all refunded for it: a plain read just after the refund's write may not have it yet.
+    from tests.unit.test_confirmations import lagging_reads
+
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    lagging_reads(world, monkeypatch)
+
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+
+    assert returns.get(return_id).refund == order.lines[0].total
+
+
 def test_a_return_whose_refund_gave_nothing_after_a_goodwill_refund_of_it_all_is_refunded_once_captured(world, clock):
     # The goodwill took all the MUGs' capture, so their return refunded nothing. Had the CAPs shipped
     # first, the return would have refunded all that was left; so it does once they ship.
