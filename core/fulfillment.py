@@ -397,9 +397,10 @@ class OrderActions:
         )
         total = order.payable(priced.totals)
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
-        # an authorization that no longer covers the total is replaced before the edit is stored.
+        # an authorization that no longer covers the total (or that a renewal standing will cover
+        # for less: Order.authorization_covers) is replaced before the edit is stored.
         authorized = order.payment.status is PaymentStatus.AUTHORIZED
-        grows = authorized and total.amount > order.payment.authorized.amount
+        grows = authorized and total.amount > order.authorization_covers().amount
         if grows:
             self._capture.check_payment_method(cmd)  # more money on a method the shop no longer takes: 422
         request = order.authorization_requested
