@@ -6,13 +6,13 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidTransition, NotFound, OrderHeld, PluginError
+from core.errors import Backordered, InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import MAX_REVIEW_REQUESTS, LineInput, Order, OrderEdit, ReviewRequest
 from core.money import Money
 from core.status import OrderStatus
 from plugins import review_threshold
-from tests.builders import NOW, address_body
+from tests.builders import NOW, address_body, product
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -698,3 +698,21 @@ def test_a_hold_of_an_allocated_order_keeps_every_unit_it_holds(world):
     hold(world, order_id)
 
     assert world.held_for(order_id) == before and sum(before.values()) == 12
+
+
+def test_a_hold_of_a_backordered_order_whose_units_were_cancelled_gives_back_what_it_no_longer_needs():
+    # The cancel sent it back to be sourced for the 2 books left, holding the 6 it had: held
+    # before its workflow ran, it kept the 4 it no longer needed from other orders.
+    world = build_world([("BOOK", "wh-west", 6)])
+    world.catalog.put_product(product("BOOK", "12.00", allow_backorder=True))
+    order_id = world.place(("BOOK", 10))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    world.actions.cancel(order_id, "customer_request", "key_cs", lines={"L1": 8})
+    assert sum(world.held_for(order_id).values()) == 6
+
+    hold(world, order_id)
+
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 2}
+    assert world.level("BOOK", "wh-west") == (6, 2, 4)
