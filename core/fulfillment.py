@@ -20,6 +20,7 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
+from core.holds import give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
@@ -414,9 +415,10 @@ class OrderActions:
         )
         total = order.payable(priced.totals)
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
-        # an authorization that no longer covers the total is replaced before the edit is stored.
+        # an authorization that no longer covers the total (or that a renewal standing will cover
+        # for less: Order.authorization_covers) is replaced before the edit is stored.
         authorized = order.payment.status is PaymentStatus.AUTHORIZED
-        grows = authorized and total.amount > order.payment.authorized.amount
+        grows = authorized and total.amount > order.authorization_covers().amount
         if grows:
             self._capture.check_payment_method(cmd)  # more money on a method the shop no longer takes: 422
         request = order.authorization_requested
@@ -507,32 +509,14 @@ class OrderActions:
         keep. Releasing those here instead could free a
         reservation the restarted workflow has just made under the same key. A held order's workflow
         runs only once it is released: until then what its kept lines hold beyond their new
-        quantities is given back too (_trim_lines), or an order edited down would keep those units
-        from other orders for as long as the hold lasts."""
+        quantities is given back too (core.holds.give_back_surplus), or an order edited down would
+        keep those units from other orders for as long as the hold lasts."""
         kept = {(line.line_id, line.sku) for line in new.lines}
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
         locations = holding_locations(old, self._catalog.list_locations())
         self._release_lines(old, gone, locations)
         if new.status is S.ON_HOLD:
-            self._trim_lines(new, locations)
-
-    def _trim_lines(self, order: Order, location_ids: list[str]) -> None:
-        """Bring what each of `order`'s lines holds down to its quantity: its units at the locations
-        first in `location_ids` are kept; the order, released, is sourced again around them."""
-        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in order.lines:
-            for location_id in location_ids:
-                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
-        wanted = {reservation_key(order.id, line.line_id): line.quantity for line in order.lines}
-        rank = {location_id: i for i, location_id in enumerate(location_ids)}
-        found = self._inventory.reservations(dict(keys)) if keys else {}
-        for (sku, location_id, key), units in sorted(found.items(), key=lambda item: rank[item[0][1]]):
-            keep = min(units, wanted[key])
-            wanted[key] -= keep
-            if not keep:
-                self._inventory.release(sku, location_id, key)
-            elif keep < units:
-                self._inventory.shrink(sku, location_id, key, units, keep)
+            give_back_surplus(self._inventory, new, locations)
 
     def _release_lines(self, order: Order, lines: list[OrderLine], location_ids: list[str]) -> None:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)

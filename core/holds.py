@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
+from core.cancellation import holding_locations
+from core.ids import reservation_key
 from core.models import HoldReason, Note, Order, Strict, utc_now
 from core.order_changes import modify
-from core.ports import OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.status import OrderStatus
 
 
 class HoldRequest(Strict):
@@ -27,21 +31,43 @@ class Holds:
     """Each is one conditional write (core.order_changes.modify): a hold that races a workflow
     step wins or loses whole, and the step that lost re-reads, finds the hold and stops. The
     workflow of a released `pending`, `authorized` or `backordered` order is started again by the
-    outbox (the Orders stream sees the order leave `on_hold`); no execution waits meanwhile."""
+    outbox (the Orders stream sees the order leave `on_hold`); no execution waits meanwhile.
+    `inventory` and `catalog`: where a held order's stock is given back (None, in tests of the
+    status alone: nothing is)."""
 
-    def __init__(self, orders: OrderRepository, clock: Callable[[], datetime] = utc_now):
+    def __init__(
+        self,
+        orders: OrderRepository,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        inventory: InventoryRepository | None = None,
+        catalog: CatalogRepository | None = None,
+    ):
         self._orders = orders
         self._clock = clock
+        self._inventory = inventory
+        self._catalog = catalog
 
     def hold(self, order_id: str, request: HoldRequest, actor: str, channel: str | None = None) -> Order:
         """On hold from `pending`, `authorized`, `backordered` or `allocated` (InvalidTransition, 409,
-        otherwise: held already, shipped, closed)."""
+        otherwise: held already, shipped, closed). An order sent back to be sourced (an edit, a
+        reject) and not sourced yet holds what it held before: what its lines hold beyond their
+        quantities is given back (give_back_surplus), as its workflow, which the hold puts off until
+        the release, would have, or an order edited down would keep those units from other orders
+        for as long as the hold lasts. A workflow step sourcing it meanwhile loses its write to the
+        hold and releases what it reserved."""
         at = self._clock()
-        return modify(
+        held = modify(
             self._orders, order_id,
             lambda order: order.hold_for(request.reason, request.note, at=at, actor=actor),
             channel=channel,
         )  # fmt: skip
+        assert held.hold is not None
+        if self._inventory is None or self._catalog is None:
+            return held
+        if held.hold.resume_to is OrderStatus.AUTHORIZED and not held.allocations:
+            give_back_surplus(self._inventory, held, holding_locations(held, self._catalog.list_locations()))
+        return held
 
     def release(self, order_id: str, request: ReleaseRequest, actor: str, channel: str | None = None) -> Order:
         """Back to the status it was held from (InvalidTransition, 409, when it is not on hold)."""
@@ -51,3 +77,24 @@ class Holds:
             lambda order: order.release(note=request.note, at=at, actor=actor),
             channel=channel,
         )  # fmt: skip
+
+
+def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids: list[str]) -> None:
+    """Bring what each of `order`'s lines holds down to its quantity: its units at the locations
+    first in `location_ids` are kept; the order, released, is sourced again around them. Each
+    change is conditional: a shrink on the units read (a reservation changed meanwhile is left as
+    it is), a release on the key being held, so stock never goes below zero."""
+    keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for line in order.lines:
+        for location_id in location_ids:
+            keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+    wanted = {reservation_key(order.id, line.line_id): line.quantity for line in order.lines}
+    rank = {location_id: i for i, location_id in enumerate(location_ids)}
+    found = inventory.reservations(dict(keys)) if keys else {}
+    for (sku, location_id, key), units in sorted(found.items(), key=lambda item: rank[item[0][1]]):
+        keep = min(units, wanted[key])
+        wanted[key] -= keep
+        if not keep:
+            inventory.release(sku, location_id, key)
+        elif keep < units:
+            inventory.shrink(sku, location_id, key, units, keep)

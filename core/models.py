@@ -1998,6 +1998,16 @@ class Order(BaseModel, defer_build=True):
         owed = self.payable() - payment.captured + refunds
         return owed if 0 < owed.amount < left.amount else left
 
+    def authorization_covers(self) -> Money:
+        """What the order's authorizations cover: `payment.authorized`, but while a renewal of its
+        authorization stands (`renewing_authorization`), its captures and what the renewal asks for
+        (`renewal_amount`), all they cover once it is recorded (renew_authorization). An edit to a
+        total beyond it is authorized again (core.fulfillment), or the renewal would leave the new
+        total's capture more than its authorization holds."""
+        if self.renewing_authorization is None or self.renewal_amount is None:
+            return self.payment.authorized
+        return self.payment.captured + self.renewal_amount
+
     def renew_authorization(self, amount: Money, reference: str, *, at: datetime, actor: str) -> Change:
         """The gateway authorized again (`reference`, for `amount`: what the lapsed authorization
         had left to capture, or less, request_renewal) the authorization this order was renewing,

@@ -330,7 +330,9 @@ class Container:
     def holds(self) -> Holds:
         from core.holds import Holds
 
-        return Holds(self.order_repository, clock=self.clock)
+        return Holds(
+            self.order_repository, clock=self.clock, inventory=self.inventory_repository, catalog=self.cached_catalog
+        )
 
     @cached_property
     def actions(self) -> OrderActions:

@@ -250,3 +250,24 @@ def test_a_held_order_edited_down_gives_back_the_units_it_no_longer_needs(api):
     again = resourced(api, order["id"])
     assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
     assert api.get("/inventory/CUP").json()["locations"][0]["reserved"] == 1
+
+
+def test_an_order_held_after_an_edit_sent_it_back_to_be_sourced_gives_back_the_units_it_no_longer_needs(api):
+    assert api.put("/products/BOWL", json=product_body("7.00")).status_code == 201
+    assert api.put("/inventory/BOWL/wh-east", json={"on_hand": 10}).status_code == 200
+    order = allocated(api, ("BOWL", 6))
+    shrunk = edit(api, order, {"lines": [{"sku": "BOWL", "quantity": 1}]})
+    assert shrunk["status"] == "authorized"  # its workflow, started again, has not run yet
+
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"})
+
+    assert (held.status_code, held.json()["status"]) == (200, "on_hold"), held.text
+    # Still held for the bowl it keeps; the five it dropped are another customer's to order.
+    assert api.get("/inventory/BOWL").json()["available"] == 9
+    other = order_body(external_id=f"web-e{next(_orders)}", lines=[{"sku": "BOWL", "quantity": 9}])
+    assert api.post("/orders", json=other).status_code == 201
+    released = api.post(f"/orders/{order['id']}/release", json={})
+    assert (released.status_code, released.json()["status"]) == (200, "authorized"), released.text
+    again = resourced(api, order["id"])
+    assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
+    assert api.get("/inventory/BOWL").json()["locations"][0]["reserved"] == 1

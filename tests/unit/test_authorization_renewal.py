@@ -979,3 +979,34 @@ def test_the_void_of_an_authorization_a_renewal_replaced_says_why_it_was_renewed
     renewal = "replaced by its renewal: "
     assert why_voided(order) == renewal + "the authorization was old enough for the gateway to let it lapse"
     assert why_voided(again) == renewal + "a capture on the authorization was refused, or given back"
+
+
+def test_an_order_edited_back_up_while_a_renewal_for_its_smaller_total_stands_ships_for_its_new_total(
+    world, clock, monkeypatch
+):
+    # Edited down, the order kept its larger authorization; the ship that renewed it for the one
+    # shirt left died. Edited back up to three within what the old authorization held, the order was
+    # not authorized again, and the renewal then recorded held one shirt's total: every capture of
+    # three was refused, and every renewal asked for one again.
+    order = world.allocated(("TSHIRT", 4))
+    world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), "key_cs")
+    (shipment,) = world.run(order.id).shipments
+    clock.days_later(8)
+    dies_before_recording(world, monkeypatch, "payment_authorized")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    monkeypatch.undo()
+    current = world.order(order.id)
+    assert current.renewing_authorization == order.payment.authorization
+
+    grown = world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]),
+                               "key_cs")  # fmt: skip
+    (shipment,) = world.run(order.id).shipments
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    total = grown.totals.grand_total
+    assert shipped.status is OrderStatus.SHIPPED
+    assert (shipped.payment.authorized, shipped.payment.captured) == (total, total)
+    assert world.spy.captured[-1][:2] == (grown.payment.authorization, total)
+    renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
+    assert {renewal, order.payment.authorization} <= set(world.spy.voided)

@@ -6,13 +6,13 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidTransition, NotFound, OrderHeld, PluginError
+from core.errors import Backordered, InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.models import MAX_REVIEW_REQUESTS, Order, OrderEdit, ReviewRequest
+from core.models import MAX_REVIEW_REQUESTS, LineInput, Order, OrderEdit, ReviewRequest
 from core.money import Money
 from core.status import OrderStatus
 from plugins import review_threshold
-from tests.builders import NOW, address_body
+from tests.builders import NOW, address_body, product
 from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -26,7 +26,7 @@ def world() -> World:
 
 
 def holds(world: World) -> Holds:
-    return Holds(world.orders, clock=lambda: NOW)
+    return Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
 
 
 def hold(world: World, order_id: str, reason: str = "fraud_review", note: str | None = "check the address") -> Order:
@@ -665,3 +665,54 @@ def test_units_of_an_order_held_before_allocation_are_still_refused(world):
 
     with pytest.raises(InvalidTransition):
         world.actions.cancel(order_id, "one is enough", actor="key_ops", lines={"L1": 1})
+
+
+def test_a_hold_that_lands_while_an_edited_order_is_sourced_again_leaves_it_holding_no_more_than_it_needs(
+    world, monkeypatch
+):
+    order_id = world.place(("MUG", 6))
+    run_from(world, order_id)
+    order = world.order(order_id)
+    world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    assert sum(world.held_for(order_id).values()) == 6
+    landed = before_the_next_write(world, monkeypatch, lambda: hold(world, order_id))
+
+    with pytest.raises(OrderHeld):
+        world.workflow.reserve_stock(order_id)
+
+    assert landed and world.order(order_id).status is S.ON_HOLD
+    assert sum(world.held_for(order_id).values()) <= 2
+    monkeypatch.undo()
+    release(world, order_id)
+    run_from(world, order_id, 1)
+    allocated = world.order(order_id)
+    assert allocated.status is S.ALLOCATED and sum(a.quantity for a in allocated.allocations) == 2
+    assert sum(world.held_for(order_id).values()) == 2
+
+
+def test_a_hold_of_an_allocated_order_keeps_every_unit_it_holds(world):
+    order_id = world.place(("MUG", 12))
+    run_from(world, order_id)
+    before = world.held_for(order_id)
+
+    hold(world, order_id)
+
+    assert world.held_for(order_id) == before and sum(before.values()) == 12
+
+
+def test_a_hold_of_a_backordered_order_whose_units_were_cancelled_gives_back_what_it_no_longer_needs():
+    # The cancel sent it back to be sourced for the 2 books left, holding the 6 it had: held
+    # before its workflow ran, it kept the 4 it no longer needed from other orders.
+    world = build_world([("BOOK", "wh-west", 6)])
+    world.catalog.put_product(product("BOOK", "12.00", allow_backorder=True))
+    order_id = world.place(("BOOK", 10))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    world.actions.cancel(order_id, "customer_request", "key_cs", lines={"L1": 8})
+    assert sum(world.held_for(order_id).values()) == 6
+
+    hold(world, order_id)
+
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 2}
+    assert world.level("BOOK", "wh-west") == (6, 2, 4)
