@@ -880,6 +880,7 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     from core.money import Money
     from core.return_models import ReceiveReturn, RequestReturn
     from core.unit_cancellation import UnitCancellation
+    from functions.adapters.dynamodb import backfill_index_attributes
     from functions.bootstrap import Config, bootstrap
     from functions.reconciler import app
 
@@ -914,6 +915,12 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     key = {"id": {"S": order.id}}
     item_keys = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert item_keys["refund_key"] == {"S": "kept_back"}
+    # An earlier version wrote no key for it: the one-off upgrade's index step gives it its keys.
+    table = aws.tables["OrdersTable"]
+    aws.dynamodb.update_item(TableName=table, Key=key, UpdateExpression="REMOVE refund_key, refund_since")
+    assert backfill_index_attributes(aws.dynamodb, table)[0] == 1
+    item_keys = aws.dynamodb.get_item(TableName=table, Key=key)["Item"]
+    assert item_keys["refund_key"] == {"S": "kept_back"}
     assert reconcile()["kept_back_refunded"] == []  # still in its request's hands
     capsys.readouterr()
 
@@ -928,5 +935,6 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     paid = after.payment
     assert paid.captured == order.totals.grand_total
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill
+    assert services.returns.get(item.id).refund == order.lines[0].total  # shows all refunded for it
     item_keys = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert "refund_key" not in item_keys and "refund_since" not in item_keys
