@@ -366,6 +366,11 @@ class OrderActions:
         core.carrier_bookings)."""
         return self._units.finish_carrier_work(order, actor, down)
 
+    def refund_kept_back(self, order: Order, actor: str) -> Order:
+        """Refund what the order's returns kept back, as far as its captures make it refundable
+        (the reconciler's kept-back pass: UnitCancellation.refund_kept_back)."""
+        return self._units.refund_kept_back(order, actor)
+
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,
              channel: str | None = None) -> Order:  # fmt: skip

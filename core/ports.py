@@ -384,6 +384,16 @@ class SettlementCaptures(ABC):
         read a page at a time as the caller takes them."""
 
 
+class KeptBackRefunds(ABC):
+    """Orders owing the refund of what a return kept back, refundable now (core.refunds.owes_kept_back),
+    found through an index."""
+
+    @abstractmethod
+    def owed_since_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders owing one that last changed before `before`, oldest first, read a page
+        at a time as the caller takes them."""
+
+
 class OrdersOwingCarrier(ABC):
     """Orders that still owe the carrier something (Order.owes_carrier_work), found through an index."""
 

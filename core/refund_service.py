@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
 
@@ -13,8 +14,8 @@ from core.models import Order, PaymentRefund, RefundedUnits, RefundKind, RefundP
 from core.money import Money
 from core.order_changes import failure_recorder, modify, noted_once, visible
 from core.payments import Failure, OnFailure, Payments
-from core.ports import OrderRepository, PendingRefunds
-from core.refunds import Refund, refund_id_for
+from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds
+from core.refunds import Refund, owes_kept_back, refund_id_for
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
 # and for a return's refund what it gives back for each line's units, what of it is shipping and
@@ -402,3 +403,80 @@ class PendingRefundSweep:
         if failed:
             raise SweepIncomplete(finished, failed)
         return finished
+
+
+@dataclass
+class KeptBackRefunded:
+    """What a kept-back pass did: the refunds the gateway approved (`refunded`, ids), the orders
+    whose refund it refused (`refused`), those of them it has now refused KEPT_BACK_REFUSALS times,
+    left to a person (`given_up`), and the orders that failed otherwise (`failed`, by order id)."""
+
+    refunded: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    given_up: list[str] = field(default_factory=list)
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+class KeptBackNotRefunded(Exception):
+    """A kept-back pass left orders to a person: refused KEPT_BACK_REFUSALS times, or failed for
+    another reason (a plugin's error, no plugin for the order's method). Raised by the caller once
+    it has reported them and done the rest, so the errors alarm calls a person."""
+
+    def __init__(self, done: KeptBackRefunded):
+        left = sorted({*done.given_up, *done.failed})
+        super().__init__(f"what returns kept back was not refunded on {len(left)} order(s): {left}")
+        self.done = done
+
+
+class KeptBackSweep:
+    """What returns kept back (PaymentRefund.kept_back, Order.returns_kept_back), refunded by the
+    reconciler once the captures make it refundable and nothing else will: the next ship, delivery
+    or cancel of units refunds it (UnitCancellation.refund_kept_back), but after the last one
+    nobody asks again, when that refund was refused or the gateway was down, when the return's own
+    refund was still pending then, or when the keep-back was written after it. Found through an
+    index of the orders that owe one (KeptBackRefunds: core.refunds.owes_kept_back), and refunded
+    by `top_up` (refund_kept_back: decided on the order as written, under the same keys, so a pass
+    racing a ship, or repeated, refunds once). Only orders unchanged for `after` are taken: a
+    younger one is still in its request's hands. A gateway that leaves a refund pending is asked no
+    more in the pass (the pending refund pass finishes it); at most `limit` orders are asked, of at
+    most `max_reads` read."""
+
+    def __init__(
+        self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
+        clock: Callable[[], datetime], *, after: timedelta, limit: int = 100, max_reads: int = 1000,
+    ):  # fmt: skip
+        self._owed = owed
+        self._orders = orders
+        self._top_up = top_up
+        self._clock = clock
+        self._after = after
+        self._limit = limit
+        self._max_reads = max_reads
+
+    def run(self, actor: str) -> KeptBackRefunded:
+        """One pass. An order that fails does not stop it: the caller reports `failed`."""
+        done = KeptBackRefunded()
+        down: set[str] = set()
+        asked = 0
+        for order_id in islice(self._owed.owed_since_before(self._clock() - self._after), self._max_reads):
+            order = self._orders.get(order_id, consistent=True)
+            if order is None or not owes_kept_back(order) or order.payment.method in down:
+                continue
+            asked += 1
+            try:
+                after = self._top_up(order, actor)
+            except Exception as error:  # reported once the pass is done
+                done.failed[order_id] = error
+            else:
+                before = {refund.id: refund.status for refund in order.payment.refunds}
+                new = [refund for refund in after.payment.refunds if before.get(refund.id) != refund.status]
+                done.refunded += [refund.id for refund in new if refund.status == "succeeded"]
+                if any(refund.status == "pending" for refund in new):
+                    down.add(order.payment.method)
+                if any(refund.status == "failed" for refund in new):
+                    done.refused.append(order_id)
+                    if owes_kept_back(after, refusals=None) and not owes_kept_back(after):
+                        done.given_up.append(order_id)
+            if asked == self._limit:
+                break
+        return done

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -15,8 +15,9 @@ from core.models import CleanText, Order, OrderLine, PaymentRefund, RefundedUnit
 from core.money import Money
 
 __all__ = [
-    "Refund", "RefundRequest", "cumulative_share", "given_back_for_units", "refund_due", "refund_id_for",
-    "refunded_beyond_lines", "shipping_refunded", "units_refunded", "units_share",
+    "KEPT_BACK_REFUSALS", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units", "kept_back_owed",
+    "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines", "shipping_refunded", "units_refunded",
+    "units_share",
 ]  # fmt: skip
 
 
@@ -172,6 +173,109 @@ def refund_id_for(order_id: str, idempotency_key: str) -> str:
     if not idempotency_key:
         raise ValueError("a refund needs an idempotency key")
     return "ref_" + short_hash(f"{order_id}\x1f{idempotency_key}")
+
+
+# --- What returns kept back ---------------------------------------------------------------
+# How many times the gateway may refuse the refund of what a return (or its exchange's credit) kept
+# back before the reconciler stops asking and leaves it to a person (owes_kept_back): each refusal
+# is a failed refund on the order, and a gateway that refuses for good would add one every pass.
+KEPT_BACK_REFUSALS = 3
+
+KeptBackDecision = Callable[[Order], tuple[str, Money] | None]
+
+
+def kept_back_owed(order: Order) -> list[tuple[str | None, str, str, KeptBackDecision]]:
+    """What the order's returns' refunds, and its exchanges' credits, kept back and may be owed
+    (UnitCancellation.refund_kept_back): for each, the return its refund names (None for an
+    exchange's credit: the credit counts that return's refunds as drawn on it), the key its refunds
+    are told by (_top_up_ids), their reason, and how the next is decided on the order
+    (_kept_back_refund). [] for an order that kept nothing back, read in memory only."""
+    kept_by_refunds = [
+        r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
+    ]
+    placed = [return_id for return_id in order.returns_kept_back if return_id in order.exchanges]
+    refunded = [return_id for return_id in order.returns_kept_back if return_id not in order.credit_holds]
+    return [
+        (return_id, return_id, _kept_back_reason(return_id), _kept_back_refund(return_id, _refund_kept_back(return_id)))
+        for return_id in dict.fromkeys([*kept_by_refunds, *refunded])
+    ] + [
+        (None, f"{return_id}:credit", _credit_kept_back_reason(return_id),
+         _kept_back_refund(f"{return_id}:credit",
+                           lambda current, return_id=return_id: current.returns_kept_back[return_id]))
+        for return_id in placed
+    ]  # fmt: skip
+
+
+def owes_kept_back(order: Order, *, refusals: int | None = KEPT_BACK_REFUSALS) -> bool:
+    """Whether something a return (or its exchange's credit) kept back is owed and refundable now,
+    or its refund pending, but for what the gateway refused `refusals` times already (None: however
+    often): what the reconciler's kept-back pass (core.refund_service.KeptBackSweep) finds."""
+    for _, key, _, decide in kept_back_owed(order):
+        if decide(order) is None:
+            continue
+        top_ups = _top_up_ids(order, key)
+        refused = sum(1 for r in order.payment.refunds if r.id in top_ups and r.status == "failed")
+        if refusals is None or refused < refusals:
+            return True
+    return False
+
+
+def _kept_back_reason(return_id: str) -> str:
+    return f"return {return_id}, kept back until a later parcel was captured"
+
+
+def _credit_kept_back_reason(return_id: str) -> str:
+    return f"return {return_id}'s exchange credit, kept back until a later parcel was captured"
+
+
+def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
+    """What return `return_id`'s refund kept back: the one that succeeded (PaymentRefund.kept_back),
+    or, when none did, what the order kept back for it (Order.returns_kept_back: it gave nothing)."""
+
+    def kept(order: Order) -> Money:
+        zero = Money.zero(order.currency)
+        top_ups = _top_up_ids(order, return_id)
+        own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"
+               and r.id not in top_ups]  # fmt: skip
+        if own:
+            return sum((r.kept_back for r in own if r.kept_back), zero)
+        return order.returns_kept_back.get(return_id, zero)
+
+    return kept
+
+
+def _top_up_ids(order: Order, key: str) -> set[str]:
+    """The ids the refunds of what `key` (a return, or its exchange credit) kept back have or may
+    have (`<key>#kept_back#<n>`): told from its other refunds, and from an appeasement, by id, never
+    by a reason a client may also write."""
+    return {refund_id_for(order.id, f"{key}#kept_back#{n}") for n in range(len(order.payment.refunds) + 1)}
+
+
+def _kept_back_refund(key: str, kept: Callable[[Order], Money]) -> KeptBackDecision:
+    """How the refund of what a return's refund or exchange credit kept back (`kept(order)`) is
+    decided on the order: its key (`key` and how many such refunds, told by id (_top_up_ids), the gateway
+    answered: refused, or made for what a capture made refundable of it, the rest waiting for the
+    next) and amount, what was kept back less what such refunds gave back or hold (of one refused,
+    the parts approved before it), as far as it is refundable; None when nothing is owed or
+    refundable."""
+
+    def decide(order: Order) -> tuple[str, Money] | None:
+        zero = Money.zero(order.currency)
+        top_ups = _top_up_ids(order, key)
+        given = [r for r in order.payment.refunds if r.id in top_ups]
+        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status != 'pending')}"
+        if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
+            return attempt, zero  # carried on with the amount it was written with
+        owed = kept(order)
+        for refund in given:
+            if refund.status != "failed":
+                owed = owed - refund.amount
+            else:
+                owed = owed - sum((p.amount for p in refund.parts or [] if p.status == "succeeded"), zero)
+        amount = min(owed, order.refundable())
+        return (attempt, amount) if amount.amount > 0 else None
+
+    return decide
 
 
 # --- What the API shows -------------------------------------------------------------------

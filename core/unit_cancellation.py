@@ -37,8 +37,8 @@ from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
-from core.refund_service import Decision, RefundService
-from core.refunds import refund_id_for, refunded_beyond_lines
+from core.refund_service import RefundService
+from core.refunds import kept_back_owed, refunded_beyond_lines
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
@@ -426,34 +426,21 @@ class UnitCancellation:
         for while another parcel was still to be captured), as far as the captures since make it
         refundable: the customer ends with the appeasement and the units' whole worth, as when that
         parcel had shipped first. Decided on the order as it is written, under a key of its own
-        (_kept_back_refund): one left pending is asked again under its key; what one the gateway
-        refused, or one that gave part (a capture short of what was kept back), leaves is asked
-        under a new key by the next ship or delivery. An exchange's is refunded once
+        (core.refunds.kept_back_owed): one left pending is asked again under its key; what one the
+        gateway refused, or one that gave part (a capture short of what was kept back), leaves is
+        asked under a new key by the next ship or delivery, or else by the reconciler's kept-back
+        pass (core.refund_service.KeptBackSweep). An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
         return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
         or written for an order that kept nothing back. Returns the order as it then is."""
-        kept_by_refunds = [
-            r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
-        ]
-        placed = [return_id for return_id in order.returns_kept_back if return_id in order.exchanges]
-        refunded = [return_id for return_id in order.returns_kept_back if return_id not in order.credit_holds]
-        owed: list[tuple[str | None, str, Callable[[Order], Decision | None]]] = [
-            (return_id, _kept_back_reason(return_id),
-             _kept_back_refund(return_id, _refund_kept_back(return_id)))
-            for return_id in dict.fromkeys([*kept_by_refunds, *refunded])
-        ] + [
-            (None, _credit_kept_back_reason(return_id),
-             _kept_back_refund(f"{return_id}:credit",
-                               lambda current, return_id=return_id: current.returns_kept_back[return_id]))
-            for return_id in placed
-        ]  # fmt: skip
+        owed = kept_back_owed(order)
         if not owed:
             return order
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
-            for return_id, reason, decide in owed:
+            for return_id, _, reason, decide in owed:
                 self._refunds.issue_decided_refund(order.id, decide, reason, actor, kind="return", return_id=return_id)
         order = self._current(order.id)
-        for return_id in dict.fromkeys(return_id for return_id, _, _ in owed if return_id is not None):
+        for return_id in dict.fromkeys(return_id for return_id, _, _, _ in owed if return_id is not None):
             self._show_refunded(order, return_id)
         return order
 
@@ -514,64 +501,6 @@ def _settled(order: Order) -> Money:
             went = [part.amount for part in refund.parts or [] if part.status == "succeeded"]
             held = held - sum(went, Money.zero(order.currency))
     return held
-
-
-def _kept_back_reason(return_id: str) -> str:
-    return f"return {return_id}, kept back until a later parcel was captured"
-
-
-def _credit_kept_back_reason(return_id: str) -> str:
-    return f"return {return_id}'s exchange credit, kept back until a later parcel was captured"
-
-
-def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
-    """What return `return_id`'s refund kept back: the one that succeeded (PaymentRefund.kept_back),
-    or, when none did, what the order kept back for it (Order.returns_kept_back: it gave nothing)."""
-
-    def kept(order: Order) -> Money:
-        zero = Money.zero(order.currency)
-        top_ups = _top_up_ids(order, return_id)
-        own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"
-               and r.id not in top_ups]  # fmt: skip
-        if own:
-            return sum((r.kept_back for r in own if r.kept_back), zero)
-        return order.returns_kept_back.get(return_id, zero)
-
-    return kept
-
-
-def _top_up_ids(order: Order, key: str) -> set[str]:
-    """The ids the refunds of what `key` (a return, or its exchange credit) kept back have or may
-    have (`<key>#kept_back#<n>`): told from its other refunds, and from an appeasement, by id, never
-    by a reason a client may also write."""
-    return {refund_id_for(order.id, f"{key}#kept_back#{n}") for n in range(len(order.payment.refunds) + 1)}
-
-
-def _kept_back_refund(key: str, kept: Callable[[Order], Money]) -> Callable[[Order], Decision | None]:
-    """How the refund of what a return's refund or exchange credit kept back (`kept(order)`) is
-    decided on the order: its key (`key` and how many such refunds, told by id (_top_up_ids), the gateway
-    answered: refused, or made for what a capture made refundable of it, the rest waiting for the
-    next) and amount, what was kept back less what such refunds gave back or hold (of one refused,
-    the parts approved before it), as far as it is refundable; None when nothing is owed or
-    refundable."""
-
-    def decide(order: Order) -> Decision | None:
-        zero = Money.zero(order.currency)
-        top_ups = _top_up_ids(order, key)
-        given = [r for r in order.payment.refunds if r.id in top_ups]
-        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status != 'pending')}"
-        if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
-            return attempt, zero  # carried on with the amount it was written with
-        owed = kept(order)
-        for refund in given:
-            if refund.status != "failed":
-                owed = owed - refund.amount
-            else:
-                owed = owed - sum((p.amount for p in refund.parts or [] if p.status == "succeeded"), zero)
-        amount = min(owed, order.refundable())
-        return (attempt, amount) if amount.amount > 0 else None
-
-    return decide
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from core.pickups import PickupExpiry
     from core.purchasing import Purchasing, PurchasingRepository
     from core.reconciliation import Reconciler
-    from core.refund_service import PendingRefundSweep, RefundService
+    from core.refund_service import KeptBackSweep, PendingRefundSweep, RefundService
     from core.reorder import Replenishment
     from core.return_reconciliation import ReturnReconciler
     from core.returns import Returns
@@ -547,6 +547,21 @@ class Container:
             DynamoOrdersOwingCarrier(self.dynamodb, self.config.orders_table),
             self.order_repository,
             self.actions,
+            self.clock,
+            after=timedelta(minutes=self.config.reconcile_after_minutes),
+        )
+
+    @cached_property
+    def kept_back_sweep(self) -> KeptBackSweep:
+        """The reconciler's eighth job: refund what returns kept back, once the captures make it
+        refundable, on orders whose last ship, delivery or cancel of units did not."""
+        from core.refund_service import KeptBackSweep
+        from functions.adapters.dynamodb import DynamoKeptBackRefunds
+
+        return KeptBackSweep(
+            DynamoKeptBackRefunds(self.dynamodb, self.config.orders_table),
+            self.order_repository,
+            self.actions.refund_kept_back,
             self.clock,
             after=timedelta(minutes=self.config.reconcile_after_minutes),
         )

@@ -7,8 +7,10 @@ void the gateway could not make was marked owed that mark (a one-off upgrade).
 Run once after the first of the two upgrade deploys (README, "Upgrading a stack deployed before
 by_status_key"), once after deploying a version that holds exchange credits (README, "Exchange
 credits held on the original"), and once after deploying a version that marks a cancelled order's
-own void owed (README, "Cancelled orders whose void failed before it was owed"); a second run
-writes nothing.
+own void owed (README, "Cancelled orders whose void failed before it was owed"), and once after
+deploying a version whose reconciler refunds what returns kept back (README, "What returns kept
+back before the reconciler refunded it": the index attributes' step gives those orders their keys);
+a second run writes nothing.
 """
 
 from __future__ import annotations

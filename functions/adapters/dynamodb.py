@@ -26,6 +26,7 @@ from core.ports import (
     CatalogRepository,
     DuePickups,
     InventoryRepository,
+    KeptBackRefunds,
     LateOrders,
     OrderFilter,
     OrderRepository,
@@ -42,6 +43,7 @@ from core.ports import (
     UnsettledAuthorizations,
     WaitingOrder,
 )
+from core.refunds import owes_kept_back
 from core.return_models import Return
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus, PaymentStatus, ReturnStatus, check_successor
@@ -234,6 +236,14 @@ UNSETTLED_AUTHORIZATION_KEY = "void"
 # and every shipment's capture, writes no entry. An order that also holds an edit's authorization or
 # owes a carrier is here until the capture is recorded (or refused), then moves to their partition.
 SETTLEMENT_CAPTURE_KEY = "settlement"
+# Then KEPT_BACK_KEY: an order owing the refund of what a return kept back that its captures make
+# refundable now (core.refunds.owes_kept_back: its last ship, delivery or cancel of units could not
+# refund it, or it was kept back after them), by when it last changed, so the reconciler refunds it
+# (core.refund_service.KeptBackSweep). Only an order an appeasement left short of a return's worth
+# while a parcel was still to be captured gets there, and the check reads the order in memory: the
+# typical order writes no entry. An order with a refund pending (this one's too), a settlement
+# capture requested or an authorization left is in their partition first, then moves here.
+KEPT_BACK_KEY = "kept_back"
 # Its last partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
 # a new label, a given-up booking to cancel: Order.owes_carrier_work) by when they last changed: the
 # reconciler finishes that work (core.carrier_bookings.CarrierWorkSweep). Rare, and never on an
@@ -264,6 +274,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.authorizations_left:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.last_changed)}
+    elif owes_kept_back(order):
+        attributes["refund_key"] = {"S": KEPT_BACK_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.owes_carrier_work():
         attributes["refund_key"] = {"S": CARRIER_WORK_KEY}
@@ -813,6 +826,19 @@ class DynamoOrdersOwingCarrier(OrdersOwingCarrier):
 
     def owing_since_before(self, before: datetime) -> Iterator[str]:
         return _paged_ids(self._client, _partition_query(self._table, CARRIER_WORK_KEY, before, self._page_size))
+
+
+class DynamoKeptBackRefunds(KeptBackRefunds):
+    """The kept-back pass's query: by_pending_refund's KEPT_BACK_KEY partition, as
+    DynamoPendingRefunds reads its own."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def owed_since_before(self, before: datetime) -> Iterator[str]:
+        return _paged_ids(self._client, _partition_query(self._table, KEPT_BACK_KEY, before, self._page_size))
 
 
 class DynamoLateOrders(LateOrders):

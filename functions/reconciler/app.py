@@ -4,7 +4,8 @@ those stuck too long for that (core/reconciliation.py); cancels pickups nobody c
 returns that have none (core/return_reconciliation.py); books again the parcels a cancel of units
 left due a label, and cancels with their carrier the bookings no parcel will use
 (core/carrier_bookings.py); finishes refunds a request left pending at the gateway
-(core/refund_service.py's PendingRefundSweep); voids the authorizations edits left on orders nobody
+(core/refund_service.py's PendingRefundSweep), and refunds what returns kept back once nothing
+else will (its KeptBackSweep); voids the authorizations edits left on orders nobody
 changes again, and the cancelled orders' own the gateway could not void
 (core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
 recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
@@ -22,7 +23,7 @@ from core.authorization_sweep import SettleIncomplete
 from core.capture_sweep import CapturesNotSettled
 from core.log_text import escape_for_log
 from core.pickups import PickupsExpired
-from core.refund_service import SweepIncomplete
+from core.refund_service import KeptBackNotRefunded, SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.captures_report import report as report_captures
@@ -99,6 +100,18 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if incomplete is not None:
         for order_id, failure in incomplete.failed.items():
             logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
+    kept_back = container().kept_back_sweep.run(ACTOR)
+    for refund_id in kept_back.refunded:
+        logger.warning("what a return kept back refunded", extra={"refund_id": refund_id})
+    for order_id in kept_back.refused:
+        logger.warning("refund of what a return kept back refused", extra={"order_id": order_id})
+    for order_id in kept_back.given_up:
+        logger.error("refund of what a return kept back refused again: left to a person", extra={"order_id": order_id})
+    for order_id, failure in kept_back.failed.items():
+        logger.error("refund of what a return kept back not made", extra={"order_id": order_id}, exc_info=failure)
+    for name, count in (("KeptBackRefunded", len(kept_back.refunded)), ("KeptBackRefused", len(kept_back.refused))):
+        if count:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     unsettled = None
     try:
         settled = container().authorization_sweep.run(ACTOR)
@@ -120,8 +133,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except CapturesNotSettled as error:
         captures, failed = error.done, error
     report_captures(captures, failed, logger, metrics)
-    if incomplete is not None or unsettled is not None or failed is not None:
-        raise incomplete or unsettled or failed  # the passes did the rest; the errors alarm calls a person
+    not_refunded = KeptBackNotRefunded(kept_back) if kept_back.given_up or kept_back.failed else None
+    if incomplete is not None or unsettled is not None or failed is not None or not_refunded is not None:
+        # the passes did the rest; the errors alarm calls a person
+        raise incomplete or unsettled or failed or not_refunded
     return {
         "restarted": done.restarted,
         "parked": done.parked,
@@ -129,6 +144,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "pickups_held": pickups.held,
         "returns_restarted": returns_restarted,
         "refunds_finished": refunds_finished,
+        "kept_back_refunded": kept_back.refunded,
         "authorizations_settled": settled.orders,
         "captures_settled": captures.settled,
         "ships_held": captures.held,

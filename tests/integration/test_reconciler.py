@@ -86,8 +86,8 @@ def did(**done: list[str]) -> dict[str, list[str]]:
     """A pass's answer: what it did, nothing else."""
     return {
         "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
-        "refunds_finished": [], "authorizations_settled": [], "captures_settled": [], "ships_held": [],
-        "ships_unconfirmed": [], **done,
+        "refunds_finished": [], "kept_back_refunded": [], "authorizations_settled": [], "captures_settled": [],
+        "ships_held": [], "ships_unconfirmed": [], **done,
     }  # fmt: skip
 
 
@@ -178,14 +178,15 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     reconcile()
 
     # Pending, then authorized; then the pickups past their deadline; then the received returns;
-    # then the orders owing a carrier work, the refunds left pending, the authorizations edits
-    # left and the settlement captures cancels left (the by_pending_refund index's four partitions).
-    assert [operation for operation, _ in calls] == ["query"] * 8
+    # then the orders owing a carrier work, the refunds left pending, what returns kept back, the
+    # authorizations edits left and the settlement captures cancels left (the by_pending_refund
+    # index's five partitions).
+    assert [operation for operation, _ in calls] == ["query"] * 9
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 4
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 5
     ]  # fmt: skip
     keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]]
-    assert keys == ["carrier", "pending", "void", "settlement"]
+    assert keys == ["carrier", "pending", "kept_back", "void", "settlement"]
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------
@@ -866,3 +867,74 @@ def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a
     assert [entry.type for entry in history][-1] == "carrier_booking_cancelled"
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert "refund_key" not in item and "refund_since" not in item
+
+
+# --- What returns kept back -------------------------------------------------------------------------
+
+
+def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_delivery_never_refunded_it(
+    stack, metrics_on, capsys, monkeypatch
+):
+    # A 1.00 goodwill left the MUGs' return 1.00 short of their worth while the CAPs were still to be
+    # captured. The CAPs' ship and delivery died before refunding it: nothing ships after them.
+    from core.money import Money
+    from core.return_models import ReceiveReturn, RequestReturn
+    from core.unit_cancellation import UnitCancellation
+    from functions.adapters.dynamodb import backfill_index_attributes
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_product("CAP", ProductInput.model_validate(product_body("7.77")))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body(name="West warehouse")))
+    services.inventory.count("MUG", "wh-west", 5)
+    services.inventory.count("CAP", "wh-east", 5)
+    lines = [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 2}]
+    order = services.capture.place(place_order(external_id="web-kept", lines=lines), actor="key_web")
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+    order = services.order_repository.get(order.id)
+    mugs = next(s.id for s in order.shipments if s.location_id == "wh-west")
+    caps = next(s.id for s in order.shipments if s.location_id == "wh-east")
+    services.actions.ship(order.id, mugs, None, actor="key_wh")
+    goodwill = Money.of("1.00", "USD")
+    services.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    asked = {"lines": [{"line_id": "L1", "quantity": 2, "reason": "too big", "reason_code": None}]}
+    item = services.returns.request(order.id, RequestReturn.model_validate(asked), actor="key_cs")
+    got = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 2, "condition": "resellable"}]}
+    services.returns.receive(item.id, ReceiveReturn.model_validate(got), "key_wh")
+    services.returns.settle(item.id, actor="key_wh")
+    with monkeypatch.context() as patched:
+        patched.setattr(UnitCancellation, "refund_kept_back", lambda self, order, actor: order)
+        services.actions.ship(order.id, caps, None, actor="key_wh")
+        services.actions.deliver(order.id, caps, actor="key_wh")
+    key = {"id": {"S": order.id}}
+    item_keys = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert item_keys["refund_key"] == {"S": "kept_back"}
+    # An earlier version wrote no key for it: the one-off upgrade's index step gives it its keys.
+    table = aws.tables["OrdersTable"]
+    aws.dynamodb.update_item(TableName=table, Key=key, UpdateExpression="REMOVE refund_key, refund_since")
+    assert backfill_index_attributes(aws.dynamodb, table)[0] == 1
+    item_keys = aws.dynamodb.get_item(TableName=table, Key=key)["Item"]
+    assert item_keys["refund_key"] == {"S": "kept_back"}
+    assert reconcile()["kept_back_refunded"] == []  # still in its request's hands
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        answer = reconcile()
+        assert reconcile()["kept_back_refunded"] == []
+
+    after = services.order_repository.get(order.id)
+    assert answer["kept_back_refunded"] == [after.payment.refunds[-1].id]
+    assert emitted(capsys.readouterr().out) == {"KeptBackRefunded": 1}
+    paid = after.payment
+    assert paid.captured == order.totals.grand_total
+    assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill
+    assert services.returns.get(item.id).refund == order.lines[0].total  # shows all refunded for it
+    item_keys = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert "refund_key" not in item_keys and "refund_since" not in item_keys

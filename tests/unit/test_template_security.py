@@ -22,6 +22,7 @@ from functions.adapters.dynamodb import (
     DynamoCatalog,
     DynamoDuePickups,
     DynamoInventory,
+    DynamoKeptBackRefunds,
     DynamoLateOrders,
     DynamoOrders,
     DynamoOrdersOwingCarrier,
@@ -201,6 +202,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             DynamoUnsettledAuthorizations,
             DynamoOrdersOwingCarrier,
             DynamoSettlementCaptures,
+            DynamoKeptBackRefunds,
         ],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         # A parcel due a new label, booked again by the pass (core/carrier_bookings.py).
@@ -210,6 +212,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
+        # A return whose kept-back refund the pass makes shows all that was refunded for it.
+        (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
         # Received returns with no workflow: found through by_status, their workflow started again.
         (RETURNS, "dynamodb:Query"): [DynamoUnreceivedReturns],
         ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],

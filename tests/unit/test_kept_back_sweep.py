@@ -1,0 +1,194 @@
+"""What a return kept back is refunded by the reconciler when nothing ships again: the refund of it
+refused on the last delivery, the return's own refund still pending when the last parcel left, or
+the keep-back written after the last parcel's capture. Each ends with the customer paid in full,
+and a pass after that refunds nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from core.models import Order
+from core.money import Money
+from core.ports import KeptBackRefunds
+from core.refund_service import KeptBackSweep, PendingRefundSweep
+from core.refunds import KEPT_BACK_REFUSALS, owes_kept_back
+from core.status import ReturnStatus
+from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
+from tests.builders import NOW
+from tests.fakes import ScriptedGateway
+from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
+from tests.unit.test_returns import STOCK, Clock, ask, mugs_back_after_goodwill, receipt, returns_for
+from tests.unit.world import World, build_world
+
+ACTOR = "reconciler"
+AFTER = timedelta(minutes=15)
+
+
+class InMemoryKeptBackRefunds(KeptBackRefunds):
+    """The orders the adapter puts in by_pending_refund's kept-back partition (index_attributes)."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def owed_since_before(self, before: datetime) -> Iterator[str]:
+        owed = [
+            order for order in self._world.orders.orders.values()
+            if index_attributes(order).get("refund_key") == {"S": KEPT_BACK_KEY} and order.last_changed < before
+        ]  # fmt: skip
+        return iter(order.id for order in sorted(owed, key=lambda order: order.last_changed))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW + timedelta(days=3))
+
+
+@pytest.fixture
+def world(clock: Clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def sweep(world: World, clock: Clock) -> KeptBackSweep:
+    return KeptBackSweep(
+        InMemoryKeptBackRefunds(world), world.orders, world.actions.refund_kept_back, clock, after=AFTER
+    )
+
+
+def later(clock: Clock) -> None:
+    clock.now = clock.now + AFTER + timedelta(minutes=1)
+
+
+def paid_in_full(order: Order, after: Order, goodwill: Money) -> bool:
+    """Captured minus refunded is the order less the MUGs' whole worth and the goodwill."""
+    paid = after.payment
+    return paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill
+
+
+def test_what_a_return_kept_back_is_refunded_by_the_reconciler_when_the_last_delivery_was_refused_it(world, clock):
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    world.gateway.script("refund", "refuse", "refuse", "approve")  # the ship's and the delivery's refused
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    delivered = world.actions.deliver(order.id, caps, actor="key_wh")
+    assert [r.status for r in delivered.payment.refunds[2:]] == ["failed", "failed"]
+    assert index_attributes(delivered)["refund_key"] == {"S": KEPT_BACK_KEY}
+
+    assert sweep(world, clock).run(ACTOR).refunded == []  # still in its request's hands
+    later(clock)
+    done = sweep(world, clock).run(ACTOR)
+
+    after = world.order(order.id)
+    assert done.refunded == [after.payment.refunds[-1].id] and done.refused == []
+    assert paid_in_full(order, after, Money.of("1.00", "USD"))
+    assert returns.get(return_id).refund == order.lines[0].total
+    assert "refund_key" not in index_attributes(after)
+    later(clock)
+    assert sweep(world, clock).run(ACTOR).refunded == []
+    assert world.order(order.id).payment == after.payment
+
+
+def test_what_a_return_kept_back_is_refunded_once_its_refund_left_pending_through_the_last_delivery_is_finished(
+    world, clock
+):  # fmt: skip
+    # The gateway was down for the MUGs' refund (25.81, keeping 1.00 back) until the CAPs had shipped
+    # and arrived: their ship and delivery had nothing kept back to refund yet.
+    down = ScriptedGateway()
+    returns, _ = returns_for(world, clock, down)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    down.script("refund", "transient")
+    world.gateway.script("refund", "transient")
+    assert returns.settle(return_id, actor="key_wh").status is ReturnStatus.RECEIVED  # its refund pending
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    delivered = world.actions.deliver(order.id, caps, actor="key_wh")
+    assert [r.status for r in delivered.payment.refunds] == ["succeeded", "pending"]
+    world.gateway.script("refund", "approve")
+
+    later(clock)
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR)
+    finished = world.order(order.id)
+    assert finished.payment.refunds[1].kept_back == Money.of("1.00", "USD")
+    assert index_attributes(finished)["refund_key"] == {"S": KEPT_BACK_KEY}
+    later(clock)
+    done = sweep(world, clock).run(ACTOR)
+
+    after = world.order(order.id)
+    assert done.refunded == [after.payment.refunds[-1].id]
+    assert paid_in_full(order, after, Money.of("1.00", "USD"))
+    later(clock)
+    assert sweep(world, clock).run(ACTOR).refunded == []
+    assert world.order(order.id).payment == after.payment
+
+
+def test_what_a_return_kept_back_is_refunded_when_it_was_kept_back_after_the_last_parcel_was_captured(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The goodwill took all the MUGs' capture, so their refund gave nothing; the CAPs shipped and
+    # arrived before the return wrote what it kept back: nothing ships after to refund it.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    goodwill = world.order(order.id).payment.captured
+    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    caps = world.shipment_at(order, "wh-east")
+    keep_back = returns._keep_back
+
+    def after_the_last_parcel(*args: object) -> None:
+        world.actions.ship(order.id, caps, None, actor="key_wh")
+        world.actions.deliver(order.id, caps, actor="key_wh")
+        keep_back(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(returns, "_keep_back", after_the_last_parcel)
+    assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    kept = world.order(order.id)
+    assert kept.returns_kept_back == {item.id: order.lines[0].total} and kept.payment.refunded == goodwill
+
+    later(clock)
+    sweep(world, clock).run(ACTOR)
+
+    after = world.order(order.id)
+    caps_captured = after.shipment(caps).captured
+    assert after.payment.captured == order.totals.grand_total
+    assert after.payment.refunded == after.payment.captured  # goodwill and the MUGs' worth exceed it all
+    assert [r.amount for r in after.payment.refunds if r.return_id == item.id] == [caps_captured]
+    assert returns.get(item.id).refund == caps_captured
+    later(clock)
+    assert sweep(world, clock).run(ACTOR).refunded == []
+    assert world.order(order.id).payment == after.payment
+
+
+def test_a_refund_of_what_a_return_kept_back_the_gateway_keeps_refusing_is_left_to_a_person(world, clock):
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.ship(order.id, caps, None, actor="key_wh")  # refused once
+
+    passes = []
+    for _ in range(KEPT_BACK_REFUSALS):
+        later(clock)
+        passes.append(sweep(world, clock).run(ACTOR))
+
+    assert [(len(done.refused), len(done.given_up)) for done in passes] == [(1, 0), (1, 1), (0, 0)]
+    after = world.order(order.id)
+    assert [r.status for r in after.payment.refunds[2:]] == ["failed"] * KEPT_BACK_REFUSALS
+    assert owes_kept_back(after, refusals=None) and "refund_key" not in index_attributes(after)
+
+
+def test_an_order_that_kept_nothing_back_is_in_no_partition_and_the_pass_reads_nothing(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+
+    assert "refund_key" not in index_attributes(world.order(order.id))
+    later(clock)
+    assert sweep(world, clock).run(ACTOR).refunded == []
