@@ -28,6 +28,7 @@ from core.order_changes import failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
+from core.refunds import KEPT_BACK_REFUSALS
 from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
@@ -368,8 +369,9 @@ class OrderActions:
 
     def refund_kept_back(self, order: Order, actor: str) -> Order:
         """Refund what the order's returns kept back, as far as its captures make it refundable
-        (the reconciler's kept-back pass: UnitCancellation.refund_kept_back)."""
-        return self._units.refund_kept_back(order, actor)
+        (the reconciler's kept-back pass: UnitCancellation.refund_kept_back), but what the gateway
+        refused KEPT_BACK_REFUSALS times already: left to a person, it is not asked again."""
+        return self._units.refund_kept_back(order, actor, refusals=KEPT_BACK_REFUSALS)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,

@@ -16,8 +16,8 @@ from core.money import Money
 
 __all__ = [
     "KEPT_BACK_REFUSALS", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units", "kept_back_owed",
-    "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines", "shipping_refunded", "units_refunded",
-    "units_share",
+    "kept_back_refusals", "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines", "shipping_refunded",
+    "units_refunded", "units_share",
 ]  # fmt: skip
 
 
@@ -213,11 +213,16 @@ def owes_kept_back(order: Order, *, refusals: int | None = KEPT_BACK_REFUSALS) -
     for _, key, _, decide in kept_back_owed(order):
         if decide(order) is None:
             continue
-        top_ups = _top_up_ids(order, key)
-        refused = sum(1 for r in order.payment.refunds if r.id in top_ups and r.status == "failed")
-        if refusals is None or refused < refusals:
+        if refusals is None or kept_back_refusals(order, key) < refusals:
             return True
     return False
+
+
+def kept_back_refusals(order: Order, key: str) -> int:
+    """How many times the gateway refused the refund of what `key` (a return, or its exchange
+    credit: kept_back_owed) kept back."""
+    top_ups = _top_up_ids(order, key)
+    return sum(1 for r in order.payment.refunds if r.id in top_ups and r.status == "failed")
 
 
 def _kept_back_reason(return_id: str) -> str:

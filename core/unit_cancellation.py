@@ -38,7 +38,7 @@ from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
-from core.refunds import kept_back_owed, refunded_beyond_lines
+from core.refunds import kept_back_owed, kept_back_refusals, refunded_beyond_lines
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
@@ -419,7 +419,7 @@ class UnitCancellation:
                 self._credits.give_back(order, actor)
         return self.refund_kept_back(order, actor)
 
-    def refund_kept_back(self, order: Order, actor: str) -> Order:
+    def refund_kept_back(self, order: Order, actor: str, *, refusals: int | None = None) -> Order:
         """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the
         returned units' worth (PaymentRefund.kept_back, Order.returns_kept_back: captured minus
         refunded fell short of it, an appeasement having taken part of what the units were captured
@@ -432,8 +432,13 @@ class UnitCancellation:
         pass (core.refund_service.KeptBackSweep). An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
         return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
-        or written for an order that kept nothing back. Returns the order as it then is."""
-        owed = kept_back_owed(order)
+        or written for an order that kept nothing back. `refusals`: what the gateway refused that
+        many times already is not asked again (the reconciler's pass left it to a person). Returns
+        the order as it then is."""
+        owed = [
+            entry for entry in kept_back_owed(order)
+            if refusals is None or kept_back_refusals(order, entry[1]) < refusals
+        ]  # fmt: skip
         if not owed:
             return order
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later

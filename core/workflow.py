@@ -388,7 +388,11 @@ class Workflow:
         try:
             self._orders.update(new, order, [entry])
         except StaleVersion:
-            raise self._closed_or_retry(order_id, lambda: self._release_unrecorded(order_id, done)) from None
+            # Lost to a hold, say: the order keeps what it held before for its release (the hold
+            # gave back what it no longer needs, core.holds.give_back_surplus).
+            raise self._closed_or_retry(
+                order_id, lambda: self._release_unrecorded(order_id, done, held_before=set(mine))
+            ) from None
 
     def _release_unrecorded(
         self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None
@@ -396,16 +400,19 @@ class Workflow:
         """Undo a reservation whose record lost its write, except what the order now records: a
         concurrent run of the same step reserved under the same order#line keys and won, and
         releasing its reservations would leave the recorded units held by nothing; and except
-        `held_before`, what an open order held before this run (its retry counts it as its own).
-        Read consistently: no write guards this decision, and an eventually consistent read may
-        not show the write that won yet."""
+        `held_before`, what an open order that records no units held before this run for a line it
+        still has (its retry, or its release from a hold, counts it as its own; a line an edit
+        removed meanwhile holds nothing, and what a twin run recorded is all it holds). Read
+        consistently: no write guards this decision, and an eventually consistent read may not show
+        the write that won yet."""
         current = self._load(order_id, consistent=True)
         recorded: set[tuple[str, str, str]] = set()
         if current.status not in TERMINAL:  # a closed order holds nothing, whatever it records
             sku_of = {line.line_id: line.sku for line in current.lines}
+            lines = {(line.sku, reservation_key(order_id, line.line_id)) for line in current.lines}
             recorded = {
                 (sku_of[a.line_id], a.location_id, reservation_key(order_id, a.line_id)) for a in current.allocations
-            } | (held_before or set())
+            } or {(sku, location_id, key) for sku, location_id, key in held_before or () if (sku, key) in lines}
         for item in done:
             if item not in recorded:
                 self._inventory.release(*item)

@@ -716,3 +716,19 @@ def test_a_hold_of_a_backordered_order_whose_units_were_cancelled_gives_back_wha
 
     assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 2}
     assert world.level("BOOK", "wh-west") == (6, 2, 4)
+
+
+def test_a_hold_that_lands_while_an_edited_order_is_sourced_again_leaves_it_holding_what_it_needs(world, monkeypatch):
+    # Edited from 6 MUGs down to 2 and held (an address review) while its workflow was sourcing it
+    # again: the order keeps the 2 it needs for the release, not 0 for another order to take.
+    order_id = world.place(("MUG", 6))
+    run_from(world, order_id)
+    order = world.order(order_id)
+    world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    landed = before_the_next_write(world, monkeypatch, lambda: hold(world, order_id))
+
+    with pytest.raises(OrderHeld):
+        world.workflow.reserve_stock(order_id)
+
+    assert landed and world.order(order_id).status is S.ON_HOLD
+    assert sum(world.held_for(order_id).values()) == 2

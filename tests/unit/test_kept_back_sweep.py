@@ -10,12 +10,14 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from core.errors import TransientError
 from core.models import Order
 from core.money import Money
 from core.ports import KeptBackRefunds
 from core.refund_service import KeptBackSweep, PendingRefundSweep
-from core.refunds import KEPT_BACK_REFUSALS, owes_kept_back
+from core.refunds import KEPT_BACK_REFUSALS, owes_kept_back, refund_id_for
 from core.status import ReturnStatus
+from core.workflow_types import PaymentResult
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.builders import NOW
 from tests.fakes import ScriptedGateway
@@ -192,3 +194,51 @@ def test_an_order_that_kept_nothing_back_is_in_no_partition_and_the_pass_reads_n
     assert "refund_key" not in index_attributes(world.order(order.id))
     later(clock)
     assert sweep(world, clock).run(ACTOR).refunded == []
+
+
+def test_a_return_whose_kept_back_refund_was_refused_its_last_time_is_not_asked_again_for_another(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The goodwill took all the MUGs' capture: each MUG's return gave nothing and kept its worth
+    # back. The gateway refuses the first's refund every time; the second's is left pending by the
+    # CAPs' ship and delivery, then refused. Passes asking the second again never ask the first
+    # more than KEPT_BACK_REFUSALS times in all.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, world.order(order.id).payment.captured, "goodwill", "appease-1", "key_cs")
+    first, second = (returns.request(order.id, ask(("L1", 1, None)), actor="key_cs") for _ in range(2))
+    for item in (first, second):
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+    firsts = {refund_id_for(order.id, f"{first.id}#kept_back#{n}") for n in range(10)}
+    down, play = [True], world.gateway._play
+
+    def refused_or_down(operation: str, idempotency_key: str) -> PaymentResult | None:
+        if operation != "refund":
+            return play(operation, idempotency_key)
+        if down[0] and idempotency_key.split(":refund:")[1] not in firsts:
+            raise TransientError("scripted: the gateway is briefly unavailable")
+        return PaymentResult(outcome="declined", reference="refused_refund", message="scripted: refused")
+
+    monkeypatch.setattr(world.gateway, "_play", refused_or_down)
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    down[0] = False
+    later(clock)
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR)
+
+    passes = []
+    for _ in range(KEPT_BACK_REFUSALS):
+        later(clock)
+        passes.append(sweep(world, clock).run(ACTOR))
+
+    after = world.order(order.id)
+    asked = {
+        item.id: [r.status for r in after.payment.refunds if r.return_id == item.id and r.reason != "goodwill"]
+        for item in (first, second)
+    }
+    assert asked == {first.id: ["failed"] * KEPT_BACK_REFUSALS, second.id: ["failed"] * KEPT_BACK_REFUSALS}
+    assert [order.id] in [done.given_up for done in passes]
+    assert "refund_key" not in index_attributes(after)
