@@ -125,6 +125,10 @@ class PaymentRefused(DomainError):
         super().__init__(f"the payment gateway refused the {operation}: {message}", details=details)
         self.operation = operation
         self.gateway_message = message
+        # A capture refused on an authorization the action repeated renews first (the refusal spent
+        # it: Order.spent_authorizations), so repeating it may succeed once: set by the ship or
+        # collect that was refused (core.fulfillment).
+        self.renewed_when_repeated = False
 
 
 class NoPaymentPlugin(PaymentRefused):
