@@ -202,6 +202,10 @@ class Returns:
         of making a second one; another request under the key is 409 `idempotency_key_reused`."""
         order = visible(self._orders.get(order_id), order_id, channel)
         shipped = order.shipped_units()
+        if any(line.quantity > shipped.get(line.line_id, 0) for line in cmd.lines):
+            # A plain read may predate the ship of a moment ago: a refusal is decided on a consistent one.
+            order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
+            shipped = order.shipped_units()
         if not any(shipped.values()):
             raise Conflict(f"order {order_id} has nothing shipped to return", code="nothing_shipped")
         if cmd.exchange is not None:

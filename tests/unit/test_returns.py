@@ -2794,3 +2794,18 @@ def test_a_refused_exchange_whose_replacement_a_concurrent_run_recorded_settles_
     assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (
         R.REFUNDED, outer.exchange_order_id, None
     )  # fmt: skip
+
+
+def test_a_return_requested_just_after_the_ship_is_not_refused_while_plain_reads_lag(world, clock, monkeypatch):
+    # The store hands the parcel over and requests the customer's return at the counter at once: a
+    # plain read just after the ship's write may still show nothing shipped, which must not refuse it.
+    from tests.unit.test_confirmations import lagging_reads
+
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2))
+    lagging_reads(world, monkeypatch)
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+
+    assert [(line.line_id, line.quantity) for line in item.lines] == [("L1", 2)]
