@@ -456,7 +456,9 @@ class UnitCancellation:
         given = sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
         at = self._clock()
         for _ in range(ATTEMPTS):
-            item = self._returns.get(return_id)
+            # Read consistently: a plain read just after the return's refund was marked (or after a
+            # lost race) may show it received still, and what it shows would stay short for good.
+            item = self._returns.get(return_id, consistent=True)
             if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
                 return
             try:

@@ -2809,3 +2809,34 @@ def test_a_return_requested_just_after_the_ship_is_not_refused_while_plain_reads
     item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
 
     assert [(line.line_id, line.quantity) for line in item.lines] == [("L1", 2)]
+
+
+def lagging_return_reads(store: FakeReturns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain reads show each return as it was before its last write, as an eventually consistent
+    GetItem may just after the write; consistent reads show it as written."""
+    real_get, real_update = store.get, store.update
+    before: dict[str, Return] = {}
+
+    def update(item: Return, expected: Return) -> None:
+        real_update(item, expected)
+        before[item.id] = expected
+
+    def get(return_id: str, consistent: bool = False) -> Return | None:
+        return real_get(return_id) if consistent or return_id not in before else before[return_id]
+
+    monkeypatch.setattr(store, "update", update)
+    monkeypatch.setattr(store, "get", get)
+
+
+def test_the_return_shows_what_its_kept_back_refund_gave_while_plain_reads_of_returns_lag(world, clock, monkeypatch):
+    # The CAPs ship just after the MUGs' return was marked refunded with what it could give then:
+    # a plain read of the return may still show it received, and it would never show the rest.
+    returns, store = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    lagging_return_reads(store, monkeypatch)
+    returns.settle(return_id, actor="key_wh")
+
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+
+    monkeypatch.undo()  # the return as written
+    assert store.get(return_id).refund == order.lines[0].total
