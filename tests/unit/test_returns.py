@@ -2840,3 +2840,41 @@ def test_the_return_shows_what_its_kept_back_refund_gave_while_plain_reads_of_re
 
     monkeypatch.undo()  # the return as written
     assert store.get(return_id).refund == order.lines[0].total
+
+
+def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_it_once_while_plain_reads_lag(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # As above, but the retried step finishes the pending refund and reads the order just after that
+    # write: a plain read may still show it pending, which must not make the step refund it again.
+    from tests.unit.test_confirmations import lagging_reads
+
+    returns, store = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 4))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    mugs = order.lines[0].total
+    world.refunds.issue_refund(order.id, mugs, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    real = store.update
+
+    def dies_marking_it_refunded(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED:
+            raise Died("the return's refunded write")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
+    with pytest.raises(Died):
+        returns.refund(item.id, "key_wh")
+    monkeypatch.setattr(store, "update", real)
+    caps = world.shipment_at(order, "wh-east")
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+    lagging_reads(world, monkeypatch)
+
+    returns.settle(item.id, actor="key_wh")
+
+    monkeypatch.undo()  # the order as written
+    paid = world.order(order.id).payment
+    assert [r.amount for r in paid.refunds if r.return_id == item.id and r.status == "succeeded"] == [mugs]
+    assert returns.get(item.id).refund == mugs
