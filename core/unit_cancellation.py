@@ -102,8 +102,11 @@ class UnitCancellation:
         channel: str | None = None,
     ) -> Order:  # fmt: skip
         # As core.order_changes.modify reads: a refusal is decided again on a consistent read, as
-        # an eventually consistent one may predate the order's placing or its allocation.
-        consistent = False
+        # an eventually consistent one may predate the order's placing or its allocation. A cancel
+        # of the whole order reads consistently from the first: whether it cancels the order or the
+        # rest of it turns on a parcel having shipped, which a plain read may not show yet (the
+        # whole cancel it chose would be refused, 409, where the rest is to be cancelled).
+        consistent = lines is None
         for _ in range(ATTEMPTS):
             found = self._orders.get(order_id, consistent=True) if consistent else self._orders.get(order_id)
             if found is None and not consistent:
