@@ -117,7 +117,8 @@ class RefundExceedsCaptured(InvalidRequest):
 
 class PaymentRefused(DomainError):
     """The payment gateway answered and refused a capture, void or refund (502): the order does
-    not record it as done. Retrying will not help; someone has to look at the payment."""
+    not record it as done. Retrying will not help (but once, `renewed_when_repeated`: a capture
+    refused on an authorization the repeat renews first); someone has to look at the payment."""
 
     code = "payment_gateway_error"
 
