@@ -519,11 +519,15 @@ class Cancellation:
         (Order.authorization_lapsed), or a renewal of it stands: then the order with it replaced by
         a new one (_renew), asked before a capture is requested on it. One comparison on the
         typical order."""
-        if order.renewing_authorization is None and not order.authorization_lapsed(
-            self._authorization_valid_for, self._clock()
-        ):
+        if not self.renews_first(order):
             return order
         return self._renew(order, actor)
+
+    def renews_first(self, order: Order) -> bool:
+        """Whether a capture asked of `order` now has its authorization renewed first (renewed_if_lapsed)."""
+        return order.renewing_authorization is not None or order.authorization_lapsed(
+            self._authorization_valid_for, self._clock()
+        )
 
     def _renew(self, order: Order, actor: str) -> Order:
         """The order with its lapsing authorization replaced by a new one, before a capture is
@@ -720,17 +724,18 @@ class Cancellation:
     def capture_refused(
         self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str,
         *, fresh: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> Order | None:  # fmt: skip
         """The gateway refused the capture `request` (of `shipment_id`, None: the settlement): none
         was made, and the request goes, unless the order has another one for it by now (a timeout
         leaves a request: the capture may have been made). A NoPaymentPlugin is no gateway's
         answer, and an earlier ask under the request's key may have been captured through the
         removed plugin: the request stands for when it is back, unless it is `fresh` (the caller's
-        own write made it, so nothing was asked under it before)."""
+        own write made it, so nothing was asked under it before). Returns the order as it then is
+        (None when nothing was recorded)."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
-            return
+            return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
-        modify(
+        return modify(
             self._orders, order_id,
             lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor, refused=asked)
             if current.capture_request(shipment_id) == request else None,

@@ -20,7 +20,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
-from core.errors import DomainError, NotFound, PluginError, StaleVersion, TransientError
+from core.errors import DomainError, NotFound, PaymentRefused, PluginError, StaleVersion, TransientError
 from core.fulfillment import OrderActions
 from core.models import Order, Strict, TrackingNumber
 from core.status import OrderStatus, ShipmentStatus
@@ -97,8 +97,12 @@ class Confirmed:
     @property
     def retry(self) -> bool:
         """Sending this item again later may succeed: the gateway or a carrier was down, or the
-        batch ran out of time, or concurrent changes of the order kept winning the write. A refusal
-        that depends on the order's state would be refused again."""
+        batch ran out of time, or concurrent changes of the order kept winning the write, or the
+        gateway refused a capture on an authorization the item sent again renews first (once: not
+        one refused on that renewal). A refusal that depends on the order's state would be refused
+        again."""
+        if isinstance(self.failure, PaymentRefused):
+            return self.failure.renewed_when_repeated
         return isinstance(self.failure, TransientError | StaleVersion | NotAttempted)
 
 

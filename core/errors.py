@@ -117,7 +117,8 @@ class RefundExceedsCaptured(InvalidRequest):
 
 class PaymentRefused(DomainError):
     """The payment gateway answered and refused a capture, void or refund (502): the order does
-    not record it as done. Retrying will not help; someone has to look at the payment."""
+    not record it as done. Retrying will not help (but once, `renewed_when_repeated`: a capture
+    refused on an authorization the repeat renews first); someone has to look at the payment."""
 
     code = "payment_gateway_error"
 
@@ -125,6 +126,10 @@ class PaymentRefused(DomainError):
         super().__init__(f"the payment gateway refused the {operation}: {message}", details=details)
         self.operation = operation
         self.gateway_message = message
+        # A capture refused on an authorization the action repeated renews first (the refusal spent
+        # it: Order.spent_authorizations), so repeating it may succeed once: set by the ship or
+        # collect that was refused (core.fulfillment).
+        self.renewed_when_repeated = False
 
 
 class NoPaymentPlugin(PaymentRefused):

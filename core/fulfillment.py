@@ -155,7 +155,8 @@ class OrderActions:
             capture = self._cancellation.capture_share(order, shipment_id, amount, actor) if request else None
         except PaymentRefused as refused:
             assert request is not None  # nothing is asked of the gateway without one
-            self._cancellation.capture_refused(order.id, shipment_id, request, refused, actor, fresh=fresh)
+            after = self._cancellation.capture_refused(order.id, shipment_id, request, refused, actor, fresh=fresh)
+            refused.renewed_when_repeated = after is not None and self._cancellation.renews_first(after)
             raise
         at = self._clock()
 

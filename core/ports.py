@@ -80,7 +80,9 @@ class ReturnRepository(ABC):
         same ordinal of the order: read the order's returns again and decide again)."""
 
     @abstractmethod
-    def get(self, return_id: str) -> Return | None: ...
+    def get(self, return_id: str, *, consistent: bool = False) -> Return | None:
+        """The return, or None; with `consistent`, every write acknowledged before it shows (as
+        OrderRepository.get)."""
 
     @abstractmethod
     def update(self, item: Return, expected: Return) -> None:

@@ -202,6 +202,10 @@ class Returns:
         of making a second one; another request under the key is 409 `idempotency_key_reused`."""
         order = visible(self._orders.get(order_id), order_id, channel)
         shipped = order.shipped_units()
+        if any(line.quantity > shipped.get(line.line_id, 0) for line in cmd.lines):
+            # A plain read may predate the ship of a moment ago: a refusal is decided on a consistent one.
+            order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
+            shipped = order.shipped_units()
         if not any(shipped.values()):
             raise Conflict(f"order {order_id} has nothing shipped to return", code="nothing_shipped")
         if cmd.exchange is not None:
@@ -642,11 +646,13 @@ class Returns:
             # refunded), still pending: finished first, it is the return's refund, or refused frees
             # what it holds; left out, a refund decided beside it would give the units back twice.
             self._refunds.finish_pending(order.id, actor)
-            order = visible(self._orders.get(order.id), order.id, None)
+            # Read consistently: a plain read may predate the refund's record of a moment ago, and
+            # the refund made would be made again.
+            order = visible(self._orders.get(order.id, consistent=True), order.id, None)
             done = next((r for r in order.payment.refunds if r.return_id == item.id and r.status == "succeeded"), None)
         if done is None and any(r.status == "pending" and r.return_id != item.id for r in order.payment.refunds):
             self._refunds.finish_pending(order.id, actor, besides_return=item.id)
-            order = visible(self._orders.get(order.id), order.id, None)
+            order = visible(self._orders.get(order.id, consistent=True), order.id, None)
         if done is None:
 
             def decide(current: Order) -> Decision | None:

@@ -102,8 +102,11 @@ class UnitCancellation:
         channel: str | None = None,
     ) -> Order:  # fmt: skip
         # As core.order_changes.modify reads: a refusal is decided again on a consistent read, as
-        # an eventually consistent one may predate the order's placing or its allocation.
-        consistent = False
+        # an eventually consistent one may predate the order's placing or its allocation. A cancel
+        # of the whole order reads consistently from the first: whether it cancels the order or the
+        # rest of it turns on a parcel having shipped, which a plain read may not show yet (the
+        # whole cancel it chose would be refused, 409, where the rest is to be cancelled).
+        consistent = lines is None
         for _ in range(ATTEMPTS):
             found = self._orders.get(order_id, consistent=True) if consistent else self._orders.get(order_id)
             if found is None and not consistent:
@@ -461,7 +464,9 @@ class UnitCancellation:
         given = sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
         at = self._clock()
         for _ in range(ATTEMPTS):
-            item = self._returns.get(return_id)
+            # Read consistently: a plain read just after the return's refund was marked (or after a
+            # lost race) may show it received still, and what it shows would stay short for good.
+            item = self._returns.get(return_id, consistent=True)
             if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
                 return
             try:

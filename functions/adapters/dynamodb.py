@@ -544,9 +544,9 @@ class DynamoReturns(ReturnRepository):
                 raise StaleVersion(f"return {item.id} exists") from None
             raise
 
-    def get(self, return_id: str) -> Return | None:
+    def get(self, return_id: str, *, consistent: bool = False) -> Return | None:
         response = self._client.get_item(
-            TableName=self._table, Key={"id": {"S": return_id}}, ProjectionExpression="doc"
+            TableName=self._table, Key={"id": {"S": return_id}}, ProjectionExpression="doc", ConsistentRead=consistent
         )
         item = response.get("Item")
         return _return(item) if item else None

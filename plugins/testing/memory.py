@@ -100,8 +100,8 @@ class InMemoryReturns(ReturnRepository):
             raise StaleVersion(f"return {item.id} exists")
         self.returns[item.id] = item
 
-    def get(self, return_id: str) -> Return | None:
-        return self.returns.get(return_id)
+    def get(self, return_id: str, *, consistent: bool = False) -> Return | None:
+        return self.returns.get(return_id)  # always consistent
 
     def update(self, item: Return, expected: Return) -> None:
         stored = self.returns.get(item.id)

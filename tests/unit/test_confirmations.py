@@ -120,7 +120,8 @@ def test_a_refused_capture_and_an_unavailable_gateway_are_reported_per_item(worl
 
     results = run(world, *((o.id, o.shipments[0].id, "ship") for o in (refused, unavailable, fine)))
 
-    assert isinstance(results[0].failure, PaymentRefused) and results[0].retry is False
+    # Sent again, the refused item renews the authorization the refusal spent first (retry: true).
+    assert isinstance(results[0].failure, PaymentRefused) and results[0].retry is True
     assert isinstance(results[1].failure, PaymentGatewayUnavailable) and results[1].retry is True
     assert results[2].failure is None
     assert world.order(refused.id).shipments[0].status is ShipmentStatus.PENDING
@@ -130,6 +131,27 @@ def test_a_refused_capture_and_an_unavailable_gateway_are_reported_per_item(worl
     # The gateway is back: the same item again ships it, with the same capture key.
     (retried,) = run(world, (unavailable.id, unavailable.shipments[0].id, "ship"))
     assert retried.failure is None and retried.shipment_status is ShipmentStatus.SHIPPED
+
+
+def test_a_refused_capture_is_retry_once_its_renewal_may_cure_it_and_not_after(world):
+    # A capture refused on the order's authorization (the issuer let it lapse early) spends it: the
+    # item sent again renews it first and may ship, so the warehouse is told to send it again. A
+    # capture refused on that renewal as well is asked again on it, and refused again: retry false.
+    cured, refused = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
+    world.gateway.script("capture", "refuse", "approve")
+
+    (first,) = run(world, (cured.id, cured.shipments[0].id, "ship"))
+    (again,) = run(world, (cured.id, cured.shipments[0].id, "ship"))
+
+    assert isinstance(first.failure, PaymentRefused) and first.retry is True
+    assert again.failure is None and again.shipment_status is ShipmentStatus.SHIPPED
+
+    world.gateway.script("capture", "refuse")
+    results = [run(world, (refused.id, refused.shipments[0].id, "ship"))[0] for _ in range(3)]
+
+    assert [isinstance(r.failure, PaymentRefused) for r in results] == [True, True, True]
+    assert [r.retry for r in results] == [True, False, False]
+    assert world.order(refused.id).shipments[0].status is ShipmentStatus.PENDING
 
 
 def test_a_pickup_is_readied_then_collected_in_one_batch(world):

@@ -2794,3 +2794,87 @@ def test_a_refused_exchange_whose_replacement_a_concurrent_run_recorded_settles_
     assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (
         R.REFUNDED, outer.exchange_order_id, None
     )  # fmt: skip
+
+
+def test_a_return_requested_just_after_the_ship_is_not_refused_while_plain_reads_lag(world, clock, monkeypatch):
+    # The store hands the parcel over and requests the customer's return at the counter at once: a
+    # plain read just after the ship's write may still show nothing shipped, which must not refuse it.
+    from tests.unit.test_confirmations import lagging_reads
+
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2))
+    lagging_reads(world, monkeypatch)
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+
+    assert [(line.line_id, line.quantity) for line in item.lines] == [("L1", 2)]
+
+
+def lagging_return_reads(store: FakeReturns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain reads show each return as it was before its last write, as an eventually consistent
+    GetItem may just after the write; consistent reads show it as written."""
+    real_get, real_update = store.get, store.update
+    before: dict[str, Return] = {}
+
+    def update(item: Return, expected: Return) -> None:
+        real_update(item, expected)
+        before[item.id] = expected
+
+    def get(return_id: str, consistent: bool = False) -> Return | None:
+        return real_get(return_id) if consistent or return_id not in before else before[return_id]
+
+    monkeypatch.setattr(store, "update", update)
+    monkeypatch.setattr(store, "get", get)
+
+
+def test_the_return_shows_what_its_kept_back_refund_gave_while_plain_reads_of_returns_lag(world, clock, monkeypatch):
+    # The CAPs ship just after the MUGs' return was marked refunded with what it could give then:
+    # a plain read of the return may still show it received, and it would never show the rest.
+    returns, store = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    lagging_return_reads(store, monkeypatch)
+    returns.settle(return_id, actor="key_wh")
+
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+
+    monkeypatch.undo()  # the return as written
+    assert store.get(return_id).refund == order.lines[0].total
+
+
+def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_it_once_while_plain_reads_lag(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # As above, but the retried step finishes the pending refund and reads the order just after that
+    # write: a plain read may still show it pending, which must not make the step refund it again.
+    from tests.unit.test_confirmations import lagging_reads
+
+    returns, store = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 4))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    mugs = order.lines[0].total
+    world.refunds.issue_refund(order.id, mugs, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    real = store.update
+
+    def dies_marking_it_refunded(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED:
+            raise Died("the return's refunded write")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
+    with pytest.raises(Died):
+        returns.refund(item.id, "key_wh")
+    monkeypatch.setattr(store, "update", real)
+    caps = world.shipment_at(order, "wh-east")
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+    lagging_reads(world, monkeypatch)
+
+    returns.settle(item.id, actor="key_wh")
+
+    monkeypatch.undo()  # the order as written
+    paid = world.order(order.id).payment
+    assert [r.amount for r in paid.refunds if r.return_id == item.id and r.status == "succeeded"] == [mugs]
+    assert returns.get(item.id).refund == mugs

@@ -832,3 +832,18 @@ def test_units_cancel_of_an_order_stored_before_lines_kept_their_tax_rate_are_st
 
     assert done.lines[0].tax_rate == placed.lines[0].tax_rate
     assert done.lines[0].tax.amount > 0
+
+
+def test_cancelling_the_rest_just_after_a_parcel_shipped_cancels_the_rest_while_plain_reads_lag(world, monkeypatch):
+    # The customer cancels what is left a moment after the first parcel shipped: a plain read may
+    # still show nothing shipped, and the whole cancel it decides on would be refused (409).
+    from tests.unit.test_confirmations import lagging_reads
+
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    lagging_reads(world, monkeypatch)
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+
+    done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    assert done.status is S.SHIPPED
+    assert [(line.cancelled_quantity, line.shipped_quantity) for line in done.lines] == [(0, 2), (3, 0)]
