@@ -152,3 +152,16 @@ def in_process_api_with_webhooks(**parameter_overrides: Any) -> Iterator[InProce
         env.setenv("WEBHOOK_ALLOW_LOCAL_HTTP", "true")
         with in_process_api(**parameter_overrides) as started:
             yield started
+
+
+@contextmanager
+def in_process_api_with_labels(**parameter_overrides: Any) -> Iterator[InProcessApi]:
+    """in_process_api with a labels bucket: the workflow's steps these tests run in process book
+    parcels, whose shipping labels go there."""
+    from functions.bootstrap import forget_warm_containers
+
+    with in_process_api(**parameter_overrides) as started, pytest.MonkeyPatch.context() as env:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
+        env.setenv("LABELS_BUCKET", "test-labels")
+        forget_warm_containers()
+        yield started

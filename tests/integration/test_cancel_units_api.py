@@ -9,24 +9,18 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import boto3
 import pytest
 
-from functions.bootstrap import forget_warm_containers
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error, unsigned
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 
 _orders = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
-        # The workflow's steps run here too: their shipping labels need the labels bucket.
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
-        env.setenv("LABELS_BUCKET", "test-labels")
-        forget_warm_containers()
+    with in_process_api_with_labels() as started:
         for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
             assert started.put(f"/products/{sku}", json=product_body(price)).status_code == 201
         west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)

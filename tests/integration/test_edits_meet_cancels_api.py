@@ -7,14 +7,13 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from core.errors import Backordered
 from functions.bootstrap import forget_warm_containers
 from plugins import test_payments
 from tests.builders import location_body, order_body, product_body
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 
 _orders = itertools.count(1)
 ZERO = {"amount": "0.00", "currency": "USD"}
@@ -22,10 +21,7 @@ ZERO = {"amount": "0.00", "currency": "USD"}
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
-        env.setenv("LABELS_BUCKET", "test-labels")
-        forget_warm_containers()
+    with in_process_api_with_labels() as started:
         assert started.put("/products/MUG", json=product_body("12.50")).status_code == 201
         assert started.put("/products/KITE", json=product_body("30.00", allow_backorder=True)).status_code == 201
         assert started.put("/locations/wh-east", json=location_body()).status_code == 201

@@ -8,14 +8,12 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from core.errors import Backordered, PaymentDeclined
-from functions.bootstrap import forget_warm_containers
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 
 _orders = itertools.count(1)
 ZERO = {"amount": "0.00", "currency": "USD"}
@@ -24,10 +22,7 @@ NOTHING = {"subtotal": ZERO, "discount": ZERO, "shipping": ZERO, "tax": ZERO, "g
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
-        env.setenv("LABELS_BUCKET", "test-labels")
-        forget_warm_containers()
+    with in_process_api_with_labels() as started:
         assert started.put("/products/MUG", json=product_body("12.50")).status_code == 201
         assert started.put("/products/CAP", json=product_body("7.77")).status_code == 201
         assert started.put("/products/KITE", json=product_body("30.00", allow_backorder=True)).status_code == 201
