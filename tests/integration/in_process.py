@@ -165,3 +165,18 @@ def in_process_api_with_labels(**parameter_overrides: Any) -> Iterator[InProcess
         env.setenv("LABELS_BUCKET", "test-labels")
         forget_warm_containers()
         yield started
+
+
+def run_to_allocated(api: InProcessApi, order_id: str) -> dict[str, Any]:
+    """Run the order workflow's steps for `order_id` in this process, as the state machine would
+    (authorize, reserve, book), with a container built from the environment as the step functions
+    build theirs; the order as the API then shows it, `allocated`."""
+    from functions.bootstrap import Config, bootstrap
+
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order_id, attempt=0)
+    steps.reserve_stock(order_id)
+    steps.create_shipments(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "allocated", order
+    return order

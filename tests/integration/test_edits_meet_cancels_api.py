@@ -13,7 +13,7 @@ from core.errors import Backordered
 from functions.bootstrap import forget_warm_containers
 from plugins import test_payments
 from tests.builders import location_body, order_body, product_body
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
 _orders = itertools.count(1)
 ZERO = {"amount": "0.00", "currency": "USD"}
@@ -44,14 +44,7 @@ def placed(api: InProcessApi, *lines: tuple[str, int], token: str = "tok_approve
 
 
 def allocated(api: InProcessApi, *lines: tuple[str, int], token: str = "tok_approve") -> dict[str, Any]:
-    order_id = placed(api, *lines, token=token)["id"]
-    steps = container().workflow
-    steps.authorize_payment(order_id, attempt=0)
-    steps.reserve_stock(order_id)
-    steps.create_shipments(order_id)
-    order = api.get(f"/orders/{order_id}").json()
-    assert order["status"] == "allocated", order
-    return order
+    return run_to_allocated(api, placed(api, *lines, token=token)["id"])
 
 
 def edit(api: InProcessApi, order: dict[str, Any], body: dict[str, Any], status: int = 200) -> dict[str, Any]:

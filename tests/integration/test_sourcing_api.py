@@ -19,7 +19,7 @@ from core.models import Allocation
 from core.sourcing import MAX_REASON_CHARS, MAX_REASONS
 from core.workflow_types import SourcingPlan
 from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api, run_to_allocated
 
 
 @pytest.fixture(scope="module")
@@ -399,12 +399,7 @@ def test_a_what_if_for_a_cancelled_order_plans_the_units_its_cancel_took(api: In
     placed = api.post("/orders", json=order_body((sku, 5)))
     assert placed.status_code == 201, placed.text
     order_id, line_id = placed.json()["id"], placed.json()["lines"][0]["line_id"]
-    from functions.api.dependencies import container
-
-    container().workflow.authorize_payment(order_id, attempt=0)
-    container().workflow.reserve_stock(order_id)
-    container().workflow.create_shipments(order_id)
-    assert api.get(f"/orders/{order_id}").json()["status"] == "allocated"
+    run_to_allocated(api, order_id)
     one = {"reason": "one less", "lines": [{"line_id": line_id, "quantity": 1}]}
     fewer = api.post(f"/orders/{order_id}/cancel", json=one)
     assert fewer.status_code == 200, fewer.text

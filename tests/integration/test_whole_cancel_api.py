@@ -13,7 +13,7 @@ import pytest
 from core.errors import Backordered, PaymentDeclined
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
 _orders = itertools.count(1)
 ZERO = {"amount": "0.00", "currency": "USD"}
@@ -46,14 +46,7 @@ def workflow():
 
 
 def allocated(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
-    order_id = placed(api, *lines)["id"]
-    steps = workflow()
-    steps.authorize_payment(order_id, attempt=0)
-    steps.reserve_stock(order_id)
-    steps.create_shipments(order_id)
-    order = api.get(f"/orders/{order_id}").json()
-    assert order["status"] == "allocated", order
-    return order
+    return run_to_allocated(api, placed(api, *lines)["id"])
 
 
 def cancel(api: InProcessApi, order_id: str, lines: list[tuple[str, int]] | None = None) -> dict[str, Any]:
