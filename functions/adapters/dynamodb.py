@@ -773,72 +773,52 @@ def _partition_query(table: str, key: str, before: datetime, page_size: int) -> 
     }
 
 
-class DynamoPendingRefunds(PendingRefunds):
-    """The pending refund sweep's query: the sparse by_pending_refund index's PENDING_REFUND_KEY
-    partition, oldest first, a page of `page_size` at a time as the sweep takes the ids; never a
-    Scan."""
+class _RefundIndexPartition:
+    """A sweep's query: one partition of the sparse by_pending_refund index, oldest first, a page
+    of `page_size` at a time as the sweep takes the ids; never a Scan."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
         self._table = table
         self._page_size = page_size
+
+    def _ids(self, key: str, before: datetime) -> Iterator[str]:
+        return _paged_ids(self._client, _partition_query(self._table, key, before, self._page_size))
+
+
+class DynamoPendingRefunds(_RefundIndexPartition, PendingRefunds):
+    """The pending refund sweep's: the PENDING_REFUND_KEY partition."""
 
     def pending_since_before(self, before: datetime) -> Iterator[str]:
-        return _paged_ids(self._client, _partition_query(self._table, PENDING_REFUND_KEY, before, self._page_size))
+        return self._ids(PENDING_REFUND_KEY, before)
 
 
-class DynamoUnsettledAuthorizations(UnsettledAuthorizations):
-    """The unsettled authorization sweep's query: by_pending_refund's UNSETTLED_AUTHORIZATION_KEY
-    partition, as DynamoPendingRefunds reads its own."""
-
-    def __init__(self, client: Any, table: str, *, page_size: int = 100):
-        self._client = client
-        self._table = table
-        self._page_size = page_size
+class DynamoUnsettledAuthorizations(_RefundIndexPartition, UnsettledAuthorizations):
+    """The unsettled authorization sweep's: the UNSETTLED_AUTHORIZATION_KEY partition."""
 
     def left_since_before(self, before: datetime) -> Iterator[str]:
-        query = _partition_query(self._table, UNSETTLED_AUTHORIZATION_KEY, before, self._page_size)
-        return _paged_ids(self._client, query)
+        return self._ids(UNSETTLED_AUTHORIZATION_KEY, before)
 
 
-class DynamoSettlementCaptures(SettlementCaptures):
-    """The reconciler's query for settlement captures never recorded: by_pending_refund's
-    SETTLEMENT_CAPTURE_KEY partition, as DynamoPendingRefunds reads its own."""
-
-    def __init__(self, client: Any, table: str, *, page_size: int = 100):
-        self._client = client
-        self._table = table
-        self._page_size = page_size
+class DynamoSettlementCaptures(_RefundIndexPartition, SettlementCaptures):
+    """The reconciler's, for settlement captures never recorded: the SETTLEMENT_CAPTURE_KEY partition."""
 
     def requested_since_before(self, before: datetime) -> Iterator[str]:
-        query = _partition_query(self._table, SETTLEMENT_CAPTURE_KEY, before, self._page_size)
-        return _paged_ids(self._client, query)
+        return self._ids(SETTLEMENT_CAPTURE_KEY, before)
 
 
-class DynamoOrdersOwingCarrier(OrdersOwingCarrier):
-    """The carrier work sweep's query: by_pending_refund's CARRIER_WORK_KEY partition, as
-    DynamoPendingRefunds reads its own."""
-
-    def __init__(self, client: Any, table: str, *, page_size: int = 100):
-        self._client = client
-        self._table = table
-        self._page_size = page_size
+class DynamoOrdersOwingCarrier(_RefundIndexPartition, OrdersOwingCarrier):
+    """The carrier work sweep's: the CARRIER_WORK_KEY partition."""
 
     def owing_since_before(self, before: datetime) -> Iterator[str]:
-        return _paged_ids(self._client, _partition_query(self._table, CARRIER_WORK_KEY, before, self._page_size))
+        return self._ids(CARRIER_WORK_KEY, before)
 
 
-class DynamoKeptBackRefunds(KeptBackRefunds):
-    """The kept-back pass's query: by_pending_refund's KEPT_BACK_KEY partition, as
-    DynamoPendingRefunds reads its own."""
-
-    def __init__(self, client: Any, table: str, *, page_size: int = 100):
-        self._client = client
-        self._table = table
-        self._page_size = page_size
+class DynamoKeptBackRefunds(_RefundIndexPartition, KeptBackRefunds):
+    """The kept-back pass's: the KEPT_BACK_KEY partition."""
 
     def owed_since_before(self, before: datetime) -> Iterator[str]:
-        return _paged_ids(self._client, _partition_query(self._table, KEPT_BACK_KEY, before, self._page_size))
+        return self._ids(KEPT_BACK_KEY, before)
 
 
 class DynamoLateOrders(LateOrders):
