@@ -285,11 +285,13 @@ def import_events(
     import before and after the change as GET /imports/{id} shows it without its `errors`, and
     `errors` reads them (only for an import that has just ended). `data.import` is the import as
     GET /imports/{id} shows it, with the first of its errors that fit IMPORT_EVENT_ERROR_BYTES;
-    `data.errors_omitted` counts those left out (GET /imports/{id} lists them). Its id is the
-    import's and the status's, so a redelivered change gives the same id."""
+    `data.errors_omitted` counts those GET /imports/{id} lists and the event does not carry: left
+    out for room, or not written yet (a worker counts a failure before it writes its error, and
+    another worker's last line may end the import in between). Its id is the import's and the
+    status's, so a redelivered change gives the same id."""
     # Imported here, not with the module: the API reaches this module through the hookspecs on
     # every cold start, and only the stream's import records need the import service.
-    from core.import_service import ImportStatus
+    from core.import_service import MAX_REPORTED_ERRORS, ImportStatus
 
     # The statuses an import ends in. `failed` is not one: a failed import can be started again.
     done = {ImportStatus.COMPLETED.value, ImportStatus.COMPLETED_WITH_ERRORS.value}
@@ -298,13 +300,14 @@ def import_events(
         return []
     found = errors()
     carried = _fitting(found, IMPORT_EVENT_ERROR_BYTES)
+    kept = max(len(found), min(int(new.get("failed", 0)), MAX_REPORTED_ERRORS))
     type_ = EventType.IMPORT_COMPLETED
     return [
         DomainEvent(
             id=event_id(new["id"], 0, type_, status),
             type=type_,
             created_at=new["updated_at"],
-            data={"import": {**new, "errors": carried}, "errors_omitted": len(found) - len(carried)},
+            data={"import": {**new, "errors": carried}, "errors_omitted": kept - len(carried)},
         )
     ]
 

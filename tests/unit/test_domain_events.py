@@ -319,6 +319,14 @@ def test_an_import_whose_errors_would_not_fit_an_eventbridge_entry_carries_the_f
     assert len(event.model_dump_json().encode()) <= 256 * 1024 - 1024  # room for the entry's source and type
 
 
+def test_an_error_counted_and_not_yet_written_when_the_import_ended_is_counted_as_omitted():
+    # A worker counts a failure before it writes its error: another worker's last line may end the
+    # import in between, and GET /imports/{id} lists the error once it is written.
+    running, ended = an_import("running"), an_import("completed_with_errors", failed=2, imported=1)
+    [event] = import_events(running, ended, lambda: [an_error(2)])
+    assert event.data["import"]["errors"] == [an_error(2)] and event.data["errors_omitted"] == 1
+
+
 def test_errors_are_read_only_for_an_import_that_has_just_ended():
     def unread() -> list[dict[str, Any]]:
         raise AssertionError("errors read for a change that is no event")
