@@ -38,6 +38,7 @@ LIST_READS: dict[tuple[str, str], str] = {
 # action each is recorded as when it wrote no history entry (a cancel of a cancelled order, an
 # Idempotency-Key replayed), for it answered with what a read shows all the same: a read of it.
 CHANGES: dict[tuple[str, str], str] = {
+    ("POST", "/orders"): "place",  # the order is the answer's, not the path's
     ("PATCH", "/orders/{order_id}"): "edit",
     ("POST", "/orders/{order_id}/cancel"): "cancel",
     ("POST", "/orders/{order_id}/hold"): "hold",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -273,27 +273,50 @@ def return_events(old: dict[str, Any] | None, new: dict[str, Any], order: dict[s
     ]
 
 
-def import_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DomainEvent]:
+# What of an import's errors `import.completed` carries: an EventBridge entry holds 256 KB (the event
+# with its source and type), and up to 1,000 errors of up to 500 characters would not fit.
+IMPORT_EVENT_ERROR_BYTES = 200 * 1024
+
+
+def import_events(
+    old: dict[str, Any] | None, new: dict[str, Any], errors: Callable[[], list[dict[str, Any]]]
+) -> list[DomainEvent]:
     """`import.completed` when an import reaches a completed status: `old` and `new` are the
-    import before and after the change as GET /imports/{id} shows it, without its `errors` (up to
-    1,000 messages of up to 500 characters would not fit an EventBridge entry, 256 KB; `failed`
-    counts them and GET /imports/{id} lists them). Its id is the import's and the status's, so a
-    redelivered change gives the same id."""
+    import before and after the change as GET /imports/{id} shows it without its `errors`, and
+    `errors` reads them (only for an import that has just ended). `data.import` is the import as
+    GET /imports/{id} shows it, with the first of its errors that fit IMPORT_EVENT_ERROR_BYTES;
+    `data.errors_omitted` counts those GET /imports/{id} lists and the event does not carry: left
+    out for room, or not written yet (a worker counts a failure before it writes its error, and
+    another worker's last line may end the import in between). Its id is the import's and the
+    status's, so a redelivered change gives the same id."""
     # Imported here, not with the module: the API reaches this module through the hookspecs on
     # every cold start, and only the stream's import records need the import service.
-    from core.import_service import ImportStatus
+    from core.import_service import MAX_REPORTED_ERRORS, ImportStatus
 
     # The statuses an import ends in. `failed` is not one: a failed import can be started again.
     done = {ImportStatus.COMPLETED.value, ImportStatus.COMPLETED_WITH_ERRORS.value}
     status = new.get("status")
     if status not in done or (old or {}).get("status") in done:
         return []
+    found = errors()
+    carried = _fitting(found, IMPORT_EVENT_ERROR_BYTES)
+    kept = max(len(found), min(int(new.get("failed", 0)), MAX_REPORTED_ERRORS))
     type_ = EventType.IMPORT_COMPLETED
     return [
         DomainEvent(
             id=event_id(new["id"], 0, type_, status),
             type=type_,
             created_at=new["updated_at"],
-            data={"import": new},
+            data={"import": {**new, "errors": carried}, "errors_omitted": kept - len(carried)},
         )
     ]
+
+
+def _fitting(items: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The first of `items` whose JSON (UTF-8, as the event is sent) fits `budget` bytes."""
+    used = 0
+    for count, item in enumerate(items):
+        used += len(json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+        if used > budget:
+            return items[:count]
+    return items

@@ -291,13 +291,14 @@ def check_url(url: str, resolve: Resolver, allow_local_http: bool = False) -> Ta
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are the IPv4 address
 _LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use translation (RFC 8215): never public
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT (RFC 2765): the last 32 bits are the IPv4 address
 
 
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether a connection to `ip` reaches the public internet only. An IPv6 address that carries
-    an IPv4 one for a translator or tunnel (NAT64, 6to4, IPv4-mapped or IPv4-compatible) reaches
-    that one, which must be public too; the standard library counts NAT64, 6to4, IPv4-compatible
-    and site-local addresses as global whatever they lead to."""
+    an IPv4 one for a translator or tunnel (NAT64, 6to4, IPv4-mapped, -translated or -compatible)
+    reaches that one, which must be public too; the standard library counts NAT64, 6to4,
+    IPv4-translated, IPv4-compatible and site-local addresses as global whatever they lead to."""
     if not ip.is_global or ip.is_multicast:
         return False
     if isinstance(ip, ipaddress.IPv4Address):
@@ -305,7 +306,7 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if ip.is_site_local or ip in _LOCAL_NAT64:
         return False
     carried = ip.ipv4_mapped or ip.sixtofour
-    if carried is None and (ip in _NAT64 or int(ip) >> 32 == 0):
+    if carried is None and (ip in _NAT64 or ip in _IPV4_TRANSLATED or int(ip) >> 32 == 0):
         carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return carried is None or _public(carried)
 

@@ -35,18 +35,21 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
         return
     action = READS.get(route) or CHANGES.get(route)
     if action is None or not 200 <= response["statusCode"] < 300:
-        return  # not a read of an order (every other write, POST /orders too): no caller to build
+        return  # not a read of an order (every other write): no caller to build
     parameters = event.get("pathParameters") or {}
     order_id = parameters.get("order_id")
-    if route in CHANGES and order_id in orders_changed():
-        return  # a change: the history entries it wrote name its key
     detail = None
-    if order_id is None:
+    if route == ("POST", "/orders"):
+        # Placed again under its Idempotency-Key, the order placed the first time is the answer.
+        order_id = _answer(response).get("id")
+    elif order_id is None:
         # A return read by its own id: the return names its order.
         order_id = _answer(response).get("order_id")
         detail = {"return_id": parameters.get("return_id")}
     if not isinstance(order_id, str):
         return
+    if route in CHANGES and order_id in orders_changed():
+        return  # a change: the history entries it wrote name its key
     answer = _answer(response) if action == "get" or route in CHANGES else None
     _record(event, [(order_id, action, _labels_handed_out(answer) if answer is not None else detail)], metrics)
 

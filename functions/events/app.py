@@ -61,7 +61,8 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     imported = import_summary(images.get("NewImage"))
     if imported is not None:  # the Catalog stream's mapping passes only an import's completion
         with logger.append_context_keys(import_id=imported["id"]):
-            dispatch(import_events(import_summary(images.get("OldImage")), imported), subscriptions)
+            old = import_summary(images.get("OldImage"))
+            dispatch(import_events(old, imported, lambda: import_errors(imported["id"])), subscriptions)
         return
     new = order_document(images.get("NewImage"))
     if new is None:  # a removed item, or not an order
@@ -78,6 +79,13 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
         # After the events: a notifier plugin that fails has the record redelivered, and the
         # events it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
         notify(old, new)
+
+
+def import_errors(import_id: str) -> list[dict[str, Any]]:
+    """An ended import's errors as GET /imports/{id} shows them (its item's image holds none: each
+    is an item of its own)."""
+    report = container().import_ledger.get(import_id)
+    return [error.model_dump(mode="json") for error in report.errors] if report is not None else []
 
 
 def order_of(order_id: str) -> dict[str, Any] | None:

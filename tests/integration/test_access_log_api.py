@@ -140,6 +140,27 @@ def test_a_refund_replayed_under_its_idempotency_key_is_logged_as_a_read_of_the_
     assert [(q["order_id"], q["actor"], q["action"]) for q in consume_queued_reads()] == [(oid, clerk_id, "refund")]
 
 
+def test_an_order_placed_again_under_its_idempotency_key_is_logged_as_a_read_of_it(api):
+    # The replay answers the order placed the first time (its customer, address and prices) and
+    # writes nothing: the key read the order.
+    from tests.e2e.client import Catalog, order_body
+
+    [sku] = Catalog(api).stocked("19.99")
+    shop_id, shop = key(api, "orders:write", "orders:read")
+    consume_queued_reads()
+    body = order_body((sku, 1))
+
+    placed = [api.post("/orders", json=body, key=shop, headers={"Idempotency-Key": "place-1"}) for _ in range(2)]
+
+    assert [answer.status_code for answer in placed] == [201, 201], placed[1].text
+    oid = placed[0].json()["id"]
+    assert placed[1].json()["id"] == oid
+    assert [(q["order_id"], q["actor"], q["action"]) for q in consume_queued_reads()] == [(oid, shop_id, "place")]
+    items = api.get(f"/orders/{oid}/access-log", key=key(api, "audit:read")[1]).json()["items"]
+    assert [(i["actor"], i["action"]) for i in items[:1] + items[-1:]] == [(shop_id, "created"), (shop_id, "place")]
+    consume_queued_reads()
+
+
 def test_reading_one_of_its_returns_by_the_return_id_is_a_read_of_the_order(api):
     from core.return_models import Return, ReturnLine
     from functions.bootstrap import Config, bootstrap

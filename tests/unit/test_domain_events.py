@@ -286,16 +286,52 @@ def an_import(status: str, **changes: Any) -> dict[str, Any]:
     }
 
 
+def no_errors() -> list[dict[str, Any]]:
+    return []
+
+
+def an_error(line: int, message: str = "no product NOPE") -> dict[str, Any]:
+    return {"line": line, "external_id": f"ext-{line}", "code": "unknown_sku", "message": message}
+
+
 @pytest.mark.parametrize("status", ["completed", "completed_with_errors"])
 def test_an_import_that_ends_is_import_completed_with_an_id_of_its_import_and_status(status):
     running, ended = an_import("running"), an_import(status)
-    [event] = import_events(running, ended)
+    errors = [an_error(3)] if status == "completed_with_errors" else []
+    [event] = import_events(running, ended, lambda: errors)
     assert event.type is EventType.IMPORT_COMPLETED
     assert event.id == event_id(ended["id"], 0, EventType.IMPORT_COMPLETED, status)
-    assert event.data == {"import": ended} and event.channel is None
+    # The import as GET /imports/{id} shows it, its errors included.
+    assert event.data == {"import": {**ended, "errors": errors}, "errors_omitted": 0} and event.channel is None
     assert event.created_at.isoformat() == "2026-12-01T12:00:05+00:00"
     # A redelivered change gives the same id.
-    assert import_events(copy.deepcopy(running), copy.deepcopy(ended))[0].id == event.id
+    assert import_events(copy.deepcopy(running), copy.deepcopy(ended), lambda: errors)[0].id == event.id
+
+
+def test_an_import_whose_errors_would_not_fit_an_eventbridge_entry_carries_the_first_and_counts_the_rest():
+    # 1,000 errors of 500 characters each are about 0.6 MB: an EventBridge entry holds 256 KB.
+    errors = [an_error(line, "é" * 500) for line in range(2, 1002)]
+    running, ended = an_import("running"), an_import("completed_with_errors", failed=1000, imported=0, total=1000)
+    [event] = import_events(running, ended, lambda: errors)
+    carried = event.data["import"]["errors"]
+    assert 0 < len(carried) < len(errors) and carried == errors[: len(carried)]
+    assert event.data["errors_omitted"] == len(errors) - len(carried)
+    assert len(event.model_dump_json().encode()) <= 256 * 1024 - 1024  # room for the entry's source and type
+
+
+def test_an_error_counted_and_not_yet_written_when_the_import_ended_is_counted_as_omitted():
+    # A worker counts a failure before it writes its error: another worker's last line may end the
+    # import in between, and GET /imports/{id} lists the error once it is written.
+    running, ended = an_import("running"), an_import("completed_with_errors", failed=2, imported=1)
+    [event] = import_events(running, ended, lambda: [an_error(2)])
+    assert event.data["import"]["errors"] == [an_error(2)] and event.data["errors_omitted"] == 1
+
+
+def test_errors_are_read_only_for_an_import_that_has_just_ended():
+    def unread() -> list[dict[str, Any]]:
+        raise AssertionError("errors read for a change that is no event")
+
+    assert import_events(an_import("running"), an_import("running"), unread) == []
 
 
 @pytest.mark.parametrize(
@@ -308,7 +344,7 @@ def test_an_import_that_ends_is_import_completed_with_an_id_of_its_import_and_st
     ],
 )
 def test_an_import_that_has_not_just_ended_is_no_event(old, new):
-    assert import_events(an_import(old), an_import(new)) == []
+    assert import_events(an_import(old), an_import(new), no_errors) == []
 
 
 # --- Refunds as the order stores them: written pending, then succeeded or failed -------------------

@@ -258,7 +258,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "EventsFunction": {
         ("EventBus", "events:PutEvents"): [EventBridgePublisher],
         (ORDERS, "dynamodb:GetItem"): [DynamoOrders],  # a return's order
-        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks, DynamoNotifications] for a in ("GetItem", "Query")},
+        # DynamoImportLedger: an ended import's errors, for import.completed
+        **{
+            (CATALOG, f"dynamodb:{a}"): [DynamoWebhooks, DynamoNotifications, DynamoImportLedger]
+            for a in ("GetItem", "Query")
+        },
         (CATALOG, "dynamodb:PutItem"): [DynamoWebhooks, DynamoAggregates, DynamoNotifications],
         (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],

@@ -80,11 +80,21 @@ def test_a_host_resolving_to_a_private_loopback_or_link_local_address_is_refused
 
 @pytest.mark.parametrize(
     "address",
-    ["64:ff9b::a00:7", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:7", "2002:a00:7::1", "::a00:7", "fec0::1"],
+    [
+        "64:ff9b::a00:7",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::a00:7",
+        "2002:a00:7::1",
+        "::a00:7",
+        "fec0::1",
+        "::ffff:0:a00:7",
+        "::ffff:0:a9fe:a9fe",
+    ],
 )
 def test_an_ipv6_address_that_reaches_a_private_ipv4_one_is_refused(address: str):
     # NAT64 (64:ff9b::/96 carries 10.0.0.7 or 169.254.169.254), a local-use NAT64 prefix, 6to4 and
-    # IPv4-compatible addresses reach the IPv4 address inside them, and a site-local one stays on
+    # IPv4-compatible and IPv4-translated (SIIT, ::ffff:0:0:0/96) addresses reach the IPv4 address
+    # inside them, and a site-local one stays on
     # site: the standard library counts each as global, so a subscriber whose name resolved only to
     # one was called inside our network wherever the function can reach IPv6.
     with pytest.raises(WebhookUrlRefused):
