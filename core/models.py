@@ -2064,10 +2064,10 @@ class Order(BaseModel, defer_build=True):
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
         pickup order's shipment is never shipped: readied, then collected at its store)."""
         shipment = self.shipment(shipment_id)
-        if shipment.status is not ShipmentStatus.PENDING:
-            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
         if self.fulfillment.type == "pickup":
             raise InvalidTransition(f"shipment {shipment_id} is a pickup: it is made ready, then collected")
+        if shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
         if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
             raise InvalidTransition(f"an order that is {self.status} cannot ship")
         return shipment

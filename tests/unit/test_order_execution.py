@@ -606,6 +606,22 @@ def test_a_pickup_waiting_to_be_picked_is_not_shipped_either(world):
     assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
 
 
+def test_a_collected_pickup_is_not_shipped_either(world):
+    # Collected is delivered for a pickup, which never ships: a ship of it is refused (409) as
+    # before it was collected, not answered as if it had shipped.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    with pytest.raises(InvalidTransition, match="pickup"):
+        world.actions.ship(order.id, shipment.id, "1Z999", actor="key_store")
+
+    assert world.order(order.id) == collected
+    assert len(world.spy.captured) == 1
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+
+
 def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_is_voided(world, monkeypatch):
     order = world.allocated(("TSHIRT", 2), **PICKUP)
     (shipment,) = order.shipments
