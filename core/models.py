@@ -2700,20 +2700,21 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PICKUP_EXPIRED, to=OrderStatus.CANCELLED,
             detail={"reason": "pickup_expired", "shipment_id": shipment_id, "location_id": shipment.location_id,
                     "collect_by": shipment.collect_by.isoformat(), **units},
-            shipments=shipments, hold=None, lines=lines, totals=totals,
+            shipments=shipments, hold=None, lines=lines, totals=totals, allocations=[],
         )  # fmt: skip
 
     def cancel(self, reason: str, *, at: datetime, actor: str, detail: dict[str, Any] | None = None) -> Change:
         """The cancel is recorded on its own: the authorization is voided after it, and the
         payment says `voided` only once the gateway has approved that (`record_void`). Every unit
-        goes with it (nothing has shipped: _everything_cancelled)."""
+        goes with it (nothing has shipped: _everything_cancelled), and so do its allocations: the
+        caller releases what they reserved (Cancellation.cancel)."""
         if not can_transition(self.status, OrderStatus.CANCELLED):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
         lines, totals, units = self._everything_cancelled()
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
             detail={"reason": reason, **(detail or {}), **units}, hold=None, shipments=self._pickups_withdrawn(),
-            lines=lines, totals=totals,
+            lines=lines, totals=totals, allocations=[],
         )  # fmt: skip
 
     def _everything_cancelled(self) -> tuple[list[OrderLine], Totals, dict[str, Any]]:

@@ -252,6 +252,16 @@ def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_auth
     assert world.history(order.id)[-1] == bookings[-1]  # nothing more written, nor asked of the carrier
 
 
+def test_a_cancelled_order_lists_no_allocations(world):
+    # Its reservations are released: the order no longer says it holds them.
+    order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert cancelled.allocations == [] and world.order(order.id) == cancelled
+    assert world.held_for(order.id) == {}
+
+
 def test_a_cancel_whose_view_of_the_network_predates_a_new_location_releases_what_the_order_holds_there(world):
     # The API's containers cache the network for a few seconds (CachedCatalog); the workflow reads
     # it fresh. An order sourced from a location added within that time is cancelled by a

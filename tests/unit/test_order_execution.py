@@ -634,6 +634,7 @@ def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_i
 
     (gone,) = expired.shipments
     assert (expired.status, gone.status, expired.payment.status) == (S.CANCELLED, H.CANCELLED, "voided")
+    assert expired.allocations == []
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
     entry = next(e for e in world.history(order.id) if e.type == "pickup_expired")
     assert (entry.to_status, entry.detail["reason"], entry.actor) == (S.CANCELLED, "pickup_expired", "scheduler")
@@ -672,6 +673,7 @@ def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases
 
     (gone,) = cancelled.shipments
     assert (cancelled.status, gone.status, cancelled.pickup_deadline()) == (S.CANCELLED, H.CANCELLED, None)
+    assert cancelled.allocations == []
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
     assert cancelled.payment.status == "voided" and world.spy.voided == [order.payment.authorization]
     assert world.spy.captured == []
