@@ -52,6 +52,7 @@ def test_the_tables_have_the_transitions_resourcing_and_pickups_need():
     assert can_transition(H.PENDING, H.READY_FOR_PICKUP)
     assert can_transition(H.READY_FOR_PICKUP, H.DELIVERED) and can_transition(H.READY_FOR_PICKUP, H.CANCELLED)
     assert not can_transition(H.READY_FOR_PICKUP, H.SHIPPED)
+    assert can_transition(H.PENDING, H.CANCELLED)  # its order cancelled
     assert not can_transition(S.PARTIALLY_SHIPPED, S.AUTHORIZED)
 
 
