@@ -98,10 +98,13 @@ def test_cancelling_an_allocated_order_takes_every_line_to_zero(api):
 def test_a_cancelled_orders_parcel_is_no_work_for_its_warehouse(api):
     order = allocated(api, ("MUG", 1))
     (shipment,) = order["shipments"]
+    assert shipment["label_url"]
     done = cancel(api, order["id"])
 
     shown = api.get(f"/orders/{order['id']}").json()
     assert ([s["status"] for s in shown["shipments"]], shown["allocations"]) == (["cancelled"], [])
+    # Its carrier booking is cancelled: no label is offered to print and hand over with the parcel.
+    assert [s["label_url"] for s in (*shown["shipments"], *done["shipments"])] == [None, None]
     for action in ("ship", "reject"):
         body = {"reason": "no staff"} if action == "reject" else {}
         answer = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/{action}", json=body)
