@@ -94,7 +94,10 @@ class Cancellation:
         an order on hold is left as it is (the workflow's own cancel: a person holds it, and its
         release starts the workflow again)."""
 
+        read: list[Order] = []  # the version the cancel was decided on, which still lists its allocations
+
         def decide(order: Order):
+            read[:] = [order]
             if order.status is OrderStatus.CANCELLED or (closed_ok and order.status in TERMINAL):
                 return None
             if spare_held and order.status is OrderStatus.ON_HOLD:
@@ -104,7 +107,7 @@ class Cancellation:
         order = modify(self._orders, order_id, decide, channel=channel)
         if order.status is not OrderStatus.CANCELLED:
             return order
-        self._release(order)
+        self._release(read[-1] if read else order)
         try:
             order = self.void(order, actor)
         except PaymentRefused:

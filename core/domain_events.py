@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.ids import short_hash
 from core.models import Order
+from core.status import ShipmentStatus
 
 
 class EventType(StrEnum):
@@ -183,10 +184,11 @@ def _shown_shipment(order: dict[str, Any], shipment_id: str) -> dict[str, Any]:
 
 
 def _rejected_shipments(before: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """The shipments a location rejected in this change, as the API showed them before it. A
-    reject sends the order back to be sourced, which removes its pending shipments, and excludes
-    the rejecting location for the order (nothing else does): a shipment gone from the order
-    whose location is newly excluded is the rejected one."""
+    """The shipments a location rejected in this change, as the API showed them before it but
+    `cancelled`, as they are after it: none will ship (the order no longer lists them). A reject
+    sends the order back to be sourced, which removes its pending shipments, and excludes the
+    rejecting location for the order (nothing else does): a shipment gone from the order whose
+    location is newly excluded is the rejected one."""
     excluded = set(new.get("excluded_locations") or []) - set(before.get("excluded_locations") or [])
     if not excluded:
         return []
@@ -198,7 +200,11 @@ def _rejected_shipments(before: dict[str, Any], new: dict[str, Any]) -> list[dic
     }
     if not gone:
         return []
-    return [shipment for shipment in api_order(before)["shipments"] if shipment["id"] in gone]
+    return [
+        {**shipment, "status": ShipmentStatus.CANCELLED.value}
+        for shipment in api_order(before)["shipments"]
+        if shipment["id"] in gone
+    ]
 
 
 def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[EventType, dict[str, Any]]]:

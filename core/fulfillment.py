@@ -106,7 +106,8 @@ class OrderActions:
         what its first ship may have left undone (a request that died after the write): its stock
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
         order that lost units (after_shipping, which a gateway that was down could not make then);
-        nothing else."""
+        nothing else. A pickup never ships, so a ship of one is refused (409) whatever its status:
+        collected, it is delivered without having shipped."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
@@ -116,7 +117,7 @@ class OrderActions:
             )  # fmt: skip
 
         def shippable(current: Order) -> None:
-            if current.shipment(shipment_id).status not in done:
+            if current.fulfillment.type == "pickup" or current.shipment(shipment_id).status not in done:
                 current.ready_to_ship(shipment_id)
 
         order = self._checked(order_id, channel, shippable)

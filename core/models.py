@@ -2064,10 +2064,10 @@ class Order(BaseModel, defer_build=True):
         """The pending shipment, if the order may ship it now; InvalidTransition otherwise (a
         pickup order's shipment is never shipped: readied, then collected at its store)."""
         shipment = self.shipment(shipment_id)
-        if shipment.status is not ShipmentStatus.PENDING:
-            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
         if self.fulfillment.type == "pickup":
             raise InvalidTransition(f"shipment {shipment_id} is a pickup: it is made ready, then collected")
+        if shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}, not pending")
         if self.status not in (OrderStatus.ALLOCATED, OrderStatus.PARTIALLY_SHIPPED):
             raise InvalidTransition(f"an order that is {self.status} cannot ship")
         return shipment
@@ -2700,20 +2700,22 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.PICKUP_EXPIRED, to=OrderStatus.CANCELLED,
             detail={"reason": "pickup_expired", "shipment_id": shipment_id, "location_id": shipment.location_id,
                     "collect_by": shipment.collect_by.isoformat(), **units},
-            shipments=shipments, hold=None, lines=lines, totals=totals,
+            shipments=shipments, hold=None, lines=lines, totals=totals, allocations=[],
         )  # fmt: skip
 
     def cancel(self, reason: str, *, at: datetime, actor: str, detail: dict[str, Any] | None = None) -> Change:
         """The cancel is recorded on its own: the authorization is voided after it, and the
         payment says `voided` only once the gateway has approved that (`record_void`). Every unit
-        goes with it (nothing has shipped: _everything_cancelled)."""
+        goes with it (nothing has shipped: _everything_cancelled), and so do its allocations: the
+        caller releases what they reserved (Cancellation.cancel). Its shipments, none of which has
+        left, are cancelled (_shipments_withdrawn)."""
         if not can_transition(self.status, OrderStatus.CANCELLED):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
         lines, totals, units = self._everything_cancelled()
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
-            detail={"reason": reason, **(detail or {}), **units}, hold=None, shipments=self._pickups_withdrawn(),
-            lines=lines, totals=totals,
+            detail={"reason": reason, **(detail or {}), **units}, hold=None, shipments=self._shipments_withdrawn(),
+            lines=lines, totals=totals, allocations=[],
         )  # fmt: skip
 
     def _everything_cancelled(self) -> tuple[list[OrderLine], Totals, dict[str, Any]]:
@@ -2737,10 +2739,11 @@ class Order(BaseModel, defer_build=True):
         }  # fmt: skip
         return lines, totals, units
 
-    def _pickups_withdrawn(self) -> list[Shipment]:
-        # A pickup waiting at its store goes with the order: nothing is collected from a cancelled one.
-        ready, cancelled = ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.CANCELLED
-        return [_replaced(s, status=cancelled) if s.status is ready else s for s in self.shipments]
+    def _shipments_withdrawn(self) -> list[Shipment]:
+        # A parcel still to ship, or a pickup waiting at its store, goes with the order: nothing of a
+        # cancelled one is shipped or collected, and a location reading it finds no work left.
+        cancelled = ShipmentStatus.CANCELLED
+        return [_replaced(s, status=cancelled) if s.status in NOT_LEFT else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
                  detail: dict[str, Any] | None = None, **fields: Any) -> Change:  # fmt: skip

@@ -97,9 +97,10 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     P.REFUNDED: frozenset(),
 }
 
-# A pickup is readied by the store, then collected (delivered) or, uncollected, cancelled.
+# A pickup is readied by the store, then collected (delivered) or, uncollected, cancelled. A
+# shipment that has not left is cancelled with its order: nothing of a cancelled order ships.
 SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
-    H.PENDING: frozenset({H.SHIPPED, H.READY_FOR_PICKUP}),
+    H.PENDING: frozenset({H.SHIPPED, H.READY_FOR_PICKUP, H.CANCELLED}),
     H.READY_FOR_PICKUP: frozenset({H.DELIVERED, H.CANCELLED}),
     H.SHIPPED: frozenset({H.DELIVERED}),
     H.DELIVERED: frozenset(),

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from core.models import Order
 from core.return_models import Return
+from core.status import ShipmentStatus
 from functions.api.dependencies import container
 
 
 def with_label_links(order: Order) -> Order:
     """`order` with a fresh, short-lived link in each `label_url`; the stored order is untouched.
     Every route that answers with an Order passes it through here, after anything that keeps the
-    answer (idempotency), so no signature is ever stored."""
+    answer (idempotency), so no signature is ever stored. A cancelled shipment shows none: its
+    parcel will never go, and the carrier booking of one that was pending is cancelled, so a label
+    printed from it would be void."""
     if not any(shipment.label_url for shipment in order.shipments):
         return order
     labels = container().label_store
+
+    def shown(label_key: str | None, status: ShipmentStatus) -> str | None:
+        return labels.link(label_key) if label_key and status is not ShipmentStatus.CANCELLED else None
+
     shipments = [
-        shipment.model_copy(update={"label_url": labels.link(shipment.label_url)}) if shipment.label_url else shipment
+        shipment.model_copy(update={"label_url": shown(shipment.label_url, shipment.status)})
         for shipment in order.shipments
     ]
     return order.model_copy(update={"shipments": shipments})

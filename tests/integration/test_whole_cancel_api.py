@@ -75,6 +75,9 @@ def assert_cancelled_whole(api: InProcessApi, before: dict[str, Any], done: dict
         assert (line["discount"], line["tax"], line["total"]) == (ZERO, ZERO, ZERO)
         assert (line["sku"], line["unit_price"]) == (was["sku"], was["unit_price"])
     assert done["totals"] == NOTHING
+    # Nothing is held for it and nothing of it ships: no allocation, every parcel cancelled.
+    assert done["allocations"] == []
+    assert all(shipment["status"] == "cancelled" for shipment in done["shipments"])
     history = api.get(f"/orders/{done['id']}/history").json()["items"]
     entry = next(h for h in history if h["type"] == "cancelled")
     assert entry["detail"]["grand_total"] == {"from": before["totals"]["grand_total"], "to": ZERO}
@@ -90,6 +93,23 @@ def test_cancelling_an_allocated_order_takes_every_line_to_zero(api):
     assert done["payment"]["status"] == "voided"
     assert (reserved(api, "MUG"), reserved(api, "CAP")) == (0, 0)
     assert api.get(f"/orders/{order['id']}").json()["lines"] == done["lines"]
+
+
+def test_a_cancelled_orders_parcel_is_no_work_for_its_warehouse(api):
+    order = allocated(api, ("MUG", 1))
+    (shipment,) = order["shipments"]
+    assert shipment["label_url"]
+    done = cancel(api, order["id"])
+
+    shown = api.get(f"/orders/{order['id']}").json()
+    assert ([s["status"] for s in shown["shipments"]], shown["allocations"]) == (["cancelled"], [])
+    # Its carrier booking is cancelled: no label is offered to print and hand over with the parcel.
+    assert [s["label_url"] for s in (*shown["shipments"], *done["shipments"])] == [None, None]
+    for action in ("ship", "reject"):
+        body = {"reason": "no staff"} if action == "reject" else {}
+        answer = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/{action}", json=body)
+        assert_error(answer, 409, "invalid_transition")
+    assert api.get(f"/orders/{order['id']}").json()["version"] == done["version"]
 
 
 def test_cancelling_every_unit_by_lines_cancels_the_order_the_same_way(api):

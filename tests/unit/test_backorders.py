@@ -509,6 +509,7 @@ def test_a_cancelled_backordered_order_releases_what_it_held_to_the_next_in_line
 
     cancelled = world.actions.cancel(first, "customer_request", actor="key_web")
     assert cancelled.status is S.CANCELLED and world.held_for(first) == {}
+    assert cancelled.allocations == []  # what it held is released: the order no longer lists it
     assert cancelled.payment.status == "voided"
     allocator.arrived("PREORDER", "wh-west")  # the release raised `available`: the stream calls this
 

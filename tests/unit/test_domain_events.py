@@ -173,7 +173,8 @@ def test_shipments_shipped_and_delivered_carry_the_shipment_without_a_stored_lab
 def test_a_shipment_its_location_rejects_is_shipment_rejected_though_it_leaves_the_order():
     """A reject sends the order back to be sourced: its pending shipments are removed, so no
     shipment of the new version is `rejected` and the event never went out. The shipment the
-    rejecting location (now excluded) held is the event's, as it was shown before the reject."""
+    rejecting location (now excluded) held is the event's, as it was shown before the reject but
+    for its status: `cancelled`, as it is after it (it will never ship), not `pending`."""
     at = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
     pending = Shipment(
         id="shp_1", location_id="wh1", lines=[ShipmentLine(line_id="L1", quantity=1)], carrier="flat",
@@ -190,7 +191,8 @@ def test_a_shipment_its_location_rejects_is_shipment_rejected_though_it_leaves_t
 
     assert [e.type.value for e in events] == ["order.authorized", "shipment.rejected"]
     shown = events[1].data["shipment"]
-    assert (shown["id"], shown["location_id"], shown["status"], shown["label_url"]) == ("shp_1", "wh1", "pending", None)
+    shown_as = (shown["id"], shown["location_id"], shown["status"], shown["label_url"])
+    assert shown_as == ("shp_1", "wh1", "cancelled", None)
     assert events[1].data["order"]["shipments"] == []
     assert events[1].id == event_id(allocated.id, rejected.version, EventType.SHIPMENT_REJECTED, "shp_1")
     # Sourced again later: the location stays excluded, and the reject is not told again.

@@ -138,7 +138,7 @@ def test_shipping_an_order_that_is_not_allocated_is_an_invalid_transition(world)
     world.actions.cancel(order.id, "changed my mind", actor="key_web")
     cancelled = world.order(order.id)
     (shipment,) = cancelled.shipments
-    assert shipment.status == "pending"
+    assert shipment.status == "cancelled"
 
     with pytest.raises(InvalidTransition) as raised:
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
@@ -250,6 +250,33 @@ def test_cancelling_before_shipping_releases_the_reservations_and_voids_the_auth
     assert again.version == cancelled.version
     assert world.spy.voided == [order.payment.authorization]
     assert world.history(order.id)[-1] == bookings[-1]  # nothing more written, nor asked of the carrier
+
+
+def test_a_cancelled_order_lists_no_allocations(world):
+    # Its reservations are released: the order no longer says it holds them.
+    order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert cancelled.allocations == [] and world.order(order.id) == cancelled
+    assert world.held_for(order.id) == {}
+
+
+def test_a_cancelled_orders_parcels_that_had_not_left_are_cancelled(world):
+    # None of them will ship: a warehouse reading the order finds no parcel pending, and a ship or
+    # a reject of one is a conflict (409).
+    order = world.allocated(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+
+    cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert [(s.id, s.status) for s in cancelled.shipments] == [(s.id, "cancelled") for s in order.shipments]
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, west, None, actor="key_wh_west")
+    with pytest.raises(InvalidTransition):
+        world.actions.reject(order.id, east, "no staff", actor="key_wh_east")
+    assert world.order(order.id) == cancelled
+    assert world.spy.captured == []
 
 
 def test_a_cancel_whose_view_of_the_network_predates_a_new_location_releases_what_the_order_holds_there(world):

@@ -52,6 +52,7 @@ def test_the_tables_have_the_transitions_resourcing_and_pickups_need():
     assert can_transition(H.PENDING, H.READY_FOR_PICKUP)
     assert can_transition(H.READY_FOR_PICKUP, H.DELIVERED) and can_transition(H.READY_FOR_PICKUP, H.CANCELLED)
     assert not can_transition(H.READY_FOR_PICKUP, H.SHIPPED)
+    assert can_transition(H.PENDING, H.CANCELLED)  # its order cancelled
     assert not can_transition(S.PARTIALLY_SHIPPED, S.AUTHORIZED)
 
 
@@ -606,6 +607,22 @@ def test_a_pickup_waiting_to_be_picked_is_not_shipped_either(world):
     assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
 
 
+def test_a_collected_pickup_is_not_shipped_either(world):
+    # Collected is delivered for a pickup, which never ships: a ship of it is refused (409) as
+    # before it was collected, not answered as if it had shipped.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    with pytest.raises(InvalidTransition, match="pickup"):
+        world.actions.ship(order.id, shipment.id, "1Z999", actor="key_store")
+
+    assert world.order(order.id) == collected
+    assert len(world.spy.captured) == 1
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+
+
 def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_is_voided(world, monkeypatch):
     order = world.allocated(("TSHIRT", 2), **PICKUP)
     (shipment,) = order.shipments
@@ -618,6 +635,7 @@ def test_an_uncollected_pickup_expires_its_units_go_back_and_its_authorization_i
 
     (gone,) = expired.shipments
     assert (expired.status, gone.status, expired.payment.status) == (S.CANCELLED, H.CANCELLED, "voided")
+    assert expired.allocations == []
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
     entry = next(e for e in world.history(order.id) if e.type == "pickup_expired")
     assert (entry.to_status, entry.detail["reason"], entry.actor) == (S.CANCELLED, "pickup_expired", "scheduler")
@@ -656,6 +674,7 @@ def test_cancelling_an_order_with_a_ready_pickup_cancels_the_pickup_and_releases
 
     (gone,) = cancelled.shipments
     assert (cancelled.status, gone.status, cancelled.pickup_deadline()) == (S.CANCELLED, H.CANCELLED, None)
+    assert cancelled.allocations == []
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
     assert cancelled.payment.status == "voided" and world.spy.voided == [order.payment.authorization]
     assert world.spy.captured == []

@@ -198,8 +198,9 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     summary="Cancel an order that has not shipped, what has not shipped of it, or chosen units",
     description="Before anything shipped (without `lines`, or with `lines` naming every unit) the cancel is "
     "recorded, every line's `quantity` dropping to 0 (its `cancelled_quantity` grows by it) and the totals to zero "
-    "(the `cancelled` history entry keeps the old and new grand total), its reservations released, then its "
-    "authorization voided. A void the gateway refuses or cannot do now still answers 200: the order is "
+    "(the `cancelled` history entry keeps the old and new grand total), its `allocations` emptied and its "
+    "shipments `cancelled` (with no `label_url`), its reservations released, then its authorization voided. A "
+    "void the gateway refuses or cannot do now still answers 200: the order is "
     "`cancelled`, its `payment.status` stays `authorized` and the history has a `payment_void_failed` entry per "
     "attempt. Cancelling again retries the void; one the gateway could not do now is also retried by the "
     "scheduled reconciler, which records it `voided`.\n\nOn a `partially_shipped` order it cancels every unit not "
