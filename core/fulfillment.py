@@ -20,7 +20,7 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
-from core.holds import give_back_surplus
+from core.holds import give_back_surplus_or_note
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
@@ -479,7 +479,7 @@ class OrderActions:
                 self._give_back(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if held:
-            self._release_replaced_lines(order, new)
+            self._release_replaced_lines(order, new, actor)
         if new.payment.status is PaymentStatus.PENDING:
             # Its next authorization is asked under the edited version's key: one an earlier attempt
             # may have obtained (its answer lost) would never be used. A failure is in the history;
@@ -509,7 +509,7 @@ class OrderActions:
             held[(sku, location_id)] += quantity
         return dict(held)
 
-    def _release_replaced_lines(self, old: Order, new: Order) -> None:
+    def _release_replaced_lines(self, old: Order, new: Order, actor: str) -> None:
         """After an order holding stock was edited (allocated, backordered, or sent back to be
         sourced and not sourced yet): release what its old lines hold where the new order has no
         line of that id and sku. The rest stays reserved for the workflow, which sources the order
@@ -518,13 +518,16 @@ class OrderActions:
         reservation the restarted workflow has just made under the same key. A held order's workflow
         runs only once it is released: until then what its kept lines hold beyond their new
         quantities is given back too (core.holds.give_back_surplus), or an order edited down would
-        keep those units from other orders for as long as the hold lasts."""
+        keep those units from other orders for as long as the hold lasts: a give-back that fails
+        leaves the edit standing (core.holds.give_back_surplus_or_note)."""
         kept = {(line.line_id, line.sku) for line in new.lines}
         gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
         locations = holding_locations(old, self._catalog.list_locations())
         self._release_lines(old, gone, locations)
         if new.status is S.ON_HOLD:
-            give_back_surplus(self._inventory, new, locations)
+            give_back_surplus_or_note(
+                self._orders, self._inventory, new, lambda: locations, at=self._clock(), actor=actor
+            )
 
     def _release_lines(self, order: Order, lines: list[OrderLine], location_ids: list[str]) -> None:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
