@@ -60,7 +60,7 @@ class Holds:
         quantities is given back (give_back_surplus), as its workflow, which the hold puts off until
         the release, would have, or an order edited down would keep those units from other orders
         for as long as the hold lasts. A give-back that fails leaves the hold standing
-        (give_back_surplus_or_note). A workflow step sourcing it meanwhile loses its write to the
+        (give_back_or_note). A workflow step sourcing it meanwhile loses its write to the
         hold and releases what it reserved."""
         at = self._clock()
         held = modify(
@@ -72,9 +72,10 @@ class Holds:
         if self._inventory is None or self._catalog is None:
             return held
         if held.hold.resume_to is OrderStatus.AUTHORIZED and not held.allocations:
-            catalog = self._catalog
-            give_back_surplus_or_note(
-                self._orders, self._inventory, held, lambda: holding_locations(held, catalog.list_locations()),
+            inventory, catalog = self._inventory, self._catalog
+            give_back_or_note(
+                self._orders, held,
+                lambda: give_back_surplus(inventory, held, holding_locations(held, catalog.list_locations())),
                 at=at, actor=actor,
             )  # fmt: skip
         return held
@@ -110,28 +111,24 @@ def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids
             inventory.shrink(sku, location_id, key, units, keep)
 
 
-def give_back_surplus_or_note(
-    orders: OrderRepository,
-    inventory: InventoryRepository,
-    order: Order,
-    location_ids: Callable[[], list[str]],
-    *,
-    at: datetime,
-    actor: str,
+def give_back_or_note(
+    orders: OrderRepository, order: Order, give_back: Callable[[], None], *, at: datetime, actor: str
 ) -> None:
-    """give_back_surplus, after a hold or an edit of a held order was written: a failure (the
-    inventory or the catalog unavailable) does not fail the change, which stands and is answered
-    (repeated, it would be refused: held already, or a stale If-Match). The surplus stays reserved
-    until the release, whose workflow sources the order again and gives back what it does not keep
-    (or the order's cancel releases all of it); the failure is logged and noted in the history
-    (`surplus_not_given_back`, which the business metrics count), by its class only: the history is
-    the caller's to read, and an infrastructure error's message may name accounts and tables."""
+    """`give_back` the stock `order` no longer needs, after the change that made it so was written
+    (a hold, an edit): a failure (the inventory or the catalog unavailable) does not fail the
+    change, which stands and is answered (repeated, it would be refused: held already, or a stale
+    If-Match). What was not given back stays reserved until the order is sourced again (the
+    release, for a held order), which gives back what its plan does not keep and what the lines
+    edits replaced hold (Order.replaced_lines), or until its cancel releases all of it. The failure
+    is logged and noted in the history (`surplus_not_given_back`, which the business metrics
+    count), by its class only: the history is the caller's to read, and an infrastructure error's
+    message may name accounts and tables."""
     try:
-        give_back_surplus(inventory, order, location_ids())
+        give_back()
     except Exception as failure:  # any: the change is written and must stand
         error = type(failure).__name__
         logger.warning(
-            "the stock a held order no longer needs stays reserved until its release: giving it back failed",
+            "stock an order no longer needs stays reserved until it is sourced again: giving it back failed",
             exc_info=True, extra={"order_id": order.id},
         )  # fmt: skip
         # Noting it may fail as the give-back did: the log line above says it then.

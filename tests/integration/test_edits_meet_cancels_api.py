@@ -312,3 +312,26 @@ def test_an_edit_of_a_held_order_whose_stock_cannot_be_given_back_answers_the_ed
     again = resourced(api, order["id"])
     assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
     assert api.get("/inventory/VASE").json()["available"] == 9
+
+
+def test_an_edit_whose_replaced_line_cannot_be_released_answers_the_order_and_its_sourcing_releases_it(
+    api, monkeypatch
+):
+    # An order of 2 plates edited to a bowl while the inventory throttled: the edit answered 503 and
+    # its repeat 409 (a stale If-Match), and the 2 plates stayed reserved for good under a line the
+    # order no longer had: neither its sourcing nor its cancel looked for them.
+    for sku in ("PLATE", "SAUCER"):
+        assert api.put(f"/products/{sku}", json=product_body("4.00")).status_code == 201
+        assert api.put(f"/inventory/{sku}/wh-east", json={"on_hand": 5}).status_code == 200
+    order = allocated(api, ("PLATE", 2))
+    monkeypatch.setattr(DynamoInventory, "release", throttled)
+
+    swapped = edit(api, order, {"lines": [{"sku": "SAUCER", "quantity": 1}]})
+
+    assert swapped["status"] == "authorized" and swapped == api.get(f"/orders/{order['id']}").json()
+    assert "surplus_not_given_back" in [h["type"] for h in history(api, order["id"])]
+    assert api.get("/inventory/PLATE").json()["available"] == 3
+    monkeypatch.undo()
+    again = resourced(api, order["id"])
+    assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
+    assert api.get("/inventory/PLATE").json()["available"] == 5
