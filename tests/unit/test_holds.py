@@ -782,3 +782,25 @@ def test_an_edit_of_a_held_order_whose_stock_cannot_be_given_back_stands(world, 
     run_from(world, order_id, 1)
     assert world.order(order_id).status is S.ALLOCATED
     assert sum(world.held_for(order_id).values()) == 2
+
+
+def test_a_hold_stands_when_the_stock_and_then_its_note_both_fail(world, monkeypatch, caplog):
+    order_id = world.place(("MUG", 6))
+    run_from(world, order_id)
+    order = world.order(order_id)
+    world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    monkeypatch.setattr(world.inventory, "shrink", inventory_down)
+    write = world.orders.update
+
+    def orders_down_for_the_note(new: Order, expected: Order, entries: list) -> None:
+        if any(entry.type == "surplus_not_given_back" for entry in entries):
+            raise InventoryDown("the orders table is busy too")
+        write(new, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", orders_down_for_the_note)
+
+    held = hold(world, order_id)
+
+    assert held.status is S.ON_HOLD and held == world.order(order_id)
+    (logged,) = [r for r in caplog.records if r.name == "core.holds"]
+    assert (logged.levelname, logged.order_id) == ("WARNING", order_id)
