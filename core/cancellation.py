@@ -128,12 +128,13 @@ class Cancellation:
 
     def _release(self, order: Order) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a
-        # step that crashed between reserving and recording leaves nothing behind either.
+        # step that crashed between reserving and recording leaves nothing behind either, nor does
+        # an edit that could not release the lines it replaced.
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in order.lines:
+        for line_id, sku in order.reservation_lines():
             for location_id in locations:
-                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+                keys[(sku, location_id)].append(reservation_key(order.id, line_id))
         for item in self._inventory.reservations(dict(keys)):
             self._inventory.release(*item)
 

@@ -54,6 +54,10 @@ class OrderEvent(StrEnum):
     # its old label until the next cancel of units or ship of the order, or the reconciler's next
     # pass, books it.
     LABEL_BOOKING_FAILED = "label_booking_failed"
+    # A held or edited order could not give back the stock it no longer needs (the inventory
+    # unavailable): the hold or the edit stands, and the order's sourcing (for a held order, once
+    # released) or its cancel gives it back.
+    SURPLUS_NOT_GIVEN_BACK = "surplus_not_given_back"
     # A carrier booking no parcel will use (the order cancelled, its parcel gone or booked again)
     # was cancelled with its carrier; or never will be (the carrier refused, or no plugin cancels
     # its bookings): the detail says why.

@@ -20,7 +20,7 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
-from core.holds import give_back_surplus
+from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
@@ -480,7 +480,11 @@ class OrderActions:
                 self._give_back(order, reauthorized.reference, actor)
             raise StaleVersion(f"order {order_id} changed meanwhile; read it again") from None
         if held:
-            self._release_replaced_lines(order, new)
+            # The edit is written and stands whatever the inventory answers: what this could not
+            # give back, the order's sourcing or its cancel does (core.holds.give_back_or_note).
+            give_back_or_note(
+                self._orders, new, lambda: self._release_replaced_lines(order, new), at=self._clock(), actor=actor
+            )
         if new.payment.status is PaymentStatus.PENDING:
             # Its next authorization is asked under the edited version's key: one an earlier attempt
             # may have obtained (its answer lost) would never be used. A failure is in the history;
@@ -499,12 +503,13 @@ class OrderActions:
         return self._orders.get(order_id, consistent=True) or new
 
     def _held_by(self, order: Order) -> dict[tuple[str, str], int]:
-        """The units `order` holds, by sku and location."""
+        """The units `order` holds, by sku and location (under the lines edits replaced too: a line
+        edited back to a sku its units were not released from yet has them still)."""
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in order.lines:
+        for line_id, sku in order.reservation_lines():
             for location_id in locations:
-                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+                keys[(sku, location_id)].append(reservation_key(order.id, line_id))
         held: dict[tuple[str, str], int] = defaultdict(int)
         for (sku, location_id, _), quantity in self._inventory.reservations(dict(keys)).items():
             held[(sku, location_id)] += quantity
@@ -512,18 +517,23 @@ class OrderActions:
 
     def _release_replaced_lines(self, old: Order, new: Order) -> None:
         """After an order holding stock was edited (allocated, backordered, or sent back to be
-        sourced and not sourced yet): release what its old lines hold where the new order has no
-        line of that id and sku. The rest stays reserved for the workflow, which sources the order
+        sourced and not sourced yet): release what the lines edits replaced hold (the new order's
+        `replaced_lines`: its old lines whose id and sku it no longer has, and those an earlier edit
+        could not release). The rest stays reserved for the workflow, which sources the order
         again counting its own reservations as available and releases what its new plan does not
         keep. Releasing those here instead could free a
         reservation the restarted workflow has just made under the same key. A held order's workflow
         runs only once it is released: until then what its kept lines hold beyond their new
         quantities is given back too (core.holds.give_back_surplus), or an order edited down would
         keep those units from other orders for as long as the hold lasts."""
-        kept = {(line.line_id, line.sku) for line in new.lines}
-        gone = [line for line in old.lines if (line.line_id, line.sku) not in kept]
         locations = holding_locations(old, self._catalog.list_locations())
-        self._release_lines(old, gone, locations)
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line in new.replaced_lines:
+            for location_id in locations:
+                keys[(line.sku, location_id)].append(reservation_key(new.id, line.line_id))
+        if keys:
+            for item in self._inventory.reservations(dict(keys)):
+                self._inventory.release(*item)
         if new.status is S.ON_HOLD:
             give_back_surplus(self._inventory, new, locations)
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
 from core.cancellation import holding_locations
+from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import HoldReason, Note, Order, Strict, utc_now
 from core.order_changes import modify
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import OrderStatus
+
+logger = logging.getLogger(__name__)
 
 
 class HoldRequest(Strict):
@@ -54,7 +59,8 @@ class Holds:
         reject) and not sourced yet holds what it held before: what its lines hold beyond their
         quantities is given back (give_back_surplus), as its workflow, which the hold puts off until
         the release, would have, or an order edited down would keep those units from other orders
-        for as long as the hold lasts. A workflow step sourcing it meanwhile loses its write to the
+        for as long as the hold lasts. A give-back that fails leaves the hold standing
+        (give_back_or_note). A workflow step sourcing it meanwhile loses its write to the
         hold and releases what it reserved."""
         at = self._clock()
         held = modify(
@@ -66,7 +72,12 @@ class Holds:
         if self._inventory is None or self._catalog is None:
             return held
         if held.hold.resume_to is OrderStatus.AUTHORIZED and not held.allocations:
-            give_back_surplus(self._inventory, held, holding_locations(held, self._catalog.list_locations()))
+            inventory, catalog = self._inventory, self._catalog
+            give_back_or_note(
+                self._orders, held,
+                lambda: give_back_surplus(inventory, held, holding_locations(held, catalog.list_locations())),
+                at=at, actor=actor,
+            )  # fmt: skip
         return held
 
     def release(self, order_id: str, request: ReleaseRequest, actor: str, channel: str | None = None) -> Order:
@@ -98,3 +109,32 @@ def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids
             inventory.release(sku, location_id, key)
         elif keep < units:
             inventory.shrink(sku, location_id, key, units, keep)
+
+
+def give_back_or_note(
+    orders: OrderRepository, order: Order, give_back: Callable[[], None], *, at: datetime, actor: str
+) -> None:
+    """`give_back` the stock `order` no longer needs, after the change that made it so was written
+    (a hold, an edit): a failure (the inventory or the catalog unavailable) does not fail the
+    change, which stands and is answered (repeated, it would be refused: held already, or a stale
+    If-Match). What was not given back stays reserved until the order is sourced again (the
+    release, for a held order), which gives back what its plan does not keep and what the lines
+    edits replaced hold (Order.replaced_lines), or until its cancel releases all of it. The failure
+    is logged and noted in the history (`surplus_not_given_back`, which the business metrics
+    count), by its class only: the history is the caller's to read, and an infrastructure error's
+    message may name accounts and tables."""
+    try:
+        give_back()
+    except Exception as failure:  # any: the change is written and must stand
+        error = type(failure).__name__
+        logger.warning(
+            "stock an order no longer needs stays reserved until it is sourced again: giving it back failed",
+            exc_info=True, extra={"order_id": order.id},
+        )  # fmt: skip
+        # Noting it may fail as the give-back did: the log line above says it then.
+        with contextlib.suppress(Exception):
+            modify(
+                orders, order.id,
+                lambda current: current.noted(OrderEvent.SURPLUS_NOT_GIVEN_BACK, at=at, actor=actor,
+                                              detail={"error": error}),
+            )  # fmt: skip

@@ -1014,6 +1014,14 @@ class Allocation(BaseModel, defer_build=True):
     quantity: int
 
 
+class ReplacedLine(BaseModel, defer_build=True):
+    """A line an edit replaced, by what its reservations are keyed by: its id and its sku (a line
+    id the edit gave another sku holds that sku's units no more)."""
+
+    line_id: str
+    sku: str
+
+
 class ShipmentLine(BaseModel, defer_build=True):
     line_id: str
     quantity: int
@@ -1389,6 +1397,11 @@ class Order(BaseModel, defer_build=True):
     # booked under new keys, the parcel no longer waiting for one: `_next`), else that booking is
     # recorded nowhere. The system's own: stored, never shown.
     unrecorded_bookings: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
+    # Lines edits replaced whose reservations are owed a release (Order.reservation_lines): the edit
+    # releases them after its write; what it could not (the inventory unavailable) the order's
+    # sourcing (ReserveStock, whose write clears them) or its cancel releases, or they would stay
+    # reserved for good under a line the order no longer has. The system's own: stored, never shown.
+    replaced_lines: list[ReplacedLine] = Field(default_factory=list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided; on an order nobody ships or cancels again the jeopardy scan finds it once the order is
@@ -1543,6 +1556,8 @@ class Order(BaseModel, defer_build=True):
             system["bookings_to_cancel"] = [b.model_dump(mode="json") for b in self.bookings_to_cancel]
         if self.unrecorded_bookings:
             system["unrecorded_bookings"] = [b.model_dump(mode="json") for b in self.unrecorded_bookings]
+        if self.replaced_lines:
+            system["replaced_lines"] = [line.model_dump(mode="json") for line in self.replaced_lines]
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.authorization_requested is not None:
@@ -2117,6 +2132,12 @@ class Order(BaseModel, defer_build=True):
             and (self.hold.resume_to is OrderStatus.ALLOCATED or bool(self.allocations))
         )
 
+    def reservation_lines(self) -> list[tuple[str, str]]:
+        """The (line id, sku) of each line the order's reservations are keyed by: its lines, then
+        those edits replaced whose release is still owed (`replaced_lines`)."""
+        return list(dict.fromkeys([*((line.line_id, line.sku) for line in self.lines),
+                                   *((line.line_id, line.sku) for line in self.replaced_lines)]))  # fmt: skip
+
     def sourced_again_by_edit(self) -> bool:
         """Whether an edit sends this order back to be sourced (its reservations then count as its
         own, and those its changed lines no longer use are released)."""
@@ -2465,7 +2486,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
             detail={"allocations": [a.model_dump() for a in allocations], "reasons": reasons,
                     **_rules_named(rules_version)},
-            allocations=allocations,
+            allocations=allocations, replaced_lines=[],
         )  # fmt: skip
 
     def short_of(self, allocations: list[Allocation] | None = None) -> dict[str, int]:
@@ -2495,7 +2516,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.BACKORDERED, to=OrderStatus.BACKORDERED,
             detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
                     **_rules_named(rules_version)},
-            allocations=allocations,
+            allocations=allocations, replaced_lines=[],
         )  # fmt: skip
 
     def reserve_backordered(
@@ -2858,8 +2879,11 @@ class Order(BaseModel, defer_build=True):
         again = self._sourced_again()
         if again:
             detail["released"] = [a.model_dump() for a in self.allocations]
+        kept = {(line.line_id, line.sku) for line in lines}
+        gone = [ReplacedLine(line_id=line_id, sku=sku) for line_id, sku in self.reservation_lines()
+                if (line_id, sku) not in kept]  # fmt: skip
         return self._next(
-            at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals,
+            at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals, replaced_lines=gone,
             shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
             replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,

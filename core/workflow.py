@@ -623,10 +623,12 @@ class Workflow:
         }
 
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
+        """What the order holds at `location_ids`, under its lines and under those an edit replaced
+        and could not release (Order.replaced_lines: no plan keeps them, so they are released)."""
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in order.lines:
+        for line_id, sku in order.reservation_lines():
             for location_id in location_ids:
-                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+                keys[(sku, location_id)].append(reservation_key(order.id, line_id))
         return self._inventory.reservations(dict(keys))
 
     # --- CreateShipments --------------------------------------------------------------------

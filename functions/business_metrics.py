@@ -126,6 +126,8 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
         amount = detail.get("amount") or {}
         if "amount" in amount:
             record("RefundValue", float(amount["amount"]), MetricUnit.NoUnit, currency=str(amount.get("currency", "")))
+    elif entry.type is OrderEvent.SURPLUS_NOT_GIVEN_BACK:
+        record("SurplusNotGivenBack")
 
 
 class MeteredOrders:

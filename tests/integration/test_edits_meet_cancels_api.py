@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from core.errors import Backordered
+from functions.adapters.dynamodb import DynamoInventory
 from functions.bootstrap import forget_warm_containers
 from plugins import test_payments
 from tests.builders import location_body, order_body, product_body
@@ -260,3 +262,76 @@ def test_an_order_held_after_an_edit_sent_it_back_to_be_sourced_gives_back_the_u
     again = resourced(api, order["id"])
     assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
     assert api.get("/inventory/BOWL").json()["locations"][0]["reserved"] == 1
+
+
+def throttled(*args: object, **kwargs: object) -> None:
+    raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                      "UpdateItem")  # fmt: skip
+
+
+def test_a_hold_whose_stock_cannot_be_given_back_answers_the_held_order_and_its_release_gives_it_back(api, monkeypatch):
+    # The inventory table throttled the trim after the hold was written: the hold answered 503 and
+    # its retry 409 (held already), though the order was on hold.
+    assert api.put("/products/JUG", json=product_body("9.00")).status_code == 201
+    assert api.put("/inventory/JUG/wh-east", json={"on_hand": 10}).status_code == 200
+    order = allocated(api, ("JUG", 6))
+    edit(api, order, {"lines": [{"sku": "JUG", "quantity": 1}]})
+    monkeypatch.setattr(DynamoInventory, "shrink", throttled)
+
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"})
+
+    assert (held.status_code, held.json()["status"]) == (200, "on_hold"), held.text
+    assert held.json() == api.get(f"/orders/{order['id']}").json()
+    (kept,) = [h for h in history(api, order["id"]) if h["type"] == "surplus_not_given_back"]
+    assert kept["detail"] == {"error": "ClientError"}  # the message, which may name the table, is logged only
+    assert api.get("/inventory/JUG").json()["available"] == 4
+    monkeypatch.undo()
+    released = api.post(f"/orders/{order['id']}/release", json={})
+    assert (released.status_code, released.json()["status"]) == (200, "authorized"), released.text
+    again = resourced(api, order["id"])
+    assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
+    assert api.get("/inventory/JUG").json()["available"] == 9
+
+
+def test_an_edit_of_a_held_order_whose_stock_cannot_be_given_back_answers_the_edited_order(api, monkeypatch):
+    assert api.put("/products/VASE", json=product_body("11.00")).status_code == 201
+    assert api.put("/inventory/VASE/wh-east", json={"on_hand": 10}).status_code == 200
+    order = allocated(api, ("VASE", 6))
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"})
+    assert held.status_code == 200, held.text
+    monkeypatch.setattr(DynamoInventory, "shrink", throttled)
+
+    shrunk = edit(api, held.json(), {"lines": [{"sku": "VASE", "quantity": 1}]})
+
+    assert (shrunk["status"], shrunk["lines"][0]["quantity"]) == ("on_hold", 1)
+    assert shrunk == api.get(f"/orders/{order['id']}").json()
+    assert "surplus_not_given_back" in [h["type"] for h in history(api, order["id"])]
+    monkeypatch.undo()
+    released = api.post(f"/orders/{order['id']}/release", json={})
+    assert released.status_code == 200, released.text
+    again = resourced(api, order["id"])
+    assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
+    assert api.get("/inventory/VASE").json()["available"] == 9
+
+
+def test_an_edit_whose_replaced_line_cannot_be_released_answers_the_order_and_its_sourcing_releases_it(
+    api, monkeypatch
+):
+    # An order of 2 plates edited to a bowl while the inventory throttled: the edit answered 503 and
+    # its repeat 409 (a stale If-Match), and the 2 plates stayed reserved for good under a line the
+    # order no longer had: neither its sourcing nor its cancel looked for them.
+    for sku in ("PLATE", "SAUCER"):
+        assert api.put(f"/products/{sku}", json=product_body("4.00")).status_code == 201
+        assert api.put(f"/inventory/{sku}/wh-east", json={"on_hand": 5}).status_code == 200
+    order = allocated(api, ("PLATE", 2))
+    monkeypatch.setattr(DynamoInventory, "release", throttled)
+
+    swapped = edit(api, order, {"lines": [{"sku": "SAUCER", "quantity": 1}]})
+
+    assert swapped["status"] == "authorized" and swapped == api.get(f"/orders/{order['id']}").json()
+    assert "surplus_not_given_back" in [h["type"] for h in history(api, order["id"])]
+    assert api.get("/inventory/PLATE").json()["available"] == 3
+    monkeypatch.undo()
+    again = resourced(api, order["id"])
+    assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
+    assert api.get("/inventory/PLATE").json()["available"] == 5

@@ -193,6 +193,25 @@ def test_a_hold_the_jeopardy_scan_expires_counts_as_cancelled_hold_expired(world
     assert counted == {(("reason", HOLD_EXPIRED),): [1.0]}  # the system's code, not "requested"
 
 
+def test_a_hold_whose_stock_could_not_be_given_back_counts_once(world, capsys, monkeypatch):
+    from core.holds import HoldRequest, Holds
+
+    order_id = world.place(("TSHIRT", 6))
+    world.run(order_id)
+    order = world.order(order_id)
+    world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=2)]), "key_cs")
+    emitted(capsys)
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "shrink", unavailable)
+    holds = Holds(MeteredOrders(world.orders), clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
+    holds.hold(order_id, HoldRequest(reason="address_review"), actor="key_ops")
+
+    assert emitted(capsys) == {("SurplusNotGivenBack", ()): [1.0]}
+
+
 def test_every_function_that_writes_orders_prints_its_business_metrics(monkeypatch):
     """MeteredOrders records a point per write; only a handler wrapped in emits_business_metrics
     prints them. Unwrapped, a function's points were never printed (the OrdersCancelled of expired

@@ -628,3 +628,66 @@ def test_a_reservation_that_loses_its_race_keeps_the_units_the_order_held_before
     held = world.held_for(order.id)
     assert held[("TSHIRT", "wh-west", f"{order.id}#L1")] == 2  # kept for the retry, not given away
     assert ("MUG", "wh-west", f"{order.id}#L2") not in held  # this run's own reservation is undone
+
+
+def test_the_units_of_a_line_an_edit_replaced_are_given_back_when_releasing_them_fails_at_first(monkeypatch):
+    """An allocated order of 2 MUGs edited to a TSHIRT while the inventory refused the release:
+    the edit, written, failed all the same (its repeat: a stale If-Match), and the 2 MUGs stayed
+    reserved under a line the order no longer has, for good: its sourcing and even its cancel
+    only look at the lines it has."""
+    world = build_world([("MUG", "wh-west", 3), ("TSHIRT", "wh-west", 3)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)])
+
+    edited = world.actions.edit(order.id, order.version, edit, "key_web")
+
+    assert (edited.status, edited) == (S.AUTHORIZED, world.order(order.id))
+    assert world.level("MUG", "wh-west") == (3, 2, 1)
+    monkeypatch.undo()
+    again = world.run(order.id)  # the execution the outbox starts for the order sent back
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 1}
+    assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_a_cancel_gives_back_the_units_of_a_line_an_edit_replaced_that_it_could_not_release(monkeypatch):
+    world = build_world([("MUG", "wh-west", 3), ("TSHIRT", "wh-west", 3)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), "key_web")
+    monkeypatch.undo()
+
+    world.actions.cancel(order.id, "changed my mind", "key_web")
+
+    assert world.held_for(order.id) == {}
+    assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_a_line_an_edit_puts_back_keeps_the_units_an_earlier_edit_could_not_release(monkeypatch):
+    world = build_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-west", 3)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    swapped = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]),
+                                 "key_web")  # fmt: skip
+    monkeypatch.undo()
+    back = world.actions.edit(order.id, swapped.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_web")
+    assert back.status is S.AUTHORIZED
+
+    again = world.run(order.id)
+
+    assert again.status is S.ALLOCATED  # the 2 MUGs it held all along, none of which was left free
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.level("TSHIRT", "wh-west") == (3, 0, 3)

@@ -732,3 +732,75 @@ def test_a_hold_that_lands_while_an_edited_order_is_sourced_again_leaves_it_hold
 
     assert landed and world.order(order_id).status is S.ON_HOLD
     assert sum(world.held_for(order_id).values()) == 2
+
+
+class InventoryDown(Exception):
+    """What the inventory's store raised (throttled past its retries, say): nothing was written."""
+
+
+def inventory_down(*args: object, **kwargs: object) -> None:
+    raise InventoryDown("busy")
+
+
+def test_a_hold_whose_stock_cannot_be_given_back_stands_and_the_release_gives_it_back(world, monkeypatch):
+    # Edited from 6 MUGs down to 2, then held (an address review) while the inventory refused the
+    # trim: the hold is written, so it answers the held order (a retry would be 409, held already),
+    # the history says what stayed reserved, and the released order is sourced down to its 2.
+    order_id = world.place(("MUG", 6))
+    run_from(world, order_id)
+    order = world.order(order_id)
+    world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    monkeypatch.setattr(world.inventory, "shrink", inventory_down)
+
+    held = hold(world, order_id)
+
+    assert held.status is S.ON_HOLD and held == world.order(order_id)
+    assert sum(world.held_for(order_id).values()) == 6
+    (kept,) = [h for h in world.history(order_id) if h.type == "surplus_not_given_back"]
+    assert kept.detail == {"error": "InventoryDown"}
+    monkeypatch.undo()
+    release(world, order_id)
+    run_from(world, order_id, 1)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert sum(world.held_for(order_id).values()) == 2
+
+
+def test_an_edit_of_a_held_order_whose_stock_cannot_be_given_back_stands(world, monkeypatch):
+    order_id = world.place(("MUG", 6))
+    run_from(world, order_id)
+    held = hold(world, order_id)
+    monkeypatch.setattr(world.inventory, "shrink", inventory_down)
+
+    edited = world.actions.edit(order_id, held.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+
+    assert (edited.status, edited.lines[0].quantity) == (S.ON_HOLD, 2) and edited == world.order(order_id)
+    assert sum(world.held_for(order_id).values()) == 6
+    types = [h.type for h in world.history(order_id)]
+    assert types.index("surplus_not_given_back") == types.index("edited") + 1
+    monkeypatch.undo()
+    release(world, order_id)
+    run_from(world, order_id, 1)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert sum(world.held_for(order_id).values()) == 2
+
+
+def test_a_hold_stands_when_the_stock_and_then_its_note_both_fail(world, monkeypatch, caplog):
+    order_id = world.place(("MUG", 6))
+    run_from(world, order_id)
+    order = world.order(order_id)
+    world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    monkeypatch.setattr(world.inventory, "shrink", inventory_down)
+    write = world.orders.update
+
+    def orders_down_for_the_note(new: Order, expected: Order, entries: list) -> None:
+        if any(entry.type == "surplus_not_given_back" for entry in entries):
+            raise InventoryDown("the orders table is busy too")
+        write(new, expected, entries)
+
+    monkeypatch.setattr(world.orders, "update", orders_down_for_the_note)
+
+    held = hold(world, order_id)
+
+    assert held.status is S.ON_HOLD and held == world.order(order_id)
+    (logged,) = [r for r in caplog.records if r.name == "core.holds"]
+    assert (logged.levelname, logged.order_id) == ("WARNING", order_id)
