@@ -38,7 +38,7 @@ from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
-from core.refunds import kept_back_owed, kept_back_refusals, refunded_beyond_lines
+from core.refunds import kept_back_owed, kept_back_refusals, refunded_beyond_lines, refunded_for_return
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
@@ -434,34 +434,34 @@ class UnitCancellation:
         asked under a new key by the next ship or delivery, or else by the reconciler's kept-back
         pass (core.refund_service.KeptBackSweep). An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
-        return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
+        return (the exchange's credit counts that return's refunds as drawn on it), but the return
+        shows it. Nothing is read
         or written for an order that kept nothing back. `refusals`: what the gateway refused that
         many times already is not asked again (the reconciler's pass left it to a person). Returns
         the order as it then is."""
         owed = [
             entry for entry in kept_back_owed(order)
-            if refusals is None or kept_back_refusals(order, entry[1]) < refusals
+            if refusals is None or kept_back_refusals(order, entry.key) < refusals
         ]  # fmt: skip
         if not owed:
             return order
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
-            for return_id, _, reason, decide in owed:
-                self._refunds.issue_decided_refund(order.id, decide, reason, actor, kind="return", return_id=return_id)
+            for entry in owed:
+                self._refunds.issue_decided_refund(
+                    order.id, entry.decide, entry.reason, actor, kind="return", return_id=entry.names
+                )
         order = self._current(order.id)
-        for return_id in dict.fromkeys(return_id for return_id, _, _, _ in owed if return_id is not None):
+        for return_id in dict.fromkeys(entry.return_id for entry in owed):
             self._show_refunded(order, return_id)
         return order
 
     def _show_refunded(self, order: Order, return_id: str) -> None:
-        """The refunded return `return_id` shows what was refunded for it in all (its refunds that
-        succeeded, and the parts of refused ones the gateway approved), those of what it kept back
+        """The refunded return `return_id` shows what was refunded for it in all
+        (core.refunds.refunded_for_return), those of what it or its exchange's credit kept back
         included (Return.refunded_in_all); never less than it shows. Nothing without the returns."""
         if self._returns is None:
             return
-        zero = Money.zero(order.currency)
-        mine = [r for r in order.payment.refunds if r.return_id == return_id]
-        went = [p.amount for r in mine if r.status == "failed" for p in r.parts or [] if p.status == "succeeded"]
-        given = sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
+        given = refunded_for_return(order, return_id)
         at = self._clock()
         for _ in range(ATTEMPTS):
             # Read consistently: a plain read just after the return's refund was marked (or after a

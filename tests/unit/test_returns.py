@@ -2025,6 +2025,30 @@ def test_a_goodwill_refund_before_an_exchange_is_not_swallowed_once_the_next_par
     assert original.captured - original.refunded + own.captured - own.refunded == kept
 
 
+@pytest.mark.parametrize("wanted", [("CAP", 1), ("TSHIRT", 2)], ids=["cheaper", "dearer"])
+def test_an_exchange_shows_what_its_credit_kept_back_once_the_next_parcel_refunds_it(world, clock, wanted):
+    # The MUGs' credit could take only 25.81 of their 26.81; the CAPs' ship refunds the 1.00 on
+    # the original. That refund names no return (the credit counts its return's refunds as drawn
+    # on it), but it was refunded for the exchange: the return shows it beside the rest of its credit.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 2, wanted), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    replacement = world.run(settled.exchange_order_id or "")
+    rest = max(replacement.exchange_credit - replacement.totals.grand_total, Money.zero("USD"), key=lambda m: m.amount)
+    assert settled.refund == rest
+
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+
+    assert world.order(order.id).payment.refunds[-1].amount == Money.of("1.00", "USD")
+    assert returns.get(item.id).refund == rest + Money.of("1.00", "USD")
+
+
 def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_refused_it(world, clock):
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
