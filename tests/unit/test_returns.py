@@ -2049,6 +2049,37 @@ def test_an_exchange_shows_what_its_credit_kept_back_once_the_next_parcel_refund
     assert returns.get(item.id).refund == rest + Money.of("1.00", "USD")
 
 
+@pytest.mark.parametrize("exchange", [False, True], ids=["refund", "exchange"])
+def test_a_return_shows_what_it_kept_back_though_the_next_parcel_refunded_it_before_the_return_was_marked(
+    world, clock, monkeypatch, exchange
+):  # fmt: skip
+    # The CAPs ship between the return's refund (or its exchange's credit, keeping 1.00 back) and
+    # the write marking the return refunded: their ship refunds the 1.00, but finds the return still
+    # received and shows it nothing; the step then marks it with what it gave itself.
+    returns, store = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    asked = exchange_of("L1", 2, ("CAP", 1)) if exchange else ask(("L1", 2, None))
+    item = returns.request(order.id, asked, actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    caps, real = world.shipment_at(order, "wh-east"), store.update
+
+    def caps_ship_first(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED and expected.status is R.RECEIVED:
+            world.actions.ship(order.id, caps, None, actor="key_wh")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", caps_ship_first)
+    settled = returns.settle(item.id, actor="key_wh")
+
+    after = world.order(order.id)
+    assert after.payment.refunds[-1].amount == Money.of("1.00", "USD")
+    assert after.payment.refunds[-1].status == "succeeded"
+    paid = after.payment.refunded - Money.of("1.00", "USD")  # all but the goodwill went back for the return
+    assert settled.refund == returns.get(item.id).refund == paid
+
+
 def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_refused_it(world, clock):
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
