@@ -17,7 +17,7 @@ from core.money import Money
 __all__ = [
     "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units",
     "kept_back_owed", "kept_back_refusals", "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines",
-    "refunded_for_return", "shipping_refunded", "units_refunded", "units_share",
+    "refunded_for_return", "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share",
 ]  # fmt: skip
 
 
@@ -161,6 +161,27 @@ def refunded_beyond_lines(order: Order) -> Money:
     zero = Money.zero(order.currency)
     beyond = [given[line.line_id] - line.total for line in order.lines if line.line_id in given]
     return sum((max(amount, zero, key=_amount) for amount in beyond), zero)
+
+
+def refunded_short_of_lines(order: Order) -> Money:
+    """What the order's return refunds gave back for the units of a line short of the line's total,
+    once every unit of it came back: units refunded their share of it, then the rest of the line
+    cancelled and the units left priced again for more (a volume price lost with the units). No
+    later return can give it back, as no unit of the line is left to return; the payment is
+    settled for it instead, as for refunded_beyond_lines. Counted as given_back_for_units records it."""
+    zero = Money.zero(order.currency)
+    given: dict[str, Money] = {}
+    units: dict[str, int] = {}
+    for shares in given_back_for_units(order).values():
+        for share in shares:
+            given[share.line_id] = given.get(share.line_id, zero) + share.amount
+            units[share.line_id] = units.get(share.line_id, 0) + share.quantity
+    short = [
+        line.total - given[line.line_id]
+        for line in order.lines
+        if line.quantity and units.get(line.line_id) == line.quantity
+    ]
+    return sum((max(amount, zero, key=_amount) for amount in short), zero)
 
 
 def _amount(money: Money) -> Decimal:

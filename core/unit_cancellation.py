@@ -38,7 +38,13 @@ from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
-from core.refunds import kept_back_owed, kept_back_refusals, refunded_beyond_lines, refunded_for_return
+from core.refunds import (
+    kept_back_owed,
+    kept_back_refusals,
+    refunded_beyond_lines,
+    refunded_for_return,
+    refunded_short_of_lines,
+)
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
@@ -500,8 +506,9 @@ def _settled(order: Order) -> Money:
     """What the order's payment holds: captured, less its cancellations' refunds (a pending one
     counts: it is on its way; of a failed one split over authorizations, the parts the gateway
     approved before it refused one: Payment.with_failed_refund) and what its returns' refunds gave
-    back for a line beyond the total its cancelled units left it (core.refunds.refunded_beyond_lines)."""
-    held = order.payment.captured - refunded_beyond_lines(order)
+    back for a line beyond the total its cancelled units left it (core.refunds.refunded_beyond_lines),
+    plus what they gave back short of it once every unit of it came back (refunded_short_of_lines)."""
+    held = order.payment.captured - refunded_beyond_lines(order) + refunded_short_of_lines(order)
     for refund in order.payment.refunds:
         if refund.kind != "cancellation":
             continue
