@@ -8,14 +8,15 @@ from datetime import datetime, timedelta
 from itertools import chain, islice
 
 from core import order_lists, payment_keys
-from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused
+from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.events import OrderEvent
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
 from core.money import Money
-from core.order_changes import failure_recorder, modify, noted_once, visible
+from core.order_changes import ATTEMPTS, failure_recorder, modify, noted_once, visible
 from core.payments import Failure, OnFailure, Payments
-from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds
-from core.refunds import Refund, owes_kept_back, refund_id_for
+from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds, ReturnRepository
+from core.refunds import Refund, owes_kept_back, refund_id_for, refunded_for_return
+from core.status import ReturnStatus
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
 # and for a return's refund what it gives back for each line's units, what of it is shipping and
@@ -337,6 +338,25 @@ class RefundService:
         and the next page's cursor (None: no more). The order holds them whole, append-only, so a
         position stays where it was; InvalidCursor for one another order's list issued."""
         return order_lists.page(self.refunds(order_id, channel), order_id, "refunds", limit, cursor)
+
+
+def show_refunded_in_all(returns: ReturnRepository, order: Order, return_id: str, at: datetime) -> None:
+    """The refunded return `return_id` of `order` shows what was refunded for it in all
+    (core.refunds.refunded_for_return), what it or its exchange's credit kept back, and what that
+    credit gave back, refunded since it was marked included (Return.refunded_in_all); never less
+    than it shows."""
+    given = refunded_for_return(order, return_id)
+    for _ in range(ATTEMPTS):
+        # Read consistently: a plain read just after the return's refund was marked (or after a
+        # lost race) may show it received still, and what it shows would stay short for good.
+        item = returns.get(return_id, consistent=True)
+        if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
+            return
+        try:
+            returns.update(item.refunded_in_all(given, at=at), item)
+        except StaleVersion:
+            continue
+        return
 
 
 class SweepIncomplete(Exception):

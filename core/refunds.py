@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from core.errors import InvalidRequest
 from core.ids import short_hash
-from core.models import CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict, VisibleText
+from core.models import CREDIT_NOT_USED, CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict, VisibleText
 from core.money import Money
 
 __all__ = [
@@ -262,14 +262,18 @@ def refunded_for_return(order: Order, return_id: str) -> Money:
     """What was refunded for return `return_id` in all, as the Return shows it (Return.refunded_in_all):
     its refunds that succeeded and the parts of refused ones the gateway approved, those of what
     it kept back included. For a placed exchange's return, what its step refunded of the credit
-    (under the return's own keys) and what its credit kept back refunded since (which names no
-    return), but not what the credit gave back or drew for its replacement later (the replacement's
-    cancel or returns)."""
+    (under the return's own keys), what its credit kept back refunded since (which names no
+    return) and what of the credit its replacement did not use went back (a cancel, or units of it
+    cancelled), but not what the credit drew for returns of the replacement's units (those returns
+    show it) nor for an exchange further down the chain (carried for another return)."""
     zero = Money.zero(order.currency)
     if return_id in order.exchanges:
         ids = _top_up_ids(order, _credit_key(return_id))
         ids |= {refund_id_for(order.id, f"{return_id}#{n}") for n in range(len(order.payment.refunds) + 1)}
-        mine = [r for r in order.payment.refunds if r.id in ids]
+        mine = [
+            r for r in order.payment.refunds
+            if r.id in ids or (r.return_id == return_id and r.reason.endswith(CREDIT_NOT_USED))
+        ]  # fmt: skip
     else:
         mine = [r for r in order.payment.refunds if r.return_id == return_id]
     went = [p.amount for r in mine if r.status == "failed" for p in r.parts or [] if p.status == "succeeded"]

@@ -163,7 +163,7 @@ class Returns:
         self._labels = labels
         self._hook = hook
         self._refunds = refunds
-        self._credits = ExchangeCredits(returns, refunds, orders)
+        self._credits = ExchangeCredits(returns, refunds, orders, clock)
         self._clock = clock
 
     # --- Reading ----------------------------------------------------------------------------
@@ -637,8 +637,8 @@ class Returns:
         own keys: each holds its amount, and a due capped beside them would keep short of what a
         refused one frees again (PaymentGatewayUnavailable while the gateway stays down). So is a
         refund of what the return kept back that a ship left pending (a run died before marking
-        the return refunded): made, it is the return's refund. A return that kept something back
-        shows, once marked, what was refunded for it in all (_shown_in_all)."""
+        the return refunded): made, it is the return's refund. A return that kept something back, or
+        an exchange, shows, once marked, what was refunded for it in all (_shown_in_all)."""
         return_id = item.id
         kept = [item.id in order.returns_kept_back or any(r.kept_back for r in order.payment.refunds
                                                            if r.return_id == item.id)]  # fmt: skip
@@ -702,14 +702,15 @@ class Returns:
             amount = amount + beyond(amount)
         at = self._clock()
         marked = self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
-        return self._shown_in_all(marked) if any(kept) else marked
+        # An exchange's credit may have been given back too (its replacement cancelled at once).
+        return self._shown_in_all(marked) if any(kept) or item.exchange is not None else marked
 
     def _shown_in_all(self, item: Return) -> Return:
         """`item`, marked refunded, showing what was refunded for it in all (refunded_for_return):
         the next parcel's ship may have refunded what it (or its exchange's credit) kept back
-        between its refund and that mark, and found it received, showing it nothing
-        (UnitCancellation._show_refunded); never less than it shows. Read only for a return that
-        kept something back."""
+        between its refund and that mark, or its replacement's cancel what its credit gave back,
+        and found it received, showing it nothing (core.refund_service.show_refunded_in_all);
+        never less than it shows. Read only for a return that kept something back or is an exchange."""
         order = self._orders.get(item.order_id, consistent=True)
         given = refunded_for_return(order, item.id) if order is not None else None
         at = self._clock()

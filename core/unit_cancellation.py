@@ -37,16 +37,15 @@ from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
-from core.refund_service import RefundService
+from core.refund_service import RefundService, show_refunded_in_all
 from core.refunds import (
     kept_back_owed,
     kept_back_refusals,
     refunded_beyond_lines,
-    refunded_for_return,
     refunded_short_of_lines,
 )
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -463,23 +462,9 @@ class UnitCancellation:
 
     def _show_refunded(self, order: Order, return_id: str) -> None:
         """The refunded return `return_id` shows what was refunded for it in all
-        (core.refunds.refunded_for_return), those of what it or its exchange's credit kept back
-        included (Return.refunded_in_all); never less than it shows. Nothing without the returns."""
-        if self._returns is None:
-            return
-        given = refunded_for_return(order, return_id)
-        at = self._clock()
-        for _ in range(ATTEMPTS):
-            # Read consistently: a plain read just after the return's refund was marked (or after a
-            # lost race) may show it received still, and what it shows would stay short for good.
-            item = self._returns.get(return_id, consistent=True)
-            if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
-                return
-            try:
-                self._returns.update(item.refunded_in_all(given, at=at), item)
-            except StaleVersion:
-                continue
-            return
+        (core.refund_service.show_refunded_in_all). Nothing without the returns."""
+        if self._returns is not None:
+            show_refunded_in_all(self._returns, order, return_id, self._clock())
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment

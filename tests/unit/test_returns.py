@@ -2049,6 +2049,51 @@ def test_an_exchange_shows_what_its_credit_kept_back_once_the_next_parcel_refund
     assert returns.get(item.id).refund == rest + Money.of("1.00", "USD")
 
 
+@pytest.mark.parametrize("goodwill", ["0.00", "1.00"], ids=["no_goodwill", "goodwill_before"])
+def test_an_exchange_whose_replacement_is_cancelled_shows_all_its_credit_given_back(world, clock, goodwill):
+    # The MUGs are exchanged for a CAP: 13.48 of their 26.81 is refunded at once, the rest pays for the
+    # CAP. The CAP is cancelled: its credit goes back too, naming the return. The return showed 13.48.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    if goodwill != "0.00":
+        world.refunds.issue_refund(order.id, Money.of(goodwill, "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")  # what the credit kept back, if any, goes back
+
+    for_return = [r.amount for r in world.order(order.id).payment.refunds if r.reason != "goodwill"]
+    assert sum(for_return, Money.zero("USD")) == order.lines[0].total
+    assert returns.get(item.id).refund == order.lines[0].total
+
+
+def test_an_exchange_whose_replacement_is_cancelled_before_the_return_is_marked_shows_its_credit_given_back(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The CAP is cancelled between its placing and the write marking the return refunded: the cancel
+    # gives the credit back and finds the return still received; the step marks it with 13.48.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    real = store.update
+
+    def cancelled_first(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED and expected.status is R.RECEIVED and new.exchange_order_id:
+            world.actions.cancel(new.exchange_order_id, "changed my mind", actor="key_cs")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", cancelled_first)
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert world.order(order.id).payment.refunded == order.lines[0].total
+    assert settled.refund == returns.get(item.id).refund == order.lines[0].total
+
+
 @pytest.mark.parametrize("exchange", [False, True], ids=["refund", "exchange"])
 def test_a_return_shows_what_it_kept_back_though_the_next_parcel_refunded_it_before_the_return_was_marked(
     world, clock, monkeypatch, exchange
