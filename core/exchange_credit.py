@@ -4,11 +4,12 @@ shrinks, and drawn on when the replacement's units come back."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
-from core.models import CREDIT_NOT_USED, Order, draws_on_credit
+from core.models import CREDIT_NOT_USED, Order, draws_on_credit, utc_now
 from core.money import Money, total
 from core.ports import OrderRepository, ReturnRepository
-from core.refund_service import RefundService
+from core.refund_service import RefundService, show_refunded_in_all
 from core.refunds import Refund, refund_id_for
 from core.status import NOT_LEFT, OrderStatus
 
@@ -58,10 +59,14 @@ class ExchangeCredits:
     new key once refused; but a give-back the gateway refused is left to a person (draws_on_credit:
     the credit holds it no more, so an appeasement can refund it, and no repeat asks it again)."""
 
-    def __init__(self, returns: ReturnRepository, refunds: RefundService, orders: OrderRepository):
+    def __init__(
+        self, returns: ReturnRepository, refunds: RefundService, orders: OrderRepository,
+        clock: Callable[[], datetime] = utc_now,
+    ):  # fmt: skip
         self._returns = returns
         self._refunds = refunds
         self._orders = orders
+        self._clock = clock
 
     def _original_of(self, replacement: Order) -> tuple[Order, str] | None:
         item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
@@ -131,10 +136,21 @@ class ExchangeCredits:
         # refunded from its own captures, then drew the rest of their share on the credit: `used`
         # counts them whole, so what they drew is counted as not drawn (units_back_of), or the units
         # of the rest cancelled since would never give their share back.
-        return self._refund(
+        refund = self._refund(
             replacement, f"exchange {replacement.id} {CREDIT_NOT_USED}", f"{replacement.id}:credit",
             lambda left: left - used, actor, units_back_of=replacement.id,
         )  # fmt: skip
+        if refund is not None and refund.status == "succeeded":
+            self._show_given_back(replacement)
+        return refund
+
+    def _show_given_back(self, replacement: Order) -> None:
+        """The exchange's return shows what its credit gave back beside what it refunded at once
+        (core.refund_service.show_refunded_in_all)."""
+        item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
+        original = self._orders.get(item.order_id, consistent=True) if item is not None else None
+        if item is not None and original is not None:
+            show_refunded_in_all(self._returns, original, item.id, self._clock())
 
     def draw(
         self, replacement: Order, return_id: str, uncovered: Money, actor: str, *, key: str | None = None,

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import islice
+from itertools import chain, islice
 
 from core import order_lists, payment_keys
-from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused
+from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.events import OrderEvent
 from core.models import Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
 from core.money import Money
-from core.order_changes import failure_recorder, modify, noted_once, visible
+from core.order_changes import ATTEMPTS, failure_recorder, modify, noted_once, visible
 from core.payments import Failure, OnFailure, Payments
-from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds
-from core.refunds import Refund, owes_kept_back, refund_id_for
+from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds, ReturnRepository
+from core.refunds import Refund, owes_kept_back, refund_id_for, refunded_for_return
+from core.status import ReturnStatus
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
 # and for a return's refund what it gives back for each line's units, what of it is shipping and
@@ -339,6 +340,25 @@ class RefundService:
         return order_lists.page(self.refunds(order_id, channel), order_id, "refunds", limit, cursor)
 
 
+def show_refunded_in_all(returns: ReturnRepository, order: Order, return_id: str, at: datetime) -> None:
+    """The refunded return `return_id` of `order` shows what was refunded for it in all
+    (core.refunds.refunded_for_return), what it or its exchange's credit kept back, and what that
+    credit gave back, refunded since it was marked included (Return.refunded_in_all); never less
+    than it shows."""
+    given = refunded_for_return(order, return_id)
+    for _ in range(ATTEMPTS):
+        # Read consistently: a plain read just after the return's refund was marked (or after a
+        # lost race) may show it received still, and what it shows would stay short for good.
+        item = returns.get(return_id, consistent=True)
+        if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
+            return
+        try:
+            returns.update(item.refunded_in_all(given, at=at), item)
+        except StaleVersion:
+            continue
+        return
+
+
 class SweepIncomplete(Exception):
     """A pending-refund pass went on past orders whose refunds it could not finish for a reason
     other than an unavailable gateway (a plugin's error, no plugin for the order's method): those
@@ -376,12 +396,13 @@ class PendingRefundSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str) -> list[str]:
+    def run(self, actor: str, *, orders: list[str] | None = None) -> list[str]:
         """One pass: the ids of the refunds it finished (of at most `limit` orders asked, oldest
         first, among at most `max_reads` read). An order whose gateway is unavailable keeps its
         refund pending for the next pass. One that fails otherwise does not stop the pass, so the
         orders behind it are not kept pending by it every pass: the pass raises SweepIncomplete
-        once it is done."""
+        once it is done. `orders`: the ids of the orders a refund of which the gateway answered
+        are added to it (the kept-back pass after it takes them: KeptBackSweep.run)."""
         begun_before = self._clock() - self._after
         finished: list[str] = []
         down: set[str] = set()
@@ -397,7 +418,10 @@ class PendingRefundSweep:
                 asked += 1
             else:
                 asked += bool(done)  # nothing done: its method was down, or nothing of it was due
-                finished += [refund.id for refund in done if refund.status != "pending"]
+                answered = [refund.id for refund in done if refund.status != "pending"]
+                finished += answered
+                if answered and orders is not None:
+                    orders.append(order_id)
             if asked == self._limit:
                 break
         if failed:
@@ -437,9 +461,11 @@ class KeptBackSweep:
     index of the orders that owe one (KeptBackRefunds: core.refunds.owes_kept_back), and refunded
     by `top_up` (refund_kept_back: decided on the order as written, under the same keys, so a pass
     racing a ship, or repeated, refunds once). Only orders unchanged for `after` are taken: a
-    younger one is still in its request's hands. A gateway that leaves a refund pending is asked no
-    more in the pass (the pending refund pass finishes it); at most `limit` orders are asked, of at
-    most `max_reads` read."""
+    younger one is still in its request's hands; but for those whose refund the reconciler's own
+    pending-refund pass has just finished (a return's refund pending when the last parcel left, its
+    kept_back known only now), which would otherwise wait `after` more for the change that pass made.
+    A gateway that leaves a refund pending is asked no more in the pass (the pending refund pass
+    finishes it); at most `limit` orders are asked, of at most `max_reads` read."""
 
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
@@ -453,12 +479,19 @@ class KeptBackSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str) -> KeptBackRefunded:
-        """One pass. An order that fails does not stop it: the caller reports `failed`."""
+    def run(self, actor: str, *, finished: Iterable[str] = ()) -> KeptBackRefunded:
+        """One pass. An order that fails does not stop it: the caller reports `failed`. `finished`:
+        the orders whose refunds the pending-refund pass before it finished (PendingRefundSweep.run's
+        `orders`), taken first, however recently they changed."""
         done = KeptBackRefunded()
         down: set[str] = set()
         asked = 0
-        for order_id in islice(self._owed.owed_since_before(self._clock() - self._after), self._max_reads):
+        owed = islice(self._owed.owed_since_before(self._clock() - self._after), self._max_reads)
+        seen: set[str] = set()
+        for order_id in chain(finished, owed):  # read lazily: the index is paged only as far as asked
+            if order_id in seen:
+                continue
+            seen.add(order_id)
             order = self._orders.get(order_id, consistent=True)
             if order is None or not owes_kept_back(order) or order.payment.method in down:
                 continue

@@ -5,19 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, Field, StringConstraints
 
 from core.errors import InvalidRequest
 from core.ids import short_hash
-from core.models import CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict, VisibleText
+from core.models import CREDIT_NOT_USED, CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict, VisibleText
 from core.money import Money
 
 __all__ = [
-    "KEPT_BACK_REFUSALS", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units", "kept_back_owed",
-    "kept_back_refusals", "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines", "shipping_refunded",
-    "units_refunded", "units_share",
+    "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units",
+    "kept_back_owed", "kept_back_refusals", "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines",
+    "refunded_for_return", "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share",
 ]  # fmt: skip
 
 
@@ -163,6 +163,27 @@ def refunded_beyond_lines(order: Order) -> Money:
     return sum((max(amount, zero, key=_amount) for amount in beyond), zero)
 
 
+def refunded_short_of_lines(order: Order) -> Money:
+    """What the order's return refunds gave back for the units of a line short of the line's total,
+    once every unit of it came back: units refunded their share of it, then the rest of the line
+    cancelled and the units left priced again for more (a volume price lost with the units). No
+    later return can give it back, as no unit of the line is left to return; the payment is
+    settled for it instead, as for refunded_beyond_lines. Counted as given_back_for_units records it."""
+    zero = Money.zero(order.currency)
+    given: dict[str, Money] = {}
+    units: dict[str, int] = {}
+    for shares in given_back_for_units(order).values():
+        for share in shares:
+            given[share.line_id] = given.get(share.line_id, zero) + share.amount
+            units[share.line_id] = units.get(share.line_id, 0) + share.quantity
+    short = [
+        line.total - given[line.line_id]
+        for line in order.lines
+        if line.quantity and units.get(line.line_id) == line.quantity
+    ]
+    return sum((max(amount, zero, key=_amount) for amount in short), zero)
+
+
 def _amount(money: Money) -> Decimal:
     return money.amount
 
@@ -184,24 +205,36 @@ KEPT_BACK_REFUSALS = 3
 KeptBackDecision = Callable[[Order], tuple[str, Money] | None]
 
 
-def kept_back_owed(order: Order) -> list[tuple[str | None, str, str, KeptBackDecision]]:
+class KeptBackOwed(NamedTuple):
+    """What a return's refund, or its exchange's credit, kept back and may be owed (kept_back_owed)."""
+
+    names: str | None  # the return its refunds name; None for an exchange's credit (credit_left)
+    return_id: str  # the return it is refunded for, which shows it (refunded_for_return)
+    key: str  # what its refunds are told by (_top_up_ids)
+    reason: str
+    decide: KeptBackDecision  # how the next is decided on the order (_kept_back_refund)
+
+
+def kept_back_owed(order: Order) -> list[KeptBackOwed]:
     """What the order's returns' refunds, and its exchanges' credits, kept back and may be owed
     (UnitCancellation.refund_kept_back): for each, the return its refund names (None for an
-    exchange's credit: the credit counts that return's refunds as drawn on it), the key its refunds
-    are told by (_top_up_ids), their reason, and how the next is decided on the order
-    (_kept_back_refund). [] for an order that kept nothing back, read in memory only."""
+    exchange's credit: the credit counts that return's refunds as drawn on it), the return it is
+    refunded for, the key its refunds are told by (_top_up_ids), their reason, and how the next is
+    decided on the order (_kept_back_refund). [] for an order that kept nothing back, read in
+    memory only."""
     kept_by_refunds = [
         r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
     ]
     placed = [return_id for return_id in order.returns_kept_back if return_id in order.exchanges]
     refunded = [return_id for return_id in order.returns_kept_back if return_id not in order.credit_holds]
     return [
-        (return_id, return_id, _kept_back_reason(return_id), _kept_back_refund(return_id, _refund_kept_back(return_id)))
+        KeptBackOwed(return_id, return_id, return_id, _kept_back_reason(return_id),
+                     _kept_back_refund(return_id, _refund_kept_back(return_id)))
         for return_id in dict.fromkeys([*kept_by_refunds, *refunded])
     ] + [
-        (None, f"{return_id}:credit", _credit_kept_back_reason(return_id),
-         _kept_back_refund(f"{return_id}:credit",
-                           lambda current, return_id=return_id: current.returns_kept_back[return_id]))
+        KeptBackOwed(None, return_id, _credit_key(return_id), _credit_kept_back_reason(return_id),
+                     _kept_back_refund(_credit_key(return_id),
+                                       lambda current, return_id=return_id: current.returns_kept_back[return_id]))
         for return_id in placed
     ]  # fmt: skip
 
@@ -210,10 +243,10 @@ def owes_kept_back(order: Order, *, refusals: int | None = KEPT_BACK_REFUSALS) -
     """Whether something a return (or its exchange's credit) kept back is owed and refundable now,
     or its refund pending, but for what the gateway refused `refusals` times already (None: however
     often): what the reconciler's kept-back pass (core.refund_service.KeptBackSweep) finds."""
-    for _, key, _, decide in kept_back_owed(order):
-        if decide(order) is None:
+    for owed in kept_back_owed(order):
+        if owed.decide(order) is None:
             continue
-        if refusals is None or kept_back_refusals(order, key) < refusals:
+        if refusals is None or kept_back_refusals(order, owed.key) < refusals:
             return True
     return False
 
@@ -223,6 +256,33 @@ def kept_back_refusals(order: Order, key: str) -> int:
     credit: kept_back_owed) kept back."""
     top_ups = _top_up_ids(order, key)
     return sum(1 for r in order.payment.refunds if r.id in top_ups and r.status == "failed")
+
+
+def refunded_for_return(order: Order, return_id: str) -> Money:
+    """What was refunded for return `return_id` in all, as the Return shows it (Return.refunded_in_all):
+    its refunds that succeeded and the parts of refused ones the gateway approved, those of what
+    it kept back included. For a placed exchange's return, what its step refunded of the credit
+    (under the return's own keys), what its credit kept back refunded since (which names no
+    return) and what of the credit its replacement did not use went back (a cancel, or units of it
+    cancelled), but not what the credit drew for returns of the replacement's units (those returns
+    show it) nor for an exchange further down the chain (carried for another return)."""
+    zero = Money.zero(order.currency)
+    if return_id in order.exchanges:
+        ids = _top_up_ids(order, _credit_key(return_id))
+        ids |= {refund_id_for(order.id, f"{return_id}#{n}") for n in range(len(order.payment.refunds) + 1)}
+        mine = [
+            r for r in order.payment.refunds
+            if r.id in ids or (r.return_id == return_id and r.reason.endswith(CREDIT_NOT_USED))
+        ]  # fmt: skip
+    else:
+        mine = [r for r in order.payment.refunds if r.return_id == return_id]
+    went = [p.amount for r in mine if r.status == "failed" for p in r.parts or [] if p.status == "succeeded"]
+    return sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
+
+
+def _credit_key(return_id: str) -> str:
+    """What the refunds of what return `return_id`'s exchange credit kept back are told by (_top_up_ids)."""
+    return f"{return_id}:credit"
 
 
 def _kept_back_reason(return_id: str) -> str:

@@ -64,6 +64,7 @@ from core.refunds import (
     given_back_for_units,
     refund_due,
     refund_id_for,
+    refunded_for_return,
     shipping_refunded,
     units_refunded,
     units_share,
@@ -162,7 +163,7 @@ class Returns:
         self._labels = labels
         self._hook = hook
         self._refunds = refunds
-        self._credits = ExchangeCredits(returns, refunds, orders)
+        self._credits = ExchangeCredits(returns, refunds, orders, clock)
         self._clock = clock
 
     # --- Reading ----------------------------------------------------------------------------
@@ -636,8 +637,11 @@ class Returns:
         own keys: each holds its amount, and a due capped beside them would keep short of what a
         refused one frees again (PaymentGatewayUnavailable while the gateway stays down). So is a
         refund of what the return kept back that a ship left pending (a run died before marking
-        the return refunded): made, it is the return's refund."""
+        the return refunded): made, it is the return's refund. A return that kept something back, or
+        an exchange, shows, once marked, what was refunded for it in all (_shown_in_all)."""
         return_id = item.id
+        kept = [item.id in order.returns_kept_back or any(r.kept_back for r in order.payment.refunds
+                                                           if r.return_id == item.id)]  # fmt: skip
         mine = [r for r in order.payment.refunds if r.return_id == item.id]
         done = next((r for r in mine if r.status == "succeeded"), None)
         steps = {refund_id_for(order.id, f"{item.id}#{attempt}") for attempt in range(len(mine))}
@@ -673,9 +677,10 @@ class Returns:
                     return key, amount
                 back = min(shipping(current), amount, key=lambda money: money.amount) if shipping else None
                 back = back if back is not None and back.amount > 0 else None
-                kept = _kept_back(current, item.id, amount, went, uncapped) if beyond is None else None
-                if kept is not None:
-                    return key, amount, shares(current), back, kept
+                held = _kept_back(current, item.id, amount, went, uncapped) if beyond is None else None
+                if held is not None:
+                    kept.append(True)
+                    return key, amount, shares(current), back, held
                 if back is None:
                     return key, amount, shares(current)
                 return key, amount, shares(current), back
@@ -687,6 +692,7 @@ class Returns:
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
             if refund is None and beyond is None and uncapped is not None:
                 self._keep_back(item, uncapped)
+                kept.append(True)
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
             amount = done.amount
@@ -695,7 +701,31 @@ class Returns:
         if beyond is not None:
             amount = amount + beyond(amount)
         at = self._clock()
-        return self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+        marked = self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+        # An exchange's credit may have been given back too (its replacement cancelled at once).
+        return self._shown_in_all(marked) if any(kept) or item.exchange is not None else marked
+
+    def _shown_in_all(self, item: Return) -> Return:
+        """`item`, marked refunded, showing what was refunded for it in all (refunded_for_return):
+        the next parcel's ship may have refunded what it (or its exchange's credit) kept back
+        between its refund and that mark, or its replacement's cancel what its credit gave back,
+        and found it received, showing it nothing (core.refund_service.show_refunded_in_all);
+        never less than it shows. Read only for a return that kept something back or is an exchange."""
+        order = self._orders.get(item.order_id, consistent=True)
+        given = refunded_for_return(order, item.id) if order is not None else None
+        at = self._clock()
+        for _ in range(ATTEMPTS):
+            if given is None or item.status is not R.REFUNDED or given <= item.refund:
+                return item
+            try:
+                new = item.refunded_in_all(given, at=at)
+                self._returns.update(new, item)
+            except StaleVersion:
+                # Read consistently: a plain read just after the mark may show the return received.
+                item = self._returns.get(item.id, consistent=True) or item
+                continue
+            return new
+        return item
 
     def _keep_back(self, item: Return, uncapped: Callable[[Order], Money]) -> None:
         """A return whose refund gave nothing, nothing being refundable while its units were worth

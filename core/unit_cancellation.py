@@ -37,10 +37,15 @@ from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
-from core.refund_service import RefundService
-from core.refunds import kept_back_owed, kept_back_refusals, refunded_beyond_lines
+from core.refund_service import RefundService, show_refunded_in_all
+from core.refunds import (
+    kept_back_owed,
+    kept_back_refusals,
+    refunded_beyond_lines,
+    refunded_short_of_lines,
+)
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -434,46 +439,32 @@ class UnitCancellation:
         asked under a new key by the next ship or delivery, or else by the reconciler's kept-back
         pass (core.refund_service.KeptBackSweep). An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
-        return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
+        return (the exchange's credit counts that return's refunds as drawn on it), but the return
+        shows it. Nothing is read
         or written for an order that kept nothing back. `refusals`: what the gateway refused that
         many times already is not asked again (the reconciler's pass left it to a person). Returns
         the order as it then is."""
         owed = [
             entry for entry in kept_back_owed(order)
-            if refusals is None or kept_back_refusals(order, entry[1]) < refusals
+            if refusals is None or kept_back_refusals(order, entry.key) < refusals
         ]  # fmt: skip
         if not owed:
             return order
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
-            for return_id, _, reason, decide in owed:
-                self._refunds.issue_decided_refund(order.id, decide, reason, actor, kind="return", return_id=return_id)
+            for entry in owed:
+                self._refunds.issue_decided_refund(
+                    order.id, entry.decide, entry.reason, actor, kind="return", return_id=entry.names
+                )
         order = self._current(order.id)
-        for return_id in dict.fromkeys(return_id for return_id, _, _, _ in owed if return_id is not None):
+        for return_id in dict.fromkeys(entry.return_id for entry in owed):
             self._show_refunded(order, return_id)
         return order
 
     def _show_refunded(self, order: Order, return_id: str) -> None:
-        """The refunded return `return_id` shows what was refunded for it in all (its refunds that
-        succeeded, and the parts of refused ones the gateway approved), those of what it kept back
-        included (Return.refunded_in_all); never less than it shows. Nothing without the returns."""
-        if self._returns is None:
-            return
-        zero = Money.zero(order.currency)
-        mine = [r for r in order.payment.refunds if r.return_id == return_id]
-        went = [p.amount for r in mine if r.status == "failed" for p in r.parts or [] if p.status == "succeeded"]
-        given = sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
-        at = self._clock()
-        for _ in range(ATTEMPTS):
-            # Read consistently: a plain read just after the return's refund was marked (or after a
-            # lost race) may show it received still, and what it shows would stay short for good.
-            item = self._returns.get(return_id, consistent=True)
-            if item is None or item.status is not ReturnStatus.REFUNDED or given <= item.refund:
-                return
-            try:
-                self._returns.update(item.refunded_in_all(given, at=at), item)
-            except StaleVersion:
-                continue
-            return
+        """The refunded return `return_id` shows what was refunded for it in all
+        (core.refund_service.show_refunded_in_all). Nothing without the returns."""
+        if self._returns is not None:
+            show_refunded_in_all(self._returns, order, return_id, self._clock())
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment
@@ -500,8 +491,9 @@ def _settled(order: Order) -> Money:
     """What the order's payment holds: captured, less its cancellations' refunds (a pending one
     counts: it is on its way; of a failed one split over authorizations, the parts the gateway
     approved before it refused one: Payment.with_failed_refund) and what its returns' refunds gave
-    back for a line beyond the total its cancelled units left it (core.refunds.refunded_beyond_lines)."""
-    held = order.payment.captured - refunded_beyond_lines(order)
+    back for a line beyond the total its cancelled units left it (core.refunds.refunded_beyond_lines),
+    plus what they gave back short of it once every unit of it came back (refunded_short_of_lines)."""
+    held = order.payment.captured - refunded_beyond_lines(order) + refunded_short_of_lines(order)
     for refund in order.payment.refunds:
         if refund.kind != "cancellation":
             continue

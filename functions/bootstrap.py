@@ -384,7 +384,7 @@ class Container:
             return None
         from core.exchange_credit import ExchangeCredits
 
-        return ExchangeCredits(self.return_repository, self.refunds, self.order_repository)
+        return ExchangeCredits(self.return_repository, self.refunds, self.order_repository, self.clock)
 
     @cached_property
     def returns(self) -> Returns:

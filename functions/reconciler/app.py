@@ -89,8 +89,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if count:
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     incomplete = None
+    answered: list[str] = []  # the orders it finished a refund of: what their returns kept back is refunded now
     try:
-        refunds_finished = container().pending_refund_sweep.run(ACTOR)
+        refunds_finished = container().pending_refund_sweep.run(ACTOR, orders=answered)
     except SweepIncomplete as error:
         refunds_finished, incomplete = error.finished, error
     for refund_id in refunds_finished:
@@ -100,7 +101,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if incomplete is not None:
         for order_id, failure in incomplete.failed.items():
             logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
-    kept_back = container().kept_back_sweep.run(ACTOR)
+    kept_back = container().kept_back_sweep.run(ACTOR, finished=answered)
     for refund_id in kept_back.refunded:
         logger.warning("what a return kept back refunded", extra={"refund_id": refund_id})
     for order_id in kept_back.refused:

@@ -550,7 +550,7 @@ def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
     # counts them, logs the order at ERROR and fails (the function's errors alarm calls a person).
     from core.refund_service import PendingRefundSweep, SweepIncomplete
 
-    def incomplete(self: PendingRefundSweep, actor: str) -> list[str]:
+    def incomplete(self: PendingRefundSweep, actor: str, *, orders: list[str] | None = None) -> list[str]:
         raise SweepIncomplete(["ref_finished"], {order_id("z"): KeyError("no merchant account")})
 
     monkeypatch.setattr(PendingRefundSweep, "run", incomplete)
@@ -872,20 +872,13 @@ def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a
 # --- What returns kept back -------------------------------------------------------------------------
 
 
-def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_delivery_never_refunded_it(
-    stack, metrics_on, capsys, monkeypatch
-):
-    # A 1.00 goodwill left the MUGs' return 1.00 short of their worth while the CAPs were still to be
-    # captured. The CAPs' ship and delivery died before refunding it: nothing ships after them.
+def mugs_back_after_goodwill(services: Any) -> tuple[Order, str, str]:
+    """On this moto account: 2 MUGs (wh-west's parcel) and 2 CAPs (wh-east's); the MUGs ship, 1.00
+    goes back as goodwill, then both MUGs come back, received while the CAPs wait. The order, the
+    CAPs' shipment and the return's id."""
     from core.money import Money
     from core.return_models import ReceiveReturn, RequestReturn
-    from core.unit_cancellation import UnitCancellation
-    from functions.adapters.dynamodb import backfill_index_attributes
-    from functions.bootstrap import Config, bootstrap
-    from functions.reconciler import app
 
-    aws = stack["aws"]
-    services = bootstrap(Config.from_env(), label_store=FakeLabels())
     services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
     services.catalog.put_product("CAP", ProductInput.model_validate(product_body("7.77")))
     services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
@@ -907,7 +900,25 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     item = services.returns.request(order.id, RequestReturn.model_validate(asked), actor="key_cs")
     got = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 2, "condition": "resellable"}]}
     services.returns.receive(item.id, ReceiveReturn.model_validate(got), "key_wh")
-    services.returns.settle(item.id, actor="key_wh")
+    return order, caps, item.id
+
+
+def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_delivery_never_refunded_it(
+    stack, metrics_on, capsys, monkeypatch
+):
+    # A 1.00 goodwill left the MUGs' return 1.00 short of their worth while the CAPs were still to be
+    # captured. The CAPs' ship and delivery died before refunding it: nothing ships after them.
+    from core.money import Money
+    from core.unit_cancellation import UnitCancellation
+    from functions.adapters.dynamodb import backfill_index_attributes
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    order, caps, return_id = mugs_back_after_goodwill(services)
+    goodwill = Money.of("1.00", "USD")
+    services.returns.settle(return_id, actor="key_wh")
     with monkeypatch.context() as patched:
         patched.setattr(UnitCancellation, "refund_kept_back", lambda self, order, actor: order)
         services.actions.ship(order.id, caps, None, actor="key_wh")
@@ -935,6 +946,53 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     paid = after.payment
     assert paid.captured == order.totals.grand_total
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill
-    assert services.returns.get(item.id).refund == order.lines[0].total  # shows all refunded for it
+    assert services.returns.get(return_id).refund == order.lines[0].total  # shows all refunded for it
     item_keys = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert "refund_key" not in item_keys and "refund_since" not in item_keys
+
+
+def test_what_a_return_kept_back_is_refunded_in_the_pass_that_finishes_its_own_refund_left_pending(
+    stack, metrics_on, capsys, monkeypatch
+):
+    # The MUGs' refund (25.81, keeping 1.00 back) was left pending by a step that died, and the
+    # gateway was down when the CAPs' ship and delivery asked for it again: nothing ships after them.
+    # One reconciler pass finishes that refund and refunds the 1.00, not a pass 15 minutes later.
+    from core.errors import PaymentGatewayUnavailable
+    from core.money import Money
+    from core.refund_service import RefundService
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    order, caps, return_id = mugs_back_after_goodwill(services)
+
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise TimeoutError("the returns workflow's step timed out here")
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise PaymentGatewayUnavailable("the gateway is down")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RefundService, "_ask_gateway", dies)
+        with pytest.raises(TimeoutError):
+            services.returns.settle(return_id, actor="key_wh")
+        patched.setattr(RefundService, "finish_pending", down)
+        services.actions.ship(order.id, caps, None, actor="key_wh")
+        services.actions.deliver(order.id, caps, actor="key_wh")
+    [pending] = [r for r in services.order_repository.get(order.id).payment.refunds if r.status == "pending"]
+    assert pending.kept_back == Money.of("1.00", "USD")
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        answer = reconcile()
+        assert reconcile()["kept_back_refunded"] == []
+
+    after = services.order_repository.get(order.id)
+    assert answer["refunds_finished"] == [pending.id]
+    assert answer["kept_back_refunded"] == [after.payment.refunds[-1].id]
+    counted = emitted(capsys.readouterr().out)  # the return's workflow is started again too, each pass
+    assert (counted["PendingRefundsFinished"], counted["KeptBackRefunded"]) == (1, 1)
+    paid = after.payment
+    goodwill = Money.of("1.00", "USD")
+    assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill

@@ -2025,6 +2025,106 @@ def test_a_goodwill_refund_before_an_exchange_is_not_swallowed_once_the_next_par
     assert original.captured - original.refunded + own.captured - own.refunded == kept
 
 
+@pytest.mark.parametrize("wanted", [("CAP", 1), ("TSHIRT", 2)], ids=["cheaper", "dearer"])
+def test_an_exchange_shows_what_its_credit_kept_back_once_the_next_parcel_refunds_it(world, clock, wanted):
+    # The MUGs' credit could take only 25.81 of their 26.81; the CAPs' ship refunds the 1.00 on
+    # the original. That refund names no return (the credit counts its return's refunds as drawn
+    # on it), but it was refunded for the exchange: the return shows it beside the rest of its credit.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 2, wanted), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    replacement = world.run(settled.exchange_order_id or "")
+    rest = max(replacement.exchange_credit - replacement.totals.grand_total, Money.zero("USD"), key=lambda m: m.amount)
+    assert settled.refund == rest
+
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+
+    assert world.order(order.id).payment.refunds[-1].amount == Money.of("1.00", "USD")
+    assert returns.get(item.id).refund == rest + Money.of("1.00", "USD")
+
+
+@pytest.mark.parametrize("goodwill", ["0.00", "1.00"], ids=["no_goodwill", "goodwill_before"])
+def test_an_exchange_whose_replacement_is_cancelled_shows_all_its_credit_given_back(world, clock, goodwill):
+    # The MUGs are exchanged for a CAP: 13.48 of their 26.81 is refunded at once, the rest pays for the
+    # CAP. The CAP is cancelled: its credit goes back too, naming the return. The return showed 13.48.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    if goodwill != "0.00":
+        world.refunds.issue_refund(order.id, Money.of(goodwill, "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    caps = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, caps, None, actor="key_wh")  # what the credit kept back, if any, goes back
+
+    for_return = [r.amount for r in world.order(order.id).payment.refunds if r.reason != "goodwill"]
+    assert sum(for_return, Money.zero("USD")) == order.lines[0].total
+    assert returns.get(item.id).refund == order.lines[0].total
+
+
+def test_an_exchange_whose_replacement_is_cancelled_before_the_return_is_marked_shows_its_credit_given_back(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The CAP is cancelled between its placing and the write marking the return refunded: the cancel
+    # gives the credit back and finds the return still received; the step marks it with 13.48.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    real = store.update
+
+    def cancelled_first(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED and expected.status is R.RECEIVED and new.exchange_order_id:
+            world.actions.cancel(new.exchange_order_id, "changed my mind", actor="key_cs")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", cancelled_first)
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert world.order(order.id).payment.refunded == order.lines[0].total
+    assert settled.refund == returns.get(item.id).refund == order.lines[0].total
+
+
+@pytest.mark.parametrize("exchange", [False, True], ids=["refund", "exchange"])
+def test_a_return_shows_what_it_kept_back_though_the_next_parcel_refunded_it_before_the_return_was_marked(
+    world, clock, monkeypatch, exchange
+):  # fmt: skip
+    # The CAPs ship between the return's refund (or its exchange's credit, keeping 1.00 back) and
+    # the write marking the return refunded: their ship refunds the 1.00, but finds the return still
+    # received and shows it nothing; the step then marks it with what it gave itself.
+    returns, store = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    asked = exchange_of("L1", 2, ("CAP", 1)) if exchange else ask(("L1", 2, None))
+    item = returns.request(order.id, asked, actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    caps, real = world.shipment_at(order, "wh-east"), store.update
+
+    def caps_ship_first(new: Return, expected: Return) -> None:
+        if new.status is R.REFUNDED and expected.status is R.RECEIVED:
+            world.actions.ship(order.id, caps, None, actor="key_wh")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", caps_ship_first)
+    settled = returns.settle(item.id, actor="key_wh")
+
+    after = world.order(order.id)
+    assert after.payment.refunds[-1].amount == Money.of("1.00", "USD")
+    assert after.payment.refunds[-1].status == "succeeded"
+    paid = after.payment.refunded - Money.of("1.00", "USD")  # all but the goodwill went back for the return
+    assert settled.refund == returns.get(item.id).refund == paid
+
+
 def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_refused_it(world, clock):
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)

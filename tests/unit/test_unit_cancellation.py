@@ -612,6 +612,43 @@ def test_a_cancel_that_takes_a_line_below_its_volume_price_prices_the_units_left
     assert done.totals == priced_as_new(world, done, ("MUG", 2), ("CAP", 1)).totals
 
 
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_unit_returned_before_the_rest_of_its_line_was_cancelled_costs_nothing_once_the_volume_price_is_lost(
+    return_first,
+):  # fmt: skip
+    # Three MUGs at the volume price, one shipped from the west, two waiting in the east. The shipped
+    # one comes back (refunded its share at 10.00 a unit) and the two are cancelled: the line is the
+    # returned MUG alone, now at 12.50. The customer keeps nothing but pays the shipping, whichever
+    # came first; the settlement captured the lost volume price on the MUG already refunded.
+    from datetime import timedelta
+
+    from tests.builders import NOW
+    from tests.unit.test_returns import Clock, ask, receipt, returns_for
+
+    clock = Clock(NOW + timedelta(days=3))
+    world = build_world([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], VolumePrice(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 3))
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.deliver(order.id, west, actor="key_wh")
+
+    def return_the_mug() -> None:
+        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(order.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
+        step()
+
+    after = world.order(order.id)
+    assert after.status is S.RETURNED
+    assert after.payment.captured - after.payment.refunded == after.totals.shipping
+
+
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
     # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
     # pending; nothing would ask for it again unless someone repeated the cancel.

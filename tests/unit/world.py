@@ -178,7 +178,7 @@ def build_world(
     backorders = FakeBackorders(fake, inventory)
     refunds = RefundService(orders, payments, clock)
     returns = FakeReturns()
-    credits = ExchangeCredits(returns, refunds, orders)
+    credits = ExchangeCredits(returns, refunds, orders, clock)
     workflow = Workflow(
         orders, catalog, inventory, plugins, labels, clock=clock, sleep=sleep, backorders=backorders,
         sourcing_rules=sourcing_rules, credits=credits,
