@@ -414,7 +414,9 @@ class PurchasingRepository(ABC):
         """Write `po` over `expected` (StaleVersion when it is no longer that status and version),
         moving incoming stock by the difference of their outstanding units; with a receipt
         (key, record) also add its units to on hand at the PO's location and keep the record
-        under the key, all in one transaction."""
+        under the key, all in one transaction. A draft cancelled marks the stock item of each of
+        its skus in that transaction: its units, counted as bought, are not coming (the change
+        the Inventory stream then carries, `StockChange.draft_withdrawn`, buys them again)."""
 
     @abstractmethod
     def list(

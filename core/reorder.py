@@ -54,12 +54,15 @@ class StockChange:
     changed_at: datetime
     incoming_before: int = 0
     incoming_after: int = 0
+    draft_withdrawn: bool = False  # a draft holding the sku here was cancelled by this change
 
     @property
     def withdrawn(self) -> bool:
-        """Units on order withdrawn: `incoming` fell and the stock position (available plus
-        incoming) with it, as when a purchase order is cancelled (a receipt moves its units from
-        incoming to available)."""
+        """Units bought withdrawn: a draft that held some cancelled (`draft_withdrawn`), or
+        `incoming` fell and the stock position (available plus incoming) with it, as when a
+        purchase order is cancelled (a receipt moves its units from incoming to available)."""
+        if self.draft_withdrawn:
+            return True
         if self.available_before is None:
             return False
         before = self.available_before + self.incoming_before

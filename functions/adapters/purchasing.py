@@ -44,6 +44,10 @@ DRAFTS_PK = "DRAFT_PURCHASE_ORDERS"
 DRAFT_LINES_PK = "DRAFT_PURCHASE_ORDER_LINES"
 REORDERED_PREFIX = "REORDERED#"
 REORDER_MARKER_TTL_SECONDS = 7 * 24 * 3600
+# A draft cancelled names itself on the stock item of each of its lines (the same transaction): its
+# units, counted as bought, are not coming, and the stream's record of that change buys them again
+# for the backorders (functions/backorders, `on_order_withdrawn`), as a PO's cancelled incoming does.
+WITHDRAWN_DRAFT = "withdrawn_draft"
 
 
 def _po_key(po_id: str) -> dict[str, Any]:
@@ -52,6 +56,10 @@ def _po_key(po_id: str) -> dict[str, Any]:
 
 def _incoming(po: PurchaseOrder) -> dict[str, int]:
     return po.outstanding() if po.status in INCOMING else {}
+
+
+def _draft_cancelled(po: PurchaseOrder, expected: PurchaseOrder) -> bool:
+    return expected.status is PurchaseOrderStatus.DRAFT and po.status is PurchaseOrderStatus.CANCELLED
 
 
 def _recorded(value: str) -> RecordedReceipt:
@@ -128,9 +136,9 @@ class DynamoPurchasing(PurchasingRepository):
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": to_item(values),
         }
-        self._write(
-            po, {"Update": update}, _incoming(po), _incoming(expected), (receipt[1].units or {}) if receipt else {}
-        )
+        received = (receipt[1].units or {}) if receipt else {}
+        withdrawn = {line.sku for line in expected.lines} if _draft_cancelled(po, expected) else set()
+        self._write(po, {"Update": update}, _incoming(po), _incoming(expected), received, withdrawn)
 
     def _write(
         self,
@@ -139,15 +147,20 @@ class DynamoPurchasing(PurchasingRepository):
         incoming: dict[str, int],
         incoming_before: dict[str, int],
         received: dict[str, int],
+        withdrawn: set[str] | None = None,
     ) -> None:
-        """The PO write and, per sku whose incoming or on hand moves, one stock update: one transaction."""
+        """The PO write and, per sku whose incoming or on hand moves or whose drafted units are
+        `withdrawn` (a draft cancelled), one stock update: one transaction."""
         items = [po_write]
-        for sku in sorted(set(incoming) | set(incoming_before) | set(received)):
+        withdrawn = withdrawn or set()
+        for sku in sorted(set(incoming) | set(incoming_before) | set(received) | withdrawn):
             change = incoming.get(sku, 0) - incoming_before.get(sku, 0)
             units = received.get(sku, 0)
-            if change == 0 and units == 0 and (incoming.get(sku, 0) > 0) == (incoming_before.get(sku, 0) > 0):
+            moved = change != 0 or units != 0 or (incoming.get(sku, 0) > 0) != (incoming_before.get(sku, 0) > 0)
+            if not moved and sku not in withdrawn:
                 continue
-            items.append({"Update": self._stock_update(po, sku, change, units, incoming.get(sku, 0) > 0)})
+            update = self._stock_update(po, sku, change, units, incoming.get(sku, 0) > 0, sku in withdrawn)
+            items.append({"Update": update})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
@@ -160,7 +173,9 @@ class DynamoPurchasing(PurchasingRepository):
                 raise StaleVersion(f"purchase order {po.id} changed meanwhile") from None
             raise
 
-    def _stock_update(self, po: PurchaseOrder, sku: str, change: int, units: int, expected: bool) -> dict[str, Any]:
+    def _stock_update(
+        self, po: PurchaseOrder, sku: str, change: int, units: int, expected: bool, withdrawn: bool = False
+    ) -> dict[str, Any]:
         # An item a PO creates starts with no stock, so that it reads as any stock record does.
         expression = (
             "SET on_hand = if_not_exists(on_hand, :zero) + :units, "
@@ -180,6 +195,9 @@ class DynamoPurchasing(PurchasingRepository):
         else:
             removed.append(ARRIVED)  # only incoming moves: nothing arrived
         names = {"#expected": f"{EXPECTED_PREFIX}{po.id}"}
+        if withdrawn:
+            expression += f", {WITHDRAWN_DRAFT} = :draft"
+            values[":draft"] = po.id
         if expected:
             expression += ", #expected = :at"
             values[":at"] = timestamp(po.expected_at)

@@ -521,6 +521,29 @@ def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorde
     assert drafted(buyer) == {"wh-east": 3}
 
 
+def test_a_draft_cancelled_by_a_person_buys_again_what_the_backorders_lack(buyer: Buyer):
+    """The 3 units an order waits for were on a draft (counted as bought); a person cancelled it.
+    The cancel touched no stock item, so no record bought them again and the order, stock below
+    the point, waited for good. They go on a new draft, once, and a second order's lack on top."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+
+    buyer.container.purchasing.cancel(draft.id)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    [again] = buyer.drafts()
+    assert again.id != draft.id
+    assert drafted(buyer) == {"wh-east": 3}
+    backordered(buyer, 2, "second")
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 3 + 2}
+
+
 @pytest.mark.parametrize("during", ["the draft's reading", "the stock's reading"])
 def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer: Buyer, monkeypatch, during: str):
     """The first order's 3 units are on the draft; a second order waits for 2 more. A person submits
