@@ -42,6 +42,9 @@ DRAFTS_PK = "DRAFT_PURCHASE_ORDERS"
 # The draft each sku's line was last added to, per vendor and location (sk <vendor>#<location>#<sku>):
 # a draft that filled up is no longer the open one, and its lines are still found (`holding_draft`).
 DRAFT_LINES_PK = "DRAFT_PURCHASE_ORDER_LINES"
+# Beside those, per location and sku (sk <location>#<sku>), the vendors whose drafts took a line of
+# it (`vendors`, a string set): a point whose vendor changed still finds the former vendor's draft.
+DRAFT_VENDORS = "vendors"
 REORDERED_PREFIX = "REORDERED#"
 REORDER_MARKER_TTL_SECONDS = 7 * 24 * 3600
 # A draft cancelled names itself on the stock item of each of its lines (the same transaction): its
@@ -325,6 +328,12 @@ class DynamoPurchasing(PurchasingRepository):
         found = self.get(held["po_id"]["S"]) if held else None
         return found[0] if found and found[0].status is PurchaseOrderStatus.DRAFT else None
 
+    def holding_drafts(self, vendor_id: str, location_id: str, sku: str) -> list[PurchaseOrder]:
+        key = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{location_id}#{sku}"}}
+        item = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True).get("Item") or {}
+        vendors = sorted(set(item.get(DRAFT_VENDORS, {}).get("SS", [])) | {vendor_id})
+        return [draft for vendor in vendors if (draft := self.holding_draft(vendor, location_id, sku)) is not None]
+
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
         sku, location_id, change_id = key.split("#", 2)
         marker = {
@@ -380,6 +389,15 @@ class DynamoPurchasing(PurchasingRepository):
             # A new line: the draft that holds the sku from now on (the draft's write guards it).
             held = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{po.vendor_id}#{po.location_id}#{sku}"}}
             items.append({"Put": {"TableName": self._table, "Item": {**held, "po_id": {"S": po.id}}}})
+            vendors = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{po.location_id}#{sku}"}}
+            add_vendor = {
+                "TableName": self._table,
+                "Key": vendors,
+                "UpdateExpression": "ADD #vendors :vendor",
+                "ExpressionAttributeNames": {"#vendors": DRAFT_VENDORS},
+                "ExpressionAttributeValues": {":vendor": {"SS": [po.vendor_id]}},
+            }
+            items.append({"Update": add_vendor})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:

@@ -544,6 +544,26 @@ def test_a_draft_cancelled_by_a_person_buys_again_what_the_backorders_lack(buyer
     assert drafted(buyer) == {"wh-east": 3 + 2}
 
 
+def test_units_on_the_former_vendors_draft_are_not_bought_again_from_the_new_one(buyer: Buyer):
+    """acme's draft holds the 3 units the first order lacks; the point then buys from globex. A
+    second order's record counted globex's draft only, so it bought the first order's 3 again
+    beside its own 2; a crossing counted them nowhere either."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.purchasing.put_vendor("globex", VendorRequest(name="Globex", lead_time_days=5))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="globex", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", settings)
+
+    backordered(buyer, 2, "second")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    by_vendor = {draft.vendor_id: sum(line.quantity for line in draft.lines) for draft in buyer.drafts()}
+    assert by_vendor == {"acme": 3, "globex": 2}
+    assert buyer.container.replenishment.drafted("MUG", "wh-east", settings) == 3 + 2
+
+
 @pytest.mark.parametrize("during", ["the draft's reading", "the stock's reading"])
 def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer: Buyer, monkeypatch, during: str):
     """The first order's 3 units are on the draft; a second order waits for 2 more. A person submits
