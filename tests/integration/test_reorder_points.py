@@ -478,6 +478,34 @@ def test_an_order_backordered_for_a_sku_no_point_buys_reads_none_of_the_waiting_
     assert calls.count("Query") <= 3  # the sku's stock, once per record
 
 
+def test_a_burst_of_backorders_reads_each_page_of_waiting_orders_at_once(buyer: Buyer):
+    """30 orders backordered at once for a sku with a point: each one's record read every waiting
+    order with a GetItem of its own, 900 reads in one batch (a batch of 25 records under a queue of
+    200 passed the function's time limit). A page of the queue (100) is read with one BatchGetItem."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    for n in range(30):
+        backordered(buyer, 1, f"burst-{n}")
+    records = buyer.stream.records()
+    orders_table = buyer.container.config.orders_table
+    reads: list[tuple[str, str]] = []
+
+    def count(params: Any, model: Any, **_: Any) -> None:
+        tables = params["RequestItems"] if model.name == "BatchGetItem" else [params.get("TableName")]
+        reads.extend((model.name, table) for table in tables)
+
+    client = buyer.container.dynamodb
+    client.meta.events.register("provide-client-params.dynamodb", count)
+    try:
+        assert buyer.consume(records) == {"batchItemFailures": []}
+    finally:
+        client.meta.events.unregister("provide-client-params.dynamodb", count)
+
+    assert drafted(buyer) == {"wh-east": 30}
+    assert ("GetItem", orders_table) not in reads
+    assert reads.count(("BatchGetItem", orders_table)) == len(records)  # one page of the queue each
+
+
 def test_a_queue_entry_written_again_keeps_where_it_is_bought_for_and_is_marked_anew(buyer: Buyer):
     """An order backordered again (after an edit) writes its entry again: a PutItem dropped the
     place it was bought at, and a point added since was then counted as buying it a second time."""
