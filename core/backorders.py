@@ -31,7 +31,8 @@ from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
 
 S = OrderStatus
 PAGE = 25
-DEMAND_PAGES = 8  # at most 200 waiting orders read for the demand behind a reorder point
+# At most 200 waiting orders read for the demand behind a reorder point, 100 at a time (a BatchGetItem's most).
+DEMAND_PAGE, DEMAND_PAGES = 100, 2
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
 # AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
@@ -171,17 +172,21 @@ class BackorderAllocator:
         for the same units once released. An order not yet written backordered does not (nor one
         sent back to be sourced, `bought_for`): what it lacks is not known until then, and its own
         record buys it (functions/backorders). The oldest
-        DEMAND_PAGES pages of the queue at most: this runs inside one stream batch's time limit."""
+        DEMAND_PAGES pages of DEMAND_PAGE entries of the queue at most, each page's orders read at
+        once (`get_many`): this runs for every backordered order, inside one stream batch's time limit."""
         rules = self._rules.current() if self._rules is not None else SourcingRules()
         demand = Demand(kept=Counter(rules.safety_stock))
         locations = None
         after: WaitingOrder | None = None
         for _ in range(DEMAND_PAGES):
-            if not (page := self._queue.waiting(sku, after, PAGE)):
+            if not (page := self._queue.waiting(sku, after, DEMAND_PAGE)):
                 break
             locations = locations or self._catalog.list_locations()
+            # A page at once (one BatchGetItem): every backordered order's record reads the queue,
+            # so a burst of N backorders of one sku reads N x N orders.
+            orders = self._orders.get_many([entry.order_id for entry in page])
             for entry in page:
-                order = self._orders.get(entry.order_id, consistent=True)
+                order = orders.get(entry.order_id)
                 if order is None or not bought_for(order):
                     continue  # allocated or cancelled since (its entry goes at the next arrival), or not yet waiting
                 lacks, where = lacks_at(order, sku, locations, rules)

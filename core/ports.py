@@ -39,6 +39,11 @@ class OrderRepository(ABC):
         before it, for twice the read cost. Writes need no such read (each is conditional on what
         it read); a decision no write guards does, such as what to undo after losing a race."""
 
+    def get_many(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        """The orders of `order_ids` that exist, by id, each read consistently (see get). This
+        default reads them one by one; an adapter that can read many at once does."""
+        return {order.id: order for order_id in order_ids if (order := self.get(order_id, consistent=True))}
+
     @abstractmethod
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
         """Replace `expected` by `order` and append `entries` to the history, in one write that

@@ -414,7 +414,9 @@ class PurchasingRepository(ABC):
         """Write `po` over `expected` (StaleVersion when it is no longer that status and version),
         moving incoming stock by the difference of their outstanding units; with a receipt
         (key, record) also add its units to on hand at the PO's location and keep the record
-        under the key, all in one transaction."""
+        under the key, all in one transaction. A draft cancelled marks the stock item of each of
+        its skus in that transaction: its units, counted as bought, are not coming (the change
+        the Inventory stream then carries, `StockChange.draft_withdrawn`, buys them again)."""
 
     @abstractmethod
     def list(
@@ -439,12 +441,19 @@ class PurchasingRepository(ABC):
         opened), and its units of `sku` are still bought. None when there is none."""
 
     @abstractmethod
+    def holding_drafts(self, vendor_id: str, location_id: str, sku: str) -> list[PurchaseOrder]:
+        """The `holding_draft` of `sku` at this location of `vendor_id` and of every other vendor
+        `add_reorder` added a line of it to here (a reorder point whose vendor changed): each
+        draft's units of `sku` are bought."""
+
+    @abstractmethod
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
         """In one transaction: record the crossing `key` (once ever), and write the draft `po`,
         over `expected` (its status and version) or, when None, as a new PO that becomes the open
         draft in place of `pointer`; when `po` gets a line of the key's sku, it becomes the sku's
-        `holding_draft`. False when `key` was recorded before (nothing is written); StaleVersion
-        when the draft or the open-draft record changed meanwhile."""
+        `holding_draft`, and its vendor one of those `holding_drafts` reads. False when `key` was
+        recorded before (nothing is written); StaleVersion when the draft or the open-draft record
+        changed meanwhile."""
 
 
 class Purchasing:

@@ -54,12 +54,15 @@ class StockChange:
     changed_at: datetime
     incoming_before: int = 0
     incoming_after: int = 0
+    draft_withdrawn: bool = False  # a draft holding the sku here was cancelled by this change
 
     @property
     def withdrawn(self) -> bool:
-        """Units on order withdrawn: `incoming` fell and the stock position (available plus
-        incoming) with it, as when a purchase order is cancelled (a receipt moves its units from
-        incoming to available)."""
+        """Units bought withdrawn: a draft that held some cancelled (`draft_withdrawn`), or
+        `incoming` fell and the stock position (available plus incoming) with it, as when a
+        purchase order is cancelled (a receipt moves its units from incoming to available)."""
+        if self.draft_withdrawn:
+            return True
         if self.available_before is None:
             return False
         before = self.available_before + self.incoming_before
@@ -192,13 +195,16 @@ class Replenishment:
         self._repository.set_reorder(sku, location_id, None)
 
     def drafted(self, sku: str, location_id: str, settings: ReorderSettings) -> int:
-        """Units of `sku` on the draft the point `settings` grows at `location_id`: bought, though
-        not on order yet. The draft that holds its line, even once full and no longer the open one."""
+        """Units of `sku` on drafts at `location_id`: bought, though not on order yet. The draft
+        that holds its line for the point's vendor (`settings`), even once full and no longer the
+        open one, and those of the vendors the point bought it from before its vendor changed."""
         vendor_id = settings.vendor_id
-        draft = self._repository.holding_draft(vendor_id, location_id, sku)
-        if draft is None:  # none named (a line added before drafts were named by sku): the open one
+        drafts = self._repository.holding_drafts(vendor_id, location_id, sku)
+        if not any(draft.vendor_id == vendor_id for draft in drafts):
+            # None named (a line added before drafts were named by sku): the open one.
             draft, _ = self._repository.open_draft(vendor_id, location_id)
-        return sum(line.quantity for line in draft.lines if line.sku == sku) if draft else 0
+            drafts += [draft] if draft is not None else []
+        return sum(line.quantity for draft in drafts for line in draft.lines if line.sku == sku)
 
     def reorder(self, crossed: Crossing, quantity: int | None = None) -> PurchaseOrder | None:
         """Add `quantity` (by default the crossing's `reorder_quantity`; `Crossing.to_buy` adds the

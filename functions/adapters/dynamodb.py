@@ -424,6 +424,11 @@ class DynamoOrders(OrderRepository):
         item = self._get(order_id, "doc", consistent)
         return _order(item) if item else None
 
+    def get_many(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        keys = [{"id": {"S": order_id}} for order_id in dict.fromkeys(order_ids)]  # a batch names a key once
+        orders = (_order(item) for item in batch_get(self._client, self._table, keys, "doc", consistent=True))
+        return {order.id: order for order in orders}
+
     def history(self, order_id: str, *, consistent: bool = False) -> tuple[Order, list[HistoryEntry]] | None:
         item = self._get(order_id, "doc, history", consistent)
         if item is None:

@@ -42,8 +42,15 @@ DRAFTS_PK = "DRAFT_PURCHASE_ORDERS"
 # The draft each sku's line was last added to, per vendor and location (sk <vendor>#<location>#<sku>):
 # a draft that filled up is no longer the open one, and its lines are still found (`holding_draft`).
 DRAFT_LINES_PK = "DRAFT_PURCHASE_ORDER_LINES"
+# Beside those, per location and sku (sk <location>#<sku>), the vendors whose drafts took a line of
+# it (`vendors`, a string set): a point whose vendor changed still finds the former vendor's draft.
+DRAFT_VENDORS = "vendors"
 REORDERED_PREFIX = "REORDERED#"
 REORDER_MARKER_TTL_SECONDS = 7 * 24 * 3600
+# A draft cancelled names itself on the stock item of each of its lines (the same transaction): its
+# units, counted as bought, are not coming, and the stream's record of that change buys them again
+# for the backorders (functions/backorders, `on_order_withdrawn`), as a PO's cancelled incoming does.
+WITHDRAWN_DRAFT = "withdrawn_draft"
 
 
 def _po_key(po_id: str) -> dict[str, Any]:
@@ -52,6 +59,10 @@ def _po_key(po_id: str) -> dict[str, Any]:
 
 def _incoming(po: PurchaseOrder) -> dict[str, int]:
     return po.outstanding() if po.status in INCOMING else {}
+
+
+def _draft_cancelled(po: PurchaseOrder, expected: PurchaseOrder) -> bool:
+    return expected.status is PurchaseOrderStatus.DRAFT and po.status is PurchaseOrderStatus.CANCELLED
 
 
 def _recorded(value: str) -> RecordedReceipt:
@@ -128,9 +139,9 @@ class DynamoPurchasing(PurchasingRepository):
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": to_item(values),
         }
-        self._write(
-            po, {"Update": update}, _incoming(po), _incoming(expected), (receipt[1].units or {}) if receipt else {}
-        )
+        received = (receipt[1].units or {}) if receipt else {}
+        withdrawn = {line.sku for line in expected.lines} if _draft_cancelled(po, expected) else set()
+        self._write(po, {"Update": update}, _incoming(po), _incoming(expected), received, withdrawn)
 
     def _write(
         self,
@@ -139,15 +150,20 @@ class DynamoPurchasing(PurchasingRepository):
         incoming: dict[str, int],
         incoming_before: dict[str, int],
         received: dict[str, int],
+        withdrawn: set[str] | None = None,
     ) -> None:
-        """The PO write and, per sku whose incoming or on hand moves, one stock update: one transaction."""
+        """The PO write and, per sku whose incoming or on hand moves or whose drafted units are
+        `withdrawn` (a draft cancelled), one stock update: one transaction."""
         items = [po_write]
-        for sku in sorted(set(incoming) | set(incoming_before) | set(received)):
+        withdrawn = withdrawn or set()
+        for sku in sorted(set(incoming) | set(incoming_before) | set(received) | withdrawn):
             change = incoming.get(sku, 0) - incoming_before.get(sku, 0)
             units = received.get(sku, 0)
-            if change == 0 and units == 0 and (incoming.get(sku, 0) > 0) == (incoming_before.get(sku, 0) > 0):
+            moved = change != 0 or units != 0 or (incoming.get(sku, 0) > 0) != (incoming_before.get(sku, 0) > 0)
+            if not moved and sku not in withdrawn:
                 continue
-            items.append({"Update": self._stock_update(po, sku, change, units, incoming.get(sku, 0) > 0)})
+            update = self._stock_update(po, sku, change, units, incoming.get(sku, 0) > 0, sku in withdrawn)
+            items.append({"Update": update})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
@@ -160,7 +176,9 @@ class DynamoPurchasing(PurchasingRepository):
                 raise StaleVersion(f"purchase order {po.id} changed meanwhile") from None
             raise
 
-    def _stock_update(self, po: PurchaseOrder, sku: str, change: int, units: int, expected: bool) -> dict[str, Any]:
+    def _stock_update(
+        self, po: PurchaseOrder, sku: str, change: int, units: int, expected: bool, withdrawn: bool = False
+    ) -> dict[str, Any]:
         # An item a PO creates starts with no stock, so that it reads as any stock record does.
         expression = (
             "SET on_hand = if_not_exists(on_hand, :zero) + :units, "
@@ -180,6 +198,9 @@ class DynamoPurchasing(PurchasingRepository):
         else:
             removed.append(ARRIVED)  # only incoming moves: nothing arrived
         names = {"#expected": f"{EXPECTED_PREFIX}{po.id}"}
+        if withdrawn:
+            expression += f", {WITHDRAWN_DRAFT} = :draft"
+            values[":draft"] = po.id
         if expected:
             expression += ", #expected = :at"
             values[":at"] = timestamp(po.expected_at)
@@ -307,6 +328,12 @@ class DynamoPurchasing(PurchasingRepository):
         found = self.get(held["po_id"]["S"]) if held else None
         return found[0] if found and found[0].status is PurchaseOrderStatus.DRAFT else None
 
+    def holding_drafts(self, vendor_id: str, location_id: str, sku: str) -> list[PurchaseOrder]:
+        key = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{location_id}#{sku}"}}
+        item = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True).get("Item") or {}
+        vendors = sorted(set(item.get(DRAFT_VENDORS, {}).get("SS", [])) | {vendor_id})
+        return [draft for vendor in vendors if (draft := self.holding_draft(vendor, location_id, sku)) is not None]
+
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
         sku, location_id, change_id = key.split("#", 2)
         marker = {
@@ -362,6 +389,15 @@ class DynamoPurchasing(PurchasingRepository):
             # A new line: the draft that holds the sku from now on (the draft's write guards it).
             held = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{po.vendor_id}#{po.location_id}#{sku}"}}
             items.append({"Put": {"TableName": self._table, "Item": {**held, "po_id": {"S": po.id}}}})
+            vendors = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{po.location_id}#{sku}"}}
+            add_vendor = {
+                "TableName": self._table,
+                "Key": vendors,
+                "UpdateExpression": "ADD #vendors :vendor",
+                "ExpressionAttributeNames": {"#vendors": DRAFT_VENDORS},
+                "ExpressionAttributeValues": {":vendor": {"SS": [po.vendor_id]}},
+            }
+            items.append({"Update": add_vendor})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:

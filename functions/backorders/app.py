@@ -156,9 +156,10 @@ def backorder_recorded(record: DynamoDBRecord) -> None:
 
 
 def on_order_withdrawn(record: DynamoDBRecord) -> None:
-    """Units on order withdrawn at a location with a reorder point (a purchase order cancelled)
-    where that crossed nothing (the stock position was below the point already): the orders
-    counted there that were to take them are bought for again (`_buy_lacking`). A withdrawal that
+    """Units bought withdrawn at a location with a reorder point (a purchase order cancelled, or a
+    draft a person cancelled) where that crossed nothing (the stock position was below the point
+    already, or a draft's units are no part of it): the orders counted there that were to take
+    them are bought for again (`_buy_lacking`), on the open draft or a new one. A withdrawal that
     crosses the point is the crossing's (`reorder_point_crossed`)."""
     change = stock_change(record)
     if change is None or change.settings is None or not change.withdrawn or crossing(change) is not None:

@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from core.models import ReorderSettings
 from core.reorder import Crossing, StockChange, crossing
 from functions.adapters.dynamodb import BACKORDER_PREFIX, BACKORDER_RECORDED
+from functions.adapters.purchasing import WITHDRAWN_DRAFT
 
 
 def _available(image: dict[str, Any] | None) -> int | None:
@@ -47,6 +48,7 @@ def stock_change(record: DynamoDBRecord) -> StockChange | None:
         changed_at=datetime.fromtimestamp(float(created), UTC) if created else datetime.now(UTC),
         incoming_before=_incoming(old),
         incoming_after=_incoming(new),
+        draft_withdrawn=new.get(WITHDRAWN_DRAFT) is not None and new.get(WITHDRAWN_DRAFT) != old.get(WITHDRAWN_DRAFT),
     )
 
 

@@ -478,6 +478,34 @@ def test_an_order_backordered_for_a_sku_no_point_buys_reads_none_of_the_waiting_
     assert calls.count("Query") <= 3  # the sku's stock, once per record
 
 
+def test_a_burst_of_backorders_reads_each_page_of_waiting_orders_at_once(buyer: Buyer):
+    """30 orders backordered at once for a sku with a point: each one's record read every waiting
+    order with a GetItem of its own, 900 reads in one batch (a batch of 25 records under a queue of
+    200 passed the function's time limit). A page of the queue (100) is read with one BatchGetItem."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    for n in range(30):
+        backordered(buyer, 1, f"burst-{n}")
+    records = buyer.stream.records()
+    orders_table = buyer.container.config.orders_table
+    reads: list[tuple[str, str]] = []
+
+    def count(params: Any, model: Any, **_: Any) -> None:
+        tables = params["RequestItems"] if model.name == "BatchGetItem" else [params.get("TableName")]
+        reads.extend((model.name, table) for table in tables)
+
+    client = buyer.container.dynamodb
+    client.meta.events.register("provide-client-params.dynamodb", count)
+    try:
+        assert buyer.consume(records) == {"batchItemFailures": []}
+    finally:
+        client.meta.events.unregister("provide-client-params.dynamodb", count)
+
+    assert drafted(buyer) == {"wh-east": 30}
+    assert ("GetItem", orders_table) not in reads
+    assert reads.count(("BatchGetItem", orders_table)) == len(records)  # one page of the queue each
+
+
 def test_a_queue_entry_written_again_keeps_where_it_is_bought_for_and_is_marked_anew(buyer: Buyer):
     """An order backordered again (after an edit) writes its entry again: a PutItem dropped the
     place it was bought at, and a point added since was then counted as buying it a second time."""
@@ -519,6 +547,49 @@ def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorde
     buyer.consume(records)  # redelivered
 
     assert drafted(buyer) == {"wh-east": 3}
+
+
+def test_a_draft_cancelled_by_a_person_buys_again_what_the_backorders_lack(buyer: Buyer):
+    """The 3 units an order waits for were on a draft (counted as bought); a person cancelled it.
+    The cancel touched no stock item, so no record bought them again and the order, stock below
+    the point, waited for good. They go on a new draft, once, and a second order's lack on top."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+
+    buyer.container.purchasing.cancel(draft.id)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    [again] = buyer.drafts()
+    assert again.id != draft.id
+    assert drafted(buyer) == {"wh-east": 3}
+    backordered(buyer, 2, "second")
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 3 + 2}
+
+
+def test_units_on_the_former_vendors_draft_are_not_bought_again_from_the_new_one(buyer: Buyer):
+    """acme's draft holds the 3 units the first order lacks; the point then buys from globex. A
+    second order's record counted globex's draft only, so it bought the first order's 3 again
+    beside its own 2; a crossing counted them nowhere either."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.purchasing.put_vendor("globex", VendorRequest(name="Globex", lead_time_days=5))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="globex", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", settings)
+
+    backordered(buyer, 2, "second")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    by_vendor = {draft.vendor_id: sum(line.quantity for line in draft.lines) for draft in buyer.drafts()}
+    assert by_vendor == {"acme": 3, "globex": 2}
+    assert buyer.container.replenishment.drafted("MUG", "wh-east", settings) == 3 + 2
 
 
 @pytest.mark.parametrize("during", ["the draft's reading", "the stock's reading"])

@@ -155,6 +155,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "BackorderFunction": {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [DynamoBackorderedOrders],  # the orders a new version of the rules wakes
+        (ORDERS, "dynamodb:BatchGetItem"): [DynamoOrders],  # the orders waiting behind a reorder point
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
