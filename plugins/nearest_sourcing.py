@@ -31,8 +31,8 @@ just the store) and only their `stock`. The plan is deterministic for the same i
 
 from __future__ import annotations
 
-import itertools
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated
@@ -317,13 +317,24 @@ def _fewest_covering(
     candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str]
 ) -> list[Candidate]:
     """The smallest set of candidates whose stock covers `wanted`; among sets of that size, the
-    nearest in total distance (then by ids). The caller checked that all of them together cover it."""
+    nearest in total distance (then by ids). The caller checked that all of them together cover it.
+    Each group's stock is that of the group without its first member plus that member's, one
+    addition per group and sku: summed member by member for every sku of every group, a long
+    order over EXACT_SEARCH_LIMIT locations took half a second. A sku every candidate has enough
+    of alone is covered by any group, so only the others are summed."""
+    skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
+    needed = [wanted[sku] for sku in skus]
+    stock_of = [[available.get((c.location_id, sku), 0) for sku in skus] for c in candidates]
+    groups = 1 << len(candidates)
+    stock: list[list[int]] = [[0] * len(skus)] * groups
+    by_size: dict[int, list[int]] = {}
+    for group in range(1, groups):
+        first = group & -group
+        stock[group] = list(map(operator.add, stock[group ^ first], stock_of[first.bit_length() - 1]))
+        if all(map(operator.ge, stock[group], needed)):
+            by_size.setdefault(group.bit_count(), []).append(group)
     for size in range(2, len(candidates) + 1):
-        covering = [
-            group
-            for group in itertools.combinations(candidates, size)
-            if all(sum(available.get((c.location_id, sku), 0) for c in group) >= q for sku, q in wanted.items())
-        ]
+        covering = [[c for i, c in enumerate(candidates) if group >> i & 1] for group in by_size.get(size, [])]
         if covering:
             best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
             return sorted(best, key=lambda c: c.rank)
