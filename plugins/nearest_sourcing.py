@@ -394,6 +394,11 @@ def _split(
     remaining = {line_id: quantity for line_id, _, quantity in lines}
     sku_of = {line_id: sku for line_id, sku, _ in lines}
     left = dict(available)
+    # Each location is asked only about the skus of the order it holds: asked about every sku still
+    # needed, each round over a network of a thousand locations cost a second for a long order.
+    skus_at: dict[str, list[str]] = {}
+    for location_id, sku in available:
+        skus_at.setdefault(location_id, []).append(sku)
     unused = list(candidates)  # nearest first, so the first of equal supplies is the nearest
     allocations: list[Allocation] = []
     while any(remaining.values()):
@@ -401,7 +406,7 @@ def _split(
         for line_id, quantity in remaining.items():
             needed[sku_of[line_id]] += quantity
         supplies = [
-            sum(min(quantity, left.get((candidate.location_id, sku), 0)) for sku, quantity in needed.items())
+            sum(min(needed[sku], left[(candidate.location_id, sku)]) for sku in skus_at.get(candidate.location_id, ()))
             for candidate in unused
         ]
         most = max(supplies)
