@@ -31,8 +31,8 @@ just the store) and only their `stock`. The plan is deterministic for the same i
 
 from __future__ import annotations
 
-import itertools
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated
@@ -317,13 +317,24 @@ def _fewest_covering(
     candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str]
 ) -> list[Candidate]:
     """The smallest set of candidates whose stock covers `wanted`; among sets of that size, the
-    nearest in total distance (then by ids). The caller checked that all of them together cover it."""
+    nearest in total distance (then by ids). The caller checked that all of them together cover it.
+    Each group's stock is that of the group without its first member plus that member's, one
+    addition per group and sku: summed member by member for every sku of every group, a long
+    order over EXACT_SEARCH_LIMIT locations took half a second. A sku every candidate has enough
+    of alone is covered by any group, so only the others are summed."""
+    skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
+    needed = [wanted[sku] for sku in skus]
+    stock_of = [[available.get((c.location_id, sku), 0) for sku in skus] for c in candidates]
+    groups = 1 << len(candidates)
+    stock: list[list[int]] = [[0] * len(skus)] * groups
+    by_size: dict[int, list[int]] = {}
+    for group in range(1, groups):
+        first = group & -group
+        stock[group] = list(map(operator.add, stock[group ^ first], stock_of[first.bit_length() - 1]))
+        if all(map(operator.ge, stock[group], needed)):
+            by_size.setdefault(group.bit_count(), []).append(group)
     for size in range(2, len(candidates) + 1):
-        covering = [
-            group
-            for group in itertools.combinations(candidates, size)
-            if all(sum(available.get((c.location_id, sku), 0) for c in group) >= q for sku, q in wanted.items())
-        ]
+        covering = [[c for i, c in enumerate(candidates) if group >> i & 1] for group in by_size.get(size, [])]
         if covering:
             best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
             return sorted(best, key=lambda c: c.rank)
@@ -383,6 +394,11 @@ def _split(
     remaining = {line_id: quantity for line_id, _, quantity in lines}
     sku_of = {line_id: sku for line_id, sku, _ in lines}
     left = dict(available)
+    # Each location is asked only about the skus of the order it holds: asked about every sku still
+    # needed, each round over a network of a thousand locations cost a second for a long order.
+    skus_at: dict[str, list[str]] = {}
+    for location_id, sku in available:
+        skus_at.setdefault(location_id, []).append(sku)
     unused = list(candidates)  # nearest first, so the first of equal supplies is the nearest
     allocations: list[Allocation] = []
     while any(remaining.values()):
@@ -390,7 +406,7 @@ def _split(
         for line_id, quantity in remaining.items():
             needed[sku_of[line_id]] += quantity
         supplies = [
-            sum(min(quantity, left.get((candidate.location_id, sku), 0)) for sku, quantity in needed.items())
+            sum(min(needed[sku], left[(candidate.location_id, sku)]) for sku in skus_at.get(candidate.location_id, ()))
             for candidate in unused
         ]
         most = max(supplies)

@@ -1381,7 +1381,11 @@ class DynamoInventory(InventoryRepository):
         expression: str, condition: str | None, values: dict[str, Any],
     ) -> StockLevel:  # fmt: skip
         """The adjustment and its ledger item in one transaction: a key already counted (and not
-        yet a day old) changes nothing, so a retry whose first answer was lost counts once."""
+        yet a day old) changes nothing, so a retry whose first answer was lost counts once. A key
+        counted for another delta or reason is a Conflict (409), as the Idempotency-Key's own
+        record answers: the record is gone when the first attempt failed after this write (its
+        read, its time limit), and a retry corrected under the same key would be answered as
+        counted while counting nothing."""
         now = int(time.time())
         ledger = {
             "sku": f"{ADJUST_LEDGER}{sku}#{key}", "location_id": location_id, "delta": delta, "reason": reason,
@@ -1415,12 +1419,29 @@ class DynamoInventory(InventoryRepository):
             if error.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
                 raise
             if reasons[0] == "ConditionalCheckFailed":
+                self._check_counted_as(ledger)
                 return self._read(sku, location_id)  # counted by an earlier attempt with this key
             if reasons[1:2] == ["ConditionalCheckFailed"]:
                 current = self._read(sku, location_id)
                 raise self._below_reserved(sku, location_id, delta, current.model_dump()) from None
             raise
         return self._read(sku, location_id)
+
+    def _check_counted_as(self, ledger: dict[str, Any]) -> None:
+        """Raise Conflict unless the ledger item of `ledger`'s key counted the same delta and reason."""
+        items = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="sku = :sku AND location_id = :location",
+            ExpressionAttributeValues={":sku": {"S": ledger["sku"]}, ":location": {"S": ledger["location_id"]}},
+            ConsistentRead=True,
+        ).get("Items", [])
+        counted = _numbers_to_python(from_item(items[0])) if items else ledger
+        if (counted.get("delta"), counted.get("reason")) != (ledger["delta"], ledger["reason"]):
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+            )
 
     def _read(self, sku: str, location_id: str) -> StockLevel:
         # A Query (the API function's grant), read consistently: the level this change left.

@@ -124,6 +124,20 @@ def test_an_adjustment_with_a_key_counts_once_a_day_and_a_refused_one_records_no
     assert inventory.adjust("TSHIRT", "wh-east", 4, "delivery", key="api:k1:a").on_hand == 12
 
 
+def test_a_key_counted_for_another_adjustment_is_a_conflict_not_a_silent_no_op(inventory):
+    # The first attempt was written but failed after (its read timed out: a 5xx, and no idempotency
+    # record to replay); the client retries with a corrected delta under the same key. Answered 200
+    # with the stock as it was, the correction was lost with nothing to say so.
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    inventory.adjust("TSHIRT", "wh-east", 4, "delivery 4711", key="api:k1:a")
+
+    for delta, reason in [(40, "delivery 4711"), (4, "delivery 4712")]:
+        with pytest.raises(Conflict) as refused:
+            inventory.adjust("TSHIRT", "wh-east", delta, reason, key="api:k1:a")
+        assert refused.value.code == "idempotency_key_reused"
+    assert inventory.adjust("TSHIRT", "wh-east", 4, "delivery 4711", key="api:k1:a").on_hand == 9
+
+
 def test_a_negative_adjustment_on_no_stock_is_refused(inventory):
     with pytest.raises(InsufficientStock):
         inventory.adjust("TSHIRT", "wh-east", -1, "damage")
