@@ -16,7 +16,7 @@ from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
 from core.order_changes import Recorder, failure_recorder, modify
-from core.payments import Failure, Payments
+from core.payments import Failure, OnFailure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
@@ -617,27 +617,36 @@ class Cancellation:
         key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id), under)
         record = self._void_failures(self._orders, order.id, actor, self._clock, shipment_id=shipment_id,
                                      amount=amount.model_dump(mode="json"))  # fmt: skip
-
-        def on_failure(failure: Failure) -> None:
-            repeated = unless_repeated and failure.kind == "refused"
-            if not (repeated and self.refusal_recorded_last(order.id, shipment_id, amount, failure.message, actor)):
-                record(failure)
-
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
-            on_failure,
+            self._unless_repeated(record, order.id, shipment_id, amount, actor) if unless_repeated else record,
         )
 
-    def refusal_recorded_last(self, order_id: str, shipment_id: str, amount: Money, message: str, actor: str) -> bool:
-        """Whether the order's history ends with this very refusal of the shipment's capture: the
-        refused attempt (the same amount, the gateway's same words, the same actor) and the capture
-        not made it led to. A ship a warehouse system repeats on a loop is refused so, again and
-        again; recording each repeat (two entries) would fill the order's item (about a thousand
-        repeats to DynamoDB's 400 KB, then every write on the order fails), and tells an auditor
-        nothing the first did: the gateway answers the same key with the same refusal, and nothing
-        moved. A repeat by someone else, in other words, or after anything else happened to the
-        order is recorded."""
+    def _unless_repeated(
+        self, record: OnFailure, order_id: str, shipment_id: str | None, amount: Money, actor: str
+    ) -> OnFailure:
+        """`record`, but not a refusal the history ends with already (refusal_recorded_last)."""
+
+        def on_failure(failure: Failure) -> None:
+            repeated = failure.kind == "refused"
+            if not (repeated and self.refusal_recorded_last(order_id, shipment_id, amount, failure.message, actor)):
+                record(failure)
+
+        return on_failure
+
+    def refusal_recorded_last(
+        self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str
+    ) -> bool:
+        """Whether the order's history ends with this very refusal of the shipment's capture
+        (`shipment_id` None: the settlement's): the refused attempt (the same amount, the gateway's
+        same words, the same actor) and the capture not made it led to. A ship a warehouse system
+        repeats on a loop, or a delivery a carrier's tracking reports again and again (each asks
+        the settlement again), is refused so, again and again; recording each repeat (two entries)
+        would fill the order's item (about a thousand repeats to DynamoDB's 400 KB, then every
+        write on the order fails), and tells an auditor nothing the first did: the gateway answers
+        the same key with the same refusal, and nothing moved. A repeat by someone else, in other
+        words, or after anything else happened to the order is recorded."""
         found = self._orders.history(order_id, consistent=True)
         entries = found[1] if found is not None else []
         if len(entries) < 2:
@@ -769,7 +778,7 @@ class Cancellation:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
         noted = not (
-            unless_repeated and asked and shipment_id is not None
+            unless_repeated and asked
             and self.refusal_recorded_last(order_id, shipment_id, request.amount, refused.gateway_message, actor)
         )  # fmt: skip
         return modify(
@@ -784,7 +793,8 @@ class Cancellation:
         captured before it, which its request keeps as it is, and the authorization it is asked
         under when a renewal or an edit made it: Order.capture_keyed_under), and record it; nothing to do when
         none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
-        request (capture_refused)."""
+        request (capture_refused). A refusal the history ends with already is not recorded again
+        (refusal_recorded_last)."""
         request = order.capture_request(None)
         if request is None:
             return order
@@ -795,11 +805,15 @@ class Cancellation:
             result = self._payments.retried(
                 "capture",
                 lambda attempt: self._payments.capture(payment.method, authorization, request.amount, order.id, key),
-                self._void_failures(self._orders, order.id, actor, self._clock,
-                                    amount=request.amount.model_dump(mode="json")),
+                self._unless_repeated(
+                    self._void_failures(self._orders, order.id, actor, self._clock,
+                                        amount=request.amount.model_dump(mode="json")),
+                    order.id, None, request.amount, actor,
+                ),
             )  # fmt: skip
         except PaymentRefused as refused:
-            self.capture_refused(order.id, None, request, refused, actor, fresh=fresh)
+            # Asked again by every repeat of the last ship and every delivery reported again.
+            self.capture_refused(order.id, None, request, refused, actor, fresh=fresh, unless_repeated=True)
             raise
         at = self._clock()
         return modify(

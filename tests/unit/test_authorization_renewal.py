@@ -17,6 +17,7 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.builders import NOW, location
+from tests.unit.test_money_invariants import PerUnitShipping
 from tests.unit.test_workflow import NoLookup
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
@@ -919,6 +920,33 @@ def test_a_refusal_repeated_by_another_actor_or_in_other_words_is_recorded(clock
     assert [(e.actor, e.detail["message"]) for e in world.history(order.id)[-2:]] == [
         ("key_wh", "do not honour"), ("key_wh", "the payment gateway refused the capture: do not honour"),
     ]  # fmt: skip
+
+
+def test_a_settlement_capture_refused_again_and_again_is_recorded_once_per_actor(clock):
+    # The rest of the order was cancelled after its first parcel shipped, and per-unit shipping left
+    # the total above what that parcel captured: the last ship (or a delivery) asks the gateway for
+    # the difference. Before: each ship repeated and each delivery a carrier reported again added
+    # the two entries of the refused capture, without bound.
+    world = build_world(STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
+    world.gateway.script("capture", "refuse")
+    world.actions.cancel(order.id, "the rest is not wanted", actor="key_cs")
+    entries = [len(world.history(order.id))]
+    for actor in ("key_wh",) * 4 + ("carrier",) * 3:
+        if actor == "carrier":
+            world.actions.deliver(order.id, west, actor=actor)
+        else:
+            world.actions.ship(order.id, west, tracking_number=None, actor=actor)
+        entries.append(len(world.history(order.id)))
+
+    # The ship's: the refusal (the first authorization spent), its renewal, the refusal on that.
+    # The carrier's: the delivery, and the refusal it asked again, in its own name.
+    assert [b - a for a, b in itertools.pairwise(entries)] == [4, 0, 0, 0, 3, 0, 0]
+    assert [e.type for e in world.history(order.id)[-2:]] == ["payment_capture_failed", "capture_not_made"]
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured < after.totals.grand_total  # for a person
 
 
 def test_an_authorization_renewed_after_a_refused_capture_is_renewed_again_once_old(world, clock):
