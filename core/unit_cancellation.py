@@ -47,6 +47,13 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 S = OrderStatus
+# How many times in a row the gateway may refuse the refund of what the captures hold beyond the
+# order's total (a cancel of units after their share was captured) before nothing asks it again:
+# each refusal is a failed refund on the order and three history entries, and every repeat of the
+# last ship and every delivery a carrier reports again asks it. A person gives it back then (an
+# appeasement: POST /orders/{id}/refunds); the refusals stay the last word on that amount, so no
+# later ship or delivery refunds it again.
+OVER_CAPTURE_REFUSALS = 3
 # Where a cancel of "everything not shipped" has nothing left to cancel but may have left its
 # clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
 # the rest was cancelled leave the order partially_returned or returned instead.
@@ -515,10 +522,18 @@ def _settled(order: Order) -> Money:
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:
     """The next cancellation refund's key and amount: what the payment holds beyond what the order
-    now costs, as far as it can still be refunded; None when nothing is over."""
+    now costs, as far as it can still be refunded; None when nothing is over, or when the gateway
+    refused the refund of that very amount OVER_CAPTURE_REFUSALS times in a row (left to a person)."""
     over = _settled(order) - order.payable()
     over = min(over, max(order.refundable(), Money.zero(order.currency)))
     if over.amount <= 0:
         return None
-    settlements = sum(1 for refund in order.payment.refunds if refund.kind == "cancellation")
-    return f"{order.id}:cancellation:{settlements + 1}", over
+    settlements = [refund for refund in order.payment.refunds if refund.kind == "cancellation"]
+    refused = 0
+    for refund in reversed(settlements):
+        if refund.status != "failed" or refund.amount != over:
+            break
+        refused += 1
+    if refused >= OVER_CAPTURE_REFUSALS:
+        return None
+    return f"{order.id}:cancellation:{len(settlements) + 1}", over

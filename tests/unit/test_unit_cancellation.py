@@ -290,6 +290,36 @@ def test_what_was_captured_beyond_the_new_total_is_refunded_as_a_cancellation():
     assert world.actions.cancel(order.id, "no mug", actor="key_web") == done  # a repeat refunds nothing more
 
 
+def test_an_over_capture_refund_the_gateway_keeps_refusing_is_asked_a_few_times_then_left_to_a_person():
+    # Before: every repeat of the ship and every delivery a carrier's tracking reported again asked
+    # the refund once more under a new key, each refused one a failed refund kept on the order and
+    # three history entries, without bound (the order's item fills, then every write fails).
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+
+    for _ in range(5):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+        world.actions.deliver(order.id, east, actor="key_carrier")
+
+    after = world.order(order.id)
+    assert [(r.kind, r.status) for r in after.payment.refunds] == [("cancellation", "failed")] * 3
+    assert settled(after) > after.totals.grand_total  # for a person: an appeasement gives it back
+    entries = len(world.history(order.id))
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    assert len(world.history(order.id)) == entries
+    world.gateway.script("refund", "approve")
+    given = world.refunds.issue_refund(
+        order.id, settled(after) - after.totals.grand_total, "the cancelled mug's shipping", "cs-1", "key_cs"
+    )
+    assert given.status == "succeeded" and settled(world.order(order.id)) == after.totals.grand_total
+    again = world.actions.deliver(order.id, east, actor="key_carrier")
+    assert len(again.payment.refunds) == 4  # the appeasement gave it: nothing refunds it twice
+
+
 def test_the_last_parcel_after_an_over_capture_was_refunded_captures_nothing_and_records_nothing_negative():
     # The first parcel paid all the shipping; a cancelled unit made shipping cheaper by more than
     # the pending parcel still carries, so the cancel refunded the excess: that parcel is paid.
