@@ -38,7 +38,7 @@ from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
-from core.refunds import kept_back_owed, kept_back_refusals, refunded_beyond_lines
+from core.refunds import KEPT_BACK_REFUSALS, kept_back_owed, kept_back_refusals, refunded_beyond_lines
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ReturnStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
@@ -54,6 +54,11 @@ S = OrderStatus
 # appeasement: POST /orders/{id}/refunds); the refusals stay the last word on that amount, so no
 # later ship or delivery refunds it again.
 OVER_CAPTURE_REFUSALS = 3
+# How many refusals of the refund of what a return kept back a ship, a delivery or a cancel (each
+# repeated at will: a carrier reports a delivery again and again) leave before they stop asking it:
+# one fewer than the reconciler's, so that its kept-back pass asks the last time and, refused, calls
+# a person (core.refund_service.KeptBackSweep), and a loop adds at most that many failed refunds.
+ASKED_BEFORE_THE_RECONCILER = KEPT_BACK_REFUSALS - 1
 # Where a cancel of "everything not shipped" has nothing left to cancel but may have left its
 # clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
 # the rest was cancelled leave the order partially_returned or returned instead.
@@ -229,7 +234,7 @@ class UnitCancellation:
                 self._credits.give_back(self._current(order.id), actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
-        return self.refund_kept_back(self._current(order.id), actor)
+        return self.refund_kept_back(self._current(order.id), actor, refusals=ASKED_BEFORE_THE_RECONCILER)
 
     def _current(self, order_id: str) -> Order:
         """The order as this request's own writes left it: read consistently, since a plain read
@@ -414,7 +419,7 @@ class UnitCancellation:
         as far as its capture makes it refundable (refund_kept_back). Returns the order as it then is."""
         order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
-            return self.refund_kept_back(order, actor)
+            return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
             if any(refund.status == "pending" for refund in order.payment.refunds):
@@ -427,7 +432,7 @@ class UnitCancellation:
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._credits.give_back(order, actor)
-        return self.refund_kept_back(order, actor)
+        return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
 
     def refund_kept_back(self, order: Order, actor: str, *, refusals: int | None = None) -> Order:
         """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the
@@ -438,8 +443,9 @@ class UnitCancellation:
         parcel had shipped first. Decided on the order as it is written, under a key of its own
         (core.refunds.kept_back_owed): one left pending is asked again under its key; what one the
         gateway refused, or one that gave part (a capture short of what was kept back), leaves is
-        asked under a new key by the next ship or delivery, or else by the reconciler's kept-back
-        pass (core.refund_service.KeptBackSweep). An exchange's is refunded once
+        asked under a new key by the next ship or delivery (while refused fewer than
+        ASKED_BEFORE_THE_RECONCILER times), or else by the reconciler's kept-back pass
+        (core.refund_service.KeptBackSweep). An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
         return: the exchange's credit counts that return's refunds as drawn on it. Nothing is read
         or written for an order that kept nothing back. `refusals`: what the gateway refused that
