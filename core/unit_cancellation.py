@@ -34,7 +34,7 @@ from core.models import (
     Totals,
 )
 from core.money import Money
-from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
+from core.order_changes import ATTEMPTS, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
@@ -498,7 +498,7 @@ class UnitCancellation:
             lambda attempt: self._payments.void(
                 payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            failure_recorder(self._orders, order.id, actor, self._clock, authorization=authorization),
+            refusal_noted_once(self._orders, order.id, actor, self._clock, authorization=authorization),
         )
         at = self._clock()
         modify(

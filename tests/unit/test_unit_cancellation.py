@@ -3,6 +3,7 @@ shipped order; lines, totals, shipments, reservations and the payment settled to
 
 from __future__ import annotations
 
+import itertools
 import json
 from decimal import Decimal
 
@@ -260,6 +261,34 @@ def test_a_capture_of_the_rest_the_gateway_could_not_make_is_made_when_the_parce
     assert settled(delivered) == delivered.totals.grand_total
     assert delivered.payment.authorized == delivered.payment.captured
     assert delivered == world.order(order.id)
+
+
+def test_a_release_the_gateway_refuses_is_recorded_once_however_often_the_parcel_is_reported_delivered():
+    # The rest of the order was cancelled; the authorization's rest cannot be released (the gateway
+    # refuses the void). Before: every ship repeated, every delivery a carrier reported again and
+    # every cancel repeated added one more payment_void_failed entry, without bound.
+    world = build_world(STOCK)
+    order = world.allocated(("MUG", 1), ("CAP", 3), token="tok_void_decline")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.cancel(order.id, "rest", actor="key_web")
+    assert [e.type for e in world.history(order.id)][-1] == "payment_void_failed"
+    entries = [len(world.history(order.id))]
+
+    for _ in range(3):
+        world.actions.ship(order.id, west, None, actor="key_wh")
+        entries.append(len(world.history(order.id)))
+    for _ in range(3):
+        world.actions.deliver(order.id, west, actor="key_carrier")
+        entries.append(len(world.history(order.id)))
+    for _ in range(3):
+        world.actions.cancel(order.id, "rest", actor="key_web")
+        entries.append(len(world.history(order.id)))
+
+    # A new actor's first refusal is recorded in its name (with the delivery itself), then no more.
+    assert [b - a for a, b in itertools.pairwise(entries)] == [1, 0, 0, 2, 0, 0, 1, 0, 0]
+    after = world.order(order.id)
+    assert after.payment.authorized > after.payment.captured  # still held: for a person
 
 
 class PerUnitShipping:
