@@ -16,7 +16,7 @@ from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
 from core.order_changes import Recorder, failure_recorder, modify
-from core.payments import Payments
+from core.payments import Failure, OnFailure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
@@ -607,20 +607,61 @@ class Cancellation:
         return order
 
     # --- Captures of shipments ----------------------------------------------------------------
-    def capture_share(self, order: Order, shipment_id: str, amount: Money, actor: str) -> PaymentResult:
+    def capture_share(
+        self, order: Order, shipment_id: str, amount: Money, actor: str, *, unless_repeated: bool = False
+    ) -> PaymentResult:
         """Ask the gateway for `amount`, a shipment's share, under the shipment's key (retried, each
         failed attempt in the history), against the authorization its request was made under
         (Order.capture_authorization), which the key names when a renewal or an edit made it
-        (Order.capture_keyed_under)."""
+        (Order.capture_keyed_under). `unless_repeated`: a refusal the history ends with already
+        (refusal_recorded_last) is not recorded again."""
         payment = order.payment
         authorization = order.capture_authorization(shipment_id)
         under = order.capture_keyed_under(shipment_id)
         key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id), under)
+        record = self._void_failures(self._orders, order.id, actor, self._clock, shipment_id=shipment_id,
+                                     amount=amount.model_dump(mode="json"))  # fmt: skip
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
-            self._void_failures(self._orders, order.id, actor, self._clock, shipment_id=shipment_id,
-                                amount=amount.model_dump(mode="json")),
+            self._unless_repeated(record, order.id, shipment_id, amount, actor) if unless_repeated else record,
+        )
+
+    def _unless_repeated(
+        self, record: OnFailure, order_id: str, shipment_id: str | None, amount: Money, actor: str
+    ) -> OnFailure:
+        """`record`, but not a refusal the history ends with already (refusal_recorded_last)."""
+
+        def on_failure(failure: Failure) -> None:
+            repeated = failure.kind == "refused"
+            if not (repeated and self.refusal_recorded_last(order_id, shipment_id, amount, failure.message, actor)):
+                record(failure)
+
+        return on_failure
+
+    def refusal_recorded_last(
+        self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str
+    ) -> bool:
+        """Whether the order's history ends with this very refusal of the shipment's capture
+        (`shipment_id` None: the settlement's): the refused attempt (the same amount, the gateway's
+        same words, the same actor) and the capture not made it led to. A ship a warehouse system
+        repeats on a loop, or a delivery a carrier's tracking reports again and again (each asks
+        the settlement again), is refused so, again and again; recording each repeat (two entries)
+        would fill the order's item (about a thousand repeats to DynamoDB's 400 KB, then every
+        write on the order fails), and tells an auditor nothing the first did: the gateway answers
+        the same key with the same refusal, and nothing moved. A repeat by someone else, in other
+        words, or after anything else happened to the order is recorded."""
+        found = self._orders.history(order_id, consistent=True)
+        entries = found[1] if found is not None else []
+        if len(entries) < 2:
+            return False
+        failed, not_made = entries[-2:]
+        tried, outcome = failed.detail or {}, not_made.detail or {}
+        return (
+            failed.type is OrderEvent.PAYMENT_CAPTURE_FAILED and not_made.type is OrderEvent.CAPTURE_NOT_MADE
+            and failed.actor == not_made.actor == actor and tried.get("kind") == "refused"
+            and tried.get("shipment_id") == outcome.get("shipment_id") == shipment_id
+            and tried.get("amount") == amount.model_dump(mode="json") and tried.get("message") == message[:500]
         )  # fmt: skip
 
     def reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
@@ -727,22 +768,28 @@ class Cancellation:
 
     def capture_refused(
         self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str,
-        *, fresh: bool = False,
+        *, fresh: bool = False, unless_repeated: bool = False,
     ) -> Order | None:  # fmt: skip
         """The gateway refused the capture `request` (of `shipment_id`, None: the settlement): none
         was made, and the request goes, unless the order has another one for it by now (a timeout
         leaves a request: the capture may have been made). A NoPaymentPlugin is no gateway's
         answer, and an earlier ask under the request's key may have been captured through the
         removed plugin: the request stands for when it is back, unless it is `fresh` (the caller's
-        own write made it, so nothing was asked under it before). Returns the order as it then is
-        (None when nothing was recorded)."""
+        own write made it, so nothing was asked under it before). `unless_repeated`: a refusal the
+        history ends with already (refusal_recorded_last, as capture_share left it) goes with no
+        entry. Returns the order as it then is (None when nothing was recorded)."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
+        noted = not (
+            unless_repeated and asked
+            and self.refusal_recorded_last(order_id, shipment_id, request.amount, refused.gateway_message, actor)
+        )  # fmt: skip
         return modify(
             self._orders, order_id,
-            lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor, refused=asked)
-            if current.capture_request(shipment_id) == request else None,
+            lambda current: current.record_capture_not_made(
+                shipment_id, message, at=at, actor=actor, refused=asked, noted=noted
+            ) if current.capture_request(shipment_id) == request else None,
         )  # fmt: skip
 
     def finish_settlement_capture(self, order: Order, actor: str, *, fresh: bool = False) -> Order:
@@ -750,7 +797,8 @@ class Cancellation:
         captured before it, which its request keeps as it is, and the authorization it is asked
         under when a renewal or an edit made it: Order.capture_keyed_under), and record it; nothing to do when
         none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
-        request (capture_refused)."""
+        request (capture_refused). A refusal the history ends with already is not recorded again
+        (refusal_recorded_last)."""
         request = order.capture_request(None)
         if request is None:
             return order
@@ -761,11 +809,15 @@ class Cancellation:
             result = self._payments.retried(
                 "capture",
                 lambda attempt: self._payments.capture(payment.method, authorization, request.amount, order.id, key),
-                self._void_failures(self._orders, order.id, actor, self._clock,
-                                    amount=request.amount.model_dump(mode="json")),
+                self._unless_repeated(
+                    self._void_failures(self._orders, order.id, actor, self._clock,
+                                        amount=request.amount.model_dump(mode="json")),
+                    order.id, None, request.amount, actor,
+                ),
             )  # fmt: skip
         except PaymentRefused as refused:
-            self.capture_refused(order.id, None, request, refused, actor, fresh=fresh)
+            # Asked again by every repeat of the last ship and every delivery reported again.
+            self.capture_refused(order.id, None, request, refused, actor, fresh=fresh, unless_repeated=True)
             raise
         at = self._clock()
         return modify(

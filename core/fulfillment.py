@@ -99,9 +99,10 @@ class OrderActions:
         (OMS_AUTHORIZATION_VALID_DAYS), or that a capture was refused on or given back, is renewed
         before the capture is requested (Cancellation.renewed_if_lapsed). A capture that keeps
         failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused, 502)
-        leaves the shipment pending with every failed attempt in the history, and the ship may
-        simply be repeated (after a refusal, on a renewed authorization: once, not on one a refusal
-        made, Order.refusal_renewal). A capture whose record then loses to a cancel, a hold or a
+        leaves the shipment pending with every failed attempt in the history (a refusal the history
+        ends with already, the same ship repeated on a loop, only once: Cancellation.refusal_recorded_last),
+        and the ship may simply be repeated (after a refusal, on a renewed authorization: once, not
+        on one a refusal made, Order.refusal_renewal). A capture whose record then loses to a cancel, a hold or a
         reject is refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes
         what its first ship may have left undone (a request that died after the write): its stock
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
@@ -153,10 +154,15 @@ class OrderActions:
         request = order.capture_request(shipment_id)
         amount = request.amount if request else Money.zero(order.currency)
         try:
-            capture = self._cancellation.capture_share(order, shipment_id, amount, actor) if request else None
+            capture = (
+                self._cancellation.capture_share(order, shipment_id, amount, actor, unless_repeated=True)
+                if request else None
+            )  # fmt: skip
         except PaymentRefused as refused:
             assert request is not None  # nothing is asked of the gateway without one
-            after = self._cancellation.capture_refused(order.id, shipment_id, request, refused, actor, fresh=fresh)
+            after = self._cancellation.capture_refused(
+                order.id, shipment_id, request, refused, actor, fresh=fresh, unless_repeated=True
+            )
             refused.renewed_when_repeated = after is not None and self._cancellation.renews_first(after)
             raise
         at = self._clock()

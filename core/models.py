@@ -1893,25 +1893,31 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def record_capture_not_made(
-        self, shipment_id: str | None, message: str, *, at: datetime, actor: str, refused: bool = True
-    ) -> Change:
+        self, shipment_id: str | None, message: str, *, at: datetime, actor: str, refused: bool = True,
+        noted: bool = True,
+    ) -> Change | Bookkeeping:  # fmt: skip
         """The gateway refused the requested capture (`shipment_id` None: the settlement) when it
         was asked: it was never made, and the authorization it was asked under is renewed before
         anything more is captured on it (`spent_authorizations`: the issuer may have let it lapse
         early, and asked again under the same key the gateway answers with that refusal). Not when
         the gateway was never asked (`refused` False: no payment plugin took the order's method),
         nor when that authorization is a renewal made for such a refusal already (`refusal_renewal`:
-        the capture is asked again on it)."""
+        the capture is asked again on it). Not `noted`: the history ends with this very refusal
+        already (a ship repeated on a loop, core.cancellation.Cancellation.refusal_recorded_last),
+        so the request goes as bookkeeping, with no entry."""
         request = self.capture_request(shipment_id)
         if request is None:
             raise InvalidTransition(f"no capture for shipment {shipment_id} is requested")
         detail = {"shipment_id": shipment_id} if shipment_id else {"amount": request.amount.model_dump(mode="json")}
         authorization = self.capture_authorization(shipment_id)
         spent = refused and authorization != self.refusal_renewal
+        changes = {"captures_requested": self._requests_besides(shipment_id),
+                   **(self._spending(authorization) if spent else {})}  # fmt: skip
+        if not noted:
+            return self._bookkeeping(at=at, **changes)
         return self._next(
             at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE, detail={**detail, "message": message[:500]},
-            captures_requested=self._requests_besides(shipment_id),
-            **(self._spending(authorization) if spent else {}),
+            **changes,
         )  # fmt: skip
 
     def _spending(self, authorization: str) -> dict[str, Any]:

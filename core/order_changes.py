@@ -91,6 +91,38 @@ def failure_recorder(
     return record
 
 
+def refusal_noted_once(
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
+) -> OnFailure:
+    """failure_recorder for a payment operation that anything repeated at will asks again (the
+    release of what an authorization holds beyond the captures, asked by every ship repeated, every
+    delivery a carrier reports again and every cancel repeated): a refusal is recorded only when
+    the order's last history entry is not this very refusal already (the same operation, actor,
+    gateway words and `detail`). The gateway answers the same key with the same refusal and nothing
+    moved, so a repeat tells an auditor nothing the first did, and a loop would fill the order's
+    item. Any other failure is always recorded."""
+    record = failure_recorder(orders, order_id, actor, clock, **detail)
+
+    def on_failure(failure: Failure) -> None:
+        if failure.kind == "refused" and _refused_last(orders, order_id, actor, failure, detail):
+            return
+        record(failure)
+
+    return on_failure
+
+
+def _refused_last(orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any]) -> bool:
+    found = orders.history(order_id, consistent=True)
+    if found is None or not found[1]:
+        return False
+    last = found[1][-1]
+    said = last.detail or {}
+    return (
+        last.type is PAYMENT_FAILURE_EVENTS[failure.operation] and last.actor == actor and said.get("kind") == "refused"
+        and said.get("message") == failure.message[:500] and all(said.get(k) == v for k, v in detail.items())
+    )  # fmt: skip
+
+
 def outage_noted_once(
     orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
 ) -> OnFailure:

@@ -34,11 +34,12 @@ from core.models import (
     Totals,
 )
 from core.money import Money
-from core.order_changes import ATTEMPTS, failure_recorder, modify, visible
+from core.order_changes import ATTEMPTS, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService, show_refunded_in_all
 from core.refunds import (
+    KEPT_BACK_REFUSALS,
     kept_back_owed,
     kept_back_refusals,
     refunded_beyond_lines,
@@ -52,6 +53,18 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 S = OrderStatus
+# How many times in a row the gateway may refuse the refund of what the captures hold beyond the
+# order's total (a cancel of units after their share was captured) before nothing asks it again:
+# each refusal is a failed refund on the order and three history entries, and every repeat of the
+# last ship and every delivery a carrier reports again asks it. A person gives it back then (an
+# appeasement: POST /orders/{id}/refunds); the refusals stay the last word on that amount, so no
+# later ship or delivery refunds it again.
+OVER_CAPTURE_REFUSALS = 3
+# How many refusals of the refund of what a return kept back a ship, a delivery or a cancel (each
+# repeated at will: a carrier reports a delivery again and again) leave before they stop asking it:
+# one fewer than the reconciler's, so that its kept-back pass asks the last time and, refused, calls
+# a person (core.refund_service.KeptBackSweep), and a loop adds at most that many failed refunds.
+ASKED_BEFORE_THE_RECONCILER = KEPT_BACK_REFUSALS - 1
 # Where a cancel of "everything not shipped" has nothing left to cancel but may have left its
 # clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
 # the rest was cancelled leave the order partially_returned or returned instead.
@@ -227,7 +240,7 @@ class UnitCancellation:
                 self._credits.give_back(self._current(order.id), actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
-        return self.refund_kept_back(self._current(order.id), actor)
+        return self.refund_kept_back(self._current(order.id), actor, refusals=ASKED_BEFORE_THE_RECONCILER)
 
     def _current(self, order_id: str) -> Order:
         """The order as this request's own writes left it: read consistently, since a plain read
@@ -412,7 +425,7 @@ class UnitCancellation:
         as far as its capture makes it refundable (refund_kept_back). Returns the order as it then is."""
         order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
-            return self.refund_kept_back(order, actor)
+            return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
             if any(refund.status == "pending" for refund in order.payment.refunds):
@@ -425,7 +438,7 @@ class UnitCancellation:
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._credits.give_back(order, actor)
-        return self.refund_kept_back(order, actor)
+        return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
 
     def refund_kept_back(self, order: Order, actor: str, *, refusals: int | None = None) -> Order:
         """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the
@@ -436,8 +449,9 @@ class UnitCancellation:
         parcel had shipped first. Decided on the order as it is written, under a key of its own
         (core.refunds.kept_back_owed): one left pending is asked again under its key; what one the
         gateway refused, or one that gave part (a capture short of what was kept back), leaves is
-        asked under a new key by the next ship or delivery, or else by the reconciler's kept-back
-        pass (core.refund_service.KeptBackSweep). An exchange's is refunded once
+        asked under a new key by the next ship or delivery (while refused fewer than
+        ASKED_BEFORE_THE_RECONCILER times), or else by the reconciler's kept-back pass
+        (core.refund_service.KeptBackSweep). An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
         return (the exchange's credit counts that return's refunds as drawn on it), but the return
         shows it. Nothing is read
@@ -476,7 +490,7 @@ class UnitCancellation:
             lambda attempt: self._payments.void(
                 payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            failure_recorder(self._orders, order.id, actor, self._clock, authorization=authorization),
+            refusal_noted_once(self._orders, order.id, actor, self._clock, authorization=authorization),
         )
         at = self._clock()
         modify(
@@ -507,10 +521,18 @@ def _settled(order: Order) -> Money:
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:
     """The next cancellation refund's key and amount: what the payment holds beyond what the order
-    now costs, as far as it can still be refunded; None when nothing is over."""
+    now costs, as far as it can still be refunded; None when nothing is over, or when the gateway
+    refused the refund of that very amount OVER_CAPTURE_REFUSALS times in a row (left to a person)."""
     over = _settled(order) - order.payable()
     over = min(over, max(order.refundable(), Money.zero(order.currency)))
     if over.amount <= 0:
         return None
-    settlements = sum(1 for refund in order.payment.refunds if refund.kind == "cancellation")
-    return f"{order.id}:cancellation:{settlements + 1}", over
+    settlements = [refund for refund in order.payment.refunds if refund.kind == "cancellation"]
+    refused = 0
+    for refund in reversed(settlements):
+        if refund.status != "failed" or refund.amount != over:
+            break
+        refused += 1
+    if refused >= OVER_CAPTURE_REFUSALS:
+        return None
+    return f"{order.id}:cancellation:{len(settlements) + 1}", over

@@ -16,10 +16,12 @@ gateway would return for a replayed idempotency key. The only state is what this
 last MEMORY of each): which keys it approved an authorization under, for
 oms_payment_find_authorization (a lookup in another process, another Lambda container, finds none,
 as for a key never asked); what each authorization it approved holds, what was captured of it and
-whether it was voided; and which keys it approved a capture under. As a real gateway does, a
-capture on an authorization it voided is declined, and so is one for more than the authorization
-has left to capture (nothing, once fully captured) or in another currency, while a capture asked
-again under a key it approved is approved again, however the authorization stands now. An
+whether it was voided and what was refunded of it; and which keys it approved a capture or a refund
+under. As a real gateway does, a capture on an authorization it voided is declined, and so is one
+for more than the authorization has left to capture (nothing, once fully captured) or in another
+currency; a refund of more than was captured of the authorization and not refunded yet is declined
+too (a void does not take back what was captured, so that stays refundable). A capture or refund
+asked again under a key it approved is approved again, however the authorization stands now. An
 authorization another process approved is known only by its look: captures, voids and refunds
 check that it looks like one this gateway approved. The tokens that make one of them refuse mark
 the authorization's reference (`auth_<digest>_declines_capture`).
@@ -64,16 +66,18 @@ _authorized: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the aut
 
 @dataclass
 class _Held:
-    """What an authorization this process approved holds: its amount, what was captured of it, and
-    whether it was voided."""
+    """What an authorization this process approved holds: its amount, what was captured of it,
+    whether it was voided, and what was refunded of what was captured."""
 
     amount: Money
     captured: Money
+    refunded: Money
     voided: bool = False
 
 
 _held: OrderedDict[str, _Held] = OrderedDict()  # authorization -> what it holds
 _captured: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the authorization captured under it
+_refunded: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the authorization refunded under it
 
 
 def forget() -> None:
@@ -81,6 +85,7 @@ def forget() -> None:
     _authorized.clear()
     _held.clear()
     _captured.clear()
+    _refunded.clear()
 
 
 def _remember(memory: OrderedDict, key: str, value: object) -> None:
@@ -131,7 +136,8 @@ def oms_payment_authorize(
     if result.outcome == "approved":
         _remember(_authorized, idempotency_key, result.reference)
         if result.reference not in _held:  # a replayed key keeps what its authorization holds
-            _remember(_held, result.reference, _Held(amount=amount, captured=Money.zero(amount.currency)))
+            nothing = Money.zero(amount.currency)
+            _remember(_held, result.reference, _Held(amount=amount, captured=nothing, refunded=nothing))
     return result
 
 
@@ -225,4 +231,24 @@ def oms_payment_refund(method: str, authorization: str, amount: Money, idempoten
         return _declined(REFUND, idempotency_key, "test gateway: the amount to refund must be positive")
     if _declines(authorization, "refund"):
         return _declined(REFUND, idempotency_key, f"test gateway: refund declined ({REFUND_DECLINE})")
+    if _refunded.get(idempotency_key) == authorization:
+        return _approved(REFUND, idempotency_key, "test gateway: refunded")  # the refund made under this key
+    held = _held.get(authorization)
+    if held is not None:
+        refused = _refund_refused(held, amount)
+        if refused:
+            return _declined(REFUND, idempotency_key, f"test gateway: {refused}")
+        held.refunded = held.refunded + amount
+    _remember(_refunded, idempotency_key, authorization)
     return _approved(REFUND, idempotency_key, "test gateway: refunded")
+
+
+def _refund_refused(held: _Held, amount: Money) -> str:
+    """Why a real gateway would refuse to refund `amount` of what was captured under the
+    authorization that holds `held`; empty when it would not."""
+    if amount.currency != held.amount.currency:
+        return f"the authorization is in {held.amount.currency}, not {amount.currency}"
+    left = held.captured - held.refunded
+    if amount.amount > left.amount:
+        return f"the authorization has {left.amount} {left.currency} captured and not refunded, not {amount.amount}"
+    return ""

@@ -31,8 +31,8 @@ FakeBackorders = InMemoryBackorders
 
 
 class PaymentSpy:
-    """A plugin that watches every payment call on its way to the built-in `test` gateway (which
-    keeps no state) and records what the gateway approved. A call repeating an idempotency key
+    """A plugin that watches every payment call on its way to the built-in `test` gateway and
+    records what the gateway approved. A call repeating an idempotency key
     already seen is a retry the gateway answers from its record, not a new operation, so it is not
     recorded again."""
 

@@ -920,7 +920,7 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     goodwill = Money.of("1.00", "USD")
     services.returns.settle(return_id, actor="key_wh")
     with monkeypatch.context() as patched:
-        patched.setattr(UnitCancellation, "refund_kept_back", lambda self, order, actor: order)
+        patched.setattr(UnitCancellation, "refund_kept_back", lambda self, order, actor, refusals=None: order)
         services.actions.ship(order.id, caps, None, actor="key_wh")
         services.actions.deliver(order.id, caps, actor="key_wh")
     key = {"id": {"S": order.id}}

@@ -17,6 +17,7 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.builders import NOW, location
+from tests.unit.test_money_invariants import PerUnitShipping
 from tests.unit.test_workflow import NoLookup
 from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
@@ -845,8 +846,9 @@ def test_a_ship_repeated_after_the_card_refuses_its_captures_renews_the_authoriz
     renewed = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
     assert world.spy.authorized == [order.payment.authorization, renewed + "_declines_capture"]
     assert world.spy.voided == [order.payment.authorization]
-    # Each repeat past the renewal adds what a refused capture adds: its failed attempt, not made.
-    assert [b - a for a, b in itertools.pairwise(entries)] == [2, 4, 2, 2, 2]
+    # The first refusal on the renewal adds what a refused capture adds: its failed attempt, not
+    # made. The same refusal repeated adds nothing (test_an_identical_refusal_repeated_...).
+    assert [b - a for a, b in itertools.pairwise(entries)] == [2, 4, 0, 0, 0]
     assert [e.type for e in world.history(order.id)[-2:]] == ["payment_capture_failed", "capture_not_made"]
     key = payment_keys.capture(order.id, shipment.id, under=renewed + "_declines_capture")
     assert world.gateway.keys("capture")[-4:] == [key] * 4  # asked again on it, under its own key
@@ -859,6 +861,92 @@ def test_a_ship_repeated_after_the_card_refuses_its_captures_renews_the_authoriz
 
     assert cancelled.status is OrderStatus.CANCELLED and cancelled.payment.status is PaymentStatus.VOIDED
     assert world.spy.voided == [order.payment.authorization, cancelled.payment.authorization]
+
+
+def test_an_identical_refusal_repeated_is_not_recorded_again_so_a_loop_cannot_fill_the_order(world, clock):
+    # A warehouse system that retries a refused ship on a loop. Before: each repeat added two
+    # entries (payment_capture_failed, capture_not_made) to the order's item; about a thousand
+    # filled DynamoDB's 400 KB and then every write on the order failed.
+    order = world.allocated(("TSHIRT", 2), token="tok_capture_decline")
+    (shipment,) = order.shipments
+    for _ in range(2):  # refused, then refused again on the renewal
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    before = world.history(order.id)
+
+    for _ in range(50):
+        with pytest.raises(PaymentRefused) as refused:
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+        assert "tok_capture_decline" in refused.value.message  # the caller is still told why, each time
+
+    assert world.history(order.id) == before
+    failed, not_made = before[-2:]
+    assert (failed.type, failed.actor, failed.detail["kind"]) == ("payment_capture_failed", "key_wh", "refused")
+    assert (not_made.type, not_made.detail["shipment_id"]) == ("capture_not_made", shipment.id)
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.shipment(shipment.id).status is ShipmentStatus.PENDING
+
+
+class RefusesCaptures:
+    """A gateway that refuses every capture, in the words of `message`."""
+
+    message = "insufficient funds"
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self) -> PaymentResult:
+        return PaymentResult(outcome="declined", reference="refused_capture", message=self.message)
+
+
+def test_a_refusal_repeated_by_another_actor_or_in_other_words_is_recorded(clock):
+    # Who asked, and what the gateway said, are what an auditor reads: a repeat that changes either
+    # is recorded as any refusal is, and the same repeated after it is not.
+    gateway = RefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    for _ in range(2):  # refused, then refused again on the renewal
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    entries = [len(world.history(order.id))]
+
+    for actor, message in [("key_ops", "insufficient funds"), ("key_ops", "insufficient funds"),
+                           ("key_ops", "do not honour"), ("key_wh", "do not honour")]:  # fmt: skip
+        gateway.message = message
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor=actor)
+        entries.append(len(world.history(order.id)))
+
+    assert [b - a for a, b in itertools.pairwise(entries)] == [2, 0, 2, 2]
+    assert [(e.actor, e.detail["message"]) for e in world.history(order.id)[-2:]] == [
+        ("key_wh", "do not honour"), ("key_wh", "the payment gateway refused the capture: do not honour"),
+    ]  # fmt: skip
+
+
+def test_a_settlement_capture_refused_again_and_again_is_recorded_once_per_actor(clock):
+    # The rest of the order was cancelled after its first parcel shipped, and per-unit shipping left
+    # the total above what that parcel captured: the last ship (or a delivery) asks the gateway for
+    # the difference. Before: each ship repeated and each delivery a carrier reported again added
+    # the two entries of the refused capture, without bound.
+    world = build_world(STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
+    world.gateway.script("capture", "refuse")
+    world.actions.cancel(order.id, "the rest is not wanted", actor="key_cs")
+    entries = [len(world.history(order.id))]
+    for actor in ("key_wh",) * 4 + ("carrier",) * 3:
+        if actor == "carrier":
+            world.actions.deliver(order.id, west, actor=actor)
+        else:
+            world.actions.ship(order.id, west, tracking_number=None, actor=actor)
+        entries.append(len(world.history(order.id)))
+
+    # The ship's: the refusal (the first authorization spent), its renewal, the refusal on that.
+    # The carrier's: the delivery, and the refusal it asked again, in its own name.
+    assert [b - a for a, b in itertools.pairwise(entries)] == [4, 0, 0, 0, 3, 0, 0]
+    assert [e.type for e in world.history(order.id)[-2:]] == ["payment_capture_failed", "capture_not_made"]
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured < after.totals.grand_total  # for a person
 
 
 def test_an_authorization_renewed_after_a_refused_capture_is_renewed_again_once_old(world, clock):

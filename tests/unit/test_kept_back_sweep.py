@@ -186,6 +186,28 @@ def test_a_refund_of_what_a_return_kept_back_the_gateway_keeps_refusing_is_left_
     assert owes_kept_back(after, refusals=None) and "refund_key" not in index_attributes(after)
 
 
+def test_deliveries_reported_again_and_again_leave_the_last_refusal_to_the_reconciler(world, clock):
+    # Before: every ship repeated and every delivery a carrier's tracking reported again asked the
+    # refused refund once more under a new key, each a failed refund on the order and its history
+    # entries, without bound; and the reconciler, finding it refused three times already, never
+    # asked it nor told a person. Now ships and deliveries ask it one time fewer than the
+    # reconciler's bound, so its pass asks the last time and, refused, leaves it to a person.
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    for _ in range(5):
+        world.actions.ship(order.id, caps, None, actor="key_wh")
+        world.actions.deliver(order.id, caps, actor="key_carrier")
+
+    refused = [r for r in world.order(order.id).payment.refunds if r.status == "failed"]
+    assert len(refused) == KEPT_BACK_REFUSALS - 1
+    later(clock)
+    done = sweep(world, clock).run(ACTOR)
+    assert (len(done.refused), len(done.given_up)) == (1, 1)
+
+
 def test_an_order_that_kept_nothing_back_is_in_no_partition_and_the_pass_reads_nothing(world, clock):
     returns, _ = returns_for(world, clock)
     order = world.allocated(("MUG", 2), ("CAP", 2))

@@ -279,19 +279,73 @@ def test_a_capture_in_another_currency_than_its_authorization_is_declined():
     assert captured.outcome == "declined" and "USD, not JPY" in captured.message
 
 
+def test_refunds_add_up_to_what_was_captured_and_no_further():
+    auth = an_authorization()  # 42.50
+    oms_payment_capture("test", auth, usd("30.00"), "c1")
+
+    assert oms_payment_refund("test", auth, usd("20.00"), "r1").outcome == "approved"
+    over = oms_payment_refund("test", auth, usd("10.01"), "r2")
+    assert oms_payment_refund("test", auth, usd("10.00"), "r3").outcome == "approved"
+    spent = oms_payment_refund("test", auth, usd("0.01"), "r4")
+
+    assert over.outcome == spent.outcome == "declined"
+    assert "10.00 USD captured and not refunded" in over.message
+    assert "0.00 USD captured and not refunded" in spent.message
+
+
+def test_nothing_captured_is_nothing_to_refund():
+    refunded = oms_payment_refund("test", an_authorization(), usd("0.01"), "r")
+
+    assert refunded.outcome == "declined" and "0.00 USD captured and not refunded" in refunded.message
+
+
+def test_what_was_captured_stays_refundable_after_a_void():
+    auth = an_authorization()
+    oms_payment_capture("test", auth, usd("10.00"), "c")
+    oms_payment_void("test", auth, "v")
+
+    assert oms_payment_refund("test", auth, usd("10.00"), "r").outcome == "approved"
+
+
+def test_a_refund_asked_again_under_its_key_gets_the_refund_made_and_refunds_nothing_more():
+    auth = an_authorization()
+    oms_payment_capture("test", auth, usd("10.00"), "c")
+    first = oms_payment_refund("test", auth, usd("10.00"), "r")
+
+    assert oms_payment_refund("test", auth, usd("10.00"), "r") == first
+    assert first.outcome == "approved"
+    assert oms_payment_capture("test", auth, usd("0.01"), "c2").outcome == "approved"  # the rest is still held
+    assert oms_payment_refund("test", auth, usd("0.02"), "r2").outcome == "declined"
+
+
+def test_a_refund_in_another_currency_than_its_authorization_is_declined():
+    auth = an_authorization()
+    oms_payment_capture("test", auth, AMOUNT, "c")
+
+    refunded = oms_payment_refund("test", auth, Money(amount="700", currency="JPY"), "r")
+
+    assert refunded.outcome == "declined" and "USD, not JPY" in refunded.message
+
+
 def test_an_authorization_another_process_approved_is_known_by_its_look_only():
     auth = an_authorization()
     test_payments.forget()  # as in another Lambda container
 
     assert oms_payment_void("test", auth, "v").outcome == "approved"
     assert oms_payment_capture("test", auth, usd("1000.00"), "c").outcome == "approved"
+    assert oms_payment_refund("test", auth, usd("2000.00"), "r").outcome == "approved"
 
 
 @pytest.mark.parametrize(
-    ("token", "refused"),
-    [("tok_capture_decline", "capture"), ("tok_void_decline", "void"), ("tok_refund_decline", "refund")],
+    ("token", "refused", "outcomes"),
+    [
+        # With its capture refused there is nothing to refund either.
+        ("tok_capture_decline", "capture", {"capture": "declined", "void": "approved", "refund": "declined"}),
+        ("tok_void_decline", "void", {"capture": "approved", "void": "declined", "refund": "approved"}),
+        ("tok_refund_decline", "refund", {"capture": "approved", "void": "approved", "refund": "declined"}),
+    ],
 )
-def test_the_decline_tokens_authorize_but_refuse_their_one_operation(token, refused):
+def test_the_decline_tokens_authorize_but_refuse_their_one_operation(token, refused, outcomes):
     authorization = authorize(token, key="k").reference
     results = {
         "capture": oms_payment_capture("test", authorization, AMOUNT, "c"),
@@ -300,9 +354,7 @@ def test_the_decline_tokens_authorize_but_refuse_their_one_operation(token, refu
     }
 
     assert authorization.startswith(authorize(key="k").reference)  # approved, like tok_approve's
-    assert {op: r.outcome for op, r in results.items()} == {
-        op: "declined" if op == refused else "approved" for op in results
-    }
+    assert {op: r.outcome for op, r in results.items()} == outcomes
     assert token in results[refused].message
 
 

@@ -16,6 +16,7 @@ from core.return_models import ReceiveReturn, RequestReturn
 from core.return_reconciliation import ReturnReconciler
 from core.returns import RefundNotDone
 from core.status import ReturnStatus
+from core.workflow_types import PaymentResult
 from plugins.testing.memory import InMemoryUnreceivedReturns
 from tests.fakes import InlineReturnWorkflow
 from tests.unit.test_jeopardy import STOCK, Clock, one_mug_returned, returns_service
@@ -151,19 +152,28 @@ def test_a_pass_judges_at_most_its_read_budget_of_received_returns(world):
 
 class Uninstalled:
     """Once `gone`, the `test` payment plugin is out of the deployment: it lists no method and
-    answers no refund, while the orders paid with it still use it."""
+    answers no refund, while the orders paid with it still use it.
+
+    A removed gateway refunds nothing, so the `test` gateway must not even be asked (it would
+    remember the refund and refuse it as beyond what was captured once back): while gone, this
+    answers the refund first with a placeholder, which its own wrapper turns into no answer."""
 
     gone = False
+    _unanswered = PaymentResult(outcome="declined", reference="uninstalled", message="the plugin is uninstalled")
 
     @hookimpl(wrapper=True)
     def oms_payment_methods(self):
         methods = yield
         return [[m for m in found if m != "test"] for found in methods] if self.gone else methods
 
-    @hookimpl(wrapper=True)
-    def oms_payment_refund(self):
+    @hookimpl(specname="oms_payment_refund", tryfirst=True)
+    def refund_before_the_gateway(self) -> PaymentResult | None:
+        return self._unanswered if self.gone else None
+
+    @hookimpl(specname="oms_payment_refund", wrapper=True)
+    def refund_unanswered(self):
         result = yield
-        return None if self.gone else result
+        return None if result is self._unanswered else result
 
 
 def test_a_return_stuck_for_want_of_its_payment_plugin_is_resumed_once_the_plugin_is_back(world):

@@ -3,6 +3,7 @@ shipped order; lines, totals, shipments, reservations and the payment settled to
 
 from __future__ import annotations
 
+import itertools
 import json
 from decimal import Decimal
 
@@ -262,6 +263,34 @@ def test_a_capture_of_the_rest_the_gateway_could_not_make_is_made_when_the_parce
     assert delivered == world.order(order.id)
 
 
+def test_a_release_the_gateway_refuses_is_recorded_once_however_often_the_parcel_is_reported_delivered():
+    # The rest of the order was cancelled; the authorization's rest cannot be released (the gateway
+    # refuses the void). Before: every ship repeated, every delivery a carrier reported again and
+    # every cancel repeated added one more payment_void_failed entry, without bound.
+    world = build_world(STOCK)
+    order = world.allocated(("MUG", 1), ("CAP", 3), token="tok_void_decline")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.cancel(order.id, "rest", actor="key_web")
+    assert [e.type for e in world.history(order.id)][-1] == "payment_void_failed"
+    entries = [len(world.history(order.id))]
+
+    for _ in range(3):
+        world.actions.ship(order.id, west, None, actor="key_wh")
+        entries.append(len(world.history(order.id)))
+    for _ in range(3):
+        world.actions.deliver(order.id, west, actor="key_carrier")
+        entries.append(len(world.history(order.id)))
+    for _ in range(3):
+        world.actions.cancel(order.id, "rest", actor="key_web")
+        entries.append(len(world.history(order.id)))
+
+    # A new actor's first refusal is recorded in its name (with the delivery itself), then no more.
+    assert [b - a for a, b in itertools.pairwise(entries)] == [1, 0, 0, 2, 0, 0, 1, 0, 0]
+    after = world.order(order.id)
+    assert after.payment.authorized > after.payment.captured  # still held: for a person
+
+
 class PerUnitShipping:
     """Shipping that costs 2.00 a unit: cancelled units make it cheaper."""
 
@@ -288,6 +317,36 @@ def test_what_was_captured_beyond_the_new_total_is_refunded_as_a_cancellation():
     assert settled(done) == done.totals.grand_total
     assert done.payment.status is P.PARTIALLY_REFUNDED
     assert world.actions.cancel(order.id, "no mug", actor="key_web") == done  # a repeat refunds nothing more
+
+
+def test_an_over_capture_refund_the_gateway_keeps_refusing_is_asked_a_few_times_then_left_to_a_person():
+    # Before: every repeat of the ship and every delivery a carrier's tracking reported again asked
+    # the refund once more under a new key, each refused one a failed refund kept on the order and
+    # three history entries, without bound (the order's item fills, then every write fails).
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+
+    for _ in range(5):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+        world.actions.deliver(order.id, east, actor="key_carrier")
+
+    after = world.order(order.id)
+    assert [(r.kind, r.status) for r in after.payment.refunds] == [("cancellation", "failed")] * 3
+    assert settled(after) > after.totals.grand_total  # for a person: an appeasement gives it back
+    entries = len(world.history(order.id))
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    assert len(world.history(order.id)) == entries
+    world.gateway.script("refund", "approve")
+    given = world.refunds.issue_refund(
+        order.id, settled(after) - after.totals.grand_total, "the cancelled mug's shipping", "cs-1", "key_cs"
+    )
+    assert given.status == "succeeded" and settled(world.order(order.id)) == after.totals.grand_total
+    again = world.actions.deliver(order.id, east, actor="key_carrier")
+    assert len(again.payment.refunds) == 4  # the appeasement gave it: nothing refunds it twice
 
 
 def test_the_last_parcel_after_an_over_capture_was_refunded_captures_nothing_and_records_nothing_negative():
