@@ -57,7 +57,8 @@ class Holds:
         """On hold from `pending`, `authorized`, `backordered` or `allocated` (InvalidTransition, 409,
         otherwise: held already, shipped, closed). An order sent back to be sourced (an edit, a
         reject) and not sourced yet holds what it held before: what its lines hold beyond their
-        quantities is given back (give_back_surplus), as its workflow, which the hold puts off until
+        quantities, and what lines an edit replaced and could not release hold, is given back
+        (give_back_surplus), as its workflow, which the hold puts off until
         the release, would have, or an order edited down would keep those units from other orders
         for as long as the hold lasts. A give-back that fails leaves the hold standing
         (give_back_or_note). A workflow step sourcing it meanwhile loses its write to the
@@ -91,20 +92,25 @@ class Holds:
 
 
 def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids: list[str]) -> None:
-    """Bring what each of `order`'s lines holds down to its quantity: its units at the locations
-    first in `location_ids` are kept; the order, released, is sourced again around them. Each
-    change is conditional: a shrink on the units read (a reservation changed meanwhile is left as
-    it is), a release on the key being held, so stock never goes below zero."""
+    """Bring what each of `order`'s lines holds down to its quantity, and release what the lines
+    edits replaced still hold (Order.replaced_lines: the workflow the hold puts off would have):
+    its units at the locations first in `location_ids` are kept; the order, released, is sourced
+    again around them. Each change is conditional: a shrink on the units read (a reservation
+    changed meanwhile is left as it is), a release on the key being held, so stock never goes
+    below zero."""
     keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for line in order.lines:
+    for line_id, sku in order.reservation_lines():
         for location_id in location_ids:
-            keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
-    wanted = {reservation_key(order.id, line.line_id): line.quantity for line in order.lines}
+            keys[(sku, location_id)].append(reservation_key(order.id, line_id))
+    # By sku too: a line an edit gave another sku shares its key with the line it replaced.
+    wanted: dict[tuple[str, str], int] = defaultdict(int)
+    for line in order.lines:
+        wanted[(line.sku, reservation_key(order.id, line.line_id))] = line.quantity
     rank = {location_id: i for i, location_id in enumerate(location_ids)}
     found = inventory.reservations(dict(keys)) if keys else {}
     for (sku, location_id, key), units in sorted(found.items(), key=lambda item: rank[item[0][1]]):
-        keep = min(units, wanted[key])
-        wanted[key] -= keep
+        keep = min(units, wanted[(sku, key)])
+        wanted[(sku, key)] -= keep
         if not keep:
             inventory.release(sku, location_id, key)
         elif keep < units:

@@ -464,12 +464,12 @@ class Simulator:
 
     def _held(self, order: Order, locations: list[Location]) -> dict[tuple[str, str], int]:
         """The units the stored `order` holds reserved, by (sku, location_id): one batched read, as
-        ReserveStock makes it. Sourced again (after an edit) or filled, an order counts them as
-        available to it, so its plan does too."""
+        ReserveStock makes it (under the lines edits replaced too: Order.reservation_lines). Sourced
+        again (after an edit) or filled, an order counts them as available to it, so its plan does too."""
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in order.lines:
+        for line_id, sku in order.reservation_lines():
             for location in locations:
-                keys[(line.sku, location.location_id)].append(reservation_key(order.id, line.line_id))
+                keys[(sku, location.location_id)].append(reservation_key(order.id, line_id))
         held: dict[tuple[str, str], int] = defaultdict(int)
         for (sku, location_id, _), units in self._inventory.reservations(dict(keys)).items():
             held[(sku, location_id)] += units

@@ -804,3 +804,25 @@ def test_a_hold_stands_when_the_stock_and_then_its_note_both_fail(world, monkeyp
     assert held.status is S.ON_HOLD and held == world.order(order_id)
     (logged,) = [r for r in caplog.records if r.name == "core.holds"]
     assert (logged.levelname, logged.order_id) == ("WARNING", order_id)
+
+
+def test_a_hold_gives_back_the_units_of_a_line_an_edit_replaced_and_could_not_release(world, monkeypatch):
+    # 2 MUGs edited to a TSHIRT while the inventory refused the MUGs' release (the edit stands, its
+    # order owes that release: Order.replaced_lines), then held before its workflow ran again: the
+    # hold gives back what the workflow it puts off would have, the MUGs too, or they stay kept from
+    # other orders for as long as the hold lasts.
+    order_id = world.place(("MUG", 2))
+    run_from(world, order_id)
+    order = world.order(order_id)
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), "key_cs")
+    monkeypatch.undo()
+
+    held = hold(world, order_id)
+
+    assert held.status is S.ON_HOLD
+    assert world.held_for(order_id) == {}
+    release(world, order_id)
+    run_from(world, order_id, 1)
+    assert world.order(order_id).status is S.ALLOCATED
+    assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L1"): 1}

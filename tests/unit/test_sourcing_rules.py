@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from core import hookimpl
 from core.backorders import BackorderAllocator
 from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion, UnknownSku
-from core.models import StockLevel
+from core.models import LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import CaptureService
@@ -584,3 +584,29 @@ def test_units_a_backorder_holds_at_a_location_excluded_since_stay_its_own_when_
     assert reserved_at(world, order_id) == {"wh-west": 1, "wh-east": 2}
     assert sorted((a.location_id, a.quantity) for a in order.allocations) == [("wh-east", 2), ("wh-west", 1)]
     assert order.short_of() == {}
+
+
+def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_own_as_reservestock_does(monkeypatch):
+    # 2 MUGs, the only ones, edited to a TSHIRT and 2 MUGs on a new line while the inventory refused
+    # the old line's release (Order.replaced_lines): its sourcing gives those 2 back and takes them
+    # for the new line, so the what-if of the order plans them, not a shortage.
+    world, store = a_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-west", 3)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1), LineInput(sku="MUG", quantity=2)])
+    world.actions.edit(order.id, order.version, edit, "key_web")
+    monkeypatch.undo()
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order.id]})).items
+
+    assert item.unfillable == []
+    assert world.run(order.id).status is S.ALLOCATED  # as ReserveStock plans it
+    assert sorted((s.location_id, x.line_id, x.quantity) for s in item.shipments for x in s.lines) == [
+        ("wh-west", "L1", 1),
+        ("wh-west", "L2", 2),
+    ]
