@@ -649,6 +649,50 @@ def test_a_unit_returned_before_the_rest_of_its_line_was_cancelled_costs_nothing
     assert after.payment.captured - after.payment.refunded == after.totals.shipping
 
 
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_unit_kept_of_a_line_whose_volume_price_a_cancel_lost_costs_its_own_price_whichever_came_first(
+    return_first,
+):  # fmt: skip
+    # Four MUGs at the volume price, two shipped from the west, two waiting in the east. One shipped
+    # MUG comes back and the two waiting are cancelled: the line is two MUGs at 12.50, one of them
+    # returned. The customer pays for the MUG kept (its share of the line) and the shipping, whichever
+    # came first: the returned MUG, refunded at 10.00, does not charge the kept one the 2.50 its
+    # volume price lost. Once the kept MUG comes back too, only the shipping is paid.
+    from datetime import timedelta
+
+    from core.refunds import cumulative_share
+    from tests.builders import NOW
+    from tests.unit.test_returns import Clock, ask, receipt, returns_for
+
+    clock = Clock(NOW + timedelta(days=3))
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 2)], VolumePrice(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 4))
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.deliver(order.id, west, actor="key_wh")
+
+    def return_a_mug() -> None:
+        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(order.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_a_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_a_mug):
+        step()
+
+    after = world.order(order.id)
+    kept = after.lines[0].total - cumulative_share(after.lines[0], 1)
+    assert after.payment.captured - after.payment.refunded == kept + after.totals.shipping
+
+    return_a_mug()
+    after = world.order(order.id)
+    assert after.status is S.RETURNED
+    assert after.payment.captured - after.payment.refunded == after.totals.shipping
+
+
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
     # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
     # pending; nothing would ask for it again unless someone repeated the cancel.
