@@ -51,8 +51,11 @@ def units_refunded(
     """What a return of `lines` ({line_id: units}) gives back for each line's units: what they
     bring the units of the line refunded so far (`returned_before`) up to, worth as the line is
     priced now, beyond what those were refunded already (`refunded_before`; by default their
-    share of the line as it is now, as units_share); never below zero. Whatever the line's price
-    did in between (units of it cancelled), every unit of it refunded gives back its total."""
+    share of the line as it is now, as units_share), or beyond that share when they were refunded
+    less (a volume price the line lost since: the payment is settled for it instead,
+    refunded_short_of_lines); never below zero. Whatever the line's price did in between (units of
+    it cancelled), every unit of it refunded gives back its total, less what the payment was
+    settled for instead."""
     before = returned_before or {}
     worth = refunded_before or {}
     by_id = {line.line_id: line for line in order.lines}
@@ -72,8 +75,9 @@ def units_refunded(
         share = (
             units_share(line, units, had)
             if given is None
-            else max(cumulative_share(line, had + units) - given, zero, key=_amount)
-        )
+            else max(cumulative_share(line, had + units) - max(given, cumulative_share(line, had), key=_amount), zero,
+                     key=_amount)
+        )  # fmt: skip
         shares.append(RefundedUnits(line_id=line_id, quantity=units, amount=share))
     return shares
 
@@ -164,11 +168,12 @@ def refunded_beyond_lines(order: Order) -> Money:
 
 
 def refunded_short_of_lines(order: Order) -> Money:
-    """What the order's return refunds gave back for the units of a line short of the line's total,
-    once every unit of it came back: units refunded their share of it, then the rest of the line
-    cancelled and the units left priced again for more (a volume price lost with the units). No
-    later return can give it back, as no unit of the line is left to return; the payment is
-    settled for it instead, as for refunded_beyond_lines. Counted as given_back_for_units records it."""
+    """What the order's return refunds gave back for the units of a line short of those units' share
+    of it as it is now: units refunded their share of it, then units of it cancelled and the line
+    priced again for more (a volume price lost with the units). The returned units are not charged
+    the price they lost, nor the units kept charged it for them (a later return of those gives back
+    only their share: units_refunded); the payment is settled for it instead, as for
+    refunded_beyond_lines. Counted as given_back_for_units records it."""
     zero = Money.zero(order.currency)
     given: dict[str, Money] = {}
     units: dict[str, int] = {}
@@ -177,9 +182,9 @@ def refunded_short_of_lines(order: Order) -> Money:
             given[share.line_id] = given.get(share.line_id, zero) + share.amount
             units[share.line_id] = units.get(share.line_id, 0) + share.quantity
     short = [
-        line.total - given[line.line_id]
+        cumulative_share(line, units[line.line_id]) - given[line.line_id]
         for line in order.lines
-        if line.quantity and units.get(line.line_id) == line.quantity
+        if line.line_id in units and units[line.line_id] <= line.quantity
     ]
     return sum((max(amount, zero, key=_amount) for amount in short), zero)
 

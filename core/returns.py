@@ -1148,7 +1148,8 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     or one stored before returns' shares were recorded) their share of the line as it is now, taken
     where that return came among the others (its ordinal), as units_share gave it then. A line's
     units refunded over several returns add up to exactly its total, whatever its price did between
-    them."""
+    them, but for a volume price lost since the first were refunded: the payment is settled for it
+    (core.refunds.refunded_short_of_lines)."""
     recorded = {return_id: shares for return_id, shares in given_back_for_units(order).items() if return_id != besides}
     refunding = {refund.return_id for refund in order.payment.refunds if refund.status != "failed"}
     known = {item.id for item in returns}

@@ -708,6 +708,86 @@ def test_a_unit_returned_before_the_rest_of_its_line_was_cancelled_costs_nothing
     assert after.payment.captured - after.payment.refunded == after.totals.shipping
 
 
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_unit_kept_of_a_line_whose_volume_price_a_cancel_lost_costs_its_own_price_whichever_came_first(
+    return_first,
+):  # fmt: skip
+    # Four MUGs at the volume price, two shipped from the west, two waiting in the east. One shipped
+    # MUG comes back and the two waiting are cancelled: the line is two MUGs at 12.50, one of them
+    # returned. The customer pays for the MUG kept (its share of the line) and the shipping, whichever
+    # came first: the returned MUG, refunded at 10.00, does not charge the kept one the 2.50 its
+    # volume price lost. Once the kept MUG comes back too, only the shipping is paid.
+    from datetime import timedelta
+
+    from core.refunds import cumulative_share
+    from tests.builders import NOW
+    from tests.unit.test_returns import Clock, ask, receipt, returns_for
+
+    clock = Clock(NOW + timedelta(days=3))
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 2)], VolumePrice(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 4))
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.deliver(order.id, west, actor="key_wh")
+
+    def return_a_mug() -> None:
+        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(order.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_a_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_a_mug):
+        step()
+
+    after = world.order(order.id)
+    kept = after.lines[0].total - cumulative_share(after.lines[0], 1)
+    assert after.payment.captured - after.payment.refunded == kept + after.totals.shipping
+
+    return_a_mug()
+    after = world.order(order.id)
+    assert after.status is S.RETURNED
+    assert after.payment.captured - after.payment.refunded == after.totals.shipping
+
+
+def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs_nothing():
+    # A TSHIRT is exchanged for three MUGs at the volume price: its credit pays for them but for the
+    # difference the replacement's own payment pays. The MUG shipped from the west comes back
+    # (refunded from the replacement's captures at 10.00 a unit) and the two waiting in the east
+    # are cancelled: the customer keeps nothing but pays both orders' shipping. The credit given
+    # back counted the MUG returned at 12.50, as the line now is, and kept the 2.50 its volume price lost.
+    from datetime import timedelta
+
+    from tests.builders import NOW
+    from tests.unit.test_returns import Clock, ask, exchange_of, receipt, returns_for
+
+    clock = Clock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)]
+    world = build_world(stock, VolumePrice(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(mug.id, actor="key_wh")
+
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+
+
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
     # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
     # pending; nothing would ask for it again unless someone repeated the cancel.
