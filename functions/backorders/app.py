@@ -165,7 +165,9 @@ def on_order_withdrawn(record: DynamoDBRecord) -> None:
     if change is None or change.settings is None or not change.withdrawn or crossing(change) is not None:
         return
     with logger.append_context_keys(sku=change.sku, location_id=change.location_id):
-        levels, demand = _demand(change.sku, change.location_id)
+        # Not `also`: it buys by the point there now (`_buy_lacking`); one cleared since buys
+        # nothing, and an order placed there would be kept there, bought by no point.
+        levels, demand = _demand(change.sku)
         level = next((level for level in levels if level.location_id == change.location_id), None)
         _buy_lacking(change.sku, level, demand, change.change_id)
 
@@ -181,7 +183,7 @@ def reorder_point_set(record: DynamoDBRecord) -> None:
         return
     sku, location_id = placed
     with logger.append_context_keys(sku=sku, location_id=location_id):
-        # Not `also`: a point cleared since buys nothing, and the orders are placed where points are.
+        # Not `also`, as for a withdrawal: a point cleared since buys nothing.
         levels, demand = _demand(sku)
         level = next((level for level in levels if level.location_id == location_id), None)
         assert record.dynamodb is not None  # point_set

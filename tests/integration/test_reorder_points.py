@@ -617,6 +617,28 @@ def test_a_draft_cancelled_while_its_point_was_cleared_is_bought_again_when_the_
     assert drafted(buyer) == {"wh-east": 3}
 
 
+def test_a_withdrawal_handled_after_its_point_was_cleared_leaves_the_orders_to_the_other_point(buyer: Buyer):
+    """A PO at wh-east is cancelled, an order is backordered, then wh-east's point is cleared, all
+    before the stream is read. The cancel's record placed the order at wh-east (its point then)
+    and, wh-east buying nothing now, bought nothing; the order's own record kept it there, so
+    wh-west's point never bought for it and it waited for good. It is bought at wh-west."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.catalog_repository.put_location(location("wh-west", latitude=37.8, longitude=-122.3))
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    for location_id in ("wh-east", "wh-west"):
+        buyer.container.inventory_repository.set_on_hand("MUG", location_id, 0, reason="stock_take")
+        buyer.container.purchasing_repository.set_reorder("MUG", location_id, settings)
+    po_id = open_po(buyer, 2)  # wh-east: 0 available + 2 on order, below the point already
+    buyer.consume(buyer.stream.records())
+    buyer.container.purchasing.cancel(po_id)  # crosses nothing: a withdrawal
+    backordered(buyer, 3, "waits")
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_units_on_the_former_vendors_draft_are_not_bought_again_from_the_new_one(buyer: Buyer):
     """acme's draft holds the 3 units the first order lacks; the point then buys from globex. A
     second order's record counted globex's draft only, so it bought the first order's 3 again
