@@ -1,8 +1,8 @@
 """Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
 when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
-open purchase orders cover the point; when an order is written backordered, grow the draft by what it lacks
-beyond what is there and on order. Catalog stream consumer for the sourcing rules: a new version wakes
-the backordered orders it may let take units, a page at a time."""
+open purchase orders cover the point; when an order is written backordered, or a point is set where there was
+none, grow the draft by what the orders lack beyond what is there and on order. Catalog stream consumer for
+the sourcing rules: a new version wakes the backordered orders it may let take units, a page at a time."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from core.models import ReorderSettings, StockLevel
 from core.reorder import crossing, lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
-from functions.backorders.low_stock import backorder_marked, crossing_of, stock_change
+from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, stock_change
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.stream_batches import InOrderStreamProcessor
@@ -165,9 +165,29 @@ def on_order_withdrawn(record: DynamoDBRecord) -> None:
     if change is None or change.settings is None or not change.withdrawn or crossing(change) is not None:
         return
     with logger.append_context_keys(sku=change.sku, location_id=change.location_id):
-        levels, demand = _demand(change.sku, change.location_id)
+        # Not `also`: it buys by the point there now (`_buy_lacking`); one cleared since buys
+        # nothing, and an order placed there would be kept there, bought by no point.
+        levels, demand = _demand(change.sku)
         level = next((level for level in levels if level.location_id == change.location_id), None)
         _buy_lacking(change.sku, level, demand, change.change_id)
+
+
+def reorder_point_set(record: DynamoDBRecord) -> None:
+    """A reorder point set where there was none (a new one, or one set again after it was cleared):
+    the orders backordered meanwhile had no point to buy for them, and one whose draft was cancelled
+    while there was none had its units bought by nothing; stock already below the point crosses
+    nothing, so they would wait for the next order backordered. What the orders counted there lack
+    is bought now (`_buy_lacking`: not `reorder_quantity`, a crossing's), once per record."""
+    placed = point_set(record)
+    if placed is None:
+        return
+    sku, location_id = placed
+    with logger.append_context_keys(sku=sku, location_id=location_id):
+        # Not `also`, as for a withdrawal: a point cleared since buys nothing.
+        levels, demand = _demand(sku)
+        level = next((level for level in levels if level.location_id == location_id), None)
+        assert record.dynamodb is not None  # point_set
+        _buy_lacking(sku, level, demand, str(record.dynamodb.sequence_number))
 
 
 def rules_changed(record: DynamoDBRecord) -> None:
@@ -200,6 +220,7 @@ def stock_changed(record: DynamoDBRecord) -> None:
     arrival(record)
     reorder_point_crossed(record)
     on_order_withdrawn(record)
+    reorder_point_set(record)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -57,6 +57,20 @@ def crossing_of(record: DynamoDBRecord) -> Crossing | None:
     return crossing(change) if change is not None else None
 
 
+def point_set(record: DynamoDBRecord) -> tuple[str, str] | None:
+    """The sku and location of the stock item `record` gives a reorder point where it had none (set
+    for the first time, on an item that may be new with it, or set again after it was cleared); None
+    for any other change, a point changed (its vendor, say) included."""
+    stream = record.dynamodb
+    if stream is None or record.raw_event.get("eventName") not in ("INSERT", "MODIFY"):
+        return None
+    new, old = stream.new_image or {}, stream.old_image or {}
+    if not new.get("reorder") or old.get("reorder"):
+        return None
+    keys = stream.keys or {}
+    return str(keys.get("sku", "")), str(keys.get("location_id", ""))
+
+
 def backorder_marked(record: DynamoDBRecord) -> bool:
     """Whether `record` is a backorder queue entry marked as its order was written backordered
     (DynamoBackorders.recorded): the change that sets the mark, not a later one."""

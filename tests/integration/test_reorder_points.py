@@ -572,6 +572,73 @@ def test_a_draft_cancelled_by_a_person_buys_again_what_the_backorders_lack(buyer
     assert drafted(buyer) == {"wh-east": 3 + 2}
 
 
+@pytest.mark.parametrize("stocked", [True, False], ids=["its stock item", "no stock item yet"])
+def test_a_point_set_while_orders_wait_buys_what_they_lack(buyer: Buyer, stocked: bool):
+    """An order waits for 3 MUG and no point buys MUG. A person sets one at wh-east: stock already
+    below it crosses nothing, and no record of the order's is left to buy, so nothing was bought
+    and the order waited for good (until another order was backordered). The point's record buys
+    the 3, once."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    if stocked:
+        buyer.stock(units=0)
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    assert buyer.drafts() == []
+
+    buyer.point()
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-east": 3}
+    assert buyer.on_bus() == []  # no crossing: no inventory.low
+    buyer.point()  # set again (the same settings): what it bought is counted
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 3}
+
+
+def test_a_draft_cancelled_while_its_point_was_cleared_is_bought_again_when_the_point_is_set_again(buyer: Buyer):
+    """The point is cleared, then its draft (the 3 units an order waits for) cancelled: with no
+    point nothing buys, as it should. Set again, the point's record saw no fall, no withdrawal and
+    no new backorder, so the 3 were never bought again."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+    buyer.container.purchasing.cancel(draft.id)
+    buyer.consume(buyer.stream.records())
+    assert buyer.drafts() == []
+
+    buyer.point()
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 3}
+
+
+def test_a_withdrawal_handled_after_its_point_was_cleared_leaves_the_orders_to_the_other_point(buyer: Buyer):
+    """A PO at wh-east is cancelled, an order is backordered, then wh-east's point is cleared, all
+    before the stream is read. The cancel's record placed the order at wh-east (its point then)
+    and, wh-east buying nothing now, bought nothing; the order's own record kept it there, so
+    wh-west's point never bought for it and it waited for good. It is bought at wh-west."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.catalog_repository.put_location(location("wh-west", latitude=37.8, longitude=-122.3))
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    for location_id in ("wh-east", "wh-west"):
+        buyer.container.inventory_repository.set_on_hand("MUG", location_id, 0, reason="stock_take")
+        buyer.container.purchasing_repository.set_reorder("MUG", location_id, settings)
+    po_id = open_po(buyer, 2)  # wh-east: 0 available + 2 on order, below the point already
+    buyer.consume(buyer.stream.records())
+    buyer.container.purchasing.cancel(po_id)  # crosses nothing: a withdrawal
+    backordered(buyer, 3, "waits")
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_units_on_the_former_vendors_draft_are_not_bought_again_from_the_new_one(buyer: Buyer):
     """acme's draft holds the 3 units the first order lacks; the point then buys from globex. A
     second order's record counted globex's draft only, so it bought the first order's 3 again
