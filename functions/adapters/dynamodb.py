@@ -1562,18 +1562,19 @@ class DynamoInventory(InventoryRepository):
             raise
 
     def _stock_items(
-        self, items: Iterable[tuple[str, str]], projection: str, names: dict[str, str] | None = None,
+        self, items: Iterable[tuple[str, str]], projection: str | None = None, names: dict[str, str] | None = None,
         *, consistent: bool = False,
     ) -> Iterator[dict[str, Any]]:  # fmt: skip
-        """The stock items of `items` (sku, location_id) that exist, projected. A sku asked about
-        at up to 100 locations is looked up by key, its keys batched with the other skus' (pages
-        of 100); one asked about at more is read with a Query of its stock items from the first to
-        the last of those locations, the others in between left out: an order over a large network
-        costs a request per sku (and per MB of its items), not one per 100 of its locations. The
-        range holds no backorder queue entry (they sort before any location id) and no ledger item
-        (those live under keys of their own). Its read units are the sizes of the items it reads
-        summed, where the BatchGetItem rounds each item up to 4 KB and charges a missing one too:
-        over 100 locations it costs less, unless the items between not asked about outweigh that."""
+        """The stock items of `items` (sku, location_id) that exist, projected (whole without a
+        `projection`). A sku asked about at up to 100 locations is looked up by key, its keys
+        batched with the other skus' (pages of 100); one asked about at more is read with a Query
+        of its stock items from the first to the last of those locations, the others in between
+        left out: an order over a large network costs a request per sku (and per MB of its items),
+        not one per 100 of its locations. The range holds no backorder queue entry (they sort
+        before any location id) and no ledger item (those live under keys of their own). Its read
+        units are the sizes of the items it reads summed, where the BatchGetItem rounds each item
+        up to 4 KB and charges a missing one too: over 100 locations it costs less, unless the
+        items between not asked about outweigh that."""
         locations_by_sku: dict[str, set[str]] = defaultdict(set)
         for sku, location_id in items:
             locations_by_sku[sku].add(location_id)
@@ -1588,8 +1589,9 @@ class DynamoInventory(InventoryRepository):
                 "ExpressionAttributeValues": {
                     ":sku": {"S": sku}, ":first": {"S": min(location_ids)}, ":last": {"S": max(location_ids)},
                 },
-                "ProjectionExpression": projection,
             }  # fmt: skip
+            if projection:
+                query["ProjectionExpression"] = projection
             if names:
                 query["ExpressionAttributeNames"] = names
             if consistent:
@@ -1641,11 +1643,10 @@ class DynamoInventory(InventoryRepository):
         return result
 
     def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
-        """One BatchGetItem of the whole items: the `expected#<po id>` attributes cannot be named in
-        a projection (their names are the POs'). Only backordered orders' reads come here."""
-        keys = [{"sku": {"S": sku}, "location_id": {"S": loc}} for sku, loc in sorted(items)]
+        """A read (`_stock_items`) of the whole items: the `expected#<po id>` attributes cannot be
+        named in a projection (their names are the POs'). Only backordered orders' reads come here."""
         found: dict[tuple[str, str], datetime] = {}
-        for item in batch_get(self._client, self._table, keys):
+        for item in self._stock_items(items):
             level = _level(from_item(item))
             if level.next_expected_at is not None:
                 found[(level.sku, level.location_id)] = level.next_expected_at

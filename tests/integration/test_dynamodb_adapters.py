@@ -228,6 +228,36 @@ def test_an_order_over_the_whole_of_a_large_network_reads_its_stock_with_a_query
     assert held == {(sku, "loc-0999", f"ord_1#{sku}"): 2 for sku in skus}
 
 
+def test_when_more_is_expected_over_a_large_network_is_a_query_per_sku(aws, inventory):
+    # A read of a backordered order (or a page of them) asks each short sku at every location that
+    # may supply it: 1,000 locations were 10 BatchGetItems a sku, for one GET.
+    network = [f"loc-{n:04d}" for n in range(1000)]
+    for sku, location_id, po_id, at in [
+        ("MUG", "loc-0003", "po_1", NOW + timedelta(days=3)),
+        ("MUG", "loc-0003", "po_2", NOW + timedelta(days=2)),
+        ("MUG", "loc-0900", "po_3", NOW + timedelta(days=5)),
+        ("TSHIRT", "loc-0004", "po_4", NOW + timedelta(days=1)),
+    ]:
+        inventory.set_on_hand(sku, location_id, 0, "count")
+        aws.dynamodb.update_item(  # as an open purchase order bringing units there sets it
+            TableName=aws.tables["InventoryTable"],
+            Key={"sku": {"S": sku}, "location_id": {"S": location_id}},
+            UpdateExpression="SET #expected = :at",
+            ExpressionAttributeNames={"#expected": f"expected#{po_id}"},
+            ExpressionAttributeValues={":at": {"S": at.isoformat()}},
+        )
+
+    with requests_made(aws.dynamodb) as made:
+        expected = inventory.expected({(sku, loc) for sku in ("MUG", "TSHIRT") for loc in network})
+
+    assert [operation for operation, _ in made] == ["Query", "Query"]
+    assert expected == {
+        ("MUG", "loc-0003"): NOW + timedelta(days=2),
+        ("MUG", "loc-0900"): NOW + timedelta(days=5),
+        ("TSHIRT", "loc-0004"): NOW + timedelta(days=1),
+    }
+
+
 @pytest.mark.parametrize(("sku_count", "location_count"), [(1, 1), (3, 4), (20, 5), (1, 100), (20, 100)])
 def test_an_order_over_a_hundred_locations_or_fewer_reads_by_key_in_as_many_batches_as_before(
     aws, inventory, sku_count, location_count
