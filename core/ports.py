@@ -185,8 +185,8 @@ class InventoryRepository(ABC):
 
     @abstractmethod
     def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
-        """Stock records of each sku (skus with none map to []): at `location_ids` (key lookups,
-        the capture path) or, when None, at every location."""
+        """Stock records of each sku (skus with none map to []): at `location_ids` (the capture
+        path's read, as few requests as the skus need) or, when None, at every location."""
 
     def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
         """The earliest expected date of the open purchase orders bringing units to each

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -1560,19 +1561,57 @@ class DynamoInventory(InventoryRepository):
                 return  # restocked by an earlier run of the same step
             raise
 
+    def _stock_items(
+        self, items: Iterable[tuple[str, str]], projection: str | None = None, names: dict[str, str] | None = None,
+        *, consistent: bool = False,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """The stock items of `items` (sku, location_id) that exist, projected (whole without a
+        `projection`). A sku asked about at up to 100 locations is looked up by key, its keys
+        batched with the other skus' (pages of 100); one asked about at more is read with a Query
+        of its stock items from the first to the last of those locations, the others in between
+        left out: an order over a large network costs a request per sku (and per MB of its items),
+        not one per 100 of its locations. The range holds no backorder queue entry (they sort
+        before any location id) and no ledger item (those live under keys of their own). Its read
+        units are the sizes of the items it reads summed, where the BatchGetItem rounds each item
+        up to 4 KB and charges a missing one too: over 100 locations it costs less, unless the
+        items between not asked about outweigh that."""
+        locations_by_sku: dict[str, set[str]] = defaultdict(set)
+        for sku, location_id in items:
+            locations_by_sku[sku].add(location_id)
+        keys: list[dict[str, Any]] = []
+        for sku, location_ids in sorted(locations_by_sku.items()):
+            if len(location_ids) <= 100:
+                keys.extend({"sku": {"S": sku}, "location_id": {"S": loc}} for loc in sorted(location_ids))
+                continue
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "KeyConditionExpression": "sku = :sku AND location_id BETWEEN :first AND :last",
+                "ExpressionAttributeValues": {
+                    ":sku": {"S": sku}, ":first": {"S": min(location_ids)}, ":last": {"S": max(location_ids)},
+                },
+            }  # fmt: skip
+            if projection:
+                query["ProjectionExpression"] = projection
+            if names:
+                query["ExpressionAttributeNames"] = names
+            if consistent:
+                query["ConsistentRead"] = True
+            for page in self._client.get_paginator("query").paginate(**query):
+                yield from (item for item in page.get("Items", []) if item["location_id"]["S"] in location_ids)
+        yield from batch_get(self._client, self._table, keys, projection, names, consistent=consistent)
+
     def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
-        """One BatchGetItem that projects only the asked-for map entries, never a hot item's
-        whole reservations map. A consistent read: what is released or topped up follows from it,
-        and an eventually consistent one could miss a reservation made a moment before (a cancel
-        right after the allocation would then leave it held for good)."""
+        """A read (`_stock_items`) that projects only the asked-for map entries, never a hot
+        item's whole reservations map. A consistent read: what is released or topped up follows
+        from it, and an eventually consistent one could miss a reservation made a moment before (a
+        cancel right after the allocation would then leave it held for good)."""
         wanted = sorted({key for keys in keys_by_item.values() for key in keys})
         if not wanted:
             return {}
         names = {f"#k{i}": key for i, key in enumerate(wanted)}
         projection = ", ".join(["sku", "location_id"] + [f"reservations.{name}" for name in names])
-        items = [{"sku": {"S": sku}, "location_id": {"S": loc}} for sku, loc in sorted(keys_by_item)]
         found: dict[tuple[str, str, str], int] = {}
-        for item in batch_get(self._client, self._table, items, projection, names, consistent=True):
+        for item in self._stock_items(keys_by_item, projection, names, consistent=True):
             values = from_item(item)
             asked = set(keys_by_item[(values["sku"], values["location_id"])])
             for key, quantity in (values.get("reservations") or {}).items():
@@ -1583,10 +1622,9 @@ class DynamoInventory(InventoryRepository):
     def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
         result: dict[str, list[StockLevel]] = {sku: [] for sku in skus}
         if location_ids is not None:
-            keys = [
-                {"sku": {"S": sku}, "location_id": {"S": loc}} for sku in sorted(skus) for loc in sorted(location_ids)
-            ]
-            for item in batch_get(self._client, self._table, keys, "sku, location_id, on_hand, reserved, available"):
+            wanted = set(location_ids)
+            items = [(sku, loc) for sku in skus for loc in wanted]
+            for item in self._stock_items(items, "sku, location_id, on_hand, reserved, available"):
                 level = _level(from_item(item))
                 result[level.sku].append(level)
             return result
@@ -1605,11 +1643,10 @@ class DynamoInventory(InventoryRepository):
         return result
 
     def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
-        """One BatchGetItem of the whole items: the `expected#<po id>` attributes cannot be named in
-        a projection (their names are the POs'). Only backordered orders' reads come here."""
-        keys = [{"sku": {"S": sku}, "location_id": {"S": loc}} for sku, loc in sorted(items)]
+        """A read (`_stock_items`) of the whole items: the `expected#<po id>` attributes cannot be
+        named in a projection (their names are the POs'). Only backordered orders' reads come here."""
         found: dict[tuple[str, str], datetime] = {}
-        for item in batch_get(self._client, self._table, keys):
+        for item in self._stock_items(items):
             level = _level(from_item(item))
             if level.next_expected_at is not None:
                 found[(level.sku, level.location_id)] = level.next_expected_at

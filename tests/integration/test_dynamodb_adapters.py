@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +15,7 @@ from botocore.exceptions import ClientError
 from core.access import ApiKey, Scope
 from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
 from core.models import HistoryEntry
-from core.ports import OrderFilter, ReturnFilter
+from core.ports import OrderFilter, ReturnFilter, WaitingOrder
 from core.return_models import ExchangeInput, Return, ReturnLine
 from core.status import OrderStatus, ReturnStatus
 from functions.adapters import order_codec
@@ -21,6 +23,7 @@ from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import (
     DynamoApiKeys,
+    DynamoBackorders,
     DynamoCatalog,
     DynamoInventory,
     DynamoOrders,
@@ -176,6 +179,109 @@ def test_reservations_are_read_consistently(aws, inventory):
 
     assert found == {("TSHIRT", "wh-east", "ord_1#L1"): 2}
     assert [spec["ConsistentRead"] for params in asked for spec in params["RequestItems"].values()] == [True]
+
+
+@contextlib.contextmanager
+def requests_made(client: Any) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Each DynamoDB request `client` sends meanwhile: (operation, parameters)."""
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **kwargs: Any) -> None:
+        made.append((model.name, params))
+
+    client.meta.events.register("provide-client-params.dynamodb.*", record)
+    try:
+        yield made
+    finally:
+        client.meta.events.unregister("provide-client-params.dynamodb.*", record)
+
+
+def test_an_order_over_the_whole_of_a_large_network_reads_its_stock_with_a_query_per_sku(aws, inventory):
+    # 20 skus over 1,000 locations were 20,000 keys: 200 BatchGetItems one after another, in
+    # capture and again in ReserveStock, and as many for the order's reservations.
+    network = [f"loc-{n:04d}" for n in range(1001) if n != 500]
+    skus = {f"SKU-{n:02d}" for n in range(20)}
+    for sku in skus:
+        inventory.set_on_hand(sku, "loc-0007", 3, "count")
+        inventory.set_on_hand(sku, "loc-0999", 4, "count")
+        inventory.reserve(sku, "loc-0999", f"ord_1#{sku}", 2)
+    for not_asked in ("loc-0500", "loc-2000"):  # an excluded location, and one after the network's last
+        inventory.set_on_hand("SKU-00", not_asked, 9, "count")
+        inventory.reserve("SKU-00", not_asked, "ord_1#SKU-00", 1)
+    DynamoBackorders(aws.dynamodb, aws.tables["InventoryTable"], aws.tables["OrdersTable"]).add(
+        "SKU-00", WaitingOrder(created_at=NOW, order_id="ord_2")
+    )  # the sku's backorder queue lives in its partition too
+
+    with requests_made(aws.dynamodb) as made:
+        levels = inventory.levels(skus, network)
+    assert [operation for operation, _ in made] == ["Query"] * 20
+    assert not any(params.get("ConsistentRead") for _, params in made)  # as the key lookups read
+    assert {sku: sorted((x.location_id, x.available) for x in found) for sku, found in levels.items()} == {
+        sku: [("loc-0007", 3), ("loc-0999", 2)] for sku in skus
+    }
+
+    keys = {(sku, location_id): [f"ord_1#{sku}", "ord_1#L9"] for sku in skus for location_id in network}
+    with requests_made(aws.dynamodb) as made:
+        held = inventory.reservations(keys)
+    assert [operation for operation, _ in made] == ["Query"] * 20
+    assert all(params["ConsistentRead"] for _, params in made)
+    assert held == {(sku, "loc-0999", f"ord_1#{sku}"): 2 for sku in skus}
+
+
+def test_when_more_is_expected_over_a_large_network_is_a_query_per_sku(aws, inventory):
+    # A read of a backordered order (or a page of them) asks each short sku at every location that
+    # may supply it: 1,000 locations were 10 BatchGetItems a sku, for one GET.
+    network = [f"loc-{n:04d}" for n in range(1000)]
+    for sku, location_id, po_id, at in [
+        ("MUG", "loc-0003", "po_1", NOW + timedelta(days=3)),
+        ("MUG", "loc-0003", "po_2", NOW + timedelta(days=2)),
+        ("MUG", "loc-0900", "po_3", NOW + timedelta(days=5)),
+        ("TSHIRT", "loc-0004", "po_4", NOW + timedelta(days=1)),
+    ]:
+        inventory.set_on_hand(sku, location_id, 0, "count")
+        aws.dynamodb.update_item(  # as an open purchase order bringing units there sets it
+            TableName=aws.tables["InventoryTable"],
+            Key={"sku": {"S": sku}, "location_id": {"S": location_id}},
+            UpdateExpression="SET #expected = :at",
+            ExpressionAttributeNames={"#expected": f"expected#{po_id}"},
+            ExpressionAttributeValues={":at": {"S": at.isoformat()}},
+        )
+
+    with requests_made(aws.dynamodb) as made:
+        expected = inventory.expected({(sku, loc) for sku in ("MUG", "TSHIRT") for loc in network})
+
+    assert [operation for operation, _ in made] == ["Query", "Query"]
+    assert expected == {
+        ("MUG", "loc-0003"): NOW + timedelta(days=2),
+        ("MUG", "loc-0900"): NOW + timedelta(days=5),
+        ("TSHIRT", "loc-0004"): NOW + timedelta(days=1),
+    }
+
+
+@pytest.mark.parametrize(("sku_count", "location_count"), [(1, 1), (3, 4), (20, 5), (1, 100), (20, 100)])
+def test_an_order_over_a_hundred_locations_or_fewer_reads_by_key_in_as_many_batches_as_before(
+    aws, inventory, sku_count, location_count
+):
+    # The typical order: its keys, sku by sku, in BatchGetItems of 100 and nothing else.
+    network = [f"loc-{n:04d}" for n in range(location_count)]
+    skus = {f"SKU-{n:02d}" for n in range(sku_count)}
+    for sku in skus:
+        inventory.set_on_hand(sku, network[-1], 3, "count")
+        inventory.reserve(sku, network[-1], f"ord_1#{sku}", 1)
+    batches = -(-sku_count * location_count // 100)
+
+    with requests_made(aws.dynamodb) as made:
+        levels = inventory.levels(skus, network)
+        held = inventory.reservations({(sku, loc): [f"ord_1#{sku}"] for sku in skus for loc in network})
+
+    assert [operation for operation, _ in made] == ["BatchGetItem"] * (2 * batches)
+    assert [spec.get("ConsistentRead", False) for _, params in made for spec in params["RequestItems"].values()] == [
+        False
+    ] * batches + [True] * batches
+    assert {sku: [(x.location_id, x.available) for x in found] for sku, found in levels.items()} == {
+        sku: [(network[-1], 2)] for sku in skus
+    }
+    assert held == {(sku, network[-1], f"ord_1#{sku}"): 1 for sku in skus}
 
 
 # --- Orders --------------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
-        (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
+        # A sku sourced from more than 100 locations: its stock and reservations, one Query each.
+        (INVENTORY, "dynamodb:Query"): [DynamoBackorders, DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
@@ -158,7 +159,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (ORDERS, "dynamodb:BatchGetItem"): [DynamoOrders],  # the orders waiting behind a reorder point
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
-        (INVENTORY, "dynamodb:Query"): [DynamoBackorders],
+        (INVENTORY, "dynamodb:Query"): [DynamoBackorders, DynamoInventory],
         (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoPurchasing, DynamoWebhooks],
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules, DynamoWebhooks],
@@ -186,6 +187,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         # An exchange's replacement order goes through the capture path (as the import worker's do).
         (ORDERS, "dynamodb:PutItem"): [DynamoOrders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
@@ -211,6 +213,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         # An expired pickup's units are released as a cancel releases them.
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         # A return whose kept-back refund the pass makes shows all that was refunded for it.
@@ -224,6 +227,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (ORDERS, "dynamodb:Query"): [DynamoLateOrders],
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         # Expired returns: found through by_status, each cancelled by one conditional update.
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
@@ -234,6 +238,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
     },
@@ -248,6 +253,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (ORDERS, "dynamodb:GetItem"): [DynamoOrders],
         (ORDERS, "dynamodb:PutItem"): [DynamoOrders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         **{
             (CATALOG, f"dynamodb:{a}"): [DynamoCatalog, DynamoImportLedger]
             for a in ("GetItem", "PutItem", "UpdateItem", "BatchGetItem")
