@@ -15,7 +15,7 @@ from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
-from core.order_changes import Recorder, failure_recorder, modify
+from core.order_changes import Recorder, failure_recorder, modify, refusal_noted_once
 from core.payments import Failure, OnFailure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
@@ -545,13 +545,18 @@ class Cancellation:
         the gateway answers with the authorization it made. A decline raises as a capture the
         gateway refuses does (PaymentRefused, 502 `payment_gateway_error`): nothing captured or
         moved, the request dropped, the refusal in the history, and the next renewal asked under a
-        new key (counting the declines: the gateway answers a key it has seen with that decline).
+        new key (counting the declines: the gateway answers a key it has seen with that decline);
+        but a renewal of one a capture was refused on or given back (`spent_authorizations`), not
+        old yet, is asked once, as Order.refusal_renewal is: declined, it is asked again under the
+        key it was declined under, whose decline repeated is not recorded again (refusal_noted_once),
+        so a ship repeated on a loop asks the card for no more authorizations and adds no entries.
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
         again, a cancel settled the request) is voided at once."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
         refused = _declined_keys(history[1]) if history is not None else set()
+        valid_for = self._authorization_valid_for
 
         def requested(current: Order):
             if current.renewing_authorization is not None:
@@ -562,6 +567,9 @@ class Cancellation:
             before = 0
             while payment_keys.renewal(current.id, lapsed, before) in refused:
                 before += 1
+            spent = lapsed in current.spent_authorizations and not current.authorization_old(valid_for, at)
+            if before and spent:
+                before -= 1  # a renewal for a refused capture is asked once: declined, under that key again
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
@@ -577,8 +585,8 @@ class Cancellation:
             made = self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
-                self._void_failures(self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"),
-                                    authorization_key=key),
+                refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
+                                   amount=amount.model_dump(mode="json"), authorization_key=key),
             )  # fmt: skip
         except PaymentDeclined as declined:
             dropped = self._clock()

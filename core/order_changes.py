@@ -92,16 +92,18 @@ def failure_recorder(
 
 
 def refusal_noted_once(
-    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
-) -> OnFailure:
-    """failure_recorder for a payment operation that anything repeated at will asks again (the
-    release of what an authorization holds beyond the captures, asked by every ship repeated, every
-    delivery a carrier reports again and every cancel repeated): a refusal is recorded only when
-    the order's last history entry is not this very refusal already (the same operation, actor,
-    gateway words and `detail`). The gateway answers the same key with the same refusal and nothing
-    moved, so a repeat tells an auditor nothing the first did, and a loop would fill the order's
-    item. Any other failure is always recorded."""
-    record = failure_recorder(orders, order_id, actor, clock, **detail)
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
+    recorder: Recorder = failure_recorder, **detail: Any,
+) -> OnFailure:  # fmt: skip
+    """`recorder` (failure_recorder) for a payment operation that anything repeated at will asks
+    again (the release of what an authorization holds beyond the captures, asked by every ship
+    repeated, every delivery a carrier reports again and every cancel repeated; the renewal of an
+    authorization a capture was refused on, asked again under the key it was declined under): a
+    refusal is recorded only when the order's last history entry is not this very refusal already
+    (the same operation, actor, gateway words and `detail`). The gateway answers the same key with
+    the same refusal and nothing moved, so a repeat tells an auditor nothing the first did, and a
+    loop would fill the order's item. Any other failure is always recorded."""
+    record = recorder(orders, order_id, actor, clock, **detail)
 
     def on_failure(failure: Failure) -> None:
         if failure.kind == "refused" and _refused_last(orders, order_id, actor, failure, detail):

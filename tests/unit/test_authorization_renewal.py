@@ -1098,3 +1098,55 @@ def test_an_order_edited_back_up_while_a_renewal_for_its_smaller_total_stands_sh
     assert world.spy.captured[-1][:2] == (grown.payment.authorization, total)
     renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
     assert {renewal, order.payment.authorization} <= set(world.spy.voided)
+
+
+def test_a_renewal_declined_after_a_refused_capture_is_asked_again_under_its_key_and_recorded_once(clock):
+    # The card's capture was refused, and the bank declines the authorization asked in its place as
+    # well. Before: each repeat of the ship (a warehouse system retrying on a loop) asked the card
+    # for one more authorization under a new key and added its decline to the order's item, without
+    # bound. A renewal made for a refusal is asked once (Order.refusal_renewal); declined, it is
+    # asked again under its key, which the gateway answers with its decline, recorded once.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse")
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    entries = [len(world.history(order.id))]
+    for _ in range(5):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+        entries.append(len(world.history(order.id)))
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert world.gateway.keys("authorize")[-5:] == [key] * 5
+    assert [b - a for a, b in itertools.pairwise(entries)] == [1, 0, 0, 0, 0]
+    declined = world.history(order.id)[-1]
+    assert (declined.type, declined.detail["kind"]) == ("payment_authorization_failed", "refused")
+    after = world.order(order.id)
+    assert after.payment == order.payment and after.shipment(shipment.id).status is ShipmentStatus.PENDING
+    assert (after.renewing_authorization, after.captures_requested) == (None, [])
+
+    cancelled = world.actions.cancel(order.id, "the card is refused", actor="key_cs")  # what a person does
+
+    assert cancelled.status is OrderStatus.CANCELLED and cancelled.payment.status is PaymentStatus.VOIDED
+
+
+def test_a_renewal_declined_after_a_refused_capture_is_asked_afresh_once_the_authorization_is_old(clock):
+    # The bound is the one a renewal made for a refusal has: once old, renewed as any other.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse", "approve")
+    world.gateway.script("authorize", "refuse", "refuse", "approve")
+    for _ in range(3):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    clock.days_later(8)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    first, second = (payment_keys.renewal(order.id, order.payment.authorization, n) for n in (0, 1))
+    assert world.gateway.keys("authorize")[-3:] == [first, first, second]
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == reference(AUTHORIZATION, second)
