@@ -650,27 +650,33 @@ class Cancellation:
     def refusal_recorded_last(
         self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str
     ) -> bool:
-        """Whether the order's history ends with this very refusal of the shipment's capture
-        (`shipment_id` None: the settlement's): the refused attempt (the same amount, the gateway's
-        same words, the same actor) and the capture not made it led to. A ship a warehouse system
-        repeats on a loop, or a delivery a carrier's tracking reports again and again (each asks
-        the settlement again), is refused so, again and again; recording each repeat (two entries)
-        would fill the order's item (about a thousand repeats to DynamoDB's 400 KB, then every
-        write on the order fails), and tells an auditor nothing the first did: the gateway answers
-        the same key with the same refusal, and nothing moved. A repeat by someone else, in other
-        words, or after anything else happened to the order is recorded."""
+        """Whether the order's history ends with refused captures only, this very refusal of the
+        shipment's capture (`shipment_id` None: the settlement's) among them: each a refused attempt
+        and the capture not made it led to, and this one's the same amount, the gateway's same words
+        and the same actor. A ship a warehouse system repeats on a loop, or a delivery a carrier's
+        tracking reports again and again (each asks the settlement again), is refused so, again and
+        again, and so are an order's parcels whose warehouses each loop, in turn; recording each
+        repeat (two entries) would fill the order's item (about a thousand repeats to DynamoDB's
+        400 KB, then every write on the order fails), and tells an auditor nothing the first did:
+        the gateway answers the same key with the same refusal, and nothing moved. A repeat by
+        someone else, in other words, or after anything else happened to the order is recorded."""
         found = self._orders.history(order_id, consistent=True)
         entries = found[1] if found is not None else []
-        if len(entries) < 2:
-            return False
-        failed, not_made = entries[-2:]
-        tried, outcome = failed.detail or {}, not_made.detail or {}
-        return (
-            failed.type is OrderEvent.PAYMENT_CAPTURE_FAILED and not_made.type is OrderEvent.CAPTURE_NOT_MADE
-            and failed.actor == not_made.actor == actor and tried.get("kind") == "refused"
-            and tried.get("shipment_id") == outcome.get("shipment_id") == shipment_id
-            and tried.get("amount") == amount.model_dump(mode="json") and tried.get("message") == message[:500]
-        )  # fmt: skip
+        asked = amount.model_dump(mode="json")
+        while len(entries) >= 2:
+            failed, not_made = entries[-2:]
+            tried, outcome = failed.detail or {}, not_made.detail or {}
+            if not (
+                failed.type is OrderEvent.PAYMENT_CAPTURE_FAILED and not_made.type is OrderEvent.CAPTURE_NOT_MADE
+                and failed.actor == not_made.actor and tried.get("kind") == "refused"
+                and tried.get("shipment_id") == outcome.get("shipment_id")
+            ):  # fmt: skip
+                return False
+            if (failed.actor == actor and tried.get("shipment_id") == shipment_id and tried.get("amount") == asked
+                    and tried.get("message") == message[:500]):  # fmt: skip
+                return True
+            entries = entries[:-2]
+        return False
 
     def reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
                         actor: str) -> Order:  # fmt: skip

@@ -1150,3 +1150,23 @@ def test_a_renewal_declined_after_a_refused_capture_is_asked_afresh_once_the_aut
     first, second = (payment_keys.renewal(order.id, order.payment.authorization, n) for n in (0, 1))
     assert world.gateway.keys("authorize")[-3:] == [first, first, second]
     assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == reference(AUTHORIZATION, second)
+
+
+def test_two_parcels_refused_again_and_again_in_turn_are_recorded_once_each(world, clock):
+    # Each warehouse retries its refused ship on a loop (the card's captures declined): the two
+    # loops take turns. Before: a refusal was skipped only when the history ended with it, so each
+    # parcel's repeat, following the other's, added its two entries again, without bound.
+    order = world.allocated(("MUG", 1), ("CAP", 3), token="tok_capture_decline")
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 2:  # refused, then on the renewal
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+    before = world.history(order.id)
+
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 10:
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+
+    assert world.history(order.id) == before
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured.amount == 0
