@@ -1170,3 +1170,24 @@ def test_two_parcels_refused_again_and_again_in_turn_are_recorded_once_each(worl
     assert world.history(order.id) == before
     after = world.order(order.id)
     assert after.captures_requested == [] and after.payment.captured.amount == 0
+
+
+def test_a_declined_renewal_asked_by_two_parcels_in_turn_is_recorded_once_by_each(clock):
+    # Both warehouses retry their refused ship on a loop, in turn: each asks the renewal the first
+    # refusal made due, under its key, and the gateway declines it again each time.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    world.gateway.script("capture", "refuse")
+    world.gateway.script("authorize", "refuse")
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 2:
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+    before = world.history(order.id)
+
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 10:
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+
+    assert world.history(order.id) == before
+    assert set(world.gateway.keys("authorize")[-20:]) == {payment_keys.renewal(order.id, order.payment.authorization)}
