@@ -15,7 +15,7 @@ from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
-from core.order_changes import Recorder, failure_recorder, modify
+from core.order_changes import Recorder, failure_recorder, modify, refusal_noted_once
 from core.payments import Failure, OnFailure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
@@ -545,13 +545,18 @@ class Cancellation:
         the gateway answers with the authorization it made. A decline raises as a capture the
         gateway refuses does (PaymentRefused, 502 `payment_gateway_error`): nothing captured or
         moved, the request dropped, the refusal in the history, and the next renewal asked under a
-        new key (counting the declines: the gateway answers a key it has seen with that decline).
+        new key (counting the declines: the gateway answers a key it has seen with that decline);
+        but a renewal of one a capture was refused on or given back (`spent_authorizations`), not
+        old yet, is asked once, as Order.refusal_renewal is: declined, it is asked again under the
+        key it was declined under, whose decline repeated is not recorded again (refusal_noted_once),
+        so a ship repeated on a loop asks the card for no more authorizations and adds no entries.
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
         again, a cancel settled the request) is voided at once."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
         refused = _declined_keys(history[1]) if history is not None else set()
+        valid_for = self._authorization_valid_for
 
         def requested(current: Order):
             if current.renewing_authorization is not None:
@@ -562,6 +567,9 @@ class Cancellation:
             before = 0
             while payment_keys.renewal(current.id, lapsed, before) in refused:
                 before += 1
+            spent = lapsed in current.spent_authorizations and not current.authorization_old(valid_for, at)
+            if before and spent:
+                before -= 1  # a renewal for a refused capture is asked once: declined, under that key again
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
@@ -577,8 +585,8 @@ class Cancellation:
             made = self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
-                self._void_failures(self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"),
-                                    authorization_key=key),
+                refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
+                                   amount=amount.model_dump(mode="json"), authorization_key=key),
             )  # fmt: skip
         except PaymentDeclined as declined:
             dropped = self._clock()
@@ -642,27 +650,33 @@ class Cancellation:
     def refusal_recorded_last(
         self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str
     ) -> bool:
-        """Whether the order's history ends with this very refusal of the shipment's capture
-        (`shipment_id` None: the settlement's): the refused attempt (the same amount, the gateway's
-        same words, the same actor) and the capture not made it led to. A ship a warehouse system
-        repeats on a loop, or a delivery a carrier's tracking reports again and again (each asks
-        the settlement again), is refused so, again and again; recording each repeat (two entries)
-        would fill the order's item (about a thousand repeats to DynamoDB's 400 KB, then every
-        write on the order fails), and tells an auditor nothing the first did: the gateway answers
-        the same key with the same refusal, and nothing moved. A repeat by someone else, in other
-        words, or after anything else happened to the order is recorded."""
+        """Whether the order's history ends with refused captures only, this very refusal of the
+        shipment's capture (`shipment_id` None: the settlement's) among them: each a refused attempt
+        and the capture not made it led to, and this one's the same amount, the gateway's same words
+        and the same actor. A ship a warehouse system repeats on a loop, or a delivery a carrier's
+        tracking reports again and again (each asks the settlement again), is refused so, again and
+        again, and so are an order's parcels whose warehouses each loop, in turn; recording each
+        repeat (two entries) would fill the order's item (about a thousand repeats to DynamoDB's
+        400 KB, then every write on the order fails), and tells an auditor nothing the first did:
+        the gateway answers the same key with the same refusal, and nothing moved. A repeat by
+        someone else, in other words, or after anything else happened to the order is recorded."""
         found = self._orders.history(order_id, consistent=True)
         entries = found[1] if found is not None else []
-        if len(entries) < 2:
-            return False
-        failed, not_made = entries[-2:]
-        tried, outcome = failed.detail or {}, not_made.detail or {}
-        return (
-            failed.type is OrderEvent.PAYMENT_CAPTURE_FAILED and not_made.type is OrderEvent.CAPTURE_NOT_MADE
-            and failed.actor == not_made.actor == actor and tried.get("kind") == "refused"
-            and tried.get("shipment_id") == outcome.get("shipment_id") == shipment_id
-            and tried.get("amount") == amount.model_dump(mode="json") and tried.get("message") == message[:500]
-        )  # fmt: skip
+        asked = amount.model_dump(mode="json")
+        while len(entries) >= 2:
+            failed, not_made = entries[-2:]
+            tried, outcome = failed.detail or {}, not_made.detail or {}
+            if not (
+                failed.type is OrderEvent.PAYMENT_CAPTURE_FAILED and not_made.type is OrderEvent.CAPTURE_NOT_MADE
+                and failed.actor == not_made.actor and tried.get("kind") == "refused"
+                and tried.get("shipment_id") == outcome.get("shipment_id")
+            ):  # fmt: skip
+                return False
+            if (failed.actor == actor and tried.get("shipment_id") == shipment_id and tried.get("amount") == asked
+                    and tried.get("message") == message[:500]):  # fmt: skip
+                return True
+            entries = entries[:-2]
+        return False
 
     def reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
                         actor: str) -> Order:  # fmt: skip

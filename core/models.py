@@ -1989,6 +1989,11 @@ class Order(BaseModel, defer_build=True):
             return False
         if payment.authorization in self.spent_authorizations:
             return True
+        return self.authorization_old(valid_for, now)
+
+    def authorization_old(self, valid_for: timedelta, now: datetime) -> bool:
+        """Whether the order's authorization is at least `valid_for` old (`authorized_at`; an order
+        stored before it existed counts from `created_at`)."""
         return now - (self.authorized_at or self.created_at) >= valid_for
 
     def request_renewal(self, *, at: datetime, declined_before: int = 0) -> Bookkeeping:

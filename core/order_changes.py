@@ -92,16 +92,20 @@ def failure_recorder(
 
 
 def refusal_noted_once(
-    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
-) -> OnFailure:
-    """failure_recorder for a payment operation that anything repeated at will asks again (the
-    release of what an authorization holds beyond the captures, asked by every ship repeated, every
-    delivery a carrier reports again and every cancel repeated): a refusal is recorded only when
-    the order's last history entry is not this very refusal already (the same operation, actor,
-    gateway words and `detail`). The gateway answers the same key with the same refusal and nothing
-    moved, so a repeat tells an auditor nothing the first did, and a loop would fill the order's
-    item. Any other failure is always recorded."""
-    record = failure_recorder(orders, order_id, actor, clock, **detail)
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
+    recorder: Recorder = failure_recorder, **detail: Any,
+) -> OnFailure:  # fmt: skip
+    """`recorder` (failure_recorder) for a payment operation that anything repeated at will asks
+    again (the release of what an authorization holds beyond the captures, asked by every ship
+    repeated, every delivery a carrier reports again and every cancel repeated; the renewal of an
+    authorization a capture was refused on, asked again under the key it was declined under): a
+    refusal is not recorded when the order's history ends with refusals of the operation only, this
+    very one among them (the same actor, gateway words and `detail`): two loops taking turns (a
+    warehouse repeating its ship, a carrier reporting the delivery again) each add theirs once. The
+    gateway answers the same key with the same refusal and nothing moved, so a repeat tells an
+    auditor nothing the first did, and a loop would fill the order's item. Any other failure is
+    always recorded."""
+    record = recorder(orders, order_id, actor, clock, **detail)
 
     def on_failure(failure: Failure) -> None:
         if failure.kind == "refused" and _refused_last(orders, order_id, actor, failure, detail):
@@ -113,14 +117,14 @@ def refusal_noted_once(
 
 def _refused_last(orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any]) -> bool:
     found = orders.history(order_id, consistent=True)
-    if found is None or not found[1]:
-        return False
-    last = found[1][-1]
-    said = last.detail or {}
-    return (
-        last.type is PAYMENT_FAILURE_EVENTS[failure.operation] and last.actor == actor and said.get("kind") == "refused"
-        and said.get("message") == failure.message[:500] and all(said.get(k) == v for k, v in detail.items())
-    )  # fmt: skip
+    for last in reversed(found[1] if found is not None else []):
+        said = last.detail or {}
+        if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") != "refused":
+            return False
+        if (last.actor == actor and said.get("message") == failure.message[:500]
+                and all(said.get(k) == v for k, v in detail.items())):  # fmt: skip
+            return True
+    return False
 
 
 def outage_noted_once(

@@ -1098,3 +1098,96 @@ def test_an_order_edited_back_up_while_a_renewal_for_its_smaller_total_stands_sh
     assert world.spy.captured[-1][:2] == (grown.payment.authorization, total)
     renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))
     assert {renewal, order.payment.authorization} <= set(world.spy.voided)
+
+
+def test_a_renewal_declined_after_a_refused_capture_is_asked_again_under_its_key_and_recorded_once(clock):
+    # The card's capture was refused, and the bank declines the authorization asked in its place as
+    # well. Before: each repeat of the ship (a warehouse system retrying on a loop) asked the card
+    # for one more authorization under a new key and added its decline to the order's item, without
+    # bound. A renewal made for a refusal is asked once (Order.refusal_renewal); declined, it is
+    # asked again under its key, which the gateway answers with its decline, recorded once.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse")
+    world.gateway.script("authorize", "refuse")
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    entries = [len(world.history(order.id))]
+    for _ in range(5):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+        entries.append(len(world.history(order.id)))
+
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert world.gateway.keys("authorize")[-5:] == [key] * 5
+    assert [b - a for a, b in itertools.pairwise(entries)] == [1, 0, 0, 0, 0]
+    declined = world.history(order.id)[-1]
+    assert (declined.type, declined.detail["kind"]) == ("payment_authorization_failed", "refused")
+    after = world.order(order.id)
+    assert after.payment == order.payment and after.shipment(shipment.id).status is ShipmentStatus.PENDING
+    assert (after.renewing_authorization, after.captures_requested) == (None, [])
+
+    cancelled = world.actions.cancel(order.id, "the card is refused", actor="key_cs")  # what a person does
+
+    assert cancelled.status is OrderStatus.CANCELLED and cancelled.payment.status is PaymentStatus.VOIDED
+
+
+def test_a_renewal_declined_after_a_refused_capture_is_asked_afresh_once_the_authorization_is_old(clock):
+    # The bound is the one a renewal made for a refusal has: once old, renewed as any other.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "refuse", "approve")
+    world.gateway.script("authorize", "refuse", "refuse", "approve")
+    for _ in range(3):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    clock.days_later(8)
+
+    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+
+    first, second = (payment_keys.renewal(order.id, order.payment.authorization, n) for n in (0, 1))
+    assert world.gateway.keys("authorize")[-3:] == [first, first, second]
+    assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == reference(AUTHORIZATION, second)
+
+
+def test_two_parcels_refused_again_and_again_in_turn_are_recorded_once_each(world, clock):
+    # Each warehouse retries its refused ship on a loop (the card's captures declined): the two
+    # loops take turns. Before: a refusal was skipped only when the history ended with it, so each
+    # parcel's repeat, following the other's, added its two entries again, without bound.
+    order = world.allocated(("MUG", 1), ("CAP", 3), token="tok_capture_decline")
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 2:  # refused, then on the renewal
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+    before = world.history(order.id)
+
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 10:
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+
+    assert world.history(order.id) == before
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured.amount == 0
+
+
+def test_a_declined_renewal_asked_by_two_parcels_in_turn_is_recorded_once_by_each(clock):
+    # Both warehouses retry their refused ship on a loop, in turn: each asks the renewal the first
+    # refusal made due, under its key, and the gateway declines it again each time.
+    world = build_world(STOCK, FirstAnswers(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    world.gateway.script("capture", "refuse")
+    world.gateway.script("authorize", "refuse")
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 2:
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+    before = world.history(order.id)
+
+    for shipment_id, actor in [(west, "key_wh_west"), (east, "key_wh_east")] * 10:
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, shipment_id, tracking_number=None, actor=actor)
+
+    assert world.history(order.id) == before
+    assert set(world.gateway.keys("authorize")[-20:]) == {payment_keys.renewal(order.id, order.payment.authorization)}

@@ -291,6 +291,29 @@ def test_a_release_the_gateway_refuses_is_recorded_once_however_often_the_parcel
     assert after.payment.authorized > after.payment.captured  # still held: for a person
 
 
+def test_a_release_refused_again_by_a_ship_and_a_delivery_repeated_in_turn_is_recorded_once_by_each():
+    # The warehouse system repeats its ship on a loop and the carrier's tracking reports the
+    # delivery again and again: the two loops take turns. Before: a refusal was skipped only when
+    # the history's last entry was that actor's, so each repeat, following the other's, added one
+    # more payment_void_failed entry, without bound.
+    world = build_world(STOCK)
+    order = world.allocated(("MUG", 1), ("CAP", 3), token="tok_void_decline")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.cancel(order.id, "rest", actor="key_web")
+    world.actions.deliver(order.id, west, actor="key_carrier")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    before = world.history(order.id)
+
+    for _ in range(10):
+        world.actions.deliver(order.id, west, actor="key_carrier")
+        world.actions.ship(order.id, west, None, actor="key_wh")
+
+    assert world.history(order.id) == before
+    assert [(e.type, e.actor) for e in before[-2:]] == [("payment_void_failed", "key_carrier"),
+                                                        ("payment_void_failed", "key_wh")]  # fmt: skip
+
+
 class PerUnitShipping:
     """Shipping that costs 2.00 a unit: cancelled units make it cheaper."""
 
