@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -78,6 +79,10 @@ class _Held:
 _held: OrderedDict[str, _Held] = OrderedDict()  # authorization -> what it holds
 _captured: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the authorization captured under it
 _refunded: OrderedDict[str, str] = OrderedDict()  # idempotency key -> the authorization refunded under it
+# A gateway decides one operation on an authorization at a time; the local stack runs its functions
+# in threads of one process, so two captures (or refunds) under one key, or on one authorization,
+# must not both read what it holds before either records what it did.
+_lock = threading.Lock()
 
 
 def forget() -> None:
@@ -134,10 +139,11 @@ def oms_payment_authorize(
         return None
     result = _authorize(token, amount, idempotency_key, attempt)
     if result.outcome == "approved":
-        _remember(_authorized, idempotency_key, result.reference)
-        if result.reference not in _held:  # a replayed key keeps what its authorization holds
-            nothing = Money.zero(amount.currency)
-            _remember(_held, result.reference, _Held(amount=amount, captured=nothing, refunded=nothing))
+        with _lock:
+            _remember(_authorized, idempotency_key, result.reference)
+            if result.reference not in _held:  # a replayed key keeps what its authorization holds
+                nothing = Money.zero(amount.currency)
+                _remember(_held, result.reference, _Held(amount=amount, captured=nothing, refunded=nothing))
     return result
 
 
@@ -182,15 +188,16 @@ def oms_payment_capture(method: str, authorization: str, amount: Money, idempote
         return _declined(CAPTURE, idempotency_key, "test gateway: the amount to capture must be positive")
     if _declines(authorization, "capture"):
         return _declined(CAPTURE, idempotency_key, f"test gateway: capture declined ({CAPTURE_DECLINE})")
-    if _captured.get(idempotency_key) == authorization:
-        return _approved(CAPTURE, idempotency_key, "test gateway: captured")  # the capture made under this key
-    held = _held.get(authorization)
-    if held is not None:
-        refused = _capture_refused(held, amount)
-        if refused:
-            return _declined(CAPTURE, idempotency_key, f"test gateway: {refused}")
-        held.captured = held.captured + amount
-    _remember(_captured, idempotency_key, authorization)
+    with _lock:
+        if _captured.get(idempotency_key) == authorization:
+            return _approved(CAPTURE, idempotency_key, "test gateway: captured")  # the capture made under this key
+        held = _held.get(authorization)
+        if held is not None:
+            refused = _capture_refused(held, amount)
+            if refused:
+                return _declined(CAPTURE, idempotency_key, f"test gateway: {refused}")
+            held.captured = held.captured + amount
+        _remember(_captured, idempotency_key, authorization)
     return _approved(CAPTURE, idempotency_key, "test gateway: captured")
 
 
@@ -231,15 +238,16 @@ def oms_payment_refund(method: str, authorization: str, amount: Money, idempoten
         return _declined(REFUND, idempotency_key, "test gateway: the amount to refund must be positive")
     if _declines(authorization, "refund"):
         return _declined(REFUND, idempotency_key, f"test gateway: refund declined ({REFUND_DECLINE})")
-    if _refunded.get(idempotency_key) == authorization:
-        return _approved(REFUND, idempotency_key, "test gateway: refunded")  # the refund made under this key
-    held = _held.get(authorization)
-    if held is not None:
-        refused = _refund_refused(held, amount)
-        if refused:
-            return _declined(REFUND, idempotency_key, f"test gateway: {refused}")
-        held.refunded = held.refunded + amount
-    _remember(_refunded, idempotency_key, authorization)
+    with _lock:
+        if _refunded.get(idempotency_key) == authorization:
+            return _approved(REFUND, idempotency_key, "test gateway: refunded")  # the refund made under this key
+        held = _held.get(authorization)
+        if held is not None:
+            refused = _refund_refused(held, amount)
+            if refused:
+                return _declined(REFUND, idempotency_key, f"test gateway: {refused}")
+            held.refunded = held.refunded + amount
+        _remember(_refunded, idempotency_key, authorization)
     return _approved(REFUND, idempotency_key, "test gateway: refunded")
 
 

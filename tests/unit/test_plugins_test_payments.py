@@ -293,6 +293,36 @@ def test_refunds_add_up_to_what_was_captured_and_no_further():
     assert "0.00 USD captured and not refunded" in spent.message
 
 
+def test_a_capture_asked_twice_at_once_under_one_key_is_counted_once(monkeypatch):
+    # The local stack runs its functions in threads of one process: a ship and its repeat may ask
+    # the same capture at once. Each is made to pause where it has read what the authorization
+    # holds, so that without the gateway deciding one at a time both would count 30.00.
+    import threading
+    import time
+
+    auth = an_authorization()  # 42.50
+    judged = test_payments._capture_refused
+
+    def slow(held, amount):
+        time.sleep(0.05)
+        return judged(held, amount)
+
+    monkeypatch.setattr(test_payments, "_capture_refused", slow)
+    answers = []
+    asks = [
+        threading.Thread(target=lambda: answers.append(oms_payment_capture("test", auth, usd("30.00"), "c1")))
+        for _ in range(2)
+    ]
+    for ask in asks:
+        ask.start()
+    for ask in asks:
+        ask.join()
+    monkeypatch.setattr(test_payments, "_capture_refused", judged)
+
+    assert [answer.outcome for answer in answers] == ["approved", "approved"]
+    assert oms_payment_capture("test", auth, usd("12.50"), "c2").outcome == "approved"  # 30.00 was taken once
+
+
 def test_nothing_captured_is_nothing_to_refund():
     refunded = oms_payment_refund("test", an_authorization(), usd("0.01"), "r")
 
