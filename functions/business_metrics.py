@@ -128,6 +128,8 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
             record("RefundValue", float(amount["amount"]), MetricUnit.NoUnit, currency=str(amount.get("currency", "")))
     elif entry.type is OrderEvent.SURPLUS_NOT_GIVEN_BACK:
         record("SurplusNotGivenBack")
+    elif entry.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED:
+        record("OverCapturesNotRefunded")
 
 
 class MeteredOrders:

@@ -332,3 +332,19 @@ def test_metrics_that_cannot_be_printed_never_fail_the_invocation_nor_leak_into_
     # The emitter is reused: the next record carries its own metric and dimension only.
     business_metrics.record("OrdersPlaced", channel="web")
     assert emitted(capsys) == {("OrdersPlaced", (("channel", "web"),)): [1.0]}
+
+
+def test_an_over_capture_refund_left_to_a_person_counts_for_its_alarm(world, capsys):
+    # Written once, by the refusal that leaves it to a person (core.unit_cancellation): the point
+    # OverCapturesNotRefundedAlarm pages on; the refusals before it count only as PaymentFailures.
+    from core.events import OrderEvent
+    from core.models import HistoryEntry
+    from functions.business_metrics import entry_recorded
+
+    order = world.order(world.place(("TSHIRT", 1)))
+    emitted(capsys)
+    detail = {"amount": {"amount": "2.00", "currency": "USD"}, "refusals": 3}
+
+    entry_recorded(order, HistoryEntry(at=NOW, type=OrderEvent.OVER_CAPTURE_NOT_REFUNDED, actor="k", detail=detail))
+
+    assert emitted(capsys) == {("OverCapturesNotRefunded", ()): [1.0]}

@@ -11,6 +11,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable
+from core.events import OrderEvent
 from core.ids import booking_key
 from core.models import CancelRequest, Order
 from core.money import Money
@@ -360,6 +361,12 @@ def test_an_over_capture_refund_the_gateway_keeps_refusing_is_asked_a_few_times_
     after = world.order(order.id)
     assert [(r.kind, r.status) for r in after.payment.refunds] == [("cancellation", "failed")] * 3
     assert settled(after) > after.totals.grand_total  # for a person: an appeasement gives it back
+    # The person is told once, by the refusal that left it to them (an ERROR line, and the entry
+    # the business metrics count for OverCapturesNotRefundedAlarm).
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [(e.actor, e.detail["refusals"], e.detail["amount"]) for e in told] == [
+        ("key_carrier", 3, after.payment.refunds[-1].amount.model_dump(mode="json"))
+    ]
     entries = len(world.history(order.id))
     world.actions.deliver(order.id, east, actor="key_carrier")
     assert len(world.history(order.id)) == entries
