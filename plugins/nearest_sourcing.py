@@ -12,9 +12,10 @@ locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is
    together covers the order (among equally small sets, the one nearest in total), then each line
    takes from the nearest location of that set first. A line may be split across locations.
    Finding the fewest is a set-cover search, exact up to EXACT_SEARCH_LIMIT eligible locations
-   (4,096 subsets at most); beyond that a greedy split is used (repeatedly the location that can
-   supply the most of what is left), which almost always finds the fewest but not always: for
-   A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy takes G, P and Q, where P and Q do.
+   holding some of the order (4,096 subsets at most); beyond that a greedy split is used
+   (repeatedly the location that can supply the most of what is left), which almost always finds
+   the fewest but not always: for A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy
+   takes G, P and Q, where P and Q do.
 3. When the eligible stock cannot cover the order, no plan (None): the order ends out_of_stock,
    unless another sourcing plugin answers first (this one is `trylast`).
 
@@ -296,6 +297,10 @@ def _fewest(
             )
         lacking.append(candidate.location_id)
 
+    # A location with none of the order is in no smallest group and never taken by the greedy
+    # split: counted, the empty stores of a network pushed an order into the greedy split.
+    holding = {location_id for (location_id, _), units in available.items() if units > 0}
+    candidates = [candidate for candidate in candidates if candidate.location_id in holding]
     if len(candidates) <= EXACT_SEARCH_LIMIT:
         chosen = _fewest_covering(candidates, available, wanted)
         reasons.append(

@@ -252,6 +252,23 @@ def test_the_fewest_locations_are_found_where_greedy_would_take_more():
     assert sorted({location for _, location, _ in allocated(plan)}) == ["wh-east", "wh-west"]
 
 
+def test_locations_without_any_of_the_order_do_not_turn_the_fewest_locations_search_into_greedy():
+    # The same three warehouses in a network of thirteen whose ten stores hold none of the order:
+    # counted, they took the order past EXACT_SEARCH_LIMIT into the greedy split, which ships from
+    # three; under max_shipments 2 the order could not be sourced at all (out of stock) though two
+    # of its warehouses have it, and could as soon as one empty store closed.
+    available = {"wh-central": {"A": 3, "B": 3}, "wh-west": {"A": 4}, "wh-east": {"B": 4}}
+    stores = [a_location(f"st-{i:02d}", (37.0 + i / 10, -122.0), type="store") for i in range(10)]
+    locations = [a_location(location_id) for location_id in available] + stores
+    order = an_order(("A", 4), ("B", 4))
+
+    for rules in [FEWEST, FEWEST.model_copy(update={"max_shipments": 2})]:
+        plan = source(order, available, locations=locations, rules=rules)
+
+        assert plan is not None, rules
+        assert allocated(plan) == [("L1", "wh-west", 4), ("L2", "wh-east", 4)]
+
+
 def test_a_farther_location_with_everything_beats_a_nearer_split():
     available = {"wh-west": {"A": 1, "B": 1}, "wh-east": {"A": 9, "B": 9}}
 
