@@ -608,6 +608,14 @@ def test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_
         reference = source(order, available, locations=locations, destination=destination, rules=scenario["rules"])
 
     assert plan == reference
+    most = scenario["rules"].max_shipments
+    if plan is None and most is not None:  # only when no group of at most max_shipments has the order
+        wanted = Counter()
+        for sku, quantity in scenario["lines"]:
+            wanted[sku] += quantity
+        for size in range(1, most + 1):
+            for group in itertools.combinations([location.location_id for location in locations], size):
+                assert any(sum(max(0, available[at][sku]) for at in group) < q for sku, q in wanted.items()), group
 
 
 def test_among_equally_near_smallest_groups_the_first_by_ids_supplies_the_order():
@@ -747,6 +755,26 @@ def test_no_plan_when_no_split_fits_within_max_shipments():
     assert (
         len(allocated(source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules(max_shipments=2)))) == 2
     )
+
+
+def test_beyond_the_exact_search_limit_an_order_two_locations_can_ship_is_sourced_under_max_shipments_2():
+    # Thirteen warehouses with stock: greedy takes wh-central (6 units) first and then needs both
+    # of the others, three shipments where wh-west and wh-east ship it in two. Under max_shipments
+    # 2 the order could not be sourced (out of stock) though those two warehouses have it all.
+    available = {"wh-central": {"A": 3, "B": 3}, "wh-west": {"A": 4}, "wh-east": {"B": 4}}
+    available |= {f"wh-{i:02d}": {"A": 1} for i in range(10)}
+    locations = [a_location(location_id) for location_id in CITIES]
+    locations += [a_location(f"wh-{i:02d}", (45.0, -100.0 + i)) for i in range(10)]
+    order = an_order(("A", 4), ("B", 4))
+
+    greedy = source(order, available, locations=locations)
+    assert len({location for _, location, _ in allocated(greedy)}) == 3  # no max_shipments: as before
+
+    plan = source(order, available, locations=locations, rules=FEWEST.model_copy(update={"max_shipments": 2}))
+
+    assert plan is not None
+    assert allocated(plan) == [("L1", "wh-west", 4), ("L2", "wh-east", 4)]
+    assert "split greedily it would ship from 3 locations, more than max_shipments (2)" in plan.reasons[0]
 
 
 def test_a_third_party_sourcing_plugin_receives_the_rules_and_an_older_one_still_works():
