@@ -12,9 +12,12 @@ locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is
    together covers the order (among equally small sets, the one nearest in total), then each line
    takes from the nearest location of that set first. A line may be split across locations.
    Finding the fewest is a set-cover search, exact up to EXACT_SEARCH_LIMIT eligible locations
-   (4,096 subsets at most); beyond that a greedy split is used (repeatedly the location that can
-   supply the most of what is left), which almost always finds the fewest but not always: for
-   A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy takes G, P and Q, where P and Q do.
+   holding some of the order (4,096 subsets at most); beyond that a greedy split is used
+   (repeatedly the location that can supply the most of what is left), which almost always finds
+   the fewest but not always: for A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy
+   takes G, P and Q, where P and Q do. When the greedy split needs more than `max_shipments`
+   locations, the groups of at most `max_shipments` are searched exactly instead (when there are
+   no more than the 4,096 the exact search looks at).
 3. When the eligible stock cannot cover the order, no plan (None): the order ends out_of_stock,
    unless another sourcing plugin answers first (this one is `trylast`).
 
@@ -31,6 +34,7 @@ just the store) and only their `stock`. The plan is deterministic for the same i
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections import Counter
@@ -224,7 +228,7 @@ def oms_source_order(
             f"taking each unit from the nearest location would ship from {len(used)} locations, more than "
             f"max_shipments ({rules.max_shipments}): the order is sourced from as few locations as possible"
         )
-    plan = _fewest(order, lines, wanted, candidates, available, reasons)
+    plan = _fewest(order, lines, wanted, candidates, available, reasons, rules.max_shipments)
     if rules.max_shipments is not None and len(_locations_of(plan.allocations)) > rules.max_shipments:
         return None  # no plan within max_shipments: the order cannot be sourced under these rules
     return plan
@@ -282,6 +286,7 @@ def _fewest(
     candidates: list[Candidate],
     available: dict[tuple[str, str], int],
     reasons: list[str],
+    max_shipments: int | None,
 ) -> SourcingPlan:
     lacking: list[str] = []
     for candidate in candidates:
@@ -296,6 +301,10 @@ def _fewest(
             )
         lacking.append(candidate.location_id)
 
+    # A location with none of the order is in no smallest group and never taken by the greedy
+    # split: counted, the empty stores of a network pushed an order into the greedy split.
+    holding = {location_id for (location_id, _), units in available.items() if units > 0}
+    candidates = [candidate for candidate in candidates if candidate.location_id in holding]
     if len(candidates) <= EXACT_SEARCH_LIMIT:
         chosen = _fewest_covering(candidates, available, wanted)
         reasons.append(
@@ -303,14 +312,53 @@ def _fewest(
             f"together ({len(chosen)}: {', '.join(c.location_id for c in chosen)}), the nearest first"
         )
         return SourcingPlan(allocations=_split_nearest_first(lines, chosen, available, reasons), reasons=reasons)
+    greedy_reasons: list[str] = []
+    allocations = _split(lines, candidates, available, greedy_reasons)
+    shipments = len(_locations_of(allocations))
+    # The greedy split may take more locations than the fewest: beyond max_shipments that would
+    # leave the order unsourced though a group small enough has it, so those groups are searched.
+    within = None
+    if max_shipments is not None and shipments > max_shipments:
+        within = _fewest_covering_within(candidates, available, wanted, max_shipments)
+    if within is not None:
+        reasons.append(
+            f"no single location has the whole order; split greedily it would ship from {shipments} locations, "
+            f"more than max_shipments ({max_shipments}): it is split across the fewest locations that have it "
+            f"together ({len(within)}: {', '.join(c.location_id for c in within)}), the nearest first"
+        )
+        return SourcingPlan(allocations=_split_nearest_first(lines, within, available, reasons), reasons=reasons)
     reasons.append(
         "no single location has the whole order: it is split, each time taking all it can from the location "
         "that can supply the most of what is left"
     )
-    return SourcingPlan(allocations=_split(lines, candidates, available, reasons), reasons=reasons)
+    reasons.extend(greedy_reasons)
+    return SourcingPlan(allocations=allocations, reasons=reasons)
 
 
 EXACT_SEARCH_LIMIT = 12
+
+
+def _fewest_covering_within(
+    candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str], most: int
+) -> list[Candidate] | None:
+    """The smallest set of at most `most` candidates whose stock covers `wanted`, the nearest in
+    total distance (then by ids) among sets of that size; None when there is none, or when there
+    are more such sets to look at than the exact search's 2^EXACT_SEARCH_LIMIT."""
+    if sum(math.comb(len(candidates), size) for size in range(2, most + 1)) > 1 << EXACT_SEARCH_LIMIT:
+        return None
+    skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
+    needed = [wanted[sku] for sku in skus]
+    stock_of = {c.location_id: [available.get((c.location_id, sku), 0) for sku in skus] for c in candidates}
+    for size in range(2, most + 1):
+        covering = [
+            group
+            for group in itertools.combinations(candidates, size)
+            if all(map(operator.ge, map(sum, zip(*(stock_of[c.location_id] for c in group), strict=True)), needed))
+        ]
+        if covering:
+            best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
+            return sorted(best, key=lambda c: c.rank)
+    return None
 
 
 def _fewest_covering(

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from core.errors import DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
+from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.models import HistoryEntry, Location, Order, Product, StockLevel
 from core.ports import (
     BackorderedOrders,
@@ -193,7 +193,7 @@ class InMemoryInventory(InventoryRepository):
         self.stock: dict[tuple[str, str], StockLevel] = {}
         self.held: dict[tuple[str, str], dict[str, int]] = {}
         self.restocked: set[str] = set()
-        self.adjusted: set[tuple[str, str, str]] = set()
+        self.adjusted: dict[tuple[str, str, str], tuple[int, str]] = {}  # what each key counted
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -218,12 +218,17 @@ class InMemoryInventory(InventoryRepository):
 
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
         level = self._get(sku, location_id)
-        if key is not None and (sku, location_id, key) in self.adjusted:
+        counted = self.adjusted.get((sku, location_id, key)) if key is not None else None
+        if counted is not None:
+            if counted != (delta, reason):
+                raise Conflict(
+                    "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
+                )
             return level
         if level.on_hand + delta < level.reserved:
             raise InsufficientStock("below reserved")
         if key is not None:
-            self.adjusted.add((sku, location_id, key))
+            self.adjusted[(sku, location_id, key)] = (delta, reason)
         return self._put(
             level.model_copy(update={"on_hand": level.on_hand + delta, "available": level.available + delta})
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import Counter, defaultdict
 from importlib.metadata import entry_points
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -250,6 +252,23 @@ def test_the_fewest_locations_are_found_where_greedy_would_take_more():
     assert sorted({location for _, location, _ in allocated(plan)}) == ["wh-east", "wh-west"]
 
 
+def test_locations_without_any_of_the_order_do_not_turn_the_fewest_locations_search_into_greedy():
+    # The same three warehouses in a network of thirteen whose ten stores hold none of the order:
+    # counted, they took the order past EXACT_SEARCH_LIMIT into the greedy split, which ships from
+    # three; under max_shipments 2 the order could not be sourced at all (out of stock) though two
+    # of its warehouses have it, and could as soon as one empty store closed.
+    available = {"wh-central": {"A": 3, "B": 3}, "wh-west": {"A": 4}, "wh-east": {"B": 4}}
+    stores = [a_location(f"st-{i:02d}", (37.0 + i / 10, -122.0), type="store") for i in range(10)]
+    locations = [a_location(location_id) for location_id in available] + stores
+    order = an_order(("A", 4), ("B", 4))
+
+    for rules in [FEWEST, FEWEST.model_copy(update={"max_shipments": 2})]:
+        plan = source(order, available, locations=locations, rules=rules)
+
+        assert plan is not None, rules
+        assert allocated(plan) == [("L1", "wh-west", 4), ("L2", "wh-east", 4)]
+
+
 def test_a_farther_location_with_everything_beats_a_nearer_split():
     available = {"wh-west": {"A": 1, "B": 1}, "wh-east": {"A": 9, "B": 9}}
 
@@ -489,6 +508,133 @@ def test_every_unit_is_allocated_exactly_once_and_never_beyond_what_is_available
     assert plan == source(order, available, locations=list(reversed(locations)), destination=destination)
 
 
+# The plans as the plugin made them before its two speed-ups (the exact search summing every group
+# member by member, the greedy split asking every location about every sku still needed): kept
+# here as the reference the faster code must agree with, plan for plan and reason for reason.
+def _reference_fewest_covering(candidates, available, wanted):
+    for size in range(2, len(candidates) + 1):
+        covering = [
+            group
+            for group in itertools.combinations(candidates, size)
+            if all(sum(available.get((c.location_id, sku), 0) for c in group) >= q for sku, q in wanted.items())
+        ]
+        if covering:
+            best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
+            return sorted(best, key=lambda c: c.rank)
+    return list(candidates)
+
+
+def _reference_split(lines, candidates, available, reasons):
+    remaining = {line_id: quantity for line_id, _, quantity in lines}
+    sku_of = {line_id: sku for line_id, sku, _ in lines}
+    left = dict(available)
+    unused = list(candidates)
+    allocations = []
+    while any(remaining.values()):
+        needed: Counter[str] = Counter()
+        for line_id, quantity in remaining.items():
+            needed[sku_of[line_id]] += quantity
+        supplies = [
+            sum(min(quantity, left.get((candidate.location_id, sku), 0)) for sku, quantity in needed.items())
+            for candidate in unused
+        ]
+        most = max(supplies)
+        ties = supplies.count(most)
+        chosen = unused.pop(supplies.index(most))
+        taken: Counter[str] = Counter()
+        for line_id, sku, _ in lines:
+            quantity = min(remaining[line_id], left.get((chosen.location_id, sku), 0))
+            if quantity == 0:
+                continue
+            allocations.append(Allocation(line_id=line_id, location_id=chosen.location_id, quantity=quantity))
+            remaining[line_id] -= quantity
+            left[(chosen.location_id, sku)] -= quantity
+            taken[sku] += quantity
+        reasons.append(nearest_sourcing._split_reason(chosen, taken, sum(needed.values()), ties))
+    return allocations
+
+
+NETWORK = [f"wh-{i:02d}" for i in range(nearest_sourcing.EXACT_SEARCH_LIMIT + 2)]
+# Few places, so that distances tie; few skus, so that a sku is wanted on two lines and groups overlap.
+PLACES = [(34.0, -118.0), (41.9, -87.6), (40.7, -74.0)]
+# Mostly stock to spare, sometimes none or less than none (safety stock beyond what is on hand).
+units = st.one_of(st.integers(0, 9), st.integers(-3, 0))
+networks = st.fixed_dictionaries(
+    {
+        "lines": st.lists(st.tuples(st.sampled_from("ABCD"), st.integers(1, 8)), min_size=1, max_size=6),
+        # 1 to 7 locations (4 to 7 twice as often: the exact search), or exactly EXACT_SEARCH_LIMIT, one
+        # more and two more (the greedy split)
+        "size": st.one_of(
+            st.integers(1, 7), st.integers(4, 7), st.sampled_from(range(len(NETWORK) - 2, len(NETWORK) + 1))
+        ),
+        "available": st.lists(
+            st.fixed_dictionaries({sku: units for sku in "ABCD"}), min_size=len(NETWORK) + 1, max_size=len(NETWORK) + 1
+        ),
+        "places": st.lists(st.sampled_from(PLACES), min_size=len(NETWORK), max_size=len(NETWORK)),
+        # Unknown distances (no destination) tie every group, so only the ids decide.
+        "destination": st.one_of(st.none(), st.sampled_from(PLACES), points),
+        "rules": st.sampled_from(
+            [
+                FEWEST,
+                FEWEST,
+                SourcingRules(),
+                *(SourcingRules(max_shipments=n) for n in (1, 2, 3)),
+                *(FEWEST.model_copy(update={"max_shipments": n}) for n in (2, 4)),
+            ]
+        ),
+        "pickup": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(networks)
+def test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_up(scenario):
+    ids = NETWORK[: scenario["size"]]
+    # Units held at a location that is not eligible (excluded, another pickup store) stay unused.
+    available = dict(zip([*ids, "wh-not-eligible"], scenario["available"], strict=False))
+    locations = [a_location(location_id, place) for location_id, place in zip(ids, scenario["places"], strict=False)]
+    fulfillment = None
+    if scenario["pickup"] and len(ids) == 1:  # the core passes a pickup order its store alone
+        fulfillment = Fulfillment(type="pickup", location_id=ids[0])
+    order = an_order(*scenario["lines"], fulfillment=fulfillment)
+    destination = a_destination(scenario["destination"], country="ZW", region=None)
+
+    plan = source(order, available, locations=locations, destination=destination, rules=scenario["rules"])
+    with (
+        patch.object(nearest_sourcing, "_fewest_covering", _reference_fewest_covering),
+        patch.object(nearest_sourcing, "_split", _reference_split),
+    ):
+        reference = source(order, available, locations=locations, destination=destination, rules=scenario["rules"])
+
+    assert plan == reference
+    most = scenario["rules"].max_shipments
+    if plan is None and most is not None:  # only when no group of at most max_shipments has the order
+        wanted = Counter()
+        for sku, quantity in scenario["lines"]:
+            wanted[sku] += quantity
+        for size in range(1, most + 1):
+            for group in itertools.combinations([location.location_id for location in locations], size):
+                assert any(sum(max(0, available[at][sku]) for at in group) < q for sku, q in wanted.items()), group
+
+
+def test_among_equally_near_smallest_groups_the_first_by_ids_supplies_the_order():
+    # Distances unknown, so every group of two is as near as any other: {wh-00, wh-03} and
+    # {wh-01, wh-02} both cover the order, and the ids decide (wh-00 first), not the order in
+    # which the search happens to meet the groups.
+    available = {"wh-00": {"A": 5}, "wh-01": {"A": 3, "B": 3}, "wh-02": {"A": 2, "B": 2}, "wh-03": {"B": 5}}
+    locations = [a_location(location_id, CHICAGO) for location_id in available]
+
+    plan = source(
+        an_order(("A", 5), ("B", 5)),
+        available,
+        locations=locations,
+        destination=a_destination(None, country="ZW", region=None),
+    )
+
+    assert allocated(plan) == [("L1", "wh-00", 5), ("L2", "wh-03", 5)]
+
+
 def test_beyond_the_exact_search_limit_a_greedy_split_still_covers_the_order():
     from plugins.nearest_sourcing import EXACT_SEARCH_LIMIT
 
@@ -609,6 +755,26 @@ def test_no_plan_when_no_split_fits_within_max_shipments():
     assert (
         len(allocated(source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules(max_shipments=2)))) == 2
     )
+
+
+def test_beyond_the_exact_search_limit_an_order_two_locations_can_ship_is_sourced_under_max_shipments_2():
+    # Thirteen warehouses with stock: greedy takes wh-central (6 units) first and then needs both
+    # of the others, three shipments where wh-west and wh-east ship it in two. Under max_shipments
+    # 2 the order could not be sourced (out of stock) though those two warehouses have it all.
+    available = {"wh-central": {"A": 3, "B": 3}, "wh-west": {"A": 4}, "wh-east": {"B": 4}}
+    available |= {f"wh-{i:02d}": {"A": 1} for i in range(10)}
+    locations = [a_location(location_id) for location_id in CITIES]
+    locations += [a_location(f"wh-{i:02d}", (45.0, -100.0 + i)) for i in range(10)]
+    order = an_order(("A", 4), ("B", 4))
+
+    greedy = source(order, available, locations=locations)
+    assert len({location for _, location, _ in allocated(greedy)}) == 3  # no max_shipments: as before
+
+    plan = source(order, available, locations=locations, rules=FEWEST.model_copy(update={"max_shipments": 2}))
+
+    assert plan is not None
+    assert allocated(plan) == [("L1", "wh-west", 4), ("L2", "wh-east", 4)]
+    assert "split greedily it would ship from 3 locations, more than max_shipments (2)" in plan.reasons[0]
 
 
 def test_a_third_party_sourcing_plugin_receives_the_rules_and_an_older_one_still_works():
