@@ -9,6 +9,7 @@ new stack (a new account) starts.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.backorders import BackorderAllocator, ExpectedArrivals
@@ -85,6 +87,14 @@ if TYPE_CHECKING:
     from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 
 logger = Logger(child=True)
+# core/ (and an adapter or two) log through the standard library (core imports no powertools):
+# those loggers get the functions' own handler, so that their lines are JSON with the invocation's
+# keys (`order_id`, the request id) like every other line, instead of the Lambda runtime's plain
+# text, which the runbooks' queries (`level`, `message`, `order_id`) do not parse. Each module's
+# logger is a child of "core" or "functions", so modules imported later are covered too.
+for _parent in ("core", "functions"):
+    logging.getLogger(_parent)  # registered, so that the copy finds it
+copy_config_to_registered_loggers(source_logger=Logger(), include={"core", "functions"})
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,28 @@ def test_the_authorizer_logs_under_the_request_id_the_api_function_will_log(aws,
     assert line["reason"] == "unknown"
     # The keys powertools' inject_lambda_context sets, set by hand now that the logger is lazy.
     assert {"cold_start", "function_name", "function_request_id", "function_arn"} <= line.keys()
+
+
+def test_a_core_modules_log_line_is_json_with_the_invocations_keys(aws, stack, monkeypatch, observed):
+    # core/ logs through the standard library (it imports no powertools). Left to the Lambda
+    # runtime's root handler, its lines were plain text without `level`, `order_id` or the
+    # request's id, and the runbooks' queries (README `logs`) found none of them.
+    import logging
+
+    from core.services import OrderQueries
+    from functions.api.app import lambda_handler
+
+    order = place()
+    read = OrderQueries.get
+
+    def get(self, order_id, *args, **kwargs):
+        logging.getLogger("core.services").warning("a line of core's")
+        return read(self, order_id, *args, **kwargs)
+
+    monkeypatch.setattr(OrderQueries, "get", get)
+    evt = event("api_get_order.json")
+    evt.update(path=f"/orders/{order['id']}", pathParameters={"order_id": order["id"]})
+
+    assert lambda_handler(evt, context("ApiFunction"))["statusCode"] == 200
+    line = observed.log("a line of core's")
+    assert (line["level"], line["order_id"], line["correlation_id"]) == ("WARNING", order["id"], REQUEST_ID)
