@@ -798,3 +798,54 @@ def test_a_refusal_of_a_decided_exchange_is_stored_and_never_shown(aws):
     stored = returns.get(received.id)
     assert stored is not None and stored.exchange_refused == {**detail, "at": NOW.isoformat()}
     assert "exchange_refused" not in stored.model_dump(mode="json")
+
+
+class _Throttled:
+    """A client whose BatchGetItem leaves keys unprocessed, as DynamoDB does under throttling:
+    `plan` says how many keys each round reads (the rest come back in UnprocessedKeys)."""
+
+    def __init__(self, plan: list[int]):
+        self.plan = plan
+        self.rounds: list[int] = []
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        ((table, page),) = RequestItems.items()
+        keys = page["Keys"]
+        reads = self.plan.pop(0) if self.plan else len(keys)
+        self.rounds.append(len(keys))
+        left = keys[reads:]
+        return {
+            "Responses": {table: [{**key, "read": {"BOOL": True}} for key in keys[:reads]]},
+            "UnprocessedKeys": {table: {**page, "Keys": left}} if left else {},
+        }
+
+
+def test_keys_left_unprocessed_are_asked_again_after_a_pause_that_grows_while_nothing_is_read(monkeypatch):
+    # Asked again at once, a throttled table was hammered until the function timed out.
+    from functions.adapters import dynamodb
+
+    pauses: list[float] = []
+    monkeypatch.setattr(dynamodb.time, "sleep", pauses.append)
+    monkeypatch.setattr(dynamodb.random, "uniform", lambda low, high: high)
+    client = _Throttled([1, 0, 0, 2])
+    keys = [{"pk": {"S": f"k{n}"}} for n in range(5)]
+
+    found = dynamodb.batch_get(client, "T", keys)
+
+    assert sorted(item["pk"]["S"] for item in found) == [f"k{n}" for n in range(5)]
+    assert client.rounds == [5, 4, 4, 4, 2]
+    assert pauses == [0.05, 0.1, 0.2, 0.05]  # doubled while nothing was read; back to the first after a read
+
+
+def test_keys_left_unprocessed_round_after_round_raise_the_throttle_a_busy_table_does(monkeypatch):
+    from functions.adapters import dynamodb
+    from functions.adapters.aws_errors import busy
+
+    monkeypatch.setattr(dynamodb.time, "sleep", lambda seconds: None)
+    client = _Throttled([0] * 100)
+
+    with pytest.raises(ClientError) as raised:
+        dynamodb.batch_get(client, "T", [{"pk": {"S": "k"}}])
+
+    assert busy(raised.value)
+    assert len(client.rounds) == dynamodb.UNPROCESSED_ROUNDS
