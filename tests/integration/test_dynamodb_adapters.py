@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -282,6 +283,84 @@ def test_an_order_over_a_hundred_locations_or_fewer_reads_by_key_in_as_many_batc
         sku: [(network[-1], 2)] for sku in skus
     }
     assert held == {(sku, network[-1], f"ord_1#{sku}"): 1 for sku in skus}
+
+
+# Reservation keys as the map holds them: an order's (`ord_..#L1`) and keys a projection must name
+# through ExpressionAttributeNames (a dot, a space, a `#`, a colon).
+ODD_KEYS = ["ord_1#L1", "a.b", "with space", "x#y.z", "k:1"]
+
+
+def _large_network_data(aws: Any, inventory: DynamoInventory, network: list[str]) -> None:
+    """MUG stocked at some of `network` (a reservation map or none, an expected date or none),
+    missing at the others, with the other items a sku's partition and keys hold."""
+    for n, location_id in enumerate(network):
+        if n % 3 == 1:
+            continue  # no stock item there
+        inventory.set_on_hand("MUG", location_id, 10 + n, "count")
+        if n % 3 == 0:
+            for m, key in enumerate(ODD_KEYS[: 1 + n % len(ODD_KEYS)]):
+                inventory.reserve("MUG", location_id, key, 1 + m)
+        if n % 4 == 0:
+            aws.dynamodb.update_item(  # as an open purchase order bringing units there sets it
+                TableName=aws.tables["InventoryTable"],
+                Key={"sku": {"S": "MUG"}, "location_id": {"S": location_id}},
+                UpdateExpression="SET #expected = :at",
+                ExpressionAttributeNames={"#expected": f"expected#po_{n}"},
+                ExpressionAttributeValues={":at": {"S": (NOW + timedelta(days=n)).isoformat()}},
+            )
+    inventory.set_on_hand("CUP", network[len(network) // 2], 7, "count")
+    inventory.adjust("MUG", network[0], 1, "found", key="idem-1")  # a ledger item of its own
+    inventory.restock("MUG", network[3], "ret_1#L1", 1)  # and a restock's
+    DynamoBackorders(aws.dynamodb, aws.tables["InventoryTable"], aws.tables["OrdersTable"]).add(
+        "MUG", WaitingOrder(created_at=NOW, order_id="ord_2")
+    )  # the sku's backorder queue lives in its partition
+
+
+def _reads(inventory: DynamoInventory, network: Iterable[str]) -> tuple[Any, Any, Any]:
+    asked = list(network)
+    levels = inventory.levels({"MUG", "CUP", "NONE"}, iter(asked))
+    held = inventory.reservations({("MUG", loc): ODD_KEYS for loc in asked} | {("CUP", asked[0]): ["ord_1#L1"]})
+    expected = inventory.expected({("MUG", loc) for loc in asked})
+    return {sku: sorted(found, key=lambda x: x.location_id) for sku, found in levels.items()}, held, expected
+
+
+@pytest.mark.parametrize("count", [100, 101, 150])
+@pytest.mark.parametrize("order", ["sorted", "reversed", "shuffled with duplicates"])
+def test_a_large_network_reads_the_same_stock_as_the_key_lookups(aws, inventory, count, order):
+    network = [f"loc-{n:04d}" for n in range(count + 2)]
+    _large_network_data(aws, inventory, network)
+    asked = network[1:-1]  # stock before the first and after the last asked location is not read
+    by_key = [_reads(inventory, part) for part in (asked[:50], asked[50:100], asked[100:]) if part]
+    expected_levels = {sku: sorted((x for r in by_key for x in r[0][sku]), key=lambda x: x.location_id)
+                       for sku in ("MUG", "CUP", "NONE")}  # fmt: skip
+    if order == "reversed":
+        asked = asked[::-1]
+    elif order == "shuffled with duplicates":
+        asked = random.Random(count).sample(asked, len(asked)) + asked[::7]
+
+    def small_pages(params: dict[str, Any], **kwargs: Any) -> None:
+        params["Limit"] = 7  # every LastEvaluatedKey is followed
+
+    aws.dynamodb.meta.events.register("before-parameter-build.dynamodb.Query", small_pages)
+    try:
+        with requests_made(aws.dynamodb) as made:
+            levels, held, expected = _reads(inventory, asked)
+    finally:
+        aws.dynamodb.meta.events.unregister("before-parameter-build.dynamodb.Query", small_pages)
+
+    assert levels == expected_levels
+    assert levels["MUG"] and levels["NONE"] == []
+    assert held == {k: v for r in by_key for k, v in r[1].items()}
+    assert {key for _, _, key in held} == set(ODD_KEYS)
+    assert expected == {k: v for r in by_key for k, v in r[2].items()}
+    assert expected
+    assert network[0] not in {x.location_id for x in levels["MUG"]}
+    queries = [params for operation, params in made if operation == "Query"]
+    assert bool(queries) is (count > 100)
+    # Consistent where the key lookups were: the reservations only.
+    assert all(
+        q.get("ConsistentRead", False) is ("reservations." in q.get("ProjectionExpression", "")) for q in queries
+    )
 
 
 # --- Orders --------------------------------------------------------------------------------------

@@ -597,6 +597,77 @@ def test_a_point_set_while_orders_wait_buys_what_they_lack(buyer: Buyer, stocked
     assert drafted(buyer) == {"wh-east": 3}
 
 
+@pytest.mark.parametrize("point_first", [False, True], ids=["order then point", "point then order"])
+def test_a_point_set_and_an_order_backordered_in_one_batch_buy_its_lack_once(buyer: Buyer, point_first: bool):
+    """The point's record and the order's own both read what the order lacks at wh-east: each
+    counts what the other bought (the draft), so the 3 are bought once, redelivered too."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=0)
+    if point_first:
+        buyer.point()
+    backordered(buyer, 3, "first")
+    if not point_first:
+        buyer.point()
+
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-east": 3}
+
+
+def test_a_point_changed_or_cleared_and_set_with_another_vendor_buys_nothing_again(buyer: Buyer):
+    """acme's draft holds the 3 an order lacks. The point's quantity and vendor changed is no
+    point set; cleared and set again with globex, it counts acme's draft still."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.purchasing.put_vendor("globex", VendorRequest(name="Globex", lead_time_days=5))
+    buyer.stock(units=0)
+    backordered(buyer, 3, "first")
+    buyer.point()
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 3}
+
+    settings = ReorderSettings(reorder_point=7, reorder_quantity=30, vendor_id="globex", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 3}
+
+
+@pytest.mark.parametrize("units", [None, 0, 2, 10], ids=["no stock item", "none", "below the point", "above it"])
+def test_a_point_set_where_no_order_waits_buys_nothing(buyer: Buyer, units: int | None):
+    if units is not None:
+        buyer.stock(units=units)
+    buyer.point()
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert buyer.drafts() == []
+    assert buyer.on_bus() == []
+
+
+def test_points_set_at_two_locations_in_one_batch_buy_an_orders_lack_once(buyer: Buyer):
+    """No point bought for the order; both records place it (once, recorded) and buy where it is."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.catalog_repository.put_location(location("wh-west", latitude=37.8, longitude=-122.3))
+    for location_id in ("wh-east", "wh-west"):
+        buyer.container.inventory_repository.set_on_hand("MUG", location_id, 0, reason="stock_take")
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", settings)
+    buyer.point()
+
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-east": 3}  # the first by id: no units held anywhere
+
+
 def test_a_draft_cancelled_while_its_point_was_cleared_is_bought_again_when_the_point_is_set_again(buyer: Buyer):
     """The point is cleared, then its draft (the 3 units an order waits for) cancelled: with no
     point nothing buys, as it should. Set again, the point's record saw no fall, no withdrawal and
