@@ -82,7 +82,8 @@ class Reconciler:
                         cause = (
                             f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
                         )
-                        if self._workflow.park_after_failure(order.id, STALLED, cause):
+                        judged = (status, now - self._park_after)
+                        if self._workflow.park_after_failure(order.id, STALLED, cause, stalled=judged):
                             done.parked.append(order.id)
                     else:
                         self._starter.start(order.id, channel=order.channel, rerun=rerun)

@@ -754,19 +754,26 @@ class Workflow:
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being cancelled") from None
 
-    def park_after_failure(self, order_id: str, error: str, cause: str) -> bool:
+    def park_after_failure(
+        self, order_id: str, error: str, cause: str, *, stalled: tuple[OrderStatus, datetime] | None = None
+    ) -> bool:
         """Put the order the workflow could not finish on hold for a person. Reservations and the
         authorization stay: nothing was captured, and a release carries on where it stopped with
         the stock still held. True when this call parked it; False when there was nothing to do
         (parked already by an earlier run, or finished or closed by someone else meanwhile). A
         backordered order is parked too: one whose every unit is reserved but whose shipments
-        could not be created would otherwise wait, unseen, for an arrival that may never come."""
+        could not be created would otherwise wait, unseen, for an arrival that may never come.
+        `stalled` (the reconciler's: a status, and a time) parks the order only while it is still
+        in that status with no change since that time: one that moved on after it was judged
+        stalled (the execution a pass restarted wrote) is left to what moves it."""
         at = self._clock()
         parked = False
 
         def decide(order: Order):
             nonlocal parked
-            parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED)
+            parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) and (
+                stalled is None or (order.status is stalled[0] and order.last_changed <= stalled[1])
+            )
             if not parked:
                 return None
             return order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)

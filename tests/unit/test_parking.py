@@ -20,7 +20,7 @@ from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
 from functions.adapters.workflow_starter import StepFunctionsStarter
 from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
-from tests.unit.world import World, build_world
+from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3)]
@@ -279,10 +279,10 @@ def test_a_start_step_functions_refuses_or_a_park_that_keeps_losing_races_waits_
     raced, parked = world.place(("TSHIRT", 1)), world.place(("MUG", 1))
     real = world.workflow.park_after_failure
 
-    def keeps_changing(order_id, error, cause):
+    def keeps_changing(order_id, error, cause, **judged):
         if order_id == raced:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold")
-        return real(order_id, error, cause)
+        return real(order_id, error, cause, **judged)
 
     monkeypatch.setattr(world.workflow, "park_after_failure", keeps_changing)
     done = reconciler(world, minutes_later=61)[0].run()
@@ -359,3 +359,20 @@ def test_any_change_after_a_jeopardy_mark_is_the_orders_last_change_again(world)
     )  # fmt: skip
 
     assert requested.last_changed == edited.last_changed == later
+
+
+def test_the_reconciler_never_parks_an_order_that_moved_on_after_it_was_judged_stalled(monkeypatch):
+    """Judged stalled `pending` an hour after it was placed, the order is authorized by the
+    execution the last pass restarted just before the park lands: that order is moving, so it is
+    left to its execution, not put on hold for a person with a note saying it was stuck pending."""
+    now = [NOW]
+    world = build_world(STOCK, clock=lambda: now[0])
+    order_id = world.place(("TSHIRT", 1))
+    now[0] = NOW + timedelta(minutes=61)
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.authorize_payment(order_id, attempt=0))
+
+    done = reconciler(world, minutes_later=61)[0].run()
+
+    assert done == Reconciled()
+    order = world.order(order_id)
+    assert (order.status, order.hold) == (S.AUTHORIZED, None)
