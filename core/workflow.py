@@ -176,7 +176,13 @@ class Workflow:
         return self._sourcing_rules.current() if self._sourcing_rules is not None else SourcingRules()
 
     def _load(self, order_id: str, *, consistent: bool = False) -> Order:
+        """The order; one a plain read shows on hold is read again consistently. The execution a
+        release starts reads the order just after the release's write, which an eventually
+        consistent GetItem may not show yet, and a step's OrderHeld is not retried: the execution
+        would end OrderOnHold and the released order wait for nothing."""
         order = self._orders.get(order_id, consistent=consistent)
+        if order is not None and order.status is S.ON_HOLD and not consistent:
+            order = self._orders.get(order_id, consistent=True)
         if order is None:
             raise NotFound(f"no order {order_id}")
         return order
@@ -194,6 +200,8 @@ class Workflow:
     # --- AuthorizePayment ----------------------------------------------------------------
     def authorize_payment(self, order_id: str, attempt: int) -> None:
         found = self._orders.get_with_token(order_id)
+        if found is not None and found[0].status is S.ON_HOLD:
+            found = self._orders.get_with_token(order_id, consistent=True)  # maybe released: see _load
         if found is None:
             raise NotFound(f"no order {order_id}")
         order, token = found

@@ -376,3 +376,40 @@ def test_the_reconciler_never_parks_an_order_that_moved_on_after_it_was_judged_s
     assert done == Reconciled()
     order = world.order(order_id)
     assert (order.status, order.hold) == (S.AUTHORIZED, None)
+
+
+@pytest.mark.parametrize("parked_at", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
+def test_the_execution_a_release_starts_resumes_the_order_while_plain_reads_still_show_it_held(
+    world, monkeypatch, parked_at
+):
+    """The outbox starts the release's execution from the release's stream record, and its steps'
+    plain reads (GetItem is eventually consistent) may still show the order on hold. OrderHeld is
+    not retried: the execution would end OrderOnHold and the released order wait for nothing (a
+    backordered one for good: the reconciler restarts only pending and authorized orders)."""
+    order_id = world.place(("TSHIRT", 1))
+    steps = [
+        lambda: world.workflow.authorize_payment(order_id, attempt=0),
+        lambda: world.workflow.reserve_stock(order_id),
+        lambda: world.workflow.create_shipments(order_id),
+    ]
+    at = ["AuthorizePayment", "ReserveStock", "CreateShipments"].index(parked_at)
+    for step in steps[:at]:
+        step()
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    held = world.order(order_id)
+    released, entry = held.release(note="throttling over", at=NOW, actor="key_ops")
+    world.orders.update(released, held, [entry])
+
+    real_get, real_with_token = world.orders.get, world.orders.get_with_token
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real_get(oid) if consistent else held)
+    monkeypatch.setattr(
+        world.orders, "get_with_token",
+        lambda oid, consistent=False: real_with_token(oid) if consistent else (held, world.orders.tokens[oid]),
+    )  # fmt: skip
+    for step in steps[at:]:
+        step()
+
+    monkeypatch.undo()
+    order = world.order(order_id)
+    assert (order.status, order.hold) == (S.ALLOCATED, None)
+    assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L1"): 1}
