@@ -130,6 +130,10 @@ def after_failure(error: str) -> str:
 
 
 CANCELLABLE = frozenset(s for s in OrderStatus if can_transition(s, S.CANCELLED))
+# The statuses a write moves an order out of and then starts its workflow (functions/outbox): a
+# release from a hold, an edit or a reject of an allocated order (a backordered one's is read
+# consistently by its fill).
+SENT_ON_FROM = frozenset({S.ON_HOLD, S.ALLOCATED})
 # A held order's execution stops before its next step; a release starts it again.
 STOPPED = TERMINAL | {S.ON_HOLD}
 
@@ -176,12 +180,13 @@ class Workflow:
         return self._sourcing_rules.current() if self._sourcing_rules is not None else SourcingRules()
 
     def _load(self, order_id: str, *, consistent: bool = False) -> Order:
-        """The order; one a plain read shows on hold is read again consistently. The execution a
-        release starts reads the order just after the release's write, which an eventually
-        consistent GetItem may not show yet, and a step's OrderHeld is not retried: the execution
-        would end OrderOnHold and the released order wait for nothing."""
+        """The order; one a plain read shows in a status an execution is started out of (SENT_ON_FROM)
+        is read again consistently. The execution a release, an edit or a reject starts reads the
+        order just after that write, which an eventually consistent GetItem may not show yet: the
+        step would stop (OrderHeld, not retried) or take its work for done (allocated), the
+        execution would end, and the order wait for nothing."""
         order = self._orders.get(order_id, consistent=consistent)
-        if order is not None and order.status is S.ON_HOLD and not consistent:
+        if order is not None and order.status in SENT_ON_FROM and not consistent:
             order = self._orders.get(order_id, consistent=True)
         if order is None:
             raise NotFound(f"no order {order_id}")
