@@ -184,9 +184,12 @@ class InventoryRepository(ABC):
         many units: {(sku, location_id, key): quantity}."""
 
     @abstractmethod
-    def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
+    def levels(
+        self, skus: set[str], location_ids: Iterable[str] | None = None, *, consistent: bool = False
+    ) -> dict[str, list[StockLevel]]:
         """Stock records of each sku (skus with none map to []): at `location_ids` (key lookups,
-        the capture path) or, when None, at every location."""
+        the capture path) or, when None, at every location (read consistently). `consistent`: the
+        key lookups read strongly consistently too (every write acknowledged before shows)."""
 
     def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
         """The earliest expected date of the open purchase orders bringing units to each

@@ -333,8 +333,6 @@ class Workflow:
         rules = self._rules()
         # A location that rejected a shipment of this order is never asked again for it.
         eligible = sourceable(order, locations, rules)
-        skus = {line.sku for line in order.lines}
-        stock = self._inventory.levels(skus, [loc.location_id for loc in eligible])
         # A retry after a crash may find this order's own reservations: count them as available
         # again, so the plan is the one a first run would make, then reconcile.
         # Looked for wherever the order may have reserved, so a location the rules excluded since
@@ -342,24 +340,11 @@ class Workflow:
         # shipment of it whose release never ran (this order is never sourced there again).
         anywhere = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
         mine = self._reservations_of(order, [loc.location_id for loc in anywhere])
-        for sku, levels in stock.items():
-            stock[sku] = [
-                level.model_copy(
-                    update={"available": max(level.available, 0) + sum(
-                        q for (s, loc, _), q in mine.items() if s == sku and loc == level.location_id)}
-                )
-                for level in levels
-            ]  # fmt: skip
-        stock = rules.for_orders(stock)  # safety stock is held back from orders
-        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
-        # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
-        own: dict[tuple[str, str], int] = defaultdict(int)
-        for (sku, location_id, _), quantity in mine.items():
-            own[(sku, location_id)] += quantity
-        stock = self._behind_older(order, stock, locations, rules, own=own)
-        plan = allocation_plan(
-            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
-        )
+        plan = self._plan(order, eligible, locations, rules, mine)
+        if plan is None:
+            # Out of stock cancels the order and voids its authorization, and is not retried: said
+            # only on stock as written, not on a plain read that may not show a restock yet.
+            plan = self._plan(order, eligible, locations, rules, mine, consistent=True)
         if plan is None:
             raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
         short = left_short(order, plan)
@@ -406,6 +391,34 @@ class Workflow:
             raise self._closed_or_retry(
                 order_id, lambda: self._release_unrecorded(order_id, done, held_before=set(mine))
             ) from None
+
+    def _plan(
+        self, order: Order, eligible: list[Location], locations: list[Location], rules: SourcingRules,
+        mine: dict[tuple[str, str, str], int], *, consistent: bool = False,
+    ) -> SourcingPlan | None:  # fmt: skip
+        """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now,
+        counting what the order holds (`mine`) as its own; None when they cannot cover it."""
+        stock = self._inventory.levels(
+            {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
+        )
+        for sku, levels in stock.items():
+            stock[sku] = [
+                level.model_copy(
+                    update={"available": max(level.available, 0) + sum(
+                        q for (s, loc, _), q in mine.items() if s == sku and loc == level.location_id)}
+                )
+                for level in levels
+            ]  # fmt: skip
+        stock = rules.for_orders(stock)  # safety stock is held back from orders
+        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
+        # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
+        own: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), quantity in mine.items():
+            own[(sku, location_id)] += quantity
+        stock = self._behind_older(order, stock, locations, rules, own=own)
+        return allocation_plan(
+            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
+        )
 
     def _release_unrecorded(
         self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None

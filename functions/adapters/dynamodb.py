@@ -1580,13 +1580,16 @@ class DynamoInventory(InventoryRepository):
                     found[(values["sku"], values["location_id"], key)] = int(quantity)
         return found
 
-    def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
+    def levels(
+        self, skus: set[str], location_ids: Iterable[str] | None = None, *, consistent: bool = False
+    ) -> dict[str, list[StockLevel]]:
         result: dict[str, list[StockLevel]] = {sku: [] for sku in skus}
         if location_ids is not None:
             keys = [
                 {"sku": {"S": sku}, "location_id": {"S": loc}} for sku in sorted(skus) for loc in sorted(location_ids)
             ]
-            for item in batch_get(self._client, self._table, keys, "sku, location_id, on_hand, reserved, available"):
+            attributes = "sku, location_id, on_hand, reserved, available"
+            for item in batch_get(self._client, self._table, keys, attributes, consistent=consistent):
                 level = _level(from_item(item))
                 result[level.sku].append(level)
             return result
