@@ -544,7 +544,10 @@ class Workflow:
         the most stocked, then by id; what they lack at new locations the sourcing plugins choose
         as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
         skus = {line.sku for line in order.lines}
-        stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in eligible]))
+        # Read consistently: an arrival is handed over moments after its stock item's write, which a
+        # plain read may not show yet, and nothing would hand the same units over again.
+        levels = self._inventory.levels(skus, [loc.location_id for loc in eligible], consistent=True)
+        stock = rules.for_orders(levels)
         if network is not None:
             stock = self._behind_older(order, stock, network, rules, queue)
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
