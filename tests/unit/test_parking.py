@@ -14,7 +14,7 @@ from core.errors import InvalidTransition, OrderClosed, TransientError
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import Order
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
-from core.reconciliation import Reconciled, Reconciler
+from core.reconciliation import MAX_REFUSED_STARTS, Reconciled, Reconciler
 from core.status import OrderStatus, can_transition
 from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
 from functions.adapters.workflow_starter import StepFunctionsStarter
@@ -413,3 +413,30 @@ def test_the_execution_a_release_starts_resumes_the_order_while_plain_reads_stil
     order = world.order(order_id)
     assert (order.status, order.hold) == (S.ALLOCATED, None)
     assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L1"): 1}
+
+
+def test_a_pass_stops_asking_step_functions_once_it_keeps_refusing_and_still_parks(world):
+    """Step Functions throttling every start: each refusal costs the reconciler's invocation the
+    client's retries (seconds), so a pass over a hundred stalled orders would run out of time and
+    none of the reconciler's other work (pickups, refunds, voids) would run. A pass asks a few
+    times, leaves the rest to the next pass, and still parks what is too old to restart."""
+    asked: list[str] = []
+
+    class Throttled(WorkflowStarter):
+        def start(self, order_id, channel="", correlation_id="", rerun=None):
+            asked.append(order_id)
+            raise TransientError("the order workflow could not be started: ThrottlingException")
+
+    now = [NOW]
+    world = build_world([("TSHIRT", "wh-west", 50)], clock=lambda: now[0])
+    old = world.place(("TSHIRT", 1))
+    now[0] = NOW + timedelta(minutes=45)
+    stalled = [world.place(("TSHIRT", 1)) for _ in range(10)]
+    now[0] = NOW + timedelta(minutes=61)
+    run = Reconciler(
+        Stalled(world), world.orders, Throttled(), world.workflow, lambda: now[0],
+        restart_after=timedelta(minutes=15), park_after=timedelta(minutes=60),
+    )  # fmt: skip
+
+    assert run.run() == Reconciled(parked=[old])
+    assert len(asked) == MAX_REFUSED_STARTS < len(stalled)
