@@ -185,9 +185,13 @@ class InventoryRepository(ABC):
         many units: {(sku, location_id, key): quantity}."""
 
     @abstractmethod
-    def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
+    def levels(
+        self, skus: set[str], location_ids: Iterable[str] | None = None, *, consistent: bool = False
+    ) -> dict[str, list[StockLevel]]:
         """Stock records of each sku (skus with none map to []): at `location_ids` (the capture
-        path's read, as few requests as the skus need) or, when None, at every location."""
+        path's read, as few requests as the skus need) or, when None, at every location (read
+        consistently). `consistent`: the read at `location_ids` is strongly consistent too (every
+        write acknowledged before shows)."""
 
     def expected(self, items: set[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
         """The earliest expected date of the open purchase orders bringing units to each

@@ -30,6 +30,11 @@ from core.workflow import Workflow
 # The statuses the workflow moves an order out of within one execution.
 WORKFLOW_STATUSES = (OrderStatus.PENDING, OrderStatus.AUTHORIZED)
 STALLED = "WorkflowStalled"  # the error a parked order's hold note names
+# A pass stops restarting after this many starts Step Functions refused (TransientError): it is
+# throttling or down, each refusal costs the invocation the client's retries (seconds), and a pass
+# over a hundred stalled orders would run out of time before the reconciler's other work. The rest
+# are the next pass's; parks (DynamoDB writes) go on.
+MAX_REFUSED_STARTS = 3
 
 
 @dataclass
@@ -67,26 +72,31 @@ class Reconciler:
         """One pass: each stalled order is restarted once, or parked when it is too old for that.
         At most `limit` orders per status; the rest are the next pass's, oldest first, and so is
         an order whose start Step Functions refused or whose park kept losing races (TransientError):
-        one such order does not stop the pass, nor the reconciler's other work."""
+        one such order does not stop the pass, nor the reconciler's other work; after
+        MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks)."""
         now = self._clock()
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = Reconciled()
+        refused = 0
         for status in WORKFLOW_STATUSES:
             for candidate in self._stalled.stalled(status, now - self._restart_after, self._limit):
                 order = self._orders.get(candidate.order_id)
                 if order is None or order.status is not status or order.last_changed > now - self._restart_after:
                     continue  # moved on since the index was read, or recently enough to be running
-                try:
-                    if order.last_changed <= now - self._park_after:
-                        minutes = int(self._park_after.total_seconds() // 60)
-                        cause = (
-                            f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
-                        )
-                        if self._workflow.park_after_failure(order.id, STALLED, cause):
+                if order.last_changed <= now - self._park_after:
+                    minutes = int(self._park_after.total_seconds() // 60)
+                    cause = f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
+                    judged = (status, now - self._park_after)
+                    try:
+                        if self._workflow.park_after_failure(order.id, STALLED, cause, stalled=judged):
                             done.parked.append(order.id)
-                    else:
+                    except TransientError:
+                        continue  # the next pass finds it again
+                elif refused < MAX_REFUSED_STARTS:
+                    try:
                         self._starter.start(order.id, channel=order.channel, rerun=rerun)
-                        done.restarted.append(order.id)
-                except TransientError:
-                    continue  # the next pass finds it again
+                    except TransientError:
+                        refused += 1
+                        continue  # the next pass finds it again
+                    done.restarted.append(order.id)
         return done

@@ -31,6 +31,7 @@ from itertools import islice
 from core.errors import TransientError
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, UnreceivedReturns
+from core.reconciliation import MAX_REFUSED_STARTS
 from core.return_models import Return
 from core.status import ReturnStatus
 
@@ -68,9 +69,10 @@ class ReturnReconciler:
         """One pass: the ids of the received returns whose workflow was started again, at most
         `limit` of at most `max_reads` candidates judged, oldest first; the rest, and any whose
         start failed, are the next pass's (a failed start does not stop the reconciler's other
-        work)."""
+        work; MAX_REFUSED_STARTS of them end the pass)."""
         received_before = self._clock() - self._restart_after
         restarted: list[str] = []
+        refused = 0
         self._taken = None  # the payment methods taken, asked once a pass
         candidates = self._candidates.created_before(ReturnStatus.RECEIVED, received_before)
         for return_id in islice(candidates, self._max_reads):
@@ -82,6 +84,9 @@ class ReturnReconciler:
             try:
                 self._starter.start(item.id, channel=item.channel)
             except TransientError:
+                refused += 1
+                if refused == MAX_REFUSED_STARTS:
+                    break  # throttling or down: each refusal costs seconds, the rest are the next pass's
                 continue  # Step Functions refused it now: the next pass finds it again
             restarted.append(item.id)
             if len(restarted) == self._limit:

@@ -381,15 +381,27 @@ class Returns:
 
     def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
         """`decide`'s new version of the return, written conditionally; `decide` answers the return
-        it was given when a concurrent run did the change already, and that is answered as it is."""
+        it was given when a concurrent run did the change already, and that is answered as it is.
+        A refusal (a Conflict: the return is not in a status for it), and every read after a lost
+        race, is decided again on a consistent read, as core.order_changes.modify does: a plain read
+        may predate the write this change follows (the workflow's steps run just after the receipt)."""
+        consistent = False
         for _ in range(ATTEMPTS):
-            current = self.get(return_id, channel)
-            new = decide(current)
+            found = self._returns.get(return_id, consistent=True) if consistent else self._returns.get(return_id)
+            current = visible_return(found, return_id, channel)
+            try:
+                new = decide(current)
+            except Conflict:
+                if consistent:
+                    raise
+                consistent = True
+                continue
             if new is current:
                 return current
             try:
                 self._returns.update(new, current)
             except StaleVersion:
+                consistent = True
                 continue
             return new
         raise StaleVersion(f"return {return_id} kept changing; retry")
@@ -480,8 +492,8 @@ class Returns:
 
     def restock(self, return_id: str) -> Return:
         """Resellable units back on hand at the receiving location, once per return and line."""
-        item = self.get(return_id)
-        if item.status not in (R.RECEIVED, R.REFUNDED) or item.received_at_location is None:
+        item = self._received(return_id)
+        if item.received_at_location is None:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         order = self._orders.get(item.order_id)
         if order is None:
@@ -499,9 +511,7 @@ class Returns:
         """The order counts the received units (`returned_quantity`) and becomes
         `partially_returned` or `returned`; once per return. The history names the key that
         received the return (`actor` for one received before keys were kept on returns)."""
-        item = self.get(return_id)
-        if item.status not in (R.RECEIVED, R.REFUNDED):
-            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
+        item = self._received(return_id)
         self._note(item)  # its request and approval come before its receipt, whoever died before them
         at = self._clock()
         detail = {
@@ -530,11 +540,9 @@ class Returns:
         Retry). A gateway still unavailable raises PaymentGatewayUnavailable (retried the same way),
         and a refund a run left pending that no payment plugin takes now raises NoPaymentPlugin,
         still pending (that run may have refunded it through the removed plugin)."""
-        item = self.get(return_id)
+        item = self._received(return_id)
         if item.status is R.REFUNDED:
             return item
-        if item.status is not R.RECEIVED:
-            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         if item.exchange is not None:
             return item  # the Exchange step settles it: the refund pays for the replacement first
         return self._refund_units(item, actor)
@@ -764,11 +772,9 @@ class Returns:
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
         original's history names the exchange once (Order.exchanged); the rest is refunded under
         the refund step's keys. A return without an exchange is left as the Refund step left it."""
-        item = self.get(return_id)
+        item = self._received(return_id)
         if item.exchange is None or item.status is R.REFUNDED:
             return item
-        if item.status is not R.RECEIVED:
-            raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         if item.exchange_not_placed is not None:
             return self._refund_instead(item, actor)
         found = self._orders.get_with_token(item.order_id)
@@ -1036,7 +1042,16 @@ class Returns:
     def check_received(self, return_id: str) -> Return:
         """The workflow's first step: the receipt the API recorded is there (ReturnNotReceived, not
         retried, when an execution was started for a return that was never received)."""
+        return self._received(return_id)
+
+    def _received(self, return_id: str) -> Return:
+        """The return a workflow step works on, received (or refunded already); ReturnNotReceived
+        otherwise, said only on a consistent read: the receipt's request starts the workflow just
+        after writing it, which a plain read may not show yet, and ReturnNotReceived is not retried
+        (the execution records the return stuck for a person)."""
         item = self.get(return_id)
+        if item.status not in (R.RECEIVED, R.REFUNDED):
+            item = visible_return(self._returns.get(return_id, consistent=True), return_id, None)
         if item.status not in (R.RECEIVED, R.REFUNDED):
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
         return item

@@ -130,6 +130,10 @@ def after_failure(error: str) -> str:
 
 
 CANCELLABLE = frozenset(s for s in OrderStatus if can_transition(s, S.CANCELLED))
+# The statuses a write moves an order out of and then starts its workflow (functions/outbox): a
+# release from a hold, an edit or a reject of an allocated order (a backordered one's is read
+# consistently by its fill).
+SENT_ON_FROM = frozenset({S.ON_HOLD, S.ALLOCATED})
 # A held order's execution stops before its next step; a release starts it again.
 STOPPED = TERMINAL | {S.ON_HOLD}
 
@@ -176,7 +180,14 @@ class Workflow:
         return self._sourcing_rules.current() if self._sourcing_rules is not None else SourcingRules()
 
     def _load(self, order_id: str, *, consistent: bool = False) -> Order:
+        """The order; one a plain read shows in a status an execution is started out of (SENT_ON_FROM)
+        is read again consistently. The execution a release, an edit or a reject starts reads the
+        order just after that write, which an eventually consistent GetItem may not show yet: the
+        step would stop (OrderHeld, not retried) or take its work for done (allocated), the
+        execution would end, and the order wait for nothing."""
         order = self._orders.get(order_id, consistent=consistent)
+        if order is not None and order.status in SENT_ON_FROM and not consistent:
+            order = self._orders.get(order_id, consistent=True)
         if order is None:
             raise NotFound(f"no order {order_id}")
         return order
@@ -194,6 +205,8 @@ class Workflow:
     # --- AuthorizePayment ----------------------------------------------------------------
     def authorize_payment(self, order_id: str, attempt: int) -> None:
         found = self._orders.get_with_token(order_id)
+        if found is not None and found[0].status is S.ON_HOLD:
+            found = self._orders.get_with_token(order_id, consistent=True)  # maybe released: see _load
         if found is None:
             raise NotFound(f"no order {order_id}")
         order, token = found
@@ -320,8 +333,6 @@ class Workflow:
         rules = self._rules()
         # A location that rejected a shipment of this order is never asked again for it.
         eligible = sourceable(order, locations, rules)
-        skus = {line.sku for line in order.lines}
-        stock = self._inventory.levels(skus, [loc.location_id for loc in eligible])
         # A retry after a crash may find this order's own reservations: count them as available
         # again, so the plan is the one a first run would make, then reconcile.
         # Looked for wherever the order may have reserved, so a location the rules excluded since
@@ -329,24 +340,11 @@ class Workflow:
         # shipment of it whose release never ran (this order is never sourced there again).
         anywhere = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
         mine = self._reservations_of(order, [loc.location_id for loc in anywhere])
-        for sku, levels in stock.items():
-            stock[sku] = [
-                level.model_copy(
-                    update={"available": max(level.available, 0) + sum(
-                        q for (s, loc, _), q in mine.items() if s == sku and loc == level.location_id)}
-                )
-                for level in levels
-            ]  # fmt: skip
-        stock = rules.for_orders(stock)  # safety stock is held back from orders
-        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
-        # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
-        own: dict[tuple[str, str], int] = defaultdict(int)
-        for (sku, location_id, _), quantity in mine.items():
-            own[(sku, location_id)] += quantity
-        stock = self._behind_older(order, stock, locations, rules, own=own)
-        plan = allocation_plan(
-            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
-        )
+        plan = self._plan(order, eligible, locations, rules, mine)
+        if plan is None:
+            # Out of stock cancels the order and voids its authorization, and is not retried: said
+            # only on stock as written, not on a plain read that may not show a restock yet.
+            plan = self._plan(order, eligible, locations, rules, mine, consistent=True)
         if plan is None:
             raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
         short = left_short(order, plan)
@@ -393,6 +391,34 @@ class Workflow:
             raise self._closed_or_retry(
                 order_id, lambda: self._release_unrecorded(order_id, done, held_before=set(mine))
             ) from None
+
+    def _plan(
+        self, order: Order, eligible: list[Location], locations: list[Location], rules: SourcingRules,
+        mine: dict[tuple[str, str, str], int], *, consistent: bool = False,
+    ) -> SourcingPlan | None:  # fmt: skip
+        """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now,
+        counting what the order holds (`mine`) as its own; None when they cannot cover it."""
+        stock = self._inventory.levels(
+            {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
+        )
+        for sku, levels in stock.items():
+            stock[sku] = [
+                level.model_copy(
+                    update={"available": max(level.available, 0) + sum(
+                        q for (s, loc, _), q in mine.items() if s == sku and loc == level.location_id)}
+                )
+                for level in levels
+            ]  # fmt: skip
+        stock = rules.for_orders(stock)  # safety stock is held back from orders
+        # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
+        # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
+        own: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), quantity in mine.items():
+            own[(sku, location_id)] += quantity
+        stock = self._behind_older(order, stock, locations, rules, own=own)
+        return allocation_plan(
+            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
+        )
 
     def _release_unrecorded(
         self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None
@@ -518,7 +544,10 @@ class Workflow:
         the most stocked, then by id; what they lack at new locations the sourcing plugins choose
         as they source any order (`prefer`), no more of them than `max_shipments` leaves room for."""
         skus = {line.sku for line in order.lines}
-        stock = rules.for_orders(self._inventory.levels(skus, [loc.location_id for loc in eligible]))
+        # Read consistently: an arrival is handed over moments after its stock item's write, which a
+        # plain read may not show yet, and nothing would hand the same units over again.
+        levels = self._inventory.levels(skus, [loc.location_id for loc in eligible], consistent=True)
+        stock = rules.for_orders(levels)
         if network is not None:
             stock = self._behind_older(order, stock, network, rules, queue)
         left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
@@ -754,19 +783,26 @@ class Workflow:
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being cancelled") from None
 
-    def park_after_failure(self, order_id: str, error: str, cause: str) -> bool:
+    def park_after_failure(
+        self, order_id: str, error: str, cause: str, *, stalled: tuple[OrderStatus, datetime] | None = None
+    ) -> bool:
         """Put the order the workflow could not finish on hold for a person. Reservations and the
         authorization stay: nothing was captured, and a release carries on where it stopped with
         the stock still held. True when this call parked it; False when there was nothing to do
         (parked already by an earlier run, or finished or closed by someone else meanwhile). A
         backordered order is parked too: one whose every unit is reserved but whose shipments
-        could not be created would otherwise wait, unseen, for an arrival that may never come."""
+        could not be created would otherwise wait, unseen, for an arrival that may never come.
+        `stalled` (the reconciler's: a status, and a time) parks the order only while it is still
+        in that status with no change since that time: one that moved on after it was judged
+        stalled (the execution a pass restarted wrote) is left to what moves it."""
         at = self._clock()
         parked = False
 
         def decide(order: Order):
             nonlocal parked
-            parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED)
+            parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) and (
+                stalled is None or (order.status is stalled[0] and order.last_changed <= stalled[1])
+            )
             if not parked:
                 return None
             return order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)

@@ -1643,12 +1643,15 @@ class DynamoInventory(InventoryRepository):
                     found[(values["sku"], values["location_id"], key)] = int(quantity)
         return found
 
-    def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
+    def levels(
+        self, skus: set[str], location_ids: Iterable[str] | None = None, *, consistent: bool = False
+    ) -> dict[str, list[StockLevel]]:
         result: dict[str, list[StockLevel]] = {sku: [] for sku in skus}
         if location_ids is not None:
             wanted = set(location_ids)
             items = [(sku, loc) for sku in skus for loc in wanted]
-            for item in self._stock_items(items, "sku, location_id, on_hand, reserved, available"):
+            attributes = "sku, location_id, on_hand, reserved, available"
+            for item in self._stock_items(items, attributes, consistent=consistent):
                 level = _level(from_item(item))
                 result[level.sku].append(level)
             return result

@@ -289,7 +289,9 @@ class InMemoryInventory(InventoryRepository):
             if key in self.held.get((sku, location_id), {})
         }
 
-    def levels(self, skus: set[str], location_ids: Iterable[str] | None = None) -> dict[str, list[StockLevel]]:
+    def levels(
+        self, skus: set[str], location_ids: Iterable[str] | None = None, *, consistent: bool = False
+    ) -> dict[str, list[StockLevel]]:
         wanted = set(location_ids) if location_ids is not None else None
         return {
             sku: [lvl for (s, loc), lvl in sorted(self.stock.items()) if s == sku and (wanted is None or loc in wanted)]

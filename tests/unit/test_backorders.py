@@ -1135,3 +1135,28 @@ class BackorderMachine(RuleBasedStateMachine):
 
 BackorderMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
 test_backorder_state_machine = BackorderMachine.TestCase
+
+
+def test_an_arrival_fills_the_waiting_order_though_a_plain_read_of_the_stock_does_not_show_it_yet(setup, monkeypatch):
+    """The Inventory stream hands the arrival to the allocator moments after the stock item's
+    write, and a plain read of the levels (BatchGetItem is eventually consistent) may still show
+    the stock as it was: the fill found nothing to take, and the order waited, units on the shelf,
+    for an arrival that might never come (the stream hands this one over once)."""
+    world, allocator, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+    before = {lvl.location_id: lvl for lvl in world.inventory.levels({"PREORDER"}, None)["PREORDER"]}
+    real = world.inventory.levels
+
+    def lagging(skus, location_ids=None, *, consistent=False):
+        levels = real(skus, location_ids, consistent=consistent)
+        if consistent or location_ids is None:
+            return levels
+        return {sku: [before.get(lvl.location_id, lvl) if sku == "PREORDER" else lvl for lvl in found]
+                for sku, found in levels.items()}  # fmt: skip
+
+    monkeypatch.setattr(world.inventory, "levels", lagging)
+    arrival = arrive(world, allocator, "PREORDER", "wh-west", 2)
+
+    monkeypatch.undo()
+    assert arrival.filled == arrival.completed == [order_id]
+    assert world.order(order_id).status is S.ALLOCATED

@@ -794,3 +794,22 @@ def test_a_collect_of_an_order_that_lost_units_repeated_finishes_the_settlement(
 
     assert world.spy.voided == [order.payment.authorization]
     assert again.payment.authorized == again.payment.captured == again.totals.grand_total
+
+
+def test_the_execution_an_edit_starts_sources_the_order_while_plain_reads_still_show_it_allocated(world, monkeypatch):
+    # The outbox starts the edited order's execution from the edit's stream record; a plain read
+    # (GetItem is eventually consistent) may still show the order allocated, as it was. Taking that
+    # for "done already" ended the execution OrderAllocated with the order `authorized`, nothing
+    # sourced and no shipment, until the reconciler's restart a quarter of an hour later.
+    order = world.allocated(("TSHIRT", 2))
+    world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=4)]), actor="key_web")
+    real_get = world.orders.get
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real_get(oid) if consistent else order)
+
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+
+    monkeypatch.undo()
+    again = world.order(order.id)
+    assert again.status is S.ALLOCATED and [(s.lines[0].quantity) for s in again.shipments] == [4]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 4}

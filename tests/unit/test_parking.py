@@ -14,13 +14,13 @@ from core.errors import InvalidTransition, OrderClosed, TransientError
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import Order
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
-from core.reconciliation import Reconciled, Reconciler
+from core.reconciliation import MAX_REFUSED_STARTS, Reconciled, Reconciler
 from core.status import OrderStatus, can_transition
 from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
 from functions.adapters.workflow_starter import StepFunctionsStarter
 from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
-from tests.unit.world import World, build_world
+from tests.unit.world import World, before_the_next_write, build_world
 
 S = OrderStatus
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3)]
@@ -279,10 +279,10 @@ def test_a_start_step_functions_refuses_or_a_park_that_keeps_losing_races_waits_
     raced, parked = world.place(("TSHIRT", 1)), world.place(("MUG", 1))
     real = world.workflow.park_after_failure
 
-    def keeps_changing(order_id, error, cause):
+    def keeps_changing(order_id, error, cause, **judged):
         if order_id == raced:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold")
-        return real(order_id, error, cause)
+        return real(order_id, error, cause, **judged)
 
     monkeypatch.setattr(world.workflow, "park_after_failure", keeps_changing)
     done = reconciler(world, minutes_later=61)[0].run()
@@ -359,3 +359,84 @@ def test_any_change_after_a_jeopardy_mark_is_the_orders_last_change_again(world)
     )  # fmt: skip
 
     assert requested.last_changed == edited.last_changed == later
+
+
+def test_the_reconciler_never_parks_an_order_that_moved_on_after_it_was_judged_stalled(monkeypatch):
+    """Judged stalled `pending` an hour after it was placed, the order is authorized by the
+    execution the last pass restarted just before the park lands: that order is moving, so it is
+    left to its execution, not put on hold for a person with a note saying it was stuck pending."""
+    now = [NOW]
+    world = build_world(STOCK, clock=lambda: now[0])
+    order_id = world.place(("TSHIRT", 1))
+    now[0] = NOW + timedelta(minutes=61)
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.authorize_payment(order_id, attempt=0))
+
+    done = reconciler(world, minutes_later=61)[0].run()
+
+    assert done == Reconciled()
+    order = world.order(order_id)
+    assert (order.status, order.hold) == (S.AUTHORIZED, None)
+
+
+@pytest.mark.parametrize("parked_at", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
+def test_the_execution_a_release_starts_resumes_the_order_while_plain_reads_still_show_it_held(
+    world, monkeypatch, parked_at
+):
+    """The outbox starts the release's execution from the release's stream record, and its steps'
+    plain reads (GetItem is eventually consistent) may still show the order on hold. OrderHeld is
+    not retried: the execution would end OrderOnHold and the released order wait for nothing (a
+    backordered one for good: the reconciler restarts only pending and authorized orders)."""
+    order_id = world.place(("TSHIRT", 1))
+    steps = [
+        lambda: world.workflow.authorize_payment(order_id, attempt=0),
+        lambda: world.workflow.reserve_stock(order_id),
+        lambda: world.workflow.create_shipments(order_id),
+    ]
+    at = ["AuthorizePayment", "ReserveStock", "CreateShipments"].index(parked_at)
+    for step in steps[:at]:
+        step()
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    held = world.order(order_id)
+    released, entry = held.release(note="throttling over", at=NOW, actor="key_ops")
+    world.orders.update(released, held, [entry])
+
+    real_get, real_with_token = world.orders.get, world.orders.get_with_token
+    monkeypatch.setattr(world.orders, "get", lambda oid, consistent=False: real_get(oid) if consistent else held)
+    monkeypatch.setattr(
+        world.orders, "get_with_token",
+        lambda oid, consistent=False: real_with_token(oid) if consistent else (held, world.orders.tokens[oid]),
+    )  # fmt: skip
+    for step in steps[at:]:
+        step()
+
+    monkeypatch.undo()
+    order = world.order(order_id)
+    assert (order.status, order.hold) == (S.ALLOCATED, None)
+    assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L1"): 1}
+
+
+def test_a_pass_stops_asking_step_functions_once_it_keeps_refusing_and_still_parks(world):
+    """Step Functions throttling every start: each refusal costs the reconciler's invocation the
+    client's retries (seconds), so a pass over a hundred stalled orders would run out of time and
+    none of the reconciler's other work (pickups, refunds, voids) would run. A pass asks a few
+    times, leaves the rest to the next pass, and still parks what is too old to restart."""
+    asked: list[str] = []
+
+    class Throttled(WorkflowStarter):
+        def start(self, order_id, channel="", correlation_id="", rerun=None):
+            asked.append(order_id)
+            raise TransientError("the order workflow could not be started: ThrottlingException")
+
+    now = [NOW]
+    world = build_world([("TSHIRT", "wh-west", 50)], clock=lambda: now[0])
+    old = world.place(("TSHIRT", 1))
+    now[0] = NOW + timedelta(minutes=45)
+    stalled = [world.place(("TSHIRT", 1)) for _ in range(10)]
+    now[0] = NOW + timedelta(minutes=61)
+    run = Reconciler(
+        Stalled(world), world.orders, Throttled(), world.workflow, lambda: now[0],
+        restart_after=timedelta(minutes=15), park_after=timedelta(minutes=60),
+    )  # fmt: skip
+
+    assert run.run() == Reconciled(parked=[old])
+    assert len(asked) == MAX_REFUSED_STARTS < len(stalled)

@@ -12,6 +12,7 @@ from core import hookimpl
 from core.errors import TransientError
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
+from core.reconciliation import MAX_REFUSED_STARTS
 from core.return_models import ReceiveReturn, RequestReturn
 from core.return_reconciliation import ReturnReconciler
 from core.returns import RefundNotDone
@@ -259,3 +260,25 @@ def test_an_exchange_given_up_for_its_removed_payment_plugin_is_refunded_once_th
         "unknown_payment_method",
         order.lines[0].total,
     )
+
+
+def test_a_pass_stops_asking_step_functions_once_it_keeps_refusing(world):
+    """Each refused start costs the reconciler's invocation the client's retries (seconds): while
+    Step Functions throttles every start, a pass over many lost receipts would run out of time
+    before the reconciler's other work. A pass asks a few times and leaves the rest to the next."""
+    clock = Clock()
+    returns = returns_service(world, clock)
+    lost = [one_mug_returned(world, returns) for _ in range(MAX_REFUSED_STARTS + 2)]
+    for item in lost:
+        returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=16)
+
+    class Throttled(InlineReturnWorkflow):
+        def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+            self.started.append(return_id)
+            raise TransientError("the returns workflow could not be started: ThrottlingException")
+
+    workflow = Throttled()
+
+    assert reconciler(world, clock, workflow).run() == []
+    assert len(workflow.started) == MAX_REFUSED_STARTS

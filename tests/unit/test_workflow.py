@@ -1351,3 +1351,48 @@ def test_a_parcel_booked_again_after_another_location_rejects_is_booked_under_a_
     assert again.lines != kept.lines
     (key,) = {asked[1] for asked in carrier.asked if asked[0] == kept.id and asked[1] != kept.id}
     assert again.label_url == f"labels/{first.id}/{key}"
+
+
+def test_an_order_placed_just_after_a_restock_is_not_cancelled_out_of_stock_on_a_lagging_read(world, monkeypatch):
+    # Out of stock cancels the order and voids its authorization, and it is not retried: it is
+    # decided on stock levels as written, never on a plain read (BatchGetItem is eventually
+    # consistent) that may not show the restock the order was placed against yet.
+    before = {lvl.location_id: lvl for lvl in world.inventory.levels({"MUG"}, ["wh-west"])["MUG"]}
+    world.inventory.set_on_hand("MUG", "wh-west", 6, reason="restock")
+    order_id = world.place(("MUG", 5))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.inventory.levels
+
+    def lagging(skus, location_ids=None, *, consistent=False):
+        levels = real(skus, location_ids)
+        if consistent:
+            return levels
+        return {sku: [before.get(lvl.location_id, lvl) if sku == "MUG" else lvl for lvl in found]
+                for sku, found in levels.items()}  # fmt: skip
+
+    monkeypatch.setattr(world.inventory, "levels", lagging)
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+
+    monkeypatch.undo()
+    assert world.order(order_id).status is OrderStatus.ALLOCATED
+    assert world.held_for(order_id) == {("MUG", "wh-west", f"{order_id}#L1"): 5}
+    assert world.spy.voided == []
+
+
+def test_stock_levels_asked_for_consistently_are_read_consistently_from_dynamodb():
+    from functions.adapters.dynamodb import DynamoInventory
+
+    class Recording:
+        def __init__(self) -> None:
+            self.pages: list[dict] = []
+
+        def batch_get_item(self, RequestItems):
+            self.pages.extend(RequestItems.values())
+            return {"Responses": {}}
+
+    client = Recording()
+    DynamoInventory(client, "inventory").levels({"MUG"}, ["wh-west"])
+    DynamoInventory(client, "inventory").levels({"MUG"}, ["wh-west"], consistent=True)
+
+    assert [page.get("ConsistentRead", False) for page in client.pages] == [False, True]
