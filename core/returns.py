@@ -936,7 +936,12 @@ class Returns:
             return item, None
         cmd = self._replacement_command(item, original, token)
         assert self._capture is not None  # _replacement_command refused an OMS without it
-        self._capture.quote(cmd)
+        try:
+            self._capture.quote(cmd)
+        except InsufficientStock:
+            # Giving the exchange up for stock is for good (its units are refunded instead): said
+            # only on stock as written, not on a plain read that may not show a restock yet.
+            self._capture.quote(cmd, consistent_stock=True)
         at = self._clock()
 
         def decide(current: Return) -> Return:

@@ -174,6 +174,7 @@ class CaptureService:
     def quote(
         self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = (),
         placed_with: Sequence[PromotionGrant] = (), check_stock: bool = True, of: Order | None = None,
+        consistent_stock: bool = False,
     ) -> PricedOrder:  # fmt: skip
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
         through the plugins, stock (unless not `check_stock`). Editing an order (`of`) runs the same
@@ -191,7 +192,9 @@ class CaptureService:
         order now goes, as a new order there); while the edit changes neither the shipping method nor
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
-        they were booked); its pickup store need not take new pickup orders any more."""
+        they were booked); its pickup store need not take new pickup orders any more. `consistent_stock`:
+        the stock is read strongly consistently (for a decision nothing retries: a plain read may not
+        show a restock acknowledged a moment ago)."""
         skus = {line.sku for line in cmd.lines}
         if of is not None:  # its own skus too: Pricing asks its rules about the order as it was sold
             skus |= {line.sku for line in of.lines}
@@ -238,7 +241,7 @@ class CaptureService:
             if before.totals.shipping == priced.totals.shipping:
                 priced = _shipped_for(priced, shipped_for)
         if check_stock:
-            self._check_stock(cmd, products, sources, held or {}, set(excluded))
+            self._check_stock(cmd, products, sources, held or {}, set(excluded), consistent=consistent_stock)
         return priced
 
     def check_payment_method(self, cmd: PlaceOrder) -> None:
@@ -368,7 +371,7 @@ class CaptureService:
 
     def _check_stock(
         self, cmd: PlaceOrder, products: dict[str, Product], sources: set[str] | None,
-        held: dict[tuple[str, str], int], excluded: set[str],
+        held: dict[tuple[str, str], int], excluded: set[str], *, consistent: bool = False,
     ) -> None:  # fmt: skip
         if sources is None:
             sources = {loc.location_id for loc in self._catalog.list_locations() if loc.ships}
@@ -394,7 +397,7 @@ class CaptureService:
             return
         sources = sources - set(rules.excluded_locations)
         skus = set(wanted) if planned else short_skus
-        levels = self._inventory.levels(skus, sources) if sources else {}
+        levels = self._inventory.levels(skus, sources, consistent=consistent) if sources else {}
         if held:
             # As ReserveStock counts them: the order's own units are available to it again.
             own = held.get

@@ -1330,6 +1330,33 @@ def out_of(world: World, sku: str, location_id: str) -> None:
     world.inventory.adjust(sku, location_id, -on_hand, reason="sold elsewhere")
 
 
+def test_an_exchange_is_not_given_up_for_stock_a_plain_read_does_not_show_yet(world, clock, monkeypatch):
+    # Given up for want of stock, an exchange is given up for good: its units are refunded instead.
+    # That is decided on stock as written, never on a plain read (BatchGetItem is eventually
+    # consistent) that does not show yet the caps that arrived a moment before.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    out_of(world, "CAP", "wh-east")
+    before = {lvl.location_id: lvl for lvl in world.inventory.levels({"CAP"})["CAP"]}  # what a plain read shows
+    world.inventory.adjust("CAP", "wh-east", 3, reason="delivery")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real = world.inventory.levels
+
+    def lagging(skus, location_ids=None, *, consistent=False):
+        levels = real(skus, location_ids)
+        if consistent:
+            return levels
+        return {sku: [before.get(lvl.location_id, lvl) if sku == "CAP" else lvl for lvl in found]
+                for sku, found in levels.items()}  # fmt: skip
+
+    monkeypatch.setattr(world.inventory, "levels", lagging)
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert settled.exchange_not_placed is None and settled.exchange_order_id is not None
+    assert [line.sku for line in world.order(settled.exchange_order_id).lines] == ["CAP"]
+
+
 def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(world, clock):
     # The customer sent the T-shirt back for a cap; by the time it arrived no cap was left (and caps
     # may not wait for stock): the replacement cannot be placed, so the T-shirt is refunded.
@@ -1620,12 +1647,12 @@ def test_two_exchange_runs_whose_stock_checks_disagree_give_up_without_placing(w
     first: list[Return] = []
     checks: list[bool] = []
 
-    def levels(skus, locations):
+    def levels(skus, locations, *, consistent=False):
         checks.append(True)
         if len(checks) == 1:  # the outer run's stock check: the other run checks, and gives up, first
             first.append(returns.exchange(item.id, actor="key_wh"))
             world.inventory.adjust("CAP", "wh-east", 5, reason="delivery")
-        return real_levels(skus, locations)
+        return real_levels(skus, locations, consistent=consistent)
 
     monkeypatch.setattr(world.inventory, "levels", levels)
 
