@@ -7,6 +7,7 @@ the sourcing rules: a new version wakes the backordered orders it may let take u
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -74,13 +75,32 @@ def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) ->
     return level, drafted
 
 
+def _still_coming(sku: str, levels: list[StockLevel]) -> Callable[[str], bool]:
+    """Whether units of `sku` bought at a location (whose point was cleared since) still come
+    there: on open purchase orders (`incoming`) or on a draft. The draft is read before the stock
+    record (read again): a draft submitted meanwhile moves its units to `incoming` in one
+    transaction, so they are seen in one of the two."""
+
+    def coming(location_id: str) -> bool:
+        if any(level.location_id == location_id and level.incoming for level in levels):
+            return True
+        if container().replenishment.drafted(sku, location_id, None):
+            return True
+        now = container().inventory_repository.levels({sku})[sku]
+        return any(level.location_id == location_id and level.incoming for level in now)
+
+    return coming
+
+
 def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
     """The sku's stock at every location (one Query), and what its backordered orders lack by the
     location whose reorder point buys it (`also` buys even when its point was cleared since).
     Nothing more is read when no point buys the sku: nothing can be bought for them."""
     levels = container().inventory_repository.levels({sku})[sku]
     buying = {level.location_id for level in levels if level.reorder is not None} | ({also} if also else set())
-    return levels, container().backorder_allocator.demand(sku, buying) if buying else Demand()
+    if not buying:
+        return levels, Demand()
+    return levels, container().backorder_allocator.demand(sku, buying, _still_coming(sku, levels))
 
 
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
