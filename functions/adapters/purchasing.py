@@ -20,6 +20,7 @@ from core.purchasing import (
 from core.status import PurchaseOrderStatus
 from functions.adapters.dynamodb import (
     ARRIVED,
+    WITHDRAWN,
     _is_conditional_failure,
     decode_cursor,
     encode_cursor,
@@ -201,6 +202,13 @@ class DynamoPurchasing(PurchasingRepository):
         if withdrawn:
             expression += f", {WITHDRAWN_DRAFT} = :draft"
             values[":draft"] = po.id
+        if withdrawn or units + change < 0:
+            # Units bought no longer coming (the stock position falls): the filter passes it where
+            # no point marks the item, and the orders waiting for them are bought for elsewhere.
+            expression += f", {WITHDRAWN} = :withdrawn"
+            values[":withdrawn"] = True
+        else:
+            removed.append(WITHDRAWN)
         if expected:
             expression += ", #expected = :at"
             values[":at"] = timestamp(po.expected_at)

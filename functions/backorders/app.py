@@ -176,20 +176,26 @@ def backorder_recorded(record: DynamoDBRecord) -> None:
 
 
 def on_order_withdrawn(record: DynamoDBRecord) -> None:
-    """Units bought withdrawn at a location with a reorder point (a purchase order cancelled, or a
-    draft a person cancelled) where that crossed nothing (the stock position was below the point
-    already, or a draft's units are no part of it): the orders counted there that were to take
-    them are bought for again (`_buy_lacking`), on the open draft or a new one. A withdrawal that
-    crosses the point is the crossing's (`reorder_point_crossed`)."""
+    """Units bought withdrawn (a purchase order cancelled, or a draft a person cancelled) where
+    that crossed nothing (the stock position was below the point already, or a draft's units are
+    no part of it): the orders that were to take them are bought for again (`_buy_lacking`), on
+    the open draft or a new one. At a location with a reorder point, by that point; at one whose
+    point was cleared (the purchasing adapter marks the withdrawal `withdrawn`, which the stream's
+    filter passes), the orders counted there with nothing coming there now are placed again where
+    a point buys (`demand`), and bought for there. A withdrawal that crosses the point is the
+    crossing's (`reorder_point_crossed`)."""
     change = stock_change(record)
-    if change is None or change.settings is None or not change.withdrawn or crossing(change) is not None:
+    if change is None or not change.withdrawn or crossing(change) is not None:
         return
     with logger.append_context_keys(sku=change.sku, location_id=change.location_id):
         # Not `also`: it buys by the point there now (`_buy_lacking`); one cleared since buys
         # nothing, and an order placed there would be kept there, bought by no point.
         levels, demand = _demand(change.sku)
-        level = next((level for level in levels if level.location_id == change.location_id), None)
-        _buy_lacking(change.sku, level, demand, change.change_id)
+        by_location = {level.location_id: level for level in levels}
+        here = by_location.get(change.location_id)
+        buys_here = here is not None and here.reorder is not None
+        for location_id in [change.location_id] if buys_here else sorted(set(demand.at.values())):
+            _buy_lacking(change.sku, by_location.get(location_id), demand, change.change_id)
 
 
 def reorder_point_set(record: DynamoDBRecord) -> None:
