@@ -11,7 +11,9 @@ line is then reserved gets its workflow started again, whose CreateShipments all
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 from core.models import AwaitingLine, AwaitingStock, Order
 from core.ports import (
@@ -161,14 +163,16 @@ class BackorderAllocator:
             self._rules.wake_from(version, page[-1])
         return result
 
-    def demand(self, sku: str, buying: set[str]) -> Demand:
+    def demand(self, sku: str, buying: set[str], coming: Callable[[str], bool]) -> Demand:
         """Units of `sku` the backordered orders in its queue still lack, by the location whose
         reorder point buys them: each order's at one location (`bought_at`, of those it may take
         them at, as a fill takes them, that have a point: `buying`), recorded on its queue entry
         the first time, so that a point added or removed later does not move it (bought twice at
         the old and the new place, or at neither). A recorded place is kept while the order may
-        still take units there, even once its point is gone (what it bought still comes there);
-        when the order may not, it is placed again. Orders held while backordered count: they wait
+        still take units there and it has a point or, its point gone, units of `sku` bought there
+        still come there (`coming`, asked once per such place: on open purchase orders or a
+        draft); otherwise the order is placed again (nothing bought for it comes where it was
+        counted, and no point buys there). Orders held while backordered count: they wait
         for the same units once released. An order not yet written backordered does not (nor one
         sent back to be sourced, `bought_for`): what it lacks is not known until then, and its own
         record buys it (functions/backorders). The oldest
@@ -178,6 +182,7 @@ class BackorderAllocator:
         demand = Demand(kept=Counter(rules.safety_stock))
         locations = None
         after: WaitingOrder | None = None
+        still = cache(coming)  # the same few places for many orders
         for _ in range(DEMAND_PAGES):
             if not (page := self._queue.waiting(sku, after, DEMAND_PAGE)):
                 break
@@ -192,8 +197,10 @@ class BackorderAllocator:
                 lacks, where = lacks_at(order, sku, locations, rules)
                 if not lacks:
                     continue
-                # Kept where it was bought while the order may take units there, point or not.
-                at = entry.bought_at if entry.bought_at in where else bought_at(order, sku, where, buying, locations)
+                # Kept where it was bought while the order may take units there and a point buys
+                # there, or what was bought there still comes.
+                kept = entry.bought_at in where and (entry.bought_at in buying or still(entry.bought_at))
+                at = entry.bought_at if kept else bought_at(order, sku, where, buying, locations)
                 if at is None:
                     continue
                 if at != entry.bought_at:

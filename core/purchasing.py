@@ -441,10 +441,10 @@ class PurchasingRepository(ABC):
         opened), and its units of `sku` are still bought. None when there is none."""
 
     @abstractmethod
-    def holding_drafts(self, vendor_id: str, location_id: str, sku: str) -> list[PurchaseOrder]:
-        """The `holding_draft` of `sku` at this location of `vendor_id` and of every other vendor
-        `add_reorder` added a line of it to here (a reorder point whose vendor changed): each
-        draft's units of `sku` are bought."""
+    def holding_drafts(self, vendor_id: str | None, location_id: str, sku: str) -> list[PurchaseOrder]:
+        """The `holding_draft` of `sku` at this location of `vendor_id` (None: no point here now)
+        and of every other vendor `add_reorder` added a line of it to here (a reorder point whose
+        vendor changed, or one cleared): each draft's units of `sku` are bought."""
 
     @abstractmethod
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:

@@ -194,13 +194,14 @@ class Replenishment:
         self._require(sku, location_id)
         self._repository.set_reorder(sku, location_id, None)
 
-    def drafted(self, sku: str, location_id: str, settings: ReorderSettings) -> int:
+    def drafted(self, sku: str, location_id: str, settings: ReorderSettings | None) -> int:
         """Units of `sku` on drafts at `location_id`: bought, though not on order yet. The draft
         that holds its line for the point's vendor (`settings`), even once full and no longer the
-        open one, and those of the vendors the point bought it from before its vendor changed."""
-        vendor_id = settings.vendor_id
+        open one, and those of the vendors the point bought it from before its vendor changed
+        (with no point there now, None: those of every vendor a point bought it from)."""
+        vendor_id = settings.vendor_id if settings is not None else None
         drafts = self._repository.holding_drafts(vendor_id, location_id, sku)
-        if not any(draft.vendor_id == vendor_id for draft in drafts):
+        if vendor_id is not None and not any(draft.vendor_id == vendor_id for draft in drafts):
             # None named (a line added before drafts were named by sku): the open one.
             draft, _ = self._repository.open_draft(vendor_id, location_id)
             drafts += [draft] if draft is not None else []

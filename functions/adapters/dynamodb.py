@@ -1309,6 +1309,11 @@ ADJUSTMENT_KEY_SECONDS = 24 * 3600
 # A boolean, matched exactly: the filter does not rest on numeric matching of the strings a
 # stream record carries DynamoDB numbers as.
 ARRIVED = "arrived"
+# Its companion for the same filter: a purchase-order write that withdraws units bought (a draft
+# cancelled, a PO's incoming cancelled) sets it (functions/adapters/purchasing.py), so that the
+# withdrawal reaches the reorder points' demand where no point marks the item; the writes that
+# remove ARRIVED remove it too, so the reservations after it do not carry it on.
+WITHDRAWN = "withdrawn"
 
 
 def _level(values: dict[str, Any]) -> StockLevel:
@@ -1376,7 +1381,7 @@ class DynamoInventory(InventoryRepository):
             expression += f", {ARRIVED} = :arrived"
             values[":arrived"] = True
         else:
-            expression += f" REMOVE {ARRIVED}"
+            expression += f" REMOVE {ARRIVED}, {WITHDRAWN}"
         # on_hand + delta >= reserved  <=>  available >= -delta
         condition = None
         if delta < 0:
@@ -1506,7 +1511,8 @@ class DynamoInventory(InventoryRepository):
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
         old = self._reservation_update(
             sku, location_id, key,
-            f"SET reserved = reserved + :q, available = available - :q, reservations.#key = :q REMOVE {ARRIVED}",
+            "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
+            f"REMOVE {ARRIVED}, {WITHDRAWN}",
             "available >= :need AND attribute_not_exists(reservations.#key)",
             {":q": quantity, ":need": quantity + keep},
         )  # fmt: skip
@@ -1538,7 +1544,7 @@ class DynamoInventory(InventoryRepository):
         self._reservation_update(
             sku, location_id, key,
             "SET reserved = reserved - reservations.#key, on_hand = on_hand - reservations.#key "
-            f"REMOVE reservations.#key, {ARRIVED}",
+            f"REMOVE reservations.#key, {ARRIVED}, {WITHDRAWN}",
             "attribute_exists(reservations.#key)",
             {},
         )  # fmt: skip
@@ -1789,7 +1795,7 @@ class DynamoBackorders(Backorders):
                 "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
                 "UpdateExpression": "SET reserved = reserved + :more, available = available - :more, "
                 + ", ".join(sets)
-                + f" REMOVE {ARRIVED}",
+                + f" REMOVE {ARRIVED}, {WITHDRAWN}",
                 "ConditionExpression": " AND ".join(conditions),
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": to_item(values),

@@ -20,6 +20,7 @@ from core.purchasing import (
 from core.status import PurchaseOrderStatus
 from functions.adapters.dynamodb import (
     ARRIVED,
+    WITHDRAWN,
     _is_conditional_failure,
     decode_cursor,
     encode_cursor,
@@ -201,6 +202,13 @@ class DynamoPurchasing(PurchasingRepository):
         if withdrawn:
             expression += f", {WITHDRAWN_DRAFT} = :draft"
             values[":draft"] = po.id
+        if withdrawn or units + change < 0:
+            # Units bought no longer coming (the stock position falls): the filter passes it where
+            # no point marks the item, and the orders waiting for them are bought for elsewhere.
+            expression += f", {WITHDRAWN} = :withdrawn"
+            values[":withdrawn"] = True
+        else:
+            removed.append(WITHDRAWN)
         if expected:
             expression += ", #expected = :at"
             values[":at"] = timestamp(po.expected_at)
@@ -328,10 +336,10 @@ class DynamoPurchasing(PurchasingRepository):
         found = self.get(held["po_id"]["S"]) if held else None
         return found[0] if found and found[0].status is PurchaseOrderStatus.DRAFT else None
 
-    def holding_drafts(self, vendor_id: str, location_id: str, sku: str) -> list[PurchaseOrder]:
+    def holding_drafts(self, vendor_id: str | None, location_id: str, sku: str) -> list[PurchaseOrder]:
         key = {"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": f"{location_id}#{sku}"}}
         item = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True).get("Item") or {}
-        vendors = sorted(set(item.get(DRAFT_VENDORS, {}).get("SS", [])) | {vendor_id})
+        vendors = sorted(set(item.get(DRAFT_VENDORS, {}).get("SS", [])) | ({vendor_id} if vendor_id else set()))
         return [draft for vendor in vendors if (draft := self.holding_draft(vendor, location_id, sku)) is not None]
 
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:

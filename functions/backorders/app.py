@@ -7,6 +7,7 @@ the sourcing rules: a new version wakes the backordered orders it may let take u
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -74,13 +75,32 @@ def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) ->
     return level, drafted
 
 
+def _still_coming(sku: str, levels: list[StockLevel]) -> Callable[[str], bool]:
+    """Whether units of `sku` bought at a location (whose point was cleared since) still come
+    there: on open purchase orders (`incoming`) or on a draft. The draft is read before the stock
+    record (read again): a draft submitted meanwhile moves its units to `incoming` in one
+    transaction, so they are seen in one of the two."""
+
+    def coming(location_id: str) -> bool:
+        if any(level.location_id == location_id and level.incoming for level in levels):
+            return True
+        if container().replenishment.drafted(sku, location_id, None):
+            return True
+        now = container().inventory_repository.levels({sku})[sku]
+        return any(level.location_id == location_id and level.incoming for level in now)
+
+    return coming
+
+
 def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
     """The sku's stock at every location (one Query), and what its backordered orders lack by the
     location whose reorder point buys it (`also` buys even when its point was cleared since).
     Nothing more is read when no point buys the sku: nothing can be bought for them."""
     levels = container().inventory_repository.levels({sku})[sku]
     buying = {level.location_id for level in levels if level.reorder is not None} | ({also} if also else set())
-    return levels, container().backorder_allocator.demand(sku, buying) if buying else Demand()
+    if not buying:
+        return levels, Demand()
+    return levels, container().backorder_allocator.demand(sku, buying, _still_coming(sku, levels))
 
 
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
@@ -156,20 +176,26 @@ def backorder_recorded(record: DynamoDBRecord) -> None:
 
 
 def on_order_withdrawn(record: DynamoDBRecord) -> None:
-    """Units bought withdrawn at a location with a reorder point (a purchase order cancelled, or a
-    draft a person cancelled) where that crossed nothing (the stock position was below the point
-    already, or a draft's units are no part of it): the orders counted there that were to take
-    them are bought for again (`_buy_lacking`), on the open draft or a new one. A withdrawal that
-    crosses the point is the crossing's (`reorder_point_crossed`)."""
+    """Units bought withdrawn (a purchase order cancelled, or a draft a person cancelled) where
+    that crossed nothing (the stock position was below the point already, or a draft's units are
+    no part of it): the orders that were to take them are bought for again (`_buy_lacking`), on
+    the open draft or a new one. At a location with a reorder point, by that point; at one whose
+    point was cleared (the purchasing adapter marks the withdrawal `withdrawn`, which the stream's
+    filter passes), the orders counted there with nothing coming there now are placed again where
+    a point buys (`demand`), and bought for there. A withdrawal that crosses the point is the
+    crossing's (`reorder_point_crossed`)."""
     change = stock_change(record)
-    if change is None or change.settings is None or not change.withdrawn or crossing(change) is not None:
+    if change is None or not change.withdrawn or crossing(change) is not None:
         return
     with logger.append_context_keys(sku=change.sku, location_id=change.location_id):
         # Not `also`: it buys by the point there now (`_buy_lacking`); one cleared since buys
         # nothing, and an order placed there would be kept there, bought by no point.
         levels, demand = _demand(change.sku)
-        level = next((level for level in levels if level.location_id == change.location_id), None)
-        _buy_lacking(change.sku, level, demand, change.change_id)
+        by_location = {level.location_id: level for level in levels}
+        here = by_location.get(change.location_id)
+        buys_here = here is not None and here.reorder is not None
+        for location_id in [change.location_id] if buys_here else sorted(set(demand.at.values())):
+            _buy_lacking(change.sku, by_location.get(location_id), demand, change.change_id)
 
 
 def reorder_point_set(record: DynamoDBRecord) -> None:

@@ -710,6 +710,91 @@ def test_a_withdrawal_handled_after_its_point_was_cleared_leaves_the_orders_to_t
     assert drafted(buyer) == {"wh-west": 3}
 
 
+def east_bought_then_cleared(buyer: Buyer, west_point: bool) -> str:
+    """An order waits for 3 MUG (none at either warehouse); wh-east's point bought them (its
+    draft's id is returned), and then that point was cleared. wh-west has a point if told so."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.container.catalog_repository.put_location(location("wh-west", latitude=37.8, longitude=-122.3))
+    for location_id in ("wh-east", "wh-west"):
+        buyer.container.inventory_repository.set_on_hand("MUG", location_id, 0, reason="stock_take")
+    buyer.point()
+    if west_point:
+        settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+        buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", settings)
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    assert drafted(buyer) == {"wh-east": 3}
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+    return draft.id
+
+
+def test_a_draft_cancelled_after_its_point_was_cleared_is_bought_at_the_other_point(buyer: Buyer):
+    """wh-east's draft held the 3; its point cleared, a person cancelled it. The cancel's record
+    was dropped by the stream's filter (no point marks the item), and the order, kept at wh-east
+    though nothing comes there, was never bought for by wh-west's point: it waited for good."""
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+
+    buyer.container.purchasing.cancel(draft_id)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
+def test_a_point_set_after_a_cleared_points_draft_was_cancelled_buys_for_the_order(buyer: Buyer):
+    """wh-east's point, the only one, bought the 3 an order lacks; it was cleared and its draft
+    cancelled: nothing can buy then. A point set at wh-west later bought nothing: the order was
+    still counted at wh-east, where nothing comes now, and waited for good."""
+    draft_id = east_bought_then_cleared(buyer, west_point=False)
+    buyer.container.purchasing.cancel(draft_id)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert buyer.drafts() == []
+
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
+def test_a_purchase_order_cancelled_after_its_point_was_cleared_is_bought_at_the_other_point(buyer: Buyer):
+    """wh-east's draft was submitted (3 incoming) and its point cleared: the order stays bought
+    there while the units come (wh-west buys nothing again). The PO cancelled, nothing comes: it
+    is bought at wh-west, once."""
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.submit(draft_id)
+    backordered(buyer, 2, "second")  # its record reads the first order too: kept at wh-east
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-west": 2}
+
+    buyer.container.purchasing.cancel(draft_id)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 2 + 3}
+
+
+def test_a_withdrawal_where_no_point_is_set_does_not_pass_the_later_reservations_to_the_function(buyer: Buyer):
+    """The withdrawal's mark reaches the function once: the reservations after it (the stream's
+    bulk, where no reorder point is set) are not handed to it."""
+    buyer.container.inventory_repository.set_on_hand("CUP", "wh-east", 5, reason="stock_take")
+    line = {"sku": "CUP", "quantity": 2, "unit_cost": {"amount": "4.00", "currency": "USD"}}
+    body = {"vendor_id": "acme", "location_id": "wh-east", "lines": [line]}
+    po_id = buyer.container.purchasing.create(NewPurchaseOrder.model_validate(body)).id
+    buyer.stream.records()
+
+    buyer.container.purchasing.cancel(po_id)
+    [withdrawn] = buyer.stream.records()
+    assert buyer.consume([withdrawn]) == {"batchItemFailures": []}
+    buyer.reserve(2, sku="CUP")
+
+    assert buyer.stream.records() == []
+    assert buyer.drafts() == []
+
+
 def test_units_on_the_former_vendors_draft_are_not_bought_again_from_the_new_one(buyer: Buyer):
     """acme's draft holds the 3 units the first order lacks; the point then buys from globex. A
     second order's record counted globex's draft only, so it bought the first order's 3 again

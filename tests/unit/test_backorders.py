@@ -953,8 +953,9 @@ def test_the_view_is_never_stored(setup):
 BOTH = {"wh-east", "wh-west"}  # the locations with a reorder point for PREORDER
 
 
-def demand(allocator: BackorderAllocator, buying: set[str]) -> dict[str, int]:
-    found = allocator.demand("PREORDER", buying)
+def demand(allocator: BackorderAllocator, buying: set[str], coming: frozenset[str] = frozenset()) -> dict[str, int]:
+    """By location with a point; `coming`: where units bought still come though no point buys there."""
+    found = allocator.demand("PREORDER", buying, coming.__contains__)
     return {loc: found.waiting[loc] for loc in sorted(buying)}
 
 
@@ -981,7 +982,28 @@ def test_an_order_is_counted_where_it_was_first_placed_whatever_points_come_or_g
     backordered(world, ("PREORDER", 3))
 
     assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
-    assert demand(allocator, {"wh-east"}) == {"wh-east": 0}  # wh-west's draft holds its 2
+    wh_west_draft_holds_its_2 = frozenset({"wh-west"})
+    assert demand(allocator, {"wh-east"}, coming=wh_west_draft_holds_its_2) == {"wh-east": 0}
+
+
+def test_an_order_counted_where_a_cleared_point_bought_nothing_still_coming_is_placed_again():
+    """wh-west's point bought the 2 the order lacks; the point was cleared and its draft cancelled.
+    Kept at wh-west while it may take units there, the order was counted where no point buys and
+    nothing comes: wh-east's point never bought for it and it waited for good. It is placed at
+    wh-east (recorded there), and stays there when wh-west's point is set again."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    backordered(world, ("PREORDER", 3))
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+    asked: list[str] = []
+
+    def nothing_comes(location_id: str) -> bool:
+        asked.append(location_id)
+        return False
+
+    found = allocator.demand("PREORDER", {"wh-east"}, nothing_comes)
+
+    assert found.waiting == {"wh-east": 2} and asked == ["wh-west"]
+    assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
 
 
 def test_an_order_holding_nothing_is_counted_at_the_nearest_point_else_the_first_by_id():
