@@ -9,7 +9,10 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -286,26 +289,30 @@ def test_the_authorizer_logs_under_the_request_id_the_api_function_will_log(aws,
     assert {"cold_start", "function_name", "function_request_id", "function_arn"} <= line.keys()
 
 
-def test_a_core_modules_log_line_is_json_with_the_invocations_keys(aws, stack, monkeypatch, observed):
+ROOT = Path(__file__).resolve().parents[2]
+CORE_LINE = """
+import logging
+from functions.api.app import logger  # a function's module: its Logger, then the container's module
+logger.append_keys(order_id="ord_1", correlation_id="req-1")  # as the handler does for an invocation
+logging.getLogger("core.services").warning("a line of core's")
+logging.getLogger("functions.adapters.imports").error("a line of an adapter's")
+"""
+
+
+def test_the_log_lines_of_core_and_of_standard_library_loggers_are_json_with_the_invocations_keys():
     # core/ logs through the standard library (it imports no powertools). Left to the Lambda
     # runtime's root handler, its lines were plain text without `level`, `order_id` or the
-    # request's id, and the runbooks' queries (README `logs`) found none of them.
-    import logging
+    # request's id, and the runbooks' queries (README `logs`) found none of them. A fresh process,
+    # as a Lambda container is, with the service named before anything is imported.
+    env = {**os.environ, "POWERTOOLS_SERVICE_NAME": "oms", "OMS_ENABLE_TEST_PAYMENTS": "true",
+           "AWS_DEFAULT_REGION": "us-east-1", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", CORE_LINE], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
 
-    from core.services import OrderQueries
-    from functions.api.app import lambda_handler
-
-    order = place()
-    read = OrderQueries.get
-
-    def get(self, order_id, *args, **kwargs):
-        logging.getLogger("core.services").warning("a line of core's")
-        return read(self, order_id, *args, **kwargs)
-
-    monkeypatch.setattr(OrderQueries, "get", get)
-    evt = event("api_get_order.json")
-    evt.update(path=f"/orders/{order['id']}", pathParameters={"order_id": order["id"]})
-
-    assert lambda_handler(evt, context("ApiFunction"))["statusCode"] == 200
-    line = observed.log("a line of core's")
-    assert (line["level"], line["order_id"], line["correlation_id"]) == ("WARNING", order["id"], REQUEST_ID)
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [(line["level"], line["message"], line["order_id"], line["correlation_id"]) for line in lines] == [
+        ("WARNING", "a line of core's", "ord_1", "req-1"),
+        ("ERROR", "a line of an adapter's", "ord_1", "req-1"),
+    ]
+    assert done.stderr == ""  # nothing left to the root logger's plain text
