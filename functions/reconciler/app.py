@@ -14,16 +14,18 @@ run_settlements)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from core.authorization_sweep import SettleIncomplete
-from core.capture_sweep import CapturesNotSettled
+from core.authorization_sweep import Settled, SettleIncomplete
+from core.capture_sweep import CapturesNotSettled, CapturesSettled
 from core.log_text import escape_for_log
 from core.pickups import PickupsExpired
-from core.refund_service import KeptBackNotRefunded, SweepIncomplete
+from core.reconciliation import Reconciled
+from core.refund_service import KeptBackNotRefunded, KeptBackRefunded, SweepIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.captures_report import report as report_captures
@@ -33,13 +35,30 @@ logger = Logger()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()
 ACTOR = "reconciler"
+T = TypeVar("T")
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    done = container().reconciler.run()
+    # A pass that fails outright (a throttle outlasting botocore's retries, a bug) is logged and
+    # the passes after it still run: one table's throttling must not stop refunds, voids and pickup
+    # expiry everywhere. The first such failure is raised once all have run (ReconcilerErrorsAlarm).
+    failures: list[Exception] = []
+
+    def isolated(name: str, run: Callable[[], T], nothing: T) -> T:
+        try:
+            return run()
+        except Exception as error:  # any: the other passes must still run
+            failed_outright(name, error)
+            return nothing
+
+    def failed_outright(name: str, error: Exception) -> None:
+        logger.exception("reconciler pass failed: the next run does it again", extra={"pass": name})
+        failures.append(error)
+
+    done = isolated("stalled orders", lambda: container().reconciler.run(), Reconciled())
     for order_id in done.restarted:
         logger.warning("order workflow restarted: the order was stuck", extra={"order_id": order_id})
     for order_id in done.parked:
@@ -56,7 +75,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.error("pickup expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
         pickups = PickupsExpired()
     else:
-        pickups = container().pickup_expiry.run()
+        pickups = isolated("pickup expiry", lambda: container().pickup_expiry.run(), PickupsExpired())
     expired = pickups.expired
     for order_id in expired:
         logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
@@ -64,13 +83,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.info("pickup past its deadline left alone: the order is on hold", extra={"order_id": order_id})
     if expired:
         metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
-    returns_restarted = container().return_reconciler.run()
+    returns_restarted = isolated("returns", lambda: container().return_reconciler.run(), [])
     for return_id in returns_restarted:
         logger.warning("returns workflow restarted: the return was received and never settled",
                        extra={"return_id": return_id})  # fmt: skip
     if returns_restarted:
         metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
-    carriers = container().carrier_work_sweep.run(ACTOR)
+    carriers = isolated("carrier work", lambda: container().carrier_work_sweep.run(ACTOR), {})
     for order_id, work in carriers.items():
         for shipment_id in work.relabelled:
             logger.warning("parcel booked again for what it now holds: a cancel of units left it due a label",
@@ -94,6 +113,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         refunds_finished = container().pending_refund_sweep.run(ACTOR, orders=answered)
     except SweepIncomplete as error:
         refunds_finished, incomplete = error.finished, error
+    except Exception as error:  # any: the other passes must still run
+        refunds_finished = []
+        failed_outright("pending refunds", error)
     for refund_id in refunds_finished:
         logger.warning("refund left pending by its request finished", extra={"refund_id": refund_id})
     if refunds_finished:
@@ -101,7 +123,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if incomplete is not None:
         for order_id, failure in incomplete.failed.items():
             logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
-    kept_back = container().kept_back_sweep.run(ACTOR, finished=answered)
+    kept_back = isolated(
+        "kept back", lambda: container().kept_back_sweep.run(ACTOR, finished=answered), KeptBackRefunded()
+    )
     for refund_id in kept_back.refunded:
         logger.warning("what a return kept back refunded", extra={"refund_id": refund_id})
     for order_id in kept_back.refused:
@@ -118,6 +142,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         settled = container().authorization_sweep.run(ACTOR)
     except SettleIncomplete as error:
         settled, unsettled = error.settled, error
+    except Exception as error:  # any: the other passes must still run
+        settled = Settled()
+        failed_outright("authorizations", error)
     for order_id in settled.edits:
         logger.warning("authorization left by an edit settled", extra={"order_id": order_id})
     for order_id in settled.own:
@@ -133,11 +160,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         captures = container().capture_sweep.run_settlements(container().settlement_captures, ACTOR)
     except CapturesNotSettled as error:
         captures, failed = error.done, error
+    except Exception as error:  # any: the report below runs on what was done
+        captures = CapturesSettled(settled=[], held=[], unconfirmed=[])
+        failed_outright("settlement captures", error)
     report_captures(captures, failed, logger, metrics)
     not_refunded = KeptBackNotRefunded(kept_back) if kept_back.given_up or kept_back.failed else None
-    if incomplete is not None or unsettled is not None or failed is not None or not_refunded is not None:
+    if incomplete is not None or unsettled is not None or failed is not None or not_refunded is not None or failures:
         # the passes did the rest; the errors alarm calls a person
-        raise incomplete or unsettled or failed or not_refunded
+        raise incomplete or unsettled or failed or not_refunded or failures[0]
     return {
         "restarted": done.restarted,
         "parked": done.parked,

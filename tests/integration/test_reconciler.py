@@ -305,6 +305,32 @@ def test_a_pickup_past_its_deadline_is_found_through_its_index_cancelled_and_its
     assert reconcile()["expired"] == []  # nothing more is due
 
 
+def test_a_pass_that_fails_outright_leaves_the_others_to_run_then_fails_the_invocation(stack, monkeypatch):
+    # A throttle outlasting botocore's retries on the first pass's reads stopped every pass after it
+    # (pickup expiry, refunds, voids) for as long as it lasted: each now runs, and the invocation
+    # still fails (ReconcilerErrorsAlarm) with what the first failure raised.
+    from botocore.exceptions import ClientError
+
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.reconciler.app import container
+
+    due = ready_pickup(stack["aws"], days=DUE_AT_ONCE, external_id="web-due")
+    busy = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}
+    throttled = ClientError(busy, "Query")
+
+    def refused() -> None:
+        raise throttled
+
+    monkeypatch.setattr(container().reconciler, "run", refused)
+
+    with pytest.raises(ClientError) as raised:
+        reconcile()
+
+    assert raised.value is throttled
+    orders = DynamoOrders(stack["aws"].dynamodb, stack["aws"].tables["OrdersTable"])
+    assert orders.get(due.id).status is OrderStatus.CANCELLED  # the pickup pass ran all the same
+
+
 def test_a_pickup_expiry_of_0_never_cancels_a_pickup_as_0_never_expires_a_hold_or_a_return(stack):
     from functions.adapters.dynamodb import DynamoOrders
 
