@@ -379,6 +379,32 @@ def test_an_over_capture_refund_the_gateway_keeps_refusing_is_asked_a_few_times_
     assert len(again.payment.refunds) == 4  # the appeasement gave it: nothing refunds it twice
 
 
+def test_an_over_capture_refund_whose_third_refusal_a_repeat_hears_after_an_outage_still_calls_a_person():
+    # Before: the third ask met an outage and stayed pending; the next delivery reported asked it
+    # again (finish_pending) and the gateway refused it, but only the call that began a refund told
+    # a person. Three refusals in a row, nothing asked it again, and no entry, no alarm, no log.
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    outage = ["transient"] * 3  # every attempt of one ask (Payments' attempts)
+    world.gateway.script("refund", "refuse", "refuse", *outage, "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["failed", "failed", "pending"]
+
+    for _ in range(3):
+        world.actions.deliver(order.id, east, actor="key_carrier")
+
+    after = world.order(order.id)
+    assert [r.status for r in after.payment.refunds] == ["failed"] * 3
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [(e.actor, e.detail["amount"]) for e in told] == [
+        ("key_carrier", after.payment.refunds[-1].amount.model_dump(mode="json"))
+    ]
+
+
 def test_the_last_parcel_after_an_over_capture_was_refunded_captures_nothing_and_records_nothing_negative():
     # The first parcel paid all the shipping; a cancelled unit made shipping cheaper by more than
     # the pending parcel still carries, so the cancel refunded the excess: that parcel is paid.
