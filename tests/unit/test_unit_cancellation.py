@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -18,8 +19,10 @@ from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
-from tests.builders import place_order, product
+from tests.builders import NOW, place_order, product
 from tests.unit.test_payment_truth import Removed
+from tests.unit.test_returns import Clock as ReturnsClock
+from tests.unit.test_returns import ask, receipt, returns_for
 from tests.unit.world import (
     Died,
     RecordsBookings,
@@ -377,6 +380,39 @@ def test_an_over_capture_refund_the_gateway_keeps_refusing_is_asked_a_few_times_
     assert given.status == "succeeded" and settled(world.order(order.id)) == after.totals.grand_total
     again = world.actions.deliver(order.id, east, actor="key_carrier")
     assert len(again.payment.refunds) == 4  # the appeasement gave it: nothing refunds it twice
+
+
+def test_the_runbooks_appeasement_of_an_over_capture_left_to_a_person_is_not_refunded_again_by_a_return():
+    # OverCapturesNotRefundedAlarm's recovery: the amount given back as an appeasement. A return of
+    # everything afterwards, a delivery reported again and a cancel repeated refund what is owed
+    # and nothing of the appeased amount a second time.
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    for _ in range(3):
+        world.actions.deliver(order.id, east, actor="key_carrier")
+    left = world.order(order.id)
+    over = left.payment.captured - left.totals.grand_total
+    assert [(r.status, r.amount) for r in left.payment.refunds] == [("failed", over)] * 3
+    world.gateway.script("refund", "approve")
+    world.refunds.issue_refund(order.id, over, "the cancelled mug's shipping", "cs-1", "key_cs")
+    returns, _ = returns_for(world, ReturnsClock(NOW + timedelta(days=3)))
+    item = returns.request(order.id, ask(("L2", 3, "damaged")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-east", ("L2", 3, "resellable")), "key_wh")
+    returns.settle(item.id, "returns-workflow")
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    world.actions.cancel(order.id, "no mug", actor="key_web")
+
+    done = world.order(order.id)
+    assert [(r.kind, r.status, r.amount) for r in done.payment.refunds][3:] == [
+        ("appeasement", "succeeded", over),
+        ("return", "succeeded", left.totals.grand_total),
+    ]
+    assert done.payment.refunded == done.payment.captured  # everything back once, nothing beyond
+    assert (done.status, done.payment.status) == (S.RETURNED, P.REFUNDED)
 
 
 def test_an_over_capture_refund_whose_third_refusal_a_repeat_hears_after_an_outage_still_calls_a_person():
