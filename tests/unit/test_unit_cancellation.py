@@ -441,6 +441,31 @@ def test_an_over_capture_refund_whose_third_refusal_a_repeat_hears_after_an_outa
     ]
 
 
+def test_a_ship_and_a_delivery_that_both_hear_the_third_refusal_call_a_person_once(monkeypatch):
+    # The delivery reported again begins the third ask; the warehouse's ship repeated meanwhile finds
+    # it pending and asks it too: the gateway refuses both. The one whose write records the refusal
+    # tells the person; the other finds it recorded.
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    world.actions.deliver(order.id, east, actor="key_carrier")
+
+    def the_ship_repeated() -> None:
+        world.actions.ship(order.id, east, None, actor="key_wh")
+
+    landed = before_the_next_write(world, monkeypatch, the_ship_repeated, skip=1)  # after the third is begun
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    monkeypatch.undo()
+
+    assert landed and [r.status for r in world.order(order.id).payment.refunds] == ["failed"] * 3
+    assert world.gateway.keys("refund")[-2:] == [world.gateway.keys("refund")[-1]] * 2  # both asked it
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [e.actor for e in told] == ["key_wh"]
+
+
 def test_the_last_parcel_after_an_over_capture_was_refunded_captures_nothing_and_records_nothing_negative():
     # The first parcel paid all the shipping; a cancelled unit made shipping cheaper by more than
     # the pending parcel still carries, so the cancel refunded the excess: that parcel is paid.
