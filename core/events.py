@@ -60,7 +60,7 @@ class OrderEvent(StrEnum):
     SURPLUS_NOT_GIVEN_BACK = "surplus_not_given_back"
     # The refund of what was captured beyond an order's new total (units cancelled after their share
     # was captured) was refused OVER_CAPTURE_REFUSALS times in a row for the same amount: nothing asks
-    # it again, and a person gives it back (core.unit_cancellation, alarm OverCapturesNotRefundedAlarm).
+    # it again, and a person gives it back (core.refund_service, alarm OverCapturesNotRefundedAlarm).
     OVER_CAPTURE_NOT_REFUNDED = "over_capture_not_refunded"
     # A carrier booking no parcel will use (the order cancelled, its parcel gone or booked again)
     # was cancelled with its carrier; or never will be (the carrier refused, or no plugin cancels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -10,12 +11,19 @@ from itertools import chain, islice
 from core import order_lists, payment_keys
 from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.events import OrderEvent
-from core.models import Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
+from core.models import Change, Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
 from core.money import Money
 from core.order_changes import ATTEMPTS, failure_recorder, modify, noted_once, visible
 from core.payments import Failure, OnFailure, Payments
 from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds, ReturnRepository
-from core.refunds import Refund, owes_kept_back, refund_id_for, refunded_for_return
+from core.refunds import (
+    OVER_CAPTURE_REFUSALS,
+    Refund,
+    owes_kept_back,
+    refund_id_for,
+    refunded_for_return,
+    refused_in_a_row,
+)
 from core.status import ReturnStatus
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
@@ -25,6 +33,8 @@ Decision = (
     tuple[str, Money] | tuple[str, Money, list[RefundedUnits]] | tuple[str, Money, list[RefundedUnits], Money]
     | tuple[str, Money, list[RefundedUnits], Money | None, Money]
 )  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 
 class RefundService:
@@ -205,13 +215,10 @@ class RefundService:
             if isinstance(refused, NoPaymentPlugin) and not fresh:
                 raise  # the call that left it pending may have refunded through the removed plugin
             message, at = refused.gateway_message, self._clock()
-            done = modify(
-                self._orders, order.id,
-                lambda current: current.record_failed_refund(refund.id, None, message, at=at, actor=actor)
-                if self._still_pending(current, refund.id) else None,
-                consistent=True,
+            return self._record_refusal(
+                order.id, refund, actor,
+                lambda current: current.record_failed_refund(refund.id, None, message, at=at, actor=actor),
             )  # fmt: skip
-            return self._final(done, refund.id)
         at = self._clock()
         # Read consistently: a plain read may predate the pending refund's write of a moment ago,
         # and the gateway's answer would go unrecorded (the refund left pending).
@@ -257,16 +264,60 @@ class RefundService:
                 continue
             answered.append(part.approved(result.reference))
         at = self._clock()
+        if refusal is not None:
+            return self._record_refusal(
+                order.id, refund, actor,
+                lambda current: current.record_failed_refund(refund.id, None, refusal, at=at, actor=actor,
+                                                             parts=answered),
+            )  # fmt: skip
 
         def record(current: Order):
             if not self._still_pending(current, refund.id):
                 return None
-            if refusal is not None:
-                return current.record_failed_refund(refund.id, None, refusal, at=at, actor=actor, parts=answered)
             reference = ",".join(part.reference or "" for part in answered)
             return current.record_refund(refund.id, reference, at=at, actor=actor, parts=answered)
 
         return self._final(modify(self._orders, order.id, record, consistent=True), refund.id)
+
+    def _record_refusal(
+        self, order_id: str, refund: PaymentRefund, actor: str, failed: Callable[[Order], Change]
+    ) -> PaymentRefund:
+        """Record the gateway's refusal of the pending `refund` (`failed`), unless another call
+        recorded its answer first. The call that records the refusal of a cancellation refund that
+        leaves what the captures hold beyond the order's total refused OVER_CAPTURE_REFUSALS times
+        in a row tells a person, once (_note_over_capture_left): whether it was the cancel or ship
+        that asked it, a repeat or a sweep that found it pending and heard the refusal."""
+        wrote: list[bool] = []
+
+        def record(current: Order):
+            wrote.clear()
+            if not self._still_pending(current, refund.id):
+                return None
+            wrote.append(True)
+            return failed(current)
+
+        done = modify(self._orders, order_id, record, consistent=True)
+        if wrote and refund.kind == "cancellation" and refused_in_a_row(done, refund.amount) == OVER_CAPTURE_REFUSALS:
+            self._note_over_capture_left(order_id, refund.amount, actor)
+        return self._final(done, refund.id)
+
+    def _note_over_capture_left(self, order_id: str, amount: Money, actor: str) -> None:
+        """After the refusal of the refund of what was captured beyond the order's total that makes
+        OVER_CAPTURE_REFUSALS in a row for `amount`: nothing asks it again (core.unit_cancellation),
+        so a person must be told: an ERROR line and an `over_capture_not_refunded` entry, which the
+        business metrics count for OverCapturesNotRefundedAlarm."""
+        at = self._clock()
+        modify(
+            self._orders, order_id,
+            lambda current: current.noted(
+                OrderEvent.OVER_CAPTURE_NOT_REFUNDED, at=at, actor=actor,
+                detail={"amount": amount.model_dump(mode="json"), "refusals": OVER_CAPTURE_REFUSALS},
+            ),
+        )  # fmt: skip
+        logger.error(
+            "refund of what was captured beyond the order's total refused %d times: left to a person",
+            OVER_CAPTURE_REFUSALS, extra={"order_id": order_id, "amount": str(amount.amount)},
+        )  # fmt: skip
 
     def _recorder(
         self, order_id: str, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool,

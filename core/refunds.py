@@ -201,6 +201,27 @@ def refund_id_for(order_id: str, idempotency_key: str) -> str:
     return "ref_" + short_hash(f"{order_id}\x1f{idempotency_key}")
 
 
+# --- What was captured beyond an order's total ---------------------------------------------
+# How many times in a row the gateway may refuse the refund of what the captures hold beyond the
+# order's total (a cancel of units after their share was captured) before nothing asks it again:
+# each refusal is a failed refund on the order and three history entries, and every repeat of the
+# last ship and every delivery a carrier reports again asks it. A person gives it back then (an
+# appeasement: POST /orders/{id}/refunds), told by whichever call recorded the last refusal
+# (RefundService: a sweep or a repeat may be the one that hears it); the refusals stay the last
+# word on that amount, so no later ship or delivery refunds it again.
+OVER_CAPTURE_REFUSALS = 3
+
+
+def refused_in_a_row(order: Order, amount: Money) -> int:
+    """How many of the order's last cancellation refunds the gateway refused, each for `amount`."""
+    refused = 0
+    for refund in reversed([refund for refund in order.payment.refunds if refund.kind == "cancellation"]):
+        if refund.status != "failed" or refund.amount != amount:
+            break
+        refused += 1
+    return refused
+
+
 # --- What returns kept back ---------------------------------------------------------------
 # How many times the gateway may refuse the refund of what a return (or its exchange's credit) kept
 # back before the reconciler stops asking and leaves it to a person (owes_kept_back): each refusal

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -30,7 +29,6 @@ from core.models import (
     Order,
     OrderLine,
     PaymentInput,
-    PaymentRefund,
     PlaceOrder,
     PromotionGrant,
     Totals,
@@ -42,10 +40,12 @@ from core.ports import CatalogRepository, InventoryRepository, LabelStore, Order
 from core.refund_service import RefundService, show_refunded_in_all
 from core.refunds import (
     KEPT_BACK_REFUSALS,
+    OVER_CAPTURE_REFUSALS,
     kept_back_owed,
     kept_back_refusals,
     refunded_beyond_lines,
     refunded_short_of_lines,
+    refused_in_a_row,
 )
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
@@ -55,13 +55,6 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 S = OrderStatus
-# How many times in a row the gateway may refuse the refund of what the captures hold beyond the
-# order's total (a cancel of units after their share was captured) before nothing asks it again:
-# each refusal is a failed refund on the order and three history entries, and every repeat of the
-# last ship and every delivery a carrier reports again asks it. A person gives it back then (an
-# appeasement: POST /orders/{id}/refunds); the refusals stay the last word on that amount, so no
-# later ship or delivery refunds it again.
-OVER_CAPTURE_REFUSALS = 3
 # How many refusals of the refund of what a return kept back a ship, a delivery or a cancel (each
 # repeated at will: a carrier reports a delivery again and again) leave before they stop asking it:
 # one fewer than the reconciler's, so that its kept-back pass asks the last time and, refused, calls
@@ -71,8 +64,6 @@ ASKED_BEFORE_THE_RECONCILER = KEPT_BACK_REFUSALS - 1
 # clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
 # the rest was cancelled leave the order partially_returned or returned instead.
 _FINISHED = frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED})
-
-logger = logging.getLogger(__name__)
 
 
 class UnitCancellation:
@@ -401,11 +392,9 @@ class UnitCancellation:
         # A pickup waiting at its store is still to be collected, and paid for then.
         nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
         if due.is_negative():
-            refund = self._refunds.issue_decided_refund(
+            self._refunds.issue_decided_refund(
                 order.id, _over_capture, "units cancelled after their share was captured", actor, kind="cancellation"
             )
-            if refund is not None and refund.status == "failed":
-                self._note_over_capture_left(order.id, refund.amount, actor)
         elif due.amount > 0 and nothing_to_ship:
             if order.capture_request(None) is None:  # one standing is asked again as it was
                 order = self._cancellation.renewed_if_lapsed(order, actor)
@@ -415,33 +404,6 @@ class UnitCancellation:
             # A renewal the last parcel's ship asked for and died (Order.renewing_authorization) is
             # no longer wanted: nothing is left to capture on it, and nothing will ship to record it.
             self._cancellation.release_renewal(order, actor)
-
-    def _note_over_capture_left(self, order_id: str, amount: Money, actor: str) -> None:
-        """After a refused refund of what was captured beyond the order's total: the refusal that
-        makes OVER_CAPTURE_REFUSALS in a row for `amount` leaves it to a person, who must be told (an
-        ERROR line and an `over_capture_not_refunded` entry, which the business metrics count for
-        OverCapturesNotRefundedAlarm), once: later repeats of the ship find it refused already and
-        ask nothing (_over_capture)."""
-        at = self._clock()
-        noted: list[bool] = []
-
-        def note(current: Order):
-            noted.clear()
-            settlements = [refund for refund in current.payment.refunds if refund.kind == "cancellation"]
-            if _refused_in_a_row(settlements, amount) != OVER_CAPTURE_REFUSALS:
-                return None  # asked again later, or noted already: after that refusal nothing asks it
-            noted.append(True)
-            return current.noted(
-                OrderEvent.OVER_CAPTURE_NOT_REFUNDED, at=at, actor=actor,
-                detail={"amount": amount.model_dump(mode="json"), "refusals": OVER_CAPTURE_REFUSALS},
-            )  # fmt: skip
-
-        modify(self._orders, order_id, note)
-        if noted:
-            logger.error(
-                "refund of what was captured beyond the order's total refused %d times: left to a person",
-                OVER_CAPTURE_REFUSALS, extra={"order_id": order_id, "amount": str(amount.amount)},
-            )  # fmt: skip
 
     def after_shipping(self, order: Order, actor: str) -> Order:
         """Once the last parcel of an order that lost units has shipped, the payment is settled to
@@ -560,17 +522,7 @@ def _over_capture(order: Order) -> tuple[str, Money] | None:
     over = min(over, max(order.refundable(), Money.zero(order.currency)))
     if over.amount <= 0:
         return None
-    settlements = [refund for refund in order.payment.refunds if refund.kind == "cancellation"]
-    if _refused_in_a_row(settlements, over) >= OVER_CAPTURE_REFUSALS:
+    if refused_in_a_row(order, over) >= OVER_CAPTURE_REFUSALS:
         return None
+    settlements = [refund for refund in order.payment.refunds if refund.kind == "cancellation"]
     return f"{order.id}:cancellation:{len(settlements) + 1}", over
-
-
-def _refused_in_a_row(settlements: list[PaymentRefund], amount: Money) -> int:
-    """How many of the last cancellation refunds the gateway refused, each for `amount`."""
-    refused = 0
-    for refund in reversed(settlements):
-        if refund.status != "failed" or refund.amount != amount:
-            break
-        refused += 1
-    return refused

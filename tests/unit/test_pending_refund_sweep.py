@@ -18,6 +18,8 @@ from core.refund_service import PendingRefundSweep, SweepIncomplete
 from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_payment_truth import Removed
+from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
+from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10)]
@@ -125,6 +127,31 @@ def test_a_refusal_after_an_outage_is_recorded(world, clock):
 
     assert refund_failures(world, order_id)[3:] == [(ACTOR, "refused", 1)]
     assert [(r.id, r.status) for r in world.order(order_id).payment.refunds] == [(refund_id, "failed")]
+
+
+def test_the_third_refusal_of_an_over_capture_refund_heard_by_a_pass_calls_a_person(clock):
+    # Before: only the cancel, ship or delivery that began the refund told a person; the third one,
+    # left pending by an outage and refused to the sweep, was the last word and nobody was told.
+    world = build_world(CANCEL_STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse", "refuse", "transient")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    world.actions.deliver(order.id, east, actor="key_carrier")  # the third, left pending
+    world.gateway.script("refund", "refuse")
+    clock.advance(minutes=20)
+
+    [refund_id] = sweep(world, clock).run(ACTOR)
+
+    after = world.order(order.id)
+    assert [(r.id, r.status) for r in after.payment.refunds][-1] == (refund_id, "failed")
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [(e.actor, e.detail["refusals"]) for e in told] == [(ACTOR, 3)]
+    sweep(world, clock).run(ACTOR)
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    assert len([e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]) == 1
 
 
 class RefundsDownForTest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -18,8 +19,10 @@ from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
-from tests.builders import place_order, product
+from tests.builders import NOW, place_order, product
 from tests.unit.test_payment_truth import Removed
+from tests.unit.test_returns import Clock as ReturnsClock
+from tests.unit.test_returns import ask, receipt, returns_for
 from tests.unit.world import (
     Died,
     RecordsBookings,
@@ -377,6 +380,90 @@ def test_an_over_capture_refund_the_gateway_keeps_refusing_is_asked_a_few_times_
     assert given.status == "succeeded" and settled(world.order(order.id)) == after.totals.grand_total
     again = world.actions.deliver(order.id, east, actor="key_carrier")
     assert len(again.payment.refunds) == 4  # the appeasement gave it: nothing refunds it twice
+
+
+def test_the_runbooks_appeasement_of_an_over_capture_left_to_a_person_is_not_refunded_again_by_a_return():
+    # OverCapturesNotRefundedAlarm's recovery: the amount given back as an appeasement. A return of
+    # everything afterwards, a delivery reported again and a cancel repeated refund what is owed
+    # and nothing of the appeased amount a second time.
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    for _ in range(3):
+        world.actions.deliver(order.id, east, actor="key_carrier")
+    left = world.order(order.id)
+    over = left.payment.captured - left.totals.grand_total
+    assert [(r.status, r.amount) for r in left.payment.refunds] == [("failed", over)] * 3
+    world.gateway.script("refund", "approve")
+    world.refunds.issue_refund(order.id, over, "the cancelled mug's shipping", "cs-1", "key_cs")
+    returns, _ = returns_for(world, ReturnsClock(NOW + timedelta(days=3)))
+    item = returns.request(order.id, ask(("L2", 3, "damaged")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-east", ("L2", 3, "resellable")), "key_wh")
+    returns.settle(item.id, "returns-workflow")
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    world.actions.cancel(order.id, "no mug", actor="key_web")
+
+    done = world.order(order.id)
+    assert [(r.kind, r.status, r.amount) for r in done.payment.refunds][3:] == [
+        ("appeasement", "succeeded", over),
+        ("return", "succeeded", left.totals.grand_total),
+    ]
+    assert done.payment.refunded == done.payment.captured  # everything back once, nothing beyond
+    assert (done.status, done.payment.status) == (S.RETURNED, P.REFUNDED)
+
+
+def test_an_over_capture_refund_whose_third_refusal_a_repeat_hears_after_an_outage_still_calls_a_person():
+    # Before: the third ask met an outage and stayed pending; the next delivery reported asked it
+    # again (finish_pending) and the gateway refused it, but only the call that began a refund told
+    # a person. Three refusals in a row, nothing asked it again, and no entry, no alarm, no log.
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    outage = ["transient"] * 3  # every attempt of one ask (Payments' attempts)
+    world.gateway.script("refund", "refuse", "refuse", *outage, "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["failed", "failed", "pending"]
+
+    for _ in range(3):
+        world.actions.deliver(order.id, east, actor="key_carrier")
+
+    after = world.order(order.id)
+    assert [r.status for r in after.payment.refunds] == ["failed"] * 3
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [(e.actor, e.detail["amount"]) for e in told] == [
+        ("key_carrier", after.payment.refunds[-1].amount.model_dump(mode="json"))
+    ]
+
+
+def test_a_ship_and_a_delivery_that_both_hear_the_third_refusal_call_a_person_once(monkeypatch):
+    # The delivery reported again begins the third ask; the warehouse's ship repeated meanwhile finds
+    # it pending and asks it too: the gateway refuses both. The one whose write records the refusal
+    # tells the person; the other finds it recorded.
+    world = build_world(STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    world.actions.deliver(order.id, east, actor="key_carrier")
+
+    def the_ship_repeated() -> None:
+        world.actions.ship(order.id, east, None, actor="key_wh")
+
+    landed = before_the_next_write(world, monkeypatch, the_ship_repeated, skip=1)  # after the third is begun
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    monkeypatch.undo()
+
+    assert landed and [r.status for r in world.order(order.id).payment.refunds] == ["failed"] * 3
+    assert world.gateway.keys("refund")[-2:] == [world.gateway.keys("refund")[-1]] * 2  # both asked it
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [e.actor for e in told] == ["key_wh"]
 
 
 def test_the_last_parcel_after_an_over_capture_was_refunded_captures_nothing_and_records_nothing_negative():
