@@ -239,9 +239,13 @@ def cancel_order(
     who = caller(router)
     lines = {line.line_id: line.quantity for line in request.lines} if request.lines else None
 
+    # Kept in the cancel's entry, so a retry finds it even when the first request stopped before its
+    # answer was stored.
+    request_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else None
+
     def cancel() -> dict[str, Any]:
         cancelled = container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel,
-                                               lines=lines)  # fmt: skip
+                                               lines=lines, request_key=request_key)  # fmt: skip
         return cancelled.model_dump(mode="json")
 
     if idempotency_key is None:
