@@ -20,6 +20,14 @@ def order_id_for(channel: str, external_id: str | None) -> str:
     return "ord_" + _b32(digest[:15])
 
 
+def order_id_for_request(caller_key_id: str, idempotency_key: str, request: str) -> str:
+    """The id of an order placed without an external id under a client's Idempotency-Key: the same
+    for every retry of that request (its key and body, `request`), so a retry whose first attempt
+    was written finds that order instead of placing a second one. No channel or external id holds
+    the separator, so it never names an order of order_id_for."""
+    return "ord_" + short_hash(f"order\x1f{caller_key_id}\x1f{idempotency_key}\x1f{request}")
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{_b32(secrets.token_bytes(15))}"
 

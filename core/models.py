@@ -3004,7 +3004,7 @@ class Order(BaseModel, defer_build=True):
 
     def cancel_units(
         self, cancelled: dict[str, int], priced: dict[str, OrderLine], totals: Totals, *, reason: str, at: datetime,
-        actor: str, grants: list[PromotionGrant] | None = None,
+        actor: str, grants: list[PromotionGrant] | None = None, request_key: str | None = None,
     ) -> Change:  # fmt: skip
         """`cancelled` units ({line_id: units}, from units_to_cancel) leave the order before they
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
@@ -3015,8 +3015,10 @@ class Order(BaseModel, defer_build=True):
         first) and an emptied one goes, with its allocations; a pending one left with fewer units
         is due a label for what it now holds (`labels_due`, booked under a new booking key:
         `rebookings` grows). With nothing left to ship the order is `shipped`, or `delivered` when
-        every shipment is."""
+        every shipment is. `request_key` (a client's Idempotency-Key, scoped to its API key) is kept
+        in the entry: a retry of the request finds it there (UnitCancellation.cancel)."""
         zero = Money.zero(self.currency)
+        keyed = {"request_key": request_key} if request_key is not None else {}
         lines = []
         for line in self.lines:
             gone = cancelled.get(line.line_id, 0)
@@ -3041,7 +3043,7 @@ class Order(BaseModel, defer_build=True):
                 detail={"reason": reason, "lines": cancelled,
                         "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
                                         "to": totals.grand_total.model_dump(mode="json")},
-                        "released": [a.model_dump() for a in self.allocations]},
+                        "released": [a.model_dump() for a in self.allocations], **keyed},
                 lines=lines, totals=totals, rebookings=self.rebookings + 1, promotion_grants=kept_grants,
                 **self._sourced_again(),
             )  # fmt: skip
@@ -3091,7 +3093,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED, to=to,
             detail={"reason": reason, "lines": cancelled,
                     "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
-                                    "to": totals.grand_total.model_dump(mode="json")}},
+                                    "to": totals.grand_total.model_dump(mode="json")}, **keyed},
             lines=lines, totals=totals, shipments=left, allocations=allocations, payment=payment,
             labels_due=labels_due, rebookings=self.rebookings + 1 if shrunk else self.rebookings,
             promotion_grants=kept_grants,

@@ -154,11 +154,13 @@ class CaptureService:
         # could only cancel: no plan ships it from that few locations.
         self._sourcing = sourcing
 
-    def place(self, cmd: PlaceOrder, actor: str, request_id: str | None = None) -> Order:
+    def place(self, cmd: PlaceOrder, actor: str, request_id: str | None = None, order_id: str | None = None) -> Order:
         """Store a new pending order; the order workflow takes it from there. `request_id` (the
         API request that placed it) is kept on the created entry: the outbox passes it to the
-        workflow, whose steps log it, so one order is followed from its request to its end."""
-        return self._placed(cmd, self.quote(cmd), self._clock(), actor, request_id)
+        workflow, whose steps log it, so one order is followed from its request to its end.
+        `order_id` names an order without an external id (ids.order_id_for_request); DuplicateOrder
+        when it is taken, as for an external id."""
+        return self._placed(cmd, self.quote(cmd), self._clock(), actor, request_id, order_id=order_id)
 
     def place_exchange(
         self, cmd: PlaceOrder, credit: Money, original_id: str, return_id: str, actor: str
@@ -284,11 +286,11 @@ class CaptureService:
 
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,
-        exchange: dict[str, Any] | None = None,
+        exchange: dict[str, Any] | None = None, order_id: str | None = None,
     ) -> Order:  # fmt: skip
         zero = Money.zero(cmd.currency)
         order = Order(
-            id=order_id_for(cmd.channel, cmd.external_id),
+            id=order_id or order_id_for(cmd.channel, cmd.external_id),
             status=OrderStatus.PENDING,
             channel=cmd.channel,
             external_id=cmd.external_id,

@@ -112,8 +112,16 @@ class UnitCancellation:
 
     def cancel(
         self, order_id: str, reason: str, actor: str, *, lines: dict[str, int] | None = None,
-        channel: str | None = None,
+        channel: str | None = None, request_key: str | None = None,
     ) -> Order:  # fmt: skip
+        """`request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry of
+        a cancel of `lines`: a retry of a request that wrote it (whose answer was never stored: its
+        function died, or the idempotency record's write failed) answers the order instead of
+        cancelling as many units again; other `lines` under the key are 409 `idempotency_key_reused`."""
+        if lines is not None and request_key is not None:
+            replayed = self._replayed(order_id, lines, request_key, actor, channel)
+            if replayed is not None:
+                return replayed
         # As core.order_changes.modify reads: a refusal is decided again on a consistent read, as
         # an eventually consistent one may predate the order's placing or its allocation. A cancel
         # of the whole order reads consistently from the first: whether it cancels the order or the
@@ -152,7 +160,7 @@ class UnitCancellation:
                 continue
             priced, totals, grants = self._priced(order, cancelled)
             new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor,
-                                            grants=grants)  # fmt: skip
+                                            grants=grants, request_key=request_key if lines else None)  # fmt: skip
             try:
                 self._orders.update(new, order, [entry])
             except StaleVersion:
@@ -165,6 +173,33 @@ class UnitCancellation:
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
+
+    def _replayed(
+        self, order_id: str, lines: dict[str, int], request_key: str, actor: str, channel: str | None
+    ) -> Order | None:
+        """The order, when a cancel under `request_key` is in its history (None: none is), with
+        what that cancel does after its write done again, as a repeated cancel does it, unless the
+        order is being sourced again (the workflow settles its stock then)."""
+        found = self._orders.history(order_id, consistent=True)
+        order = visible(found[0] if found else None, order_id, channel)
+        assert found is not None
+        made = next(
+            (entry for entry in found[1]
+             if entry.type is OrderEvent.UNITS_CANCELLED and (entry.detail or {}).get("request_key") == request_key),
+            None,
+        )  # fmt: skip
+        if made is None:
+            return None
+        if (made.detail or {}).get("lines") != lines:
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+            )
+        if order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
+            return order
+        self.cancel_given_up(self.book_labels_due(order, actor), actor)
+        return self._settle(self._current(order_id), actor)
 
     @staticmethod
     def _takes_everything(order: Order, lines: dict[str, int] | None) -> bool:

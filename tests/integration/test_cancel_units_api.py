@@ -374,3 +374,37 @@ def test_a_cancel_of_units_after_the_orders_promotion_ended_keeps_its_discount(a
     )
     refused = api.post("/orders", json=body)
     assert_error(refused, 422, "unknown_promo_code", "promo_codes[0]")
+
+
+def test_a_unit_cancel_retried_after_its_idempotency_record_was_lost_cancels_the_units_once(api):
+    # The first attempt wrote the cancel and died before its idempotency record was saved: the
+    # retry must not take the same number of units off again (the customer loses an item).
+    import boto3
+
+    order = allocated(api, ("MUG", 3))
+    key = {"Idempotency-Key": f"cancel-lost-{order['id']}"}
+    first = cancel(api, order["id"], [("L1", 1)], headers=key)
+    assert first.status_code == 200, first.text
+    held = stock(api, "MUG", "wh-west")
+    forget_idempotency_records(boto3.client("dynamodb", region_name="us-east-1"))
+
+    again = cancel(api, order["id"], [("L1", 1)], headers=key)
+    forget_idempotency_records(boto3.client("dynamodb", region_name="us-east-1"))
+    other = cancel(api, order["id"], [("L1", 2)], headers=key)
+
+    assert again.status_code == 200, again.text
+    assert_error(other, 409, "idempotency_key_reused")
+    stored = api.get(f"/orders/{order['id']}").json()
+    assert (stored["lines"][0]["quantity"], stored["lines"][0]["cancelled_quantity"]) == (2, 1)
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [entry["type"] for entry in history].count("units_cancelled") == 1
+    assert stock(api, "MUG", "wh-west") == held
+
+
+def forget_idempotency_records(client: Any) -> None:
+    """As if no attempt had saved its idempotency record."""
+    import os
+
+    table = os.environ["IDEMPOTENCY_TABLE"]
+    for item in client.scan(TableName=table)["Items"]:
+        client.delete_item(TableName=table, Key={"id": item["id"]})

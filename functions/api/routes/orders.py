@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response, content_types
@@ -9,6 +10,8 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
 from core.access import Caller, Scope, allows
+from core.errors import DuplicateOrder
+from core.ids import order_id_for_request
 from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
 from core.status import OrderStatus
@@ -78,9 +81,16 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
 
     request_id = (router.current_event.get("requestContext") or {}).get("requestId")
     placed_here: list[Order] = []
+    payload = order.model_dump(mode="json") if idempotency_key is not None else None
+    # Without an external id, the id comes from the request (key, Idempotency-Key and body): a retry
+    # whose first attempt was written but whose answer (and idempotency record) was lost finds that
+    # order, as the same key and body find the first answer, instead of placing a second one.
+    order_id = None
+    if idempotency_key is not None and order.external_id is None:
+        order_id = order_id_for_request(who.key_id, idempotency_key, json.dumps(payload, sort_keys=True))
 
     def place() -> Order:
-        placed = container().capture.place(order, actor=who.key_id, request_id=request_id)
+        placed = container().capture.place(order, actor=who.key_id, request_id=request_id, order_id=order_id)
         placed_here.append(placed)
         # The first line of an order's trail: its id beside the request id (`correlation_id`).
         logger.append_keys(order_id=placed.id)
@@ -95,14 +105,19 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     else:
         from functions.api.idempotency import once
 
-        body = once(
-            "POST /orders",
-            who.key_id,
-            idempotency_key,
-            order.model_dump(mode="json"),
-            lambda: place().model_dump(mode="json"),
-            router.lambda_context,
-        )
+        def place_once() -> dict[str, Any]:
+            try:
+                return place().model_dump(mode="json")
+            except DuplicateOrder:
+                if order_id is None:
+                    raise
+                # That attempt's order (read consistently: its write may be a moment old).
+                first = container().order_repository.get(order_id, consistent=True)
+                if first is None:
+                    raise
+                return first.model_dump(mode="json")
+
+        body = once("POST /orders", who.key_id, idempotency_key, payload, place_once, router.lambda_context)
         # The order placed by this request as it is; only a replayed answer is read back from its
         # JSON (validating a whole order again was about 6 % of the API's own CPU per order).
         answer = placed_here[0] if placed_here else Order.model_validate(body)
@@ -224,9 +239,13 @@ def cancel_order(
     who = caller(router)
     lines = {line.line_id: line.quantity for line in request.lines} if request.lines else None
 
+    # Kept in the cancel's entry, so a retry finds it even when the first request stopped before its
+    # answer was stored.
+    request_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else None
+
     def cancel() -> dict[str, Any]:
         cancelled = container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel,
-                                               lines=lines)  # fmt: skip
+                                               lines=lines, request_key=request_key)  # fmt: skip
         return cancelled.model_dump(mode="json")
 
     if idempotency_key is None:

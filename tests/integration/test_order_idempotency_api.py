@@ -1,0 +1,85 @@
+"""POST /orders under an Idempotency-Key when the idempotency record is missing, through the
+in-process API on moto: the order written by a first attempt whose record was never saved (the
+function died, or the record's write failed, between the two) is what a retry answers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from tests.e2e.client import Catalog, assert_error, order_body, unique
+from tests.integration.in_process import InProcessApi, in_process_api
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def sku(api: InProcessApi) -> str:
+    (created,) = Catalog(api).stocked("19.99", on_hand=100)
+    return created
+
+
+def keyless_order(sku: str, quantity: int = 1, **overrides) -> dict:
+    """No external_id: only the Idempotency-Key can stop a second order."""
+    body = order_body((sku, quantity), **overrides)
+    del body["external_id"]
+    return body
+
+
+def forget_idempotency_records() -> None:
+    """As if no attempt had saved its record: the first one wrote the order and died before it."""
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    table = os.environ["IDEMPOTENCY_TABLE"]
+    for item in client.scan(TableName=table)["Items"]:
+        client.delete_item(TableName=table, Key={"id": item["id"]})
+
+
+def test_a_retry_whose_first_attempt_left_no_record_answers_that_order_and_places_no_second(
+    api: InProcessApi, sku: str
+):
+    # A second order would be authorized, reserved and shipped as well: the customer pays twice.
+    body = keyless_order(sku)
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    forget_idempotency_records()
+
+    again = api.post("/orders", json=body, headers=key)
+
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def test_without_a_record_another_keys_same_idempotency_key_still_places_its_own_order(api: InProcessApi, sku: str):
+    issued = api.post("/api-keys", json={"name": unique("key"), "scopes": ["orders:write", "orders:read"]})
+    other_key = issued.json()["key"]
+    body = keyless_order(sku)
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    forget_idempotency_records()
+
+    other = api.post("/orders", json=body, headers=key, key=other_key)
+
+    assert (first.status_code, other.status_code) == (201, 201), (first.text, other.text)
+    assert other.json()["id"] != first.json()["id"]
+    assert len(api.orders_of(body["customer"]["id"])) == 2
+
+
+def test_with_the_record_another_body_under_the_key_is_still_409(api: InProcessApi, sku: str):
+    body = keyless_order(sku)
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+
+    reused = api.post("/orders", json=keyless_order(sku, quantity=2, customer=body["customer"]), headers=key)
+
+    assert_error(reused, 409, "idempotency_key_reused")
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
