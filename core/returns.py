@@ -168,7 +168,10 @@ class Returns:
 
     # --- Reading ----------------------------------------------------------------------------
     def get(self, return_id: str, channel: str | None = None) -> Return:
-        return visible_return(self._returns.get(return_id), return_id, channel)
+        """The return; one a plain read does not find yet (its 201 a moment old: a read may
+        predate its write) is looked for again consistently before it is NotFound."""
+        found = self._returns.get(return_id) or self._returns.get(return_id, consistent=True)
+        return visible_return(found, return_id, channel)
 
     def for_order(self, order_id: str, channel: str | None = None) -> list[Return]:
         visible(self._orders.get(order_id), order_id, channel)
@@ -388,6 +391,9 @@ class Returns:
         consistent = False
         for _ in range(ATTEMPTS):
             found = self._returns.get(return_id, consistent=True) if consistent else self._returns.get(return_id)
+            if found is None and not consistent:
+                consistent = True  # a moment-old return a plain read does not show yet
+                continue
             current = visible_return(found, return_id, channel)
             try:
                 new = decide(current)

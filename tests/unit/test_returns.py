@@ -2967,6 +2967,27 @@ def lagging_return_reads(store: FakeReturns, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(store, "get", get)
 
 
+def test_a_return_read_or_changed_just_after_its_201_is_found_while_plain_reads_do_not_show_it_yet(
+    world, clock, monkeypatch
+):
+    # A client approves (or reads) the return at once: a plain read just after its creation may
+    # not show it yet, which must not answer 404 for a return that exists.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    real_get = store.get
+
+    def unseen(return_id: str, consistent: bool = False) -> Return | None:
+        return real_get(return_id) if consistent else None
+
+    monkeypatch.setattr(store, "get", unseen)
+
+    assert returns.get(item.id) == item
+    assert item.status is R.AUTHORIZED
+    received = returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    assert received.status is R.RECEIVED
+
+
 def test_the_return_shows_what_its_kept_back_refund_gave_while_plain_reads_of_returns_lag(world, clock, monkeypatch):
     # The CAPs ship just after the MUGs' return was marked refunded with what it could give then:
     # a plain read of the return may still show it received, and it would never show the rest.
