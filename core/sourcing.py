@@ -236,22 +236,40 @@ def plan_within(
     plan = ask_plugins(hook, order, eligible, stock, destination, rules)
     if plan is not None or rules.max_shipments is None:
         return plan
+    return _part_within(hook, order, eligible, stock, destination, rules, [])
+
+
+def _part_within(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+    first: list[str],
+) -> SourcingPlan | None:
+    """The plan for what `max_shipments` locations have of `order`: the locations `first`, then
+    those that supply the most of the plan made without that limit. None when no plugin can source it."""
+    assert rules.max_shipments is not None
     unlimited = rules.model_copy(update={"max_shipments": None})
     widest = ask_plugins(hook, order, eligible, stock, destination, unlimited)
     if widest is None:
         return None
     units: Counter[str] = Counter()
     for allocation in widest.allocations:
-        units[allocation.location_id] += allocation.quantity
-    kept = sorted(units, key=lambda location_id: -units[location_id])[: rules.max_shipments]  # ties: the plan's order
+        if allocation.location_id not in first:
+            units[allocation.location_id] += allocation.quantity
+    most = sorted(units, key=lambda location_id: -units[location_id])  # ties: the plan's order
+    kept = [*first, *most][: rules.max_shipments]
     chosen = [loc for loc in eligible if loc.location_id in kept]
     part = reduced(order, available_of(order, chosen, stock))
     plan = ask_plugins(hook, part, chosen, stock, destination, unlimited)
     if plan is None:
         return None
+    which = "which have what may not wait and supply the most of the rest" if first else "which supply the most of them"
     reason = (
         f"no plan covers the units in stock from at most max_shipments ({rules.max_shipments}) locations: "
-        f"{', '.join(kept)}, which supply the most of them, supply what they have and the rest waits"
+        f"{', '.join(kept)}, {which}, supply what they have and the rest waits"
     )
     return plan.model_copy(update={"reasons": [*plan.reasons, reason]})
 
@@ -292,8 +310,9 @@ def allocation_plan(
     """The plan ReserveStock makes for `order` on `stock`: the whole order when the plugins can
     source it; otherwise, when every sku it leaves short may wait backordered (`may_wait`), what is
     in stock of the skus the locations lack, from no more locations than `max_shipments` (those
-    that supply the most): the order holds that and waits for the rest. None when it cannot be
-    allocated (no location, or a sku that may not wait left short): it ends out of stock. Capture
+    that supply the most; when they leave a product that may not wait short, those the plugins
+    source its units from first): the order holds that and waits for the rest. None when it cannot
+    be allocated (no location, or a sku that may not wait left short): it ends out of stock. Capture
     asks the same, so an order it accepts is not then cancelled for a reason it could have seen."""
     if not eligible:
         return None
@@ -304,10 +323,26 @@ def allocation_plan(
     lacking = {sku: available[sku] for sku, units in wanted.items() if available[sku] < units}
     if lacking and not may_wait(set(lacking)):
         return None
-    plan = plan_within(hook, reduced(order, lacking) if lacking else order, eligible, stock, destination, rules)
+    sourced = reduced(order, lacking) if lacking else order
+    plan = plan_within(hook, sourced, eligible, stock, destination, rules)
     if plan is None:
         return None
     waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
+    if waits and not may_wait(waits) and rules.max_shipments is not None:
+        # The locations kept supply the most units but lack a product that may not wait: kept to
+        # the locations that have those products (within max_shipments), the rest may wait there.
+        cannot = {sku for sku in wanted if not may_wait({sku})}
+        must = sourced.model_copy(update={"lines": [line for line in sourced.lines if line.sku in cannot]})
+        if must.lines == sourced.lines:
+            return None  # the whole order is what may not wait: plan_within found no plan for it
+        around = ask_plugins(hook, must, eligible, stock, destination, rules)
+        if around is None:
+            return None
+        first = [loc.location_id for loc in eligible if loc.location_id in {a.location_id for a in around.allocations}]
+        plan = _part_within(hook, sourced, eligible, stock, destination, rules, first)
+        if plan is None:
+            return None
+        waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
     if waits and not may_wait(waits):
         return None
     return plan
