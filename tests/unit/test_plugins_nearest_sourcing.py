@@ -757,6 +757,31 @@ def test_no_plan_when_no_split_fits_within_max_shipments():
     )
 
 
+def test_the_search_within_max_shipments_looks_at_no_more_groups_than_the_exact_search(monkeypatch):
+    # One unit at each of 91 and of 92 warehouses, three ordered, max_shipments 2: greedy needs
+    # three, no pair has them. The 4,095 pairs of 91 are each looked at once; the 4,186 of 92 are
+    # more than the exact search's 4,096 groups, so none is: no plan either way.
+    looked_at = []
+    real = itertools.combinations
+
+    def combinations(candidates, size):
+        for group in real(candidates, size):
+            looked_at.append(group)
+            yield group
+
+    monkeypatch.setattr(nearest_sourcing.itertools, "combinations", combinations)
+    rules = FEWEST.model_copy(update={"max_shipments": 2})
+    for count, groups in [(91, 4095), (92, 0)]:
+        looked_at.clear()
+        ids = [f"wh-{i:03d}" for i in range(count)]
+        locations = [a_location(location_id, (45.0, -170.0 + i)) for i, location_id in enumerate(ids)]
+
+        plan = source(an_order(("A", 3)), {location_id: {"A": 1} for location_id in ids}, locations, rules=rules)
+
+        assert plan is None
+        assert len(looked_at) == groups <= 1 << nearest_sourcing.EXACT_SEARCH_LIMIT
+
+
 def test_beyond_the_exact_search_limit_an_order_two_locations_can_ship_is_sourced_under_max_shipments_2():
     # Thirteen warehouses with stock: greedy takes wh-central (6 units) first and then needs both
     # of the others, three shipments where wh-west and wh-east ship it in two. Under max_shipments
