@@ -574,6 +574,33 @@ def test_a_simulation_plans_what_a_backorder_holds_when_its_stock_lies_beyond_ma
     assert [(x.line_id, x.quantity) for x in planned.unfillable] == [("L1", 2)]
 
 
+def test_a_simulation_under_max_shipments_holds_what_may_not_wait_where_allocation_then_holds_it():
+    # TSHIRT (no backorder) only at wh-east, PREORDER (backorder) short, its 2 units at wh-west,
+    # max_shipments 1: allocation holds the TSHIRT at wh-east and waits for PREORDER there; the
+    # what-if showed the 2 PREORDER at wh-west and the TSHIRT unfillable, for the stored order as
+    # for the same body.
+    world, store = a_world([("TSHIRT", "wh-east", 1), ("PREORDER", "wh-west", 2)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("TSHIRT", 1), ("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, catalog, _ = simulator(world, store)
+    [by_id] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    body = bodies([("TSHIRT", 1), ("PREORDER", 3)])
+    [as_body] = sim.simulate(SimulateSourcing.model_validate({"orders": body})).items
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 1}
+    for planned in (by_id, as_body):
+        assert [(s.location_id, [(x.line_id, x.quantity) for x in s.lines]) for s in planned.shipments] == [
+            ("wh-east", [("L1", 1)])
+        ]
+        assert [(x.line_id, x.quantity) for x in planned.unfillable] == [("L2", 3)]
+    assert catalog.calls == {"list_locations": 2, "get_products": 2}  # once per simulation
+
+
 class EditsItsRules:
     @hookimpl(wrapper=True)
     def oms_source_order(self, rules):
