@@ -306,15 +306,16 @@ def allocation_plan(
     stock: dict[str, list[StockLevel]],
     destination: Address,
     rules: SourcingRules,
-    may_wait: Callable[[set[str]], bool],
+    cannot_wait: Callable[[set[str]], set[str]],
 ) -> SourcingPlan | None:
     """The plan ReserveStock makes for `order` on `stock`: the whole order when the plugins can
-    source it; otherwise, when every sku it leaves short may wait backordered (`may_wait`), what is
-    in stock of the skus the locations lack, from no more locations than `max_shipments` (those
-    that supply the most; when they leave a product that may not wait short, those the plugins
-    source its units from first): the order holds that and waits for the rest. None when it cannot
-    be allocated (no location, or a sku that may not wait left short): it ends out of stock. Capture
-    asks the same, so an order it accepts is not then cancelled for a reason it could have seen."""
+    source it; otherwise, when every sku it leaves short may wait backordered (`cannot_wait`
+    answers which of the skus given may not), what is in stock of the skus the locations lack,
+    from no more locations than `max_shipments` (those that supply the most; when they leave a
+    product that may not wait short, those the plugins source its units from first): the order
+    holds that and waits for the rest. None when it cannot be allocated (no location, or a sku
+    that may not wait left short): it ends out of stock. Capture asks the same, so an order it
+    accepts is not then cancelled for a reason it could have seen."""
     if not eligible:
         return None
     available = available_of(order, eligible, stock)
@@ -322,20 +323,19 @@ def allocation_plan(
     for line in order.lines:
         wanted[line.sku] += line.quantity
     lacking = {sku: available[sku] for sku, units in wanted.items() if available[sku] < units}
-    if lacking and not may_wait(set(lacking)):
+    if lacking and cannot_wait(set(lacking)):
         return None
     sourced = reduced(order, lacking) if lacking else order
     plan = plan_within(hook, sourced, eligible, stock, destination, rules)
     if plan is None:
         return None
     waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
-    if waits and not may_wait(waits) and rules.max_shipments is not None:
-        cannot = {sku for sku in wanted if not may_wait({sku})}
-        plan = around_what_cannot_wait(hook, sourced, eligible, stock, destination, rules, cannot)
+    if waits and cannot_wait(waits) and rules.max_shipments is not None:
+        plan = around_what_cannot_wait(hook, sourced, eligible, stock, destination, rules, cannot_wait(set(wanted)))
         if plan is None:
             return None
         waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
-    if waits and not may_wait(waits):
+    if waits and cannot_wait(waits):
         return None
     return plan
 
