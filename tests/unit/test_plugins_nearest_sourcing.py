@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from unittest.mock import patch
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from core import hookimpl
@@ -616,6 +616,33 @@ def test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_
         for size in range(1, most + 1):
             for group in itertools.combinations([location.location_id for location in locations], size):
                 assert any(sum(max(0, available[at][sku]) for at in group) < q for sku, q in wanted.items()), group
+
+
+@settings(max_examples=200, deadline=None)
+@given(networks, st.integers(2, 5))
+def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits(scenario, most):
+    # Fewest, then nearest in total, then by ids, as the exact search: only which groups are
+    # looked at differs (those of at most `most` locations, beyond EXACT_SEARCH_LIMIT locations).
+    ids = NETWORK[: max(2, min(scenario["size"], 10))]
+    locations = [a_location(location_id, place) for location_id, place in zip(ids, scenario["places"], strict=False)]
+    place = nearest_sourcing.locate(a_destination(scenario["destination"], country="ZW", region=None))
+    candidates = nearest_sourcing._candidates(locations, place)
+    stock = a_stock_table(dict(zip(ids, scenario["available"], strict=False)))
+    wanted = Counter()
+    for sku, quantity in scenario["lines"]:
+        wanted[sku] += quantity
+    available = nearest_sourcing._available(stock, set(ids), set(wanted))
+    coverable = all(sum(units for (_, s), units in available.items() if s == sku) >= q for sku, q in wanted.items())
+    alone = any(all(available.get((c.location_id, sku), 0) >= q for sku, q in wanted.items()) for c in candidates)
+    assume(coverable and not alone)
+
+    exact = nearest_sourcing._fewest_covering(candidates, available, wanted)
+    within = nearest_sourcing._fewest_covering_within(candidates, available, wanted, most)
+
+    if len(exact) <= most:
+        assert within == exact
+    else:
+        assert within is None
 
 
 def test_among_equally_near_smallest_groups_the_first_by_ids_supplies_the_order():
