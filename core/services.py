@@ -439,7 +439,7 @@ class CaptureService:
         order = unplaced(cmd)
         plan = allocation_plan(
             self._sourcing.hook, order, eligible, levels, destination_of(order, eligible), rules,
-            lambda skus: all(products[sku].allow_backorder for sku in skus),
+            lambda skus: {sku for sku in skus if not products[sku].allow_backorder},
         )  # fmt: skip
         if plan is not None:
             return

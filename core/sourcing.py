@@ -25,6 +25,7 @@ from core.models import (
     OrderLine,
     Payment,
     PlaceOrder,
+    Product,
     StockLevel,
     Totals,
     VisibleText,
@@ -236,22 +237,40 @@ def plan_within(
     plan = ask_plugins(hook, order, eligible, stock, destination, rules)
     if plan is not None or rules.max_shipments is None:
         return plan
+    return _part_within(hook, order, eligible, stock, destination, rules, [])
+
+
+def _part_within(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+    first: list[str],
+) -> SourcingPlan | None:
+    """The plan for what `max_shipments` locations have of `order`: the locations `first`, then
+    those that supply the most of the plan made without that limit. None when no plugin can source it."""
+    assert rules.max_shipments is not None
     unlimited = rules.model_copy(update={"max_shipments": None})
     widest = ask_plugins(hook, order, eligible, stock, destination, unlimited)
     if widest is None:
         return None
     units: Counter[str] = Counter()
     for allocation in widest.allocations:
-        units[allocation.location_id] += allocation.quantity
-    kept = sorted(units, key=lambda location_id: -units[location_id])[: rules.max_shipments]  # ties: the plan's order
+        if allocation.location_id not in first:
+            units[allocation.location_id] += allocation.quantity
+    most = sorted(units, key=lambda location_id: -units[location_id])  # ties: the plan's order
+    kept = [*first, *most][: rules.max_shipments]
     chosen = [loc for loc in eligible if loc.location_id in kept]
     part = reduced(order, available_of(order, chosen, stock))
     plan = ask_plugins(hook, part, chosen, stock, destination, unlimited)
     if plan is None:
         return None
+    which = "which have what may not wait and supply the most of the rest" if first else "which supply the most of them"
     reason = (
         f"no plan covers the units in stock from at most max_shipments ({rules.max_shipments}) locations: "
-        f"{', '.join(kept)}, which supply the most of them, supply what they have and the rest waits"
+        f"{', '.join(kept)}, {which}, supply what they have and the rest waits"
     )
     return plan.model_copy(update={"reasons": [*plan.reasons, reason]})
 
@@ -287,14 +306,16 @@ def allocation_plan(
     stock: dict[str, list[StockLevel]],
     destination: Address,
     rules: SourcingRules,
-    may_wait: Callable[[set[str]], bool],
+    cannot_wait: Callable[[set[str]], set[str]],
 ) -> SourcingPlan | None:
     """The plan ReserveStock makes for `order` on `stock`: the whole order when the plugins can
-    source it; otherwise, when every sku it leaves short may wait backordered (`may_wait`), what is
-    in stock of the skus the locations lack, from no more locations than `max_shipments` (those
-    that supply the most): the order holds that and waits for the rest. None when it cannot be
-    allocated (no location, or a sku that may not wait left short): it ends out of stock. Capture
-    asks the same, so an order it accepts is not then cancelled for a reason it could have seen."""
+    source it; otherwise, when every sku it leaves short may wait backordered (`cannot_wait`
+    answers which of the skus given may not), what is in stock of the skus the locations lack,
+    from no more locations than `max_shipments` (those that supply the most; when they leave a
+    product that may not wait short, those the plugins source its units from first): the order
+    holds that and waits for the rest. None when it cannot be allocated (no location, or a sku
+    that may not wait left short): it ends out of stock. Capture asks the same, so an order it
+    accepts is not then cancelled for a reason it could have seen."""
     if not eligible:
         return None
     available = available_of(order, eligible, stock)
@@ -302,15 +323,44 @@ def allocation_plan(
     for line in order.lines:
         wanted[line.sku] += line.quantity
     lacking = {sku: available[sku] for sku, units in wanted.items() if available[sku] < units}
-    if lacking and not may_wait(set(lacking)):
+    if lacking and cannot_wait(set(lacking)):
         return None
-    plan = plan_within(hook, reduced(order, lacking) if lacking else order, eligible, stock, destination, rules)
+    sourced = reduced(order, lacking) if lacking else order
+    plan = plan_within(hook, sourced, eligible, stock, destination, rules)
     if plan is None:
         return None
     waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
-    if waits and not may_wait(waits):
+    if waits and cannot_wait(waits) and rules.max_shipments is not None:
+        plan = around_what_cannot_wait(hook, sourced, eligible, stock, destination, rules, cannot_wait(set(wanted)))
+        if plan is None:
+            return None
+        waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
+    if waits and cannot_wait(waits):
         return None
     return plan
+
+
+def around_what_cannot_wait(
+    hook: pluggy.HookRelay,
+    order: Order,
+    eligible: list[Location],
+    stock: dict[str, list[StockLevel]],
+    destination: Address,
+    rules: SourcingRules,
+    cannot: set[str],
+) -> SourcingPlan | None:
+    """Under `max_shipments`, when the locations that supply the most of `order` lack a product
+    that may not wait (the skus `cannot`): the plan for what the locations the plugins source
+    those products from (within `max_shipments`) have, then those that supply the most of the
+    rest; the rest may wait there. None when those products fit no `max_shipments` locations."""
+    must = order.model_copy(update={"lines": [line for line in order.lines if line.sku in cannot]})
+    if must.lines == order.lines:
+        return None  # the whole order may not wait: plan_within found no plan for it
+    around = ask_plugins(hook, must, eligible, stock, destination, rules)
+    if around is None:
+        return None
+    first = [loc.location_id for loc in eligible if loc.location_id in {a.location_id for a in around.allocations}]
+    return _part_within(hook, order, eligible, stock, destination, rules, first)
 
 
 def left_short(order: Order, plan: SourcingPlan) -> dict[str, int]:
@@ -416,8 +466,8 @@ def _before_cancel(order: Order, history: list[HistoryEntry]) -> Order:
 
 class Simulator:
     """Plans each order as ReserveStock would, from one read of the locations, one batched read
-    of the stock (and one of the products, for bodies; and for each stored order one of the units
-    it holds, which it counts as its own as ReserveStock does), and stores, reserves and sends nothing.
+    of the stock, one of the products (and for each stored order one of the units it holds, which
+    it counts as its own as ReserveStock does), and stores, reserves and sends nothing.
     Each order is planned on the same stock: one order's plan does not consume units another's
     could take."""
 
@@ -448,15 +498,17 @@ class Simulator:
             self._stored(each, index, channel) if isinstance(each, str) else (None, unplaced(each, index + 1))
             for index, each in enumerate(request.orders)
         ]
-        self._check_skus(request)
         skus = {line.sku for _, order in orders for line in order.lines}
+        # One read: bodies' skus are checked, and what may not wait is held as allocation holds it.
+        products = self._catalog.get_products(skus)
+        self._check_skus(request, products)
         levels = self._inventory.levels(skus, [loc.location_id for loc in locations])
         stock = rules.for_orders(levels)
         items = [
             self._plan(
                 order_id, order, locations,
                 rules.for_orders(_with_own(levels, self._held(order, locations))) if order_id is not None else stock,
-                rules,
+                rules, products,
             )
             for order_id, order in orders
         ]  # fmt: skip
@@ -500,13 +552,10 @@ class Simulator:
                     details=[{"field": field, "message": "no pickup location with this id"}],
                 )
 
-    def _check_skus(self, request: SimulateSourcing) -> None:
-        """Raise 422 `unknown_sku` naming each body's line whose sku the catalog lacks, as placing
-        that body would: a plan for it would answer a question no order can ask."""
+    def _check_skus(self, request: SimulateSourcing, products: dict[str, Product]) -> None:
+        """Raise 422 `unknown_sku` naming each body's line whose sku the catalog (`products`)
+        lacks, as placing that body would: a plan for it would answer a question no order can ask."""
         bodies = [(index, each) for index, each in enumerate(request.orders) if isinstance(each, PlaceOrder)]
-        if not bodies:
-            return
-        products = self._catalog.get_products({line.sku for _, body in bodies for line in body.lines})
         unknown = [
             {"field": f"orders[{index}].lines[{n}].sku", "message": f"no product {line.sku}"}
             for index, body in bodies
@@ -538,6 +587,7 @@ class Simulator:
         locations: list[Location],
         stock: dict[str, list[StockLevel]],
         rules: SourcingRules,
+        products: dict[str, Product],
     ) -> SimulatedOrder:
         eligible = sourceable(order, locations, rules)
         destination = destination_of(order, locations)
@@ -545,6 +595,13 @@ class Simulator:
         fillable = reduced(order, available)
         # Within max_shipments as a backordered order's fill plans: what it can hold now.
         plan = plan_within(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
+        cannot = {
+            line.sku for line in fillable.lines if line.sku not in products or not products[line.sku].allow_backorder
+        }
+        short = {line.sku for line in fillable.lines if line.line_id in left_short(fillable, plan)} if plan else set()
+        if plan is not None and rules.max_shipments is not None and cannot & short:
+            # As allocation holds it: the products that may not wait first.
+            plan = around_what_cannot_wait(self._hook, fillable, eligible, stock, destination, rules, cannot) or plan
         sku_of = {line.line_id: line.sku for line in order.lines}
         planned: dict[str, int] = defaultdict(int)
         by_location: dict[str, list[SimulatedLine]] = defaultdict(list)

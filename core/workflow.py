@@ -417,7 +417,7 @@ class Workflow:
             own[(sku, location_id)] += quantity
         stock = self._behind_older(order, stock, locations, rules, own=own)
         return allocation_plan(
-            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._may_wait
+            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._cannot_wait
         )
 
     def _release_unrecorded(
@@ -444,13 +444,14 @@ class Workflow:
                 self._inventory.release(*item)
 
     # --- Backorders ------------------------------------------------------------------------------
-    def _may_wait(self, skus: set[str]) -> bool:
-        """Whether an order may wait backordered for `skus`: each allows backorder, and a queue
-        can wake the order (without one, a shortage ends out_of_stock as for any product)."""
+    def _cannot_wait(self, skus: set[str]) -> set[str]:
+        """The skus of `skus` an order may not wait backordered for: those that do not allow
+        backorder, or all when no queue can wake the order (a shortage then ends out_of_stock as
+        for any product). One read of the products."""
         if self._backorders is None:
-            return False
+            return set(skus)
         products = self._catalog.get_products(skus)
-        return all(sku in products and products[sku].allow_backorder for sku in skus)
+        return {sku for sku in skus if sku not in products or not products[sku].allow_backorder}
 
     def _wait_for_stock(
         self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from unittest.mock import patch
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from core import hookimpl
@@ -618,6 +618,33 @@ def test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_
                 assert any(sum(max(0, available[at][sku]) for at in group) < q for sku, q in wanted.items()), group
 
 
+@settings(max_examples=200, deadline=None)
+@given(networks, st.integers(2, 5))
+def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits(scenario, most):
+    # Fewest, then nearest in total, then by ids, as the exact search: only which groups are
+    # looked at differs (those of at most `most` locations, beyond EXACT_SEARCH_LIMIT locations).
+    ids = NETWORK[: max(2, min(scenario["size"], 10))]
+    locations = [a_location(location_id, place) for location_id, place in zip(ids, scenario["places"], strict=False)]
+    place = nearest_sourcing.locate(a_destination(scenario["destination"], country="ZW", region=None))
+    candidates = nearest_sourcing._candidates(locations, place)
+    stock = a_stock_table(dict(zip(ids, scenario["available"], strict=False)))
+    wanted = Counter()
+    for sku, quantity in scenario["lines"]:
+        wanted[sku] += quantity
+    available = nearest_sourcing._available(stock, set(ids), set(wanted))
+    coverable = all(sum(units for (_, s), units in available.items() if s == sku) >= q for sku, q in wanted.items())
+    alone = any(all(available.get((c.location_id, sku), 0) >= q for sku, q in wanted.items()) for c in candidates)
+    assume(coverable and not alone)
+
+    exact = nearest_sourcing._fewest_covering(candidates, available, wanted)
+    within = nearest_sourcing._fewest_covering_within(candidates, available, wanted, most)
+
+    if len(exact) <= most:
+        assert within == exact
+    else:
+        assert within is None
+
+
 def test_among_equally_near_smallest_groups_the_first_by_ids_supplies_the_order():
     # Distances unknown, so every group of two is as near as any other: {wh-00, wh-03} and
     # {wh-01, wh-02} both cover the order, and the ids decide (wh-00 first), not the order in
@@ -755,6 +782,31 @@ def test_no_plan_when_no_split_fits_within_max_shipments():
     assert (
         len(allocated(source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules(max_shipments=2)))) == 2
     )
+
+
+def test_the_search_within_max_shipments_looks_at_no_more_groups_than_the_exact_search(monkeypatch):
+    # One unit at each of 91 and of 92 warehouses, three ordered, max_shipments 2: greedy needs
+    # three, no pair has them. The 4,095 pairs of 91 are each looked at once; the 4,186 of 92 are
+    # more than the exact search's 4,096 groups, so none is: no plan either way.
+    looked_at = []
+    real = itertools.combinations
+
+    def combinations(candidates, size):
+        for group in real(candidates, size):
+            looked_at.append(group)
+            yield group
+
+    monkeypatch.setattr(nearest_sourcing.itertools, "combinations", combinations)
+    rules = FEWEST.model_copy(update={"max_shipments": 2})
+    for count, groups in [(91, 4095), (92, 0)]:
+        looked_at.clear()
+        ids = [f"wh-{i:03d}" for i in range(count)]
+        locations = [a_location(location_id, (45.0, -170.0 + i)) for i, location_id in enumerate(ids)]
+
+        plan = source(an_order(("A", 3)), {location_id: {"A": 1} for location_id in ids}, locations, rules=rules)
+
+        assert plan is None
+        assert len(looked_at) == groups <= 1 << nearest_sourcing.EXACT_SEARCH_LIMIT
 
 
 def test_beyond_the_exact_search_limit_an_order_two_locations_can_ship_is_sourced_under_max_shipments_2():

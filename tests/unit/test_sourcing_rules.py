@@ -279,18 +279,18 @@ def test_a_backorderable_order_in_stock_only_beyond_max_shipments_waits_instead_
 
 
 def test_an_order_whose_plan_under_max_shipments_leaves_a_product_that_cannot_wait_short_is_refused():
-    """TSHIRT (no backorder) only at wh-east, PREORDER (backorder) short, more of it at wh-west:
-    the one location kept is wh-west, so TSHIRT was left unreserved while the order waited in
-    PREORDER's queue alone, where no TSHIRT arrival would ever find it. Capture refuses it, and
-    allocation ends it out of stock rather than leave it waiting for a unit nothing will bring."""
-    stock = [("TSHIRT", "wh-east", 1), ("PREORDER", "wh-west", 2)]
+    """TSHIRT (no backorder) only at wh-east, MUG (no backorder) only at wh-west, PREORDER
+    (backorder) short: no one location has both products that may not wait, so a plan kept to one
+    left one of them unreserved while the order waited in PREORDER's queue alone, where no arrival
+    of it would ever find it. Capture refuses it, and allocation ends it out of stock rather than
+    leave it waiting for a unit nothing will bring."""
+    stock = [("TSHIRT", "wh-east", 1), ("MUG", "wh-west", 1), ("PREORDER", "wh-west", 2)]
     world, store = a_world(stock)
     world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
-    body = place_order(
-        external_id="mixed", lines=[{"sku": "TSHIRT", "quantity": 1}, {"sku": "PREORDER", "quantity": 3}]
-    )
+    lines = [{"sku": "TSHIRT", "quantity": 1}, {"sku": "MUG", "quantity": 1}, {"sku": "PREORDER", "quantity": 3}]
+    body = place_order(external_id="mixed", lines=lines)
 
-    order_id = world.place(("TSHIRT", 1), ("PREORDER", 3))  # captured before the rules changed
+    order_id = world.place(("TSHIRT", 1), ("MUG", 1), ("PREORDER", 3))  # captured before the rules changed
     put(store, max_shipments=1)
     with pytest.raises(InsufficientStock) as refused:
         capture_under(world, store).place(body, actor="k")
@@ -298,8 +298,40 @@ def test_an_order_whose_plan_under_max_shipments_leaves_a_product_that_cannot_wa
     with pytest.raises(OutOfStock):
         world.workflow.reserve_stock(order_id)
 
-    assert [d["field"] for d in refused.value.details] == ["lines[0].quantity"]
+    assert [d["field"] for d in refused.value.details] == ["lines[0].quantity", "lines[1].quantity"]
     assert world.held_for(order_id) == {} and world.backorders.waiting("PREORDER", None, 10) == []
+
+
+def test_an_order_waits_at_the_location_that_has_what_may_not_wait_when_max_shipments_keeps_it_to_one():
+    """TSHIRT (no backorder) only at wh-east, PREORDER (backorder) short, its 2 units at wh-west,
+    max_shipments 1. The one location kept was the one with the most units (wh-west), which leaves
+    TSHIRT short, so capture refused the order (409 "no plan ships it from at most 1 location(s)")
+    and allocation ended it out of stock, though wh-east ships it whole once PREORDER arrives
+    there: it now holds the TSHIRT at wh-east and waits for PREORDER there."""
+    world, store = a_world([("TSHIRT", "wh-east", 1), ("PREORDER", "wh-west", 2)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, _NoStarter(),
+                                   store)  # fmt: skip
+    put(store, max_shipments=1)
+    body = place_order(
+        external_id="mixed", lines=[{"sku": "TSHIRT", "quantity": 1}, {"sku": "PREORDER", "quantity": 3}]
+    )
+
+    order_id = capture_under(world, store).place(body, actor="k").id
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and reserved_at(world, order_id) == {"wh-east": 1}
+    assert order.short_of() == {"L2": 3}
+    assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [order_id]
+    assert "wh-east" in reserve_entry(world, order_id).detail["reasons"][-1]
+
+    world.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
+    allocator.arrived("PREORDER", "wh-east")
+
+    assert world.order(order_id).short_of() == {} and reserved_at(world, order_id) == {"wh-east": 4}
 
 
 def test_a_backorder_fill_keeps_the_safety_stock_and_names_the_version():
@@ -540,6 +572,33 @@ def test_a_simulation_plans_what_a_backorder_holds_when_its_stock_lies_beyond_ma
         ("wh-west", [("L1", 1)])
     ]
     assert [(x.line_id, x.quantity) for x in planned.unfillable] == [("L1", 2)]
+
+
+def test_a_simulation_under_max_shipments_holds_what_may_not_wait_where_allocation_then_holds_it():
+    # TSHIRT (no backorder) only at wh-east, PREORDER (backorder) short, its 2 units at wh-west,
+    # max_shipments 1: allocation holds the TSHIRT at wh-east and waits for PREORDER there; the
+    # what-if showed the 2 PREORDER at wh-west and the TSHIRT unfillable, for the stored order as
+    # for the same body.
+    world, store = a_world([("TSHIRT", "wh-east", 1), ("PREORDER", "wh-west", 2)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("TSHIRT", 1), ("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, catalog, _ = simulator(world, store)
+    [by_id] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    body = bodies([("TSHIRT", 1), ("PREORDER", 3)])
+    [as_body] = sim.simulate(SimulateSourcing.model_validate({"orders": body})).items
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 1}
+    for planned in (by_id, as_body):
+        assert [(s.location_id, [(x.line_id, x.quantity) for x in s.lines]) for s in planned.shipments] == [
+            ("wh-east", [("L1", 1)])
+        ]
+        assert [(x.line_id, x.quantity) for x in planned.unfillable] == [("L2", 3)]
+    assert catalog.calls == {"list_locations": 2, "get_products": 2}  # once per simulation
 
 
 class EditsItsRules:
