@@ -59,12 +59,14 @@ def arrival(record: DynamoDBRecord) -> None:
         _report(container().backorder_allocator.arrived(sku, location_id))
 
 
-def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) -> tuple[StockLevel | None, int]:
-    """The units of `sku` on its draft at `location_id` and the stock record there, each unit in
-    one of them: a draft submitted moves its units to the record's `incoming` (one transaction),
-    so the draft is read before and after the record (read consistently), and again while the two
-    readings differ. Counted nowhere, units were bought again; counted twice, orders were left
-    waiting with nothing bought. Still moving after a few readings: the later one (buy more)."""
+def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings | None) -> tuple[StockLevel | None, int]:
+    """The units of `sku` on its draft at `location_id` (the point's vendor's and the former
+    vendors', `settings`; None: every vendor's a point there bought from) and the stock record
+    there, each unit in one of them: a draft submitted moves its units to the record's
+    `incoming` (one transaction), so the draft is read before and after the record (read
+    consistently), and again while the two readings differ. Counted nowhere, units were bought
+    again; counted twice, orders were left waiting with nothing bought. Still moving after a few
+    readings: the later one (buy more)."""
     drafted = container().replenishment.drafted(sku, location_id, settings)
     for _ in range(3):
         levels = container().inventory_repository.levels({sku})[sku]
@@ -75,19 +77,14 @@ def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) ->
     return level, drafted
 
 
-def _still_coming(sku: str, levels: list[StockLevel]) -> Callable[[str], bool]:
-    """Whether units of `sku` bought at a location (whose point was cleared since) still come
-    there: on open purchase orders (`incoming`) or on a draft. The draft is read before the stock
-    record (read again): a draft submitted meanwhile moves its units to `incoming` in one
-    transaction, so they are seen in one of the two."""
+def _still_coming(sku: str) -> Callable[[str], int]:
+    """The units of `sku` at a location (whose point was cleared since) and still coming there:
+    available, on open purchase orders (`incoming`) and on a draft, each unit counted once (a
+    draft submitted meanwhile moves its units to `incoming`: `_level_after_draft`)."""
 
-    def coming(location_id: str) -> bool:
-        if any(level.location_id == location_id and level.incoming for level in levels):
-            return True
-        if container().replenishment.drafted(sku, location_id, None):
-            return True
-        now = container().inventory_repository.levels({sku})[sku]
-        return any(level.location_id == location_id and level.incoming for level in now)
+    def coming(location_id: str) -> int:
+        level, drafted = _level_after_draft(sku, location_id, None)
+        return drafted + (max(level.available, 0) + level.incoming if level is not None else 0)
 
     return coming
 
@@ -100,7 +97,7 @@ def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand
     buying = {level.location_id for level in levels if level.reorder is not None} | ({also} if also else set())
     if not buying:
         return levels, Demand()
-    return levels, container().backorder_allocator.demand(sku, buying, _still_coming(sku, levels))
+    return levels, container().backorder_allocator.demand(sku, buying, _still_coming(sku))
 
 
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
