@@ -53,11 +53,14 @@ def bought_for(order: Order) -> bool:
 class Demand:
     """What the backordered orders waiting for a sku lack of it (`BackorderAllocator.demand`):
     `waiting`, units by the location whose reorder point buys them; `at`, that location by order;
-    `kept`, the safety stock the sourcing rules keep back from orders, by location."""
+    `kept`, the safety stock the sourcing rules keep back from orders, by location; `placed`, the
+    locations this reading placed an order at anew (recorded on its entry: later readings keep
+    it there, so this one's record buys for it there)."""
 
     waiting: Counter[str] = field(default_factory=Counter)
     at: dict[str, str] = field(default_factory=dict)
     kept: Counter[str] = field(default_factory=Counter)
+    placed: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -213,6 +216,7 @@ class BackorderAllocator:
                     continue
                 if at != entry.bought_at:
                     self._queue.record_bought_at(sku, entry, at)
+                    demand.placed.add(at)
                 demand.waiting[at] += lacks
                 demand.at[order.id] = at
             after = page[-1]

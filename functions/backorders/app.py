@@ -92,7 +92,9 @@ def _still_coming(sku: str) -> Callable[[str], int]:
 def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
     """The sku's stock at every location (one Query), and what its backordered orders lack by the
     location whose reorder point buys it (`also` buys even when its point was cleared since).
-    Nothing more is read when no point buys the sku: nothing can be bought for them."""
+    Nothing more is read when no point buys the sku: nothing can be bought for them. A record
+    that reads it buys at its own location and where the reading placed an order anew
+    (`_buy_where_placed`)."""
     levels = container().inventory_repository.levels({sku})[sku]
     buying = {level.location_id for level in levels if level.reorder is not None} | ({also} if also else set())
     if not buying:
@@ -112,7 +114,7 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        _, demand = _demand(crossed.sku, crossed.location_id)
+        levels, demand = _demand(crossed.sku, crossed.location_id)
         waiting = demand.waiting[crossed.location_id]
         drafted = container().replenishment.drafted(crossed.sku, crossed.location_id, crossed.settings)
         buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id])
@@ -127,6 +129,7 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
                 "draft": draft.id if draft else "counted before" if buys else "covered by open orders",
             },
         )
+        _buy_where_placed(crossed.sku, levels, demand, crossed.change_id, crossed.location_id)
     if draft is not None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
 
@@ -155,6 +158,15 @@ def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: 
         metrics.add_metric(name="BackordersBoughtFor", unit=MetricUnit.Count, value=1)
 
 
+def _buy_where_placed(sku: str, levels: list[StockLevel], demand: Demand, change_id: str, bought: str | None) -> None:
+    """Buy (`_buy_lacking`) at each location this reading placed an order at anew
+    (`Demand.placed`) other than `bought`, where the record buys itself: recorded there, the
+    order is kept there by every later reading, so no later record would buy for it there."""
+    by_location = {level.location_id: level for level in levels}
+    for location_id in sorted(demand.placed - {bought}):
+        _buy_lacking(sku, by_location.get(location_id), demand, change_id)
+
+
 def backorder_recorded(record: DynamoDBRecord) -> None:
     """An order written backordered (its queue entry for the sku then marked,
     `Backorders.recorded`): the reorder point that buys what it lacks (`core.sourcing.bought_at`)
@@ -170,6 +182,7 @@ def backorder_recorded(record: DynamoDBRecord) -> None:
         at = demand.at.get(order_id)  # None: filled meanwhile, or no point buys for it
         _buy_lacking(sku, next((level for level in levels if level.location_id == at), None), demand,
                      str(stream.sequence_number))  # fmt: skip
+        _buy_where_placed(sku, levels, demand, str(stream.sequence_number), at)
 
 
 def on_order_withdrawn(record: DynamoDBRecord) -> None:
@@ -191,7 +204,8 @@ def on_order_withdrawn(record: DynamoDBRecord) -> None:
         by_location = {level.location_id: level for level in levels}
         here = by_location.get(change.location_id)
         buys_here = here is not None and here.reorder is not None
-        for location_id in [change.location_id] if buys_here else sorted(set(demand.at.values())):
+        buying = {change.location_id} | demand.placed if buys_here else set(demand.at.values())
+        for location_id in sorted(buying):
             _buy_lacking(change.sku, by_location.get(location_id), demand, change.change_id)
 
 
@@ -211,6 +225,7 @@ def reorder_point_set(record: DynamoDBRecord) -> None:
         level = next((level for level in levels if level.location_id == location_id), None)
         assert record.dynamodb is not None  # point_set
         _buy_lacking(sku, level, demand, str(record.dynamodb.sequence_number))
+        _buy_where_placed(sku, levels, demand, str(record.dynamodb.sequence_number), location_id)
 
 
 def rules_changed(record: DynamoDBRecord) -> None:
