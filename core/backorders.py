@@ -53,11 +53,14 @@ def bought_for(order: Order) -> bool:
 class Demand:
     """What the backordered orders waiting for a sku lack of it (`BackorderAllocator.demand`):
     `waiting`, units by the location whose reorder point buys them; `at`, that location by order;
-    `kept`, the safety stock the sourcing rules keep back from orders, by location."""
+    `kept`, the safety stock the sourcing rules keep back from orders, by location; `placed`, the
+    locations this reading placed an order at anew (recorded on its entry: later readings keep
+    it there, so this one's record buys for it there)."""
 
     waiting: Counter[str] = field(default_factory=Counter)
     at: dict[str, str] = field(default_factory=dict)
     kept: Counter[str] = field(default_factory=Counter)
+    placed: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -163,17 +166,18 @@ class BackorderAllocator:
             self._rules.wake_from(version, page[-1])
         return result
 
-    def demand(self, sku: str, buying: set[str], coming: Callable[[str], bool]) -> Demand:
+    def demand(self, sku: str, buying: set[str], coming: Callable[[str], int]) -> Demand:
         """Units of `sku` the backordered orders in its queue still lack, by the location whose
         reorder point buys them: each order's at one location (`bought_at`, of those it may take
         them at, as a fill takes them, that have a point: `buying`), recorded on its queue entry
         the first time, so that a point added or removed later does not move it (bought twice at
         the old and the new place, or at neither). A recorded place is kept while the order may
-        still take units there and it has a point or, its point gone, units of `sku` bought there
-        still come there (`coming`, asked once per such place: on open purchase orders or a
-        draft); otherwise the order is placed again (nothing bought for it comes where it was
-        counted, and no point buys there). Orders held while backordered count: they wait
-        for the same units once released. An order not yet written backordered does not (nor one
+        still take units there and it has a point or, its point gone, the units of `sku` there
+        and still coming there (`coming`, asked once per such place: available, on open purchase
+        orders or on a draft), less its safety stock, cover it with the older orders kept there;
+        otherwise the order is placed again (what was bought for it is not there nor coming
+        where it was counted, and no point buys there). Orders held while backordered count:
+        they wait for the same units once released. An order not yet written backordered does not (nor one
         sent back to be sourced, `bought_for`): what it lacks is not known until then, and its own
         record buys it (functions/backorders). The oldest
         DEMAND_PAGES pages of DEMAND_PAGE entries of the queue at most, each page's orders read at
@@ -183,6 +187,7 @@ class BackorderAllocator:
         locations = None
         after: WaitingOrder | None = None
         still = cache(coming)  # the same few places for many orders
+        covered: Counter[str] = Counter()  # units of the orders kept where no point buys
         for _ in range(DEMAND_PAGES):
             if not (page := self._queue.waiting(sku, after, DEMAND_PAGE)):
                 break
@@ -198,13 +203,20 @@ class BackorderAllocator:
                 if not lacks:
                     continue
                 # Kept where it was bought while the order may take units there and a point buys
-                # there, or what was bought there still comes.
-                kept = entry.bought_at in where and (entry.bought_at in buying or still(entry.bought_at))
-                at = entry.bought_at if kept else bought_at(order, sku, where, buying, locations)
+                # there, or what is there and still comes covers it (oldest first, as fills take
+                # them): an order kept where too few come would be bought for by no point.
+                place = entry.bought_at
+                kept = place in where and (
+                    place in buying or covered[place] + lacks <= still(place) - demand.kept[place]
+                )
+                if kept and place not in buying:
+                    covered[place] += lacks
+                at = place if kept else bought_at(order, sku, where, buying, locations)
                 if at is None:
                     continue
                 if at != entry.bought_at:
                     self._queue.record_bought_at(sku, entry, at)
+                    demand.placed.add(at)
                 demand.waiting[at] += lacks
                 demand.at[order.id] = at
             after = page[-1]

@@ -59,12 +59,14 @@ def arrival(record: DynamoDBRecord) -> None:
         _report(container().backorder_allocator.arrived(sku, location_id))
 
 
-def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) -> tuple[StockLevel | None, int]:
-    """The units of `sku` on its draft at `location_id` and the stock record there, each unit in
-    one of them: a draft submitted moves its units to the record's `incoming` (one transaction),
-    so the draft is read before and after the record (read consistently), and again while the two
-    readings differ. Counted nowhere, units were bought again; counted twice, orders were left
-    waiting with nothing bought. Still moving after a few readings: the later one (buy more)."""
+def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings | None) -> tuple[StockLevel | None, int]:
+    """The units of `sku` on its draft at `location_id` (the point's vendor's and the former
+    vendors', `settings`; None: every vendor's a point there bought from) and the stock record
+    there, each unit in one of them: a draft submitted moves its units to the record's
+    `incoming` (one transaction), so the draft is read before and after the record (read
+    consistently), and again while the two readings differ. Counted nowhere, units were bought
+    again; counted twice, orders were left waiting with nothing bought. Still moving after a few
+    readings: the later one (buy more)."""
     drafted = container().replenishment.drafted(sku, location_id, settings)
     for _ in range(3):
         levels = container().inventory_repository.levels({sku})[sku]
@@ -75,19 +77,14 @@ def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings) ->
     return level, drafted
 
 
-def _still_coming(sku: str, levels: list[StockLevel]) -> Callable[[str], bool]:
-    """Whether units of `sku` bought at a location (whose point was cleared since) still come
-    there: on open purchase orders (`incoming`) or on a draft. The draft is read before the stock
-    record (read again): a draft submitted meanwhile moves its units to `incoming` in one
-    transaction, so they are seen in one of the two."""
+def _still_coming(sku: str) -> Callable[[str], int]:
+    """The units of `sku` at a location (whose point was cleared since) and still coming there:
+    available, on open purchase orders (`incoming`) and on a draft, each unit counted once (a
+    draft submitted meanwhile moves its units to `incoming`: `_level_after_draft`)."""
 
-    def coming(location_id: str) -> bool:
-        if any(level.location_id == location_id and level.incoming for level in levels):
-            return True
-        if container().replenishment.drafted(sku, location_id, None):
-            return True
-        now = container().inventory_repository.levels({sku})[sku]
-        return any(level.location_id == location_id and level.incoming for level in now)
+    def coming(location_id: str) -> int:
+        level, drafted = _level_after_draft(sku, location_id, None)
+        return drafted + (max(level.available, 0) + level.incoming if level is not None else 0)
 
     return coming
 
@@ -95,12 +92,14 @@ def _still_coming(sku: str, levels: list[StockLevel]) -> Callable[[str], bool]:
 def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand]:
     """The sku's stock at every location (one Query), and what its backordered orders lack by the
     location whose reorder point buys it (`also` buys even when its point was cleared since).
-    Nothing more is read when no point buys the sku: nothing can be bought for them."""
+    Nothing more is read when no point buys the sku: nothing can be bought for them. A record
+    that reads it buys at its own location and where the reading placed an order anew
+    (`_buy_where_placed`)."""
     levels = container().inventory_repository.levels({sku})[sku]
     buying = {level.location_id for level in levels if level.reorder is not None} | ({also} if also else set())
     if not buying:
         return levels, Demand()
-    return levels, container().backorder_allocator.demand(sku, buying, _still_coming(sku, levels))
+    return levels, container().backorder_allocator.demand(sku, buying, _still_coming(sku))
 
 
 def reorder_point_crossed(record: DynamoDBRecord) -> None:
@@ -115,7 +114,7 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
     if crossed is None:
         return
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
-        _, demand = _demand(crossed.sku, crossed.location_id)
+        levels, demand = _demand(crossed.sku, crossed.location_id)
         waiting = demand.waiting[crossed.location_id]
         drafted = container().replenishment.drafted(crossed.sku, crossed.location_id, crossed.settings)
         buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id])
@@ -130,6 +129,7 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
                 "draft": draft.id if draft else "counted before" if buys else "covered by open orders",
             },
         )
+        _buy_where_placed(crossed.sku, levels, demand, crossed.change_id, crossed.location_id)
     if draft is not None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
 
@@ -158,6 +158,15 @@ def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: 
         metrics.add_metric(name="BackordersBoughtFor", unit=MetricUnit.Count, value=1)
 
 
+def _buy_where_placed(sku: str, levels: list[StockLevel], demand: Demand, change_id: str, bought: str | None) -> None:
+    """Buy (`_buy_lacking`) at each location this reading placed an order at anew
+    (`Demand.placed`) other than `bought`, where the record buys itself: recorded there, the
+    order is kept there by every later reading, so no later record would buy for it there."""
+    by_location = {level.location_id: level for level in levels}
+    for location_id in sorted(demand.placed - {bought}):
+        _buy_lacking(sku, by_location.get(location_id), demand, change_id)
+
+
 def backorder_recorded(record: DynamoDBRecord) -> None:
     """An order written backordered (its queue entry for the sku then marked,
     `Backorders.recorded`): the reorder point that buys what it lacks (`core.sourcing.bought_at`)
@@ -173,6 +182,7 @@ def backorder_recorded(record: DynamoDBRecord) -> None:
         at = demand.at.get(order_id)  # None: filled meanwhile, or no point buys for it
         _buy_lacking(sku, next((level for level in levels if level.location_id == at), None), demand,
                      str(stream.sequence_number))  # fmt: skip
+        _buy_where_placed(sku, levels, demand, str(stream.sequence_number), at)
 
 
 def on_order_withdrawn(record: DynamoDBRecord) -> None:
@@ -194,7 +204,8 @@ def on_order_withdrawn(record: DynamoDBRecord) -> None:
         by_location = {level.location_id: level for level in levels}
         here = by_location.get(change.location_id)
         buys_here = here is not None and here.reorder is not None
-        for location_id in [change.location_id] if buys_here else sorted(set(demand.at.values())):
+        buying = {change.location_id} | demand.placed if buys_here else set(demand.at.values())
+        for location_id in sorted(buying):
             _buy_lacking(change.sku, by_location.get(location_id), demand, change.change_id)
 
 
@@ -214,6 +225,7 @@ def reorder_point_set(record: DynamoDBRecord) -> None:
         level = next((level for level in levels if level.location_id == location_id), None)
         assert record.dynamodb is not None  # point_set
         _buy_lacking(sku, level, demand, str(record.dynamodb.sequence_number))
+        _buy_where_placed(sku, levels, demand, str(record.dynamodb.sequence_number), location_id)
 
 
 def rules_changed(record: DynamoDBRecord) -> None:

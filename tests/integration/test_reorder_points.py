@@ -777,6 +777,78 @@ def test_a_purchase_order_cancelled_after_its_point_was_cleared_is_bought_at_the
     assert drafted(buyer) == {"wh-west": 2 + 3}
 
 
+def test_orders_counted_where_a_cleared_point_bought_more_than_still_comes_are_bought_again(buyer: Buyer):
+    """wh-east's point bought 3 for a first order (submitted: 3 on order) and 2 for a second (a new
+    draft); the point cleared, that draft was cancelled. Something still came to wh-east (the 3),
+    so both orders were kept there though 5 were lacking: the second's 2 were bought by no point,
+    and it waited for good. The orders that the units still coming cover stay; the other is
+    bought at wh-west, once."""
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.point()  # set again for the second order's purchase
+    buyer.container.purchasing.submit(draft_id)
+    backordered(buyer, 2, "second")
+    buyer.consume(buyer.stream.records())
+    [second_draft] = buyer.drafts()
+    assert drafted(buyer) == {"wh-east": 2}
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+
+    buyer.container.purchasing.cancel(second_draft.id)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 2}
+
+
+def test_units_received_where_a_cleared_point_bought_them_are_not_bought_again_elsewhere(buyer: Buyer):
+    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in (3
+    available at wh-east, which the held order takes once released). A point set at wh-west then
+    found nothing on order or drafted at wh-east and placed the order at wh-west, buying its 3
+    a second time."""
+    from core.holds import HoldRequest
+
+    draft_id = east_bought_then_cleared(buyer, west_point=False)
+    buyer.container.purchasing.submit(draft_id)
+    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
+    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-west", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {}
+
+
+def test_an_order_placed_again_by_another_locations_record_is_bought_for_where_it_is_placed(buyer: Buyer):
+    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in (kept there
+    for the order) and another order took the 3, a reservation no filter passes. A point set at
+    wh-yard then placed the held order again at wh-west's point, recorded there, but bought at
+    wh-yard only: wh-west, counting it as its own from then on, never bought its 3."""
+    from core.holds import HoldRequest
+
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.submit(draft_id)
+    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
+    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {}
+
+    buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_a_withdrawal_where_no_point_is_set_does_not_pass_the_later_reservations_to_the_function(buyer: Buyer):
     """The withdrawal's mark reaches the function once: the reservations after it (the stream's
     bulk, where no reorder point is set) are not handed to it."""

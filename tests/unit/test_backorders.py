@@ -953,9 +953,9 @@ def test_the_view_is_never_stored(setup):
 BOTH = {"wh-east", "wh-west"}  # the locations with a reorder point for PREORDER
 
 
-def demand(allocator: BackorderAllocator, buying: set[str], coming: frozenset[str] = frozenset()) -> dict[str, int]:
-    """By location with a point; `coming`: where units bought still come though no point buys there."""
-    found = allocator.demand("PREORDER", buying, coming.__contains__)
+def demand(allocator: BackorderAllocator, buying: set[str], coming: dict[str, int] | None = None) -> dict[str, int]:
+    """By location with a point; `coming`: the units there and still coming where no point buys."""
+    found = allocator.demand("PREORDER", buying, lambda location_id: (coming or {}).get(location_id, 0))
     return {loc: found.waiting[loc] for loc in sorted(buying)}
 
 
@@ -982,7 +982,7 @@ def test_an_order_is_counted_where_it_was_first_placed_whatever_points_come_or_g
     backordered(world, ("PREORDER", 3))
 
     assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
-    wh_west_draft_holds_its_2 = frozenset({"wh-west"})
+    wh_west_draft_holds_its_2 = {"wh-west": 2}
     assert demand(allocator, {"wh-east"}, coming=wh_west_draft_holds_its_2) == {"wh-east": 0}
 
 
@@ -996,14 +996,34 @@ def test_an_order_counted_where_a_cleared_point_bought_nothing_still_coming_is_p
     assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
     asked: list[str] = []
 
-    def nothing_comes(location_id: str) -> bool:
+    def nothing_comes(location_id: str) -> int:
         asked.append(location_id)
-        return False
+        return 0
 
     found = allocator.demand("PREORDER", {"wh-east"}, nothing_comes)
 
     assert found.waiting == {"wh-east": 2} and asked == ["wh-west"]
     assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
+
+
+def test_orders_kept_where_a_cleared_point_bought_are_those_the_units_still_coming_cover():
+    """Two orders counted at wh-west lack 2 each; its point cleared, 3 units still come there (a
+    draft of the 4 was cancelled, another of 3 submitted). Anything coming kept both there: the
+    second's 2 were bought by no point. The oldest, which the 3 cover, stays; the other is placed
+    at wh-east; safety stock kept back at wh-west covers no order."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    backordered(world, ("PREORDER", 3))
+    backordered(world, ("PREORDER", 2))
+    assert demand(allocator, {"wh-west"}) == {"wh-west": 2 + 2}  # its point then the only one
+
+    assert demand(allocator, {"wh-east"}, coming={"wh-west": 3}) == {"wh-east": 2}
+    assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 2}
+
+    world, allocator = ruled_world([("PREORDER", "wh-west", 2)], safety_stock={"wh-west": 2})
+    backordered(world, ("PREORDER", 3))  # wh-west's 2 are kept back: it lacks all 3
+    assert demand(allocator, {"wh-west"}) == {"wh-west": 3}
+
+    assert demand(allocator, {"wh-east"}, coming={"wh-west": 2 + 2}) == {"wh-east": 3}  # 2 of 4 kept back
 
 
 def test_an_order_holding_nothing_is_counted_at_the_nearest_point_else_the_first_by_id():
