@@ -13,6 +13,7 @@ import pluggy
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.errors import (
     Conflict,
+    DuplicateOrder,
     InsufficientStock,
     InvalidRequest,
     NotFound,
@@ -159,8 +160,20 @@ class CaptureService:
         API request that placed it) is kept on the created entry: the outbox passes it to the
         workflow, whose steps log it, so one order is followed from its request to its end.
         `order_id` names an order without an external id (ids.order_id_for_request); DuplicateOrder
-        when it is taken, as for an external id."""
-        return self._placed(cmd, self.quote(cmd), self._clock(), actor, request_id, order_id=order_id)
+        when it is taken, as for an external id, even when today's catalog or stock would refuse it:
+        an order sent again (a file imported again, a message or request retried) is the order
+        placed, whose own reservation may have taken the last units."""
+        try:
+            priced = self.quote(cmd)
+        except (InvalidRequest, Conflict):
+            # Looked up only when refused: the put below finds a duplicate at no cost.
+            placed_id = order_id
+            if placed_id is None and cmd.external_id is not None:
+                placed_id = order_id_for(cmd.channel, cmd.external_id)
+            if placed_id is not None and self._orders.get(placed_id, consistent=True) is not None:
+                raise DuplicateOrder(placed_id) from None
+            raise
+        return self._placed(cmd, priced, self._clock(), actor, request_id, order_id=order_id)
 
     def place_exchange(
         self, cmd: PlaceOrder, credit: Money, original_id: str, return_id: str, actor: str

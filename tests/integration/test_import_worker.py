@@ -196,6 +196,54 @@ def test_importing_the_same_file_again_creates_nothing_and_counts_duplicates(sta
     assert stored_order("market", "ext-1") == first
 
 
+def test_the_same_file_again_after_its_orders_took_the_last_units_counts_them_duplicates(stack: ImportAws):
+    from functions.import_worker.app import container
+
+    data = csv_file(csv_row("ext-1", "MUG", "1000"), csv_row("ext-2"))
+    split(stack, "incoming/monday.csv", data)
+    stack.drain(worker)
+    container().inventory.count("MUG", "wh-east", 0)  # ext-1's units are gone (shipped, counted out)
+
+    again = split(stack, "incoming/monday-again.csv", data)
+    stack.drain(worker)
+
+    imported = report(again)
+    assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
+        "completed",
+        0,
+        2,
+        0,
+    )
+
+
+def test_a_message_redelivered_after_its_order_took_the_last_units_counts_it_imported(stack: ImportAws, monkeypatch):
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1", "MUG", "1000")))
+
+    # The first delivery places the order and dies before recording it; by the redelivery, the
+    # order's own reservation has taken the units.
+    def killed(*args: Any) -> bool:
+        raise TimeoutError("the worker ran out of time")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoImportLedger, "record", killed)
+        stack.deliver_once(worker)
+    container().inventory.count("MUG", "wh-east", 0)
+
+    stack.drain(worker)
+
+    imported = report(import_id)
+    assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
+        "completed",
+        1,
+        0,
+        0,
+    )
+    assert stored_order("market", "ext-1") is not None
+
+
 def test_a_batch_with_a_poison_message_reports_only_that_one_failed(stack: ImportAws, poison: None):
     rows = [csv_row(f"ext-{i}") for i in range(9)]
     rows.insert(4, csv_row("ext-poison", "POISON"))

@@ -83,3 +83,36 @@ def test_with_the_record_another_body_under_the_key_is_still_409(api: InProcessA
 
     assert_error(reused, 409, "idempotency_key_reused")
     assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def test_a_retry_after_its_order_took_the_last_units_answers_that_order_not_insufficient_stock(api: InProcessApi):
+    catalog = Catalog(api)
+    warehouse = catalog.location()
+    sku = catalog.product("19.99")
+    catalog.stock(sku, warehouse, 2)
+    body = keyless_order(sku, quantity=2)
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    forget_idempotency_records()
+    catalog.stock(sku, warehouse, 0)  # the order's own reservation took them, or a stock take since
+
+    again = api.post("/orders", json=body, headers=key)
+
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == first.json()["id"]
+
+
+def test_the_same_external_id_after_its_order_took_the_last_units_is_409_naming_that_order(api: InProcessApi):
+    catalog = Catalog(api)
+    warehouse = catalog.location()
+    sku = catalog.product("19.99")
+    catalog.stock(sku, warehouse, 2)
+    body = order_body((sku, 2))
+    first = api.post("/orders", json=body)
+    assert first.status_code == 201, first.text
+    catalog.stock(sku, warehouse, 0)
+
+    error = assert_error(api.post("/orders", json=body), 409, "duplicate_order")
+
+    assert error["details"][0]["order_id"] == first.json()["id"]

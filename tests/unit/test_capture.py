@@ -62,6 +62,23 @@ def test_the_same_channel_and_external_id_is_a_duplicate(world):
     assert raised.value.order_id == first.id
 
 
+def test_an_order_sent_again_after_its_stock_is_gone_is_a_duplicate_not_short_of_stock(world):
+    # The first order's units are taken (by its own reservation, or a stock take): sent again, as a
+    # re-imported file or a redelivered message sends it, it is the order already placed.
+    capture, _, inventory = world
+    first = capture.place(place_order(lines=[{"sku": "TSHIRT", "quantity": 5}]), actor="k")
+    inventory.set_on_hand("TSHIRT", "wh-east", 0, "count")
+    with pytest.raises(DuplicateOrder) as raised:
+        capture.place(place_order(lines=[{"sku": "TSHIRT", "quantity": 5}]), actor="k")
+    assert raised.value.order_id == first.id
+
+
+def test_a_new_order_short_of_stock_is_still_refused_for_it(world):
+    capture, _, _ = world
+    with pytest.raises(InsufficientStock):
+        capture.place(place_order(lines=[{"sku": "TSHIRT", "quantity": 6}]), actor="k")
+
+
 def test_stock_the_sourcing_rules_keep_back_is_not_counted(world):
     _, orders, inventory = world
     catalog = FakeCatalog()
