@@ -11,12 +11,12 @@ import boto3
 import pytest
 
 from tests.e2e.client import Catalog, assert_error, order_body, unique
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started:
+    with in_process_api_with_labels() as started:
         yield started
 
 
@@ -82,4 +82,22 @@ def test_with_the_record_another_body_under_the_key_is_still_409(api: InProcessA
     reused = api.post("/orders", json=keyless_order(sku, quantity=2, customer=body["customer"]), headers=key)
 
     assert_error(reused, 409, "idempotency_key_reused")
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def test_a_retry_whose_first_attempt_took_the_last_units_answers_that_order(api: InProcessApi):
+    # Placing it again would now be refused (409 insufficient_stock: its own order reserved the
+    # units): the client, told it failed, would place another while the first is charged and shipped.
+    (last,) = Catalog(api).stocked("5.00", on_hand=1)
+    body = keyless_order(last)
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    run_to_allocated(api, first.json()["id"])
+    forget_idempotency_records()
+
+    again = api.post("/orders", json=body, headers=key)
+
+    assert again.status_code == 201, again.text
+    assert (again.json()["id"], again.json()["status"]) == (first.json()["id"], "allocated")
     assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]

@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
 from core.access import Caller, Scope, allows
-from core.errors import DuplicateOrder
+from core.errors import DomainError
 from core.ids import order_id_for_request
 from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
@@ -108,10 +108,12 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
         def place_once() -> dict[str, Any]:
             try:
                 return place().model_dump(mode="json")
-            except DuplicateOrder:
+            except DomainError:
                 if order_id is None:
                     raise
-                # That attempt's order (read consistently: its write may be a moment old).
+                # That attempt's order (read consistently: its write may be a moment old), whatever
+                # placing it again says now: its id is taken, or the stock it reserved is gone, or
+                # a price or promotion changed since.
                 first = container().order_repository.get(order_id, consistent=True)
                 if first is None:
                     raise
