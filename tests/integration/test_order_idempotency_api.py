@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 
 import boto3
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, order_body, unique
+from core.models import utc_now
+from functions.adapters.dynamodb import timestamp
+from tests.e2e.client import Catalog, assert_error, document_attribute, order_body, stored_document, unique
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
 
@@ -101,3 +104,39 @@ def test_a_retry_whose_first_attempt_took_the_last_units_answers_that_order(api:
     assert again.status_code == 201, again.text
     assert (again.json()["id"], again.json()["status"]) == (first.json()["id"], "allocated")
     assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def placed_a_day_ago(order_id: str) -> None:
+    """Make the stored order look placed (and last changed) 25 hours ago."""
+    client, table = boto3.client("dynamodb", region_name="us-east-1"), os.environ["ORDERS_TABLE"]
+    item = client.get_item(TableName=table, Key={"id": {"S": order_id}})["Item"]
+    then = utc_now() - timedelta(hours=25)
+    doc = stored_document(item)
+    doc["created_at"] = doc["updated_at"] = then.isoformat().replace("+00:00", "Z")
+    client.update_item(
+        TableName=table,
+        Key={"id": {"S": order_id}},
+        UpdateExpression="SET created_at = :at, #doc = :doc",
+        ExpressionAttributeNames={"#doc": "doc"},
+        ExpressionAttributeValues={":at": {"S": timestamp(then)}, ":doc": document_attribute(doc)},
+    )
+
+
+def test_the_key_and_body_sent_again_after_24_hours_place_a_new_order(api: InProcessApi, sku: str):
+    # The key is honoured for 24 h: after that the same key and body are a new order (a weekly
+    # reorder under a fixed key), not yesterday's order answered again with nothing placed.
+    body = keyless_order(sku)
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    placed_a_day_ago(first.json()["id"])
+    forget_idempotency_records()
+
+    later = api.post("/orders", json=body, headers=key)
+
+    assert later.status_code == 201, later.text
+    assert later.json()["id"] != first.json()["id"]
+    assert later.json()["status"] == "pending"
+    assert sorted(order["id"] for order in api.orders_of(body["customer"]["id"])) == sorted(
+        [first.json()["id"], later.json()["id"]]
+    )
