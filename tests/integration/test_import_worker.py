@@ -196,6 +196,31 @@ def test_importing_the_same_file_again_creates_nothing_and_counts_duplicates(sta
     assert stored_order("market", "ext-1") == first
 
 
+def test_a_line_whose_order_exists_is_a_duplicate_even_when_placing_it_again_would_be_refused(stack: ImportAws):
+    # The first import's order took the last units: placing the line again is refused for stock
+    # before its put could find the id taken, and the line was reported failed (insufficient_stock)
+    # though its order exists and ships; so was a redelivered message whose first delivery placed it.
+    from functions.import_worker.app import container
+
+    data = csv_file(csv_row("ext-1"))
+    split(stack, "incoming/monday.csv", data)
+    stack.drain(worker)
+    first = stored_order("market", "ext-1")
+    container().inventory.count("TSHIRT", "wh-east", 0)
+
+    again = split(stack, "incoming/monday-again.csv", data)
+    stack.drain(worker)
+
+    imported = report(again)
+    assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
+        "completed",
+        0,
+        1,
+        0,
+    )
+    assert stored_order("market", "ext-1") == first
+
+
 def test_a_batch_with_a_poison_message_reports_only_that_one_failed(stack: ImportAws, poison: None):
     rows = [csv_row(f"ext-{i}") for i in range(9)]
     rows.insert(4, csv_row("ext-poison", "POISON"))
