@@ -27,7 +27,6 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
-from core.ids import order_id_for
 from core.imports import FileOrders, ImportFileError, LineError, line_of_field
 from core.models import PlaceOrder, utc_now
 from core.services import CaptureService, OrderQueries
@@ -475,18 +474,15 @@ class OrderImporter:
             )
         try:
             order = self._capture.place(command, actor)
+        except DuplicateOrder as duplicate:
+            # Two deliveries of one message may run at once: the one that loses the put must not
+            # call the order the other just imported a duplicate. Its history names its creator.
+            if origin is not None and self._created_by(duplicate.order_id, actor):
+                return ImportResult(Outcome.IMPORTED, order_id=duplicate.order_id)
+            return ImportResult(Outcome.DUPLICATE, order_id=duplicate.order_id)
         except (PluginError, TransientError):
             raise
         except DomainError as error:
-            # A line whose order exists is refused before its put when placing it again is (the
-            # stock that order reserved is gone, a price changed): its id names it all the same.
-            taken = error.order_id if isinstance(error, DuplicateOrder) else self._placed_already(command)
-            if taken is not None:
-                # Two deliveries of one message may run at once: the one that loses the put must not
-                # call the order the other just imported a duplicate. Its history names its creator.
-                if origin is not None and self._created_by(taken, actor):
-                    return ImportResult(Outcome.IMPORTED, order_id=taken)
-                return ImportResult(Outcome.DUPLICATE, order_id=taken)
             fields = [d for d in error.details if isinstance(d, dict) and d.get("field")]
             message = error.message
             if fields:
@@ -495,15 +491,6 @@ class OrderImporter:
                 )
             return failed(error.code, message, external_id, fields[0]["field"] if fields else None)
         return ImportResult(Outcome.IMPORTED, order_id=order.id)
-
-    def _placed_already(self, command: PlaceOrder) -> str | None:
-        """The id of the order the line names (its channel and external id), when it exists."""
-        order_id = order_id_for(command.channel, command.external_id)
-        try:
-            self._orders.history(order_id, consistent=True)
-        except NotFound:
-            return None
-        return order_id
 
     def _created_by(self, order_id: str, actor: str) -> bool:
         try:

@@ -13,6 +13,8 @@ import pluggy
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.errors import (
     Conflict,
+    DomainError,
+    DuplicateOrder,
     InsufficientStock,
     InvalidRequest,
     NotFound,
@@ -159,8 +161,16 @@ class CaptureService:
         API request that placed it) is kept on the created entry: the outbox passes it to the
         workflow, whose steps log it, so one order is followed from its request to its end.
         `order_id` names an order without an external id (ids.order_id_for_request); DuplicateOrder
-        when it is taken, as for an external id."""
-        return self._placed(cmd, self.quote(cmd), self._clock(), actor, request_id, order_id=order_id)
+        when it is taken, as for an external id, even when placing it again is refused (the stock
+        that order reserved is gone, a price or promotion changed): a retry learns of its order."""
+        try:
+            priced = self.quote(cmd)
+        except DomainError:
+            taken = order_id or (order_id_for(cmd.channel, cmd.external_id) if cmd.external_id is not None else None)
+            if taken is not None and self._orders.get(taken, consistent=True) is not None:
+                raise DuplicateOrder(taken) from None
+            raise
+        return self._placed(cmd, priced, self._clock(), actor, request_id, order_id=order_id)
 
     def place_exchange(
         self, cmd: PlaceOrder, credit: Money, original_id: str, return_id: str, actor: str

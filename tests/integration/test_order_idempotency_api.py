@@ -140,3 +140,19 @@ def test_the_key_and_body_sent_again_after_24_hours_place_a_new_order(api: InPro
     assert sorted(order["id"] for order in api.orders_of(body["customer"]["id"])) == sorted(
         [first.json()["id"], later.json()["id"]]
     )
+
+
+def test_an_order_sent_again_after_it_took_the_last_units_is_409_duplicate_naming_it(api: InProcessApi):
+    # A client whose POST timed out sends it again, its external_id the guard against a second
+    # order: once the first had reserved the last units the answer was 409 insufficient_stock, and
+    # the client told the customer "sold out" while the first order was charged and shipped.
+    (last,) = Catalog(api).stocked("5.00", on_hand=1)
+    body = order_body((last, 1))
+    first = api.post("/orders", json=body)
+    assert first.status_code == 201, first.text
+    run_to_allocated(api, first.json()["id"])
+
+    again = api.post("/orders", json=body)
+
+    error = assert_error(again, 409, "duplicate_order")
+    assert error["details"][0]["order_id"] == first.json()["id"]

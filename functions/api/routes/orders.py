@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
 from core.access import Caller, Scope, allows
-from core.errors import DomainError
+from core.errors import DuplicateOrder
 from core.ids import order_id_for_request
 from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
@@ -109,12 +109,11 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
         def place_once() -> dict[str, Any]:
             try:
                 return place().model_dump(mode="json")
-            except DomainError:
+            except DuplicateOrder:
                 if order_id is None:
                     raise
                 # That attempt's order (read consistently: its write may be a moment old), whatever
-                # placing it again says now: its id is taken, or the stock it reserved is gone, or
-                # a price or promotion changed since.
+                # placing it again would say now (CaptureService.place).
                 first = container().order_repository.get(order_id, consistent=True)
                 if first is None:
                     raise
