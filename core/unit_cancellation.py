@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
@@ -64,6 +64,9 @@ ASKED_BEFORE_THE_RECONCILER = KEPT_BACK_REFUSALS - 1
 # clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
 # the rest was cancelled leave the order partially_returned or returned instead.
 _FINISHED = frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED})
+# How long a client's Idempotency-Key names one request (API.md; the API's idempotency records are
+# kept as long: functions.api.idempotency.TTL_SECONDS): a cancel under the key after it is a new one.
+KEY_HONOURED_FOR = timedelta(hours=24)
 
 
 class UnitCancellation:
@@ -180,18 +183,20 @@ class UnitCancellation:
     def _replayed(
         self, order_id: str, reason: str, lines: dict[str, int], request_key: str, actor: str, channel: str | None
     ) -> Order | None:
-        """The order, when a cancel under `request_key` is in its history (None: none is), with
-        what that cancel does after its write done again, as a repeated cancel does it, unless the
-        order is being sourced again (the workflow settles its stock then). One that named every
+        """The order, when a cancel under `request_key` made within the key's KEY_HONOURED_FOR is
+        in its history (None: none is), with what that cancel does after its write done again, as
+        a repeated cancel does it, unless the order is being sourced again (the workflow settles
+        its stock then). One that named every
         unit cancelled the order: its clean-up (stock, the void) is run again as a repeated cancel
         of a cancelled order runs it."""
         found = self._orders.history(order_id, consistent=True)
         order = visible(found[0] if found else None, order_id, channel)
         assert found is not None
+        since = self._clock() - KEY_HONOURED_FOR
         made = next(
             (entry for entry in found[1]
              if entry.type in (OrderEvent.UNITS_CANCELLED, OrderEvent.CANCELLED)
-             and (entry.detail or {}).get("request_key") == request_key),
+             and (entry.detail or {}).get("request_key") == request_key and entry.at > since),
             None,
         )  # fmt: skip
         if made is None:
