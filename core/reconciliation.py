@@ -68,15 +68,17 @@ class Reconciler:
         self._park_after = park_after
         self._limit = limit
 
-    def run(self) -> Reconciled:
+    def run(self, done: Reconciled | None = None) -> Reconciled:
         """One pass: each stalled order is restarted once, or parked when it is too old for that.
         At most `limit` orders per status; the rest are the next pass's, oldest first, and so is
         an order whose start Step Functions refused or whose park kept losing races (TransientError):
         one such order does not stop the pass, nor the reconciler's other work; after
-        MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks)."""
+        MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks). `done` is
+        filled as the pass goes (a new one without it): a caller whose pass then fails outright
+        still reports what it restarted and parked (a parked order is no later pass's)."""
         now = self._clock()
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
-        done = Reconciled()
+        done = done if done is not None else Reconciled()
         refused = 0
         for status in WORKFLOW_STATUSES:
             for candidate in self._stalled.stalled(status, now - self._restart_after, self._limit):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
@@ -64,6 +64,9 @@ ASKED_BEFORE_THE_RECONCILER = KEPT_BACK_REFUSALS - 1
 # clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
 # the rest was cancelled leave the order partially_returned or returned instead.
 _FINISHED = frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED})
+# How long a client's Idempotency-Key names one request (API.md; the API's idempotency records are
+# kept as long: functions.api.idempotency.TTL_SECONDS): a cancel under the key after it is a new one.
+KEY_HONOURED_FOR = timedelta(hours=24)
 
 
 class UnitCancellation:
@@ -115,11 +118,12 @@ class UnitCancellation:
         channel: str | None = None, request_key: str | None = None,
     ) -> Order:  # fmt: skip
         """`request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry of
-        a cancel of `lines`: a retry of a request that wrote it (whose answer was never stored: its
-        function died, or the idempotency record's write failed) answers the order instead of
-        cancelling as many units again; other `lines` under the key are 409 `idempotency_key_reused`."""
+        a cancel of `lines` (`units_cancelled`, or `cancelled` when they were every unit): a retry
+        of a request that wrote it (whose answer was never stored: its function died, or the
+        idempotency record's write failed) answers the order instead of cancelling as many units
+        again; other `lines` under the key are 409 `idempotency_key_reused`."""
         if lines is not None and request_key is not None:
-            replayed = self._replayed(order_id, lines, request_key, actor, channel)
+            replayed = self._replayed(order_id, reason, lines, request_key, actor, channel)
             if replayed is not None:
                 return replayed
         # As core.order_changes.modify reads: a refusal is decided again on a consistent read, as
@@ -144,7 +148,9 @@ class UnitCancellation:
                 consistent = True
                 continue
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or everything:
-                return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
+                keyed = {"request_key": request_key} if lines and request_key is not None else None
+                cancelled_whole = self._cancellation.cancel(order_id, reason, actor, channel=channel, detail=keyed)
+                return self.cancel_given_up(cancelled_whole, actor)
             if order.captures_requested:
                 # A shipment being shipped (or whose ship died) keeps its lines: its capture is
                 # refunded first, and the units are cancelled on the order as it is then.
@@ -175,17 +181,22 @@ class UnitCancellation:
         raise StaleVersion(f"order {order_id} kept changing; retry")
 
     def _replayed(
-        self, order_id: str, lines: dict[str, int], request_key: str, actor: str, channel: str | None
+        self, order_id: str, reason: str, lines: dict[str, int], request_key: str, actor: str, channel: str | None
     ) -> Order | None:
-        """The order, when a cancel under `request_key` is in its history (None: none is), with
-        what that cancel does after its write done again, as a repeated cancel does it, unless the
-        order is being sourced again (the workflow settles its stock then)."""
+        """The order, when a cancel under `request_key` made within the key's KEY_HONOURED_FOR is
+        in its history (None: none is), with what that cancel does after its write done again, as
+        a repeated cancel does it, unless the order is being sourced again (the workflow settles
+        its stock then). One that named every
+        unit cancelled the order: its clean-up (stock, the void) is run again as a repeated cancel
+        of a cancelled order runs it."""
         found = self._orders.history(order_id, consistent=True)
         order = visible(found[0] if found else None, order_id, channel)
         assert found is not None
+        since = self._clock() - KEY_HONOURED_FOR
         made = next(
             (entry for entry in found[1]
-             if entry.type is OrderEvent.UNITS_CANCELLED and (entry.detail or {}).get("request_key") == request_key),
+             if entry.type in (OrderEvent.UNITS_CANCELLED, OrderEvent.CANCELLED)
+             and (entry.detail or {}).get("request_key") == request_key and entry.at > since),
             None,
         )  # fmt: skip
         if made is None:
@@ -196,6 +207,8 @@ class UnitCancellation:
                 code="idempotency_key_reused",
                 details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
             )
+        if made.type is OrderEvent.CANCELLED:
+            return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
         if order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
             return order
         self.cancel_given_up(self.book_labels_due(order, actor), actor)

@@ -58,7 +58,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.exception("reconciler pass failed: the next run does it again", extra={"pass": name})
         failures.append(error)
 
-    done = isolated("stalled orders", lambda: container().reconciler.run(), Reconciled())
+    # Filled as the pass goes: what it restarted and parked before failing outright is reported too.
+    done = Reconciled()
+    isolated("stalled orders", lambda: container().reconciler.run(done), done)
     for order_id in done.restarted:
         logger.warning("order workflow restarted: the order was stuck", extra={"order_id": order_id})
     for order_id in done.parked:

@@ -408,3 +408,24 @@ def forget_idempotency_records(client: Any) -> None:
     table = os.environ["IDEMPOTENCY_TABLE"]
     for item in client.scan(TableName=table)["Items"]:
         client.delete_item(TableName=table, Key={"id": item["id"]})
+
+
+def test_a_cancel_of_every_unit_retried_after_its_idempotency_record_was_lost_answers_the_cancelled_order(api):
+    # Naming every unit cancels the order; its retry found no units_cancelled entry and was 409
+    # invalid_transition: the client, told the cancel failed, tells the customer it will ship.
+    import boto3
+
+    order = allocated(api, ("MUG", 3))
+    key = {"Idempotency-Key": f"cancel-all-lost-{order['id']}"}
+    first = cancel(api, order["id"], [("L1", 3)], headers=key)
+    assert (first.status_code, first.json()["status"]) == (200, "cancelled"), first.text
+    forget_idempotency_records(boto3.client("dynamodb", region_name="us-east-1"))
+
+    again = cancel(api, order["id"], [("L1", 3)], headers=key)
+    forget_idempotency_records(boto3.client("dynamodb", region_name="us-east-1"))
+    other = cancel(api, order["id"], [("L1", 2)], headers=key)
+
+    assert again.status_code == 200, again.text
+    assert (again.json()["id"], again.json()["status"]) == (order["id"], "cancelled")
+    assert again.json()["payment"]["status"] == "voided"
+    assert_error(other, 409, "idempotency_key_reused")

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 
 import boto3
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, order_body, unique
-from tests.integration.in_process import InProcessApi, in_process_api
+from core.models import utc_now
+from functions.adapters.dynamodb import timestamp
+from tests.e2e.client import Catalog, assert_error, document_attribute, order_body, stored_document, unique
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started:
+    with in_process_api_with_labels() as started:
         yield started
 
 
@@ -85,34 +88,71 @@ def test_with_the_record_another_body_under_the_key_is_still_409(api: InProcessA
     assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
 
 
-def test_a_retry_after_its_order_took_the_last_units_answers_that_order_not_insufficient_stock(api: InProcessApi):
-    catalog = Catalog(api)
-    warehouse = catalog.location()
-    sku = catalog.product("19.99")
-    catalog.stock(sku, warehouse, 2)
-    body = keyless_order(sku, quantity=2)
+def test_a_retry_whose_first_attempt_took_the_last_units_answers_that_order(api: InProcessApi):
+    # Placing it again would now be refused (409 insufficient_stock: its own order reserved the
+    # units): the client, told it failed, would place another while the first is charged and shipped.
+    (last,) = Catalog(api).stocked("5.00", on_hand=1)
+    body = keyless_order(last)
     key = {"Idempotency-Key": unique("idem")}
     first = api.post("/orders", json=body, headers=key)
     assert first.status_code == 201, first.text
+    run_to_allocated(api, first.json()["id"])
     forget_idempotency_records()
-    catalog.stock(sku, warehouse, 0)  # the order's own reservation took them, or a stock take since
 
     again = api.post("/orders", json=body, headers=key)
 
     assert again.status_code == 201, again.text
-    assert again.json()["id"] == first.json()["id"]
+    assert (again.json()["id"], again.json()["status"]) == (first.json()["id"], "allocated")
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
 
 
-def test_the_same_external_id_after_its_order_took_the_last_units_is_409_naming_that_order(api: InProcessApi):
-    catalog = Catalog(api)
-    warehouse = catalog.location()
-    sku = catalog.product("19.99")
-    catalog.stock(sku, warehouse, 2)
-    body = order_body((sku, 2))
+def placed_a_day_ago(order_id: str) -> None:
+    """Make the stored order look placed (and last changed) 25 hours ago."""
+    client, table = boto3.client("dynamodb", region_name="us-east-1"), os.environ["ORDERS_TABLE"]
+    item = client.get_item(TableName=table, Key={"id": {"S": order_id}})["Item"]
+    then = utc_now() - timedelta(hours=25)
+    doc = stored_document(item)
+    doc["created_at"] = doc["updated_at"] = then.isoformat().replace("+00:00", "Z")
+    client.update_item(
+        TableName=table,
+        Key={"id": {"S": order_id}},
+        UpdateExpression="SET created_at = :at, #doc = :doc",
+        ExpressionAttributeNames={"#doc": "doc"},
+        ExpressionAttributeValues={":at": {"S": timestamp(then)}, ":doc": document_attribute(doc)},
+    )
+
+
+def test_the_key_and_body_sent_again_after_24_hours_place_a_new_order(api: InProcessApi, sku: str):
+    # The key is honoured for 24 h: after that the same key and body are a new order (a weekly
+    # reorder under a fixed key), not yesterday's order answered again with nothing placed.
+    body = keyless_order(sku)
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    placed_a_day_ago(first.json()["id"])
+    forget_idempotency_records()
+
+    later = api.post("/orders", json=body, headers=key)
+
+    assert later.status_code == 201, later.text
+    assert later.json()["id"] != first.json()["id"]
+    assert later.json()["status"] == "pending"
+    assert sorted(order["id"] for order in api.orders_of(body["customer"]["id"])) == sorted(
+        [first.json()["id"], later.json()["id"]]
+    )
+
+
+def test_an_order_sent_again_after_it_took_the_last_units_is_409_duplicate_naming_it(api: InProcessApi):
+    # A client whose POST timed out sends it again, its external_id the guard against a second
+    # order: once the first had reserved the last units the answer was 409 insufficient_stock, and
+    # the client told the customer "sold out" while the first order was charged and shipped.
+    (last,) = Catalog(api).stocked("5.00", on_hand=1)
+    body = order_body((last, 1))
     first = api.post("/orders", json=body)
     assert first.status_code == 201, first.text
-    catalog.stock(sku, warehouse, 0)
+    run_to_allocated(api, first.json()["id"])
 
-    error = assert_error(api.post("/orders", json=body), 409, "duplicate_order")
+    again = api.post("/orders", json=body)
 
+    error = assert_error(again, 409, "duplicate_order")
     assert error["details"][0]["order_id"] == first.json()["id"]

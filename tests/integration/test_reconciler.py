@@ -249,6 +249,35 @@ def test_the_reconciler_emits_what_it_restarted_and_parked(stack, metrics_on, ca
     assert emitted(capsys.readouterr().out) == {"OrderWorkflowsRestarted": 2, "OrdersParked": 1}
 
 
+def test_orders_a_pass_parked_before_it_failed_outright_are_still_reported(stack, metrics_on, capsys, monkeypatch):
+    # A parked order leaves the stalled statuses for on_hold: no later pass finds it again, so
+    # OrdersParked (OrdersParkedAlarm calls a person) counts it in the invocation that parked it,
+    # even when a read after the park failed outright, or the order waits on hold with nobody told.
+    from botocore.exceptions import ClientError
+
+    from functions.reconciler.app import container
+
+    parked = order_id("n")
+    store(stack["aws"], parked, OrderStatus.PENDING, minutes_ago=120)
+    busy = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}}, "Query")
+    stalled = container().reconciler._stalled
+    real = stalled.stalled
+
+    def throttled_for_authorized(status: OrderStatus, *args: Any) -> Any:
+        if status is OrderStatus.AUTHORIZED:
+            raise busy
+        return real(status, *args)
+
+    monkeypatch.setattr(stalled, "stalled", throttled_for_authorized)
+    capsys.readouterr()
+
+    with pytest.raises(ClientError):
+        reconcile()
+
+    assert container().order_repository.get(parked).status is OrderStatus.ON_HOLD
+    assert emitted(capsys.readouterr().out) == {"OrdersParked": 1}
+
+
 # --- Pickups nobody collected -----------------------------------------------------------------------
 
 
@@ -318,7 +347,7 @@ def test_a_pass_that_fails_outright_leaves_the_others_to_run_then_fails_the_invo
     busy = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}
     throttled = ClientError(busy, "Query")
 
-    def refused() -> None:
+    def refused(*_: Any) -> None:
         raise throttled
 
     monkeypatch.setattr(container().reconciler, "run", refused)

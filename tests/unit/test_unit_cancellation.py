@@ -1140,3 +1140,24 @@ def test_cancelling_the_rest_just_after_a_parcel_shipped_cancels_the_rest_while_
 
     assert done.status is S.SHIPPED
     assert [(line.cancelled_quantity, line.shipped_quantity) for line in done.lines] == [(0, 2), (3, 0)]
+
+
+def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them_again():
+    # The key is honoured for 24 h (API.md): a cancel of one more unit days later under the same key
+    # and lines (a key made of the order and line) is a new request. Answered with the order as the
+    # first cancel left it, the unit the customer cancelled was still shipped and charged.
+    clock = ReturnsClock(NOW)
+    world = build_world([("MUG", "wh-west", 10)], clock=clock)
+    order = world.allocated(("MUG", 3))
+    key = f"api:key_cs:cancel-{order.id}-L1"
+    world.actions.cancel(order.id, "one less", actor="key_cs", lines={"L1": 1}, request_key=key)
+    assert (
+        world.actions.cancel(order.id, "one less", actor="key_cs", lines={"L1": 1}, request_key=key).lines[0].quantity
+        == 2
+    )
+
+    clock.now = NOW + timedelta(hours=25)
+    later = world.actions.cancel(order.id, "one less", actor="key_cs", lines={"L1": 1}, request_key=key)
+
+    assert (later.lines[0].quantity, later.lines[0].cancelled_quantity) == (1, 2)
+    assert [entry.type for entry in world.history(order.id)].count(OrderEvent.UNITS_CANCELLED) == 2

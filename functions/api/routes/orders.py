@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response, content_types
@@ -89,7 +90,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     if idempotency_key is not None and order.external_id is None:
         order_id = order_id_for_request(who.key_id, idempotency_key, json.dumps(payload, sort_keys=True))
 
-    def place() -> Order:
+    def place(order_id: str | None = order_id) -> Order:
         placed = container().capture.place(order, actor=who.key_id, request_id=request_id, order_id=order_id)
         placed_here.append(placed)
         # The first line of an order's trail: its id beside the request id (`correlation_id`).
@@ -103,7 +104,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
         # The order as placed, never dumped: only the idempotency record needs its JSON.
         answer = place()
     else:
-        from functions.api.idempotency import once
+        from functions.api.idempotency import TTL_SECONDS, once
 
         def place_once() -> dict[str, Any]:
             try:
@@ -111,10 +112,15 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
             except DuplicateOrder:
                 if order_id is None:
                     raise
-                # That attempt's order (read consistently: its write may be a moment old).
+                # That attempt's order (read consistently: its write may be a moment old), whatever
+                # placing it again would say now (CaptureService.place).
                 first = container().order_repository.get(order_id, consistent=True)
                 if first is None:
                     raise
+                if first.created_at <= container().clock() - timedelta(seconds=TTL_SECONDS):
+                    # The key is honoured for 24 h: placed before that, it is an earlier order, and
+                    # this one is new (its id random, as without a key).
+                    return place(None).model_dump(mode="json")
                 return first.model_dump(mode="json")
 
         body = once("POST /orders", who.key_id, idempotency_key, payload, place_once, router.lambda_context)
