@@ -849,6 +849,45 @@ def test_an_order_placed_again_by_another_locations_record_is_bought_for_where_i
     assert drafted(buyer) == {"wh-west": 3}
 
 
+def test_an_order_placed_again_is_bought_for_there_when_the_buy_failed_and_the_record_is_redelivered(
+    buyer: Buyer, monkeypatch: pytest.MonkeyPatch
+):
+    """A point set at wh-yard placed the held order (off cleared wh-east, its units taken) at
+    wh-west's point and recorded it there, then the buy at wh-west failed (a throttled write, a
+    timeout). The redelivered record found the order recorded at wh-west, a place no reading
+    moves it from, so nothing placed it anew and nothing bought its 3: it waited for good."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    from core.holds import HoldRequest
+
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.submit(draft_id)
+    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
+    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    records = buyer.stream.records()
+    buy = buyer.container.replenishment.buy
+
+    def throttled(sku: str, location_id: str, *args: Any) -> Any:
+        if location_id == "wh-west":
+            raise TimeoutError("the buy timed out")
+        return buy(sku, location_id, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(buyer.container.replenishment, "buy", throttled)
+        with pytest.raises(BatchProcessingError):  # its only record failed: the invocation fails
+            buyer.consume(records)
+    assert buyer.consume(records) == {"batchItemFailures": []}  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_a_withdrawal_where_no_point_is_set_does_not_pass_the_later_reservations_to_the_function(buyer: Buyer):
     """The withdrawal's mark reaches the function once: the reservations after it (the stream's
     bulk, where no reorder point is set) are not handed to it."""
