@@ -888,6 +888,38 @@ def test_an_order_placed_again_is_bought_for_there_when_the_buy_failed_and_the_r
     assert drafted(buyer) == {"wh-west": 3}
 
 
+def test_a_held_order_whose_units_at_a_cleared_point_another_order_took_is_bought_for_when_released(buyer: Buyer):
+    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in, 3 available
+    at wh-east that kept the order counted there. A new order took them (a held order is passed
+    over, as an arrival passes it over), a reservation no filter passes. Released, the order found
+    nothing there and waited, still counted at wh-east, and no record read it again: wh-west's
+    point never bought its 3 and it waited for good."""
+    from core.holds import HoldRequest, ReleaseRequest
+    from tests.builders import place_order
+
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.submit(draft_id)
+    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
+    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    body = {"external_id": "takes-them", "lines": [{"sku": "MUG", "quantity": 3}]}
+    taker = buyer.container.capture.place(place_order(**body), actor="key_web").id
+    buyer.container.workflow.authorize_payment(taker, attempt=0)
+    buyer.container.workflow.reserve_stock(taker)  # the 3 at wh-east
+    assert buyer.stream.records() == []  # no filter passes its reservation
+    assert drafted(buyer) == {}
+
+    buyer.container.holds.release(held, ReleaseRequest(), actor="key_ops")
+    buyer.container.workflow.reserve_stock(held)  # the execution the outbox starts: nothing to take
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_a_withdrawal_where_no_point_is_set_does_not_pass_the_later_reservations_to_the_function(buyer: Buyer):
     """The withdrawal's mark reaches the function once: the reservations after it (the stream's
     bulk, where no reorder point is set) are not handed to it."""
