@@ -116,8 +116,12 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
         levels, demand = _demand(crossed.sku, crossed.location_id)
         waiting = demand.waiting[crossed.location_id]
-        drafted = container().replenishment.drafted(crossed.sku, crossed.location_id, crossed.settings)
-        buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id])
+        # What the orders lack is counted against the stock and the drafts now, each unit once
+        # (`_level_after_draft`): the image's `incoming` beside the drafts now counted a draft
+        # submitted since nowhere, and bought its units again.
+        now, drafted = _level_after_draft(crossed.sku, crossed.location_id, crossed.settings)
+        position = max(now.available, 0) + now.incoming + drafted if now is not None else None
+        buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id], position)
         draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])

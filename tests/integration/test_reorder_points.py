@@ -999,6 +999,27 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer
     assert drafted(buyer) == {"wh-east": 2}  # what the orders lack beyond the 3 on order
 
 
+def test_a_draft_submitted_before_a_crossing_is_handled_is_not_bought_again_by_it(buyer: Buyer):
+    """10 MUG on order at wh-east, an order waits for 13: its record bought the 3 beyond them on
+    a draft. The PO is cancelled (0 + 10 on order -> 0 crosses the point) and a person submits
+    the draft before the stream hands the crossing over: the crossing counted the stock of its
+    image (nothing on order) and the drafts now (none), the 3 nowhere, and bought them again."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=0)
+    buyer.point()
+    po_id = open_po(buyer, 10)
+    backordered(buyer, 13, "waits")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    assert drafted(buyer) == {"wh-east": 3}
+
+    buyer.container.purchasing.cancel(po_id)  # crosses the point
+    buyer.container.purchasing.submit(draft.id)  # its 3 on order now
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20 + 10}  # reorder_quantity and the 10 no longer on order
+
+
 def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(buyer: Buyer):
     """wh-east keeps 5 units back from orders (safety stock) and has exactly those: an order of 4
     takes none and waits. The 5 were counted as units it could take, so nothing was bought and,
