@@ -53,14 +53,19 @@ def bought_for(order: Order) -> bool:
 class Demand:
     """What the backordered orders waiting for a sku lack of it (`BackorderAllocator.demand`):
     `waiting`, units by the location whose reorder point buys them; `at`, that location by order;
-    `kept`, the safety stock the sourcing rules keep back from orders, by location; `placed`, the
-    locations this reading placed an order at anew (recorded on its entry: later readings keep
-    it there, so this one's record buys for it there)."""
+    `kept`, the safety stock the sourcing rules keep back from orders, by location; `moves`, the
+    queue entries this reading placed anew and where (`placed`: those locations), recorded by
+    `BackorderAllocator.place` once bought for there (later readings keep an order where it is
+    recorded, so this one's record buys for it there)."""
 
     waiting: Counter[str] = field(default_factory=Counter)
     at: dict[str, str] = field(default_factory=dict)
     kept: Counter[str] = field(default_factory=Counter)
-    placed: set[str] = field(default_factory=set)
+    moves: list[tuple[WaitingOrder, str]] = field(default_factory=list)
+
+    @property
+    def placed(self) -> set[str]:
+        return {at for _, at in self.moves}
 
 
 @dataclass
@@ -170,8 +175,9 @@ class BackorderAllocator:
         """Units of `sku` the backordered orders in its queue still lack, by the location whose
         reorder point buys them: each order's at one location (`bought_at`, of those it may take
         them at, as a fill takes them, that have a point: `buying`), recorded on its queue entry
-        the first time, so that a point added or removed later does not move it (bought twice at
-        the old and the new place, or at neither). A recorded place is kept while the order may
+        the first time (`Demand.moves`, written by `place` once bought for there), so that a
+        point added or removed later does not move it (bought twice at the old and the new
+        place, or at neither). A recorded place is kept while the order may
         still take units there and it has a point or, its point gone, the units of `sku` there
         and still coming there (`coming`, asked once per such place: available, on open purchase
         orders or on a draft), less its safety stock, cover it with the older orders kept there;
@@ -215,12 +221,19 @@ class BackorderAllocator:
                 if at is None:
                     continue
                 if at != entry.bought_at:
-                    self._queue.record_bought_at(sku, entry, at)
-                    demand.placed.add(at)
+                    demand.moves.append((entry, at))
                 demand.waiting[at] += lacks
                 demand.at[order.id] = at
             after = page[-1]
         return demand
+
+    def place(self, sku: str, demand: Demand) -> None:
+        """Record on each queue entry `demand` placed anew where it is bought for now (its
+        `moves`): only once the reading's record has bought for it there, so that a record that
+        fails before it did is read again with the order still to place (and a redelivered one
+        buys nothing twice: its buys are keyed by the record)."""
+        for entry, at in demand.moves:
+            self._queue.record_bought_at(sku, entry, at)
 
     def _complete(self, order_id: str, channel: str, version: int) -> None:
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes

@@ -91,17 +91,19 @@ class Crossing:
         """Names this crossing and no other: `#` appears in no sku or location id."""
         return f"{self.sku}#{self.location_id}#{self.change_id}"
 
-    def to_buy(self, waiting: int, drafted: int = 0, kept: int = 0) -> int:
+    def to_buy(self, waiting: int, drafted: int = 0, kept: int = 0, now: int | None = None) -> int:
         """Units the draft gets for this crossing when backordered orders still lack `waiting`
         units this point buys for (`BackorderAllocator.demand`: each order's at one of the
         locations it may take them at), the open draft here holds `drafted` units of the sku and
         the sourcing rules keep `kept` units back from orders here (0: it buys nothing). Those
         orders take the first units that come, so they are part of the need: the stock position
         counted against the point is available plus incoming plus the draft's units less
-        `waiting`, and what they lack beyond all of that (`lacking`) is bought on top of
-        `reorder_quantity` (units a draft already bought for them are not bought again)."""
+        `waiting`, and what they lack beyond all of that (`lacking`; beyond `now`, the stock
+        position read with `waiting` when given: a draft submitted since the crossing moved its
+        units to `incoming`) is bought on top of `reorder_quantity` (units a draft already
+        bought for them are not bought again)."""
         position = self.available + self.incoming + drafted
-        short = lacking(waiting, position, kept)
+        short = lacking(waiting, position if now is None else now, kept)
         if not self.reorders and not short and position - waiting >= self.settings.reorder_point:
             return 0
         return self.settings.reorder_quantity + short

@@ -316,11 +316,16 @@ class Workflow:
             # plain read does not show yet is sourced below, not taken as filled.
             order = self.fill_backorder(order_id)
             if order.status is S.BACKORDERED:
-                # A run that died between writing it backordered and marking its entries left them
-                # unmarked: no reorder point would buy what it lacks (marking again changes nothing).
+                # Marked anew (the entry written again drops its mark, keeping where it is bought
+                # for), so the reorder points buy what it still lacks: a run that died between
+                # writing it backordered and marking its entries left them unmarked, and an order
+                # released from a hold may find taken the units it was counted for (a held order
+                # is passed over), with no other record to buy them again. Bought once: a buy
+                # counts what is there and on order.
                 short = order.short_of()
                 entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
                 for sku in sorted({line.sku for line in order.lines if line.line_id in short}):
+                    self._backorders.add(sku, entry)
                     self._backorders.recorded(sku, entry)
                 return
         if order.status != S.AUTHORIZED or order.allocations:

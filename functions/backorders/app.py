@@ -93,8 +93,8 @@ def _demand(sku: str, also: str | None = None) -> tuple[list[StockLevel], Demand
     """The sku's stock at every location (one Query), and what its backordered orders lack by the
     location whose reorder point buys it (`also` buys even when its point was cleared since).
     Nothing more is read when no point buys the sku: nothing can be bought for them. A record
-    that reads it buys at its own location and where the reading placed an order anew
-    (`_buy_where_placed`)."""
+    that reads it buys at its own location and where the reading placed an order anew, then
+    records those places (`_buy_where_placed`)."""
     levels = container().inventory_repository.levels({sku})[sku]
     buying = {level.location_id for level in levels if level.reorder is not None} | ({also} if also else set())
     if not buying:
@@ -116,8 +116,12 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
     with logger.append_context_keys(sku=crossed.sku, location_id=crossed.location_id):
         levels, demand = _demand(crossed.sku, crossed.location_id)
         waiting = demand.waiting[crossed.location_id]
-        drafted = container().replenishment.drafted(crossed.sku, crossed.location_id, crossed.settings)
-        buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id])
+        # What the orders lack is counted against the stock and the drafts now, each unit once
+        # (`_level_after_draft`): the image's `incoming` beside the drafts now counted a draft
+        # submitted since nowhere, and bought its units again.
+        now, drafted = _level_after_draft(crossed.sku, crossed.location_id, crossed.settings)
+        position = max(now.available, 0) + now.incoming + drafted if now is not None else None
+        buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id], position)
         draft = container().replenishment.reorder(crossed, buys) if buys else None
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
@@ -160,11 +164,14 @@ def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: 
 
 def _buy_where_placed(sku: str, levels: list[StockLevel], demand: Demand, change_id: str, bought: str | None) -> None:
     """Buy (`_buy_lacking`) at each location this reading placed an order at anew
-    (`Demand.placed`) other than `bought`, where the record buys itself: recorded there, the
-    order is kept there by every later reading, so no later record would buy for it there."""
+    (`Demand.placed`) other than `bought`, where the record buys itself, then record those places
+    (`BackorderAllocator.place`): recorded there, the order is kept there by every later reading,
+    so no later record would buy for it there, and a record that fails before it bought leaves it
+    to place again when redelivered."""
     by_location = {level.location_id: level for level in levels}
     for location_id in sorted(demand.placed - {bought}):
         _buy_lacking(sku, by_location.get(location_id), demand, change_id)
+    container().backorder_allocator.place(sku, demand)
 
 
 def backorder_recorded(record: DynamoDBRecord) -> None:
@@ -207,6 +214,7 @@ def on_order_withdrawn(record: DynamoDBRecord) -> None:
         buying = {change.location_id} | demand.placed if buys_here else set(demand.at.values())
         for location_id in sorted(buying):
             _buy_lacking(change.sku, by_location.get(location_id), demand, change.change_id)
+        container().backorder_allocator.place(change.sku, demand)  # bought for where placed
 
 
 def reorder_point_set(record: DynamoDBRecord) -> None:

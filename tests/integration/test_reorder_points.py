@@ -849,6 +849,77 @@ def test_an_order_placed_again_by_another_locations_record_is_bought_for_where_i
     assert drafted(buyer) == {"wh-west": 3}
 
 
+def test_an_order_placed_again_is_bought_for_there_when_the_buy_failed_and_the_record_is_redelivered(
+    buyer: Buyer, monkeypatch: pytest.MonkeyPatch
+):
+    """A point set at wh-yard placed the held order (off cleared wh-east, its units taken) at
+    wh-west's point and recorded it there, then the buy at wh-west failed (a throttled write, a
+    timeout). The redelivered record found the order recorded at wh-west, a place no reading
+    moves it from, so nothing placed it anew and nothing bought its 3: it waited for good."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    from core.holds import HoldRequest
+
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.submit(draft_id)
+    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
+    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    records = buyer.stream.records()
+    buy = buyer.container.replenishment.buy
+
+    def throttled(sku: str, location_id: str, *args: Any) -> Any:
+        if location_id == "wh-west":
+            raise TimeoutError("the buy timed out")
+        return buy(sku, location_id, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(buyer.container.replenishment, "buy", throttled)
+        with pytest.raises(BatchProcessingError):  # its only record failed: the invocation fails
+            buyer.consume(records)
+    assert buyer.consume(records) == {"batchItemFailures": []}  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
+def test_a_held_order_whose_units_at_a_cleared_point_another_order_took_is_bought_for_when_released(buyer: Buyer):
+    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in, 3 available
+    at wh-east that kept the order counted there. A new order took them (a held order is passed
+    over, as an arrival passes it over), a reservation no filter passes. Released, the order found
+    nothing there and waited, still counted at wh-east, and no record read it again: wh-west's
+    point never bought its 3 and it waited for good."""
+    from core.holds import HoldRequest, ReleaseRequest
+    from tests.builders import place_order
+
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.submit(draft_id)
+    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
+    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    body = {"external_id": "takes-them", "lines": [{"sku": "MUG", "quantity": 3}]}
+    taker = buyer.container.capture.place(place_order(**body), actor="key_web").id
+    buyer.container.workflow.authorize_payment(taker, attempt=0)
+    buyer.container.workflow.reserve_stock(taker)  # the 3 at wh-east
+    assert buyer.stream.records() == []  # no filter passes its reservation
+    assert drafted(buyer) == {}
+
+    buyer.container.holds.release(held, ReleaseRequest(), actor="key_ops")
+    buyer.container.workflow.reserve_stock(held)  # the execution the outbox starts: nothing to take
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_a_withdrawal_where_no_point_is_set_does_not_pass_the_later_reservations_to_the_function(buyer: Buyer):
     """The withdrawal's mark reaches the function once: the reservations after it (the stream's
     bulk, where no reorder point is set) are not handed to it."""
@@ -926,6 +997,27 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer
 
     assert buyer.drafts()[0].id != draft.id
     assert drafted(buyer) == {"wh-east": 2}  # what the orders lack beyond the 3 on order
+
+
+def test_a_draft_submitted_before_a_crossing_is_handled_is_not_bought_again_by_it(buyer: Buyer):
+    """10 MUG on order at wh-east, an order waits for 13: its record bought the 3 beyond them on
+    a draft. The PO is cancelled (0 + 10 on order -> 0 crosses the point) and a person submits
+    the draft before the stream hands the crossing over: the crossing counted the stock of its
+    image (nothing on order) and the drafts now (none), the 3 nowhere, and bought them again."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock(units=0)
+    buyer.point()
+    po_id = open_po(buyer, 10)
+    backordered(buyer, 13, "waits")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    assert drafted(buyer) == {"wh-east": 3}
+
+    buyer.container.purchasing.cancel(po_id)  # crosses the point
+    buyer.container.purchasing.submit(draft.id)  # its 3 on order now
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20 + 10}  # reorder_quantity and the 10 no longer on order
 
 
 def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(buyer: Buyer):

@@ -954,8 +954,10 @@ BOTH = {"wh-east", "wh-west"}  # the locations with a reorder point for PREORDER
 
 
 def demand(allocator: BackorderAllocator, buying: set[str], coming: dict[str, int] | None = None) -> dict[str, int]:
-    """By location with a point; `coming`: the units there and still coming where no point buys."""
+    """By location with a point; `coming`: the units there and still coming where no point buys.
+    The orders it placed anew are recorded there, as the stream's record does once it bought."""
     found = allocator.demand("PREORDER", buying, lambda location_id: (coming or {}).get(location_id, 0))
+    allocator.place("PREORDER", found)
     return {loc: found.waiting[loc] for loc in sorted(buying)}
 
 
@@ -1001,6 +1003,7 @@ def test_an_order_counted_where_a_cleared_point_bought_nothing_still_coming_is_p
         return 0
 
     found = allocator.demand("PREORDER", {"wh-east"}, nothing_comes)
+    allocator.place("PREORDER", found)
 
     assert found.waiting == {"wh-east": 2} and asked == ["wh-west"]
     assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
