@@ -669,3 +669,26 @@ def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_ow
         ("wh-west", "L1", 1),
         ("wh-west", "L2", 2),
     ]
+
+
+@pytest.mark.parametrize("max_shipments", [None, 1])
+def test_allocation_reads_the_products_once_for_a_backordered_order_and_not_for_one_in_stock(max_shipments):
+    """A backordered order's ReserveStock asked the catalog three times which products may wait
+    (what it lacked, what the plan left short, and that again), one BatchGetItem each."""
+    world, store = a_world([("TSHIRT", "wh-east", 5), ("MUG", "wh-east", 3), ("PREORDER", "wh-east", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    if max_shipments is not None:
+        put(store, max_shipments=max_shipments)
+    in_stock, backordered = world.place(("TSHIRT", 1), ("MUG", 1)), world.place(("TSHIRT", 1), ("PREORDER", 3))
+    catalog = Counting(world.catalog)
+    world.workflow._catalog = catalog
+    world.workflow.authorize_payment(in_stock, attempt=0)
+    world.workflow.authorize_payment(backordered, attempt=0)
+
+    world.workflow.reserve_stock(in_stock)
+    assert "get_products" not in catalog.calls
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(backordered)
+
+    assert world.order(backordered).short_of() == {"L2": 2}
+    assert catalog.calls["get_products"] == 1
