@@ -476,8 +476,9 @@ def _before_cancel(order: Order, history: list[HistoryEntry]) -> Order:
 
 class Simulator:
     """Plans each order as ReserveStock would, from one read of the locations, one batched read
-    of the stock, one of the products (and for each stored order one of the units it holds, which
-    it counts as its own as ReserveStock does), and stores, reserves and sends nothing.
+    of the stock, one of the products (for bodies, or under max_shipments; and for each stored
+    order one of the units it holds, which it counts as its own as ReserveStock does), and stores,
+    reserves and sends nothing.
     Each order is planned on the same stock: one order's plan does not consume units another's
     could take."""
 
@@ -509,8 +510,10 @@ class Simulator:
             for index, each in enumerate(request.orders)
         ]
         skus = {line.sku for _, order in orders for line in order.lines}
-        # One read: bodies' skus are checked, and what may not wait is held as allocation holds it.
-        products = self._catalog.get_products(skus)
+        # One read, when asked: bodies' skus are checked, and under max_shipments what may not wait
+        # is held as allocation holds it. Stored orders without that limit need no product.
+        needed = rules.max_shipments is not None or any(isinstance(each, PlaceOrder) for each in request.orders)
+        products = self._catalog.get_products(skus) if needed else {}
         self._check_skus(request, products)
         levels = self._inventory.levels(skus, [loc.location_id for loc in locations])
         stock = rules.for_orders(levels)

@@ -810,3 +810,17 @@ def test_allocation_reads_the_products_once_for_a_backordered_order_and_not_for_
 
     assert world.order(backordered).short_of() == {"L2": 2}
     assert catalog.calls["get_products"] == 1
+
+
+def test_a_what_if_of_stored_orders_without_max_shipments_reads_no_product():
+    """Since the what-if held first what may not wait under max_shipments, it read the products of
+    every order it planned, one BatchGetItem per 100 skus, though stored orders' skus need no check
+    and without max_shipments nothing asks which may wait."""
+    world, store = a_world([("MUG", "wh-west", 3), ("TSHIRT", "wh-east", 3)])
+    order_ids = [world.place(("MUG", 1), ("TSHIRT", 1)), world.place(("MUG", 2), ("TSHIRT", 1))]
+    sim, catalog, _ = simulator(world, store)
+
+    result = sim.simulate(SimulateSourcing.model_validate({"orders": order_ids}))
+
+    assert [len(item.shipments) for item in result.items] == [2, 2] and result.summary.unfillable_units == 0
+    assert catalog.calls == {"list_locations": 1}
