@@ -714,6 +714,8 @@ def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shi
     # The order placed again (if accepted) is newer: it does not take units ahead of this one.
     sim, _, _ = simulator(world, store)
     [planned] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    as_body = order_body(external_id="what-if", lines=[{"sku": s, "quantity": q} for s, q in lines], **fulfillment)
+    [planned_body] = sim.simulate(SimulateSourcing.model_validate({"orders": [as_body]})).items
 
     try:
         world.workflow.reserve_stock(order_id)
@@ -730,6 +732,7 @@ def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shi
         (key.split("#")[1], location_id): quantity
         for (_, location_id, key), quantity in world.held_for(order_id).items()
     }
+    assert planned_body.shipments == planned.shipments and planned_body.unfillable == planned.unfillable
     assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
     assert len({location_id for _, location_id in held}) <= max_shipments
 
