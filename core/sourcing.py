@@ -310,32 +310,42 @@ def allocation_plan(
 ) -> SourcingPlan | None:
     """The plan ReserveStock makes for `order` on `stock`: the whole order when the plugins can
     source it; otherwise, when every sku it leaves short may wait backordered (`cannot_wait`
-    answers which of the skus given may not), what is in stock of the skus the locations lack,
-    from no more locations than `max_shipments` (those that supply the most; when they leave a
-    product that may not wait short, those the plugins source its units from first): the order
-    holds that and waits for the rest. None when it cannot be allocated (no location, or a sku
-    that may not wait left short): it ends out of stock. Capture asks the same, so an order it
-    accepts is not then cancelled for a reason it could have seen."""
+    answers which of the skus given may not; it is asked at most once, of all the order's skus),
+    what is in stock of the skus the locations lack, from no more locations than `max_shipments`
+    (those that supply the most; when they leave a product that may not wait short, those the
+    plugins source its units from first): the order holds that and waits for the rest. None when
+    it cannot be allocated (no location, or a sku that may not wait left short): it ends out of
+    stock. Capture asks the same, so an order it accepts is not then cancelled for a reason it
+    could have seen."""
     if not eligible:
         return None
     available = available_of(order, eligible, stock)
     wanted: Counter[str] = Counter()
     for line in order.lines:
         wanted[line.sku] += line.quantity
+    cannot: set[str] | None = None
+
+    def may_not(skus: set[str]) -> set[str]:
+        # Asked once, of all the order's skus, when first needed: each ask may read the catalog.
+        nonlocal cannot
+        if cannot is None:
+            cannot = cannot_wait(set(wanted))
+        return skus & cannot
+
     lacking = {sku: available[sku] for sku, units in wanted.items() if available[sku] < units}
-    if lacking and cannot_wait(set(lacking)):
+    if lacking and may_not(set(lacking)):
         return None
     sourced = reduced(order, lacking) if lacking else order
     plan = plan_within(hook, sourced, eligible, stock, destination, rules)
     if plan is None:
         return None
     waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
-    if waits and cannot_wait(waits) and rules.max_shipments is not None:
-        plan = around_what_cannot_wait(hook, sourced, eligible, stock, destination, rules, cannot_wait(set(wanted)))
+    if waits and may_not(waits) and rules.max_shipments is not None:
+        plan = around_what_cannot_wait(hook, sourced, eligible, stock, destination, rules, may_not(set(wanted)))
         if plan is None:
             return None
         waits = {line.sku for line in order.lines if line.line_id in left_short(order, plan)}
-    if waits and cannot_wait(waits):
+    if waits and may_not(waits):
         return None
     return plan
 
@@ -466,8 +476,9 @@ def _before_cancel(order: Order, history: list[HistoryEntry]) -> Order:
 
 class Simulator:
     """Plans each order as ReserveStock would, from one read of the locations, one batched read
-    of the stock, one of the products (and for each stored order one of the units it holds, which
-    it counts as its own as ReserveStock does), and stores, reserves and sends nothing.
+    of the stock, one of the products (for bodies, or under max_shipments; and for each stored
+    order one of the units it holds, which it counts as its own as ReserveStock does), and stores,
+    reserves and sends nothing.
     Each order is planned on the same stock: one order's plan does not consume units another's
     could take."""
 
@@ -499,8 +510,10 @@ class Simulator:
             for index, each in enumerate(request.orders)
         ]
         skus = {line.sku for _, order in orders for line in order.lines}
-        # One read: bodies' skus are checked, and what may not wait is held as allocation holds it.
-        products = self._catalog.get_products(skus)
+        # One read, when asked: bodies' skus are checked, and under max_shipments what may not wait
+        # is held as allocation holds it. Stored orders without that limit need no product.
+        needed = rules.max_shipments is not None or any(isinstance(each, PlaceOrder) for each in request.orders)
+        products = self._catalog.get_products(skus) if needed else {}
         self._check_skus(request, products)
         levels = self._inventory.levels(skus, [loc.location_id for loc in locations])
         stock = rules.for_orders(levels)

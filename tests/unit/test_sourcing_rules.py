@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -18,7 +20,7 @@ from core.sourcing import SimulateSourcing, Simulator, SourcingRulesService
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
 from plugins.testing.memory import InMemorySourcingRules
-from tests.builders import NOW, order_body, place_order, product
+from tests.builders import NOW, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
 from tests.unit.world import World, build_world
 
@@ -669,3 +671,159 @@ def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_ow
         ("wh-west", "L1", 1),
         ("wh-west", "L2", 2),
     ]
+
+
+AGREE_LOCATIONS = ["wh-west", "wh-east", "wh-north", "store-sf"]
+AGREE_SKUS = ["MUG", "TSHIRT", "PREORDER", "CAP"]
+
+
+@settings(
+    max_examples=150, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)  # fmt: skip
+@given(
+    stock=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS), st.integers(0, 4))),
+    lines=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 4)), min_size=1, max_size=4),
+    waits=st.sets(st.sampled_from(AGREE_SKUS)),
+    safety=st.dictionaries(st.sampled_from(AGREE_LOCATIONS), st.integers(0, 2)),
+    excluded=st.lists(st.sampled_from(AGREE_LOCATIONS[:3]), max_size=1),
+    max_shipments=st.integers(1, 3),
+    pickup=st.booleans(),
+)
+def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shipments(
+    stock, lines, waits, safety, excluded, max_shipments, pickup
+):
+    world, store = a_world(stock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=45.0, longitude=-93.0))
+    for sku in AGREE_SKUS:
+        world.catalog.put_product(product(sku, "5.00", allow_backorder=sku in waits))
+    fulfillment = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}} if pickup else {}
+    try:  # placed before the rules changed: capture then knew nothing of max_shipments
+        order_id = world.place(*lines, **fulfillment)
+    except InsufficientStock:
+        assume(False)
+    given_rules = SourcingRulesInput(safety_stock=safety, excluded_locations=excluded, max_shipments=max_shipments)
+    SourcingRulesService(store, world.catalog, clock=lambda: NOW).replace(given_rules, by="key_admin")
+    body = place_order(external_id="again", lines=[{"sku": s, "quantity": q} for s, q in lines], **fulfillment)
+    try:
+        capture_under(world, store).place(body, actor="k")
+        accepted = True
+    except InsufficientStock:
+        accepted = False
+    world.workflow.authorize_payment(order_id, attempt=0)
+    # The order placed again (if accepted) is newer: it does not take units ahead of this one.
+    sim, _, _ = simulator(world, store)
+    [planned] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    as_body = order_body(external_id="what-if", lines=[{"sku": s, "quantity": q} for s, q in lines], **fulfillment)
+    [planned_body] = sim.simulate(SimulateSourcing.model_validate({"orders": [as_body]})).items
+
+    try:
+        world.workflow.reserve_stock(order_id)
+        allocated = True
+    except Backordered:
+        allocated = True
+    except OutOfStock:
+        allocated = False
+
+    assert accepted == allocated
+    if not allocated:
+        return
+    held = {
+        (key.split("#")[1], location_id): quantity
+        for (_, location_id, key), quantity in world.held_for(order_id).items()
+    }
+    assert planned_body.shipments == planned.shipments and planned_body.unfillable == planned.unfillable
+    assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
+    assert len({location_id for _, location_id in held}) <= max_shipments
+
+
+@settings(
+    max_examples=100, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)  # fmt: skip
+@given(
+    stock=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS[:3]), st.integers(0, 4))),
+    lines=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 4)), min_size=1, max_size=4),
+    waits=st.sets(st.sampled_from(AGREE_SKUS), min_size=1),
+    safety=st.dictionaries(st.sampled_from(AGREE_LOCATIONS[:3]), st.integers(0, 2)),
+    max_shipments=st.integers(1, 3),
+    arrivals=st.lists(
+        st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS[:3]), st.integers(1, 4)), max_size=4
+    ),
+)
+def test_a_backorder_fill_under_max_shipments_tops_up_where_it_holds_first_and_ships_from_no_more(
+    stock, lines, waits, safety, max_shipments, arrivals
+):
+    world, store = a_world(stock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=45.0, longitude=-93.0))
+    for sku in AGREE_SKUS:
+        world.catalog.put_product(product(sku, "5.00", allow_backorder=sku in waits))
+    given_rules = SourcingRulesInput(safety_stock=safety, max_shipments=max_shipments)
+    SourcingRulesService(store, world.catalog, clock=lambda: NOW).replace(given_rules, by="key_admin")
+    try:
+        order_id = (
+            capture_under(world, store)
+            .place(place_order(external_id="fill", lines=[{"sku": s, "quantity": q} for s, q in lines]), actor="k")
+            .id
+        )
+    except InsufficientStock:
+        assume(False)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with contextlib.suppress(Backordered):
+        world.workflow.reserve_stock(order_id)
+    assume(world.order(order_id).status is S.BACKORDERED)
+    before = reserved_at(world, order_id)
+    for sku, location_id, units in arrivals:
+        world.inventory.adjust(sku, location_id, units, reason="receipt")
+
+    world.workflow.fill_backorder(order_id)
+
+    after = reserved_at(world, order_id)
+    assert len(after) <= max_shipments
+    order = world.order(order_id)
+    short = order.short_of()
+    grown = {loc for loc in after if loc not in before}
+    for line in order.lines:
+        took_new = any(a.line_id == line.line_id and a.location_id in grown for a in order.allocations)
+        if took_new:  # what it holds had none of it left for orders
+            for location_id in before:
+                level = world.inventory.stock.get((line.sku, location_id))
+                assert level is None or level.available <= safety.get(location_id, 0), (line, location_id)
+    assert all(q >= 0 for q in short.values())
+
+
+@pytest.mark.parametrize("max_shipments", [None, 1])
+def test_allocation_reads_the_products_once_for_a_backordered_order_and_not_for_one_in_stock(max_shipments):
+    """A backordered order's ReserveStock asked the catalog three times which products may wait
+    (what it lacked, what the plan left short, and that again), one BatchGetItem each."""
+    world, store = a_world([("TSHIRT", "wh-east", 5), ("MUG", "wh-east", 3), ("PREORDER", "wh-east", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    if max_shipments is not None:
+        put(store, max_shipments=max_shipments)
+    in_stock, backordered = world.place(("TSHIRT", 1), ("MUG", 1)), world.place(("TSHIRT", 1), ("PREORDER", 3))
+    catalog = Counting(world.catalog)
+    world.workflow._catalog = catalog
+    world.workflow.authorize_payment(in_stock, attempt=0)
+    world.workflow.authorize_payment(backordered, attempt=0)
+
+    world.workflow.reserve_stock(in_stock)
+    assert "get_products" not in catalog.calls
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(backordered)
+
+    assert world.order(backordered).short_of() == {"L2": 2}
+    assert catalog.calls["get_products"] == 1
+
+
+def test_a_what_if_of_stored_orders_without_max_shipments_reads_no_product():
+    """Since the what-if held first what may not wait under max_shipments, it read the products of
+    every order it planned, one BatchGetItem per 100 skus, though stored orders' skus need no check
+    and without max_shipments nothing asks which may wait."""
+    world, store = a_world([("MUG", "wh-west", 3), ("TSHIRT", "wh-east", 3)])
+    order_ids = [world.place(("MUG", 1), ("TSHIRT", 1)), world.place(("MUG", 2), ("TSHIRT", 1))]
+    sim, catalog, _ = simulator(world, store)
+
+    result = sim.simulate(SimulateSourcing.model_validate({"orders": order_ids}))
+
+    assert [len(item.shipments) for item in result.items] == [2, 2] and result.summary.unfillable_units == 0
+    assert catalog.calls == {"list_locations": 1}
