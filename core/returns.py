@@ -482,19 +482,18 @@ class Returns:
     def receive(self, return_id: str, receipt: ReceiveReturn, actor: str, channel: str | None = None) -> Return:
         """Record what arrived (the workflow's first step, run by the API so a wrong receipt is
         answered at once). A return received already is returned as it is: receiving twice changes
-        nothing. Units beyond what a line authorized are 422; an unknown location is 422."""
+        nothing; another receipt of it is 409 (Return.receive). Units beyond what a line authorized
+        are 422; an unknown location is 422."""
         item = self.get(return_id, channel)
         if item.status in (R.RECEIVED, R.REFUNDED):
-            return item
+            return item.receive(receipt, at=self._clock(), by=actor)
         if self._catalog.get_location(receipt.location_id) is None:
             raise InvalidRequest(
                 f"no location {receipt.location_id}",
                 details=[{"field": "location_id", "message": "unknown location"}],
             )
         at = self._clock()
-        return self._change(
-            return_id, channel, lambda r: r if r.status is R.RECEIVED else r.receive(receipt, at=at, by=actor)
-        )
+        return self._change(return_id, channel, lambda r: r.receive(receipt, at=at, by=actor))
 
     def restock(self, return_id: str) -> Return:
         """Resellable units back on hand at the receiving location, once per return and line."""

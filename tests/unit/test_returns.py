@@ -465,7 +465,7 @@ def test_every_step_of_a_receipt_run_twice_changes_nothing(world, clock):
     returns.record_on_order(item.id, actor="key_wh")
     snapshot = (store.get(item.id), world.level("TSHIRT", "wh-west"), world.order(order.id), world.history(order.id))
 
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    returns.receive(item.id, the_receipt, "key_wh")
     returns.restock(item.id)
     returns.record_on_order(item.id, actor="key_wh")
 
@@ -511,6 +511,43 @@ def test_a_receipt_repeated_while_the_first_was_written_answers_the_received_ret
 
     assert returns.receive(item.id, the_receipt, "key_wh") == first
     assert store.get(item.id) == first
+
+
+@pytest.mark.parametrize("other", [
+    receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")),
+    receipt("wh-west", ("L1", 1, "resellable")),
+    receipt("wh-east", ("L1", 2, "resellable")),
+], ids=["other_condition", "fewer_units", "other_location"])  # fmt: skip
+def test_another_receipt_of_a_received_return_is_409_and_changes_nothing(world, clock, other):
+    # A second scan that counted differently must not be answered as if it were recorded: the
+    # first receipt was restocked and refunded, and the warehouse has to know this one was not.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    the_receipt = receipt("wh-west", ("L1", 2, "resellable"))
+    first = returns.settle(returns.receive(item.id, the_receipt, "key_wh").id, actor="key_wh")
+
+    with pytest.raises(InvalidTransition) as refused:
+        returns.receive(item.id, other, "key_wh")
+
+    assert refused.value.code == "invalid_transition"
+    assert store.get(item.id) == first
+    assert returns.receive(item.id, the_receipt, "key_other") == first
+
+
+def test_the_same_receipt_listed_in_another_order_is_answered_as_the_first(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
+    item = returns.request(order.id, ask(("L1", 2, None), ("L2", 1, None)), actor="key_cs")
+    first = returns.receive(
+        item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "damaged"), ("L1", 1, "damaged")), "key_wh"
+    )
+
+    again = returns.receive(
+        item.id, receipt("wh-west", ("L1", 1, "damaged"), ("L2", 1, "damaged"), ("L1", 1, "resellable")), "key_wh"
+    )
+
+    assert again == first == store.get(item.id)
 
 
 def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world, clock):
