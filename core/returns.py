@@ -703,6 +703,14 @@ class Returns:
             )
             if refund is not None and refund.status != "succeeded":
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+            if refund is None and beyond is not None and shares is not None:
+                # A replacement's captures gave nothing of it (its credit refunds it whole): what
+                # its units were worth is recorded all the same, as a refund records it.
+                at = self._clock()
+                modify(
+                    self._orders, item.order_id,
+                    lambda current: current.refunded_from_credit(item.id, shares(current), at=at),
+                )  # fmt: skip
             if refund is None and beyond is None and uncapped is not None:
                 self._keep_back(item, uncapped)
                 kept.append(True)
@@ -1169,9 +1177,10 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     the order, pending at the gateway or succeeded before the return was marked; an exchange's
     units became its credit), and what they gave back for them: what the order recorded for each
     return (core.refunds.given_back_for_units), and for units of a return it recorded nothing for
-    (one whose fee took all of it, one of a replacement refunded wholly from its exchange's credit,
-    or one stored before returns' shares were recorded) their share of the line as it is now, taken
-    where that return came among the others (its ordinal), as units_share gave it then. A line's
+    (one whose fee took all of it, or one stored before returns' shares were recorded, or, of a
+    replacement, before those its exchange's credit refunded whole were: Order.credit_refunded_shares)
+    their share of the line as it is now, taken where that return came among the others (its
+    ordinal), as units_share gave it then. A line's
     units refunded over several returns add up to exactly its total, whatever its price did between
     them, but for a volume price lost since the first were refunded: the payment is settled for it
     (core.refunds.refunded_short_of_lines)."""
