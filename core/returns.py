@@ -80,6 +80,7 @@ from core.return_models import (
 )
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
+from core.unit_cancellation import KEY_HONOURED_FOR
 from core.workflow_types import stored_label
 
 R = ReturnStatus
@@ -203,7 +204,8 @@ class Returns:
         `request_key` (a client's Idempotency-Key, scoped to its API key) is kept on the return: a
         retry of a request that made it (whose answer was never stored: it failed after, or its
         function died) answers that return, with the order's entry written if it was not, instead
-        of making a second one; another request under the key is 409 `idempotency_key_reused`."""
+        of making a second one; another request under the key is 409 `idempotency_key_reused`. Only
+        within the key's 24 h (KEY_HONOURED_FOR): after them, a request under it is a new one."""
         order = visible(self._orders.get(order_id), order_id, channel)
         shipped = order.shipped_units()
         if any(line.quantity > shipped.get(line.line_id, 0) for line in cmd.lines):
@@ -216,7 +218,10 @@ class Returns:
             self._check_exchange(cmd, order)
         for _ in range(ATTEMPTS):
             earlier = self._returns.for_order(order_id)
-            made = next((r for r in earlier if request_key is not None and r.request_key == request_key), None)
+            # The key names one request for 24 h (API.md): a return made under it before is an earlier one.
+            since = self._clock() - KEY_HONOURED_FOR
+            keyed = [r for r in earlier if request_key is not None and r.request_key == request_key]
+            made = next((r for r in keyed if r.created_at > since), None)
             if made is not None:
                 return self._requested_again(made, cmd, order)
             returned_before = _units_on(earlier)

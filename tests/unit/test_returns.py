@@ -388,6 +388,22 @@ def test_a_request_retried_under_its_key_after_it_failed_past_the_return_answers
     assert [r.id for r in store.for_order(order.id)] == [again.id, other.id]
 
 
+@pytest.mark.parametrize("units", [1, 2], ids=["same_body", "other_body"])
+def test_a_request_under_a_key_used_more_than_24_hours_ago_makes_a_new_return(world, clock, units):
+    # The key is honoured for 24 h (API.md): a storefront keying returns by order and line asks for
+    # another unit days later and got the first return back (201) with nothing made, or a 409.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    first = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k1")
+    clock.now += timedelta(hours=25)
+
+    again = returns.request(order.id, ask(("L1", units, None)), actor="key_cs", request_key="api:key_cs:k1")
+
+    assert again.id != first.id and again.ordinal == 2
+    assert [r.id for r in store.for_order(order.id)] == [first.id, again.id]
+    assert returns.request(order.id, ask(("L1", units, None)), actor="key_cs", request_key="api:key_cs:k1") == again
+
+
 def test_the_history_read_writes_the_entries_a_dead_writer_owed_the_order_once(world, clock, monkeypatch):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))
