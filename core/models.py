@@ -1506,6 +1506,12 @@ class Order(BaseModel, defer_build=True):
     # (by return id): what a refund records for returned units (PaymentRefund.lines), for units
     # paid back as a credit. The system's own: stored, never shown.
     exchange_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
+    # What each return of this replacement's units (by return id) that its own captures refunded
+    # nothing of (they paid only the difference: its exchange's credit refunded the units whole)
+    # gave back for each line's units, as a refund records them (PaymentRefund.lines): a line priced
+    # again since counts what they were refunded (core.refunds.refunded_short_of_lines). The
+    # system's own: stored, never shown.
+    credit_refunded_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
     # The order's shipping an exchange's credit gives back (by return id), claimed before the
     # replacement is placed, so a refund deciding the shipping meanwhile counts it (as it counts
     # PaymentRefund.shipping). The system's own: stored, never shown.
@@ -1590,6 +1596,11 @@ class Order(BaseModel, defer_build=True):
             system["exchange_shares"] = {
                 return_id: [share.model_dump(mode="json") for share in shares]
                 for return_id, shares in self.exchange_shares.items()
+            }
+        if self.credit_refunded_shares:
+            system["credit_refunded_shares"] = {
+                return_id: [share.model_dump(mode="json") for share in shares]
+                for return_id, shares in self.credit_refunded_shares.items()
             }
         if self.shipping_claims:
             system["shipping_claims"] = {
@@ -2238,7 +2249,8 @@ class Order(BaseModel, defer_build=True):
                       key=lambda s: s.shipped_at or s.delivered_at or self.created_at)  # fmt: skip
         before: dict[str, int] = {}
         given = [r.lines for r in self.payment.refunds if r.status != "failed" and r.lines and r.return_id]
-        for share in [s for shares in [*given, *self.exchange_shares.values()] for s in shares]:
+        recorded = [*given, *self.exchange_shares.values(), *self.credit_refunded_shares.values()]
+        for share in [s for shares in recorded for s in shares]:
             before[share.line_id] = before.get(share.line_id, 0) + share.quantity
         owed: dict[str, Money] = {}
         for share in lines:
@@ -3348,6 +3360,17 @@ class Order(BaseModel, defer_build=True):
         if amount.currency != self.currency or amount.amount <= 0:
             raise InvalidTransition(f"what is kept back is a positive amount in {self.currency}")
         return self._bookkeeping(at=at, returns_kept_back={**self.returns_kept_back, return_id: amount})
+
+    def refunded_from_credit(self, return_id: str, shares: list[RefundedUnits], *, at: datetime) -> Bookkeeping | None:
+        """Return `return_id` of this replacement's units, worth `shares` for each line's units, was
+        refunded from its exchange's credit alone, its own captures giving nothing
+        (credit_refunded_shares). None when that is recorded already, or a refund of it on this
+        order records them (PaymentRefund.lines)."""
+        if return_id in self.credit_refunded_shares or any(
+            r.return_id == return_id and r.status != "failed" and r.lines for r in self.payment.refunds
+        ):
+            return None
+        return self._bookkeeping(at=at, credit_refunded_shares={**self.credit_refunded_shares, return_id: shares})
 
     def release_credit(self, return_id: str, *, at: datetime) -> Bookkeeping | None:
         """Return `return_id`'s exchange was given up: what its credit held (hold_credit) may be

@@ -114,13 +114,16 @@ def refund_due(
 
 def given_back_for_units(order: Order) -> dict[str, list[RefundedUnits]]:
     """What each return (by id) gave back for the units of each line, as recorded on the order:
-    its refund's lines (one the gateway refused counts nothing, a pending one counts), or for an
-    exchange the credit its units became."""
+    its refund's lines (one the gateway refused counts nothing, a pending one counts), for an
+    exchange the credit its units became, or for a return of a replacement's units its exchange's
+    credit refunded whole (Order.credit_refunded_shares)."""
     given: dict[str, list[RefundedUnits]] = {}
     for refund in order.payment.refunds:
         if refund.status != "failed" and refund.lines and refund.return_id is not None:
             given.setdefault(refund.return_id, []).extend(refund.lines)
     for return_id, shares in order.exchange_shares.items():
+        given.setdefault(return_id, []).extend(shares)
+    for return_id, shares in order.credit_refunded_shares.items():
         given.setdefault(return_id, []).extend(shares)
     return given
 

@@ -264,7 +264,18 @@ class Return(BaseModel):
     def receive(self, receipt: ReceiveReturn, *, at: datetime, by: str) -> Return:
         """The units of `receipt` arrived at its location, received by the API key `by`. Only an
         authorized return is received, once; more units of a line than it authorized is
-        InvalidRequest (422)."""
+        InvalidRequest (422). The same receipt again answers this return as it is (a retried
+        request); another receipt of a return received already is InvalidTransition (409): what
+        arrived was restocked and refunded as first recorded, and a different count must not look
+        recorded when it was not."""
+        if self.status in (ReturnStatus.RECEIVED, ReturnStatus.REFUNDED):
+            if self._recorded_as(receipt):
+                return self
+            raise InvalidTransition(
+                f"return {self.id} was received already, with another receipt",
+                details=[{"field": "lines", "message": "differs from the receipt recorded; receive again only to "
+                          "retry the same receipt"}],
+            )  # fmt: skip
         if self.status is not ReturnStatus.AUTHORIZED:
             raise InvalidTransition(f"a return that is {self.status} cannot be received")
         by_line = {line.line_id: line for line in self.lines}
@@ -291,6 +302,20 @@ class Return(BaseModel):
         return self._next(
             ReturnStatus.RECEIVED, at, lines=lines, received_at_location=receipt.location_id, received_by=by
         )
+
+    def _recorded_as(self, receipt: ReceiveReturn) -> bool:
+        """Whether this received return records `receipt`: its location, and each line's units in
+        each condition (in whatever order the receipt lists them)."""
+        counted: dict[tuple[str, str], int] = {}
+        for item in receipt.lines:
+            counted[item.line_id, item.condition] = counted.get((item.line_id, item.condition), 0) + item.quantity
+        recorded = {}
+        for line in self.lines:
+            damaged = line.received_quantity - line.resellable_quantity
+            for condition, quantity in (("resellable", line.resellable_quantity), ("damaged", damaged)):
+                if quantity:
+                    recorded[line.line_id, condition] = quantity
+        return receipt.location_id == self.received_at_location and counted == recorded
 
     def with_exchange_order(self, order_id: str, *, at: datetime) -> Return:
         """The replacement order of this return's exchange was placed."""

@@ -80,6 +80,7 @@ from core.return_models import (
 )
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
+from core.unit_cancellation import KEY_HONOURED_FOR
 from core.workflow_types import stored_label
 
 R = ReturnStatus
@@ -203,7 +204,8 @@ class Returns:
         `request_key` (a client's Idempotency-Key, scoped to its API key) is kept on the return: a
         retry of a request that made it (whose answer was never stored: it failed after, or its
         function died) answers that return, with the order's entry written if it was not, instead
-        of making a second one; another request under the key is 409 `idempotency_key_reused`."""
+        of making a second one; another request under the key is 409 `idempotency_key_reused`. Only
+        within the key's 24 h (KEY_HONOURED_FOR): after them, a request under it is a new one."""
         order = visible(self._orders.get(order_id), order_id, channel)
         shipped = order.shipped_units()
         if any(line.quantity > shipped.get(line.line_id, 0) for line in cmd.lines):
@@ -216,7 +218,10 @@ class Returns:
             self._check_exchange(cmd, order)
         for _ in range(ATTEMPTS):
             earlier = self._returns.for_order(order_id)
-            made = next((r for r in earlier if request_key is not None and r.request_key == request_key), None)
+            # The key names one request for 24 h (API.md): a return made under it before is an earlier one.
+            since = self._clock() - KEY_HONOURED_FOR
+            keyed = [r for r in earlier if request_key is not None and r.request_key == request_key]
+            made = next((r for r in keyed if r.created_at > since), None)
             if made is not None:
                 return self._requested_again(made, cmd, order)
             returned_before = _units_on(earlier)
@@ -482,19 +487,18 @@ class Returns:
     def receive(self, return_id: str, receipt: ReceiveReturn, actor: str, channel: str | None = None) -> Return:
         """Record what arrived (the workflow's first step, run by the API so a wrong receipt is
         answered at once). A return received already is returned as it is: receiving twice changes
-        nothing. Units beyond what a line authorized are 422; an unknown location is 422."""
+        nothing; another receipt of it is 409 (Return.receive). Units beyond what a line authorized
+        are 422; an unknown location is 422."""
         item = self.get(return_id, channel)
         if item.status in (R.RECEIVED, R.REFUNDED):
-            return item
+            return item.receive(receipt, at=self._clock(), by=actor)
         if self._catalog.get_location(receipt.location_id) is None:
             raise InvalidRequest(
                 f"no location {receipt.location_id}",
                 details=[{"field": "location_id", "message": "unknown location"}],
             )
         at = self._clock()
-        return self._change(
-            return_id, channel, lambda r: r if r.status is R.RECEIVED else r.receive(receipt, at=at, by=actor)
-        )
+        return self._change(return_id, channel, lambda r: r.receive(receipt, at=at, by=actor))
 
     def restock(self, return_id: str) -> Return:
         """Resellable units back on hand at the receiving location, once per return and line."""
@@ -704,6 +708,14 @@ class Returns:
             )
             if refund is not None and refund.status != "succeeded":
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+            if refund is None and beyond is not None and shares is not None:
+                # A replacement's captures gave nothing of it (its credit refunds it whole): what
+                # its units were worth is recorded all the same, as a refund records it.
+                at = self._clock()
+                modify(
+                    self._orders, item.order_id,
+                    lambda current: current.refunded_from_credit(item.id, shares(current), at=at),
+                )  # fmt: skip
             if refund is None and beyond is None and uncapped is not None:
                 self._keep_back(item, uncapped)
                 kept.append(True)
@@ -1170,9 +1182,10 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     the order, pending at the gateway or succeeded before the return was marked; an exchange's
     units became its credit), and what they gave back for them: what the order recorded for each
     return (core.refunds.given_back_for_units), and for units of a return it recorded nothing for
-    (one whose fee took all of it, one of a replacement refunded wholly from its exchange's credit,
-    or one stored before returns' shares were recorded) their share of the line as it is now, taken
-    where that return came among the others (its ordinal), as units_share gave it then. A line's
+    (one whose fee took all of it, or one stored before returns' shares were recorded, or, of a
+    replacement, before those its exchange's credit refunded whole were: Order.credit_refunded_shares)
+    their share of the line as it is now, taken where that return came among the others (its
+    ordinal), as units_share gave it then. A line's
     units refunded over several returns add up to exactly its total, whatever its price did between
     them, but for a volume price lost since the first were refunded: the payment is settled for it
     (core.refunds.refunded_short_of_lines)."""

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
+from unittest.mock import ANY
 
 import boto3
 import pytest
@@ -123,6 +124,12 @@ def test_a_return_received_in_mixed_condition_restocks_the_resellable_units(api:
     assert again.status_code == 200
     assert on_hand(api, sku, warehouse) == before + 1
     assert api.get(f"/orders/{order['id']}").json()["version"] == after["version"]
+
+    # Another count of the same parcel is refused, not answered as if it were recorded.
+    recount = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 2, "condition": "resellable"}]}
+    assert_error(api.post(f"/returns/{rma['id']}/receive", json=recount), 409, "invalid_transition")
+    assert api.get(f"/returns/{rma['id']}").json() == again.json() | {"label_url": ANY}
+    assert on_hand(api, sku, warehouse) == before + 1
 
 
 def test_the_last_units_back_make_the_order_returned(api: InProcessApi):

@@ -388,6 +388,22 @@ def test_a_request_retried_under_its_key_after_it_failed_past_the_return_answers
     assert [r.id for r in store.for_order(order.id)] == [again.id, other.id]
 
 
+@pytest.mark.parametrize("units", [1, 2], ids=["same_body", "other_body"])
+def test_a_request_under_a_key_used_more_than_24_hours_ago_makes_a_new_return(world, clock, units):
+    # The key is honoured for 24 h (API.md): a storefront keying returns by order and line asks for
+    # another unit days later and got the first return back (201) with nothing made, or a 409.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    first = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k1")
+    clock.now += timedelta(hours=25)
+
+    again = returns.request(order.id, ask(("L1", units, None)), actor="key_cs", request_key="api:key_cs:k1")
+
+    assert again.id != first.id and again.ordinal == 2
+    assert [r.id for r in store.for_order(order.id)] == [first.id, again.id]
+    assert returns.request(order.id, ask(("L1", units, None)), actor="key_cs", request_key="api:key_cs:k1") == again
+
+
 def test_the_history_read_writes_the_entries_a_dead_writer_owed_the_order_once(world, clock, monkeypatch):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))
@@ -465,7 +481,7 @@ def test_every_step_of_a_receipt_run_twice_changes_nothing(world, clock):
     returns.record_on_order(item.id, actor="key_wh")
     snapshot = (store.get(item.id), world.level("TSHIRT", "wh-west"), world.order(order.id), world.history(order.id))
 
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    returns.receive(item.id, the_receipt, "key_wh")
     returns.restock(item.id)
     returns.record_on_order(item.id, actor="key_wh")
 
@@ -511,6 +527,43 @@ def test_a_receipt_repeated_while_the_first_was_written_answers_the_received_ret
 
     assert returns.receive(item.id, the_receipt, "key_wh") == first
     assert store.get(item.id) == first
+
+
+@pytest.mark.parametrize("other", [
+    receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")),
+    receipt("wh-west", ("L1", 1, "resellable")),
+    receipt("wh-east", ("L1", 2, "resellable")),
+], ids=["other_condition", "fewer_units", "other_location"])  # fmt: skip
+def test_another_receipt_of_a_received_return_is_409_and_changes_nothing(world, clock, other):
+    # A second scan that counted differently must not be answered as if it were recorded: the
+    # first receipt was restocked and refunded, and the warehouse has to know this one was not.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    the_receipt = receipt("wh-west", ("L1", 2, "resellable"))
+    first = returns.settle(returns.receive(item.id, the_receipt, "key_wh").id, actor="key_wh")
+
+    with pytest.raises(InvalidTransition) as refused:
+        returns.receive(item.id, other, "key_wh")
+
+    assert refused.value.code == "invalid_transition"
+    assert store.get(item.id) == first
+    assert returns.receive(item.id, the_receipt, "key_other") == first
+
+
+def test_the_same_receipt_listed_in_another_order_is_answered_as_the_first(world, clock):
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
+    item = returns.request(order.id, ask(("L1", 2, None), ("L2", 1, None)), actor="key_cs")
+    first = returns.receive(
+        item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "damaged"), ("L1", 1, "damaged")), "key_wh"
+    )
+
+    again = returns.receive(
+        item.id, receipt("wh-west", ("L1", 1, "damaged"), ("L2", 1, "damaged"), ("L1", 1, "resellable")), "key_wh"
+    )
+
+    assert again == first == store.get(item.id)
 
 
 def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world, clock):

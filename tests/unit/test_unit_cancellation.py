@@ -905,6 +905,54 @@ def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping
 
 
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_replacement_unit_refunded_from_the_credit_alone_costs_nothing_once_its_line_lost_its_volume_price(
+    return_first,
+):  # fmt: skip
+    # Two TSHIRTs are exchanged for three MUGs at the volume price: the credit pays for all of them
+    # (the replacement captures nothing). The MUG shipped from the west comes back, refunded from the
+    # credit alone at 10.00 a unit, and the two waiting in the east are cancelled: the customer
+    # keeps nothing and pays both orders' shipping (10.00). With nothing recorded of what that MUG
+    # was refunded, the credit given back counted it at 12.50, as the line now is, and the customer
+    # paid 12.68.
+    from datetime import timedelta
+
+    from tests.builders import NOW
+    from tests.unit.test_returns import Clock, ask, exchange_of, receipt, returns_for
+
+    clock = Clock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
+    world = build_world(stock, VolumePrice(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert replacement.payment.captured == Money.zero("USD")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+
+    def return_the_mug() -> None:
+        mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(mug.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
+        step()
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    assert Order.model_validate_json(paid[1].stored_json()) == paid[1]
+
+
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
     # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
     # pending; nothing would ask for it again unless someone repeated the cancel.

@@ -153,8 +153,9 @@ def reject_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None,
     "or `returned` once every shipped unit is back) and refunds them through the payment plugin (each unit's share "
     "of its line total, plus shipping when the policy says so, minus the fee). 200 with the return `refunded` when "
     "that is done by the time the workflow was started; 202 with it `received` while the workflow finishes. "
-    "Receiving again changes nothing that is done and starts the workflow again, which resumes where it stopped "
-    "(a refund the gateway refused is recorded `failed` in GET /orders/{id}/refunds and asked again).",
+    "Receiving again with the same body changes nothing that is done and starts the workflow again, which resumes "
+    "where it stopped (a refund the gateway refused is recorded `failed` in GET /orders/{id}/refunds and asked "
+    "again); another receipt of a return received already is 409 `invalid_transition`.",
     responses={
         **ok(200, Return, "The return, refunded"),
         **ok(202, Return, "The return, received; the returns workflow finishes it"),
