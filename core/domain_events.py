@@ -39,6 +39,10 @@ class EventType(StrEnum):
     INVENTORY_LOW = "inventory.low"
 
 
+# The types of no order, so of no channel (DomainEvent.channel): a channel's subscription never gets them.
+WITHOUT_CHANNEL = frozenset({EventType.IMPORT_COMPLETED, EventType.INVENTORY_LOW})
+
+
 class DomainEvent(BaseModel, defer_build=True):
     """`{id, type, created_at, data}`, the body of a webhook delivery and the detail of a bus event."""
 

@@ -488,13 +488,17 @@ class DynamoOrders(OrderRepository):
         # A cursor is bound to the whole filter, not just the index it walks.
         bound = {**filters, "status": status} if status else filters
         scope = "&".join([index, *(f"{k}={v}" for k, v in sorted(bound.items()))])
+        key_names = {"id", _SORT_KEYS.get(index, "created_at"), key_attribute}
         if cursor is not None:
-            sort_key = _SORT_KEYS.get(index, "created_at")
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"id", sort_key, key_attribute})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, key_names)
             if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
                 raise InvalidCursor()
-        response = self._client.query(**query)
-        ids = [item["id"]["S"] for item in response.get("Items", [])]
+        if "channel" in filters:
+            entries, last = self._one_channels_entries(query, limit, key_names)
+        else:
+            response = self._client.query(**query)
+            entries, last = response.get("Items", []), response.get("LastEvaluatedKey")
+        ids = [item["id"]["S"] for item in entries]
         keys = [{"id": {"S": i}} for i in ids]
         # Read consistently: an index entry is written after the order it lists, so an eventually
         # consistent read could miss an order the page names (left out while the cursor moves
@@ -510,8 +514,27 @@ class DynamoOrders(OrderRepository):
             orders = [order for order in orders if order.status is where.status]
         if where.jeopardy:
             orders = [order for order in orders if order.jeopardy is not None]
-        last = response.get("LastEvaluatedKey")
         return orders, encode_cursor(scope, last) if last else None
+
+    def _one_channels_entries(
+        self, query: dict[str, Any], limit: int, key_names: set[str]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Up to `limit` entries of one channel from an index of every channel's orders (a
+        customer's, the late ones), and the key of the last one when more follow. Filtered after
+        DynamoDB cut the page, LastEvaluatedKey could name another channel's order, and a cursor
+        made of it handed that order's id to a channel key: pages are read on past other channels'
+        orders (with no Limit: a query per 1 MB), and the cursor names the last order shown."""
+        query.pop("Limit")
+        found: list[dict[str, Any]] = []
+        while True:
+            response = self._client.query(**query)
+            for item in response.get("Items", []):
+                if len(found) == limit:
+                    return found, {name: found[-1][name] for name in key_names}
+                found.append(item)
+            if "LastEvaluatedKey" not in response:
+                return found, None
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     @staticmethod
     def _plan(where: OrderFilter) -> tuple[str, str, dict[str, str]]:

@@ -105,6 +105,10 @@ def test_a_marked_order_enters_the_late_index_is_listed_and_counted(aws, capture
     rest, end = orders.list(OrderFilter(jeopardy=True), 2, cursor)
     assert [o.id for o in page + rest] == [o.id for o in reversed(placed)] and end is None  # newest first
     assert orders.list(OrderFilter(jeopardy=True, channel="other"), 10, None)[0] == []
+    # One channel's late orders: read on past others' entries, a cursor naming the last one shown.
+    page, cursor = orders.list(OrderFilter(jeopardy=True, channel="web"), 2, None)
+    rest, end = orders.list(OrderFilter(jeopardy=True, channel="web"), 2, cursor)
+    assert [o.id for o in page + rest] == [o.id for o in reversed(placed)] and end is None
     assert orders.list(OrderFilter(jeopardy=True, status=S.AUTHORIZED), 10, None)[0] == []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -38,3 +40,42 @@ def test_an_empty_customer_id_is_422_not_every_customers_orders(api: InProcessAp
 
     assert_error(api.get("/orders", params={"customer_id": ""}, key=key), 422, "validation_error", "customer_id")
     assert customers(api, key, customer_id="cus_bob") == ["cus_bob", "cus_bob"]
+
+
+@pytest.mark.parametrize("report", ["/orders", "/reports/top-products"])
+def test_a_channel_key_asking_for_another_channels_orders_is_403_as_for_its_reports(api: InProcessApi, report: str):
+    # The web storefront's key asking for the market's orders answered 200 with no items: read
+    # as "the market has no orders", where the same key asking for the market's report was 403.
+    key = issue_key(api, "orders:read", "reports:read", channel="web")
+
+    assert_error(api.get(report, params={"currency": "USD", "channel": "market"}, key=key), 403, "forbidden")
+    assert api.get(report, params={"currency": "USD", "channel": "web"}, key=key).status_code == 200
+    assert len(customers(api, key)) == 3
+
+
+def test_a_channel_keys_pages_of_a_customer_name_no_order_of_another_channel(api: InProcessApi):
+    # The customer's index holds every channel's orders and the channel was filtered after each
+    # page was cut: the web key got an empty page whose cursor carried the market order's id.
+    customer = {"id": "cus_both", "email": "both@example.com"}
+    ids = {}
+    for channel in ("web", "market", "market", "web", "market"):
+        body = order_body(channel=channel, external_id=f"both-{len(ids)}-{channel}", customer=customer)
+        placed = api.post("/orders", json=body)
+        assert placed.status_code == 201, placed.text
+        ids[placed.json()["id"]] = channel
+    key = issue_key(api, "orders:read", channel="web")
+
+    pages, cursor = [], None
+    while True:
+        params = {"customer_id": "cus_both", "limit": 1, **({"cursor": cursor} if cursor else {})}
+        answer = api.get("/orders", params=params, key=key)
+        assert answer.status_code == 200, answer.text
+        pages.append([order["id"] for order in answer.json()["items"]])
+        cursor = answer.json()["next_cursor"]
+        if cursor is None:
+            break
+        named = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["k"]["id"]["S"]
+        assert ids[named] == "web", "a cursor names another channel's order"
+
+    web = [order_id for order_id, channel in reversed(ids.items()) if channel == "web"]
+    assert pages == [[order_id] for order_id in web]

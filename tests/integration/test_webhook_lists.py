@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
 
 
@@ -56,3 +57,17 @@ def test_a_channel_key_pages_through_its_own_subscriptions_and_no_cursor_names_a
     assert ({hook["id"] for hook in both["items"]}, both["next_cursor"]) == (own, None)
     everyone = api.get("/webhooks", params={"limit": 100}).json()
     assert {hook["id"] for hook in everyone["items"]} == own | others
+
+
+@pytest.mark.parametrize("events", [["import.completed"], ["order.created", "inventory.low"]])
+def test_a_channel_key_subscribing_to_events_that_carry_no_channel_is_422_naming_the_entry(api: InProcessApi, events):
+    # An import or a low stock belongs to no channel, so a subscription bound to one never gets
+    # them: it was accepted (201) and stayed silent for good.
+    key = api.post("/api-keys", json={"name": "shop stock", "scopes": ["webhooks:write"], "channel": "shop"})
+    secret = key.json()["key"]
+    body = {"url": "http://127.0.0.1:9/hook", "events": events}
+
+    assert_error(api.post("/webhooks", json=body, key=secret), 422, "validation_error", f"events[{len(events) - 1}]")
+    assert_error(api.post("/webhooks", json={**body, "channel": "shop"}), 422, "validation_error")
+    assert api.post("/webhooks", json=body).status_code == 201  # unbound: every import, every low stock
+    assert api.post("/webhooks", json={**body, "events": ["*"]}, key=secret).status_code == 201

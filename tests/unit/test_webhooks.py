@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from core.domain_events import DomainEvent, EventType, event_id
-from core.errors import InvalidTransition, NotFound, StaleVersion
+from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion
 from core.status import DeliveryStatus
 from core.webhooks import (
     RETRY_WRITE_SECONDS,
@@ -706,3 +706,20 @@ def test_dispatch_matches_the_subscriptions_it_is_given_without_reading_them_aga
     dispatcher = EventDispatcher(store, queue, FakeBus(), Clock(), RetrySchedule())
     assert dispatcher.dispatch([event()], lambda: given) == 1
     assert store.reads == 0 and queue.sent[0][0].webhook_id == "whk_given"
+
+
+def test_a_channel_bound_subscription_to_an_event_without_a_channel_is_refused_naming_it():
+    # import.completed and inventory.low carry no order, so no channel: a subscription bound to
+    # one could never receive them, and it was stored as if it would.
+    store = FakeStore()
+    webhooks = Webhooks(store, FakeQueue(), public, Clock())
+    with pytest.raises(InvalidRequest) as refused:
+        webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["order.created", "inventory.low"],
+                                      channel="web"))  # fmt: skip
+    assert refused.value.details == [
+        {"field": "events[1]", "message": "inventory.low belongs to no channel: a channel's subscription never gets it"}
+    ]
+    assert store.webhooks == {}
+    for type_ in ("import.completed", "inventory.low"):
+        assert webhooks.subscribe(NewWebhook(url="https://a.example/h", events=[type_])).channel is None
+    assert webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"], channel="web")).channel == "web"

@@ -160,9 +160,10 @@ def list_orders(
 ) -> OrderPage:
     who = caller(router)
     if who.channel is not None:
-        # A channel-bound key lists its own channel only; asking for another finds nothing.
+        # A channel-bound key lists its own channel only; asking for another is 403, as for its
+        # reports: an empty page read as "that channel has no orders".
         if channel not in (None, who.channel):
-            return OrderPage(items=[], next_cursor=None)
+            raise ApiError(403, "forbidden", f"this API key lists channel {who.channel}'s orders only")
         channel = who.channel
     items, next_cursor = container().orders.list(
         OrderFilter(customer_id=customer_id, status=status, channel=channel, jeopardy=jeopardy == "true"),
