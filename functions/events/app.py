@@ -59,7 +59,7 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     with the same ids; a failure fails this record only and the stream retries it."""
     images = record.raw_event.get("dynamodb") or {}
     imported = import_summary(images.get("NewImage"))
-    if imported is not None:  # the Catalog stream's mapping passes only an import's end (or failure)
+    if imported is not None:  # the Catalog stream's mapping passes only an import's end or interruption
         with logger.append_context_keys(import_id=imported["id"]):
             old = import_summary(images.get("OldImage"))
             events = import_events(
