@@ -289,28 +289,37 @@ IMPORT_EVENT_ERROR_BYTES = 200 * 1024
 
 
 def import_events(
-    old: dict[str, Any] | None, new: dict[str, Any], errors: Callable[[], list[dict[str, Any]]]
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    errors: Callable[[], list[dict[str, Any]]],
+    old_failure: str | None = None,
+    new_failure: str | None = None,
 ) -> list[DomainEvent]:
-    """`import.completed` when an import reaches a completed status: `old` and `new` are the
-    import before and after the change as GET /imports/{id} shows it without its `errors`, and
-    `errors` reads them (only for an import that has just ended). `data.import` is the import as
-    GET /imports/{id} shows it, with the first of its errors that fit IMPORT_EVENT_ERROR_BYTES;
-    `data.errors_omitted` counts those GET /imports/{id} lists and the event does not carry: left
-    out for room, or not written yet (a worker counts a failure before it writes its error, and
-    another worker's last line may end the import in between). Its id is the import's and the
-    status's, so a redelivered change gives the same id."""
+    """`import.completed` when an import ends: completed, or failed as a whole for good (its file
+    cannot be imported). `old` and `new` are the import before and after the change as GET
+    /imports/{id} shows it without its `errors`; `old_failure` and `new_failure` the codes it had
+    failed with as a whole (None when it had not); `errors` reads its errors (only for an import
+    that has just ended). `data.import` is the import as GET /imports/{id} shows it, with the
+    first of its errors that fit IMPORT_EVENT_ERROR_BYTES; `data.errors_omitted` counts those GET
+    /imports/{id} lists and the event does not carry: left out for room, or not written yet (a
+    worker counts a failure before it writes its error, and another worker's last line may end the
+    import in between). Its id is the import's and the status's, so a redelivered change gives the
+    same id."""
     # Imported here, not with the module: the API reaches this module through the hookspecs on
     # every cold start, and only the stream's import records need the import service.
-    from core.import_service import MAX_REPORTED_ERRORS, ImportStatus
+    from core.import_service import MAX_REPORTED_ERRORS, import_has_ended
 
-    # The statuses an import ends in. `failed` is not one: a failed import can be started again.
-    done = {ImportStatus.COMPLETED.value, ImportStatus.COMPLETED_WITH_ERRORS.value}
-    status = new.get("status")
-    if status not in done or (old or {}).get("status") in done:
+    # An interrupted split (failed, split_interrupted) is no end: the import resumes.
+    if not import_has_ended(new.get("status"), new_failure) or (
+        old is not None and import_has_ended(old.get("status"), old_failure)
+    ):
         return []
+    status = new["status"]
     found = errors()
     carried = _fitting(found, IMPORT_EVENT_ERROR_BYTES)
-    kept = max(len(found), min(int(new.get("failed", 0)), MAX_REPORTED_ERRORS))
+    # The error of a file that failed as a whole (no line) is listed besides its counted lines'.
+    whole = sum(1 for error in found if error.get("line") is None)
+    kept = whole + max(len(found) - whole, min(int(new.get("failed", 0)), MAX_REPORTED_ERRORS))
     type_ = EventType.IMPORT_COMPLETED
     return [
         DomainEvent(

@@ -51,6 +51,15 @@ class ImportStatus(StrEnum):
     FAILED = "failed"
 
 
+def import_has_ended(status: str | None, failure_code: str | None) -> bool:
+    """Whether an import in `status`, failed as a whole with `failure_code` if it failed, has ended:
+    completed, or failed for good (its file cannot be imported). An interrupted split is no end:
+    Lambda retries the file's event (an operator replays it after that), and the import resumes."""
+    if status == ImportStatus.FAILED:
+        return failure_code != SPLIT_INTERRUPTED
+    return status in (ImportStatus.COMPLETED, ImportStatus.COMPLETED_WITH_ERRORS)
+
+
 class Outcome(StrEnum):
     IMPORTED = "imported"
     DUPLICATE = "duplicate"

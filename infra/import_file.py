@@ -7,7 +7,8 @@ channel, or OMS_ADMIN_API_KEY), or else from the state file `make run` writes (.
 OMS_STATE_FILE). OMS_AWS_ENDPOINT (the local stack's, from the state file) sends the upload there
 with test credentials; without it the upload goes to AWS with the default credential chain.
 Exit status: 0 when the import completed (with or without errors), 1 when it failed or could not
-be followed to its end, 2 for a usage or connection problem.
+be followed to its end, 2 for a usage or connection problem. An interrupted split
+(`split_interrupted`) is followed on while Lambda retries it, up to INTERRUPTED_PATIENCE.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from core.import_service import import_has_ended
 from core.imports import import_id_for
 
 POLL_SECONDS = 0.5
 APPEAR_TIMEOUT = 60.0  # how long the splitter may take to pick the file up
-FINISHED = ("completed", "completed_with_errors", "failed")
+# Lambda retries an interrupted split's event twice, a minute or two apart, and the import runs
+# again; one still interrupted after this long is held for an operator (ImportSplitFailureQueue).
+INTERRUPTED_PATIENCE = 300.0
 
 
 class CliError(Exception):
@@ -93,6 +97,7 @@ def follow(stack: dict[str, str | None], import_id: str, console: Console, timeo
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("waiting for the splitter", total=None)
+        interrupted_at: float | None = None
         while True:
             response = session.get(f"{stack['api_url']}/imports/{import_id}", timeout=10)
             elapsed = time.monotonic() - started
@@ -113,7 +118,14 @@ def follow(stack: dict[str, str | None], import_id: str, console: Console, timeo
                     total=max(report["total"], done) if report["total_final"] or report["total"] else None,
                     completed=done,
                 )
-                if report["status"] in FINISHED:
+                failure = next((e["code"] for e in report.get("errors") or [] if e.get("line") is None), None)
+                if import_has_ended(report["status"], failure):
+                    return report
+                if report["status"] != "failed":
+                    interrupted_at = None
+                elif interrupted_at is None:
+                    interrupted_at = elapsed
+                if interrupted_at is not None and elapsed - interrupted_at >= INTERRUPTED_PATIENCE:
                     return report
             if timeout is not None and elapsed > timeout:
                 raise CliError(f"gave up following import {import_id} after {timeout:.0f} s (it goes on)")

@@ -428,6 +428,12 @@ def import_summary(item: dict[str, Any] | None) -> dict[str, Any] | None:
     return ImportSummary(**_summary_fields(from_item(item))).model_dump(mode="json")
 
 
+def import_failure(item: dict[str, Any] | None) -> str | None:
+    """The code an import's item (DynamoDB JSON, e.g. a stream image) says the import failed with
+    as a whole; None when it has not failed."""
+    return (item or {}).get("error_code", {}).get("S")
+
+
 def _summary_fields(values: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": values["id"],

@@ -1,5 +1,5 @@
 """Orders stream consumer: each order change becomes domain events, webhook deliveries, counters
-and customer notifications; the Catalog stream's completed imports become `import.completed`, the
+and customer notifications; the Catalog stream's ended imports become `import.completed`, the
 Returns stream's new and received returns `return.created` and `return.received`."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from core.aggregates import aggregate_change
 from core.domain_events import DomainEvent, import_events, order_events, return_events
 from core.webhooks import IssuedWebhook
 from functions.adapters import order_codec
-from functions.adapters.imports import import_summary
+from functions.adapters.imports import import_failure, import_summary
 from functions.bootstrap import WarmContainer
 from functions.stream_batches import InOrderStreamProcessor
 
@@ -59,10 +59,17 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     with the same ids; a failure fails this record only and the stream retries it."""
     images = record.raw_event.get("dynamodb") or {}
     imported = import_summary(images.get("NewImage"))
-    if imported is not None:  # the Catalog stream's mapping passes only an import's completion
+    if imported is not None:  # the Catalog stream's mapping passes only an import's end or interruption
         with logger.append_context_keys(import_id=imported["id"]):
             old = import_summary(images.get("OldImage"))
-            dispatch(import_events(old, imported, lambda: import_errors(imported["id"])), subscriptions)
+            events = import_events(
+                old,
+                imported,
+                lambda: import_errors(imported["id"]),
+                old_failure=import_failure(images.get("OldImage")),
+                new_failure=import_failure(images.get("NewImage")),
+            )
+            dispatch(events, subscriptions)
         return
     new = order_document(images.get("NewImage"))
     if new is None:  # a removed item, or not an order

@@ -249,6 +249,108 @@ def test_an_import_that_ends_goes_to_the_bus_and_its_subscribers_once_even_when_
     assert [d.id for d in container().webhook_store.deliveries(imports.id, 10, None)[0]] == [delivery.id]
 
 
+def imports_stream(aws) -> list[dict[str, Any]]:
+    """The Catalog table's stream records that the EventsFunction's ImportsStream filter (the
+    template's own, matched as Lambda matches it) passes, as Lambda's event carries them."""
+    from infra.local.event_sources import compile_filters, matches_filters
+    from infra.local.template import Template
+
+    criteria = Template.load().functions()["EventsFunction"]["Events"]["ImportsStream"]["Properties"]["FilterCriteria"]
+    patterns = compile_filters(criteria, "EventsFunction")
+    table = aws.tables["CatalogTable"]
+    arn = aws.dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name=REGION)
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+    records = [
+        {"eventID": r["eventID"], "eventName": r["eventName"], "eventSource": "aws:dynamodb",
+         "eventSourceARN": arn, "dynamodb": r["dynamodb"]}
+        for r in streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+    ]  # fmt: skip
+    return [record for record in records if matches_filters(patterns, record)]
+
+
+def publish_imports_stream(aws) -> None:
+    """The EventsFunction run on what ImportsStream passes of the Catalog stream from its start (a
+    record seen before is delivered again); Lambda is not invoked when the filter passes nothing."""
+    from functions.events.app import lambda_handler
+
+    records = imports_stream(aws)
+    if records:
+        assert lambda_handler({"Records": records}, Context()) == {"batchItemFailures": []}
+
+
+@pytest.mark.parametrize(
+    ("key", "data", "code"),
+    [
+        ("incoming/orders.xlsx", b"PK\x03\x04", "unknown_format"),
+        ("incoming/orders.csv", b"\n\n", "empty_file"),
+        ("incoming/orders.csv", b"order,id\n1,2\n", "invalid_header"),
+    ],
+)
+def test_an_import_that_fails_as_a_whole_is_import_completed_once_with_its_error(
+    aws, wired, monkeypatch, key, data, code
+):
+    """A file that cannot be imported ends its import `failed`: that end is `import.completed` too,
+    the import as GET /imports/{id} shows it (its error with no line), sent once."""
+    from functions.events.app import container
+    from functions.import_splitter.app import lambda_handler as splitter
+    from tests.integration.import_support import context, create_import_resources, report, split
+
+    stack = create_import_resources(aws, monkeypatch)
+    imports = subscribe("http://127.0.0.1:9/imports", ["import.completed"])
+    import_id = split(stack, key, data)
+    shown = report(import_id)
+    assert (shown["status"], [(e["line"], e["code"]) for e in shown["errors"]]) == ("failed", [(None, code)])
+
+    publish_imports_stream(aws)
+    [on_bus] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert on_bus["detail-type"] == "import.completed"
+    assert on_bus["detail"]["data"] == {"import": shown, "errors_omitted": 0}
+    [queued] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert queued["webhook_id"] == imports.id
+
+    # The S3 event delivered again changes nothing, and the stream's record delivered again (after
+    # the delivery was tried) gives the same event id and no second delivery.
+    [delivery] = container().webhook_store.deliveries(imports.id, 10, None)[0]
+    container().webhook_store.update_delivery(delivery.model_copy(update={"attempts": 1}), delivery)
+    splitter(stack.s3_event(key), context("ImportSplitterFunction", 900))
+    publish_imports_stream(aws)
+    [again] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert again["detail"]["id"] == on_bus["detail"]["id"]
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+    assert [d.id for d in container().webhook_store.deliveries(imports.id, 10, None)[0]] == [delivery.id]
+
+
+def test_an_interrupted_split_is_no_event_and_the_import_it_resumes_ends_in_one(aws, wired, monkeypatch):
+    """`split_interrupted` is not an end: Lambda retries the file's event and the import resumes.
+    Only its real end is `import.completed`."""
+    from functions.adapters.imports import SqsOrderQueue
+    from functions.import_splitter.app import lambda_handler as splitter
+    from tests.builders import csv_file, csv_row
+    from tests.integration.import_support import context, create_import_resources, report
+
+    stack = create_import_resources(aws, monkeypatch)
+    subscribe("http://127.0.0.1:9/imports", ["import.completed"])
+    # Every row fails at the splitter (recorded there), so the import ends without a worker.
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1", quantity="x")))
+    event = stack.s3_event("incoming/orders.csv")
+    flush = SqsOrderQueue.flush
+    monkeypatch.setattr(SqsOrderQueue, "flush", lambda queue: (_ for _ in ()).throw(ConnectionError("down")))
+    with pytest.raises(ConnectionError):
+        splitter(event, context("ImportSplitterFunction", 900))
+    assert report(import_id)["errors"][0]["code"] == "split_interrupted"
+    publish_imports_stream(aws)
+    assert drain(wired["sqs"], wired["tap"]) == []
+
+    monkeypatch.setattr(SqsOrderQueue, "flush", flush)
+    splitter(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+    assert report(import_id)["status"] == "completed_with_errors"
+    publish_imports_stream(aws)
+    on_bus = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["detail"]["data"]["import"]["status"] for e in on_bus] == ["completed_with_errors"]
+
+
 class Receiver:
     """Answers each POST with the next of `answers` (an int status, or "slow" to sleep past the
     client's timeout), recording what it received."""

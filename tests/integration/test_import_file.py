@@ -3,6 +3,7 @@ to AWS with the default credential chain, not to a local endpoint with test cred
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,56 @@ def test_the_upload_to_a_deployed_stack_uses_the_default_credentials_and_names_t
     assert key.startswith("incoming/") and key.endswith("/orders.csv")
     # The id the splitter gives an object in a versioned bucket: GET /imports/{id} finds it.
     assert import_id == import_id_for(BUCKET, key, s3.head_object(Bucket=BUCKET, Key=key)["VersionId"])
+
+
+class Reports:
+    """GET /imports/{id} answering each poll with the next report (the last one again at the end)."""
+
+    def __init__(self, *reports: dict[str, Any]):
+        self.reports = list(reports)
+        self.polls = 0
+        self.headers: dict[str, str] = {}
+        self.trust_env = True
+
+    def get(self, url: str, timeout: float) -> Any:
+        report = self.reports[min(self.polls, len(self.reports) - 1)]
+        self.polls += 1
+        return type("Answer", (), {"status_code": 200, "json": lambda _: report, "text": ""})()
+
+
+def a_report(status: str, *errors: tuple[int | None, str], imported: int = 0) -> dict[str, Any]:
+    return {
+        "id": "imp_" + "a" * 24, "source": "s3://b/incoming/orders.csv", "status": status, "total": 2,
+        "total_final": status != "failed", "imported": imported, "duplicates": 0, "failed": 0,
+        "errors": [{"line": line, "external_id": None, "code": code, "message": code} for line, code in errors],
+    }  # fmt: skip
+
+
+def follow_reports(monkeypatch: pytest.MonkeyPatch, reports: Reports) -> dict[str, Any]:
+    from rich.console import Console
+
+    monkeypatch.setattr(import_file.requests, "Session", lambda: reports)
+    monkeypatch.setattr(import_file, "POLL_SECONDS", 0)
+    stack = {"api_url": "https://api.example.com/v1", "api_key": "k"}
+    return import_file.follow(stack, "imp_" + "a" * 24, Console(file=open(os.devnull, "w")), timeout=None)
+
+
+def test_an_interrupted_split_is_followed_until_its_retry_completes_the_import(monkeypatch: pytest.MonkeyPatch):
+    """`split_interrupted` is no end: Lambda retries the file's event a minute later and the import
+    resumes. `make import` reported it failed (exit 1) while its orders went on being imported."""
+    interrupted = a_report("failed", (None, "split_interrupted"))
+    reports = Reports(
+        a_report("running"), interrupted, interrupted, a_report("running"), a_report("completed", imported=2)
+    )
+
+    assert follow_reports(monkeypatch, reports)["status"] == "completed"
+    assert reports.polls == 5
+
+
+def test_a_split_interrupted_for_good_or_a_file_that_cannot_be_imported_ends_the_following(monkeypatch):
+    monkeypatch.setattr(import_file, "INTERRUPTED_PATIENCE", 0)
+    held = Reports(a_report("failed", (None, "split_interrupted")))
+    assert follow_reports(monkeypatch, held)["status"] == "failed" and held.polls == 1
+
+    unknown = Reports(a_report("failed", (None, "unknown_format")))
+    assert follow_reports(monkeypatch, unknown)["status"] == "failed" and unknown.polls == 1

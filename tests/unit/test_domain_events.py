@@ -340,13 +340,43 @@ def test_errors_are_read_only_for_an_import_that_has_just_ended():
     ("old", "new"),
     [
         ("running", "running"),  # progress
-        ("running", "failed"),  # a file that could not be read: it can be started again
         ("completed", "completed"),  # a change to an ended import (none is made today)
         ("completed_with_errors", "completed_with_errors"),
     ],
 )
 def test_an_import_that_has_not_just_ended_is_no_event(old, new):
     assert import_events(an_import(old), an_import(new), no_errors) == []
+
+
+def test_an_import_that_fails_as_a_whole_is_import_completed_with_its_error_once():
+    failure = {"line": None, "external_id": None, "code": "unknown_format", "message": "cannot tell the format"}
+    running = an_import("running", total=0, imported=0, total_final=False)
+    failed = an_import("failed", total=0, imported=0, total_final=False)
+    [event] = import_events(running, failed, lambda: [failure], new_failure="unknown_format")
+    assert event.type is EventType.IMPORT_COMPLETED
+    assert event.id == event_id(failed["id"], 0, EventType.IMPORT_COMPLETED, "failed")
+    assert event.data == {"import": {**failed, "errors": [failure]}, "errors_omitted": 0}
+    # A later write of the failed import (a duplicate delivery of its file's event failing too) is
+    # no second end.
+    assert import_events(failed, failed, no_errors, old_failure="unknown_format", new_failure="unknown_format") == []
+
+
+def test_a_failed_import_whose_lines_were_counted_omits_only_the_errors_not_yet_written():
+    # Its file went missing on the retry of an interrupted split: two lines had failed before.
+    failure = {"line": None, "external_id": None, "code": "file_unavailable", "message": "deleted"}
+    failed = an_import("failed", failed=2, imported=0, total_final=False)
+    [event] = import_events(
+        an_import("running"), failed, lambda: [failure, an_error(2)], new_failure="file_unavailable"
+    )
+    assert event.data["import"]["errors"] == [failure, an_error(2)] and event.data["errors_omitted"] == 1
+
+
+@pytest.mark.parametrize(("old", "old_failure"), [("running", None), ("failed", "split_interrupted")])
+def test_an_interrupted_split_is_no_end_of_its_import_but_a_file_error_after_one_is(old, old_failure):
+    interrupted = an_import("failed", total_final=False)
+    assert import_events(an_import(old), interrupted, no_errors, old_failure, "split_interrupted") == []
+    [event] = import_events(an_import(old), interrupted, no_errors, old_failure, "file_unavailable")
+    assert event.data["import"]["status"] == "failed"
 
 
 # --- Refunds as the order stores them: written pending, then succeeded or failed -------------------
