@@ -292,8 +292,8 @@ class UnitCancellation:
 
     def _release_stock(self, order: Order) -> None:
         """Bring every reservation of the order down to what its shipments that have not left
-        (pending, or a pickup waiting at its store) still need. A shipment that left is not
-        touched: its units leave on_hand with its ship (idempotent)."""
+        (pending, or a pickup waiting at its store) still need; a cancelled one (emptied) needs
+        none. A shipment that left is not touched: its units leave on_hand with its ship (idempotent)."""
         sku_of = {line.line_id: line.sku for line in order.lines}
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -307,7 +307,7 @@ class UnitCancellation:
                 held = (sku_of[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
                 if shipment.status in NOT_LEFT:
                     needed[held] += item.quantity
-                else:
+                elif shipment.status is not ShipmentStatus.CANCELLED:  # a cancelled one holds nothing
                     left.add(held)
         # A shrink conditional on what was read changes nothing when another cancel of the same
         # order brought that reservation down meanwhile: read again until none holds more than its
