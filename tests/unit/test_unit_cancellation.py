@@ -1220,3 +1220,30 @@ def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them
 
     assert (later.lines[0].quantity, later.lines[0].cancelled_quantity) == (1, 2)
     assert [entry.type for entry in world.history(order.id)].count(OrderEvent.UNITS_CANCELLED) == 2
+
+
+@pytest.mark.parametrize(
+    ("lines", "refused"),
+    [({"L1": 1}, InvalidTransition), ({"L2": 9}, InvalidRequest)],
+    ids=["units that shipped (409)", "more units than the line has (422)"],
+)
+def test_a_refused_cancel_of_units_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch, lines, refused):
+    # The east parcel's ship asked the gateway for its capture and has not recorded it yet (its
+    # process died, or it is a moment from its write): a cancel refused anyway must not take that
+    # capture back, refund it, and make the warehouse's ship fail.
+    order = world.allocated(("MUG", 1), ("CAP", 2))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    monkeypatch.undo()
+    before = world.order(order.id)
+
+    with pytest.raises(refused):
+        world.actions.cancel(order.id, "changed my mind", actor="key_web", lines=lines)
+
+    assert world.order(order.id) == before and world.spy.refunded == []
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.payment.status) == (S.SHIPPED, P.CAPTURED)
+    assert shipped.payment.captured == shipped.totals.grand_total and world.spy.refunded == []
