@@ -2628,13 +2628,7 @@ class Order(BaseModel, defer_build=True):
         """The location cannot fulfil this pending shipment: the order goes back to be sourced
         again (authorized, nothing allocated, no pending shipment) and never from that location. A
         held one (held allocated) stays on hold, and is sourced again when it is released."""
-        shipment = self.shipment(shipment_id)
-        if shipment.status is not ShipmentStatus.PENDING:
-            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
-        if self._held_with_stock():
-            self._check_nothing_left("sourced again")
-        else:
-            self._check_resourceable("sourced again")
+        shipment = self.rejectable(shipment_id)
         excluded = [*self.excluded_locations, shipment.location_id]
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
@@ -2642,6 +2636,19 @@ class Order(BaseModel, defer_build=True):
                     "released": [a.model_dump() for a in self.allocations]},
             excluded_locations=list(dict.fromkeys(excluded)), rebookings=self.rebookings + 1, **self._sourced_again(),
         )  # fmt: skip
+
+    def rejectable(self, shipment_id: str) -> Shipment:
+        """The pending shipment, if its location may reject it now (checked before a capture asked
+        for a parcel of the order is given back, as ready_to_ship is before one is asked);
+        InvalidTransition otherwise: it is not pending, or the order can no longer be sourced again."""
+        shipment = self.shipment(shipment_id)
+        if shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
+        if self._held_with_stock():
+            self._check_nothing_left("sourced again")
+        else:
+            self._check_resourceable("sourced again")
+        return shipment
 
     def reject_withdrawn(self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
         """A location rejects a shipment of this order that an earlier change withdrew before the
