@@ -98,7 +98,8 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
 }
 
 # A pickup is readied by the store, then collected (delivered) or, uncollected, cancelled. A
-# shipment that has not left is cancelled with its order: nothing of a cancelled order ships.
+# shipment that has not left is cancelled with its order (nothing of a cancelled order ships), or
+# by a cancel of units that empties it.
 SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
     H.PENDING: frozenset({H.SHIPPED, H.READY_FOR_PICKUP, H.CANCELLED}),
     H.READY_FOR_PICKUP: frozenset({H.DELIVERED, H.CANCELLED}),
