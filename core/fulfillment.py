@@ -269,9 +269,20 @@ class OrderActions:
         holds elsewhere stays reserved for the workflow to keep or release. A repeat of a reject
         recorded already only finishes the release. A shipment an earlier change withdrew (two
         locations of a split order rejecting at once: the first sent the order back to be sourced)
-        is rejected all the same: its location is excluded (Order.reject_withdrawn)."""
-        # A capture asked for the shipment (a ship in flight, or one that died) is refunded first.
-        self._cancellation.settle_capture_requests(self._order(order_id, channel), actor)
+        is rejected all the same: its location is excluded (Order.reject_withdrawn). A reject refused
+        (404, 409) changes nothing."""
+
+        def rejectable(order: Order) -> None:
+            if self._rejected_at(order, shipment_id) is not None:
+                return
+            if any(s.id == shipment_id for s in order.shipments):
+                order.rejectable(shipment_id)
+            elif self._withdrawn_from(order_id, shipment_id) is None:
+                order.shipment(shipment_id)  # NotFound
+
+        # A capture asked for a parcel of the order (a ship in flight, or one that died) is refunded
+        # first, by a reject that goes ahead: one refused leaves that ship to record it.
+        self._cancellation.settle_capture_requests(self._checked(order_id, channel, rejectable), actor)
         at = self._clock()
 
         def decide(order: Order):

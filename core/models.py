@@ -1264,6 +1264,12 @@ def _labels_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
     return given_up
 
 
+def _all_delivered(shipments: list[Shipment]) -> bool:
+    """Whether every parcel of `shipments` that was to go arrived: one a cancel of units emptied
+    (`cancelled`) never goes, and keeps no order from `delivered`."""
+    return all(s.status is ShipmentStatus.DELIVERED for s in shipments if s.status is not ShipmentStatus.CANCELLED)
+
+
 def _shipped_counted(lines: list[OrderLine], shipments: list[Shipment]) -> list[OrderLine]:
     """`lines` with `shipped_quantity` as the shipments that left say (shipped or delivered: a
     pickup waiting at its store has not left, a collected one has)."""
@@ -1779,7 +1785,8 @@ class Order(BaseModel, defer_build=True):
         """What shipping `shipment_id` captures: its lines' share of their totals, and for the
         order's first shipment also the shipping and whatever rounding leaves, so the captures add
         up to the grand total exactly in whatever order the parcels leave (and two ships at once
-        cannot disagree). The last pending shipment takes whatever is left; never more."""
+        cannot disagree). The last pending shipment takes whatever is left; never more. A parcel a
+        cancel of units emptied (`cancelled`) ships nothing and has no share."""
         shipment = self.shipment(shipment_id)
         zero = Money.zero(self.currency)
         if not self.payment.authorization:
@@ -1789,8 +1796,9 @@ class Order(BaseModel, defer_build=True):
             # Never negative: a cancel that left the captures above the new total refunded the
             # excess, so the last parcel is paid for already.
             return max(remaining, zero, key=lambda m: m.amount)
-        if shipment.id == self.shipments[0].id:
-            others = [self._share(s) for s in self.shipments[1:]]
+        live = [s for s in self.shipments if s.status is not ShipmentStatus.CANCELLED]
+        if shipment.id == live[0].id:
+            others = [self._share(s) for s in live[1:]]
             planned = self.payable() - sum(others, zero) if others else remaining
         else:
             planned = self._share(shipment)
@@ -2140,7 +2148,9 @@ class Order(BaseModel, defer_build=True):
         self._check_nothing_left(what)
 
     def _check_nothing_left(self, what: str) -> None:
-        left = next((s for s in self.shipments if s.status is not ShipmentStatus.PENDING), None)
+        # A parcel a cancel of units emptied (cancelled) never left: it goes with the pending ones.
+        stay = (ShipmentStatus.PENDING, ShipmentStatus.CANCELLED)
+        left = next((s for s in self.shipments if s.status not in stay), None)
         if left is not None:
             raise InvalidTransition(f"shipment {left.id} is {left.status}: the order can no longer be {what}")
 
@@ -2615,7 +2625,7 @@ class Order(BaseModel, defer_build=True):
         ]
         # A shipped order with units already back stays partially_returned (or returned) when its
         # last parcel arrives: its returns are what its status says.
-        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments) and self.status not in (
+        everything_delivered = _all_delivered(shipments) and self.status not in (
             OrderStatus.PARTIALLY_RETURNED,
             OrderStatus.RETURNED,
         )
@@ -2630,13 +2640,7 @@ class Order(BaseModel, defer_build=True):
         """The location cannot fulfil this pending shipment: the order goes back to be sourced
         again (authorized, nothing allocated, no pending shipment) and never from that location. A
         held one (held allocated) stays on hold, and is sourced again when it is released."""
-        shipment = self.shipment(shipment_id)
-        if shipment.status is not ShipmentStatus.PENDING:
-            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
-        if self._held_with_stock():
-            self._check_nothing_left("sourced again")
-        else:
-            self._check_resourceable("sourced again")
+        shipment = self.rejectable(shipment_id)
         excluded = [*self.excluded_locations, shipment.location_id]
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
@@ -2644,6 +2648,19 @@ class Order(BaseModel, defer_build=True):
                     "released": [a.model_dump() for a in self.allocations]},
             excluded_locations=list(dict.fromkeys(excluded)), rebookings=self.rebookings + 1, **self._sourced_again(),
         )  # fmt: skip
+
+    def rejectable(self, shipment_id: str) -> Shipment:
+        """The pending shipment, if its location may reject it now (checked before a capture asked
+        for a parcel of the order is given back, as ready_to_ship is before one is asked);
+        InvalidTransition otherwise: it is not pending, or the order can no longer be sourced again."""
+        shipment = self.shipment(shipment_id)
+        if shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
+        if self._held_with_stock():
+            self._check_nothing_left("sourced again")
+        else:
+            self._check_resourceable("sourced again")
+        return shipment
 
     def reject_withdrawn(self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
         """A location rejects a shipment of this order that an earlier change withdrew before the
@@ -2713,7 +2730,7 @@ class Order(BaseModel, defer_build=True):
         detail: dict[str, Any] = {"shipment_id": shipment_id, "captured": captured.model_dump(mode="json")}
         if capture_reference:
             detail["capture_reference"] = capture_reference
-        everything_delivered = all(s.status is ShipmentStatus.DELIVERED for s in shipments)
+        everything_delivered = _all_delivered(shipments)
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
@@ -3024,10 +3041,11 @@ class Order(BaseModel, defer_build=True):
         `totals`, and `grants` (what its codes and the plugins' rules grant the units left) are its
         `promotion_grants` from now on (None: as they were), as an edit's are; the shipments that
         have not left (pending, or a pickup waiting at its store) lose those units (the last ones
-        first) and an emptied one goes, with its allocations; a pending one left with fewer units
+        first) and an emptied one is `cancelled` (kept, as a whole cancel keeps its parcels; its
+        booking given up) and its allocations go; a pending one left with fewer units
         is due a label for what it now holds (`labels_due`, booked under a new booking key:
         `rebookings` grows). With nothing left to ship the order is `shipped`, or `delivered` when
-        every shipment is. `request_key` (a client's Idempotency-Key, scoped to its API key) is kept
+        every shipment not cancelled is. `request_key` (a client's Idempotency-Key, scoped to its API key) is kept
         in the entry: a retry of the request finds it there (UnitCancellation.cancel)."""
         zero = Money.zero(self.currency)
         keyed = {"request_key": request_key} if request_key is not None else {}
@@ -3077,7 +3095,11 @@ class Order(BaseModel, defer_build=True):
                     )
                 if item.quantity - take:
                     kept.append(ShipmentLine(line_id=item.line_id, quantity=item.quantity - take))
-            shipments[index] = _replaced(shipment, lines=kept) if kept else None
+            # An emptied parcel is cancelled, as a whole cancel leaves its parcels: it stays on the
+            # order, so a location reading it finds no work left (a ship of it is 409, not 404).
+            shipments[index] = (
+                _replaced(shipment, lines=kept) if kept else _replaced(shipment, status=ShipmentStatus.CANCELLED)
+            )
             if kept and kept != shipment.lines and shipment.status is ShipmentStatus.PENDING:
                 shrunk.append(shipment.id)
         if any(taking.values()):
@@ -3091,10 +3113,11 @@ class Order(BaseModel, defer_build=True):
             quantity = allocation.quantity - removed.pop((allocation.line_id, allocation.location_id), 0)
             if quantity > 0:
                 allocations.append(_replaced(allocation, quantity=quantity))
-        gone_out = [shipment for shipment in left if shipment.status not in NOT_LEFT]
+        live = [shipment for shipment in left if shipment.status is not ShipmentStatus.CANCELLED]
+        gone_out = [shipment for shipment in live if shipment.status not in NOT_LEFT]
         to = None
         payment = self.payment
-        if len(gone_out) == len(left):
+        if len(gone_out) == len(live):
             if not gone_out:
                 raise InvalidTransition("cancelling every unit before anything shipped cancels the order")
             delivered = all(shipment.status is ShipmentStatus.DELIVERED for shipment in gone_out)

@@ -98,7 +98,8 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
 }
 
 # A pickup is readied by the store, then collected (delivered) or, uncollected, cancelled. A
-# shipment that has not left is cancelled with its order: nothing of a cancelled order ships.
+# shipment that has not left is cancelled with its order (nothing of a cancelled order ships), or
+# by a cancel of units that empties it.
 SHIPMENT_TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
     H.PENDING: frozenset({H.SHIPPED, H.READY_FOR_PICKUP, H.CANCELLED}),
     H.READY_FOR_PICKUP: frozenset({H.DELIVERED, H.CANCELLED}),
@@ -162,7 +163,8 @@ def _step(kind: type[E], before: object, after: object, what: str) -> None:
 def check_successor(old: Order, new: Order) -> None:
     """Raise InvalidTransition unless `new` may be written over `old`: the next version whose order,
     payment and shipment statuses each stay or follow their table (a new shipment starts pending,
-    one that left never disappears), or `old` itself unchanged (a write that only appends history).
+    one that left or waits at its store never disappears), or `old` itself unchanged (a write that
+    only appends history).
     The repositories call it on every update, so even a buggy service cannot store a jump."""
     if new.id != old.id:
         raise InvalidTransition(f"order {new.id} cannot replace order {old.id}")
@@ -180,7 +182,9 @@ def check_successor(old: Order, new: Order) -> None:
             _step(ShipmentStatus, before.pop(shipment.id), shipment.status, "shipment")
         elif shipment.status != ShipmentStatus.PENDING:
             raise InvalidTransition(f"a new shipment starts pending, not {shipment.status}")
-    gone = [shipment_id for shipment_id, status in before.items() if status != ShipmentStatus.PENDING]
+    # A pending or cancelled shipment may go (the order sent back to be sourced); one that left never.
+    stays = (ShipmentStatus.PENDING, ShipmentStatus.CANCELLED)
+    gone = [shipment_id for shipment_id, status in before.items() if status not in stays]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")
     _check_capture_requests(old, new)

@@ -151,17 +151,19 @@ class UnitCancellation:
                 keyed = {"request_key": request_key} if lines and request_key is not None else None
                 cancelled_whole = self._cancellation.cancel(order_id, reason, actor, channel=channel, detail=keyed)
                 return self.cancel_given_up(cancelled_whole, actor)
-            if order.captures_requested:
-                # A shipment being shipped (or whose ship died) keeps its lines: its capture is
-                # refunded first, and the units are cancelled on the order as it is then.
-                self._cancellation.settle_capture_requests(order, actor)
-                consistent = True
-                continue
             try:
                 cancelled = order.units_to_cancel(lines)
             except (Conflict, InvalidRequest):
                 if consistent:
+                    self._record_settlement(order, actor)
                     raise
+                consistent = True
+                continue
+            if order.captures_requested:
+                # A shipment being shipped (or whose ship died) keeps its lines: its capture is
+                # refunded first, and the units are cancelled on the order as it is then. Only for a
+                # cancel that is not refused (above): a refused one leaves that ship alone.
+                self._cancellation.settle_capture_requests(order, actor)
                 consistent = True
                 continue
             priced, totals, grants = self._priced(order, cancelled)
@@ -179,6 +181,16 @@ class UnitCancellation:
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
+
+    def _record_settlement(self, order: Order, actor: str) -> None:
+        """Record the settlement capture a cancel asked for and never recorded (it died after the
+        gateway answered): it is owed whatever happens next, so a cancel refused records it all the
+        same, as one that goes ahead does first (Cancellation.settle_capture_requests). A shipment's
+        capture is left to its ship. A failure is in the history, and the refusal stands."""
+        if order.capture_request(None) is None:
+            return
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            self._cancellation.finish_settlement_capture(order, actor)
 
     def _replayed(
         self, order_id: str, reason: str, lines: dict[str, int], request_key: str, actor: str, channel: str | None
@@ -292,8 +304,8 @@ class UnitCancellation:
 
     def _release_stock(self, order: Order) -> None:
         """Bring every reservation of the order down to what its shipments that have not left
-        (pending, or a pickup waiting at its store) still need. A shipment that left is not
-        touched: its units leave on_hand with its ship (idempotent)."""
+        (pending, or a pickup waiting at its store) still need; a cancelled one (emptied) needs
+        none. A shipment that left is not touched: its units leave on_hand with its ship (idempotent)."""
         sku_of = {line.line_id: line.sku for line in order.lines}
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -307,7 +319,7 @@ class UnitCancellation:
                 held = (sku_of[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
                 if shipment.status in NOT_LEFT:
                     needed[held] += item.quantity
-                else:
+                elif shipment.status is not ShipmentStatus.CANCELLED:  # a cancelled one holds nothing
                     left.add(held)
         # A shrink conditional on what was read changes nothing when another cancel of the same
         # order brought that reservation down meanwhile: read again until none holds more than its

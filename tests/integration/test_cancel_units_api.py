@@ -429,3 +429,36 @@ def test_a_cancel_of_every_unit_retried_after_its_idempotency_record_was_lost_an
     assert (again.json()["id"], again.json()["status"]) == (order["id"], "cancelled")
     assert again.json()["payment"]["status"] == "voided"
     assert_error(other, 409, "idempotency_key_reused")
+
+
+def test_a_parcel_a_cancel_of_units_empties_stays_on_the_order_cancelled_and_is_no_work_for_its_warehouse(api):
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+    east = next(s for s in order["shipments"] if s["location_id"] == "wh-east")
+    cap_before = stock(api, "CAP", "wh-east")
+
+    answer = cancel(api, order["id"], [("L2", 2)])
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    # Kept, cancelled and without a label to print, as a whole cancel leaves its parcels: the warehouse
+    # that reads the order sees what became of it, and its ship or reject is 409, not 404.
+    kept = next(s for s in done["shipments"] if s["id"] == east["id"])
+    assert (kept["status"], kept["label_url"]) == ("cancelled", None)
+    assert api.get(f"/orders/{order['id']}").json()["shipments"] == done["shipments"]
+    assert [a["line_id"] for a in done["allocations"]] == ["L1"]
+    assert stock(api, "CAP", "wh-east") == (cap_before[0], cap_before[1] - 2, cap_before[2] + 2)
+    history = [h["type"] for h in api.get(f"/orders/{order['id']}/history").json()["items"]]
+    assert history[-2:] == ["units_cancelled", "carrier_booking_cancelled"]
+    for action, body in (("ship", {}), ("reject", {"reason": "no staff"}), ("deliver", {})):
+        refused = api.post(f"/orders/{order['id']}/shipments/{east['id']}/{action}", json=body)
+        assert_error(refused, 409, "invalid_transition")
+    assert api.get(f"/orders/{order['id']}").json()["version"] == done["version"]
+
+    # The parcel left ships and arrives: the cancelled one keeps the order from neither.
+    shipped = ship(api, done, "wh-west")
+    assert shipped["status"] == "shipped"
+    assert money(shipped["payment"]["captured"]) == money(shipped["totals"]["grand_total"])
+    west = next(s for s in shipped["shipments"] if s["location_id"] == "wh-west")
+    delivered = api.post(f"/orders/{order['id']}/shipments/{west['id']}/deliver", json={})
+    assert delivered.status_code == 200, delivered.text
+    assert delivered.json()["status"] == "delivered"

@@ -138,7 +138,7 @@ def test_a_parcel_a_cancel_of_units_empties_has_its_booking_cancelled(world, car
 
     done = world.actions.cancel(order.id, "no cap", actor="key_web", lines={"L2": 1})
 
-    assert [s.location_id for s in done.shipments] == ["wh-west"]
+    assert [(s.location_id, s.status) for s in done.shipments] == [("wh-east", "cancelled"), ("wh-west", "pending")]
     assert carrier.cancelled == [(f"ACME-{east}", east, order.id)]
 
 

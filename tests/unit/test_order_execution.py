@@ -14,7 +14,7 @@ from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
 
 S = OrderStatus
 H = ShipmentStatus
@@ -813,3 +813,32 @@ def test_the_execution_an_edit_starts_sources_the_order_while_plain_reads_still_
     again = world.order(order.id)
     assert again.status is S.ALLOCATED and [(s.lines[0].quantity) for s in again.shipments] == [4]
     assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 4}
+
+
+@pytest.mark.parametrize(
+    ("rejected", "refused"),
+    [("wh-west", InvalidTransition), ("wh-east", InvalidTransition), ("shp_nosuchparcel", NotFound)],
+    ids=["the parcel that shipped (409)", "the parcel being shipped, the order partly shipped (409)",
+         "a parcel the order never had (404)"],
+)  # fmt: skip
+def test_a_refused_reject_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch, rejected, refused):
+    # The east parcel's ship asked the gateway for its capture and has not recorded it yet (its
+    # process died, or it is a moment from its write): a reject refused anyway must not take that
+    # capture back, refund it, and make the warehouse's ship fail.
+    order = world.allocated(("MUG", 1), ("PEN", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    monkeypatch.undo()
+    before = world.order(order.id)
+    parcel = world.shipment_at(order, rejected) if rejected.startswith("wh-") else rejected
+
+    with pytest.raises(refused):
+        world.actions.reject(order.id, parcel, "damaged stock", actor="key_store")
+
+    assert world.order(order.id) == before and world.spy.refunded == []
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
+    assert world.spy.refunded == []

@@ -956,8 +956,9 @@ def test_a_replacement_whose_units_are_cancelled_below_its_credit_gives_back_wha
     assert left.totals.grand_total < credit
     assert world.order(order.id).payment.refunds == []
     for shipment in left.shipments:
-        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")
-        world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")  # a repeat gives nothing more
+        if shipment.status == "pending":  # the t-shirt's parcel, emptied, is cancelled
+            world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")
+            world.actions.ship(replacement.id, shipment.id, None, actor="key_wh")  # a repeat gives nothing more
 
     original = world.order(order.id)
     assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit - left.totals.grand_total, "succeeded")]

@@ -19,7 +19,7 @@ from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
-from tests.builders import NOW, place_order, product
+from tests.builders import NOW, location, place_order, product
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_returns import Clock as ReturnsClock
 from tests.unit.test_returns import ask, receipt, returns_for
@@ -66,7 +66,7 @@ def test_cancelling_the_rest_of_a_split_order_ships_what_left_and_settles_the_pa
     assert (mug.quantity, mug.cancelled_quantity, mug.shipped_quantity) == (2, 0, 2)
     assert (cap.quantity, cap.cancelled_quantity, cap.total) == (0, 3, Money.zero("USD"))
     assert done.totals == priced_as_new(world, done, ("MUG", 2)).totals
-    assert [s.location_id for s in done.shipments] == ["wh-west"]
+    assert {(s.location_id, s.status) for s in done.shipments} == {("wh-west", "shipped"), ("wh-east", "cancelled")}
     assert world.held() == {}
     assert world.level("CAP", "wh-east") == (8, 0, 8)
     assert settled(done) == done.totals.grand_total
@@ -155,14 +155,73 @@ def test_a_line_cancel_whose_view_of_the_network_predates_a_new_location_shrinks
     assert world.level("MUG", "wh-north") == (5, 2, 3)
 
 
-def test_a_line_cancel_that_empties_a_pending_shipment_removes_it_and_its_reservation(world):
+def test_a_line_cancel_that_empties_a_pending_shipment_cancels_it_and_releases_its_reservation(world):
     order = world.allocated(("MUG", 1), ("CAP", 1))
+    west = world.shipment_at(order, "wh-west")
 
     done = world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
 
-    assert [s.location_id for s in done.shipments] == ["wh-east"]
+    # Kept, as a whole cancel keeps its parcels: a warehouse reading the order sees it will not go.
+    assert done.shipment(west).status is ShipmentStatus.CANCELLED
     assert done.allocations[0].line_id == "L2" and len(done.allocations) == 1
     assert world.held_for(order.id) == {("CAP", "wh-east", f"{order.id}#L2"): 1}
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, west, None, actor="key_wh")
+    assert world.order(order.id) == done
+
+
+def test_a_parcel_a_cancel_of_units_emptied_keeps_the_order_from_neither_shipped_nor_delivered(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+
+    assert (shipped.status, shipped.payment.status) == (S.SHIPPED, P.CAPTURED)
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert world.actions.deliver(order.id, east, actor="key_wh").status is S.DELIVERED
+    assert world.order(order.id).shipment(west).status is ShipmentStatus.CANCELLED
+
+
+def test_the_rest_of_a_partly_shipped_order_cancelled_leaves_its_parcels_cancelled_and_the_order_delivered(world):
+    order = world.allocated(("MUG", 1), ("CAP", 2))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+
+    done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    assert (done.status, done.shipment(east).status) == (S.SHIPPED, ShipmentStatus.CANCELLED)
+    assert world.held_for(order.id) == {}
+    assert world.actions.deliver(order.id, west, actor="key_wh").status is S.DELIVERED
+
+
+def test_the_first_parcel_of_three_ships_for_its_share_when_another_was_emptied_by_a_cancel():
+    world = build_world([*STOCK, ("PEN", "wh-north", 5)])
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    order = world.allocated(("MUG", 1), ("CAP", 1), ("PEN", 1))
+    first, emptied, last = order.shipments
+    (line_id,) = [item.line_id for item in emptied.lines]
+    world.actions.cancel(order.id, "one item less", actor="key_web", lines={line_id: 1})
+
+    world.actions.ship(order.id, first.id, None, actor="key_wh")
+    world.actions.ship(order.id, last.id, None, actor="key_wh")
+
+    shipped = world.order(order.id)
+    assert (shipped.status, shipped.payment.status) == (S.SHIPPED, P.CAPTURED)
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert shipped.shipment(first.id).captured == shipped.totals.grand_total - shipped.shipment(last.id).captured
+    assert shipped.shipment(emptied.id).status is ShipmentStatus.CANCELLED
+
+
+def test_a_parcel_a_cancel_emptied_keeps_neither_an_edit_nor_a_reject_of_another_from_sourcing_again(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    done = world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+
+    rejected = world.actions.reject(order.id, world.shipment_at(done, "wh-east"), "no staff", actor="key_wh")
+
+    # Sent back to be sourced: every parcel of it is withdrawn, the cancelled one with the rest.
+    assert (rejected.status, rejected.shipments) == (S.AUTHORIZED, [])
+    assert "wh-east" in rejected.excluded_locations
 
 
 def test_a_line_cancel_of_a_partly_shipped_order_keeps_it_partly_shipped(world):
@@ -1209,3 +1268,30 @@ def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them
 
     assert (later.lines[0].quantity, later.lines[0].cancelled_quantity) == (1, 2)
     assert [entry.type for entry in world.history(order.id)].count(OrderEvent.UNITS_CANCELLED) == 2
+
+
+@pytest.mark.parametrize(
+    ("lines", "refused"),
+    [({"L1": 1}, InvalidTransition), ({"L2": 9}, InvalidRequest)],
+    ids=["units that shipped (409)", "more units than the line has (422)"],
+)
+def test_a_refused_cancel_of_units_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch, lines, refused):
+    # The east parcel's ship asked the gateway for its capture and has not recorded it yet (its
+    # process died, or it is a moment from its write): a cancel refused anyway must not take that
+    # capture back, refund it, and make the warehouse's ship fail.
+    order = world.allocated(("MUG", 1), ("CAP", 2))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    monkeypatch.undo()
+    before = world.order(order.id)
+
+    with pytest.raises(refused):
+        world.actions.cancel(order.id, "changed my mind", actor="key_web", lines=lines)
+
+    assert world.order(order.id) == before and world.spy.refunded == []
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.payment.status) == (S.SHIPPED, P.CAPTURED)
+    assert shipped.payment.captured == shipped.totals.grand_total and world.spy.refunded == []

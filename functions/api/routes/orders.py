@@ -229,7 +229,8 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "shipped, and with `lines` the chosen units of an allocated (held or not), partly shipped or backordered order (a "
     "backordered one goes back to `authorized` to be sourced again, as after an edit): each line's `quantity` "
     "drops and its `cancelled_quantity` grows, totals are priced again as for an edit, the shipments not yet left "
-    "(pending, or a pickup `ready_for_pickup` at its store) and their reservations shrink, and the payment is "
+    "(pending, or a pickup `ready_for_pickup` at its store) and their reservations shrink (one emptied stays on the "
+    "order `cancelled`, with no `label_url`, as a whole cancel leaves it), and the payment is "
     "settled (a capture beyond the new total is refunded; once nothing is left to ship or collect the rest is "
     "captured or the authorization released). Units that shipped are 409. "
     "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
