@@ -39,8 +39,19 @@ class EventType(StrEnum):
     INVENTORY_LOW = "inventory.low"
 
 
-# The types of no order, so of no channel (DomainEvent.channel): a channel's subscription never gets them.
+# The types of no order, so of no channel (DomainEvent.channel): a channel's subscription never gets
+# them. Every other type is an order's change and carries its channel; a type added to neither set
+# is refused to a channel's subscription until it is placed (a test fails meanwhile).
 WITHOUT_CHANNEL = frozenset({EventType.IMPORT_COMPLETED, EventType.INVENTORY_LOW})
+WITH_CHANNEL = frozenset(
+    {
+        EventType.ORDER_CREATED, EventType.ORDER_AUTHORIZED, EventType.ORDER_PAYMENT_FAILED, EventType.ORDER_ON_HOLD,
+        EventType.ORDER_RELEASED, EventType.ORDER_BACKORDERED, EventType.ORDER_ALLOCATED, EventType.ORDER_CANCELLED,
+        EventType.ORDER_JEOPARDY, EventType.ORDER_DELIVERED, EventType.SHIPMENT_SHIPPED, EventType.SHIPMENT_DELIVERED,
+        EventType.SHIPMENT_REJECTED, EventType.RETURN_CREATED, EventType.RETURN_RECEIVED, EventType.REFUND_SUCCEEDED,
+        EventType.REFUND_FAILED,
+    }
+)  # fmt: skip
 
 
 class DomainEvent(BaseModel, defer_build=True):

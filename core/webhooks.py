@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from core.domain_events import WITHOUT_CHANNEL, DomainEvent, EventType
+from core.domain_events import WITH_CHANNEL, DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel, VisibleText
@@ -395,10 +395,11 @@ class Webhooks:
 
     def subscribe(self, request: NewWebhook) -> IssuedWebhook:
         """Store a new subscription. InvalidRequest when it is bound to a channel and names a type
-        without one (it would never get a delivery); WebhookUrlRefused for a URL not to call."""
+        not known to carry one (it would never get a delivery); WebhookUrlRefused for a URL not to
+        call."""
         if request.channel is not None:
             for index, name in enumerate(request.events):
-                if name in WITHOUT_CHANNEL:
+                if name != ALL_EVENTS and name not in WITH_CHANNEL:
                     message = f"{name} belongs to no channel: a channel's subscription never gets it"
                     raise InvalidRequest(message, details=[{"field": f"events[{index}]", "message": message}])
         self._check(request.url)

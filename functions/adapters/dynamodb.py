@@ -216,6 +216,11 @@ _INDEXES = {
     "by_sla": ("sla_key",),
 }
 _SORT_KEYS = {"by_sla": "sla_at"}  # every other index sorts by created_at
+# How many index entries one page of a channel's list of a customer's (or the late) orders reads
+# at most before it answers with what it found: about 1 MB, a few queries. Read on to a full page,
+# a customer with millions of another channel's orders cost a read of every one of them per page
+# and outlasted the API's 29 s.
+CHANNEL_LIST_READS = 10_000
 
 # The sparse `by_status_key` index (template.yaml) holds the statuses people and the scheduled
 # passes work through. The happy path's high-volume ends are left out: an order leaving for
@@ -477,7 +482,8 @@ class DynamoOrders(OrderRepository):
         # the page is cut at `limit`, exactly where DynamoDB's FilterExpression would apply it.
         status = filters.pop("status", None)
         conditions = []
-        for i, (attribute, value) in enumerate(filters.items()):
+        # A channel's list filters the entries it reads itself (_one_channels_entries).
+        for i, (attribute, value) in enumerate(filters.items() if "channel" not in filters else ()):
             names[f"#f{i}"] = attribute
             values[f":f{i}"] = {"S": value}
             conditions.append(f"#f{i} = :f{i}")
@@ -488,13 +494,23 @@ class DynamoOrders(OrderRepository):
         # A cursor is bound to the whole filter, not just the index it walks.
         bound = {**filters, "status": status} if status else filters
         scope = "&".join([index, *(f"{k}={v}" for k, v in sorted(bound.items()))])
-        key_names = {"id", _SORT_KEYS.get(index, "created_at"), key_attribute}
+        sort_key = _SORT_KEYS.get(index, "created_at")
+        key_names = {"id", sort_key, key_attribute}
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, key_names)
-            if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
-                raise InvalidCursor()
+            try:
+                query["ExclusiveStartKey"] = decode_cursor(cursor, scope, key_names)
+            except InvalidCursor:
+                if "channel" not in filters:
+                    raise
+                # A channel's page that stopped at its read budget: on below where it stopped.
+                below = decode_cursor(cursor, scope, key_names - {"id"}, {key_attribute: key_value})
+                query["KeyConditionExpression"] += " AND #s < :below"
+                names["#s"], values[":below"] = sort_key, below[sort_key]
+            else:
+                if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
+                    raise InvalidCursor()
         if "channel" in filters:
-            entries, last = self._one_channels_entries(query, limit, key_names)
+            entries, last = self._one_channels_entries(query, limit, filters, key_names, sort_key)
         else:
             response = self._client.query(**query)
             entries, last = response.get("Items", []), response.get("LastEvaluatedKey")
@@ -517,24 +533,36 @@ class DynamoOrders(OrderRepository):
         return orders, encode_cursor(scope, last) if last else None
 
     def _one_channels_entries(
-        self, query: dict[str, Any], limit: int, key_names: set[str]
+        self, query: dict[str, Any], limit: int, filters: dict[str, str], key_names: set[str], sort_key: str
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Up to `limit` entries of one channel from an index of every channel's orders (a
-        customer's, the late ones), and the key of the last one when more follow. Filtered after
+        customer's, the late ones), and where the next page starts when more follow. Filtered after
         DynamoDB cut the page, LastEvaluatedKey could name another channel's order, and a cursor
-        made of it handed that order's id to a channel key: pages are read on past other channels'
-        orders (with no Limit: a query per 1 MB), and the cursor names the last order shown."""
+        made of it handed that order's id to a channel key: entries are read on past other
+        channels' orders, and the cursor names the last order shown. After CHANNEL_LIST_READS
+        entries the page ends where it is, between two sort keys, and its cursor holds the index
+        key and the sort key below which the rest lie: no order's id. Filtered here, not by a
+        FilterExpression, to see where that boundary is; Limit starts at one page and grows, so a
+        list mostly of its channel reads what it did before and one of others few queries."""
         query.pop("Limit")
         found: list[dict[str, Any]] = []
+        read, size = 0, limit + 1
         while True:
-            response = self._client.query(**query)
-            for item in response.get("Items", []):
-                if len(found) == limit:
-                    return found, {name: found[-1][name] for name in key_names}
-                found.append(item)
+            response = self._client.query(**query, Limit=max(2, min(size, CHANNEL_LIST_READS + 1 - read)))
+            items = response.get("Items", [])
+            for position, item in enumerate(items):
+                if all(item.get(name) == {"S": value} for name, value in filters.items()):
+                    if len(found) == limit:
+                        return found, {name: found[-1][name] for name in key_names}
+                    found.append(item)
+                read += 1
+                after = items[position + 1] if position + 1 < len(items) else None
+                if read >= CHANNEL_LIST_READS and after is not None and after[sort_key]["S"] < item[sort_key]["S"]:
+                    return found, {name: item[name] for name in key_names - {"id"}}
             if "LastEvaluatedKey" not in response:
                 return found, None
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+            size *= 8
 
     @staticmethod
     def _plan(where: OrderFilter) -> tuple[str, str, dict[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import random
@@ -19,7 +20,7 @@ from core.models import HistoryEntry
 from core.ports import OrderFilter, ReturnFilter, WaitingOrder
 from core.return_models import ExchangeInput, Return, ReturnLine
 from core.status import OrderStatus, ReturnStatus
-from functions.adapters import order_codec
+from functions.adapters import dynamodb, order_codec
 from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
 from functions.adapters.catalog_cache import CachedCatalog
 from functions.adapters.dynamodb import (
@@ -487,6 +488,70 @@ def test_a_filtered_page_is_cut_before_the_filter_and_its_cursor_carries_on(capt
     assert [o.id for o in second] == [placed[1].id, placed[0].id]
     with pytest.raises(InvalidCursor):
         orders.list(OrderFilter(channel="web", status=OrderStatus.ON_HOLD), 2, cursor)
+
+
+class CountingQueries:
+    """The DynamoDB client, counting the index entries its queries read (ScannedCount)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self.queries: list[dict[str, Any]] = []
+        self.read = 0
+
+    def query(self, **query: Any) -> dict[str, Any]:
+        response = self._client.query(**query)
+        self.queries.append(query)
+        self.read += response["ScannedCount"]
+        return response
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_channels_page_of_a_customer_stops_at_its_read_budget_and_its_cursor_names_no_order(
+    aws, capture, orders, monkeypatch
+):
+    # A customer with millions of another channel's orders: the web key's page read on until it
+    # was full, a query per 1 MB, past the API's 29 s. It stops at the budget, on a cursor that
+    # names no order (the web key must not learn the market's order ids) and skips none.
+    monkeypatch.setattr(dynamodb, "CHANNEL_LIST_READS", 4)
+    customer = {"id": "cus_mix", "email": "mix@example.com"}
+    channels = ["web", *["market"] * 6, "web", *["market"] * 6, "web"]
+    placed = [
+        capture.place(place_order(external_id=f"mix{i}", channel=channel, customer=customer), actor="k")
+        for i, channel in enumerate(channels)
+    ]
+    market = {order.id for order in placed if order.channel == "market"}
+    counting = CountingQueries(aws.dynamodb)
+    listing = DynamoOrders(counting, aws.tables["OrdersTable"])
+
+    below = None
+    for limit, status in ((1, None), (25, None), (1, OrderStatus.PENDING)):
+        where = OrderFilter(customer_id="cus_mix", channel="web", status=status)
+        shown, cursor, pages = [], None, 0
+        while True:
+            counting.read = 0
+            page, cursor = listing.list(where, limit, cursor)
+            pages += 1
+            assert counting.read <= 4 + 2, "a page reads past its budget"
+            shown.extend(order.id for order in page)
+            if cursor is None:
+                break
+            named = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["k"]
+            assert market.isdisjoint(value["S"] for value in named.values()), "a cursor names a market order"
+            below = cursor if "id" not in named else below
+        assert shown == [order.id for order in reversed(placed) if order.channel == "web"]
+        assert pages <= 8
+
+    # A cursor of where a page stopped is bound to its filter and partition like any other.
+    assert below is not None
+    for where in (OrderFilter(customer_id="cus_mix"), OrderFilter(customer_id="cus_other", channel="web")):
+        with pytest.raises(InvalidCursor):
+            listing.list(where, 1, below)
+    # Unbound, the customer's list is one query of one page, as ever.
+    counting.queries.clear()
+    assert len(listing.list(OrderFilter(customer_id="cus_mix"), 5, None)[0]) == 5
+    assert [query["Limit"] for query in counting.queries] == [5]
 
 
 def test_the_order_document_is_stored_compressed_and_an_uncompressed_one_still_reads(aws, capture, orders):

@@ -5,6 +5,8 @@ orders marked late, which GET /orders?jeopardy=true pages through."""
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import timedelta
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from core.jeopardy import JeopardyScan, parse_sla
 from core.ports import OrderFilter
 from core.status import OrderStatus
+from functions.adapters import dynamodb
 from functions.adapters.dynamodb import DynamoLateOrders
 from tests.builders import NOW, place_order
 
@@ -126,3 +129,25 @@ def test_held_orders_are_found_for_expiry_marked_or_not(aws, capture, orders, la
     assert late.held_since_before(NOW + timedelta(hours=1), 10) == [marked.id]
     assert sorted(late.held_since_before(NOW + timedelta(days=2), 10)) == sorted([marked.id, unmarked.id])
     assert late.count_in_jeopardy() == 1
+
+
+def test_one_channels_late_orders_page_on_past_the_read_budget_and_no_cursor_names_an_order(
+    aws, capture, orders, monkeypatch
+):
+    monkeypatch.setattr(dynamodb, "CHANNEL_LIST_READS", 2)
+    channels = ["web", "market", "market", "market", "web"]
+    placed = [capture.place(place_order(external_id=f"o{i}", channel=c), actor="k") for i, c in enumerate(channels)]
+    for order in placed:
+        mark(orders, order.id, NOW + timedelta(minutes=10))
+    market = {order.id for order in placed if order.channel == "market"}
+
+    shown, cursor, stopped_short = [], None, False
+    while True:
+        page, cursor = orders.list(OrderFilter(jeopardy=True, channel="web"), 1, cursor)
+        shown.extend(order.id for order in page)
+        if cursor is None:
+            break
+        named = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["k"]
+        assert market.isdisjoint(value["S"] for value in named.values())
+        stopped_short |= "id" not in named
+    assert shown == [placed[4].id, placed[0].id] and stopped_short

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from core.domain_events import EventType, event_id, import_events, order_events, return_events
+from core.domain_events import (
+    WITH_CHANNEL,
+    WITHOUT_CHANNEL,
+    EventType,
+    event_id,
+    import_events,
+    order_events,
+    return_events,
+)
 from core.models import Allocation, Order, Payment, Shipment, ShipmentLine
 from core.return_models import ReceiveReturn, Return, ReturnLine
 from core.status import OrderStatus, PaymentStatus
@@ -265,6 +273,17 @@ def test_every_contract_type_is_known():
         "shipment.rejected return.created return.received refund.succeeded refund.failed import.completed inventory.low"
     )
     assert {t.value for t in EventType} == set(contract.split())
+
+
+def test_every_type_is_of_a_channel_or_of_none_as_its_data_says():
+    # A channel's subscription takes only the types of an order's change (its data names the
+    # order, so the channel): a type in neither set would be accepted there and never delivered.
+    # API.md: {order} for order.*, {order, shipment} for shipment.*, {order, return},
+    # {order, refund}, {import}, {inventory}.
+    of_an_order = {t for t in EventType if t.value.split(".")[0] in {"order", "shipment", "return", "refund"}}
+    assert of_an_order == WITH_CHANNEL
+    assert set(EventType) - of_an_order == WITHOUT_CHANNEL
+    assert not WITH_CHANNEL & WITHOUT_CHANNEL
 
 
 # --- import.completed -----------------------------------------------------------------------------
