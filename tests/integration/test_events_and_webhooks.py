@@ -351,6 +351,46 @@ def test_an_interrupted_split_is_no_event_and_the_import_it_resumes_ends_in_one(
     assert [e["detail"]["data"]["import"]["status"] for e in on_bus] == ["completed_with_errors"]
 
 
+def test_a_file_error_found_by_a_duplicate_delivery_after_another_was_interrupted_is_one_event(aws, wired, monkeypatch):
+    """S3 may deliver a file's event twice at once. One delivery's read is interrupted (the import
+    shows split_interrupted) while the other, begun before, finds the file cannot be imported: it
+    turned the import failed -> failed, which the stream's filter (running -> an end) does not pass,
+    and the import ended with no `import.completed` ever (the retry of the interrupted delivery
+    then found it ended, and did nothing)."""
+    from core.import_service import ImportSource
+    from functions.adapters.imports import S3ImportFiles
+    from functions.import_splitter.app import container as splitter_container
+    from functions.import_splitter.app import lambda_handler as splitter
+    from functions.import_splitter.readers import read_orders
+    from tests.integration.import_support import context, create_import_resources, report
+
+    stack = create_import_resources(aws, monkeypatch)
+    subscribe("http://127.0.0.1:9/imports", ["import.completed"])
+    data = b"order,id\n1,2\n"  # no usable header: invalid_header
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    open_file = S3ImportFiles.open
+
+    def other_delivery_interrupted_meanwhile():
+        monkeypatch.setattr(S3ImportFiles, "open", lambda *args: (_ for _ in ()).throw(ConnectionError("reset")))
+        with pytest.raises(ConnectionError):
+            splitter(event, context("ImportSplitterFunction", 900))
+        monkeypatch.setattr(S3ImportFiles, "open", open_file)
+        yield data
+
+    duplicate, _ = splitter_container().import_splitter()
+    source = ImportSource(import_id=import_id, uri=f"s3://{stack.bucket}/incoming/orders.csv")
+    duplicate.split(source, lambda: read_orders(other_delivery_interrupted_meanwhile(), "orders.csv"))
+    splitter(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the interrupted delivery
+
+    ended = report(import_id)
+    assert ended["status"] == "failed"
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(None, "invalid_header")]
+    publish_imports_stream(aws)
+    on_bus = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["detail"]["data"] for e in on_bus] == [{"import": ended, "errors_omitted": 0}]
+
+
 class Receiver:
     """Answers each POST with the next of `answers` (an int status, or "slow" to sleep past the
     client's timeout), recording what it received."""
