@@ -444,6 +444,16 @@ def import_failure(item: dict[str, Any] | None) -> str | None:
     return (item or {}).get("error_code", {}).get("S")
 
 
+def import_file_error(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The error an import's item (DynamoDB JSON, e.g. a stream image) holds for the import's file,
+    as GET /imports/{id} lists it first; None when the import has not failed as a whole."""
+    code = import_failure(item)
+    if code is None:
+        return None
+    message = (item or {}).get("error_message", {}).get("S", "")
+    return ImportErrorEntry(line=None, code=code, message=message).model_dump(mode="json")
+
+
 def _summary_fields(values: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": values["id"],

@@ -391,6 +391,35 @@ def test_a_file_error_found_by_a_duplicate_delivery_after_another_was_interrupte
     assert [e["detail"]["data"] for e in on_bus] == [{"import": ended, "errors_omitted": 0}]
 
 
+def test_a_failed_imports_event_carries_its_file_error_even_when_a_read_does_not_see_the_failure_yet(
+    aws, wired, monkeypatch
+):
+    """The event's errors were read again from the import's item, an eventually consistent read that
+    may not yet see the write the stream record comes from: the event said `failed` with no error
+    and none omitted. The file's error is the record's own."""
+    from functions.events.app import container
+    from tests.integration.import_support import create_import_resources, report, split
+
+    stack = create_import_resources(aws, monkeypatch)
+    import_id = split(stack, "incoming/orders.csv", b"order,id\n1,2\n")
+    shown = report(import_id)
+    client = container().import_ledger._client
+    get_item = client.get_item
+
+    def before_the_failure(**request: Any) -> dict[str, Any]:
+        found = get_item(**request)
+        if request["Key"]["pk"]["S"] == f"IMPORT#{import_id}" and "Item" in found:
+            item = {k: v for k, v in found["Item"].items() if k not in ("error_code", "error_message")}
+            found = {**found, "Item": {**item, "status": {"S": "running"}}}
+        return found
+
+    monkeypatch.setattr(client, "get_item", before_the_failure)
+    publish_imports_stream(aws)
+
+    [on_bus] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert on_bus["detail"]["data"] == {"import": shown, "errors_omitted": 0}
+
+
 class Receiver:
     """Answers each POST with the next of `answers` (an int status, or "slow" to sleep past the
     client's timeout), recording what it received."""
