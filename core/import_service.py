@@ -177,7 +177,8 @@ class ImportLedger(ABC):
     @abstractmethod
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
         """The import failed as a whole (its file cannot be read): status failed with this error.
-        Nothing changes once the file was read whole (total_final): its lines all count."""
+        Nothing changes once the file was read whole (total_final): its lines all count; nor once
+        it is no longer running (a duplicate delivery of its event failed it meanwhile)."""
 
     @abstractmethod
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:

@@ -140,7 +140,9 @@ def summary(report: dict[str, Any], shown_errors: int) -> list[str]:
     ]
     errors = report.get("errors") or []
     if errors:
-        lines.append(f"first errors ({min(len(errors), shown_errors)} of {report['failed'] or len(errors)}):")
+        # `failed` counts the failed lines; an import that failed as a whole lists its file's error too.
+        listed = report["failed"] + sum(1 for error in errors if error.get("line") is None)
+        lines.append(f"first errors ({min(len(errors), shown_errors)} of {listed}):")
         for error in errors[:shown_errors]:
             where = f"line {error['line']}" if error.get("line") is not None else "file"
             external_id = error.get("external_id") or "-"

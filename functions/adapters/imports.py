@@ -145,12 +145,16 @@ class DynamoImportLedger(ImportLedger):
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
         # Never once the file was read whole (by this split before it raised, or by a duplicate
         # delivery of its event): the import's lines are all queued or recorded, and it completes.
+        # Nor once a duplicate delivery failed it: a file error is its end (sent as import.completed
+        # by the stream's running -> failed record), and an interruption is retried by its event,
+        # which finds a file error again.
         self._unless_final(
             import_id,
             "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
             {"#status": "status"},
             {":failed": {"S": ImportStatus.FAILED.value}, ":code": {"S": code}, ":message": {"S": message},
-             ":now": {"S": timestamp(at)}},
+             ":now": {"S": timestamp(at)}, ":running": {"S": ImportStatus.RUNNING.value}},
+            condition="#status = :running",
         )  # fmt: skip
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
@@ -163,15 +167,21 @@ class DynamoImportLedger(ImportLedger):
         )
 
     def _unless_final(
-        self, import_id: str, update: str, names: dict[str, str], values: dict[str, dict[str, Any]]
+        self,
+        import_id: str,
+        update: str,
+        names: dict[str, str],
+        values: dict[str, dict[str, Any]],
+        condition: str | None = None,
     ) -> None:
-        """`update` the import while its total is not final; nothing once it is."""
+        """`update` the import while its total is not final (and `condition` holds); nothing once
+        it is."""
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=_import_key(import_id),
                 UpdateExpression=update,
-                ConditionExpression="total_final = :false",
+                ConditionExpression=f"total_final = :false AND {condition}" if condition else "total_final = :false",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues={**values, ":false": {"BOOL": False}},
             )
@@ -432,6 +442,16 @@ def import_failure(item: dict[str, Any] | None) -> str | None:
     """The code an import's item (DynamoDB JSON, e.g. a stream image) says the import failed with
     as a whole; None when it has not failed."""
     return (item or {}).get("error_code", {}).get("S")
+
+
+def import_file_error(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The error an import's item (DynamoDB JSON, e.g. a stream image) holds for the import's file,
+    as GET /imports/{id} lists it first; None when the import has not failed as a whole."""
+    code = import_failure(item)
+    if code is None:
+        return None
+    message = (item or {}).get("error_message", {}).get("S", "")
+    return ImportErrorEntry(line=None, code=code, message=message).model_dump(mode="json")
 
 
 def _summary_fields(values: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from core.aggregates import aggregate_change
 from core.domain_events import DomainEvent, import_events, order_events, return_events
 from core.webhooks import IssuedWebhook
 from functions.adapters import order_codec
-from functions.adapters.imports import import_failure, import_summary
+from functions.adapters.imports import import_failure, import_file_error, import_summary
 from functions.bootstrap import WarmContainer
 from functions.stream_batches import InOrderStreamProcessor
 
@@ -65,7 +65,7 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
             events = import_events(
                 old,
                 imported,
-                lambda: import_errors(imported["id"]),
+                lambda: import_errors(imported["id"], images["NewImage"]),
                 old_failure=import_failure(images.get("OldImage")),
                 new_failure=import_failure(images.get("NewImage")),
             )
@@ -88,11 +88,14 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
         notify(old, new)
 
 
-def import_errors(import_id: str) -> list[dict[str, Any]]:
-    """An ended import's errors as GET /imports/{id} shows them (its item's image holds none: each
-    is an item of its own)."""
+def import_errors(import_id: str, image: dict[str, Any]) -> list[dict[str, Any]]:
+    """An ended import's errors as GET /imports/{id} shows them: its file's error from its item's
+    `image` (a read of the item may not see yet the write the stream record comes from), then its
+    lines' (each an item of its own)."""
     report = container().import_ledger.get(import_id)
-    return [error.model_dump(mode="json") for error in report.errors] if report is not None else []
+    lines = [error.model_dump(mode="json") for error in report.errors if error.line is not None] if report else []
+    file_error = import_file_error(image)
+    return [file_error, *lines] if file_error is not None else lines
 
 
 def order_of(order_id: str) -> dict[str, Any] | None:

@@ -351,6 +351,75 @@ def test_an_interrupted_split_is_no_event_and_the_import_it_resumes_ends_in_one(
     assert [e["detail"]["data"]["import"]["status"] for e in on_bus] == ["completed_with_errors"]
 
 
+def test_a_file_error_found_by_a_duplicate_delivery_after_another_was_interrupted_is_one_event(aws, wired, monkeypatch):
+    """S3 may deliver a file's event twice at once. One delivery's read is interrupted (the import
+    shows split_interrupted) while the other, begun before, finds the file cannot be imported: it
+    turned the import failed -> failed, which the stream's filter (running -> an end) does not pass,
+    and the import ended with no `import.completed` ever (the retry of the interrupted delivery
+    then found it ended, and did nothing)."""
+    from core.import_service import ImportSource
+    from functions.adapters.imports import S3ImportFiles
+    from functions.import_splitter.app import container as splitter_container
+    from functions.import_splitter.app import lambda_handler as splitter
+    from functions.import_splitter.readers import read_orders
+    from tests.integration.import_support import context, create_import_resources, report
+
+    stack = create_import_resources(aws, monkeypatch)
+    subscribe("http://127.0.0.1:9/imports", ["import.completed"])
+    data = b"order,id\n1,2\n"  # no usable header: invalid_header
+    import_id = stack.put_file("incoming/orders.csv", data)
+    event = stack.s3_event("incoming/orders.csv")
+    open_file = S3ImportFiles.open
+
+    def other_delivery_interrupted_meanwhile():
+        monkeypatch.setattr(S3ImportFiles, "open", lambda *args: (_ for _ in ()).throw(ConnectionError("reset")))
+        with pytest.raises(ConnectionError):
+            splitter(event, context("ImportSplitterFunction", 900))
+        monkeypatch.setattr(S3ImportFiles, "open", open_file)
+        yield data
+
+    duplicate, _ = splitter_container().import_splitter()
+    source = ImportSource(import_id=import_id, uri=f"s3://{stack.bucket}/incoming/orders.csv")
+    duplicate.split(source, lambda: read_orders(other_delivery_interrupted_meanwhile(), "orders.csv"))
+    splitter(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the interrupted delivery
+
+    ended = report(import_id)
+    assert ended["status"] == "failed"
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(None, "invalid_header")]
+    publish_imports_stream(aws)
+    on_bus = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["detail"]["data"] for e in on_bus] == [{"import": ended, "errors_omitted": 0}]
+
+
+def test_a_failed_imports_event_carries_its_file_error_even_when_a_read_does_not_see_the_failure_yet(
+    aws, wired, monkeypatch
+):
+    """The event's errors were read again from the import's item, an eventually consistent read that
+    may not yet see the write the stream record comes from: the event said `failed` with no error
+    and none omitted. The file's error is the record's own."""
+    from functions.events.app import container
+    from tests.integration.import_support import create_import_resources, report, split
+
+    stack = create_import_resources(aws, monkeypatch)
+    import_id = split(stack, "incoming/orders.csv", b"order,id\n1,2\n")
+    shown = report(import_id)
+    client = container().import_ledger._client
+    get_item = client.get_item
+
+    def before_the_failure(**request: Any) -> dict[str, Any]:
+        found = get_item(**request)
+        if request["Key"]["pk"]["S"] == f"IMPORT#{import_id}" and "Item" in found:
+            item = {k: v for k, v in found["Item"].items() if k not in ("error_code", "error_message")}
+            found = {**found, "Item": {**item, "status": {"S": "running"}}}
+        return found
+
+    monkeypatch.setattr(client, "get_item", before_the_failure)
+    publish_imports_stream(aws)
+
+    [on_bus] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
+    assert on_bus["detail"]["data"] == {"import": shown, "errors_omitted": 0}
+
+
 class Receiver:
     """Answers each POST with the next of `answers` (an int status, or "slow" to sleep past the
     client's timeout), recording what it received."""

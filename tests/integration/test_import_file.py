@@ -115,3 +115,15 @@ def test_a_split_interrupted_for_good_or_a_file_that_cannot_be_imported_ends_the
 
     unknown = Reports(a_report("failed", (None, "unknown_format")))
     assert follow_reports(monkeypatch, unknown)["status"] == "failed" and unknown.polls == 1
+
+
+def test_the_summary_of_a_failed_import_counts_its_file_error_among_its_errors():
+    """A split interrupted after two lines had failed, whose retry found the file gone: three errors
+    listed, and `make import` printed "first errors (3 of 2)"."""
+    report = {
+        **a_report("failed", (None, "file_unavailable"), (3, "invalid_number"), (5, "invalid_number")),
+        "failed": 2,
+    }
+
+    assert "first errors (3 of 3):" in import_file.summary(report, 10)
+    assert "first errors (2 of 3):" in import_file.summary(report, 2)

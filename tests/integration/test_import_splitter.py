@@ -366,6 +366,33 @@ def test_a_delivery_interrupted_while_a_duplicate_delivery_reads_the_file_whole_
     assert "split_interrupted" not in [e["code"] for e in read_whole["errors"]]
 
 
+def test_a_delivery_interrupted_after_a_duplicate_delivery_failed_the_file_leaves_the_file_error(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The duplicate delivery ended the import (its file cannot be imported, import.completed sent);
+    # this one's interruption then overwrote that end with split_interrupted, and its retry read
+    # the file again to fail it a second time.
+    from core.import_service import ImportSource
+    from functions.import_splitter.app import container, lambda_handler
+
+    import_id = stack.put_file("incoming/orders.csv", b"order,id\n1,2\n")
+    event = stack.s3_event("incoming/orders.csv")
+
+    def duplicate_delivery_fails_the_file_meanwhile():
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+        raise ConnectionError("reset")
+
+    splitter, _ = container().import_splitter()
+    source = ImportSource(import_id=import_id, uri=f"s3://{stack.bucket}/incoming/orders.csv")
+    with pytest.raises(ConnectionError):
+        splitter.split(source, duplicate_delivery_fails_the_file_meanwhile)
+
+    ended = report(import_id)
+    assert ended["status"] == "failed"
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(None, "invalid_header")]
+    assert not splitter.split(source, duplicate_delivery_fails_the_file_meanwhile)  # Lambda's retry: nothing to do
+
+
 def test_a_retry_that_finds_its_import_resumed_by_a_duplicate_delivery_meanwhile_leaves_it_alone(
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch
 ):

@@ -245,6 +245,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ImportSplitterFunction": {
         ("ImportsBucket", "s3:GetObject"): [S3ImportFiles],
         ("ImportsBucket", "s3:GetObjectVersion"): [S3ImportFiles],
+        # Never called: S3 answers an object version that is gone 404 (file_unavailable) only to a
+        # caller that may list the bucket, and 403 AccessDenied (an unexpected error) to any other.
+        ("ImportsBucket", "s3:ListBucket"): "S3's answer to a GetObject of an object version that is gone",
         ("ImportQueue", "sqs:SendMessage"): [SqsOrderQueue],
         **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("GetItem", "PutItem", "UpdateItem")},
         (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
@@ -368,7 +371,8 @@ def test_object_grants_are_scoped_to_the_prefix_the_code_uses():
         for statement in statements(function):
             if any(action.startswith("s3:") for action in listed(statement["Action"])):
                 for resource in listed(statement["Resource"]):
-                    scoped[(function, logical_id(resource))] = resource["Fn::Sub"].split("/", 1)[1]
+                    if listed(statement["Action"]) != ["s3:ListBucket"]:  # a bucket's: see below
+                        scoped[(function, logical_id(resource))] = resource["Fn::Sub"].split("/", 1)[1]
 
     assert scoped == {
         ("ApiFunction", "LabelsBucket"): "labels/*",
@@ -376,6 +380,25 @@ def test_object_grants_are_scoped_to_the_prefix_the_code_uses():
         ("ReconcilerFunction", "LabelsBucket"): "labels/*",
         ("ImportSplitterFunction", "ImportsBucket"): "incoming/*",
     }
+
+
+def test_the_splitter_may_list_the_imports_bucket_so_that_a_file_gone_is_not_found_not_access_denied():
+    """S3 answers a GetObject of an object or version that does not exist 404 (NoSuchKey,
+    NoSuchVersion) only to a caller with s3:ListBucket on the bucket, and 403 AccessDenied to any
+    other. Without it, on AWS, a file whose version was deleted before the split read it left its
+    import `split_interrupted`, retried and parked for an operator, whose replay failed the same
+    way: never `file_unavailable`, never an end or its import.completed."""
+    bucket_grants = [
+        (statement["Action"], resource)
+        for function in USES
+        for statement in statements(function)
+        for resource in listed(statement["Resource"])
+        if "s3:ListBucket" in listed(statement["Action"])
+    ]
+
+    imports_bucket = "arn:${AWS::Partition}:s3:::${AWS::StackName}-imports-${AWS::AccountId}-${AWS::Region}"
+    assert bucket_grants == [(["s3:ListBucket"], {"Fn::Sub": imports_bucket})]
+    assert ("ImportsBucket", "s3:ListBucket") in granted("ImportSplitterFunction")
 
 
 def test_the_api_signs_label_links_for_the_bucket_it_may_read():
