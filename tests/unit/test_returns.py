@@ -1820,6 +1820,23 @@ def test_an_exchange_for_a_product_with_no_price_in_the_orders_currency_is_422_b
     assert store.returns == {}
 
 
+def test_an_exchange_retried_under_its_key_after_its_sku_lost_its_price_answers_the_return_made(world, clock):
+    # The storefront never got the 201 and retries; meanwhile the shop sells the cap in euros only.
+    # The return was made: the retry answered 422 no_price, and the customer was told there was none.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    first = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs", request_key="api:key_cs:k1")
+    world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+
+    again = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs", request_key="api:key_cs:k1")
+
+    assert again == first
+    assert list(store.returns) == [first.id]
+    with pytest.raises(InvalidRequest) as refused:  # a new request for it is still refused
+        returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs", request_key="api:key_cs:k2")
+    assert refused.value.code == "no_price"
+
+
 def test_a_returns_service_without_the_capture_path_refuses_exchanges(world, clock):
     plugins = build_plugin_manager(enable_test_payments=True)
     refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
