@@ -688,6 +688,10 @@ class Returns:
                 key = f"{item.id}#{attempt}"
                 if current.payment.refund_by_id(refund_id_for(current.id, key)) is not None:
                     return key, Money.zero(current.currency)  # carried on with the amount it was written with
+                if beyond is not None and item.id in current.credit_refunded_shares:
+                    # A run before this one found the replacement's captures gave nothing and its
+                    # credit refunds it whole; a capture made since must not record its units twice.
+                    return None
                 amount = due(current)
                 went = _went_back_before(current, item.id)
                 if went.amount > 0 and uncapped is not None:
