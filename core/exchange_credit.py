@@ -36,14 +36,15 @@ def _paid_itself(replacement: Order) -> Money:
     of its units gave back (a return's refund gives units back, not what the total was paid with),
     plus what its returns' refunds gave back short of the units' share of a line priced again for
     more since (a volume price lost with units cancelled: core.refunds.refunded_short_of_lines),
-    which the returned units are not charged, less what the credit refunded beyond a line priced
-    again for less (a fixed discount spread over fewer units: refunded_beyond_lines, but what the
-    replacement's own refunds gave back, which its payment settles: core.unit_cancellation._settled)."""
+    which the returned units are not charged, less what they gave back (from its captures or from
+    the credit) beyond a line priced again for less since (a fixed discount spread over fewer units:
+    refunded_beyond_lines), which the returned units are no longer worth. What the settlement of its
+    own payment took back or gave of either (core.unit_cancellation._settled) is in its captures and
+    cancellations' refunds: counted here, the credit given back makes up only the rest."""
     settled = [r.amount for r in replacement.payment.refunds if r.kind == "cancellation" and r.status != "failed"]
-    beyond = refunded_beyond_lines(replacement) - refunded_beyond_lines(replacement, own=True)
     return (
         replacement.payment.captured - total(settled, replacement.currency)
-        + refunded_short_of_lines(replacement) - beyond
+        + refunded_short_of_lines(replacement) - refunded_beyond_lines(replacement)
     )  # fmt: skip
 
 
