@@ -10,7 +10,7 @@ from core.models import CREDIT_NOT_USED, Order, draws_on_credit, utc_now
 from core.money import Money, total
 from core.ports import OrderRepository, ReturnRepository
 from core.refund_service import RefundService, show_refunded_in_all
-from core.refunds import Refund, refund_id_for, refunded_short_of_lines
+from core.refunds import Refund, refund_id_for, refunded_beyond_lines, refunded_short_of_lines
 from core.status import NOT_LEFT, OrderStatus
 
 # Statuses a replacement ends in without having shipped a unit: its credit paid for nothing.
@@ -36,9 +36,16 @@ def _paid_itself(replacement: Order) -> Money:
     of its units gave back (a return's refund gives units back, not what the total was paid with),
     plus what its returns' refunds gave back short of the units' share of a line priced again for
     more since (a volume price lost with units cancelled: core.refunds.refunded_short_of_lines),
-    which the returned units are not charged."""
+    which the returned units are not charged, less what they gave back (from its captures or from
+    the credit) beyond a line priced again for less since (a fixed discount spread over fewer units:
+    refunded_beyond_lines), which the returned units are no longer worth. What the settlement of its
+    own payment took back or gave of either (core.unit_cancellation._settled) is in its captures and
+    cancellations' refunds: counted here, the credit given back makes up only the rest."""
     settled = [r.amount for r in replacement.payment.refunds if r.kind == "cancellation" and r.status != "failed"]
-    return replacement.payment.captured - total(settled, replacement.currency) + refunded_short_of_lines(replacement)
+    return (
+        replacement.payment.captured - total(settled, replacement.currency)
+        + refunded_short_of_lines(replacement) - refunded_beyond_lines(replacement)
+    )  # fmt: skip
 
 
 class ExchangeCredits:

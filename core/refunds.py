@@ -112,18 +112,19 @@ def refund_due(
     return min(due, max(refundable, zero, key=_amount), key=_amount) if capped else due
 
 
-def given_back_for_units(order: Order) -> dict[str, list[RefundedUnits]]:
+def given_back_for_units(order: Order, *, own: bool = False) -> dict[str, list[RefundedUnits]]:
     """What each return (by id) gave back for the units of each line, as recorded on the order:
     its refund's lines (one the gateway refused counts nothing, a pending one counts), for an
     exchange the credit its units became, or for a return of a replacement's units its exchange's
-    credit refunded whole (Order.credit_refunded_shares)."""
+    credit refunded whole (Order.credit_refunded_shares). With `own`, only what the order's own
+    payment gave back: not the latter, which the credit settles (core.exchange_credit._paid_itself)."""
     given: dict[str, list[RefundedUnits]] = {}
     for refund in order.payment.refunds:
         if refund.status != "failed" and refund.lines and refund.return_id is not None:
             given.setdefault(refund.return_id, []).extend(refund.lines)
     for return_id, shares in order.exchange_shares.items():
         given.setdefault(return_id, []).extend(shares)
-    for return_id, shares in order.credit_refunded_shares.items():
+    for return_id, shares in order.credit_refunded_shares.items() if not own else ():
         given.setdefault(return_id, []).extend(shares)
     return given
 
@@ -155,14 +156,15 @@ def _shipping_of(refund: PaymentRefund, zero: Money) -> Money:
     return max(beyond, zero, key=_amount)
 
 
-def refunded_beyond_lines(order: Order) -> Money:
+def refunded_beyond_lines(order: Order, *, own: bool = False) -> Money:
     """What the order's return refunds gave back for the units of a line beyond the line's total:
     units refunded their share of it, then units of it cancelled and the line priced again for less
     than that (a fixed discount spread over fewer units). No later return can give it back, as
     each gives back only what brings its line up to its total (units_refunded); the payment is
-    settled for it instead. Counted as given_back_for_units records it."""
+    settled for it instead. Counted as given_back_for_units records it (`own`: as it records the
+    order's own payment's)."""
     given: dict[str, Money] = {}
-    for shares in given_back_for_units(order).values():
+    for shares in given_back_for_units(order, own=own).values():
         for share in shares:
             given[share.line_id] = given.get(share.line_id, Money.zero(order.currency)) + share.amount
     zero = Money.zero(order.currency)
@@ -170,17 +172,18 @@ def refunded_beyond_lines(order: Order) -> Money:
     return sum((max(amount, zero, key=_amount) for amount in beyond), zero)
 
 
-def refunded_short_of_lines(order: Order) -> Money:
+def refunded_short_of_lines(order: Order, *, own: bool = False) -> Money:
     """What the order's return refunds gave back for the units of a line short of those units' share
     of it as it is now: units refunded their share of it, then units of it cancelled and the line
     priced again for more (a volume price lost with the units). The returned units are not charged
     the price they lost, nor the units kept charged it for them (a later return of those gives back
     only their share: units_refunded); the payment is settled for it instead, as for
-    refunded_beyond_lines. Counted as given_back_for_units records it."""
+    refunded_beyond_lines. Counted as given_back_for_units records it (`own`: as it records the
+    order's own payment's)."""
     zero = Money.zero(order.currency)
     given: dict[str, Money] = {}
     units: dict[str, int] = {}
-    for shares in given_back_for_units(order).values():
+    for shares in given_back_for_units(order, own=own).values():
         for share in shares:
             given[share.line_id] = given.get(share.line_id, zero) + share.amount
             units[share.line_id] = units.get(share.line_id, 0) + share.quantity

@@ -204,7 +204,8 @@ class Returns:
         `request_key` (a client's Idempotency-Key, scoped to its API key) is kept on the return: a
         retry of a request that made it (whose answer was never stored: it failed after, or its
         function died) answers that return, with the order's entry written if it was not, instead
-        of making a second one; another request under the key is 409 `idempotency_key_reused`. Only
+        of making a second one (its exchange is not checked again: the shop may have priced it
+        since); another request under the key is 409 `idempotency_key_reused`. Only
         within the key's 24 h (KEY_HONOURED_FOR): after them, a request under it is a new one."""
         order = visible(self._orders.get(order_id), order_id, channel)
         shipped = order.shipped_units()
@@ -214,8 +215,7 @@ class Returns:
             shipped = order.shipped_units()
         if not any(shipped.values()):
             raise Conflict(f"order {order_id} has nothing shipped to return", code="nothing_shipped")
-        if cmd.exchange is not None:
-            self._check_exchange(cmd, order)
+        exchange_checked = cmd.exchange is None
         for _ in range(ATTEMPTS):
             earlier = self._returns.for_order(order_id)
             # The key names one request for 24 h (API.md): a return made under it before is an earlier one.
@@ -224,6 +224,10 @@ class Returns:
             made = next((r for r in keyed if r.created_at > since), None)
             if made is not None:
                 return self._requested_again(made, cmd, order)
+            if not exchange_checked:
+                # Only for a return to make: a retry answers the one made, whatever the shop changed since.
+                self._check_exchange(cmd, order)
+                exchange_checked = True
             returned_before = _units_on(earlier)
             self._check_quantities(order, cmd, shipped, returned_before)
             now = self._clock()
@@ -684,6 +688,10 @@ class Returns:
                 key = f"{item.id}#{attempt}"
                 if current.payment.refund_by_id(refund_id_for(current.id, key)) is not None:
                     return key, Money.zero(current.currency)  # carried on with the amount it was written with
+                if beyond is not None and item.id in current.credit_refunded_shares:
+                    # A run before this one found the replacement's captures gave nothing and its
+                    # credit refunds it whole; a capture made since must not record its units twice.
+                    return None
                 amount = due(current)
                 went = _went_back_before(current, item.id)
                 if went.amount > 0 and uncapped is not None:

@@ -561,8 +561,10 @@ def _settled(order: Order) -> Money:
     counts: it is on its way; of a failed one split over authorizations, the parts the gateway
     approved before it refused one: Payment.with_failed_refund) and what its returns' refunds gave
     back for a line beyond the total its cancelled units left it (core.refunds.refunded_beyond_lines),
-    plus what they gave back short of the returned units' share of it (refunded_short_of_lines)."""
-    held = order.payment.captured - refunded_beyond_lines(order) + refunded_short_of_lines(order)
+    plus what they gave back short of the returned units' share of it (refunded_short_of_lines).
+    Only its own payment's: what a replacement's exchange credit refunded whole is settled on the
+    credit (core.exchange_credit._paid_itself), which this payment may have nothing to capture for."""
+    held = order.payment.captured - refunded_beyond_lines(order, own=True) + refunded_short_of_lines(order, own=True)
     for refund in order.payment.refunds:
         if refund.kind != "cancellation":
             continue

@@ -1234,6 +1234,43 @@ def test_a_replacements_units_sent_back_one_by_one_give_back_its_line_to_the_cen
     assert sum(given[1:], given[0]) == replacement.lines[0].total
 
 
+def test_a_replacements_return_refunded_from_the_credit_alone_is_counted_once_when_its_refund_is_retried(world, clock):
+    # Two T-shirts exchanged for two caps and a T-shirt: the credit pays for the caps' parcel, which
+    # left first and captured nothing. A cap came back and its refund drew on the credit, which the
+    # gateway refused; by the retry the T-shirt's parcel had captured the rest. The first run had
+    # recorded the cap as refunded from the credit, the retry's own refund recorded it again: the
+    # second cap's refund then counted three caps of two and failed for good, never refunded.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 2), ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    caps = world.shipment_at(replacement, "wh-east")
+    assert replacement.capture_due(caps) == Money.zero("USD")
+    world.actions.ship(replacement.id, caps, None, actor="key_wh")
+    first = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(first.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse")
+    assert returns.settle(first.id, actor="key_wh").status is R.RECEIVED
+    gateway.script("refund", "approve")
+    world.actions.ship(replacement.id, world.shipment_at(replacement, "wh-west"), None, actor="key_wh")
+    assert returns.settle(first.id, actor="key_wh").status is R.REFUNDED
+
+    second = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(second.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
+    done = returns.settle(second.id, actor="key_wh")
+
+    assert done.status is R.REFUNDED
+    assert sum((r.refund for r in (world.returns.get(first.id), done)), Money.zero("USD")) == (
+        world.order(replacement.id).lines[0].total
+    )
+    # In all, the customer paid for the T-shirt kept and both orders' shipping.
+    paid = [world.order(order.id).payment, world.order(replacement.id).payment]
+    kept = replacement.lines[1].total + order.totals.shipping + replacement.totals.shipping
+    assert sum((p.captured - p.refunded for p in paid), Money.zero("USD")) == kept
+
+
 def delivered(world: World, order: Order) -> Order:
     """`order` with every shipment shipped and delivered."""
     for shipment in order.shipments:
@@ -1819,6 +1856,23 @@ def test_an_exchange_for_a_product_with_no_price_in_the_orders_currency_is_422_b
     assert refused.value.code == "no_price"
     assert refused.value.details == [{"field": "exchange.lines[1].sku", "message": "no price in USD"}]
     assert store.returns == {}
+
+
+def test_an_exchange_retried_under_its_key_after_its_sku_lost_its_price_answers_the_return_made(world, clock):
+    # The storefront never got the 201 and retries; meanwhile the shop sells the cap in euros only.
+    # The return was made: the retry answered 422 no_price, and the customer was told there was none.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    first = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs", request_key="api:key_cs:k1")
+    world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+
+    again = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs", request_key="api:key_cs:k1")
+
+    assert again == first
+    assert list(store.returns) == [first.id]
+    with pytest.raises(InvalidRequest) as refused:  # a new request for it is still refused
+        returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs", request_key="api:key_cs:k2")
+    assert refused.value.code == "no_price"
 
 
 def test_a_returns_service_without_the_capture_path_refuses_exchanges(world, clock):

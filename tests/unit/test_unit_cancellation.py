@@ -16,7 +16,7 @@ from core.events import OrderEvent
 from core.ids import booking_key
 from core.models import CancelRequest, Order
 from core.money import Money
-from core.pricing_types import PricingDraft, ShippingQuote
+from core.pricing_types import Discount, PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
@@ -1010,6 +1010,105 @@ def test_a_replacement_unit_refunded_from_the_credit_alone_costs_nothing_once_it
     kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping
     assert Order.model_validate_json(paid[1].stored_json()) == paid[1]
+
+
+class FiveOffEveryOrder:
+    """A shop's own rule: 5.00 off every order, no code needed (an order keeps what it granted)."""
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        return [Discount(code="five_off", amount=Money.of("5.00", draft.currency))]
+
+
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_replacement_unit_refunded_from_the_credit_alone_gets_the_credit_back_once_a_fixed_discount_made_it_cheaper(
+    return_first,
+):  # fmt: skip
+    # Two TSHIRTs are exchanged for three CAPs, 5.00 off: the credit pays for all of them (the
+    # replacement captures nothing). The CAP shipped from the west comes back, refunded from the
+    # credit alone (6.55, its share of the three), and the two waiting in the east are cancelled: the
+    # line is one CAP, 5.00 off, worth 2.97. The customer keeps nothing and pays both orders' shipping.
+    # The replacement's payment was asked to capture the 3.58 the credit had refunded beyond the line;
+    # refused (nothing authorized), it stopped the credit's unused 13.09 from being given back.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
+    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert replacement.payment.captured == Money.zero("USD")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+
+    def return_the_cap() -> None:
+        cap = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(cap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(cap.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(replacement.id, "no more caps", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_the_cap, cancel_the_rest) if return_first else (cancel_the_rest, return_the_cap):
+        step()
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+
+
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_replacement_unit_refunded_from_its_captures_is_not_given_back_twice_once_a_fixed_discount_made_it_cheaper(
+    return_first,
+):  # fmt: skip
+    # A CAP (2.97 with 5.00 off) is exchanged for three MUGs, 5.00 off: the customer pays the rest. The
+    # MUG shipped from the west captured its share (11.62) and comes back, refunded from that capture;
+    # the two waiting in the east are cancelled: the line, one MUG 5.00 off, is now worth 8.04. The
+    # replacement's payment took back the 3.58 refunded beyond the line (a smaller total to settle),
+    # and the credit, counting that as paid by the replacement itself, gave the 3.58 back again.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("CAP", "wh-west", 1)]
+    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("CAP", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    assert world.order(replacement.id).payment.captured == Money.of("11.62", "USD")
+
+    def return_the_mug() -> None:
+        mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(mug.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
+        step()
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
 
 
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
