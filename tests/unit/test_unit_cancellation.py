@@ -728,6 +728,26 @@ def test_units_cancelled_while_their_parcel_was_being_captured_get_that_capture_
     assert done.payment.captured == done.totals.grand_total and done.payment.refunds == []
 
 
+def test_a_ship_that_finds_its_parcel_emptied_by_a_cancel_before_it_asks_for_its_capture_is_409(world, monkeypatch):
+    # The west's ship read its parcel pending; the customer's cancel of the mug emptied that parcel
+    # before the ship wrote the capture it asks for: nothing is asked of the gateway, and the ship is
+    # refused (409) as a ship of a cancelled parcel is, not a crash.
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    )
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, west, None, actor="key_wh")
+
+    done = world.order(order.id)
+    assert done.shipment(west).status is ShipmentStatus.CANCELLED and done.captures_requested == []
+    assert world.spy.captured == []
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
+
+
 def test_a_cancel_request_names_each_line_once():
     with pytest.raises(ValueError):
         CancelRequest.model_validate({"reason": "x", "lines": [{"line_id": "L1", "quantity": 1}] * 2})
