@@ -270,7 +270,7 @@ class OrderActions:
         recorded already only finishes the release. A shipment an earlier change withdrew (two
         locations of a split order rejecting at once: the first sent the order back to be sourced)
         is rejected all the same: its location is excluded (Order.reject_withdrawn). A reject refused
-        (404, 409) changes nothing."""
+        (404, 409), or of a parcel no longer on the order, leaves another parcel's ship in flight alone."""
 
         def rejectable(order: Order) -> None:
             if self._rejected_at(order, shipment_id) is not None:
@@ -281,8 +281,16 @@ class OrderActions:
                 order.shipment(shipment_id)  # NotFound
 
         # A capture asked for a parcel of the order (a ship in flight, or one that died) is refunded
-        # first, by a reject that goes ahead: one refused leaves that ship to record it.
-        self._cancellation.settle_capture_requests(self._checked(order_id, channel, rejectable), actor)
+        # first, by a reject that goes ahead and sends the order back to be sourced, decided on a
+        # consistent read (a plain one may predate the ship that makes it refused): one refused,
+        # or one of a parcel no longer on the order (rejected already, or withdrawn), changes no
+        # parcel and leaves that ship to record it.
+        checked = self._checked(order_id, channel, rejectable)
+        if checked.captures_requested:
+            checked = visible(self._orders.get(order_id, consistent=True), order_id, channel)
+            rejectable(checked)
+            if any(s.id == shipment_id for s in checked.shipments):
+                self._cancellation.settle_capture_requests(checked, actor)
         at = self._clock()
 
         def decide(order: Order):

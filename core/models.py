@@ -1789,7 +1789,7 @@ class Order(BaseModel, defer_build=True):
         cancel of units emptied (`cancelled`) ships nothing and has no share."""
         shipment = self.shipment(shipment_id)
         zero = Money.zero(self.currency)
-        if not self.payment.authorization:
+        if not self.payment.authorization or shipment.status is ShipmentStatus.CANCELLED:
             return zero
         remaining = self.payable() - self.payment.captured
         if not self._pending_besides(shipment_id):

@@ -162,7 +162,11 @@ class UnitCancellation:
             if order.captures_requested:
                 # A shipment being shipped (or whose ship died) keeps its lines: its capture is
                 # refunded first, and the units are cancelled on the order as it is then. Only for a
-                # cancel that is not refused (above): a refused one leaves that ship alone.
+                # cancel that is not refused (above), on a consistent read: a refused one leaves that
+                # ship alone, and a plain read may predate the ship that makes this one refused.
+                if not consistent:
+                    consistent = True
+                    continue
                 self._cancellation.settle_capture_requests(order, actor)
                 consistent = True
                 continue

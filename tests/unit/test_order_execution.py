@@ -842,3 +842,58 @@ def test_a_refused_reject_leaves_a_parcels_ship_in_flight_alone(world, monkeypat
     shipped = world.actions.ship(order.id, east, None, actor="key_wh")
     assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
     assert world.spy.refunded == []
+
+
+@pytest.mark.parametrize("late", ["repeated", "withdrawn"])
+def test_a_reject_of_a_parcel_no_longer_on_the_order_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch, late):
+    # The west parcel left the order (the west rejected it, or an edit withdrew it before the west
+    # heard of it) and the order ships from the east alone. A reject of the west parcel arriving
+    # now (the west's retry, or its late reject) changes no parcel: it must not take back the
+    # capture the east's ship asked for, refund it, and make the warehouse's ship fail.
+    order = world.allocated(("TSHIRT", 1), ("PEN", 1))  # west: TSHIRT, east: PEN
+    west = world.shipment_at(order, "wh-west")
+    if late == "repeated":
+        world.actions.reject(order.id, west, "damaged stock", actor="key_wh_west")
+    else:
+        edit = OrderEdit(lines=[LineInput(sku="PEN", quantity=1)])
+        world.actions.edit(order.id, order.version, edit, actor="key_web")
+    again = resume(world, order.id)
+    (east,) = [s.id for s in again.shipments]
+    assert world.shipment_at(again, "wh-east") == east
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh_east")
+    monkeypatch.undo()
+
+    rejected = world.actions.reject(order.id, west, "damaged stock", actor="key_wh_west")
+
+    assert "wh-west" in rejected.excluded_locations and rejected.capture_request(east) is not None
+    assert world.spy.refunded == []
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh_east")
+    assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
+    assert world.spy.refunded == []
+
+
+def test_a_reject_of_a_parcel_that_shipped_a_moment_ago_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch):
+    # The west parcel shipped a moment ago while the east's ship waits to record its capture; a plain
+    # read may still show the west parcel pending. The west's reject is refused (409) all the same,
+    # decided on the order as written: it must not first take back the east's capture.
+    from tests.unit.test_confirmations import lagging_reads
+
+    order = world.allocated(("MUG", 1), ("PEN", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    monkeypatch.undo()
+    lagging_reads(world, monkeypatch)
+    world.actions.ship(order.id, west, None, actor="key_wh")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.reject(order.id, west, "damaged stock", actor="key_store")
+
+    assert world.spy.refunded == []
+    monkeypatch.undo()
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
+    assert world.spy.refunded == []

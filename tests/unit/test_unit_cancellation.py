@@ -728,6 +728,26 @@ def test_units_cancelled_while_their_parcel_was_being_captured_get_that_capture_
     assert done.payment.captured == done.totals.grand_total and done.payment.refunds == []
 
 
+def test_a_ship_that_finds_its_parcel_emptied_by_a_cancel_before_it_asks_for_its_capture_is_409(world, monkeypatch):
+    # The west's ship read its parcel pending; the customer's cancel of the mug emptied that parcel
+    # before the ship wrote the capture it asks for: nothing is asked of the gateway, and the ship is
+    # refused (409) as a ship of a cancelled parcel is, not a crash.
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    )
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ship(order.id, west, None, actor="key_wh")
+
+    done = world.order(order.id)
+    assert done.shipment(west).status is ShipmentStatus.CANCELLED and done.captures_requested == []
+    assert world.spy.captured == []
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
+
+
 def test_a_cancel_request_names_each_line_once():
     with pytest.raises(ValueError):
         CancelRequest.model_validate({"reason": "x", "lines": [{"line_id": "L1", "quantity": 1}] * 2})
@@ -1394,3 +1414,28 @@ def test_a_refused_cancel_of_units_leaves_a_parcels_ship_in_flight_alone(world, 
     shipped = world.actions.ship(order.id, east, None, actor="key_wh")
     assert (shipped.status, shipped.payment.status) == (S.SHIPPED, P.CAPTURED)
     assert shipped.payment.captured == shipped.totals.grand_total and world.spy.refunded == []
+
+
+def test_a_cancel_of_units_that_shipped_a_moment_ago_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch):
+    # The west parcel shipped a moment ago while the east's ship waits to record its capture; a plain
+    # read may still show the west parcel pending. The cancel of its units is refused (409) all the
+    # same, decided on the order as written: it must not first take back the east's capture.
+    from tests.unit.test_confirmations import lagging_reads
+
+    order = world.allocated(("MUG", 1), ("CAP", 2))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    monkeypatch.undo()
+    lagging_reads(world, monkeypatch)
+    world.actions.ship(order.id, west, None, actor="key_wh")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+
+    assert world.spy.refunded == []
+    monkeypatch.undo()
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
+    assert world.spy.refunded == []
