@@ -380,7 +380,7 @@ class RefundService:
     def refunds(self, order_id: str, channel: str | None = None) -> list[Refund]:
         """Every refund of the order, oldest first: appeasements, returns' and cancellations'."""
         order = visible(self._orders.get(order_id), order_id, channel)
-        return [Refund.of(order.id, refund) for refund in order.payment.refunds]
+        return [shown for refund in order.payment.refunds for shown in Refund.shown(order.id, refund)]
 
     def page(
         self, order_id: str, channel: str | None, limit: int, cursor: str | None

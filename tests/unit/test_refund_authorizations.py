@@ -8,11 +8,13 @@ import json
 import pytest
 
 from core import hookimpl, payment_keys
+from core.domain_events import order_events
 from core.errors import PaymentGatewayUnavailable, RefundExceedsCaptured
 from core.models import EarlierCaptures, Order
 from core.money import Money
+from core.notifications import notifications
 from core.plugin_manager import build_plugin_manager
-from core.refunds import refund_id_for
+from core.refunds import refund_id_for, went_back_id
 from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
@@ -347,3 +349,35 @@ def test_a_cancellation_refund_refused_after_its_first_part_went_back_refunds_on
     given_back = done.payment.refunded - (first.payment.captured - one)
     assert given_back == Money.of("4.00", "USD")
     assert done.payment.captured - done.payment.refunded == done.totals.grand_total - (first.payment.captured - one)
+
+
+def test_a_split_refund_refused_in_part_tells_what_went_back_and_what_did_not_once_each(world, clock):
+    # The gateway gave back what the first authorization captured, then refused the rest. Before:
+    # one `refund.failed` for the whole amount (no `refund.succeeded`, the customer never told of
+    # the money that went back), and GET /orders/{id}/refunds listed only that failed refund, so
+    # `payment.refunded` was not the sum of the refunds that succeeded.
+    first, second = renewed_between_parcels(world, clock)
+    under_old = first.payment.captured
+    under_new = second.payment.captured - under_old
+    world.gateway.script("refund", "approve", "refuse")
+    refund_id = refund_id_for(second.id, "appease-1")
+    pending, _ = second.begin_refund(refund_id, second.payment.captured, reason="goodwill", at=clock(), actor="key_cs")
+
+    answered = world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+    after = world.order(second.id)
+    assert (answered.id, answered.status, answered.amount) == (refund_id, "failed", under_new)
+    listed = world.refunds.refunds(second.id)
+    assert [(r.id, r.status, r.amount) for r in listed] == [
+        (went_back_id(refund_id), "succeeded", under_old), (refund_id, "failed", under_new)
+    ]  # fmt: skip
+    assert sum((r.amount for r in listed if r.status == "succeeded"), Money.zero("USD")) == after.payment.refunded
+    old_doc, new_doc = json.loads(pending.stored_json()), json.loads(after.stored_json())
+    events = order_events(old_doc, new_doc)
+    assert [(e.type.value, e.data["refund"]) for e in events] == [
+        (f"refund.{r.status}", r.model_dump(mode="json")) for r in listed
+    ]
+    assert [e.id for e in order_events(old_doc, new_doc)] == [e.id for e in events]  # a redelivery
+    assert order_events(new_doc, {**new_doc, "version": new_doc["version"] + 1}) == []
+    (told,) = notifications(old_doc, new_doc)
+    assert told.details == {"refund_id": went_back_id(refund_id), "amount": str(under_old.amount), "currency": "USD"}
