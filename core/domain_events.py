@@ -244,16 +244,16 @@ def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tup
 
 def _shown_refunds(refund: dict[str, Any]) -> list[dict[str, Any]]:
     """A stored refund as GET /orders/{id}/refunds shows it (core.refunds.Refund.shown): a split
-    one the gateway refused after approving a part of it is what went back, `succeeded` under an
-    id derived from its own, and what did not, `failed` under its own id."""
+    one the gateway refused after approving a part of it is what did not go back, `failed` under
+    its own id, and what did, `succeeded` under an id derived from its own."""
     approved = [part["amount"] for part in refund.get("parts") or [] if part.get("status") == "succeeded"]
     if refund["status"] != "failed" or not approved:
         return [refund]
     amount = Money.model_validate(refund["amount"])
     went = sum((Money.model_validate(part) for part in approved), Money.zero(amount.currency))
     return [
-        {**refund, "id": went_back_id(refund["id"]), "amount": went.model_dump(mode="json"), "status": "succeeded"},
         {**refund, "amount": (amount - went).model_dump(mode="json")},
+        {**refund, "id": went_back_id(refund["id"]), "amount": went.model_dump(mode="json"), "status": "succeeded"},
     ]
 
 

@@ -407,15 +407,17 @@ class Refund(BaseModel, defer_build=True):
         """`refund` as GET /orders/{id}/refunds and the events show it: money is shown as moved only
         where the gateway said so, and `payment.refunded` is the sum of the refunds shown
         `succeeded`. A split refund the gateway refused after approving a part of it is two: what
-        went back, `succeeded` under an id derived from its own (went_back_id), then what did not,
-        `failed` under its own id (Refund.of)."""
+        did not go back, `failed` under its own id (Refund.of), then what did, `succeeded` under an
+        id derived from its own (went_back_id). In that order: a page of the list that ended on the
+        refund while it was pending ends before what it becomes, so the next page shows what went
+        back (order_lists.page counts positions)."""
         went = went_back(refund)
         shown = [cls.of(order_id, refund)]
         if went is None:
             return shown
         approved = cls(id=went_back_id(refund.id), order_id=order_id, amount=went, reason=refund.reason,
                        status="succeeded", return_id=refund.return_id, created_at=refund.at)  # fmt: skip
-        return [approved, *shown]
+        return [*shown, approved]
 
 
 def went_back(refund: PaymentRefund) -> Money | None:

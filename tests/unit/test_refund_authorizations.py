@@ -369,7 +369,7 @@ def test_a_split_refund_refused_in_part_tells_what_went_back_and_what_did_not_on
     assert (answered.id, answered.status, answered.amount) == (refund_id, "failed", under_new)
     listed = world.refunds.refunds(second.id)
     assert [(r.id, r.status, r.amount) for r in listed] == [
-        (went_back_id(refund_id), "succeeded", under_old), (refund_id, "failed", under_new)
+        (refund_id, "failed", under_new), (went_back_id(refund_id), "succeeded", under_old)
     ]  # fmt: skip
     assert sum((r.amount for r in listed if r.status == "succeeded"), Money.zero("USD")) == after.payment.refunded
     old_doc, new_doc = json.loads(pending.stored_json()), json.loads(after.stored_json())
