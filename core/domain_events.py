@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from core.ids import short_hash
 from core.models import Order
+from core.money import Money
+from core.refunds import went_back_id
 from core.status import ShipmentStatus
 
 
@@ -235,7 +237,9 @@ def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tup
 
     def answered(payment: dict[str, Any] | None) -> list[dict[str, Any]]:
         return [
-            {**refund, "status": refund.get("status", "succeeded")} for refund in (payment or {}).get("refunds") or []
+            shown
+            for refund in (payment or {}).get("refunds") or []
+            for shown in _shown_refunds({**refund, "status": refund.get("status", "succeeded")})
         ]
 
     for type_, refund in _changed(answered(before.get("payment")), answered(new.get("payment")), _REFUND_EVENTS):
@@ -251,6 +255,21 @@ def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tup
                 "created_at": refund.get("at"),
             },
         )
+
+
+def _shown_refunds(refund: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stored refund as GET /orders/{id}/refunds shows it (core.refunds.Refund.shown): a split
+    one the gateway refused after approving a part of it is what did not go back, `failed` under
+    its own id, and what did, `succeeded` under an id derived from its own."""
+    approved = [part["amount"] for part in refund.get("parts") or [] if part.get("status") == "succeeded"]
+    if refund["status"] != "failed" or not approved:
+        return [refund]
+    amount = Money.model_validate(refund["amount"])
+    went = sum((Money.model_validate(part) for part in approved), Money.zero(amount.currency))
+    return [
+        {**refund, "amount": (amount - went).model_dump(mode="json")},
+        {**refund, "id": went_back_id(refund["id"]), "amount": went.model_dump(mode="json"), "status": "succeeded"},
+    ]
 
 
 def _return_changes(

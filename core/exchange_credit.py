@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from core.models import CREDIT_NOT_USED, Order, draws_on_credit, utc_now
+from core.models import CREDIT_NOT_USED, Order, drawn_on_credit, draws_on_credit, utc_now
 from core.money import Money, total
 from core.ports import OrderRepository, ReturnRepository
 from core.refund_service import RefundService, show_refunded_in_all
@@ -26,8 +26,9 @@ def carried_mark(return_id: str) -> str:
 def credit_left(original: Order, return_id: str, credit: Money) -> Money:
     """What of an exchange's `credit` no refund has drawn yet: the credit less every refund of the
     exchange's return `return_id` on the original order that draws on it (draws_on_credit: one the
-    gateway did not refuse, a pending one holding its amount, or a refused give-back, left to a person)."""
-    drawn = [r.amount for r in original.payment.refunds if r.return_id == return_id and draws_on_credit(r)]
+    gateway did not refuse, a pending one holding its amount, or a refused give-back, left to a person;
+    of another refused one, the parts the gateway approved before it refused one: drawn_on_credit)."""
+    drawn = [drawn_on_credit(r) for r in original.payment.refunds if r.return_id == return_id]
     return credit - total(drawn, credit.currency)
 
 
@@ -93,7 +94,7 @@ class ExchangeCredits:
         while earlier is not None and earlier[0].id not in seen:
             order = earlier[0]
             seen.add(order.id)
-            drawn = [r.amount for r in order.payment.refunds if draws_on_credit(r) and mark in r.reason]
+            drawn = [drawn_on_credit(r) for r in order.payment.refunds if mark in r.reason]
             left = left - total(drawn, credit.currency)
             earlier = self._original_of(order)
         return left
@@ -106,16 +107,16 @@ class ExchangeCredits:
         mark = carried_mark(return_id)
         units_back = (f" of exchange {replacement_id}", f"from {replacement_id}'s credit")
         drawn = [
-            r.amount for r in original.payment.refunds
-            if r.return_id == return_id and draws_on_credit(r) and any(m in r.reason for m in units_back)
+            drawn_on_credit(r) for r in original.payment.refunds
+            if r.return_id == return_id and any(m in r.reason for m in units_back)
         ]  # fmt: skip
         seen, earlier = {original.id}, self._original_of(original)
         while earlier is not None and earlier[0].id not in seen:
             order = earlier[0]
             seen.add(order.id)
             drawn += [
-                r.amount for r in order.payment.refunds
-                if draws_on_credit(r) and mark in r.reason and any(m in r.reason for m in units_back)
+                drawn_on_credit(r) for r in order.payment.refunds
+                if mark in r.reason and any(m in r.reason for m in units_back)
             ]  # fmt: skip
             earlier = self._original_of(order)
         return total(drawn, original.currency)
@@ -207,20 +208,28 @@ class ExchangeCredits:
     ) -> Refund | None:  # fmt: skip
         """Refund `wanted(left)` on the original, where `left` is the credit less every refund that
         drew on it (those of the exchange's return; but, with `units_back_of`, those that gave back
-        that replacement's units: _left), decided on the original as it is written."""
+        that replacement's units: _left), decided on the original as it is written. What refused
+        attempts of it gave back all the same (the parts of a split refund the gateway approved
+        before it refused one: drawn_on_credit) counts as refunded for it: the attempt after them
+        refunds only the rest, and the Refund's `amount` includes them."""
         credit = replacement.exchange_credit
         item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
         if credit is None or item is None:
             return None
+        zero = Money.zero(credit.currency)
+        went_before: list[Money] = [zero]
 
         def decide(original: Order) -> tuple[str, Money] | None:
             refused = [r for r in original.payment.refunds if r.status == "failed" and r.reason == reason]
             attempt = sum(1 for r in refused if r.return_id == item.id)
+            went = total([drawn_on_credit(r) for r in refused if r.return_id == item.id and not draws_on_credit(r)],
+                         credit.currency)  # fmt: skip
+            went_before[0] = went
             idempotency_key = f"{key}#{attempt}"
             if original.payment.refund_by_id(refund_id_for(original.id, idempotency_key)) is not None:
                 return idempotency_key, credit  # carried on with the amount it was written with
             left = self._left(original, item.id, credit, units_back_of)
-            amount = min(wanted(left), original.refundable(besides_return=item.id))
+            amount = min(wanted(left + went) - went, original.refundable(besides_return=item.id))
             return (idempotency_key, amount) if amount.amount > 0 else None
 
         refund = self._refunds.issue_decided_refund(
@@ -228,8 +237,10 @@ class ExchangeCredits:
         )
         if refund is not None and refund.status != "succeeded":
             return refund  # not done: the caller asks again, and the chain after it
+        if refund is not None and went_before[0].amount > 0:
+            refund = refund.model_copy(update={"amount": refund.amount + went_before[0]})
         original = self._orders.get(item.order_id)
-        got = refund.amount if refund is not None else Money.zero(credit.currency)
+        got = refund.amount if refund is not None else zero
         drawn = (
             self.carry(original, item.id, credit, got, reason, key, wanted, actor, units_back_of=units_back_of)
             if original

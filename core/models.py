@@ -911,6 +911,16 @@ def draws_on_credit(refund: PaymentRefund) -> bool:
     return refund.status != "failed" or CREDIT_NOT_USED in refund.reason
 
 
+def drawn_on_credit(refund: PaymentRefund) -> Money:
+    """What `refund`, one of an exchange's return, took of the exchange's credit: its amount when it
+    counts against it (draws_on_credit), else what the parts of it the gateway approved before it
+    refused one gave back (Payment.with_failed_refund): that money did go back."""
+    if draws_on_credit(refund):
+        return refund.amount
+    went = [part.amount for part in refund.parts or [] if part.status == "succeeded"]
+    return sum(went, Money.zero(refund.amount.currency))
+
+
 class Payment(BaseModel):
     """What the gateway approved for the order. Its amounts and status change only in the write
     that follows the gateway's approval of the operation that moves them."""
@@ -2191,13 +2201,13 @@ class Order(BaseModel, defer_build=True):
         """What a refund may still give back: captured, less what is refunded or being refunded
         (Payment.refundable), less what the exchanges' credits still hold of it to pay for their
         replacements (credit_holds, less what each gave back: the refunds of its return that draw on
-        it, draws_on_credit), but the
+        it, drawn_on_credit), but the
         credit of return `besides_return`, whose own refunds are drawn on it."""
         left = self.payment.refundable()
         for return_id, credit in self.credit_holds.items():
             if return_id == besides_return:
                 continue
-            given = [r.amount for r in self.payment.refunds if r.return_id == return_id and draws_on_credit(r)]
+            given = [drawn_on_credit(r) for r in self.payment.refunds if r.return_id == return_id]
             held = credit - sum(given, Money.zero(self.currency))
             if held.amount > 0:
                 left = left - held

@@ -19,6 +19,7 @@ from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds, ReturnR
 from core.refunds import (
     OVER_CAPTURE_REFUSALS,
     Refund,
+    kept_back_owed,
     owes_kept_back,
     refund_id_for,
     refunded_for_return,
@@ -380,7 +381,7 @@ class RefundService:
     def refunds(self, order_id: str, channel: str | None = None) -> list[Refund]:
         """Every refund of the order, oldest first: appeasements, returns' and cancellations'."""
         order = visible(self._orders.get(order_id), order_id, channel)
-        return [Refund.of(order.id, refund) for refund in order.payment.refunds]
+        return [shown for refund in order.payment.refunds for shown in Refund.shown(order.id, refund)]
 
     def page(
         self, order_id: str, channel: str | None, limit: int, cursor: str | None
@@ -533,18 +534,29 @@ class KeptBackSweep:
     def run(self, actor: str, *, finished: Iterable[str] = ()) -> KeptBackRefunded:
         """One pass. An order that fails does not stop it: the caller reports `failed`. `finished`:
         the orders whose refunds the pending-refund pass before it finished (PendingRefundSweep.run's
-        `orders`), taken first, however recently they changed."""
+        `orders`), taken first, however recently they changed; one of them that owes nothing more
+        but kept something back is handed to `top_up` all the same, which asks nothing then but
+        shows its returns what went back for them: the refund that pass finished may have been of
+        what a return kept back, and nothing else would show it."""
         done = KeptBackRefunded()
         down: set[str] = set()
         asked = 0
         owed = islice(self._owed.owed_since_before(self._clock() - self._after), self._max_reads)
+        finished = list(finished)
         seen: set[str] = set()
         for order_id in chain(finished, owed):  # read lazily: the index is paged only as far as asked
             if order_id in seen:
                 continue
             seen.add(order_id)
             order = self._orders.get(order_id, consistent=True)
-            if order is None or not owes_kept_back(order) or order.payment.method in down:
+            if order is None or order.payment.method in down:
+                continue
+            if not owes_kept_back(order):
+                if order_id in finished and kept_back_owed(order):
+                    try:
+                        self._top_up(order, actor)
+                    except Exception as error:  # reported once the pass is done
+                        done.failed[order_id] = error
                 continue
             asked += 1
             try:

@@ -18,6 +18,7 @@ __all__ = [
     "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units",
     "kept_back_owed", "kept_back_refusals", "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines",
     "refunded_for_return", "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share",
+    "went_back", "went_back_id",
 ]  # fmt: skip
 
 
@@ -394,15 +395,51 @@ class Refund(BaseModel, defer_build=True):
 
     @classmethod
     def of(cls, order_id: str, refund: PaymentRefund) -> Refund:
+        """`refund` under its own id; of a split one the gateway refused after approving a part of
+        it, what did not go back (the rest is shown as its own refund: Refund.shown)."""
+        went = went_back(refund)
         return cls(
             id=refund.id,
             order_id=order_id,
-            amount=refund.amount,
+            amount=refund.amount if went is None else refund.amount - went,
             reason=refund.reason,
             status=refund.status,
             return_id=refund.return_id,
             created_at=refund.at,
         )
+
+    @classmethod
+    def shown(cls, order_id: str, refund: PaymentRefund) -> list[Refund]:
+        """`refund` as GET /orders/{id}/refunds and the events show it: money is shown as moved only
+        where the gateway said so, and `payment.refunded` is the sum of the refunds shown
+        `succeeded`. A split refund the gateway refused after approving a part of it is two: what
+        did not go back, `failed` under its own id (Refund.of), then what did, `succeeded` under an
+        id derived from its own (went_back_id). In that order: a page of the list that ended on the
+        refund while it was pending ends before what it becomes, so the next page shows what went
+        back (order_lists.page counts positions)."""
+        went = went_back(refund)
+        shown = [cls.of(order_id, refund)]
+        if went is None:
+            return shown
+        approved = cls(id=went_back_id(refund.id), order_id=order_id, amount=went, reason=refund.reason,
+                       status="succeeded", return_id=refund.return_id, created_at=refund.at)  # fmt: skip
+        return [*shown, approved]
+
+
+def went_back(refund: PaymentRefund) -> Money | None:
+    """What the parts of a split `refund` the gateway approved before it refused one gave back
+    (Payment.with_failed_refund counts it in `refunded`); None for any other refund."""
+    if refund.status != "failed" or not refund.parts:
+        return None
+    approved = [part.amount for part in refund.parts if part.status == "succeeded"]
+    return sum(approved, Money.zero(refund.amount.currency)) if approved else None
+
+
+def went_back_id(refund_id: str) -> str:
+    """The id the approved parts of split refund `refund_id`, refused in part, are shown under
+    (Refund.shown): the same for every read and every redelivered change, so its event
+    (`refund.succeeded`) keeps its id."""
+    return "ref_" + short_hash(f"{refund_id}\x1fwent back")
 
 
 class RefundPage(BaseModel, defer_build=True):

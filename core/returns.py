@@ -59,8 +59,9 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
 )
-from core.refund_service import Decision, RefundService
+from core.refund_service import Decision, RefundService, show_refunded_in_all
 from core.refunds import (
+    Refund,
     given_back_for_units,
     refund_due,
     refund_id_for,
@@ -677,8 +678,9 @@ class Returns:
             order = visible(self._orders.get(order.id, consistent=True), order.id, None)
             done = next((r for r in order.payment.refunds if r.return_id == item.id and r.status == "succeeded"), None)
         if done is None and any(r.status == "pending" and r.return_id != item.id for r in order.payment.refunds):
-            self._refunds.finish_pending(order.id, actor, besides_return=item.id)
+            finished = self._refunds.finish_pending(order.id, actor, besides_return=item.id)
             order = visible(self._orders.get(order.id, consistent=True), order.id, None)
+            self._show_finished(order, finished)
         if done is None:
 
             def decide(current: Order) -> Decision | None:
@@ -738,6 +740,14 @@ class Returns:
         marked = self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
         # An exchange's credit may have been given back too (its replacement cancelled at once).
         return self._shown_in_all(marked) if any(kept) or item.exchange is not None else marked
+
+    def _show_finished(self, order: Order, finished: list[Refund]) -> None:
+        """The refunded returns of `order` whose refunds this step of another return has just
+        finished (what a return kept back, refunded by a ship the gateway then left pending) show
+        what was refunded for them in all (show_refunded_in_all): nothing else finishes them now."""
+        at = self._clock()
+        for return_id in dict.fromkeys(r.return_id for r in finished if r.return_id and r.status != "pending"):
+            show_refunded_in_all(self._returns, order, return_id, at)
 
     def _shown_in_all(self, item: Return) -> Return:
         """`item`, marked refunded, showing what was refunded for it in all (refunded_for_return):
@@ -1010,8 +1020,9 @@ class Returns:
         assert self._capture is not None  # _replacement_command refused an OMS without it
         if any(r.status == "pending" and r.return_id != item.id for r in original.payment.refunds):
             # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
-            self._refunds.finish_pending(original.id, actor, besides_return=item.id)
-            original = visible(self._orders.get(original.id), original.id, None)
+            finished = self._refunds.finish_pending(original.id, actor, besides_return=item.id)
+            original = visible(self._orders.get(original.id, consistent=True), original.id, None)
+            self._show_finished(original, finished)
         original = self._claim_shipping(item, original)
         original = self._hold_credit(item, original)
         credit = original.credit_holds[item.id]

@@ -17,6 +17,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
@@ -126,6 +127,13 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
         amount = detail.get("amount") or {}
         if "amount" in amount:
             record("RefundValue", float(amount["amount"]), MetricUnit.NoUnit, currency=str(amount.get("currency", "")))
+    elif entry.type is OrderEvent.REFUND_FAILED:
+        # A split refund refused after a part of it was approved: that part did go back.
+        went = [part["amount"] for part in detail.get("parts") or [] if part.get("status") == "succeeded"]
+        if went:
+            record("Refunds", kind="refund")
+            total = sum(Decimal(str(amount["amount"])) for amount in went)
+            record("RefundValue", float(total), MetricUnit.NoUnit, currency=str(went[0].get("currency", "")))
     elif entry.type is OrderEvent.SURPLUS_NOT_GIVEN_BACK:
         record("SurplusNotGivenBack")
     elif entry.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED:

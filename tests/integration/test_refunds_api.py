@@ -305,3 +305,33 @@ def test_an_appeasement_spanning_two_authorizations_refunds_each_against_its_own
         (APPROVES, "20.00", "succeeded"), (renewed, "5.00", "succeeded")
     ]  # fmt: skip
     assert_error(refund(api, oid, "5.01"), 422, "refund_exceeds_captured", "amount")
+
+
+def test_an_appeasement_whose_second_authorization_refuses_shows_what_went_back_and_what_did_not(api):
+    # The 20.00 captured under the first authorization went back; the renewed one refused its 5.00.
+    # Before: the answer and the list said 25.00 `failed` while `payment.refunded` said 20.00.
+    from core.models import EarlierCaptures
+    from core.refunds import went_back_id
+    from functions.bootstrap import Config, bootstrap
+
+    oid = order_id(152)
+    order = a_captured_order(oid, authorization=REFUSES)
+    stored = order.model_copy(update={
+        "earlier_captures": [EarlierCaptures(authorization=APPROVES, captured=usd("20.00"))],
+        "version": order.version + 1,
+    })  # fmt: skip
+    bootstrap(Config.from_env()).order_repository.update(stored, order, [])
+
+    answer = refund(api, oid, "25.00", headers={"Idempotency-Key": "appease-152"})
+
+    assert answer.status_code == 201, answer.text
+    made = answer.json()
+    assert (made["status"], made["amount"]["amount"]) == ("failed", "5.00")
+    assert refund(api, oid, "25.00", headers={"Idempotency-Key": "appease-152"}).json() == made
+    first = api.get(f"/orders/{oid}/refunds", params={"limit": 1}).json()
+    rest = api.get(f"/orders/{oid}/refunds", params={"limit": 1, "cursor": first["next_cursor"]}).json()
+    assert [(r["id"], r["status"], r["amount"]["amount"]) for r in first["items"] + rest["items"]] == [
+        (made["id"], "failed", "5.00"), (went_back_id(made["id"]), "succeeded", "20.00")
+    ]  # fmt: skip
+    assert rest["next_cursor"] is None
+    assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "20.00"

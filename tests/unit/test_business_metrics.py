@@ -258,6 +258,29 @@ def test_a_refund_counts_and_its_value_by_currency(world, capsys):
     }
 
 
+def test_a_split_refund_refused_after_a_part_went_back_counts_what_went_back(monkeypatch, capsys):
+    # Before: only `payment_refunded` entries counted, and the refusal's `refund_failed` entry
+    # carries the part the gateway approved: RefundValue missed money that did go back.
+    from tests.unit.test_authorization_renewal import Clock
+    from tests.unit.test_refund_authorizations import STOCK as PARCELS
+    from tests.unit.test_refund_authorizations import renewed_between_parcels
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    clock = Clock()
+    world = build_world(PARCELS, wrap_orders=MeteredOrders, clock=clock)
+    first, second = renewed_between_parcels(world, clock)
+    emitted(capsys)
+    world.gateway.script("refund", "approve", "refuse")
+
+    world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "k1", actor="key_cs")
+
+    assert world.order(second.id).payment.refunded == first.payment.captured
+    found = emitted(capsys)
+    assert found[("Refunds", (("kind", "refund"),))] == [1.0]
+    assert found[("RefundValue", (("currency", "USD"),))] == [float(first.payment.captured.amount)]
+
+
 def test_a_write_that_loses_its_race_counts_nothing(world, capsys):
     order_id = world.place(("TSHIRT", 1))
     order = world.order(order_id)

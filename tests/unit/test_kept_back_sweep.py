@@ -268,3 +268,30 @@ def test_a_return_whose_kept_back_refund_was_refused_its_last_time_is_not_asked_
     assert asked == {first.id: ["failed"] * KEPT_BACK_REFUSALS, second.id: ["failed"] * KEPT_BACK_REFUSALS}
     assert [order.id] in [done.given_up for done in passes]
     assert "refund_key" not in index_attributes(after)
+
+
+def test_a_return_shows_what_it_kept_back_once_the_reconciler_finishes_the_refund_of_it_left_pending(world, clock):
+    # The gateway was down when the CAPs' ship and delivery refunded what the MUGs' return kept back:
+    # that refund stayed pending, and the reconciler's pending-refund pass made it. Before: nothing
+    # showed it on the return (the kept-back pass found nothing owed any more), which kept showing
+    # the MUGs' refund short of what went back for them.
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    shown = returns.get(return_id).refund
+    world.gateway.script("refund", "transient")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    delivered = world.actions.deliver(order.id, caps, actor="key_wh")
+    assert delivered.payment.refunds[-1].status == "pending"
+    assert returns.get(return_id).refund == shown
+    world.gateway.script("refund", "approve")
+
+    later(clock)
+    finished: list[str] = []
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
+    sweep(world, clock).run(ACTOR, finished=finished)
+
+    after = world.order(order.id)
+    assert after.payment.refunds[-1].status == "succeeded"
+    assert paid_in_full(order, after, Money.of("1.00", "USD"))
+    assert returns.get(return_id).refund == order.lines[0].total

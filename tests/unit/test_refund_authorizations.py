@@ -8,11 +8,13 @@ import json
 import pytest
 
 from core import hookimpl, payment_keys
+from core.domain_events import order_events
 from core.errors import PaymentGatewayUnavailable, RefundExceedsCaptured
 from core.models import EarlierCaptures, Order
 from core.money import Money
+from core.notifications import notifications
 from core.plugin_manager import build_plugin_manager
-from core.refunds import refund_id_for
+from core.refunds import refund_id_for, went_back_id
 from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
@@ -347,3 +349,76 @@ def test_a_cancellation_refund_refused_after_its_first_part_went_back_refunds_on
     given_back = done.payment.refunded - (first.payment.captured - one)
     assert given_back == Money.of("4.00", "USD")
     assert done.payment.captured - done.payment.refunded == done.totals.grand_total - (first.payment.captured - one)
+
+
+def test_a_split_refund_refused_in_part_tells_what_went_back_and_what_did_not_once_each(world, clock):
+    # The gateway gave back what the first authorization captured, then refused the rest. Before:
+    # one `refund.failed` for the whole amount (no `refund.succeeded`, the customer never told of
+    # the money that went back), and GET /orders/{id}/refunds listed only that failed refund, so
+    # `payment.refunded` was not the sum of the refunds that succeeded.
+    first, second = renewed_between_parcels(world, clock)
+    under_old = first.payment.captured
+    under_new = second.payment.captured - under_old
+    world.gateway.script("refund", "approve", "refuse")
+    refund_id = refund_id_for(second.id, "appease-1")
+    pending, _ = second.begin_refund(refund_id, second.payment.captured, reason="goodwill", at=clock(), actor="key_cs")
+
+    answered = world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+    after = world.order(second.id)
+    assert (answered.id, answered.status, answered.amount) == (refund_id, "failed", under_new)
+    listed = world.refunds.refunds(second.id)
+    assert [(r.id, r.status, r.amount) for r in listed] == [
+        (refund_id, "failed", under_new), (went_back_id(refund_id), "succeeded", under_old)
+    ]  # fmt: skip
+    assert sum((r.amount for r in listed if r.status == "succeeded"), Money.zero("USD")) == after.payment.refunded
+    old_doc, new_doc = json.loads(pending.stored_json()), json.loads(after.stored_json())
+    events = order_events(old_doc, new_doc)
+    assert [(e.type.value, e.data["refund"]) for e in events] == [
+        (f"refund.{r.status}", r.model_dump(mode="json")) for r in listed
+    ]
+    assert [e.id for e in order_events(old_doc, new_doc)] == [e.id for e in events]  # a redelivery
+    assert order_events(new_doc, {**new_doc, "version": new_doc["version"] + 1}) == []
+    (told,) = notifications(old_doc, new_doc)
+    assert told.details == {"refund_id": went_back_id(refund_id), "amount": str(under_old.amount), "currency": "USD"}
+
+
+def test_a_return_of_an_exchanges_replacement_whose_draw_on_the_credit_was_refused_in_part_draws_only_the_rest(
+    world, clock
+):
+    # The caps were exchanged for a t-shirt, which came back too: what its own capture did not
+    # cover was drawn on the caps' credit, a refund split over the original's two authorizations;
+    # the first part went back, the second was refused. Before: the retry counted nothing of the
+    # first part and drew the whole amount again, refunding the customer 13.41 twice.
+    _, second = renewed_between_parcels(world, clock)
+    returns = returns_of(world, clock)
+    asked = RequestReturn.model_validate({
+        "lines": [{"line_id": "L2", "quantity": 3, "reason": "size"}],
+        "exchange": {"lines": [{"sku": "TSHIRT", "quantity": 1}]},
+    })  # fmt: skip
+    item = returns.request(second.id, asked, actor="key_cs")
+    received = {"location_id": "wh-east", "lines": [{"line_id": "L2", "quantity": 3, "condition": "resellable"}]}
+    returns.receive(item.id, ReceiveReturn.model_validate(received), "key_wh")
+    replacement_id = returns.settle(item.id, actor="key_wh").exchange_order_id or ""
+    for shipment in world.run(replacement_id).shipments:
+        world.actions.ship(replacement_id, shipment.id, tracking_number=None, actor="key_wh")
+    replacement = world.order(replacement_id)
+    tshirt = replacement.lines[0].total
+    back = returns.request(replacement_id, RequestReturn.model_validate(
+        {"lines": [{"line_id": "L1", "quantity": 1, "reason": "changed my mind"}]}
+    ), actor="key_cs")  # fmt: skip
+    received = {"location_id": "wh-east", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    returns.receive(back.id, ReceiveReturn.model_validate(received), "key_wh")
+    # The replacement's own capture goes back, then the draw's first part; its second is refused.
+    world.gateway.script("refund", "approve", "approve", "refuse")
+    assert returns.settle(back.id, actor="key_wh").status.value == "received"
+    [refused] = [r for r in world.order(second.id).payment.refunds if r.status == "failed"]
+    assert [p.status for p in refused.parts or []] == ["succeeded", "failed"]
+
+    world.gateway.script("refund", "approve")
+    done = returns.settle(back.id, actor="key_wh")
+
+    moved = sum((amount for _, amount, _ in world.spy.refunded), Money.zero("USD"))
+    assert moved == tshirt  # the replacement's capture and the credit's share, once
+    assert (done.status.value, done.refund) == ("refunded", tshirt)
+    assert world.order(second.id).payment.refunded + world.order(replacement_id).payment.refunded == tshirt

@@ -26,7 +26,9 @@ router = Router()
     summary="Refund part of what was captured, without a return (an appeasement)",
     description="Asked of the payment plugin at once. A refund the gateway refuses is still 201, with "
     "`status: failed`: it is kept on the order, never counted in `payment.refunded`, and what it held can be "
-    "refunded again by a new request (a new Idempotency-Key). More than captured minus refunded is 422 "
+    "refunded again by a new request (a new Idempotency-Key). One split over two authorizations that the gateway "
+    "refused after approving a part of it answers `failed` with the amount that did not go back; the list shows "
+    "what did as its own `succeeded` refund. More than captured minus refunded is 422 "
     "`refund_exceeds_captured`; nothing captured yet is 409. A gateway that keeps failing answers 503 with the "
     "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it; "
     "one nobody repeats is finished by the scheduled reconciler about 15 minutes later. No payment plugin for the "
