@@ -475,8 +475,9 @@ def _before_cancel(order: Order, history: list[HistoryEntry]) -> Order:
 
 
 class Simulator:
-    """Plans each order as ReserveStock would, from one read of the locations, one batched read
-    of the stock, one of the products (for bodies, or under max_shipments; and for each stored
+    """Plans each order as ReserveStock would (no shipment, every unit unfillable, for one it would
+    cancel out_of_stock), from one read of the locations, one batched read of the stock, one of
+    the products (for bodies, under max_shipments, or once an order is short; and for each stored
     order one of the units it holds, which it counts as its own as ReserveStock does), and stores,
     reserves and sends nothing.
     Each order is planned on the same stock: one order's plan does not consume units another's
@@ -510,18 +511,27 @@ class Simulator:
             for index, each in enumerate(request.orders)
         ]
         skus = {line.sku for _, order in orders for line in order.lines}
-        # One read, when asked: bodies' skus are checked, and under max_shipments what may not wait
-        # is held as allocation holds it. Stored orders without that limit need no product.
+        # One read at most: bodies' skus are checked, and which products may wait decides whether an
+        # order short of them waits or is cancelled, and, under max_shipments, what is held first.
+        # Stored orders in stock without that limit need no product.
         needed = rules.max_shipments is not None or any(isinstance(each, PlaceOrder) for each in request.orders)
-        products = self._catalog.get_products(skus) if needed else {}
-        self._check_skus(request, products)
+        products = self._catalog.get_products(skus) if needed else None
+        if products is not None:
+            self._check_skus(request, products)
+
+        def cannot_wait(asked: set[str]) -> set[str]:
+            nonlocal products
+            if products is None:
+                products = self._catalog.get_products(skus)
+            return {sku for sku in asked if sku not in products or not products[sku].allow_backorder}
+
         levels = self._inventory.levels(skus, [loc.location_id for loc in locations])
         stock = rules.for_orders(levels)
         items = [
             self._plan(
                 order_id, order, locations,
                 rules.for_orders(_with_own(levels, self._held(order, locations))) if order_id is not None else stock,
-                rules, products,
+                rules, cannot_wait,
             )
             for order_id, order in orders
         ]  # fmt: skip
@@ -600,21 +610,13 @@ class Simulator:
         locations: list[Location],
         stock: dict[str, list[StockLevel]],
         rules: SourcingRules,
-        products: dict[str, Product],
+        cannot_wait: Callable[[set[str]], set[str]],
     ) -> SimulatedOrder:
         eligible = sourceable(order, locations, rules)
         destination = destination_of(order, locations)
-        available = available_of(order, eligible, stock)
-        fillable = reduced(order, available)
-        # Within max_shipments as a backordered order's fill plans: what it can hold now.
-        plan = plan_within(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
-        cannot = {
-            line.sku for line in fillable.lines if line.sku not in products or not products[line.sku].allow_backorder
-        }
-        short = {line.sku for line in fillable.lines if line.line_id in left_short(fillable, plan)} if plan else set()
-        if plan is not None and rules.max_shipments is not None and cannot & short:
-            # As allocation holds it: the products that may not wait first.
-            plan = around_what_cannot_wait(self._hook, fillable, eligible, stock, destination, rules, cannot) or plan
+        # The plan ReserveStock makes: none (it cancels the order out_of_stock) when what the
+        # locations lack, or what max_shipments leaves short, may not wait.
+        plan = allocation_plan(self._hook, order, eligible, stock, destination, rules, cannot_wait)
         sku_of = {line.line_id: line.sku for line in order.lines}
         planned: dict[str, int] = defaultdict(int)
         by_location: dict[str, list[SimulatedLine]] = defaultdict(list)
@@ -626,8 +628,6 @@ class Simulator:
                 by_location[a.location_id].append(
                     SimulatedLine(line_id=a.line_id, sku=sku_of[a.line_id], quantity=a.quantity)
                 )
-        elif fillable.lines:
-            reasons.append("no sourcing plugin could source the units the eligible locations have")
         unfillable = [
             SimulatedLine(line_id=line.line_id, sku=line.sku, quantity=line.quantity - planned[line.line_id])
             for line in order.lines
@@ -635,6 +635,11 @@ class Simulator:
         ]
         if unfillable and not eligible:
             reasons.append("no location may supply this order under these rules")
+        if plan is None and unfillable:
+            reasons.append(
+                "allocation would cancel this order out_of_stock: no plan covers, from the locations "
+                "that may supply it, what may not wait backordered"
+            )
         point = {loc.location_id: loc for loc in locations}
         shipments = [
             SimulatedShipment(

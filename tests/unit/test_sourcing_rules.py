@@ -435,19 +435,22 @@ def test_two_rule_sets_compare_side_by_side_in_the_summary():
 
 
 def test_what_the_locations_lack_is_unfillable_and_excluded_locations_are_not_used():
-    world, store = a_world([("MUG", "wh-west", 3), ("MUG", "wh-east", 2)])
+    world, store = a_world([("PREORDER", "wh-west", 3), ("PREORDER", "wh-east", 2)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
     put(store, safety_stock={"wh-west": 1})
     sim, _, _ = simulator(world, store)
 
     result = sim.simulate(
-        SimulateSourcing.model_validate({"orders": bodies([("MUG", 5)]), "rules": {"excluded_locations": ["wh-east"]}})
+        SimulateSourcing.model_validate(
+            {"orders": bodies([("PREORDER", 5)]), "rules": {"excluded_locations": ["wh-east"]}}
+        )
     )
 
     [item] = result.items
     assert [(s.location_id, [(x.line_id, x.quantity) for x in s.lines]) for s in item.shipments] == [
         ("wh-west", [("L1", 2)])
     ]
-    assert [(x.line_id, x.sku, x.quantity) for x in item.unfillable] == [("L1", "MUG", 3)]
+    assert [(x.line_id, x.sku, x.quantity) for x in item.unfillable] == [("L1", "PREORDER", 3)]
     assert result.rules.version == 1 and result.rules.safety_stock == {"wh-west": 1}  # kept: not given
     assert result.summary.unfillable_units == 3
 
@@ -544,8 +547,8 @@ def test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves
 
     try:
         world.workflow.reserve_stock(order_id)
-    except OutOfStock:
-        assert planned.unfillable
+    except OutOfStock:  # the what-if says so: nothing ships, every unit unfillable
+        assert planned.shipments == [] and sum(x.quantity for x in planned.unfillable) == sum(q for _, q in lines)
         return
     held = {
         (key.split("#")[1], location_id): quantity
@@ -727,6 +730,7 @@ def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shi
 
     assert accepted == allocated
     if not allocated:
+        assert planned.shipments == planned_body.shipments == []
         return
     held = {
         (key.split("#")[1], location_id): quantity
@@ -827,3 +831,51 @@ def test_a_what_if_of_stored_orders_without_max_shipments_reads_no_product():
 
     assert [len(item.shipments) for item in result.items] == [2, 2] and result.summary.unfillable_units == 0
     assert catalog.calls == {"list_locations": 1}
+
+
+def what_if(sim: Simulator, *orders: str | dict, **rules: object):
+    given = {"rules": rules} if rules else {}
+    return sim.simulate(SimulateSourcing.model_validate({"orders": list(orders), **given}))
+
+
+def planned_lines(planned) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+    shipped = sorted((s.location_id, x.line_id, x.quantity) for s in planned.shipments for x in s.lines)
+    return shipped, [(x.line_id, x.quantity) for x in planned.unfillable]
+
+
+def test_the_what_if_of_an_order_reservestock_cancels_for_a_product_that_may_not_wait_ships_nothing():
+    """MUG may not wait and the locations lack one: ReserveStock cancels the order out_of_stock,
+    the what-if showed a shipment of what is in stock."""
+    world, store = a_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-east", 5)])
+    order_id = world.place(("MUG", 2), ("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.inventory.adjust("MUG", "wh-west", -1, reason="damaged")
+    sim, _, _ = simulator(world, store)
+
+    [by_id] = what_if(sim, order_id).items
+    [as_body] = what_if(sim, *bodies([("MUG", 2), ("TSHIRT", 1)])).items
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+    for planned in (by_id, as_body):
+        assert planned_lines(planned) == ([], [("L1", 2), ("L2", 1)])
+        assert "out_of_stock" in planned.reasons[-1]
+
+
+def test_the_what_if_of_an_order_no_plan_ships_within_max_shipments_ships_nothing():
+    """MUG only at wh-west, TSHIRT only at wh-east, neither may wait, at most one shipment:
+    ReserveStock cancels the order out_of_stock, the what-if showed the MUG shipped."""
+    world, store = a_world([("MUG", "wh-west", 1), ("TSHIRT", "wh-east", 1)])
+    order_id = world.place(("MUG", 1), ("TSHIRT", 1))  # before the rule: capture let it in
+    put(store, max_shipments=1)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [by_id] = what_if(sim, order_id).items
+    [under_given] = what_if(sim, *bodies([("MUG", 1), ("TSHIRT", 1)]), max_shipments=1).items
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+    for planned in (by_id, under_given):
+        assert planned_lines(planned) == ([], [("L1", 1), ("L2", 1)])
+        assert "out_of_stock" in planned.reasons[-1]
