@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -384,7 +386,7 @@ class Counting:
 def simulator(world: World, store: InMemorySourcingRules) -> tuple[Simulator, Counting, Counting]:
     catalog, inventory = Counting(world.catalog), Counting(world.inventory)
     plugins = world.workflow._hook  # the same plugins the workflow asks
-    return Simulator(world.orders, catalog, inventory, store, _Relay(plugins)), catalog, inventory
+    return Simulator(world.orders, catalog, inventory, store, _Relay(plugins), world.backorders), catalog, inventory
 
 
 class _Relay:
@@ -841,6 +843,105 @@ def what_if(sim: Simulator, *orders: str | dict, **rules: object):
 def planned_lines(planned) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
     shipped = sorted((s.location_id, x.line_id, x.quantity) for s in planned.shipments for x in s.lines)
     return shipped, [(x.line_id, x.quantity) for x in planned.unfillable]
+
+
+def a_world_in_time() -> tuple[World, InMemorySourcingRules]:
+    """A world with no stock whose clock moves on a second at each reading: each order placed is
+    newer than the one before, so older orders are first in the backorder queues."""
+    ticks = (NOW + timedelta(seconds=n) for n in itertools.count())
+    store = InMemorySourcingRules()
+    return build_world([], sourcing_rules=store, clock=lambda: next(ticks)), store
+
+
+def test_the_what_if_leaves_an_older_backordered_order_the_units_it_is_owed_as_reservestock_does():
+    """A fill goes oldest first: units that arrived where an older backordered order may take them
+    are its own, though the stream has not handed them over yet. ReserveStock gave a newer order
+    only what is left over; the what-if planned it the older order's units."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    older = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    world.inventory.adjust("PREORDER", "wh-west", 4, reason="receipt")  # not handed to the queue yet
+    sim, _, _ = simulator(world, store)
+
+    [by_id] = what_if(sim, newer).items
+    [as_body] = what_if(sim, *bodies([("PREORDER", 2)])).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {"wh-west": 1}
+    for planned in (by_id, as_body):
+        assert planned_lines(planned) == ([("wh-west", "L1", 1)], [("L1", 1)])
+    # The older order itself is owed by nobody: the what-if of it plans all it lacks.
+    [of_older] = what_if(sim, older).items
+    assert planned_lines(of_older) == ([("wh-west", "L1", 3)], [])
+
+
+@settings(
+    max_examples=100, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)  # fmt: skip
+@given(
+    waiting=st.lists(
+        st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 3)), min_size=1, max_size=2), max_size=3
+    ),
+    arrivals=st.lists(
+        st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS[:3]), st.integers(1, 4)), max_size=4
+    ),
+    lines=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 4)), min_size=1, max_size=3),
+    max_shipments=st.none() | st.integers(1, 2),
+)
+def test_reservestock_and_the_what_if_agree_behind_older_backordered_orders(waiting, arrivals, lines, max_shipments):
+    world, store = a_world_in_time()
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=45.0, longitude=-93.0))
+    for sku in AGREE_SKUS:
+        world.catalog.put_product(product(sku, "5.00", allow_backorder=True))
+    if max_shipments is not None:
+        put(store, max_shipments=max_shipments)
+    for wants in waiting:  # nothing in stock yet: each waits for all it wants
+        older = world.place(*wants)
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    newer = world.place(*lines)
+    world.workflow.authorize_payment(newer, attempt=0)
+    for sku, location_id, units in arrivals:  # not handed to the queues yet
+        world.inventory.adjust(sku, location_id, units, reason="receipt")
+    sim, _, _ = simulator(world, store)
+    [planned] = what_if(sim, newer).items
+
+    with contextlib.suppress(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    held = {
+        (key.split("#")[1], location_id): quantity for (_, location_id, key), quantity in world.held_for(newer).items()
+    }
+    assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
+
+
+def test_the_what_if_reads_each_queue_once_whatever_the_number_of_orders():
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for _ in range(3):
+        older = world.place(("PREORDER", 1))
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    world.inventory.adjust("MUG", "wh-west", 5, reason="receipt")  # nobody waits for it
+    sim, _, _ = simulator(world, store)
+    queues, orders = Counting(world.backorders), Counting(world.orders)
+    sim._backorders, sim._orders = queues, orders
+
+    result = what_if(sim, *bodies(*[[("PREORDER", 3), ("MUG", 1)]] * 100))
+
+    # PREORDER's queue to its end (a page, then an empty one), MUG's empty one; its orders in one read.
+    assert queues.calls == {"waiting": 3} and orders.calls == {"get_many": 1}
+    assert result.summary.unfillable_units == 100  # each body gets the 2 units the older orders are not owed
 
 
 def test_the_what_if_of_an_order_reservestock_cancels_for_a_product_that_may_not_wait_ships_nothing():
